@@ -1,0 +1,2 @@
+//! The shoudan binary: every command an operator or a test runs.
+fn main() {}
