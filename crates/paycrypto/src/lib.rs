@@ -1,1 +1,19 @@
-//! placeholder
+//! Payment cryptography for shoudan: DES/TDES/SM4 keys and check values, ISO 9564 format-0 PIN
+//! blocks, POS MACs (CUP ECB, ANSI X9.19, SM4 fold), the field 62 working-key hierarchy, and an
+//! `Hsm` trait with a software implementation. No IO, no runtime: randomness comes in through
+//! [`RandomSource`] so simulations stay deterministic.
+//!
+//! Secrets (keys, PINs, clear PIN blocks) never implement `Display`, their `Debug` prints at most a
+//! key check value, and their buffers are zeroised on drop.
+
+mod ct;
+pub mod hex;
+pub mod key;
+pub mod mac;
+pub mod random;
+
+pub use hex::HexError;
+pub use key::{DesKey, DesKeyLength, Kcv, Key, KeyAlgorithm, KeyError, Sm4Key};
+pub use mac::{MAC_LEN, MacAlgorithm, MacError};
+pub use random::{DeterministicRandom, OsRandom, RandomError, RandomSource};
+pub use zeroize::Zeroizing;
