@@ -7,13 +7,20 @@
 //! key check value, and their buffers are zeroised on drop.
 
 mod ct;
+pub mod field62;
 pub mod hex;
 pub mod key;
 pub mod mac;
+pub mod pin;
 pub mod random;
 
+pub use field62::{
+    FailedKeys, Field62Error, Field62Keys, Field62Slot, IssuedKeys, KeyScheme, MakLength,
+    WorkingKeyRole, WorkingKeys, decode_field62, generate, unwrap_field62,
+};
 pub use hex::HexError;
 pub use key::{DesKey, DesKeyLength, Kcv, Key, KeyAlgorithm, KeyError, Sm4Key};
 pub use mac::{MAC_LEN, MacAlgorithm, MacError};
+pub use pin::{ClearPin, ClearPinBlock, EncryptedPinBlock, PanDigits, PinError};
 pub use random::{DeterministicRandom, OsRandom, RandomError, RandomSource};
 pub use zeroize::Zeroizing;
