@@ -1,1 +1,62 @@
-//! placeholder
+//! Persistence for shoudan behind one trait, [`Store`]: merchants, terminals, the transaction
+//! journal with its timeline, the store-and-forward reversal queue and id counters.
+//!
+//! Writes go through a group-commit journal: callers queue [`Record`]s and await a [`Durable`];
+//! one writer thread commits whatever has queued up in a single transaction and one fsync, then
+//! resolves every waiter in that group. Reads use their own connections and never wait for the
+//! writer. The hot lookups of the switch (today's transactions by TID + batch + STAN, by RRN) are
+//! served from the switch's own in-memory index, warmed at start from [`Store::txns_since`];
+//! the store answers the cold ones (older originals, settlement, recovery).
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod model;
+mod pending;
+pub mod schema;
+mod sqlite;
+
+pub use error::StoreError;
+pub use model::{
+    EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status, TerminalRow,
+    TxnKind, TxnRow, TxnState, WrappedKeys,
+};
+pub use pending::{Durable, Pending};
+pub use sqlite::{
+    READ_CONNECTIONS_MAX, SqliteConfig, SqliteStore, Synchronous, WRITE_BATCH_MAX, WRITE_QUEUE_MAX,
+};
+
+/// Everything the switch and its neighbours persist. Writes are queued and resolve when durable;
+/// reads are synchronous and may touch disk, so async callers keep them off the hot path.
+pub trait Store: Send + Sync + 'static {
+    /// Queues records to commit atomically together; fails fast with `QueueFull` under overload.
+    fn submit(&self, records: Vec<Record>) -> Result<Durable, StoreError>;
+
+    /// Reserves `count` consecutive values of a named counter, durably: a restart never hands
+    /// out a value twice. Resolves to the first reserved value (counters start at 1).
+    fn reserve(&self, counter: &str, count: u64) -> Result<Pending<u64>, StoreError>;
+
+    /// Claims up to `limit` pending reversals due at `now_ms`, pushing their next attempt to
+    /// `now_ms + lease_ms` so that a crash mid-attempt only delays them.
+    fn claim_reversals(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Pending<Vec<SafItem>>, StoreError>;
+
+    fn merchants(&self) -> Result<Vec<MerchantRow>, StoreError>;
+    fn terminals(&self) -> Result<Vec<TerminalRow>, StoreError>;
+    fn terminal(&self, tid: &str) -> Result<Option<TerminalRow>, StoreError>;
+    fn txn(&self, id: i64) -> Result<Option<TxnRow>, StoreError>;
+    /// All rows with this key (an original and its reversal share one).
+    fn txns_by_key(&self, tid: &str, batch_no: u32, stan: u32) -> Result<Vec<TxnRow>, StoreError>;
+    fn txn_by_rrn(&self, rrn: &str) -> Result<Option<TxnRow>, StoreError>;
+    fn txns_by_batch(&self, tid: &str, batch_no: u32) -> Result<Vec<TxnRow>, StoreError>;
+    /// Rows whose clearing date is on or after `clearing_date` (`YYYYMMDD`), oldest first.
+    fn txns_since(&self, clearing_date: &str) -> Result<Vec<TxnRow>, StoreError>;
+    fn txns_in_state(&self, state: TxnState) -> Result<Vec<TxnRow>, StoreError>;
+    fn events(&self, txn_id: i64) -> Result<Vec<EventRow>, StoreError>;
+    fn reversal(&self, txn_id: i64) -> Result<Option<SafItem>, StoreError>;
+    fn reversals_in_state(&self, state: SafState) -> Result<Vec<SafItem>, StoreError>;
+}

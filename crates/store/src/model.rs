@@ -1,0 +1,310 @@
+//! Rows and write records: the plain shapes the store persists. Nothing here knows SQL; the
+//! spellings returned by `as_str` are the stable column values shared by every backend.
+
+use std::fmt;
+
+use crate::error::StoreError;
+
+macro_rules! column_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The spelling stored in the database.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// Parses a stored spelling; anything else is a corrupt row.
+            pub fn parse(text: &str) -> Result<Self, StoreError> {
+                match text {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(StoreError::Corrupt {
+                        what: stringify!($name),
+                        value: text.to_owned(),
+                    }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+column_enum!(
+    /// What a journalled terminal request was.
+    TxnKind {
+        BalanceInquiry => "balance_inquiry",
+        Purchase => "purchase",
+        PurchaseVoid => "purchase_void",
+        Refund => "refund",
+        PreAuth => "pre_auth",
+        PreAuthVoid => "pre_auth_void",
+        Completion => "completion",
+        CompletionVoid => "completion_void",
+        Reversal => "reversal",
+    }
+);
+
+column_enum!(
+    /// Where a transaction is in its life. `InFlight` rows found at start-up are in doubt: the
+    /// issuer may have approved them, so recovery queues a reversal for each.
+    TxnState {
+        InFlight => "in_flight",
+        Approved => "approved",
+        Declined => "declined",
+        TimedOut => "timed_out",
+        Failed => "failed",
+        Voided => "voided",
+        Reversed => "reversed",
+        Completed => "completed",
+    }
+);
+
+column_enum!(
+    /// A merchant's or terminal's standing.
+    Status {
+        Active => "active",
+        Suspended => "suspended",
+        Closed => "closed",
+    }
+);
+
+column_enum!(
+    /// Store-and-forward reversal state.
+    SafState {
+        Pending => "pending",
+        Acked => "acked",
+        Refused => "refused",
+    }
+);
+
+/// A merchant as registered with the acquirer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MerchantRow {
+    pub mid: String,
+    pub name: String,
+    pub status: Status,
+    pub mcc: String,
+}
+
+/// A terminal: its keys are stored only wrapped (encrypted by the HSM), never in clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TerminalRow {
+    pub tid: String,
+    pub mid: String,
+    pub tmk_wrapped: Vec<u8>,
+    /// Sign-in scheme of 60.3: "001", "003", "004" or "006".
+    pub key_scheme: String,
+    /// "cup_ecb", "x919" or "sm4".
+    pub mac_algorithm: String,
+    pub status: Status,
+    pub batch_no: u32,
+    pub last_sign_in_ms: Option<i64>,
+    pub working_keys: Option<WrappedKeys>,
+}
+
+impl fmt::Debug for TerminalRow {
+    // Wrapped keys are ciphertext, but they are still nobody's business in a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TerminalRow")
+            .field("tid", &self.tid)
+            .field("mid", &self.mid)
+            .field("key_scheme", &self.key_scheme)
+            .field("mac_algorithm", &self.mac_algorithm)
+            .field("status", &self.status)
+            .field("batch_no", &self.batch_no)
+            .field("last_sign_in_ms", &self.last_sign_in_ms)
+            .field("signed_in", &self.working_keys.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Working keys of a signed-in terminal, each wrapped by the HSM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedKeys {
+    pub pik: Vec<u8>,
+    pub mak: Vec<u8>,
+    pub tdk: Option<Vec<u8>>,
+}
+
+/// One journalled transaction. Inserted whole once, then changed only through the narrow
+/// update records so that concurrent writers never overwrite each other's columns.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TxnRow {
+    pub id: i64,
+    pub tid: String,
+    pub mid: String,
+    pub batch_no: u32,
+    pub stan: u32,
+    pub kind: TxnKind,
+    pub mti: String,
+    pub processing_code: String,
+    pub condition_code: String,
+    pub amount_fen: i64,
+    pub currency: String,
+    pub pan: Option<PanAtRest>,
+    pub issuer: Option<String>,
+    pub rrn: Option<String>,
+    pub host_trace: Option<u32>,
+    pub auth_code: Option<String>,
+    pub response_code: Option<String>,
+    pub state: TxnState,
+    /// Digest of the request's content, to tell a retry from a different request reusing a key.
+    pub request_hash: Vec<u8>,
+    pub original_id: Option<i64>,
+    pub refunded_fen: i64,
+    /// Field 60 as sent, kept so a reversal can be rebuilt after a restart.
+    pub field60: Option<String>,
+    /// Host date (MMDD, field 13) the request went to the issuer with.
+    pub host_date: Option<String>,
+    /// Clearing day, `YYYYMMDD`.
+    pub clearing_date: String,
+    pub settlement_date: Option<String>,
+    pub received_at_ms: i64,
+    pub sent_at_ms: Option<i64>,
+    pub issuer_answered_at_ms: Option<i64>,
+    pub answered_at_ms: Option<i64>,
+}
+
+impl fmt::Debug for TxnRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TxnRow")
+            .field("id", &self.id)
+            .field("tid", &self.tid)
+            .field("batch_no", &self.batch_no)
+            .field("stan", &self.stan)
+            .field("kind", &self.kind)
+            .field("amount_fen", &self.amount_fen)
+            .field("pan", &self.pan.as_ref().map(|p| p.masked.as_str()))
+            .field("rrn", &self.rrn)
+            .field("response_code", &self.response_code)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A PAN as it may be kept: sealed by the HSM, a keyed fingerprint for equality checks, and the
+/// parts that are not secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PanAtRest {
+    pub sealed: Vec<u8>,
+    pub fingerprint: Vec<u8>,
+    /// `622202******0123`
+    pub masked: String,
+    pub last4: String,
+    pub bin: String,
+}
+
+/// One line of a transaction's timeline ("approved by ICBC at 14:02:11").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRow {
+    pub txn_id: i64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub detail: String,
+}
+
+/// A reversal waiting to reach its issuer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SafItem {
+    pub txn_id: i64,
+    pub issuer: String,
+    /// Field 39 of the reversal: "98", "06" or "96".
+    pub reason: String,
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
+    pub state: SafState,
+    pub last_error: Option<String>,
+}
+
+/// The issuer's side of an exchange, recorded together with the answer to the terminal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub id: i64,
+    pub state: TxnState,
+    pub response_code: String,
+    pub auth_code: Option<String>,
+    pub settlement_date: Option<String>,
+    pub issuer_answered_at_ms: Option<i64>,
+    pub answered_at_ms: i64,
+}
+
+/// One write. A submission of several records commits atomically, and all submissions in a
+/// group share one commit.
+#[derive(Clone, Debug)]
+pub enum Record {
+    UpsertMerchant(MerchantRow),
+    UpsertTerminal(Box<TerminalRow>),
+    /// A successful sign-in: new wrapped working keys and the batch in force.
+    SignIn {
+        tid: String,
+        at_ms: i64,
+        batch_no: u32,
+        keys: WrappedKeys,
+    },
+    /// Sign-off forgets the working keys.
+    SignOff {
+        tid: String,
+    },
+    /// A new batch number for a terminal (after settlement).
+    Batch {
+        tid: String,
+        batch_no: u32,
+    },
+    InsertTxn(Box<TxnRow>),
+    Outcome(Outcome),
+    /// A later state change (voided, reversed, completed).
+    State {
+        id: i64,
+        state: TxnState,
+    },
+    /// The new total refunded against an original (absolute, so a replay is harmless).
+    Refunded {
+        id: i64,
+        refunded_fen: i64,
+    },
+    Event(EventRow),
+    SafEnqueue {
+        txn_id: i64,
+        issuer: String,
+        reason: String,
+        next_attempt_ms: i64,
+    },
+    SafRetry {
+        txn_id: i64,
+        next_attempt_ms: i64,
+        last_error: String,
+    },
+    /// The issuer acknowledged (`Acked`) or refused (`Refused`) the reversal: stop resending.
+    SafDone {
+        txn_id: i64,
+        state: SafState,
+        at_ms: i64,
+    },
+}
+
+impl fmt::Debug for WrappedKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WrappedKeys(..)")
+    }
+}
+
+impl fmt::Debug for PanAtRest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked)
+    }
+}

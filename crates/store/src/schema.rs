@@ -1,0 +1,119 @@
+//! The schema as versioned migrations, in SQL that SQLite and PostgreSQL both accept. The one
+//! type they spell differently, a byte string, is written `BYTES` and substituted per backend.
+//! Ids are allocated by the switch (it must know a transaction's id before the row is durable),
+//! so no table relies on an auto-increment column, which the two engines spell differently too.
+
+/// One schema step. Applied in order, each in its own transaction, recorded in
+/// `schema_migrations`; a step never changes once released.
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Byte-string column types per backend.
+pub const SQLITE_BYTES: &str = "BLOB";
+pub const POSTGRES_BYTES: &str = "BYTEA";
+
+/// The table that records which migrations ran; created before any migration.
+pub const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
+    version BIGINT PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at_ms BIGINT NOT NULL
+)";
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "merchants, terminals, transactions, events, reversal queue, counters",
+    sql: "
+CREATE TABLE merchants (
+    mid TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    mcc TEXT NOT NULL
+);
+CREATE TABLE terminals (
+    tid TEXT PRIMARY KEY,
+    mid TEXT NOT NULL REFERENCES merchants (mid),
+    tmk_wrapped BYTES NOT NULL,
+    key_scheme TEXT NOT NULL,
+    mac_algorithm TEXT NOT NULL,
+    status TEXT NOT NULL,
+    batch_no BIGINT NOT NULL,
+    last_sign_in_ms BIGINT,
+    pik_wrapped BYTES,
+    mak_wrapped BYTES,
+    tdk_wrapped BYTES
+);
+CREATE TABLE transactions (
+    id BIGINT PRIMARY KEY,
+    tid TEXT NOT NULL,
+    mid TEXT NOT NULL,
+    batch_no BIGINT NOT NULL,
+    stan BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    mti TEXT NOT NULL,
+    processing_code TEXT NOT NULL,
+    condition_code TEXT NOT NULL,
+    amount_fen BIGINT NOT NULL,
+    currency TEXT NOT NULL,
+    pan_sealed BYTES,
+    pan_fingerprint BYTES,
+    pan_masked TEXT,
+    pan_last4 TEXT,
+    pan_bin TEXT,
+    issuer TEXT,
+    rrn TEXT UNIQUE,
+    host_trace BIGINT,
+    auth_code TEXT,
+    response_code TEXT,
+    state TEXT NOT NULL,
+    request_hash BYTES NOT NULL,
+    original_id BIGINT REFERENCES transactions (id),
+    refunded_fen BIGINT NOT NULL DEFAULT 0,
+    field60 TEXT,
+    host_date TEXT,
+    clearing_date TEXT NOT NULL,
+    settlement_date TEXT,
+    received_at_ms BIGINT NOT NULL,
+    sent_at_ms BIGINT,
+    issuer_answered_at_ms BIGINT,
+    answered_at_ms BIGINT
+);
+CREATE INDEX transactions_key ON transactions (tid, batch_no, stan);
+CREATE INDEX transactions_clearing ON transactions (clearing_date);
+CREATE INDEX transactions_state ON transactions (state);
+CREATE TABLE events (
+    txn_id BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX events_txn ON events (txn_id, at_ms);
+CREATE TABLE reversal_queue (
+    txn_id BIGINT PRIMARY KEY REFERENCES transactions (id),
+    issuer TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    next_attempt_ms BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    last_error TEXT,
+    done_at_ms BIGINT
+);
+CREATE INDEX reversal_queue_due ON reversal_queue (state, next_attempt_ms);
+CREATE TABLE counters (
+    name TEXT PRIMARY KEY,
+    next_value BIGINT NOT NULL
+);
+",
+}];
+
+/// The newest schema version this build knows.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// A migration's SQL for a backend whose byte-string type is `bytes`.
+pub fn render(migration: &Migration, bytes: &str) -> String {
+    migration.sql.replace("BYTES", bytes)
+}

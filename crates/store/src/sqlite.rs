@@ -1,0 +1,928 @@
+//! The SQLite backend: one writer thread doing group commit over a bounded queue, and a small
+//! pool of read connections. WAL mode lets readers run while the writer commits.
+//!
+//! Durability: `synchronous=FULL` by default. In WAL mode FULL fsyncs the log at every commit,
+//! so an answered terminal's record survives power loss; NORMAL would only fsync at checkpoints
+//! and could lose the last commits (never corrupt the file). Group commit is what makes FULL
+//! affordable: one fsync covers every submission that queued up while the previous one ran.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Store;
+use crate::error::StoreError;
+use crate::model::{
+    EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status, TerminalRow,
+    TxnKind, TxnRow, TxnState, WrappedKeys,
+};
+use crate::pending::{Durable, Pending};
+use crate::schema;
+
+/// Submissions that may wait for the writer; beyond this `submit` fails with `QueueFull`.
+pub const WRITE_QUEUE_MAX: usize = 65_536;
+/// Submissions committed in one transaction at most; bounds a commit's latency and memory.
+pub const WRITE_BATCH_MAX: usize = 8_192;
+/// Idle read connections kept; more may be opened under a burst, then closed.
+pub const READ_CONNECTIONS_MAX: usize = 8;
+/// How long a connection waits on a lock held by another (checkpoints, other processes).
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+const _: () = assert!(WRITE_BATCH_MAX <= WRITE_QUEUE_MAX);
+
+/// The fsync policy of the journal (see the module comment for why FULL is the default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+/// How to open a SQLite store.
+#[derive(Clone, Debug)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    /// A page quota for the database (SQLite `max_page_count`); writes beyond it fail with
+    /// [`StoreError::Full`], as they would on a full disk.
+    pub max_page_count: Option<u64>,
+}
+
+impl SqliteConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteConfig {
+            path: path.into(),
+            synchronous: Synchronous::Full,
+            max_page_count: None,
+        }
+    }
+}
+
+enum Job {
+    Write {
+        records: Vec<Record>,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Reserve {
+        counter: String,
+        count: u64,
+        done: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Claim {
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+        done: oneshot::Sender<Result<Vec<SafItem>, StoreError>>,
+    },
+    Stop,
+}
+
+/// The result of one job, held until its group's commit is known.
+enum Completion {
+    Write(
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
+    ),
+    Reserve(
+        oneshot::Sender<Result<u64, StoreError>>,
+        Result<u64, StoreError>,
+    ),
+    Claim(
+        oneshot::Sender<Result<Vec<SafItem>, StoreError>>,
+        Result<Vec<SafItem>, StoreError>,
+    ),
+}
+
+impl Completion {
+    fn fail(self, error: StoreError) -> Self {
+        match self {
+            Completion::Write(done, _) => Completion::Write(done, Err(error)),
+            Completion::Reserve(done, _) => Completion::Reserve(done, Err(error)),
+            Completion::Claim(done, _) => Completion::Claim(done, Err(error)),
+        }
+    }
+
+    fn deliver(self) {
+        // A waiter that gave up (dropped its future) is no error of the writer's.
+        match self {
+            Completion::Write(done, result) => drop(done.send(result)),
+            Completion::Reserve(done, result) => drop(done.send(result)),
+            Completion::Claim(done, result) => drop(done.send(result)),
+        }
+    }
+}
+
+/// A SQLite database with a group-commit writer thread.
+pub struct SqliteStore {
+    path: PathBuf,
+    sender: mpsc::Sender<Job>,
+    readers: Mutex<Vec<Connection>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database, and starts the writer thread.
+    pub fn open(config: &SqliteConfig) -> Result<Self, StoreError> {
+        let mut writer = open_connection(&config.path)?;
+        let synchronous = match config.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        writer.pragma_update(None, "synchronous", synchronous)?;
+        if let Some(pages) = config.max_page_count {
+            let _: i64 =
+                writer.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                    r.get(0)
+                })?;
+        }
+        migrate(&mut writer)?;
+        let (sender, receiver) = mpsc::channel(WRITE_QUEUE_MAX);
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || run_writer(writer, receiver))
+            .map_err(|e| StoreError::Backend {
+                message: format!("cannot start writer thread: {e}"),
+            })?;
+        Ok(SqliteStore {
+            path: config.path.clone(),
+            sender,
+            readers: Mutex::new(Vec::new()),
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Commits what is queued, stops the writer and waits for it. Later writes fail with
+    /// `WriterGone`. Blocks: call from outside the async runtime or via `spawn_blocking`.
+    pub fn close(&self) {
+        // A full queue still drains; `blocking_send` waits for room rather than drop the stop.
+        if self.sender.blocking_send(Job::Stop).is_ok() {
+            let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+            if let Some(handle) = handle {
+                let _ = handle.join();
+            }
+        }
+    }
+
+    fn enqueue(&self, job: Job) -> Result<(), StoreError> {
+        self.sender.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => StoreError::WriterGone,
+        })
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().ok().and_then(|mut pool| pool.pop());
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = open_connection(&self.path)?;
+                conn.pragma_update(None, "query_only", "ON")?;
+                conn
+            }
+        };
+        let result = f(&conn);
+        if let Ok(mut pool) = self.readers.lock() {
+            if pool.len() < READ_CONNECTIONS_MAX {
+                pool.push(conn);
+            }
+        }
+        result
+    }
+
+    fn txns_where(
+        &self,
+        condition: &str,
+        params: &[&dyn ToSql],
+    ) -> Result<Vec<TxnRow>, StoreError> {
+        let sql = format!("SELECT {TXN_COLUMNS} FROM transactions WHERE {condition}");
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map(params, txn_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn safs_where(
+        &self,
+        condition: &str,
+        params: &[&dyn ToSql],
+    ) -> Result<Vec<SafItem>, StoreError> {
+        let sql = format!("SELECT {SAF_COLUMNS} FROM reversal_queue WHERE {condition}");
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map(params, saf_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Without joining: dropping may happen inside a runtime. The writer finishes what is
+        // queued and exits when the channel closes.
+        let _ = self.sender.try_send(Job::Stop);
+    }
+}
+
+impl Store for SqliteStore {
+    fn submit(&self, records: Vec<Record>) -> Result<Durable, StoreError> {
+        let (done, pending) = Pending::new();
+        self.enqueue(Job::Write { records, done })?;
+        Ok(pending)
+    }
+
+    fn reserve(&self, counter: &str, count: u64) -> Result<Pending<u64>, StoreError> {
+        let (done, pending) = Pending::new();
+        self.enqueue(Job::Reserve {
+            counter: counter.to_owned(),
+            count,
+            done,
+        })?;
+        Ok(pending)
+    }
+
+    fn claim_reversals(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Pending<Vec<SafItem>>, StoreError> {
+        let (done, pending) = Pending::new();
+        self.enqueue(Job::Claim {
+            now_ms,
+            lease_ms,
+            limit,
+            done,
+        })?;
+        Ok(pending)
+    }
+
+    fn merchants(&self) -> Result<Vec<MerchantRow>, StoreError> {
+        self.read(|conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT mid, name, status, mcc FROM merchants ORDER BY mid")?;
+            let rows = statement.query_map([], |r| {
+                Ok(MerchantRow {
+                    mid: r.get(0)?,
+                    name: r.get(1)?,
+                    status: r.get(2)?,
+                    mcc: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn terminals(&self) -> Result<Vec<TerminalRow>, StoreError> {
+        self.read(|conn| {
+            let sql = format!("SELECT {TERMINAL_COLUMNS} FROM terminals ORDER BY tid");
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map([], terminal_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn terminal(&self, tid: &str) -> Result<Option<TerminalRow>, StoreError> {
+        self.read(|conn| {
+            let sql = format!("SELECT {TERMINAL_COLUMNS} FROM terminals WHERE tid = ?1");
+            let mut statement = conn.prepare_cached(&sql)?;
+            Ok(statement.query_row([tid], terminal_from_row).optional()?)
+        })
+    }
+
+    fn txn(&self, id: i64) -> Result<Option<TxnRow>, StoreError> {
+        Ok(self.txns_where("id = ?1", &[&id])?.into_iter().next())
+    }
+
+    fn txns_by_key(&self, tid: &str, batch_no: u32, stan: u32) -> Result<Vec<TxnRow>, StoreError> {
+        self.txns_where(
+            "tid = ?1 AND batch_no = ?2 AND stan = ?3 ORDER BY id",
+            &[&tid, &batch_no, &stan],
+        )
+    }
+
+    fn txn_by_rrn(&self, rrn: &str) -> Result<Option<TxnRow>, StoreError> {
+        Ok(self.txns_where("rrn = ?1", &[&rrn])?.into_iter().next())
+    }
+
+    fn txns_by_batch(&self, tid: &str, batch_no: u32) -> Result<Vec<TxnRow>, StoreError> {
+        self.txns_where("tid = ?1 AND batch_no = ?2 ORDER BY id", &[&tid, &batch_no])
+    }
+
+    fn txns_since(&self, clearing_date: &str) -> Result<Vec<TxnRow>, StoreError> {
+        self.txns_where("clearing_date >= ?1 ORDER BY id", &[&clearing_date])
+    }
+
+    fn txns_in_state(&self, state: TxnState) -> Result<Vec<TxnRow>, StoreError> {
+        self.txns_where("state = ?1 ORDER BY id", &[&state])
+    }
+
+    fn events(&self, txn_id: i64) -> Result<Vec<EventRow>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT txn_id, at_ms, kind, detail FROM events WHERE txn_id = ?1
+                 ORDER BY at_ms",
+            )?;
+            let rows = statement.query_map([txn_id], |r| {
+                Ok(EventRow {
+                    txn_id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    kind: r.get(2)?,
+                    detail: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn reversal(&self, txn_id: i64) -> Result<Option<SafItem>, StoreError> {
+        Ok(self
+            .safs_where("txn_id = ?1", &[&txn_id])?
+            .into_iter()
+            .next())
+    }
+
+    fn reversals_in_state(&self, state: SafState) -> Result<Vec<SafItem>, StoreError> {
+        self.safs_where("state = ?1 ORDER BY next_attempt_ms", &[&state])
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend {
+            message: format!("cannot enable WAL (journal mode {mode})"),
+        });
+    }
+    Ok(conn)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(schema::MIGRATIONS_TABLE)?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    let known = schema::latest_version();
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known,
+        });
+    }
+    for migration in schema::MIGRATIONS.iter().filter(|m| m.version > current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(&schema::render(migration, schema::SQLITE_BYTES))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (?1, ?2, ?3)",
+            params![migration.version, migration.name, now_ms()],
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn run_writer(mut conn: Connection, mut receiver: mpsc::Receiver<Job>) {
+    let mut jobs = Vec::with_capacity(WRITE_BATCH_MAX);
+    let mut completions = Vec::with_capacity(WRITE_BATCH_MAX);
+    loop {
+        let Some(first) = receiver.blocking_recv() else {
+            return;
+        };
+        jobs.push(first);
+        while jobs.len() < WRITE_BATCH_MAX {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let stop = commit_group(&mut conn, &mut jobs, &mut completions);
+        for completion in completions.drain(..) {
+            completion.deliver();
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+/// Runs every job of a group inside one transaction, each in its own savepoint so that one bad
+/// job fails alone; commits once. Returns whether a stop was requested.
+///
+/// SQLite rolls the whole transaction back by itself on some errors (disk full, I/O errors);
+/// then every job done so far in it has failed too, and the rest of the group starts afresh.
+fn commit_group(
+    conn: &mut Connection,
+    jobs: &mut Vec<Job>,
+    completions: &mut Vec<Completion>,
+) -> bool {
+    let mut stop = false;
+    let mut began = begin(conn);
+    let mut first_in_transaction = 0;
+    for job in jobs.drain(..) {
+        let (completion, failure) = match job {
+            Job::Stop => {
+                stop = true;
+                continue;
+            }
+            Job::Write { records, done } => {
+                let result = in_savepoint(conn, &began, |c| write_records(c, &records));
+                let failure = result.as_ref().err().cloned();
+                (Completion::Write(done, result), failure)
+            }
+            Job::Reserve {
+                counter,
+                count,
+                done,
+            } => {
+                let result = in_savepoint(conn, &began, |c| reserve_counter(c, &counter, count));
+                let failure = result.as_ref().err().cloned();
+                (Completion::Reserve(done, result), failure)
+            }
+            Job::Claim {
+                now_ms,
+                lease_ms,
+                limit,
+                done,
+            } => {
+                let result = in_savepoint(conn, &began, |c| claim(c, now_ms, lease_ms, limit));
+                let failure = result.as_ref().err().cloned();
+                (Completion::Claim(done, result), failure)
+            }
+        };
+        completions.push(completion);
+        if let Some(error) = failure {
+            if began.is_ok() && conn.is_autocommit() {
+                fail_from(completions, first_in_transaction, &error);
+                began = begin(conn);
+                first_in_transaction = completions.len();
+            }
+        }
+    }
+    if began.is_ok() {
+        if let Err(error) = conn.execute_batch("COMMIT") {
+            let error = StoreError::from(error);
+            // A failed COMMIT may leave the transaction open; end it so the next group starts
+            // clean. The rollback's own failure changes nothing for the waiters.
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            fail_from(completions, first_in_transaction, &error);
+        }
+    }
+    stop
+}
+
+fn begin(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(StoreError::from)
+}
+
+/// Fails every completion from index `first` on, keeping an earlier failure's own error.
+fn fail_from(completions: &mut [Completion], first: usize, error: &StoreError) {
+    for completion in completions.iter_mut().skip(first) {
+        let failed = match completion {
+            Completion::Write(_, result) => result.is_err(),
+            Completion::Reserve(_, result) => result.is_err(),
+            Completion::Claim(_, result) => result.is_err(),
+        };
+        if !failed {
+            replace_with_failure(completion, error);
+        }
+    }
+}
+
+fn replace_with_failure(completion: &mut Completion, error: &StoreError) {
+    // Swap in a cheap placeholder to take ownership of the sender, then put the failure back.
+    let (placeholder, _) = oneshot::channel();
+    let taken = std::mem::replace(completion, Completion::Write(placeholder, Ok(())));
+    *completion = taken.fail(error.clone());
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    began: &Result<(), StoreError>,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    if let Err(error) = began {
+        return Err(error.clone());
+    }
+    conn.prepare_cached("SAVEPOINT job")?.execute([])?;
+    match f(conn) {
+        Ok(value) => {
+            conn.prepare_cached("RELEASE job")?.execute([])?;
+            Ok(value)
+        }
+        Err(error) => {
+            // After an automatic rollback there is no savepoint left to return to.
+            if !conn.is_autocommit() {
+                conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
+                conn.prepare_cached("RELEASE job")?.execute([])?;
+            }
+            Err(error)
+        }
+    }
+}
+
+fn expect_one(changed: usize, what: &str) -> Result<(), StoreError> {
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Constraint {
+            message: format!("{what}: no such row"),
+        })
+    }
+}
+
+fn write_records(conn: &Connection, records: &[Record]) -> Result<(), StoreError> {
+    for record in records {
+        write_record(conn, record)?;
+    }
+    Ok(())
+}
+
+fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
+    match record {
+        Record::UpsertMerchant(m) => {
+            conn.prepare_cached(
+                "INSERT INTO merchants (mid, name, status, mcc) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (mid) DO UPDATE SET name = excluded.name,
+                 status = excluded.status, mcc = excluded.mcc",
+            )?
+            .execute(params![m.mid, m.name, m.status, m.mcc])?;
+        }
+        Record::UpsertTerminal(t) => {
+            let keys = t.working_keys.as_ref();
+            conn.prepare_cached(
+                "INSERT INTO terminals (tid, mid, tmk_wrapped, key_scheme, mac_algorithm, status,
+                 batch_no, last_sign_in_ms, pik_wrapped, mak_wrapped, tdk_wrapped)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (tid) DO UPDATE SET mid = excluded.mid,
+                 tmk_wrapped = excluded.tmk_wrapped, key_scheme = excluded.key_scheme,
+                 mac_algorithm = excluded.mac_algorithm, status = excluded.status,
+                 batch_no = excluded.batch_no, last_sign_in_ms = excluded.last_sign_in_ms,
+                 pik_wrapped = excluded.pik_wrapped, mak_wrapped = excluded.mak_wrapped,
+                 tdk_wrapped = excluded.tdk_wrapped",
+            )?
+            .execute(params![
+                t.tid,
+                t.mid,
+                t.tmk_wrapped,
+                t.key_scheme,
+                t.mac_algorithm,
+                t.status,
+                t.batch_no,
+                t.last_sign_in_ms,
+                keys.map(|k| &k.pik),
+                keys.map(|k| &k.mak),
+                keys.and_then(|k| k.tdk.as_ref()),
+            ])?;
+        }
+        Record::SignIn {
+            tid,
+            at_ms,
+            batch_no,
+            keys,
+        } => {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE terminals SET last_sign_in_ms = ?2, batch_no = ?3, pik_wrapped = ?4,
+                     mak_wrapped = ?5, tdk_wrapped = ?6 WHERE tid = ?1",
+                )?
+                .execute(params![tid, at_ms, batch_no, keys.pik, keys.mak, keys.tdk])?;
+            expect_one(changed, "terminal")?;
+        }
+        Record::SignOff { tid } => {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE terminals SET pik_wrapped = NULL, mak_wrapped = NULL,
+                     tdk_wrapped = NULL WHERE tid = ?1",
+                )?
+                .execute([tid])?;
+            expect_one(changed, "terminal")?;
+        }
+        Record::Batch { tid, batch_no } => {
+            let changed = conn
+                .prepare_cached("UPDATE terminals SET batch_no = ?2 WHERE tid = ?1")?
+                .execute(params![tid, batch_no])?;
+            expect_one(changed, "terminal")?;
+        }
+        Record::InsertTxn(t) => insert_txn(conn, t)?,
+        Record::Outcome(o) => write_outcome(conn, o)?,
+        Record::State { id, state } => {
+            let changed = conn
+                .prepare_cached("UPDATE transactions SET state = ?2 WHERE id = ?1")?
+                .execute(params![id, state])?;
+            expect_one(changed, "transaction")?;
+        }
+        Record::Refunded { id, refunded_fen } => {
+            let changed = conn
+                .prepare_cached("UPDATE transactions SET refunded_fen = ?2 WHERE id = ?1")?
+                .execute(params![id, refunded_fen])?;
+            expect_one(changed, "transaction")?;
+        }
+        Record::Event(e) => {
+            conn.prepare_cached(
+                "INSERT INTO events (txn_id, at_ms, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![e.txn_id, e.at_ms, e.kind, e.detail])?;
+        }
+        Record::SafEnqueue {
+            txn_id,
+            issuer,
+            reason,
+            next_attempt_ms,
+        } => {
+            // Enqueueing twice (a retried reversal, recovery after a crash) keeps the first.
+            conn.prepare_cached(
+                "INSERT INTO reversal_queue (txn_id, issuer, reason, attempts, next_attempt_ms,
+                 state) VALUES (?1, ?2, ?3, 0, ?4, ?5) ON CONFLICT (txn_id) DO NOTHING",
+            )?
+            .execute(params![
+                txn_id,
+                issuer,
+                reason,
+                next_attempt_ms,
+                SafState::Pending
+            ])?;
+        }
+        Record::SafRetry {
+            txn_id,
+            next_attempt_ms,
+            last_error,
+        } => {
+            conn.prepare_cached(
+                "UPDATE reversal_queue SET attempts = attempts + 1, next_attempt_ms = ?2,
+                 last_error = ?3 WHERE txn_id = ?1 AND state = ?4",
+            )?
+            .execute(params![
+                txn_id,
+                next_attempt_ms,
+                last_error,
+                SafState::Pending
+            ])?;
+        }
+        Record::SafDone {
+            txn_id,
+            state,
+            at_ms,
+        } => {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE reversal_queue SET attempts = attempts + 1, state = ?2,
+                     done_at_ms = ?3 WHERE txn_id = ?1",
+                )?
+                .execute(params![txn_id, state, at_ms])?;
+            expect_one(changed, "reversal")?;
+        }
+    }
+    Ok(())
+}
+
+fn insert_txn(conn: &Connection, t: &TxnRow) -> Result<(), StoreError> {
+    let pan = t.pan.as_ref();
+    conn.prepare_cached(
+        "INSERT INTO transactions (id, tid, mid, batch_no, stan, kind, mti, processing_code,
+         condition_code, amount_fen, currency, pan_sealed, pan_fingerprint, pan_masked,
+         pan_last4, pan_bin, issuer, rrn, host_trace, auth_code, response_code, state,
+         request_hash, original_id, refunded_fen, field60, host_date, clearing_date,
+         settlement_date, received_at_ms, sent_at_ms, issuer_answered_at_ms, answered_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+         ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)",
+    )?
+    .execute(params![
+        t.id,
+        t.tid,
+        t.mid,
+        t.batch_no,
+        t.stan,
+        t.kind,
+        t.mti,
+        t.processing_code,
+        t.condition_code,
+        t.amount_fen,
+        t.currency,
+        pan.map(|p| &p.sealed),
+        pan.map(|p| &p.fingerprint),
+        pan.map(|p| &p.masked),
+        pan.map(|p| &p.last4),
+        pan.map(|p| &p.bin),
+        t.issuer,
+        t.rrn,
+        t.host_trace,
+        t.auth_code,
+        t.response_code,
+        t.state,
+        t.request_hash,
+        t.original_id,
+        t.refunded_fen,
+        t.field60,
+        t.host_date,
+        t.clearing_date,
+        t.settlement_date,
+        t.received_at_ms,
+        t.sent_at_ms,
+        t.issuer_answered_at_ms,
+        t.answered_at_ms,
+    ])?;
+    Ok(())
+}
+
+fn write_outcome(conn: &Connection, o: &Outcome) -> Result<(), StoreError> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE transactions SET state = ?2, response_code = ?3, auth_code = ?4,
+             settlement_date = ?5, issuer_answered_at_ms = ?6, answered_at_ms = ?7
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            o.id,
+            o.state,
+            o.response_code,
+            o.auth_code,
+            o.settlement_date,
+            o.issuer_answered_at_ms,
+            o.answered_at_ms,
+        ])?;
+    expect_one(changed, "transaction")
+}
+
+fn reserve_counter(conn: &Connection, counter: &str, count: u64) -> Result<u64, StoreError> {
+    let count = i64::try_from(count).map_err(|_| StoreError::Constraint {
+        message: format!("counter block of {count} is too large"),
+    })?;
+    let first: i64 = conn
+        .prepare_cached(
+            "INSERT INTO counters (name, next_value) VALUES (?1, 1 + ?2)
+             ON CONFLICT (name) DO UPDATE SET next_value = counters.next_value + ?2
+             RETURNING next_value - ?2",
+        )?
+        .query_row(params![counter, count], |r| r.get(0))?;
+    u64::try_from(first).map_err(|_| StoreError::Corrupt {
+        what: "counter",
+        value: first.to_string(),
+    })
+}
+
+fn claim(
+    conn: &Connection,
+    now_ms: i64,
+    lease_ms: i64,
+    limit: u32,
+) -> Result<Vec<SafItem>, StoreError> {
+    let sql = format!(
+        "SELECT {SAF_COLUMNS} FROM reversal_queue WHERE state = ?1 AND next_attempt_ms <= ?2
+         ORDER BY next_attempt_ms LIMIT ?3"
+    );
+    let mut items = conn
+        .prepare_cached(&sql)?
+        .query_map(params![SafState::Pending, now_ms, limit], saf_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let lease_until = now_ms.saturating_add(lease_ms);
+    let mut update =
+        conn.prepare_cached("UPDATE reversal_queue SET next_attempt_ms = ?2 WHERE txn_id = ?1")?;
+    for item in &mut items {
+        update.execute(params![item.txn_id, lease_until])?;
+        item.next_attempt_ms = lease_until;
+    }
+    Ok(items)
+}
+
+const TERMINAL_COLUMNS: &str = "tid, mid, tmk_wrapped, key_scheme, mac_algorithm, status, \
+     batch_no, last_sign_in_ms, pik_wrapped, mak_wrapped, tdk_wrapped";
+
+fn terminal_from_row(r: &Row<'_>) -> rusqlite::Result<TerminalRow> {
+    let pik: Option<Vec<u8>> = r.get(8)?;
+    let mak: Option<Vec<u8>> = r.get(9)?;
+    let working_keys = match (pik, mak) {
+        (Some(pik), Some(mak)) => Some(WrappedKeys {
+            pik,
+            mak,
+            tdk: r.get(10)?,
+        }),
+        _ => None,
+    };
+    Ok(TerminalRow {
+        tid: r.get(0)?,
+        mid: r.get(1)?,
+        tmk_wrapped: r.get(2)?,
+        key_scheme: r.get(3)?,
+        mac_algorithm: r.get(4)?,
+        status: r.get(5)?,
+        batch_no: r.get(6)?,
+        last_sign_in_ms: r.get(7)?,
+        working_keys,
+    })
+}
+
+const TXN_COLUMNS: &str = "id, tid, mid, batch_no, stan, kind, mti, processing_code, \
+     condition_code, amount_fen, currency, pan_sealed, pan_fingerprint, pan_masked, pan_last4, \
+     pan_bin, issuer, rrn, host_trace, auth_code, response_code, state, request_hash, \
+     original_id, refunded_fen, field60, host_date, clearing_date, settlement_date, \
+     received_at_ms, sent_at_ms, issuer_answered_at_ms, answered_at_ms";
+
+fn txn_from_row(r: &Row<'_>) -> rusqlite::Result<TxnRow> {
+    let sealed: Option<Vec<u8>> = r.get(11)?;
+    let pan = match sealed {
+        Some(sealed) => Some(PanAtRest {
+            sealed,
+            fingerprint: r.get::<_, Option<Vec<u8>>>(12)?.unwrap_or_default(),
+            masked: r.get::<_, Option<String>>(13)?.unwrap_or_default(),
+            last4: r.get::<_, Option<String>>(14)?.unwrap_or_default(),
+            bin: r.get::<_, Option<String>>(15)?.unwrap_or_default(),
+        }),
+        None => None,
+    };
+    Ok(TxnRow {
+        id: r.get(0)?,
+        tid: r.get(1)?,
+        mid: r.get(2)?,
+        batch_no: r.get(3)?,
+        stan: r.get(4)?,
+        kind: r.get(5)?,
+        mti: r.get(6)?,
+        processing_code: r.get(7)?,
+        condition_code: r.get(8)?,
+        amount_fen: r.get(9)?,
+        currency: r.get(10)?,
+        pan,
+        issuer: r.get(16)?,
+        rrn: r.get(17)?,
+        host_trace: r.get(18)?,
+        auth_code: r.get(19)?,
+        response_code: r.get(20)?,
+        state: r.get(21)?,
+        request_hash: r.get(22)?,
+        original_id: r.get(23)?,
+        refunded_fen: r.get(24)?,
+        field60: r.get(25)?,
+        host_date: r.get(26)?,
+        clearing_date: r.get(27)?,
+        settlement_date: r.get(28)?,
+        received_at_ms: r.get(29)?,
+        sent_at_ms: r.get(30)?,
+        issuer_answered_at_ms: r.get(31)?,
+        answered_at_ms: r.get(32)?,
+    })
+}
+
+const SAF_COLUMNS: &str = "txn_id, issuer, reason, attempts, next_attempt_ms, state, last_error";
+
+fn saf_from_row(r: &Row<'_>) -> rusqlite::Result<SafItem> {
+    Ok(SafItem {
+        txn_id: r.get(0)?,
+        issuer: r.get(1)?,
+        reason: r.get(2)?,
+        attempts: r.get(3)?,
+        next_attempt_ms: r.get(4)?,
+        state: r.get(5)?,
+        last_error: r.get(6)?,
+    })
+}
+
+macro_rules! sql_text_enum {
+    ($($name:ident),+) => {$(
+        impl ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl FromSql for $name {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                let text = value.as_str()?;
+                $name::parse(text).map_err(|e| FromSqlError::Other(Box::new(e)))
+            }
+        }
+    )+};
+}
+
+sql_text_enum!(TxnKind, TxnState, Status, SafState);

@@ -1,0 +1,483 @@
+//! The SQLite store on a real file: migrations, round trips, group commit under concurrency,
+//! durability across reopen, the reversal queue, and write failures reaching the waiter.
+
+// Helpers outside `#[test]` functions are test code too.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use store::{
+    EventRow, MerchantRow, Outcome, PanAtRest, Record, SafState, SqliteConfig, SqliteStore, Status,
+    Store, StoreError, TerminalRow, TxnKind, TxnRow, TxnState, WrappedKeys,
+};
+
+fn merchant() -> MerchantRow {
+    MerchantRow {
+        mid: "898110048990001".into(),
+        name: "Teahouse".into(),
+        status: Status::Active,
+        mcc: "5812".into(),
+    }
+}
+
+fn terminal() -> TerminalRow {
+    TerminalRow {
+        tid: "10000001".into(),
+        mid: "898110048990001".into(),
+        tmk_wrapped: vec![1, 2, 3],
+        key_scheme: "003".into(),
+        mac_algorithm: "cup_ecb".into(),
+        status: Status::Active,
+        batch_no: 1,
+        last_sign_in_ms: None,
+        working_keys: None,
+    }
+}
+
+fn txn(id: i64, stan: u32) -> TxnRow {
+    TxnRow {
+        id,
+        tid: "10000001".into(),
+        mid: "898110048990001".into(),
+        batch_no: 1,
+        stan,
+        kind: TxnKind::Purchase,
+        mti: "0200".into(),
+        processing_code: "000000".into(),
+        condition_code: "00".into(),
+        amount_fen: 12_345,
+        currency: "156".into(),
+        pan: Some(PanAtRest {
+            sealed: vec![9; 32],
+            fingerprint: vec![7; 32],
+            masked: "622202******0123".into(),
+            last4: "0123".into(),
+            bin: "622202".into(),
+        }),
+        issuer: Some("ICBC".into()),
+        rrn: Some(format!("{id:012}")),
+        host_trace: Some(stan),
+        auth_code: None,
+        response_code: None,
+        state: TxnState::InFlight,
+        request_hash: vec![1; 16],
+        original_id: None,
+        refunded_fen: 0,
+        field60: Some("22000001".into()),
+        host_date: Some("1123".into()),
+        clearing_date: "20261123".into(),
+        settlement_date: None,
+        received_at_ms: 1_000 + id,
+        sent_at_ms: Some(1_001 + id),
+        issuer_answered_at_ms: None,
+        answered_at_ms: None,
+    }
+}
+
+fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&SqliteConfig::new(dir.path().join("shoudan.db"))).unwrap()
+}
+
+fn provision(store: &SqliteStore) {
+    store
+        .submit(vec![
+            Record::UpsertMerchant(merchant()),
+            Record::UpsertTerminal(Box::new(terminal())),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+}
+
+#[test]
+fn migrations_apply_once_and_reopen_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.close();
+    drop(store);
+    let store = open(&dir);
+    store.close();
+    let conn = rusqlite::Connection::open(dir.path().join("shoudan.db")).unwrap();
+    let versions: Vec<i64> = conn
+        .prepare("SELECT version FROM schema_migrations ORDER BY version")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(versions, vec![store::schema::latest_version()]);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    open(&dir).close();
+    let conn = rusqlite::Connection::open(dir.path().join("shoudan.db")).unwrap();
+    conn.execute(
+        "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (999, 'future', 0)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let error = SqliteStore::open(&SqliteConfig::new(dir.path().join("shoudan.db"))).unwrap_err();
+    assert!(matches!(error, StoreError::SchemaTooNew { found: 999, .. }));
+}
+
+#[test]
+fn terminals_merchants_and_sign_in_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    provision(&store);
+    assert_eq!(store.merchants().unwrap(), vec![merchant()]);
+    assert_eq!(store.terminal("10000001").unwrap(), Some(terminal()));
+    assert_eq!(store.terminal("nope").unwrap(), None);
+
+    let keys = WrappedKeys {
+        pik: vec![4; 24],
+        mak: vec![5; 24],
+        tdk: None,
+    };
+    store
+        .submit(vec![Record::SignIn {
+            tid: "10000001".into(),
+            at_ms: 42,
+            batch_no: 7,
+            keys: keys.clone(),
+        }])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let signed = store.terminal("10000001").unwrap().unwrap();
+    assert_eq!(signed.working_keys, Some(keys));
+    assert_eq!((signed.batch_no, signed.last_sign_in_ms), (7, Some(42)));
+
+    store
+        .submit(vec![Record::SignOff {
+            tid: "10000001".into(),
+        }])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(
+        store.terminal("10000001").unwrap().unwrap().working_keys,
+        None
+    );
+
+    // An update of a terminal that does not exist fails that submission alone.
+    let error = store
+        .submit(vec![Record::Batch {
+            tid: "99999999".into(),
+            batch_no: 2,
+        }])
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Constraint { .. }));
+}
+
+#[test]
+fn transactions_outcomes_and_events_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    provision(&store);
+    let row = txn(1, 11);
+    store
+        .submit(vec![
+            Record::InsertTxn(Box::new(row.clone())),
+            Record::Event(EventRow {
+                txn_id: 1,
+                at_ms: 5,
+                kind: "received".into(),
+                detail: "purchase of 123.45 received".into(),
+            }),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(store.txn(1).unwrap(), Some(row.clone()));
+    assert_eq!(
+        store.txns_by_key("10000001", 1, 11).unwrap(),
+        vec![row.clone()]
+    );
+    assert_eq!(store.txn_by_rrn("000000000001").unwrap(), Some(row.clone()));
+
+    let outcome = Outcome {
+        id: 1,
+        state: TxnState::Approved,
+        response_code: "00".into(),
+        auth_code: Some("A12345".into()),
+        settlement_date: Some("1123".into()),
+        issuer_answered_at_ms: Some(2_000),
+        answered_at_ms: 2_001,
+    };
+    store
+        .submit(vec![
+            Record::Outcome(outcome),
+            Record::Refunded {
+                id: 1,
+                refunded_fen: 100,
+            },
+            Record::Event(EventRow {
+                txn_id: 1,
+                at_ms: 6,
+                kind: "approved".into(),
+                detail: "approved by ICBC".into(),
+            }),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let stored = store.txn(1).unwrap().unwrap();
+    assert_eq!(stored.state, TxnState::Approved);
+    assert_eq!(stored.response_code.as_deref(), Some("00"));
+    assert_eq!(stored.auth_code.as_deref(), Some("A12345"));
+    assert_eq!(stored.answered_at_ms, Some(2_001));
+    assert_eq!(stored.refunded_fen, 100);
+    let kinds: Vec<String> = store
+        .events(1)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["received", "approved"]);
+    assert_eq!(store.txns_since("20261123").unwrap().len(), 1);
+    assert!(store.txns_since("20261124").unwrap().is_empty());
+    assert_eq!(store.txns_by_batch("10000001", 1).unwrap().len(), 1);
+    assert_eq!(store.txns_in_state(TxnState::Approved).unwrap().len(), 1);
+    assert!(store.txns_in_state(TxnState::InFlight).unwrap().is_empty());
+}
+
+#[test]
+fn a_failing_submission_fails_alone_and_leaves_no_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    provision(&store);
+    let first = store
+        .submit(vec![Record::InsertTxn(Box::new(txn(1, 1)))])
+        .unwrap();
+    // Same RRN as the first: the RRN is unique, so this whole submission must roll back,
+    // including its event, while the neighbours in the same group commit.
+    let mut clash = txn(2, 2);
+    clash.rrn = Some("000000000001".into());
+    let second = store
+        .submit(vec![
+            Record::Event(EventRow {
+                txn_id: 2,
+                at_ms: 1,
+                kind: "received".into(),
+                detail: String::new(),
+            }),
+            Record::InsertTxn(Box::new(clash)),
+        ])
+        .unwrap();
+    let third = store
+        .submit(vec![Record::InsertTxn(Box::new(txn(3, 3)))])
+        .unwrap();
+    first.wait().unwrap();
+    assert!(matches!(second.wait(), Err(StoreError::Constraint { .. })));
+    third.wait().unwrap();
+    assert!(store.txn(2).unwrap().is_none());
+    assert!(store.events(2).unwrap().is_empty());
+    assert!(store.txn(3).unwrap().is_some());
+}
+
+#[test]
+fn group_commit_under_concurrency_then_durable_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir));
+    provision(&store);
+    const TASKS: i64 = 16;
+    const PER_TASK: i64 = 200;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut handles = Vec::new();
+        for task in 0..TASKS {
+            let store = Arc::clone(&store);
+            handles.push(tokio::spawn(async move {
+                for n in 0..PER_TASK {
+                    let id = task * PER_TASK + n + 1;
+                    let stan = u32::try_from(id).unwrap();
+                    store
+                        .submit(vec![Record::InsertTxn(Box::new(txn(id, stan)))])
+                        .unwrap()
+                        .await
+                        .unwrap();
+                    // Durable means readable from another connection at once.
+                    assert!(store.txn(id).unwrap().is_some());
+                }
+            }));
+        }
+        for handle in handles {
+            handle.await.unwrap();
+        }
+    });
+    store.close();
+    drop(store);
+    let store = open(&dir);
+    let rows = store.txns_since("20261123").unwrap();
+    assert_eq!(rows.len(), usize::try_from(TASKS * PER_TASK).unwrap());
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    assert_eq!(ids, (1..=TASKS * PER_TASK).collect::<Vec<_>>());
+}
+
+#[test]
+fn counters_never_repeat_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    assert_eq!(store.reserve("rrn", 100).unwrap().wait().unwrap(), 1);
+    assert_eq!(store.reserve("rrn", 100).unwrap().wait().unwrap(), 101);
+    assert_eq!(store.reserve("trace", 10).unwrap().wait().unwrap(), 1);
+    store.close();
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.reserve("rrn", 1).unwrap().wait().unwrap(), 201);
+}
+
+#[test]
+fn reversal_queue_claim_retry_and_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    provision(&store);
+    for id in 1..=3 {
+        store
+            .submit(vec![
+                Record::InsertTxn(Box::new(txn(id, u32::try_from(id).unwrap()))),
+                Record::SafEnqueue {
+                    txn_id: id,
+                    issuer: "ICBC".into(),
+                    reason: "98".into(),
+                    next_attempt_ms: 100 * id,
+                },
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    // Enqueueing again keeps the first entry.
+    store
+        .submit(vec![Record::SafEnqueue {
+            txn_id: 1,
+            issuer: "ICBC".into(),
+            reason: "96".into(),
+            next_attempt_ms: 0,
+        }])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(store.reversal(1).unwrap().unwrap().reason, "98");
+
+    // At 250 the first two are due; claiming leases them so a second claim does not see them.
+    let claimed = store
+        .claim_reversals(250, 1_000, 10)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(claimed.iter().map(|i| i.txn_id).collect::<Vec<_>>(), [1, 2]);
+    assert!(claimed.iter().all(|i| i.next_attempt_ms == 1_250));
+    assert!(
+        store
+            .claim_reversals(250, 1_000, 10)
+            .unwrap()
+            .wait()
+            .unwrap()
+            .is_empty()
+    );
+
+    store
+        .submit(vec![
+            Record::SafDone {
+                txn_id: 1,
+                state: SafState::Acked,
+                at_ms: 260,
+            },
+            Record::SafRetry {
+                txn_id: 2,
+                next_attempt_ms: 300,
+                last_error: "link down".into(),
+            },
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let claimed = store
+        .claim_reversals(300, 1_000, 10)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(claimed.iter().map(|i| i.txn_id).collect::<Vec<_>>(), [2, 3]);
+    let second = claimed.iter().find(|i| i.txn_id == 2).unwrap();
+    assert_eq!(second.attempts, 1);
+    assert_eq!(second.last_error.as_deref(), Some("link down"));
+    assert_eq!(store.reversals_in_state(SafState::Acked).unwrap().len(), 1);
+    assert_eq!(
+        store.reversals_in_state(SafState::Pending).unwrap().len(),
+        2
+    );
+
+    // Leases survive a restart: after reopening, nothing is due before the lease ends.
+    store.close();
+    drop(store);
+    let store = open(&dir);
+    assert!(
+        store
+            .claim_reversals(1_000, 1_000, 10)
+            .unwrap()
+            .wait()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .claim_reversals(1_300, 1_000, 10)
+            .unwrap()
+            .wait()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn a_full_database_fails_the_waiter() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SqliteConfig::new(dir.path().join("small.db"));
+    // Enough for the schema, not for thousands of transactions.
+    config.max_page_count = Some(40);
+    let store = SqliteStore::open(&config).unwrap();
+    let mut failure = None;
+    for id in 1..=5_000 {
+        let result = store
+            .submit(vec![Record::InsertTxn(Box::new(txn(id, 1)))])
+            .unwrap()
+            .wait();
+        if let Err(error) = result {
+            failure = Some(error);
+            break;
+        }
+    }
+    assert!(
+        matches!(failure, Some(StoreError::Full { .. })),
+        "{failure:?}"
+    );
+}
+
+#[test]
+fn writes_after_close_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.close();
+    let result = store.submit(vec![Record::UpsertMerchant(merchant())]);
+    let error = match result {
+        Ok(pending) => pending.wait().unwrap_err(),
+        Err(error) => error,
+    };
+    assert_eq!(error, StoreError::WriterGone);
+}
