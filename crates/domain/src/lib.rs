@@ -1,1 +1,18 @@
-//! placeholder
+//! The acquiring domain without IO: money, card numbers and terminal identifiers, card types,
+//! the issuer directory, and the diagnosis knowledge base that explains every failure.
+#![forbid(unsafe_code)]
+
+pub mod card;
+pub mod ids;
+pub mod issuer;
+pub mod money;
+pub mod pan;
+
+pub use card::{CardNetwork, CardType};
+pub use ids::{AuthCode, BatchNo, IdError, Mcc, MerchantId, Rrn, Stan, TerminalId};
+pub use issuer::{
+    Bank, CardLookup, CsvFile, DirectoryError, IssuerContact, IssuerDirectory, IssuerMatch,
+    RowProblem,
+};
+pub use money::{Money, MoneyError};
+pub use pan::{MaskedPan, Pan, PanError, luhn_check_digit, luhn_valid};

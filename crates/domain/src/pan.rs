@@ -1,0 +1,306 @@
+//! The primary account number: 13–19 digits, Luhn-checked, zeroised on drop.
+//! Owns the masking rule (first 6, last 4) every log, page and API answer must use.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+pub const PAN_LEN_MIN: usize = 13;
+pub const PAN_LEN_MAX: usize = 19;
+/// Digits that may be shown in clear at the start (the BIN) and at the end of a masked PAN.
+const MASK_KEEP_FIRST: usize = 6;
+const MASK_KEEP_LAST: usize = 4;
+/// The longest issuer prefix [`Pan::bin`] hands out (the CUP BIN table has 10-digit rows).
+pub const BIN_LEN_MAX: usize = 10;
+
+/// A card number. Parsing checks length, digits and the Luhn check digit; `Display` and `Debug`
+/// print it masked (`622202******0123`); the clear digits leave only through
+/// [`Pan::expose_digits`], a name meant to stand out in review.
+#[derive(Clone, PartialEq, Eq, Hash, Zeroize, ZeroizeOnDrop)]
+pub struct Pan {
+    digits: [u8; PAN_LEN_MAX],
+    len: u8,
+}
+
+/// Why a text is not a PAN. Never carries the digits themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PanError {
+    #[error("card number must be {PAN_LEN_MIN} to {PAN_LEN_MAX} digits, got {len}")]
+    Length { len: usize },
+    #[error("card number has a character that is not a digit at position {position}")]
+    NotDigit { position: usize },
+    #[error("card number fails the Luhn check (mistyped or misread)")]
+    Luhn,
+}
+
+impl Pan {
+    /// Parse ASCII digits, e.g. field 2 after BCD decoding or track 2 left of '='.
+    pub fn from_ascii(text: &[u8]) -> Result<Pan, PanError> {
+        let pan = Pan::from_ascii_unchecked_luhn(text)?;
+        if luhn_valid(pan.expose_bytes()) {
+            Ok(pan)
+        } else {
+            Err(PanError::Luhn)
+        }
+    }
+
+    /// Length and digits only. Private: a `Pan` in the wild has always passed Luhn.
+    fn from_ascii_unchecked_luhn(text: &[u8]) -> Result<Pan, PanError> {
+        if let Some(position) = text.iter().position(|b| !b.is_ascii_digit()) {
+            return Err(PanError::NotDigit { position });
+        }
+        if !(PAN_LEN_MIN..=PAN_LEN_MAX).contains(&text.len()) {
+            return Err(PanError::Length { len: text.len() });
+        }
+        let mut digits = [0u8; PAN_LEN_MAX];
+        for (slot, &byte) in digits.iter_mut().zip(text) {
+            *slot = byte;
+        }
+        let len = u8::try_from(text.len()).map_err(|_| PanError::Length { len: text.len() })?;
+        Ok(Pan { digits, len })
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Always false (a PAN has at least 13 digits); here because clippy pairs it with `len`.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The clear digits. Every call site is a place a full PAN can leak: keep them few and
+    /// never pass the result to a log, a page, an API answer or the database.
+    pub fn expose_digits(&self) -> &str {
+        std::str::from_utf8(self.expose_bytes()).unwrap_or_default()
+    }
+
+    fn expose_bytes(&self) -> &[u8] {
+        self.digits.get(..self.len()).unwrap_or_default()
+    }
+
+    /// The last four digits, shown on receipts and used to confirm a card with its holder.
+    pub fn last4(&self) -> &str {
+        let digits = self.expose_digits();
+        digits
+            .get(digits.len().saturating_sub(MASK_KEEP_LAST)..)
+            .unwrap_or_default()
+    }
+
+    /// The first `n` digits, the issuer prefix. `None` for `n` = 0, `n` > [`BIN_LEN_MAX`], or a
+    /// prefix that would reach into the last four digits (prefix and last 4 together must not
+    /// rebuild the PAN).
+    pub fn bin(&self, n: usize) -> Option<&str> {
+        if n == 0 || n > BIN_LEN_MAX || n + MASK_KEEP_LAST >= self.len() {
+            return None;
+        }
+        self.expose_digits().get(..n)
+    }
+
+    /// The masked form, the only form of a PAN that may be stored in clear or shown.
+    pub fn masked(&self) -> MaskedPan {
+        MaskedPan::from_digits(self.expose_bytes())
+    }
+}
+
+impl FromStr for Pan {
+    type Err = PanError;
+
+    fn from_str(text: &str) -> Result<Pan, PanError> {
+        Pan::from_ascii(text.as_bytes())
+    }
+}
+
+impl fmt::Display for Pan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.masked().as_str())
+    }
+}
+
+impl fmt::Debug for Pan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pan({})", self.masked().as_str())
+    }
+}
+
+/// A masked card number, `622202******0123`: safe to print, log, store and serialise.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct MaskedPan(String);
+
+impl MaskedPan {
+    /// Mask text that may or may not be a card number (e.g. what an operator typed). A run of
+    /// 13–19 digits keeps its first 6 and last 4; anything else is masked entirely, because
+    /// text we cannot parse might still be a card number.
+    pub fn of_untrusted(text: &str) -> MaskedPan {
+        let bytes = text.as_bytes();
+        if (PAN_LEN_MIN..=PAN_LEN_MAX).contains(&bytes.len())
+            && bytes.iter().all(u8::is_ascii_digit)
+        {
+            MaskedPan::from_digits(bytes)
+        } else {
+            MaskedPan("*".repeat(text.chars().count()))
+        }
+    }
+
+    fn from_digits(digits: &[u8]) -> MaskedPan {
+        let keep_last_from = digits.len().saturating_sub(MASK_KEEP_LAST);
+        let masked = digits
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| {
+                if i < MASK_KEEP_FIRST || i >= keep_last_from {
+                    char::from(d)
+                } else {
+                    '*'
+                }
+            })
+            .collect();
+        MaskedPan(masked)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MaskedPan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for MaskedPan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MaskedPan({})", self.0)
+    }
+}
+
+/// Luhn (mod 10) over ASCII digits, check digit last. False for empty input or a non-digit.
+pub fn luhn_valid(digits: &[u8]) -> bool {
+    if digits.is_empty() {
+        return false;
+    }
+    let mut sum: u32 = 0;
+    for (i, &byte) in digits.iter().rev().enumerate() {
+        if !byte.is_ascii_digit() {
+            return false;
+        }
+        sum += luhn_term(byte - b'0', i % 2 == 1);
+    }
+    sum % 10 == 0
+}
+
+/// The Luhn check digit (ASCII) to append to `payload`; `None` if `payload` has a non-digit.
+/// For simulators and tests that need to make valid card numbers.
+pub fn luhn_check_digit(payload: &[u8]) -> Option<u8> {
+    let mut sum: u32 = 0;
+    for (i, &byte) in payload.iter().rev().enumerate() {
+        if !byte.is_ascii_digit() {
+            return None;
+        }
+        // Once the check digit is appended, the payload's last digit sits in a doubled position.
+        sum += luhn_term(byte - b'0', i % 2 == 0);
+    }
+    let check = (10 - sum % 10) % 10;
+    u8::try_from(check).ok().map(|c| b'0' + c)
+}
+
+fn luhn_term(digit: u8, doubled: bool) -> u32 {
+    let d = u32::from(digit);
+    if doubled {
+        let twice = d * 2;
+        if twice > 9 { twice - 9 } else { twice }
+    } else {
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A real-format ICBC debit number (BIN 622202) with a valid check digit; not a live card.
+    const ICBC: &str = "6222020200112345679";
+
+    #[test]
+    fn parses_and_masks() {
+        let pan: Pan = ICBC.parse().unwrap();
+        assert_eq!(pan.len(), 19);
+        assert_eq!(pan.to_string(), "622202*********5679");
+        assert_eq!(format!("{pan:?}"), "Pan(622202*********5679)");
+        assert_eq!(format!("{pan:#?}"), "Pan(622202*********5679)");
+        assert_eq!(pan.last4(), "5679");
+        assert_eq!(pan.bin(6), Some("622202"));
+        assert_eq!(pan.bin(0), None);
+        assert_eq!(pan.bin(11), None);
+        assert_eq!(pan.expose_digits(), ICBC);
+    }
+
+    #[test]
+    fn sixteen_digit_mask_matches_the_house_example() {
+        let mut payload = b"622202000000012".to_vec();
+        payload.push(luhn_check_digit(&payload).unwrap());
+        let pan = Pan::from_ascii(&payload).unwrap();
+        assert_eq!(pan.masked().as_str().len(), 16);
+        assert!(pan.to_string().starts_with("622202******"));
+    }
+
+    #[test]
+    fn errors_do_not_carry_digits() {
+        assert_eq!("6222020200112345678".parse::<Pan>(), Err(PanError::Luhn));
+        assert_eq!(
+            "622202020011".parse::<Pan>(),
+            Err(PanError::Length { len: 12 })
+        );
+        assert_eq!(
+            "62220202001123456780".parse::<Pan>(),
+            Err(PanError::Length { len: 20 })
+        );
+        assert_eq!(
+            "6222 0202 0011 2345".parse::<Pan>(),
+            Err(PanError::NotDigit { position: 4 })
+        );
+        assert_eq!("".parse::<Pan>(), Err(PanError::Length { len: 0 }));
+        let message = PanError::Luhn.to_string();
+        assert!(!message.contains("6222"));
+    }
+
+    #[test]
+    fn known_luhn_answers() {
+        assert!(luhn_valid(b"79927398713"));
+        assert!(!luhn_valid(b"79927398710"));
+        assert_eq!(luhn_check_digit(b"7992739871"), Some(b'3'));
+        assert!(luhn_valid(b"4111111111111111"));
+        assert!(!luhn_valid(b""));
+        assert!(!luhn_valid(b"41x1"));
+        assert_eq!(luhn_check_digit(b"41x"), None);
+    }
+
+    #[test]
+    fn untrusted_text_is_masked_whole_unless_it_looks_like_a_pan() {
+        assert_eq!(
+            MaskedPan::of_untrusted("6222020200112345678").as_str(),
+            "622202*********5678"
+        );
+        assert_eq!(MaskedPan::of_untrusted("6222-0202").as_str(), "*********");
+        assert_eq!(MaskedPan::of_untrusted("").as_str(), "");
+    }
+
+    #[test]
+    fn zeroize_clears_the_digits() {
+        let mut pan: Pan = ICBC.parse().unwrap();
+        pan.zeroize();
+        assert_eq!(pan.expose_digits(), "");
+        assert_eq!(pan.digits, [0u8; PAN_LEN_MAX]);
+    }
+
+    #[test]
+    fn masked_pan_serialises_masked() {
+        let pan: Pan = ICBC.parse().unwrap();
+        let json = serde_json::to_string(&pan.masked()).unwrap();
+        assert_eq!(json, "\"622202*********5679\"");
+    }
+}
