@@ -9,6 +9,7 @@
 mod ct;
 pub mod field62;
 pub mod hex;
+pub mod hsm;
 pub mod key;
 pub mod mac;
 pub mod pin;
@@ -19,6 +20,10 @@ pub use field62::{
     WorkingKeyRole, WorkingKeys, decode_field62, generate, unwrap_field62,
 };
 pub use hex::HexError;
+pub use hsm::{
+    Hsm, HsmError, IssuedWorkingKeys, KeyHandle, KeyInfo, KeySpec, KeyUsage, MasterKey,
+    PinVerificationValue, SoftHsm,
+};
 pub use key::{DesKey, DesKeyLength, Kcv, Key, KeyAlgorithm, KeyError, Sm4Key};
 pub use mac::{MAC_LEN, MacAlgorithm, MacError};
 pub use pin::{ClearPin, ClearPinBlock, EncryptedPinBlock, PanDigits, PinError};
