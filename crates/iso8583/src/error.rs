@@ -22,19 +22,19 @@ pub enum FieldError {
     NotDigit { pos: usize, nibble: u8 },
     #[error("pad nibble {nibble:X} is neither 0 nor F")]
     BadPad { nibble: u8 },
-    #[error("byte 0x{byte:02X} at offset {pos} is not allowed in an {format} field")]
+    #[error("byte 0x{byte:02X} at offset {pos} is not allowed in format {format}")]
     BadByte {
         pos: usize,
         byte: u8,
         format: Format,
     },
-    #[error("character {ch:?} at {pos} is not allowed in an {format} field")]
+    #[error("character {ch:?} at {pos} is not allowed in format {format}")]
     BadChar {
         pos: usize,
         ch: char,
         format: Format,
     },
-    #[error("is an {actual} field, not {expected}")]
+    #[error("format {actual} cannot take {expected}")]
     WrongFormat {
         actual: Format,
         expected: &'static str,
@@ -110,8 +110,6 @@ pub enum DecodeError {
     MtiNotBcd { bytes: [u8; 2] },
     #[error("bitmap: bit 1 set, but only the primary bitmap (fields 2-64) is supported")]
     SecondaryBitmap,
-    #[error("bitmap: no field present")]
-    EmptyBitmap,
     #[error("field {field}: {error}")]
     Field { field: u8, error: FieldError },
     #[error("{count} bytes left over after field {after}{}", LastVar(*.last_variable))]

@@ -146,9 +146,6 @@ impl<'a> Message<'a> {
         if bitmap & (1 << 63) != 0 {
             return Err(DecodeError::SecondaryBitmap);
         }
-        if bitmap == 0 {
-            return Err(DecodeError::EmptyBitmap);
-        }
 
         let mut fields = [None; FIELD_COUNT];
         let mut mac_start = input.len();
