@@ -2,5 +2,18 @@
 //! faults on demand, answering the switch over the issuer link of docs/issuer-link.md.
 
 pub mod book;
+pub mod clearing;
+pub mod issuer;
+pub mod ledger;
 pub mod model;
 pub mod time;
+
+pub use book::{BookConfig, PinCheck, PinVerifier};
+pub use issuer::{Issuer, IssuerConfig, IssuerError, MaintenanceWindow};
+pub use ledger::{LedgerError, LedgerLocation};
+pub use model::{
+    AccountSpec, AuthRequest, CardNumber, CardRules, CardStatus, EncryptedPinBlock, Fen, KindSet,
+    Limits, OriginalRef, PinVerificationValue, Posting, Reply, ResponseCode, ReversalRequest, Rrn,
+    TxnKind, TxnRecord, TxnState,
+};
+pub use time::{Clock, Date, LocalTime, ManualClock, SystemClock, YearMonth};

@@ -1,0 +1,263 @@
+//! One issuer host: the book behind a lock, its clock, its PIN verifier and its ledger. This is
+//! what the TCP server calls per request and what `shoudan audit` queries afterwards.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::book::{Book, BookConfig, BookError, PinVerifier};
+use crate::clearing;
+use crate::ledger::{Ledger, LedgerError, LedgerLocation};
+use crate::model::{
+    AccountSpec, AuthRequest, CardNumber, CardStatus, Posting, Reply, ResponseCode,
+    ReversalRequest, Rrn, TxnRecord,
+};
+use crate::time::{Clock, Date, LocalTime};
+
+/// A daily window, in local minutes since midnight, when the issuer answers 91. A window whose
+/// start is after its end runs over midnight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaintenanceWindow {
+    pub start_minute: u16,
+    pub end_minute: u16,
+}
+
+impl MaintenanceWindow {
+    pub fn contains(self, minute: u16) -> bool {
+        if self.start_minute <= self.end_minute {
+            (self.start_minute..self.end_minute).contains(&minute)
+        } else {
+            minute >= self.start_minute || minute < self.end_minute
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct IssuerConfig {
+    /// Bank code as in data/bin (e.g. `ICBC`).
+    pub bank_code: String,
+    pub ledger: LedgerLocation,
+    pub book: BookConfig,
+    pub maintenance: Option<MaintenanceWindow>,
+}
+
+impl IssuerConfig {
+    /// An in-memory issuer with default policy: unit tests and throwaway demos.
+    pub fn in_memory(bank_code: &str) -> Self {
+        Self {
+            bank_code: bank_code.to_owned(),
+            ledger: LedgerLocation::Memory,
+            book: BookConfig::default(),
+            maintenance: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IssuerError {
+    #[error(transparent)]
+    Book(#[from] BookError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("clearing file: {0}")]
+    Clearing(String),
+}
+
+/// A simulated issuer host.
+pub struct Issuer {
+    bank_code: String,
+    book: Mutex<Book>,
+    ledger: Ledger,
+    clock: Arc<dyn Clock>,
+    pins: Arc<dyn PinVerifier>,
+    window: Option<MaintenanceWindow>,
+    maintenance: AtomicBool,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer")
+            .field("bank_code", &self.bank_code)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Issuer {
+    /// Opens the issuer's accounts and resumes from its ledger if it has one.
+    pub fn open(
+        config: IssuerConfig,
+        accounts: Vec<AccountSpec>,
+        pins: Arc<dyn PinVerifier>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, IssuerError> {
+        let mut book = Book::new(config.book, accounts)?;
+        let (ledger, restored) = Ledger::open(&config.ledger)?;
+        book.restore(restored);
+        Ok(Self {
+            bank_code: config.bank_code,
+            book: Mutex::new(book),
+            ledger,
+            clock,
+            pins,
+            window: config.maintenance,
+            maintenance: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn bank_code(&self) -> &str {
+        &self.bank_code
+    }
+
+    pub fn now(&self) -> LocalTime {
+        self.clock.now()
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        // The book asserts its invariants; after such a panic the state is still the last
+        // consistent one, as every change is made before it is published.
+        self.book
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Puts the issuer in or out of maintenance (91) regardless of its configured window.
+    pub fn set_maintenance(&self, on: bool) {
+        self.maintenance.store(on, Ordering::Relaxed);
+    }
+
+    pub fn in_maintenance(&self, now: LocalTime) -> bool {
+        self.maintenance.load(Ordering::Relaxed)
+            || self.window.is_some_and(|w| w.contains(now.minute_of_day()))
+    }
+
+    fn unavailable(&self, now: LocalTime) -> Option<Reply> {
+        let code = if self.closed.load(Ordering::Relaxed) {
+            ResponseCode::SystemError
+        } else if self.in_maintenance(now) {
+            ResponseCode::IssuerUnavailable
+        } else {
+            return None;
+        };
+        Some(Reply {
+            code,
+            auth_code: None,
+            balance: None,
+            settlement_date: now.date,
+        })
+    }
+
+    /// Decides a 0100/0200/0220 request.
+    pub fn authorise(&self, req: &AuthRequest) -> Reply {
+        let now = self.clock.now();
+        if let Some(reply) = self.unavailable(now) {
+            return reply;
+        }
+        let mut ops = Vec::with_capacity(4);
+        let mut book = self.book();
+        let reply = book.authorise(req, now, self.pins.as_ref(), &mut ops);
+        // Sent under the lock so the writer sees changes to one account in the order made.
+        self.persist(ops);
+        reply
+    }
+
+    /// Applies a 0400. During maintenance the issuer cannot reverse either (91): the switch
+    /// keeps the reversal in store-and-forward until the issuer is back.
+    pub fn reverse(&self, req: &ReversalRequest) -> Reply {
+        let now = self.clock.now();
+        if let Some(reply) = self.unavailable(now) {
+            return reply;
+        }
+        let mut ops = Vec::with_capacity(4);
+        let mut book = self.book();
+        let reply = book.reverse(req, now, &mut ops);
+        self.persist(ops);
+        reply
+    }
+
+    fn persist(&self, ops: Vec<crate::book::LedgerOp>) {
+        if self.ledger.write(ops).is_err() {
+            // Only after `close`; later requests are refused with 96 by `unavailable`.
+            self.closed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Changes a card's status at run time (reported lost, frozen, ...).
+    pub fn set_card_status(&self, pan: &CardNumber, status: CardStatus) {
+        let mut ops = Vec::new();
+        let mut book = self.book();
+        book.set_status(pan, status, &mut ops);
+        self.persist(ops);
+    }
+
+    /// (balance, holds) in fen.
+    pub fn balance(&self, pan: &CardNumber) -> Option<(i64, i64)> {
+        self.book().balance(pan)
+    }
+
+    pub fn pin_tries(&self, pan: &CardNumber) -> Option<u8> {
+        self.book().pin_tries(pan)
+    }
+
+    pub fn knows(&self, pan: &CardNumber) -> bool {
+        self.book().knows(pan)
+    }
+
+    /// The transaction as the issuer holds it now (in memory, no wait for the ledger).
+    pub fn txn(&self, rrn: &Rrn) -> Option<TxnRecord> {
+        self.book().txn(rrn).cloned()
+    }
+
+    /// Waits until every change so far is committed to the ledger.
+    pub fn flush(&self) -> Result<(), IssuerError> {
+        Ok(self.ledger.flush()?)
+    }
+
+    /// Every transaction the issuer approved, whatever became of it since (voided, reversed,
+    /// refunded, completed), by RRN: what the audit compares with the acquirer's journal.
+    pub fn approvals(&self) -> Result<Vec<TxnRecord>, IssuerError> {
+        Ok(self.ledger.transactions(None, true)?)
+    }
+
+    /// Every transaction of a business day, declines and reversal tombstones included.
+    pub fn transactions_for_day(&self, day: Date) -> Result<Vec<TxnRecord>, IssuerError> {
+        Ok(self.ledger.transactions(Some(day), false)?)
+    }
+
+    /// Every posting of a business day, in order, with the balance and holds each left.
+    pub fn entries_for_day(&self, day: Date) -> Result<Vec<Posting>, IssuerError> {
+        Ok(self.ledger.entries_for_day(day)?)
+    }
+
+    /// Writes the clearing file of a business day (see `clearing`).
+    pub fn write_clearing(&self, day: Date, out: &mut dyn Write) -> Result<usize, IssuerError> {
+        let records = self.ledger.transactions(Some(day), true)?;
+        clearing::write_csv(&records, out).map_err(|e| IssuerError::Clearing(e.to_string()))
+    }
+
+    /// Writes the clearing file of a business day to `path`.
+    pub fn write_clearing_file(&self, day: Date, path: &Path) -> Result<usize, IssuerError> {
+        let file = std::fs::File::create(path).map_err(|e| IssuerError::Clearing(e.to_string()))?;
+        let mut out = std::io::BufWriter::new(file);
+        let rows = self.write_clearing(day, &mut out)?;
+        out.flush()
+            .map_err(|e| IssuerError::Clearing(e.to_string()))?;
+        Ok(rows)
+    }
+
+    /// Commits everything and stops the ledger writer; later requests are answered 96.
+    pub fn close(&self) -> Result<(), IssuerError> {
+        self.closed.store(true, Ordering::Relaxed);
+        // Taking the lock waits out any request still applying its changes.
+        let _book = self.book();
+        Ok(self.ledger.close()?)
+    }
+}
+
+impl Drop for Issuer {
+    fn drop(&mut self) {
+        let _ = self.ledger.close();
+    }
+}
