@@ -1,6 +1,9 @@
 //! Every decision the issuer makes, through its public API, with a stand-in PIN verifier so
 //! each test controls exactly which PIN is right. (The HSM-backed verifier has its own tests.)
 
+// Test helpers outside #[test] functions may unwrap and index too.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
 use std::sync::Arc;
 
 use issuer_sim::model::luhn_check_digit;
