@@ -6,7 +6,7 @@ use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use crate::model::{
-    AccountSpec, AuthRequest, CardNumber, CardRules, CardStatus, EncryptedPinBlock, Fen, Limits,
+    AccountSpec, AuthRequest, CardRules, CardStatus, EncryptedPinBlock, Fen, Limits, Pan,
     PinVerificationValue, Posting, Reply, ResponseCode, ReversalRequest, Rrn, TxnKind, TxnRecord,
     TxnState,
 };
@@ -38,13 +38,15 @@ pub enum PinCheck {
     /// The block did not decrypt to a format 0 block for this PAN (key mismatch): 99, no try
     /// counted, since the cardholder is not at fault.
     Unreadable,
+    /// The HSM could not do the check (key missing, wrong usage): 96, no try counted.
+    Fault,
 }
 
 /// Checks PIN blocks under the issuer's ZPK; implemented over the HSM.
 pub trait PinVerifier: Send + Sync {
     fn verify(
         &self,
-        pan: &CardNumber,
+        pan: &Pan,
         block: &EncryptedPinBlock,
         stored: &PinVerificationValue,
     ) -> PinCheck;
@@ -84,7 +86,7 @@ pub enum BookError {
 #[derive(Debug)]
 struct Account {
     reference: Arc<str>,
-    pan: CardNumber,
+    pan: Pan,
     expiry: YearMonth,
     pin: PinVerificationValue,
     limits: Limits,
@@ -163,6 +165,7 @@ impl Account {
                 }
             }
             PinCheck::Unreadable => Err(ResponseCode::PinFormatError),
+            PinCheck::Fault => Err(ResponseCode::SystemError),
         }
     }
 
@@ -232,7 +235,7 @@ impl Account {
 pub struct Book {
     config: BookConfig,
     accounts: Vec<Account>,
-    by_pan: HashMap<CardNumber, usize>,
+    by_pan: HashMap<Pan, usize>,
     by_reference: HashMap<Arc<str>, usize>,
     txns: HashMap<Rrn, TxnRecord>,
     auth_seq: u32,
@@ -260,7 +263,9 @@ impl Book {
                 Entry::Vacant(slot) => slot.insert(index),
             };
             match by_pan.entry(spec.pan.clone()) {
-                Entry::Occupied(_) => return Err(BookError::DuplicatePan(spec.pan.masked())),
+                Entry::Occupied(_) => {
+                    return Err(BookError::DuplicatePan(spec.pan.masked().to_string()));
+                }
                 Entry::Vacant(slot) => slot.insert(index),
             };
             accounts.push(Account {
@@ -325,21 +330,21 @@ impl Book {
     }
 
     /// (balance, holds) of the card's account.
-    pub fn balance(&self, pan: &CardNumber) -> Option<(i64, i64)> {
+    pub fn balance(&self, pan: &Pan) -> Option<(i64, i64)> {
         let account = self.accounts.get(*self.by_pan.get(pan)?)?;
         Some((account.balance, account.holds))
     }
 
-    pub fn pin_tries(&self, pan: &CardNumber) -> Option<u8> {
+    pub fn pin_tries(&self, pan: &Pan) -> Option<u8> {
         Some(self.accounts.get(*self.by_pan.get(pan)?)?.pin_tries)
     }
 
-    pub fn knows(&self, pan: &CardNumber) -> bool {
+    pub fn knows(&self, pan: &Pan) -> bool {
         self.by_pan.contains_key(pan)
     }
 
     /// Changes a card's status (a card reported lost, an account frozen), as of now.
-    pub fn set_status(&mut self, pan: &CardNumber, status: CardStatus, out: &mut Vec<LedgerOp>) {
+    pub fn set_status(&mut self, pan: &Pan, status: CardStatus, out: &mut Vec<LedgerOp>) {
         if let Some(account) = self.by_pan.get(pan).and_then(|&i| self.accounts.get_mut(i)) {
             account.status = status;
             out.push(LedgerOp::Account(account.snapshot()));
@@ -542,7 +547,7 @@ impl Book {
             trace: req.trace,
             kind: req.kind,
             account,
-            pan_masked: req.pan.masked(),
+            pan_masked: req.pan.masked().to_string(),
             amount: req.amount,
             code,
             auth_code,
@@ -732,7 +737,7 @@ impl Book {
                 trace: req.trace,
                 kind: req.kind,
                 account: reference,
-                pan_masked: req.pan.masked(),
+                pan_masked: req.pan.masked().to_string(),
                 amount: req.amount,
                 code: ResponseCode::OriginalNotFound,
                 auth_code: None,

@@ -10,8 +10,8 @@ use crate::book::{Book, BookConfig, BookError, PinVerifier};
 use crate::clearing;
 use crate::ledger::{Ledger, LedgerError, LedgerLocation};
 use crate::model::{
-    AccountSpec, AuthRequest, CardNumber, CardStatus, Posting, Reply, ResponseCode,
-    ReversalRequest, Rrn, TxnRecord,
+    AccountSpec, AuthRequest, CardStatus, Pan, Posting, Reply, ResponseCode, ReversalRequest, Rrn,
+    TxnRecord,
 };
 use crate::time::{Clock, Date, LocalTime};
 
@@ -185,7 +185,7 @@ impl Issuer {
     }
 
     /// Changes a card's status at run time (reported lost, frozen, ...).
-    pub fn set_card_status(&self, pan: &CardNumber, status: CardStatus) {
+    pub fn set_card_status(&self, pan: &Pan, status: CardStatus) {
         let mut ops = Vec::new();
         let mut book = self.book();
         book.set_status(pan, status, &mut ops);
@@ -193,15 +193,15 @@ impl Issuer {
     }
 
     /// (balance, holds) in fen.
-    pub fn balance(&self, pan: &CardNumber) -> Option<(i64, i64)> {
+    pub fn balance(&self, pan: &Pan) -> Option<(i64, i64)> {
         self.book().balance(pan)
     }
 
-    pub fn pin_tries(&self, pan: &CardNumber) -> Option<u8> {
+    pub fn pin_tries(&self, pan: &Pan) -> Option<u8> {
         self.book().pin_tries(pan)
     }
 
-    pub fn knows(&self, pan: &CardNumber) -> bool {
+    pub fn knows(&self, pan: &Pan) -> bool {
         self.book().knows(pan)
     }
 

@@ -6,14 +6,16 @@ pub mod clearing;
 pub mod issuer;
 pub mod ledger;
 pub mod model;
+pub mod pin;
 pub mod time;
 
 pub use book::{BookConfig, PinCheck, PinVerifier};
 pub use issuer::{Issuer, IssuerConfig, IssuerError, MaintenanceWindow};
 pub use ledger::{LedgerError, LedgerLocation};
 pub use model::{
-    AccountSpec, AuthRequest, CardNumber, CardRules, CardStatus, EncryptedPinBlock, Fen, KindSet,
-    Limits, OriginalRef, PinVerificationValue, Posting, Reply, ResponseCode, ReversalRequest, Rrn,
+    AccountSpec, AuthRequest, CardRules, CardStatus, EncryptedPinBlock, Fen, KindSet, Limits,
+    OriginalRef, Pan, PinVerificationValue, Posting, Reply, ResponseCode, ReversalRequest, Rrn,
     TxnKind, TxnRecord, TxnState,
 };
+pub use pin::HsmPinVerifier;
 pub use time::{Clock, Date, LocalTime, ManualClock, SystemClock, YearMonth};

@@ -4,119 +4,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-use zeroize::Zeroize;
+pub use domain::Pan;
+pub use paycrypto::{EncryptedPinBlock, PinVerificationValue};
 
 use crate::time::{Date, YearMonth};
 
 /// Minor units (fen) of CNY. Amounts are never negative; balances may be, see `Account`.
 pub type Fen = u64;
-
-/// A card number the issuer holds: digits only, Luhn-checked, masked when printed, wiped on drop.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct CardNumber {
-    digits: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CardNumberError {
-    #[error("a card number has 13 to 19 digits")]
-    Length,
-    #[error("a card number holds digits only")]
-    NotDigits,
-    #[error("card number fails the Luhn check")]
-    Luhn,
-}
-
-impl CardNumber {
-    pub const LEN_MIN: usize = 13;
-    pub const LEN_MAX: usize = 19;
-
-    pub fn parse(text: &str) -> Result<Self, CardNumberError> {
-        if !text.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(CardNumberError::NotDigits);
-        }
-        if !(Self::LEN_MIN..=Self::LEN_MAX).contains(&text.len()) {
-            return Err(CardNumberError::Length);
-        }
-        if !luhn_valid(text) {
-            return Err(CardNumberError::Luhn);
-        }
-        Ok(Self {
-            digits: text.to_owned(),
-        })
-    }
-
-    /// The digits, for the PIN block and the wire only.
-    pub fn digits(&self) -> &str {
-        &self.digits
-    }
-
-    /// First six and last four digits, the rest starred: `622202******0123`.
-    pub fn masked(&self) -> String {
-        let len = self.digits.len();
-        self.digits
-            .char_indices()
-            .map(|(i, c)| if i < 6 || i + 4 >= len { c } else { '*' })
-            .collect()
-    }
-}
-
-impl Drop for CardNumber {
-    fn drop(&mut self) {
-        self.digits.zeroize();
-    }
-}
-
-impl fmt::Debug for CardNumber {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.masked())
-    }
-}
-
-impl fmt::Display for CardNumber {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.masked())
-    }
-}
-
-/// Whether `digits` (ASCII digits) passes the Luhn check.
-pub fn luhn_valid(digits: &str) -> bool {
-    let sum: u32 = digits
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b.wrapping_sub(b'0'));
-            if i % 2 == 1 {
-                let twice = d * 2;
-                if twice > 9 { twice - 9 } else { twice }
-            } else {
-                d
-            }
-        })
-        .sum();
-    !digits.is_empty() && sum % 10 == 0
-}
-
-/// The check digit that makes `body` followed by it pass the Luhn check.
-pub fn luhn_check_digit(body: &str) -> char {
-    let sum: u32 = body
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b.wrapping_sub(b'0'));
-            if i % 2 == 0 {
-                let twice = d * 2;
-                if twice > 9 { twice - 9 } else { twice }
-            } else {
-                d
-            }
-        })
-        .sum();
-    let digit = (10 - sum % 10) % 10;
-    char::from_digit(digit, 10).unwrap_or('0')
-}
 
 /// Retrieval reference number (field 37): 12 characters the switch assigns per transaction.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -472,47 +366,12 @@ pub struct CardRules {
     pub refer_above: Option<Fen>,
 }
 
-/// A stored PIN verification value: derived inside the HSM from PAN and PIN, never the PIN.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PinVerificationValue(Vec<u8>);
-
-impl PinVerificationValue {
-    pub fn from_bytes(bytes: Vec<u8>) -> Self {
-        Self(bytes)
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for PinVerificationValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PinVerificationValue(..)")
-    }
-}
-
-/// A PIN block as it arrives in field 52, encrypted under the issuer's ZPK.
-#[derive(Clone, PartialEq, Eq, Zeroize)]
-#[zeroize(drop)]
-pub struct EncryptedPinBlock([u8; 8]);
-
-impl EncryptedPinBlock {
-    pub fn new(bytes: [u8; 8]) -> Self {
-        Self(bytes)
-    }
-
-    pub fn as_bytes(&self) -> &[u8; 8] {
-        &self.0
-    }
-}
-
 /// Everything the issuer needs to open an account for a card.
 #[derive(Clone, Debug)]
 pub struct AccountSpec {
     /// Stable name of the account in the ledger (PANs are not stored there).
     pub reference: String,
-    pub pan: CardNumber,
+    pub pan: Pan,
     pub expiry: YearMonth,
     pub status: CardStatus,
     pub pin: PinVerificationValue,
@@ -533,10 +392,10 @@ pub struct OriginalRef {
 }
 
 /// An authorisation request (0100, 0200, 0220) in typed form.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AuthRequest {
     pub kind: TxnKind,
-    pub pan: CardNumber,
+    pub pan: Pan,
     /// Field 4; zero for a balance inquiry.
     pub amount: Fen,
     /// Field 11, the switch's host trace number.
@@ -551,28 +410,11 @@ pub struct AuthRequest {
     pub original: Option<OriginalRef>,
 }
 
-// By hand, so the PIN block shows only as present or absent.
-impl fmt::Debug for AuthRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthRequest")
-            .field("kind", &self.kind)
-            .field("pan", &self.pan)
-            .field("amount", &self.amount)
-            .field("trace", &self.trace)
-            .field("rrn", &self.rrn)
-            .field("date", &self.date)
-            .field("expiry", &self.expiry)
-            .field("pin_block", &self.pin_block.as_ref().map(|_| "present"))
-            .field("original", &self.original)
-            .finish()
-    }
-}
-
 /// A reversal (0400) in typed form: the original's identifying fields and the reason.
 #[derive(Clone, Debug)]
 pub struct ReversalRequest {
     pub kind: TxnKind,
-    pub pan: CardNumber,
+    pub pan: Pan,
     pub amount: Fen,
     pub trace: u32,
     pub rrn: Rrn,
@@ -679,39 +521,6 @@ pub struct Posting {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn luhn() {
-        assert!(luhn_valid("4111111111111111"));
-        assert!(!luhn_valid("4111111111111112"));
-        assert_eq!(luhn_check_digit("411111111111111"), '1');
-        for body in [
-            "62220200000000001",
-            "622202000000000012",
-            "103",
-            "356390123456789",
-        ] {
-            let d = luhn_check_digit(body);
-            assert!(luhn_valid(&format!("{body}{d}")));
-            let wrong = char::from_digit((d.to_digit(10).unwrap() + 1) % 10, 10).unwrap();
-            assert!(!luhn_valid(&format!("{body}{wrong}")));
-        }
-    }
-
-    #[test]
-    fn card_number_is_masked_and_checked() {
-        let body = "622202000000000001";
-        let pan = CardNumber::parse(&format!("{body}{}", luhn_check_digit(body))).unwrap();
-        assert_eq!(pan.masked().len(), pan.digits().len());
-        assert!(pan.masked().starts_with("622202*"));
-        assert_eq!(format!("{pan:?}"), pan.masked());
-        assert_eq!(CardNumber::parse("62220a"), Err(CardNumberError::NotDigits));
-        assert_eq!(CardNumber::parse("4111"), Err(CardNumberError::Length));
-        assert_eq!(
-            CardNumber::parse("4111111111111112"),
-            Err(CardNumberError::Luhn)
-        );
-    }
 
     #[test]
     fn codes_round_trip() {

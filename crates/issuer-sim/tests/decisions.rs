@@ -6,48 +6,46 @@
 
 use std::sync::Arc;
 
-use issuer_sim::model::luhn_check_digit;
-use issuer_sim::{
-    AccountSpec, AuthRequest, BookConfig, CardNumber, CardRules, CardStatus, Date,
-    EncryptedPinBlock, Issuer, IssuerConfig, KindSet, LedgerLocation, Limits, MaintenanceWindow,
-    ManualClock, OriginalRef, PinCheck, PinVerificationValue, PinVerifier, ResponseCode,
-    ReversalRequest, Rrn, TxnKind, TxnState, YearMonth,
+use paycrypto::{
+    DeterministicRandom, Hsm, Key, KeyAlgorithm, KeyHandle, KeyUsage, MasterKey, PanDigits, SoftHsm,
 };
 
-/// Stands in for the HSM: a "block" is the PIN's digits, zero-padded; 0xFF.. cannot be read.
-struct PlainPins;
+use domain::luhn_check_digit;
+use issuer_sim::{
+    AccountSpec, AuthRequest, BookConfig, CardRules, CardStatus, Date, EncryptedPinBlock,
+    HsmPinVerifier, Issuer, IssuerConfig, KindSet, LedgerLocation, Limits, MaintenanceWindow,
+    ManualClock, OriginalRef, Pan, ResponseCode, ReversalRequest, Rrn, TxnKind, TxnState,
+    YearMonth,
+};
 
-impl PinVerifier for PlainPins {
-    fn verify(
-        &self,
-        _pan: &CardNumber,
-        block: &EncryptedPinBlock,
-        stored: &PinVerificationValue,
-    ) -> PinCheck {
-        let bytes = block.as_bytes();
-        if bytes[0] == 0xff {
-            return PinCheck::Unreadable;
-        }
-        let len = bytes.iter().position(|b| *b == 0).unwrap_or(8);
-        if &bytes[..len] == stored.as_bytes() {
-            PinCheck::Correct
-        } else {
-            PinCheck::Wrong
-        }
-    }
+/// The issuer's zone PIN key in clear, as the switch side would hold it to build test blocks.
+const ZPK: &str = "0123456789ABCDEFFEDCBA9876543210";
+const OTHER_KEY: &str = "89ABCDEF01234567FEDCBA9876543210";
+
+fn hsm() -> (Arc<dyn Hsm>, KeyHandle) {
+    let hsm: Arc<dyn Hsm> = Arc::new(SoftHsm::new(
+        &MasterKey::from_bytes([7; 32]),
+        Box::new(DeterministicRandom::new(1)),
+    ));
+    let zpk = hsm
+        .import_key(KeyUsage::Zpk, KeyAlgorithm::Des, ZPK)
+        .unwrap();
+    (hsm, zpk)
 }
 
-fn block(pin: &str) -> EncryptedPinBlock {
-    let mut bytes = [0u8; 8];
-    bytes[..pin.len()].copy_from_slice(pin.as_bytes());
-    EncryptedPinBlock::new(bytes)
+/// A PIN block as the switch sends it: format 0, under the issuer's ZPK.
+fn block_for(pin: &str, card: u32, key_hex: &str) -> EncryptedPinBlock {
+    let key = Key::from_hex(KeyAlgorithm::Des, key_hex).unwrap();
+    let digits = PanDigits::from_pan(pan(card).expose_digits()).unwrap();
+    paycrypto::pin::encrypt(&key, pin, &digits).unwrap()
 }
 
 const PIN: &str = "123456";
 
-fn pan(n: u32) -> CardNumber {
+fn pan(n: u32) -> Pan {
     let body = format!("622202{n:012}");
-    CardNumber::parse(&format!("{body}{}", luhn_check_digit(&body))).unwrap()
+    let check = char::from(luhn_check_digit(body.as_bytes()).unwrap());
+    format!("{body}{check}").parse().unwrap()
 }
 
 fn today() -> Date {
@@ -60,7 +58,7 @@ fn spec(n: u32) -> AccountSpec {
         pan: pan(n),
         expiry: YearMonth::new(2030, 12).unwrap(),
         status: CardStatus::Active,
-        pin: PinVerificationValue::from_bytes(PIN.as_bytes().to_vec()),
+        pin: verifier().enrol(&pan(n), PIN).unwrap(),
         pin_tries_used: 0,
         balance: 100_000,
         limits: Limits::default(),
@@ -69,6 +67,11 @@ fn spec(n: u32) -> AccountSpec {
             ..CardRules::default()
         },
     }
+}
+
+fn verifier() -> HsmPinVerifier {
+    let (hsm, zpk) = hsm();
+    HsmPinVerifier::new(hsm, zpk)
 }
 
 struct Sim {
@@ -85,7 +88,7 @@ impl Sim {
     fn with_config(specs: Vec<AccountSpec>, config: IssuerConfig) -> Self {
         let clock = ManualClock::at(today(), 10 * 3600);
         let issuer =
-            Issuer::open(config, specs, Arc::new(PlainPins), Arc::new(clock.clone())).unwrap();
+            Issuer::open(config, specs, Arc::new(verifier()), Arc::new(clock.clone())).unwrap();
         Self {
             issuer,
             clock,
@@ -108,7 +111,7 @@ impl Sim {
             rrn,
             date: Some(self.clock_mmdd()),
             expiry: None,
-            pin_block: Some(block(PIN)),
+            pin_block: Some(block_for(PIN, card, ZPK)),
             original: None,
         }
     }
@@ -303,7 +306,7 @@ fn wrong_pins_count_to_75_and_reset_next_day() {
     let mut sim = Sim::new(vec![spec(1)]);
     let wrong = |sim: &mut Sim| {
         let mut req = sim.request(TxnKind::Purchase, 1, 100);
-        req.pin_block = Some(block("999999"));
+        req.pin_block = Some(block_for("999999", 1, ZPK));
         sim.issuer.authorise(&req).code
     };
     assert_eq!(wrong(&mut sim), ResponseCode::WrongPin);
@@ -341,7 +344,7 @@ fn pin_required_missing_or_unreadable() {
     assert_eq!(sim.issuer.authorise(&req).code, ResponseCode::Approved);
     // A block that does not decrypt is a key problem, not the cardholder's: 99, no try counted.
     let mut req = sim.request(TxnKind::Purchase, 1, 100);
-    req.pin_block = Some(EncryptedPinBlock::new([0xff; 8]));
+    req.pin_block = Some(block_for(PIN, 1, OTHER_KEY));
     assert_eq!(
         sim.issuer.authorise(&req).code,
         ResponseCode::PinFormatError
@@ -897,7 +900,7 @@ fn duplicate_request_is_answered_once() {
     assert_eq!(sim.balance(1), (97_000, 0));
     // A repeated decline replays the decline and counts no second wrong PIN.
     let mut wrong = sim.request(TxnKind::Purchase, 1, 100);
-    wrong.pin_block = Some(block("000000"));
+    wrong.pin_block = Some(block_for("000000", 1, ZPK));
     assert_eq!(sim.issuer.authorise(&wrong).code, ResponseCode::WrongPin);
     assert_eq!(sim.issuer.authorise(&wrong).code, ResponseCode::WrongPin);
     assert_eq!(sim.issuer.pin_tries(&pan(1)), Some(1));
@@ -994,7 +997,7 @@ fn ledger_survives_reopen() {
         p = sim.approve(TxnKind::Purchase, 1, 1_000);
         pa = sim.approve(TxnKind::PreAuth, 2, 2_000);
         let mut wrong = sim.request(TxnKind::Purchase, 2, 100);
-        wrong.pin_block = Some(block("000000"));
+        wrong.pin_block = Some(block_for("000000", 2, ZPK));
         assert_eq!(sim.issuer.authorise(&wrong).code, ResponseCode::WrongPin);
         wrong_rrn = wrong.rrn;
         sim.issuer.close().unwrap();
@@ -1040,4 +1043,44 @@ fn ledger_survives_reopen() {
     assert_eq!(sim.balance(2), (98_000, 0));
     drop(sim);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn hsm_fault_is_96_without_counting_a_try() {
+    let (hsm, _zpk) = hsm();
+    // A handle of the wrong kind: the HSM refuses to verify under a terminal master key.
+    let tmk = hsm
+        .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, ZPK)
+        .unwrap();
+    let clock = ManualClock::at(today(), 10 * 3600);
+    let issuer = Issuer::open(
+        IssuerConfig::in_memory("TEST"),
+        vec![spec(1)],
+        Arc::new(HsmPinVerifier::new(hsm, tmk)),
+        Arc::new(clock),
+    )
+    .unwrap();
+    let req = AuthRequest {
+        kind: TxnKind::Purchase,
+        pan: pan(1),
+        amount: 100,
+        trace: 1,
+        rrn: Rrn::parse("000000000001").unwrap(),
+        date: None,
+        expiry: None,
+        pin_block: Some(block_for(PIN, 1, ZPK)),
+        original: None,
+    };
+    assert_eq!(issuer.authorise(&req).code, ResponseCode::SystemError);
+    assert_eq!(issuer.pin_tries(&pan(1)), Some(0));
+    assert_eq!(issuer.balance(&pan(1)), Some((100_000, 0)));
+}
+
+#[test]
+fn pin_block_bound_to_another_card_is_not_accepted() {
+    let mut sim = Sim::new(vec![spec(1), spec(2)]);
+    let mut req = sim.request(TxnKind::Purchase, 1, 100);
+    req.pin_block = Some(block_for(PIN, 2, ZPK));
+    assert_ne!(sim.issuer.authorise(&req).code, ResponseCode::Approved);
+    assert_eq!(sim.balance(1), (100_000, 0));
 }
