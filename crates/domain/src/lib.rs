@@ -3,12 +3,17 @@
 #![forbid(unsafe_code)]
 
 pub mod card;
+pub mod diagnosis;
 pub mod ids;
 pub mod issuer;
 pub mod money;
 pub mod pan;
 
 pub use card::{CardNetwork, CardType};
+pub use diagnosis::{
+    Category, ContactIssuer, Diagnosis, FailureKind, Lang, PayoutFailure, Retry, Subject, Text,
+    WhoActs, diagnose, diagnose_failure, diagnose_payout, diagnose_str,
+};
 pub use ids::{AuthCode, BatchNo, IdError, Mcc, MerchantId, Rrn, Stan, TerminalId};
 pub use issuer::{
     Bank, CardLookup, CsvFile, DirectoryError, IssuerContact, IssuerDirectory, IssuerMatch,
