@@ -3,6 +3,7 @@
 
 pub mod book;
 pub mod clearing;
+pub mod fixtures;
 pub mod issuer;
 pub mod ledger;
 pub mod model;
@@ -10,6 +11,7 @@ pub mod pin;
 pub mod time;
 
 pub use book::{BookConfig, PinCheck, PinVerifier};
+pub use fixtures::{DemoCard, FixtureError, demo_accounts, demo_cards, demo_cards_with};
 pub use issuer::{Issuer, IssuerConfig, IssuerError, MaintenanceWindow};
 pub use ledger::{LedgerError, LedgerLocation};
 pub use model::{

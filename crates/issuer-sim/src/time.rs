@@ -147,6 +147,12 @@ impl YearMonth {
         Ok(Self { year, month })
     }
 
+    /// For literals known to be valid months (fixtures); an invalid month becomes January.
+    pub(crate) const fn known(year: i32, month: u8) -> Self {
+        let month = if month >= 1 && month <= 12 { month } else { 1 };
+        Self { year, month }
+    }
+
     /// Parses the YYMM of field 14 (years 2000–2099).
     pub fn parse_yymm(text: &str) -> Result<Self, InvalidDate> {
         if text.len() != 4 || !text.bytes().all(|b| b.is_ascii_digit()) {
