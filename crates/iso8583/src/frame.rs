@@ -326,8 +326,14 @@ impl MessageBuilder {
     ) -> Result<(), E> {
         let start = begin_frame(head, out);
         let mac_start = self.encode_mac_input(out);
-        let value = mac(out.get(mac_start..).unwrap_or_default())?;
-        out.extend_from_slice(&value);
+        match mac(out.get(mac_start..).unwrap_or_default()) {
+            Ok(value) => out.extend_from_slice(&value),
+            Err(e) => {
+                // Leave no half frame behind in a reused buffer.
+                out.truncate(start);
+                return Err(e);
+            }
+        }
         Ok(finish_frame(out, start)?)
     }
 }
@@ -357,5 +363,72 @@ fn finish_frame(out: &mut Vec<u8>, start: usize) -> Result<(), EncodeError> {
                 max: FRAME_LEN_MAX,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes::Mti;
+
+    #[test]
+    fn header_digits_and_processing_requirement() {
+        let h = Header::from_bytes([0x61, 0x31, 0x12, 0x34, 0x56, 0x78]).unwrap();
+        assert_eq!((h.application_type(), h.software_version()), (61, 31));
+        assert_eq!(h.terminal_status(), 1);
+        assert_eq!(
+            h.processing_requirement(),
+            ProcessingRequirement::UPLOAD_STATUS
+        );
+        assert_eq!(h.sub_version(), 345_678);
+        let again = h.with_processing_requirement(ProcessingRequirement::SIGN_IN_AGAIN);
+        assert_eq!(again.bytes(), [0x61, 0x31, 0x13, 0x34, 0x56, 0x78]);
+        assert_eq!(again.to_string(), "613113345678");
+        assert_eq!(
+            Header::from_bytes([0x60, 0x22, 0x0A, 0, 0, 0]),
+            Err(DecodeError::HeaderNotBcd {
+                bytes: [0x60, 0x22, 0x0A, 0, 0, 0]
+            })
+        );
+    }
+
+    #[test]
+    fn tpdu_reply_swaps_addresses() {
+        let t = Tpdu::from_bytes([0x60, 0x10, 0x12, 0x00, 0x07]).unwrap();
+        assert_eq!(t.reply().to_bytes(), [0x60, 0x00, 0x07, 0x10, 0x12]);
+        assert_eq!(t.reply().reply(), t);
+        assert_eq!(
+            Tpdu::from_bytes([0x68, 0, 0, 0, 0]),
+            Err(DecodeError::TpduId { id: 0x68 })
+        );
+    }
+
+    #[test]
+    fn frame_len_is_capped() {
+        assert_eq!(frame_len([0x10, 0x00]), Ok(4096));
+        assert_eq!(
+            frame_len([0x10, 0x01]),
+            Err(DecodeError::FrameTooLong {
+                len: 4097,
+                max: FRAME_LEN_MAX
+            })
+        );
+    }
+
+    #[test]
+    fn failed_mac_leaves_the_buffer_as_it_was() {
+        let head = FrameHead {
+            tpdu: Tpdu {
+                destination: [0, 1],
+                source: [0, 0],
+            },
+            header: Header::from_bytes([0x60, 0x22, 0, 0, 0, 0]).unwrap(),
+        };
+        let mut b = MessageBuilder::new(Mti::FINANCIAL_RESPONSE);
+        b.set_stan(1).unwrap();
+        let mut out = vec![1, 2, 3];
+        let result = b.encode_frame_with_mac(&head, &mut out, |_| Err(EncodeError::Header("hsm")));
+        assert_eq!(result, Err(EncodeError::Header("hsm")));
+        assert_eq!(out, [1, 2, 3]);
     }
 }

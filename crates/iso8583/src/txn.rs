@@ -128,3 +128,95 @@ impl Message<'_> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Financial::*;
+
+    fn fin(mti: u16, f3: u8, f25: u8, f60_1: u8) -> Option<TxnKind> {
+        TxnKind::classify(
+            Mti::new(mti).unwrap(),
+            Some(f3),
+            Some(f25),
+            Some(f60_1),
+            None,
+        )
+    }
+
+    fn mgmt(mti: u16, code: u16) -> Option<TxnKind> {
+        TxnKind::classify(Mti::new(mti).unwrap(), None, None, Some(0), Some(code))
+    }
+
+    #[test]
+    fn financial_table_of_protocol_md() {
+        let table = [
+            (200, 31, 0, 1, BalanceInquiry),
+            (200, 0, 0, 22, Purchase),
+            (200, 20, 0, 23, PurchaseVoid),
+            (220, 20, 0, 25, Refund),
+            (100, 3, 6, 10, PreAuthorisation),
+            (100, 20, 6, 11, PreAuthorisationVoid),
+            (200, 0, 6, 20, PreAuthorisationCompletion),
+            (200, 20, 6, 21, CompletionVoid),
+        ];
+        for (mti, f3, f25, f60, kind) in table {
+            assert_eq!(fin(mti, f3, f25, f60), Some(TxnKind::Financial(kind)));
+            assert_eq!(
+                fin(mti + 10, f3, f25, f60),
+                Some(TxnKind::Financial(kind)),
+                "response"
+            );
+            assert_eq!(fin(400, f3, f25, f60), Some(TxnKind::Reversal(kind)));
+            assert_eq!(fin(410, f3, f25, f60), Some(TxnKind::Reversal(kind)));
+            // Any one element off and it is not this transaction.
+            assert_eq!(fin(mti, f3, f25 ^ 1, f60), None);
+            assert_ne!(fin(mti, f3, f25, f60 + 1), Some(TxnKind::Financial(kind)));
+        }
+        assert_eq!(fin(220, 0, 0, 22), None);
+        assert_eq!(
+            TxnKind::classify(Mti::FINANCIAL, None, Some(0), Some(22), None),
+            None
+        );
+    }
+
+    #[test]
+    fn management_by_mti_and_60_3() {
+        assert_eq!(mgmt(800, 1), Some(TxnKind::SignIn(SignInKeys::Single)));
+        assert_eq!(mgmt(810, 3), Some(TxnKind::SignIn(SignInKeys::Double)));
+        assert_eq!(
+            mgmt(800, 4),
+            Some(TxnKind::SignIn(SignInKeys::DoubleWithTrackKey))
+        );
+        assert_eq!(mgmt(800, 6), Some(TxnKind::SignIn(SignInKeys::Sm4)));
+        assert_eq!(mgmt(820, 2), Some(TxnKind::SignOff));
+        assert_eq!(mgmt(820, 301), Some(TxnKind::EchoTest));
+        assert_eq!(mgmt(500, 201), Some(TxnKind::Settlement));
+        assert_eq!(
+            mgmt(320, 201),
+            Some(TxnKind::BatchUpload(BatchUploadKind::Magstripe))
+        );
+        assert_eq!(
+            mgmt(320, 203),
+            Some(TxnKind::BatchUpload(BatchUploadKind::IcBalanced))
+        );
+        assert_eq!(
+            mgmt(330, 205),
+            Some(TxnKind::BatchUpload(BatchUploadKind::IcUnbalanced))
+        );
+        assert_eq!(
+            mgmt(320, 207),
+            Some(TxnKind::BatchUploadEnd { network_code: 207 })
+        );
+        assert_eq!(
+            mgmt(320, 202),
+            Some(TxnKind::BatchUploadEnd { network_code: 202 })
+        );
+        assert_eq!(mgmt(800, 2), None);
+        assert_eq!(mgmt(200, 1), None);
+        assert_eq!(
+            TxnKind::classify(Mti::NETWORK, None, None, Some(0), None),
+            None
+        );
+    }
+}
