@@ -1,1 +1,241 @@
-//! placeholder
+//! The shoudan switch: takes terminal connections, checks and journals every request, routes
+//! it by BIN to its issuer over a persistent link, and answers the terminal once the outcome is
+//! durable. Issuer timeouts are answered 98 and reversed by store and forward until the issuer
+//! acknowledges, across restarts.
+//!
+//! ```text
+//! Switch::start(config, store, hsm, directory, clock) -> SwitchHandle
+//! ```
+//! Terminals and merchants are provisioned in the store beforehand ([`terminal_record`]); keys
+//! live in the HSM and the store keeps only their handles.
+
+#![forbid(unsafe_code)]
+
+mod clock;
+mod config;
+mod core;
+mod financial;
+mod issuer;
+mod ledger;
+mod saf;
+mod session;
+mod settle;
+mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, RwLock};
+
+use domain::IssuerDirectory;
+use iso8583::{FrameHead, Header, Tpdu};
+use paycrypto::{Hsm, KeyHandle, KeyScheme, MacAlgorithm};
+use store::{Outcome, Record, Status, Store, StoreError, TerminalRow, TxnKind, TxnState};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use crate::clock::{Clock, LocalTime, SystemClock};
+pub use crate::config::*;
+pub use crate::core::{handle_bytes, handle_from_bytes};
+pub use crate::issuer::LinkError;
+pub use crate::wire::{WireError, read_frame};
+
+use crate::core::{Core, Sequence, Terminal};
+use crate::issuer::IssuerLink;
+use crate::ledger::Ledger;
+
+/// Why the switch did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {error}")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("bad frame head: {0}")]
+    Head(#[from] iso8583::DecodeError),
+    #[error("terminal {tid} has an unusable key handle, scheme or MAC algorithm")]
+    BadTerminal { tid: String },
+}
+
+/// A terminal to provision.
+#[derive(Clone, Debug)]
+pub struct TerminalSpec {
+    pub tid: String,
+    pub mid: String,
+    /// The terminal master key, already in the HSM.
+    pub tmk: KeyHandle,
+    pub scheme: KeyScheme,
+    pub mac: MacAlgorithm,
+    pub batch_no: u32,
+}
+
+/// The store record that provisions a terminal (its merchant must be provisioned too).
+pub fn terminal_record(spec: &TerminalSpec) -> Record {
+    Record::UpsertTerminal(Box::new(TerminalRow {
+        tid: spec.tid.clone(),
+        mid: spec.mid.clone(),
+        tmk_wrapped: handle_bytes(spec.tmk),
+        key_scheme: spec.scheme.code().to_owned(),
+        mac_algorithm: spec.mac.as_str().to_owned(),
+        status: Status::Active,
+        batch_no: spec.batch_no,
+        last_sign_in_ms: None,
+        working_keys: None,
+    }))
+}
+
+/// The switch's entry point.
+pub struct Switch;
+
+/// A running switch: its address, and how to stop it.
+pub struct SwitchHandle {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    core: Arc<Core>,
+}
+
+impl SwitchHandle {
+    /// Where terminals connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether the link to an issuer (by bank code) is up.
+    pub fn issuer_connected(&self, bank: &str) -> bool {
+        self.core.links.get(bank).is_some_and(|l| l.is_connected())
+    }
+
+    /// Stops accepting, closes links and waits for the switch's tasks. Requests already being
+    /// handled finish on their own tasks.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Switch {
+    /// Loads terminals and recent transactions, settles what a crash left in doubt (queues a
+    /// reversal for every request that may have reached an issuer unanswered), connects to
+    /// the issuers and starts listening. Reads the store synchronously: call it at start-up.
+    pub async fn start(
+        config: SwitchConfig,
+        store: Arc<dyn Store>,
+        hsm: Arc<dyn Hsm>,
+        directory: Arc<IssuerDirectory>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<SwitchHandle, StartError> {
+        let mut terminals = HashMap::new();
+        for row in store.terminals()? {
+            let terminal = Terminal::from_row(&row).ok_or_else(|| StartError::BadTerminal {
+                tid: row.tid.clone(),
+            })?;
+            terminals.insert(row.tid.clone(), Arc::new(terminal));
+        }
+        recover_in_doubt(store.as_ref(), clock.now_ms()).await?;
+        let ledger = Ledger::default();
+        let since = LocalTime::from_ms(clock.now_ms() - (REFUND_DAYS_MAX + 1) * 86_400_000);
+        for row in store.txns_since(&since.yyyymmdd())? {
+            ledger.adopt(&row);
+        }
+        let first_trace = store.reserve("host_trace", SEQUENCE_BLOCK)?.await?;
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut links = HashMap::new();
+        for (bank, endpoint) in &config.issuers {
+            let (link, task) = IssuerLink::start(
+                bank.clone(),
+                endpoint.clone(),
+                Arc::clone(&clock),
+                stop_rx.clone(),
+            );
+            links.insert(bank.clone(), link);
+            tasks.push(task);
+        }
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|error| StartError::Bind {
+                    addr: config.listen,
+                    error,
+                })?;
+        let addr = listener.local_addr().map_err(|error| StartError::Bind {
+            addr: config.listen,
+            error,
+        })?;
+        let issuer_head = FrameHead {
+            tpdu: Tpdu {
+                destination: [0, 0],
+                source: [0, 0],
+            },
+            header: Header::from_bytes([0x60, 0, 0, 0, 0, 0])?,
+        };
+        let core = Arc::new(Core {
+            issuer_head,
+            config,
+            store,
+            hsm,
+            directory,
+            clock,
+            terminals: RwLock::new(terminals),
+            ledger,
+            links,
+            ids: Sequence::new("txn_id"),
+            rrns: Sequence::new("rrn"),
+            trace: AtomicU32::new(u32::try_from(first_trace % 1_000_000).unwrap_or(0)),
+        });
+        tasks.push(tokio::spawn(saf::run(Arc::clone(&core), stop_rx.clone())));
+        tasks.push(tokio::spawn(session::accept(
+            Arc::clone(&core),
+            listener,
+            stop_rx,
+        )));
+        tracing::info!(%addr, "switch listening");
+        Ok(SwitchHandle {
+            addr,
+            stop,
+            tasks,
+            core,
+        })
+    }
+}
+
+/// Requests journalled as in flight when the last run stopped: the issuer may have approved
+/// them and the terminal got no answer, so each is marked timed out and reversed.
+async fn recover_in_doubt(store: &dyn Store, now_ms: i64) -> Result<(), StoreError> {
+    let rows = store.txns_in_state(TxnState::InFlight)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut records = Vec::with_capacity(rows.len() * 2);
+    for row in &rows {
+        records.push(Record::Outcome(Outcome {
+            id: row.id,
+            state: TxnState::TimedOut,
+            response_code: "96".to_owned(),
+            auth_code: None,
+            settlement_date: None,
+            issuer_answered_at_ms: None,
+            answered_at_ms: now_ms,
+        }));
+        if let (Some(issuer), true) = (&row.issuer, row.kind != TxnKind::BalanceInquiry) {
+            records.push(Record::SafEnqueue {
+                txn_id: row.id,
+                issuer: issuer.clone(),
+                reason: "06".to_owned(),
+                next_attempt_ms: now_ms,
+            });
+        }
+    }
+    tracing::warn!(
+        count = rows.len(),
+        "requests in doubt after restart: reversals queued"
+    );
+    store.submit(records)?.await
+}

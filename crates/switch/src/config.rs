@@ -1,0 +1,80 @@
+//! Limits and configuration of the switch. Every bound is a named constant here; the
+//! configuration chooses values within them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use paycrypto::KeyHandle;
+
+/// Terminal connections open at once; beyond this a new connection is closed at once.
+pub const CONNECTIONS_MAX: usize = 4_096;
+/// Largest frame accepted from a terminal or an issuer (after the 2-byte length).
+pub const FRAME_LEN_MAX: usize = iso8583::FRAME_LEN_MAX;
+/// Requests of one terminal connection being worked on at once; more are answered 96.
+pub const IN_FLIGHT_PER_CONNECTION_MAX: usize = 64;
+/// Responses queued for one terminal connection's writer.
+pub const CONNECTION_QUEUE_MAX: usize = 2 * IN_FLIGHT_PER_CONNECTION_MAX;
+/// Requests awaiting an answer on one issuer link; more are answered 91 at once.
+pub const ISSUER_IN_FLIGHT_MAX: usize = 8_192;
+/// Frames queued for one issuer link's writer.
+pub const ISSUER_QUEUE_MAX: usize = 8_192;
+/// Consecutive timeouts after which an issuer's breaker opens.
+pub const BREAKER_TIMEOUTS_MAX: u32 = 20;
+/// Reversals claimed from the store per store-and-forward pass.
+pub const SAF_BATCH_MAX: u32 = 256;
+/// Reversal resend backoff: doubles from the first to the last, then stays.
+pub const SAF_BACKOFF_FIRST_MS: i64 = 1_000;
+pub const SAF_BACKOFF_LAST_MS: i64 = 60_000;
+/// Days back an original may be for a refund (PROTOCOL.md: within 30 days).
+pub const REFUND_DAYS_MAX: i64 = 30;
+/// Ids, RRNs and traces are reserved from the store in blocks of this many.
+pub const SEQUENCE_BLOCK: u64 = 10_000;
+
+const _: () = assert!(CONNECTION_QUEUE_MAX > IN_FLIGHT_PER_CONNECTION_MAX);
+const _: () = assert!(ISSUER_QUEUE_MAX >= ISSUER_IN_FLIGHT_MAX);
+
+/// One issuer host: where it listens and the zone PIN key shared with it.
+#[derive(Clone, Debug)]
+pub struct IssuerEndpoint {
+    pub addr: SocketAddr,
+    pub zpk: KeyHandle,
+    /// How long to wait for an answer before answering the terminal 98 and reversing.
+    pub timeout: Duration,
+}
+
+/// How the switch runs.
+#[derive(Clone, Debug)]
+pub struct SwitchConfig {
+    /// Where terminals connect (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Field 32 of requests to issuers.
+    pub acquirer_code: String,
+    /// Two digits leading every RRN, so RRNs stay unique across nodes.
+    pub node_id: u8,
+    /// Bank code (as in the BIN table, e.g. `ICBC`) → issuer host.
+    pub issuers: HashMap<String, IssuerEndpoint>,
+    /// Where cards of banks without their own endpoint go (a card network gateway).
+    pub default_issuer: Option<String>,
+    /// When false, transactions are not journalled (benchmarks of the journal's cost only).
+    pub journal: bool,
+    /// How often the store-and-forward loop looks for reversals due.
+    pub saf_interval: Duration,
+    /// How long a claimed reversal is left alone before another attempt may claim it.
+    pub saf_lease: Duration,
+}
+
+impl SwitchConfig {
+    pub fn new(listen: SocketAddr) -> Self {
+        SwitchConfig {
+            listen,
+            acquirer_code: "48020000".to_owned(),
+            node_id: 1,
+            issuers: HashMap::new(),
+            default_issuer: None,
+            journal: true,
+            saf_interval: Duration::from_millis(200),
+            saf_lease: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! The switch's shared state and the management messages: terminal registry, id sequences,
+//! issuer links, and the reply builder every handler answers through.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use domain::IssuerDirectory;
+use iso8583::{
+    EncodeError, Frame, FrameHead, MessageBuilder, Mti, ProcessingRequirement, TxnKind as WireKind,
+};
+use paycrypto::{Hsm, HsmError, KeyHandle, KeyScheme, MacAlgorithm, MakLength};
+use store::{Record, Status, Store, StoreError, TerminalRow, WrappedKeys};
+
+use crate::clock::{Clock, LocalTime};
+use crate::config::{SEQUENCE_BLOCK, SwitchConfig};
+use crate::issuer::IssuerLink;
+use crate::ledger::{Answer, Ledger};
+
+pub(crate) const RC_APPROVED: [u8; 2] = *b"00";
+pub(crate) const RC_INVALID_MERCHANT: [u8; 2] = *b"03";
+pub(crate) const RC_INVALID_TRANSACTION: [u8; 2] = *b"12";
+pub(crate) const RC_INVALID_AMOUNT: [u8; 2] = *b"13";
+pub(crate) const RC_INVALID_CARD: [u8; 2] = *b"14";
+pub(crate) const RC_NO_SUCH_ISSUER: [u8; 2] = *b"15";
+pub(crate) const RC_ORIGINAL_NOT_FOUND: [u8; 2] = *b"25";
+pub(crate) const RC_FORMAT_ERROR: [u8; 2] = *b"30";
+pub(crate) const RC_BANK_NOT_SUPPORTED: [u8; 2] = *b"31";
+pub(crate) const RC_NOT_PERMITTED_TERMINAL: [u8; 2] = *b"58";
+pub(crate) const RC_EXCEEDS_AMOUNT: [u8; 2] = *b"61";
+pub(crate) const RC_AMOUNT_DIFFERS: [u8; 2] = *b"64";
+pub(crate) const RC_BATCH_OUT_OF_STEP: [u8; 2] = *b"77";
+pub(crate) const RC_ISSUER_UNAVAILABLE: [u8; 2] = *b"91";
+pub(crate) const RC_DUPLICATE: [u8; 2] = *b"94";
+pub(crate) const RC_SYSTEM_ERROR: [u8; 2] = *b"96";
+pub(crate) const RC_NOT_REGISTERED: [u8; 2] = *b"97";
+pub(crate) const RC_ISSUER_TIMEOUT: [u8; 2] = *b"98";
+pub(crate) const RC_PIN_FORMAT: [u8; 2] = *b"99";
+pub(crate) const RC_MAC_FAILED: [u8; 2] = *b"A0";
+
+/// Fields of a financial request echoed in its response.
+const FINANCIAL_ECHO: &[u8] = &[2, 3, 4, 11, 14, 22, 25, 41, 42, 49, 60, 61];
+/// Fields of a management request echoed in its response.
+const MANAGEMENT_ECHO: &[u8] = &[11, 41, 42, 60];
+
+/// A terminal as the switch sees it; replaced whole on sign-in, sign-off and batch change.
+#[derive(Clone, Debug)]
+pub(crate) struct Terminal {
+    pub tid: String,
+    pub mid: String,
+    pub tmk: KeyHandle,
+    pub scheme: KeyScheme,
+    pub mac: MacAlgorithm,
+    pub status: Status,
+    pub batch_no: u32,
+    pub keys: Option<SessionKeys>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SessionKeys {
+    pub pik: KeyHandle,
+    pub mak: KeyHandle,
+    pub tdk: Option<KeyHandle>,
+}
+
+/// How a key handle is kept in the store's "wrapped key" columns: the HSM holds the key, the
+/// database holds only the reference.
+pub fn handle_bytes(handle: KeyHandle) -> Vec<u8> {
+    handle.raw().to_be_bytes().to_vec()
+}
+
+pub fn handle_from_bytes(bytes: &[u8]) -> Option<KeyHandle> {
+    let raw: [u8; 8] = bytes.try_into().ok()?;
+    Some(KeyHandle::from_raw(u64::from_be_bytes(raw)))
+}
+
+impl Terminal {
+    pub fn from_row(row: &TerminalRow) -> Option<Terminal> {
+        let keys = match &row.working_keys {
+            Some(k) => Some(SessionKeys {
+                pik: handle_from_bytes(&k.pik)?,
+                mak: handle_from_bytes(&k.mak)?,
+                tdk: match &k.tdk {
+                    Some(t) => Some(handle_from_bytes(t)?),
+                    None => None,
+                },
+            }),
+            None => None,
+        };
+        Some(Terminal {
+            tid: row.tid.clone(),
+            mid: row.mid.clone(),
+            tmk: handle_from_bytes(&row.tmk_wrapped)?,
+            scheme: row.key_scheme.parse().ok()?,
+            mac: row.mac_algorithm.parse().ok()?,
+            status: row.status,
+            batch_no: row.batch_no,
+            keys,
+        })
+    }
+}
+
+/// Ids and RRN sequence numbers, reserved from the store a block at a time so a restart never
+/// repeats one and the hot path rarely touches the store.
+pub(crate) struct Sequence {
+    name: &'static str,
+    range: Mutex<(u64, u64)>,
+}
+
+impl Sequence {
+    pub fn new(name: &'static str) -> Self {
+        Sequence {
+            name,
+            range: Mutex::new((0, 0)),
+        }
+    }
+
+    pub async fn next(&self, store: &dyn Store) -> Result<u64, StoreError> {
+        loop {
+            {
+                let mut range = self.range.lock().unwrap_or_else(PoisonError::into_inner);
+                if range.0 < range.1 {
+                    let value = range.0;
+                    range.0 += 1;
+                    return Ok(value);
+                }
+            }
+            let first = store.reserve(self.name, SEQUENCE_BLOCK)?.await?;
+            let mut range = self.range.lock().unwrap_or_else(PoisonError::into_inner);
+            if range.0 >= range.1 {
+                *range = (first, first + SEQUENCE_BLOCK);
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReplyError {
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+}
+
+pub(crate) struct Core {
+    pub config: SwitchConfig,
+    pub store: Arc<dyn Store>,
+    pub hsm: Arc<dyn Hsm>,
+    pub directory: Arc<IssuerDirectory>,
+    pub clock: Arc<dyn Clock>,
+    pub terminals: RwLock<HashMap<String, Arc<Terminal>>>,
+    pub ledger: Ledger,
+    pub links: HashMap<String, Arc<IssuerLink>>,
+    pub ids: Sequence,
+    pub rrns: Sequence,
+    pub trace: AtomicU32,
+    /// The head of frames to issuers (docs/issuer-link.md).
+    pub issuer_head: FrameHead,
+}
+
+impl Core {
+    pub fn terminal(&self, tid: &str) -> Option<Arc<Terminal>> {
+        self.terminals
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tid)
+            .cloned()
+    }
+
+    pub fn replace_terminal(&self, terminal: Terminal) {
+        self.terminals
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(terminal.tid.clone(), Arc::new(terminal));
+    }
+
+    /// Host trace numbers for issuer requests: six digits, never 0.
+    pub fn next_trace(&self) -> u32 {
+        self.trace.fetch_add(1, Ordering::Relaxed) % 999_999 + 1
+    }
+
+    /// A 12-digit RRN: node id, then ten digits of sequence.
+    pub async fn next_rrn(&self) -> Result<String, StoreError> {
+        let n = self.rrns.next(self.store.as_ref()).await?;
+        Ok(format!(
+            "{:02}{:010}",
+            self.config.node_id % 100,
+            n % 10_000_000_000
+        ))
+    }
+
+    pub async fn next_id(&self) -> Result<i64, StoreError> {
+        let n = self.ids.next(self.store.as_ref()).await?;
+        i64::try_from(n).map_err(|_| StoreError::Corrupt {
+            what: "transaction id",
+            value: n.to_string(),
+        })
+    }
+
+    /// Writes records durably, unless journaling is off (benchmarks).
+    pub async fn journal(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        if !self.config.journal {
+            return Ok(());
+        }
+        self.store.submit(records)?.await
+    }
+
+    /// Writes records durably whatever the journal setting (terminal keys, reversal queue).
+    pub async fn persist(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        self.store.submit(records)?.await
+    }
+
+    /// Builds the response to `frame`: echoed fields, host time, the answer's fields, then a
+    /// MAC when the request carried one and the terminal has a MAK.
+    pub fn reply(
+        &self,
+        frame: &Frame<'_>,
+        terminal: Option<&Terminal>,
+        answer: &Answer,
+        rrn: Option<&str>,
+        extra: impl FnOnce(&mut MessageBuilder) -> Result<(), EncodeError>,
+    ) -> Option<Vec<u8>> {
+        match self.try_reply(frame, terminal, answer, rrn, extra) {
+            Ok(bytes) => Some(bytes),
+            Err(error) => {
+                tracing::warn!(%error, "cannot encode a response");
+                None
+            }
+        }
+    }
+
+    fn try_reply(
+        &self,
+        frame: &Frame<'_>,
+        terminal: Option<&Terminal>,
+        answer: &Answer,
+        rrn: Option<&str>,
+        extra: impl FnOnce(&mut MessageBuilder) -> Result<(), EncodeError>,
+    ) -> Result<Vec<u8>, ReplyError> {
+        let request = &frame.message;
+        let mti = request.mti().response().unwrap_or(request.mti());
+        let mut out = MessageBuilder::new(mti);
+        let management = matches!(
+            request.txn_kind(),
+            Some(
+                WireKind::SignIn(_)
+                    | WireKind::SignOff
+                    | WireKind::EchoTest
+                    | WireKind::Settlement
+                    | WireKind::BatchUpload(_)
+                    | WireKind::BatchUploadEnd { .. }
+            ) | None
+        );
+        let echo = if management {
+            MANAGEMENT_ECHO
+        } else {
+            FINANCIAL_ECHO
+        };
+        for &number in echo {
+            out.copy_from(request, number)?;
+        }
+        let local = LocalTime::from_ms(self.clock.now_ms());
+        out.set_digits(12, &local.hhmmss())?
+            .set_digits(13, &local.mmdd())?;
+        if let Some(date) = &answer.settlement_date {
+            out.set_digits(15, date)?;
+        }
+        if !management {
+            out.set_digits(32, &self.config.acquirer_code)?;
+        }
+        if let Some(rrn) = rrn {
+            out.set_text(37, rrn)?;
+        }
+        if let Some(auth) = &answer.auth_code {
+            out.set_text(38, auth)?;
+        }
+        out.set_text(39, answer.code_text())?;
+        if let Some(balance) = &answer.balance {
+            out.set_text(54, balance)?;
+        }
+        extra(&mut out)?;
+        let sign_in_again = matches!(answer.response_code, RC_MAC_FAILED | RC_BATCH_OUT_OF_STEP);
+        let header = if sign_in_again {
+            frame
+                .head
+                .header
+                .with_processing_requirement(ProcessingRequirement::SIGN_IN_AGAIN)
+        } else {
+            frame.head.header
+        };
+        let head = FrameHead {
+            tpdu: frame.head.tpdu.reply(),
+            header,
+        };
+        let mut bytes = Vec::with_capacity(256);
+        let mak = terminal.and_then(|t| t.keys.map(|k| (k.mak, t.mac)));
+        match mak {
+            Some((mak, algorithm)) if request.has(64) && answer.response_code != RC_MAC_FAILED => {
+                out.encode_frame_with_mac(&head, &mut bytes, |data| {
+                    self.hsm
+                        .generate_mac(mak, algorithm, data)
+                        .map_err(ReplyError::from)
+                })?;
+            }
+            _ => out.encode_frame(&head, &mut bytes)?,
+        }
+        Ok(bytes)
+    }
+
+    /// A quick refusal (overload) without touching the store: 96, no MAC.
+    pub fn refuse(&self, input: &[u8]) -> Option<Vec<u8>> {
+        let frame = Frame::decode_unprefixed(input).ok()?;
+        self.reply(&frame, None, &Answer::code(RC_SYSTEM_ERROR), None, |_| {
+            Ok(())
+        })
+    }
+
+    /// Sign-in: fresh working keys from the HSM under the terminal's TMK, durable before the
+    /// terminal sees them; the batch of 60.2 becomes the terminal's batch.
+    pub async fn sign_in(&self, frame: &Frame<'_>, keys: iso8583::SignInKeys) -> Option<Vec<u8>> {
+        let request = &frame.message;
+        let Some(terminal) = request
+            .text(41)
+            .and_then(|tid| self.terminal(tid.trim_end()))
+        else {
+            return self.reply(frame, None, &Answer::code(RC_NOT_REGISTERED), None, |_| {
+                Ok(())
+            });
+        };
+        if terminal.status != Status::Active {
+            return self.reply(
+                frame,
+                None,
+                &Answer::code(RC_NOT_PERMITTED_TERMINAL),
+                None,
+                |_| Ok(()),
+            );
+        }
+        if request.text(42).map(str::trim_end) != Some(terminal.mid.as_str()) {
+            return self.reply(
+                frame,
+                None,
+                &Answer::code(RC_INVALID_MERCHANT),
+                None,
+                |_| Ok(()),
+            );
+        }
+        let scheme = match keys {
+            iso8583::SignInKeys::Single => KeyScheme::Single,
+            iso8583::SignInKeys::Double => KeyScheme::Double,
+            iso8583::SignInKeys::DoubleWithTrackKey => KeyScheme::DoubleWithTdk,
+            iso8583::SignInKeys::Sm4 => KeyScheme::Sm4,
+        };
+        let batch_no = request
+            .field60()
+            .ok()
+            .flatten()
+            .and_then(|f| f.batch)
+            .unwrap_or(terminal.batch_no);
+        let issued =
+            match self
+                .hsm
+                .generate_working_keys(terminal.tmk, scheme, MakLength::Double)
+            {
+                Ok(issued) => issued,
+                Err(error) => {
+                    tracing::warn!(tid = %terminal.tid, %error, "cannot issue working keys");
+                    return self.reply(frame, None, &Answer::code(RC_SYSTEM_ERROR), None, |_| {
+                        Ok(())
+                    });
+                }
+            };
+        let now_ms = self.clock.now_ms();
+        let record = Record::SignIn {
+            tid: terminal.tid.clone(),
+            at_ms: now_ms,
+            batch_no,
+            keys: WrappedKeys {
+                pik: handle_bytes(issued.pik),
+                mak: handle_bytes(issued.mak),
+                tdk: issued.tdk.map(handle_bytes),
+            },
+        };
+        if let Err(error) = self.persist(vec![record]).await {
+            tracing::warn!(tid = %terminal.tid, %error, "cannot record sign-in");
+            for handle in [Some(issued.pik), Some(issued.mak), issued.tdk]
+                .into_iter()
+                .flatten()
+            {
+                let _ = self.hsm.delete_key(handle);
+            }
+            return self.reply(
+                frame,
+                None,
+                &Answer::code(RC_SYSTEM_ERROR),
+                None,
+                |_| Ok(()),
+            );
+        }
+        let previous = terminal.keys;
+        let mut updated = (*terminal).clone();
+        updated.batch_no = batch_no;
+        updated.scheme = scheme;
+        updated.keys = Some(SessionKeys {
+            pik: issued.pik,
+            mak: issued.mak,
+            tdk: issued.tdk,
+        });
+        self.replace_terminal(updated);
+        if let Some(old) = previous {
+            for handle in [Some(old.pik), Some(old.mak), old.tdk]
+                .into_iter()
+                .flatten()
+            {
+                let _ = self.hsm.delete_key(handle);
+            }
+        }
+        tracing::info!(tid = %terminal.tid, scheme = scheme.code(), batch_no, "signed in");
+        let rrn = self.next_rrn().await.ok();
+        self.reply(
+            frame,
+            None,
+            &Answer::code(RC_APPROVED),
+            rrn.as_deref(),
+            |out| {
+                out.set_digits(32, &self.config.acquirer_code)?;
+                out.set_binary(62, &issued.field62)?;
+                Ok(())
+            },
+        )
+    }
+
+    pub async fn sign_off(&self, frame: &Frame<'_>) -> Option<Vec<u8>> {
+        let Some(terminal) = frame
+            .message
+            .text(41)
+            .and_then(|t| self.terminal(t.trim_end()))
+        else {
+            return self.reply(frame, None, &Answer::code(RC_NOT_REGISTERED), None, |_| {
+                Ok(())
+            });
+        };
+        let record = Record::SignOff {
+            tid: terminal.tid.clone(),
+        };
+        if self.persist(vec![record]).await.is_err() {
+            return self.reply(
+                frame,
+                None,
+                &Answer::code(RC_SYSTEM_ERROR),
+                None,
+                |_| Ok(()),
+            );
+        }
+        let mut updated = (*terminal).clone();
+        updated.keys = None;
+        self.replace_terminal(updated);
+        self.reply(frame, None, &Answer::code(RC_APPROVED), None, |_| Ok(()))
+    }
+
+    pub fn response_mti(mti: Mti) -> u16 {
+        mti.response().map_or(0, Mti::value)
+    }
+}

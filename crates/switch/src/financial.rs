@@ -1,0 +1,1037 @@
+//! Financial requests: the checks every request passes (terminal, MAC, merchant, batch,
+//! idempotency), the linked-transaction rules of PROTOCOL.md, the issuer exchange with its
+//! journal writes on either side, and reversals.
+
+use std::sync::Arc;
+
+use domain::Pan;
+use iso8583::{Field61, Financial, Frame, Message, MessageBuilder};
+use paycrypto::{EncryptedPinBlock, PanDigits};
+use sha2::{Digest, Sha256};
+use store::{EventRow, Outcome, PanAtRest, Record, Status, TxnKind, TxnRow, TxnState};
+use zeroize::Zeroize;
+
+use crate::clock::LocalTime;
+use crate::config::REFUND_DAYS_MAX;
+use crate::core::*;
+use crate::issuer::{IssuerLink, LinkError};
+use crate::ledger::{Answer, Claim, Entry, TxnKey};
+
+pub(crate) fn store_kind(kind: Financial) -> TxnKind {
+    match kind {
+        Financial::BalanceInquiry => TxnKind::BalanceInquiry,
+        Financial::Purchase => TxnKind::Purchase,
+        Financial::PurchaseVoid => TxnKind::PurchaseVoid,
+        Financial::Refund => TxnKind::Refund,
+        Financial::PreAuthorisation => TxnKind::PreAuth,
+        Financial::PreAuthorisationVoid => TxnKind::PreAuthVoid,
+        Financial::PreAuthorisationCompletion => TxnKind::Completion,
+        Financial::CompletionVoid => TxnKind::CompletionVoid,
+    }
+}
+
+fn describe(kind: TxnKind) -> &'static str {
+    match kind {
+        TxnKind::BalanceInquiry => "balance inquiry",
+        TxnKind::Purchase => "purchase",
+        TxnKind::PurchaseVoid => "purchase void",
+        TxnKind::Refund => "refund",
+        TxnKind::PreAuth => "pre-authorisation",
+        TxnKind::PreAuthVoid => "pre-authorisation void",
+        TxnKind::Completion => "pre-authorisation completion",
+        TxnKind::CompletionVoid => "completion void",
+        TxnKind::Reversal => "reversal",
+    }
+}
+
+fn yuan(fen: i64) -> String {
+    format!("¥{}.{:02}", fen / 100, fen % 100)
+}
+
+/// The card number of a request: field 2, else track 2 left of the separator. The digits live
+/// only in a buffer zeroised here and in the `Pan`.
+fn card(message: &Message<'_>) -> Option<Result<Pan, domain::PanError>> {
+    let digits = message.digits(2).or_else(|| message.digits(35))?;
+    let mut buf = [0u8; 19];
+    let mut len = 0;
+    for c in digits.chars() {
+        if !c.is_ascii_digit() {
+            break;
+        }
+        match buf.get_mut(len) {
+            Some(slot) => *slot = u8::try_from(c).unwrap_or(0),
+            None => {
+                buf.zeroize();
+                return Some(Err(domain::PanError::Length { len: len + 1 }));
+            }
+        }
+        len += 1;
+    }
+    let pan = Pan::from_ascii(buf.get(..len).unwrap_or_default());
+    buf.zeroize();
+    Some(pan)
+}
+
+/// What the linked-transaction checks decided about an original.
+enum Link {
+    None,
+    Original(Arc<Entry>),
+}
+
+/// Per-request facts gathered by the checks.
+struct Ctx<'a> {
+    frame: &'a Frame<'a>,
+    terminal: Arc<Terminal>,
+    kind: Financial,
+    now_ms: i64,
+    local: LocalTime,
+    amount_fen: i64,
+    request_hash: [u8; 16],
+    key: TxnKey,
+}
+
+impl Core {
+    /// A financial request or its reversal, from checks to the answer.
+    pub(crate) async fn financial(
+        self: &Arc<Self>,
+        frame: &Frame<'_>,
+        kind: Financial,
+        reversal: bool,
+    ) -> Option<Vec<u8>> {
+        let request = &frame.message;
+        let plain = |code| self.reply(frame, None, &Answer::code(code), None, |_| Ok(()));
+        let Some(terminal) = request.text(41).and_then(|t| self.terminal(t.trim_end())) else {
+            return plain(RC_NOT_REGISTERED);
+        };
+        if terminal.status != Status::Active {
+            return plain(RC_NOT_PERMITTED_TERMINAL);
+        }
+        // Not signed in: there is no MAK to check or answer with.
+        let Some(keys) = terminal.keys else {
+            return plain(RC_BATCH_OUT_OF_STEP);
+        };
+        let mac_ok = match request.mac() {
+            Some(mac) => self
+                .hsm
+                .verify_mac(keys.mak, terminal.mac, request.mac_input(), mac)
+                .unwrap_or(false),
+            None => false,
+        };
+        if !mac_ok {
+            tracing::info!(tid = %terminal.tid, "MAC verification failed");
+            return plain(RC_MAC_FAILED);
+        }
+        let answer = |code| {
+            self.reply(
+                frame,
+                Some(&terminal),
+                &Answer::code(code),
+                None,
+                |_| Ok(()),
+            )
+        };
+        if request.text(42).map(str::trim_end) != Some(terminal.mid.as_str()) {
+            return answer(RC_INVALID_MERCHANT);
+        }
+        let f60 = request.field60().ok().flatten();
+        let (Some(batch_no), Some(stan)) = (f60.and_then(|f| f.batch), request.stan()) else {
+            return answer(RC_FORMAT_ERROR);
+        };
+        if batch_no != terminal.batch_no {
+            return answer(RC_BATCH_OUT_OF_STEP);
+        }
+        let amount_fen = match request.amount().map(i64::try_from) {
+            Some(Ok(fen)) => fen,
+            None if kind == Financial::BalanceInquiry => 0,
+            _ => return answer(RC_INVALID_AMOUNT),
+        };
+        if amount_fen == 0 && kind != Financial::BalanceInquiry {
+            return answer(RC_INVALID_AMOUNT);
+        }
+        let mut request_hash = [0u8; 16];
+        let digest = Sha256::digest(request.mac_input());
+        for (slot, byte) in request_hash.iter_mut().zip(digest.iter()) {
+            *slot = *byte;
+        }
+        let now_ms = self.clock.now_ms();
+        let ctx = Ctx {
+            frame,
+            terminal: Arc::clone(&terminal),
+            kind,
+            now_ms,
+            local: LocalTime::from_ms(now_ms),
+            amount_fen,
+            request_hash,
+            key: TxnKey {
+                tid: terminal.tid.clone(),
+                batch_no,
+                stan,
+                reversal,
+            },
+        };
+        if reversal {
+            self.reversal(&ctx).await
+        } else {
+            self.forward(&ctx).await
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_entry(
+        &self,
+        ctx: &Ctx<'_>,
+        id: i64,
+        kind: TxnKind,
+        fingerprint: Option<[u8; 32]>,
+        rrn: Option<String>,
+        issuer: Option<String>,
+        original_id: Option<i64>,
+    ) -> Entry {
+        Entry::new(
+            id,
+            ctx.key.clone(),
+            ctx.terminal.mid.clone(),
+            kind,
+            ctx.amount_fen,
+            fingerprint,
+            ctx.request_hash,
+            rrn,
+            ctx.local.yyyymmdd(),
+            ctx.local.day_number,
+            issuer,
+            original_id,
+        )
+    }
+
+    fn row(
+        &self,
+        ctx: &Ctx<'_>,
+        entry: &Entry,
+        pan: Option<PanAtRest>,
+        host_trace: Option<u32>,
+    ) -> TxnRow {
+        let request = &ctx.frame.message;
+        let text = |n: u8| request.digits(n).map(|d| d.chars().collect::<String>());
+        TxnRow {
+            id: entry.id,
+            tid: entry.key.tid.clone(),
+            mid: entry.mid.clone(),
+            batch_no: entry.key.batch_no,
+            stan: entry.key.stan,
+            kind: entry.kind,
+            mti: format!("{:04}", request.mti().value()),
+            processing_code: text(3).unwrap_or_default(),
+            condition_code: text(25).unwrap_or_default(),
+            amount_fen: entry.amount_fen,
+            currency: request.text(49).unwrap_or("156").to_owned(),
+            pan,
+            issuer: entry.issuer.clone(),
+            rrn: entry.rrn.clone(),
+            host_trace,
+            auth_code: None,
+            response_code: None,
+            state: TxnState::InFlight,
+            request_hash: entry.request_hash.to_vec(),
+            original_id: entry.original_id,
+            refunded_fen: 0,
+            field60: text(60),
+            host_date: Some(ctx.local.mmdd()),
+            clearing_date: entry.clearing_date.clone(),
+            settlement_date: None,
+            received_at_ms: ctx.now_ms,
+            sent_at_ms: None,
+            issuer_answered_at_ms: None,
+            answered_at_ms: None,
+        }
+    }
+
+    fn event(&self, txn_id: i64, kind: &str, detail: String) -> Record {
+        Record::Event(EventRow {
+            txn_id,
+            at_ms: self.clock.now_ms(),
+            kind: kind.to_owned(),
+            detail,
+        })
+    }
+
+    /// Answers a retry with what the first request got (waiting if it is still in progress).
+    async fn answer_retry(&self, ctx: &Ctx<'_>, entry: Arc<Entry>) -> Option<Vec<u8>> {
+        let answer = entry.wait_answer().await;
+        tracing::info!(tid = %ctx.key.tid, stan = ctx.key.stan, "retried request answered from the journal");
+        self.reply(
+            ctx.frame,
+            Some(&ctx.terminal),
+            &answer,
+            entry.rrn.as_deref(),
+            |_| Ok(()),
+        )
+    }
+
+    /// Records a request refused by the switch itself, then answers it.
+    async fn refuse_recorded(
+        &self,
+        ctx: &Ctx<'_>,
+        entry: &Arc<Entry>,
+        row: TxnRow,
+        code: [u8; 2],
+        why: &str,
+    ) -> Option<Vec<u8>> {
+        let answer = Answer::code(code);
+        let mut row = row;
+        row.state = TxnState::Declined;
+        row.response_code = Some(answer.code_text().to_owned());
+        row.answered_at_ms = Some(self.clock.now_ms());
+        let records = vec![
+            Record::InsertTxn(Box::new(row)),
+            self.event(
+                entry.id,
+                "declined",
+                format!(
+                    "declined by shoudan at {}: {} {why}",
+                    ctx.local.clock_text(),
+                    answer.code_text()
+                ),
+            ),
+        ];
+        let answer = match self.journal(records).await {
+            Ok(()) => answer,
+            Err(_) => Answer::code(RC_SYSTEM_ERROR),
+        };
+        entry.answer(answer.clone(), TxnState::Declined);
+        self.reply(
+            ctx.frame,
+            Some(&ctx.terminal),
+            &answer,
+            entry.rrn.as_deref(),
+            |_| Ok(()),
+        )
+    }
+
+    /// Finds the original a linked request names: by field 61 (batch + trace) on this terminal,
+    /// else by RRN (field 37); from memory first, then the store.
+    async fn find_original(&self, ctx: &Ctx<'_>) -> Option<Arc<Entry>> {
+        let request = &ctx.frame.message;
+        let f61: Option<Field61> = request.field61().ok().flatten();
+        if let Some(Field61 {
+            batch,
+            trace: Some(trace),
+            ..
+        }) = f61
+        {
+            let key = TxnKey {
+                tid: ctx.key.tid.clone(),
+                batch_no: batch,
+                stan: trace,
+                reversal: false,
+            };
+            if let Some(entry) = self.ledger.by_key(&key) {
+                return Some(entry);
+            }
+            let store = Arc::clone(&self.store);
+            let tid = ctx.key.tid.clone();
+            let rows = tokio::task::spawn_blocking(move || store.txns_by_key(&tid, batch, trace))
+                .await
+                .ok()?
+                .ok()?;
+            if let Some(row) = rows.iter().find(|r| r.kind != TxnKind::Reversal) {
+                return Some(self.ledger.adopt(row));
+            }
+        }
+        let rrn = request.text(37)?.trim().to_owned();
+        if let Some(entry) = self.ledger.by_rrn(&rrn) {
+            return Some(entry);
+        }
+        let store = Arc::clone(&self.store);
+        let row = tokio::task::spawn_blocking(move || store.txn_by_rrn(&rrn))
+            .await
+            .ok()?
+            .ok()??;
+        Some(self.ledger.adopt(&row))
+    }
+
+    /// The linked-transaction rules (PROTOCOL.md). On success the original is marked busy (a
+    /// void or completion) or the refund amount reserved, so a concurrent twin cannot pass too.
+    fn check_link(
+        &self,
+        ctx: &Ctx<'_>,
+        kind: TxnKind,
+        original: &Entry,
+        fingerprint: &[u8; 32],
+    ) -> Result<(), [u8; 2]> {
+        let expected = match kind {
+            TxnKind::PurchaseVoid => TxnKind::Purchase,
+            TxnKind::CompletionVoid => TxnKind::Completion,
+            TxnKind::PreAuthVoid | TxnKind::Completion => TxnKind::PreAuth,
+            TxnKind::Refund => TxnKind::Purchase,
+            _ => return Err(RC_INVALID_TRANSACTION),
+        };
+        let kind_ok = original.kind == expected
+            || (kind == TxnKind::Refund && original.kind == TxnKind::Completion);
+        if !kind_ok || original.key.tid != ctx.key.tid && kind != TxnKind::Refund {
+            return Err(RC_ORIGINAL_NOT_FOUND);
+        }
+        if original.mid != ctx.terminal.mid {
+            return Err(RC_ORIGINAL_NOT_FOUND);
+        }
+        if original.fingerprint.as_ref() != Some(fingerprint) {
+            return Err(RC_INVALID_CARD);
+        }
+        let mut live = original.live();
+        match live.state {
+            TxnState::Approved => {}
+            TxnState::Voided | TxnState::Completed => return Err(RC_INVALID_TRANSACTION),
+            TxnState::Reversed => return Err(RC_ORIGINAL_NOT_FOUND),
+            TxnState::InFlight | TxnState::Declined | TxnState::TimedOut | TxnState::Failed => {
+                return Err(RC_ORIGINAL_NOT_FOUND);
+            }
+        }
+        match kind {
+            TxnKind::PurchaseVoid | TxnKind::CompletionVoid | TxnKind::PreAuthVoid => {
+                // Voids only on the day of the original.
+                if original.clearing_day != ctx.local.day_number {
+                    return Err(RC_ORIGINAL_NOT_FOUND);
+                }
+                if ctx.amount_fen != original.amount_fen {
+                    return Err(RC_AMOUNT_DIFFERS);
+                }
+            }
+            TxnKind::Completion => {
+                if ctx.local.day_number - original.clearing_day > REFUND_DAYS_MAX {
+                    return Err(RC_ORIGINAL_NOT_FOUND);
+                }
+                if ctx.amount_fen > original.amount_fen {
+                    return Err(RC_AMOUNT_DIFFERS);
+                }
+            }
+            TxnKind::Refund => {
+                if ctx.local.day_number - original.clearing_day > REFUND_DAYS_MAX {
+                    return Err(RC_ORIGINAL_NOT_FOUND);
+                }
+                let total = live.refunded_fen + live.refund_reserved_fen + ctx.amount_fen;
+                if total > original.amount_fen {
+                    return Err(RC_EXCEEDS_AMOUNT);
+                }
+                live.refund_reserved_fen += ctx.amount_fen;
+                return Ok(());
+            }
+            _ => {}
+        }
+        if live.link_busy {
+            return Err(RC_INVALID_TRANSACTION);
+        }
+        live.link_busy = true;
+        Ok(())
+    }
+
+    /// Undoes what `check_link` reserved, applying the result when the issuer approved.
+    fn settle_link(
+        &self,
+        kind: TxnKind,
+        original: &Entry,
+        amount_fen: i64,
+        approved: bool,
+    ) -> Vec<Record> {
+        let mut live = original.live();
+        let mut records = Vec::new();
+        match kind {
+            TxnKind::Refund => {
+                live.refund_reserved_fen -= amount_fen;
+                if approved {
+                    live.refunded_fen += amount_fen;
+                    records.push(Record::Refunded {
+                        id: original.id,
+                        refunded_fen: live.refunded_fen,
+                    });
+                }
+            }
+            _ => {
+                live.link_busy = false;
+                if approved {
+                    let state = if kind == TxnKind::Completion {
+                        TxnState::Completed
+                    } else {
+                        TxnState::Voided
+                    };
+                    live.state = state;
+                    records.push(Record::State {
+                        id: original.id,
+                        state,
+                    });
+                }
+            }
+        }
+        records
+    }
+
+    fn route(&self, pan: &Pan) -> Result<(Arc<IssuerLink>, String), [u8; 2]> {
+        let lookup = self.directory.lookup(pan);
+        let bank = lookup.issuer.map(|m| m.bank.code().to_owned());
+        let link = bank
+            .as_deref()
+            .and_then(|code| self.links.get(code))
+            .or_else(|| {
+                self.config
+                    .default_issuer
+                    .as_deref()
+                    .and_then(|d| self.links.get(d))
+            });
+        match (link, bank) {
+            (Some(link), bank) => Ok((Arc::clone(link), bank.unwrap_or_else(|| link.name.clone()))),
+            (None, Some(_)) => Err(RC_BANK_NOT_SUPPORTED),
+            (None, None) => Err(RC_NO_SUCH_ISSUER),
+        }
+    }
+
+    /// A request the issuer must decide: checks, journal, exchange, journal, answer.
+    async fn forward(self: &Arc<Self>, ctx: &Ctx<'_>) -> Option<Vec<u8>> {
+        let request = &ctx.frame.message;
+        let kind = store_kind(ctx.kind);
+        let Ok(id) = self.next_id().await else {
+            return self.reply(
+                ctx.frame,
+                Some(&ctx.terminal),
+                &Answer::code(RC_SYSTEM_ERROR),
+                None,
+                |_| Ok(()),
+            );
+        };
+        let rrn = self.next_rrn().await.ok();
+        let pan = card(request);
+        let fingerprint = match &pan {
+            Some(Ok(pan)) => Some(self.hsm.fingerprint(pan.expose_digits().as_bytes())),
+            _ => None,
+        };
+        let route = match &pan {
+            Some(Ok(pan)) => Some(self.route(pan)),
+            _ => None,
+        };
+        let issuer_name = match &route {
+            Some(Ok((_, bank))) => Some(bank.clone()),
+            _ => None,
+        };
+        let entry = self.new_entry(
+            ctx,
+            id,
+            kind,
+            fingerprint,
+            rrn.clone(),
+            issuer_name.clone(),
+            None,
+        );
+        let entry = match self.ledger.claim(entry) {
+            Claim::New(entry) => entry,
+            Claim::Retry(entry) => return self.answer_retry(ctx, entry).await,
+            Claim::Conflict => {
+                return self.reply(
+                    ctx.frame,
+                    Some(&ctx.terminal),
+                    &Answer::code(RC_DUPLICATE),
+                    None,
+                    |_| Ok(()),
+                );
+            }
+        };
+        let pan_at_rest = match &pan {
+            Some(Ok(pan)) => self
+                .hsm
+                .seal(pan.expose_digits().as_bytes())
+                .ok()
+                .map(|sealed| PanAtRest {
+                    sealed,
+                    fingerprint: fingerprint.map(|f| f.to_vec()).unwrap_or_default(),
+                    masked: pan.masked().as_str().to_owned(),
+                    last4: pan.last4().to_owned(),
+                    bin: pan.bin(6).unwrap_or_default().to_owned(),
+                }),
+            _ => None,
+        };
+        let host_trace = self.next_trace();
+        let mut row = self.row(ctx, &entry, pan_at_rest, Some(host_trace));
+        let (pan, (link, bank)) = match (pan, route) {
+            (Some(Ok(pan)), Some(Ok(route))) => (pan, route),
+            (Some(Ok(_)), Some(Err(code))) => {
+                return self
+                    .refuse_recorded(ctx, &entry, row, code, "no route to the card's issuer")
+                    .await;
+            }
+            _ => {
+                return self
+                    .refuse_recorded(
+                        ctx,
+                        &entry,
+                        row,
+                        RC_INVALID_CARD,
+                        "card number missing or invalid",
+                    )
+                    .await;
+            }
+        };
+        // Linked transactions: find and check the original before anything goes out.
+        let mut original = Link::None;
+        let mut f61_out: Option<String> = None;
+        if matches!(
+            kind,
+            TxnKind::PurchaseVoid
+                | TxnKind::CompletionVoid
+                | TxnKind::PreAuthVoid
+                | TxnKind::Completion
+                | TxnKind::Refund
+        ) {
+            let Some(found) = self.find_original(ctx).await else {
+                return self
+                    .refuse_recorded(
+                        ctx,
+                        &entry,
+                        row,
+                        RC_ORIGINAL_NOT_FOUND,
+                        "original transaction not found",
+                    )
+                    .await;
+            };
+            let Some(fp) = fingerprint else {
+                return self
+                    .refuse_recorded(ctx, &entry, row, RC_INVALID_CARD, "card number missing")
+                    .await;
+            };
+            if let Err(code) = self.check_link(ctx, kind, &found, &fp) {
+                row.original_id = Some(found.id);
+                return self
+                    .refuse_recorded(ctx, &entry, row, code, "linked-transaction check failed")
+                    .await;
+            }
+            row.original_id = Some(found.id);
+            let date = found.clearing_date.get(4..8).unwrap_or("0000");
+            f61_out = found.rrn.as_ref().map(|r| format!("{r}{date}"));
+            original = Link::Original(found);
+        }
+        let release = |approved: bool| -> Vec<Record> {
+            match &original {
+                Link::Original(o) => self.settle_link(kind, o, ctx.amount_fen, approved),
+                Link::None => Vec::new(),
+            }
+        };
+        // PIN: from the terminal's PIK to the issuer's zone key, inside the HSM.
+        let pin = match request.bytes(52) {
+            Some(block) => {
+                let translated = EncryptedPinBlock::from_bytes(block)
+                    .map_err(paycrypto::HsmError::from)
+                    .and_then(|block| {
+                        let digits = PanDigits::from_pan(pan.expose_digits())?;
+                        let pik = ctx
+                            .terminal
+                            .keys
+                            .map(|k| k.pik)
+                            .ok_or(paycrypto::HsmError::BadHandle)?;
+                        self.hsm
+                            .translate_pin_block(pik, link.endpoint.zpk, &block, &digits)
+                    });
+                match translated {
+                    Ok(block) => Some(block),
+                    Err(error) => {
+                        let _ = release(false);
+                        let code = if error.is_bad_pin_block() {
+                            RC_PIN_FORMAT
+                        } else {
+                            RC_SYSTEM_ERROR
+                        };
+                        return self
+                            .refuse_recorded(
+                                ctx,
+                                &entry,
+                                row,
+                                code,
+                                "PIN block could not be translated",
+                            )
+                            .await;
+                    }
+                }
+            }
+            None => None,
+        };
+        let outbound = match self.issuer_request(
+            ctx,
+            &pan,
+            host_trace,
+            rrn.as_deref(),
+            pin.as_ref(),
+            f61_out.as_deref(),
+        ) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(%error, "cannot encode issuer request");
+                let _ = release(false);
+                return self
+                    .refuse_recorded(
+                        ctx,
+                        &entry,
+                        row,
+                        RC_FORMAT_ERROR,
+                        "request could not be forwarded",
+                    )
+                    .await;
+            }
+        };
+        drop(pan);
+        // Write-ahead: the request is durable before the issuer can act on it.
+        row.sent_at_ms = Some(self.clock.now_ms());
+        let received = self.event(
+            entry.id,
+            "received",
+            format!(
+                "{} of {} received from terminal {} at {}, sent to {bank}",
+                describe(kind),
+                yuan(ctx.amount_fen),
+                ctx.key.tid,
+                ctx.local.clock_text()
+            ),
+        );
+        if let Err(error) = self
+            .journal(vec![Record::InsertTxn(Box::new(row)), received])
+            .await
+        {
+            tracing::warn!(%error, "journal write failed; answering 96");
+            let _ = release(false);
+            entry.answer(Answer::code(RC_SYSTEM_ERROR), TxnState::Failed);
+            return self.reply(
+                ctx.frame,
+                Some(&ctx.terminal),
+                &Answer::code(RC_SYSTEM_ERROR),
+                entry.rrn.as_deref(),
+                |_| Ok(()),
+            );
+        }
+        let reply_mti = Core::response_mti(request.mti());
+        let result = link.exchange(reply_mti, host_trace, outbound).await;
+        let answered_ms = self.clock.now_ms();
+        let at = LocalTime::from_ms(answered_ms).clock_text();
+        let mut records = Vec::with_capacity(4);
+        let (answer, state, issuer_answered) = match &result {
+            Ok(reply) => {
+                match parse_reply(reply) {
+                    Some(answer) => {
+                        let approved = answer.response_code == RC_APPROVED;
+                        let detail = if approved {
+                            format!(
+                                "approved by {bank} at {at}, auth code {}",
+                                answer.auth_code.as_deref().unwrap_or("-")
+                            )
+                        } else {
+                            format!("declined by {bank} at {at}: {}", answer.code_text())
+                        };
+                        records.push(self.event(
+                            entry.id,
+                            if approved { "approved" } else { "declined" },
+                            detail,
+                        ));
+                        records.extend(release(approved));
+                        (
+                            answer,
+                            if approved {
+                                TxnState::Approved
+                            } else {
+                                TxnState::Declined
+                            },
+                            Some(answered_ms),
+                        )
+                    }
+                    None => {
+                        // An answer we cannot read may be an approval: reverse it.
+                        records.extend(release(false));
+                        records.push(self.saf(entry.id, &bank, "96", answered_ms));
+                        records.push(self.event(entry.id, "failed", format!("unreadable answer from {bank} at {at}: answered 96, reversal queued")));
+                        (
+                            Answer::code(RC_SYSTEM_ERROR),
+                            TxnState::Failed,
+                            Some(answered_ms),
+                        )
+                    }
+                }
+            }
+            Err(LinkError::Unavailable) => {
+                records.extend(release(false));
+                records.push(self.event(
+                    entry.id,
+                    "failed",
+                    format!("{bank} unavailable at {at}: answered 91, nothing sent"),
+                ));
+                (Answer::code(RC_ISSUER_UNAVAILABLE), TxnState::Failed, None)
+            }
+            Err(error @ (LinkError::Timeout | LinkError::Lost)) => {
+                records.extend(release(false));
+                if kind != TxnKind::BalanceInquiry {
+                    records.push(self.saf(entry.id, &bank, "98", answered_ms));
+                }
+                records.push(self.event(
+                    entry.id,
+                    "timed_out",
+                    format!("{bank}: {error} by {at}: answered 98, reversal queued"),
+                ));
+                (Answer::code(RC_ISSUER_TIMEOUT), TxnState::TimedOut, None)
+            }
+        };
+        records.push(Record::Outcome(Outcome {
+            id: entry.id,
+            state,
+            response_code: answer.code_text().to_owned(),
+            auth_code: answer.auth_code.clone(),
+            settlement_date: answer.settlement_date.clone(),
+            issuer_answered_at_ms: issuer_answered,
+            answered_at_ms: answered_ms,
+        }));
+        let approved = state == TxnState::Approved;
+        let written = self.journal(records).await;
+        let answer = match written {
+            Ok(()) => answer,
+            Err(error) => {
+                tracing::warn!(%error, "journal write failed after the issuer answered; answering 96");
+                if approved {
+                    // Cannot record the approval: try to queue its reversal on its own.
+                    let _ = self
+                        .persist(vec![self.saf(entry.id, &bank, "96", answered_ms)])
+                        .await;
+                }
+                Answer::code(RC_SYSTEM_ERROR)
+            }
+        };
+        entry.answer(answer.clone(), state);
+        self.reply(
+            ctx.frame,
+            Some(&ctx.terminal),
+            &answer,
+            entry.rrn.as_deref(),
+            |_| Ok(()),
+        )
+    }
+
+    pub(crate) fn saf(&self, txn_id: i64, issuer: &str, reason: &str, now_ms: i64) -> Record {
+        Record::SafEnqueue {
+            txn_id,
+            issuer: issuer.to_owned(),
+            reason: reason.to_owned(),
+            next_attempt_ms: now_ms,
+        }
+    }
+
+    /// The request to the issuer (docs/issuer-link.md, "Requests").
+    fn issuer_request(
+        &self,
+        ctx: &Ctx<'_>,
+        pan: &Pan,
+        host_trace: u32,
+        rrn: Option<&str>,
+        pin: Option<&EncryptedPinBlock>,
+        f61: Option<&str>,
+    ) -> Result<Vec<u8>, iso8583::EncodeError> {
+        let request = &ctx.frame.message;
+        let mut out = MessageBuilder::new(request.mti());
+        out.set_digits(2, pan.expose_digits())?;
+        for number in [3, 4, 14, 22, 25, 35, 41, 42, 49, 53, 60] {
+            out.copy_from(request, number)?;
+        }
+        out.set_stan(host_trace)?;
+        out.set_digits(12, &ctx.local.hhmmss())?
+            .set_digits(13, &ctx.local.mmdd())?;
+        out.set_digits(32, &self.config.acquirer_code)?;
+        if let Some(rrn) = rrn {
+            out.set_text(37, rrn)?;
+        }
+        if let Some(pin) = pin {
+            out.set_binary(52, pin.as_bytes())?;
+        }
+        if let Some(f61) = f61 {
+            out.set_digits(61, f61)?;
+        }
+        let mut bytes = Vec::with_capacity(256);
+        out.encode_frame(&self.issuer_head, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// A terminal's reversal (0400): find the original by TID + MID + trace + batch, mark it
+    /// reversed and queue its reversal to the issuer (store and forward). PROTOCOL.md: not
+    /// found → 00, already reversed or another day → 25, amount differs → 64.
+    async fn reversal(self: &Arc<Self>, ctx: &Ctx<'_>) -> Option<Vec<u8>> {
+        let Ok(id) = self.next_id().await else {
+            return self.reply(
+                ctx.frame,
+                Some(&ctx.terminal),
+                &Answer::code(RC_SYSTEM_ERROR),
+                None,
+                |_| Ok(()),
+            );
+        };
+        let original_key = TxnKey {
+            reversal: false,
+            ..ctx.key.clone()
+        };
+        let original = self.ledger.by_key(&original_key);
+        let entry = self.new_entry(
+            ctx,
+            id,
+            TxnKind::Reversal,
+            original.as_ref().and_then(|o| o.fingerprint),
+            None,
+            original.as_ref().and_then(|o| o.issuer.clone()),
+            original.as_ref().map(|o| o.id),
+        );
+        let entry = match self.ledger.claim(entry) {
+            Claim::New(entry) => entry,
+            Claim::Retry(entry) => return self.answer_retry(ctx, entry).await,
+            Claim::Conflict => {
+                return self.reply(
+                    ctx.frame,
+                    Some(&ctx.terminal),
+                    &Answer::code(RC_DUPLICATE),
+                    None,
+                    |_| Ok(()),
+                );
+            }
+        };
+        let mut row = self.row(ctx, &entry, None, None);
+        let now_ms = self.clock.now_ms();
+        let mut records = Vec::with_capacity(6);
+        let (code, detail) = match &original {
+            None => (
+                RC_APPROVED,
+                "original not found: nothing to reverse".to_owned(),
+            ),
+            Some(o) if o.mid != ctx.terminal.mid => (
+                RC_APPROVED,
+                "original not found: nothing to reverse".to_owned(),
+            ),
+            Some(o) if o.clearing_day != ctx.local.day_number => (
+                RC_ORIGINAL_NOT_FOUND,
+                "original is from another day".to_owned(),
+            ),
+            Some(o) if o.kind != TxnKind::BalanceInquiry && o.amount_fen != ctx.amount_fen => (
+                RC_AMOUNT_DIFFERS,
+                "amount differs from the original".to_owned(),
+            ),
+            Some(o) => {
+                let previous = {
+                    let mut live = o.live();
+                    let previous = live.state;
+                    if previous != TxnState::Reversed {
+                        live.state = TxnState::Reversed;
+                    }
+                    previous
+                };
+                match previous {
+                    TxnState::Reversed => (
+                        RC_ORIGINAL_NOT_FOUND,
+                        "original already reversed".to_owned(),
+                    ),
+                    TxnState::Declined | TxnState::Failed => {
+                        records.push(Record::State {
+                            id: o.id,
+                            state: TxnState::Reversed,
+                        });
+                        (
+                            RC_APPROVED,
+                            "original was not approved: nothing to reverse at the issuer"
+                                .to_owned(),
+                        )
+                    }
+                    TxnState::Approved
+                    | TxnState::Voided
+                    | TxnState::Completed
+                    | TxnState::InFlight
+                    | TxnState::TimedOut => {
+                        records.push(Record::State {
+                            id: o.id,
+                            state: TxnState::Reversed,
+                        });
+                        let issuer = o.issuer.clone().unwrap_or_default();
+                        if o.kind != TxnKind::BalanceInquiry && !issuer.is_empty() {
+                            let reason = ctx.frame.message.text(39).unwrap_or("98");
+                            records.push(self.saf(o.id, &issuer, reason, now_ms));
+                        }
+                        // Undo what an approved linked transaction did to its own original.
+                        if previous == TxnState::Approved {
+                            records.extend(self.unlink(o));
+                        }
+                        records.push(self.event(
+                            o.id,
+                            "reversed",
+                            format!(
+                                "reversed by terminal {} at {}; reversal queued to {issuer}",
+                                ctx.key.tid,
+                                ctx.local.clock_text()
+                            ),
+                        ));
+                        (RC_APPROVED, "original reversed".to_owned())
+                    }
+                }
+            }
+        };
+        let answer = Answer::code(code);
+        row.state = if code == RC_APPROVED {
+            TxnState::Approved
+        } else {
+            TxnState::Declined
+        };
+        row.response_code = Some(answer.code_text().to_owned());
+        row.answered_at_ms = Some(now_ms);
+        records.insert(0, Record::InsertTxn(Box::new(row)));
+        records.push(self.event(
+            entry.id,
+            "reversal",
+            format!(
+                "reversal from terminal {} at {}: {} ({detail})",
+                ctx.key.tid,
+                ctx.local.clock_text(),
+                answer.code_text()
+            ),
+        ));
+        let answer = match self.journal(records).await {
+            Ok(()) => answer,
+            Err(_) => Answer::code(RC_SYSTEM_ERROR),
+        };
+        entry.answer(answer.clone(), TxnState::Approved);
+        self.reply(ctx.frame, Some(&ctx.terminal), &answer, None, |_| Ok(()))
+    }
+
+    /// A reversed void, completion or refund gives its original back what it took.
+    fn unlink(&self, reversed: &Entry) -> Vec<Record> {
+        let Some(original) = reversed.original_id.and_then(|id| self.ledger.by_id(id)) else {
+            return Vec::new();
+        };
+        let mut live = original.live();
+        match reversed.kind {
+            TxnKind::Refund => {
+                live.refunded_fen = (live.refunded_fen - reversed.amount_fen).max(0);
+                vec![Record::Refunded {
+                    id: original.id,
+                    refunded_fen: live.refunded_fen,
+                }]
+            }
+            TxnKind::PurchaseVoid
+            | TxnKind::CompletionVoid
+            | TxnKind::PreAuthVoid
+            | TxnKind::Completion => {
+                if matches!(live.state, TxnState::Voided | TxnState::Completed) {
+                    live.state = TxnState::Approved;
+                    vec![Record::State {
+                        id: original.id,
+                        state: TxnState::Approved,
+                    }]
+                } else {
+                    Vec::new()
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The answer in an issuer's reply: 39, 38, 15, 54.
+fn parse_reply(frame: &[u8]) -> Option<Answer> {
+    let decoded = iso8583::Frame::decode_unprefixed(frame).ok()?;
+    let message = decoded.message;
+    let code: [u8; 2] = message.text(39)?.as_bytes().try_into().ok()?;
+    Some(Answer {
+        response_code: code,
+        auth_code: message.text(38).map(str::to_owned),
+        settlement_date: message.digits(15).map(|d| d.chars().collect()),
+        balance: message.text(54).map(str::to_owned),
+    })
+}

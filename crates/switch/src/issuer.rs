@@ -1,0 +1,241 @@
+//! Persistent links to issuer hosts (docs/issuer-link.md): one TCP connection per issuer,
+//! many requests in flight, replies matched by (reply MTI, host trace) so that a `0410` is never
+//! taken for the `0210` of the same trace. Reconnects by itself; a breaker answers fast while
+//! the issuer is down or keeps timing out.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use iso8583::Frame;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+use crate::clock::Clock;
+use crate::config::{BREAKER_TIMEOUTS_MAX, ISSUER_IN_FLIGHT_MAX, ISSUER_QUEUE_MAX, IssuerEndpoint};
+use crate::wire::read_frame;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RECONNECT_FIRST: Duration = Duration::from_millis(50);
+const RECONNECT_LAST: Duration = Duration::from_secs(2);
+/// How long the breaker stays open after `BREAKER_TIMEOUTS_MAX` timeouts in a row.
+const BREAKER_OPEN_MS: i64 = 5_000;
+
+/// Why an exchange with an issuer produced no reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// Nothing was sent: link down, breaker open, or too much in flight. Answer 91.
+    #[error("issuer unavailable")]
+    Unavailable,
+    /// Sent, no reply in time: the issuer may have acted. Answer 98 and reverse.
+    #[error("issuer did not answer in time")]
+    Timeout,
+    /// Sent, then the connection dropped: as uncertain as a timeout.
+    #[error("issuer link lost with the request outstanding")]
+    Lost,
+}
+
+type Waiters = HashMap<(u16, u32), oneshot::Sender<Vec<u8>>>;
+
+pub(crate) struct IssuerLink {
+    pub name: String,
+    pub endpoint: IssuerEndpoint,
+    outbound: mpsc::Sender<Vec<u8>>,
+    waiters: Mutex<Waiters>,
+    in_flight: Semaphore,
+    connected: AtomicBool,
+    timeouts_in_a_row: AtomicU32,
+    open_until_ms: AtomicI64,
+    clock: Arc<dyn Clock>,
+}
+
+impl IssuerLink {
+    /// Creates the link and starts the task that keeps it connected until `stop` changes.
+    pub fn start(
+        name: String,
+        endpoint: IssuerEndpoint,
+        clock: Arc<dyn Clock>,
+        stop: watch::Receiver<bool>,
+    ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let (outbound, receiver) = mpsc::channel(ISSUER_QUEUE_MAX);
+        let link = Arc::new(IssuerLink {
+            name,
+            endpoint,
+            outbound,
+            waiters: Mutex::new(HashMap::new()),
+            in_flight: Semaphore::new(ISSUER_IN_FLIGHT_MAX),
+            connected: AtomicBool::new(false),
+            timeouts_in_a_row: AtomicU32::new(0),
+            open_until_ms: AtomicI64::new(0),
+            clock,
+        });
+        let task = tokio::spawn(Arc::clone(&link).run(receiver, stop));
+        (link, task)
+    }
+
+    fn waiters(&self) -> MutexGuard<'_, Waiters> {
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Sends a request frame (length prefix included) and waits for the reply with
+    /// `reply_mti` and `trace`; returns the reply frame without its prefix.
+    pub async fn exchange(
+        &self,
+        reply_mti: u16,
+        trace: u32,
+        frame: Vec<u8>,
+    ) -> Result<Vec<u8>, LinkError> {
+        if !self.is_connected() || self.clock.now_ms() < self.open_until_ms.load(Ordering::Acquire)
+        {
+            return Err(LinkError::Unavailable);
+        }
+        let _permit = self
+            .in_flight
+            .try_acquire()
+            .map_err(|_| LinkError::Unavailable)?;
+        let (sender, receiver) = oneshot::channel();
+        {
+            let mut waiters = self.waiters();
+            if waiters.contains_key(&(reply_mti, trace)) {
+                return Err(LinkError::Unavailable);
+            }
+            waiters.insert((reply_mti, trace), sender);
+        }
+        if self.outbound.try_send(frame).is_err() {
+            self.waiters().remove(&(reply_mti, trace));
+            return Err(LinkError::Unavailable);
+        }
+        match tokio::time::timeout(self.endpoint.timeout, receiver).await {
+            Ok(Ok(reply)) => {
+                self.timeouts_in_a_row.store(0, Ordering::Release);
+                Ok(reply)
+            }
+            Ok(Err(_)) => Err(LinkError::Lost),
+            Err(_) => {
+                self.waiters().remove(&(reply_mti, trace));
+                let count = self.timeouts_in_a_row.fetch_add(1, Ordering::AcqRel) + 1;
+                if count >= BREAKER_TIMEOUTS_MAX {
+                    self.timeouts_in_a_row.store(0, Ordering::Release);
+                    let until = self.clock.now_ms().saturating_add(BREAKER_OPEN_MS);
+                    self.open_until_ms.store(until, Ordering::Release);
+                    tracing::warn!(issuer = %self.name, "breaker open after repeated timeouts");
+                }
+                Err(LinkError::Timeout)
+            }
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        mut outbound: mpsc::Receiver<Vec<u8>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut backoff = RECONNECT_FIRST;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let connect =
+                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.endpoint.addr));
+            let stream = tokio::select! {
+                result = connect => result,
+                _ = stop.changed() => return,
+            };
+            match stream {
+                Ok(Ok(stream)) => {
+                    backoff = RECONNECT_FIRST;
+                    let _ = stream.set_nodelay(true);
+                    tracing::info!(issuer = %self.name, "issuer link up");
+                    self.connected.store(true, Ordering::Release);
+                    let stopped = self.serve(stream, &mut outbound, &mut stop).await;
+                    self.connected.store(false, Ordering::Release);
+                    // Every outstanding request is now in doubt; its waiter sees `Lost`.
+                    self.waiters().clear();
+                    while outbound.try_recv().is_ok() {}
+                    if stopped {
+                        return;
+                    }
+                    tracing::warn!(issuer = %self.name, "issuer link down");
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(issuer = %self.name, %error, "issuer connect failed");
+                }
+                Err(_) => tracing::debug!(issuer = %self.name, "issuer connect timed out"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.changed() => return,
+            }
+            backoff = (backoff * 2).min(RECONNECT_LAST);
+        }
+    }
+
+    /// Runs one connection until it fails (false) or the switch stops (true).
+    async fn serve(
+        &self,
+        stream: TcpStream,
+        outbound: &mut mpsc::Receiver<Vec<u8>>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let (reader, mut writer) = stream.into_split();
+        let mut reader = BufReader::new(reader);
+        let read = async {
+            let mut buf = Vec::with_capacity(512);
+            loop {
+                match read_frame(&mut reader, &mut buf).await {
+                    Ok(true) => self.deliver(&buf),
+                    Ok(false) => return,
+                    Err(error) => {
+                        tracing::warn!(issuer = %self.name, %error, "bad frame from issuer");
+                        return;
+                    }
+                }
+            }
+        };
+        let write = async {
+            let mut batch = Vec::with_capacity(4096);
+            while let Some(frame) = outbound.recv().await {
+                batch.clear();
+                batch.extend_from_slice(&frame);
+                // Coalesce what queued up meanwhile into one write.
+                while batch.len() < 64 * 1024 {
+                    match outbound.try_recv() {
+                        Ok(more) => batch.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                if writer.write_all(&batch).await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = read => false,
+            () = write => false,
+            _ = stop.changed() => true,
+        }
+    }
+
+    fn deliver(&self, frame: &[u8]) {
+        let Ok(decoded) = Frame::decode_unprefixed(frame) else {
+            tracing::warn!(issuer = %self.name, "undecodable reply from issuer");
+            return;
+        };
+        let mti = decoded.message.mti().value();
+        let Some(trace) = decoded.message.stan() else {
+            return;
+        };
+        let waiter = self.waiters().remove(&(mti, trace));
+        match waiter {
+            // A waiter that timed out is gone; its late reply is dropped (the reversal covers it).
+            Some(waiter) => drop(waiter.send(frame.to_vec())),
+            None => tracing::debug!(issuer = %self.name, mti, trace, "unmatched reply"),
+        }
+    }
+}

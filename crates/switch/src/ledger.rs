@@ -1,0 +1,281 @@
+//! The in-memory index of recent transactions: the hot lookups of the switch (idempotency by
+//! TID + batch + STAN, originals by key or RRN) never touch SQLite. Warmed at start from the
+//! store's last `REFUND_DAYS_MAX` days; older originals are adopted from the store on demand.
+//! Each entry's mutable part sits behind its own short mutex, never held across an await.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use store::{TxnKind, TxnRow, TxnState};
+use tokio::sync::Notify;
+
+/// What the terminal was (or will be) told, kept to answer a retried request identically.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Answer {
+    pub response_code: [u8; 2],
+    pub auth_code: Option<String>,
+    pub settlement_date: Option<String>,
+    pub balance: Option<String>,
+}
+
+impl Answer {
+    pub fn code(code: [u8; 2]) -> Self {
+        Answer {
+            response_code: code,
+            auth_code: None,
+            settlement_date: None,
+            balance: None,
+        }
+    }
+
+    pub fn code_text(&self) -> &str {
+        std::str::from_utf8(&self.response_code).unwrap_or("??")
+    }
+}
+
+/// Idempotency key: a reversal shares its original's TID, batch and STAN.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct TxnKey {
+    pub tid: String,
+    pub batch_no: u32,
+    pub stan: u32,
+    pub reversal: bool,
+}
+
+/// The parts of a transaction that change after it is recorded.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub state: TxnState,
+    pub answer: Option<Answer>,
+    pub refunded_fen: i64,
+    /// Refund amounts approved by checks but not yet by the issuer.
+    pub refund_reserved_fen: i64,
+    /// A void, completion or pre-auth void of this transaction is in progress.
+    pub link_busy: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub id: i64,
+    pub key: TxnKey,
+    pub mid: String,
+    pub kind: TxnKind,
+    pub amount_fen: i64,
+    pub fingerprint: Option<[u8; 32]>,
+    pub request_hash: [u8; 16],
+    pub rrn: Option<String>,
+    pub clearing_date: String,
+    pub clearing_day: i64,
+    pub issuer: Option<String>,
+    pub original_id: Option<i64>,
+    live: Mutex<Live>,
+    answered: Notify,
+}
+
+impl Entry {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: i64,
+        key: TxnKey,
+        mid: String,
+        kind: TxnKind,
+        amount_fen: i64,
+        fingerprint: Option<[u8; 32]>,
+        request_hash: [u8; 16],
+        rrn: Option<String>,
+        clearing_date: String,
+        clearing_day: i64,
+        issuer: Option<String>,
+        original_id: Option<i64>,
+    ) -> Self {
+        Entry {
+            id,
+            key,
+            mid,
+            kind,
+            amount_fen,
+            fingerprint,
+            request_hash,
+            rrn,
+            clearing_date,
+            clearing_day,
+            issuer,
+            original_id,
+            live: Mutex::new(Live {
+                state: TxnState::InFlight,
+                answer: None,
+                refunded_fen: 0,
+                refund_reserved_fen: 0,
+                link_busy: false,
+            }),
+            answered: Notify::new(),
+        }
+    }
+
+    fn from_row(row: &TxnRow) -> Self {
+        let mut request_hash = [0; 16];
+        for (slot, byte) in request_hash.iter_mut().zip(&row.request_hash) {
+            *slot = *byte;
+        }
+        let fingerprint = row
+            .pan
+            .as_ref()
+            .and_then(|p| <[u8; 32]>::try_from(p.fingerprint.as_slice()).ok());
+        let entry = Entry::new(
+            row.id,
+            TxnKey {
+                tid: row.tid.clone(),
+                batch_no: row.batch_no,
+                stan: row.stan,
+                reversal: row.kind == TxnKind::Reversal,
+            },
+            row.mid.clone(),
+            row.kind,
+            row.amount_fen,
+            fingerprint,
+            request_hash,
+            row.rrn.clone(),
+            row.clearing_date.clone(),
+            crate::clock::day_number_of(&row.clearing_date).unwrap_or(i64::MIN),
+            row.issuer.clone(),
+            row.original_id,
+        );
+        {
+            let mut live = entry.live();
+            live.state = row.state;
+            live.refunded_fen = row.refunded_fen;
+            live.answer = row.response_code.as_deref().and_then(|code| {
+                let bytes: [u8; 2] = code.as_bytes().try_into().ok()?;
+                Some(Answer {
+                    response_code: bytes,
+                    auth_code: row.auth_code.clone(),
+                    settlement_date: row.settlement_date.clone(),
+                    balance: None,
+                })
+            });
+        }
+        entry
+    }
+
+    /// The mutable part. A poisoned lock only means a panic elsewhere; the data is plain.
+    pub fn live(&self) -> MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records the answer and wakes retries waiting for it.
+    pub fn answer(&self, answer: Answer, state: TxnState) {
+        {
+            let mut live = self.live();
+            live.answer = Some(answer);
+            // A reversal that arrived while the issuer was still thinking wins.
+            if live.state != TxnState::Reversed {
+                live.state = state;
+            }
+        }
+        self.answered.notify_waiters();
+    }
+
+    /// Waits until the transaction has an answer (a retry of a request still in progress).
+    pub async fn wait_answer(&self) -> Answer {
+        loop {
+            let notified = self.answered.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(answer) = self.live().answer.clone() {
+                return answer;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Result of registering a request under its idempotency key.
+pub(crate) enum Claim {
+    /// First time: the caller processes it.
+    New(Arc<Entry>),
+    /// Same key, same content: answer as the first one was (or will be) answered.
+    Retry(Arc<Entry>),
+    /// Same key, different content: 94.
+    Conflict,
+}
+
+#[derive(Default)]
+struct Maps {
+    by_key: HashMap<TxnKey, Arc<Entry>>,
+    by_rrn: HashMap<String, Arc<Entry>>,
+    by_id: HashMap<i64, Arc<Entry>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Ledger {
+    maps: Mutex<Maps>,
+}
+
+impl Ledger {
+    fn maps(&self) -> MutexGuard<'_, Maps> {
+        self.maps.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers `entry` unless its key is taken.
+    pub fn claim(&self, entry: Entry) -> Claim {
+        let mut maps = self.maps();
+        if let Some(existing) = maps.by_key.get(&entry.key) {
+            return if existing.request_hash == entry.request_hash {
+                Claim::Retry(Arc::clone(existing))
+            } else {
+                Claim::Conflict
+            };
+        }
+        let entry = Arc::new(entry);
+        Self::index(&mut maps, &entry);
+        Claim::New(entry)
+    }
+
+    fn index(maps: &mut Maps, entry: &Arc<Entry>) {
+        maps.by_key.insert(entry.key.clone(), Arc::clone(entry));
+        if let Some(rrn) = &entry.rrn {
+            maps.by_rrn.insert(rrn.clone(), Arc::clone(entry));
+        }
+        maps.by_id.insert(entry.id, Arc::clone(entry));
+    }
+
+    /// Adds a row read from the store, or returns the entry already held for its id.
+    pub fn adopt(&self, row: &TxnRow) -> Arc<Entry> {
+        let mut maps = self.maps();
+        if let Some(existing) = maps.by_id.get(&row.id) {
+            return Arc::clone(existing);
+        }
+        let entry = Arc::new(Entry::from_row(row));
+        // A later row under the same key (a new day's reuse of a STAN) keeps the key.
+        if !maps.by_key.contains_key(&entry.key) {
+            maps.by_key.insert(entry.key.clone(), Arc::clone(&entry));
+        }
+        if let Some(rrn) = &entry.rrn {
+            maps.by_rrn.insert(rrn.clone(), Arc::clone(&entry));
+        }
+        maps.by_id.insert(entry.id, Arc::clone(&entry));
+        entry
+    }
+
+    pub fn by_key(&self, key: &TxnKey) -> Option<Arc<Entry>> {
+        self.maps().by_key.get(key).cloned()
+    }
+
+    pub fn by_rrn(&self, rrn: &str) -> Option<Arc<Entry>> {
+        self.maps().by_rrn.get(rrn).cloned()
+    }
+
+    pub fn by_id(&self, id: i64) -> Option<Arc<Entry>> {
+        self.maps().by_id.get(&id).cloned()
+    }
+
+    /// Every entry of one terminal's batch (settlement).
+    pub fn batch(&self, tid: &str, batch_no: u32) -> Vec<Arc<Entry>> {
+        self.maps()
+            .by_id
+            .values()
+            .filter(|e| e.key.tid == tid && e.key.batch_no == batch_no)
+            .cloned()
+            .collect()
+    }
+}

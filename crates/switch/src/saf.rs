@@ -1,0 +1,183 @@
+//! Store and forward of reversals: claims due reversals from the store's queue, rebuilds each
+//! `0400` from the journalled original, resends with backoff until the issuer acknowledges.
+//! The queue is in the store, so a restart picks up where the last run stopped.
+
+use std::sync::Arc;
+
+use iso8583::{MessageBuilder, Mti};
+use store::{Record, SafItem, SafState, TxnRow, TxnState};
+use tokio::sync::watch;
+
+use crate::clock::LocalTime;
+use crate::config::{SAF_BACKOFF_FIRST_MS, SAF_BACKOFF_LAST_MS, SAF_BATCH_MAX};
+use crate::core::Core;
+use crate::issuer::LinkError;
+
+fn backoff_ms(attempts: u32) -> i64 {
+    let shift = attempts.min(16);
+    SAF_BACKOFF_FIRST_MS
+        .saturating_mul(1_i64 << shift)
+        .min(SAF_BACKOFF_LAST_MS)
+}
+
+/// Runs until `stop` changes.
+pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let lease_ms = i64::try_from(core.config.saf_lease.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(core.config.saf_interval) => {}
+            _ = stop.changed() => return,
+        }
+        let now_ms = core.clock.now_ms();
+        let claimed = match core.store.claim_reversals(now_ms, lease_ms, SAF_BATCH_MAX) {
+            Ok(pending) => pending.await,
+            Err(error) => Err(error),
+        };
+        let items = match claimed {
+            Ok(items) => items,
+            Err(error) => {
+                tracing::warn!(%error, "cannot claim reversals");
+                continue;
+            }
+        };
+        for item in items {
+            let core = Arc::clone(&core);
+            tokio::spawn(async move { core.resend(item).await });
+        }
+    }
+}
+
+impl Core {
+    async fn resend(self: Arc<Self>, item: SafItem) {
+        let store = Arc::clone(&self.store);
+        let txn_id = item.txn_id;
+        let row = match tokio::task::spawn_blocking(move || store.txn(txn_id)).await {
+            Ok(Ok(Some(row))) => row,
+            Ok(Ok(None)) => {
+                // The original never became durable (journal off): nothing to rebuild from.
+                let done = Record::SafDone {
+                    txn_id,
+                    state: SafState::Refused,
+                    at_ms: self.clock.now_ms(),
+                };
+                let _ = self.persist(vec![done]).await;
+                return;
+            }
+            _ => return,
+        };
+        let Some(link) = self.links.get(&item.issuer).cloned() else {
+            self.retry(&item, "no link to this issuer").await;
+            return;
+        };
+        let (frame, trace) = match self.reversal_frame(&row, &item.reason) {
+            Some(built) => built,
+            None => {
+                self.retry(&item, "cannot rebuild the reversal").await;
+                return;
+            }
+        };
+        match link
+            .exchange(Mti::REVERSAL_RESPONSE.value(), trace, frame)
+            .await
+        {
+            Ok(reply) => {
+                let code = iso8583::Frame::decode_unprefixed(&reply)
+                    .ok()
+                    .and_then(|f| f.message.text(39).map(str::to_owned));
+                let now_ms = self.clock.now_ms();
+                let at = LocalTime::from_ms(now_ms).clock_text();
+                let (state, detail) = match code.as_deref() {
+                    Some("00") => (
+                        SafState::Acked,
+                        format!("reversal acknowledged by {} at {at}", item.issuer),
+                    ),
+                    Some(other) => (
+                        SafState::Refused,
+                        format!("reversal refused by {} at {at}: {other}", item.issuer),
+                    ),
+                    None => {
+                        self.retry(&item, "unreadable reversal reply").await;
+                        return;
+                    }
+                };
+                let mut records = vec![
+                    Record::SafDone {
+                        txn_id,
+                        state,
+                        at_ms: now_ms,
+                    },
+                    Record::Event(store::EventRow {
+                        txn_id,
+                        at_ms: now_ms,
+                        kind: "reversal_done".into(),
+                        detail,
+                    }),
+                ];
+                if state == SafState::Acked {
+                    records.push(Record::State {
+                        id: txn_id,
+                        state: TxnState::Reversed,
+                    });
+                    if let Some(entry) = self.ledger.by_id(txn_id) {
+                        entry.live().state = TxnState::Reversed;
+                    }
+                }
+                if let Err(error) = self.persist(records).await {
+                    tracing::warn!(%error, txn_id, "cannot record reversal acknowledgement");
+                }
+            }
+            Err(error @ (LinkError::Unavailable | LinkError::Timeout | LinkError::Lost)) => {
+                self.retry(&item, &error.to_string()).await;
+            }
+        }
+    }
+
+    async fn retry(&self, item: &SafItem, why: &str) {
+        let record = Record::SafRetry {
+            txn_id: item.txn_id,
+            next_attempt_ms: self
+                .clock
+                .now_ms()
+                .saturating_add(backoff_ms(item.attempts)),
+            last_error: why.to_owned(),
+        };
+        if let Err(error) = self.persist(vec![record]).await {
+            tracing::warn!(%error, txn_id = item.txn_id, "cannot record reversal retry");
+        }
+    }
+
+    /// The `0400` for a journalled original: its fields 2, 3, 4, 11, 13, 25, 37, 41, 42, 49,
+    /// 60 and the reason in 39 (docs/issuer-link.md).
+    fn reversal_frame(&self, row: &TxnRow, reason: &str) -> Option<(Vec<u8>, u32)> {
+        let trace = row.host_trace?;
+        let pan = self.hsm.open(&row.pan.as_ref()?.sealed).ok()?;
+        let pan = std::str::from_utf8(&pan).ok()?;
+        let mut out = MessageBuilder::new(Mti::REVERSAL);
+        let built: Result<(), iso8583::EncodeError> = (|| {
+            out.set_digits(2, pan)?;
+            out.set_digits(3, &row.processing_code)?;
+            out.set_amount(u64::try_from(row.amount_fen).unwrap_or(0))?;
+            out.set_stan(trace)?;
+            if let Some(date) = &row.host_date {
+                out.set_digits(13, date)?;
+            }
+            out.set_digits(25, &row.condition_code)?;
+            out.set_digits(32, &self.config.acquirer_code)?;
+            if let Some(rrn) = &row.rrn {
+                out.set_text(37, rrn)?;
+            }
+            out.set_text(39, reason)?;
+            out.set_text(41, &row.tid)?;
+            out.set_text(42, &row.mid)?;
+            out.set_text(49, &row.currency)?;
+            if let Some(f60) = &row.field60 {
+                out.set_digits(60, f60)?;
+            }
+            Ok(())
+        })();
+        built.ok()?;
+        let mut bytes = Vec::with_capacity(128);
+        out.encode_frame(&self.issuer_head, &mut bytes).ok()?;
+        Some((bytes, trace))
+    }
+}
