@@ -3,14 +3,18 @@
 
 pub mod book;
 pub mod clearing;
+pub mod fault;
 pub mod fixtures;
 pub mod issuer;
 pub mod ledger;
 pub mod model;
 pub mod pin;
+pub mod server;
 pub mod time;
+pub mod wire;
 
 pub use book::{BookConfig, PinCheck, PinVerifier};
+pub use fault::{FaultHandle, FaultStats};
 pub use fixtures::{DemoCard, FixtureError, demo_accounts, demo_cards, demo_cards_with};
 pub use issuer::{Issuer, IssuerConfig, IssuerError, MaintenanceWindow};
 pub use ledger::{LedgerError, LedgerLocation};
@@ -20,4 +24,5 @@ pub use model::{
     TxnKind, TxnRecord, TxnState,
 };
 pub use pin::HsmPinVerifier;
+pub use server::{IssuerSim, ServerHandle};
 pub use time::{Clock, Date, LocalTime, ManualClock, SystemClock, YearMonth};
