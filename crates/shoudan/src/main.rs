@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 #[derive(Parser)]
-#[command(name = "shoudan", version, about = "shoudan (收单): an acquiring host for POS terminals")]
+#[command(
+    name = "shoudan",
+    version,
+    about = "shoudan (收单): an acquiring host for POS terminals"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
