@@ -463,20 +463,19 @@ impl Core {
         records
     }
 
+    /// The issuer link for a card: its bank's own link, else the default gateway. The link's
+    /// name is what the journal and the reversal queue record.
     fn route(&self, pan: &Pan) -> Result<(Arc<IssuerLink>, String), [u8; 2]> {
         let lookup = self.directory.lookup(pan);
-        let bank = lookup.issuer.map(|m| m.bank.code().to_owned());
-        let link = bank
-            .as_deref()
-            .and_then(|code| self.links.get(code))
-            .or_else(|| {
-                self.config
-                    .default_issuer
-                    .as_deref()
-                    .and_then(|d| self.links.get(d))
-            });
+        let bank = lookup.issuer.map(|m| m.bank.code());
+        let link = bank.and_then(|code| self.links.get(code)).or_else(|| {
+            self.config
+                .default_issuer
+                .as_deref()
+                .and_then(|d| self.links.get(d))
+        });
         match (link, bank) {
-            (Some(link), bank) => Ok((Arc::clone(link), bank.unwrap_or_else(|| link.name.clone()))),
+            (Some(link), _) => Ok((Arc::clone(link), link.name.clone())),
             (None, Some(_)) => Err(RC_BANK_NOT_SUPPORTED),
             (None, None) => Err(RC_NO_SUCH_ISSUER),
         }

@@ -1,0 +1,434 @@
+//! Test harness: a real SQLite store in a temp dir, a SoftHsm, the switch on a loopback port, a
+//! minimal issuer host speaking docs/issuer-link.md, and a terminal that signs in and MACs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use domain::IssuerDirectory;
+use iso8583::{Frame, FrameHead, Header, MessageBuilder, Mti, Tpdu};
+use paycrypto::{
+    Hsm, Key, KeyAlgorithm, KeyHandle, KeyScheme, KeyUsage, MacAlgorithm, MasterKey, OsRandom,
+    SoftHsm, WorkingKeys,
+};
+use store::{MerchantRow, Record, SqliteConfig, SqliteStore, Status, Store};
+use switch::{IssuerEndpoint, Switch, SwitchConfig, SwitchHandle, SystemClock, TerminalSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const TID: &str = "10000001";
+pub const MID: &str = "898110048990001";
+pub const TMK_HEX: &str = "0123456789ABCDEFFEDCBA9876543210";
+pub const ZPK_HEX: &str = "11111111111111112222222222222222";
+/// Purchases of this amount get no answer from the issuer (it answers reversals).
+pub const SILENT_AMOUNT: u64 = 99_999;
+/// Purchases of this amount are declined 51.
+pub const DECLINE_AMOUNT: u64 = 5_100;
+
+/// A Luhn-valid card number with `prefix`.
+pub fn card(prefix: &str) -> String {
+    let payload = format!("{prefix}{}", "0".repeat(18 - prefix.len()));
+    let check = domain::luhn_check_digit(payload.as_bytes()).unwrap();
+    format!("{payload}{}", char::from(check))
+}
+
+/// What the in-test issuer saw.
+#[derive(Default)]
+pub struct IssuerLog {
+    pub requests: AtomicUsize,
+    /// (host trace, RRN) of every reversal received.
+    pub reversals: Mutex<Vec<(u32, String)>>,
+    pub answer_reversals: AtomicBool,
+}
+
+/// A minimal issuer host: approves, declines `DECLINE_AMOUNT`, ignores `SILENT_AMOUNT`,
+/// acknowledges reversals when `answer_reversals` is set.
+pub async fn start_issuer(log: Arc<IssuerLog>) -> SocketAddr {
+    start_issuer_on("127.0.0.1:0".parse().unwrap(), log).await
+}
+
+pub async fn start_issuer_on(addr: SocketAddr, log: Arc<IssuerLog>) -> SocketAddr {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    if !switch::read_frame(&mut stream, &mut buf)
+                        .await
+                        .unwrap_or(false)
+                    {
+                        return;
+                    }
+                    let frame = Frame::decode_unprefixed(&buf).unwrap();
+                    let request = &frame.message;
+                    let mti = request.mti();
+                    let mut out = MessageBuilder::new(mti.response().unwrap());
+                    for n in [2, 3, 4, 11, 37, 41, 42, 49] {
+                        out.copy_from(request, n).unwrap();
+                    }
+                    if mti == Mti::REVERSAL {
+                        log.reversals.lock().unwrap().push((
+                            request.stan().unwrap(),
+                            request.text(37).unwrap_or_default().to_owned(),
+                        ));
+                        if !log.answer_reversals.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        out.set_text(39, "00").unwrap();
+                    } else {
+                        log.requests.fetch_add(1, Ordering::SeqCst);
+                        match request.amount() {
+                            Some(SILENT_AMOUNT) => continue,
+                            Some(DECLINE_AMOUNT) => {
+                                out.set_text(39, "51").unwrap();
+                            }
+                            _ => {
+                                out.set_text(39, "00")
+                                    .unwrap()
+                                    .set_text(38, "A1B2C3")
+                                    .unwrap();
+                                out.set_digits(15, "1123").unwrap();
+                            }
+                        }
+                    }
+                    let head = FrameHead {
+                        tpdu: frame.head.tpdu.reply(),
+                        header: frame.head.header,
+                    };
+                    let mut bytes = Vec::new();
+                    out.encode_frame(&head, &mut bytes).unwrap();
+                    if stream.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub store: Arc<SqliteStore>,
+    pub hsm: Arc<SoftHsm>,
+    pub zpk: KeyHandle,
+    pub directory: Arc<IssuerDirectory>,
+    pub issuer_addr: SocketAddr,
+    pub log: Arc<IssuerLog>,
+    pub switch: Option<SwitchHandle>,
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        let log = Arc::new(IssuerLog::default());
+        log.answer_reversals.store(true, Ordering::SeqCst);
+        let issuer_addr = start_issuer(Arc::clone(&log)).await;
+        Self::with_issuer(issuer_addr, log).await
+    }
+
+    pub async fn with_issuer(issuer_addr: SocketAddr, log: Arc<IssuerLog>) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(SqliteStore::open(&SqliteConfig::new(dir.path().join("s.db"))).unwrap());
+        let master = MasterKey::generate(&OsRandom).unwrap();
+        let hsm = Arc::new(SoftHsm::new(&master, Box::new(OsRandom)));
+        let tmk = hsm
+            .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK_HEX)
+            .unwrap();
+        let zpk = hsm
+            .import_key(KeyUsage::Zpk, KeyAlgorithm::Des, ZPK_HEX)
+            .unwrap();
+        store
+            .submit(vec![
+                Record::UpsertMerchant(MerchantRow {
+                    mid: MID.into(),
+                    name: "Teahouse".into(),
+                    status: Status::Active,
+                    mcc: "5812".into(),
+                }),
+                switch::terminal_record(&TerminalSpec {
+                    tid: TID.into(),
+                    mid: MID.into(),
+                    tmk,
+                    scheme: KeyScheme::Double,
+                    mac: MacAlgorithm::CupEcb,
+                    batch_no: 1,
+                }),
+            ])
+            .unwrap()
+            .await
+            .unwrap();
+        let mut harness = Harness {
+            dir,
+            store,
+            hsm,
+            zpk,
+            directory: Arc::new(IssuerDirectory::embedded().unwrap()),
+            issuer_addr,
+            log,
+            switch: None,
+        };
+        harness.start().await;
+        harness
+    }
+
+    pub fn config(&self) -> SwitchConfig {
+        let mut config = SwitchConfig::new("127.0.0.1:0".parse().unwrap());
+        config.issuers = HashMap::from([(
+            "SIM".to_owned(),
+            IssuerEndpoint {
+                addr: self.issuer_addr,
+                zpk: self.zpk,
+                timeout: Duration::from_millis(300),
+            },
+        )]);
+        config.default_issuer = Some("SIM".to_owned());
+        config.saf_interval = Duration::from_millis(50);
+        config.saf_lease = Duration::from_millis(500);
+        config
+    }
+
+    pub async fn start(&mut self) {
+        let handle = Switch::start(
+            self.config(),
+            Arc::clone(&self.store) as Arc<dyn Store>,
+            Arc::clone(&self.hsm) as Arc<dyn Hsm>,
+            Arc::clone(&self.directory),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
+        for _ in 0..100 {
+            if handle.issuer_connected("SIM") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.switch = Some(handle);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(handle) = self.switch.take() {
+            handle.shutdown().await;
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.switch.as_ref().unwrap().local_addr()
+    }
+
+    pub async fn terminal(&self) -> Terminal {
+        Terminal {
+            stream: TcpStream::connect(self.addr()).await.unwrap(),
+            keys: None,
+            batch: 1,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Waits until `f` holds, for at most `seconds`.
+    pub async fn eventually(&self, seconds: u64, mut f: impl FnMut() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+        while tokio::time::Instant::now() < deadline {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        f()
+    }
+}
+
+/// A decoded response, owned.
+pub struct Response {
+    pub bytes: Vec<u8>,
+}
+
+impl Response {
+    pub fn frame(&self) -> Frame<'_> {
+        Frame::decode_unprefixed(&self.bytes).unwrap()
+    }
+    pub fn code(&self) -> String {
+        self.frame().message.text(39).unwrap().to_owned()
+    }
+    pub fn text(&self, n: u8) -> Option<String> {
+        self.frame().message.text(n).map(str::to_owned)
+    }
+}
+
+pub struct Terminal {
+    pub stream: TcpStream,
+    pub keys: Option<WorkingKeys>,
+    pub batch: u32,
+    buf: Vec<u8>,
+}
+
+/// A financial request a test fills in.
+#[derive(Clone)]
+pub struct Req {
+    pub mti: Mti,
+    pub processing: &'static str,
+    pub condition: &'static str,
+    pub message_type: &'static str,
+    pub pan: String,
+    pub amount: u64,
+    pub stan: u32,
+    pub rrn: Option<String>,
+    /// Field 61: original batch, trace, date.
+    pub f61: Option<String>,
+    pub reason: Option<&'static str>,
+}
+
+impl Req {
+    pub fn purchase(pan: &str, amount: u64, stan: u32) -> Req {
+        Req {
+            mti: Mti::FINANCIAL,
+            processing: "000000",
+            condition: "00",
+            message_type: "22",
+            pan: pan.to_owned(),
+            amount,
+            stan,
+            rrn: None,
+            f61: None,
+            reason: None,
+        }
+    }
+    pub fn void(pan: &str, amount: u64, stan: u32, original_stan: u32, rrn: &str) -> Req {
+        Req {
+            processing: "200000",
+            message_type: "23",
+            rrn: Some(rrn.to_owned()),
+            f61: Some(format!("{:06}{original_stan:06}", 1)),
+            ..Req::purchase(pan, amount, stan)
+        }
+    }
+    pub fn refund(pan: &str, amount: u64, stan: u32, rrn: &str, date: &str) -> Req {
+        Req {
+            mti: Mti::ADVICE,
+            processing: "200000",
+            message_type: "25",
+            rrn: Some(rrn.to_owned()),
+            f61: Some(format!("{:06}{:06}{date}", 0, 0)),
+            ..Req::purchase(pan, amount, stan)
+        }
+    }
+    pub fn reversal_of(original: &Req) -> Req {
+        Req {
+            mti: Mti::REVERSAL,
+            rrn: None,
+            reason: Some("98"),
+            ..original.clone()
+        }
+    }
+}
+
+fn head() -> FrameHead {
+    FrameHead {
+        tpdu: Tpdu {
+            destination: [0, 1],
+            source: [0, 0],
+        },
+        header: Header::from_bytes([0x60, 0x22, 0, 0, 0, 0]).unwrap(),
+    }
+}
+
+impl Terminal {
+    pub async fn exchange(&mut self, bytes: &[u8]) -> Response {
+        self.stream.write_all(bytes).await.unwrap();
+        self.read().await
+    }
+
+    pub async fn read(&mut self) -> Response {
+        let mut prefix = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(10), self.stream.read_exact(&mut prefix))
+            .await
+            .expect("no response in 10 s")
+            .unwrap();
+        let mut body = vec![0; usize::from(u16::from_be_bytes(prefix))];
+        self.stream.read_exact(&mut body).await.unwrap();
+        self.buf.clear();
+        Response { bytes: body }
+    }
+
+    pub async fn sign_in(&mut self) -> Response {
+        let mut out = MessageBuilder::new(Mti::NETWORK);
+        out.set_stan(1).unwrap();
+        out.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+        out.set_digits(60, &format!("00{:06}003", self.batch))
+            .unwrap();
+        out.set_text(63, "001").unwrap();
+        let mut bytes = Vec::new();
+        out.encode_frame(&head(), &mut bytes).unwrap();
+        let response = self.exchange(&bytes).await;
+        if response.code() == "00" {
+            let f62 = response.frame().message.bytes(62).unwrap().to_vec();
+            let tmk = Key::from_hex(KeyAlgorithm::Des, TMK_HEX).unwrap();
+            self.keys = Some(paycrypto::decode_field62(&tmk, KeyScheme::Double, &f62).unwrap());
+        }
+        response
+    }
+
+    /// Encodes a request, MACed with the session MAK (or a wrong MAC when `bad_mac`).
+    pub fn encode(&self, req: &Req, bad_mac: bool) -> Vec<u8> {
+        let mut out = MessageBuilder::new(req.mti);
+        out.set_digits(2, &req.pan).unwrap();
+        out.set_digits(3, req.processing).unwrap();
+        out.set_amount(req.amount).unwrap();
+        out.set_stan(req.stan).unwrap();
+        out.set_digits(22, "021").unwrap();
+        out.set_digits(25, req.condition).unwrap();
+        if let Some(rrn) = &req.rrn {
+            out.set_text(37, rrn).unwrap();
+        }
+        if let Some(reason) = req.reason {
+            out.set_text(39, reason).unwrap();
+        }
+        out.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+        out.set_text(49, "156").unwrap();
+        out.set_digits(60, &format!("{}{:06}", req.message_type, self.batch))
+            .unwrap();
+        if let Some(f61) = &req.f61 {
+            out.set_digits(61, f61).unwrap();
+        }
+        let mut bytes = Vec::new();
+        let mak = self.keys.as_ref().map(|k| k.mak.clone());
+        out.encode_frame_with_mac(&head(), &mut bytes, |data| {
+            let mut mac = match &mak {
+                Some(mak) => paycrypto::mac::compute(MacAlgorithm::CupEcb, mak, data).unwrap(),
+                None => [0; 8],
+            };
+            if bad_mac {
+                mac[0] ^= 1;
+            }
+            Ok::<_, iso8583::EncodeError>(mac)
+        })
+        .unwrap();
+        bytes
+    }
+
+    pub async fn send(&mut self, req: &Req) -> Response {
+        let bytes = self.encode(req, false);
+        self.exchange(&bytes).await
+    }
+
+    /// Checks the response's MAC under the session MAK.
+    pub fn mac_ok(&self, response: &Response) -> bool {
+        let frame = response.frame();
+        let Some(mac) = frame.message.mac() else {
+            return false;
+        };
+        let mak = &self.keys.as_ref().unwrap().mak;
+        paycrypto::mac::verify(MacAlgorithm::CupEcb, mak, frame.message.mac_input(), mac).is_ok()
+    }
+}

@@ -1,0 +1,310 @@
+//! The switch over real TCP: terminal ↔ switch ↔ an issuer host on loopback, SQLite journal.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use common::*;
+use store::{SafState, Store, TxnKind, TxnState};
+
+const RUNTIME: fn() -> tokio::runtime::Runtime = || {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+};
+
+#[test]
+fn sign_in_then_purchase_is_approved_journalled_and_maced() {
+    RUNTIME().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let pan = card("622202");
+        let r = t.send(&Req::purchase(&pan, 12_345, 2)).await;
+        assert_eq!(r.code(), "00");
+        assert_eq!(r.text(38).as_deref(), Some("A1B2C3"));
+        assert!(
+            t.mac_ok(&r),
+            "response MAC must verify under the session MAK"
+        );
+        let rrn = r.text(37).unwrap();
+        let row = h.store.txn_by_rrn(&rrn).unwrap().unwrap();
+        assert_eq!(row.kind, TxnKind::Purchase);
+        assert_eq!(row.state, TxnState::Approved);
+        assert_eq!(row.amount_fen, 12_345);
+        let pan_at_rest = row.pan.as_ref().unwrap();
+        assert!(pan_at_rest.masked.starts_with("622202******"));
+        assert!(pan_at_rest.masked.ends_with(&pan[pan.len() - 4..]));
+        assert_eq!(pan_at_rest.last4, &pan[pan.len() - 4..]);
+        assert!(
+            !pan_at_rest
+                .sealed
+                .windows(pan.len())
+                .any(|w| w == pan.as_bytes())
+        );
+        let events = h.store.events(row.id).unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.detail.starts_with("approved by SIM")),
+            "{events:?}"
+        );
+
+        let declined = t.send(&Req::purchase(&pan, DECLINE_AMOUNT, 3)).await;
+        assert_eq!(declined.code(), "51");
+    });
+}
+
+#[test]
+fn not_signed_in_and_bad_mac_are_told_to_sign_in_again() {
+    RUNTIME().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        let pan = card("622202");
+        assert_eq!(t.send(&Req::purchase(&pan, 100, 2)).await.code(), "77");
+        t.sign_in().await;
+        let bytes = t.encode(&Req::purchase(&pan, 100, 3), true);
+        let r = t.exchange(&bytes).await;
+        assert_eq!(r.code(), "A0");
+        assert_eq!(r.frame().head.header.processing_requirement().digit(), 3);
+        assert_eq!(
+            h.log.requests.load(Ordering::SeqCst),
+            0,
+            "nothing reached the issuer"
+        );
+        // Batch out of step.
+        t.batch = 2;
+        assert_eq!(t.send(&Req::purchase(&pan, 100, 4)).await.code(), "77");
+    });
+}
+
+#[test]
+fn retried_purchase_is_debited_once_and_different_content_is_94() {
+    RUNTIME().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let pan = card("622202");
+        let req = Req::purchase(&pan, 500, 7);
+        let first = t.send(&req).await;
+        let second = t.send(&req).await;
+        assert_eq!(first.code(), "00");
+        assert_eq!(second.code(), "00");
+        assert_eq!(first.text(37), second.text(37));
+        assert_eq!(first.text(38), second.text(38));
+        assert_eq!(
+            h.log.requests.load(Ordering::SeqCst),
+            1,
+            "the issuer saw one debit"
+        );
+        assert_eq!(h.store.txns_by_key(TID, 1, 7).unwrap().len(), 1);
+
+        // Two copies at once: still one debit.
+        let req = Req::purchase(&pan, 600, 8);
+        let bytes = t.encode(&req, false);
+        let mut twice = bytes.clone();
+        twice.extend_from_slice(&bytes);
+        let a = t.exchange(&twice).await;
+        let b = t.read().await;
+        assert_eq!((a.code(), b.code()), ("00".into(), "00".into()));
+        assert_eq!(a.text(37), b.text(37));
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), 2);
+
+        let other = Req::purchase(&pan, 501, 7);
+        assert_eq!(t.send(&other).await.code(), "94");
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), 2);
+    });
+}
+
+#[test]
+fn issuer_timeout_answers_98_and_the_reversal_reaches_the_issuer() {
+    RUNTIME().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let pan = card("622202");
+        let r = t.send(&Req::purchase(&pan, SILENT_AMOUNT, 9)).await;
+        assert_eq!(r.code(), "98");
+        let rrn = r.text(37).unwrap();
+        let log = Arc::clone(&h.log);
+        let got = h
+            .eventually(5, || {
+                log.reversals.lock().unwrap().iter().any(|(_, r)| *r == rrn)
+            })
+            .await;
+        assert!(got, "reversal never reached the issuer");
+        let row = h.store.txn_by_rrn(&rrn).unwrap().unwrap();
+        let store = Arc::clone(&h.store);
+        let acked = h
+            .eventually(5, || {
+                store
+                    .reversal(row.id)
+                    .unwrap()
+                    .is_some_and(|s| s.state == SafState::Acked)
+            })
+            .await;
+        assert!(acked);
+        let row = h.store.txn(row.id).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Reversed);
+        // The terminal's own reversal of it is acknowledged without a second one.
+        let reversal = Req::reversal_of(&Req::purchase(&pan, SILENT_AMOUNT, 9));
+        assert_eq!(t.send(&reversal).await.code(), "25");
+    });
+}
+
+#[test]
+fn pending_reversal_survives_a_restart() {
+    RUNTIME().block_on(async {
+        let log = Arc::new(common::IssuerLog::default());
+        // The issuer ignores reversals for now: the reversal stays pending.
+        log.answer_reversals.store(false, Ordering::SeqCst);
+        let issuer = start_issuer(Arc::clone(&log)).await;
+        let mut h = Harness::with_issuer(issuer, Arc::clone(&log)).await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let pan = card("622202");
+        let r = t.send(&Req::purchase(&pan, SILENT_AMOUNT, 11)).await;
+        assert_eq!(r.code(), "98");
+        let rrn = r.text(37).unwrap();
+        let id = h.store.txn_by_rrn(&rrn).unwrap().unwrap().id;
+        assert_eq!(
+            h.store.reversal(id).unwrap().unwrap().state,
+            SafState::Pending
+        );
+        h.stop().await;
+        drop(t);
+
+        // Restart on the same database; the issuer now acknowledges.
+        log.reversals.lock().unwrap().clear();
+        log.answer_reversals.store(true, Ordering::SeqCst);
+        h.start().await;
+        let store = Arc::clone(&h.store);
+        let acked = h
+            .eventually(10, || {
+                store
+                    .reversal(id)
+                    .unwrap()
+                    .is_some_and(|s| s.state == SafState::Acked)
+            })
+            .await;
+        assert!(acked, "pending reversal not delivered after restart");
+        assert!(log.reversals.lock().unwrap().iter().any(|(_, r)| *r == rrn));
+    });
+}
+
+#[test]
+fn linked_transaction_checks() {
+    RUNTIME().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let pan = card("622202");
+        let other = card("622848");
+        let purchase = t.send(&Req::purchase(&pan, 10_000, 20)).await;
+        assert_eq!(purchase.code(), "00");
+        let rrn = purchase.text(37).unwrap();
+
+        // Void: other card 14, wrong amount 64, unknown original 25, then approved, then 12.
+        assert_eq!(
+            t.send(&Req::void(&other, 10_000, 21, 20, &rrn))
+                .await
+                .code(),
+            "14"
+        );
+        assert_eq!(
+            t.send(&Req::void(&pan, 9_000, 22, 20, &rrn)).await.code(),
+            "64"
+        );
+        assert_eq!(
+            t.send(&Req::void(&pan, 10_000, 23, 999, "009999999999"))
+                .await
+                .code(),
+            "25"
+        );
+        assert_eq!(
+            t.send(&Req::void(&pan, 10_000, 24, 20, &rrn)).await.code(),
+            "00"
+        );
+        assert_eq!(
+            t.send(&Req::void(&pan, 10_000, 25, 20, &rrn)).await.code(),
+            "12"
+        );
+        let row = h.store.txn_by_rrn(&rrn).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Voided);
+
+        // Refunds against a second purchase: partial ok, total over the original 61.
+        let p2 = t.send(&Req::purchase(&pan, 5_000, 30)).await;
+        let rrn2 = p2.text(37).unwrap();
+        let date = "1123";
+        assert_eq!(
+            t.send(&Req::refund(&pan, 3_000, 31, &rrn2, date))
+                .await
+                .code(),
+            "00"
+        );
+        assert_eq!(
+            t.send(&Req::refund(&pan, 2_500, 32, &rrn2, date))
+                .await
+                .code(),
+            "61"
+        );
+        assert_eq!(
+            t.send(&Req::refund(&other, 1_000, 33, &rrn2, date))
+                .await
+                .code(),
+            "14"
+        );
+        assert_eq!(
+            t.send(&Req::refund(&pan, 2_000, 34, &rrn2, date))
+                .await
+                .code(),
+            "00"
+        );
+        assert_eq!(
+            h.store.txn_by_rrn(&rrn2).unwrap().unwrap().refunded_fen,
+            5_000
+        );
+
+        // Reversals: unknown original 00, amount differs 64, approved original reversed 00.
+        let ghost = Req::reversal_of(&Req::purchase(&pan, 100, 777));
+        assert_eq!(t.send(&ghost).await.code(), "00");
+        let p3 = Req::purchase(&pan, 700, 40);
+        let p3r = t.send(&p3).await;
+        let wrong = Req {
+            amount: 701,
+            ..Req::reversal_of(&p3)
+        };
+        assert_eq!(t.send(&wrong).await.code(), "64");
+        let p4 = Req::purchase(&pan, 800, 41);
+        let p4r = t.send(&p4).await;
+        assert_eq!(t.send(&Req::reversal_of(&p4)).await.code(), "00");
+        let log = Arc::clone(&h.log);
+        let rrn4 = p4r.text(37).unwrap();
+        assert!(
+            h.eventually(5, || log
+                .reversals
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(_, r)| *r == rrn4))
+                .await
+        );
+        assert_eq!(
+            h.store.txn_by_rrn(&rrn4).unwrap().unwrap().state,
+            TxnState::Reversed
+        );
+        assert_eq!(
+            h.store
+                .txn_by_rrn(&p3r.text(37).unwrap())
+                .unwrap()
+                .unwrap()
+                .state,
+            TxnState::Approved
+        );
+    });
+}
