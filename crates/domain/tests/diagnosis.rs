@@ -397,3 +397,18 @@ fn a_few_entries_say_what_merchants_need() {
         "61 must warn against splitting"
     );
 }
+
+#[test]
+fn entries_serialise_with_both_languages() {
+    let v = serde_json::to_value(diagnose(*b"51")).unwrap();
+    assert_eq!(v["subject"], "51");
+    assert_eq!(v["title"]["zh"], "余额不足");
+    assert_eq!(v["title"]["en"], "Insufficient funds");
+    assert_eq!(v["category"], "C");
+    assert_eq!(v["who_acts"], "cardholder");
+    assert_eq!(v["retry"], "after_other_card_or_smaller_amount");
+    assert_eq!(v["contact_issuer"], "no");
+    assert!(v["merchant_steps"].as_array().unwrap().len() >= 2);
+    let v = serde_json::to_value(diagnose_failure(FailureKind::NoAnswer)).unwrap();
+    assert_eq!(v["subject"], "no-answer");
+}

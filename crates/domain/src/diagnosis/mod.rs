@@ -428,14 +428,21 @@ impl Subject {
     }
 }
 
+/// Serialised as its key (`51`, `no-answer`, ...), the form the CLI and API accept back.
+impl Serialize for Subject {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.key())
+    }
+}
+
 impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.key())
     }
 }
 
-/// One entry of the knowledge base.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One entry of the knowledge base. Serialises with both languages, for APIs and pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Diagnosis {
     pub subject: Subject,
     /// One line, as a terminal would display it, e.g. 51 "余额不足" / "Insufficient funds".
