@@ -465,3 +465,32 @@ fn fresh_pan<'a>(
     }
     Err(FixtureError::Exhausted(bank_code.to_owned()))
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Fixture(#[from] FixtureError),
+    #[error("enrolling demo PINs: {0}")]
+    Hsm(#[from] HsmError),
+    #[error(transparent)]
+    Issuer(#[from] crate::issuer::IssuerError),
+}
+
+/// A bank's issuer host loaded with its demo cards (`healthy` healthy ones), PINs enrolled
+/// under `pins` (the HSM and ZPK the switch translates to), ready for `IssuerSim::new`.
+pub fn demo_issuer(
+    bank_code: &str,
+    healthy: usize,
+    pins: HsmPinVerifier,
+    ledger: crate::ledger::LedgerLocation,
+    clock: std::sync::Arc<dyn crate::time::Clock>,
+) -> Result<(crate::issuer::Issuer, Vec<DemoCard>), DemoError> {
+    let cards = demo_cards_with(bank_code, healthy)?;
+    let accounts = demo_accounts(&cards, &pins)?;
+    let config = crate::issuer::IssuerConfig {
+        ledger,
+        ..crate::issuer::IssuerConfig::in_memory(bank_code)
+    };
+    let issuer = crate::issuer::Issuer::open(config, accounts, std::sync::Arc::new(pins), clock)?;
+    Ok((issuer, cards))
+}

@@ -15,7 +15,9 @@ pub mod wire;
 
 pub use book::{BookConfig, PinCheck, PinVerifier};
 pub use fault::{FaultHandle, FaultStats};
-pub use fixtures::{DemoCard, FixtureError, demo_accounts, demo_cards, demo_cards_with};
+pub use fixtures::{
+    DemoCard, DemoError, FixtureError, demo_accounts, demo_cards, demo_cards_with, demo_issuer,
+};
 pub use issuer::{Issuer, IssuerConfig, IssuerError, MaintenanceWindow};
 pub use ledger::{LedgerError, LedgerLocation};
 pub use model::{

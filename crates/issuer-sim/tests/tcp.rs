@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use iso8583::{Field60, Frame, FrameHead, Header, MessageBuilder, Mti, Tpdu};
 use issuer_sim::{
-    Date, DemoCard, HsmPinVerifier, Issuer, IssuerConfig, IssuerSim, ManualClock, ServerHandle,
-    TxnKind, demo_accounts, demo_cards,
+    Date, DemoCard, HsmPinVerifier, IssuerSim, LedgerLocation, ManualClock, ServerHandle, TxnKind,
+    demo_issuer,
 };
 use paycrypto::{
     DeterministicRandom, Hsm, Key, KeyAlgorithm, KeyUsage, MasterKey, PanDigits, SoftHsm,
@@ -41,16 +41,9 @@ async fn start() -> Harness {
         .import_key(KeyUsage::Zpk, KeyAlgorithm::Des, ZPK)
         .unwrap();
     let pins = HsmPinVerifier::new(hsm, zpk);
-    let cards = demo_cards("ICBC").unwrap();
-    let accounts = demo_accounts(&cards, &pins).unwrap();
     let clock = ManualClock::at(Date::new(2025, 6, 30).unwrap(), 12 * 3600);
-    let issuer = Issuer::open(
-        IssuerConfig::in_memory("ICBC"),
-        accounts,
-        Arc::new(pins),
-        Arc::new(clock),
-    )
-    .unwrap();
+    let (issuer, cards) =
+        demo_issuer("ICBC", 4, pins, LedgerLocation::Memory, Arc::new(clock)).unwrap();
     let sim = IssuerSim::new(Arc::new(issuer), 42);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = sim.serve(listener).unwrap();
