@@ -221,6 +221,11 @@ impl Issuer {
         Ok(self.ledger.transactions(None, true)?)
     }
 
+    /// The approvals of one business day (see `approvals`).
+    pub fn approvals_for_day(&self, day: Date) -> Result<Vec<TxnRecord>, IssuerError> {
+        Ok(self.ledger.transactions(Some(day), true)?)
+    }
+
     /// Every transaction of a business day, declines and reversal tombstones included.
     pub fn transactions_for_day(&self, day: Date) -> Result<Vec<TxnRecord>, IssuerError> {
         Ok(self.ledger.transactions(Some(day), false)?)
@@ -259,5 +264,30 @@ impl Issuer {
 impl Drop for Issuer {
     fn drop(&mut self) {
         let _ = self.ledger.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MaintenanceWindow;
+
+    #[test]
+    fn maintenance_window_within_a_day_and_over_midnight() {
+        let day = MaintenanceWindow {
+            start_minute: 120,
+            end_minute: 180,
+        };
+        assert!(!day.contains(119) && day.contains(120) && day.contains(179) && !day.contains(180));
+        let night = MaintenanceWindow {
+            start_minute: 23 * 60,
+            end_minute: 60,
+        };
+        assert!(night.contains(23 * 60) && night.contains(0) && night.contains(59));
+        assert!(!night.contains(60) && !night.contains(22 * 60));
+        let empty = MaintenanceWindow {
+            start_minute: 60,
+            end_minute: 60,
+        };
+        assert!((0..1440).all(|m| !empty.contains(m)));
     }
 }

@@ -185,3 +185,15 @@ pub fn encode_reply(
 pub fn decode_frame(body: &[u8]) -> Result<Frame<'_>, iso8583::DecodeError> {
     Frame::decode_unprefixed(body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::balance_field;
+
+    #[test]
+    fn balance_field_layout() {
+        assert_eq!(balance_field(123_456), "0002156C000000123456");
+        assert_eq!(balance_field(-5), "0002156D000000000005");
+        assert_eq!(balance_field(0).len(), 20);
+    }
+}
