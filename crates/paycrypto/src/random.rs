@@ -28,7 +28,8 @@ impl RandomSource for OsRandom {
 }
 
 /// Reproducible bytes from a seed: SHA-256(seed ‖ counter) blocks. For simulations and tests only —
-/// anyone who knows the seed knows every key it produced.
+/// anyone who knows the seed knows every key it produced, and a SoftHsm restarted with the same
+/// seed and master key would repeat AES-GCM nonces.
 pub struct DeterministicRandom {
     state: Mutex<SeededState>,
 }
