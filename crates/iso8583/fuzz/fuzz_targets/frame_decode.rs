@@ -1,5 +1,7 @@
 //! Frame decoder fuzz target: any bytes give a typed error or a frame that re-encodes to the
 //! same bytes, and every accessor over it returns without panicking.
+//! Run from `crates/iso8583/fuzz` (stable toolchain):
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run frame_decode -- -max_total_time=30`
 #![no_main]
 
 use iso8583::{Frame, Message, MessageBuilder};
