@@ -434,51 +434,105 @@ fn run_writer(mut conn: Connection, mut receiver: mpsc::Receiver<Job>) {
     }
 }
 
-/// Runs every job of a group inside one transaction, each in its own savepoint so that one bad
-/// job fails alone; commits once. Returns whether a stop was requested.
-///
-/// SQLite rolls the whole transaction back by itself on some errors (disk full, I/O errors);
-/// then every job done so far in it has failed too, and the rest of the group starts afresh.
+/// What a job produced, before its group's commit.
+enum Output {
+    Unit,
+    Counter(u64),
+    Claimed(Vec<SafItem>),
+}
+
+fn execute(conn: &Connection, job: &Job) -> Result<Output, StoreError> {
+    match job {
+        Job::Write { records, .. } => write_records(conn, records).map(|()| Output::Unit),
+        Job::Reserve { counter, count, .. } => {
+            reserve_counter(conn, counter, *count).map(Output::Counter)
+        }
+        Job::Claim {
+            now_ms,
+            lease_ms,
+            limit,
+            ..
+        } => claim(conn, *now_ms, *lease_ms, *limit).map(Output::Claimed),
+        Job::Stop => Ok(Output::Unit),
+    }
+}
+
+fn completion(job: Job, result: Result<Output, StoreError>) -> Option<Completion> {
+    let mismatch = || StoreError::Backend {
+        message: "job produced the wrong kind of result".to_owned(),
+    };
+    Some(match job {
+        Job::Write { done, .. } => Completion::Write(done, result.map(|_| ())),
+        Job::Reserve { done, .. } => Completion::Reserve(
+            done,
+            result.and_then(|o| match o {
+                Output::Counter(first) => Ok(first),
+                Output::Unit | Output::Claimed(_) => Err(mismatch()),
+            }),
+        ),
+        Job::Claim { done, .. } => Completion::Claim(
+            done,
+            result.and_then(|o| match o {
+                Output::Claimed(items) => Ok(items),
+                Output::Unit | Output::Counter(_) => Err(mismatch()),
+            }),
+        ),
+        Job::Stop => return None,
+    })
+}
+
+/// Runs a group of jobs in one transaction and one commit. The fast path runs them back to
+/// back; only if one fails is the group rolled back and rerun with a savepoint per job, so
+/// that a bad job fails alone. Returns whether a stop was requested.
 fn commit_group(
     conn: &mut Connection,
     jobs: &mut Vec<Job>,
     completions: &mut Vec<Completion>,
 ) -> bool {
-    let mut stop = false;
+    let stop = jobs.iter().any(|j| matches!(j, Job::Stop));
+    if begin(conn).is_ok() {
+        let mut outputs = Vec::with_capacity(jobs.len());
+        let mut failed = false;
+        for job in jobs.iter() {
+            match execute(conn, job) {
+                Ok(output) => outputs.push(output),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if !failed && conn.execute_batch("COMMIT").is_ok() {
+            for (job, output) in jobs.drain(..).zip(outputs) {
+                completions.extend(completion(job, Ok(output)));
+            }
+            return stop;
+        }
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
+    commit_group_carefully(conn, jobs, completions);
+    stop
+}
+
+/// The slow path: a savepoint per job. SQLite rolls the whole transaction back by itself on
+/// some errors (disk full, I/O errors); then every job done so far in it has failed too, and
+/// the rest of the group starts afresh.
+fn commit_group_carefully(
+    conn: &mut Connection,
+    jobs: &mut Vec<Job>,
+    completions: &mut Vec<Completion>,
+) {
     let mut began = begin(conn);
-    let mut first_in_transaction = 0;
+    let mut first_in_transaction = completions.len();
     for job in jobs.drain(..) {
-        let (completion, failure) = match job {
-            Job::Stop => {
-                stop = true;
-                continue;
-            }
-            Job::Write { records, done } => {
-                let result = in_savepoint(conn, &began, |c| write_records(c, &records));
-                let failure = result.as_ref().err().cloned();
-                (Completion::Write(done, result), failure)
-            }
-            Job::Reserve {
-                counter,
-                count,
-                done,
-            } => {
-                let result = in_savepoint(conn, &began, |c| reserve_counter(c, &counter, count));
-                let failure = result.as_ref().err().cloned();
-                (Completion::Reserve(done, result), failure)
-            }
-            Job::Claim {
-                now_ms,
-                lease_ms,
-                limit,
-                done,
-            } => {
-                let result = in_savepoint(conn, &began, |c| claim(c, now_ms, lease_ms, limit));
-                let failure = result.as_ref().err().cloned();
-                (Completion::Claim(done, result), failure)
-            }
+        let result = in_savepoint(conn, &began, |c| execute(c, &job));
+        let failure = result.as_ref().err().cloned();
+        let Some(done) = completion(job, result) else {
+            continue;
         };
-        completions.push(completion);
+        completions.push(done);
         if let Some(error) = failure {
             if began.is_ok() && conn.is_autocommit() {
                 fail_from(completions, first_in_transaction, &error);
@@ -498,7 +552,6 @@ fn commit_group(
             fail_from(completions, first_in_transaction, &error);
         }
     }
-    stop
 }
 
 fn begin(conn: &Connection) -> Result<(), StoreError> {

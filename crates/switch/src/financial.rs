@@ -673,21 +673,16 @@ impl Core {
         drop(pan);
         // Write-ahead: the request is durable before the issuer can act on it.
         row.sent_at_ms = Some(self.clock.now_ms());
-        let received = self.event(
-            entry.id,
-            "received",
-            format!(
-                "{} of {} received from terminal {} at {}, sent to {bank}",
-                describe(kind),
-                yuan(ctx.amount_fen),
-                ctx.key.tid,
-                ctx.local.clock_text()
-            ),
+        // One timeline line per request, written with the outcome: the row itself already
+        // says when it was received and sent.
+        let what = format!(
+            "{} of {} from terminal {} at {}",
+            describe(kind),
+            yuan(ctx.amount_fen),
+            ctx.key.tid,
+            ctx.local.clock_text()
         );
-        if let Err(error) = self
-            .journal(vec![Record::InsertTxn(Box::new(row)), received])
-            .await
-        {
+        if let Err(error) = self.journal(vec![Record::InsertTxn(Box::new(row))]).await {
             tracing::warn!(%error, "journal write failed; answering 96");
             let _ = release(false);
             entry.answer(Answer::code(RC_SYSTEM_ERROR), TxnState::Failed);
@@ -711,11 +706,14 @@ impl Core {
                         let approved = answer.response_code == RC_APPROVED;
                         let detail = if approved {
                             format!(
-                                "approved by {bank} at {at}, auth code {}",
+                                "approved by {bank} at {at}, auth code {} ({what})",
                                 answer.auth_code.as_deref().unwrap_or("-")
                             )
                         } else {
-                            format!("declined by {bank} at {at}: {}", answer.code_text())
+                            format!(
+                                "declined by {bank} at {at}: {} ({what})",
+                                answer.code_text()
+                            )
                         };
                         records.push(self.event(
                             entry.id,
@@ -737,7 +735,7 @@ impl Core {
                         // An answer we cannot read may be an approval: reverse it.
                         records.extend(release(false));
                         records.push(self.saf(entry.id, &bank, "96", answered_ms));
-                        records.push(self.event(entry.id, "failed", format!("unreadable answer from {bank} at {at}: answered 96, reversal queued")));
+                        records.push(self.event(entry.id, "failed", format!("unreadable answer from {bank} at {at}: answered 96, reversal queued ({what})")));
                         (
                             Answer::code(RC_SYSTEM_ERROR),
                             TxnState::Failed,
@@ -751,7 +749,7 @@ impl Core {
                 records.push(self.event(
                     entry.id,
                     "failed",
-                    format!("{bank} unavailable at {at}: answered 91, nothing sent"),
+                    format!("{bank} unavailable at {at}: answered 91, nothing sent ({what})"),
                 ));
                 (Answer::code(RC_ISSUER_UNAVAILABLE), TxnState::Failed, None)
             }
@@ -763,7 +761,7 @@ impl Core {
                 records.push(self.event(
                     entry.id,
                     "timed_out",
-                    format!("{bank}: {error} by {at}: answered 98, reversal queued"),
+                    format!("{bank}: {error} by {at}: answered 98, reversal queued ({what})"),
                 ));
                 (Answer::code(RC_ISSUER_TIMEOUT), TxnState::TimedOut, None)
             }
