@@ -308,3 +308,31 @@ fn linked_transaction_checks() {
         );
     });
 }
+
+#[test]
+fn unreachable_issuer_is_answered_91_at_once() {
+    RUNTIME().block_on(async {
+        // A port nobody listens on: bind, note it, close.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let log = Arc::new(common::IssuerLog::default());
+        let h = Harness::with_issuer(closed, log).await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let started = std::time::Instant::now();
+        let r = t.send(&Req::purchase(&card("622202"), 100, 2)).await;
+        assert_eq!(r.code(), "91");
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(250),
+            "must not wait for a timeout"
+        );
+        let row = h.store.txn_by_rrn(&r.text(37).unwrap()).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Failed);
+        assert!(
+            h.store.reversal(row.id).unwrap().is_none(),
+            "nothing sent, nothing to reverse"
+        );
+    });
+}
