@@ -106,10 +106,11 @@ pub struct MerchantRow {
 pub struct TerminalRow {
     pub tid: String,
     pub mid: String,
+    /// The TMK as the HSM lets it leave: a wrapped key or a key handle, never clear.
     pub tmk_wrapped: Vec<u8>,
     /// Sign-in scheme of 60.3: "001", "003", "004" or "006".
     pub key_scheme: String,
-    /// "cup_ecb", "x919" or "sm4".
+    /// paycrypto's spelling: "cup-ecb", "x919" or "sm4".
     pub mac_algorithm: String,
     pub status: Status,
     pub batch_no: u32,
