@@ -91,6 +91,13 @@ impl Core {
                         SafState::Acked,
                         format!("reversal acknowledged by {} at {at}", item.issuer),
                     ),
+                    // The issuer could not act on it now (maintenance, fault): the reversal
+                    // is still owed, so it stays queued rather than being given up.
+                    Some(busy @ ("06" | "09" | "68" | "90" | "91" | "92" | "96")) => {
+                        let why = format!("reversal not applied by {}: {busy}", item.issuer);
+                        self.retry(&item, &why).await;
+                        return;
+                    }
                     Some(other) => (
                         SafState::Refused,
                         format!("reversal refused by {} at {at}: {other}", item.issuer),

@@ -117,6 +117,16 @@ pub async fn start_issuer_on(addr: SocketAddr, log: Arc<IssuerLog>) -> SocketAdd
     addr
 }
 
+/// A fresh SoftHsm holding the zone PIN key `ZPK_HEX`.
+pub fn new_hsm() -> (Arc<SoftHsm>, KeyHandle) {
+    let master = MasterKey::generate(&OsRandom).unwrap();
+    let hsm = Arc::new(SoftHsm::new(&master, Box::new(OsRandom)));
+    let zpk = hsm
+        .import_key(KeyUsage::Zpk, KeyAlgorithm::Des, ZPK_HEX)
+        .unwrap();
+    (hsm, zpk)
+}
+
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub store: Arc<SqliteStore>,
@@ -137,16 +147,22 @@ impl Harness {
     }
 
     pub async fn with_issuer(issuer_addr: SocketAddr, log: Arc<IssuerLog>) -> Harness {
+        let (hsm, zpk) = new_hsm();
+        Self::with_hsm(issuer_addr, log, hsm, zpk).await
+    }
+
+    /// A harness whose switch translates PINs to `zpk` in `hsm`, shared with the issuer.
+    pub async fn with_hsm(
+        issuer_addr: SocketAddr,
+        log: Arc<IssuerLog>,
+        hsm: Arc<SoftHsm>,
+        zpk: KeyHandle,
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let store =
             Arc::new(SqliteStore::open(&SqliteConfig::new(dir.path().join("s.db"))).unwrap());
-        let master = MasterKey::generate(&OsRandom).unwrap();
-        let hsm = Arc::new(SoftHsm::new(&master, Box::new(OsRandom)));
         let tmk = hsm
             .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK_HEX)
-            .unwrap();
-        let zpk = hsm
-            .import_key(KeyUsage::Zpk, KeyAlgorithm::Des, ZPK_HEX)
             .unwrap();
         store
             .submit(vec![
@@ -287,6 +303,8 @@ pub struct Req {
     /// Field 61: original batch, trace, date.
     pub f61: Option<String>,
     pub reason: Option<&'static str>,
+    /// Clear PIN the cardholder keys in; sent in field 52 under the session PIK.
+    pub pin: Option<String>,
 }
 
 impl Req {
@@ -302,6 +320,7 @@ impl Req {
             rrn: None,
             f61: None,
             reason: None,
+            pin: None,
         }
     }
     pub fn void(pan: &str, amount: u64, stan: u32, original_stan: u32, rrn: &str) -> Req {
@@ -328,6 +347,7 @@ impl Req {
             mti: Mti::REVERSAL,
             rrn: None,
             reason: Some("98"),
+            pin: None,
             ..original.clone()
         }
     }
@@ -386,10 +406,22 @@ impl Terminal {
         out.set_digits(3, req.processing).unwrap();
         out.set_amount(req.amount).unwrap();
         out.set_stan(req.stan).unwrap();
-        out.set_digits(22, "021").unwrap();
+        out.set_digits(22, if req.pin.is_some() { "021" } else { "022" })
+            .unwrap();
         out.set_digits(25, req.condition).unwrap();
         if let Some(rrn) = &req.rrn {
             out.set_text(37, rrn).unwrap();
+        }
+        if let Some(pin) = &req.pin {
+            let pik = &self
+                .keys
+                .as_ref()
+                .expect("sign in before sending a PIN")
+                .pik;
+            let digits = paycrypto::PanDigits::from_pan(&req.pan).unwrap();
+            let block = paycrypto::pin::encrypt(pik, pin, &digits).unwrap();
+            out.set_binary(52, block.as_bytes()).unwrap();
+            out.set_digits(53, "2600000000000000").unwrap();
         }
         if let Some(reason) = req.reason {
             out.set_text(39, reason).unwrap();

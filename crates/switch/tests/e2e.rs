@@ -1,0 +1,659 @@
+//! The switch end to end against the real issuer simulator over loopback TCP: one SoftHsm and
+//! zone PIN key shared by both, the switch journalling to SQLite in a temp dir, the issuer keeping
+//! its own ledger. Each test ends with an audit of the issuer's approvals against the journal.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use iso8583::Mti;
+use issuer_sim::{
+    DemoCard, HsmPinVerifier, IssuerSim, LedgerLocation, ResponseCode, Rrn, ServerHandle,
+    TxnRecord, TxnState as IssuerState, demo_issuer,
+};
+use paycrypto::Hsm;
+use store::{SafState, Store, TxnState};
+use switch::Clock;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+const BANK: &str = "ICBC";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The switch, the issuer simulator it talks to, and a signed-in terminal.
+struct E2e {
+    h: Harness,
+    sim: IssuerSim,
+    server: Option<ServerHandle>,
+    issuer_addr: SocketAddr,
+    cards: Vec<DemoCard>,
+    t: Terminal,
+    stan: u32,
+    _ledger_dir: tempfile::TempDir,
+}
+
+async fn start() -> E2e {
+    let (hsm, zpk) = new_hsm();
+    let pins = HsmPinVerifier::new(Arc::clone(&hsm) as Arc<dyn Hsm>, zpk);
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let (issuer, cards) = demo_issuer(
+        BANK,
+        4,
+        pins,
+        LedgerLocation::File(ledger_dir.path().join("issuer.db")),
+        Arc::new(issuer_sim::SystemClock),
+    )
+    .unwrap();
+    let sim = IssuerSim::new(Arc::new(issuer), 7);
+    let server = sim
+        .serve(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let issuer_addr = server.local_addr();
+    let h = Harness::with_hsm(issuer_addr, Arc::default(), hsm, zpk).await;
+    assert!(h.switch.as_ref().unwrap().issuer_connected("SIM"));
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    E2e {
+        h,
+        sim,
+        server: Some(server),
+        issuer_addr,
+        cards,
+        t,
+        stan: 1,
+        _ledger_dir: ledger_dir,
+    }
+}
+
+fn pan(card: &DemoCard) -> String {
+    card.pan.expose_digits().to_owned()
+}
+
+fn with_pin(req: Req, card: &DemoCard) -> Req {
+    Req {
+        pin: Some(card.pin().to_owned()),
+        ..req
+    }
+}
+
+fn balance_inquiry(pan: &str, stan: u32) -> Req {
+    Req {
+        processing: "310000",
+        message_type: "01",
+        ..Req::purchase(pan, 0, stan)
+    }
+}
+
+fn pre_auth(pan: &str, amount: u64, stan: u32) -> Req {
+    Req {
+        mti: Mti::AUTHORISATION,
+        processing: "030000",
+        condition: "06",
+        message_type: "10",
+        ..Req::purchase(pan, amount, stan)
+    }
+}
+
+/// A pre-auth void, completion or completion void naming its original by batch + trace and RRN.
+fn linked(
+    base: Req,
+    processing: &'static str,
+    message_type: &'static str,
+    original_stan: u32,
+    rrn: &str,
+) -> Req {
+    Req {
+        processing,
+        message_type,
+        rrn: Some(rrn.to_owned()),
+        f61: Some(format!("{:06}{original_stan:06}", 1)),
+        ..base
+    }
+}
+
+fn pre_auth_void(pan: &str, amount: u64, stan: u32, original_stan: u32, rrn: &str) -> Req {
+    linked(
+        pre_auth(pan, amount, stan),
+        "200000",
+        "11",
+        original_stan,
+        rrn,
+    )
+}
+
+fn completion(pan: &str, amount: u64, stan: u32, original_stan: u32, rrn: &str) -> Req {
+    let base = Req {
+        condition: "06",
+        ..Req::purchase(pan, amount, stan)
+    };
+    linked(base, "000000", "20", original_stan, rrn)
+}
+
+fn completion_void(pan: &str, amount: u64, stan: u32, original_stan: u32, rrn: &str) -> Req {
+    let base = Req {
+        condition: "06",
+        ..Req::purchase(pan, amount, stan)
+    };
+    linked(base, "200000", "21", original_stan, rrn)
+}
+
+/// Today in host local time, MMDD.
+fn today_mmdd() -> String {
+    switch::LocalTime::from_ms(switch::SystemClock.now_ms()).mmdd()
+}
+
+impl E2e {
+    fn card(&self, label: &str) -> DemoCard {
+        self.cards
+            .iter()
+            .find(|c| c.label == label)
+            .unwrap()
+            .clone()
+    }
+
+    fn healthy(&self, n: usize) -> DemoCard {
+        self.cards
+            .iter()
+            .filter(|c| c.label == "healthy")
+            .nth(n)
+            .unwrap()
+            .clone()
+    }
+
+    /// (balance, holds) at the issuer.
+    fn balance(&self, card: &DemoCard) -> (i64, i64) {
+        self.sim.issuer().balance(&card.pan).unwrap()
+    }
+
+    fn issuer_txn(&self, rrn: &str) -> Option<TxnRecord> {
+        self.sim.issuer().txn(&Rrn::parse(rrn).unwrap())
+    }
+
+    fn next_stan(&mut self) -> u32 {
+        self.stan += 1;
+        self.stan
+    }
+
+    async fn send(&mut self, req: &Req) -> Response {
+        let r = self.t.send(req).await;
+        assert!(self.t.mac_ok(&r), "response MAC must verify");
+        r
+    }
+
+    /// A 1.00 purchase with the card's PIN: the code the switch answered and the RRN.
+    async fn purchase(&mut self, card: &DemoCard, amount: u64) -> (String, String) {
+        let stan = self.next_stan();
+        let r = self
+            .send(&with_pin(Req::purchase(&pan(card), amount, stan), card))
+            .await;
+        (r.code(), r.text(37).unwrap_or_default())
+    }
+
+    fn journal_state(&self, rrn: &str) -> TxnState {
+        self.h.store.txn_by_rrn(rrn).unwrap().unwrap().state
+    }
+
+    async fn issuer_state_becomes(&self, rrn: &str, state: IssuerState, seconds: u64) -> bool {
+        self.h
+            .eventually(seconds, || {
+                self.issuer_txn(rrn).is_some_and(|t| t.state == state)
+            })
+            .await
+    }
+
+    /// The audit: every approval in the issuer's ledger is, in the switch's journal, a
+    /// transaction in the same state (approved, voided, completed), or was reversed at the
+    /// issuer and is not approved in the journal; and no reversal is left undelivered.
+    /// Returns (approvals checked, in doubt).
+    async fn audit(&self) -> (usize, usize) {
+        let store = Arc::clone(&self.h.store);
+        let delivered = self
+            .h
+            .eventually(15, || {
+                store
+                    .reversals_in_state(SafState::Pending)
+                    .unwrap()
+                    .is_empty()
+            })
+            .await;
+        assert!(delivered, "reversals still pending at the end of the test");
+        self.sim.issuer().flush().unwrap();
+        let approvals = self.sim.issuer().approvals().unwrap();
+        let mut in_doubt = Vec::new();
+        let mut checked = 0;
+        for approval in approvals
+            .iter()
+            .filter(|a| a.code == ResponseCode::Approved)
+        {
+            checked += 1;
+            let row = self.h.store.txn_by_rrn(approval.rrn.as_str()).unwrap();
+            let consistent = match (approval.state, row.as_ref().map(|r| r.state)) {
+                (IssuerState::Reversed, None) => true,
+                (IssuerState::Reversed, Some(state)) => !matches!(
+                    state,
+                    TxnState::Approved | TxnState::Voided | TxnState::Completed
+                ),
+                (IssuerState::Approved, Some(TxnState::Approved))
+                | (IssuerState::Voided, Some(TxnState::Voided))
+                | (IssuerState::Completed, Some(TxnState::Completed)) => row
+                    .as_ref()
+                    .is_some_and(|r| r.amount_fen == i64::try_from(approval.amount).unwrap()),
+                _ => false,
+            };
+            if !consistent {
+                in_doubt.push(format!(
+                    "{} {:?} issuer {:?} journal {:?}",
+                    approval.rrn,
+                    approval.kind,
+                    approval.state,
+                    row.map(|r| r.state)
+                ));
+            }
+        }
+        assert!(
+            in_doubt.is_empty(),
+            "in doubt after {checked} approvals: {in_doubt:#?}"
+        );
+        // And the other way: every approval in the journal is an approval at the issuer.
+        let today = switch::LocalTime::from_ms(switch::SystemClock.now_ms()).yyyymmdd();
+        for row in self.h.store.txns_since(&today).unwrap() {
+            let approved_here = matches!(
+                row.state,
+                TxnState::Approved | TxnState::Voided | TxnState::Completed
+            );
+            let Some(rrn) = row.rrn.as_deref().filter(|_| approved_here) else {
+                continue;
+            };
+            let at_issuer = self.issuer_txn(rrn);
+            assert!(
+                at_issuer.is_some_and(|t| t.code == ResponseCode::Approved),
+                "journal approval {rrn} ({:?}) unknown to the issuer",
+                row.kind
+            );
+        }
+        (checked, in_doubt.len())
+    }
+}
+
+#[test]
+fn every_transaction_type_moves_the_issuer_ledger() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(0);
+        let p = pan(&card);
+        let (start_balance, start_holds) = e.balance(&card);
+        assert_eq!(start_holds, 0);
+
+        // Balance inquiry: field 54 carries the issuer's available balance.
+        let stan = e.next_stan();
+        let r = e.send(&with_pin(balance_inquiry(&p, stan), &card)).await;
+        assert_eq!(r.code(), "00");
+        assert_eq!(r.text(54).unwrap(), format!("0002156C{start_balance:012}"));
+        assert_eq!(e.balance(&card), (start_balance, 0));
+
+        // Purchase, then its void: debited, then given back; the issuer's record is voided.
+        let s_buy = e.next_stan();
+        let r = e
+            .send(&with_pin(Req::purchase(&p, 10_000, s_buy), &card))
+            .await;
+        assert_eq!(r.code(), "00");
+        let rrn_buy = r.text(37).unwrap();
+        assert_eq!(e.balance(&card), (start_balance - 10_000, 0));
+        let s = e.next_stan();
+        let r = e.send(&Req::void(&p, 10_000, s, s_buy, &rrn_buy)).await;
+        assert_eq!(r.code(), "00");
+        assert_eq!(e.balance(&card), (start_balance, 0));
+        assert_eq!(e.issuer_txn(&rrn_buy).unwrap().state, IssuerState::Voided);
+        assert_eq!(e.journal_state(&rrn_buy), TxnState::Voided);
+
+        // Purchase and a partial refund.
+        let s = e.next_stan();
+        let r = e.send(&with_pin(Req::purchase(&p, 5_000, s), &card)).await;
+        assert_eq!(r.code(), "00");
+        let rrn_p2 = r.text(37).unwrap();
+        let s = e.next_stan();
+        let r = e
+            .send(&Req::refund(&p, 2_000, s, &rrn_p2, &today_mmdd()))
+            .await;
+        assert_eq!(r.code(), "00");
+        assert_eq!(e.balance(&card), (start_balance - 3_000, 0));
+        let at_issuer = e.issuer_txn(&rrn_p2).unwrap();
+        assert_eq!(
+            (at_issuer.state, at_issuer.refunded),
+            (IssuerState::Approved, 2_000)
+        );
+        assert_eq!(
+            e.h.store.txn_by_rrn(&rrn_p2).unwrap().unwrap().refunded_fen,
+            2_000
+        );
+
+        // Pre-authorisation and its void: a hold, then none.
+        let s_pa = e.next_stan();
+        let r = e.send(&with_pin(pre_auth(&p, 30_000, s_pa), &card)).await;
+        assert_eq!(r.code(), "00");
+        let rrn_pa = r.text(37).unwrap();
+        assert_eq!(e.balance(&card), (start_balance - 3_000, 30_000));
+        let s = e.next_stan();
+        let r = e.send(&pre_auth_void(&p, 30_000, s, s_pa, &rrn_pa)).await;
+        assert_eq!(r.code(), "00");
+        assert_eq!(e.balance(&card), (start_balance - 3_000, 0));
+        assert_eq!(e.issuer_txn(&rrn_pa).unwrap().state, IssuerState::Voided);
+
+        // Pre-authorisation, completion for less, completion void.
+        let s_pa2 = e.next_stan();
+        let r = e.send(&with_pin(pre_auth(&p, 20_000, s_pa2), &card)).await;
+        assert_eq!(r.code(), "00");
+        let rrn_pa2 = r.text(37).unwrap();
+        assert_eq!(e.balance(&card), (start_balance - 3_000, 20_000));
+        let s_co = e.next_stan();
+        let r = e.send(&completion(&p, 15_000, s_co, s_pa2, &rrn_pa2)).await;
+        assert_eq!(r.code(), "00");
+        let rrn_co = r.text(37).unwrap();
+        assert_eq!(e.balance(&card), (start_balance - 18_000, 0));
+        assert_eq!(
+            e.issuer_txn(&rrn_pa2).unwrap().state,
+            IssuerState::Completed
+        );
+        assert_eq!(e.journal_state(&rrn_pa2), TxnState::Completed);
+        let s = e.next_stan();
+        let r = e.send(&completion_void(&p, 15_000, s, s_co, &rrn_co)).await;
+        assert_eq!(r.code(), "00");
+        assert_eq!(e.balance(&card), (start_balance - 3_000, 0));
+        assert_eq!(e.issuer_txn(&rrn_co).unwrap().state, IssuerState::Voided);
+
+        // A purchase the terminal reverses: answered at once, delivered by store and forward.
+        let s_rev = e.next_stan();
+        let buy = with_pin(Req::purchase(&p, 700, s_rev), &card);
+        let r = e.send(&buy).await;
+        assert_eq!(r.code(), "00");
+        let rrn_rev = r.text(37).unwrap();
+        assert_eq!(e.balance(&card), (start_balance - 3_700, 0));
+        let r = e.send(&Req::reversal_of(&buy)).await;
+        assert_eq!(r.code(), "00");
+        assert!(
+            e.issuer_state_becomes(&rrn_rev, IssuerState::Reversed, 5)
+                .await,
+            "the reversal never reached the issuer"
+        );
+        assert_eq!(e.balance(&card), (start_balance - 3_000, 0));
+        assert_eq!(e.journal_state(&rrn_rev), TxnState::Reversed);
+
+        let (checked, in_doubt) = e.audit().await;
+        assert_eq!((checked, in_doubt), (11, 0));
+    });
+}
+
+#[test]
+fn every_issuer_response_code_comes_through_the_switch() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let cards = e.cards.clone();
+        let mut seen = std::collections::BTreeSet::new();
+        for card in &cards {
+            let before = card.on_file.then(|| e.balance(card));
+            let (code, rrn) = e.purchase(card, 100).await;
+            assert_eq!(
+                code,
+                card.purchase_code.as_str(),
+                "card {} ({})",
+                card.label,
+                card.reference
+            );
+            seen.insert(code.clone());
+            // The issuer decided it (not the switch), and moved money only on approval.
+            let at_issuer = e.issuer_txn(&rrn).expect("the issuer saw the request");
+            assert_eq!(at_issuer.code, card.purchase_code);
+            if let Some((balance, holds)) = before {
+                let debit = if code == "00" { 100 } else { 0 };
+                assert_eq!(e.balance(card), (balance - debit, holds), "{}", card.label);
+            }
+        }
+        for code in [
+            "00", "01", "04", "05", "07", "14", "21", "41", "43", "51", "54", "55", "57", "61",
+            "62", "65", "75",
+        ] {
+            assert!(
+                seen.contains(code),
+                "no demo card produced {code}: {seen:?}"
+            );
+        }
+
+        // Wrong PIN: 55 until the tries run out, then 75 even with the same PIN.
+        let wrong = e.card("wrong_pin");
+        assert_eq!(e.purchase(&wrong, 100).await.0, "55");
+        assert_eq!(e.purchase(&wrong, 100).await.0, "75");
+        assert_eq!(e.purchase(&wrong, 100).await.0, "75");
+        assert_eq!(e.sim.issuer().pin_tries(&wrong.pan), Some(3));
+
+        // Limits: per transaction and per day (61), count per day (65).
+        let per_txn = e.card("per_txn_limit");
+        assert_eq!(e.purchase(&per_txn, 50).await.0, "00");
+        assert_eq!(e.purchase(&per_txn, 51).await.0, "61");
+        let daily = e.card("daily_amount_limit");
+        assert_eq!(e.purchase(&daily, 30).await.0, "00");
+        assert_eq!(e.purchase(&daily, 20).await.0, "00");
+        assert_eq!(e.purchase(&daily, 1).await.0, "61");
+        let count = e.card("daily_count_limit");
+        assert_eq!(e.purchase(&count, 1).await.0, "65");
+
+        // Not allowed for this card (57): a pre-authorisation on a card that may only purchase.
+        let no_pre_auth = e.card("no_pre_auth_or_refund");
+        let s = e.next_stan();
+        let r = e
+            .send(&with_pin(
+                pre_auth(&pan(&no_pre_auth), 100, s),
+                &no_pre_auth,
+            ))
+            .await;
+        assert_eq!(r.code(), "57");
+
+        // Maintenance: the issuer answers 91; the request did reach it (the switch's own 91
+        // would say "unavailable ... nothing sent").
+        let healthy = e.healthy(1);
+        let before = e.balance(&healthy);
+        e.sim.faults().set_maintenance(true);
+        let (code, rrn) = e.purchase(&healthy, 100).await;
+        assert_eq!(code, "91");
+        let row = e.h.store.txn_by_rrn(&rrn).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Declined);
+        let events = e.h.store.events(row.id).unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|ev| ev.detail.starts_with("declined by SIM")),
+            "{events:?}"
+        );
+        e.sim.faults().set_maintenance(false);
+
+        // System fault: 96 without processing; nothing to reverse.
+        e.sim.faults().fail_next(1);
+        let (code, rrn) = e.purchase(&healthy, 100).await;
+        assert_eq!(code, "96");
+        assert!(e.issuer_txn(&rrn).is_none(), "a 96 fault is not processed");
+        assert_eq!(e.journal_state(&rrn), TxnState::Declined);
+        assert!(
+            e.h.store
+                .reversal(e.h.store.txn_by_rrn(&rrn).unwrap().unwrap().id)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(e.balance(&healthy), before);
+        assert_eq!(e.purchase(&healthy, 100).await.0, "00");
+
+        let (_, in_doubt) = e.audit().await;
+        assert_eq!(in_doubt, 0);
+    });
+}
+
+#[test]
+fn dropped_response_is_answered_98_and_reversed_at_the_issuer() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(0);
+        let before = e.balance(&card);
+        e.sim.faults().drop_next(1);
+        let started = std::time::Instant::now();
+        let stan = e.next_stan();
+        let buy = with_pin(Req::purchase(&pan(&card), 4_200, stan), &card);
+        let r = e.send(&buy).await;
+        assert_eq!(r.code(), "98");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let rrn = r.text(37).unwrap();
+        // The issuer approved it and only the answer was lost; the reversal undoes it.
+        assert!(
+            e.issuer_state_becomes(&rrn, IssuerState::Reversed, 5).await,
+            "the reversal never reached the issuer: {:?}",
+            e.issuer_txn(&rrn)
+        );
+        assert_eq!(e.issuer_txn(&rrn).unwrap().code, ResponseCode::Approved);
+        assert_eq!(e.balance(&card), before);
+        let id = e.h.store.txn_by_rrn(&rrn).unwrap().unwrap().id;
+        let store = Arc::clone(&e.h.store);
+        assert!(
+            e.h.eventually(5, || store
+                .reversal(id)
+                .unwrap()
+                .is_some_and(|s| s.state == SafState::Acked))
+                .await
+        );
+        assert_eq!(e.journal_state(&rrn), TxnState::Reversed);
+        // The terminal's own reversal, sent after the 98, is not applied twice.
+        assert_eq!(e.send(&Req::reversal_of(&buy)).await.code(), "25");
+        assert_eq!(e.balance(&card), before);
+
+        let (_, in_doubt) = e.audit().await;
+        assert_eq!(in_doubt, 0);
+    });
+}
+
+#[test]
+fn pending_reversal_reaches_the_issuer_after_a_switch_restart() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(2);
+        let before = e.balance(&card);
+        // The issuer approves the purchase but its answer is lost; by the time the switch
+        // gives up (98) the issuer is in maintenance and answers the reversal 91.
+        e.sim.faults().drop_next(1);
+        let stan = e.next_stan();
+        let bytes = e.t.encode(
+            &with_pin(Req::purchase(&pan(&card), 8_800, stan), &card),
+            false,
+        );
+        e.t.stream.write_all(&bytes).await.unwrap();
+        let faults = e.sim.faults();
+        assert!(e.h.eventually(3, || faults.stats().dropped == 1).await);
+        faults.set_maintenance(true);
+        let r = e.t.read().await;
+        assert_eq!(r.code(), "98");
+        let rrn = r.text(37).unwrap();
+        let id = e.h.store.txn_by_rrn(&rrn).unwrap().unwrap().id;
+        assert_eq!(e.balance(&card), (before.0 - 8_800, before.1));
+        assert!(
+            e.h.eventually(3, || faults.stats().requests >= 2).await,
+            "the reversal never reached the issuer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(e.issuer_txn(&rrn).unwrap().state, IssuerState::Approved);
+        assert_eq!(
+            e.h.store.reversal(id).unwrap().unwrap().state,
+            SafState::Pending,
+            "a reversal answered 91 is still owed"
+        );
+
+        // Issuer goes down, switch stops with the reversal pending, and restarts.
+        e.server.take().unwrap().shutdown().await;
+        e.h.stop().await;
+        e.h.start().await;
+        assert!(!e.h.switch.as_ref().unwrap().issuer_connected("SIM"));
+        assert_eq!(
+            e.h.store.reversal(id).unwrap().unwrap().state,
+            SafState::Pending,
+            "the restart must keep the reversal queued"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        // The issuer comes back on the same address and answers again.
+        e.sim.faults().clear();
+        let listener = TcpListener::bind(e.issuer_addr).await.unwrap();
+        e.server = Some(e.sim.serve(listener).unwrap());
+        let store = Arc::clone(&e.h.store);
+        assert!(
+            e.h.eventually(15, || store
+                .reversal(id)
+                .unwrap()
+                .is_some_and(|s| s.state == SafState::Acked))
+                .await,
+            "pending reversal not delivered after the restart: {:?}",
+            e.h.store.reversal(id).unwrap()
+        );
+        assert_eq!(e.issuer_txn(&rrn).unwrap().state, IssuerState::Reversed);
+        assert_eq!(e.balance(&card), before);
+        assert_eq!(e.journal_state(&rrn), TxnState::Reversed);
+
+        // The restarted switch still serves the terminal (it must sign in again).
+        let mut t = e.h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        e.t = t;
+        assert_eq!(e.purchase(&card, 100).await.0, "00");
+
+        let (_, in_doubt) = e.audit().await;
+        assert_eq!(in_doubt, 0);
+    });
+}
+
+#[test]
+fn retried_purchase_is_debited_once_and_different_content_is_94() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(3);
+        let before = e.balance(&card);
+        let stan = e.next_stan();
+        let req = with_pin(Req::purchase(&pan(&card), 500, stan), &card);
+        let first = e.send(&req).await;
+        let second = e.send(&req).await;
+        assert_eq!((first.code(), second.code()), ("00".into(), "00".into()));
+        assert_eq!(first.text(37), second.text(37));
+        assert_eq!(first.text(38), second.text(38));
+        assert_eq!(e.balance(&card), (before.0 - 500, before.1), "debited once");
+
+        // Same terminal, batch and trace, other amount: a duplicate, not a second debit.
+        let other = Req {
+            amount: 501,
+            ..req.clone()
+        };
+        assert_eq!(e.send(&other).await.code(), "94");
+        assert_eq!(e.balance(&card), (before.0 - 500, before.1));
+
+        e.sim.issuer().flush().unwrap();
+        let debits = e
+            .sim
+            .issuer()
+            .approvals()
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.pan_masked == card.pan.masked().to_string())
+            .count();
+        assert_eq!(debits, 1, "the issuer approved one purchase for this card");
+
+        let (checked, in_doubt) = e.audit().await;
+        assert_eq!((checked, in_doubt), (1, 0));
+    });
+}
