@@ -599,6 +599,7 @@ impl Core {
                     .await;
             }
             row.original_id = Some(found.id);
+            entry.live().linked_original = Some(found.id);
             let date = found.clearing_date.get(4..8).unwrap_or("0000");
             f61_out = found.rrn.as_ref().map(|r| format!("{r}{date}"));
             original = Link::Original(found);
@@ -989,7 +990,8 @@ impl Core {
 
     /// A reversed void, completion or refund gives its original back what it took.
     fn unlink(&self, reversed: &Entry) -> Vec<Record> {
-        let Some(original) = reversed.original_id.and_then(|id| self.ledger.by_id(id)) else {
+        let linked = reversed.live().linked_original;
+        let Some(original) = linked.and_then(|id| self.ledger.by_id(id)) else {
             return Vec::new();
         };
         let mut live = original.live();

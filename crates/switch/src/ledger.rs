@@ -52,6 +52,9 @@ pub(crate) struct Live {
     pub refund_reserved_fen: i64,
     /// A void, completion or pre-auth void of this transaction is in progress.
     pub link_busy: bool,
+    /// The original of a linked transaction, once found (after the entry was claimed, so
+    /// `Entry::original_id` may still be `None`); what a reversal of this one gives back to.
+    pub linked_original: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -107,6 +110,7 @@ impl Entry {
                 refunded_fen: 0,
                 refund_reserved_fen: 0,
                 link_busy: false,
+                linked_original: original_id,
             }),
             answered: Notify::new(),
         }

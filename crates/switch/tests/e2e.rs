@@ -395,8 +395,34 @@ fn every_transaction_type_moves_the_issuer_ledger() {
         assert_eq!(e.balance(&card), (start_balance - 3_000, 0));
         assert_eq!(e.journal_state(&rrn_rev), TxnState::Reversed);
 
+        // A completion the terminal reverses: the issuer undoes the debit and puts the
+        // pre-authorisation's hold back, which can then be voided.
+        let s_pa3 = e.next_stan();
+        let r = e.send(&with_pin(pre_auth(&p, 10_000, s_pa3), &card)).await;
+        assert_eq!(r.code(), "00");
+        let rrn_pa3 = r.text(37).unwrap();
+        let s_co3 = e.next_stan();
+        let co3 = completion(&p, 6_000, s_co3, s_pa3, &rrn_pa3);
+        let r = e.send(&co3).await;
+        assert_eq!(r.code(), "00");
+        let rrn_co3 = r.text(37).unwrap();
+        assert_eq!(e.balance(&card), (start_balance - 9_000, 0));
+        assert_eq!(e.send(&Req::reversal_of(&co3)).await.code(), "00");
+        assert!(
+            e.issuer_state_becomes(&rrn_co3, IssuerState::Reversed, 5)
+                .await,
+            "the completion's reversal never reached the issuer"
+        );
+        assert_eq!(e.balance(&card), (start_balance - 3_000, 10_000));
+        assert_eq!(e.issuer_txn(&rrn_pa3).unwrap().state, IssuerState::Approved);
+        assert_eq!(e.journal_state(&rrn_pa3), TxnState::Approved);
+        let s = e.next_stan();
+        let r = e.send(&pre_auth_void(&p, 10_000, s, s_pa3, &rrn_pa3)).await;
+        assert_eq!(r.code(), "00");
+        assert_eq!(e.balance(&card), (start_balance - 3_000, 0));
+
         let (checked, in_doubt) = e.audit().await;
-        assert_eq!((checked, in_doubt), (11, 0));
+        assert_eq!((checked, in_doubt), (14, 0));
     });
 }
 
