@@ -344,6 +344,32 @@ fn every_transaction_type_moves_the_issuer_ledger() {
             2_000
         );
 
+        // The terminal reverses that refund: the issuer takes it back and the purchase may be
+        // refunded again, here by the same amount.
+        let refund = Req::refund(&p, 2_000, s, &rrn_p2, &today_mmdd());
+        let rrn_refund = e.h.store.txns_by_key(TID, 1, s).unwrap()[0]
+            .rrn
+            .clone()
+            .unwrap();
+        assert_eq!(e.send(&Req::reversal_of(&refund)).await.code(), "00");
+        assert!(
+            e.issuer_state_becomes(&rrn_refund, IssuerState::Reversed, 5)
+                .await,
+            "the refund's reversal never reached the issuer"
+        );
+        assert_eq!(e.balance(&card), (start_balance - 5_000, 0));
+        assert_eq!(e.issuer_txn(&rrn_p2).unwrap().refunded, 0);
+        assert_eq!(
+            e.h.store.txn_by_rrn(&rrn_p2).unwrap().unwrap().refunded_fen,
+            0
+        );
+        let s = e.next_stan();
+        let r = e
+            .send(&Req::refund(&p, 2_000, s, &rrn_p2, &today_mmdd()))
+            .await;
+        assert_eq!(r.code(), "00");
+        assert_eq!(e.balance(&card), (start_balance - 3_000, 0));
+
         // Pre-authorisation and its void: a hold, then none.
         let s_pa = e.next_stan();
         let r = e.send(&with_pin(pre_auth(&p, 30_000, s_pa), &card)).await;
@@ -422,7 +448,7 @@ fn every_transaction_type_moves_the_issuer_ledger() {
         assert_eq!(e.balance(&card), (start_balance - 3_000, 0));
 
         let (checked, in_doubt) = e.audit().await;
-        assert_eq!((checked, in_doubt), (14, 0));
+        assert_eq!((checked, in_doubt), (15, 0));
     });
 }
 
@@ -592,11 +618,15 @@ fn pending_reversal_reaches_the_issuer_after_a_switch_restart() {
         let rrn = r.text(37).unwrap();
         let id = e.h.store.txn_by_rrn(&rrn).unwrap().unwrap().id;
         assert_eq!(e.balance(&card), (before.0 - 8_800, before.1));
-        assert!(
-            e.h.eventually(3, || faults.stats().requests >= 2).await,
-            "the reversal never reached the issuer"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let store = Arc::clone(&e.h.store);
+        let answered_91 =
+            e.h.eventually(3, || {
+                store.reversal(id).unwrap().is_some_and(|s| {
+                    s.attempts >= 1 && s.last_error.as_deref().is_some_and(|l| l.ends_with("91"))
+                })
+            })
+            .await;
+        assert!(answered_91, "{:?}", e.h.store.reversal(id).unwrap());
         assert_eq!(e.issuer_txn(&rrn).unwrap().state, IssuerState::Approved);
         assert_eq!(
             e.h.store.reversal(id).unwrap().unwrap().state,
