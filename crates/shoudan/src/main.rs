@@ -1,9 +1,14 @@
 //! The shoudan binary: every command an operator or a test runs.
 //! Each command family lives in its own module; this file only wires them to clap.
 
+mod audit;
 mod crypto_cmd;
+mod demo;
 mod explain_cmd;
+mod fixtures;
 mod iso_cmd;
+mod terminal_cmd;
+mod traffic;
 
 use std::process::ExitCode;
 
@@ -35,6 +40,15 @@ enum Command {
     Explain(explain_cmd::ExplainArgs),
     /// Issuer directory: bank, card type and contact channels for a card number.
     CardInfo(explain_cmd::CardInfoArgs),
+    /// Run the switch with simulated issuers, demo merchants, terminals and cards.
+    Demo(demo::DemoArgs),
+    /// Print the demo's terminals and cards. Test fixture data: it includes made-up card
+    /// numbers, PINs and terminal master keys by design.
+    Fixtures(fixtures::FixturesArgs),
+    /// Act as a demo terminal: sign in and run one transaction.
+    Terminal(terminal_cmd::TerminalArgs),
+    /// Compare the issuers' ledgers with the journal; exit 1 if anything is in doubt.
+    Audit(audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +58,13 @@ fn main() -> ExitCode {
         Command::Crypto(cmd) => crypto_cmd::run(cmd),
         Command::Explain(args) => explain_cmd::explain(args),
         Command::CardInfo(args) => explain_cmd::card_info(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Fixtures(args) => fixtures::run(args),
+        Command::Terminal(args) => terminal_cmd::run(args),
+        Command::Audit(args) => match audit::run(args) {
+            Ok(code) => return code,
+            Err(err) => Err(err),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

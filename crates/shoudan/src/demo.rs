@@ -1,0 +1,462 @@
+//! `shoudan demo`: the switch, simulated issuers for five domestic banks and one foreign-card
+//! network, a SQLite journal and a SoftHsm persisted under one data dir, with demo merchants,
+//! terminals and cards that are the same on every run. Optional background traffic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::IssuerDirectory;
+use issuer_sim::{
+    AccountSpec, CardRules, CardStatus, HsmPinVerifier, Issuer, IssuerConfig, IssuerSim,
+    LedgerLocation, Limits, YearMonth,
+};
+use paycrypto::{
+    DeterministicRandom, Hsm, KeyAlgorithm, KeyHandle, KeyScheme, KeyUsage, MacAlgorithm,
+    MasterKey, OsRandom, RandomSource, SoftHsm,
+};
+use serde::{Deserialize, Serialize};
+use store::{MerchantRow, Record, SqliteConfig, SqliteStore, Status, Store};
+use switch::{IssuerEndpoint, Switch, SwitchConfig, TerminalSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::CliResult;
+use crate::fixtures::{CardFixture, Fixtures, IssuerFixture, TerminalFixture};
+
+/// Domestic banks with a simulated issuer host each.
+pub const DOMESTIC_BANKS: [&str; 5] = ["ICBC", "ABC", "BOC", "CCB", "CMB"];
+/// The card-network gateway for foreign cards (cards not in the BIN table).
+pub const FOREIGN_ISSUER: &str = "VISA";
+const HEALTHY_CARDS: usize = 4;
+/// How long a stop waits for pending reversals to reach their issuers.
+const SAF_DRAIN: Duration = Duration::from_secs(5);
+const ISSUER_TIMEOUT: Duration = Duration::from_secs(5);
+const MERCHANTS: [(&str, &str, &str); 2] = [
+    ("898110048990001", "Teahouse", "5812"),
+    ("898110059420002", "Bookshop", "5942"),
+];
+/// (tid, merchant index, scheme, MAC, used by background traffic).
+const TERMINALS: [(&str, usize, KeyScheme, MacAlgorithm, bool); 9] = [
+    (
+        "10000001",
+        0,
+        KeyScheme::Double,
+        MacAlgorithm::CupEcb,
+        false,
+    ),
+    (
+        "10000002",
+        0,
+        KeyScheme::Single,
+        MacAlgorithm::CupEcb,
+        false,
+    ),
+    ("10000003", 1, KeyScheme::Double, MacAlgorithm::X919, false),
+    (
+        "10000004",
+        1,
+        KeyScheme::DoubleWithTdk,
+        MacAlgorithm::X919,
+        false,
+    ),
+    ("10000005", 1, KeyScheme::Sm4, MacAlgorithm::Sm4, false),
+    ("20000001", 0, KeyScheme::Double, MacAlgorithm::CupEcb, true),
+    (
+        "20000002",
+        0,
+        KeyScheme::DoubleWithTdk,
+        MacAlgorithm::X919,
+        true,
+    ),
+    ("20000003", 1, KeyScheme::Double, MacAlgorithm::X919, true),
+    ("20000004", 1, KeyScheme::Single, MacAlgorithm::CupEcb, true),
+];
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    #[arg(long, default_value = "./shoudan-data")]
+    pub data_dir: PathBuf,
+    /// Where terminals connect (0: any free port).
+    #[arg(long, default_value_t = 5800)]
+    pub terminal_port: u16,
+    /// Reserved for the portal; serves /healthz only.
+    #[arg(long, default_value_t = 8080)]
+    pub http_port: u16,
+    /// Background transactions per second from the traffic terminals (approvals, declines,
+    /// wrong PINs, voids, refunds, reversals, pre-authorisations).
+    #[arg(long)]
+    pub traffic: Option<f64>,
+    /// Address the switch and the HTTP port listen on.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub listen: IpAddr,
+}
+
+/// Key handles kept between runs (the keys themselves are in the wrapped HSM store).
+#[derive(Default, Serialize, Deserialize)]
+struct KeyState {
+    zpk: BTreeMap<String, String>,
+    tmk: BTreeMap<String, String>,
+}
+
+fn seed_of(label: &str) -> u64 {
+    // FNV-1a: a stable seed per name, so demo keys and cards are the same on every run.
+    label.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A demo key, derived from its name: demo data, printed in fixtures.json by design.
+fn demo_key_hex(label: &str) -> Result<String, paycrypto::RandomError> {
+    let mut bytes = [0u8; 16];
+    DeterministicRandom::new(seed_of(label)).fill(&mut bytes)?;
+    Ok(paycrypto::hex::encode(&bytes))
+}
+
+fn handle(text: Option<&String>) -> Result<KeyHandle, Box<dyn std::error::Error>> {
+    let text = text.ok_or("demo-state.json lacks a key handle; remove the data dir")?;
+    text.parse::<KeyHandle>()
+        .map_err(|_| "bad key handle in demo-state.json".into())
+}
+
+/// Opens (or creates) the SoftHsm and the demo keys in it.
+fn open_hsm(dir: &Path) -> Result<(Arc<SoftHsm>, KeyState), Box<dyn std::error::Error>> {
+    let master_path = dir.join("master.key");
+    let master_hex = match std::fs::read_to_string(&master_path) {
+        Ok(text) => zeroize::Zeroizing::new(text.trim().to_owned()),
+        Err(_) => {
+            let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+            OsRandom.fill(bytes.as_mut())?;
+            let hex = zeroize::Zeroizing::new(paycrypto::hex::encode(bytes.as_ref()));
+            std::fs::write(&master_path, hex.as_bytes())?;
+            hex
+        }
+    };
+    let master = MasterKey::from_hex(&master_hex)?;
+    let store_path = dir.join("hsm.store");
+    let state_path = dir.join("demo-state.json");
+    if let (Ok(wrapped), Ok(state)) = (
+        std::fs::read(&store_path),
+        std::fs::read_to_string(&state_path),
+    ) {
+        let hsm = SoftHsm::from_store(&master, Box::new(OsRandom), &wrapped)?;
+        return Ok((Arc::new(hsm), serde_json::from_str(&state)?));
+    }
+    let hsm = SoftHsm::new(&master, Box::new(OsRandom));
+    let mut state = KeyState::default();
+    for bank in DOMESTIC_BANKS.iter().chain([&FOREIGN_ISSUER]) {
+        let zpk = hsm.import_key(
+            KeyUsage::Zpk,
+            KeyAlgorithm::Des,
+            &demo_key_hex(&format!("zpk/{bank}"))?,
+        )?;
+        state.zpk.insert((*bank).to_owned(), zpk.to_string());
+    }
+    for (tid, _, scheme, _, _) in TERMINALS {
+        let tmk = hsm.import_key(
+            KeyUsage::Tmk,
+            scheme.tmk_algorithm(),
+            &demo_key_hex(&format!("tmk/{tid}"))?,
+        )?;
+        state.tmk.insert(tid.to_owned(), tmk.to_string());
+    }
+    std::fs::write(&store_path, hsm.export_store()?)?;
+    std::fs::write(&state_path, serde_json::to_vec_pretty(&state)?)?;
+    Ok((Arc::new(hsm), state))
+}
+
+/// Foreign cards for the card-network gateway: on a BIN our table does not know, so the switch
+/// sends them to the default issuer.
+fn foreign_cards(
+    pins: &HsmPinVerifier,
+) -> Result<(Vec<AccountSpec>, Vec<CardFixture>), Box<dyn std::error::Error>> {
+    let mut accounts = Vec::new();
+    let mut fixtures = Vec::new();
+    let rng = DeterministicRandom::new(seed_of("cards/VISA"));
+    for (index, (label, balance, code)) in
+        [("healthy", 100_000_000, "00"), ("low_balance", 50, "51")]
+            .into_iter()
+            .enumerate()
+    {
+        let mut digits = [0u8; 9];
+        rng.fill(&mut digits)?;
+        let body: String = std::iter::once("411111".to_owned())
+            .chain(digits.iter().map(|d| (d % 10).to_string()))
+            .collect();
+        let check = domain::luhn_check_digit(body.as_bytes()).ok_or("luhn")?;
+        let pan_text = format!("{body}{}", char::from(check));
+        let pan: domain::Pan = pan_text.parse()?;
+        let pin = "123456";
+        accounts.push(AccountSpec {
+            reference: format!("VISA-{label}-{}", index + 1),
+            pan: pan.clone(),
+            expiry: YearMonth::new(2049, 12).map_err(|_| "date")?,
+            status: CardStatus::Active,
+            pin: pins.enrol(&pan, pin)?,
+            pin_tries_used: 0,
+            balance,
+            limits: Limits::default(),
+            rules: CardRules::default(),
+        });
+        fixtures.push(CardFixture {
+            bank: FOREIGN_ISSUER.to_owned(),
+            label: label.to_owned(),
+            pan: pan_text,
+            expiry: "4912".to_owned(),
+            pin: pin.to_owned(),
+            status: "active".to_owned(),
+            balance,
+            purchase_code: code.to_owned(),
+        });
+    }
+    Ok((accounts, fixtures))
+}
+
+struct RunningIssuer {
+    bank: String,
+    issuer: Arc<Issuer>,
+    server: issuer_sim::ServerHandle,
+}
+
+pub fn run(args: DemoArgs) -> CliResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: DemoArgs) -> CliResult {
+    let dir = args.data_dir.clone();
+    std::fs::create_dir_all(dir.join("issuers"))?;
+    let (hsm, keys) = open_hsm(&dir)?;
+    let clock: Arc<dyn issuer_sim::Clock> = Arc::new(issuer_sim::SystemClock);
+
+    // Issuers, each on its own loopback port with a file ledger.
+    let mut issuers = Vec::new();
+    let mut cards = Vec::new();
+    let mut endpoints = HashMap::new();
+    let mut issuer_fixtures = Vec::new();
+    for bank in DOMESTIC_BANKS.iter().chain([&FOREIGN_ISSUER]) {
+        let zpk = handle(keys.zpk.get(*bank))?;
+        let pins = HsmPinVerifier::new(Arc::clone(&hsm) as Arc<dyn Hsm>, zpk);
+        let ledger_rel = format!("issuers/{bank}.db");
+        let ledger = LedgerLocation::File(dir.join(&ledger_rel));
+        let issuer = if *bank == FOREIGN_ISSUER {
+            let (accounts, fixtures) = foreign_cards(&pins)?;
+            cards.extend(fixtures);
+            let config = IssuerConfig {
+                ledger,
+                ..IssuerConfig::in_memory(bank)
+            };
+            Issuer::open(config, accounts, Arc::new(pins), Arc::clone(&clock))?
+        } else {
+            let (issuer, demo) =
+                issuer_sim::demo_issuer(bank, HEALTHY_CARDS, pins, ledger, Arc::clone(&clock))?;
+            cards.extend(demo.iter().map(|c| CardFixture {
+                bank: (*bank).to_owned(),
+                label: c.label.to_owned(),
+                pan: c.pan.expose_digits().to_owned(),
+                expiry: c.expiry.yymm(),
+                pin: c.pin().to_owned(),
+                status: c.status.as_str().to_owned(),
+                balance: c.balance,
+                purchase_code: c.purchase_code.as_str().to_owned(),
+            }));
+            issuer
+        };
+        let issuer = Arc::new(issuer);
+        let sim = IssuerSim::new(Arc::clone(&issuer), seed_of(bank));
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let server = sim.serve(listener)?;
+        let addr = server.local_addr();
+        endpoints.insert(
+            (*bank).to_owned(),
+            IssuerEndpoint {
+                addr,
+                zpk,
+                timeout: ISSUER_TIMEOUT,
+            },
+        );
+        issuer_fixtures.push(IssuerFixture {
+            bank: (*bank).to_owned(),
+            port: addr.port(),
+            ledger: ledger_rel,
+        });
+        issuers.push(RunningIssuer {
+            bank: (*bank).to_owned(),
+            issuer,
+            server,
+        });
+    }
+
+    // The journal, provisioned with merchants and terminals on first run.
+    let store = Arc::new(SqliteStore::open(&SqliteConfig::new(
+        dir.join("switch.db"),
+    ))?);
+    if store.terminals()?.is_empty() {
+        let mut records: Vec<Record> = MERCHANTS
+            .iter()
+            .map(|(mid, name, mcc)| {
+                Record::UpsertMerchant(MerchantRow {
+                    mid: (*mid).to_owned(),
+                    name: (*name).to_owned(),
+                    status: Status::Active,
+                    mcc: (*mcc).to_owned(),
+                })
+            })
+            .collect();
+        for (tid, merchant, scheme, mac, _) in TERMINALS {
+            let mid = MERCHANTS.get(merchant).map(|m| m.0).unwrap_or_default();
+            records.push(switch::terminal_record(&TerminalSpec {
+                tid: tid.to_owned(),
+                mid: mid.to_owned(),
+                tmk: handle(keys.tmk.get(tid))?,
+                scheme,
+                mac,
+                batch_no: 1,
+            }));
+        }
+        store.submit(records)?.await?;
+    }
+
+    let mut config = SwitchConfig::new(SocketAddr::new(args.listen, args.terminal_port));
+    config.issuers = endpoints;
+    config.default_issuer = Some(FOREIGN_ISSUER.to_owned());
+    let switch = Switch::start(
+        config,
+        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::clone(&hsm) as Arc<dyn Hsm>,
+        Arc::new(IssuerDirectory::embedded()?),
+        Arc::new(switch::SystemClock),
+    )
+    .await?;
+    let addr = switch.local_addr();
+    for _ in 0..200 {
+        if issuers.iter().all(|i| switch.issuer_connected(&i.bank)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let (stop, stop_rx) = watch::channel(false);
+    let http = tokio::net::TcpListener::bind((args.listen, args.http_port)).await?;
+    let http_port = http.local_addr()?.port();
+    let http_task = tokio::spawn(serve_health(http, stop_rx.clone()));
+
+    let host = args.listen.to_string();
+    let terminals: Vec<TerminalFixture> = TERMINALS
+        .iter()
+        .map(|(tid, merchant, scheme, mac, traffic)| {
+            let m = MERCHANTS.get(*merchant).copied().unwrap_or_default();
+            Ok(TerminalFixture {
+                tid: (*tid).to_owned(),
+                mid: m.0.to_owned(),
+                merchant: m.1.to_owned(),
+                tmk: demo_key_hex(&format!("tmk/{tid}"))?,
+                key_scheme: scheme.code().to_owned(),
+                mac: mac.as_str().to_owned(),
+                host: host.clone(),
+                port: addr.port(),
+                traffic: *traffic,
+            })
+        })
+        .collect::<Result<_, paycrypto::RandomError>>()?;
+    let fixtures = Fixtures {
+        host: host.clone(),
+        port: addr.port(),
+        http_port,
+        terminals,
+        cards,
+        issuers: issuer_fixtures,
+    };
+    crate::fixtures::save(&dir, &fixtures)?;
+
+    let traffic_task = args.traffic.filter(|r| *r > 0.0).map(|rate| {
+        tokio::spawn(crate::traffic::run(
+            dir.clone(),
+            fixtures.clone(),
+            rate,
+            stop_rx.clone(),
+        ))
+    });
+
+    println!("shoudan demo running (data dir {})", dir.display());
+    println!("  switch (terminals)  {addr}");
+    println!("  healthz             http://{host}:{http_port}/healthz");
+    for i in &fixtures.issuers {
+        println!("  issuer {:<12} 127.0.0.1:{}", i.bank, i.port);
+    }
+    println!(
+        "  fixtures            {}",
+        crate::fixtures::path(&dir).display()
+    );
+    println!("try:");
+    println!("  shoudan fixtures --data-dir {}", dir.display());
+    println!(
+        "  shoudan terminal --data-dir {} --tid 10000001 purchase --amount 1.00",
+        dir.display()
+    );
+    println!("  shoudan audit --data-dir {}", dir.display());
+    println!("Ctrl-C stops.");
+
+    wait_for_signal().await?;
+    println!("stopping");
+    let _ = stop.send(true);
+    if let Some(task) = traffic_task {
+        let _ = task.await;
+    }
+    let _ = http_task.await;
+    // Give store and forward a moment to deliver reversals the traffic just queued, so a clean
+    // stop leaves nothing in doubt; whatever remains is resent on the next start.
+    let deadline = tokio::time::Instant::now() + SAF_DRAIN;
+    while tokio::time::Instant::now() < deadline
+        && !store
+            .reversals_in_state(store::SafState::Pending)?
+            .is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    switch.shutdown().await;
+    for running in issuers {
+        running.server.shutdown().await;
+        let issuer = running.issuer;
+        tokio::task::spawn_blocking(move || issuer.close()).await??;
+    }
+    std::fs::write(dir.join("hsm.store"), hsm.export_store()?)?;
+    tokio::task::spawn_blocking(move || store.close()).await?;
+    println!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
+
+/// A bare `/healthz`: enough for a load balancer or a test to see the demo is up.
+async fn serve_health(listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => {
+                let Ok((mut stream, _)) = accepted else { continue };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let n = stream.read(&mut buf).await.unwrap_or(0);
+                    let request = buf.get(..n).unwrap_or_default();
+                    let reply: &[u8] = if request.starts_with(b"GET /healthz ") {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"
+                    } else {
+                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    };
+                    let _ = stream.write_all(reply).await;
+                });
+            }
+        }
+    }
+}

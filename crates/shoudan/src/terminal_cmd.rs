@@ -1,0 +1,280 @@
+//! `shoudan terminal`: one demo terminal signs in and runs one transaction, as a cashier would;
+//! prints the response code, the terminal's display text and the diagnosis (masked PAN only).
+//! Also the per-terminal STAN file, so successive runs never reuse a trace number.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use domain::Pan;
+use paycrypto::{Key, KeyScheme, MacAlgorithm};
+use serde_json::json;
+use terminal::{Card, Original, Request, SavedRequest, Terminal, TerminalConfig, TxnType};
+
+use crate::CliResult;
+use crate::fixtures::{self, TerminalFixture};
+
+/// Where a terminal's next STAN is kept between runs.
+fn stan_path(data_dir: &Path, tid: &str) -> PathBuf {
+    data_dir.join("terminals").join(format!("{tid}.stan"))
+}
+
+pub fn load_stan(data_dir: &Path, tid: &str) -> u32 {
+    std::fs::read_to_string(stan_path(data_dir, tid))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(1)
+}
+
+pub fn save_stan(data_dir: &Path, tid: &str, next: u32) -> std::io::Result<()> {
+    let path = stan_path(data_dir, tid);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, next.to_string())
+}
+
+/// A terminal's configuration from its fixture.
+pub fn config_of(
+    fixture: &TerminalFixture,
+    next_stan: u32,
+) -> Result<TerminalConfig, Box<dyn std::error::Error>> {
+    let scheme: KeyScheme = fixture.key_scheme.parse()?;
+    Ok(TerminalConfig {
+        addr: format!("{}:{}", fixture.host, fixture.port).parse()?,
+        tid: fixture.tid.clone(),
+        mid: fixture.mid.clone(),
+        tmk: Key::from_hex(scheme.tmk_algorithm(), &fixture.tmk)?,
+        scheme,
+        mac: fixture.mac.parse::<MacAlgorithm>()?,
+        batch: 1,
+        next_stan,
+        timeout: Duration::from_secs(15),
+    })
+}
+
+/// Parses `12.34` / `12` yuan into fen.
+pub fn parse_amount(text: &str) -> Result<u64, String> {
+    let bad = || format!("bad amount {text:?}: expected yuan like 1.00");
+    let (yuan, fen) = text.split_once('.').unwrap_or((text, "0"));
+    if yuan.is_empty() || fen.is_empty() || fen.len() > 2 {
+        return Err(bad());
+    }
+    let yuan: u64 = yuan.parse().map_err(|_| bad())?;
+    let fen_value: u64 = fen.parse().map_err(|_| bad())?;
+    let fen_value = if fen.len() == 1 {
+        fen_value * 10
+    } else {
+        fen_value
+    };
+    yuan.checked_mul(100)
+        .and_then(|f| f.checked_add(fen_value))
+        .ok_or_else(bad)
+}
+
+#[derive(clap::Args)]
+pub struct TerminalArgs {
+    #[arg(long, default_value = "./shoudan-data")]
+    pub data_dir: PathBuf,
+    /// Terminal ID from `shoudan fixtures`.
+    #[arg(long)]
+    pub tid: String,
+    /// balance, purchase, void, refund, preauth, preauth-void, completion, completion-void,
+    /// reversal (of --orig-stan with --orig-txn), echo, sign-in.
+    pub txn: String,
+    /// Amount in yuan.
+    #[arg(long, default_value = "1.00")]
+    pub amount: String,
+    /// Card number (demo card); default: the first healthy card in the fixtures.
+    #[arg(long)]
+    pub card: Option<String>,
+    /// PIN keyed in; default: the card's PIN from the fixtures. `none` sends no PIN.
+    #[arg(long)]
+    pub pin: Option<String>,
+    #[arg(long)]
+    pub orig_rrn: Option<String>,
+    #[arg(long)]
+    pub orig_stan: Option<u32>,
+    #[arg(long)]
+    pub orig_batch: Option<u32>,
+    /// Original date MMDD (refunds).
+    #[arg(long)]
+    pub orig_date: Option<String>,
+    #[arg(long)]
+    pub orig_auth: Option<String>,
+    /// What a `reversal` reverses (default purchase).
+    #[arg(long, default_value = "purchase")]
+    pub orig_txn: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: TerminalArgs) -> CliResult {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: TerminalArgs) -> CliResult {
+    let fixtures = fixtures::load(&args.data_dir)?;
+    let fixture = fixtures
+        .terminals
+        .iter()
+        .find(|t| t.tid == args.tid)
+        .ok_or_else(|| format!("no terminal {} in the fixtures", args.tid))?;
+    let card_fixture = match &args.card {
+        Some(pan) => fixtures.cards.iter().find(|c| &c.pan == pan),
+        None => fixtures
+            .cards
+            .iter()
+            .find(|c| c.label == "healthy" && c.purchase_code == "00"),
+    };
+    let pan_text = args
+        .card
+        .clone()
+        .or_else(|| card_fixture.map(|c| c.pan.clone()))
+        .ok_or("no card given and no healthy card in the fixtures")?;
+    let pan: Pan = pan_text.parse()?;
+    let pin = match args.pin.as_deref() {
+        Some("none") => None,
+        Some(p) => Some(p.to_owned()),
+        None => card_fixture.map(|c| c.pin.clone()),
+    };
+    let card = Card {
+        pan: pan.clone(),
+        expiry: card_fixture.map(|c| c.expiry.clone()),
+        pin: pin.map(zeroize::Zeroizing::new),
+    };
+    let amount = parse_amount(&args.amount)?;
+
+    let config = config_of(fixture, load_stan(&args.data_dir, &args.tid))?;
+    let mut terminal = Terminal::connect(config).await?;
+    let result = drive(&mut terminal, &args, card, amount).await;
+    save_stan(&args.data_dir, &args.tid, terminal.next_stan())?;
+    let (txn_name, response, stan) = result?;
+    let diagnosis = domain::diagnose_str(&response.code);
+    if args.json {
+        let out = json!({
+            "tid": args.tid,
+            "txn": txn_name,
+            "pan": pan.masked().as_str(),
+            "amount_fen": amount,
+            "stan": stan,
+            "batch": terminal.batch(),
+            "code": response.code,
+            "approved": response.approved(),
+            "rrn": response.rrn,
+            "auth_code": response.auth_code,
+            "balance_fen": response.balance,
+            "host_date": response.host_date,
+            "mac_verified": response.mac_verified,
+            "display": {"zh": diagnosis.title.zh, "en": diagnosis.title.en},
+            "meaning": {"zh": diagnosis.meaning.zh, "en": diagnosis.meaning.en},
+            "customer_message": {"zh": diagnosis.customer_message.zh, "en": diagnosis.customer_message.en},
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{} {} card {} stan {:06} batch {:06}",
+            args.tid,
+            txn_name,
+            pan.masked().as_str(),
+            stan,
+            terminal.batch()
+        );
+        println!("response code: {}", response.code);
+        println!("display: {} / {}", diagnosis.title.zh, diagnosis.title.en);
+        println!("meaning: {}", diagnosis.meaning.en);
+        println!("tell the customer: {}", diagnosis.customer_message.en);
+        if let Some(rrn) = &response.rrn {
+            println!("rrn: {rrn}");
+        }
+        if let Some(auth) = &response.auth_code {
+            println!("auth code: {auth}");
+        }
+        if let Some(balance) = response.balance {
+            println!("balance: {}.{:02}", balance / 100, (balance % 100).abs());
+        }
+    }
+    Ok(())
+}
+
+async fn drive(
+    terminal: &mut Terminal,
+    args: &TerminalArgs,
+    card: Card,
+    amount: u64,
+) -> Result<(String, terminal::Response, u32), Box<dyn std::error::Error>> {
+    let response = terminal.sign_in().await?;
+    if args.txn == "sign-in" {
+        return Ok((args.txn.clone(), response, terminal.next_stan() - 1));
+    }
+    if args.txn == "echo" {
+        let stan = terminal.next_stan();
+        return Ok((args.txn.clone(), terminal.echo().await?, stan));
+    }
+    if args.txn == "reversal" {
+        let txn = TxnType::parse(&args.orig_txn).ok_or("unknown --orig-txn")?;
+        let stan = args.orig_stan.ok_or("a reversal needs --orig-stan")?;
+        let saved = SavedRequest {
+            txn,
+            pan: card.pan,
+            expiry: card.expiry,
+            amount,
+            stan,
+            batch: args.orig_batch.unwrap_or(terminal.batch()),
+            field61: None,
+        };
+        return Ok((
+            args.txn.clone(),
+            terminal.reverse(&saved, "96").await?,
+            stan,
+        ));
+    }
+    let txn =
+        TxnType::parse(&args.txn).ok_or_else(|| format!("unknown transaction {}", args.txn))?;
+    let original = args.orig_rrn.as_ref().map(|rrn| Original {
+        rrn: rrn.clone(),
+        batch: args.orig_batch.unwrap_or(terminal.batch()),
+        stan: args.orig_stan.unwrap_or(0),
+        date: args.orig_date.clone(),
+        auth_code: args.orig_auth.clone(),
+    });
+    let amount = if txn == TxnType::BalanceInquiry {
+        0
+    } else {
+        amount
+    };
+    let stan = terminal.next_stan();
+    let request = Request {
+        txn,
+        card,
+        amount,
+        original,
+    };
+    match terminal.transact(&request).await {
+        Ok(response) => Ok((args.txn.clone(), response, stan)),
+        Err(
+            error @ (terminal::TerminalError::Timeout(_) | terminal::TerminalError::ResponseMac),
+        ) => {
+            // What a real terminal does: reverse what it could not complete, then report.
+            let _ = terminal.reverse_last("98").await;
+            Err(error.into())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_amount;
+
+    #[test]
+    fn amounts() {
+        assert_eq!(parse_amount("1.00"), Ok(100));
+        assert_eq!(parse_amount("12"), Ok(1200));
+        assert_eq!(parse_amount("0.5"), Ok(50));
+        assert!(parse_amount("1.234").is_err() && parse_amount("x").is_err());
+        assert!(parse_amount(".5").is_err());
+    }
+}

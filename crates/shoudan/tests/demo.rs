@@ -1,0 +1,192 @@
+//! `shoudan demo` as a real child process: fixtures, terminal purchases (an approval on each
+//! MAC algorithm's terminal, a decline), background traffic, SIGINT, then an audit with nothing
+//! in doubt, and a restart on the same data dir.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_shoudan");
+
+fn start(dir: &Path, traffic: bool) -> Child {
+    // The demo rewrites fixtures.json once it listens: its appearance is the ready signal.
+    let _ = std::fs::remove_file(dir.join("fixtures.json"));
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "demo",
+        "--terminal-port",
+        "0",
+        "--http-port",
+        "0",
+        "--data-dir",
+    ])
+    .arg(dir)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    if traffic {
+        cmd.args(["--traffic", "40"]);
+    }
+    let child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !dir.join("fixtures.json").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "demo did not write fixtures.json"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn stop(mut child: Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "demo exited with {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "demo did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn shoudan(args: &[&str], dir: &Path) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    let mut text = String::from_utf8(out.stdout).unwrap();
+    if !out.status.success() {
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn purchase(dir: &Path, tid: &str, pan: &str) -> Value {
+    let (code, out) = shoudan(
+        &[
+            "terminal", "--tid", tid, "purchase", "--amount", "1.00", "--card", pan, "--json",
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn demo_purchases_then_audit_is_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let child = start(dir, true);
+
+    let (code, out) = shoudan(&["fixtures", "--json"], dir);
+    assert_eq!(code, 0);
+    let fixtures: Value = serde_json::from_str(&out).unwrap();
+    let cards = fixtures["cards"].as_array().unwrap();
+    let terminals = fixtures["terminals"].as_array().unwrap();
+    for mac in ["cup-ecb", "x919", "sm4"] {
+        assert!(
+            terminals.iter().any(|t| t["mac"] == mac),
+            "no {mac} terminal"
+        );
+    }
+    let banks: std::collections::BTreeSet<&str> =
+        cards.iter().map(|c| c["bank"].as_str().unwrap()).collect();
+    assert!(banks.len() >= 6 && banks.contains("VISA"), "{banks:?}");
+    let healthy = cards
+        .iter()
+        .find(|c| c["bank"] == "ICBC" && c["purchase_code"] == "00")
+        .unwrap();
+    let pan = healthy["pan"].as_str().unwrap();
+
+    for tid in ["10000001", "10000002", "10000003", "10000004"] {
+        let r = purchase(dir, tid, pan);
+        assert_eq!(r["code"], "00", "{tid}: {r}");
+        assert_eq!(r["mac_verified"], true, "{tid}: {r}");
+        assert!(
+            !r["pan"].as_str().unwrap().contains(&pan[6..12]),
+            "PAN not masked"
+        );
+    }
+    // A foreign card through the default issuer.
+    let visa = cards
+        .iter()
+        .find(|c| c["bank"] == "VISA" && c["purchase_code"] == "00")
+        .unwrap();
+    assert_eq!(
+        purchase(dir, "10000001", visa["pan"].as_str().unwrap())["code"],
+        "00"
+    );
+    // Every decline card gets what the fixtures promise.
+    for card in cards
+        .iter()
+        .filter(|c| c["bank"] == "CCB" && c["purchase_code"] != "00")
+        .take(4)
+    {
+        let r = purchase(dir, "10000003", card["pan"].as_str().unwrap());
+        assert_eq!(r["code"], card["purchase_code"], "{card}: {r}");
+    }
+    // A void of the approved purchase, by RRN and STAN.
+    let original = purchase(dir, "10000001", pan);
+    let (code, out) = shoudan(
+        &[
+            "terminal",
+            "--tid",
+            "10000001",
+            "void",
+            "--amount",
+            "1.00",
+            "--card",
+            pan,
+            "--orig-rrn",
+            original["rrn"].as_str().unwrap(),
+            "--orig-stan",
+            &original["stan"].to_string(),
+            "--json",
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{out}");
+    let void: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(void["code"], "00", "{void}");
+
+    std::thread::sleep(Duration::from_secs(2));
+    stop(child);
+    let (code, out) = shoudan(&["audit", "--json"], dir);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report["issuer_approvals"].as_u64().unwrap() >= 7,
+        "{report}"
+    );
+    assert_eq!(report["in_doubt"].as_array().unwrap().len(), 0);
+
+    // Restart on the same data dir: same terminals and cards, keys still good.
+    let child = start(dir, false);
+    let (_, again) = shoudan(&["fixtures", "--json"], dir);
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["cards"], fixtures["cards"]);
+    assert_eq!(
+        again["terminals"][0]["tmk"],
+        fixtures["terminals"][0]["tmk"]
+    );
+    assert_eq!(purchase(dir, "10000004", pan)["code"], "00");
+    stop(child);
+    assert_eq!(shoudan(&["audit"], dir).0, 0);
+}
