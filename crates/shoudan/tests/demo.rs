@@ -17,7 +17,19 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoudan");
 
-fn start(dir: &Path, traffic: bool) -> Child {
+/// Kills the demo if the test fails before stopping it, so no child outlives the test.
+struct Demo(Option<Child>);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start(dir: &Path, traffic: bool) -> Demo {
     // The demo rewrites fixtures.json once it listens: its appearance is the ready signal.
     let _ = std::fs::remove_file(dir.join("fixtures.json"));
     let mut cmd = Command::new(BIN);
@@ -35,7 +47,7 @@ fn start(dir: &Path, traffic: bool) -> Child {
     if traffic {
         cmd.args(["--traffic", "40"]);
     }
-    let child = cmd.spawn().unwrap();
+    let child = Demo(Some(cmd.spawn().unwrap()));
     let deadline = Instant::now() + Duration::from_secs(15);
     while !dir.join("fixtures.json").exists() {
         assert!(
@@ -47,7 +59,8 @@ fn start(dir: &Path, traffic: bool) -> Child {
     child
 }
 
-fn stop(mut child: Child) {
+fn stop(mut demo: Demo) {
+    let mut child = demo.0.take().unwrap();
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
