@@ -7,7 +7,7 @@ use crate::builder::MessageBuilder;
 use crate::digits::{bcd_byte, nibble};
 use crate::error::{DecodeError, EncodeError, Hex, Part};
 use crate::message::Message;
-use crate::spec::{CUP_POS, CUP_POS_MESSAGE_LEN_MAX, Dialect};
+use crate::spec::{CUP_POS_MESSAGE_LEN_MAX, Dialect};
 
 /// Largest frame, in bytes after the 2-byte length prefix, that we read or write. A legal CUP
 /// POS frame is well below it; anything larger is garbage or an attack.
@@ -221,12 +221,20 @@ pub fn frame_len(prefix: [u8; 2]) -> Result<usize, DecodeError> {
 
 impl<'a> Frame<'a> {
     /// Decodes a CUP POS frame starting at the 2-byte length prefix; the input must be exactly
-    /// one frame.
+    /// one frame. The message is read by the two-dialect rule of [`Message::decode`].
     pub fn decode(input: &'a [u8]) -> Result<Self, DecodeError> {
-        Self::decode_with(&CUP_POS, input)
+        let rest = Self::strip_prefix(input)?;
+        Self::decode_unprefixed(rest)
     }
 
+    /// Decodes with one dialect only, no fallback.
     pub fn decode_with(dialect: &'static Dialect, input: &'a [u8]) -> Result<Self, DecodeError> {
+        let rest = Self::strip_prefix(input)?;
+        Self::decode_unprefixed_with(dialect, rest)
+    }
+
+    /// Checks the 2-byte length prefix against the bytes that follow it.
+    fn strip_prefix(input: &'a [u8]) -> Result<&'a [u8], DecodeError> {
         let (prefix, rest) = input
             .split_first_chunk::<2>()
             .ok_or(DecodeError::Truncated {
@@ -241,18 +249,25 @@ impl<'a> Frame<'a> {
                 actual: rest.len(),
             });
         }
-        Self::decode_unprefixed_with(dialect, rest)
+        Ok(rest)
     }
 
     /// Decodes a frame whose length prefix the transport already consumed: input starts at
-    /// the TPDU.
+    /// the TPDU. The message is read by the two-dialect rule of [`Message::decode`].
     pub fn decode_unprefixed(input: &'a [u8]) -> Result<Self, DecodeError> {
-        Self::decode_unprefixed_with(&CUP_POS, input)
+        Self::decode_unprefixed_by(input, Message::decode)
     }
 
     pub fn decode_unprefixed_with(
         dialect: &'static Dialect,
         input: &'a [u8],
+    ) -> Result<Self, DecodeError> {
+        Self::decode_unprefixed_by(input, |rest| Message::decode_with(dialect, rest))
+    }
+
+    fn decode_unprefixed_by(
+        input: &'a [u8],
+        decode: impl FnOnce(&'a [u8]) -> Result<Message<'a>, DecodeError>,
     ) -> Result<Self, DecodeError> {
         if input.len() > FRAME_LEN_MAX {
             return Err(DecodeError::FrameTooLong {
@@ -274,7 +289,7 @@ impl<'a> Frame<'a> {
             .split_first_chunk::<HEADER_LEN>()
             .ok_or_else(|| truncated(Part::Header, HEADER_LEN, rest))?;
         let header = Header::from_bytes(*header)?;
-        let message = Message::decode_with(dialect, rest)?;
+        let message = decode(rest)?;
         Ok(Frame {
             head: FrameHead { tpdu, header },
             routing,

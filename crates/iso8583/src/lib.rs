@@ -38,7 +38,7 @@ pub use frame::{
     ROUTING_BLOCK_BODY_MAX, ROUTING_BLOCK_TAG, TPDU_LEN, Tpdu, frame_len,
 };
 pub use message::{Field, Message};
-pub use spec::{CUP_POS, Dialect, FieldSpec, Format};
+pub use spec::{CUP_POS, CUP_POS_SM4, Dialect, FieldSpec, Format};
 pub use subfields::{
     BatchRecord, BatchUpload, BatchUploadEnd, CardOrganisation, ExtraDigits, Field48, Field60,
     Field61, KeyLayout, KeySlot, SecurityControl, SettleResult, SettlementTotals, Totals,

@@ -6,7 +6,7 @@ use core::fmt;
 use crate::codes::{Mti, ProcessingCode, ResponseCode};
 use crate::digits::{Digits, bcd_byte, nibble};
 use crate::error::{DecodeError, FieldError, Part};
-use crate::spec::{Align, CUP_POS, Dialect, FIELD_COUNT, FieldSpec, Format, LenRule};
+use crate::spec::{Align, CUP_POS, CUP_POS_SM4, Dialect, FIELD_COUNT, FieldSpec, Format, LenRule};
 
 /// Where one present field sits in the input.
 #[derive(Clone, Copy)]
@@ -110,11 +110,17 @@ enum MacData {
 
 impl<'a> Message<'a> {
     /// Decodes a CUP POS message starting at the MTI; the input must end with the last field.
+    ///
+    /// Field 52 is 8 bytes under a DES PIK and 16 under an SM4 one, and the terminal ID (41)
+    /// that would tell us which comes only after it. So the rule is: decode with [`CUP_POS`];
+    /// if that fails and the bitmap announces field 52, decode with [`CUP_POS_SM4`] instead;
+    /// if that fails too, the [`CUP_POS`] error is the one reported. [`Message::dialect`] and
+    /// [`Message::pin_block_len`] say which reading succeeded.
     pub fn decode(input: &'a [u8]) -> Result<Self, DecodeError> {
-        Self::decode_with(&CUP_POS, input)
+        Self::decode_either(input, MacData::Required)
     }
 
-    /// Decodes with another dialect table.
+    /// Decodes with one dialect table only, no fallback.
     pub fn decode_with(dialect: &'static Dialect, input: &'a [u8]) -> Result<Self, DecodeError> {
         Self::decode_inner(dialect, input, MacData::Required)
     }
@@ -122,7 +128,18 @@ impl<'a> Message<'a> {
     /// Decodes a MAC input block: like [`Message::decode`], but when the bitmap has bit 64 the
     /// MAC itself must be absent (the block ends where field 64 would begin).
     pub fn decode_mac_input(input: &'a [u8]) -> Result<Self, DecodeError> {
-        Self::decode_inner(&CUP_POS, input, MacData::Absent)
+        Self::decode_either(input, MacData::Absent)
+    }
+
+    /// The two-dialect rule of [`Message::decode`].
+    fn decode_either(input: &'a [u8], mac: MacData) -> Result<Self, DecodeError> {
+        match Self::decode_inner(&CUP_POS, input, mac) {
+            Ok(message) => Ok(message),
+            Err(standard) if announces_pin_block(input) => {
+                Self::decode_inner(&CUP_POS_SM4, input, mac).map_err(|_| standard)
+            }
+            Err(standard) => Err(standard),
+        }
     }
 
     fn decode_inner(
@@ -192,6 +209,12 @@ impl<'a> Message<'a> {
 
     pub fn dialect(&self) -> &'static Dialect {
         self.dialect
+    }
+
+    /// Bytes of field 52 in the dialect this message was decoded with (8 DES, 16 SM4), whether
+    /// or not this message carries a PIN block.
+    pub fn pin_block_len(&self) -> Option<usize> {
+        self.dialect.pin_block_len()
     }
 
     pub fn mti(&self) -> Mti {
@@ -298,6 +321,14 @@ impl fmt::Debug for FieldList<'_, '_> {
 
 /// Reads one field at the front of `input`: its length, its data, and checks every byte
 /// against the format. Returns the slot and what follows.
+/// Whether the bitmap (after a 2-byte MTI) has bit 52 set.
+fn announces_pin_block(input: &[u8]) -> bool {
+    input
+        .get(2..10)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .is_some_and(|b| u64::from_be_bytes(b) & (1 << (64 - 52)) != 0)
+}
+
 fn read_field<'a>(spec: &FieldSpec, input: &'a [u8]) -> Result<(Slot<'a>, &'a [u8]), FieldError> {
     let truncated = |needed, rest: &[u8]| FieldError::Truncated {
         needed,

@@ -134,6 +134,12 @@ impl Dialect {
             .and_then(Option::as_ref)
     }
 
+    /// Bytes of the PIN block (field 52) in this dialect, if it defines one.
+    pub fn pin_block_len(&self) -> Option<usize> {
+        self.field(52)
+            .map(|spec| spec.format.wire_len(usize::from(spec.max)))
+    }
+
     /// MTI + bitmap + every defined field at its maximum: no legal message is longer.
     pub const fn message_len_max(&self) -> usize {
         let mut total = 2 + 8;
@@ -233,5 +239,24 @@ pub const CUP_POS: Dialect = Dialect {
     ],
 };
 
-/// Largest CUP POS message (MTI through field 64).
-pub const CUP_POS_MESSAGE_LEN_MAX: usize = CUP_POS.message_len_max();
+/// The CUP POS dialect of a terminal on key scheme 006: identical to [`CUP_POS`] except that
+/// field 52 is b128. An SM4 PIK encrypts the PIN block as one 16-byte SM4 block (the format-0
+/// block widened to 32 nibbles), so it cannot fit the 8 bytes a DES block takes.
+pub const CUP_POS_SM4: Dialect = with_sm4_pin_block(CUP_POS);
+
+const fn with_sm4_pin_block(base: Dialect) -> Dialect {
+    let mut fields = base.fields;
+    fields[52] = f(B, Fixed, 16, Left);
+    Dialect {
+        name: "CUP POS SM4",
+        fields,
+    }
+}
+
+/// Largest CUP POS message (MTI through field 64), in either dialect.
+pub const CUP_POS_MESSAGE_LEN_MAX: usize =
+    max(CUP_POS.message_len_max(), CUP_POS_SM4.message_len_max());
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
