@@ -137,6 +137,43 @@ fn demo_purchases_then_audit_is_clean() {
             "PAN not masked"
         );
     }
+    // The SM4 terminal keys its PIN under an SM4 PIK: a 16-byte field 52 the switch translates
+    // to the issuer's DES zone key. The right PIN is approved, a wrong one declined 55.
+    let with_pin = |tid: &str, card: &Value, pin: &str| -> Value {
+        let (code, out) = shoudan(
+            &[
+                "terminal",
+                "--tid",
+                tid,
+                "purchase",
+                "--amount",
+                "1.00",
+                "--card",
+                card["pan"].as_str().unwrap(),
+                "--pin",
+                pin,
+                "--json",
+            ],
+            dir,
+        );
+        assert_eq!(code, 0, "{out}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let right = with_pin("10000005", healthy, healthy["pin"].as_str().unwrap());
+    assert_eq!(right["code"], "00", "{right}");
+    assert_eq!(right["mac_verified"], true, "{right}");
+    let other = cards
+        .iter()
+        .find(|c| c["purchase_code"] == "00" && c["bank"] != "VISA" && c["pan"] != pan)
+        .unwrap();
+    let wrong_pin = if other["pin"] == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    let wrong = with_pin("10000005", other, wrong_pin);
+    assert_eq!(wrong["code"], "55", "{wrong}");
+    assert_eq!(wrong["mac_verified"], true, "{wrong}");
     // A foreign card through the default issuer.
     let visa = cards
         .iter()
@@ -185,7 +222,7 @@ fn demo_purchases_then_audit_is_clean() {
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(code, 0, "{report}");
     assert!(
-        report["issuer_approvals"].as_u64().unwrap() >= 7,
+        report["issuer_approvals"].as_u64().unwrap() >= 8,
         "{report}"
     );
     assert_eq!(report["in_doubt"].as_array().unwrap().len(), 0);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use domain::Pan;
 use iso8583::{Field61, Financial, Frame, Message, MessageBuilder};
-use paycrypto::{EncryptedPinBlock, PanDigits};
+use paycrypto::{EncryptedPinBlock, KeyScheme, PanDigits};
 use sha2::{Digest, Sha256};
 use store::{EventRow, Outcome, PanAtRest, Record, Status, TxnKind, TxnRow, TxnState};
 use zeroize::Zeroize;
@@ -613,7 +613,15 @@ impl Core {
         // PIN: from the terminal's PIK to the issuer's zone key, inside the HSM.
         let pin = match request.bytes(52) {
             Some(block) => {
-                let translated = EncryptedPinBlock::from_bytes(block)
+                let expected = pin_block_len(ctx.terminal.scheme);
+                let translated = if block.len() == expected {
+                    EncryptedPinBlock::from_bytes(block)
+                } else {
+                    Err(paycrypto::PinError::BlockLength {
+                        actual: block.len(),
+                    })
+                };
+                let translated = translated
                     .map_err(paycrypto::HsmError::from)
                     .and_then(|block| {
                         let digits = PanDigits::from_pan(pan.expose_digits())?;
@@ -1033,4 +1041,13 @@ fn parse_reply(frame: &[u8]) -> Option<Answer> {
         settlement_date: message.digits(15).map(|d| d.chars().collect()),
         balance: message.text(54).map(str::to_owned),
     })
+}
+
+/// Bytes of the PIN block a terminal on `scheme` sends: one cipher block of its PIK. A block
+/// of the other length is a terminal encrypting under keys it was not given (answered 99).
+fn pin_block_len(scheme: KeyScheme) -> usize {
+    match scheme {
+        KeyScheme::Sm4 => 16,
+        KeyScheme::Single | KeyScheme::Double | KeyScheme::DoubleWithTdk => 8,
+    }
 }

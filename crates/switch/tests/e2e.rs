@@ -713,3 +713,63 @@ fn retried_purchase_is_debited_once_and_different_content_is_94() {
         assert_eq!((checked, in_doubt), (1, 0));
     });
 }
+
+#[test]
+fn pin_block_of_the_other_schemes_length_is_answered_99() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(2);
+        let before = e.balance(&card);
+        let stan = e.next_stan();
+        // A DES (003) terminal's request, its PIN block widened to the 16 bytes an SM4 PIK
+        // would give: it decodes (SM4 dialect) but does not fit the terminal's keys.
+        let des = e.t.encode(
+            &with_pin(Req::purchase(&pan(&card), 300, stan), &card),
+            false,
+        );
+        let decoded = iso8583::Frame::decode(&des).unwrap();
+        assert_eq!(decoded.message.pin_block_len(), Some(8));
+        let block = decoded.message.bytes(52).unwrap();
+        let mut out =
+            iso8583::MessageBuilder::with_dialect(&iso8583::CUP_POS_SM4, decoded.message.mti());
+        for field in decoded.message.fields() {
+            match field.number() {
+                52 => {
+                    out.set_binary(52, &[block, block].concat()).unwrap();
+                }
+                64 => {}
+                n => {
+                    out.copy_from(&decoded.message, n).unwrap();
+                }
+            }
+        }
+        let mak = e.t.keys.as_ref().unwrap().mak.clone();
+        let mut wide = Vec::new();
+        out.encode_frame_with_mac(&decoded.head, &mut wide, |data| {
+            Ok::<_, iso8583::EncodeError>(
+                paycrypto::mac::compute(paycrypto::MacAlgorithm::CupEcb, &mak, data).unwrap(),
+            )
+        })
+        .unwrap();
+        assert_eq!(
+            iso8583::Frame::decode(&wide)
+                .unwrap()
+                .message
+                .pin_block_len(),
+            Some(16)
+        );
+        let r = e.t.exchange(&wide).await;
+        assert!(e.t.mac_ok(&r), "response MAC must verify");
+        assert_eq!(r.code(), "99");
+        assert_eq!(e.balance(&card), before, "nothing reached the issuer");
+
+        // The 8-byte block the terminal's PIK gives is approved (a new trace: the old one is
+        // taken by the refused request).
+        let stan = e.next_stan();
+        let r = e
+            .send(&with_pin(Req::purchase(&pan(&card), 300, stan), &card))
+            .await;
+        assert_eq!(r.code(), "00");
+        assert_eq!(e.balance(&card), (before.0 - 300, before.1));
+    });
+}
