@@ -52,6 +52,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Iso(cmd) => iso_cmd::run(cmd),
@@ -73,4 +74,23 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `shoudan fixtures | head` closes our stdout early; `println!` then panics with a broken pipe.
+/// Rust ignores SIGPIPE and changing that needs `unsafe`, so the panic hook turns exactly that
+/// case into a quiet exit, as every Unix tool behaves, and leaves every other panic as it was.
+fn quiet_on_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
 }
