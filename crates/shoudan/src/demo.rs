@@ -18,8 +18,8 @@ use paycrypto::{
     MasterKey, OsRandom, RandomSource, SoftHsm,
 };
 use serde::{Deserialize, Serialize};
-use store::{MerchantRow, Record, SqliteConfig, SqliteStore, Status, Store};
-use switch::{IssuerEndpoint, Switch, SwitchConfig, TerminalSpec};
+use store::{MerchantRow, Record, SqliteConfig, SqliteStore, Status, Store, Synchronous};
+use switch::{IssuerEndpoint, Switch, SwitchConfig, SwitchHandle, TerminalSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -227,10 +227,37 @@ pub fn run(args: DemoArgs) -> CliResult {
     runtime.block_on(run_async(args))
 }
 
-async fn run_async(args: DemoArgs) -> CliResult {
-    let dir = args.data_dir.clone();
+/// What [`start_env`] builds beyond the demo's own fixtures.
+pub struct EnvOptions {
+    /// Where the switch listens for terminals.
+    pub listen: SocketAddr,
+    /// The journal's fsync policy.
+    pub synchronous: Synchronous,
+    /// Extra terminals (double-length DES keys, X9.19 MACs) provisioned for load generators;
+    /// their TIDs start with 3.
+    pub extra_terminals: usize,
+}
+
+/// A running demo environment: issuers, journal, HSM and switch, with their fixtures.
+pub struct DemoEnv {
+    pub switch: SwitchHandle,
+    pub store: Arc<SqliteStore>,
+    pub hsm: Arc<SoftHsm>,
+    /// The demo's fixtures (`http_port` is 0: the environment serves no HTTP).
+    pub fixtures: Fixtures,
+    /// The extra terminals of [`EnvOptions::extra_terminals`].
+    pub extra_terminals: Vec<TerminalFixture>,
+    issuers: Vec<RunningIssuer>,
+    dir: PathBuf,
+}
+
+/// Builds the demo environment on `dir` (created if need be) and starts the switch.
+pub async fn start_env(
+    dir: &Path,
+    options: &EnvOptions,
+) -> Result<DemoEnv, Box<dyn std::error::Error>> {
     std::fs::create_dir_all(dir.join("issuers"))?;
-    let (hsm, keys) = open_hsm(&dir)?;
+    let (hsm, keys) = open_hsm(dir)?;
     let clock: Arc<dyn issuer_sim::Clock> = Arc::new(issuer_sim::SystemClock);
 
     // Issuers, each on its own loopback port with a file ledger.
@@ -292,9 +319,9 @@ async fn run_async(args: DemoArgs) -> CliResult {
     }
 
     // The journal, provisioned with merchants and terminals on first run.
-    let store = Arc::new(SqliteStore::open(&SqliteConfig::new(
-        dir.join("switch.db"),
-    ))?);
+    let mut store_config = SqliteConfig::new(dir.join("switch.db"));
+    store_config.synchronous = options.synchronous;
+    let store = Arc::new(SqliteStore::open(&store_config)?);
     if store.terminals()?.is_empty() {
         let mut records: Vec<Record> = MERCHANTS
             .iter()
@@ -320,8 +347,9 @@ async fn run_async(args: DemoArgs) -> CliResult {
         }
         store.submit(records)?.await?;
     }
+    let extra = provision_extra(&hsm, &store, options.extra_terminals).await?;
 
-    let mut config = SwitchConfig::new(SocketAddr::new(args.listen, args.terminal_port));
+    let mut config = SwitchConfig::new(options.listen);
     config.issuers = endpoints;
     config.default_issuer = Some(FOREIGN_ISSUER.to_owned());
     let switch = Switch::start(
@@ -340,36 +368,141 @@ async fn run_async(args: DemoArgs) -> CliResult {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    let host = options.listen.ip().to_string();
+    let fixture_of = |tid: &str, merchant: usize, scheme: KeyScheme, mac: MacAlgorithm, traffic| {
+        let m = MERCHANTS.get(merchant).copied().unwrap_or_default();
+        Ok(TerminalFixture {
+            tid: tid.to_owned(),
+            mid: m.0.to_owned(),
+            merchant: m.1.to_owned(),
+            tmk: demo_key_hex(&format!("tmk/{tid}"))?,
+            key_scheme: scheme.code().to_owned(),
+            mac: mac.as_str().to_owned(),
+            host: host.clone(),
+            port: addr.port(),
+            traffic,
+        })
+    };
+    let terminals: Vec<TerminalFixture> = TERMINALS
+        .iter()
+        .map(|(tid, merchant, scheme, mac, traffic)| {
+            fixture_of(tid, *merchant, *scheme, *mac, *traffic)
+        })
+        .collect::<Result<_, paycrypto::RandomError>>()?;
+    let extra_terminals: Vec<TerminalFixture> = extra
+        .iter()
+        .map(|tid| fixture_of(tid, 0, EXTRA_SCHEME, EXTRA_MAC, false))
+        .collect::<Result<_, paycrypto::RandomError>>()?;
+    let fixtures = Fixtures {
+        host: host.clone(),
+        port: addr.port(),
+        http_port: 0,
+        terminals,
+        cards,
+        issuers: issuer_fixtures,
+    };
+    Ok(DemoEnv {
+        switch,
+        store,
+        hsm,
+        fixtures,
+        extra_terminals,
+        issuers,
+        dir: dir.to_path_buf(),
+    })
+}
+
+const EXTRA_SCHEME: KeyScheme = KeyScheme::Double;
+const EXTRA_MAC: MacAlgorithm = MacAlgorithm::X919;
+
+/// Imports the extra terminals' keys and provisions them; returns their TIDs.
+async fn provision_extra(
+    hsm: &SoftHsm,
+    store: &SqliteStore,
+    count: usize,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let mut tids = Vec::new();
+    let mut records = Vec::new();
+    for i in 0..count {
+        let tid = format!("3{:07}", i + 1);
+        if store.terminal(&tid)?.is_some() {
+            return Err(format!("terminal {tid} already provisioned: use a fresh data dir").into());
+        }
+        let tmk = hsm.import_key(
+            KeyUsage::Tmk,
+            EXTRA_SCHEME.tmk_algorithm(),
+            &demo_key_hex(&format!("tmk/{tid}"))?,
+        )?;
+        records.push(switch::terminal_record(&TerminalSpec {
+            tid: tid.clone(),
+            mid: MERCHANTS
+                .first()
+                .map(|m| m.0)
+                .unwrap_or_default()
+                .to_owned(),
+            tmk,
+            scheme: EXTRA_SCHEME,
+            mac: EXTRA_MAC,
+            batch_no: 1,
+        }));
+        tids.push(tid);
+    }
+    if !records.is_empty() {
+        store.submit(records)?.await?;
+    }
+    Ok(tids)
+}
+
+impl DemoEnv {
+    /// Stops the switch and the issuers, letting pending reversals drain first, and saves the
+    /// HSM's keys.
+    pub async fn stop(self) -> CliResult {
+        // Give store and forward a moment to deliver reversals just queued, so a clean stop
+        // leaves nothing in doubt; whatever remains is resent on the next start.
+        let deadline = tokio::time::Instant::now() + SAF_DRAIN;
+        while tokio::time::Instant::now() < deadline
+            && !self
+                .store
+                .reversals_in_state(store::SafState::Pending)?
+                .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.switch.shutdown().await;
+        for running in self.issuers {
+            running.server.shutdown().await;
+            let issuer = running.issuer;
+            tokio::task::spawn_blocking(move || issuer.close()).await??;
+        }
+        std::fs::write(self.dir.join("hsm.store"), self.hsm.export_store()?)?;
+        let store = self.store;
+        tokio::task::spawn_blocking(move || store.close()).await?;
+        Ok(())
+    }
+}
+
+async fn run_async(args: DemoArgs) -> CliResult {
+    let dir = args.data_dir.clone();
+    let env = start_env(
+        &dir,
+        &EnvOptions {
+            listen: SocketAddr::new(args.listen, args.terminal_port),
+            synchronous: Synchronous::Full,
+            extra_terminals: 0,
+        },
+    )
+    .await?;
+    let addr = env.switch.local_addr();
+
     let (stop, stop_rx) = watch::channel(false);
     let http = tokio::net::TcpListener::bind((args.listen, args.http_port)).await?;
     let http_port = http.local_addr()?.port();
     let http_task = tokio::spawn(serve_health(http, stop_rx.clone()));
 
     let host = args.listen.to_string();
-    let terminals: Vec<TerminalFixture> = TERMINALS
-        .iter()
-        .map(|(tid, merchant, scheme, mac, traffic)| {
-            let m = MERCHANTS.get(*merchant).copied().unwrap_or_default();
-            Ok(TerminalFixture {
-                tid: (*tid).to_owned(),
-                mid: m.0.to_owned(),
-                merchant: m.1.to_owned(),
-                tmk: demo_key_hex(&format!("tmk/{tid}"))?,
-                key_scheme: scheme.code().to_owned(),
-                mac: mac.as_str().to_owned(),
-                host: host.clone(),
-                port: addr.port(),
-                traffic: *traffic,
-            })
-        })
-        .collect::<Result<_, paycrypto::RandomError>>()?;
     let fixtures = Fixtures {
-        host: host.clone(),
-        port: addr.port(),
         http_port,
-        terminals,
-        cards,
-        issuers: issuer_fixtures,
+        ..env.fixtures.clone()
     };
     crate::fixtures::save(&dir, &fixtures)?;
 
@@ -408,24 +541,7 @@ async fn run_async(args: DemoArgs) -> CliResult {
         let _ = task.await;
     }
     let _ = http_task.await;
-    // Give store and forward a moment to deliver reversals the traffic just queued, so a clean
-    // stop leaves nothing in doubt; whatever remains is resent on the next start.
-    let deadline = tokio::time::Instant::now() + SAF_DRAIN;
-    while tokio::time::Instant::now() < deadline
-        && !store
-            .reversals_in_state(store::SafState::Pending)?
-            .is_empty()
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    switch.shutdown().await;
-    for running in issuers {
-        running.server.shutdown().await;
-        let issuer = running.issuer;
-        tokio::task::spawn_blocking(move || issuer.close()).await??;
-    }
-    std::fs::write(dir.join("hsm.store"), hsm.export_store()?)?;
-    tokio::task::spawn_blocking(move || store.close()).await?;
+    env.stop().await?;
     println!("stopped");
     Ok(())
 }

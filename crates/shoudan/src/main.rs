@@ -2,6 +2,7 @@
 //! Each command family lives in its own module; this file only wires them to clap.
 
 mod audit;
+mod bench;
 mod crypto_cmd;
 mod demo;
 mod explain_cmd;
@@ -49,6 +50,9 @@ enum Command {
     Terminal(terminal_cmd::TerminalArgs),
     /// Compare the issuers' ledgers with the journal; exit 1 if anything is in doubt.
     Audit(audit::AuditArgs),
+    /// Load: purchases from signed-in terminals, a loopback echo ceiling, and their ratio.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Fixtures(args) => fixtures::run(args),
         Command::Terminal(args) => terminal_cmd::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
         Command::Audit(args) => match audit::run(args) {
             Ok(code) => return code,
             Err(err) => Err(err),

@@ -1,0 +1,603 @@
+//! `shoudan bench`: a load generator of signed-in terminals (real PIN blocks and MACs) against the
+//! switch, the same generator against a bare loopback echo server, and the ratio of the two.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+use store::Synchronous;
+use terminal::{Card, Request, Terminal, TerminalError, TxnType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::CliResult;
+use crate::demo::{EnvOptions, start_env};
+use crate::fixtures::{self, CardFixture, TerminalFixture};
+use crate::terminal_cmd::{config_of, load_stan, save_stan};
+
+/// Latencies above this are recorded as this (an answer later than a minute is an error anyway).
+const LATENCY_MAX_US: u64 = 60_000_000;
+/// Bytes of the echo payload: about the size of a purchase request with PIN and MAC.
+const ECHO_PAYLOAD: usize = 160;
+/// Purchases are for one fen so healthy balances last through any run.
+const AMOUNT_FEN: u64 = 1;
+
+#[derive(clap::Subcommand)]
+pub enum BenchCmd {
+    /// Purchases with healthy cards from signed-in terminals, against an in-process demo
+    /// environment (or a running demo with --target).
+    Auth(AuthArgs),
+    /// The same generator against a length-framed echo server on loopback: the ceiling.
+    Echo(EchoArgs),
+    /// `bench auth` then `bench echo`, and the ratio of their throughputs.
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args)]
+pub struct AuthArgs {
+    /// Terminals, each on its own connection; closed loop unless --rate is given.
+    #[arg(long, default_value_t = 16)]
+    pub terminals: usize,
+    /// Open loop: requests per second in total, on a fixed schedule; latency counts from the
+    /// scheduled time, so a stalled switch is not hidden by a generator that waited for it.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// How long to send, e.g. 10s, 500ms, 1m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// A running demo's switch; needs --data-dir for its fixtures.
+    #[arg(long, requires = "data_dir")]
+    pub target: Option<SocketAddr>,
+    /// The running demo's data dir (with --target).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// In-process only: commit the journal without fsync (SQLite synchronous=NORMAL).
+    #[arg(long)]
+    pub no_journal: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct EchoArgs {
+    #[arg(long, default_value_t = 16)]
+    pub terminals: usize,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    #[arg(long, default_value_t = 16)]
+    pub terminals: usize,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `10s`, `500ms`, `2m` or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("bad duration {text:?}: expected e.g. 10s, 500ms, 1m");
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(bad()),
+    };
+    if !(seconds.is_finite() && seconds > 0.0 && seconds < 86_400.0) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// One worker's (or the merged) results.
+struct Stats {
+    latency: Histogram<u64>,
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    fn new() -> Result<Stats, hdrhistogram::CreationError> {
+        Ok(Stats {
+            latency: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)?,
+            ok: 0,
+            errors: BTreeMap::new(),
+        })
+    }
+
+    fn record(&mut self, since: Instant) {
+        let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(LATENCY_MAX_US);
+        self.latency.saturating_record(us.clamp(1, LATENCY_MAX_US));
+    }
+
+    fn error(&mut self, kind: String) {
+        *self.errors.entry(kind).or_default() += 1;
+    }
+
+    fn merge(&mut self, other: Stats) -> Result<(), hdrhistogram::AdditionError> {
+        self.latency.add(&other.latency)?;
+        self.ok += other.ok;
+        for (kind, n) in other.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+        Ok(())
+    }
+
+    fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// What one run measured.
+struct Report {
+    mode: &'static str,
+    terminals: usize,
+    elapsed: Duration,
+    stats: Stats,
+    journal: Option<&'static str>,
+}
+
+impl Report {
+    fn tps(&self) -> f64 {
+        self.stats.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let h = &self.stats.latency;
+        let empty = h.is_empty();
+        let q = |q: f64| (!empty).then(|| h.value_at_quantile(q));
+        json!({
+            "mode": self.mode,
+            "terminals": self.terminals,
+            "duration_s": self.elapsed.as_secs_f64(),
+            "ok": self.stats.ok,
+            "tps": self.tps(),
+            "p50_us": q(0.5),
+            "p99_us": q(0.99),
+            "p999_us": q(0.999),
+            "max_us": (!empty).then(|| h.max()),
+            // The switch's timeline keeps issuer sent/answered times in milliseconds: too
+            // coarse to subtract from sub-millisecond client latencies, so not reported.
+            "switch_p99_us": serde_json::Value::Null,
+            "errors": self.stats.error_count(),
+            "errors_by_kind": self.stats.errors,
+            "journal": self.journal,
+        })
+    }
+
+    fn print(&self) {
+        let h = &self.stats.latency;
+        println!(
+            "bench {}: {} terminals, {:.1}s",
+            self.mode,
+            self.terminals,
+            self.elapsed.as_secs_f64()
+        );
+        if let Some(journal) = self.journal {
+            println!("  journal          {journal}");
+        }
+        println!("  answered         {}", self.stats.ok);
+        println!("  throughput       {:.0}/s", self.tps());
+        if !h.is_empty() {
+            println!(
+                "  latency          p50 {}us  p99 {}us  p99.9 {}us  max {}us",
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max()
+            );
+        }
+        if self.mode == "auth" {
+            println!(
+                "  switch-added     unavailable (the timeline's issuer times are in whole ms)"
+            );
+        }
+        println!("  errors           {}", self.stats.error_count());
+        for (kind, n) in &self.stats.errors {
+            println!("    {kind:<14} {n}");
+        }
+    }
+}
+
+pub fn run(cmd: BenchCmd) -> CliResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cmd {
+            BenchCmd::Auth(args) => {
+                let json = args.json;
+                output(&auth(args).await?, json);
+            }
+            BenchCmd::Echo(args) => {
+                output(&echo(args.terminals, args.duration).await?, args.json);
+            }
+            BenchCmd::Compare(args) => compare(args).await?,
+        }
+        Ok(())
+    })
+}
+
+fn output(report: &Report, json: bool) {
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        report.print();
+    }
+}
+
+async fn compare(args: CompareArgs) -> CliResult {
+    let auth_report = auth(AuthArgs {
+        terminals: args.terminals,
+        rate: None,
+        duration: args.duration,
+        target: None,
+        data_dir: None,
+        no_journal: false,
+        json: args.json,
+    })
+    .await?;
+    let echo_report = echo(args.terminals, args.duration).await?;
+    let (auth_tps, echo_tps) = (auth_report.tps(), echo_report.tps());
+    let ratio = if echo_tps > 0.0 {
+        auth_tps / echo_tps
+    } else {
+        0.0
+    };
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "auth_tps": auth_tps,
+                "echo_tps": echo_tps,
+                "ratio": ratio,
+                "auth": auth_report.to_json(),
+                "echo": echo_report.to_json(),
+            })
+        );
+    } else {
+        auth_report.print();
+        echo_report.print();
+        println!("ratio auth/echo  {ratio:.3}");
+    }
+    Ok(())
+}
+
+async fn auth(args: AuthArgs) -> Result<Report, Box<dyn std::error::Error>> {
+    if args.terminals == 0 {
+        return Err("--terminals must be at least 1".into());
+    }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        return Err("--rate must be positive".into());
+    }
+    match (&args.target, &args.data_dir) {
+        (Some(target), Some(dir)) => {
+            let fixtures = fixtures::load(dir)?;
+            // Two connections with one TID would fight over trace numbers; the traffic
+            // terminals may be in use by the demo's own background traffic.
+            let terminals: Vec<TerminalFixture> = fixtures
+                .terminals
+                .iter()
+                .filter(|t| !t.traffic)
+                .take(args.terminals)
+                .map(|t| TerminalFixture {
+                    host: target.ip().to_string(),
+                    port: target.port(),
+                    ..t.clone()
+                })
+                .collect();
+            if terminals.len() < args.terminals {
+                eprintln!(
+                    "note: the running demo has {} free terminals; using those",
+                    terminals.len()
+                );
+            }
+            let stans = terminals
+                .iter()
+                .map(|t| load_stan(dir, &t.tid))
+                .collect::<Vec<_>>();
+            let (report, next) = drive(&args, terminals.clone(), stans, &fixtures.cards).await?;
+            for (t, stan) in terminals.iter().zip(next) {
+                save_stan(dir, &t.tid, stan)?;
+            }
+            Ok(Report {
+                journal: None,
+                ..report
+            })
+        }
+        (Some(_), None) => Err("--target needs --data-dir".into()),
+        (None, _) => {
+            let dir = tempfile::tempdir()?;
+            let env = start_env(
+                dir.path(),
+                &EnvOptions {
+                    listen: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
+                    synchronous: if args.no_journal {
+                        Synchronous::Normal
+                    } else {
+                        Synchronous::Full
+                    },
+                    extra_terminals: args.terminals,
+                },
+            )
+            .await?;
+            let stans = vec![1; env.extra_terminals.len()];
+            let result = drive(
+                &args,
+                env.extra_terminals.clone(),
+                stans,
+                &env.fixtures.cards,
+            )
+            .await;
+            env.stop().await?;
+            let (report, _) = result?;
+            Ok(Report {
+                journal: Some(if args.no_journal {
+                    "sqlite synchronous=NORMAL (no fsync per commit)"
+                } else {
+                    "sqlite synchronous=FULL (fsync per group commit)"
+                }),
+                ..report
+            })
+        }
+    }
+}
+
+/// Runs the terminals; returns the report and each terminal's next STAN.
+async fn drive(
+    args: &AuthArgs,
+    terminals: Vec<TerminalFixture>,
+    stans: Vec<u32>,
+    cards: &[CardFixture],
+) -> Result<(Report, Vec<u32>), Box<dyn std::error::Error>> {
+    let healthy: Vec<Card> = cards
+        .iter()
+        .filter(|c| c.label == "healthy" && c.purchase_code == "00")
+        .map(|c| {
+            Ok(Card {
+                pan: c.pan.parse()?,
+                expiry: Some(c.expiry.clone()),
+                pin: Some(zeroize::Zeroizing::new(c.pin.clone())),
+            })
+        })
+        .collect::<Result<_, Box<dyn std::error::Error>>>()?;
+    if healthy.is_empty() {
+        return Err("no healthy cards in the fixtures".into());
+    }
+    let count = terminals.len().max(1);
+    // Open loop: each terminal sends every `count / rate` seconds, staggered.
+    let interval = args.rate.map(|r| Duration::from_secs_f64(count as f64 / r));
+    // Sign everyone in before the clock starts, so the run measures purchases only.
+    let mut sessions = Vec::new();
+    for (fixture, stan) in terminals.iter().zip(stans) {
+        let mut t = Terminal::connect(config_of(fixture, stan)?).await?;
+        t.sign_in().await?;
+        sessions.push(t);
+    }
+    let start = Instant::now();
+    let deadline = start + args.duration;
+    let mut tasks = Vec::new();
+    for (i, t) in sessions.into_iter().enumerate() {
+        let cards = healthy.clone();
+        let offset = interval.map(|iv| iv.mul_f64(i as f64 / count as f64));
+        tasks.push(tokio::spawn(worker(
+            t, cards, i, start, deadline, interval, offset,
+        )));
+    }
+    let mut total = Stats::new()?;
+    let mut next_stans = Vec::new();
+    for task in tasks {
+        let (stats, next) = task.await??;
+        total.merge(stats)?;
+        next_stans.push(next);
+    }
+    Ok((
+        Report {
+            mode: "auth",
+            terminals: count,
+            elapsed: start.elapsed(),
+            stats: total,
+            journal: None,
+        },
+        next_stans,
+    ))
+}
+
+type WorkerResult = Result<(Stats, u32), hdrhistogram::CreationError>;
+
+async fn worker(
+    mut t: Terminal,
+    cards: Vec<Card>,
+    index: usize,
+    start: Instant,
+    deadline: Instant,
+    interval: Option<Duration>,
+    offset: Option<Duration>,
+) -> WorkerResult {
+    let mut stats = Stats::new()?;
+    let mut sent: u32 = 0;
+    loop {
+        let scheduled = match (interval, offset) {
+            (Some(iv), Some(off)) => {
+                let at = start + off + iv * sent;
+                tokio::time::sleep_until(at.into()).await;
+                at
+            }
+            _ => Instant::now(),
+        };
+        if scheduled >= deadline {
+            break;
+        }
+        let card_index = (index + usize::try_from(sent).unwrap_or(0)) % cards.len().max(1);
+        let Some(card) = cards.get(card_index) else {
+            break;
+        };
+        let request = Request {
+            txn: TxnType::Purchase,
+            card: card.clone(),
+            amount: AMOUNT_FEN,
+            original: None,
+        };
+        sent = sent.saturating_add(1);
+        match t.transact(&request).await {
+            Ok(response) if response.approved() => {
+                stats.record(scheduled);
+                stats.ok += 1;
+            }
+            Ok(response) => {
+                stats.record(scheduled);
+                stats.error(format!("code {}", response.code));
+            }
+            Err(error) => {
+                let kind = match error {
+                    TerminalError::Timeout(_) => "timeout",
+                    TerminalError::ResponseMac | TerminalError::Mac(_) => "mac",
+                    _ => "connection",
+                };
+                stats.error(kind.to_owned());
+                // The connection's state is unknown after a failure: stop this terminal
+                // rather than count a storm of follow-on errors.
+                break;
+            }
+        }
+    }
+    Ok((stats, t.next_stan()))
+}
+
+/// The generator against a bare echo server: each connection sends a length-framed payload of
+/// a purchase's size and waits for it back.
+async fn echo(terminals: usize, duration: Duration) -> Result<Report, Box<dyn std::error::Error>> {
+    if terminals == 0 {
+        return Err("--terminals must be at least 1".into());
+    }
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(echo_connection(stream));
+        }
+    });
+    let mut streams = Vec::new();
+    for _ in 0..terminals {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        streams.push(stream);
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for stream in streams {
+        tasks.push(tokio::spawn(echo_client(stream, deadline)));
+    }
+    let mut total = Stats::new()?;
+    for task in tasks {
+        total.merge(task.await??)?;
+    }
+    let elapsed = start.elapsed();
+    server.abort();
+    Ok(Report {
+        mode: "echo",
+        terminals,
+        elapsed,
+        stats: total,
+        journal: None,
+    })
+}
+
+async fn echo_connection(mut stream: tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = vec![0u8; usize::from(u16::MAX)];
+    loop {
+        let mut len = [0u8; 2];
+        if stream.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let n = usize::from(u16::from_be_bytes(len));
+        let Some(body) = buf.get_mut(..n) else { return };
+        if stream.read_exact(body).await.is_err() {
+            return;
+        }
+        if stream.write_all(&len).await.is_err() || stream.write_all(body).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn echo_client(
+    mut stream: tokio::net::TcpStream,
+    deadline: Instant,
+) -> Result<Stats, hdrhistogram::CreationError> {
+    let mut stats = Stats::new()?;
+    let len = u16::try_from(ECHO_PAYLOAD).unwrap_or(u16::MAX);
+    let mut frame = len.to_be_bytes().to_vec();
+    frame.extend((0..ECHO_PAYLOAD).map(|i| (i % 251) as u8));
+    let mut answer = vec![0u8; frame.len()];
+    while Instant::now() < deadline {
+        let sent = Instant::now();
+        let round_trip = async {
+            stream.write_all(&frame).await?;
+            stream.read_exact(&mut answer).await?;
+            Ok::<_, std::io::Error>(())
+        };
+        match round_trip.await {
+            Ok(()) if answer == frame => {
+                stats.record(sent);
+                stats.ok += 1;
+            }
+            Ok(()) => {
+                stats.error("mismatch".to_owned());
+                break;
+            }
+            Err(_) => {
+                stats.error("connection".to_owned());
+                break;
+            }
+        }
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn stats_merge_counts_and_errors() {
+        let mut a = Stats::new().unwrap();
+        let mut b = Stats::new().unwrap();
+        a.ok = 2;
+        a.latency.record(100).unwrap();
+        b.ok = 3;
+        b.latency.record(300).unwrap();
+        b.error("code 51".to_owned());
+        b.error("code 51".to_owned());
+        a.merge(b).unwrap();
+        assert_eq!(a.ok, 5);
+        assert_eq!(a.latency.len(), 2);
+        assert_eq!(a.error_count(), 2);
+        assert_eq!(a.errors.get("code 51"), Some(&2));
+    }
+}

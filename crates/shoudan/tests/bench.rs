@@ -1,0 +1,79 @@
+//! `shoudan bench` as child processes: a short closed-loop auth run against the in-process demo
+//! environment and an echo run, each checked for throughput, latency quantiles and no errors.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_shoudan");
+
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(BIN).arg("bench").args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench {args:?} failed: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("bench {args:?} printed no JSON ({e}): {stdout}"))
+}
+
+fn check_run(report: &Value, mode: &str) {
+    for key in [
+        "tps",
+        "p50_us",
+        "p99_us",
+        "p999_us",
+        "switch_p99_us",
+        "errors",
+    ] {
+        assert!(report.get(key).is_some(), "{mode}: no {key} in {report}");
+    }
+    assert_eq!(report["mode"], mode);
+    assert!(report["tps"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
+    let p50 = report["p50_us"].as_u64().unwrap();
+    let p99 = report["p99_us"].as_u64().unwrap();
+    let p999 = report["p999_us"].as_u64().unwrap();
+    assert!(0 < p50 && p50 <= p99 && p99 <= p999, "{report}");
+    // Every answered request was timed.
+    assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
+}
+
+#[test]
+fn auth_closed_loop_is_all_approvals() {
+    let report = bench(&["auth", "--terminals", "4", "--duration", "2s", "--json"]);
+    check_run(&report, "auth");
+    assert_eq!(report["terminals"], 4);
+    assert!(report["switch_p99_us"].is_null());
+}
+
+#[test]
+fn auth_open_loop_keeps_its_rate() {
+    let report = bench(&[
+        "auth",
+        "--terminals",
+        "2",
+        "--rate",
+        "50",
+        "--duration",
+        "2s",
+        "--no-journal",
+        "--json",
+    ]);
+    check_run(&report, "auth");
+    // 50/s for 2 s is 100 requests; the schedule allows neither many more nor many fewer.
+    let ok = report["ok"].as_u64().unwrap();
+    assert!((90..=102).contains(&ok), "{report}");
+}
+
+#[test]
+fn echo_answers_everything() {
+    let report = bench(&["echo", "--terminals", "4", "--duration", "1s", "--json"]);
+    check_run(&report, "echo");
+}
