@@ -1,8 +1,10 @@
 //! The acquiring domain without IO: money, card numbers and terminal identifiers, card types,
-//! the issuer directory, and the diagnosis knowledge base that explains every failure.
+//! civil dates, the issuer directory, and the diagnosis knowledge base that explains every
+//! failure.
 #![forbid(unsafe_code)]
 
 pub mod card;
+pub mod date;
 pub mod diagnosis;
 pub mod ids;
 pub mod issuer;

@@ -1,5 +1,6 @@
 //! The issuer's calendar: business days, card expiry months and a clock that tests can drive.
-//! Civil-date arithmetic is done here so the decision logic can count days without a date crate.
+//! Civil-date arithmetic comes from `domain::date`, so the decision logic counts days without a
+//! date crate.
 
 use std::fmt;
 use std::sync::Arc;
@@ -44,32 +45,15 @@ impl Date {
 
     /// Days since 1970-01-01 (negative before).
     pub fn days_since_epoch(self) -> i64 {
-        // Shift the year to start in March so the leap day is the last day of the shifted year.
-        let y = i64::from(self.year) - i64::from(self.month <= 2);
-        let era = y.div_euclid(400);
-        let yoe = y.rem_euclid(400);
-        let m = i64::from(self.month);
-        let mp = if m > 2 { m - 3 } else { m + 9 };
-        let doy = (153 * mp + 2) / 5 + i64::from(self.day) - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        era * 146_097 + doe - 719_468
+        domain::date::days_from_civil(i64::from(self.year), self.month, self.day)
     }
 
     pub fn from_days_since_epoch(days: i64) -> Self {
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        // The ranges above bound month to 1..=12 and day to 1..=31; the fallbacks are unreachable.
+        let (year, month, day) = domain::date::civil_from_days(days);
         Self {
             year: i32::try_from(year).unwrap_or(i32::MAX),
-            month: u8::try_from(month).unwrap_or(1),
-            day: u8::try_from(day).unwrap_or(1),
+            month,
+            day,
         }
     }
 
@@ -119,17 +103,8 @@ impl fmt::Display for Date {
     }
 }
 
-fn is_leap(year: i32) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
 fn days_in_month(year: i32, month: u8) -> u8 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
+    domain::date::days_in_month(i64::from(year), month)
 }
 
 /// A card's expiry month; the card is good through the last day of it.
