@@ -174,6 +174,18 @@ impl Core {
             .insert(terminal.tid.clone(), Arc::new(terminal));
     }
 
+    /// Writes a terminal's state change, then shows it: the in-memory terminal changes only once
+    /// the store holds the record, so a failed write leaves both as they were.
+    pub async fn commit_terminal(
+        &self,
+        record: Record,
+        updated: Terminal,
+    ) -> Result<(), StoreError> {
+        self.persist(vec![record]).await?;
+        self.replace_terminal(updated);
+        Ok(())
+    }
+
     /// Host trace numbers for issuer requests: six digits, never 0.
     pub fn next_trace(&self) -> u32 {
         self.trace.fetch_add(1, Ordering::Relaxed) % 999_999 + 1
@@ -208,6 +220,18 @@ impl Core {
     /// Writes records durably whatever the journal setting (terminal keys, reversal queue).
     pub async fn persist(&self, records: Vec<Record>) -> Result<(), StoreError> {
         self.store.submit(records)?.await
+    }
+
+    /// 96 when the host could not write what a request changes; sent without a MAC, as no
+    /// terminal is passed to `reply`.
+    pub fn system_error(&self, frame: &Frame<'_>) -> Option<Vec<u8>> {
+        self.reply(
+            frame,
+            None,
+            &Answer::code(RC_SYSTEM_ERROR),
+            None,
+            |_| Ok(()),
+        )
     }
 
     /// Builds the response to `frame`: echoed fields, host time, the answer's fields, then a
@@ -381,22 +405,6 @@ impl Core {
                 tdk: issued.tdk.map(handle_bytes),
             },
         };
-        if let Err(error) = self.persist(vec![record]).await {
-            tracing::warn!(tid = %terminal.tid, %error, "cannot record sign-in");
-            for handle in [Some(issued.pik), Some(issued.mak), issued.tdk]
-                .into_iter()
-                .flatten()
-            {
-                let _ = self.hsm.delete_key(handle);
-            }
-            return self.reply(
-                frame,
-                None,
-                &Answer::code(RC_SYSTEM_ERROR),
-                None,
-                |_| Ok(()),
-            );
-        }
         let previous = terminal.keys;
         let mut updated = (*terminal).clone();
         updated.batch_no = batch_no;
@@ -406,7 +414,16 @@ impl Core {
             mak: issued.mak,
             tdk: issued.tdk,
         });
-        self.replace_terminal(updated);
+        if let Err(error) = self.commit_terminal(record, updated).await {
+            tracing::warn!(tid = %terminal.tid, %error, "cannot record sign-in");
+            for handle in [Some(issued.pik), Some(issued.mak), issued.tdk]
+                .into_iter()
+                .flatten()
+            {
+                let _ = self.hsm.delete_key(handle);
+            }
+            return self.system_error(frame);
+        }
         if let Some(old) = previous {
             for handle in [Some(old.pik), Some(old.mak), old.tdk]
                 .into_iter()
@@ -443,18 +460,11 @@ impl Core {
         let record = Record::SignOff {
             tid: terminal.tid.clone(),
         };
-        if self.persist(vec![record]).await.is_err() {
-            return self.reply(
-                frame,
-                None,
-                &Answer::code(RC_SYSTEM_ERROR),
-                None,
-                |_| Ok(()),
-            );
-        }
         let mut updated = (*terminal).clone();
         updated.keys = None;
-        self.replace_terminal(updated);
+        if self.commit_terminal(record, updated).await.is_err() {
+            return self.system_error(frame);
+        }
         self.reply(frame, None, &Answer::code(RC_APPROVED), None, |_| Ok(()))
     }
 

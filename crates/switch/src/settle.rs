@@ -6,7 +6,7 @@ use std::sync::Arc;
 use iso8583::{Frame, SettleResult, SettlementTotals, Totals};
 use store::{Record, TxnKind, TxnState};
 
-use crate::core::{Core, RC_APPROVED, RC_NOT_REGISTERED, RC_SYSTEM_ERROR};
+use crate::core::{Core, RC_APPROVED, RC_NOT_REGISTERED};
 use crate::ledger::Answer;
 
 impl Core {
@@ -87,18 +87,11 @@ impl Core {
             tid: terminal.tid.clone(),
             batch_no: next,
         };
-        if self.persist(vec![record]).await.is_err() {
-            return self.reply(
-                frame,
-                None,
-                &Answer::code(RC_SYSTEM_ERROR),
-                None,
-                |_| Ok(()),
-            );
-        }
         let mut updated = (*terminal).clone();
         updated.batch_no = next;
-        self.replace_terminal(updated);
+        if self.commit_terminal(record, updated).await.is_err() {
+            return self.system_error(frame);
+        }
         tracing::info!(tid = %terminal.tid, batch_no, balanced, "settled");
         self.reply(frame, None, &Answer::code(RC_APPROVED), None, |out| {
             out.set_composed(&ours)?;
