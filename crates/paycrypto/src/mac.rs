@@ -137,15 +137,22 @@ fn xor_into(acc: &mut [u8], other: &[u8]) {
 
 /// "CUP ECB" MAC (see the module note).
 pub fn cup_ecb(key: &DesKey, data: &[u8]) -> [u8; MAC_LEN] {
-    let folded: [u8; 8] = xor_fold(data);
-    let (left, right) = folded.split_at(4);
-    let mut block = [0u8; 8];
-    let mut right_hex = [0u8; 8];
+    hex_halves_mac::<8>(data, |block| key.encrypt_block(block))
+}
+
+/// The construction CUP ECB and SM4 fold share, over an `N`-byte block cipher: XOR-fold the
+/// data, hex-encode the two halves, encrypt the left, XOR the right, encrypt again, and send
+/// the hex of the first 4 bytes.
+fn hex_halves_mac<const N: usize>(data: &[u8], encrypt: impl Fn(&mut [u8; N])) -> [u8; MAC_LEN] {
+    let folded: [u8; N] = xor_fold(data);
+    let (left, right) = folded.split_at(N / 2);
+    let mut block = [0u8; N];
+    let mut right_hex = [0u8; N];
     hex::encode_into(left, &mut block);
     hex::encode_into(right, &mut right_hex);
-    key.encrypt_block(&mut block);
+    encrypt(&mut block);
     xor_into(&mut block, &right_hex);
-    key.encrypt_block(&mut block);
+    encrypt(&mut block);
     let mut mac = [0u8; MAC_LEN];
     hex::encode_into(block.get(..4).unwrap_or_default(), &mut mac);
     mac
@@ -169,18 +176,7 @@ pub fn x919(key: &DesKey, data: &[u8]) -> [u8; MAC_LEN] {
 
 /// SM4 fold MAC (see the module note).
 pub fn sm4_fold(key: &Sm4Key, data: &[u8]) -> [u8; MAC_LEN] {
-    let folded: [u8; 16] = xor_fold(data);
-    let (left, right) = folded.split_at(8);
-    let mut block = [0u8; 16];
-    let mut right_hex = [0u8; 16];
-    hex::encode_into(left, &mut block);
-    hex::encode_into(right, &mut right_hex);
-    key.encrypt_block(&mut block);
-    xor_into(&mut block, &right_hex);
-    key.encrypt_block(&mut block);
-    let mut mac = [0u8; MAC_LEN];
-    hex::encode_into(block.get(..4).unwrap_or_default(), &mut mac);
-    mac
+    hex_halves_mac::<16>(data, |block| key.encrypt_block(block))
 }
 
 #[cfg(test)]
