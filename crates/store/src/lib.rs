@@ -13,6 +13,7 @@
 mod error;
 mod model;
 mod pending;
+pub mod resolve;
 pub mod schema;
 mod sqlite;
 
@@ -59,4 +60,33 @@ pub trait Store: Send + Sync + 'static {
     fn events(&self, txn_id: i64) -> Result<Vec<EventRow>, StoreError>;
     fn reversal(&self, txn_id: i64) -> Result<Option<SafItem>, StoreError>;
     fn reversals_in_state(&self, state: SafState) -> Result<Vec<SafItem>, StoreError>;
+
+    // --- resolve (issue 4): payer lookup, journal tailing, cases, outbox, back office
+    /// Transactions of one card (its keyed fingerprint), oldest first.
+    fn txns_by_fingerprint(&self, fingerprint: &[u8]) -> Result<Vec<TxnRow>, StoreError>;
+    /// A merchant's transactions received in `[from_ms, to_ms)`, oldest first.
+    fn txns_of_merchant(
+        &self,
+        mid: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<TxnRow>, StoreError>;
+    /// Rows whose `original_id` is `id`: its voids, refunds, completions and reversal.
+    fn txns_linked_to(&self, id: i64) -> Result<Vec<TxnRow>, StoreError>;
+    /// Timeline events at or after `at_ms`, oldest first, at most `limit`.
+    fn events_since(&self, at_ms: i64, limit: u32) -> Result<Vec<EventRow>, StoreError>;
+    fn case(&self, id: i64) -> Result<Option<resolve::CaseRow>, StoreError>;
+    fn cases_of_merchant(&self, mid: &str) -> Result<Vec<resolve::CaseRow>, StoreError>;
+    fn case_entries(&self, case_id: i64) -> Result<Vec<resolve::CaseEntryRow>, StoreError>;
+    fn webhook_endpoint(
+        &self,
+        mid: &str,
+    ) -> Result<Option<resolve::WebhookEndpointRow>, StoreError>;
+    /// Pending notifications due at `now_ms`, oldest first.
+    fn outbox_due(&self, now_ms: i64, limit: u32) -> Result<Vec<resolve::OutboxRow>, StoreError>;
+    fn outbox_of_merchant(&self, mid: &str) -> Result<Vec<resolve::OutboxRow>, StoreError>;
+    fn webhook_deliveries(&self, outbox_id: i64) -> Result<Vec<resolve::DeliveryRow>, StoreError>;
+    fn backoffice_key(&self, key: &str) -> Result<Option<resolve::BackOfficeKeyRow>, StoreError>;
+    fn duplicates_of_merchant(&self, mid: &str) -> Result<Vec<resolve::DuplicateRow>, StoreError>;
+    fn resolve_cursor(&self, name: &str) -> Result<Option<i64>, StoreError>;
 }

@@ -296,6 +296,8 @@ pub enum Record {
         state: SafState,
         at_ms: i64,
     },
+    /// Cases, outbox, webhooks, back-office keys, duplicate flags (store/src/resolve.rs).
+    Resolve(crate::resolve::ResolveRecord),
 }
 
 impl fmt::Debug for WrappedKeys {

@@ -22,10 +22,11 @@ pub const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations
     applied_at_ms BIGINT NOT NULL
 )";
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "merchants, terminals, transactions, events, reversal queue, counters",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "merchants, terminals, transactions, events, reversal queue, counters",
+        sql: "
 CREATE TABLE merchants (
     mid TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -106,7 +107,98 @@ CREATE TABLE counters (
     next_value BIGINT NOT NULL
 );
 ",
-}];
+    },
+    Migration {
+        version: 3,
+        name: "resolve: cases, outbox, webhook deliveries, back-office refunds, duplicate flags",
+        sql: "
+CREATE TABLE cases (
+    id BIGINT PRIMARY KEY,
+    mid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    txn_id BIGINT,
+    title TEXT NOT NULL,
+    assignee TEXT,
+    due_at_ms BIGINT,
+    refund_fen BIGINT,
+    approved_by TEXT,
+    refund_txn_id BIGINT,
+    refund_rrn TEXT,
+    refund_code TEXT,
+    resolution TEXT,
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL,
+    version BIGINT NOT NULL
+);
+CREATE INDEX cases_mid ON cases (mid, state);
+CREATE TABLE case_entries (
+    case_id BIGINT NOT NULL REFERENCES cases (id),
+    seq BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    who TEXT NOT NULL,
+    text TEXT NOT NULL,
+    attachments TEXT NOT NULL,
+    PRIMARY KEY (case_id, seq)
+);
+CREATE TABLE webhook_endpoints (
+    mid TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    secret_sealed BYTES NOT NULL,
+    active BOOLEAN NOT NULL
+);
+CREATE TABLE outbox (
+    id BIGINT PRIMARY KEY,
+    mid TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    dedup_key TEXT NOT NULL UNIQUE,
+    created_at_ms BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    next_attempt_ms BIGINT NOT NULL,
+    delivered_at_ms BIGINT
+);
+CREATE INDEX outbox_due ON outbox (state, next_attempt_ms);
+CREATE INDEX outbox_mid ON outbox (mid, id);
+CREATE TABLE webhook_deliveries (
+    outbox_id BIGINT NOT NULL REFERENCES outbox (id),
+    attempt BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    url TEXT NOT NULL,
+    status BIGINT,
+    error TEXT,
+    duration_ms BIGINT NOT NULL,
+    PRIMARY KEY (outbox_id, attempt)
+);
+CREATE TABLE backoffice_refunds (
+    idempotency_key TEXT PRIMARY KEY,
+    original_rrn TEXT NOT NULL,
+    amount_fen BIGINT NOT NULL,
+    tid TEXT NOT NULL,
+    batch_no BIGINT NOT NULL,
+    stan BIGINT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE duplicate_flags (
+    first_txn_id BIGINT NOT NULL,
+    second_txn_id BIGINT PRIMARY KEY,
+    mid TEXT NOT NULL,
+    amount_fen BIGINT NOT NULL,
+    gap_ms BIGINT NOT NULL,
+    flagged_at_ms BIGINT NOT NULL
+);
+CREATE INDEX duplicate_flags_mid ON duplicate_flags (mid);
+CREATE TABLE resolve_cursors (
+    name TEXT PRIMARY KEY,
+    position BIGINT NOT NULL
+);
+CREATE INDEX transactions_fingerprint ON transactions (pan_fingerprint);
+CREATE INDEX transactions_mid_received ON transactions (mid, received_at_ms);
+CREATE INDEX transactions_original ON transactions (original_id);
+",
+    },
+];
 
 /// The newest schema version this build knows.
 pub fn latest_version() -> i64 {

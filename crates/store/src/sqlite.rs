@@ -24,6 +24,9 @@ use crate::model::{
 use crate::pending::{Durable, Pending};
 use crate::schema;
 
+#[path = "sqlite_resolve.rs"]
+mod sqlite_resolve;
+
 /// Submissions that may wait for the writer; beyond this `submit` fails with `QueueFull`.
 pub const WRITE_QUEUE_MAX: usize = 65_536;
 /// Submissions committed in one transaction at most; bounds a commit's latency and memory.
@@ -363,6 +366,59 @@ impl Store for SqliteStore {
 
     fn reversals_in_state(&self, state: SafState) -> Result<Vec<SafItem>, StoreError> {
         self.safs_where("state = ?1 ORDER BY next_attempt_ms", &[&state])
+    }
+
+    // --- resolve (in sqlite_resolve.rs)
+    fn txns_by_fingerprint(&self, fingerprint: &[u8]) -> Result<Vec<TxnRow>, StoreError> {
+        self.resolve_txns_by_fingerprint(fingerprint)
+    }
+    fn txns_of_merchant(&self, mid: &str, from: i64, to: i64) -> Result<Vec<TxnRow>, StoreError> {
+        self.resolve_txns_of_merchant(mid, from, to)
+    }
+    fn txns_linked_to(&self, id: i64) -> Result<Vec<TxnRow>, StoreError> {
+        self.resolve_txns_linked_to(id)
+    }
+    fn events_since(&self, at_ms: i64, limit: u32) -> Result<Vec<EventRow>, StoreError> {
+        self.resolve_events_since(at_ms, limit)
+    }
+    fn case(&self, id: i64) -> Result<Option<crate::resolve::CaseRow>, StoreError> {
+        self.resolve_case(id)
+    }
+    fn cases_of_merchant(&self, mid: &str) -> Result<Vec<crate::resolve::CaseRow>, StoreError> {
+        self.resolve_cases_of_merchant(mid)
+    }
+    fn case_entries(&self, id: i64) -> Result<Vec<crate::resolve::CaseEntryRow>, StoreError> {
+        self.resolve_case_entries(id)
+    }
+    fn webhook_endpoint(
+        &self,
+        mid: &str,
+    ) -> Result<Option<crate::resolve::WebhookEndpointRow>, StoreError> {
+        self.resolve_endpoint(mid)
+    }
+    fn outbox_due(&self, now: i64, n: u32) -> Result<Vec<crate::resolve::OutboxRow>, StoreError> {
+        self.resolve_outbox_due(now, n)
+    }
+    fn outbox_of_merchant(&self, mid: &str) -> Result<Vec<crate::resolve::OutboxRow>, StoreError> {
+        self.resolve_outbox_of_merchant(mid)
+    }
+    fn webhook_deliveries(&self, id: i64) -> Result<Vec<crate::resolve::DeliveryRow>, StoreError> {
+        self.resolve_deliveries(id)
+    }
+    fn backoffice_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<crate::resolve::BackOfficeKeyRow>, StoreError> {
+        self.resolve_backoffice_key(key)
+    }
+    fn duplicates_of_merchant(
+        &self,
+        mid: &str,
+    ) -> Result<Vec<crate::resolve::DuplicateRow>, StoreError> {
+        self.resolve_duplicates_of_merchant(mid)
+    }
+    fn resolve_cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        self.resolve_cursor_position(name)
     }
 }
 
@@ -756,6 +812,7 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
                 .execute(params![txn_id, state, at_ms])?;
             expect_one(changed, "reversal")?;
         }
+        Record::Resolve(r) => sqlite_resolve::write(conn, r)?,
     }
     Ok(())
 }

@@ -1,0 +1,153 @@
+//! Rows and write records of the resolve area (issue 4): cases and their timelines, the
+//! notification outbox with its webhook delivery log, back-office refund keys, duplicate flags.
+//! Plain shapes only; the state machines that move them live in the `resolve` crate.
+
+/// A case: an issuer inquiry, a refund application or a dispute about one transaction.
+/// `version` increases by one on every update, so two operators cannot overwrite each other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaseRow {
+    pub id: i64,
+    pub mid: String,
+    /// `issuer_inquiry`, `refund_application` or `dispute`.
+    pub kind: String,
+    /// `open`, `waiting_issuer`, `waiting_merchant`, `resolved`, `rejected`, `escalated`.
+    pub state: String,
+    pub txn_id: Option<i64>,
+    pub title: String,
+    pub assignee: Option<String>,
+    pub due_at_ms: Option<i64>,
+    /// Amount asked for (refund applications).
+    pub refund_fen: Option<i64>,
+    /// The operator who approved the refund.
+    pub approved_by: Option<String>,
+    /// The back-office refund's journal id, RRN and response code once executed.
+    pub refund_txn_id: Option<i64>,
+    pub refund_rrn: Option<String>,
+    pub refund_code: Option<String>,
+    pub resolution: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub version: i64,
+}
+
+/// One line of a case's timeline: who said what, when, with attachments by reference.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaseEntryRow {
+    pub case_id: i64,
+    pub seq: i64,
+    pub at_ms: i64,
+    pub who: String,
+    pub text: String,
+    /// References to documents kept elsewhere (file names, ticket numbers), never contents.
+    pub attachments: Vec<String>,
+}
+
+/// Where a merchant wants its notifications, and the HMAC key they are signed with (sealed by
+/// the HSM: the database never holds it in clear).
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookEndpointRow {
+    pub mid: String,
+    pub url: String,
+    pub secret_sealed: Vec<u8>,
+    pub active: bool,
+}
+
+impl std::fmt::Debug for WebhookEndpointRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookEndpointRow")
+            .field("mid", &self.mid)
+            .field("url", &self.url)
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One notification waiting for (or done with) delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub mid: String,
+    /// `transaction.declined`, `reversal.done`, `refund.done`, `case.updated`,
+    /// `payout.failed`, `duplicate.suspected`.
+    pub event_type: String,
+    /// The JSON body sent as is.
+    pub payload: String,
+    /// Unique per event, so a producer that runs twice (the journal tailer after a restart)
+    /// enqueues once.
+    pub dedup_key: String,
+    pub created_at_ms: i64,
+    /// `pending`, `delivered`, `failed` (attempts exhausted) or `no_endpoint`.
+    pub state: String,
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
+    pub delivered_at_ms: Option<i64>,
+}
+
+/// One delivery attempt of an outbox item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryRow {
+    pub outbox_id: i64,
+    pub attempt: u32,
+    pub at_ms: i64,
+    pub url: String,
+    /// HTTP status, `None` when no response came back.
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// The terminal key a back-office refund runs under, claimed once per idempotency key: a
+/// retry with the same key finds it and replays the same request, so it never refunds twice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackOfficeKeyRow {
+    pub idempotency_key: String,
+    pub original_rrn: String,
+    pub amount_fen: i64,
+    pub tid: String,
+    pub batch_no: u32,
+    pub stan: u32,
+    pub created_at_ms: i64,
+}
+
+/// Two approved payments by the same card at the same merchant for the same amount, close
+/// together: the second is suspected to be a duplicate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DuplicateRow {
+    pub first_txn_id: i64,
+    pub second_txn_id: i64,
+    pub mid: String,
+    pub amount_fen: i64,
+    pub gap_ms: i64,
+    pub flagged_at_ms: i64,
+}
+
+/// Writes of the resolve area.
+#[derive(Clone, Debug)]
+pub enum ResolveRecord {
+    InsertCase(Box<CaseRow>),
+    /// Replaces a case whose stored version is `expected_version` (else a constraint error).
+    UpdateCase {
+        row: Box<CaseRow>,
+        expected_version: i64,
+    },
+    CaseEntry(CaseEntryRow),
+    UpsertEndpoint(WebhookEndpointRow),
+    /// Ignored when an item with the same `dedup_key` exists.
+    Enqueue(Box<OutboxRow>),
+    /// A delivery attempt and the item's new state.
+    Delivery {
+        log: DeliveryRow,
+        state: String,
+        next_attempt_ms: i64,
+        delivered_at_ms: Option<i64>,
+    },
+    /// Ignored when the key is already claimed (the first claim wins).
+    BackOfficeKey(BackOfficeKeyRow),
+    /// Ignored when the second transaction is already flagged.
+    Duplicate(DuplicateRow),
+    /// Where a tailing reader has got to.
+    Cursor {
+        name: String,
+        position: i64,
+    },
+}

@@ -1,0 +1,503 @@
+//! SQLite side of the resolve area: writes of [`ResolveRecord`], its reads, the journal reads
+//! payer lookup and the notification tailer need, and a read-only open for the CLI.
+//! A child of `sqlite`, so it shares the read connection pool and the row decoders.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use tokio::sync::mpsc;
+
+use super::{SqliteStore, TXN_COLUMNS, expect_one, txn_from_row};
+use crate::error::StoreError;
+use crate::model::{EventRow, TxnRow};
+use crate::resolve::{
+    BackOfficeKeyRow, CaseEntryRow, CaseRow, DeliveryRow, DuplicateRow, OutboxRow, ResolveRecord,
+    WebhookEndpointRow,
+};
+
+/// Rows one resolve query returns at most; callers page with narrower windows.
+pub(crate) const RESOLVE_ROWS_MAX: u32 = 10_000;
+
+/// Attachment references are stored one per line.
+const ATTACHMENT_SEPARATOR: char = '\n';
+
+impl SqliteStore {
+    /// Opens an existing database for reading only: no migration, no writer thread (every
+    /// write fails with `WriterGone`), connections with `query_only`. For `shoudan explain`
+    /// on a data dir that a running demo may be writing.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Backend {
+                message: format!("{}: no such database", path.display()),
+            });
+        }
+        let (sender, receiver) = mpsc::channel(1);
+        drop(receiver);
+        let store = SqliteStore {
+            path: path.to_path_buf(),
+            sender,
+            readers: Mutex::new(Vec::new()),
+            writer: Mutex::new(None),
+        };
+        // Fail now, not at the first query, when the file is not a database.
+        store.read(|conn| {
+            let _: i64 = conn.query_row("SELECT COUNT(*) FROM transactions", [], |r| r.get(0))?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+}
+
+pub(super) fn write(conn: &Connection, record: &ResolveRecord) -> Result<(), StoreError> {
+    match record {
+        ResolveRecord::InsertCase(c) => {
+            conn.prepare_cached(&format!(
+                "INSERT INTO cases ({CASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
+                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+            ))?
+            .execute(params![
+                c.id,
+                c.mid,
+                c.kind,
+                c.state,
+                c.txn_id,
+                c.title,
+                c.assignee,
+                c.due_at_ms,
+                c.refund_fen,
+                c.approved_by,
+                c.refund_txn_id,
+                c.refund_rrn,
+                c.refund_code,
+                c.resolution,
+                c.created_at_ms,
+                c.updated_at_ms,
+                c.version,
+            ])?;
+        }
+        ResolveRecord::UpdateCase {
+            row: c,
+            expected_version,
+        } => {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE cases SET state = ?2, title = ?3, assignee = ?4, due_at_ms = ?5,
+                     refund_fen = ?6, approved_by = ?7, refund_txn_id = ?8, refund_rrn = ?9,
+                     refund_code = ?10, resolution = ?11, updated_at_ms = ?12, version = ?13
+                     WHERE id = ?1 AND version = ?14",
+                )?
+                .execute(params![
+                    c.id,
+                    c.state,
+                    c.title,
+                    c.assignee,
+                    c.due_at_ms,
+                    c.refund_fen,
+                    c.approved_by,
+                    c.refund_txn_id,
+                    c.refund_rrn,
+                    c.refund_code,
+                    c.resolution,
+                    c.updated_at_ms,
+                    c.version,
+                    expected_version,
+                ])?;
+            expect_one(changed, "case at this version")?;
+        }
+        ResolveRecord::CaseEntry(e) => {
+            let attachments = e.attachments.join(&ATTACHMENT_SEPARATOR.to_string());
+            conn.prepare_cached(
+                "INSERT INTO case_entries (case_id, seq, at_ms, who, text, attachments)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                e.case_id,
+                e.seq,
+                e.at_ms,
+                e.who,
+                e.text,
+                attachments
+            ])?;
+        }
+        ResolveRecord::UpsertEndpoint(w) => {
+            conn.prepare_cached(
+                "INSERT INTO webhook_endpoints (mid, url, secret_sealed, active)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (mid) DO UPDATE SET url = excluded.url,
+                 secret_sealed = excluded.secret_sealed, active = excluded.active",
+            )?
+            .execute(params![w.mid, w.url, w.secret_sealed, w.active])?;
+        }
+        ResolveRecord::Enqueue(o) => {
+            conn.prepare_cached(&format!(
+                "INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
+                 ?9, ?10) ON CONFLICT (dedup_key) DO NOTHING"
+            ))?
+            .execute(params![
+                o.id,
+                o.mid,
+                o.event_type,
+                o.payload,
+                o.dedup_key,
+                o.created_at_ms,
+                o.state,
+                o.attempts,
+                o.next_attempt_ms,
+                o.delivered_at_ms,
+            ])?;
+        }
+        ResolveRecord::Delivery {
+            log,
+            state,
+            next_attempt_ms,
+            delivered_at_ms,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO webhook_deliveries (outbox_id, attempt, at_ms, url, status, error,
+                 duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                log.outbox_id,
+                log.attempt,
+                log.at_ms,
+                log.url,
+                log.status,
+                log.error,
+                log.duration_ms,
+            ])?;
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE outbox SET attempts = ?2, state = ?3, next_attempt_ms = ?4,
+                     delivered_at_ms = ?5 WHERE id = ?1",
+                )?
+                .execute(params![
+                    log.outbox_id,
+                    log.attempt,
+                    state,
+                    next_attempt_ms,
+                    delivered_at_ms
+                ])?;
+            expect_one(changed, "outbox item")?;
+        }
+        ResolveRecord::BackOfficeKey(k) => {
+            conn.prepare_cached(
+                "INSERT INTO backoffice_refunds (idempotency_key, original_rrn, amount_fen, tid,
+                 batch_no, stan, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (idempotency_key) DO NOTHING",
+            )?
+            .execute(params![
+                k.idempotency_key,
+                k.original_rrn,
+                k.amount_fen,
+                k.tid,
+                k.batch_no,
+                k.stan,
+                k.created_at_ms,
+            ])?;
+        }
+        ResolveRecord::Duplicate(d) => {
+            conn.prepare_cached(
+                "INSERT INTO duplicate_flags (first_txn_id, second_txn_id, mid, amount_fen,
+                 gap_ms, flagged_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (second_txn_id) DO NOTHING",
+            )?
+            .execute(params![
+                d.first_txn_id,
+                d.second_txn_id,
+                d.mid,
+                d.amount_fen,
+                d.gap_ms,
+                d.flagged_at_ms,
+            ])?;
+        }
+        ResolveRecord::Cursor { name, position } => {
+            conn.prepare_cached(
+                "INSERT INTO resolve_cursors (name, position) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            )?
+            .execute(params![name, position])?;
+        }
+    }
+    Ok(())
+}
+
+const CASE_COLUMNS: &str = "id, mid, kind, state, txn_id, title, assignee, due_at_ms, \
+     refund_fen, approved_by, refund_txn_id, refund_rrn, refund_code, resolution, \
+     created_at_ms, updated_at_ms, version";
+
+fn case_from_row(r: &Row<'_>) -> rusqlite::Result<CaseRow> {
+    Ok(CaseRow {
+        id: r.get(0)?,
+        mid: r.get(1)?,
+        kind: r.get(2)?,
+        state: r.get(3)?,
+        txn_id: r.get(4)?,
+        title: r.get(5)?,
+        assignee: r.get(6)?,
+        due_at_ms: r.get(7)?,
+        refund_fen: r.get(8)?,
+        approved_by: r.get(9)?,
+        refund_txn_id: r.get(10)?,
+        refund_rrn: r.get(11)?,
+        refund_code: r.get(12)?,
+        resolution: r.get(13)?,
+        created_at_ms: r.get(14)?,
+        updated_at_ms: r.get(15)?,
+        version: r.get(16)?,
+    })
+}
+
+const OUTBOX_COLUMNS: &str = "id, mid, event_type, payload, dedup_key, created_at_ms, state, \
+     attempts, next_attempt_ms, delivered_at_ms";
+
+fn outbox_from_row(r: &Row<'_>) -> rusqlite::Result<OutboxRow> {
+    Ok(OutboxRow {
+        id: r.get(0)?,
+        mid: r.get(1)?,
+        event_type: r.get(2)?,
+        payload: r.get(3)?,
+        dedup_key: r.get(4)?,
+        created_at_ms: r.get(5)?,
+        state: r.get(6)?,
+        attempts: r.get(7)?,
+        next_attempt_ms: r.get(8)?,
+        delivered_at_ms: r.get(9)?,
+    })
+}
+
+const DUPLICATE_COLUMNS: &str =
+    "first_txn_id, second_txn_id, mid, amount_fen, gap_ms, flagged_at_ms";
+
+fn duplicate_from_row(r: &Row<'_>) -> rusqlite::Result<DuplicateRow> {
+    Ok(DuplicateRow {
+        first_txn_id: r.get(0)?,
+        second_txn_id: r.get(1)?,
+        mid: r.get(2)?,
+        amount_fen: r.get(3)?,
+        gap_ms: r.get(4)?,
+        flagged_at_ms: r.get(5)?,
+    })
+}
+
+impl SqliteStore {
+    fn rows<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+        decode: fn(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(sql)?;
+            let rows = statement.query_map(params, decode)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    pub(super) fn resolve_txns_by_fingerprint(
+        &self,
+        fingerprint: &[u8],
+    ) -> Result<Vec<TxnRow>, StoreError> {
+        let sql = format!(
+            "SELECT {TXN_COLUMNS} FROM transactions WHERE pan_fingerprint = ?1
+             ORDER BY received_at_ms LIMIT {RESOLVE_ROWS_MAX}"
+        );
+        self.rows(&sql, &[&fingerprint], txn_from_row)
+    }
+
+    pub(super) fn resolve_txns_of_merchant(
+        &self,
+        mid: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<TxnRow>, StoreError> {
+        let sql = format!(
+            "SELECT {TXN_COLUMNS} FROM transactions WHERE mid = ?1 AND received_at_ms >= ?2
+             AND received_at_ms < ?3 ORDER BY received_at_ms LIMIT {RESOLVE_ROWS_MAX}"
+        );
+        self.rows(&sql, &[&mid, &from_ms, &to_ms], txn_from_row)
+    }
+
+    pub(super) fn resolve_txns_linked_to(&self, id: i64) -> Result<Vec<TxnRow>, StoreError> {
+        let sql =
+            format!("SELECT {TXN_COLUMNS} FROM transactions WHERE original_id = ?1 ORDER BY id");
+        self.rows(&sql, &[&id], txn_from_row)
+    }
+
+    pub(super) fn resolve_events_since(
+        &self,
+        at_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let limit = limit.min(RESOLVE_ROWS_MAX);
+        self.rows(
+            "SELECT txn_id, at_ms, kind, detail FROM events WHERE at_ms >= ?1
+             ORDER BY at_ms, txn_id LIMIT ?2",
+            &[&at_ms, &limit],
+            |r| {
+                Ok(EventRow {
+                    txn_id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    kind: r.get(2)?,
+                    detail: r.get(3)?,
+                })
+            },
+        )
+    }
+
+    pub(super) fn resolve_case(&self, id: i64) -> Result<Option<CaseRow>, StoreError> {
+        let sql = format!("SELECT {CASE_COLUMNS} FROM cases WHERE id = ?1");
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(&sql)?
+                .query_row([id], case_from_row)
+                .optional()?)
+        })
+    }
+
+    pub(super) fn resolve_cases_of_merchant(&self, mid: &str) -> Result<Vec<CaseRow>, StoreError> {
+        let sql = format!(
+            "SELECT {CASE_COLUMNS} FROM cases WHERE mid = ?1 ORDER BY id LIMIT {RESOLVE_ROWS_MAX}"
+        );
+        self.rows(&sql, &[&mid], case_from_row)
+    }
+
+    pub(super) fn resolve_case_entries(
+        &self,
+        case_id: i64,
+    ) -> Result<Vec<CaseEntryRow>, StoreError> {
+        self.rows(
+            "SELECT case_id, seq, at_ms, who, text, attachments FROM case_entries
+             WHERE case_id = ?1 ORDER BY seq",
+            &[&case_id],
+            |r| {
+                let attachments: String = r.get(5)?;
+                Ok(CaseEntryRow {
+                    case_id: r.get(0)?,
+                    seq: r.get(1)?,
+                    at_ms: r.get(2)?,
+                    who: r.get(3)?,
+                    text: r.get(4)?,
+                    attachments: attachments
+                        .split(ATTACHMENT_SEPARATOR)
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                })
+            },
+        )
+    }
+
+    pub(super) fn resolve_endpoint(
+        &self,
+        mid: &str,
+    ) -> Result<Option<WebhookEndpointRow>, StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT mid, url, secret_sealed, active FROM webhook_endpoints
+                     WHERE mid = ?1",
+                )?
+                .query_row([mid], |r| {
+                    Ok(WebhookEndpointRow {
+                        mid: r.get(0)?,
+                        url: r.get(1)?,
+                        secret_sealed: r.get(2)?,
+                        active: r.get(3)?,
+                    })
+                })
+                .optional()?)
+        })
+    }
+
+    pub(super) fn resolve_outbox_due(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let sql = format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' AND next_attempt_ms <= ?1
+             ORDER BY next_attempt_ms, id LIMIT ?2"
+        );
+        let limit = limit.min(RESOLVE_ROWS_MAX);
+        self.rows(&sql, &[&now_ms, &limit], outbox_from_row)
+    }
+
+    pub(super) fn resolve_outbox_of_merchant(
+        &self,
+        mid: &str,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let sql = format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE mid = ?1 ORDER BY id
+             LIMIT {RESOLVE_ROWS_MAX}"
+        );
+        self.rows(&sql, &[&mid], outbox_from_row)
+    }
+
+    pub(super) fn resolve_deliveries(
+        &self,
+        outbox_id: i64,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.rows(
+            "SELECT outbox_id, attempt, at_ms, url, status, error, duration_ms
+             FROM webhook_deliveries WHERE outbox_id = ?1 ORDER BY attempt",
+            &[&outbox_id],
+            |r| {
+                Ok(DeliveryRow {
+                    outbox_id: r.get(0)?,
+                    attempt: r.get(1)?,
+                    at_ms: r.get(2)?,
+                    url: r.get(3)?,
+                    status: r.get(4)?,
+                    error: r.get(5)?,
+                    duration_ms: r.get(6)?,
+                })
+            },
+        )
+    }
+
+    pub(super) fn resolve_backoffice_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<BackOfficeKeyRow>, StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT idempotency_key, original_rrn, amount_fen, tid, batch_no, stan,
+                     created_at_ms FROM backoffice_refunds WHERE idempotency_key = ?1",
+                )?
+                .query_row([key], |r| {
+                    Ok(BackOfficeKeyRow {
+                        idempotency_key: r.get(0)?,
+                        original_rrn: r.get(1)?,
+                        amount_fen: r.get(2)?,
+                        tid: r.get(3)?,
+                        batch_no: r.get(4)?,
+                        stan: r.get(5)?,
+                        created_at_ms: r.get(6)?,
+                    })
+                })
+                .optional()?)
+        })
+    }
+
+    pub(super) fn resolve_duplicates_of_merchant(
+        &self,
+        mid: &str,
+    ) -> Result<Vec<DuplicateRow>, StoreError> {
+        let sql = format!(
+            "SELECT {DUPLICATE_COLUMNS} FROM duplicate_flags WHERE mid = ?1
+             ORDER BY second_txn_id LIMIT {RESOLVE_ROWS_MAX}"
+        );
+        self.rows(&sql, &[&mid], duplicate_from_row)
+    }
+
+    pub(super) fn resolve_cursor_position(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT position FROM resolve_cursors WHERE name = ?1")?
+                .query_row([name], |r| r.get(0))
+                .optional()?)
+        })
+    }
+}
