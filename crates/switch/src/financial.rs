@@ -78,16 +78,16 @@ enum Link {
     Original(Arc<Entry>),
 }
 
-/// Per-request facts gathered by the checks.
-struct Ctx<'a> {
-    frame: &'a Frame<'a>,
-    terminal: Arc<Terminal>,
-    kind: Financial,
-    now_ms: i64,
-    local: LocalTime,
-    amount_fen: i64,
-    request_hash: [u8; 16],
-    key: TxnKey,
+/// Per-request facts gathered by the checks (also built by `backoffice` for its refunds).
+pub(crate) struct Ctx<'a> {
+    pub(crate) frame: &'a Frame<'a>,
+    pub(crate) terminal: Arc<Terminal>,
+    pub(crate) kind: Financial,
+    pub(crate) now_ms: i64,
+    pub(crate) local: LocalTime,
+    pub(crate) amount_fen: i64,
+    pub(crate) request_hash: [u8; 16],
+    pub(crate) key: TxnKey,
 }
 
 impl Core {
@@ -482,7 +482,7 @@ impl Core {
     }
 
     /// A request the issuer must decide: checks, journal, exchange, journal, answer.
-    async fn forward(self: &Arc<Self>, ctx: &Ctx<'_>) -> Option<Vec<u8>> {
+    pub(crate) async fn forward(self: &Arc<Self>, ctx: &Ctx<'_>) -> Option<Vec<u8>> {
         let request = &ctx.frame.message;
         let kind = store_kind(ctx.kind);
         let Ok(id) = self.next_id().await else {

@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod backoffice;
 mod clock;
 mod config;
 mod core;
@@ -35,6 +36,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use crate::backoffice::{
+    BACK_OFFICE_TID, BackOffice, BackOfficeError, BackOfficeRefund, IDEMPOTENCY_KEY_LEN_MAX,
+};
 pub use crate::clock::{Clock, LocalTime, SystemClock};
 pub use crate::config::*;
 pub use crate::core::{handle_bytes, handle_from_bytes};
