@@ -1,0 +1,675 @@
+//! Cases: issuer inquiries, refund applications and disputes, each a state machine
+//! (open → waiting on issuer / merchant → resolved / rejected / escalated) with a timeline,
+//! an assignee and a due date. Closing requires a resolution; an illegal move is a typed error.
+//! An approved refund application executes its refund through the switch, once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use domain::IssuerDirectory;
+use serde::Serialize;
+use store::resolve::{CaseEntryRow, CaseRow, ResolveRecord};
+use store::{Record, Store, StoreError};
+use switch::{BackOffice, BackOfficeError, BackOfficeRefund, Clock, SwitchHandle};
+
+use crate::explain::TxnSummary;
+use crate::outbox::{self, Event};
+use crate::text::yuan;
+
+/// Longest text of one case entry or resolution.
+pub const TEXT_LEN_MAX: usize = 4_000;
+/// Attachment references per entry at most.
+pub const ATTACHMENTS_MAX: usize = 16;
+/// The store counter case ids come from.
+pub const CASE_COUNTER: &str = "case_id";
+
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant,)+ }
+
+        impl $name {
+            pub const fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// What a case is about.
+    CaseKind {
+        IssuerInquiry => "issuer_inquiry",
+        RefundApplication => "refund_application",
+        Dispute => "dispute",
+    }
+);
+
+text_enum!(
+    /// Where a case stands.
+    CaseState {
+        Open => "open",
+        WaitingIssuer => "waiting_issuer",
+        WaitingMerchant => "waiting_merchant",
+        Resolved => "resolved",
+        Rejected => "rejected",
+        Escalated => "escalated",
+    }
+);
+
+/// A non-empty statement of how a case ended; required to close one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Resolution(String);
+
+impl Resolution {
+    pub fn new(text: &str) -> Result<Resolution, CaseError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(CaseError::ResolutionRequired);
+        }
+        if text.len() > TEXT_LEN_MAX {
+            return Err(CaseError::TooLong);
+        }
+        Ok(Resolution(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A move of the state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transition {
+    WaitOnIssuer,
+    WaitOnMerchant,
+    /// The awaited answer came: back to open.
+    Reopen,
+    Escalate,
+    Resolve(Resolution),
+    Reject(Resolution),
+}
+
+impl Transition {
+    fn name(&self) -> &'static str {
+        match self {
+            Transition::WaitOnIssuer => "wait_on_issuer",
+            Transition::WaitOnMerchant => "wait_on_merchant",
+            Transition::Reopen => "reopen",
+            Transition::Escalate => "escalate",
+            Transition::Resolve(_) => "resolve",
+            Transition::Reject(_) => "reject",
+        }
+    }
+}
+
+impl CaseState {
+    pub fn is_closed(self) -> bool {
+        matches!(self, CaseState::Resolved | CaseState::Rejected)
+    }
+
+    /// The state after `transition`, or why it is not allowed from here.
+    pub fn apply(self, transition: &Transition) -> Result<CaseState, CaseError> {
+        use CaseState as S;
+        use Transition as T;
+        let next = match (self, transition) {
+            (S::Resolved | S::Rejected, _) => None,
+            (S::Open | S::WaitingMerchant | S::Escalated, T::WaitOnIssuer) => {
+                Some(S::WaitingIssuer)
+            }
+            (S::Open | S::WaitingIssuer | S::Escalated, T::WaitOnMerchant) => {
+                Some(S::WaitingMerchant)
+            }
+            (S::WaitingIssuer | S::WaitingMerchant, T::Reopen) => Some(S::Open),
+            (S::Open | S::WaitingIssuer | S::WaitingMerchant, T::Escalate) => Some(S::Escalated),
+            (_, T::Resolve(_)) => Some(S::Resolved),
+            (_, T::Reject(_)) => Some(S::Rejected),
+            _ => None,
+        };
+        next.ok_or(CaseError::IllegalTransition {
+            from: self,
+            action: transition.name(),
+        })
+    }
+}
+
+/// Why a case operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CaseError {
+    #[error("a case cannot {action} from {}", from.as_str())]
+    IllegalTransition {
+        from: CaseState,
+        action: &'static str,
+    },
+    #[error("closing a case requires a resolution")]
+    ResolutionRequired,
+    #[error("text longer than {TEXT_LEN_MAX} bytes or more than {ATTACHMENTS_MAX} attachments")]
+    TooLong,
+    #[error("no such case")]
+    NotFound,
+    #[error("no transaction with RRN {0} for this merchant")]
+    NoSuchTransaction(String),
+    #[error("the case changed meanwhile; reload and retry")]
+    Conflict,
+    #[error("only a refund application can approve a refund")]
+    NotRefundApplication,
+    #[error("the refund was already executed")]
+    AlreadyRefunded,
+    #[error("refund amount {asked_fen} fen exceeds what is left to refund ({left_fen} fen)")]
+    ExceedsRemaining { asked_fen: i64, left_fen: i64 },
+    #[error("refund amount must be positive")]
+    BadAmount,
+    #[error("refund: {0}")]
+    Refund(#[from] BackOfficeError),
+    #[error("store: {0}")]
+    Store(StoreError),
+    #[error("{0}")]
+    Resolve(#[from] crate::ResolveError),
+}
+
+impl From<StoreError> for CaseError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Constraint { .. } => CaseError::Conflict,
+            other => CaseError::Store(other),
+        }
+    }
+}
+
+/// Runs an approved refund; the switch's [`BackOffice`] in production.
+pub trait RefundExecutor: Send + Sync {
+    fn refund<'a>(
+        &'a self,
+        original_rrn: &'a str,
+        amount_fen: i64,
+        idempotency_key: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<BackOfficeRefund, BackOfficeError>> + Send + 'a>>;
+}
+
+impl RefundExecutor for BackOffice {
+    fn refund<'a>(
+        &'a self,
+        original_rrn: &'a str,
+        amount_fen: i64,
+        idempotency_key: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<BackOfficeRefund, BackOfficeError>> + Send + 'a>> {
+        Box::pin(BackOffice::refund(
+            self,
+            original_rrn,
+            amount_fen,
+            idempotency_key,
+        ))
+    }
+}
+
+impl RefundExecutor for SwitchHandle {
+    fn refund<'a>(
+        &'a self,
+        original_rrn: &'a str,
+        amount_fen: i64,
+        idempotency_key: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<BackOfficeRefund, BackOfficeError>> + Send + 'a>> {
+        Box::pin(self.back_office_refund(original_rrn, amount_fen, idempotency_key))
+    }
+}
+
+/// A case as read back.
+#[derive(Clone, Debug, Serialize)]
+pub struct Case {
+    pub id: i64,
+    pub mid: String,
+    pub kind: CaseKind,
+    pub state: CaseState,
+    pub title: String,
+    pub txn: Option<TxnSummary>,
+    pub assignee: Option<String>,
+    pub due_at_ms: Option<i64>,
+    pub refund_fen: Option<i64>,
+    pub approved_by: Option<String>,
+    pub refund_txn_id: Option<i64>,
+    pub refund_rrn: Option<String>,
+    pub refund_code: Option<String>,
+    pub resolution: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub version: i64,
+    pub entries: Vec<CaseEntry>,
+}
+
+/// One timeline entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CaseEntry {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub who: String,
+    pub text: String,
+    pub attachments: Vec<String>,
+}
+
+/// What opening a case needs.
+#[derive(Clone, Debug)]
+pub struct NewCase {
+    pub kind: CaseKind,
+    pub mid: String,
+    /// The transaction concerned (required for refund applications).
+    pub rrn: Option<String>,
+    pub title: String,
+    pub who: String,
+    pub text: String,
+    pub attachments: Vec<String>,
+    pub assignee: Option<String>,
+    pub due_at_ms: Option<i64>,
+    /// Refund applications: the amount asked for.
+    pub refund_fen: Option<i64>,
+}
+
+/// Cases over a store; refunds through `refunds`.
+#[derive(Clone)]
+pub struct CaseService {
+    store: Arc<dyn Store>,
+    directory: Arc<IssuerDirectory>,
+    refunds: Arc<dyn RefundExecutor>,
+    clock: Arc<dyn Clock>,
+}
+
+fn check_text(text: &str, attachments: &[String]) -> Result<(), CaseError> {
+    if text.len() > TEXT_LEN_MAX
+        || attachments.len() > ATTACHMENTS_MAX
+        || attachments.iter().any(|a| a.len() > TEXT_LEN_MAX)
+    {
+        return Err(CaseError::TooLong);
+    }
+    Ok(())
+}
+
+impl CaseService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        directory: Arc<IssuerDirectory>,
+        refunds: Arc<dyn RefundExecutor>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        CaseService {
+            store,
+            directory,
+            refunds,
+            clock,
+        }
+    }
+
+    /// Opens a case with its first timeline entry.
+    pub async fn open(&self, new: NewCase) -> Result<Case, CaseError> {
+        check_text(&new.text, &new.attachments)?;
+        check_text(&new.title, &[])?;
+        let txn = match &new.rrn {
+            Some(rrn) => Some(
+                self.store
+                    .txn_by_rrn(rrn.trim())?
+                    .filter(|t| t.mid == new.mid)
+                    .ok_or_else(|| CaseError::NoSuchTransaction(rrn.clone()))?,
+            ),
+            None => None,
+        };
+        if new.kind == CaseKind::RefundApplication {
+            let Some(txn) = &txn else {
+                return Err(CaseError::NoSuchTransaction(String::new()));
+            };
+            let asked = new.refund_fen.unwrap_or(txn.amount_fen - txn.refunded_fen);
+            if asked <= 0 {
+                return Err(CaseError::BadAmount);
+            }
+        }
+        let id = self.store.reserve(CASE_COUNTER, 1)?.await?;
+        let id = i64::try_from(id).map_err(|_| CaseError::Conflict)?;
+        let now_ms = self.clock.now_ms();
+        let refund_fen = match (&txn, new.kind) {
+            (Some(t), CaseKind::RefundApplication) => {
+                Some(new.refund_fen.unwrap_or(t.amount_fen - t.refunded_fen))
+            }
+            _ => new.refund_fen,
+        };
+        let row = CaseRow {
+            id,
+            mid: new.mid.clone(),
+            kind: new.kind.as_str().to_owned(),
+            state: CaseState::Open.as_str().to_owned(),
+            txn_id: txn.as_ref().map(|t| t.id),
+            title: new.title.clone(),
+            assignee: new.assignee.clone(),
+            due_at_ms: new.due_at_ms,
+            refund_fen,
+            approved_by: None,
+            refund_txn_id: None,
+            refund_rrn: None,
+            refund_code: None,
+            resolution: None,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            version: 1,
+        };
+        let entry = CaseEntryRow {
+            case_id: id,
+            seq: 1,
+            at_ms: now_ms,
+            who: new.who.clone(),
+            text: new.text.clone(),
+            attachments: new.attachments.clone(),
+        };
+        let event = Event::case_updated(id, 1, CaseState::Open.as_str(), &new.text);
+        let outbox_id = self.outbox_id().await?;
+        self.store
+            .submit(vec![
+                Record::Resolve(ResolveRecord::InsertCase(Box::new(row))),
+                Record::Resolve(ResolveRecord::CaseEntry(entry)),
+                outbox::record(outbox_id, &new.mid, &event, now_ms),
+            ])?
+            .await?;
+        self.get(id)
+    }
+
+    async fn outbox_id(&self) -> Result<i64, CaseError> {
+        let id = self.store.reserve(outbox::OUTBOX_COUNTER, 1)?.await?;
+        i64::try_from(id).map_err(|_| CaseError::Conflict)
+    }
+
+    /// A case with its timeline.
+    pub fn get(&self, id: i64) -> Result<Case, CaseError> {
+        let row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
+        self.view(row)
+    }
+
+    /// A case, only if it is this merchant's.
+    pub fn get_for_merchant(&self, mid: &str, id: i64) -> Result<Case, CaseError> {
+        let case = self.get(id)?;
+        if case.mid != mid {
+            return Err(CaseError::NotFound);
+        }
+        Ok(case)
+    }
+
+    pub fn of_merchant(&self, mid: &str) -> Result<Vec<Case>, CaseError> {
+        self.store
+            .cases_of_merchant(mid)?
+            .into_iter()
+            .map(|row| self.view(row))
+            .collect()
+    }
+
+    fn view(&self, row: CaseRow) -> Result<Case, CaseError> {
+        let entries = self
+            .store
+            .case_entries(row.id)?
+            .into_iter()
+            .map(|e| CaseEntry {
+                seq: e.seq,
+                at_ms: e.at_ms,
+                who: e.who,
+                text: e.text,
+                attachments: e.attachments,
+            })
+            .collect();
+        let txn = match row.txn_id {
+            Some(id) => self
+                .store
+                .txn(id)?
+                .map(|t| TxnSummary::of(&self.directory, &t)),
+            None => None,
+        };
+        let corrupt = |what: &'static str, value: &str| {
+            CaseError::Store(StoreError::Corrupt {
+                what,
+                value: value.to_owned(),
+            })
+        };
+        Ok(Case {
+            id: row.id,
+            kind: CaseKind::parse(&row.kind).ok_or_else(|| corrupt("case kind", &row.kind))?,
+            state: CaseState::parse(&row.state).ok_or_else(|| corrupt("case state", &row.state))?,
+            mid: row.mid,
+            title: row.title,
+            txn,
+            assignee: row.assignee,
+            due_at_ms: row.due_at_ms,
+            refund_fen: row.refund_fen,
+            approved_by: row.approved_by,
+            refund_txn_id: row.refund_txn_id,
+            refund_rrn: row.refund_rrn,
+            refund_code: row.refund_code,
+            resolution: row.resolution,
+            created_at_ms: row.created_at_ms,
+            updated_at_ms: row.updated_at_ms,
+            version: row.version,
+            entries,
+        })
+    }
+
+    /// Writes `row` (already changed) over `version`, with a timeline entry and a
+    /// `case.updated` notification, in one commit.
+    async fn commit(
+        &self,
+        mut row: CaseRow,
+        version: i64,
+        who: &str,
+        text: &str,
+        attachments: Vec<String>,
+    ) -> Result<Case, CaseError> {
+        let now_ms = self.clock.now_ms();
+        row.version = version + 1;
+        row.updated_at_ms = now_ms;
+        let seq = self
+            .store
+            .case_entries(row.id)?
+            .last()
+            .map_or(1, |e| e.seq + 1);
+        let entry = CaseEntryRow {
+            case_id: row.id,
+            seq,
+            at_ms: now_ms,
+            who: who.to_owned(),
+            text: text.to_owned(),
+            attachments,
+        };
+        let event = Event::case_updated(row.id, row.version, &row.state, text);
+        let outbox_id = self.outbox_id().await?;
+        let mid = row.mid.clone();
+        let id = row.id;
+        self.store
+            .submit(vec![
+                Record::Resolve(ResolveRecord::UpdateCase {
+                    row: Box::new(row),
+                    expected_version: version,
+                }),
+                Record::Resolve(ResolveRecord::CaseEntry(entry)),
+                outbox::record(outbox_id, &mid, &event, now_ms),
+            ])?
+            .await?;
+        self.get(id)
+    }
+
+    /// Adds a timeline entry (a message, a call note, documents by reference).
+    pub async fn add_entry(
+        &self,
+        id: i64,
+        who: &str,
+        text: &str,
+        attachments: Vec<String>,
+    ) -> Result<Case, CaseError> {
+        check_text(text, &attachments)?;
+        let row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
+        let version = row.version;
+        self.commit(row, version, who, text, attachments).await
+    }
+
+    /// Moves the case; closing ones record their resolution.
+    pub async fn transition(
+        &self,
+        id: i64,
+        who: &str,
+        transition: Transition,
+        note: &str,
+    ) -> Result<Case, CaseError> {
+        check_text(note, &[])?;
+        let mut row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
+        let state = CaseState::parse(&row.state).ok_or(CaseError::NotFound)?;
+        let next = state.apply(&transition)?;
+        let version = row.version;
+        row.state = next.as_str().to_owned();
+        let text = match &transition {
+            Transition::Resolve(r) | Transition::Reject(r) => {
+                row.resolution = Some(r.as_str().to_owned());
+                if note.is_empty() {
+                    r.as_str().to_owned()
+                } else {
+                    format!("{note}\n{}", r.as_str())
+                }
+            }
+            _ => note.to_owned(),
+        };
+        let text = format!("[{} → {}] {text}", state.as_str(), next.as_str());
+        self.commit(row, version, who, &text, Vec::new()).await
+    }
+
+    /// Sets who works on the case and by when.
+    pub async fn assign(
+        &self,
+        id: i64,
+        who: &str,
+        assignee: Option<String>,
+        due_at_ms: Option<i64>,
+    ) -> Result<Case, CaseError> {
+        let mut row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
+        if CaseState::parse(&row.state).is_some_and(CaseState::is_closed) {
+            return Err(CaseError::IllegalTransition {
+                from: CaseState::parse(&row.state).unwrap_or(CaseState::Resolved),
+                action: "assign",
+            });
+        }
+        let version = row.version;
+        row.assignee = assignee.clone();
+        row.due_at_ms = due_at_ms;
+        let text = format!(
+            "assigned to {}, due {}",
+            assignee.as_deref().unwrap_or("nobody"),
+            due_at_ms.map_or_else(|| "-".to_owned(), crate::text::date_time)
+        );
+        self.commit(row, version, who, &text, Vec::new()).await
+    }
+
+    /// An operator approves a refund application: the refund runs through the switch against
+    /// the original (never more than what is left to refund), its result is recorded on the
+    /// case, and an approved refund resolves the case. A retry of the same approval (same case
+    /// version) reuses the idempotency key, so it never refunds twice.
+    pub async fn approve_refund(&self, id: i64, operator: &str) -> Result<Case, CaseError> {
+        let row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
+        if row.kind != CaseKind::RefundApplication.as_str() {
+            return Err(CaseError::NotRefundApplication);
+        }
+        let state = CaseState::parse(&row.state).ok_or(CaseError::NotFound)?;
+        if state.is_closed() {
+            return Err(CaseError::IllegalTransition {
+                from: state,
+                action: "approve_refund",
+            });
+        }
+        if row.refund_code.as_deref() == Some("00") {
+            return Err(CaseError::AlreadyRefunded);
+        }
+        let original = match row.txn_id {
+            Some(txn_id) => self.store.txn(txn_id)?,
+            None => None,
+        }
+        .ok_or_else(|| CaseError::NoSuchTransaction(String::new()))?;
+        let rrn = original
+            .rrn
+            .clone()
+            .ok_or_else(|| CaseError::NoSuchTransaction(String::new()))?;
+        let left_fen = original.amount_fen - original.refunded_fen;
+        let asked_fen = row.refund_fen.unwrap_or(left_fen);
+        if asked_fen <= 0 {
+            return Err(CaseError::BadAmount);
+        }
+        if asked_fen > left_fen {
+            return Err(CaseError::ExceedsRemaining {
+                asked_fen,
+                left_fen,
+            });
+        }
+        let key = format!("case-{}-refund-v{}", row.id, row.version);
+        let result = self.refunds.refund(&rrn, asked_fen, &key).await?;
+        let version = row.version;
+        let mut updated = row;
+        updated.approved_by = Some(operator.to_owned());
+        updated.refund_txn_id = result.txn_id;
+        updated.refund_rrn = result.rrn.clone();
+        updated.refund_code = Some(result.response_code.clone());
+        let rrn_text = result.rrn.as_deref().unwrap_or("-");
+        let text = if result.approved() {
+            let resolution = format!(
+                "refund of {} approved by {operator} and executed: RRN {rrn_text}",
+                yuan(asked_fen)
+            );
+            updated.state = CaseState::Resolved.as_str().to_owned();
+            updated.resolution = Some(resolution.clone());
+            format!("[{} → resolved] {resolution}", state.as_str())
+        } else {
+            let d = domain::diagnosis::diagnose_str(&result.response_code);
+            if result.response_code == "98" {
+                updated.state = CaseState::WaitingIssuer.as_str().to_owned();
+            }
+            format!(
+                "refund of {} approved by {operator} but not executed: {} {} ({})",
+                yuan(asked_fen),
+                result.response_code,
+                d.title.en,
+                d.meaning.en
+            )
+        };
+        self.commit(updated, version, operator, &text, Vec::new())
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_machine() {
+        use CaseState as S;
+        use Transition as T;
+        let done = || Resolution::new("refunded").map_err(|e| e.to_string());
+        assert_eq!(S::Open.apply(&T::WaitOnIssuer).ok(), Some(S::WaitingIssuer));
+        assert_eq!(S::WaitingIssuer.apply(&T::Reopen).ok(), Some(S::Open));
+        assert_eq!(
+            S::WaitingIssuer.apply(&T::WaitOnMerchant).ok(),
+            Some(S::WaitingMerchant)
+        );
+        assert_eq!(S::Open.apply(&T::Escalate).ok(), Some(S::Escalated));
+        assert!(matches!(
+            S::Escalated.apply(&T::Escalate),
+            Err(CaseError::IllegalTransition { .. })
+        ));
+        assert!(matches!(
+            S::Open.apply(&T::Reopen),
+            Err(CaseError::IllegalTransition { .. })
+        ));
+        let resolve = T::Resolve(done().unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(S::Escalated.apply(&resolve).ok(), Some(S::Resolved));
+        for closed in [S::Resolved, S::Rejected] {
+            for t in [T::WaitOnIssuer, T::Reopen, T::Escalate, resolve.clone()] {
+                assert!(closed.apply(&t).is_err(), "{closed:?} {t:?}");
+            }
+        }
+        assert!(matches!(
+            Resolution::new("  "),
+            Err(CaseError::ResolutionRequired)
+        ));
+    }
+}

@@ -1,0 +1,167 @@
+//! Duplicate payments: the same card (keyed fingerprint), the same amount and the same merchant
+//! within a configurable window, both approved. The later one is flagged with what to do: void
+//! it the same day (nothing is charged), or refund it once the day has closed.
+
+use domain::IssuerDirectory;
+use serde::Serialize;
+use store::resolve::DuplicateRow;
+use store::{Store, TxnKind, TxnRow, TxnState};
+use switch::LocalTime;
+
+use crate::ResolveError;
+use crate::explain::TxnSummary;
+use crate::text::Both;
+
+/// Ten minutes: a customer who "paid twice" at a counter does so within minutes.
+pub const DUPLICATE_WINDOW_MS_DEFAULT: i64 = 10 * 60_000;
+/// The widest window accepted: beyond a day, equal amounts are regular customers.
+pub const DUPLICATE_WINDOW_MS_MAX: i64 = 86_400_000;
+
+fn is_payment(row: &TxnRow) -> bool {
+    matches!(row.kind, TxnKind::Purchase | TxnKind::Completion)
+}
+
+/// The approved payment `row` may duplicate: an earlier approved payment by the same card at
+/// the same merchant for the same amount within `window_ms` before it.
+pub fn find_for(
+    store: &dyn Store,
+    row: &TxnRow,
+    window_ms: i64,
+) -> Result<Option<DuplicateRow>, ResolveError> {
+    let window_ms = window_ms.clamp(0, DUPLICATE_WINDOW_MS_MAX);
+    let Some(pan) = row.pan.as_ref() else {
+        return Ok(None);
+    };
+    if !is_payment(row) || row.state != TxnState::Approved || pan.fingerprint.is_empty() {
+        return Ok(None);
+    }
+    let first = store
+        .txns_by_fingerprint(&pan.fingerprint)?
+        .into_iter()
+        .filter(|o| {
+            o.id != row.id
+                && o.mid == row.mid
+                && is_payment(o)
+                && o.amount_fen == row.amount_fen
+                && matches!(o.state, TxnState::Approved | TxnState::Completed)
+                && (o.received_at_ms, o.id) < (row.received_at_ms, row.id)
+                && row.received_at_ms - o.received_at_ms <= window_ms
+        })
+        .max_by_key(|o| (o.received_at_ms, o.id));
+    Ok(first.map(|o| DuplicateRow {
+        first_txn_id: o.id,
+        second_txn_id: row.id,
+        mid: row.mid.clone(),
+        amount_fen: row.amount_fen,
+        gap_ms: row.received_at_ms - o.received_at_ms,
+        flagged_at_ms: row.answered_at_ms.unwrap_or(row.received_at_ms),
+    }))
+}
+
+/// Every suspected duplicate among a merchant's payments received in `[from_ms, to_ms)`.
+pub fn scan(
+    store: &dyn Store,
+    mid: &str,
+    from_ms: i64,
+    to_ms: i64,
+    window_ms: i64,
+) -> Result<Vec<DuplicateRow>, ResolveError> {
+    let mut found = Vec::new();
+    for row in store.txns_of_merchant(mid, from_ms, to_ms)? {
+        if let Some(d) = find_for(store, &row, window_ms)? {
+            found.push(d);
+        }
+    }
+    Ok(found)
+}
+
+/// What to do about the second payment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuggestedAction {
+    /// Same day: void it at the terminal, nothing is charged.
+    VoidSecondToday,
+    /// The day has closed: refund it.
+    RefundSecond,
+    /// Already voided, refunded or reversed.
+    NothingLeft,
+}
+
+/// A suspected duplicate as the merchant sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DuplicateFlag {
+    pub first: TxnSummary,
+    pub second: TxnSummary,
+    pub gap_ms: i64,
+    pub suggested_action: SuggestedAction,
+    pub advice: Both,
+}
+
+/// The merchant's view of a stored flag, as of `now_ms`; `None` if a transaction is gone.
+pub fn describe(
+    store: &dyn Store,
+    directory: &IssuerDirectory,
+    flag: &DuplicateRow,
+    now_ms: i64,
+) -> Result<Option<DuplicateFlag>, ResolveError> {
+    let (Some(first), Some(second)) = (
+        store.txn(flag.first_txn_id)?,
+        store.txn(flag.second_txn_id)?,
+    ) else {
+        return Ok(None);
+    };
+    let same_day = LocalTime::from_ms(second.received_at_ms).day_number
+        == LocalTime::from_ms(now_ms).day_number;
+    let left = second.amount_fen - second.refunded_fen;
+    let action = match second.state {
+        TxnState::Approved if left <= 0 => SuggestedAction::NothingLeft,
+        TxnState::Approved if same_day && second.refunded_fen == 0 => {
+            SuggestedAction::VoidSecondToday
+        }
+        TxnState::Approved | TxnState::Completed => SuggestedAction::RefundSecond,
+        _ => SuggestedAction::NothingLeft,
+    };
+    let rrn = second.rrn.clone().unwrap_or_else(|| "-".to_owned());
+    let advice = match action {
+        SuggestedAction::VoidSecondToday => Both::new(
+            format!("同一张卡相同金额重复付款：请今天在终端撤销第二笔（RRN {rrn}），撤销后不扣款"),
+            format!(
+                "the same card paid the same amount twice: void the second payment (RRN {rrn}) \
+                 at the terminal today, and it is not charged"
+            ),
+        ),
+        SuggestedAction::RefundSecond => Both::new(
+            format!("同一张卡相同金额重复付款：请对第二笔（RRN {rrn}）办理退货"),
+            format!(
+                "the same card paid the same amount twice: refund the second payment (RRN {rrn})"
+            ),
+        ),
+        SuggestedAction::NothingLeft => Both::new(
+            "第二笔已撤销、冲正或退货，无需处理",
+            "the second payment is already voided, reversed or refunded: nothing to do",
+        ),
+    };
+    Ok(Some(DuplicateFlag {
+        first: TxnSummary::of(directory, &first),
+        second: TxnSummary::of(directory, &second),
+        gap_ms: flag.gap_ms,
+        suggested_action: action,
+        advice,
+    }))
+}
+
+/// The flags stored for a merchant (by the notification tailer), described as of `now_ms`.
+pub fn flagged(
+    store: &dyn Store,
+    directory: &IssuerDirectory,
+    mid: &str,
+    now_ms: i64,
+) -> Result<Vec<DuplicateFlag>, ResolveError> {
+    let mut out = Vec::new();
+    for row in store.duplicates_of_merchant(mid)? {
+        if let Some(flag) = describe(store, directory, &row, now_ms)? {
+            out.push(flag);
+        }
+    }
+    Ok(out)
+}

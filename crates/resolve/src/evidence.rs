@@ -1,0 +1,240 @@
+//! The evidence package a merchant sends or reads out when contacting a card issuer: the
+//! transaction's identifiers, the card (masked), the issuer and its phone, the response code
+//! with its meaning and the timeline, as text to copy and as a printable standalone HTML page.
+
+use domain::IssuerDirectory;
+use domain::diagnosis::Lang;
+use serde::Serialize;
+use store::Store;
+
+use crate::explain::{Explanation, explain_rrn};
+use crate::text::{Both, bank_info, html_escape};
+use crate::{ResolveError, explain};
+
+/// Everything the issuer's service desk asks for, and nothing they must not see.
+#[derive(Clone, Debug, Serialize)]
+pub struct Evidence {
+    pub merchant_name: String,
+    pub mid: String,
+    pub tid: String,
+    /// `2026-11-23 14:02:11` China Standard Time.
+    pub time: String,
+    pub amount: String,
+    pub amount_fen: i64,
+    pub masked_pan: String,
+    pub card_type: Option<Both>,
+    pub bank: Both,
+    pub bank_code: Option<String>,
+    pub issuer_phone: Option<String>,
+    pub issuer_website: Option<String>,
+    pub rrn: String,
+    pub stan: String,
+    pub batch_no: String,
+    pub auth_code: Option<String>,
+    pub response_code: Option<String>,
+    /// The response code's meaning in both languages.
+    pub response_meaning: Option<Both>,
+    pub explanation: Explanation,
+}
+
+/// The evidence package of the transaction with this RRN. `mid`: when given, the transaction
+/// must be that merchant's (a merchant sees only its own data).
+pub fn evidence(
+    store: &dyn Store,
+    directory: &IssuerDirectory,
+    rrn: &str,
+    mid: Option<&str>,
+    now_ms: i64,
+) -> Result<Evidence, ResolveError> {
+    let explanation = explain_rrn(store, directory, rrn, now_ms)?;
+    let row = store
+        .txn(explanation.txn.id)?
+        .ok_or(ResolveError::NoSuchTxn(explanation.txn.id))?;
+    if mid.is_some_and(|m| m != row.mid) {
+        return Err(ResolveError::NotVisible("transaction"));
+    }
+    let merchant_name = store
+        .merchants()?
+        .into_iter()
+        .find(|m| m.mid == row.mid)
+        .map_or_else(String::new, |m| m.name);
+    let bank = bank_info(directory, &row);
+    let response_meaning = row.response_code.as_deref().map(|code| {
+        let d = domain::diagnosis::diagnose_str(code);
+        Both::new(
+            format!("{}：{}", d.title.zh, d.meaning.zh),
+            format!("{}: {}", d.title.en, d.meaning.en),
+        )
+    });
+    Ok(Evidence {
+        merchant_name,
+        mid: row.mid.clone(),
+        tid: row.tid.clone(),
+        time: explanation.txn.received_at.clone(),
+        amount: explanation.txn.amount.clone(),
+        amount_fen: row.amount_fen,
+        masked_pan: row
+            .pan
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |p| p.masked.clone()),
+        card_type: bank.card_type,
+        bank: bank.name,
+        bank_code: bank.code,
+        issuer_phone: bank.phone,
+        issuer_website: bank.website,
+        rrn: row.rrn.clone().unwrap_or_else(|| "-".to_owned()),
+        stan: format!("{:06}", row.stan),
+        batch_no: format!("{:06}", row.batch_no),
+        auth_code: row.auth_code.clone(),
+        response_code: row.response_code.clone(),
+        response_meaning,
+        explanation,
+    })
+}
+
+impl Evidence {
+    /// (label, value) pairs in the order a service desk asks for them.
+    fn fields(&self, lang: Lang) -> Vec<(&'static str, String)> {
+        let zh = lang == Lang::Zh;
+        let pick = |zh_label: &'static str, en_label: &'static str| {
+            if zh { zh_label } else { en_label }
+        };
+        let dash = || "-".to_owned();
+        vec![
+            (
+                pick("交易时间（北京时间）", "Time (China)"),
+                self.time.clone(),
+            ),
+            (
+                pick("商户名称", "Merchant"),
+                if self.merchant_name.is_empty() {
+                    dash()
+                } else {
+                    self.merchant_name.clone()
+                },
+            ),
+            (pick("商户号", "MID"), self.mid.clone()),
+            (pick("终端号", "TID"), self.tid.clone()),
+            (pick("金额", "Amount"), self.amount.clone()),
+            (pick("卡号", "Card"), self.masked_pan.clone()),
+            (
+                pick("卡种", "Card type"),
+                self.card_type
+                    .as_ref()
+                    .map_or_else(dash, |c| c.get(lang).to_owned()),
+            ),
+            (pick("发卡行", "Issuer"), self.bank.get(lang).to_owned()),
+            (
+                pick("发卡行客服电话", "Issuer phone"),
+                self.issuer_phone.clone().unwrap_or_else(|| {
+                    pick(
+                        "未知，请拨打卡背面的电话",
+                        "unknown: call the number on the card",
+                    )
+                    .to_owned()
+                }),
+            ),
+            (pick("参考号 RRN", "RRN"), self.rrn.clone()),
+            (pick("流水号 STAN", "STAN"), self.stan.clone()),
+            (pick("批次号", "Batch"), self.batch_no.clone()),
+            (
+                pick("授权码", "Auth code"),
+                self.auth_code.clone().unwrap_or_else(dash),
+            ),
+            (
+                pick("应答码", "Response code"),
+                match (&self.response_code, &self.response_meaning) {
+                    (Some(code), Some(meaning)) => format!("{code} {}", meaning.get(lang)),
+                    _ => dash(),
+                },
+            ),
+            (
+                pick("结论", "Outcome"),
+                self.explanation.summary.get(lang).to_owned(),
+            ),
+        ]
+    }
+
+    /// Plain text to paste into a message to the issuer.
+    pub fn to_text(&self, lang: Lang) -> String {
+        let title = match lang {
+            Lang::Zh => "交易查询资料（请向发卡行提供）",
+            Lang::En => "Transaction evidence for the card issuer",
+        };
+        let mut out = format!("{title}\n");
+        for (label, value) in self.fields(lang) {
+            out.push_str(&format!("{label}: {value}\n"));
+        }
+        out.push_str(match lang {
+            Lang::Zh => "时间线（北京时间）：\n",
+            Lang::En => "Timeline (China time):\n",
+        });
+        for step in &self.explanation.steps {
+            out.push_str(&format!("  {}  {}\n", step.time, step.text.get(lang)));
+        }
+        if let Some(d) = self.explanation.diagnosis {
+            out.push_str(&explain::diagnosis_text(d, lang));
+        }
+        out
+    }
+
+    /// A standalone printable page; every value is escaped.
+    pub fn to_html(&self, lang: Lang) -> String {
+        let (html_lang, title, timeline, advice) = match lang {
+            Lang::Zh => ("zh-CN", "交易查询资料", "时间线（北京时间）", "诊断"),
+            Lang::En => (
+                "en",
+                "Transaction evidence",
+                "Timeline (China time)",
+                "Diagnosis",
+            ),
+        };
+        let mut out = String::with_capacity(4_096);
+        out.push_str(&format!(
+            "<!DOCTYPE html>\n<html lang=\"{html_lang}\">\n<head>\n<meta charset=\"utf-8\">\n\
+             <title>{} {}</title>\n<style>\nbody{{font-family:sans-serif;max-width:48em;\
+             margin:2em auto;color:#111}}\ntable{{border-collapse:collapse;width:100%}}\n\
+             th,td{{border:1px solid #999;padding:.3em .6em;text-align:left;\
+             vertical-align:top}}\nth{{width:14em;background:#f3f3f3}}\n\
+             @media print{{body{{margin:0}}}}\n</style>\n</head>\n<body>\n<h1>{}</h1>\n<table>\n",
+            html_escape(title),
+            html_escape(&self.rrn),
+            html_escape(title)
+        ));
+        for (label, value) in self.fields(lang) {
+            out.push_str(&format!(
+                "<tr><th>{}</th><td>{}</td></tr>\n",
+                html_escape(label),
+                html_escape(&value)
+            ));
+        }
+        out.push_str(&format!(
+            "</table>\n<h2>{}</h2>\n<ol>\n",
+            html_escape(timeline)
+        ));
+        for step in &self.explanation.steps {
+            out.push_str(&format!(
+                "<li><time>{}</time> {}</li>\n",
+                html_escape(&step.time),
+                html_escape(step.text.get(lang))
+            ));
+        }
+        out.push_str("</ol>\n");
+        if let Some(d) = self.explanation.diagnosis {
+            out.push_str(&format!(
+                "<h2>{}</h2>\n<p><strong>{} {}</strong></p>\n<p>{}</p>\n<p>{}</p>\n<ol>\n",
+                html_escape(advice),
+                html_escape(d.subject.key()),
+                html_escape(d.title.get(lang)),
+                html_escape(d.meaning.get(lang)),
+                html_escape(d.contact_when.get(lang))
+            ));
+            for s in d.merchant_steps {
+                out.push_str(&format!("<li>{}</li>\n", html_escape(s.get(lang))));
+            }
+            out.push_str("</ol>\n");
+        }
+        out.push_str("</body>\n</html>\n");
+        out
+    }
+}

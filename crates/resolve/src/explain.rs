@@ -1,0 +1,690 @@
+//! A stored transaction explained in plain words: its timeline (received, approved or declined
+//! by whom and when, no answer, reversed, acknowledged, voided, refunded, pre-auth expiry) built
+//! from the journal row, its events, the reversal queue and its linked transactions, in Chinese
+//! and English, with the diagnosis of what went wrong. Times are China Standard Time.
+
+use domain::IssuerDirectory;
+use domain::diagnosis::{self, Diagnosis, FailureKind, Lang};
+use serde::Serialize;
+use store::{SafItem, SafState, Store, TxnKind, TxnRow, TxnState};
+use switch::{BACK_OFFICE_TID, REFUND_DAYS_MAX};
+
+use crate::ResolveError;
+use crate::text::{Both, bank_info, clock, date, date_time, kind_text, yuan};
+
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// The facts of a transaction a merchant may see (no PAN beyond the masked form).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TxnSummary {
+    pub id: i64,
+    pub kind: String,
+    pub mid: String,
+    pub tid: String,
+    pub batch_no: u32,
+    pub stan: u32,
+    pub rrn: Option<String>,
+    pub amount_fen: i64,
+    pub amount: String,
+    pub refunded_fen: i64,
+    pub masked_pan: Option<String>,
+    pub last4: Option<String>,
+    pub bank_code: Option<String>,
+    pub bank_name: Both,
+    pub card_type: Option<Both>,
+    pub network: Both,
+    pub issuer_link: Option<String>,
+    pub auth_code: Option<String>,
+    pub response_code: Option<String>,
+    pub state: String,
+    pub received_at_ms: i64,
+    /// `2026-11-23 14:02:11`, China Standard Time.
+    pub received_at: String,
+    pub original_id: Option<i64>,
+}
+
+impl TxnSummary {
+    pub fn of(directory: &IssuerDirectory, row: &TxnRow) -> TxnSummary {
+        let bank = bank_info(directory, row);
+        TxnSummary {
+            id: row.id,
+            kind: row.kind.as_str().to_owned(),
+            mid: row.mid.clone(),
+            tid: row.tid.clone(),
+            batch_no: row.batch_no,
+            stan: row.stan,
+            rrn: row.rrn.clone(),
+            amount_fen: row.amount_fen,
+            amount: yuan(row.amount_fen),
+            refunded_fen: row.refunded_fen,
+            masked_pan: row.pan.as_ref().map(|p| p.masked.clone()),
+            last4: row.pan.as_ref().map(|p| p.last4.clone()),
+            bank_code: bank.code,
+            bank_name: bank.name,
+            card_type: bank.card_type,
+            network: bank.network,
+            issuer_link: row.issuer.clone(),
+            auth_code: row.auth_code.clone(),
+            response_code: row.response_code.clone(),
+            state: row.state.as_str().to_owned(),
+            received_at_ms: row.received_at_ms,
+            received_at: date_time(row.received_at_ms),
+            original_id: row.original_id,
+        }
+    }
+}
+
+/// Where the transaction ended up, in one word a program can match on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Still waiting for the issuer.
+    InProgress,
+    Approved,
+    PartlyRefunded,
+    Refunded,
+    Voided,
+    /// A pre-authorisation turned into a charge.
+    Completed,
+    /// A pre-authorisation never completed within the allowed days: its hold is released.
+    PreAuthExpired,
+    Declined,
+    /// The issuer approved it, then it was reversed (the terminal never saw the answer, or
+    /// the cashier cancelled): the cardholder is not charged.
+    ApprovedThenReversed,
+    /// No answer from the issuer; reversed in case the issuer had approved it.
+    NoAnswerReversed,
+    /// No answer and the reversal has not been acknowledged yet.
+    ReversalPending,
+    /// Never reached a decision (issuer unavailable, unreadable answer).
+    Failed,
+}
+
+/// One line of the timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub at_ms: i64,
+    /// `14:02:11`, China Standard Time.
+    pub time: String,
+    /// A stable key: `received`, `approved`, `declined`, `no_answer`, `reversal_queued`,
+    /// `reversed_by_terminal`, `reversal_acknowledged`, `reversal_refused`, `reversal_pending`,
+    /// `voided`, `refunded`, `refund_declined`, `completed`, `pre_auth_hold`, `pre_auth_expired`,
+    /// `issuer_unavailable`, `failed`, `linked`.
+    pub kind: &'static str,
+    pub text: Both,
+}
+
+/// A transaction's story and diagnosis.
+#[derive(Clone, Debug, Serialize)]
+pub struct Explanation {
+    pub txn: TxnSummary,
+    pub outcome: Outcome,
+    pub summary: Both,
+    pub steps: Vec<Step>,
+    /// What went wrong and what to do, when something did.
+    pub diagnosis: Option<&'static Diagnosis>,
+    /// For a refund, void, completion or reversal: the transaction it refers to.
+    pub original_rrn: Option<String>,
+}
+
+impl Explanation {
+    /// The timeline and diagnosis as text to read or copy.
+    pub fn to_text(&self, lang: Lang) -> String {
+        let t = &self.txn;
+        let kind = store::TxnKind::parse(&t.kind)
+            .map_or_else(|_| t.kind.clone(), |k| kind_text(k).get(lang).to_owned());
+        let mut out = match lang {
+            Lang::Zh => format!(
+                "{kind} {}，RRN {}，终端 {}，{}\n结论：{}\n时间线（北京时间）：\n",
+                t.amount,
+                t.rrn.as_deref().unwrap_or("-"),
+                t.tid,
+                t.received_at,
+                self.summary.zh
+            ),
+            Lang::En => format!(
+                "{kind} of {}, RRN {}, terminal {}, {}\nOutcome: {}\nTimeline (China time):\n",
+                t.amount,
+                t.rrn.as_deref().unwrap_or("-"),
+                t.tid,
+                t.received_at,
+                self.summary.en
+            ),
+        };
+        for step in &self.steps {
+            out.push_str(&format!("  {}  {}\n", step.time, step.text.get(lang)));
+        }
+        if let Some(d) = self.diagnosis {
+            out.push_str(&diagnosis_text(d, lang));
+        }
+        out
+    }
+}
+
+/// The diagnosis block shared by the text forms.
+pub(crate) fn diagnosis_text(d: &Diagnosis, lang: Lang) -> String {
+    let key = d.subject.key();
+    let mut out = match lang {
+        Lang::Zh => format!(
+            "诊断：{key} {}\n  含义：{}\n  谁来处理：{}\n  能否重试：{}\n  联系发卡行：{}\n  对顾客说：“{}”\n  商户操作：\n",
+            d.title.zh,
+            d.meaning.zh,
+            d.who_acts.text().zh,
+            d.retry.text().zh,
+            d.contact_when.zh,
+            d.customer_message.zh
+        ),
+        Lang::En => format!(
+            "Diagnosis: {key} {}\n  Meaning: {}\n  Who acts: {}\n  Retry: {}\n  Contact issuer: {}\n  Tell the customer: \"{}\"\n  Merchant steps:\n",
+            d.title.en,
+            d.meaning.en,
+            d.who_acts.text().en,
+            d.retry.text().en,
+            d.contact_when.en,
+            d.customer_message.en
+        ),
+    };
+    for (i, step) in d.merchant_steps.iter().enumerate() {
+        out.push_str(&format!("    {}. {}\n", i + 1, step.get(lang)));
+    }
+    out
+}
+
+/// Explains the transaction with this RRN, as of `now_ms` (for pre-auth expiry).
+pub fn explain_rrn(
+    store: &dyn Store,
+    directory: &IssuerDirectory,
+    rrn: &str,
+    now_ms: i64,
+) -> Result<Explanation, ResolveError> {
+    let row = store
+        .txn_by_rrn(rrn.trim())?
+        .ok_or_else(|| ResolveError::NoSuchRrn(rrn.trim().to_owned()))?;
+    explain_txn(store, directory, &row, now_ms)
+}
+
+fn step(at_ms: i64, kind: &'static str, text: Both) -> Step {
+    Step {
+        at_ms,
+        time: clock(at_ms),
+        kind,
+        text,
+    }
+}
+
+/// Who sent the request, in words.
+fn origin(row: &TxnRow) -> Both {
+    if row.tid == BACK_OFFICE_TID {
+        Both::new(
+            "收单后台（操作员批准）",
+            "shoudan back office (operator approved)",
+        )
+    } else {
+        Both::new(format!("终端 {}", row.tid), format!("terminal {}", row.tid))
+    }
+}
+
+fn code_title(code: &str) -> Both {
+    let d = diagnosis::diagnose_str(code);
+    Both::new(
+        format!("{code}（{}）", d.title.zh),
+        format!("{code} ({})", d.title.en),
+    )
+}
+
+/// Explains one journal row.
+pub fn explain_txn(
+    store: &dyn Store,
+    directory: &IssuerDirectory,
+    row: &TxnRow,
+    now_ms: i64,
+) -> Result<Explanation, ResolveError> {
+    let bank = bank_info(directory, row).name;
+    let kind = kind_text(row.kind);
+    let amount = yuan(row.amount_fen);
+    let who = origin(row);
+    let mut steps = vec![step(
+        row.received_at_ms,
+        "received",
+        Both::new(
+            format!("{}发起{} {amount}", who.zh, kind.zh),
+            format!("{} sent a {} of {amount}", who.en, kind.en),
+        ),
+    )];
+    let events = store.events(row.id)?;
+    let reversal = store.reversal(row.id)?;
+    let mut approved_at = None;
+    let mut timed_out = false;
+    for event in &events {
+        let at = event.at_ms;
+        match event.kind.as_str() {
+            "approved" => {
+                approved_at = Some(at);
+                let auth = row.auth_code.as_deref().unwrap_or("-");
+                steps.push(step(
+                    at,
+                    "approved",
+                    Both::new(
+                        format!("{}批准，授权码 {auth}", bank.zh),
+                        format!("approved by {}, auth code {auth}", bank.en),
+                    ),
+                ));
+            }
+            "declined" => {
+                let code = code_title(row.response_code.as_deref().unwrap_or("??"));
+                let by = if row.sent_at_ms.is_none() {
+                    Both::new("收单系统", "shoudan")
+                } else {
+                    bank.clone()
+                };
+                steps.push(step(
+                    at,
+                    "declined",
+                    Both::new(
+                        format!("{}拒绝：{}", by.zh, code.zh),
+                        format!("declined by {}: {}", by.en, code.en),
+                    ),
+                ));
+            }
+            "timed_out" => {
+                timed_out = true;
+                let waited_s = row
+                    .sent_at_ms
+                    .map_or(0, |sent| (at - sent).max(0).div_euclid(1_000));
+                steps.push(step(
+                    at,
+                    "no_answer",
+                    Both::new(
+                        format!(
+                            "{}在 {waited_s} 秒内没有应答；终端收到 98（无应答），交易未成功",
+                            bank.zh
+                        ),
+                        format!(
+                            "no answer from {} within {waited_s} s; the terminal was told 98 \
+                             (no answer) and the sale did not go through",
+                            bank.en
+                        ),
+                    ),
+                ));
+                if row.kind != TxnKind::BalanceInquiry {
+                    steps.push(step(
+                        at,
+                        "reversal_queued",
+                        Both::new(
+                            format!("以防{}已经批准，收单系统发出冲正", bank.zh),
+                            format!(
+                                "in case {} had approved it, shoudan sent a reversal",
+                                bank.en
+                            ),
+                        ),
+                    ));
+                }
+            }
+            "failed" => {
+                let code = row.response_code.as_deref().unwrap_or("96");
+                let text = if code == "91" {
+                    Both::new(
+                        format!("{}暂时无法连接，请求没有发出，没有扣款", bank.zh),
+                        format!(
+                            "{} was unavailable: nothing was sent, nothing was charged",
+                            bank.en
+                        ),
+                    )
+                } else {
+                    Both::new(
+                        format!(
+                            "{}的应答无法识别，终端收到 {code}；收单系统发出冲正",
+                            bank.zh
+                        ),
+                        format!(
+                            "the answer from {} could not be read; the terminal was told \
+                             {code} and shoudan sent a reversal",
+                            bank.en
+                        ),
+                    )
+                };
+                let kind = if code == "91" {
+                    "issuer_unavailable"
+                } else {
+                    "failed"
+                };
+                steps.push(step(at, kind, text));
+            }
+            "reversed" => {
+                steps.push(step(
+                    at,
+                    "reversed_by_terminal",
+                    Both::new(
+                        "终端发来冲正（终端没有收到应答，或收银员取消了交易），收单系统转发给发卡行",
+                        "the terminal sent a reversal (it did not receive the answer, or the \
+                         cashier cancelled); shoudan forwards it to the issuer",
+                    ),
+                ));
+            }
+            "reversal_done" => {
+                let acked = reversal
+                    .as_ref()
+                    .is_some_and(|r: &SafItem| r.state == SafState::Acked);
+                if acked {
+                    steps.push(step(
+                        at,
+                        "reversal_acknowledged",
+                        Both::new(
+                            format!(
+                                "{}确认冲正：这笔钱不会扣，持卡人账户上的冻结或扣款由发卡行退回",
+                                bank.zh
+                            ),
+                            format!(
+                                "{} acknowledged the reversal: the cardholder is not charged; \
+                                 any hold or debit is released by the issuer",
+                                bank.en
+                            ),
+                        ),
+                    ));
+                } else {
+                    steps.push(step(
+                        at,
+                        "reversal_refused",
+                        Both::new(
+                            format!("{}拒绝了冲正，请联系发卡行核实持卡人是否被扣款", bank.zh),
+                            format!(
+                                "{} refused the reversal: ask the issuer whether the \
+                                 cardholder was charged",
+                                bank.en
+                            ),
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(r) = reversal.as_ref().filter(|r| r.state == SafState::Pending) {
+        steps.push(step(
+            now_ms,
+            "reversal_pending",
+            Both::new(
+                format!(
+                    "冲正尚未得到{}确认（已尝试 {} 次），收单系统会一直重发直到确认",
+                    bank.zh, r.attempts
+                ),
+                format!(
+                    "the reversal is not yet acknowledged by {} ({} attempts so far); shoudan \
+                     keeps resending it until it is",
+                    bank.en, r.attempts
+                ),
+            ),
+        ));
+    }
+    let mut original_rrn = None;
+    if let Some(original_id) = row.original_id {
+        if let Some(original) = store.txn(original_id)? {
+            original_rrn = original.rrn.clone();
+            let okind = kind_text(original.kind);
+            let orrn = original.rrn.clone().unwrap_or_else(|| "-".to_owned());
+            steps.push(step(
+                row.received_at_ms,
+                "linked",
+                Both::new(
+                    format!(
+                        "原交易：{} {}，RRN {orrn}，{}",
+                        okind.zh,
+                        yuan(original.amount_fen),
+                        date_time(original.received_at_ms)
+                    ),
+                    format!(
+                        "original: {} of {}, RRN {orrn}, {}",
+                        okind.en,
+                        yuan(original.amount_fen),
+                        date_time(original.received_at_ms)
+                    ),
+                ),
+            ));
+        }
+    }
+    // What happened to it afterwards: voids, refunds, completions.
+    let mut linked = store.txns_linked_to(row.id)?;
+    linked.retain(|l| l.kind != TxnKind::Reversal);
+    linked.sort_by_key(|l| l.received_at_ms);
+    for l in &linked {
+        let at = l.answered_at_ms.unwrap_or(l.received_at_ms);
+        let lwho = origin(l);
+        let lamount = yuan(l.amount_fen);
+        let lrrn = l.rrn.clone().unwrap_or_else(|| "-".to_owned());
+        let approved = matches!(l.state, TxnState::Approved | TxnState::Completed);
+        match (l.kind, approved) {
+            (TxnKind::Refund, true) => {
+                let partial = l.amount_fen < row.amount_fen;
+                let (pzh, pen) = if partial {
+                    (
+                        format!("（部分退货：{lamount} / {amount}）"),
+                        format!(" (partial: {lamount} of {amount})"),
+                    )
+                } else {
+                    (String::new(), String::new())
+                };
+                steps.push(step(
+                    at,
+                    "refunded",
+                    Both::new(
+                        format!(
+                            "{}退货 {lamount}，{}批准，RRN {lrrn}{pzh}；钱退回持卡人卡上，到账时间以发卡行为准",
+                            lwho.zh, bank.zh
+                        ),
+                        format!(
+                            "{} refunded {lamount}, approved by {}, RRN {lrrn}{pen}; the money \
+                             goes back to the card, on the issuer's schedule",
+                            lwho.en, bank.en
+                        ),
+                    ),
+                ));
+            }
+            (TxnKind::Refund, false) => {
+                let code = code_title(l.response_code.as_deref().unwrap_or("??"));
+                steps.push(step(
+                    at,
+                    "refund_declined",
+                    Both::new(
+                        format!("{}退货 {lamount} 未成功：{}", lwho.zh, code.zh),
+                        format!(
+                            "{} refund of {lamount} did not go through: {}",
+                            lwho.en, code.en
+                        ),
+                    ),
+                ));
+            }
+            (TxnKind::PurchaseVoid | TxnKind::PreAuthVoid | TxnKind::CompletionVoid, true) => {
+                steps.push(step(
+                    at,
+                    "voided",
+                    Both::new(
+                        format!("{}当天撤销了这笔交易（RRN {lrrn}）：不会扣款", lwho.zh),
+                        format!(
+                            "voided the same day by {} (RRN {lrrn}): nothing is charged",
+                            lwho.en
+                        ),
+                    ),
+                ));
+            }
+            (TxnKind::Completion, true) => {
+                steps.push(step(
+                    at,
+                    "completed",
+                    Both::new(
+                        format!("预授权完成 {lamount}（RRN {lrrn}）：冻结转为扣款"),
+                        format!("completed for {lamount} (RRN {lrrn}): the hold became a charge"),
+                    ),
+                ));
+            }
+            (other, _) => {
+                let okind = kind_text(other);
+                let code = code_title(l.response_code.as_deref().unwrap_or("??"));
+                steps.push(step(
+                    at,
+                    "linked",
+                    Both::new(
+                        format!("{}{} {lamount} 未成功：{}", lwho.zh, okind.zh, code.zh),
+                        format!(
+                            "{} {} of {lamount} did not go through: {}",
+                            lwho.en, okind.en, code.en
+                        ),
+                    ),
+                ));
+            }
+        }
+    }
+    // Pre-authorisations hold money until completed or voided, for a limited time.
+    let mut expired = false;
+    if row.kind == TxnKind::PreAuth && row.state == TxnState::Approved {
+        let day = switch::LocalTime::from_ms(row.received_at_ms).day_number;
+        let expires_ms = (day + REFUND_DAYS_MAX + 1) * MS_PER_DAY - 8 * 3_600_000;
+        if now_ms >= expires_ms {
+            expired = true;
+            steps.push(step(
+                expires_ms,
+                "pre_auth_expired",
+                Both::new(
+                    format!(
+                        "{REFUND_DAYS_MAX} 天内没有完成或撤销，预授权已过期：{}释放冻结的 {amount}",
+                        bank.zh
+                    ),
+                    format!(
+                        "not completed or voided within {REFUND_DAYS_MAX} days: the \
+                         pre-authorisation expired and {} releases the {amount} hold",
+                        bank.en
+                    ),
+                ),
+            ));
+        } else {
+            steps.push(step(
+                now_ms,
+                "pre_auth_hold",
+                Both::new(
+                    format!(
+                        "持卡人账户上冻结 {amount}，直到完成或撤销，最迟 {}",
+                        date(expires_ms - 1)
+                    ),
+                    format!(
+                        "{amount} is held on the cardholder's account until completed or \
+                         voided, at the latest until {}",
+                        date(expires_ms - 1)
+                    ),
+                ),
+            ));
+        }
+    }
+    steps.sort_by_key(|s| s.at_ms);
+
+    let refunded = row.refunded_fen;
+    let acked = reversal
+        .as_ref()
+        .is_some_and(|r| r.state == SafState::Acked);
+    let outcome = match row.state {
+        TxnState::InFlight => Outcome::InProgress,
+        TxnState::Approved if expired => Outcome::PreAuthExpired,
+        TxnState::Approved if refunded >= row.amount_fen && refunded > 0 => Outcome::Refunded,
+        TxnState::Approved if refunded > 0 => Outcome::PartlyRefunded,
+        TxnState::Approved => Outcome::Approved,
+        TxnState::Completed => Outcome::Completed,
+        TxnState::Voided => Outcome::Voided,
+        TxnState::Declined => Outcome::Declined,
+        TxnState::Reversed if approved_at.is_some() => Outcome::ApprovedThenReversed,
+        TxnState::Reversed if timed_out || acked => Outcome::NoAnswerReversed,
+        TxnState::Reversed => Outcome::Declined,
+        TxnState::TimedOut | TxnState::Failed if reversal.is_some() && !acked => {
+            Outcome::ReversalPending
+        }
+        TxnState::TimedOut => Outcome::NoAnswerReversed,
+        TxnState::Failed => Outcome::Failed,
+    };
+    let summary = summary_text(outcome, &bank, row);
+    let diagnosis = match outcome {
+        Outcome::Declined | Outcome::Failed => Some(diagnosis::diagnose_str(
+            row.response_code.as_deref().unwrap_or("96"),
+        )),
+        Outcome::NoAnswerReversed | Outcome::ReversalPending => Some(diagnosis::diagnose_str(
+            row.response_code.as_deref().unwrap_or("98"),
+        )),
+        Outcome::ApprovedThenReversed => Some(diagnosis::diagnose_failure(FailureKind::NoAnswer)),
+        _ => None,
+    };
+    Ok(Explanation {
+        txn: TxnSummary::of(directory, row),
+        outcome,
+        summary,
+        steps,
+        diagnosis,
+        original_rrn,
+    })
+}
+
+fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow) -> Both {
+    let amount = yuan(row.amount_fen);
+    let refunded = yuan(row.refunded_fen);
+    let code = row.response_code.clone().unwrap_or_default();
+    match outcome {
+        Outcome::InProgress => Both::new("正在等待发卡行应答", "waiting for the issuer's answer"),
+        Outcome::Approved => Both::new(
+            format!("成功，{}批准 {amount}", bank.zh),
+            format!("approved by {} for {amount}", bank.en),
+        ),
+        Outcome::PartlyRefunded => Both::new(
+            format!("成功 {amount}，已部分退货 {refunded}"),
+            format!("approved for {amount}, {refunded} refunded since"),
+        ),
+        Outcome::Refunded => Both::new(
+            format!("成功 {amount}，已全额退货"),
+            format!("approved for {amount}, refunded in full since"),
+        ),
+        Outcome::Voided => Both::new(
+            "当天已撤销：不扣款",
+            "voided the same day: nothing is charged",
+        ),
+        Outcome::Completed => Both::new(
+            "预授权已完成（见完成交易的金额）",
+            "pre-authorisation completed (see the completion's amount)",
+        ),
+        Outcome::PreAuthExpired => Both::new(
+            "预授权已过期：冻结已释放，不扣款",
+            "pre-authorisation expired: the hold is released, nothing is charged",
+        ),
+        Outcome::Declined => Both::new(
+            format!("失败：{}", code_title(&code).zh),
+            format!("declined: {}", code_title(&code).en),
+        ),
+        Outcome::ApprovedThenReversed => Both::new(
+            format!(
+                "刷卡时{}批准了，但随后被冲正：持卡人不会被扣款，冻结或扣款由发卡行退回",
+                bank.zh
+            ),
+            format!(
+                "approved by {} at first, then reversed: the cardholder is not charged; any \
+                 hold or debit is returned by the issuer",
+                bank.en
+            ),
+        ),
+        Outcome::NoAnswerReversed => Both::new(
+            format!(
+                "{}没有及时应答，收单系统已冲正并得到确认：交易不成立，即使卡上显示过扣款也会退回",
+                bank.zh
+            ),
+            format!(
+                "no answer from {} in time; shoudan reversed it and the reversal was \
+                 acknowledged: the sale did not happen, and any charge the card shows is returned",
+                bank.en
+            ),
+        ),
+        Outcome::ReversalPending => Both::new(
+            format!("{}没有及时应答，冲正尚未确认，收单系统会继续重发", bank.zh),
+            format!(
+                "no answer from {} in time; the reversal is not acknowledged yet and shoudan \
+                 keeps resending it",
+                bank.en
+            ),
+        ),
+        Outcome::Failed => Both::new(
+            format!("交易未完成：{}", code_title(&code).zh),
+            format!("did not complete: {}", code_title(&code).en),
+        ),
+    }
+}

@@ -1,0 +1,44 @@
+//! Explain and resolve (issue 4): what happened to a stored transaction in plain words, the
+//! evidence to contact an issuer, cases with a way to closure, signed webhook notifications,
+//! payer lookup without full PANs, and duplicate-payment detection.
+//!
+//! Everything reads the switch's journal through [`store::Store`]; nothing here sits on the
+//! authorisation path. Notifications are derived by tailing the journal ([`outbox::Tailer`]),
+//! and delivered by [`outbox::Notifier`]. Refunds a case approves run through the switch
+//! ([`switch::BackOffice`]).
+//!
+//! Services take `Arc<dyn Store>` and friends so a web layer can hold them:
+//! [`explain::explain_rrn`], [`evidence::evidence`], [`cases::CaseService`],
+//! [`outbox::enqueue`], [`payer`], [`duplicates`].
+
+#![forbid(unsafe_code)]
+
+pub mod cases;
+pub mod duplicates;
+pub mod evidence;
+pub mod explain;
+pub mod outbox;
+pub mod payer;
+mod text;
+pub mod webhook;
+
+pub use domain::diagnosis::Lang;
+pub use evidence::{Evidence, evidence};
+pub use explain::{Explanation, Outcome, Step, TxnSummary, explain_rrn, explain_txn};
+
+/// Why a resolve operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("no transaction with RRN {0}")]
+    NoSuchRrn(String),
+    #[error("no transaction with id {0}")]
+    NoSuchTxn(i64),
+    #[error("webhook endpoint must be an http:// URL with a host: {0}")]
+    BadEndpoint(String),
+    #[error("HSM: {0}")]
+    Hsm(#[from] paycrypto::HsmError),
+    #[error("{0} was not found for this merchant")]
+    NotVisible(&'static str),
+}

@@ -1,0 +1,546 @@
+//! Notifications: an outbox of merchant events in the store, filled by producers (the journal
+//! [`Tailer`], cases, the settlement's payout results via [`enqueue`]), and a [`Notifier`] that
+//! delivers each as a signed webhook with bounded retries and logs every attempt.
+//!
+//! The switch knows nothing of this: the tailer reads the journal's timeline events behind it,
+//! so a slow or failing merchant endpoint never touches authorisation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::IssuerDirectory;
+use domain::diagnosis::{self, Diagnosis, PayoutFailure};
+use paycrypto::Hsm;
+use serde::Serialize;
+use serde_json::{Value, json};
+use store::resolve::{DeliveryRow, OutboxRow, ResolveRecord, WebhookEndpointRow};
+use store::{Record, SafState, Store, TxnKind, TxnRow};
+use switch::Clock;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::ResolveError;
+use crate::duplicates;
+use crate::explain::TxnSummary;
+use crate::webhook::{self, Endpoint};
+
+/// The store counter outbox ids come from (reserve an id here to build a [`record`]).
+pub const OUTBOX_COUNTER: &str = "outbox_id";
+/// The tailer's position in the journal's events.
+const TAILER_CURSOR: &str = "notifications";
+
+/// What happened, as the `type` of the webhook body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum EventType {
+    #[serde(rename = "transaction.declined")]
+    TransactionDeclined,
+    #[serde(rename = "reversal.done")]
+    ReversalDone,
+    #[serde(rename = "refund.done")]
+    RefundDone,
+    #[serde(rename = "case.updated")]
+    CaseUpdated,
+    #[serde(rename = "payout.failed")]
+    PayoutFailed,
+    #[serde(rename = "duplicate.suspected")]
+    DuplicateSuspected,
+}
+
+impl EventType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventType::TransactionDeclined => "transaction.declined",
+            EventType::ReversalDone => "reversal.done",
+            EventType::RefundDone => "refund.done",
+            EventType::CaseUpdated => "case.updated",
+            EventType::PayoutFailed => "payout.failed",
+            EventType::DuplicateSuspected => "duplicate.suspected",
+        }
+    }
+}
+
+/// One notification before it is stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub event_type: EventType,
+    /// Unique per fact (e.g. `refund.done:42`): enqueueing it again is a no-op.
+    pub dedup_key: String,
+    pub data: Value,
+}
+
+/// The diagnosis as a webhook shows it, both languages.
+pub fn diagnosis_json(d: &Diagnosis) -> Value {
+    json!({
+        "code": d.subject.key(),
+        "title": {"zh": d.title.zh, "en": d.title.en},
+        "category": d.category.letter().to_string(),
+        "who_acts": d.who_acts.key(),
+        "retry": d.retry.key(),
+        "contact_issuer": d.contact_issuer.recommended(),
+        "customer_message": {"zh": d.customer_message.zh, "en": d.customer_message.en},
+        "merchant_steps": d.merchant_steps.iter().map(|s| json!({"zh": s.zh, "en": s.en})).collect::<Vec<_>>(),
+    })
+}
+
+impl Event {
+    /// A payout to the merchant's account failed (producer: settlement).
+    pub fn payout_failed(payout_ref: &str, amount_fen: i64, failure: PayoutFailure) -> Event {
+        Event {
+            event_type: EventType::PayoutFailed,
+            dedup_key: format!("payout.failed:{payout_ref}"),
+            data: json!({
+                "payout": payout_ref,
+                "amount_fen": amount_fen,
+                "diagnosis": diagnosis_json(diagnosis::diagnose_payout(failure)),
+            }),
+        }
+    }
+
+    pub fn transaction_declined(txn: &TxnSummary) -> Event {
+        let code = txn.response_code.as_deref().unwrap_or("96");
+        Event {
+            event_type: EventType::TransactionDeclined,
+            dedup_key: format!("transaction.declined:{}", txn.id),
+            data: json!({
+                "transaction": txn,
+                "diagnosis": diagnosis_json(diagnosis::diagnose_str(code)),
+            }),
+        }
+    }
+
+    pub fn reversal_done(txn: &TxnSummary) -> Event {
+        Event {
+            event_type: EventType::ReversalDone,
+            dedup_key: format!("reversal.done:{}", txn.id),
+            data: json!({ "transaction": txn }),
+        }
+    }
+
+    pub fn refund_done(refund: &TxnSummary, original_rrn: Option<&str>) -> Event {
+        Event {
+            event_type: EventType::RefundDone,
+            dedup_key: format!("refund.done:{}", refund.id),
+            data: json!({ "refund": refund, "original_rrn": original_rrn }),
+        }
+    }
+
+    pub fn case_updated(case_id: i64, version: i64, state: &str, note: &str) -> Event {
+        Event {
+            event_type: EventType::CaseUpdated,
+            dedup_key: format!("case.updated:{case_id}:{version}"),
+            data: json!({ "case_id": case_id, "version": version, "state": state, "note": note }),
+        }
+    }
+
+    pub fn duplicate_suspected(flag: &duplicates::DuplicateFlag) -> Event {
+        Event {
+            event_type: EventType::DuplicateSuspected,
+            dedup_key: format!("duplicate.suspected:{}", flag.second.id),
+            data: json!({ "duplicate": flag }),
+        }
+    }
+}
+
+/// The store record of an event, for a producer that commits it with its own records
+/// (reserve `id` from [`OUTBOX_COUNTER`] first).
+pub fn record(id: i64, mid: &str, event: &Event, now_ms: i64) -> Record {
+    let body = json!({
+        "id": id,
+        "type": event.event_type.as_str(),
+        "mid": mid,
+        "created_at_ms": now_ms,
+        "data": event.data,
+    });
+    Record::Resolve(ResolveRecord::Enqueue(Box::new(OutboxRow {
+        id,
+        mid: mid.to_owned(),
+        event_type: event.event_type.as_str().to_owned(),
+        payload: body.to_string(),
+        dedup_key: event.dedup_key.clone(),
+        created_at_ms: now_ms,
+        state: "pending".to_owned(),
+        attempts: 0,
+        next_attempt_ms: now_ms,
+        delivered_at_ms: None,
+    })))
+}
+
+async fn reserve_ids(store: &dyn Store, count: u64) -> Result<i64, ResolveError> {
+    let first = store.reserve(OUTBOX_COUNTER, count)?.await?;
+    i64::try_from(first).map_err(|_| {
+        ResolveError::Store(store::StoreError::Corrupt {
+            what: "outbox id",
+            value: first.to_string(),
+        })
+    })
+}
+
+/// Queues an event for a merchant, durably. A repeated `dedup_key` is ignored.
+pub async fn enqueue(
+    store: &dyn Store,
+    mid: &str,
+    event: Event,
+    now_ms: i64,
+) -> Result<(), ResolveError> {
+    let id = reserve_ids(store, 1).await?;
+    store.submit(vec![record(id, mid, &event, now_ms)])?.await?;
+    Ok(())
+}
+
+/// Sets where a merchant's webhooks go and the secret they are signed with (sealed by the HSM
+/// before it reaches the store).
+pub async fn set_endpoint(
+    store: &dyn Store,
+    hsm: &dyn Hsm,
+    mid: &str,
+    url: &str,
+    secret: &[u8],
+) -> Result<(), ResolveError> {
+    if Endpoint::parse(url).is_none() {
+        return Err(ResolveError::BadEndpoint(url.to_owned()));
+    }
+    let row = WebhookEndpointRow {
+        mid: mid.to_owned(),
+        url: url.to_owned(),
+        secret_sealed: hsm.seal(secret)?,
+        active: true,
+    };
+    store
+        .submit(vec![Record::Resolve(ResolveRecord::UpsertEndpoint(row))])?
+        .await?;
+    Ok(())
+}
+
+/// Delivery limits.
+#[derive(Clone, Debug)]
+pub struct NotifierConfig {
+    /// Attempts per event before it is marked `failed`.
+    pub attempts_max: u32,
+    /// Delay after the first failure; doubles per attempt up to `backoff_last_ms`.
+    pub backoff_first_ms: i64,
+    pub backoff_last_ms: i64,
+    /// Whole-request timeout of one POST.
+    pub timeout: Duration,
+    /// Events attempted per pass.
+    pub batch_max: u32,
+}
+
+/// Attempts per event at most, whatever the configuration says.
+pub const ATTEMPTS_MAX: u32 = 32;
+
+impl Default for NotifierConfig {
+    fn default() -> Self {
+        NotifierConfig {
+            attempts_max: 8,
+            backoff_first_ms: 1_000,
+            backoff_last_ms: 3_600_000,
+            timeout: Duration::from_secs(5),
+            batch_max: 64,
+        }
+    }
+}
+
+/// Delivers due outbox events to merchants' endpoints.
+pub struct Notifier {
+    store: Arc<dyn Store>,
+    hsm: Arc<dyn Hsm>,
+    clock: Arc<dyn Clock>,
+    config: NotifierConfig,
+}
+
+impl Notifier {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hsm: Arc<dyn Hsm>,
+        clock: Arc<dyn Clock>,
+        config: NotifierConfig,
+    ) -> Self {
+        Notifier {
+            store,
+            hsm,
+            clock,
+            config,
+        }
+    }
+
+    fn backoff_ms(&self, attempt: u32) -> i64 {
+        let shift = attempt.saturating_sub(1).min(20);
+        self.config
+            .backoff_first_ms
+            .saturating_mul(1_i64 << shift)
+            .min(self.config.backoff_last_ms)
+    }
+
+    /// One pass: attempts every due event once. Returns the number of attempts made.
+    pub async fn deliver_due(&self) -> Result<usize, ResolveError> {
+        let now_ms = self.clock.now_ms();
+        let due = self.store.outbox_due(now_ms, self.config.batch_max)?;
+        let attempts_max = self.config.attempts_max.clamp(1, ATTEMPTS_MAX);
+        for item in &due {
+            let attempt = item.attempts.saturating_add(1);
+            let endpoint = self.store.webhook_endpoint(&item.mid)?.filter(|e| e.active);
+            let started = self.clock.now_ms();
+            let (url, result) = match &endpoint {
+                None => (
+                    String::new(),
+                    webhook::PostResult {
+                        status: None,
+                        error: Some("no webhook endpoint configured".to_owned()),
+                    },
+                ),
+                Some(e) => (e.url.clone(), self.post(item, e, started).await),
+            };
+            let finished = self.clock.now_ms();
+            let (state, next, delivered_at) = if result.delivered() {
+                ("delivered", finished, Some(finished))
+            } else if endpoint.is_none() {
+                ("no_endpoint", finished, None)
+            } else if attempt >= attempts_max {
+                ("failed", finished, None)
+            } else {
+                ("pending", finished + self.backoff_ms(attempt), None)
+            };
+            if !result.delivered() {
+                tracing::info!(
+                    id = item.id,
+                    mid = %item.mid,
+                    attempt,
+                    error = result.error.as_deref().unwrap_or(""),
+                    status = result.status,
+                    "webhook not delivered"
+                );
+            }
+            let record = ResolveRecord::Delivery {
+                log: DeliveryRow {
+                    outbox_id: item.id,
+                    attempt,
+                    at_ms: started,
+                    url,
+                    status: result.status,
+                    error: result.error,
+                    duration_ms: finished - started,
+                },
+                state: state.to_owned(),
+                next_attempt_ms: next,
+                delivered_at_ms: delivered_at,
+            };
+            self.store.submit(vec![Record::Resolve(record)])?.await?;
+        }
+        Ok(due.len())
+    }
+
+    async fn post(
+        &self,
+        item: &OutboxRow,
+        endpoint: &WebhookEndpointRow,
+        now_ms: i64,
+    ) -> webhook::PostResult {
+        let Some(target) = Endpoint::parse(&endpoint.url) else {
+            return webhook::PostResult {
+                status: None,
+                error: Some("endpoint URL is not http://host[:port]/path".to_owned()),
+            };
+        };
+        let secret = match self.hsm.open(&endpoint.secret_sealed) {
+            Ok(secret) => secret,
+            Err(_) => {
+                return webhook::PostResult {
+                    status: None,
+                    error: Some("webhook secret cannot be opened".to_owned()),
+                };
+            }
+        };
+        let timestamp = now_ms.div_euclid(1_000);
+        let body = item.payload.as_bytes();
+        let headers = [
+            (
+                webhook::SIGNATURE_HEADER,
+                webhook::sign(&secret, timestamp, body),
+            ),
+            (webhook::TIMESTAMP_HEADER, timestamp.to_string()),
+            (webhook::EVENT_ID_HEADER, item.id.to_string()),
+            (webhook::EVENT_TYPE_HEADER, item.event_type.clone()),
+        ];
+        webhook::post(&target, &headers, body, self.config.timeout).await
+    }
+
+    /// Runs `deliver_due` every `interval` until `stop` turns true.
+    pub fn spawn(self, interval: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                if let Err(error) = self.deliver_due().await {
+                    tracing::warn!(%error, "webhook delivery pass failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stop.changed() => return,
+                }
+                if *stop.borrow() {
+                    return;
+                }
+            }
+        })
+    }
+}
+
+/// How the tailer reads the journal.
+#[derive(Clone, Debug)]
+pub struct TailerConfig {
+    /// Events are re-read this far behind the cursor: an event is stamped before its group
+    /// commit, so one may land after a later-stamped one was read. Dedup keys make it harmless.
+    pub lag_ms: i64,
+    /// Events read per page.
+    pub page_max: u32,
+    /// Pages per poll, so one poll is bounded.
+    pub pages_max: u32,
+    /// Same card, amount and merchant within this window, both approved: a suspected duplicate.
+    pub duplicate_window_ms: i64,
+}
+
+impl Default for TailerConfig {
+    fn default() -> Self {
+        TailerConfig {
+            lag_ms: 60_000,
+            page_max: 512,
+            pages_max: 16,
+            duplicate_window_ms: duplicates::DUPLICATE_WINDOW_MS_DEFAULT,
+        }
+    }
+}
+
+/// Turns journal events into outbox events (declines with diagnosis, reversals acknowledged,
+/// refunds approved, suspected duplicates).
+pub struct Tailer {
+    store: Arc<dyn Store>,
+    directory: Arc<IssuerDirectory>,
+    clock: Arc<dyn Clock>,
+    config: TailerConfig,
+}
+
+impl Tailer {
+    pub fn new(
+        store: Arc<dyn Store>,
+        directory: Arc<IssuerDirectory>,
+        clock: Arc<dyn Clock>,
+        config: TailerConfig,
+    ) -> Self {
+        Tailer {
+            store,
+            directory,
+            clock,
+            config,
+        }
+    }
+
+    /// Reads new journal events and enqueues what they mean. Returns the events enqueued
+    /// (including ones already queued before, which the store ignores).
+    pub async fn poll_once(&self) -> Result<usize, ResolveError> {
+        let store = self.store.as_ref();
+        let cursor = store.resolve_cursor(TAILER_CURSOR)?.unwrap_or(0);
+        let mut since = cursor.saturating_sub(self.config.lag_ms).max(0);
+        let mut newest = cursor;
+        let mut produced = 0;
+        for _ in 0..self.config.pages_max.max(1) {
+            let page = store.events_since(since, self.config.page_max)?;
+            let mut records = Vec::new();
+            let mut pending: Vec<(String, Event)> = Vec::new();
+            for event in &page {
+                newest = newest.max(event.at_ms);
+                let Some(row) = store.txn(event.txn_id)? else {
+                    continue;
+                };
+                pending.extend(self.meaning(&event.kind, &row, &mut records)?);
+            }
+            if !pending.is_empty() {
+                let count = u64::try_from(pending.len()).unwrap_or(1);
+                let first = reserve_ids(store, count).await?;
+                let now_ms = self.clock.now_ms();
+                for (offset, (mid, event)) in (0_i64..).zip(&pending) {
+                    records.push(record(first + offset, mid, event, now_ms));
+                }
+                produced += pending.len();
+            }
+            records.push(Record::Resolve(ResolveRecord::Cursor {
+                name: TAILER_CURSOR.to_owned(),
+                position: newest,
+            }));
+            store.submit(records)?.await?;
+            let full = u32::try_from(page.len()).unwrap_or(u32::MAX) >= self.config.page_max;
+            match page.last() {
+                Some(last) if full && last.at_ms > since => since = last.at_ms,
+                _ => break,
+            }
+        }
+        Ok(produced)
+    }
+
+    /// What one journal event means for the merchant.
+    fn meaning(
+        &self,
+        kind: &str,
+        row: &TxnRow,
+        records: &mut Vec<Record>,
+    ) -> Result<Vec<(String, Event)>, ResolveError> {
+        if row.kind == TxnKind::Reversal {
+            return Ok(Vec::new());
+        }
+        let summary = || TxnSummary::of(&self.directory, row);
+        let mut out = Vec::new();
+        match kind {
+            "declined" | "failed" => {
+                out.push((row.mid.clone(), Event::transaction_declined(&summary())));
+            }
+            "reversal_done" => {
+                let acked = self
+                    .store
+                    .reversal(row.id)?
+                    .is_some_and(|r| r.state == SafState::Acked);
+                if acked {
+                    out.push((row.mid.clone(), Event::reversal_done(&summary())));
+                }
+            }
+            "approved" if row.kind == TxnKind::Refund => {
+                let original_rrn = match row.original_id {
+                    Some(id) => self.store.txn(id)?.and_then(|o| o.rrn),
+                    None => None,
+                };
+                out.push((
+                    row.mid.clone(),
+                    Event::refund_done(&summary(), original_rrn.as_deref()),
+                ));
+            }
+            "approved" if matches!(row.kind, TxnKind::Purchase | TxnKind::Completion) => {
+                let window = self.config.duplicate_window_ms;
+                if let Some(found) = duplicates::find_for(self.store.as_ref(), row, window)? {
+                    let now_ms = self.clock.now_ms();
+                    let flag =
+                        duplicates::describe(self.store.as_ref(), &self.directory, &found, now_ms)?;
+                    records.push(Record::Resolve(ResolveRecord::Duplicate(found)));
+                    if let Some(flag) = flag {
+                        out.push((row.mid.clone(), Event::duplicate_suspected(&flag)));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(out)
+    }
+
+    /// Runs `poll_once` every `interval` until `stop` turns true.
+    pub fn spawn(self, interval: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                if let Err(error) = self.poll_once().await {
+                    tracing::warn!(%error, "journal tailer pass failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stop.changed() => return,
+                }
+                if *stop.borrow() {
+                    return;
+                }
+            }
+        })
+    }
+}
