@@ -1,0 +1,623 @@
+//! Resolve end to end: the real switch and the real issuer simulator over loopback TCP (the
+//! switch's own test harness), a SQLite journal in a temp dir, webhook receivers on real
+//! sockets. Declines are explained and evidenced, timeouts read as reversed, refund
+//! applications run their refund through the switch, duplicates are flagged, webhooks arrive
+//! signed and failing receivers are retried.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+#[path = "../../switch/tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use domain::IssuerDirectory;
+use domain::diagnosis::Lang;
+use issuer_sim::{
+    DemoCard, HsmPinVerifier, IssuerSim, LedgerLocation, Rrn, ServerHandle, TxnRecord,
+    TxnState as IssuerState, demo_issuer,
+};
+use paycrypto::Hsm;
+use resolve::cases::{CaseError, CaseKind, CaseService, CaseState, NewCase, RefundExecutor};
+use resolve::duplicates::{self, SuggestedAction};
+use resolve::outbox::{Notifier, NotifierConfig, Tailer, TailerConfig};
+use resolve::{Outcome, explain_rrn};
+use store::{SafState, Store};
+use switch::{Clock, SystemClock};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const BANK: &str = "ICBC";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+struct Env {
+    h: Harness,
+    sim: IssuerSim,
+    _server: ServerHandle,
+    cards: Vec<DemoCard>,
+    t: Terminal,
+    stan: u32,
+    _ledger_dir: tempfile::TempDir,
+}
+
+async fn start() -> Env {
+    let (hsm, zpk) = new_hsm();
+    let pins = HsmPinVerifier::new(Arc::clone(&hsm) as Arc<dyn Hsm>, zpk);
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let (issuer, cards) = demo_issuer(
+        BANK,
+        4,
+        pins,
+        LedgerLocation::File(ledger_dir.path().join("issuer.db")),
+        Arc::new(issuer_sim::SystemClock),
+    )
+    .unwrap();
+    let sim = IssuerSim::new(Arc::new(issuer), 7);
+    let server = sim
+        .serve(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let h = Harness::with_hsm(server.local_addr(), Arc::default(), hsm, zpk).await;
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    Env {
+        h,
+        sim,
+        _server: server,
+        cards,
+        t,
+        stan: 1,
+        _ledger_dir: ledger_dir,
+    }
+}
+
+impl Env {
+    fn card(&self, label: &str) -> DemoCard {
+        self.cards
+            .iter()
+            .find(|c| c.label == label)
+            .unwrap()
+            .clone()
+    }
+
+    fn healthy(&self, n: usize) -> DemoCard {
+        self.cards
+            .iter()
+            .filter(|c| c.label == "healthy")
+            .nth(n)
+            .unwrap()
+            .clone()
+    }
+
+    fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.h.store) as Arc<dyn Store>
+    }
+
+    fn switch(&self) -> &switch::SwitchHandle {
+        self.h.switch.as_ref().unwrap()
+    }
+
+    fn issuer_txn(&self, rrn: &str) -> Option<TxnRecord> {
+        self.sim.issuer().txn(&Rrn::parse(rrn).unwrap())
+    }
+
+    async fn purchase(&mut self, card: &DemoCard, amount: u64) -> (String, String, Req) {
+        self.stan += 1;
+        let req = Req {
+            pin: Some(card.pin().to_owned()),
+            ..Req::purchase(card.pan.expose_digits(), amount, self.stan)
+        };
+        let r = self.t.send(&req).await;
+        (r.code(), r.text(37).unwrap_or_default(), req)
+    }
+
+    async fn reversal_acked(&self, rrn: &str) -> bool {
+        let store = Arc::clone(&self.h.store);
+        let id = store.txn_by_rrn(rrn).unwrap().unwrap().id;
+        self.h
+            .eventually(10, || {
+                store
+                    .reversal(id)
+                    .unwrap()
+                    .is_some_and(|r| r.state == SafState::Acked)
+            })
+            .await
+    }
+
+    fn directory(&self) -> Arc<IssuerDirectory> {
+        Arc::clone(&self.h.directory)
+    }
+
+    fn tailer(&self) -> Tailer {
+        Tailer::new(
+            self.store(),
+            self.directory(),
+            Arc::new(SystemClock),
+            TailerConfig::default(),
+        )
+    }
+}
+
+fn now() -> i64 {
+    SystemClock.now_ms()
+}
+
+#[test]
+fn declined_purchase_is_diagnosed_with_evidence_naming_the_issuer() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.card("refer_to_issuer");
+        let (code, rrn, _) = e.purchase(&card, 100).await;
+        assert_eq!(code, "01");
+        let store = e.store();
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &rrn, now()).unwrap();
+        assert_eq!(x.outcome, Outcome::Declined);
+        assert_eq!(x.diagnosis.unwrap().code(), Some("01"));
+        let kinds: Vec<&str> = x.steps.iter().map(|s| s.kind).collect();
+        assert_eq!(kinds, ["received", "declined"], "{x:#?}");
+        assert!(
+            x.steps[1]
+                .text
+                .en
+                .contains("Industrial and Commercial Bank"),
+            "{x:#?}"
+        );
+        assert!(x.steps[1].text.zh.contains("工商银行"), "{x:#?}");
+
+        let ev = resolve::evidence(store.as_ref(), &e.h.directory, &rrn, Some(MID), now()).unwrap();
+        assert_eq!(ev.issuer_phone.as_deref(), Some("95588"));
+        assert_eq!(ev.bank_code.as_deref(), Some("ICBC"));
+        assert_eq!(ev.merchant_name, "Teahouse");
+        assert_eq!(ev.response_code.as_deref(), Some("01"));
+        let pan = card.pan.expose_digits().to_owned();
+        for lang in [Lang::Zh, Lang::En] {
+            let text = ev.to_text(lang);
+            let html = ev.to_html(lang);
+            for out in [&text, &html] {
+                assert!(out.contains("95588") && out.contains(&rrn) && out.contains(MID));
+                assert!(out.contains(TID) && out.contains("01"));
+                assert!(!out.contains(&pan), "full PAN in evidence");
+                assert!(out.contains(&ev.masked_pan));
+            }
+            assert!(html.starts_with("<!DOCTYPE html>") && html.ends_with("</html>\n"));
+        }
+        assert!(ev.to_text(Lang::Zh).contains("中国工商银行"));
+        // Another merchant does not see it.
+        assert!(resolve::evidence(store.as_ref(), &e.h.directory, &rrn, Some("X"), now()).is_err());
+    });
+}
+
+#[test]
+fn timed_out_purchase_reads_as_reversed_and_acknowledged() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(0);
+        // The issuer approves but its answer is lost: 98, then a reversal the issuer acks.
+        e.sim.faults().drop_next(1);
+        let (code, rrn, _) = e.purchase(&card, 4_200).await;
+        assert_eq!(code, "98");
+        assert!(e.reversal_acked(&rrn).await, "reversal never acknowledged");
+        let at_issuer = e.issuer_txn(&rrn).unwrap();
+        assert_eq!(at_issuer.code, issuer_sim::ResponseCode::Approved);
+        assert_eq!(at_issuer.state, IssuerState::Reversed);
+        let store = e.store();
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &rrn, now()).unwrap();
+        assert_eq!(x.outcome, Outcome::NoAnswerReversed, "{x:#?}");
+        let kinds: Vec<&str> = x.steps.iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                "received",
+                "no_answer",
+                "reversal_queued",
+                "reversal_acknowledged"
+            ],
+            "{x:#?}"
+        );
+        assert_eq!(x.diagnosis.unwrap().code(), Some("98"));
+        let text = x.to_text(Lang::En);
+        assert!(text.contains("acknowledged the reversal"), "{text}");
+
+        // The swipe succeeded but the terminal never saw it and reversed: approved, then
+        // reversed, and the issuer acknowledges.
+        let (code, rrn2, req) = e.purchase(&card, 700).await;
+        assert_eq!(code, "00");
+        assert_eq!(e.t.send(&Req::reversal_of(&req)).await.code(), "00");
+        assert!(e.reversal_acked(&rrn2).await);
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &rrn2, now()).unwrap();
+        assert_eq!(x.outcome, Outcome::ApprovedThenReversed, "{x:#?}");
+        let kinds: Vec<&str> = x.steps.iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                "received",
+                "approved",
+                "reversed_by_terminal",
+                "reversal_acknowledged"
+            ]
+        );
+        assert!(x.summary.zh.contains("冲正") && x.summary.en.contains("reversed"));
+    });
+}
+
+#[test]
+fn refund_application_executes_through_the_switch_once() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(1);
+        let (code, rrn, _) = e.purchase(&card, 5_000).await;
+        assert_eq!(code, "00");
+        let (balance, _) = e.sim.issuer().balance(&card.pan).unwrap();
+        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
+        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let new = |amount: i64| NewCase {
+            kind: CaseKind::RefundApplication,
+            mid: MID.to_owned(),
+            rrn: Some(rrn.clone()),
+            title: "customer returned the goods".to_owned(),
+            who: "merchant".to_owned(),
+            text: "please refund".to_owned(),
+            attachments: vec!["receipt-001.jpg".to_owned()],
+            assignee: Some("ops-1".to_owned()),
+            due_at_ms: Some(now() + 86_400_000),
+            refund_fen: Some(amount),
+        };
+        let case = cases.open(new(2_000)).await.unwrap();
+        assert_eq!(case.state, CaseState::Open);
+        assert_eq!(case.entries[0].attachments, ["receipt-001.jpg"]);
+        let done = cases.approve_refund(case.id, "operator-7").await.unwrap();
+        assert_eq!(done.state, CaseState::Resolved, "{done:#?}");
+        assert_eq!(done.refund_code.as_deref(), Some("00"));
+        assert!(done.resolution.as_deref().unwrap().contains("¥20.00"));
+        let refund_rrn = done.refund_rrn.clone().unwrap();
+        // The issuer's ledger shows the refund against the purchase, and the money came back.
+        assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 2_000);
+        assert_eq!(
+            e.sim.issuer().balance(&card.pan).unwrap().0,
+            balance + 2_000
+        );
+        assert_eq!(
+            e.h.store.txn_by_rrn(&rrn).unwrap().unwrap().refunded_fen,
+            2_000
+        );
+        // Closed: approving again is an illegal move, not a second refund.
+        assert!(matches!(
+            cases.approve_refund(case.id, "operator-7").await,
+            Err(CaseError::IllegalTransition { .. })
+        ));
+        // A retried back-office call with the same key replays the answer, no second refund.
+        let key = format!("case-{}-refund-v{}", case.id, case.version);
+        let again = e
+            .switch()
+            .back_office_refund(&rrn, 2_000, &key)
+            .await
+            .unwrap();
+        assert_eq!(again.rrn.as_deref(), Some(refund_rrn.as_str()));
+        assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 2_000);
+        // The same key for another amount is refused.
+        assert!(
+            e.switch()
+                .back_office_refund(&rrn, 100, &key)
+                .await
+                .is_err()
+        );
+        // Never more than what is left (3 000 fen).
+        let too_much = cases.open(new(4_000)).await.unwrap();
+        assert!(matches!(
+            cases.approve_refund(too_much.id, "operator-7").await,
+            Err(CaseError::ExceedsRemaining {
+                asked_fen: 4_000,
+                left_fen: 3_000
+            })
+        ));
+        // The purchase now reads as partly refunded by the back office.
+        let store = e.store();
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &rrn, now()).unwrap();
+        assert_eq!(x.outcome, Outcome::PartlyRefunded);
+        let refund_step = x.steps.iter().find(|s| s.kind == "refunded").unwrap();
+        assert!(
+            refund_step.text.en.contains("back office"),
+            "{refund_step:?}"
+        );
+        assert!(refund_step.text.en.contains("partial"), "{refund_step:?}");
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &refund_rrn, now()).unwrap();
+        assert_eq!(x.original_rrn.as_deref(), Some(rrn.as_str()));
+        // Dispute lifecycle: closing needs a resolution, and illegal moves are errors.
+        let dispute = cases
+            .open(NewCase {
+                kind: CaseKind::Dispute,
+                refund_fen: None,
+                ..new(0)
+            })
+            .await
+            .unwrap();
+        use resolve::cases::{Resolution, Transition};
+        let c = cases
+            .transition(dispute.id, "ops", Transition::WaitOnIssuer, "asked ICBC")
+            .await
+            .unwrap();
+        assert_eq!(c.state, CaseState::WaitingIssuer);
+        assert!(
+            cases
+                .transition(dispute.id, "ops", Transition::Escalate, "")
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            cases
+                .transition(dispute.id, "ops", Transition::Reopen, "")
+                .await,
+            Err(CaseError::IllegalTransition { .. })
+        ));
+        let closed = cases
+            .transition(
+                dispute.id,
+                "ops",
+                Transition::Reject(Resolution::new("cardholder withdrew").unwrap()),
+                "",
+            )
+            .await
+            .unwrap();
+        assert_eq!(closed.state, CaseState::Rejected);
+        assert_eq!(closed.entries.len(), 4);
+        assert_eq!(cases.of_merchant(MID).unwrap().len(), 3);
+    });
+}
+
+#[test]
+fn duplicate_purchase_is_flagged_and_notified() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(2);
+        let other = e.healthy(3);
+        assert_eq!(e.purchase(&card, 3_300).await.0, "00");
+        assert_eq!(e.purchase(&other, 3_300).await.0, "00");
+        assert_eq!(e.purchase(&card, 1_000).await.0, "00");
+        let (_, second, _) = e.purchase(&card, 3_300).await;
+        let tailer = e.tailer();
+        tailer.poll_once().await.unwrap();
+        let store = e.store();
+        let flags = duplicates::flagged(store.as_ref(), &e.h.directory, MID, now()).unwrap();
+        assert_eq!(flags.len(), 1, "{flags:#?}");
+        assert_eq!(flags[0].second.rrn.as_deref(), Some(second.as_str()));
+        assert_eq!(flags[0].suggested_action, SuggestedAction::VoidSecondToday);
+        let outbox = store.outbox_of_merchant(MID).unwrap();
+        let dup: Vec<_> = outbox
+            .iter()
+            .filter(|o| o.event_type == "duplicate.suspected")
+            .collect();
+        assert_eq!(dup.len(), 1);
+        assert!(dup[0].payload.contains(&second));
+        // Polling again adds nothing.
+        tailer.poll_once().await.unwrap();
+        assert_eq!(store.outbox_of_merchant(MID).unwrap().len(), outbox.len());
+        // A wider scan agrees; a tiny window finds nothing.
+        let day = 86_400_000;
+        assert_eq!(
+            duplicates::scan(store.as_ref(), MID, now() - day, now() + 1, 600_000)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            duplicates::scan(store.as_ref(), MID, now() - day, now() + 1, 0)
+                .unwrap()
+                .is_empty()
+        );
+        // Payer lookup: the card the operator types, last four + amount, repeat payers.
+        let found = resolve::payer::by_card(
+            store.as_ref(),
+            e.h.hsm.as_ref(),
+            &e.h.directory,
+            MID,
+            &card.pan,
+        )
+        .unwrap();
+        assert_eq!(found.len(), 3);
+        let last4 = card.pan.last4().to_owned();
+        let by4 = resolve::payer::by_last4(
+            store.as_ref(),
+            &e.h.directory,
+            MID,
+            &last4,
+            Some(3_300),
+            now() - day,
+            now() + 1,
+        )
+        .unwrap();
+        assert_eq!(by4.len(), 2);
+        let repeat =
+            resolve::payer::repeat_payers(store.as_ref(), MID, now() - day, now() + 1, 2).unwrap();
+        assert_eq!(repeat.len(), 1);
+        assert_eq!(repeat[0].payments, 3);
+        assert_eq!(repeat[0].masked_pan, card.pan.masked().as_str());
+        assert!(
+            resolve::payer::by_rrn(store.as_ref(), &e.h.directory, "X", &second)
+                .unwrap()
+                .is_none()
+        );
+    });
+}
+
+/// A webhook receiver on a real socket: records each request, answers `status`.
+struct Receiver {
+    addr: std::net::SocketAddr,
+    got: Arc<Mutex<Vec<(HashMap<String, String>, String)>>>,
+}
+
+async fn receiver(status: u16) -> Receiver {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got: Arc<Mutex<Vec<(HashMap<String, String>, String)>>> = Arc::default();
+    let log = Arc::clone(&got);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let (head_end, length) = loop {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "request cut short");
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..i]).to_string();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .unwrap()
+                        .parse::<usize>()
+                        .unwrap();
+                    break (i + 4, length);
+                }
+            };
+            while buf.len() < head_end + length {
+                let n = stream.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+            let headers = head
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(": "))
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+                .collect();
+            let body = String::from_utf8(buf[head_end..head_end + length].to_vec()).unwrap();
+            log.lock().unwrap().push((headers, body));
+            let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+            let _ = stream.write_all(reply.as_bytes()).await;
+        }
+    });
+    Receiver { addr, got }
+}
+
+#[test]
+fn webhooks_are_signed_and_failing_receivers_are_retried() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let secret = b"teahouse-webhook-secret";
+        let good = receiver(200).await;
+        let store = e.store();
+        resolve::outbox::set_endpoint(
+            store.as_ref(),
+            e.h.hsm.as_ref(),
+            MID,
+            &format!("http://{}/hooks/shoudan", good.addr),
+            secret,
+        )
+        .await
+        .unwrap();
+        let (code, rrn, _) = e.purchase(&e.card("insufficient_funds"), 100).await;
+        assert_eq!(code, "51");
+        e.tailer().poll_once().await.unwrap();
+        let notifier = Notifier::new(
+            e.store(),
+            Arc::clone(&e.h.hsm) as Arc<dyn Hsm>,
+            Arc::new(SystemClock),
+            NotifierConfig {
+                backoff_first_ms: 1,
+                backoff_last_ms: 5,
+                attempts_max: 3,
+                ..NotifierConfig::default()
+            },
+        );
+        assert_eq!(notifier.deliver_due().await.unwrap(), 1);
+        {
+            let got = good.got.lock().unwrap();
+            assert_eq!(got.len(), 1);
+            let (headers, body) = &got[0];
+            let ts: i64 = headers["x-shoudan-timestamp"].parse().unwrap();
+            let sig = &headers["x-shoudan-signature"];
+            assert!(resolve::webhook::verify(
+                secret,
+                ts,
+                body.as_bytes(),
+                sig,
+                now() / 1000,
+                300
+            ));
+            assert!(!resolve::webhook::verify(
+                b"wrong secret",
+                ts,
+                body.as_bytes(),
+                sig,
+                now() / 1000,
+                300
+            ));
+            assert_eq!(headers["x-shoudan-event-type"], "transaction.declined");
+            let json: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(json["type"], "transaction.declined");
+            assert_eq!(json["mid"], MID);
+            assert_eq!(json["data"]["transaction"]["rrn"], rrn.as_str());
+            assert_eq!(json["data"]["diagnosis"]["code"], "51");
+            assert!(!body.contains(e.card("insufficient_funds").pan.expose_digits()));
+        }
+        let item = store.outbox_of_merchant(MID).unwrap().pop().unwrap();
+        assert_eq!(item.state, "delivered");
+        assert_eq!(
+            store.webhook_deliveries(item.id).unwrap()[0].status,
+            Some(200)
+        );
+
+        // A receiver that answers 500: retried with backoff, every attempt logged, then failed.
+        let bad = receiver(500).await;
+        resolve::outbox::set_endpoint(
+            store.as_ref(),
+            e.h.hsm.as_ref(),
+            MID,
+            &format!("http://{}/hooks", bad.addr),
+            secret,
+        )
+        .await
+        .unwrap();
+        let (code, _, _) = e.purchase(&e.card("insufficient_funds"), 200).await;
+        assert_eq!(code, "51");
+        e.tailer().poll_once().await.unwrap();
+        let item = store
+            .outbox_of_merchant(MID)
+            .unwrap()
+            .into_iter()
+            .find(|o| o.state == "pending")
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store
+            .outbox_of_merchant(MID)
+            .unwrap()
+            .iter()
+            .any(|o| o.id == item.id && o.state == "pending")
+        {
+            assert!(tokio::time::Instant::now() < deadline, "never gave up");
+            notifier.deliver_due().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let log = store.webhook_deliveries(item.id).unwrap();
+        assert_eq!(log.len(), 3, "{log:#?}");
+        assert!(log.iter().all(|d| d.status == Some(500)));
+        assert_eq!(bad.got.lock().unwrap().len(), 3);
+        let failed = store
+            .outbox_of_merchant(MID)
+            .unwrap()
+            .into_iter()
+            .find(|o| o.id == item.id)
+            .unwrap();
+        assert_eq!(failed.state, "failed");
+        assert_eq!(failed.attempts, 3);
+        // Backoff: each retry waited at least the configured delay after the previous one.
+        assert!(log.windows(2).all(|w| w[1].at_ms >= w[0].at_ms));
+    });
+}
