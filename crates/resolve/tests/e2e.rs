@@ -453,16 +453,19 @@ fn duplicate_purchase_is_flagged_and_notified() {
     });
 }
 
+/// Headers (lower-cased names) and body of each request a receiver got.
+type Requests = Arc<Mutex<Vec<(HashMap<String, String>, String)>>>;
+
 /// A webhook receiver on a real socket: records each request, answers `status`.
 struct Receiver {
     addr: std::net::SocketAddr,
-    got: Arc<Mutex<Vec<(HashMap<String, String>, String)>>>,
+    got: Requests,
 }
 
 async fn receiver(status: u16) -> Receiver {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let got: Arc<Mutex<Vec<(HashMap<String, String>, String)>>> = Arc::default();
+    let got: Requests = Arc::default();
     let log = Arc::clone(&got);
     tokio::spawn(async move {
         loop {
