@@ -30,9 +30,15 @@ impl From<LangArg> for Lang {
 pub struct ExplainArgs {
     /// Response code (field 39, e.g. 51, A0), or a failure without a code (e.g. no-answer,
     /// payout-account-frozen). `--list` shows them all.
-    // Optional only for `--list`; a later `--rrn` joins the same group.
-    #[arg(required_unless_present = "list")]
+    // Optional only for `--list` and `--rrn`.
+    #[arg(required_unless_present_any = ["list", "rrn"], conflicts_with = "rrn")]
     code: Option<String>,
+    /// Explain a stored transaction instead: its timeline in plain words and its diagnosis.
+    #[arg(long, value_name = "RRN", requires = "data_dir")]
+    rrn: Option<String>,
+    /// The data directory whose journal (switch.db) `--rrn` reads, read-only.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -66,6 +72,9 @@ pub fn explain(args: ExplainArgs) -> CliResult {
     if args.list {
         return list(args.json, lang);
     }
+    if let (Some(rrn), Some(dir)) = (&args.rrn, &args.data_dir) {
+        return explain_rrn(rrn, dir, args.json, lang);
+    }
     let Some(input) = args.code else {
         return Err("give a response code or failure name (or --list)".into());
     };
@@ -77,6 +86,23 @@ pub fn explain(args: ExplainArgs) -> CliResult {
         );
     } else {
         print!("{}", diagnosis_text(&key, diagnosis, lang));
+    }
+    Ok(())
+}
+
+/// `explain --rrn`: the journal opened read-only (a running demo may be writing it), the
+/// transaction's timeline and diagnosis; JSON carries both languages.
+fn explain_rrn(rrn: &str, dir: &std::path::Path, json_out: bool, lang: Lang) -> CliResult {
+    let store = store::SqliteStore::open_read_only(&dir.join("switch.db"))?;
+    let directory = IssuerDirectory::embedded()?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let explanation = resolve::explain_rrn(&store, &directory, rrn, now_ms)?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&explanation)?);
+    } else {
+        print!("{}", explanation.to_text(lang));
     }
     Ok(())
 }
