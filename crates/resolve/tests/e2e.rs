@@ -251,6 +251,19 @@ fn timed_out_purchase_reads_as_reversed_and_acknowledged() {
             ]
         );
         assert!(x.summary.zh.contains("冲正") && x.summary.en.contains("reversed"));
+        // Both acknowledged reversals become notifications, once.
+        let tailer = e.tailer();
+        tailer.poll_once().await.unwrap();
+        tailer.poll_once().await.unwrap();
+        let done: Vec<_> = store
+            .outbox_of_merchant(MID)
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.event_type == "reversal.done")
+            .collect();
+        assert_eq!(done.len(), 2, "{done:#?}");
+        assert!(done.iter().any(|o| o.payload.contains(&rrn)));
+        assert!(done.iter().any(|o| o.payload.contains(&rrn2)));
     });
 }
 
@@ -336,6 +349,27 @@ fn refund_application_executes_through_the_switch_once() {
         assert!(refund_step.text.en.contains("partial"), "{refund_step:?}");
         let x = explain_rrn(store.as_ref(), &e.h.directory, &refund_rrn, now()).unwrap();
         assert_eq!(x.original_rrn.as_deref(), Some(rrn.as_str()));
+        // The refund and the case's changes are notifications.
+        e.tailer().poll_once().await.unwrap();
+        let outbox = store.outbox_of_merchant(MID).unwrap();
+        let refund_done: Vec<_> = outbox
+            .iter()
+            .filter(|o| o.event_type == "refund.done")
+            .collect();
+        assert_eq!(refund_done.len(), 1);
+        assert!(refund_done[0].payload.contains(&refund_rrn));
+        assert!(
+            refund_done[0]
+                .payload
+                .contains(&format!("\"original_rrn\":\"{rrn}\""))
+        );
+        assert!(
+            outbox
+                .iter()
+                .filter(|o| o.event_type == "case.updated")
+                .count()
+                >= 3
+        );
         // Dispute lifecycle: closing needs a resolution, and illegal moves are errors.
         let dispute = cases
             .open(NewCase {
@@ -375,6 +409,48 @@ fn refund_application_executes_through_the_switch_once() {
         assert_eq!(closed.state, CaseState::Rejected);
         assert_eq!(closed.entries.len(), 4);
         assert_eq!(cases.of_merchant(MID).unwrap().len(), 3);
+    });
+}
+
+#[test]
+fn voids_and_pre_authorisations_read_in_plain_words() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(0);
+        let (code, rrn, buy) = e.purchase(&card, 1_500).await;
+        assert_eq!(code, "00");
+        e.stan += 1;
+        let void = Req::void(card.pan.expose_digits(), 1_500, e.stan, buy.stan, &rrn);
+        assert_eq!(e.t.send(&void).await.code(), "00");
+        let store = e.store();
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &rrn, now()).unwrap();
+        assert_eq!(x.outcome, Outcome::Voided);
+        let kinds: Vec<&str> = x.steps.iter().map(|s| s.kind).collect();
+        assert_eq!(kinds, ["received", "approved", "voided"], "{x:#?}");
+
+        e.stan += 1;
+        let pre_auth = Req {
+            mti: iso8583::Mti::AUTHORISATION,
+            processing: "030000",
+            condition: "06",
+            message_type: "10",
+            pin: Some(card.pin().to_owned()),
+            ..Req::purchase(card.pan.expose_digits(), 30_000, e.stan)
+        };
+        let r = e.t.send(&pre_auth).await;
+        assert_eq!(r.code(), "00");
+        let rrn = r.text(37).unwrap();
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &rrn, now()).unwrap();
+        assert_eq!(x.outcome, Outcome::Approved);
+        let hold = x.steps.last().unwrap();
+        assert_eq!(hold.kind, "pre_auth_hold");
+        assert!(hold.text.en.contains("¥300.00 is held"), "{hold:?}");
+        // Thirty-two days later, never completed: expired, the hold released.
+        let later = now() + 32 * 86_400_000;
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &rrn, later).unwrap();
+        assert_eq!(x.outcome, Outcome::PreAuthExpired);
+        assert_eq!(x.steps.last().unwrap().kind, "pre_auth_expired");
+        assert!(x.summary.zh.contains("过期"));
     });
 }
 

@@ -196,6 +196,7 @@ CREATE TABLE resolve_cursors (
 CREATE INDEX transactions_fingerprint ON transactions (pan_fingerprint);
 CREATE INDEX transactions_mid_received ON transactions (mid, received_at_ms);
 CREATE INDEX transactions_original ON transactions (original_id);
+CREATE INDEX events_at ON events (at_ms);
 ",
     },
 ];
