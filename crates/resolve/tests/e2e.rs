@@ -413,6 +413,63 @@ fn refund_application_executes_through_the_switch_once() {
 }
 
 #[test]
+fn back_office_refund_is_reversed_on_timeout_and_never_doubled() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(2);
+        let (code, rrn, _) = e.purchase(&card, 8_000).await;
+        assert_eq!(code, "00");
+        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
+        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let case = cases
+            .open(NewCase {
+                kind: CaseKind::RefundApplication,
+                mid: MID.to_owned(),
+                rrn: Some(rrn.clone()),
+                title: "wrong amount keyed".to_owned(),
+                who: "merchant".to_owned(),
+                text: "refund 10.00".to_owned(),
+                attachments: Vec::new(),
+                assignee: None,
+                due_at_ms: None,
+                refund_fen: Some(1_000),
+            })
+            .await
+            .unwrap();
+        // The issuer applies the refund but its answer is lost: 98, and the switch reverses it.
+        e.sim.faults().drop_next(1);
+        let waiting = cases.approve_refund(case.id, "operator-1").await.unwrap();
+        assert_eq!(waiting.refund_code.as_deref(), Some("98"));
+        assert_eq!(waiting.state, CaseState::WaitingIssuer);
+        let refund_rrn = waiting.refund_rrn.clone().unwrap();
+        assert!(e.reversal_acked(&refund_rrn).await);
+        assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 0);
+        // Approved again (a new attempt, a new key): executed once, case resolved.
+        let done = cases.approve_refund(case.id, "operator-1").await.unwrap();
+        assert_eq!(done.state, CaseState::Resolved, "{done:#?}");
+        assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 1_000);
+
+        // Two concurrent calls with one key: one refund.
+        let switch = e.switch();
+        let (a, b) = tokio::join!(
+            switch.back_office_refund(&rrn, 500, "ticket-77"),
+            switch.back_office_refund(&rrn, 500, "ticket-77"),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(
+            (a.response_code.as_str(), b.response_code.as_str()),
+            ("00", "00")
+        );
+        assert_eq!(a.rrn, b.rrn);
+        assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 1_500);
+        assert_eq!(
+            e.h.store.txn_by_rrn(&rrn).unwrap().unwrap().refunded_fen,
+            1_500
+        );
+    });
+}
+
+#[test]
 fn voids_and_pre_authorisations_read_in_plain_words() {
     runtime().block_on(async {
         let mut e = start().await;
