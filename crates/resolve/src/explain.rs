@@ -247,7 +247,7 @@ pub fn explain_txn(
         row.received_at_ms,
         "received",
         Both::new(
-            format!("{}发起{} {amount}", who.zh, kind.zh),
+            format!("{} 发起{} {amount}", who.zh, kind.zh),
             format!("{} sent a {} of {amount}", who.en, kind.en),
         ),
     )];
@@ -468,7 +468,7 @@ pub fn explain_txn(
                     "refunded",
                     Both::new(
                         format!(
-                            "{}退货 {lamount}，{}批准，RRN {lrrn}{pzh}；钱退回持卡人卡上，到账时间以发卡行为准",
+                            "{} 退货 {lamount}，{}批准，RRN {lrrn}{pzh}；钱退回持卡人卡上，到账时间以发卡行为准",
                             lwho.zh, bank.zh
                         ),
                         format!(
@@ -485,7 +485,7 @@ pub fn explain_txn(
                     at,
                     "refund_declined",
                     Both::new(
-                        format!("{}退货 {lamount} 未成功：{}", lwho.zh, code.zh),
+                        format!("{} 退货 {lamount} 未成功：{}", lwho.zh, code.zh),
                         format!(
                             "{} refund of {lamount} did not go through: {}",
                             lwho.en, code.en
@@ -498,7 +498,7 @@ pub fn explain_txn(
                     at,
                     "voided",
                     Both::new(
-                        format!("{}当天撤销了这笔交易（RRN {lrrn}）：不会扣款", lwho.zh),
+                        format!("{} 当天撤销了这笔交易（RRN {lrrn}）：不会扣款", lwho.zh),
                         format!(
                             "voided the same day by {} (RRN {lrrn}): nothing is charged",
                             lwho.en
@@ -523,7 +523,7 @@ pub fn explain_txn(
                     at,
                     "linked",
                     Both::new(
-                        format!("{}{} {lamount} 未成功：{}", lwho.zh, okind.zh, code.zh),
+                        format!("{} {} {lamount} 未成功：{}", lwho.zh, okind.zh, code.zh),
                         format!(
                             "{} {} of {lamount} did not go through: {}",
                             lwho.en, okind.en, code.en

@@ -7,9 +7,9 @@
 //! and delivered by [`outbox::Notifier`]. Refunds a case approves run through the switch
 //! ([`switch::BackOffice`]).
 //!
-//! Services take `Arc<dyn Store>` and friends so a web layer can hold them:
-//! [`explain::explain_rrn`], [`evidence::evidence`], [`cases::CaseService`],
-//! [`outbox::enqueue`], [`payer`], [`duplicates`].
+//! Services take `Arc<dyn Store>` and friends so a web layer can hold them: [`Resolver`]
+//! (explain, evidence, payer lookup, duplicates, webhook settings), [`cases::CaseService`],
+//! [`outbox::Tailer`] and [`outbox::Notifier`] (background tasks), [`outbox::enqueue`].
 
 #![forbid(unsafe_code)]
 
@@ -19,12 +19,15 @@ pub mod evidence;
 pub mod explain;
 pub mod outbox;
 pub mod payer;
+mod service;
 mod text;
 pub mod webhook;
 
 pub use domain::diagnosis::Lang;
 pub use evidence::{Evidence, evidence};
 pub use explain::{Explanation, Outcome, Step, TxnSummary, explain_rrn, explain_txn};
+pub use service::Resolver;
+pub use text::Both;
 
 /// Why a resolve operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -196,6 +196,22 @@ fn declined_purchase_is_diagnosed_with_evidence_naming_the_issuer() {
             assert!(html.starts_with("<!DOCTYPE html>") && html.ends_with("</html>\n"));
         }
         assert!(ev.to_text(Lang::Zh).contains("中国工商银行"));
+        // Through the service handle a web layer holds, scoped to a merchant.
+        let resolver = resolve::Resolver::new(
+            e.store(),
+            Arc::clone(&e.h.hsm) as Arc<dyn Hsm>,
+            e.directory(),
+            Arc::new(SystemClock),
+        );
+        assert_eq!(resolver.explain(&rrn, Some(MID)).unwrap().txn.id, x.txn.id);
+        assert!(resolver.explain(&rrn, Some("898110059420002")).is_err());
+        assert!(
+            resolver
+                .evidence(&rrn, Some(MID))
+                .unwrap()
+                .to_html(Lang::En)
+                .contains("95588")
+        );
         // Another merchant does not see it.
         assert!(resolve::evidence(store.as_ref(), &e.h.directory, &rrn, Some("X"), now()).is_err());
     });

@@ -1,0 +1,172 @@
+//! One handle for a web layer: the read-side operations of this crate over shared `Arc`s, each
+//! scoped to a merchant when given one (a merchant sees only its own data), timed by the clock.
+
+use std::sync::Arc;
+
+use domain::{IssuerDirectory, Pan};
+use paycrypto::Hsm;
+use store::Store;
+use store::resolve::{DeliveryRow, OutboxRow};
+use switch::Clock;
+
+use crate::duplicates::{self, DuplicateFlag};
+use crate::evidence::{self, Evidence};
+use crate::explain::{self, Explanation, TxnSummary};
+use crate::outbox;
+use crate::payer::{self, RepeatPayer};
+use crate::{ResolveError, duplicates::DUPLICATE_WINDOW_MS_DEFAULT};
+
+/// Explain, evidence, payer lookup, duplicates and notification settings for one deployment.
+#[derive(Clone)]
+pub struct Resolver {
+    pub store: Arc<dyn Store>,
+    pub hsm: Arc<dyn Hsm>,
+    pub directory: Arc<IssuerDirectory>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Resolver {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hsm: Arc<dyn Hsm>,
+        directory: Arc<IssuerDirectory>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Resolver {
+            store,
+            hsm,
+            directory,
+            clock,
+        }
+    }
+
+    /// The timeline and diagnosis of the transaction with this RRN (of `mid`, when given).
+    pub fn explain(&self, rrn: &str, mid: Option<&str>) -> Result<Explanation, ResolveError> {
+        let x = explain::explain_rrn(
+            self.store.as_ref(),
+            &self.directory,
+            rrn,
+            self.clock.now_ms(),
+        )?;
+        if mid.is_some_and(|m| m != x.txn.mid) {
+            return Err(ResolveError::NotVisible("transaction"));
+        }
+        Ok(x)
+    }
+
+    /// The evidence package (`to_text` / `to_html`) of the transaction with this RRN.
+    pub fn evidence(&self, rrn: &str, mid: Option<&str>) -> Result<Evidence, ResolveError> {
+        evidence::evidence(
+            self.store.as_ref(),
+            &self.directory,
+            rrn,
+            mid,
+            self.clock.now_ms(),
+        )
+    }
+
+    pub fn payer_by_card(&self, mid: &str, pan: &Pan) -> Result<Vec<TxnSummary>, ResolveError> {
+        payer::by_card(
+            self.store.as_ref(),
+            self.hsm.as_ref(),
+            &self.directory,
+            mid,
+            pan,
+        )
+    }
+
+    pub fn payer_by_last4(
+        &self,
+        mid: &str,
+        last4: &str,
+        amount_fen: Option<i64>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<TxnSummary>, ResolveError> {
+        payer::by_last4(
+            self.store.as_ref(),
+            &self.directory,
+            mid,
+            last4,
+            amount_fen,
+            from_ms,
+            to_ms,
+        )
+    }
+
+    pub fn payer_by_rrn(&self, mid: &str, rrn: &str) -> Result<Option<TxnSummary>, ResolveError> {
+        payer::by_rrn(self.store.as_ref(), &self.directory, mid, rrn)
+    }
+
+    pub fn repeat_payers(
+        &self,
+        mid: &str,
+        from_ms: i64,
+        to_ms: i64,
+        min_payments: usize,
+    ) -> Result<Vec<RepeatPayer>, ResolveError> {
+        payer::repeat_payers(self.store.as_ref(), mid, from_ms, to_ms, min_payments)
+    }
+
+    /// Suspected duplicates flagged by the notification tailer.
+    pub fn duplicates(&self, mid: &str) -> Result<Vec<DuplicateFlag>, ResolveError> {
+        duplicates::flagged(
+            self.store.as_ref(),
+            &self.directory,
+            mid,
+            self.clock.now_ms(),
+        )
+    }
+
+    /// Suspected duplicates found by scanning `[from_ms, to_ms)` with the default window.
+    pub fn scan_duplicates(
+        &self,
+        mid: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<DuplicateFlag>, ResolveError> {
+        let now_ms = self.clock.now_ms();
+        let mut out = Vec::new();
+        for row in duplicates::scan(
+            self.store.as_ref(),
+            mid,
+            from_ms,
+            to_ms,
+            DUPLICATE_WINDOW_MS_DEFAULT,
+        )? {
+            if let Some(flag) =
+                duplicates::describe(self.store.as_ref(), &self.directory, &row, now_ms)?
+            {
+                out.push(flag);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn set_webhook(
+        &self,
+        mid: &str,
+        url: &str,
+        secret: &[u8],
+    ) -> Result<(), ResolveError> {
+        outbox::set_endpoint(self.store.as_ref(), self.hsm.as_ref(), mid, url, secret).await
+    }
+
+    /// The merchant's notifications, oldest first.
+    pub fn notifications(&self, mid: &str) -> Result<Vec<OutboxRow>, ResolveError> {
+        Ok(self.store.outbox_of_merchant(mid)?)
+    }
+
+    /// The delivery attempts of one of the merchant's notifications.
+    pub fn deliveries(&self, mid: &str, outbox_id: i64) -> Result<Vec<DeliveryRow>, ResolveError> {
+        let owned = self
+            .store
+            .outbox_of_merchant(mid)?
+            .iter()
+            .any(|o| o.id == outbox_id);
+        if !owned {
+            return Err(ResolveError::NotVisible("notification"));
+        }
+        Ok(self.store.webhook_deliveries(outbox_id)?)
+    }
+}
