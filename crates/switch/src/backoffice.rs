@@ -15,6 +15,7 @@ use paycrypto::{KeyHandle, KeyScheme, MacAlgorithm};
 use sha2::{Digest, Sha256};
 use store::resolve::{BackOfficeKeyRow, ResolveRecord};
 use store::{Record, Status, StoreError, TxnKind, TxnState};
+use zeroize::Zeroize;
 
 use crate::SwitchHandle;
 use crate::clock::LocalTime;
@@ -196,7 +197,11 @@ impl BackOffice {
             request_hash,
             key: key.clone(),
         };
-        let reply = core.forward(&ctx).await.ok_or(BackOfficeError::NoAnswer)?;
+        let reply = core.forward(&ctx).await;
+        // The request carried the clear PAN (field 2): wipe it now that it has been handled.
+        drop(ctx);
+        bytes.zeroize();
+        let reply = reply.ok_or(BackOfficeError::NoAnswer)?;
         let reply = Frame::decode(&reply).map_err(|_| BackOfficeError::NoAnswer)?;
         let message = &reply.message;
         let response_code = message
