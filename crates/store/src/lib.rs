@@ -14,6 +14,7 @@ mod error;
 mod model;
 mod pending;
 pub mod resolve;
+pub mod risk;
 pub mod schema;
 mod sqlite;
 
@@ -89,4 +90,25 @@ pub trait Store: Send + Sync + 'static {
     fn backoffice_key(&self, key: &str) -> Result<Option<resolve::BackOfficeKeyRow>, StoreError>;
     fn duplicates_of_merchant(&self, mid: &str) -> Result<Vec<resolve::DuplicateRow>, StoreError>;
     fn resolve_cursor(&self, name: &str) -> Result<Option<i64>, StoreError>;
+
+    // --- risk (issue 7): merchant onboarding and review, risk alerts
+    /// A merchant's qualification data and lifecycle state; `None` for a merchant provisioned
+    /// without onboarding, whose state follows `MerchantRow::status`.
+    fn merchant_profile(&self, mid: &str) -> Result<Option<risk::MerchantProfileRow>, StoreError>;
+    fn merchant_profiles(&self) -> Result<Vec<risk::MerchantProfileRow>, StoreError>;
+    /// A merchant's review history, oldest first.
+    fn merchant_reviews(&self, mid: &str) -> Result<Vec<risk::MerchantReviewRow>, StoreError>;
+    fn risk_alert(&self, id: i64) -> Result<Option<risk::RiskAlertRow>, StoreError>;
+    /// Alerts in `state` (all when `None`), newest first, at most `limit`.
+    fn risk_alerts(
+        &self,
+        state: Option<risk::AlertState>,
+        limit: u32,
+    ) -> Result<Vec<risk::RiskAlertRow>, StoreError>;
+    /// Alerts with an id above `after_id`, oldest first: the notification outbox tails these.
+    fn risk_alerts_after(
+        &self,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<risk::RiskAlertRow>, StoreError>;
 }

@@ -298,6 +298,8 @@ pub enum Record {
     },
     /// Cases, outbox, webhooks, back-office keys, duplicate flags (store/src/resolve.rs).
     Resolve(crate::resolve::ResolveRecord),
+    /// Merchant onboarding and risk alerts (issue 7).
+    Risk(crate::risk::RiskRecord),
 }
 
 impl fmt::Debug for WrappedKeys {

@@ -109,6 +109,55 @@ CREATE TABLE counters (
 ",
     },
     Migration {
+        version: 2,
+        name: "risk: merchant profiles and reviews, risk alerts and their transactions",
+        sql: "
+CREATE TABLE merchant_profiles (
+    mid TEXT PRIMARY KEY REFERENCES merchants (mid),
+    state TEXT NOT NULL,
+    licence_no TEXT NOT NULL,
+    legal_person TEXT NOT NULL,
+    mcc TEXT NOT NULL,
+    address TEXT NOT NULL,
+    applied_at_ms BIGINT NOT NULL,
+    reviewed_by TEXT,
+    reviewed_at_ms BIGINT,
+    note TEXT
+);
+CREATE TABLE merchant_reviews (
+    mid TEXT NOT NULL REFERENCES merchants (mid),
+    at_ms BIGINT NOT NULL,
+    operator TEXT NOT NULL,
+    action TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    note TEXT NOT NULL
+);
+CREATE INDEX merchant_reviews_mid ON merchant_reviews (mid, at_ms);
+CREATE TABLE risk_alerts (
+    id BIGINT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    rule_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    mid TEXT NOT NULL,
+    tid TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    raised_at_ms BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    resolved_by TEXT,
+    resolved_at_ms BIGINT,
+    resolution TEXT
+);
+CREATE INDEX risk_alerts_state ON risk_alerts (state, id);
+CREATE INDEX risk_alerts_mid ON risk_alerts (mid, id);
+CREATE TABLE risk_alert_txns (
+    alert_id BIGINT NOT NULL REFERENCES risk_alerts (id),
+    txn_id BIGINT NOT NULL,
+    PRIMARY KEY (alert_id, txn_id)
+);
+",
+    },
+    Migration {
         version: 3,
         name: "resolve: cases, outbox, webhook deliveries, back-office refunds, duplicate flags",
         sql: "

@@ -22,10 +22,13 @@ use crate::model::{
     TxnKind, TxnRow, TxnState, WrappedKeys,
 };
 use crate::pending::{Durable, Pending};
+use crate::risk::{AlertState, MerchantProfileRow, MerchantReviewRow, RiskAlertRow};
 use crate::schema;
 
 #[path = "sqlite_resolve.rs"]
 mod sqlite_resolve;
+#[path = "sqlite_risk.rs"]
+mod sqlite_risk;
 
 /// Submissions that may wait for the writer; beyond this `submit` fails with `QueueFull`.
 pub const WRITE_QUEUE_MAX: usize = 65_536;
@@ -368,6 +371,34 @@ impl Store for SqliteStore {
         self.safs_where("state = ?1 ORDER BY next_attempt_ms", &[&state])
     }
 
+    // --- risk (in sqlite_risk.rs)
+    fn merchant_profile(&self, mid: &str) -> Result<Option<MerchantProfileRow>, StoreError> {
+        self.risk_merchant_profile(mid)
+    }
+    fn merchant_profiles(&self) -> Result<Vec<MerchantProfileRow>, StoreError> {
+        self.risk_merchant_profiles()
+    }
+    fn merchant_reviews(&self, mid: &str) -> Result<Vec<MerchantReviewRow>, StoreError> {
+        self.risk_merchant_reviews(mid)
+    }
+    fn risk_alert(&self, id: i64) -> Result<Option<RiskAlertRow>, StoreError> {
+        self.risk_alert_by_id(id)
+    }
+    fn risk_alerts(
+        &self,
+        state: Option<AlertState>,
+        limit: u32,
+    ) -> Result<Vec<RiskAlertRow>, StoreError> {
+        self.risk_alerts_in(state, limit)
+    }
+    fn risk_alerts_after(
+        &self,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<RiskAlertRow>, StoreError> {
+        self.risk_alerts_tail(after_id, limit)
+    }
+
     // --- resolve (in sqlite_resolve.rs)
     fn txns_by_fingerprint(&self, fingerprint: &[u8]) -> Result<Vec<TxnRow>, StoreError> {
         self.resolve_txns_by_fingerprint(fingerprint)
@@ -454,7 +485,16 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             known,
         });
     }
-    for migration in schema::MIGRATIONS.iter().filter(|m| m.version > current) {
+    // Versions are pre-assigned to work landing in any order: apply every one not yet
+    // recorded, not only those above the highest (a v2 may arrive after a v3 ran).
+    let applied: Vec<i64> = conn
+        .prepare("SELECT version FROM schema_migrations")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for migration in schema::MIGRATIONS
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+    {
         let tx = conn.transaction()?;
         tx.execute_batch(&schema::render(migration, schema::SQLITE_BYTES))?;
         tx.execute(
@@ -813,6 +853,7 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
             expect_one(changed, "reversal")?;
         }
         Record::Resolve(r) => sqlite_resolve::write(conn, r)?,
+        Record::Risk(r) => sqlite_risk::write(conn, r)?,
     }
     Ok(())
 }

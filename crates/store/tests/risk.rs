@@ -1,0 +1,149 @@
+//! The risk area of the store on a real SQLite file: merchant profiles and reviews, alerts with
+//! their transactions, resolving an alert, suspending a terminal, and the outbox tail by id.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use store::risk::{
+    AlertAction, AlertState, MerchantProfileRow, MerchantReviewRow, MerchantState, RiskAlertRow,
+    RiskRecord,
+};
+use store::{MerchantRow, Record, SqliteConfig, SqliteStore, Status, Store, TerminalRow};
+
+fn merchant(mid: &str) -> Record {
+    Record::UpsertMerchant(MerchantRow {
+        mid: mid.into(),
+        name: "Teahouse".into(),
+        status: Status::Suspended,
+        mcc: "5812".into(),
+    })
+}
+
+fn alert(id: i64, txn_ids: Vec<i64>) -> Record {
+    Record::Risk(RiskRecord::Alert(Box::new(RiskAlertRow {
+        id,
+        kind: "card-testing".into(),
+        rule_id: "ct".into(),
+        action: AlertAction::Decline,
+        mid: "M1".into(),
+        tid: "T1".into(),
+        detail: "6 small declines".into(),
+        txn_ids,
+        raised_at_ms: 1_000 + id,
+        state: AlertState::Open,
+        resolved_by: None,
+        resolved_at_ms: None,
+        resolution: None,
+    })))
+}
+
+#[tokio::test]
+async fn profiles_reviews_alerts_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("s.db"))).unwrap();
+    let profile = MerchantProfileRow {
+        mid: "M1".into(),
+        state: MerchantState::Applied,
+        licence_no: "91310000MA1FL0001X".into(),
+        legal_person: "Zhang San".into(),
+        mcc: "5812".into(),
+        address: "1 Nanjing Road".into(),
+        applied_at_ms: 5,
+        reviewed_by: None,
+        reviewed_at_ms: None,
+        note: None,
+    };
+    store
+        .submit(vec![
+            merchant("M1"),
+            Record::UpsertTerminal(Box::new(TerminalRow {
+                tid: "T1".into(),
+                mid: "M1".into(),
+                tmk_wrapped: vec![0; 8],
+                key_scheme: "003".into(),
+                mac_algorithm: "cup-ecb".into(),
+                status: Status::Active,
+                batch_no: 1,
+                last_sign_in_ms: None,
+                working_keys: None,
+            })),
+            Record::Risk(RiskRecord::Profile(profile.clone())),
+            Record::Risk(RiskRecord::Review(MerchantReviewRow {
+                mid: "M1".into(),
+                at_ms: 5,
+                operator: "alice".into(),
+                action: "apply".into(),
+                from_state: None,
+                to_state: MerchantState::Applied,
+                note: String::new(),
+            })),
+        ])
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(store.merchant_profile("M1").unwrap(), Some(profile.clone()));
+    assert_eq!(store.merchant_profile("M2").unwrap(), None);
+    assert_eq!(store.merchant_reviews("M1").unwrap().len(), 1);
+
+    store
+        .submit(vec![
+            alert(1, vec![10, 11, 12]),
+            alert(2, vec![]),
+            alert(3, vec![13]),
+        ])
+        .unwrap()
+        .await
+        .unwrap();
+    let one = store.risk_alert(1).unwrap().unwrap();
+    assert_eq!(one.txn_ids, vec![10, 11, 12]);
+    let open = store.risk_alerts(Some(AlertState::Open), 10).unwrap();
+    assert_eq!(open.iter().map(|a| a.id).collect::<Vec<_>>(), vec![3, 2, 1]);
+    let tail = store.risk_alerts_after(1, 10).unwrap();
+    assert_eq!(tail.iter().map(|a| a.id).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(tail[1].txn_ids, vec![13]);
+
+    store
+        .submit(vec![
+            Record::Risk(RiskRecord::ResolveAlert {
+                id: 1,
+                state: AlertState::Acted,
+                by: "bob".into(),
+                at_ms: 99,
+                resolution: "terminal suspended".into(),
+            }),
+            Record::Risk(RiskRecord::TerminalStatus {
+                tid: "T1".into(),
+                status: Status::Suspended,
+            }),
+            Record::Risk(RiskRecord::MerchantStatus {
+                mid: "M1".into(),
+                status: Status::Active,
+            }),
+        ])
+        .unwrap()
+        .await
+        .unwrap();
+    let acted = store.risk_alert(1).unwrap().unwrap();
+    assert_eq!(acted.state, AlertState::Acted);
+    assert_eq!(acted.resolved_by.as_deref(), Some("bob"));
+    assert_eq!(
+        store.risk_alerts(Some(AlertState::Open), 10).unwrap().len(),
+        2
+    );
+    assert_eq!(
+        store.terminal("T1").unwrap().unwrap().status,
+        Status::Suspended
+    );
+    assert_eq!(store.merchants().unwrap()[0].status, Status::Active);
+
+    // Resolving an alert that does not exist is refused, not silently ignored.
+    let missing = store
+        .submit(vec![Record::Risk(RiskRecord::ResolveAlert {
+            id: 42,
+            state: AlertState::Cleared,
+            by: "bob".into(),
+            at_ms: 1,
+            resolution: String::new(),
+        })])
+        .unwrap()
+        .await;
+    assert!(missing.is_err());
+}
