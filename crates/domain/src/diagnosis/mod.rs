@@ -326,10 +326,24 @@ pub enum FailureKind {
     NotSignedIn,
     /// The merchant is not (or no longer) approved to accept cards.
     MerchantNotApproved,
+    /// The terminal sent a merchant ID other than the one it is registered to.
+    MerchantIdMismatch,
+    /// Risk rule: the merchant does not accept this kind of card (debit / credit / foreign).
+    CardNotAccepted,
+    /// Risk rule: over the merchant's per-transaction or daily amount limit.
+    MerchantLimit,
+    /// Risk rule: one card tried (or declined) too often in a short time.
+    CardVelocity,
+    /// Risk rule: many small declined attempts on one terminal (card testing).
+    CardTesting,
+    /// Risk rule: wrong PINs on several different cards at one terminal.
+    RepeatedWrongPin,
+    /// Risk rule: the terminal is used from another place, or for another kind of business.
+    UnusualMerchantPattern,
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 9] = [
+    pub const ALL: [FailureKind; 16] = [
         FailureKind::NoAnswer,
         FailureKind::BadResponseMac,
         FailureKind::ConnectionRefused,
@@ -339,6 +353,13 @@ impl FailureKind {
         FailureKind::BatchUnbalanced,
         FailureKind::NotSignedIn,
         FailureKind::MerchantNotApproved,
+        FailureKind::MerchantIdMismatch,
+        FailureKind::CardNotAccepted,
+        FailureKind::MerchantLimit,
+        FailureKind::CardVelocity,
+        FailureKind::CardTesting,
+        FailureKind::RepeatedWrongPin,
+        FailureKind::UnusualMerchantPattern,
     ];
 
     /// Stable kebab-case name, as the CLI accepts it (`shoudan explain no-answer`).
@@ -353,6 +374,13 @@ impl FailureKind {
             FailureKind::BatchUnbalanced => "batch-unbalanced",
             FailureKind::NotSignedIn => "not-signed-in",
             FailureKind::MerchantNotApproved => "merchant-not-approved",
+            FailureKind::MerchantIdMismatch => "merchant-id-mismatch",
+            FailureKind::CardNotAccepted => "card-not-accepted",
+            FailureKind::MerchantLimit => "merchant-limit",
+            FailureKind::CardVelocity => "card-velocity",
+            FailureKind::CardTesting => "card-testing",
+            FailureKind::RepeatedWrongPin => "repeated-wrong-pin",
+            FailureKind::UnusualMerchantPattern => "unusual-merchant-pattern",
         }
     }
 

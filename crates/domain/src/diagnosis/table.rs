@@ -1940,6 +1940,216 @@ pub static TABLE: &[Diagnosis] = &[
             ),
         ],
     },
+    // Declines by the acquirer's own risk controls (issue 7): the issuer never saw these.
+    Diagnosis {
+        subject: Subject::Failure(FailureKind::MerchantIdMismatch),
+        title: t(
+            "商户号与终端不符",
+            "Merchant ID does not match the terminal",
+        ),
+        meaning: t(
+            "终端上送的商户号不是它登记所属的商户。一台终端只能为登记的商户收款；常见原因是终端参数被改动或终端被挪到别的商户使用（跳码、移机）。",
+            "The terminal sent a merchant ID other than the one it is registered to. A terminal \
+             may only take payments for its registered merchant; usually its settings were \
+             changed or it was moved to another business.",
+        ),
+        category: D,
+        who_acts: Acquirer,
+        retry: Never,
+        contact_issuer: No,
+        contact_when: NO_CONTACT_TERMINAL,
+        customer_message: t(
+            "本店的刷卡终端设置有问题，与您的卡无关。请用其他方式付款。",
+            "Our card terminal is not set up correctly; it is not your card. Please pay another \
+             way.",
+        ),
+        merchant_steps: &[
+            t(
+                "停止用这台终端收款，不要自行修改终端参数。",
+                "Stop taking payments on this terminal and do not change its settings yourself.",
+            ),
+            t(
+                "联系收单机构核对终端登记的商户；终端只能在登记的商户和地点使用。",
+                "Call the acquirer to check which merchant the terminal is registered to; a \
+                 terminal may only be used by that merchant, at that place.",
+            ),
+        ],
+    },
+    Diagnosis {
+        subject: Subject::Failure(FailureKind::CardNotAccepted),
+        title: t("本商户不受理此类卡", "Card type not accepted here"),
+        meaning: t(
+            "按收单机构为本商户设定的受理范围，这类卡（境内借记卡、贷记卡或境外卡）在这里不能使用。卡本身没有问题。",
+            "This merchant is set up to accept only some kinds of card (domestic debit, credit, \
+             foreign); this card is not one of them. Nothing is wrong with the card.",
+        ),
+        category: C,
+        who_acts: Cardholder,
+        retry: AfterAction(OtherCard),
+        contact_issuer: No,
+        contact_when: t(
+            "不需要：这是本商户的受理范围，发卡行无法改变。",
+            "No: this is the merchant's acceptance setting; the issuer cannot change it.",
+        ),
+        customer_message: NOT_ACCEPTED_HERE_CUSTOMER,
+        merchant_steps: &[
+            STEP_OTHER_PAYMENT,
+            t(
+                "如需受理这类卡（例如境外卡），向收单机构申请开通。",
+                "To accept this kind of card (foreign cards, say), ask the acquirer to enable it.",
+            ),
+        ],
+    },
+    Diagnosis {
+        subject: Subject::Failure(FailureKind::MerchantLimit),
+        title: t("超出商户限额", "Over the merchant's limit"),
+        meaning: t(
+            "金额超过收单机构为本商户设定的单笔或当日累计限额。",
+            "The amount is over the per-transaction or daily limit the acquirer set for this \
+             merchant.",
+        ),
+        category: C,
+        who_acts: Merchant,
+        retry: AfterAction(SmallerAmount),
+        contact_issuer: No,
+        contact_when: t(
+            "不需要：这是商户的限额，不是持卡人的。",
+            "No: this is the merchant's limit, not the cardholder's.",
+        ),
+        customer_message: t(
+            "这笔金额超出了本店的收款限额。请您用其他方式支付，或分次购买不同的商品。",
+            "This amount is over our shop's card limit. Please pay another way.",
+        ),
+        merchant_steps: &[
+            t(
+                "不得把一笔交易拆成几笔来绕过限额，拆单会被风控识别并可能导致暂停受理。",
+                "Do not split one sale into several to get round the limit: splitting is \
+                 detected and can get card acceptance suspended.",
+            ),
+            t(
+                "经营需要更高限额时，带上经营资料向收单机构申请调整。",
+                "If the business needs a higher limit, ask the acquirer with documents of the \
+                 business.",
+            ),
+        ],
+    },
+    Diagnosis {
+        subject: Subject::Failure(FailureKind::CardVelocity),
+        title: t("同一张卡交易过于频繁", "Card used too often"),
+        meaning: t(
+            "同一张卡在很短时间内尝试或被拒绝的次数过多，收单机构的风控暂时拒绝它在本商户继续交易。",
+            "This card was tried, or declined, too many times in a short while; the acquirer's \
+             risk controls refuse it here for now.",
+        ),
+        category: C,
+        who_acts: Cardholder,
+        retry: Later,
+        contact_issuer: No,
+        contact_when: t(
+            "不需要：限制来自收单机构，不在发卡行。",
+            "No: the limit is the acquirer's, not the issuer's.",
+        ),
+        customer_message: t(
+            "这张卡短时间内交易次数太多，暂时不能再刷。请稍后再试，或用其他方式付款。",
+            "This card has been used too many times in a short while. Please try again later, \
+             or pay another way.",
+        ),
+        merchant_steps: &[STEP_CHECK_FIRST, STEP_NO_REPEAT, STEP_OTHER_PAYMENT],
+    },
+    Diagnosis {
+        subject: Subject::Failure(FailureKind::CardTesting),
+        title: t("疑似测卡，已拦截", "Suspected card testing"),
+        meaning: t(
+            "这台终端短时间内出现多笔小额失败交易，像是有人在用盗取的卡号试卡。收单机构暂时拒绝这台终端上的小额交易。",
+            "This terminal had many small declined attempts in a short while, the pattern of \
+             someone testing stolen card numbers. The acquirer refuses small payments on it \
+             for now.",
+        ),
+        category: C,
+        who_acts: Acquirer,
+        retry: Never,
+        contact_issuer: No,
+        contact_when: t(
+            "不需要：由收单机构风控部门处理。",
+            "No: the acquirer's risk team deals with it.",
+        ),
+        customer_message: SECURITY_CUSTOMER,
+        merchant_steps: &[
+            STEP_NO_GOODS,
+            t(
+                "检查终端是否被他人使用过，收银员是否见过同一人反复刷不同的卡。",
+                "Check whether anyone else used the terminal, and whether a cashier saw one \
+                 person try card after card.",
+            ),
+            t(
+                "联系收单机构风控部门说明情况；核查完成前小额交易会继续被拒绝。",
+                "Call the acquirer's risk team; small payments stay refused until they have \
+                 looked.",
+            ),
+        ],
+    },
+    Diagnosis {
+        subject: Subject::Failure(FailureKind::RepeatedWrongPin),
+        title: t("多张卡密码错误，已拦截", "Wrong PINs on several cards"),
+        meaning: t(
+            "这台终端短时间内有多张不同的卡输错密码，像是有人在用别人的卡猜密码。收单机构暂时拒绝这台终端的交易。",
+            "Several different cards had wrong PINs on this terminal in a short while, the \
+             pattern of someone guessing the PINs of other people's cards. The acquirer \
+             refuses payments on it for now.",
+        ),
+        category: C,
+        who_acts: Acquirer,
+        retry: Never,
+        contact_issuer: No,
+        contact_when: t(
+            "不需要：由收单机构风控部门处理。",
+            "No: the acquirer's risk team deals with it.",
+        ),
+        customer_message: SECURITY_CUSTOMER,
+        merchant_steps: &[
+            STEP_NO_GOODS,
+            t(
+                "如有人拿多张卡反复试密码，不要交付商品；在安全的前提下记下情况并报告。",
+                "If someone tries PINs on several cards, do not hand over goods; note what \
+                 happened and report it, if it is safe to.",
+            ),
+            t(
+                "联系收单机构风控部门恢复受理。",
+                "Call the acquirer's risk team to have acceptance restored.",
+            ),
+        ],
+    },
+    Diagnosis {
+        subject: Subject::Failure(FailureKind::UnusualMerchantPattern),
+        title: t("终端使用异常", "Terminal used unusually"),
+        meaning: t(
+            "终端从平时以外的网络地点接入，或交易金额与登记的商户类别明显不符，像是终端被挪用或套用其他商户类别（跳码、移机）。",
+            "The terminal connects from somewhere other than usual, or its sales do not fit the \
+             merchant's registered category: the pattern of a terminal moved or used for \
+             another business.",
+        ),
+        category: D,
+        who_acts: Acquirer,
+        retry: Never,
+        contact_issuer: No,
+        contact_when: NO_CONTACT,
+        customer_message: t(
+            "本店的刷卡服务暂时有问题，与您的卡无关。请用其他方式付款。",
+            "Our card service has a problem right now; it is not your card. Please pay another \
+             way.",
+        ),
+        merchant_steps: &[
+            t(
+                "终端只能在登记的地址、为登记的经营范围收款；换了地址或网络请先告知收单机构。",
+                "A terminal may only be used at its registered address for the registered \
+                 business; tell the acquirer before moving it or changing its network.",
+            ),
+            t(
+                "联系收单机构风控部门说明情况。",
+                "Call the acquirer's risk team and explain.",
+            ),
+        ],
+    },
     // Payouts to the merchant's settlement account.
     Diagnosis {
         subject: Subject::Payout(PayoutFailure::InvalidAccountNumber),

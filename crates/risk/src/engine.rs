@@ -1,0 +1,997 @@
+//! Evaluation of a request against its merchant's compiled rules, and the bounded history the
+//! stateful rules need: attempts and declines per card fingerprint, small declines and wrong
+//! PINs per terminal, a terminal's usual network, a merchant's sales of the day.
+//!
+//! Two calls per request: [`Engine::check`] before the issuer is asked (may decline, may alert)
+//! and [`Engine::observe`] with the answer (feeds the windows, raises the threshold alerts).
+//! Every map and window has a `*_MAX`; windows are trimmed to the rule book's longest window.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::rules::{Action, CardClass, Rule, RuleBook, RuleKind, mcc_ticket_max_fen};
+
+/// Events kept per card or terminal window; thresholds must be below it (checked at compile).
+pub const EVENTS_PER_KEY_MAX: usize = 64;
+/// Card fingerprints with history at once; past this, new cards go untracked until a sweep
+/// frees room (fail open: a burst of new cards cannot grow memory).
+pub const CARDS_TRACKED_MAX: usize = 200_000;
+/// Terminals with history at once.
+pub const TERMINALS_TRACKED_MAX: usize = 100_000;
+/// Merchants with a day's sales total at once.
+pub const MERCHANTS_TRACKED_MAX: usize = 100_000;
+/// A full map is swept of stale entries at most this often.
+const SWEEP_INTERVAL_MS: i64 = 1_000;
+
+/// What a request does to the cardholder's money, as far as the rules care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnClass {
+    /// Purchase, pre-authorisation, completion: money moves from the card.
+    Sale,
+    /// Void, refund: money goes back; card and amount rules do not apply.
+    Credit,
+    /// Balance inquiry: no money, but a favourite probe of card testers.
+    Inquiry,
+}
+
+/// A request about to go to the issuer.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    pub txn_id: i64,
+    pub mid: &'a str,
+    pub tid: &'a str,
+    /// The merchant's registered MCC.
+    pub mcc: &'a str,
+    pub class: TxnClass,
+    pub card: Option<CardClass>,
+    /// The first 8 bytes of the card's keyed fingerprint (never the PAN).
+    pub card_key: Option<u64>,
+    pub amount_fen: i64,
+    /// Local day number, for daily totals (the switch's clock decides midnight).
+    pub day: i64,
+    pub now_ms: i64,
+    /// Where the terminal's connection comes from.
+    pub peer: Option<IpAddr>,
+}
+
+/// The answer a request got.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome<'a> {
+    pub txn_id: i64,
+    pub mid: &'a str,
+    pub tid: &'a str,
+    pub class: TxnClass,
+    pub card_key: Option<u64>,
+    pub amount_fen: i64,
+    pub day: i64,
+    pub now_ms: i64,
+    pub response_code: [u8; 2],
+}
+
+/// A rule that fired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hit {
+    pub rule_id: Arc<str>,
+    pub kind: RuleKind,
+    pub action: Action,
+    /// Plain words: what was seen.
+    pub detail: String,
+    /// The transactions behind it (the current one last, when it has an id).
+    pub txn_ids: Vec<i64>,
+}
+
+/// The result of [`Engine::check`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// The first declining rule that fired, in rule order.
+    pub decline: Option<Hit>,
+    /// Alert-only rules that fired (and threshold alerts).
+    pub alerts: Vec<Hit>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct CardEvent {
+    at_ms: i64,
+    txn_id: i64,
+    declined: bool,
+}
+
+#[derive(Default)]
+struct CardState {
+    events: VecDeque<CardEvent>,
+    alerted: Vec<(Arc<str>, i64)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Decline {
+    at_ms: i64,
+    txn_id: i64,
+    amount_fen: i64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct WrongPin {
+    at_ms: i64,
+    txn_id: i64,
+    card_key: u64,
+}
+
+#[derive(Default)]
+struct TerminalState {
+    declines: VecDeque<Decline>,
+    wrong_pins: VecDeque<WrongPin>,
+    peer: Option<IpAddr>,
+    alerted: Vec<(Arc<str>, i64)>,
+    last_ms: i64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct MerchantDay {
+    day: i64,
+    sales_fen: i64,
+}
+
+/// The rules and their history. Not thread-safe by itself: the switch keeps it behind a
+/// mutex held only for one check or observe.
+pub struct Engine {
+    book: Arc<RuleBook>,
+    cards: HashMap<u64, CardState>,
+    terminals: HashMap<Box<str>, TerminalState>,
+    merchants: HashMap<Box<str>, MerchantDay>,
+    next_sweep_ms: i64,
+}
+
+impl Engine {
+    pub fn new(book: Arc<RuleBook>) -> Engine {
+        Engine {
+            book,
+            cards: HashMap::new(),
+            terminals: HashMap::new(),
+            merchants: HashMap::new(),
+            next_sweep_ms: 0,
+        }
+    }
+
+    pub fn book(&self) -> &Arc<RuleBook> {
+        &self.book
+    }
+
+    /// New rules; the history stays.
+    pub fn replace_book(&mut self, book: Arc<RuleBook>) {
+        self.book = book;
+    }
+
+    /// Cards, terminals and merchants with history (for tests and metrics).
+    pub fn tracked(&self) -> (usize, usize, usize) {
+        (self.cards.len(), self.terminals.len(), self.merchants.len())
+    }
+
+    /// Evaluates a request before it goes to the issuer, and records it as an attempt.
+    pub fn check(&mut self, request: &Request<'_>) -> Verdict {
+        let book = Arc::clone(&self.book);
+        let rules = &book.for_merchant(request.mid).rules;
+        let mut verdict = Verdict::default();
+        if rules.is_empty() {
+            return verdict;
+        }
+        let horizon = book.horizon_ms();
+        let now = request.now_ms;
+        self.sweep_if_full(now, horizon);
+        // The attempt counts towards its own velocity.
+        if let Some(card) = request.card_key.and_then(|key| self.card(key, now)) {
+            trim_cards(&mut card.events, now - horizon);
+            push_bounded(
+                &mut card.events,
+                CardEvent {
+                    at_ms: now,
+                    txn_id: request.txn_id,
+                    declined: false,
+                },
+            );
+        }
+        for rule in rules {
+            let fired = self.fires(rule, request, horizon);
+            let Some(detail) = fired else { continue };
+            let (detail, txn_ids) = detail;
+            let hit = Hit {
+                rule_id: Arc::clone(&rule.id),
+                kind: rule.kind,
+                action: rule.action,
+                detail,
+                txn_ids,
+            };
+            match rule.action {
+                Action::Decline => {
+                    verdict.decline = Some(hit);
+                    break;
+                }
+                Action::Alert => {
+                    if self.first_alert(rule, request.tid, request.card_key, now) {
+                        verdict.alerts.push(hit);
+                    }
+                }
+            }
+        }
+        if let (Some(peer), Some(terminal)) = (request.peer, self.terminal(request.tid, now)) {
+            // A declining peer rule keeps declining until an operator has looked; an alerting
+            // one learns the new network once it has said so.
+            let declined_by_peer = matches!(
+                &verdict.decline,
+                Some(Hit {
+                    kind: RuleKind::PeerChange { .. },
+                    ..
+                })
+            );
+            if terminal.peer.is_none() || !declined_by_peer {
+                terminal.peer = Some(peer);
+            }
+        }
+        verdict
+    }
+
+    /// Records the answer; returns the alerts of thresholds crossed by it.
+    pub fn observe(&mut self, outcome: &Outcome<'_>) -> Vec<Hit> {
+        let book = Arc::clone(&self.book);
+        let rules = &book.for_merchant(outcome.mid).rules;
+        let mut alerts = Vec::new();
+        if rules.is_empty() {
+            return alerts;
+        }
+        let horizon = book.horizon_ms();
+        let now = outcome.now_ms;
+        let approved = &outcome.response_code == b"00";
+        if approved && outcome.class == TxnClass::Sale {
+            if let Some(day) = self.merchant(outcome.mid) {
+                if day.day != outcome.day {
+                    *day = MerchantDay {
+                        day: outcome.day,
+                        sales_fen: 0,
+                    };
+                }
+                day.sales_fen = day.sales_fen.saturating_add(outcome.amount_fen);
+            }
+        }
+        let card_decline = !approved && is_card_decline(outcome.response_code);
+        if !card_decline {
+            return alerts;
+        }
+        if let Some(card) = outcome.card_key.and_then(|key| self.card(key, now)) {
+            match card
+                .events
+                .iter_mut()
+                .rev()
+                .find(|e| e.txn_id == outcome.txn_id)
+            {
+                Some(event) => event.declined = true,
+                None => push_bounded(
+                    &mut card.events,
+                    CardEvent {
+                        at_ms: now,
+                        txn_id: outcome.txn_id,
+                        declined: true,
+                    },
+                ),
+            }
+        }
+        if let Some(terminal) = self.terminal(outcome.tid, now) {
+            trim_declines(&mut terminal.declines, now - horizon);
+            push_bounded(
+                &mut terminal.declines,
+                Decline {
+                    at_ms: now,
+                    txn_id: outcome.txn_id,
+                    amount_fen: outcome.amount_fen,
+                },
+            );
+            if &outcome.response_code == b"55" {
+                if let Some(card_key) = outcome.card_key {
+                    trim_pins(&mut terminal.wrong_pins, now - horizon);
+                    push_bounded(
+                        &mut terminal.wrong_pins,
+                        WrongPin {
+                            at_ms: now,
+                            txn_id: outcome.txn_id,
+                            card_key,
+                        },
+                    );
+                }
+            }
+        }
+        for rule in rules {
+            let crossed = match rule.kind {
+                RuleKind::CardTesting {
+                    window_ms,
+                    small_fen,
+                    declines_max,
+                } => self.terminals.get(outcome.tid).and_then(|t| {
+                    let (n, ids) = small_declines(t, now - window_ms, small_fen);
+                    (n >= declines_max).then(|| {
+                        (
+                            format!(
+                                "card testing: {n} declined attempts of at most {} on terminal \
+                                 {} within {} s",
+                                yuan(small_fen),
+                                outcome.tid,
+                                window_ms / 1_000
+                            ),
+                            ids,
+                        )
+                    })
+                }),
+                RuleKind::WrongPins {
+                    window_ms,
+                    cards_max,
+                } => self.terminals.get(outcome.tid).and_then(|t| {
+                    let (n, ids) = wrong_pin_cards(t, now - window_ms);
+                    (n >= cards_max).then(|| {
+                        (
+                            format!(
+                                "wrong PINs on {n} different cards at terminal {} within {} s",
+                                outcome.tid,
+                                window_ms / 1_000
+                            ),
+                            ids,
+                        )
+                    })
+                }),
+                RuleKind::CardVelocity {
+                    window_ms,
+                    declines_max,
+                    ..
+                } => outcome
+                    .card_key
+                    .and_then(|key| self.cards.get(&key))
+                    .and_then(|c| {
+                        let ids: Vec<i64> = c
+                            .events
+                            .iter()
+                            .filter(|e| e.declined && e.at_ms > now - window_ms)
+                            .map(|e| e.txn_id)
+                            .collect();
+                        let n = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+                        (n >= declines_max).then(|| {
+                            (
+                                format!(
+                                    "one card declined {n} times within {} s",
+                                    window_ms / 1_000
+                                ),
+                                ids,
+                            )
+                        })
+                    }),
+                _ => None,
+            };
+            if let Some((detail, txn_ids)) = crossed {
+                if self.first_alert(rule, outcome.tid, outcome.card_key, now) {
+                    alerts.push(Hit {
+                        rule_id: Arc::clone(&rule.id),
+                        kind: rule.kind,
+                        action: rule.action,
+                        detail,
+                        txn_ids,
+                    });
+                }
+            }
+        }
+        alerts
+    }
+
+    /// Whether `rule` fires for `request`: what was seen and the transactions behind it.
+    fn fires(
+        &mut self,
+        rule: &Rule,
+        request: &Request<'_>,
+        horizon: i64,
+    ) -> Option<(String, Vec<i64>)> {
+        let now = request.now_ms;
+        let sale = request.class == TxnClass::Sale;
+        let this = || vec![request.txn_id];
+        match rule.kind {
+            RuleKind::CardTypes { accepted } => {
+                let card = request.card?;
+                (sale && accepted & card.bit() == 0).then(|| {
+                    (
+                        format!("{} cards are not accepted by this merchant", card.key()),
+                        this(),
+                    )
+                })
+            }
+            RuleKind::AmountMax { max_fen } => (sale && request.amount_fen > max_fen).then(|| {
+                (
+                    format!(
+                        "{} is over the merchant's limit of {} per transaction",
+                        yuan(request.amount_fen),
+                        yuan(max_fen)
+                    ),
+                    this(),
+                )
+            }),
+            RuleKind::DailyAmountMax { max_fen } => {
+                if !sale {
+                    return None;
+                }
+                let today = self
+                    .merchants
+                    .get(request.mid)
+                    .filter(|d| d.day == request.day)
+                    .map_or(0, |d| d.sales_fen);
+                (today.saturating_add(request.amount_fen) > max_fen).then(|| {
+                    (
+                        format!(
+                            "{} more would take today's sales of {} over the daily limit of {}",
+                            yuan(request.amount_fen),
+                            yuan(today),
+                            yuan(max_fen)
+                        ),
+                        this(),
+                    )
+                })
+            }
+            RuleKind::CardVelocity {
+                window_ms,
+                attempts_max,
+                declines_max,
+            } => {
+                let card = self.cards.get(&request.card_key?)?;
+                let recent = card.events.iter().filter(|e| e.at_ms > now - window_ms);
+                let (mut attempts, mut declines) = (0u32, 0u32);
+                for event in recent {
+                    attempts += 1;
+                    declines += u32::from(event.declined);
+                }
+                if attempts > attempts_max || declines >= declines_max {
+                    let ids = card
+                        .events
+                        .iter()
+                        .filter(|e| e.at_ms > now - window_ms)
+                        .map(|e| e.txn_id)
+                        .collect();
+                    Some((
+                        format!(
+                            "one card tried {attempts} times ({declines} declined) within {} s",
+                            window_ms / 1_000
+                        ),
+                        ids,
+                    ))
+                } else {
+                    None
+                }
+            }
+            RuleKind::CardTesting {
+                window_ms,
+                small_fen,
+                declines_max,
+            } => {
+                let probe =
+                    request.class == TxnClass::Inquiry || (sale && request.amount_fen <= small_fen);
+                if !probe {
+                    return None;
+                }
+                let terminal = self.terminals.get(request.tid)?;
+                let (n, mut ids) = small_declines(terminal, now - window_ms, small_fen);
+                (n >= declines_max).then(|| {
+                    ids.push(request.txn_id);
+                    (
+                        format!(
+                            "card testing on terminal {}: {n} declined attempts of at most {} \
+                             within {} s",
+                            request.tid,
+                            yuan(small_fen),
+                            window_ms / 1_000
+                        ),
+                        ids,
+                    )
+                })
+            }
+            RuleKind::WrongPins {
+                window_ms,
+                cards_max,
+            } => {
+                if request.class == TxnClass::Credit {
+                    return None;
+                }
+                let terminal = self.terminals.get(request.tid)?;
+                let (n, mut ids) = wrong_pin_cards(terminal, now - window_ms);
+                (n >= cards_max).then(|| {
+                    ids.push(request.txn_id);
+                    (
+                        format!(
+                            "wrong PINs on {n} different cards at terminal {} within {} s",
+                            request.tid,
+                            window_ms / 1_000
+                        ),
+                        ids,
+                    )
+                })
+            }
+            RuleKind::PeerChange { prefix_bits } => {
+                let peer = request.peer?;
+                let _ = horizon;
+                let known = self.terminals.get(request.tid)?.peer?;
+                (!same_prefix(known, peer, prefix_bits)).then(|| {
+                    (
+                        format!(
+                            "terminal {} now connects from {} (usually {}): moved, or used \
+                             by someone else",
+                            request.tid,
+                            masked_ip(peer, prefix_bits),
+                            masked_ip(known, prefix_bits)
+                        ),
+                        this(),
+                    )
+                })
+            }
+            RuleKind::MccProfile { ticket_max_fen } => {
+                let max = ticket_max_fen.or_else(|| mcc_ticket_max_fen(request.mcc))?;
+                (sale && request.amount_fen > max).then(|| {
+                    (
+                        format!(
+                            "{} is far above what a merchant of category {} takes ({} at most): \
+                             the terminal may be used for another business",
+                            yuan(request.amount_fen),
+                            request.mcc,
+                            yuan(max)
+                        ),
+                        this(),
+                    )
+                })
+            }
+        }
+    }
+
+    /// Whether an alert of `rule` is new: one alert per rule and terminal (per card for card
+    /// rules) per window, not one per request.
+    fn first_alert(&mut self, rule: &Rule, tid: &str, card_key: Option<u64>, now: i64) -> bool {
+        let quiet_ms = match rule.kind {
+            RuleKind::CardVelocity { window_ms, .. }
+            | RuleKind::CardTesting { window_ms, .. }
+            | RuleKind::WrongPins { window_ms, .. } => window_ms,
+            // Stateless rules alert on every request they see.
+            _ => return true,
+        };
+        let alerted = match rule.kind {
+            RuleKind::CardVelocity { .. } => match card_key.and_then(|k| self.cards.get_mut(&k)) {
+                Some(card) => &mut card.alerted,
+                None => return true,
+            },
+            _ => match self.terminals.get_mut(tid) {
+                Some(terminal) => &mut terminal.alerted,
+                None => return true,
+            },
+        };
+        alerted.retain(|(_, until)| *until > now);
+        if alerted.iter().any(|(id, _)| *id == rule.id) {
+            return false;
+        }
+        alerted.push((Arc::clone(&rule.id), now.saturating_add(quiet_ms)));
+        true
+    }
+
+    fn card(&mut self, key: u64, now: i64) -> Option<&mut CardState> {
+        if !self.cards.contains_key(&key) && self.cards.len() >= CARDS_TRACKED_MAX {
+            return None;
+        }
+        let _ = now;
+        Some(self.cards.entry(key).or_default())
+    }
+
+    fn terminal(&mut self, tid: &str, now: i64) -> Option<&mut TerminalState> {
+        if !self.terminals.contains_key(tid) {
+            if self.terminals.len() >= TERMINALS_TRACKED_MAX {
+                return None;
+            }
+            self.terminals
+                .insert(Box::from(tid), TerminalState::default());
+        }
+        let terminal = self.terminals.get_mut(tid)?;
+        terminal.last_ms = now;
+        Some(terminal)
+    }
+
+    fn merchant(&mut self, mid: &str) -> Option<&mut MerchantDay> {
+        if !self.merchants.contains_key(mid) {
+            if self.merchants.len() >= MERCHANTS_TRACKED_MAX {
+                return None;
+            }
+            self.merchants
+                .insert(Box::from(mid), MerchantDay::default());
+        }
+        self.merchants.get_mut(mid)
+    }
+
+    /// Drops history older than every window once a map is full, at most once a second.
+    fn sweep_if_full(&mut self, now: i64, horizon: i64) {
+        let full =
+            self.cards.len() >= CARDS_TRACKED_MAX || self.terminals.len() >= TERMINALS_TRACKED_MAX;
+        if !full || now < self.next_sweep_ms {
+            return;
+        }
+        self.next_sweep_ms = now.saturating_add(SWEEP_INTERVAL_MS);
+        let oldest = now - horizon;
+        self.cards.retain(|_, c| {
+            trim_cards(&mut c.events, oldest);
+            !c.events.is_empty()
+        });
+        // A terminal's usual network is worth keeping; only idle terminals go.
+        self.terminals
+            .retain(|_, t| t.last_ms > oldest || t.peer.is_some() && t.last_ms > now - 86_400_000);
+    }
+}
+
+fn push_bounded<T>(queue: &mut VecDeque<T>, item: T) {
+    if queue.len() >= EVENTS_PER_KEY_MAX {
+        queue.pop_front();
+    }
+    queue.push_back(item);
+}
+
+fn trim_cards(events: &mut VecDeque<CardEvent>, oldest: i64) {
+    while events.front().is_some_and(|e| e.at_ms <= oldest) {
+        events.pop_front();
+    }
+}
+
+fn trim_declines(events: &mut VecDeque<Decline>, oldest: i64) {
+    while events.front().is_some_and(|e| e.at_ms <= oldest) {
+        events.pop_front();
+    }
+}
+
+fn trim_pins(events: &mut VecDeque<WrongPin>, oldest: i64) {
+    while events.front().is_some_and(|e| e.at_ms <= oldest) {
+        events.pop_front();
+    }
+}
+
+fn small_declines(terminal: &TerminalState, after: i64, small_fen: i64) -> (u32, Vec<i64>) {
+    let ids: Vec<i64> = terminal
+        .declines
+        .iter()
+        .filter(|d| d.at_ms > after && d.amount_fen <= small_fen)
+        .map(|d| d.txn_id)
+        .collect();
+    (u32::try_from(ids.len()).unwrap_or(u32::MAX), ids)
+}
+
+fn wrong_pin_cards(terminal: &TerminalState, after: i64) -> (u32, Vec<i64>) {
+    let mut cards: Vec<u64> = Vec::new();
+    let mut ids = Vec::new();
+    for pin in terminal.wrong_pins.iter().filter(|p| p.at_ms > after) {
+        if !cards.contains(&pin.card_key) {
+            cards.push(pin.card_key);
+        }
+        ids.push(pin.txn_id);
+    }
+    (u32::try_from(cards.len()).unwrap_or(u32::MAX), ids)
+}
+
+/// Declines that say something about the card (or the person holding it), not about a link,
+/// a host or a terminal out of step.
+fn is_card_decline(code: [u8; 2]) -> bool {
+    !matches!(
+        &code,
+        b"00"
+            | b"06"
+            | b"09"
+            | b"22"
+            | b"30"
+            | b"68"
+            | b"77"
+            | b"90"
+            | b"91"
+            | b"92"
+            | b"94"
+            | b"96"
+            | b"97"
+            | b"98"
+            | b"99"
+            | b"A0"
+    )
+}
+
+fn same_prefix(a: IpAddr, b: IpAddr, bits: u8) -> bool {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let shift = 32u32.saturating_sub(u32::from(bits));
+            u32::from(a).checked_shr(shift).unwrap_or(0)
+                == u32::from(b).checked_shr(shift).unwrap_or(0)
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            // IPv6: the /48 a site is given, whatever the IPv4 setting.
+            a.segments().get(..3) == b.segments().get(..3)
+        }
+        _ => false,
+    }
+}
+
+/// The network part only: where a terminal is, not which host.
+fn masked_ip(ip: IpAddr, bits: u8) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let shift = 32u32.saturating_sub(u32::from(bits));
+            let net = u32::from(v4)
+                .checked_shr(shift)
+                .unwrap_or(0)
+                .checked_shl(shift)
+                .unwrap_or(0);
+            format!("{}/{bits}", std::net::Ipv4Addr::from(net))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let seg = |i: usize| s.get(i).copied().unwrap_or(0);
+            format!("{:x}:{:x}:{:x}::/48", seg(0), seg(1), seg(2))
+        }
+    }
+}
+
+fn yuan(fen: i64) -> String {
+    format!("¥{}.{:02}", fen / 100, (fen % 100).abs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: &str = "M1";
+    const T: &str = "T1";
+
+    fn engine(rules: &str) -> Engine {
+        let text = format!(r#"{{"default": [{rules}]}}"#);
+        Engine::new(Arc::new(RuleBook::from_json(&text).unwrap()))
+    }
+
+    fn sale(txn_id: i64, amount_fen: i64, now_ms: i64) -> Request<'static> {
+        Request {
+            txn_id,
+            mid: M,
+            tid: T,
+            mcc: "5812",
+            class: TxnClass::Sale,
+            card: Some(CardClass::DomesticDebit),
+            card_key: Some(7),
+            amount_fen,
+            day: 1,
+            now_ms,
+            peer: None,
+        }
+    }
+
+    fn answer(request: &Request<'_>, code: &[u8; 2]) -> Outcome<'static> {
+        Outcome {
+            txn_id: request.txn_id,
+            mid: M,
+            tid: T,
+            class: request.class,
+            card_key: request.card_key,
+            amount_fen: request.amount_fen,
+            day: request.day,
+            now_ms: request.now_ms,
+            response_code: *code,
+        }
+    }
+
+    fn declined_by(verdict: &Verdict) -> Option<&str> {
+        verdict.decline.as_ref().map(|h| &*h.rule_id)
+    }
+
+    #[test]
+    fn card_types() {
+        let mut e = engine(
+            r#"{"id": "cards", "kind": "card-types", "accept": ["domestic-debit", "domestic-credit"]}"#,
+        );
+        assert_eq!(declined_by(&e.check(&sale(1, 100, 0))), None);
+        let foreign = Request {
+            card: Some(CardClass::Foreign),
+            ..sale(2, 100, 0)
+        };
+        let verdict = e.check(&foreign);
+        assert_eq!(declined_by(&verdict), Some("cards"));
+        let hit = verdict.decline.unwrap();
+        assert_eq!(&hit.kind.response_code(), b"58");
+        assert!(hit.detail.contains("foreign"), "{}", hit.detail);
+        // A refund to a foreign card is not a sale: it goes back where it came from.
+        let refund = Request {
+            class: TxnClass::Credit,
+            ..foreign
+        };
+        assert_eq!(declined_by(&e.check(&refund)), None);
+    }
+
+    #[test]
+    fn amount_max_and_alert_only() {
+        let mut e = engine(
+            r#"{"id": "cap", "kind": "amount-max", "max_fen": 10000},
+               {"id": "watch", "kind": "amount-max", "max_fen": 5000, "action": "alert"}"#,
+        );
+        let ok = e.check(&sale(1, 4000, 0));
+        assert_eq!(ok, Verdict::default());
+        let watched = e.check(&sale(2, 6000, 0));
+        assert_eq!(declined_by(&watched), None);
+        assert_eq!(watched.alerts.len(), 1);
+        assert_eq!(&*watched.alerts[0].rule_id, "watch");
+        let over = e.check(&sale(3, 10001, 0));
+        assert_eq!(declined_by(&over), Some("cap"));
+        assert_eq!(&over.decline.unwrap().kind.response_code(), b"61");
+    }
+
+    #[test]
+    fn daily_amount_max_resets_at_the_day() {
+        let mut e = engine(r#"{"id": "day", "kind": "daily-amount-max", "max_fen": 10000}"#);
+        for (i, amount) in [4000, 4000].into_iter().enumerate() {
+            let r = sale(i as i64, amount, 0);
+            assert_eq!(declined_by(&e.check(&r)), None);
+            e.observe(&answer(&r, b"00"));
+        }
+        // A declined sale does not count towards the day's total.
+        let declined = sale(10, 1000, 0);
+        assert_eq!(declined_by(&e.check(&declined)), None);
+        e.observe(&answer(&declined, b"51"));
+        assert_eq!(declined_by(&e.check(&sale(3, 2000, 0))), None);
+        assert_eq!(declined_by(&e.check(&sale(4, 2001, 0))), Some("day"));
+        let tomorrow = Request {
+            day: 2,
+            ..sale(5, 9000, 0)
+        };
+        assert_eq!(declined_by(&e.check(&tomorrow)), None);
+    }
+
+    #[test]
+    fn card_velocity_attempts_and_declines() {
+        let mut e = engine(
+            r#"{"id": "vel", "kind": "card-velocity", "window_s": 60, "attempts_max": 3,
+                "declines_max": 2}"#,
+        );
+        for i in 0..3 {
+            let r = sale(i, 100, i * 1_000);
+            assert_eq!(declined_by(&e.check(&r)), None, "attempt {i}");
+            e.observe(&answer(&r, b"00"));
+        }
+        // The fourth attempt within a minute is one too many.
+        let v = e.check(&sale(3, 100, 3_000));
+        assert_eq!(declined_by(&v), Some("vel"));
+        assert_eq!(&v.decline.as_ref().unwrap().kind.response_code(), b"65");
+        assert_eq!(v.decline.unwrap().txn_ids, vec![0, 1, 2, 3]);
+        // A minute later the window has moved on.
+        assert_eq!(declined_by(&e.check(&sale(4, 100, 62_000))), None);
+
+        let mut e = engine(
+            r#"{"id": "vel", "kind": "card-velocity", "window_s": 60, "attempts_max": 10,
+                "declines_max": 2}"#,
+        );
+        let mut alerts = Vec::new();
+        for i in 0..2 {
+            let r = sale(i, 100, i);
+            assert_eq!(declined_by(&e.check(&r)), None);
+            alerts.extend(e.observe(&answer(&r, b"51")));
+        }
+        assert_eq!(alerts.len(), 1, "one alert when the threshold is crossed");
+        assert_eq!(declined_by(&e.check(&sale(5, 100, 10))), Some("vel"));
+        // Another card is unaffected.
+        let other = Request {
+            card_key: Some(8),
+            ..sale(6, 100, 10)
+        };
+        assert_eq!(declined_by(&e.check(&other)), None);
+    }
+
+    #[test]
+    fn card_testing_alerts_then_declines_small_attempts() {
+        let mut e = engine(
+            r#"{"id": "ct", "kind": "card-testing", "window_s": 600, "small_fen": 1000,
+                "declines_max": 3}"#,
+        );
+        let mut alerts = Vec::new();
+        for i in 0..3 {
+            let r = Request {
+                card_key: Some(100 + i as u64),
+                ..sale(i, 100, i * 10)
+            };
+            assert_eq!(declined_by(&e.check(&r)), None);
+            alerts.extend(e.observe(&answer(&r, b"14")));
+        }
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].txn_ids, vec![0, 1, 2]);
+        assert_eq!(&*alerts[0].rule_id, "ct");
+        let probe = e.check(&sale(10, 500, 100));
+        assert_eq!(declined_by(&probe), Some("ct"));
+        assert_eq!(&probe.decline.unwrap().kind.response_code(), b"59");
+        // A genuine large sale still goes through; so does everything after the window.
+        assert_eq!(declined_by(&e.check(&sale(11, 50_000, 100))), None);
+        assert_eq!(declined_by(&e.check(&sale(12, 500, 700_000))), None);
+        // Issuer outages are not card testing.
+        let mut e = engine(
+            r#"{"id": "ct", "kind": "card-testing", "window_s": 600, "small_fen": 1000,
+                "declines_max": 2}"#,
+        );
+        for i in 0..5 {
+            let r = sale(i, 100, i);
+            e.check(&r);
+            assert!(e.observe(&answer(&r, b"91")).is_empty());
+        }
+        assert_eq!(declined_by(&e.check(&sale(9, 100, 9))), None);
+    }
+
+    #[test]
+    fn wrong_pins_across_cards() {
+        let mut e =
+            engine(r#"{"id": "pins", "kind": "wrong-pins", "window_s": 300, "cards_max": 3}"#);
+        let mut alerts = Vec::new();
+        // The same card twice counts once.
+        for (i, card) in [1u64, 1, 2].into_iter().enumerate() {
+            let r = Request {
+                card_key: Some(card),
+                ..sale(i as i64, 100, i as i64)
+            };
+            e.check(&r);
+            alerts.extend(e.observe(&answer(&r, b"55")));
+        }
+        assert!(alerts.is_empty());
+        assert_eq!(declined_by(&e.check(&sale(5, 100, 5))), None);
+        let third = Request {
+            card_key: Some(3),
+            ..sale(6, 100, 6)
+        };
+        e.check(&third);
+        let alerts = e.observe(&answer(&third, b"55"));
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(declined_by(&e.check(&sale(7, 100, 7))), Some("pins"));
+    }
+
+    #[test]
+    fn peer_change_alerts_once_per_move() {
+        let mut e = engine(r#"{"id": "moved", "kind": "peer-change"}"#);
+        let at = |ip: &str, id| Request {
+            peer: Some(ip.parse().unwrap()),
+            ..sale(id, 100, id)
+        };
+        assert!(e.check(&at("10.1.2.3", 1)).alerts.is_empty());
+        assert!(e.check(&at("10.1.2.99", 2)).alerts.is_empty(), "same /24");
+        let moved = e.check(&at("172.16.5.5", 3));
+        assert_eq!(declined_by(&moved), None);
+        assert_eq!(moved.alerts.len(), 1);
+        assert!(moved.alerts[0].detail.contains("172.16.5.0/24"));
+        assert!(!moved.alerts[0].detail.contains("172.16.5.5"));
+        assert!(e.check(&at("172.16.5.6", 4)).alerts.is_empty(), "learnt");
+    }
+
+    #[test]
+    fn mcc_profile() {
+        let mut e = engine(r#"{"id": "mcc", "kind": "mcc-profile"}"#);
+        // A restaurant (5812): up to ¥10,000 a ticket is ordinary.
+        assert!(e.check(&sale(1, 900_000, 0)).alerts.is_empty());
+        let odd = e.check(&sale(2, 5_000_000, 0));
+        assert_eq!(odd.alerts.len(), 1);
+        assert!(odd.alerts[0].detail.contains("5812"));
+        // Categories without a profile are not judged.
+        let unknown = Request {
+            mcc: "0000",
+            ..sale(3, 5_000_000, 0)
+        };
+        assert!(e.check(&unknown).alerts.is_empty());
+    }
+
+    #[test]
+    fn state_is_bounded() {
+        let mut e = engine(
+            r#"{"id": "vel", "kind": "card-velocity", "window_s": 60, "attempts_max": 60,
+                "declines_max": 60}"#,
+        );
+        for i in 0..1_000 {
+            let r = sale(i, 100, i);
+            e.check(&r);
+            e.observe(&answer(&r, b"51"));
+        }
+        assert!(e.cards.get(&7).unwrap().events.len() <= EVENTS_PER_KEY_MAX);
+        assert!(e.terminals.get(T).unwrap().declines.len() <= EVENTS_PER_KEY_MAX);
+    }
+
+    #[test]
+    fn merchants_without_rules_cost_nothing() {
+        let mut e = Engine::new(Arc::new(RuleBook::empty()));
+        let r = sale(1, 100, 0);
+        assert_eq!(e.check(&r), Verdict::default());
+        assert!(e.observe(&answer(&r, b"51")).is_empty());
+        assert_eq!(e.tracked(), (0, 0, 0));
+    }
+}
