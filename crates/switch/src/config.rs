@@ -13,6 +13,13 @@ pub const CONNECTIONS_MAX: usize = 4_096;
 pub const FRAME_LEN_MAX: usize = iso8583::FRAME_LEN_MAX;
 /// Requests of one terminal connection being worked on at once; more are answered 96.
 pub const IN_FLIGHT_PER_CONNECTION_MAX: usize = 64;
+/// Requests being worked on across all terminal connections; more are answered 96 at once
+/// (PROTOCOL.md: system error, try later), so overload costs a reply, not a growing queue.
+/// At 25,000 requests/s and a 100 ms issuer this still admits everything (2,500 in flight).
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 8_192;
+/// How long a terminal has to send the rest of a frame once its length prefix has arrived;
+/// a truncated frame then closes the connection instead of holding it.
+pub const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Responses queued for one terminal connection's writer.
 pub const CONNECTION_QUEUE_MAX: usize = 2 * IN_FLIGHT_PER_CONNECTION_MAX;
 /// Requests awaiting an answer on one issuer link; more are answered 91 at once.
@@ -33,6 +40,7 @@ pub const SEQUENCE_BLOCK: u64 = 10_000;
 
 const _: () = assert!(CONNECTION_QUEUE_MAX > IN_FLIGHT_PER_CONNECTION_MAX);
 const _: () = assert!(ISSUER_QUEUE_MAX >= ISSUER_IN_FLIGHT_MAX);
+const _: () = assert!(REQUESTS_IN_FLIGHT_MAX >= IN_FLIGHT_PER_CONNECTION_MAX);
 
 /// One issuer host: where it listens and the zone PIN key shared with it.
 #[derive(Clone, Debug)]

@@ -299,6 +299,7 @@ impl Core {
             out.set_text(38, auth)?;
         }
         out.set_text(39, answer.code_text())?;
+        crate::metrics::note_response_code(answer.response_code);
         if let Some(balance) = &answer.balance {
             out.set_text(54, balance)?;
         }

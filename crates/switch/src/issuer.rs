@@ -83,6 +83,17 @@ impl IssuerLink {
         self.connected.load(Ordering::Acquire)
     }
 
+    /// The link's state for the metrics.
+    pub fn state(&self) -> crate::metrics::IssuerLinkState {
+        let free = self.in_flight.available_permits();
+        crate::metrics::IssuerLinkState {
+            bank: self.name.clone(),
+            connected: self.is_connected(),
+            breaker_open: self.clock.now_ms() < self.open_until_ms.load(Ordering::Acquire),
+            in_flight: u64::try_from(ISSUER_IN_FLIGHT_MAX.saturating_sub(free)).unwrap_or(0),
+        }
+    }
+
     /// Sends a request frame (length prefix included) and waits for the reply with
     /// `reply_mti` and `trace`; returns the reply frame without its prefix.
     pub async fn exchange(
@@ -111,7 +122,11 @@ impl IssuerLink {
             self.waiters().remove(&(reply_mti, trace));
             return Err(LinkError::Unavailable);
         }
-        match tokio::time::timeout(self.endpoint.timeout, receiver).await {
+        let sent = std::time::Instant::now();
+        let waited = tokio::time::timeout(self.endpoint.timeout, receiver).await;
+        // Time at the issuer (and on the link) is not the switch's: the metrics subtract it.
+        crate::metrics::add_issuer_time(sent.elapsed());
+        match waited {
             Ok(Ok(reply)) => {
                 self.timeouts_in_a_row.store(0, Ordering::Release);
                 Ok(reply)

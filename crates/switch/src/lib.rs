@@ -18,6 +18,7 @@ mod core;
 mod financial;
 mod issuer;
 mod ledger;
+mod metrics;
 mod saf;
 mod session;
 mod settle;
@@ -25,13 +26,13 @@ mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use domain::IssuerDirectory;
 use iso8583::{FrameHead, Header, Tpdu};
 use paycrypto::{Hsm, KeyHandle, KeyScheme, MacAlgorithm};
-use store::{Outcome, Record, Status, Store, StoreError, TerminalRow, TxnKind, TxnState};
+use store::{Outcome, Record, SafState, Status, Store, StoreError, TerminalRow, TxnKind, TxnState};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -43,11 +44,17 @@ pub use crate::clock::{Clock, LocalTime, SystemClock};
 pub use crate::config::*;
 pub use crate::core::{handle_bytes, handle_from_bytes};
 pub use crate::issuer::LinkError;
+pub use crate::metrics::{
+    HistogramSnapshot, IssuerLinkState, LATENCY_US_MAX, MetricsSnapshot, REQUEST_KINDS_MAX,
+    RequestCount,
+};
 pub use crate::wire::{WireError, read_frame};
 
 use crate::core::{Core, Sequence, Terminal};
 use crate::issuer::IssuerLink;
 use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::session::Sessions;
 
 /// Why the switch did not start.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +108,7 @@ pub struct SwitchHandle {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     core: Arc<Core>,
+    sessions: Sessions,
 }
 
 impl SwitchHandle {
@@ -112,6 +120,33 @@ impl SwitchHandle {
     /// Whether the link to an issuer (by bank code) is up.
     pub fn issuer_connected(&self, bank: &str) -> bool {
         self.core.links.get(bank).is_some_and(|l| l.is_connected())
+    }
+
+    /// The switch's counters now. Reads the store-and-forward depth from the store (a
+    /// blocking read): call it from a scrape, off the request path.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let m = &self.sessions.metrics;
+        let mut issuers: Vec<IssuerLinkState> =
+            self.core.links.values().map(|link| link.state()).collect();
+        issuers.sort_by(|a, b| a.bank.cmp(&b.bank));
+        let free = self.sessions.admission.available_permits();
+        MetricsSnapshot {
+            requests: m.requests(),
+            total_latency: m.total.snapshot(),
+            switch_latency: m.switch.snapshot(),
+            in_flight: u64::try_from(REQUESTS_IN_FLIGHT_MAX.saturating_sub(free)).unwrap_or(0),
+            in_flight_max: u64::try_from(REQUESTS_IN_FLIGHT_MAX).unwrap_or(u64::MAX),
+            refused_overload: m.refused_overload.load(Ordering::Relaxed),
+            connections: m.connections.load(Ordering::Relaxed),
+            malformed_frames: m.malformed_frames.load(Ordering::Relaxed),
+            saf_depth: self
+                .core
+                .store
+                .reversals_in_state(SafState::Pending)
+                .ok()
+                .and_then(|items| u64::try_from(items.len()).ok()),
+            issuers,
+        }
     }
 
     /// Stops accepting, closes links and waits for the switch's tasks. Requests already being
@@ -195,8 +230,9 @@ impl Switch {
             trace: AtomicU32::new(u32::try_from(first_trace % 1_000_000).unwrap_or(0)),
         });
         tasks.push(tokio::spawn(saf::run(Arc::clone(&core), stop_rx.clone())));
+        let sessions = Sessions::new(Arc::clone(&core), Arc::new(Metrics::default()));
         tasks.push(tokio::spawn(session::accept(
-            Arc::clone(&core),
+            sessions.clone(),
             listener,
             stop_rx,
         )));
@@ -206,6 +242,7 @@ impl Switch {
             stop,
             tasks,
             core,
+            sessions,
         })
     }
 }

@@ -2,19 +2,46 @@
 //! written in whatever order they finish. Every limit refuses quickly instead of queueing.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use iso8583::{Frame, TxnKind as WireKind};
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use crate::config::{CONNECTION_QUEUE_MAX, CONNECTIONS_MAX, IN_FLIGHT_PER_CONNECTION_MAX};
-use crate::core::{Core, RC_APPROVED, RC_INVALID_TRANSACTION};
+use crate::config::{
+    CONNECTION_QUEUE_MAX, CONNECTIONS_MAX, FRAME_BODY_TIMEOUT, FRAME_LEN_MAX,
+    IN_FLIGHT_PER_CONNECTION_MAX, REQUESTS_IN_FLIGHT_MAX,
+};
+use crate::core::{Core, RC_APPROVED, RC_INVALID_TRANSACTION, RC_SYSTEM_ERROR};
 use crate::ledger::Answer;
-use crate::wire::read_frame;
+use crate::metrics::{Metrics, RequestType, measure_request};
+use crate::wire::WireError;
+
+/// What every connection of one switch shares: its core, counters and the bound on requests
+/// in flight across all connections.
+#[derive(Clone)]
+pub(crate) struct Sessions {
+    pub core: Arc<Core>,
+    pub metrics: Arc<Metrics>,
+    /// Requests being handled across all connections; at the bound, new ones are answered 96
+    /// at once, so an overload costs a decode and a reply, never a queue that grows.
+    pub admission: Arc<Semaphore>,
+}
+
+impl Sessions {
+    pub fn new(core: Arc<Core>, metrics: Arc<Metrics>) -> Self {
+        Sessions {
+            core,
+            metrics,
+            admission: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+        }
+    }
+}
 
 pub(crate) async fn accept(
-    core: Arc<Core>,
+    sessions: Sessions,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -38,18 +65,50 @@ pub(crate) async fn accept(
             drop(stream);
             continue;
         };
-        let core = Arc::clone(&core);
+        let _ = stream.set_nodelay(true);
+        let sessions = sessions.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            serve(core, stream, stop).await;
+            sessions.metrics.connections.fetch_add(1, Ordering::Relaxed);
+            serve(&sessions, stream, stop).await;
+            sessions.metrics.connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }
 }
 
-async fn serve(core: Arc<Core>, stream: TcpStream, mut stop: watch::Receiver<bool>) {
-    let _ = stream.set_nodelay(true);
-    let (reader, mut writer) = stream.into_split();
+/// Reads one frame: waits as long as it takes for a frame to start (terminals idle for hours),
+/// then at most `FRAME_BODY_TIMEOUT` for the rest, so a truncated frame cannot hold a
+/// connection (and its buffer) forever.
+async fn read_request<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<bool, WireError> {
+    let mut prefix = [0u8; 2];
+    match reader.read_exact(&mut prefix).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    let len = usize::from(u16::from_be_bytes(prefix));
+    if len > FRAME_LEN_MAX {
+        return Err(WireError::TooLong { len });
+    }
+    buf.clear();
+    buf.resize(len, 0);
+    match tokio::time::timeout(FRAME_BODY_TIMEOUT, reader.read_exact(buf)).await {
+        Ok(read) => read.map(|_| true).map_err(WireError::from),
+        Err(_) => Err(WireError::Io(std::io::ErrorKind::TimedOut.into())),
+    }
+}
+
+/// Serves one terminal connection over any byte stream until it closes, sends a frame that
+/// cannot be read or decoded, or the switch stops.
+pub(crate) async fn serve<S>(sessions: &Sessions, stream: S, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (reader, mut writer) = tokio::io::split(stream);
     let (responses, mut outgoing) = mpsc::channel::<Vec<u8>>(CONNECTION_QUEUE_MAX);
     let writer_task = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(4096);
@@ -63,40 +122,68 @@ async fn serve(core: Arc<Core>, stream: TcpStream, mut stop: watch::Receiver<boo
                 return;
             }
         }
+        let _ = writer.shutdown().await;
     });
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION_MAX));
+    // A handler that finds the frame undecodable closes the connection: its framing can no
+    // longer be trusted. Answers already being worked on are still written.
+    let close = Arc::new(Notify::new());
     let mut reader = BufReader::new(reader);
     let mut buf = Vec::with_capacity(512);
     loop {
         let read = tokio::select! {
-            read = read_frame(&mut reader, &mut buf) => read,
+            read = read_request(&mut reader, &mut buf) => read,
+            () = close.notified() => break,
             _ = stop.changed() => break,
         };
         match read {
             Ok(true) => {}
             Ok(false) => break,
             Err(error) => {
+                sessions
+                    .metrics
+                    .malformed_frames
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%error, "terminal connection dropped");
                 break;
             }
         }
+        let received = Instant::now();
         let input = std::mem::replace(&mut buf, Vec::with_capacity(512));
-        match Arc::clone(&in_flight).try_acquire_owned() {
-            Ok(permit) => {
-                let core = Arc::clone(&core);
+        match admit(sessions, &in_flight) {
+            Some(permits) => {
+                let sessions = sessions.clone();
                 let responses = responses.clone();
+                let close = Arc::clone(&close);
                 // The handler runs to completion even if the terminal hangs up: what the
                 // issuer was told must be journalled either way.
                 tokio::spawn(async move {
-                    if let Some(response) = core.handle(&input).await {
-                        let _ = responses.send(response).await;
+                    let response = sessions.handle_measured(&input, received).await;
+                    drop(permits);
+                    match response {
+                        Some(response) => {
+                            let _ = responses.send(response).await;
+                        }
+                        None => close.notify_one(),
                     }
-                    drop(permit);
                 });
             }
-            Err(_) => {
-                if let Some(response) = core.refuse(&input) {
-                    let _ = responses.try_send(response);
+            None => {
+                sessions
+                    .metrics
+                    .refused_overload
+                    .fetch_add(1, Ordering::Relaxed);
+                let refusal = sessions.core.refuse(&input);
+                let kind = Frame::decode_unprefixed(&input)
+                    .map_or("malformed", |f| request_type(f.message.txn_kind()));
+                sessions
+                    .metrics
+                    .count(kind, refusal.as_ref().map(|_| RC_SYSTEM_ERROR));
+                match refusal {
+                    Some(response) => {
+                        let _ = responses.try_send(response);
+                    }
+                    None => break,
                 }
             }
         }
@@ -105,31 +192,84 @@ async fn serve(core: Arc<Core>, stream: TcpStream, mut stop: watch::Receiver<boo
     let _ = writer_task.await;
 }
 
-impl Core {
-    /// One request frame (without its length prefix) → its response frame, if it gets one.
-    pub(crate) async fn handle(self: &Arc<Self>, input: &[u8]) -> Option<Vec<u8>> {
+/// A request may start when both its connection and the switch as a whole have room.
+fn admit(
+    sessions: &Sessions,
+    connection: &Arc<Semaphore>,
+) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+    let mine = Arc::clone(connection).try_acquire_owned().ok()?;
+    let global = Arc::clone(&sessions.admission).try_acquire_owned().ok()?;
+    Some((mine, global))
+}
+
+/// The metrics' name of a request's type.
+pub(crate) fn request_type(kind: Option<WireKind>) -> RequestType {
+    use iso8583::Financial as F;
+    let financial = |kind: F, reversal: bool| match (reversal, kind) {
+        (true, _) => "reversal",
+        (false, F::BalanceInquiry) => "balance_inquiry",
+        (false, F::Purchase) => "purchase",
+        (false, F::PurchaseVoid) => "purchase_void",
+        (false, F::Refund) => "refund",
+        (false, F::PreAuthorisation) => "pre_auth",
+        (false, F::PreAuthorisationVoid) => "pre_auth_void",
+        (false, F::PreAuthorisationCompletion) => "completion",
+        (false, F::CompletionVoid) => "completion_void",
+    };
+    match kind {
+        Some(WireKind::Financial(kind)) => financial(kind, false),
+        Some(WireKind::Reversal(kind)) => financial(kind, true),
+        Some(WireKind::SignIn(_)) => "sign_in",
+        Some(WireKind::SignOff) => "sign_off",
+        Some(WireKind::EchoTest) => "echo",
+        Some(WireKind::Settlement) => "settlement",
+        Some(WireKind::BatchUpload(_) | WireKind::BatchUploadEnd { .. }) => "batch_upload",
+        None => "unknown",
+    }
+}
+
+impl Sessions {
+    /// Handles one request and records what it took; `None`: undecodable, close the connection.
+    async fn handle_measured(&self, input: &[u8], received: Instant) -> Option<Vec<u8>> {
         let frame = match Frame::decode_unprefixed(input) {
             Ok(frame) => frame,
             Err(error) => {
                 // Without a readable MTI there is nothing to answer to.
                 tracing::info!(%error, "undecodable terminal frame");
+                self.metrics
+                    .malformed_frames
+                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.count("malformed", None);
                 return None;
             }
         };
+        let kind = request_type(frame.message.txn_kind());
+        let (response, meter) = measure_request(self.core.handle_frame(&frame)).await;
+        self.metrics.latency(received.elapsed(), meter.issuer_us);
+        self.metrics
+            .count(kind, response.as_ref().and(meter.response_code));
+        // A decodable request the switch could not answer (encoding failed): close too.
+        response
+    }
+}
+
+impl Core {
+    /// One decoded request → its response frame, if it gets one.
+    pub(crate) async fn handle_frame(self: &Arc<Self>, frame: &Frame<'_>) -> Option<Vec<u8>> {
         match frame.message.txn_kind() {
-            Some(WireKind::Financial(kind)) => self.financial(&frame, kind, false).await,
-            Some(WireKind::Reversal(kind)) => self.financial(&frame, kind, true).await,
-            Some(WireKind::SignIn(keys)) => self.sign_in(&frame, keys).await,
-            Some(WireKind::SignOff) => self.sign_off(&frame).await,
+            Some(WireKind::Financial(kind)) => self.financial(frame, kind, false).await,
+            Some(WireKind::Reversal(kind)) => self.financial(frame, kind, true).await,
+            Some(WireKind::SignIn(keys)) => self.sign_in(frame, keys).await,
+            Some(WireKind::SignOff) => self.sign_off(frame).await,
             Some(WireKind::EchoTest) => {
-                self.reply(&frame, None, &Answer::code(RC_APPROVED), None, |_| Ok(()))
+                self.reply(frame, None, &Answer::code(RC_APPROVED), None, |_| Ok(()))
             }
-            Some(WireKind::Settlement) => self.settle(&frame).await,
+            Some(WireKind::Settlement) => self.settle(frame).await,
             Some(WireKind::BatchUpload(_) | WireKind::BatchUploadEnd { .. }) => {
-                self.reply(&frame, None, &Answer::code(RC_APPROVED), None, |_| Ok(()))
+                self.reply(frame, None, &Answer::code(RC_APPROVED), None, |_| Ok(()))
             }
             None => self.reply(
-                &frame,
+                frame,
                 None,
                 &Answer::code(RC_INVALID_TRANSACTION),
                 None,
