@@ -402,6 +402,21 @@ impl CaseService {
             .collect()
     }
 
+    /// The merchant's cases still open whose due date has passed at `now_ms`, most overdue first.
+    pub fn overdue(&self, mid: &str, now_ms: i64) -> Result<Vec<Case>, CaseError> {
+        let mut rows: Vec<CaseRow> = self
+            .store
+            .cases_of_merchant(mid)?
+            .into_iter()
+            .filter(|c| {
+                c.due_at_ms.is_some_and(|due| due < now_ms)
+                    && CaseState::parse(&c.state).is_some_and(|s| !s.is_closed())
+            })
+            .collect();
+        rows.sort_by_key(|c| c.due_at_ms);
+        rows.into_iter().map(|row| self.view(row)).collect()
+    }
+
     fn view(&self, row: CaseRow) -> Result<Case, CaseError> {
         let entries = self
             .store

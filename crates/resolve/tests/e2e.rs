@@ -196,6 +196,21 @@ fn declined_purchase_is_diagnosed_with_evidence_naming_the_issuer() {
             assert!(html.starts_with("<!DOCTYPE html>") && html.ends_with("</html>\n"));
         }
         assert!(ev.to_text(Lang::Zh).contains("中国工商银行"));
+        // Every value on the page is escaped, even a merchant name an operator typed.
+        e.h.store
+            .submit(vec![store::Record::UpsertMerchant(store::MerchantRow {
+                mid: MID.into(),
+                name: "<script>alert(1)</script> & Co".into(),
+                status: store::Status::Active,
+                mcc: "5812".into(),
+            })])
+            .unwrap()
+            .await
+            .unwrap();
+        let ev = resolve::evidence(store.as_ref(), &e.h.directory, &rrn, Some(MID), now()).unwrap();
+        let html = ev.to_html(Lang::En);
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; Co"));
         // Through the service handle a web layer holds, scoped to a merchant.
         let resolver = resolve::Resolver::new(
             e.store(),
@@ -425,6 +440,10 @@ fn refund_application_executes_through_the_switch_once() {
         assert_eq!(closed.state, CaseState::Rejected);
         assert_eq!(closed.entries.len(), 4);
         assert_eq!(cases.of_merchant(MID).unwrap().len(), 3);
+        // Due dates: the open application due tomorrow is overdue the day after, not before.
+        assert!(cases.overdue(MID, now()).unwrap().is_empty());
+        let late = cases.overdue(MID, now() + 2 * 86_400_000).unwrap();
+        assert_eq!(late.iter().map(|c| c.id).collect::<Vec<_>>(), [too_much.id]);
     });
 }
 
