@@ -544,3 +544,28 @@ impl Tailer {
         })
     }
 }
+
+/// How often the background tasks of [`spawn_background`] look for work.
+pub const BACKGROUND_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Starts the journal tailer and the webhook notifier with default settings until `stop`
+/// turns true: what a process that runs the switch (demo, serve) adds to get notifications.
+pub fn spawn_background(
+    store: Arc<dyn Store>,
+    hsm: Arc<dyn Hsm>,
+    directory: Arc<IssuerDirectory>,
+    clock: Arc<dyn Clock>,
+    stop: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let tailer = Tailer::new(
+        Arc::clone(&store),
+        directory,
+        Arc::clone(&clock),
+        TailerConfig::default(),
+    );
+    let notifier = Notifier::new(store, hsm, clock, NotifierConfig::default());
+    vec![
+        tailer.spawn(BACKGROUND_INTERVAL, stop.clone()),
+        notifier.spawn(BACKGROUND_INTERVAL, stop),
+    ]
+}

@@ -792,3 +792,44 @@ fn webhooks_are_signed_and_failing_receivers_are_retried() {
         assert!(log.windows(2).all(|w| w[1].at_ms >= w[0].at_ms));
     });
 }
+
+#[test]
+fn background_tasks_deliver_without_being_driven() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let good = receiver(204).await;
+        let store = e.store();
+        resolve::outbox::set_endpoint(
+            store.as_ref(),
+            e.h.hsm.as_ref(),
+            MID,
+            &format!("http://{}/", good.addr),
+            b"k",
+        )
+        .await
+        .unwrap();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let tasks = resolve::outbox::spawn_background(
+            e.store(),
+            Arc::clone(&e.h.hsm) as Arc<dyn Hsm>,
+            e.directory(),
+            Arc::new(SystemClock),
+            stop_rx,
+        );
+        let (code, rrn, _) = e.purchase(&e.card("lost"), 100).await;
+        assert_ne!(code, "00");
+        let got = Arc::clone(&good.got);
+        assert!(
+            e.h.eventually(10, || got.lock().unwrap().len() == 1).await,
+            "no webhook arrived"
+        );
+        assert!(good.got.lock().unwrap()[0].1.contains(&rrn));
+        stop.send(true).unwrap();
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    });
+}
