@@ -1,0 +1,310 @@
+//! `kill -9` of the real `shoudan demo` under load, restart on the same data dir, then the audit:
+//! every approval a terminal saw is journalled approved and is an approval at the issuer, nothing
+//! stays in flight or queued for reversal, and `shoudan audit` finds nothing in doubt.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use paycrypto::{Key, KeyScheme, MacAlgorithm};
+use rusqlite::{Connection, OpenFlags};
+use serde_json::Value;
+use terminal::{Card, Request, Terminal, TerminalConfig, TxnType};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shoudan");
+/// Terminals of the test's own load at most (besides the demo's background traffic).
+const LOAD_TERMINALS_MAX: usize = 6;
+
+/// Kills the demo if the test fails before stopping it, so no child outlives the test.
+struct Demo(Option<Child>);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start(dir: &Path, traffic: Option<&str>) -> Demo {
+    let _ = std::fs::remove_file(dir.join("fixtures.json"));
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "demo",
+        "--terminal-port",
+        "0",
+        "--http-port",
+        "0",
+        "--data-dir",
+    ])
+    .arg(dir)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    if let Some(rate) = traffic {
+        cmd.args(["--traffic", rate]);
+    }
+    let child = Demo(Some(cmd.spawn().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dir.join("fixtures.json").exists() {
+        assert!(Instant::now() < deadline, "demo did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn stop(mut demo: Demo) {
+    let mut child = demo.0.take().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "demo exited with {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "demo did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn audit(dir: &Path) -> (i32, Value) {
+    let out = Command::new(BIN)
+        .args(["audit", "--json", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let report = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (out.status.code().unwrap_or(-1), report)
+}
+
+fn fixtures(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("fixtures.json")).unwrap()).unwrap()
+}
+
+fn config(fixture: &Value, next_stan: u32) -> TerminalConfig {
+    let scheme: KeyScheme = fixture["key_scheme"].as_str().unwrap().parse().unwrap();
+    TerminalConfig {
+        addr: format!(
+            "{}:{}",
+            fixture["host"].as_str().unwrap(),
+            fixture["port"].as_u64().unwrap()
+        )
+        .parse()
+        .unwrap(),
+        tid: fixture["tid"].as_str().unwrap().to_owned(),
+        mid: fixture["mid"].as_str().unwrap().to_owned(),
+        tmk: Key::from_hex(scheme.tmk_algorithm(), fixture["tmk"].as_str().unwrap()).unwrap(),
+        scheme,
+        mac: fixture["mac"]
+            .as_str()
+            .unwrap()
+            .parse::<MacAlgorithm>()
+            .unwrap(),
+        batch: 1,
+        next_stan,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+fn healthy_cards(fixtures: &Value) -> Vec<Card> {
+    fixtures["cards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["label"] == "healthy" && c["purchase_code"] == "00")
+        .map(|c| Card {
+            pan: c["pan"].as_str().unwrap().parse().unwrap(),
+            expiry: Some(c["expiry"].as_str().unwrap().to_owned()),
+            pin: Some(zeroize::Zeroizing::new(
+                c["pin"].as_str().unwrap().to_owned(),
+            )),
+        })
+        .collect()
+}
+
+/// What the test's terminals saw: RRNs answered approved, and requests left unanswered.
+#[derive(Default)]
+struct Seen {
+    approved: Vec<String>,
+    unanswered: usize,
+    answered: usize,
+}
+
+/// Sends purchases from one terminal until its connection fails (the switch was killed).
+async fn load(fixture: Value, cards: Vec<Card>, seen: Arc<Mutex<Seen>>, offset: usize) {
+    let mut t = Terminal::connect(config(&fixture, 1)).await.unwrap();
+    assert_eq!(t.sign_in().await.unwrap().code, "00");
+    for i in 0.. {
+        let request = Request {
+            txn: TxnType::Purchase,
+            card: cards[(i + offset) % cards.len()].clone(),
+            amount: 100,
+            original: None,
+        };
+        match t.transact(&request).await {
+            Ok(response) => {
+                let mut seen = seen.lock().unwrap();
+                seen.answered += 1;
+                if response.approved() {
+                    seen.approved.push(response.rrn.unwrap());
+                }
+            }
+            Err(_) => {
+                seen.lock().unwrap().unanswered += 1;
+                return;
+            }
+        }
+    }
+}
+
+fn journal(dir: &Path) -> Connection {
+    Connection::open_with_flags(dir.join("switch.db"), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+}
+
+#[test]
+fn kill_9_under_load_then_restart_loses_no_approval_and_leaves_nothing_in_doubt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut demo = start(dir, Some("100"));
+    let fx = fixtures(dir);
+    let cards = healthy_cards(&fx);
+    assert!(cards.len() >= 4, "{}", cards.len());
+    let terminals: Vec<Value> = fx["terminals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["traffic"] == false)
+        .take(LOAD_TERMINALS_MAX)
+        .cloned()
+        .collect();
+    assert!(terminals.len() >= 3, "{}", terminals.len());
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = terminals
+        .iter()
+        .enumerate()
+        .map(|(i, t)| runtime.spawn(load(t.clone(), cards.clone(), Arc::clone(&seen), i)))
+        .collect();
+    // Under load for a while (at least some approvals), then SIGKILL: no shutdown path runs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.lock().unwrap().approved.len() < 200 {
+        assert!(Instant::now() < deadline, "no load reached the switch");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut child = demo.0.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    runtime.block_on(async {
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("a terminal hung after the kill")
+                .unwrap();
+        }
+    });
+    let (approved, answered, unanswered) = {
+        let seen = seen.lock().unwrap();
+        (seen.approved.clone(), seen.answered, seen.unanswered)
+    };
+    assert_eq!(unanswered, terminals.len(), "every terminal lost its link");
+
+    // Restart on the same data dir: requests journalled in flight become reversals, which the
+    // store and forward delivers to the issuers of the same world.
+    demo = start(dir, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let conn = journal(dir);
+        let in_flight: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM transactions WHERE state = 'in_flight'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let pending: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM reversal_queue WHERE state = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if in_flight == 0 && pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{in_flight} in flight, {pending} reversals pending 30 s after restart"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop(demo);
+
+    // Every approval a terminal saw is journalled approved (the journal is written before the
+    // answer), and the audit pairs it with the issuer's approval.
+    let conn = journal(dir);
+    let mut states: HashMap<String, String> = HashMap::new();
+    let mut stmt = conn
+        .prepare("SELECT rrn, state FROM transactions WHERE rrn IS NOT NULL")
+        .unwrap();
+    for row in stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .unwrap()
+    {
+        let (rrn, state) = row.unwrap();
+        states.insert(rrn, state);
+    }
+    for rrn in &approved {
+        assert_eq!(
+            states.get(rrn).map(String::as_str),
+            Some("approved"),
+            "terminal saw {rrn} approved"
+        );
+    }
+    let refused: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM reversal_queue WHERE state = 'refused'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(refused, 0, "an issuer refused a reversal");
+    let acked: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM reversal_queue WHERE state = 'acked'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let (code, report) = audit(dir);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["in_doubt"].as_array().unwrap().len(), 0, "{report}");
+    assert!(
+        report["issuer_approvals"].as_u64().unwrap() >= u64::try_from(approved.len()).unwrap(),
+        "{report}"
+    );
+    eprintln!(
+        "crash: {answered} answered ({} approved) before kill -9; {acked} reversals acknowledged \
+         after restart; {} issuer approvals audited",
+        approved.len(),
+        report["issuer_approvals"]
+    );
+}
