@@ -70,6 +70,12 @@ pub struct SwitchConfig {
     pub saf_interval: Duration,
     /// How long a claimed reversal is left alone before another attempt may claim it.
     pub saf_lease: Duration,
+    /// Per-merchant risk rules (`risk::RuleBook::from_json` of the rules file); empty: only
+    /// the merchant checks apply.
+    pub risk_rules: std::sync::Arc<risk::RuleBook>,
+    /// How often merchant states and terminal statuses are re-read, so an operator's review
+    /// or suspension reaches the running switch.
+    pub risk_refresh: Duration,
 }
 
 impl SwitchConfig {
@@ -83,6 +89,8 @@ impl SwitchConfig {
             journal: true,
             saf_interval: Duration::from_millis(200),
             saf_lease: Duration::from_secs(30),
+            risk_rules: std::sync::Arc::new(risk::RuleBook::empty()),
+            risk_refresh: Duration::from_secs(1),
         }
     }
 }

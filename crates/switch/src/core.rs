@@ -156,6 +156,8 @@ pub(crate) struct Core {
     pub trace: AtomicU32,
     /// The head of frames to issuers (docs/issuer-link.md).
     pub issuer_head: FrameHead,
+    /// Merchant states, risk rules and their windows.
+    pub risk: crate::risk::RiskGate,
 }
 
 impl Core {

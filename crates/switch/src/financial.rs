@@ -130,7 +130,9 @@ impl Core {
                 |_| Ok(()),
             )
         };
-        if request.text(42).map(str::trim_end) != Some(terminal.mid.as_str()) {
+        let sent_mid = request.text(42).map(str::trim_end);
+        if sent_mid != Some(terminal.mid.as_str()) {
+            self.risk_mid_mismatch(&terminal, sent_mid);
             return answer(RC_INVALID_MERCHANT);
         }
         let f60 = request.field60().ok().flatten();
@@ -546,6 +548,21 @@ impl Core {
         };
         let host_trace = self.next_trace();
         let mut row = self.row(ctx, &entry, pan_at_rest, Some(host_trace));
+        // Merchant approval and the merchant's risk rules, before anything goes out.
+        let card = pan.as_ref().and_then(|p| p.as_ref().ok());
+        let risk = self.risk_check(
+            &ctx.terminal,
+            entry.id,
+            kind,
+            ctx.amount_fen,
+            card,
+            fingerprint.as_ref(),
+        );
+        if let Some(refusal) = risk {
+            return self
+                .refuse_recorded(ctx, &entry, row, refusal.code, &refusal.why)
+                .await;
+        }
         let (pan, (link, bank)) = match (pan, route) {
             (Some(Ok(pan)), Some(Ok(route))) => (pan, route),
             (Some(Ok(_)), Some(Err(code))) => {
@@ -800,6 +817,14 @@ impl Core {
             }
         };
         entry.answer(answer.clone(), state);
+        self.risk_observe(
+            &ctx.terminal,
+            entry.id,
+            kind,
+            ctx.amount_fen,
+            fingerprint.as_ref(),
+            &answer,
+        );
         self.reply(
             ctx.frame,
             Some(&ctx.terminal),

@@ -19,6 +19,7 @@ mod financial;
 mod issuer;
 mod ledger;
 mod metrics;
+mod risk;
 mod saf;
 mod session;
 mod settle;
@@ -48,6 +49,7 @@ pub use crate::metrics::{
     HistogramSnapshot, IssuerLinkState, LATENCY_US_MAX, MetricsSnapshot, REQUEST_KINDS_MAX,
     RequestCount,
 };
+pub use crate::risk::MERCHANT_NOT_APPROVED;
 pub use crate::wire::{WireError, read_frame};
 
 use crate::core::{Core, Sequence, Terminal};
@@ -184,6 +186,7 @@ impl Switch {
             ledger.adopt(&row);
         }
         let first_trace = store.reserve("host_trace", SEQUENCE_BLOCK)?.await?;
+        let risk_gate = risk::RiskGate::load(store.as_ref(), Arc::clone(&config.risk_rules))?;
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut links = HashMap::new();
@@ -228,7 +231,12 @@ impl Switch {
             ids: Sequence::new("txn_id"),
             rrns: Sequence::new("rrn"),
             trace: AtomicU32::new(u32::try_from(first_trace % 1_000_000).unwrap_or(0)),
+            risk: risk_gate,
         });
+        tasks.push(tokio::spawn(risk::refresh(
+            Arc::clone(&core),
+            stop_rx.clone(),
+        )));
         tasks.push(tokio::spawn(saf::run(Arc::clone(&core), stop_rx.clone())));
         let sessions = Sessions::new(Arc::clone(&core), Arc::new(Metrics::default()));
         tasks.push(tokio::spawn(session::accept(

@@ -70,7 +70,7 @@ pub(crate) async fn accept(
         let stop = stop.clone();
         tokio::spawn(async move {
             sessions.metrics.connections.fetch_add(1, Ordering::Relaxed);
-            serve(&sessions, stream, stop).await;
+            crate::risk::with_peer(Some(peer.ip()), serve(&sessions, stream, stop)).await;
             sessions.metrics.connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
@@ -130,6 +130,7 @@ where
     let close = Arc::new(Notify::new());
     let mut reader = BufReader::new(reader);
     let mut buf = Vec::with_capacity(512);
+    let peer = crate::risk::peer();
     loop {
         let read = tokio::select! {
             read = read_request(&mut reader, &mut buf) => read,
@@ -158,7 +159,8 @@ where
                 // The handler runs to completion even if the terminal hangs up: what the
                 // issuer was told must be journalled either way.
                 tokio::spawn(async move {
-                    let response = sessions.handle_measured(&input, received).await;
+                    let handled = sessions.handle_measured(&input, received);
+                    let response = crate::risk::with_peer(peer, handled).await;
                     drop(permits);
                     match response {
                         Some(response) => {

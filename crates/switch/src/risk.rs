@@ -1,0 +1,381 @@
+//! The switch's side of merchant and risk controls: which merchants may take cards (refreshed
+//! from the store), the rule engine with its windows, and the alerts it raises, written to the
+//! store for operators and the notification outbox.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use domain::{FailureKind, Pan};
+use risk::{CardClass, Engine, Hit, MerchantGate, RuleBook, TxnClass};
+use store::risk::{AlertAction, AlertState, MerchantState, RiskAlertRow, RiskRecord};
+use store::{EventRow, Record, Store, StoreError, TxnKind};
+use tokio::sync::watch;
+
+use crate::core::{Core, RC_INVALID_MERCHANT, Sequence, Terminal};
+use crate::ledger::Answer;
+
+tokio::task_local! {
+    /// The network address of the terminal connection a request came in on.
+    static PEER: Option<IpAddr>;
+}
+
+/// Runs `f` with the connection's peer address visible to the risk checks.
+pub(crate) async fn with_peer<F: std::future::Future>(peer: Option<IpAddr>, f: F) -> F::Output {
+    PEER.scope(peer, f).await
+}
+
+/// The peer of the connection being served, if any.
+pub(crate) fn peer() -> Option<IpAddr> {
+    PEER.try_with(|p| *p).ok().flatten()
+}
+
+/// What the switch knows of a merchant.
+#[derive(Clone, Debug)]
+pub(crate) struct MerchantInfo {
+    pub state: MerchantState,
+    pub mcc: String,
+    pub name: String,
+}
+
+/// The diagnosis text of a merchant that may not take cards.
+pub const MERCHANT_NOT_APPROVED: &str = "merchant not approved: complete the review";
+
+/// Merchant states, the rule engine and the alert id sequence of one switch.
+pub(crate) struct RiskGate {
+    merchants: RwLock<HashMap<String, MerchantInfo>>,
+    engine: Mutex<Engine>,
+    alert_ids: Sequence,
+}
+
+/// An alert on its way to the store.
+struct PendingAlert {
+    kind: &'static str,
+    rule_id: String,
+    action: AlertAction,
+    detail: String,
+    txn_ids: Vec<i64>,
+}
+
+/// A refusal by the merchant or risk checks: field 39 and the timeline's words.
+pub(crate) struct Refusal {
+    pub code: [u8; 2],
+    pub why: String,
+}
+
+fn class_of(kind: TxnKind) -> TxnClass {
+    match kind {
+        TxnKind::Purchase | TxnKind::PreAuth | TxnKind::Completion => TxnClass::Sale,
+        TxnKind::BalanceInquiry => TxnClass::Inquiry,
+        TxnKind::PurchaseVoid
+        | TxnKind::PreAuthVoid
+        | TxnKind::CompletionVoid
+        | TxnKind::Refund
+        | TxnKind::Reversal => TxnClass::Credit,
+    }
+}
+
+fn card_key(fingerprint: Option<&[u8; 32]>) -> Option<u64> {
+    let head: [u8; 8] = fingerprint?.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(head))
+}
+
+/// Merchants as the store has them: a profile's state, else the one `Status` implies.
+fn load_merchants(store: &dyn Store) -> Result<HashMap<String, MerchantInfo>, StoreError> {
+    let profiles: HashMap<String, MerchantState> = store
+        .merchant_profiles()?
+        .into_iter()
+        .map(|p| (p.mid, p.state))
+        .collect();
+    Ok(store
+        .merchants()?
+        .into_iter()
+        .map(|m| {
+            let state = profiles
+                .get(&m.mid)
+                .copied()
+                .unwrap_or_else(|| MerchantState::from_status(m.status));
+            (
+                m.mid,
+                MerchantInfo {
+                    state,
+                    mcc: m.mcc,
+                    name: m.name,
+                },
+            )
+        })
+        .collect())
+}
+
+impl RiskGate {
+    /// Loads the merchants; reads the store synchronously (start-up).
+    pub fn load(store: &dyn Store, book: Arc<RuleBook>) -> Result<RiskGate, StoreError> {
+        Ok(RiskGate {
+            merchants: RwLock::new(load_merchants(store)?),
+            engine: Mutex::new(Engine::new(book)),
+            alert_ids: Sequence::new("risk_alert"),
+        })
+    }
+
+    pub fn merchant(&self, mid: &str) -> Option<MerchantInfo> {
+        self.merchants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(mid)
+            .cloned()
+    }
+
+    pub fn replace_book(&self, book: Arc<RuleBook>) {
+        self.engine
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace_book(book);
+    }
+}
+
+impl Core {
+    /// The merchant and rule checks of a request about to go to the issuer. `None`: go on.
+    /// Alert-only rules that fired are written on their own task.
+    pub(crate) fn risk_check(
+        self: &Arc<Self>,
+        terminal: &Terminal,
+        txn_id: i64,
+        kind: TxnKind,
+        amount_fen: i64,
+        pan: Option<&Pan>,
+        fingerprint: Option<&[u8; 32]>,
+    ) -> Option<Refusal> {
+        let merchant = self.risk.merchant(&terminal.mid);
+        let gate = merchant
+            .as_ref()
+            .map_or(MerchantGate::NotApproved(MerchantState::Closed), |m| {
+                MerchantGate::of(m.state)
+            });
+        if let MerchantGate::NotApproved(state) = gate {
+            return Some(Refusal {
+                code: RC_INVALID_MERCHANT,
+                why: format!(
+                    "{MERCHANT_NOT_APPROVED} (merchant {} is {state}; diagnosis {})",
+                    terminal.mid,
+                    FailureKind::MerchantNotApproved.key()
+                ),
+            });
+        }
+        let mcc = merchant.as_ref().map_or("", |m| m.mcc.as_str());
+        let now_ms = self.clock.now_ms();
+        let request = risk::Request {
+            txn_id,
+            mid: &terminal.mid,
+            tid: &terminal.tid,
+            mcc,
+            class: class_of(kind),
+            card: pan.map(|p| CardClass::of(&self.directory.lookup(p))),
+            card_key: card_key(fingerprint),
+            amount_fen,
+            day: crate::clock::LocalTime::from_ms(now_ms).day_number,
+            now_ms,
+            peer: peer(),
+        };
+        let verdict = self
+            .risk
+            .engine
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(&request);
+        if !verdict.alerts.is_empty() {
+            self.raise_alerts(&terminal.mid, &terminal.tid, verdict.alerts);
+        }
+        let hit = verdict.decline?;
+        let code = hit.kind.response_code();
+        Some(Refusal {
+            code,
+            why: format!(
+                "risk rule {} \"{}\": {} (diagnosis {})",
+                hit.kind.key(),
+                hit.rule_id,
+                hit.detail,
+                hit.kind.diagnosis().key()
+            ),
+        })
+    }
+
+    /// Feeds the answer of a request to the rule windows; writes the alerts it raises.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn risk_observe(
+        self: &Arc<Self>,
+        terminal: &Terminal,
+        txn_id: i64,
+        kind: TxnKind,
+        amount_fen: i64,
+        fingerprint: Option<&[u8; 32]>,
+        answer: &Answer,
+    ) {
+        let now_ms = self.clock.now_ms();
+        let outcome = risk::Outcome {
+            txn_id,
+            mid: &terminal.mid,
+            tid: &terminal.tid,
+            class: class_of(kind),
+            card_key: card_key(fingerprint),
+            amount_fen,
+            day: crate::clock::LocalTime::from_ms(now_ms).day_number,
+            now_ms,
+            response_code: answer.response_code,
+        };
+        let alerts = self
+            .risk
+            .engine
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observe(&outcome);
+        if !alerts.is_empty() {
+            self.raise_alerts(&terminal.mid, &terminal.tid, alerts);
+        }
+    }
+
+    /// A terminal sent a merchant ID other than its own: declined 03 by the caller, and an
+    /// alert, as it is the first sign of a terminal moved to another business.
+    pub(crate) fn risk_mid_mismatch(self: &Arc<Self>, terminal: &Terminal, sent: Option<&str>) {
+        let sent: String = sent
+            .unwrap_or("")
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(15)
+            .collect();
+        tracing::warn!(tid = %terminal.tid, registered = %terminal.mid, %sent, "merchant ID mismatch: declined 03");
+        let alert = PendingAlert {
+            kind: FailureKind::MerchantIdMismatch.key(),
+            rule_id: "one-terminal-one-merchant".to_owned(),
+            action: AlertAction::Decline,
+            detail: format!(
+                "terminal {} registered to merchant {} sent merchant ID {sent:?}: declined 03 \
+                 (diagnosis {})",
+                terminal.tid,
+                terminal.mid,
+                FailureKind::MerchantIdMismatch.key()
+            ),
+            txn_ids: Vec::new(),
+        };
+        self.write_alerts(&terminal.mid, &terminal.tid, vec![alert]);
+    }
+
+    fn raise_alerts(self: &Arc<Self>, mid: &str, tid: &str, hits: Vec<Hit>) {
+        let alerts = hits
+            .into_iter()
+            .map(|hit| PendingAlert {
+                kind: hit.kind.key(),
+                rule_id: hit.rule_id.to_string(),
+                action: match hit.action {
+                    risk::Action::Decline => AlertAction::Decline,
+                    risk::Action::Alert => AlertAction::Alert,
+                },
+                detail: hit.detail,
+                txn_ids: hit.txn_ids,
+            })
+            .collect();
+        self.write_alerts(mid, tid, alerts);
+    }
+
+    /// Writes alerts (and a timeline line on each transaction behind them) on their own task:
+    /// the terminal's answer does not wait for an operator's notice.
+    fn write_alerts(self: &Arc<Self>, mid: &str, tid: &str, alerts: Vec<PendingAlert>) {
+        let core = Arc::clone(self);
+        let (mid, tid) = (mid.to_owned(), tid.to_owned());
+        tokio::spawn(async move {
+            let mut records = Vec::with_capacity(alerts.len() * 2);
+            for alert in alerts {
+                let id = match core.risk.alert_ids.next(core.store.as_ref()).await {
+                    Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot number a risk alert");
+                        continue;
+                    }
+                };
+                tracing::warn!(alert = id, rule = %alert.rule_id, kind = alert.kind, %tid, detail = %alert.detail, "risk alert");
+                let now_ms = core.clock.now_ms();
+                if let Some(&last) = alert.txn_ids.last() {
+                    records.push(Record::Event(EventRow {
+                        txn_id: last,
+                        at_ms: now_ms,
+                        kind: "risk_alert".to_owned(),
+                        detail: format!("risk alert {id} ({}): {}", alert.kind, alert.detail),
+                    }));
+                }
+                records.push(Record::Risk(RiskRecord::Alert(Box::new(RiskAlertRow {
+                    id,
+                    kind: alert.kind.to_owned(),
+                    rule_id: alert.rule_id,
+                    action: alert.action,
+                    mid: mid.clone(),
+                    tid: tid.clone(),
+                    detail: alert.detail,
+                    txn_ids: alert.txn_ids,
+                    raised_at_ms: now_ms,
+                    state: AlertState::Open,
+                    resolved_by: None,
+                    resolved_at_ms: None,
+                    resolution: None,
+                }))));
+            }
+            if records.is_empty() {
+                return;
+            }
+            if let Err(error) = core.persist(records).await {
+                tracing::warn!(%error, "cannot write risk alerts");
+            }
+        });
+    }
+}
+
+/// Re-reads merchant states and terminal statuses every `interval`, so an operator's review
+/// or suspension takes effect on the running switch.
+pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let interval = core.config.risk_refresh;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        let store = Arc::clone(&core.store);
+        let loaded = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((load_merchants(store.as_ref())?, store.terminals()?))
+        })
+        .await;
+        let (merchants, terminals) = match loaded {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot refresh merchants");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        *core
+            .risk
+            .merchants
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = merchants;
+        for row in terminals {
+            if let Some(current) = core.terminal(&row.tid) {
+                if current.status != row.status {
+                    tracing::info!(tid = %row.tid, status = %row.status, "terminal status changed");
+                    let mut updated = (*current).clone();
+                    updated.status = row.status;
+                    core.replace_terminal(updated);
+                }
+            }
+        }
+    }
+}
+
+impl crate::SwitchHandle {
+    /// New risk rules for the running switch; the rule windows keep their history.
+    pub fn replace_risk_rules(&self, book: Arc<RuleBook>) {
+        self.core.risk.replace_book(book);
+    }
+
+    /// The registered name of a merchant: what receipts and pages show, whatever a terminal
+    /// may have been set up to print.
+    pub fn merchant_name(&self, mid: &str) -> Option<String> {
+        self.core.risk.merchant(mid).map(|m| m.name)
+    }
+}

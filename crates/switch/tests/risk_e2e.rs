@@ -1,0 +1,505 @@
+//! Merchant onboarding and risk rules end to end: the switch against the real issuer simulator
+//! over loopback TCP, merchants reviewed through `risk::ops` on the real SQLite store, rules
+//! from a JSON rules file. Declines must carry the code and a timeline line naming the rule.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use iso8583::{MessageBuilder, Mti};
+use issuer_sim::{DemoCard, HsmPinVerifier, IssuerSim, LedgerLocation, ServerHandle, demo_issuer};
+use paycrypto::{Hsm, Key, KeyAlgorithm, KeyScheme, KeyUsage, MacAlgorithm};
+use risk::RuleBook;
+use risk::ops::{Actor, AlertResponse};
+use store::risk::{AlertState, MerchantState};
+use store::{Record, Status, Store, TxnRow};
+use switch::{Switch, SystemClock, TerminalSpec};
+use tokio::net::TcpListener;
+
+/// A second merchant, reviewed through the lifecycle, with its own terminal.
+const MID2: &str = "898110048990002";
+const TID2: &str = "20000002";
+
+const RULES: &str = r#"{
+  "default": [
+    {"id": "testing", "kind": "card-testing", "window_s": 600, "small_fen": 1000,
+     "declines_max": 3}
+  ],
+  "merchants": {
+    "898110048990001": [
+      {"id": "domestic-only", "kind": "card-types",
+       "accept": ["domestic-debit", "domestic-credit"]},
+      {"id": "testing", "kind": "card-testing", "window_s": 600, "small_fen": 1000,
+       "declines_max": 3}
+    ]
+  }
+}"#;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+struct World {
+    h: Harness,
+    _sim: IssuerSim,
+    _server: ServerHandle,
+    cards: Vec<DemoCard>,
+    _ledger_dir: tempfile::TempDir,
+}
+
+fn actor(operator: &str) -> Actor<'_> {
+    Actor {
+        operator,
+        now_ms: SystemClock.now_ms(),
+    }
+}
+
+use switch::Clock;
+
+/// The switch with the rules file, the issuer simulator, merchant 1 (provisioned, so approved)
+/// and merchant 2 (applied, not yet approved) with terminal `TID2`.
+async fn world() -> World {
+    let (hsm, zpk) = new_hsm();
+    let pins = HsmPinVerifier::new(Arc::clone(&hsm) as Arc<dyn Hsm>, zpk);
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let (issuer, cards) = demo_issuer(
+        "ICBC",
+        4,
+        pins,
+        LedgerLocation::File(ledger_dir.path().join("issuer.db")),
+        Arc::new(issuer_sim::SystemClock),
+    )
+    .unwrap();
+    let sim = IssuerSim::new(Arc::new(issuer), 7);
+    let server = sim
+        .serve(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let mut h = Harness::with_hsm(server.local_addr(), Arc::default(), hsm, zpk).await;
+    h.stop().await;
+    // Merchant 2 applies with its qualification data; its terminal is provisioned.
+    let qualification = risk::Qualification {
+        licence_no: "91310000MA1FL0002Y".into(),
+        legal_person: "Li Si".into(),
+        mcc: "5411".into(),
+        address: "2 Huaihai Road, Shanghai".into(),
+    };
+    let store: &dyn Store = h.store.as_ref();
+    risk::ops::apply(
+        store,
+        MID2,
+        "Corner Shop",
+        &qualification,
+        actor("applicant"),
+    )
+    .await
+    .unwrap();
+    let tmk = h
+        .hsm
+        .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK_HEX)
+        .unwrap();
+    h.store
+        .submit(vec![switch::terminal_record(&TerminalSpec {
+            tid: TID2.into(),
+            mid: MID2.into(),
+            tmk,
+            scheme: KeyScheme::Double,
+            mac: MacAlgorithm::CupEcb,
+            batch_no: 1,
+        })])
+        .unwrap()
+        .await
+        .unwrap();
+    let mut config = h.config();
+    config.risk_rules = Arc::new(RuleBook::from_json(RULES).unwrap());
+    config.risk_refresh = Duration::from_millis(50);
+    let handle = Switch::start(
+        config,
+        Arc::clone(&h.store) as Arc<dyn Store>,
+        Arc::clone(&h.hsm) as Arc<dyn Hsm>,
+        Arc::clone(&h.directory),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    for _ in 0..100 {
+        if handle.issuer_connected("SIM") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.switch = Some(handle);
+    World {
+        h,
+        _sim: sim,
+        _server: server,
+        cards,
+        _ledger_dir: ledger_dir,
+    }
+}
+
+fn head() -> iso8583::FrameHead {
+    iso8583::FrameHead {
+        tpdu: iso8583::Tpdu {
+            destination: [0, 1],
+            source: [0, 0],
+        },
+        header: iso8583::Header::from_bytes([0x60, 0x22, 0, 0, 0, 0]).unwrap(),
+    }
+}
+
+/// Signs `t` in as `tid` of `mid`.
+async fn sign_in_as(t: &mut Terminal, tid: &str, mid: &str) -> String {
+    let mut out = MessageBuilder::new(Mti::NETWORK);
+    out.set_stan(1).unwrap();
+    out.set_text(41, tid).unwrap().set_text(42, mid).unwrap();
+    out.set_digits(60, "00000001003").unwrap();
+    out.set_text(63, "001").unwrap();
+    let mut bytes = Vec::new();
+    out.encode_frame(&head(), &mut bytes).unwrap();
+    let response = t.exchange(&bytes).await;
+    if response.code() == "00" {
+        let f62 = response.frame().message.bytes(62).unwrap().to_vec();
+        let tmk = Key::from_hex(KeyAlgorithm::Des, TMK_HEX).unwrap();
+        t.keys = Some(paycrypto::decode_field62(&tmk, KeyScheme::Double, &f62).unwrap());
+    }
+    response.code()
+}
+
+/// A purchase (or inquiry) from terminal `tid` naming merchant `mid` in field 42, MACed.
+async fn send_as(t: &mut Terminal, req: &Req, tid: &str, mid: &str) -> Response {
+    let mut out = MessageBuilder::new(req.mti);
+    out.set_digits(2, &req.pan).unwrap();
+    out.set_digits(3, req.processing).unwrap();
+    out.set_amount(req.amount).unwrap();
+    out.set_stan(req.stan).unwrap();
+    out.set_digits(22, if req.pin.is_some() { "021" } else { "022" })
+        .unwrap();
+    out.set_digits(25, req.condition).unwrap();
+    if let Some(pin) = &req.pin {
+        let pik = &t.keys.as_ref().unwrap().pik;
+        let digits = paycrypto::PanDigits::from_pan(&req.pan).unwrap();
+        let block = paycrypto::pin::encrypt(pik, pin, &digits).unwrap();
+        out.set_binary(52, block.as_bytes()).unwrap();
+        out.set_digits(53, "2600000000000000").unwrap();
+    }
+    out.set_text(41, tid).unwrap().set_text(42, mid).unwrap();
+    out.set_text(49, "156").unwrap();
+    out.set_digits(60, &format!("{}{:06}", req.message_type, t.batch))
+        .unwrap();
+    let mak = t.keys.as_ref().unwrap().mak.clone();
+    let mut bytes = Vec::new();
+    out.encode_frame_with_mac(&head(), &mut bytes, |data| {
+        Ok::<_, iso8583::EncodeError>(
+            paycrypto::mac::compute(MacAlgorithm::CupEcb, &mak, data).unwrap(),
+        )
+    })
+    .unwrap();
+    let response = t.exchange(&bytes).await;
+    assert!(t.mac_ok(&response), "response MAC must verify");
+    response
+}
+
+fn paid_with_pin(card: &DemoCard, amount: u64, stan: u32) -> Req {
+    Req {
+        pin: Some(card.pin().to_owned()),
+        ..Req::purchase(card.pan.expose_digits(), amount, stan)
+    }
+}
+
+/// The journal row of a response, by its RRN, and its timeline in one string.
+fn journalled(h: &Harness, response: &Response) -> (TxnRow, String) {
+    let rrn = response
+        .text(37)
+        .expect("a journalled answer carries an RRN");
+    let row = h.store.txn_by_rrn(rrn.trim()).unwrap().unwrap();
+    let timeline = h
+        .store
+        .events(row.id)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.detail)
+        .collect::<Vec<_>>()
+        .join("\n");
+    (row, timeline)
+}
+
+#[test]
+fn an_unapproved_merchant_is_declined_03_until_approved() {
+    runtime().block_on(async {
+        let w = world().await;
+        let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
+        let mut t = w.h.terminal().await;
+        assert_eq!(sign_in_as(&mut t, TID2, MID2).await, "00");
+
+        let r = send_as(&mut t, &paid_with_pin(healthy, 1_000, 2), TID2, MID2).await;
+        assert_eq!(r.code(), "03");
+        let (row, timeline) = journalled(&w.h, &r);
+        assert_eq!(row.response_code.as_deref(), Some("03"));
+        assert_eq!(row.mid, MID2);
+        assert!(
+            timeline.contains(switch::MERCHANT_NOT_APPROVED),
+            "{timeline}"
+        );
+        assert!(timeline.contains("merchant-not-approved"), "{timeline}");
+
+        // An operator reviews and approves; the running switch picks it up.
+        let store: &dyn Store = w.h.store.as_ref();
+        let profile = risk::ops::approve(store, MID2, "documents checked", actor("reviewer-1"))
+            .await
+            .unwrap();
+        assert_eq!(profile.state, MerchantState::Approved);
+        assert_eq!(profile.reviewed_by.as_deref(), Some("reviewer-1"));
+        let reviews = store.merchant_reviews(MID2).unwrap();
+        assert_eq!(
+            reviews
+                .iter()
+                .map(|r| r.action.as_str())
+                .collect::<Vec<_>>(),
+            ["apply", "approve"]
+        );
+        let mut approved = None;
+        for stan in 3..60 {
+            let r = send_as(&mut t, &paid_with_pin(healthy, 1_000, stan), TID2, MID2).await;
+            if r.code() != "03" {
+                approved = Some(r.code());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(approved.as_deref(), Some("00"));
+
+        // Suspended: declined 03 again. Approving twice is an illegal transition.
+        risk::ops::suspend(store, MID2, "licence expired", actor("reviewer-2"))
+            .await
+            .unwrap();
+        let twice = risk::ops::suspend(store, MID2, "", actor("reviewer-2")).await;
+        assert!(matches!(twice, Err(risk::ops::OpsError::Transition(_))));
+        let mut declined = false;
+        for stan in 60..120 {
+            let r = send_as(&mut t, &paid_with_pin(healthy, 1_000, stan), TID2, MID2).await;
+            if r.code() == "03" {
+                declined = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            declined,
+            "a suspended merchant's purchase must be declined 03"
+        );
+        let mut h = w.h;
+        h.stop().await;
+    });
+}
+
+#[test]
+fn a_terminal_sending_another_merchants_mid_is_declined_and_alerted() {
+    runtime().block_on(async {
+        let w = world().await;
+        let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
+        let mut t = w.h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        // Terminal 1 belongs to merchant 1 but names merchant 2 (an approved one would be no
+        // better: one terminal, one merchant).
+        let r = send_as(&mut t, &paid_with_pin(healthy, 1_000, 2), TID, MID2).await;
+        assert_eq!(r.code(), "03");
+        let store = Arc::clone(&w.h.store);
+        let alerted =
+            w.h.eventually(5, || {
+                store
+                    .risk_alerts(Some(AlertState::Open), 10)
+                    .unwrap()
+                    .iter()
+                    .any(|a| a.kind == "merchant-id-mismatch" && a.tid == TID && a.mid == MID)
+            })
+            .await;
+        assert!(alerted, "a merchant ID mismatch raises an alert");
+        // Nothing reached the issuer, nothing was journalled as a purchase of merchant 2.
+        assert!(
+            store
+                .txns_by_batch(TID, 1)
+                .unwrap()
+                .iter()
+                .all(|r| r.mid == MID)
+        );
+        // The right MID still works.
+        let ok = t.send(&paid_with_pin(healthy, 1_000, 3)).await;
+        assert_eq!(ok.code(), "00");
+        let mut h = w.h;
+        h.stop().await;
+    });
+}
+
+#[test]
+fn a_card_testing_burst_raises_an_alert_then_declines() {
+    runtime().block_on(async {
+        let w = world().await;
+        let mut t = w.h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        // Three small attempts with card numbers the issuer does not know: declined by the
+        // issuer (14), each a different card.
+        let mut declined_ids = Vec::new();
+        for (i, prefix) in ["62220299", "62220298", "62220297"].into_iter().enumerate() {
+            let stan = 10 + u32::try_from(i).unwrap();
+            let r = t.send(&Req::purchase(&card(prefix), 100, stan)).await;
+            assert_eq!(r.code(), "14", "the issuer declines an unknown card");
+            declined_ids.push(journalled(&w.h, &r).0.id);
+        }
+        let store = Arc::clone(&w.h.store);
+        let found =
+            w.h.eventually(5, || {
+                store
+                    .risk_alerts(Some(AlertState::Open), 10)
+                    .unwrap()
+                    .iter()
+                    .any(|a| a.kind == "card-testing")
+            })
+            .await;
+        assert!(found, "the burst raises a card-testing alert");
+        let alert = store
+            .risk_alerts(Some(AlertState::Open), 10)
+            .unwrap()
+            .into_iter()
+            .find(|a| a.kind == "card-testing")
+            .unwrap();
+        assert_eq!(alert.txn_ids, declined_ids, "the transactions behind it");
+        assert_eq!(alert.tid, TID);
+        // The outbox tails alerts by id.
+        assert!(
+            store
+                .risk_alerts_after(0, 100)
+                .unwrap()
+                .iter()
+                .any(|a| a.id == alert.id)
+        );
+
+        // The next small attempt, even with a good card, is declined by the rule.
+        let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
+        let r = t.send(&paid_with_pin(healthy, 500, 20)).await;
+        assert_eq!(r.code(), "59");
+        let (row, timeline) = journalled(&w.h, &r);
+        assert_eq!(row.response_code.as_deref(), Some("59"));
+        assert!(timeline.contains("card-testing"), "{timeline}");
+        assert!(
+            timeline.contains("\"testing\""),
+            "names the rule: {timeline}"
+        );
+        // A real sale above the probing size still goes through.
+        let big = t.send(&paid_with_pin(healthy, 25_000, 21)).await;
+        assert_eq!(big.code(), "00");
+
+        // The operator acts: the terminal is suspended, and the switch refuses it (58).
+        let store_dyn: &dyn Store = w.h.store.as_ref();
+        let acted = risk::ops::resolve_alert(
+            store_dyn,
+            alert.id,
+            AlertResponse::SuspendTerminal,
+            "confirmed card testing",
+            actor("risk-1"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(acted.state, AlertState::Acted);
+        assert_eq!(
+            w.h.store.terminal(TID).unwrap().unwrap().status,
+            Status::Suspended
+        );
+        let again = risk::ops::resolve_alert(
+            store_dyn,
+            alert.id,
+            AlertResponse::Clear,
+            "",
+            actor("risk-1"),
+        )
+        .await;
+        assert!(matches!(
+            again,
+            Err(risk::ops::OpsError::AlertClosed { .. })
+        ));
+        let mut refused = false;
+        for stan in 30..90 {
+            let r = t.send(&paid_with_pin(healthy, 25_000, stan)).await;
+            if r.code() == "58" {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(refused, "a suspended terminal is refused");
+        let mut h = w.h;
+        h.stop().await;
+    });
+}
+
+#[test]
+fn a_foreign_card_at_a_domestic_only_merchant_is_declined_with_its_diagnosis() {
+    runtime().block_on(async {
+        let w = world().await;
+        let mut t = w.h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let visa = card("41111111");
+        let r = t.send(&Req::purchase(&visa, 10_000, 2)).await;
+        assert_eq!(r.code(), "58");
+        let (row, timeline) = journalled(&w.h, &r);
+        assert_eq!(row.state, store::TxnState::Declined);
+        assert!(timeline.contains("card-not-accepted"), "{timeline}");
+        assert!(timeline.contains("domestic-only"), "{timeline}");
+        assert!(timeline.contains("foreign"), "{timeline}");
+        let diagnosis = domain::diagnose_failure(domain::FailureKind::CardNotAccepted);
+        assert!(!diagnosis.contact_issuer.recommended());
+        // A domestic card at the same merchant is fine.
+        let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
+        assert_eq!(
+            t.send(&paid_with_pin(healthy, 10_000, 3)).await.code(),
+            "00"
+        );
+        let mut h = w.h;
+        h.stop().await;
+    });
+}
+
+#[test]
+fn a_record_written_to_the_store_reaches_the_switch() {
+    // Guards the refresh path independently of the lifecycle: a merchant closed by a direct
+    // store write is refused too.
+    runtime().block_on(async {
+        let w = world().await;
+        let mut t = w.h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        w.h.store
+            .submit(vec![Record::Risk(
+                store::risk::RiskRecord::MerchantStatus {
+                    mid: MID.into(),
+                    status: Status::Closed,
+                },
+            )])
+            .unwrap()
+            .await
+            .unwrap();
+        let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
+        let mut refused = false;
+        for stan in 2..60 {
+            if t.send(&paid_with_pin(healthy, 1_000, stan)).await.code() == "03" {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(refused);
+        let mut h = w.h;
+        h.stop().await;
+    });
+}
