@@ -17,6 +17,7 @@ pub mod resolve;
 pub mod risk;
 pub mod schema;
 mod sqlite;
+pub mod web;
 
 pub use error::StoreError;
 pub use model::{
@@ -111,4 +112,17 @@ pub trait Store: Send + Sync + 'static {
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<risk::RiskAlertRow>, StoreError>;
+
+    // --- web (issue 6): users, page sessions, API tokens, audit log
+    fn web_user(&self, id: i64) -> Result<Option<web::UserRow>, StoreError>;
+    fn web_user_by_name(&self, username: &str) -> Result<Option<web::UserRow>, StoreError>;
+    fn web_users(&self) -> Result<Vec<web::UserRow>, StoreError>;
+    fn web_session(&self, token_hash: &[u8]) -> Result<Option<web::SessionRow>, StoreError>;
+    fn web_api_token(&self, token_hash: &[u8]) -> Result<Option<web::ApiTokenRow>, StoreError>;
+    /// Audit rows with an id below `before_id` (all when `None`), newest first, at most `limit`.
+    fn audit_log(
+        &self,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<web::AuditRow>, StoreError>;
 }

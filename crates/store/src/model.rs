@@ -300,6 +300,8 @@ pub enum Record {
     Resolve(crate::resolve::ResolveRecord),
     /// Merchant onboarding and risk alerts (issue 7).
     Risk(crate::risk::RiskRecord),
+    /// Web users, sessions, API tokens and the audit log (issue 6).
+    Web(crate::web::WebRecord),
 }
 
 impl fmt::Debug for WrappedKeys {

@@ -248,6 +248,45 @@ CREATE INDEX transactions_original ON transactions (original_id);
 CREATE INDEX events_at ON events (at_ms);
 ",
     },
+    Migration {
+        version: 5,
+        name: "web: users, page sessions, API tokens, audit log",
+        sql: "
+CREATE TABLE web_users (
+    id BIGINT PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL,
+    mid TEXT,
+    display_name TEXT NOT NULL,
+    disabled BIGINT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE web_sessions (
+    token_hash BYTES PRIMARY KEY,
+    user_id BIGINT NOT NULL REFERENCES web_users (id),
+    csrf TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    expires_at_ms BIGINT NOT NULL
+);
+CREATE TABLE web_api_tokens (
+    token_hash BYTES PRIMARY KEY,
+    user_id BIGINT NOT NULL REFERENCES web_users (id),
+    name TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    revoked BIGINT NOT NULL
+);
+CREATE TABLE audit_log (
+    id BIGINT PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    who TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    before_json TEXT,
+    after_json TEXT
+);
+",
+    },
 ];
 
 /// The newest schema version this build knows.

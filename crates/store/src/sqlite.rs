@@ -29,6 +29,8 @@ use crate::schema;
 mod sqlite_resolve;
 #[path = "sqlite_risk.rs"]
 mod sqlite_risk;
+#[path = "sqlite_web.rs"]
+mod sqlite_web;
 
 /// Submissions that may wait for the writer; beyond this `submit` fails with `QueueFull`.
 pub const WRITE_QUEUE_MAX: usize = 65_536;
@@ -397,6 +399,30 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<RiskAlertRow>, StoreError> {
         self.risk_alerts_tail(after_id, limit)
+    }
+
+    // --- web (in sqlite_web.rs)
+    fn web_user(&self, id: i64) -> Result<Option<crate::web::UserRow>, StoreError> {
+        self.web_user_by("id", &id)
+    }
+    fn web_user_by_name(&self, username: &str) -> Result<Option<crate::web::UserRow>, StoreError> {
+        self.web_user_by("username", &username)
+    }
+    fn web_users(&self) -> Result<Vec<crate::web::UserRow>, StoreError> {
+        self.web_users_all()
+    }
+    fn web_session(&self, hash: &[u8]) -> Result<Option<crate::web::SessionRow>, StoreError> {
+        self.web_session_by(hash)
+    }
+    fn web_api_token(&self, hash: &[u8]) -> Result<Option<crate::web::ApiTokenRow>, StoreError> {
+        self.web_api_token_by(hash)
+    }
+    fn audit_log(
+        &self,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<crate::web::AuditRow>, StoreError> {
+        self.web_audit_before(before_id, limit)
     }
 
     // --- resolve (in sqlite_resolve.rs)
@@ -854,6 +880,7 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
         }
         Record::Resolve(r) => sqlite_resolve::write(conn, r)?,
         Record::Risk(r) => sqlite_risk::write(conn, r)?,
+        Record::Web(r) => sqlite_web::write(conn, r)?,
     }
     Ok(())
 }

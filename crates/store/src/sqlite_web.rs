@@ -1,0 +1,192 @@
+//! SQLite side of the web area: writes of [`WebRecord`] and the reads of users, sessions, API
+//! tokens and the audit log. A child of `sqlite`, so it shares the read connection pool.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::SqliteStore;
+use crate::error::StoreError;
+use crate::web::{ApiTokenRow, AuditRow, Role, SessionRow, UserRow, WebRecord};
+
+/// Audit rows one query returns at most, whatever the caller asks.
+pub(crate) const AUDIT_ROWS_MAX: u32 = 1_000;
+
+const USER_COLUMNS: &str =
+    "id, username, password_hash, role, mid, display_name, disabled, created_at_ms";
+
+pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreError> {
+    match record {
+        WebRecord::UpsertUser(u) => {
+            conn.prepare_cached(
+                "INSERT INTO web_users (id, username, password_hash, role, mid, display_name,
+                 disabled, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (id) DO UPDATE SET username = excluded.username,
+                 password_hash = excluded.password_hash, role = excluded.role,
+                 mid = excluded.mid, display_name = excluded.display_name,
+                 disabled = excluded.disabled",
+            )?
+            .execute(params![
+                u.id,
+                u.username,
+                u.password_hash,
+                u.role.as_str(),
+                u.mid,
+                u.display_name,
+                i64::from(u.disabled),
+                u.created_at_ms
+            ])?;
+        }
+        WebRecord::InsertSession(s) => {
+            conn.prepare_cached(
+                "INSERT INTO web_sessions (token_hash, user_id, csrf, created_at_ms,
+                 expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                s.token_hash,
+                s.user_id,
+                s.csrf,
+                s.created_at_ms,
+                s.expires_at_ms
+            ])?;
+        }
+        WebRecord::DeleteSession { token_hash } => {
+            conn.prepare_cached("DELETE FROM web_sessions WHERE token_hash = ?1")?
+                .execute(params![token_hash])?;
+        }
+        WebRecord::InsertApiToken(t) => {
+            conn.prepare_cached(
+                "INSERT INTO web_api_tokens (token_hash, user_id, name, created_at_ms, revoked)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                t.token_hash,
+                t.user_id,
+                t.name,
+                t.created_at_ms,
+                i64::from(t.revoked)
+            ])?;
+        }
+        WebRecord::RevokeApiToken { token_hash } => {
+            conn.prepare_cached("UPDATE web_api_tokens SET revoked = 1 WHERE token_hash = ?1")?
+                .execute(params![token_hash])?;
+        }
+        WebRecord::Audit(a) => {
+            conn.prepare_cached(
+                "INSERT INTO audit_log (id, at_ms, who, action, target, before_json, after_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                a.id, a.at_ms, a.who, a.action, a.target, a.before, a.after
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn user_from_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
+    let role: String = r.get(3)?;
+    let role = Role::parse(&role).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    let disabled: i64 = r.get(6)?;
+    Ok(UserRow {
+        id: r.get(0)?,
+        username: r.get(1)?,
+        password_hash: r.get(2)?,
+        role,
+        mid: r.get(4)?,
+        display_name: r.get(5)?,
+        disabled: disabled != 0,
+        created_at_ms: r.get(7)?,
+    })
+}
+
+impl SqliteStore {
+    pub(super) fn web_user_by(
+        &self,
+        column: &'static str,
+        value: &dyn rusqlite::ToSql,
+    ) -> Result<Option<UserRow>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM web_users WHERE {column} = ?1");
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(&sql)?;
+            Ok(statement.query_row([value], user_from_row).optional()?)
+        })
+    }
+
+    pub(super) fn web_users_all(&self) -> Result<Vec<UserRow>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM web_users ORDER BY id");
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map([], user_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    pub(super) fn web_session_by(&self, hash: &[u8]) -> Result<Option<SessionRow>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT token_hash, user_id, csrf, created_at_ms, expires_at_ms
+                 FROM web_sessions WHERE token_hash = ?1",
+            )?;
+            Ok(statement
+                .query_row([hash], |r| {
+                    Ok(SessionRow {
+                        token_hash: r.get(0)?,
+                        user_id: r.get(1)?,
+                        csrf: r.get(2)?,
+                        created_at_ms: r.get(3)?,
+                        expires_at_ms: r.get(4)?,
+                    })
+                })
+                .optional()?)
+        })
+    }
+
+    pub(super) fn web_api_token_by(&self, hash: &[u8]) -> Result<Option<ApiTokenRow>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT token_hash, user_id, name, created_at_ms, revoked
+                 FROM web_api_tokens WHERE token_hash = ?1",
+            )?;
+            Ok(statement
+                .query_row([hash], |r| {
+                    let revoked: i64 = r.get(4)?;
+                    Ok(ApiTokenRow {
+                        token_hash: r.get(0)?,
+                        user_id: r.get(1)?,
+                        name: r.get(2)?,
+                        created_at_ms: r.get(3)?,
+                        revoked: revoked != 0,
+                    })
+                })
+                .optional()?)
+        })
+    }
+
+    pub(super) fn web_audit_before(
+        &self,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let limit = limit.min(AUDIT_ROWS_MAX);
+        let before = before_id.unwrap_or(i64::MAX);
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT id, at_ms, who, action, target, before_json, after_json FROM audit_log
+                 WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![before, limit], |r| {
+                Ok(AuditRow {
+                    id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    who: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    before: r.get(5)?,
+                    after: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+}

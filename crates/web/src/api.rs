@@ -1,0 +1,555 @@
+//! The JSON API under `/api`. Every route is in [`routes`], one table the router is built from
+//! and the OpenAPI test compares with the document; every handler takes a [`Principal`] and
+//! scopes merchant data through it.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{MethodRouter, get, post};
+use axum::{Json, Router};
+use resolve::cases::{CaseKind, NewCase};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use store::web::Role;
+
+use crate::Web;
+use crate::auth::{self, NewUser, Principal, user_json};
+use crate::error::ApiError;
+use crate::openapi;
+use crate::query::{self, TxnQuery};
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// Every API route: (method, path, handler). The router and the OpenAPI test both read this.
+pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Web>)> {
+    vec![
+        ("get", "/api/openapi.json", get(openapi_doc)),
+        ("post", "/api/tokens", post(create_token)),
+        ("get", "/api/me", get(me)),
+        ("get", "/api/merchants", get(merchants)),
+        ("get", "/api/merchants/{mid}", get(merchant)),
+        ("get", "/api/merchants/{mid}/dashboard", get(dashboard)),
+        ("get", "/api/terminals", get(terminals)),
+        ("get", "/api/terminals/{tid}", get(terminal)),
+        ("get", "/api/transactions", get(transactions)),
+        ("get", "/api/transactions/{id}", get(transaction)),
+        ("get", "/api/transactions/{id}/evidence", get(evidence)),
+        ("get", "/api/cases", get(cases)),
+        ("post", "/api/cases", post(open_case)),
+        ("get", "/api/cases/{id}", get(case)),
+        ("post", "/api/cases/{id}/entries", post(add_entry)),
+        (
+            "post",
+            "/api/cases/{id}/approve-refund",
+            post(approve_refund),
+        ),
+        ("get", "/api/refund-approvals", get(refund_approvals)),
+        ("get", "/api/notifications", get(notifications)),
+        ("get", "/api/risk/alerts", get(risk_alerts)),
+        ("get", "/api/merchant-reviews", get(merchant_reviews)),
+        ("get", "/api/users", get(users)),
+        ("post", "/api/users", post(create_user)),
+        ("get", "/api/audit", get(audit_log)),
+    ]
+}
+
+pub fn router() -> Router<Web> {
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (_, path, handler)| {
+            router.route(path, handler)
+        })
+}
+
+async fn openapi_doc() -> Json<Value> {
+    Json(openapi::document())
+}
+
+#[derive(Deserialize)]
+struct TokenRequest {
+    username: String,
+    password: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+async fn create_token(State(web): State<Web>, Json(body): Json<TokenRequest>) -> ApiResult {
+    let user = auth::authenticate(&web, &body.username, &body.password)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "bad_credentials",
+                "wrong username or password",
+            )
+        })?;
+    let name = body.name.unwrap_or_else(|| "api".to_owned());
+    let token = auth::issue_api_token(&web, &user, &name).await?;
+    Ok(Json(json!({ "token": token, "user": user_json(&user) })))
+}
+
+async fn me(who: Principal) -> ApiResult {
+    Ok(Json(json!(who)))
+}
+
+fn merchant_json(web: &Web, m: &store::MerchantRow) -> Result<Value, ApiError> {
+    let profile = web.store.merchant_profile(&m.mid)?;
+    Ok(json!({
+        "mid": m.mid,
+        "name": m.name,
+        "status": m.status.as_str(),
+        "mcc": m.mcc,
+        "lifecycle": profile.map(|p| p.state.as_str()),
+    }))
+}
+
+async fn merchants(State(web): State<Web>, who: Principal) -> ApiResult {
+    let items = web
+        .store
+        .merchants()?
+        .iter()
+        .filter(|m| who.sees(&m.mid))
+        .map(|m| merchant_json(&web, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({ "items": items })))
+}
+
+fn find_merchant(web: &Web, who: &Principal, mid: &str) -> Result<store::MerchantRow, ApiError> {
+    who.scope(mid, "merchant")?;
+    web.store
+        .merchants()?
+        .into_iter()
+        .find(|m| m.mid == mid)
+        .ok_or_else(|| ApiError::not_found("merchant"))
+}
+
+async fn merchant(State(web): State<Web>, who: Principal, Path(mid): Path<String>) -> ApiResult {
+    let m = find_merchant(&web, &who, &mid)?;
+    Ok(Json(merchant_json(&web, &m)?))
+}
+
+async fn dashboard(State(web): State<Web>, who: Principal, Path(mid): Path<String>) -> ApiResult {
+    find_merchant(&web, &who, &mid)?;
+    let stats = query::day_stats(&web, &mid)?;
+    let open_cases = web
+        .cases
+        .of_merchant(&mid)?
+        .iter()
+        .filter(|c| !c.state.is_closed())
+        .count();
+    Ok(Json(json!({ "today": stats, "open_cases": open_cases })))
+}
+
+#[derive(Deserialize)]
+struct MidFilter {
+    mid: Option<String>,
+}
+
+async fn terminals(
+    State(web): State<Web>,
+    who: Principal,
+    Query(q): Query<MidFilter>,
+) -> ApiResult {
+    let items = query::terminal_health(&web, &who, q.mid.as_deref())?;
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn terminal(State(web): State<Web>, who: Principal, Path(tid): Path<String>) -> ApiResult {
+    let t = web
+        .store
+        .terminal(&tid)?
+        .ok_or_else(|| ApiError::not_found("terminal"))?;
+    who.scope(&t.mid, "terminal")?;
+    let health = query::terminal_health(&web, &who, Some(&t.mid))?
+        .into_iter()
+        .find(|h| h.tid == tid)
+        .ok_or_else(|| ApiError::not_found("terminal"))?;
+    Ok(Json(json!(health)))
+}
+
+async fn transactions(
+    State(web): State<Web>,
+    who: Principal,
+    Query(q): Query<TxnQuery>,
+) -> ApiResult {
+    Ok(Json(json!(query::search(&web, &who, &q)?)))
+}
+
+async fn transaction(State(web): State<Web>, who: Principal, Path(id): Path<i64>) -> ApiResult {
+    let row = query::visible_txn(&web, &who, id)?;
+    let explanation =
+        resolve::explain_txn(web.store.as_ref(), &web.directory, &row, web.clock.now_ms())?;
+    Ok(Json(json!(explanation)))
+}
+
+async fn evidence(State(web): State<Web>, who: Principal, Path(id): Path<i64>) -> ApiResult {
+    let row = query::visible_txn(&web, &who, id)?;
+    let rrn = row
+        .rrn
+        .ok_or_else(|| ApiError::not_found("evidence (the transaction has no RRN)"))?;
+    let evidence = web.resolver.evidence(&rrn, Some(&row.mid))?;
+    Ok(Json(json!(evidence)))
+}
+
+#[derive(Deserialize)]
+struct CaseFilter {
+    mid: Option<String>,
+    state: Option<String>,
+    kind: Option<String>,
+}
+
+/// Cases the principal may see, newest first.
+pub fn visible_cases(
+    web: &Web,
+    who: &Principal,
+    mid: Option<&str>,
+) -> Result<Vec<resolve::cases::Case>, ApiError> {
+    let mids: Vec<String> = match who.merchant_filter(mid)? {
+        Some(m) => vec![m],
+        None => web.store.merchants()?.into_iter().map(|m| m.mid).collect(),
+    };
+    let mut out = Vec::new();
+    for m in mids {
+        out.extend(web.cases.of_merchant(&m)?);
+    }
+    out.sort_by_key(|c| std::cmp::Reverse(c.id));
+    Ok(out)
+}
+
+async fn cases(State(web): State<Web>, who: Principal, Query(q): Query<CaseFilter>) -> ApiResult {
+    let items: Vec<_> = visible_cases(&web, &who, q.mid.as_deref())?
+        .into_iter()
+        .filter(|c| q.state.as_deref().is_none_or(|s| c.state.as_str() == s))
+        .filter(|c| q.kind.as_deref().is_none_or(|k| c.kind.as_str() == k))
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+#[derive(Deserialize)]
+pub struct OpenCase {
+    /// `issuer_inquiry`, `refund_application` or `dispute`.
+    pub kind: String,
+    /// The transaction concerned, by id.
+    pub txn_id: Option<i64>,
+    pub title: Option<String>,
+    #[serde(default)]
+    pub text: String,
+    /// Refund applications: the amount, fen (all that is left when absent).
+    pub refund_fen: Option<i64>,
+}
+
+/// Opens a case on one of the principal's transactions; audited.
+pub async fn open_case_for(
+    web: &Web,
+    who: &Principal,
+    body: OpenCase,
+) -> Result<resolve::cases::Case, ApiError> {
+    let kind = CaseKind::parse(&body.kind).ok_or_else(|| {
+        ApiError::bad_request("kind: issuer_inquiry, refund_application or dispute")
+    })?;
+    let txn = match body.txn_id {
+        Some(id) => Some(query::visible_txn(web, who, id)?),
+        None => None,
+    };
+    let mid = match (&txn, &who.mid) {
+        (Some(t), _) => t.mid.clone(),
+        (None, Some(m)) => m.clone(),
+        (None, None) => return Err(ApiError::bad_request("txn_id is required")),
+    };
+    let rrn = txn.as_ref().and_then(|t| t.rrn.clone());
+    let title = body.title.unwrap_or_else(|| {
+        let what = match kind {
+            CaseKind::IssuerInquiry => "发卡行查询 / issuer inquiry",
+            CaseKind::RefundApplication => "退货申请 / refund application",
+            CaseKind::Dispute => "争议 / dispute",
+        };
+        match &rrn {
+            Some(r) => format!("{what} RRN {r}"),
+            None => what.to_owned(),
+        }
+    });
+    let case = web
+        .cases
+        .open(NewCase {
+            kind,
+            mid,
+            rrn,
+            title,
+            who: who.username.clone(),
+            text: body.text,
+            attachments: Vec::new(),
+            assignee: None,
+            due_at_ms: None,
+            refund_fen: body.refund_fen,
+        })
+        .await?;
+    auth::audit(
+        web,
+        &who.username,
+        "case.open",
+        &format!("case:{}", case.id),
+        None,
+        Some(
+            json!({ "kind": case.kind, "state": case.state, "refund_fen": case.refund_fen,
+                     "txn_id": case.txn.as_ref().map(|t| t.id) }),
+        ),
+    )
+    .await?;
+    Ok(case)
+}
+
+async fn open_case(
+    State(web): State<Web>,
+    who: Principal,
+    Json(body): Json<OpenCase>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let case = open_case_for(&web, &who, body).await?;
+    Ok((StatusCode::CREATED, Json(json!(case))))
+}
+
+/// A case the principal may see.
+pub fn visible_case(web: &Web, who: &Principal, id: i64) -> Result<resolve::cases::Case, ApiError> {
+    let case = web.cases.get(id)?;
+    who.scope(&case.mid, "case")?;
+    Ok(case)
+}
+
+async fn case(State(web): State<Web>, who: Principal, Path(id): Path<i64>) -> ApiResult {
+    Ok(Json(json!(visible_case(&web, &who, id)?)))
+}
+
+#[derive(Deserialize)]
+struct EntryBody {
+    text: String,
+}
+
+/// Adds an entry to a visible case; audited.
+pub async fn add_entry_for(
+    web: &Web,
+    who: &Principal,
+    id: i64,
+    text: &str,
+) -> Result<resolve::cases::Case, ApiError> {
+    let before = visible_case(web, who, id)?;
+    if text.trim().is_empty() {
+        return Err(ApiError::bad_request("text must not be empty"));
+    }
+    let case = web
+        .cases
+        .add_entry(id, &who.username, text, Vec::new())
+        .await?;
+    auth::audit(
+        web,
+        &who.username,
+        "case.entry",
+        &format!("case:{id}"),
+        Some(json!({ "version": before.version, "entries": before.entries.len() })),
+        Some(json!({ "version": case.version, "entries": case.entries.len(), "text": text })),
+    )
+    .await?;
+    Ok(case)
+}
+
+async fn add_entry(
+    State(web): State<Web>,
+    who: Principal,
+    Path(id): Path<i64>,
+    Json(body): Json<EntryBody>,
+) -> ApiResult {
+    Ok(Json(json!(
+        add_entry_for(&web, &who, id, &body.text).await?
+    )))
+}
+
+/// An operator approves a refund application: the refund runs through the switch; audited.
+pub async fn approve_refund_for(
+    web: &Web,
+    who: &Principal,
+    id: i64,
+) -> Result<resolve::cases::Case, ApiError> {
+    who.require_staff("approve refunds")?;
+    let before = web.cases.get(id)?;
+    let case = web.cases.approve_refund(id, &who.username).await?;
+    auth::audit(
+        web,
+        &who.username,
+        "case.approve_refund",
+        &format!("case:{id}"),
+        Some(json!({ "state": before.state, "refund_code": before.refund_code })),
+        Some(
+            json!({ "state": case.state, "refund_code": case.refund_code,
+                     "refund_rrn": case.refund_rrn, "approved_by": case.approved_by }),
+        ),
+    )
+    .await?;
+    Ok(case)
+}
+
+async fn approve_refund(State(web): State<Web>, who: Principal, Path(id): Path<i64>) -> ApiResult {
+    Ok(Json(json!(approve_refund_for(&web, &who, id).await?)))
+}
+
+/// Open refund applications waiting for an operator.
+pub fn pending_refunds(web: &Web, who: &Principal) -> Result<Vec<resolve::cases::Case>, ApiError> {
+    who.require_staff("see the refund approval queue")?;
+    Ok(visible_cases(web, who, None)?
+        .into_iter()
+        .filter(|c| c.kind == CaseKind::RefundApplication && !c.state.is_closed())
+        .filter(|c| c.refund_code.as_deref() != Some("00"))
+        .collect())
+}
+
+async fn refund_approvals(State(web): State<Web>, who: Principal) -> ApiResult {
+    Ok(Json(json!({ "items": pending_refunds(&web, &who)? })))
+}
+
+async fn notifications(
+    State(web): State<Web>,
+    who: Principal,
+    Query(q): Query<MidFilter>,
+) -> ApiResult {
+    let mid = who
+        .merchant_filter(q.mid.as_deref())?
+        .ok_or_else(|| ApiError::bad_request("mid is required"))?;
+    let items: Vec<Value> = web
+        .resolver
+        .notifications(&mid)?
+        .iter()
+        .map(|o| {
+            json!({
+                "id": o.id, "event_type": o.event_type, "state": o.state,
+                "attempts": o.attempts, "created_at_ms": o.created_at_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+#[derive(Deserialize)]
+struct AlertFilter {
+    state: Option<String>,
+    limit: Option<String>,
+}
+
+async fn risk_alerts(
+    State(web): State<Web>,
+    who: Principal,
+    Query(q): Query<AlertFilter>,
+) -> ApiResult {
+    who.require_staff("see risk alerts")?;
+    let state = q
+        .state
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            store::risk::AlertState::parse(s).map_err(|_| ApiError::bad_request("state: unknown"))
+        })
+        .transpose()?;
+    let limit = query::limit_param(&q.limit)?;
+    let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+    let items: Vec<Value> = web
+        .store
+        .risk_alerts(state, limit)?
+        .iter()
+        .map(|a| {
+            json!({
+                "id": a.id, "kind": a.kind, "rule_id": a.rule_id, "action": a.action.as_str(),
+                "mid": a.mid, "tid": a.tid, "detail": a.detail, "txn_ids": a.txn_ids,
+                "raised_at_ms": a.raised_at_ms, "state": a.state.as_str(),
+                "resolved_by": a.resolved_by, "resolution": a.resolution,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn merchant_reviews(State(web): State<Web>, who: Principal) -> ApiResult {
+    who.require_staff("see merchant reviews")?;
+    let items: Vec<Value> = web
+        .store
+        .merchant_profiles()?
+        .iter()
+        .map(|p| {
+            json!({
+                "mid": p.mid, "state": p.state.as_str(), "mcc": p.mcc,
+                "applied_at_ms": p.applied_at_ms, "reviewed_by": p.reviewed_by,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn users(State(web): State<Web>, who: Principal) -> ApiResult {
+    who.require_admin("manage users")?;
+    let items: Vec<Value> = web.store.web_users()?.iter().map(user_json).collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+#[derive(Deserialize)]
+struct UserBody {
+    username: String,
+    password: String,
+    role: String,
+    mid: Option<String>,
+    display_name: Option<String>,
+}
+
+async fn create_user(
+    State(web): State<Web>,
+    who: Principal,
+    Json(body): Json<UserBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    who.require_admin("manage users")?;
+    let role = Role::parse(&body.role)
+        .map_err(|_| ApiError::bad_request("role: merchant, operator or admin"))?;
+    let user = auth::create_user(
+        &web,
+        &who.username,
+        NewUser {
+            display_name: body.display_name.unwrap_or_else(|| body.username.clone()),
+            username: body.username,
+            password: body.password,
+            role,
+            mid: body.mid,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(user_json(&user))))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+async fn audit_log(
+    State(web): State<Web>,
+    who: Principal,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult {
+    who.require_admin("read the audit log")?;
+    let limit = query::limit_param(&q.limit)?;
+    let cursor = query::int_param(&q.cursor, "cursor")?;
+    let rows = web
+        .store
+        .audit_log(cursor, u32::try_from(limit + 1).unwrap_or(u32::MAX))?;
+    let more = rows.len() > limit;
+    let items: Vec<Value> = rows
+        .iter()
+        .take(limit)
+        .map(|a| {
+            json!({
+                "id": a.id, "at_ms": a.at_ms, "who": a.who, "action": a.action,
+                "target": a.target,
+                "before": a.before.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()),
+                "after": a.after.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()),
+            })
+        })
+        .collect();
+    let next = if more {
+        rows.get(limit.saturating_sub(1)).map(|a| a.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({ "items": items, "next_cursor": next })))
+}

@@ -1,0 +1,440 @@
+//! Users and who is asking: argon2id password hashes, page sessions in an HttpOnly SameSite=Strict
+//! cookie with a per-session anti-forgery token, bearer tokens for the API, roles, the audit log.
+//! Session and API tokens are random 32 bytes; the store keeps only their SHA-256 digests.
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::extract::FromRequestParts;
+use axum::http::header::{AUTHORIZATION, COOKIE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use store::web::{ApiTokenRow, AuditRow, Role, SessionRow, UserRow, WebRecord};
+use store::{Record, Store};
+
+use crate::Web;
+use crate::error::ApiError;
+
+/// The page session cookie.
+pub const SESSION_COOKIE: &str = "shoudan_session";
+/// The anti-forgery cookie of the login form (there is no session yet to bind it to).
+pub const LOGIN_CSRF_COOKIE: &str = "shoudan_login_csrf";
+/// A page session lasts a working day; then the user signs in again.
+pub const SESSION_TTL_MS: i64 = 12 * 3_600_000;
+/// Longest accepted password: argon2 over megabytes would be a cheap denial of service.
+pub const PASSWORD_LEN_MAX: usize = 256;
+/// Shortest password a new user may get.
+pub const PASSWORD_LEN_MIN: usize = 8;
+/// The store counters ids come from.
+pub const USER_COUNTER: &str = "web_user_id";
+pub const AUDIT_COUNTER: &str = "audit_id";
+
+/// Why a password could not be hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("password must be {PASSWORD_LEN_MIN} to {PASSWORD_LEN_MAX} bytes")]
+    Length,
+    #[error("no randomness: {0}")]
+    Random(String),
+    #[error("argon2: {0}")]
+    Argon2(String),
+}
+
+/// Argon2id with the crate's recommended parameters, a fresh 16-byte salt, as a PHC string.
+pub fn hash_password(password: &str) -> Result<String, HashError> {
+    if password.len() < PASSWORD_LEN_MIN || password.len() > PASSWORD_LEN_MAX {
+        return Err(HashError::Length);
+    }
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| HashError::Random(e.to_string()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| HashError::Argon2(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| HashError::Argon2(e.to_string()))
+}
+
+/// Whether `password` matches the PHC string `hash` (constant time inside argon2).
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    if password.len() > PASSWORD_LEN_MAX {
+        return false;
+    }
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
+}
+
+/// 32 random bytes as hex: session ids, API tokens, CSRF tokens.
+pub fn random_token() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| ApiError::internal(format!("randomness: {e}")))?;
+    Ok(paycrypto::hex::encode(&bytes))
+}
+
+/// What the store keeps of a token.
+pub fn token_digest(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Who is asking, with what rights.
+#[derive(Clone, Debug, Serialize)]
+pub struct Principal {
+    pub user_id: i64,
+    pub username: String,
+    pub display_name: String,
+    #[serde(serialize_with = "role_text")]
+    pub role: Role,
+    /// The merchant a merchant user belongs to.
+    pub mid: Option<String>,
+    /// The session's anti-forgery token (page sessions only).
+    #[serde(skip)]
+    pub csrf: Option<String>,
+    #[serde(skip)]
+    pub session_digest: Option<Vec<u8>>,
+}
+
+fn role_text<S: serde::Serializer>(role: &Role, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(role.as_str())
+}
+
+impl Principal {
+    fn of(user: UserRow) -> Principal {
+        Principal {
+            user_id: user.id,
+            username: user.username,
+            display_name: user.display_name,
+            role: user.role,
+            mid: user.mid,
+            csrf: None,
+            session_digest: None,
+        }
+    }
+
+    pub fn is_staff(&self) -> bool {
+        matches!(self.role, Role::Operator | Role::Admin)
+    }
+
+    /// Whether this user may see merchant `mid`'s data.
+    pub fn sees(&self, mid: &str) -> bool {
+        self.is_staff() || self.mid.as_deref() == Some(mid)
+    }
+
+    /// `Ok` when this user may see `mid`, else 404 (another merchant's rows are not confirmed
+    /// to exist).
+    pub fn scope(&self, mid: &str, what: &str) -> Result<(), ApiError> {
+        if self.sees(mid) {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(what))
+        }
+    }
+
+    /// Operators and admins only.
+    pub fn require_staff(&self, what: &str) -> Result<(), ApiError> {
+        if self.is_staff() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(what))
+        }
+    }
+
+    pub fn require_admin(&self, what: &str) -> Result<(), ApiError> {
+        if self.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(what))
+        }
+    }
+
+    /// The merchant filter of a list: a merchant user's own, or what a staff user asked for.
+    pub fn merchant_filter(&self, asked: Option<&str>) -> Result<Option<String>, ApiError> {
+        match (self.role, &self.mid) {
+            (Role::Merchant, Some(own)) => match asked {
+                Some(other) if other != own => Err(ApiError::not_found("merchant")),
+                _ => Ok(Some(own.clone())),
+            },
+            (Role::Merchant, None) => Err(ApiError::forbidden("see merchant data")),
+            _ => Ok(asked.map(str::to_owned)),
+        }
+    }
+
+    /// Check the anti-forgery token of a page form.
+    pub fn check_csrf(&self, sent: &str) -> Result<(), ApiError> {
+        match &self.csrf {
+            // Comparing digests keeps the time taken independent of where the texts differ.
+            Some(expected) if token_digest(expected) == token_digest(sent) => Ok(()),
+            _ => Err(ApiError::csrf()),
+        }
+    }
+}
+
+/// The value of cookie `name` in the request, if any.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// The principal of a request: a bearer token, else a live session cookie.
+pub fn principal_of(web: &Web, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+    let store = web.store.as_ref();
+    if let Some(token) = bearer(headers) {
+        let Some(row) = store.web_api_token(&token_digest(token))? else {
+            return Ok(None);
+        };
+        if row.revoked {
+            return Ok(None);
+        }
+        return Ok(active_user(store, row.user_id)?.map(Principal::of));
+    }
+    let Some(token) = cookie(headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let digest = token_digest(token);
+    let Some(session) = store.web_session(&digest)? else {
+        return Ok(None);
+    };
+    if session.expires_at_ms <= web.clock.now_ms() {
+        return Ok(None);
+    }
+    Ok(active_user(store, session.user_id)?.map(|user| Principal {
+        csrf: Some(session.csrf),
+        session_digest: Some(digest),
+        ..Principal::of(user)
+    }))
+}
+
+fn active_user(store: &dyn Store, id: i64) -> Result<Option<UserRow>, ApiError> {
+    Ok(store.web_user(id)?.filter(|u| !u.disabled))
+}
+
+impl FromRequestParts<Web> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, Self::Rejection> {
+        principal_of(web, &parts.headers)?.ok_or_else(ApiError::unauthorized)
+    }
+}
+
+/// Checks a username and password; `None` for a wrong pair or a disabled user (one answer for
+/// both, so a caller cannot tell which usernames exist).
+pub async fn authenticate(
+    web: &Web,
+    username: &str,
+    password: &str,
+) -> Result<Option<UserRow>, ApiError> {
+    let user = web.store.web_user_by_name(username)?;
+    let password = password.to_owned();
+    // Argon2 takes tens of milliseconds of CPU: keep it off the async workers.
+    let checked = tokio::task::spawn_blocking(move || {
+        user.filter(|u| !u.disabled && verify_password(&u.password_hash, &password))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("password check: {e}")))?;
+    Ok(checked)
+}
+
+/// Opens a page session; returns the cookie value (the store keeps its digest).
+pub async fn open_session(web: &Web, user: &UserRow) -> Result<String, ApiError> {
+    let token = random_token()?;
+    let now_ms = web.clock.now_ms();
+    let session = SessionRow {
+        token_hash: token_digest(&token),
+        user_id: user.id,
+        csrf: random_token()?,
+        created_at_ms: now_ms,
+        expires_at_ms: now_ms + SESSION_TTL_MS,
+    };
+    web.store
+        .submit(vec![Record::Web(WebRecord::InsertSession(session))])?
+        .await?;
+    Ok(token)
+}
+
+pub async fn close_session(web: &Web, principal: &Principal) -> Result<(), ApiError> {
+    if let Some(digest) = &principal.session_digest {
+        web.store
+            .submit(vec![Record::Web(WebRecord::DeleteSession {
+                token_hash: digest.clone(),
+            })])?
+            .await?;
+    }
+    Ok(())
+}
+
+/// The `Set-Cookie` value of a session.
+pub fn session_cookie(token: &str) -> String {
+    format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        SESSION_TTL_MS / 1000
+    )
+}
+
+/// Issues a bearer token for `user`; the token is shown once, the store keeps its digest.
+pub async fn issue_api_token(web: &Web, user: &UserRow, name: &str) -> Result<String, ApiError> {
+    let token = random_token()?;
+    let row = ApiTokenRow {
+        token_hash: token_digest(&token),
+        user_id: user.id,
+        name: name.to_owned(),
+        created_at_ms: web.clock.now_ms(),
+        revoked: false,
+    };
+    let audit = audit_record(
+        web,
+        &user.username,
+        "api_token.issue",
+        &format!("user:{}", user.id),
+        None,
+        Some(serde_json::json!({ "name": name })),
+    )
+    .await?;
+    web.store
+        .submit(vec![Record::Web(WebRecord::InsertApiToken(row)), audit])?
+        .await?;
+    Ok(token)
+}
+
+/// An audit row to commit together with the change it describes.
+pub async fn audit_record(
+    web: &Web,
+    who: &str,
+    action: &str,
+    target: &str,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) -> Result<Record, ApiError> {
+    let id = web.store.reserve(AUDIT_COUNTER, 1)?.await?;
+    let id = i64::try_from(id).map_err(|_| ApiError::internal("audit id out of range"))?;
+    Ok(Record::Web(WebRecord::Audit(AuditRow {
+        id,
+        at_ms: web.clock.now_ms(),
+        who: who.to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        before: before.map(|v| v.to_string()),
+        after: after.map(|v| v.to_string()),
+    })))
+}
+
+/// Writes one audit row on its own (for changes committed by another crate's service).
+pub async fn audit(
+    web: &Web,
+    who: &str,
+    action: &str,
+    target: &str,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) -> Result<(), ApiError> {
+    let record = audit_record(web, who, action, target, before, after).await?;
+    web.store.submit(vec![record])?.await?;
+    Ok(())
+}
+
+/// What a new user needs.
+#[derive(Clone, Debug)]
+pub struct NewUser {
+    pub username: String,
+    pub password: String,
+    pub role: Role,
+    pub mid: Option<String>,
+    pub display_name: String,
+}
+
+/// Usernames are short printable ASCII: they appear in audit rows and case timelines.
+pub const USERNAME_LEN_MAX: usize = 64;
+
+/// Creates a user (audited as done by `who`).
+pub async fn create_user(web: &Web, who: &str, new: NewUser) -> Result<UserRow, ApiError> {
+    let name_ok = !new.username.is_empty()
+        && new.username.len() <= USERNAME_LEN_MAX
+        && new
+            .username
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+    if !name_ok {
+        return Err(ApiError::bad_request(
+            "username: 1 to 64 letters, digits, - _ . @",
+        ));
+    }
+    if (new.role == Role::Merchant) != new.mid.is_some() {
+        return Err(ApiError::bad_request(
+            "a merchant user needs a mid; other roles have none",
+        ));
+    }
+    if let Some(mid) = &new.mid {
+        if !web.store.merchants()?.iter().any(|m| &m.mid == mid) {
+            return Err(ApiError::not_found("merchant"));
+        }
+    }
+    if web.store.web_user_by_name(&new.username)?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "username taken",
+        ));
+    }
+    let password = new.password.clone();
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| ApiError::internal(format!("hash: {e}")))?
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let id = web.store.reserve(USER_COUNTER, 1)?.await?;
+    let id = i64::try_from(id).map_err(|_| ApiError::internal("user id out of range"))?;
+    let user = UserRow {
+        id,
+        username: new.username,
+        password_hash: hash,
+        role: new.role,
+        mid: new.mid,
+        display_name: new.display_name,
+        disabled: false,
+        created_at_ms: web.clock.now_ms(),
+    };
+    let audit = audit_record(
+        web,
+        who,
+        "user.create",
+        &format!("user:{id}"),
+        None,
+        Some(user_json(&user)),
+    )
+    .await?;
+    web.store
+        .submit(vec![
+            Record::Web(WebRecord::UpsertUser(user.clone())),
+            audit,
+        ])?
+        .await?;
+    Ok(user)
+}
+
+/// A user as the API shows it (never the hash).
+pub fn user_json(user: &UserRow) -> serde_json::Value {
+    serde_json::json!({
+        "id": user.id,
+        "username": user.username,
+        "role": user.role.as_str(),
+        "mid": user.mid,
+        "display_name": user.display_name,
+        "disabled": user.disabled,
+        "created_at_ms": user.created_at_ms,
+    })
+}

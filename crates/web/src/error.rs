@@ -1,0 +1,140 @@
+//! Errors as the API answers them: an HTTP status, a stable machine-readable `code` and a
+//! message, as JSON `{"code": .., "message": ..}`. Messages never carry card data.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use resolve::ResolveError;
+use resolve::cases::CaseError;
+use store::StoreError;
+
+/// One API failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable: clients match on it. See the `Error` schema in the OpenAPI document.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "sign in or send a bearer token",
+        )
+    }
+
+    pub fn forbidden(what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("your role may not {what}"),
+        )
+    }
+
+    pub fn not_found(what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn csrf() -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "the form's anti-forgery token is missing or wrong; reload the page",
+        )
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "code": self.code, "message": self.message });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::QueueFull => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the journal is busy; retry shortly",
+            ),
+            StoreError::Constraint { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string())
+            }
+            other => ApiError::internal(format!("store: {other}")),
+        }
+    }
+}
+
+impl From<ResolveError> for ApiError {
+    fn from(error: ResolveError) -> Self {
+        match error {
+            ResolveError::Store(e) => e.into(),
+            ResolveError::NoSuchRrn(_) | ResolveError::NoSuchTxn(_) => {
+                ApiError::not_found("transaction")
+            }
+            ResolveError::NotVisible(what) => ApiError::not_found(what),
+            ResolveError::BadEndpoint(_) => ApiError::bad_request(error.to_string()),
+            ResolveError::Hsm(e) => ApiError::internal(format!("HSM: {e}")),
+        }
+    }
+}
+
+impl From<CaseError> for ApiError {
+    fn from(error: CaseError) -> Self {
+        let message = error.to_string();
+        match error {
+            CaseError::IllegalTransition { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "illegal_transition", message)
+            }
+            CaseError::ResolutionRequired
+            | CaseError::TooLong
+            | CaseError::BadAmount
+            | CaseError::NotRefundApplication => ApiError::bad_request(message),
+            CaseError::ExceedsRemaining { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "exceeds_remaining", message)
+            }
+            CaseError::NotFound => ApiError::not_found("case"),
+            CaseError::NoSuchTransaction(_) => ApiError::not_found("transaction"),
+            CaseError::Conflict => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            CaseError::AlreadyRefunded => {
+                ApiError::new(StatusCode::CONFLICT, "already_refunded", message)
+            }
+            CaseError::Refund(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "refund_failed", message)
+            }
+            CaseError::Store(e) => e.into(),
+            CaseError::Resolve(e) => e.into(),
+        }
+    }
+}

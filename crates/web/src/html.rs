@@ -1,0 +1,105 @@
+//! HTML by hand: one escaping function every interpolated value goes through, the page frame
+//! (navigation, language switch), and the language of a request. No script, no third-party file.
+
+use axum::http::HeaderMap;
+use domain::diagnosis::Lang;
+
+use crate::auth::cookie;
+
+/// The language cookie the switch link sets.
+pub const LANG_COOKIE: &str = "shoudan_lang";
+
+/// Escapes text for an element body or a quoted attribute.
+pub fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Chinese unless the request asks for English (`?lang=en` or the cookie).
+pub fn lang_of(headers: &HeaderMap, asked: Option<&str>) -> Lang {
+    match asked.or_else(|| cookie(headers, LANG_COOKIE)) {
+        Some("en") => Lang::En,
+        _ => Lang::Zh,
+    }
+}
+
+/// Picks the text of a language.
+pub fn t(lang: Lang, zh: &'static str, en: &'static str) -> &'static str {
+    match lang {
+        Lang::Zh => zh,
+        Lang::En => en,
+    }
+}
+
+const STYLE: &str = "body{font-family:system-ui,'PingFang SC','Noto Sans CJK SC',sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
+header{background:#1f3a5f;color:#fff;padding:.6em 1.2em;display:flex;gap:1.2em;align-items:center;flex-wrap:wrap}
+header a{color:#fff;text-decoration:none}header .who{margin-left:auto}
+main{padding:1em 1.4em;max-width:1100px}
+table{border-collapse:collapse;width:100%;background:#fff}td,th{border:1px solid #d8dce3;padding:.3em .5em;text-align:left;font-size:.92em}
+.card{background:#fff;border:1px solid #d8dce3;border-radius:6px;padding:.8em 1em;margin:.6em 0}
+.red{border-left:5px solid #c0392b}.ok{color:#1e7e34}.bad{color:#c0392b}
+.kpis{display:flex;gap:1em;flex-wrap:wrap}.kpi{background:#fff;border:1px solid #d8dce3;border-radius:6px;padding:.6em 1em;min-width:10em}
+.kpi b{display:block;font-size:1.5em}form.inline{display:inline}
+input,select,button{font-size:1em;padding:.25em .4em}button{cursor:pointer}
+.err{background:#fdecea;border:1px solid #c0392b;padding:.6em;border-radius:4px}";
+
+/// A whole page: frame, navigation for the role, the language switch.
+pub fn page(
+    lang: Lang,
+    title: &str,
+    nav: &[(&str, &str)],
+    who: Option<&str>,
+    logout_csrf: Option<&str>,
+    body: &str,
+) -> String {
+    let html_lang = t(lang, "zh-CN", "en");
+    let mut links = String::new();
+    for (href, text) in nav {
+        links.push_str(&format!("<a href=\"{}\">{}</a>", esc(href), esc(text)));
+    }
+    let switch = match lang {
+        Lang::Zh => "<a href=\"?lang=en\" id=\"lang\">English</a>",
+        Lang::En => "<a href=\"?lang=zh\" id=\"lang\">中文</a>",
+    };
+    let who = match (who, logout_csrf) {
+        (Some(name), Some(csrf)) => format!(
+            "<span class=\"who\">{} <form class=\"inline\" method=\"post\" action=\"/logout\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button id=\"logout\">{}</button></form></span>",
+            esc(name),
+            esc(csrf),
+            t(lang, "退出", "Sign out")
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "<!doctype html><html lang=\"{html_lang}\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>{} · shoudan</title><style>{STYLE}</style></head><body>\
+         <header><b>收单 shoudan</b>{links}{switch}{who}</header><main>{body}</main></body></html>",
+        esc(title)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup_and_quotes() {
+        assert_eq!(
+            esc("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! The web layer (issue 6): the JSON API with its OpenAPI document, the merchant portal and the
+//! operator console (server-rendered HTML, Chinese first), users and sessions, metrics.
+//!
+//! Everything reads the journal through [`store::Store`] and the `resolve` crate; nothing here
+//! sits on the authorisation path. A merchant user sees only its own merchant: every handler
+//! goes through [`auth::Principal::sees`] before it reads a merchant's data, and answers 404 for
+//! another merchant's rows (the row's existence is not confirmed either).
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+mod chart;
+pub mod error;
+mod html;
+pub mod metrics;
+pub mod openapi;
+mod pages;
+mod query;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use domain::IssuerDirectory;
+use paycrypto::Hsm;
+use resolve::Resolver;
+use resolve::cases::{CaseService, RefundExecutor};
+use store::Store;
+use switch::Clock;
+use tokio::sync::watch;
+
+pub use auth::{Principal, create_user, hash_password, issue_api_token, verify_password};
+pub use error::ApiError;
+pub use store::web::Role;
+
+/// Everything a handler needs, shared by all requests.
+#[derive(Clone)]
+pub struct Web {
+    pub store: Arc<dyn Store>,
+    pub directory: Arc<IssuerDirectory>,
+    pub clock: Arc<dyn Clock>,
+    pub resolver: Resolver,
+    pub cases: CaseService,
+    pub metrics: Arc<metrics::HttpMetrics>,
+    /// The running switch, when this process has one: its metrics snapshot and link states.
+    pub switch: Option<Arc<switch::SwitchHandle>>,
+}
+
+impl Web {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hsm: Arc<dyn Hsm>,
+        directory: Arc<IssuerDirectory>,
+        clock: Arc<dyn Clock>,
+        refunds: Arc<dyn RefundExecutor>,
+    ) -> Web {
+        let resolver = Resolver::new(
+            Arc::clone(&store),
+            hsm,
+            Arc::clone(&directory),
+            Arc::clone(&clock),
+        );
+        let cases = CaseService::new(
+            Arc::clone(&store),
+            Arc::clone(&directory),
+            refunds,
+            Arc::clone(&clock),
+        );
+        Web {
+            store,
+            directory,
+            clock,
+            resolver,
+            cases,
+            metrics: Arc::new(metrics::HttpMetrics::default()),
+            switch: None,
+        }
+    }
+
+    /// The same, also reporting the switch's own metrics.
+    pub fn with_switch(mut self, switch: Arc<switch::SwitchHandle>) -> Web {
+        self.switch = Some(switch);
+        self
+    }
+
+    /// The whole application: API, portal, console, metrics.
+    pub fn router(&self) -> Router {
+        let app = api::router()
+            .merge(pages::router())
+            .merge(metrics::router())
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                metrics::track,
+            ));
+        app.with_state(self.clone())
+    }
+}
+
+/// Serves `web` on `listener` until `stop` turns true.
+pub async fn serve(
+    web: Web,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = web.router().into_make_service();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+}
+
+/// Binds `addr` and serves in a task; returns the bound address.
+pub async fn spawn(
+    web: Web,
+    addr: SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((local, tokio::spawn(serve(web, listener, stop))))
+}

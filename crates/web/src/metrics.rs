@@ -1,0 +1,299 @@
+//! `/metrics` in the Prometheus text format and `/healthz`: the switch's own counters (requests
+//! by type and response code, latency histograms, in flight, SAF depth, issuer links) when this
+//! process runs a switch, the store's view otherwise, and the web layer's HTTP counters.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use store::SafState;
+
+use crate::Web;
+
+/// Latency bucket bounds of the HTTP histogram, in milliseconds.
+const HTTP_BUCKETS_MS: [u64; 9] = [1, 2, 5, 10, 25, 50, 100, 250, 1000];
+/// Bounds of the switch latency buckets exported, in microseconds.
+const SWITCH_BUCKETS_US: [u64; 10] = [
+    500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 500_000, 2_000_000,
+];
+/// Distinct (route, status) series kept at most; unknown paths share one label so a scanner
+/// cannot grow the map.
+const HTTP_SERIES_MAX: usize = 512;
+
+/// The web layer's own counters.
+#[derive(Default)]
+pub struct HttpMetrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Per bucket of [`HTTP_BUCKETS_MS`], then +Inf; with the sum in ms.
+    latency: Mutex<([u64; 10], u64)>,
+    in_flight: AtomicI64,
+}
+
+/// Counts every request: its route template (never the raw path), status and time taken.
+pub async fn track(State(web): State<Web>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = Instant::now();
+    web.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let response = next.run(request).await;
+    web.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+    let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let status = response.status().as_u16();
+    if let Ok(mut map) = web.metrics.requests.lock() {
+        let key = if map.len() < HTTP_SERIES_MAX || map.contains_key(&(route.clone(), status)) {
+            (route, status)
+        } else {
+            ("overflow".to_owned(), status)
+        };
+        *map.entry(key).or_insert(0) += 1;
+    }
+    if let Ok(mut latency) = web.metrics.latency.lock() {
+        let index = HTTP_BUCKETS_MS
+            .iter()
+            .position(|bound| ms <= *bound)
+            .unwrap_or(HTTP_BUCKETS_MS.len());
+        if let Some(slot) = latency.0.get_mut(index) {
+            *slot += 1;
+        }
+        latency.1 = latency.1.saturating_add(ms);
+    }
+    response
+}
+
+pub fn router() -> Router<Web> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+}
+
+async fn healthz(State(web): State<Web>) -> Response {
+    match web.store.merchants() {
+        Ok(_) => "ok\n".into_response(),
+        Err(e) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("store: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(web): State<Web>) -> Response {
+    let text = render(&web);
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+fn label(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The whole exposition.
+pub fn render(web: &Web) -> String {
+    let mut out = String::new();
+    if let Some(switch) = &web.switch {
+        render_switch(&mut out, &switch.metrics());
+    } else {
+        render_store(&mut out, web);
+    }
+    render_http(&mut out, web);
+    out
+}
+
+fn render_histogram(out: &mut String, name: &str, help: &str, h: &switch::HistogramSnapshot) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for bound in SWITCH_BUCKETS_US {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {}",
+            seconds(bound),
+            h.count_le(bound)
+        );
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum {}", seconds(h.sum_us));
+    let _ = writeln!(out, "{name}_count {}", h.count);
+}
+
+fn seconds(us: u64) -> String {
+    format!("{}.{:06}", us / 1_000_000, us % 1_000_000)
+}
+
+fn render_switch(out: &mut String, m: &switch::MetricsSnapshot) {
+    out.push_str("# HELP shoudan_requests_total Terminal requests by type and response code.\n");
+    out.push_str("# TYPE shoudan_requests_total counter\n");
+    for r in &m.requests {
+        let _ = writeln!(
+            out,
+            "shoudan_requests_total{{type=\"{}\",code=\"{}\"}} {}",
+            label(r.kind),
+            label(&r.response_code),
+            r.count
+        );
+    }
+    render_histogram(
+        out,
+        "shoudan_request_duration_seconds",
+        "From a whole frame read to its response ready.",
+        &m.total_latency,
+    );
+    render_histogram(
+        out,
+        "shoudan_switch_duration_seconds",
+        "Request time minus the time waiting on issuers.",
+        &m.switch_latency,
+    );
+    let gauges = [
+        (
+            "shoudan_in_flight",
+            "Terminal requests being handled.",
+            Some(m.in_flight),
+        ),
+        (
+            "shoudan_in_flight_max",
+            "Bound on requests in flight.",
+            Some(m.in_flight_max),
+        ),
+        (
+            "shoudan_connections",
+            "Terminal connections open.",
+            Some(m.connections),
+        ),
+        (
+            "shoudan_saf_depth",
+            "Reversals waiting for an issuer.",
+            m.saf_depth,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        if let Some(value) = value {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+    }
+    let counters = [
+        (
+            "shoudan_refused_overload_total",
+            "Requests refused at a bound (96).",
+            m.refused_overload,
+        ),
+        (
+            "shoudan_malformed_frames_total",
+            "Frames too long, truncated or undecodable.",
+            m.malformed_frames,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    out.push_str("# HELP shoudan_issuer_up Issuer link connected (1) or not (0).\n");
+    out.push_str("# TYPE shoudan_issuer_up gauge\n");
+    for i in &m.issuers {
+        let _ = writeln!(
+            out,
+            "shoudan_issuer_up{{bank=\"{}\"}} {}",
+            label(&i.bank),
+            u8::from(i.connected)
+        );
+    }
+    out.push_str(
+        "# HELP shoudan_issuer_breaker_open Issuer breaker open (1): answered 91 at once.\n",
+    );
+    out.push_str("# TYPE shoudan_issuer_breaker_open gauge\n");
+    for i in &m.issuers {
+        let _ = writeln!(
+            out,
+            "shoudan_issuer_breaker_open{{bank=\"{}\"}} {}",
+            label(&i.bank),
+            u8::from(i.breaker_open)
+        );
+    }
+}
+
+/// Without a switch in this process: today's journal by kind and code, and the SAF depth.
+fn render_store(out: &mut String, web: &Web) {
+    let start = crate::query::cst_day_start(web.clock.now_ms());
+    let date = crate::query::format_date(start).replace('-', "");
+    let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+    if let Ok(rows) = web.store.txns_since(&date) {
+        for r in rows {
+            let code = r.response_code.unwrap_or_default();
+            *counts
+                .entry((r.kind.as_str().to_owned(), code))
+                .or_insert(0) += 1;
+        }
+    }
+    out.push_str(
+        "# HELP shoudan_requests_total Journalled requests of today by type and response code.\n",
+    );
+    out.push_str("# TYPE shoudan_requests_total counter\n");
+    for ((kind, code), n) in counts {
+        let _ = writeln!(
+            out,
+            "shoudan_requests_total{{type=\"{}\",code=\"{}\"}} {n}",
+            label(&kind),
+            label(&code)
+        );
+    }
+    if let Ok(pending) = web.store.reversals_in_state(SafState::Pending) {
+        let _ = writeln!(
+            out,
+            "# HELP shoudan_saf_depth Reversals waiting for an issuer.\n# TYPE shoudan_saf_depth gauge\nshoudan_saf_depth {}",
+            pending.len()
+        );
+    }
+}
+
+fn render_http(out: &mut String, web: &Web) {
+    out.push_str("# HELP shoudan_http_requests_total Web requests by route and status.\n");
+    out.push_str("# TYPE shoudan_http_requests_total counter\n");
+    if let Ok(map) = web.metrics.requests.lock() {
+        for ((route, status), n) in map.iter() {
+            let _ = writeln!(
+                out,
+                "shoudan_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                label(route)
+            );
+        }
+    }
+    if let Ok(latency) = web.metrics.latency.lock() {
+        out.push_str("# HELP shoudan_http_duration_seconds Web request latency.\n");
+        out.push_str("# TYPE shoudan_http_duration_seconds histogram\n");
+        let mut cumulative = 0;
+        for (i, bound) in HTTP_BUCKETS_MS.iter().enumerate() {
+            cumulative += latency.0.get(i).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "shoudan_http_duration_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                seconds(bound * 1000)
+            );
+        }
+        let total: u64 = latency.0.iter().sum();
+        let _ = writeln!(
+            out,
+            "shoudan_http_duration_seconds_bucket{{le=\"+Inf\"}} {total}\nshoudan_http_duration_seconds_sum {}\nshoudan_http_duration_seconds_count {total}",
+            seconds(latency.1.saturating_mul(1000))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shoudan_http_in_flight Web requests being served.\n# TYPE shoudan_http_in_flight gauge\nshoudan_http_in_flight {}",
+        web.metrics.in_flight.load(Ordering::Relaxed)
+    );
+}

@@ -1,0 +1,196 @@
+//! The OpenAPI 3.1 document of `/api`, written by hand. A test compares its paths and methods
+//! with [`crate::api::routes`] both ways, so a route cannot be added or removed silently.
+
+use serde_json::{Value, json};
+
+fn param(name: &str, place: &str, description: &str) -> Value {
+    json!({
+        "name": name, "in": place, "required": place == "path",
+        "description": description, "schema": { "type": "string" }
+    })
+}
+
+fn op(summary: &str, params: Vec<Value>, body: Option<&str>, response: &str) -> Value {
+    let mut operation = json!({
+        "summary": summary,
+        "parameters": params,
+        "security": [{ "bearer": [] }, { "session": [] }],
+        "responses": {
+            "200": { "description": "OK", "content": { "application/json": {
+                "schema": { "$ref": format!("#/components/schemas/{response}") } } } },
+            "default": { "description": "error", "content": { "application/json": {
+                "schema": { "$ref": "#/components/schemas/Error" } } } }
+        }
+    });
+    if let (Some(body), Some(map)) = (body, operation.as_object_mut()) {
+        map.insert(
+            "requestBody".to_owned(),
+            json!({ "required": true, "content": { "application/json": {
+                "schema": { "$ref": format!("#/components/schemas/{body}") } } } }),
+        );
+    }
+    operation
+}
+
+/// The document served at `/api/openapi.json`.
+pub fn document() -> Value {
+    let mid = param("mid", "path", "merchant id (MID, 15 digits)");
+    let id = param("id", "path", "numeric id");
+    let tid = param("tid", "path", "terminal id (TID, 8 characters)");
+    let mid_q = param(
+        "mid",
+        "query",
+        "only this merchant (staff); a merchant sees its own",
+    );
+    let limit = param("limit", "query", "page size, 1..200, default 50");
+    let cursor = param("cursor", "query", "next_cursor of the previous page");
+    let search = [
+        mid_q.clone(),
+        param("from", "query", "first day, YYYY-MM-DD, China time"),
+        param(
+            "to",
+            "query",
+            "last day, YYYY-MM-DD, China time (inclusive)",
+        ),
+        param("amount", "query", "amount in yuan, 12.34"),
+        param("amount_fen", "query", "amount in fen"),
+        param("last4", "query", "last four digits of the card"),
+        param("rrn", "query", "retrieval reference number"),
+        param("tid", "query", "terminal id"),
+        param(
+            "status",
+            "query",
+            "transaction state: approved, declined, timed_out, ...",
+        ),
+        limit.clone(),
+        cursor.clone(),
+    ];
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "shoudan acquiring API",
+            "version": "1",
+            "description": "Merchants, terminals, transactions with diagnosis and timeline, \
+                evidence packages, cases and refund applications, risk alerts. A merchant user \
+                sees only its own merchant (another merchant's rows answer 404). No full PAN \
+                appears anywhere: cards are masked (622202******0123) or last four digits."
+        },
+        "paths": {
+            "/api/openapi.json": { "get": op("This document", vec![], None, "Object") },
+            "/api/tokens": { "post": {
+                "summary": "Exchange a username and password for a bearer token",
+                "requestBody": { "required": true, "content": { "application/json": {
+                    "schema": { "$ref": "#/components/schemas/TokenRequest" } } } },
+                "responses": {
+                    "200": { "description": "token", "content": { "application/json": {
+                        "schema": { "$ref": "#/components/schemas/Token" } } } },
+                    "401": { "description": "bad_credentials", "content": { "application/json": {
+                        "schema": { "$ref": "#/components/schemas/Error" } } } }
+                }
+            } },
+            "/api/me": { "get": op("Who the token or session belongs to", vec![], None, "User") },
+            "/api/merchants": { "get": op("Merchants the caller may see", vec![], None, "List") },
+            "/api/merchants/{mid}": { "get": op("One merchant", vec![mid.clone()], None, "Merchant") },
+            "/api/merchants/{mid}/dashboard": {
+                "get": op("Today's numbers: volume, approval rate, declines by code and hour",
+                    vec![mid], None, "Dashboard") },
+            "/api/terminals": { "get": op("Terminal health (sign-in, MAC failures, timeouts, reversals) with fixes",
+                vec![mid_q.clone()], None, "List") },
+            "/api/terminals/{tid}": { "get": op("One terminal's health", vec![tid], None, "Object") },
+            "/api/transactions": { "get": op("Search transactions, newest first", search.to_vec(), None, "TxnPage") },
+            "/api/transactions/{id}": { "get": op("A transaction's timeline and diagnosis",
+                vec![id.clone()], None, "Explanation") },
+            "/api/transactions/{id}/evidence": { "get": op(
+                "The evidence package for the issuer (bank phone, codes, timeline)",
+                vec![id.clone()], None, "Object") },
+            "/api/cases": {
+                "get": op("Cases the caller may see",
+                    vec![mid_q.clone(), param("state", "query", "case state"),
+                      param("kind", "query", "issuer_inquiry, refund_application, dispute")],
+                    None, "List"),
+                "post": op("Open an issuer inquiry, refund application or dispute",
+                    vec![], Some("OpenCase"), "Case")
+            },
+            "/api/cases/{id}": { "get": op("A case with its timeline", vec![id.clone()], None, "Case") },
+            "/api/cases/{id}/entries": { "post": op("Add an entry to a case's timeline",
+                vec![id.clone()], Some("Entry"), "Case") },
+            "/api/cases/{id}/approve-refund": { "post": op(
+                "Operator: approve a refund application; the refund runs through the switch",
+                vec![id], None, "Case") },
+            "/api/refund-approvals": { "get": op("Operator: refund applications waiting", vec![], None, "List") },
+            "/api/notifications": { "get": op("A merchant's webhook notifications", vec![mid_q], None, "List") },
+            "/api/risk/alerts": { "get": op("Operator: risk alerts",
+                vec![param("state", "query", "alert state"), limit.clone()], None, "List") },
+            "/api/merchant-reviews": { "get": op("Operator: merchants and their onboarding state", vec![], None, "List") },
+            "/api/users": {
+                "get": op("Admin: users", vec![], None, "List"),
+                "post": op("Admin: create a user", vec![], Some("NewUser"), "User")
+            },
+            "/api/audit": { "get": op("Admin: the audit log, newest first", vec![limit, cursor], None, "List") }
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer" },
+                "session": { "type": "apiKey", "in": "cookie", "name": "shoudan_session" }
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object", "required": ["code", "message"],
+                    "properties": {
+                        "code": { "type": "string", "enum": [
+                            "unauthorized", "bad_credentials", "forbidden", "not_found",
+                            "bad_request", "csrf", "conflict", "illegal_transition",
+                            "exceeds_remaining", "already_refunded", "refund_failed", "busy",
+                            "internal"] },
+                        "message": { "type": "string" }
+                    }
+                },
+                "Object": { "type": "object" },
+                "List": { "type": "object", "properties": {
+                    "items": { "type": "array", "items": { "type": "object" } },
+                    "next_cursor": { "type": ["string", "null"] } } },
+                "TokenRequest": { "type": "object", "required": ["username", "password"],
+                    "properties": { "username": { "type": "string" }, "password": { "type": "string" },
+                                    "name": { "type": "string" } } },
+                "Token": { "type": "object", "properties": { "token": { "type": "string" },
+                    "user": { "$ref": "#/components/schemas/User" } } },
+                "User": { "type": "object", "properties": {
+                    "username": { "type": "string" }, "role": { "type": "string",
+                        "enum": ["merchant", "operator", "admin"] },
+                    "mid": { "type": ["string", "null"] } } },
+                "NewUser": { "type": "object", "required": ["username", "password", "role"],
+                    "properties": { "username": { "type": "string" }, "password": { "type": "string" },
+                        "role": { "type": "string" }, "mid": { "type": "string" },
+                        "display_name": { "type": "string" } } },
+                "Merchant": { "type": "object", "properties": {
+                    "mid": { "type": "string" }, "name": { "type": "string" },
+                    "status": { "type": "string" }, "mcc": { "type": "string" } } },
+                "Dashboard": { "type": "object" },
+                "TxnSummary": { "type": "object", "properties": {
+                    "id": { "type": "integer" }, "rrn": { "type": ["string", "null"] },
+                    "amount_fen": { "type": "integer" },
+                    "masked_pan": { "type": ["string", "null"] },
+                    "last4": { "type": ["string", "null"] },
+                    "response_code": { "type": ["string", "null"] },
+                    "state": { "type": "string" } } },
+                "TxnPage": { "type": "object", "properties": {
+                    "items": { "type": "array", "items": { "$ref": "#/components/schemas/TxnSummary" } },
+                    "next_cursor": { "type": ["string", "null"] } } },
+                "Explanation": { "type": "object", "properties": {
+                    "txn": { "$ref": "#/components/schemas/TxnSummary" },
+                    "outcome": { "type": "string" }, "steps": { "type": "array" },
+                    "diagnosis": { "type": ["object", "null"] } } },
+                "OpenCase": { "type": "object", "required": ["kind"], "properties": {
+                    "kind": { "type": "string", "enum": ["issuer_inquiry", "refund_application", "dispute"] },
+                    "txn_id": { "type": "integer" }, "title": { "type": "string" },
+                    "text": { "type": "string" }, "refund_fen": { "type": "integer" } } },
+                "Entry": { "type": "object", "required": ["text"],
+                    "properties": { "text": { "type": "string" } } },
+                "Case": { "type": "object", "properties": {
+                    "id": { "type": "integer" }, "kind": { "type": "string" },
+                    "state": { "type": "string" }, "refund_code": { "type": ["string", "null"] },
+                    "entries": { "type": "array" } } }
+            }
+        }
+    })
+}

@@ -1,0 +1,1122 @@
+//! Server-rendered pages: sign-in, the merchant portal (dashboard, transactions, detail with
+//! diagnosis, timeline and evidence, cases, terminals) and the operator console (queues). Every
+//! value goes through [`esc`]; every form that changes something carries the session's CSRF token.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::header::{LOCATION, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use domain::diagnosis::{self, Lang};
+use resolve::cases::{Case, CaseKind};
+use store::{TxnKind, TxnState};
+
+use crate::Web;
+use crate::api::{self, OpenCase};
+use crate::auth::{self, LOGIN_CSRF_COOKIE, Principal};
+use crate::chart;
+use crate::error::ApiError;
+use crate::html::{LANG_COOKIE, esc, lang_of, page, t};
+use crate::query::{self, TxnQuery, format_date, yuan};
+
+pub fn router() -> Router<Web> {
+    Router::new()
+        .route("/", get(home))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/portal", get(dashboard))
+        .route("/portal/transactions", get(transactions))
+        .route("/portal/transactions/{id}", get(transaction))
+        .route("/portal/transactions/{id}/cases", post(open_case))
+        .route("/portal/transactions/{id}/evidence", get(evidence))
+        .route("/portal/cases", get(cases))
+        .route("/portal/cases/{id}", get(case))
+        .route("/portal/cases/{id}/entries", post(add_entry))
+        .route("/portal/terminals", get(terminals))
+        .route("/console", get(console))
+        .route("/console/cases/{id}/approve-refund", post(approve_refund))
+}
+
+type Params = HashMap<String, String>;
+
+/// The request's language and whether the answer must remember a newly chosen one.
+struct Ctx {
+    lang: Lang,
+    remember: Option<&'static str>,
+}
+
+fn ctx(headers: &HeaderMap, params: &Params) -> Ctx {
+    let asked = params.get("lang").map(String::as_str);
+    let lang = lang_of(headers, asked);
+    let remember = asked.map(|_| match lang {
+        Lang::Zh => "zh",
+        Lang::En => "en",
+    });
+    Ctx { lang, remember }
+}
+
+fn html(c: &Ctx, status: StatusCode, body: String) -> Response {
+    let mut response = (status, axum::response::Html(body)).into_response();
+    if let Some(lang) = c.remember {
+        let value = format!("{LANG_COOKIE}={lang}; Path=/; SameSite=Strict; Max-Age=31536000");
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().append(SET_COOKIE, value);
+        }
+    }
+    response
+}
+
+fn redirect(to: &str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(value) = HeaderValue::from_str(to) {
+        response.headers_mut().insert(LOCATION, value);
+    }
+    response
+}
+
+fn nav(c: &Ctx, who: &Principal) -> Vec<(&'static str, &'static str)> {
+    let l = c.lang;
+    if who.is_staff() {
+        vec![
+            ("/console", t(l, "运营台", "Console")),
+            ("/portal/transactions", t(l, "交易", "Transactions")),
+            ("/portal/cases", t(l, "工单", "Cases")),
+            ("/portal/terminals", t(l, "终端", "Terminals")),
+        ]
+    } else {
+        vec![
+            ("/portal", t(l, "概览", "Dashboard")),
+            ("/portal/transactions", t(l, "交易", "Transactions")),
+            ("/portal/cases", t(l, "工单", "Cases")),
+            ("/portal/terminals", t(l, "终端", "Terminals")),
+        ]
+    }
+}
+
+fn render(c: &Ctx, who: &Principal, title: &str, body: &str) -> Response {
+    let nav = nav(c, who);
+    let page = page(
+        c.lang,
+        title,
+        &nav,
+        Some(&who.display_name),
+        who.csrf.as_deref(),
+        body,
+    );
+    html(c, StatusCode::OK, page)
+}
+
+fn error_page(c: &Ctx, who: Option<&Principal>, error: &ApiError) -> Response {
+    let body = format!(
+        "<div class=\"err\" id=\"error\"><b>{}</b> {}</div>",
+        esc(error.code),
+        esc(&error.message)
+    );
+    let nav = who.map(|w| nav(c, w)).unwrap_or_default();
+    let page = page(
+        c.lang,
+        t(c.lang, "出错了", "Error"),
+        &nav,
+        who.map(|w| w.display_name.as_str()),
+        who.and_then(|w| w.csrf.as_deref()),
+        &body,
+    );
+    html(c, error.status, page)
+}
+
+/// The signed-in page user, or a redirect to the sign-in page.
+// The error is the response to send at once; it is built once per request, so its size is moot.
+#[allow(clippy::result_large_err)]
+fn page_user(web: &Web, headers: &HeaderMap, c: &Ctx) -> Result<Principal, Response> {
+    match auth::principal_of(web, headers) {
+        Ok(Some(p)) if p.csrf.is_some() => Ok(p),
+        Ok(_) => Err(redirect("/login")),
+        Err(e) => Err(error_page(c, None, &e)),
+    }
+}
+
+/// Runs a page body, turning an API error into an error page.
+fn respond(c: &Ctx, who: &Principal, result: Result<(String, String), ApiError>) -> Response {
+    match result {
+        Ok((title, body)) => render(c, who, &title, &body),
+        Err(e) => error_page(c, Some(who), &e),
+    }
+}
+
+async fn home(State(web): State<Web>, headers: HeaderMap) -> Response {
+    match auth::principal_of(&web, &headers) {
+        Ok(Some(p)) if p.is_staff() => redirect("/console"),
+        Ok(Some(_)) => redirect("/portal"),
+        _ => redirect("/login"),
+    }
+}
+
+async fn login_form(headers: HeaderMap, Query(params): Query<Params>) -> Response {
+    let c = ctx(&headers, &params);
+    login_page(&c, None)
+}
+
+fn login_page(c: &Ctx, failed: Option<&str>) -> Response {
+    let l = c.lang;
+    let Ok(csrf) = auth::random_token() else {
+        return error_page(c, None, &ApiError::internal("randomness"));
+    };
+    let failed = failed.map_or_else(String::new, |m| {
+        format!("<div class=\"err\" id=\"error\">{}</div>", esc(m))
+    });
+    let body = format!(
+        "<h1>{}</h1>{failed}<form method=\"post\" action=\"/login\" class=\"card\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <p><label>{} <input id=\"username\" name=\"username\" autocomplete=\"username\"></label></p>\
+         <p><label>{} <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\"></label></p>\
+         <p><button id=\"login\">{}</button></p></form>",
+        t(l, "登录", "Sign in"),
+        t(l, "用户名", "Username"),
+        t(l, "密码", "Password"),
+        t(l, "登录", "Sign in"),
+    );
+    let mut response = html(
+        c,
+        if failed.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::UNAUTHORIZED
+        },
+        page(l, t(l, "登录", "Sign in"), &[], None, None, &body),
+    );
+    let cookie = format!("{LOGIN_CSRF_COOKIE}={csrf}; Path=/login; HttpOnly; SameSite=Strict");
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(SET_COOKIE, value);
+    }
+    response
+}
+
+async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Params>) -> Response {
+    let c = ctx(&headers, &Params::new());
+    let sent = form.get("csrf").map(String::as_str).unwrap_or_default();
+    let expected = auth::cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
+    if sent.is_empty() || auth::token_digest(sent) != auth::token_digest(expected) {
+        return error_page(&c, None, &ApiError::csrf());
+    }
+    let username = form.get("username").map(String::as_str).unwrap_or_default();
+    let password = form.get("password").map(String::as_str).unwrap_or_default();
+    let user = match auth::authenticate(&web, username, password).await {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            return login_page(
+                &c,
+                Some(t(c.lang, "用户名或密码错误", "Wrong username or password")),
+            );
+        }
+        Err(e) => return error_page(&c, None, &e),
+    };
+    let token = match auth::open_session(&web, &user).await {
+        Ok(token) => token,
+        Err(e) => return error_page(&c, None, &e),
+    };
+    let _ = auth::audit(
+        &web,
+        &user.username,
+        "session.open",
+        &format!("user:{}", user.id),
+        None,
+        None,
+    )
+    .await;
+    let mut response = redirect(if user.role == store::web::Role::Merchant {
+        "/portal"
+    } else {
+        "/console"
+    });
+    if let Ok(value) = HeaderValue::from_str(&auth::session_cookie(&token)) {
+        response.headers_mut().append(SET_COOKIE, value);
+    }
+    response
+}
+
+async fn logout(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Params>) -> Response {
+    let c = ctx(&headers, &Params::new());
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let sent = form.get("csrf").map(String::as_str).unwrap_or_default();
+    if let Err(e) = who.check_csrf(sent) {
+        return error_page(&c, Some(&who), &e);
+    }
+    if let Err(e) = auth::close_session(&web, &who).await {
+        return error_page(&c, Some(&who), &e);
+    }
+    let mut response = redirect("/login");
+    let clear = format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        auth::SESSION_COOKIE
+    );
+    if let Ok(value) = HeaderValue::from_str(&clear) {
+        response.headers_mut().append(SET_COOKIE, value);
+    }
+    response
+}
+
+fn state_text(l: Lang, state: &str) -> &'static str {
+    match state {
+        "approved" => t(l, "成功", "approved"),
+        "declined" => t(l, "拒绝", "declined"),
+        "timed_out" => t(l, "超时", "timed out"),
+        "failed" => t(l, "失败", "failed"),
+        "voided" => t(l, "已撤销", "voided"),
+        "reversed" => t(l, "已冲正", "reversed"),
+        "completed" => t(l, "已完成", "completed"),
+        "in_flight" => t(l, "处理中", "in progress"),
+        _ => t(l, "未知", "unknown"),
+    }
+}
+
+fn case_state_text(l: Lang, case: &Case) -> String {
+    let state = match case.state.as_str() {
+        "open" => t(l, "处理中", "open"),
+        "waiting_issuer" => t(l, "等待发卡行", "waiting for the issuer"),
+        "waiting_merchant" => t(l, "等待商户", "waiting for the merchant"),
+        "resolved" => t(l, "已解决", "resolved"),
+        "rejected" => t(l, "已驳回", "rejected"),
+        "escalated" => t(l, "已升级", "escalated"),
+        _ => t(l, "未知", "unknown"),
+    };
+    state.to_owned()
+}
+
+fn kind_text(l: Lang, kind: CaseKind) -> &'static str {
+    match kind {
+        CaseKind::IssuerInquiry => t(l, "发卡行查询", "Issuer inquiry"),
+        CaseKind::RefundApplication => t(l, "退货申请", "Refund application"),
+        CaseKind::Dispute => t(l, "争议", "Dispute"),
+    }
+}
+
+/// The refund status of a refund application, in words.
+fn refund_text(l: Lang, case: &Case) -> Option<String> {
+    if case.kind != CaseKind::RefundApplication {
+        return None;
+    }
+    let amount = case.refund_fen.map(yuan).unwrap_or_default();
+    Some(match case.refund_code.as_deref() {
+        Some("00") => format!(
+            "{} ¥{amount} (RRN {})",
+            t(l, "退款已完成", "Refund done"),
+            esc(case.refund_rrn.as_deref().unwrap_or("-"))
+        ),
+        Some(code) => format!(
+            "{} ({}) — {}",
+            t(l, "退款未成功", "Refund not done"),
+            esc(code),
+            esc(diagnosis::diagnose_str(code).title.get(l))
+        ),
+        None => format!(
+            "{} ¥{amount}",
+            t(l, "等待运营审批", "Waiting for operator approval")
+        ),
+    })
+}
+
+async fn dashboard(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    let c = ctx(&headers, &params);
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let Some(mid) = who.mid.clone() else {
+        return redirect("/console");
+    };
+    let result = dashboard_body(&web, &c, &mid);
+    respond(&c, &who, result)
+}
+
+fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), ApiError> {
+    let l = c.lang;
+    let s = query::day_stats(web, mid)?;
+    let cases = web.cases.of_merchant(mid)?;
+    let open_cases: Vec<&Case> = cases.iter().filter(|x| !x.state.is_closed()).collect();
+    let rate = s
+        .approval_per_mille
+        .map_or_else(|| "—".to_owned(), |p| format!("{}.{}%", p / 10, p % 10));
+    let mut body = format!(
+        "<h1>{} {}</h1><div class=\"kpis\">\
+         <div class=\"kpi\" id=\"volume\">{}<b>¥{}</b></div>\
+         <div class=\"kpi\" id=\"count\">{}<b>{}</b></div>\
+         <div class=\"kpi\" id=\"rate\">{}<b>{rate}</b></div>\
+         <div class=\"kpi\">{}<b>{}</b></div></div>",
+        t(l, "今日概览", "Today"),
+        esc(&s.date),
+        t(l, "成交金额", "Volume"),
+        yuan(s.volume_fen),
+        t(l, "成功笔数", "Approved"),
+        s.approved,
+        t(l, "成功率", "Approval rate"),
+        t(l, "未成功", "Not approved"),
+        s.declined + s.failed,
+    );
+    // Red items, each with what to do.
+    let mut red = String::new();
+    for (code, n) in &s.declines_by_code {
+        let d = diagnosis::diagnose_str(code);
+        let step = d.merchant_steps.first().map_or("", |x| x.get(l));
+        red.push_str(&format!(
+            "<div class=\"card red\"><b>{} {} × {n}</b> — {}<br>{}: {}</div>",
+            esc(code),
+            esc(d.title.get(l)),
+            esc(d.meaning.get(l)),
+            t(l, "怎么办", "What to do"),
+            esc(step)
+        ));
+    }
+    if s.reversals_pending > 0 {
+        red.push_str(&format!(
+            "<div class=\"card red\"><b>{} × {}</b> — {}</div>",
+            t(l, "冲正等待发卡行确认", "Reversals awaiting the issuer"),
+            s.reversals_pending,
+            t(
+                l,
+                "系统会自动重发，客户不会被扣款；无需操作。",
+                "They are resent automatically; the customer is not charged. Nothing to do."
+            )
+        ));
+    }
+    if !open_cases.is_empty() {
+        red.push_str(&format!(
+            "<div class=\"card red\"><b>{} × {}</b> — <a href=\"/portal/cases\">{}</a></div>",
+            t(l, "未结工单", "Open cases"),
+            open_cases.len(),
+            t(l, "查看进度", "See where they stand")
+        ));
+    }
+    if red.is_empty() {
+        red = format!(
+            "<div class=\"card ok\">{}</div>",
+            t(l, "今天一切正常。", "All is well today.")
+        );
+    }
+    body.push_str(&format!(
+        "<h2>{}</h2>{red}",
+        t(l, "需要关注", "Needs attention")
+    ));
+    let by_code: Vec<(String, u64)> = s
+        .declines_by_code
+        .iter()
+        .map(|(code, n)| {
+            (
+                format!("{code} {}", diagnosis::diagnose_str(code).title.get(l)),
+                *n,
+            )
+        })
+        .collect();
+    let by_hour: Vec<(String, u64)> = s
+        .declines_by_hour
+        .iter()
+        .enumerate()
+        .map(|(h, n)| (format!("{h}"), *n))
+        .collect();
+    body.push_str(&format!(
+        "<h2>{}</h2><div id=\"chart-reason\">{}</div><h2>{}</h2><div id=\"chart-hour\">{}</div>",
+        t(l, "按原因统计的失败", "Declines by reason"),
+        chart::bars(t(l, "按原因", "by reason"), &by_code),
+        t(l, "按小时统计的失败", "Declines by hour"),
+        chart::bars(t(l, "按小时", "by hour"), &by_hour),
+    ));
+    Ok((t(l, "概览", "Dashboard").to_owned(), body))
+}
+
+async fn transactions(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(q): Query<TxnQuery>,
+) -> Response {
+    let mut params = Params::new();
+    if let Some(lang) = &q.lang {
+        params.insert("lang".to_owned(), lang.clone());
+    }
+    let c = ctx(&headers, &params);
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let result = transactions_body(&web, &c, &who, &q);
+    respond(&c, &who, result)
+}
+
+fn field(q: &Option<String>) -> String {
+    esc(q.as_deref().unwrap_or(""))
+}
+
+fn transactions_body(
+    web: &Web,
+    c: &Ctx,
+    who: &Principal,
+    q: &TxnQuery,
+) -> Result<(String, String), ApiError> {
+    let l = c.lang;
+    let found = query::search(web, who, q)?;
+    let mut body = format!(
+        "<h1>{}</h1><form method=\"get\" action=\"/portal/transactions\" class=\"card\" id=\"search-form\">\
+         {} <input name=\"from\" id=\"from\" type=\"date\" value=\"{}\"> \
+         {} <input name=\"to\" id=\"to\" type=\"date\" value=\"{}\"> \
+         {} <input name=\"amount\" id=\"amount\" size=\"8\" value=\"{}\"> \
+         {} <input name=\"last4\" id=\"last4\" size=\"4\" maxlength=\"4\" value=\"{}\"> \
+         RRN <input name=\"rrn\" id=\"rrn\" size=\"12\" value=\"{}\"> \
+         {} <input name=\"tid\" id=\"tid\" size=\"8\" value=\"{}\"> \
+         {} <select name=\"status\" id=\"status\"><option value=\"\">{}</option>",
+        t(l, "交易查询", "Transactions"),
+        t(l, "从", "From"),
+        field(&q.from),
+        t(l, "到", "To"),
+        field(&q.to),
+        t(l, "金额(元)", "Amount (yuan)"),
+        field(&q.amount),
+        t(l, "卡号后四位", "Card last 4"),
+        field(&q.last4),
+        field(&q.rrn),
+        t(l, "终端", "Terminal"),
+        field(&q.tid),
+        t(l, "状态", "Status"),
+        t(l, "全部", "any"),
+    );
+    for state in TxnState::ALL {
+        let selected = if q.status.as_deref() == Some(state.as_str()) {
+            " selected"
+        } else {
+            ""
+        };
+        body.push_str(&format!(
+            "<option value=\"{}\"{selected}>{}</option>",
+            state.as_str(),
+            state_text(l, state.as_str())
+        ));
+    }
+    body.push_str(&format!(
+        "</select> <button id=\"search\">{}</button></form>",
+        t(l, "查询", "Search")
+    ));
+    body.push_str(&format!(
+        "<table id=\"results\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>RRN</th><th>{}</th></tr>",
+        t(l, "时间", "Time"),
+        t(l, "终端", "Terminal"),
+        t(l, "类型", "Kind"),
+        t(l, "金额", "Amount"),
+        t(l, "卡号", "Card"),
+        t(l, "发卡行", "Bank"),
+        t(l, "结果", "Result"),
+    ));
+    for x in &found.items {
+        let code = x.response_code.as_deref().unwrap_or("");
+        let class = if x.state == "approved" || x.state == "completed" {
+            "ok"
+        } else {
+            "bad"
+        };
+        body.push_str(&format!(
+            "<tr><td><a class=\"txn\" href=\"/portal/transactions/{}\">{}</a></td><td>{}</td><td>{}</td>\
+             <td>¥{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{} {}</td></tr>",
+            x.id,
+            esc(&x.received_at),
+            esc(&x.tid),
+            esc(&x.kind),
+            esc(&x.amount),
+            esc(x.masked_pan.as_deref().unwrap_or("-")),
+            esc(x.bank_name.get(l)),
+            esc(x.rrn.as_deref().unwrap_or("-")),
+            esc(code),
+            state_text(l, &x.state),
+        ));
+    }
+    body.push_str("</table>");
+    if found.items.is_empty() {
+        body.push_str(&format!(
+            "<p id=\"none\">{}</p>",
+            t(l, "没有符合条件的交易。", "No transactions match.")
+        ));
+    }
+    if let Some(next) = &found.next_cursor {
+        let mut next_q = q.clone();
+        next_q.cursor = Some(next.clone());
+        let qs = serde_json::to_value(&next_q)
+            .ok()
+            .and_then(|v| v.as_object().cloned())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|s| format!("{k}={}", url_escape(s))))
+                    .collect::<Vec<_>>()
+                    .join("&")
+            })
+            .unwrap_or_default();
+        body.push_str(&format!(
+            "<p><a id=\"next\" href=\"/portal/transactions?{}\">{}</a></p>",
+            esc(&qs),
+            t(l, "下一页", "Next page")
+        ));
+    }
+    Ok((t(l, "交易", "Transactions").to_owned(), body))
+}
+
+fn url_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+async fn transaction(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Query(params): Query<Params>,
+) -> Response {
+    let c = ctx(&headers, &params);
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let result = transaction_body(&web, &c, &who, id);
+    respond(&c, &who, result)
+}
+
+fn transaction_body(
+    web: &Web,
+    c: &Ctx,
+    who: &Principal,
+    id: i64,
+) -> Result<(String, String), ApiError> {
+    let l = c.lang;
+    let row = query::visible_txn(web, who, id)?;
+    let x = resolve::explain_txn(web.store.as_ref(), &web.directory, &row, web.clock.now_ms())?;
+    let s = &x.txn;
+    let mut body = format!(
+        "<h1>{} ¥{}</h1><div class=\"card\" id=\"summary\"><b>{}</b><br>\
+         {}: {} · {}: {} · {}: {} · RRN {} · {}: {}</div>",
+        t(l, "交易", "Transaction"),
+        esc(&s.amount),
+        esc(x.summary.get(l)),
+        t(l, "时间", "Time"),
+        esc(&s.received_at),
+        t(l, "卡号", "Card"),
+        esc(s.masked_pan.as_deref().unwrap_or("-")),
+        t(l, "终端", "Terminal"),
+        esc(&s.tid),
+        esc(s.rrn.as_deref().unwrap_or("-")),
+        t(l, "应答码", "Response code"),
+        esc(s.response_code.as_deref().unwrap_or("-")),
+    );
+    if let Some(d) = x.diagnosis {
+        let steps: String = d
+            .merchant_steps
+            .iter()
+            .map(|step| format!("<li>{}</li>", esc(step.get(l))))
+            .collect();
+        body.push_str(&format!(
+            "<div class=\"card red\" id=\"diagnosis\"><h2>{}: {}</h2><p>{}</p>\
+             <p><b>{}</b> {}</p><ol>{steps}</ol><p><b>{}</b> {}</p></div>",
+            t(l, "诊断", "Diagnosis"),
+            esc(d.title.get(l)),
+            esc(d.meaning.get(l)),
+            t(l, "对顾客说：", "Tell the customer:"),
+            esc(d.customer_message.get(l)),
+            t(l, "联系发卡行：", "Contact the issuer:"),
+            esc(d.contact_when.get(l)),
+        ));
+    }
+    body.push_str(&format!(
+        "<h2>{}</h2><table id=\"timeline\">",
+        t(l, "时间线", "Timeline")
+    ));
+    for step in &x.steps {
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td></tr>",
+            esc(&step.time),
+            esc(step.text.get(l))
+        ));
+    }
+    body.push_str("</table>");
+    if let Some(rrn) = &row.rrn {
+        if let Ok(e) = web.resolver.evidence(rrn, Some(&row.mid)) {
+            body.push_str(&format!(
+                "<div class=\"card\" id=\"contact-issuer\"><h2>{}</h2>{}: <b>{}</b> · {}: <b id=\"issuer-phone\">{}</b> \
+                 · <a href=\"/portal/transactions/{id}/evidence\" id=\"evidence\">{}</a></div>",
+                t(l, "联系发卡行", "Contact the issuer"),
+                t(l, "银行", "Bank"),
+                esc(e.bank.get(l)),
+                t(l, "客服电话", "Phone"),
+                esc(e.issuer_phone.as_deref().unwrap_or("-")),
+                t(l, "证据包（可打印）", "Evidence package (printable)"),
+            ));
+        }
+    }
+    // Cases already open on it.
+    let related: Vec<Case> = web
+        .cases
+        .of_merchant(&row.mid)?
+        .into_iter()
+        .filter(|k| k.txn.as_ref().is_some_and(|t| t.id == row.id))
+        .collect();
+    if !related.is_empty() {
+        body.push_str(&format!(
+            "<h2>{}</h2><ul id=\"related-cases\">",
+            t(l, "相关工单", "Cases")
+        ));
+        for k in &related {
+            body.push_str(&format!(
+                "<li><a href=\"/portal/cases/{}\">#{} {}</a> — {} {}</li>",
+                k.id,
+                k.id,
+                kind_text(l, k.kind),
+                esc(&case_state_text(l, k)),
+                refund_text(l, k).unwrap_or_default()
+            ));
+        }
+        body.push_str("</ul>");
+    }
+    let csrf = esc(who.csrf.as_deref().unwrap_or(""));
+    body.push_str(&format!(
+        "<form method=\"post\" action=\"/portal/transactions/{id}/cases\" class=\"card\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"kind\" value=\"issuer_inquiry\">\
+         <b>{}</b><br><textarea name=\"text\" id=\"inquiry-text\" rows=\"2\" cols=\"60\"></textarea><br>\
+         <button id=\"inquiry\">{}</button></form>",
+        t(l, "向发卡行查询", "Ask the issuer"),
+        t(l, "发起发卡行查询", "Open issuer inquiry"),
+    ));
+    let refundable = matches!(row.kind, TxnKind::Purchase | TxnKind::Completion)
+        && matches!(row.state, TxnState::Approved | TxnState::Completed)
+        && row.amount_fen > row.refunded_fen;
+    if refundable {
+        body.push_str(&format!(
+            "<form method=\"post\" action=\"/portal/transactions/{id}/cases\" class=\"card\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"kind\" value=\"refund_application\">\
+             <b>{}</b><br>{} <input name=\"amount\" id=\"refund-amount\" value=\"{}\" size=\"8\"> \
+             {} <input name=\"text\" id=\"refund-text\" size=\"40\"> <button id=\"refund\">{}</button></form>",
+            t(l, "申请退货", "Apply for a refund"),
+            t(l, "金额(元)", "Amount (yuan)"),
+            yuan(row.amount_fen - row.refunded_fen),
+            t(l, "原因", "Reason"),
+            t(l, "提交退货申请", "Submit refund application"),
+        ));
+    }
+    Ok((t(l, "交易详情", "Transaction").to_owned(), body))
+}
+
+async fn open_case(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<Params>,
+) -> Response {
+    let c = ctx(&headers, &Params::new());
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let result = async {
+        who.check_csrf(form.get("csrf").map(String::as_str).unwrap_or_default())?;
+        let refund_fen = match form
+            .get("amount")
+            .map(|a| a.trim())
+            .filter(|a| !a.is_empty())
+        {
+            Some(a) => {
+                Some(query::parse_yuan(a).ok_or_else(|| ApiError::bad_request("amount: 12.34"))?)
+            }
+            None => None,
+        };
+        api::open_case_for(
+            &web,
+            &who,
+            OpenCase {
+                kind: form.get("kind").cloned().unwrap_or_default(),
+                txn_id: Some(id),
+                title: None,
+                text: form.get("text").cloned().unwrap_or_default(),
+                refund_fen,
+            },
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok(case) => redirect(&format!("/portal/cases/{}", case.id)),
+        Err(e) => error_page(&c, Some(&who), &e),
+    }
+}
+
+async fn evidence(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Query(params): Query<Params>,
+) -> Response {
+    let c = ctx(&headers, &params);
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let result = (|| {
+        let row = query::visible_txn(&web, &who, id)?;
+        let rrn = row.rrn.ok_or_else(|| ApiError::not_found("evidence"))?;
+        Ok::<_, ApiError>(web.resolver.evidence(&rrn, Some(&row.mid))?)
+    })();
+    match result {
+        // The evidence package is its own printable page (resolve escapes its values).
+        Ok(e) => html(&c, StatusCode::OK, e.to_html(c.lang)),
+        Err(e) => error_page(&c, Some(&who), &e),
+    }
+}
+
+async fn cases(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    let c = ctx(&headers, &params);
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let result = (|| {
+        let l = c.lang;
+        let list = api::visible_cases(&web, &who, None)?;
+        Ok::<_, ApiError>((
+            t(l, "工单", "Cases").to_owned(),
+            case_table(l, &list, "cases", None),
+        ))
+    })();
+    respond(&c, &who, result)
+}
+
+fn case_table(l: Lang, list: &[Case], id: &str, approve_csrf: Option<&str>) -> String {
+    let mut body = format!(
+        "<table id=\"{id}\"><tr><th>#</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th>{}</tr>",
+        t(l, "类型", "Kind"),
+        t(l, "商户", "Merchant"),
+        t(l, "标题", "Title"),
+        t(l, "状态", "State"),
+        t(l, "退款", "Refund"),
+        if approve_csrf.is_some() {
+            "<th></th>"
+        } else {
+            ""
+        },
+    );
+    for k in list {
+        let approve = approve_csrf.map_or_else(String::new, |csrf| {
+            format!(
+                "<td><form method=\"post\" action=\"/console/cases/{}/approve-refund\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <button class=\"approve\" id=\"approve-{}\">{}</button></form></td>",
+                k.id,
+                esc(csrf),
+                k.id,
+                t(l, "批准退款", "Approve refund")
+            )
+        });
+        body.push_str(&format!(
+            "<tr><td><a class=\"case\" href=\"/portal/cases/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{approve}</tr>",
+            k.id,
+            k.id,
+            kind_text(l, k.kind),
+            esc(&k.mid),
+            esc(&k.title),
+            esc(&case_state_text(l, k)),
+            refund_text(l, k).unwrap_or_default(),
+        ));
+    }
+    body.push_str("</table>");
+    if list.is_empty() {
+        body.push_str(&format!("<p>{}</p>", t(l, "没有工单。", "No cases.")));
+    }
+    body
+}
+
+async fn case(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Query(params): Query<Params>,
+) -> Response {
+    let c = ctx(&headers, &params);
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let result = (|| {
+        let l = c.lang;
+        let k = api::visible_case(&web, &who, id)?;
+        let mut body = format!(
+            "<h1>#{} {}</h1><div class=\"card\"><b>{}</b><br>{}: <b id=\"case-state\">{}</b>",
+            k.id,
+            kind_text(l, k.kind),
+            esc(&k.title),
+            t(l, "状态", "State"),
+            esc(&case_state_text(l, &k)),
+        );
+        if let Some(refund) = refund_text(l, &k) {
+            body.push_str(&format!(
+                "<br>{}: <b id=\"refund-status\">{refund}</b>",
+                t(l, "退款", "Refund")
+            ));
+        }
+        if let Some(txn) = &k.txn {
+            body.push_str(&format!(
+                "<br><a href=\"/portal/transactions/{}\">{} ¥{} {}</a>",
+                txn.id,
+                t(l, "交易", "Transaction"),
+                esc(&txn.amount),
+                esc(txn.masked_pan.as_deref().unwrap_or("")),
+            ));
+        }
+        body.push_str("</div>");
+        body.push_str(&format!(
+            "<h2>{}</h2><table id=\"entries\">",
+            t(l, "记录", "Timeline")
+        ));
+        for e in &k.entries {
+            body.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&format_time(e.at_ms)),
+                esc(&e.who),
+                esc(&e.text)
+            ));
+        }
+        body.push_str("</table>");
+        let csrf = esc(who.csrf.as_deref().unwrap_or(""));
+        if !k.state.is_closed() {
+            body.push_str(&format!(
+                "<form method=\"post\" action=\"/portal/cases/{id}/entries\" class=\"card\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <textarea name=\"text\" id=\"entry-text\" rows=\"2\" cols=\"60\"></textarea><br>\
+                 <button id=\"add-entry\">{}</button></form>",
+                t(l, "添加记录", "Add entry")
+            ));
+        }
+        if who.is_staff()
+            && k.kind == CaseKind::RefundApplication
+            && !k.state.is_closed()
+            && k.refund_code.as_deref() != Some("00")
+        {
+            body.push_str(&format!(
+                "<form method=\"post\" action=\"/console/cases/{id}/approve-refund\" class=\"card\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <button class=\"approve\" id=\"approve-{id}\">{}</button></form>",
+                t(l, "批准退款", "Approve refund")
+            ));
+        }
+        Ok::<_, ApiError>((t(l, "工单", "Case").to_owned(), body))
+    })();
+    respond(&c, &who, result)
+}
+
+fn format_time(ms: i64) -> String {
+    let day = format_date(ms);
+    let secs = (ms + 8 * 3_600_000).rem_euclid(query::MS_PER_DAY) / 1000;
+    format!(
+        "{day} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+async fn add_entry(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<Params>,
+) -> Response {
+    let c = ctx(&headers, &Params::new());
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let result = async {
+        who.check_csrf(form.get("csrf").map(String::as_str).unwrap_or_default())?;
+        let text = form.get("text").map(String::as_str).unwrap_or_default();
+        api::add_entry_for(&web, &who, id, text).await
+    }
+    .await;
+    match result {
+        Ok(_) => redirect(&format!("/portal/cases/{id}")),
+        Err(e) => error_page(&c, Some(&who), &e),
+    }
+}
+
+async fn terminals(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    let c = ctx(&headers, &params);
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let result = (|| {
+        let l = c.lang;
+        let list = query::terminal_health(&web, &who, None)?;
+        let mut body = format!(
+            "<h1>{}</h1><p>{}</p><table id=\"terminals\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th>\
+             <th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+            t(l, "终端健康", "Terminal health"),
+            t(l, "最近 7 天。", "Last 7 days."),
+            t(l, "终端", "Terminal"),
+            t(l, "签到", "Signed in"),
+            t(l, "最近签到", "Last sign-in"),
+            t(l, "交易", "Transactions"),
+            t(l, "MAC 失败", "MAC failures"),
+            t(l, "超时", "Timeouts"),
+            t(l, "冲正", "Reversals"),
+            t(l, "密钥/MAC", "Keys/MAC"),
+            t(l, "问题与处理", "Problems and fixes"),
+        );
+        for h in &list {
+            let problems: String = h
+                .problems
+                .iter()
+                .map(|p| {
+                    format!(
+                        "<div class=\"bad\">{}</div>",
+                        esc(if l == Lang::En { p.en } else { p.zh })
+                    )
+                })
+                .collect();
+            let problems = if problems.is_empty() {
+                format!("<span class=\"ok\">{}</span>", t(l, "正常", "OK"))
+            } else {
+                problems
+            };
+            body.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{problems}</td></tr>",
+                esc(&h.tid),
+                if h.signed_in { t(l, "是", "yes") } else { t(l, "否", "no") },
+                h.last_sign_in_ms.map(format_time).unwrap_or_else(|| "-".to_owned()),
+                h.transactions,
+                h.mac_failures,
+                h.timeouts,
+                h.reversals,
+                esc(&h.key_scheme),
+                esc(&h.mac_algorithm),
+            ));
+        }
+        body.push_str(&format!(
+            "</table><p>{}</p>",
+            t(
+                l,
+                "时钟偏差与软件版本：终端报文头未上送，暂不显示。",
+                "Clock drift and software version: not sent in the terminals' headers, not shown yet."
+            )
+        ));
+        Ok::<_, ApiError>((t(l, "终端", "Terminals").to_owned(), body))
+    })();
+    respond(&c, &who, result)
+}
+
+async fn console(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    let c = ctx(&headers, &params);
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    if !who.is_staff() {
+        return redirect("/portal");
+    }
+    let result = (|| {
+        let l = c.lang;
+        let refunds = api::pending_refunds(&web, &who)?;
+        let open: Vec<Case> = api::visible_cases(&web, &who, None)?
+            .into_iter()
+            .filter(|k| !k.state.is_closed())
+            .collect();
+        let mut body = format!(
+            "<h1>{}</h1><h2>{} ({})</h2>{}<h2>{} ({})</h2>{}",
+            t(l, "运营台", "Operator console"),
+            t(l, "待批退款", "Refund approvals"),
+            refunds.len(),
+            case_table(l, &refunds, "refund-queue", who.csrf.as_deref()),
+            t(l, "工单队列", "Case queue"),
+            open.len(),
+            case_table(l, &open, "case-queue", None),
+        );
+        let applied: Vec<_> = web
+            .store
+            .merchant_profiles()?
+            .into_iter()
+            .filter(|p| p.state == store::risk::MerchantState::Applied)
+            .collect();
+        body.push_str(&format!(
+            "<h2>{} ({})</h2><ul id=\"merchant-queue\">",
+            t(l, "待审核商户", "Merchants awaiting approval"),
+            applied.len()
+        ));
+        for p in &applied {
+            body.push_str(&format!(
+                "<li>{} · MCC {} · {}</li>",
+                esc(&p.mid),
+                esc(&p.mcc),
+                esc(&p.address)
+            ));
+        }
+        body.push_str("</ul>");
+        let alerts = web
+            .store
+            .risk_alerts(Some(store::risk::AlertState::Open), 50)?;
+        body.push_str(&format!(
+            "<h2>{} ({})</h2><table id=\"risk-alerts\">",
+            t(l, "风险预警", "Risk alerts"),
+            alerts.len()
+        ));
+        for a in &alerts {
+            body.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&format_time(a.raised_at_ms)),
+                esc(&a.kind),
+                esc(&a.mid),
+                esc(&a.tid),
+                esc(&a.detail)
+            ));
+        }
+        body.push_str("</table>");
+        Ok::<_, ApiError>((t(l, "运营台", "Console").to_owned(), body))
+    })();
+    respond(&c, &who, result)
+}
+
+async fn approve_refund(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<Params>,
+) -> Response {
+    let c = ctx(&headers, &Params::new());
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let result = async {
+        who.check_csrf(form.get("csrf").map(String::as_str).unwrap_or_default())?;
+        api::approve_refund_for(&web, &who, id).await
+    }
+    .await;
+    match result {
+        Ok(_) => redirect(&format!("/portal/cases/{id}")),
+        Err(e) => error_page(&c, Some(&who), &e),
+    }
+}

@@ -1,0 +1,475 @@
+//! Reads shared by the API and the pages: transaction search with cursor pagination, China
+//! Standard Time days, a merchant's day in numbers, terminal health from the journal.
+
+use std::collections::BTreeMap;
+
+use resolve::TxnSummary;
+use serde::{Deserialize, Serialize};
+use store::{SafState, TxnKind, TxnRow, TxnState};
+
+use crate::Web;
+use crate::auth::Principal;
+use crate::error::ApiError;
+
+pub const MS_PER_DAY: i64 = 86_400_000;
+/// China Standard Time is UTC+8 all year.
+const CST_OFFSET_MS: i64 = 8 * 3_600_000;
+/// Rows one page returns at most; the default when the caller does not say.
+pub const PAGE_LIMIT_MAX: usize = 200;
+pub const PAGE_LIMIT_DEFAULT: usize = 50;
+/// The longest date range one search scans: a quarter.
+pub const SEARCH_DAYS_MAX: i64 = 92;
+/// The days a search covers when the caller gives no dates.
+pub const SEARCH_DAYS_DEFAULT: i64 = 7;
+/// The days terminal health looks back over.
+pub const HEALTH_DAYS: i64 = 7;
+
+/// Midnight (CST) of the day `ms` falls in.
+pub fn cst_day_start(ms: i64) -> i64 {
+    (ms + CST_OFFSET_MS).div_euclid(MS_PER_DAY) * MS_PER_DAY - CST_OFFSET_MS
+}
+
+/// The CST hour (0..24) of `ms`.
+pub fn cst_hour(ms: i64) -> usize {
+    let hour = (ms + CST_OFFSET_MS).rem_euclid(MS_PER_DAY) / 3_600_000;
+    usize::try_from(hour).unwrap_or(0)
+}
+
+/// `YYYY-MM-DD` (CST) → the day's first millisecond.
+pub fn parse_date(text: &str) -> Option<i64> {
+    let mut parts = text.split('-');
+    let year: i64 = parts.next()?.parse().ok()?;
+    let month: u8 = parts.next()?.parse().ok()?;
+    let day: u8 = parts.next()?.parse().ok()?;
+    if parts.next().is_some()
+        || !(1970..=9999).contains(&year)
+        || !(1..=12).contains(&month)
+        || day == 0
+        || day > domain::date::days_in_month(year, month)
+    {
+        return None;
+    }
+    Some(domain::date::days_from_civil(year, month, day) * MS_PER_DAY - CST_OFFSET_MS)
+}
+
+/// The CST date of `ms` as `YYYY-MM-DD`.
+pub fn format_date(ms: i64) -> String {
+    let (y, m, d) = domain::date::civil_from_days((ms + CST_OFFSET_MS).div_euclid(MS_PER_DAY));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `12.34` or `12` yuan → fen; at most two decimals, no sign.
+pub fn parse_yuan(text: &str) -> Option<i64> {
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() || whole.len() > 12 || frac.len() > 2 {
+        return None;
+    }
+    if !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole: i64 = whole.parse().ok()?;
+    let frac: i64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<2}").parse().ok()?
+    };
+    whole.checked_mul(100)?.checked_add(frac)
+}
+
+/// `1234` fen → `12.34`.
+pub fn yuan(fen: i64) -> String {
+    let sign = if fen < 0 { "-" } else { "" };
+    let abs = fen.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
+}
+
+/// Search parameters as they come from a query string; an HTML form sends empty fields as
+/// empty strings, which mean "any".
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct TxnQuery {
+    pub mid: Option<String>,
+    /// `YYYY-MM-DD`, China time, inclusive.
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// Yuan, `12.34`.
+    pub amount: Option<String>,
+    pub amount_fen: Option<String>,
+    pub last4: Option<String>,
+    pub rrn: Option<String>,
+    pub tid: Option<String>,
+    /// A transaction state: `approved`, `declined`, ...
+    pub status: Option<String>,
+    pub limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page language (pages only).
+    pub lang: Option<String>,
+}
+
+fn given(field: &Option<String>) -> Option<&str> {
+    field.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// One page of results, newest first.
+#[derive(Clone, Debug, Serialize)]
+pub struct TxnPage {
+    pub items: Vec<TxnSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Parses an optional integer parameter.
+pub fn int_param(field: &Option<String>, name: &str) -> Result<Option<i64>, ApiError> {
+    given(field)
+        .map(|text| {
+            text.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("{name} must be an integer")))
+        })
+        .transpose()
+}
+
+/// The page size asked for, bounded.
+pub fn limit_param(field: &Option<String>) -> Result<usize, ApiError> {
+    let asked = int_param(field, "limit")?;
+    match asked {
+        None => Ok(PAGE_LIMIT_DEFAULT),
+        Some(n) if n >= 1 => Ok(usize::try_from(n)
+            .unwrap_or(PAGE_LIMIT_MAX)
+            .min(PAGE_LIMIT_MAX)),
+        Some(_) => Err(ApiError::bad_request("limit must be at least 1")),
+    }
+}
+
+/// Searches the transactions the principal may see.
+pub fn search(web: &Web, who: &Principal, q: &TxnQuery) -> Result<TxnPage, ApiError> {
+    let rows = search_rows(web, who, q)?;
+    let limit = limit_param(&q.limit)?;
+    let cursor = int_param(&q.cursor, "cursor")?;
+    let mut rows: Vec<TxnRow> = rows
+        .into_iter()
+        .filter(|r| cursor.is_none_or(|c| r.id < c))
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.id));
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next_cursor = if more {
+        rows.last().map(|r| r.id.to_string())
+    } else {
+        None
+    };
+    Ok(TxnPage {
+        items: rows
+            .iter()
+            .map(|r| TxnSummary::of(&web.directory, r))
+            .collect(),
+        next_cursor,
+    })
+}
+
+fn search_rows(web: &Web, who: &Principal, q: &TxnQuery) -> Result<Vec<TxnRow>, ApiError> {
+    let mid = who.merchant_filter(given(&q.mid))?;
+    let now_ms = web.clock.now_ms();
+    let to_ms = match given(&q.to) {
+        Some(t) => {
+            parse_date(t).ok_or_else(|| ApiError::bad_request("to: YYYY-MM-DD"))? + MS_PER_DAY
+        }
+        None => cst_day_start(now_ms) + MS_PER_DAY,
+    };
+    let from_ms = match given(&q.from) {
+        Some(f) => parse_date(f).ok_or_else(|| ApiError::bad_request("from: YYYY-MM-DD"))?,
+        None => to_ms - SEARCH_DAYS_DEFAULT * MS_PER_DAY,
+    };
+    if from_ms >= to_ms || to_ms - from_ms > SEARCH_DAYS_MAX * MS_PER_DAY {
+        return Err(ApiError::bad_request(format!(
+            "from must be before to, at most {SEARCH_DAYS_MAX} days apart"
+        )));
+    }
+    let amount_fen = match (given(&q.amount), int_param(&q.amount_fen, "amount_fen")?) {
+        (Some(y), _) => Some(parse_yuan(y).ok_or_else(|| ApiError::bad_request("amount: 12.34"))?),
+        (None, fen) => fen,
+    };
+    let last4 = given(&q.last4);
+    if last4.is_some_and(|l| l.len() != 4 || !l.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(ApiError::bad_request("last4: four digits"));
+    }
+    let status = given(&q.status)
+        .map(|s| TxnState::parse(s).map_err(|_| ApiError::bad_request("status: unknown state")))
+        .transpose()?;
+    let tid = given(&q.tid);
+
+    let rows = if let Some(rrn) = given(&q.rrn) {
+        web.store.txn_by_rrn(rrn)?.into_iter().collect()
+    } else {
+        let mids: Vec<String> = match &mid {
+            Some(m) => vec![m.clone()],
+            None => web.store.merchants()?.into_iter().map(|m| m.mid).collect(),
+        };
+        let mut rows = Vec::new();
+        for m in mids {
+            rows.extend(web.store.txns_of_merchant(&m, from_ms, to_ms)?);
+        }
+        rows
+    };
+    Ok(rows
+        .into_iter()
+        .filter(|r| mid.as_deref().is_none_or(|m| r.mid == m))
+        .filter(|r| who.sees(&r.mid))
+        .filter(|r| r.received_at_ms >= from_ms && r.received_at_ms < to_ms)
+        .filter(|r| amount_fen.is_none_or(|a| r.amount_fen == a))
+        .filter(|r| last4.is_none_or(|l| r.pan.as_ref().is_some_and(|p| p.last4 == l)))
+        .filter(|r| status.is_none_or(|s| r.state == s))
+        .filter(|r| tid.is_none_or(|t| r.tid == t))
+        .collect())
+}
+
+/// A transaction the principal may see, by id.
+pub fn visible_txn(web: &Web, who: &Principal, id: i64) -> Result<TxnRow, ApiError> {
+    let row = web
+        .store
+        .txn(id)?
+        .ok_or_else(|| ApiError::not_found("transaction"))?;
+    who.scope(&row.mid, "transaction")?;
+    Ok(row)
+}
+
+/// Whether a row is a sale-like request whose approval counts towards the approval rate.
+fn is_sale(kind: TxnKind) -> bool {
+    matches!(kind, TxnKind::Purchase | TxnKind::PreAuth)
+}
+
+fn is_approved(state: TxnState) -> bool {
+    matches!(
+        state,
+        TxnState::Approved | TxnState::Completed | TxnState::Voided
+    )
+}
+
+/// One merchant's day.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DayStats {
+    pub date: String,
+    /// Approved purchases (and completions), in fen.
+    pub volume_fen: i64,
+    /// Approved purchases and pre-authorisations.
+    pub approved: u64,
+    pub declined: u64,
+    /// Sales that got no answer or failed.
+    pub failed: u64,
+    /// Approved / (approved + declined + failed), per mille; `None` on a day without sales.
+    pub approval_per_mille: Option<u64>,
+    /// Declines by response code, with the count.
+    pub declines_by_code: BTreeMap<String, u64>,
+    /// Declined or failed sales per CST hour.
+    pub declines_by_hour: Vec<u64>,
+    /// Reversals still waiting for their issuer.
+    pub reversals_pending: u64,
+}
+
+/// Today's numbers for `mid`.
+pub fn day_stats(web: &Web, mid: &str) -> Result<DayStats, ApiError> {
+    let start = cst_day_start(web.clock.now_ms());
+    let rows = web.store.txns_of_merchant(mid, start, start + MS_PER_DAY)?;
+    let mut stats = DayStats {
+        date: format_date(start),
+        declines_by_hour: vec![0; 24],
+        ..DayStats::default()
+    };
+    for row in &rows {
+        if matches!(row.kind, TxnKind::Purchase | TxnKind::Completion) && is_approved(row.state) {
+            stats.volume_fen += row.amount_fen;
+        }
+        if !is_sale(row.kind) {
+            continue;
+        }
+        let failed = match row.state {
+            s if is_approved(s) => {
+                stats.approved += 1;
+                false
+            }
+            TxnState::Declined => {
+                stats.declined += 1;
+                true
+            }
+            TxnState::TimedOut | TxnState::Failed | TxnState::Reversed => {
+                stats.failed += 1;
+                true
+            }
+            _ => false,
+        };
+        if failed {
+            let code = row.response_code.clone().unwrap_or_else(|| "--".to_owned());
+            *stats.declines_by_code.entry(code).or_insert(0) += 1;
+            if let Some(slot) = stats.declines_by_hour.get_mut(cst_hour(row.received_at_ms)) {
+                *slot += 1;
+            }
+        }
+    }
+    let decided = stats.approved + stats.declined + stats.failed;
+    stats.approval_per_mille = (decided > 0).then(|| stats.approved * 1000 / decided);
+    let pending = web.store.reversals_in_state(SafState::Pending)?;
+    stats.reversals_pending = pending
+        .iter()
+        .filter(|item| rows.iter().any(|r| r.id == item.txn_id))
+        .count()
+        .try_into()
+        .unwrap_or(u64::MAX);
+    Ok(stats)
+}
+
+/// One terminal's health over the last [`HEALTH_DAYS`] days.
+#[derive(Clone, Debug, Serialize)]
+pub struct TerminalHealth {
+    pub tid: String,
+    pub mid: String,
+    pub status: String,
+    pub key_scheme: String,
+    pub mac_algorithm: String,
+    pub batch_no: u32,
+    pub signed_in: bool,
+    pub last_sign_in_ms: Option<i64>,
+    pub transactions: u64,
+    /// Requests refused for a bad MAC (A0).
+    pub mac_failures: u64,
+    /// Requests the issuer did not answer in time.
+    pub timeouts: u64,
+    /// Reversals the terminal sent (it did not see an answer, or the cashier cancelled).
+    pub reversals: u64,
+    /// Requests refused because the terminal was not signed in or out of step (77).
+    pub sign_in_problems: u64,
+    /// Problems found, each with its fix, in both languages.
+    pub problems: Vec<Problem>,
+}
+
+/// Something wrong and what to do about it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Problem {
+    pub key: &'static str,
+    pub zh: &'static str,
+    pub en: &'static str,
+}
+
+/// Health of every terminal the principal may see.
+pub fn terminal_health(
+    web: &Web,
+    who: &Principal,
+    mid: Option<&str>,
+) -> Result<Vec<TerminalHealth>, ApiError> {
+    let mid = who.merchant_filter(mid)?;
+    let now_ms = web.clock.now_ms();
+    let from_ms = cst_day_start(now_ms) - (HEALTH_DAYS - 1) * MS_PER_DAY;
+    let mut by_merchant: BTreeMap<String, Vec<TxnRow>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for t in web.store.terminals()? {
+        if !who.sees(&t.mid) || mid.as_deref().is_some_and(|m| m != t.mid) {
+            continue;
+        }
+        if !by_merchant.contains_key(&t.mid) {
+            let rows = web
+                .store
+                .txns_of_merchant(&t.mid, from_ms, now_ms + MS_PER_DAY)?;
+            by_merchant.insert(t.mid.clone(), rows);
+        }
+        let rows: Vec<&TxnRow> = by_merchant
+            .get(&t.mid)
+            .map(|rows| rows.iter().filter(|r| r.tid == t.tid).collect())
+            .unwrap_or_default();
+        let code_count = |code: &str| {
+            rows.iter()
+                .filter(|r| r.response_code.as_deref() == Some(code))
+                .count()
+        };
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        let mac_failures = count(code_count("A0"));
+        let sign_in_problems = count(code_count("77"));
+        let timeouts = count(
+            rows.iter()
+                .filter(|r| {
+                    r.state == TxnState::TimedOut || r.response_code.as_deref() == Some("98")
+                })
+                .count(),
+        );
+        let reversals = count(rows.iter().filter(|r| r.kind == TxnKind::Reversal).count());
+        let mut problems = Vec::new();
+        let signed_in = t.working_keys.is_some();
+        if !signed_in {
+            problems.push(Problem {
+                key: "not_signed_in",
+                zh: "终端未签到：在终端上执行“签到”后再收款。",
+                en: "Not signed in: run sign-in on the terminal before taking payments.",
+            });
+        }
+        if mac_failures > 0 {
+            problems.push(Problem {
+                key: "mac_failures",
+                zh: "MAC 校验失败：终端重新签到以更新工作密钥；仍失败请联系收单机构重灌主密钥。",
+                en: "MAC failures: sign in again to refresh the working keys; if it persists, ask the acquirer to reload the master key.",
+            });
+        }
+        if sign_in_problems > 0 {
+            problems.push(Problem {
+                key: "batch_or_sign_in",
+                zh: "批次或签到不同步（77）：终端结算后重新签到。",
+                en: "Batch or sign-in out of step (77): settle the terminal, then sign in again.",
+            });
+        }
+        if timeouts > 0 {
+            problems.push(Problem {
+                key: "timeouts",
+                zh: "发卡行超时：交易已自动冲正，客户未被扣款；检查终端网络，必要时重新发起交易。",
+                en: "Issuer timeouts: these were reversed automatically and the customer was not charged; check the terminal's network and retry the sale.",
+            });
+        }
+        if reversals > 0 && reversals * 10 > count(rows.len()) {
+            problems.push(Problem {
+                key: "reversals",
+                zh: "冲正偏多：终端经常收不到应答，检查通讯线路和超时设置。",
+                en: "Many reversals: the terminal often misses answers; check its line and timeout setting.",
+            });
+        }
+        out.push(TerminalHealth {
+            tid: t.tid.clone(),
+            mid: t.mid.clone(),
+            status: t.status.as_str().to_owned(),
+            key_scheme: t.key_scheme.clone(),
+            mac_algorithm: t.mac_algorithm.clone(),
+            batch_no: t.batch_no,
+            signed_in,
+            last_sign_in_ms: t.last_sign_in_ms,
+            transactions: count(rows.len()),
+            mac_failures,
+            timeouts,
+            reversals,
+            sign_in_problems,
+            problems,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_round_trip_in_china_time() {
+        let ms = parse_date("2026-11-23").unwrap();
+        assert_eq!(format_date(ms), "2026-11-23");
+        assert_eq!(format_date(ms + MS_PER_DAY - 1), "2026-11-23");
+        assert_eq!(cst_day_start(ms + 5), ms);
+        assert_eq!(cst_hour(ms + 3_600_000 * 13 + 5), 13);
+        assert!(parse_date("2026-02-30").is_none());
+        assert!(parse_date("2026-1-1x").is_none());
+    }
+
+    #[test]
+    fn yuan_parses_at_most_two_decimals() {
+        assert_eq!(parse_yuan("12.34"), Some(1234));
+        assert_eq!(parse_yuan("12.3"), Some(1230));
+        assert_eq!(parse_yuan("12"), Some(1200));
+        assert_eq!(parse_yuan("1.234"), None);
+        assert_eq!(parse_yuan("-1"), None);
+        assert_eq!(parse_yuan(".5"), None);
+        assert_eq!(yuan(1234), "12.34");
+        assert_eq!(yuan(-5), "-0.05");
+    }
+}
