@@ -7,7 +7,8 @@
 //! affordable: one fsync covers every submission that queued up while the previous one ran.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -130,6 +131,9 @@ pub struct SqliteStore {
     sender: mpsc::Sender<Job>,
     readers: Mutex<Vec<Connection>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The page quota the writer applies before its next group (0: none); see
+    /// [`SqliteStore::set_page_quota`].
+    page_quota: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -157,9 +161,11 @@ impl SqliteStore {
         }
         migrate(&mut writer)?;
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_MAX);
+        let page_quota = Arc::new(AtomicU64::new(config.max_page_count.unwrap_or(0)));
+        let quota = Arc::clone(&page_quota);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run_writer(writer, receiver))
+            .spawn(move || run_writer(writer, receiver, &quota))
             .map_err(|e| StoreError::Backend {
                 message: format!("cannot start writer thread: {e}"),
             })?;
@@ -168,7 +174,15 @@ impl SqliteStore {
             sender,
             readers: Mutex::new(Vec::new()),
             writer: Mutex::new(Some(handle)),
+            page_quota,
         })
+    }
+
+    /// Changes the page quota (`max_page_count`) at run time, from the writer's next group on;
+    /// `None` lifts it. Fault tests use it as a disk that fills up and gets space back (SQLite
+    /// will not lower the quota below the pages in use: a lower value means "full now").
+    pub fn set_page_quota(&self, pages: Option<u64>) {
+        self.page_quota.store(pages.unwrap_or(0), Ordering::Release);
     }
 
     pub fn path(&self) -> &Path {
@@ -532,13 +546,26 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn run_writer(mut conn: Connection, mut receiver: mpsc::Receiver<Job>) {
+fn run_writer(mut conn: Connection, mut receiver: mpsc::Receiver<Job>, quota: &AtomicU64) {
     let mut jobs = Vec::with_capacity(WRITE_BATCH_MAX);
     let mut completions = Vec::with_capacity(WRITE_BATCH_MAX);
+    let mut applied_quota = quota.load(Ordering::Acquire);
     loop {
         let Some(first) = receiver.blocking_recv() else {
             return;
         };
+        let wanted = quota.load(Ordering::Acquire);
+        if wanted != applied_quota {
+            // SQLite's own ceiling stands for "no quota".
+            let pages = if wanted == 0 { 4_294_967_294 } else { wanted };
+            let set: Result<i64, _> =
+                conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                    r.get(0)
+                });
+            if set.is_ok() {
+                applied_quota = wanted;
+            }
+        }
         jobs.push(first);
         while jobs.len() < WRITE_BATCH_MAX {
             match receiver.try_recv() {

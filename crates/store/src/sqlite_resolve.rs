@@ -39,6 +39,7 @@ impl SqliteStore {
             sender,
             readers: Mutex::new(Vec::new()),
             writer: Mutex::new(None),
+            page_quota: Default::default(),
         };
         // Fail now, not at the first query, when the file is not a database.
         store.read(|conn| {

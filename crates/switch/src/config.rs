@@ -70,6 +70,9 @@ pub struct SwitchConfig {
     pub saf_interval: Duration,
     /// How long a claimed reversal is left alone before another attempt may claim it.
     pub saf_lease: Duration,
+    /// Requests worked on at once across all terminal connections (at most
+    /// `REQUESTS_IN_FLIGHT_MAX`); beyond it they are answered 96 at once.
+    pub requests_in_flight: usize,
     /// Per-merchant risk rules (`risk::RuleBook::from_json` of the rules file); empty: only
     /// the merchant checks apply.
     pub risk_rules: std::sync::Arc<risk::RuleBook>,
@@ -89,6 +92,7 @@ impl SwitchConfig {
             journal: true,
             saf_interval: Duration::from_millis(200),
             saf_lease: Duration::from_secs(30),
+            requests_in_flight: REQUESTS_IN_FLIGHT_MAX,
             risk_rules: std::sync::Arc::new(risk::RuleBook::empty()),
             risk_refresh: Duration::from_secs(1),
         }

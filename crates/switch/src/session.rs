@@ -28,14 +28,18 @@ pub(crate) struct Sessions {
     /// Requests being handled across all connections; at the bound, new ones are answered 96
     /// at once, so an overload costs a decode and a reply, never a queue that grows.
     pub admission: Arc<Semaphore>,
+    /// The admission bound in force (the configuration's, within `REQUESTS_IN_FLIGHT_MAX`).
+    pub bound: usize,
 }
 
 impl Sessions {
     pub fn new(core: Arc<Core>, metrics: Arc<Metrics>) -> Self {
+        let bound = core.config.requests_in_flight.clamp(1, REQUESTS_IN_FLIGHT_MAX);
         Sessions {
             core,
             metrics,
-            admission: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+            admission: Arc::new(Semaphore::new(bound)),
+            bound,
         }
     }
 }

@@ -1,0 +1,197 @@
+//! Malformed, truncated and oversized frames mixed into normal traffic, against the real switch
+//! and issuer simulator: each offending connection is answered (a decodable request of no known
+//! kind gets 12) or closed (undecodable, oversized, truncated, stalled mid-frame), while a
+//! signed-in terminal's purchases keep being approved; the switch never panics.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+#[path = "../../switch/tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use iso8583::{Frame, FrameHead, Header, MessageBuilder, Mti, Tpdu};
+use support::{runtime, start};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Random frames thrown at the switch, each on its own connection.
+const FUZZ_FRAMES: usize = 200;
+/// A stalled frame is dropped after the switch's `FRAME_BODY_TIMEOUT`; this is the test's
+/// bound on noticing it.
+const CLOSE_WAIT: Duration = Duration::from_secs(15);
+
+fn head() -> FrameHead {
+    FrameHead {
+        tpdu: Tpdu {
+            destination: [0, 1],
+            source: [0, 0],
+        },
+        header: Header::from_bytes([0x60, 0x22, 0, 0, 0, 0]).unwrap(),
+    }
+}
+
+fn prefixed(body: &[u8]) -> Vec<u8> {
+    let mut out = u16::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Reads what the switch sends until it closes the connection: the frames answered.
+async fn until_closed(stream: &mut TcpStream) -> Vec<Vec<u8>> {
+    let mut all = Vec::new();
+    tokio::time::timeout(CLOSE_WAIT, stream.read_to_end(&mut all))
+        .await
+        .expect("connection left open")
+        .unwrap_or(0);
+    let mut frames = Vec::new();
+    let mut rest = all.as_slice();
+    while let Some((prefix, body)) = rest.split_first_chunk::<2>() {
+        let len = usize::from(u16::from_be_bytes(*prefix));
+        frames.push(body[..len].to_vec());
+        rest = &body[len..];
+    }
+    frames
+}
+
+/// A tiny deterministic generator for the fuzz frames.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+async fn offender(addr: SocketAddr, kind: &str) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    match kind {
+        "garbage" => {
+            s.write_all(&prefixed(b"this is not ISO 8583 at all"))
+                .await
+                .unwrap();
+            assert!(until_closed(&mut s).await.is_empty(), "{kind}");
+        }
+        "oversized" => {
+            let mut bytes = 0xFFFFu16.to_be_bytes().to_vec();
+            bytes.extend(vec![0x30; 8192]);
+            // The switch may close before reading it all: a write error is fine.
+            let _ = s.write_all(&bytes).await;
+            assert!(until_closed(&mut s).await.is_empty(), "{kind}");
+        }
+        "truncated" => {
+            // Announces 300 bytes, sends 40, then hangs up.
+            let mut bytes = 300u16.to_be_bytes().to_vec();
+            bytes.extend(vec![0x60; 40]);
+            s.write_all(&bytes).await.unwrap();
+            s.shutdown().await.unwrap();
+            assert!(until_closed(&mut s).await.is_empty(), "{kind}");
+        }
+        "stalled" => {
+            // Announces 300 bytes, sends 40, then waits: closed after FRAME_BODY_TIMEOUT.
+            let mut bytes = 300u16.to_be_bytes().to_vec();
+            bytes.extend(vec![0x60; 40]);
+            s.write_all(&bytes).await.unwrap();
+            assert!(until_closed(&mut s).await.is_empty(), "{kind}");
+        }
+        "unknown-then-garbage" => {
+            // A well-formed request of no known kind is answered 12; the garbage after it
+            // closes the connection, the answer still goes out.
+            let mut out = MessageBuilder::new(Mti::FINANCIAL);
+            out.set_digits(3, "990000").unwrap();
+            out.set_stan(4242).unwrap();
+            out.set_text(41, common::TID).unwrap();
+            out.set_text(42, common::MID).unwrap();
+            let mut bytes = Vec::new();
+            out.encode_frame(&head(), &mut bytes).unwrap();
+            bytes.extend(prefixed(&[0xFF; 33]));
+            s.write_all(&bytes).await.unwrap();
+            let answers = until_closed(&mut s).await;
+            assert_eq!(answers.len(), 1, "{kind}");
+            let frame = Frame::decode_unprefixed(&answers[0]).unwrap();
+            assert_eq!(frame.message.text(39), Some("12"));
+            assert_eq!(frame.message.stan(), Some(4242));
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn bad_frames_close_or_are_answered_and_other_terminals_are_unaffected() {
+    runtime().block_on(async {
+        let mut w = start(&["ICBC"], |_| {}).await;
+        let addr = w.h.addr();
+        let card = w.bank("ICBC").healthy(0).clone();
+
+        let offenders = tokio::spawn(async move {
+            let kinds = [
+                "garbage",
+                "oversized",
+                "truncated",
+                "stalled",
+                "unknown-then-garbage",
+            ];
+            let mut tasks = Vec::new();
+            for kind in kinds {
+                tasks.push(tokio::spawn(offender(addr, kind)));
+            }
+            // Random bytes behind a valid length prefix, each on its own connection: whatever
+            // they are, the connection is answered or closed and nothing panics.
+            let mut rng = XorShift(0x5EED_F00D);
+            for _ in 0..FUZZ_FRAMES {
+                let len = usize::try_from(rng.next() % 300).unwrap();
+                let mut body: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                // Half of them look like a terminal frame up to the MTI.
+                if rng.next() % 2 == 0 && body.len() > 13 {
+                    body[..11].copy_from_slice(&[0x60, 0, 1, 0, 0, 0x60, 0x22, 0, 0, 0, 0]);
+                    body[11..13].copy_from_slice(&[0x02, 0x00]);
+                }
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                s.write_all(&prefixed(&body)).await.unwrap();
+                s.shutdown().await.unwrap();
+                until_closed(&mut s).await;
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+        });
+
+        // Meanwhile the honest terminal keeps buying.
+        let mut approved = 0;
+        while !offenders.is_finished() || approved < 20 {
+            let req = w.purchase(&card, 100);
+            let r = w.t.send(&req).await;
+            assert_eq!(r.code(), "00");
+            assert!(w.t.mac_ok(&r));
+            approved += 1;
+        }
+        offenders.await.unwrap();
+        let m = w.metrics();
+        eprintln!(
+            "malformed: {approved} purchases approved alongside {} malformed frames",
+            m.malformed_frames
+        );
+        assert!(m.malformed_frames >= 5, "{m:?}");
+        let switch = w.h.switch.as_ref().unwrap();
+        assert!(
+            w.h.eventually(5, || switch.metrics().connections == 1)
+                .await,
+            "offending connections left open: {:?}",
+            switch.metrics()
+        );
+        // A new terminal connection is served as before.
+        let mut again = w.h.terminal().await;
+        assert_eq!(again.sign_in().await.code(), "00");
+        w.audit();
+    });
+}

@@ -1,0 +1,127 @@
+//! Overload at twice the switch's capacity, against the real switch and issuer simulator. The
+//! capacity is made small and known: at most `IN_FLIGHT` requests at once (the admission bound,
+//! `SwitchConfig::requests_in_flight`) against an issuer that takes `ISSUER_LATENCY` per answer,
+//! so at most IN_FLIGHT / ISSUER_LATENCY requests per second. Offered twice that, open loop: every
+//! request is answered, the excess with 96 at once (before any issuer could have answered), the
+//! in-flight count never passes the bound (memory stays bounded), and once the load drops every
+//! purchase is approved again.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+#[path = "../../switch/tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use iso8583::Frame;
+use support::{runtime, start};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const IN_FLIGHT: usize = 8;
+const ISSUER_LATENCY: Duration = Duration::from_millis(250);
+/// Requests offered: twice the capacity for `OFFERED / (2 * capacity)` = 2 seconds.
+const OFFERED: u32 = 128;
+
+#[test]
+fn twice_the_capacity_is_refused_96_at_once_bounded_and_recovers() {
+    runtime().block_on(async {
+        let mut w = start(&["ICBC"], |c| c.requests_in_flight = IN_FLIGHT).await;
+        let cards: Vec<_> = (0..4).map(|i| w.bank("ICBC").healthy(i).clone()).collect();
+        // Capacity: IN_FLIGHT per ISSUER_LATENCY; offered: twice that.
+        let capacity_per_s = IN_FLIGHT as f64 / ISSUER_LATENCY.as_secs_f64();
+        let interval = Duration::from_secs_f64(1.0 / (2.0 * capacity_per_s));
+        w.bank("ICBC")
+            .faults()
+            .set_latency(ISSUER_LATENCY, ISSUER_LATENCY);
+
+        let mut frames = Vec::new();
+        for i in 0..OFFERED {
+            let req = w.purchase(&cards[i as usize % cards.len()], 100);
+            frames.push((req.stan, w.t.encode(&req, false)));
+        }
+        let switch = w.h.switch.as_ref().unwrap();
+        let (mut reader, mut writer) = w.t.stream.split();
+        let start = Instant::now();
+        let send = async {
+            let mut sent_at = HashMap::new();
+            for (i, (stan, bytes)) in frames.iter().enumerate() {
+                tokio::time::sleep_until((start + interval * i as u32).into()).await;
+                sent_at.insert(*stan, Instant::now());
+                writer.write_all(bytes).await.unwrap();
+            }
+            sent_at
+        };
+        let receive = async {
+            let mut answers = Vec::new();
+            let mut in_flight_peak = 0;
+            while answers.len() < OFFERED as usize {
+                let mut prefix = [0u8; 2];
+                tokio::time::timeout(Duration::from_secs(20), reader.read_exact(&mut prefix))
+                    .await
+                    .expect("requests left unanswered")
+                    .unwrap();
+                let mut body = vec![0; usize::from(u16::from_be_bytes(prefix))];
+                reader.read_exact(&mut body).await.unwrap();
+                let at = Instant::now();
+                let frame = Frame::decode_unprefixed(&body).unwrap();
+                let stan = frame.message.stan().unwrap();
+                let code = frame.message.text(39).unwrap().to_owned();
+                answers.push((stan, code, at));
+                in_flight_peak = in_flight_peak.max(switch.metrics().in_flight);
+            }
+            (answers, in_flight_peak)
+        };
+        let (sent_at, (answers, in_flight_peak)) = tokio::join!(send, receive);
+
+        let mut approved = 0;
+        let mut refused = 0;
+        let mut refusal_latency_max = Duration::ZERO;
+        for (stan, code, at) in &answers {
+            match code.as_str() {
+                "00" => approved += 1,
+                "96" => {
+                    refused += 1;
+                    refusal_latency_max = refusal_latency_max.max(at.duration_since(sent_at[stan]));
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+        let m = switch.metrics();
+        eprintln!(
+            "overload: offered {OFFERED} at {:.0}/s against a capacity of {capacity_per_s:.0}/s: \
+             {approved} approved, {refused} refused 96 (slowest refusal {refusal_latency_max:?}), \
+             in flight peak {in_flight_peak} of {}",
+            2.0 * capacity_per_s,
+            m.in_flight_max
+        );
+        // About half is refused; the admitted half keeps the issuer busy.
+        assert!(refused >= OFFERED / 4, "{refused} refused");
+        assert!(approved >= OFFERED / 4, "{approved} approved");
+        assert_eq!(m.refused_overload, u64::from(refused));
+        assert_eq!(m.in_flight_max, IN_FLIGHT as u64);
+        assert!(in_flight_peak <= IN_FLIGHT as u64, "{in_flight_peak}");
+        // Refused at once: a refusal never waits for an issuer, so each is back before an
+        // issuer answer could have been.
+        assert!(
+            refusal_latency_max < ISSUER_LATENCY,
+            "{refusal_latency_max:?}"
+        );
+
+        // Load drops (and the issuer is quick again): every purchase is approved.
+        w.bank("ICBC").faults().clear();
+        for i in 0..20 {
+            let req = w.purchase(&cards[i % cards.len()], 100);
+            assert_eq!(w.t.send(&req).await.code(), "00");
+        }
+        assert_eq!(w.metrics().in_flight, 0);
+        assert!(w.reversals_delivered(10).await);
+        w.audit();
+    });
+}

@@ -1,0 +1,263 @@
+//! Fault-test world: the real switch (SQLite journal in a temp dir, SoftHsm) in front of real
+//! issuer simulators on loopback, one per bank, each with its fault handle; a signed-in terminal
+//! from the switch's test harness; and the audit of every issuer approval against the journal.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    dead_code
+)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::{Harness, Req, Terminal, new_hsm};
+use issuer_sim::{
+    DemoCard, FaultHandle, HsmPinVerifier, IssuerSim, LedgerLocation, ResponseCode, Rrn,
+    ServerHandle, TxnState as IssuerState, demo_issuer,
+};
+use paycrypto::Hsm;
+use store::{SafState, Store, TxnState};
+use switch::{IssuerEndpoint, Switch, SwitchConfig, SystemClock};
+use tokio::net::TcpListener;
+
+/// How long the switch waits for an issuer in these tests.
+pub const ISSUER_TIMEOUT: Duration = Duration::from_millis(400);
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub struct Bank {
+    pub code: &'static str,
+    pub sim: IssuerSim,
+    pub server: Option<ServerHandle>,
+    pub addr: SocketAddr,
+    pub cards: Vec<DemoCard>,
+}
+
+impl Bank {
+    pub fn faults(&self) -> FaultHandle {
+        self.sim.faults()
+    }
+
+    pub fn healthy(&self, n: usize) -> &DemoCard {
+        self.cards
+            .iter()
+            .filter(|c| c.label == "healthy")
+            .nth(n)
+            .unwrap()
+    }
+}
+
+pub struct World {
+    pub h: Harness,
+    pub banks: Vec<Bank>,
+    pub t: Terminal,
+    pub stan: u32,
+    pub config: SwitchConfig,
+    _ledgers: tempfile::TempDir,
+}
+
+/// Starts issuers for `banks` (their demo cards route to them by BIN), then the switch with
+/// `tune` applied to its configuration, and signs a terminal in.
+pub async fn start(banks: &[&'static str], tune: impl FnOnce(&mut SwitchConfig)) -> World {
+    let (hsm, zpk) = new_hsm();
+    let ledgers = tempfile::tempdir().unwrap();
+    let mut running = Vec::new();
+    for (i, code) in banks.iter().enumerate() {
+        let pins = HsmPinVerifier::new(Arc::clone(&hsm) as Arc<dyn Hsm>, zpk);
+        let (issuer, cards) = demo_issuer(
+            code,
+            4,
+            pins,
+            LedgerLocation::File(ledgers.path().join(format!("{code}.db"))),
+            Arc::new(issuer_sim::SystemClock),
+        )
+        .unwrap();
+        let sim = IssuerSim::new(Arc::new(issuer), 11 + i as u64);
+        let server = sim
+            .serve(TcpListener::bind("127.0.0.1:0").await.unwrap())
+            .unwrap();
+        running.push(Bank {
+            code,
+            addr: server.local_addr(),
+            sim,
+            server: Some(server),
+            cards,
+        });
+    }
+    // The harness starts a switch on its own configuration; replace it with ours.
+    let mut h = Harness::with_hsm(running[0].addr, Arc::default(), hsm, zpk).await;
+    h.stop().await;
+    let mut config = h.config();
+    config.issuers = running
+        .iter()
+        .map(|b| {
+            (
+                b.code.to_owned(),
+                IssuerEndpoint {
+                    addr: b.addr,
+                    zpk,
+                    timeout: ISSUER_TIMEOUT,
+                },
+            )
+        })
+        .collect::<HashMap<_, _>>();
+    config.default_issuer = None;
+    tune(&mut config);
+    start_switch(&mut h, &config, running.iter().map(|b| b.code)).await;
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    World {
+        h,
+        banks: running,
+        t,
+        stan: 1,
+        config,
+        _ledgers: ledgers,
+    }
+}
+
+async fn start_switch<'a>(
+    h: &mut Harness,
+    config: &SwitchConfig,
+    banks: impl Iterator<Item = &'a str> + Clone,
+) {
+    let handle = Switch::start(
+        config.clone(),
+        Arc::clone(&h.store) as Arc<dyn Store>,
+        Arc::clone(&h.hsm) as Arc<dyn Hsm>,
+        Arc::clone(&h.directory),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    for _ in 0..200 {
+        if banks.clone().all(|b| handle.issuer_connected(b)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.switch = Some(handle);
+}
+
+pub fn pan(card: &DemoCard) -> String {
+    card.pan.expose_digits().to_owned()
+}
+
+impl World {
+    pub fn bank(&self, code: &str) -> &Bank {
+        self.banks.iter().find(|b| b.code == code).unwrap()
+    }
+
+    pub fn next_stan(&mut self) -> u32 {
+        self.stan += 1;
+        self.stan
+    }
+
+    /// A purchase of `amount` fen with the card's PIN.
+    pub fn purchase(&mut self, card: &DemoCard, amount: u64) -> Req {
+        let stan = self.next_stan();
+        Req {
+            pin: Some(card.pin().to_owned()),
+            ..Req::purchase(&pan(card), amount, stan)
+        }
+    }
+
+    /// Stops the switch and starts it again on the same store; the terminal reconnects and
+    /// signs in again.
+    pub async fn restart(&mut self) {
+        self.h.stop().await;
+        let codes: Vec<&str> = self.banks.iter().map(|b| b.code).collect();
+        start_switch(&mut self.h, &self.config, codes.iter().copied()).await;
+        self.t = self.h.terminal().await;
+        assert_eq!(self.t.sign_in().await.code(), "00");
+    }
+
+    pub fn metrics(&self) -> switch::MetricsSnapshot {
+        self.h.switch.as_ref().unwrap().metrics()
+    }
+
+    /// Waits until no reversal is pending, for at most `seconds`.
+    pub async fn reversals_delivered(&self, seconds: u64) -> bool {
+        let store = Arc::clone(&self.h.store);
+        self.h
+            .eventually(seconds, || {
+                store
+                    .reversals_in_state(SafState::Pending)
+                    .unwrap()
+                    .is_empty()
+            })
+            .await
+    }
+
+    /// Invariant 1: every approval an issuer gave is completed in the journal in the same
+    /// state and amount, or reversed at the issuer and not approved in the journal; and every
+    /// journal approval is an approval at its issuer. Returns the approvals checked.
+    pub fn audit(&self) -> usize {
+        let mut in_doubt = Vec::new();
+        let mut checked = 0;
+        for bank in &self.banks {
+            let issuer = bank.sim.issuer();
+            issuer.flush().unwrap();
+            for approval in issuer
+                .approvals()
+                .unwrap()
+                .iter()
+                .filter(|a| a.code == ResponseCode::Approved)
+            {
+                checked += 1;
+                let row = self.h.store.txn_by_rrn(approval.rrn.as_str()).unwrap();
+                let consistent = match (approval.state, row.as_ref().map(|r| r.state)) {
+                    (IssuerState::Reversed, None) => true,
+                    (IssuerState::Reversed, Some(state)) => !matches!(
+                        state,
+                        TxnState::Approved | TxnState::Voided | TxnState::Completed
+                    ),
+                    (IssuerState::Approved, Some(TxnState::Approved))
+                    | (IssuerState::Voided, Some(TxnState::Voided))
+                    | (IssuerState::Completed, Some(TxnState::Completed)) => row
+                        .as_ref()
+                        .is_some_and(|r| r.amount_fen == i64::try_from(approval.amount).unwrap()),
+                    _ => false,
+                };
+                if !consistent {
+                    in_doubt.push(format!(
+                        "{} {} issuer {:?} journal {:?}",
+                        bank.code,
+                        approval.rrn,
+                        approval.state,
+                        row.map(|r| r.state)
+                    ));
+                }
+            }
+        }
+        assert!(
+            in_doubt.is_empty(),
+            "in doubt after {checked} approvals: {in_doubt:#?}"
+        );
+        for state in [TxnState::Approved, TxnState::InFlight] {
+            for row in self.h.store.txns_in_state(state).unwrap() {
+                assert_ne!(state, TxnState::InFlight, "{} still in flight", row.id);
+                let rrn = row.rrn.clone().unwrap();
+                let known = self.banks.iter().any(|b| {
+                    b.sim
+                        .issuer()
+                        .txn(&Rrn::parse(&rrn).unwrap())
+                        .is_some_and(|t| t.code == ResponseCode::Approved)
+                });
+                assert!(known, "journal approval {rrn} unknown to every issuer");
+            }
+        }
+        checked
+    }
+}
