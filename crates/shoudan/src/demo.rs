@@ -352,6 +352,14 @@ pub async fn start_env(
     let mut config = SwitchConfig::new(options.listen);
     config.issuers = endpoints;
     config.default_issuer = Some(FOREIGN_ISSUER.to_owned());
+    // Per-merchant risk rules, when the operator has put a rules file in the data directory
+    // (docs/architecture.md, "Merchant onboarding and risk"). The demo merchants are
+    // provisioned active, so they come out approved.
+    let rules_path = dir.join("risk-rules.json");
+    if rules_path.is_file() {
+        let text = std::fs::read_to_string(&rules_path)?;
+        config.risk_rules = Arc::new(risk::RuleBook::from_json(&text)?);
+    }
     let switch = Switch::start(
         config,
         Arc::clone(&store) as Arc<dyn Store>,
