@@ -16,6 +16,7 @@ mod pending;
 pub mod resolve;
 pub mod risk;
 pub mod schema;
+pub mod settlement;
 mod sqlite;
 pub mod web;
 
@@ -112,6 +113,71 @@ pub trait Store: Send + Sync + 'static {
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<risk::RiskAlertRow>, StoreError>;
+
+    // --- settlement (issue 5): batches, clearing, ledger, accounts, payouts
+    fn batch_settlement(
+        &self,
+        tid: &str,
+        batch_no: u32,
+    ) -> Result<Option<settlement::BatchSettlementRow>, StoreError>;
+    fn batch_uploads(
+        &self,
+        tid: &str,
+        batch_no: u32,
+    ) -> Result<Vec<settlement::BatchUploadRow>, StoreError>;
+    fn batch_differences(
+        &self,
+        tid: &str,
+        batch_no: u32,
+    ) -> Result<Vec<settlement::BatchDiffRow>, StoreError>;
+    fn clearing_lines(
+        &self,
+        clearing_date: &str,
+    ) -> Result<Vec<settlement::ClearingLineRow>, StoreError>;
+    /// Settle runs of one clearing date, or of all dates when `None`.
+    fn settle_runs(
+        &self,
+        clearing_date: Option<&str>,
+    ) -> Result<Vec<settlement::SettleRunRow>, StoreError>;
+    /// Every ledger account with its balance (debits positive), by account name.
+    fn ledger_balances(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// One account's balance over legs with a value date up to `value_date_max` (all if `None`).
+    fn ledger_balance(
+        &self,
+        account: &str,
+        value_date_max: Option<&str>,
+    ) -> Result<i64, StoreError>;
+    /// Audit: (posting id, sum of its legs) of every posting that does not balance.
+    fn unbalanced_postings(&self) -> Result<Vec<(i64, i64)>, StoreError>;
+    fn postings_by_reference(
+        &self,
+        reference: &str,
+    ) -> Result<Vec<settlement::PostingRow>, StoreError>;
+    fn settlement_terms(
+        &self,
+        mid: &str,
+    ) -> Result<Option<settlement::SettlementTermsRow>, StoreError>;
+    fn bound_account(&self, mid: &str)
+    -> Result<Option<settlement::BoundAccountRow>, StoreError>;
+    /// Bound-account changes of one merchant, or of all when `None`, oldest first.
+    fn account_changes(
+        &self,
+        mid: Option<&str>,
+    ) -> Result<Vec<settlement::AccountChangeRow>, StoreError>;
+    fn account_change(&self, id: i64) -> Result<Option<settlement::AccountChangeRow>, StoreError>;
+    fn payout(&self, key: &str) -> Result<Option<settlement::PayoutRow>, StoreError>;
+    fn payouts(
+        &self,
+        mid: Option<&str>,
+        state: Option<settlement::PayoutState>,
+        limit: u32,
+    ) -> Result<Vec<settlement::PayoutRow>, StoreError>;
+    /// Payout events with an id above `after_id`, oldest first: the notifier's tail.
+    fn payout_events(
+        &self,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<settlement::PayoutEventRow>, StoreError>;
 
     // --- web (issue 6): users, page sessions, API tokens, audit log
     fn web_user(&self, id: i64) -> Result<Option<web::UserRow>, StoreError>;

@@ -302,6 +302,8 @@ pub enum Record {
     Risk(crate::risk::RiskRecord),
     /// Web users, sessions, API tokens and the audit log (issue 6).
     Web(crate::web::WebRecord),
+    /// Batches, clearing, ledger, bound accounts and payouts (issue 5).
+    Settlement(crate::settlement::SettlementRecord),
 }
 
 impl fmt::Debug for WrappedKeys {

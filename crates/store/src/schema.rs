@@ -249,6 +249,148 @@ CREATE INDEX events_at ON events (at_ms);
 ",
     },
     Migration {
+        version: 4,
+        name: "settlement: batch settlements and uploads, clearing, ledger, accounts, payouts",
+        sql: "
+CREATE TABLE batch_settlements (
+    tid TEXT NOT NULL,
+    batch_no BIGINT NOT NULL,
+    settled_at_ms BIGINT NOT NULL,
+    result BIGINT NOT NULL,
+    host_totals TEXT NOT NULL,
+    terminal_totals TEXT NOT NULL,
+    upload_done_at_ms BIGINT,
+    PRIMARY KEY (tid, batch_no)
+);
+CREATE TABLE batch_uploads (
+    tid TEXT NOT NULL,
+    batch_no BIGINT NOT NULL,
+    stan BIGINT NOT NULL,
+    card_org BIGINT NOT NULL,
+    pan_last4 TEXT NOT NULL,
+    amount_fen BIGINT NOT NULL,
+    received_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (tid, batch_no, stan)
+);
+CREATE TABLE batch_differences (
+    tid TEXT NOT NULL,
+    batch_no BIGINT NOT NULL,
+    stan BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    txn_id BIGINT,
+    host_amount_fen BIGINT,
+    terminal_amount_fen BIGINT,
+    pan_masked TEXT NOT NULL,
+    PRIMARY KEY (tid, batch_no, stan)
+);
+CREATE TABLE clearing_lines (
+    txn_id BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    mid TEXT NOT NULL,
+    clearing_date TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    card_class TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    amount_fen BIGINT NOT NULL,
+    fee_fen BIGINT NOT NULL,
+    run_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (txn_id, seq)
+);
+CREATE INDEX clearing_lines_date ON clearing_lines (clearing_date, mid);
+CREATE TABLE settle_runs (
+    clearing_date TEXT NOT NULL,
+    run_no BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    lines BIGINT NOT NULL,
+    gross_fen BIGINT NOT NULL,
+    fee_fen BIGINT NOT NULL,
+    postings BIGINT NOT NULL,
+    PRIMARY KEY (clearing_date, run_no)
+);
+CREATE TABLE ledger_postings (
+    id BIGINT PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    value_date TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    reference TEXT NOT NULL
+);
+CREATE INDEX ledger_postings_reference ON ledger_postings (reference);
+CREATE TABLE ledger_legs (
+    posting_id BIGINT NOT NULL REFERENCES ledger_postings (id),
+    leg_no BIGINT NOT NULL,
+    account TEXT NOT NULL,
+    amount_fen BIGINT NOT NULL,
+    value_date TEXT NOT NULL,
+    PRIMARY KEY (posting_id, leg_no)
+);
+CREATE INDEX ledger_legs_account ON ledger_legs (account, value_date);
+CREATE TABLE settlement_terms (
+    mid TEXT PRIMARY KEY,
+    debit_bp BIGINT NOT NULL,
+    debit_cap_fen BIGINT,
+    credit_bp BIGINT NOT NULL,
+    credit_cap_fen BIGINT,
+    foreign_bp BIGINT NOT NULL,
+    qr_bp BIGINT NOT NULL,
+    payout_delay_days BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE TABLE bound_accounts (
+    mid TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    number_sealed BYTES NOT NULL,
+    number_masked TEXT NOT NULL,
+    holder_name TEXT NOT NULL,
+    bank_code TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    needs_rebind BOOLEAN NOT NULL,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE TABLE account_changes (
+    id BIGINT PRIMARY KEY,
+    mid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    number_sealed BYTES NOT NULL,
+    number_masked TEXT NOT NULL,
+    holder_name TEXT NOT NULL,
+    bank_code TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested_at_ms BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    decided_by TEXT,
+    decided_at_ms BIGINT,
+    note TEXT NOT NULL
+);
+CREATE INDEX account_changes_mid ON account_changes (mid, id);
+CREATE TABLE payouts (
+    key TEXT PRIMARY KEY,
+    mid TEXT NOT NULL,
+    payout_date TEXT NOT NULL,
+    cutoff_date TEXT NOT NULL,
+    amount_fen BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    next_attempt_ms BIGINT NOT NULL,
+    account_version BIGINT NOT NULL,
+    account_masked TEXT NOT NULL,
+    bank_reference TEXT,
+    failure TEXT,
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE INDEX payouts_state ON payouts (state, next_attempt_ms);
+CREATE TABLE payout_events (
+    id BIGINT PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    mid TEXT NOT NULL,
+    payout_key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    failure TEXT,
+    detail TEXT NOT NULL
+);
+",
+    },
+    Migration {
         version: 5,
         name: "web: users, page sessions, API tokens, audit log",
         sql: "

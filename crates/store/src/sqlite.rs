@@ -32,6 +32,8 @@ mod sqlite_resolve;
 mod sqlite_risk;
 #[path = "sqlite_web.rs"]
 mod sqlite_web;
+#[path = "sqlite_settlement.rs"]
+mod sqlite_settlement;
 
 /// Submissions that may wait for the writer; beyond this `submit` fails with `QueueFull`.
 pub const WRITE_QUEUE_MAX: usize = 65_536;
@@ -413,6 +415,102 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<RiskAlertRow>, StoreError> {
         self.risk_alerts_tail(after_id, limit)
+    }
+
+    // --- settlement (in sqlite_settlement.rs)
+    fn batch_settlement(
+        &self,
+        tid: &str,
+        batch_no: u32,
+    ) -> Result<Option<crate::settlement::BatchSettlementRow>, StoreError> {
+        self.settle_batch_settlement(tid, batch_no)
+    }
+    fn batch_uploads(
+        &self,
+        tid: &str,
+        batch_no: u32,
+    ) -> Result<Vec<crate::settlement::BatchUploadRow>, StoreError> {
+        self.settle_batch_uploads(tid, batch_no)
+    }
+    fn batch_differences(
+        &self,
+        tid: &str,
+        batch_no: u32,
+    ) -> Result<Vec<crate::settlement::BatchDiffRow>, StoreError> {
+        self.settle_batch_differences(tid, batch_no)
+    }
+    fn clearing_lines(
+        &self,
+        clearing_date: &str,
+    ) -> Result<Vec<crate::settlement::ClearingLineRow>, StoreError> {
+        self.settle_clearing_lines(clearing_date)
+    }
+    fn settle_runs(
+        &self,
+        clearing_date: Option<&str>,
+    ) -> Result<Vec<crate::settlement::SettleRunRow>, StoreError> {
+        self.settle_runs_of(clearing_date)
+    }
+    fn ledger_balances(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.settle_ledger_balances()
+    }
+    fn ledger_balance(
+        &self,
+        account: &str,
+        value_date_max: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        self.settle_ledger_balance(account, value_date_max)
+    }
+    fn unbalanced_postings(&self) -> Result<Vec<(i64, i64)>, StoreError> {
+        self.settle_unbalanced_postings()
+    }
+    fn postings_by_reference(
+        &self,
+        reference: &str,
+    ) -> Result<Vec<crate::settlement::PostingRow>, StoreError> {
+        self.settle_postings_by_reference(reference)
+    }
+    fn settlement_terms(
+        &self,
+        mid: &str,
+    ) -> Result<Option<crate::settlement::SettlementTermsRow>, StoreError> {
+        self.settle_terms(mid)
+    }
+    fn bound_account(
+        &self,
+        mid: &str,
+    ) -> Result<Option<crate::settlement::BoundAccountRow>, StoreError> {
+        self.settle_bound_account(mid)
+    }
+    fn account_changes(
+        &self,
+        mid: Option<&str>,
+    ) -> Result<Vec<crate::settlement::AccountChangeRow>, StoreError> {
+        self.settle_account_changes(mid)
+    }
+    fn account_change(
+        &self,
+        id: i64,
+    ) -> Result<Option<crate::settlement::AccountChangeRow>, StoreError> {
+        self.settle_account_change(id)
+    }
+    fn payout(&self, key: &str) -> Result<Option<crate::settlement::PayoutRow>, StoreError> {
+        self.settle_payout(key)
+    }
+    fn payouts(
+        &self,
+        mid: Option<&str>,
+        state: Option<crate::settlement::PayoutState>,
+        limit: u32,
+    ) -> Result<Vec<crate::settlement::PayoutRow>, StoreError> {
+        self.settle_payouts(mid, state, limit)
+    }
+    fn payout_events(
+        &self,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<crate::settlement::PayoutEventRow>, StoreError> {
+        self.settle_payout_events(after_id, limit)
     }
 
     // --- web (in sqlite_web.rs)
@@ -908,6 +1006,7 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
         Record::Resolve(r) => sqlite_resolve::write(conn, r)?,
         Record::Risk(r) => sqlite_risk::write(conn, r)?,
         Record::Web(r) => sqlite_web::write(conn, r)?,
+        Record::Settlement(r) => sqlite_settlement::write(conn, r)?,
     }
     Ok(())
 }

@@ -1,0 +1,315 @@
+//! Rows and write records of settlement: terminal batch settlements and uploads, clearing lines,
+//! the double-entry ledger, settlement terms, bound settlement accounts, payouts and their events.
+
+use std::fmt;
+
+use crate::error::StoreError;
+
+macro_rules! settle_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The spelling stored in the database.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// Parses a stored spelling; anything else is a corrupt row.
+            pub fn parse(text: &str) -> Result<Self, StoreError> {
+                match text {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(StoreError::Corrupt {
+                        what: stringify!($name),
+                        value: text.to_owned(),
+                    }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+settle_enum!(
+    /// How a transaction in a terminal's batch upload differs from the journal.
+    BatchDiffKind {
+        /// The terminal has it; the journal has no counted transaction with that trace.
+        MissingHere => "missing_here",
+        /// The journal counts it; the terminal did not upload it.
+        MissingAtTerminal => "missing_at_terminal",
+        AmountDiffers => "amount_differs",
+    }
+);
+
+settle_enum!(
+    /// A settlement account: a bank account (number + bank) or a debit card.
+    AccountKind {
+        Card => "card",
+        Bank => "bank",
+    }
+);
+
+settle_enum!(
+    /// A bound-account change: in force, waiting for an operator (maker-checker), or refused.
+    ChangeState {
+        Active => "active",
+        PendingConfirmation => "pending_confirmation",
+        Rejected => "rejected",
+        Superseded => "superseded",
+    }
+);
+
+settle_enum!(
+    /// Where a payout is. `Pending` is sent (or resent after a transient failure) when due;
+    /// `Held` waits for a confirmed re-binding; `Sent` left the bank; `Returned` came back.
+    PayoutState {
+        Pending => "pending",
+        Sent => "sent",
+        Held => "held",
+        Returned => "returned",
+    }
+);
+
+/// A terminal's 0500: both sides' field 48 totals (62 digits each) and the result digit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchSettlementRow {
+    pub tid: String,
+    pub batch_no: u32,
+    pub settled_at_ms: i64,
+    /// 1 balanced, 2 unbalanced, 3 error (PROTOCOL.md).
+    pub result: u8,
+    pub host_totals: String,
+    pub terminal_totals: String,
+    /// Set when the batch upload's end message arrived and the differences were stored.
+    pub upload_done_at_ms: Option<i64>,
+}
+
+/// One transaction of a terminal's batch upload (0320). Only the last four PAN digits are kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchUploadRow {
+    pub tid: String,
+    pub batch_no: u32,
+    pub stan: u32,
+    /// 0 domestic, 1 foreign.
+    pub card_org: u8,
+    pub pan_last4: String,
+    pub amount_fen: i64,
+    pub received_at_ms: i64,
+}
+
+/// One difference between a terminal's upload and the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchDiffRow {
+    pub tid: String,
+    pub batch_no: u32,
+    pub stan: u32,
+    pub kind: BatchDiffKind,
+    pub txn_id: Option<i64>,
+    pub host_amount_fen: Option<i64>,
+    pub terminal_amount_fen: Option<i64>,
+    /// Masked PAN from the journal, else `******` + the uploaded last four.
+    pub pan_masked: String,
+}
+
+/// One cleared amount of one transaction. A transaction that changes after it was cleared (a
+/// late reversal) gets a further line with the difference: lines are never updated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClearingLineRow {
+    pub txn_id: i64,
+    pub seq: u32,
+    pub mid: String,
+    pub clearing_date: String,
+    pub kind: crate::TxnKind,
+    /// `debit`, `credit`, `foreign` or `qr`: the fee class the card fell in.
+    pub card_class: String,
+    pub issuer: String,
+    /// Signed: captures positive, voids and refunds negative.
+    pub amount_fen: i64,
+    /// Signed fee charged to the merchant (a void gives the capture's fee back).
+    pub fee_fen: i64,
+    pub run_at_ms: i64,
+}
+
+/// One `shoudan settle` pass over a clearing date.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettleRunRow {
+    pub clearing_date: String,
+    pub run_no: u32,
+    pub at_ms: i64,
+    pub lines: u64,
+    pub gross_fen: i64,
+    pub fee_fen: i64,
+    pub postings: u64,
+}
+
+/// One leg of a posting: positive debits, negative credits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegRow {
+    pub account: String,
+    pub amount_fen: i64,
+}
+
+/// An immutable ledger posting whose legs sum to zero (checked again when written).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostingRow {
+    pub id: i64,
+    pub at_ms: i64,
+    /// The business day the amounts belong to (`YYYYMMDD`): payouts take what is due by then.
+    pub value_date: String,
+    pub kind: String,
+    /// What it is about: `clear:20261123:MID`, a payout key, ...
+    pub reference: String,
+    pub legs: Vec<LegRow>,
+}
+
+/// A merchant's fee plan (rates in hundredths of a percent, i.e. basis points) and payout delay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettlementTermsRow {
+    pub mid: String,
+    pub debit_bp: i64,
+    pub debit_cap_fen: Option<i64>,
+    pub credit_bp: i64,
+    pub credit_cap_fen: Option<i64>,
+    pub foreign_bp: i64,
+    pub qr_bp: i64,
+    /// T+n: funds cleared on day D are paid out on D + n.
+    pub payout_delay_days: u32,
+    pub updated_at_ms: i64,
+}
+
+/// The account a merchant is paid to. The number is sealed; only the masked form is readable.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BoundAccountRow {
+    pub mid: String,
+    pub kind: AccountKind,
+    pub number_sealed: Vec<u8>,
+    pub number_masked: String,
+    pub holder_name: String,
+    pub bank_code: String,
+    /// Incremented by every change in force, so a held payout knows a re-binding happened.
+    pub version: u32,
+    /// Set by a permanent payout failure; cleared by a confirmed re-binding.
+    pub needs_rebind: bool,
+    pub updated_at_ms: i64,
+}
+
+impl fmt::Debug for BoundAccountRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoundAccountRow")
+            .field("mid", &self.mid)
+            .field("kind", &self.kind)
+            .field("number", &self.number_masked)
+            .field("bank_code", &self.bank_code)
+            .field("version", &self.version)
+            .field("needs_rebind", &self.needs_rebind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A requested change of bound account, with who asked and who confirmed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccountChangeRow {
+    pub id: i64,
+    pub mid: String,
+    pub kind: AccountKind,
+    pub number_sealed: Vec<u8>,
+    pub number_masked: String,
+    pub holder_name: String,
+    pub bank_code: String,
+    pub requested_by: String,
+    pub requested_at_ms: i64,
+    pub state: ChangeState,
+    pub decided_by: Option<String>,
+    pub decided_at_ms: Option<i64>,
+    /// Why it needed confirmation (the payout failure), or why it was refused.
+    pub note: String,
+}
+
+impl fmt::Debug for AccountChangeRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccountChangeRow")
+            .field("id", &self.id)
+            .field("mid", &self.mid)
+            .field("number", &self.number_masked)
+            .field("state", &self.state)
+            .field("requested_by", &self.requested_by)
+            .field("decided_by", &self.decided_by)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One payout per merchant and payout day; `key` is its idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayoutRow {
+    /// `MID:YYYYMMDD` (payout day).
+    pub key: String,
+    pub mid: String,
+    pub payout_date: String,
+    /// Funds with a value date up to this day are in it.
+    pub cutoff_date: String,
+    pub amount_fen: i64,
+    pub state: PayoutState,
+    /// Bank attempts so far; the bank reference of attempt n is `key#n`.
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
+    /// The bound account version the payout was (last) sent to.
+    pub account_version: u32,
+    pub account_masked: String,
+    pub bank_reference: Option<String>,
+    /// `domain::PayoutFailure::key()` of the last failure.
+    pub failure: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Something that happened to a payout, for the notifier to tail by id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayoutEventRow {
+    pub id: i64,
+    pub at_ms: i64,
+    pub mid: String,
+    pub payout_key: String,
+    /// `created`, `sent`, `retry`, `failed`, `held`, `returned`, `released`.
+    pub kind: String,
+    pub failure: Option<String>,
+    pub detail: String,
+}
+
+/// The settlement area's writes.
+#[derive(Clone, Debug)]
+pub enum SettlementRecord {
+    BatchSettled(BatchSettlementRow),
+    BatchUpload(BatchUploadRow),
+    /// The end of a batch upload: its differences, replacing none (written once).
+    BatchDifferences {
+        tid: String,
+        batch_no: u32,
+        at_ms: i64,
+        rows: Vec<BatchDiffRow>,
+    },
+    ClearingLines(Vec<ClearingLineRow>),
+    SettleRun(SettleRunRow),
+    /// Postings, each checked to balance before it is written.
+    Postings(Vec<PostingRow>),
+    Terms(SettlementTermsRow),
+    BoundAccount(BoundAccountRow),
+    /// Inserted or updated by id (a pending change is later confirmed or rejected).
+    AccountChange(AccountChangeRow),
+    /// Inserted or replaced by key.
+    Payout(PayoutRow),
+    PayoutEvent(PayoutEventRow),
+}
