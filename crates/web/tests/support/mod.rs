@@ -1,0 +1,341 @@
+//! Web test environment: the real switch and issuer simulator on loopback (the switch's own test
+//! harness), a SQLite journal in a temp dir, two merchants with users, an operator and an admin,
+//! the web app on 127.0.0.1:0, and a small HTTP/1.1 client on a plain TCP socket.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    dead_code
+)]
+
+#[path = "../../../switch/tests/common/mod.rs"]
+pub mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use common::*;
+use issuer_sim::{DemoCard, HsmPinVerifier, IssuerSim, LedgerLocation, ServerHandle, demo_issuer};
+use paycrypto::Hsm;
+use resolve::cases::RefundExecutor;
+use store::{MerchantRow, Record, Status, Store};
+use switch::SystemClock;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use web::auth::NewUser;
+use web::{Role, Web};
+
+pub const OTHER_MID: &str = "898110059420002";
+pub const PASSWORD: &str = "demo-pass-1";
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub struct Env {
+    pub h: Harness,
+    pub sim: IssuerSim,
+    _server: ServerHandle,
+    pub cards: Vec<DemoCard>,
+    pub t: Terminal,
+    pub stan: u32,
+    _ledger_dir: tempfile::TempDir,
+    pub web: Web,
+    pub http: SocketAddr,
+    _stop: watch::Sender<bool>,
+}
+
+pub async fn start() -> Env {
+    let (hsm, zpk) = new_hsm();
+    let pins = HsmPinVerifier::new(Arc::clone(&hsm) as Arc<dyn Hsm>, zpk);
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let (issuer, cards) = demo_issuer(
+        "ICBC",
+        4,
+        pins,
+        LedgerLocation::File(ledger_dir.path().join("issuer.db")),
+        Arc::new(issuer_sim::SystemClock),
+    )
+    .unwrap();
+    let sim = IssuerSim::new(Arc::new(issuer), 7);
+    let server = sim
+        .serve(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let h = Harness::with_hsm(server.local_addr(), Arc::default(), hsm, zpk).await;
+    h.store
+        .submit(vec![Record::UpsertMerchant(MerchantRow {
+            mid: OTHER_MID.into(),
+            name: "Bookshop".into(),
+            status: Status::Active,
+            mcc: "5942".into(),
+        })])
+        .unwrap()
+        .await
+        .unwrap();
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let switch = h.switch.as_ref().unwrap();
+    let web = Web::new(
+        Arc::clone(&h.store) as Arc<dyn Store>,
+        Arc::clone(&h.hsm) as Arc<dyn Hsm>,
+        Arc::clone(&h.directory),
+        Arc::new(SystemClock),
+        Arc::new(switch.back_office()) as Arc<dyn RefundExecutor>,
+    );
+    for (username, role, mid) in [
+        ("teahouse", Role::Merchant, Some(MID)),
+        ("bookshop", Role::Merchant, Some(OTHER_MID)),
+        ("ops", Role::Operator, None),
+        ("admin", Role::Admin, None),
+    ] {
+        web::create_user(
+            &web,
+            "setup",
+            NewUser {
+                username: username.to_owned(),
+                password: PASSWORD.to_owned(),
+                role,
+                mid: mid.map(str::to_owned),
+                display_name: username.to_owned(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let (stop, stop_rx) = watch::channel(false);
+    let (http, _task) = web::spawn(web.clone(), "127.0.0.1:0".parse().unwrap(), stop_rx)
+        .await
+        .unwrap();
+    Env {
+        h,
+        sim,
+        _server: server,
+        cards,
+        t,
+        stan: 1,
+        _ledger_dir: ledger_dir,
+        web,
+        http,
+        _stop: stop,
+    }
+}
+
+impl Env {
+    pub fn card(&self, label: &str) -> DemoCard {
+        self.cards
+            .iter()
+            .find(|c| c.label == label)
+            .unwrap()
+            .clone()
+    }
+
+    /// A purchase from the terminal; (response code, RRN).
+    pub async fn purchase(&mut self, card: &DemoCard, amount: u64) -> (String, String) {
+        self.stan += 1;
+        let req = Req {
+            pin: Some(card.pin().to_owned()),
+            ..Req::purchase(card.pan.expose_digits(), amount, self.stan)
+        };
+        let r = self.t.send(&req).await;
+        (r.code(), r.text(37).unwrap_or_default())
+    }
+
+    pub fn txn_id(&self, rrn: &str) -> i64 {
+        self.h.store.txn_by_rrn(rrn).unwrap().unwrap().id
+    }
+
+    /// A bearer token for `username`.
+    pub async fn token(&self, username: &str) -> String {
+        let r = request(
+            self.http,
+            "POST",
+            "/api/tokens",
+            &[("content-type", "application/json")],
+            &serde_json::json!({ "username": username, "password": PASSWORD }).to_string(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// One request on its own connection (`Connection: close`), read to the end.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    parse_response(&raw)
+}
+
+pub fn parse_response(raw: &[u8]) -> Resp {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("no header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size_text = String::from_utf8_lossy(&rest[..line_end]).into_owned();
+            let size =
+                usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+            rest = &rest[line_end + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        body = out;
+    }
+    Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// A browser-like session over raw HTTP: signs in through the login form (with its CSRF
+/// cookie) and keeps the session cookie.
+pub struct PageSession {
+    pub addr: SocketAddr,
+    pub cookie: String,
+}
+
+impl PageSession {
+    pub async fn login(addr: SocketAddr, username: &str) -> PageSession {
+        let form = request(addr, "GET", "/login", &[], "").await;
+        assert_eq!(form.status, 200);
+        let csrf_cookie = form
+            .headers_named("set-cookie")
+            .into_iter()
+            .find(|c| c.starts_with("shoudan_login_csrf="))
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let csrf = csrf_cookie.split_once('=').unwrap().1.to_owned();
+        let r = request(
+            addr,
+            "POST",
+            "/login",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("cookie", &csrf_cookie),
+            ],
+            &format!("csrf={csrf}&username={username}&password={PASSWORD}"),
+        )
+        .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        let set = r
+            .headers_named("set-cookie")
+            .into_iter()
+            .find(|c| c.starts_with("shoudan_session="))
+            .unwrap()
+            .to_owned();
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+            "{set}"
+        );
+        PageSession {
+            addr,
+            cookie: set.split(';').next().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        request(self.addr, "GET", path, &[("cookie", &self.cookie)], "").await
+    }
+
+    pub async fn post(&self, path: &str, form: &str) -> Resp {
+        request(
+            self.addr,
+            "POST",
+            path,
+            &[
+                ("cookie", &self.cookie),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            form,
+        )
+        .await
+    }
+
+    /// The CSRF token on a page's forms.
+    pub fn csrf_of(page: &str) -> String {
+        let at = page.find("name=\"csrf\" value=\"").expect("no csrf field") + 19;
+        page[at..].split('"').next().unwrap().to_owned()
+    }
+}
