@@ -50,7 +50,14 @@ fn auth_closed_loop_is_all_approvals() {
     let report = bench(&["auth", "--terminals", "4", "--duration", "2s", "--json"]);
     check_run(&report, "auth");
     assert_eq!(report["terminals"], 4);
-    assert!(report["switch_p99_us"].is_null());
+    // Measured inside the switch, without the time at the issuer: at most the client's p99
+    // (it excludes the issuer and the network), and present.
+    let switch_p99 = report["switch_p99_us"].as_u64().unwrap();
+    assert!(switch_p99 > 0, "{report}");
+    assert!(
+        switch_p99 <= report["p99_us"].as_u64().unwrap() * 2,
+        "{report}"
+    );
 }
 
 #[test]

@@ -181,6 +181,25 @@ impl HistogramSnapshot {
         Some(self.max_us)
     }
 
+    /// What was recorded since `earlier`, a snapshot of the same histogram (the maximum
+    /// stays the whole run's: an upper bound).
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        let before: HashMap<u64, u64> = earlier.buckets.iter().copied().collect();
+        HistogramSnapshot {
+            buckets: self
+                .buckets
+                .iter()
+                .filter_map(|&(upper, n)| {
+                    let n = n.saturating_sub(before.get(&upper).copied().unwrap_or(0));
+                    (n > 0).then_some((upper, n))
+                })
+                .collect(),
+            count: self.count.saturating_sub(earlier.count),
+            sum_us: self.sum_us.saturating_sub(earlier.sum_us),
+            max_us: self.max_us,
+        }
+    }
+
     /// Values recorded at or below `le_us`, for cumulative (Prometheus `le`) buckets. Exact at
     /// bucket bounds; otherwise counts the buckets whose upper bound is at or below `le_us`.
     pub fn count_le(&self, le_us: u64) -> u64 {
@@ -329,6 +348,13 @@ mod tests {
         assert!((990..=1000).contains(&p99), "{p99}");
         assert_eq!(s.quantile_us(1.0), Some(1000));
         assert_eq!(s.count_le(15), 15);
+        for us in [2_000, 3_000] {
+            h.record_us(us);
+        }
+        let later = h.snapshot().since(&s);
+        assert_eq!(later.count, 2);
+        assert_eq!(later.buckets.iter().map(|b| b.1).sum::<u64>(), 2);
+        assert!((2_000..=2_125).contains(&later.quantile_us(0.5).unwrap()));
         assert_eq!(s.count_le(u64::MAX), 1000);
     }
 
