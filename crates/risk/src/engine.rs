@@ -162,6 +162,17 @@ impl Engine {
         self.book = book;
     }
 
+    /// Adds an approved sale to a merchant's day without evaluating anything: warms the daily
+    /// totals from the journal at start, so a restart does not reset a daily limit.
+    pub fn record_sale(&mut self, mid: &str, day: i64, amount_fen: i64) {
+        if let Some(total) = self.merchant(mid) {
+            if total.day != day {
+                *total = MerchantDay { day, sales_fen: 0 };
+            }
+            total.sales_fen = total.sales_fen.saturating_add(amount_fen);
+        }
+    }
+
     /// Cards, terminals and merchants with history (for tests and metrics).
     pub fn tracked(&self) -> (usize, usize, usize) {
         (self.cards.len(), self.terminals.len(), self.merchants.len())
@@ -829,6 +840,10 @@ mod tests {
         e.observe(&answer(&declined, b"51"));
         assert_eq!(declined_by(&e.check(&sale(3, 2000, 0))), None);
         assert_eq!(declined_by(&e.check(&sale(4, 2001, 0))), Some("day"));
+        // What the journal says was sold today counts as well (a restart keeps the limit).
+        let mut warmed = engine(r#"{"id": "day", "kind": "daily-amount-max", "max_fen": 10000}"#);
+        warmed.record_sale(M, 1, 9_000);
+        assert_eq!(declined_by(&warmed.check(&sale(1, 1_001, 0))), Some("day"));
         let tomorrow = Request {
             day: 2,
             ..sale(5, 9000, 0)

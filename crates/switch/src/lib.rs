@@ -186,7 +186,11 @@ impl Switch {
             ledger.adopt(&row);
         }
         let first_trace = store.reserve("host_trace", SEQUENCE_BLOCK)?.await?;
-        let risk_gate = risk::RiskGate::load(store.as_ref(), Arc::clone(&config.risk_rules))?;
+        let risk_gate = risk::RiskGate::load(
+            store.as_ref(),
+            Arc::clone(&config.risk_rules),
+            clock.now_ms(),
+        )?;
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut links = HashMap::new();

@@ -108,11 +108,26 @@ fn load_merchants(store: &dyn Store) -> Result<HashMap<String, MerchantInfo>, St
 }
 
 impl RiskGate {
-    /// Loads the merchants; reads the store synchronously (start-up).
-    pub fn load(store: &dyn Store, book: Arc<RuleBook>) -> Result<RiskGate, StoreError> {
+    /// Loads the merchants and today's approved sales (for daily limits); reads the store
+    /// synchronously (start-up).
+    pub fn load(
+        store: &dyn Store,
+        book: Arc<RuleBook>,
+        now_ms: i64,
+    ) -> Result<RiskGate, StoreError> {
+        let mut engine = Engine::new(book);
+        if !engine.book().is_empty() {
+            let today = crate::clock::LocalTime::from_ms(now_ms);
+            for row in store.txns_since(&today.yyyymmdd())? {
+                let approved = row.response_code.as_deref() == Some("00");
+                if approved && class_of(row.kind) == TxnClass::Sale {
+                    engine.record_sale(&row.mid, today.day_number, row.amount_fen);
+                }
+            }
+        }
         Ok(RiskGate {
             merchants: RwLock::new(load_merchants(store)?),
-            engine: Mutex::new(Engine::new(book)),
+            engine: Mutex::new(engine),
             alert_ids: Sequence::new("risk_alert"),
         })
     }
