@@ -825,12 +825,16 @@ impl Core {
             fingerprint.as_ref(),
             &answer,
         );
+        let field63 = self.registered_name_field63(&ctx.terminal.mid);
         self.reply(
             ctx.frame,
             Some(&ctx.terminal),
             &answer,
             entry.rrn.as_deref(),
-            |_| Ok(()),
+            |out| match &field63 {
+                Some(text) => out.set_text(63, text).map(|_| ()),
+                None => Ok(()),
+            },
         )
     }
 

@@ -38,6 +38,9 @@ pub(crate) struct MerchantInfo {
     pub name: String,
 }
 
+/// Bytes of a merchant name in field 63 (ans..163, after the 3-byte card organisation).
+const FIELD63_NAME_LEN_MAX: usize = 160;
+
 /// The diagnosis text of a merchant that may not take cards.
 pub const MERCHANT_NOT_APPROVED: &str = "merchant not approved: complete the review";
 
@@ -212,6 +215,16 @@ impl Core {
                 hit.kind.diagnosis().key()
             ),
         })
+    }
+
+    /// Field 63 of a response: card organisation ("CUP") and the merchant's registered name, so
+    /// the receipt shows the name the acquirer knows, not one a terminal was set up to print.
+    /// Only for names a terminal can print as sent: printable ASCII (a Chinese name would need
+    /// GBK, which this host does not encode), within the field's length.
+    pub(crate) fn registered_name_field63(&self, mid: &str) -> Option<String> {
+        let name = self.risk.merchant(mid)?.name;
+        let printable = !name.is_empty() && name.bytes().all(|b| matches!(b, 0x20..=0x7E));
+        (printable && name.len() <= FIELD63_NAME_LEN_MAX).then(|| format!("CUP{name}"))
     }
 
     /// Feeds the answer of a request to the rule windows; writes the alerts it raises.

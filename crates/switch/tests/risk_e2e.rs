@@ -335,9 +335,14 @@ fn a_terminal_sending_another_merchants_mid_is_declined_and_alerted() {
                 .iter()
                 .all(|r| r.mid == MID)
         );
-        // The right MID still works.
+        // The right MID still works, and the response names the registered merchant.
         let ok = t.send(&paid_with_pin(healthy, 1_000, 3)).await;
         assert_eq!(ok.code(), "00");
+        assert_eq!(ok.text(63).as_deref(), Some("CUPTeahouse"));
+        assert_eq!(
+            w.h.switch.as_ref().unwrap().merchant_name(MID).as_deref(),
+            Some("Teahouse")
+        );
         let mut h = w.h;
         h.stop().await;
     });
