@@ -20,7 +20,6 @@ use paycrypto::{
 use serde::{Deserialize, Serialize};
 use store::{MerchantRow, Record, SqliteConfig, SqliteStore, Status, Store, Synchronous};
 use switch::{IssuerEndpoint, Switch, SwitchConfig, SwitchHandle, TerminalSpec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::CliResult;
@@ -82,7 +81,7 @@ pub struct DemoArgs {
     /// Where terminals connect (0: any free port).
     #[arg(long, default_value_t = 5800)]
     pub terminal_port: u16,
-    /// Reserved for the portal; serves /healthz only.
+    /// The merchant portal, operator console, API, /metrics and /healthz.
     #[arg(long, default_value_t = 8080)]
     pub http_port: u16,
     /// Background transactions per second from the traffic terminals (approvals, declines,
@@ -505,7 +504,10 @@ async fn run_async(args: DemoArgs) -> CliResult {
     let (stop, stop_rx) = watch::channel(false);
     let http = tokio::net::TcpListener::bind((args.listen, args.http_port)).await?;
     let http_port = http.local_addr()?.port();
-    let http_task = tokio::spawn(serve_health(http, stop_rx.clone()));
+    let switch_metrics = Arc::new(web::metrics::SwitchMetricsCell::default());
+    switch_metrics.set(env.switch.metrics());
+    let portal = portal(&env, Arc::clone(&switch_metrics)).await?;
+    let http_task = tokio::spawn(web::serve(portal, http, stop_rx.clone()));
 
     let host = args.listen.to_string();
     let fixtures = Fixtures {
@@ -525,7 +527,13 @@ async fn run_async(args: DemoArgs) -> CliResult {
 
     println!("shoudan demo running (data dir {})", dir.display());
     println!("  switch (terminals)  {addr}");
-    println!("  healthz             http://{host}:{http_port}/healthz");
+    println!("  portal and console  http://{host}:{http_port}/");
+    println!("  API (OpenAPI)       http://{host}:{http_port}/api/openapi.json");
+    println!("  metrics             http://{host}:{http_port}/metrics");
+    println!("demo users (username / password):");
+    for (username, password, role, _) in DEMO_USERS {
+        println!("  {username:<10} {password:<16} {role}");
+    }
     for i in &fixtures.issuers {
         println!("  issuer {:<12} 127.0.0.1:{}", i.bank, i.port);
     }
@@ -542,7 +550,18 @@ async fn run_async(args: DemoArgs) -> CliResult {
     println!("  shoudan audit --data-dir {}", dir.display());
     println!("Ctrl-C stops.");
 
-    wait_for_signal().await?;
+    // The switch's handle stays here (it stops the switch); the portal reads its counters
+    // from a cell refreshed once a second.
+    let refresh = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            switch_metrics.set(env.switch.metrics());
+        }
+    };
+    tokio::select! {
+        signal = wait_for_signal() => signal?,
+        () = refresh => {}
+    }
     println!("stopping");
     let _ = stop.send(true);
     if let Some(task) = traffic_task {
@@ -562,25 +581,46 @@ async fn wait_for_signal() -> std::io::Result<()> {
     }
 }
 
-/// A bare `/healthz`: enough for a load balancer or a test to see the demo is up.
-async fn serve_health(listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            accepted = listener.accept() => {
-                let Ok((mut stream, _)) = accepted else { continue };
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let n = stream.read(&mut buf).await.unwrap_or(0);
-                    let request = buf.get(..n).unwrap_or_default();
-                    let reply: &[u8] = if request.starts_with(b"GET /healthz ") {
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"
-                    } else {
-                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                    };
-                    let _ = stream.write_all(reply).await;
-                });
-            }
+/// Demo users of the portal: (username, password, role, merchant index). Demo data, printed
+/// at start by design; a real deployment creates its users through the admin API.
+const DEMO_USERS: [(&str, &str, web::Role, Option<usize>); 4] = [
+    ("teahouse", "teahouse-demo", web::Role::Merchant, Some(0)),
+    ("bookshop", "bookshop-demo", web::Role::Merchant, Some(1)),
+    ("operator", "operator-demo", web::Role::Operator, None),
+    ("admin", "admin-demo-pass", web::Role::Admin, None),
+];
+
+/// The web application over the demo's journal, with its demo users (created on first run).
+async fn portal(
+    env: &DemoEnv,
+    switch_metrics: Arc<web::metrics::SwitchMetricsCell>,
+) -> Result<web::Web, Box<dyn std::error::Error>> {
+    let portal = web::Web::new(
+        Arc::clone(&env.store) as Arc<dyn Store>,
+        Arc::clone(&env.hsm) as Arc<dyn Hsm>,
+        Arc::new(IssuerDirectory::embedded()?),
+        Arc::new(switch::SystemClock),
+        Arc::new(env.switch.back_office()),
+    )
+    .with_switch_metrics(switch_metrics);
+    for (username, password, role, merchant) in DEMO_USERS {
+        if env.store.web_user_by_name(username)?.is_some() {
+            continue;
         }
+        let merchant = merchant.and_then(|i| MERCHANTS.get(i));
+        web::create_user(
+            &portal,
+            "demo",
+            web::auth::NewUser {
+                username: username.to_owned(),
+                password: password.to_owned(),
+                role,
+                mid: merchant.map(|m| m.0.to_owned()),
+                display_name: merchant.map_or(username, |m| m.1).to_owned(),
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
     }
+    Ok(portal)
 }

@@ -43,8 +43,9 @@ pub struct Web {
     pub resolver: Resolver,
     pub cases: CaseService,
     pub metrics: Arc<metrics::HttpMetrics>,
-    /// The running switch, when this process has one: its metrics snapshot and link states.
-    pub switch: Option<Arc<switch::SwitchHandle>>,
+    /// The running switch's latest metrics snapshot, when this process has a switch; kept
+    /// fresh by whoever owns the switch (see [`metrics::SwitchMetricsCell`]).
+    pub switch_metrics: Option<Arc<metrics::SwitchMetricsCell>>,
 }
 
 impl Web {
@@ -74,13 +75,13 @@ impl Web {
             resolver,
             cases,
             metrics: Arc::new(metrics::HttpMetrics::default()),
-            switch: None,
+            switch_metrics: None,
         }
     }
 
-    /// The same, also reporting the switch's own metrics.
-    pub fn with_switch(mut self, switch: Arc<switch::SwitchHandle>) -> Web {
-        self.switch = Some(switch);
+    /// The same, reporting the switch's own metrics from `cell`.
+    pub fn with_switch_metrics(mut self, cell: Arc<metrics::SwitchMetricsCell>) -> Web {
+        self.switch_metrics = Some(cell);
         self
     }
 

@@ -28,6 +28,25 @@ const SWITCH_BUCKETS_US: [u64; 10] = [
 /// cannot grow the map.
 const HTTP_SERIES_MAX: usize = 512;
 
+/// The switch's latest snapshot. The switch's handle stays with its owner (it stops the switch);
+/// the owner refreshes this cell, e.g. once a second, and `/metrics` reads it.
+#[derive(Default)]
+pub struct SwitchMetricsCell {
+    latest: Mutex<Option<switch::MetricsSnapshot>>,
+}
+
+impl SwitchMetricsCell {
+    pub fn set(&self, snapshot: switch::MetricsSnapshot) {
+        if let Ok(mut latest) = self.latest.lock() {
+            *latest = Some(snapshot);
+        }
+    }
+
+    pub fn get(&self) -> Option<switch::MetricsSnapshot> {
+        self.latest.lock().ok().and_then(|l| l.clone())
+    }
+}
+
 /// The web layer's own counters.
 #[derive(Default)]
 pub struct HttpMetrics {
@@ -101,8 +120,8 @@ fn label(text: &str) -> String {
 /// The whole exposition.
 pub fn render(web: &Web) -> String {
     let mut out = String::new();
-    if let Some(switch) = &web.switch {
-        render_switch(&mut out, &switch.metrics());
+    if let Some(snapshot) = web.switch_metrics.as_ref().and_then(|cell| cell.get()) {
+        render_switch(&mut out, &snapshot);
     } else {
         render_store(&mut out, web);
     }
