@@ -1,0 +1,293 @@
+//! Bound settlement accounts: validation on entry (digits, Luhn for cards, BIN → bank through
+//! the issuer directory, holder name present), every change recorded, and maker-checker for a
+//! change after a payout failure (an operator other than the requester confirms it).
+
+use domain::IssuerDirectory;
+use serde::Serialize;
+use store::settlement::{
+    AccountChangeRow, AccountKind, BoundAccountRow, ChangeState, SettlementRecord,
+};
+use store::{Record, Store, StoreError};
+
+/// Card numbers are 13 to 19 digits (ISO/IEC 7812).
+pub const CARD_DIGITS_MIN: usize = 13;
+pub const CARD_DIGITS_MAX: usize = 19;
+/// Chinese bank account numbers run from 8 (old passbooks) to 32 digits (corporate accounts).
+pub const ACCOUNT_DIGITS_MIN: usize = 8;
+pub const ACCOUNT_DIGITS_MAX: usize = 32;
+/// Holder names, in characters: long enough for a company name, short enough for a bank form.
+pub const HOLDER_NAME_CHARS_MAX: usize = 60;
+/// The store counter change ids come from.
+const CHANGE_COUNTER: &str = "account_change";
+
+/// Opens and seals account numbers: they are kept sealed at rest like PANs (an HSM in
+/// production; `paycrypto::Hsm::seal` in the binary).
+pub trait Sealer: Send + Sync {
+    fn seal(&self, clear: &str) -> Result<Vec<u8>, String>;
+    fn open(&self, sealed: &[u8]) -> Result<String, String>;
+}
+
+/// What a merchant (or an operator for it) enters.
+#[derive(Clone)]
+pub struct AccountInput {
+    pub kind: AccountKind,
+    pub number: String,
+    pub holder_name: String,
+    /// Required for a bank account; for a card, if given, must be the card's issuer.
+    pub bank_code: Option<String>,
+}
+
+/// Why an account was refused or a change could not be decided.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("the account number must be digits only")]
+    NotDigits,
+    #[error("the account number has {len} digits; expected {min} to {max}")]
+    Length { len: usize, min: usize, max: usize },
+    #[error("the card number fails its check digit (Luhn): mistyped")]
+    Luhn,
+    #[error("the card's BIN is not in the issuer directory")]
+    UnknownCardBank,
+    #[error("the card is issued by {card_bank}, not {given}")]
+    BankMismatch { card_bank: String, given: String },
+    #[error("a bank account needs a known bank code")]
+    UnknownBank,
+    #[error("the holder name is missing")]
+    NameMissing,
+    #[error(
+        "the holder name is longer than {HOLDER_NAME_CHARS_MAX} characters or has control characters"
+    )]
+    NameInvalid,
+    #[error("no change {0}")]
+    NoSuchChange(i64),
+    #[error("change {0} is not waiting for confirmation")]
+    NotPending(i64),
+    #[error("the operator who confirms must not be the one who asked ({0})")]
+    SameUser(String),
+    #[error("sealing the account number failed: {0}")]
+    Seal(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a bind request led to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum BindOutcome {
+    /// In force now.
+    Active { change_id: i64, version: u32 },
+    /// After a payout failure: in force once another operator confirms it.
+    PendingConfirmation { change_id: i64 },
+}
+
+/// `622202******0123` for a card, `****` + last four for a bank account.
+pub fn mask(kind: AccountKind, digits: &str) -> String {
+    let last4 = digits.get(digits.len().saturating_sub(4)..).unwrap_or("");
+    match kind {
+        AccountKind::Card => {
+            let first6 = digits.get(..6).unwrap_or("");
+            let hidden = digits.len().saturating_sub(10);
+            format!("{first6}{}{last4}", "*".repeat(hidden))
+        }
+        AccountKind::Bank => format!("****{last4}"),
+    }
+}
+
+/// Checks an entry and returns (digits, bank code, holder name) as they will be kept.
+pub fn validate(
+    directory: &IssuerDirectory,
+    input: &AccountInput,
+) -> Result<(String, String, String), BindError> {
+    let digits: String = input.number.chars().filter(|c| *c != ' ').collect();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(BindError::NotDigits);
+    }
+    let (min, max) = match input.kind {
+        AccountKind::Card => (CARD_DIGITS_MIN, CARD_DIGITS_MAX),
+        AccountKind::Bank => (ACCOUNT_DIGITS_MIN, ACCOUNT_DIGITS_MAX),
+    };
+    if !(min..=max).contains(&digits.len()) {
+        return Err(BindError::Length {
+            len: digits.len(),
+            min,
+            max,
+        });
+    }
+    let name = input.holder_name.trim().to_owned();
+    if name.is_empty() {
+        return Err(BindError::NameMissing);
+    }
+    if name.chars().count() > HOLDER_NAME_CHARS_MAX || name.chars().any(char::is_control) {
+        return Err(BindError::NameInvalid);
+    }
+    let bank = match input.kind {
+        AccountKind::Card => {
+            if !domain::luhn_valid(digits.as_bytes()) {
+                return Err(BindError::Luhn);
+            }
+            let card_bank = directory
+                .lookup_digits(&digits)
+                .issuer
+                .map(|m| m.bank.code().to_owned())
+                .ok_or(BindError::UnknownCardBank)?;
+            if let Some(given) = &input.bank_code {
+                if given != &card_bank {
+                    return Err(BindError::BankMismatch {
+                        card_bank,
+                        given: given.clone(),
+                    });
+                }
+            }
+            card_bank
+        }
+        AccountKind::Bank => {
+            let code = input.bank_code.clone().ok_or(BindError::UnknownBank)?;
+            if directory.bank(&code).is_none() {
+                return Err(BindError::UnknownBank);
+            }
+            code
+        }
+    };
+    Ok((digits, bank, name))
+}
+
+/// Binds (or re-binds) a merchant's settlement account. In force at once, unless the current
+/// account is flagged after a payout failure: then it waits for [`confirm_change`].
+pub fn bind_account(
+    store: &dyn Store,
+    sealer: &dyn Sealer,
+    directory: &IssuerDirectory,
+    mid: &str,
+    input: &AccountInput,
+    requested_by: &str,
+    now_ms: i64,
+) -> Result<BindOutcome, BindError> {
+    let (digits, bank_code, holder_name) = validate(directory, input)?;
+    let sealed = sealer.seal(&digits).map_err(BindError::Seal)?;
+    let current = store.bound_account(mid)?;
+    let needs_check = current.as_ref().is_some_and(|a| a.needs_rebind);
+    let id = i64::try_from(store.reserve(CHANGE_COUNTER, 1)?.wait()?).map_err(|_| {
+        StoreError::Constraint {
+            message: "account change counter overflow".to_owned(),
+        }
+    })?;
+    let change = AccountChangeRow {
+        id,
+        mid: mid.to_owned(),
+        kind: input.kind,
+        number_sealed: sealed,
+        number_masked: mask(input.kind, &digits),
+        holder_name,
+        bank_code,
+        requested_by: requested_by.to_owned(),
+        requested_at_ms: now_ms,
+        state: if needs_check {
+            ChangeState::PendingConfirmation
+        } else {
+            ChangeState::Active
+        },
+        decided_by: None,
+        decided_at_ms: None,
+        note: if needs_check {
+            "re-binding after a payout failure: an operator confirms".to_owned()
+        } else {
+            String::new()
+        },
+    };
+    if needs_check {
+        store
+            .submit(vec![Record::Settlement(SettlementRecord::AccountChange(
+                change,
+            ))])?
+            .wait()?;
+        return Ok(BindOutcome::PendingConfirmation { change_id: id });
+    }
+    let version = current.map_or(1, |a| a.version.saturating_add(1));
+    let account = account_from(&change, version, now_ms);
+    store
+        .submit(vec![
+            Record::Settlement(SettlementRecord::AccountChange(change)),
+            Record::Settlement(SettlementRecord::BoundAccount(account)),
+        ])?
+        .wait()?;
+    Ok(BindOutcome::Active {
+        change_id: id,
+        version,
+    })
+}
+
+fn account_from(change: &AccountChangeRow, version: u32, now_ms: i64) -> BoundAccountRow {
+    BoundAccountRow {
+        mid: change.mid.clone(),
+        kind: change.kind,
+        number_sealed: change.number_sealed.clone(),
+        number_masked: change.number_masked.clone(),
+        holder_name: change.holder_name.clone(),
+        bank_code: change.bank_code.clone(),
+        version,
+        needs_rebind: false,
+        updated_at_ms: now_ms,
+    }
+}
+
+fn pending(store: &dyn Store, change_id: i64) -> Result<AccountChangeRow, BindError> {
+    let change = store
+        .account_change(change_id)?
+        .ok_or(BindError::NoSuchChange(change_id))?;
+    if change.state != ChangeState::PendingConfirmation {
+        return Err(BindError::NotPending(change_id));
+    }
+    Ok(change)
+}
+
+/// The checker's confirmation: puts the change in force (a new account version, the re-binding
+/// flag cleared), so held payouts go out on the next payout run. Returns the new version.
+pub fn confirm_change(
+    store: &dyn Store,
+    change_id: i64,
+    operator: &str,
+    now_ms: i64,
+) -> Result<u32, BindError> {
+    let mut change = pending(store, change_id)?;
+    if change.requested_by == operator {
+        return Err(BindError::SameUser(operator.to_owned()));
+    }
+    let version = store
+        .bound_account(&change.mid)?
+        .map_or(1, |a| a.version.saturating_add(1));
+    change.state = ChangeState::Active;
+    change.decided_by = Some(operator.to_owned());
+    change.decided_at_ms = Some(now_ms);
+    let account = account_from(&change, version, now_ms);
+    store
+        .submit(vec![
+            Record::Settlement(SettlementRecord::AccountChange(change)),
+            Record::Settlement(SettlementRecord::BoundAccount(account)),
+        ])?
+        .wait()?;
+    Ok(version)
+}
+
+/// The checker refuses a pending change; the account stays flagged.
+pub fn reject_change(
+    store: &dyn Store,
+    change_id: i64,
+    operator: &str,
+    reason: &str,
+    now_ms: i64,
+) -> Result<(), BindError> {
+    let mut change = pending(store, change_id)?;
+    if change.requested_by == operator {
+        return Err(BindError::SameUser(operator.to_owned()));
+    }
+    change.state = ChangeState::Rejected;
+    change.decided_by = Some(operator.to_owned());
+    change.decided_at_ms = Some(now_ms);
+    change.note = reason.to_owned();
+    store
+        .submit(vec![Record::Settlement(SettlementRecord::AccountChange(
+            change,
+        ))])?
+        .wait()?;
+    Ok(())
+}

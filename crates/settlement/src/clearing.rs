@@ -1,0 +1,300 @@
+//! Clearing: what each journalled transaction of a clearing date is worth to its merchant
+//! (captures − voids − refunds) and the fee on it, as immutable clearing lines, and the ledger
+//! postings that move it from the issuers' receivables to the merchants' payables.
+//!
+//! A run clears what is not cleared yet: a transaction already cleared at the right amount adds
+//! nothing, one that changed since (a late reversal) adds a line with the difference. So a second
+//! run over the same day changes nothing, and says so.
+
+use std::collections::{BTreeMap, HashMap};
+
+use domain::{CardNetwork, CardType, IssuerDirectory};
+use serde::Serialize;
+use store::settlement::{ClearingLineRow, SettleRunRow, SettlementRecord};
+use store::{Record, Store, StoreError, TxnKind, TxnRow, TxnState};
+
+use crate::fees::{CardClass, FeePlan};
+use crate::ledger::{LedgerError, Posting, accounts, posting_record};
+
+/// Digits a stored BIN is padded to before lookup (the directory matches on PAN length too;
+/// 16 is the common length, and the longest prefix wins when the length differs).
+const BIN_LOOKUP_LEN: usize = 16;
+/// Issuer name used when a row has none (never sent anywhere: an empty receivable would hide it).
+const ISSUER_UNKNOWN: &str = "UNKNOWN";
+
+/// Card class from the stored BIN, through the issuer directory, cached per BIN.
+pub struct CardClassifier<'a> {
+    directory: &'a IssuerDirectory,
+    cache: HashMap<String, CardClass>,
+}
+
+impl<'a> CardClassifier<'a> {
+    pub fn new(directory: &'a IssuerDirectory) -> Self {
+        CardClassifier {
+            directory,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Debit and prepaid cards are charged as debit, credit and semi-credit as credit; a card
+    /// outside the CUP table is foreign unless its prefix is UnionPay's (a domestic bank our
+    /// table lacks: charged as debit, the merchant's cheaper assumption).
+    pub fn classify(&mut self, bin: &str) -> CardClass {
+        if let Some(class) = self.cache.get(bin) {
+            return *class;
+        }
+        let mut digits = bin.to_owned();
+        while digits.len() < BIN_LOOKUP_LEN {
+            digits.push('0');
+        }
+        let lookup = self.directory.lookup_digits(&digits);
+        let class = match lookup.issuer {
+            Some(found) => match found.card_type {
+                CardType::Debit | CardType::Prepaid => CardClass::DomesticDebit,
+                CardType::Credit | CardType::SemiCredit => CardClass::DomesticCredit,
+            },
+            None if lookup.network == CardNetwork::DomesticCup => CardClass::DomesticDebit,
+            None => CardClass::Foreign,
+        };
+        self.cache.insert(bin.to_owned(), class);
+        class
+    }
+}
+
+/// What a transaction should have cleared: (signed amount, signed fee), or `None` if it moves
+/// no money. States as in the terminal totals: approved and later voided/completed count,
+/// declined, failed, timed-out, in-doubt and reversed ones do not.
+pub fn cleared_value(row: &TxnRow, class: CardClass, plan: &FeePlan) -> Option<(i64, i64)> {
+    let counted = !matches!(
+        row.state,
+        TxnState::InFlight
+            | TxnState::Declined
+            | TxnState::TimedOut
+            | TxnState::Failed
+            | TxnState::Reversed
+    );
+    let amount = row.amount_fen.max(0);
+    let value = match row.kind {
+        TxnKind::Purchase | TxnKind::Completion => (amount, plan.fee(class, amount)),
+        TxnKind::PurchaseVoid | TxnKind::CompletionVoid => (-amount, -plan.fee(class, amount)),
+        TxnKind::Refund => (-amount, 0),
+        TxnKind::BalanceInquiry | TxnKind::PreAuth | TxnKind::PreAuthVoid | TxnKind::Reversal => {
+            return None;
+        }
+    };
+    Some(if counted { value } else { (0, 0) })
+}
+
+/// The outcome of clearing a set of rows against what was cleared before.
+#[derive(Debug, Default)]
+pub struct Clearing {
+    pub lines: Vec<ClearingLineRow>,
+    pub postings: Vec<Posting>,
+}
+
+/// Clears `rows` of `clearing_date`: new lines for what changed against `existing` lines, and
+/// one posting per merchant (receivable per issuer ← payable gross; payable → fee income).
+pub fn clear(
+    rows: &[TxnRow],
+    existing: &[ClearingLineRow],
+    plans: &HashMap<String, FeePlan>,
+    classifier: &mut CardClassifier<'_>,
+    clearing_date: &str,
+    run_at_ms: i64,
+) -> Result<Clearing, LedgerError> {
+    // txn id -> (amount, fee, last seq) already cleared.
+    let mut before: HashMap<i64, (i64, i64, u32)> = HashMap::with_capacity(existing.len());
+    for l in existing {
+        let e = before.entry(l.txn_id).or_insert((0, 0, 0));
+        e.0 += l.amount_fen;
+        e.1 += l.fee_fen;
+        e.2 = e.2.max(l.seq);
+    }
+    let default_plan = FeePlan::default();
+    let mut lines = Vec::new();
+    // mid -> (issuer -> gross, fee)
+    let mut per_merchant: BTreeMap<&str, (BTreeMap<&str, i64>, i64)> = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.clearing_date == clearing_date) {
+        let bin = row.pan.as_ref().map_or("", |p| p.bin.as_str());
+        let class = classifier.classify(bin);
+        let plan = plans.get(&row.mid).unwrap_or(&default_plan);
+        let Some((amount, fee)) = cleared_value(row, class, plan) else {
+            continue;
+        };
+        let (done_amount, done_fee, seq) = before.get(&row.id).copied().unwrap_or((0, 0, 0));
+        let (amount, fee) = (amount - done_amount, fee - done_fee);
+        if amount == 0 && fee == 0 {
+            continue;
+        }
+        let issuer = row.issuer.as_deref().unwrap_or(ISSUER_UNKNOWN);
+        let slot = per_merchant.entry(row.mid.as_str()).or_default();
+        *slot.0.entry(issuer).or_insert(0) += amount;
+        slot.1 += fee;
+        lines.push(ClearingLineRow {
+            txn_id: row.id,
+            seq: seq + 1,
+            mid: row.mid.clone(),
+            clearing_date: clearing_date.to_owned(),
+            kind: row.kind,
+            card_class: class.as_str().to_owned(),
+            issuer: issuer.to_owned(),
+            amount_fen: amount,
+            fee_fen: fee,
+            run_at_ms,
+        });
+    }
+    let mut postings = Vec::with_capacity(per_merchant.len());
+    for (mid, (issuers, fee)) in per_merchant {
+        let payable = accounts::merchant_payable(mid);
+        let gross: i64 = issuers.values().sum();
+        let mut legs: Vec<(String, i64)> = issuers
+            .into_iter()
+            .map(|(issuer, amount)| (accounts::issuer_receivable(issuer), amount))
+            .collect();
+        legs.push((payable.clone(), -gross));
+        legs.push((payable, fee));
+        legs.push((accounts::FEE_INCOME.to_owned(), -fee));
+        let reference = format!("clear:{clearing_date}:{mid}");
+        match Posting::new("clearing", reference, clearing_date, legs) {
+            Ok(p) => postings.push(p),
+            // Everything netted to zero (e.g. a purchase and its void): nothing to post.
+            Err(LedgerError::Legs { legs: 0, .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Clearing { lines, postings })
+}
+
+/// Why a settle run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error("not a date: {0} (YYYYMMDD or YYYY-MM-DD)")]
+    BadDate(String),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One merchant's clearing for a date (every run so far together).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MerchantClearing {
+    pub mid: String,
+    pub captures_fen: i64,
+    pub voids_fen: i64,
+    pub refunds_fen: i64,
+    pub fees_fen: i64,
+    /// captures − voids − refunds − fees: what the merchant is owed for the day.
+    pub net_fen: i64,
+    pub transactions: u64,
+}
+
+/// What `settle_date` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct SettleReport {
+    pub clearing_date: String,
+    /// False when everything was already cleared: the run wrote nothing.
+    pub changed: bool,
+    pub run_no: Option<u32>,
+    pub new_lines: u64,
+    pub new_postings: u64,
+    pub merchants: Vec<MerchantClearing>,
+}
+
+/// Sums clearing lines per merchant.
+pub fn merchant_totals(lines: &[ClearingLineRow]) -> Vec<MerchantClearing> {
+    let mut by_mid: BTreeMap<&str, MerchantClearing> = BTreeMap::new();
+    let mut counted: HashMap<i64, ()> = HashMap::new();
+    for l in lines {
+        let m = by_mid
+            .entry(l.mid.as_str())
+            .or_insert_with(|| MerchantClearing {
+                mid: l.mid.clone(),
+                ..MerchantClearing::default()
+            });
+        match l.kind {
+            TxnKind::Purchase | TxnKind::Completion => m.captures_fen += l.amount_fen,
+            TxnKind::PurchaseVoid | TxnKind::CompletionVoid => m.voids_fen -= l.amount_fen,
+            TxnKind::Refund => m.refunds_fen -= l.amount_fen,
+            TxnKind::BalanceInquiry
+            | TxnKind::PreAuth
+            | TxnKind::PreAuthVoid
+            | TxnKind::Reversal => {}
+        }
+        m.fees_fen += l.fee_fen;
+        m.net_fen += l.amount_fen - l.fee_fen;
+        if counted.insert(l.txn_id, ()).is_none() {
+            m.transactions += 1;
+        }
+    }
+    by_mid.into_values().collect()
+}
+
+/// Clears one clearing date from the journal and posts it, idempotently.
+pub fn settle_date(
+    store: &dyn Store,
+    directory: &IssuerDirectory,
+    clearing_date: &str,
+    now_ms: i64,
+) -> Result<SettleReport, SettleError> {
+    let date = crate::dates::normalise(clearing_date)
+        .ok_or_else(|| SettleError::BadDate(clearing_date.to_owned()))?;
+    let rows: Vec<TxnRow> = store
+        .txns_since(&date)?
+        .into_iter()
+        .filter(|r| r.clearing_date == date)
+        .collect();
+    let existing = store.clearing_lines(&date)?;
+    let mut plans = HashMap::new();
+    for row in &rows {
+        if !plans.contains_key(&row.mid) {
+            if let Some(terms) = store.settlement_terms(&row.mid)? {
+                plans.insert(row.mid.clone(), FeePlan::from_row(&terms));
+            }
+        }
+    }
+    let mut classifier = CardClassifier::new(directory);
+    let cleared = clear(&rows, &existing, &plans, &mut classifier, &date, now_ms)?;
+    if cleared.lines.is_empty() {
+        return Ok(SettleReport {
+            clearing_date: date,
+            changed: false,
+            run_no: None,
+            new_lines: 0,
+            new_postings: 0,
+            merchants: merchant_totals(&existing),
+        });
+    }
+    let run_no = u32::try_from(store.settle_runs(Some(&date))?.len())
+        .unwrap_or(u32::MAX)
+        .saturating_add(1);
+    let new_lines = u64::try_from(cleared.lines.len()).unwrap_or(u64::MAX);
+    let new_postings = u64::try_from(cleared.postings.len()).unwrap_or(u64::MAX);
+    let run = SettleRunRow {
+        clearing_date: date.clone(),
+        run_no,
+        at_ms: now_ms,
+        lines: new_lines,
+        gross_fen: cleared.lines.iter().map(|l| l.amount_fen).sum(),
+        fee_fen: cleared.lines.iter().map(|l| l.fee_fen).sum(),
+        postings: new_postings,
+    };
+    let mut all = existing;
+    all.extend(cleared.lines.iter().cloned());
+    let mut records = vec![
+        Record::Settlement(SettlementRecord::ClearingLines(cleared.lines)),
+        Record::Settlement(SettlementRecord::SettleRun(run)),
+    ];
+    if let Some(postings) = posting_record(store, cleared.postings, now_ms)? {
+        records.push(postings);
+    }
+    store.submit(records)?.wait()?;
+    Ok(SettleReport {
+        clearing_date: date,
+        changed: true,
+        run_no: Some(run_no),
+        new_lines,
+        new_postings,
+        merchants: merchant_totals(&all),
+    })
+}

@@ -1,0 +1,29 @@
+//! Settlement: clearing of the journal per merchant and clearing date with fee plans, the
+//! double-entry ledger, bound settlement accounts, T+n payouts through a bank adapter, and
+//! reconciliation against issuers' clearing files. No network IO: the store and the bank
+//! adapter are passed in.
+#![forbid(unsafe_code)]
+
+pub mod accounts;
+pub mod clearing;
+pub mod dates;
+pub mod fees;
+pub mod ledger;
+pub mod payout;
+pub mod reconcile;
+
+pub use accounts::{
+    AccountInput, BindError, BindOutcome, Sealer, bind_account, confirm_change, reject_change,
+};
+pub use clearing::{
+    CardClassifier, Clearing, MerchantClearing, SettleError, SettleReport, clear, settle_date,
+};
+pub use fees::{CardClass, FeePlan};
+pub use ledger::{LedgerAudit, LedgerError, Posting, accounts as ledger_accounts, audit};
+pub use payout::{
+    PayoutBank, PayoutError, PayoutInstruction, PayoutRunReport, SimBank, SimBehaviour, run_payouts,
+};
+pub use reconcile::{
+    FindingKind, IssuerClearingRow, ReconFinding, ReconReport, ReconcileError, parse_clearing_csv,
+    reconcile,
+};

@@ -1,0 +1,536 @@
+//! Payouts: one per merchant and payout day (key `MID:YYYYMMDD`), T+n after clearing, sent
+//! through a [`PayoutBank`]. The key and the per-attempt bank reference (`key#n`) make a rerun
+//! or a crash harmless: a bank reference is paid at most once, a payout succeeds at most once.
+//! Permanent failures hold the funds and flag the account for re-binding; transient ones retry
+//! with backoff; a confirmed re-binding releases the held payout. [`SimBank`] is the embedded
+//! bank with the real failure modes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use domain::{PayoutFailure, diagnose_payout};
+use serde::Serialize;
+use store::settlement::{PayoutEventRow, PayoutRow, PayoutState, SettlementRecord};
+use store::{Record, Store, StoreError};
+
+use crate::accounts::Sealer;
+use crate::fees::{FeePlan, PAYOUT_DELAY_DAYS_MAX};
+use crate::ledger::{LedgerError, Posting, accounts, posting_record};
+
+/// Transient failures back off from the first delay, doubling, up to the last.
+pub const RETRY_BACKOFF_FIRST_MS: i64 = 60_000;
+pub const RETRY_BACKOFF_LAST_MS: i64 = 3_600_000;
+/// Payouts looked at per run at most (one per merchant and day: far above a day's merchants).
+pub const PAYOUTS_PER_RUN_MAX: u32 = 10_000;
+/// The store counter payout event ids come from.
+const EVENT_COUNTER: &str = "payout_event";
+
+/// What the bank is asked to do. The account number is clear only here, in memory.
+pub struct PayoutInstruction<'a> {
+    /// Unique per attempt; a bank pays one reference at most once.
+    pub reference: &'a str,
+    pub account_number: &'a str,
+    pub holder_name: &'a str,
+    pub bank_code: &'a str,
+    pub amount_fen: i64,
+}
+
+/// A bank that pays merchants. Implementations must treat a repeated reference as the same
+/// payment (answer as before, never pay twice).
+pub trait PayoutBank: Send + Sync {
+    /// `Ok(bank transaction id)` once the bank accepted the payment.
+    fn pay(&self, instruction: &PayoutInstruction<'_>) -> Result<String, PayoutFailure>;
+    /// References of payments accepted earlier and returned by the bank by `today`, each
+    /// reported once.
+    fn returns(&self, today: &str) -> Vec<String>;
+}
+
+/// Failures that no retry will cure: the merchant (or the bank's customer service) must act.
+pub fn is_permanent(failure: PayoutFailure) -> bool {
+    !matches!(failure, PayoutFailure::BankSystemError)
+}
+
+/// How a simulated account behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SimBehaviour {
+    Normal,
+    /// The bank has no such account.
+    InvalidAccount,
+    Frozen,
+    ClosedOrLost,
+    /// Payments above this are refused.
+    LimitFen(i64),
+    /// The next `n` attempts fail with a bank system error, then it works.
+    SystemErrors(u32),
+    /// Accepted, then returned `n` days later.
+    ReturnAfterDays(u32),
+}
+
+#[derive(Default)]
+struct SimState {
+    behaviour: HashMap<String, SimBehaviour>,
+    /// Account number -> the holder name the bank has on file (checked when present).
+    holders: HashMap<String, String>,
+    answers: HashMap<String, Result<String, PayoutFailure>>,
+    credited: HashMap<String, i64>,
+    payments: HashMap<String, u32>,
+    /// (reference, account, amount, day the return shows) not reported yet.
+    returns_due: Vec<(String, String, i64, String)>,
+    next_id: u64,
+    today: String,
+}
+
+/// The embedded bank: accounts behave normally unless configured otherwise.
+#[derive(Default)]
+pub struct SimBank {
+    state: Mutex<SimState>,
+}
+
+impl SimBank {
+    pub fn new() -> Self {
+        SimBank::default()
+    }
+
+    pub fn set_behaviour(&self, account_number: &str, behaviour: SimBehaviour) {
+        if let Ok(mut s) = self.state.lock() {
+            s.behaviour.insert(account_number.to_owned(), behaviour);
+        }
+    }
+
+    /// The name the bank has for an account: a different holder name is refused.
+    pub fn set_holder(&self, account_number: &str, name: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.holders.insert(account_number.to_owned(), name.to_owned());
+        }
+    }
+
+    /// The bank's business day, for returns scheduled `n` days after acceptance.
+    pub fn set_today(&self, today: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.today = today.to_owned();
+        }
+    }
+
+    /// Money credited to an account so far (returns taken back).
+    pub fn credited(&self, account_number: &str) -> i64 {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.credited.get(account_number).copied())
+            .unwrap_or(0)
+    }
+
+    /// Payments accepted to an account (a repeated reference counts once).
+    pub fn payments(&self, account_number: &str) -> u32 {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.payments.get(account_number).copied())
+            .unwrap_or(0)
+    }
+}
+
+impl PayoutBank for SimBank {
+    fn pay(&self, i: &PayoutInstruction<'_>) -> Result<String, PayoutFailure> {
+        let Ok(mut s) = self.state.lock() else {
+            return Err(PayoutFailure::BankSystemError);
+        };
+        if let Some(answer) = s.answers.get(i.reference) {
+            return answer.clone();
+        }
+        let behaviour = s
+            .behaviour
+            .get(i.account_number)
+            .cloned()
+            .unwrap_or(SimBehaviour::Normal);
+        let name_ok = s
+            .holders
+            .get(i.account_number)
+            .is_none_or(|n| n == i.holder_name);
+        let answer = match behaviour {
+            SimBehaviour::InvalidAccount => Err(PayoutFailure::InvalidAccountNumber),
+            _ if !name_ok => Err(PayoutFailure::HolderNameMismatch),
+            SimBehaviour::Frozen => Err(PayoutFailure::AccountFrozen),
+            SimBehaviour::ClosedOrLost => Err(PayoutFailure::AccountClosedOrLost),
+            SimBehaviour::LimitFen(limit) if i.amount_fen > limit => {
+                Err(PayoutFailure::OverAccountLimit)
+            }
+            SimBehaviour::SystemErrors(n) if n > 0 => {
+                s.behaviour.insert(
+                    i.account_number.to_owned(),
+                    SimBehaviour::SystemErrors(n - 1),
+                );
+                // A system error is not remembered: the same reference may be tried again.
+                return Err(PayoutFailure::BankSystemError);
+            }
+            SimBehaviour::Normal
+            | SimBehaviour::LimitFen(_)
+            | SimBehaviour::SystemErrors(_)
+            | SimBehaviour::ReturnAfterDays(_) => {
+                s.next_id += 1;
+                Ok(format!("SIM{:010}", s.next_id))
+            }
+        };
+        if answer.is_ok() {
+            *s.credited.entry(i.account_number.to_owned()).or_insert(0) += i.amount_fen;
+            *s.payments.entry(i.account_number.to_owned()).or_insert(0) += 1;
+            if let SimBehaviour::ReturnAfterDays(days) = behaviour {
+                let due = crate::dates::add_days(&s.today, i64::from(days))
+                    .unwrap_or_else(|| s.today.clone());
+                s.returns_due.push((
+                    i.reference.to_owned(),
+                    i.account_number.to_owned(),
+                    i.amount_fen,
+                    due,
+                ));
+            }
+        }
+        s.answers.insert(i.reference.to_owned(), answer.clone());
+        answer
+    }
+
+    fn returns(&self, today: &str) -> Vec<String> {
+        let Ok(mut s) = self.state.lock() else {
+            return Vec::new();
+        };
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut s.returns_due)
+            .into_iter()
+            .partition(|(_, _, _, day)| day.as_str() <= today);
+        s.returns_due = later;
+        due.into_iter()
+            .map(|(reference, account, amount, _)| {
+                *s.credited.entry(account).or_insert(0) -= amount;
+                reference
+            })
+            .collect()
+    }
+}
+
+/// Why a payout run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PayoutError {
+    #[error("not a date: {0}")]
+    BadDate(String),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What one run did, per payout touched.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PayoutRunReport {
+    pub payout_date: String,
+    pub created: Vec<String>,
+    pub sent: Vec<String>,
+    pub retrying: Vec<String>,
+    pub held: Vec<String>,
+    pub returned: Vec<String>,
+    pub released: Vec<String>,
+    /// Merchants with money due and no usable account (none bound, or waiting for re-binding).
+    pub waiting_for_account: Vec<String>,
+}
+
+struct Run<'a> {
+    store: &'a dyn Store,
+    now_ms: i64,
+}
+
+impl Run<'_> {
+    fn event(
+        &self,
+        payout: &PayoutRow,
+        kind: &str,
+        failure: Option<PayoutFailure>,
+        detail: String,
+    ) -> Result<Record, StoreError> {
+        let id = i64::try_from(self.store.reserve(EVENT_COUNTER, 1)?.wait()?).unwrap_or(i64::MAX);
+        Ok(Record::Settlement(SettlementRecord::PayoutEvent(
+            PayoutEventRow {
+                id,
+                at_ms: self.now_ms,
+                mid: payout.mid.clone(),
+                payout_key: payout.key.clone(),
+                kind: kind.to_owned(),
+                failure: failure.map(|f| f.key().to_owned()),
+                detail,
+            },
+        )))
+    }
+
+    /// Writes the payout row, an event and a ledger transfer in one commit.
+    fn commit(
+        &self,
+        payout: PayoutRow,
+        event: Record,
+        transfer: Option<(&str, String, String)>,
+        extra: Vec<Record>,
+    ) -> Result<(), PayoutError> {
+        let mut records = extra;
+        if let Some((kind, debit, credit)) = transfer {
+            let posting = Posting::transfer(
+                kind,
+                payout.key.clone(),
+                &payout.cutoff_date,
+                debit,
+                credit,
+                payout.amount_fen,
+            )?;
+            if let Some(r) = posting_record(self.store, vec![posting], self.now_ms)? {
+                records.push(r);
+            }
+        }
+        records.push(event);
+        records.push(Record::Settlement(SettlementRecord::Payout(payout)));
+        self.store.submit(records)?.wait()?;
+        Ok(())
+    }
+}
+
+fn backoff_ms(attempts: u32) -> i64 {
+    let shift = attempts.saturating_sub(1).min(16);
+    RETRY_BACKOFF_FIRST_MS
+        .saturating_mul(1_i64 << shift)
+        .min(RETRY_BACKOFF_LAST_MS)
+}
+
+fn failure_text(failure: PayoutFailure) -> String {
+    let d = diagnose_payout(failure);
+    format!("{} / {}", d.title.en, d.title.zh)
+}
+
+/// One payout run for `today` (`YYYYMMDD`): returns reported by the bank, held payouts released
+/// after a confirmed re-binding, new payouts for what cleared by `today − delay`, and every due
+/// payout sent. Safe to run as often as one likes.
+pub fn run_payouts(
+    store: &dyn Store,
+    bank: &dyn PayoutBank,
+    sealer: &dyn Sealer,
+    today: &str,
+    now_ms: i64,
+) -> Result<PayoutRunReport, PayoutError> {
+    let today = crate::dates::normalise(today).ok_or_else(|| PayoutError::BadDate(today.into()))?;
+    let run = Run { store, now_ms };
+    let mut report = PayoutRunReport {
+        payout_date: today.clone(),
+        ..PayoutRunReport::default()
+    };
+
+    // 1. Returns: the money came back; hold it and ask for a new account.
+    for reference in bank.returns(&today) {
+        let key = reference.split('#').next().unwrap_or("");
+        let Some(mut payout) = store.payout(key)? else {
+            continue;
+        };
+        if payout.state != PayoutState::Sent {
+            continue;
+        }
+        payout.state = PayoutState::Held;
+        payout.failure = Some(PayoutFailure::ReturnedLater.key().to_owned());
+        payout.updated_at_ms = now_ms;
+        let event = run.event(
+            &payout,
+            "returned",
+            Some(PayoutFailure::ReturnedLater),
+            failure_text(PayoutFailure::ReturnedLater),
+        )?;
+        let flag = flag_account(store, &payout.mid, now_ms)?;
+        report.returned.push(payout.key.clone());
+        let mid = payout.mid.clone();
+        run.commit(
+            payout,
+            event,
+            Some((
+                "payout_returned",
+                accounts::BANK.to_owned(),
+                accounts::held(&mid),
+            )),
+            flag,
+        )?;
+    }
+
+    // 2. Release held payouts whose merchant re-bound (confirmed) since they failed.
+    for mut payout in store.payouts(None, Some(PayoutState::Held), PAYOUTS_PER_RUN_MAX)? {
+        let Some(account) = store.bound_account(&payout.mid)? else {
+            continue;
+        };
+        if account.needs_rebind || account.version <= payout.account_version {
+            continue;
+        }
+        payout.state = PayoutState::Pending;
+        payout.next_attempt_ms = now_ms;
+        payout.account_version = account.version;
+        payout.account_masked = account.number_masked.clone();
+        payout.updated_at_ms = now_ms;
+        let event = run.event(
+            &payout,
+            "released",
+            None,
+            format!("re-bound to {}", account.number_masked),
+        )?;
+        report.released.push(payout.key.clone());
+        let mid = payout.mid.clone();
+        run.commit(
+            payout,
+            event,
+            Some((
+                "payout_released",
+                accounts::held(&mid),
+                accounts::payouts_in_flight(&mid),
+            )),
+            Vec::new(),
+        )?;
+    }
+
+    // 3. Today's payouts: what cleared up to today − delay and is still payable.
+    for merchant in store.merchants()? {
+        let key = format!("{}:{today}", merchant.mid);
+        if store.payout(&key)?.is_some() {
+            continue;
+        }
+        let delay = store
+            .settlement_terms(&merchant.mid)?
+            .map_or(FeePlan::default().payout_delay_days, |t| {
+                t.payout_delay_days.min(PAYOUT_DELAY_DAYS_MAX)
+            });
+        let Some(cutoff) = crate::dates::add_days(&today, -i64::from(delay)) else {
+            continue;
+        };
+        let due = store
+            .ledger_balance(&accounts::merchant_payable(&merchant.mid), Some(&cutoff))?
+            .saturating_neg();
+        if due <= 0 {
+            continue;
+        }
+        let account = match store.bound_account(&merchant.mid)? {
+            Some(a) if !a.needs_rebind => a,
+            _ => {
+                report.waiting_for_account.push(merchant.mid.clone());
+                continue;
+            }
+        };
+        let payout = PayoutRow {
+            key: key.clone(),
+            mid: merchant.mid.clone(),
+            payout_date: today.clone(),
+            cutoff_date: cutoff,
+            amount_fen: due,
+            state: PayoutState::Pending,
+            attempts: 0,
+            next_attempt_ms: now_ms,
+            account_version: account.version,
+            account_masked: account.number_masked.clone(),
+            bank_reference: None,
+            failure: None,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        };
+        let event = run.event(&payout, "created", None, format!("{due} fen"))?;
+        report.created.push(key);
+        let mid = payout.mid.clone();
+        run.commit(
+            payout,
+            event,
+            Some((
+                "payout",
+                accounts::merchant_payable(&mid),
+                accounts::payouts_in_flight(&mid),
+            )),
+            Vec::new(),
+        )?;
+    }
+
+    // 4. Send what is due.
+    for mut payout in store.payouts(None, Some(PayoutState::Pending), PAYOUTS_PER_RUN_MAX)? {
+        if payout.next_attempt_ms > now_ms {
+            continue;
+        }
+        let Some(account) = store.bound_account(&payout.mid)? else {
+            continue;
+        };
+        if account.needs_rebind {
+            continue;
+        }
+        let Ok(number) = sealer.open(&account.number_sealed) else {
+            continue;
+        };
+        // The reference of the attempt being made: persisted attempts + 1, so a crash before
+        // the answer is written resends the same reference and the bank answers as before.
+        let attempt = payout.attempts.saturating_add(1);
+        let reference = format!("{}#{attempt}", payout.key);
+        let answer = bank.pay(&PayoutInstruction {
+            reference: &reference,
+            account_number: &number,
+            holder_name: &account.holder_name,
+            bank_code: &account.bank_code,
+            amount_fen: payout.amount_fen,
+        });
+        drop(number);
+        payout.attempts = attempt;
+        payout.updated_at_ms = now_ms;
+        payout.account_version = account.version;
+        payout.account_masked = account.number_masked.clone();
+        let mid = payout.mid.clone();
+        match answer {
+            Ok(bank_id) => {
+                payout.state = PayoutState::Sent;
+                payout.bank_reference = Some(reference);
+                payout.failure = None;
+                let event = run.event(
+                    &payout,
+                    "sent",
+                    None,
+                    format!("to {} ({bank_id})", account.number_masked),
+                )?;
+                report.sent.push(payout.key.clone());
+                run.commit(
+                    payout,
+                    event,
+                    Some((
+                        "payout_sent",
+                        accounts::payouts_in_flight(&mid),
+                        accounts::BANK.to_owned(),
+                    )),
+                    Vec::new(),
+                )?;
+            }
+            Err(failure) if !is_permanent(failure) => {
+                payout.next_attempt_ms = now_ms.saturating_add(backoff_ms(attempt));
+                payout.failure = Some(failure.key().to_owned());
+                let event = run.event(&payout, "retry", Some(failure), failure_text(failure))?;
+                report.retrying.push(payout.key.clone());
+                run.commit(payout, event, None, Vec::new())?;
+            }
+            Err(failure) => {
+                payout.state = PayoutState::Held;
+                payout.failure = Some(failure.key().to_owned());
+                let event = run.event(&payout, "failed", Some(failure), failure_text(failure))?;
+                let flag = flag_account(store, &mid, now_ms)?;
+                report.held.push(payout.key.clone());
+                run.commit(
+                    payout,
+                    event,
+                    Some((
+                        "payout_held",
+                        accounts::payouts_in_flight(&mid),
+                        accounts::held(&mid),
+                    )),
+                    flag,
+                )?;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The record that flags a merchant's account for re-binding (none if it has no account).
+fn flag_account(store: &dyn Store, mid: &str, now_ms: i64) -> Result<Vec<Record>, StoreError> {
+    Ok(store
+        .bound_account(mid)?
+        .map(|mut a| {
+            a.needs_rebind = true;
+            a.updated_at_ms = now_ms;
+            vec![Record::Settlement(SettlementRecord::BoundAccount(a))]
+        })
+        .unwrap_or_default())
+}

@@ -1,0 +1,249 @@
+//! Reconciliation: an issuer's daily clearing file (issuer-sim's `clearing::write_csv` format)
+//! matched by RRN against the journal: matched, approved at the issuer but missing or reversed
+//! here, present here but unknown to the issuer, amounts that differ, each with its action.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use store::{TxnKind, TxnRow, TxnState};
+
+/// Rows one clearing file may have; a bigger file is refused rather than read into memory.
+pub const CLEARING_ROWS_MAX: usize = 5_000_000;
+
+/// One row of an issuer's clearing file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IssuerClearingRow {
+    pub rrn: String,
+    pub kind: String,
+    pub amount_fen: i64,
+    pub state: String,
+    pub original_rrn: Option<String>,
+    pub day: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("clearing file: missing column {0}")]
+    MissingColumn(&'static str),
+    #[error("clearing file line {line}: {problem}")]
+    BadRow { line: usize, problem: String },
+    #[error("clearing file has more than {CLEARING_ROWS_MAX} rows")]
+    TooLarge,
+}
+
+/// Parses the CSV by its header's column names.
+pub fn parse_clearing_csv(text: &str) -> Result<Vec<IssuerClearingRow>, ReconcileError> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let col = |name: &'static str| {
+        header
+            .iter()
+            .position(|h| h.trim() == name)
+            .ok_or(ReconcileError::MissingColumn(name))
+    };
+    let (rrn, kind, amount, state, original, day) = (
+        col("rrn")?,
+        col("type")?,
+        col("amount")?,
+        col("state")?,
+        col("original_rrn")?,
+        col("day")?,
+    );
+    let mut rows = Vec::new();
+    for (n, line) in lines.enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if rows.len() >= CLEARING_ROWS_MAX {
+            return Err(ReconcileError::TooLarge);
+        }
+        let cells: Vec<&str> = line.split(',').collect();
+        let cell = |i: usize| cells.get(i).map(|c| c.trim()).unwrap_or("");
+        let amount_fen = cell(amount)
+            .parse::<i64>()
+            .map_err(|_| ReconcileError::BadRow {
+                line: n + 2,
+                problem: format!("amount {:?}", cell(amount)),
+            })?;
+        rows.push(IssuerClearingRow {
+            rrn: cell(rrn).to_owned(),
+            kind: cell(kind).to_owned(),
+            amount_fen,
+            state: cell(state).to_owned(),
+            original_rrn: Some(cell(original).to_owned()).filter(|o| !o.is_empty()),
+            day: cell(day).to_owned(),
+        });
+    }
+    Ok(rows)
+}
+
+/// What kind of difference a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// The issuer approved it (and still counts it); the journal has no counted transaction.
+    MissingHere,
+    /// The journal counts it; the issuer has no approval (or reversed it).
+    UnknownToIssuer,
+    AmountDiffers,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ReconFinding {
+    pub kind: FindingKind,
+    pub issuer: String,
+    pub rrn: String,
+    pub txn_kind: String,
+    pub txn_id: Option<i64>,
+    pub issuer_amount_fen: Option<i64>,
+    pub journal_amount_fen: Option<i64>,
+    pub issuer_state: Option<String>,
+    pub journal_state: Option<String>,
+    /// What to do about it.
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReconReport {
+    pub clearing_date: String,
+    pub issuer_rows: usize,
+    pub journal_rows: usize,
+    pub matched: usize,
+    pub findings: Vec<ReconFinding>,
+}
+
+const MONEY_KINDS: [&str; 5] = [
+    "purchase",
+    "purchase_void",
+    "refund",
+    "completion",
+    "completion_void",
+];
+
+fn issuer_counts(row: &IssuerClearingRow) -> bool {
+    !matches!(
+        row.state.as_str(),
+        "declined" | "reversed" | "reversed_unseen"
+    )
+}
+
+fn journal_counts(row: &TxnRow) -> bool {
+    matches!(
+        row.kind,
+        TxnKind::Purchase
+            | TxnKind::PurchaseVoid
+            | TxnKind::Refund
+            | TxnKind::Completion
+            | TxnKind::CompletionVoid
+    ) && !matches!(
+        row.state,
+        TxnState::InFlight
+            | TxnState::Declined
+            | TxnState::TimedOut
+            | TxnState::Failed
+            | TxnState::Reversed
+    )
+}
+
+const ACTION_MISSING: &str = "The issuer debited the cardholder but the journal has no record: \
+     send a reversal to the issuer so the cardholder gets the money back (or, if the merchant \
+     holds a signed receipt, record the capture by hand).";
+const ACTION_REVERSED_HERE: &str = "Reversed here but still counted at the issuer: resend the \
+     reversal (store-and-forward) until the issuer acknowledges it.";
+const ACTION_UNKNOWN: &str = "Cleared to the merchant but unknown to the issuer: hold the amount \
+     from the merchant's payout and ask the issuer for its record; if it never approved, post a \
+     correction.";
+const ACTION_AMOUNT: &str = "Amounts differ: clear the issuer's amount, post a correction for \
+     the difference, and check the terminal's amount entry.";
+
+/// Matches one issuer's clearing file for `clearing_date` with the journal. `journal` holds the
+/// journal rows of that issuer around the date (a row near the cut-over may carry the next or
+/// previous clearing date); only rows of `clearing_date` itself can be unknown to the issuer.
+pub fn reconcile(
+    issuer: &str,
+    clearing_date: &str,
+    issuer_rows: &[IssuerClearingRow],
+    journal: &[TxnRow],
+) -> ReconReport {
+    let by_rrn: HashMap<&str, &TxnRow> = journal
+        .iter()
+        .filter(|r| r.kind != TxnKind::Reversal)
+        .filter_map(|r| r.rrn.as_deref().map(|rrn| (rrn, r)))
+        .collect();
+    let issuer_money: Vec<&IssuerClearingRow> = issuer_rows
+        .iter()
+        .filter(|r| MONEY_KINDS.contains(&r.kind.as_str()))
+        .collect();
+    let mut report = ReconReport {
+        clearing_date: clearing_date.to_owned(),
+        issuer_rows: issuer_money.len(),
+        ..ReconReport::default()
+    };
+    let mut seen: HashMap<&str, ()> = HashMap::new();
+    for row in &issuer_money {
+        seen.insert(row.rrn.as_str(), ());
+        let ours = by_rrn.get(row.rrn.as_str()).copied();
+        let counted_there = issuer_counts(row);
+        let counted_here = ours.is_some_and(journal_counts);
+        let finding = |kind, action| ReconFinding {
+            kind,
+            issuer: issuer.to_owned(),
+            rrn: row.rrn.clone(),
+            txn_kind: row.kind.clone(),
+            txn_id: ours.map(|t| t.id),
+            issuer_amount_fen: Some(row.amount_fen),
+            journal_amount_fen: ours.map(|t| t.amount_fen),
+            issuer_state: Some(row.state.clone()),
+            journal_state: ours.map(|t| t.state.as_str().to_owned()),
+            action,
+        };
+        match (counted_there, counted_here) {
+            (true, true) => {
+                if ours.is_some_and(|t| t.amount_fen != row.amount_fen) {
+                    report
+                        .findings
+                        .push(finding(FindingKind::AmountDiffers, ACTION_AMOUNT));
+                } else {
+                    report.matched += 1;
+                }
+            }
+            (true, false) => {
+                let action = if ours.is_some() {
+                    ACTION_REVERSED_HERE
+                } else {
+                    ACTION_MISSING
+                };
+                report
+                    .findings
+                    .push(finding(FindingKind::MissingHere, action));
+            }
+            (false, true) => report
+                .findings
+                .push(finding(FindingKind::UnknownToIssuer, ACTION_UNKNOWN)),
+            (false, false) => report.matched += 1,
+        }
+    }
+    for row in journal
+        .iter()
+        .filter(|r| r.clearing_date == clearing_date && journal_counts(r))
+    {
+        report.journal_rows += 1;
+        let rrn = row.rrn.as_deref().unwrap_or("");
+        if seen.contains_key(rrn) {
+            continue;
+        }
+        report.findings.push(ReconFinding {
+            kind: FindingKind::UnknownToIssuer,
+            issuer: issuer.to_owned(),
+            rrn: rrn.to_owned(),
+            txn_kind: row.kind.as_str().to_owned(),
+            txn_id: Some(row.id),
+            issuer_amount_fen: None,
+            journal_amount_fen: Some(row.amount_fen),
+            issuer_state: None,
+            journal_state: Some(row.state.as_str().to_owned()),
+            action: ACTION_UNKNOWN,
+        });
+    }
+    report
+}

@@ -1,0 +1,351 @@
+//! Clearing, ledger and payouts over a real SQLite store: a day with voids, refunds, a late
+//! reversal; idempotent settle runs; a frozen account that fails, is held, re-bound with
+//! maker-checker and paid exactly once; transient errors retried; a payout returned days later.
+
+mod common;
+
+use common::*;
+use domain::IssuerDirectory;
+use settlement::{
+    AccountInput, BindError, BindOutcome, SimBank, SimBehaviour, audit, bind_account,
+    confirm_change, ledger_accounts as acct, run_payouts, settle_date,
+};
+use store::settlement::{AccountKind, PayoutState, SettlementRecord};
+use store::{Record, Store, TxnKind as K, TxnState as S};
+
+const D: &str = "20261123";
+const M1: &str = "898310058120001";
+const M2: &str = "898310058120002";
+const M3: &str = "898310058120003";
+
+fn card_input(number: &str, name: &str) -> AccountInput {
+    AccountInput {
+        kind: AccountKind::Card,
+        number: number.into(),
+        holder_name: name.into(),
+        bank_code: None,
+    }
+}
+
+#[test]
+fn a_day_is_cleared_posted_and_paid_once_through_a_frozen_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    for mid in [M1, M2, M3] {
+        merchant(store, mid);
+    }
+    insert(
+        store,
+        vec![
+            row(1, M1, K::Purchase, S::Approved, 10_000, "622202", D),
+            row(2, M1, K::Purchase, S::Voided, 5_000, "625965", D),
+            row(3, M1, K::PurchaseVoid, S::Approved, 5_000, "625965", D),
+            row(4, M1, K::Refund, S::Approved, 2_000, "622202", D),
+            row(5, M1, K::Purchase, S::Reversed, 3_000, "622202", D),
+            row(6, M1, K::Purchase, S::Approved, 800_000, "622202", D),
+            row(7, M2, K::Purchase, S::Approved, 4_000, "411111", D),
+            row(8, M1, K::Purchase, S::Declined, 9_999, "622202", D),
+            row(9, M1, K::BalanceInquiry, S::Approved, 0, "622202", D),
+            row(10, M3, K::Purchase, S::Approved, 7_000, "625965", D),
+            // Another day: not in this run.
+            row(
+                11,
+                M1,
+                K::Purchase,
+                S::Approved,
+                1_111,
+                "622202",
+                "20261124",
+            ),
+        ],
+    );
+
+    let first = settle_date(store, &directory, D, 1_000).unwrap();
+    assert!(first.changed);
+    assert_eq!(first.new_lines, 7);
+    let m1 = first.merchants.iter().find(|m| m.mid == M1).unwrap();
+    // Debit 0.55 % half up, capped at 20 yuan; credit 0.6 %, given back by the void; no fee
+    // back on a refund.
+    assert_eq!(
+        (m1.captures_fen, m1.voids_fen, m1.refunds_fen, m1.fees_fen),
+        (815_000, 5_000, 2_000, 55 + 2_000)
+    );
+    assert_eq!(m1.net_fen, 815_000 - 5_000 - 2_000 - 2_055);
+    let m2 = first.merchants.iter().find(|m| m.mid == M2).unwrap();
+    assert_eq!((m2.fees_fen, m2.net_fen), (80, 3_920));
+
+    // Idempotent: a second run writes nothing and says so.
+    let again = settle_date(store, &directory, "2026-11-23", 2_000).unwrap();
+    assert!(!again.changed);
+    assert_eq!(again.merchants, first.merchants);
+
+    // A late reversal of a cleared purchase: the next run posts the correction only.
+    store
+        .submit(vec![Record::State {
+            id: 6,
+            state: S::Reversed,
+        }])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let third = settle_date(store, &directory, D, 3_000).unwrap();
+    assert_eq!(
+        (third.changed, third.new_lines, third.run_no),
+        (true, 1, Some(2))
+    );
+    let m1_net = 10_000 - 2_000 - 55;
+    assert_eq!(
+        third
+            .merchants
+            .iter()
+            .find(|m| m.mid == M1)
+            .unwrap()
+            .net_fen,
+        m1_net
+    );
+    let lines = store.clearing_lines(D).unwrap();
+    let corr = lines.iter().find(|l| l.txn_id == 6 && l.seq == 2).unwrap();
+    assert_eq!((corr.amount_fen, corr.fee_fen), (-800_000, -2_000));
+
+    let ledger = audit(store).unwrap();
+    assert!(ledger.balanced, "{ledger:?}");
+    assert_eq!(
+        store
+            .ledger_balance(&acct::merchant_payable(M1), None)
+            .unwrap(),
+        -m1_net
+    );
+    assert_eq!(
+        store.ledger_balance(acct::FEE_INCOME, None).unwrap(),
+        -(55 + 80 + 42)
+    );
+
+    // Accounts: validation first.
+    let frozen_card = card("622202", 19, 1);
+    let bad = |input: AccountInput| {
+        bind_account(store, &sealer, &directory, M1, &input, "merchant", 0).unwrap_err()
+    };
+    let mut typo = frozen_card.clone().into_bytes();
+    typo[18] = if typo[18] == b'9' { b'0' } else { typo[18] + 1 };
+    assert!(matches!(
+        bad(card_input(&String::from_utf8(typo).unwrap(), "王小明")),
+        BindError::Luhn
+    ));
+    assert!(matches!(
+        bad(card_input(&frozen_card, "  ")),
+        BindError::NameMissing
+    ));
+    assert!(matches!(
+        bad(AccountInput {
+            kind: AccountKind::Bank,
+            number: "6212345678".into(),
+            holder_name: "王小明".into(),
+            bank_code: Some("NOSUCHBANK".into()),
+        }),
+        BindError::UnknownBank
+    ));
+    assert!(matches!(
+        bad(AccountInput {
+            bank_code: Some("CCB".into()),
+            ..card_input(&frozen_card, "王小明")
+        }),
+        BindError::BankMismatch { .. }
+    ));
+
+    let bound = bind_account(
+        store,
+        &sealer,
+        &directory,
+        M1,
+        &card_input(&frozen_card, "王小明"),
+        "merchant",
+        0,
+    )
+    .unwrap();
+    assert!(matches!(bound, BindOutcome::Active { version: 1, .. }));
+    let m2_account = "955880012345678";
+    bind_account(
+        store,
+        &sealer,
+        &directory,
+        M2,
+        &AccountInput {
+            kind: AccountKind::Bank,
+            number: m2_account.into(),
+            holder_name: "Teahouse Ltd".into(),
+            bank_code: Some("ICBC".into()),
+        },
+        "merchant2",
+        0,
+    )
+    .unwrap();
+    let m3_card = card("625965", 16, 3);
+    bind_account(
+        store,
+        &sealer,
+        &directory,
+        M3,
+        &card_input(&m3_card, "李四"),
+        "m3",
+        0,
+    )
+    .unwrap();
+    // The account number is sealed at rest: only the masked form is readable.
+    let row = store.bound_account(M1).unwrap().unwrap();
+    assert!(!row.number_masked.contains(&frozen_card[6..15]));
+    assert!(
+        !row.number_sealed
+            .windows(19)
+            .any(|w| w == frozen_card.as_bytes())
+    );
+
+    let bank = SimBank::new();
+    bank.set_today("20261124");
+    bank.set_behaviour(&frozen_card, SimBehaviour::Frozen);
+    bank.set_behaviour(m2_account, SimBehaviour::SystemErrors(1));
+    bank.set_behaviour(&m3_card, SimBehaviour::ReturnAfterDays(2));
+
+    // T+0 (the clearing day itself): nothing is due yet.
+    let early = run_payouts(store, &bank, &sealer, D, 10_000).unwrap();
+    assert!(early.created.is_empty());
+
+    // T+1: M1 fails (frozen) and is held; M2 hits a bank system error and retries; M3 is sent.
+    let t1 = "20261124";
+    let run = run_payouts(store, &bank, &sealer, t1, 20_000).unwrap();
+    assert_eq!(run.created.len(), 3);
+    assert_eq!(run.held, vec![format!("{M1}:{t1}")]);
+    assert_eq!(run.retrying, vec![format!("{M2}:{t1}")]);
+    assert_eq!(run.sent, vec![format!("{M3}:{t1}")]);
+    assert!(store.bound_account(M1).unwrap().unwrap().needs_rebind);
+    let held = store.payout(&format!("{M1}:{t1}")).unwrap().unwrap();
+    assert_eq!(
+        (held.state, held.amount_fen, held.failure.as_deref()),
+        (PayoutState::Held, m1_net, Some("payout-account-frozen"))
+    );
+    assert_eq!(
+        store.ledger_balance(&acct::held(M1), None).unwrap(),
+        -m1_net
+    );
+    let events = store.payout_events(0, 100).unwrap();
+    assert!(events.iter().any(|e| e.mid == M1
+        && e.kind == "failed"
+        && e.failure.as_deref() == Some("payout-account-frozen")));
+
+    // Rerun at once: nothing created twice, nothing paid twice, M2 not yet due for its retry.
+    let rerun = run_payouts(store, &bank, &sealer, t1, 20_001).unwrap();
+    assert!(
+        rerun.created.is_empty() && rerun.sent.is_empty(),
+        "{rerun:?}"
+    );
+    // After the backoff M2 goes out.
+    let later = run_payouts(store, &bank, &sealer, t1, 20_000 + 61_000).unwrap();
+    assert_eq!(later.sent, vec![format!("{M2}:{t1}")]);
+    assert_eq!(
+        (bank.credited(m2_account), bank.payments(m2_account)),
+        (3_920, 1)
+    );
+
+    // The merchant re-binds; it waits for an operator who is not the merchant.
+    let new_card = card("622848", 19, 7);
+    let pending = bind_account(
+        store,
+        &sealer,
+        &directory,
+        M1,
+        &card_input(&new_card, "王小明"),
+        "merchant",
+        30_000,
+    )
+    .unwrap();
+    let BindOutcome::PendingConfirmation { change_id } = pending else {
+        panic!("a re-binding after a failure needs confirmation: {pending:?}");
+    };
+    let not_yet = run_payouts(store, &bank, &sealer, t1, 90_000).unwrap();
+    assert!(not_yet.released.is_empty() && not_yet.sent.is_empty());
+    assert!(matches!(
+        confirm_change(store, change_id, "merchant", 31_000),
+        Err(BindError::SameUser(_))
+    ));
+    assert_eq!(
+        confirm_change(store, change_id, "ops-li", 32_000).unwrap(),
+        2
+    );
+
+    let released = run_payouts(store, &bank, &sealer, t1, 100_000).unwrap();
+    assert_eq!(released.released, vec![format!("{M1}:{t1}")]);
+    assert_eq!(released.sent, vec![format!("{M1}:{t1}")]);
+    for n in 0..3 {
+        let again = run_payouts(store, &bank, &sealer, t1, 200_000 + n).unwrap();
+        assert!(again.sent.is_empty() && again.created.is_empty());
+    }
+    assert_eq!(
+        (bank.credited(&new_card), bank.payments(&new_card)),
+        (m1_net, 1)
+    );
+    assert_eq!(bank.credited(&frozen_card), 0);
+    // Each merchant got exactly captures − voids − refunds − fees.
+    assert_eq!(bank.credited(&m3_card), 7_000 - 42);
+
+    // Two days later M3's payout comes back: held, account flagged.
+    let t3 = "20261126";
+    let returned = run_payouts(store, &bank, &sealer, t3, 300_000).unwrap();
+    assert_eq!(returned.returned, vec![format!("{M3}:{t1}")]);
+    assert_eq!(bank.credited(&m3_card), 0);
+    assert!(store.bound_account(M3).unwrap().unwrap().needs_rebind);
+    assert_eq!(
+        store.ledger_balance(&acct::held(M3), None).unwrap(),
+        -(7_000 - 42)
+    );
+
+    let ledger = audit(store).unwrap();
+    assert!(ledger.balanced, "{ledger:?}");
+    for mid in [M1, M2] {
+        assert_eq!(
+            store
+                .ledger_balance(&acct::merchant_payable(mid), None)
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .ledger_balance(&acct::payouts_in_flight(mid), None)
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.ledger_balance(&acct::held(mid), None).unwrap(), 0);
+    }
+}
+
+#[test]
+fn the_store_refuses_an_unbalanced_posting() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let posting = store::settlement::PostingRow {
+        id: 1,
+        at_ms: 0,
+        value_date: D.into(),
+        kind: "bad".into(),
+        reference: "r".into(),
+        legs: vec![
+            store::settlement::LegRow {
+                account: "a".into(),
+                amount_fen: 10,
+            },
+            store::settlement::LegRow {
+                account: "b".into(),
+                amount_fen: -9,
+            },
+        ],
+    };
+    let result = store
+        .submit(vec![Record::Settlement(SettlementRecord::Postings(vec![
+            posting,
+        ]))])
+        .unwrap()
+        .wait();
+    assert!(result.is_err());
+    assert!(audit(store.as_ref()).unwrap().balanced);
+}
