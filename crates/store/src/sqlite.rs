@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -61,6 +61,11 @@ pub struct SqliteConfig {
     /// A page quota for the database (SQLite `max_page_count`); writes beyond it fail with
     /// [`StoreError::Full`], as they would on a full disk.
     pub max_page_count: Option<u64>,
+    /// Commit each submission on the caller's thread before `submit` returns, instead of on
+    /// the group-commit writer thread. For deterministic simulation: a paused tokio clock
+    /// would otherwise jump ahead while the runtime waits on another thread. Slower; never
+    /// for production.
+    pub inline_writer: bool,
 }
 
 impl SqliteConfig {
@@ -69,6 +74,7 @@ impl SqliteConfig {
             path: path.into(),
             synchronous: Synchronous::Full,
             max_page_count: None,
+            inline_writer: false,
         }
     }
 }
@@ -136,6 +142,8 @@ pub struct SqliteStore {
     /// The page quota the writer applies before its next group (0: none); see
     /// [`SqliteStore::set_page_quota`].
     page_quota: Arc<AtomicU64>,
+    /// The writer's connection when writes are committed inline (`SqliteConfig::inline_writer`).
+    inline: Option<Mutex<Connection>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -162,8 +170,20 @@ impl SqliteStore {
                 })?;
         }
         migrate(&mut writer)?;
-        let (sender, receiver) = mpsc::channel(WRITE_QUEUE_MAX);
         let page_quota = Arc::new(AtomicU64::new(config.max_page_count.unwrap_or(0)));
+        if config.inline_writer {
+            // No writer thread: the channel is closed and every job runs in `enqueue`.
+            let (sender, _) = mpsc::channel(1);
+            return Ok(SqliteStore {
+                path: config.path.clone(),
+                sender,
+                readers: Mutex::new(Vec::new()),
+                writer: Mutex::new(None),
+                page_quota,
+                inline: Some(Mutex::new(writer)),
+            });
+        }
+        let (sender, receiver) = mpsc::channel(WRITE_QUEUE_MAX);
         let quota = Arc::clone(&page_quota);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
@@ -177,6 +197,7 @@ impl SqliteStore {
             readers: Mutex::new(Vec::new()),
             writer: Mutex::new(Some(handle)),
             page_quota,
+            inline: None,
         })
     }
 
@@ -204,6 +225,17 @@ impl SqliteStore {
     }
 
     fn enqueue(&self, job: Job) -> Result<(), StoreError> {
+        if let Some(inline) = &self.inline {
+            let mut conn = inline.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut jobs = vec![job];
+            let mut completions = Vec::with_capacity(1);
+            commit_group(&mut conn, &mut jobs, &mut completions);
+            drop(conn);
+            for completion in completions {
+                completion.deliver();
+            }
+            return Ok(());
+        }
         self.sender.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::QueueFull,
             mpsc::error::TrySendError::Closed(_) => StoreError::WriterGone,
@@ -1061,9 +1093,15 @@ fn insert_txn(conn: &Connection, t: &TxnRow) -> Result<(), StoreError> {
 }
 
 fn write_outcome(conn: &Connection, o: &Outcome) -> Result<(), StoreError> {
+    // A reversal the terminal sent while the issuer was still deciding has already marked
+    // the row reversed and queued the reversal: the issuer's late answer is recorded, but
+    // the row stays reversed (found by the deterministic simulation: an approval written
+    // over the reversal left the journal approved and the issuer reversed).
     let changed = conn
         .prepare_cached(
-            "UPDATE transactions SET state = ?2, response_code = ?3, auth_code = ?4,
+            "UPDATE transactions SET
+             state = CASE WHEN state = 'reversed' THEN state ELSE ?2 END,
+             response_code = ?3, auth_code = ?4,
              settlement_date = ?5, issuer_answered_at_ms = ?6, answered_at_ms = ?7
              WHERE id = ?1",
         )?

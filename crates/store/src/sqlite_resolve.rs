@@ -40,6 +40,7 @@ impl SqliteStore {
             readers: Mutex::new(Vec::new()),
             writer: Mutex::new(None),
             page_quota: Default::default(),
+            inline: None,
         };
         // Fail now, not at the first query, when the file is not a database.
         store.read(|conn| {
