@@ -193,6 +193,7 @@ impl BackOffice {
             kind: Financial::Refund,
             now_ms,
             local: LocalTime::from_ms(now_ms),
+            clearing: core.clearing_day(now_ms),
             amount_fen,
             request_hash,
             key: key.clone(),

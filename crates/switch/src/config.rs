@@ -38,6 +38,17 @@ pub const REFUND_DAYS_MAX: i64 = 30;
 /// Ids, RRNs and traces are reserved from the store in blocks of this many.
 pub const SEQUENCE_BLOCK: u64 = 10_000;
 
+/// Day cut-over (日切), minutes after midnight China time: from then on transactions belong to
+/// the next clearing date. 23:00 is CUP's cut-over; the acquirer follows it so that its clearing
+/// dates agree with the network's (field 15).
+pub const CUTOVER_MINUTE_DEFAULT: u16 = 23 * 60;
+pub const MINUTES_PER_DAY: u16 = 24 * 60;
+/// After the cut-over, a void or reversal of a transaction from just before it still counts as
+/// "same day": terminals and their resends lag the host's clock by minutes, and a reversal
+/// refused with 25 would leave the issuer's approval standing.
+pub const CUTOVER_GRACE_MS: i64 = 30 * 60_000;
+
+const _: () = assert!(CUTOVER_MINUTE_DEFAULT < MINUTES_PER_DAY);
 const _: () = assert!(CONNECTION_QUEUE_MAX > IN_FLIGHT_PER_CONNECTION_MAX);
 const _: () = assert!(ISSUER_QUEUE_MAX >= ISSUER_IN_FLIGHT_MAX);
 const _: () = assert!(REQUESTS_IN_FLIGHT_MAX >= IN_FLIGHT_PER_CONNECTION_MAX);
@@ -79,6 +90,8 @@ pub struct SwitchConfig {
     /// How often merchant states and terminal statuses are re-read, so an operator's review
     /// or suspension reaches the running switch.
     pub risk_refresh: Duration,
+    /// Day cut-over, minutes after local midnight (below `MINUTES_PER_DAY`; 0 = midnight).
+    pub cutover_minute: u16,
 }
 
 impl SwitchConfig {
@@ -95,6 +108,7 @@ impl SwitchConfig {
             requests_in_flight: REQUESTS_IN_FLIGHT_MAX,
             risk_rules: std::sync::Arc::new(risk::RuleBook::empty()),
             risk_refresh: Duration::from_secs(1),
+            cutover_minute: CUTOVER_MINUTE_DEFAULT,
         }
     }
 }

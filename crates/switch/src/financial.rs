@@ -85,6 +85,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) kind: Financial,
     pub(crate) now_ms: i64,
     pub(crate) local: LocalTime,
+    /// The clearing date after the day cut-over (`settle::ClearingDay`).
+    pub(crate) clearing: crate::settle::ClearingDay,
     pub(crate) amount_fen: i64,
     pub(crate) request_hash: [u8; 16],
     pub(crate) key: TxnKey,
@@ -162,6 +164,7 @@ impl Core {
             kind,
             now_ms,
             local: LocalTime::from_ms(now_ms),
+            clearing: self.clearing_day(now_ms),
             amount_fen,
             request_hash,
             key: TxnKey {
@@ -198,8 +201,8 @@ impl Core {
             fingerprint,
             ctx.request_hash,
             rrn,
-            ctx.local.yyyymmdd(),
-            ctx.local.day_number,
+            ctx.clearing.date.clone(),
+            ctx.clearing.day_number,
             issuer,
             original_id,
         )
@@ -390,7 +393,7 @@ impl Core {
         match kind {
             TxnKind::PurchaseVoid | TxnKind::CompletionVoid | TxnKind::PreAuthVoid => {
                 // Voids only on the day of the original.
-                if original.clearing_day != ctx.local.day_number {
+                if !ctx.clearing.same_day(original.clearing_day) {
                     return Err(RC_ORIGINAL_NOT_FOUND);
                 }
                 if ctx.amount_fen != original.amount_fen {
@@ -398,7 +401,7 @@ impl Core {
                 }
             }
             TxnKind::Completion => {
-                if ctx.local.day_number - original.clearing_day > REFUND_DAYS_MAX {
+                if ctx.clearing.day_number - original.clearing_day > REFUND_DAYS_MAX {
                     return Err(RC_ORIGINAL_NOT_FOUND);
                 }
                 if ctx.amount_fen > original.amount_fen {
@@ -406,7 +409,7 @@ impl Core {
                 }
             }
             TxnKind::Refund => {
-                if ctx.local.day_number - original.clearing_day > REFUND_DAYS_MAX {
+                if ctx.clearing.day_number - original.clearing_day > REFUND_DAYS_MAX {
                     return Err(RC_ORIGINAL_NOT_FOUND);
                 }
                 let total = live.refunded_fen + live.refund_reserved_fen + ctx.amount_fen;
@@ -933,7 +936,7 @@ impl Core {
                 RC_APPROVED,
                 "original not found: nothing to reverse".to_owned(),
             ),
-            Some(o) if o.clearing_day != ctx.local.day_number => (
+            Some(o) if !ctx.clearing.same_day(o.clearing_day) => (
                 RC_ORIGINAL_NOT_FOUND,
                 "original is from another day".to_owned(),
             ),

@@ -272,14 +272,4 @@ impl Ledger {
     pub fn by_id(&self, id: i64) -> Option<Arc<Entry>> {
         self.maps().by_id.get(&id).cloned()
     }
-
-    /// Every entry of one terminal's batch (settlement).
-    pub fn batch(&self, tid: &str, batch_no: u32) -> Vec<Arc<Entry>> {
-        self.maps()
-            .by_id
-            .values()
-            .filter(|e| e.key.tid == tid && e.key.batch_no == batch_no)
-            .cloned()
-            .collect()
-    }
 }

@@ -50,6 +50,7 @@ pub use crate::metrics::{
     RequestCount,
 };
 pub use crate::risk::MERCHANT_NOT_APPROVED;
+pub use crate::settle::{ClearingDay, clearing_date_of};
 pub use crate::wire::{WireError, read_frame};
 
 use crate::core::{Core, Sequence, Terminal};

@@ -271,8 +271,8 @@ impl Core {
                 self.reply(frame, None, &Answer::code(RC_APPROVED), None, |_| Ok(()))
             }
             Some(WireKind::Settlement) => self.settle(frame).await,
-            Some(WireKind::BatchUpload(_) | WireKind::BatchUploadEnd { .. }) => {
-                self.reply(frame, None, &Answer::code(RC_APPROVED), None, |_| Ok(()))
+            Some(kind @ (WireKind::BatchUpload(_) | WireKind::BatchUploadEnd { .. })) => {
+                self.batch_upload(frame, kind).await
             }
             None => self.reply(
                 frame,

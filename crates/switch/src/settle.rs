@@ -1,48 +1,171 @@
-//! Settlement (0500): the host's totals for the terminal's batch against the terminal's, and
-//! the next batch number once it balances.
+//! Terminal settlement (0500) and batch upload (0320): the host's field 48 totals for the batch
+//! against the terminal's, the uploaded transactions against the journal, the batch closed and
+//! the next one started; and the day cut-over that gives every transaction its clearing date.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use iso8583::{Frame, SettleResult, SettlementTotals, Totals};
-use store::{Record, TxnKind, TxnState};
+use domain::CardNetwork;
+use iso8583::{
+    BatchUpload, CardOrganisation, Frame, SettleResult, SettlementTotals, Totals, TxnKind as Wire,
+};
+use store::settlement::{
+    BatchDiffKind, BatchDiffRow, BatchSettlementRow, BatchUploadRow, SettlementRecord,
+};
+use store::{Record, TxnKind, TxnRow, TxnState};
 
-use crate::core::{Core, RC_APPROVED, RC_NOT_REGISTERED};
+use crate::clock::LocalTime;
+use crate::config::{CUTOVER_GRACE_MS, MINUTES_PER_DAY};
+use crate::core::{Core, RC_APPROVED, RC_FORMAT_ERROR, RC_NOT_REGISTERED};
 use crate::ledger::Answer;
 
+const MS_PER_MINUTE: i64 = 60_000;
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// The clearing date a moment belongs to, after the day cut-over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClearingDay {
+    /// `YYYYMMDD`.
+    pub date: String,
+    /// Days since 1970-01-01 of `date`.
+    pub day_number: i64,
+    /// Within `CUTOVER_GRACE_MS` after the cut-over: the previous clearing day still counts as
+    /// the same day for voids and reversals.
+    pub in_grace: bool,
+}
+
+impl ClearingDay {
+    /// `now_ms` in China time, moved to the next day from `cutover_minute` on.
+    pub fn of(now_ms: i64, cutover_minute: u16) -> ClearingDay {
+        let cutover_ms = i64::from(cutover_minute.min(MINUTES_PER_DAY - 1)) * MS_PER_MINUTE;
+        let local = LocalTime::from_ms(now_ms);
+        let in_day_ms = (i64::from(local.hour) * 3_600
+            + i64::from(local.minute) * 60
+            + i64::from(local.second))
+            * 1_000
+            + now_ms.rem_euclid(1_000);
+        let after = cutover_ms > 0 && in_day_ms >= cutover_ms;
+        let day_number = local.day_number + i64::from(after);
+        // Midnight (cut-over 0) has its grace at the start of the calendar day.
+        let since_cutover = if cutover_ms == 0 {
+            in_day_ms
+        } else if after {
+            in_day_ms - cutover_ms
+        } else {
+            in_day_ms + MS_PER_DAY - cutover_ms
+        };
+        ClearingDay {
+            date: LocalTime::from_ms(day_number * MS_PER_DAY).yyyymmdd(),
+            day_number,
+            in_grace: since_cutover < CUTOVER_GRACE_MS,
+        }
+    }
+
+    /// Whether an original of clearing day `original_day` is "today" for a void or reversal.
+    pub fn same_day(&self, original_day: i64) -> bool {
+        original_day == self.day_number || (self.in_grace && original_day + 1 == self.day_number)
+    }
+}
+
+/// The clearing date (`YYYYMMDD`) of a moment, for a cut-over at `cutover_minute`.
+pub fn clearing_date_of(now_ms: i64, cutover_minute: u16) -> String {
+    ClearingDay::of(now_ms, cutover_minute).date
+}
+
+/// Debits are purchases and completions, credits voids and refunds (PROTOCOL.md), counting what
+/// the issuer approved and nobody reversed.
+fn counted(row: &TxnRow) -> Option<bool> {
+    if matches!(
+        row.state,
+        TxnState::InFlight
+            | TxnState::Declined
+            | TxnState::TimedOut
+            | TxnState::Failed
+            | TxnState::Reversed
+    ) {
+        return None;
+    }
+    match row.kind {
+        TxnKind::Purchase | TxnKind::Completion => Some(true),
+        TxnKind::PurchaseVoid | TxnKind::CompletionVoid | TxnKind::Refund => Some(false),
+        TxnKind::BalanceInquiry | TxnKind::PreAuth | TxnKind::PreAuthVoid | TxnKind::Reversal => {
+            None
+        }
+    }
+}
+
+fn same(a: &Totals, b: &Totals) -> bool {
+    a.debit_amount == b.debit_amount
+        && a.debit_count == b.debit_count
+        && a.credit_amount == b.credit_amount
+        && a.credit_count == b.credit_count
+}
+
+fn totals_digits(t: &SettlementTotals) -> String {
+    let half = |t: &Totals| {
+        format!(
+            "{:012}{:03}{:012}{:03}{}",
+            t.debit_amount, t.debit_count, t.credit_amount, t.credit_count, t.result.0
+        )
+    };
+    format!("{}{}", half(&t.domestic), half(&t.foreign))
+}
+
 impl Core {
-    /// Debits are purchases and completions, credits voids and refunds (PROTOCOL.md), counting
-    /// what the issuer approved and nobody reversed.
-    fn host_totals(&self, tid: &str, batch_no: u32) -> Totals {
-        let mut totals = Totals::default();
-        for entry in self.ledger.batch(tid, batch_no) {
-            let state = entry.live().state;
-            if matches!(
-                state,
-                TxnState::InFlight
-                    | TxnState::Declined
-                    | TxnState::TimedOut
-                    | TxnState::Failed
-                    | TxnState::Reversed
-            ) {
+    pub(crate) fn clearing_day(&self, now_ms: i64) -> ClearingDay {
+        ClearingDay::of(now_ms, self.config.cutover_minute)
+    }
+
+    /// Domestic or foreign, as field 48 splits totals: a card in the CUP BIN table or on a
+    /// UnionPay prefix is domestic.
+    fn is_foreign(&self, row: &TxnRow) -> bool {
+        let Some(bin) = row.pan.as_ref().map(|p| p.bin.as_str()) else {
+            return false;
+        };
+        let mut digits = bin.to_owned();
+        while digits.len() < 16 {
+            digits.push('0');
+        }
+        let lookup = self.directory.lookup_digits(&digits);
+        lookup.issuer.is_none() && lookup.network != CardNetwork::DomesticCup
+    }
+
+    /// The batch's counted rows, from the store (the durable truth the journal answered from).
+    fn batch_rows(&self, tid: &str, batch_no: u32) -> Option<Vec<TxnRow>> {
+        self.store.txns_by_batch(tid, batch_no).ok()
+    }
+
+    fn host_totals(&self, rows: &[TxnRow]) -> SettlementTotals {
+        let mut totals = SettlementTotals::default();
+        for row in rows {
+            let Some(debit) = counted(row) else {
                 continue;
-            }
-            let amount = u64::try_from(entry.amount_fen).unwrap_or(0);
-            match entry.kind {
-                TxnKind::Purchase | TxnKind::Completion => {
-                    totals.debit_amount += amount;
-                    totals.debit_count = totals.debit_count.saturating_add(1);
-                }
-                TxnKind::PurchaseVoid | TxnKind::CompletionVoid | TxnKind::Refund => {
-                    totals.credit_amount += amount;
-                    totals.credit_count = totals.credit_count.saturating_add(1);
-                }
-                TxnKind::BalanceInquiry
-                | TxnKind::PreAuth
-                | TxnKind::PreAuthVoid
-                | TxnKind::Reversal => {}
+            };
+            let half = if self.is_foreign(row) {
+                &mut totals.foreign
+            } else {
+                &mut totals.domestic
+            };
+            let amount = u64::try_from(row.amount_fen).unwrap_or(0);
+            if debit {
+                half.debit_amount += amount;
+                half.debit_count = half.debit_count.saturating_add(1);
+            } else {
+                half.credit_amount += amount;
+                half.credit_count = half.credit_count.saturating_add(1);
             }
         }
         totals
+    }
+
+    fn batch_of(&self, frame: &Frame<'_>, current: u32) -> u32 {
+        frame
+            .message
+            .field60()
+            .ok()
+            .flatten()
+            .and_then(|f| f.batch)
+            .unwrap_or(current)
     }
 
     pub(crate) async fn settle(self: &Arc<Self>, frame: &Frame<'_>) -> Option<Vec<u8>> {
@@ -52,50 +175,195 @@ impl Core {
                 Ok(())
             });
         };
-        let batch_no = request
-            .field60()
-            .ok()
-            .flatten()
-            .and_then(|f| f.batch)
-            .unwrap_or(terminal.batch_no);
+        let batch_no = self.batch_of(frame, terminal.batch_no);
         let theirs = request
             .digits(48)
-            .and_then(|d| SettlementTotals::parse(d).ok())
-            .unwrap_or_default();
-        let mut ours = SettlementTotals {
-            domestic: self.host_totals(&terminal.tid, batch_no),
-            foreign: Totals::default(),
+            .and_then(|d| SettlementTotals::parse(d).ok());
+        let Some(rows) = self.batch_rows(&terminal.tid, batch_no) else {
+            return self.system_error(frame);
         };
-        let same = |a: &Totals, b: &Totals| {
-            a.debit_amount == b.debit_amount
-                && a.debit_count == b.debit_count
-                && a.credit_amount == b.credit_amount
-                && a.credit_count == b.credit_count
-        };
-        let balanced =
-            same(&ours.domestic, &theirs.domestic) && same(&ours.foreign, &theirs.foreign);
-        let result = if balanced {
-            SettleResult::BALANCED
-        } else {
-            SettleResult::UNBALANCED
+        let mut ours = self.host_totals(&rows);
+        let now_ms = self.clock.now_ms();
+        let result = match &theirs {
+            None => SettleResult::ERROR,
+            Some(t) if same(&ours.domestic, &t.domestic) && same(&ours.foreign, &t.foreign) => {
+                SettleResult::BALANCED
+            }
+            Some(_) => SettleResult::UNBALANCED,
         };
         ours.domestic.result = result;
         ours.foreign.result = result;
-        // The terminal starts its next batch after settling either way.
-        let next = batch_no % 999_999 + 1;
-        let record = Record::Batch {
+        let settled = Record::Settlement(SettlementRecord::BatchSettled(BatchSettlementRow {
             tid: terminal.tid.clone(),
-            batch_no: next,
-        };
-        let mut updated = (*terminal).clone();
-        updated.batch_no = next;
-        if self.commit_terminal(record, updated).await.is_err() {
-            return self.system_error(frame);
+            batch_no,
+            settled_at_ms: now_ms,
+            result: result.0,
+            host_totals: totals_digits(&ours),
+            terminal_totals: theirs.as_ref().map(totals_digits).unwrap_or_default(),
+            upload_done_at_ms: None,
+        }));
+        if result == SettleResult::ERROR {
+            // Unreadable totals: nothing closes; the terminal may send its settlement again.
+            if self.persist(vec![settled]).await.is_err() {
+                return self.system_error(frame);
+            }
+        } else {
+            // The terminal starts its next batch after settling, balanced or not; an
+            // unbalanced batch is then uploaded under its old number.
+            let next = batch_no % 999_999 + 1;
+            let mut updated = (*terminal).clone();
+            updated.batch_no = next;
+            let batch = Record::Batch {
+                tid: terminal.tid.clone(),
+                batch_no: next,
+            };
+            if self.persist(vec![settled, batch]).await.is_err() {
+                return self.system_error(frame);
+            }
+            self.replace_terminal(updated);
         }
-        tracing::info!(tid = %terminal.tid, batch_no, balanced, "settled");
+        tracing::info!(tid = %terminal.tid, batch_no, result = result.0, "settled");
         self.reply(frame, None, &Answer::code(RC_APPROVED), None, |out| {
             out.set_composed(&ours)?;
             Ok(())
         })
+    }
+
+    /// 0320: records of an upload are kept (last four PAN digits only); the end message
+    /// compares them with the journal and stores exactly which transactions differ.
+    pub(crate) async fn batch_upload(
+        self: &Arc<Self>,
+        frame: &Frame<'_>,
+        kind: Wire,
+    ) -> Option<Vec<u8>> {
+        let request = &frame.message;
+        let Some(terminal) = request.text(41).and_then(|t| self.terminal(t.trim_end())) else {
+            return self.reply(frame, None, &Answer::code(RC_NOT_REGISTERED), None, |_| {
+                Ok(())
+            });
+        };
+        // An upload follows the settlement that closed its batch: default to the one before.
+        let previous = if terminal.batch_no <= 1 {
+            999_999
+        } else {
+            terminal.batch_no - 1
+        };
+        let batch_no = self.batch_of(frame, previous);
+        let now_ms = self.clock.now_ms();
+        let records = match kind {
+            Wire::BatchUploadEnd { .. } => match self.batch_differences(&terminal.tid, batch_no) {
+                Some(rows) => {
+                    tracing::info!(tid = %terminal.tid, batch_no, differences = rows.len(),
+                        "batch upload compared");
+                    vec![Record::Settlement(SettlementRecord::BatchDifferences {
+                        tid: terminal.tid.clone(),
+                        batch_no,
+                        at_ms: now_ms,
+                        rows,
+                    })]
+                }
+                None => return self.system_error(frame),
+            },
+            _ => {
+                let upload = request.digits(48).and_then(|d| BatchUpload::parse(d).ok());
+                let Some(upload) = upload else {
+                    return self.reply(frame, None, &Answer::code(RC_FORMAT_ERROR), None, |_| {
+                        Ok(())
+                    });
+                };
+                upload
+                    .records()
+                    .map(|r| {
+                        let pan = r.pan();
+                        let last4 = pan.get(pan.len().saturating_sub(4)..).unwrap_or("");
+                        Record::Settlement(SettlementRecord::BatchUpload(BatchUploadRow {
+                            tid: terminal.tid.clone(),
+                            batch_no,
+                            stan: r.trace,
+                            card_org: u8::from(r.organisation != CardOrganisation::DOMESTIC),
+                            pan_last4: last4.to_owned(),
+                            amount_fen: i64::try_from(r.amount).unwrap_or(i64::MAX),
+                            received_at_ms: now_ms,
+                        }))
+                    })
+                    .collect()
+            }
+        };
+        if !records.is_empty() && self.persist(records).await.is_err() {
+            return self.system_error(frame);
+        }
+        self.reply(frame, None, &Answer::code(RC_APPROVED), None, |_| Ok(()))
+    }
+
+    /// The uploaded records against the batch's counted journal rows, by trace.
+    fn batch_differences(&self, tid: &str, batch_no: u32) -> Option<Vec<BatchDiffRow>> {
+        let uploaded = self.store.batch_uploads(tid, batch_no).ok()?;
+        let rows = self.batch_rows(tid, batch_no)?;
+        let ours: HashMap<u32, &TxnRow> = rows
+            .iter()
+            .filter(|r| counted(r).is_some())
+            .map(|r| (r.stan, r))
+            .collect();
+        let mut diffs = Vec::new();
+        let diff =
+            |stan, kind, row: Option<&TxnRow>, theirs: Option<&BatchUploadRow>| BatchDiffRow {
+                tid: tid.to_owned(),
+                batch_no,
+                stan,
+                kind,
+                txn_id: row.map(|r| r.id),
+                host_amount_fen: row.map(|r| r.amount_fen),
+                terminal_amount_fen: theirs.map(|u| u.amount_fen),
+                pan_masked: row
+                    .and_then(|r| r.pan.as_ref().map(|p| p.masked.clone()))
+                    .or_else(|| theirs.map(|u| format!("******{}", u.pan_last4)))
+                    .unwrap_or_default(),
+            };
+        for u in &uploaded {
+            match ours.get(&u.stan) {
+                None => diffs.push(diff(u.stan, BatchDiffKind::MissingHere, None, Some(u))),
+                Some(r) if r.amount_fen != u.amount_fen => {
+                    diffs.push(diff(u.stan, BatchDiffKind::AmountDiffers, Some(r), Some(u)))
+                }
+                Some(_) => {}
+            }
+        }
+        for (stan, row) in &ours {
+            if !uploaded.iter().any(|u| u.stan == *stan) {
+                diffs.push(diff(
+                    *stan,
+                    BatchDiffKind::MissingAtTerminal,
+                    Some(row),
+                    None,
+                ));
+            }
+        }
+        diffs.sort_by_key(|d| d.stan);
+        Some(diffs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // 2026-11-23 14:59:59 UTC = 22:59:59 in Beijing.
+    const BEFORE_MS: i64 = 1_795_445_999_000;
+
+    #[test]
+    fn the_cut_over_moves_the_clearing_date_and_keeps_a_grace_window() {
+        let before = ClearingDay::of(BEFORE_MS, 23 * 60);
+        assert_eq!((before.date.as_str(), before.in_grace), ("20261123", false));
+        let at = ClearingDay::of(BEFORE_MS + 1_000, 23 * 60);
+        assert_eq!((at.date.as_str(), at.in_grace), ("20261124", true));
+        assert!(at.same_day(before.day_number));
+        let later = ClearingDay::of(BEFORE_MS + 1_000 + CUTOVER_GRACE_MS, 23 * 60);
+        assert_eq!(later.date, "20261124");
+        assert!(!later.same_day(before.day_number));
+        // Local midnight is still the same clearing day after a 23:00 cut-over.
+        assert_eq!(clearing_date_of(BEFORE_MS + 3_601_000, 23 * 60), "20261124");
+        // A midnight cut-over is the calendar.
+        assert_eq!(clearing_date_of(BEFORE_MS + 1_000, 0), "20261123");
+        assert_eq!(clearing_date_of(BEFORE_MS + 3_601_000, 0), "20261124");
     }
 }

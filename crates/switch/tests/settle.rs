@@ -1,0 +1,221 @@
+//! Terminal settlement and batch upload over TCP: a balanced batch closes and the next starts;
+//! an injected difference answers "unbalanced" with the host's totals and the batch upload finds
+//! exactly which transactions differ. Day cut-over with a manual clock: requests either side of
+//! 23:00 get their clearing dates, a void in the grace window is still "same day".
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use common::*;
+use iso8583::{
+    BatchRecord, BatchUpload, BatchUploadEnd, CardOrganisation, FrameHead, Header, MessageBuilder,
+    Mti, SettleResult, SettlementTotals, Totals, Tpdu,
+};
+use store::Store;
+use store::settlement::BatchDiffKind;
+use switch::{Clock, Switch};
+
+fn head() -> FrameHead {
+    FrameHead {
+        tpdu: Tpdu {
+            destination: [0, 1],
+            source: [0, 0],
+        },
+        header: Header::from_bytes([0x60, 0x22, 0, 0, 0, 0]).unwrap(),
+    }
+}
+
+fn totals(debit: (u64, u16), credit: (u64, u16)) -> SettlementTotals {
+    SettlementTotals {
+        domestic: Totals {
+            debit_amount: debit.0,
+            debit_count: debit.1,
+            credit_amount: credit.0,
+            credit_count: credit.1,
+            result: SettleResult::REQUEST,
+        },
+        foreign: Totals::default(),
+    }
+}
+
+async fn settle(t: &mut Terminal, batch: u32, ours: &SettlementTotals) -> SettlementTotals {
+    let mut out = MessageBuilder::new(Mti::SETTLEMENT);
+    out.set_stan(900).unwrap();
+    out.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+    out.set_composed(ours).unwrap();
+    out.set_text(49, "156").unwrap();
+    out.set_digits(60, &format!("00{batch:06}201")).unwrap();
+    out.set_text(63, "001").unwrap();
+    let mut bytes = Vec::new();
+    out.encode_frame(&head(), &mut bytes).unwrap();
+    let response = t.exchange(&bytes).await;
+    assert_eq!(response.code(), "00");
+    let frame = response.frame();
+    SettlementTotals::parse(frame.message.digits(48).unwrap()).unwrap()
+}
+
+async fn upload(t: &mut Terminal, batch: u32, records: &[(u32, &str, u64)]) {
+    let mut up = BatchUpload::new();
+    for (trace, pan, amount) in records {
+        up.push(BatchRecord::new(CardOrganisation::DOMESTIC, *trace, pan, *amount).unwrap())
+            .unwrap();
+    }
+    let mut out = MessageBuilder::new(Mti::BATCH_UPLOAD);
+    out.set_stan(901).unwrap();
+    out.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+    out.set_composed(&up).unwrap();
+    out.set_digits(60, &format!("00{batch:06}201")).unwrap();
+    let mut bytes = Vec::new();
+    out.encode_frame(&head(), &mut bytes).unwrap();
+    assert_eq!(t.exchange(&bytes).await.code(), "00");
+
+    let mut end = MessageBuilder::new(Mti::BATCH_UPLOAD);
+    end.set_stan(902).unwrap();
+    end.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+    end.set_composed(&BatchUploadEnd {
+        count: u16::try_from(records.len()).unwrap(),
+    })
+    .unwrap();
+    end.set_digits(60, &format!("00{batch:06}207")).unwrap();
+    let mut bytes = Vec::new();
+    end.encode_frame(&head(), &mut bytes).unwrap();
+    assert_eq!(t.exchange(&bytes).await.code(), "00");
+}
+
+#[tokio::test]
+async fn balanced_batch_closes_and_an_unbalanced_one_is_explained_by_its_upload() {
+    let h = Harness::new().await;
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let pan = card("622202");
+    let mut rrns = Vec::new();
+    for (stan, amount) in [(1, 1_000), (2, 2_500), (3, 700)] {
+        let r = t.send(&Req::purchase(&pan, amount, stan)).await;
+        assert_eq!(r.code(), "00");
+        rrns.push(r.text(37).unwrap());
+    }
+    let void = t.send(&Req::void(&pan, 700, 4, 3, &rrns[2])).await;
+    assert_eq!(void.code(), "00");
+
+    // Batch 1 as the terminal counts it: debits 3 (4,200), credits 1 (700).
+    let host = settle(&mut t, 1, &totals((4_200, 3), (700, 1))).await;
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+    let row = h.store.batch_settlement(TID, 1).unwrap().unwrap();
+    assert_eq!(row.result, 1);
+    assert_eq!(h.store.terminal(TID).unwrap().unwrap().batch_no, 2);
+
+    // Batch 2: the terminal lost one transaction and mistyped another.
+    t.batch = 2;
+    assert_eq!(t.sign_in().await.code(), "00");
+    for (stan, amount) in [(10, 5_000), (11, 6_000), (12, 300)] {
+        assert_eq!(
+            t.send(&Req::purchase(&pan, amount, stan)).await.code(),
+            "00"
+        );
+    }
+    let host = settle(&mut t, 2, &totals((11_900, 3), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::UNBALANCED);
+    assert_eq!(
+        (host.domestic.debit_amount, host.domestic.debit_count),
+        (11_300, 3)
+    );
+    assert_eq!(h.store.terminal(TID).unwrap().unwrap().batch_no, 3);
+    upload(
+        &mut t,
+        2,
+        &[(10, &pan, 5_000), (11, &pan, 6_600), (13, &pan, 300)],
+    )
+    .await;
+    let diffs = h.store.batch_differences(TID, 2).unwrap();
+    let found: Vec<(u32, BatchDiffKind, Option<i64>, Option<i64>)> = diffs
+        .iter()
+        .map(|d| (d.stan, d.kind, d.host_amount_fen, d.terminal_amount_fen))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (11, BatchDiffKind::AmountDiffers, Some(6_000), Some(6_600)),
+            (12, BatchDiffKind::MissingAtTerminal, Some(300), None),
+            (13, BatchDiffKind::MissingHere, None, Some(300)),
+        ]
+    );
+    // Only the last four digits of an uploaded PAN are kept.
+    let uploads = h.store.batch_uploads(TID, 2).unwrap();
+    assert!(uploads.iter().all(|u| u.pan_last4.len() == 4));
+    assert!(diffs.iter().all(|d| !d.pan_masked.contains(&pan[6..15])));
+    assert!(
+        h.store
+            .batch_settlement(TID, 2)
+            .unwrap()
+            .unwrap()
+            .upload_done_at_ms
+            .is_some()
+    );
+}
+
+struct ManualClock(AtomicI64);
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+// 2026-11-23 22:59:59.000 in Beijing.
+const BEFORE_CUTOVER_MS: i64 = 1_795_445_999_000;
+
+#[tokio::test]
+async fn requests_around_the_cut_over_get_their_clearing_dates_and_none_is_lost() {
+    let mut h = Harness::new().await;
+    h.stop().await;
+    let clock = Arc::new(ManualClock(AtomicI64::new(BEFORE_CUTOVER_MS)));
+    let handle = Switch::start(
+        h.config(),
+        Arc::clone(&h.store) as Arc<dyn Store>,
+        Arc::clone(&h.hsm) as Arc<dyn paycrypto::Hsm>,
+        Arc::clone(&h.directory),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    )
+    .await
+    .unwrap();
+    h.switch = Some(handle);
+    assert!(
+        h.eventually(5, || h.switch.as_ref().unwrap().issuer_connected("SIM"))
+            .await
+    );
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let pan = card("622202");
+
+    // 22:59:59.999: still the 23rd.
+    clock.0.store(BEFORE_CUTOVER_MS + 999, Ordering::SeqCst);
+    let a = t.send(&Req::purchase(&pan, 1_000, 1)).await;
+    assert_eq!(a.code(), "00");
+    // 23:00:00.000: the 24th.
+    clock.0.store(BEFORE_CUTOVER_MS + 1_000, Ordering::SeqCst);
+    let b = t.send(&Req::purchase(&pan, 2_000, 2)).await;
+    assert_eq!(b.code(), "00");
+    // 23:00:05: voiding A (cleared on the 23rd) is still "same day" in the grace window.
+    clock.0.store(BEFORE_CUTOVER_MS + 6_000, Ordering::SeqCst);
+    let void = t
+        .send(&Req::void(&pan, 1_000, 3, 1, &a.text(37).unwrap()))
+        .await;
+    assert_eq!(void.code(), "00");
+
+    let rows = h.store.txns_by_batch(TID, 1).unwrap();
+    let date_of = |stan: u32| {
+        rows.iter()
+            .find(|r| r.stan == stan)
+            .map(|r| r.clearing_date.clone())
+            .unwrap()
+    };
+    assert_eq!(date_of(1), "20261123");
+    assert_eq!(date_of(2), "20261124");
+    assert_eq!(date_of(3), "20261124");
+    assert_eq!(rows.len(), 3, "every request journalled: {rows:?}");
+    h.stop().await;
+}
