@@ -9,7 +9,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use iso8583::Frame;
-use tokio::io::{AsyncWriteExt, BufReader};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
@@ -37,6 +41,34 @@ pub enum LinkError {
     Lost,
 }
 
+/// A byte stream to an issuer host.
+pub trait IssuerStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> IssuerStream for T {}
+
+/// What a connection attempt yields.
+pub type Connecting<'a> =
+    Pin<Box<dyn Future<Output = std::io::Result<Box<dyn IssuerStream>>> + Send + 'a>>;
+
+/// How issuer links reach their hosts: TCP in production ([`TcpConnector`]), in-memory pipes
+/// with faults in the deterministic simulation.
+pub trait IssuerConnector: Send + Sync + 'static {
+    fn connect<'a>(&'a self, bank: &'a str, addr: SocketAddr) -> Connecting<'a>;
+}
+
+/// Issuer links over TCP.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpConnector;
+
+impl IssuerConnector for TcpConnector {
+    fn connect<'a>(&'a self, _bank: &'a str, addr: SocketAddr) -> Connecting<'a> {
+        Box::pin(async move {
+            let stream = TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            Ok(Box::new(stream) as Box<dyn IssuerStream>)
+        })
+    }
+}
+
 type Waiters = HashMap<(u16, u32), oneshot::Sender<Vec<u8>>>;
 
 pub(crate) struct IssuerLink {
@@ -49,6 +81,7 @@ pub(crate) struct IssuerLink {
     timeouts_in_a_row: AtomicU32,
     open_until_ms: AtomicI64,
     clock: Arc<dyn Clock>,
+    connector: Arc<dyn IssuerConnector>,
 }
 
 impl IssuerLink {
@@ -57,6 +90,7 @@ impl IssuerLink {
         name: String,
         endpoint: IssuerEndpoint,
         clock: Arc<dyn Clock>,
+        connector: Arc<dyn IssuerConnector>,
         stop: watch::Receiver<bool>,
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let (outbound, receiver) = mpsc::channel(ISSUER_QUEUE_MAX);
@@ -70,6 +104,7 @@ impl IssuerLink {
             timeouts_in_a_row: AtomicU32::new(0),
             open_until_ms: AtomicI64::new(0),
             clock,
+            connector,
         });
         let task = tokio::spawn(Arc::clone(&link).run(receiver, stop));
         (link, task)
@@ -156,8 +191,10 @@ impl IssuerLink {
             if *stop.borrow() {
                 return;
             }
-            let connect =
-                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.endpoint.addr));
+            let connect = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                self.connector.connect(&self.name, self.endpoint.addr),
+            );
             let stream = tokio::select! {
                 result = connect => result,
                 _ = stop.changed() => return,
@@ -165,7 +202,6 @@ impl IssuerLink {
             match stream {
                 Ok(Ok(stream)) => {
                     backoff = RECONNECT_FIRST;
-                    let _ = stream.set_nodelay(true);
                     tracing::info!(issuer = %self.name, "issuer link up");
                     self.connected.store(true, Ordering::Release);
                     let stopped = self.serve(stream, &mut outbound, &mut stop).await;
@@ -194,11 +230,11 @@ impl IssuerLink {
     /// Runs one connection until it fails (false) or the switch stops (true).
     async fn serve(
         &self,
-        stream: TcpStream,
+        stream: Box<dyn IssuerStream>,
         outbound: &mut mpsc::Receiver<Vec<u8>>,
         stop: &mut watch::Receiver<bool>,
     ) -> bool {
-        let (reader, mut writer) = stream.into_split();
+        let (reader, mut writer) = tokio::io::split(stream);
         let mut reader = BufReader::new(reader);
         let read = async {
             let mut buf = Vec::with_capacity(512);

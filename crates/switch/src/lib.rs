@@ -44,7 +44,7 @@ pub use crate::backoffice::{
 pub use crate::clock::{Clock, LocalTime, SystemClock};
 pub use crate::config::*;
 pub use crate::core::{handle_bytes, handle_from_bytes};
-pub use crate::issuer::LinkError;
+pub use crate::issuer::{Connecting, IssuerConnector, IssuerStream, LinkError, TcpConnector};
 pub use crate::metrics::{
     HistogramSnapshot, IssuerLinkState, LATENCY_US_MAX, MetricsSnapshot, REQUEST_KINDS_MAX,
     RequestCount,
@@ -152,6 +152,19 @@ impl SwitchHandle {
         }
     }
 
+    /// Serves one terminal connection over any byte stream, as if it had been accepted on
+    /// the listener (the deterministic simulation's in-memory pipes).
+    pub fn serve_stream<S>(&self, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let sessions = self.sessions.clone();
+        let stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            session::serve(&sessions, stream, stop).await;
+        });
+    }
+
     /// Stops accepting, closes links and waits for the switch's tasks. Requests already being
     /// handled finish on their own tasks.
     pub async fn shutdown(self) {
@@ -172,6 +185,18 @@ impl Switch {
         hsm: Arc<dyn Hsm>,
         directory: Arc<IssuerDirectory>,
         clock: Arc<dyn Clock>,
+    ) -> Result<SwitchHandle, StartError> {
+        Self::start_with(config, store, hsm, directory, clock, Arc::new(TcpConnector)).await
+    }
+
+    /// [`Switch::start`] with issuer links made by `connector`.
+    pub async fn start_with(
+        config: SwitchConfig,
+        store: Arc<dyn Store>,
+        hsm: Arc<dyn Hsm>,
+        directory: Arc<IssuerDirectory>,
+        clock: Arc<dyn Clock>,
+        connector: Arc<dyn IssuerConnector>,
     ) -> Result<SwitchHandle, StartError> {
         let mut terminals = HashMap::new();
         for row in store.terminals()? {
@@ -195,11 +220,15 @@ impl Switch {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut links = HashMap::new();
-        for (bank, endpoint) in &config.issuers {
+        // In bank order, so that a simulation starts its links the same way every run.
+        let mut banks: Vec<_> = config.issuers.iter().collect();
+        banks.sort_by(|a, b| a.0.cmp(b.0));
+        for (bank, endpoint) in banks {
             let (link, task) = IssuerLink::start(
                 bank.clone(),
                 endpoint.clone(),
                 Arc::clone(&clock),
+                Arc::clone(&connector),
                 stop_rx.clone(),
             );
             links.insert(bank.clone(), link);

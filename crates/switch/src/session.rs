@@ -34,7 +34,10 @@ pub(crate) struct Sessions {
 
 impl Sessions {
     pub fn new(core: Arc<Core>, metrics: Arc<Metrics>) -> Self {
-        let bound = core.config.requests_in_flight.clamp(1, REQUESTS_IN_FLIGHT_MAX);
+        let bound = core
+            .config
+            .requests_in_flight
+            .clamp(1, REQUESTS_IN_FLIGHT_MAX);
         Sessions {
             core,
             metrics,

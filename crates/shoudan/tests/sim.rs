@@ -1,0 +1,916 @@
+//! Deterministic simulation: terminals, the real switch, the real issuer logic (issuer-sim's
+//! `Issuer`: accounts, PINs, its ledger), a virtual clock and a faulty network, all in one
+//! process on a current-thread tokio runtime with paused time. Connections are in-memory pipes
+//! (`tokio::io::duplex`): terminals reach the switch through `SwitchHandle::serve_stream`, the
+//! switch reaches issuers through an `IssuerConnector`. Every fault is decided from the seed and
+//! the request's own identity (terminal, amount, attempt), so a seed replays the same faults.
+//!
+//! After each run, with the reversal queue drained, it checks DESIGN.md invariant 1 (every
+//! issuer approval completed in the journal or reversed at the issuer; nothing in doubt),
+//! invariant 2 (a retried request is answered the same and debited once) and that no full PAN
+//! is in the database.
+//!
+//! `SHOUDAN_SIM_SEED=n` reruns one seed; `SHOUDAN_SIM_SEEDS=k` runs seeds 1..=k;
+//! `SHOUDAN_SIM_TXNS=n` sets the requests per terminal.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use domain::IssuerDirectory;
+use iso8583::{Frame, FrameHead, Header, MessageBuilder, Mti, Tpdu};
+use issuer_sim::wire::{self as issuer_wire, Inbound};
+use issuer_sim::{
+    DemoCard, HsmPinVerifier, Issuer, LedgerLocation, ResponseCode, Rrn, TxnState as IssuerState,
+    demo_issuer,
+};
+use paycrypto::{
+    DeterministicRandom, Hsm, Key, KeyAlgorithm, KeyScheme, KeyUsage, MacAlgorithm, MasterKey,
+    SoftHsm, WorkingKeys,
+};
+use store::{
+    MerchantRow, Record, SafState, SqliteConfig, SqliteStore, Status, Store, Synchronous, TxnState,
+};
+use switch::{
+    Clock, Connecting, IssuerConnector, IssuerEndpoint, IssuerStream, Switch, SwitchConfig,
+    TerminalSpec,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+const SEEDS_DEFAULT: u64 = 3;
+const TERMINALS: usize = 6;
+const TXNS_PER_TERMINAL_DEFAULT: usize = 200;
+const BANKS: [&str; 3] = ["ICBC", "CCB", "ABC"];
+const MID: &str = "898110048990001";
+const TMK_HEX: &str = "0123456789ABCDEFFEDCBA9876543210";
+const ZPK_HEX: &str = "11111111111111112222222222222222";
+const ISSUER_TIMEOUT: Duration = Duration::from_millis(400);
+/// A terminal's own patience: far above the switch's issuer timeout, so it only fires if the
+/// switch leaves a request unanswered (which is a failure).
+const TERMINAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// 2026-03-10 02:00:00 UTC (10:00 in China): the virtual clock's start.
+const EPOCH_MS: i64 = 1_773_108_000_000;
+/// Virtual time allowed for the reversal queue to drain after the traffic.
+const DRAIN_MAX: Duration = Duration::from_secs(30 * 60);
+
+// --- seeded decisions
+
+/// SplitMix64 of a seed and a request's identity: the same inputs, the same fate.
+fn mix(parts: &[u64]) -> u64 {
+    let mut z = 0x9E37_79B9_7F4A_7C15_u64;
+    for part in parts {
+        z = z.wrapping_add(*part).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+    }
+    z
+}
+
+fn text_hash(text: &str) -> u64 {
+    text.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+    })
+}
+
+/// Per mille.
+fn chance(roll: u64, per_mille: u64) -> bool {
+    roll % 1000 < per_mille
+}
+
+/// A terminal's own generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = mix(&[self.0]);
+        self.0
+    }
+}
+
+// --- the virtual clock
+
+#[derive(Clone)]
+struct SimClock {
+    start: tokio::time::Instant,
+}
+
+impl SimClock {
+    fn ms(&self) -> i64 {
+        EPOCH_MS + i64::try_from(self.start.elapsed().as_millis()).unwrap()
+    }
+}
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> i64 {
+        self.ms()
+    }
+}
+
+impl issuer_sim::Clock for SimClock {
+    fn now(&self) -> issuer_sim::LocalTime {
+        issuer_sim::LocalTime::from_unix_ms(self.ms(), 8 * 3600)
+    }
+}
+
+// --- the network to the issuers
+
+/// What happens to one request at an issuer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// Processed and answered after this many ms.
+    Answer(u64),
+    /// Processed, answered after the switch gave up.
+    Late,
+    /// Processed, never answered.
+    Drop,
+    /// The link closes before the issuer reads it.
+    Cut,
+    /// Answered 96 without processing.
+    Fail,
+}
+
+fn fate(seed: u64, bank: &str, key: u64, attempt: u64) -> Fate {
+    let roll = mix(&[seed, text_hash(bank), key, attempt]);
+    let latency = 1 + (roll >> 20) % 30;
+    match roll % 1000 {
+        0..=19 => Fate::Late,
+        20..=39 => Fate::Drop,
+        40..=49 => Fate::Cut,
+        50..=59 => Fate::Fail,
+        _ => Fate::Answer(latency),
+    }
+}
+
+struct SimNet {
+    seed: u64,
+    issuers: HashMap<String, Arc<Issuer>>,
+    /// Requests seen per (bank, request identity), for the attempt number of resends.
+    attempts: Arc<Mutex<HashMap<(String, u64), u64>>>,
+    connects: Mutex<HashMap<String, u64>>,
+}
+
+impl IssuerConnector for SimNet {
+    fn connect<'a>(&'a self, bank: &'a str, _addr: SocketAddr) -> Connecting<'a> {
+        Box::pin(async move {
+            let n = {
+                let mut connects = self.connects.lock().unwrap();
+                let n = connects.entry(bank.to_owned()).or_default();
+                *n += 1;
+                *n
+            };
+            // Now and then the host refuses connections for a while.
+            if n > 1 && chance(mix(&[self.seed, text_hash(bank), n, 7]), 300) {
+                return Err(std::io::ErrorKind::ConnectionRefused.into());
+            }
+            let issuer = Arc::clone(self.issuers.get(bank).unwrap());
+            let (switch_end, issuer_end) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(issuer_host(
+                self.seed,
+                bank.to_owned(),
+                issuer,
+                issuer_end,
+                Arc::clone(&self.attempts),
+            ));
+            Ok(Box::new(switch_end) as Box<dyn IssuerStream>)
+        })
+    }
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Option<Vec<u8>> {
+    let mut prefix = [0u8; 2];
+    reader.read_exact(&mut prefix).await.ok()?;
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+    reader.read_exact(&mut body).await.ok()?;
+    Some(body)
+}
+
+/// One issuer link: the real issuer logic behind seeded faults.
+async fn issuer_host(
+    seed: u64,
+    bank: String,
+    issuer: Arc<Issuer>,
+    stream: DuplexStream,
+    attempts: Arc<Mutex<HashMap<(String, u64), u64>>>,
+) {
+    let (mut reader, writer) = tokio::io::split(stream);
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    while let Some(body) = read_frame(&mut reader).await {
+        let Ok(frame) = issuer_wire::decode_frame(&body) else {
+            return;
+        };
+        let m = &frame.message;
+        // The request's identity: terminal, amount (unique per terminal request in this
+        // simulation) and type; resends of a reversal count as attempts.
+        let key = mix(&[
+            text_hash(m.text(41).unwrap_or_default()),
+            m.amount().unwrap_or(0),
+            u64::from(m.mti().value()),
+        ]);
+        let attempt = {
+            let mut attempts = attempts.lock().unwrap();
+            let n = attempts.entry((bank.clone(), key)).or_default();
+            *n += 1;
+            *n
+        };
+        let fate = if m.mti() == Mti::NETWORK {
+            Fate::Answer(1)
+        } else {
+            fate(seed, &bank, key, attempt)
+        };
+        if fate == Fate::Cut {
+            return;
+        }
+        let now = issuer.now();
+        let reply = if fate == Fate::Fail {
+            issuer_sim::Reply {
+                code: ResponseCode::SystemError,
+                auth_code: None,
+                balance: None,
+                settlement_date: now.date,
+            }
+        } else {
+            match issuer_wire::decode(m) {
+                Ok(Inbound::Auth(req)) => issuer.authorise(&req),
+                Ok(Inbound::Reversal(req)) => issuer.reverse(&req),
+                Ok(Inbound::Echo) => issuer_sim::Reply {
+                    code: ResponseCode::Approved,
+                    auth_code: None,
+                    balance: None,
+                    settlement_date: now.date,
+                },
+                Err(code) => issuer_sim::Reply {
+                    code,
+                    auth_code: None,
+                    balance: None,
+                    settlement_date: now.date,
+                },
+            }
+        };
+        let delay = match fate {
+            Fate::Answer(ms) => Duration::from_millis(ms),
+            Fate::Late => ISSUER_TIMEOUT * 2,
+            Fate::Drop | Fate::Cut => continue,
+            Fate::Fail => Duration::from_millis(1),
+        };
+        let mut out = Vec::with_capacity(96);
+        issuer_wire::encode_reply(&frame.head, m, &reply, &mut out).unwrap();
+        let writer = Arc::clone(&writer);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = writer.lock().await.write_all(&out).await;
+        });
+    }
+}
+
+// --- terminals
+
+fn head() -> FrameHead {
+    FrameHead {
+        tpdu: Tpdu {
+            destination: [0, 1],
+            source: [0, 0],
+        },
+        header: Header::from_bytes([0x60, 0x22, 0, 0, 0, 0]).unwrap(),
+    }
+}
+
+/// A financial request as a terminal sends it.
+#[derive(Clone)]
+struct Req {
+    mti: Mti,
+    processing: &'static str,
+    message_type: &'static str,
+    pan: String,
+    pin: Option<String>,
+    amount: u64,
+    stan: u32,
+    rrn: Option<String>,
+    f61: Option<String>,
+    reason: Option<&'static str>,
+}
+
+struct SimTerminal {
+    tid: String,
+    stream: DuplexStream,
+    keys: Option<WorkingKeys>,
+}
+
+#[derive(Clone, Debug)]
+struct Answer {
+    code: String,
+    rrn: Option<String>,
+}
+
+impl SimTerminal {
+    fn connect(switch: &switch::SwitchHandle, tid: &str) -> SimTerminal {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        switch.serve_stream(server);
+        SimTerminal {
+            tid: tid.to_owned(),
+            stream: client,
+            keys: None,
+        }
+    }
+
+    async fn read(&mut self) -> Option<Vec<u8>> {
+        tokio::time::timeout(TERMINAL_TIMEOUT, read_frame(&mut self.stream))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn sign_in(&mut self) {
+        let mut out = MessageBuilder::new(Mti::NETWORK);
+        out.set_stan(1).unwrap();
+        out.set_text(41, &self.tid)
+            .unwrap()
+            .set_text(42, MID)
+            .unwrap();
+        out.set_digits(60, "00000001003").unwrap();
+        out.set_text(63, "001").unwrap();
+        let mut bytes = Vec::new();
+        out.encode_frame(&head(), &mut bytes).unwrap();
+        self.stream.write_all(&bytes).await.unwrap();
+        let body = self.read().await.expect("sign-in unanswered");
+        let frame = Frame::decode_unprefixed(&body).unwrap();
+        assert_eq!(frame.message.text(39), Some("00"));
+        let tmk = Key::from_hex(KeyAlgorithm::Des, TMK_HEX).unwrap();
+        self.keys = Some(
+            paycrypto::decode_field62(&tmk, KeyScheme::Double, frame.message.bytes(62).unwrap())
+                .unwrap(),
+        );
+    }
+
+    fn encode(&self, req: &Req) -> Vec<u8> {
+        let keys = self.keys.as_ref().unwrap();
+        let mut out = MessageBuilder::new(req.mti);
+        out.set_digits(2, &req.pan).unwrap();
+        out.set_digits(3, req.processing).unwrap();
+        out.set_amount(req.amount).unwrap();
+        out.set_stan(req.stan).unwrap();
+        out.set_digits(22, if req.pin.is_some() { "021" } else { "022" })
+            .unwrap();
+        out.set_digits(25, "00").unwrap();
+        if let Some(rrn) = &req.rrn {
+            out.set_text(37, rrn).unwrap();
+        }
+        if let Some(pin) = &req.pin {
+            let digits = paycrypto::PanDigits::from_pan(&req.pan).unwrap();
+            let block = paycrypto::pin::encrypt(&keys.pik, pin, &digits).unwrap();
+            out.set_binary(52, block.as_bytes()).unwrap();
+            out.set_digits(53, "2600000000000000").unwrap();
+        }
+        if let Some(reason) = req.reason {
+            out.set_text(39, reason).unwrap();
+        }
+        out.set_text(41, &self.tid)
+            .unwrap()
+            .set_text(42, MID)
+            .unwrap();
+        out.set_text(49, "156").unwrap();
+        out.set_digits(60, &format!("{}{:06}", req.message_type, 1))
+            .unwrap();
+        if let Some(f61) = &req.f61 {
+            out.set_digits(61, f61).unwrap();
+        }
+        let mut bytes = Vec::new();
+        out.encode_frame_with_mac(&head(), &mut bytes, |data| {
+            Ok::<_, iso8583::EncodeError>(
+                paycrypto::mac::compute(MacAlgorithm::CupEcb, &keys.mak, data).unwrap(),
+            )
+        })
+        .unwrap();
+        bytes
+    }
+
+    /// Sends and waits for the answer to `req` (other frames on the pipe are skipped).
+    async fn send(&mut self, req: &Req) -> Answer {
+        let bytes = self.encode(req);
+        self.stream.write_all(&bytes).await.unwrap();
+        loop {
+            let body = self
+                .read()
+                .await
+                .expect("the switch left a request unanswered");
+            let frame = Frame::decode_unprefixed(&body).unwrap();
+            let m = &frame.message;
+            if m.stan() == Some(req.stan) && m.mti().value() == req.mti.value() + 10 {
+                return Answer {
+                    code: m.text(39).unwrap().to_owned(),
+                    rrn: m.text(37).map(str::to_owned),
+                };
+            }
+        }
+    }
+}
+
+/// What the terminals saw, for the invariants and the run's fingerprint.
+#[derive(Default)]
+struct Seen {
+    codes: BTreeMap<String, u64>,
+    /// Retries whose answer differed from the first answer: (tid, stan, first, retry).
+    retry_mismatches: Vec<(String, u32, String, String)>,
+    retries: u64,
+    abandoned: u64,
+}
+
+struct Card {
+    pan: String,
+    pin: String,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn terminal_loop(
+    seed: u64,
+    index: usize,
+    txns: usize,
+    switch: Arc<switch::SwitchHandle>,
+    cards: Arc<Vec<Card>>,
+    seen: Arc<Mutex<Seen>>,
+) {
+    let tid = format!("7{:07}", index + 1);
+    let mut rng = Rng(mix(&[seed, index as u64, 99]));
+    let mut t = SimTerminal::connect(&switch, &tid);
+    t.sign_in().await;
+    let mut stan = 1u32;
+    let mut last: Option<(Req, Answer)> = None;
+    let mut approved: Vec<(Req, Answer)> = Vec::new();
+    for n in 0..txns {
+        stan += 1;
+        let roll = rng.next();
+        // Amounts are unique per terminal request: the issuer-side faults key on them.
+        let amount = 100 + (n as u64) * TERMINALS as u64 + index as u64;
+        let card = &cards[(rng.next() % cards.len() as u64) as usize];
+        let purchase = Req {
+            mti: Mti::FINANCIAL,
+            processing: "000000",
+            message_type: "22",
+            pan: card.pan.clone(),
+            pin: Some(card.pin.clone()),
+            amount,
+            stan,
+            rrn: None,
+            f61: None,
+            reason: None,
+        };
+        match roll % 100 {
+            // Retry the last request as it was (same TID, batch, STAN, content).
+            0..=7 if last.is_some() => {
+                let (req, first) = last.clone().unwrap();
+                let again = t.send(&req).await;
+                let mut seen = seen.lock().unwrap();
+                seen.retries += 1;
+                if again.code != first.code {
+                    seen.retry_mismatches
+                        .push((tid.clone(), req.stan, first.code, again.code));
+                }
+                stan -= 1;
+                continue;
+            }
+            // Void the newest approved purchase.
+            8..=15 if !approved.is_empty() => {
+                let (orig, answer) = approved.pop().unwrap();
+                let void = Req {
+                    processing: "200000",
+                    message_type: "23",
+                    pin: None,
+                    stan,
+                    rrn: answer.rrn.clone(),
+                    f61: Some(format!("{:06}{:06}", 1, orig.stan)),
+                    ..orig
+                };
+                let a = t.send(&void).await;
+                *seen
+                    .lock()
+                    .unwrap()
+                    .codes
+                    .entry(format!("void {}", a.code))
+                    .or_default() += 1;
+                last = Some((void, a));
+                continue;
+            }
+            // The terminal loses its connection with the purchase outstanding: it reconnects,
+            // signs in and reverses it, as a POS does.
+            16..=19 => {
+                let bytes = t.encode(&purchase);
+                t.stream.write_all(&bytes).await.unwrap();
+                drop(t);
+                t = SimTerminal::connect(&switch, &tid);
+                t.sign_in().await;
+                stan += 1;
+                let reversal = Req {
+                    mti: Mti::REVERSAL,
+                    pin: None,
+                    reason: Some("98"),
+                    ..purchase.clone()
+                };
+                let a = t.send(&reversal).await;
+                let mut seen = seen.lock().unwrap();
+                seen.abandoned += 1;
+                *seen
+                    .codes
+                    .entry(format!("reversal {}", a.code))
+                    .or_default() += 1;
+                last = None;
+                continue;
+            }
+            _ => {}
+        }
+        let a = t.send(&purchase).await;
+        *seen
+            .lock()
+            .unwrap()
+            .codes
+            .entry(format!("purchase {}", a.code))
+            .or_default() += 1;
+        if a.code == "00" {
+            approved.push((purchase.clone(), a.clone()));
+        }
+        last = Some((purchase, a));
+    }
+}
+
+// --- one run
+
+struct Outcome {
+    fingerprint: String,
+}
+
+fn run(seed: u64, txns: usize) -> Outcome {
+    // IO only for the switch's listener, which the simulation never dials.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(simulate(seed, txns))
+}
+
+async fn simulate(seed: u64, txns: usize) -> Outcome {
+    let clock = SimClock {
+        start: tokio::time::Instant::now(),
+    };
+    let random = DeterministicRandom::new(seed);
+    let master = MasterKey::generate(&random).unwrap();
+    let hsm = Arc::new(SoftHsm::new(
+        &master,
+        Box::new(DeterministicRandom::new(seed + 1)),
+    ));
+    let zpk = hsm
+        .import_key(KeyUsage::Zpk, KeyAlgorithm::Des, ZPK_HEX)
+        .unwrap();
+
+    let mut issuers = HashMap::new();
+    let mut cards = Vec::new();
+    let mut all_pans = Vec::new();
+    for bank in BANKS {
+        let pins = HsmPinVerifier::new(Arc::clone(&hsm) as Arc<dyn Hsm>, zpk);
+        let (issuer, demo): (Issuer, Vec<DemoCard>) = demo_issuer(
+            bank,
+            4,
+            pins,
+            LedgerLocation::Memory,
+            Arc::new(clock.clone()),
+        )
+        .unwrap();
+        for c in &demo {
+            all_pans.push(c.pan.expose_digits().to_owned());
+        }
+        cards.extend(demo.iter().filter(|c| c.label == "healthy").map(|c| Card {
+            pan: c.pan.expose_digits().to_owned(),
+            pin: c.pin().to_owned(),
+        }));
+        issuers.insert(bank.to_owned(), Arc::new(issuer));
+    }
+
+    let dir = match tempfile::tempdir_in("/dev/shm") {
+        Ok(dir) => dir,
+        Err(_) => tempfile::tempdir().unwrap(),
+    };
+    let mut store_config = SqliteConfig::new(dir.path().join("switch.db"));
+    store_config.synchronous = Synchronous::Normal;
+    store_config.inline_writer = true;
+    let store = Arc::new(SqliteStore::open(&store_config).unwrap());
+    let tmk = hsm
+        .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK_HEX)
+        .unwrap();
+    let mut records = vec![Record::UpsertMerchant(MerchantRow {
+        mid: MID.into(),
+        name: "Teahouse".into(),
+        status: Status::Active,
+        mcc: "5812".into(),
+    })];
+    for i in 0..TERMINALS {
+        records.push(switch::terminal_record(&TerminalSpec {
+            tid: format!("7{:07}", i + 1),
+            mid: MID.into(),
+            tmk,
+            scheme: KeyScheme::Double,
+            mac: MacAlgorithm::CupEcb,
+            batch_no: 1,
+        }));
+    }
+    store.submit(records).unwrap().await.unwrap();
+
+    let mut config = SwitchConfig::new("127.0.0.1:0".parse().unwrap());
+    for (i, bank) in BANKS.iter().enumerate() {
+        config.issuers.insert(
+            (*bank).to_owned(),
+            IssuerEndpoint {
+                // Never dialled: the simulated network routes by bank.
+                addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 7000)),
+                zpk,
+                timeout: ISSUER_TIMEOUT,
+            },
+        );
+    }
+    config.saf_interval = Duration::from_millis(100);
+    config.saf_lease = Duration::from_secs(5);
+    let net = Arc::new(SimNet {
+        seed,
+        issuers: issuers.clone(),
+        attempts: Arc::default(),
+        connects: Mutex::default(),
+    });
+    let switch = Arc::new(
+        Switch::start_with(
+            config,
+            Arc::clone(&store) as Arc<dyn Store>,
+            Arc::clone(&hsm) as Arc<dyn Hsm>,
+            Arc::new(IssuerDirectory::embedded().unwrap()),
+            Arc::new(clock.clone()),
+            net,
+        )
+        .await
+        .unwrap(),
+    );
+    for _ in 0..100 {
+        if BANKS.iter().all(|b| switch.issuer_connected(b)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let cards = Arc::new(cards);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let tasks: Vec<_> = (0..TERMINALS)
+        .map(|i| {
+            tokio::spawn(terminal_loop(
+                seed,
+                i,
+                txns,
+                Arc::clone(&switch),
+                Arc::clone(&cards),
+                Arc::clone(&seen),
+            ))
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    // Let the dust settle: every reversal delivered (virtual time is cheap).
+    let drained_by = tokio::time::Instant::now() + DRAIN_MAX;
+    loop {
+        let pending = store.reversals_in_state(SafState::Pending).unwrap();
+        if pending.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < drained_by,
+            "seed {seed}: {} reversals still pending after {DRAIN_MAX:?} of virtual time",
+            pending.len()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let metrics = switch.metrics();
+    Arc::into_inner(switch).unwrap().shutdown().await;
+    for issuer in issuers.values() {
+        issuer.flush().unwrap();
+    }
+
+    check_invariant_1(seed, &store, &issuers);
+    let seen = Arc::into_inner(seen).unwrap().into_inner().unwrap();
+    check_invariant_2(seed, &store, &issuers, &seen);
+    check_no_pan(seed, &dir.path().join("switch.db"), &all_pans);
+
+    let issuer_approvals: usize = issuers.values().map(|i| i.approvals().unwrap().len()).sum();
+    let fingerprint = format!(
+        "{:?} retries {} abandoned {} issuer approvals {issuer_approvals} refused {}",
+        seen.codes, seen.retries, seen.abandoned, metrics.refused_overload
+    );
+    Outcome { fingerprint }
+}
+
+// --- invariants
+
+/// Invariant 1: every issuer approval is completed in the journal (same state and amount) or
+/// reversed at the issuer and not approved in the journal; every journal approval is an
+/// issuer approval; nothing in flight, nothing queued.
+fn check_invariant_1(seed: u64, store: &SqliteStore, issuers: &HashMap<String, Arc<Issuer>>) {
+    let mut broken = Vec::new();
+    for (bank, issuer) in issuers {
+        for approval in issuer
+            .approvals()
+            .unwrap()
+            .iter()
+            .filter(|a| a.code == ResponseCode::Approved)
+        {
+            let row = store.txn_by_rrn(approval.rrn.as_str()).unwrap();
+            let ok = match (approval.state, row.as_ref().map(|r| r.state)) {
+                (IssuerState::Reversed, None) => true,
+                (IssuerState::Reversed, Some(state)) => !matches!(
+                    state,
+                    TxnState::Approved | TxnState::Voided | TxnState::Completed
+                ),
+                (IssuerState::Approved, Some(TxnState::Approved))
+                | (IssuerState::Voided, Some(TxnState::Voided))
+                | (IssuerState::Completed, Some(TxnState::Completed)) => row
+                    .as_ref()
+                    .is_some_and(|r| r.amount_fen == i64::try_from(approval.amount).unwrap()),
+                _ => false,
+            };
+            if !ok {
+                let timeline: Vec<String> = row
+                    .as_ref()
+                    .map(|r| store.events(r.id).unwrap())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| format!("{} {}: {}", e.at_ms - EPOCH_MS, e.kind, e.detail))
+                    .collect();
+                let reversal = row.as_ref().and_then(|r| store.reversal(r.id).unwrap());
+                broken.push(format!(
+                    "{bank} {} {:?}: issuer {:?}, journal {:?} (tid {:?} stan {:?}); \
+                     timeline {timeline:#?}; reversal queue {reversal:?}",
+                    approval.rrn,
+                    approval.kind,
+                    approval.state,
+                    row.as_ref().map(|r| r.state),
+                    row.as_ref().map(|r| r.tid.clone()),
+                    row.as_ref().map(|r| r.stan),
+                ));
+            }
+        }
+    }
+    for state in [TxnState::Approved, TxnState::Voided] {
+        for row in store.txns_in_state(state).unwrap() {
+            // A terminal's reversal is journalled as its own row; the issuer's side of it is
+            // the original's state, checked above.
+            if row.kind == store::TxnKind::Reversal {
+                continue;
+            }
+            let Some(rrn) = row.rrn.as_deref() else {
+                broken.push(format!("journal {state:?} row {} without an RRN", row.id));
+                continue;
+            };
+            let rrn = Rrn::parse(rrn).unwrap();
+            let at_issuer = issuers
+                .values()
+                .filter_map(|i| i.txn(&rrn))
+                .any(|t| t.code == ResponseCode::Approved);
+            if !at_issuer {
+                broken.push(format!(
+                    "journal {state:?} {} unknown to the issuers",
+                    rrn.as_str()
+                ));
+            }
+        }
+    }
+    let in_flight = store.txns_in_state(TxnState::InFlight).unwrap().len();
+    if in_flight > 0 {
+        broken.push(format!("{in_flight} transactions still in flight"));
+    }
+    assert!(
+        broken.is_empty(),
+        "seed {seed}: invariant 1 broken (rerun with SHOUDAN_SIM_SEED={seed}): {broken:#?}"
+    );
+}
+
+/// Invariant 2: a retried request got the answer the first one got, and no (TID, batch, STAN)
+/// of a financial request was debited twice at an issuer.
+fn check_invariant_2(
+    seed: u64,
+    store: &SqliteStore,
+    issuers: &HashMap<String, Arc<Issuer>>,
+    seen: &Seen,
+) {
+    assert!(
+        seen.retry_mismatches.is_empty(),
+        "seed {seed}: invariant 2 broken, a retry answered differently (rerun with \
+         SHOUDAN_SIM_SEED={seed}): {:?}",
+        seen.retry_mismatches
+    );
+    let mut debits: HashMap<(String, u32, u32), u32> = HashMap::new();
+    for issuer in issuers.values() {
+        for approval in issuer.approvals().unwrap() {
+            if approval.code != ResponseCode::Approved {
+                continue;
+            }
+            if let Some(row) = store.txn_by_rrn(approval.rrn.as_str()).unwrap() {
+                *debits.entry((row.tid, row.batch_no, row.stan)).or_default() += 1;
+            }
+        }
+    }
+    let twice: Vec<_> = debits.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "seed {seed}: invariant 2 broken, debited twice (rerun with SHOUDAN_SIM_SEED={seed}): \
+         {twice:?}"
+    );
+}
+
+/// DESIGN.md invariant 4, for the database: no full PAN in any column, as text or as the BCD a
+/// codec would pack it into.
+fn check_no_pan(seed: u64, db: &std::path::Path, pans: &[String]) {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let needles: Vec<(String, Vec<u8>, Vec<u8>)> = pans
+        .iter()
+        .map(|pan| {
+            let mut digits = pan.clone();
+            if digits.len() % 2 == 1 {
+                digits.push('0');
+            }
+            let bcd = digits
+                .as_bytes()
+                .chunks(2)
+                .map(|p| ((p[0] - b'0') << 4) | (p[1] - b'0'))
+                .collect();
+            (pan.clone(), pan.as_bytes().to_vec(), bcd)
+        })
+        .collect();
+    let mut cells = 0u64;
+    for table in tables {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{table}\"")).unwrap();
+        let columns = stmt.column_count();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            for c in 0..columns {
+                let bytes: Vec<u8> = match row.get_ref(c).unwrap() {
+                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                        t.to_vec()
+                    }
+                    _ => continue,
+                };
+                cells += 1;
+                for (pan, text, bcd) in &needles {
+                    let found = bytes.windows(text.len()).any(|w| w == text.as_slice())
+                        || bytes.windows(bcd.len()).any(|w| w == bcd.as_slice());
+                    assert!(
+                        !found,
+                        "seed {seed}: full PAN {}… in table {table}",
+                        &pan[..6]
+                    );
+                }
+            }
+        }
+    }
+    assert!(cells > 0);
+}
+
+// --- entry points
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn seeded_simulation_keeps_the_invariants() {
+    let txns = env_u64("SHOUDAN_SIM_TXNS").map_or(TXNS_PER_TERMINAL_DEFAULT, |n| n as usize);
+    let seeds: Vec<u64> = match (env_u64("SHOUDAN_SIM_SEED"), env_u64("SHOUDAN_SIM_SEEDS")) {
+        (Some(seed), _) => vec![seed],
+        (None, Some(k)) => (1..=k).collect(),
+        (None, None) => (1..=SEEDS_DEFAULT).collect(),
+    };
+    for seed in seeds {
+        eprintln!("sim: seed {seed} ({TERMINALS} terminals x {txns} requests)");
+        let outcome = run(seed, txns);
+        eprintln!("sim: seed {seed} ok: {}", outcome.fingerprint);
+    }
+}
+
+#[test]
+fn a_seed_replays_the_same_run() {
+    let txns = 60;
+    let first = run(42, txns);
+    let second = run(42, txns);
+    assert_eq!(first.fingerprint, second.fingerprint);
+}
