@@ -105,6 +105,7 @@ pub struct ReconFinding {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ReconReport {
+    pub issuer: String,
     pub clearing_date: String,
     pub issuer_rows: usize,
     pub journal_rows: usize,
@@ -157,12 +158,14 @@ const ACTION_AMOUNT: &str = "Amounts differ: clear the issuer's amount, post a c
      the difference, and check the terminal's amount entry.";
 
 /// Matches one issuer's clearing file for `clearing_date` with the journal. `journal` holds the
-/// journal rows of that issuer around the date (a row near the cut-over may carry the next or
-/// previous clearing date); only rows of `clearing_date` itself can be unknown to the issuer.
+/// journal rows of that issuer around the date, and `adjacent` the issuer's rows of the days
+/// either side: the issuer's business day and our clearing date (cut at 23:00) need not agree
+/// near midnight, so a row is unknown to the issuer only if no neighbouring file has it either.
 pub fn reconcile(
     issuer: &str,
     clearing_date: &str,
     issuer_rows: &[IssuerClearingRow],
+    adjacent: &[IssuerClearingRow],
     journal: &[TxnRow],
 ) -> ReconReport {
     let by_rrn: HashMap<&str, &TxnRow> = journal
@@ -175,6 +178,7 @@ pub fn reconcile(
         .filter(|r| MONEY_KINDS.contains(&r.kind.as_str()))
         .collect();
     let mut report = ReconReport {
+        issuer: issuer.to_owned(),
         clearing_date: clearing_date.to_owned(),
         issuer_rows: issuer_money.len(),
         ..ReconReport::default()
@@ -232,6 +236,10 @@ pub fn reconcile(
         if seen.contains_key(rrn) {
             continue;
         }
+        if adjacent.iter().any(|a| a.rrn == rrn && issuer_counts(a)) {
+            report.matched += 1;
+            continue;
+        }
         report.findings.push(ReconFinding {
             kind: FindingKind::UnknownToIssuer,
             issuer: issuer.to_owned(),
@@ -246,4 +254,126 @@ pub fn reconcile(
         });
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal_row(rrn: &str, kind: TxnKind, state: TxnState, amount: i64, date: &str) -> TxnRow {
+        TxnRow {
+            id: rrn.parse().unwrap_or(0),
+            tid: "10000001".into(),
+            mid: "898310058120001".into(),
+            batch_no: 1,
+            stan: 1,
+            kind,
+            mti: "0200".into(),
+            processing_code: "000000".into(),
+            condition_code: "00".into(),
+            amount_fen: amount,
+            currency: "156".into(),
+            pan: None,
+            issuer: Some("ICBC".into()),
+            rrn: Some(rrn.into()),
+            host_trace: None,
+            auth_code: None,
+            response_code: Some("00".into()),
+            state,
+            request_hash: vec![],
+            original_id: None,
+            refunded_fen: 0,
+            field60: None,
+            host_date: None,
+            clearing_date: date.into(),
+            settlement_date: None,
+            received_at_ms: 0,
+            sent_at_ms: None,
+            issuer_answered_at_ms: None,
+            answered_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn every_kind_of_difference_is_found_with_its_action() {
+        let csv = "rrn,type,amount,state,refunded,captured,original_rrn,auth_code,day\n\
+            000000000001,purchase,1000,approved,0,0,,123456,2026-11-23\n\
+            000000000002,purchase,2000,approved,0,0,,123457,2026-11-23\n\
+            000000000003,purchase,3000,approved,0,0,,123458,2026-11-23\n\
+            000000000004,purchase,4000,approved,0,0,,123459,2026-11-23\n\
+            000000000005,purchase,5000,reversed,0,0,,123460,2026-11-23\n\
+            000000000007,balance_inquiry,0,approved,0,0,,,2026-11-23\n";
+        let rows = parse_clearing_csv(csv).unwrap();
+        let adjacent = parse_clearing_csv(
+            "rrn,type,amount,state,refunded,captured,original_rrn,auth_code,day\n\
+             000000000008,purchase,800,approved,0,0,,1,2026-11-24\n",
+        )
+        .unwrap();
+        let d = "20261123";
+        let journal = vec![
+            journal_row(
+                "000000000001",
+                TxnKind::Purchase,
+                TxnState::Approved,
+                1000,
+                d,
+            ),
+            journal_row(
+                "000000000002",
+                TxnKind::Purchase,
+                TxnState::Reversed,
+                2000,
+                d,
+            ),
+            // 3: missing here.
+            journal_row(
+                "000000000004",
+                TxnKind::Purchase,
+                TxnState::Approved,
+                4400,
+                d,
+            ),
+            journal_row(
+                "000000000005",
+                TxnKind::Purchase,
+                TxnState::Approved,
+                5000,
+                d,
+            ),
+            journal_row(
+                "000000000006",
+                TxnKind::Purchase,
+                TxnState::Approved,
+                600,
+                d,
+            ),
+            // Cleared on the 23rd here, on the 24th at the issuer: matched, not unknown.
+            journal_row(
+                "000000000008",
+                TxnKind::Purchase,
+                TxnState::Approved,
+                800,
+                d,
+            ),
+        ];
+        let report = reconcile("ICBC", d, &rows, &adjacent, &journal);
+        let found: Vec<(&str, FindingKind)> = report
+            .findings
+            .iter()
+            .map(|f| (f.rrn.as_str(), f.kind))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("000000000002", FindingKind::MissingHere),
+                ("000000000003", FindingKind::MissingHere),
+                ("000000000004", FindingKind::AmountDiffers),
+                ("000000000005", FindingKind::UnknownToIssuer),
+                ("000000000006", FindingKind::UnknownToIssuer),
+            ]
+        );
+        assert_eq!(report.matched, 2);
+        assert_eq!(report.findings[0].action, ACTION_REVERSED_HERE);
+        assert_eq!(report.findings[1].action, ACTION_MISSING);
+    }
 }

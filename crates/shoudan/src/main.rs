@@ -8,6 +8,7 @@ mod demo;
 mod explain_cmd;
 mod fixtures;
 mod iso_cmd;
+mod settle_cmd;
 mod terminal_cmd;
 mod traffic;
 
@@ -53,6 +54,18 @@ enum Command {
     /// Load: purchases from signed-in terminals, a loopback echo ceiling, and their ratio.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Clear a clearing date: fees, ledger postings per merchant; a second run changes nothing.
+    Settle(settle_cmd::SettleArgs),
+    /// List payouts; `--run DATE` runs the T+1 payout job through the simulated bank first.
+    Payouts(settle_cmd::PayoutsArgs),
+    /// Match the issuers' clearing files for a date against the journal.
+    Reconcile(settle_cmd::ReconcileArgs),
+    /// The double-entry ledger.
+    #[command(subcommand)]
+    Ledger(settle_cmd::LedgerCmd),
+    /// Merchants' bound settlement accounts: bind, confirm a re-binding.
+    #[command(subcommand)]
+    Account(settle_cmd::AccountCmd),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +80,11 @@ fn main() -> ExitCode {
         Command::Fixtures(args) => fixtures::run(args),
         Command::Terminal(args) => terminal_cmd::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Settle(args) => settle_cmd::settle(args),
+        Command::Payouts(args) => settle_cmd::payouts(args),
+        Command::Reconcile(args) => settle_cmd::reconcile_cmd(args),
+        Command::Ledger(cmd) => settle_cmd::ledger(cmd),
+        Command::Account(cmd) => settle_cmd::account(cmd),
         Command::Audit(args) => match audit::run(args) {
             Ok(code) => return code,
             Err(err) => Err(err),

@@ -1,0 +1,494 @@
+//! `shoudan settle`, `payouts`, `reconcile`, `ledger balance` and `account`: the settlement
+//! crate over the demo's data directory (journal `switch.db`, issuer ledgers, master key).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use domain::IssuerDirectory;
+use paycrypto::{Hsm, MasterKey, OsRandom, SoftHsm};
+use serde::Serialize;
+use settlement::{
+    AccountInput, BindOutcome, IssuerClearingRow, ReconReport, Sealer, SimBank, SimBehaviour,
+    audit, bind_account, confirm_change, parse_clearing_csv, reconcile, run_payouts, settle_date,
+};
+use store::settlement::{AccountKind, PayoutState};
+use store::{SqliteConfig, SqliteStore, Store};
+
+use crate::CliResult;
+
+/// Payouts listed at most by `shoudan payouts`.
+const PAYOUTS_LISTED_MAX: u32 = 1_000;
+
+#[derive(clap::Args)]
+pub struct Common {
+    /// The demo's data directory.
+    #[arg(long, default_value = "./shoudan-data")]
+    pub data_dir: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct SettleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Clearing date, YYYY-MM-DD or YYYYMMDD.
+    #[arg(long)]
+    pub date: String,
+}
+
+#[derive(clap::Args)]
+pub struct PayoutsArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Run the payout job for this payout day (YYYY-MM-DD) through the simulated bank first.
+    #[arg(long)]
+    pub run: Option<String>,
+    /// Only this merchant.
+    #[arg(long)]
+    pub mid: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long)]
+    pub date: String,
+}
+
+#[derive(clap::Subcommand)]
+pub enum LedgerCmd {
+    /// Every account's balance and the ledger audit (sum zero, every posting balanced).
+    Balance(Common),
+}
+
+#[derive(clap::Subcommand)]
+pub enum AccountCmd {
+    /// Bind (or re-bind) a merchant's settlement card or bank account.
+    Bind {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        mid: String,
+        /// A debit card number (Luhn-checked, bank from its BIN).
+        #[arg(long, conflicts_with = "account")]
+        card: Option<String>,
+        /// A bank account number (needs --bank).
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        bank: Option<String>,
+        #[arg(long)]
+        name: String,
+        /// Who asks (the maker).
+        #[arg(long, default_value = "merchant")]
+        by: String,
+    },
+    /// Confirm a re-binding waiting for an operator (the checker, not the maker).
+    Confirm {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        change: i64,
+        #[arg(long)]
+        by: String,
+    },
+}
+
+/// Account numbers sealed with the demo's master key (`master.key`), as PANs are.
+struct HsmSealer(SoftHsm);
+
+impl Sealer for HsmSealer {
+    fn seal(&self, clear: &str) -> Result<Vec<u8>, String> {
+        self.0.seal(clear.as_bytes()).map_err(|e| e.to_string())
+    }
+    fn open(&self, sealed: &[u8]) -> Result<String, String> {
+        let clear = self.0.open(sealed).map_err(|e| e.to_string())?;
+        String::from_utf8(clear.to_vec()).map_err(|e| e.to_string())
+    }
+}
+
+fn sealer(dir: &Path) -> Result<HsmSealer, Box<dyn std::error::Error>> {
+    let path = dir.join("master.key");
+    let hex = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&path)
+            .map_err(|e| format!("{}: {e} (run `shoudan demo` first)", path.display()))?,
+    );
+    let master = MasterKey::from_hex(hex.trim())?;
+    Ok(HsmSealer(SoftHsm::new(&master, Box::new(OsRandom))))
+}
+
+/// `sim-bank.json`: `{"<account number>": "frozen"}`; behaviours `normal`, `invalid`,
+/// `frozen`, `closed`, `limit:<fen>`, `system-errors:<n>`, `return-after:<days>`, or
+/// `name:<holder name the bank has>`. Test data for the simulated bank only.
+fn sim_bank(dir: &Path) -> Result<SimBank, Box<dyn std::error::Error>> {
+    let bank = SimBank::new();
+    let Ok(text) = std::fs::read_to_string(dir.join("sim-bank.json")) else {
+        return Ok(bank);
+    };
+    let accounts: std::collections::BTreeMap<String, String> = serde_json::from_str(&text)?;
+    for (number, spec) in &accounts {
+        let (what, arg) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
+        let n = || {
+            arg.parse::<u32>()
+                .map_err(|_| format!("sim-bank.json: {spec}"))
+        };
+        let behaviour = match what {
+            "normal" => SimBehaviour::Normal,
+            "invalid" => SimBehaviour::InvalidAccount,
+            "frozen" => SimBehaviour::Frozen,
+            "closed" => SimBehaviour::ClosedOrLost,
+            "limit" => SimBehaviour::LimitFen(i64::from(n()?)),
+            "system-errors" => SimBehaviour::SystemErrors(n()?),
+            "return-after" => SimBehaviour::ReturnAfterDays(n()?),
+            "name" => {
+                bank.set_holder(number, arg);
+                continue;
+            }
+            _ => return Err(format!("sim-bank.json: unknown behaviour {spec}").into()),
+        };
+        bank.set_behaviour(number, behaviour);
+    }
+    Ok(bank)
+}
+
+fn open_store(dir: &Path) -> Result<Arc<SqliteStore>, Box<dyn std::error::Error>> {
+    let path = dir.join("switch.db");
+    if !path.exists() {
+        return Err(format!("{}: no journal (run `shoudan demo` first)", path.display()).into());
+    }
+    Ok(Arc::new(SqliteStore::open(&SqliteConfig::new(path))?))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn yuan(fen: i64) -> String {
+    let sign = if fen < 0 { "-" } else { "" };
+    let abs = fen.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
+}
+
+fn print_json<T: Serialize>(value: &T) -> CliResult {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub fn settle(args: SettleArgs) -> CliResult {
+    let store = open_store(&args.common.data_dir)?;
+    let directory = IssuerDirectory::embedded()?;
+    let report = settle_date(store.as_ref(), &directory, &args.date, now_ms())?;
+    if args.common.json {
+        return print_json(&report);
+    }
+    if report.changed {
+        println!(
+            "settled {}: run {}, {} new clearing lines, {} postings",
+            report.clearing_date,
+            report.run_no.unwrap_or(0),
+            report.new_lines,
+            report.new_postings
+        );
+    } else {
+        println!(
+            "{} already settled: nothing new to clear, nothing changed",
+            report.clearing_date
+        );
+    }
+    println!(
+        "{:<16} {:>6} {:>14} {:>12} {:>12} {:>10} {:>14}",
+        "merchant", "txns", "captures", "voids", "refunds", "fees", "net"
+    );
+    for m in &report.merchants {
+        println!(
+            "{:<16} {:>6} {:>14} {:>12} {:>12} {:>10} {:>14}",
+            m.mid,
+            m.transactions,
+            yuan(m.captures_fen),
+            yuan(m.voids_fen),
+            yuan(m.refunds_fen),
+            yuan(m.fees_fen),
+            yuan(m.net_fen)
+        );
+    }
+    Ok(())
+}
+
+pub fn payouts(args: PayoutsArgs) -> CliResult {
+    let store = open_store(&args.common.data_dir)?;
+    let run = match &args.run {
+        Some(day) => {
+            let sealer = sealer(&args.common.data_dir)?;
+            // The embedded simulated bank: accounts behave normally unless `sim-bank.json`
+            // in the data directory says otherwise.
+            let bank = sim_bank(&args.common.data_dir)?;
+            let day = settlement::dates::normalise(day).ok_or("--run: not a date")?;
+            bank.set_today(&day);
+            Some(run_payouts(store.as_ref(), &bank, &sealer, &day, now_ms())?)
+        }
+        None => None,
+    };
+    let list = store.payouts(args.mid.as_deref(), None, PAYOUTS_LISTED_MAX)?;
+    if args.common.json {
+        #[derive(Serialize)]
+        struct Row<'a> {
+            key: &'a str,
+            mid: &'a str,
+            payout_date: &'a str,
+            amount_fen: i64,
+            state: &'a str,
+            attempts: u32,
+            account: &'a str,
+            failure: Option<&'a str>,
+            diagnosis: Option<&'static str>,
+        }
+        let rows: Vec<Row<'_>> = list
+            .iter()
+            .map(|p| Row {
+                key: &p.key,
+                mid: &p.mid,
+                payout_date: &p.payout_date,
+                amount_fen: p.amount_fen,
+                state: p.state.as_str(),
+                attempts: p.attempts,
+                account: &p.account_masked,
+                failure: p.failure.as_deref(),
+                diagnosis: p
+                    .failure
+                    .as_deref()
+                    .and_then(domain::PayoutFailure::from_key)
+                    .map(|f| domain::diagnose_payout(f).title.en),
+            })
+            .collect();
+        return print_json(&serde_json::json!({ "run": run, "payouts": rows }));
+    }
+    if let Some(run) = &run {
+        println!(
+            "payout run {}: {} created, {} sent, {} retrying, {} held, {} returned, {} released, {} waiting for an account",
+            run.payout_date,
+            run.created.len(),
+            run.sent.len(),
+            run.retrying.len(),
+            run.held.len(),
+            run.returned.len(),
+            run.released.len(),
+            run.waiting_for_account.len()
+        );
+    }
+    if list.is_empty() {
+        println!("no payouts");
+    }
+    for p in &list {
+        let why = p
+            .failure
+            .as_deref()
+            .and_then(domain::PayoutFailure::from_key)
+            .map(|f| format!("  {}", domain::diagnose_payout(f).title.en))
+            .unwrap_or_default();
+        println!(
+            "{:<26} {:>14} {:<8} {:<22} attempts {}{why}",
+            p.key,
+            yuan(p.amount_fen),
+            p.state.as_str(),
+            p.account_masked,
+            p.attempts
+        );
+    }
+    let held = list.iter().filter(|p| p.state == PayoutState::Held).count();
+    if held > 0 && !args.common.json {
+        println!(
+            "{held} held: the merchant re-binds (`shoudan account bind`), an operator confirms"
+        );
+    }
+    Ok(())
+}
+
+pub fn ledger(cmd: LedgerCmd) -> CliResult {
+    let LedgerCmd::Balance(common) = cmd;
+    let store = open_store(&common.data_dir)?;
+    let report = audit(store.as_ref())?;
+    if common.json {
+        print_json(&report)?;
+    } else {
+        for a in &report.accounts {
+            println!("{:<40} {:>16}", a.account, yuan(a.balance_fen));
+        }
+        println!(
+            "{:<40} {:>16}",
+            "sum (must be 0.00)",
+            yuan(report.total_fen)
+        );
+        println!(
+            "{}",
+            if report.balanced {
+                "balanced: every posting sums to zero"
+            } else {
+                "NOT BALANCED"
+            }
+        );
+    }
+    if report.balanced {
+        Ok(())
+    } else {
+        Err(format!("ledger does not balance: {:?}", report.unbalanced).into())
+    }
+}
+
+pub fn account(cmd: AccountCmd) -> CliResult {
+    match cmd {
+        AccountCmd::Bind {
+            common,
+            mid,
+            card,
+            account,
+            bank,
+            name,
+            by,
+        } => {
+            let store = open_store(&common.data_dir)?;
+            let sealer = sealer(&common.data_dir)?;
+            let directory = IssuerDirectory::embedded()?;
+            let input = match (card, account) {
+                (Some(number), None) => AccountInput {
+                    kind: AccountKind::Card,
+                    number,
+                    holder_name: name,
+                    bank_code: bank,
+                },
+                (None, Some(number)) => AccountInput {
+                    kind: AccountKind::Bank,
+                    number,
+                    holder_name: name,
+                    bank_code: bank,
+                },
+                _ => return Err("give --card or --account".into()),
+            };
+            let outcome = bind_account(
+                store.as_ref(),
+                &sealer,
+                &directory,
+                &mid,
+                &input,
+                &by,
+                now_ms(),
+            )?;
+            if common.json {
+                return print_json(&outcome);
+            }
+            match outcome {
+                BindOutcome::Active { change_id, version } => {
+                    println!("bound (change {change_id}, version {version})");
+                }
+                BindOutcome::PendingConfirmation { change_id } => println!(
+                    "change {change_id} waits for an operator: shoudan account confirm --change {change_id} --by <operator>"
+                ),
+            }
+            Ok(())
+        }
+        AccountCmd::Confirm { common, change, by } => {
+            let store = open_store(&common.data_dir)?;
+            let version = confirm_change(store.as_ref(), change, &by, now_ms())?;
+            if common.json {
+                return print_json(&serde_json::json!({ "change": change, "version": version }));
+            }
+            println!("change {change} confirmed by {by}: account version {version}");
+            Ok(())
+        }
+    }
+}
+
+/// Writes an issuer's clearing file for a day with issuer-sim's own writer (from its ledger),
+/// unless it is already there, and reads it back.
+fn clearing_file(
+    dir: &Path,
+    bank: &str,
+    date: &str,
+) -> Result<Vec<IssuerClearingRow>, Box<dyn std::error::Error>> {
+    let path = dir.join("clearing").join(format!("{bank}-{date}.csv"));
+    if !path.exists() {
+        let ledger_path = dir.join("issuers").join(format!("{bank}.db"));
+        let day_number = settlement::dates::day_number(date).ok_or("not a date")?;
+        let day = issuer_sim::Date::from_days_since_epoch(day_number);
+        let (ledger, _) =
+            issuer_sim::ledger::Ledger::open(&issuer_sim::LedgerLocation::File(ledger_path))?;
+        let records = ledger.transactions(Some(day), true)?;
+        ledger.close()?;
+        std::fs::create_dir_all(dir.join("clearing"))?;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        issuer_sim::clearing::write_csv(&records, &mut out)?;
+        std::io::Write::flush(&mut out)?;
+    }
+    Ok(parse_clearing_csv(&std::fs::read_to_string(&path)?)?)
+}
+
+pub fn reconcile_cmd(args: ReconcileArgs) -> CliResult {
+    let dir = &args.common.data_dir;
+    let date = settlement::dates::normalise(&args.date).ok_or("--date: not a date")?;
+    let store = open_store(dir)?;
+    let before = settlement::dates::add_days(&date, -1).ok_or("bad date")?;
+    let after = settlement::dates::add_days(&date, 1).ok_or("bad date")?;
+    let journal: Vec<store::TxnRow> = store
+        .txns_since(&before)?
+        .into_iter()
+        .filter(|r| r.clearing_date.as_str() <= after.as_str())
+        .collect();
+    let mut banks: Vec<String> = std::fs::read_dir(dir.join("issuers"))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".db").map(str::to_owned)
+        })
+        .collect();
+    banks.sort();
+    let mut reports: Vec<ReconReport> = Vec::new();
+    let mut journal_issuers: HashSet<&str> = HashSet::new();
+    for bank in &banks {
+        let rows = clearing_file(dir, bank, &date)?;
+        let mut adjacent = clearing_file(dir, bank, &before)?;
+        adjacent.extend(clearing_file(dir, bank, &after)?);
+        let mine: Vec<store::TxnRow> = journal
+            .iter()
+            .filter(|r| r.issuer.as_deref() == Some(bank.as_str()))
+            .cloned()
+            .collect();
+        journal_issuers.insert(bank.as_str());
+        reports.push(reconcile(bank, &date, &rows, &adjacent, &mine));
+    }
+    let findings: usize = reports.iter().map(|r| r.findings.len()).sum();
+    if args.common.json {
+        print_json(&reports)?;
+    } else {
+        for r in &reports {
+            println!(
+                "{:<8} {}: issuer {} rows, journal {} rows, matched {}, differences {}",
+                r.issuer,
+                r.clearing_date,
+                r.issuer_rows,
+                r.journal_rows,
+                r.matched,
+                r.findings.len()
+            );
+            for f in &r.findings {
+                println!(
+                    "  {:?} RRN {} {} issuer {} here {}\n    → {}",
+                    f.kind,
+                    f.rrn,
+                    f.txn_kind,
+                    f.issuer_amount_fen.map_or("-".to_owned(), yuan),
+                    f.journal_amount_fen.map_or("-".to_owned(), yuan),
+                    f.action
+                );
+            }
+        }
+        if findings == 0 {
+            println!("reconciled: every issuer clearing row matches the journal");
+        }
+    }
+    Ok(())
+}
