@@ -13,6 +13,7 @@
 mod error;
 mod model;
 mod pending;
+mod pg;
 pub mod resolve;
 pub mod risk;
 pub mod schema;
@@ -26,6 +27,7 @@ pub use model::{
     TxnKind, TxnRow, TxnState, WrappedKeys,
 };
 pub use pending::{Durable, Pending};
+pub use pg::{PgConfig, PgStore};
 pub use sqlite::{
     READ_CONNECTIONS_MAX, SqliteConfig, SqliteStore, Synchronous, WRITE_BATCH_MAX, WRITE_QUEUE_MAX,
 };

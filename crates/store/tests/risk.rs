@@ -6,7 +6,9 @@ use store::risk::{
     AlertAction, AlertState, MerchantProfileRow, MerchantReviewRow, MerchantState, RiskAlertRow,
     RiskRecord,
 };
-use store::{MerchantRow, Record, SqliteConfig, SqliteStore, Status, Store, TerminalRow};
+mod backend;
+use backend::Db;
+use store::{MerchantRow, Record, Status, TerminalRow};
 
 fn merchant(mid: &str) -> Record {
     Record::UpsertMerchant(MerchantRow {
@@ -35,10 +37,8 @@ fn alert(id: i64, txn_ids: Vec<i64>) -> Record {
     })))
 }
 
-#[tokio::test]
-async fn profiles_reviews_alerts_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("s.db"))).unwrap();
+async fn profiles_reviews_alerts_round_trip(db: &Db) {
+    let store = db.open();
     let profile = MerchantProfileRow {
         mid: "M1".into(),
         state: MerchantState::Applied,
@@ -147,3 +147,5 @@ async fn profiles_reviews_alerts_round_trip() {
         .await;
     assert!(missing.is_err());
 }
+
+on_both_async!(profiles_reviews_alerts_round_trip);

@@ -1,10 +1,15 @@
-//! The SQLite store on a real file: migrations, round trips, group commit under concurrency,
-//! durability across reopen, the reversal queue, and write failures reaching the waiter.
+//! The stores on real databases: migrations, round trips, group commit under concurrency,
+//! durability across reopen, the reversal queue, and write failures reaching the waiter. The
+//! backend-neutral tests run on SQLite (a temp file) and PostgreSQL (a fresh schema): see
+//! `on_both!` at the end; SQLite-only ones (file format, page quota) are plain tests.
 
 // Helpers outside `#[test]` functions are test code too.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
+
+mod backend;
+use backend::Db;
 
 use store::{
     EventRow, MerchantRow, Outcome, PanAtRest, Record, SafState, SqliteConfig, SqliteStore, Status,
@@ -78,7 +83,7 @@ fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&SqliteConfig::new(dir.path().join("shoudan.db"))).unwrap()
 }
 
-fn provision(store: &SqliteStore) {
+fn provision(store: &backend::Opened) {
     store
         .submit(vec![
             Record::UpsertMerchant(merchant()),
@@ -131,10 +136,8 @@ fn a_newer_schema_is_refused() {
     assert!(matches!(error, StoreError::SchemaTooNew { found: 999, .. }));
 }
 
-#[test]
-fn terminals_merchants_and_sign_in_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+fn terminals_merchants_and_sign_in_round_trip(db: &Db) {
+    let store = db.open();
     provision(&store);
     assert_eq!(store.merchants().unwrap(), vec![merchant()]);
     assert_eq!(store.terminal("10000001").unwrap(), Some(terminal()));
@@ -183,10 +186,8 @@ fn terminals_merchants_and_sign_in_round_trip() {
     assert!(matches!(error, StoreError::Constraint { .. }));
 }
 
-#[test]
-fn transactions_outcomes_and_events_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+fn transactions_outcomes_and_events_round_trip(db: &Db) {
+    let store = db.open();
     provision(&store);
     let row = txn(1, 11);
     store
@@ -255,10 +256,8 @@ fn transactions_outcomes_and_events_round_trip() {
     assert!(store.txns_in_state(TxnState::InFlight).unwrap().is_empty());
 }
 
-#[test]
-fn a_failing_submission_fails_alone_and_leaves_no_trace() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+fn a_failing_submission_fails_alone_and_leaves_no_trace(db: &Db) {
+    let store = db.open();
     provision(&store);
     let first = store
         .submit(vec![Record::InsertTxn(Box::new(txn(1, 1)))])
@@ -289,10 +288,8 @@ fn a_failing_submission_fails_alone_and_leaves_no_trace() {
     assert!(store.txn(3).unwrap().is_some());
 }
 
-#[test]
-fn group_commit_under_concurrency_then_durable_across_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(open(&dir));
+fn group_commit_under_concurrency_then_durable_across_reopen(db: &Db) {
+    let store = Arc::new(db.open());
     provision(&store);
     const TASKS: i64 = 16;
     const PER_TASK: i64 = 200;
@@ -325,30 +322,26 @@ fn group_commit_under_concurrency_then_durable_across_reopen() {
     });
     store.close();
     drop(store);
-    let store = open(&dir);
+    let store = db.open();
     let rows = store.txns_since("20261123").unwrap();
     assert_eq!(rows.len(), usize::try_from(TASKS * PER_TASK).unwrap());
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     assert_eq!(ids, (1..=TASKS * PER_TASK).collect::<Vec<_>>());
 }
 
-#[test]
-fn counters_never_repeat_across_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+fn counters_never_repeat_across_reopen(db: &Db) {
+    let store = db.open();
     assert_eq!(store.reserve("rrn", 100).unwrap().wait().unwrap(), 1);
     assert_eq!(store.reserve("rrn", 100).unwrap().wait().unwrap(), 101);
     assert_eq!(store.reserve("trace", 10).unwrap().wait().unwrap(), 1);
     store.close();
     drop(store);
-    let store = open(&dir);
+    let store = db.open();
     assert_eq!(store.reserve("rrn", 1).unwrap().wait().unwrap(), 201);
 }
 
-#[test]
-fn reversal_queue_claim_retry_and_ack() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+fn reversal_queue_claim_retry_and_ack(db: &Db) {
+    let store = db.open();
     provision(&store);
     for id in 1..=3 {
         store
@@ -429,7 +422,7 @@ fn reversal_queue_claim_retry_and_ack() {
     // Leases survive a restart: after reopening, nothing is due before the lease ends.
     store.close();
     drop(store);
-    let store = open(&dir);
+    let store = db.open();
     assert!(
         store
             .claim_reversals(1_000, 1_000, 10)
@@ -473,10 +466,8 @@ fn a_full_database_fails_the_waiter() {
     );
 }
 
-#[test]
-fn writes_after_close_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+fn writes_after_close_are_refused(db: &Db) {
+    let store = db.open();
     store.close();
     let result = store.submit(vec![Record::UpsertMerchant(merchant())]);
     let error = match result {
@@ -485,3 +476,13 @@ fn writes_after_close_are_refused() {
     };
     assert_eq!(error, StoreError::WriterGone);
 }
+
+on_both!(
+    terminals_merchants_and_sign_in_round_trip,
+    transactions_outcomes_and_events_round_trip,
+    a_failing_submission_fails_alone_and_leaves_no_trace,
+    group_commit_under_concurrency_then_durable_across_reopen,
+    counters_never_repeat_across_reopen,
+    reversal_queue_claim_retry_and_ack,
+    writes_after_close_are_refused,
+);

@@ -1,0 +1,568 @@
+//! The PostgreSQL backend: one writer connection doing group commit over a bounded queue, and a
+//! pool of read connections, as the SQLite backend; several shoudan nodes may share a database.
+//!
+//! The statements are the SQLite backend's own, generated at build time (see build.rs) and run
+//! through a rusqlite-shaped shim (pg_shim.rs). What differs is here: connecting, migrating
+//! under an advisory lock (nodes may start together), and claiming reversals with
+//! `FOR UPDATE SKIP LOCKED`, so that two nodes never claim the same one while the claim's lease
+//! (its pushed-back `next_attempt_ms`) keeps it from the others until it expires.
+//!
+//! Threads: the connections' protocol tasks run on the store's own small tokio runtime; callers
+//! wait on their replies with a plain thread park (`shim::block_on`), so reads work from inside
+//! an async runtime as SQLite reads do. Durability: PostgreSQL's `synchronous_commit` (on by
+//! default) makes each group's COMMIT wait for its WAL flush.
+
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::params;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Store;
+use crate::error::StoreError;
+#[allow(unused_imports)]
+use crate::model::{
+    EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status, TerminalRow,
+    TxnKind, TxnRow, TxnState, WrappedKeys,
+};
+use crate::pending::{Durable, Pending};
+use crate::risk::{AlertState, MerchantProfileRow, MerchantReviewRow, RiskAlertRow};
+use crate::schema;
+#[allow(unused_imports)]
+use shim::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use shim::{Connection, OptionalExtension, Row};
+
+#[path = "pg_shim.rs"]
+pub(crate) mod shim;
+
+#[allow(unused_imports)]
+mod pg_resolve {
+    include!(concat!(env!("OUT_DIR"), "/pg_resolve.rs"));
+}
+#[allow(unused_imports)]
+mod pg_risk {
+    include!(concat!(env!("OUT_DIR"), "/pg_risk.rs"));
+}
+#[allow(unused_imports)]
+mod pg_settlement {
+    include!(concat!(env!("OUT_DIR"), "/pg_settlement.rs"));
+}
+#[allow(unused_imports)]
+mod pg_web {
+    include!(concat!(env!("OUT_DIR"), "/pg_web.rs"));
+}
+
+/// Submissions that may wait for the writer; beyond this `submit` fails with `QueueFull`.
+pub const PG_WRITE_QUEUE_MAX: usize = 65_536;
+/// Submissions committed in one transaction at most; bounds a commit's latency and memory.
+pub const PG_WRITE_BATCH_MAX: usize = 8_192;
+/// Idle read connections kept; more may be opened under a burst, then closed.
+pub const PG_READ_CONNECTIONS_MAX: usize = 8;
+/// Threads driving the connections' protocol tasks; they only shuffle bytes.
+const PG_RUNTIME_THREADS: usize = 1;
+/// The advisory lock key migrations hold, so nodes starting together migrate once.
+const MIGRATION_LOCK_KEY: i64 = 0x0053_484f_5544_414e;
+
+/// How to open a PostgreSQL store.
+#[derive(Clone, Debug)]
+pub struct PgConfig {
+    /// `postgres://user@host:port/database` (or key=value form).
+    pub url: String,
+    /// A schema to create and use instead of `public` (tests give each store its own);
+    /// lower-case letters, digits and `_` only.
+    pub schema: Option<String>,
+}
+
+impl PgConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        PgConfig {
+            url: url.into(),
+            schema: None,
+        }
+    }
+}
+
+enum Job {
+    Write {
+        records: Vec<Record>,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Reserve {
+        counter: String,
+        count: u64,
+        done: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Claim {
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+        done: oneshot::Sender<Result<Vec<SafItem>, StoreError>>,
+    },
+    Stop,
+}
+
+/// The result of one job, held until its group's commit is known.
+enum Completion {
+    Write(
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
+    ),
+    Reserve(
+        oneshot::Sender<Result<u64, StoreError>>,
+        Result<u64, StoreError>,
+    ),
+    Claim(
+        oneshot::Sender<Result<Vec<SafItem>, StoreError>>,
+        Result<Vec<SafItem>, StoreError>,
+    ),
+}
+
+impl Completion {
+    fn fail(self, error: StoreError) -> Self {
+        match self {
+            Completion::Write(done, _) => Completion::Write(done, Err(error)),
+            Completion::Reserve(done, _) => Completion::Reserve(done, Err(error)),
+            Completion::Claim(done, _) => Completion::Claim(done, Err(error)),
+        }
+    }
+
+    fn deliver(self) {
+        // A waiter that gave up (dropped its future) is no error of the writer's.
+        match self {
+            Completion::Write(done, result) => drop(done.send(result)),
+            Completion::Reserve(done, result) => drop(done.send(result)),
+            Completion::Claim(done, result) => drop(done.send(result)),
+        }
+    }
+}
+
+/// A PostgreSQL database with a group-commit writer thread.
+pub struct PgStore {
+    config: PgConfig,
+    runtime: Option<tokio::runtime::Runtime>,
+    sender: mpsc::Sender<Job>,
+    readers: Mutex<Vec<Connection>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.config.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(message: impl Into<String>) -> StoreError {
+    StoreError::Backend {
+        message: message.into(),
+    }
+}
+
+fn check_schema(schema: &str) -> Result<(), StoreError> {
+    let valid = !schema.is_empty()
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(backend(format!("invalid schema name {schema:?}")))
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, StoreError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(PG_RUNTIME_THREADS)
+        .thread_name("store-pg-io")
+        .enable_all()
+        .build()
+        .map_err(|e| backend(format!("cannot start the postgres runtime: {e}")))
+}
+
+fn connect(runtime: &tokio::runtime::Handle, config: &PgConfig) -> Result<Connection, StoreError> {
+    let url = config.url.clone();
+    let connecting = runtime.spawn(async move {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        // The protocol task ends when the client is dropped or the server goes away.
+        tokio::spawn(async move { drop(connection.await) });
+        Ok::<_, tokio_postgres::Error>(client)
+    });
+    let client = shim::block_on(connecting)
+        .map_err(|e| backend(format!("postgres connect: {e}")))?
+        .map_err(|e| shim::store_error(&e))?;
+    let conn = Connection::new(client);
+    if let Some(schema) = &config.schema {
+        conn.execute_batch(&format!("SET search_path TO {schema}"))?;
+    }
+    Ok(conn)
+}
+
+impl PgStore {
+    /// Connects, creates the schema if asked, migrates, and starts the writer thread.
+    pub fn open(config: &PgConfig) -> Result<Self, StoreError> {
+        if let Some(schema) = &config.schema {
+            check_schema(schema)?;
+        }
+        let runtime = runtime()?;
+        let handle = runtime.handle().clone();
+        let fresh = PgConfig {
+            url: config.url.clone(),
+            schema: None,
+        };
+        let writer = connect(&handle, &fresh)?;
+        if let Some(schema) = &config.schema {
+            writer.execute_batch(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
+            ))?;
+        }
+        migrate(&writer)?;
+        let (sender, receiver) = mpsc::channel(PG_WRITE_QUEUE_MAX);
+        let reconnect = config.clone();
+        let thread = std::thread::Builder::new()
+            .name("store-pg-writer".into())
+            .spawn(move || run_writer(writer, receiver, &handle, &reconnect))
+            .map_err(|e| backend(format!("cannot start writer thread: {e}")))?;
+        Ok(PgStore {
+            config: config.clone(),
+            runtime: Some(runtime),
+            sender,
+            readers: Mutex::new(Vec::new()),
+            writer: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Commits what is queued, stops the writer and waits for it. Later writes fail with
+    /// `WriterGone`. Blocks: call from outside the async runtime or via `spawn_blocking`.
+    pub fn close(&self) {
+        if self.sender.blocking_send(Job::Stop).is_ok() {
+            let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+            if let Some(handle) = handle {
+                let _ = handle.join();
+            }
+        }
+    }
+
+    /// Drops a schema and everything in it (tests clean up after themselves).
+    pub fn drop_schema(url: &str, schema: &str) -> Result<(), StoreError> {
+        check_schema(schema)?;
+        let runtime = runtime()?;
+        let result = connect(runtime.handle(), &PgConfig::new(url)).and_then(|conn| {
+            conn.execute_batch(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .map_err(StoreError::from)
+        });
+        runtime.shutdown_background();
+        result
+    }
+
+    fn enqueue(&self, job: Job) -> Result<(), StoreError> {
+        self.sender.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => StoreError::WriterGone,
+        })
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().ok().and_then(|mut pool| pool.pop());
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let runtime = self.runtime.as_ref().ok_or(StoreError::WriterGone)?;
+                connect(runtime.handle(), &self.config)?
+            }
+        };
+        let result = f(&conn);
+        if !conn.is_closed() {
+            if let Ok(mut pool) = self.readers.lock() {
+                if pool.len() < PG_READ_CONNECTIONS_MAX {
+                    pool.push(conn);
+                }
+            }
+        }
+        result
+    }
+
+    fn txns_where(
+        &self,
+        condition: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<TxnRow>, StoreError> {
+        let sql = format!("SELECT {TXN_COLUMNS} FROM transactions WHERE {condition}");
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map(params, txn_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn safs_where(
+        &self,
+        condition: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<SafItem>, StoreError> {
+        let sql = format!("SELECT {SAF_COLUMNS} FROM reversal_queue WHERE {condition}");
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map(params, saf_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Without joining: dropping may happen inside a runtime. The writer finishes what is
+        // queued and exits when the channel closes; the runtime is let go in the background.
+        let _ = self.sender.try_send(Job::Stop);
+        if let Ok(mut pool) = self.readers.lock() {
+            pool.clear();
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN")?;
+    let result = migrate_locked(conn);
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(_) => {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
+    result
+}
+
+fn migrate_locked(conn: &Connection) -> Result<(), StoreError> {
+    conn.query_row(
+        "SELECT pg_advisory_xact_lock(?1)::TEXT",
+        params![MIGRATION_LOCK_KEY],
+        |r| r.get::<_, String>(0),
+    )?;
+    conn.execute_batch(schema::MIGRATIONS_TABLE)?;
+    let applied: Vec<i64> = conn
+        .prepare("SELECT version FROM schema_migrations")?
+        .query_map(params![], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let known = schema::latest_version();
+    if let Some(&found) = applied.iter().max() {
+        if found > known {
+            return Err(StoreError::SchemaTooNew { found, known });
+        }
+    }
+    for migration in schema::MIGRATIONS
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+    {
+        conn.execute_batch(&schema::render(migration, schema::POSTGRES_BYTES))?;
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (?1, ?2, ?3)",
+            params![migration.version, migration.name, now_ms()],
+        )?;
+    }
+    Ok(())
+}
+
+fn run_writer(
+    mut conn: Connection,
+    mut receiver: mpsc::Receiver<Job>,
+    runtime: &tokio::runtime::Handle,
+    config: &PgConfig,
+) {
+    let mut jobs = Vec::with_capacity(PG_WRITE_BATCH_MAX);
+    let mut completions = Vec::with_capacity(PG_WRITE_BATCH_MAX);
+    loop {
+        let Some(first) = receiver.blocking_recv() else {
+            return;
+        };
+        if conn.is_closed() {
+            // The server restarted or the link broke: the group gets a new connection; if
+            // that fails too, the group's jobs fail on the closed one and the next retries.
+            if let Ok(fresh) = connect(runtime, config) {
+                conn = fresh;
+            }
+        }
+        jobs.push(first);
+        while jobs.len() < PG_WRITE_BATCH_MAX {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let stop = commit_group(&conn, &mut jobs, &mut completions);
+        for completion in completions.drain(..) {
+            completion.deliver();
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+/// What a job produced, before its group's commit.
+enum Output {
+    Unit,
+    Counter(u64),
+    Claimed(Vec<SafItem>),
+}
+
+fn execute(conn: &Connection, job: &Job) -> Result<Output, StoreError> {
+    match job {
+        Job::Write { records, .. } => write_records(conn, records).map(|()| Output::Unit),
+        Job::Reserve { counter, count, .. } => {
+            reserve_counter(conn, counter, *count).map(Output::Counter)
+        }
+        Job::Claim {
+            now_ms,
+            lease_ms,
+            limit,
+            ..
+        } => claim(conn, *now_ms, *lease_ms, *limit).map(Output::Claimed),
+        Job::Stop => Ok(Output::Unit),
+    }
+}
+
+fn completion(job: Job, result: Result<Output, StoreError>) -> Option<Completion> {
+    let mismatch = || backend("job produced the wrong kind of result");
+    Some(match job {
+        Job::Write { done, .. } => Completion::Write(done, result.map(|_| ())),
+        Job::Reserve { done, .. } => Completion::Reserve(
+            done,
+            result.and_then(|o| match o {
+                Output::Counter(first) => Ok(first),
+                Output::Unit | Output::Claimed(_) => Err(mismatch()),
+            }),
+        ),
+        Job::Claim { done, .. } => Completion::Claim(
+            done,
+            result.and_then(|o| match o {
+                Output::Claimed(items) => Ok(items),
+                Output::Unit | Output::Counter(_) => Err(mismatch()),
+            }),
+        ),
+        Job::Stop => return None,
+    })
+}
+
+/// Runs a group of jobs in one transaction and one commit. The fast path runs them back to
+/// back; only if one fails is the group rolled back and rerun with a savepoint per job, so
+/// that a bad job fails alone. Returns whether a stop was requested.
+fn commit_group(conn: &Connection, jobs: &mut Vec<Job>, completions: &mut Vec<Completion>) -> bool {
+    let stop = jobs.iter().any(|j| matches!(j, Job::Stop));
+    if conn.execute_batch("BEGIN").is_ok() {
+        let mut outputs = Vec::with_capacity(jobs.len());
+        let mut failed = false;
+        for job in jobs.iter() {
+            match execute(conn, job) {
+                Ok(output) => outputs.push(output),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if !failed && conn.execute_batch("COMMIT").is_ok() {
+            for (job, output) in jobs.drain(..).zip(outputs) {
+                completions.extend(completion(job, Ok(output)));
+            }
+            return stop;
+        }
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    commit_group_carefully(conn, jobs, completions);
+    stop
+}
+
+/// The slow path: a savepoint per job, so a failing job (which aborts PostgreSQL's
+/// transaction until rolled back to the savepoint) fails alone.
+fn commit_group_carefully(
+    conn: &Connection,
+    jobs: &mut Vec<Job>,
+    completions: &mut Vec<Completion>,
+) {
+    let began: Result<(), StoreError> = conn.execute_batch("BEGIN").map_err(StoreError::from);
+    let first_in_transaction = completions.len();
+    for job in jobs.drain(..) {
+        let result = match &began {
+            Err(error) => Err(error.clone()),
+            Ok(()) => in_savepoint(conn, |c| execute(c, &job)),
+        };
+        completions.extend(completion(job, result));
+    }
+    if began.is_ok() {
+        if let Err(error) = conn.execute_batch("COMMIT") {
+            let error = StoreError::from(error);
+            let _ = conn.execute_batch("ROLLBACK");
+            for completion in completions.iter_mut().skip(first_in_transaction) {
+                replace_with_failure(completion, &error);
+            }
+        }
+    }
+}
+
+fn replace_with_failure(completion: &mut Completion, error: &StoreError) {
+    let (placeholder, _) = oneshot::channel();
+    let taken = std::mem::replace(completion, Completion::Write(placeholder, Ok(())));
+    *completion = taken.fail(error.clone());
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT job")?;
+    match f(conn) {
+        Ok(value) => {
+            conn.execute_batch("RELEASE job")?;
+            Ok(value)
+        }
+        Err(error) => {
+            conn.execute_batch("ROLLBACK TO job")?;
+            conn.execute_batch("RELEASE job")?;
+            Err(error)
+        }
+    }
+}
+
+/// Claims due reversals for this node: rows another node's open claim has locked are skipped,
+/// and the claimed rows' next attempt moves to the end of the lease, so no other node takes
+/// them before the lease runs out (the owner died) or the owner records the outcome.
+fn claim(
+    conn: &Connection,
+    now_ms: i64,
+    lease_ms: i64,
+    limit: u32,
+) -> Result<Vec<SafItem>, StoreError> {
+    let lease_until = now_ms.saturating_add(lease_ms);
+    let sql = format!(
+        "UPDATE reversal_queue SET next_attempt_ms = ?1 WHERE txn_id IN (
+         SELECT txn_id FROM reversal_queue WHERE state = ?2 AND next_attempt_ms <= ?3
+         ORDER BY next_attempt_ms LIMIT ?4 FOR UPDATE SKIP LOCKED)
+         RETURNING {SAF_COLUMNS}"
+    );
+    let mut items = conn
+        .prepare_cached(&sql)?
+        .query_map(
+            params![lease_until, SafState::Pending, now_ms, limit],
+            saf_from_row,
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    items.sort_by_key(|item| item.txn_id);
+    Ok(items)
+}
+
+// The shared statements: `impl Store for PgStore` and the write and row helpers, generated
+// from src/sqlite.rs by build.rs.
+include!(concat!(env!("OUT_DIR"), "/pg_core.rs"));

@@ -1,0 +1,493 @@
+//! The slice of rusqlite's API that the shared statement code uses, over a PostgreSQL client:
+//! parameters and columns pass through rusqlite's own `ToSql`/`FromSql` conversions.
+//!
+//! Parameters are encoded for the type PostgreSQL inferred for each placeholder (an integer
+//! bound to an `INTEGER` context goes as int4, to `BOOLEAN` as a bool), and columns of any
+//! integer, text, byte, boolean or numeric type decode to rusqlite values, so the row mappers
+//! written for SQLite work unchanged. `?N` placeholders become `$N`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::error::Error as StdError;
+
+use bytes::BytesMut;
+use tokio_postgres::types::{FromSql as PgFromSql, IsNull, ToSql as PgToSql, Type, to_sql_checked};
+
+use crate::error::StoreError;
+
+pub use rusqlite::{Error, OptionalExtension, Result, ToSql, params};
+
+/// The names the shared code imports from `rusqlite::types`. The text-enum conversions it
+/// defines are rusqlite's already; the copies generated for this backend implement these
+/// stand-in traits instead, which nothing calls.
+#[allow(dead_code)]
+pub mod types {
+    pub use rusqlite::types::{FromSqlError, FromSqlResult, ToSqlOutput, Type, ValueRef};
+
+    pub trait ToSql {
+        fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>>;
+    }
+
+    pub trait FromSql: Sized {
+        fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self>;
+    }
+}
+
+/// Prepared statements kept per connection at most; the store uses a few dozen.
+const STATEMENT_CACHE_MAX: usize = 512;
+
+/// A PostgreSQL failure carried through rusqlite's error type, recovered by
+/// `StoreError::from(rusqlite::Error)`.
+#[derive(Debug)]
+pub struct Carried(pub StoreError);
+
+impl std::fmt::Display for Carried {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl StdError for Carried {}
+
+pub fn carry(error: StoreError) -> Error {
+    Error::ToSqlConversionFailure(Box::new(Carried(error)))
+}
+
+/// Classifies a PostgreSQL error as the store's errors do for SQLite.
+pub fn store_error(error: &tokio_postgres::Error) -> StoreError {
+    // The driver's own text for a server error is only "db error": name the server's.
+    let message = match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    };
+    let code = error.code().map(|c| c.code().to_owned());
+    match code.as_deref() {
+        // integrity_constraint_violation class (unique, foreign key, check, not null)
+        Some(c) if c.starts_with("23") => StoreError::Constraint { message },
+        // disk_full, insufficient_resources
+        Some("53100" | "53000") => StoreError::Full { message },
+        _ => StoreError::Backend { message },
+    }
+}
+
+fn pg(error: tokio_postgres::Error) -> Error {
+    carry(store_error(&error))
+}
+
+/// A connection with the rusqlite-style calls the shared code makes.
+pub struct Connection {
+    client: tokio_postgres::Client,
+    statements: RefCell<HashMap<String, tokio_postgres::Statement>>,
+}
+
+impl Connection {
+    pub fn new(client: tokio_postgres::Client) -> Self {
+        Connection {
+            client,
+            statements: RefCell::new(HashMap::new()),
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    pub fn prepare_cached(&self, sql: &str) -> Result<Statement<'_>> {
+        if let Some(statement) = self.statements.borrow().get(sql) {
+            return Ok(Statement {
+                conn: self,
+                statement: statement.clone(),
+            });
+        }
+        let statement = block_on(self.client.prepare(&placeholders(sql))).map_err(pg)?;
+        let mut cache = self.statements.borrow_mut();
+        if cache.len() >= STATEMENT_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(sql.to_owned(), statement.clone());
+        Ok(Statement {
+            conn: self,
+            statement,
+        })
+    }
+
+    pub fn prepare(&self, sql: &str) -> Result<Statement<'_>> {
+        self.prepare_cached(sql)
+    }
+
+    pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    pub fn query_row<T, P: Params, F>(&self, sql: &str, params: P, f: F) -> Result<T>
+    where
+        F: FnOnce(&Row<'_>) -> Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+
+    pub fn execute_batch(&self, sql: &str) -> Result<()> {
+        block_on(self.client.batch_execute(sql)).map_err(pg)
+    }
+}
+
+pub struct Statement<'c> {
+    conn: &'c Connection,
+    statement: tokio_postgres::Statement,
+}
+
+impl Statement<'_> {
+    fn run(&mut self, params: &[Value]) -> Result<Vec<tokio_postgres::Row>> {
+        let refs: Vec<&(dyn PgToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn PgToSql + Sync)).collect();
+        block_on(self.conn.client.query(&self.statement, &refs)).map_err(pg)
+    }
+
+    pub fn execute<P: Params>(&mut self, params: P) -> Result<usize> {
+        let values = params.values()?;
+        let refs: Vec<&(dyn PgToSql + Sync)> =
+            values.iter().map(|p| p as &(dyn PgToSql + Sync)).collect();
+        let changed = block_on(self.conn.client.execute(&self.statement, &refs)).map_err(pg)?;
+        usize::try_from(changed).map_err(|_| {
+            carry(StoreError::Backend {
+                message: format!("{changed} rows changed"),
+            })
+        })
+    }
+
+    pub fn query_row<T, P: Params, F>(&mut self, params: P, f: F) -> Result<T>
+    where
+        F: FnOnce(&Row<'_>) -> Result<T>,
+    {
+        let rows = self.run(&params.values()?)?;
+        match rows.first() {
+            Some(row) => f(&Row { row }),
+            None => Err(Error::QueryReturnedNoRows),
+        }
+    }
+
+    pub fn query_map<T, P: Params, F>(
+        &mut self,
+        params: P,
+        mut f: F,
+    ) -> Result<std::vec::IntoIter<Result<T>>>
+    where
+        F: FnMut(&Row<'_>) -> Result<T>,
+    {
+        let rows = self.run(&params.values()?)?;
+        let mapped: Vec<Result<T>> = rows.iter().map(|row| f(&Row { row })).collect();
+        Ok(mapped.into_iter())
+    }
+}
+
+/// A result row; columns convert with rusqlite's `FromSql`.
+pub struct Row<'r> {
+    row: &'r tokio_postgres::Row,
+}
+
+impl Row<'_> {
+    pub fn get<I: ColumnIndex, T: rusqlite::types::FromSql>(&self, index: I) -> Result<T> {
+        let index = index.index(self.row)?;
+        let value: Value = self.row.try_get(index).map_err(pg)?;
+        let value_ref = value.as_ref();
+        T::column_result(value_ref).map_err(|e| match e {
+            rusqlite::types::FromSqlError::InvalidType => {
+                Error::InvalidColumnType(index, String::new(), value_ref.data_type())
+            }
+            rusqlite::types::FromSqlError::OutOfRange(i) => {
+                Error::IntegralValueOutOfRange(index, i)
+            }
+            other => Error::FromSqlConversionFailure(index, value_ref.data_type(), Box::new(other)),
+        })
+    }
+}
+
+pub trait ColumnIndex {
+    fn index(&self, row: &tokio_postgres::Row) -> Result<usize>;
+}
+
+impl ColumnIndex for usize {
+    fn index(&self, _: &tokio_postgres::Row) -> Result<usize> {
+        Ok(*self)
+    }
+}
+
+impl ColumnIndex for &str {
+    fn index(&self, row: &tokio_postgres::Row) -> Result<usize> {
+        row.columns()
+            .iter()
+            .position(|c| c.name() == *self)
+            .ok_or_else(|| Error::InvalidColumnName((*self).to_owned()))
+    }
+}
+
+/// Statement parameters, as rusqlite accepts them.
+pub trait Params {
+    fn values(&self) -> Result<Vec<Value>>;
+}
+
+impl Params for &[&dyn ToSql] {
+    fn values(&self) -> Result<Vec<Value>> {
+        self.iter().map(|p| Value::of(*p)).collect()
+    }
+}
+
+impl<const N: usize> Params for &[&dyn ToSql; N] {
+    fn values(&self) -> Result<Vec<Value>> {
+        self.iter().map(|p| Value::of(*p)).collect()
+    }
+}
+
+impl Params for [&(dyn ToSql + Send + Sync); 0] {
+    fn values(&self) -> Result<Vec<Value>> {
+        Ok(Vec::new())
+    }
+}
+
+macro_rules! array_params {
+    ($($n:literal)+) => {$(
+        impl<T: ToSql> Params for [T; $n] {
+            fn values(&self) -> Result<Vec<Value>> {
+                self.iter().map(|p| Value::of(p)).collect()
+            }
+        }
+    )+};
+}
+
+array_params!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+
+/// One owned value, either way.
+#[derive(Clone, Debug)]
+pub enum Value {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl Value {
+    fn of(param: &dyn ToSql) -> Result<Value> {
+        use rusqlite::types::{ToSqlOutput, Value as Owned, ValueRef};
+        let from_ref = |v: ValueRef<'_>| match v {
+            ValueRef::Null => Ok(Value::Null),
+            ValueRef::Integer(i) => Ok(Value::Integer(i)),
+            ValueRef::Real(r) => Ok(Value::Real(r)),
+            ValueRef::Text(t) => String::from_utf8(t.to_vec())
+                .map(Value::Text)
+                .map_err(|e| Error::ToSqlConversionFailure(Box::new(e))),
+            ValueRef::Blob(b) => Ok(Value::Blob(b.to_vec())),
+        };
+        match param.to_sql()? {
+            ToSqlOutput::Borrowed(v) => from_ref(v),
+            ToSqlOutput::Owned(Owned::Null) => Ok(Value::Null),
+            ToSqlOutput::Owned(Owned::Integer(i)) => Ok(Value::Integer(i)),
+            ToSqlOutput::Owned(Owned::Real(r)) => Ok(Value::Real(r)),
+            ToSqlOutput::Owned(Owned::Text(t)) => Ok(Value::Text(t)),
+            ToSqlOutput::Owned(Owned::Blob(b)) => Ok(Value::Blob(b)),
+            _ => Err(carry(StoreError::Backend {
+                message: "unsupported parameter kind for PostgreSQL".to_owned(),
+            })),
+        }
+    }
+
+    fn as_ref(&self) -> rusqlite::types::ValueRef<'_> {
+        use rusqlite::types::ValueRef;
+        match self {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(r) => ValueRef::Real(*r),
+            Value::Text(t) => ValueRef::Text(t.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }
+    }
+}
+
+type BoxError = Box<dyn StdError + Sync + Send>;
+
+fn mismatch(value: &Value, ty: &Type) -> BoxError {
+    format!("cannot send {value:?} as PostgreSQL {ty}").into()
+}
+
+impl PgToSql for Value {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> std::result::Result<IsNull, BoxError> {
+        match (self, ty) {
+            (Value::Null, _) => Ok(IsNull::Yes),
+            (Value::Integer(i), &Type::INT8) => PgToSql::to_sql(i, ty, out),
+            (Value::Integer(i), &Type::INT4) => PgToSql::to_sql(&i32::try_from(*i)?, ty, out),
+            (Value::Integer(i), &Type::INT2) => PgToSql::to_sql(&i16::try_from(*i)?, ty, out),
+            (Value::Integer(i), &Type::BOOL) => PgToSql::to_sql(&(*i != 0), ty, out),
+            (Value::Integer(i), &Type::FLOAT8) => {
+                PgToSql::to_sql(&format!("{i}").parse::<f64>()?, ty, out)
+            }
+            (Value::Integer(i), &Type::TEXT | &Type::VARCHAR | &Type::UNKNOWN) => {
+                PgToSql::to_sql(&i.to_string(), &Type::TEXT, out)
+            }
+            (Value::Real(r), &Type::FLOAT8) => PgToSql::to_sql(r, ty, out),
+            (Value::Text(t), &Type::TEXT | &Type::VARCHAR | &Type::BPCHAR | &Type::NAME) => {
+                PgToSql::to_sql(&t.as_str(), ty, out)
+            }
+            (Value::Text(t), &Type::UNKNOWN) => PgToSql::to_sql(&t.as_str(), &Type::TEXT, out),
+            (Value::Blob(b), &Type::BYTEA) => PgToSql::to_sql(&b.as_slice(), ty, out),
+            _ => Err(mismatch(self, ty)),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+impl<'a> PgFromSql<'a> for Value {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> std::result::Result<Self, BoxError> {
+        Ok(match *ty {
+            Type::INT8 => Value::Integer(i64::from_sql(ty, raw)?),
+            Type::INT4 => Value::Integer(i64::from(i32::from_sql(ty, raw)?)),
+            Type::INT2 => Value::Integer(i64::from(i16::from_sql(ty, raw)?)),
+            Type::BOOL => Value::Integer(i64::from(bool::from_sql(ty, raw)?)),
+            Type::FLOAT8 => Value::Real(f64::from_sql(ty, raw)?),
+            Type::FLOAT4 => Value::Real(f64::from(f32::from_sql(ty, raw)?)),
+            Type::BYTEA => Value::Blob(<Vec<u8>>::from_sql(ty, raw)?),
+            Type::NUMERIC => Value::Integer(numeric_to_i64(raw)?),
+            _ => Value::Text(String::from_sql(&Type::TEXT, raw)?),
+        })
+    }
+
+    fn from_sql_null(_: &Type) -> std::result::Result<Self, BoxError> {
+        Ok(Value::Null)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// Decodes a whole-number NUMERIC (what `SUM` over BIGINT returns) in binary form: a header of
+/// digit count, weight, sign and scale, then base-10000 digits.
+fn numeric_to_i64(raw: &[u8]) -> std::result::Result<i64, BoxError> {
+    let word = |i: usize| -> std::result::Result<i16, BoxError> {
+        let bytes = raw.get(i * 2..i * 2 + 2).ok_or("short NUMERIC")?;
+        Ok(i16::from_be_bytes([
+            *bytes.first().ok_or("short NUMERIC")?,
+            *bytes.get(1).ok_or("short NUMERIC")?,
+        ]))
+    };
+    let ndigits = usize::try_from(word(0)?)?;
+    let weight = i32::from(word(1)?);
+    let sign = u16::from_be_bytes(word(2)?.to_be_bytes());
+    let mut value: i64 = 0;
+    for i in 0..ndigits {
+        let position = i32::try_from(i)?;
+        if position > weight {
+            // Fractional digits: a sum of integers has none that are not zero.
+            if word(4 + i)? != 0 {
+                return Err("NUMERIC with a fraction where an integer was expected".into());
+            }
+            continue;
+        }
+        let digit = i64::from(word(4 + i)?);
+        value = value
+            .checked_mul(10_000)
+            .and_then(|v| v.checked_add(digit))
+            .ok_or("NUMERIC out of range")?;
+    }
+    // Trailing zero digit groups are not sent: scale up to the weight.
+    let sent = i32::try_from(ndigits)?;
+    for _ in sent..=weight {
+        value = value.checked_mul(10_000).ok_or("NUMERIC out of range")?;
+    }
+    match sign {
+        0x0000 => Ok(value),
+        0x4000 => value
+            .checked_neg()
+            .ok_or_else(|| "NUMERIC out of range".into()),
+        _ => Err("NUMERIC NaN or infinity".into()),
+    }
+}
+
+/// Waits for a future on the calling thread. The client's futures only exchange messages with
+/// the connection task, which runs on the store's own runtime; so unlike a nested tokio
+/// `block_on`, this works on any thread, inside an async runtime too (it blocks that thread,
+/// as a SQLite read does).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    let mut future = std::pin::pin!(future);
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(value) = future.as_mut().poll(&mut context) {
+            return value;
+        }
+        std::thread::park();
+    }
+}
+
+/// Rewrites SQLite's `?N` (and bare `?`) placeholders as PostgreSQL's `$N`, outside quotes,
+/// and SQLite's `rowid` (used to order rows of append-only tables that have no id column of
+/// their own) as PostgreSQL's `ctid`, which orders rows that are never updated or deleted by
+/// insertion too.
+pub fn placeholders(sql: &str) -> String {
+    let sql = rowid_as_ctid(sql);
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    let mut quoted = false;
+    let mut next_bare = 1u32;
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            '?' if !quoted => {
+                out.push('$');
+                if chars.peek().is_some_and(char::is_ascii_digit) {
+                    while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                        out.push(d);
+                    }
+                } else {
+                    out.push_str(&next_bare.to_string());
+                    next_bare += 1;
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn rowid_as_ctid(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(at) = rest.find("rowid") {
+        let (before, after) = rest.split_at(at);
+        let word_before = before
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_');
+        let tail = after.get(5..).unwrap_or_default();
+        let word_after = tail
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_');
+        out.push_str(before);
+        out.push_str(if word_before || word_after {
+            "rowid"
+        } else {
+            "ctid"
+        });
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
