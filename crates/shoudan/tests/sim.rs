@@ -429,7 +429,19 @@ struct Card {
     pin: String,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The void of an approved purchase, as request `stan`.
+fn void_of(orig: Req, answer: &Answer, stan: u32) -> Req {
+    Req {
+        processing: "200000",
+        message_type: "23",
+        pin: None,
+        stan,
+        rrn: answer.rrn.clone(),
+        f61: Some(format!("{:06}{:06}", 1, orig.stan)),
+        ..orig
+    }
+}
+
 async fn terminal_loop(
     seed: u64,
     index: usize,
@@ -480,15 +492,7 @@ async fn terminal_loop(
             // Void the newest approved purchase.
             8..=15 if !approved.is_empty() => {
                 let (orig, answer) = approved.pop().unwrap();
-                let void = Req {
-                    processing: "200000",
-                    message_type: "23",
-                    pin: None,
-                    stan,
-                    rrn: answer.rrn.clone(),
-                    f61: Some(format!("{:06}{:06}", 1, orig.stan)),
-                    ..orig
-                };
+                let void = void_of(orig, &answer, stan);
                 let a = t.send(&void).await;
                 *seen
                     .lock()
@@ -502,7 +506,16 @@ async fn terminal_loop(
             // The terminal loses its connection with the purchase outstanding: it reconnects,
             // signs in and reverses it, as a POS does.
             16..=19 => {
-                let bytes = t.encode(&purchase);
+                // Half the time it is a void of an approved purchase that is left outstanding.
+                let outstanding = match approved.pop() {
+                    Some((orig, answer)) if (roll >> 8) % 2 == 1 => void_of(orig, &answer, stan),
+                    Some(other) => {
+                        approved.push(other);
+                        purchase.clone()
+                    }
+                    None => purchase.clone(),
+                };
+                let bytes = t.encode(&outstanding);
                 t.stream.write_all(&bytes).await.unwrap();
                 drop(t);
                 t = SimTerminal::connect(&switch, &tid);
@@ -512,7 +525,7 @@ async fn terminal_loop(
                     mti: Mti::REVERSAL,
                     pin: None,
                     reason: Some("98"),
-                    ..purchase.clone()
+                    ..outstanding
                 };
                 let a = t.send(&reversal).await;
                 let mut seen = seen.lock().unwrap();

@@ -749,7 +749,18 @@ impl Core {
                             if approved { "approved" } else { "declined" },
                             detail,
                         ));
-                        records.extend(release(approved));
+                        // A terminal reversal that came in while the issuer was deciding has
+                        // reversed this request: its approval must not act on the original.
+                        // One that comes later must find it approved, to undo what it did.
+                        let reversed_meanwhile = {
+                            let mut live = entry.live();
+                            let reversed = live.state == TxnState::Reversed;
+                            if approved && !reversed {
+                                live.state = TxnState::Approved;
+                            }
+                            reversed
+                        };
+                        records.extend(release(approved && !reversed_meanwhile));
                         (
                             answer,
                             if approved {
