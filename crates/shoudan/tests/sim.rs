@@ -57,8 +57,11 @@ const ISSUER_TIMEOUT: Duration = Duration::from_millis(400);
 /// A terminal's own patience: far above the switch's issuer timeout, so it only fires if the
 /// switch leaves a request unanswered (which is a failure).
 const TERMINAL_TIMEOUT: Duration = Duration::from_secs(30);
-/// 2026-03-10 02:00:00 UTC (10:00 in China): the virtual clock's start.
+/// 2026-03-10 02:00:00 UTC (10:00 in China): the virtual clock's start for even seeds.
 const EPOCH_MS: i64 = 1_773_108_000_000;
+/// Odd seeds start two seconds before midnight in China, so the traffic crosses the clearing
+/// day: reversals and voids of yesterday's requests, a new day's limits.
+const BEFORE_MIDNIGHT_MS: i64 = EPOCH_MS + (14 * 3600 - 2) * 1000;
 /// Virtual time allowed for the reversal queue to drain after the traffic.
 const DRAIN_MAX: Duration = Duration::from_secs(30 * 60);
 
@@ -102,11 +105,12 @@ impl Rng {
 #[derive(Clone)]
 struct SimClock {
     start: tokio::time::Instant,
+    base_ms: i64,
 }
 
 impl SimClock {
     fn ms(&self) -> i64 {
-        EPOCH_MS + i64::try_from(self.start.elapsed().as_millis()).unwrap()
+        self.base_ms + i64::try_from(self.start.elapsed().as_millis()).unwrap()
     }
 }
 
@@ -572,6 +576,11 @@ fn run(seed: u64, txns: usize) -> Outcome {
 async fn simulate(seed: u64, txns: usize) -> Outcome {
     let clock = SimClock {
         start: tokio::time::Instant::now(),
+        base_ms: if seed % 2 == 1 {
+            BEFORE_MIDNIGHT_MS
+        } else {
+            EPOCH_MS
+        },
     };
     let random = DeterministicRandom::new(seed);
     let master = MasterKey::generate(&random).unwrap();
@@ -759,7 +768,7 @@ fn check_invariant_1(seed: u64, store: &SqliteStore, issuers: &HashMap<String, A
                     .map(|r| store.events(r.id).unwrap())
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|e| format!("{} {}: {}", e.at_ms - EPOCH_MS, e.kind, e.detail))
+                    .map(|e| format!("{} {}: {}", e.at_ms % 86_400_000, e.kind, e.detail))
                     .collect();
                 let reversal = row.as_ref().and_then(|r| store.reversal(r.id).unwrap());
                 broken.push(format!(
