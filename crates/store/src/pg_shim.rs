@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::error::Error as StdError;
 
 use bytes::BytesMut;
-use tokio_postgres::types::{FromSql as PgFromSql, IsNull, ToSql as PgToSql, Type, to_sql_checked};
+use tokio_postgres::types::{
+    FromSql as PgFromSql, IsNull, Kind, ToSql as PgToSql, Type, to_sql_checked,
+};
 
 use crate::error::StoreError;
 
@@ -35,6 +37,8 @@ pub mod types {
 
 /// Prepared statements kept per connection at most; the store uses a few dozen.
 const STATEMENT_CACHE_MAX: usize = 512;
+/// Attempts at typing a statement's uninferable placeholders before giving up.
+const PREPARE_GUESSES_MAX: usize = 16;
 
 /// A PostgreSQL failure carried through rusqlite's error type, recovered by
 /// `StoreError::from(rusqlite::Error)`.
@@ -99,7 +103,7 @@ impl Connection {
                 statement: statement.clone(),
             });
         }
-        let statement = block_on(self.client.prepare(&placeholders(sql))).map_err(pg)?;
+        let statement = self.prepare_server_side(&placeholders(sql))?;
         let mut cache = self.statements.borrow_mut();
         if cache.len() >= STATEMENT_CACHE_MAX {
             cache.clear();
@@ -109,6 +113,46 @@ impl Connection {
             conn: self,
             statement,
         })
+    }
+
+    /// Prepares a statement, typing the placeholders PostgreSQL cannot infer on its own
+    /// (`?2 IS NULL OR value_date <= ?2` with `?2` seen first by `IS NULL`): such a parameter
+    /// is tried as text, then as a 64-bit integer, the only kinds the schema uses in them.
+    fn prepare_server_side(&self, sql: &str) -> Result<tokio_postgres::Statement> {
+        const CANDIDATES: [Type; 2] = [Type::TEXT, Type::INT8];
+        let unspecified = || Type::new(String::new(), 0, Kind::Simple, String::new());
+        let mut types: Vec<Type> = Vec::new();
+        // (parameter index, candidate index) of the guess being tried.
+        let mut guess: Option<(usize, usize)> = None;
+        for _ in 0..PREPARE_GUESSES_MAX {
+            let error = match block_on(self.client.prepare_typed(sql, &types)) {
+                Ok(statement) => return Ok(statement),
+                Err(error) => error,
+            };
+            let code = error.code().map(|c| c.code().to_owned());
+            let undetermined = error
+                .as_db_error()
+                .filter(|_| code.as_deref() == Some("42P08"))
+                .and_then(|db| db.message().rsplit('$').next()?.parse::<usize>().ok());
+            let next = match (undetermined, guess) {
+                (Some(n), _) if n >= 1 => (n - 1, 0),
+                // The guess made the statement ill-typed: try the next kind for it.
+                (None, Some((index, candidate))) if candidate + 1 < CANDIDATES.len() => {
+                    (index, candidate + 1)
+                }
+                _ => return Err(pg(error)),
+            };
+            while types.len() <= next.0 {
+                types.push(unspecified());
+            }
+            if let (Some(slot), Some(kind)) = (types.get_mut(next.0), CANDIDATES.get(next.1)) {
+                *slot = kind.clone();
+            }
+            guess = Some(next);
+        }
+        Err(carry(StoreError::Backend {
+            message: format!("cannot type the parameters of {sql}"),
+        }))
     }
 
     pub fn prepare(&self, sql: &str) -> Result<Statement<'_>> {
