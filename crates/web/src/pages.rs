@@ -521,7 +521,7 @@ fn transactions_body(
         };
         body.push_str(&format!(
             "<tr><td><a class=\"txn\" href=\"/portal/transactions/{}\">{}</a></td><td>{}</td><td>{}</td>\
-             <td>¥{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{} {}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{} {}</td></tr>",
             x.id,
             esc(&x.received_at),
             esc(&x.tid),
@@ -601,7 +601,7 @@ fn transaction_body(
     let x = resolve::explain_txn(web.store.as_ref(), &web.directory, &row, web.clock.now_ms())?;
     let s = &x.txn;
     let mut body = format!(
-        "<h1>{} ¥{}</h1><div class=\"card\" id=\"summary\"><b>{}</b><br>\
+        "<h1>{} {}</h1><div class=\"card\" id=\"summary\"><b>{}</b><br>\
          {}: {} · {}: {} · {}: {} · RRN {} · {}: {}</div>",
         t(l, "交易", "Transaction"),
         esc(&s.amount),
@@ -873,7 +873,7 @@ async fn case(
         }
         if let Some(txn) = &k.txn {
             body.push_str(&format!(
-                "<br><a href=\"/portal/transactions/{}\">{} ¥{} {}</a>",
+                "<br><a href=\"/portal/transactions/{}\">{} {} {}</a>",
                 txn.id,
                 t(l, "交易", "Transaction"),
                 esc(&txn.amount),

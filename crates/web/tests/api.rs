@@ -53,7 +53,7 @@ fn openapi_document_matches_the_router_both_ways() {
 
 struct Api<'a> {
     env: &'a Env,
-    seen: std::cell::RefCell<Vec<String>>,
+    seen: std::sync::Mutex<Vec<String>>,
 }
 
 impl Api<'_> {
@@ -71,7 +71,7 @@ impl Api<'_> {
         }
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let r = request(self.env.http, method, path, &headers, &body).await;
-        self.seen.borrow_mut().push(r.body.clone());
+        self.seen.lock().unwrap().push(r.body.clone());
         r
     }
 }
@@ -85,59 +85,152 @@ fn assert_error(r: &Resp, status: u16, code: &str) {
 
 #[test]
 fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
-    runtime().block_on(async {
+    run(async move {
         let mut e = start().await;
         let declined_card = e.card("refer_to_issuer");
         let (code, declined_rrn) = e.purchase(&declined_card, 1_234).await;
         assert_eq!(code, "01");
-        let healthy = e.cards.iter().find(|c| c.label == "healthy").unwrap().clone();
+        let healthy = e
+            .cards
+            .iter()
+            .find(|c| c.label == "healthy")
+            .unwrap()
+            .clone();
         let (code, sale_rrn) = e.purchase(&healthy, 5_000).await;
         assert_eq!(code, "00");
         let declined_id = e.txn_id(&declined_rrn);
         let sale_id = e.txn_id(&sale_rrn);
-        let last4 = &declined_card.pan.expose_digits()[declined_card.pan.expose_digits().len() - 4..];
+        let last4 =
+            &declined_card.pan.expose_digits()[declined_card.pan.expose_digits().len() - 4..];
 
-        let api = Api { env: &e, seen: Default::default() };
+        let api = Api {
+            env: &e,
+            seen: Default::default(),
+        };
         let tea = e.token("teahouse").await;
         let book = e.token("bookshop").await;
         let ops = e.token("ops").await;
         let admin = e.token("admin").await;
 
         // Sign-in and identity.
-        let r = api.call(None, "POST", "/api/tokens", Some(json!({"username": "teahouse", "password": "wrong-pass"}))).await;
+        let r = api
+            .call(
+                None,
+                "POST",
+                "/api/tokens",
+                Some(json!({"username": "teahouse", "password": "wrong-pass"})),
+            )
+            .await;
         assert_error(&r, 401, "bad_credentials");
-        assert_error(&api.call(None, "GET", "/api/me", None).await, 401, "unauthorized");
-        assert_error(&api.call(Some("not-a-token"), "GET", "/api/me", None).await, 401, "unauthorized");
+        assert_error(
+            &api.call(None, "GET", "/api/me", None).await,
+            401,
+            "unauthorized",
+        );
+        assert_error(
+            &api.call(Some("not-a-token"), "GET", "/api/me", None).await,
+            401,
+            "unauthorized",
+        );
         let me = api.call(Some(&tea), "GET", "/api/me", None).await.json();
-        assert_eq!((me["role"].as_str(), me["mid"].as_str()), (Some("merchant"), Some(MID)));
+        assert_eq!(
+            (me["role"].as_str(), me["mid"].as_str()),
+            (Some("merchant"), Some(MID))
+        );
         let doc = api.call(None, "GET", "/api/openapi.json", None).await;
         assert_eq!(doc.json()["openapi"], "3.1.0");
 
         // Merchants.
-        let mine = api.call(Some(&tea), "GET", "/api/merchants", None).await.json();
+        let mine = api
+            .call(Some(&tea), "GET", "/api/merchants", None)
+            .await
+            .json();
         assert_eq!(mine["items"].as_array().unwrap().len(), 1);
-        let all = api.call(Some(&ops), "GET", "/api/merchants", None).await.json();
+        let all = api
+            .call(Some(&ops), "GET", "/api/merchants", None)
+            .await
+            .json();
         assert_eq!(all["items"].as_array().unwrap().len(), 2);
-        assert_eq!(api.call(Some(&tea), "GET", &format!("/api/merchants/{MID}"), None).await.json()["name"], "Teahouse");
-        assert_error(&api.call(Some(&book), "GET", &format!("/api/merchants/{MID}"), None).await, 404, "not_found");
-        let dash = api.call(Some(&tea), "GET", &format!("/api/merchants/{MID}/dashboard"), None).await.json();
+        assert_eq!(
+            api.call(Some(&tea), "GET", &format!("/api/merchants/{MID}"), None)
+                .await
+                .json()["name"],
+            "Teahouse"
+        );
+        assert_error(
+            &api.call(Some(&book), "GET", &format!("/api/merchants/{MID}"), None)
+                .await,
+            404,
+            "not_found",
+        );
+        let dash = api
+            .call(
+                Some(&tea),
+                "GET",
+                &format!("/api/merchants/{MID}/dashboard"),
+                None,
+            )
+            .await
+            .json();
         assert_eq!(dash["today"]["declined"], 1, "{dash}");
         assert_eq!(dash["today"]["approved"], 1, "{dash}");
         assert_eq!(dash["today"]["volume_fen"], 5_000, "{dash}");
         assert_eq!(dash["today"]["declines_by_code"]["01"], 1, "{dash}");
-        assert_error(&api.call(Some(&book), "GET", &format!("/api/merchants/{MID}/dashboard"), None).await, 404, "not_found");
+        assert_error(
+            &api.call(
+                Some(&book),
+                "GET",
+                &format!("/api/merchants/{MID}/dashboard"),
+                None,
+            )
+            .await,
+            404,
+            "not_found",
+        );
 
         // Terminals.
-        let terms = api.call(Some(&tea), "GET", "/api/terminals", None).await.json();
+        let terms = api
+            .call(Some(&tea), "GET", "/api/terminals", None)
+            .await
+            .json();
         let t = &terms["items"][0];
-        assert_eq!((t["tid"].as_str(), t["signed_in"].as_bool()), (Some(TID), Some(true)), "{terms}");
+        assert_eq!(
+            (t["tid"].as_str(), t["signed_in"].as_bool()),
+            (Some(TID), Some(true)),
+            "{terms}"
+        );
         assert_eq!(t["transactions"], 2);
-        assert!(api.call(Some(&book), "GET", "/api/terminals", None).await.json()["items"].as_array().unwrap().is_empty());
-        assert_eq!(api.call(Some(&tea), "GET", &format!("/api/terminals/{TID}"), None).await.json()["tid"], TID);
-        assert_error(&api.call(Some(&book), "GET", &format!("/api/terminals/{TID}"), None).await, 404, "not_found");
+        assert!(
+            api.call(Some(&book), "GET", "/api/terminals", None)
+                .await
+                .json()["items"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            api.call(Some(&tea), "GET", &format!("/api/terminals/{TID}"), None)
+                .await
+                .json()["tid"],
+            TID
+        );
+        assert_error(
+            &api.call(Some(&book), "GET", &format!("/api/terminals/{TID}"), None)
+                .await,
+            404,
+            "not_found",
+        );
 
         // Transactions: search by every criterion, pagination, detail, evidence.
-        let found = api.call(Some(&tea), "GET", &format!("/api/transactions?last4={last4}"), None).await.json();
+        let found = api
+            .call(
+                Some(&tea),
+                "GET",
+                &format!("/api/transactions?last4={last4}"),
+                None,
+            )
+            .await
+            .json();
         let items = found["items"].as_array().unwrap();
         assert_eq!(items.len(), 1, "{found}");
         assert_eq!(items[0]["id"], declined_id);
@@ -146,9 +239,16 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
             let api = &api;
             let tea = tea.clone();
             async move {
-                let r = api.call(Some(&tea), "GET", &format!("/api/transactions?{q}"), None).await;
+                let r = api
+                    .call(Some(&tea), "GET", &format!("/api/transactions?{q}"), None)
+                    .await;
                 assert_eq!(r.status, 200, "{q}: {}", r.body);
-                r.json()["items"].as_array().unwrap().iter().map(|i| i["id"].as_i64().unwrap()).collect::<Vec<_>>()
+                r.json()["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i["id"].as_i64().unwrap())
+                    .collect::<Vec<_>>()
             }
         };
         assert_eq!(by(format!("rrn={sale_rrn}")).await, [sale_id]);
@@ -158,102 +258,462 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
         assert_eq!(by(format!("tid={TID}")).await, [sale_id, declined_id]);
         assert_eq!(by("tid=99999999".to_owned()).await, Vec::<i64>::new());
         let today = web_date();
-        assert_eq!(by(format!("from={today}&to={today}")).await, [sale_id, declined_id]);
-        assert_eq!(by("from=2001-01-01&to=2001-01-02".to_owned()).await, Vec::<i64>::new());
-        let page1 = api.call(Some(&tea), "GET", "/api/transactions?limit=1", None).await.json();
+        assert_eq!(
+            by(format!("from={today}&to={today}")).await,
+            [sale_id, declined_id]
+        );
+        assert_eq!(
+            by("from=2001-01-01&to=2001-01-02".to_owned()).await,
+            Vec::<i64>::new()
+        );
+        let page1 = api
+            .call(Some(&tea), "GET", "/api/transactions?limit=1", None)
+            .await
+            .json();
         assert_eq!(page1["items"][0]["id"], sale_id);
         let cursor = page1["next_cursor"].as_str().unwrap().to_owned();
-        let page2 = api.call(Some(&tea), "GET", &format!("/api/transactions?limit=1&cursor={cursor}"), None).await.json();
+        let page2 = api
+            .call(
+                Some(&tea),
+                "GET",
+                &format!("/api/transactions?limit=1&cursor={cursor}"),
+                None,
+            )
+            .await
+            .json();
         assert_eq!(page2["items"][0]["id"], declined_id);
         assert!(page2["next_cursor"].is_null(), "{page2}");
-        assert_error(&api.call(Some(&tea), "GET", "/api/transactions?last4=12", None).await, 400, "bad_request");
-        assert_error(&api.call(Some(&tea), "GET", "/api/transactions?from=2020-01-01&to=2020-12-31", None).await, 400, "bad_request");
-        assert!(api.call(Some(&book), "GET", &format!("/api/transactions?last4={last4}"), None).await.json()["items"].as_array().unwrap().is_empty());
-        assert!(api.call(Some(&book), "GET", &format!("/api/transactions?rrn={declined_rrn}"), None).await.json()["items"].as_array().unwrap().is_empty());
-        assert_error(&api.call(Some(&book), "GET", &format!("/api/transactions?mid={MID}"), None).await, 404, "not_found");
-        assert_eq!(api.call(Some(&ops), "GET", &format!("/api/transactions?mid={MID}"), None).await.json()["items"].as_array().unwrap().len(), 2);
+        assert_error(
+            &api.call(Some(&tea), "GET", "/api/transactions?last4=12", None)
+                .await,
+            400,
+            "bad_request",
+        );
+        assert_error(
+            &api.call(
+                Some(&tea),
+                "GET",
+                "/api/transactions?from=2020-01-01&to=2020-12-31",
+                None,
+            )
+            .await,
+            400,
+            "bad_request",
+        );
+        assert!(
+            api.call(
+                Some(&book),
+                "GET",
+                &format!("/api/transactions?last4={last4}"),
+                None
+            )
+            .await
+            .json()["items"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            api.call(
+                Some(&book),
+                "GET",
+                &format!("/api/transactions?rrn={declined_rrn}"),
+                None
+            )
+            .await
+            .json()["items"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
+        assert_error(
+            &api.call(
+                Some(&book),
+                "GET",
+                &format!("/api/transactions?mid={MID}"),
+                None,
+            )
+            .await,
+            404,
+            "not_found",
+        );
+        assert_eq!(
+            api.call(
+                Some(&ops),
+                "GET",
+                &format!("/api/transactions?mid={MID}"),
+                None
+            )
+            .await
+            .json()["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
 
-        let detail = api.call(Some(&tea), "GET", &format!("/api/transactions/{declined_id}"), None).await.json();
+        let detail = api
+            .call(
+                Some(&tea),
+                "GET",
+                &format!("/api/transactions/{declined_id}"),
+                None,
+            )
+            .await
+            .json();
         assert_eq!(detail["outcome"], "declined", "{detail}");
-        assert!(detail["diagnosis"]["title"]["zh"].as_str().is_some(), "{detail}");
+        assert!(
+            detail["diagnosis"]["title"]["zh"].as_str().is_some(),
+            "{detail}"
+        );
         assert!(detail["steps"].as_array().unwrap().len() >= 2);
-        assert_error(&api.call(Some(&book), "GET", &format!("/api/transactions/{declined_id}"), None).await, 404, "not_found");
-        assert_error(&api.call(Some(&tea), "GET", "/api/transactions/999999", None).await, 404, "not_found");
-        let ev = api.call(Some(&tea), "GET", &format!("/api/transactions/{declined_id}/evidence"), None).await.json();
+        assert_error(
+            &api.call(
+                Some(&book),
+                "GET",
+                &format!("/api/transactions/{declined_id}"),
+                None,
+            )
+            .await,
+            404,
+            "not_found",
+        );
+        assert_error(
+            &api.call(Some(&tea), "GET", "/api/transactions/999999", None)
+                .await,
+            404,
+            "not_found",
+        );
+        let ev = api
+            .call(
+                Some(&tea),
+                "GET",
+                &format!("/api/transactions/{declined_id}/evidence"),
+                None,
+            )
+            .await
+            .json();
         assert_eq!(ev["issuer_phone"], "95588", "{ev}");
-        assert_error(&api.call(Some(&book), "GET", &format!("/api/transactions/{declined_id}/evidence"), None).await, 404, "not_found");
+        assert_error(
+            &api.call(
+                Some(&book),
+                "GET",
+                &format!("/api/transactions/{declined_id}/evidence"),
+                None,
+            )
+            .await,
+            404,
+            "not_found",
+        );
 
         // Cases: an inquiry on the decline, a refund application on the sale, approved once.
-        let r = api.call(Some(&tea), "POST", "/api/cases", Some(json!({"kind": "issuer_inquiry", "txn_id": declined_id, "text": "why 01?"}))).await;
+        let r = api
+            .call(
+                Some(&tea),
+                "POST",
+                "/api/cases",
+                Some(json!({"kind": "issuer_inquiry", "txn_id": declined_id, "text": "why 01?"})),
+            )
+            .await;
         assert_eq!(r.status, 201, "{}", r.body);
         let inquiry = r.json()["id"].as_i64().unwrap();
-        assert_error(&api.call(Some(&book), "POST", "/api/cases", Some(json!({"kind": "issuer_inquiry", "txn_id": declined_id}))).await, 404, "not_found");
-        assert_error(&api.call(Some(&tea), "POST", "/api/cases", Some(json!({"kind": "nonsense", "txn_id": declined_id}))).await, 400, "bad_request");
+        assert_error(
+            &api.call(
+                Some(&book),
+                "POST",
+                "/api/cases",
+                Some(json!({"kind": "issuer_inquiry", "txn_id": declined_id})),
+            )
+            .await,
+            404,
+            "not_found",
+        );
+        assert_error(
+            &api.call(
+                Some(&tea),
+                "POST",
+                "/api/cases",
+                Some(json!({"kind": "nonsense", "txn_id": declined_id})),
+            )
+            .await,
+            400,
+            "bad_request",
+        );
         let r = api.call(Some(&tea), "POST", "/api/cases", Some(json!({"kind": "refund_application", "txn_id": sale_id, "refund_fen": 2_000, "text": "returned"}))).await;
         assert_eq!(r.status, 201, "{}", r.body);
         let refund_case = r.json()["id"].as_i64().unwrap();
         let list = api.call(Some(&tea), "GET", "/api/cases", None).await.json();
         assert_eq!(list["items"].as_array().unwrap().len(), 2);
-        assert_eq!(api.call(Some(&tea), "GET", "/api/cases?kind=issuer_inquiry", None).await.json()["items"].as_array().unwrap().len(), 1);
-        assert!(api.call(Some(&book), "GET", "/api/cases", None).await.json()["items"].as_array().unwrap().is_empty());
-        assert_error(&api.call(Some(&book), "GET", &format!("/api/cases/{inquiry}"), None).await, 404, "not_found");
-        let r = api.call(Some(&tea), "POST", &format!("/api/cases/{inquiry}/entries"), Some(json!({"text": "called 95588"}))).await;
+        assert_eq!(
+            api.call(Some(&tea), "GET", "/api/cases?kind=issuer_inquiry", None)
+                .await
+                .json()["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            api.call(Some(&book), "GET", "/api/cases", None)
+                .await
+                .json()["items"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
+        assert_error(
+            &api.call(Some(&book), "GET", &format!("/api/cases/{inquiry}"), None)
+                .await,
+            404,
+            "not_found",
+        );
+        let r = api
+            .call(
+                Some(&tea),
+                "POST",
+                &format!("/api/cases/{inquiry}/entries"),
+                Some(json!({"text": "called 95588"})),
+            )
+            .await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.json()["entries"].as_array().unwrap().len(), 2);
-        assert_error(&api.call(Some(&book), "POST", &format!("/api/cases/{inquiry}/entries"), Some(json!({"text": "x"}))).await, 404, "not_found");
-        assert_error(&api.call(Some(&tea), "GET", "/api/refund-approvals", None).await, 403, "forbidden");
-        let queue = api.call(Some(&ops), "GET", "/api/refund-approvals", None).await.json();
+        assert_error(
+            &api.call(
+                Some(&book),
+                "POST",
+                &format!("/api/cases/{inquiry}/entries"),
+                Some(json!({"text": "x"})),
+            )
+            .await,
+            404,
+            "not_found",
+        );
+        assert_error(
+            &api.call(Some(&tea), "GET", "/api/refund-approvals", None)
+                .await,
+            403,
+            "forbidden",
+        );
+        let queue = api
+            .call(Some(&ops), "GET", "/api/refund-approvals", None)
+            .await
+            .json();
         assert_eq!(queue["items"][0]["id"], refund_case, "{queue}");
-        assert_error(&api.call(Some(&tea), "POST", &format!("/api/cases/{refund_case}/approve-refund"), None).await, 403, "forbidden");
-        let done = api.call(Some(&ops), "POST", &format!("/api/cases/{refund_case}/approve-refund"), None).await;
+        assert_error(
+            &api.call(
+                Some(&tea),
+                "POST",
+                &format!("/api/cases/{refund_case}/approve-refund"),
+                None,
+            )
+            .await,
+            403,
+            "forbidden",
+        );
+        let done = api
+            .call(
+                Some(&ops),
+                "POST",
+                &format!("/api/cases/{refund_case}/approve-refund"),
+                None,
+            )
+            .await;
         assert_eq!(done.status, 200, "{}", done.body);
         assert_eq!(done.json()["refund_code"], "00", "{}", done.body);
-        let again = api.call(Some(&ops), "POST", &format!("/api/cases/{refund_case}/approve-refund"), None).await;
+        let again = api
+            .call(
+                Some(&ops),
+                "POST",
+                &format!("/api/cases/{refund_case}/approve-refund"),
+                None,
+            )
+            .await;
         assert_eq!(again.status, 409, "{}", again.body);
-        let seen = api.call(Some(&tea), "GET", &format!("/api/cases/{refund_case}"), None).await.json();
-        assert_eq!((seen["state"].as_str(), seen["refund_code"].as_str()), (Some("resolved"), Some("00")));
-        assert!(api.call(Some(&ops), "GET", "/api/refund-approvals", None).await.json()["items"].as_array().unwrap().is_empty());
-        let refunded = api.call(Some(&tea), "GET", &format!("/api/transactions/{sale_id}"), None).await.json();
+        let seen = api
+            .call(
+                Some(&tea),
+                "GET",
+                &format!("/api/cases/{refund_case}"),
+                None,
+            )
+            .await
+            .json();
+        assert_eq!(
+            (seen["state"].as_str(), seen["refund_code"].as_str()),
+            (Some("resolved"), Some("00"))
+        );
+        assert!(
+            api.call(Some(&ops), "GET", "/api/refund-approvals", None)
+                .await
+                .json()["items"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
+        let refunded = api
+            .call(
+                Some(&tea),
+                "GET",
+                &format!("/api/transactions/{sale_id}"),
+                None,
+            )
+            .await
+            .json();
         assert_eq!(refunded["txn"]["refunded_fen"], 2_000, "{refunded}");
 
         // Notifications, risk, reviews: staff only where it says so.
-        assert_eq!(api.call(Some(&tea), "GET", "/api/notifications", None).await.status, 200);
-        assert_error(&api.call(Some(&book), "GET", &format!("/api/notifications?mid={MID}"), None).await, 404, "not_found");
-        assert_eq!(api.call(Some(&ops), "GET", "/api/risk/alerts", None).await.status, 200);
-        assert_error(&api.call(Some(&tea), "GET", "/api/risk/alerts", None).await, 403, "forbidden");
-        assert_eq!(api.call(Some(&ops), "GET", "/api/merchant-reviews", None).await.status, 200);
-        assert_error(&api.call(Some(&tea), "GET", "/api/merchant-reviews", None).await, 403, "forbidden");
+        assert_eq!(
+            api.call(Some(&tea), "GET", "/api/notifications", None)
+                .await
+                .status,
+            200
+        );
+        assert_error(
+            &api.call(
+                Some(&book),
+                "GET",
+                &format!("/api/notifications?mid={MID}"),
+                None,
+            )
+            .await,
+            404,
+            "not_found",
+        );
+        assert_eq!(
+            api.call(Some(&ops), "GET", "/api/risk/alerts", None)
+                .await
+                .status,
+            200
+        );
+        assert_error(
+            &api.call(Some(&tea), "GET", "/api/risk/alerts", None).await,
+            403,
+            "forbidden",
+        );
+        assert_eq!(
+            api.call(Some(&ops), "GET", "/api/merchant-reviews", None)
+                .await
+                .status,
+            200
+        );
+        assert_error(
+            &api.call(Some(&tea), "GET", "/api/merchant-reviews", None)
+                .await,
+            403,
+            "forbidden",
+        );
 
         // Users and the audit log: admin only; every change audited with before and after.
-        assert_error(&api.call(Some(&ops), "GET", "/api/users", None).await, 403, "forbidden");
+        assert_error(
+            &api.call(Some(&ops), "GET", "/api/users", None).await,
+            403,
+            "forbidden",
+        );
         let users = api.call(Some(&admin), "GET", "/api/users", None).await;
         assert_eq!(users.json()["items"].as_array().unwrap().len(), 4);
         assert!(!users.body.contains("argon2"), "password hashes leaked");
-        let r = api.call(Some(&admin), "POST", "/api/users", Some(json!({"username": "ops2", "password": "long-enough-1", "role": "operator"}))).await;
+        let r = api
+            .call(
+                Some(&admin),
+                "POST",
+                "/api/users",
+                Some(json!({"username": "ops2", "password": "long-enough-1", "role": "operator"})),
+            )
+            .await;
         assert_eq!(r.status, 201, "{}", r.body);
-        assert_error(&api.call(Some(&admin), "POST", "/api/users", Some(json!({"username": "ops2", "password": "long-enough-1", "role": "operator"}))).await, 409, "conflict");
-        assert_error(&api.call(Some(&admin), "POST", "/api/users", Some(json!({"username": "m3", "password": "long-enough-1", "role": "merchant"}))).await, 400, "bad_request");
-        assert_error(&api.call(Some(&ops), "POST", "/api/users", Some(json!({"username": "x", "password": "long-enough-1", "role": "admin"}))).await, 403, "forbidden");
-        assert_error(&api.call(Some(&ops), "GET", "/api/audit", None).await, 403, "forbidden");
-        let audit = api.call(Some(&admin), "GET", "/api/audit?limit=200", None).await.json();
+        assert_error(
+            &api.call(
+                Some(&admin),
+                "POST",
+                "/api/users",
+                Some(json!({"username": "ops2", "password": "long-enough-1", "role": "operator"})),
+            )
+            .await,
+            409,
+            "conflict",
+        );
+        assert_error(
+            &api.call(
+                Some(&admin),
+                "POST",
+                "/api/users",
+                Some(json!({"username": "m3", "password": "long-enough-1", "role": "merchant"})),
+            )
+            .await,
+            400,
+            "bad_request",
+        );
+        assert_error(
+            &api.call(
+                Some(&ops),
+                "POST",
+                "/api/users",
+                Some(json!({"username": "x", "password": "long-enough-1", "role": "admin"})),
+            )
+            .await,
+            403,
+            "forbidden",
+        );
+        assert_error(
+            &api.call(Some(&ops), "GET", "/api/audit", None).await,
+            403,
+            "forbidden",
+        );
+        let audit = api
+            .call(Some(&admin), "GET", "/api/audit?limit=200", None)
+            .await
+            .json();
         let rows = audit["items"].as_array().unwrap();
-        let approve = rows.iter().find(|a| a["action"] == "case.approve_refund").unwrap();
+        let approve = rows
+            .iter()
+            .find(|a| a["action"] == "case.approve_refund")
+            .unwrap();
         assert_eq!(approve["who"], "ops");
         assert_eq!(approve["target"], format!("case:{refund_case}"));
         assert_eq!(approve["before"]["state"], "open");
         assert_eq!(approve["after"]["refund_code"], "00");
-        assert!(rows.iter().any(|a| a["action"] == "user.create" && a["who"] == "admin"));
-        assert!(rows.iter().any(|a| a["action"] == "case.open" && a["who"] == "teahouse"));
-        let p1 = api.call(Some(&admin), "GET", "/api/audit?limit=2", None).await.json();
+        assert!(
+            rows.iter()
+                .any(|a| a["action"] == "user.create" && a["who"] == "admin")
+        );
+        assert!(
+            rows.iter()
+                .any(|a| a["action"] == "case.open" && a["who"] == "teahouse")
+        );
+        let p1 = api
+            .call(Some(&admin), "GET", "/api/audit?limit=2", None)
+            .await
+            .json();
         let next = p1["next_cursor"].as_str().unwrap().to_owned();
-        let p2 = api.call(Some(&admin), "GET", &format!("/api/audit?limit=2&cursor={next}"), None).await.json();
-        assert!(p2["items"][0]["id"].as_i64().unwrap() < p1["items"][1]["id"].as_i64().unwrap() + 1);
+        let p2 = api
+            .call(
+                Some(&admin),
+                "GET",
+                &format!("/api/audit?limit=2&cursor={next}"),
+                None,
+            )
+            .await
+            .json();
+        assert!(
+            p2["items"][0]["id"].as_i64().unwrap() < p1["items"][1]["id"].as_i64().unwrap() + 1
+        );
 
         // Metrics and health.
         let m = request(e.http, "GET", "/metrics", &[], "").await;
         assert_eq!(m.status, 200);
-        assert!(m.body.contains("shoudan_requests_total{type=\"purchase\",code=\"01\"} 1"), "{}", m.body);
-        assert!(m.body.contains("shoudan_http_requests_total{route=\"/api/transactions\",status=\"200\"}"), "{}", m.body);
+        assert!(
+            m.body
+                .contains("shoudan_requests_total{type=\"purchase\",code=\"01\"} 1"),
+            "{}",
+            m.body
+        );
+        assert!(
+            m.body.contains(
+                "shoudan_http_requests_total{route=\"/api/transactions\",status=\"200\"}"
+            ),
+            "{}",
+            m.body
+        );
         assert!(m.body.contains("shoudan_saf_depth 0"), "{}", m.body);
         let h = request(e.http, "GET", "/healthz", &[], "").await;
         assert_eq!((h.status, h.body.as_str()), (200, "ok\n"));
@@ -261,7 +721,7 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
         // No full PAN in any answer.
         for card in &e.cards {
             let pan = card.pan.expose_digits();
-            for body in api.seen.borrow().iter() {
+            for body in api.seen.lock().unwrap().iter() {
                 assert!(!body.contains(pan), "full PAN in an API answer");
             }
         }
@@ -279,7 +739,7 @@ fn web_date() -> String {
 
 #[test]
 fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
-    runtime().block_on(async {
+    run(async move {
         let mut e = start().await;
         let card = e.card("refer_to_issuer");
         let (code, rrn) = e.purchase(&card, 880).await;

@@ -39,6 +39,22 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Runs a test scenario: boxed (its future is large in a debug build) on a worker thread with
+/// room to poll it; a panic inside is re-raised here.
+pub fn run(scenario: impl std::future::Future<Output = ()> + Send + 'static) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_stack_size(16 << 20)
+        .enable_all()
+        .build()
+        .unwrap();
+    let scenario: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+        Box::pin(scenario);
+    if let Err(e) = runtime.block_on(async { tokio::spawn(scenario).await }) {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
 pub struct Env {
     pub h: Harness,
     pub sim: IssuerSim,
@@ -214,8 +230,30 @@ pub async fn request(
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(body.as_bytes()).await.unwrap();
+    // Read until the body is complete by its length (some servers, chromedriver among them,
+    // announce `Connection: close` and keep the socket open), else to the end of the stream.
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|len| raw.len() >= split + 4 + len) {
+                break;
+            }
+            if head.contains("transfer-encoding: chunked") && raw.ends_with(b"0\r\n\r\n") {
+                break;
+            }
+        }
+    }
     parse_response(&raw)
 }
 
