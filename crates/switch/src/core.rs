@@ -142,6 +142,11 @@ pub(crate) enum ReplyError {
     Hsm(#[from] HsmError),
 }
 
+/// Node classes of host traces (node ids of nodes sharing a database differ modulo this).
+pub(crate) const TRACE_NODES: u32 = 10;
+/// Traces each node cycles through: six digits in all.
+const TRACE_PER_NODE: u32 = 999_999 / TRACE_NODES;
+
 pub(crate) struct Core {
     pub config: SwitchConfig,
     pub store: Arc<dyn Store>,
@@ -188,9 +193,12 @@ impl Core {
         Ok(())
     }
 
-    /// Host trace numbers for issuer requests: six digits, never 0.
+    /// Host trace numbers for issuer requests: six digits, never 0. Nodes sharing a database
+    /// (and so an issuer's view of traces) draw from disjoint classes: the trace less one is
+    /// congruent to the node id modulo `TRACE_NODES`.
     pub fn next_trace(&self) -> u32 {
-        self.trace.fetch_add(1, Ordering::Relaxed) % 999_999 + 1
+        let k = self.trace.fetch_add(1, Ordering::Relaxed) % TRACE_PER_NODE;
+        k * TRACE_NODES + u32::from(self.config.node_id) % TRACE_NODES + 1
     }
 
     /// A 12-digit RRN: node id, then ten digits of sequence.

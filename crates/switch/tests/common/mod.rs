@@ -245,6 +245,7 @@ impl Harness {
 
     pub async fn terminal(&self) -> Terminal {
         Terminal {
+            tid: TID.into(),
             stream: TcpStream::connect(self.addr()).await.unwrap(),
             keys: None,
             batch: 1,
@@ -283,6 +284,7 @@ impl Response {
 }
 
 pub struct Terminal {
+    pub tid: String,
     pub stream: TcpStream,
     pub keys: Option<WorkingKeys>,
     pub batch: u32,
@@ -364,6 +366,17 @@ fn head() -> FrameHead {
 }
 
 impl Terminal {
+    /// A terminal `tid` of merchant `MID` connected to a switch at `addr`.
+    pub async fn connect(addr: SocketAddr, tid: &str) -> Terminal {
+        Terminal {
+            tid: tid.into(),
+            stream: TcpStream::connect(addr).await.unwrap(),
+            keys: None,
+            batch: 1,
+            buf: Vec::new(),
+        }
+    }
+
     pub async fn exchange(&mut self, bytes: &[u8]) -> Response {
         self.stream.write_all(bytes).await.unwrap();
         self.read().await
@@ -384,7 +397,10 @@ impl Terminal {
     pub async fn sign_in(&mut self) -> Response {
         let mut out = MessageBuilder::new(Mti::NETWORK);
         out.set_stan(1).unwrap();
-        out.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+        out.set_text(41, &self.tid)
+            .unwrap()
+            .set_text(42, MID)
+            .unwrap();
         out.set_digits(60, &format!("00{:06}003", self.batch))
             .unwrap();
         out.set_text(63, "001").unwrap();
@@ -426,7 +442,10 @@ impl Terminal {
         if let Some(reason) = req.reason {
             out.set_text(39, reason).unwrap();
         }
-        out.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+        out.set_text(41, &self.tid)
+            .unwrap()
+            .set_text(42, MID)
+            .unwrap();
         out.set_text(49, "156").unwrap();
         out.set_digits(60, &format!("{}{:06}", req.message_type, self.batch))
             .unwrap();

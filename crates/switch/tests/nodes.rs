@@ -1,0 +1,258 @@
+//! Two switch nodes on one PostgreSQL database, serving terminals at once: no RRN or host trace
+//! is handed out twice; one node dies (its runtime is dropped mid-flight, as a killed process
+//! stops) with reversals the issuer has not acknowledged, and the other node completes them;
+//! the audit finds nothing in doubt. Skipped, loudly, without `SHOUDAN_PG_URL`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{IssuerLog, MID, Req, TMK_HEX, Terminal, card, new_hsm, start_issuer};
+use domain::IssuerDirectory;
+use paycrypto::{Hsm, KeyAlgorithm, KeyHandle, KeyScheme, KeyUsage, MacAlgorithm, SoftHsm};
+use store::{MerchantRow, PgConfig, PgStore, Record, SafState, Status, Store, TxnState};
+use switch::{IssuerEndpoint, Switch, SwitchConfig, SwitchHandle, SystemClock, TerminalSpec};
+
+const TID_A: &str = "10000001";
+const TID_B: &str = "10000002";
+/// Purchases each node serves in the concurrent phase.
+const PURCHASES: u32 = 40;
+
+fn pg_url() -> Option<String> {
+    match std::env::var("SHOUDAN_PG_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var_os("SHOUDAN_REQUIRE_PG").is_none(),
+                "SHOUDAN_REQUIRE_PG is set but SHOUDAN_PG_URL is not"
+            );
+            eprintln!("SKIPPED: SHOUDAN_PG_URL is not set (scripts/test sets it)");
+            None
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+struct Node {
+    store: Arc<PgStore>,
+    handle: SwitchHandle,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_node(
+    runtime: &tokio::runtime::Runtime,
+    config: &PgConfig,
+    node_id: u8,
+    issuer: std::net::SocketAddr,
+    hsm: &Arc<SoftHsm>,
+    zpk: KeyHandle,
+) -> Node {
+    let store = Arc::new(PgStore::open(config).unwrap());
+    let mut switch_config = SwitchConfig::new("127.0.0.1:0".parse().unwrap());
+    switch_config.node_id = node_id;
+    switch_config.issuers = HashMap::from([(
+        "SIM".to_owned(),
+        IssuerEndpoint {
+            addr: issuer,
+            zpk,
+            timeout: Duration::from_millis(300),
+        },
+    )]);
+    switch_config.default_issuer = Some("SIM".to_owned());
+    switch_config.saf_interval = Duration::from_millis(50);
+    switch_config.saf_lease = Duration::from_millis(500);
+    let started = runtime.spawn(Switch::start(
+        switch_config,
+        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::clone(hsm) as Arc<dyn Hsm>,
+        Arc::new(IssuerDirectory::embedded().unwrap()),
+        Arc::new(SystemClock),
+    ));
+    let handle = started.await.unwrap().unwrap();
+    for _ in 0..100 {
+        if handle.issuer_connected("SIM") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Node { store, handle }
+}
+
+/// Signs in and buys `PURCHASES` times; returns the RRNs of the approvals.
+async fn serve(addr: std::net::SocketAddr, tid: &str, first_stan: u32) -> Vec<String> {
+    let mut terminal = Terminal::connect(addr, tid).await;
+    assert_eq!(terminal.sign_in().await.code(), "00");
+    let pan = card("622202");
+    let mut rrns = Vec::new();
+    for n in 0..PURCHASES {
+        let response = terminal
+            .send(&Req::purchase(&pan, 1_000 + u64::from(n), first_stan + n))
+            .await;
+        assert_eq!(response.code(), "00", "purchase {n} on {tid}");
+        rrns.push(response.text(37).unwrap());
+    }
+    rrns
+}
+
+async fn eventually(seconds: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    while tokio::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+#[test]
+fn two_nodes_share_a_database_and_take_over_reversals() {
+    let Some(url) = pg_url() else { return };
+    let schema = format!("switch_nodes_{}", std::process::id());
+    let config = PgConfig {
+        url: url.clone(),
+        schema: Some(schema.clone()),
+    };
+    let main = runtime();
+    let (node_a_runtime, node_b_runtime) = (runtime(), runtime());
+    main.block_on(async {
+        let log = Arc::new(IssuerLog::default());
+        log.answer_reversals.store(true, Ordering::SeqCst);
+        let issuer = start_issuer(Arc::clone(&log)).await;
+        let (hsm, zpk) = new_hsm();
+        let tmk = hsm
+            .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK_HEX)
+            .unwrap();
+        {
+            let setup = PgStore::open(&config).unwrap();
+            let mut records = vec![Record::UpsertMerchant(MerchantRow {
+                mid: MID.into(),
+                name: "Teahouse".into(),
+                status: Status::Active,
+                mcc: "5812".into(),
+            })];
+            for tid in [TID_A, TID_B] {
+                records.push(switch::terminal_record(&TerminalSpec {
+                    tid: tid.into(),
+                    mid: MID.into(),
+                    tmk,
+                    scheme: KeyScheme::Double,
+                    mac: MacAlgorithm::CupEcb,
+                    batch_no: 1,
+                }));
+            }
+            setup.submit(records).unwrap().await.unwrap();
+        }
+        let a = start_node(&node_a_runtime, &config, 1, issuer, &hsm, zpk).await;
+        let b = start_node(&node_b_runtime, &config, 2, issuer, &hsm, zpk).await;
+
+        // Both nodes serve a terminal each, at the same time.
+        let (from_a, from_b) = tokio::join!(
+            tokio::spawn(serve(a.handle.local_addr(), TID_A, 1)),
+            tokio::spawn(serve(b.handle.local_addr(), TID_B, 1)),
+        );
+        let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
+        let mut rrns = HashSet::new();
+        for rrn in from_a.iter().chain(&from_b) {
+            assert!(rrns.insert(rrn.clone()), "RRN {rrn} handed out twice");
+        }
+        let journal = b.store.txns_since("").unwrap();
+        assert_eq!(journal.len(), usize::try_from(2 * PURCHASES).unwrap());
+        let traces: HashSet<u32> = journal.iter().filter_map(|t| t.host_trace).collect();
+        assert_eq!(traces.len(), journal.len(), "a host trace used twice");
+        let ids: HashSet<i64> = journal.iter().map(|t| t.id).collect();
+        assert_eq!(ids.len(), journal.len());
+
+        // Node A takes reversals the issuer does not acknowledge, then dies.
+        log.answer_reversals.store(false, Ordering::SeqCst);
+        let mut terminal = Terminal::connect(a.handle.local_addr(), TID_A).await;
+        assert_eq!(terminal.sign_in().await.code(), "00");
+        let pan = card("622202");
+        let mut reversed = Vec::new();
+        for stan in 101..=103 {
+            let purchase = Req::purchase(&pan, 2_000, stan);
+            let approved = terminal.send(&purchase).await;
+            assert_eq!(approved.code(), "00");
+            reversed.push(approved.text(37).unwrap());
+            let answer = terminal.send(&Req::reversal_of(&purchase)).await;
+            assert_eq!(answer.code(), "00");
+        }
+        let tried = eventually(10, || {
+            let sent: HashSet<String> = log
+                .reversals
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|r| r.1.clone())
+                .collect();
+            reversed.iter().all(|rrn| sent.contains(rrn))
+        })
+        .await;
+        assert!(tried, "node A never sent its reversals");
+        assert_eq!(
+            a.store.reversals_in_state(SafState::Pending).unwrap().len(),
+            3
+        );
+        drop(terminal);
+        node_a_runtime.shutdown_background();
+        drop(a);
+
+        // The issuer is back; node B finds the reversals due once A's leases and backoff
+        // run out, and delivers them.
+        log.answer_reversals.store(true, Ordering::SeqCst);
+        let store = Arc::clone(&b.store);
+        let delivered = eventually(20, || {
+            store
+                .reversals_in_state(SafState::Pending)
+                .unwrap()
+                .is_empty()
+        })
+        .await;
+        assert!(delivered, "node B did not complete node A's reversals");
+        for rrn in &reversed {
+            let row = store.txn_by_rrn(rrn).unwrap().unwrap();
+            assert_eq!(row.state, TxnState::Reversed, "{rrn}");
+            let item = store.reversal(row.id).unwrap().unwrap();
+            assert_eq!(item.state, SafState::Acked, "{rrn}");
+        }
+
+        // The audit: every approval the issuer gave is approved in the journal, or reversed
+        // in the journal and at the issuer; nothing is left in flight.
+        let at_issuer: HashSet<String> = log
+            .reversals
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.1.clone())
+            .collect();
+        let mut in_doubt = Vec::new();
+        for rrn in from_a.iter().chain(&from_b).chain(&reversed) {
+            let row = store.txn_by_rrn(rrn).unwrap().unwrap();
+            let settled = match row.state {
+                TxnState::Approved => true,
+                TxnState::Reversed => at_issuer.contains(rrn),
+                _ => false,
+            };
+            if !settled {
+                in_doubt.push((rrn.clone(), row.state));
+            }
+        }
+        assert!(in_doubt.is_empty(), "in doubt: {in_doubt:?}");
+        assert!(store.txns_in_state(TxnState::InFlight).unwrap().is_empty());
+        b.handle.shutdown().await;
+    });
+    node_b_runtime.shutdown_background();
+    let _ = PgStore::drop_schema(&url, &schema);
+}
