@@ -205,7 +205,7 @@ impl Switch {
             })?;
             terminals.insert(row.tid.clone(), Arc::new(terminal));
         }
-        recover_in_doubt(store.as_ref(), clock.now_ms()).await?;
+        recover_in_doubt(store.as_ref(), clock.now_ms(), config.node_id).await?;
         let ledger = Ledger::default();
         let since = LocalTime::from_ms(clock.now_ms() - (REFUND_DAYS_MAX + 1) * 86_400_000);
         for row in store.txns_since(&since.yyyymmdd())? {
@@ -289,10 +289,26 @@ impl Switch {
     }
 }
 
+/// How long another node's request may stay in flight before a starting node takes it for
+/// lost: far beyond any issuer timeout.
+const IN_DOUBT_AGE_MS: i64 = 10 * 60 * 1_000;
+
 /// Requests journalled as in flight when the last run stopped: the issuer may have approved
 /// them and the terminal got no answer, so each is marked timed out and reversed.
-async fn recover_in_doubt(store: &dyn Store, now_ms: i64) -> Result<(), StoreError> {
-    let rows = store.txns_in_state(TxnState::InFlight)?;
+///
+/// Nodes sharing a database: a node recovers only its own requests (their RRNs start with its
+/// node id) and those in flight for longer than `IN_DOUBT_AGE_MS`, never the live requests of
+/// another node that is still waiting on its issuer.
+async fn recover_in_doubt(store: &dyn Store, now_ms: i64, node_id: u8) -> Result<(), StoreError> {
+    let own = format!("{:02}", node_id % 100);
+    let rows: Vec<_> = store
+        .txns_in_state(TxnState::InFlight)?
+        .into_iter()
+        .filter(|row| {
+            row.rrn.as_deref().is_none_or(|rrn| rrn.starts_with(&own))
+                || row.received_at_ms < now_ms.saturating_sub(IN_DOUBT_AGE_MS)
+        })
+        .collect();
     if rows.is_empty() {
         return Ok(());
     }
