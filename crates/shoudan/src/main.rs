@@ -8,6 +8,7 @@ mod demo;
 mod explain_cmd;
 mod fixtures;
 mod iso_cmd;
+mod serve;
 mod settle_cmd;
 mod terminal_cmd;
 mod traffic;
@@ -44,6 +45,8 @@ enum Command {
     CardInfo(explain_cmd::CardInfoArgs),
     /// Run the switch with simulated issuers, demo merchants, terminals and cards.
     Demo(demo::DemoArgs),
+    /// Run one production node from its configuration (docs/operations.md).
+    Serve(serve::ServeArgs),
     /// Print the demo's terminals and cards. Test fixture data: it includes made-up card
     /// numbers, PINs and terminal master keys by design.
     Fixtures(fixtures::FixturesArgs),
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain_cmd::explain(args),
         Command::CardInfo(args) => explain_cmd::card_info(args),
         Command::Demo(args) => demo::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Fixtures(args) => fixtures::run(args),
         Command::Terminal(args) => terminal_cmd::run(args),
         Command::Bench(cmd) => bench::run(cmd),

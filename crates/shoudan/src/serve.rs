@@ -1,0 +1,319 @@
+//! `shoudan serve --config shoudan.toml`: the production entry point. One node: the switch on
+//! the terminal port, the portal, console, API and metrics on the HTTP port, over a journal in
+//! SQLite (one node) or PostgreSQL (several nodes sharing it), with real issuer endpoints.
+//!
+//! Keys: the HSM is the SoftHsm, opened from its exported key store and a master key file;
+//! issuer zone PIN keys are named by their handles in that store. See docs/operations.md.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::IssuerDirectory;
+use paycrypto::{Hsm, KeyHandle, MasterKey, OsRandom, SoftHsm};
+use serde::Deserialize;
+use store::settlement::{SettlementRecord, SettlementTermsRow};
+use store::{PgConfig, PgStore, Record, SqliteConfig, SqliteStore, Store};
+use switch::{IssuerEndpoint, Switch, SwitchConfig};
+use tokio::sync::watch;
+
+use crate::CliResult;
+
+/// The largest configuration file read; a config is a page or two.
+const CONFIG_BYTES_MAX: u64 = 1 << 20;
+/// How often the portal's copy of the switch counters is refreshed.
+const METRICS_REFRESH: Duration = Duration::from_secs(1);
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The node's configuration (docs/shoudan.example.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Check the configuration, the keys and the database, then exit without serving.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// `shoudan.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Two digits leading this node's RRNs; nodes sharing a database need distinct ids (and
+    /// distinct ids modulo 10, which separates their host traces).
+    #[serde(default = "default_node_id")]
+    pub node_id: u8,
+    /// Where terminals connect (`0.0.0.0:5000`).
+    pub terminal_listen: SocketAddr,
+    /// Portal, console, API, `/metrics` and `/healthz`.
+    pub http_listen: SocketAddr,
+    /// `sqlite:/path/to/switch.db` or `postgres://user@host:port/database`.
+    pub database: String,
+    /// A PostgreSQL schema to create and use instead of `public` (several deployments or
+    /// test runs sharing one database).
+    pub database_schema: Option<String>,
+    /// The issuer for cards whose BIN no domestic issuer claims (the card-network gateway).
+    pub default_issuer: Option<String>,
+    /// Per-merchant risk rules (JSON, as `risk::RuleBook::from_json` reads).
+    pub risk_rules: Option<PathBuf>,
+    /// Merchants' fee plans (JSON array of `FeePlanEntry`), written to the store at start.
+    pub fee_plans: Option<PathBuf>,
+    pub hsm: HsmConfig,
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<IssuerConfig>,
+    /// Store-and-forward: how often due reversals are claimed, and how long a claim is
+    /// leased before another node may take it over.
+    pub saf_interval_ms: Option<u64>,
+    pub saf_lease_ms: Option<u64>,
+}
+
+fn default_node_id() -> u8 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmConfig {
+    /// 64 hex digits: the key that wraps the key store. Keep it readable by shoudan only.
+    pub master_key_file: PathBuf,
+    /// The SoftHsm key store (`export_store`), wrapped under the master key.
+    pub key_store_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The bank code the issuer directory routes BINs to (`ICBC`, ...).
+    pub bank: String,
+    pub addr: SocketAddr,
+    /// The handle of the bank's zone PIN key in the key store.
+    pub zpk: String,
+    pub timeout_ms: u64,
+}
+
+/// One merchant's fee plan in the `fee_plans` file (rates in basis points).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeePlanEntry {
+    pub mid: String,
+    pub debit_bp: i64,
+    pub debit_cap_fen: Option<i64>,
+    pub credit_bp: i64,
+    pub credit_cap_fen: Option<i64>,
+    pub foreign_bp: i64,
+    pub qr_bp: i64,
+    pub payout_delay_days: u32,
+}
+
+fn read_text(path: &Path, what: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?
+        .len();
+    if size > CONFIG_BYTES_MAX {
+        return Err(format!(
+            "{what} {}: larger than {CONFIG_BYTES_MAX} bytes",
+            path.display()
+        )
+        .into());
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()).into())
+}
+
+impl ServeConfig {
+    pub fn load(path: &Path) -> Result<ServeConfig, Box<dyn std::error::Error>> {
+        let text = read_text(path, "config")?;
+        toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()).into())
+    }
+}
+
+/// Opens the journal the URL names.
+pub fn open_store(
+    database: &str,
+    schema: Option<&str>,
+) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
+    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+        let config = PgConfig {
+            url: database.to_owned(),
+            schema: schema.map(str::to_owned),
+        };
+        return Ok(Arc::new(PgStore::open(&config)?));
+    }
+    match database.strip_prefix("sqlite:") {
+        Some(path) if !path.is_empty() => {
+            Ok(Arc::new(SqliteStore::open(&SqliteConfig::new(path))?))
+        }
+        _ => Err(format!(
+            "database {database:?}: expected sqlite:/path/to/file.db or postgres://user@host/db"
+        )
+        .into()),
+    }
+}
+
+fn open_hsm(config: &HsmConfig) -> Result<Arc<SoftHsm>, Box<dyn std::error::Error>> {
+    let master_hex = zeroize::Zeroizing::new(read_text(&config.master_key_file, "master key")?);
+    let master = MasterKey::from_hex(master_hex.trim())?;
+    let wrapped = std::fs::read(&config.key_store_file)
+        .map_err(|e| format!("key store {}: {e}", config.key_store_file.display()))?;
+    Ok(Arc::new(SoftHsm::from_store(
+        &master,
+        Box::new(OsRandom),
+        &wrapped,
+    )?))
+}
+
+/// Everything `serve` starts from, checked: the store open and migrated, keys present.
+pub struct Node {
+    pub config: SwitchConfig,
+    pub store: Arc<dyn Store>,
+    pub hsm: Arc<SoftHsm>,
+    pub http_listen: SocketAddr,
+}
+
+pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::Error>> {
+    let hsm = open_hsm(&config.hsm)?;
+    let mut switch_config = SwitchConfig::new(config.terminal_listen);
+    switch_config.node_id = config.node_id;
+    let mut issuers = HashMap::new();
+    for issuer in &config.issuers {
+        let zpk: KeyHandle = issuer
+            .zpk
+            .parse()
+            .map_err(|_| format!("issuer {}: bad key handle {:?}", issuer.bank, issuer.zpk))?;
+        issuers.insert(
+            issuer.bank.clone(),
+            IssuerEndpoint {
+                addr: issuer.addr,
+                zpk,
+                timeout: Duration::from_millis(issuer.timeout_ms),
+            },
+        );
+    }
+    switch_config.issuers = issuers;
+    switch_config.default_issuer = config.default_issuer.clone();
+    if let Some(ms) = config.saf_interval_ms {
+        switch_config.saf_interval = Duration::from_millis(ms);
+    }
+    if let Some(ms) = config.saf_lease_ms {
+        switch_config.saf_lease = Duration::from_millis(ms);
+    }
+    if let Some(path) = &config.risk_rules {
+        let text = read_text(path, "risk rules")?;
+        switch_config.risk_rules = Arc::new(risk::RuleBook::from_json(&text)?);
+    }
+    let store = open_store(&config.database, config.database_schema.as_deref())?;
+    if let Some(path) = &config.fee_plans {
+        let plans: Vec<FeePlanEntry> = serde_json::from_str(&read_text(path, "fee plans")?)
+            .map_err(|e| format!("fee plans {}: {e}", path.display()))?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let records: Vec<Record> = plans
+            .into_iter()
+            .map(|p| {
+                Record::Settlement(SettlementRecord::Terms(SettlementTermsRow {
+                    mid: p.mid,
+                    debit_bp: p.debit_bp,
+                    debit_cap_fen: p.debit_cap_fen,
+                    credit_bp: p.credit_bp,
+                    credit_cap_fen: p.credit_cap_fen,
+                    foreign_bp: p.foreign_bp,
+                    qr_bp: p.qr_bp,
+                    payout_delay_days: p.payout_delay_days,
+                    updated_at_ms: now_ms,
+                }))
+            })
+            .collect();
+        if !records.is_empty() {
+            store.submit(records)?.await?;
+        }
+    }
+    Ok(Node {
+        config: switch_config,
+        store,
+        hsm,
+        http_listen: config.http_listen,
+    })
+}
+
+pub fn run(args: ServeArgs) -> CliResult {
+    let config = ServeConfig::load(&args.config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let node = prepare(&config).await?;
+        if args.check {
+            println!(
+                "configuration ok: {} terminals, {} issuers",
+                node.store.terminals()?.len(),
+                node.config.issuers.len()
+            );
+            return Ok(());
+        }
+        serve(node).await
+    })
+}
+
+async fn serve(node: Node) -> CliResult {
+    let banks: Vec<String> = node.config.issuers.keys().cloned().collect();
+    let switch = Switch::start(
+        node.config,
+        Arc::clone(&node.store),
+        Arc::clone(&node.hsm) as Arc<dyn Hsm>,
+        Arc::new(IssuerDirectory::embedded()?),
+        Arc::new(switch::SystemClock),
+    )
+    .await?;
+    let (stop, stop_rx) = watch::channel(false);
+    let http = tokio::net::TcpListener::bind(node.http_listen).await?;
+    let http_addr = http.local_addr()?;
+    let switch_metrics = Arc::new(web::metrics::SwitchMetricsCell::default());
+    switch_metrics.set(switch.metrics());
+    let portal = web::Web::new(
+        Arc::clone(&node.store),
+        Arc::clone(&node.hsm) as Arc<dyn Hsm>,
+        Arc::new(IssuerDirectory::embedded()?),
+        Arc::new(switch::SystemClock),
+        Arc::new(switch.back_office()),
+    )
+    .with_switch_metrics(Arc::clone(&switch_metrics));
+    let http_task = tokio::spawn(web::serve(portal, http, stop_rx));
+    println!("shoudan serving");
+    println!("  switch (terminals)  {}", switch.local_addr());
+    println!("  http                http://{http_addr}/");
+    for bank in &banks {
+        println!(
+            "  issuer {bank:<12} {}",
+            if switch.issuer_connected(bank) {
+                "connected"
+            } else {
+                "connecting"
+            }
+        );
+    }
+    let refresh = async {
+        loop {
+            tokio::time::sleep(METRICS_REFRESH).await;
+            switch_metrics.set(switch.metrics());
+        }
+    };
+    tokio::select! {
+        signal = wait_for_signal() => signal?,
+        () = refresh => {}
+    }
+    println!("stopping");
+    let _ = stop.send(true);
+    let _ = http_task.await;
+    switch.shutdown().await;
+    println!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}

@@ -1,0 +1,170 @@
+//! `shoudan serve --config`: the production entry point on a real journal (SQLite, and
+//! PostgreSQL when `SHOUDAN_PG_URL` is set): keys from a master key file and a key store,
+//! fee plans written to the store, the switch and the HTTP side listening; a bad config is
+//! refused with its reason.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use paycrypto::{Hsm, KeyAlgorithm, KeyUsage, MasterKey, OsRandom, SoftHsm};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shoudan");
+const MASTER_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+/// Writes the key files and a config naming `database`; returns the config's path.
+fn write_config(dir: &Path, database: &str, schema: Option<&str>) -> std::path::PathBuf {
+    let master = MasterKey::from_hex(MASTER_HEX).unwrap();
+    let hsm = SoftHsm::new(&master, Box::new(OsRandom));
+    let zpk = hsm
+        .import_key(
+            KeyUsage::Zpk,
+            KeyAlgorithm::Des,
+            "11111111111111112222222222222222",
+        )
+        .unwrap();
+    std::fs::write(dir.join("master.key"), MASTER_HEX).unwrap();
+    std::fs::write(dir.join("hsm.store"), hsm.export_store().unwrap()).unwrap();
+    std::fs::write(
+        dir.join("fee-plans.json"),
+        r#"[{"mid": "898110048990001", "debit_bp": 38, "debit_cap_fen": 2000, "credit_bp": 60,
+            "credit_cap_fen": null, "foreign_bp": 150, "qr_bp": 30, "payout_delay_days": 1}]"#,
+    )
+    .unwrap();
+    let schema = schema.map_or(String::new(), |s| format!("database_schema = \"{s}\"\n"));
+    let config = format!(
+        r#"node_id = 3
+terminal_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
+database = "{database}"
+{schema}default_issuer = "ICBC"
+fee_plans = "{dir}/fee-plans.json"
+saf_lease_ms = 5000
+
+[hsm]
+master_key_file = "{dir}/master.key"
+key_store_file = "{dir}/hsm.store"
+
+[[issuer]]
+bank = "ICBC"
+addr = "127.0.0.1:9"
+zpk = "{zpk}"
+timeout_ms = 500
+"#,
+        dir = dir.display(),
+    );
+    let path = dir.join("shoudan.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn check(config: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["serve", "--check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn serve_checks_its_config_on_sqlite_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite:{}", dir.path().join("switch.db").display());
+    let config = write_config(dir.path(), &database, None);
+    assert!(check(&config).contains("configuration ok: 0 terminals, 1 issuers"));
+    let store =
+        store::SqliteStore::open(&store::SqliteConfig::new(dir.path().join("switch.db"))).unwrap();
+    use store::Store;
+    let terms = store.settlement_terms("898110048990001").unwrap().unwrap();
+    assert_eq!((terms.debit_bp, terms.debit_cap_fen), (38, Some(2_000)));
+
+    match std::env::var("SHOUDAN_PG_URL") {
+        Ok(url) if !url.is_empty() => {
+            let pg_dir = tempfile::tempdir().unwrap();
+            let schema = format!("serve_{}", std::process::id());
+            let config = write_config(pg_dir.path(), &url, Some(&schema));
+            assert!(check(&config).contains("configuration ok"));
+            let _ = store::PgStore::drop_schema(&url, &schema);
+        }
+        _ => {
+            assert!(
+                std::env::var_os("SHOUDAN_REQUIRE_PG").is_none(),
+                "SHOUDAN_REQUIRE_PG is set but SHOUDAN_PG_URL is not"
+            );
+            eprintln!("SKIPPED on PostgreSQL: SHOUDAN_PG_URL is not set");
+        }
+    }
+}
+
+#[test]
+fn a_bad_config_is_refused_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "mysql://nowhere", None);
+    let out = Command::new(BIN)
+        .args(["serve", "--check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected sqlite:"));
+    std::fs::write(&config, "terminal_listen = \"127.0.0.1:0\"\nbogus = 1\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
+}
+
+#[test]
+fn serve_listens_for_terminals_and_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite:{}", dir.path().join("switch.db").display());
+    let config = write_config(dir.path(), &database, None);
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut switch_addr = None;
+    let mut http_addr = None;
+    while switch_addr.is_none() || http_addr.is_none() {
+        let line = lines
+            .next()
+            .expect("serve stopped before listening")
+            .unwrap();
+        if let Some(rest) = line.trim().strip_prefix("switch (terminals)") {
+            switch_addr = Some(rest.trim().to_owned());
+        }
+        if let Some(rest) = line.trim().strip_prefix("http") {
+            http_addr = Some(
+                rest.trim()
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .to_owned(),
+            );
+        }
+    }
+    std::net::TcpStream::connect(switch_addr.unwrap()).unwrap();
+    let mut http = std::net::TcpStream::connect(http_addr.unwrap()).unwrap();
+    http.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    http.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
