@@ -15,6 +15,7 @@ use crate::Web;
 use crate::auth::{self, NewUser, Principal, user_json};
 use crate::error::ApiError;
 use crate::openapi;
+use crate::ops;
 use crate::query::{self, TxnQuery};
 
 type ApiResult = Result<Json<Value>, ApiError>;
@@ -46,6 +47,36 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Web>)> {
         ("get", "/api/notifications", get(notifications)),
         ("get", "/api/risk/alerts", get(risk_alerts)),
         ("get", "/api/merchant-reviews", get(merchant_reviews)),
+        ("get", "/api/settlements", get(ops::settlements)),
+        ("get", "/api/payouts", get(ops::payouts)),
+        ("get", "/api/bound-account", get(ops::bound_account)),
+        ("post", "/api/bound-account", post(ops::bind)),
+        ("get", "/api/account-changes", get(ops::account_changes)),
+        (
+            "post",
+            "/api/account-changes/{id}/confirm",
+            post(ops::confirm_change),
+        ),
+        (
+            "post",
+            "/api/account-changes/{id}/reject",
+            post(ops::reject_change),
+        ),
+        (
+            "post",
+            "/api/merchant-reviews/{mid}/approve",
+            post(ops::approve_merchant),
+        ),
+        (
+            "post",
+            "/api/merchant-reviews/{mid}/suspend",
+            post(ops::suspend_merchant),
+        ),
+        (
+            "post",
+            "/api/risk/alerts/{id}/resolve",
+            post(ops::resolve_alert),
+        ),
         ("get", "/api/users", get(users)),
         ("post", "/api/users", post(create_user)),
         ("get", "/api/audit", get(audit_log)),

@@ -15,6 +15,7 @@ pub mod error;
 mod html;
 pub mod metrics;
 pub mod openapi;
+pub mod ops;
 mod pages;
 mod query;
 
@@ -38,6 +39,8 @@ pub use store::web::Role;
 #[derive(Clone)]
 pub struct Web {
     pub store: Arc<dyn Store>,
+    /// Seals bound account numbers, as PANs are.
+    pub hsm: Arc<dyn Hsm>,
     pub directory: Arc<IssuerDirectory>,
     pub clock: Arc<dyn Clock>,
     pub resolver: Resolver,
@@ -58,7 +61,7 @@ impl Web {
     ) -> Web {
         let resolver = Resolver::new(
             Arc::clone(&store),
-            hsm,
+            Arc::clone(&hsm),
             Arc::clone(&directory),
             Arc::clone(&clock),
         );
@@ -70,6 +73,7 @@ impl Web {
         );
         Web {
             store,
+            hsm,
             directory,
             clock,
             resolver,

@@ -122,6 +122,35 @@ pub fn document() -> Value {
             "/api/risk/alerts": { "get": op("Operator: risk alerts",
                 vec![param("state", "query", "alert state"), limit.clone()], None, "List") },
             "/api/merchant-reviews": { "get": op("Operator: merchants and their onboarding state", vec![], None, "List") },
+            "/api/merchant-reviews/{mid}/approve": { "post": op(
+                "Operator: approve an applicant or lift a suspension",
+                vec![param("mid", "path", "merchant id")], Some("Note"), "Object") },
+            "/api/merchant-reviews/{mid}/suspend": { "post": op("Operator: suspend a merchant",
+                vec![param("mid", "path", "merchant id")], Some("Note"), "Object") },
+            "/api/risk/alerts/{id}/resolve": { "post": op(
+                "Operator: clear a risk alert or suspend its terminal or merchant",
+                vec![param("id", "path", "alert id")], Some("AlertResponse"), "Object") },
+            "/api/settlements": { "get": op(
+                "Clearing totals per merchant and clearing date (gross, fees, net); settle runs for staff",
+                vec![param("mid", "query", "merchant (staff)")], None, "List") },
+            "/api/payouts": { "get": op("Payouts with status; failures with their diagnosis and steps",
+                vec![param("mid", "query", "merchant (staff)"),
+                     param("state", "query", "pending, sent, held, returned")], None, "List") },
+            "/api/bound-account": {
+                "get": op("The bound settlement account (masked) and its changes",
+                    vec![param("mid", "query", "merchant (staff)")], None, "Object"),
+                "post": op("Bind or re-bind the settlement account; after a payout failure a second person confirms",
+                    vec![], Some("BindAccount"), "Object")
+            },
+            "/api/account-changes": { "get": op("Operator: account changes (maker-checker queue)",
+                vec![param("mid", "query", "merchant"),
+                     param("state", "query", "active, pending_confirmation, rejected, superseded")],
+                None, "List") },
+            "/api/account-changes/{id}/confirm": { "post": op(
+                "Operator: confirm a re-binding (not the one who asked)",
+                vec![param("id", "path", "change id")], None, "Object") },
+            "/api/account-changes/{id}/reject": { "post": op("Operator: reject a re-binding",
+                vec![param("id", "path", "change id")], Some("Note"), "Object") },
             "/api/users": {
                 "get": op("Admin: users", vec![], None, "List"),
                 "post": op("Admin: create a user", vec![], Some("NewUser"), "User")
@@ -141,6 +170,7 @@ pub fn document() -> Value {
                             "unauthorized", "bad_credentials", "forbidden", "not_found",
                             "bad_request", "csrf", "conflict", "illegal_transition",
                             "exceeds_remaining", "already_refunded", "refund_failed", "busy",
+                            "same_user", "bad_account",
                             "internal"] },
                         "message": { "type": "string" }
                     }
@@ -184,6 +214,15 @@ pub fn document() -> Value {
                     "kind": { "type": "string", "enum": ["issuer_inquiry", "refund_application", "dispute"] },
                     "txn_id": { "type": "integer" }, "title": { "type": "string" },
                     "text": { "type": "string" }, "refund_fen": { "type": "integer" } } },
+                "Note": { "type": "object", "properties": { "note": { "type": "string" } } },
+                "AlertResponse": { "type": "object", "required": ["response"], "properties": {
+                    "response": { "type": "string", "enum": ["clear", "suspend_terminal", "suspend_merchant"] },
+                    "note": { "type": "string" } } },
+                "BindAccount": { "type": "object", "required": ["kind", "number", "holder_name"],
+                    "properties": { "mid": { "type": "string" },
+                        "kind": { "type": "string", "enum": ["card", "bank"] },
+                        "number": { "type": "string", "description": "sealed at once; answers show it masked" },
+                        "holder_name": { "type": "string" }, "bank_code": { "type": "string" } } },
                 "Entry": { "type": "object", "required": ["text"],
                     "properties": { "text": { "type": "string" } } },
                 "Case": { "type": "object", "properties": {

@@ -36,6 +36,14 @@ pub fn router() -> Router<Web> {
         .route("/portal/cases/{id}", get(case))
         .route("/portal/cases/{id}/entries", post(add_entry))
         .route("/portal/terminals", get(terminals))
+        .route("/portal/settlement", get(settlement_page))
+        .route("/portal/settlement/account", post(bind_account))
+        .route(
+            "/console/account-changes/{id}/confirm",
+            post(confirm_change),
+        )
+        .route("/console/merchants/{mid}/approve", post(approve_merchant))
+        .route("/console/risk/alerts/{id}/clear", post(clear_alert))
         .route("/console", get(console))
         .route("/console/cases/{id}/approve-refund", post(approve_refund))
 }
@@ -91,6 +99,7 @@ fn nav(c: &Ctx, who: &Principal) -> Vec<(&'static str, &'static str)> {
             ("/portal", t(l, "概览", "Dashboard")),
             ("/portal/transactions", t(l, "交易", "Transactions")),
             ("/portal/cases", t(l, "工单", "Cases")),
+            ("/portal/settlement", t(l, "结算", "Settlement")),
             ("/portal/terminals", t(l, "终端", "Terminals")),
         ]
     }
@@ -388,6 +397,34 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
             )
         ));
     }
+    let payouts = web
+        .store
+        .payouts(Some(mid), None, crate::ops::PAYOUTS_MAX)?;
+    for p in payouts
+        .iter()
+        .filter(|p| p.failure.is_some() && p.state != store::settlement::PayoutState::Sent)
+    {
+        let d = p
+            .failure
+            .as_deref()
+            .and_then(diagnosis::PayoutFailure::from_key)
+            .map(diagnosis::diagnose_payout);
+        red.push_str(&format!(
+            "<div class=\"card red\" id=\"payout-failed\"><b>{} ¥{} ({})</b> — {}<br>{}: {} <a href=\"/portal/settlement\">{}</a></div>",
+            t(l, "结算款未到账", "Payout failed"),
+            yuan(p.amount_fen),
+            esc(&p.payout_date),
+            esc(d.map_or("", |d| d.title.get(l))),
+            t(l, "怎么办", "What to do"),
+            esc(d.and_then(|d| d.merchant_steps.first()).map_or("", |x| x.get(l))),
+            t(l, "重新绑定结算账户", "Re-bind the account"),
+        ));
+    }
+    let due: i64 = payouts
+        .iter()
+        .filter(|p| p.state == store::settlement::PayoutState::Pending)
+        .map(|p| p.amount_fen)
+        .sum();
     if !open_cases.is_empty() {
         red.push_str(&format!(
             "<div class=\"card red\"><b>{} × {}</b> — <a href=\"/portal/cases\">{}</a></div>",
@@ -403,7 +440,9 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
         );
     }
     body.push_str(&format!(
-        "<h2>{}</h2>{red}",
+        "<p id=\"payouts-due\">{}: ¥{}</p><h2>{}</h2>{red}",
+        t(l, "待付结算款", "Payouts due"),
+        yuan(due),
         t(l, "需要关注", "Needs attention")
     ));
     let by_code: Vec<(String, u64)> = s
@@ -1066,12 +1105,16 @@ async fn console(
             t(l, "待审核商户", "Merchants awaiting approval"),
             applied.len()
         ));
+        let csrf = esc(who.csrf.as_deref().unwrap_or(""));
         for p in &applied {
             body.push_str(&format!(
-                "<li>{} · MCC {} · {}</li>",
+                "<li>{} · MCC {} · {} <form class=\"inline\" method=\"post\" action=\"/console/merchants/{}/approve\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button class=\"approve-merchant\">{}</button></form></li>",
                 esc(&p.mid),
                 esc(&p.mcc),
-                esc(&p.address)
+                esc(&p.address),
+                esc(&p.mid),
+                t(l, "批准入网", "Approve")
             ));
         }
         body.push_str("</ul>");
@@ -1085,15 +1128,60 @@ async fn console(
         ));
         for a in &alerts {
             body.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><form method=\"post\" action=\"/console/risk/alerts/{}/clear\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button class=\"clear-alert\">{}</button></form></td></tr>",
                 esc(&format_time(a.raised_at_ms)),
                 esc(&a.kind),
                 esc(&a.mid),
                 esc(&a.tid),
-                esc(&a.detail)
+                esc(&a.detail),
+                a.id,
+                t(l, "解除", "Clear")
             ));
         }
         body.push_str("</table>");
+        let changes = crate::ops::pending_changes(&web, &who)?;
+        body.push_str(&format!(
+            "<h2>{} ({})</h2><table id=\"rebind-queue\">",
+            t(l, "待复核的结算账户变更", "Re-bindings to confirm"),
+            changes.len()
+        ));
+        for ch in &changes {
+            body.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><form method=\"post\" action=\"/console/account-changes/{}/confirm\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button class=\"confirm-change\">{}</button></form></td></tr>",
+                esc(&ch.mid),
+                esc(&ch.number_masked),
+                esc(&ch.requested_by),
+                esc(&ch.note),
+                ch.id,
+                t(l, "复核通过", "Confirm")
+            ));
+        }
+        body.push_str("</table>");
+        let failed: Vec<_> = web
+            .store
+            .payouts(None, None, crate::ops::PAYOUTS_MAX)?
+            .into_iter()
+            .filter(|p| p.failure.is_some() && p.state != store::settlement::PayoutState::Sent)
+            .collect();
+        body.push_str(&format!(
+            "<h2>{} ({})</h2><table id=\"payout-failures\">",
+            t(l, "付款失败", "Payout failures"),
+            failed.len()
+        ));
+        for p in &failed {
+            body.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>¥{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&p.mid),
+                esc(&p.payout_date),
+                yuan(p.amount_fen),
+                payout_state_text(l, p.state.as_str()),
+                esc(p.failure.as_deref().unwrap_or(""))
+            ));
+        }
+        body.push_str("</table>");
+
         Ok::<_, ApiError>((t(l, "运营台", "Console").to_owned(), body))
     })();
     respond(&c, &who, result)
@@ -1119,4 +1207,260 @@ async fn approve_refund(
         Ok(_) => redirect(&format!("/portal/cases/{id}")),
         Err(e) => error_page(&c, Some(&who), &e),
     }
+}
+
+fn payout_state_text(l: Lang, state: &str) -> &'static str {
+    match state {
+        "pending" => t(l, "待付款", "due"),
+        "sent" => t(l, "已付款", "paid"),
+        "held" => t(l, "暂停（等待重新绑定）", "held (re-bind the account)"),
+        "returned" => t(l, "被退回", "returned"),
+        _ => t(l, "未知", "unknown"),
+    }
+}
+
+async fn settlement_page(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    let c = ctx(&headers, &params);
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let asked = params
+        .get("mid")
+        .map(String::as_str)
+        .filter(|m| !m.is_empty());
+    let result = settlement_body(&web, &c, &who, asked);
+    respond(&c, &who, result)
+}
+
+fn settlement_body(
+    web: &Web,
+    c: &Ctx,
+    who: &Principal,
+    asked: Option<&str>,
+) -> Result<(String, String), ApiError> {
+    let l = c.lang;
+    let mid = who.merchant_filter(asked)?;
+    let totals = crate::ops::settlements_for(web, who, mid.as_deref())?;
+    let mut body = format!(
+        "<h1>{}</h1><h2>{}</h2><table id=\"clearing\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+        t(l, "结算", "Settlement"),
+        t(l, "清算", "Clearing"),
+        t(l, "清算日", "Clearing date"),
+        t(l, "商户", "Merchant"),
+        t(l, "笔数", "Lines"),
+        t(l, "交易额", "Gross"),
+        t(l, "手续费", "Fees"),
+        t(l, "应结", "Net"),
+    );
+    for item in jget(&totals, "items").as_array().into_iter().flatten() {
+        let fen = |k: &str| jget(item, k).as_i64().unwrap_or(0);
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(jget(item, "clearing_date").as_str().unwrap_or("")),
+            esc(jget(item, "mid").as_str().unwrap_or("")),
+            jget(item, "lines").as_u64().unwrap_or(0),
+            yuan(fen("gross_fen")),
+            yuan(fen("fee_fen")),
+            yuan(fen("net_fen")),
+        ));
+    }
+    body.push_str(&format!(
+        "</table><h2>{}</h2><table id=\"payouts\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+        t(l, "结算款", "Payouts"),
+        t(l, "付款日", "Payout day"),
+        t(l, "金额", "Amount"),
+        t(l, "账户", "Account"),
+        t(l, "状态", "State"),
+        t(l, "尝试", "Attempts"),
+        t(l, "失败原因与处理", "Failure and what to do"),
+    ));
+    for p in crate::ops::payouts_for(web, who, mid.as_deref(), None)? {
+        let d = p
+            .failure
+            .as_deref()
+            .and_then(diagnosis::PayoutFailure::from_key)
+            .map(diagnosis::diagnose_payout);
+        let failure = d.map_or_else(String::new, |d| {
+            let steps: String = d
+                .merchant_steps
+                .iter()
+                .map(|s| format!("<li>{}</li>", esc(s.get(l))))
+                .collect();
+            format!(
+                "<b class=\"bad\">{}</b> {}<ol>{steps}</ol>",
+                esc(d.title.get(l)),
+                esc(d.meaning.get(l))
+            )
+        });
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>¥{}</td><td>{}</td><td>{}</td><td>{}</td><td>{failure}</td></tr>",
+            esc(&p.payout_date),
+            yuan(p.amount_fen),
+            esc(&p.account_masked),
+            payout_state_text(l, p.state.as_str()),
+            p.attempts,
+        ));
+    }
+    body.push_str("</table>");
+    if let Some(m) = &mid {
+        let account = crate::ops::bound_account_json(web, m)?;
+        let a = jget(&account, "account");
+        let needs_rebind = jget(a, "needs_rebind") == true;
+        let shown = if a.is_null() {
+            t(l, "尚未绑定。", "None bound yet.").to_owned()
+        } else {
+            format!(
+                "{} · {} · {}{}",
+                esc(jget(a, "number_masked").as_str().unwrap_or("")),
+                esc(jget(a, "holder_name").as_str().unwrap_or("")),
+                esc(jget(a, "bank_code").as_str().unwrap_or("")),
+                if needs_rebind {
+                    t(l, " — 付款失败，请重新绑定", " — a payout failed: re-bind")
+                } else {
+                    ""
+                }
+            )
+        };
+        body.push_str(&format!(
+            "<h2>{}</h2><div class=\"card{}\" id=\"bound-account\">{shown}</div>",
+            t(l, "结算账户", "Settlement account"),
+            if needs_rebind { " red" } else { "" },
+        ));
+        for ch in jget(&account, "changes").as_array().into_iter().flatten() {
+            if jget(ch, "state") == "pending_confirmation" {
+                body.push_str(&format!(
+                    "<p id=\"pending-change\">{} {}</p>",
+                    esc(jget(ch, "number_masked").as_str().unwrap_or("")),
+                    t(l, "等待运营复核", "waiting for an operator to confirm")
+                ));
+            }
+        }
+        body.push_str(&format!(
+            "<form method=\"post\" action=\"/portal/settlement/account\" class=\"card\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"mid\" value=\"{}\">\
+             <b>{}</b><br><select name=\"kind\" id=\"account-kind\"><option value=\"card\">{}</option><option value=\"bank\">{}</option></select> \
+             {} <input name=\"number\" id=\"account-number\" autocomplete=\"off\"> \
+             {} <input name=\"holder_name\" id=\"account-holder\"> \
+             {} <input name=\"bank_code\" id=\"account-bank\" size=\"6\"> \
+             <button id=\"bind\">{}</button></form>",
+            esc(who.csrf.as_deref().unwrap_or("")),
+            esc(m),
+            t(l, "绑定或更换结算账户", "Bind or change the settlement account"),
+            t(l, "银行卡", "Card"),
+            t(l, "对公账户", "Bank account"),
+            t(l, "账号", "Number"),
+            t(l, "户名", "Holder"),
+            t(l, "银行代码", "Bank code"),
+            t(l, "提交", "Submit"),
+        ));
+    }
+    Ok((t(l, "结算", "Settlement").to_owned(), body))
+}
+
+async fn bind_account(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Form(form): Form<Params>,
+) -> Response {
+    let c = ctx(&headers, &Params::new());
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let result = async {
+        who.check_csrf(form.get("csrf").map(String::as_str).unwrap_or_default())?;
+        let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+        crate::ops::bind_for(
+            &web,
+            &who,
+            crate::ops::BindBody {
+                mid: form.get("mid").cloned(),
+                kind: field("kind"),
+                number: field("number"),
+                holder_name: field("holder_name"),
+                bank_code: form.get("bank_code").cloned(),
+            },
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok(_) => redirect("/portal/settlement"),
+        Err(e) => error_page(&c, Some(&who), &e),
+    }
+}
+
+/// Runs a console form action: session, CSRF, then `action`; back to the console.
+async fn console_action<F, Fut>(
+    web: &Web,
+    headers: &HeaderMap,
+    form: &Params,
+    action: F,
+) -> Response
+where
+    F: FnOnce(Principal) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
+{
+    let c = ctx(headers, &Params::new());
+    let who = match page_user(web, headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    if let Err(e) = who.check_csrf(form.get("csrf").map(String::as_str).unwrap_or_default()) {
+        return error_page(&c, Some(&who), &e);
+    }
+    match action(who.clone()).await {
+        Ok(_) => redirect("/console"),
+        Err(e) => error_page(&c, Some(&who), &e),
+    }
+}
+
+async fn confirm_change(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<Params>,
+) -> Response {
+    let w = web.clone();
+    console_action(&web, &headers, &form, |who| async move {
+        crate::ops::decide_change(&w, &who, id, true, "").await
+    })
+    .await
+}
+
+async fn approve_merchant(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(mid): Path<String>,
+    Form(form): Form<Params>,
+) -> Response {
+    let w = web.clone();
+    let note = form.get("note").cloned().unwrap_or_default();
+    console_action(&web, &headers, &form, |who| async move {
+        crate::ops::review_for(&w, &who, &mid, true, &note).await
+    })
+    .await
+}
+
+async fn clear_alert(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<Params>,
+) -> Response {
+    let w = web.clone();
+    console_action(&web, &headers, &form, |who| async move {
+        crate::ops::resolve_alert_for(&w, &who, id, "clear", "cleared from the console").await
+    })
+    .await
+}
+
+/// A member of a JSON object, `null` when absent.
+fn jget<'v>(value: &'v serde_json::Value, key: &str) -> &'v serde_json::Value {
+    value.get(key).unwrap_or(&serde_json::Value::Null)
 }

@@ -14,6 +14,7 @@ mod support;
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
+use store::Store;
 use support::*;
 
 #[test]
@@ -875,6 +876,344 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
 
         for page in [dash.body, list.body, detail.body, ev.body, console.body] {
             assert!(!page.contains(&pan), "full PAN on a page");
+        }
+    });
+}
+
+/// `YYYYMMDD` plus `days`.
+fn plus_days(date: &str, days: i64) -> String {
+    let y: i64 = date[..4].parse().unwrap();
+    let m: u8 = date[4..6].parse().unwrap();
+    let d: u8 = date[6..].parse().unwrap();
+    let (y, m, d) = domain::date::civil_from_days(domain::date::days_from_civil(y, m, d) + days);
+    format!("{y:04}{m:02}{d:02}")
+}
+
+#[test]
+fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
+    run(async move {
+        let mut e = start().await;
+        let healthy: Vec<_> = e
+            .cards
+            .iter()
+            .filter(|c| c.label == "healthy")
+            .cloned()
+            .collect();
+        let (code, rrn) = e.purchase(&healthy[0], 10_000).await;
+        assert_eq!(code, "00");
+        let row = e.h.store.txn_by_rrn(&rrn).unwrap().unwrap();
+        let api = Api {
+            env: &e,
+            seen: Default::default(),
+        };
+        let tea = e.token("teahouse").await;
+        let book = e.token("bookshop").await;
+        let ops = e.token("ops").await;
+
+        // The merchant binds a card as its settlement account; only the masked number shows.
+        let first = healthy[1].pan.expose_digits().to_owned();
+        let r = api
+            .call(
+                Some(&tea),
+                "POST",
+                "/api/bound-account",
+                Some(json!({"kind": "card", "number": first, "holder_name": "Teahouse Ltd"})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(r.json()["outcome"], "active");
+        let bad = api
+            .call(
+                Some(&tea),
+                "POST",
+                "/api/bound-account",
+                Some(json!({"kind": "card", "number": "1234", "holder_name": "x"})),
+            )
+            .await;
+        assert_error(&bad, 400, "bad_account");
+        let acct = api
+            .call(Some(&tea), "GET", "/api/bound-account", None)
+            .await
+            .json();
+        assert!(
+            acct["account"]["number_masked"]
+                .as_str()
+                .unwrap()
+                .contains('*'),
+            "{acct}"
+        );
+        assert_error(
+            &api.call(
+                Some(&book),
+                "GET",
+                &format!("/api/bound-account?mid={MID}"),
+                None,
+            )
+            .await,
+            404,
+            "not_found",
+        );
+
+        // Clearing, then a payout to a frozen account: it fails and is held.
+        // The settlement crate waits for its writes synchronously, as `shoudan settle` does.
+        let failed = tokio::task::block_in_place(|| {
+            let store: &dyn Store = e.h.store.as_ref();
+            let directory = std::sync::Arc::clone(&e.h.directory);
+            settlement::settle_date(
+                store,
+                &directory,
+                &row.clearing_date,
+                row.received_at_ms + 1,
+            )
+            .unwrap();
+            let bank = settlement::SimBank::new();
+            bank.set_behaviour(&first, settlement::SimBehaviour::Frozen);
+            let sealer = web::ops::HsmSealer(e.h.hsm.as_ref());
+            let mut failed = false;
+            for days in 0..4 {
+                let day = plus_days(&row.clearing_date, days);
+                bank.set_today(&day);
+                settlement::run_payouts(
+                    store,
+                    &bank,
+                    &sealer,
+                    &day,
+                    row.received_at_ms + 10 + days,
+                )
+                .unwrap();
+                if store
+                    .payouts(Some(MID), None, 10)
+                    .unwrap()
+                    .iter()
+                    .any(|p| p.failure.is_some())
+                {
+                    failed = true;
+                    break;
+                }
+            }
+            failed
+        });
+        assert!(failed, "the payout to the frozen account never failed");
+        let sets = api
+            .call(Some(&tea), "GET", "/api/settlements", None)
+            .await
+            .json();
+        assert_eq!(sets["items"][0]["mid"], MID, "{sets}");
+        assert_eq!(sets["items"][0]["gross_fen"], 10_000, "{sets}");
+        assert!(
+            api.call(Some(&book), "GET", "/api/settlements", None)
+                .await
+                .json()["items"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            !api.call(Some(&ops), "GET", "/api/settlements", None)
+                .await
+                .json()["runs"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
+        let payouts = api
+            .call(Some(&tea), "GET", "/api/payouts", None)
+            .await
+            .json();
+        let p = &payouts["items"][0];
+        assert!(p["failure"].as_str().is_some(), "{payouts}");
+        assert!(
+            p["diagnosis"]["merchant_steps"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty()),
+            "{p}"
+        );
+        assert_error(
+            &api.call(Some(&book), "GET", &format!("/api/payouts?mid={MID}"), None)
+                .await,
+            404,
+            "not_found",
+        );
+        let page = PageSession::login(e.http, "teahouse").await;
+        let dash = page.get("/portal").await;
+        assert!(dash.body.contains("id=\"payout-failed\""), "{}", dash.body);
+        let settle_page = page.get("/portal/settlement").await;
+        assert!(
+            settle_page.body.contains("id=\"bound-account\"")
+                && settle_page.body.contains("id=\"payouts\"")
+        );
+
+        // Re-binding after the failure waits for a second person; the maker cannot check.
+        let second = healthy[2].pan.expose_digits().to_owned();
+        let r = api
+            .call(
+                Some(&tea),
+                "POST",
+                "/api/bound-account",
+                Some(json!({"kind": "card", "number": second, "holder_name": "Teahouse Ltd"})),
+            )
+            .await;
+        assert_eq!(r.json()["outcome"], "pending_confirmation", "{}", r.body);
+        let change = r.json()["change_id"].as_i64().unwrap();
+        assert_error(
+            &api.call(Some(&tea), "GET", "/api/account-changes", None)
+                .await,
+            403,
+            "forbidden",
+        );
+        let queue = api
+            .call(
+                Some(&ops),
+                "GET",
+                "/api/account-changes?state=pending_confirmation",
+                None,
+            )
+            .await
+            .json();
+        assert_eq!(queue["items"][0]["id"], change, "{queue}");
+        assert_error(
+            &api.call(
+                Some(&tea),
+                "POST",
+                &format!("/api/account-changes/{change}/confirm"),
+                None,
+            )
+            .await,
+            403,
+            "forbidden",
+        );
+        let ok = api
+            .call(
+                Some(&ops),
+                "POST",
+                &format!("/api/account-changes/{change}/confirm"),
+                None,
+            )
+            .await;
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        assert_eq!(ok.json()["state"], "active");
+        let again = api
+            .call(
+                Some(&ops),
+                "POST",
+                &format!("/api/account-changes/{change}/reject"),
+                Some(json!({"note": "late"})),
+            )
+            .await;
+        assert_error(&again, 409, "illegal_transition");
+        let acct = api
+            .call(Some(&tea), "GET", "/api/bound-account", None)
+            .await
+            .json();
+        assert_eq!(acct["account"]["needs_rebind"], false, "{acct}");
+        assert!(
+            acct["account"]["number_masked"]
+                .as_str()
+                .unwrap()
+                .ends_with(&second[second.len() - 4..])
+        );
+
+        // Merchant review and risk alerts: staff only, audited.
+        assert_error(
+            &api.call(
+                Some(&tea),
+                "POST",
+                &format!("/api/merchant-reviews/{OTHER_MID}/suspend"),
+                Some(json!({"note": "x"})),
+            )
+            .await,
+            403,
+            "forbidden",
+        );
+        let r = api
+            .call(
+                Some(&ops),
+                "POST",
+                &format!("/api/merchant-reviews/{OTHER_MID}/suspend"),
+                Some(json!({"note": "documents expired"})),
+            )
+            .await;
+        assert_eq!(r.json()["state"], "suspended", "{}", r.body);
+        let r = api
+            .call(
+                Some(&ops),
+                "POST",
+                &format!("/api/merchant-reviews/{OTHER_MID}/approve"),
+                Some(json!({"note": "renewed"})),
+            )
+            .await;
+        assert_eq!(r.json()["state"], "approved", "{}", r.body);
+        assert_error(
+            &api.call(
+                Some(&ops),
+                "POST",
+                "/api/merchant-reviews/000000000000000/approve",
+                Some(json!({})),
+            )
+            .await,
+            404,
+            "not_found",
+        );
+        assert_error(
+            &api.call(
+                Some(&ops),
+                "POST",
+                "/api/risk/alerts/999/resolve",
+                Some(json!({"response": "clear"})),
+            )
+            .await,
+            404,
+            "not_found",
+        );
+        assert_error(
+            &api.call(
+                Some(&ops),
+                "POST",
+                "/api/risk/alerts/999/resolve",
+                Some(json!({"response": "shrug"})),
+            )
+            .await,
+            400,
+            "bad_request",
+        );
+        assert_error(
+            &api.call(
+                Some(&tea),
+                "POST",
+                "/api/risk/alerts/999/resolve",
+                Some(json!({"response": "clear"})),
+            )
+            .await,
+            403,
+            "forbidden",
+        );
+        let admin = e.token("admin").await;
+        let audit = api
+            .call(Some(&admin), "GET", "/api/audit?limit=100", None)
+            .await
+            .json();
+        let actions: Vec<&str> = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["action"].as_str().unwrap())
+            .collect();
+        for action in [
+            "account.bind",
+            "account.confirm",
+            "merchant.suspend",
+            "merchant.approve",
+        ] {
+            assert!(
+                actions.contains(&action),
+                "{action} not audited: {actions:?}"
+            );
+        }
+        for body in api.seen.lock().unwrap().iter() {
+            assert!(
+                !body.contains(&first) && !body.contains(&second),
+                "account number in an answer"
+            );
         }
     });
 }

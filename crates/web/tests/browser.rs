@@ -178,6 +178,19 @@ impl Browser {
             .to_owned()
     }
 
+    /// Waits (up to 10 s) until the page's URL contains `part`: a click that submits a form
+    /// may return before the browser has navigated.
+    async fn wait_url(&self, part: &str) -> String {
+        for _ in 0..200 {
+            let url = self.url().await;
+            if url.contains(part) {
+                return url;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the browser never reached {part}: at {}", self.url().await);
+    }
+
     async fn source(&self) -> String {
         self.cmd("GET", "/source", None)
             .await
@@ -198,11 +211,18 @@ impl Browser {
         self.type_into("#username", username).await;
         self.type_into("#password", PASSWORD).await;
         self.click("#login").await;
+        for _ in 0..200 {
+            if !self.url().await.ends_with("/login") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("sign-in as {username} did not leave the sign-in page");
     }
 
     async fn logout(&self) {
         self.click("#logout").await;
-        assert!(self.url().await.ends_with("/login"));
+        self.wait_url("/login").await;
     }
 
     async fn close(self) {
@@ -309,7 +329,7 @@ async fn scenario(driver_path: PathBuf) {
         b.go("/login").await;
         b.screenshot("01-login").await;
         b.login("teahouse").await;
-        assert!(b.url().await.ends_with("/portal"), "{}", b.url().await);
+        b.wait_url("/portal").await;
         assert!(b.text("#chart-reason").await.contains(&declined_code));
         b.screenshot("02-dashboard").await;
 
@@ -318,8 +338,10 @@ async fn scenario(driver_path: PathBuf) {
         b.type_into("#last4", &last4).await;
         b.click("#status option[value=declined]").await;
         b.click("#search").await;
+        b.wait_url("last4=").await;
         b.screenshot("03-search").await;
         b.click("a.txn").await;
+        b.wait_url("/portal/transactions/").await;
         let diagnosis = b.text("#diagnosis").await;
         assert!(diagnosis.contains(title), "{diagnosis}");
         assert!(!b.source().await.contains(&digits), "full PAN on the page");
@@ -329,7 +351,7 @@ async fn scenario(driver_path: PathBuf) {
         b.type_into("#inquiry-text", "顾客说余额足够，请发卡行核实")
             .await;
         b.click("#inquiry").await;
-        assert!(b.url().await.contains("/portal/cases/"));
+        b.wait_url("/portal/cases/").await;
         assert_eq!(b.text("#case-state").await, "处理中");
         b.screenshot("05-inquiry").await;
 
@@ -339,15 +361,18 @@ async fn scenario(driver_path: PathBuf) {
         ))
         .await;
         b.click("a.txn").await;
+        b.wait_url("/portal/transactions/").await;
         b.type_into("#refund-amount", "20.00").await;
         b.type_into("#refund-text", "顾客退货").await;
         b.click("#refund").await;
-        let refund_case = b.url().await;
+        let refund_case = b.wait_url("/portal/cases/").await;
         assert!(refund_case.contains("/portal/cases/"), "{refund_case}");
         assert!(b.text("#refund-status").await.contains("等待运营审批"));
         b.screenshot("06-refund-application").await;
         b.go("/portal/terminals").await;
         b.screenshot("07-terminals").await;
+        b.go("/portal/settlement").await;
+        b.screenshot("07b-settlement").await;
         b.go("/portal?lang=en").await;
         assert!(b.text("h1").await.starts_with("Today"));
         b.screenshot("08-dashboard-en").await;
@@ -356,9 +381,10 @@ async fn scenario(driver_path: PathBuf) {
 
         // The operator approves it from the console.
         b.login("ops").await;
-        assert!(b.url().await.ends_with("/console"));
+        b.wait_url("/console").await;
         b.screenshot("09-console").await;
         b.click("#refund-queue button.approve").await;
+        b.wait_url("/portal/cases/").await;
         let done = b.text("#refund-status").await;
         assert!(done.contains("退款已完成"), "{done}");
         b.logout().await;

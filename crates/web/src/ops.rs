@@ -1,0 +1,490 @@
+//! Money and merchant operations over the `settlement` and `risk` crates: settlement runs and a
+//! merchant's clearing totals, payouts with the diagnosis of a failure, the bound account and its
+//! re-binding (maker-checker), merchant review and risk alerts. Every change is audited.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use domain::diagnosis::{self, PayoutFailure};
+use paycrypto::Hsm;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use settlement::accounts::AccountInput;
+use settlement::{BindError, BindOutcome, Sealer};
+use store::settlement::{AccountKind, ChangeState, PayoutRow, PayoutState};
+
+use crate::Web;
+use crate::auth::{self, Principal};
+use crate::error::ApiError;
+use crate::query;
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// Payout rows one answer carries at most.
+pub const PAYOUTS_MAX: u32 = 200;
+
+/// Account numbers sealed by the HSM, as PANs are.
+pub struct HsmSealer<'a>(pub &'a dyn Hsm);
+
+impl Sealer for HsmSealer<'_> {
+    fn seal(&self, clear: &str) -> Result<Vec<u8>, String> {
+        self.0.seal(clear.as_bytes()).map_err(|e| e.to_string())
+    }
+    fn open(&self, sealed: &[u8]) -> Result<String, String> {
+        let clear = self.0.open(sealed).map_err(|e| e.to_string())?;
+        String::from_utf8(clear.to_vec()).map_err(|e| e.to_string())
+    }
+}
+
+impl From<BindError> for ApiError {
+    fn from(error: BindError) -> Self {
+        let message = error.to_string();
+        match error {
+            BindError::Store(e) => e.into(),
+            BindError::NoSuchChange(_) => ApiError::not_found("account change"),
+            BindError::NotPending(_) => {
+                ApiError::new(StatusCode::CONFLICT, "illegal_transition", message)
+            }
+            BindError::SameUser(_) => ApiError::new(StatusCode::FORBIDDEN, "same_user", message),
+            BindError::Seal(_) => ApiError::internal(message),
+            _ => ApiError::new(StatusCode::BAD_REQUEST, "bad_account", message),
+        }
+    }
+}
+
+impl From<risk::ops::OpsError> for ApiError {
+    fn from(error: risk::ops::OpsError) -> Self {
+        use risk::ops::OpsError as E;
+        let message = error.to_string();
+        match error {
+            E::Store(e) => e.into(),
+            E::NoSuchMerchant { .. } => ApiError::not_found("merchant"),
+            E::NoSuchAlert { .. } => ApiError::not_found("risk alert"),
+            E::Transition(_) | E::AlertClosed { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "illegal_transition", message)
+            }
+            E::Qualification(_) | E::Operator => ApiError::bad_request(message),
+        }
+    }
+}
+
+/// A payout as shown: failures with what they mean and what to do.
+pub fn payout_json(p: &PayoutRow) -> Value {
+    let failure = p.failure.as_deref().and_then(PayoutFailure::from_key);
+    let diagnosis = failure.map(diagnosis::diagnose_payout);
+    json!({
+        "key": p.key, "mid": p.mid, "payout_date": p.payout_date, "cutoff_date": p.cutoff_date,
+        "amount_fen": p.amount_fen, "amount": query::yuan(p.amount_fen),
+        "state": p.state.as_str(), "attempts": p.attempts,
+        "account_masked": p.account_masked, "account_version": p.account_version,
+        "bank_reference": p.bank_reference, "failure": p.failure,
+        "diagnosis": diagnosis,
+        "updated_at_ms": p.updated_at_ms,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct MidQuery {
+    pub mid: Option<String>,
+    pub state: Option<String>,
+}
+
+fn given(s: &Option<String>) -> Option<&str> {
+    s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Payouts the principal may see, newest first.
+pub fn payouts_for(
+    web: &Web,
+    who: &Principal,
+    mid: Option<&str>,
+    state: Option<&str>,
+) -> Result<Vec<PayoutRow>, ApiError> {
+    let mid = who.merchant_filter(mid)?;
+    let state = state
+        .map(|s| PayoutState::parse(s).map_err(|_| ApiError::bad_request("state: unknown")))
+        .transpose()?;
+    let mut rows = web.store.payouts(mid.as_deref(), state, PAYOUTS_MAX)?;
+    rows.retain(|p| who.sees(&p.mid));
+    rows.sort_by(|a, b| b.payout_date.cmp(&a.payout_date));
+    Ok(rows)
+}
+
+pub async fn payouts(
+    State(web): State<Web>,
+    who: Principal,
+    Query(q): Query<MidQuery>,
+) -> ApiResult {
+    let rows = payouts_for(&web, &who, given(&q.mid), given(&q.state))?;
+    let items: Vec<Value> = rows.iter().map(payout_json).collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+/// One merchant's clearing totals per clearing date (from the settle runs on record).
+pub fn settlements_for(web: &Web, who: &Principal, mid: Option<&str>) -> Result<Value, ApiError> {
+    let mid = who.merchant_filter(mid)?;
+    let runs = web.store.settle_runs(None)?;
+    let mut dates: Vec<String> = runs.iter().map(|r| r.clearing_date.clone()).collect();
+    dates.sort();
+    dates.dedup();
+    let mut items = Vec::new();
+    for date in dates.iter().rev() {
+        let mut totals: BTreeMap<String, (u64, i64, i64)> = BTreeMap::new();
+        for line in web.store.clearing_lines(date)? {
+            if mid.as_deref().is_some_and(|m| m != line.mid) || !who.sees(&line.mid) {
+                continue;
+            }
+            let t = totals.entry(line.mid.clone()).or_insert((0, 0, 0));
+            t.0 += 1;
+            t.1 += line.amount_fen;
+            t.2 += line.fee_fen;
+        }
+        for (m, (lines, gross, fee)) in totals {
+            items.push(json!({
+                "clearing_date": date, "mid": m, "lines": lines,
+                "gross_fen": gross, "fee_fen": fee, "net_fen": gross - fee,
+            }));
+        }
+    }
+    let runs: Vec<Value> = if who.is_staff() {
+        runs.iter()
+            .map(|r| {
+                json!({ "clearing_date": r.clearing_date, "run_no": r.run_no, "at_ms": r.at_ms,
+                        "lines": r.lines, "gross_fen": r.gross_fen, "fee_fen": r.fee_fen })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(json!({ "items": items, "runs": runs }))
+}
+
+pub async fn settlements(
+    State(web): State<Web>,
+    who: Principal,
+    Query(q): Query<MidQuery>,
+) -> ApiResult {
+    Ok(Json(settlements_for(&web, &who, given(&q.mid))?))
+}
+
+/// The merchant whose account is meant: a merchant's own, or the one a staff user names.
+fn account_mid(who: &Principal, asked: Option<&str>) -> Result<String, ApiError> {
+    who.merchant_filter(asked)?
+        .ok_or_else(|| ApiError::bad_request("mid is required"))
+}
+
+fn change_json(c: &store::settlement::AccountChangeRow) -> Value {
+    json!({
+        "id": c.id, "mid": c.mid, "kind": c.kind.as_str(), "number_masked": c.number_masked,
+        "holder_name": c.holder_name, "bank_code": c.bank_code, "requested_by": c.requested_by,
+        "requested_at_ms": c.requested_at_ms, "state": c.state.as_str(),
+        "decided_by": c.decided_by, "note": c.note,
+    })
+}
+
+pub fn bound_account_json(web: &Web, mid: &str) -> Result<Value, ApiError> {
+    let account = web.store.bound_account(mid)?.map(|a| {
+        json!({
+            "kind": a.kind.as_str(), "number_masked": a.number_masked,
+            "holder_name": a.holder_name, "bank_code": a.bank_code, "version": a.version,
+            "needs_rebind": a.needs_rebind, "updated_at_ms": a.updated_at_ms,
+        })
+    });
+    let changes: Vec<Value> = web
+        .store
+        .account_changes(Some(mid))?
+        .iter()
+        .map(change_json)
+        .collect();
+    Ok(json!({ "mid": mid, "account": account, "changes": changes }))
+}
+
+pub async fn bound_account(
+    State(web): State<Web>,
+    who: Principal,
+    Query(q): Query<MidQuery>,
+) -> ApiResult {
+    let mid = account_mid(&who, given(&q.mid))?;
+    Ok(Json(bound_account_json(&web, &mid)?))
+}
+
+#[derive(Deserialize)]
+pub struct BindBody {
+    pub mid: Option<String>,
+    /// `card` or `bank`.
+    pub kind: String,
+    pub number: String,
+    pub holder_name: String,
+    pub bank_code: Option<String>,
+}
+
+/// Binds (or re-binds) a settlement account; after a payout failure the change waits for a
+/// second person's confirmation. Audited with masked numbers only.
+pub async fn bind_for(web: &Web, who: &Principal, body: BindBody) -> Result<BindOutcome, ApiError> {
+    let mid = account_mid(who, given(&body.mid))?;
+    let kind =
+        AccountKind::parse(&body.kind).map_err(|_| ApiError::bad_request("kind: card or bank"))?;
+    let before = web.store.bound_account(&mid)?.map(|a| a.number_masked);
+    let input = AccountInput {
+        kind,
+        number: body.number.trim().to_owned(),
+        holder_name: body.holder_name,
+        bank_code: given(&body.bank_code).map(str::to_owned),
+    };
+    let store = std::sync::Arc::clone(&web.store);
+    let hsm = std::sync::Arc::clone(&web.hsm);
+    let directory = std::sync::Arc::clone(&web.directory);
+    let now_ms = web.clock.now_ms();
+    let requested_by = who.username.clone();
+    let bind_mid = mid.clone();
+    // The settlement crate waits for its writes synchronously: off the async workers.
+    let outcome = tokio::task::spawn_blocking(move || {
+        settlement::bind_account(
+            store.as_ref(),
+            &HsmSealer(hsm.as_ref()),
+            &directory,
+            &bind_mid,
+            &input,
+            &requested_by,
+            now_ms,
+        )
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("bind: {e}")))??;
+    let after = web
+        .store
+        .account_changes(Some(&mid))?
+        .last()
+        .map(|c| c.number_masked.clone());
+    auth::audit(
+        web,
+        &who.username,
+        "account.bind",
+        &format!("merchant:{mid}"),
+        Some(json!({ "account": before })),
+        Some(json!({ "account": after, "outcome": outcome })),
+    )
+    .await?;
+    Ok(outcome)
+}
+
+pub async fn bind(
+    State(web): State<Web>,
+    who: Principal,
+    Json(body): Json<BindBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let outcome = bind_for(&web, &who, body).await?;
+    Ok((StatusCode::CREATED, Json(json!(outcome))))
+}
+
+/// Changes waiting for a second person (staff only).
+pub fn pending_changes(
+    web: &Web,
+    who: &Principal,
+) -> Result<Vec<store::settlement::AccountChangeRow>, ApiError> {
+    who.require_staff("see account changes")?;
+    Ok(web
+        .store
+        .account_changes(None)?
+        .into_iter()
+        .filter(|c| c.state == ChangeState::PendingConfirmation)
+        .collect())
+}
+
+pub async fn account_changes(
+    State(web): State<Web>,
+    who: Principal,
+    Query(q): Query<MidQuery>,
+) -> ApiResult {
+    who.require_staff("see account changes")?;
+    let items: Vec<Value> = web
+        .store
+        .account_changes(given(&q.mid))?
+        .iter()
+        .filter(|c| given(&q.state).is_none_or(|s| c.state.as_str() == s))
+        .map(change_json)
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+/// The checker confirms (or rejects) a re-binding; not the person who asked for it.
+pub async fn decide_change(
+    web: &Web,
+    who: &Principal,
+    id: i64,
+    confirm: bool,
+    reason: &str,
+) -> Result<Value, ApiError> {
+    who.require_staff("confirm account changes")?;
+    let before = web
+        .store
+        .account_change(id)?
+        .ok_or_else(|| ApiError::not_found("account change"))?;
+    let store = std::sync::Arc::clone(&web.store);
+    let operator = who.username.clone();
+    let now_ms = web.clock.now_ms();
+    let reason = reason.to_owned();
+    let version = tokio::task::spawn_blocking(move || {
+        if confirm {
+            settlement::confirm_change(store.as_ref(), id, &operator, now_ms).map(Some)
+        } else {
+            settlement::reject_change(store.as_ref(), id, &operator, &reason, now_ms).map(|()| None)
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("decide: {e}")))??;
+    let after = web
+        .store
+        .account_change(id)?
+        .ok_or_else(|| ApiError::not_found("account change"))?;
+    auth::audit(
+        web,
+        &who.username,
+        if confirm {
+            "account.confirm"
+        } else {
+            "account.reject"
+        },
+        &format!("account_change:{id}"),
+        Some(json!({ "state": before.state.as_str() })),
+        Some(json!({ "state": after.state.as_str(), "version": version })),
+    )
+    .await?;
+    Ok(change_json(&after))
+}
+
+pub async fn confirm_change(
+    State(web): State<Web>,
+    who: Principal,
+    Path(id): Path<i64>,
+) -> ApiResult {
+    Ok(Json(decide_change(&web, &who, id, true, "").await?))
+}
+
+#[derive(Deserialize)]
+pub struct Note {
+    #[serde(default)]
+    pub note: String,
+}
+
+pub async fn reject_change(
+    State(web): State<Web>,
+    who: Principal,
+    Path(id): Path<i64>,
+    Json(body): Json<Note>,
+) -> ApiResult {
+    Ok(Json(
+        decide_change(&web, &who, id, false, &body.note).await?,
+    ))
+}
+
+/// An operator approves or suspends a merchant; audited.
+pub async fn review_for(
+    web: &Web,
+    who: &Principal,
+    mid: &str,
+    approve: bool,
+    note: &str,
+) -> Result<Value, ApiError> {
+    who.require_staff("review merchants")?;
+    let before = risk::ops::merchant_state(web.store.as_ref(), mid)?
+        .ok_or_else(|| ApiError::not_found("merchant"))?;
+    let actor = risk::ops::Actor {
+        operator: &who.username,
+        now_ms: web.clock.now_ms(),
+    };
+    let profile = if approve {
+        risk::ops::approve(web.store.as_ref(), mid, note, actor).await?
+    } else {
+        risk::ops::suspend(web.store.as_ref(), mid, note, actor).await?
+    };
+    auth::audit(
+        web,
+        &who.username,
+        if approve {
+            "merchant.approve"
+        } else {
+            "merchant.suspend"
+        },
+        &format!("merchant:{mid}"),
+        Some(json!({ "state": before.as_str() })),
+        Some(json!({ "state": profile.state.as_str(), "note": note })),
+    )
+    .await?;
+    Ok(json!({ "mid": mid, "state": profile.state.as_str() }))
+}
+
+pub async fn approve_merchant(
+    State(web): State<Web>,
+    who: Principal,
+    Path(mid): Path<String>,
+    Json(body): Json<Note>,
+) -> ApiResult {
+    Ok(Json(review_for(&web, &who, &mid, true, &body.note).await?))
+}
+
+pub async fn suspend_merchant(
+    State(web): State<Web>,
+    who: Principal,
+    Path(mid): Path<String>,
+    Json(body): Json<Note>,
+) -> ApiResult {
+    Ok(Json(review_for(&web, &who, &mid, false, &body.note).await?))
+}
+
+#[derive(Deserialize)]
+pub struct AlertBody {
+    /// `clear`, `suspend_terminal` or `suspend_merchant`.
+    pub response: String,
+    #[serde(default)]
+    pub note: String,
+}
+
+/// An operator clears or acts on a risk alert; audited.
+pub async fn resolve_alert_for(
+    web: &Web,
+    who: &Principal,
+    id: i64,
+    response: &str,
+    note: &str,
+) -> Result<Value, ApiError> {
+    who.require_staff("resolve risk alerts")?;
+    let response = match response {
+        "clear" => risk::ops::AlertResponse::Clear,
+        "suspend_terminal" => risk::ops::AlertResponse::SuspendTerminal,
+        "suspend_merchant" => risk::ops::AlertResponse::SuspendMerchant,
+        _ => {
+            return Err(ApiError::bad_request(
+                "response: clear, suspend_terminal or suspend_merchant",
+            ));
+        }
+    };
+    let actor = risk::ops::Actor {
+        operator: &who.username,
+        now_ms: web.clock.now_ms(),
+    };
+    let alert = risk::ops::resolve_alert(web.store.as_ref(), id, response, note, actor).await?;
+    auth::audit(
+        web,
+        &who.username,
+        "risk_alert.resolve",
+        &format!("risk_alert:{id}"),
+        Some(json!({ "state": "open" })),
+        Some(json!({ "state": alert.state.as_str(), "resolution": alert.resolution })),
+    )
+    .await?;
+    Ok(json!({ "id": id, "state": alert.state.as_str() }))
+}
+
+pub async fn resolve_alert(
+    State(web): State<Web>,
+    who: Principal,
+    Path(id): Path<i64>,
+    Json(body): Json<AlertBody>,
+) -> ApiResult {
+    Ok(Json(
+        resolve_alert_for(&web, &who, id, &body.response, &body.note).await?,
+    ))
+}
