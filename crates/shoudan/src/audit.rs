@@ -1,14 +1,18 @@
 //! `shoudan audit`: compares each simulated issuer's ledger with the switch's journal, read-only
 //! (works while the demo runs, through SQLite WAL readers, and after it stops). Lists issuer
 //! approvals neither completed in the journal nor reversed at the issuer ("in doubt"), amount
-//! mismatches, and journal approvals the issuer never saw.
+//! mismatches, and journal approvals the issuer never saw. The journal is read through the
+//! `Store` trait: the data dir's SQLite file, or the database `--database` names (PostgreSQL
+//! shared by several nodes).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
+use store::{SqliteStore, Store, TxnKind};
 
 use crate::fixtures;
 
@@ -18,6 +22,12 @@ pub struct AuditArgs {
     pub data_dir: PathBuf,
     #[arg(long)]
     pub json: bool,
+    /// The journal, when not the data dir's `switch.db`: `sqlite:PATH` or `postgres://...`.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// The PostgreSQL schema of the journal, when not `public`.
+    #[arg(long)]
+    pub database_schema: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -62,28 +72,29 @@ fn open(path: &Path) -> Result<Connection, Box<dyn std::error::Error>> {
 
 pub fn run(args: AuditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let fixtures = fixtures::load(&args.data_dir)?;
-    let journal = open(&args.data_dir.join("switch.db"))?;
+    let journal: Arc<dyn Store> = match &args.database {
+        Some(database) => crate::serve::open_store(database, args.database_schema.as_deref())?,
+        None => Arc::new(SqliteStore::open_read_only(
+            &args.data_dir.join("switch.db"),
+        )?),
+    };
     let mut by_rrn: HashMap<String, JournalRow> = HashMap::new();
-    let mut stmt = journal.prepare(
-        "SELECT rrn, kind, amount_fen, response_code, state, issuer, COALESCE(pan_masked, '') \
-         FROM transactions WHERE rrn IS NOT NULL AND kind <> 'reversal'",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
+    for row in journal.txns_since("")? {
+        let Some(rrn) = row.rrn else { continue };
+        if row.kind == TxnKind::Reversal {
+            continue;
+        }
+        by_rrn.insert(
+            rrn.trim().to_owned(),
             JournalRow {
-                kind: r.get(1)?,
-                amount: r.get(2)?,
-                code: r.get(3)?,
-                state: r.get(4)?,
-                issuer: r.get(5)?,
-                pan: r.get(6)?,
+                kind: row.kind.as_str().to_owned(),
+                amount: row.amount_fen,
+                code: row.response_code,
+                state: row.state.as_str().to_owned(),
+                issuer: row.issuer,
+                pan: row.pan.map(|p| p.masked).unwrap_or_default(),
             },
-        ))
-    })?;
-    for row in rows {
-        let (rrn, row) = row?;
-        by_rrn.insert(rrn.trim().to_owned(), row);
+        );
     }
     let mut report = Report::default();
     let mut seen: HashMap<String, ()> = HashMap::new();

@@ -1,13 +1,14 @@
 //! Group-commit throughput: many concurrent submitters, each awaiting durability of a purchase's
 //! two journal writes (request, then outcome + event), as the switch does.
-//! Run: `cargo bench -p store --bench group_commit` (prints records/s; not a test).
+//! Run: `cargo bench -p store --bench group_commit` (prints records/s; not a test). With
+//! `SHOUDAN_PG_URL` set (`scripts/pg -- cargo bench ...`) PostgreSQL runs too, in a fresh schema.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use store::{
-    EventRow, Outcome, PanAtRest, Record, SqliteConfig, SqliteStore, Store, Synchronous, TxnKind,
-    TxnRow, TxnState,
+    EventRow, Outcome, PanAtRest, PgConfig, PgStore, Record, SqliteConfig, SqliteStore, Store,
+    Synchronous, TxnKind, TxnRow, TxnState,
 };
 
 const SUBMITTERS: i64 = 256;
@@ -53,11 +54,34 @@ fn row(id: i64) -> TxnRow {
     }
 }
 
-fn run(synchronous: Synchronous) -> Result<(), Box<dyn std::error::Error>> {
+fn run_sqlite(synchronous: Synchronous) -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let mut config = SqliteConfig::new(dir.path().join("bench.db"));
     config.synchronous = synchronous;
     let store = Arc::new(SqliteStore::open(&config)?);
+    run(
+        &format!("sqlite synchronous={synchronous:?}"),
+        store.clone(),
+    )?;
+    store.close();
+    Ok(())
+}
+
+fn run_postgres(url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let schema = format!("bench_{}", std::process::id());
+    let config = PgConfig {
+        url: url.to_owned(),
+        schema: Some(schema.clone()),
+    };
+    let store = Arc::new(PgStore::open(&config)?);
+    let result = run("postgres", store.clone());
+    store.close();
+    drop(store);
+    PgStore::drop_schema(url, &schema)?;
+    result
+}
+
+fn run(label: &str, store: Arc<dyn Store>) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()?;
@@ -106,17 +130,19 @@ fn run(synchronous: Synchronous) -> Result<(), Box<dyn std::error::Error>> {
     let elapsed = started.elapsed().as_secs_f64();
     let purchases = SUBMITTERS * PER_SUBMITTER;
     println!(
-        "synchronous={synchronous:?}: {records} records, {purchases} purchases in {elapsed:.2} s: \
+        "{label}: {records} records, {purchases} purchases in {elapsed:.2} s: \
          {:.0} records/s, {:.0} purchases/s",
         records as f64 / elapsed,
         purchases as f64 / elapsed
     );
-    store.close();
     Ok(())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    run(Synchronous::Full)?;
-    run(Synchronous::Normal)?;
+    run_sqlite(Synchronous::Full)?;
+    run_sqlite(Synchronous::Normal)?;
+    if let Ok(url) = std::env::var("SHOUDAN_PG_URL") {
+        run_postgres(&url)?;
+    }
     Ok(())
 }
