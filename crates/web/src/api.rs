@@ -45,6 +45,8 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Web>)> {
         ),
         ("get", "/api/refund-approvals", get(refund_approvals)),
         ("get", "/api/notifications", get(notifications)),
+        ("get", "/api/webhook", get(webhook)),
+        ("put", "/api/webhook", axum::routing::put(set_webhook)),
         ("get", "/api/risk/alerts", get(risk_alerts)),
         ("get", "/api/merchant-reviews", get(merchant_reviews)),
         ("get", "/api/settlements", get(ops::settlements)),
@@ -583,4 +585,56 @@ async fn audit_log(
         None
     };
     Ok(Json(json!({ "items": items, "next_cursor": next })))
+}
+
+/// Shortest webhook signing secret accepted: the HMAC is only as strong as its key.
+pub const WEBHOOK_SECRET_LEN_MIN: usize = 16;
+
+async fn webhook(State(web): State<Web>, who: Principal, Query(q): Query<MidFilter>) -> ApiResult {
+    let mid = who
+        .merchant_filter(q.mid.as_deref())?
+        .ok_or_else(|| ApiError::bad_request("mid is required"))?;
+    let endpoint = web.store.webhook_endpoint(&mid)?;
+    Ok(Json(json!({
+        "mid": mid,
+        "url": endpoint.as_ref().map(|e| e.url.clone()),
+        "active": endpoint.as_ref().is_some_and(|e| e.active),
+    })))
+}
+
+#[derive(Deserialize)]
+struct WebhookBody {
+    mid: Option<String>,
+    url: String,
+    /// The signing secret; sealed by the HSM, never shown again.
+    secret: String,
+}
+
+async fn set_webhook(
+    State(web): State<Web>,
+    who: Principal,
+    Json(body): Json<WebhookBody>,
+) -> ApiResult {
+    let mid = who
+        .merchant_filter(body.mid.as_deref())?
+        .ok_or_else(|| ApiError::bad_request("mid is required"))?;
+    if body.secret.len() < WEBHOOK_SECRET_LEN_MIN {
+        return Err(ApiError::bad_request(format!(
+            "secret: at least {WEBHOOK_SECRET_LEN_MIN} bytes"
+        )));
+    }
+    let before = web.store.webhook_endpoint(&mid)?.map(|e| e.url);
+    web.resolver
+        .set_webhook(&mid, &body.url, body.secret.as_bytes())
+        .await?;
+    auth::audit(
+        &web,
+        &who.username,
+        "webhook.set",
+        &format!("merchant:{mid}"),
+        Some(json!({ "url": before })),
+        Some(json!({ "url": body.url })),
+    )
+    .await?;
+    Ok(Json(json!({ "mid": mid, "url": body.url, "active": true })))
 }

@@ -118,6 +118,11 @@ pub fn document() -> Value {
                 "Operator: approve a refund application; the refund runs through the switch",
                 vec![id], None, "Case") },
             "/api/refund-approvals": { "get": op("Operator: refund applications waiting", vec![], None, "List") },
+            "/api/webhook": {
+                "get": op("The merchant's webhook endpoint", vec![param("mid", "query", "merchant (staff)")], None, "Object"),
+                "put": op("Set the webhook endpoint (http://) and its signing secret (sealed, never shown again)",
+                    vec![], Some("Webhook"), "Object")
+            },
             "/api/notifications": { "get": op("A merchant's webhook notifications", vec![mid_q], None, "List") },
             "/api/risk/alerts": { "get": op("Operator: risk alerts",
                 vec![param("state", "query", "alert state"), limit.clone()], None, "List") },
@@ -214,6 +219,9 @@ pub fn document() -> Value {
                     "kind": { "type": "string", "enum": ["issuer_inquiry", "refund_application", "dispute"] },
                     "txn_id": { "type": "integer" }, "title": { "type": "string" },
                     "text": { "type": "string" }, "refund_fen": { "type": "integer" } } },
+                "Webhook": { "type": "object", "required": ["url", "secret"], "properties": {
+                    "mid": { "type": "string" }, "url": { "type": "string" },
+                    "secret": { "type": "string", "minLength": 16 } } },
                 "Note": { "type": "object", "properties": { "note": { "type": "string" } } },
                 "AlertResponse": { "type": "object", "required": ["response"], "properties": {
                     "response": { "type": "string", "enum": ["clear", "suspend_terminal", "suspend_merchant"] },

@@ -562,6 +562,60 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
             .json();
         assert_eq!(refunded["txn"]["refunded_fen"], 2_000, "{refunded}");
 
+        // Webhook settings: the secret is never shown back.
+        let secret = "0123456789abcdef-secret";
+        let r = api
+            .call(
+                Some(&tea),
+                "PUT",
+                "/api/webhook",
+                Some(json!({"url": "http://127.0.0.1:9/hook", "secret": secret})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let hook = api.call(Some(&tea), "GET", "/api/webhook", None).await;
+        assert_eq!(hook.json()["url"], "http://127.0.0.1:9/hook");
+        assert!(!hook.body.contains(secret));
+        assert_error(
+            &api.call(
+                Some(&tea),
+                "PUT",
+                "/api/webhook",
+                Some(json!({"url": "http://127.0.0.1:9/hook", "secret": "short"})),
+            )
+            .await,
+            400,
+            "bad_request",
+        );
+        assert_error(
+            &api.call(
+                Some(&tea),
+                "PUT",
+                "/api/webhook",
+                Some(json!({"url": "ftp://example", "secret": secret})),
+            )
+            .await,
+            400,
+            "bad_request",
+        );
+        assert_error(
+            &api.call(Some(&book), "GET", &format!("/api/webhook?mid={MID}"), None)
+                .await,
+            404,
+            "not_found",
+        );
+        assert_error(
+            &api.call(
+                Some(&book),
+                "PUT",
+                "/api/webhook",
+                Some(json!({"mid": MID, "url": "http://127.0.0.1:9/x", "secret": secret})),
+            )
+            .await,
+            404,
+            "not_found",
+        );
+
         // Notifications, risk, reviews: staff only where it says so.
         assert_eq!(
             api.call(Some(&tea), "GET", "/api/notifications", None)
