@@ -17,6 +17,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::io::{Read, Write};
+
+use iso8583::{
+    BatchRecord, BatchUpload, BatchUploadEnd, CardOrganisation, Frame, FrameHead, Header,
+    MessageBuilder, Mti, SettleResult, SettlementTotals, Totals, Tpdu,
+};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoudan");
@@ -32,18 +38,14 @@ impl Drop for Demo {
     }
 }
 
-fn start(dir: &Path) -> Demo {
+fn start(dir: &Path, traffic: bool) -> Demo {
     let _ = std::fs::remove_file(dir.join("fixtures.json"));
-    let child = Command::new(BIN)
-        .args([
-            "demo",
-            "--terminal-port",
-            "0",
-            "--http-port",
-            "0",
-            "--traffic",
-            "40",
-        ])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["demo", "--terminal-port", "0", "--http-port", "0"]);
+    if traffic {
+        cmd.args(["--traffic", "40"]);
+    }
+    let child = cmd
         .arg("--data-dir")
         .arg(dir)
         .stdout(Stdio::null())
@@ -108,7 +110,7 @@ fn card(seed: u64) -> String {
 fn a_day_of_demo_traffic_is_settled_paid_and_reconciled() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let demo = start(dir);
+    let demo = start(dir, true);
     let fixtures = json(&["fixtures"], dir);
     let pan = fixtures["cards"]
         .as_array()
@@ -313,6 +315,8 @@ fn a_day_of_demo_traffic_is_settled_paid_and_reconciled() {
         }
     }
 
+    terminal_settlement(dir, &pan);
+
     // Reconciliation against the issuers' clearing files.
     for date in &dates {
         let reports = json(&["reconcile", "--date", date], dir);
@@ -324,4 +328,226 @@ fn a_day_of_demo_traffic_is_settled_paid_and_reconciled() {
             assert_eq!(r["findings"].as_array().unwrap().len(), 0, "{r}");
         }
     }
+}
+
+/// One request to the demo's terminal port, its response body (settlement and batch upload
+/// carry no MAC).
+fn exchange(stream: &mut std::net::TcpStream, out: &MessageBuilder) -> Vec<u8> {
+    let head = FrameHead {
+        tpdu: Tpdu {
+            destination: [0, 1],
+            source: [0, 0],
+        },
+        header: Header::from_bytes([0x60, 0x22, 0, 0, 0, 0]).unwrap(),
+    };
+    let mut bytes = Vec::new();
+    out.encode_frame(&head, &mut bytes).unwrap();
+    stream.write_all(&bytes).unwrap();
+    let mut prefix = [0u8; 2];
+    stream.read_exact(&mut prefix).unwrap();
+    let mut body = vec![0; usize::from(u16::from_be_bytes(prefix))];
+    stream.read_exact(&mut body).unwrap();
+    body
+}
+
+fn code(body: &[u8]) -> String {
+    Frame::decode_unprefixed(body)
+        .unwrap()
+        .message
+        .text(39)
+        .unwrap()
+        .to_owned()
+}
+
+/// Host totals as the journal has them: (debit fen, count, credit fen, count).
+fn journal_totals(db: &rusqlite::Connection, tid: &str, batch: i64) -> (u64, u16, u64, u16) {
+    let mut totals = (0, 0, 0, 0);
+    let mut stmt = db
+        .prepare(
+            "SELECT kind, amount_fen FROM transactions WHERE tid = ?1 AND batch_no = ?2
+             AND state IN ('approved', 'voided', 'completed')
+             AND kind IN ('purchase', 'completion', 'purchase_void', 'completion_void', 'refund')",
+        )
+        .unwrap();
+    let rows = stmt
+        .query_map(rusqlite::params![tid, batch], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
+        .unwrap();
+    for row in rows {
+        let (kind, amount) = row.unwrap();
+        let amount = u64::try_from(amount).unwrap();
+        if kind == "purchase" || kind == "completion" {
+            totals.0 += amount;
+            totals.1 += 1;
+        } else {
+            totals.2 += amount;
+            totals.3 += 1;
+        }
+    }
+    totals
+}
+
+fn settlement_message(tid: &str, mid: &str, batch: i64, t: (u64, u16, u64, u16)) -> MessageBuilder {
+    let mut out = MessageBuilder::new(Mti::SETTLEMENT);
+    out.set_stan(999).unwrap();
+    out.set_text(41, tid).unwrap().set_text(42, mid).unwrap();
+    out.set_composed(&SettlementTotals {
+        domestic: Totals {
+            debit_amount: t.0,
+            debit_count: t.1,
+            credit_amount: t.2,
+            credit_count: t.3,
+            result: SettleResult::REQUEST,
+        },
+        foreign: Totals::default(),
+    })
+    .unwrap();
+    out.set_text(49, "156").unwrap();
+    out.set_digits(60, &format!("00{batch:06}201")).unwrap();
+    out.set_text(63, "001").unwrap();
+    out
+}
+
+/// Terminal 10000001 (domestic cards only) settles its batch: balanced. Then it claims one fen
+/// more than it has and uploads its batch with one transaction mistyped and one left out: the
+/// host answers unbalanced and the upload shows exactly those two.
+fn terminal_settlement(dir: &Path, pan: &str) {
+    let demo = start(dir, false);
+    let fixtures = json(&["fixtures"], dir);
+    let addr = format!(
+        "{}:{}",
+        fixtures["host"].as_str().unwrap(),
+        fixtures["port"].as_u64().unwrap()
+    );
+    let tid = "10000001";
+    let mid = fixtures["terminals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tid"] == tid)
+        .unwrap()["mid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let db = rusqlite::Connection::open(dir.join("switch.db")).unwrap();
+    let batch_of = |db: &rusqlite::Connection| -> i64 {
+        db.query_row(
+            "SELECT batch_no FROM terminals WHERE tid = ?1",
+            [tid],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+
+    // Balanced: totals as the journal has them (the void and the refund in the credits).
+    let batch = batch_of(&db);
+    let totals = journal_totals(&db, tid, batch);
+    assert!(totals.1 >= 2 && totals.3 >= 2, "{totals:?}");
+    let body = exchange(&mut stream, &settlement_message(tid, &mid, batch, totals));
+    assert_eq!(code(&body), "00");
+    let answer = Frame::decode_unprefixed(&body).unwrap();
+    let host = SettlementTotals::parse(answer.message.digits(48).unwrap()).unwrap();
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+    assert_eq!(batch_of(&db), batch + 1, "the batch closed");
+
+    // Two more purchases. (The CLI terminal signs in with its own batch number, which the
+    // host adopts, so they may join an earlier batch: the upload covers whatever it holds.)
+    let mut stans = Vec::new();
+    let mut next = 0;
+    for amount in ["3.00", "4.00"] {
+        let r = json(
+            &[
+                "terminal", "--tid", tid, "purchase", "--amount", amount, "--card", pan,
+            ],
+            dir,
+        );
+        assert_eq!(r["code"], "00", "{r}");
+        next = r["batch"].as_i64().unwrap();
+        stans.push(u32::try_from(r["stan"].as_u64().unwrap()).unwrap());
+    }
+    let mut totals = journal_totals(&db, tid, next);
+    totals.0 += 1;
+    let body = exchange(&mut stream, &settlement_message(tid, &mid, next, totals));
+    let answer = Frame::decode_unprefixed(&body).unwrap();
+    let host = SettlementTotals::parse(answer.message.digits(48).unwrap()).unwrap();
+    assert_eq!(host.domestic.result, SettleResult::UNBALANCED);
+    assert_eq!(host.domestic.debit_amount + 1, totals.0);
+
+    // Upload every counted transaction of the batch, but the 3.00 purchase mistyped as 3.01
+    // and the 4.00 one left out; eight records per message.
+    let rows: Vec<(u32, i64)> = db
+        .prepare(
+            "SELECT stan, amount_fen FROM transactions WHERE tid = ?1 AND batch_no = ?2
+             AND state IN ('approved', 'voided', 'completed')
+             AND kind IN ('purchase', 'completion', 'purchase_void', 'completion_void', 'refund')
+             ORDER BY stan",
+        )
+        .unwrap()
+        .query_map(rusqlite::params![tid, next], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let uploaded: Vec<(u32, u64)> = rows
+        .iter()
+        .filter(|(stan, _)| *stan != stans[1])
+        .map(|(stan, amount)| {
+            let amount = u64::try_from(*amount).unwrap();
+            (
+                *stan,
+                if *stan == stans[0] {
+                    amount + 1
+                } else {
+                    amount
+                },
+            )
+        })
+        .collect();
+    for (n, chunk) in uploaded.chunks(8).enumerate() {
+        let mut upload = BatchUpload::new();
+        for (stan, amount) in chunk {
+            upload
+                .push(BatchRecord::new(CardOrganisation::DOMESTIC, *stan, pan, *amount).unwrap())
+                .unwrap();
+        }
+        let mut out = MessageBuilder::new(Mti::BATCH_UPLOAD);
+        out.set_stan(900 + u32::try_from(n).unwrap()).unwrap();
+        out.set_text(41, tid).unwrap().set_text(42, &mid).unwrap();
+        out.set_composed(&upload).unwrap();
+        out.set_digits(60, &format!("00{next:06}201")).unwrap();
+        assert_eq!(code(&exchange(&mut stream, &out)), "00");
+    }
+    let mut end = MessageBuilder::new(Mti::BATCH_UPLOAD);
+    end.set_stan(997).unwrap();
+    end.set_text(41, tid).unwrap().set_text(42, &mid).unwrap();
+    end.set_composed(&BatchUploadEnd {
+        count: u16::try_from(uploaded.len()).unwrap(),
+    })
+    .unwrap();
+    end.set_digits(60, &format!("00{next:06}207")).unwrap();
+    assert_eq!(code(&exchange(&mut stream, &end)), "00");
+    let diffs: Vec<(u32, String, Option<i64>, Option<i64>)> = db
+        .prepare(
+            "SELECT stan, kind, host_amount_fen, terminal_amount_fen FROM batch_differences
+             WHERE tid = ?1 AND batch_no = ?2 ORDER BY stan",
+        )
+        .unwrap()
+        .query_map(rusqlite::params![tid, next], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        diffs,
+        vec![
+            (stans[0], "amount_differs".to_owned(), Some(300), Some(301)),
+            (stans[1], "missing_at_terminal".to_owned(), Some(400), None),
+        ]
+    );
+    stop(demo);
 }
