@@ -349,3 +349,88 @@ fn the_store_refuses_an_unbalanced_posting() {
     assert!(result.is_err());
     assert!(audit(store.as_ref()).unwrap().balanced);
 }
+
+#[test]
+fn every_bank_failure_mode_is_diagnosed_and_only_system_errors_retry() {
+    use domain::PayoutFailure as F;
+    let cases: [(SimBehaviour, Option<&str>, Option<F>); 6] = [
+        (
+            SimBehaviour::InvalidAccount,
+            None,
+            Some(F::InvalidAccountNumber),
+        ),
+        (
+            SimBehaviour::Normal,
+            Some("张三"),
+            Some(F::HolderNameMismatch),
+        ),
+        (SimBehaviour::Frozen, None, Some(F::AccountFrozen)),
+        (
+            SimBehaviour::ClosedOrLost,
+            None,
+            Some(F::AccountClosedOrLost),
+        ),
+        (SimBehaviour::LimitFen(100), None, Some(F::OverAccountLimit)),
+        (SimBehaviour::SystemErrors(2), None, None),
+    ];
+    for (i, (behaviour, bank_name, failure)) in cases.into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(&dir);
+        let store: &dyn Store = store.as_ref();
+        let directory = IssuerDirectory::embedded().unwrap();
+        let sealer = sealer();
+        merchant(store, M1);
+        insert(
+            store,
+            vec![row(1, M1, K::Purchase, S::Approved, 10_000, "622202", D)],
+        );
+        settle_date(store, &directory, D, 0).unwrap();
+        let number = card("622202", 19, 50 + u64::try_from(i).unwrap());
+        bind_account(
+            store,
+            &sealer,
+            &directory,
+            M1,
+            &card_input(&number, "王小明"),
+            "m",
+            0,
+        )
+        .unwrap();
+        let bank = SimBank::new();
+        bank.set_behaviour(&number, behaviour.clone());
+        if let Some(name) = bank_name {
+            bank.set_holder(&number, name);
+        }
+        let key = format!("{M1}:20261124");
+        let run = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
+        let payout = store.payout(&key).unwrap().unwrap();
+        match failure {
+            Some(f) => {
+                assert_eq!(run.held, vec![key.clone()], "{behaviour:?}");
+                assert_eq!(payout.failure.as_deref(), Some(f.key()));
+                assert!(store.bound_account(M1).unwrap().unwrap().needs_rebind);
+                let event = store.payout_events(0, 10).unwrap().pop().unwrap();
+                assert_eq!(
+                    (event.kind.as_str(), event.failure.as_deref()),
+                    ("failed", Some(f.key()))
+                );
+                assert!(!domain::diagnose_payout(f).merchant_steps.is_empty());
+            }
+            None => {
+                // Retried with backoff: 1 minute, then 2, then it goes through.
+                assert_eq!(run.retrying, vec![key.clone()]);
+                let early = run_payouts(store, &bank, &sealer, "20261124", 1_000 + 30_000).unwrap();
+                assert!(early.retrying.is_empty() && early.sent.is_empty());
+                let second =
+                    run_payouts(store, &bank, &sealer, "20261124", 1_000 + 60_000).unwrap();
+                assert_eq!(second.retrying, vec![key.clone()]);
+                let third =
+                    run_payouts(store, &bank, &sealer, "20261124", 1_000 + 181_000).unwrap();
+                assert_eq!(third.sent, vec![key.clone()]);
+                assert_eq!(bank.credited(&number), 10_000 - 55);
+                assert!(!store.bound_account(M1).unwrap().unwrap().needs_rebind);
+            }
+        }
+        assert!(audit(store).unwrap().balanced);
+    }
+}
