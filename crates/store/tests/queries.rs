@@ -1,0 +1,166 @@
+//! Every read of the `Store` trait runs on both backends (on PostgreSQL each statement must
+//! prepare: a placeholder it cannot type, or SQL only SQLite accepts, fails here first), and the
+//! web area's users, sessions, tokens and audit log round-trip.
+
+#![allow(clippy::unwrap_used)]
+
+mod backend;
+use backend::Db;
+use store::resolve::ResolveRecord;
+use store::risk::AlertState;
+use store::settlement::PayoutState;
+use store::web::{ApiTokenRow, AuditRow, Role, SessionRow, UserRow, WebRecord};
+use store::{Record, SafState, TxnState};
+
+fn every_read_runs(db: &Db) {
+    let s = db.open();
+    assert!(s.merchants().unwrap().is_empty());
+    assert!(s.terminals().unwrap().is_empty());
+    assert!(s.terminal("1").unwrap().is_none());
+    assert!(s.txn(1).unwrap().is_none());
+    assert!(s.txns_by_key("1", 1, 1).unwrap().is_empty());
+    assert!(s.txn_by_rrn("1").unwrap().is_none());
+    assert!(s.txns_by_batch("1", 1).unwrap().is_empty());
+    assert!(s.txns_since("20261123").unwrap().is_empty());
+    assert!(s.txns_in_state(TxnState::Approved).unwrap().is_empty());
+    assert!(s.events(1).unwrap().is_empty());
+    assert!(s.reversal(1).unwrap().is_none());
+    assert!(s.reversals_in_state(SafState::Pending).unwrap().is_empty());
+    assert!(s.txns_by_fingerprint(&[1, 2]).unwrap().is_empty());
+    assert!(s.txns_of_merchant("m", 0, 10).unwrap().is_empty());
+    assert!(s.txns_linked_to(1).unwrap().is_empty());
+    assert!(s.events_since(0, 10).unwrap().is_empty());
+    assert!(s.case(1).unwrap().is_none());
+    assert!(s.cases_of_merchant("m").unwrap().is_empty());
+    assert!(s.case_entries(1).unwrap().is_empty());
+    assert!(s.webhook_endpoint("m").unwrap().is_none());
+    assert!(s.outbox_due(0, 10).unwrap().is_empty());
+    assert!(s.outbox_of_merchant("m").unwrap().is_empty());
+    assert!(s.webhook_deliveries(1).unwrap().is_empty());
+    assert!(s.backoffice_key("k").unwrap().is_none());
+    assert!(s.duplicates_of_merchant("m").unwrap().is_empty());
+    assert!(s.resolve_cursor("c").unwrap().is_none());
+    assert!(s.merchant_profile("m").unwrap().is_none());
+    assert!(s.merchant_profiles().unwrap().is_empty());
+    assert!(s.merchant_reviews("m").unwrap().is_empty());
+    assert!(s.risk_alert(1).unwrap().is_none());
+    assert!(s.risk_alerts(None, 10).unwrap().is_empty());
+    assert!(
+        s.risk_alerts(Some(AlertState::Open), 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.risk_alerts_after(0, 10).unwrap().is_empty());
+    assert!(s.batch_settlement("1", 1).unwrap().is_none());
+    assert!(s.batch_uploads("1", 1).unwrap().is_empty());
+    assert!(s.batch_differences("1", 1).unwrap().is_empty());
+    assert!(s.clearing_lines("20261123").unwrap().is_empty());
+    assert!(s.settle_runs(None).unwrap().is_empty());
+    assert!(s.settle_runs(Some("20261123")).unwrap().is_empty());
+    assert!(s.ledger_balances().unwrap().is_empty());
+    assert_eq!(s.ledger_balance("a", None).unwrap(), 0);
+    assert_eq!(s.ledger_balance("a", Some("20261123")).unwrap(), 0);
+    assert!(s.unbalanced_postings().unwrap().is_empty());
+    assert!(s.postings_by_reference("r").unwrap().is_empty());
+    assert!(s.settlement_terms("m").unwrap().is_none());
+    assert!(s.bound_account("m").unwrap().is_none());
+    assert!(s.account_changes(None).unwrap().is_empty());
+    assert!(s.account_changes(Some("m")).unwrap().is_empty());
+    assert!(s.account_change(1).unwrap().is_none());
+    assert!(s.payout("k").unwrap().is_none());
+    assert!(s.payouts(None, None, 10).unwrap().is_empty());
+    assert!(
+        s.payouts(Some("m"), Some(PayoutState::Pending), 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.payout_events(0, 10).unwrap().is_empty());
+    assert!(s.web_user(1).unwrap().is_none());
+    assert!(s.web_user_by_name("u").unwrap().is_none());
+    assert!(s.web_users().unwrap().is_empty());
+    assert!(s.web_session(&[1]).unwrap().is_none());
+    assert!(s.web_api_token(&[1]).unwrap().is_none());
+    assert!(s.audit_log(None, 10).unwrap().is_empty());
+    assert!(s.audit_log(Some(5), 10).unwrap().is_empty());
+    s.submit(vec![Record::Resolve(ResolveRecord::Cursor {
+        name: "c".into(),
+        position: 7,
+    })])
+    .unwrap()
+    .wait()
+    .unwrap();
+    assert_eq!(s.resolve_cursor("c").unwrap(), Some(7));
+}
+
+fn web_area_round_trips(db: &Db) {
+    let s = db.open();
+    let user = UserRow {
+        id: 1,
+        username: "operator".into(),
+        password_hash: "$argon2id$stub".into(),
+        role: Role::Operator,
+        mid: None,
+        display_name: "Operator".into(),
+        disabled: false,
+        created_at_ms: 10,
+    };
+    let session = SessionRow {
+        token_hash: vec![5; 32],
+        user_id: 1,
+        csrf: "csrf".into(),
+        created_at_ms: 11,
+        expires_at_ms: 99,
+    };
+    let token = ApiTokenRow {
+        token_hash: vec![6; 32],
+        user_id: 1,
+        name: "ci".into(),
+        created_at_ms: 12,
+        revoked: false,
+    };
+    let mut records = vec![
+        Record::Web(WebRecord::UpsertUser(user.clone())),
+        Record::Web(WebRecord::InsertSession(session.clone())),
+        Record::Web(WebRecord::InsertApiToken(token.clone())),
+    ];
+    for id in 1..=3 {
+        records.push(Record::Web(WebRecord::Audit(AuditRow {
+            id,
+            at_ms: 20 + id,
+            who: "operator".into(),
+            action: "refund".into(),
+            target: format!("txn {id}"),
+            before: None,
+            after: Some("{}".into()),
+        })));
+    }
+    s.submit(records).unwrap().wait().unwrap();
+    assert_eq!(s.web_user_by_name("operator").unwrap(), Some(user.clone()));
+    assert_eq!(s.web_user(1).unwrap(), Some(user));
+    assert_eq!(s.web_session(&[5; 32]).unwrap(), Some(session));
+    assert_eq!(s.web_api_token(&[6; 32]).unwrap(), Some(token));
+    let page: Vec<i64> = s.audit_log(None, 2).unwrap().iter().map(|a| a.id).collect();
+    assert_eq!(page, [3, 2]);
+    let next: Vec<i64> = s
+        .audit_log(Some(2), 2)
+        .unwrap()
+        .iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(next, [1]);
+    s.submit(vec![
+        Record::Web(WebRecord::RevokeApiToken {
+            token_hash: vec![6; 32],
+        }),
+        Record::Web(WebRecord::DeleteSession {
+            token_hash: vec![5; 32],
+        }),
+    ])
+    .unwrap()
+    .wait()
+    .unwrap();
+    assert!(s.web_api_token(&[6; 32]).unwrap().unwrap().revoked);
+    assert!(s.web_session(&[5; 32]).unwrap().is_none());
+}
+
+on_both!(every_read_runs, web_area_round_trips);
