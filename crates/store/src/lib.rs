@@ -159,8 +159,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         mid: &str,
     ) -> Result<Option<settlement::SettlementTermsRow>, StoreError>;
-    fn bound_account(&self, mid: &str)
-    -> Result<Option<settlement::BoundAccountRow>, StoreError>;
+    fn bound_account(&self, mid: &str) -> Result<Option<settlement::BoundAccountRow>, StoreError>;
     /// Bound-account changes of one merchant, or of all when `None`, oldest first.
     fn account_changes(
         &self,
