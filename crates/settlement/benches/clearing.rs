@@ -4,7 +4,12 @@
 //!
 //! `cargo bench -p settlement --bench clearing` (release); `-- 200000` for a smaller run.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::collections::HashMap;
 use std::time::Instant;
