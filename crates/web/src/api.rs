@@ -43,6 +43,7 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Web>)> {
             "/api/cases/{id}/approve-refund",
             post(approve_refund),
         ),
+        ("post", "/api/cases/{id}/transition", post(transition)),
         ("get", "/api/refund-approvals", get(refund_approvals)),
         ("get", "/api/notifications", get(notifications)),
         ("get", "/api/webhook", get(webhook)),
@@ -637,4 +638,66 @@ async fn set_webhook(
     )
     .await?;
     Ok(Json(json!({ "mid": mid, "url": body.url, "active": true })))
+}
+
+#[derive(Deserialize)]
+pub struct TransitionBody {
+    /// `wait_on_issuer`, `wait_on_merchant`, `reopen`, `escalate`, `resolve` or `reject`.
+    pub action: String,
+    #[serde(default)]
+    pub note: String,
+    /// Required to resolve or reject.
+    pub resolution: Option<String>,
+}
+
+/// An operator moves a case through its states; audited.
+pub async fn transition_for(
+    web: &Web,
+    who: &Principal,
+    id: i64,
+    body: TransitionBody,
+) -> Result<resolve::cases::Case, ApiError> {
+    use resolve::cases::{Resolution, Transition};
+    who.require_staff("move cases")?;
+    let resolution = || Resolution::new(body.resolution.as_deref().unwrap_or(""));
+    let transition = match body.action.as_str() {
+        "wait_on_issuer" => Transition::WaitOnIssuer,
+        "wait_on_merchant" => Transition::WaitOnMerchant,
+        "reopen" => Transition::Reopen,
+        "escalate" => Transition::Escalate,
+        "resolve" => Transition::Resolve(resolution()?),
+        "reject" => Transition::Reject(resolution()?),
+        _ => {
+            return Err(ApiError::bad_request(
+                "action: wait_on_issuer, wait_on_merchant, reopen, escalate, resolve or reject",
+            ));
+        }
+    };
+    let before = web.cases.get(id)?;
+    let case = web
+        .cases
+        .transition(id, &who.username, transition, &body.note)
+        .await?;
+    auth::audit(
+        web,
+        &who.username,
+        "case.transition",
+        &format!("case:{id}"),
+        Some(json!({ "state": before.state })),
+        Some(
+            json!({ "state": case.state, "action": body.action, "note": body.note,
+                     "resolution": case.resolution }),
+        ),
+    )
+    .await?;
+    Ok(case)
+}
+
+async fn transition(
+    State(web): State<Web>,
+    who: Principal,
+    Path(id): Path<i64>,
+    Json(body): Json<TransitionBody>,
+) -> ApiResult {
+    Ok(Json(json!(transition_for(&web, &who, id, body).await?)))
 }

@@ -117,6 +117,9 @@ pub fn document() -> Value {
             "/api/cases/{id}/approve-refund": { "post": op(
                 "Operator: approve a refund application; the refund runs through the switch",
                 vec![id], None, "Case") },
+            "/api/cases/{id}/transition": { "post": op(
+                "Operator: move a case (wait on issuer or merchant, reopen, escalate, resolve, reject)",
+                vec![param("id", "path", "case id")], Some("Transition"), "Case") },
             "/api/refund-approvals": { "get": op("Operator: refund applications waiting", vec![], None, "List") },
             "/api/webhook": {
                 "get": op("The merchant's webhook endpoint", vec![param("mid", "query", "merchant (staff)")], None, "Object"),
@@ -222,6 +225,11 @@ pub fn document() -> Value {
                 "Webhook": { "type": "object", "required": ["url", "secret"], "properties": {
                     "mid": { "type": "string" }, "url": { "type": "string" },
                     "secret": { "type": "string", "minLength": 16 } } },
+                "Transition": { "type": "object", "required": ["action"], "properties": {
+                    "action": { "type": "string", "enum": ["wait_on_issuer", "wait_on_merchant",
+                        "reopen", "escalate", "resolve", "reject"] },
+                    "note": { "type": "string" },
+                    "resolution": { "type": "string", "description": "required to resolve or reject" } } },
                 "Note": { "type": "object", "properties": { "note": { "type": "string" } } },
                 "AlertResponse": { "type": "object", "required": ["response"], "properties": {
                     "response": { "type": "string", "enum": ["clear", "suspend_terminal", "suspend_merchant"] },

@@ -46,6 +46,7 @@ pub fn router() -> Router<Web> {
         .route("/console/risk/alerts/{id}/clear", post(clear_alert))
         .route("/console", get(console))
         .route("/console/cases/{id}/approve-refund", post(approve_refund))
+        .route("/console/cases/{id}/transition", post(transition_case))
 }
 
 type Params = HashMap<String, String>;
@@ -943,6 +944,34 @@ async fn case(
                 t(l, "添加记录", "Add entry")
             ));
         }
+        if who.is_staff() && !k.state.is_closed() {
+            let options: String = [
+                ("wait_on_issuer", t(l, "等待发卡行", "Wait on the issuer")),
+                ("wait_on_merchant", t(l, "等待商户", "Wait on the merchant")),
+                ("reopen", t(l, "重新打开", "Reopen")),
+                ("escalate", t(l, "升级", "Escalate")),
+                ("resolve", t(l, "解决", "Resolve")),
+                ("reject", t(l, "驳回", "Reject")),
+            ]
+            .iter()
+            .map(|(v, text)| format!("<option value=\"{v}\">{text}</option>"))
+            .collect();
+            body.push_str(&format!(
+                "<form method=\"post\" action=\"/console/cases/{id}/transition\" class=\"card\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <select name=\"action\" id=\"case-action\">{options}</select> \
+                 {} <input name=\"note\" id=\"case-note\" size=\"30\"> \
+                 {} <input name=\"resolution\" id=\"case-resolution\" size=\"30\"> \
+                 <button id=\"case-move\">{}</button></form>",
+                t(l, "备注", "Note"),
+                t(
+                    l,
+                    "结论（解决/驳回时必填）",
+                    "Resolution (to resolve or reject)"
+                ),
+                t(l, "更新状态", "Move"),
+            ));
+        }
         if who.is_staff()
             && k.kind == CaseKind::RefundApplication
             && !k.state.is_closed()
@@ -1463,4 +1492,37 @@ async fn clear_alert(
 /// A member of a JSON object, `null` when absent.
 fn jget<'v>(value: &'v serde_json::Value, key: &str) -> &'v serde_json::Value {
     value.get(key).unwrap_or(&serde_json::Value::Null)
+}
+
+async fn transition_case(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<Params>,
+) -> Response {
+    let c = ctx(&headers, &Params::new());
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let result = async {
+        who.check_csrf(form.get("csrf").map(String::as_str).unwrap_or_default())?;
+        let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+        api::transition_for(
+            &web,
+            &who,
+            id,
+            api::TransitionBody {
+                action: field("action"),
+                note: field("note"),
+                resolution: form.get("resolution").cloned(),
+            },
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok(_) => redirect(&format!("/portal/cases/{id}")),
+        Err(e) => error_page(&c, Some(&who), &e),
+    }
 }

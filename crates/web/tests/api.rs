@@ -489,6 +489,53 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
             404,
             "not_found",
         );
+        // Only staff move cases; closing needs a resolution.
+        let path = format!("/api/cases/{inquiry}/transition");
+        assert_error(
+            &api.call(
+                Some(&tea),
+                "POST",
+                &path,
+                Some(json!({"action": "escalate"})),
+            )
+            .await,
+            403,
+            "forbidden",
+        );
+        let r = api
+            .call(
+                Some(&ops),
+                "POST",
+                &path,
+                Some(json!({"action": "wait_on_issuer", "note": "asked ICBC"})),
+            )
+            .await;
+        assert_eq!(r.json()["state"], "waiting_issuer", "{}", r.body);
+        assert_error(
+            &api.call(
+                Some(&ops),
+                "POST",
+                &path,
+                Some(json!({"action": "resolve"})),
+            )
+            .await,
+            400,
+            "bad_request",
+        );
+        assert_error(
+            &api.call(Some(&ops), "POST", &path, Some(json!({"action": "fly"})))
+                .await,
+            400,
+            "bad_request",
+        );
+        let r = api.call(Some(&ops), "POST", &path, Some(json!({"action": "resolve", "resolution": "card blocked by the issuer; customer informed"}))).await;
+        assert_eq!(r.json()["state"], "resolved", "{}", r.body);
+        assert_error(
+            &api.call(Some(&ops), "POST", &path, Some(json!({"action": "reopen"})))
+                .await,
+            409,
+            "illegal_transition",
+        );
         assert_error(
             &api.call(Some(&tea), "GET", "/api/refund-approvals", None)
                 .await,
