@@ -30,10 +30,10 @@ use crate::schema;
 mod sqlite_resolve;
 #[path = "sqlite_risk.rs"]
 mod sqlite_risk;
-#[path = "sqlite_web.rs"]
-mod sqlite_web;
 #[path = "sqlite_settlement.rs"]
 mod sqlite_settlement;
+#[path = "sqlite_web.rs"]
+mod sqlite_web;
 
 /// Submissions that may wait for the writer; beyond this `submit` fails with `QueueFull`.
 pub const WRITE_QUEUE_MAX: usize = 65_536;
@@ -143,7 +143,8 @@ pub struct SqliteStore {
     /// [`SqliteStore::set_page_quota`].
     page_quota: Arc<AtomicU64>,
     /// The writer's connection when writes are committed inline (`SqliteConfig::inline_writer`).
-    inline: Option<Mutex<Connection>>,
+    /// (connection, page quota applied to it).
+    inline: Option<Mutex<(Connection, u64)>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -180,7 +181,7 @@ impl SqliteStore {
                 readers: Mutex::new(Vec::new()),
                 writer: Mutex::new(None),
                 page_quota,
-                inline: Some(Mutex::new(writer)),
+                inline: Some(Mutex::new((writer, config.max_page_count.unwrap_or(0)))),
             });
         }
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_MAX);
@@ -226,11 +227,13 @@ impl SqliteStore {
 
     fn enqueue(&self, job: Job) -> Result<(), StoreError> {
         if let Some(inline) = &self.inline {
-            let mut conn = inline.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut writer = inline.lock().unwrap_or_else(PoisonError::into_inner);
+            let (conn, applied) = &mut *writer;
+            apply_quota(conn, &self.page_quota, applied);
             let mut jobs = vec![job];
             let mut completions = Vec::with_capacity(1);
-            commit_group(&mut conn, &mut jobs, &mut completions);
-            drop(conn);
+            commit_group(conn, &mut jobs, &mut completions);
+            drop(writer);
             for completion in completions {
                 completion.deliver();
             }
@@ -676,6 +679,22 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Applies a changed page quota to the writer's connection before its next group.
+fn apply_quota(conn: &Connection, quota: &AtomicU64, applied: &mut u64) {
+    let wanted = quota.load(Ordering::Acquire);
+    if wanted != *applied {
+        // SQLite's own ceiling stands for "no quota".
+        let pages = if wanted == 0 { 4_294_967_294 } else { wanted };
+        let set: Result<i64, _> =
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get(0)
+            });
+        if set.is_ok() {
+            *applied = wanted;
+        }
+    }
+}
+
 fn run_writer(mut conn: Connection, mut receiver: mpsc::Receiver<Job>, quota: &AtomicU64) {
     let mut jobs = Vec::with_capacity(WRITE_BATCH_MAX);
     let mut completions = Vec::with_capacity(WRITE_BATCH_MAX);
@@ -684,18 +703,7 @@ fn run_writer(mut conn: Connection, mut receiver: mpsc::Receiver<Job>, quota: &A
         let Some(first) = receiver.blocking_recv() else {
             return;
         };
-        let wanted = quota.load(Ordering::Acquire);
-        if wanted != applied_quota {
-            // SQLite's own ceiling stands for "no quota".
-            let pages = if wanted == 0 { 4_294_967_294 } else { wanted };
-            let set: Result<i64, _> =
-                conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
-                    r.get(0)
-                });
-            if set.is_ok() {
-                applied_quota = wanted;
-            }
-        }
+        apply_quota(&conn, quota, &mut applied_quota);
         jobs.push(first);
         while jobs.len() < WRITE_BATCH_MAX {
             match receiver.try_recv() {
