@@ -124,6 +124,51 @@ impl FeePlan {
     }
 }
 
+/// Why a fee plan was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TermsError {
+    #[error("rates must be 0 to {RATE_BP_MAX} basis points and caps not negative")]
+    Rate,
+    #[error("the payout delay must be 0 to {PAYOUT_DELAY_DAYS_MAX} days")]
+    Delay,
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+/// Sets a merchant's fee plan and payout delay (T+n), after checking them.
+pub fn set_terms(
+    store: &dyn store::Store,
+    mid: &str,
+    plan: &FeePlan,
+    now_ms: i64,
+) -> Result<(), TermsError> {
+    let rates = [plan.debit_bp, plan.credit_bp, plan.foreign_bp, plan.qr_bp];
+    if rates.iter().any(|r| !(0..=RATE_BP_MAX).contains(r))
+        || [plan.debit_cap_fen, plan.credit_cap_fen]
+            .iter()
+            .flatten()
+            .any(|c| *c < 0)
+    {
+        return Err(TermsError::Rate);
+    }
+    if plan.payout_delay_days > PAYOUT_DELAY_DAYS_MAX {
+        return Err(TermsError::Delay);
+    }
+    store
+        .submit(vec![store::Record::Settlement(
+            store::settlement::SettlementRecord::Terms(plan.to_row(mid, now_ms)),
+        )])?
+        .wait()?;
+    Ok(())
+}
+
+/// A merchant's plan: its own, or the default.
+pub fn terms_of(store: &dyn store::Store, mid: &str) -> Result<FeePlan, store::StoreError> {
+    Ok(store
+        .settlement_terms(mid)?
+        .map_or_else(FeePlan::default, |t| FeePlan::from_row(&t)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

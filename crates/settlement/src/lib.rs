@@ -18,7 +18,7 @@ pub use accounts::{
 pub use clearing::{
     CardClassifier, Clearing, MerchantClearing, SettleError, SettleReport, clear, settle_date,
 };
-pub use fees::{CardClass, FeePlan};
+pub use fees::{CardClass, FeePlan, TermsError, set_terms, terms_of};
 pub use ledger::{LedgerAudit, LedgerError, Posting, accounts as ledger_accounts, audit};
 pub use payout::{
     PayoutBank, PayoutError, PayoutInstruction, PayoutRunReport, SimBank, SimBehaviour, run_payouts,

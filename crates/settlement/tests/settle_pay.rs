@@ -434,3 +434,60 @@ fn every_bank_failure_mode_is_diagnosed_and_only_system_errors_retry() {
         assert!(audit(store).unwrap().balanced);
     }
 }
+
+#[test]
+fn a_merchants_own_plan_sets_its_fees_and_its_payout_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    merchant(store, M1);
+    let plan = settlement::FeePlan {
+        credit_bp: 45,
+        payout_delay_days: 2,
+        ..settlement::FeePlan::default()
+    };
+    assert!(matches!(
+        settlement::set_terms(
+            store,
+            M1,
+            &settlement::FeePlan {
+                qr_bp: 5_000,
+                ..plan
+            },
+            0
+        ),
+        Err(settlement::TermsError::Rate)
+    ));
+    settlement::set_terms(store, M1, &plan, 0).unwrap();
+    assert_eq!(settlement::terms_of(store, M1).unwrap(), plan);
+    insert(
+        store,
+        vec![row(1, M1, K::Purchase, S::Approved, 10_000, "625965", D)],
+    );
+    let report = settle_date(store, &directory, D, 0).unwrap();
+    assert_eq!(report.merchants[0].fees_fen, 45);
+    let number = card("622202", 19, 9);
+    bind_account(
+        store,
+        &sealer,
+        &directory,
+        M1,
+        &card_input(&number, "王小明"),
+        "m",
+        0,
+    )
+    .unwrap();
+    let bank = SimBank::new();
+    // T+1 is too early for a T+2 merchant; T+2 pays.
+    assert!(
+        run_payouts(store, &bank, &sealer, "20261124", 0)
+            .unwrap()
+            .created
+            .is_empty()
+    );
+    let t2 = run_payouts(store, &bank, &sealer, "20261125", 0).unwrap();
+    assert_eq!(t2.sent, vec![format!("{M1}:20261125")]);
+    assert_eq!(bank.credited(&number), 10_000 - 45);
+}
