@@ -873,6 +873,9 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
             dash.body
         );
         assert!(dash.body.contains("01"), "the decline is on the dashboard");
+        let csp = dash.header("content-security-policy").unwrap();
+        assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+        assert_eq!(dash.header("cache-control"), Some("no-store"));
         let en = tea.get("/portal?lang=en").await;
         assert!(en.body.contains("Declines by reason"), "{}", en.body);
         assert!(
