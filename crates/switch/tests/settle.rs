@@ -206,6 +206,14 @@ async fn requests_around_the_cut_over_get_their_clearing_dates_and_none_is_lost(
         .await;
     assert_eq!(void.code(), "00");
 
+    // 22:59:59.500 a purchase whose terminal never saw the answer; its reversal comes at
+    // 23:00:20, after the cut-over: still accepted (not 25), the original reversed.
+    clock.0.store(BEFORE_CUTOVER_MS + 500, Ordering::SeqCst);
+    let c = Req::purchase(&pan, 3_000, 4);
+    assert_eq!(t.send(&c).await.code(), "00");
+    clock.0.store(BEFORE_CUTOVER_MS + 21_000, Ordering::SeqCst);
+    assert_eq!(t.send(&Req::reversal_of(&c)).await.code(), "00");
+
     let rows = h.store.txns_by_batch(TID, 1).unwrap();
     let date_of = |stan: u32| {
         rows.iter()
@@ -216,6 +224,14 @@ async fn requests_around_the_cut_over_get_their_clearing_dates_and_none_is_lost(
     assert_eq!(date_of(1), "20261123");
     assert_eq!(date_of(2), "20261124");
     assert_eq!(date_of(3), "20261124");
-    assert_eq!(rows.len(), 3, "every request journalled: {rows:?}");
+    let original = rows
+        .iter()
+        .find(|r| r.stan == 4 && r.kind == store::TxnKind::Purchase)
+        .unwrap();
+    assert_eq!(
+        (original.clearing_date.as_str(), original.state),
+        ("20261123", store::TxnState::Reversed)
+    );
+    assert_eq!(rows.len(), 5, "every request journalled: {rows:?}");
     h.stop().await;
 }
