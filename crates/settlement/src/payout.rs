@@ -258,14 +258,18 @@ impl Run<'_> {
         )))
     }
 
-    /// Writes the payout row, an event and a ledger transfer in one commit.
+    /// Writes the payout row, an event and a ledger transfer in one commit: a new payout when
+    /// `expected` is `None`, else a transition from the (state, attempts) this run read. `false`
+    /// when another run got there first (the key exists, or the payout moved on): nothing of
+    /// this commit is written, so nothing is posted or reported twice.
     fn commit(
         &self,
+        expected: Option<(PayoutState, u32)>,
         payout: PayoutRow,
         event: Record,
         transfer: Option<(&str, String, String)>,
         extra: Vec<Record>,
-    ) -> Result<(), PayoutError> {
+    ) -> Result<bool, PayoutError> {
         let mut records = extra;
         if let Some((kind, debit, credit)) = transfer {
             let posting = Posting::transfer(
@@ -281,9 +285,19 @@ impl Run<'_> {
             }
         }
         records.push(event);
-        records.push(Record::Settlement(SettlementRecord::Payout(payout)));
-        self.store.submit(records)?.wait()?;
-        Ok(())
+        records.push(Record::Settlement(match expected {
+            None => SettlementRecord::NewPayout(payout),
+            Some((expected_state, expected_attempts)) => SettlementRecord::PayoutTransition {
+                expected_state,
+                expected_attempts,
+                row: payout,
+            },
+        }));
+        match self.store.submit(records)?.wait() {
+            Ok(()) => Ok(true),
+            Err(StoreError::Constraint { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -335,9 +349,9 @@ pub fn run_payouts(
             failure_text(PayoutFailure::ReturnedLater),
         )?;
         let flag = flag_account(store, &payout.mid, now_ms)?;
-        report.returned.push(payout.key.clone());
-        let mid = payout.mid.clone();
-        run.commit(
+        let (key, mid) = (payout.key.clone(), payout.mid.clone());
+        if run.commit(
+            Some((PayoutState::Sent, payout.attempts)),
             payout,
             event,
             Some((
@@ -346,7 +360,9 @@ pub fn run_payouts(
                 accounts::held(&mid),
             )),
             flag,
-        )?;
+        )? {
+            report.returned.push(key);
+        }
     }
 
     // 2. Release held payouts whose merchant re-bound (confirmed) since they failed.
@@ -368,9 +384,9 @@ pub fn run_payouts(
             None,
             format!("re-bound to {}", account.number_masked),
         )?;
-        report.released.push(payout.key.clone());
-        let mid = payout.mid.clone();
-        run.commit(
+        let (key, mid, attempts) = (payout.key.clone(), payout.mid.clone(), payout.attempts);
+        if run.commit(
+            Some((PayoutState::Held, attempts)),
             payout,
             event,
             Some((
@@ -379,7 +395,9 @@ pub fn run_payouts(
                 accounts::payouts_in_flight(&mid),
             )),
             Vec::new(),
-        )?;
+        )? {
+            report.released.push(key);
+        }
     }
 
     // 3. Today's payouts: what cleared up to today − delay and is still payable.
@@ -426,9 +444,9 @@ pub fn run_payouts(
             updated_at_ms: now_ms,
         };
         let event = run.event(&payout, "created", None, format!("{due} fen"))?;
-        report.created.push(key);
         let mid = payout.mid.clone();
-        run.commit(
+        if run.commit(
+            None,
             payout,
             event,
             Some((
@@ -437,7 +455,9 @@ pub fn run_payouts(
                 accounts::payouts_in_flight(&mid),
             )),
             Vec::new(),
-        )?;
+        )? {
+            report.created.push(key);
+        }
     }
 
     // 4. Send what is due.
@@ -456,7 +476,8 @@ pub fn run_payouts(
         };
         // The reference of the attempt being made: persisted attempts + 1, so a crash before
         // the answer is written resends the same reference and the bank answers as before.
-        let attempt = payout.attempts.saturating_add(1);
+        let read_attempts = payout.attempts;
+        let attempt = read_attempts.saturating_add(1);
         let reference = format!("{}#{attempt}", payout.key);
         let answer = bank.pay(&PayoutInstruction {
             reference: &reference,
@@ -482,8 +503,9 @@ pub fn run_payouts(
                     None,
                     format!("to {} ({bank_id})", account.number_masked),
                 )?;
-                report.sent.push(payout.key.clone());
-                run.commit(
+                let key = payout.key.clone();
+                if run.commit(
+                    Some((PayoutState::Pending, read_attempts)),
                     payout,
                     event,
                     Some((
@@ -492,22 +514,28 @@ pub fn run_payouts(
                         accounts::BANK.to_owned(),
                     )),
                     Vec::new(),
-                )?;
+                )? {
+                    report.sent.push(key);
+                }
             }
             Err(failure) if !is_permanent(failure) => {
                 payout.next_attempt_ms = now_ms.saturating_add(backoff_ms(attempt));
                 payout.failure = Some(failure.key().to_owned());
                 let event = run.event(&payout, "retry", Some(failure), failure_text(failure))?;
-                report.retrying.push(payout.key.clone());
-                run.commit(payout, event, None, Vec::new())?;
+                let key = payout.key.clone();
+                let expected = Some((PayoutState::Pending, read_attempts));
+                if run.commit(expected, payout, event, None, Vec::new())? {
+                    report.retrying.push(key);
+                }
             }
             Err(failure) => {
                 payout.state = PayoutState::Held;
                 payout.failure = Some(failure.key().to_owned());
                 let event = run.event(&payout, "failed", Some(failure), failure_text(failure))?;
                 let flag = flag_account(store, &mid, now_ms)?;
-                report.held.push(payout.key.clone());
-                run.commit(
+                let key = payout.key.clone();
+                if run.commit(
+                    Some((PayoutState::Pending, read_attempts)),
                     payout,
                     event,
                     Some((
@@ -516,7 +544,9 @@ pub fn run_payouts(
                         accounts::held(&mid),
                     )),
                     flag,
-                )?;
+                )? {
+                    report.held.push(key);
+                }
             }
         }
     }

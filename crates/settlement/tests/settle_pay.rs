@@ -491,3 +491,68 @@ fn a_merchants_own_plan_sets_its_fees_and_its_payout_day() {
     assert_eq!(t2.sent, vec![format!("{M1}:20261125")]);
     assert_eq!(bank.credited(&number), 10_000 - 45);
 }
+
+#[test]
+fn payout_runs_at_the_same_time_pay_and_post_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    let mids: Vec<String> = (0..8).map(|i| format!("89831005812{i:04}")).collect();
+    let mut numbers = Vec::new();
+    for (i, mid) in mids.iter().enumerate() {
+        merchant(store.as_ref(), mid);
+        let id = i64::try_from(i).unwrap() + 1;
+        insert(
+            store.as_ref(),
+            vec![row(id, mid, K::Purchase, S::Approved, 10_000, "622202", D)],
+        );
+        let number = card("622202", 19, 70 + u64::try_from(i).unwrap());
+        bind_account(
+            store.as_ref(),
+            &sealer,
+            &directory,
+            mid,
+            &card_input(&number, "王"),
+            "m",
+            0,
+        )
+        .unwrap();
+        numbers.push(number);
+    }
+    settle_date(store.as_ref(), &directory, D, 0).unwrap();
+    let bank = SimBank::new();
+    std::thread::scope(|scope| {
+        for n in 0..4 {
+            let (store, bank, sealer) = (&store, &bank, &sealer);
+            scope.spawn(move || {
+                run_payouts(store.as_ref(), bank, sealer, "20261124", 1_000 + n).unwrap();
+            });
+        }
+    });
+    for number in &numbers {
+        assert_eq!(
+            (bank.payments(number), bank.credited(number)),
+            (1, 10_000 - 55)
+        );
+    }
+    assert!(audit(store.as_ref()).unwrap().balanced);
+    for mid in &mids {
+        assert_eq!(
+            store
+                .ledger_balance(&acct::payouts_in_flight(mid), None)
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .ledger_balance(&acct::merchant_payable(mid), None)
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store.ledger_balance(acct::BANK, None).unwrap(),
+            -(10_000 - 55) * i64::try_from(mids.len()).unwrap()
+        );
+    }
+}

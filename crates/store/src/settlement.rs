@@ -309,7 +309,17 @@ pub enum SettlementRecord {
     BoundAccount(BoundAccountRow),
     /// Inserted or updated by id (a pending change is later confirmed or rejected).
     AccountChange(AccountChangeRow),
-    /// Inserted or replaced by key.
+    /// Inserted or replaced by key (imports, repairs).
     Payout(PayoutRow),
+    /// A new payout: fails (and with it the whole submission) if its key exists, so two payout
+    /// runs at once cannot both create it and post its money twice.
+    NewPayout(PayoutRow),
+    /// A payout's next state, only if it is still in `expected_state` after `expected_attempts`
+    /// attempts (compare and set): a concurrent run that got there first makes this fail.
+    PayoutTransition {
+        expected_state: PayoutState,
+        expected_attempts: u32,
+        row: PayoutRow,
+    },
     PayoutEvent(PayoutEventRow),
 }

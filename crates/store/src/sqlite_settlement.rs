@@ -4,7 +4,7 @@
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::SqliteStore;
+use super::{SqliteStore, expect_one};
 use crate::error::StoreError;
 use crate::model::TxnKind;
 use crate::settlement::{
@@ -285,6 +285,57 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 p.created_at_ms,
                 p.updated_at_ms
             ])?;
+        }
+        SettlementRecord::NewPayout(p) => {
+            conn.prepare_cached(
+                "INSERT INTO payouts (key, mid, payout_date, cutoff_date, amount_fen, state,
+                 attempts, next_attempt_ms, account_version, account_masked, bank_reference,
+                 failure, created_at_ms, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                p.key,
+                p.mid,
+                p.payout_date,
+                p.cutoff_date,
+                p.amount_fen,
+                p.state,
+                p.attempts,
+                p.next_attempt_ms,
+                p.account_version,
+                p.account_masked,
+                p.bank_reference,
+                p.failure,
+                p.created_at_ms,
+                p.updated_at_ms
+            ])?;
+        }
+        SettlementRecord::PayoutTransition {
+            expected_state,
+            expected_attempts,
+            row: p,
+        } => {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE payouts SET state = ?4, attempts = ?5, next_attempt_ms = ?6,
+                     account_version = ?7, account_masked = ?8, bank_reference = ?9,
+                     failure = ?10, updated_at_ms = ?11
+                     WHERE key = ?1 AND state = ?2 AND attempts = ?3",
+                )?
+                .execute(params![
+                    p.key,
+                    expected_state,
+                    expected_attempts,
+                    p.state,
+                    p.attempts,
+                    p.next_attempt_ms,
+                    p.account_version,
+                    p.account_masked,
+                    p.bank_reference,
+                    p.failure,
+                    p.updated_at_ms
+                ])?;
+            expect_one(changed, "payout in the expected state")?;
         }
         SettlementRecord::PayoutEvent(e) => {
             conn.prepare_cached(
