@@ -316,13 +316,35 @@ impl PgStore {
 impl Drop for PgStore {
     fn drop(&mut self) {
         // Without joining: dropping may happen inside a runtime. The writer finishes what is
-        // queued and exits when the channel closes; the runtime is let go in the background.
+        // queued and exits when the channel closes; its connection needs the runtime until
+        // then, so a thread of its own waits for the writer before letting the runtime go.
         let _ = self.sender.try_send(Job::Stop);
         if let Ok(mut pool) = self.readers.lock() {
             pool.clear();
         }
+        let writer = self.writer.lock().ok().and_then(|mut h| h.take());
         if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+            // The runtime travels by channel so that, should the thread not start, it is still
+            // here to be shut down without blocking.
+            let (give, take) = std::sync::mpsc::channel::<tokio::runtime::Runtime>();
+            let closing = std::thread::Builder::new()
+                .name("store-pg-close".into())
+                .spawn(move || {
+                    if let Some(writer) = writer {
+                        let _ = writer.join();
+                    }
+                    if let Ok(runtime) = take.recv() {
+                        runtime.shutdown_background();
+                    }
+                });
+            match closing {
+                Ok(_) => {
+                    if let Err(returned) = give.send(runtime) {
+                        returned.0.shutdown_background();
+                    }
+                }
+                Err(_) => runtime.shutdown_background(),
+            }
         }
     }
 }

@@ -477,7 +477,26 @@ fn writes_after_close_are_refused(db: &Db) {
     assert_eq!(error, StoreError::WriterGone);
 }
 
+fn dropping_the_store_still_commits_what_was_queued(db: &Db) {
+    let store = db.open();
+    provision(&store);
+    let pending: Vec<_> = (1..=200)
+        .map(|id| {
+            store
+                .submit(vec![Record::InsertTxn(Box::new(txn(id, 1)))])
+                .unwrap()
+        })
+        .collect();
+    drop(store);
+    for durable in pending {
+        durable.wait().unwrap();
+    }
+    let store = db.open();
+    assert_eq!(store.txns_since("20261123").unwrap().len(), 200);
+}
+
 on_both!(
+    dropping_the_store_still_commits_what_was_queued,
     terminals_merchants_and_sign_in_round_trip,
     transactions_outcomes_and_events_round_trip,
     a_failing_submission_fails_alone_and_leaves_no_trace,
