@@ -22,7 +22,7 @@ use issuer_sim::{
     TxnRecord, TxnState as IssuerState, demo_issuer,
 };
 use paycrypto::Hsm;
-use store::{SafState, Store, TxnState};
+use store::{SafState, TxnState};
 use switch::Clock;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;

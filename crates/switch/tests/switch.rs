@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use common::*;
-use store::{SafState, Store, TxnKind, TxnState};
+use store::{SafState, TxnKind, TxnState};
 
 const RUNTIME: fn() -> tokio::runtime::Runtime = || {
     tokio::runtime::Builder::new_multi_thread()

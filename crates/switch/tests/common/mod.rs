@@ -15,7 +15,7 @@ use paycrypto::{
     Hsm, Key, KeyAlgorithm, KeyHandle, KeyScheme, KeyUsage, MacAlgorithm, MasterKey, OsRandom,
     SoftHsm, WorkingKeys,
 };
-use store::{MerchantRow, Record, SqliteConfig, SqliteStore, Status, Store};
+use store::{MerchantRow, PgConfig, PgStore, Record, SqliteConfig, SqliteStore, Status, Store};
 use switch::{IssuerEndpoint, Switch, SwitchConfig, SwitchHandle, SystemClock, TerminalSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -127,9 +127,34 @@ pub fn new_hsm() -> (Arc<SoftHsm>, KeyHandle) {
     (hsm, zpk)
 }
 
+static SCHEMAS: AtomicUsize = AtomicUsize::new(0);
+
+/// The journal of a test switch: SQLite in `dir`, or with `SHOUDAN_E2E_STORE=postgres` a fresh
+/// schema on the server at `SHOUDAN_PG_URL` (scripts/test runs the switch's tests both ways;
+/// the schemas go with its throwaway server).
+pub fn open_test_store(dir: &std::path::Path) -> Arc<dyn Store> {
+    if std::env::var("SHOUDAN_E2E_STORE").as_deref() == Ok("postgres") {
+        let url = std::env::var("SHOUDAN_PG_URL")
+            .expect("SHOUDAN_E2E_STORE=postgres needs SHOUDAN_PG_URL");
+        let schema = format!(
+            "e2e_{}_{}",
+            std::process::id(),
+            SCHEMAS.fetch_add(1, Ordering::Relaxed)
+        );
+        return Arc::new(
+            PgStore::open(&PgConfig {
+                url,
+                schema: Some(schema),
+            })
+            .unwrap(),
+        );
+    }
+    Arc::new(SqliteStore::open(&SqliteConfig::new(dir.join("s.db"))).unwrap())
+}
+
 pub struct Harness {
     pub dir: tempfile::TempDir,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn Store>,
     pub hsm: Arc<SoftHsm>,
     pub zpk: KeyHandle,
     pub directory: Arc<IssuerDirectory>,
@@ -159,8 +184,7 @@ impl Harness {
         zpk: KeyHandle,
     ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Arc::new(SqliteStore::open(&SqliteConfig::new(dir.path().join("s.db"))).unwrap());
+        let store = open_test_store(dir.path());
         let tmk = hsm
             .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK_HEX)
             .unwrap();
