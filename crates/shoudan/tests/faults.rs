@@ -81,20 +81,20 @@ fn silent_or_slow_issuer_is_answered_98_in_time_others_unaffected_reversed_once_
                 "{fault}: answered after {elapsed:?}"
             );
             // Timed out in the journal, with its reversal queued in the same commit.
-            let row = w.h.store.txn_by_rrn(&rrn.unwrap()).unwrap().unwrap();
+            let row = w.store.txn_by_rrn(&rrn.unwrap()).unwrap().unwrap();
             assert_eq!(row.state, TxnState::TimedOut, "{fault}");
-            let reversal = w.h.store.reversal(row.id).unwrap().unwrap();
+            let reversal = w.store.reversal(row.id).unwrap().unwrap();
             assert_eq!(reversal.state, SafState::Pending, "{fault}");
             // While the fault lasts the reversal is resent, not given up.
             tokio::time::sleep(ISSUER_TIMEOUT * 2).await;
-            let reversal = w.h.store.reversal(row.id).unwrap().unwrap();
+            let reversal = w.store.reversal(row.id).unwrap().unwrap();
             assert_eq!(reversal.state, SafState::Pending, "{fault}");
             faults.clear();
             assert!(
                 w.reversals_delivered(20).await,
                 "{fault}: reversal not delivered"
             );
-            let row = w.h.store.txn(row.id).unwrap().unwrap();
+            let row = w.store.txn(row.id).unwrap().unwrap();
             assert_eq!(row.state, TxnState::Reversed, "{fault}");
             // And the issuer is usable again.
             let again = w.purchase(&icbc, 100);
@@ -125,7 +125,7 @@ fn dropped_link_is_answered_in_time_then_reconnects_and_delivers_reversals() {
         assert_eq!(code, "98");
         assert_eq!(other, "00");
         assert!(elapsed < ISSUER_TIMEOUT + ANSWER_SLACK, "{elapsed:?}");
-        let lost = w.h.store.txn_by_rrn(&rrn.unwrap()).unwrap().unwrap();
+        let lost = w.store.txn_by_rrn(&rrn.unwrap()).unwrap().unwrap();
 
         // The issuer host goes away: nothing can be sent, so 91 at once, and nothing to reverse.
         let bank = w.banks.iter_mut().find(|b| b.code == "ICBC").unwrap();
@@ -155,7 +155,7 @@ fn dropped_link_is_answered_in_time_then_reconnects_and_delivers_reversals() {
             "link did not come back"
         );
         assert!(w.reversals_delivered(20).await, "reversal not delivered");
-        let lost = w.h.store.txn(lost.id).unwrap().unwrap();
+        let lost = w.store.txn(lost.id).unwrap().unwrap();
         assert_eq!(lost.state, TxnState::Reversed);
         let again = w.purchase(&icbc, 100);
         assert_eq!(w.t.send(&again).await.code(), "00");

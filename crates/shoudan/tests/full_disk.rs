@@ -32,7 +32,7 @@ fn full_journal_answers_96_never_an_unrecorded_approval_and_recovers() {
 
         // The disk fills: SQLite keeps the quota at no less than the pages in use, so 1 means
         // "full now"; rows still fit in free space of existing pages until they do not.
-        w.h.store.set_page_quota(Some(1));
+        w.store.set_page_quota(Some(1));
         let mut codes = Vec::new();
         let mut refused_in_a_row = 0;
         for i in 0..TRIES_MAX {
@@ -41,7 +41,7 @@ fn full_journal_answers_96_never_an_unrecorded_approval_and_recovers() {
             let code = r.code();
             if code == "00" {
                 // Approved only if recorded: the row is there, approved.
-                let row = w.h.store.txn_by_rrn(&r.text(37).unwrap()).unwrap().unwrap();
+                let row = w.store.txn_by_rrn(&r.text(37).unwrap()).unwrap().unwrap();
                 assert_eq!(row.state, TxnState::Approved);
                 refused_in_a_row = 0;
             } else {
@@ -57,14 +57,14 @@ fn full_journal_answers_96_never_an_unrecorded_approval_and_recovers() {
         assert!(refused_in_a_row >= 20, "the quota never filled: {codes:?}");
 
         // Space returns: approvals resume without a restart.
-        w.h.store.set_page_quota(None);
+        w.store.set_page_quota(None);
         for i in 0..10 {
             let req = w.purchase(&cards[i % cards.len()], 100);
             assert_eq!(w.t.send(&req).await.code(), "00");
         }
         // A request whose outcome could not be written stays "in flight" in the journal; the
         // next start settles it (reversal queued, delivered). After that nothing is in doubt.
-        let in_flight = w.h.store.txns_in_state(TxnState::InFlight).unwrap().len();
+        let in_flight = w.store.txns_in_state(TxnState::InFlight).unwrap().len();
         w.restart().await;
         assert!(w.reversals_delivered(20).await, "reversals not delivered");
         let checked = w.audit();

@@ -15,14 +15,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{Harness, Req, Terminal, new_hsm};
+use crate::common::{Harness, MID, Req, TID, TMK_HEX, Terminal, new_hsm};
 use issuer_sim::{
     DemoCard, FaultHandle, HsmPinVerifier, IssuerSim, LedgerLocation, ResponseCode, Rrn,
     ServerHandle, TxnState as IssuerState, demo_issuer,
 };
-use paycrypto::Hsm;
-use store::{SafState, Store, TxnState};
-use switch::{IssuerEndpoint, Switch, SwitchConfig, SystemClock};
+use paycrypto::{Hsm, KeyAlgorithm, KeyScheme, KeyUsage, MacAlgorithm};
+use store::{MerchantRow, Record, SafState, SqliteConfig, SqliteStore, Status, Store, TxnState};
+use switch::{IssuerEndpoint, Switch, SwitchConfig, SystemClock, TerminalSpec};
 use tokio::net::TcpListener;
 
 /// How long the switch waits for an issuer in these tests.
@@ -60,6 +60,9 @@ impl Bank {
 
 pub struct World {
     pub h: Harness,
+    /// The journal these tests' switch writes: SQLite of its own (the full-disk test needs
+    /// its page quota), whatever store the harness itself uses.
+    pub store: Arc<SqliteStore>,
     pub banks: Vec<Bank>,
     pub t: Terminal,
     pub stan: u32,
@@ -95,9 +98,35 @@ pub async fn start(banks: &[&'static str], tune: impl FnOnce(&mut SwitchConfig))
             cards,
         });
     }
-    // The harness starts a switch on its own configuration; replace it with ours.
+    // The harness starts a switch on its own configuration and store; replace both.
     let mut h = Harness::with_hsm(running[0].addr, Arc::default(), hsm, zpk).await;
     h.stop().await;
+    let store =
+        Arc::new(SqliteStore::open(&SqliteConfig::new(h.dir.path().join("faults.db"))).unwrap());
+    let tmk = h
+        .hsm
+        .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK_HEX)
+        .unwrap();
+    store
+        .submit(vec![
+            Record::UpsertMerchant(MerchantRow {
+                mid: MID.into(),
+                name: "Teahouse".into(),
+                status: Status::Active,
+                mcc: "5812".into(),
+            }),
+            switch::terminal_record(&TerminalSpec {
+                tid: TID.into(),
+                mid: MID.into(),
+                tmk,
+                scheme: KeyScheme::Double,
+                mac: MacAlgorithm::CupEcb,
+                batch_no: 1,
+            }),
+        ])
+        .unwrap()
+        .await
+        .unwrap();
     let mut config = h.config();
     config.issuers = running
         .iter()
@@ -114,7 +143,7 @@ pub async fn start(banks: &[&'static str], tune: impl FnOnce(&mut SwitchConfig))
         .collect::<HashMap<_, _>>();
     config.default_issuer = None;
     tune(&mut config);
-    start_switch(&mut h, &config, running.iter().map(|b| b.code)).await;
+    start_switch(&mut h, &store, &config, running.iter().map(|b| b.code)).await;
     let mut t = h.terminal().await;
     assert_eq!(t.sign_in().await.code(), "00");
     World {
@@ -122,6 +151,7 @@ pub async fn start(banks: &[&'static str], tune: impl FnOnce(&mut SwitchConfig))
         banks: running,
         t,
         stan: 1,
+        store,
         config,
         _ledgers: ledgers,
     }
@@ -129,12 +159,13 @@ pub async fn start(banks: &[&'static str], tune: impl FnOnce(&mut SwitchConfig))
 
 async fn start_switch<'a>(
     h: &mut Harness,
+    store: &Arc<SqliteStore>,
     config: &SwitchConfig,
     banks: impl Iterator<Item = &'a str> + Clone,
 ) {
     let handle = Switch::start(
         config.clone(),
-        Arc::clone(&h.store) as Arc<dyn Store>,
+        Arc::clone(store) as Arc<dyn Store>,
         Arc::clone(&h.hsm) as Arc<dyn Hsm>,
         Arc::clone(&h.directory),
         Arc::new(SystemClock),
@@ -178,7 +209,13 @@ impl World {
     pub async fn restart(&mut self) {
         self.h.stop().await;
         let codes: Vec<&str> = self.banks.iter().map(|b| b.code).collect();
-        start_switch(&mut self.h, &self.config, codes.iter().copied()).await;
+        start_switch(
+            &mut self.h,
+            &self.store,
+            &self.config,
+            codes.iter().copied(),
+        )
+        .await;
         self.t = self.h.terminal().await;
         assert_eq!(self.t.sign_in().await.code(), "00");
     }
@@ -189,7 +226,7 @@ impl World {
 
     /// Waits until no reversal is pending, for at most `seconds`.
     pub async fn reversals_delivered(&self, seconds: u64) -> bool {
-        let store = Arc::clone(&self.h.store);
+        let store = Arc::clone(&self.store);
         self.h
             .eventually(seconds, || {
                 store
@@ -216,7 +253,7 @@ impl World {
                 .filter(|a| a.code == ResponseCode::Approved)
             {
                 checked += 1;
-                let row = self.h.store.txn_by_rrn(approval.rrn.as_str()).unwrap();
+                let row = self.store.txn_by_rrn(approval.rrn.as_str()).unwrap();
                 let consistent = match (approval.state, row.as_ref().map(|r| r.state)) {
                     (IssuerState::Reversed, None) => true,
                     (IssuerState::Reversed, Some(state)) => !matches!(
@@ -246,7 +283,7 @@ impl World {
             "in doubt after {checked} approvals: {in_doubt:#?}"
         );
         for state in [TxnState::Approved, TxnState::InFlight] {
-            for row in self.h.store.txns_in_state(state).unwrap() {
+            for row in self.store.txns_in_state(state).unwrap() {
                 assert_ne!(state, TxnState::InFlight, "{} still in flight", row.id);
                 let rrn = row.rrn.clone().unwrap();
                 let known = self.banks.iter().any(|b| {
