@@ -239,11 +239,7 @@ pub fn settle_date(
 ) -> Result<SettleReport, SettleError> {
     let date = crate::dates::normalise(clearing_date)
         .ok_or_else(|| SettleError::BadDate(clearing_date.to_owned()))?;
-    let rows: Vec<TxnRow> = store
-        .txns_since(&date)?
-        .into_iter()
-        .filter(|r| r.clearing_date == date)
-        .collect();
+    let rows: Vec<TxnRow> = store.txns_on(&date)?;
     let existing = store.clearing_lines(&date)?;
     let mut plans = HashMap::new();
     for row in &rows {

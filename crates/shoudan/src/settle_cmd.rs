@@ -433,11 +433,10 @@ pub fn reconcile_cmd(args: ReconcileArgs) -> CliResult {
     let store = open_store(dir)?;
     let before = settlement::dates::add_days(&date, -1).ok_or("bad date")?;
     let after = settlement::dates::add_days(&date, 1).ok_or("bad date")?;
-    let journal: Vec<store::TxnRow> = store
-        .txns_since(&before)?
-        .into_iter()
-        .filter(|r| r.clearing_date.as_str() <= after.as_str())
-        .collect();
+    let mut journal: Vec<store::TxnRow> = Vec::new();
+    for day in [&before, &date, &after] {
+        journal.extend(store.txns_on(day)?);
+    }
     let mut banks: Vec<String> = std::fs::read_dir(dir.join("issuers"))?
         .filter_map(|e| e.ok())
         .filter_map(|e| {

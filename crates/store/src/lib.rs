@@ -117,6 +117,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<risk::RiskAlertRow>, StoreError>;
 
     // --- settlement (issue 5): batches, clearing, ledger, accounts, payouts
+    /// Rows of exactly one clearing date (`YYYYMMDD`), oldest first.
+    fn txns_on(&self, clearing_date: &str) -> Result<Vec<TxnRow>, StoreError>;
     fn batch_settlement(
         &self,
         tid: &str,

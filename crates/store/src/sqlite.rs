@@ -453,6 +453,9 @@ impl Store for SqliteStore {
     }
 
     // --- settlement (in sqlite_settlement.rs)
+    fn txns_on(&self, clearing_date: &str) -> Result<Vec<TxnRow>, StoreError> {
+        self.txns_where("clearing_date = ?1 ORDER BY id", &[&clearing_date])
+    }
     fn batch_settlement(
         &self,
         tid: &str,
