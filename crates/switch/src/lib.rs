@@ -205,7 +205,7 @@ impl Switch {
             })?;
             terminals.insert(row.tid.clone(), Arc::new(terminal));
         }
-        recover_in_doubt(store.as_ref(), clock.now_ms(), config.node_id).await?;
+        recover_in_doubt(store.as_ref(), clock.now_ms(), Some(config.node_id)).await?;
         let ledger = Ledger::default();
         let since = LocalTime::from_ms(clock.now_ms() - (REFUND_DAYS_MAX + 1) * 86_400_000);
         for row in store.txns_since(&since.yyyymmdd())? {
@@ -298,15 +298,22 @@ const IN_DOUBT_AGE_MS: i64 = 10 * 60 * 1_000;
 ///
 /// Nodes sharing a database: a node recovers only its own requests (their RRNs start with its
 /// node id) and those in flight for longer than `IN_DOUBT_AGE_MS`, never the live requests of
-/// another node that is still waiting on its issuer.
-async fn recover_in_doubt(store: &dyn Store, now_ms: i64, node_id: u8) -> Result<(), StoreError> {
-    let own = format!("{:02}", node_id % 100);
+/// another node that is still waiting on its issuer. With `node_id` `None` (the periodic
+/// sweep of a running node, `saf::run`) only the latter: a dead node's requests.
+pub(crate) async fn recover_in_doubt(
+    store: &dyn Store,
+    now_ms: i64,
+    node_id: Option<u8>,
+) -> Result<(), StoreError> {
+    let own = node_id.map(|id| format!("{:02}", id % 100));
     let rows: Vec<_> = store
         .txns_in_state(TxnState::InFlight)?
         .into_iter()
         .filter(|row| {
-            row.rrn.as_deref().is_none_or(|rrn| rrn.starts_with(&own))
-                || row.received_at_ms < now_ms.saturating_sub(IN_DOUBT_AGE_MS)
+            let ours = own
+                .as_deref()
+                .is_some_and(|own| row.rrn.as_deref().is_none_or(|rrn| rrn.starts_with(own)));
+            ours || row.received_at_ms < now_ms.saturating_sub(IN_DOUBT_AGE_MS)
         })
         .collect();
     if rows.is_empty() {
@@ -334,7 +341,7 @@ async fn recover_in_doubt(store: &dyn Store, now_ms: i64, node_id: u8) -> Result
     }
     tracing::warn!(
         count = rows.len(),
-        "requests in doubt after restart: reversals queued"
+        "requests in doubt (after a restart, or of a dead node): reversals queued"
     );
     store.submit(records)?.await
 }

@@ -228,6 +228,43 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
             assert_eq!(item.state, SafState::Acked, "{rrn}");
         }
 
+        // A request a dead node (id 9) left in flight long ago, never queued for reversal:
+        // node B's periodic sweep takes it for lost and reverses it.
+        let mut stale = store.txn_by_rrn(from_b.first().unwrap()).unwrap().unwrap();
+        stale.id = i64::try_from(store.reserve("txn_id", 1).unwrap().await.unwrap()).unwrap();
+        stale.rrn = Some("090000000001".into());
+        stale.stan = 900;
+        stale.host_trace = Some(900);
+        stale.state = TxnState::InFlight;
+        stale.response_code = None;
+        stale.auth_code = None;
+        let now_ms = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
+        stale.received_at_ms = now_ms - 11 * 60 * 1_000;
+        let stale_id = stale.id;
+        store
+            .submit(vec![Record::InsertTxn(Box::new(stale))])
+            .unwrap()
+            .await
+            .unwrap();
+        let swept = eventually(15, || {
+            store
+                .reversal(stale_id)
+                .unwrap()
+                .is_some_and(|r| r.state == SafState::Acked)
+        })
+        .await;
+        assert!(swept, "the dead node's request was not reversed");
+        assert_eq!(
+            store.txn(stale_id).unwrap().unwrap().state,
+            TxnState::Reversed
+        );
+
         // The audit: every approval the issuer gave is approved in the journal, or reversed
         // in the journal and at the issuer; nothing is left in flight.
         let at_issuer: HashSet<String> = log
