@@ -29,7 +29,18 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Web>)> {
         ("get", "/api/merchants", get(merchants)),
         ("get", "/api/merchants/{mid}", get(merchant)),
         ("get", "/api/merchants/{mid}/dashboard", get(dashboard)),
+        ("get", "/api/merchants/{mid}/fee-plan", get(ops::fee_plan)),
+        (
+            "put",
+            "/api/merchants/{mid}/fee-plan",
+            axum::routing::put(ops::set_fee_plan),
+        ),
         ("get", "/api/terminals", get(terminals)),
+        (
+            "post",
+            "/api/terminals/{tid}/status",
+            post(ops::set_terminal_status),
+        ),
         ("get", "/api/terminals/{tid}", get(terminal)),
         ("get", "/api/transactions", get(transactions)),
         ("get", "/api/transactions/{id}", get(transaction)),

@@ -94,6 +94,15 @@ pub fn document() -> Value {
             "/api/merchants/{mid}/dashboard": {
                 "get": op("Today's numbers: volume, approval rate, declines by code and hour",
                     vec![mid], None, "Dashboard") },
+            "/api/merchants/{mid}/fee-plan": {
+                "get": op("A merchant's fee plan and payout delay (null: defaults)",
+                    vec![param("mid", "path", "merchant id")], None, "Object"),
+                "put": op("Admin: set a merchant's fee plan (basis points, caps in fen, T+n)",
+                    vec![param("mid", "path", "merchant id")], Some("FeePlan"), "Object")
+            },
+            "/api/terminals/{tid}/status": { "post": op(
+                "Admin: suspend, reactivate or close a terminal",
+                vec![param("tid", "path", "terminal id")], Some("Status"), "Object") },
             "/api/terminals": { "get": op("Terminal health (sign-in, MAC failures, timeouts, reversals) with fixes",
                 vec![mid_q.clone()], None, "List") },
             "/api/terminals/{tid}": { "get": op("One terminal's health", vec![tid], None, "Object") },
@@ -230,6 +239,14 @@ pub fn document() -> Value {
                         "reopen", "escalate", "resolve", "reject"] },
                     "note": { "type": "string" },
                     "resolution": { "type": "string", "description": "required to resolve or reject" } } },
+                "FeePlan": { "type": "object",
+                    "required": ["debit_bp", "credit_bp", "foreign_bp", "qr_bp", "payout_delay_days"],
+                    "properties": { "debit_bp": { "type": "integer" }, "debit_cap_fen": { "type": ["integer", "null"] },
+                        "credit_bp": { "type": "integer" }, "credit_cap_fen": { "type": ["integer", "null"] },
+                        "foreign_bp": { "type": "integer" }, "qr_bp": { "type": "integer" },
+                        "payout_delay_days": { "type": "integer" } } },
+                "Status": { "type": "object", "required": ["status"], "properties": {
+                    "status": { "type": "string", "enum": ["active", "suspended", "closed"] } } },
                 "Note": { "type": "object", "properties": { "note": { "type": "string" } } },
                 "AlertResponse": { "type": "object", "required": ["response"], "properties": {
                     "response": { "type": "string", "enum": ["clear", "suspend_terminal", "suspend_merchant"] },

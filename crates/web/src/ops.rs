@@ -488,3 +488,136 @@ pub async fn resolve_alert(
         resolve_alert_for(&web, &who, id, &body.response, &body.note).await?,
     ))
 }
+
+/// Highest rate an admin may set, in basis points: 10 %, far above any real MDR, so a typo of
+/// an extra digit is refused rather than charged.
+pub const FEE_BP_MAX: i64 = 1_000;
+/// Longest payout delay (T+n) an admin may set.
+pub const PAYOUT_DELAY_DAYS_MAX: u32 = 30;
+
+fn terms_json(t: &store::settlement::SettlementTermsRow) -> Value {
+    json!({
+        "mid": t.mid, "debit_bp": t.debit_bp, "debit_cap_fen": t.debit_cap_fen,
+        "credit_bp": t.credit_bp, "credit_cap_fen": t.credit_cap_fen,
+        "foreign_bp": t.foreign_bp, "qr_bp": t.qr_bp,
+        "payout_delay_days": t.payout_delay_days, "updated_at_ms": t.updated_at_ms,
+    })
+}
+
+/// A merchant's fee plan and payout delay; `terms` is null while the defaults apply.
+pub async fn fee_plan(
+    State(web): State<Web>,
+    who: Principal,
+    Path(mid): Path<String>,
+) -> ApiResult {
+    who.scope(&mid, "merchant")?;
+    let terms = web.store.settlement_terms(&mid)?;
+    Ok(Json(
+        json!({ "mid": mid, "terms": terms.as_ref().map(terms_json) }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct FeePlanBody {
+    pub debit_bp: i64,
+    pub debit_cap_fen: Option<i64>,
+    pub credit_bp: i64,
+    pub credit_cap_fen: Option<i64>,
+    pub foreign_bp: i64,
+    pub qr_bp: i64,
+    pub payout_delay_days: u32,
+}
+
+/// Admin: sets a merchant's fee plan; audited with the plan before and after.
+pub async fn set_fee_plan(
+    State(web): State<Web>,
+    who: Principal,
+    Path(mid): Path<String>,
+    Json(body): Json<FeePlanBody>,
+) -> ApiResult {
+    who.require_admin("set fee plans")?;
+    if !web.store.merchants()?.iter().any(|m| m.mid == mid) {
+        return Err(ApiError::not_found("merchant"));
+    }
+    let rates = [body.debit_bp, body.credit_bp, body.foreign_bp, body.qr_bp];
+    let caps = [body.debit_cap_fen, body.credit_cap_fen];
+    if rates.iter().any(|bp| !(0..=FEE_BP_MAX).contains(bp))
+        || caps.iter().flatten().any(|cap| *cap < 0)
+        || body.payout_delay_days > PAYOUT_DELAY_DAYS_MAX
+    {
+        return Err(ApiError::bad_request(format!(
+            "rates 0..={FEE_BP_MAX} bp, caps not negative, payout delay at most {PAYOUT_DELAY_DAYS_MAX} days"
+        )));
+    }
+    let before = web.store.settlement_terms(&mid)?.as_ref().map(terms_json);
+    let row = store::settlement::SettlementTermsRow {
+        mid: mid.clone(),
+        debit_bp: body.debit_bp,
+        debit_cap_fen: body.debit_cap_fen,
+        credit_bp: body.credit_bp,
+        credit_cap_fen: body.credit_cap_fen,
+        foreign_bp: body.foreign_bp,
+        qr_bp: body.qr_bp,
+        payout_delay_days: body.payout_delay_days,
+        updated_at_ms: web.clock.now_ms(),
+    };
+    let after = terms_json(&row);
+    let audit = auth::audit_record(
+        &web,
+        &who.username,
+        "fee_plan.set",
+        &format!("merchant:{mid}"),
+        before,
+        Some(after.clone()),
+    )
+    .await?;
+    web.store
+        .submit(vec![
+            store::Record::Settlement(store::settlement::SettlementRecord::Terms(row)),
+            audit,
+        ])?
+        .await?;
+    Ok(Json(after))
+}
+
+#[derive(Deserialize)]
+pub struct StatusBody {
+    /// `active`, `suspended` or `closed`.
+    pub status: String,
+}
+
+/// Admin: suspends, reactivates or closes a terminal (the switch picks it up on its next
+/// refresh); audited.
+pub async fn set_terminal_status(
+    State(web): State<Web>,
+    who: Principal,
+    Path(tid): Path<String>,
+    Json(body): Json<StatusBody>,
+) -> ApiResult {
+    who.require_admin("manage terminals")?;
+    let status = store::Status::parse(&body.status)
+        .map_err(|_| ApiError::bad_request("status: active, suspended or closed"))?;
+    let terminal = web
+        .store
+        .terminal(&tid)?
+        .ok_or_else(|| ApiError::not_found("terminal"))?;
+    let audit = auth::audit_record(
+        &web,
+        &who.username,
+        "terminal.status",
+        &format!("terminal:{tid}"),
+        Some(json!({ "status": terminal.status.as_str() })),
+        Some(json!({ "status": status.as_str() })),
+    )
+    .await?;
+    web.store
+        .submit(vec![
+            store::Record::Risk(store::risk::RiskRecord::TerminalStatus {
+                tid: tid.clone(),
+                status,
+            }),
+            audit,
+        ])?
+        .await?;
+    Ok(Json(json!({ "tid": tid, "status": status.as_str() })))
+}

@@ -1292,6 +1292,90 @@ fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
             "forbidden",
         );
         let admin = e.token("admin").await;
+        // Fee plans and terminal status: admin only, audited.
+        let plan = json!({"debit_bp": 50, "debit_cap_fen": 2_000, "credit_bp": 60,
+            "credit_cap_fen": null, "foreign_bp": 150, "qr_bp": 38, "payout_delay_days": 1});
+        let fee_path = format!("/api/merchants/{MID}/fee-plan");
+        assert_error(
+            &api.call(Some(&ops), "PUT", &fee_path, Some(plan.clone()))
+                .await,
+            403,
+            "forbidden",
+        );
+        let mut bad = plan.clone();
+        bad["credit_bp"] = json!(6_000);
+        assert_error(
+            &api.call(Some(&admin), "PUT", &fee_path, Some(bad)).await,
+            400,
+            "bad_request",
+        );
+        let r = api.call(Some(&admin), "PUT", &fee_path, Some(plan)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            api.call(Some(&tea), "GET", &fee_path, None).await.json()["terms"]["qr_bp"],
+            38
+        );
+        assert_error(
+            &api.call(Some(&book), "GET", &fee_path, None).await,
+            404,
+            "not_found",
+        );
+        let status_path = format!("/api/terminals/{TID}/status");
+        assert_error(
+            &api.call(
+                Some(&ops),
+                "POST",
+                &status_path,
+                Some(json!({"status": "suspended"})),
+            )
+            .await,
+            403,
+            "forbidden",
+        );
+        assert_error(
+            &api.call(
+                Some(&admin),
+                "POST",
+                &status_path,
+                Some(json!({"status": "asleep"})),
+            )
+            .await,
+            400,
+            "bad_request",
+        );
+        let r = api
+            .call(
+                Some(&admin),
+                "POST",
+                &status_path,
+                Some(json!({"status": "suspended"})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            api.call(Some(&tea), "GET", &format!("/api/terminals/{TID}"), None)
+                .await
+                .json()["status"],
+            "suspended"
+        );
+        api.call(
+            Some(&admin),
+            "POST",
+            &status_path,
+            Some(json!({"status": "active"})),
+        )
+        .await;
+        assert_error(
+            &api.call(
+                Some(&admin),
+                "POST",
+                "/api/terminals/NOPE0000/status",
+                Some(json!({"status": "active"})),
+            )
+            .await,
+            404,
+            "not_found",
+        );
         let audit = api
             .call(Some(&admin), "GET", "/api/audit?limit=100", None)
             .await
@@ -1303,6 +1387,8 @@ fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
             .map(|a| a["action"].as_str().unwrap())
             .collect();
         for action in [
+            "fee_plan.set",
+            "terminal.status",
             "account.bind",
             "account.confirm",
             "merchant.suspend",

@@ -23,7 +23,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use store::Store;
 use support::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
