@@ -23,6 +23,9 @@ pub const TEXT_LEN_MAX: usize = 4_000;
 pub const ATTACHMENTS_MAX: usize = 16;
 /// The store counter case ids come from.
 pub const CASE_COUNTER: &str = "case_id";
+/// Times an executed refund's result is written before giving up: each failure means another
+/// writer changed the case in between, and the result is re-applied to the fresh row.
+const RECORD_ATTEMPTS_MAX: usize = 5;
 
 macro_rules! text_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal,)+ }) => {
@@ -618,6 +621,33 @@ impl CaseService {
         }
         let key = format!("case-{}-refund-v{}", row.id, row.version);
         let result = self.refunds.refund(&rrn, asked_fen, &key).await?;
+        // The refund has run: its result must reach the case even if someone else changed the
+        // case meanwhile, or a retry (at the new version, so a new key) would refund again.
+        let mut row = row;
+        for _ in 1..RECORD_ATTEMPTS_MAX {
+            match self
+                .record_refund(row, state, operator, asked_fen, &result)
+                .await
+            {
+                Err(CaseError::Conflict) => {
+                    row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
+                }
+                done => return done,
+            }
+        }
+        self.record_refund(row, state, operator, asked_fen, &result)
+            .await
+    }
+
+    /// Writes a refund's result onto the case (at the row's version).
+    async fn record_refund(
+        &self,
+        row: CaseRow,
+        state: CaseState,
+        operator: &str,
+        asked_fen: i64,
+        result: &BackOfficeRefund,
+    ) -> Result<Case, CaseError> {
         let version = row.version;
         let mut updated = row;
         updated.approved_by = Some(operator.to_owned());

@@ -833,3 +833,94 @@ fn background_tasks_deliver_without_being_driven() {
         }
     });
 }
+
+/// A back office whose refund lands while someone else writes on the case (a merchant's
+/// message through another node), so the approval's first write of the result conflicts.
+struct Interleaved {
+    inner: Arc<dyn RefundExecutor>,
+    other: CaseService,
+    case_id: Mutex<Option<i64>>,
+}
+
+impl RefundExecutor for Interleaved {
+    fn refund<'a>(
+        &'a self,
+        original_rrn: &'a str,
+        amount_fen: i64,
+        idempotency_key: &'a str,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<switch::BackOfficeRefund, switch::BackOfficeError>,
+                > + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async move {
+            let answer = self
+                .inner
+                .refund(original_rrn, amount_fen, idempotency_key)
+                .await;
+            let id = *self.case_id.lock().unwrap();
+            if let Some(id) = id {
+                self.other
+                    .add_entry(id, "merchant", "any news?", Vec::new())
+                    .await
+                    .unwrap();
+            }
+            answer
+        })
+    }
+}
+
+#[test]
+fn refund_result_is_recorded_despite_a_concurrent_case_edit_so_a_retry_cannot_refund_twice() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(3);
+        let (code, rrn, _) = e.purchase(&card, 6_000).await;
+        assert_eq!(code, "00");
+        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
+        let other = CaseService::new(
+            e.store(),
+            e.directory(),
+            Arc::clone(&back_office),
+            Arc::new(SystemClock),
+        );
+        let interleaved = Arc::new(Interleaved {
+            inner: back_office,
+            other,
+            case_id: Mutex::new(None),
+        });
+        let cases = CaseService::new(
+            e.store(),
+            e.directory(),
+            Arc::clone(&interleaved) as Arc<dyn RefundExecutor>,
+            Arc::new(SystemClock),
+        );
+        let case = cases
+            .open(NewCase {
+                kind: CaseKind::RefundApplication,
+                mid: MID.to_owned(),
+                rrn: Some(rrn.clone()),
+                title: "one item returned".to_owned(),
+                who: "merchant".to_owned(),
+                text: "refund 10.00 of 60.00".to_owned(),
+                attachments: Vec::new(),
+                assignee: None,
+                due_at_ms: None,
+                refund_fen: Some(1_000),
+            })
+            .await
+            .unwrap();
+        *interleaved.case_id.lock().unwrap() = Some(case.id);
+        let done = cases.approve_refund(case.id, "operator-2").await.unwrap();
+        assert_eq!(done.refund_code.as_deref(), Some("00"), "{done:#?}");
+        assert_eq!(done.state, CaseState::Resolved);
+        assert!(done.entries.iter().any(|x| x.text == "any news?"));
+        assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 1_000);
+        // The operator clicks again: the case knows the refund ran; nothing is refunded twice.
+        assert!(cases.approve_refund(case.id, "operator-2").await.is_err());
+        assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 1_000);
+    });
+}
