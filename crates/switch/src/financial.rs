@@ -203,6 +203,7 @@ impl Core {
             rrn,
             ctx.clearing.date.clone(),
             ctx.clearing.day_number,
+            Some(ctx.local.mmdd()),
             issuer,
             original_id,
         )
@@ -620,7 +621,13 @@ impl Core {
             }
             row.original_id = Some(found.id);
             entry.live().linked_original = Some(found.id);
-            let date = found.clearing_date.get(4..8).unwrap_or("0000");
+            // The original's host date, not its clearing date: after the cut-over they differ,
+            // and the issuer knows the original by the date it was sent with.
+            let date = found
+                .host_date
+                .as_deref()
+                .or_else(|| found.clearing_date.get(4..8))
+                .unwrap_or("0000");
             f61_out = found.rrn.as_ref().map(|r| format!("{r}{date}"));
             original = Link::Original(found);
         }

@@ -69,6 +69,10 @@ pub(crate) struct Entry {
     pub rrn: Option<String>,
     pub clearing_date: String,
     pub clearing_day: i64,
+    /// Field 13 (MMDD) the request went to the issuer with: a linked transaction's field 61
+    /// names its original by RRN and this date, which differs from the clearing date after the
+    /// cut-over.
+    pub host_date: Option<String>,
     pub issuer: Option<String>,
     pub original_id: Option<i64>,
     live: Mutex<Live>,
@@ -88,6 +92,7 @@ impl Entry {
         rrn: Option<String>,
         clearing_date: String,
         clearing_day: i64,
+        host_date: Option<String>,
         issuer: Option<String>,
         original_id: Option<i64>,
     ) -> Self {
@@ -102,6 +107,7 @@ impl Entry {
             rrn,
             clearing_date,
             clearing_day,
+            host_date,
             issuer,
             original_id,
             live: Mutex::new(Live {
@@ -141,6 +147,7 @@ impl Entry {
             row.rrn.clone(),
             row.clearing_date.clone(),
             crate::clock::day_number_of(&row.clearing_date).unwrap_or(i64::MIN),
+            row.host_date.clone(),
             row.issuer.clone(),
             row.original_id,
         );

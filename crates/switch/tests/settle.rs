@@ -214,6 +214,17 @@ async fn requests_around_the_cut_over_get_their_clearing_dates_and_none_is_lost(
     clock.0.store(BEFORE_CUTOVER_MS + 21_000, Ordering::SeqCst);
     assert_eq!(t.send(&Req::reversal_of(&c)).await.code(), "00");
 
+    // 23:00:30 a refund of B: B clears on the 24th but went to the issuer dated 1123, and
+    // field 61 must name it by that date, or the issuer cannot find it.
+    clock.0.store(BEFORE_CUTOVER_MS + 31_000, Ordering::SeqCst);
+    let b_rrn = b.text(37).unwrap();
+    let refund = t.send(&Req::refund(&pan, 500, 5, &b_rrn, "1123")).await;
+    assert_eq!(refund.code(), "00");
+    assert_eq!(
+        h.log.linked.lock().unwrap().last().cloned(),
+        Some(format!("{b_rrn}1123"))
+    );
+
     let rows = h.store.txns_by_batch(TID, 1).unwrap();
     let date_of = |stan: u32| {
         rows.iter()
@@ -232,6 +243,6 @@ async fn requests_around_the_cut_over_get_their_clearing_dates_and_none_is_lost(
         (original.clearing_date.as_str(), original.state),
         ("20261123", store::TxnState::Reversed)
     );
-    assert_eq!(rows.len(), 5, "every request journalled: {rows:?}");
+    assert_eq!(rows.len(), 6, "every request journalled: {rows:?}");
     h.stop().await;
 }

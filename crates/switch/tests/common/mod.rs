@@ -43,6 +43,8 @@ pub struct IssuerLog {
     /// (host trace, RRN) of every reversal received.
     pub reversals: Mutex<Vec<(u32, String)>>,
     pub answer_reversals: AtomicBool,
+    /// Field 61 of every linked request (void, completion, refund) received.
+    pub linked: Mutex<Vec<String>>,
 }
 
 /// A minimal issuer host: approves, declines `DECLINE_AMOUNT`, ignores `SILENT_AMOUNT`,
@@ -87,6 +89,9 @@ pub async fn start_issuer_on(addr: SocketAddr, log: Arc<IssuerLog>) -> SocketAdd
                         out.set_text(39, "00").unwrap();
                     } else {
                         log.requests.fetch_add(1, Ordering::SeqCst);
+                        if let Some(f61) = request.digits(61) {
+                            log.linked.lock().unwrap().push(f61.chars().collect());
+                        }
                         match request.amount() {
                             Some(SILENT_AMOUNT) => continue,
                             Some(DECLINE_AMOUNT) => {
