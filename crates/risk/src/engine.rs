@@ -737,12 +737,23 @@ fn masked_ip(ip: IpAddr, bits: u8) -> String {
 }
 
 fn yuan(fen: i64) -> String {
-    format!("¥{}.{:02}", fen / 100, (fen % 100).abs())
+    // The sign apart: -50 fen is "-¥0.50", which `fen / 100` (0) alone would lose.
+    let sign = if fen < 0 { "-" } else { "" };
+    let abs = fen.unsigned_abs();
+    format!("{sign}¥{}.{:02}", abs / 100, abs % 100)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yuan_keeps_the_sign_of_amounts_under_one_yuan() {
+        assert_eq!(yuan(12_345), "¥123.45");
+        assert_eq!(yuan(-50), "-¥0.50");
+        assert_eq!(yuan(-150), "-¥1.50");
+        assert_eq!(yuan(i64::MIN), "-¥92233720368547758.08");
+    }
 
     const M: &str = "M1";
     const T: &str = "T1";
