@@ -67,7 +67,8 @@ pub trait Store: Send + Sync + 'static {
     fn reversals_in_state(&self, state: SafState) -> Result<Vec<SafItem>, StoreError>;
 
     // --- resolve (issue 4): payer lookup, journal tailing, cases, outbox, back office
-    /// Transactions of one card (its keyed fingerprint), oldest first.
+    /// Transactions of one card (its keyed fingerprint), oldest first; past the row limit, the
+    /// newest ones.
     fn txns_by_fingerprint(&self, fingerprint: &[u8]) -> Result<Vec<TxnRow>, StoreError>;
     /// A merchant's transactions received in `[from_ms, to_ms)`, oldest first.
     fn txns_of_merchant(

@@ -300,9 +300,12 @@ impl SqliteStore {
         &self,
         fingerprint: &[u8],
     ) -> Result<Vec<TxnRow>, StoreError> {
+        // The newest rows when a card has more than the limit: duplicate checks and "paid here
+        // n times" look at recent payments, which an oldest-first limit would cut off.
         let sql = format!(
-            "SELECT {TXN_COLUMNS} FROM transactions WHERE pan_fingerprint = ?1
-             ORDER BY received_at_ms LIMIT {RESOLVE_ROWS_MAX}"
+            "SELECT {TXN_COLUMNS} FROM (SELECT {TXN_COLUMNS} FROM transactions
+             WHERE pan_fingerprint = ?1 ORDER BY received_at_ms DESC, id DESC
+             LIMIT {RESOLVE_ROWS_MAX}) AS recent ORDER BY received_at_ms, id"
         );
         self.rows(&sql, &[&fingerprint], txn_from_row)
     }

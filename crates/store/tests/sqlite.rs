@@ -495,7 +495,30 @@ fn dropping_the_store_still_commits_what_was_queued(db: &Db) {
     assert_eq!(store.txns_since("20261123").unwrap().len(), 200);
 }
 
+/// A card used more often than one read returns: the read keeps the newest rows (a duplicate
+/// check looks at the last minutes), still oldest first.
+fn a_busy_card_reads_its_newest_transactions(db: &Db) {
+    let store = db.open();
+    provision(&store);
+    let total: i64 = 10_005;
+    let rows: Vec<Record> = (1..=total)
+        .map(|id| Record::InsertTxn(Box::new(txn(id, u32::try_from(id).unwrap()))))
+        .collect();
+    for chunk in rows.chunks(500) {
+        store.submit(chunk.to_vec()).unwrap().wait().unwrap();
+    }
+    let read = store.txns_by_fingerprint(&[7; 32]).unwrap();
+    assert_eq!(read.len(), 10_000);
+    assert_eq!(read.first().map(|r| r.id), Some(6));
+    assert_eq!(read.last().map(|r| r.id), Some(total));
+    assert!(
+        read.windows(2)
+            .all(|w| w[0].received_at_ms < w[1].received_at_ms)
+    );
+}
+
 on_both!(
+    a_busy_card_reads_its_newest_transactions,
     dropping_the_store_still_commits_what_was_queued,
     terminals_merchants_and_sign_in_round_trip,
     transactions_outcomes_and_events_round_trip,
