@@ -512,8 +512,9 @@ fn a_busy_card_reads_its_newest_transactions(db: &Db) {
     assert_eq!(read.first().map(|r| r.id), Some(6));
     assert_eq!(read.last().map(|r| r.id), Some(total));
     assert!(
-        read.windows(2)
-            .all(|w| w[0].received_at_ms < w[1].received_at_ms)
+        read.iter()
+            .zip(read.iter().skip(1))
+            .all(|(a, b)| a.received_at_ms < b.received_at_ms)
     );
 }
 
