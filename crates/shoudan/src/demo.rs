@@ -508,6 +508,15 @@ async fn run_async(args: DemoArgs) -> CliResult {
     switch_metrics.set(env.switch.metrics());
     let portal = portal(&env, Arc::clone(&switch_metrics)).await?;
     let http_task = tokio::spawn(web::serve(portal, http, stop_rx.clone()));
+    // Notifications: the journal tailer (declines, reversals, refunds, duplicates) and the
+    // webhook notifier, for merchants that configured an endpoint.
+    let notify_tasks = resolve::outbox::spawn_background(
+        Arc::clone(&env.store) as Arc<dyn Store>,
+        Arc::clone(&env.hsm) as Arc<dyn Hsm>,
+        Arc::new(IssuerDirectory::embedded()?),
+        Arc::new(switch::SystemClock),
+        stop_rx.clone(),
+    );
 
     let host = args.listen.to_string();
     let fixtures = Fixtures {
@@ -568,6 +577,9 @@ async fn run_async(args: DemoArgs) -> CliResult {
         let _ = task.await;
     }
     let _ = http_task.await;
+    for task in notify_tasks {
+        let _ = task.await;
+    }
     env.stop().await?;
     println!("stopped");
     Ok(())

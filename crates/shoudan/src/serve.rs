@@ -278,6 +278,13 @@ async fn serve(node: Node) -> CliResult {
         Arc::new(switch.back_office()),
     )
     .with_switch_metrics(Arc::clone(&switch_metrics));
+    let notify_tasks = resolve::outbox::spawn_background(
+        Arc::clone(&node.store),
+        Arc::clone(&node.hsm) as Arc<dyn Hsm>,
+        Arc::new(IssuerDirectory::embedded()?),
+        Arc::new(switch::SystemClock),
+        stop_rx.clone(),
+    );
     let http_task = tokio::spawn(web::serve(portal, http, stop_rx));
     println!("shoudan serving");
     println!("  switch (terminals)  {}", switch.local_addr());
@@ -305,6 +312,9 @@ async fn serve(node: Node) -> CliResult {
     println!("stopping");
     let _ = stop.send(true);
     let _ = http_task.await;
+    for task in notify_tasks {
+        let _ = task.await;
+    }
     switch.shutdown().await;
     println!("stopped");
     Ok(())

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use store::Store;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoudan");
 
@@ -215,6 +216,29 @@ fn demo_purchases_then_audit_is_clean() {
     assert_eq!(code, 0, "{out}");
     let void: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(void["code"], "00", "{void}");
+
+    // The demo's journal tailer turns the declines into notifications (the webhook notifier
+    // delivers them to merchants that set an endpoint).
+    let journal = store::SqliteStore::open_read_only(&dir.join("switch.db")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let declined = journal
+            .merchants()
+            .unwrap()
+            .iter()
+            .flat_map(|m| journal.outbox_of_merchant(&m.mid).unwrap())
+            .filter(|n| n.event_type == "transaction.declined")
+            .count();
+        if declined >= 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{declined} decline notifications"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(journal);
 
     std::thread::sleep(Duration::from_secs(2));
     stop(child);
