@@ -23,8 +23,8 @@ pub mod web;
 
 pub use error::StoreError;
 pub use model::{
-    EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status, TerminalRow,
-    TxnKind, TxnRow, TxnState, WrappedKeys,
+    EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
+    TerminalHealthRow, TerminalRow, TxnKind, TxnRow, TxnState, WrappedKeys,
 };
 pub use pending::{Durable, Pending};
 pub use pg::{PgConfig, PgStore};
@@ -54,6 +54,8 @@ pub trait Store: Send + Sync + 'static {
     fn merchants(&self) -> Result<Vec<MerchantRow>, StoreError>;
     fn terminals(&self) -> Result<Vec<TerminalRow>, StoreError>;
     fn terminal(&self, tid: &str) -> Result<Option<TerminalRow>, StoreError>;
+    /// Every terminal's last reported software version and clock drift, by tid.
+    fn terminal_health(&self) -> Result<Vec<TerminalHealthRow>, StoreError>;
     fn txn(&self, id: i64) -> Result<Option<TxnRow>, StoreError>;
     /// All rows with this key (an original and its reversal share one).
     fn txns_by_key(&self, tid: &str, batch_no: u32, stan: u32) -> Result<Vec<TxnRow>, StoreError>;

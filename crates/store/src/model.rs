@@ -101,6 +101,22 @@ pub struct MerchantRow {
     pub mcc: String,
 }
 
+/// What a terminal's frames last said about it: the header's application type and software
+/// version, and its clock against the host's (written only when one of them changes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TerminalHealthRow {
+    pub tid: String,
+    /// Header n2: 60 magstripe, 61 IC.
+    pub application_type: u32,
+    /// Header n2 software version and n6 sub-version.
+    pub software_version: u32,
+    pub sub_version: u32,
+    /// Terminal local time (fields 12/13) less host China time, in seconds; `None` until a
+    /// request carried both fields.
+    pub clock_drift_s: Option<i64>,
+    pub seen_at_ms: i64,
+}
+
 /// A terminal: its keys are stored only wrapped (encrypted by the HSM), never in clear.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TerminalRow {
@@ -257,6 +273,8 @@ pub enum Record {
         batch_no: u32,
         keys: WrappedKeys,
     },
+    /// A terminal's software version or clock drift changed (see [`TerminalHealthRow`]).
+    TerminalHealth(TerminalHealthRow),
     /// Sign-off forgets the working keys.
     SignOff {
         tid: String,

@@ -23,8 +23,8 @@ use crate::Store;
 use crate::error::StoreError;
 #[allow(unused_imports)]
 use crate::model::{
-    EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status, TerminalRow,
-    TxnKind, TxnRow, TxnState, WrappedKeys,
+    EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
+    TerminalHealthRow, TerminalRow, TxnKind, TxnRow, TxnState, WrappedKeys,
 };
 use crate::pending::{Durable, Pending};
 use crate::risk::{AlertState, MerchantProfileRow, MerchantReviewRow, RiskAlertRow};

@@ -430,6 +430,20 @@ CREATE TABLE audit_log (
 );
 ",
     },
+    Migration {
+        version: 6,
+        name: "terminal health: software version and clock drift from the terminals' frames",
+        sql: "
+CREATE TABLE terminal_health (
+    tid TEXT PRIMARY KEY,
+    application_type BIGINT NOT NULL,
+    software_version BIGINT NOT NULL,
+    sub_version BIGINT NOT NULL,
+    clock_drift_s BIGINT,
+    seen_at_ms BIGINT NOT NULL
+);
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::Store;
 use crate::error::StoreError;
 use crate::model::{
-    EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status, TerminalRow,
-    TxnKind, TxnRow, TxnState, WrappedKeys,
+    EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
+    TerminalHealthRow, TerminalRow, TxnKind, TxnRow, TxnState, WrappedKeys,
 };
 use crate::pending::{Durable, Pending};
 use crate::risk::{AlertState, MerchantProfileRow, MerchantReviewRow, RiskAlertRow};
@@ -365,6 +365,26 @@ impl Store for SqliteStore {
             let sql = format!("SELECT {TERMINAL_COLUMNS} FROM terminals WHERE tid = ?1");
             let mut statement = conn.prepare_cached(&sql)?;
             Ok(statement.query_row([tid], terminal_from_row).optional()?)
+        })
+    }
+
+    fn terminal_health(&self) -> Result<Vec<TerminalHealthRow>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT tid, application_type, software_version, sub_version, clock_drift_s,
+                 seen_at_ms FROM terminal_health ORDER BY tid",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(TerminalHealthRow {
+                    tid: row.get(0)?,
+                    application_type: row.get(1)?,
+                    software_version: row.get(2)?,
+                    sub_version: row.get(3)?,
+                    clock_drift_s: row.get(4)?,
+                    seen_at_ms: row.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 
@@ -962,6 +982,24 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
                 )?
                 .execute(params![tid, at_ms, batch_no, keys.pik, keys.mak, keys.tdk])?;
             expect_one(changed, "terminal")?;
+        }
+        Record::TerminalHealth(h) => {
+            conn.prepare_cached(
+                "INSERT INTO terminal_health (tid, application_type, software_version,
+                 sub_version, clock_drift_s, seen_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (tid) DO UPDATE SET application_type = excluded.application_type,
+                 software_version = excluded.software_version,
+                 sub_version = excluded.sub_version, clock_drift_s = excluded.clock_drift_s,
+                 seen_at_ms = excluded.seen_at_ms",
+            )?
+            .execute(params![
+                h.tid,
+                h.application_type,
+                h.software_version,
+                h.sub_version,
+                h.clock_drift_s,
+                h.seen_at_ms
+            ])?;
         }
         Record::SignOff { tid } => {
             let changed = conn

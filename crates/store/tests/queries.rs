@@ -10,7 +10,7 @@ use store::resolve::ResolveRecord;
 use store::risk::AlertState;
 use store::settlement::PayoutState;
 use store::web::{ApiTokenRow, AuditRow, Role, SessionRow, UserRow, WebRecord};
-use store::{Record, SafState, TxnState};
+use store::{Record, SafState, TerminalHealthRow, TxnState};
 
 fn every_read_runs(db: &Db) {
     let s = db.open();
@@ -163,4 +163,34 @@ fn web_area_round_trips(db: &Db) {
     assert!(s.web_session(&[5; 32]).unwrap().is_none());
 }
 
-on_both!(every_read_runs, web_area_round_trips);
+fn terminal_health_round_trips(db: &Db) {
+    let s = db.open();
+    assert!(s.terminal_health().unwrap().is_empty());
+    let mut row = TerminalHealthRow {
+        tid: "10000001".into(),
+        application_type: 61,
+        software_version: 31,
+        sub_version: 202_611,
+        clock_drift_s: Some(-600),
+        seen_at_ms: 1_795_413_731_000,
+    };
+    s.submit(vec![Record::TerminalHealth(row.clone())])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(s.terminal_health().unwrap(), [row.clone()]);
+    // A second report replaces the first.
+    row.software_version = 32;
+    row.clock_drift_s = None;
+    s.submit(vec![Record::TerminalHealth(row.clone())])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(s.terminal_health().unwrap(), [row]);
+}
+
+on_both!(
+    every_read_runs,
+    web_area_round_trips,
+    terminal_health_round_trips
+);
