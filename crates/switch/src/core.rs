@@ -163,6 +163,8 @@ pub(crate) struct Core {
     pub issuer_head: FrameHead,
     /// Merchant states, risk rules and their windows.
     pub risk: crate::risk::RiskGate,
+    /// Each terminal's last written software version and clock drift.
+    pub health: crate::health::HealthSeen,
 }
 
 impl Core {

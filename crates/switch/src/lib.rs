@@ -16,6 +16,7 @@ mod clock;
 mod config;
 mod core;
 mod financial;
+mod health;
 mod issuer;
 mod ledger;
 mod metrics;
@@ -44,6 +45,7 @@ pub use crate::backoffice::{
 pub use crate::clock::{Clock, LocalTime, SystemClock};
 pub use crate::config::*;
 pub use crate::core::{handle_bytes, handle_from_bytes};
+pub use crate::health::clock_drift_s;
 pub use crate::issuer::{Connecting, IssuerConnector, IssuerStream, LinkError, TcpConnector};
 pub use crate::metrics::{
     HistogramSnapshot, IssuerLinkState, LATENCY_US_MAX, MetricsSnapshot, REQUEST_KINDS_MAX,
@@ -266,6 +268,7 @@ impl Switch {
             rrns: Sequence::new("rrn"),
             trace: AtomicU32::new(u32::try_from(first_trace % 1_000_000).unwrap_or(0)),
             risk: risk_gate,
+            health: health::HealthSeen::default(),
         });
         tasks.push(tokio::spawn(risk::refresh(
             Arc::clone(&core),

@@ -265,6 +265,7 @@ impl Sessions {
 impl Core {
     /// One decoded request → its response frame, if it gets one.
     pub(crate) async fn handle_frame(self: &Arc<Self>, frame: &Frame<'_>) -> Option<Vec<u8>> {
+        self.note_health(frame).await;
         match frame.message.txn_kind() {
             Some(WireKind::Financial(kind)) => self.financial(frame, kind, false).await,
             Some(WireKind::Reversal(kind)) => self.financial(frame, kind, true).await,
