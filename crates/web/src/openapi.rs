@@ -103,7 +103,9 @@ pub fn document() -> Value {
             "/api/terminals/{tid}/status": { "post": op(
                 "Admin: suspend, reactivate or close a terminal",
                 vec![param("tid", "path", "terminal id")], Some("Status"), "Object") },
-            "/api/terminals": { "get": op("Terminal health (sign-in, MAC failures, timeouts, reversals) with fixes",
+            "/api/terminals": { "get": op("Terminal health (sign-in, MAC failures, timeouts, reversals, software version and \
+                 clock drift from the terminal's frames: application_type, software_version, \
+                 software_sub_version, clock_drift_s) with fixes",
                 vec![mid_q.clone()], None, "List") },
             "/api/terminals/{tid}": { "get": op("One terminal's health", vec![tid], None, "Object") },
             "/api/transactions": { "get": op("Search transactions, newest first", search.to_vec(), None, "TxnPage") },

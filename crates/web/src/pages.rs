@@ -1007,6 +1007,23 @@ async fn case(
     respond(&c, &who, result)
 }
 
+/// `61 / 31 (202611)`: application type, software version, sub-version; `-` before any report.
+fn software_text(h: &query::TerminalHealth) -> String {
+    match (
+        h.application_type,
+        h.software_version,
+        h.software_sub_version,
+    ) {
+        (Some(app), Some(version), Some(sub)) => format!("{app:02} / {version:02} ({sub:06})"),
+        _ => "-".to_owned(),
+    }
+}
+
+/// `+600 s` (terminal ahead) or `-42 s`; `-` when the terminal never sent fields 12/13.
+fn drift_text(drift_s: Option<i64>) -> String {
+    drift_s.map_or_else(|| "-".to_owned(), |d| format!("{d:+} s"))
+}
+
 fn format_time(ms: i64) -> String {
     let day = format_date(ms);
     let secs = (ms + 8 * 3_600_000).rem_euclid(query::MS_PER_DAY) / 1000;
@@ -1056,7 +1073,7 @@ async fn terminals(
         let list = query::terminal_health(&web, &who, None)?;
         let mut body = format!(
             "<h1>{}</h1><p>{}</p><table id=\"terminals\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th>\
-             <th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+             <th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
             t(l, "终端健康", "Terminal health"),
             t(l, "最近 7 天。", "Last 7 days."),
             t(l, "终端", "Terminal"),
@@ -1067,6 +1084,8 @@ async fn terminals(
             t(l, "超时", "Timeouts"),
             t(l, "冲正", "Reversals"),
             t(l, "密钥/MAC", "Keys/MAC"),
+            t(l, "软件版本", "Software version"),
+            t(l, "时钟偏差", "Clock drift"),
             t(l, "问题与处理", "Problems and fixes"),
         );
         for h in &list {
@@ -1086,7 +1105,7 @@ async fn terminals(
                 problems
             };
             body.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{problems}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td><td>{problems}</td></tr>",
                 esc(&h.tid),
                 if h.signed_in { t(l, "是", "yes") } else { t(l, "否", "no") },
                 h.last_sign_in_ms.map(format_time).unwrap_or_else(|| "-".to_owned()),
@@ -1096,14 +1115,16 @@ async fn terminals(
                 h.reversals,
                 esc(&h.key_scheme),
                 esc(&h.mac_algorithm),
+                software_text(h),
+                drift_text(h.clock_drift_s),
             ));
         }
         body.push_str(&format!(
             "</table><p>{}</p>",
             t(
                 l,
-                "时钟偏差与软件版本：终端报文头未上送，暂不显示。",
-                "Clock drift and software version: not sent in the terminals' headers, not shown yet."
+                "软件版本取自终端报文头（应用类型 / 版本 / 子版本）；时钟偏差为终端本地时间（域 12/13）减主机北京时间。",
+                "Software version is from the terminals' frame headers (application type / version / sub-version); clock drift is the terminal's local time (fields 12/13) less the host's China time."
             )
         ));
         Ok::<_, ApiError>((t(l, "终端", "Terminals").to_owned(), body))

@@ -336,6 +336,13 @@ pub struct TerminalHealth {
     pub reversals: u64,
     /// Requests refused because the terminal was not signed in or out of step (77).
     pub sign_in_problems: u64,
+    /// From the last frame header: application type (60 magstripe, 61 IC), software version
+    /// and sub-version; `None` until the terminal has sent a request since health was kept.
+    pub application_type: Option<u32>,
+    pub software_version: Option<u32>,
+    pub software_sub_version: Option<u32>,
+    /// Terminal clock (fields 12/13) less host China time, seconds; `None` if never sent.
+    pub clock_drift_s: Option<i64>,
     /// Problems found, each with its fix, in both languages.
     pub problems: Vec<Problem>,
 }
@@ -348,6 +355,10 @@ pub struct Problem {
     pub en: &'static str,
 }
 
+/// A terminal clock further off than this gets a problem: field 13 dates and same-day voids and
+/// reversals go wrong, and cashiers' receipts disagree with the host's records.
+pub const CLOCK_DRIFT_MAX_S: i64 = 300;
+
 /// Health of every terminal the principal may see.
 pub fn terminal_health(
     web: &Web,
@@ -359,6 +370,12 @@ pub fn terminal_health(
     let from_ms = cst_day_start(now_ms) - (HEALTH_DAYS - 1) * MS_PER_DAY;
     let mut by_merchant: BTreeMap<String, Vec<TxnRow>> = BTreeMap::new();
     let mut out = Vec::new();
+    let reported: BTreeMap<String, store::TerminalHealthRow> = web
+        .store
+        .terminal_health()?
+        .into_iter()
+        .map(|h| (h.tid.clone(), h))
+        .collect();
     for t in web.store.terminals()? {
         if !who.sees(&t.mid) || mid.as_deref().is_some_and(|m| m != t.mid) {
             continue;
@@ -426,6 +443,15 @@ pub fn terminal_health(
                 en: "Many reversals: the terminal often misses answers; check its line and timeout setting.",
             });
         }
+        let report = reported.get(&t.tid);
+        let clock_drift_s = report.and_then(|h| h.clock_drift_s);
+        if clock_drift_s.is_some_and(|d| d.abs() > CLOCK_DRIFT_MAX_S) {
+            problems.push(Problem {
+                key: "clock_drift",
+                zh: "终端时钟偏差超过 5 分钟：请在终端管理中同步时间，然后重新签到。",
+                en: "Terminal clock is more than 5 minutes off China time: sync the terminal's time, then sign in again.",
+            });
+        }
         out.push(TerminalHealth {
             tid: t.tid.clone(),
             mid: t.mid.clone(),
@@ -440,6 +466,10 @@ pub fn terminal_health(
             timeouts,
             reversals,
             sign_in_problems,
+            application_type: report.map(|h| h.application_type),
+            software_version: report.map(|h| h.software_version),
+            software_sub_version: report.map(|h| h.sub_version),
+            clock_drift_s,
             problems,
         });
     }

@@ -201,6 +201,49 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
             "{terms}"
         );
         assert_eq!(t["transactions"], 2);
+        // The switch noted the sign-in frame's header (60 / 22, sub-version 0); no 12/13 yet.
+        assert_eq!(
+            (
+                &t["application_type"],
+                &t["software_version"],
+                &t["software_sub_version"],
+                &t["clock_drift_s"]
+            ),
+            (&json!(60), &json!(22), &json!(0), &Value::Null),
+            "{terms}"
+        );
+        // A report of a clock ten minutes fast: shown with its fix.
+        e.h.store
+            .submit(vec![store::Record::TerminalHealth(
+                store::TerminalHealthRow {
+                    tid: TID.into(),
+                    application_type: 61,
+                    software_version: 31,
+                    sub_version: 202_611,
+                    clock_drift_s: Some(600),
+                    seen_at_ms: 1_795_413_731_000,
+                },
+            )])
+            .unwrap()
+            .await
+            .unwrap();
+        let t = api
+            .call(Some(&tea), "GET", &format!("/api/terminals/{TID}"), None)
+            .await
+            .json();
+        assert_eq!(
+            (&t["software_version"], &t["clock_drift_s"]),
+            (&json!(31), &json!(600)),
+            "{t}"
+        );
+        assert!(
+            t["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["key"] == "clock_drift"),
+            "{t}"
+        );
         assert!(
             api.call(Some(&book), "GET", "/api/terminals", None)
                 .await
@@ -901,6 +944,12 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
         );
         let terms = tea.get("/portal/terminals").await;
         assert!(terms.body.contains(TID));
+        // The software version from the sign-in frame's header; no clock report, so no drift.
+        assert!(
+            terms.body.contains("60 / 22 (000000)") && !terms.body.contains("not shown yet"),
+            "{}",
+            terms.body
+        );
         let ev = tea
             .get(&format!("/portal/transactions/{id}/evidence"))
             .await;
