@@ -150,7 +150,7 @@ pub fn document() -> Value {
                 "Operator: clear a risk alert or suspend its terminal or merchant",
                 vec![param("id", "path", "alert id")], Some("AlertResponse"), "Object") },
             "/api/settlements": { "get": op(
-                "Clearing totals per merchant and clearing date (gross, fees, net); settle runs for staff",
+                "Clearing totals per merchant and clearing date (gross, fees, net); terminal batch settlements (result, both totals, upload differences with what to do); settle runs for staff",
                 vec![param("mid", "query", "merchant (staff)")], None, "List") },
             "/api/payouts": { "get": op("Payouts with status; failures with their diagnosis and steps",
                 vec![param("mid", "query", "merchant (staff)"),

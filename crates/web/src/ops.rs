@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use settlement::accounts::AccountInput;
 use settlement::{BindError, BindOutcome, Sealer};
-use store::settlement::{AccountKind, ChangeState, PayoutRow, PayoutState};
+use store::settlement::{AccountKind, BatchDiffKind, ChangeState, PayoutRow, PayoutState};
 
 use crate::Web;
 use crate::auth::{self, Principal};
@@ -122,7 +122,8 @@ pub async fn payouts(
     Ok(Json(json!({ "items": items })))
 }
 
-/// One merchant's clearing totals per clearing date (from the settle runs on record).
+/// One merchant's clearing totals per clearing date (from the settle runs on record) and its
+/// terminals' batch settlements.
 pub fn settlements_for(web: &Web, who: &Principal, mid: Option<&str>) -> Result<Value, ApiError> {
     let mid = who.merchant_filter(mid)?;
     let runs = web.store.settle_runs(None)?;
@@ -158,7 +159,123 @@ pub fn settlements_for(web: &Web, who: &Principal, mid: Option<&str>) -> Result<
     } else {
         Vec::new()
     };
-    Ok(json!({ "items": items, "runs": runs }))
+    let batches = terminal_batches_for(web, who, mid.as_deref())?;
+    Ok(json!({ "items": items, "runs": runs, "batches": batches }))
+}
+
+/// How many of a terminal's most recent batch numbers are looked up for its settlements (the
+/// store reads one batch at a time; older batches are long cleared and not a merchant question).
+pub const TERMINAL_BATCHES_MAX: u32 = 10;
+
+/// One side of field 48 (62 digits: domestic then foreign, each debit amount 12, count 3,
+/// credit amount 12, count 3, result 1) as JSON; `null` when the side was missing or unreadable.
+fn totals_json(digits: &str) -> Value {
+    let num = |from: usize, len: usize| -> Option<i64> {
+        digits.get(from..from + len).and_then(|s| s.parse().ok())
+    };
+    let half = |at: usize| -> Option<Value> {
+        Some(json!({
+            "debit_fen": num(at, 12)?, "debit_count": num(at + 12, 3)?,
+            "credit_fen": num(at + 15, 12)?, "credit_count": num(at + 27, 3)?,
+        }))
+    };
+    match (digits.len() == 62).then(|| (half(0), half(31))) {
+        Some((Some(domestic), Some(foreign))) => {
+            json!({ "domestic": domestic, "foreign": foreign })
+        }
+        _ => Value::Null,
+    }
+}
+
+/// The settlement result digit (PROTOCOL.md field 48) in plain words.
+pub fn batch_result_text(result: u8) -> (&'static str, &'static str, &'static str) {
+    match result {
+        1 => (
+            "balanced",
+            "对账平：终端与主机金额笔数一致",
+            "Balanced: terminal and host totals agree",
+        ),
+        2 => (
+            "unbalanced",
+            "对账不平：终端与主机总数不一致，终端已上送明细，差异见下表",
+            "Unbalanced: terminal and host totals differ; the terminal uploaded its batch, see the differences",
+        ),
+        _ => (
+            "error",
+            "结算出错：终端总数无法识别，批次未关闭，请在终端上重新结算",
+            "Error: the terminal's totals could not be read; the batch stays open, settle again on the terminal",
+        ),
+    }
+}
+
+/// A batch-upload difference's meaning and what the merchant does about it.
+pub fn batch_diff_text(kind: BatchDiffKind) -> [&'static str; 4] {
+    match kind {
+        BatchDiffKind::MissingHere => [
+            "主机无此笔",
+            "Missing here",
+            "终端有这笔交易，主机没有记账（可能未成功或已冲正）：不会结算给您；如顾客已付款，请核对签购单并联系我们。",
+            "The terminal has it but the host never counted it (declined or reversed): it is not paid to you; if the customer paid, check the slip and contact us.",
+        ],
+        BatchDiffKind::MissingAtTerminal => [
+            "终端无此笔",
+            "Missing at terminal",
+            "主机已记账而终端未上送（终端可能断电或清过批次）：仍按主机记录结算，无需处理；如频繁出现请检查终端。",
+            "The host counted it but the terminal did not upload it (power loss or a cleared batch): it is still paid by the host's record; if it recurs, have the terminal checked.",
+        ],
+        BatchDiffKind::AmountDiffers => [
+            "金额不一致",
+            "Amount differs",
+            "双方金额不同：按主机（发卡行批准的）金额结算；请核对签购单上的金额。",
+            "The amounts differ: the host's (issuer-approved) amount is paid; check the amount on the slip.",
+        ],
+    }
+}
+
+/// The recorded batch settlements of the merchant's terminals, newest batch first, with both
+/// sides' totals and the batch-upload differences.
+pub fn terminal_batches_for(
+    web: &Web,
+    who: &Principal,
+    mid: Option<&str>,
+) -> Result<Vec<Value>, ApiError> {
+    let mut out = Vec::new();
+    for t in web.store.terminals()? {
+        if !who.sees(&t.mid) || mid.is_some_and(|m| m != t.mid) {
+            continue;
+        }
+        let first = t.batch_no.saturating_sub(TERMINAL_BATCHES_MAX - 1).max(1);
+        for batch_no in (first..=t.batch_no).rev() {
+            let Some(b) = web.store.batch_settlement(&t.tid, batch_no)? else {
+                continue;
+            };
+            let (code, zh, en) = batch_result_text(b.result);
+            let diffs: Vec<Value> = web
+                .store
+                .batch_differences(&t.tid, batch_no)?
+                .iter()
+                .map(|d| {
+                    let [kzh, ken, wzh, wen] = batch_diff_text(d.kind);
+                    json!({
+                        "stan": d.stan, "kind": d.kind.as_str(), "txn_id": d.txn_id,
+                        "pan_masked": d.pan_masked, "host_amount_fen": d.host_amount_fen,
+                        "terminal_amount_fen": d.terminal_amount_fen,
+                        "kind_text": { "zh": kzh, "en": ken }, "what_to_do": { "zh": wzh, "en": wen },
+                    })
+                })
+                .collect();
+            out.push(json!({
+                "tid": t.tid, "mid": t.mid, "batch_no": batch_no, "settled_at_ms": b.settled_at_ms,
+                "result": b.result, "result_code": code, "result_text": { "zh": zh, "en": en },
+                "terminal_totals": totals_json(&b.terminal_totals),
+                "host_totals": totals_json(&b.host_totals),
+                "upload_done_at_ms": b.upload_done_at_ms,
+                "uploaded": web.store.batch_uploads(&t.tid, batch_no)?.len(),
+                "differences": diffs,
+            }));
+        }
+    }
+    Ok(out)
 }
 
 pub async fn settlements(

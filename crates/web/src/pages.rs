@@ -1338,6 +1338,87 @@ fn settlement_body(
         ));
     }
     body.push_str(&format!(
+        "</table><h2>{}</h2><table id=\"batches\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+        t(l, "终端批次结算", "Terminal batch settlements"),
+        t(l, "终端", "Terminal"),
+        t(l, "批次号", "Batch"),
+        t(l, "结算时间", "Settled at"),
+        t(l, "结果", "Result"),
+        t(l, "终端总数", "Terminal totals"),
+        t(l, "主机总数", "Host totals"),
+    ));
+    let side = |v: &serde_json::Value| -> String {
+        if v.is_null() {
+            return t(l, "无法识别", "unreadable").to_owned();
+        }
+        ["domestic", "foreign"]
+            .iter()
+            .map(|k| {
+                let h = jget(v, k);
+                let n = |f: &str| jget(h, f).as_i64().unwrap_or(0);
+                format!(
+                    "{} {} {}{} ¥{} · {} {}{} ¥{}",
+                    if *k == "domestic" {
+                        t(l, "内卡", "Domestic")
+                    } else {
+                        t(l, "外卡", "Foreign")
+                    },
+                    t(l, "借记", "debit"),
+                    n("debit_count"),
+                    t(l, "笔", ""),
+                    yuan(n("debit_fen")),
+                    t(l, "贷记", "credit"),
+                    n("credit_count"),
+                    t(l, "笔", ""),
+                    yuan(n("credit_fen")),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("<br>")
+    };
+    for b in jget(&totals, "batches").as_array().into_iter().flatten() {
+        let result = jget(b, "result").as_u64().unwrap_or(3);
+        let words = jget(
+            jget(b, "result_text"),
+            if l == Lang::Zh { "zh" } else { "en" },
+        );
+        body.push_str(&format!(
+            "<tr class=\"batch\"><td>{}</td><td>{:06}</td><td>{}</td><td class=\"{}\">{} — {}</td><td>{}</td><td>{}</td></tr>",
+            esc(jget(b, "tid").as_str().unwrap_or("")),
+            jget(b, "batch_no").as_u64().unwrap_or(0),
+            esc(&format_time(jget(b, "settled_at_ms").as_i64().unwrap_or(0))),
+            if result == 1 { "good" } else { "bad" },
+            result,
+            esc(words.as_str().unwrap_or("")),
+            side(jget(b, "terminal_totals")),
+            side(jget(b, "host_totals")),
+        ));
+        for d in jget(b, "differences").as_array().into_iter().flatten() {
+            let pick = |v: &serde_json::Value| {
+                esc(jget(v, if l == Lang::Zh { "zh" } else { "en" })
+                    .as_str()
+                    .unwrap_or(""))
+            };
+            let amount = |k: &str| {
+                jget(d, k)
+                    .as_i64()
+                    .map_or_else(|| "—".to_owned(), |f| format!("¥{}", yuan(f)))
+            };
+            body.push_str(&format!(
+                "<tr class=\"batch-diff\"><td></td><td>{} {:06}</td><td>{}</td><td class=\"bad\">{}</td><td>{}: {}<br>{}: {}</td><td>{}</td></tr>",
+                t(l, "流水", "Trace"),
+                jget(d, "stan").as_u64().unwrap_or(0),
+                esc(jget(d, "pan_masked").as_str().unwrap_or("")),
+                pick(jget(d, "kind_text")),
+                t(l, "终端", "Terminal"),
+                amount("terminal_amount_fen"),
+                t(l, "主机", "Host"),
+                amount("host_amount_fen"),
+                pick(jget(d, "what_to_do")),
+            ));
+        }
+    }
+    body.push_str(&format!(
         "</table><h2>{}</h2><table id=\"payouts\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
         t(l, "结算款", "Payouts"),
         t(l, "付款日", "Payout day"),

@@ -1147,16 +1147,85 @@ fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
             failed
         });
         assert!(failed, "the payout to the frozen account never failed");
+        // A terminal's batch settled unbalanced, with one upload difference: shown with words
+        // and what to do, to its own merchant only.
+        let batch_no = e.h.store.terminal(TID).unwrap().unwrap().batch_no;
+        let digits = |debit: u64, n: u64| format!("{debit:012}{n:03}{:012}{:03}2{:031}", 0, 0, 0);
+        e.h.store
+            .submit(vec![
+                store::Record::Settlement(store::settlement::SettlementRecord::BatchSettled(
+                    store::settlement::BatchSettlementRow {
+                        tid: TID.into(),
+                        batch_no,
+                        settled_at_ms: row.received_at_ms + 5,
+                        result: 2,
+                        host_totals: digits(10_000, 1),
+                        terminal_totals: digits(12_345, 2),
+                        upload_done_at_ms: None,
+                    },
+                )),
+                store::Record::Settlement(store::settlement::SettlementRecord::BatchDifferences {
+                    tid: TID.into(),
+                    batch_no,
+                    at_ms: row.received_at_ms + 6,
+                    rows: vec![store::settlement::BatchDiffRow {
+                        tid: TID.into(),
+                        batch_no,
+                        stan: 4242,
+                        kind: store::settlement::BatchDiffKind::MissingHere,
+                        txn_id: None,
+                        host_amount_fen: None,
+                        terminal_amount_fen: Some(2_345),
+                        pan_masked: "******1234".into(),
+                    }],
+                }),
+            ])
+            .unwrap()
+            .await
+            .unwrap();
         let sets = api
             .call(Some(&tea), "GET", "/api/settlements", None)
             .await
             .json();
         assert_eq!(sets["items"][0]["mid"], MID, "{sets}");
         assert_eq!(sets["items"][0]["gross_fen"], 10_000, "{sets}");
+        let b = &sets["batches"][0];
+        assert_eq!(
+            (&b["tid"], &b["batch_no"], &b["result"], &b["result_code"]),
+            (
+                &json!(TID),
+                &json!(batch_no),
+                &json!(2),
+                &json!("unbalanced")
+            ),
+            "{sets}"
+        );
+        assert_eq!(b["terminal_totals"]["domestic"]["debit_fen"], 12_345, "{b}");
+        assert_eq!(b["host_totals"]["domestic"]["debit_count"], 1, "{b}");
+        let d = &b["differences"][0];
+        assert_eq!(
+            (&d["stan"], &d["kind"]),
+            (&json!(4242), &json!("missing_here")),
+            "{b}"
+        );
+        assert!(
+            d["what_to_do"]["en"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
+            "{b}"
+        );
         assert!(
             api.call(Some(&book), "GET", "/api/settlements", None)
                 .await
                 .json()["items"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            api.call(Some(&book), "GET", "/api/settlements", None)
+                .await
+                .json()["batches"]
                 .as_array()
                 .unwrap()
                 .is_empty()
@@ -1194,6 +1263,14 @@ fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
         assert!(
             settle_page.body.contains("id=\"bound-account\"")
                 && settle_page.body.contains("id=\"payouts\"")
+        );
+        assert!(
+            settle_page.body.contains("id=\"batches\"")
+                && settle_page.body.contains("对账不平")
+                && settle_page.body.contains("主机无此笔")
+                && settle_page.body.contains("******1234"),
+            "{}",
+            settle_page.body
         );
 
         // Re-binding after the failure waits for a second person; the maker cannot check.
