@@ -181,9 +181,38 @@ impl fmt::Debug for Money {
     }
 }
 
+/// A signed amount of fen as yuan digits, the sign in front: `-12.34`. For figures that can be
+/// negative (a net after refunds, a correction), where [`Money`] does not apply.
+pub fn yuan_digits(fen: i64) -> String {
+    signed_text(fen, "")
+}
+
+/// The same with the yuan sign, for sentences and receipts: `-¥12.34`.
+pub fn yuan(fen: i64) -> String {
+    signed_text(fen, "¥")
+}
+
+fn signed_text(fen: i64, symbol: &str) -> String {
+    // The sign apart: -50 fen is "-0.50", which `fen / 100` (0) alone would lose.
+    let sign = if fen < 0 { "-" } else { "" };
+    let abs = fen.unsigned_abs();
+    format!("{sign}{symbol}{}.{:02}", abs / 100, abs % 100)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signed_yuan_text() {
+        assert_eq!(yuan(12_345), "¥123.45");
+        assert_eq!(yuan(5), "¥0.05");
+        assert_eq!(yuan(-50), "-¥0.50");
+        assert_eq!(yuan(i64::MIN), "-¥92233720368547758.08");
+        assert_eq!(yuan_digits(1234), "12.34");
+        assert_eq!(yuan_digits(-5), "-0.05");
+        assert_eq!(yuan_digits(i64::MIN), "-92233720368547758.08");
+    }
 
     #[test]
     fn parses_decimal_yuan() {

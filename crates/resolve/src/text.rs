@@ -31,11 +31,7 @@ impl Both {
 }
 
 /// `¥12.30`; negative amounts keep their sign.
-pub fn yuan(fen: i64) -> String {
-    let sign = if fen < 0 { "-" } else { "" };
-    let abs = fen.unsigned_abs();
-    format!("{sign}¥{}.{:02}", abs / 100, abs % 100)
-}
+pub use domain::money::yuan;
 
 /// `14:02:11` in China Standard Time.
 pub fn clock(ms: i64) -> String {

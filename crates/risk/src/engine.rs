@@ -10,6 +10,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use domain::money::yuan;
+
 use crate::rules::{Action, CardClass, Rule, RuleBook, RuleKind, mcc_ticket_max_fen};
 
 /// Events kept per card or terminal window; thresholds must be below it (checked at compile).
@@ -734,13 +736,6 @@ fn masked_ip(ip: IpAddr, bits: u8) -> String {
             format!("{:x}:{:x}:{:x}::/48", seg(0), seg(1), seg(2))
         }
     }
-}
-
-fn yuan(fen: i64) -> String {
-    // The sign apart: -50 fen is "-¥0.50", which `fen / 100` (0) alone would lose.
-    let sign = if fen < 0 { "-" } else { "" };
-    let abs = fen.unsigned_abs();
-    format!("{sign}¥{}.{:02}", abs / 100, abs % 100)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use domain::IssuerDirectory;
+use domain::money::yuan_digits as yuan;
 use paycrypto::{Hsm, MasterKey, OsRandom, SoftHsm};
 use serde::Serialize;
 use settlement::{
@@ -167,12 +168,6 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn yuan(fen: i64) -> String {
-    let sign = if fen < 0 { "-" } else { "" };
-    let abs = fen.unsigned_abs();
-    format!("{sign}{}.{:02}", abs / 100, abs % 100)
 }
 
 fn print_json<T: Serialize>(value: &T) -> CliResult {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use domain::Pan;
+use domain::money::yuan;
 use iso8583::{Field61, Financial, Frame, Message, MessageBuilder};
 use paycrypto::{EncryptedPinBlock, KeyScheme, PanDigits};
 use sha2::{Digest, Sha256};
@@ -42,10 +43,6 @@ fn describe(kind: TxnKind) -> &'static str {
         TxnKind::CompletionVoid => "completion void",
         TxnKind::Reversal => "reversal",
     }
-}
-
-fn yuan(fen: i64) -> String {
-    format!("¥{}.{:02}", fen / 100, fen % 100)
 }
 
 /// The card number of a request: field 2, else track 2 left of the separator. The digits live

@@ -77,11 +77,7 @@ pub fn parse_yuan(text: &str) -> Option<i64> {
 }
 
 /// `1234` fen → `12.34`.
-pub fn yuan(fen: i64) -> String {
-    let sign = if fen < 0 { "-" } else { "" };
-    let abs = fen.unsigned_abs();
-    format!("{sign}{}.{:02}", abs / 100, abs % 100)
-}
+pub use domain::money::yuan_digits as yuan;
 
 /// Search parameters as they come from a query string; an HTML form sends empty fields as
 /// empty strings, which mean "any".
@@ -343,6 +339,8 @@ pub struct TerminalHealth {
     pub software_sub_version: Option<u32>,
     /// Terminal clock (fields 12/13) less host China time, seconds; `None` if never sent.
     pub clock_drift_s: Option<i64>,
+    /// Chip cards read by magstripe (60.5 = 2) since health was kept.
+    pub fallbacks: u32,
     /// Problems found, each with its fix, in both languages.
     pub problems: Vec<Problem>,
 }
@@ -358,6 +356,10 @@ pub struct Problem {
 /// A terminal clock further off than this gets a problem: field 13 dates and same-day voids and
 /// reversals go wrong, and cashiers' receipts disagree with the host's records.
 pub const CLOCK_DRIFT_MAX_S: i64 = 300;
+
+/// From this many chip-to-magstripe fallbacks on one terminal it is the reader, not a card
+/// (the diagnosis KB's repeated-fallback case); one or two are a damaged chip now and then.
+pub const FALLBACKS_REPEATED_MIN: u32 = 3;
 
 /// Health of every terminal the principal may see.
 pub fn terminal_health(
@@ -452,6 +454,22 @@ pub fn terminal_health(
                 en: "Terminal clock is more than 5 minutes off China time: sync the terminal's time, then sign in again.",
             });
         }
+        let fallbacks = report.map_or(0, |h| h.fallbacks);
+        if fallbacks >= FALLBACKS_REPEATED_MIN {
+            let d = domain::diagnosis::diagnose_failure(
+                domain::diagnosis::FailureKind::RepeatedFallback,
+            );
+            problems.push(Problem {
+                key: "fallbacks",
+                zh: d.title.zh,
+                en: d.title.en,
+            });
+            problems.extend(d.merchant_steps.iter().map(|s| Problem {
+                key: "fallbacks_fix",
+                zh: s.zh,
+                en: s.en,
+            }));
+        }
         out.push(TerminalHealth {
             tid: t.tid.clone(),
             mid: t.mid.clone(),
@@ -470,6 +488,7 @@ pub fn terminal_health(
             software_version: report.map(|h| h.software_version),
             software_sub_version: report.map(|h| h.sub_version),
             clock_drift_s,
+            fallbacks,
             problems,
         });
     }
