@@ -115,6 +115,8 @@ pub struct TerminalHealthRow {
     /// request carried both fields.
     pub clock_drift_s: Option<i64>,
     pub seen_at_ms: i64,
+    /// Requests read by magstripe from a chip card (60.5 = 2) since health was kept.
+    pub fallbacks: u32,
 }
 
 /// A terminal: its keys are stored only wrapped (encrypted by the HSM), never in clear.

@@ -444,6 +444,13 @@ CREATE TABLE terminal_health (
 );
 ",
     },
+    Migration {
+        version: 7,
+        name: "terminal health: chip-to-magstripe fallbacks per terminal",
+        sql: "
+ALTER TABLE terminal_health ADD COLUMN fallbacks BIGINT NOT NULL DEFAULT 0;
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -372,7 +372,7 @@ impl Store for SqliteStore {
         self.read(|conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT tid, application_type, software_version, sub_version, clock_drift_s,
-                 seen_at_ms FROM terminal_health ORDER BY tid",
+                 seen_at_ms, fallbacks FROM terminal_health ORDER BY tid",
             )?;
             let rows = statement.query_map([], |row| {
                 Ok(TerminalHealthRow {
@@ -382,6 +382,7 @@ impl Store for SqliteStore {
                     sub_version: row.get(3)?,
                     clock_drift_s: row.get(4)?,
                     seen_at_ms: row.get(5)?,
+                    fallbacks: row.get(6)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -986,11 +987,12 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
         Record::TerminalHealth(h) => {
             conn.prepare_cached(
                 "INSERT INTO terminal_health (tid, application_type, software_version,
-                 sub_version, clock_drift_s, seen_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 sub_version, clock_drift_s, seen_at_ms, fallbacks)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (tid) DO UPDATE SET application_type = excluded.application_type,
                  software_version = excluded.software_version,
                  sub_version = excluded.sub_version, clock_drift_s = excluded.clock_drift_s,
-                 seen_at_ms = excluded.seen_at_ms",
+                 seen_at_ms = excluded.seen_at_ms, fallbacks = excluded.fallbacks",
             )?
             .execute(params![
                 h.tid,
@@ -998,7 +1000,8 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
                 h.software_version,
                 h.sub_version,
                 h.clock_drift_s,
-                h.seen_at_ms
+                h.seen_at_ms,
+                h.fallbacks
             ])?;
         }
         Record::SignOff { tid } => {

@@ -173,6 +173,7 @@ fn terminal_health_round_trips(db: &Db) {
         sub_version: 202_611,
         clock_drift_s: Some(-600),
         seen_at_ms: 1_795_413_731_000,
+        fallbacks: 0,
     };
     s.submit(vec![Record::TerminalHealth(row.clone())])
         .unwrap()
@@ -182,6 +183,7 @@ fn terminal_health_round_trips(db: &Db) {
     // A second report replaces the first.
     row.software_version = 32;
     row.clock_drift_s = None;
+    row.fallbacks = 3;
     s.submit(vec![Record::TerminalHealth(row.clone())])
         .unwrap()
         .wait()

@@ -1,11 +1,12 @@
-//! Terminal health the frames carry: the header's application type and software version, and
-//! the terminal's clock (fields 12/13) against the host's; held per terminal, written on change.
+//! Terminal health the frames carry: the header's application type and software version, the
+//! terminal's clock (fields 12/13) against the host's, and its chip-to-magstripe fallbacks (60.5
+//! = 2); held per terminal, written on change.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use domain::date::days_from_civil;
-use iso8583::Frame;
+use iso8583::{Field60, Frame, Mti};
 use store::{Record, TerminalHealthRow};
 
 use crate::clock::LocalTime;
@@ -20,6 +21,15 @@ const CST_OFFSET_S: i64 = 8 * 3_600;
 /// What each terminal last reported, as written to the store.
 #[derive(Default)]
 pub(crate) struct HealthSeen(Mutex<HashMap<String, TerminalHealthRow>>);
+
+impl HealthSeen {
+    /// Starts from what the store holds, so the fallback count carries on across restarts.
+    pub(crate) fn load(rows: Vec<TerminalHealthRow>) -> Self {
+        Self(Mutex::new(
+            rows.into_iter().map(|r| (r.tid.clone(), r)).collect(),
+        ))
+    }
+}
 
 /// Seconds the terminal's local time (12 hhmmss, 13 MMDD) is ahead of the host's China time at
 /// `now_ms`; negative when behind. The terminal sends no year: the year putting its date nearest
@@ -48,8 +58,8 @@ pub fn clock_drift_s(hhmmss: u64, mmdd: u64, now_ms: i64) -> Option<i64> {
 
 impl Core {
     /// Notes what a request's frame says of its terminal's health; writes only on a change
-    /// (software version, or drift by more than [`DRIFT_CHANGE_MAX_S`]), so a request costs a
-    /// map look-up. Unknown terminals are ignored.
+    /// (software version, drift by more than [`DRIFT_CHANGE_MAX_S`], or a fallback), so a
+    /// request costs a map look-up. Unknown terminals are ignored.
     pub(crate) async fn note_health(&self, frame: &Frame<'_>) {
         let Some(tid) = frame.message.text(41).map(str::trim_end) else {
             return;
@@ -63,6 +73,15 @@ impl Core {
             (Some(time), Some(date)) => clock_drift_s(time, date, now_ms),
             _ => None,
         };
+        // Only card requests count: a reversal repeats its original's field 60.
+        let fallback = matches!(frame.message.mti(), Mti::AUTHORISATION | Mti::FINANCIAL)
+            && frame
+                .message
+                .field60()
+                .ok()
+                .flatten()
+                .and_then(|f| f.ic_condition)
+                == Some(Field60::IC_FALLBACK);
         let seen = {
             let map = self.health.0.lock().unwrap_or_else(PoisonError::into_inner);
             map.get(tid).cloned()
@@ -75,18 +94,23 @@ impl Core {
             // A request without 12/13 says nothing of the clock: keep what was known.
             clock_drift_s: drift.or(seen.as_ref().and_then(|s| s.clock_drift_s)),
             seen_at_ms: now_ms,
+            fallbacks: seen
+                .as_ref()
+                .map_or(0, |s| s.fallbacks)
+                .saturating_add(u32::from(fallback)),
         };
-        let changed = match &seen {
-            None => true,
-            Some(old) => {
-                (old.application_type, old.software_version, old.sub_version)
-                    != (row.application_type, row.software_version, row.sub_version)
-                    || match (old.clock_drift_s, row.clock_drift_s) {
-                        (Some(a), Some(b)) => (a - b).abs() > DRIFT_CHANGE_MAX_S,
-                        (a, b) => a.is_some() != b.is_some(),
-                    }
-            }
-        };
+        let changed = fallback
+            || match &seen {
+                None => true,
+                Some(old) => {
+                    (old.application_type, old.software_version, old.sub_version)
+                        != (row.application_type, row.software_version, row.sub_version)
+                        || match (old.clock_drift_s, row.clock_drift_s) {
+                            (Some(a), Some(b)) => (a - b).abs() > DRIFT_CHANGE_MAX_S,
+                            (a, b) => a.is_some() != b.is_some(),
+                        }
+                }
+            };
         if !changed {
             return;
         }

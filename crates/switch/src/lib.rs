@@ -254,6 +254,7 @@ impl Switch {
             },
             header: Header::from_bytes([0x60, 0, 0, 0, 0, 0])?,
         };
+        let store_health = store.terminal_health()?;
         let core = Arc::new(Core {
             issuer_head,
             config,
@@ -268,7 +269,7 @@ impl Switch {
             rrns: Sequence::new("rrn"),
             trace: AtomicU32::new(u32::try_from(first_trace % 1_000_000).unwrap_or(0)),
             risk: risk_gate,
-            health: health::HealthSeen::default(),
+            health: health::HealthSeen::load(store_health),
         });
         tasks.push(tokio::spawn(risk::refresh(
             Arc::clone(&core),

@@ -1,5 +1,6 @@
 //! Terminal health over real TCP: the header's software version and the clock drift of fields
-//! 12/13 reach the store, written when they change and not on every request.
+//! 12/13 reach the store, written when they change and not on every request; chip-to-magstripe
+//! fallbacks (60.5 = 2) are counted per terminal.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -71,4 +72,50 @@ async fn header_version_and_clock_drift_reach_the_store_on_change_only() {
         (60, 22, 0)
     );
     assert_eq!(row.clock_drift_s, fixed.clock_drift_s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chip_to_magstripe_fallbacks_are_counted_per_terminal() {
+    let mut h = Harness::new().await;
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let pan = card("622202");
+    // A chip read (60.5 = 0) counts nothing; each fallback (60.5 = 2) counts one.
+    let chip = Req {
+        f60_tail: "00050",
+        ..Req::purchase(&pan, 1_000, 2)
+    };
+    assert_eq!(t.send(&chip).await.code(), "00");
+    assert_eq!(fallbacks(&h), 0);
+    for stan in 3..5 {
+        let fallback = Req {
+            f60_tail: "00052",
+            ..Req::purchase(&pan, 1_000, stan)
+        };
+        assert_eq!(t.send(&fallback).await.code(), "00");
+    }
+    assert_eq!(fallbacks(&h), 2);
+
+    // The count carries on across a restart of the switch.
+    drop(t);
+    h.stop().await;
+    h.start().await;
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let fallback = Req {
+        f60_tail: "00052",
+        ..Req::purchase(&pan, 1_000, 5)
+    };
+    assert_eq!(t.send(&fallback).await.code(), "00");
+    assert_eq!(fallbacks(&h), 3);
+}
+
+/// The fallback count the store holds for `TID`.
+fn fallbacks(h: &Harness) -> u32 {
+    h.store
+        .terminal_health()
+        .unwrap()
+        .iter()
+        .find(|r| r.tid == TID)
+        .map_or(0, |r| r.fallbacks)
 }

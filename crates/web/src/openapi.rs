@@ -105,7 +105,7 @@ pub fn document() -> Value {
                 vec![param("tid", "path", "terminal id")], Some("Status"), "Object") },
             "/api/terminals": { "get": op("Terminal health (sign-in, MAC failures, timeouts, reversals, software version and \
                  clock drift from the terminal's frames: application_type, software_version, \
-                 software_sub_version, clock_drift_s) with fixes",
+                 software_sub_version, clock_drift_s; chip-to-magstripe fallbacks, with the fix from 3) with fixes",
                 vec![mid_q.clone()], None, "List") },
             "/api/terminals/{tid}": { "get": op("One terminal's health", vec![tid], None, "Object") },
             "/api/transactions": { "get": op("Search transactions, newest first", search.to_vec(), None, "TxnPage") },

@@ -1073,7 +1073,7 @@ async fn terminals(
         let list = query::terminal_health(&web, &who, None)?;
         let mut body = format!(
             "<h1>{}</h1><p>{}</p><table id=\"terminals\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th>\
-             <th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+             <th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
             t(l, "终端健康", "Terminal health"),
             t(l, "最近 7 天。", "Last 7 days."),
             t(l, "终端", "Terminal"),
@@ -1086,6 +1086,7 @@ async fn terminals(
             t(l, "密钥/MAC", "Keys/MAC"),
             t(l, "软件版本", "Software version"),
             t(l, "时钟偏差", "Clock drift"),
+            t(l, "芯片降级", "Fallbacks"),
             t(l, "问题与处理", "Problems and fixes"),
         );
         for h in &list {
@@ -1105,7 +1106,7 @@ async fn terminals(
                 problems
             };
             body.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td><td>{problems}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td><td class=\"fallbacks\">{}</td><td>{problems}</td></tr>",
                 esc(&h.tid),
                 if h.signed_in { t(l, "是", "yes") } else { t(l, "否", "no") },
                 h.last_sign_in_ms.map(format_time).unwrap_or_else(|| "-".to_owned()),
@@ -1117,14 +1118,15 @@ async fn terminals(
                 esc(&h.mac_algorithm),
                 software_text(h),
                 drift_text(h.clock_drift_s),
+                h.fallbacks,
             ));
         }
         body.push_str(&format!(
             "</table><p>{}</p>",
             t(
                 l,
-                "软件版本取自终端报文头（应用类型 / 版本 / 子版本）；时钟偏差为终端本地时间（域 12/13）减主机北京时间。",
-                "Software version is from the terminals' frame headers (application type / version / sub-version); clock drift is the terminal's local time (fields 12/13) less the host's China time."
+                "软件版本取自终端报文头（应用类型 / 版本 / 子版本）；时钟偏差为终端本地时间（域 12/13）减主机北京时间；芯片降级为芯片卡改刷磁条的笔数（域 60.5 = 2）。",
+                "Software version is from the terminals' frame headers (application type / version / sub-version); clock drift is the terminal's local time (fields 12/13) less the host's China time; fallbacks count chip cards read by magstripe (field 60.5 = 2)."
             )
         ));
         Ok::<_, ApiError>((t(l, "终端", "Terminals").to_owned(), body))

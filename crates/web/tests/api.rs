@@ -222,6 +222,7 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
                     sub_version: 202_611,
                     clock_drift_s: Some(600),
                     seen_at_ms: 1_795_413_731_000,
+                    fallbacks: 3,
                 },
             )])
             .unwrap()
@@ -243,6 +244,26 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
                 .iter()
                 .any(|p| p["key"] == "clock_drift"),
             "{t}"
+        );
+        // Three chip-to-magstripe fallbacks: the count and the diagnosis KB's fix.
+        assert_eq!(t["fallbacks"], 3, "{t}");
+        let problems = t["problems"].as_array().unwrap();
+        assert!(
+            problems.iter().any(
+                |p| p["key"] == "fallbacks" && p["en"] == "Repeated chip-to-magstripe fallback"
+            ),
+            "{t}"
+        );
+        assert!(problems.iter().any(|p| p["key"] == "fallbacks_fix"), "{t}");
+        let terms_page = PageSession::login(e.http, "teahouse")
+            .await
+            .get("/portal/terminals")
+            .await;
+        assert!(
+            terms_page.body.contains("class=\"fallbacks\">3<")
+                && terms_page.body.contains("芯片卡反复降级为刷磁条"),
+            "{}",
+            terms_page.body
         );
         assert!(
             api.call(Some(&book), "GET", "/api/terminals", None)

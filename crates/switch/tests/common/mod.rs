@@ -336,6 +336,8 @@ pub struct Req {
     pub reason: Option<&'static str>,
     /// Clear PIN the cardholder keys in; sent in field 52 under the session PIK.
     pub pin: Option<String>,
+    /// Field 60 after the batch (60.3 on), e.g. "00052" for a chip-to-magstripe fallback.
+    pub f60_tail: &'static str,
 }
 
 impl Req {
@@ -352,6 +354,7 @@ impl Req {
             f61: None,
             reason: None,
             pin: None,
+            f60_tail: "",
         }
     }
     pub fn void(pan: &str, amount: u64, stan: u32, original_stan: u32, rrn: &str) -> Req {
@@ -476,8 +479,11 @@ impl Terminal {
             .set_text(42, MID)
             .unwrap();
         out.set_text(49, "156").unwrap();
-        out.set_digits(60, &format!("{}{:06}", req.message_type, self.batch))
-            .unwrap();
+        out.set_digits(
+            60,
+            &format!("{}{:06}{}", req.message_type, self.batch, req.f60_tail),
+        )
+        .unwrap();
         if let Some(f61) = &req.f61 {
             out.set_digits(61, f61).unwrap();
         }
