@@ -6,11 +6,11 @@ use std::fmt;
 use crate::error::StoreError;
 
 macro_rules! column_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal,)+ }) => {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum $name {
-            $($variant,)+
+            $($(#[$vmeta])* $variant,)+
         }
 
         impl $name {
@@ -43,6 +43,9 @@ macro_rules! column_enum {
         }
     };
 }
+
+/// The store's text-column enums (the row modules of every area use it).
+pub(crate) use column_enum;
 
 column_enum!(
     /// What a journalled terminal request was.

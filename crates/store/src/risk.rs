@@ -5,47 +5,9 @@ use std::fmt;
 
 use crate::error::StoreError;
 use crate::model::Status;
+use crate::model::column_enum;
 
-macro_rules! risk_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal,)+ }) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($variant,)+
-        }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
-
-            /// The spelling stored in the database.
-            pub const fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text,)+
-                }
-            }
-
-            /// Parses a stored spelling; anything else is a corrupt row.
-            pub fn parse(text: &str) -> Result<Self, StoreError> {
-                match text {
-                    $($text => Ok($name::$variant),)+
-                    _ => Err(StoreError::Corrupt {
-                        what: stringify!($name),
-                        value: text.to_owned(),
-                    }),
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-risk_enum!(
+column_enum!(
     /// Where a merchant is in its onboarding life. Only `Approved` merchants take cards.
     MerchantState {
         Applied => "applied",
@@ -77,7 +39,7 @@ impl MerchantState {
     }
 }
 
-risk_enum!(
+column_enum!(
     /// What a risk rule does when it fires.
     AlertAction {
         Decline => "decline",
@@ -85,7 +47,7 @@ risk_enum!(
     }
 );
 
-risk_enum!(
+column_enum!(
     /// An alert's handling by an operator.
     /// `Acted`: the operator suspended the terminal or the merchant.
     AlertState {

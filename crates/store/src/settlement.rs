@@ -4,47 +4,9 @@
 use std::fmt;
 
 use crate::error::StoreError;
+use crate::model::column_enum;
 
-macro_rules! settle_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)+
-        }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
-
-            /// The spelling stored in the database.
-            pub const fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text,)+
-                }
-            }
-
-            /// Parses a stored spelling; anything else is a corrupt row.
-            pub fn parse(text: &str) -> Result<Self, StoreError> {
-                match text {
-                    $($text => Ok($name::$variant),)+
-                    _ => Err(StoreError::Corrupt {
-                        what: stringify!($name),
-                        value: text.to_owned(),
-                    }),
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-settle_enum!(
+column_enum!(
     /// How a transaction in a terminal's batch upload differs from the journal.
     BatchDiffKind {
         /// The terminal has it; the journal has no counted transaction with that trace.
@@ -55,7 +17,7 @@ settle_enum!(
     }
 );
 
-settle_enum!(
+column_enum!(
     /// A settlement account: a bank account (number + bank) or a debit card.
     AccountKind {
         Card => "card",
@@ -63,7 +25,7 @@ settle_enum!(
     }
 );
 
-settle_enum!(
+column_enum!(
     /// A bound-account change: in force, waiting for an operator (maker-checker), or refused.
     ChangeState {
         Active => "active",
@@ -73,7 +35,7 @@ settle_enum!(
     }
 );
 
-settle_enum!(
+column_enum!(
     /// Where a payout is. `Pending` is sent (or resent after a transient failure) when due;
     /// `Held` waits for a confirmed re-binding; `Sent` left the bank; `Returned` came back.
     PayoutState {
