@@ -451,6 +451,19 @@ CREATE TABLE terminal_health (
 ALTER TABLE terminal_health ADD COLUMN fallbacks BIGINT NOT NULL DEFAULT 0;
 ",
     },
+    Migration {
+        version: 8,
+        name: "transactions: partial indexes for the rows in flight and the linked rows",
+        // Each index is a page written per journal commit. The full state index moved two
+        // entries per authorisation (in flight, then the outcome) and was read only for the
+        // rows in flight, which recovery needs; purchases, most of the rows, have no original.
+        sql: "
+DROP INDEX transactions_state;
+CREATE INDEX transactions_in_flight ON transactions (id) WHERE state = 'in_flight';
+DROP INDEX transactions_original;
+CREATE INDEX transactions_original ON transactions (original_id) WHERE original_id IS NOT NULL;
+",
+    },
 ];
 
 /// The newest schema version this build knows.
