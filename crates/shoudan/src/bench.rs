@@ -33,6 +33,26 @@ pub enum BenchCmd {
     Echo(EchoArgs),
     /// `bench auth` then `bench echo`, and the ratio of their throughputs.
     Compare(CompareArgs),
+    /// Signed-in terminal connections held idle: the switch process's memory (RSS) for them.
+    Idle(IdleArgs),
+}
+
+#[derive(clap::Args)]
+pub struct IdleArgs {
+    /// Connections to open, sign in and hold.
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    /// How long to hold them idle before measuring again.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub hold: Duration,
+    /// A running demo (started with --bench-terminals) instead of a demo of our own; needs
+    /// --pid, the process whose memory is measured.
+    #[arg(long, requires = "pid")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub pid: Option<u32>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args)]
@@ -53,11 +73,30 @@ pub struct AuthArgs {
     /// The running demo's data dir (with --target).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// In-process only: commit the journal without fsync (SQLite synchronous=NORMAL).
-    #[arg(long)]
-    pub no_journal: bool,
+    /// In-process only: `full` (durable: SQLite synchronous=FULL, an fsync per group commit),
+    /// `normal` (commits without fsync), or `off` (transactions not journalled at all; sign-ins
+    /// and the reversal queue still are): the journal's cost is full against off.
+    #[arg(long, value_enum, default_value_t = JournalMode::Full)]
+    pub journal: JournalMode,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum JournalMode {
+    Full,
+    Normal,
+    Off,
+}
+
+impl JournalMode {
+    fn describe(self) -> &'static str {
+        match self {
+            JournalMode::Full => "sqlite synchronous=FULL (fsync per group commit)",
+            JournalMode::Normal => "sqlite synchronous=NORMAL (no fsync per commit)",
+            JournalMode::Off => "off (transactions not journalled)",
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -234,6 +273,7 @@ pub fn run(cmd: BenchCmd) -> CliResult {
                 output(&echo(args.terminals, args.duration).await?, args.json);
             }
             BenchCmd::Compare(args) => compare(args).await?,
+            BenchCmd::Idle(args) => idle(args).await?,
         }
         Ok(())
     })
@@ -254,7 +294,7 @@ async fn compare(args: CompareArgs) -> CliResult {
         duration: args.duration,
         target: None,
         data_dir: None,
-        no_journal: false,
+        journal: JournalMode::Full,
         json: args.json,
     })
     .await?;
@@ -334,11 +374,12 @@ async fn auth(args: AuthArgs) -> Result<Report, Box<dyn std::error::Error>> {
                 dir.path(),
                 &EnvOptions {
                     listen: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
-                    synchronous: if args.no_journal {
-                        Synchronous::Normal
-                    } else {
+                    synchronous: if args.journal == JournalMode::Full {
                         Synchronous::Full
+                    } else {
+                        Synchronous::Normal
                     },
+                    journal: args.journal != JournalMode::Off,
                     extra_terminals: args.terminals,
                 },
             )
@@ -355,11 +396,7 @@ async fn auth(args: AuthArgs) -> Result<Report, Box<dyn std::error::Error>> {
             env.stop().await?;
             let (report, _) = result?;
             Ok(Report {
-                journal: Some(if args.no_journal {
-                    "sqlite synchronous=NORMAL (no fsync per commit)"
-                } else {
-                    "sqlite synchronous=FULL (fsync per group commit)"
-                }),
+                journal: Some(args.journal.describe()),
                 ..report
             })
         }
@@ -493,6 +530,212 @@ async fn worker(
     Ok((stats, t.next_stan()))
 }
 
+/// Sign-ins (and later echo tests) under way at once.
+const IDLE_CONCURRENCY: usize = 64;
+/// How long an own demo may take to start and provision its terminals.
+const IDLE_START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The switch runs in a process of its own (a `shoudan demo` child unless one is given), so
+/// that its memory is measured apart from the generator's, and each side's descriptors stay
+/// under the per-process limit.
+async fn idle(args: IdleArgs) -> CliResult {
+    if args.connections == 0 {
+        return Err("--connections must be at least 1".into());
+    }
+    let own_dir;
+    let mut child = None;
+    let (dir, pid) = match (&args.data_dir, args.pid) {
+        (Some(dir), Some(pid)) => (dir.clone(), pid),
+        _ => {
+            own_dir = tempfile::tempdir()?;
+            let demo = IdleDemo::start(own_dir.path(), args.connections).await?;
+            let pid = demo.pid();
+            child = Some(demo);
+            (own_dir.path().to_path_buf(), pid)
+        }
+    };
+    let fixtures = fixtures::load(&dir)?;
+    let terminals: Vec<TerminalFixture> = fixtures
+        .terminals
+        .iter()
+        .filter(|t| !t.traffic)
+        .take(args.connections)
+        .cloned()
+        .collect();
+    if terminals.len() < args.connections {
+        return Err(format!(
+            "the demo has {} free terminals for {} connections: start it with --bench-terminals",
+            terminals.len(),
+            args.connections
+        )
+        .into());
+    }
+    let rss_before = rss_kib(pid)?;
+    let start = Instant::now();
+    let mut sessions = Vec::with_capacity(terminals.len());
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut pending = tokio::task::JoinSet::new();
+    let mut queue = terminals.into_iter();
+    loop {
+        while pending.len() < IDLE_CONCURRENCY {
+            let Some(fixture) = queue.next() else { break };
+            let config = config_of(&fixture, load_stan(&dir, &fixture.tid))?;
+            pending.spawn(async move {
+                let mut t = Terminal::connect(config).await?;
+                let response = t.sign_in().await?;
+                Ok::<_, TerminalError>((t, response.code))
+            });
+        }
+        let Some(joined) = pending.join_next().await else {
+            break;
+        };
+        match joined? {
+            Ok((t, code)) if code == "00" => sessions.push(t),
+            Ok((_, code)) => *errors.entry(format!("sign-in {code}")).or_default() += 1,
+            Err(error) => *errors.entry(error.to_string()).or_default() += 1,
+        }
+    }
+    let sign_in_s = start.elapsed().as_secs_f64();
+    tokio::time::sleep(args.hold).await;
+    let rss_after = rss_kib(pid)?;
+    // Still there and still signed in: every connection answers an echo test.
+    let mut alive = 0usize;
+    let mut checks = tokio::task::JoinSet::new();
+    let mut held = Vec::with_capacity(sessions.len());
+    let mut waiting = sessions.into_iter();
+    loop {
+        while checks.len() < IDLE_CONCURRENCY {
+            let Some(mut t) = waiting.next() else { break };
+            checks.spawn(async move {
+                let ok = matches!(t.echo().await, Ok(r) if r.code == "00");
+                (t, ok)
+            });
+        }
+        let Some(joined) = checks.join_next().await else {
+            break;
+        };
+        let (t, ok) = joined?;
+        if ok {
+            alive += 1;
+        } else {
+            *errors.entry("echo after idle".to_owned()).or_default() += 1;
+        }
+        held.push(t);
+    }
+    for t in &held {
+        save_stan(&dir, t.tid(), t.next_stan())?;
+    }
+    drop(held);
+    if let Some(demo) = child {
+        demo.stop().await?;
+    }
+    let per_connection = if alive > 0 {
+        (rss_after.saturating_sub(rss_before)) as f64 / alive as f64
+    } else {
+        0.0
+    };
+    let error_count: u64 = errors.values().sum();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "mode": "idle",
+                "connections": args.connections,
+                "signed_in_alive": alive,
+                "sign_in_s": sign_in_s,
+                "rss_before_kib": rss_before,
+                "rss_after_kib": rss_after,
+                "rss_after_mib": rss_after as f64 / 1024.0,
+                "kib_per_connection": per_connection,
+                "errors": error_count,
+                "errors_by_kind": errors,
+            })
+        );
+    } else {
+        println!("bench idle: {} connections", args.connections);
+        println!("  signed in, alive after {:?} idle   {alive}", args.hold);
+        println!("  sign-ins took    {sign_in_s:.1}s");
+        println!(
+            "  switch RSS       {:.1} MiB before, {:.1} MiB with the connections ({per_connection:.1} KiB each)",
+            rss_before as f64 / 1024.0,
+            rss_after as f64 / 1024.0
+        );
+        println!("  errors           {error_count}");
+        for (kind, n) in &errors {
+            println!("    {kind:<14} {n}");
+        }
+    }
+    Ok(())
+}
+
+/// Resident memory of a process, KiB (Linux `/proc`).
+fn rss_kib(pid: u32) -> Result<u64, Box<dyn std::error::Error>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("cannot read the memory of process {pid}: {e}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no VmRSS for process {pid}").into())
+}
+
+/// A `shoudan demo` child on a temporary data dir, with load-test terminals.
+struct IdleDemo {
+    child: tokio::process::Child,
+}
+
+impl IdleDemo {
+    async fn start(
+        dir: &std::path::Path,
+        terminals: usize,
+    ) -> Result<IdleDemo, Box<dyn std::error::Error>> {
+        let exe = std::env::current_exe()?;
+        let child = tokio::process::Command::new(exe)
+            .args(["demo", "--terminal-port", "0", "--http-port", "0"])
+            .arg("--bench-terminals")
+            .arg(terminals.to_string())
+            .arg("--data-dir")
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut demo = IdleDemo { child };
+        let deadline = Instant::now() + IDLE_START_TIMEOUT;
+        while !fixtures::path(dir).exists() {
+            if let Some(status) = demo.child.try_wait()? {
+                return Err(format!("the demo exited at start: {status}").into());
+            }
+            if Instant::now() > deadline {
+                return Err("the demo did not start in time".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(demo)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// Ctrl-C, as a user would stop it; killed if it does not stop in time.
+    async fn stop(mut self) -> CliResult {
+        let pid = self.pid().to_string();
+        let _ = tokio::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .is_err()
+        {
+            self.child.kill().await?;
+        }
+        Ok(())
+    }
+}
+
 /// The generator against a bare echo server: each connection sends a length-framed payload of
 /// a purchase's size and waits for it back.
 async fn echo(terminals: usize, duration: Duration) -> Result<Report, Box<dyn std::error::Error>> {
@@ -536,18 +779,29 @@ async fn echo(terminals: usize, duration: Duration) -> Result<Report, Box<dyn st
 
 async fn echo_connection(mut stream: tokio::net::TcpStream) {
     let _ = stream.set_nodelay(true);
-    let mut buf = vec![0u8; usize::from(u16::MAX)];
+    // The answer is the request as it came, prefix included: one read of each part, one write.
+    let mut buf = vec![0u8; usize::from(u16::MAX) + 2];
     loop {
-        let mut len = [0u8; 2];
-        if stream.read_exact(&mut len).await.is_err() {
+        let Some(prefix) = buf.get_mut(..2) else {
+            return;
+        };
+        if stream.read_exact(prefix).await.is_err() {
             return;
         }
-        let n = usize::from(u16::from_be_bytes(len));
-        let Some(body) = buf.get_mut(..n) else { return };
+        let n = usize::from(u16::from_be_bytes([
+            buf.first().copied().unwrap_or(0),
+            buf.get(1).copied().unwrap_or(0),
+        ]));
+        let Some(body) = buf.get_mut(2..n + 2) else {
+            return;
+        };
         if stream.read_exact(body).await.is_err() {
             return;
         }
-        if stream.write_all(&len).await.is_err() || stream.write_all(body).await.is_err() {
+        let Some(frame) = buf.get(..n + 2) else {
+            return;
+        };
+        if stream.write_all(frame).await.is_err() {
             return;
         }
     }

@@ -91,6 +91,10 @@ pub struct DemoArgs {
     /// Address the switch and the HTTP port listen on.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub listen: IpAddr,
+    /// Load-test terminals to provision besides the demo's own (TIDs 3xxxxxxx, double-length
+    /// keys, X9.19 MACs), listed in fixtures.json for `shoudan bench` against this demo.
+    #[arg(long, default_value_t = 0)]
+    pub bench_terminals: usize,
 }
 
 /// Key handles kept between runs (the keys themselves are in the wrapped HSM store).
@@ -232,6 +236,8 @@ pub struct EnvOptions {
     pub listen: SocketAddr,
     /// The journal's fsync policy.
     pub synchronous: Synchronous,
+    /// Whether transactions are journalled (off only to measure the journal's cost).
+    pub journal: bool,
     /// Extra terminals (double-length DES keys, X9.19 MACs) provisioned for load generators;
     /// their TIDs start with 3.
     pub extra_terminals: usize,
@@ -351,6 +357,7 @@ pub async fn start_env(
     let mut config = SwitchConfig::new(options.listen);
     config.issuers = endpoints;
     config.default_issuer = Some(FOREIGN_ISSUER.to_owned());
+    config.journal = options.journal;
     // Per-merchant risk rules, when the operator has put a rules file in the data directory
     // (docs/architecture.md, "Merchant onboarding and risk"). The demo merchants are
     // provisioned active, so they come out approved.
@@ -433,7 +440,9 @@ async fn provision_extra(
     for i in 0..count {
         let tid = format!("3{:07}", i + 1);
         if store.terminal(&tid)?.is_some() {
-            return Err(format!("terminal {tid} already provisioned: use a fresh data dir").into());
+            // Provisioned by an earlier run on this data dir: its key is in the HSM store.
+            tids.push(tid);
+            continue;
         }
         let tmk = hsm.import_key(
             KeyUsage::Tmk,
@@ -495,7 +504,8 @@ async fn run_async(args: DemoArgs) -> CliResult {
         &EnvOptions {
             listen: SocketAddr::new(args.listen, args.terminal_port),
             synchronous: Synchronous::Full,
-            extra_terminals: 0,
+            journal: true,
+            extra_terminals: args.bench_terminals,
         },
     )
     .await?;
@@ -519,10 +529,13 @@ async fn run_async(args: DemoArgs) -> CliResult {
     );
 
     let host = args.listen.to_string();
-    let fixtures = Fixtures {
+    let mut fixtures = Fixtures {
         http_port,
         ..env.fixtures.clone()
     };
+    fixtures
+        .terminals
+        .extend(env.extra_terminals.iter().cloned());
     crate::fixtures::save(&dir, &fixtures)?;
 
     let traffic_task = args.traffic.filter(|r| *r > 0.0).map(|rate| {

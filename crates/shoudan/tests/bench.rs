@@ -70,13 +70,31 @@ fn auth_open_loop_keeps_its_rate() {
         "50",
         "--duration",
         "2s",
-        "--no-journal",
+        "--journal",
+        "off",
         "--json",
     ]);
     check_run(&report, "auth");
     // 50/s for 2 s is 100 requests; the schedule allows neither many more nor many fewer.
     let ok = report["ok"].as_u64().unwrap();
     assert!((90..=102).contains(&ok), "{report}");
+}
+
+#[test]
+fn idle_connections_stay_signed_in_and_their_memory_is_measured() {
+    let report = bench(&["idle", "--connections", "300", "--hold", "200ms", "--json"]);
+    assert_eq!(report["mode"], "idle");
+    assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
+    // Every connection signed in, then answered an echo test after the idle spell.
+    assert_eq!(report["signed_in_alive"].as_u64(), Some(300), "{report}");
+    let before = report["rss_before_kib"].as_u64().unwrap();
+    let after = report["rss_after_kib"].as_u64().unwrap();
+    // The demo process (switch, issuers, portal) is measured, and holding 300 sessions shows.
+    assert!(before > 1_024 && after > before, "{report}");
+    assert!(
+        report["kib_per_connection"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
 }
 
 #[test]

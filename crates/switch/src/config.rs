@@ -8,7 +8,7 @@ use std::time::Duration;
 use paycrypto::KeyHandle;
 
 /// Terminal connections open at once; beyond this a new connection is closed at once.
-pub const CONNECTIONS_MAX: usize = 4_096;
+pub const CONNECTIONS_MAX: usize = 16_384;
 /// Largest frame accepted from a terminal or an issuer (after the 2-byte length).
 pub const FRAME_LEN_MAX: usize = iso8583::FRAME_LEN_MAX;
 /// Requests of one terminal connection being worked on at once; more are answered 96.

@@ -47,6 +47,10 @@ impl Sessions {
     }
 }
 
+/// A terminal connection's read buffer: a purchase with PIN, track 2 and MAC is about 150
+/// bytes, so one read takes prefix and body; larger frames are read in more.
+const READ_BUFFER_BYTES: usize = 512;
+
 pub(crate) async fn accept(
     sessions: Sessions,
     listener: TcpListener,
@@ -118,7 +122,8 @@ where
     let (reader, mut writer) = tokio::io::split(stream);
     let (responses, mut outgoing) = mpsc::channel::<Vec<u8>>(CONNECTION_QUEUE_MAX);
     let writer_task = tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(4096);
+        // Grown by the first answers, not before: most connections sit idle.
+        let mut batch = Vec::new();
         while let Some(frame) = outgoing.recv().await {
             batch.clear();
             batch.extend_from_slice(&frame);
@@ -135,7 +140,8 @@ where
     // A handler that finds the frame undecodable closes the connection: its framing can no
     // longer be trusted. Answers already being worked on are still written.
     let close = Arc::new(Notify::new());
-    let mut reader = BufReader::new(reader);
+    // Room for a whole typical request in one read; an idle connection holds little.
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let mut buf = Vec::with_capacity(512);
     let peer = crate::risk::peer();
     loop {
