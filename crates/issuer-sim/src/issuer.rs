@@ -74,6 +74,8 @@ pub struct Issuer {
     window: Option<MaintenanceWindow>,
     maintenance: AtomicBool,
     closed: AtomicBool,
+    /// Answers leave only once the ledger holds what they decided (`set_durable_answers`).
+    durable: AtomicBool,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -104,6 +106,7 @@ impl Issuer {
             window: config.maintenance,
             maintenance: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            durable: AtomicBool::new(false),
         })
     }
 
@@ -208,6 +211,19 @@ impl Issuer {
     /// The transaction as the issuer holds it now (in memory, no wait for the ledger).
     pub fn txn(&self, rrn: &Rrn) -> Option<TxnRecord> {
         self.book().txn(rrn).cloned()
+    }
+
+    /// Durable answers: the server flushes the ledger before it sends answers, as a real
+    /// issuer host records a decision before announcing it, so a crash (of this process, or
+    /// of the switch sharing it) loses no approval the switch was told of. Off by default: the
+    /// ledger is then write-behind, which load tests prefer.
+    pub fn set_durable_answers(&self, on: bool) {
+        self.durable.store(on, Ordering::Relaxed);
+        self.ledger.set_linger(!on);
+    }
+
+    pub fn durable_answers(&self) -> bool {
+        self.durable.load(Ordering::Relaxed)
     }
 
     /// Waits until every change so far is committed to the ledger.

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -69,6 +70,8 @@ pub struct Ledger {
     queue: SyncSender<Command>,
     failure: Arc<Mutex<Option<String>>>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Whether the writer gathers writes for `LEDGER_LINGER` (off when answers wait for it).
+    linger: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -119,16 +122,25 @@ impl Ledger {
         let (queue, commands) = sync_channel(LEDGER_QUEUE_MAX);
         let failure = Arc::new(Mutex::new(None));
         let writer_failure = Arc::clone(&failure);
+        let linger = Arc::new(AtomicBool::new(true));
+        let writer_linger = Arc::clone(&linger);
         let thread = std::thread::Builder::new()
             .name("issuer-ledger".into())
-            .spawn(move || writer(conn, &commands, &writer_failure))
+            .spawn(move || writer(conn, &commands, &writer_failure, &writer_linger))
             .map_err(|e| LedgerError::Sqlite(format!("cannot start the writer: {e}")))?;
         let ledger = Self {
             queue,
             failure,
             thread: Arc::new(Mutex::new(Some(thread))),
+            linger,
         };
         Ok((ledger, restored))
+    }
+
+    /// Whether the writer gathers writes before committing (the default). Off when every
+    /// answer waits for a flush: a flush would otherwise wait out the gathering.
+    pub fn set_linger(&self, on: bool) {
+        self.linger.store(on, Ordering::Relaxed);
     }
 
     /// Queues changes; returns at once. Blocks only when `LEDGER_QUEUE_MAX` requests are queued.
@@ -185,10 +197,15 @@ impl Ledger {
     }
 }
 
-fn writer(mut conn: Connection, commands: &Receiver<Command>, failure: &Mutex<Option<String>>) {
+fn writer(
+    mut conn: Connection,
+    commands: &Receiver<Command>,
+    failure: &Mutex<Option<String>>,
+    linger: &AtomicBool,
+) {
     let mut pending: Vec<Command> = Vec::new();
     while let Ok(first) = commands.recv() {
-        if matches!(first, Command::Write(_)) {
+        if matches!(first, Command::Write(_)) && linger.load(Ordering::Relaxed) {
             // Asleep rather than waiting on the queue: a waiting receiver is woken by every
             // send, a sleeping one by none. A flush or read queued meanwhile waits out the rest.
             std::thread::sleep(LEDGER_LINGER);

@@ -114,7 +114,7 @@ impl IssuerSim {
     async fn link(&self, stream: TcpStream, mut stopped: watch::Receiver<bool>) {
         let (mut reader, writer) = stream.into_split();
         let (outbound, queue) = mpsc::channel::<Vec<u8>>(OUTBOUND_QUEUE_MAX);
-        let mut writer_task = tokio::spawn(write_loop(writer, queue));
+        let mut writer_task = tokio::spawn(write_loop(writer, queue, Arc::clone(&self.issuer)));
         let mut disconnects = self.faults.disconnects();
         let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_LINK_MAX));
         let mut delayed = JoinSet::new();
@@ -226,7 +226,11 @@ async fn read_frame(reader: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Vec<u
 }
 
 /// Writes replies as they come, gathering those already queued into one write.
-async fn write_loop(mut writer: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>) {
+async fn write_loop(
+    mut writer: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    issuer: Arc<Issuer>,
+) {
     let mut batch = Vec::with_capacity(WRITE_BATCH_BYTES_MAX);
     while let Some(first) = queue.recv().await {
         batch.clear();
@@ -235,6 +239,16 @@ async fn write_loop(mut writer: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8
             match queue.try_recv() {
                 Ok(next) => batch.extend_from_slice(&next),
                 Err(_) => break,
+            }
+        }
+        // The decisions behind these answers went to the ledger before the answers were
+        // queued: one flush covers the whole batch.
+        if issuer.durable_answers() {
+            let issuer = Arc::clone(&issuer);
+            let flushed = tokio::task::spawn_blocking(move || issuer.flush()).await;
+            if !matches!(flushed, Ok(Ok(()))) {
+                // Not recorded, so not announced: the switch times out and reverses.
+                return;
             }
         }
         if writer.write_all(&batch).await.is_err() {

@@ -380,6 +380,7 @@ async fn auth(args: AuthArgs) -> Result<Report, Box<dyn std::error::Error>> {
                         Synchronous::Normal
                     },
                     journal: args.journal != JournalMode::Off,
+                    durable_issuers: false,
                     extra_terminals: args.terminals,
                 },
             )

@@ -238,6 +238,9 @@ pub struct EnvOptions {
     pub synchronous: Synchronous,
     /// Whether transactions are journalled (off only to measure the journal's cost).
     pub journal: bool,
+    /// Whether the issuer simulators record each decision before they answer (the demo) or
+    /// write their ledgers behind (load tests, where the issuers stand for other machines).
+    pub durable_issuers: bool,
     /// Extra terminals (double-length DES keys, X9.19 MACs) provisioned for load generators;
     /// their TIDs start with 3.
     pub extra_terminals: usize,
@@ -298,6 +301,7 @@ pub async fn start_env(
             }));
             issuer
         };
+        issuer.set_durable_answers(options.durable_issuers);
         let issuer = Arc::new(issuer);
         let sim = IssuerSim::new(Arc::clone(&issuer), seed_of(bank));
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
@@ -505,6 +509,7 @@ async fn run_async(args: DemoArgs) -> CliResult {
             listen: SocketAddr::new(args.listen, args.terminal_port),
             synchronous: Synchronous::Full,
             journal: true,
+            durable_issuers: true,
             extra_terminals: args.bench_terminals,
         },
     )
