@@ -11,8 +11,8 @@
 //! is in the database.
 //!
 //! `SHOUDAN_SIM_SEED=n` reruns one seed; `SHOUDAN_SIM_SEEDS=k` runs seeds 1..=k;
-//! `SHOUDAN_SIM_TXNS=n` sets the requests per terminal; `SHOUDAN_SIM_DISK_FULL=1` adds windows
-//! in which the journal's disk is full. Every run ends with a switch restart (what a crash or
+//! `SHOUDAN_SIM_TXNS=n` sets the requests per terminal; `SHOUDAN_SIM_DISK_FULL=0` leaves out
+//! the windows in which the journal's disk is full. Every run ends with a switch restart (what a crash or
 //! a full disk left in flight is settled by the next start) before the checks.
 
 #![allow(
@@ -55,10 +55,12 @@ const BANKS: [&str; 3] = ["ICBC", "CCB", "ABC"];
 const MID: &str = "898110048990001";
 const TMK_HEX: &str = "0123456789ABCDEFFEDCBA9876543210";
 const ZPK_HEX: &str = "11111111111111112222222222222222";
-/// Windows in which the journal's disk is full, per run, with `SHOUDAN_SIM_DISK_FULL=1`. Off
-/// by default: with the inline writer the journal keeps failing with SQLITE_FULL after the
-/// quota is lifted (the threaded writer recovers, see tests/full_disk.rs); not yet diagnosed.
+/// Windows in which the journal's disk is full, per run (none with `SHOUDAN_SIM_DISK_FULL=0`).
 const DISK_FULL_WINDOWS: u64 = 3;
+/// How long a cashier waits after a 96 before the next request. Without it a full disk,
+/// answered 96 at once, let the terminals run through their whole load in no virtual time, so
+/// the window (and its 96s) lasted until the load was done.
+const PAUSE_AFTER_96: Duration = Duration::from_millis(25);
 const ISSUER_TIMEOUT: Duration = Duration::from_millis(400);
 /// A terminal's own patience: far above the switch's issuer timeout, so it only fires if the
 /// switch leaves a request unanswered (which is a failure).
@@ -415,10 +417,14 @@ impl SimTerminal {
             let frame = Frame::decode_unprefixed(&body).unwrap();
             let m = &frame.message;
             if m.stan() == Some(req.stan) && m.mti().value() == req.mti.value() + 10 {
-                return Answer {
+                let answer = Answer {
                     code: m.text(39).unwrap().to_owned(),
                     rrn: m.text(37).map(str::to_owned),
                 };
+                if answer.code == "96" {
+                    tokio::time::sleep(PAUSE_AFTER_96).await;
+                }
+                return answer;
             }
         }
     }
@@ -432,6 +438,10 @@ struct Seen {
     retry_mismatches: Vec<(String, u32, String, String)>,
     retries: u64,
     abandoned: u64,
+    /// The last disk-full window has closed (set by the disk task).
+    disk_windows_over: bool,
+    /// Purchases approved after that: the journal recovered without a restart.
+    approved_after_disk: u64,
 }
 
 struct Card {
@@ -557,6 +567,11 @@ async fn terminal_loop(
             .entry(format!("purchase {}", a.code))
             .or_default() += 1;
         if a.code == "00" {
+            let mut seen = seen.lock().unwrap();
+            if seen.disk_windows_over {
+                seen.approved_after_disk += 1;
+            }
+            drop(seen);
             approved.push((purchase.clone(), a.clone()));
         }
         last = Some((purchase, a));
@@ -693,26 +708,28 @@ async fn simulate(seed: u64, txns: usize) -> Outcome {
     let switch = start().await;
 
     // The disk fills now and then: seeded windows in which the journal cannot grow.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let windows = if std::env::var("SHOUDAN_SIM_DISK_FULL").as_deref() == Ok("0") {
+        0
+    } else {
+        DISK_FULL_WINDOWS
+    };
     let disk = {
         let store = Arc::clone(&store);
+        let seen = Arc::clone(&seen);
         tokio::spawn(async move {
-            let windows = if std::env::var_os("SHOUDAN_SIM_DISK_FULL").is_some() {
-                DISK_FULL_WINDOWS
-            } else {
-                0
-            };
             for k in 0..windows {
                 let roll = mix(&[seed, 500, k]);
-                tokio::time::sleep(Duration::from_millis(300 + roll % 1500)).await;
+                tokio::time::sleep(Duration::from_millis(50 + roll % 300)).await;
                 store.set_page_quota(Some(1));
-                tokio::time::sleep(Duration::from_millis(20 + (roll >> 16) % 200)).await;
+                tokio::time::sleep(Duration::from_millis(20 + (roll >> 16) % 100)).await;
                 store.set_page_quota(None);
             }
+            seen.lock().unwrap().disk_windows_over = true;
         })
     };
 
     let cards = Arc::new(cards);
-    let seen = Arc::new(Mutex::new(Seen::default()));
     let tasks: Vec<_> = (0..TERMINALS)
         .map(|i| {
             tokio::spawn(terminal_loop(
@@ -759,11 +776,28 @@ async fn simulate(seed: u64, txns: usize) -> Outcome {
     let seen = Arc::into_inner(seen).unwrap().into_inner().unwrap();
     check_invariant_2(seed, &store, &issuers, &seen);
     check_no_pan(seed, &dir.path().join("switch.db"), &all_pans);
+    if windows > 0 {
+        // Each window closed while terminals were still buying, and the journal took
+        // approvals again without a restart.
+        assert!(
+            seen.disk_windows_over,
+            "seed {seed}: the load ended before the disk-full windows did"
+        );
+        assert!(
+            seen.approved_after_disk > 0,
+            "seed {seed}: no approval once the disk had room again"
+        );
+    }
 
     let issuer_approvals: usize = issuers.values().map(|i| i.approvals().unwrap().len()).sum();
     let fingerprint = format!(
-        "{:?} retries {} abandoned {} issuer approvals {issuer_approvals} refused {}",
-        seen.codes, seen.retries, seen.abandoned, metrics.refused_overload
+        "{:?} retries {} abandoned {} issuer approvals {issuer_approvals} refused {} \
+         approved after the disk windows {}",
+        seen.codes,
+        seen.retries,
+        seen.abandoned,
+        metrics.refused_overload,
+        seen.approved_after_disk
     );
     Outcome { fingerprint }
 }
