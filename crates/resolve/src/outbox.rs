@@ -223,6 +223,8 @@ pub struct NotifierConfig {
     pub timeout: Duration,
     /// Events attempted per pass.
     pub batch_max: u32,
+    /// Which addresses a merchant's endpoint may resolve to (public only by default).
+    pub destinations: webhook::Destinations,
 }
 
 /// Attempts per event at most, whatever the configuration says.
@@ -236,6 +238,7 @@ impl Default for NotifierConfig {
             backoff_last_ms: 3_600_000,
             timeout: Duration::from_secs(5),
             batch_max: 64,
+            destinations: webhook::Destinations::Public,
         }
     }
 }
@@ -361,7 +364,14 @@ impl Notifier {
             (webhook::EVENT_ID_HEADER, item.id.to_string()),
             (webhook::EVENT_TYPE_HEADER, item.event_type.clone()),
         ];
-        webhook::post(&target, &headers, body, self.config.timeout).await
+        webhook::post(
+            &target,
+            &headers,
+            body,
+            self.config.timeout,
+            self.config.destinations,
+        )
+        .await
     }
 
     /// Runs `deliver_due` every `interval` until `stop` turns true.
@@ -555,6 +565,7 @@ pub fn spawn_background(
     hsm: Arc<dyn Hsm>,
     directory: Arc<IssuerDirectory>,
     clock: Arc<dyn Clock>,
+    destinations: webhook::Destinations,
     stop: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     let tailer = Tailer::new(
@@ -563,7 +574,11 @@ pub fn spawn_background(
         Arc::clone(&clock),
         TailerConfig::default(),
     );
-    let notifier = Notifier::new(store, hsm, clock, NotifierConfig::default());
+    let config = NotifierConfig {
+        destinations,
+        ..NotifierConfig::default()
+    };
+    let notifier = Notifier::new(store, hsm, clock, config);
     vec![
         tailer.spawn(BACKGROUND_INTERVAL, stop.clone()),
         notifier.spawn(BACKGROUND_INTERVAL, stop),

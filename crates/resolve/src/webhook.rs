@@ -2,6 +2,7 @@
 //! `X-Shoudan-Signature: v1=...` with the timestamp in `X-Shoudan-Timestamp`) and a minimal
 //! HTTP/1.1 POST over tokio to `http://` endpoints. TLS is out of scope (docs/architecture.md).
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -82,6 +83,73 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     )
 }
 
+/// Where webhooks may be delivered. The merchant names the URL, so without a check a merchant
+/// could have the host POST into the network it runs in: services on loopback, the cloud
+/// metadata address, private ranges (server-side request forgery).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destinations {
+    /// Globally routable addresses only: production's default.
+    Public,
+    /// Loopback, private and link-local addresses too: a demo or test on one machine, or an
+    /// operator whose merchants' receivers are on an internal network.
+    AnyAddress,
+}
+
+impl Destinations {
+    pub fn allows(self, ip: IpAddr) -> bool {
+        match self {
+            Destinations::Public => is_public(ip),
+            Destinations::AnyAddress => true,
+        }
+    }
+}
+
+/// Whether an address is globally routable: not loopback, private, shared (CGNAT),
+/// link-local, multicast, reserved, documentation or unspecified; IPv4 inside IPv6 (mapped,
+/// NAT64) is judged as the IPv4 address it carries.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b))
+        || (a == 192 && b == 0 && c == 0)
+        || (a == 198 && (b == 18 || b == 19))
+        || a >= 240)
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    let segments = ip.segments();
+    let first = segments.first().copied().unwrap_or(0);
+    // 64:ff9b::/96, NAT64: the IPv4 address is the last 32 bits.
+    if segments.get(..6) == Some(&[0x64, 0xff9b, 0, 0, 0, 0]) {
+        let [.., hi, lo] = segments;
+        let v4 = Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+        return is_public_v4(v4);
+    }
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || (first & 0xfe00) == 0xfc00
+        || (first & 0xffc0) == 0xfe80
+        || (first == 0x2001 && segments.get(1) == Some(&0x0db8)))
+}
+
 /// An `http://host[:port]/path` endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -128,14 +196,19 @@ impl PostResult {
     }
 }
 
-/// POSTs a signed JSON body; `timeout` bounds the whole exchange.
+/// POSTs a signed JSON body; `timeout` bounds the whole exchange, name resolution included.
 pub async fn post(
     endpoint: &Endpoint,
     headers: &[(&str, String)],
     body: &[u8],
     timeout: Duration,
+    destinations: Destinations,
 ) -> PostResult {
-    match tokio::time::timeout(timeout, exchange(endpoint, headers, body)).await {
+    let exchanged = async {
+        let stream = connect(endpoint, destinations).await?;
+        exchange(stream, endpoint, headers, body).await
+    };
+    match tokio::time::timeout(timeout, exchanged).await {
         Ok(Ok(status)) => PostResult {
             status: Some(status),
             error: None,
@@ -151,14 +224,47 @@ pub async fn post(
     }
 }
 
+/// Resolves the host once and connects to an address the policy allows, never resolving
+/// again: a name that answers a public address to a check and a private one to the connection
+/// (DNS rebinding) gets nowhere.
+async fn connect(endpoint: &Endpoint, destinations: Destinations) -> Result<TcpStream, String> {
+    let host = endpoint
+        .host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(&endpoint.host);
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, endpoint.port))
+        .await
+        .map_err(|e| format!("resolve {}: {e}", endpoint.host))?
+        .collect();
+    let allowed: Vec<SocketAddr> = resolved
+        .iter()
+        .copied()
+        .filter(|a| destinations.allows(a.ip()))
+        .collect();
+    if allowed.is_empty() {
+        return Err(format!(
+            "{} is not a public address (loopback, private or link-local): webhooks are not \
+             sent there",
+            endpoint.host
+        ));
+    }
+    let mut last_error = String::new();
+    for addr in allowed {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = format!("connect: {e}"),
+        }
+    }
+    Err(last_error)
+}
+
 async fn exchange(
+    mut stream: TcpStream,
     endpoint: &Endpoint,
     headers: &[(&str, String)],
     body: &[u8],
 ) -> Result<u16, String> {
-    let mut stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
     let mut head = format!(
         "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\nUser-Agent: shoudan-webhook/1\r\n",
@@ -260,6 +366,89 @@ mod tests {
             1_700_000_000,
             300
         ));
+    }
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        let public = [
+            "8.8.8.8",
+            "1.1.1.1",
+            "203.0.114.1",
+            "100.128.0.1",
+            "2400:3200::1",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ];
+        let not_public = [
+            "127.0.0.1",
+            "127.1.2.3",
+            "10.0.0.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "240.0.0.1",
+            "192.0.2.1",
+            "198.18.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
+        ];
+        for text in public {
+            let ip: IpAddr = text.parse().unwrap();
+            assert!(is_public(ip), "{text} is public");
+            assert!(Destinations::Public.allows(ip));
+        }
+        for text in not_public {
+            let ip: IpAddr = text.parse().unwrap();
+            assert!(!is_public(ip), "{text} is not public");
+            assert!(!Destinations::Public.allows(ip));
+            assert!(Destinations::AnyAddress.allows(ip));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_private_destination_is_refused_before_any_connection() {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for url in [
+            format!("http://127.0.0.1:{port}/hook"),
+            format!("http://localhost:{port}/hook"),
+            format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+        ] {
+            let endpoint = Endpoint::parse(&url).unwrap();
+            let result = post(
+                &endpoint,
+                &[],
+                b"{}",
+                Duration::from_secs(5),
+                Destinations::Public,
+            )
+            .await;
+            assert_eq!(result.status, None, "{url}");
+            let error = result.error.unwrap_or_default();
+            assert!(
+                error.contains("not a public address") || error.starts_with("resolve"),
+                "{url}: {error}"
+            );
+        }
+        // Nothing reached the listener.
+        let accepted = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+        assert!(accepted.is_err(), "a refused destination was connected to");
     }
 
     #[test]

@@ -678,6 +678,45 @@ async fn receiver(status: u16) -> Receiver {
 }
 
 #[test]
+fn webhooks_to_a_private_address_are_refused_by_default() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        // A merchant aims its webhook at the host's own loopback (a portal, an admin port).
+        let inside = receiver(200).await;
+        let store = e.store();
+        resolve::outbox::set_endpoint(
+            store.as_ref(),
+            e.h.hsm.as_ref(),
+            MID,
+            &format!("http://{}/admin", inside.addr),
+            b"k",
+        )
+        .await
+        .unwrap();
+        let (code, _, _) = e.purchase(&e.card("insufficient_funds"), 100).await;
+        assert_eq!(code, "51");
+        e.tailer().poll_once().await.unwrap();
+        let notifier = Notifier::new(
+            e.store(),
+            Arc::clone(&e.h.hsm) as Arc<dyn Hsm>,
+            Arc::new(SystemClock),
+            NotifierConfig::default(),
+        );
+        assert_eq!(notifier.deliver_due().await.unwrap(), 1);
+        assert!(
+            inside.got.lock().unwrap().is_empty(),
+            "the POST reached loopback"
+        );
+        let item = store.outbox_of_merchant(MID).unwrap().pop().unwrap();
+        assert_ne!(item.state, "delivered");
+        let attempt = store.webhook_deliveries(item.id).unwrap().pop().unwrap();
+        assert_eq!(attempt.status, None);
+        let error = attempt.error.unwrap_or_default();
+        assert!(error.contains("not a public address"), "{error}");
+    });
+}
+
+#[test]
 fn webhooks_are_signed_and_failing_receivers_are_retried() {
     runtime().block_on(async {
         let mut e = start().await;
@@ -704,6 +743,8 @@ fn webhooks_are_signed_and_failing_receivers_are_retried() {
                 backoff_first_ms: 1,
                 backoff_last_ms: 5,
                 attempts_max: 3,
+                // The test's receivers are on loopback.
+                destinations: resolve::webhook::Destinations::AnyAddress,
                 ..NotifierConfig::default()
             },
         );
@@ -814,6 +855,7 @@ fn background_tasks_deliver_without_being_driven() {
             Arc::clone(&e.h.hsm) as Arc<dyn Hsm>,
             e.directory(),
             Arc::new(SystemClock),
+            resolve::webhook::Destinations::AnyAddress,
             stop_rx,
         );
         let (code, rrn, _) = e.purchase(&e.card("lost"), 100).await;

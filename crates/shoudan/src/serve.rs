@@ -66,6 +66,10 @@ pub struct ServeConfig {
     /// leased before another node may take it over.
     pub saf_interval_ms: Option<u64>,
     pub saf_lease_ms: Option<u64>,
+    /// Whether merchants' webhook endpoints may be loopback, private or link-local addresses
+    /// (false: public addresses only, so a merchant cannot aim the host at its own network).
+    #[serde(default)]
+    pub webhooks_to_private_addresses: bool,
 }
 
 fn default_node_id() -> u8 {
@@ -168,6 +172,7 @@ pub struct Node {
     pub store: Arc<dyn Store>,
     pub hsm: Arc<SoftHsm>,
     pub http_listen: SocketAddr,
+    pub webhook_destinations: resolve::webhook::Destinations,
 }
 
 pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::Error>> {
@@ -233,6 +238,11 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
         store,
         hsm,
         http_listen: config.http_listen,
+        webhook_destinations: if config.webhooks_to_private_addresses {
+            resolve::webhook::Destinations::AnyAddress
+        } else {
+            resolve::webhook::Destinations::Public
+        },
     })
 }
 
@@ -283,6 +293,7 @@ async fn serve(node: Node) -> CliResult {
         Arc::clone(&node.hsm) as Arc<dyn Hsm>,
         Arc::new(IssuerDirectory::embedded()?),
         Arc::new(switch::SystemClock),
+        node.webhook_destinations,
         stop_rx.clone(),
     );
     let http_task = tokio::spawn(web::serve(portal, http, stop_rx));
