@@ -74,10 +74,11 @@ pub enum AccountCmd {
         common: Common,
         #[arg(long)]
         mid: String,
-        /// A debit card number (Luhn-checked, bank from its BIN).
+        /// A debit card number (Luhn-checked, bank from its BIN); `-` reads it from standard
+        /// input, so that it stays out of the shell's history and the process list.
         #[arg(long, conflicts_with = "account")]
         card: Option<String>,
-        /// A bank account number (needs --bank).
+        /// A bank account number (needs --bank); `-` reads it from standard input.
         #[arg(long)]
         account: Option<String>,
         #[arg(long)]
@@ -335,6 +336,18 @@ pub fn ledger(cmd: LedgerCmd) -> CliResult {
     }
 }
 
+/// The number as given, or the first line of standard input for `-`.
+fn number_or_stdin(given: String) -> String {
+    if given != "-" {
+        return given;
+    }
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    let number = line.trim().to_owned();
+    zeroize::Zeroize::zeroize(&mut line);
+    number
+}
+
 pub fn account(cmd: AccountCmd) -> CliResult {
     match cmd {
         AccountCmd::Bind {
@@ -349,7 +362,7 @@ pub fn account(cmd: AccountCmd) -> CliResult {
             let store = open_store(&common.data_dir)?;
             let sealer = sealer(&common.data_dir)?;
             let directory = IssuerDirectory::embedded()?;
-            let input = match (card, account) {
+            let input = match (card.map(number_or_stdin), account.map(number_or_stdin)) {
                 (Some(number), None) => AccountInput {
                     kind: AccountKind::Card,
                     number,

@@ -266,20 +266,36 @@ fn a_day_of_demo_traffic_is_settled_paid_and_reconciled() {
     }
     assert_eq!(payouts.len(), mids.len());
 
-    // Re-binding after the failure needs a second person.
-    let pending = json(
-        &[
-            "account",
-            "bind",
-            "--mid",
-            &mids[0],
-            "--card",
-            &card(2),
-            "--name",
-            "王小明",
-        ],
-        dir,
-    );
+    // Re-binding after the failure needs a second person. The card number comes on standard
+    // input (`--card -`), out of the shell history and the process list.
+    let pending = {
+        let mut child = Command::new(BIN)
+            .args([
+                "account",
+                "bind",
+                "--mid",
+                &mids[0],
+                "--card",
+                "-",
+                "--name",
+                "王小明",
+                "--json",
+            ])
+            .arg("--data-dir")
+            .arg(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(
+            child.stdin.as_mut().unwrap(),
+            format!("{}\n", card(2)).as_bytes(),
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
     assert_eq!(pending["outcome"], "pending_confirmation", "{pending}");
     let change = pending["change_id"].to_string();
     let (code, _) = shoudan(
