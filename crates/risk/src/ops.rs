@@ -33,6 +33,8 @@ pub enum OpsError {
     AlertClosed { id: i64, state: AlertState },
     #[error("operator name is empty, or operator or note longer than {NOTE_LEN_MAX} characters")]
     Operator,
+    #[error("merchant {mid} was reviewed by someone else meanwhile; look again")]
+    Changed { mid: String },
 }
 
 /// Who does it and when.
@@ -161,6 +163,7 @@ async fn review(
     actor.check(note)?;
     let merchant = store.merchants()?.into_iter().find(|m| m.mid == mid);
     let existing = store.merchant_profile(mid)?;
+    let existing_state = existing.as_ref().map(|p| p.state);
     let from = match (&existing, &merchant) {
         (Some(profile), _) => profile.state,
         (None, Some(m)) => MerchantState::from_status(m.status),
@@ -185,12 +188,19 @@ async fn review(
         reviewed_at_ms: None,
         note: None,
     });
+    let read_state = existing_state;
     profile.state = to;
     profile.reviewed_by = Some(actor.operator.to_owned());
     profile.reviewed_at_ms = Some(actor.now_ms);
     profile.note = (!note.is_empty()).then(|| note.to_owned());
-    store
+    let written = store
         .submit(vec![
+            // Compare-and-set: only from the state this review read (an approve racing a
+            // close must not reopen the closed merchant).
+            Record::Risk(RiskRecord::ExpectState {
+                mid: mid.to_owned(),
+                state: read_state,
+            }),
             Record::Risk(RiskRecord::Profile(profile.clone())),
             Record::Risk(RiskRecord::Review(MerchantReviewRow {
                 mid: mid.to_owned(),
@@ -206,8 +216,14 @@ async fn review(
                 status: to.status(),
             }),
         ])?
-        .await?;
-    Ok(profile)
+        .await;
+    match written {
+        Ok(()) => Ok(profile),
+        Err(StoreError::Constraint { .. }) => Err(OpsError::Changed {
+            mid: mid.to_owned(),
+        }),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Clears an open alert, or acts on it by suspending its terminal or its merchant.

@@ -132,4 +132,11 @@ pub enum RiskRecord {
     TerminalStatus { tid: String, status: Status },
     /// Keeps `merchants.status` in step with the lifecycle.
     MerchantStatus { mid: String, status: Status },
+    /// Fails the submission (a constraint error) unless the merchant's profile is still in
+    /// `state` (`None`: no profile yet): the compare in a review's compare-and-set, so that
+    /// two operators acting at once cannot both move the merchant from what they read.
+    ExpectState {
+        mid: String,
+        state: Option<MerchantState>,
+    },
 }

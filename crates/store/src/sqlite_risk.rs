@@ -132,6 +132,17 @@ pub(super) fn write(conn: &Connection, record: &RiskRecord) -> Result<(), StoreE
                 .execute(params![mid, status])?;
             expect_one(changed, "merchant")?;
         }
+        RiskRecord::ExpectState { mid, state } => {
+            let current: Option<MerchantState> = conn
+                .prepare_cached("SELECT state FROM merchant_profiles WHERE mid = ?1")?
+                .query_row(params![mid], |r| r.get(0))
+                .optional()?;
+            if current != *state {
+                return Err(StoreError::Constraint {
+                    message: format!("merchant {mid}: its state changed meanwhile"),
+                });
+            }
+        }
     }
     Ok(())
 }

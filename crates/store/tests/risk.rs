@@ -148,4 +148,93 @@ async fn profiles_reviews_alerts_round_trip(db: &Db) {
     assert!(missing.is_err());
 }
 
-on_both_async!(profiles_reviews_alerts_round_trip);
+/// A review writes only from the state it read: a second review made from the same reading
+/// (an approve racing a close) fails whole, and the first one's state stands.
+async fn reviews_compare_and_set(db: &Db) {
+    let store = db.open();
+    let mut profile = MerchantProfileRow {
+        mid: "M1".into(),
+        state: MerchantState::Approved,
+        licence_no: "91310000MA1FL0001X".into(),
+        legal_person: "Zhang San".into(),
+        mcc: "5812".into(),
+        address: "1 Nanjing Road".into(),
+        applied_at_ms: 5,
+        reviewed_by: None,
+        reviewed_at_ms: None,
+        note: None,
+    };
+    store
+        .submit(vec![
+            merchant("M1"),
+            Record::Risk(RiskRecord::ExpectState {
+                mid: "M1".into(),
+                state: None,
+            }),
+            Record::Risk(RiskRecord::Profile(profile.clone())),
+        ])
+        .unwrap()
+        .await
+        .unwrap();
+    let review = |from: MerchantState, to: MerchantState, status: Status| {
+        let mut row = profile.clone();
+        row.state = to;
+        vec![
+            Record::Risk(RiskRecord::ExpectState {
+                mid: "M1".into(),
+                state: Some(from),
+            }),
+            Record::Risk(RiskRecord::Profile(row)),
+            Record::Risk(RiskRecord::Review(MerchantReviewRow {
+                mid: "M1".into(),
+                at_ms: 10,
+                operator: "alice".into(),
+                action: "review".into(),
+                from_state: Some(from),
+                to_state: to,
+                note: String::new(),
+            })),
+            Record::Risk(RiskRecord::MerchantStatus {
+                mid: "M1".into(),
+                status,
+            }),
+        ]
+    };
+    // Both operators read "approved"; one closes, then the other's suspension arrives.
+    store
+        .submit(review(
+            MerchantState::Approved,
+            MerchantState::Closed,
+            Status::Closed,
+        ))
+        .unwrap()
+        .await
+        .unwrap();
+    let late = store
+        .submit(review(
+            MerchantState::Approved,
+            MerchantState::Suspended,
+            Status::Suspended,
+        ))
+        .unwrap()
+        .await;
+    assert!(
+        matches!(late, Err(store::StoreError::Constraint { .. })),
+        "{late:?}"
+    );
+    profile.state = MerchantState::Closed;
+    assert_eq!(store.merchant_profile("M1").unwrap(), Some(profile));
+    assert_eq!(store.merchant_reviews("M1").unwrap().len(), 1);
+    assert_eq!(store.merchants().unwrap()[0].status, Status::Closed);
+    // Nor can a first profile be written twice from "none".
+    let again = store
+        .submit(vec![Record::Risk(RiskRecord::ExpectState {
+            mid: "M1".into(),
+            state: None,
+        })])
+        .unwrap()
+        .await;
+    assert!(again.is_err());
+}
+
+on_both_async!(profiles_reviews_alerts_round_trip, reviews_compare_and_set);

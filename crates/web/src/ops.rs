@@ -65,6 +65,7 @@ impl From<risk::ops::OpsError> for ApiError {
             E::Transition(_) | E::AlertClosed { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "illegal_transition", message)
             }
+            E::Changed { .. } => ApiError::new(StatusCode::CONFLICT, "changed_meanwhile", message),
             E::Qualification(_) | E::Operator => ApiError::bad_request(message),
         }
     }
