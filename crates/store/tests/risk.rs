@@ -19,6 +19,21 @@ fn merchant(mid: &str) -> Record {
     })
 }
 
+fn profile(state: MerchantState) -> MerchantProfileRow {
+    MerchantProfileRow {
+        mid: "M1".into(),
+        state,
+        licence_no: "91310000MA1FL0001X".into(),
+        legal_person: "Zhang San".into(),
+        mcc: "5812".into(),
+        address: "1 Nanjing Road".into(),
+        applied_at_ms: 5,
+        reviewed_by: None,
+        reviewed_at_ms: None,
+        note: None,
+    }
+}
+
 fn alert(id: i64, txn_ids: Vec<i64>) -> Record {
     Record::Risk(RiskRecord::Alert(Box::new(RiskAlertRow {
         id,
@@ -39,18 +54,7 @@ fn alert(id: i64, txn_ids: Vec<i64>) -> Record {
 
 async fn profiles_reviews_alerts_round_trip(db: &Db) {
     let store = db.open();
-    let profile = MerchantProfileRow {
-        mid: "M1".into(),
-        state: MerchantState::Applied,
-        licence_no: "91310000MA1FL0001X".into(),
-        legal_person: "Zhang San".into(),
-        mcc: "5812".into(),
-        address: "1 Nanjing Road".into(),
-        applied_at_ms: 5,
-        reviewed_by: None,
-        reviewed_at_ms: None,
-        note: None,
-    };
+    let profile = profile(MerchantState::Applied);
     store
         .submit(vec![
             merchant("M1"),
@@ -152,18 +156,7 @@ async fn profiles_reviews_alerts_round_trip(db: &Db) {
 /// (an approve racing a close) fails whole, and the first one's state stands.
 async fn reviews_compare_and_set(db: &Db) {
     let store = db.open();
-    let mut profile = MerchantProfileRow {
-        mid: "M1".into(),
-        state: MerchantState::Approved,
-        licence_no: "91310000MA1FL0001X".into(),
-        legal_person: "Zhang San".into(),
-        mcc: "5812".into(),
-        address: "1 Nanjing Road".into(),
-        applied_at_ms: 5,
-        reviewed_by: None,
-        reviewed_at_ms: None,
-        note: None,
-    };
+    let mut profile = profile(MerchantState::Approved);
     store
         .submit(vec![
             merchant("M1"),
