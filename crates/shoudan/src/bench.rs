@@ -78,6 +78,10 @@ pub struct AuthArgs {
     /// and the reversal queue still are): the journal's cost is full against off.
     #[arg(long, value_enum, default_value_t = JournalMode::Full)]
     pub journal: JournalMode,
+    /// In-process only: the journal on this PostgreSQL database (`postgres://...`, a fresh
+    /// schema per run) instead of SQLite; its durability is the server's setting.
+    #[arg(long, conflicts_with = "target")]
+    pub database: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -295,6 +299,7 @@ async fn compare(args: CompareArgs) -> CliResult {
         target: None,
         data_dir: None,
         journal: JournalMode::Full,
+        database: None,
         json: args.json,
     })
     .await?;
@@ -381,6 +386,7 @@ async fn auth(args: AuthArgs) -> Result<Report, Box<dyn std::error::Error>> {
                     },
                     journal: args.journal != JournalMode::Off,
                     durable_issuers: false,
+                    postgres: args.database.clone(),
                     extra_terminals: args.terminals,
                 },
             )
@@ -397,7 +403,15 @@ async fn auth(args: AuthArgs) -> Result<Report, Box<dyn std::error::Error>> {
             env.stop().await?;
             let (report, _) = result?;
             Ok(Report {
-                journal: Some(args.journal.describe()),
+                journal: Some(if args.database.is_some() {
+                    if args.journal == JournalMode::Off {
+                        "off (transactions not journalled)"
+                    } else {
+                        "postgresql (the server's synchronous_commit)"
+                    }
+                } else {
+                    args.journal.describe()
+                }),
                 ..report
             })
         }

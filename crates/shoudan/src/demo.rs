@@ -244,12 +244,39 @@ pub struct EnvOptions {
     /// Extra terminals (double-length DES keys, X9.19 MACs) provisioned for load generators;
     /// their TIDs start with 3.
     pub extra_terminals: usize,
+    /// The journal on PostgreSQL (`postgres://...`, in a schema of its own) instead of the
+    /// SQLite file in the data dir.
+    pub postgres: Option<String>,
+}
+
+/// The journal of a demo environment, kept by its concrete type to close it at the end.
+enum Journal {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<store::PgStore>),
+}
+
+impl Journal {
+    fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Journal::Sqlite(s) => Arc::clone(s) as Arc<dyn Store>,
+            Journal::Postgres(p) => Arc::clone(p) as Arc<dyn Store>,
+        }
+    }
+
+    /// Commits what is queued and stops the writer. Blocks.
+    fn close(&self) {
+        match self {
+            Journal::Sqlite(s) => s.close(),
+            Journal::Postgres(p) => p.close(),
+        }
+    }
 }
 
 /// A running demo environment: issuers, journal, HSM and switch, with their fixtures.
 pub struct DemoEnv {
     pub switch: SwitchHandle,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn Store>,
+    journal: Journal,
     pub hsm: Arc<SoftHsm>,
     /// The demo's fixtures (`http_port` is 0: the environment serves no HTTP).
     pub fixtures: Fixtures,
@@ -328,9 +355,25 @@ pub async fn start_env(
     }
 
     // The journal, provisioned with merchants and terminals on first run.
-    let mut store_config = SqliteConfig::new(dir.join("switch.db"));
-    store_config.synchronous = options.synchronous;
-    let store = Arc::new(SqliteStore::open(&store_config)?);
+    let journal = match &options.postgres {
+        None => {
+            let mut store_config = SqliteConfig::new(dir.join("switch.db"));
+            store_config.synchronous = options.synchronous;
+            Journal::Sqlite(Arc::new(SqliteStore::open(&store_config)?))
+        }
+        Some(url) => {
+            // A fresh schema per environment: runs never see each other's rows.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let config = store::PgConfig {
+                url: url.clone(),
+                schema: Some(format!("demo_{}_{nanos}", std::process::id())),
+            };
+            Journal::Postgres(Arc::new(store::PgStore::open(&config)?))
+        }
+    };
+    let store = journal.store();
     if store.terminals()?.is_empty() {
         let mut records: Vec<Record> = MERCHANTS
             .iter()
@@ -356,7 +399,7 @@ pub async fn start_env(
         }
         store.submit(records)?.await?;
     }
-    let extra = provision_extra(&hsm, &store, options.extra_terminals).await?;
+    let extra = provision_extra(&hsm, store.as_ref(), options.extra_terminals).await?;
 
     let mut config = SwitchConfig::new(options.listen);
     config.issuers = endpoints;
@@ -422,6 +465,7 @@ pub async fn start_env(
     Ok(DemoEnv {
         switch,
         store,
+        journal,
         hsm,
         fixtures,
         extra_terminals,
@@ -436,7 +480,7 @@ const EXTRA_MAC: MacAlgorithm = MacAlgorithm::X919;
 /// Imports the extra terminals' keys and provisions them; returns their TIDs.
 async fn provision_extra(
     hsm: &SoftHsm,
-    store: &SqliteStore,
+    store: &dyn Store,
     count: usize,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let mut tids = Vec::new();
@@ -495,8 +539,9 @@ impl DemoEnv {
             tokio::task::spawn_blocking(move || issuer.close()).await??;
         }
         std::fs::write(self.dir.join("hsm.store"), self.hsm.export_store()?)?;
-        let store = self.store;
-        tokio::task::spawn_blocking(move || store.close()).await?;
+        drop(self.store);
+        let journal = self.journal;
+        tokio::task::spawn_blocking(move || journal.close()).await?;
         Ok(())
     }
 }
@@ -511,6 +556,7 @@ async fn run_async(args: DemoArgs) -> CliResult {
             journal: true,
             durable_issuers: true,
             extra_terminals: args.bench_terminals,
+            postgres: None,
         },
     )
     .await?;
@@ -526,7 +572,7 @@ async fn run_async(args: DemoArgs) -> CliResult {
     // Notifications: the journal tailer (declines, reversals, refunds, duplicates) and the
     // webhook notifier, for merchants that configured an endpoint.
     let notify_tasks = resolve::outbox::spawn_background(
-        Arc::clone(&env.store) as Arc<dyn Store>,
+        Arc::clone(&env.store),
         Arc::clone(&env.hsm) as Arc<dyn Hsm>,
         Arc::new(IssuerDirectory::embedded()?),
         Arc::new(switch::SystemClock),
@@ -628,7 +674,7 @@ async fn portal(
     switch_metrics: Arc<web::metrics::SwitchMetricsCell>,
 ) -> Result<web::Web, Box<dyn std::error::Error>> {
     let portal = web::Web::new(
-        Arc::clone(&env.store) as Arc<dyn Store>,
+        Arc::clone(&env.store),
         Arc::clone(&env.hsm) as Arc<dyn Hsm>,
         Arc::new(IssuerDirectory::embedded()?),
         Arc::new(switch::SystemClock),
