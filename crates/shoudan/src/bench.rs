@@ -33,7 +33,8 @@ pub enum BenchCmd {
     Echo(EchoArgs),
     /// `bench auth` then `bench echo`, and the ratio of their throughputs.
     Compare(CompareArgs),
-    /// Signed-in terminal connections held idle: the switch process's memory (RSS) for them.
+    /// Signed-in terminal connections held idle: the memory (RSS) of the demo process that
+    /// serves them (switch, issuer simulators, portal).
     Idle(IdleArgs),
 }
 
@@ -671,7 +672,7 @@ async fn idle(args: IdleArgs) -> CliResult {
         println!("  signed in, alive after {:?} idle   {alive}", args.hold);
         println!("  sign-ins took    {sign_in_s:.1}s");
         println!(
-            "  switch RSS       {:.1} MiB before, {:.1} MiB with the connections ({per_connection:.1} KiB each)",
+            "  demo RSS         {:.1} MiB before, {:.1} MiB with the connections ({per_connection:.1} KiB each)",
             rss_before as f64 / 1024.0,
             rss_after as f64 / 1024.0
         );
