@@ -86,6 +86,13 @@ async fn start() -> Env {
 }
 
 impl Env {
+    /// Points the merchant's webhooks at `url`, signed with `secret`.
+    async fn aim_webhooks(&self, url: &str, secret: &[u8]) {
+        resolve::outbox::set_endpoint(self.store().as_ref(), self.h.hsm.as_ref(), MID, url, secret)
+            .await
+            .unwrap();
+    }
+
     fn card(&self, label: &str) -> DemoCard {
         self.cards
             .iter()
@@ -684,15 +691,8 @@ fn webhooks_to_a_private_address_are_refused_by_default() {
         // A merchant aims its webhook at the host's own loopback (a portal, an admin port).
         let inside = receiver(200).await;
         let store = e.store();
-        resolve::outbox::set_endpoint(
-            store.as_ref(),
-            e.h.hsm.as_ref(),
-            MID,
-            &format!("http://{}/admin", inside.addr),
-            b"k",
-        )
-        .await
-        .unwrap();
+        e.aim_webhooks(&format!("http://{}/admin", inside.addr), b"k")
+            .await;
         let (code, _, _) = e.purchase(&e.card("insufficient_funds"), 100).await;
         assert_eq!(code, "51");
         e.tailer().poll_once().await.unwrap();
@@ -723,15 +723,8 @@ fn webhooks_are_signed_and_failing_receivers_are_retried() {
         let secret = b"teahouse-webhook-secret";
         let good = receiver(200).await;
         let store = e.store();
-        resolve::outbox::set_endpoint(
-            store.as_ref(),
-            e.h.hsm.as_ref(),
-            MID,
-            &format!("http://{}/hooks/shoudan", good.addr),
-            secret,
-        )
-        .await
-        .unwrap();
+        e.aim_webhooks(&format!("http://{}/hooks/shoudan", good.addr), secret)
+            .await;
         let (code, rrn, _) = e.purchase(&e.card("insufficient_funds"), 100).await;
         assert_eq!(code, "51");
         e.tailer().poll_once().await.unwrap();
@@ -788,15 +781,8 @@ fn webhooks_are_signed_and_failing_receivers_are_retried() {
 
         // A receiver that answers 500: retried with backoff, every attempt logged, then failed.
         let bad = receiver(500).await;
-        resolve::outbox::set_endpoint(
-            store.as_ref(),
-            e.h.hsm.as_ref(),
-            MID,
-            &format!("http://{}/hooks", bad.addr),
-            secret,
-        )
-        .await
-        .unwrap();
+        e.aim_webhooks(&format!("http://{}/hooks", bad.addr), secret)
+            .await;
         let (code, _, _) = e.purchase(&e.card("insufficient_funds"), 200).await;
         assert_eq!(code, "51");
         e.tailer().poll_once().await.unwrap();
@@ -839,16 +825,8 @@ fn background_tasks_deliver_without_being_driven() {
     runtime().block_on(async {
         let mut e = start().await;
         let good = receiver(204).await;
-        let store = e.store();
-        resolve::outbox::set_endpoint(
-            store.as_ref(),
-            e.h.hsm.as_ref(),
-            MID,
-            &format!("http://{}/", good.addr),
-            b"k",
-        )
-        .await
-        .unwrap();
+        e.aim_webhooks(&format!("http://{}/", good.addr), b"k")
+            .await;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let tasks = resolve::outbox::spawn_background(
             e.store(),
