@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod group;
 mod model;
 mod pending;
 mod pg;

@@ -17,10 +17,11 @@ use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::params;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::Store;
 use crate::error::StoreError;
+use crate::group::{Completion, Job, Output, completion, replace_with_failure};
 #[allow(unused_imports)]
 use crate::model::{
     EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
@@ -79,60 +80,6 @@ impl PgConfig {
         PgConfig {
             url: url.into(),
             schema: None,
-        }
-    }
-}
-
-enum Job {
-    Write {
-        records: Vec<Record>,
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Reserve {
-        counter: String,
-        count: u64,
-        done: oneshot::Sender<Result<u64, StoreError>>,
-    },
-    Claim {
-        now_ms: i64,
-        lease_ms: i64,
-        limit: u32,
-        done: oneshot::Sender<Result<Vec<SafItem>, StoreError>>,
-    },
-    Stop,
-}
-
-/// The result of one job, held until its group's commit is known.
-enum Completion {
-    Write(
-        oneshot::Sender<Result<(), StoreError>>,
-        Result<(), StoreError>,
-    ),
-    Reserve(
-        oneshot::Sender<Result<u64, StoreError>>,
-        Result<u64, StoreError>,
-    ),
-    Claim(
-        oneshot::Sender<Result<Vec<SafItem>, StoreError>>,
-        Result<Vec<SafItem>, StoreError>,
-    ),
-}
-
-impl Completion {
-    fn fail(self, error: StoreError) -> Self {
-        match self {
-            Completion::Write(done, _) => Completion::Write(done, Err(error)),
-            Completion::Reserve(done, _) => Completion::Reserve(done, Err(error)),
-            Completion::Claim(done, _) => Completion::Claim(done, Err(error)),
-        }
-    }
-
-    fn deliver(self) {
-        // A waiter that gave up (dropped its future) is no error of the writer's.
-        match self {
-            Completion::Write(done, result) => drop(done.send(result)),
-            Completion::Reserve(done, result) => drop(done.send(result)),
-            Completion::Claim(done, result) => drop(done.send(result)),
         }
     }
 }
@@ -433,13 +380,6 @@ fn run_writer(
     }
 }
 
-/// What a job produced, before its group's commit.
-enum Output {
-    Unit,
-    Counter(u64),
-    Claimed(Vec<SafItem>),
-}
-
 fn execute(conn: &Connection, job: &Job) -> Result<Output, StoreError> {
     match job {
         Job::Write { records, .. } => write_records(conn, records).map(|()| Output::Unit),
@@ -454,28 +394,6 @@ fn execute(conn: &Connection, job: &Job) -> Result<Output, StoreError> {
         } => claim(conn, *now_ms, *lease_ms, *limit).map(Output::Claimed),
         Job::Stop => Ok(Output::Unit),
     }
-}
-
-fn completion(job: Job, result: Result<Output, StoreError>) -> Option<Completion> {
-    let mismatch = || backend("job produced the wrong kind of result");
-    Some(match job {
-        Job::Write { done, .. } => Completion::Write(done, result.map(|_| ())),
-        Job::Reserve { done, .. } => Completion::Reserve(
-            done,
-            result.and_then(|o| match o {
-                Output::Counter(first) => Ok(first),
-                Output::Unit | Output::Claimed(_) => Err(mismatch()),
-            }),
-        ),
-        Job::Claim { done, .. } => Completion::Claim(
-            done,
-            result.and_then(|o| match o {
-                Output::Claimed(items) => Ok(items),
-                Output::Unit | Output::Counter(_) => Err(mismatch()),
-            }),
-        ),
-        Job::Stop => return None,
-    })
 }
 
 /// Runs a group of jobs in one transaction and one commit. The fast path runs them back to
@@ -532,12 +450,6 @@ fn commit_group_carefully(
             }
         }
     }
-}
-
-fn replace_with_failure(completion: &mut Completion, error: &StoreError) {
-    let (placeholder, _) = oneshot::channel();
-    let taken = std::mem::replace(completion, Completion::Write(placeholder, Ok(())));
-    *completion = taken.fail(error.clone());
 }
 
 fn in_savepoint<T>(

@@ -14,10 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::Store;
 use crate::error::StoreError;
+use crate::group::{Completion, Job, Output, completion, replace_with_failure};
 use crate::model::{
     EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
     TerminalHealthRow, TerminalRow, TxnKind, TxnRow, TxnState, WrappedKeys,
@@ -77,60 +78,6 @@ impl SqliteConfig {
             synchronous: Synchronous::Full,
             max_page_count: None,
             inline_writer: false,
-        }
-    }
-}
-
-enum Job {
-    Write {
-        records: Vec<Record>,
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Reserve {
-        counter: String,
-        count: u64,
-        done: oneshot::Sender<Result<u64, StoreError>>,
-    },
-    Claim {
-        now_ms: i64,
-        lease_ms: i64,
-        limit: u32,
-        done: oneshot::Sender<Result<Vec<SafItem>, StoreError>>,
-    },
-    Stop,
-}
-
-/// The result of one job, held until its group's commit is known.
-enum Completion {
-    Write(
-        oneshot::Sender<Result<(), StoreError>>,
-        Result<(), StoreError>,
-    ),
-    Reserve(
-        oneshot::Sender<Result<u64, StoreError>>,
-        Result<u64, StoreError>,
-    ),
-    Claim(
-        oneshot::Sender<Result<Vec<SafItem>, StoreError>>,
-        Result<Vec<SafItem>, StoreError>,
-    ),
-}
-
-impl Completion {
-    fn fail(self, error: StoreError) -> Self {
-        match self {
-            Completion::Write(done, _) => Completion::Write(done, Err(error)),
-            Completion::Reserve(done, _) => Completion::Reserve(done, Err(error)),
-            Completion::Claim(done, _) => Completion::Claim(done, Err(error)),
-        }
-    }
-
-    fn deliver(self) {
-        // A waiter that gave up (dropped its future) is no error of the writer's.
-        match self {
-            Completion::Write(done, result) => drop(done.send(result)),
-            Completion::Reserve(done, result) => drop(done.send(result)),
-            Completion::Claim(done, result) => drop(done.send(result)),
         }
     }
 }
@@ -752,13 +699,6 @@ fn run_writer(mut conn: Connection, mut receiver: mpsc::Receiver<Job>, quota: &A
     }
 }
 
-/// What a job produced, before its group's commit.
-enum Output {
-    Unit,
-    Counter(u64),
-    Claimed(Vec<SafItem>),
-}
-
 fn execute(conn: &Connection, job: &Job) -> Result<Output, StoreError> {
     match job {
         Job::Write { records, .. } => write_records(conn, records).map(|()| Output::Unit),
@@ -773,30 +713,6 @@ fn execute(conn: &Connection, job: &Job) -> Result<Output, StoreError> {
         } => claim(conn, *now_ms, *lease_ms, *limit).map(Output::Claimed),
         Job::Stop => Ok(Output::Unit),
     }
-}
-
-fn completion(job: Job, result: Result<Output, StoreError>) -> Option<Completion> {
-    let mismatch = || StoreError::Backend {
-        message: "job produced the wrong kind of result".to_owned(),
-    };
-    Some(match job {
-        Job::Write { done, .. } => Completion::Write(done, result.map(|_| ())),
-        Job::Reserve { done, .. } => Completion::Reserve(
-            done,
-            result.and_then(|o| match o {
-                Output::Counter(first) => Ok(first),
-                Output::Unit | Output::Claimed(_) => Err(mismatch()),
-            }),
-        ),
-        Job::Claim { done, .. } => Completion::Claim(
-            done,
-            result.and_then(|o| match o {
-                Output::Claimed(items) => Ok(items),
-                Output::Unit | Output::Counter(_) => Err(mismatch()),
-            }),
-        ),
-        Job::Stop => return None,
-    })
 }
 
 /// Runs a group of jobs in one transaction and one commit. The fast path runs them back to
@@ -889,13 +805,6 @@ fn fail_from(completions: &mut [Completion], first: usize, error: &StoreError) {
             replace_with_failure(completion, error);
         }
     }
-}
-
-fn replace_with_failure(completion: &mut Completion, error: &StoreError) {
-    // Swap in a cheap placeholder to take ownership of the sender, then put the failure back.
-    let (placeholder, _) = oneshot::channel();
-    let taken = std::mem::replace(completion, Completion::Write(placeholder, Ok(())));
-    *completion = taken.fail(error.clone());
 }
 
 fn in_savepoint<T>(
