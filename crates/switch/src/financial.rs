@@ -942,6 +942,10 @@ impl Core {
         let mut row = self.row(ctx, &entry, None, None);
         let now_ms = self.clock.now_ms();
         let mut records = Vec::with_capacity(6);
+        // What this reversal changed in memory, undone if its records cannot be written: a
+        // reversal the journal never got did not happen, and a late approval of its original
+        // must then act as if it had not (found by the simulation with a full disk).
+        let mut undo: Vec<Undo> = Vec::new();
         let (code, detail) = match &original {
             None => (
                 RC_APPROVED,
@@ -965,6 +969,10 @@ impl Core {
                     let previous = live.state;
                     if previous != TxnState::Reversed {
                         live.state = TxnState::Reversed;
+                        undo.push(Undo::State {
+                            entry: Arc::clone(o),
+                            was: previous,
+                        });
                     }
                     previous
                 };
@@ -1000,7 +1008,7 @@ impl Core {
                         }
                         // Undo what an approved linked transaction did to its own original.
                         if previous == TxnState::Approved {
-                            records.extend(self.unlink(o));
+                            records.extend(self.unlink(o, &mut undo));
                         }
                         records.push(self.event(
                             o.id,
@@ -1035,16 +1043,22 @@ impl Core {
                 answer.code_text()
             ),
         ));
-        let answer = match self.journal(records).await {
-            Ok(()) => answer,
-            Err(_) => Answer::code(RC_SYSTEM_ERROR),
+        let (answer, state) = match self.journal(records).await {
+            Ok(()) => (answer, TxnState::Approved),
+            Err(error) => {
+                tracing::warn!(%error, "cannot record a terminal reversal; answering 96");
+                for change in undo.into_iter().rev() {
+                    change.undo();
+                }
+                (Answer::code(RC_SYSTEM_ERROR), TxnState::Failed)
+            }
         };
-        entry.answer(answer.clone(), TxnState::Approved);
+        entry.answer(answer.clone(), state);
         self.reply(ctx.frame, Some(&ctx.terminal), &answer, None, |_| Ok(()))
     }
 
     /// A reversed void, completion or refund gives its original back what it took.
-    fn unlink(&self, reversed: &Entry) -> Vec<Record> {
+    fn unlink(&self, reversed: &Entry, undo: &mut Vec<Undo>) -> Vec<Record> {
         let linked = reversed.live().linked_original;
         let Some(original) = linked.and_then(|id| self.ledger.by_id(id)) else {
             return Vec::new();
@@ -1052,6 +1066,10 @@ impl Core {
         let mut live = original.live();
         match reversed.kind {
             TxnKind::Refund => {
+                undo.push(Undo::Refunded {
+                    entry: Arc::clone(&original),
+                    was: live.refunded_fen,
+                });
                 live.refunded_fen = (live.refunded_fen - reversed.amount_fen).max(0);
                 vec![Record::Refunded {
                     id: original.id,
@@ -1063,6 +1081,10 @@ impl Core {
             | TxnKind::PreAuthVoid
             | TxnKind::Completion => {
                 if matches!(live.state, TxnState::Voided | TxnState::Completed) {
+                    undo.push(Undo::State {
+                        entry: Arc::clone(&original),
+                        was: live.state,
+                    });
                     live.state = TxnState::Approved;
                     vec![Record::State {
                         id: original.id,
@@ -1073,6 +1095,21 @@ impl Core {
                 }
             }
             _ => Vec::new(),
+        }
+    }
+}
+
+/// A change a terminal reversal made in memory, to put back if it cannot be journalled.
+enum Undo {
+    State { entry: Arc<Entry>, was: TxnState },
+    Refunded { entry: Arc<Entry>, was: i64 },
+}
+
+impl Undo {
+    fn undo(self) {
+        match self {
+            Undo::State { entry, was } => entry.live().state = was,
+            Undo::Refunded { entry, was } => entry.live().refunded_fen = was,
         }
     }
 }
