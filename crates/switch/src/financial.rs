@@ -466,6 +466,20 @@ impl Core {
         records
     }
 
+    /// Takes back in memory what an approved linked request did to its original
+    /// (`settle_link`), when its outcome could not be written.
+    fn undo_link(&self, kind: TxnKind, original: &Entry, amount_fen: i64) {
+        let mut live = original.live();
+        match kind {
+            TxnKind::Refund => live.refunded_fen = (live.refunded_fen - amount_fen).max(0),
+            _ => {
+                if matches!(live.state, TxnState::Voided | TxnState::Completed) {
+                    live.state = TxnState::Approved;
+                }
+            }
+        }
+    }
+
     /// The issuer link for a card: its bank's own link, else the default gateway. The link's
     /// name is what the journal and the reversal queue record.
     fn route(&self, pan: &Pan) -> Result<(Arc<IssuerLink>, String), [u8; 2]> {
@@ -732,6 +746,9 @@ impl Core {
         let answered_ms = self.clock.now_ms();
         let at = LocalTime::from_ms(answered_ms).clock_text();
         let mut records = Vec::with_capacity(4);
+        // Whether an approval acted on the original (`settle_link`), to take back if the
+        // outcome cannot be written.
+        let mut link_applied = false;
         let (answer, state, issuer_answered) = match &result {
             Ok(reply) => {
                 match parse_reply(reply) {
@@ -764,7 +781,19 @@ impl Core {
                             }
                             reversed
                         };
-                        records.extend(release(approved && !reversed_meanwhile));
+                        link_applied = approved && !reversed_meanwhile;
+                        records.extend(release(link_applied));
+                        if approved && reversed_meanwhile && kind != TxnKind::BalanceInquiry {
+                            // The terminal's reversal may not be durable yet: its write may
+                            // still fail, and be undone. This commit carries the reversal of
+                            // the approval too, so the journal ends reversed and queued either
+                            // way (a second enqueue of the same reversal is a no-op).
+                            records.push(Record::State {
+                                id: entry.id,
+                                state: TxnState::Reversed,
+                            });
+                            records.push(self.saf(entry.id, &bank, "98", answered_ms));
+                        }
                         (
                             answer,
                             if approved {
@@ -821,8 +850,8 @@ impl Core {
         }));
         let approved = state == TxnState::Approved;
         let written = self.journal(records).await;
-        let answer = match written {
-            Ok(()) => answer,
+        let (answer, state) = match written {
+            Ok(()) => (answer, state),
             Err(error) => {
                 tracing::warn!(%error, "journal write failed after the issuer answered; answering 96");
                 if approved {
@@ -831,7 +860,15 @@ impl Core {
                         .persist(vec![self.saf(entry.id, &bank, "96", answered_ms)])
                         .await;
                 }
-                Answer::code(RC_SYSTEM_ERROR)
+                // Nor what it did to its original: put that back in memory too.
+                if link_applied {
+                    if let Link::Original(o) = &original {
+                        self.undo_link(kind, o, ctx.amount_fen);
+                    }
+                }
+                // The state stays what the issuer said: a terminal reversal arriving later
+                // must still find an approval to reverse.
+                (Answer::code(RC_SYSTEM_ERROR), state)
             }
         };
         entry.answer(answer.clone(), state);
