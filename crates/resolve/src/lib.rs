@@ -40,6 +40,11 @@ pub enum ResolveError {
     NoSuchTxn(i64),
     #[error("webhook endpoint must be an http:// URL with a host: {0}")]
     BadEndpoint(String),
+    #[error(
+        "webhook endpoint {0} is not a public address: webhooks are not sent to loopback, \
+         private or link-local addresses"
+    )]
+    PrivateEndpoint(String),
     #[error("HSM: {0}")]
     Hsm(#[from] paycrypto::HsmError),
     #[error("{0} was not found for this merchant")]

@@ -195,9 +195,18 @@ pub async fn set_endpoint(
     mid: &str,
     url: &str,
     secret: &[u8],
+    destinations: webhook::Destinations,
 ) -> Result<(), ResolveError> {
-    if Endpoint::parse(url).is_none() {
+    let Some(endpoint) = Endpoint::parse(url) else {
         return Err(ResolveError::BadEndpoint(url.to_owned()));
+    };
+    // An address written out is refused now; a name is checked at each delivery, against
+    // what it resolves to then.
+    if endpoint
+        .ip_literal()
+        .is_some_and(|ip| !destinations.allows(ip))
+    {
+        return Err(ResolveError::PrivateEndpoint(url.to_owned()));
     }
     let row = WebhookEndpointRow {
         mid: mid.to_owned(),

@@ -23,6 +23,8 @@ pub struct Resolver {
     pub hsm: Arc<dyn Hsm>,
     pub directory: Arc<IssuerDirectory>,
     pub clock: Arc<dyn Clock>,
+    /// Where merchants may point their webhooks (public addresses unless the operator says).
+    pub webhook_destinations: crate::webhook::Destinations,
 }
 
 impl Resolver {
@@ -37,6 +39,7 @@ impl Resolver {
             hsm,
             directory,
             clock,
+            webhook_destinations: crate::webhook::Destinations::Public,
         }
     }
 
@@ -149,7 +152,15 @@ impl Resolver {
         url: &str,
         secret: &[u8],
     ) -> Result<(), ResolveError> {
-        outbox::set_endpoint(self.store.as_ref(), self.hsm.as_ref(), mid, url, secret).await
+        outbox::set_endpoint(
+            self.store.as_ref(),
+            self.hsm.as_ref(),
+            mid,
+            url,
+            secret,
+            self.webhook_destinations,
+        )
+        .await
     }
 
     /// The merchant's notifications, oldest first.

@@ -159,6 +159,16 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The host when it is an address written out (`10.0.0.5`, `[::1]`), not a name.
+    pub fn ip_literal(&self) -> Option<IpAddr> {
+        let host = self
+            .host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(&self.host);
+        host.parse().ok()
+    }
+
     pub fn parse(url: &str) -> Option<Endpoint> {
         if url.len() > URL_LEN_MAX || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return None;
@@ -168,9 +178,20 @@ impl Endpoint {
             Some(i) => (rest.get(..i)?, rest.get(i..)?),
             None => (rest, "/"),
         };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) => (host, port.parse().ok()?),
-            None => (authority, 80),
+        let (host, port) = if authority.starts_with('[') {
+            // An IPv6 address in brackets, maybe with a port after them.
+            let (inside, rest) = authority.split_once(']')?;
+            let host = authority.get(..inside.len() + 1)?;
+            match rest.strip_prefix(':') {
+                Some(port) => (host, port.parse().ok()?),
+                None if rest.is_empty() => (host, 80),
+                None => return None,
+            }
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (host, port.parse().ok()?),
+                None => (authority, 80),
+            }
         };
         if host.is_empty() || authority.contains('@') {
             return None;
@@ -449,6 +470,16 @@ mod tests {
         // Nothing reached the listener.
         let accepted = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
         assert!(accepted.is_err(), "a refused destination was connected to");
+    }
+
+    #[test]
+    fn literal_addresses_are_told_from_names() {
+        let ip = |url: &str| Endpoint::parse(url).and_then(|e| e.ip_literal());
+        assert_eq!(ip("http://10.0.0.5/h"), "10.0.0.5".parse().ok());
+        assert_eq!(ip("http://[::1]:8080/h"), "::1".parse().ok());
+        assert_eq!(ip("http://[::1]/h"), "::1".parse().ok());
+        assert_eq!(Endpoint::parse("http://[::1]x/h"), None);
+        assert_eq!(ip("http://hooks.example.com/h"), None);
     }
 
     #[test]

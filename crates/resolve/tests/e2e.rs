@@ -88,9 +88,16 @@ async fn start() -> Env {
 impl Env {
     /// Points the merchant's webhooks at `url`, signed with `secret`.
     async fn aim_webhooks(&self, url: &str, secret: &[u8]) {
-        resolve::outbox::set_endpoint(self.store().as_ref(), self.h.hsm.as_ref(), MID, url, secret)
-            .await
-            .unwrap();
+        resolve::outbox::set_endpoint(
+            self.store().as_ref(),
+            self.h.hsm.as_ref(),
+            MID,
+            url,
+            secret,
+            resolve::webhook::Destinations::AnyAddress,
+        )
+        .await
+        .unwrap();
     }
 
     fn card(&self, label: &str) -> DemoCard {

@@ -287,7 +287,8 @@ async fn serve(node: Node) -> CliResult {
         Arc::new(switch::SystemClock),
         Arc::new(switch.back_office()),
     )
-    .with_switch_metrics(Arc::clone(&switch_metrics));
+    .with_switch_metrics(Arc::clone(&switch_metrics))
+    .with_webhook_destinations(node.webhook_destinations);
     let notify_tasks = resolve::outbox::spawn_background(
         Arc::clone(&node.store),
         Arc::clone(&node.hsm) as Arc<dyn Hsm>,

@@ -83,6 +83,16 @@ impl Web {
         }
     }
 
+    /// The same, letting merchants point webhooks at `destinations` (public addresses only
+    /// unless the operator allows more; the notifier applies the same rule at delivery).
+    pub fn with_webhook_destinations(
+        mut self,
+        destinations: resolve::webhook::Destinations,
+    ) -> Web {
+        self.resolver.webhook_destinations = destinations;
+        self
+    }
+
     /// The same, reporting the switch's own metrics from `cell`.
     pub fn with_switch_metrics(mut self, cell: Arc<metrics::SwitchMetricsCell>) -> Web {
         self.switch_metrics = Some(cell);

@@ -680,13 +680,38 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
                 Some(&tea),
                 "PUT",
                 "/api/webhook",
-                Some(json!({"url": "http://127.0.0.1:9/hook", "secret": secret})),
+                Some(json!({"url": "http://hooks.example.com:9/hook", "secret": secret})),
             )
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
         let hook = api.call(Some(&tea), "GET", "/api/webhook", None).await;
-        assert_eq!(hook.json()["url"], "http://127.0.0.1:9/hook");
+        assert_eq!(hook.json()["url"], "http://hooks.example.com:9/hook");
         assert!(!hook.body.contains(secret));
+        // An address of the host's own networks is refused when it is set (a name is checked
+        // at each delivery): loopback, the cloud metadata address, a private range.
+        for url in [
+            "http://127.0.0.1:8080/admin",
+            "http://169.254.169.254/latest/meta-data",
+            "http://10.0.0.5/hook",
+            "http://[::1]/hook",
+        ] {
+            let refused = api
+                .call(
+                    Some(&tea),
+                    "PUT",
+                    "/api/webhook",
+                    Some(json!({"url": url, "secret": secret})),
+                )
+                .await;
+            assert_error(&refused, 400, "bad_request");
+            assert!(
+                refused.body.contains("not a public address"),
+                "{}",
+                refused.body
+            );
+        }
+        let hook = api.call(Some(&tea), "GET", "/api/webhook", None).await;
+        assert_eq!(hook.json()["url"], "http://hooks.example.com:9/hook");
         assert_error(
             &api.call(
                 Some(&tea),
