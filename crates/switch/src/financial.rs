@@ -426,13 +426,15 @@ impl Core {
         Ok(())
     }
 
-    /// Undoes what `check_link` reserved, applying the result when the issuer approved.
+    /// Undoes what `check_link` reserved, applying the result when the issuer approved; what
+    /// an approval changed goes to `undo`, to be put back if its outcome cannot be written.
     fn settle_link(
         &self,
         kind: TxnKind,
-        original: &Entry,
+        original: &Arc<Entry>,
         amount_fen: i64,
         approved: bool,
+        undo: &mut Vec<Undo>,
     ) -> Vec<Record> {
         let mut live = original.live();
         let mut records = Vec::new();
@@ -440,6 +442,10 @@ impl Core {
             TxnKind::Refund => {
                 live.refund_reserved_fen -= amount_fen;
                 if approved {
+                    undo.push(Undo::Refunded {
+                        entry: Arc::clone(original),
+                        delta_fen: amount_fen,
+                    });
                     live.refunded_fen += amount_fen;
                     records.push(Record::Refunded {
                         id: original.id,
@@ -455,6 +461,10 @@ impl Core {
                     } else {
                         TxnState::Voided
                     };
+                    undo.push(Undo::State {
+                        entry: Arc::clone(original),
+                        was: live.state,
+                    });
                     live.state = state;
                     records.push(Record::State {
                         id: original.id,
@@ -464,20 +474,6 @@ impl Core {
             }
         }
         records
-    }
-
-    /// Takes back in memory what an approved linked request did to its original
-    /// (`settle_link`), when its outcome could not be written.
-    fn undo_link(&self, kind: TxnKind, original: &Entry, amount_fen: i64) {
-        let mut live = original.live();
-        match kind {
-            TxnKind::Refund => live.refunded_fen = (live.refunded_fen - amount_fen).max(0),
-            _ => {
-                if matches!(live.state, TxnState::Voided | TxnState::Completed) {
-                    live.state = TxnState::Approved;
-                }
-            }
-        }
     }
 
     /// The issuer link for a card: its bank's own link, else the default gateway. The link's
@@ -642,9 +638,11 @@ impl Core {
             f61_out = found.rrn.as_ref().map(|r| format!("{r}{date}"));
             original = Link::Original(found);
         }
-        let release = |approved: bool| -> Vec<Record> {
+        // What an approval did to the original in memory, taken back if it cannot be written.
+        let mut undo: Vec<Undo> = Vec::new();
+        let release = |approved: bool, undo: &mut Vec<Undo>| -> Vec<Record> {
             match &original {
-                Link::Original(o) => self.settle_link(kind, o, ctx.amount_fen, approved),
+                Link::Original(o) => self.settle_link(kind, o, ctx.amount_fen, approved, undo),
                 Link::None => Vec::new(),
             }
         };
@@ -674,7 +672,7 @@ impl Core {
                 match translated {
                     Ok(block) => Some(block),
                     Err(error) => {
-                        let _ = release(false);
+                        let _ = release(false, &mut undo);
                         let code = if error.is_bad_pin_block() {
                             RC_PIN_FORMAT
                         } else {
@@ -705,7 +703,7 @@ impl Core {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::warn!(%error, "cannot encode issuer request");
-                let _ = release(false);
+                let _ = release(false, &mut undo);
                 return self
                     .refuse_recorded(
                         ctx,
@@ -731,7 +729,7 @@ impl Core {
         );
         if let Err(error) = self.journal(vec![Record::InsertTxn(Box::new(row))]).await {
             tracing::warn!(%error, "journal write failed; answering 96");
-            let _ = release(false);
+            let _ = release(false, &mut undo);
             entry.answer(Answer::code(RC_SYSTEM_ERROR), TxnState::Failed);
             return self.reply(
                 ctx.frame,
@@ -746,9 +744,6 @@ impl Core {
         let answered_ms = self.clock.now_ms();
         let at = LocalTime::from_ms(answered_ms).clock_text();
         let mut records = Vec::with_capacity(4);
-        // Whether an approval acted on the original (`settle_link`), to take back if the
-        // outcome cannot be written.
-        let mut link_applied = false;
         let (answer, state, issuer_answered) = match &result {
             Ok(reply) => {
                 match parse_reply(reply) {
@@ -781,8 +776,7 @@ impl Core {
                             }
                             reversed
                         };
-                        link_applied = approved && !reversed_meanwhile;
-                        records.extend(release(link_applied));
+                        records.extend(release(approved && !reversed_meanwhile, &mut undo));
                         if approved && reversed_meanwhile && kind != TxnKind::BalanceInquiry {
                             // The terminal's reversal may not be durable yet: its write may
                             // still fail, and be undone. This commit carries the reversal of
@@ -806,7 +800,7 @@ impl Core {
                     }
                     None => {
                         // An answer we cannot read may be an approval: reverse it.
-                        records.extend(release(false));
+                        records.extend(release(false, &mut undo));
                         records.push(self.saf(entry.id, &bank, "96", answered_ms));
                         records.push(self.event(entry.id, "failed", format!("unreadable answer from {bank} at {at}: answered 96, reversal queued ({what})")));
                         (
@@ -818,7 +812,7 @@ impl Core {
                 }
             }
             Err(LinkError::Unavailable) => {
-                records.extend(release(false));
+                records.extend(release(false, &mut undo));
                 records.push(self.event(
                     entry.id,
                     "failed",
@@ -827,7 +821,7 @@ impl Core {
                 (Answer::code(RC_ISSUER_UNAVAILABLE), TxnState::Failed, None)
             }
             Err(error @ (LinkError::Timeout | LinkError::Lost)) => {
-                records.extend(release(false));
+                records.extend(release(false, &mut undo));
                 if kind != TxnKind::BalanceInquiry {
                     records.push(self.saf(entry.id, &bank, "98", answered_ms));
                 }
@@ -861,11 +855,7 @@ impl Core {
                         .await;
                 }
                 // Nor what it did to its original: put that back in memory too.
-                if link_applied {
-                    if let Link::Original(o) = &original {
-                        self.undo_link(kind, o, ctx.amount_fen);
-                    }
-                }
+                Undo::all(undo);
                 // The state stays what the issuer said: a terminal reversal arriving later
                 // must still find an approval to reverse.
                 (Answer::code(RC_SYSTEM_ERROR), state)
@@ -1084,9 +1074,7 @@ impl Core {
             Ok(()) => (answer, TxnState::Approved),
             Err(error) => {
                 tracing::warn!(%error, "cannot record a terminal reversal; answering 96");
-                for change in undo.into_iter().rev() {
-                    change.undo();
-                }
+                Undo::all(undo);
                 (Answer::code(RC_SYSTEM_ERROR), TxnState::Failed)
             }
         };
@@ -1103,11 +1091,12 @@ impl Core {
         let mut live = original.live();
         match reversed.kind {
             TxnKind::Refund => {
+                let was = live.refunded_fen;
+                live.refunded_fen = (live.refunded_fen - reversed.amount_fen).max(0);
                 undo.push(Undo::Refunded {
                     entry: Arc::clone(&original),
-                    was: live.refunded_fen,
+                    delta_fen: live.refunded_fen - was,
                 });
-                live.refunded_fen = (live.refunded_fen - reversed.amount_fen).max(0);
                 vec![Record::Refunded {
                     id: original.id,
                     refunded_fen: live.refunded_fen,
@@ -1136,17 +1125,33 @@ impl Core {
     }
 }
 
-/// A change a terminal reversal made in memory, to put back if it cannot be journalled.
+/// A change made in memory ahead of its journal write (by a terminal reversal, or by an
+/// approval to its original), to put back if the write fails.
 enum Undo {
-    State { entry: Arc<Entry>, was: TxnState },
-    Refunded { entry: Arc<Entry>, was: i64 },
+    State {
+        entry: Arc<Entry>,
+        was: TxnState,
+    },
+    /// By how much the refunded amount moved: taken back as a difference, since another
+    /// refund of the same original may have moved it too meanwhile.
+    Refunded {
+        entry: Arc<Entry>,
+        delta_fen: i64,
+    },
 }
 
 impl Undo {
+    /// Puts back every change, newest first.
+    fn all(changes: Vec<Undo>) {
+        for change in changes.into_iter().rev() {
+            change.undo();
+        }
+    }
+
     fn undo(self) {
         match self {
             Undo::State { entry, was } => entry.live().state = was,
-            Undo::Refunded { entry, was } => entry.live().refunded_fen = was,
+            Undo::Refunded { entry, delta_fen } => entry.live().refunded_fen -= delta_fen,
         }
     }
 }
