@@ -159,14 +159,18 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The host when it is an address written out (`10.0.0.5`, `[::1]`), not a name.
-    pub fn ip_literal(&self) -> Option<IpAddr> {
-        let host = self
-            .host
+    /// The host as a resolver or an address parser takes it: an IPv6 address without its
+    /// brackets.
+    fn bare_host(&self) -> &str {
+        self.host
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(&self.host);
-        host.parse().ok()
+            .unwrap_or(&self.host)
+    }
+
+    /// The host when it is an address written out (`10.0.0.5`, `[::1]`), not a name.
+    pub fn ip_literal(&self) -> Option<IpAddr> {
+        self.bare_host().parse().ok()
     }
 
     pub fn parse(url: &str) -> Option<Endpoint> {
@@ -249,12 +253,7 @@ pub async fn post(
 /// again: a name that answers a public address to a check and a private one to the connection
 /// (DNS rebinding) gets nowhere.
 async fn connect(endpoint: &Endpoint, destinations: Destinations) -> Result<TcpStream, String> {
-    let host = endpoint
-        .host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(&endpoint.host);
-    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, endpoint.port))
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((endpoint.bare_host(), endpoint.port))
         .await
         .map_err(|e| format!("resolve {}: {e}", endpoint.host))?
         .collect();

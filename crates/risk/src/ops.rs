@@ -188,7 +188,6 @@ async fn review(
         reviewed_at_ms: None,
         note: None,
     });
-    let read_state = existing_state;
     profile.state = to;
     profile.reviewed_by = Some(actor.operator.to_owned());
     profile.reviewed_at_ms = Some(actor.now_ms);
@@ -199,7 +198,7 @@ async fn review(
             // close must not reopen the closed merchant).
             Record::Risk(RiskRecord::ExpectState {
                 mid: mid.to_owned(),
-                state: read_state,
+                state: existing_state,
             }),
             Record::Risk(RiskRecord::Profile(profile.clone())),
             Record::Risk(RiskRecord::Review(MerchantReviewRow {
