@@ -86,6 +86,25 @@ async fn start() -> Env {
 }
 
 impl Env {
+    /// A purchase declined 51, turned into a notification by the tailer; its RRN.
+    async fn decline_for_notification(&mut self, amount: u64) -> String {
+        let (code, rrn, _) = self
+            .purchase(&self.card("insufficient_funds"), amount)
+            .await;
+        assert_eq!(code, "51");
+        self.tailer().poll_once().await.unwrap();
+        rrn
+    }
+
+    fn notifier(&self, config: NotifierConfig) -> Notifier {
+        Notifier::new(
+            self.store(),
+            Arc::clone(&self.h.hsm) as Arc<dyn Hsm>,
+            Arc::new(SystemClock),
+            config,
+        )
+    }
+
     /// Points the merchant's webhooks at `url`, signed with `secret`.
     async fn aim_webhooks(&self, url: &str, secret: &[u8]) {
         resolve::outbox::set_endpoint(
@@ -700,15 +719,8 @@ fn webhooks_to_a_private_address_are_refused_by_default() {
         let store = e.store();
         e.aim_webhooks(&format!("http://{}/admin", inside.addr), b"k")
             .await;
-        let (code, _, _) = e.purchase(&e.card("insufficient_funds"), 100).await;
-        assert_eq!(code, "51");
-        e.tailer().poll_once().await.unwrap();
-        let notifier = Notifier::new(
-            e.store(),
-            Arc::clone(&e.h.hsm) as Arc<dyn Hsm>,
-            Arc::new(SystemClock),
-            NotifierConfig::default(),
-        );
+        e.decline_for_notification(100).await;
+        let notifier = e.notifier(NotifierConfig::default());
         assert_eq!(notifier.deliver_due().await.unwrap(), 1);
         assert!(
             inside.got.lock().unwrap().is_empty(),
@@ -732,22 +744,15 @@ fn webhooks_are_signed_and_failing_receivers_are_retried() {
         let store = e.store();
         e.aim_webhooks(&format!("http://{}/hooks/shoudan", good.addr), secret)
             .await;
-        let (code, rrn, _) = e.purchase(&e.card("insufficient_funds"), 100).await;
-        assert_eq!(code, "51");
-        e.tailer().poll_once().await.unwrap();
-        let notifier = Notifier::new(
-            e.store(),
-            Arc::clone(&e.h.hsm) as Arc<dyn Hsm>,
-            Arc::new(SystemClock),
-            NotifierConfig {
-                backoff_first_ms: 1,
-                backoff_last_ms: 5,
-                attempts_max: 3,
-                // The test's receivers are on loopback.
-                destinations: resolve::webhook::Destinations::AnyAddress,
-                ..NotifierConfig::default()
-            },
-        );
+        let rrn = e.decline_for_notification(100).await;
+        let notifier = e.notifier(NotifierConfig {
+            backoff_first_ms: 1,
+            backoff_last_ms: 5,
+            attempts_max: 3,
+            // The test's receivers are on loopback.
+            destinations: resolve::webhook::Destinations::AnyAddress,
+            ..NotifierConfig::default()
+        });
         assert_eq!(notifier.deliver_due().await.unwrap(), 1);
         {
             let got = good.got.lock().unwrap();
@@ -790,9 +795,7 @@ fn webhooks_are_signed_and_failing_receivers_are_retried() {
         let bad = receiver(500).await;
         e.aim_webhooks(&format!("http://{}/hooks", bad.addr), secret)
             .await;
-        let (code, _, _) = e.purchase(&e.card("insufficient_funds"), 200).await;
-        assert_eq!(code, "51");
-        e.tailer().poll_once().await.unwrap();
+        e.decline_for_notification(200).await;
         let item = store
             .outbox_of_merchant(MID)
             .unwrap()
