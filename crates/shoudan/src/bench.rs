@@ -586,26 +586,22 @@ async fn idle(args: IdleArgs) -> CliResult {
         )
         .into());
     }
+    let configs = terminals
+        .iter()
+        .map(|fixture| config_of(fixture, load_stan(&dir, &fixture.tid)))
+        .collect::<Result<Vec<_>, _>>()?;
     let rss_before = rss_kib(pid)?;
     let start = Instant::now();
-    let mut sessions = Vec::with_capacity(terminals.len());
+    let mut sessions = Vec::with_capacity(configs.len());
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let mut pending = tokio::task::JoinSet::new();
-    let mut queue = terminals.into_iter();
-    loop {
-        while pending.len() < IDLE_CONCURRENCY {
-            let Some(fixture) = queue.next() else { break };
-            let config = config_of(&fixture, load_stan(&dir, &fixture.tid))?;
-            pending.spawn(async move {
-                let mut t = Terminal::connect(config).await?;
-                let response = t.sign_in().await?;
-                Ok::<_, TerminalError>((t, response.code))
-            });
-        }
-        let Some(joined) = pending.join_next().await else {
-            break;
-        };
-        match joined? {
+    let signed_in = bounded(configs, |config| async move {
+        let mut t = Terminal::connect(config).await?;
+        let response = t.sign_in().await?;
+        Ok::<_, TerminalError>((t, response.code))
+    })
+    .await?;
+    for result in signed_in {
+        match result {
             Ok((t, code)) if code == "00" => sessions.push(t),
             Ok((_, code)) => *errors.entry(format!("sign-in {code}")).or_default() += 1,
             Err(error) => *errors.entry(error.to_string()).or_default() += 1,
@@ -615,33 +611,20 @@ async fn idle(args: IdleArgs) -> CliResult {
     tokio::time::sleep(args.hold).await;
     let rss_after = rss_kib(pid)?;
     // Still there and still signed in: every connection answers an echo test.
-    let mut alive = 0usize;
-    let mut checks = tokio::task::JoinSet::new();
-    let mut held = Vec::with_capacity(sessions.len());
-    let mut waiting = sessions.into_iter();
-    loop {
-        while checks.len() < IDLE_CONCURRENCY {
-            let Some(mut t) = waiting.next() else { break };
-            checks.spawn(async move {
-                let ok = matches!(t.echo().await, Ok(r) if r.code == "00");
-                (t, ok)
-            });
-        }
-        let Some(joined) = checks.join_next().await else {
-            break;
-        };
-        let (t, ok) = joined?;
-        if ok {
-            alive += 1;
-        } else {
-            *errors.entry("echo after idle".to_owned()).or_default() += 1;
-        }
-        held.push(t);
+    let checked = bounded(sessions, |mut t| async move {
+        let ok = matches!(t.echo().await, Ok(r) if r.code == "00");
+        (t, ok)
+    })
+    .await?;
+    let alive = checked.iter().filter(|(_, ok)| *ok).count();
+    if alive < checked.len() {
+        errors.insert("echo after idle".to_owned(), (checked.len() - alive) as u64);
     }
-    for t in &held {
+    for (t, _) in &checked {
         save_stan(&dir, t.tid(), t.next_stan())?;
     }
-    drop(held);
+    // Hung up before the demo is stopped.
+    drop(checked);
     if let Some(demo) = child {
         demo.stop().await?;
     }
@@ -682,6 +665,29 @@ async fn idle(args: IdleArgs) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// Runs `task` on every item, at most `IDLE_CONCURRENCY` at once; the results in the order
+/// they finish.
+async fn bounded<T, R, F, Fut>(items: Vec<T>, task: F) -> Result<Vec<R>, tokio::task::JoinError>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = R> + Send + 'static,
+    R: Send + 'static,
+{
+    let mut results = Vec::with_capacity(items.len());
+    let mut running = tokio::task::JoinSet::new();
+    let mut queue = items.into_iter();
+    loop {
+        while running.len() < IDLE_CONCURRENCY {
+            let Some(item) = queue.next() else { break };
+            running.spawn(task(item));
+        }
+        let Some(joined) = running.join_next().await else {
+            return Ok(results);
+        };
+        results.push(joined?);
+    }
 }
 
 /// Resident memory of a process, KiB (Linux `/proc`).
