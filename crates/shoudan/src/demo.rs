@@ -275,7 +275,6 @@ impl Journal {
 /// A running demo environment: issuers, journal, HSM and switch, with their fixtures.
 pub struct DemoEnv {
     pub switch: SwitchHandle,
-    pub store: Arc<dyn Store>,
     journal: Journal,
     pub hsm: Arc<SoftHsm>,
     /// The demo's fixtures (`http_port` is 0: the environment serves no HTTP).
@@ -464,7 +463,6 @@ pub async fn start_env(
     };
     Ok(DemoEnv {
         switch,
-        store,
         journal,
         hsm,
         fixtures,
@@ -518,6 +516,11 @@ async fn provision_extra(
 }
 
 impl DemoEnv {
+    /// The journal, as the switch and the portal use it.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.journal.store()
+    }
+
     /// Stops the switch and the issuers, letting pending reversals drain first, and saves the
     /// HSM's keys.
     pub async fn stop(self) -> CliResult {
@@ -526,7 +529,7 @@ impl DemoEnv {
         let deadline = tokio::time::Instant::now() + SAF_DRAIN;
         while tokio::time::Instant::now() < deadline
             && !self
-                .store
+                .store()
                 .reversals_in_state(store::SafState::Pending)?
                 .is_empty()
         {
@@ -539,7 +542,6 @@ impl DemoEnv {
             tokio::task::spawn_blocking(move || issuer.close()).await??;
         }
         std::fs::write(self.dir.join("hsm.store"), self.hsm.export_store()?)?;
-        drop(self.store);
         let journal = self.journal;
         tokio::task::spawn_blocking(move || journal.close()).await?;
         Ok(())
@@ -572,7 +574,7 @@ async fn run_async(args: DemoArgs) -> CliResult {
     // Notifications: the journal tailer (declines, reversals, refunds, duplicates) and the
     // webhook notifier, for merchants that configured an endpoint.
     let notify_tasks = resolve::outbox::spawn_background(
-        Arc::clone(&env.store),
+        env.store(),
         Arc::clone(&env.hsm) as Arc<dyn Hsm>,
         Arc::new(IssuerDirectory::embedded()?),
         Arc::new(switch::SystemClock),
@@ -674,7 +676,7 @@ async fn portal(
     switch_metrics: Arc<web::metrics::SwitchMetricsCell>,
 ) -> Result<web::Web, Box<dyn std::error::Error>> {
     let portal = web::Web::new(
-        Arc::clone(&env.store),
+        env.store(),
         Arc::clone(&env.hsm) as Arc<dyn Hsm>,
         Arc::new(IssuerDirectory::embedded()?),
         Arc::new(switch::SystemClock),
@@ -684,7 +686,7 @@ async fn portal(
     // Everything of the demo is on this machine, merchants' test receivers included.
     .with_webhook_destinations(resolve::webhook::Destinations::AnyAddress);
     for (username, password, role, merchant) in DEMO_USERS {
-        if env.store.web_user_by_name(username)?.is_some() {
+        if env.store().web_user_by_name(username)?.is_some() {
             continue;
         }
         let merchant = merchant.and_then(|i| MERCHANTS.get(i));

@@ -12,8 +12,8 @@
 //!
 //! `SHOUDAN_SIM_SEED=n` reruns one seed; `SHOUDAN_SIM_SEEDS=k` runs seeds 1..=k;
 //! `SHOUDAN_SIM_TXNS=n` sets the requests per terminal; `SHOUDAN_SIM_DISK_FULL=0` leaves out
-//! the windows in which the journal's disk is full. Every run ends with a switch restart (what a crash or
-//! a full disk left in flight is settled by the next start) before the checks.
+//! the windows in which the journal's disk is full. Every run ends with a switch restart (what
+//! a crash or a full disk left in flight is settled by the next start) before the checks.
 
 #![allow(
     clippy::unwrap_used,
