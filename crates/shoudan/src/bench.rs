@@ -95,11 +95,13 @@ pub enum JournalMode {
 }
 
 impl JournalMode {
-    fn describe(self) -> &'static str {
-        match self {
-            JournalMode::Full => "sqlite synchronous=FULL (fsync per group commit)",
-            JournalMode::Normal => "sqlite synchronous=NORMAL (no fsync per commit)",
-            JournalMode::Off => "off (transactions not journalled)",
+    /// What a run's journal was, on SQLite or (`on_postgres`) PostgreSQL.
+    fn describe(self, on_postgres: bool) -> &'static str {
+        match (self, on_postgres) {
+            (JournalMode::Off, _) => "off (transactions not journalled)",
+            (_, true) => "postgresql (the server's synchronous_commit)",
+            (JournalMode::Full, false) => "sqlite synchronous=FULL (fsync per group commit)",
+            (JournalMode::Normal, false) => "sqlite synchronous=NORMAL (no fsync per commit)",
         }
     }
 }
@@ -404,15 +406,7 @@ async fn auth(args: AuthArgs) -> Result<Report, Box<dyn std::error::Error>> {
             env.stop().await?;
             let (report, _) = result?;
             Ok(Report {
-                journal: Some(if args.database.is_some() {
-                    if args.journal == JournalMode::Off {
-                        "off (transactions not journalled)"
-                    } else {
-                        "postgresql (the server's synchronous_commit)"
-                    }
-                } else {
-                    args.journal.describe()
-                }),
+                journal: Some(args.journal.describe(args.database.is_some())),
                 ..report
             })
         }
