@@ -40,6 +40,8 @@ impl Opened {
 pub struct Db {
     dir: tempfile::TempDir,
     pg: Option<(String, String)>,
+    /// SQLite: through the journal log (the default) or every submission into the tables.
+    log: bool,
 }
 
 static SCHEMAS: AtomicU64 = AtomicU64::new(0);
@@ -76,6 +78,16 @@ impl Db {
         Db {
             dir: tempfile::tempdir().unwrap(),
             pg: None,
+            log: true,
+        }
+    }
+
+    /// SQLite without the journal log (`SqliteConfig::log` off).
+    pub fn sqlite_direct() -> Db {
+        Db {
+            dir: tempfile::tempdir().unwrap(),
+            pg: None,
+            log: false,
         }
     }
 
@@ -84,6 +96,7 @@ impl Db {
         Some(Db {
             dir: tempfile::tempdir().unwrap(),
             pg: Some((url, fresh_schema())),
+            log: false,
         })
     }
 
@@ -102,9 +115,11 @@ impl Db {
     pub fn open(&self) -> Opened {
         match self.pg_config() {
             Some(config) => Opened::Pg(PgStore::open(&config).unwrap()),
-            None => Opened::Sqlite(
-                SqliteStore::open(&SqliteConfig::new(self.dir.path().join("shoudan.db"))).unwrap(),
-            ),
+            None => {
+                let mut config = SqliteConfig::new(self.dir.path().join("shoudan.db"));
+                config.log = self.log;
+                Opened::Sqlite(SqliteStore::open(&config).unwrap())
+            }
         }
     }
 }
@@ -117,7 +132,8 @@ impl Drop for Db {
     }
 }
 
-/// Runs each named `fn(&Db)` once per backend: `mod on_sqlite` and `mod on_postgres`.
+/// Runs each named `fn(&Db)` once per backend: `mod on_sqlite`, `mod on_sqlite_direct` (no
+/// journal log) and `mod on_postgres`.
 #[macro_export]
 macro_rules! on_both {
     ($($name:ident),+ $(,)?) => {
@@ -125,6 +141,12 @@ macro_rules! on_both {
             $(#[test]
             fn $name() {
                 super::$name(&$crate::backend::Db::sqlite());
+            })+
+        }
+        mod on_sqlite_direct {
+            $(#[test]
+            fn $name() {
+                super::$name(&$crate::backend::Db::sqlite_direct());
             })+
         }
         mod on_postgres {
@@ -146,6 +168,12 @@ macro_rules! on_both_async {
             $(#[tokio::test]
             async fn $name() {
                 super::$name(&$crate::backend::Db::sqlite()).await;
+            })+
+        }
+        mod on_sqlite_direct {
+            $(#[test]
+            fn $name() {
+                super::$name(&$crate::backend::Db::sqlite_direct());
             })+
         }
         mod on_postgres {
