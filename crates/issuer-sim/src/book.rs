@@ -206,13 +206,14 @@ impl Account {
         if self.limits.per_txn_max.is_some_and(|max| amount > max) {
             return Err(ResponseCode::AmountLimit);
         }
-        if let Some(max) = self.limits.daily_amount_max
-            && self
+        if let Some(max) = self.limits.daily_amount_max {
+            if self
                 .day_amount
                 .checked_add(amount)
                 .is_none_or(|total| total > max)
-        {
-            return Err(ResponseCode::AmountLimit);
+            {
+                return Err(ResponseCode::AmountLimit);
+            }
         }
         if self
             .limits
@@ -814,19 +815,19 @@ impl Book {
                 out,
             );
         }
-        if let Some(rrn) = &linked
-            && let Some(parent) = self.txns.get_mut(rrn)
-        {
-            if let Some(state) = restore {
-                parent.state = state;
+        if let Some(rrn) = &linked {
+            if let Some(parent) = self.txns.get_mut(rrn) {
+                if let Some(state) = restore {
+                    parent.state = state;
+                }
+                match kind {
+                    TxnKind::Refund => parent.refunded = parent.refunded.saturating_sub(req.amount),
+                    TxnKind::Completion => parent.captured = 0,
+                    _ => {}
+                }
+                parent.updated_ms = now.unix_ms;
+                out.push(LedgerOp::Txn(parent.clone()));
             }
-            match kind {
-                TxnKind::Refund => parent.refunded = parent.refunded.saturating_sub(req.amount),
-                TxnKind::Completion => parent.captured = 0,
-                _ => {}
-            }
-            parent.updated_ms = now.unix_ms;
-            out.push(LedgerOp::Txn(parent.clone()));
         }
         if same_day && matches!(kind, TxnKind::Purchase | TxnKind::PreAuth) {
             self.uncount_day(index, req.amount);

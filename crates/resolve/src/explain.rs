@@ -417,30 +417,30 @@ pub fn explain_txn(
         ));
     }
     let mut original_rrn = None;
-    if let Some(original_id) = row.original_id
-        && let Some(original) = store.txn(original_id)?
-    {
-        original_rrn = original.rrn.clone();
-        let okind = kind_text(original.kind);
-        let orrn = original.rrn.clone().unwrap_or_else(|| "-".to_owned());
-        steps.push(step(
-            row.received_at_ms,
-            "linked",
-            Both::new(
-                format!(
-                    "原交易：{} {}，RRN {orrn}，{}",
-                    okind.zh,
-                    yuan(original.amount_fen),
-                    date_time(original.received_at_ms)
+    if let Some(original_id) = row.original_id {
+        if let Some(original) = store.txn(original_id)? {
+            original_rrn = original.rrn.clone();
+            let okind = kind_text(original.kind);
+            let orrn = original.rrn.clone().unwrap_or_else(|| "-".to_owned());
+            steps.push(step(
+                row.received_at_ms,
+                "linked",
+                Both::new(
+                    format!(
+                        "原交易：{} {}，RRN {orrn}，{}",
+                        okind.zh,
+                        yuan(original.amount_fen),
+                        date_time(original.received_at_ms)
+                    ),
+                    format!(
+                        "original: {} of {}, RRN {orrn}, {}",
+                        okind.en,
+                        yuan(original.amount_fen),
+                        date_time(original.received_at_ms)
+                    ),
                 ),
-                format!(
-                    "original: {} of {}, RRN {orrn}, {}",
-                    okind.en,
-                    yuan(original.amount_fen),
-                    date_time(original.received_at_ms)
-                ),
-            ),
-        ));
+            ));
+        }
     }
     // What happened to it afterwards: voids, refunds, completions.
     let mut linked = store.txns_linked_to(row.id)?;

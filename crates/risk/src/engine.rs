@@ -254,17 +254,16 @@ impl Engine {
         let horizon = book.horizon_ms();
         let now = outcome.now_ms;
         let approved = &outcome.response_code == b"00";
-        if approved
-            && outcome.class == TxnClass::Sale
-            && let Some(day) = self.merchant(outcome.mid)
-        {
-            if day.day != outcome.day {
-                *day = MerchantDay {
-                    day: outcome.day,
-                    sales_fen: 0,
-                };
+        if approved && outcome.class == TxnClass::Sale {
+            if let Some(day) = self.merchant(outcome.mid) {
+                if day.day != outcome.day {
+                    *day = MerchantDay {
+                        day: outcome.day,
+                        sales_fen: 0,
+                    };
+                }
+                day.sales_fen = day.sales_fen.saturating_add(outcome.amount_fen);
             }
-            day.sales_fen = day.sales_fen.saturating_add(outcome.amount_fen);
         }
         let card_decline = !approved && is_card_decline(outcome.response_code);
         if !card_decline {
@@ -298,18 +297,18 @@ impl Engine {
                     amount_fen: outcome.amount_fen,
                 },
             );
-            if &outcome.response_code == b"55"
-                && let Some(card_key) = outcome.card_key
-            {
-                trim_pins(&mut terminal.wrong_pins, now - horizon);
-                push_bounded(
-                    &mut terminal.wrong_pins,
-                    WrongPin {
-                        at_ms: now,
-                        txn_id: outcome.txn_id,
-                        card_key,
-                    },
-                );
+            if &outcome.response_code == b"55" {
+                if let Some(card_key) = outcome.card_key {
+                    trim_pins(&mut terminal.wrong_pins, now - horizon);
+                    push_bounded(
+                        &mut terminal.wrong_pins,
+                        WrongPin {
+                            at_ms: now,
+                            txn_id: outcome.txn_id,
+                            card_key,
+                        },
+                    );
+                }
             }
         }
         for rule in rules {
@@ -376,16 +375,16 @@ impl Engine {
                     }),
                 _ => None,
             };
-            if let Some((detail, txn_ids)) = crossed
-                && self.first_alert(rule, outcome.tid, outcome.card_key, now)
-            {
-                alerts.push(Hit {
-                    rule_id: Arc::clone(&rule.id),
-                    kind: rule.kind,
-                    action: rule.action,
-                    detail,
-                    txn_ids,
-                });
+            if let Some((detail, txn_ids)) = crossed {
+                if self.first_alert(rule, outcome.tid, outcome.card_key, now) {
+                    alerts.push(Hit {
+                        rule_id: Arc::clone(&rule.id),
+                        kind: rule.kind,
+                        action: rule.action,
+                        detail,
+                        txn_ids,
+                    });
+                }
             }
         }
         alerts

@@ -135,11 +135,10 @@ pub fn run(args: AuditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             });
             if !reversed_at_issuer && !completed_in_journal {
                 report.in_doubt.push(finding());
-            } else if let Some(j) = journal
-                && j.amount != amount
-                && !reversed_at_issuer
-            {
-                report.amount_mismatches.push(finding());
+            } else if let Some(j) = journal {
+                if j.amount != amount && !reversed_at_issuer {
+                    report.amount_mismatches.push(finding());
+                }
             }
         }
     }

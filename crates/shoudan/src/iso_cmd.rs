@@ -333,8 +333,7 @@ fn field_json(f: &iso8583::Field<'_>) -> Value {
 
 /// Field 48 of a batch upload carries PANs: mask each record's PAN in place.
 fn mask_batch_pans(digits: &str) -> String {
-    let is_upload =
-        digits.len() >= 2 && digits.len() != 62 && (digits.len() - 2).is_multiple_of(40);
+    let is_upload = digits.len() >= 2 && digits.len() != 62 && (digits.len() - 2) % 40 == 0;
     if !is_upload {
         return digits.to_owned();
     }

@@ -30,8 +30,7 @@ pub use model::{
 pub use pending::{Durable, Pending};
 pub use pg::{PgConfig, PgStore};
 pub use sqlite::{
-    JournalReject, READ_CONNECTIONS_MAX, SqliteConfig, SqliteStore, Synchronous, WRITE_BATCH_MAX,
-    WRITE_QUEUE_MAX,
+    READ_CONNECTIONS_MAX, SqliteConfig, SqliteStore, Synchronous, WRITE_BATCH_MAX, WRITE_QUEUE_MAX,
 };
 
 /// Everything the switch and its neighbours persist. Writes are queued and resolve when durable;

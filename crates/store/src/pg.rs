@@ -223,11 +223,12 @@ impl PgStore {
             }
         };
         let result = f(&conn);
-        if !conn.is_closed()
-            && let Ok(mut pool) = self.readers.lock()
-            && pool.len() < PG_READ_CONNECTIONS_MAX
-        {
-            pool.push(conn);
+        if !conn.is_closed() {
+            if let Ok(mut pool) = self.readers.lock() {
+                if pool.len() < PG_READ_CONNECTIONS_MAX {
+                    pool.push(conn);
+                }
+            }
         }
         result
     }
@@ -325,10 +326,10 @@ fn migrate_locked(conn: &Connection) -> Result<(), StoreError> {
         .query_map(params![], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let known = schema::latest_version();
-    if let Some(&found) = applied.iter().max()
-        && found > known
-    {
-        return Err(StoreError::SchemaTooNew { found, known });
+    if let Some(&found) = applied.iter().max() {
+        if found > known {
+            return Err(StoreError::SchemaTooNew { found, known });
+        }
     }
     for migration in schema::MIGRATIONS
         .iter()
@@ -440,13 +441,13 @@ fn commit_group_carefully(
         };
         completions.extend(completion(job, result));
     }
-    if began.is_ok()
-        && let Err(error) = conn.execute_batch("COMMIT")
-    {
-        let error = StoreError::from(error);
-        let _ = conn.execute_batch("ROLLBACK");
-        for completion in completions.iter_mut().skip(first_in_transaction) {
-            replace_with_failure(completion, &error);
+    if began.is_ok() {
+        if let Err(error) = conn.execute_batch("COMMIT") {
+            let error = StoreError::from(error);
+            let _ = conn.execute_batch("ROLLBACK");
+            for completion in completions.iter_mut().skip(first_in_transaction) {
+                replace_with_failure(completion, &error);
+            }
         }
     }
 }

@@ -464,23 +464,6 @@ DROP INDEX transactions_original;
 CREATE INDEX transactions_original ON transactions (original_id) WHERE original_id IS NOT NULL;
 ",
     },
-    Migration {
-        version: 9,
-        name: "journal log: the last entry in the tables, and entries the tables refused",
-        sql: "
-CREATE TABLE journal_log (
-    id BIGINT PRIMARY KEY,
-    applied_seq BIGINT NOT NULL
-);
-INSERT INTO journal_log (id, applied_seq) VALUES (1, 0);
-CREATE TABLE journal_rejects (
-    seq BIGINT PRIMARY KEY,
-    at_ms BIGINT NOT NULL,
-    error TEXT NOT NULL,
-    entry BYTES NOT NULL
-);
-",
-    },
 ];
 
 /// The newest schema version this build knows.

@@ -27,10 +27,6 @@ use crate::pending::{Durable, Pending};
 use crate::risk::{AlertState, MerchantProfileRow, MerchantReviewRow, RiskAlertRow};
 use crate::schema;
 
-#[path = "sqlite_log.rs"]
-mod journal_log;
-#[path = "sqlite_log_file.rs"]
-mod journal_log_file;
 #[path = "sqlite_resolve.rs"]
 mod sqlite_resolve;
 #[path = "sqlite_risk.rs"]
@@ -73,10 +69,6 @@ pub struct SqliteConfig {
     /// would otherwise jump ahead while the runtime waits on another thread. Slower; never
     /// for production.
     pub inline_writer: bool,
-    /// Put the switch's records through the journal log (`sqlite_log.rs`): durable once
-    /// appended to it, written into the tables behind it in batches. Off: every submission is
-    /// a group commit into the tables. Ignored with `inline_writer`.
-    pub log: bool,
 }
 
 impl SqliteConfig {
@@ -86,19 +78,8 @@ impl SqliteConfig {
             synchronous: Synchronous::Full,
             max_page_count: None,
             inline_writer: false,
-            log: true,
         }
     }
-}
-
-/// A journal log entry the tables refused (see [`SqliteStore::journal_rejects`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JournalReject {
-    pub seq: i64,
-    pub at_ms: i64,
-    pub error: String,
-    /// The entry as it was logged (the log's encoding; no full PAN, as in the tables).
-    pub entry: Vec<u8>,
 }
 
 /// A SQLite database with a group-commit writer thread.
@@ -113,14 +94,6 @@ pub struct SqliteStore {
     /// The writer's connection when writes are committed inline (`SqliteConfig::inline_writer`).
     /// (connection, page quota applied to it).
     inline: Option<Mutex<(Connection, u64)>>,
-    /// The journal log's state, when this store owns the log (`SqliteConfig::log`).
-    log: Option<LogHandle>,
-}
-
-struct LogHandle {
-    shared: Arc<journal_log::Shared>,
-    /// Wakes the writer when a reader waits for it.
-    flush: std::sync::mpsc::SyncSender<journal_log::Back>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -159,56 +132,9 @@ impl SqliteStore {
                 writer: Mutex::new(None),
                 page_quota,
                 inline: Some(Mutex::new((writer, config.max_page_count.unwrap_or(0)))),
-                log: None,
             });
         }
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_MAX);
-        if config.log
-            && let Some((mut files, entries)) = journal_log_file::LogFiles::open(&config.path)?
-        {
-            journal_log::replay(&writer, entries)?;
-            // The replay committed with `synchronous=FULL`: the log is no longer needed.
-            files.clear()?;
-            let applied = journal_log::applied_seq(&writer)?;
-            let shared = Arc::new(journal_log::Shared::new(
-                applied,
-                config.synchronous == Synchronous::Full,
-            ));
-            writer.pragma_update(None, "synchronous", "NORMAL")?;
-            let (back, back_receiver) = std::sync::mpsc::sync_channel(journal_log::BACK_QUEUE_MAX);
-            let spawn_error = |e: std::io::Error| StoreError::Backend {
-                message: format!("cannot start journal threads: {e}"),
-            };
-            let writer_handle = {
-                let shared = Arc::clone(&shared);
-                let quota = Arc::clone(&page_quota);
-                std::thread::Builder::new()
-                    .name("store-writer".into())
-                    .spawn(move || {
-                        journal_log::run_writer(writer, back_receiver, shared, quota);
-                    })
-                    .map_err(spawn_error)?
-            };
-            let flush = back.clone();
-            let log_handle = {
-                let shared = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name("store-log".into())
-                    .spawn(move || {
-                        journal_log::run_log(files, receiver, back, writer_handle, &shared);
-                    })
-                    .map_err(spawn_error)?
-            };
-            return Ok(SqliteStore {
-                path: config.path.clone(),
-                sender,
-                readers: Mutex::new(Vec::new()),
-                writer: Mutex::new(Some(log_handle)),
-                page_quota,
-                inline: None,
-                log: Some(LogHandle { shared, flush }),
-            });
-        }
         let quota = Arc::clone(&page_quota);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
@@ -223,7 +149,6 @@ impl SqliteStore {
             writer: Mutex::new(Some(handle)),
             page_quota,
             inline: None,
-            log: None,
         })
     }
 
@@ -236,32 +161,6 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Whether this store owns the journal log (see `SqliteConfig::log`); a second store on
-    /// the same database, in this process or another, commits into the tables directly.
-    pub fn logs_journal(&self) -> bool {
-        self.log.is_some()
-    }
-
-    /// Journal log entries the tables refused after they were acknowledged (a broken rule:
-    /// a reference to a missing row, an RRN used twice), oldest first. Each is kept whole, as
-    /// logged; none is expected, and `shoudan audit` reports any.
-    pub fn journal_rejects(&self) -> Result<Vec<JournalReject>, StoreError> {
-        self.read(|conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT seq, at_ms, error, entry FROM journal_rejects ORDER BY seq",
-            )?;
-            let rows = statement.query_map([], |r| {
-                Ok(JournalReject {
-                    seq: r.get(0)?,
-                    at_ms: r.get(1)?,
-                    error: r.get(2)?,
-                    entry: r.get(3)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
     }
 
     /// Commits what is queued, stops the writer and waits for it. Later writes fail with
@@ -300,9 +199,6 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        if let Some(log) = &self.log {
-            log.shared.catch_up(&log.flush);
-        }
         let pooled = self.readers.lock().ok().and_then(|mut pool| pool.pop());
         let conn = match pooled {
             Some(conn) => conn,
@@ -313,10 +209,10 @@ impl SqliteStore {
             }
         };
         let result = f(&conn);
-        if let Ok(mut pool) = self.readers.lock()
-            && pool.len() < READ_CONNECTIONS_MAX
-        {
-            pool.push(conn);
+        if let Ok(mut pool) = self.readers.lock() {
+            if pool.len() < READ_CONNECTIONS_MAX {
+                pool.push(conn);
+            }
         }
         result
     }
@@ -350,18 +246,9 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        // The writer finishes what is queued and exits at the stop (or when the channel
-        // closes, if the queue is full). Without the journal log, without joining: dropping
-        // may happen inside a runtime. With it, the log thread holds the log's lock until the
-        // tables have everything: joining it (a few milliseconds) lets the database be opened
-        // again at once, by a store that then owns the log.
-        let stopping = self.sender.try_send(Job::Stop).is_ok();
-        if stopping && self.log.is_some() {
-            let handle = self.writer.lock().ok().and_then(|mut h| h.take());
-            if let Some(handle) = handle {
-                let _ = handle.join();
-            }
-        }
+        // Without joining: dropping may happen inside a runtime. The writer finishes what is
+        // queued and exits when the channel closes.
+        let _ = self.sender.try_send(Job::Stop);
     }
 }
 
@@ -880,25 +767,24 @@ fn commit_group_carefully(
             continue;
         };
         completions.push(done);
-        if let Some(error) = failure
-            && began.is_ok()
-            && conn.is_autocommit()
-        {
-            fail_from(completions, first_in_transaction, &error);
-            began = begin(conn);
-            first_in_transaction = completions.len();
+        if let Some(error) = failure {
+            if began.is_ok() && conn.is_autocommit() {
+                fail_from(completions, first_in_transaction, &error);
+                began = begin(conn);
+                first_in_transaction = completions.len();
+            }
         }
     }
-    if began.is_ok()
-        && let Err(error) = conn.execute_batch("COMMIT")
-    {
-        let error = StoreError::from(error);
-        // A failed COMMIT may leave the transaction open; end it so the next group starts
-        // clean. The rollback's own failure changes nothing for the waiters.
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
+    if began.is_ok() {
+        if let Err(error) = conn.execute_batch("COMMIT") {
+            let error = StoreError::from(error);
+            // A failed COMMIT may leave the transaction open; end it so the next group starts
+            // clean. The rollback's own failure changes nothing for the waiters.
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            fail_from(completions, first_in_transaction, &error);
         }
-        fail_from(completions, first_in_transaction, &error);
     }
 }
 

@@ -41,9 +41,6 @@ impl SqliteStore {
             writer: Mutex::new(None),
             page_quota: Default::default(),
             inline: None,
-            // Entries of the journal log not yet in the tables are not seen (the owner
-            // writes them in within milliseconds, or replays them when it starts again).
-            log: None,
         };
         // Fail now, not at the first query, when the file is not a database.
         store.read(|conn| {

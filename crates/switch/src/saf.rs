@@ -35,7 +35,7 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         }
         let now_ms = core.clock.now_ms();
         passes = passes.wrapping_add(1);
-        if passes.is_multiple_of(IN_DOUBT_SWEEP_PASSES) {
+        if passes % IN_DOUBT_SWEEP_PASSES == 0 {
             // One indexed read of the few rows in flight; a failed sweep is tried again later.
             let swept = crate::recover_in_doubt(core.store.as_ref(), now_ms, None).await;
             if let Err(error) = swept {

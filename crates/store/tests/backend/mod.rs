@@ -40,8 +40,6 @@ impl Opened {
 pub struct Db {
     dir: tempfile::TempDir,
     pg: Option<(String, String)>,
-    /// SQLite: through the journal log (the default) or every submission into the tables.
-    log: bool,
 }
 
 static SCHEMAS: AtomicU64 = AtomicU64::new(0);
@@ -78,16 +76,6 @@ impl Db {
         Db {
             dir: tempfile::tempdir().unwrap(),
             pg: None,
-            log: true,
-        }
-    }
-
-    /// SQLite without the journal log (`SqliteConfig::log` off).
-    pub fn sqlite_direct() -> Db {
-        Db {
-            dir: tempfile::tempdir().unwrap(),
-            pg: None,
-            log: false,
         }
     }
 
@@ -96,7 +84,6 @@ impl Db {
         Some(Db {
             dir: tempfile::tempdir().unwrap(),
             pg: Some((url, fresh_schema())),
-            log: false,
         })
     }
 
@@ -115,11 +102,9 @@ impl Db {
     pub fn open(&self) -> Opened {
         match self.pg_config() {
             Some(config) => Opened::Pg(PgStore::open(&config).unwrap()),
-            None => {
-                let mut config = SqliteConfig::new(self.dir.path().join("shoudan.db"));
-                config.log = self.log;
-                Opened::Sqlite(SqliteStore::open(&config).unwrap())
-            }
+            None => Opened::Sqlite(
+                SqliteStore::open(&SqliteConfig::new(self.dir.path().join("shoudan.db"))).unwrap(),
+            ),
         }
     }
 }
@@ -132,8 +117,7 @@ impl Drop for Db {
     }
 }
 
-/// Runs each named `fn(&Db)` once per backend: `mod on_sqlite`, `mod on_sqlite_direct` (no
-/// journal log) and `mod on_postgres`.
+/// Runs each named `fn(&Db)` once per backend: `mod on_sqlite` and `mod on_postgres`.
 #[macro_export]
 macro_rules! on_both {
     ($($name:ident),+ $(,)?) => {
@@ -141,12 +125,6 @@ macro_rules! on_both {
             $(#[test]
             fn $name() {
                 super::$name(&$crate::backend::Db::sqlite());
-            })+
-        }
-        mod on_sqlite_direct {
-            $(#[test]
-            fn $name() {
-                super::$name(&$crate::backend::Db::sqlite_direct());
             })+
         }
         mod on_postgres {
@@ -168,12 +146,6 @@ macro_rules! on_both_async {
             $(#[tokio::test]
             async fn $name() {
                 super::$name(&$crate::backend::Db::sqlite()).await;
-            })+
-        }
-        mod on_sqlite_direct {
-            $(#[test]
-            fn $name() {
-                super::$name(&$crate::backend::Db::sqlite_direct());
             })+
         }
         mod on_postgres {
