@@ -169,20 +169,21 @@ pub struct Harness {
 }
 
 /// How long an end-to-end test may take at most, for [`clear_of_china_midnight`].
-const TEST_SPAN_MS: i64 = 3 * 60_000;
+const TEST_SPAN: Duration = Duration::from_secs(3 * 60);
 
 /// Several of the host's days are China's calendar day (UTC+8): the portal's "today", an
 /// issuer's count of wrong PINs. A test that buys before midnight and looks after it finds a
-/// new day. Started within [`TEST_SPAN_MS`] of that midnight (16:00 UTC), a test waits until
-/// it has passed. Found by `scripts/test-clock` (the suite under libfaketime from 15:59:58 UTC).
+/// new day. Started within [`TEST_SPAN`] of that midnight (16:00 UTC), a test waits until it
+/// has passed. Found by `scripts/test-clock` (the suite under libfaketime from 15:59:58 UTC).
 async fn clear_of_china_midnight() {
-    use switch::Clock;
-    const DAY_MS: i64 = 86_400_000;
-    let into_day = (SystemClock.now_ms() + 8 * 3_600_000).rem_euclid(DAY_MS);
-    if into_day > DAY_MS - TEST_SPAN_MS {
-        let wait = u64::try_from(DAY_MS - into_day + 1_000).unwrap_or(0);
-        eprintln!("waiting {wait} ms for China's midnight to pass before the test starts");
-        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    use switch::{Clock, LocalTime};
+    let now = LocalTime::from_ms(SystemClock.now_ms());
+    let into_day = u64::from(now.hour) * 3_600 + u64::from(now.minute) * 60 + u64::from(now.second);
+    let to_midnight = Duration::from_secs(86_400_u64.saturating_sub(into_day));
+    if to_midnight <= TEST_SPAN {
+        let wait = to_midnight + Duration::from_secs(1);
+        eprintln!("waiting {wait:?} for China's midnight to pass before the test starts");
+        tokio::time::sleep(wait).await;
     }
 }
 
