@@ -311,13 +311,14 @@ impl Core {
     }
 
     /// Finds the original a linked request names: by field 61 (batch + trace) on this terminal,
-    /// else by RRN (field 37); from memory first, then the store.
+    /// else by RRN (field 37); from memory first, then the store. A trace of 0 names nothing
+    /// (traces run from 1): a refund from another terminal sends zeros and its RRN.
     async fn find_original(&self, ctx: &Ctx<'_>) -> Option<Arc<Entry>> {
         let request = &ctx.frame.message;
         let f61: Option<Field61> = request.field61().ok().flatten();
         if let Some(Field61 {
             batch,
-            trace: Some(trace),
+            trace: Some(trace @ 1..),
             ..
         }) = f61
         {
@@ -822,13 +823,17 @@ impl Core {
             }
             Err(error @ (LinkError::Timeout | LinkError::Lost)) => {
                 records.extend(release(false, &mut undo));
-                if kind != TxnKind::BalanceInquiry {
+                // A balance inquiry moves no money: there is nothing to reverse.
+                let then = if kind == TxnKind::BalanceInquiry {
+                    "nothing to reverse"
+                } else {
                     records.push(self.saf(entry.id, &bank, "98", answered_ms));
-                }
+                    "reversal queued"
+                };
                 records.push(self.event(
                     entry.id,
                     "timed_out",
-                    format!("{bank}: {error} by {at}: answered 98, reversal queued ({what})"),
+                    format!("{bank}: {error} by {at}: answered 98, {then} ({what})"),
                 ));
                 (Answer::code(RC_ISSUER_TIMEOUT), TxnState::TimedOut, None)
             }

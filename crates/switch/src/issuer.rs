@@ -3,7 +3,7 @@
 //! taken for the `0210` of the same trace. Reconnects by itself; a breaker answers fast while
 //! the issuer is down or keeps timing out.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -69,7 +69,9 @@ impl IssuerConnector for TcpConnector {
     }
 }
 
-type Waiters = HashMap<(u16, u32), oneshot::Sender<Vec<u8>>>;
+/// Ordered, so that when a link drops, its waiters learn it in trace order, the same way
+/// every time (a seeded simulation replays exactly).
+type Waiters = BTreeMap<(u16, u32), oneshot::Sender<Vec<u8>>>;
 
 pub(crate) struct IssuerLink {
     pub name: String,
@@ -98,7 +100,7 @@ impl IssuerLink {
             name,
             endpoint,
             outbound,
-            waiters: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(BTreeMap::new()),
             in_flight: Semaphore::new(ISSUER_IN_FLIGHT_MAX),
             connected: AtomicBool::new(false),
             timeouts_in_a_row: AtomicU32::new(0),
@@ -196,8 +198,10 @@ impl IssuerLink {
                 self.connector.connect(&self.name, self.endpoint.addr),
             );
             let stream = tokio::select! {
-                result = connect => result,
+                // Stop first, and a fixed order: a seeded simulation replays exactly.
+                biased;
                 _ = stop.changed() => return,
+                result = connect => result,
             };
             match stream {
                 Ok(Ok(stream)) => {
@@ -220,8 +224,9 @@ impl IssuerLink {
                 Err(_) => tracing::debug!(issuer = %self.name, "issuer connect timed out"),
             }
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                biased;
                 _ = stop.changed() => return,
+                _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(RECONNECT_LAST);
         }
@@ -267,9 +272,12 @@ impl IssuerLink {
             }
         };
         tokio::select! {
+            // Stop first; then replies before requests, in a fixed order, so that a seeded
+            // simulation replays exactly.
+            biased;
+            _ = stop.changed() => true,
             () = read => false,
             () = write => false,
-            _ = stop.changed() => true,
         }
     }
 

@@ -361,8 +361,10 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let interval = core.config.risk_refresh;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            // Stop first, and a fixed order: a seeded simulation replays exactly.
+            biased;
             _ = stop.changed() => return,
+            () = tokio::time::sleep(interval) => {}
         }
         let store = Arc::clone(&core.store);
         let loaded = tokio::task::spawn_blocking(move || {

@@ -30,8 +30,10 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let mut passes: u32 = 0;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(core.config.saf_interval) => {}
+            // Stop first, and a fixed order: a seeded simulation replays exactly.
+            biased;
             _ = stop.changed() => return,
+            _ = tokio::time::sleep(core.config.saf_interval) => {}
         }
         let now_ms = core.clock.now_ms();
         passes = passes.wrapping_add(1);

@@ -59,8 +59,10 @@ pub(crate) async fn accept(
     let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            // Stop first, so a flood of connections cannot hold off a shutdown.
+            biased;
             _ = stop.changed() => return,
+            accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -146,9 +148,11 @@ where
     let peer = crate::risk::peer();
     loop {
         let read = tokio::select! {
-            read = read_request(&mut reader, &mut buf) => read,
+            // Closing first, and a fixed order: a seeded simulation replays exactly.
+            biased;
             () = close.notified() => break,
             _ = stop.changed() => break,
+            read = read_request(&mut reader, &mut buf) => read,
         };
         match read {
             Ok(true) => {}
