@@ -16,6 +16,7 @@
 mod common;
 mod support;
 
+use common::Req;
 use store::{Store, TxnState};
 use support::{runtime, start};
 
@@ -75,5 +76,85 @@ fn full_journal_answers_96_never_an_unrecorded_approval_and_recovers() {
         );
         let req = w.purchase(&cards[0], 100);
         assert_eq!(w.t.send(&req).await.code(), "00");
+    });
+}
+
+/// A terminal resends a reversal until it is answered (PROTOCOL.md); a 96 is no answer. Once
+/// the disk has room, the resent reversal must be taken, not answered the 96 of its first
+/// attempt for ever; and the reversal of a purchase that was refused 96 before anything was
+/// written (so the journal has no row to point at) must be answered, not refused by the
+/// journal's foreign key for ever. Found by the simulation once its terminals settled.
+#[test]
+fn a_reversal_refused_for_a_full_disk_is_taken_when_resent() {
+    runtime().block_on(async {
+        let mut w = start(&["ICBC"], |_| {}).await;
+        let cards: Vec<_> = (0..4).map(|i| w.bank("ICBC").healthy(i).clone()).collect();
+        let approved = w.purchase(&cards[0], 300);
+        let first = w.t.send(&approved).await;
+        assert_eq!(first.code(), "00");
+        let rrn = first.text(37).unwrap();
+
+        // Fill the disk until nothing more fits; keep a purchase that was refused.
+        w.store.set_page_quota(Some(1));
+        let mut refused = None;
+        let mut refused_in_a_row = 0;
+        for i in 0..TRIES_MAX {
+            let req = w.purchase(&cards[1 + i % 3], 100);
+            if w.t.send(&req).await.code() == "96" {
+                refused_in_a_row += 1;
+                refused = Some(req);
+            } else {
+                refused_in_a_row = 0;
+            }
+            if refused_in_a_row >= 20 {
+                break;
+            }
+        }
+        assert!(refused_in_a_row >= 20, "the quota never filled");
+        let refused = refused.unwrap();
+        assert!(
+            w.store
+                .txns_by_key(&w.t.tid, 1, refused.stan)
+                .unwrap()
+                .is_empty(),
+            "the refused purchase left a row"
+        );
+
+        // The terminal reverses the approved purchase: the journal cannot take it, 96, and the
+        // purchase stays approved.
+        let reversal = Req::reversal_of(&approved);
+        assert_eq!(w.t.send(&reversal).await.code(), "96");
+        assert_eq!(w.t.send(&reversal).await.code(), "96", "resent, still full");
+        let row = w.store.txn_by_rrn(&rrn).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Approved);
+
+        // Room again: the resent reversal is taken, and the issuer gets it.
+        w.store.set_page_quota(None);
+        assert_eq!(w.t.send(&reversal).await.code(), "00");
+        let row = w.store.txn_by_rrn(&rrn).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Reversed);
+        assert!(w.reversals_delivered(20).await, "reversal not delivered");
+        let at_issuer = w
+            .bank("ICBC")
+            .sim
+            .issuer()
+            .txn(&issuer_sim::Rrn::parse(&rrn).unwrap())
+            .unwrap();
+        assert_eq!(at_issuer.state, issuer_sim::TxnState::Reversed);
+        // Sent once more after its answer, it is a retry: the same answer, nothing new.
+        assert_eq!(w.t.send(&reversal).await.code(), "00");
+        let reversals = w.store.txns_by_key(&w.t.tid, 1, approved.stan).unwrap();
+        assert_eq!(
+            reversals
+                .iter()
+                .filter(|r| r.kind == store::TxnKind::Reversal)
+                .count(),
+            1,
+            "one reversal row for the reversal and its resends"
+        );
+
+        // The reversal of the purchase refused before it was written: nothing to reverse.
+        assert_eq!(w.t.send(&Req::reversal_of(&refused)).await.code(), "00");
+        w.audit();
     });
 }

@@ -5,10 +5,14 @@
 //! switch reaches issuers through an `IssuerConnector`. Every fault is decided from the seed and
 //! the request's own identity (terminal, amount, attempt), so a seed replays the same faults.
 //!
-//! After each run, with the reversal queue drained, it checks DESIGN.md invariant 1 (every
-//! issuer approval completed in the journal or reversed at the issuer; nothing in doubt),
-//! invariant 2 (a retried request is answered the same and debited once) and that no full PAN
-//! is in the database.
+//! Terminals buy, retry, void, refund, pre-authorise and complete, ask balances, and drop their
+//! connection with a request outstanding, then reverse it (resending the reversal until it is
+//! answered); at the end each settles its batch with its own totals, which the switch must find
+//! balanced. After each run, with the reversal queue drained, it checks DESIGN.md invariant 1
+//! (every issuer approval completed in the journal or reversed at the issuer; nothing in
+//! doubt), invariant 2 (a retried request is answered the same and debited once), that no full
+//! PAN is in the database, and, once every clearing date is settled, invariant 3 against the
+//! issuers' own books (see `check_invariant_3`).
 //!
 //! `SHOUDAN_SIM_SEED=n` reruns one seed; `SHOUDAN_SIM_SEEDS=k` runs seeds 1..=k;
 //! `SHOUDAN_SIM_TXNS=n` sets the requests per terminal; `SHOUDAN_SIM_DISK_FULL=0` leaves out
@@ -29,7 +33,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use domain::IssuerDirectory;
-use iso8583::{Frame, FrameHead, Header, MessageBuilder, Mti, Tpdu};
+use iso8583::{
+    Frame, FrameHead, Header, MessageBuilder, Mti, SettleResult, SettlementTotals, Totals, Tpdu,
+};
 use issuer_sim::wire::{self as issuer_wire, Inbound};
 use issuer_sim::{
     DemoCard, HsmPinVerifier, Issuer, LedgerLocation, ResponseCode, Rrn, TxnState as IssuerState,
@@ -65,6 +71,9 @@ const DISK_FULL_WINDOWS: u64 = 3;
 /// disk or an issuer that is down, answered at once, let the terminals run through their whole
 /// load in no virtual time, so the window (and its 96s or 91s) lasted until the load was done.
 const PAUSE_AFTER_REFUSAL: Duration = Duration::from_millis(25);
+/// A terminal resends a reversal answered 96; this many 96s in a row (seconds of virtual
+/// time, far past any full-disk window) mean the switch would never take it.
+const REVERSAL_RESENDS_MAX: u32 = 200;
 const ISSUER_TIMEOUT: Duration = Duration::from_millis(400);
 /// A terminal's own patience: far above the switch's issuer timeout, so it only fires if the
 /// switch leaves a request unanswered (which is a failure).
@@ -439,6 +448,72 @@ impl SimTerminal {
     }
 }
 
+impl SimTerminal {
+    /// Settles batch 1 with the terminal's own totals (0500), resending after a 96 as a
+    /// terminal does; returns the host's answer: its result digit and its totals.
+    async fn settle(&mut self, stan: u32, ours: Totals) -> (SettleResult, Totals) {
+        let mut out = MessageBuilder::new(Mti::SETTLEMENT);
+        out.set_stan(stan).unwrap();
+        out.set_text(41, &self.tid)
+            .unwrap()
+            .set_text(42, MID)
+            .unwrap();
+        out.set_composed(&SettlementTotals {
+            domestic: ours,
+            foreign: Totals::default(),
+        })
+        .unwrap();
+        out.set_text(49, "156").unwrap();
+        out.set_digits(60, &format!("00{:06}201", 1)).unwrap();
+        out.set_text(63, "001").unwrap();
+        let mut bytes = Vec::new();
+        out.encode_frame(&head(), &mut bytes).unwrap();
+        loop {
+            self.stream.write_all(&bytes).await.unwrap();
+            let body = loop {
+                let body = self
+                    .read()
+                    .await
+                    .expect("the switch left a settlement unanswered");
+                let frame = Frame::decode_unprefixed(&body).unwrap();
+                if frame.message.mti() == Mti::SETTLEMENT_RESPONSE {
+                    break body;
+                }
+            };
+            let frame = Frame::decode_unprefixed(&body).unwrap();
+            let m = &frame.message;
+            if m.text(39) == Some("96") {
+                tokio::time::sleep(PAUSE_AFTER_REFUSAL).await;
+                continue;
+            }
+            assert_eq!(
+                m.text(39),
+                Some("00"),
+                "terminal {}: settlement refused",
+                self.tid
+            );
+            let host = SettlementTotals::parse(m.digits(48).unwrap()).unwrap();
+            return (host.domestic.result, host.domestic);
+        }
+    }
+}
+
+/// A terminal's own count of its batch, from the answers it got (PROTOCOL.md: debits are
+/// purchases and completions, credits voids and refunds).
+fn count(totals: &mut Totals, label: &str, amount: u64) {
+    match label {
+        "purchase" | "completion" => {
+            totals.debit_amount += amount;
+            totals.debit_count += 1;
+        }
+        "void" | "refund" => {
+            totals.credit_amount += amount;
+            totals.credit_count += 1;
+        }
+        _ => {}
+    }
+}
+
 /// What the terminals saw, for the invariants and the run's fingerprint.
 #[derive(Default)]
 struct Seen {
@@ -454,6 +529,9 @@ struct Seen {
     disk_windows_over: bool,
     /// Purchases approved after that: the journal recovered without a restart.
     approved_after_disk: u64,
+    /// Terminals whose settlement the host did not find balanced: (tid, result, terminal's
+    /// totals, host's totals).
+    unbalanced: Vec<(String, u8, String, String)>,
 }
 
 impl Seen {
@@ -577,6 +655,7 @@ async fn terminal_loop(
     let mut purchases: Vec<Kept> = Vec::new();
     let mut pre_auths: Vec<Kept> = Vec::new();
     let mut completions: Vec<Kept> = Vec::new();
+    let mut totals = Totals::default();
     for n in 0..txns {
         stan += 1;
         let roll = rng.next();
@@ -649,7 +728,19 @@ async fn terminal_loop(
                     reason: Some("98"),
                     ..outstanding
                 };
-                let a = t.send(&reversal).await;
+                // A terminal resends its reversal until it is answered (a 96 is no answer).
+                let mut a = t.send(&reversal).await;
+                let mut resent = 0;
+                while a.code == "96" {
+                    resent += 1;
+                    assert!(
+                        resent < REVERSAL_RESENDS_MAX,
+                        "seed {seed}: terminal {tid}'s reversal of trace {} answered 96 \
+                         {resent} times",
+                        reversal.stan
+                    );
+                    a = t.send(&reversal).await;
+                }
                 let mut seen = seen.lock().unwrap();
                 seen.abandoned += 1;
                 seen.answered(clock.ms(), &tid, reversal.stan, "reversal", &a.code);
@@ -715,6 +806,7 @@ async fn terminal_loop(
             .unwrap()
             .answered(clock.ms(), &tid, req.stan, label, &a.code);
         if a.code == "00" {
+            count(&mut totals, label, req.amount);
             if label == "purchase" {
                 let mut seen = seen.lock().unwrap();
                 if seen.disk_windows_over {
@@ -730,6 +822,16 @@ async fn terminal_loop(
             }
         }
         last = Some((req, a));
+    }
+    // End of the day: the terminal settles its batch with its own totals. Every request it
+    // counted was answered approved, every other one declined or reversed; the host must agree.
+    stan += 1;
+    let (result, host) = t.settle(stan, totals).await;
+    let mut seen = seen.lock().unwrap();
+    seen.fold(clock.ms(), &tid, stan, "settlement", &result.0.to_string());
+    if result != SettleResult::BALANCED {
+        seen.unbalanced
+            .push((tid, result.0, format!("{totals:?}"), format!("{host:?}")));
     }
 }
 
@@ -955,6 +1057,12 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
         issuer.flush().unwrap();
     }
 
+    assert!(
+        seen.lock().unwrap().unbalanced.is_empty(),
+        "seed {seed}: terminal settlements the host did not find balanced (rerun with \
+         SHOUDAN_SIM_SEED={seed}): {:#?}",
+        seen.lock().unwrap().unbalanced
+    );
     check_invariant_1(seed, &store, &issuers);
     let seen = Arc::into_inner(seen).unwrap().into_inner().unwrap();
     check_invariant_2(seed, &store, &issuers, &seen);

@@ -298,7 +298,10 @@ impl Core {
         ];
         let answer = match self.journal(records).await {
             Ok(()) => answer,
-            Err(_) => Answer::code(RC_SYSTEM_ERROR),
+            Err(_) => {
+                entry.mark_unrecorded();
+                Answer::code(RC_SYSTEM_ERROR)
+            }
         };
         entry.answer(answer.clone(), TxnState::Declined);
         self.reply(
@@ -731,6 +734,7 @@ impl Core {
         if let Err(error) = self.journal(vec![Record::InsertTxn(Box::new(row))]).await {
             tracing::warn!(%error, "journal write failed; answering 96");
             let _ = release(false, &mut undo);
+            entry.mark_unrecorded();
             entry.answer(Answer::code(RC_SYSTEM_ERROR), TxnState::Failed);
             return self.reply(
                 ctx.frame,
@@ -948,7 +952,13 @@ impl Core {
             reversal: false,
             ..ctx.key.clone()
         };
-        let original = self.ledger.by_key(&original_key);
+        // An original whose row never reached the journal was answered 96 before it could
+        // reach an issuer: for the journal there is nothing to reverse, and a reversal that
+        // named it would be refused by its foreign key for ever, the terminal resending it.
+        let original = self
+            .ledger
+            .by_key(&original_key)
+            .filter(|o| !o.is_unrecorded());
         let entry = self.new_entry(
             ctx,
             id,
@@ -1080,6 +1090,8 @@ impl Core {
             Err(error) => {
                 tracing::warn!(%error, "cannot record a terminal reversal; answering 96");
                 Undo::all(undo);
+                // It did not happen: the terminal's resend is a new attempt.
+                entry.mark_unrecorded();
                 (Answer::code(RC_SYSTEM_ERROR), TxnState::Failed)
             }
         };

@@ -4,6 +4,7 @@
 //! Each entry's mutable part sits behind its own short mutex, never held across an await.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use store::{TxnKind, TxnRow, TxnState};
@@ -77,6 +78,9 @@ pub(crate) struct Entry {
     pub original_id: Option<i64>,
     live: Mutex<Live>,
     answered: Notify,
+    /// See [`Entry::is_unrecorded`]; outside `live`, so the ledger may read it under its own
+    /// lock.
+    unrecorded: AtomicBool,
 }
 
 impl Entry {
@@ -119,7 +123,19 @@ impl Entry {
                 linked_original: original_id,
             }),
             answered: Notify::new(),
+            unrecorded: AtomicBool::new(false),
         }
+    }
+
+    /// Its row never reached the journal: the write failed and it was answered 96.
+    pub fn mark_unrecorded(&self) {
+        self.unrecorded.store(true, Ordering::Release);
+    }
+
+    /// Whether its row never reached the journal: nothing there a reversal could point at or
+    /// change, and, for a reversal, an attempt that did not happen.
+    pub fn is_unrecorded(&self) -> bool {
+        self.unrecorded.load(Ordering::Acquire)
     }
 
     fn from_row(row: &TxnRow) -> Self {
@@ -227,15 +243,21 @@ impl Ledger {
         self.maps.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers `entry` unless its key is taken.
+    /// Registers `entry` unless its key is taken. A reversal takes the key over from an
+    /// earlier attempt that was answered 96 without reaching the journal: that attempt did
+    /// not happen, and the terminal resends its reversal until it is answered (PROTOCOL.md).
+    /// Any other retry gets the first answer, whatever it was.
     pub fn claim(&self, entry: Entry) -> Claim {
         let mut maps = self.maps();
         if let Some(existing) = maps.by_key.get(&entry.key) {
-            return if existing.request_hash == entry.request_hash {
-                Claim::Retry(Arc::clone(existing))
-            } else {
-                Claim::Conflict
-            };
+            if existing.request_hash != entry.request_hash {
+                return Claim::Conflict;
+            }
+            if !(entry.key.reversal && existing.is_unrecorded()) {
+                return Claim::Retry(Arc::clone(existing));
+            }
+            let failed = existing.id;
+            maps.by_id.remove(&failed);
         }
         let entry = Arc::new(entry);
         Self::index(&mut maps, &entry);
