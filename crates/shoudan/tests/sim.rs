@@ -5,8 +5,9 @@
 //! switch reaches issuers through an `IssuerConnector`. Every fault is decided from the seed and
 //! the request's own identity (terminal, amount, attempt), so a seed replays the same faults.
 //!
-//! Terminals buy, retry, void, refund, pre-authorise and complete, ask balances, and drop their
-//! connection with a request outstanding, then reverse it (resending the reversal until it is
+//! Terminals of two merchants buy, retry, void, refund (any terminal of the merchant, and now
+//! and then another merchant's sale, which must be refused), pre-authorise and complete, ask
+//! balances, and drop their connection with a request outstanding, then reverse it (resending the reversal until it is
 //! answered); at the end each settles its batch with its own totals, which the switch must find
 //! balanced. After each run, with the reversal queue drained, it checks DESIGN.md invariant 1
 //! (every issuer approval completed in the journal or reversed at the issuer; nothing in
@@ -60,9 +61,13 @@ const SEEDS_DEFAULT: u64 = 3;
 /// believing it reversed, so the journal kept the purchase approved while the issuer voided it.
 const SEEDS_THAT_FOUND_BUGS: &[u64] = &[57];
 const TERMINALS: usize = 6;
-const TXNS_PER_TERMINAL_DEFAULT: usize = 200;
+const TXNS_PER_TERMINAL_DEFAULT: usize = 400;
 const BANKS: [&str; 3] = ["ICBC", "CCB", "ABC"];
-const MID: &str = "898110048990001";
+/// Two merchants (MID, name, MCC); terminals alternate between them.
+const MERCHANTS: [(&str, &str, &str); 2] = [
+    ("898110048990001", "Teahouse", "5812"),
+    ("898110048990002", "Bookshop", "5942"),
+];
 const TMK_HEX: &str = "0123456789ABCDEFFEDCBA9876543210";
 const ZPK_HEX: &str = "11111111111111112222222222222222";
 /// Windows in which the journal's disk is full, per run (none with `SHOUDAN_SIM_DISK_FULL=0`).
@@ -331,6 +336,7 @@ struct Req {
 
 struct SimTerminal {
     tid: String,
+    mid: &'static str,
     stream: DuplexStream,
     keys: Option<WorkingKeys>,
 }
@@ -342,11 +348,12 @@ struct Answer {
 }
 
 impl SimTerminal {
-    fn connect(switch: &switch::SwitchHandle, tid: &str) -> SimTerminal {
+    fn connect(switch: &switch::SwitchHandle, tid: &str, mid: &'static str) -> SimTerminal {
         let (client, server) = tokio::io::duplex(64 * 1024);
         switch.serve_stream(server);
         SimTerminal {
             tid: tid.to_owned(),
+            mid,
             stream: client,
             keys: None,
         }
@@ -364,7 +371,7 @@ impl SimTerminal {
         out.set_stan(1).unwrap();
         out.set_text(41, &self.tid)
             .unwrap()
-            .set_text(42, MID)
+            .set_text(42, self.mid)
             .unwrap();
         out.set_digits(60, "00000001003").unwrap();
         out.set_text(63, "001").unwrap();
@@ -405,7 +412,7 @@ impl SimTerminal {
         }
         out.set_text(41, &self.tid)
             .unwrap()
-            .set_text(42, MID)
+            .set_text(42, self.mid)
             .unwrap();
         out.set_text(49, "156").unwrap();
         out.set_digits(60, &format!("{}{:06}", req.message_type, 1))
@@ -456,7 +463,7 @@ impl SimTerminal {
         out.set_stan(stan).unwrap();
         out.set_text(41, &self.tid)
             .unwrap()
-            .set_text(42, MID)
+            .set_text(42, self.mid)
             .unwrap();
         out.set_composed(&SettlementTotals {
             domestic: ours,
@@ -506,7 +513,7 @@ fn count(totals: &mut Totals, label: &str, amount: u64) {
             totals.debit_amount += amount;
             totals.debit_count += 1;
         }
-        "void" | "refund" => {
+        "void" | "refund" | "foreign refund" => {
             totals.credit_amount += amount;
             totals.credit_count += 1;
         }
@@ -532,6 +539,11 @@ struct Seen {
     /// Terminals whose settlement the host did not find balanced: (tid, result, terminal's
     /// totals, host's totals).
     unbalanced: Vec<(String, u8, String, String)>,
+    /// Approved purchases and completions per merchant: a refund may come from any terminal
+    /// of the merchant.
+    receipts: BTreeMap<&'static str, Vec<Kept>>,
+    /// Refunds approved against another merchant's receipt.
+    leaks: Vec<String>,
 }
 
 impl Seen {
@@ -645,8 +657,10 @@ async fn terminal_loop(
     clock: SimClock,
 ) {
     let tid = format!("7{:07}", index + 1);
+    let mid = MERCHANTS[index % MERCHANTS.len()].0;
+    let other_mid = MERCHANTS[(index + 1) % MERCHANTS.len()].0;
     let mut rng = Rng(mix(&[seed, index as u64, 99]));
-    let mut t = SimTerminal::connect(&switch, &tid);
+    let mut t = SimTerminal::connect(&switch, &tid, mid);
     t.sign_in().await;
     let mut stan = 1u32;
     let mut last: Option<(Req, Answer)> = None;
@@ -719,7 +733,7 @@ async fn terminal_loop(
                 let bytes = t.encode(&outstanding);
                 t.stream.write_all(&bytes).await.unwrap();
                 drop(t);
-                t = SimTerminal::connect(&switch, &tid);
+                t = SimTerminal::connect(&switch, &tid, mid);
                 t.sign_in().await;
                 stan += 1;
                 let reversal = Req {
@@ -747,20 +761,26 @@ async fn terminal_loop(
                 last = None;
                 continue;
             }
-            // Refund part of an approved purchase or completion, perhaps again.
-            20..=25 if !purchases.is_empty() || !completions.is_empty() => {
-                let from =
-                    if purchases.is_empty() || ((roll >> 8) % 3 == 0 && !completions.is_empty()) {
-                        &completions
-                    } else {
-                        &purchases
-                    };
-                let orig = &from[pick(from, roll)];
-                (
-                    refund_of(orig, stan, amount % (orig.req.amount / 2 + 1) + 1),
-                    "refund",
-                    None,
-                )
+            // Refund part of an approved purchase or completion of the merchant's, made on any
+            // of its terminals, perhaps again. Now and then the receipt is another merchant's:
+            // that refund must be refused, or money would leave one merchant for another's sale.
+            20..=25 => {
+                let foreign = (roll >> 16) % 10 == 0;
+                let orig = {
+                    let seen = seen.lock().unwrap();
+                    seen.receipts
+                        .get(if foreign { other_mid } else { mid })
+                        .filter(|list| !list.is_empty())
+                        .map(|list| list[pick(list, roll)].clone())
+                };
+                match orig {
+                    Some(orig) => (
+                        refund_of(&orig, stan, amount % (orig.req.amount / 2 + 1) + 1),
+                        if foreign { "foreign refund" } else { "refund" },
+                        None,
+                    ),
+                    None => (purchase.clone(), "purchase", Some(&mut purchases)),
+                }
             }
             // Pre-authorise (with the PIN).
             26..=32 => (
@@ -807,12 +827,24 @@ async fn terminal_loop(
             .answered(clock.ms(), &tid, req.stan, label, &a.code);
         if a.code == "00" {
             count(&mut totals, label, req.amount);
-            if label == "purchase" {
-                let mut seen = seen.lock().unwrap();
-                if seen.disk_windows_over {
-                    seen.approved_after_disk += 1;
-                }
+            let mut shared = seen.lock().unwrap();
+            if matches!(label, "purchase" | "completion") {
+                shared.receipts.entry(mid).or_default().push(Kept {
+                    req: req.clone(),
+                    answer: a.clone(),
+                    mmdd: mmdd.clone(),
+                });
             }
+            if label == "foreign refund" {
+                shared.leaks.push(format!(
+                    "terminal {tid} of {mid} refunded {} fen of RRN {:?}",
+                    req.amount, req.rrn
+                ));
+            }
+            if label == "purchase" && shared.disk_windows_over {
+                shared.approved_after_disk += 1;
+            }
+            drop(shared);
             if let Some(list) = keep {
                 list.push(Kept {
                     req: req.clone(),
@@ -931,16 +963,21 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
     let tmk = hsm
         .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK_HEX)
         .unwrap();
-    let mut records = vec![Record::UpsertMerchant(MerchantRow {
-        mid: MID.into(),
-        name: "Teahouse".into(),
-        status: Status::Active,
-        mcc: "5812".into(),
-    })];
+    let mut records: Vec<Record> = MERCHANTS
+        .iter()
+        .map(|(mid, name, mcc)| {
+            Record::UpsertMerchant(MerchantRow {
+                mid: (*mid).into(),
+                name: (*name).into(),
+                status: Status::Active,
+                mcc: (*mcc).into(),
+            })
+        })
+        .collect();
     for i in 0..TERMINALS {
         records.push(switch::terminal_record(&TerminalSpec {
             tid: format!("7{:07}", i + 1),
-            mid: MID.into(),
+            mid: MERCHANTS[i % MERCHANTS.len()].0.into(),
             tmk,
             scheme: KeyScheme::Double,
             mac: MacAlgorithm::CupEcb,
@@ -1057,6 +1094,12 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
         issuer.flush().unwrap();
     }
 
+    assert!(
+        seen.lock().unwrap().leaks.is_empty(),
+        "seed {seed}: refunds approved against another merchant's sale (rerun with \
+         SHOUDAN_SIM_SEED={seed}): {:#?}",
+        seen.lock().unwrap().leaks
+    );
     assert!(
         seen.lock().unwrap().unbalanced.is_empty(),
         "seed {seed}: terminal settlements the host did not find balanced (rerun with \
@@ -1223,7 +1266,7 @@ fn check_invariant_2(
 }
 
 /// Invariant 3, on what the run left: every clearing date settled (a second run changes
-/// nothing), the ledger balanced, the merchant's payable equal to its captures − voids −
+/// nothing), the ledger balanced, each merchant's payable equal to its captures − voids −
 /// refunds − fees, and those captures − voids − refunds equal to what the cardholders' accounts
 /// at the issuers actually paid; the holds the issuers keep equal to the pre-authorisations the
 /// journal has open. Returns a summary for the run's fingerprint.
@@ -1242,7 +1285,8 @@ fn check_invariant_3(seed: u64, traffic: &Traffic) -> String {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    let mut day = settlement::MerchantClearing::default();
+    // Per merchant, every clearing date together.
+    let mut merchants: BTreeMap<String, settlement::MerchantClearing> = BTreeMap::new();
     for date in &dates {
         let first =
             settlement::settle_date(store, &traffic.directory, date, traffic.now_ms).unwrap();
@@ -1254,19 +1298,14 @@ fn check_invariant_3(seed: u64, traffic: &Traffic) -> String {
         );
         assert_eq!(first.merchants, again.merchants, "seed {seed} {rerun}");
         for m in first.merchants {
-            assert_eq!(m.mid, MID);
-            day.captures_fen += m.captures_fen;
-            day.voids_fen += m.voids_fen;
-            day.refunds_fen += m.refunds_fen;
-            day.fees_fen += m.fees_fen;
-            day.net_fen += m.net_fen;
+            let sum = merchants.entry(m.mid.clone()).or_default();
+            sum.captures_fen += m.captures_fen;
+            sum.voids_fen += m.voids_fen;
+            sum.refunds_fen += m.refunds_fen;
+            sum.fees_fen += m.fees_fen;
+            sum.net_fen += m.net_fen;
         }
     }
-    assert_eq!(
-        day.net_fen,
-        day.captures_fen - day.voids_fen - day.refunds_fen - day.fees_fen,
-        "seed {seed} {rerun}"
-    );
     let audit = settlement::audit(store).unwrap();
     assert!(
         audit.balanced && audit.total_fen == 0,
@@ -1275,17 +1314,34 @@ fn check_invariant_3(seed: u64, traffic: &Traffic) -> String {
         audit.total_fen,
         audit.unbalanced
     );
-    let payable = settlement::ledger_accounts::merchant_payable(MID);
-    let owed = -audit
-        .accounts
-        .iter()
-        .find(|a| a.account == payable)
-        .map_or(0, |a| a.balance_fen);
+    let mut day = settlement::MerchantClearing::default();
+    for (mid, sum) in &merchants {
+        assert_eq!(
+            sum.net_fen,
+            sum.captures_fen - sum.voids_fen - sum.refunds_fen - sum.fees_fen,
+            "seed {seed} {mid} {rerun}"
+        );
+        let payable = settlement::ledger_accounts::merchant_payable(mid);
+        let owed = -audit
+            .accounts
+            .iter()
+            .find(|a| a.account == payable)
+            .map_or(0, |a| a.balance_fen);
+        assert_eq!(
+            owed, sum.net_fen,
+            "seed {seed}: invariant 3 broken, {mid} is owed {owed} fen, but captures − voids − \
+             refunds − fees = {} {rerun}",
+            sum.net_fen
+        );
+        day.captures_fen += sum.captures_fen;
+        day.voids_fen += sum.voids_fen;
+        day.refunds_fen += sum.refunds_fen;
+        day.fees_fen += sum.fees_fen;
+    }
     assert_eq!(
-        owed, day.net_fen,
-        "seed {seed}: invariant 3 broken, the merchant is owed {owed} fen, but captures − voids \
-         − refunds − fees = {} {rerun}",
-        day.net_fen
+        merchants.len(),
+        MERCHANTS.len(),
+        "seed {seed}: a merchant cleared nothing"
     );
     // The issuers' side: what left the cardholders' accounts, and what they still hold.
     let (mut paid, mut held) = (0i64, 0i64);

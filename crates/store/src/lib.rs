@@ -39,6 +39,12 @@ pub trait Store: Send + Sync + 'static {
     /// Queues records to commit atomically together; fails fast with `QueueFull` under overload.
     fn submit(&self, records: Vec<Record>) -> Result<Durable, StoreError>;
 
+    /// Whether a caller on an async runtime should read this store on its own thread rather
+    /// than on a blocking one: true when writes commit inline too (`SqliteConfig::inline_writer`,
+    /// the deterministic simulation), where a read on another thread would let the host's
+    /// timing decide the order of events.
+    fn reads_inline(&self) -> bool;
+
     /// Reserves `count` consecutive values of a named counter, durably: a restart never hands
     /// out a value twice. Resolves to the first reserved value (counters start at 1).
     fn reserve(&self, counter: &str, count: u64) -> Result<Pending<u64>, StoreError>;

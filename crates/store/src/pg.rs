@@ -203,6 +203,11 @@ impl PgStore {
         result
     }
 
+    /// Always through the writer task: PostgreSQL has no inline mode.
+    fn writes_inline(&self) -> bool {
+        false
+    }
+
     fn enqueue(&self, job: Job) -> Result<(), StoreError> {
         self.sender.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::QueueFull,

@@ -175,6 +175,11 @@ impl SqliteStore {
         }
     }
 
+    /// Whether jobs run on the caller's thread (`SqliteConfig::inline_writer`).
+    fn writes_inline(&self) -> bool {
+        self.inline.is_some()
+    }
+
     fn enqueue(&self, job: Job) -> Result<(), StoreError> {
         if let Some(inline) = &self.inline {
             let mut writer = inline.lock().unwrap_or_else(PoisonError::into_inner);
@@ -257,6 +262,10 @@ impl Store for SqliteStore {
         let (done, pending) = Pending::new();
         self.enqueue(Job::Write { records, done })?;
         Ok(pending)
+    }
+
+    fn reads_inline(&self) -> bool {
+        self.writes_inline()
     }
 
     fn reserve(&self, counter: &str, count: u64) -> Result<Pending<u64>, StoreError> {

@@ -14,7 +14,7 @@ use iso8583::{Financial, Frame, FrameHead, Header, MessageBuilder, Mti, Tpdu};
 use paycrypto::{KeyHandle, KeyScheme, MacAlgorithm};
 use sha2::{Digest, Sha256};
 use store::resolve::{BackOfficeKeyRow, ResolveRecord};
-use store::{Record, Status, StoreError, TxnKind, TxnState};
+use store::{Record, Status, Store, StoreError, TxnKind, TxnState};
 use zeroize::Zeroize;
 
 use crate::SwitchHandle;
@@ -120,9 +120,8 @@ impl BackOffice {
             return Err(BackOfficeError::BadAmount);
         }
         let core = &self.core;
-        let store = Arc::clone(&core.store);
         let rrn = original_rrn.trim().to_owned();
-        let original = blocking(move || store.txn_by_rrn(&rrn))
+        let original = blocking(core, move |store| store.txn_by_rrn(&rrn))
             .await?
             .ok_or_else(|| BackOfficeError::OriginalNotFound {
                 rrn: original_rrn.to_owned(),
@@ -244,9 +243,8 @@ impl BackOffice {
         original_rrn: &str,
         amount_fen: i64,
     ) -> Result<BackOfficeKeyRow, BackOfficeError> {
-        let store = Arc::clone(&self.core.store);
         let lookup = key.to_owned();
-        let found = blocking(move || store.backoffice_key(&lookup)).await?;
+        let found = blocking(&self.core, move |store| store.backoffice_key(&lookup)).await?;
         let row = match found {
             Some(row) => row,
             None => {
@@ -264,9 +262,8 @@ impl BackOffice {
                 self.core
                     .persist(vec![Record::Resolve(ResolveRecord::BackOfficeKey(row))])
                     .await?;
-                let store = Arc::clone(&self.core.store);
                 let lookup = key.to_owned();
-                blocking(move || store.backoffice_key(&lookup))
+                blocking(&self.core, move |store| store.backoffice_key(&lookup))
                     .await?
                     .ok_or(BackOfficeError::NoAnswer)?
             }
@@ -280,13 +277,14 @@ impl BackOffice {
     }
 }
 
-/// A store read off the async workers.
+/// A store read off the async workers ([`Core::read_store`]).
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    core: &Core,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, BackOfficeError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(BackOfficeError::Store(StoreError::Backend {
+    match core.read_store(f).await {
+        Some(result) => Ok(result?),
+        None => Err(BackOfficeError::Store(StoreError::Backend {
             message: "store read task failed".to_owned(),
         })),
     }

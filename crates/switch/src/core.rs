@@ -229,6 +229,22 @@ impl Core {
         self.store.submit(records)?.await
     }
 
+    /// Reads the store off the async workers (a blocking thread), or on this thread when the
+    /// store commits inline too (the deterministic simulation: a read on another thread would
+    /// let the host's timing decide the order of events). `None` if the read's thread died.
+    pub async fn read_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> T + Send + 'static,
+    ) -> Option<T> {
+        let store = Arc::clone(&self.store);
+        if store.reads_inline() {
+            return Some(f(store.as_ref()));
+        }
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .ok()
+    }
+
     /// Writes records durably whatever the journal setting (terminal keys, reversal queue).
     pub async fn persist(&self, records: Vec<Record>) -> Result<(), StoreError> {
         self.store.submit(records)?.await

@@ -334,11 +334,10 @@ impl Core {
             if let Some(entry) = self.ledger.by_key(&key) {
                 return Some(entry);
             }
-            let store = Arc::clone(&self.store);
             let tid = ctx.key.tid.clone();
-            let rows = tokio::task::spawn_blocking(move || store.txns_by_key(&tid, batch, trace))
-                .await
-                .ok()?
+            let rows = self
+                .read_store(move |store| store.txns_by_key(&tid, batch, trace))
+                .await?
                 .ok()?;
             if let Some(row) = rows.iter().find(|r| r.kind != TxnKind::Reversal) {
                 return Some(self.ledger.adopt(row));
@@ -348,10 +347,9 @@ impl Core {
         if let Some(entry) = self.ledger.by_rrn(&rrn) {
             return Some(entry);
         }
-        let store = Arc::clone(&self.store);
-        let row = tokio::task::spawn_blocking(move || store.txn_by_rrn(&rrn))
-            .await
-            .ok()?
+        let row = self
+            .read_store(move |store| store.txn_by_rrn(&rrn))
+            .await?
             .ok()??;
         Some(self.ledger.adopt(&row))
     }

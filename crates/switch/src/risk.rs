@@ -366,18 +366,16 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
             () = tokio::time::sleep(interval) => {}
         }
-        let store = Arc::clone(&core.store);
-        let loaded = tokio::task::spawn_blocking(move || {
-            Ok::<_, StoreError>((load_merchants(store.as_ref())?, store.terminals()?))
-        })
-        .await;
+        let loaded = core
+            .read_store(|store| Ok::<_, StoreError>((load_merchants(store)?, store.terminals()?)))
+            .await;
         let (merchants, terminals) = match loaded {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(error)) => {
+            Some(Ok(pair)) => pair,
+            Some(Err(error)) => {
                 tracing::warn!(%error, "cannot refresh merchants");
                 continue;
             }
-            Err(_) => continue,
+            None => continue,
         };
         *core
             .risk

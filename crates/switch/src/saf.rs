@@ -64,11 +64,10 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
 
 impl Core {
     async fn resend(self: Arc<Self>, item: SafItem) {
-        let store = Arc::clone(&self.store);
         let txn_id = item.txn_id;
-        let row = match tokio::task::spawn_blocking(move || store.txn(txn_id)).await {
-            Ok(Ok(Some(row))) => row,
-            Ok(Ok(None)) => {
+        let row = match self.read_store(move |store| store.txn(txn_id)).await {
+            Some(Ok(Some(row))) => row,
+            Some(Ok(None)) => {
                 // The original never became durable (journal off): nothing to rebuild from.
                 let done = Record::SafDone {
                     txn_id,
