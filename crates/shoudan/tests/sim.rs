@@ -7,8 +7,10 @@
 //!
 //! Terminals of two merchants buy, retry, void, refund (any terminal of the merchant, and now
 //! and then another merchant's sale, which must be refused), pre-authorise and complete, ask
-//! balances, and drop their connection with a request outstanding, then reverse it (resending the reversal until it is
-//! answered); at the end each settles its batch with its own totals, which the switch must find
+//! balances, and drop their connection with a request outstanding, then reverse it (resending
+//! the reversal until it is answered). The switch crashes twice per run, mid-request, and is
+//! started again on the same journal; terminals that lost an answer reverse the request. At
+//! the end each terminal settles its batch with its own totals, which the switch must find
 //! balanced. After each run, with the reversal queue drained, it checks DESIGN.md invariant 1
 //! (every issuer approval completed in the journal or reversed at the issuer; nothing in
 //! doubt), invariant 2 (a retried request is answered the same and debited once), that no full
@@ -17,8 +19,9 @@
 //!
 //! `SHOUDAN_SIM_SEED=n` reruns one seed; `SHOUDAN_SIM_SEEDS=k` runs seeds 1..=k;
 //! `SHOUDAN_SIM_TXNS=n` sets the requests per terminal; `SHOUDAN_SIM_DISK_FULL=0` leaves out
-//! the windows in which the journal's disk is full. Every run ends with a switch restart (what
-//! a crash or a full disk left in flight is settled by the next start) before the checks.
+//! the windows in which the journal's disk is full, `SHOUDAN_SIM_CRASHES=0` the crashes. Every
+//! run ends with a switch restart (what a crash or a full disk left in flight is settled by the
+//! next start) before the checks.
 
 #![allow(
     clippy::unwrap_used,
@@ -70,6 +73,8 @@ const MERCHANTS: [(&str, &str, &str); 2] = [
 ];
 const TMK_HEX: &str = "0123456789ABCDEFFEDCBA9876543210";
 const ZPK_HEX: &str = "11111111111111112222222222222222";
+/// Crashes of the switch per run (none with `SHOUDAN_SIM_CRASHES=0`).
+const CRASHES: u64 = 2;
 /// Windows in which the journal's disk is full, per run (none with `SHOUDAN_SIM_DISK_FULL=0`).
 const DISK_FULL_WINDOWS: u64 = 3;
 /// How long a cashier waits after a 96 or a 91 before the next request. Without it a full
@@ -334,11 +339,22 @@ struct Req {
     reason: Option<&'static str>,
 }
 
+/// Where terminals find the switch: empty while it is down (crashed, not yet restarted).
+type Host = Arc<Mutex<Option<Arc<switch::SwitchHandle>>>>;
+
 struct SimTerminal {
     tid: String,
     mid: &'static str,
+    host: Host,
     stream: DuplexStream,
     keys: Option<WorkingKeys>,
+}
+
+/// What reading the connection gave.
+enum Read {
+    Frame(Vec<u8>),
+    /// The switch went away (it crashed): the connection is closed.
+    Closed,
 }
 
 #[derive(Clone, Debug)]
@@ -348,25 +364,57 @@ struct Answer {
 }
 
 impl SimTerminal {
-    fn connect(switch: &switch::SwitchHandle, tid: &str, mid: &'static str) -> SimTerminal {
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        switch.serve_stream(server);
-        SimTerminal {
+    /// A connected, signed-in terminal (waiting while the switch is down).
+    async fn connect(host: &Host, tid: &str, mid: &'static str) -> SimTerminal {
+        let (stream, _) = tokio::io::duplex(1);
+        let mut t = SimTerminal {
             tid: tid.to_owned(),
             mid,
-            stream: client,
+            host: Arc::clone(host),
+            stream,
             keys: None,
+        };
+        t.reconnect().await;
+        t
+    }
+
+    /// Drops the connection and opens a new one, signing in again; waits while the switch is
+    /// down, and starts over if it goes down during the sign-in.
+    async fn reconnect(&mut self) {
+        loop {
+            let switch = self.host.lock().unwrap().clone();
+            let Some(switch) = switch else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            switch.serve_stream(server);
+            drop(switch);
+            self.stream = client;
+            if self.sign_in().await {
+                return;
+            }
         }
     }
 
-    async fn read(&mut self) -> Option<Vec<u8>> {
-        tokio::time::timeout(TERMINAL_TIMEOUT, read_frame(&mut self.stream))
-            .await
-            .ok()
-            .flatten()
+    async fn read(&mut self) -> Read {
+        match tokio::time::timeout(TERMINAL_TIMEOUT, read_frame(&mut self.stream)).await {
+            Ok(Some(body)) => Read::Frame(body),
+            Ok(None) => Read::Closed,
+            Err(_) => panic!(
+                "terminal {}: the switch left a request unanswered",
+                self.tid
+            ),
+        }
     }
 
-    async fn sign_in(&mut self) {
+    /// Writes a frame; false if the connection is closed.
+    async fn write(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).await.is_ok()
+    }
+
+    /// Signs in; false if the connection closed first.
+    async fn sign_in(&mut self) -> bool {
         let mut out = MessageBuilder::new(Mti::NETWORK);
         out.set_stan(1).unwrap();
         out.set_text(41, &self.tid)
@@ -377,8 +425,12 @@ impl SimTerminal {
         out.set_text(63, "001").unwrap();
         let mut bytes = Vec::new();
         out.encode_frame(&head(), &mut bytes).unwrap();
-        self.stream.write_all(&bytes).await.unwrap();
-        let body = self.read().await.expect("sign-in unanswered");
+        if !self.write(&bytes).await {
+            return false;
+        }
+        let Read::Frame(body) = self.read().await else {
+            return false;
+        };
         let frame = Frame::decode_unprefixed(&body).unwrap();
         assert_eq!(frame.message.text(39), Some("00"));
         let tmk = Key::from_hex(KeyAlgorithm::Des, TMK_HEX).unwrap();
@@ -386,6 +438,7 @@ impl SimTerminal {
             paycrypto::decode_field62(&tmk, KeyScheme::Double, frame.message.bytes(62).unwrap())
                 .unwrap(),
         );
+        true
     }
 
     fn encode(&self, req: &Req) -> Vec<u8> {
@@ -430,15 +483,20 @@ impl SimTerminal {
         bytes
     }
 
-    /// Sends and waits for the answer to `req` (other frames on the pipe are skipped).
-    async fn send(&mut self, req: &Req) -> Answer {
+    /// Sends and waits for the answer to `req` (other frames on the pipe are skipped). If the
+    /// switch goes away first, reconnects and returns `None`: the terminal does not know what
+    /// became of the request.
+    async fn send(&mut self, req: &Req) -> Option<Answer> {
         let bytes = self.encode(req);
-        self.stream.write_all(&bytes).await.unwrap();
+        if !self.write(&bytes).await {
+            self.reconnect().await;
+            return None;
+        }
         loop {
-            let body = self
-                .read()
-                .await
-                .expect("the switch left a request unanswered");
+            let Read::Frame(body) = self.read().await else {
+                self.reconnect().await;
+                return None;
+            };
             let frame = Frame::decode_unprefixed(&body).unwrap();
             let m = &frame.message;
             if m.stan() == Some(req.stan) && m.mti().value() == req.mti.value() + 10 {
@@ -449,7 +507,33 @@ impl SimTerminal {
                 if answer.code == "96" || answer.code == "91" {
                     tokio::time::sleep(PAUSE_AFTER_REFUSAL).await;
                 }
-                return answer;
+                return Some(answer);
+            }
+        }
+    }
+
+    /// Reverses `original`, whose answer the terminal never got, as a POS does: resends the
+    /// reversal, through 96s and lost connections, until it is answered.
+    async fn reverse(&mut self, original: &Req) -> Answer {
+        let reversal = Req {
+            mti: Mti::REVERSAL,
+            pin: None,
+            reason: Some("98"),
+            ..original.clone()
+        };
+        let mut resent = 0;
+        loop {
+            match self.send(&reversal).await {
+                Some(a) if a.code != "96" => return a,
+                _ => {
+                    resent += 1;
+                    assert!(
+                        resent < REVERSAL_RESENDS_MAX,
+                        "terminal {}'s reversal of trace {} answered 96 (or lost) {resent} times",
+                        self.tid,
+                        reversal.stan
+                    );
+                }
             }
         }
     }
@@ -476,16 +560,21 @@ impl SimTerminal {
         let mut bytes = Vec::new();
         out.encode_frame(&head(), &mut bytes).unwrap();
         loop {
-            self.stream.write_all(&bytes).await.unwrap();
-            let body = loop {
-                let body = self
-                    .read()
-                    .await
-                    .expect("the switch left a settlement unanswered");
-                let frame = Frame::decode_unprefixed(&body).unwrap();
-                if frame.message.mti() == Mti::SETTLEMENT_RESPONSE {
-                    break body;
+            let mut body = None;
+            if self.write(&bytes).await {
+                while let Read::Frame(frame) = self.read().await {
+                    if Frame::decode_unprefixed(&frame).unwrap().message.mti()
+                        == Mti::SETTLEMENT_RESPONSE
+                    {
+                        body = Some(frame);
+                        break;
+                    }
                 }
+            }
+            let Some(body) = body else {
+                // The switch went away: settle again once it is back.
+                self.reconnect().await;
+                continue;
             };
             let frame = Frame::decode_unprefixed(&body).unwrap();
             let m = &frame.message;
@@ -536,6 +625,8 @@ struct Seen {
     disk_windows_over: bool,
     /// Purchases approved after that: the journal recovered without a restart.
     approved_after_disk: u64,
+    /// Crashes of the switch so far.
+    crashes: u64,
     /// Terminals whose settlement the host did not find balanced: (tid, result, terminal's
     /// totals, host's totals).
     unbalanced: Vec<(String, u8, String, String)>,
@@ -651,7 +742,7 @@ async fn terminal_loop(
     seed: u64,
     index: usize,
     txns: usize,
-    switch: Arc<switch::SwitchHandle>,
+    host: Host,
     cards: Arc<Vec<Card>>,
     seen: Arc<Mutex<Seen>>,
     clock: SimClock,
@@ -660,8 +751,7 @@ async fn terminal_loop(
     let mid = MERCHANTS[index % MERCHANTS.len()].0;
     let other_mid = MERCHANTS[(index + 1) % MERCHANTS.len()].0;
     let mut rng = Rng(mix(&[seed, index as u64, 99]));
-    let mut t = SimTerminal::connect(&switch, &tid, mid);
-    t.sign_in().await;
+    let mut t = SimTerminal::connect(&host, &tid, mid).await;
     let mut stan = 1u32;
     let mut last: Option<(Req, Answer)> = None;
     // Approved purchases (voidable, refundable), pre-authorisations (completable, voidable)
@@ -698,7 +788,10 @@ async fn terminal_loop(
             // Retry the last request as it was (same TID, batch, STAN, content).
             0..=7 if last.is_some() => {
                 let (req, first) = last.clone().unwrap();
-                let again = t.send(&req).await;
+                // A retry lost to a crash changes nothing: the first answer stands.
+                let Some(again) = t.send(&req).await else {
+                    continue;
+                };
                 let mut seen = seen.lock().unwrap();
                 seen.fold(clock.ms(), &tid, req.stan, "retry", &again.code);
                 seen.retries += 1;
@@ -731,33 +824,13 @@ async fn terminal_loop(
                     _ => purchase.clone(),
                 };
                 let bytes = t.encode(&outstanding);
-                t.stream.write_all(&bytes).await.unwrap();
-                drop(t);
-                t = SimTerminal::connect(&switch, &tid, mid);
-                t.sign_in().await;
+                let _ = t.write(&bytes).await;
+                t.reconnect().await;
                 stan += 1;
-                let reversal = Req {
-                    mti: Mti::REVERSAL,
-                    pin: None,
-                    reason: Some("98"),
-                    ..outstanding
-                };
-                // A terminal resends its reversal until it is answered (a 96 is no answer).
-                let mut a = t.send(&reversal).await;
-                let mut resent = 0;
-                while a.code == "96" {
-                    resent += 1;
-                    assert!(
-                        resent < REVERSAL_RESENDS_MAX,
-                        "seed {seed}: terminal {tid}'s reversal of trace {} answered 96 \
-                         {resent} times",
-                        reversal.stan
-                    );
-                    a = t.send(&reversal).await;
-                }
+                let a = t.reverse(&outstanding).await;
                 let mut seen = seen.lock().unwrap();
                 seen.abandoned += 1;
-                seen.answered(clock.ms(), &tid, reversal.stan, "reversal", &a.code);
+                seen.answered(clock.ms(), &tid, outstanding.stan, "reversal", &a.code);
                 last = None;
                 continue;
             }
@@ -821,7 +894,25 @@ async fn terminal_loop(
             ),
             _ => (purchase.clone(), "purchase", Some(&mut purchases)),
         };
-        let a = t.send(&req).await;
+        let Some(a) = t.send(&req).await else {
+            // The switch went away with the request: the terminal reverses it (a balance
+            // inquiry moves no money) and counts it nowhere.
+            seen.lock()
+                .unwrap()
+                .answered(clock.ms(), &tid, req.stan, label, "lost");
+            if req.processing != "310000" {
+                let a = t.reverse(&req).await;
+                seen.lock().unwrap().answered(
+                    clock.ms(),
+                    &tid,
+                    req.stan,
+                    "reversal after a crash",
+                    &a.code,
+                );
+            }
+            last = None;
+            continue;
+        };
         seen.lock()
             .unwrap()
             .answered(clock.ms(), &tid, req.stan, label, &a.code);
@@ -871,6 +962,38 @@ async fn terminal_loop(
 
 struct Outcome {
     fingerprint: String,
+}
+
+/// How to start the switch, at the beginning and after each crash.
+struct Boot {
+    config: SwitchConfig,
+    store: Arc<SqliteStore>,
+    hsm: Arc<SoftHsm>,
+    directory: Arc<IssuerDirectory>,
+    clock: SimClock,
+    net: Arc<SimNet>,
+}
+
+impl Boot {
+    async fn start(&self) -> Arc<switch::SwitchHandle> {
+        let switch = Switch::start_with(
+            self.config.clone(),
+            Arc::clone(&self.store) as Arc<dyn Store>,
+            Arc::clone(&self.hsm) as Arc<dyn Hsm>,
+            Arc::clone(&self.directory),
+            Arc::new(self.clock.clone()),
+            Arc::clone(&self.net) as Arc<dyn IssuerConnector>,
+        )
+        .await
+        .unwrap();
+        for _ in 0..100 {
+            if BANKS.iter().all(|b| switch.issuer_connected(b)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Arc::new(switch)
+    }
 }
 
 /// What the traffic left, for the settlement after it (which blocks, so runs outside the
@@ -1000,6 +1123,7 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
     }
     config.saf_interval = Duration::from_millis(100);
     config.saf_lease = Duration::from_secs(5);
+    config.abortable = true;
     let net = Arc::new(SimNet {
         seed,
         issuers: issuers.clone(),
@@ -1007,26 +1131,15 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
         connects: Mutex::default(),
     });
     let directory = Arc::new(IssuerDirectory::embedded().unwrap());
-    let start = || async {
-        let switch = Switch::start_with(
-            config.clone(),
-            Arc::clone(&store) as Arc<dyn Store>,
-            Arc::clone(&hsm) as Arc<dyn Hsm>,
-            Arc::clone(&directory),
-            Arc::new(clock.clone()),
-            Arc::clone(&net) as Arc<dyn IssuerConnector>,
-        )
-        .await
-        .unwrap();
-        for _ in 0..100 {
-            if BANKS.iter().all(|b| switch.issuer_connected(b)) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Arc::new(switch)
-    };
-    let switch = start().await;
+    let boot = Arc::new(Boot {
+        config,
+        store: Arc::clone(&store),
+        hsm: Arc::clone(&hsm),
+        directory: Arc::clone(&directory),
+        clock: clock.clone(),
+        net,
+    });
+    let host: Host = Arc::new(Mutex::new(Some(boot.start().await)));
 
     // The disk fills now and then: seeded windows in which the journal cannot grow.
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -1050,6 +1163,33 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
         })
     };
 
+    // The switch crashes now and then (a kill -9: every task dropped where it stands) and is
+    // started again on the same journal after a while.
+    let crashes = if std::env::var("SHOUDAN_SIM_CRASHES").as_deref() == Ok("0") {
+        0
+    } else {
+        CRASHES
+    };
+    let crasher = {
+        let host = Arc::clone(&host);
+        let boot = Arc::clone(&boot);
+        let seen = Arc::clone(&seen);
+        tokio::spawn(async move {
+            for k in 0..crashes {
+                let roll = mix(&[seed, 700, k]);
+                tokio::time::sleep(Duration::from_millis(300 + roll % 3_000)).await;
+                let switch = host.lock().unwrap().take().unwrap();
+                Arc::into_inner(switch)
+                    .expect("only the host holds the switch")
+                    .crash();
+                seen.lock().unwrap().crashes += 1;
+                tokio::time::sleep(Duration::from_millis(20 + (roll >> 16) % 300)).await;
+                let switch = boot.start().await;
+                *host.lock().unwrap() = Some(switch);
+            }
+        })
+    };
+
     let cards = Arc::new(cards);
     let tasks: Vec<_> = (0..TERMINALS)
         .map(|i| {
@@ -1057,7 +1197,7 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
                 seed,
                 i,
                 txns,
-                Arc::clone(&switch),
+                Arc::clone(&host),
                 Arc::clone(&cards),
                 Arc::clone(&seen),
                 clock.clone(),
@@ -1067,12 +1207,16 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
     for task in tasks {
         task.await.unwrap();
     }
+    let traffic_ms = clock.ms() - clock.base_ms;
     disk.abort();
     store.set_page_quota(None);
+    // Every crash is over, the switch is up again (the terminals settled through it).
+    crasher.await.unwrap();
     // A request whose outcome could not be written (disk full) stays in flight until the next
     // start settles it: restart, as an operator would once the disk has room.
+    let switch = host.lock().unwrap().take().unwrap();
     Arc::into_inner(switch).unwrap().shutdown().await;
-    let switch = start().await;
+    let switch = boot.start().await;
 
     // Let the dust settle: every reversal delivered (virtual time is cheap).
     let drained_by = tokio::time::Instant::now() + DRAIN_MAX;
@@ -1125,14 +1269,16 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
 
     let issuer_approvals: usize = issuers.values().map(|i| i.approvals().unwrap().len()).sum();
     let fingerprint = format!(
-        "{:?} answers digest {:016x} retries {} abandoned {} issuer approvals \
-         {issuer_approvals} refused {} approved after the disk windows {}",
+        "{:?} answers digest {:016x} retries {} abandoned {} crashes {} issuer approvals \
+         {issuer_approvals} refused {} approved after the disk windows {}; traffic for {} ms",
         seen.codes,
         seen.digest,
         seen.retries,
         seen.abandoned,
+        seen.crashes,
         metrics.refused_overload,
-        seen.approved_after_disk
+        seen.approved_after_disk,
+        traffic_ms
     );
     Traffic {
         fingerprint,

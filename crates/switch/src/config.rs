@@ -92,6 +92,10 @@ pub struct SwitchConfig {
     pub risk_refresh: Duration,
     /// Day cut-over, minutes after local midnight (below `MINUTES_PER_DAY`; 0 = midnight).
     pub cutover_minute: u16,
+    /// Keep every connection's and request's task abortable, so that `SwitchHandle::crash`
+    /// stops the switch mid-request as a `kill -9` would (the deterministic simulation). Off
+    /// in production: the list costs a lock per spawn.
+    pub abortable: bool,
 }
 
 impl SwitchConfig {
@@ -109,6 +113,7 @@ impl SwitchConfig {
             risk_rules: std::sync::Arc::new(risk::RuleBook::empty()),
             risk_refresh: Duration::from_secs(1),
             cutover_minute: CUTOVER_MINUTE_DEFAULT,
+            abortable: false,
         }
     }
 }

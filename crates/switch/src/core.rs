@@ -165,6 +165,8 @@ pub(crate) struct Core {
     pub risk: crate::risk::RiskGate,
     /// Each terminal's last written software version and clock drift.
     pub health: crate::health::HealthSeen,
+    /// Connections, requests, resends and alert writes; see `crate::tasks`.
+    pub tasks: crate::tasks::Tasks,
 }
 
 impl Core {

@@ -24,6 +24,7 @@ mod risk;
 mod saf;
 mod session;
 mod settle;
+mod tasks;
 mod wire;
 
 use std::collections::HashMap;
@@ -162,9 +163,20 @@ impl SwitchHandle {
     {
         let sessions = self.sessions.clone();
         let stop = self.stop.subscribe();
-        tokio::spawn(async move {
+        self.core.tasks.spawn(async move {
             session::serve(&sessions, stream, stop).await;
         });
+    }
+
+    /// Stops the switch as a `kill -9` would: every task dropped where it stands, mid-request,
+    /// nothing answered, flushed or handed over; what the store committed is all that is
+    /// left. With `SwitchConfig::abortable` (the deterministic simulation); without it only the
+    /// listener, links and background loops stop, and requests already taken run on.
+    pub fn crash(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.core.tasks.abort_all();
     }
 
     /// Stops accepting, closes links and waits for the switch's tasks. Requests already being
@@ -255,6 +267,7 @@ impl Switch {
             header: Header::from_bytes([0x60, 0, 0, 0, 0, 0])?,
         };
         let store_health = store.terminal_health()?;
+        let abortable = config.abortable;
         let core = Arc::new(Core {
             issuer_head,
             config,
@@ -270,6 +283,7 @@ impl Switch {
             trace: AtomicU32::new(u32::try_from(first_trace % 1_000_000).unwrap_or(0)),
             risk: risk_gate,
             health: health::HealthSeen::load(store_health),
+            tasks: tasks::Tasks::new(abortable),
         });
         tasks.push(tokio::spawn(risk::refresh(
             Arc::clone(&core),

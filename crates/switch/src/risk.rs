@@ -309,7 +309,7 @@ impl Core {
     fn write_alerts(self: &Arc<Self>, mid: &str, tid: &str, alerts: Vec<PendingAlert>) {
         let core = Arc::clone(self);
         let (mid, tid) = (mid.to_owned(), tid.to_owned());
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let mut records = Vec::with_capacity(alerts.len() * 2);
             for alert in alerts {
                 let id = match core.risk.alert_ids.next(core.store.as_ref()).await {

@@ -56,8 +56,8 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             }
         };
         for item in items {
-            let core = Arc::clone(&core);
-            tokio::spawn(async move { core.resend(item).await });
+            let resend = Arc::clone(&core);
+            core.tasks.spawn(async move { resend.resend(item).await });
         }
     }
 }

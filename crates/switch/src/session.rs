@@ -79,9 +79,10 @@ pub(crate) async fn accept(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let core = Arc::clone(&sessions.core);
         let sessions = sessions.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        core.tasks.spawn(async move {
             sessions.metrics.connections.fetch_add(1, Ordering::Relaxed);
             crate::risk::with_peer(Some(peer.ip()), serve(&sessions, stream, stop)).await;
             sessions.metrics.connections.fetch_sub(1, Ordering::Relaxed);
@@ -123,7 +124,7 @@ where
 {
     let (reader, mut writer) = tokio::io::split(stream);
     let (responses, mut outgoing) = mpsc::channel::<Vec<u8>>(CONNECTION_QUEUE_MAX);
-    let writer_task = tokio::spawn(async move {
+    let writer_task = sessions.core.tasks.spawn(async move {
         // Grown by the first answers, not before: most connections sit idle.
         let mut batch = Vec::new();
         while let Some(frame) = outgoing.recv().await {
@@ -170,12 +171,13 @@ where
         let input = std::mem::replace(&mut buf, Vec::with_capacity(512));
         match admit(sessions, &in_flight) {
             Some(permits) => {
+                let core = Arc::clone(&sessions.core);
                 let sessions = sessions.clone();
                 let responses = responses.clone();
                 let close = Arc::clone(&close);
                 // The handler runs to completion even if the terminal hangs up: what the
                 // issuer was told must be journalled either way.
-                tokio::spawn(async move {
+                core.tasks.spawn(async move {
                     let handled = sessions.handle_measured(&input, received);
                     let response = crate::risk::with_peer(peer, handled).await;
                     drop(permits);
