@@ -736,7 +736,8 @@ fn pre_auth_void_of(orig: &Kept, stan: u32) -> Req {
 
 /// What a terminal sends as its request `n`: a purchase most of the time; voids, refunds,
 /// pre-authorisations, completions and balance inquiries among them; retries of the last
-/// request; and requests left outstanding on a dropped connection, then reversed.
+/// request; and requests left outstanding on a dropped connection or lost to a crash of the
+/// switch, then reversed. At the end it settles its batch.
 #[allow(clippy::too_many_lines)]
 async fn terminal_loop(
     seed: u64,

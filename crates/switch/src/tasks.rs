@@ -7,17 +7,19 @@ use std::sync::{Mutex, PoisonError};
 
 use tokio::task::{AbortHandle, JoinHandle};
 
-/// Finished tasks are dropped from the list once it holds this many.
+/// Finished tasks are dropped from the list once it holds this many, and then whenever it
+/// has doubled since (so a switch with many live tasks does not sweep on every spawn).
 const PRUNE_AT: usize = 4_096;
 
 pub(crate) struct Tasks {
-    handles: Option<Mutex<Vec<AbortHandle>>>,
+    /// The handles, and the length at which the next sweep runs.
+    handles: Option<Mutex<(Vec<AbortHandle>, usize)>>,
 }
 
 impl Tasks {
     pub fn new(abortable: bool) -> Self {
         Tasks {
-            handles: abortable.then(|| Mutex::new(Vec::new())),
+            handles: abortable.then(|| Mutex::new((Vec::new(), PRUNE_AT))),
         }
     }
 
@@ -28,11 +30,13 @@ impl Tasks {
     {
         let task = tokio::spawn(future);
         if let Some(handles) = &self.handles {
-            let mut handles = handles.lock().unwrap_or_else(PoisonError::into_inner);
-            if handles.len() >= PRUNE_AT {
-                handles.retain(|h| !h.is_finished());
+            let mut guard = handles.lock().unwrap_or_else(PoisonError::into_inner);
+            let (list, sweep_at) = &mut *guard;
+            if list.len() >= *sweep_at {
+                list.retain(|h| !h.is_finished());
+                *sweep_at = PRUNE_AT.max(list.len().saturating_mul(2));
             }
-            handles.push(task.abort_handle());
+            list.push(task.abort_handle());
         }
         task
     }
@@ -40,9 +44,9 @@ impl Tasks {
     /// Aborts every task spawned so far (none are kept unless abortable).
     pub fn abort_all(&self) {
         if let Some(handles) = &self.handles {
-            let handles =
-                std::mem::take(&mut *handles.lock().unwrap_or_else(PoisonError::into_inner));
-            for handle in handles {
+            let list =
+                std::mem::take(&mut handles.lock().unwrap_or_else(PoisonError::into_inner).0);
+            for handle in list {
                 handle.abort();
             }
         }
