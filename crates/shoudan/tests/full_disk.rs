@@ -153,8 +153,22 @@ fn a_reversal_refused_for_a_full_disk_is_taken_when_resent() {
             "one reversal row for the reversal and its resends"
         );
 
-        // The reversal of the purchase refused before it was written: nothing to reverse.
+        // The reversal of the purchase refused before it was written: nothing to reverse, and
+        // its timeline says why.
         assert_eq!(w.t.send(&Req::reversal_of(&refused)).await.code(), "00");
+        let rows = w.store.txns_by_key(&w.t.tid, 1, refused.stan).unwrap();
+        let [row] = rows.as_slice() else {
+            panic!("one row, the reversal's: {rows:?}");
+        };
+        assert_eq!(row.kind, store::TxnKind::Reversal);
+        assert_eq!(row.original_id, None);
+        let events = w.store.events(row.id).unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.detail.contains("answered 96 before it was recorded")),
+            "{events:?}"
+        );
         w.audit();
     });
 }

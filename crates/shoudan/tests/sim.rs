@@ -1144,11 +1144,7 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
 
     // The disk fills now and then: seeded windows in which the journal cannot grow.
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let windows = if std::env::var("SHOUDAN_SIM_DISK_FULL").as_deref() == Ok("0") {
-        0
-    } else {
-        DISK_FULL_WINDOWS
-    };
+    let windows = unless_off("SHOUDAN_SIM_DISK_FULL", DISK_FULL_WINDOWS);
     let disk = {
         let store = Arc::clone(&store);
         let seen = Arc::clone(&seen);
@@ -1166,11 +1162,7 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
 
     // The switch crashes now and then (a kill -9: every task dropped where it stands) and is
     // started again on the same journal after a while.
-    let crashes = if std::env::var("SHOUDAN_SIM_CRASHES").as_deref() == Ok("0") {
-        0
-    } else {
-        CRASHES
-    };
+    let crashes = unless_off("SHOUDAN_SIM_CRASHES", CRASHES);
     let crasher = {
         let host = Arc::clone(&host);
         let boot = Arc::clone(&boot);
@@ -1584,6 +1576,15 @@ fn check_no_pan(seed: u64, db: &std::path::Path, pans: &[String]) {
 }
 
 // --- entry points
+
+/// `count`, or 0 when the variable `name` is "0" (a fault left out).
+fn unless_off(name: &str, count: u64) -> u64 {
+    if std::env::var(name).as_deref() == Ok("0") {
+        0
+    } else {
+        count
+    }
+}
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())

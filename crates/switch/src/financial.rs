@@ -953,10 +953,9 @@ impl Core {
         // An original whose row never reached the journal was answered 96 before it could
         // reach an issuer: for the journal there is nothing to reverse, and a reversal that
         // named it would be refused by its foreign key for ever, the terminal resending it.
-        let original = self
-            .ledger
-            .by_key(&original_key)
-            .filter(|o| !o.is_unrecorded());
+        let named = self.ledger.by_key(&original_key);
+        let unrecorded = named.as_ref().is_some_and(|o| o.is_unrecorded());
+        let original = named.filter(|_| !unrecorded);
         let entry = self.new_entry(
             ctx,
             id,
@@ -987,6 +986,10 @@ impl Core {
         // must then act as if it had not (found by the simulation with a full disk).
         let mut undo: Vec<Undo> = Vec::new();
         let (code, detail) = match &original {
+            None if unrecorded => (
+                RC_APPROVED,
+                "original was answered 96 before it was recorded: nothing to reverse".to_owned(),
+            ),
             None => (
                 RC_APPROVED,
                 "original not found: nothing to reverse".to_owned(),
