@@ -17,11 +17,45 @@ mod common;
 mod support;
 
 use common::Req;
+use issuer_sim::DemoCard;
 use store::{Store, TxnState};
-use support::{runtime, start};
+use support::{World, runtime, start};
 
 /// Purchases tried while the disk is full; the quota is hit within a few pages of rows.
 const TRIES_MAX: usize = 400;
+/// Refusals in a row that mean the disk is full for good.
+const REFUSED_IN_A_ROW: usize = 20;
+
+/// Fills the disk: SQLite keeps the quota at no less than the pages in use, so 1 means "full
+/// now"; rows still fit in free space of existing pages until they do not. Buys with `cards` in
+/// turn until `REFUSED_IN_A_ROW` purchases in a row are refused (the last one returned is
+/// refused). Every answer is 00 or 96, and a 00 only with its row recorded, approved. Returns
+/// each purchase with its code.
+async fn fill_the_disk(w: &mut World, cards: &[DemoCard]) -> Vec<(Req, String)> {
+    w.store.set_page_quota(Some(1));
+    let mut sent = Vec::new();
+    let mut refused_in_a_row = 0;
+    for i in 0..TRIES_MAX {
+        let req = w.purchase(&cards[i % cards.len()], 100);
+        let r = w.t.send(&req).await;
+        let code = r.code();
+        if code == "00" {
+            // Approved only if recorded: the row is there, approved.
+            let row = w.store.txn_by_rrn(&r.text(37).unwrap()).unwrap().unwrap();
+            assert_eq!(row.state, TxnState::Approved);
+            refused_in_a_row = 0;
+        } else {
+            assert_eq!(code, "96", "only 96 while the disk is full");
+            refused_in_a_row += 1;
+        }
+        sent.push((req, code));
+        if refused_in_a_row >= REFUSED_IN_A_ROW {
+            return sent;
+        }
+    }
+    let codes: Vec<&str> = sent.iter().map(|(_, code)| code.as_str()).collect();
+    panic!("the quota never filled: {codes:?}");
+}
 
 #[test]
 fn full_journal_answers_96_never_an_unrecorded_approval_and_recovers() {
@@ -31,31 +65,12 @@ fn full_journal_answers_96_never_an_unrecorded_approval_and_recovers() {
         let req = w.purchase(&cards[0], 100);
         assert_eq!(w.t.send(&req).await.code(), "00");
 
-        // The disk fills: SQLite keeps the quota at no less than the pages in use, so 1 means
-        // "full now"; rows still fit in free space of existing pages until they do not.
-        w.store.set_page_quota(Some(1));
-        let mut codes = Vec::new();
-        let mut refused_in_a_row = 0;
-        for i in 0..TRIES_MAX {
-            let req = w.purchase(&cards[i % cards.len()], 100);
-            let r = w.t.send(&req).await;
-            let code = r.code();
-            if code == "00" {
-                // Approved only if recorded: the row is there, approved.
-                let row = w.store.txn_by_rrn(&r.text(37).unwrap()).unwrap().unwrap();
-                assert_eq!(row.state, TxnState::Approved);
-                refused_in_a_row = 0;
-            } else {
-                assert_eq!(code, "96", "only 96 while the disk is full");
-                refused_in_a_row += 1;
-            }
-            codes.push(code);
-            if refused_in_a_row >= 20 {
-                break;
-            }
-        }
+        let codes: Vec<String> = fill_the_disk(&mut w, &cards)
+            .await
+            .into_iter()
+            .map(|(_, code)| code)
+            .collect();
         let approved_while_filling = codes.iter().filter(|c| *c == "00").count();
-        assert!(refused_in_a_row >= 20, "the quota never filled: {codes:?}");
 
         // Space returns: approvals resume without a restart.
         w.store.set_page_quota(None);
@@ -94,24 +109,8 @@ fn a_reversal_refused_for_a_full_disk_is_taken_when_resent() {
         assert_eq!(first.code(), "00");
         let rrn = first.text(37).unwrap();
 
-        // Fill the disk until nothing more fits; keep a purchase that was refused.
-        w.store.set_page_quota(Some(1));
-        let mut refused = None;
-        let mut refused_in_a_row = 0;
-        for i in 0..TRIES_MAX {
-            let req = w.purchase(&cards[1 + i % 3], 100);
-            if w.t.send(&req).await.code() == "96" {
-                refused_in_a_row += 1;
-                refused = Some(req);
-            } else {
-                refused_in_a_row = 0;
-            }
-            if refused_in_a_row >= 20 {
-                break;
-            }
-        }
-        assert!(refused_in_a_row >= 20, "the quota never filled");
-        let refused = refused.unwrap();
+        // Fill the disk until nothing more fits; keep the last purchase, refused.
+        let (refused, _) = fill_the_disk(&mut w, &cards[1..]).await.pop().unwrap();
         assert!(
             w.store
                 .txns_by_key(&w.t.tid, 1, refused.stan)
