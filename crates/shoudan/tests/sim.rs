@@ -1412,18 +1412,11 @@ fn check_invariant_2(
 fn check_invariant_3(seed: u64, traffic: &Traffic) -> String {
     let store = traffic.store.as_ref();
     let rerun = format!("(rerun with SHOUDAN_SIM_SEED={seed})");
-    let conn = rusqlite::Connection::open_with_flags(
-        traffic.dir.path().join("switch.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let dates: Vec<String> = conn
-        .prepare("SELECT DISTINCT clearing_date FROM transactions ORDER BY 1")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let conn = read_only(&traffic.dir.path().join("switch.db"));
+    let dates = texts(
+        &conn,
+        "SELECT DISTINCT clearing_date FROM transactions ORDER BY 1",
+    );
     // Per merchant, every clearing date together.
     let mut merchants: BTreeMap<String, settlement::MerchantClearing> = BTreeMap::new();
     for date in &dates {
@@ -1518,19 +1511,26 @@ fn check_invariant_3(seed: u64, traffic: &Traffic) -> String {
     )
 }
 
-/// DESIGN.md invariant 4, for the database: no full PAN in any column, as text or as the BCD a
-/// codec would pack it into.
-fn check_no_pan(seed: u64, db: &std::path::Path, pans: &[String]) {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    let tables: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+/// The journal's file, opened beside the store to read what no store call answers.
+fn read_only(db: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+}
+
+/// The first column of every row `sql` selects, as text.
+fn texts(conn: &rusqlite::Connection, sql: &str) -> Vec<String> {
+    conn.prepare(sql)
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
         .map(Result::unwrap)
-        .collect();
+        .collect()
+}
+
+/// DESIGN.md invariant 4, for the database: no full PAN in any column, as text or as the BCD a
+/// codec would pack it into.
+fn check_no_pan(seed: u64, db: &std::path::Path, pans: &[String]) {
+    let conn = read_only(db);
+    let tables = texts(&conn, "SELECT name FROM sqlite_master WHERE type = 'table'");
     let needles: Vec<(String, Vec<u8>, Vec<u8>)> = pans
         .iter()
         .map(|pan| {
