@@ -15,7 +15,9 @@
 //! (every issuer approval completed in the journal or reversed at the issuer; nothing in
 //! doubt), invariant 2 (a retried request is answered the same and debited once), that no full
 //! PAN is in the database, and, once every clearing date is settled, invariant 3 against the
-//! issuers' own books (see `check_invariant_3`).
+//! issuers' own books (see `check_invariant_3`) and invariant 5 (no row linked to another
+//! merchant's, and nothing of another merchant in what the portal shows a merchant about its
+//! transactions; see `check_invariant_5`).
 //!
 //! `SHOUDAN_SIM_SEED=n` reruns one seed; `SHOUDAN_SIM_SEEDS=k` runs seeds 1..=k;
 //! `SHOUDAN_SIM_TXNS=n` sets the requests per terminal; `SHOUDAN_SIM_DISK_FULL=0` leaves out
@@ -31,7 +33,7 @@
     clippy::cast_possible_truncation
 )]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1020,6 +1022,7 @@ fn run(seed: u64, txns: usize) -> Outcome {
     let traffic = runtime.block_on(simulate(seed, txns));
     drop(runtime);
     let settled = check_invariant_3(seed, &traffic);
+    check_invariant_5(seed, &traffic);
     drop(traffic.dir);
     Outcome {
         fingerprint: format!("{}; {settled}", traffic.fingerprint),
@@ -1509,6 +1512,83 @@ fn check_invariant_3(seed: u64, traffic: &Traffic) -> String {
         day.refunds_fen,
         day.fees_fen
     )
+}
+
+/// Invariant 5: a merchant sees only its own data. No row links to another merchant's row, and
+/// what the portal shows a merchant about each of its transactions (the explanation, and the
+/// evidence package for its issuer) names no other merchant's terminal, RRN or MID. Run after settlement, so the explanations include it.
+fn check_invariant_5(seed: u64, traffic: &Traffic) {
+    let rerun = format!("(rerun with SHOUDAN_SIM_SEED={seed})");
+    let linked_across: Vec<String> = texts(
+        &read_only(&traffic.dir.path().join("switch.db")),
+        "SELECT t.tid || ' ' || t.kind || ' ' || COALESCE(t.response_code, '-') \
+         FROM transactions t JOIN transactions o ON o.id = t.original_id WHERE o.mid <> t.mid",
+    );
+    assert!(
+        linked_across.is_empty(),
+        "seed {seed}: invariant 5 broken, rows linked to another merchant's row {rerun}: \
+         {linked_across:?}"
+    );
+    let store: &dyn Store = traffic.store.as_ref();
+    let rows: Vec<(String, Vec<store::TxnRow>)> = MERCHANTS
+        .iter()
+        .map(|(mid, _, _)| {
+            let rows = store.txns_of_merchant(mid, 0, i64::MAX).unwrap();
+            ((*mid).to_owned(), rows)
+        })
+        .collect();
+    let mut checked = 0usize;
+    for (mid, own) in &rows {
+        // What names another merchant: its MID, its terminals, its RRNs, all digit strings.
+        let foreign: HashSet<&str> = rows
+            .iter()
+            .filter(|(m, _)| m != mid)
+            .flat_map(|(other, theirs)| {
+                std::iter::once(other.as_str())
+                    .chain(theirs.iter().map(|r| r.tid.as_str()))
+                    .chain(theirs.iter().filter_map(|r| r.rrn.as_deref()))
+            })
+            .collect();
+        let mut lengths: Vec<usize> = foreign.iter().map(|f| f.len()).collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        for row in own {
+            assert_eq!(
+                &row.mid, mid,
+                "seed {seed}: txns_of_merchant gave another's row"
+            );
+            // The evidence package holds the explanation; a row without an RRN has only that.
+            let shown = match &row.rrn {
+                Some(rrn) => serde_json::to_string(
+                    &resolve::evidence(store, &traffic.directory, rrn, Some(mid), traffic.now_ms)
+                        .unwrap(),
+                ),
+                None => serde_json::to_string(
+                    &resolve::explain_txn(store, &traffic.directory, row, traffic.now_ms).unwrap(),
+                ),
+            }
+            .unwrap();
+            // Every run of digits, and every stretch of it as long as a foreign name.
+            let named: BTreeSet<&str> = shown
+                .split(|c: char| !c.is_ascii_digit())
+                .flat_map(|run| {
+                    lengths.iter().flat_map(move |&n| {
+                        (0..(run.len() + 1).saturating_sub(n)).map(move |i| &run[i..i + n])
+                    })
+                })
+                .filter_map(|digits| foreign.get(digits).copied())
+                .collect();
+            assert!(
+                named.is_empty(),
+                "seed {seed}: invariant 5 broken, {mid} is shown {named:?} of another merchant \
+                 about its {:?} {} {rerun}",
+                row.kind,
+                row.rrn.as_deref().unwrap_or("(no RRN)")
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "seed {seed}: no rows to check for invariant 5");
 }
 
 /// The journal's file, opened beside the store to read what no store call answers.

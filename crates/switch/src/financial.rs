@@ -316,7 +316,16 @@ impl Core {
     /// Finds the original a linked request names: by field 61 (batch + trace) on this terminal,
     /// else by RRN (field 37); from memory first, then the store. A trace of 0 names nothing
     /// (traces run from 1): a refund from another terminal sends zeros and its RRN.
+    /// The original a linked request names, if it is this terminal's merchant's. Another
+    /// merchant's transaction is not found (25) and the refusal is not linked to it, so neither
+    /// merchant is ever shown the other's (DESIGN.md invariant 5; found by the simulation).
     async fn find_original(&self, ctx: &Ctx<'_>) -> Option<Arc<Entry>> {
+        self.find_named(ctx)
+            .await
+            .filter(|original| original.mid == ctx.terminal.mid)
+    }
+
+    async fn find_named(&self, ctx: &Ctx<'_>) -> Option<Arc<Entry>> {
         let request = &ctx.frame.message;
         let f61: Option<Field61> = request.field61().ok().flatten();
         if let Some(Field61 {
@@ -373,9 +382,6 @@ impl Core {
         let kind_ok = original.kind == expected
             || (kind == TxnKind::Refund && original.kind == TxnKind::Completion);
         if !kind_ok || original.key.tid != ctx.key.tid && kind != TxnKind::Refund {
-            return Err(RC_ORIGINAL_NOT_FOUND);
-        }
-        if original.mid != ctx.terminal.mid {
             return Err(RC_ORIGINAL_NOT_FOUND);
         }
         if original.fingerprint.as_ref() != Some(fingerprint) {
@@ -955,7 +961,9 @@ impl Core {
         // named it would be refused by its foreign key for ever, the terminal resending it.
         let named = self.ledger.by_key(&original_key);
         let unrecorded = named.as_ref().is_some_and(|o| o.is_unrecorded());
-        let original = named.filter(|_| !unrecorded);
+        // Another merchant's (a terminal moved between merchants) is not found, as for
+        // linked requests (`find_original`).
+        let original = named.filter(|o| !unrecorded && o.mid == ctx.terminal.mid);
         let entry = self.new_entry(
             ctx,
             id,
@@ -991,10 +999,6 @@ impl Core {
                 "original was answered 96 before it was recorded: nothing to reverse".to_owned(),
             ),
             None => (
-                RC_APPROVED,
-                "original not found: nothing to reverse".to_owned(),
-            ),
-            Some(o) if o.mid != ctx.terminal.mid => (
                 RC_APPROVED,
                 "original not found: nothing to reverse".to_owned(),
             ),
