@@ -416,9 +416,12 @@ pub fn explain_txn(
             ),
         ));
     }
+    // Links cross no merchant's boundary (the switch refuses unlinked a request naming another
+    // merchant's transaction; rows older than that rule may still be linked across): neither
+    // merchant is shown the other's transaction.
     let mut original_rrn = None;
     if let Some(original_id) = row.original_id {
-        if let Some(original) = store.txn(original_id)? {
+        if let Some(original) = store.txn(original_id)?.filter(|o| o.mid == row.mid) {
             original_rrn = original.rrn.clone();
             let okind = kind_text(original.kind);
             let orrn = original.rrn.clone().unwrap_or_else(|| "-".to_owned());
@@ -444,7 +447,7 @@ pub fn explain_txn(
     }
     // What happened to it afterwards: voids, refunds, completions.
     let mut linked = store.txns_linked_to(row.id)?;
-    linked.retain(|l| l.kind != TxnKind::Reversal);
+    linked.retain(|l| l.kind != TxnKind::Reversal && l.mid == row.mid);
     linked.sort_by_key(|l| l.received_at_ms);
     for l in &linked {
         let at = l.answered_at_ms.unwrap_or(l.received_at_ms);
@@ -686,5 +689,82 @@ fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow) -> Both {
             format!("交易未完成：{}", code_title(&code).zh),
             format!("did not complete: {}", code_title(&code).en),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use store::{Record, SqliteConfig, SqliteStore};
+
+    use super::*;
+
+    fn row(id: i64, tid: &str, mid: &str, kind: TxnKind, original_id: Option<i64>) -> TxnRow {
+        TxnRow {
+            id,
+            tid: tid.into(),
+            mid: mid.into(),
+            batch_no: 1,
+            stan: u32::try_from(id).unwrap(),
+            kind,
+            mti: "0200".into(),
+            processing_code: "000000".into(),
+            condition_code: "00".into(),
+            amount_fen: 1_000,
+            currency: "156".into(),
+            pan: None,
+            issuer: Some("ICBC".into()),
+            rrn: Some(format!("{id:012}")),
+            host_trace: None,
+            auth_code: None,
+            response_code: Some(if original_id.is_some() { "25" } else { "00" }.into()),
+            state: if original_id.is_some() {
+                TxnState::Declined
+            } else {
+                TxnState::Approved
+            },
+            request_hash: vec![0],
+            original_id,
+            refunded_fen: 0,
+            field60: None,
+            host_date: None,
+            clearing_date: "20260310".into(),
+            settlement_date: None,
+            received_at_ms: 1_773_108_000_000 + id,
+            sent_at_ms: None,
+            issuer_answered_at_ms: None,
+            answered_at_ms: None,
+        }
+    }
+
+    /// A refusal linked to another merchant's sale, as the switch once recorded a refund that
+    /// named it: neither explanation shows the other merchant's transaction.
+    #[test]
+    fn a_link_to_another_merchants_transaction_is_not_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("j.db"))).unwrap();
+        let sale = row(7, "10000001", "898110048990001", TxnKind::Purchase, None);
+        let refund = row(9, "20000002", "898110048990002", TxnKind::Refund, Some(7));
+        store
+            .submit(vec![
+                Record::InsertTxn(Box::new(sale.clone())),
+                Record::InsertTxn(Box::new(refund.clone())),
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+        let directory = IssuerDirectory::embedded().unwrap();
+        let shown = |r: &TxnRow| {
+            let e = explain_txn(&store, &directory, r, r.received_at_ms).unwrap();
+            (serde_json::to_string(&e).unwrap(), e.original_rrn)
+        };
+        let (refund_shown, original_rrn) = shown(&refund);
+        assert_eq!(original_rrn, None);
+        assert!(!refund_shown.contains("000000000007"), "{refund_shown}");
+        assert!(!refund_shown.contains("10000001"), "{refund_shown}");
+        let (sale_shown, _) = shown(&sale);
+        assert!(!sale_shown.contains("000000000009"), "{sale_shown}");
+        assert!(!sale_shown.contains("20000002"), "{sale_shown}");
     }
 }

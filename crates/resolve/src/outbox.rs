@@ -520,7 +520,12 @@ impl Tailer {
             }
             "approved" if row.kind == TxnKind::Refund => {
                 let original_rrn = match row.original_id {
-                    Some(id) => self.store.txn(id)?.and_then(|o| o.rrn),
+                    // Only the merchant's own sale (see `explain_txn` on links).
+                    Some(id) => self
+                        .store
+                        .txn(id)?
+                        .filter(|o| o.mid == row.mid)
+                        .and_then(|o| o.rrn),
                     None => None,
                 };
                 out.push((
