@@ -35,19 +35,13 @@ pub fn find_for(
     if !is_payment(row) || row.state != TxnState::Approved || pan.fingerprint.is_empty() {
         return Ok(None);
     }
-    let first = store
-        .txns_by_fingerprint(&pan.fingerprint)?
-        .into_iter()
-        .filter(|o| {
-            o.id != row.id
-                && o.mid == row.mid
-                && is_payment(o)
-                && o.amount_fen == row.amount_fen
-                && matches!(o.state, TxnState::Approved | TxnState::Completed)
-                && (o.received_at_ms, o.id) < (row.received_at_ms, row.id)
-                && row.received_at_ms - o.received_at_ms <= window_ms
-        })
-        .max_by_key(|o| (o.received_at_ms, o.id));
+    let first = store.latest_payment_of_card(
+        &pan.fingerprint,
+        &row.mid,
+        row.amount_fen,
+        row.received_at_ms.saturating_sub(window_ms),
+        (row.received_at_ms, row.id),
+    )?;
     Ok(first.map(|o| DuplicateRow {
         first_txn_id: o.id,
         second_txn_id: row.id,

@@ -5,6 +5,7 @@
 //! The switch knows nothing of this: the tailer reads the journal's timeline events behind it,
 //! so a slow or failing merchant endpoint never touches authorisation.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -405,12 +406,14 @@ impl Notifier {
 /// How the tailer reads the journal.
 #[derive(Clone, Debug)]
 pub struct TailerConfig {
-    /// Events are re-read this far behind the cursor: an event is stamped before its group
-    /// commit, so one may land after a later-stamped one was read. Dedup keys make it harmless.
+    /// How late an event may reach the journal after the time stamped on it: it is stamped
+    /// before its group commit (and, with several nodes, by another node's clock). Events
+    /// stamped within this much of now are read again at each poll until they are older, and
+    /// those already handled are skipped.
     pub lag_ms: i64,
     /// Events read per page.
     pub page_max: u32,
-    /// Pages per poll, so one poll is bounded.
+    /// Pages of events not yet handled per poll, so one poll is bounded.
     pub pages_max: u32,
     /// Same card, amount and merchant within this window, both approved: a suspected duplicate.
     pub duplicate_window_ms: i64,
@@ -419,13 +422,16 @@ pub struct TailerConfig {
 impl Default for TailerConfig {
     fn default() -> Self {
         TailerConfig {
-            lag_ms: 60_000,
+            lag_ms: 10_000,
             page_max: 512,
             pages_max: 16,
             duplicate_window_ms: duplicates::DUPLICATE_WINDOW_MS_DEFAULT,
         }
     }
 }
+
+/// An event's identity, for skipping those already handled: (stamped at, transaction, kind).
+type EventKey = (i64, i64, String);
 
 /// Turns journal events into outbox events (declines with diagnosis, reversals acknowledged,
 /// refunds approved, suspected duplicates).
@@ -434,6 +440,8 @@ pub struct Tailer {
     directory: Arc<IssuerDirectory>,
     clock: Arc<dyn Clock>,
     config: TailerConfig,
+    /// Events at or after the cursor already handled by this tailer.
+    seen: BTreeSet<EventKey>,
 }
 
 impl Tailer {
@@ -448,27 +456,48 @@ impl Tailer {
             directory,
             clock,
             config,
+            seen: BTreeSet::new(),
         }
     }
 
     /// Reads new journal events and enqueues what they mean. Returns the events enqueued
     /// (including ones already queued before, which the store ignores).
-    pub async fn poll_once(&self) -> Result<usize, ResolveError> {
-        let store = self.store.as_ref();
+    ///
+    /// The cursor is a time before which every event is handled. Each poll reads from it,
+    /// skips the events this tailer has handled, and moves it to the last event read or to
+    /// `lag_ms` before now, whichever is earlier. So it always gets past what it handled,
+    /// however many events the lag holds (it used to re-read the whole lag from behind the
+    /// cursor, and once that held more events than a poll reads, it never moved again).
+    pub async fn poll_once(&mut self) -> Result<usize, ResolveError> {
+        let store = Arc::clone(&self.store);
+        let store = store.as_ref();
         let cursor = store.resolve_cursor(TAILER_CURSOR)?.unwrap_or(0);
-        let mut since = cursor.saturating_sub(self.config.lag_ms).max(0);
-        let mut newest = cursor;
+        let horizon = self.clock.now_ms().saturating_sub(self.config.lag_ms);
+        self.seen = self.seen.split_off(&(cursor, i64::MIN, String::new()));
+        let page_max = self.config.page_max.max(1);
+        let budget = usize::try_from(page_max.saturating_mul(self.config.pages_max.max(1)))
+            .unwrap_or(usize::MAX);
+        let mut since = cursor;
+        let mut limit = page_max;
+        let mut handled = 0usize;
         let mut produced = 0;
-        for _ in 0..self.config.pages_max.max(1) {
-            let page = store.events_since(since, self.config.page_max)?;
+        let mut read_to = cursor;
+        let mut at_end = false;
+        while handled < budget {
+            let page = store.events_since(since, limit)?;
             let mut records = Vec::new();
             let mut pending: Vec<(String, Event)> = Vec::new();
             for event in &page {
-                newest = newest.max(event.at_ms);
-                let Some(row) = store.txn(event.txn_id)? else {
+                read_to = read_to.max(event.at_ms);
+                let key = (event.at_ms, event.txn_id, event.kind.clone());
+                if self.seen.contains(&key) {
                     continue;
-                };
-                pending.extend(self.meaning(&event.kind, &row, &mut records)?);
+                }
+                handled += 1;
+                if let Some(row) = store.txn(event.txn_id)? {
+                    pending.extend(self.meaning(&event.kind, &row, &mut records)?);
+                }
+                self.seen.insert(key);
             }
             if !pending.is_empty() {
                 let count = u64::try_from(pending.len()).unwrap_or(1);
@@ -479,16 +508,38 @@ impl Tailer {
                 }
                 produced += pending.len();
             }
-            records.push(Record::Resolve(ResolveRecord::Cursor {
-                name: TAILER_CURSOR.to_owned(),
-                position: newest,
-            }));
-            store.submit(records)?.await?;
-            let full = u32::try_from(page.len()).unwrap_or(u32::MAX) >= self.config.page_max;
-            match page.last() {
-                Some(last) if full && last.at_ms > since => since = last.at_ms,
-                _ => break,
+            if !records.is_empty() {
+                store.submit(records)?.await?;
             }
+            if u32::try_from(page.len()).unwrap_or(u32::MAX) < limit {
+                at_end = true;
+                break;
+            }
+            match page.last() {
+                Some(last) if last.at_ms > since => {
+                    since = last.at_ms;
+                    limit = page_max;
+                }
+                // A whole page stamped in one millisecond: read that millisecond in a larger
+                // page, which the store caps.
+                _ if limit < store::RESOLVE_ROWS_MAX => {
+                    limit = limit.saturating_mul(2).min(store::RESOLVE_ROWS_MAX);
+                }
+                _ => {
+                    tracing::warn!(at_ms = since, "journal events in one millisecond past a page");
+                    since = since.saturating_add(1);
+                    limit = page_max;
+                }
+            }
+        }
+        let moved = if at_end { horizon } else { read_to.min(horizon) };
+        if moved > cursor {
+            store
+                .submit(vec![Record::Resolve(ResolveRecord::Cursor {
+                    name: TAILER_CURSOR.to_owned(),
+                    position: moved,
+                })])?
+                .await?;
         }
         Ok(produced)
     }
@@ -551,7 +602,7 @@ impl Tailer {
     }
 
     /// Runs `poll_once` every `interval` until `stop` turns true.
-    pub fn spawn(self, interval: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    pub fn spawn(mut self, interval: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
         tokio::spawn(async move {
             loop {
                 if let Err(error) = self.poll_once().await {

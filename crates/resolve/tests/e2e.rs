@@ -316,7 +316,7 @@ fn timed_out_purchase_reads_as_reversed_and_acknowledged() {
         );
         assert!(x.summary.zh.contains("冲正") && x.summary.en.contains("reversed"));
         // Both acknowledged reversals become notifications, once.
-        let tailer = e.tailer();
+        let mut tailer = e.tailer();
         tailer.poll_once().await.unwrap();
         tailer.poll_once().await.unwrap();
         let done: Vec<_> = store
@@ -579,6 +579,49 @@ fn voids_and_pre_authorisations_read_in_plain_words() {
     });
 }
 
+/// More events within the lag than one poll reads: the tailer still gets through them, and
+/// the last one (a decline) is notified. It used to re-read the whole lag from behind its
+/// cursor at every poll, so its cursor never moved and nothing later was ever notified.
+#[test]
+fn the_tailer_gets_through_more_events_than_one_poll_reads() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(2);
+        for amount in 1..=6 {
+            assert_eq!(e.purchase(&card, amount * 100).await.0, "00");
+        }
+        let (code, declined, _) = e.purchase(&e.card("insufficient_funds"), 700).await;
+        assert_eq!(code, "51");
+        let mut tailer = Tailer::new(
+            e.store(),
+            e.directory(),
+            Arc::new(SystemClock),
+            TailerConfig {
+                page_max: 2,
+                pages_max: 1,
+                ..TailerConfig::default()
+            },
+        );
+        let notified = |store: &dyn Store| {
+            store
+                .outbox_of_merchant(MID)
+                .unwrap()
+                .iter()
+                .any(|o| o.event_type == "transaction.declined" && o.payload.contains(&declined))
+        };
+        for _ in 0..6 {
+            tailer.poll_once().await.unwrap();
+        }
+        assert!(notified(e.store().as_ref()), "the decline was never reached");
+        // Polling on adds nothing: what was handled is skipped.
+        let queued = e.store().outbox_of_merchant(MID).unwrap().len();
+        for _ in 0..3 {
+            tailer.poll_once().await.unwrap();
+        }
+        assert_eq!(e.store().outbox_of_merchant(MID).unwrap().len(), queued);
+    });
+}
+
 #[test]
 fn duplicate_purchase_is_flagged_and_notified() {
     runtime().block_on(async {
@@ -589,7 +632,7 @@ fn duplicate_purchase_is_flagged_and_notified() {
         assert_eq!(e.purchase(&other, 3_300).await.0, "00");
         assert_eq!(e.purchase(&card, 1_000).await.0, "00");
         let (_, second, _) = e.purchase(&card, 3_300).await;
-        let tailer = e.tailer();
+        let mut tailer = e.tailer();
         tailer.poll_once().await.unwrap();
         let store = e.store();
         let flags = duplicates::flagged(store.as_ref(), &e.h.directory, MID, now()).unwrap();

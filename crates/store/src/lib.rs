@@ -33,6 +33,10 @@ pub use sqlite::{
     READ_CONNECTIONS_MAX, SqliteConfig, SqliteStore, Synchronous, WRITE_BATCH_MAX, WRITE_QUEUE_MAX,
 };
 
+/// Rows one resolve query (payer lookup, journal tailing) returns at most; callers page with
+/// narrower windows.
+pub const RESOLVE_ROWS_MAX: u32 = 10_000;
+
 /// Everything the switch and its neighbours persist. Writes are queued and resolve when durable;
 /// reads are synchronous and may touch disk, so async callers keep them off the hot path.
 pub trait Store: Send + Sync + 'static {
@@ -79,6 +83,18 @@ pub trait Store: Send + Sync + 'static {
     /// Transactions of one card (its keyed fingerprint), oldest first; past the row limit, the
     /// newest ones.
     fn txns_by_fingerprint(&self, fingerprint: &[u8]) -> Result<Vec<TxnRow>, StoreError>;
+    /// The latest approved payment (purchase or completion) of one card at one merchant for
+    /// `amount_fen`, received at or after `from_ms` and before `before` (received at, id): the
+    /// duplicate check after each approved payment, answered through the (card, time) index
+    /// however long the card's history.
+    fn latest_payment_of_card(
+        &self,
+        fingerprint: &[u8],
+        mid: &str,
+        amount_fen: i64,
+        from_ms: i64,
+        before: (i64, i64),
+    ) -> Result<Option<TxnRow>, StoreError>;
     /// A merchant's transactions received in `[from_ms, to_ms)`, oldest first.
     fn txns_of_merchant(
         &self,

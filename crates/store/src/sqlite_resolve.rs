@@ -10,14 +10,13 @@ use tokio::sync::mpsc;
 
 use super::{SqliteStore, TXN_COLUMNS, expect_one, txn_from_row};
 use crate::error::StoreError;
-use crate::model::{EventRow, TxnRow};
+use crate::model::{EventRow, TxnKind, TxnRow, TxnState};
 use crate::resolve::{
     BackOfficeKeyRow, CaseEntryRow, CaseRow, DeliveryRow, DuplicateRow, OutboxRow, ResolveRecord,
     WebhookEndpointRow,
 };
 
-/// Rows one resolve query returns at most; callers page with narrower windows.
-pub(crate) const RESOLVE_ROWS_MAX: u32 = 10_000;
+use crate::RESOLVE_ROWS_MAX;
 
 /// Attachment references are stored one per line.
 const ATTACHMENT_SEPARATOR: char = '\n';
@@ -308,6 +307,41 @@ impl SqliteStore {
              LIMIT {RESOLVE_ROWS_MAX}) AS recent ORDER BY received_at_ms, id"
         );
         self.rows(&sql, &[&fingerprint], txn_from_row)
+    }
+
+    pub(super) fn resolve_latest_payment_of_card(
+        &self,
+        fingerprint: &[u8],
+        mid: &str,
+        amount_fen: i64,
+        from_ms: i64,
+        (before_ms, before_id): (i64, i64),
+    ) -> Result<Option<TxnRow>, StoreError> {
+        // Walks the card's index entries back from `before`, so it stops at the first match.
+        let sql = format!(
+            "SELECT {TXN_COLUMNS} FROM transactions WHERE pan_fingerprint = ?1
+             AND received_at_ms >= ?2 AND received_at_ms <= ?3
+             AND (received_at_ms < ?3 OR id < ?4) AND mid = ?5 AND amount_fen = ?6
+             AND kind IN (?7, ?8) AND state IN (?9, ?10)
+             ORDER BY received_at_ms DESC, id DESC LIMIT 1"
+        );
+        let rows = self.rows(
+            &sql,
+            &[
+                &fingerprint,
+                &from_ms,
+                &before_ms,
+                &before_id,
+                &mid,
+                &amount_fen,
+                &TxnKind::Purchase.as_str(),
+                &TxnKind::Completion.as_str(),
+                &TxnState::Approved.as_str(),
+                &TxnState::Completed.as_str(),
+            ],
+            txn_from_row,
+        )?;
+        Ok(rows.into_iter().next())
     }
 
     pub(super) fn resolve_txns_of_merchant(

@@ -495,8 +495,8 @@ fn dropping_the_store_still_commits_what_was_queued(db: &Db) {
     assert_eq!(store.txns_since("20261123").unwrap().len(), 200);
 }
 
-/// A card used more often than one read returns: the read keeps the newest rows (a duplicate
-/// check looks at the last minutes), still oldest first.
+/// A card used more often than one read returns: the read keeps the newest rows, still oldest
+/// first; the latest payment before a given one is found among them all.
 fn a_busy_card_reads_its_newest_transactions(db: &Db) {
     let store = db.open();
     provision(&store);
@@ -515,6 +515,34 @@ fn a_busy_card_reads_its_newest_transactions(db: &Db) {
         read.iter()
             .zip(read.iter().skip(1))
             .all(|(a, b)| a.received_at_ms < b.received_at_ms)
+    );
+    // The duplicate check's question: the latest approved payment before a given one.
+    let approve = |id: i64| Record::State {
+        id,
+        state: TxnState::Approved,
+    };
+    store
+        .submit(vec![approve(9_000), approve(9_004), approve(9_005)])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let latest = |from_ms: i64, before: (i64, i64), amount_fen: i64, mid: &str| {
+        store
+            .latest_payment_of_card(&[7; 32], mid, amount_fen, from_ms, before)
+            .unwrap()
+            .map(|r| r.id)
+    };
+    let mid = "898110048990001";
+    assert_eq!(latest(0, (1_000 + 9_005, 9_005), 12_345, mid), Some(9_004));
+    assert_eq!(latest(0, (1_000 + 9_004, 9_004), 12_345, mid), Some(9_000));
+    assert_eq!(
+        latest(1_000 + 9_001, (1_000 + 9_004, 9_004), 12_345, mid),
+        None
+    );
+    assert_eq!(latest(0, (1_000 + 9_005, 9_005), 12_344, mid), None);
+    assert_eq!(
+        latest(0, (1_000 + 9_005, 9_005), 12_345, "898110048990002"),
+        None
     );
 }
 
