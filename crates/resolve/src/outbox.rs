@@ -526,13 +526,20 @@ impl Tailer {
                     limit = limit.saturating_mul(2).min(store::RESOLVE_ROWS_MAX);
                 }
                 _ => {
-                    tracing::warn!(at_ms = since, "journal events in one millisecond past a page");
+                    tracing::warn!(
+                        at_ms = since,
+                        "journal events in one millisecond past a page"
+                    );
                     since = since.saturating_add(1);
                     limit = page_max;
                 }
             }
         }
-        let moved = if at_end { horizon } else { read_to.min(horizon) };
+        let moved = if at_end {
+            horizon
+        } else {
+            read_to.min(horizon)
+        };
         if moved > cursor {
             store
                 .submit(vec![Record::Resolve(ResolveRecord::Cursor {

@@ -602,17 +602,19 @@ fn the_tailer_gets_through_more_events_than_one_poll_reads() {
                 ..TailerConfig::default()
             },
         );
-        let notified = |store: &dyn Store| {
-            store
-                .outbox_of_merchant(MID)
-                .unwrap()
-                .iter()
-                .any(|o| o.event_type == "transaction.declined" && o.payload.contains(&declined))
-        };
+        let notified =
+            |store: &dyn Store| {
+                store.outbox_of_merchant(MID).unwrap().iter().any(|o| {
+                    o.event_type == "transaction.declined" && o.payload.contains(&declined)
+                })
+            };
         for _ in 0..6 {
             tailer.poll_once().await.unwrap();
         }
-        assert!(notified(e.store().as_ref()), "the decline was never reached");
+        assert!(
+            notified(e.store().as_ref()),
+            "the decline was never reached"
+        );
         // Polling on adds nothing: what was handled is skipped.
         let queued = e.store().outbox_of_merchant(MID).unwrap().len();
         for _ in 0..3 {
