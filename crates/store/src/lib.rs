@@ -102,6 +102,16 @@ pub trait Store: Send + Sync + 'static {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<TxnRow>, StoreError>;
+    /// A merchant's transactions received at or after `from_ms` and before `before` (received
+    /// at, id), newest first, at most `limit` (and `RESOLVE_ROWS_MAX`): pages through a busy
+    /// merchant's days, which `txns_of_merchant` cuts at its row limit.
+    fn txns_of_merchant_newest(
+        &self,
+        mid: &str,
+        from_ms: i64,
+        before: (i64, i64),
+        limit: u32,
+    ) -> Result<Vec<TxnRow>, StoreError>;
     /// Rows whose `original_id` is `id`: its voids, refunds, completions and reversal.
     fn txns_linked_to(&self, id: i64) -> Result<Vec<TxnRow>, StoreError>;
     /// Timeline events at or after `at_ms`, oldest first, at most `limit`.

@@ -576,6 +576,15 @@ impl Store for SqliteStore {
     fn txns_of_merchant(&self, mid: &str, from: i64, to: i64) -> Result<Vec<TxnRow>, StoreError> {
         self.resolve_txns_of_merchant(mid, from, to)
     }
+    fn txns_of_merchant_newest(
+        &self,
+        mid: &str,
+        from_ms: i64,
+        before: (i64, i64),
+        limit: u32,
+    ) -> Result<Vec<TxnRow>, StoreError> {
+        self.resolve_txns_of_merchant_newest(mid, from_ms, before, limit)
+    }
     fn txns_linked_to(&self, id: i64) -> Result<Vec<TxnRow>, StoreError> {
         self.resolve_txns_linked_to(id)
     }

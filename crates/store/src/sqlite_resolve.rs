@@ -357,6 +357,27 @@ impl SqliteStore {
         self.rows(&sql, &[&mid, &from_ms, &to_ms], txn_from_row)
     }
 
+    pub(super) fn resolve_txns_of_merchant_newest(
+        &self,
+        mid: &str,
+        from_ms: i64,
+        (before_ms, before_id): (i64, i64),
+        limit: u32,
+    ) -> Result<Vec<TxnRow>, StoreError> {
+        // Walks the (merchant, received at) index back from `before`.
+        let sql = format!(
+            "SELECT {TXN_COLUMNS} FROM transactions WHERE mid = ?1 AND received_at_ms >= ?2
+             AND received_at_ms <= ?3 AND (received_at_ms < ?3 OR id < ?4)
+             ORDER BY received_at_ms DESC, id DESC LIMIT ?5"
+        );
+        let limit = limit.min(RESOLVE_ROWS_MAX);
+        self.rows(
+            &sql,
+            &[&mid, &from_ms, &before_ms, &before_id, &limit],
+            txn_from_row,
+        )
+    }
+
     pub(super) fn resolve_txns_linked_to(&self, id: i64) -> Result<Vec<TxnRow>, StoreError> {
         let sql =
             format!("SELECT {TXN_COLUMNS} FROM transactions WHERE original_id = ?1 ORDER BY id");

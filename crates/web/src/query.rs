@@ -1,7 +1,7 @@
 //! Reads shared by the API and the pages: transaction search with cursor pagination, China
 //! Standard Time days, a merchant's day in numbers, terminal health from the journal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use resolve::TxnSummary;
 use serde::{Deserialize, Serialize};
@@ -136,86 +136,180 @@ pub fn limit_param(field: &Option<String>) -> Result<usize, ApiError> {
     }
 }
 
-/// Searches the transactions the principal may see.
+/// Rows a search reads at most per merchant for one page: past it the page ends early, with a
+/// cursor to go on from (a filter that matches little in a busy merchant's weeks).
+pub const SEARCH_SCAN_MAX: usize = 100_000;
+/// Rows read from the store at a time while searching.
+const SEARCH_READ_ROWS: u32 = 1_000;
+
+/// A place in the newest-first order: (received at, id).
+type Place = (i64, i64);
+
+/// A row's place in the newest-first order, and what a cursor names.
+fn key(row: &TxnRow) -> Place {
+    (row.received_at_ms, row.id)
+}
+
+/// A cursor is the (received at, id) of the last row of the previous page.
+fn parse_cursor(text: &str) -> Result<Place, ApiError> {
+    text.split_once('.')
+        .and_then(|(ms, id)| Some((ms.parse().ok()?, id.parse().ok()?)))
+        .ok_or_else(|| ApiError::bad_request("cursor: the next_cursor of the previous page"))
+}
+
+fn format_cursor((ms, id): Place) -> String {
+    format!("{ms}.{id}")
+}
+
+/// Searches the transactions the principal may see, newest first, a page at a time.
 pub fn search(web: &Web, who: &Principal, q: &TxnQuery) -> Result<TxnPage, ApiError> {
-    let rows = search_rows(web, who, q)?;
+    let filter = TxnFilter::parse(web, who, q)?;
     let limit = limit_param(&q.limit)?;
-    let cursor = int_param(&q.cursor, "cursor")?;
-    let mut rows: Vec<TxnRow> = rows
-        .into_iter()
-        .filter(|r| cursor.is_none_or(|c| r.id < c))
-        .collect();
-    rows.sort_by_key(|r| std::cmp::Reverse(r.id));
-    let more = rows.len() > limit;
-    rows.truncate(limit);
-    let next_cursor = if more {
-        rows.last().map(|r| r.id.to_string())
+    let before = match given(&q.cursor) {
+        Some(c) => parse_cursor(c)?.min((filter.to_ms, i64::MIN)),
+        None => (filter.to_ms, i64::MIN),
+    };
+    let mut rows: Vec<TxnRow> = Vec::new();
+    // Where a merchant's scan stopped short: rows older than the latest such point are not
+    // all read yet, so the page ends there.
+    let mut incomplete: Option<Place> = None;
+    if let Some(rrn) = given(&q.rrn) {
+        rows.extend(
+            web.store
+                .txn_by_rrn(rrn)?
+                .filter(|r| filter.keeps(who, r) && key(r) < before),
+        );
     } else {
-        None
+        let mids: Vec<String> = match &filter.mid {
+            Some(m) => vec![m.clone()],
+            None => web.store.merchants()?.into_iter().map(|m| m.mid).collect(),
+        };
+        for mid in mids.iter().filter(|m| who.sees(m)) {
+            let (found, stopped) = newest_matching(web, who, &filter, mid, before, limit + 1)?;
+            rows.extend(found);
+            incomplete = incomplete.max(stopped);
+        }
+    }
+    rows.retain(|r| incomplete.is_none_or(|stop| key(r) >= stop));
+    rows.sort_by_key(|r| std::cmp::Reverse(key(r)));
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(key)
+    } else {
+        incomplete
     };
     Ok(TxnPage {
         items: rows
             .iter()
             .map(|r| TxnSummary::of(&web.directory, r))
             .collect(),
-        next_cursor,
+        next_cursor: next_cursor.map(format_cursor),
     })
 }
 
-fn search_rows(web: &Web, who: &Principal, q: &TxnQuery) -> Result<Vec<TxnRow>, ApiError> {
-    let mid = who.merchant_filter(given(&q.mid))?;
-    let now_ms = web.clock.now_ms();
-    let to_ms = match given(&q.to) {
-        Some(t) => {
-            parse_date(t).ok_or_else(|| ApiError::bad_request("to: YYYY-MM-DD"))? + MS_PER_DAY
+/// Up to `want` of a merchant's rows before `before` that pass the filter, newest first, and
+/// where the scan stopped if it reached [`SEARCH_SCAN_MAX`] first.
+fn newest_matching(
+    web: &Web,
+    who: &Principal,
+    filter: &TxnFilter<'_>,
+    mid: &str,
+    before: Place,
+    want: usize,
+) -> Result<(Vec<TxnRow>, Option<Place>), ApiError> {
+    let mut at = before;
+    let mut found = Vec::new();
+    let mut scanned = 0usize;
+    loop {
+        let page = web
+            .store
+            .txns_of_merchant_newest(mid, filter.from_ms, at, SEARCH_READ_ROWS)?;
+        let complete = page.len() < SEARCH_READ_ROWS as usize;
+        for row in page {
+            at = key(&row);
+            scanned += 1;
+            if filter.keeps(who, &row) {
+                found.push(row);
+                if found.len() >= want {
+                    return Ok((found, None));
+                }
+            }
         }
-        None => cst_day_start(now_ms) + MS_PER_DAY,
-    };
-    let from_ms = match given(&q.from) {
-        Some(f) => parse_date(f).ok_or_else(|| ApiError::bad_request("from: YYYY-MM-DD"))?,
-        None => to_ms - SEARCH_DAYS_DEFAULT * MS_PER_DAY,
-    };
-    if from_ms >= to_ms || to_ms - from_ms > SEARCH_DAYS_MAX * MS_PER_DAY {
-        return Err(ApiError::bad_request(format!(
-            "from must be before to, at most {SEARCH_DAYS_MAX} days apart"
-        )));
+        if complete {
+            return Ok((found, None));
+        }
+        if scanned >= SEARCH_SCAN_MAX {
+            return Ok((found, Some(at)));
+        }
     }
-    let amount_fen = match (given(&q.amount), int_param(&q.amount_fen, "amount_fen")?) {
-        (Some(y), _) => Some(parse_yuan(y).ok_or_else(|| ApiError::bad_request("amount: 12.34"))?),
-        (None, fen) => fen,
-    };
-    let last4 = given(&q.last4);
-    if last4.is_some_and(|l| l.len() != 4 || !l.bytes().all(|b| b.is_ascii_digit())) {
-        return Err(ApiError::bad_request("last4: four digits"));
-    }
-    let status = given(&q.status)
-        .map(|s| TxnState::parse(s).map_err(|_| ApiError::bad_request("status: unknown state")))
-        .transpose()?;
-    let tid = given(&q.tid);
+}
 
-    let rows = if let Some(rrn) = given(&q.rrn) {
-        web.store.txn_by_rrn(rrn)?.into_iter().collect()
-    } else {
-        let mids: Vec<String> = match &mid {
-            Some(m) => vec![m.clone()],
-            None => web.store.merchants()?.into_iter().map(|m| m.mid).collect(),
+/// What a search asks for, checked.
+struct TxnFilter<'q> {
+    mid: Option<String>,
+    from_ms: i64,
+    to_ms: i64,
+    amount_fen: Option<i64>,
+    last4: Option<&'q str>,
+    status: Option<TxnState>,
+    tid: Option<&'q str>,
+}
+
+impl<'q> TxnFilter<'q> {
+    fn parse(web: &Web, who: &Principal, q: &'q TxnQuery) -> Result<Self, ApiError> {
+        let mid = who.merchant_filter(given(&q.mid))?;
+        let now_ms = web.clock.now_ms();
+        let to_ms = match given(&q.to) {
+            Some(t) => {
+                parse_date(t).ok_or_else(|| ApiError::bad_request("to: YYYY-MM-DD"))? + MS_PER_DAY
+            }
+            None => cst_day_start(now_ms) + MS_PER_DAY,
         };
-        let mut rows = Vec::new();
-        for m in mids {
-            rows.extend(web.store.txns_of_merchant(&m, from_ms, to_ms)?);
+        let from_ms = match given(&q.from) {
+            Some(f) => parse_date(f).ok_or_else(|| ApiError::bad_request("from: YYYY-MM-DD"))?,
+            None => to_ms - SEARCH_DAYS_DEFAULT * MS_PER_DAY,
+        };
+        if from_ms >= to_ms || to_ms - from_ms > SEARCH_DAYS_MAX * MS_PER_DAY {
+            return Err(ApiError::bad_request(format!(
+                "from must be before to, at most {SEARCH_DAYS_MAX} days apart"
+            )));
         }
-        rows
-    };
-    Ok(rows
-        .into_iter()
-        .filter(|r| mid.as_deref().is_none_or(|m| r.mid == m))
-        .filter(|r| who.sees(&r.mid))
-        .filter(|r| r.received_at_ms >= from_ms && r.received_at_ms < to_ms)
-        .filter(|r| amount_fen.is_none_or(|a| r.amount_fen == a))
-        .filter(|r| last4.is_none_or(|l| r.pan.as_ref().is_some_and(|p| p.last4 == l)))
-        .filter(|r| status.is_none_or(|s| r.state == s))
-        .filter(|r| tid.is_none_or(|t| r.tid == t))
-        .collect())
+        let amount_fen = match (given(&q.amount), int_param(&q.amount_fen, "amount_fen")?) {
+            (Some(y), _) => {
+                Some(parse_yuan(y).ok_or_else(|| ApiError::bad_request("amount: 12.34"))?)
+            }
+            (None, fen) => fen,
+        };
+        let last4 = given(&q.last4);
+        if last4.is_some_and(|l| l.len() != 4 || !l.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(ApiError::bad_request("last4: four digits"));
+        }
+        let status = given(&q.status)
+            .map(|s| TxnState::parse(s).map_err(|_| ApiError::bad_request("status: unknown state")))
+            .transpose()?;
+        Ok(TxnFilter {
+            mid,
+            from_ms,
+            to_ms,
+            amount_fen,
+            last4,
+            status,
+            tid: given(&q.tid),
+        })
+    }
+
+    fn keeps(&self, who: &Principal, r: &TxnRow) -> bool {
+        self.mid.as_deref().is_none_or(|m| r.mid == m)
+            && who.sees(&r.mid)
+            && r.received_at_ms >= self.from_ms
+            && r.received_at_ms < self.to_ms
+            && self.amount_fen.is_none_or(|a| r.amount_fen == a)
+            && self
+                .last4
+                .is_none_or(|l| r.pan.as_ref().is_some_and(|p| p.last4 == l))
+            && self.status.is_none_or(|s| r.state == s)
+            && self.tid.is_none_or(|t| r.tid == t)
+    }
 }
 
 /// A transaction the principal may see, by id.
@@ -264,40 +358,29 @@ pub struct DayStats {
 /// Today's numbers for `mid`.
 pub fn day_stats(web: &Web, mid: &str) -> Result<DayStats, ApiError> {
     let start = cst_day_start(web.clock.now_ms());
-    let rows = web.store.txns_of_merchant(mid, start, start + MS_PER_DAY)?;
     let mut stats = DayStats {
         date: format_date(start),
         declines_by_hour: vec![0; 24],
         ..DayStats::default()
     };
-    for row in &rows {
-        if matches!(row.kind, TxnKind::Purchase | TxnKind::Completion) && is_approved(row.state) {
-            stats.volume_fen += row.amount_fen;
-        }
-        if !is_sale(row.kind) {
-            continue;
-        }
-        let failed = match row.state {
-            s if is_approved(s) => {
-                stats.approved += 1;
-                false
-            }
-            TxnState::Declined => {
-                stats.declined += 1;
-                true
-            }
-            TxnState::TimedOut | TxnState::Failed | TxnState::Reversed => {
-                stats.failed += 1;
-                true
-            }
-            _ => false,
+    // The whole day, however busy, a store page at a time.
+    let mut today: HashSet<i64> = HashSet::new();
+    let mut before = (start + MS_PER_DAY, i64::MIN);
+    loop {
+        let page =
+            web.store
+                .txns_of_merchant_newest(mid, start, before, store::RESOLVE_ROWS_MAX)?;
+        let Some(last) = page.last() else {
+            break;
         };
-        if failed {
-            let code = row.response_code.clone().unwrap_or_else(|| "--".to_owned());
-            *stats.declines_by_code.entry(code).or_insert(0) += 1;
-            if let Some(slot) = stats.declines_by_hour.get_mut(cst_hour(row.received_at_ms)) {
-                *slot += 1;
-            }
+        before = key(last);
+        let complete = page.len() < store::RESOLVE_ROWS_MAX as usize;
+        for row in &page {
+            today.insert(row.id);
+            count_into(&mut stats, row);
+        }
+        if complete {
+            break;
         }
     }
     let decided = stats.approved + stats.declined + stats.failed;
@@ -305,11 +388,43 @@ pub fn day_stats(web: &Web, mid: &str) -> Result<DayStats, ApiError> {
     let pending = web.store.reversals_in_state(SafState::Pending)?;
     stats.reversals_pending = pending
         .iter()
-        .filter(|item| rows.iter().any(|r| r.id == item.txn_id))
+        .filter(|item| today.contains(&item.txn_id))
         .count()
         .try_into()
         .unwrap_or(u64::MAX);
     Ok(stats)
+}
+
+/// Adds one of the day's rows to its numbers.
+fn count_into(stats: &mut DayStats, row: &TxnRow) {
+    if matches!(row.kind, TxnKind::Purchase | TxnKind::Completion) && is_approved(row.state) {
+        stats.volume_fen += row.amount_fen;
+    }
+    if !is_sale(row.kind) {
+        return;
+    }
+    let failed = match row.state {
+        s if is_approved(s) => {
+            stats.approved += 1;
+            false
+        }
+        TxnState::Declined => {
+            stats.declined += 1;
+            true
+        }
+        TxnState::TimedOut | TxnState::Failed | TxnState::Reversed => {
+            stats.failed += 1;
+            true
+        }
+        _ => false,
+    };
+    if failed {
+        let code = row.response_code.clone().unwrap_or_else(|| "--".to_owned());
+        *stats.declines_by_code.entry(code).or_insert(0) += 1;
+        if let Some(slot) = stats.declines_by_hour.get_mut(cst_hour(row.received_at_ms)) {
+            *slot += 1;
+        }
+    }
 }
 
 /// One terminal's health over the last [`HEALTH_DAYS`] days.

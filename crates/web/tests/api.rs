@@ -1579,3 +1579,114 @@ fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
         }
     });
 }
+
+/// A merchant's day with more transactions than one store read returns (the store caps a read
+/// at `RESOLVE_ROWS_MAX` rows, oldest first): the search starts from the newest and pages
+/// through all of them, and the dashboard counts the whole day. Both used to stop at the cap,
+/// so the newest sales were missing from the search and from the day's numbers.
+#[test]
+fn a_busy_merchants_day_is_searched_newest_first_and_counted_whole() {
+    run(async move {
+        let e = start().await;
+        let busy = i64::from(store::RESOLVE_ROWS_MAX) + 3;
+        // Today's midnight in China (UTC+8); the rows fill the first hours of the day, so a
+        // run in the first three hours after midnight would put some in the future (still
+        // today, which is what is searched and counted).
+        let day_start = {
+            use switch::Clock;
+            let hours8 = 8 * 3_600_000;
+            (switch::SystemClock.now_ms() + hours8).div_euclid(86_400_000) * 86_400_000 - hours8
+        };
+        let rows: Vec<store::Record> = (1..=busy)
+            .map(|n| {
+                store::Record::InsertTxn(Box::new(store::TxnRow {
+                    id: 1_000_000 + n,
+                    tid: "10000001".into(),
+                    mid: MID.into(),
+                    batch_no: 9,
+                    stan: u32::try_from(n).unwrap(),
+                    kind: store::TxnKind::Purchase,
+                    mti: "0200".into(),
+                    processing_code: "000000".into(),
+                    condition_code: "00".into(),
+                    amount_fen: 100,
+                    currency: "156".into(),
+                    pan: None,
+                    issuer: Some("ICBC".into()),
+                    rrn: Some(format!("{:012}", 1_000_000 + n)),
+                    host_trace: None,
+                    auth_code: Some("A1B2C3".into()),
+                    response_code: Some("00".into()),
+                    state: store::TxnState::Approved,
+                    request_hash: vec![0],
+                    original_id: None,
+                    refunded_fen: 0,
+                    field60: None,
+                    host_date: None,
+                    clearing_date: "20260101".into(),
+                    settlement_date: None,
+                    // A second apart from the day's start: all of them today.
+                    received_at_ms: day_start + n * 1_000,
+                    sent_at_ms: None,
+                    issuer_answered_at_ms: None,
+                    answered_at_ms: None,
+                }))
+            })
+            .collect();
+        for chunk in rows.chunks(2_000) {
+            e.h.store.submit(chunk.to_vec()).unwrap().await.unwrap();
+        }
+        let api = Api {
+            env: &e,
+            seen: Default::default(),
+        };
+        let tea = e.token("teahouse").await;
+        let page = |query: String| {
+            let api = &api;
+            let tea = &tea;
+            async move {
+                let r = api
+                    .call(
+                        Some(tea),
+                        "GET",
+                        &format!("/api/transactions?{query}"),
+                        None,
+                    )
+                    .await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                r.json()
+            }
+        };
+        let first = page("limit=2".to_owned()).await;
+        let ids: Vec<i64> = first["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, [1_000_000 + busy, 1_000_000 + busy - 1]);
+        let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+        let second = page(format!("limit=1&cursor={cursor}")).await;
+        assert_eq!(second["items"][0]["id"], 1_000_000 + busy - 2);
+        // The oldest of the day, by its RRN.
+        let oldest = page(format!("limit=1&rrn={:012}", 1_000_001)).await;
+        assert_eq!(oldest["items"][0]["id"], 1_000_001);
+        assert_error(
+            &api.call(Some(&tea), "GET", "/api/transactions?cursor=12", None)
+                .await,
+            400,
+            "bad_request",
+        );
+        let dash = api
+            .call(
+                Some(&tea),
+                "GET",
+                &format!("/api/merchants/{MID}/dashboard"),
+                None,
+            )
+            .await
+            .json();
+        assert_eq!(dash["today"]["approved"], busy, "{dash}");
+        assert_eq!(dash["today"]["volume_fen"], busy * 100, "{dash}");
+    });
+}
