@@ -2,6 +2,8 @@
 //! within a configurable window, both approved. The later one is flagged with what to do: void
 //! it the same day (nothing is charged), or refund it once the day has closed.
 
+use std::ops::ControlFlow;
+
 use domain::IssuerDirectory;
 use serde::Serialize;
 use store::resolve::DuplicateRow;
@@ -61,11 +63,19 @@ pub fn scan(
     window_ms: i64,
 ) -> Result<Vec<DuplicateRow>, ResolveError> {
     let mut found = Vec::new();
-    for row in store.txns_of_merchant(mid, from_ms, to_ms)? {
-        if let Some(d) = find_for(store, &row, window_ms)? {
-            found.push(d);
-        }
-    }
+    store::each_txn_of_merchant(
+        store,
+        mid,
+        from_ms,
+        to_ms,
+        |row| -> Result<_, ResolveError> {
+            if let Some(d) = find_for(store, &row, window_ms)? {
+                found.push(d);
+            }
+            Ok(ControlFlow::Continue(()))
+        },
+    )?;
+    found.reverse();
     Ok(found)
 }
 

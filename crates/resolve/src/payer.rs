@@ -4,6 +4,7 @@
 //! Every lookup is scoped to one merchant.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use domain::{IssuerDirectory, Pan};
 use paycrypto::Hsm;
@@ -14,6 +15,8 @@ use crate::ResolveError;
 use crate::explain::TxnSummary;
 use crate::text::date_time;
 
+/// Transactions [`by_last4`] returns at most.
+pub const LAST4_MATCHES_MAX: usize = 1_000;
 /// Payers listed by [`repeat_payers`] at most.
 pub const REPEAT_PAYERS_MAX: usize = 200;
 
@@ -36,7 +39,7 @@ pub fn by_card(
 }
 
 /// A merchant's transactions whose card ends in `last4`, received in `[from_ms, to_ms)`, of
-/// `amount_fen` when given.
+/// `amount_fen` when given; oldest first, the newest [`LAST4_MATCHES_MAX`] when there are more.
 pub fn by_last4(
     store: &dyn Store,
     directory: &IssuerDirectory,
@@ -46,11 +49,20 @@ pub fn by_last4(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Vec<TxnSummary>, ResolveError> {
-    let mut rows = store.txns_of_merchant(mid, from_ms, to_ms)?;
-    rows.retain(|r| {
-        r.pan.as_ref().is_some_and(|p| p.last4 == last4)
+    let mut rows = Vec::new();
+    store::each_txn_of_merchant(store, mid, from_ms, to_ms, |r| -> Result<_, ResolveError> {
+        if r.pan.as_ref().is_some_and(|p| p.last4 == last4)
             && amount_fen.is_none_or(|a| a == r.amount_fen)
-    });
+        {
+            rows.push(r);
+        }
+        Ok(if rows.len() >= LAST4_MATCHES_MAX {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    })?;
+    rows.reverse();
     Ok(summaries(directory, &rows))
 }
 
@@ -100,36 +112,43 @@ pub fn repeat_payers(
 ) -> Result<Vec<RepeatPayer>, ResolveError> {
     let mut groups: HashMap<Vec<u8>, RepeatPayer> = HashMap::new();
     let mut times: HashMap<Vec<u8>, (i64, i64)> = HashMap::new();
-    for row in store.txns_of_merchant(mid, from_ms, to_ms)? {
-        let paid = matches!(row.kind, TxnKind::Purchase | TxnKind::Completion)
-            && matches!(row.state, TxnState::Approved | TxnState::Completed);
-        let Some(pan) = row
-            .pan
-            .as_ref()
-            .filter(|p| paid && !p.fingerprint.is_empty())
-        else {
-            continue;
-        };
-        let entry = groups
-            .entry(pan.fingerprint.clone())
-            .or_insert_with(|| RepeatPayer {
-                payer_ref: payer_ref(&pan.fingerprint),
-                masked_pan: pan.masked.clone(),
-                payments: 0,
-                total_fen: 0,
-                first_at: String::new(),
-                last_at: String::new(),
-            });
-        entry.payments += 1;
-        entry.total_fen = entry
-            .total_fen
-            .saturating_add(row.amount_fen - row.refunded_fen);
-        let span = times
-            .entry(pan.fingerprint.clone())
-            .or_insert((row.received_at_ms, row.received_at_ms));
-        span.0 = span.0.min(row.received_at_ms);
-        span.1 = span.1.max(row.received_at_ms);
-    }
+    store::each_txn_of_merchant(
+        store,
+        mid,
+        from_ms,
+        to_ms,
+        |row| -> Result<_, ResolveError> {
+            let paid = matches!(row.kind, TxnKind::Purchase | TxnKind::Completion)
+                && matches!(row.state, TxnState::Approved | TxnState::Completed);
+            let Some(pan) = row
+                .pan
+                .as_ref()
+                .filter(|p| paid && !p.fingerprint.is_empty())
+            else {
+                return Ok(ControlFlow::Continue(()));
+            };
+            let entry = groups
+                .entry(pan.fingerprint.clone())
+                .or_insert_with(|| RepeatPayer {
+                    payer_ref: payer_ref(&pan.fingerprint),
+                    masked_pan: pan.masked.clone(),
+                    payments: 0,
+                    total_fen: 0,
+                    first_at: String::new(),
+                    last_at: String::new(),
+                });
+            entry.payments += 1;
+            entry.total_fen = entry
+                .total_fen
+                .saturating_add(row.amount_fen - row.refunded_fen);
+            let span = times
+                .entry(pan.fingerprint.clone())
+                .or_insert((row.received_at_ms, row.received_at_ms));
+            span.0 = span.0.min(row.received_at_ms);
+            span.1 = span.1.max(row.received_at_ms);
+            Ok(ControlFlow::Continue(()))
+        },
+    )?;
     let mut out: Vec<RepeatPayer> = groups
         .into_iter()
         .filter(|(_, p)| p.payments >= min_payments.max(2))

@@ -37,6 +37,32 @@ pub use sqlite::{
 /// narrower windows.
 pub const RESOLVE_ROWS_MAX: u32 = 10_000;
 
+/// Calls `each` with a merchant's transactions received in `[from_ms, to_ms)`, newest first,
+/// reading the store [`RESOLVE_ROWS_MAX`] rows at a time, however many there are, until
+/// `each` breaks or fails.
+pub fn each_txn_of_merchant<E: From<StoreError>>(
+    store: &dyn Store,
+    mid: &str,
+    from_ms: i64,
+    to_ms: i64,
+    mut each: impl FnMut(TxnRow) -> Result<std::ops::ControlFlow<()>, E>,
+) -> Result<(), E> {
+    let mut before = (to_ms, i64::MIN);
+    loop {
+        let page = store.txns_of_merchant_newest(mid, from_ms, before, RESOLVE_ROWS_MAX)?;
+        let complete = page.len() < RESOLVE_ROWS_MAX as usize;
+        for row in page {
+            before = (row.received_at_ms, row.id);
+            if each(row)?.is_break() {
+                return Ok(());
+            }
+        }
+        if complete {
+            return Ok(());
+        }
+    }
+}
+
 /// Everything the switch and its neighbours persist. Writes are queued and resolve when durable;
 /// reads are synchronous and may touch disk, so async callers keep them off the hot path.
 pub trait Store: Send + Sync + 'static {
@@ -95,16 +121,9 @@ pub trait Store: Send + Sync + 'static {
         from_ms: i64,
         before: (i64, i64),
     ) -> Result<Option<TxnRow>, StoreError>;
-    /// A merchant's transactions received in `[from_ms, to_ms)`, oldest first.
-    fn txns_of_merchant(
-        &self,
-        mid: &str,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<Vec<TxnRow>, StoreError>;
     /// A merchant's transactions received at or after `from_ms` and before `before` (received
-    /// at, id), newest first, at most `limit` (and `RESOLVE_ROWS_MAX`): pages through a busy
-    /// merchant's days, which `txns_of_merchant` cuts at its row limit.
+    /// at, id), newest first, at most `limit` (and `RESOLVE_ROWS_MAX`): see
+    /// [`each_txn_of_merchant`] to read them all.
     fn txns_of_merchant_newest(
         &self,
         mid: &str,

@@ -573,9 +573,6 @@ impl Store for SqliteStore {
     ) -> Result<Option<TxnRow>, StoreError> {
         self.resolve_latest_payment_of_card(fingerprint, mid, amount_fen, from_ms, before)
     }
-    fn txns_of_merchant(&self, mid: &str, from: i64, to: i64) -> Result<Vec<TxnRow>, StoreError> {
-        self.resolve_txns_of_merchant(mid, from, to)
-    }
     fn txns_of_merchant_newest(
         &self,
         mid: &str,

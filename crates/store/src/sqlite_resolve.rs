@@ -344,19 +344,6 @@ impl SqliteStore {
         Ok(rows.into_iter().next())
     }
 
-    pub(super) fn resolve_txns_of_merchant(
-        &self,
-        mid: &str,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<Vec<TxnRow>, StoreError> {
-        let sql = format!(
-            "SELECT {TXN_COLUMNS} FROM transactions WHERE mid = ?1 AND received_at_ms >= ?2
-             AND received_at_ms < ?3 ORDER BY received_at_ms LIMIT {RESOLVE_ROWS_MAX}"
-        );
-        self.rows(&sql, &[&mid, &from_ms, &to_ms], txn_from_row)
-    }
-
     pub(super) fn resolve_txns_of_merchant_newest(
         &self,
         mid: &str,

@@ -27,7 +27,11 @@ fn every_read_runs(db: &Db) {
     assert!(s.reversal(1).unwrap().is_none());
     assert!(s.reversals_in_state(SafState::Pending).unwrap().is_empty());
     assert!(s.txns_by_fingerprint(&[1, 2]).unwrap().is_empty());
-    assert!(s.txns_of_merchant("m", 0, 10).unwrap().is_empty());
+    assert!(
+        s.txns_of_merchant_newest("m", 0, (10, 0), 10)
+            .unwrap()
+            .is_empty()
+    );
     assert!(s.txns_linked_to(1).unwrap().is_empty());
     assert!(s.events_since(0, 10).unwrap().is_empty());
     assert!(s.case(1).unwrap().is_none());

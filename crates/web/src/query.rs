@@ -2,6 +2,7 @@
 //! Standard Time days, a merchant's day in numbers, terminal health from the journal.
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::ControlFlow;
 
 use resolve::TxnSummary;
 use serde::{Deserialize, Serialize};
@@ -363,26 +364,19 @@ pub fn day_stats(web: &Web, mid: &str) -> Result<DayStats, ApiError> {
         declines_by_hour: vec![0; 24],
         ..DayStats::default()
     };
-    // The whole day, however busy, a store page at a time.
+    // The whole day, however busy.
     let mut today: HashSet<i64> = HashSet::new();
-    let mut before = (start + MS_PER_DAY, i64::MIN);
-    loop {
-        let page =
-            web.store
-                .txns_of_merchant_newest(mid, start, before, store::RESOLVE_ROWS_MAX)?;
-        let Some(last) = page.last() else {
-            break;
-        };
-        before = key(last);
-        let complete = page.len() < store::RESOLVE_ROWS_MAX as usize;
-        for row in &page {
+    store::each_txn_of_merchant(
+        web.store.as_ref(),
+        mid,
+        start,
+        start + MS_PER_DAY,
+        |row| -> Result<_, ApiError> {
             today.insert(row.id);
-            count_into(&mut stats, row);
-        }
-        if complete {
-            break;
-        }
-    }
+            count_into(&mut stats, &row);
+            Ok(ControlFlow::Continue(()))
+        },
+    )?;
     let decided = stats.approved + stats.declined + stats.failed;
     stats.approval_per_mille = (decided > 0).then(|| stats.approved * 1000 / decided);
     let pending = web.store.reversals_in_state(SafState::Pending)?;
@@ -423,6 +417,35 @@ fn count_into(stats: &mut DayStats, row: &TxnRow) {
         *stats.declines_by_code.entry(code).or_insert(0) += 1;
         if let Some(slot) = stats.declines_by_hour.get_mut(cst_hour(row.received_at_ms)) {
             *slot += 1;
+        }
+    }
+}
+
+/// What a terminal's week in the journal counts towards its health.
+#[derive(Clone, Debug, Default)]
+struct TerminalCounts {
+    transactions: u64,
+    /// Requests refused for a bad MAC (A0).
+    mac_failures: u64,
+    /// Batch or sign-in out of step (77).
+    sign_in_problems: u64,
+    timeouts: u64,
+    reversals: u64,
+}
+
+impl TerminalCounts {
+    fn add(&mut self, row: &TxnRow) {
+        self.transactions += 1;
+        match row.response_code.as_deref() {
+            Some("A0") => self.mac_failures += 1,
+            Some("77") => self.sign_in_problems += 1,
+            _ => {}
+        }
+        if row.state == TxnState::TimedOut || row.response_code.as_deref() == Some("98") {
+            self.timeouts += 1;
+        }
+        if row.kind == TxnKind::Reversal {
+            self.reversals += 1;
         }
     }
 }
@@ -485,7 +508,7 @@ pub fn terminal_health(
     let mid = who.merchant_filter(mid)?;
     let now_ms = web.clock.now_ms();
     let from_ms = cst_day_start(now_ms) - (HEALTH_DAYS - 1) * MS_PER_DAY;
-    let mut by_merchant: BTreeMap<String, Vec<TxnRow>> = BTreeMap::new();
+    let mut by_merchant: BTreeMap<String, BTreeMap<String, TerminalCounts>> = BTreeMap::new();
     let mut out = Vec::new();
     let reported: BTreeMap<String, store::TerminalHealthRow> = web
         .store
@@ -498,31 +521,32 @@ pub fn terminal_health(
             continue;
         }
         if !by_merchant.contains_key(&t.mid) {
-            let rows = web
-                .store
-                .txns_of_merchant(&t.mid, from_ms, now_ms + MS_PER_DAY)?;
-            by_merchant.insert(t.mid.clone(), rows);
+            // The merchant's whole week, counted per terminal as it is read.
+            let mut counts: BTreeMap<String, TerminalCounts> = BTreeMap::new();
+            store::each_txn_of_merchant(
+                web.store.as_ref(),
+                &t.mid,
+                from_ms,
+                now_ms + MS_PER_DAY,
+                |row| -> Result<_, ApiError> {
+                    counts.entry(row.tid.clone()).or_default().add(&row);
+                    Ok(ControlFlow::Continue(()))
+                },
+            )?;
+            by_merchant.insert(t.mid.clone(), counts);
         }
-        let rows: Vec<&TxnRow> = by_merchant
+        let counts = by_merchant
             .get(&t.mid)
-            .map(|rows| rows.iter().filter(|r| r.tid == t.tid).collect())
+            .and_then(|c| c.get(&t.tid))
+            .cloned()
             .unwrap_or_default();
-        let code_count = |code: &str| {
-            rows.iter()
-                .filter(|r| r.response_code.as_deref() == Some(code))
-                .count()
-        };
-        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let mac_failures = count(code_count("A0"));
-        let sign_in_problems = count(code_count("77"));
-        let timeouts = count(
-            rows.iter()
-                .filter(|r| {
-                    r.state == TxnState::TimedOut || r.response_code.as_deref() == Some("98")
-                })
-                .count(),
-        );
-        let reversals = count(rows.iter().filter(|r| r.kind == TxnKind::Reversal).count());
+        let TerminalCounts {
+            transactions,
+            mac_failures,
+            sign_in_problems,
+            timeouts,
+            reversals,
+        } = counts;
         let mut problems = Vec::new();
         let signed_in = t.working_keys.is_some();
         if !signed_in {
@@ -553,7 +577,7 @@ pub fn terminal_health(
                 en: "Issuer timeouts: these were reversed automatically and the customer was not charged; check the terminal's network and retry the sale.",
             });
         }
-        if reversals > 0 && reversals * 10 > count(rows.len()) {
+        if reversals > 0 && reversals * 10 > transactions {
             problems.push(Problem {
                 key: "reversals",
                 zh: "冲正偏多：终端经常收不到应答，检查通讯线路和超时设置。",
@@ -594,7 +618,7 @@ pub fn terminal_health(
             batch_no: t.batch_no,
             signed_in,
             last_sign_in_ms: t.last_sign_in_ms,
-            transactions: count(rows.len()),
+            transactions,
             mac_failures,
             timeouts,
             reversals,

@@ -403,7 +403,7 @@ async fn scenario(driver_path: PathBuf) {
 
         let original =
             e.h.store
-                .txns_of_merchant(MID, 0, i64::MAX)
+                .txns_of_merchant_newest(MID, 0, (i64::MAX, i64::MAX), 1_000)
                 .unwrap()
                 .into_iter()
                 .find(|t| t.amount_fen == 6_600)
