@@ -25,7 +25,7 @@ pub mod web;
 pub use error::StoreError;
 pub use model::{
     EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
-    TerminalHealthRow, TerminalRow, TxnKind, TxnRow, TxnState, WrappedKeys,
+    TerminalHealthRow, TerminalRow, TxnKind, TxnRow, TxnState, TxnTally, WrappedKeys,
 };
 pub use pending::{Durable, Pending};
 pub use pg::{PgConfig, PgStore};
@@ -131,6 +131,15 @@ pub trait Store: Send + Sync + 'static {
         before: (i64, i64),
         limit: u32,
     ) -> Result<Vec<TxnRow>, StoreError>;
+    /// A merchant's transactions received in `[from_ms, to_ms)`, counted by terminal, kind,
+    /// state, response code and hour since `from_ms`, in the database: a dashboard's or a
+    /// terminal's numbers without reading the rows.
+    fn tally_of_merchant(
+        &self,
+        mid: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<TxnTally>, StoreError>;
     /// Rows whose `original_id` is `id`: its voids, refunds, completions and reversal.
     fn txns_linked_to(&self, id: i64) -> Result<Vec<TxnRow>, StoreError>;
     /// Timeline events at or after `at_ms`, oldest first, at most `limit`.

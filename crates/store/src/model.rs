@@ -231,6 +231,19 @@ pub struct PanAtRest {
     pub bin: String,
 }
 
+/// A merchant's transactions counted in the database: those of one terminal, kind, state and
+/// response code received in one hour (counted from the start of the range asked for).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnTally {
+    pub tid: String,
+    pub kind: TxnKind,
+    pub state: TxnState,
+    pub response_code: Option<String>,
+    pub hour: i64,
+    pub count: i64,
+    pub amount_fen: i64,
+}
+
 /// One line of a transaction's timeline ("approved by ICBC at 14:02:11").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventRow {

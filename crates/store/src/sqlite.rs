@@ -573,6 +573,14 @@ impl Store for SqliteStore {
     ) -> Result<Option<TxnRow>, StoreError> {
         self.resolve_latest_payment_of_card(fingerprint, mid, amount_fen, from_ms, before)
     }
+    fn tally_of_merchant(
+        &self,
+        mid: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<crate::TxnTally>, StoreError> {
+        self.resolve_tally_of_merchant(mid, from_ms, to_ms)
+    }
     fn txns_of_merchant_newest(
         &self,
         mid: &str,

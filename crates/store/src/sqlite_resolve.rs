@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::{SqliteStore, TXN_COLUMNS, expect_one, txn_from_row};
 use crate::error::StoreError;
-use crate::model::{EventRow, TxnKind, TxnRow, TxnState};
+use crate::model::{EventRow, TxnKind, TxnRow, TxnState, TxnTally};
 use crate::resolve::{
     BackOfficeKeyRow, CaseEntryRow, CaseRow, DeliveryRow, DuplicateRow, OutboxRow, ResolveRecord,
     WebhookEndpointRow,
@@ -342,6 +342,32 @@ impl SqliteStore {
             txn_from_row,
         )?;
         Ok(rows.into_iter().next())
+    }
+
+    pub(super) fn resolve_tally_of_merchant(
+        &self,
+        mid: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<TxnTally>, StoreError> {
+        self.rows(
+            "SELECT tid, kind, state, response_code, (received_at_ms - ?2) / 3600000 AS hour,
+             COUNT(*), CAST(SUM(amount_fen) AS BIGINT) FROM transactions
+             WHERE mid = ?1 AND received_at_ms >= ?2 AND received_at_ms < ?3
+             GROUP BY tid, kind, state, response_code, (received_at_ms - ?2) / 3600000",
+            &[&mid, &from_ms, &to_ms],
+            |r| {
+                Ok(TxnTally {
+                    tid: r.get(0)?,
+                    kind: r.get(1)?,
+                    state: r.get(2)?,
+                    response_code: r.get(3)?,
+                    hour: r.get(4)?,
+                    count: r.get(5)?,
+                    amount_fen: r.get(6)?,
+                })
+            },
+        )
     }
 
     pub(super) fn resolve_txns_of_merchant_newest(

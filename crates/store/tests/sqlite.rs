@@ -549,6 +549,27 @@ fn a_busy_card_reads_its_newest_transactions(db: &Db) {
             .map(|r| r.id)
     };
     let mid = "898110048990001";
+    // Counted in the database: everything is in the range's first hour.
+    let mut tallies: Vec<(TxnState, i64, i64, i64)> = store
+        .tally_of_merchant(mid, 1_000, 1_000 + 7_200_000)
+        .unwrap()
+        .into_iter()
+        .map(|t| {
+            assert_eq!(
+                (t.tid.as_str(), t.kind, t.response_code),
+                ("10000001", TxnKind::Purchase, None)
+            );
+            (t.state, t.hour, t.count, t.amount_fen)
+        })
+        .collect();
+    tallies.sort_by_key(|t| t.2);
+    assert_eq!(
+        tallies,
+        [
+            (TxnState::Approved, 0, 3, 3 * 12_345),
+            (TxnState::InFlight, 0, total - 3, (total - 3) * 12_345)
+        ]
+    );
     assert_eq!(latest(0, (1_000 + 9_005, 9_005), 12_345, mid), Some(9_004));
     assert_eq!(latest(0, (1_000 + 9_004, 9_004), 12_345, mid), Some(9_000));
     assert_eq!(

@@ -1,12 +1,11 @@
 //! Reads shared by the API and the pages: transaction search with cursor pagination, China
 //! Standard Time days, a merchant's day in numbers, terminal health from the journal.
 
-use std::collections::{BTreeMap, HashSet};
-use std::ops::ControlFlow;
+use std::collections::BTreeMap;
 
 use resolve::TxnSummary;
 use serde::{Deserialize, Serialize};
-use store::{SafState, TxnKind, TxnRow, TxnState};
+use store::{SafState, TxnKind, TxnRow, TxnState, TxnTally};
 
 use crate::Web;
 use crate::auth::Principal;
@@ -28,12 +27,6 @@ pub const HEALTH_DAYS: i64 = 7;
 /// Midnight (CST) of the day `ms` falls in.
 pub fn cst_day_start(ms: i64) -> i64 {
     (ms + CST_OFFSET_MS).div_euclid(MS_PER_DAY) * MS_PER_DAY - CST_OFFSET_MS
-}
-
-/// The CST hour (0..24) of `ms`.
-pub fn cst_hour(ms: i64) -> usize {
-    let hour = (ms + CST_OFFSET_MS).rem_euclid(MS_PER_DAY) / 3_600_000;
-    usize::try_from(hour).unwrap_or(0)
 }
 
 /// `YYYY-MM-DD` (CST) → the day's first millisecond.
@@ -364,59 +357,59 @@ pub fn day_stats(web: &Web, mid: &str) -> Result<DayStats, ApiError> {
         declines_by_hour: vec![0; 24],
         ..DayStats::default()
     };
-    // The whole day, however busy.
-    let mut today: HashSet<i64> = HashSet::new();
-    store::each_txn_of_merchant(
-        web.store.as_ref(),
-        mid,
-        start,
-        start + MS_PER_DAY,
-        |row| -> Result<_, ApiError> {
-            today.insert(row.id);
-            count_into(&mut stats, &row);
-            Ok(ControlFlow::Continue(()))
-        },
-    )?;
+    // Counted in the database, the whole day however busy.
+    for tally in web
+        .store
+        .tally_of_merchant(mid, start, start + MS_PER_DAY)?
+    {
+        count_into(&mut stats, &tally);
+    }
     let decided = stats.approved + stats.declined + stats.failed;
     stats.approval_per_mille = (decided > 0).then(|| stats.approved * 1000 / decided);
-    let pending = web.store.reversals_in_state(SafState::Pending)?;
-    stats.reversals_pending = pending
-        .iter()
-        .filter(|item| today.contains(&item.txn_id))
-        .count()
-        .try_into()
-        .unwrap_or(u64::MAX);
+    let mut pending = 0u64;
+    for item in web.store.reversals_in_state(SafState::Pending)? {
+        let today = web.store.txn(item.txn_id)?.is_some_and(|r| {
+            r.mid == mid && r.received_at_ms >= start && r.received_at_ms < start + MS_PER_DAY
+        });
+        pending += u64::from(today);
+    }
+    stats.reversals_pending = pending;
     Ok(stats)
 }
 
-/// Adds one of the day's rows to its numbers.
-fn count_into(stats: &mut DayStats, row: &TxnRow) {
-    if matches!(row.kind, TxnKind::Purchase | TxnKind::Completion) && is_approved(row.state) {
-        stats.volume_fen += row.amount_fen;
+/// Adds a tally of the day's rows to its numbers.
+fn count_into(stats: &mut DayStats, tally: &TxnTally) {
+    let count = u64::try_from(tally.count).unwrap_or(0);
+    if matches!(tally.kind, TxnKind::Purchase | TxnKind::Completion) && is_approved(tally.state) {
+        stats.volume_fen += tally.amount_fen;
     }
-    if !is_sale(row.kind) {
+    if !is_sale(tally.kind) {
         return;
     }
-    let failed = match row.state {
+    let failed = match tally.state {
         s if is_approved(s) => {
-            stats.approved += 1;
+            stats.approved += count;
             false
         }
         TxnState::Declined => {
-            stats.declined += 1;
+            stats.declined += count;
             true
         }
         TxnState::TimedOut | TxnState::Failed | TxnState::Reversed => {
-            stats.failed += 1;
+            stats.failed += count;
             true
         }
         _ => false,
     };
     if failed {
-        let code = row.response_code.clone().unwrap_or_else(|| "--".to_owned());
-        *stats.declines_by_code.entry(code).or_insert(0) += 1;
-        if let Some(slot) = stats.declines_by_hour.get_mut(cst_hour(row.received_at_ms)) {
-            *slot += 1;
+        let code = tally
+            .response_code
+            .clone()
+            .unwrap_or_else(|| "--".to_owned());
+        *stats.declines_by_code.entry(code).or_insert(0) += count;
+        let hour = usize::try_from(tally.hour).unwrap_or(usize::MAX);
+        if let Some(slot) = stats.declines_by_hour.get_mut(hour) {
+            *slot += count;
         }
     }
 }
@@ -434,18 +427,19 @@ struct TerminalCounts {
 }
 
 impl TerminalCounts {
-    fn add(&mut self, row: &TxnRow) {
-        self.transactions += 1;
-        match row.response_code.as_deref() {
-            Some("A0") => self.mac_failures += 1,
-            Some("77") => self.sign_in_problems += 1,
+    fn add(&mut self, tally: &TxnTally) {
+        let count = u64::try_from(tally.count).unwrap_or(0);
+        self.transactions += count;
+        match tally.response_code.as_deref() {
+            Some("A0") => self.mac_failures += count,
+            Some("77") => self.sign_in_problems += count,
             _ => {}
         }
-        if row.state == TxnState::TimedOut || row.response_code.as_deref() == Some("98") {
-            self.timeouts += 1;
+        if tally.state == TxnState::TimedOut || tally.response_code.as_deref() == Some("98") {
+            self.timeouts += count;
         }
-        if row.kind == TxnKind::Reversal {
-            self.reversals += 1;
+        if tally.kind == TxnKind::Reversal {
+            self.reversals += count;
         }
     }
 }
@@ -521,18 +515,14 @@ pub fn terminal_health(
             continue;
         }
         if !by_merchant.contains_key(&t.mid) {
-            // The merchant's whole week, counted per terminal as it is read.
+            // The merchant's whole week, counted per terminal in the database.
             let mut counts: BTreeMap<String, TerminalCounts> = BTreeMap::new();
-            store::each_txn_of_merchant(
-                web.store.as_ref(),
-                &t.mid,
-                from_ms,
-                now_ms + MS_PER_DAY,
-                |row| -> Result<_, ApiError> {
-                    counts.entry(row.tid.clone()).or_default().add(&row);
-                    Ok(ControlFlow::Continue(()))
-                },
-            )?;
+            for tally in web
+                .store
+                .tally_of_merchant(&t.mid, from_ms, now_ms + MS_PER_DAY)?
+            {
+                counts.entry(tally.tid.clone()).or_default().add(&tally);
+            }
             by_merchant.insert(t.mid.clone(), counts);
         }
         let counts = by_merchant
@@ -644,7 +634,6 @@ mod tests {
         assert_eq!(format_date(ms), "2026-11-23");
         assert_eq!(format_date(ms + MS_PER_DAY - 1), "2026-11-23");
         assert_eq!(cst_day_start(ms + 5), ms);
-        assert_eq!(cst_hour(ms + 3_600_000 * 13 + 5), 13);
         assert!(parse_date("2026-02-30").is_none());
         assert!(parse_date("2026-1-1x").is_none());
     }
