@@ -104,7 +104,9 @@ fn given(field: &Option<String>) -> Option<&str> {
 #[derive(Clone, Debug, Serialize)]
 pub struct TxnPage {
     pub items: Vec<TxnSummary>,
-    /// Pass as `cursor` for the next page; absent on the last page.
+    /// Pass as `cursor` for the next page; absent on the last page. A page may hold fewer
+    /// items than asked for and still have one: the search read [`SEARCH_SCAN_MAX`] rows of a
+    /// merchant without filling it.
     pub next_cursor: Option<String>,
 }
 
