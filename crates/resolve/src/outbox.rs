@@ -466,8 +466,8 @@ impl Tailer {
     /// The cursor is a time before which every event is handled. Each poll reads from it,
     /// skips the events this tailer has handled, and moves it to the last event read or to
     /// `lag_ms` before now, whichever is earlier. So it always gets past what it handled,
-    /// however many events the lag holds (it used to re-read the whole lag from behind the
-    /// cursor, and once that held more events than a poll reads, it never moved again).
+    /// however many events the lag holds; only events not yet handled count against the
+    /// poll's bound.
     pub async fn poll_once(&mut self) -> Result<usize, ResolveError> {
         let store = Arc::clone(&self.store);
         let store = store.as_ref();
@@ -487,6 +487,9 @@ impl Tailer {
             let page = store.events_since(since, limit)?;
             let mut records = Vec::new();
             let mut pending: Vec<(String, Event)> = Vec::new();
+            // Marked handled once what they mean is committed: a poll that fails part way
+            // leaves them to the next one.
+            let mut handled_here: Vec<EventKey> = Vec::new();
             for event in &page {
                 read_to = read_to.max(event.at_ms);
                 let key = (event.at_ms, event.txn_id, event.kind.clone());
@@ -497,7 +500,7 @@ impl Tailer {
                 if let Some(row) = store.txn(event.txn_id)? {
                     pending.extend(self.meaning(&event.kind, &row, &mut records)?);
                 }
-                self.seen.insert(key);
+                handled_here.push(key);
             }
             if !pending.is_empty() {
                 let count = u64::try_from(pending.len()).unwrap_or(1);
@@ -511,6 +514,7 @@ impl Tailer {
             if !records.is_empty() {
                 store.submit(records)?.await?;
             }
+            self.seen.extend(handled_here);
             if u32::try_from(page.len()).unwrap_or(u32::MAX) < limit {
                 at_end = true;
                 break;

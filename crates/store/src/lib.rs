@@ -33,8 +33,8 @@ pub use sqlite::{
     READ_CONNECTIONS_MAX, SqliteConfig, SqliteStore, Synchronous, WRITE_BATCH_MAX, WRITE_QUEUE_MAX,
 };
 
-/// Rows one resolve query (payer lookup, journal tailing) returns at most; callers page with
-/// narrower windows.
+/// Rows one resolve read (payer lookup, journal tailing, a merchant's days) returns at most;
+/// callers page past it ([`each_txn_of_merchant`]).
 pub const RESOLVE_ROWS_MAX: u32 = 10_000;
 
 /// Calls `each` with a merchant's transactions received in `[from_ms, to_ms)`, newest first,
