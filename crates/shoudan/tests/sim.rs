@@ -17,7 +17,9 @@
 //! PAN is in the database, and, once every clearing date is settled, invariant 3 against the
 //! issuers' own books (see `check_invariant_3`) and invariant 5 (no row linked to another
 //! merchant's, and nothing of another merchant in what the portal shows a merchant about its
-//! transactions; see `check_invariant_5`).
+//! transactions; see `check_invariant_5`). The journal tailer runs beside the switch with small
+//! pages, and every decline, failure, approved refund and acknowledged reversal must reach the
+//! merchant's notifications (`check_notifications`).
 //!
 //! `SHOUDAN_SIM_SEED=n` reruns one seed; `SHOUDAN_SIM_SEEDS=k` runs seeds 1..=k;
 //! `SHOUDAN_SIM_TXNS=n` sets the requests per terminal; `SHOUDAN_SIM_DISK_FULL=0` leaves out
@@ -98,6 +100,8 @@ const BEFORE_MIDNIGHT_MS: i64 = EPOCH_MS + (14 * 3600 - 2) * 1000;
 /// Seeds of 3 mod 4 start two seconds before the 23:00 cut-over, so the traffic spans two
 /// clearing dates (voids and reversals of the first in the grace after it) that settle apart.
 const BEFORE_CUT_OVER_MS: i64 = EPOCH_MS + (13 * 3600 - 2) * 1000;
+/// How often the journal tailer polls (the demo's interval).
+const TAILER_INTERVAL: Duration = resolve::outbox::BACKGROUND_INTERVAL;
 /// Virtual time allowed for the reversal queue to drain after the traffic.
 const DRAIN_MAX: Duration = Duration::from_secs(30 * 60);
 
@@ -1186,6 +1190,22 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
         })
     };
 
+    // The journal tailer runs beside the switch, as in the demo, with small pages so that
+    // its cursor pages through the lag many times a poll (512 events a poll here: the traffic
+    // makes a few hundred a second of virtual time).
+    let (stop_tailer, stop_rx) = tokio::sync::watch::channel(false);
+    let tailer = resolve::outbox::Tailer::new(
+        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::clone(&directory),
+        Arc::new(clock.clone()),
+        resolve::outbox::TailerConfig {
+            page_max: 8,
+            pages_max: 64,
+            ..resolve::outbox::TailerConfig::default()
+        },
+    )
+    .spawn(TAILER_INTERVAL, stop_rx);
+
     let cards = Arc::new(cards);
     let tasks: Vec<_> = (0..TERMINALS)
         .map(|i| {
@@ -1230,6 +1250,13 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
     }
     let metrics = switch.metrics();
     Arc::into_inner(switch).unwrap().shutdown().await;
+    // The tailer passes every event once they are older than its lag.
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from(resolve::outbox::TailerConfig::default().lag_ms).unwrap() + 1_000,
+    ))
+    .await;
+    stop_tailer.send(true).unwrap();
+    tailer.await.unwrap();
     for issuer in issuers.values() {
         issuer.flush().unwrap();
     }
@@ -1250,6 +1277,7 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
     let seen = Arc::into_inner(seen).unwrap().into_inner().unwrap();
     check_invariant_2(seed, &store, &issuers, &seen);
     check_no_pan(seed, &dir.path().join("switch.db"), &all_pans);
+    check_notifications(seed, &dir.path().join("switch.db"));
     if windows > 0 {
         // Each window closed while terminals were still buying, and the journal took
         // approvals again without a restart.
@@ -1592,6 +1620,38 @@ fn check_invariant_5(seed: u64, traffic: &Traffic) {
         }
     }
     assert!(checked > 0, "seed {seed}: no rows to check for invariant 5");
+}
+
+/// Every decline or failure reached its merchant's notifications, and so did every approved
+/// refund and every reversal the issuer acknowledged: the tailer, running through the crashes
+/// and the full disk with small pages, missed none.
+fn check_notifications(seed: u64, db: &std::path::Path) {
+    let conn = read_only(db);
+    let missed = texts(
+        &conn,
+        "SELECT e.kind || ' ' || t.kind || ' ' || t.tid || ' ' || t.stan FROM events e
+         JOIN transactions t ON t.id = e.txn_id
+         WHERE t.kind <> 'reversal' AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.dedup_key =
+           CASE WHEN e.kind IN ('declined', 'failed') THEN 'transaction.declined:'
+                WHEN e.kind = 'reversal_done' THEN 'reversal.done:'
+                ELSE 'refund.done:' END || e.txn_id)
+         AND (e.kind IN ('declined', 'failed', 'reversal_done')
+              OR (e.kind = 'approved' AND t.kind = 'refund'))",
+    );
+    assert!(
+        missed.is_empty(),
+        "seed {seed}: events the merchant was never notified of (rerun with \
+         SHOUDAN_SIM_SEED={seed}): {missed:?}"
+    );
+    let notified = texts(&conn, "SELECT dedup_key FROM outbox");
+    assert!(
+        notified
+            .iter()
+            .any(|k| k.starts_with("transaction.declined:"))
+            && notified.iter().any(|k| k.starts_with("refund.done:")),
+        "seed {seed}: no declines or refunds notified: {} notifications",
+        notified.len()
+    );
 }
 
 /// The journal's file, opened beside the store to read what no store call answers.
