@@ -1544,7 +1544,8 @@ fn check_invariant_3(seed: u64, traffic: &Traffic) -> String {
 
 /// Invariant 5: a merchant sees only its own data. No row links to another merchant's row, and
 /// what the portal shows a merchant about each of its transactions (the explanation, and the
-/// evidence package for its issuer) names no other merchant's terminal, RRN or MID. Run after settlement, so the explanations include it.
+/// evidence package for its issuer) names no other merchant's terminal, RRN or MID. Run after
+/// settlement, so the explanations include it.
 fn check_invariant_5(seed: u64, traffic: &Traffic) {
     let rerun = format!("(rerun with SHOUDAN_SIM_SEED={seed})");
     let linked_across: Vec<String> = texts(
