@@ -8,7 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use store::{TxnKind, TxnRow, TxnState};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
+
+use crate::clock::LocalTime;
+use crate::config::REFUND_DAYS_MAX;
+use crate::core::Core;
 
 /// What the terminal was (or will be) told, kept to answer a retried request identically.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -233,6 +237,32 @@ struct Maps {
     by_id: HashMap<i64, Arc<Entry>>,
 }
 
+/// The first clearing date (`YYYYMMDD`) the index keeps at `now_ms`: the last
+/// `REFUND_DAYS_MAX` days and today, which a start loads and [`Ledger::forget_before`] keeps.
+pub(crate) fn kept_since(now_ms: i64) -> String {
+    LocalTime::from_ms(now_ms - (REFUND_DAYS_MAX + 1) * 86_400_000).yyyymmdd()
+}
+
+/// How often a running switch forgets what the index no longer keeps.
+pub(crate) const FORGET_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3_600);
+
+/// Forgets, every [`FORGET_INTERVAL`], the entries older than [`kept_since`]; until `stop`.
+pub(crate) async fn forget_old(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            // Stop first, and a fixed order: a seeded simulation replays exactly.
+            biased;
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(FORGET_INTERVAL) => {}
+        }
+        let since = kept_since(core.clock.now_ms());
+        let forgotten = core.ledger.forget_before(&since);
+        if forgotten > 0 {
+            tracing::info!(forgotten, since = %since, "in-memory index: older transactions forgotten");
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Ledger {
     maps: Mutex<Maps>,
@@ -290,6 +320,58 @@ impl Ledger {
         entry
     }
 
+    /// Forgets the entries of clearing dates before `before` (`YYYYMMDD`) that are settled in
+    /// memory: not in flight, no link or refund under way, held by no request. Called with the
+    /// first date a fresh start loads ([`kept_since`]), it keeps the index at what a switch
+    /// just started would hold, however long this one has run: an older original is read from
+    /// the store when a request names it, as after a restart. Returns how many it forgot.
+    pub fn forget_before(&self, before: &str) -> usize {
+        let mut maps = self.maps();
+        let Maps {
+            by_key,
+            by_rrn,
+            by_id,
+        } = &mut *maps;
+        let mut forgotten = Vec::new();
+        by_id.retain(|_, entry| {
+            if entry.clearing_date.as_str() >= before {
+                return true;
+            }
+            let in_key = by_key
+                .get(&entry.key)
+                .is_some_and(|e| Arc::ptr_eq(e, entry));
+            let in_rrn = entry
+                .rrn
+                .as_ref()
+                .and_then(|r| by_rrn.get(r))
+                .is_some_and(|e| Arc::ptr_eq(e, entry));
+            // The maps' own references, and this closure's borrow adds none.
+            let held_elsewhere =
+                Arc::strong_count(entry) > 1 + usize::from(in_key) + usize::from(in_rrn);
+            let live = entry.live();
+            let busy =
+                live.state == TxnState::InFlight || live.link_busy || live.refund_reserved_fen != 0;
+            drop(live);
+            if held_elsewhere || busy {
+                return true;
+            }
+            forgotten.push((
+                in_key.then(|| entry.key.clone()),
+                entry.rrn.clone().filter(|_| in_rrn),
+            ));
+            false
+        });
+        for (key, rrn) in &forgotten {
+            if let Some(key) = key {
+                by_key.remove(key);
+            }
+            if let Some(rrn) = rrn {
+                by_rrn.remove(rrn);
+            }
+        }
+        forgotten.len()
+    }
+
     pub fn by_key(&self, key: &TxnKey) -> Option<Arc<Entry>> {
         self.maps().by_key.get(key).cloned()
     }
@@ -300,5 +382,75 @@ impl Ledger {
 
     pub fn by_id(&self, id: i64) -> Option<Arc<Entry>> {
         self.maps().by_id.get(&id).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+
+    fn claimed(ledger: &Ledger, id: i64, clearing_date: &str) -> Arc<Entry> {
+        let key = TxnKey {
+            tid: "10000001".into(),
+            batch_no: 1,
+            stan: u32::try_from(id).unwrap(),
+            reversal: false,
+        };
+        let entry = Entry::new(
+            id,
+            key,
+            "898110048990001".into(),
+            TxnKind::Purchase,
+            100,
+            None,
+            [0; 16],
+            Some(format!("{id:012}")),
+            clearing_date.into(),
+            0,
+            None,
+            None,
+            None,
+        );
+        match ledger.claim(entry) {
+            Claim::New(entry) => entry,
+            _ => panic!("the key was taken"),
+        }
+    }
+
+    fn approve(entry: &Entry) {
+        entry.answer(Answer::code(*b"00"), TxnState::Approved);
+    }
+
+    #[test]
+    fn forgets_only_old_settled_entries_no_request_holds() {
+        let ledger = Ledger::default();
+        let old_done = claimed(&ledger, 1, "20260101");
+        approve(&old_done);
+        let old_in_flight = claimed(&ledger, 2, "20260101");
+        let old_held = claimed(&ledger, 3, "20260101");
+        approve(&old_held);
+        let old_refunding = claimed(&ledger, 4, "20260101");
+        approve(&old_refunding);
+        old_refunding.live().refund_reserved_fen = 50;
+        let recent = claimed(&ledger, 5, "20260201");
+        approve(&recent);
+        let (old_done_key, old_done_rrn) = (old_done.key.clone(), old_done.rrn.clone().unwrap());
+        // Only the maps hold these now; `old_held` stays held, as by a request in progress.
+        drop((old_done, old_in_flight, old_refunding, recent));
+
+        assert_eq!(ledger.forget_before("20260201"), 1);
+        assert!(ledger.by_id(1).is_none());
+        assert!(ledger.by_key(&old_done_key).is_none());
+        assert!(ledger.by_rrn(&old_done_rrn).is_none());
+        for kept in 2..=5 {
+            assert!(ledger.by_id(kept).is_some(), "entry {kept} was forgotten");
+        }
+        // Once its request lets go, the held one goes at the next pass.
+        drop(old_held);
+        assert_eq!(ledger.forget_before("20260201"), 1);
+        assert!(ledger.by_id(3).is_none());
+        assert!(ledger.by_rrn("000000000003").is_none());
     }
 }

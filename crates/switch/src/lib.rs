@@ -221,8 +221,7 @@ impl Switch {
         }
         recover_in_doubt(store.as_ref(), clock.now_ms(), Some(config.node_id)).await?;
         let ledger = Ledger::default();
-        let since = LocalTime::from_ms(clock.now_ms() - (REFUND_DAYS_MAX + 1) * 86_400_000);
-        for row in store.txns_since(&since.yyyymmdd())? {
+        for row in store.txns_since(&ledger::kept_since(clock.now_ms()))? {
             ledger.adopt(&row);
         }
         let first_trace = store.reserve("host_trace", SEQUENCE_BLOCK)?.await?;
@@ -290,6 +289,10 @@ impl Switch {
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(saf::run(Arc::clone(&core), stop_rx.clone())));
+        tasks.push(tokio::spawn(ledger::forget_old(
+            Arc::clone(&core),
+            stop_rx.clone(),
+        )));
         let sessions = Sessions::new(Arc::clone(&core), Arc::new(Metrics::default()));
         tasks.push(tokio::spawn(session::accept(
             sessions.clone(),
