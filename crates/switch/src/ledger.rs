@@ -3,7 +3,7 @@
 //! store's last `REFUND_DAYS_MAX` days; older originals are adopted from the store on demand.
 //! Each entry's mutable part sits behind its own short mutex, never held across an await.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -235,6 +235,8 @@ struct Maps {
     by_key: HashMap<TxnKey, Arc<Entry>>,
     by_rrn: HashMap<String, Arc<Entry>>,
     by_id: HashMap<i64, Arc<Entry>>,
+    /// (clearing date, id) of every entry in the order it came in, for forgetting.
+    order: VecDeque<(String, i64)>,
 }
 
 /// The first clearing date (`YYYYMMDD`) the index keeps at `now_ms`: the last
@@ -242,6 +244,9 @@ struct Maps {
 pub(crate) fn kept_since(now_ms: i64) -> String {
     LocalTime::from_ms(now_ms - (REFUND_DAYS_MAX + 1) * 86_400_000).yyyymmdd()
 }
+
+/// Entries [`Ledger::forget_before`] looks at per hold of the index's lock.
+const FORGET_BATCH: usize = 1_024;
 
 /// How often a running switch forgets what the index no longer keeps.
 pub(crate) const FORGET_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3_600);
@@ -300,6 +305,8 @@ impl Ledger {
             maps.by_rrn.insert(rrn.clone(), Arc::clone(entry));
         }
         maps.by_id.insert(entry.id, Arc::clone(entry));
+        maps.order
+            .push_back((entry.clearing_date.clone(), entry.id));
     }
 
     /// Adds a row read from the store, or returns the entry already held for its id.
@@ -317,6 +324,8 @@ impl Ledger {
             maps.by_rrn.insert(rrn.clone(), Arc::clone(&entry));
         }
         maps.by_id.insert(entry.id, Arc::clone(&entry));
+        maps.order
+            .push_back((entry.clearing_date.clone(), entry.id));
         entry
     }
 
@@ -324,52 +333,72 @@ impl Ledger {
     /// memory: not in flight, no link or refund under way, held by no request. Called with the
     /// first date a fresh start loads ([`kept_since`]), it keeps the index at what a switch
     /// just started would hold, however long this one has run: an older original is read from
-    /// the store when a request names it, as after a restart. Returns how many it forgot.
+    /// the store when a request names it, as after a restart. It walks the entries in the order
+    /// they came in, [`FORGET_BATCH`] under the lock at a time, so requests wait for a batch at
+    /// most. Returns how many it forgot.
     pub fn forget_before(&self, before: &str) -> usize {
-        let mut maps = self.maps();
-        let Maps {
-            by_key,
-            by_rrn,
-            by_id,
-        } = &mut *maps;
-        let mut forgotten = Vec::new();
-        by_id.retain(|_, entry| {
-            if entry.clearing_date.as_str() >= before {
-                return true;
-            }
-            let in_key = by_key
-                .get(&entry.key)
-                .is_some_and(|e| Arc::ptr_eq(e, entry));
-            let in_rrn = entry
-                .rrn
-                .as_ref()
-                .and_then(|r| by_rrn.get(r))
-                .is_some_and(|e| Arc::ptr_eq(e, entry));
-            // The maps' own references, and this closure's borrow adds none.
-            let held_elsewhere =
-                Arc::strong_count(entry) > 1 + usize::from(in_key) + usize::from(in_rrn);
-            let live = entry.live();
-            let busy =
-                live.state == TxnState::InFlight || live.link_busy || live.refund_reserved_fen != 0;
-            drop(live);
-            if held_elsewhere || busy {
-                return true;
-            }
-            forgotten.push((
-                in_key.then(|| entry.key.clone()),
-                entry.rrn.clone().filter(|_| in_rrn),
-            ));
-            false
-        });
-        for (key, rrn) in &forgotten {
-            if let Some(key) = key {
-                by_key.remove(key);
-            }
-            if let Some(rrn) = rrn {
-                by_rrn.remove(rrn);
+        let mut forgotten = 0;
+        // Old but still busy or held: tried again at the next pass, first.
+        let mut busy: Vec<(String, i64)> = Vec::new();
+        let mut done = false;
+        while !done {
+            let mut maps = self.maps();
+            let Maps {
+                by_key,
+                by_rrn,
+                by_id,
+                order,
+            } = &mut *maps;
+            for _ in 0..FORGET_BATCH {
+                if order
+                    .front()
+                    .is_none_or(|(date, _)| date.as_str() >= before)
+                {
+                    done = true;
+                    break;
+                }
+                let Some((date, id)) = order.pop_front() else {
+                    break;
+                };
+                // Gone already: replaced by a reversal's resend (`claim`), or forgotten.
+                let Some(entry) = by_id.get(&id) else {
+                    continue;
+                };
+                let in_key = by_key
+                    .get(&entry.key)
+                    .is_some_and(|e| Arc::ptr_eq(e, entry));
+                let in_rrn = entry
+                    .rrn
+                    .as_ref()
+                    .and_then(|r| by_rrn.get(r))
+                    .is_some_and(|e| Arc::ptr_eq(e, entry));
+                let held_elsewhere =
+                    Arc::strong_count(entry) > 1 + usize::from(in_key) + usize::from(in_rrn);
+                let settled = {
+                    let live = entry.live();
+                    live.state != TxnState::InFlight
+                        && !live.link_busy
+                        && live.refund_reserved_fen == 0
+                };
+                if held_elsewhere || !settled {
+                    busy.push((date, id));
+                    continue;
+                }
+                if in_key {
+                    by_key.remove(&entry.key);
+                }
+                if let Some(rrn) = entry.rrn.as_ref().filter(|_| in_rrn) {
+                    by_rrn.remove(rrn);
+                }
+                by_id.remove(&id);
+                forgotten += 1;
             }
         }
-        forgotten.len()
+        let mut maps = self.maps();
+        for item in busy.into_iter().rev() {
+            maps.order.push_front(item);
+        }
+        forgotten
     }
 
     pub fn by_key(&self, key: &TxnKey) -> Option<Arc<Entry>> {
@@ -452,5 +481,28 @@ mod tests {
         assert_eq!(ledger.forget_before("20260201"), 1);
         assert!(ledger.by_id(3).is_none());
         assert!(ledger.by_rrn("000000000003").is_none());
+    }
+
+    #[test]
+    fn forgets_across_batches_and_stops_at_the_first_kept_date() {
+        let ledger = Ledger::default();
+        let old = 3 * FORGET_BATCH;
+        for id in 1..=i64::try_from(old).unwrap() {
+            approve(&claimed(&ledger, id, "20260101"));
+        }
+        let busy = claimed(&ledger, 100_000, "20260101");
+        for id in 200_000..200_010 {
+            approve(&claimed(&ledger, id, "20260201"));
+        }
+        // Old again, but after a kept date: the walk stops before it.
+        approve(&claimed(&ledger, 300_000, "20260101"));
+        assert_eq!(ledger.forget_before("20260201"), old);
+        assert!(ledger.by_id(100_000).is_some());
+        assert!(ledger.by_id(300_000).is_some());
+        assert_eq!(ledger.by_id(200_000).map(|e| e.id), Some(200_000));
+        approve(&busy);
+        drop(busy);
+        assert_eq!(ledger.forget_before("20260201"), 1);
+        assert!(ledger.by_id(100_000).is_none());
     }
 }
