@@ -235,14 +235,14 @@ struct Maps {
     by_key: HashMap<TxnKey, Arc<Entry>>,
     by_rrn: HashMap<String, Arc<Entry>>,
     by_id: HashMap<i64, Arc<Entry>>,
-    /// (clearing date, id) of every entry in the order it came in, for forgetting.
-    order: VecDeque<(String, i64)>,
+    /// (clearing day, id) of every entry in the order it came in, for forgetting.
+    order: VecDeque<(i64, i64)>,
 }
 
-/// The first clearing date (`YYYYMMDD`) the index keeps at `now_ms`: the last
-/// `REFUND_DAYS_MAX` days and today, which a start loads and [`Ledger::forget_before`] keeps.
-pub(crate) fn kept_since(now_ms: i64) -> String {
-    LocalTime::from_ms(now_ms - (REFUND_DAYS_MAX + 1) * 86_400_000).yyyymmdd()
+/// The first day the index keeps at `now_ms`: the last `REFUND_DAYS_MAX` days and today,
+/// which a start loads and [`Ledger::forget_before`] keeps.
+pub(crate) fn kept_since(now_ms: i64) -> LocalTime {
+    LocalTime::from_ms(now_ms - (REFUND_DAYS_MAX + 1) * 86_400_000)
 }
 
 /// Entries [`Ledger::forget_before`] looks at per hold of the index's lock.
@@ -261,9 +261,13 @@ pub(crate) async fn forget_old(core: Arc<Core>, mut stop: watch::Receiver<bool>)
             () = tokio::time::sleep(FORGET_INTERVAL) => {}
         }
         let since = kept_since(core.clock.now_ms());
-        let forgotten = core.ledger.forget_before(&since);
+        let forgotten = core.ledger.forget_before(since.day_number);
         if forgotten > 0 {
-            tracing::info!(forgotten, since = %since, "in-memory index: older transactions forgotten");
+            tracing::info!(
+                forgotten,
+                since = %since.yyyymmdd(),
+                "in-memory index: older transactions forgotten"
+            );
         }
     }
 }
@@ -305,8 +309,7 @@ impl Ledger {
             maps.by_rrn.insert(rrn.clone(), Arc::clone(entry));
         }
         maps.by_id.insert(entry.id, Arc::clone(entry));
-        maps.order
-            .push_back((entry.clearing_date.clone(), entry.id));
+        maps.order.push_back((entry.clearing_day, entry.id));
     }
 
     /// Adds a row read from the store, or returns the entry already held for its id.
@@ -324,22 +327,21 @@ impl Ledger {
             maps.by_rrn.insert(rrn.clone(), Arc::clone(&entry));
         }
         maps.by_id.insert(entry.id, Arc::clone(&entry));
-        maps.order
-            .push_back((entry.clearing_date.clone(), entry.id));
+        maps.order.push_back((entry.clearing_day, entry.id));
         entry
     }
 
-    /// Forgets the entries of clearing dates before `before` (`YYYYMMDD`) that are settled in
+    /// Forgets the entries of clearing days before `before` (a day number) that are settled in
     /// memory: not in flight, no link or refund under way, held by no request. Called with the
     /// first date a fresh start loads ([`kept_since`]), it keeps the index at what a switch
     /// just started would hold, however long this one has run: an older original is read from
     /// the store when a request names it, as after a restart. It walks the entries in the order
     /// they came in, [`FORGET_BATCH`] under the lock at a time, so requests wait for a batch at
     /// most. Returns how many it forgot.
-    pub fn forget_before(&self, before: &str) -> usize {
+    pub fn forget_before(&self, before: i64) -> usize {
         let mut forgotten = 0;
         // Old but still busy or held: tried again at the next pass, first.
-        let mut busy: Vec<(String, i64)> = Vec::new();
+        let mut busy: Vec<(i64, i64)> = Vec::new();
         let mut done = false;
         while !done {
             let mut maps = self.maps();
@@ -350,14 +352,11 @@ impl Ledger {
                 order,
             } = &mut *maps;
             for _ in 0..FORGET_BATCH {
-                if order
-                    .front()
-                    .is_none_or(|(date, _)| date.as_str() >= before)
-                {
+                if order.front().is_none_or(|&(day, _)| day >= before) {
                     done = true;
                     break;
                 }
-                let Some((date, id)) = order.pop_front() else {
+                let Some((day, id)) = order.pop_front() else {
                     break;
                 };
                 // Gone already: replaced by a reversal's resend (`claim`), or forgotten.
@@ -381,7 +380,7 @@ impl Ledger {
                         && live.refund_reserved_fen == 0
                 };
                 if held_elsewhere || !settled {
-                    busy.push((date, id));
+                    busy.push((day, id));
                     continue;
                 }
                 if in_key {
@@ -421,6 +420,7 @@ mod tests {
     use super::*;
 
     fn claimed(ledger: &Ledger, id: i64, clearing_date: &str) -> Arc<Entry> {
+        let day = day(clearing_date);
         let key = TxnKey {
             tid: "10000001".into(),
             batch_no: 1,
@@ -437,7 +437,7 @@ mod tests {
             [0; 16],
             Some(format!("{id:012}")),
             clearing_date.into(),
-            0,
+            day,
             None,
             None,
             None,
@@ -446,6 +446,10 @@ mod tests {
             Claim::New(entry) => entry,
             _ => panic!("the key was taken"),
         }
+    }
+
+    fn day(date: &str) -> i64 {
+        crate::clock::day_number_of(date).unwrap()
     }
 
     fn approve(entry: &Entry) {
@@ -469,7 +473,7 @@ mod tests {
         // Only the maps hold these now; `old_held` stays held, as by a request in progress.
         drop((old_done, old_in_flight, old_refunding, recent));
 
-        assert_eq!(ledger.forget_before("20260201"), 1);
+        assert_eq!(ledger.forget_before(day("20260201")), 1);
         assert!(ledger.by_id(1).is_none());
         assert!(ledger.by_key(&old_done_key).is_none());
         assert!(ledger.by_rrn(&old_done_rrn).is_none());
@@ -478,7 +482,7 @@ mod tests {
         }
         // Once its request lets go, the held one goes at the next pass.
         drop(old_held);
-        assert_eq!(ledger.forget_before("20260201"), 1);
+        assert_eq!(ledger.forget_before(day("20260201")), 1);
         assert!(ledger.by_id(3).is_none());
         assert!(ledger.by_rrn("000000000003").is_none());
     }
@@ -496,13 +500,13 @@ mod tests {
         }
         // Old again, but after a kept date: the walk stops before it.
         approve(&claimed(&ledger, 300_000, "20260101"));
-        assert_eq!(ledger.forget_before("20260201"), old);
+        assert_eq!(ledger.forget_before(day("20260201")), old);
         assert!(ledger.by_id(100_000).is_some());
         assert!(ledger.by_id(300_000).is_some());
         assert_eq!(ledger.by_id(200_000).map(|e| e.id), Some(200_000));
         approve(&busy);
         drop(busy);
-        assert_eq!(ledger.forget_before("20260201"), 1);
+        assert_eq!(ledger.forget_before(day("20260201")), 1);
         assert!(ledger.by_id(100_000).is_none());
     }
 }

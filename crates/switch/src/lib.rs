@@ -221,7 +221,7 @@ impl Switch {
         }
         recover_in_doubt(store.as_ref(), clock.now_ms(), Some(config.node_id)).await?;
         let ledger = Ledger::default();
-        for row in store.txns_since(&ledger::kept_since(clock.now_ms()))? {
+        for row in store.txns_since(&ledger::kept_since(clock.now_ms()).yyyymmdd())? {
             ledger.adopt(&row);
         }
         let first_trace = store.reserve("host_trace", SEQUENCE_BLOCK)?.await?;
