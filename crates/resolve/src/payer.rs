@@ -33,8 +33,7 @@ pub fn by_card(
     pan: &Pan,
 ) -> Result<Vec<TxnSummary>, ResolveError> {
     let fingerprint = hsm.fingerprint(pan.expose_digits().as_bytes());
-    let mut rows = store.txns_by_fingerprint(&fingerprint)?;
-    rows.retain(|r| r.mid == mid);
+    let rows = store.txns_of_card_at(&fingerprint, mid)?;
     Ok(summaries(directory, &rows))
 }
 
@@ -175,11 +174,10 @@ pub fn payments_by_same_card(store: &dyn Store, row: &TxnRow) -> Result<usize, R
         return Ok(0);
     };
     Ok(store
-        .txns_by_fingerprint(&pan.fingerprint)?
+        .txns_of_card_at(&pan.fingerprint, &row.mid)?
         .iter()
         .filter(|r| {
-            r.mid == row.mid
-                && matches!(r.kind, TxnKind::Purchase | TxnKind::Completion)
+            matches!(r.kind, TxnKind::Purchase | TxnKind::Completion)
                 && matches!(r.state, TxnState::Approved | TxnState::Completed)
         })
         .count())

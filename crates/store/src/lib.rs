@@ -106,9 +106,9 @@ pub trait Store: Send + Sync + 'static {
     fn reversals_in_state(&self, state: SafState) -> Result<Vec<SafItem>, StoreError>;
 
     // --- resolve (issue 4): payer lookup, journal tailing, cases, outbox, back office
-    /// Transactions of one card (its keyed fingerprint), oldest first; past the row limit, the
-    /// newest ones.
-    fn txns_by_fingerprint(&self, fingerprint: &[u8]) -> Result<Vec<TxnRow>, StoreError>;
+    /// Transactions of one card (its keyed fingerprint) at one merchant, oldest first; past
+    /// the row limit, the newest ones.
+    fn txns_of_card_at(&self, fingerprint: &[u8], mid: &str) -> Result<Vec<TxnRow>, StoreError>;
     /// The latest approved payment (purchase or completion) of one card at one merchant for
     /// `amount_fen`, received at or after `from_ms` and before `before` (received at, id): the
     /// duplicate check after each approved payment, answered through the (card, time) index

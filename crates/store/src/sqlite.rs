@@ -560,8 +560,8 @@ impl Store for SqliteStore {
     }
 
     // --- resolve (in sqlite_resolve.rs)
-    fn txns_by_fingerprint(&self, fingerprint: &[u8]) -> Result<Vec<TxnRow>, StoreError> {
-        self.resolve_txns_by_fingerprint(fingerprint)
+    fn txns_of_card_at(&self, fingerprint: &[u8], mid: &str) -> Result<Vec<TxnRow>, StoreError> {
+        self.resolve_txns_of_card_at(fingerprint, mid)
     }
     fn latest_payment_of_card(
         &self,

@@ -295,18 +295,20 @@ impl SqliteStore {
         })
     }
 
-    pub(super) fn resolve_txns_by_fingerprint(
+    pub(super) fn resolve_txns_of_card_at(
         &self,
         fingerprint: &[u8],
+        mid: &str,
     ) -> Result<Vec<TxnRow>, StoreError> {
-        // The newest rows when a card has more than the limit: duplicate checks and "paid here
-        // n times" look at recent payments, which an oldest-first limit would cut off.
+        // The newest rows when a card has more than the limit here: "paid here n times" and
+        // payer lookup care for recent payments, which an oldest-first limit would cut off.
+        // Walks the (card, received at) index back, keeping the merchant's.
         let sql = format!(
             "SELECT {TXN_COLUMNS} FROM (SELECT {TXN_COLUMNS} FROM transactions
-             WHERE pan_fingerprint = ?1 ORDER BY received_at_ms DESC, id DESC
+             WHERE pan_fingerprint = ?1 AND mid = ?2 ORDER BY received_at_ms DESC, id DESC
              LIMIT {RESOLVE_ROWS_MAX}) AS recent ORDER BY received_at_ms, id"
         );
-        self.rows(&sql, &[&fingerprint], txn_from_row)
+        self.rows(&sql, &[&fingerprint, &mid], txn_from_row)
     }
 
     pub(super) fn resolve_latest_payment_of_card(

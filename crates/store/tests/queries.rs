@@ -26,7 +26,7 @@ fn every_read_runs(db: &Db) {
     assert!(s.events(1).unwrap().is_empty());
     assert!(s.reversal(1).unwrap().is_none());
     assert!(s.reversals_in_state(SafState::Pending).unwrap().is_empty());
-    assert!(s.txns_by_fingerprint(&[1, 2]).unwrap().is_empty());
+    assert!(s.txns_of_card_at(&[1, 2], "m").unwrap().is_empty());
     assert!(
         s.txns_of_merchant_newest("m", 0, (10, 0), 10)
             .unwrap()

@@ -508,7 +508,13 @@ fn a_busy_card_reads_its_newest_transactions(db: &Db) {
     for chunk in rows.chunks(500) {
         store.submit(chunk.to_vec()).unwrap().wait().unwrap();
     }
-    let read = store.txns_by_fingerprint(&[7; 32]).unwrap();
+    let read = store.txns_of_card_at(&[7; 32], "898110048990001").unwrap();
+    assert!(
+        store
+            .txns_of_card_at(&[7; 32], "898110048990002")
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(read.len(), 10_000);
     assert_eq!(read.first().map(|r| r.id), Some(6));
     assert_eq!(read.last().map(|r| r.id), Some(total));
