@@ -79,13 +79,12 @@ pub(crate) async fn accept(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let core = Arc::clone(&sessions.core);
-        let sessions = sessions.clone();
+        let conn = sessions.clone();
         let stop = stop.clone();
-        core.tasks.spawn(async move {
-            sessions.metrics.connections.fetch_add(1, Ordering::Relaxed);
-            crate::risk::with_peer(Some(peer.ip()), serve(&sessions, stream, stop)).await;
-            sessions.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        sessions.core.tasks.spawn(async move {
+            conn.metrics.connections.fetch_add(1, Ordering::Relaxed);
+            crate::risk::with_peer(Some(peer.ip()), serve(&conn, stream, stop)).await;
+            conn.metrics.connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }
@@ -171,14 +170,13 @@ where
         let input = std::mem::replace(&mut buf, Vec::with_capacity(512));
         match admit(sessions, &in_flight) {
             Some(permits) => {
-                let core = Arc::clone(&sessions.core);
-                let sessions = sessions.clone();
+                let handler = sessions.clone();
                 let responses = responses.clone();
                 let close = Arc::clone(&close);
                 // The handler runs to completion even if the terminal hangs up: what the
                 // issuer was told must be journalled either way.
-                core.tasks.spawn(async move {
-                    let handled = sessions.handle_measured(&input, received);
+                sessions.core.tasks.spawn(async move {
+                    let handled = handler.handle_measured(&input, received);
                     let response = crate::risk::with_peer(peer, handled).await;
                     drop(permits);
                     match response {
