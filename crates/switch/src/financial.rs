@@ -313,9 +313,6 @@ impl Core {
         )
     }
 
-    /// Finds the original a linked request names: by field 61 (batch + trace) on this terminal,
-    /// else by RRN (field 37); from memory first, then the store. A trace of 0 names nothing
-    /// (traces run from 1): a refund from another terminal sends zeros and its RRN.
     /// The original a linked request names, if it is this terminal's merchant's. Another
     /// merchant's transaction is not found (25) and the refusal is not linked to it, so neither
     /// merchant is ever shown the other's (DESIGN.md invariant 5; found by the simulation).
@@ -325,6 +322,9 @@ impl Core {
             .filter(|original| original.mid == ctx.terminal.mid)
     }
 
+    /// Finds the transaction a linked request names: by field 61 (batch + trace) on this
+    /// terminal, else by RRN (field 37); from memory first, then the store. A trace of 0 names
+    /// nothing (traces run from 1): a refund from another terminal sends zeros and its RRN.
     async fn find_named(&self, ctx: &Ctx<'_>) -> Option<Arc<Entry>> {
         let request = &ctx.frame.message;
         let f61: Option<Field61> = request.field61().ok().flatten();

@@ -249,7 +249,7 @@ pub(crate) fn kept_since(now_ms: i64) -> LocalTime {
 const FORGET_BATCH: usize = 1_024;
 
 /// How often a running switch forgets what the index no longer keeps.
-pub(crate) const FORGET_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3_600);
+const FORGET_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3_600);
 
 /// Forgets, every [`FORGET_INTERVAL`], the entries older than [`kept_since`]; until `stop`.
 pub(crate) async fn forget_old(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
