@@ -45,13 +45,32 @@ pub fn each_txn_of_merchant<E: From<StoreError>>(
     mid: &str,
     from_ms: i64,
     to_ms: i64,
+    each: impl FnMut(TxnRow) -> Result<std::ops::ControlFlow<()>, E>,
+) -> Result<(), E> {
+    each_txn_of_merchant_before(
+        store,
+        mid,
+        from_ms,
+        (to_ms, i64::MIN),
+        RESOLVE_ROWS_MAX,
+        each,
+    )
+}
+
+/// The same from a place in the newest-first order: the transactions received at or after
+/// `from_ms` and before `before` (received at, id), read `page` rows at a time.
+pub fn each_txn_of_merchant_before<E: From<StoreError>>(
+    store: &dyn Store,
+    mid: &str,
+    from_ms: i64,
+    mut before: (i64, i64),
+    page: u32,
     mut each: impl FnMut(TxnRow) -> Result<std::ops::ControlFlow<()>, E>,
 ) -> Result<(), E> {
-    let mut before = (to_ms, i64::MIN);
     loop {
-        let page = store.txns_of_merchant_newest(mid, from_ms, before, RESOLVE_ROWS_MAX)?;
-        let complete = page.len() < RESOLVE_ROWS_MAX as usize;
-        for row in page {
+        let rows = store.txns_of_merchant_newest(mid, from_ms, before, page)?;
+        let complete = rows.len() < page.min(RESOLVE_ROWS_MAX) as usize;
+        for row in rows {
             before = (row.received_at_ms, row.id);
             if each(row)?.is_break() {
                 return Ok(());

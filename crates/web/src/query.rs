@@ -2,6 +2,7 @@
 //! Standard Time days, a merchant's day in numbers, terminal health from the journal.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 
 use resolve::TxnSummary;
 use serde::{Deserialize, Serialize};
@@ -213,31 +214,32 @@ fn newest_matching(
     before: Place,
     want: usize,
 ) -> Result<(Vec<TxnRow>, Option<Place>), ApiError> {
-    let mut at = before;
     let mut found = Vec::new();
     let mut scanned = 0usize;
-    loop {
-        let page = web
-            .store
-            .txns_of_merchant_newest(mid, filter.from_ms, at, SEARCH_READ_ROWS)?;
-        let complete = page.len() < SEARCH_READ_ROWS as usize;
-        for row in page {
-            at = key(&row);
+    let mut stopped = None;
+    store::each_txn_of_merchant_before(
+        web.store.as_ref(),
+        mid,
+        filter.from_ms,
+        before,
+        SEARCH_READ_ROWS,
+        |row| -> Result<_, ApiError> {
             scanned += 1;
+            let place = key(&row);
             if filter.keeps(who, &row) {
                 found.push(row);
                 if found.len() >= want {
-                    return Ok((found, None));
+                    return Ok(ControlFlow::Break(()));
                 }
             }
-        }
-        if complete {
-            return Ok((found, None));
-        }
-        if scanned >= SEARCH_SCAN_MAX {
-            return Ok((found, Some(at)));
-        }
-    }
+            if scanned >= SEARCH_SCAN_MAX {
+                stopped = Some(place);
+                return Ok(ControlFlow::Break(()));
+            }
+            Ok(ControlFlow::Continue(()))
+        },
+    )?;
+    Ok((found, stopped))
 }
 
 /// What a search asks for, checked.
