@@ -524,20 +524,21 @@ fn a_busy_card_reads_its_newest_transactions(db: &Db) {
             .all(|(a, b)| a.received_at_ms < b.received_at_ms)
     );
     // A merchant's rows newest first, from a point back, as a search pages through them.
-    let newest: Vec<i64> = store
-        .txns_of_merchant_newest("898110048990001", 1_000 + 9_003, (1_000 + 9_006, 9_006), 2)
-        .unwrap()
-        .iter()
-        .map(|r| r.id)
-        .collect();
-    assert_eq!(newest, [9_005, 9_004]);
-    let back_to: Vec<i64> = store
-        .txns_of_merchant_newest("898110048990001", 1_000 + 9_003, (1_000 + 9_004, 9_004), 10)
-        .unwrap()
-        .iter()
-        .map(|r| r.id)
-        .collect();
-    assert_eq!(back_to, [9_003]);
+    let newest = |before: i64, limit: u32| -> Vec<i64> {
+        store
+            .txns_of_merchant_newest(
+                "898110048990001",
+                1_000 + 9_003,
+                (1_000 + before, before),
+                limit,
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect()
+    };
+    assert_eq!(newest(9_006, 2), [9_005, 9_004]);
+    assert_eq!(newest(9_004, 10), [9_003]);
     // The duplicate check's question: the latest approved payment before a given one.
     let approve = |id: i64| Record::State {
         id,
