@@ -4,9 +4,10 @@
 //! Writes go through a group-commit journal: callers queue [`Record`]s and await a [`Durable`];
 //! one writer thread commits whatever has queued up in a single transaction and one fsync, then
 //! resolves every waiter in that group. Reads use their own connections and never wait for the
-//! writer. The hot lookups of the switch (today's transactions by TID + batch + STAN, by RRN) are
-//! served from the switch's own in-memory index, warmed at start from [`Store::txns_since`];
-//! the store answers the cold ones (older originals, settlement, recovery).
+//! writer. The hot lookups of the switch (recent transactions by TID + batch + STAN, by RRN) are
+//! served from the switch's own in-memory index, warmed at start from [`Store::txns_since`] and
+//! [`Store::batches_cleared`]; the store answers the cold ones (older keys and originals,
+//! settlement, recovery).
 
 #![forbid(unsafe_code)]
 
@@ -119,6 +120,13 @@ pub trait Store: Send + Sync + 'static {
     fn txns_by_batch(&self, tid: &str, batch_no: u32) -> Result<Vec<TxnRow>, StoreError>;
     /// Rows whose clearing date is on or after `clearing_date` (`YYYYMMDD`), oldest first.
     fn txns_since(&self, clearing_date: &str) -> Result<Vec<TxnRow>, StoreError>;
+    /// The terminal batches (TID, batch) with rows cleared on `from` up to but not including
+    /// `to` (`YYYYMMDD`), each with the last such clearing date.
+    fn batches_cleared(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<(String, u32, String)>, StoreError>;
     fn txns_in_state(&self, state: TxnState) -> Result<Vec<TxnRow>, StoreError>;
     fn events(&self, txn_id: i64) -> Result<Vec<EventRow>, StoreError>;
     fn reversal(&self, txn_id: i64) -> Result<Option<SafItem>, StoreError>;

@@ -371,6 +371,23 @@ impl Store for SqliteStore {
         self.txns_where("clearing_date >= ?1 ORDER BY id", &[&clearing_date])
     }
 
+    fn batches_cleared(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<(String, u32, String)>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT tid, batch_no, MAX(clearing_date) FROM transactions
+                 WHERE clearing_date >= ?1 AND clearing_date < ?2
+                 GROUP BY tid, batch_no ORDER BY tid, batch_no",
+            )?;
+            let rows =
+                statement.query_map([from, to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     fn txns_in_state(&self, state: TxnState) -> Result<Vec<TxnRow>, StoreError> {
         if state == TxnState::InFlight {
             // The literal lets the partial index `transactions_in_flight` answer.

@@ -22,6 +22,11 @@ fn every_read_runs(db: &Db) {
     assert!(s.txn_by_rrn("1").unwrap().is_none());
     assert!(s.txns_by_batch("1", 1).unwrap().is_empty());
     assert!(s.txns_since("20261123").unwrap().is_empty());
+    assert!(
+        s.batches_cleared("20261101", "20261123")
+            .unwrap()
+            .is_empty()
+    );
     assert!(s.txns_in_state(TxnState::Approved).unwrap().is_empty());
     assert!(s.events(1).unwrap().is_empty());
     assert!(s.reversal(1).unwrap().is_none());

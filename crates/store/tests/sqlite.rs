@@ -590,7 +590,47 @@ fn a_busy_card_reads_its_newest_transactions(db: &Db) {
     );
 }
 
+fn batches_are_listed_with_their_last_clearing_date(db: &Db) {
+    let store = db.open();
+    provision(&store);
+    let rows = [
+        (1, 1, 1, "20261101"),
+        (2, 1, 2, "20261103"),
+        (3, 2, 1, "20261104"),
+        // Outside the span on either side: before it, and on its end date.
+        (4, 3, 1, "20261031"),
+        (5, 4, 1, "20261105"),
+        (6, 2, 2, "20261105"),
+    ];
+    let records = rows
+        .iter()
+        .map(|&(id, batch_no, stan, date)| {
+            Record::InsertTxn(Box::new(TxnRow {
+                batch_no,
+                clearing_date: date.into(),
+                ..txn(id, stan)
+            }))
+        })
+        .collect();
+    store.submit(records).unwrap().wait().unwrap();
+    let batches = store.batches_cleared("20261101", "20261105").unwrap();
+    assert_eq!(
+        batches,
+        [
+            ("10000001".to_owned(), 1, "20261103".to_owned()),
+            ("10000001".to_owned(), 2, "20261104".to_owned()),
+        ]
+    );
+    assert!(
+        store
+            .batches_cleared("20261106", "20261110")
+            .unwrap()
+            .is_empty()
+    );
+}
+
 on_both!(
+    batches_are_listed_with_their_last_clearing_date,
     a_busy_card_reads_its_newest_transactions,
     dropping_the_store_still_commits_what_was_queued,
     terminals_merchants_and_sign_in_round_trip,

@@ -16,7 +16,7 @@ use crate::clock::LocalTime;
 use crate::config::REFUND_DAYS_MAX;
 use crate::core::*;
 use crate::issuer::{IssuerLink, LinkError};
-use crate::ledger::{Answer, Claim, Entry, TxnKey};
+use crate::ledger::{Answer, Claim, Entry, Known, TxnKey};
 
 pub(crate) fn store_kind(kind: Financial) -> TxnKind {
     match kind {
@@ -363,6 +363,26 @@ impl Core {
         Some(self.ledger.adopt(&row))
     }
 
+    /// What a claim of `key` must see: its entry if held; else, when its terminal batch has
+    /// entries the index let go, the rows under its TID + batch + STAN read from the store and
+    /// adopted. The caller keeps what this returns until it has claimed, so that nothing found
+    /// is forgotten in between. `None` if the store could not be read: the caller answers 96
+    /// rather than risk a second debit.
+    async fn recall(&self, key: &TxnKey) -> Option<Vec<Arc<Entry>>> {
+        match self.ledger.known(key) {
+            Known::Held(entry) => Some(vec![entry]),
+            Known::New => Some(Vec::new()),
+            Known::MaybeStored => {
+                let (tid, batch_no, stan) = (key.tid.clone(), key.batch_no, key.stan);
+                let rows = self
+                    .read_store(move |store| store.txns_by_key(&tid, batch_no, stan))
+                    .await?
+                    .ok()?;
+                Some(rows.iter().map(|row| self.ledger.adopt(row)).collect())
+            }
+        }
+    }
+
     /// The linked-transaction rules (PROTOCOL.md). On success the original is marked busy (a
     /// void or completion) or the refund amount reserved, so a concurrent twin cannot pass too.
     fn check_link(
@@ -538,6 +558,16 @@ impl Core {
             issuer_name.clone(),
             None,
         );
+        // Kept until the claim, so that what it recalled is not forgotten in between.
+        let Some(_recalled) = self.recall(&entry.key).await else {
+            return self.reply(
+                ctx.frame,
+                Some(&ctx.terminal),
+                &Answer::code(RC_SYSTEM_ERROR),
+                None,
+                |_| Ok(()),
+            );
+        };
         let entry = match self.ledger.claim(entry) {
             Claim::New(entry) => entry,
             Claim::Retry(entry) => return self.answer_retry(ctx, entry).await,
@@ -959,11 +989,45 @@ impl Core {
         // An original whose row never reached the journal was answered 96 before it could
         // reach an issuer: for the journal there is nothing to reverse, and a reversal that
         // named it would be refused by its foreign key for ever, the terminal resending it.
+        // Both keys: the original's and this reversal's own, each may be held or let go.
+        let (Some(_recalled), Some(_recalled_own)) = (
+            self.recall(&original_key).await,
+            self.recall(&ctx.key).await,
+        ) else {
+            return self.reply(
+                ctx.frame,
+                Some(&ctx.terminal),
+                &Answer::code(RC_SYSTEM_ERROR),
+                None,
+                |_| Ok(()),
+            );
+        };
         let named = self.ledger.by_key(&original_key);
         let unrecorded = named.as_ref().is_some_and(|o| o.is_unrecorded());
         // Another merchant's (a terminal moved between merchants) is not found, as for
         // linked requests (`find_original`).
         let original = named.filter(|o| !unrecorded && o.mid == ctx.terminal.mid);
+        // A reversed refund, void or completion gives its own original back what it took
+        // (`unlink`): held here, read from the store if the index has let it go.
+        let linked = original.as_ref().and_then(|o| o.live().linked_original);
+        let _linked = match linked {
+            Some(id) => match self.ledger.by_id(id) {
+                Some(entry) => Some(entry),
+                None => match self.read_store(move |store| store.txn(id)).await {
+                    Some(Ok(row)) => row.map(|row| self.ledger.adopt(&row)),
+                    Some(Err(_)) | None => {
+                        return self.reply(
+                            ctx.frame,
+                            Some(&ctx.terminal),
+                            &Answer::code(RC_SYSTEM_ERROR),
+                            None,
+                            |_| Ok(()),
+                        );
+                    }
+                },
+            },
+            None => None,
+        };
         let entry = self.new_entry(
             ctx,
             id,

@@ -221,8 +221,14 @@ impl Switch {
         }
         recover_in_doubt(store.as_ref(), clock.now_ms(), Some(config.node_id)).await?;
         let ledger = Ledger::default();
-        for row in store.txns_since(&ledger::kept_since(clock.now_ms()).yyyymmdd())? {
+        let held_since = ledger::held_since(clock.now_ms()).yyyymmdd();
+        for row in store.txns_since(&held_since)? {
             ledger.adopt(&row);
+        }
+        let marked_since = ledger::marked_since(clock.now_ms()).yyyymmdd();
+        for (tid, batch_no, last_date) in store.batches_cleared(&marked_since, &held_since)? {
+            let day = crate::clock::day_number_of(&last_date).unwrap_or(i64::MIN);
+            ledger.mark_older(&tid, batch_no, day);
         }
         let first_trace = store.reserve("host_trace", SEQUENCE_BLOCK)?.await?;
         let risk_gate = risk::RiskGate::load(

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use common::*;
 use store::{SafState, TxnKind, TxnState};
+use switch::Clock;
 
 const RUNTIME: fn() -> tokio::runtime::Runtime = || {
     tokio::runtime::Builder::new_multi_thread()
@@ -118,6 +119,73 @@ fn retried_purchase_is_debited_once_and_different_content_is_94() {
         let other = Req::purchase(&pan, 501, 7);
         assert_eq!(t.send(&other).await.code(), "94");
         assert_eq!(h.log.requests.load(Ordering::SeqCst), 2);
+    });
+}
+
+/// The in-memory index holds two days; the month before is in the store. Three days on, after
+/// a restart (which loads only the two days), requests under old keys and about old originals
+/// are answered as they were while the index held everything.
+#[test]
+fn days_later_old_keys_are_answered_from_the_store() {
+    RUNTIME().block_on(async {
+        let mut h = Harness::new().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let pan = card("622202");
+        let purchase = Req::purchase(&pan, 500, 7);
+        let first = t.send(&purchase).await;
+        assert_eq!(first.code(), "00");
+        let refundable = t.send(&Req::purchase(&pan, 800, 8)).await;
+        let refundable_rrn = refundable.text(37).unwrap();
+        let bought_on = switch::LocalTime::from_ms(h.clock.now_ms()).mmdd();
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), 2);
+
+        h.stop().await;
+        h.clock.shift_days(3);
+        h.start().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+
+        // The same request again (batch 1 is still open): the first answer, no second debit.
+        let again = t.send(&purchase).await;
+        assert_eq!(again.code(), "00");
+        assert_eq!(again.text(37), first.text(37));
+        assert_eq!(again.text(38), first.text(38));
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), 2, "debited again");
+        // Other content under the old key: 94.
+        assert_eq!(t.send(&Req::purchase(&pan, 501, 7)).await.code(), "94");
+        // Its reversal, three days late: the original is from another day, 25, not "not
+        // found" (00), and nothing goes to the issuer.
+        assert_eq!(t.send(&Req::reversal_of(&purchase)).await.code(), "25");
+        assert_eq!(
+            h.store
+                .txn_by_rrn(&first.text(37).unwrap())
+                .unwrap()
+                .unwrap()
+                .state,
+            TxnState::Approved
+        );
+
+        // A refund of the old purchase; the switch restarts before the terminal hears back,
+        // and the terminal reverses the refund: the purchase gets its amount back, though
+        // the index holds only the refund.
+        let refund = Req::refund(&pan, 800, 9, &refundable_rrn, &bought_on);
+        assert_eq!(t.send(&refund).await.code(), "00");
+        h.stop().await;
+        h.start().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        assert_eq!(t.send(&Req::reversal_of(&refund)).await.code(), "00");
+        assert_eq!(
+            h.store
+                .txn_by_rrn(&refundable_rrn)
+                .unwrap()
+                .unwrap()
+                .refunded_fen,
+            0
+        );
+        let refund_again = Req::refund(&pan, 800, 10, &refundable_rrn, &bought_on);
+        assert_eq!(t.send(&refund_again).await.code(), "00");
     });
 }
 

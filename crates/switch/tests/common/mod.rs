@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +16,9 @@ use paycrypto::{
     SoftHsm, WorkingKeys,
 };
 use store::{MerchantRow, PgConfig, PgStore, Record, SqliteConfig, SqliteStore, Status, Store};
-use switch::{IssuerEndpoint, Switch, SwitchConfig, SwitchHandle, SystemClock, TerminalSpec};
+use switch::{
+    Clock, IssuerEndpoint, Switch, SwitchConfig, SwitchHandle, SystemClock, TerminalSpec,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -157,8 +159,30 @@ pub fn open_test_store(dir: &std::path::Path) -> Arc<dyn Store> {
     Arc::new(SqliteStore::open(&SqliteConfig::new(dir.join("s.db"))).unwrap())
 }
 
+/// The system's time moved on by whole days, as a test wants it.
+#[derive(Default)]
+pub struct ShiftedClock {
+    offset_ms: AtomicI64,
+}
+
+impl ShiftedClock {
+    pub fn shift_days(&self, days: i64) {
+        self.offset_ms
+            .fetch_add(days * 86_400_000, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ShiftedClock {
+    fn now_ms(&self) -> i64 {
+        SystemClock.now_ms() + self.offset_ms.load(Ordering::SeqCst)
+    }
+}
+
 pub struct Harness {
     pub dir: tempfile::TempDir,
+    /// What the switch reads the time from; a restart after [`ShiftedClock::shift_days`]
+    /// starts it days later.
+    pub clock: Arc<ShiftedClock>,
     pub store: Arc<dyn Store>,
     pub hsm: Arc<SoftHsm>,
     pub zpk: KeyHandle,
@@ -235,6 +259,7 @@ impl Harness {
             .unwrap();
         let mut harness = Harness {
             dir,
+            clock: Arc::default(),
             store,
             hsm,
             zpk,
@@ -269,7 +294,7 @@ impl Harness {
             Arc::clone(&self.store) as Arc<dyn Store>,
             Arc::clone(&self.hsm) as Arc<dyn Hsm>,
             Arc::clone(&self.directory),
-            Arc::new(SystemClock),
+            Arc::clone(&self.clock) as Arc<dyn Clock>,
         )
         .await
         .unwrap();
