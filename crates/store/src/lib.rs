@@ -25,7 +25,7 @@ pub mod web;
 
 pub use error::StoreError;
 pub use model::{
-    EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
+    BatchSpan, EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
     TerminalHealthRow, TerminalRow, TxnKind, TxnRow, TxnState, TxnTally, WrappedKeys,
 };
 pub use pending::{Durable, Pending};
@@ -120,13 +120,9 @@ pub trait Store: Send + Sync + 'static {
     fn txns_by_batch(&self, tid: &str, batch_no: u32) -> Result<Vec<TxnRow>, StoreError>;
     /// Rows whose clearing date is on or after `clearing_date` (`YYYYMMDD`), oldest first.
     fn txns_since(&self, clearing_date: &str) -> Result<Vec<TxnRow>, StoreError>;
-    /// The terminal batches (TID, batch) with rows cleared on `from` up to but not including
-    /// `to` (`YYYYMMDD`), each with the last such clearing date.
-    fn batches_cleared(
-        &self,
-        from: &str,
-        to: &str,
-    ) -> Result<Vec<(String, u32, String)>, StoreError>;
+    /// The terminal batches with rows cleared on `from` up to but not including `to`
+    /// (`YYYYMMDD`), each with the last such clearing date and its rows' range of STANs.
+    fn batches_cleared(&self, from: &str, to: &str) -> Result<Vec<BatchSpan>, StoreError>;
     fn txns_in_state(&self, state: TxnState) -> Result<Vec<TxnRow>, StoreError>;
     fn events(&self, txn_id: i64) -> Result<Vec<EventRow>, StoreError>;
     fn reversal(&self, txn_id: i64) -> Result<Option<SafItem>, StoreError>;

@@ -244,6 +244,17 @@ pub struct TxnTally {
     pub amount_fen: i64,
 }
 
+/// A terminal batch's transactions over a span of clearing dates: the last such date and the
+/// range of their STANs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchSpan {
+    pub tid: String,
+    pub batch_no: u32,
+    pub last_clearing_date: String,
+    pub stan_min: u32,
+    pub stan_max: u32,
+}
+
 /// One line of a transaction's timeline ("approved by ICBC at 14:02:11").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventRow {

@@ -24,7 +24,7 @@ use crate::error::StoreError;
 use crate::group::{Completion, Job, Output, completion, replace_with_failure};
 #[allow(unused_imports)]
 use crate::model::{
-    EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
+    BatchSpan, EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
     TerminalHealthRow, TerminalRow, TxnKind, TxnRow, TxnState, WrappedKeys,
 };
 use crate::pending::{Durable, Pending};

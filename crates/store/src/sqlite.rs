@@ -20,7 +20,7 @@ use crate::Store;
 use crate::error::StoreError;
 use crate::group::{Completion, Job, Output, completion, replace_with_failure};
 use crate::model::{
-    EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
+    BatchSpan, EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
     TerminalHealthRow, TerminalRow, TxnKind, TxnRow, TxnState, WrappedKeys,
 };
 use crate::pending::{Durable, Pending};
@@ -371,19 +371,22 @@ impl Store for SqliteStore {
         self.txns_where("clearing_date >= ?1 ORDER BY id", &[&clearing_date])
     }
 
-    fn batches_cleared(
-        &self,
-        from: &str,
-        to: &str,
-    ) -> Result<Vec<(String, u32, String)>, StoreError> {
+    fn batches_cleared(&self, from: &str, to: &str) -> Result<Vec<BatchSpan>, StoreError> {
         self.read(|conn| {
             let mut statement = conn.prepare_cached(
-                "SELECT tid, batch_no, MAX(clearing_date) FROM transactions
+                "SELECT tid, batch_no, MAX(clearing_date), MIN(stan), MAX(stan) FROM transactions
                  WHERE clearing_date >= ?1 AND clearing_date < ?2
                  GROUP BY tid, batch_no ORDER BY tid, batch_no",
             )?;
-            let rows =
-                statement.query_map([from, to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let rows = statement.query_map([from, to], |r| {
+                Ok(BatchSpan {
+                    tid: r.get(0)?,
+                    batch_no: r.get(1)?,
+                    last_clearing_date: r.get(2)?,
+                    stan_min: r.get(3)?,
+                    stan_max: r.get(4)?,
+                })
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }

@@ -12,8 +12,8 @@ mod backend;
 use backend::Db;
 
 use store::{
-    EventRow, MerchantRow, Outcome, PanAtRest, Record, SafState, SqliteConfig, SqliteStore, Status,
-    Store, StoreError, TerminalRow, TxnKind, TxnRow, TxnState, WrappedKeys,
+    BatchSpan, EventRow, MerchantRow, Outcome, PanAtRest, Record, SafState, SqliteConfig,
+    SqliteStore, Status, Store, StoreError, TerminalRow, TxnKind, TxnRow, TxnState, WrappedKeys,
 };
 
 fn merchant() -> MerchantRow {
@@ -614,12 +614,16 @@ fn batches_are_listed_with_their_last_clearing_date(db: &Db) {
         .collect();
     store.submit(records).unwrap().wait().unwrap();
     let batches = store.batches_cleared("20261101", "20261105").unwrap();
+    let span = |batch_no, last: &str, stan_min, stan_max| BatchSpan {
+        tid: "10000001".into(),
+        batch_no,
+        last_clearing_date: last.into(),
+        stan_min,
+        stan_max,
+    };
     assert_eq!(
         batches,
-        [
-            ("10000001".to_owned(), 1, "20261103".to_owned()),
-            ("10000001".to_owned(), 2, "20261104".to_owned()),
-        ]
+        [span(1, "20261103", 1, 2), span(2, "20261104", 1, 1)]
     );
     assert!(
         store

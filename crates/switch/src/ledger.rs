@@ -239,9 +239,10 @@ pub(crate) enum Known {
     /// Its entry, held for the caller: it cannot be forgotten while the caller keeps it.
     Held(Arc<Entry>),
     /// Not held, but its terminal batch had entries the index no longer holds (or never
-    /// loaded): the store may have it.
+    /// loaded) over a range of STANs that takes its own: the store may have it.
     MaybeStored,
-    /// Not held, and nothing of its terminal batch within [`marked_since`] was let go: new.
+    /// Not held, and nothing of its terminal batch within [`marked_since`] under its STAN was
+    /// let go: new.
     New,
 }
 
@@ -253,13 +254,23 @@ struct Maps {
     /// (day, id) of every entry in the order it came in, for forgetting.
     order: VecDeque<(i64, i64)>,
     /// Terminal batches with entries not held (forgotten, or older than a start loads), by a
-    /// hash of (TID, batch): the last clearing day of such an entry. A hash shared by two
-    /// batches costs a needless read of the store, never a wrong answer. About 20 bytes a
-    /// batch, against about 0.9 KB an entry.
-    older: HashMap<u64, i64>,
+    /// hash of (TID, batch). A hash shared by two batches costs a needless read of the store,
+    /// never a wrong answer. About 30 bytes a batch, against about 1.2 KB an entry.
+    older: HashMap<u64, Mark>,
     /// (day, batch hash) of each mark in the order it was made, for letting marks go.
     older_order: VecDeque<(i64, u64)>,
     hasher: RandomState,
+}
+
+/// What the index knows of a terminal batch's entries it does not hold.
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    /// The last clearing day of such an entry: the mark goes when that day is no longer kept.
+    last_day: i64,
+    /// The lowest and highest STAN among them. A terminal numbers its requests upwards, so
+    /// its next request's STAN is above them and costs no read of the store.
+    stan_min: u32,
+    stan_max: u32,
 }
 
 impl Maps {
@@ -267,16 +278,26 @@ impl Maps {
         self.hasher.hash_one((tid, batch_no))
     }
 
-    fn mark_older(&mut self, tid: &str, batch_no: u32, day: i64) {
+    fn mark_older(&mut self, tid: &str, batch_no: u32, day: i64, stans: (u32, u32)) {
         let hash = self.batch_hash(tid, batch_no);
+        let (stan_min, stan_max) = stans;
         match self.older.entry(hash) {
             MapEntry::Vacant(vacant) => {
-                vacant.insert(day);
+                vacant.insert(Mark {
+                    last_day: day,
+                    stan_min,
+                    stan_max,
+                });
             }
-            MapEntry::Occupied(mut last) if *last.get() < day => {
-                last.insert(day);
+            MapEntry::Occupied(mut mark) => {
+                let mark = mark.get_mut();
+                mark.stan_min = mark.stan_min.min(stan_min);
+                mark.stan_max = mark.stan_max.max(stan_max);
+                if mark.last_day >= day {
+                    return;
+                }
+                mark.last_day = day;
             }
-            MapEntry::Occupied(_) => return,
         }
         self.older_order.push_back((day, hash));
     }
@@ -414,7 +435,13 @@ impl Ledger {
                 };
                 match Self::forget(&mut maps, id) {
                     Some(entry) => {
-                        maps.mark_older(&entry.key.tid, entry.key.batch_no, entry.clearing_day);
+                        let stan = entry.key.stan;
+                        maps.mark_older(
+                            &entry.key.tid,
+                            entry.key.batch_no,
+                            entry.clearing_day,
+                            (stan, stan),
+                        );
                         forgotten += 1;
                     }
                     None if maps.by_id.contains_key(&id) => busy.push((day, id)),
@@ -444,7 +471,7 @@ impl Ledger {
                     break;
                 };
                 // A later mark of the same batch has its own place further on.
-                if maps.older.get(&hash) == Some(&day) {
+                if maps.older.get(&hash).is_some_and(|m| m.last_day == day) {
                     maps.older.remove(&hash);
                 }
             }
@@ -489,19 +516,16 @@ impl Ledger {
         if let Some(entry) = maps.by_key.get(key) {
             return Known::Held(Arc::clone(entry));
         }
-        if maps
-            .older
-            .contains_key(&maps.batch_hash(&key.tid, key.batch_no))
-        {
-            Known::MaybeStored
-        } else {
-            Known::New
+        match maps.older.get(&maps.batch_hash(&key.tid, key.batch_no)) {
+            Some(mark) if (mark.stan_min..=mark.stan_max).contains(&key.stan) => Known::MaybeStored,
+            Some(_) | None => Known::New,
         }
     }
 
-    /// Marks a terminal batch as having entries of `day` that a start did not load.
-    pub fn mark_older(&self, tid: &str, batch_no: u32, day: i64) {
-        self.maps().mark_older(tid, batch_no, day);
+    /// Marks a terminal batch as having entries up to `day`, with STANs from `stans.0` to
+    /// `stans.1`, that a start did not load.
+    pub fn mark_older(&self, tid: &str, batch_no: u32, day: i64, stans: (u32, u32)) {
+        self.maps().mark_older(tid, batch_no, day, stans);
     }
 
     pub fn by_key(&self, key: &TxnKey) -> Option<Arc<Entry>> {
@@ -601,46 +625,56 @@ mod tests {
     }
 
     #[test]
-    fn a_forgotten_entry_marks_its_batch_until_the_marks_go() {
+    fn a_forgotten_entry_marks_its_batch_and_stans_until_the_marks_go() {
         let ledger = Ledger::default();
-        approve(&claimed(&ledger, 1, "20260101"));
-        approve(&claimed(&ledger, 2, "20260115"));
-        // Another STAN of the same batch, never seen: the store may still have it.
-        let other_stan = key("10000001", 1, 99);
-        assert!(matches!(ledger.known(&other_stan), Known::New));
+        approve(&claimed(&ledger, 3, "20260101"));
+        approve(&claimed(&ledger, 5, "20260115"));
+        let between = key("10000001", 1, 4);
+        assert!(matches!(ledger.known(&between), Known::New));
         assert!(matches!(
-            ledger.known(&key("10000001", 1, 1)),
-            Known::Held(e) if e.id == 1
+            ledger.known(&key("10000001", 1, 3)),
+            Known::Held(e) if e.id == 3
         ));
 
         assert_eq!(ledger.forget_before(day("20260201"), day("20251201")), 2);
-        for stan in [1, 2, 99] {
+        // STANs 3 to 5 of the batch may be in the store, the one between them too.
+        for stan in [3, 4, 5] {
             assert!(matches!(
                 ledger.known(&key("10000001", 1, stan)),
                 Known::MaybeStored
             ));
         }
+        // Above them (the terminal's next request) or below: new, no read.
+        for stan in [2, 6, 999_999] {
+            assert!(matches!(
+                ledger.known(&key("10000001", 1, stan)),
+                Known::New
+            ));
+        }
         // Another batch of the terminal, and another terminal: nothing was let go there.
-        assert!(matches!(ledger.known(&key("10000001", 2, 1)), Known::New));
-        assert!(matches!(ledger.known(&key("10000002", 1, 1)), Known::New));
+        assert!(matches!(ledger.known(&key("10000001", 2, 3)), Known::New));
+        assert!(matches!(ledger.known(&key("10000002", 1, 3)), Known::New));
 
         // The mark lasts as long as the batch's last forgotten day is kept: the 15th.
         assert_eq!(ledger.forget_before(day("20260201"), day("20260110")), 0);
-        assert!(matches!(ledger.known(&other_stan), Known::MaybeStored));
+        assert!(matches!(ledger.known(&between), Known::MaybeStored));
         assert_eq!(ledger.forget_before(day("20260201"), day("20260116")), 0);
-        assert!(matches!(ledger.known(&other_stan), Known::New));
+        assert!(matches!(ledger.known(&between), Known::New));
     }
 
     #[test]
     fn a_start_marks_the_batches_it_does_not_load() {
         let ledger = Ledger::default();
-        ledger.mark_older("10000001", 7, day("20260110"));
-        ledger.mark_older("10000001", 7, day("20260105"));
-        assert!(matches!(
-            ledger.known(&key("10000001", 7, 3)),
-            Known::MaybeStored
-        ));
-        // The later day counts: an earlier mark does not shorten it.
+        ledger.mark_older("10000001", 7, day("20260110"), (10, 20));
+        ledger.mark_older("10000001", 7, day("20260105"), (1, 5));
+        // The ranges join; the later day counts, an earlier mark does not shorten it.
+        for stan in [1, 7, 20] {
+            assert!(matches!(
+                ledger.known(&key("10000001", 7, stan)),
+                Known::MaybeStored
+            ));
+        }
+        assert!(matches!(ledger.known(&key("10000001", 7, 21)), Known::New));
         assert_eq!(ledger.forget_before(i64::MIN, day("20260108")), 0);
         assert!(matches!(
             ledger.known(&key("10000001", 7, 3)),

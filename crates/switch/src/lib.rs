@@ -226,9 +226,15 @@ impl Switch {
             ledger.adopt(&row);
         }
         let marked_since = ledger::marked_since(clock.now_ms()).yyyymmdd();
-        for (tid, batch_no, last_date) in store.batches_cleared(&marked_since, &held_since)? {
-            let day = crate::clock::day_number_of(&last_date).unwrap_or(i64::MIN);
-            ledger.mark_older(&tid, batch_no, day);
+        for batch in store.batches_cleared(&marked_since, &held_since)? {
+            // The store writes only valid dates; a mark without one goes at the next pass.
+            let day = crate::clock::day_number_of(&batch.last_clearing_date).unwrap_or(i64::MIN);
+            ledger.mark_older(
+                &batch.tid,
+                batch.batch_no,
+                day,
+                (batch.stan_min, batch.stan_max),
+            );
         }
         let first_trace = store.reserve("host_trace", SEQUENCE_BLOCK)?.await?;
         let risk_gate = risk::RiskGate::load(
