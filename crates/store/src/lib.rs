@@ -123,6 +123,8 @@ pub trait Store: Send + Sync + 'static {
     /// The terminal batches with rows cleared on `from` up to but not including `to`
     /// (`YYYYMMDD`), each with the last such clearing date and its rows' range of STANs.
     fn batches_cleared(&self, from: &str, to: &str) -> Result<Vec<BatchSpan>, StoreError>;
+    /// The lowest and highest STAN of a terminal batch's rows; `None` if it has none.
+    fn stans_of_batch(&self, tid: &str, batch_no: u32) -> Result<Option<(u32, u32)>, StoreError>;
     fn txns_in_state(&self, state: TxnState) -> Result<Vec<TxnRow>, StoreError>;
     fn events(&self, txn_id: i64) -> Result<Vec<EventRow>, StoreError>;
     fn reversal(&self, txn_id: i64) -> Result<Option<SafItem>, StoreError>;

@@ -391,6 +391,18 @@ impl Store for SqliteStore {
         })
     }
 
+    fn stans_of_batch(&self, tid: &str, batch_no: u32) -> Result<Option<(u32, u32)>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT MIN(stan), MAX(stan) FROM transactions WHERE tid = ?1 AND batch_no = ?2",
+            )?;
+            let params: &[&dyn rusqlite::ToSql] = &[&tid, &batch_no];
+            let (min, max): (Option<u32>, Option<u32>) =
+                statement.query_row(params, |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(min.zip(max))
+        })
+    }
+
     fn txns_in_state(&self, state: TxnState) -> Result<Vec<TxnRow>, StoreError> {
         if state == TxnState::InFlight {
             // The literal lets the partial index `transactions_in_flight` answer.

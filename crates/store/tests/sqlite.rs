@@ -631,6 +631,9 @@ fn batches_are_listed_with_their_last_clearing_date(db: &Db) {
             .unwrap()
             .is_empty()
     );
+    assert_eq!(store.stans_of_batch("10000001", 1).unwrap(), Some((1, 2)));
+    assert_eq!(store.stans_of_batch("10000001", 2).unwrap(), Some((1, 2)));
+    assert_eq!(store.stans_of_batch("10000001", 5).unwrap(), None);
 }
 
 on_both!(

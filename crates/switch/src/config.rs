@@ -81,6 +81,11 @@ pub struct SwitchConfig {
     pub saf_interval: Duration,
     /// How long a claimed reversal is left alone before another attempt may claim it.
     pub saf_lease: Duration,
+    /// How long a retried request waits for its first attempt's answer before it reads the
+    /// journal. A first attempt taken here is answered within its issuer's timeout; one taken
+    /// by another node (several nodes, one journal) is answered there, and this node learns
+    /// the answer from the journal only.
+    pub retry_wait: Duration,
     /// Requests worked on at once across all terminal connections (at most
     /// `REQUESTS_IN_FLIGHT_MAX`); beyond it they are answered 96 at once.
     pub requests_in_flight: usize,
@@ -109,6 +114,7 @@ impl SwitchConfig {
             journal: true,
             saf_interval: Duration::from_millis(200),
             saf_lease: Duration::from_secs(30),
+            retry_wait: Duration::from_secs(30),
             requests_in_flight: REQUESTS_IN_FLIGHT_MAX,
             risk_rules: std::sync::Arc::new(risk::RuleBook::empty()),
             risk_refresh: Duration::from_secs(1),

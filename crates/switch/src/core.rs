@@ -463,6 +463,26 @@ impl Core {
                 let _ = self.hsm.delete_key(handle);
             }
         }
+        // Several nodes on one journal: another node may have served this batch before the
+        // terminal came here (a node died, or the balancer moved it). Its STANs so far are
+        // marked, so that a retry or a reversal here reads what that node recorded instead of
+        // taking the request for new. The terminal's next STANs are above them: no read.
+        let tid = terminal.tid.clone();
+        match self
+            .read_store(move |store| store.stans_of_batch(&tid, batch_no))
+            .await
+        {
+            Some(Ok(Some(stans))) => {
+                let today = self.clearing_day(now_ms).day_number;
+                self.ledger
+                    .mark_older(&terminal.tid, batch_no, today, stans);
+            }
+            Some(Ok(None)) => {}
+            Some(Err(_)) | None => {
+                tracing::warn!(tid = %terminal.tid, "cannot read the batch's STANs at sign-in");
+                return self.system_error(frame);
+            }
+        }
         tracing::info!(tid = %terminal.tid, scheme = scheme.code(), batch_no, "signed in");
         let rrn = self.next_rrn().await.ok();
         self.reply(

@@ -259,7 +259,10 @@ impl Core {
 
     /// Answers a retry with what the first request got (waiting if it is still in progress).
     async fn answer_retry(&self, ctx: &Ctx<'_>, entry: Arc<Entry>) -> Option<Vec<u8>> {
-        let answer = entry.wait_answer().await;
+        let answer = match tokio::time::timeout(self.config.retry_wait, entry.wait_answer()).await {
+            Ok(answer) => answer,
+            Err(_) => self.answer_of_journal(&entry).await,
+        };
         tracing::info!(tid = %ctx.key.tid, stan = ctx.key.stan, "retried request answered from the journal");
         self.reply(
             ctx.frame,
@@ -268,6 +271,35 @@ impl Core {
             entry.rrn.as_deref(),
             |_| Ok(()),
         )
+    }
+
+    /// The answer the journal holds for `entry`, read after a retry waited
+    /// `SwitchConfig::retry_wait` in vain: the first request went to another node (several nodes,
+    /// one journal), whose answer reaches this node's index only through the journal. Still
+    /// unanswered there: 98, and the terminal reverses it, as after any timeout.
+    async fn answer_of_journal(&self, entry: &Entry) -> Answer {
+        let id = entry.id;
+        let row = self.read_store(move |store| store.txn(id)).await;
+        let Some(Ok(Some(row))) = row else {
+            return Answer::code(RC_SYSTEM_ERROR);
+        };
+        let code = row
+            .response_code
+            .as_deref()
+            .and_then(|code| <[u8; 2]>::try_from(code.as_bytes()).ok());
+        match code {
+            Some(code) => {
+                let answer = Answer {
+                    response_code: code,
+                    auth_code: row.auth_code,
+                    settlement_date: row.settlement_date,
+                    balance: None,
+                };
+                entry.answer(answer.clone(), row.state);
+                answer
+            }
+            None => Answer::code(RC_ISSUER_TIMEOUT),
+        }
     }
 
     /// Records a request refused by the switch itself, then answers it.

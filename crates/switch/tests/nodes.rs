@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{IssuerLog, MID, Req, TMK_HEX, Terminal, card, new_hsm, start_issuer};
+use common::{IssuerLog, MID, Req, SILENT_AMOUNT, TMK_HEX, Terminal, card, new_hsm, start_issuer};
 use domain::IssuerDirectory;
 use paycrypto::{Hsm, KeyAlgorithm, KeyHandle, KeyScheme, KeyUsage, MacAlgorithm, SoftHsm};
 use store::{MerchantRow, PgConfig, PgStore, Record, SafState, Status, Store, TxnState};
@@ -73,6 +73,7 @@ async fn start_node(
     switch_config.default_issuer = Some("SIM".to_owned());
     switch_config.saf_interval = Duration::from_millis(50);
     switch_config.saf_lease = Duration::from_millis(500);
+    switch_config.retry_wait = Duration::from_secs(1);
     let started = runtime.spawn(Switch::start(
         switch_config,
         Arc::clone(&store) as Arc<dyn Store>,
@@ -174,6 +175,86 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
         assert_eq!(traces.len(), journal.len(), "a host trace used twice");
         let ids: HashSet<i64> = journal.iter().map(|t| t.id).collect();
         assert_eq!(ids.len(), journal.len());
+
+        // The balancer moves terminal A to node B, which never saw its batch: a retry of a
+        // request node A answered gets node A's answer (no second debit), and its reversal
+        // finds the original.
+        let pan = card("622202");
+        let moved = Req::purchase(&pan, 3_000, 201);
+        let mut on_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
+        assert_eq!(on_a.sign_in().await.code(), "00");
+        let first = on_a.send(&moved).await;
+        assert_eq!(first.code(), "00");
+        drop(on_a);
+        let debits = log.requests.load(Ordering::SeqCst);
+        let mut on_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
+        assert_eq!(on_b.sign_in().await.code(), "00");
+        let again = on_b.send(&moved).await;
+        assert_eq!(again.code(), "00");
+        assert_eq!(again.text(37), first.text(37), "node B debited again");
+        assert_eq!(log.requests.load(Ordering::SeqCst), debits);
+        assert_eq!(
+            on_b.send(&Req::purchase(&pan, 3_001, 201)).await.code(),
+            "94"
+        );
+        // A new request on node B is served as usual.
+        assert_eq!(
+            on_b.send(&Req::purchase(&pan, 3_002, 202)).await.code(),
+            "00"
+        );
+        assert_eq!(on_b.send(&Req::reversal_of(&moved)).await.code(), "00");
+        let moved_rrn = first.text(37).unwrap();
+        let store = Arc::clone(&b.store);
+        let reversed_at_issuer = eventually(10, || {
+            store
+                .txn_by_rrn(&moved_rrn)
+                .unwrap()
+                .and_then(|row| store.reversal(row.id).unwrap())
+                .is_some_and(|item| item.state == SafState::Acked)
+        })
+        .await;
+        assert!(reversed_at_issuer, "the moved purchase was not reversed");
+        drop(on_b);
+
+        // Moved while node A still waits for the issuer: node B's retry waits, then answers
+        // what node A recorded (its timeout, 98), without a second request to the issuer.
+        let slow = Req::purchase(&pan, SILENT_AMOUNT, 301);
+        let mut on_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
+        assert_eq!(on_a.sign_in().await.code(), "00");
+        let on_a_bytes = on_a.encode(&slow, false);
+        let debits = log.requests.load(Ordering::SeqCst);
+        let waiting_on_a = tokio::spawn(async move { on_a.exchange(&on_a_bytes).await.code() });
+        let store = Arc::clone(&b.store);
+        let in_flight = eventually(5, || {
+            store
+                .txns_by_key(TID_A, 1, 301)
+                .unwrap()
+                .iter()
+                .any(|row| row.state == TxnState::InFlight)
+        })
+        .await;
+        assert!(in_flight, "node A never journalled the slow purchase");
+        let mut on_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
+        assert_eq!(on_b.sign_in().await.code(), "00");
+        let retried = tokio::time::timeout(Duration::from_secs(10), on_b.send(&slow))
+            .await
+            .expect("node B's retry was never answered");
+        assert_eq!(waiting_on_a.await.unwrap(), "98");
+        assert_eq!(retried.code(), "98");
+        let slow_row = store.txns_by_key(TID_A, 1, 301).unwrap();
+        assert_eq!(slow_row.len(), 1, "node B journalled the retry as new");
+        assert_eq!(retried.text(37), slow_row[0].rrn);
+        assert_eq!(log.requests.load(Ordering::SeqCst), debits + 1);
+        let slow_id = slow_row[0].id;
+        let reversed = eventually(10, || {
+            store
+                .reversal(slow_id)
+                .unwrap()
+                .is_some_and(|item| item.state == SafState::Acked)
+        })
+        .await;
+        assert!(reversed, "the timed-out purchase was not reversed");
+        drop(on_b);
 
         // Node A takes reversals the issuer does not acknowledge, then dies.
         log.answer_reversals.store(false, Ordering::SeqCst);
