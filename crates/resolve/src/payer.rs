@@ -167,18 +167,3 @@ pub fn repeat_payers(
     out.truncate(REPEAT_PAYERS_MAX);
     Ok(out)
 }
-
-/// How many approved payments the card of `row` made at its merchant ("paid here 7 times").
-pub fn payments_by_same_card(store: &dyn Store, row: &TxnRow) -> Result<usize, ResolveError> {
-    let Some(pan) = row.pan.as_ref().filter(|p| !p.fingerprint.is_empty()) else {
-        return Ok(0);
-    };
-    Ok(store
-        .txns_of_card_at(&pan.fingerprint, &row.mid)?
-        .iter()
-        .filter(|r| {
-            matches!(r.kind, TxnKind::Purchase | TxnKind::Completion)
-                && matches!(r.state, TxnState::Approved | TxnState::Completed)
-        })
-        .count())
-}
