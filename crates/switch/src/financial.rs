@@ -257,6 +257,17 @@ impl Core {
         })
     }
 
+    /// Answers `code` alone, under the terminal's MAC.
+    fn reply_code(&self, ctx: &Ctx<'_>, code: [u8; 2]) -> Option<Vec<u8>> {
+        self.reply(
+            ctx.frame,
+            Some(&ctx.terminal),
+            &Answer::code(code),
+            None,
+            |_| Ok(()),
+        )
+    }
+
     /// Answers a retry with what the first request got (waiting if it is still in progress).
     async fn answer_retry(&self, ctx: &Ctx<'_>, entry: Arc<Entry>) -> Option<Vec<u8>> {
         let answer = match tokio::time::timeout(self.config.retry_wait, entry.wait_answer()).await {
@@ -559,13 +570,7 @@ impl Core {
         let request = &ctx.frame.message;
         let kind = store_kind(ctx.kind);
         let Ok(id) = self.next_id().await else {
-            return self.reply(
-                ctx.frame,
-                Some(&ctx.terminal),
-                &Answer::code(RC_SYSTEM_ERROR),
-                None,
-                |_| Ok(()),
-            );
+            return self.reply_code(ctx, RC_SYSTEM_ERROR);
         };
         let rrn = self.next_rrn().await.ok();
         let pan = card(request);
@@ -592,25 +597,13 @@ impl Core {
         );
         // Kept until the claim, so that what it recalled is not forgotten in between.
         let Some(_recalled) = self.recall(&entry.key).await else {
-            return self.reply(
-                ctx.frame,
-                Some(&ctx.terminal),
-                &Answer::code(RC_SYSTEM_ERROR),
-                None,
-                |_| Ok(()),
-            );
+            return self.reply_code(ctx, RC_SYSTEM_ERROR);
         };
         let entry = match self.ledger.claim(entry) {
             Claim::New(entry) => entry,
             Claim::Retry(entry) => return self.answer_retry(ctx, entry).await,
             Claim::Conflict => {
-                return self.reply(
-                    ctx.frame,
-                    Some(&ctx.terminal),
-                    &Answer::code(RC_DUPLICATE),
-                    None,
-                    |_| Ok(()),
-                );
+                return self.reply_code(ctx, RC_DUPLICATE);
             }
         };
         let pan_at_rest = match &pan {
@@ -1006,34 +999,22 @@ impl Core {
     /// found → 00, already reversed or another day → 25, amount differs → 64.
     async fn reversal(self: &Arc<Self>, ctx: &Ctx<'_>) -> Option<Vec<u8>> {
         let Ok(id) = self.next_id().await else {
-            return self.reply(
-                ctx.frame,
-                Some(&ctx.terminal),
-                &Answer::code(RC_SYSTEM_ERROR),
-                None,
-                |_| Ok(()),
-            );
+            return self.reply_code(ctx, RC_SYSTEM_ERROR);
         };
         let original_key = TxnKey {
             reversal: false,
             ..ctx.key.clone()
         };
-        // An original whose row never reached the journal was answered 96 before it could
-        // reach an issuer: for the journal there is nothing to reverse, and a reversal that
-        // named it would be refused by its foreign key for ever, the terminal resending it.
         // Both keys: the original's and this reversal's own, each may be held or let go.
         let (Some(_recalled), Some(_recalled_own)) = (
             self.recall(&original_key).await,
             self.recall(&ctx.key).await,
         ) else {
-            return self.reply(
-                ctx.frame,
-                Some(&ctx.terminal),
-                &Answer::code(RC_SYSTEM_ERROR),
-                None,
-                |_| Ok(()),
-            );
+            return self.reply_code(ctx, RC_SYSTEM_ERROR);
         };
+        // An original whose row never reached the journal was answered 96 before it could
+        // reach an issuer: for the journal there is nothing to reverse, and a reversal that
+        // named it would be refused by its foreign key for ever, the terminal resending it.
         let named = self.ledger.by_key(&original_key);
         let unrecorded = named.as_ref().is_some_and(|o| o.is_unrecorded());
         // Another merchant's (a terminal moved between merchants) is not found, as for
@@ -1048,13 +1029,7 @@ impl Core {
                 None => match self.read_store(move |store| store.txn(id)).await {
                     Some(Ok(row)) => row.map(|row| self.ledger.adopt(&row)),
                     Some(Err(_)) | None => {
-                        return self.reply(
-                            ctx.frame,
-                            Some(&ctx.terminal),
-                            &Answer::code(RC_SYSTEM_ERROR),
-                            None,
-                            |_| Ok(()),
-                        );
+                        return self.reply_code(ctx, RC_SYSTEM_ERROR);
                     }
                 },
             },
@@ -1073,13 +1048,7 @@ impl Core {
             Claim::New(entry) => entry,
             Claim::Retry(entry) => return self.answer_retry(ctx, entry).await,
             Claim::Conflict => {
-                return self.reply(
-                    ctx.frame,
-                    Some(&ctx.terminal),
-                    &Answer::code(RC_DUPLICATE),
-                    None,
-                    |_| Ok(()),
-                );
+                return self.reply_code(ctx, RC_DUPLICATE);
             }
         };
         let mut row = self.row(ctx, &entry, None, None);

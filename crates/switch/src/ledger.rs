@@ -257,7 +257,9 @@ struct Maps {
     /// hash of (TID, batch). A hash shared by two batches costs a needless read of the store,
     /// never a wrong answer. About 30 bytes a batch, against about 1.2 KB an entry.
     older: HashMap<u64, Mark>,
-    /// (day, batch hash) of each mark in the order it was made, for letting marks go.
+    /// (day, batch hash) of each mark in the order it was made, for letting marks go. A
+    /// sign-in's mark (today) among older ones holds those behind it until it goes itself:
+    /// they cost reads for longer, never a wrong answer.
     older_order: VecDeque<(i64, u64)>,
     hasher: RandomState,
 }
@@ -523,7 +525,8 @@ impl Ledger {
     }
 
     /// Marks a terminal batch as having entries up to `day`, with STANs from `stans.0` to
-    /// `stans.1`, that a start did not load.
+    /// `stans.1`, that the index does not hold: older than a start loads, or recorded by
+    /// another node before the terminal signed in here.
     pub fn mark_older(&self, tid: &str, batch_no: u32, day: i64, stans: (u32, u32)) {
         self.maps().mark_older(tid, batch_no, day, stans);
     }
