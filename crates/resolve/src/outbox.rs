@@ -407,10 +407,15 @@ impl Notifier {
 #[derive(Clone, Debug)]
 pub struct TailerConfig {
     /// How late an event may reach the journal after the time stamped on it: it is stamped
-    /// before its group commit (and, with several nodes, by another node's clock). Events
-    /// stamped within this much of now are read again at each poll until they are older, and
-    /// those already handled are skipped.
+    /// before its group commit (and, with several nodes, by another node's clock). Every
+    /// `full_every`-th poll reads again from its cursor, which trails this much behind, and
+    /// skips the events already handled.
     pub lag_ms: i64,
+    /// The polls in between read again only this much before the last event read: what
+    /// lands later than that is found by the next full poll.
+    pub recheck_ms: i64,
+    /// One poll in this many reads from the cursor and moves it.
+    pub full_every: u32,
     /// Events read per page.
     pub page_max: u32,
     /// Pages of events not yet handled per poll, so one poll is bounded.
@@ -423,6 +428,8 @@ impl Default for TailerConfig {
     fn default() -> Self {
         TailerConfig {
             lag_ms: 10_000,
+            recheck_ms: 1_000,
+            full_every: 20,
             page_max: 512,
             pages_max: 16,
             duplicate_window_ms: duplicates::DUPLICATE_WINDOW_MS_DEFAULT,
@@ -442,6 +449,32 @@ pub struct Tailer {
     config: TailerConfig,
     /// Events at or after the cursor already handled by this tailer.
     seen: BTreeSet<EventKey>,
+    /// The time stamped on the last event the last poll read; `None` before the first poll.
+    scanned_to: Option<i64>,
+    /// Polls since the last full one.
+    since_full: u32,
+}
+
+/// One page of events read and made sense of.
+struct Page {
+    len: usize,
+    /// The time stamped on its last event.
+    last_at_ms: Option<i64>,
+    records: Vec<Record>,
+    pending: Vec<(String, Event)>,
+    handled: Vec<EventKey>,
+}
+
+/// Runs the tailer's synchronous reads without holding up the runtime's other tasks (the
+/// switch's, in a process that runs both): on a multi-threaded runtime the worker hands them
+/// to another thread first; on a single thread (a simulation) in place.
+fn off_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
 }
 
 impl Tailer {
@@ -457,51 +490,57 @@ impl Tailer {
             clock,
             config,
             seen: BTreeSet::new(),
+            scanned_to: None,
+            since_full: 0,
         }
     }
 
     /// Reads new journal events and enqueues what they mean. Returns the events enqueued
     /// (including ones already queued before, which the store ignores).
     ///
-    /// The cursor is a time before which every event is handled. Each poll reads from it,
-    /// skips the events this tailer has handled, and moves it to the last event read or to
-    /// `lag_ms` before now, whichever is earlier. So it always gets past what it handled,
-    /// however many events the lag holds; only events not yet handled count against the
-    /// poll's bound.
+    /// The cursor is a time before which every event is handled. A full poll (the first, then
+    /// one in `full_every`) reads from it, skips the events this tailer has handled, and moves
+    /// it to the last event read or to `lag_ms` before now, whichever is earlier. So it always
+    /// gets past what it handled, however many events the lag holds; only events not yet
+    /// handled count against the poll's bound. The polls in between read from `recheck_ms`
+    /// before the last event read: new events are noticed at once, and the lag is not read
+    /// again at every poll (at 4,000 events a second that was 40,000 rows every 500 ms).
     pub async fn poll_once(&mut self) -> Result<usize, ResolveError> {
         let store = Arc::clone(&self.store);
         let store = store.as_ref();
-        let cursor = store.resolve_cursor(TAILER_CURSOR)?.unwrap_or(0);
+        let cursor = off_runtime(|| store.resolve_cursor(TAILER_CURSOR))?.unwrap_or(0);
         let horizon = self.clock.now_ms().saturating_sub(self.config.lag_ms);
+        let full = match self.scanned_to {
+            None => true,
+            Some(_) => self.since_full.saturating_add(1) >= self.config.full_every.max(1),
+        };
+        let start = match self.scanned_to {
+            Some(scanned) if !full => scanned.saturating_sub(self.config.recheck_ms).max(cursor),
+            _ => cursor,
+        };
         self.seen = self.seen.split_off(&(cursor, i64::MIN, String::new()));
         let page_max = self.config.page_max.max(1);
         let budget = usize::try_from(page_max.saturating_mul(self.config.pages_max.max(1)))
             .unwrap_or(usize::MAX);
-        let mut since = cursor;
+        let mut since = start;
         let mut limit = page_max;
         let mut handled = 0usize;
         let mut produced = 0;
-        let mut read_to = cursor;
+        let mut read_to = start;
         let mut at_end = false;
         while handled < budget {
-            let page = store.events_since(since, limit)?;
-            let mut records = Vec::new();
-            let mut pending: Vec<(String, Event)> = Vec::new();
-            // Marked handled once what they mean is committed: a poll that fails part way
-            // leaves them to the next one.
-            let mut handled_here: Vec<EventKey> = Vec::new();
-            for event in &page {
-                read_to = read_to.max(event.at_ms);
-                let key = (event.at_ms, event.txn_id, event.kind.clone());
-                if self.seen.contains(&key) {
-                    continue;
-                }
-                handled += 1;
-                if let Some(row) = store.txn(event.txn_id)? {
-                    pending.extend(self.meaning(&event.kind, &row, &mut records)?);
-                }
-                handled_here.push(key);
+            let page = off_runtime(|| self.read_page(since, limit))?;
+            if let Some(last) = page.last_at_ms {
+                read_to = read_to.max(last);
             }
+            handled += page.handled.len();
+            let Page {
+                len,
+                last_at_ms,
+                mut records,
+                pending,
+                handled: handled_here,
+            } = page;
             if !pending.is_empty() {
                 let count = u64::try_from(pending.len()).unwrap_or(1);
                 let first = reserve_ids(store, count).await?;
@@ -514,14 +553,16 @@ impl Tailer {
             if !records.is_empty() {
                 store.submit(records)?.await?;
             }
+            // Marked handled once what they mean is committed: a poll that fails part way
+            // leaves them to the next one.
             self.seen.extend(handled_here);
-            if u32::try_from(page.len()).unwrap_or(u32::MAX) < limit {
+            if u32::try_from(len).unwrap_or(u32::MAX) < limit {
                 at_end = true;
                 break;
             }
-            match page.last() {
-                Some(last) if last.at_ms > since => {
-                    since = last.at_ms;
+            match last_at_ms {
+                Some(last) if last > since => {
+                    since = last;
                     limit = page_max;
                 }
                 // A whole page stamped in one millisecond: read that millisecond in a larger
@@ -539,6 +580,12 @@ impl Tailer {
                 }
             }
         }
+        self.scanned_to = Some(read_to);
+        if !full {
+            self.since_full = self.since_full.saturating_add(1);
+            return Ok(produced);
+        }
+        self.since_full = 0;
         let moved = if at_end {
             horizon
         } else {
@@ -553,6 +600,31 @@ impl Tailer {
                 .await?;
         }
         Ok(produced)
+    }
+
+    /// Reads up to `limit` events stamped at or after `since`, and works out what those this
+    /// tailer has not handled mean.
+    fn read_page(&self, since: i64, limit: u32) -> Result<Page, ResolveError> {
+        let events = self.store.events_since(since, limit)?;
+        let mut page = Page {
+            len: events.len(),
+            last_at_ms: events.last().map(|e| e.at_ms),
+            records: Vec::new(),
+            pending: Vec::new(),
+            handled: Vec::new(),
+        };
+        for event in events {
+            let key = (event.at_ms, event.txn_id, event.kind);
+            if self.seen.contains(&key) {
+                continue;
+            }
+            if let Some(row) = self.store.txn(event.txn_id)? {
+                let meant = self.meaning(&key.2, &row, &mut page.records)?;
+                page.pending.extend(meant);
+            }
+            page.handled.push(key);
+        }
+        Ok(page)
     }
 
     /// What one journal event means for the merchant.

@@ -30,7 +30,7 @@ use resolve::cases::{CaseError, CaseKind, CaseService, CaseState, NewCase, Refun
 use resolve::duplicates::{self, SuggestedAction};
 use resolve::outbox::{Notifier, NotifierConfig, Tailer, TailerConfig};
 use resolve::{Outcome, explain_rrn};
-use store::{SafState, Store};
+use store::{EventRow, Record, SafState, Store};
 use switch::{Clock, SystemClock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -621,6 +621,67 @@ fn the_tailer_gets_through_more_events_than_one_poll_reads() {
             tailer.poll_once().await.unwrap();
         }
         assert_eq!(e.store().outbox_of_merchant(MID).unwrap().len(), queued);
+    });
+}
+
+/// Between full polls the tailer reads again only the last second before what it read: an
+/// event that reaches the journal later than that (stamped 5 s back, within the lag) is left to
+/// the next full poll, which reads from the cursor and notifies it.
+#[test]
+fn an_event_that_lands_late_is_found_by_the_next_full_poll() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let (code, declined, _) = e.purchase(&e.card("insufficient_funds"), 700).await;
+        assert_eq!(code, "51");
+        let store = e.store();
+        let mut tailer = Tailer::new(
+            e.store(),
+            e.directory(),
+            Arc::new(SystemClock),
+            TailerConfig {
+                full_every: 3,
+                ..TailerConfig::default()
+            },
+        );
+        tailer.poll_once().await.unwrap();
+        let notified = |rrn: &str| {
+            store
+                .outbox_of_merchant(MID)
+                .unwrap()
+                .iter()
+                .any(|o| o.event_type == "transaction.declined" && o.payload.contains(rrn))
+        };
+        assert!(notified(&declined));
+
+        // Another node's decline, its events committed late.
+        let mut late = store.txn_by_rrn(&declined).unwrap().unwrap();
+        late.id = i64::try_from(store.reserve("txn_id", 1).unwrap().await.unwrap()).unwrap();
+        late.rrn = Some("090000000777".into());
+        late.stan = 777;
+        late.host_trace = Some(777);
+        let late_id = late.id;
+        store
+            .submit(vec![
+                Record::InsertTxn(Box::new(late)),
+                Record::Event(EventRow {
+                    txn_id: late_id,
+                    at_ms: SystemClock.now_ms() - 5_000,
+                    kind: "declined".into(),
+                    detail: "declined by the issuer: 51".into(),
+                }),
+            ])
+            .unwrap()
+            .await
+            .unwrap();
+        // The two polls in between do not read back that far; the full one does.
+        tailer.poll_once().await.unwrap();
+        tailer.poll_once().await.unwrap();
+        assert!(!notified("090000000777"));
+        tailer.poll_once().await.unwrap();
+        assert!(
+            notified("090000000777"),
+            "the late decline was never notified"
+        );
     });
 }
 
