@@ -86,6 +86,12 @@ pub struct SwitchConfig {
     /// by another node (several nodes, one journal) is answered there, and this node learns
     /// the answer from the journal only.
     pub retry_wait: Duration,
+    /// How many clearing days before today the in-memory index holds whole (`switch::ledger`).
+    /// A simulation sets a negative number: the index then holds only what requests in
+    /// progress hold, and every other lookup is the store's.
+    pub index_days_held: i64,
+    /// How often the in-memory index lets go of older entries.
+    pub index_forget_interval: Duration,
     /// Requests worked on at once across all terminal connections (at most
     /// `REQUESTS_IN_FLIGHT_MAX`); beyond it they are answered 96 at once.
     pub requests_in_flight: usize,
@@ -115,6 +121,8 @@ impl SwitchConfig {
             saf_interval: Duration::from_millis(200),
             saf_lease: Duration::from_secs(30),
             retry_wait: Duration::from_secs(30),
+            index_days_held: 1,
+            index_forget_interval: Duration::from_secs(3_600),
             requests_in_flight: REQUESTS_IN_FLIGHT_MAX,
             risk_rules: std::sync::Arc::new(risk::RuleBook::empty()),
             risk_refresh: Duration::from_secs(1),

@@ -924,6 +924,8 @@ impl Core {
                 }
                 // Nor what it did to its original: put that back in memory too.
                 Undo::all(undo);
+                // The journal holds the request in flight, not this answer.
+                entry.keep_answer();
                 // The state stays what the issuer said: a terminal reversal arriving later
                 // must still find an approval to reverse.
                 (Answer::code(RC_SYSTEM_ERROR), state)

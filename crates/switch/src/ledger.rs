@@ -89,6 +89,8 @@ pub(crate) struct Entry {
     /// See [`Entry::is_unrecorded`]; outside `live`, so the ledger may read it under its own
     /// lock.
     unrecorded: AtomicBool,
+    /// See [`Entry::keep_answer`].
+    answer_only_here: AtomicBool,
 }
 
 impl Entry {
@@ -132,12 +134,21 @@ impl Entry {
             }),
             answered: Notify::new(),
             unrecorded: AtomicBool::new(false),
+            answer_only_here: AtomicBool::new(false),
         }
     }
 
     /// Its row never reached the journal: the write failed and it was answered 96.
     pub fn mark_unrecorded(&self) {
         self.unrecorded.store(true, Ordering::Release);
+        self.keep_answer();
+    }
+
+    /// Its answer is known only here: the journal has no row for it, or no outcome (the write
+    /// failed). A retry must still get that answer, so the index keeps the entry as long as
+    /// it marks batches ([`marked_since`]) rather than letting it go after [`held_since`].
+    pub fn keep_answer(&self) {
+        self.answer_only_here.store(true, Ordering::Release);
     }
 
     /// Whether its row never reached the journal: nothing there a reversal could point at or
@@ -305,15 +316,13 @@ impl Maps {
     }
 }
 
-/// How many clearing days before today the index holds whole.
-const HELD_DAYS_BEFORE_TODAY: i64 = 1;
-
-/// The first day the index holds entries of at `now_ms`: yesterday, by the calendar, so
-/// yesterday's clearing day too after the cut-over. Retries and reversals come within minutes
-/// (a stored reversal of an older day is only refused, see `reversal`), so older entries are
-/// read from the store in the rare request that needs them.
-pub(crate) fn held_since(now_ms: i64) -> LocalTime {
-    LocalTime::from_ms(now_ms - HELD_DAYS_BEFORE_TODAY * 86_400_000)
+/// The first day the index holds entries of at `now_ms`, `days_held` days before today by the
+/// calendar (`SwitchConfig::index_days_held`, 1: yesterday, so yesterday's clearing day too
+/// after the cut-over). Retries and reversals come within minutes (a stored reversal of an
+/// older day is only refused, see `reversal`), so older entries are read from the store in
+/// the rare request that needs them.
+pub(crate) fn held_since(now_ms: i64, days_held: i64) -> LocalTime {
+    LocalTime::from_ms(now_ms - days_held * 86_400_000)
 }
 
 /// The first day whose terminal batches the index marks at `now_ms`: the last
@@ -325,21 +334,18 @@ pub(crate) fn marked_since(now_ms: i64) -> LocalTime {
 /// Entries [`Ledger::forget_before`] looks at per hold of the index's lock.
 const FORGET_BATCH: usize = 1_024;
 
-/// How often a running switch forgets what the index no longer keeps.
-const FORGET_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3_600);
-
-/// Forgets, every [`FORGET_INTERVAL`], the entries older than [`held_since`] and the marks
-/// older than [`marked_since`]; until `stop`.
+/// Forgets, every `SwitchConfig::index_forget_interval`, the entries older than
+/// [`held_since`] and the marks older than [`marked_since`]; until `stop`.
 pub(crate) async fn forget_old(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             // Stop first, and a fixed order: a seeded simulation replays exactly.
             biased;
             _ = stop.changed() => return,
-            () = tokio::time::sleep(FORGET_INTERVAL) => {}
+            () = tokio::time::sleep(core.config.index_forget_interval) => {}
         }
         let now_ms = core.clock.now_ms();
-        let since = held_since(now_ms);
+        let since = held_since(now_ms, core.config.index_days_held);
         let forgotten = core
             .ledger
             .forget_before(since.day_number, marked_since(now_ms).day_number);
@@ -435,7 +441,7 @@ impl Ledger {
                 let Some((day, id)) = maps.order.pop_front() else {
                     break;
                 };
-                match Self::forget(&mut maps, id) {
+                match Self::forget(&mut maps, id, day < marks_before) {
                     Some(entry) => {
                         let stan = entry.key.stan;
                         maps.mark_older(
@@ -481,9 +487,13 @@ impl Ledger {
         forgotten
     }
 
-    /// Takes entry `id` out of the maps if it is settled and no one else holds it.
-    fn forget(maps: &mut Maps, id: i64) -> Option<Arc<Entry>> {
+    /// Takes entry `id` out of the maps if it is settled and no one else holds it, and, if
+    /// its answer is known only here, it is older than what the index marks (`unmarked`).
+    fn forget(maps: &mut Maps, id: i64, unmarked: bool) -> Option<Arc<Entry>> {
         let entry = maps.by_id.get(&id)?;
+        if !unmarked && entry.answer_only_here.load(Ordering::Acquire) {
+            return None;
+        }
         let in_key = maps
             .by_key
             .get(&entry.key)
@@ -616,6 +626,27 @@ mod tests {
         assert_eq!(ledger.forget_before(day("20260201"), i64::MIN), 1);
         assert!(ledger.by_id(3).is_none());
         assert!(ledger.by_rrn("000000000003").is_none());
+    }
+
+    #[test]
+    fn an_answer_only_memory_has_is_kept_as_long_as_the_marks() {
+        let ledger = Ledger::default();
+        let answered_96 = claimed(&ledger, 1, "20260101");
+        answered_96.mark_unrecorded();
+        answered_96.answer(Answer::code(*b"96"), TxnState::Failed);
+        let outcome_lost = claimed(&ledger, 2, "20260101");
+        outcome_lost.keep_answer();
+        approve(&outcome_lost);
+        approve(&claimed(&ledger, 3, "20260101"));
+        drop((answered_96, outcome_lost));
+
+        // Past the days held but within the marks: only the ordinary entry goes.
+        assert_eq!(ledger.forget_before(day("20260201"), day("20251215")), 1);
+        assert!(ledger.by_id(1).is_some() && ledger.by_id(2).is_some());
+        assert!(ledger.by_id(3).is_none());
+        // Once the marks no longer reach back to their day, they go too.
+        assert_eq!(ledger.forget_before(day("20260201"), day("20260102")), 2);
+        assert!(ledger.by_id(1).is_none() && ledger.by_id(2).is_none());
     }
 
     fn key(tid: &str, batch_no: u32, stan: u32) -> TxnKey {

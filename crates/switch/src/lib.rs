@@ -221,7 +221,7 @@ impl Switch {
         }
         recover_in_doubt(store.as_ref(), clock.now_ms(), Some(config.node_id)).await?;
         let ledger = Ledger::default();
-        let held_since = ledger::held_since(clock.now_ms()).yyyymmdd();
+        let held_since = ledger::held_since(clock.now_ms(), config.index_days_held).yyyymmdd();
         for row in store.txns_since(&held_since)? {
             ledger.adopt(&row);
         }
