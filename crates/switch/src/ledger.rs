@@ -91,6 +91,10 @@ pub(crate) struct Entry {
     unrecorded: AtomicBool,
     /// See [`Entry::keep_answer`].
     answer_only_here: AtomicBool,
+    /// Read from the store, not claimed here: a request this switch does not work on. One
+    /// still in flight there (another node's, or one a start found) waits on nothing here, so
+    /// the index may let it go like a settled one.
+    adopted: bool,
 }
 
 impl Entry {
@@ -135,6 +139,7 @@ impl Entry {
             answered: Notify::new(),
             unrecorded: AtomicBool::new(false),
             answer_only_here: AtomicBool::new(false),
+            adopted: false,
         }
     }
 
@@ -166,7 +171,7 @@ impl Entry {
             .pan
             .as_ref()
             .and_then(|p| <[u8; 32]>::try_from(p.fingerprint.as_slice()).ok());
-        let entry = Entry::new(
+        let mut entry = Entry::new(
             row.id,
             TxnKey {
                 tid: row.tid.clone(),
@@ -186,6 +191,7 @@ impl Entry {
             row.issuer.clone(),
             row.original_id,
         );
+        entry.adopted = true;
         {
             let mut live = entry.live();
             live.state = row.state;
@@ -507,7 +513,9 @@ impl Ledger {
             Arc::strong_count(entry) > 1 + usize::from(in_key) + usize::from(in_rrn);
         let settled = {
             let live = entry.live();
-            live.state != TxnState::InFlight && !live.link_busy && live.refund_reserved_fen == 0
+            (live.state != TxnState::InFlight || entry.adopted)
+                && !live.link_busy
+                && live.refund_reserved_fen == 0
         };
         if held_elsewhere || !settled {
             return None;
@@ -561,6 +569,11 @@ mod tests {
     use super::*;
 
     fn claimed(ledger: &Ledger, id: i64, clearing_date: &str) -> Arc<Entry> {
+        claimed_as(ledger, id, clearing_date, false)
+    }
+
+    /// As [`claimed`], or as if read from the store (`adopted`).
+    fn claimed_as(ledger: &Ledger, id: i64, clearing_date: &str, adopted: bool) -> Arc<Entry> {
         let day = day(clearing_date);
         let key = TxnKey {
             tid: "10000001".into(),
@@ -568,7 +581,7 @@ mod tests {
             stan: u32::try_from(id).unwrap(),
             reversal: false,
         };
-        let entry = Entry::new(
+        let mut entry = Entry::new(
             id,
             key,
             "898110048990001".into(),
@@ -583,6 +596,7 @@ mod tests {
             None,
             None,
         );
+        entry.adopted = adopted;
         match ledger.claim(entry) {
             Claim::New(entry) => entry,
             _ => panic!("the key was taken"),
@@ -647,6 +661,18 @@ mod tests {
         // Once the marks no longer reach back to their day, they go too.
         assert_eq!(ledger.forget_before(day("20260201"), day("20260102")), 2);
         assert!(ledger.by_id(1).is_none() && ledger.by_id(2).is_none());
+    }
+
+    #[test]
+    fn an_entry_read_in_flight_from_the_store_is_let_go() {
+        let ledger = Ledger::default();
+        // Another node's request, in flight when this one read it: nothing here waits on it.
+        drop(claimed_as(&ledger, 1, "20260101", true));
+        // This switch's own request in flight: kept until it is answered.
+        drop(claimed(&ledger, 2, "20260101"));
+        assert_eq!(ledger.forget_before(day("20260201"), i64::MIN), 1);
+        assert!(ledger.by_id(1).is_none());
+        assert!(ledger.by_id(2).is_some());
     }
 
     fn key(tid: &str, batch_no: u32, stan: u32) -> TxnKey {
