@@ -131,12 +131,17 @@ impl ServeConfig {
     }
 }
 
+/// Whether the URL names PostgreSQL, the journal several nodes may share.
+fn is_postgres(database: &str) -> bool {
+    database.starts_with("postgres://") || database.starts_with("postgresql://")
+}
+
 /// Opens the journal the URL names.
 pub fn open_store(
     database: &str,
     schema: Option<&str>,
 ) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
-    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+    if is_postgres(database) {
         let config = PgConfig {
             url: database.to_owned(),
             schema: schema.map(str::to_owned),
@@ -179,6 +184,7 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
     let hsm = open_hsm(&config.hsm)?;
     let mut switch_config = SwitchConfig::new(config.terminal_listen);
     switch_config.node_id = config.node_id;
+    switch_config.shared_journal = is_postgres(&config.database);
     let mut issuers = HashMap::new();
     for issuer in &config.issuers {
         let zpk: KeyHandle = issuer

@@ -86,6 +86,11 @@ pub struct SwitchConfig {
     /// by another node (several nodes, one journal) is answered there, and this node learns
     /// the answer from the journal only.
     pub retry_wait: Duration,
+    /// Several nodes share the journal (PostgreSQL). Between two connections of a terminal
+    /// here another node may have taken its requests, so the first request of each
+    /// connection marks the terminal's batch in the in-memory index first (one read of the
+    /// store per connection); off, only a sign-in does.
+    pub shared_journal: bool,
     /// How many clearing days before today the in-memory index holds whole (`switch::ledger`).
     /// A simulation sets a negative number: the index then holds only what requests in
     /// progress hold, and every other lookup is the store's.
@@ -121,6 +126,7 @@ impl SwitchConfig {
             saf_interval: Duration::from_millis(200),
             saf_lease: Duration::from_secs(30),
             retry_wait: Duration::from_secs(30),
+            shared_journal: false,
             index_days_held: 1,
             index_forget_interval: Duration::from_secs(3_600),
             requests_in_flight: REQUESTS_IN_FLIGHT_MAX,

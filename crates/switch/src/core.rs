@@ -2,7 +2,7 @@
 //! issuer links, and the reply builder every handler answers through.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use domain::IssuerDirectory;
@@ -167,6 +167,10 @@ pub(crate) struct Core {
     pub health: crate::health::HealthSeen,
     /// Connections, requests, resends and alert writes; see `crate::tasks`.
     pub tasks: crate::tasks::Tasks,
+    /// Numbers terminal connections (`crate::session::connection`).
+    pub connections: AtomicU64,
+    /// With a shared journal: the connection for which each terminal's batch was last marked.
+    pub marked_for: Mutex<HashMap<String, u64>>,
 }
 
 impl Core {
@@ -463,25 +467,9 @@ impl Core {
                 let _ = self.hsm.delete_key(handle);
             }
         }
-        // Several nodes on one journal: another node may have served this batch before the
-        // terminal came here (a node died, or the balancer moved it). Its STANs so far are
-        // marked, so that a retry or a reversal here reads what that node recorded instead of
-        // taking the request for new. The terminal's next STANs are above them: no read.
-        let tid = terminal.tid.clone();
-        match self
-            .read_store(move |store| store.stans_of_batch(&tid, batch_no))
-            .await
-        {
-            Some(Ok(Some(stans))) => {
-                let today = self.clearing_day(now_ms).day_number;
-                self.ledger
-                    .mark_older(&terminal.tid, batch_no, today, stans);
-            }
-            Some(Ok(None)) => {}
-            Some(Err(_)) | None => {
-                tracing::warn!(tid = %terminal.tid, "cannot read the batch's STANs at sign-in");
-                return self.system_error(frame);
-            }
+        if self.mark_batch(&terminal.tid, batch_no).await.is_err() {
+            tracing::warn!(tid = %terminal.tid, "cannot read the batch's STANs at sign-in");
+            return self.system_error(frame);
         }
         tracing::info!(tid = %terminal.tid, scheme = scheme.code(), batch_no, "signed in");
         let rrn = self.next_rrn().await.ok();
@@ -496,6 +484,54 @@ impl Core {
                 Ok(())
             },
         )
+    }
+
+    /// Marks the STANs a terminal batch has in the journal in the in-memory index. Several
+    /// nodes on one journal: another node may have served this batch before the terminal came
+    /// here (a node died, or the balancer moved it), so that a retry or a reversal here reads
+    /// what that node recorded instead of taking the request for new. The terminal's next
+    /// STANs are above them: no read. `Err` if the store could not be read.
+    pub async fn mark_batch(&self, tid: &str, batch_no: u32) -> Result<(), ()> {
+        let owned = tid.to_owned();
+        match self
+            .read_store(move |store| store.stans_of_batch(&owned, batch_no))
+            .await
+        {
+            Some(Ok(Some(stans))) => {
+                let today = self.clearing_day(self.clock.now_ms()).day_number;
+                self.ledger.mark_older(tid, batch_no, today, stans);
+                Ok(())
+            }
+            Some(Ok(None)) => Ok(()),
+            Some(Err(_)) | None => Err(()),
+        }
+    }
+
+    /// With a shared journal ([`SwitchConfig::shared_journal`]), the first request of each
+    /// terminal connection marks the terminal's batch ([`Core::mark_batch`]).
+    pub async fn mark_for_connection(&self, tid: &str, batch_no: u32) -> Result<(), ()> {
+        if !self.config.shared_journal {
+            return Ok(());
+        }
+        let Some(connection) = crate::session::connection() else {
+            return Ok(());
+        };
+        let marked = |core: &Self| {
+            core.marked_for
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(tid)
+                == Some(&connection)
+        };
+        if marked(self) {
+            return Ok(());
+        }
+        self.mark_batch(tid, batch_no).await?;
+        self.marked_for
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(tid.to_owned(), connection);
+        Ok(())
     }
 
     pub async fn sign_off(&self, frame: &Frame<'_>) -> Option<Vec<u8>> {

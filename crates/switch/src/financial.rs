@@ -595,6 +595,13 @@ impl Core {
             issuer_name.clone(),
             None,
         );
+        if self
+            .mark_for_connection(&ctx.key.tid, ctx.key.batch_no)
+            .await
+            .is_err()
+        {
+            return self.reply_code(ctx, RC_SYSTEM_ERROR);
+        }
         // Kept until the claim, so that what it recalled is not forgotten in between.
         let Some(_recalled) = self.recall(&entry.key).await else {
             return self.reply_code(ctx, RC_SYSTEM_ERROR);
@@ -1007,6 +1014,13 @@ impl Core {
             reversal: false,
             ..ctx.key.clone()
         };
+        if self
+            .mark_for_connection(&ctx.key.tid, ctx.key.batch_no)
+            .await
+            .is_err()
+        {
+            return self.reply_code(ctx, RC_SYSTEM_ERROR);
+        }
         // Both keys: the original's and this reversal's own, each may be held or let go.
         let (Some(_recalled), Some(_recalled_own)) = (
             self.recall(&original_key).await,

@@ -29,8 +29,8 @@ mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use domain::IssuerDirectory;
 use iso8583::{FrameHead, Header, Tpdu};
@@ -295,6 +295,8 @@ impl Switch {
             risk: risk_gate,
             health: health::HealthSeen::load(store_health),
             tasks: tasks::Tasks::new(abortable),
+            connections: AtomicU64::new(0),
+            marked_for: Mutex::new(HashMap::new()),
         });
         tasks.push(tokio::spawn(risk::refresh(
             Arc::clone(&core),

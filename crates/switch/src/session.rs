@@ -115,12 +115,23 @@ async fn read_request<R: AsyncRead + Unpin>(
     }
 }
 
+tokio::task_local! {
+    /// The number of the terminal connection a request came in on.
+    static CONNECTION: u64;
+}
+
+/// The number of the terminal connection being served, if any.
+pub(crate) fn connection() -> Option<u64> {
+    CONNECTION.try_with(|c| *c).ok()
+}
+
 /// Serves one terminal connection over any byte stream until it closes, sends a frame that
 /// cannot be read or decoded, or the switch stops.
 pub(crate) async fn serve<S>(sessions: &Sessions, stream: S, mut stop: watch::Receiver<bool>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let connection = sessions.core.connections.fetch_add(1, Ordering::Relaxed);
     let (reader, mut writer) = tokio::io::split(stream);
     let (responses, mut outgoing) = mpsc::channel::<Vec<u8>>(CONNECTION_QUEUE_MAX);
     let writer_task = sessions.core.tasks.spawn(async move {
@@ -177,7 +188,9 @@ where
                 // issuer was told must be journalled either way.
                 sessions.core.tasks.spawn(async move {
                     let handled = handler.handle_measured(&input, received);
-                    let response = crate::risk::with_peer(peer, handled).await;
+                    let response = CONNECTION
+                        .scope(connection, crate::risk::with_peer(peer, handled))
+                        .await;
                     drop(permits);
                     match response {
                         Some(response) => {

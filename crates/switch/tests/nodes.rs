@@ -74,6 +74,7 @@ async fn start_node(
     switch_config.saf_interval = Duration::from_millis(50);
     switch_config.saf_lease = Duration::from_millis(500);
     switch_config.retry_wait = Duration::from_secs(1);
+    switch_config.shared_journal = true;
     let started = runtime.spawn(Switch::start(
         switch_config,
         Arc::clone(&store) as Arc<dyn Store>,
@@ -254,6 +255,28 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
         })
         .await;
         assert!(reversed, "the timed-out purchase was not reversed");
+        drop(on_b);
+
+        // Node B restarts after the terminal's last sign-in, so it knows the terminal's keys:
+        // the terminal moves to it without signing in. What node A took since B started is
+        // marked at the connection's first request.
+        let mut on_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
+        assert_eq!(on_a.sign_in().await.code(), "00");
+        let Node { handle, .. } = b;
+        handle.shutdown().await;
+        let b = start_node(&node_b_runtime, &config, 2, issuer, &hsm, zpk).await;
+        let quiet = Req::purchase(&pan, 4_000, 401);
+        let first = on_a.send(&quiet).await;
+        assert_eq!(first.code(), "00");
+        let keys = on_a.keys.take();
+        drop(on_a);
+        let debits = log.requests.load(Ordering::SeqCst);
+        let mut on_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
+        on_b.keys = keys;
+        let again = on_b.send(&quiet).await;
+        assert_eq!(again.code(), "00");
+        assert_eq!(again.text(37), first.text(37), "node B debited again");
+        assert_eq!(log.requests.load(Ordering::SeqCst), debits);
         drop(on_b);
 
         // Node A takes reversals the issuer does not acknowledge, then dies.
