@@ -516,14 +516,13 @@ impl Core {
         let Some(connection) = crate::session::connection() else {
             return Ok(());
         };
-        let marked = |core: &Self| {
-            core.marked_for
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(tid)
-                == Some(&connection)
-        };
-        if marked(self) {
+        let marked = self
+            .marked_for
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tid)
+            == Some(&connection);
+        if marked {
             return Ok(());
         }
         self.mark_batch(tid, batch_no).await?;
