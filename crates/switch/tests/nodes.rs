@@ -1,5 +1,6 @@
 //! Two switch nodes on one PostgreSQL database, serving terminals at once: no RRN or host trace
-//! is handed out twice; one node dies (its runtime is dropped mid-flight, as a killed process
+//! is handed out twice; a terminal that moves from one node to the other gets the first node's
+//! answers to its retries and reversals; one node dies (its runtime is dropped mid-flight, as a killed process
 //! stops) with reversals the issuer has not acknowledged, and the other node completes them;
 //! the audit finds nothing in doubt. Skipped, loudly, without `SHOUDAN_PG_URL`.
 
@@ -218,7 +219,9 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
         drop(on_b);
 
         // Moved while node A still waits for the issuer: node B's retry waits, then answers
-        // what node A recorded (its timeout, 98), without a second request to the issuer.
+        // what node A recorded (its timeout, 98), without a second request to the issuer. (On
+        // a host slow enough for node A to answer before the retry arrives, node B finds the 98
+        // in the journal at once: the same answer, without the wait.)
         let slow = Req::purchase(&pan, SILENT_AMOUNT, 301);
         let mut on_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
         assert_eq!(on_a.sign_in().await.code(), "00");
