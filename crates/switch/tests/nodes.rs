@@ -1,8 +1,8 @@
-//! Two switch nodes on one PostgreSQL database, serving terminals at once: no RRN or host trace
-//! is handed out twice; a terminal that moves from one node to the other gets the first node's
-//! answers to its retries and reversals; one node dies (its runtime is dropped mid-flight, as a killed process
-//! stops) with reversals the issuer has not acknowledged, and the other node completes them;
-//! the audit finds nothing in doubt. Skipped, loudly, without `SHOUDAN_PG_URL`.
+//! Two switch nodes on one PostgreSQL database, serving terminals at once: no RRN or host trace is
+//! handed out twice; a terminal that moves from one node to the other gets the first node's answers
+//! to its retries and reversals; one node dies (its runtime is dropped mid-flight, as a killed
+//! process stops) with reversals the issuer has not acknowledged, and the other node completes
+//! them; the audit finds nothing in doubt. Skipped, loudly, without `SHOUDAN_PG_URL`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
