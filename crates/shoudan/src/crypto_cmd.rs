@@ -9,6 +9,8 @@ use paycrypto::{
     Sm4Key, mac, pin, unwrap_field62,
 };
 
+use zeroize::Zeroizing;
+
 use crate::CliResult;
 
 type Failure = Box<dyn std::error::Error>;
@@ -68,10 +70,12 @@ pub struct MacArgs {
 
 #[derive(clap::Args)]
 pub struct PinblockArgs {
-    /// The PIN, 4 to 12 digits.
+    /// The PIN, 4 to 12 digits; `-` reads it from a line of standard input (after the card
+    /// number's, if that is `-` too), so it stays out of the shell history and the process list.
     #[arg(long)]
     pub pin: String,
-    /// Card number, or track 2 data (the card number is what precedes '=' or 'D').
+    /// Card number, or track 2 data (the card number is what precedes '=' or 'D'); `-` reads it
+    /// from the first line of standard input.
     #[arg(long)]
     pub pan: String,
     /// PIK or ZPK as hex: print the block encrypted under it instead of in clear.
@@ -282,10 +286,24 @@ fn masked_pan(pan_or_track: &str) -> String {
         .collect()
 }
 
+/// `given`, or the next line of standard input if it is `-`; wiped when dropped.
+fn given_or_line(given: &str, what: &str) -> Result<Zeroizing<String>, Report> {
+    if given != "-" {
+        return Ok(Zeroizing::new(given.to_owned()));
+    }
+    let mut line = Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("{what}: standard input: {e}"))?;
+    Ok(Zeroizing::new(line.trim().to_owned()))
+}
+
 fn pinblock(args: &PinblockArgs) -> Result<String, Report> {
-    let pan = PanDigits::from_pan_or_track2(args.pan.trim()).map_err(|e| format!("--pan: {e}"))?;
+    let card = given_or_line(&args.pan, "--pan")?;
+    let pin = given_or_line(&args.pin, "--pin")?;
+    let pan = PanDigits::from_pan_or_track2(card.trim()).map_err(|e| format!("--pan: {e}"))?;
     let mut out = String::new();
-    writeln!(out, "PAN:          {}", masked_pan(args.pan.trim()))?;
+    writeln!(out, "PAN:          {}", masked_pan(card.trim()))?;
     let layout = match args.alg {
         Family::Des => "ISO 9564 format 0 (ANSI X9.8), 8 bytes",
         Family::Sm4 => "SM4 layout: format 0 widened to 16 bytes",
@@ -294,14 +312,14 @@ fn pinblock(args: &PinblockArgs) -> Result<String, Report> {
     match &args.key {
         None => {
             let block = match args.alg {
-                Family::Des => ClearPinBlock::format0(&args.pin, &pan)?,
-                Family::Sm4 => ClearPinBlock::sm4(&args.pin, &pan)?,
+                Family::Des => ClearPinBlock::format0(&pin, &pan)?,
+                Family::Sm4 => ClearPinBlock::sm4(&pin, &pan)?,
             };
             writeln!(out, "clear block:  {}", hex::encode(block.expose()))?;
         }
         Some(key) => {
             let key = parse_key(args.alg, key).map_err(|err| format!("--key: {err}"))?;
-            let block = pin::encrypt(&key, &args.pin, &pan)?;
+            let block = pin::encrypt(&key, &pin, &pan)?;
             writeln!(out, "key:          {}, KCV {}", describe(&key), key.kcv())?;
             writeln!(out, "PIN block:    {}", hex::encode(block.as_bytes()))?;
         }

@@ -2,8 +2,9 @@
 //! independently computed answers, field 62 diagnosis, and that nothing secret is printed.
 #![cfg(test)]
 
+use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 fn run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shoudan"))
@@ -11,6 +12,24 @@ fn run(args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
+}
+
+fn run_with_stdin(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoudan"))
+        .arg("crypto")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// Runs a command that must succeed; returns its standard output.
@@ -224,6 +243,34 @@ fn pinblock_protocol_known_answers() {
     ]);
     assert!(out.contains("clear block:  0612713176FEDCBA"), "{out}");
     assert!(!out.contains("2512101"), "{out}");
+}
+
+/// `-` reads the card number and the PIN from standard input, so neither is on the command line
+/// (shell history, the process list): the same blocks as given inline, neither value printed.
+#[test]
+fn pinblock_reads_the_card_and_the_pin_from_standard_input() {
+    let inline = ok(&["pinblock", "--pin", "9087", "--pan", "6222020200001234563"]);
+    let both = run_with_stdin(
+        &["pinblock", "--pin", "-", "--pan", "-"],
+        "6222020200001234563\n9087\n",
+    );
+    assert!(both.status.success(), "{both:?}");
+    assert_eq!(String::from_utf8(both.stdout).unwrap(), inline);
+    let pin_only = run_with_stdin(
+        &["pinblock", "--pin", "-", "--pan", "6222020200001234563"],
+        "9087\n",
+    );
+    assert_eq!(String::from_utf8(pin_only.stdout).unwrap(), inline);
+    assert!(!inline.contains("9087"), "PIN printed: {inline}");
+    assert!(
+        !inline.contains("6222020200001234563"),
+        "PAN printed: {inline}"
+    );
+    // Nothing on standard input: a clear error, no block.
+    let empty = run_with_stdin(&["pinblock", "--pin", "-", "--pan", "-"], "");
+    assert_eq!(empty.status.code(), Some(2), "{empty:?}");
+    let stderr = String::from_utf8(empty.stderr).unwrap();
+    assert!(stderr.contains("--pan"), "{stderr}");
 }
 
 #[test]
