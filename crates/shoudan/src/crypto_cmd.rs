@@ -8,7 +8,6 @@ use paycrypto::{
     ClearPinBlock, DesKey, Field62Keys, Key, KeyAlgorithm, KeyScheme, MacAlgorithm, PanDigits,
     Sm4Key, mac, pin, unwrap_field62,
 };
-
 use zeroize::Zeroizing;
 
 use crate::CliResult;
