@@ -2,9 +2,10 @@
 //! independently computed answers, field 62 diagnosis, and that nothing secret is printed.
 #![cfg(test)]
 
-use std::io::Write as _;
+mod cli;
+
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 fn run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shoudan"))
@@ -14,22 +15,9 @@ fn run(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs `shoudan crypto ARGS` with `input` on its standard input.
 fn run_with_stdin(args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shoudan"))
-        .arg("crypto")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    cli::run_with_stdin(&[&["crypto"], args].concat(), input)
 }
 
 /// Runs a command that must succeed; returns its standard output.

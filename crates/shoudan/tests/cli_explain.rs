@@ -7,8 +7,11 @@
     clippy::expect_used
 )]
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod cli;
+
+use std::process::{Command, Output};
+
+use cli::run_with_stdin;
 
 use serde_json::Value;
 
@@ -18,23 +21,6 @@ const ICBC_PAN: &str = "6222020200112345679";
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
-}
-
-fn run_with_stdin(args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 fn stdout(out: &Output) -> String {

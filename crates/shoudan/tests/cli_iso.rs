@@ -2,9 +2,10 @@
 //! PAN, tracks and PIN blocks, encode as the inverse of decode, and one-line errors with exit 2.
 #![cfg(test)]
 
-use std::io::Write;
+mod cli;
+
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use serde_json::Value;
 
@@ -16,19 +17,7 @@ fn sample(name: &str) -> String {
 }
 
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shoudan"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
+    cli::run_with_stdin(args, stdin.unwrap_or(""))
 }
 
 fn decode(args: &[&str], stdin: Option<&str>) -> (Value, String) {
