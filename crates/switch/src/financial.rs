@@ -294,18 +294,8 @@ impl Core {
         let Some(Ok(Some(row))) = row else {
             return Answer::code(RC_SYSTEM_ERROR);
         };
-        let code = row
-            .response_code
-            .as_deref()
-            .and_then(|code| <[u8; 2]>::try_from(code.as_bytes()).ok());
-        match code {
-            Some(code) => {
-                let answer = Answer {
-                    response_code: code,
-                    auth_code: row.auth_code,
-                    settlement_date: row.settlement_date,
-                    balance: None,
-                };
+        match Answer::of_row(&row) {
+            Some(answer) => {
                 entry.answer(answer.clone(), row.state);
                 answer
             }

@@ -37,6 +37,18 @@ impl Answer {
         }
     }
 
+    /// What the journal says the terminal was told, if it holds an answer (a balance is
+    /// never journalled).
+    pub fn of_row(row: &TxnRow) -> Option<Self> {
+        let code = row.response_code.as_deref()?;
+        Some(Answer {
+            response_code: code.as_bytes().try_into().ok()?,
+            auth_code: row.auth_code.clone(),
+            settlement_date: row.settlement_date.clone(),
+            balance: None,
+        })
+    }
+
     pub fn code_text(&self) -> &str {
         std::str::from_utf8(&self.response_code).unwrap_or("??")
     }
@@ -196,15 +208,7 @@ impl Entry {
             let mut live = entry.live();
             live.state = row.state;
             live.refunded_fen = row.refunded_fen;
-            live.answer = row.response_code.as_deref().and_then(|code| {
-                let bytes: [u8; 2] = code.as_bytes().try_into().ok()?;
-                Some(Answer {
-                    response_code: bytes,
-                    auth_code: row.auth_code.clone(),
-                    settlement_date: row.settlement_date.clone(),
-                    balance: None,
-                })
-            });
+            live.answer = Answer::of_row(row);
         }
         entry
     }
