@@ -398,10 +398,14 @@ impl Core {
 
     /// What a claim of `key` must see: its entry if held; else, when its terminal batch has
     /// entries the index let go, the rows under its TID + batch + STAN read from the store and
-    /// adopted. The caller keeps what this returns until it has claimed, so that nothing found
-    /// is forgotten in between. `None` if the store could not be read: the caller answers 96
-    /// rather than risk a second debit.
+    /// adopted. With a shared journal the batch is first marked for this connection
+    /// ([`Core::mark_for_connection`]). The caller keeps what this returns until it has
+    /// claimed, so that nothing found is forgotten in between. `None` if the store could not
+    /// be read: the caller answers 96 rather than risk a second debit.
     async fn recall(&self, key: &TxnKey) -> Option<Vec<Arc<Entry>>> {
+        self.mark_for_connection(&key.tid, key.batch_no)
+            .await
+            .ok()?;
         match self.ledger.known(key) {
             Known::Held(entry) => Some(vec![entry]),
             Known::New => Some(Vec::new()),
@@ -585,13 +589,6 @@ impl Core {
             issuer_name.clone(),
             None,
         );
-        if self
-            .mark_for_connection(&ctx.key.tid, ctx.key.batch_no)
-            .await
-            .is_err()
-        {
-            return self.reply_code(ctx, RC_SYSTEM_ERROR);
-        }
         // Kept until the claim, so that what it recalled is not forgotten in between.
         let Some(_recalled) = self.recall(&entry.key).await else {
             return self.reply_code(ctx, RC_SYSTEM_ERROR);
@@ -1004,13 +1001,6 @@ impl Core {
             reversal: false,
             ..ctx.key.clone()
         };
-        if self
-            .mark_for_connection(&ctx.key.tid, ctx.key.batch_no)
-            .await
-            .is_err()
-        {
-            return self.reply_code(ctx, RC_SYSTEM_ERROR);
-        }
         // Both keys: the original's and this reversal's own, each may be held or let go.
         let (Some(_recalled), Some(_recalled_own)) = (
             self.recall(&original_key).await,
