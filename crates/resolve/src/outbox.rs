@@ -313,7 +313,10 @@ impl Notifier {
             } else {
                 ("pending", finished + self.backoff_ms(attempt), None)
             };
-            if !result.delivered() {
+            if endpoint.is_none() {
+                // A merchant without an endpoint reads its notifications in the portal.
+                tracing::debug!(id = item.id, mid = %item.mid, "no webhook endpoint");
+            } else if !result.delivered() {
                 tracing::info!(
                     id = item.id,
                     mid = %item.mid,

@@ -8,6 +8,7 @@ mod demo;
 mod explain_cmd;
 mod fixtures;
 mod iso_cmd;
+mod logging;
 mod serve;
 mod settle_cmd;
 mod terminal_cmd;
@@ -74,6 +75,11 @@ enum Command {
 fn main() -> ExitCode {
     quiet_on_closed_stdout();
     let cli = Cli::parse();
+    // The services tell what they do; the one-shot commands only what went wrong.
+    logging::init(match cli.command {
+        Command::Demo(_) | Command::Serve(_) => tracing_subscriber::filter::LevelFilter::INFO,
+        _ => tracing_subscriber::filter::LevelFilter::WARN,
+    });
     let result = match cli.command {
         Command::Iso(cmd) => iso_cmd::run(cmd),
         Command::Crypto(cmd) => crypto_cmd::run(cmd),

@@ -1,6 +1,7 @@
 //! `shoudan demo` as a real child process: fixtures, terminal purchases (an approval on each
 //! MAC algorithm's terminal, a decline), background traffic, SIGINT, then an audit with nothing
-//! in doubt, and a restart on the same data dir.
+//! in doubt, and a restart on the same data dir. The demo logs at debug level throughout, and
+//! the log must name what happened without a card number, PIN or terminal key in it.
 
 #![allow(
     clippy::unwrap_used,
@@ -43,8 +44,9 @@ fn start(dir: &Path, traffic: bool) -> Demo {
         "--data-dir",
     ])
     .arg(dir)
+    .env("SHOUDAN_LOG", "debug")
     .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    .stderr(log_file(dir));
     if traffic {
         cmd.args(["--traffic", "40"]);
     }
@@ -58,6 +60,19 @@ fn start(dir: &Path, traffic: bool) -> Demo {
         std::thread::sleep(Duration::from_millis(50));
     }
     child
+}
+
+/// The demo's standard error, appended to across its starts.
+fn log_file(dir: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(dir))
+        .unwrap()
+}
+
+fn log_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("demo-stderr.log")
 }
 
 fn stop(mut demo: Demo) {
@@ -263,4 +278,25 @@ fn demo_purchases_then_audit_is_clean() {
     assert_eq!(purchase(dir, "10000004", pan)["code"], "00");
     stop(child);
     assert_eq!(shoudan(&["audit"], dir).0, 0);
+
+    // The log tells the story: both starts, the issuer links, the sign-ins of the terminals
+    // that bought. Nothing in it identifies a card, a PIN or a terminal key.
+    let log = std::fs::read_to_string(log_path(dir)).unwrap();
+    assert_eq!(log.matches("switch listening").count(), 2, "{log}");
+    assert!(log.contains("issuer link up issuer=VISA"), "{log}");
+    assert!(log.contains("signed in tid=10000005"), "{log}");
+    assert!(log.lines().count() > 20, "{log}");
+    for card in cards {
+        let pan = card["pan"].as_str().unwrap();
+        assert!(!log.contains(pan), "card {}… in the log", &pan[..6]);
+        // A masked card shows the first six digits and the last four, never the middle.
+        assert!(!log.contains(&pan[..12]), "card {}… in the log", &pan[..6]);
+    }
+    for terminal in terminals {
+        let tmk = terminal["tmk"].as_str().unwrap();
+        assert!(!log.to_ascii_uppercase().contains(&tmk.to_ascii_uppercase()));
+    }
+    for pin in [healthy["pin"].as_str().unwrap(), wrong_pin] {
+        assert!(!log.contains(&format!("={pin}")), "a PIN in the log");
+    }
 }

@@ -112,6 +112,9 @@ pub struct SwitchConfig {
     /// stops the switch mid-request as a `kill -9` would (the deterministic simulation). Off
     /// in production: the list costs a lock per spawn.
     pub abortable: bool,
+    /// If set, a start's reading of the month's marks (`switch::ledger::load_marks`) waits
+    /// for a notification on it: a test sends requests while the marks are being read.
+    pub marks_gate: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl SwitchConfig {
@@ -134,6 +137,7 @@ impl SwitchConfig {
             risk_refresh: Duration::from_secs(1),
             cutover_minute: CUTOVER_MINUTE_DEFAULT,
             abortable: false,
+            marks_gate: None,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use store::{TxnKind, TxnRow, TxnState};
 use tokio::sync::{Notify, watch};
@@ -369,9 +370,88 @@ pub(crate) async fn forget_old(core: Arc<Core>, mut stop: watch::Receiver<bool>)
     }
 }
 
+/// How long a start waits to read the month's marks again after the store failed it.
+const MARKS_RETRY: Duration = Duration::from_secs(10);
+
+/// Reads the marks of the terminal batches cleared from `from` to `to` (`YYYYMMDD`, the
+/// month before what the index holds) while the switch already answers: a month of rows takes
+/// seconds to read, and terminals wait for none of them. Until the marks are in, every request
+/// under a key the index does not hold reads the store first ([`Ledger::known`]). A failed
+/// read is tried again every [`MARKS_RETRY`], reading the store for each request meanwhile.
+/// `gate`, if set, is waited for first ([`crate::SwitchConfig::marks_gate`]).
+pub(crate) async fn load_marks(
+    core: Arc<Core>,
+    from: String,
+    to: String,
+    gate: Option<Arc<Notify>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if let Some(gate) = gate {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            () = gate.notified() => {}
+        }
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let (since, until) = (from.clone(), to.clone());
+        let read = core.read_store(move |store| store.batches_cleared(&since, &until));
+        // A switch stopped meanwhile does not wait for the read: its thread ends on its own.
+        let read = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            read = read => read,
+        };
+        match read {
+            Some(Ok(batches)) => {
+                let count = batches.len();
+                core.ledger.mark_loaded(
+                    batches
+                        .into_iter()
+                        .map(|batch| {
+                            // The store writes only valid dates; a mark without one goes at
+                            // the next pass.
+                            let day = crate::clock::day_number_of(&batch.last_clearing_date)
+                                .unwrap_or(i64::MIN);
+                            (
+                                batch.tid,
+                                batch.batch_no,
+                                day,
+                                (batch.stan_min, batch.stan_max),
+                            )
+                        })
+                        .collect(),
+                );
+                core.ledger.set_marks_loading(false);
+                tracing::info!(
+                    batches = count,
+                    since = %from,
+                    ms = started.elapsed().as_millis(),
+                    "in-memory index: the month's terminal batches marked"
+                );
+                return;
+            }
+            Some(Err(error)) => tracing::warn!(
+                %error,
+                "cannot read the month's terminal batches; requests not held read the store"
+            ),
+            None => tracing::warn!("the read of the month's terminal batches stopped"),
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(MARKS_RETRY) => {}
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Ledger {
     maps: Mutex<Maps>,
+    /// While a start reads the month's marks ([`load_marks`]), a key neither held nor marked
+    /// may still be in the store: every such request reads it, until the marks are in.
+    marks_loading: AtomicBool,
 }
 
 impl Ledger {
@@ -542,8 +622,31 @@ impl Ledger {
         }
         match maps.older.get(&maps.batch_hash(&key.tid, key.batch_no)) {
             Some(mark) if (mark.stan_min..=mark.stan_max).contains(&key.stan) => Known::MaybeStored,
+            Some(_) | None if self.marks_loading.load(Ordering::Acquire) => Known::MaybeStored,
             Some(_) | None => Known::New,
         }
+    }
+
+    /// Whether the marks a start reads are still being read ([`Ledger::known`]).
+    pub fn marks_loading(&self) -> bool {
+        self.marks_loading.load(Ordering::Acquire)
+    }
+
+    pub fn set_marks_loading(&self, loading: bool) {
+        self.marks_loading.store(loading, Ordering::Release);
+    }
+
+    /// The marks a start read from the store, each `(tid, batch, last day, STAN range)`. They
+    /// go ahead of the marks made while they were read, oldest first, so that they are let go
+    /// in the order of their days.
+    pub fn mark_loaded(&self, mut marks: Vec<(String, u32, i64, (u32, u32))>) {
+        marks.sort_by_key(|m| m.2);
+        let mut maps = self.maps();
+        let made_meanwhile = std::mem::take(&mut maps.older_order);
+        for (tid, batch_no, day, stans) in marks {
+            maps.mark_older(&tid, batch_no, day, stans);
+        }
+        maps.older_order.extend(made_meanwhile);
     }
 
     /// Marks a terminal batch as having entries up to `day`, with STANs from `stans.0` to
@@ -686,6 +789,45 @@ mod tests {
             stan,
             reversal: false,
         }
+    }
+
+    #[test]
+    fn while_the_marks_load_every_key_not_held_may_be_stored() {
+        let ledger = Ledger::default();
+        approve(&claimed(&ledger, 3, "20260201"));
+        ledger.set_marks_loading(true);
+        assert!(matches!(
+            ledger.known(&key("10000001", 1, 3)),
+            Known::Held(_)
+        ));
+        assert!(matches!(
+            ledger.known(&key("10000002", 9, 1)),
+            Known::MaybeStored
+        ));
+        // A mark made meanwhile (a sign-in's, today) and the loaded ones of older days.
+        ledger.mark_older("10000003", 4, day("20260201"), (1, 9));
+        ledger.mark_loaded(vec![
+            ("10000002".into(), 9, day("20260110"), (1, 5)),
+            ("10000004".into(), 2, day("20260105"), (7, 8)),
+        ]);
+        ledger.set_marks_loading(false);
+        assert!(matches!(
+            ledger.known(&key("10000002", 9, 1)),
+            Known::MaybeStored
+        ));
+        assert!(matches!(ledger.known(&key("10000002", 9, 6)), Known::New));
+        assert!(matches!(ledger.known(&key("10000005", 1, 1)), Known::New));
+        // The loaded marks go by their days, though today's was made before them.
+        ledger.forget_before(day("20260101"), day("20260108"));
+        assert!(matches!(ledger.known(&key("10000004", 2, 7)), Known::New));
+        assert!(matches!(
+            ledger.known(&key("10000002", 9, 1)),
+            Known::MaybeStored
+        ));
+        assert!(matches!(
+            ledger.known(&key("10000003", 4, 1)),
+            Known::MaybeStored
+        ));
     }
 
     #[test]

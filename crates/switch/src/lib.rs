@@ -123,6 +123,12 @@ impl SwitchHandle {
         self.addr
     }
 
+    /// Whether the start's marks of the month's terminal batches are in (`ledger::load_marks`);
+    /// until they are, requests under keys the index does not hold read the store.
+    pub fn marks_loaded(&self) -> bool {
+        !self.core.ledger.marks_loading()
+    }
+
     /// Whether the link to an issuer (by bank code) is up.
     pub fn issuer_connected(&self, bank: &str) -> bool {
         self.core.links.get(bank).is_some_and(|l| l.is_connected())
@@ -221,21 +227,22 @@ impl Switch {
         }
         recover_in_doubt(store.as_ref(), clock.now_ms(), Some(config.node_id)).await?;
         let ledger = Ledger::default();
+        let started = std::time::Instant::now();
         let held_since = ledger::held_since(clock.now_ms(), config.index_days_held).yyyymmdd();
-        for row in store.txns_since(&held_since)? {
-            ledger.adopt(&row);
+        let held = store.txns_since(&held_since)?;
+        for row in &held {
+            ledger.adopt(row);
         }
+        tracing::info!(
+            entries = held.len(),
+            since = %held_since,
+            ms = started.elapsed().as_millis(),
+            "in-memory index: recent transactions loaded"
+        );
+        drop(held);
+        // The month before is marked by a task while the switch answers (`load_marks`).
+        ledger.set_marks_loading(true);
         let marked_since = ledger::marked_since(clock.now_ms()).yyyymmdd();
-        for batch in store.batches_cleared(&marked_since, &held_since)? {
-            // The store writes only valid dates; a mark without one goes at the next pass.
-            let day = crate::clock::day_number_of(&batch.last_clearing_date).unwrap_or(i64::MIN);
-            ledger.mark_older(
-                &batch.tid,
-                batch.batch_no,
-                day,
-                (batch.stan_min, batch.stan_max),
-            );
-        }
         let first_trace = store.reserve("host_trace", SEQUENCE_BLOCK)?.await?;
         let risk_gate = risk::RiskGate::load(
             store.as_ref(),
@@ -303,6 +310,13 @@ impl Switch {
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(saf::run(Arc::clone(&core), stop_rx.clone())));
+        tasks.push(tokio::spawn(ledger::load_marks(
+            Arc::clone(&core),
+            marked_since,
+            held_since,
+            core.config.marks_gate.clone(),
+            stop_rx.clone(),
+        )));
         tasks.push(tokio::spawn(ledger::forget_old(
             Arc::clone(&core),
             stop_rx.clone(),

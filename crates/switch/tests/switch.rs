@@ -189,6 +189,52 @@ fn days_later_old_keys_are_answered_from_the_store() {
     });
 }
 
+/// A start answers terminals before it has read the month's terminal batches. Meanwhile a
+/// request under a key the index does not hold reads the store: a retry days later from a
+/// terminal that did not sign in again gets its first answer, not a second debit.
+#[test]
+fn requests_while_a_start_reads_the_month_are_answered_from_the_store() {
+    RUNTIME().block_on(async {
+        let mut h = Harness::new().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let pan = card("622202");
+        let purchase = Req::purchase(&pan, 500, 7);
+        let first = t.send(&purchase).await;
+        assert_eq!(first.code(), "00");
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), 1);
+
+        h.stop().await;
+        h.clock.shift_days(3);
+        let gate = Arc::new(tokio::sync::Notify::new());
+        h.marks_gate = Some(Arc::clone(&gate));
+        h.start().await;
+        assert!(!h.switch.as_ref().unwrap().marks_loaded());
+        // The same terminal on a new connection with the keys it had: no sign-in, so no
+        // sign-in reads its batch.
+        let keys = t.keys.take();
+        let mut t = h.terminal().await;
+        t.keys = keys;
+        let again = t.send(&purchase).await;
+        assert_eq!(again.code(), "00");
+        assert_eq!(again.text(37), first.text(37));
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), 1, "debited again");
+        assert_eq!(t.send(&Req::purchase(&pan, 501, 7)).await.code(), "94");
+        // A new request reads the store too, finds nothing, and goes to the issuer.
+        assert_eq!(t.send(&Req::purchase(&pan, 600, 8)).await.code(), "00");
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), 2);
+        assert!(!h.switch.as_ref().unwrap().marks_loaded());
+
+        gate.notify_one();
+        let switch = h.switch.as_ref().unwrap();
+        assert!(h.eventually(5, || switch.marks_loaded()).await);
+        let again = t.send(&purchase).await;
+        assert_eq!(again.text(37), first.text(37));
+        assert_eq!(t.send(&Req::purchase(&pan, 700, 9)).await.code(), "00");
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), 3);
+    });
+}
+
 #[test]
 fn issuer_timeout_answers_98_and_the_reversal_reaches_the_issuer() {
     RUNTIME().block_on(async {

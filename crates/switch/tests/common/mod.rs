@@ -190,6 +190,8 @@ pub struct Harness {
     pub issuer_addr: SocketAddr,
     pub log: Arc<IssuerLog>,
     pub switch: Option<SwitchHandle>,
+    /// Given to the next start as `SwitchConfig::marks_gate`.
+    pub marks_gate: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// How long an end-to-end test may take at most, for [`clear_of_china_midnight`].
@@ -267,6 +269,7 @@ impl Harness {
             issuer_addr,
             log,
             switch: None,
+            marks_gate: None,
         };
         harness.start().await;
         harness
@@ -285,6 +288,7 @@ impl Harness {
         config.default_issuer = Some("SIM".to_owned());
         config.saf_interval = Duration::from_millis(50);
         config.saf_lease = Duration::from_millis(500);
+        config.marks_gate = self.marks_gate.clone();
         config
     }
 
