@@ -163,18 +163,23 @@ impl Resolver {
         .await
     }
 
-    /// The merchant's notifications, oldest first.
-    pub fn notifications(&self, mid: &str) -> Result<Vec<OutboxRow>, ResolveError> {
-        Ok(self.store.outbox_of_merchant(mid)?)
+    /// The merchant's notifications with an id below `before_id` (from the newest when
+    /// `None`), newest first, at most `limit`.
+    pub fn notifications(
+        &self,
+        mid: &str,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, ResolveError> {
+        Ok(self.store.outbox_of_merchant(mid, before_id, limit)?)
     }
 
     /// The delivery attempts of one of the merchant's notifications.
     pub fn deliveries(&self, mid: &str, outbox_id: i64) -> Result<Vec<DeliveryRow>, ResolveError> {
         let owned = self
             .store
-            .outbox_of_merchant(mid)?
-            .iter()
-            .any(|o| o.id == outbox_id);
+            .outbox_item(outbox_id)?
+            .is_some_and(|o| o.mid == mid);
         if !owned {
             return Err(ResolveError::NotVisible("notification"));
         }

@@ -320,7 +320,7 @@ fn timed_out_purchase_reads_as_reversed_and_acknowledged() {
         tailer.poll_once().await.unwrap();
         tailer.poll_once().await.unwrap();
         let done: Vec<_> = store
-            .outbox_of_merchant(MID)
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
             .unwrap()
             .into_iter()
             .filter(|o| o.event_type == "reversal.done")
@@ -415,7 +415,9 @@ fn refund_application_executes_through_the_switch_once() {
         assert_eq!(x.original_rrn.as_deref(), Some(rrn.as_str()));
         // The refund and the case's changes are notifications.
         e.tailer().poll_once().await.unwrap();
-        let outbox = store.outbox_of_merchant(MID).unwrap();
+        let outbox = store
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+            .unwrap();
         let refund_done: Vec<_> = outbox
             .iter()
             .filter(|o| o.event_type == "refund.done")
@@ -602,12 +604,13 @@ fn the_tailer_gets_through_more_events_than_one_poll_reads() {
                 ..TailerConfig::default()
             },
         );
-        let notified =
-            |store: &dyn Store| {
-                store.outbox_of_merchant(MID).unwrap().iter().any(|o| {
-                    o.event_type == "transaction.declined" && o.payload.contains(&declined)
-                })
-            };
+        let notified = |store: &dyn Store| {
+            store
+                .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+                .unwrap()
+                .iter()
+                .any(|o| o.event_type == "transaction.declined" && o.payload.contains(&declined))
+        };
         for _ in 0..6 {
             tailer.poll_once().await.unwrap();
         }
@@ -616,11 +619,21 @@ fn the_tailer_gets_through_more_events_than_one_poll_reads() {
             "the decline was never reached"
         );
         // Polling on adds nothing: what was handled is skipped.
-        let queued = e.store().outbox_of_merchant(MID).unwrap().len();
+        let queued = e
+            .store()
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+            .unwrap()
+            .len();
         for _ in 0..3 {
             tailer.poll_once().await.unwrap();
         }
-        assert_eq!(e.store().outbox_of_merchant(MID).unwrap().len(), queued);
+        assert_eq!(
+            e.store()
+                .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+                .unwrap()
+                .len(),
+            queued
+        );
     });
 }
 
@@ -646,7 +659,7 @@ fn an_event_that_lands_late_is_found_by_the_next_full_poll() {
         tailer.poll_once().await.unwrap();
         let notified = |rrn: &str| {
             store
-                .outbox_of_merchant(MID)
+                .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
                 .unwrap()
                 .iter()
                 .any(|o| o.event_type == "transaction.declined" && o.payload.contains(rrn))
@@ -702,7 +715,9 @@ fn duplicate_purchase_is_flagged_and_notified() {
         assert_eq!(flags.len(), 1, "{flags:#?}");
         assert_eq!(flags[0].second.rrn.as_deref(), Some(second.as_str()));
         assert_eq!(flags[0].suggested_action, SuggestedAction::VoidSecondToday);
-        let outbox = store.outbox_of_merchant(MID).unwrap();
+        let outbox = store
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+            .unwrap();
         let dup: Vec<_> = outbox
             .iter()
             .filter(|o| o.event_type == "duplicate.suspected")
@@ -711,7 +726,13 @@ fn duplicate_purchase_is_flagged_and_notified() {
         assert!(dup[0].payload.contains(&second));
         // Polling again adds nothing.
         tailer.poll_once().await.unwrap();
-        assert_eq!(store.outbox_of_merchant(MID).unwrap().len(), outbox.len());
+        assert_eq!(
+            store
+                .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+                .unwrap()
+                .len(),
+            outbox.len()
+        );
         // A wider scan agrees; a tiny window finds nothing.
         let day = 86_400_000;
         assert_eq!(
@@ -832,7 +853,11 @@ fn webhooks_to_a_private_address_are_refused_by_default() {
             inside.got.lock().unwrap().is_empty(),
             "the POST reached loopback"
         );
-        let item = store.outbox_of_merchant(MID).unwrap().pop().unwrap();
+        let item = store
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+            .unwrap()
+            .pop()
+            .unwrap();
         assert_ne!(item.state, "delivered");
         let attempt = store.webhook_deliveries(item.id).unwrap().pop().unwrap();
         assert_eq!(attempt.status, None);
@@ -890,7 +915,11 @@ fn webhooks_are_signed_and_failing_receivers_are_retried() {
             assert_eq!(json["data"]["diagnosis"]["code"], "51");
             assert!(!body.contains(e.card("insufficient_funds").pan.expose_digits()));
         }
-        let item = store.outbox_of_merchant(MID).unwrap().pop().unwrap();
+        let item = store
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+            .unwrap()
+            .pop()
+            .unwrap();
         assert_eq!(item.state, "delivered");
         assert_eq!(
             store.webhook_deliveries(item.id).unwrap()[0].status,
@@ -903,14 +932,14 @@ fn webhooks_are_signed_and_failing_receivers_are_retried() {
             .await;
         e.decline_for_notification(200).await;
         let item = store
-            .outbox_of_merchant(MID)
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
             .unwrap()
             .into_iter()
             .find(|o| o.state == "pending")
             .unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while store
-            .outbox_of_merchant(MID)
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
             .unwrap()
             .iter()
             .any(|o| o.id == item.id && o.state == "pending")
@@ -924,7 +953,7 @@ fn webhooks_are_signed_and_failing_receivers_are_retried() {
         assert!(log.iter().all(|d| d.status == Some(500)));
         assert_eq!(bad.got.lock().unwrap().len(), 3);
         let failed = store
-            .outbox_of_merchant(MID)
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
             .unwrap()
             .into_iter()
             .find(|o| o.id == item.id)

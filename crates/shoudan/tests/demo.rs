@@ -241,7 +241,7 @@ fn demo_purchases_then_audit_is_clean() {
             .merchants()
             .unwrap()
             .iter()
-            .flat_map(|m| journal.outbox_of_merchant(&m.mid).unwrap())
+            .flat_map(|m| journal.outbox_of_merchant(&m.mid, None, 1_000).unwrap())
             .filter(|n| n.event_type == "transaction.declined")
             .count();
         if declined >= 5 {

@@ -178,7 +178,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<resolve::WebhookEndpointRow>, StoreError>;
     /// Pending notifications due at `now_ms`, oldest first.
     fn outbox_due(&self, now_ms: i64, limit: u32) -> Result<Vec<resolve::OutboxRow>, StoreError>;
-    fn outbox_of_merchant(&self, mid: &str) -> Result<Vec<resolve::OutboxRow>, StoreError>;
+    /// A merchant's notifications with an id below `before_id` (from the newest when `None`),
+    /// newest first, at most `limit` (and at most [`RESOLVE_ROWS_MAX`]).
+    fn outbox_of_merchant(
+        &self,
+        mid: &str,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<resolve::OutboxRow>, StoreError>;
+    fn outbox_item(&self, id: i64) -> Result<Option<resolve::OutboxRow>, StoreError>;
     fn webhook_deliveries(&self, outbox_id: i64) -> Result<Vec<resolve::DeliveryRow>, StoreError>;
     fn backoffice_key(&self, key: &str) -> Result<Option<resolve::BackOfficeKeyRow>, StoreError>;
     fn duplicates_of_merchant(&self, mid: &str) -> Result<Vec<resolve::DuplicateRow>, StoreError>;

@@ -650,8 +650,16 @@ impl Store for SqliteStore {
     fn outbox_due(&self, now: i64, n: u32) -> Result<Vec<crate::resolve::OutboxRow>, StoreError> {
         self.resolve_outbox_due(now, n)
     }
-    fn outbox_of_merchant(&self, mid: &str) -> Result<Vec<crate::resolve::OutboxRow>, StoreError> {
-        self.resolve_outbox_of_merchant(mid)
+    fn outbox_of_merchant(
+        &self,
+        mid: &str,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<crate::resolve::OutboxRow>, StoreError> {
+        self.resolve_outbox_of_merchant(mid, before_id, limit)
+    }
+    fn outbox_item(&self, id: i64) -> Result<Option<crate::resolve::OutboxRow>, StoreError> {
+        self.resolve_outbox_item(id)
     }
     fn webhook_deliveries(&self, id: i64) -> Result<Vec<crate::resolve::DeliveryRow>, StoreError> {
         self.resolve_deliveries(id)

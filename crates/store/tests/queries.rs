@@ -6,7 +6,7 @@
 
 mod backend;
 use backend::Db;
-use store::resolve::ResolveRecord;
+use store::resolve::{OutboxRow, ResolveRecord};
 use store::risk::AlertState;
 use store::settlement::PayoutState;
 use store::web::{ApiTokenRow, AuditRow, Role, SessionRow, UserRow, WebRecord};
@@ -45,7 +45,8 @@ fn every_read_runs(db: &Db) {
     assert!(s.case_entries(1).unwrap().is_empty());
     assert!(s.webhook_endpoint("m").unwrap().is_none());
     assert!(s.outbox_due(0, 10).unwrap().is_empty());
-    assert!(s.outbox_of_merchant("m").unwrap().is_empty());
+    assert!(s.outbox_of_merchant("m", None, 10).unwrap().is_empty());
+    assert!(s.outbox_item(1).unwrap().is_none());
     assert!(s.webhook_deliveries(1).unwrap().is_empty());
     assert!(s.backoffice_key("k").unwrap().is_none());
     assert!(s.duplicates_of_merchant("m").unwrap().is_empty());
@@ -201,8 +202,47 @@ fn terminal_health_round_trips(db: &Db) {
     assert_eq!(s.terminal_health().unwrap(), [row]);
 }
 
+/// A merchant's notifications come newest first, a page at a time, and only its own; one is
+/// read by its id.
+fn notifications_page_back_from_the_newest(db: &Db) {
+    let s = db.open();
+    let item = |id: i64, mid: &str| {
+        Record::Resolve(ResolveRecord::Enqueue(Box::new(OutboxRow {
+            id,
+            mid: mid.into(),
+            event_type: "transaction.declined".into(),
+            payload: format!("{{\"n\":{id}}}"),
+            dedup_key: format!("declined/{id}"),
+            created_at_ms: 1_000 + id,
+            state: "pending".into(),
+            attempts: 0,
+            next_attempt_ms: 1_000 + id,
+            delivered_at_ms: None,
+        })))
+    };
+    let records = (1..=7)
+        .map(|id| item(id, if id == 4 { "other" } else { "m" }))
+        .collect();
+    s.submit(records).unwrap().wait().unwrap();
+    let ids = |before: Option<i64>, limit: u32| -> Vec<i64> {
+        s.outbox_of_merchant("m", before, limit)
+            .unwrap()
+            .iter()
+            .map(|o| o.id)
+            .collect()
+    };
+    assert_eq!(ids(None, 3), [7, 6, 5]);
+    assert_eq!(ids(Some(5), 3), [3, 2, 1]);
+    assert_eq!(ids(Some(1), 3), Vec::<i64>::new());
+    assert_eq!(ids(None, 100), [7, 6, 5, 3, 2, 1]);
+    let other = s.outbox_item(4).unwrap().unwrap();
+    assert_eq!((other.mid.as_str(), other.created_at_ms), ("other", 1_004));
+    assert!(s.outbox_item(8).unwrap().is_none());
+}
+
 on_both!(
     every_read_runs,
     web_area_round_trips,
-    terminal_health_round_trips
+    terminal_health_round_trips,
+    notifications_page_back_from_the_newest
 );

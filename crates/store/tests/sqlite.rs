@@ -136,6 +136,28 @@ fn a_newer_schema_is_refused() {
     assert!(matches!(error, StoreError::SchemaTooNew { found: 999, .. }));
 }
 
+#[test]
+fn a_read_only_open_checks_it_is_a_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(
+        &text,
+        "not a database, but long enough to have a header's length",
+    )
+    .unwrap();
+    assert!(SqliteStore::open_read_only(&text).is_err());
+    let other = dir.path().join("other.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute("CREATE TABLE t (x INTEGER)", [])
+        .unwrap();
+    assert!(SqliteStore::open_read_only(&other).is_err());
+    assert!(SqliteStore::open_read_only(&dir.path().join("missing.db")).is_err());
+    open(&dir).close();
+    let journal = SqliteStore::open_read_only(&dir.path().join("shoudan.db")).unwrap();
+    assert!(journal.merchants().unwrap().is_empty());
+}
+
 fn terminals_merchants_and_sign_in_round_trip(db: &Db) {
     let store = db.open();
     provision(&store);

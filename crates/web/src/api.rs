@@ -447,18 +447,31 @@ async fn refund_approvals(State(web): State<Web>, who: Principal) -> ApiResult {
     Ok(Json(json!({ "items": pending_refunds(&web, &who)? })))
 }
 
+#[derive(Deserialize)]
+struct NotificationQuery {
+    mid: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// A merchant's notifications, newest first, a page at a time.
 async fn notifications(
     State(web): State<Web>,
     who: Principal,
-    Query(q): Query<MidFilter>,
+    Query(q): Query<NotificationQuery>,
 ) -> ApiResult {
     let mid = who
         .merchant_filter(q.mid.as_deref())?
         .ok_or_else(|| ApiError::bad_request("mid is required"))?;
-    let items: Vec<Value> = web
-        .resolver
-        .notifications(&mid)?
+    let limit = query::limit_param(&q.limit)?;
+    let cursor = query::int_param(&q.cursor, "cursor")?;
+    let rows =
+        web.resolver
+            .notifications(&mid, cursor, u32::try_from(limit + 1).unwrap_or(u32::MAX))?;
+    let more = rows.len() > limit;
+    let items: Vec<Value> = rows
         .iter()
+        .take(limit)
         .map(|o| {
             json!({
                 "id": o.id, "event_type": o.event_type, "state": o.state,
@@ -466,7 +479,12 @@ async fn notifications(
             })
         })
         .collect();
-    Ok(Json(json!({ "items": items })))
+    let next = if more {
+        rows.get(limit.saturating_sub(1)).map(|o| o.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({ "items": items, "next_cursor": next })))
 }
 
 #[derive(Deserialize)]

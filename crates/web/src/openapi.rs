@@ -137,7 +137,8 @@ pub fn document() -> Value {
                 "put": op("Set the webhook endpoint (http://) and its signing secret (sealed, never shown again)",
                     vec![], Some("Webhook"), "Object")
             },
-            "/api/notifications": { "get": op("A merchant's webhook notifications", vec![mid_q], None, "List") },
+            "/api/notifications": { "get": op("A merchant's webhook notifications, newest first",
+                vec![mid_q.clone(), limit.clone(), cursor.clone()], None, "List") },
             "/api/risk/alerts": { "get": op("Operator: risk alerts",
                 vec![param("state", "query", "alert state"), limit.clone()], None, "List") },
             "/api/merchant-reviews": { "get": op("Operator: merchants and their onboarding state", vec![], None, "List") },

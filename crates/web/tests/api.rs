@@ -1690,3 +1690,78 @@ fn a_busy_merchants_day_is_searched_newest_first_and_counted_whole() {
         assert_eq!(dash["today"]["volume_fen"], busy * 100, "{dash}");
     });
 }
+
+/// A merchant with more notifications than a read returns sees the newest first and pages back
+/// to the oldest; another merchant's are not among them.
+#[test]
+fn a_busy_merchants_notifications_come_newest_first() {
+    run(async move {
+        let e = start().await;
+        let busy = i64::from(store::RESOLVE_ROWS_MAX) + 3;
+        let item = |id: i64, mid: &str| {
+            store::Record::Resolve(store::resolve::ResolveRecord::Enqueue(Box::new(
+                store::resolve::OutboxRow {
+                    id,
+                    mid: mid.into(),
+                    event_type: "transaction.declined".into(),
+                    payload: "{}".into(),
+                    dedup_key: format!("declined/{id}"),
+                    created_at_ms: id,
+                    state: "no_endpoint".into(),
+                    attempts: 1,
+                    next_attempt_ms: id,
+                    delivered_at_ms: None,
+                },
+            )))
+        };
+        let rows: Vec<store::Record> = (1..=busy)
+            .map(|id| item(id, MID))
+            .chain([item(busy + 1, "898110059420002")])
+            .collect();
+        for chunk in rows.chunks(2_000) {
+            e.h.store.submit(chunk.to_vec()).unwrap().await.unwrap();
+        }
+        let api = Api {
+            env: &e,
+            seen: Default::default(),
+        };
+        let tea = e.token("teahouse").await;
+        let ids = |page: &serde_json::Value| -> Vec<i64> {
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_i64().unwrap())
+                .collect()
+        };
+        let first = api
+            .call(Some(&tea), "GET", "/api/notifications?limit=2", None)
+            .await;
+        assert_eq!(first.status, 200, "{}", first.body);
+        let first = first.json();
+        assert_eq!(ids(&first), [busy, busy - 1]);
+        assert_eq!(first["items"][0]["state"], "no_endpoint");
+        let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+        let second = api
+            .call(
+                Some(&tea),
+                "GET",
+                &format!("/api/notifications?limit=2&cursor={cursor}"),
+                None,
+            )
+            .await
+            .json();
+        assert_eq!(ids(&second), [busy - 2, busy - 3]);
+        let last = api
+            .call(
+                Some(&tea),
+                "GET",
+                "/api/notifications?limit=5&cursor=3",
+                None,
+            )
+            .await
+            .json();
+        assert_eq!(ids(&last), [2, 1]);
+        assert!(last["next_cursor"].is_null(), "{last}");
+    });
+}
