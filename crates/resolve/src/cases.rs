@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use domain::IssuerDirectory;
 use serde::Serialize;
-use store::resolve::{CaseEntryRow, CaseRow, ResolveRecord};
+use store::resolve::{CaseEntryRow, CaseQuery, CaseRow, ResolveRecord};
 use store::{Record, Store, StoreError};
 use switch::{BackOffice, BackOfficeError, BackOfficeRefund, Clock, SwitchHandle};
 
@@ -397,9 +397,30 @@ impl CaseService {
         Ok(case)
     }
 
-    pub fn of_merchant(&self, mid: &str) -> Result<Vec<Case>, CaseError> {
+    /// The cases `query` asks for, newest first ([`store::resolve::CaseQuery`]).
+    pub fn find(&self, query: &CaseQuery<'_>) -> Result<Vec<Case>, CaseError> {
         self.store
-            .cases_of_merchant(mid)?
+            .cases(query)?
+            .into_iter()
+            .map(|row| self.view(row))
+            .collect()
+    }
+
+    /// The cases still open, of one merchant or all, newest first (at most
+    /// `store::RESOLVE_ROWS_MAX`).
+    pub fn still_open(&self, mid: Option<&str>) -> Result<Vec<Case>, CaseError> {
+        self.find(&CaseQuery {
+            mid,
+            open_only: true,
+            limit: store::RESOLVE_ROWS_MAX,
+            ..CaseQuery::default()
+        })
+    }
+
+    /// The cases about one transaction, oldest first.
+    pub fn of_txn(&self, txn_id: i64) -> Result<Vec<Case>, CaseError> {
+        self.store
+            .cases_of_txn(txn_id)?
             .into_iter()
             .map(|row| self.view(row))
             .collect()
@@ -409,12 +430,14 @@ impl CaseService {
     pub fn overdue(&self, mid: &str, now_ms: i64) -> Result<Vec<Case>, CaseError> {
         let mut rows: Vec<CaseRow> = self
             .store
-            .cases_of_merchant(mid)?
+            .cases(&CaseQuery {
+                mid: Some(mid),
+                open_only: true,
+                limit: store::RESOLVE_ROWS_MAX,
+                ..CaseQuery::default()
+            })?
             .into_iter()
-            .filter(|c| {
-                c.due_at_ms.is_some_and(|due| due < now_ms)
-                    && CaseState::parse(&c.state).is_some_and(|s| !s.is_closed())
-            })
+            .filter(|c| c.due_at_ms.is_some_and(|due| due < now_ms))
             .collect();
         rows.sort_by_key(|c| c.due_at_ms);
         rows.into_iter().map(|row| self.view(row)).collect()
@@ -684,6 +707,27 @@ impl CaseService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The store reads open cases by the states its SQL and its partial index name as closed
+    /// (`store::Store::cases` with `open_only`): they must be these.
+    #[test]
+    fn the_closed_states_are_those_the_store_names() {
+        let all = [
+            CaseState::Open,
+            CaseState::WaitingIssuer,
+            CaseState::WaitingMerchant,
+            CaseState::Resolved,
+            CaseState::Rejected,
+            CaseState::Escalated,
+        ];
+        for state in all {
+            assert_eq!(
+                state.is_closed(),
+                ["resolved", "rejected"].contains(&state.as_str()),
+                "{state:?}"
+            );
+        }
+    }
 
     #[test]
     fn state_machine() {

@@ -474,7 +474,22 @@ fn refund_application_executes_through_the_switch_once() {
             .unwrap();
         assert_eq!(closed.state, CaseState::Rejected);
         assert_eq!(closed.entries.len(), 4);
-        assert_eq!(cases.of_merchant(MID).unwrap().len(), 3);
+        let all = cases
+            .find(&store::resolve::CaseQuery {
+                mid: Some(MID),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        let ids: Vec<i64> = all.iter().map(|c| c.id).collect();
+        assert_eq!(ids.len(), 3);
+        assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+        let open = cases.still_open(Some(MID)).unwrap();
+        // The executed refund's case is resolved, the dispute rejected.
+        assert_eq!(open.iter().map(|c| c.id).collect::<Vec<_>>(), [too_much.id]);
+        let with_txn = all.iter().find(|c| c.txn.is_some()).unwrap();
+        let about = cases.of_txn(with_txn.txn.as_ref().unwrap().id).unwrap();
+        assert!(about.iter().any(|c| c.id == with_txn.id));
         // Due dates: the open application due tomorrow is overdue the day after, not before.
         assert!(cases.overdue(MID, now()).unwrap().is_empty());
         let late = cases.overdue(MID, now() + 2 * 86_400_000).unwrap();

@@ -170,7 +170,9 @@ pub trait Store: Send + Sync + 'static {
     /// Timeline events at or after `at_ms`, oldest first, at most `limit`.
     fn events_since(&self, at_ms: i64, limit: u32) -> Result<Vec<EventRow>, StoreError>;
     fn case(&self, id: i64) -> Result<Option<resolve::CaseRow>, StoreError>;
-    fn cases_of_merchant(&self, mid: &str) -> Result<Vec<resolve::CaseRow>, StoreError>;
+    fn cases(&self, query: &resolve::CaseQuery<'_>) -> Result<Vec<resolve::CaseRow>, StoreError>;
+    /// The cases about transaction `txn_id`, oldest first.
+    fn cases_of_txn(&self, txn_id: i64) -> Result<Vec<resolve::CaseRow>, StoreError>;
     fn case_entries(&self, case_id: i64) -> Result<Vec<resolve::CaseEntryRow>, StoreError>;
     fn webhook_endpoint(
         &self,

@@ -2,6 +2,21 @@
 //! notification outbox with its webhook delivery log, back-office refund keys, duplicate flags.
 //! Plain shapes only; the state machines that move them live in the `resolve` crate.
 
+/// Which cases a read returns ([`crate::Store::cases`]): those with an id below `before_id`
+/// (from the newest when `None`), newest first, at most `limit` (and at most
+/// [`crate::RESOLVE_ROWS_MAX`]), of one merchant or all, open only or all, of one state and
+/// one kind or any.
+#[derive(Clone, Debug, Default)]
+pub struct CaseQuery<'a> {
+    pub mid: Option<&'a str>,
+    /// Only the cases neither resolved nor rejected.
+    pub open_only: bool,
+    pub state: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
 /// A case: an issuer inquiry, a refund application or a dispute about one transaction.
 /// `version` increases by one on every update, so two operators cannot overwrite each other.
 #[derive(Clone, Debug, PartialEq, Eq)]

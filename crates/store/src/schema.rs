@@ -475,6 +475,19 @@ DROP INDEX transactions_fingerprint;
 CREATE INDEX transactions_card_received ON transactions (pan_fingerprint, received_at_ms);
 ",
     },
+    Migration {
+        version: 10,
+        name: "cases: a merchant's newest first, the open ones, a transaction's",
+        // The console's queue and a merchant's list read every case ever opened (the oldest
+        // 10,000 of a merchant); now each reads a page back from the newest, or the open ones.
+        sql: "
+DROP INDEX cases_mid;
+CREATE INDEX cases_mid ON cases (mid, id);
+CREATE INDEX cases_open ON cases (id) WHERE state NOT IN ('resolved', 'rejected');
+CREATE INDEX cases_open_mid ON cases (mid, id) WHERE state NOT IN ('resolved', 'rejected');
+CREATE INDEX cases_txn ON cases (txn_id) WHERE txn_id IS NOT NULL;
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -635,8 +635,14 @@ impl Store for SqliteStore {
     fn case(&self, id: i64) -> Result<Option<crate::resolve::CaseRow>, StoreError> {
         self.resolve_case(id)
     }
-    fn cases_of_merchant(&self, mid: &str) -> Result<Vec<crate::resolve::CaseRow>, StoreError> {
-        self.resolve_cases_of_merchant(mid)
+    fn cases(
+        &self,
+        query: &crate::resolve::CaseQuery<'_>,
+    ) -> Result<Vec<crate::resolve::CaseRow>, StoreError> {
+        self.resolve_cases(query)
+    }
+    fn cases_of_txn(&self, txn_id: i64) -> Result<Vec<crate::resolve::CaseRow>, StoreError> {
+        self.resolve_cases_of_txn(txn_id)
     }
     fn case_entries(&self, id: i64) -> Result<Vec<crate::resolve::CaseEntryRow>, StoreError> {
         self.resolve_case_entries(id)

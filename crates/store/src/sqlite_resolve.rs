@@ -12,8 +12,8 @@ use super::{SqliteStore, TXN_COLUMNS, expect_one, txn_from_row};
 use crate::error::StoreError;
 use crate::model::{EventRow, TxnKind, TxnRow, TxnState, TxnTally};
 use crate::resolve::{
-    BackOfficeKeyRow, CaseEntryRow, CaseRow, DeliveryRow, DuplicateRow, OutboxRow, ResolveRecord,
-    WebhookEndpointRow,
+    BackOfficeKeyRow, CaseEntryRow, CaseQuery, CaseRow, DeliveryRow, DuplicateRow, OutboxRow,
+    ResolveRecord, WebhookEndpointRow,
 };
 
 use crate::RESOLVE_ROWS_MAX;
@@ -432,11 +432,34 @@ impl SqliteStore {
         })
     }
 
-    pub(super) fn resolve_cases_of_merchant(&self, mid: &str) -> Result<Vec<CaseRow>, StoreError> {
+    pub(super) fn resolve_cases(&self, q: &CaseQuery<'_>) -> Result<Vec<CaseRow>, StoreError> {
+        // Walks back from `before_id` by the (merchant, id) index, the open cases' partial
+        // indexes (all merchants', one merchant's), or the table itself; state and kind are
+        // checked on the rows walked.
+        let before = q.before_id.unwrap_or(i64::MAX);
+        let limit = q.limit.min(RESOLVE_ROWS_MAX);
+        let mut sql = format!("SELECT {CASE_COLUMNS} FROM cases WHERE id < ?1");
+        let mut params: Vec<&dyn rusqlite::ToSql> = vec![&before];
+        for (column, value) in [("mid", &q.mid), ("state", &q.state), ("kind", &q.kind)] {
+            if let Some(value) = value {
+                params.push(value);
+                sql.push_str(&format!(" AND {column} = ?{}", params.len()));
+            }
+        }
+        if q.open_only {
+            // The closed states of `resolve::cases::CaseState`, as the partial index has them.
+            sql.push_str(" AND state NOT IN ('resolved', 'rejected')");
+        }
+        params.push(&limit);
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", params.len()));
+        self.rows(&sql, &params, case_from_row)
+    }
+
+    pub(super) fn resolve_cases_of_txn(&self, txn_id: i64) -> Result<Vec<CaseRow>, StoreError> {
         let sql = format!(
-            "SELECT {CASE_COLUMNS} FROM cases WHERE mid = ?1 ORDER BY id LIMIT {RESOLVE_ROWS_MAX}"
+            "SELECT {CASE_COLUMNS} FROM cases WHERE txn_id = ?1 ORDER BY id LIMIT {RESOLVE_ROWS_MAX}"
         );
-        self.rows(&sql, &[&mid], case_from_row)
+        self.rows(&sql, &[&txn_id], case_from_row)
     }
 
     pub(super) fn resolve_case_entries(

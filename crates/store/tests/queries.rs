@@ -6,7 +6,7 @@
 
 mod backend;
 use backend::Db;
-use store::resolve::{OutboxRow, ResolveRecord};
+use store::resolve::{CaseQuery, CaseRow, OutboxRow, ResolveRecord};
 use store::risk::AlertState;
 use store::settlement::PayoutState;
 use store::web::{ApiTokenRow, AuditRow, Role, SessionRow, UserRow, WebRecord};
@@ -41,7 +41,20 @@ fn every_read_runs(db: &Db) {
     assert!(s.txns_linked_to(1).unwrap().is_empty());
     assert!(s.events_since(0, 10).unwrap().is_empty());
     assert!(s.case(1).unwrap().is_none());
-    assert!(s.cases_of_merchant("m").unwrap().is_empty());
+    assert!(
+        s.cases(&CaseQuery {
+            mid: Some("m"),
+            open_only: true,
+            state: Some("open"),
+            kind: Some("dispute"),
+            before_id: Some(9),
+            limit: 10,
+        })
+        .unwrap()
+        .is_empty()
+    );
+    assert!(s.cases(&CaseQuery::default()).unwrap().is_empty());
+    assert!(s.cases_of_txn(1).unwrap().is_empty());
     assert!(s.case_entries(1).unwrap().is_empty());
     assert!(s.webhook_endpoint("m").unwrap().is_none());
     assert!(s.outbox_due(0, 10).unwrap().is_empty());
@@ -240,8 +253,81 @@ fn notifications_page_back_from_the_newest(db: &Db) {
     assert!(s.outbox_item(8).unwrap().is_none());
 }
 
+/// Cases come newest first, a page at a time, by merchant, open or not, state and kind; and
+/// by the transaction they are about.
+fn cases_page_back_from_the_newest(db: &Db) {
+    let s = db.open();
+    let case = |id: i64, mid: &str, kind: &str, state: &str| {
+        Record::Resolve(ResolveRecord::InsertCase(Box::new(CaseRow {
+            id,
+            mid: mid.into(),
+            kind: kind.into(),
+            state: state.into(),
+            txn_id: Some(100 + id % 3),
+            title: format!("case {id}"),
+            assignee: None,
+            due_at_ms: None,
+            refund_fen: None,
+            approved_by: None,
+            refund_txn_id: None,
+            refund_rrn: None,
+            refund_code: None,
+            resolution: None,
+            created_at_ms: id,
+            updated_at_ms: id,
+            version: 1,
+        })))
+    };
+    s.submit(vec![
+        case(1, "m", "dispute", "resolved"),
+        case(2, "m", "refund_application", "open"),
+        case(3, "other", "dispute", "open"),
+        case(4, "m", "issuer_inquiry", "waiting_issuer"),
+        case(5, "m", "refund_application", "rejected"),
+        case(6, "m", "dispute", "escalated"),
+    ])
+    .unwrap()
+    .wait()
+    .unwrap();
+    let ids =
+        |q: CaseQuery<'_>| -> Vec<i64> { s.cases(&q).unwrap().iter().map(|c| c.id).collect() };
+    let m = Some("m");
+    let page = |before_id, limit| CaseQuery {
+        mid: m,
+        before_id,
+        limit,
+        ..CaseQuery::default()
+    };
+    assert_eq!(ids(page(None, 3)), [6, 5, 4]);
+    assert_eq!(ids(page(Some(4), 3)), [2, 1]);
+    let open = |mid| CaseQuery {
+        mid,
+        open_only: true,
+        limit: 10,
+        ..CaseQuery::default()
+    };
+    assert_eq!(ids(open(m)), [6, 4, 2]);
+    assert_eq!(ids(open(None)), [6, 4, 3, 2]);
+    let refunds = CaseQuery {
+        kind: Some("refund_application"),
+        limit: 10,
+        ..CaseQuery::default()
+    };
+    assert_eq!(ids(refunds.clone()), [5, 2]);
+    assert_eq!(
+        ids(CaseQuery {
+            state: Some("open"),
+            ..refunds
+        }),
+        [2]
+    );
+    let about: Vec<i64> = s.cases_of_txn(101).unwrap().iter().map(|c| c.id).collect();
+    assert_eq!(about, [1, 4]);
+}
+
 on_both!(
     every_read_runs,
+    cases_page_back_from_the_newest,
     web_area_round_trips,
     terminal_health_round_trips,
     notifications_page_back_from_the_newest

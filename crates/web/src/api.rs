@@ -9,6 +9,7 @@ use axum::{Json, Router};
 use resolve::cases::{CaseKind, NewCase};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use store::resolve::CaseQuery;
 use store::web::Role;
 
 use crate::Web;
@@ -175,12 +176,7 @@ async fn merchant(State(web): State<Web>, who: Principal, Path(mid): Path<String
 async fn dashboard(State(web): State<Web>, who: Principal, Path(mid): Path<String>) -> ApiResult {
     find_merchant(&web, &who, &mid)?;
     let stats = query::day_stats(&web, &mid)?;
-    let open_cases = web
-        .cases
-        .of_merchant(&mid)?
-        .iter()
-        .filter(|c| !c.state.is_closed())
-        .count();
+    let open_cases = web.cases.still_open(Some(&mid))?.len();
     Ok(Json(json!({ "today": stats, "open_cases": open_cases })))
 }
 
@@ -240,33 +236,49 @@ struct CaseFilter {
     mid: Option<String>,
     state: Option<String>,
     kind: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
 }
 
-/// Cases the principal may see, newest first.
+/// A page of the cases the principal may see (a merchant its own; staff one merchant's or
+/// all), newest first, from below `before_id`: at most `limit`, and whether there are more.
 pub fn visible_cases(
     web: &Web,
     who: &Principal,
-    mid: Option<&str>,
-) -> Result<Vec<resolve::cases::Case>, ApiError> {
-    let mids: Vec<String> = match who.merchant_filter(mid)? {
-        Some(m) => vec![m],
-        None => web.store.merchants()?.into_iter().map(|m| m.mid).collect(),
-    };
-    let mut out = Vec::new();
-    for m in mids {
-        out.extend(web.cases.of_merchant(&m)?);
-    }
-    out.sort_by_key(|c| std::cmp::Reverse(c.id));
-    Ok(out)
+    query: CaseQuery<'_>,
+) -> Result<(Vec<resolve::cases::Case>, bool), ApiError> {
+    let mid = who.merchant_filter(query.mid)?;
+    let limit = query.limit;
+    let mut cases = web.cases.find(&CaseQuery {
+        mid: mid.as_deref(),
+        limit: limit.saturating_add(1),
+        ..query
+    })?;
+    let more = cases.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    cases.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok((cases, more))
 }
 
 async fn cases(State(web): State<Web>, who: Principal, Query(q): Query<CaseFilter>) -> ApiResult {
-    let items: Vec<_> = visible_cases(&web, &who, q.mid.as_deref())?
-        .into_iter()
-        .filter(|c| q.state.as_deref().is_none_or(|s| c.state.as_str() == s))
-        .filter(|c| q.kind.as_deref().is_none_or(|k| c.kind.as_str() == k))
-        .collect();
-    Ok(Json(json!({ "items": items })))
+    let given = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    let (state, kind) = (given(&q.state), given(&q.kind));
+    let limit = query::limit_param(&q.limit)?;
+    let (items, more) = visible_cases(
+        &web,
+        &who,
+        CaseQuery {
+            mid: q.mid.as_deref(),
+            state: state.as_deref(),
+            kind: kind.as_deref(),
+            before_id: query::int_param(&q.cursor, "cursor")?,
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+            ..CaseQuery::default()
+        },
+    )?;
+    let next = more
+        .then(|| items.last().map(|c| c.id.to_string()))
+        .flatten();
+    Ok(Json(json!({ "items": items, "next_cursor": next })))
 }
 
 #[derive(Deserialize)]
@@ -436,9 +448,15 @@ async fn approve_refund(State(web): State<Web>, who: Principal, Path(id): Path<i
 /// Open refund applications waiting for an operator.
 pub fn pending_refunds(web: &Web, who: &Principal) -> Result<Vec<resolve::cases::Case>, ApiError> {
     who.require_staff("see the refund approval queue")?;
-    Ok(visible_cases(web, who, None)?
+    Ok(web
+        .cases
+        .find(&CaseQuery {
+            open_only: true,
+            kind: Some(CaseKind::RefundApplication.as_str()),
+            limit: store::RESOLVE_ROWS_MAX,
+            ..CaseQuery::default()
+        })?
         .into_iter()
-        .filter(|c| c.kind == CaseKind::RefundApplication && !c.state.is_closed())
         .filter(|c| c.refund_code.as_deref() != Some("00"))
         .collect())
 }

@@ -115,9 +115,10 @@ pub fn document() -> Value {
                 "The evidence package for the issuer (bank phone, codes, timeline)",
                 vec![id.clone()], None, "Object") },
             "/api/cases": {
-                "get": op("Cases the caller may see",
+                "get": op("Cases the caller may see, newest first",
                     vec![mid_q.clone(), param("state", "query", "case state"),
-                      param("kind", "query", "issuer_inquiry, refund_application, dispute")],
+                      param("kind", "query", "issuer_inquiry, refund_application, dispute"),
+                      limit.clone(), cursor.clone()],
                     None, "List"),
                 "post": op("Open an issuer inquiry, refund application or dispute",
                     vec![], Some("OpenCase"), "Case")

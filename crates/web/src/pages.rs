@@ -369,8 +369,7 @@ async fn dashboard(
 fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), ApiError> {
     let l = c.lang;
     let s = query::day_stats(web, mid)?;
-    let cases = web.cases.of_merchant(mid)?;
-    let open_cases: Vec<&Case> = cases.iter().filter(|x| !x.state.is_closed()).collect();
+    let open_cases = web.cases.still_open(Some(mid))?;
     let rate = s
         .approval_per_mille
         .map_or_else(|| "—".to_owned(), |p| format!("{}.{}%", p / 10, p % 10));
@@ -719,12 +718,7 @@ fn transaction_body(
         }
     }
     // Cases already open on it.
-    let related: Vec<Case> = web
-        .cases
-        .of_merchant(&row.mid)?
-        .into_iter()
-        .filter(|k| k.txn.as_ref().is_some_and(|t| t.id == row.id))
-        .collect();
+    let related: Vec<Case> = web.cases.of_txn(row.id)?;
     if !related.is_empty() {
         body.push_str(&format!(
             "<h2>{}</h2><ul id=\"related-cases\">",
@@ -836,6 +830,9 @@ async fn evidence(
     }
 }
 
+/// Cases on one page of the case list, newest first; a link leads to older ones.
+const CASES_PER_PAGE: u32 = 100;
+
 async fn cases(
     State(web): State<Web>,
     headers: HeaderMap,
@@ -848,11 +845,25 @@ async fn cases(
     };
     let result = (|| {
         let l = c.lang;
-        let list = api::visible_cases(&web, &who, None)?;
-        Ok::<_, ApiError>((
-            t(l, "工单", "Cases").to_owned(),
-            case_table(l, &list, "cases", None),
-        ))
+        let before_id = params.get("before").and_then(|b| b.parse::<i64>().ok());
+        let (list, more) = api::visible_cases(
+            &web,
+            &who,
+            store::resolve::CaseQuery {
+                before_id,
+                limit: CASES_PER_PAGE,
+                ..Default::default()
+            },
+        )?;
+        let mut body = case_table(l, &list, "cases", None);
+        if let (true, Some(last)) = (more, list.last()) {
+            body.push_str(&format!(
+                "<p><a id=\"older-cases\" href=\"/portal/cases?before={}\">{}</a></p>",
+                last.id,
+                t(l, "更早的工单", "Older cases")
+            ));
+        }
+        Ok::<_, ApiError>((t(l, "工单", "Cases").to_owned(), body))
     })();
     respond(&c, &who, result)
 }
@@ -1150,10 +1161,7 @@ async fn console(
     let result = (|| {
         let l = c.lang;
         let refunds = api::pending_refunds(&web, &who)?;
-        let open: Vec<Case> = api::visible_cases(&web, &who, None)?
-            .into_iter()
-            .filter(|k| !k.state.is_closed())
-            .collect();
+        let open: Vec<Case> = web.cases.still_open(None)?;
         let mut body = format!(
             "<h1>{}</h1><h2>{} ({})</h2>{}<h2>{} ({})</h2>{}",
             t(l, "运营台", "Operator console"),

@@ -1765,3 +1765,116 @@ fn a_busy_merchants_notifications_come_newest_first() {
         assert!(last["next_cursor"].is_null(), "{last}");
     });
 }
+
+/// A merchant with more cases than a read returns: its newest come first and page back, the
+/// dashboard counts the open ones among all of them, and the newest refund application waits
+/// in the operators' queue.
+#[test]
+fn a_busy_merchants_cases_come_newest_first() {
+    run(async move {
+        let e = start().await;
+        let busy = i64::from(store::RESOLVE_ROWS_MAX) + 3;
+        let case = |id: i64, mid: &str, kind: &str, state: &str| {
+            store::Record::Resolve(store::resolve::ResolveRecord::InsertCase(Box::new(
+                store::resolve::CaseRow {
+                    id,
+                    mid: mid.into(),
+                    kind: kind.into(),
+                    state: state.into(),
+                    txn_id: None,
+                    title: format!("case {id}"),
+                    assignee: None,
+                    due_at_ms: None,
+                    refund_fen: None,
+                    approved_by: None,
+                    refund_txn_id: None,
+                    refund_rrn: None,
+                    refund_code: None,
+                    resolution: None,
+                    created_at_ms: id,
+                    updated_at_ms: id,
+                    version: 1,
+                },
+            )))
+        };
+        // Closed, all but the oldest and the two newest; the newest a refund application.
+        let rows: Vec<store::Record> = (1..=busy)
+            .map(|id| match id {
+                1 => case(id, MID, "dispute", "open"),
+                id if id == busy => case(id, MID, "refund_application", "open"),
+                id if id == busy - 1 => case(id, MID, "issuer_inquiry", "waiting_issuer"),
+                id => case(id, MID, "dispute", "resolved"),
+            })
+            .chain([case(busy + 1, "898110059420002", "dispute", "open")])
+            .collect();
+        for chunk in rows.chunks(2_000) {
+            e.h.store.submit(chunk.to_vec()).unwrap().await.unwrap();
+        }
+        let api = Api {
+            env: &e,
+            seen: Default::default(),
+        };
+        let tea = e.token("teahouse").await;
+        let ids = |page: &serde_json::Value| -> Vec<i64> {
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_i64().unwrap())
+                .collect()
+        };
+        let first = api
+            .call(Some(&tea), "GET", "/api/cases?limit=2", None)
+            .await;
+        assert_eq!(first.status, 200, "{}", first.body);
+        let first = first.json();
+        assert_eq!(ids(&first), [busy, busy - 1]);
+        let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+        let second = api
+            .call(
+                Some(&tea),
+                "GET",
+                &format!("/api/cases?limit=1&cursor={cursor}"),
+                None,
+            )
+            .await
+            .json();
+        assert_eq!(ids(&second), [busy - 2]);
+        let open = api
+            .call(Some(&tea), "GET", "/api/cases?state=open&cursor=5", None)
+            .await
+            .json();
+        assert_eq!(ids(&open), [1]);
+        let dash = api
+            .call(
+                Some(&tea),
+                "GET",
+                &format!("/api/merchants/{MID}/dashboard"),
+                None,
+            )
+            .await
+            .json();
+        assert_eq!(dash["open_cases"], 3, "{dash}");
+        let ops = e.token("ops").await;
+        let queue = api
+            .call(Some(&ops), "GET", "/api/refund-approvals", None)
+            .await
+            .json();
+        assert_eq!(ids(&queue), [busy], "{queue}");
+
+        // The portal's list: a page of the newest, and a link to the older ones.
+        let page = PageSession::login(e.http, "teahouse").await;
+        let list = page.get("/portal/cases?lang=en").await;
+        assert_eq!(list.status, 200);
+        assert_eq!(list.body.matches("class=\"case\"").count(), 100);
+        assert!(list.body.contains(&format!("/portal/cases/{busy}\"")));
+        let older = format!("/portal/cases?before={}", busy - 99);
+        assert!(list.body.contains(&older), "no link to older cases");
+        let next = page.get(&older).await;
+        assert!(
+            next.body
+                .contains(&format!("/portal/cases/{}\"", busy - 100))
+        );
+        assert!(!next.body.contains(&format!("/portal/cases/{busy}\"")));
+    });
+}
