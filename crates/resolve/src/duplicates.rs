@@ -154,15 +154,18 @@ pub fn describe(
     }))
 }
 
-/// The flags stored for a merchant (by the notification tailer), described as of `now_ms`.
+/// The flags stored for a merchant (by the notification tailer) whose second payment's id is
+/// below `before_id` (from the newest when `None`), newest first, at most `limit`, described as
+/// of `now_ms`.
 pub fn flagged(
     store: &dyn Store,
     directory: &IssuerDirectory,
     mid: &str,
+    (before_id, limit): (Option<i64>, u32),
     now_ms: i64,
 ) -> Result<Vec<DuplicateFlag>, ResolveError> {
     let mut out = Vec::new();
-    for row in store.duplicates_of_merchant(mid)? {
+    for row in store.duplicates_of_merchant(mid, before_id, limit)? {
         if let Some(flag) = describe(store, directory, &row, now_ms)? {
             out.push(flag);
         }

@@ -111,12 +111,19 @@ impl Resolver {
         payer::repeat_payers(self.store.as_ref(), mid, from_ms, to_ms, min_payments)
     }
 
-    /// Suspected duplicates flagged by the notification tailer.
-    pub fn duplicates(&self, mid: &str) -> Result<Vec<DuplicateFlag>, ResolveError> {
+    /// Suspected duplicates flagged by the notification tailer, newest first: those whose
+    /// second payment's id is below `before_id` (from the newest when `None`), at most `limit`.
+    pub fn duplicates(
+        &self,
+        mid: &str,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<DuplicateFlag>, ResolveError> {
         duplicates::flagged(
             self.store.as_ref(),
             &self.directory,
             mid,
+            (before_id, limit),
             self.clock.now_ms(),
         )
     }

@@ -191,7 +191,14 @@ pub trait Store: Send + Sync + 'static {
     fn outbox_item(&self, id: i64) -> Result<Option<resolve::OutboxRow>, StoreError>;
     fn webhook_deliveries(&self, outbox_id: i64) -> Result<Vec<resolve::DeliveryRow>, StoreError>;
     fn backoffice_key(&self, key: &str) -> Result<Option<resolve::BackOfficeKeyRow>, StoreError>;
-    fn duplicates_of_merchant(&self, mid: &str) -> Result<Vec<resolve::DuplicateRow>, StoreError>;
+    /// A merchant's duplicate flags whose second payment's id is below `before_id` (from the
+    /// newest when `None`), newest first, at most `limit` (and at most [`RESOLVE_ROWS_MAX`]).
+    fn duplicates_of_merchant(
+        &self,
+        mid: &str,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<resolve::DuplicateRow>, StoreError>;
     fn resolve_cursor(&self, name: &str) -> Result<Option<i64>, StoreError>;
 
     // --- risk (issue 7): merchant onboarding and review, risk alerts

@@ -488,6 +488,14 @@ CREATE INDEX cases_open_mid ON cases (mid, id) WHERE state NOT IN ('resolved', '
 CREATE INDEX cases_txn ON cases (txn_id) WHERE txn_id IS NOT NULL;
 ",
     },
+    Migration {
+        version: 11,
+        name: "duplicate flags: a merchant's newest first",
+        sql: "
+DROP INDEX duplicate_flags_mid;
+CREATE INDEX duplicate_flags_mid ON duplicate_flags (mid, second_txn_id);
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -679,8 +679,10 @@ impl Store for SqliteStore {
     fn duplicates_of_merchant(
         &self,
         mid: &str,
+        before_id: Option<i64>,
+        limit: u32,
     ) -> Result<Vec<crate::resolve::DuplicateRow>, StoreError> {
-        self.resolve_duplicates_of_merchant(mid)
+        self.resolve_duplicates_of_merchant(mid, before_id, limit)
     }
     fn resolve_cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
         self.resolve_cursor_position(name)

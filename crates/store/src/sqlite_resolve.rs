@@ -594,12 +594,17 @@ impl SqliteStore {
     pub(super) fn resolve_duplicates_of_merchant(
         &self,
         mid: &str,
+        before_id: Option<i64>,
+        limit: u32,
     ) -> Result<Vec<DuplicateRow>, StoreError> {
+        // Walks the (merchant, second payment) index back from `before_id`.
         let sql = format!(
-            "SELECT {DUPLICATE_COLUMNS} FROM duplicate_flags WHERE mid = ?1
-             ORDER BY second_txn_id LIMIT {RESOLVE_ROWS_MAX}"
+            "SELECT {DUPLICATE_COLUMNS} FROM duplicate_flags WHERE mid = ?1 AND second_txn_id < ?2
+             ORDER BY second_txn_id DESC LIMIT ?3"
         );
-        self.rows(&sql, &[&mid], duplicate_from_row)
+        let before = before_id.unwrap_or(i64::MAX);
+        let limit = limit.min(RESOLVE_ROWS_MAX);
+        self.rows(&sql, &[&mid, &before, &limit], duplicate_from_row)
     }
 
     pub(super) fn resolve_cursor_position(&self, name: &str) -> Result<Option<i64>, StoreError> {

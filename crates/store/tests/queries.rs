@@ -62,7 +62,11 @@ fn every_read_runs(db: &Db) {
     assert!(s.outbox_item(1).unwrap().is_none());
     assert!(s.webhook_deliveries(1).unwrap().is_empty());
     assert!(s.backoffice_key("k").unwrap().is_none());
-    assert!(s.duplicates_of_merchant("m").unwrap().is_empty());
+    assert!(
+        s.duplicates_of_merchant("m", Some(5), 10)
+            .unwrap()
+            .is_empty()
+    );
     assert!(s.resolve_cursor("c").unwrap().is_none());
     assert!(s.merchant_profile("m").unwrap().is_none());
     assert!(s.merchant_profiles().unwrap().is_empty());

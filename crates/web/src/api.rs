@@ -58,6 +58,7 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Web>)> {
         ("post", "/api/cases/{id}/transition", post(transition)),
         ("get", "/api/refund-approvals", get(refund_approvals)),
         ("get", "/api/notifications", get(notifications)),
+        ("get", "/api/duplicates", get(duplicates)),
         ("get", "/api/webhook", get(webhook)),
         ("put", "/api/webhook", axum::routing::put(set_webhook)),
         ("get", "/api/risk/alerts", get(risk_alerts)),
@@ -503,6 +504,29 @@ async fn notifications(
         None
     };
     Ok(Json(json!({ "items": items, "next_cursor": next })))
+}
+
+/// A merchant's suspected duplicate payments (the same card, amount and merchant within
+/// minutes, both approved), newest first, each with what to do about the second one.
+async fn duplicates(
+    State(web): State<Web>,
+    who: Principal,
+    Query(q): Query<NotificationQuery>,
+) -> ApiResult {
+    let mid = who
+        .merchant_filter(q.mid.as_deref())?
+        .ok_or_else(|| ApiError::bad_request("mid is required"))?;
+    let limit = query::limit_param(&q.limit)?;
+    let cursor = query::int_param(&q.cursor, "cursor")?;
+    let mut flags =
+        web.resolver
+            .duplicates(&mid, cursor, u32::try_from(limit + 1).unwrap_or(u32::MAX))?;
+    let more = flags.len() > limit;
+    flags.truncate(limit);
+    let next = more
+        .then(|| flags.last().map(|f| f.second.id.to_string()))
+        .flatten();
+    Ok(Json(json!({ "items": flags, "next_cursor": next })))
 }
 
 #[derive(Deserialize)]

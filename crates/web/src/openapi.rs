@@ -140,6 +140,9 @@ pub fn document() -> Value {
             },
             "/api/notifications": { "get": op("A merchant's webhook notifications, newest first",
                 vec![mid_q.clone(), limit.clone(), cursor.clone()], None, "List") },
+            "/api/duplicates": { "get": op(
+                "A merchant's suspected duplicate payments, newest first, with what to do",
+                vec![mid_q.clone(), limit.clone(), cursor.clone()], None, "List") },
             "/api/risk/alerts": { "get": op("Operator: risk alerts",
                 vec![param("state", "query", "alert state"), limit.clone()], None, "List") },
             "/api/merchant-reviews": { "get": op("Operator: merchants and their onboarding state", vec![], None, "List") },

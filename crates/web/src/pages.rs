@@ -36,6 +36,7 @@ pub fn router() -> Router<Web> {
         .route("/portal/cases/{id}", get(case))
         .route("/portal/cases/{id}/entries", post(add_entry))
         .route("/portal/terminals", get(terminals))
+        .route("/portal/duplicates", get(duplicates))
         .route("/portal/settlement", get(settlement_page))
         .route("/portal/settlement/account", post(bind_account))
         .route(
@@ -118,6 +119,7 @@ fn nav(c: &Ctx, who: &Principal) -> Vec<(&'static str, &'static str)> {
             ("/portal", t(l, "概览", "Dashboard")),
             ("/portal/transactions", t(l, "交易", "Transactions")),
             ("/portal/cases", t(l, "工单", "Cases")),
+            ("/portal/duplicates", t(l, "重复扣款", "Duplicates")),
             ("/portal/settlement", t(l, "结算", "Settlement")),
             ("/portal/terminals", t(l, "终端", "Terminals")),
         ]
@@ -443,6 +445,28 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
         .filter(|p| p.state == store::settlement::PayoutState::Pending)
         .map(|p| p.amount_fen)
         .sum();
+    // Today's suspected duplicates with something left to do.
+    let today = switch::LocalTime::from_ms(web.clock.now_ms()).day_number;
+    let to_handle = web
+        .resolver
+        .duplicates(mid, None, DUPLICATES_PER_PAGE)?
+        .into_iter()
+        .filter(|f| f.suggested_action != resolve::duplicates::SuggestedAction::NothingLeft)
+        .filter(|f| switch::LocalTime::from_ms(f.second.received_at_ms).day_number == today)
+        .count();
+    if to_handle > 0 {
+        red.push_str(&format!(
+            "<div class=\"card red\" id=\"duplicates-today\"><b>{} × {to_handle}</b> — {} \
+             <a href=\"/portal/duplicates\">{}</a></div>",
+            t(l, "疑似重复扣款", "Suspected duplicate payments"),
+            t(
+                l,
+                "同一张卡几分钟内付了两次相同金额。",
+                "the same card paid the same amount twice within minutes."
+            ),
+            t(l, "查看并处理", "See what to do")
+        ));
+    }
     if !open_cases.is_empty() {
         red.push_str(&format!(
             "<div class=\"card red\"><b>{} × {}</b> — <a href=\"/portal/cases\">{}</a></div>",
@@ -828,6 +852,93 @@ async fn evidence(
         Ok(e) => html(&c, StatusCode::OK, e.to_html(c.lang)),
         Err(e) => error_page(&c, Some(&who), &e),
     }
+}
+
+/// Flags on one page of the suspected duplicates, newest first; a link leads to older ones.
+const DUPLICATES_PER_PAGE: u32 = 50;
+
+/// A merchant's suspected duplicate payments: both payments, how far apart, and what to do
+/// about the second (void it today, refund it later, or nothing left).
+async fn duplicates(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    let c = ctx(&headers, &params);
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let Some(mid) = who.mid.clone() else {
+        return redirect("/console");
+    };
+    let result = (|| {
+        let l = c.lang;
+        let before_id = params.get("before").and_then(|b| b.parse::<i64>().ok());
+        let flags = web
+            .resolver
+            .duplicates(&mid, before_id, DUPLICATES_PER_PAGE)?;
+        let mut body = format!(
+            "<h1>{}</h1><p>{}</p><table id=\"duplicates\"><tr><th>{}</th><th>{}</th><th>{}</th>\
+             <th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+            t(l, "疑似重复扣款", "Suspected duplicate payments"),
+            t(
+                l,
+                "同一张卡在本店 10 分钟内付了相同金额，两笔都成功。",
+                "The same card paid the same amount here within 10 minutes, and both were approved."
+            ),
+            t(l, "第二笔时间", "Second payment at"),
+            t(l, "金额", "Amount"),
+            t(l, "卡", "Card"),
+            t(l, "第一笔", "First payment"),
+            t(l, "第二笔", "Second payment"),
+            t(l, "间隔", "Apart"),
+            t(l, "怎么办", "What to do"),
+        );
+        let link = |s: &resolve::TxnSummary| {
+            format!(
+                "<a href=\"/portal/transactions/{}\">{}</a>",
+                s.id,
+                esc(s.rrn.as_deref().unwrap_or("-"))
+            )
+        };
+        for f in &flags {
+            body.push_str(&format!(
+                "<tr class=\"duplicate\"><td>{}</td><td>¥{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td>{} s</td><td class=\"advice\">{}</td></tr>",
+                format_time(f.second.received_at_ms),
+                yuan(f.second.amount_fen),
+                esc(f.second.masked_pan.as_deref().unwrap_or("-")),
+                link(&f.first),
+                link(&f.second),
+                f.gap_ms / 1_000,
+                esc(if l == Lang::En {
+                    &f.advice.en
+                } else {
+                    &f.advice.zh
+                }),
+            ));
+        }
+        body.push_str("</table>");
+        if flags.is_empty() {
+            body.push_str(&format!(
+                "<p>{}</p>",
+                t(l, "没有疑似重复扣款。", "No suspected duplicate payments.")
+            ));
+        }
+        if let (true, Some(last)) = (
+            flags.len() == usize::try_from(DUPLICATES_PER_PAGE).unwrap_or(usize::MAX),
+            flags.last(),
+        ) {
+            body.push_str(&format!(
+                "<p><a id=\"older-duplicates\" href=\"/portal/duplicates?before={}\">{}</a></p>",
+                last.second.id,
+                t(l, "更早的", "Older")
+            ));
+        }
+        Ok::<_, ApiError>((t(l, "重复扣款", "Duplicates").to_owned(), body))
+    })();
+    respond(&c, &who, result)
 }
 
 /// Cases on one page of the case list, newest first; a link leads to older ones.

@@ -1878,3 +1878,74 @@ fn a_busy_merchants_cases_come_newest_first() {
         assert!(!next.body.contains(&format!("/portal/cases/{busy}\"")));
     });
 }
+
+/// "Was the customer charged twice?": the same card pays the same amount twice; once the flag
+/// is stored (as the journal tailer stores it), the merchant sees both payments and what to do,
+/// by the API, on its dashboard and on the duplicates page; another merchant does not.
+#[test]
+fn a_suspected_duplicate_is_shown_with_what_to_do() {
+    run(async move {
+        let mut e = start().await;
+        let card = e.card("healthy");
+        let (code, first) = e.purchase(&card, 4_200).await;
+        assert_eq!(code, "00");
+        let (code, second) = e.purchase(&card, 4_200).await;
+        assert_eq!(code, "00");
+        let row = e.h.store.txn_by_rrn(&second).unwrap().unwrap();
+        let flag = resolve::duplicates::find_for(
+            e.h.store.as_ref(),
+            &row,
+            resolve::duplicates::DUPLICATE_WINDOW_MS_DEFAULT,
+        )
+        .unwrap()
+        .unwrap();
+        e.h.store
+            .submit(vec![store::Record::Resolve(
+                store::resolve::ResolveRecord::Duplicate(flag),
+            )])
+            .unwrap()
+            .await
+            .unwrap();
+        let api = Api {
+            env: &e,
+            seen: Default::default(),
+        };
+        let tea = e.token("teahouse").await;
+        let list = api.call(Some(&tea), "GET", "/api/duplicates", None).await;
+        assert_eq!(list.status, 200, "{}", list.body);
+        let list = list.json();
+        let item = &list["items"][0];
+        assert_eq!(item["first"]["rrn"], first.as_str(), "{list}");
+        assert_eq!(item["second"]["rrn"], second.as_str(), "{list}");
+        assert_eq!(item["suggested_action"], "void_second_today");
+        assert_eq!(list["items"].as_array().unwrap().len(), 1);
+        let book = e.token("bookshop").await;
+        assert_error(
+            &api.call(
+                Some(&book),
+                "GET",
+                &format!("/api/duplicates?mid={MID}"),
+                None,
+            )
+            .await,
+            404,
+            "not_found",
+        );
+
+        let page = PageSession::login(e.http, "teahouse").await;
+        let dash = page.get("/portal?lang=en").await;
+        assert!(
+            dash.body.contains("id=\"duplicates-today\""),
+            "{}",
+            dash.body
+        );
+        let dups = page.get("/portal/duplicates?lang=en").await;
+        assert_eq!(dups.status, 200);
+        assert_eq!(dups.body.matches("class=\"duplicate\"").count(), 1);
+        assert!(dups.body.contains(&first) && dups.body.contains(&second));
+        assert!(dups.body.contains("void"), "{}", dups.body);
+        assert!(!dups.body.contains(card.pan.expose_digits()));
+        let zh = page.get("/portal/duplicates?lang=zh").await;
+        assert!(zh.body.contains("疑似重复扣款"));
+    });
+}
