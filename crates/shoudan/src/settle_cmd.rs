@@ -18,7 +18,7 @@ use store::{SqliteConfig, SqliteStore, Store};
 
 use crate::CliResult;
 
-/// Payouts listed at most by `shoudan payouts`.
+/// Payouts listed at most by `shoudan payouts`, the newest.
 const PAYOUTS_LISTED_MAX: u32 = 1_000;
 
 #[derive(clap::Args)]
@@ -230,7 +230,7 @@ pub fn payouts(args: PayoutsArgs) -> CliResult {
         }
         None => None,
     };
-    let list = store.payouts(args.mid.as_deref(), None, PAYOUTS_LISTED_MAX)?;
+    let list = store.payouts_newest(args.mid.as_deref(), None, PAYOUTS_LISTED_MAX)?;
     if args.common.json {
         #[derive(Serialize)]
         struct Row<'a> {

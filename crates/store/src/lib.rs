@@ -275,7 +275,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<settlement::AccountChangeRow>, StoreError>;
     fn account_change(&self, id: i64) -> Result<Option<settlement::AccountChangeRow>, StoreError>;
     fn payout(&self, key: &str) -> Result<Option<settlement::PayoutRow>, StoreError>;
+    /// Payouts of one merchant or all, in one state or any, oldest payout day first (the
+    /// payout run's order), at most `limit`.
     fn payouts(
+        &self,
+        mid: Option<&str>,
+        state: Option<settlement::PayoutState>,
+        limit: u32,
+    ) -> Result<Vec<settlement::PayoutRow>, StoreError>;
+    /// The same, newest payout day first: what a merchant or an operator looks at.
+    fn payouts_newest(
         &self,
         mid: Option<&str>,
         state: Option<settlement::PayoutState>,

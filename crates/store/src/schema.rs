@@ -490,10 +490,11 @@ CREATE INDEX cases_txn ON cases (txn_id) WHERE txn_id IS NOT NULL;
     },
     Migration {
         version: 11,
-        name: "duplicate flags: a merchant's newest first",
+        name: "duplicate flags and payouts: a merchant's newest first",
         sql: "
 DROP INDEX duplicate_flags_mid;
 CREATE INDEX duplicate_flags_mid ON duplicate_flags (mid, second_txn_id);
+CREATE INDEX payouts_mid ON payouts (mid, payout_date);
 ",
     },
 ];

@@ -563,6 +563,14 @@ impl Store for SqliteStore {
     ) -> Result<Vec<crate::settlement::PayoutRow>, StoreError> {
         self.settle_payouts(mid, state, limit)
     }
+    fn payouts_newest(
+        &self,
+        mid: Option<&str>,
+        state: Option<crate::settlement::PayoutState>,
+        limit: u32,
+    ) -> Result<Vec<crate::settlement::PayoutRow>, StoreError> {
+        self.settle_payouts_newest(mid, state, limit)
+    }
     fn payout_events(
         &self,
         after_id: i64,

@@ -727,6 +727,37 @@ impl SqliteStore {
         })
     }
 
+    pub(super) fn settle_payouts_newest(
+        &self,
+        mid: Option<&str>,
+        state: Option<PayoutState>,
+        limit: u32,
+    ) -> Result<Vec<PayoutRow>, StoreError> {
+        // By the (merchant, payout day) index back from the newest, or by state.
+        let limit = limit.min(SETTLEMENT_ROWS_MAX);
+        let mut sql = format!("SELECT {PAYOUT_COLUMNS} FROM payouts WHERE 1 = 1");
+        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::new();
+        if let Some(mid) = &mid {
+            values.push(mid);
+            sql.push_str(&format!(" AND mid = ?{}", values.len()));
+        }
+        let state = state.map(PayoutState::as_str);
+        if let Some(state) = &state {
+            values.push(state);
+            sql.push_str(&format!(" AND state = ?{}", values.len()));
+        }
+        values.push(&limit);
+        sql.push_str(&format!(
+            " ORDER BY payout_date DESC, mid DESC LIMIT ?{}",
+            values.len()
+        ));
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map(values.as_slice(), payout_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     pub(super) fn settle_payout_events(
         &self,
         after_id: i64,

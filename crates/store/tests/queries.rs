@@ -8,7 +8,7 @@ mod backend;
 use backend::Db;
 use store::resolve::{CaseQuery, CaseRow, OutboxRow, ResolveRecord};
 use store::risk::AlertState;
-use store::settlement::PayoutState;
+use store::settlement::{PayoutRow, PayoutState, SettlementRecord};
 use store::web::{ApiTokenRow, AuditRow, Role, SessionRow, UserRow, WebRecord};
 use store::{Record, SafState, TerminalHealthRow, TxnState};
 
@@ -97,6 +97,12 @@ fn every_read_runs(db: &Db) {
     assert!(s.account_change(1).unwrap().is_none());
     assert!(s.payout("k").unwrap().is_none());
     assert!(s.payouts(None, None, 10).unwrap().is_empty());
+    assert!(s.payouts_newest(None, None, 10).unwrap().is_empty());
+    assert!(
+        s.payouts_newest(Some("m"), Some(PayoutState::Held), 10)
+            .unwrap()
+            .is_empty()
+    );
     assert!(
         s.payouts(Some("m"), Some(PayoutState::Pending), 10)
             .unwrap()
@@ -329,8 +335,54 @@ fn cases_page_back_from_the_newest(db: &Db) {
     assert_eq!(about, [1, 4]);
 }
 
+/// Payouts newest first, by merchant and state; the payout run's read stays oldest first.
+fn payouts_are_read_newest_first(db: &Db) {
+    let s = db.open();
+    let payout = |mid: &str, date: &str, state: PayoutState| {
+        Record::Settlement(SettlementRecord::Payout(PayoutRow {
+            key: format!("{mid}:{date}"),
+            mid: mid.into(),
+            payout_date: date.into(),
+            cutoff_date: date.into(),
+            amount_fen: 100,
+            state,
+            attempts: 0,
+            next_attempt_ms: 0,
+            account_version: 1,
+            account_masked: "6222****0123".into(),
+            bank_reference: None,
+            failure: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }))
+    };
+    s.submit(vec![
+        payout("m", "20261101", PayoutState::Sent),
+        payout("m", "20261103", PayoutState::Held),
+        payout("n", "20261102", PayoutState::Held),
+        payout("m", "20261102", PayoutState::Pending),
+    ])
+    .unwrap()
+    .wait()
+    .unwrap();
+    let keys = |rows: Vec<PayoutRow>| -> Vec<String> { rows.into_iter().map(|p| p.key).collect() };
+    assert_eq!(
+        keys(s.payouts_newest(Some("m"), None, 2).unwrap()),
+        ["m:20261103", "m:20261102"]
+    );
+    assert_eq!(
+        keys(s.payouts_newest(None, Some(PayoutState::Held), 10).unwrap()),
+        ["m:20261103", "n:20261102"]
+    );
+    assert_eq!(
+        keys(s.payouts(Some("m"), None, 2).unwrap()),
+        ["m:20261101", "m:20261102"]
+    );
+}
+
 on_both!(
     every_read_runs,
+    payouts_are_read_newest_first,
     cases_page_back_from_the_newest,
     web_area_round_trips,
     terminal_health_round_trips,

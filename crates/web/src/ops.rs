@@ -107,9 +107,10 @@ pub fn payouts_for(
     let state = state
         .map(|s| PayoutState::parse(s).map_err(|_| ApiError::bad_request("state: unknown")))
         .transpose()?;
-    let mut rows = web.store.payouts(mid.as_deref(), state, PAYOUTS_MAX)?;
+    let mut rows = web
+        .store
+        .payouts_newest(mid.as_deref(), state, PAYOUTS_MAX)?;
     rows.retain(|p| who.sees(&p.mid));
-    rows.sort_by(|a, b| b.payout_date.cmp(&a.payout_date));
     Ok(rows)
 }
 

@@ -419,7 +419,7 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
     }
     let payouts = web
         .store
-        .payouts(Some(mid), None, crate::ops::PAYOUTS_MAX)?;
+        .payouts_newest(Some(mid), None, crate::ops::PAYOUTS_MAX)?;
     for p in payouts
         .iter()
         .filter(|p| p.failure.is_some() && p.state != store::settlement::PayoutState::Sent)
@@ -1348,12 +1348,21 @@ async fn console(
             ));
         }
         body.push_str("</table>");
-        let failed: Vec<_> = web
-            .store
-            .payouts(None, None, crate::ops::PAYOUTS_MAX)?
-            .into_iter()
-            .filter(|p| p.failure.is_some() && p.state != store::settlement::PayoutState::Sent)
-            .collect();
+        // Failed payouts wait in these states (sent ones are done), newest first.
+        let mut failed = Vec::new();
+        for state in [
+            store::settlement::PayoutState::Held,
+            store::settlement::PayoutState::Returned,
+            store::settlement::PayoutState::Pending,
+        ] {
+            failed.extend(
+                web.store
+                    .payouts_newest(None, Some(state), crate::ops::PAYOUTS_MAX)?
+                    .into_iter()
+                    .filter(|p| p.failure.is_some()),
+            );
+        }
+        failed.sort_by(|a, b| (&b.payout_date, &b.mid).cmp(&(&a.payout_date, &a.mid)));
         body.push_str(&format!(
             "<h2>{} ({})</h2><table id=\"payout-failures\">",
             t(l, "付款失败", "Payout failures"),

@@ -1949,3 +1949,66 @@ fn a_suspected_duplicate_is_shown_with_what_to_do() {
         assert!(zh.body.contains("疑似重复扣款"));
     });
 }
+
+/// A merchant paid out every day for longer than a page holds: the newest payout comes first,
+/// and when it fails the merchant's dashboard and the operators' console both show it.
+#[test]
+fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
+    run(async move {
+        let e = start().await;
+        let days = i64::from(web::ops::PAYOUTS_MAX) + 50;
+        let date = |n: i64| plus_days("20250101", n);
+        let rows: Vec<store::Record> = (0..days)
+            .map(|n| {
+                let newest = n == days - 1;
+                store::Record::Settlement(store::settlement::SettlementRecord::Payout(
+                    store::settlement::PayoutRow {
+                        key: format!("{MID}:{}", date(n)),
+                        mid: MID.into(),
+                        payout_date: date(n),
+                        cutoff_date: date(n - 1),
+                        amount_fen: 10_000 + n,
+                        state: if newest {
+                            store::settlement::PayoutState::Held
+                        } else {
+                            store::settlement::PayoutState::Sent
+                        },
+                        attempts: 1,
+                        next_attempt_ms: 0,
+                        account_version: 1,
+                        account_masked: "6222****0123".into(),
+                        bank_reference: Some(format!("{MID}:{}#1", date(n))),
+                        failure: newest.then(|| "payout-account-frozen".to_owned()),
+                        created_at_ms: n,
+                        updated_at_ms: n,
+                    },
+                ))
+            })
+            .collect();
+        e.h.store.submit(rows).unwrap().await.unwrap();
+        let newest = date(days - 1);
+
+        let api = Api {
+            env: &e,
+            seen: Default::default(),
+        };
+        let tea = e.token("teahouse").await;
+        let list = api.call(Some(&tea), "GET", "/api/payouts", None).await;
+        assert_eq!(list.status, 200, "{}", list.body);
+        let list = list.json();
+        assert_eq!(list["items"][0]["payout_date"], newest.as_str(), "{list}");
+        assert_eq!(
+            list["items"].as_array().unwrap().len(),
+            usize::try_from(web::ops::PAYOUTS_MAX).unwrap()
+        );
+
+        let page = PageSession::login(e.http, "teahouse").await;
+        let dash = page.get("/portal?lang=en").await;
+        assert!(dash.body.contains("id=\"payout-failed\""), "{}", dash.body);
+        assert!(dash.body.contains(&newest), "{}", dash.body);
+        let ops = PageSession::login(e.http, "ops").await;
+        let console = ops.get("/console?lang=en").await;
+        let failures = console.body.split("id=\"payout-failures\"").nth(1).unwrap();
+        assert!(failures.contains(&newest), "{}", console.body);
+    });
+}
