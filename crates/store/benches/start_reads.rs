@@ -17,16 +17,7 @@ const TERMINALS: i64 = 64;
 const FIRST_DAY: i64 = 20_758;
 
 fn date(day: i64) -> String {
-    // Civil date of a day number (Howard Hinnant's days-to-civil algorithm).
-    let z = day + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = domain::date::civil_from_days(day);
     format!("{y:04}{m:02}{d:02}")
 }
 

@@ -561,7 +561,7 @@ impl Store for SqliteStore {
         state: Option<crate::settlement::PayoutState>,
         limit: u32,
     ) -> Result<Vec<crate::settlement::PayoutRow>, StoreError> {
-        self.settle_payouts(mid, state, limit)
+        self.settle_payouts(mid, state, limit, false)
     }
     fn payouts_newest(
         &self,
@@ -569,7 +569,7 @@ impl Store for SqliteStore {
         state: Option<crate::settlement::PayoutState>,
         limit: u32,
     ) -> Result<Vec<crate::settlement::PayoutRow>, StoreError> {
-        self.settle_payouts_newest(mid, state, limit)
+        self.settle_payouts(mid, state, limit, true)
     }
     fn payout_events(
         &self,

@@ -709,31 +709,16 @@ impl SqliteStore {
         })
     }
 
+    /// Payouts of one merchant or all, in one state or any, by payout day: oldest first (the
+    /// payout run) or newest first (what people look at). By the (merchant, payout day) index,
+    /// or the state index.
     pub(super) fn settle_payouts(
         &self,
         mid: Option<&str>,
         state: Option<PayoutState>,
         limit: u32,
+        newest_first: bool,
     ) -> Result<Vec<PayoutRow>, StoreError> {
-        let limit = limit.min(SETTLEMENT_ROWS_MAX);
-        self.read(|conn| {
-            let sql = format!(
-                "SELECT {PAYOUT_COLUMNS} FROM payouts WHERE (?1 IS NULL OR mid = ?1)
-                 AND (?2 IS NULL OR state = ?2) ORDER BY payout_date, mid LIMIT ?3"
-            );
-            let mut statement = conn.prepare_cached(&sql)?;
-            let rows = statement.query_map(params![mid, state, limit], payout_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-    }
-
-    pub(super) fn settle_payouts_newest(
-        &self,
-        mid: Option<&str>,
-        state: Option<PayoutState>,
-        limit: u32,
-    ) -> Result<Vec<PayoutRow>, StoreError> {
-        // By the (merchant, payout day) index back from the newest, or by state.
         let limit = limit.min(SETTLEMENT_ROWS_MAX);
         let mut sql = format!("SELECT {PAYOUT_COLUMNS} FROM payouts WHERE 1 = 1");
         let mut values: Vec<&dyn rusqlite::ToSql> = Vec::new();
@@ -747,10 +732,12 @@ impl SqliteStore {
             sql.push_str(&format!(" AND state = ?{}", values.len()));
         }
         values.push(&limit);
-        sql.push_str(&format!(
-            " ORDER BY payout_date DESC, mid DESC LIMIT ?{}",
-            values.len()
-        ));
+        let order = if newest_first {
+            "payout_date DESC, mid DESC"
+        } else {
+            "payout_date, mid"
+        };
+        sql.push_str(&format!(" ORDER BY {order} LIMIT ?{}", values.len()));
         self.read(|conn| {
             let mut statement = conn.prepare_cached(&sql)?;
             let rows = statement.query_map(values.as_slice(), payout_from_row)?;
