@@ -466,31 +466,51 @@ async fn refund_approvals(State(web): State<Web>, who: Principal) -> ApiResult {
     Ok(Json(json!({ "items": pending_refunds(&web, &who)? })))
 }
 
+/// A page of one merchant's list, newest first: `mid` (staff; a merchant gets its own),
+/// `limit` and the `cursor` the previous page gave.
 #[derive(Deserialize)]
-struct NotificationQuery {
+struct MerchantPage {
     mid: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
+}
+
+impl MerchantPage {
+    /// The merchant, the page size, and the id to read below.
+    fn read(&self, who: &Principal) -> Result<(String, usize, Option<i64>), ApiError> {
+        let mid = who
+            .merchant_filter(self.mid.as_deref())?
+            .ok_or_else(|| ApiError::bad_request("mid is required"))?;
+        let limit = query::limit_param(&self.limit)?;
+        Ok((mid, limit, query::int_param(&self.cursor, "cursor")?))
+    }
+}
+
+/// `limit` of `rows` read as `limit + 1`, and the cursor to the next page if there is one.
+fn one_page<T>(mut rows: Vec<T>, limit: usize, id: impl Fn(&T) -> i64) -> (Vec<T>, Option<String>) {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = more
+        .then(|| rows.last().map(|r| id(r).to_string()))
+        .flatten();
+    (rows, next)
 }
 
 /// A merchant's notifications, newest first, a page at a time.
 async fn notifications(
     State(web): State<Web>,
     who: Principal,
-    Query(q): Query<NotificationQuery>,
+    Query(q): Query<MerchantPage>,
 ) -> ApiResult {
-    let mid = who
-        .merchant_filter(q.mid.as_deref())?
-        .ok_or_else(|| ApiError::bad_request("mid is required"))?;
-    let limit = query::limit_param(&q.limit)?;
-    let cursor = query::int_param(&q.cursor, "cursor")?;
-    let rows =
-        web.resolver
-            .notifications(&mid, cursor, u32::try_from(limit + 1).unwrap_or(u32::MAX))?;
-    let more = rows.len() > limit;
+    let (mid, limit, cursor) = q.read(&who)?;
+    let read = u32::try_from(limit + 1).unwrap_or(u32::MAX);
+    let (rows, next) = one_page(
+        web.resolver.notifications(&mid, cursor, read)?,
+        limit,
+        |o| o.id,
+    );
     let items: Vec<Value> = rows
         .iter()
-        .take(limit)
         .map(|o| {
             json!({
                 "id": o.id, "event_type": o.event_type, "state": o.state,
@@ -498,11 +518,6 @@ async fn notifications(
             })
         })
         .collect();
-    let next = if more {
-        rows.get(limit.saturating_sub(1)).map(|o| o.id.to_string())
-    } else {
-        None
-    };
     Ok(Json(json!({ "items": items, "next_cursor": next })))
 }
 
@@ -511,21 +526,13 @@ async fn notifications(
 async fn duplicates(
     State(web): State<Web>,
     who: Principal,
-    Query(q): Query<NotificationQuery>,
+    Query(q): Query<MerchantPage>,
 ) -> ApiResult {
-    let mid = who
-        .merchant_filter(q.mid.as_deref())?
-        .ok_or_else(|| ApiError::bad_request("mid is required"))?;
-    let limit = query::limit_param(&q.limit)?;
-    let cursor = query::int_param(&q.cursor, "cursor")?;
-    let mut flags =
-        web.resolver
-            .duplicates(&mid, cursor, u32::try_from(limit + 1).unwrap_or(u32::MAX))?;
-    let more = flags.len() > limit;
-    flags.truncate(limit);
-    let next = more
-        .then(|| flags.last().map(|f| f.second.id.to_string()))
-        .flatten();
+    let (mid, limit, cursor) = q.read(&who)?;
+    let read = u32::try_from(limit + 1).unwrap_or(u32::MAX);
+    let (flags, next) = one_page(web.resolver.duplicates(&mid, cursor, read)?, limit, |f| {
+        f.second.id
+    });
     Ok(Json(json!({ "items": flags, "next_cursor": next })))
 }
 
