@@ -128,6 +128,26 @@ impl Resolver {
         )
     }
 
+    /// The suspected duplicates transaction `txn_id` of merchant `mid` is in, as the first
+    /// payment or the second, oldest first.
+    pub fn duplicates_of_txn(
+        &self,
+        mid: &str,
+        txn_id: i64,
+    ) -> Result<Vec<DuplicateFlag>, ResolveError> {
+        let now_ms = self.clock.now_ms();
+        let mut out = Vec::new();
+        for row in self.store.duplicates_of_txn(txn_id)? {
+            if row.mid != mid {
+                continue;
+            }
+            let described =
+                duplicates::describe(self.store.as_ref(), &self.directory, &row, now_ms)?;
+            out.extend(described);
+        }
+        Ok(out)
+    }
+
     /// Suspected duplicates found by scanning `[from_ms, to_ms)` with the default window.
     pub fn scan_duplicates(
         &self,

@@ -199,6 +199,8 @@ pub trait Store: Send + Sync + 'static {
         before_id: Option<i64>,
         limit: u32,
     ) -> Result<Vec<resolve::DuplicateRow>, StoreError>;
+    /// The duplicate flags a transaction is in, as the first payment or the second.
+    fn duplicates_of_txn(&self, txn_id: i64) -> Result<Vec<resolve::DuplicateRow>, StoreError>;
     fn resolve_cursor(&self, name: &str) -> Result<Option<i64>, StoreError>;
 
     // --- risk (issue 7): merchant onboarding and review, risk alerts

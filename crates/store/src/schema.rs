@@ -494,6 +494,7 @@ CREATE INDEX cases_txn ON cases (txn_id) WHERE txn_id IS NOT NULL;
         sql: "
 DROP INDEX duplicate_flags_mid;
 CREATE INDEX duplicate_flags_mid ON duplicate_flags (mid, second_txn_id);
+CREATE INDEX duplicate_flags_first ON duplicate_flags (first_txn_id);
 CREATE INDEX payouts_mid ON payouts (mid, payout_date);
 ",
     },

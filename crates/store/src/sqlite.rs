@@ -692,6 +692,9 @@ impl Store for SqliteStore {
     ) -> Result<Vec<crate::resolve::DuplicateRow>, StoreError> {
         self.resolve_duplicates_of_merchant(mid, before_id, limit)
     }
+    fn duplicates_of_txn(&self, id: i64) -> Result<Vec<crate::resolve::DuplicateRow>, StoreError> {
+        self.resolve_duplicates_of_txn(id)
+    }
     fn resolve_cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
         self.resolve_cursor_position(name)
     }

@@ -607,6 +607,19 @@ impl SqliteStore {
         self.rows(&sql, &[&mid, &before, &limit], duplicate_from_row)
     }
 
+    pub(super) fn resolve_duplicates_of_txn(
+        &self,
+        txn_id: i64,
+    ) -> Result<Vec<DuplicateRow>, StoreError> {
+        // By the primary key (second payment) and the first payment's index.
+        let sql = format!(
+            "SELECT {DUPLICATE_COLUMNS} FROM duplicate_flags WHERE second_txn_id = ?1
+             UNION SELECT {DUPLICATE_COLUMNS} FROM duplicate_flags WHERE first_txn_id = ?1
+             ORDER BY 2"
+        );
+        self.rows(&sql, &[&txn_id], duplicate_from_row)
+    }
+
     pub(super) fn resolve_cursor_position(&self, name: &str) -> Result<Option<i64>, StoreError> {
         self.read(|conn| {
             Ok(conn

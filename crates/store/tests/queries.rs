@@ -6,7 +6,7 @@
 
 mod backend;
 use backend::Db;
-use store::resolve::{CaseQuery, CaseRow, OutboxRow, ResolveRecord};
+use store::resolve::{CaseQuery, CaseRow, DuplicateRow, OutboxRow, ResolveRecord};
 use store::risk::AlertState;
 use store::settlement::{PayoutRow, PayoutState, SettlementRecord};
 use store::web::{ApiTokenRow, AuditRow, Role, SessionRow, UserRow, WebRecord};
@@ -67,6 +67,7 @@ fn every_read_runs(db: &Db) {
             .unwrap()
             .is_empty()
     );
+    assert!(s.duplicates_of_txn(1).unwrap().is_empty());
     assert!(s.resolve_cursor("c").unwrap().is_none());
     assert!(s.merchant_profile("m").unwrap().is_none());
     assert!(s.merchant_profiles().unwrap().is_empty());
@@ -380,8 +381,41 @@ fn payouts_are_read_newest_first(db: &Db) {
     );
 }
 
+/// A merchant's duplicate flags newest first; a payment's flags whichever side it is on.
+fn duplicate_flags_by_merchant_and_by_payment(db: &Db) {
+    let s = db.open();
+    let flag = |first: i64, second: i64, mid: &str| {
+        Record::Resolve(ResolveRecord::Duplicate(DuplicateRow {
+            first_txn_id: first,
+            second_txn_id: second,
+            mid: mid.into(),
+            amount_fen: 100,
+            gap_ms: 30_000,
+            flagged_at_ms: second,
+        }))
+    };
+    s.submit(vec![flag(1, 2, "m"), flag(2, 3, "m"), flag(7, 8, "n")])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let seconds =
+        |rows: Vec<DuplicateRow>| -> Vec<i64> { rows.iter().map(|d| d.second_txn_id).collect() };
+    assert_eq!(
+        seconds(s.duplicates_of_merchant("m", None, 10).unwrap()),
+        [3, 2]
+    );
+    assert_eq!(
+        seconds(s.duplicates_of_merchant("m", Some(3), 10).unwrap()),
+        [2]
+    );
+    assert_eq!(seconds(s.duplicates_of_txn(2).unwrap()), [2, 3]);
+    assert_eq!(seconds(s.duplicates_of_txn(7).unwrap()), [8]);
+    assert!(s.duplicates_of_txn(5).unwrap().is_empty());
+}
+
 on_both!(
     every_read_runs,
+    duplicate_flags_by_merchant_and_by_payment,
     payouts_are_read_newest_first,
     cases_page_back_from_the_newest,
     web_area_round_trips,

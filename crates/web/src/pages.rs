@@ -741,6 +741,42 @@ fn transaction_body(
             ));
         }
     }
+    // A suspected duplicate it is part of: the other payment and what to do.
+    for flag in web.resolver.duplicates_of_txn(&row.mid, row.id)? {
+        let (other, text) = if flag.second.id == row.id {
+            (
+                &flag.first,
+                t(
+                    l,
+                    "同一张卡在这笔之前付过相同金额",
+                    "The same card paid the same amount before this one",
+                ),
+            )
+        } else {
+            (
+                &flag.second,
+                t(
+                    l,
+                    "同一张卡在这笔之后又付了相同金额",
+                    "The same card paid the same amount again after this one",
+                ),
+            )
+        };
+        body.push_str(&format!(
+            "<div class=\"card red\" id=\"duplicate-of\"><b>{}</b> — {text} ({} s, \
+             <a href=\"/portal/transactions/{}\">{}</a>)<br>{}: {}</div>",
+            t(l, "疑似重复扣款", "Suspected duplicate payment"),
+            flag.gap_ms / 1_000,
+            other.id,
+            esc(other.rrn.as_deref().unwrap_or("-")),
+            t(l, "怎么办", "What to do"),
+            esc(if l == Lang::En {
+                &flag.advice.en
+            } else {
+                &flag.advice.zh
+            }),
+        ));
+    }
     // Cases already open on it.
     let related: Vec<Case> = web.cases.of_txn(row.id)?;
     if !related.is_empty() {

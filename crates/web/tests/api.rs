@@ -1947,6 +1947,24 @@ fn a_suspected_duplicate_is_shown_with_what_to_do() {
         assert!(!dups.body.contains(card.pan.expose_digits()));
         let zh = page.get("/portal/duplicates?lang=zh").await;
         assert!(zh.body.contains("疑似重复扣款"));
+        // Each payment's own page names the other.
+        for (this, other) in [(&second, &first), (&first, &second)] {
+            let id = e.txn_id(this);
+            let detail = page
+                .get(&format!("/portal/transactions/{id}?lang=en"))
+                .await;
+            let card = detail
+                .body
+                .split("id=\"duplicate-of\"")
+                .nth(1)
+                .unwrap_or_default();
+            assert!(card.contains(other.as_str()), "{}", detail.body);
+        }
+        let lone = e.purchase(&card, 4_300).await.1;
+        let detail = page
+            .get(&format!("/portal/transactions/{}?lang=en", e.txn_id(&lone)))
+            .await;
+        assert!(!detail.body.contains("duplicate-of"));
     });
 }
 
