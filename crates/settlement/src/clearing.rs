@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use domain::{CardNetwork, CardType, IssuerDirectory};
 use serde::Serialize;
-use store::settlement::{ClearingLineRow, SettleRunRow, SettlementRecord};
+use store::settlement::{ClearingLineRow, ClearingTotalRow, SettleRunRow, SettlementRecord};
 use store::{Record, Store, StoreError, TxnKind, TxnRow, TxnState};
 
 use crate::fees::{CardClass, FeePlan};
@@ -230,6 +230,26 @@ pub fn merchant_totals(lines: &[ClearingLineRow]) -> Vec<MerchantClearing> {
     by_mid.into_values().collect()
 }
 
+/// Each merchant's lines of `clearing_date` (all of them, earlier runs' too), counted and summed.
+fn line_totals(clearing_date: &str, lines: &[ClearingLineRow]) -> Vec<ClearingTotalRow> {
+    let mut by_mid: BTreeMap<&str, ClearingTotalRow> = BTreeMap::new();
+    for l in lines {
+        let t = by_mid
+            .entry(l.mid.as_str())
+            .or_insert_with(|| ClearingTotalRow {
+                clearing_date: clearing_date.to_owned(),
+                mid: l.mid.clone(),
+                lines: 0,
+                gross_fen: 0,
+                fee_fen: 0,
+            });
+        t.lines += 1;
+        t.gross_fen += l.amount_fen;
+        t.fee_fen += l.fee_fen;
+    }
+    by_mid.into_values().collect()
+}
+
 /// Clears one clearing date from the journal and posts it, idempotently.
 pub fn settle_date(
     store: &dyn Store,
@@ -279,6 +299,7 @@ pub fn settle_date(
     all.extend(cleared.lines.iter().cloned());
     let mut records = vec![
         Record::Settlement(SettlementRecord::ClearingLines(cleared.lines)),
+        Record::Settlement(SettlementRecord::ClearingTotals(line_totals(&date, &all))),
         Record::Settlement(SettlementRecord::SettleRun(run)),
     ];
     if let Some(postings) = posting_record(store, cleared.postings, now_ms)? {

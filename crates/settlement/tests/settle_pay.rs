@@ -109,6 +109,31 @@ fn a_day_is_cleared_posted_and_paid_once_through_a_frozen_account() {
     let lines = store.clearing_lines(D).unwrap();
     let corr = lines.iter().find(|l| l.txn_id == 6 && l.seq == 2).unwrap();
     assert_eq!((corr.amount_fen, corr.fee_fen), (-800_000, -2_000));
+    // The merchant's totals of the date, rewritten by the second run, are its lines' sums.
+    let totals = store.clearing_totals(Some(M1), 10).unwrap();
+    assert_eq!(totals.len(), 1);
+    let mine: Vec<_> = lines.iter().filter(|l| l.mid == M1).collect();
+    assert_eq!(
+        (totals[0].lines, totals[0].gross_fen, totals[0].fee_fen),
+        (
+            u64::try_from(mine.len()).unwrap(),
+            mine.iter().map(|l| l.amount_fen).sum(),
+            mine.iter().map(|l| l.fee_fen).sum()
+        )
+    );
+    assert_eq!(totals[0].gross_fen - totals[0].fee_fen, m1_net);
+    let everyone = store.clearing_totals(None, 10).unwrap();
+    let mids: Vec<&str> = everyone.iter().map(|t| t.mid.as_str()).collect();
+    assert!(
+        mids.len() >= 2 && mids.windows(2).all(|w| w[0] < w[1]),
+        "{mids:?}"
+    );
+    assert!(mids.contains(&M1) && mids.contains(&M2));
+    // Across merchants the totals add up to the date's lines.
+    assert_eq!(
+        everyone.iter().map(|t| t.fee_fen).sum::<i64>(),
+        lines.iter().map(|l| l.fee_fen).sum::<i64>()
+    );
 
     let ledger = audit(store).unwrap();
     assert!(ledger.balanced, "{ledger:?}");

@@ -246,6 +246,13 @@ pub trait Store: Send + Sync + 'static {
         &self,
         clearing_date: &str,
     ) -> Result<Vec<settlement::ClearingLineRow>, StoreError>;
+    /// One merchant's clearing totals per clearing date, or all merchants', newest date first,
+    /// at most `limit`.
+    fn clearing_totals(
+        &self,
+        mid: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<settlement::ClearingTotalRow>, StoreError>;
     /// Settle runs of one clearing date, or of all dates when `None`.
     fn settle_runs(
         &self,

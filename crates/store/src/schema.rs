@@ -498,6 +498,27 @@ CREATE INDEX duplicate_flags_first ON duplicate_flags (first_txn_id);
 CREATE INDEX payouts_mid ON payouts (mid, payout_date);
 ",
     },
+    Migration {
+        version: 12,
+        name: "clearing totals per merchant and clearing date",
+        // A settlement page summed every clearing line of every date (a line per transaction);
+        // a settle run now writes its merchants' sums, and these are the lines cleared so far.
+        sql: "
+CREATE TABLE clearing_totals (
+    clearing_date TEXT NOT NULL,
+    mid TEXT NOT NULL,
+    lines BIGINT NOT NULL,
+    gross_fen BIGINT NOT NULL,
+    fee_fen BIGINT NOT NULL,
+    PRIMARY KEY (clearing_date, mid)
+);
+CREATE INDEX clearing_totals_mid ON clearing_totals (mid, clearing_date);
+INSERT INTO clearing_totals (clearing_date, mid, lines, gross_fen, fee_fen)
+SELECT clearing_date, mid, COUNT(*), CAST(SUM(amount_fen) AS BIGINT),
+       CAST(SUM(fee_fen) AS BIGINT)
+FROM clearing_lines GROUP BY clearing_date, mid;
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -106,6 +106,17 @@ pub struct ClearingLineRow {
     pub run_at_ms: i64,
 }
 
+/// A merchant's clearing lines of one clearing date, summed: what its settlement page shows
+/// without reading the lines. Rewritten by every settle run of the date.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClearingTotalRow {
+    pub clearing_date: String,
+    pub mid: String,
+    pub lines: u64,
+    pub gross_fen: i64,
+    pub fee_fen: i64,
+}
+
 /// One `shoudan settle` pass over a clearing date.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SettleRunRow {
@@ -264,6 +275,8 @@ pub enum SettlementRecord {
         rows: Vec<BatchDiffRow>,
     },
     ClearingLines(Vec<ClearingLineRow>),
+    /// Inserted or replaced by (clearing date, merchant).
+    ClearingTotals(Vec<ClearingTotalRow>),
     SettleRun(SettleRunRow),
     /// Postings, each checked to balance before it is written.
     Postings(Vec<PostingRow>),

@@ -503,6 +503,13 @@ impl Store for SqliteStore {
     ) -> Result<Vec<crate::settlement::ClearingLineRow>, StoreError> {
         self.settle_clearing_lines(clearing_date)
     }
+    fn clearing_totals(
+        &self,
+        mid: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<crate::settlement::ClearingTotalRow>, StoreError> {
+        self.settle_clearing_totals(mid, limit)
+    }
     fn settle_runs(
         &self,
         clearing_date: Option<&str>,

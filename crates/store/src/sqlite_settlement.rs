@@ -9,8 +9,8 @@ use crate::error::StoreError;
 use crate::model::TxnKind;
 use crate::settlement::{
     AccountChangeRow, AccountKind, BatchDiffKind, BatchDiffRow, BatchSettlementRow, BatchUploadRow,
-    BoundAccountRow, ChangeState, ClearingLineRow, LegRow, PayoutEventRow, PayoutRow, PayoutState,
-    PostingRow, SettleRunRow, SettlementRecord, SettlementTermsRow,
+    BoundAccountRow, ChangeState, ClearingLineRow, ClearingTotalRow, LegRow, PayoutEventRow,
+    PayoutRow, PayoutState, PostingRow, SettleRunRow, SettlementRecord, SettlementTermsRow,
 };
 
 /// Rows one list query returns at most (payouts, events): pages, never the whole table.
@@ -145,6 +145,23 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                     l.amount_fen,
                     l.fee_fen,
                     l.run_at_ms
+                ])?;
+            }
+        }
+        SettlementRecord::ClearingTotals(rows) => {
+            let mut statement = conn.prepare_cached(
+                "INSERT INTO clearing_totals (clearing_date, mid, lines, gross_fen, fee_fen)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (clearing_date, mid) DO UPDATE SET
+                 lines = excluded.lines, gross_fen = excluded.gross_fen,
+                 fee_fen = excluded.fee_fen",
+            )?;
+            for t in rows {
+                statement.execute(params![
+                    t.clearing_date,
+                    t.mid,
+                    i64::try_from(t.lines).unwrap_or(i64::MAX),
+                    t.gross_fen,
+                    t.fee_fen
                 ])?;
             }
         }
@@ -479,6 +496,46 @@ impl SqliteStore {
                     host_amount_fen: r.get(5)?,
                     terminal_amount_fen: r.get(6)?,
                     pan_masked: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// One merchant's clearing totals (or all merchants'), newest clearing date first.
+    pub(super) fn settle_clearing_totals(
+        &self,
+        mid: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ClearingTotalRow>, StoreError> {
+        let limit = limit.min(SETTLEMENT_ROWS_MAX);
+        let columns = "clearing_date, mid, lines, gross_fen, fee_fen";
+        let (sql, values): (String, Vec<&dyn rusqlite::ToSql>) = match &mid {
+            Some(mid) => (
+                format!(
+                    "SELECT {columns} FROM clearing_totals WHERE mid = ?1
+                     ORDER BY clearing_date DESC LIMIT ?2"
+                ),
+                vec![mid, &limit],
+            ),
+            None => (
+                format!(
+                    "SELECT {columns} FROM clearing_totals
+                     ORDER BY clearing_date DESC, mid LIMIT ?1"
+                ),
+                vec![&limit],
+            ),
+        };
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map(values.as_slice(), |r| {
+                let lines: i64 = r.get(2)?;
+                Ok(ClearingTotalRow {
+                    clearing_date: r.get(0)?,
+                    mid: r.get(1)?,
+                    lines: u64::try_from(lines).unwrap_or(0),
+                    gross_fen: r.get(3)?,
+                    fee_fen: r.get(4)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

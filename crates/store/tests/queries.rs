@@ -8,7 +8,7 @@ mod backend;
 use backend::Db;
 use store::resolve::{CaseQuery, CaseRow, DuplicateRow, OutboxRow, ResolveRecord};
 use store::risk::AlertState;
-use store::settlement::{PayoutRow, PayoutState, SettlementRecord};
+use store::settlement::{ClearingTotalRow, PayoutRow, PayoutState, SettlementRecord};
 use store::web::{ApiTokenRow, AuditRow, Role, SessionRow, UserRow, WebRecord};
 use store::{Record, SafState, TerminalHealthRow, TxnState};
 
@@ -99,6 +99,8 @@ fn every_read_runs(db: &Db) {
     assert!(s.payout("k").unwrap().is_none());
     assert!(s.payouts(None, None, 10).unwrap().is_empty());
     assert!(s.payouts_newest(None, None, 10).unwrap().is_empty());
+    assert!(s.clearing_totals(None, 10).unwrap().is_empty());
+    assert!(s.clearing_totals(Some("m"), 10).unwrap().is_empty());
     assert!(
         s.payouts_newest(Some("m"), Some(PayoutState::Held), 10)
             .unwrap()
@@ -413,8 +415,59 @@ fn duplicate_flags_by_merchant_and_by_payment(db: &Db) {
     assert!(s.duplicates_of_txn(5).unwrap().is_empty());
 }
 
+/// A settle run's totals replace the date's earlier ones; read newest date first.
+fn clearing_totals_are_replaced_by_each_run(db: &Db) {
+    let s = db.open();
+    let total = |date: &str, mid: &str, lines: u64, gross_fen: i64| ClearingTotalRow {
+        clearing_date: date.into(),
+        mid: mid.into(),
+        lines,
+        gross_fen,
+        fee_fen: gross_fen / 100,
+    };
+    let write = |rows: Vec<ClearingTotalRow>| {
+        s.submit(vec![Record::Settlement(SettlementRecord::ClearingTotals(
+            rows,
+        ))])
+        .unwrap()
+        .wait()
+        .unwrap();
+    };
+    write(vec![
+        total("20261101", "m", 2, 3_000),
+        total("20261101", "n", 1, 500),
+    ]);
+    write(vec![total("20261102", "m", 1, 700)]);
+    // A second run of 2026-11-01 with a late line.
+    write(vec![
+        total("20261101", "m", 3, 2_200),
+        total("20261101", "n", 1, 500),
+    ]);
+    assert_eq!(
+        s.clearing_totals(Some("m"), 10).unwrap(),
+        [
+            total("20261102", "m", 1, 700),
+            total("20261101", "m", 3, 2_200)
+        ]
+    );
+    let all: Vec<(String, String)> = s
+        .clearing_totals(None, 2)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.clearing_date, t.mid))
+        .collect();
+    assert_eq!(
+        all,
+        [
+            ("20261102".into(), "m".into()),
+            ("20261101".into(), "m".into())
+        ]
+    );
+}
+
 on_both!(
     every_read_runs,
+    clearing_totals_are_replaced_by_each_run,
     duplicate_flags_by_merchant_and_by_payment,
     payouts_are_read_newest_first,
     cases_page_back_from_the_newest,

@@ -136,6 +136,65 @@ fn a_newer_schema_is_refused() {
     assert!(matches!(error, StoreError::SchemaTooNew { found: 999, .. }));
 }
 
+/// Migration 12 sums the clearing lines already written into the new totals: a journal cleared
+/// before it shows the same settlement figures after it.
+#[test]
+fn the_clearing_totals_migration_sums_the_lines_already_cleared() {
+    use store::settlement::{ClearingLineRow, SettlementRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let line =
+        |txn_id: i64, mid: &str, date: &str, amount_fen: i64, fee_fen: i64| ClearingLineRow {
+            txn_id,
+            seq: 1,
+            mid: mid.into(),
+            clearing_date: date.into(),
+            kind: TxnKind::Purchase,
+            card_class: "debit".into(),
+            issuer: "ICBC".into(),
+            amount_fen,
+            fee_fen,
+            run_at_ms: 0,
+        };
+    store
+        .submit(vec![Record::Settlement(SettlementRecord::ClearingLines(
+            vec![
+                line(1, "m", "20261101", 1_000, 6),
+                line(2, "m", "20261101", 2_000, 11),
+                line(3, "n", "20261101", 500, 3),
+                line(4, "m", "20261102", -300, -2),
+            ],
+        ))])
+        .unwrap()
+        .wait()
+        .unwrap();
+    store.close();
+    drop(store);
+    let migration = store::schema::MIGRATIONS
+        .iter()
+        .find(|m| m.version == 12)
+        .unwrap();
+    let backfill = &migration.sql[migration.sql.find("INSERT INTO clearing_totals").unwrap()..];
+    let conn = rusqlite::Connection::open(dir.path().join("shoudan.db")).unwrap();
+    conn.execute_batch(backfill).unwrap();
+    drop(conn);
+    let store = open(&dir);
+    let totals: Vec<(String, String, u64, i64, i64)> = store
+        .clearing_totals(None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.clearing_date, t.mid, t.lines, t.gross_fen, t.fee_fen))
+        .collect();
+    assert_eq!(
+        totals,
+        [
+            ("20261102".into(), "m".into(), 1, -300, -2),
+            ("20261101".into(), "m".into(), 2, 3_000, 17),
+            ("20261101".into(), "n".into(), 1, 500, 3),
+        ]
+    );
+}
+
 #[test]
 fn a_read_only_open_checks_it_is_a_journal() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,8 +2,6 @@
 //! merchant's clearing totals, payouts with the diagnosis of a failure, the bound account and its
 //! re-binding (maker-checker), merchant review and risk alerts. Every change is audited.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -124,34 +122,29 @@ pub async fn payouts(
     Ok(Json(json!({ "items": items })))
 }
 
+/// Clearing totals one answer carries at most: a merchant's last 400 clearing dates, or that
+/// many (date, merchant) rows across merchants, newest first.
+pub const CLEARING_TOTALS_MAX: u32 = 400;
+
 /// One merchant's clearing totals per clearing date (from the settle runs on record) and its
 /// terminals' batch settlements.
 pub fn settlements_for(web: &Web, who: &Principal, mid: Option<&str>) -> Result<Value, ApiError> {
     let mid = who.merchant_filter(mid)?;
-    let runs = web.store.settle_runs(None)?;
-    let mut dates: Vec<String> = runs.iter().map(|r| r.clearing_date.clone()).collect();
-    dates.sort();
-    dates.dedup();
-    let mut items = Vec::new();
-    for date in dates.iter().rev() {
-        let mut totals: BTreeMap<String, (u64, i64, i64)> = BTreeMap::new();
-        for line in web.store.clearing_lines(date)? {
-            if mid.as_deref().is_some_and(|m| m != line.mid) || !who.sees(&line.mid) {
-                continue;
-            }
-            let t = totals.entry(line.mid.clone()).or_insert((0, 0, 0));
-            t.0 += 1;
-            t.1 += line.amount_fen;
-            t.2 += line.fee_fen;
-        }
-        for (m, (lines, gross, fee)) in totals {
-            items.push(json!({
-                "clearing_date": date, "mid": m, "lines": lines,
-                "gross_fen": gross, "fee_fen": fee, "net_fen": gross - fee,
-            }));
-        }
-    }
+    let items: Vec<Value> = web
+        .store
+        .clearing_totals(mid.as_deref(), CLEARING_TOTALS_MAX)?
+        .iter()
+        .filter(|t| who.sees(&t.mid))
+        .map(|t| {
+            json!({
+                "clearing_date": t.clearing_date, "mid": t.mid, "lines": t.lines,
+                "gross_fen": t.gross_fen, "fee_fen": t.fee_fen,
+                "net_fen": t.gross_fen - t.fee_fen,
+            })
+        })
+        .collect();
     let runs: Vec<Value> = if who.is_staff() {
+        let runs = web.store.settle_runs(None)?;
         runs.iter()
             .map(|r| {
                 json!({ "clearing_date": r.clearing_date, "run_no": r.run_no, "at_ms": r.at_ms,
