@@ -77,6 +77,16 @@ impl Api<'_> {
     }
 }
 
+/// The ids of a list answer's items, in order.
+fn ids(page: &serde_json::Value) -> Vec<i64> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_i64().unwrap())
+        .collect()
+}
+
 fn assert_error(r: &Resp, status: u16, code: &str) {
     assert_eq!(r.status, status, "{}", r.body);
     let j = r.json();
@@ -1658,13 +1668,7 @@ fn a_busy_merchants_day_is_searched_newest_first_and_counted_whole() {
             }
         };
         let first = page("limit=2".to_owned()).await;
-        let ids: Vec<i64> = first["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["id"].as_i64().unwrap())
-            .collect();
-        assert_eq!(ids, [1_000_000 + busy, 1_000_000 + busy - 1]);
+        assert_eq!(ids(&first), [1_000_000 + busy, 1_000_000 + busy - 1]);
         let cursor = first["next_cursor"].as_str().unwrap().to_owned();
         let second = page(format!("limit=1&cursor={cursor}")).await;
         assert_eq!(second["items"][0]["id"], 1_000_000 + busy - 2);
@@ -1726,14 +1730,6 @@ fn a_busy_merchants_notifications_come_newest_first() {
             seen: Default::default(),
         };
         let tea = e.token("teahouse").await;
-        let ids = |page: &serde_json::Value| -> Vec<i64> {
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i["id"].as_i64().unwrap())
-                .collect()
-        };
         let first = api
             .call(Some(&tea), "GET", "/api/notifications?limit=2", None)
             .await;
@@ -1815,14 +1811,6 @@ fn a_busy_merchants_cases_come_newest_first() {
             seen: Default::default(),
         };
         let tea = e.token("teahouse").await;
-        let ids = |page: &serde_json::Value| -> Vec<i64> {
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i["id"].as_i64().unwrap())
-                .collect()
-        };
         let first = api
             .call(Some(&tea), "GET", "/api/cases?limit=2", None)
             .await;
