@@ -5,7 +5,7 @@
 //! one writer thread commits whatever has queued up in a single transaction and one fsync, then
 //! resolves every waiter in that group. Reads use their own connections and never wait for the
 //! writer. The hot lookups of the switch (recent transactions by TID + batch + STAN, by RRN) are
-//! served from the switch's own in-memory index, warmed at start from [`Store::txns_since`] and
+//! served from the switch's own in-memory index, warmed at start from [`Store::each_txn_since`] and
 //! [`Store::batches_cleared`]; the store answers the cold ones (older keys and originals,
 //! settlement, recovery).
 
@@ -120,6 +120,13 @@ pub trait Store: Send + Sync + 'static {
     fn txns_by_batch(&self, tid: &str, batch_no: u32) -> Result<Vec<TxnRow>, StoreError>;
     /// Rows whose clearing date is on or after `clearing_date` (`YYYYMMDD`), oldest first.
     fn txns_since(&self, clearing_date: &str) -> Result<Vec<TxnRow>, StoreError>;
+    /// The same rows handed to `each` one at a time, by clearing date and within a date by id,
+    /// without holding them all (a start loads two days of them).
+    fn each_txn_since(
+        &self,
+        clearing_date: &str,
+        each: &mut dyn FnMut(TxnRow),
+    ) -> Result<(), StoreError>;
     /// The terminal batches with rows cleared on `from` up to but not including `to`
     /// (`YYYYMMDD`), each with the last such clearing date and its rows' range of STANs.
     fn batches_cleared(&self, from: &str, to: &str) -> Result<Vec<BatchSpan>, StoreError>;

@@ -375,6 +375,25 @@ impl Store for SqliteStore {
         Ok(rows)
     }
 
+    fn each_txn_since(
+        &self,
+        clearing_date: &str,
+        each: &mut dyn FnMut(TxnRow),
+    ) -> Result<(), StoreError> {
+        // The clearing-date index's range, sorted by id within each date as it goes.
+        let sql = format!(
+            "SELECT {TXN_COLUMNS} FROM transactions WHERE clearing_date >= ?1
+             ORDER BY clearing_date, id"
+        );
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(&sql)?;
+            for row in statement.query_map([clearing_date], txn_from_row)? {
+                each(row?);
+            }
+            Ok(())
+        })
+    }
+
     fn batches_cleared(&self, from: &str, to: &str) -> Result<Vec<BatchSpan>, StoreError> {
         self.read(|conn| {
             let mut statement = conn.prepare_cached(

@@ -22,6 +22,9 @@ fn every_read_runs(db: &Db) {
     assert!(s.txn_by_rrn("1").unwrap().is_none());
     assert!(s.txns_by_batch("1", 1).unwrap().is_empty());
     assert!(s.txns_since("20261123").unwrap().is_empty());
+    let mut rows = 0;
+    s.each_txn_since("20261123", &mut |_| rows += 1).unwrap();
+    assert_eq!(rows, 0);
     assert!(
         s.batches_cleared("20261101", "20261123")
             .unwrap()

@@ -408,6 +408,40 @@ fn group_commit_under_concurrency_then_durable_across_reopen(db: &Db) {
     assert_eq!(rows.len(), usize::try_from(TASKS * PER_TASK).unwrap());
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     assert_eq!(ids, (1..=TASKS * PER_TASK).collect::<Vec<_>>());
+    let mut streamed = Vec::new();
+    store
+        .each_txn_since("20261123", &mut |r| streamed.push(r.id))
+        .unwrap();
+    assert_eq!(streamed, ids);
+}
+
+/// The rows since a clearing date come by date, then by id within it, one at a time.
+fn rows_since_a_date_come_by_date_then_id(db: &Db) {
+    let store = db.open();
+    let on = |id: i64, date: &str| {
+        let mut row = txn(id, u32::try_from(id).unwrap());
+        row.clearing_date = date.into();
+        Record::InsertTxn(Box::new(row))
+    };
+    store
+        .submit(vec![
+            on(4, "20261123"),
+            on(1, "20261124"),
+            on(3, "20261124"),
+            on(2, "20261123"),
+            on(5, "20261122"),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let since = |date: &str| {
+        let mut ids = Vec::new();
+        store.each_txn_since(date, &mut |r| ids.push(r.id)).unwrap();
+        ids
+    };
+    assert_eq!(since("20261123"), [2, 4, 1, 3]);
+    assert_eq!(since("20261124"), [1, 3]);
+    assert!(since("20261125").is_empty());
 }
 
 fn counters_never_repeat_across_reopen(db: &Db) {
@@ -718,6 +752,7 @@ fn batches_are_listed_with_their_last_clearing_date(db: &Db) {
 }
 
 on_both!(
+    rows_since_a_date_come_by_date_then_id,
     batches_are_listed_with_their_last_clearing_date,
     a_busy_card_reads_its_newest_transactions,
     dropping_the_store_still_commits_what_was_queued,

@@ -229,17 +229,17 @@ impl Switch {
         let ledger = Ledger::default();
         let started = std::time::Instant::now();
         let held_since = ledger::held_since(clock.now_ms(), config.index_days_held).yyyymmdd();
-        let held = store.txns_since(&held_since)?;
-        for row in &held {
-            ledger.adopt(row);
-        }
+        let mut entries = 0_u64;
+        store.each_txn_since(&held_since, &mut |row| {
+            ledger.adopt(&row);
+            entries += 1;
+        })?;
         tracing::info!(
-            entries = held.len(),
+            entries,
             since = %held_since,
             ms = started.elapsed().as_millis(),
             "in-memory index: recent transactions loaded"
         );
-        drop(held);
         // The month before is marked by a task while the switch answers (`load_marks`).
         ledger.set_marks_loading(true);
         let marked_since = ledger::marked_since(clock.now_ms()).yyyymmdd();

@@ -121,12 +121,12 @@ impl RiskGate {
         let mut engine = Engine::new(book);
         if !engine.book().is_empty() {
             let today = crate::clock::LocalTime::from_ms(now_ms);
-            for row in store.txns_since(&today.yyyymmdd())? {
+            store.each_txn_since(&today.yyyymmdd(), &mut |row| {
                 let approved = row.response_code.as_deref() == Some("00");
                 if approved && class_of(row.kind) == TxnClass::Sale {
                     engine.record_sale(&row.mid, today.day_number, row.amount_fen);
                 }
-            }
+            })?;
         }
         Ok(RiskGate {
             merchants: RwLock::new(load_merchants(store)?),
