@@ -5,9 +5,9 @@
 //! one writer thread commits whatever has queued up in a single transaction and one fsync, then
 //! resolves every waiter in that group. Reads use their own connections and never wait for the
 //! writer. The hot lookups of the switch (recent transactions by TID + batch + STAN, by RRN) are
-//! served from the switch's own in-memory index, warmed at start from [`Store::each_txn_since`] and
-//! [`Store::batches_cleared`]; the store answers the cold ones (older keys and originals,
-//! settlement, recovery).
+//! served from the switch's own in-memory index, warmed at start from
+//! [`Store::each_txn_since`] and [`Store::batches_cleared`]; the store answers the cold ones
+//! (older keys and originals, settlement, recovery).
 
 #![forbid(unsafe_code)]
 
