@@ -242,43 +242,41 @@ struct CaseFilter {
 }
 
 /// A page of the cases the principal may see (a merchant its own; staff one merchant's or
-/// all), newest first, from below `before_id`: at most `limit`, and whether there are more.
+/// all), newest first, from below `before_id`: at most `limit`, and the cursor to the next
+/// page if there is one.
 pub fn visible_cases(
     web: &Web,
     who: &Principal,
     query: CaseQuery<'_>,
-) -> Result<(Vec<resolve::cases::Case>, bool), ApiError> {
+) -> Result<(Vec<resolve::cases::Case>, Option<String>), ApiError> {
     let mid = who.merchant_filter(query.mid)?;
     let limit = query.limit;
-    let mut cases = web.cases.find(&CaseQuery {
+    let cases = web.cases.find(&CaseQuery {
         mid: mid.as_deref(),
         limit: limit.saturating_add(1),
         ..query
     })?;
-    let more = cases.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    cases.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    Ok((cases, more))
+    Ok(one_page(
+        cases,
+        usize::try_from(limit).unwrap_or(usize::MAX),
+        |c| c.id,
+    ))
 }
 
 async fn cases(State(web): State<Web>, who: Principal, Query(q): Query<CaseFilter>) -> ApiResult {
-    let given = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-    let (state, kind) = (given(&q.state), given(&q.kind));
     let limit = query::limit_param(&q.limit)?;
-    let (items, more) = visible_cases(
+    let (items, next) = visible_cases(
         &web,
         &who,
         CaseQuery {
             mid: q.mid.as_deref(),
-            state: state.as_deref(),
-            kind: kind.as_deref(),
+            state: q.state.as_deref().filter(|s| !s.is_empty()),
+            kind: q.kind.as_deref().filter(|k| !k.is_empty()),
             before_id: query::int_param(&q.cursor, "cursor")?,
             limit: u32::try_from(limit).unwrap_or(u32::MAX),
             ..CaseQuery::default()
         },
     )?;
-    let next = more
-        .then(|| items.last().map(|c| c.id.to_string()))
-        .flatten();
     Ok(Json(json!({ "items": items, "next_cursor": next })))
 }
 

@@ -770,11 +770,7 @@ fn transaction_body(
             other.id,
             esc(other.rrn.as_deref().unwrap_or("-")),
             t(l, "怎么办", "What to do"),
-            esc(if l == Lang::En {
-                &flag.advice.en
-            } else {
-                &flag.advice.zh
-            }),
+            esc(flag.advice.get(l)),
         ));
     }
     // Cases already open on it.
@@ -948,11 +944,7 @@ async fn duplicates(
                 link(&f.first),
                 link(&f.second),
                 f.gap_ms / 1_000,
-                esc(if l == Lang::En {
-                    &f.advice.en
-                } else {
-                    &f.advice.zh
-                }),
+                esc(f.advice.get(l)),
             ));
         }
         body.push_str("</table>");
@@ -993,7 +985,7 @@ async fn cases(
     let result = (|| {
         let l = c.lang;
         let before_id = params.get("before").and_then(|b| b.parse::<i64>().ok());
-        let (list, more) = api::visible_cases(
+        let (list, next) = api::visible_cases(
             &web,
             &who,
             store::resolve::CaseQuery {
@@ -1003,10 +995,9 @@ async fn cases(
             },
         )?;
         let mut body = case_table(l, &list, "cases", None);
-        if let (true, Some(last)) = (more, list.last()) {
+        if let Some(next) = next {
             body.push_str(&format!(
-                "<p><a id=\"older-cases\" href=\"/portal/cases?before={}\">{}</a></p>",
-                last.id,
+                "<p><a id=\"older-cases\" href=\"/portal/cases?before={next}\">{}</a></p>",
                 t(l, "更早的工单", "Older cases")
             ));
         }
