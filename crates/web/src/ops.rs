@@ -16,7 +16,7 @@ use store::settlement::{AccountKind, BatchDiffKind, ChangeState, PayoutRow, Payo
 use crate::Web;
 use crate::auth::{self, Principal};
 use crate::error::ApiError;
-use crate::query;
+use crate::query::{self, given};
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
@@ -88,10 +88,6 @@ pub fn payout_json(p: &PayoutRow) -> Value {
 pub struct MidQuery {
     pub mid: Option<String>,
     pub state: Option<String>,
-}
-
-fn given(s: &Option<String>) -> Option<&str> {
-    s.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// Payouts the principal may see, newest first.

@@ -97,7 +97,8 @@ pub struct TxnQuery {
     pub lang: Option<String>,
 }
 
-fn given(field: &Option<String>) -> Option<&str> {
+/// A query or form field as given: trimmed, and `None` when absent or blank.
+pub fn given(field: &Option<String>) -> Option<&str> {
     field.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
