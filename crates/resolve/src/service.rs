@@ -124,6 +124,24 @@ impl Resolver {
             &self.directory,
             mid,
             (before_id, limit),
+            i64::MIN,
+            self.clock.now_ms(),
+        )
+    }
+
+    /// Of the newest `limit` flags, those flagged at or after `since_ms`, described.
+    pub fn duplicates_flagged_since(
+        &self,
+        mid: &str,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<DuplicateFlag>, ResolveError> {
+        duplicates::flagged(
+            self.store.as_ref(),
+            &self.directory,
+            mid,
+            (None, limit),
+            since_ms,
             self.clock.now_ms(),
         )
     }

@@ -726,8 +726,15 @@ fn duplicate_purchase_is_flagged_and_notified() {
         let mut tailer = e.tailer();
         tailer.poll_once().await.unwrap();
         let store = e.store();
-        let flags =
-            duplicates::flagged(store.as_ref(), &e.h.directory, MID, (None, 100), now()).unwrap();
+        let flags = duplicates::flagged(
+            store.as_ref(),
+            &e.h.directory,
+            MID,
+            (None, 100),
+            i64::MIN,
+            now(),
+        )
+        .unwrap();
         assert_eq!(flags.len(), 1, "{flags:#?}");
         assert_eq!(flags[0].second.rrn.as_deref(), Some(second.as_str()));
         assert_eq!(flags[0].suggested_action, SuggestedAction::VoidSecondToday);

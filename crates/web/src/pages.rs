@@ -445,11 +445,13 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
         .filter(|p| p.state == store::settlement::PayoutState::Pending)
         .map(|p| p.amount_fen)
         .sum();
-    // Today's suspected duplicates with something left to do.
-    let today = switch::LocalTime::from_ms(web.clock.now_ms()).day_number;
+    // Today's suspected duplicates with something left to do. A flag is raised when its second
+    // payment is answered, so one received today was flagged today: older flags are not read.
+    let now_ms = web.clock.now_ms();
+    let today = switch::LocalTime::from_ms(now_ms).day_number;
     let to_handle = web
         .resolver
-        .duplicates(mid, None, DUPLICATES_PER_PAGE)?
+        .duplicates_flagged_since(mid, query::cst_day_start(now_ms), DUPLICATES_PER_PAGE)?
         .into_iter()
         .filter(|f| f.suggested_action != resolve::duplicates::SuggestedAction::NothingLeft)
         .filter(|f| switch::LocalTime::from_ms(f.second.received_at_ms).day_number == today)
