@@ -2,8 +2,6 @@
 //! cookie with a per-session anti-forgery token, bearer tokens for the API, roles, the audit log.
 //! Session and API tokens are random 32 bytes; the store keeps only their SHA-256 digests.
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
@@ -15,6 +13,10 @@ use store::{Record, Store};
 
 use crate::Web;
 use crate::error::ApiError;
+pub use crate::password::{
+    HashError, PASSWORD_LEN_MAX, PASSWORD_LEN_MIN, hash_password, verify_password,
+};
+use crate::password::{on_turn, verify_stored};
 
 /// The page session cookie.
 pub const SESSION_COOKIE: &str = "shoudan_session";
@@ -22,50 +24,9 @@ pub const SESSION_COOKIE: &str = "shoudan_session";
 pub const LOGIN_CSRF_COOKIE: &str = "shoudan_login_csrf";
 /// A page session lasts a working day; then the user signs in again.
 pub const SESSION_TTL_MS: i64 = 12 * 3_600_000;
-/// Longest accepted password: argon2 over megabytes would be a cheap denial of service.
-pub const PASSWORD_LEN_MAX: usize = 256;
-/// Shortest password a new user may get.
-pub const PASSWORD_LEN_MIN: usize = 8;
 /// The store counters ids come from.
 pub const USER_COUNTER: &str = "web_user_id";
 pub const AUDIT_COUNTER: &str = "audit_id";
-
-/// Why a password could not be hashed.
-#[derive(Debug, thiserror::Error)]
-pub enum HashError {
-    #[error("password must be {PASSWORD_LEN_MIN} to {PASSWORD_LEN_MAX} bytes")]
-    Length,
-    #[error("no randomness: {0}")]
-    Random(String),
-    #[error("argon2: {0}")]
-    Argon2(String),
-}
-
-/// Argon2id with the crate's recommended parameters, a fresh 16-byte salt, as a PHC string.
-pub fn hash_password(password: &str) -> Result<String, HashError> {
-    if password.len() < PASSWORD_LEN_MIN || password.len() > PASSWORD_LEN_MAX {
-        return Err(HashError::Length);
-    }
-    let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(|e| HashError::Random(e.to_string()))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| HashError::Argon2(e.to_string()))?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| HashError::Argon2(e.to_string()))
-}
-
-/// Whether `password` matches the PHC string `hash` (constant time inside argon2).
-pub fn verify_password(hash: &str, password: &str) -> bool {
-    if password.len() > PASSWORD_LEN_MAX {
-        return false;
-    }
-    PasswordHash::new(hash).is_ok_and(|parsed| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-    })
-}
 
 /// 32 random bytes as hex: session ids, API tokens, CSRF tokens.
 pub fn random_token() -> Result<String, ApiError> {
@@ -240,15 +201,21 @@ pub async fn authenticate(
     username: &str,
     password: &str,
 ) -> Result<Option<UserRow>, ApiError> {
-    let user = web.store.web_user_by_name(username)?;
+    let user = web
+        .store
+        .web_user_by_name(username)?
+        .filter(|u| !u.disabled);
     let password = password.to_owned();
-    // Argon2 takes tens of milliseconds of CPU: keep it off the async workers.
-    let checked = tokio::task::spawn_blocking(move || {
-        user.filter(|u| !u.disabled && verify_password(&u.password_hash, &password))
+    // An unknown or disabled user's check costs what a real one does (see `verify_stored`).
+    on_turn(move || {
+        let hash = user.as_ref().map(|u| u.password_hash.as_str());
+        if verify_stored(hash, &password) {
+            user
+        } else {
+            None
+        }
     })
     .await
-    .map_err(|e| ApiError::internal(format!("password check: {e}")))?;
-    Ok(checked)
 }
 
 /// Opens a page session; returns the cookie value (the store keeps its digest).
@@ -392,9 +359,8 @@ pub async fn create_user(web: &Web, who: &str, new: NewUser) -> Result<UserRow, 
         ));
     }
     let password = new.password.clone();
-    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|e| ApiError::internal(format!("hash: {e}")))?
+    let hash = on_turn(move || hash_password(&password))
+        .await?
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let id = web.store.reserve(USER_COUNTER, 1)?.await?;
     let id = i64::try_from(id).map_err(|_| ApiError::internal("user id out of range"))?;

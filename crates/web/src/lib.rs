@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ops;
 mod pages;
+pub mod password;
 mod query;
 
 use std::net::SocketAddr;

@@ -1698,6 +1698,47 @@ fn a_busy_merchants_day_is_searched_newest_first_and_counted_whole() {
 /// A merchant with more notifications than a read returns sees the newest first and pages back
 /// to the oldest; another merchant's are not among them.
 #[test]
+fn a_flood_of_sign_ins_is_checked_a_few_at_a_time_in_kept_memory() {
+    run(async move {
+        let e = start().await;
+        // Half the attempts name a real user, half a user who does not exist: both are
+        // checked (an unknown name takes as long), all answered the same.
+        let mut attempts = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let http = e.http;
+            let username = if i % 2 == 0 {
+                "teahouse"
+            } else {
+                "no-such-user"
+            };
+            let body = json!({ "username": username, "password": format!("guess-{i}") });
+            attempts.spawn(async move {
+                request(
+                    http,
+                    "POST",
+                    "/api/tokens",
+                    &[("content-type", "application/json")],
+                    &body.to_string(),
+                )
+                .await
+            });
+        }
+        while let Some(answer) = attempts.join_next().await {
+            assert_error(&answer.unwrap(), 401, "bad_credentials");
+        }
+        // Every hash in this process (the users made at start, these sixteen) ran in the
+        // memory of at most two turns.
+        assert!(
+            web::password::memory_made() <= web::password::AT_ONCE,
+            "{} hash memories",
+            web::password::memory_made()
+        );
+        // The right password still opens a session.
+        e.token("teahouse").await;
+    });
+}
+
+#[test]
 fn a_busy_merchants_notifications_come_newest_first() {
     run(async move {
         let e = start().await;
