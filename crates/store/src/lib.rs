@@ -317,6 +317,12 @@ pub trait Store: Send + Sync + 'static {
     fn web_user(&self, id: i64) -> Result<Option<web::UserRow>, StoreError>;
     fn web_user_by_name(&self, username: &str) -> Result<Option<web::UserRow>, StoreError>;
     fn web_users(&self) -> Result<Vec<web::UserRow>, StoreError>;
+    /// The wrong passwords in a row of `user_id` (at most one row), or of every user that has
+    /// some when `None`.
+    fn web_login_failures(
+        &self,
+        user_id: Option<i64>,
+    ) -> Result<Vec<web::LoginFailuresRow>, StoreError>;
     fn web_session(&self, token_hash: &[u8]) -> Result<Option<web::SessionRow>, StoreError>;
     fn web_api_token(&self, token_hash: &[u8]) -> Result<Option<web::ApiTokenRow>, StoreError>;
     /// Audit rows with an id below `before_id` (all when `None`), newest first, at most `limit`.

@@ -519,6 +519,19 @@ SELECT clearing_date, mid, COUNT(*), CAST(SUM(amount_fen) AS BIGINT),
 FROM clearing_lines GROUP BY clearing_date, mid;
 ",
     },
+    Migration {
+        version: 13,
+        name: "web users: wrong passwords in a row",
+        // A row per user whose last sign-in attempts failed; a right password or an admin's
+        // unlock deletes it. The web layer locks the user after too many (see `web::auth`).
+        sql: "
+CREATE TABLE web_login_failures (
+    user_id BIGINT PRIMARY KEY REFERENCES web_users (id),
+    failures BIGINT NOT NULL,
+    last_at_ms BIGINT NOT NULL
+);
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -615,6 +615,12 @@ impl Store for SqliteStore {
     fn web_users(&self) -> Result<Vec<crate::web::UserRow>, StoreError> {
         self.web_users_all()
     }
+    fn web_login_failures(
+        &self,
+        user_id: Option<i64>,
+    ) -> Result<Vec<crate::web::LoginFailuresRow>, StoreError> {
+        self.web_login_failures_of(user_id)
+    }
     fn web_session(&self, hash: &[u8]) -> Result<Option<crate::web::SessionRow>, StoreError> {
         self.web_session_by(hash)
     }

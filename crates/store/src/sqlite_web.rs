@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::SqliteStore;
 use crate::error::StoreError;
-use crate::web::{ApiTokenRow, AuditRow, Role, SessionRow, UserRow, WebRecord};
+use crate::web::{ApiTokenRow, AuditRow, LoginFailuresRow, Role, SessionRow, UserRow, WebRecord};
 
 /// Audit rows one query returns at most, whatever the caller asks.
 pub(crate) const AUDIT_ROWS_MAX: u32 = 1_000;
@@ -34,6 +34,24 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
                 i64::from(u.disabled),
                 u.created_at_ms
             ])?;
+        }
+        WebRecord::LoginFailed {
+            user_id,
+            at_ms,
+            counts_since_ms,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO web_login_failures (user_id, failures, last_at_ms) VALUES (?1, 1, ?2)
+                 ON CONFLICT (user_id) DO UPDATE SET
+                 failures = CASE WHEN web_login_failures.last_at_ms < ?3 THEN 1
+                            ELSE web_login_failures.failures + 1 END,
+                 last_at_ms = excluded.last_at_ms",
+            )?
+            .execute(params![user_id, at_ms, counts_since_ms])?;
+        }
+        WebRecord::ClearLoginFailures { user_id } => {
+            conn.prepare_cached("DELETE FROM web_login_failures WHERE user_id = ?1")?
+                .execute(params![user_id])?;
         }
         WebRecord::InsertSession(s) => {
             conn.prepare_cached(
@@ -118,6 +136,27 @@ impl SqliteStore {
         self.read(|conn| {
             let mut statement = conn.prepare_cached(&sql)?;
             let rows = statement.query_map([], user_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// The wrong passwords in a row of `user_id`, or of every user that has some.
+    pub(super) fn web_login_failures_of(
+        &self,
+        user_id: Option<i64>,
+    ) -> Result<Vec<LoginFailuresRow>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT user_id, failures, last_at_ms FROM web_login_failures
+                 WHERE ?1 IS NULL OR user_id = ?1 ORDER BY user_id",
+            )?;
+            let rows = statement.query_map(params![user_id], |r| {
+                Ok(LoginFailuresRow {
+                    user_id: r.get(0)?,
+                    failures: r.get(1)?,
+                    last_at_ms: r.get(2)?,
+                })
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }

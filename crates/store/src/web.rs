@@ -127,13 +127,36 @@ pub struct AuditRow {
     pub after: Option<String>,
 }
 
+/// A user's wrong passwords in a row: how many, and when the last was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoginFailuresRow {
+    pub user_id: i64,
+    pub failures: i64,
+    pub last_at_ms: i64,
+}
+
 /// Writes of the web area.
 #[derive(Clone, Debug)]
 pub enum WebRecord {
     UpsertUser(UserRow),
+    /// One more wrong password for `user_id` at `at_ms`; the count starts again at one when
+    /// the last was before `counts_since_ms`.
+    LoginFailed {
+        user_id: i64,
+        at_ms: i64,
+        counts_since_ms: i64,
+    },
+    /// Forgets a user's wrong passwords: a right one, or an admin's unlock.
+    ClearLoginFailures {
+        user_id: i64,
+    },
     InsertSession(SessionRow),
-    DeleteSession { token_hash: Vec<u8> },
+    DeleteSession {
+        token_hash: Vec<u8>,
+    },
     InsertApiToken(ApiTokenRow),
-    RevokeApiToken { token_hash: Vec<u8> },
+    RevokeApiToken {
+        token_hash: Vec<u8>,
+    },
     Audit(AuditRow),
 }

@@ -9,7 +9,7 @@ use backend::Db;
 use store::resolve::{CaseQuery, CaseRow, DuplicateRow, OutboxRow, ResolveRecord};
 use store::risk::AlertState;
 use store::settlement::{ClearingTotalRow, PayoutRow, PayoutState, SettlementRecord};
-use store::web::{ApiTokenRow, AuditRow, Role, SessionRow, UserRow, WebRecord};
+use store::web::{ApiTokenRow, AuditRow, LoginFailuresRow, Role, SessionRow, UserRow, WebRecord};
 use store::{Record, SafState, TerminalHealthRow, TxnState};
 
 fn every_read_runs(db: &Db) {
@@ -118,6 +118,8 @@ fn every_read_runs(db: &Db) {
     assert!(s.web_user(1).unwrap().is_none());
     assert!(s.web_user_by_name("u").unwrap().is_none());
     assert!(s.web_users().unwrap().is_empty());
+    assert!(s.web_login_failures(Some(1)).unwrap().is_empty());
+    assert!(s.web_login_failures(None).unwrap().is_empty());
     assert!(s.web_session(&[1]).unwrap().is_none());
     assert!(s.web_api_token(&[1]).unwrap().is_none());
     assert!(s.audit_log(None, 10).unwrap().is_empty());
@@ -201,6 +203,47 @@ fn web_area_round_trips(db: &Db) {
     .unwrap();
     assert!(s.web_api_token(&[6; 32]).unwrap().unwrap().revoked);
     assert!(s.web_session(&[5; 32]).unwrap().is_none());
+
+    // Wrong passwords in a row: counted, started again after a quiet spell, forgotten.
+    let mut other = s.web_user(1).unwrap().unwrap();
+    other.id = 2;
+    other.username = "other".into();
+    s.submit(vec![Record::Web(WebRecord::UpsertUser(other))])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let failed = |user_id: i64, at_ms: i64| {
+        Record::Web(WebRecord::LoginFailed {
+            user_id,
+            at_ms,
+            counts_since_ms: at_ms - 100,
+        })
+    };
+    s.submit(vec![failed(1, 1_000), failed(1, 1_050), failed(2, 1_060)])
+        .unwrap()
+        .wait()
+        .unwrap();
+    s.submit(vec![failed(1, 1_120)]).unwrap().wait().unwrap();
+    let row = |user_id: i64, failures: i64, last_at_ms: i64| LoginFailuresRow {
+        user_id,
+        failures,
+        last_at_ms,
+    };
+    assert_eq!(s.web_login_failures(Some(1)).unwrap(), [row(1, 3, 1_120)]);
+    assert_eq!(
+        s.web_login_failures(None).unwrap(),
+        [row(1, 3, 1_120), row(2, 1, 1_060)]
+    );
+    // The last was more than 100 ms before: the count starts again.
+    s.submit(vec![failed(1, 1_300)]).unwrap().wait().unwrap();
+    assert_eq!(s.web_login_failures(Some(1)).unwrap(), [row(1, 1, 1_300)]);
+    s.submit(vec![Record::Web(WebRecord::ClearLoginFailures {
+        user_id: 1,
+    })])
+    .unwrap()
+    .wait()
+    .unwrap();
+    assert_eq!(s.web_login_failures(None).unwrap(), [row(2, 1, 1_060)]);
 }
 
 fn terminal_health_round_trips(db: &Db) {

@@ -95,6 +95,7 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Web>)> {
         ),
         ("get", "/api/users", get(users)),
         ("post", "/api/users", post(create_user)),
+        ("post", "/api/users/{id}/unlock", post(unlock_user)),
         ("get", "/api/audit", get(audit_log)),
     ]
 }
@@ -120,15 +121,17 @@ struct TokenRequest {
 }
 
 async fn create_token(State(web): State<Web>, Json(body): Json<TokenRequest>) -> ApiResult {
-    let user = auth::authenticate(&web, &body.username, &body.password)
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
+    let user = match auth::authenticate(&web, &body.username, &body.password).await? {
+        auth::SignIn::Accepted(user) => user,
+        auth::SignIn::Refused => {
+            return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "bad_credentials",
                 "wrong username or password",
-            )
-        })?;
+            ));
+        }
+        auth::SignIn::Locked { minutes } => return Err(auth::locked_error(minutes)),
+    };
     let name = body.name.unwrap_or_else(|| "api".to_owned());
     let token = auth::issue_api_token(&web, &user, &name).await?;
     Ok(Json(json!({ "token": token, "user": user_json(&user) })))
@@ -590,8 +593,41 @@ async fn merchant_reviews(State(web): State<Web>, who: Principal) -> ApiResult {
 
 async fn users(State(web): State<Web>, who: Principal) -> ApiResult {
     who.require_admin("manage users")?;
-    let items: Vec<Value> = web.store.web_users()?.iter().map(user_json).collect();
+    let failures = web.store.web_login_failures(None)?;
+    let now_ms = web.clock.now_ms();
+    let items: Vec<Value> = web
+        .store
+        .web_users()?
+        .iter()
+        .map(|user| {
+            let mine = failures.iter().find(|f| f.user_id == user.id);
+            let mut item = user_json(user);
+            if let Some(map) = item.as_object_mut() {
+                map.insert(
+                    "wrong_passwords".into(),
+                    json!(mine.map_or(0, |f| f.failures)),
+                );
+                map.insert(
+                    "locked_until_ms".into(),
+                    json!(auth::locked_until(mine, now_ms)),
+                );
+            }
+            item
+        })
+        .collect();
     Ok(Json(json!({ "items": items })))
+}
+
+async fn unlock_user(State(web): State<Web>, who: Principal, Path(id): Path<i64>) -> ApiResult {
+    who.require_admin("manage users")?;
+    let user = web
+        .store
+        .web_user(id)?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    let was_locked = auth::unlock_user(&web, &who.username, &user).await?;
+    Ok(Json(
+        json!({ "user": user_json(&user), "was_locked": was_locked }),
+    ))
 }
 
 #[derive(Deserialize)]

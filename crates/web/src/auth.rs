@@ -2,14 +2,16 @@
 //! cookie with a per-session anti-forgery token, bearer tokens for the API, roles, the audit log.
 //! Session and API tokens are random 32 bytes; the store keeps only their SHA-256 digests.
 
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use store::web::{ApiTokenRow, AuditRow, Role, SessionRow, UserRow, WebRecord};
-use store::{Record, Store};
+use store::web::{ApiTokenRow, AuditRow, LoginFailuresRow, Role, SessionRow, UserRow, WebRecord};
+use store::{Record, Store, StoreError};
 
 use crate::Web;
 use crate::error::ApiError;
@@ -194,28 +196,152 @@ impl FromRequestParts<Web> for Principal {
     }
 }
 
-/// Checks a username and password; `None` for a wrong pair or a disabled user (one answer for
-/// both, so a caller cannot tell which usernames exist).
-pub async fn authenticate(
-    web: &Web,
-    username: &str,
-    password: &str,
-) -> Result<Option<UserRow>, ApiError> {
+/// Wrong passwords in a row after which a user is locked (PCI DSS asks for no more than 10).
+pub const LOGIN_FAILURES_MAX: i64 = 10;
+/// How long a lock lasts from the last wrong password, and how long a quiet spell starts the
+/// count again (PCI DSS asks for at least 30 minutes). An admin may unlock sooner.
+pub const LOCKOUT_MS: i64 = 30 * 60_000;
+
+/// When the lock of a user with these wrong passwords ends, if it is locked at `now_ms`.
+pub fn locked_until(failures: Option<&LoginFailuresRow>, now_ms: i64) -> Option<i64> {
+    failures
+        .filter(|f| f.failures >= LOGIN_FAILURES_MAX)
+        .map(|f| f.last_at_ms.saturating_add(LOCKOUT_MS))
+        .filter(|until| *until > now_ms)
+}
+
+/// What a sign-in attempt gets.
+#[derive(Debug)]
+pub enum SignIn {
+    Accepted(UserRow),
+    /// A wrong pair, an unknown or a disabled user: one answer for all.
+    Refused,
+    /// Locked by wrong passwords in a row, for this many more minutes (rounded up).
+    Locked {
+        minutes: i64,
+    },
+}
+
+/// The API's answer to a sign-in of a locked user: 429 `locked`.
+pub fn locked_error(minutes: i64) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "locked",
+        format!(
+            "{LOGIN_FAILURES_MAX} wrong passwords in a row: this user is locked for {minutes} more \
+             minutes, or until an admin unlocks it"
+        ),
+    )
+}
+
+/// Checks a username and password: refused for a wrong pair, an unknown or a disabled user (one
+/// answer for all, so a caller cannot tell which usernames exist). A user with
+/// [`LOGIN_FAILURES_MAX`] wrong passwords in a row is locked for [`LOCKOUT_MS`]: its sign-ins
+/// are answered locked without a check, and the lock is audited (`user.locked`).
+pub async fn authenticate(web: &Web, username: &str, password: &str) -> Result<SignIn, ApiError> {
     let user = web
         .store
         .web_user_by_name(username)?
         .filter(|u| !u.disabled);
     let password = password.to_owned();
-    // An unknown or disabled user's check costs what a real one does (see `verify_stored`).
-    on_turn(move || {
-        let hash = user.as_ref().map(|u| u.password_hash.as_str());
-        if verify_stored(hash, &password) {
-            user
-        } else {
-            None
+    let store = Arc::clone(&web.store);
+    let clock = Arc::clone(&web.clock);
+    // The lock is read, the password checked and a wrong one counted within one turn, so
+    // attempts queued behind the turns cannot all pass a lock check made before the count.
+    let checked = on_turn(move || -> Result<Checked, StoreError> {
+        let failures = match &user {
+            Some(u) => store.web_login_failures(Some(u.id))?.pop(),
+            None => None,
+        };
+        let now_ms = clock.now_ms();
+        if let Some(until) = locked_until(failures.as_ref(), now_ms) {
+            return Ok(Checked::Locked { until, now_ms });
         }
+        // An unknown or disabled user's check costs what a real one does.
+        let matched = verify_stored(user.as_ref().map(|u| u.password_hash.as_str()), &password);
+        let Some(user) = user else {
+            return Ok(Checked::Wrong { locked: None });
+        };
+        if matched {
+            if failures.is_some() {
+                let forget = WebRecord::ClearLoginFailures { user_id: user.id };
+                store.submit(vec![Record::Web(forget)])?.wait()?;
+            }
+            return Ok(Checked::Right(user));
+        }
+        let at_ms = clock.now_ms();
+        let failed = WebRecord::LoginFailed {
+            user_id: user.id,
+            at_ms,
+            counts_since_ms: at_ms - LOCKOUT_MS,
+        };
+        store.submit(vec![Record::Web(failed)])?.wait()?;
+        let failures = store.web_login_failures(Some(user.id))?.pop();
+        let locked = failures.is_some_and(|f| f.failures == LOGIN_FAILURES_MAX);
+        Ok(Checked::Wrong {
+            locked: locked.then_some(user),
+        })
     })
-    .await
+    .await??;
+    match checked {
+        Checked::Right(user) => Ok(SignIn::Accepted(user)),
+        Checked::Locked { until, now_ms } => Ok(SignIn::Locked {
+            minutes: (until - now_ms + 59_999) / 60_000,
+        }),
+        Checked::Wrong { locked: None } => Ok(SignIn::Refused),
+        Checked::Wrong { locked: Some(user) } => {
+            tracing::warn!(user = user.id, "user locked after wrong passwords");
+            let after = serde_json::json!({ "failures": LOGIN_FAILURES_MAX, "for_ms": LOCKOUT_MS });
+            let target = format!("user:{}", user.id);
+            audit(
+                web,
+                &user.username,
+                "user.locked",
+                &target,
+                None,
+                Some(after),
+            )
+            .await?;
+            Ok(SignIn::Refused)
+        }
+    }
+}
+
+/// What one sign-in check found.
+enum Checked {
+    Right(UserRow),
+    /// A wrong pair; the user when this attempt locked it.
+    Wrong {
+        locked: Option<UserRow>,
+    },
+    Locked {
+        until: i64,
+        now_ms: i64,
+    },
+}
+
+/// Unlocks a user locked by wrong passwords (an admin, who has confirmed who is asking);
+/// audited as `user.unlock`. `false` when the user was not locked.
+pub async fn unlock_user(web: &Web, who: &str, user: &UserRow) -> Result<bool, ApiError> {
+    let failures = web.store.web_login_failures(Some(user.id))?.pop();
+    let Some(failures) = failures else {
+        return Ok(false);
+    };
+    let was_locked = locked_until(Some(&failures), web.clock.now_ms()).is_some();
+    let audit = audit_record(
+        web,
+        who,
+        "user.unlock",
+        &format!("user:{}", user.id),
+        Some(
+            serde_json::json!({ "failures": failures.failures, "last_at_ms": failures.last_at_ms }),
+        ),
+        None,
+    )
+    .await?;
+    let forget = WebRecord::ClearLoginFailures { user_id: user.id };
+    web.store.submit(vec![Record::Web(forget), audit])?.await?;
+    Ok(was_locked)
 }
 
 /// Opens a page session; returns the cookie value (the store keeps its digest).

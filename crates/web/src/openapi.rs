@@ -85,6 +85,12 @@ pub fn document() -> Value {
                     "200": { "description": "token", "content": { "application/json": {
                         "schema": { "$ref": "#/components/schemas/Token" } } } },
                     "401": { "description": "bad_credentials", "content": { "application/json": {
+                        "schema": { "$ref": "#/components/schemas/Error" } } } },
+                    "429": { "description": "locked: too many wrong passwords in a row",
+                        "content": { "application/json": {
+                        "schema": { "$ref": "#/components/schemas/Error" } } } },
+                    "503": { "description": "busy: too many sign-ins at once", "content": {
+                        "application/json": {
                         "schema": { "$ref": "#/components/schemas/Error" } } } }
                 }
             } },
@@ -179,6 +185,10 @@ pub fn document() -> Value {
                 "get": op("Admin: users", vec![], None, "List"),
                 "post": op("Admin: create a user", vec![], Some("NewUser"), "User")
             },
+            "/api/users/{id}/unlock": {
+                "post": op("Admin: unlock a user locked by wrong passwords", vec![param("id", "path", "user id")],
+                    None, "Object")
+            },
             "/api/audit": { "get": op("Admin: the audit log, newest first", vec![limit, cursor], None, "List") }
         },
         "components": {
@@ -194,7 +204,7 @@ pub fn document() -> Value {
                             "unauthorized", "bad_credentials", "forbidden", "not_found",
                             "bad_request", "csrf", "conflict", "illegal_transition",
                             "exceeds_remaining", "already_refunded", "refund_failed", "busy",
-                            "same_user", "bad_account",
+                            "same_user", "bad_account", "locked",
                             "internal"] },
                         "message": { "type": "string" }
                     }

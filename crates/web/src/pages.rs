@@ -234,12 +234,26 @@ async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Para
     let username = form.get("username").map(String::as_str).unwrap_or_default();
     let password = form.get("password").map(String::as_str).unwrap_or_default();
     let user = match auth::authenticate(&web, username, password).await {
-        Ok(Some(user)) => user,
-        Ok(None) => {
+        Ok(auth::SignIn::Accepted(user)) => user,
+        Ok(auth::SignIn::Refused) => {
             return login_page(
                 &c,
                 Some(t(c.lang, "用户名或密码错误", "Wrong username or password")),
             );
+        }
+        Ok(auth::SignIn::Locked { minutes }) => {
+            let message = match c.lang {
+                Lang::Zh => format!(
+                    "密码连续错误 {} 次，该用户已锁定。请 {minutes} 分钟后再试，或请管理员解锁。",
+                    auth::LOGIN_FAILURES_MAX
+                ),
+                Lang::En => format!(
+                    "{} wrong passwords in a row: this user is locked. Try again in {minutes} \
+                     minutes, or ask an admin to unlock it.",
+                    auth::LOGIN_FAILURES_MAX
+                ),
+            };
+            return login_page(&c, Some(&message));
         }
         Err(e) => return error_page(&c, None, &e),
     };

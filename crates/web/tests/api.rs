@@ -1739,6 +1739,174 @@ fn a_flood_of_sign_ins_is_checked_a_few_at_a_time_in_kept_memory() {
 }
 
 #[test]
+fn ten_wrong_passwords_in_a_row_lock_a_user_until_an_admin_unlocks_it() {
+    run(async move {
+        let e = start().await;
+        let api = Api {
+            env: &e,
+            seen: Default::default(),
+        };
+        let admin = e.token("admin").await;
+        let book = e.token("bookshop").await;
+        let sign_in = |username: &'static str, password: &'static str| {
+            api.call(
+                None,
+                "POST",
+                "/api/tokens",
+                Some(json!({ "username": username, "password": password })),
+            )
+        };
+        let teahouse = e.web.store.web_user_by_name("teahouse").unwrap().unwrap();
+        let wrong_passwords = || {
+            e.web
+                .store
+                .web_login_failures(Some(teahouse.id))
+                .unwrap()
+                .first()
+                .map_or(0, |f| f.failures)
+        };
+
+        // Nine wrong, then the right one: in, and the count is forgotten.
+        for _ in 0..9 {
+            assert_error(
+                &sign_in("teahouse", "wrong-pass").await,
+                401,
+                "bad_credentials",
+            );
+        }
+        assert_eq!(wrong_passwords(), 9);
+        assert_eq!(sign_in("teahouse", PASSWORD).await.status, 200);
+        assert_eq!(wrong_passwords(), 0);
+
+        // Ten wrong in a row: locked, even for the right password, and the page says so.
+        for _ in 0..10 {
+            assert_error(
+                &sign_in("teahouse", "wrong-pass").await,
+                401,
+                "bad_credentials",
+            );
+        }
+        let locked = sign_in("teahouse", PASSWORD).await;
+        assert_error(&locked, 429, "locked");
+        assert!(
+            locked.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("30 more minutes")
+        );
+        let page = PageSession::attempt(e.http, "teahouse", PASSWORD).await;
+        assert_eq!(page.status, 401);
+        assert!(
+            page.body.contains("该用户已锁定") && page.body.contains("30 分钟"),
+            "{}",
+            page.body
+        );
+        assert_eq!(
+            wrong_passwords(),
+            10,
+            "a locked user's attempts are not checked"
+        );
+        // An unknown user is never locked: its answers stay the same.
+        for _ in 0..12 {
+            assert_error(
+                &sign_in("no-such-user", "wrong-pass").await,
+                401,
+                "bad_credentials",
+            );
+        }
+
+        // The admin sees the lock, a merchant may not lift it, the admin does.
+        let users = api
+            .call(Some(&admin), "GET", "/api/users", None)
+            .await
+            .json();
+        let row = users["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["username"] == "teahouse")
+            .unwrap()
+            .clone();
+        assert_eq!(row["wrong_passwords"], 10);
+        assert!(row["locked_until_ms"].as_i64().is_some(), "{row}");
+        let unlock = format!("/api/users/{}/unlock", teahouse.id);
+        assert_error(
+            &api.call(Some(&book), "POST", &unlock, None).await,
+            403,
+            "forbidden",
+        );
+        assert_error(
+            &api.call(Some(&admin), "POST", "/api/users/999999/unlock", None)
+                .await,
+            404,
+            "not_found",
+        );
+        let unlocked = api.call(Some(&admin), "POST", &unlock, None).await.json();
+        assert_eq!(unlocked["was_locked"], true, "{unlocked}");
+        assert_eq!(sign_in("teahouse", PASSWORD).await.status, 200);
+        let audit = api
+            .call(Some(&admin), "GET", "/api/audit", None)
+            .await
+            .json();
+        let actions: Vec<&str> = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["target"] == format!("user:{}", teahouse.id))
+            .filter_map(|a| a["action"].as_str())
+            .collect();
+        assert!(
+            actions.contains(&"user.locked") && actions.contains(&"user.unlock"),
+            "{actions:?}"
+        );
+
+        // A lock ends by itself 30 minutes after the last wrong password.
+        let long_ago = e.web.clock.now_ms() - web::auth::LOCKOUT_MS - 1;
+        let old_failures: Vec<store::Record> = (0..10)
+            .map(|_| {
+                store::Record::Web(store::web::WebRecord::LoginFailed {
+                    user_id: teahouse.id,
+                    at_ms: long_ago,
+                    counts_since_ms: long_ago - web::auth::LOCKOUT_MS,
+                })
+            })
+            .collect();
+        e.web.store.submit(old_failures).unwrap().await.unwrap();
+        assert_eq!(wrong_passwords(), 10);
+        assert_eq!(sign_in("teahouse", PASSWORD).await.status, 200);
+
+        // Sixteen wrong passwords at once: at most one more is checked than the limit (the two
+        // turns may each read nine), the rest are answered locked.
+        let bookshop = e.web.store.web_user_by_name("bookshop").unwrap().unwrap();
+        let mut attempts = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let http = e.http;
+            attempts.spawn(async move {
+                request(
+                    http,
+                    "POST",
+                    "/api/tokens",
+                    &[("content-type", "application/json")],
+                    &json!({ "username": "bookshop", "password": "wrong-pass" }).to_string(),
+                )
+                .await
+                .status
+            });
+        }
+        let mut statuses = Vec::new();
+        while let Some(status) = attempts.join_next().await {
+            statuses.push(status.unwrap());
+        }
+        let checked = statuses.iter().filter(|s| **s == 401).count();
+        let locked = statuses.iter().filter(|s| **s == 429).count();
+        assert_eq!(checked + locked, 16, "{statuses:?}");
+        assert!((10..=11).contains(&checked), "{statuses:?}");
+        let counted = e.web.store.web_login_failures(Some(bookshop.id)).unwrap();
+        assert_eq!(counted[0].failures, i64::try_from(checked).unwrap());
+    });
+}
+
+#[test]
 fn a_busy_merchants_notifications_come_newest_first() {
     run(async move {
         let e = start().await;

@@ -313,29 +313,7 @@ pub struct PageSession {
 
 impl PageSession {
     pub async fn login(addr: SocketAddr, username: &str) -> PageSession {
-        let form = request(addr, "GET", "/login", &[], "").await;
-        assert_eq!(form.status, 200);
-        let csrf_cookie = form
-            .headers_named("set-cookie")
-            .into_iter()
-            .find(|c| c.starts_with("shoudan_login_csrf="))
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
-        let csrf = csrf_cookie.split_once('=').unwrap().1.to_owned();
-        let r = request(
-            addr,
-            "POST",
-            "/login",
-            &[
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("cookie", &csrf_cookie),
-            ],
-            &format!("csrf={csrf}&username={username}&password={PASSWORD}"),
-        )
-        .await;
+        let r = Self::attempt(addr, username, PASSWORD).await;
         assert_eq!(r.status, 303, "{}", r.body);
         let set = r
             .headers_named("set-cookie")
@@ -351,6 +329,33 @@ impl PageSession {
             addr,
             cookie: set.split(';').next().unwrap().to_owned(),
         }
+    }
+
+    /// The login form sent as a browser sends it (its CSRF cookie first): the answer.
+    pub async fn attempt(addr: SocketAddr, username: &str, password: &str) -> Resp {
+        let form = request(addr, "GET", "/login", &[], "").await;
+        assert_eq!(form.status, 200);
+        let csrf_cookie = form
+            .headers_named("set-cookie")
+            .into_iter()
+            .find(|c| c.starts_with("shoudan_login_csrf="))
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let csrf = csrf_cookie.split_once('=').unwrap().1.to_owned();
+        request(
+            addr,
+            "POST",
+            "/login",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("cookie", &csrf_cookie),
+            ],
+            &format!("csrf={csrf}&username={username}&password={password}"),
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> Resp {
