@@ -48,6 +48,9 @@ pub fn router() -> Router<Web> {
         .route("/console", get(console))
         .route("/console/cases/{id}/approve-refund", post(approve_refund))
         .route("/console/cases/{id}/transition", post(transition_case))
+        .route("/console/users", get(users))
+        .route("/console/users/{id}/unlock", post(unlock_user))
+        .route("/console/audit", get(audit_log))
 }
 
 type Params = HashMap<String, String>;
@@ -108,12 +111,17 @@ fn redirect(to: &str) -> Response {
 fn nav(c: &Ctx, who: &Principal) -> Vec<(&'static str, &'static str)> {
     let l = c.lang;
     if who.is_staff() {
-        vec![
+        let mut links = vec![
             ("/console", t(l, "运营台", "Console")),
             ("/portal/transactions", t(l, "交易", "Transactions")),
             ("/portal/cases", t(l, "工单", "Cases")),
             ("/portal/terminals", t(l, "终端", "Terminals")),
-        ]
+        ];
+        if who.role == store::web::Role::Admin {
+            links.push(("/console/users", t(l, "用户", "Users")));
+            links.push(("/console/audit", t(l, "审计日志", "Audit log")));
+        }
+        links
     } else {
         vec![
             ("/portal", t(l, "概览", "Dashboard")),
@@ -1728,6 +1736,21 @@ where
     F: FnOnce(Principal) -> Fut,
     Fut: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
 {
+    console_action_then(web, headers, form, "/console", action).await
+}
+
+/// [`console_action`], then back to the page `back`.
+async fn console_action_then<F, Fut>(
+    web: &Web,
+    headers: &HeaderMap,
+    form: &Params,
+    back: &str,
+    action: F,
+) -> Response
+where
+    F: FnOnce(Principal) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
+{
     let c = ctx(headers, &Params::new());
     let who = match page_user(web, headers, &c) {
         Ok(who) => who,
@@ -1737,7 +1760,7 @@ where
         return error_page(&c, Some(&who), &e);
     }
     match action(who.clone()).await {
-        Ok(_) => redirect("/console"),
+        Ok(_) => redirect(back),
         Err(e) => error_page(&c, Some(&who), &e),
     }
 }
@@ -1818,4 +1841,158 @@ async fn transition_case(
         Ok(_) => redirect(&format!("/portal/cases/{id}")),
         Err(e) => error_page(&c, Some(&who), &e),
     }
+}
+
+/// Audit rows on one page of the audit log, newest first; a link leads to older ones.
+const AUDIT_PER_PAGE: u32 = 100;
+
+/// The admin's users: role, merchant, wrong passwords in a row and the lock, with a button to
+/// unlock a user who has proved who they are.
+async fn users(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    let c = ctx(&headers, &params);
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let result = (|| {
+        who.require_admin("manage users")?;
+        let l = c.lang;
+        let failures = web.store.web_login_failures(None)?;
+        let now_ms = web.clock.now_ms();
+        let csrf = esc(who.csrf.as_deref().unwrap_or(""));
+        let mut body = format!(
+            "<h1>{}</h1><p>{}</p><table id=\"users\"><tr><th>{}</th><th>{}</th><th>{}</th>\
+             <th>{}</th><th>{}</th><th>{}</th><th></th></tr>",
+            t(l, "用户", "Users"),
+            t(
+                l,
+                "密码连续错误 10 次的用户锁定 30 分钟。确认是本人后可以解锁。",
+                "A user with 10 wrong passwords in a row is locked for 30 minutes. Unlock once you \
+                 know it is them."
+            ),
+            t(l, "用户名", "Username"),
+            t(l, "名称", "Name"),
+            t(l, "角色", "Role"),
+            t(l, "商户", "Merchant"),
+            t(l, "连续密码错误", "Wrong passwords"),
+            t(l, "锁定至", "Locked until"),
+        );
+        for user in web.store.web_users()? {
+            let mine = failures.iter().find(|f| f.user_id == user.id);
+            let wrong = mine.map_or(0, |f| f.failures);
+            let until = auth::locked_until(mine, now_ms);
+            let state = match (user.disabled, until) {
+                (true, _) => t(l, "已停用", "disabled").to_owned(),
+                (false, Some(until)) => format_time(until),
+                (false, None) => "-".to_owned(),
+            };
+            let unlock = if wrong > 0 {
+                format!(
+                    "<form class=\"inline\" method=\"post\" action=\"/console/users/{}/unlock\">\
+                     <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                     <button class=\"unlock\">{}</button></form>",
+                    user.id,
+                    if until.is_some() {
+                        t(l, "解锁", "Unlock")
+                    } else {
+                        t(l, "清零", "Reset count")
+                    }
+                )
+            } else {
+                String::new()
+            };
+            body.push_str(&format!(
+                "<tr class=\"user\" data-username=\"{}\"><td>{}</td><td>{}</td><td>{}</td>\
+                 <td>{}</td><td class=\"wrong\">{wrong}</td><td class=\"locked\">{}</td>\
+                 <td>{unlock}</td></tr>",
+                esc(&user.username),
+                esc(&user.username),
+                esc(&user.display_name),
+                user.role.as_str(),
+                esc(user.mid.as_deref().unwrap_or("-")),
+                esc(&state),
+            ));
+        }
+        body.push_str("</table>");
+        Ok::<_, ApiError>((t(l, "用户", "Users").to_owned(), body))
+    })();
+    respond(&c, &who, result)
+}
+
+async fn unlock_user(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<Params>,
+) -> Response {
+    let w = web.clone();
+    console_action_then(&web, &headers, &form, "/console/users", |who| async move {
+        who.require_admin("manage users")?;
+        let user = w
+            .store
+            .web_user(id)?
+            .ok_or_else(|| ApiError::not_found("user"))?;
+        let was_locked = auth::unlock_user(&w, &who.username, &user).await?;
+        Ok(serde_json::json!({ "was_locked": was_locked }))
+    })
+    .await
+}
+
+/// The audit log, newest first, a page at a time: who changed what, when, before and after.
+async fn audit_log(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    let c = ctx(&headers, &params);
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let result = (|| {
+        who.require_admin("read the audit log")?;
+        let l = c.lang;
+        let before_id = params.get("before").and_then(|b| b.parse::<i64>().ok());
+        let rows = web.store.audit_log(before_id, AUDIT_PER_PAGE)?;
+        let mut body = format!(
+            "<h1>{}</h1><table id=\"audit\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th>\
+             <th>{}</th><th>{}</th></tr>",
+            t(l, "审计日志", "Audit log"),
+            t(l, "时间", "At"),
+            t(l, "操作人", "Who"),
+            t(l, "操作", "Action"),
+            t(l, "对象", "Target"),
+            t(l, "之前", "Before"),
+            t(l, "之后", "After"),
+        );
+        for a in &rows {
+            body.push_str(&format!(
+                "<tr class=\"audit-row\"><td>{}</td><td>{}</td><td class=\"action\">{}</td>\
+                 <td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
+                format_time(a.at_ms),
+                esc(&a.who),
+                esc(&a.action),
+                esc(&a.target),
+                esc(a.before.as_deref().unwrap_or("")),
+                esc(a.after.as_deref().unwrap_or("")),
+            ));
+        }
+        body.push_str("</table>");
+        if let (true, Some(last)) = (
+            rows.len() == usize::try_from(AUDIT_PER_PAGE).unwrap_or(usize::MAX),
+            rows.last(),
+        ) {
+            body.push_str(&format!(
+                "<p><a id=\"older-audit\" href=\"/console/audit?before={}\">{}</a></p>",
+                last.id,
+                t(l, "更早的", "Older")
+            ));
+        }
+        Ok::<_, ApiError>((t(l, "审计日志", "Audit log").to_owned(), body))
+    })();
+    respond(&c, &who, result)
 }

@@ -1581,7 +1581,20 @@ fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
                 "{action} not audited: {actions:?}"
             );
         }
-        for body in api.seen.lock().unwrap().iter() {
+        // The console's audit page shows the same changes, the numbers masked.
+        let audit_page = PageSession::login(e.http, "admin")
+            .await
+            .get("/console/audit")
+            .await;
+        assert_eq!(audit_page.status, 200);
+        for action in ["account.bind", "account.confirm", "merchant.approve"] {
+            assert!(audit_page.body.contains(action), "{action} not on the page");
+        }
+        assert!(
+            audit_page.body.contains(&second[second.len() - 4..]),
+            "the masked number"
+        );
+        for body in api.seen.lock().unwrap().iter().chain([&audit_page.body]) {
             assert!(
                 !body.contains(&first) && !body.contains(&second),
                 "account number in an answer"
@@ -1841,6 +1854,20 @@ fn ten_wrong_passwords_in_a_row_lock_a_user_until_an_admin_unlocks_it() {
             404,
             "not_found",
         );
+        // The console's users page shows the same; an operator may not see it.
+        let admin_pages = PageSession::login(e.http, "admin").await;
+        let page = admin_pages.get("/console/users").await;
+        assert_eq!(page.status, 200);
+        let row = page
+            .body
+            .split("<tr class=\"user\"")
+            .find(|r| r.contains("data-username=\"teahouse\""))
+            .unwrap();
+        assert!(row.contains("<td class=\"wrong\">10</td>"), "{row}");
+        assert!(row.contains("解锁"), "{row}");
+        let ops_pages = PageSession::login(e.http, "ops").await;
+        assert_eq!(ops_pages.get("/console/users").await.status, 403);
+        assert_eq!(ops_pages.get("/console/audit").await.status, 403);
         let unlocked = api.call(Some(&admin), "POST", &unlock, None).await.json();
         assert_eq!(unlocked["was_locked"], true, "{unlocked}");
         assert_eq!(sign_in("teahouse", PASSWORD).await.status, 200);
@@ -1903,6 +1930,30 @@ fn ten_wrong_passwords_in_a_row_lock_a_user_until_an_admin_unlocks_it() {
         assert!((10..=11).contains(&checked), "{statuses:?}");
         let counted = e.web.store.web_login_failures(Some(bookshop.id)).unwrap();
         assert_eq!(counted[0].failures, i64::try_from(checked).unwrap());
+
+        // Unlocked from the console: the form needs the session's CSRF token, then the user
+        // is in again and the audit log page shows both the lock and the unlock.
+        let path = format!("/console/users/{}/unlock", bookshop.id);
+        assert_eq!(admin_pages.post(&path, "csrf=forged").await.status, 403);
+        assert_error(&sign_in("bookshop", PASSWORD).await, 429, "locked");
+        let page = admin_pages.get("/console/users").await;
+        let csrf = PageSession::csrf_of(&page.body);
+        let done = admin_pages.post(&path, &format!("csrf={csrf}")).await;
+        assert_eq!(done.status, 303, "{}", done.body);
+        assert_eq!(done.header("location"), Some("/console/users"));
+        assert_eq!(sign_in("bookshop", PASSWORD).await.status, 200);
+        let audit = admin_pages.get("/console/audit").await;
+        assert_eq!(audit.status, 200);
+        let target = format!("user:{}", bookshop.id);
+        for action in ["user.locked", "user.unlock"] {
+            assert!(
+                audit
+                    .body
+                    .split("<tr class=\"audit-row\">")
+                    .any(|r| r.contains(action) && r.contains(&target)),
+                "{action}"
+            );
+        }
     });
 }
 

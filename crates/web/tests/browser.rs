@@ -399,6 +399,55 @@ async fn scenario(driver_path: PathBuf) {
         assert_eq!(b.text("#case-state").await, "已解决");
         assert!(b.text("#refund-status").await.contains("退款已完成 ¥20.00"));
         b.screenshot("10-refund-done").await;
+        b.logout().await;
+
+        // Someone guesses the bookshop's password ten times: the bookshop is locked out and
+        // told so, until the admin unlocks it from the console.
+        for _ in 0..10 {
+            let r = request(
+                e.http,
+                "POST",
+                "/api/tokens",
+                &[("content-type", "application/json")],
+                &json!({ "username": "bookshop", "password": "guess-guess" }).to_string(),
+            )
+            .await;
+            assert_eq!(r.status, 401, "{}", r.body);
+        }
+        b.go("/login").await;
+        b.type_into("#username", "bookshop").await;
+        b.type_into("#password", PASSWORD).await;
+        b.click("#login").await;
+        let mut told = String::new();
+        for _ in 0..200 {
+            told = b.source().await;
+            if told.contains("id=\"error\"") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(told.contains("该用户已锁定"), "{told}");
+        b.screenshot("11-locked").await;
+        b.login("admin").await;
+        b.wait_url("/console").await;
+        b.click("header a[href='/console/users']").await;
+        b.wait_url("/console/users").await;
+        b.screenshot("12-users").await;
+        b.click("tr[data-username='bookshop'] button.unlock").await;
+        for _ in 0..200 {
+            if b.source().await.contains("data-username=\"bookshop\"")
+                && b.text("tr[data-username='bookshop'] td.wrong").await == "0"
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(b.text("tr[data-username='bookshop'] td.wrong").await, "0");
+        b.go("/console/audit").await;
+        assert!(b.text("#audit").await.contains("user.unlock"));
+        b.logout().await;
+        b.login("bookshop").await;
+        b.wait_url("/portal").await;
         b.close().await;
 
         let original =
