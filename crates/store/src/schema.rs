@@ -521,15 +521,17 @@ FROM clearing_lines GROUP BY clearing_date, mid;
     },
     Migration {
         version: 13,
-        name: "web users: wrong passwords in a row",
+        name: "web users: wrong passwords in a row, sessions by user",
         // A row per user whose last sign-in attempts failed; a right password or an admin's
         // unlock deletes it. The web layer locks the user after too many (see `web::auth`).
+        // A new password or a disabled user ends the user's page sessions, found by user.
         sql: "
 CREATE TABLE web_login_failures (
     user_id BIGINT PRIMARY KEY REFERENCES web_users (id),
     failures BIGINT NOT NULL,
     last_at_ms BIGINT NOT NULL
 );
+CREATE INDEX web_sessions_user ON web_sessions (user_id);
 ",
     },
 ];

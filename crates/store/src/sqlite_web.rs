@@ -70,6 +70,22 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
             conn.prepare_cached("DELETE FROM web_sessions WHERE token_hash = ?1")?
                 .execute(params![token_hash])?;
         }
+        WebRecord::EndSessions {
+            user_id,
+            keep: Some(keep),
+        } => {
+            conn.prepare_cached(
+                "DELETE FROM web_sessions WHERE user_id = ?1 AND token_hash <> ?2",
+            )?
+            .execute(params![user_id, keep])?;
+        }
+        WebRecord::EndSessions {
+            user_id,
+            keep: None,
+        } => {
+            conn.prepare_cached("DELETE FROM web_sessions WHERE user_id = ?1")?
+                .execute(params![user_id])?;
+        }
         WebRecord::InsertApiToken(t) => {
             conn.prepare_cached(
                 "INSERT INTO web_api_tokens (token_hash, user_id, name, created_at_ms, revoked)

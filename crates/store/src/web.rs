@@ -154,6 +154,11 @@ pub enum WebRecord {
     DeleteSession {
         token_hash: Vec<u8>,
     },
+    /// Ends every page session of `user_id` but the one whose digest is `keep`.
+    EndSessions {
+        user_id: i64,
+        keep: Option<Vec<u8>>,
+    },
     InsertApiToken(ApiTokenRow),
     RevokeApiToken {
         token_hash: Vec<u8>,

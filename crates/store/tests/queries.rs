@@ -179,7 +179,7 @@ fn web_area_round_trips(db: &Db) {
     s.submit(records).unwrap().wait().unwrap();
     assert_eq!(s.web_user_by_name("operator").unwrap(), Some(user.clone()));
     assert_eq!(s.web_user(1).unwrap(), Some(user));
-    assert_eq!(s.web_session(&[5; 32]).unwrap(), Some(session));
+    assert_eq!(s.web_session(&[5; 32]).unwrap(), Some(session.clone()));
     assert_eq!(s.web_api_token(&[6; 32]).unwrap(), Some(token));
     let page: Vec<i64> = s.audit_log(None, 2).unwrap().iter().map(|a| a.id).collect();
     assert_eq!(page, [3, 2]);
@@ -203,6 +203,34 @@ fn web_area_round_trips(db: &Db) {
     .unwrap();
     assert!(s.web_api_token(&[6; 32]).unwrap().unwrap().revoked);
     assert!(s.web_session(&[5; 32]).unwrap().is_none());
+
+    // A user's sessions end together, but for the one kept.
+    let sessions: Vec<Record> = (1..=3u8)
+        .map(|n| {
+            Record::Web(WebRecord::InsertSession(SessionRow {
+                token_hash: vec![n; 32],
+                ..session.clone()
+            }))
+        })
+        .collect();
+    s.submit(sessions).unwrap().wait().unwrap();
+    s.submit(vec![Record::Web(WebRecord::EndSessions {
+        user_id: 1,
+        keep: Some(vec![2; 32]),
+    })])
+    .unwrap()
+    .wait()
+    .unwrap();
+    let alive = |n: u8| s.web_session(&[n; 32]).unwrap().is_some();
+    assert_eq!((alive(1), alive(2), alive(3)), (false, true, false));
+    s.submit(vec![Record::Web(WebRecord::EndSessions {
+        user_id: 1,
+        keep: None,
+    })])
+    .unwrap()
+    .wait()
+    .unwrap();
+    assert!(!alive(2));
 
     // Wrong passwords in a row: counted, started again after a quiet spell, forgotten.
     let mut other = s.web_user(1).unwrap().unwrap();

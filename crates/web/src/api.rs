@@ -27,6 +27,7 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Web>)> {
         ("get", "/api/openapi.json", get(openapi_doc)),
         ("post", "/api/tokens", post(create_token)),
         ("get", "/api/me", get(me)),
+        ("post", "/api/me/password", post(change_password)),
         ("get", "/api/merchants", get(merchants)),
         ("get", "/api/merchants/{mid}", get(merchant)),
         ("get", "/api/merchants/{mid}/dashboard", get(dashboard)),
@@ -96,6 +97,9 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Web>)> {
         ("get", "/api/users", get(users)),
         ("post", "/api/users", post(create_user)),
         ("post", "/api/users/{id}/unlock", post(unlock_user)),
+        ("post", "/api/users/{id}/password", post(reset_password)),
+        ("post", "/api/users/{id}/disable", post(disable_user)),
+        ("post", "/api/users/{id}/enable", post(enable_user)),
         ("get", "/api/audit", get(audit_log)),
     ]
 }
@@ -618,12 +622,68 @@ async fn users(State(web): State<Web>, who: Principal) -> ApiResult {
     Ok(Json(json!({ "items": items })))
 }
 
-async fn unlock_user(State(web): State<Web>, who: Principal, Path(id): Path<i64>) -> ApiResult {
+#[derive(Deserialize)]
+struct PasswordChange {
+    current: String,
+    new: String,
+}
+
+async fn change_password(
+    State(web): State<Web>,
+    who: Principal,
+    Json(body): Json<PasswordChange>,
+) -> ApiResult {
+    match auth::change_password(&web, &who, &body.current, &body.new).await? {
+        auth::SignIn::Accepted(user) => Ok(Json(json!({ "user": user_json(&user) }))),
+        auth::SignIn::Refused => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_credentials",
+            "the current password is wrong",
+        )),
+        auth::SignIn::Locked { minutes } => Err(auth::locked_error(minutes)),
+    }
+}
+
+#[derive(Deserialize)]
+struct PasswordReset {
+    password: String,
+}
+
+/// The user `id`, for an admin.
+fn user_for_admin(web: &Web, who: &Principal, id: i64) -> Result<store::web::UserRow, ApiError> {
     who.require_admin("manage users")?;
-    let user = web
-        .store
+    web.store
         .web_user(id)?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+        .ok_or_else(|| ApiError::not_found("user"))
+}
+
+async fn reset_password(
+    State(web): State<Web>,
+    who: Principal,
+    Path(id): Path<i64>,
+    Json(body): Json<PasswordReset>,
+) -> ApiResult {
+    let user = user_for_admin(&web, &who, id)?;
+    let user = auth::reset_password(&web, &who, user, &body.password).await?;
+    Ok(Json(user_json(&user)))
+}
+
+async fn disable_user(State(web): State<Web>, who: Principal, Path(id): Path<i64>) -> ApiResult {
+    let user = user_for_admin(&web, &who, id)?;
+    Ok(Json(user_json(
+        &auth::set_disabled(&web, &who, user, true).await?,
+    )))
+}
+
+async fn enable_user(State(web): State<Web>, who: Principal, Path(id): Path<i64>) -> ApiResult {
+    let user = user_for_admin(&web, &who, id)?;
+    Ok(Json(user_json(
+        &auth::set_disabled(&web, &who, user, false).await?,
+    )))
+}
+
+async fn unlock_user(State(web): State<Web>, who: Principal, Path(id): Path<i64>) -> ApiResult {
+    let user = user_for_admin(&web, &who, id)?;
     let was_locked = auth::unlock_user(&web, &who.username, &user).await?;
     Ok(Json(
         json!({ "user": user_json(&user), "was_locked": was_locked }),

@@ -320,6 +320,120 @@ enum Checked {
     },
 }
 
+/// A user changes their own password: the current one is checked as a sign-in is (a wrong one
+/// counts towards the lock), then the new one is set and the user's other page sessions end.
+/// Audited as `user.password`.
+pub async fn change_password(
+    web: &Web,
+    who: &Principal,
+    current: &str,
+    new: &str,
+) -> Result<SignIn, ApiError> {
+    if current == new {
+        return Err(ApiError::bad_request(
+            "the new password must differ from the current one",
+        ));
+    }
+    let user = match authenticate(web, &who.username, current).await? {
+        SignIn::Accepted(user) if user.id == who.user_id => user,
+        SignIn::Accepted(_) | SignIn::Refused => return Ok(SignIn::Refused),
+        locked @ SignIn::Locked { .. } => return Ok(locked),
+    };
+    let user = set_password(web, &who.username, user, new, who.session_digest.clone()).await?;
+    Ok(SignIn::Accepted(user))
+}
+
+/// Sets `user`'s password and ends their page sessions but `keep`, with an audit row by `who`
+/// (`user.password` for one's own, `user.password_reset` for an admin's); the user's wrong
+/// passwords are forgotten.
+pub async fn set_password(
+    web: &Web,
+    who: &str,
+    mut user: UserRow,
+    new: &str,
+    keep: Option<Vec<u8>>,
+) -> Result<UserRow, ApiError> {
+    let password = new.to_owned();
+    user.password_hash = on_turn(move || hash_password(&password))
+        .await?
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let action = if who == user.username {
+        "user.password"
+    } else {
+        "user.password_reset"
+    };
+    let audit = audit_record(web, who, action, &format!("user:{}", user.id), None, None).await?;
+    web.store
+        .submit(vec![
+            Record::Web(WebRecord::UpsertUser(user.clone())),
+            Record::Web(WebRecord::EndSessions {
+                user_id: user.id,
+                keep,
+            }),
+            Record::Web(WebRecord::ClearLoginFailures { user_id: user.id }),
+            audit,
+        ])?
+        .await?;
+    Ok(user)
+}
+
+/// An admin sets another user's password (one's own is changed with the current one, see
+/// [`change_password`]); the user's page sessions end.
+pub async fn reset_password(
+    web: &Web,
+    who: &Principal,
+    user: UserRow,
+    new: &str,
+) -> Result<UserRow, ApiError> {
+    if user.id == who.user_id {
+        return Err(ApiError::bad_request(
+            "change your own password on your account page, with the current one",
+        ));
+    }
+    set_password(web, &who.username, user, new, None).await
+}
+
+/// Disables or enables `user` (an admin, not on themselves). A disabled user's sessions end
+/// and their API tokens stop working; audited as `user.disable` / `user.enable`.
+pub async fn set_disabled(
+    web: &Web,
+    who: &Principal,
+    mut user: UserRow,
+    disabled: bool,
+) -> Result<UserRow, ApiError> {
+    if user.id == who.user_id {
+        return Err(ApiError::bad_request(
+            "an admin cannot disable or enable themselves",
+        ));
+    }
+    let before = user_json(&user);
+    user.disabled = disabled;
+    let action = if disabled {
+        "user.disable"
+    } else {
+        "user.enable"
+    };
+    let target = format!("user:{}", user.id);
+    let audit = audit_record(
+        web,
+        &who.username,
+        action,
+        &target,
+        Some(before),
+        Some(user_json(&user)),
+    )
+    .await?;
+    let mut records = vec![Record::Web(WebRecord::UpsertUser(user.clone())), audit];
+    if disabled {
+        records.push(Record::Web(WebRecord::EndSessions {
+            user_id: user.id,
+            keep: None,
+        }));
+    }
+    web.store.submit(records)?.await?;
+    Ok(user)
+}
+
 /// Unlocks a user locked by wrong passwords (an admin, who has confirmed who is asking);
 /// audited as `user.unlock`. `false` when the user was not locked.
 pub async fn unlock_user(web: &Web, who: &str, user: &UserRow) -> Result<bool, ApiError> {

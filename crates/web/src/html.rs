@@ -51,7 +51,8 @@ table{border-collapse:collapse;width:100%;background:#fff}td,th{border:1px solid
 .kpis{display:flex;gap:1em;flex-wrap:wrap}.kpi{background:#fff;border:1px solid #d8dce3;border-radius:6px;padding:.6em 1em;min-width:10em}
 .kpi b{display:block;font-size:1.5em}form.inline{display:inline}
 input,select,button{font-size:1em;padding:.25em .4em}button{cursor:pointer}
-.err{background:#fdecea;border:1px solid #c0392b;padding:.6em;border-radius:4px}";
+.err{background:#fdecea;border:1px solid #c0392b;padding:.6em;border-radius:4px}\
+.done{background:#eafaf1;border:1px solid #1e8449;padding:.6em;border-radius:4px}";
 
 /// A whole page: frame, navigation for the role, the language switch.
 pub fn page(

@@ -7,6 +7,8 @@
 //! another merchant's rows (the row's existence is not confirmed either).
 
 #![forbid(unsafe_code)]
+// The OpenAPI document is one `json!` literal, deeper than the default limit allows.
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod auth;

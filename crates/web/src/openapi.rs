@@ -95,6 +95,9 @@ pub fn document() -> Value {
                 }
             } },
             "/api/me": { "get": op("Who the token or session belongs to", vec![], None, "User") },
+            "/api/me/password": { "post": op("Change one's own password (the current one is \
+                checked as a sign-in is; other page sessions end)", vec![], Some("PasswordChange"),
+                "Object") },
             "/api/merchants": { "get": op("Merchants the caller may see", vec![], None, "List") },
             "/api/merchants/{mid}": { "get": op("One merchant", vec![mid.clone()], None, "Merchant") },
             "/api/merchants/{mid}/dashboard": {
@@ -185,6 +188,18 @@ pub fn document() -> Value {
                 "get": op("Admin: users", vec![], None, "List"),
                 "post": op("Admin: create a user", vec![], Some("NewUser"), "User")
             },
+            "/api/users/{id}/password": {
+                "post": op("Admin: set a user's password (ends their page sessions)",
+                    vec![param("id", "path", "user id")], Some("PasswordReset"), "User")
+            },
+            "/api/users/{id}/disable": {
+                "post": op("Admin: disable a user (ends their sessions, stops their tokens)",
+                    vec![param("id", "path", "user id")], None, "User")
+            },
+            "/api/users/{id}/enable": {
+                "post": op("Admin: enable a disabled user", vec![param("id", "path", "user id")],
+                    None, "User")
+            },
             "/api/users/{id}/unlock": {
                 "post": op("Admin: unlock a user locked by wrong passwords", vec![param("id", "path", "user id")],
                     None, "Object")
@@ -213,6 +228,12 @@ pub fn document() -> Value {
                 "List": { "type": "object", "properties": {
                     "items": { "type": "array", "items": { "type": "object" } },
                     "next_cursor": { "type": ["string", "null"] } } },
+                "PasswordChange": { "type": "object", "required": ["current", "new"],
+                    "properties": { "current": { "type": "string" }, "new": { "type": "string",
+                        "minLength": 8, "maxLength": 256 } } },
+                "PasswordReset": { "type": "object", "required": ["password"],
+                    "properties": { "password": { "type": "string", "minLength": 8,
+                        "maxLength": 256 } } },
                 "TokenRequest": { "type": "object", "required": ["username", "password"],
                     "properties": { "username": { "type": "string" }, "password": { "type": "string" },
                                     "name": { "type": "string" } } },

@@ -50,6 +50,11 @@ pub fn router() -> Router<Web> {
         .route("/console/cases/{id}/transition", post(transition_case))
         .route("/console/users", get(users))
         .route("/console/users/{id}/unlock", post(unlock_user))
+        .route("/console/users/{id}/disable", post(disable_user))
+        .route("/console/users/{id}/enable", post(enable_user))
+        .route("/console/users/{id}/password", post(reset_password))
+        .route("/account", get(account))
+        .route("/account/password", post(change_password))
         .route("/console/audit", get(audit_log))
 }
 
@@ -121,6 +126,7 @@ fn nav(c: &Ctx, who: &Principal) -> Vec<(&'static str, &'static str)> {
             links.push(("/console/users", t(l, "用户", "Users")));
             links.push(("/console/audit", t(l, "审计日志", "Audit log")));
         }
+        links.push(("/account", t(l, "账户", "Account")));
         links
     } else {
         vec![
@@ -130,6 +136,7 @@ fn nav(c: &Ctx, who: &Principal) -> Vec<(&'static str, &'static str)> {
             ("/portal/duplicates", t(l, "重复扣款", "Duplicates")),
             ("/portal/settlement", t(l, "结算", "Settlement")),
             ("/portal/terminals", t(l, "终端", "Terminals")),
+            ("/account", t(l, "账户", "Account")),
         ]
     }
 }
@@ -1866,7 +1873,7 @@ async fn users(
         let csrf = esc(who.csrf.as_deref().unwrap_or(""));
         let mut body = format!(
             "<h1>{}</h1><p>{}</p><table id=\"users\"><tr><th>{}</th><th>{}</th><th>{}</th>\
-             <th>{}</th><th>{}</th><th>{}</th><th></th></tr>",
+             <th>{}</th><th>{}</th><th>{}</th><th></th><th></th></tr>",
             t(l, "用户", "Users"),
             t(
                 l,
@@ -1890,6 +1897,39 @@ async fn users(
                 (false, Some(until)) => format_time(until),
                 (false, None) => "-".to_owned(),
             };
+            let form = |action: &str, class: &str, label: &str| {
+                format!(
+                    "<form class=\"inline\" method=\"post\" action=\"/console/users/{}/{action}\">\
+                     <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                     <button class=\"{class}\">{label}</button></form>",
+                    user.id
+                )
+            };
+            let mut manage = if user.disabled {
+                form("enable", "enable", t(l, "启用", "Enable"))
+            } else {
+                form("disable", "disable", t(l, "停用", "Disable"))
+            };
+            manage.push_str(&format!(
+                "<form class=\"inline\" method=\"post\" action=\"/console/users/{}/password\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <input type=\"password\" name=\"password\" class=\"new-password\" \
+                 autocomplete=\"new-password\" placeholder=\"{}\">\
+                 <button class=\"reset-password\">{}</button></form>",
+                user.id,
+                t(l, "新密码（至少 8 位）", "new password (8 or more)"),
+                t(l, "重设密码", "Set password"),
+            ));
+            if user.id == who.user_id {
+                manage = format!(
+                    "<a href=\"/account\">{}</a>",
+                    t(
+                        l,
+                        "在账户页修改自己的密码",
+                        "Change your own password on the account page"
+                    )
+                );
+            }
             let unlock = if wrong > 0 {
                 format!(
                     "<form class=\"inline\" method=\"post\" action=\"/console/users/{}/unlock\">\
@@ -1908,7 +1948,7 @@ async fn users(
             body.push_str(&format!(
                 "<tr class=\"user\" data-username=\"{}\"><td>{}</td><td>{}</td><td>{}</td>\
                  <td>{}</td><td class=\"wrong\">{wrong}</td><td class=\"locked\">{}</td>\
-                 <td>{unlock}</td></tr>",
+                 <td>{unlock}</td><td>{manage}</td></tr>",
                 esc(&user.username),
                 esc(&user.username),
                 esc(&user.display_name),
@@ -1940,6 +1980,184 @@ async fn unlock_user(
         Ok(serde_json::json!({ "was_locked": was_locked }))
     })
     .await
+}
+
+/// An admin's change to user `id` from the console's users page, then back to it.
+async fn manage_user<F, Fut>(
+    web: &Web,
+    headers: &HeaderMap,
+    form: &Params,
+    id: i64,
+    change: F,
+) -> Response
+where
+    F: FnOnce(Web, Principal, store::web::UserRow) -> Fut,
+    Fut: std::future::Future<Output = Result<store::web::UserRow, ApiError>>,
+{
+    let w = web.clone();
+    console_action_then(web, headers, form, "/console/users", |who| async move {
+        who.require_admin("manage users")?;
+        let user = w
+            .store
+            .web_user(id)?
+            .ok_or_else(|| ApiError::not_found("user"))?;
+        let user = change(w, who, user).await?;
+        Ok(auth::user_json(&user))
+    })
+    .await
+}
+
+async fn disable_user(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<Params>,
+) -> Response {
+    manage_user(&web, &headers, &form, id, |w, who, user| async move {
+        auth::set_disabled(&w, &who, user, true).await
+    })
+    .await
+}
+
+async fn enable_user(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<Params>,
+) -> Response {
+    manage_user(&web, &headers, &form, id, |w, who, user| async move {
+        auth::set_disabled(&w, &who, user, false).await
+    })
+    .await
+}
+
+async fn reset_password(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<Params>,
+) -> Response {
+    let password = form.get("password").cloned().unwrap_or_default();
+    manage_user(&web, &headers, &form, id, |w, who, user| async move {
+        auth::reset_password(&w, &who, user, &password).await
+    })
+    .await
+}
+
+/// One's own account: who one is, and a form to change one's password.
+fn account_page(c: &Ctx, who: &Principal, note: Option<(bool, &str)>) -> Response {
+    let l = c.lang;
+    let status = match note {
+        Some((false, _)) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::OK,
+    };
+    let note = note.map_or_else(String::new, |(ok, text)| {
+        let (class, id) = if ok {
+            ("done", "done")
+        } else {
+            ("err", "error")
+        };
+        format!("<div class=\"{class}\" id=\"{id}\">{}</div>", esc(text))
+    });
+    let body = format!(
+        "<h1>{}</h1>{note}<p>{} <b id=\"username\">{}</b> · {} {}</p>\
+         <h2>{}</h2><form method=\"post\" action=\"/account/password\" class=\"card\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <p><label>{} <input id=\"current\" name=\"current\" type=\"password\" autocomplete=\"current-password\"></label></p>\
+         <p><label>{} <input id=\"new-password\" name=\"new\" type=\"password\" autocomplete=\"new-password\"></label></p>\
+         <p><label>{} <input id=\"confirm\" name=\"confirm\" type=\"password\" autocomplete=\"new-password\"></label></p>\
+         <p><button id=\"change-password\">{}</button></p></form><p>{}</p>",
+        t(l, "账户", "Account"),
+        t(l, "用户名", "Username"),
+        esc(&who.username),
+        t(l, "角色", "Role"),
+        who.role.as_str(),
+        t(l, "修改密码", "Change password"),
+        esc(who.csrf.as_deref().unwrap_or("")),
+        t(l, "当前密码", "Current password"),
+        t(
+            l,
+            "新密码（8 到 256 个字符）",
+            "New password (8 to 256 characters)"
+        ),
+        t(l, "再输一次新密码", "New password again"),
+        t(l, "修改", "Change"),
+        t(
+            l,
+            "改密后，你在其他浏览器上的登录会退出。",
+            "After the change, your sign-ins in other browsers end."
+        ),
+    );
+    let nav = nav(c, who);
+    let page = page(
+        l,
+        t(l, "账户", "Account"),
+        &nav,
+        Some(&who.display_name),
+        who.csrf.as_deref(),
+        &body,
+    );
+    html(c, status, page)
+}
+
+async fn account(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    let c = ctx(&headers, &params);
+    match page_user(&web, &headers, &c) {
+        Ok(who) => account_page(&c, &who, None),
+        Err(r) => r,
+    }
+}
+
+async fn change_password(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Form(form): Form<Params>,
+) -> Response {
+    let c = ctx(&headers, &Params::new());
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    if let Err(e) = who.check_csrf(form.get("csrf").map(String::as_str).unwrap_or_default()) {
+        return error_page(&c, Some(&who), &e);
+    }
+    let l = c.lang;
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    let (current, new) = (field("current"), field("new"));
+    if new != field("confirm") {
+        let text = t(l, "两次输入的新密码不一致", "The two new passwords differ");
+        return account_page(&c, &who, Some((false, text)));
+    }
+    let text = match auth::change_password(&web, &who, current, new).await {
+        Ok(auth::SignIn::Accepted(_)) => {
+            return account_page(
+                &c,
+                &who,
+                Some((true, t(l, "密码已修改", "Password changed"))),
+            );
+        }
+        Ok(auth::SignIn::Refused) => {
+            t(l, "当前密码错误", "The current password is wrong").to_owned()
+        }
+        Ok(auth::SignIn::Locked { minutes }) => match l {
+            Lang::Zh => {
+                format!("密码连续错误次数过多，已锁定。请 {minutes} 分钟后再试，或请管理员解锁。")
+            }
+            Lang::En => format!(
+                "Too many wrong passwords: locked. Try again in {minutes} minutes, or ask an admin."
+            ),
+        },
+        Err(e) if e.status == StatusCode::BAD_REQUEST => match l {
+            Lang::Zh => format!("新密码不可用：{}", e.message),
+            Lang::En => format!("The new password cannot be used: {}", e.message),
+        },
+        Err(e) => return error_page(&c, Some(&who), &e),
+    };
+    account_page(&c, &who, Some((false, &text)))
 }
 
 /// The audit log, newest first, a page at a time: who changed what, when, before and after.

@@ -1958,6 +1958,203 @@ fn ten_wrong_passwords_in_a_row_lock_a_user_until_an_admin_unlocks_it() {
 }
 
 #[test]
+fn a_user_changes_their_password_and_an_admin_disables_and_resets_users() {
+    run(async move {
+        let e = start().await;
+        let api = Api {
+            env: &e,
+            seen: Default::default(),
+        };
+        let admin = e.token("admin").await;
+        let tea = e.token("teahouse").await;
+        let teahouse = e.web.store.web_user_by_name("teahouse").unwrap().unwrap();
+        let sign_in = |password: &str| {
+            api.call(
+                None,
+                "POST",
+                "/api/tokens",
+                Some(json!({ "username": "teahouse", "password": password })),
+            )
+        };
+        let change = |current: &str, new: &str| {
+            api.call(
+                Some(&tea),
+                "POST",
+                "/api/me/password",
+                Some(json!({ "current": current, "new": new })),
+            )
+        };
+
+        // Through the API: a wrong current password counts as a wrong sign-in; the new one
+        // must differ and be long enough.
+        assert_error(
+            &change("wrong-pass", "new-pass-123").await,
+            401,
+            "bad_credentials",
+        );
+        let failures = e.web.store.web_login_failures(Some(teahouse.id)).unwrap();
+        assert_eq!(failures[0].failures, 1);
+        assert_error(&change(PASSWORD, PASSWORD).await, 400, "bad_request");
+        assert_error(&change(PASSWORD, "short").await, 400, "bad_request");
+
+        // Through the account page of one browser: the other browser's session ends, this
+        // one stays, the old password no longer signs in.
+        let here = PageSession::login(e.http, "teahouse").await;
+        let elsewhere = PageSession::login(e.http, "teahouse").await;
+        let page = here.get("/account").await;
+        assert_eq!(page.status, 200);
+        let csrf = PageSession::csrf_of(&page.body);
+        let differ = here
+            .post(
+                "/account/password",
+                &format!("csrf={csrf}&current={PASSWORD}&new=new-pass-123&confirm=new-pass-124"),
+            )
+            .await;
+        assert_eq!(differ.status, 400);
+        assert!(
+            differ.body.contains("两次输入的新密码不一致"),
+            "{}",
+            differ.body
+        );
+        let forged = here
+            .post(
+                "/account/password",
+                &format!("csrf=forged&current={PASSWORD}&new=new-pass-123&confirm=new-pass-123"),
+            )
+            .await;
+        assert_eq!(forged.status, 403);
+        let done = here
+            .post(
+                "/account/password",
+                &format!("csrf={csrf}&current={PASSWORD}&new=new-pass-123&confirm=new-pass-123"),
+            )
+            .await;
+        assert_eq!(done.status, 200, "{}", done.body);
+        assert!(done.body.contains("id=\"done\""), "{}", done.body);
+        assert_eq!(here.get("/portal").await.status, 200);
+        assert_eq!(elsewhere.get("/portal").await.status, 303);
+        assert_error(&sign_in(PASSWORD).await, 401, "bad_credentials");
+        assert_eq!(sign_in("new-pass-123").await.status, 200);
+        assert!(
+            e.web
+                .store
+                .web_login_failures(Some(teahouse.id))
+                .unwrap()
+                .is_empty()
+        );
+
+        // An admin disables the user: its sessions and tokens stop at once; enables it again.
+        let disable = format!("/api/users/{}/disable", teahouse.id);
+        assert_error(
+            &api.call(Some(&tea), "POST", &disable, None).await,
+            403,
+            "forbidden",
+        );
+        let admin_id = e.web.store.web_user_by_name("admin").unwrap().unwrap().id;
+        assert_error(
+            &api.call(
+                Some(&admin),
+                "POST",
+                &format!("/api/users/{admin_id}/disable"),
+                None,
+            )
+            .await,
+            400,
+            "bad_request",
+        );
+        let off = api.call(Some(&admin), "POST", &disable, None).await.json();
+        assert_eq!(off["disabled"], true, "{off}");
+        assert_error(
+            &api.call(Some(&tea), "GET", "/api/me", None).await,
+            401,
+            "unauthorized",
+        );
+        assert_eq!(here.get("/portal").await.status, 303);
+        assert_error(&sign_in("new-pass-123").await, 401, "bad_credentials");
+        let enable = format!("/api/users/{}/enable", teahouse.id);
+        let on = api.call(Some(&admin), "POST", &enable, None).await.json();
+        assert_eq!(on["disabled"], false, "{on}");
+        assert_eq!(
+            api.call(Some(&tea), "GET", "/api/me", None).await.status,
+            200
+        );
+
+        // An admin sets a new password, by the API and from the console.
+        let reset = format!("/api/users/{}/password", teahouse.id);
+        let body = json!({ "password": "reset-pass-1" });
+        let r = api.call(Some(&admin), "POST", &reset, Some(body)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_error(&sign_in("new-pass-123").await, 401, "bad_credentials");
+        assert_eq!(sign_in("reset-pass-1").await.status, 200);
+        // Not one's own: that takes the current password.
+        assert_error(
+            &api.call(
+                Some(&admin),
+                "POST",
+                &format!("/api/users/{admin_id}/password"),
+                Some(json!({ "password": "admin-new-pass" })),
+            )
+            .await,
+            400,
+            "bad_request",
+        );
+        let console = PageSession::login(e.http, "admin").await;
+        let users = console.get("/console/users").await;
+        let row = users
+            .body
+            .split("<tr class=\"user\"")
+            .find(|r| r.contains("data-username=\"teahouse\""))
+            .unwrap();
+        assert!(
+            row.contains("class=\"disable\"") && row.contains("reset-password"),
+            "{row}"
+        );
+        let csrf = PageSession::csrf_of(&users.body);
+        let set = console
+            .post(
+                &format!("/console/users/{}/password", teahouse.id),
+                &format!("csrf={csrf}&password=console-pass-1"),
+            )
+            .await;
+        assert_eq!(set.status, 303, "{}", set.body);
+        assert_eq!(sign_in("console-pass-1").await.status, 200);
+        let too_short = console
+            .post(
+                &format!("/console/users/{}/password", teahouse.id),
+                &format!("csrf={csrf}&password=short"),
+            )
+            .await;
+        assert_eq!(too_short.status, 400);
+
+        let audit = api
+            .call(Some(&admin), "GET", "/api/audit", None)
+            .await
+            .json();
+        let actions: Vec<&str> = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["target"] == format!("user:{}", teahouse.id))
+            .filter_map(|a| a["action"].as_str())
+            .collect();
+        for action in [
+            "user.password",
+            "user.disable",
+            "user.enable",
+            "user.password_reset",
+        ] {
+            assert!(
+                actions.contains(&action),
+                "{action} not audited: {actions:?}"
+            );
+        }
+        for body in api.seen.lock().unwrap().iter() {
+            assert!(!body.contains("$argon2"), "a password hash in an answer");
+        }
+    });
+}
+
+#[test]
 fn a_busy_merchants_notifications_come_newest_first() {
     run(async move {
         let e = start().await;
