@@ -169,6 +169,8 @@ pub enum CaseError {
     ExceedsRemaining { asked_fen: i64, left_fen: i64 },
     #[error("refund amount must be positive")]
     BadAmount,
+    #[error("whoever opened a refund application cannot approve it; another operator must")]
+    SameUser,
     #[error("refund: {0}")]
     Refund(#[from] BackOfficeError),
     #[error("store: {0}")]
@@ -621,6 +623,17 @@ impl CaseService {
         }
         if row.refund_code.as_deref() == Some("00") {
             return Err(CaseError::AlreadyRefunded);
+        }
+        // Four eyes: whoever asked for the refund (a merchant user, or staff on its behalf)
+        // cannot also be the one who lets it go out.
+        let opener = self
+            .store
+            .case_entries(id)?
+            .into_iter()
+            .find(|e| e.seq == 1)
+            .map(|e| e.who);
+        if opener.as_deref() == Some(operator) {
+            return Err(CaseError::SameUser);
         }
         let original = match row.txn_id {
             Some(txn_id) => self.store.txn(txn_id)?,

@@ -356,6 +356,11 @@ fn refund_application_executes_through_the_switch_once() {
         let case = cases.open(new(2_000)).await.unwrap();
         assert_eq!(case.state, CaseState::Open);
         assert_eq!(case.entries[0].attachments, ["receipt-001.jpg"]);
+        // Who asked for the refund cannot approve it.
+        assert!(matches!(
+            cases.approve_refund(case.id, "merchant").await,
+            Err(CaseError::SameUser)
+        ));
         let done = cases.approve_refund(case.id, "operator-7").await.unwrap();
         assert_eq!(done.state, CaseState::Resolved, "{done:#?}");
         assert_eq!(done.refund_code.as_deref(), Some("00"));

@@ -521,10 +521,11 @@ FROM clearing_lines GROUP BY clearing_date, mid;
     },
     Migration {
         version: 13,
-        name: "web users: wrong passwords in a row, sessions by user",
+        name: "web users: wrong passwords in a row, sessions and tokens by user",
         // A row per user whose last sign-in attempts failed; a right password or an admin's
         // unlock deletes it. The web layer locks the user after too many (see `web::auth`).
-        // A new password or a disabled user ends the user's page sessions, found by user.
+        // A new password ends the user's page sessions and revokes their API tokens, and
+        // disabling a user ends its sessions: both found by user.
         sql: "
 CREATE TABLE web_login_failures (
     user_id BIGINT PRIMARY KEY REFERENCES web_users (id),
@@ -532,6 +533,7 @@ CREATE TABLE web_login_failures (
     last_at_ms BIGINT NOT NULL
 );
 CREATE INDEX web_sessions_user ON web_sessions (user_id);
+CREATE INDEX web_api_tokens_user ON web_api_tokens (user_id);
 ",
     },
 ];

@@ -86,6 +86,21 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
             conn.prepare_cached("DELETE FROM web_sessions WHERE user_id = ?1")?
                 .execute(params![user_id])?;
         }
+        WebRecord::SetPasswordHash {
+            user_id,
+            password_hash,
+        } => {
+            conn.prepare_cached("UPDATE web_users SET password_hash = ?2 WHERE id = ?1")?
+                .execute(params![user_id, password_hash])?;
+        }
+        WebRecord::SetDisabled { user_id, disabled } => {
+            conn.prepare_cached("UPDATE web_users SET disabled = ?2 WHERE id = ?1")?
+                .execute(params![user_id, i64::from(*disabled)])?;
+        }
+        WebRecord::RevokeUserTokens { user_id } => {
+            conn.prepare_cached("UPDATE web_api_tokens SET revoked = 1 WHERE user_id = ?1")?
+                .execute(params![user_id])?;
+        }
         WebRecord::InsertApiToken(t) => {
             conn.prepare_cached(
                 "INSERT INTO web_api_tokens (token_hash, user_id, name, created_at_ms, revoked)

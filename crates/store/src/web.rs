@@ -154,6 +154,20 @@ pub enum WebRecord {
     DeleteSession {
         token_hash: Vec<u8>,
     },
+    /// A new password hash for `user_id`, the rest of the row untouched.
+    SetPasswordHash {
+        user_id: i64,
+        password_hash: String,
+    },
+    /// Disables or enables `user_id`, the rest of the row untouched.
+    SetDisabled {
+        user_id: i64,
+        disabled: bool,
+    },
+    /// Revokes every API token of `user_id`.
+    RevokeUserTokens {
+        user_id: i64,
+    },
     /// Ends every page session of `user_id` but the one whose digest is `keep`.
     EndSessions {
         user_id: i64,

@@ -180,7 +180,7 @@ fn web_area_round_trips(db: &Db) {
     assert_eq!(s.web_user_by_name("operator").unwrap(), Some(user.clone()));
     assert_eq!(s.web_user(1).unwrap(), Some(user));
     assert_eq!(s.web_session(&[5; 32]).unwrap(), Some(session.clone()));
-    assert_eq!(s.web_api_token(&[6; 32]).unwrap(), Some(token));
+    assert_eq!(s.web_api_token(&[6; 32]).unwrap(), Some(token.clone()));
     let page: Vec<i64> = s.audit_log(None, 2).unwrap().iter().map(|a| a.id).collect();
     assert_eq!(page, [3, 2]);
     let next: Vec<i64> = s
@@ -231,6 +231,41 @@ fn web_area_round_trips(db: &Db) {
     .wait()
     .unwrap();
     assert!(!alive(2));
+
+    // Targeted changes of a user: each leaves the rest of the row as it is.
+    let before = s.web_user(1).unwrap().unwrap();
+    s.submit(vec![
+        Record::Web(WebRecord::SetDisabled {
+            user_id: 1,
+            disabled: true,
+        }),
+        Record::Web(WebRecord::SetPasswordHash {
+            user_id: 1,
+            password_hash: "$argon2id$other".into(),
+        }),
+        Record::Web(WebRecord::InsertApiToken(ApiTokenRow {
+            token_hash: vec![7; 32],
+            ..token.clone()
+        })),
+    ])
+    .unwrap()
+    .wait()
+    .unwrap();
+    let after = s.web_user(1).unwrap().unwrap();
+    assert!(after.disabled);
+    assert_eq!(after.password_hash, "$argon2id$other");
+    assert_eq!(
+        (after.username, after.role, after.created_at_ms),
+        (before.username, before.role, before.created_at_ms)
+    );
+    assert!(!s.web_api_token(&[7; 32]).unwrap().unwrap().revoked);
+    s.submit(vec![Record::Web(WebRecord::RevokeUserTokens {
+        user_id: 1,
+    })])
+    .unwrap()
+    .wait()
+    .unwrap();
+    assert!(s.web_api_token(&[7; 32]).unwrap().unwrap().revoked);
 
     // Wrong passwords in a row: counted, started again after a quiet spell, forgotten.
     let mut other = s.web_user(1).unwrap().unwrap();

@@ -138,7 +138,12 @@ async fn create_token(State(web): State<Web>, Json(body): Json<TokenRequest>) ->
     };
     let name = body.name.unwrap_or_else(|| "api".to_owned());
     let token = auth::issue_api_token(&web, &user, &name).await?;
-    Ok(Json(json!({ "token": token, "user": user_json(&user) })))
+    let expires_at_ms = web.clock.now_ms() + auth::API_TOKEN_TTL_MS;
+    Ok(Json(json!({
+        "token": token,
+        "expires_at_ms": expires_at_ms,
+        "user": user_json(&user),
+    })))
 }
 
 async fn me(who: Principal) -> ApiResult {

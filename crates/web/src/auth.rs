@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use store::web::{ApiTokenRow, AuditRow, LoginFailuresRow, Role, SessionRow, UserRow, WebRecord};
@@ -26,6 +26,11 @@ pub const SESSION_COOKIE: &str = "shoudan_session";
 pub const LOGIN_CSRF_COOKIE: &str = "shoudan_login_csrf";
 /// A page session lasts a working day; then the user signs in again.
 pub const SESSION_TTL_MS: i64 = 12 * 3_600_000;
+/// An API token lasts 90 days; then the integration asks for a new one.
+pub const API_TOKEN_TTL_MS: i64 = 90 * 86_400_000;
+/// The header an API request signed in by the page session cookie (rather than a bearer
+/// token) carries its session's anti-forgery token in, when it changes anything.
+pub const CSRF_HEADER: &str = "x-csrf-token";
 /// The store counters ids come from.
 pub const USER_COUNTER: &str = "web_user_id";
 pub const AUDIT_COUNTER: &str = "audit_id";
@@ -162,7 +167,7 @@ pub fn principal_of(web: &Web, headers: &HeaderMap) -> Result<Option<Principal>,
         let Some(row) = store.web_api_token(&token_digest(token))? else {
             return Ok(None);
         };
-        if row.revoked {
+        if row.revoked || row.created_at_ms.saturating_add(API_TOKEN_TTL_MS) <= web.clock.now_ms() {
             return Ok(None);
         }
         return Ok(active_user(store, row.user_id)?.map(Principal::of));
@@ -191,8 +196,21 @@ fn active_user(store: &dyn Store, id: i64) -> Result<Option<UserRow>, ApiError> 
 impl FromRequestParts<Web> for Principal {
     type Rejection = ApiError;
 
+    /// The API's caller. One signed in by the session cookie (a browser) must send the
+    /// session's anti-forgery token in [`CSRF_HEADER`] on anything but a read: SameSite keeps
+    /// other sites' forms out, not pages of a sibling host.
     async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, Self::Rejection> {
-        principal_of(web, &parts.headers)?.ok_or_else(ApiError::unauthorized)
+        let who = principal_of(web, &parts.headers)?.ok_or_else(ApiError::unauthorized)?;
+        let reads = parts.method == Method::GET || parts.method == Method::HEAD;
+        if who.csrf.is_some() && !reads {
+            let sent = parts
+                .headers
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            who.check_csrf(sent)?;
+        }
+        Ok(who)
     }
 }
 
@@ -343,9 +361,11 @@ pub async fn change_password(
     Ok(SignIn::Accepted(user))
 }
 
-/// Sets `user`'s password and ends their page sessions but `keep`, with an audit row by `who`
+/// Sets `user`'s password, ends their page sessions but `keep` and revokes their API tokens
+/// (whoever had the old password may have made one), with an audit row by `who`
 /// (`user.password` for one's own, `user.password_reset` for an admin's); the user's wrong
-/// passwords are forgotten.
+/// passwords are forgotten. Only the hash is written: a change made meanwhile to the rest of
+/// the row (an admin disabling the user) stands.
 pub async fn set_password(
     web: &Web,
     who: &str,
@@ -357,6 +377,7 @@ pub async fn set_password(
     user.password_hash = on_turn(move || hash_password(&password))
         .await?
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let user_id = user.id;
     let action = if who == user.username {
         "user.password"
     } else {
@@ -365,12 +386,13 @@ pub async fn set_password(
     let audit = audit_record(web, who, action, &format!("user:{}", user.id), None, None).await?;
     web.store
         .submit(vec![
-            Record::Web(WebRecord::UpsertUser(user.clone())),
-            Record::Web(WebRecord::EndSessions {
-                user_id: user.id,
-                keep,
+            Record::Web(WebRecord::SetPasswordHash {
+                user_id,
+                password_hash: user.password_hash.clone(),
             }),
-            Record::Web(WebRecord::ClearLoginFailures { user_id: user.id }),
+            Record::Web(WebRecord::EndSessions { user_id, keep }),
+            Record::Web(WebRecord::RevokeUserTokens { user_id }),
+            Record::Web(WebRecord::ClearLoginFailures { user_id }),
             audit,
         ])?
         .await?;
@@ -423,7 +445,11 @@ pub async fn set_disabled(
         Some(user_json(&user)),
     )
     .await?;
-    let mut records = vec![Record::Web(WebRecord::UpsertUser(user.clone())), audit];
+    let set = WebRecord::SetDisabled {
+        user_id: user.id,
+        disabled,
+    };
+    let mut records = vec![Record::Web(set), audit];
     if disabled {
         records.push(Record::Web(WebRecord::EndSessions {
             user_id: user.id,

@@ -126,6 +126,7 @@ impl From<CaseError> for ApiError {
             CaseError::ExceedsRemaining { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "exceeds_remaining", message)
             }
+            CaseError::SameUser => ApiError::new(StatusCode::FORBIDDEN, "same_user", message),
             CaseError::NotFound => ApiError::not_found("case"),
             CaseError::NoSuchTransaction(_) => ApiError::not_found("transaction"),
             CaseError::Conflict => ApiError::new(StatusCode::CONFLICT, "conflict", message),

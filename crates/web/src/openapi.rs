@@ -238,6 +238,7 @@ pub fn document() -> Value {
                     "properties": { "username": { "type": "string" }, "password": { "type": "string" },
                                     "name": { "type": "string" } } },
                 "Token": { "type": "object", "properties": { "token": { "type": "string" },
+                    "expires_at_ms": { "type": "integer" },
                     "user": { "$ref": "#/components/schemas/User" } } },
                 "User": { "type": "object", "properties": {
                     "username": { "type": "string" }, "role": { "type": "string",

@@ -2034,13 +2034,75 @@ fn a_user_changes_their_password_and_an_admin_disables_and_resets_users() {
         assert_eq!(here.get("/portal").await.status, 200);
         assert_eq!(elsewhere.get("/portal").await.status, 303);
         assert_error(&sign_in(PASSWORD).await, 401, "bad_credentials");
-        assert_eq!(sign_in("new-pass-123").await.status, 200);
+        // The tokens made with the old password are revoked with it.
+        assert_error(
+            &api.call(Some(&tea), "GET", "/api/me", None).await,
+            401,
+            "unauthorized",
+        );
+        let fresh = sign_in("new-pass-123").await;
+        assert_eq!(fresh.status, 200);
         assert!(
             e.web
                 .store
                 .web_login_failures(Some(teahouse.id))
                 .unwrap()
                 .is_empty()
+        );
+
+        // The API also takes the page session's cookie, but a change needs the session's
+        // anti-forgery token in a header, as the forms carry it in a field.
+        let by_cookie = |csrf: Option<String>| {
+            let cookie = here.cookie.clone();
+            let http = e.http;
+            async move {
+                let mut headers = vec![
+                    ("content-type", "application/json"),
+                    ("cookie", cookie.as_str()),
+                ];
+                if let Some(csrf) = &csrf {
+                    headers.push(("x-csrf-token", csrf.as_str()));
+                }
+                let body = json!({ "current": "new-pass-123", "new": "new-pass-456" }).to_string();
+                request(http, "POST", "/api/me/password", &headers, &body).await
+            }
+        };
+        assert_eq!(
+            request(e.http, "GET", "/api/me", &[("cookie", &here.cookie)], "")
+                .await
+                .status,
+            200
+        );
+        assert_error(&by_cookie(None).await, 403, "csrf");
+        assert_error(&by_cookie(Some("forged".into())).await, 403, "csrf");
+        let csrf = PageSession::csrf_of(&here.get("/account").await.body);
+        assert_eq!(by_cookie(Some(csrf)).await.status, 200);
+        let fresh = sign_in("new-pass-456").await;
+        assert_eq!(fresh.status, 200);
+        let tea = fresh.json()["token"].as_str().unwrap().to_owned();
+
+        // A token lasts 90 days.
+        let expires = fresh.json()["expires_at_ms"].as_i64().unwrap();
+        let now = e.web.clock.now_ms();
+        assert!((expires - now - web::auth::API_TOKEN_TTL_MS).abs() < 60_000);
+        e.web
+            .store
+            .submit(vec![store::Record::Web(
+                store::web::WebRecord::InsertApiToken(store::web::ApiTokenRow {
+                    token_hash: web::auth::token_digest("an-old-token"),
+                    user_id: teahouse.id,
+                    name: "old".into(),
+                    created_at_ms: now - web::auth::API_TOKEN_TTL_MS - 1,
+                    revoked: false,
+                }),
+            )])
+            .unwrap()
+            .await
+            .unwrap();
+        assert_error(
+            &api.call(Some("an-old-token"), "GET", "/api/me", None).await,
+            401,
+            "unauthorized",
         );
 
         // An admin disables the user: its sessions and tokens stop at once; enables it again.
@@ -2070,7 +2132,7 @@ fn a_user_changes_their_password_and_an_admin_disables_and_resets_users() {
             "unauthorized",
         );
         assert_eq!(here.get("/portal").await.status, 303);
-        assert_error(&sign_in("new-pass-123").await, 401, "bad_credentials");
+        assert_error(&sign_in("new-pass-456").await, 401, "bad_credentials");
         let enable = format!("/api/users/{}/enable", teahouse.id);
         let on = api.call(Some(&admin), "POST", &enable, None).await.json();
         assert_eq!(on["disabled"], false, "{on}");
@@ -2084,7 +2146,7 @@ fn a_user_changes_their_password_and_an_admin_disables_and_resets_users() {
         let body = json!({ "password": "reset-pass-1" });
         let r = api.call(Some(&admin), "POST", &reset, Some(body)).await;
         assert_eq!(r.status, 200, "{}", r.body);
-        assert_error(&sign_in("new-pass-123").await, 401, "bad_credentials");
+        assert_error(&sign_in("new-pass-456").await, 401, "bad_credentials");
         assert_eq!(sign_in("reset-pass-1").await.status, 200);
         // Not one's own: that takes the current password.
         assert_error(
