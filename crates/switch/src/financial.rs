@@ -462,6 +462,11 @@ impl Core {
                 if ctx.amount_fen != original.amount_fen {
                     return Err(RC_AMOUNT_DIFFERS);
                 }
+                // Refunded (or a refund in flight): a void on top would credit the card the
+                // whole amount a second time.
+                if live.refunded_fen + live.refund_reserved_fen > 0 {
+                    return Err(RC_INVALID_TRANSACTION);
+                }
             }
             TxnKind::Completion => {
                 if ctx.clearing.day_number - original.clearing_day > REFUND_DAYS_MAX {
@@ -474,6 +479,11 @@ impl Core {
             TxnKind::Refund => {
                 if ctx.clearing.day_number - original.clearing_day > REFUND_DAYS_MAX {
                     return Err(RC_ORIGINAL_NOT_FOUND);
+                }
+                // A void of the original in flight: if it is approved, nothing is left to
+                // refund.
+                if live.link_busy {
+                    return Err(RC_INVALID_TRANSACTION);
                 }
                 let total = live.refunded_fen + live.refund_reserved_fen + ctx.amount_fen;
                 if total > original.amount_fen {
@@ -1075,21 +1085,36 @@ impl Core {
                 let previous = {
                     let mut live = o.live();
                     let previous = live.state;
-                    if previous != TxnState::Reversed {
+                    // Voided, completed or refunded since (or a void or refund of it in
+                    // flight): reversing it alone would leave the void, completion or refund
+                    // standing, a second credit to the card. Nothing changes.
+                    let followed = matches!(previous, TxnState::Voided | TxnState::Completed)
+                        || live.refunded_fen + live.refund_reserved_fen > 0
+                        || live.link_busy;
+                    if followed {
+                        None
+                    } else if previous != TxnState::Reversed {
                         live.state = TxnState::Reversed;
                         undo.push(Undo::State {
                             entry: Arc::clone(o),
                             was: previous,
                         });
+                        Some(previous)
+                    } else {
+                        Some(previous)
                     }
-                    previous
                 };
                 match previous {
-                    TxnState::Reversed => (
+                    None => (
+                        RC_INVALID_TRANSACTION,
+                        "original was voided, completed or refunded since: undo that first"
+                            .to_owned(),
+                    ),
+                    Some(TxnState::Reversed) => (
                         RC_ORIGINAL_NOT_FOUND,
                         "original already reversed".to_owned(),
                     ),
-                    TxnState::Declined | TxnState::Failed => {
+                    Some(TxnState::Declined | TxnState::Failed) => {
                         records.push(Record::State {
                             id: o.id,
                             state: TxnState::Reversed,
@@ -1100,11 +1125,13 @@ impl Core {
                                 .to_owned(),
                         )
                     }
-                    TxnState::Approved
-                    | TxnState::Voided
-                    | TxnState::Completed
-                    | TxnState::InFlight
-                    | TxnState::TimedOut => {
+                    Some(
+                        previous @ (TxnState::Approved
+                        | TxnState::Voided
+                        | TxnState::Completed
+                        | TxnState::InFlight
+                        | TxnState::TimedOut),
+                    ) => {
                         records.push(Record::State {
                             id: o.id,
                             state: TxnState::Reversed,

@@ -420,6 +420,46 @@ fn linked_transaction_checks() {
                 .state,
             TxnState::Approved
         );
+
+        // What was refunded cannot be voided, and what was voided or refunded cannot be
+        // reversed: either would credit the card a second time. Each is answered 12 and
+        // changes nothing; the issuer is not asked.
+        let reversals_before = log.reversals.lock().unwrap().len();
+        assert_eq!(
+            t.send(&Req::void(&pan, 5_000, 50, 30, &rrn2)).await.code(),
+            "12"
+        );
+        assert_eq!(
+            t.send(&Req::reversal_of(&Req::purchase(&pan, 5_000, 30)))
+                .await
+                .code(),
+            "12"
+        );
+        assert_eq!(
+            t.send(&Req::reversal_of(&Req::purchase(&pan, 10_000, 20)))
+                .await
+                .code(),
+            "12"
+        );
+        let p2_row = h.store.txn_by_rrn(&rrn2).unwrap().unwrap();
+        assert_eq!((p2_row.state, p2_row.refunded_fen), (TxnState::Approved, 5_000));
+        assert_eq!(
+            h.store.txn_by_rrn(&rrn).unwrap().unwrap().state,
+            TxnState::Voided
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(log.reversals.lock().unwrap().len(), reversals_before);
+        // A partly refunded purchase cannot be voided either.
+        let p5 = t.send(&Req::purchase(&pan, 6_000, 60)).await;
+        let rrn5 = p5.text(37).unwrap();
+        assert_eq!(
+            t.send(&Req::refund(&pan, 1_000, 61, &rrn5, date)).await.code(),
+            "00"
+        );
+        assert_eq!(
+            t.send(&Req::void(&pan, 6_000, 62, 60, &rrn5)).await.code(),
+            "12"
+        );
     });
 }
 
