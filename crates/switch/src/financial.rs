@@ -349,43 +349,76 @@ impl Core {
     /// The original a linked request names, if it is this terminal's merchant's. Another
     /// merchant's transaction is not found (25) and the refusal is not linked to it, so neither
     /// merchant is ever shown the other's (DESIGN.md invariant 5; found by the simulation).
-    async fn find_original(&self, ctx: &Ctx<'_>) -> Option<Arc<Entry>> {
-        self.find_named(ctx)
+    async fn find_original(&self, ctx: &Ctx<'_>, kind: TxnKind) -> Option<Arc<Entry>> {
+        self.find_named(ctx, kind)
             .await
             .filter(|original| original.mid == ctx.terminal.mid)
     }
 
-    /// Finds the transaction a linked request names: by field 61 (batch + trace) on this
-    /// terminal, else by RRN (field 37); from memory first, then the store. A trace of 0 names
-    /// nothing (traces run from 1): a refund from another terminal sends zeros and its RRN.
-    async fn find_named(&self, ctx: &Ctx<'_>) -> Option<Arc<Entry>> {
+    /// Finds the transaction a linked request names (PROTOCOL.md, linked transactions).
+    /// - A refund may come from another terminal of the merchant: its original is found by RRN
+    ///   (field 37), and a batch + trace in field 61, when given, must be the original's.
+    /// - A void or completion is of this terminal's own transaction: found by field 61 (batch
+    ///   + trace) on this terminal, and an RRN in field 37, when given, must be the original's.
+    /// - Without the first key each falls back on the other.
+    ///
+    /// From memory first, then the store. A trace of 0 names nothing (traces run from 1).
+    async fn find_named(&self, ctx: &Ctx<'_>, kind: TxnKind) -> Option<Arc<Entry>> {
         let request = &ctx.frame.message;
-        let f61: Option<Field61> = request.field61().ok().flatten();
-        if let Some(Field61 {
-            batch,
-            trace: Some(trace @ 1..),
-            ..
-        }) = f61
-        {
-            let key = TxnKey {
-                tid: ctx.key.tid.clone(),
-                batch_no: batch,
-                stan: trace,
-                reversal: false,
-            };
-            if let Some(entry) = self.ledger.by_key(&key) {
-                return Some(entry);
-            }
-            let tid = ctx.key.tid.clone();
-            let rows = self
-                .read_store(move |store| store.txns_by_key(&tid, batch, trace))
-                .await?
-                .ok()?;
-            if let Some(row) = rows.iter().find(|r| r.kind != TxnKind::Reversal) {
-                return Some(self.ledger.adopt(row));
+        let named = match request.field61().ok().flatten() {
+            Some(Field61 {
+                batch,
+                trace: Some(trace @ 1..),
+                ..
+            }) => Some((batch, trace)),
+            _ => None,
+        };
+        let rrn = request
+            .text(37)
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty());
+        if kind == TxnKind::Refund {
+            if let Some(rrn) = rrn {
+                let found = self.by_rrn(rrn).await?;
+                let agrees = named.is_none_or(|(batch, trace)| {
+                    (found.key.batch_no, found.key.stan) == (batch, trace)
+                });
+                return agrees.then_some(found);
             }
         }
-        let rrn = request.text(37)?.trim().to_owned();
+        if let Some((batch, trace)) = named {
+            if let Some(found) = self.by_this_terminal(ctx, batch, trace).await {
+                let agrees = rrn
+                    .as_deref()
+                    .is_none_or(|rrn| found.rrn.as_deref() == Some(rrn));
+                return agrees.then_some(found);
+            }
+        }
+        self.by_rrn(rrn?).await
+    }
+
+    /// This terminal's request under batch + trace (not a reversal), if any.
+    async fn by_this_terminal(&self, ctx: &Ctx<'_>, batch: u32, trace: u32) -> Option<Arc<Entry>> {
+        let key = TxnKey {
+            tid: ctx.key.tid.clone(),
+            batch_no: batch,
+            stan: trace,
+            reversal: false,
+        };
+        if let Some(entry) = self.ledger.by_key(&key) {
+            return Some(entry);
+        }
+        let tid = ctx.key.tid.clone();
+        let rows = self
+            .read_store(move |store| store.txns_by_key(&tid, batch, trace))
+            .await?
+            .ok()?;
+        let row = rows.iter().find(|r| r.kind != TxnKind::Reversal)?;
+        Some(self.ledger.adopt(row))
+    }
+
+    /// The transaction with RRN `rrn`, if any.
+    async fn by_rrn(&self, rrn: String) -> Option<Arc<Entry>> {
         if let Some(entry) = self.ledger.by_rrn(&rrn) {
             return Some(entry);
         }
@@ -671,7 +704,7 @@ impl Core {
                 | TxnKind::Completion
                 | TxnKind::Refund
         ) {
-            let Some(found) = self.find_original(ctx).await else {
+            let Some(found) = self.find_original(ctx, kind).await else {
                 return self
                     .refuse_recorded(
                         ctx,

@@ -442,7 +442,10 @@ fn linked_transaction_checks() {
             "12"
         );
         let p2_row = h.store.txn_by_rrn(&rrn2).unwrap().unwrap();
-        assert_eq!((p2_row.state, p2_row.refunded_fen), (TxnState::Approved, 5_000));
+        assert_eq!(
+            (p2_row.state, p2_row.refunded_fen),
+            (TxnState::Approved, 5_000)
+        );
         assert_eq!(
             h.store.txn_by_rrn(&rrn).unwrap().unwrap().state,
             TxnState::Voided
@@ -453,12 +456,67 @@ fn linked_transaction_checks() {
         let p5 = t.send(&Req::purchase(&pan, 6_000, 60)).await;
         let rrn5 = p5.text(37).unwrap();
         assert_eq!(
-            t.send(&Req::refund(&pan, 1_000, 61, &rrn5, date)).await.code(),
+            t.send(&Req::refund(&pan, 1_000, 61, &rrn5, date))
+                .await
+                .code(),
             "00"
         );
         assert_eq!(
             t.send(&Req::void(&pan, 6_000, 62, 60, &rrn5)).await.code(),
             "12"
+        );
+    });
+}
+
+#[test]
+fn a_refund_at_another_terminal_finds_its_original_by_rrn() {
+    RUNTIME().block_on(async {
+        let mut h = Harness::new().await;
+        h.register_terminal("10000002").await;
+        h.stop().await;
+        h.start().await;
+        let mut t1 = h.terminal().await;
+        t1.sign_in().await;
+        let mut t2 = h.terminal_as("10000002").await;
+        assert_eq!(t2.sign_in().await.code(), "00");
+        let (card_a, card_b) = (card("622202"), card("622848"));
+        // Both terminals are in batch 1 and both use trace 5.
+        let bought = t1.send(&Req::purchase(&card_a, 4_000, 5)).await;
+        assert_eq!(bought.code(), "00");
+        let rrn_a = bought.text(37).unwrap();
+        assert_eq!(
+            t2.send(&Req::purchase(&card_b, 9_000, 5)).await.code(),
+            "00"
+        );
+        let date = switch::LocalTime::from_ms(switch::Clock::now_ms(&switch::SystemClock)).mmdd();
+
+        // The refund at the second terminal names the first's sale by RRN and by the first
+        // terminal's batch and trace: it is that sale's, not the second terminal's own trace 5.
+        let refund = Req {
+            f61: Some(format!("{:06}{:06}{date}", 1, 5)),
+            ..Req::refund(&card_a, 1_500, 6, &rrn_a, &date)
+        };
+        assert_eq!(t2.send(&refund).await.code(), "00");
+        assert_eq!(
+            h.store.txn_by_rrn(&rrn_a).unwrap().unwrap().refunded_fen,
+            1_500
+        );
+        // A batch and trace that are not the RRN's original: not found.
+        let mismatched = Req {
+            f61: Some(format!("{:06}{:06}{date}", 1, 7)),
+            ..Req::refund(&card_a, 500, 7, &rrn_a, &date)
+        };
+        assert_eq!(t2.send(&mismatched).await.code(), "25");
+
+        // A void names its original by this terminal's batch and trace; an RRN that is not
+        // that transaction's is not found either.
+        let other = t1.send(&Req::purchase(&card_a, 300, 8)).await;
+        let wrong_rrn = other.text(37).unwrap();
+        assert_eq!(
+            t1.send(&Req::void(&card_a, 4_000, 9, 5, &wrong_rrn))
+                .await
+                .code(),
+            "25"
         );
     });
 }

@@ -331,6 +331,35 @@ impl Harness {
         }
     }
 
+    /// Registers another terminal `tid` of the same merchant (same master key); the switch
+    /// knows it from its next start.
+    pub async fn register_terminal(&self, tid: &str) {
+        let tmk = self
+            .hsm
+            .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK_HEX)
+            .unwrap();
+        self.store
+            .submit(vec![switch::terminal_record(&TerminalSpec {
+                tid: tid.into(),
+                mid: MID.into(),
+                tmk,
+                scheme: KeyScheme::Double,
+                mac: MacAlgorithm::CupEcb,
+                batch_no: 1,
+            })])
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// A connection of terminal `tid`.
+    pub async fn terminal_as(&self, tid: &str) -> Terminal {
+        Terminal {
+            tid: tid.into(),
+            ..self.terminal().await
+        }
+    }
+
     /// Waits until `f` holds, for at most `seconds`.
     pub async fn eventually(&self, seconds: u64, mut f: impl FnMut() -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
