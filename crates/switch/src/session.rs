@@ -275,6 +275,17 @@ impl Sessions {
                 return None;
             }
         };
+        // A response or notification MTI (0210, 0810, 0401, ...) from a terminal is not a
+        // request: there is no response MTI to answer it with, and handling it as its request
+        // would send the issuer a response. Treated as a frame that cannot be trusted.
+        if !frame.message.mti().is_request() {
+            tracing::info!(mti = %frame.message.mti(), "terminal sent a message that is not a request");
+            self.metrics
+                .malformed_frames
+                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.count("malformed", None);
+            return None;
+        }
         let kind = request_type(frame.message.txn_kind());
         let (response, meter) = measure_request(self.core.handle_frame(&frame)).await;
         self.metrics.latency(received.elapsed(), meter.issuer_us);

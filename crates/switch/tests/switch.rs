@@ -522,6 +522,51 @@ fn a_refund_at_another_terminal_finds_its_original_by_rrn() {
 }
 
 #[test]
+fn a_response_mti_from_a_terminal_is_not_handled_as_its_request() {
+    RUNTIME().block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let asked = h.log.requests.load(Ordering::SeqCst);
+        // A purchase's fields under the purchase response's MTI.
+        let bytes = t.encode(
+            &Req {
+                mti: iso8583::Mti::FINANCIAL_RESPONSE,
+                ..Req::purchase(&card("622202"), 100, 2)
+            },
+            false,
+        );
+        t.stream.write_all(&bytes).await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            t.stream.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(
+            matches!(read, Ok(Ok(0))),
+            "closed without an answer: {read:?} {rest:?}"
+        );
+        assert_eq!(
+            h.log.requests.load(Ordering::SeqCst),
+            asked,
+            "nothing went to the issuer"
+        );
+        // The terminal's next connection works.
+        let mut again = h.terminal().await;
+        again.sign_in().await;
+        assert_eq!(
+            again
+                .send(&Req::purchase(&card("622202"), 100, 3))
+                .await
+                .code(),
+            "00"
+        );
+    });
+}
+
+#[test]
 fn unreachable_issuer_is_answered_91_at_once() {
     RUNTIME().block_on(async {
         // A port nobody listens on: bind, note it, close.
