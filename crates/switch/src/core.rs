@@ -543,6 +543,16 @@ impl Core {
                 Ok(())
             });
         };
+        // No MAC on a sign-off: at least the merchant must be the terminal's, as at sign-in.
+        if frame.message.text(42).map(str::trim_end) != Some(terminal.mid.as_str()) {
+            return self.reply(
+                frame,
+                None,
+                &Answer::code(RC_INVALID_MERCHANT),
+                None,
+                |_| Ok(()),
+            );
+        }
         let record = Record::SignOff {
             tid: terminal.tid.clone(),
         };

@@ -16,7 +16,10 @@ use store::{Record, TxnKind, TxnRow, TxnState};
 
 use crate::clock::LocalTime;
 use crate::config::{CUTOVER_GRACE_MS, MINUTES_PER_DAY};
-use crate::core::{Core, RC_APPROVED, RC_FORMAT_ERROR, RC_NOT_REGISTERED};
+use crate::core::{
+    Core, RC_APPROVED, RC_BATCH_OUT_OF_STEP, RC_FORMAT_ERROR, RC_INVALID_MERCHANT,
+    RC_NOT_REGISTERED, Terminal,
+};
 use crate::ledger::Answer;
 
 const MS_PER_MINUTE: i64 = 60_000;
@@ -168,6 +171,34 @@ impl Core {
             .unwrap_or(current)
     }
 
+    /// Why a settlement or batch upload of `terminal` for `batch_no` is refused, if it is:
+    /// these messages carry no MAC, so what they may do is held to what the terminal would
+    /// send. Another merchant's ID: 03. Not signed in: 77. A batch other than the terminal's
+    /// current one or the one its last settlement closed (a resent settlement, an upload after
+    /// it): 77, so that no message can move a terminal's batch anywhere else.
+    fn management_refusal(
+        &self,
+        frame: &Frame<'_>,
+        terminal: &Terminal,
+        batch_no: u32,
+    ) -> Option<[u8; 2]> {
+        if frame.message.text(42).map(str::trim_end) != Some(terminal.mid.as_str()) {
+            return Some(RC_INVALID_MERCHANT);
+        }
+        if terminal.keys.is_none() {
+            return Some(RC_BATCH_OUT_OF_STEP);
+        }
+        let previous = if terminal.batch_no <= 1 {
+            999_999
+        } else {
+            terminal.batch_no - 1
+        };
+        if batch_no != terminal.batch_no && batch_no != previous {
+            return Some(RC_BATCH_OUT_OF_STEP);
+        }
+        None
+    }
+
     pub(crate) async fn settle(self: &Arc<Self>, frame: &Frame<'_>) -> Option<Vec<u8>> {
         let request = &frame.message;
         let Some(terminal) = request.text(41).and_then(|t| self.terminal(t.trim_end())) else {
@@ -176,6 +207,10 @@ impl Core {
             });
         };
         let batch_no = self.batch_of(frame, terminal.batch_no);
+        if let Some(code) = self.management_refusal(frame, &terminal, batch_no) {
+            tracing::info!(tid = %terminal.tid, batch_no, "settlement refused");
+            return self.reply(frame, None, &Answer::code(code), None, |_| Ok(()));
+        }
         let theirs = request
             .digits(48)
             .and_then(|d| SettlementTotals::parse(d).ok());
@@ -249,6 +284,10 @@ impl Core {
             terminal.batch_no - 1
         };
         let batch_no = self.batch_of(frame, previous);
+        if let Some(code) = self.management_refusal(frame, &terminal, batch_no) {
+            tracing::info!(tid = %terminal.tid, batch_no, "batch upload refused");
+            return self.reply(frame, None, &Answer::code(code), None, |_| Ok(()));
+        }
         let now_ms = self.clock.now_ms();
         let records = match kind {
             Wire::BatchUploadEnd { .. } => match self.batch_differences(&terminal.tid, batch_no) {

@@ -43,19 +43,24 @@ fn totals(debit: (u64, u16), credit: (u64, u16)) -> SettlementTotals {
 }
 
 async fn settle(t: &mut Terminal, batch: u32, ours: &SettlementTotals) -> SettlementTotals {
+    let response = settle_as(t, MID, batch, ours).await;
+    assert_eq!(response.code(), "00");
+    let frame = response.frame();
+    SettlementTotals::parse(frame.message.digits(48).unwrap()).unwrap()
+}
+
+/// A 0500 naming merchant `mid` and `batch`: the answer, whatever it is.
+async fn settle_as(t: &mut Terminal, mid: &str, batch: u32, ours: &SettlementTotals) -> Response {
     let mut out = MessageBuilder::new(Mti::SETTLEMENT);
     out.set_stan(900).unwrap();
-    out.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+    out.set_text(41, TID).unwrap().set_text(42, mid).unwrap();
     out.set_composed(ours).unwrap();
     out.set_text(49, "156").unwrap();
     out.set_digits(60, &format!("00{batch:06}201")).unwrap();
     out.set_text(63, "001").unwrap();
     let mut bytes = Vec::new();
     out.encode_frame(&head(), &mut bytes).unwrap();
-    let response = t.exchange(&bytes).await;
-    assert_eq!(response.code(), "00");
-    let frame = response.frame();
-    SettlementTotals::parse(frame.message.digits(48).unwrap()).unwrap()
+    t.exchange(&bytes).await
 }
 
 async fn upload(t: &mut Terminal, batch: u32, records: &[(u32, &str, u64)]) {
@@ -84,6 +89,31 @@ async fn upload(t: &mut Terminal, batch: u32, records: &[(u32, &str, u64)]) {
     let mut bytes = Vec::new();
     end.encode_frame(&head(), &mut bytes).unwrap();
     assert_eq!(t.exchange(&bytes).await.code(), "00");
+}
+
+#[tokio::test]
+async fn a_settlement_cannot_move_a_terminals_batch_anywhere() {
+    let h = Harness::new().await;
+    let mut t = h.terminal().await;
+    let none = totals((0, 0), (0, 0));
+    // Not signed in: sign in again.
+    assert_eq!(settle_as(&mut t, MID, 1, &none).await.code(), "77");
+    assert_eq!(t.sign_in().await.code(), "00");
+    // Another merchant's ID: 03; a batch the terminal is not in: 77. Nothing moves.
+    assert_eq!(
+        settle_as(&mut t, "898110059420002", 1, &none).await.code(),
+        "03"
+    );
+    assert_eq!(settle_as(&mut t, MID, 5, &none).await.code(), "77");
+    assert_eq!(h.store.terminal(TID).unwrap().unwrap().batch_no, 1);
+    assert!(h.store.batch_settlement(TID, 5).unwrap().is_none());
+    // The current batch settles; sent again (its answer lost), it is answered again and the
+    // terminal stays in the next batch.
+    settle(&mut t, 1, &none).await;
+    settle(&mut t, 1, &none).await;
+    assert_eq!(h.store.terminal(TID).unwrap().unwrap().batch_no, 2);
+    assert_eq!(settle_as(&mut t, MID, 7, &none).await.code(), "77");
+    assert_eq!(h.store.terminal(TID).unwrap().unwrap().batch_no, 2);
 }
 
 #[tokio::test]
