@@ -134,6 +134,8 @@ pub trait Store: Send + Sync + 'static {
     fn stans_of_batch(&self, tid: &str, batch_no: u32) -> Result<Option<(u32, u32)>, StoreError>;
     fn txns_in_state(&self, state: TxnState) -> Result<Vec<TxnRow>, StoreError>;
     fn events(&self, txn_id: i64) -> Result<Vec<EventRow>, StoreError>;
+    /// The balance (field 54) balance inquiry `txn_id` was answered with, if it was.
+    fn balance_answer(&self, txn_id: i64) -> Result<Option<String>, StoreError>;
     fn reversal(&self, txn_id: i64) -> Result<Option<SafItem>, StoreError>;
     fn reversals_in_state(&self, state: SafState) -> Result<Vec<SafItem>, StoreError>;
 

@@ -320,6 +320,11 @@ pub enum Record {
         id: i64,
         state: TxnState,
     },
+    /// The balance (field 54, as sent) a balance inquiry was answered with.
+    BalanceAnswer {
+        id: i64,
+        field54: String,
+    },
     /// The new total refunded against an original (absolute, so a replay is harmless).
     Refunded {
         id: i64,

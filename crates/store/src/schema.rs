@@ -536,6 +536,19 @@ CREATE INDEX web_sessions_user ON web_sessions (user_id);
 CREATE INDEX web_api_tokens_user ON web_api_tokens (user_id);
 ",
     },
+    Migration {
+        version: 14,
+        name: "balance inquiries: the balance the terminal was told",
+        // A retried balance inquiry gets the same answer as the first (DESIGN.md invariant 2),
+        // field 54 included, even when the switch answering the retry holds no memory of it
+        // (a restart, another node, an entry let go). One row per approved inquiry.
+        sql: "
+CREATE TABLE balance_answers (
+    txn_id BIGINT PRIMARY KEY REFERENCES transactions (id),
+    field54 TEXT NOT NULL
+);
+",
+    },
 ];
 
 /// The newest schema version this build knows.

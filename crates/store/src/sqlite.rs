@@ -452,6 +452,16 @@ impl Store for SqliteStore {
         })
     }
 
+    fn balance_answer(&self, txn_id: i64) -> Result<Option<String>, StoreError> {
+        self.read(|conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT field54 FROM balance_answers WHERE txn_id = ?1")?;
+            Ok(statement
+                .query_row(params![txn_id], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
     fn reversal(&self, txn_id: i64) -> Result<Option<SafItem>, StoreError> {
         Ok(self
             .safs_where("txn_id = ?1", &[&txn_id])?
@@ -1084,6 +1094,13 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
                 .prepare_cached("UPDATE transactions SET state = ?2 WHERE id = ?1")?
                 .execute(params![id, state])?;
             expect_one(changed, "transaction")?;
+        }
+        Record::BalanceAnswer { id, field54 } => {
+            conn.prepare_cached(
+                "INSERT INTO balance_answers (txn_id, field54) VALUES (?1, ?2)
+                 ON CONFLICT (txn_id) DO UPDATE SET field54 = excluded.field54",
+            )?
+            .execute(params![id, field54])?;
         }
         Record::Refunded { id, refunded_fen } => {
             let changed = conn

@@ -270,10 +270,22 @@ impl Core {
 
     /// Answers a retry with what the first request got (waiting if it is still in progress).
     async fn answer_retry(&self, ctx: &Ctx<'_>, entry: Arc<Entry>) -> Option<Vec<u8>> {
-        let answer = match tokio::time::timeout(self.config.retry_wait, entry.wait_answer()).await {
-            Ok(answer) => answer,
-            Err(_) => self.answer_of_journal(&entry).await,
-        };
+        let mut answer =
+            match tokio::time::timeout(self.config.retry_wait, entry.wait_answer()).await {
+                Ok(answer) => answer,
+                Err(_) => self.answer_of_journal(&entry).await,
+            };
+        // An inquiry read back from the journal holds no balance: it is journalled apart.
+        if entry.kind == TxnKind::BalanceInquiry
+            && answer.response_code == RC_APPROVED
+            && answer.balance.is_none()
+        {
+            let id = entry.id;
+            if let Some(Ok(balance)) = self.read_store(move |store| store.balance_answer(id)).await
+            {
+                answer.balance = balance;
+            }
+        }
         tracing::info!(tid = %ctx.key.tid, stan = ctx.key.stan, "retried request answered from the journal");
         self.reply(
             ctx.frame,
@@ -947,6 +959,14 @@ impl Core {
             issuer_answered_at_ms: issuer_answered,
             answered_at_ms: answered_ms,
         }));
+        // A retry answered by a switch that holds no memory of this inquiry (a restart,
+        // another node) must still carry the balance the terminal was told.
+        if let (TxnKind::BalanceInquiry, Some(balance)) = (kind, &answer.balance) {
+            records.push(Record::BalanceAnswer {
+                id: entry.id,
+                field54: balance.clone(),
+            });
+        }
         let approved = state == TxnState::Approved;
         let written = self.journal(records).await;
         let (answer, state) = match written {

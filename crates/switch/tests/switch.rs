@@ -567,6 +567,44 @@ fn a_response_mti_from_a_terminal_is_not_handled_as_its_request() {
 }
 
 #[test]
+fn a_retried_balance_inquiry_gets_its_balance_from_a_restarted_switch() {
+    RUNTIME().block_on(async {
+        let mut h = Harness::new().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let inquiry = Req {
+            processing: "310000",
+            message_type: "01",
+            ..Req::purchase(&card("622202"), 0, 7)
+        };
+        let first = t.send(&inquiry).await;
+        assert_eq!(first.code(), "00");
+        assert_eq!(first.text(54).as_deref(), Some(BALANCE_54));
+        let asked = h.log.requests.load(Ordering::SeqCst);
+
+        // The switch restarts; the terminal, its answer lost, sends the same request again on
+        // a new connection (its keys are the switch's still).
+        h.stop().await;
+        h.start().await;
+        let mut again = h.terminal().await;
+        again.keys = t.keys.clone();
+        let retried = again.send(&inquiry).await;
+        assert_eq!(retried.code(), "00");
+        assert_eq!(retried.text(37), first.text(37), "the same inquiry");
+        assert_eq!(
+            retried.text(54).as_deref(),
+            Some(BALANCE_54),
+            "the same balance"
+        );
+        assert_eq!(
+            h.log.requests.load(Ordering::SeqCst),
+            asked,
+            "not asked again"
+        );
+    });
+}
+
+#[test]
 fn unreachable_issuer_is_answered_91_at_once() {
     RUNTIME().block_on(async {
         // A port nobody listens on: bind, note it, close.

@@ -49,6 +49,9 @@ pub struct IssuerLog {
     pub linked: Mutex<Vec<String>>,
 }
 
+/// Field 54 the minimal issuer answers a balance inquiry with: ledger balance, 1,234.56 yuan.
+pub const BALANCE_54: &str = "1002156C000000123456";
+
 /// A minimal issuer host: approves, declines `DECLINE_AMOUNT`, ignores `SILENT_AMOUNT`,
 /// acknowledges reversals when `answer_reversals` is set.
 pub async fn start_issuer(log: Arc<IssuerLog>) -> SocketAddr {
@@ -105,6 +108,12 @@ pub async fn start_issuer_on(addr: SocketAddr, log: Arc<IssuerLog>) -> SocketAdd
                                     .set_text(38, "A1B2C3")
                                     .unwrap();
                                 out.set_digits(15, "1123").unwrap();
+                                if request
+                                    .digits(3)
+                                    .is_some_and(|p| p.chars().take(2).eq("31".chars()))
+                                {
+                                    out.set_text(54, BALANCE_54).unwrap();
+                                }
                             }
                         }
                     }
