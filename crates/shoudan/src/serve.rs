@@ -70,6 +70,14 @@ pub struct ServeConfig {
     /// (false: public addresses only, so a merchant cannot aim the host at its own network).
     #[serde(default)]
     pub webhooks_to_private_addresses: bool,
+    /// Whether the portal's cookies are marked `Secure` (default true: the portal is served
+    /// over TLS, by itself or a proxy). False only for a portal reached over plain HTTP.
+    #[serde(default = "default_secure_cookies")]
+    pub secure_cookies: bool,
+}
+
+fn default_secure_cookies() -> bool {
+    true
 }
 
 fn default_node_id() -> u8 {
@@ -177,6 +185,8 @@ pub struct Node {
     pub store: Arc<dyn Store>,
     pub hsm: Arc<SoftHsm>,
     pub http_listen: SocketAddr,
+    /// The portal's cookies carry `Secure`.
+    pub secure_cookies: bool,
     pub webhook_destinations: resolve::webhook::Destinations,
 }
 
@@ -244,6 +254,7 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
         store,
         hsm,
         http_listen: config.http_listen,
+        secure_cookies: config.secure_cookies,
         webhook_destinations: if config.webhooks_to_private_addresses {
             resolve::webhook::Destinations::AnyAddress
         } else {
@@ -294,7 +305,8 @@ async fn serve(node: Node) -> CliResult {
         Arc::new(switch.back_office()),
     )
     .with_switch_metrics(Arc::clone(&switch_metrics))
-    .with_webhook_destinations(node.webhook_destinations);
+    .with_webhook_destinations(node.webhook_destinations)
+    .with_secure_cookies(node.secure_cookies);
     let notify_tasks = resolve::outbox::spawn_background(
         Arc::clone(&node.store),
         Arc::clone(&node.hsm) as Arc<dyn Hsm>,

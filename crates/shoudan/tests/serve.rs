@@ -159,12 +159,28 @@ fn serve_listens_for_terminals_and_http() {
         }
     }
     std::net::TcpStream::connect(switch_addr.unwrap()).unwrap();
-    let mut http = std::net::TcpStream::connect(http_addr.unwrap()).unwrap();
-    http.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    let get = |path: &str| {
+        let mut http = std::net::TcpStream::connect(http_addr.as_deref().unwrap()).unwrap();
+        http.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .unwrap();
-    let mut answer = String::new();
-    http.read_to_string(&mut answer).unwrap();
+        let mut answer = String::new();
+        http.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let answer = get("/healthz");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Served behind TLS: the portal's cookies are never sent over plain HTTP.
+    let login = get("/login");
+    let cookie = login
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: shoudan_login_csrf=")
+        })
+        .unwrap_or_else(|| panic!("{login}"));
+    assert!(cookie.contains("; Secure"), "{cookie}");
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -512,10 +512,10 @@ pub async fn close_session(web: &Web, principal: &Principal) -> Result<(), ApiEr
     Ok(())
 }
 
-/// The `Set-Cookie` value of a session.
-pub fn session_cookie(token: &str) -> String {
+/// The `Set-Cookie` value of a session; `attributes` from [`Web::cookie_attributes`].
+pub fn session_cookie(token: &str, attributes: &str) -> String {
     format!(
-        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly{attributes}; Max-Age={}",
         SESSION_TTL_MS / 1000
     )
 }

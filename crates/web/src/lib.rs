@@ -52,6 +52,10 @@ pub struct Web {
     /// The running switch's latest metrics snapshot, when this process has a switch; kept
     /// fresh by whoever owns the switch (see [`metrics::SwitchMetricsCell`]).
     pub switch_metrics: Option<Arc<metrics::SwitchMetricsCell>>,
+    /// Whether cookies carry `Secure` (the portal is served over TLS, directly or by a proxy):
+    /// a browser then never sends the session over plain HTTP. Off by default for the demo on
+    /// `http://127.0.0.1`; `shoudan serve` turns it on unless configured otherwise.
+    pub secure_cookies: bool,
 }
 
 impl Web {
@@ -83,6 +87,7 @@ impl Web {
             cases,
             metrics: Arc::new(metrics::HttpMetrics::default()),
             switch_metrics: None,
+            secure_cookies: false,
         }
     }
 
@@ -94,6 +99,21 @@ impl Web {
     ) -> Web {
         self.resolver.webhook_destinations = destinations;
         self
+    }
+
+    /// The same, with cookies marked `Secure` when `secure`.
+    pub fn with_secure_cookies(mut self, secure: bool) -> Web {
+        self.secure_cookies = secure;
+        self
+    }
+
+    /// The attributes every cookie of this portal carries after its value and path.
+    pub fn cookie_attributes(&self) -> &'static str {
+        if self.secure_cookies {
+            "; SameSite=Strict; Secure"
+        } else {
+            "; SameSite=Strict"
+        }
     }
 
     /// The same, reporting the switch's own metrics from `cell`.

@@ -64,16 +64,22 @@ type Params = HashMap<String, String>;
 struct Ctx {
     lang: Lang,
     remember: Option<&'static str>,
+    /// What every cookie set in the answer carries after its path ([`Web::cookie_attributes`]).
+    cookies: &'static str,
 }
 
-fn ctx(headers: &HeaderMap, params: &Params) -> Ctx {
+fn ctx(web: &Web, headers: &HeaderMap, params: &Params) -> Ctx {
     let asked = params.get("lang").map(String::as_str);
     let lang = lang_of(headers, asked);
     let remember = asked.map(|_| match lang {
         Lang::Zh => "zh",
         Lang::En => "en",
     });
-    Ctx { lang, remember }
+    Ctx {
+        lang,
+        remember,
+        cookies: web.cookie_attributes(),
+    }
 }
 
 /// No script runs on these pages, nothing loads from elsewhere, no one frames them, and a
@@ -97,7 +103,10 @@ fn html(c: &Ctx, status: StatusCode, body: String) -> Response {
         HeaderValue::from_static("no-store"),
     );
     if let Some(lang) = c.remember {
-        let value = format!("{LANG_COOKIE}={lang}; Path=/; SameSite=Strict; Max-Age=31536000");
+        let value = format!(
+            "{LANG_COOKIE}={lang}; Path=/{}; Max-Age=31536000",
+            c.cookies
+        );
         if let Ok(value) = HeaderValue::from_str(&value) {
             response.headers_mut().append(SET_COOKIE, value);
         }
@@ -199,8 +208,12 @@ async fn home(State(web): State<Web>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn login_form(headers: HeaderMap, Query(params): Query<Params>) -> Response {
-    let c = ctx(&headers, &params);
+async fn login_form(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    let c = ctx(&web, &headers, &params);
     login_page(&c, None)
 }
 
@@ -232,7 +245,10 @@ fn login_page(c: &Ctx, failed: Option<&str>) -> Response {
         },
         page(l, t(l, "登录", "Sign in"), &[], None, None, &body),
     );
-    let cookie = format!("{LOGIN_CSRF_COOKIE}={csrf}; Path=/login; HttpOnly; SameSite=Strict");
+    let cookie = format!(
+        "{LOGIN_CSRF_COOKIE}={csrf}; Path=/login; HttpOnly{}",
+        c.cookies
+    );
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(SET_COOKIE, value);
     }
@@ -240,7 +256,7 @@ fn login_page(c: &Ctx, failed: Option<&str>) -> Response {
 }
 
 async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Params>) -> Response {
-    let c = ctx(&headers, &Params::new());
+    let c = ctx(&web, &headers, &Params::new());
     let sent = form.get("csrf").map(String::as_str).unwrap_or_default();
     let expected = auth::cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
     if sent.is_empty() || auth::token_digest(sent) != auth::token_digest(expected) {
@@ -290,14 +306,14 @@ async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Para
     } else {
         "/console"
     });
-    if let Ok(value) = HeaderValue::from_str(&auth::session_cookie(&token)) {
+    if let Ok(value) = HeaderValue::from_str(&auth::session_cookie(&token, c.cookies)) {
         response.headers_mut().append(SET_COOKIE, value);
     }
     response
 }
 
 async fn logout(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Params>) -> Response {
-    let c = ctx(&headers, &Params::new());
+    let c = ctx(&web, &headers, &Params::new());
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -311,8 +327,9 @@ async fn logout(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Par
     }
     let mut response = redirect("/login");
     let clear = format!(
-        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
-        auth::SESSION_COOKIE
+        "{}=; Path=/; HttpOnly{}; Max-Age=0",
+        auth::SESSION_COOKIE,
+        c.cookies
     );
     if let Ok(value) = HeaderValue::from_str(&clear) {
         response.headers_mut().append(SET_COOKIE, value);
@@ -385,7 +402,7 @@ async fn dashboard(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Response {
-    let c = ctx(&headers, &params);
+    let c = ctx(&web, &headers, &params);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -553,7 +570,7 @@ async fn transactions(
     if let Some(lang) = &q.lang {
         params.insert("lang".to_owned(), lang.clone());
     }
-    let c = ctx(&headers, &params);
+    let c = ctx(&web, &headers, &params);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -693,7 +710,7 @@ async fn transaction(
     Path(id): Path<i64>,
     Query(params): Query<Params>,
 ) -> Response {
-    let c = ctx(&headers, &params);
+    let c = ctx(&web, &headers, &params);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -857,7 +874,7 @@ async fn open_case(
     Path(id): Path<i64>,
     Form(form): Form<Params>,
 ) -> Response {
-    let c = ctx(&headers, &Params::new());
+    let c = ctx(&web, &headers, &Params::new());
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -900,7 +917,7 @@ async fn evidence(
     Path(id): Path<i64>,
     Query(params): Query<Params>,
 ) -> Response {
-    let c = ctx(&headers, &params);
+    let c = ctx(&web, &headers, &params);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -927,7 +944,7 @@ async fn duplicates(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Response {
-    let c = ctx(&headers, &params);
+    let c = ctx(&web, &headers, &params);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -1008,7 +1025,7 @@ async fn cases(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Response {
-    let c = ctx(&headers, &params);
+    let c = ctx(&web, &headers, &params);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -1087,7 +1104,7 @@ async fn case(
     Path(id): Path<i64>,
     Query(params): Query<Params>,
 ) -> Response {
-    let c = ctx(&headers, &params);
+    let c = ctx(&web, &headers, &params);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -1221,7 +1238,7 @@ async fn add_entry(
     Path(id): Path<i64>,
     Form(form): Form<Params>,
 ) -> Response {
-    let c = ctx(&headers, &Params::new());
+    let c = ctx(&web, &headers, &Params::new());
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -1243,7 +1260,7 @@ async fn terminals(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Response {
-    let c = ctx(&headers, &params);
+    let c = ctx(&web, &headers, &params);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -1319,7 +1336,7 @@ async fn console(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Response {
-    let c = ctx(&headers, &params);
+    let c = ctx(&web, &headers, &params);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -1449,7 +1466,7 @@ async fn approve_refund(
     Path(id): Path<i64>,
     Form(form): Form<Params>,
 ) -> Response {
-    let c = ctx(&headers, &Params::new());
+    let c = ctx(&web, &headers, &Params::new());
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -1480,7 +1497,7 @@ async fn settlement_page(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Response {
-    let c = ctx(&headers, &params);
+    let c = ctx(&web, &headers, &params);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -1704,7 +1721,7 @@ async fn bind_account(
     headers: HeaderMap,
     Form(form): Form<Params>,
 ) -> Response {
-    let c = ctx(&headers, &Params::new());
+    let c = ctx(&web, &headers, &Params::new());
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -1758,7 +1775,7 @@ where
     F: FnOnce(Principal) -> Fut,
     Fut: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
 {
-    let c = ctx(headers, &Params::new());
+    let c = ctx(web, headers, &Params::new());
     let who = match page_user(web, headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -1823,7 +1840,7 @@ async fn transition_case(
     Path(id): Path<i64>,
     Form(form): Form<Params>,
 ) -> Response {
-    let c = ctx(&headers, &Params::new());
+    let c = ctx(&web, &headers, &Params::new());
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -1860,7 +1877,7 @@ async fn users(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Response {
-    let c = ctx(&headers, &params);
+    let c = ctx(&web, &headers, &params);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -2105,7 +2122,7 @@ async fn account(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Response {
-    let c = ctx(&headers, &params);
+    let c = ctx(&web, &headers, &params);
     match page_user(&web, &headers, &c) {
         Ok(who) => account_page(&c, &who, None),
         Err(r) => r,
@@ -2117,7 +2134,7 @@ async fn change_password(
     headers: HeaderMap,
     Form(form): Form<Params>,
 ) -> Response {
-    let c = ctx(&headers, &Params::new());
+    let c = ctx(&web, &headers, &Params::new());
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -2166,7 +2183,7 @@ async fn audit_log(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Response {
-    let c = ctx(&headers, &params);
+    let c = ctx(&web, &headers, &params);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
