@@ -62,6 +62,9 @@ pub enum SimBehaviour {
     LimitFen(i64),
     /// The next `n` attempts fail with a bank system error, then it works.
     SystemErrors(u32),
+    /// The next `n` payments are made but their answers are lost: the caller sees a system
+    /// error (a timeout), the money is on the account.
+    AnswersLost(u32),
     /// Accepted, then returned `n` days later.
     ReturnAfterDays(u32),
 }
@@ -166,6 +169,7 @@ impl PayoutBank for SimBank {
             SimBehaviour::Normal
             | SimBehaviour::LimitFen(_)
             | SimBehaviour::SystemErrors(_)
+            | SimBehaviour::AnswersLost(_)
             | SimBehaviour::ReturnAfterDays(_) => {
                 s.next_id += 1;
                 Ok(format!("SIM{:010}", s.next_id))
@@ -186,6 +190,13 @@ impl PayoutBank for SimBank {
             }
         }
         s.answers.insert(i.reference.to_owned(), answer.clone());
+        if let SimBehaviour::AnswersLost(n @ 1..) = behaviour {
+            s.behaviour.insert(
+                i.account_number.to_owned(),
+                SimBehaviour::AnswersLost(n - 1),
+            );
+            return Err(PayoutFailure::BankSystemError);
+        }
         answer
     }
 
@@ -414,9 +425,23 @@ pub fn run_payouts(
         let Some(cutoff) = crate::dates::add_days(&today, -i64::from(delay)) else {
             continue;
         };
+        // A payout already made up to this cutoff or a later one (a run for a missed day made
+        // after the next day's, or a shorter delay since) covers it: paying by this cutoff
+        // again would pay those days twice.
+        let paid_through = store
+            .payouts_newest(Some(&merchant.mid), None, 10)?
+            .into_iter()
+            .map(|p| p.cutoff_date)
+            .max();
+        if paid_through.is_some_and(|through| through >= cutoff) {
+            continue;
+        }
+        let payable = accounts::merchant_payable(&merchant.mid);
+        // What cleared by the cutoff and is unpaid, and never more than all that is unpaid.
         let due = store
-            .ledger_balance(&accounts::merchant_payable(&merchant.mid), Some(&cutoff))?
-            .saturating_neg();
+            .ledger_balance(&payable, Some(&cutoff))?
+            .saturating_neg()
+            .min(store.ledger_balance(&payable, None)?.saturating_neg());
         if due <= 0 {
             continue;
         }
@@ -474,11 +499,13 @@ pub fn run_payouts(
         let Ok(number) = sealer.open(&account.number_sealed) else {
             continue;
         };
-        // The reference of the attempt being made: persisted attempts + 1, so a crash before
-        // the answer is written resends the same reference and the bank answers as before.
+        // One reference per payout and account: every attempt to the same account sends the
+        // same one, so a bank that paid but whose answer was lost (a timeout reported as a
+        // system error), or a second run racing this one, gets the payment answered as before
+        // and never pays it twice. A new account (after a re-binding) is a new payment.
         let read_attempts = payout.attempts;
         let attempt = read_attempts.saturating_add(1);
-        let reference = format!("{}#{attempt}", payout.key);
+        let reference = format!("{}#v{}", payout.key, account.version);
         let answer = bank.pay(&PayoutInstruction {
             reference: &reference,
             account_number: &number,

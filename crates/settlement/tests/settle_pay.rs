@@ -461,6 +461,65 @@ fn every_bank_failure_mode_is_diagnosed_and_only_system_errors_retry() {
 }
 
 #[test]
+fn a_payment_whose_answer_was_lost_is_not_paid_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    merchant(store, M1);
+    insert(
+        store,
+        vec![row(1, M1, K::Purchase, S::Approved, 10_000, "622202", D)],
+    );
+    settle_date(store, &directory, D, 0).unwrap();
+    let number = card("622202", 19, 90);
+    bind_account(
+        store,
+        &sealer,
+        &directory,
+        M1,
+        &card_input(&number, "王小明"),
+        "m",
+        0,
+    )
+    .unwrap();
+    // The bank pays, but its answer is lost on the way: the run sees a system error (a
+    // timeout) and retries. The retry must be the same payment, not a second one.
+    let bank = SimBank::new();
+    bank.set_behaviour(&number, SimBehaviour::AnswersLost(1));
+    let key = format!("{M1}:20261124");
+    let first = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
+    assert_eq!(first.retrying, vec![key.clone()]);
+    assert_eq!(bank.payments(&number), 1);
+    let retry = run_payouts(store, &bank, &sealer, "20261124", 1_000 + 60_000).unwrap();
+    assert_eq!(retry.sent, vec![key.clone()]);
+    assert_eq!(
+        (bank.payments(&number), bank.credited(&number)),
+        (1, 10_000 - 55)
+    );
+    assert!(audit(store).unwrap().balanced);
+
+    // The next day's run was made before a missed day's: the missed day pays nothing again.
+    insert(
+        store,
+        vec![row(2, M1, K::Purchase, S::Approved, 20_000, "622202", "20261124")],
+    );
+    settle_date(store, &directory, "20261124", 0).unwrap();
+    let later = run_payouts(store, &bank, &sealer, "20261126", 200_000).unwrap();
+    assert_eq!(later.sent.len(), 1, "{later:?}");
+    let missed = run_payouts(store, &bank, &sealer, "20261125", 300_000).unwrap();
+    assert!(missed.created.is_empty(), "{missed:?}");
+    assert_eq!(bank.credited(&number), 10_000 - 55 + 20_000 - 110);
+    assert_eq!(
+        store
+            .ledger_balance(&acct::merchant_payable(M1), None)
+            .unwrap(),
+        0
+    );
+}
+
+#[test]
 fn a_merchants_own_plan_sets_its_fees_and_its_payout_day() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(&dir);
