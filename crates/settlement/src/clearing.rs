@@ -250,6 +250,37 @@ fn line_totals(clearing_date: &str, lines: &[ClearingLineRow]) -> Vec<ClearingTo
     by_mid.into_values().collect()
 }
 
+/// Clearing dates before the one being cleared that a run clears again.
+pub const REVISIT_DAYS: i64 = 3;
+
+/// Clears `clearing_date`, then clears again each of the [`REVISIT_DAYS`] dates before it that
+/// a run has cleared already, returning the reports of those that changed. A day changes after
+/// its run: a reversal inside the cut-over's grace, an issuer's late answer to a request in
+/// flight at the run. Each re-run posts only the difference (a reversed sale's correction line),
+/// which the next payout nets.
+pub fn settle_date_and_recent(
+    store: &dyn Store,
+    directory: &IssuerDirectory,
+    clearing_date: &str,
+    now_ms: i64,
+) -> Result<(SettleReport, Vec<SettleReport>), SettleError> {
+    let report = settle_date(store, directory, clearing_date, now_ms)?;
+    let mut revisited = Vec::new();
+    for back in 1..=REVISIT_DAYS {
+        let Some(earlier) = crate::dates::add_days(&report.clearing_date, -back) else {
+            continue;
+        };
+        if store.settle_runs(Some(&earlier))?.is_empty() {
+            continue;
+        }
+        let again = settle_date(store, directory, &earlier, now_ms)?;
+        if again.changed {
+            revisited.push(again);
+        }
+    }
+    Ok((report, revisited))
+}
+
 /// Clears one clearing date from the journal and posts it, idempotently.
 pub fn settle_date(
     store: &dyn Store,

@@ -17,6 +17,7 @@ pub use accounts::{
 };
 pub use clearing::{
     CardClassifier, Clearing, MerchantClearing, SettleError, SettleReport, clear, settle_date,
+    settle_date_and_recent,
 };
 pub use fees::{CardClass, FeePlan, TermsError, set_terms, terms_of};
 pub use ledger::{LedgerAudit, LedgerError, Posting, accounts as ledger_accounts, audit};

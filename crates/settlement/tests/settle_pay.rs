@@ -8,7 +8,7 @@ use common::*;
 use domain::IssuerDirectory;
 use settlement::{
     AccountInput, BindError, BindOutcome, SimBank, SimBehaviour, audit, bind_account,
-    confirm_change, ledger_accounts as acct, run_payouts, settle_date,
+    confirm_change, ledger_accounts as acct, run_payouts, settle_date, settle_date_and_recent,
 };
 use store::settlement::{AccountKind, PayoutState, SettlementRecord};
 use store::{Record, Store, TxnKind as K, TxnState as S};
@@ -461,6 +461,50 @@ fn every_bank_failure_mode_is_diagnosed_and_only_system_errors_retry() {
 }
 
 #[test]
+fn a_day_reversed_after_its_run_is_corrected_by_the_next_days_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    merchant(store, M1);
+    insert(
+        store,
+        vec![
+            row(1, M1, K::Purchase, S::Approved, 10_000, "622202", D),
+            row(2, M1, K::Purchase, S::Approved, 4_000, "622202", D),
+        ],
+    );
+    let (first, revisited) = settle_date_and_recent(store, &directory, D, 0).unwrap();
+    assert!(first.changed && revisited.is_empty());
+    let payable = || {
+        store
+            .ledger_balance(&acct::merchant_payable(M1), None)
+            .unwrap()
+    };
+    assert_eq!(payable(), -(14_000 - 55 - 22));
+    // Just after the cut-over the terminal reverses the second sale (inside the grace): the
+    // day is already cleared.
+    store
+        .submit(vec![store::Record::State {
+            id: 2,
+            state: S::Reversed,
+        }])
+        .unwrap()
+        .wait()
+        .unwrap();
+    // The next day's run clears that day again and takes the sale back out.
+    let (next, revisited) = settle_date_and_recent(store, &directory, "20261124", 1).unwrap();
+    assert!(!next.changed);
+    assert_eq!(revisited.len(), 1, "{revisited:?}");
+    assert_eq!(revisited[0].clearing_date, D);
+    assert_eq!(payable(), -(10_000 - 55));
+    // And only once.
+    let (_, again) = settle_date_and_recent(store, &directory, "20261124", 2).unwrap();
+    assert!(again.is_empty());
+    assert!(audit(store).unwrap().balanced);
+}
+
+#[test]
 fn a_payment_whose_answer_was_lost_is_not_paid_again() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(&dir);
@@ -503,7 +547,15 @@ fn a_payment_whose_answer_was_lost_is_not_paid_again() {
     // The next day's run was made before a missed day's: the missed day pays nothing again.
     insert(
         store,
-        vec![row(2, M1, K::Purchase, S::Approved, 20_000, "622202", "20261124")],
+        vec![row(
+            2,
+            M1,
+            K::Purchase,
+            S::Approved,
+            20_000,
+            "622202",
+            "20261124",
+        )],
     );
     settle_date(store, &directory, "20261124", 0).unwrap();
     let later = run_payouts(store, &bank, &sealer, "20261126", 200_000).unwrap();

@@ -11,7 +11,8 @@ use paycrypto::{Hsm, MasterKey, OsRandom, SoftHsm};
 use serde::Serialize;
 use settlement::{
     AccountInput, BindOutcome, IssuerClearingRow, ReconReport, Sealer, SimBank, SimBehaviour,
-    audit, bind_account, confirm_change, parse_clearing_csv, reconcile, run_payouts, settle_date,
+    audit, bind_account, confirm_change, parse_clearing_csv, reconcile, run_payouts,
+    settle_date_and_recent,
 };
 use store::settlement::{AccountKind, PayoutState};
 use store::{SqliteConfig, SqliteStore, Store};
@@ -179,9 +180,22 @@ fn print_json<T: Serialize>(value: &T) -> CliResult {
 pub fn settle(args: SettleArgs) -> CliResult {
     let store = open_store(&args.common.data_dir)?;
     let directory = IssuerDirectory::embedded()?;
-    let report = settle_date(store.as_ref(), &directory, &args.date, now_ms())?;
+    let (report, revisited) =
+        settle_date_and_recent(store.as_ref(), &directory, &args.date, now_ms())?;
     if args.common.json {
-        return print_json(&report);
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("revisited".into(), serde_json::to_value(&revisited)?);
+        }
+        return print_json(&value);
+    }
+    for again in &revisited {
+        println!(
+            "{} cleared again: run {}, {} new clearing lines (changed since its last run)",
+            again.clearing_date,
+            again.run_no.unwrap_or(0),
+            again.new_lines
+        );
     }
     if report.changed {
         println!(
