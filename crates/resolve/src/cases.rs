@@ -655,10 +655,17 @@ impl CaseService {
                 left_fen,
             });
         }
-        let key = format!("case-{}-refund-v{}", row.id, row.version);
+        // One key per refund attempt, not per case version: a note or an assignment made while
+        // a refund is at the issuer changes the version, and a second approval under a new key
+        // would refund again. A new key only after a recorded refusal (its journal id).
+        let key = format!(
+            "case-{}-refund-after-{}",
+            row.id,
+            row.refund_txn_id.unwrap_or(0)
+        );
         let result = self.refunds.refund(&rrn, asked_fen, &key).await?;
         // The refund has run: its result must reach the case even if someone else changed the
-        // case meanwhile, or a retry (at the new version, so a new key) would refund again.
+        // case meanwhile.
         let mut row = row;
         for _ in 1..RECORD_ATTEMPTS_MAX {
             match self

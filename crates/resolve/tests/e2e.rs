@@ -332,6 +332,65 @@ fn timed_out_purchase_reads_as_reversed_and_acknowledged() {
 }
 
 #[test]
+fn a_refund_approved_twice_while_at_the_issuer_is_made_once() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(1);
+        let (code, rrn, _) = e.purchase(&card, 10_000).await;
+        assert_eq!(code, "00");
+        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
+        let cases = Arc::new(CaseService::new(
+            e.store(),
+            e.directory(),
+            back_office,
+            Arc::new(SystemClock),
+        ));
+        let case = cases
+            .open(NewCase {
+                kind: CaseKind::RefundApplication,
+                mid: MID.to_owned(),
+                rrn: Some(rrn.clone()),
+                title: "returned".to_owned(),
+                who: "merchant".to_owned(),
+                text: "please refund 30".to_owned(),
+                attachments: Vec::new(),
+                assignee: None,
+                due_at_ms: None,
+                refund_fen: Some(3_000),
+            })
+            .await
+            .unwrap();
+        // The issuer is slow: the first approval's refund is still out when the merchant adds
+        // a note (a new case version) and a second operator approves too.
+        e.sim
+            .faults()
+            .set_latency(Duration::from_millis(200), Duration::from_millis(200));
+        let first = {
+            let cases = Arc::clone(&cases);
+            tokio::spawn(async move { cases.approve_refund(case.id, "operator-1").await })
+        };
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        cases
+            .add_entry(case.id, "merchant", "any news?", Vec::new())
+            .await
+            .unwrap();
+        let second = cases.approve_refund(case.id, "operator-2").await;
+        let first = first.await.unwrap();
+        let codes: Vec<_> = [&first, &second]
+            .iter()
+            .map(|r| r.as_ref().ok().and_then(|c| c.refund_code.clone()))
+            .collect();
+        assert!(codes.contains(&Some("00".to_owned())), "{first:?} {second:?}");
+        e.sim.faults().set_latency(Duration::ZERO, Duration::ZERO);
+        assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 3_000, "refunded once");
+        assert_eq!(
+            e.h.store.txn_by_rrn(&rrn).unwrap().unwrap().refunded_fen,
+            3_000
+        );
+    });
+}
+
+#[test]
 fn refund_application_executes_through_the_switch_once() {
     runtime().block_on(async {
         let mut e = start().await;
@@ -382,7 +441,7 @@ fn refund_application_executes_through_the_switch_once() {
             Err(CaseError::IllegalTransition { .. })
         ));
         // A retried back-office call with the same key replays the answer, no second refund.
-        let key = format!("case-{}-refund-v{}", case.id, case.version);
+        let key = format!("case-{}-refund-after-0", case.id);
         let again = e
             .switch()
             .back_office_refund(&rrn, 2_000, &key)
