@@ -96,6 +96,8 @@ pub enum Outcome {
     NoAnswerReversed,
     /// No answer and the reversal has not been acknowledged yet.
     ReversalPending,
+    /// Reversed here, but the issuer refused the reversal: the card may still show the charge.
+    ReversalRefused,
     /// Never reached a decision (issuer unavailable, unreadable answer).
     Failed,
 }
@@ -582,8 +584,14 @@ pub fn explain_txn(
     let acked = reversal
         .as_ref()
         .is_some_and(|r| r.state == SafState::Acked);
+    let refused = reversal
+        .as_ref()
+        .is_some_and(|r| r.state == SafState::Refused);
     let outcome = match row.state {
         TxnState::InFlight => Outcome::InProgress,
+        TxnState::Reversed | TxnState::TimedOut | TxnState::Failed if refused => {
+            Outcome::ReversalRefused
+        }
         TxnState::Approved if expired => Outcome::PreAuthExpired,
         TxnState::Approved if refunded >= row.amount_fen && refunded > 0 => Outcome::Refunded,
         TxnState::Approved if refunded > 0 => Outcome::PartlyRefunded,
@@ -609,6 +617,7 @@ pub fn explain_txn(
             row.response_code.as_deref().unwrap_or("98"),
         )),
         Outcome::ApprovedThenReversed => Some(diagnosis::diagnose_failure(FailureKind::NoAnswer)),
+        Outcome::ReversalRefused => Some(diagnosis::diagnose_failure(FailureKind::ReversalRefused)),
         _ => None,
     };
     Ok(Explanation {
@@ -682,6 +691,18 @@ fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow) -> Both {
             format!(
                 "no answer from {} in time; the reversal is not acknowledged yet and shoudan \
                  keeps resending it",
+                bank.en
+            ),
+        ),
+        Outcome::ReversalRefused => Both::new(
+            format!(
+                "本系统已冲正（商户不入账），但{}拒绝了冲正：持卡人卡上的扣款可能没有退回，如仍有扣款请凭证据包联系发卡行",
+                bank.zh
+            ),
+            format!(
+                "reversed here (the merchant is not paid), but {} refused the reversal: the \
+                 card may still show the charge; if it does, the issuer must return it (give \
+                 them the evidence package)",
                 bank.en
             ),
         ),

@@ -37,6 +37,9 @@ pub enum EventType {
     TransactionDeclined,
     #[serde(rename = "reversal.done")]
     ReversalDone,
+    /// The issuer refused a reversal: the card may still show the charge.
+    #[serde(rename = "reversal.refused")]
+    ReversalRefused,
     #[serde(rename = "refund.done")]
     RefundDone,
     #[serde(rename = "case.updated")]
@@ -52,6 +55,7 @@ impl EventType {
         match self {
             EventType::TransactionDeclined => "transaction.declined",
             EventType::ReversalDone => "reversal.done",
+            EventType::ReversalRefused => "reversal.refused",
             EventType::RefundDone => "refund.done",
             EventType::CaseUpdated => "case.updated",
             EventType::PayoutFailed => "payout.failed",
@@ -114,6 +118,19 @@ impl Event {
             event_type: EventType::ReversalDone,
             dedup_key: format!("reversal.done:{}", txn.id),
             data: json!({ "transaction": txn }),
+        }
+    }
+
+    pub fn reversal_refused(txn: &TxnSummary) -> Event {
+        Event {
+            event_type: EventType::ReversalRefused,
+            dedup_key: format!("reversal.refused:{}", txn.id),
+            data: json!({
+                "transaction": txn,
+                "diagnosis": domain::diagnosis::diagnose_failure(
+                    domain::diagnosis::FailureKind::ReversalRefused
+                ),
+            }),
         }
     }
 
@@ -646,15 +663,15 @@ impl Tailer {
             "declined" | "failed" => {
                 out.push((row.mid.clone(), Event::transaction_declined(&summary())));
             }
-            "reversal_done" => {
-                let acked = self
-                    .store
-                    .reversal(row.id)?
-                    .is_some_and(|r| r.state == SafState::Acked);
-                if acked {
+            "reversal_done" => match self.store.reversal(row.id)?.map(|r| r.state) {
+                Some(SafState::Acked) => {
                     out.push((row.mid.clone(), Event::reversal_done(&summary())));
                 }
-            }
+                Some(SafState::Refused) => {
+                    out.push((row.mid.clone(), Event::reversal_refused(&summary())));
+                }
+                _ => {}
+            },
             "approved" if row.kind == TxnKind::Refund => {
                 let original_rrn = match row.original_id {
                     // Only the merchant's own sale (see `explain_txn` on links).

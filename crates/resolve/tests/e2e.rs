@@ -266,6 +266,65 @@ fn declined_purchase_is_diagnosed_with_evidence_naming_the_issuer() {
 }
 
 #[test]
+fn a_reversal_the_issuer_refused_tells_the_merchant_to_check_the_card() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(0);
+        let (code, rrn, _) = e.purchase(&card, 900).await;
+        assert_eq!(code, "00");
+        let store = e.store();
+        let id = store.txn_by_rrn(&rrn).unwrap().unwrap().id;
+        // What the store-and-forward task writes when the issuer answers a reversal with a
+        // refusal (here 12): the journal says reversed, the issuer did not undo the charge.
+        store
+            .submit(vec![
+                store::Record::State {
+                    id,
+                    state: store::TxnState::Reversed,
+                },
+                store::Record::SafEnqueue {
+                    txn_id: id,
+                    issuer: "SIM".into(),
+                    reason: "98".into(),
+                    next_attempt_ms: now(),
+                },
+                store::Record::SafDone {
+                    txn_id: id,
+                    state: SafState::Refused,
+                    at_ms: now(),
+                },
+                store::Record::Event(store::EventRow {
+                    txn_id: id,
+                    at_ms: now(),
+                    kind: "reversal_done".into(),
+                    detail: "reversal refused by SIM: 12".into(),
+                }),
+            ])
+            .unwrap()
+            .await
+            .unwrap();
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &rrn, now()).unwrap();
+        assert_eq!(x.outcome, Outcome::ReversalRefused, "{x:#?}");
+        assert!(x.summary.en.contains("may still show the charge"), "{x:#?}");
+        let d = x.diagnosis.unwrap();
+        assert!(d.contact_issuer.recommended());
+        assert_eq!(d.who_acts, domain::diagnosis::WhoActs::Acquirer);
+        // The merchant is told, once.
+        let mut tailer = e.tailer();
+        tailer.poll_once().await.unwrap();
+        tailer.poll_once().await.unwrap();
+        let told: Vec<_> = store
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.event_type == "reversal.refused")
+            .collect();
+        assert_eq!(told.len(), 1, "{told:#?}");
+        assert!(told[0].payload.contains(&rrn));
+    });
+}
+
+#[test]
 fn timed_out_purchase_reads_as_reversed_and_acknowledged() {
     runtime().block_on(async {
         let mut e = start().await;
@@ -380,7 +439,10 @@ fn a_refund_approved_twice_while_at_the_issuer_is_made_once() {
             .iter()
             .map(|r| r.as_ref().ok().and_then(|c| c.refund_code.clone()))
             .collect();
-        assert!(codes.contains(&Some("00".to_owned())), "{first:?} {second:?}");
+        assert!(
+            codes.contains(&Some("00".to_owned())),
+            "{first:?} {second:?}"
+        );
         e.sim.faults().set_latency(Duration::ZERO, Duration::ZERO);
         assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 3_000, "refunded once");
         assert_eq!(

@@ -1631,7 +1631,7 @@ fn check_invariant_5(seed: u64, traffic: &Traffic) {
 }
 
 /// Every decline or failure reached its merchant's notifications, and so did every approved
-/// refund and every reversal the issuer acknowledged: the tailer, running through the crashes
+/// refund and every reversal the issuer acknowledged or refused: the tailer, running through the crashes
 /// and the full disk with small pages, missed none.
 fn check_notifications(seed: u64, db: &std::path::Path) {
     let conn = read_only(db);
@@ -1639,10 +1639,11 @@ fn check_notifications(seed: u64, db: &std::path::Path) {
         &conn,
         "SELECT e.kind || ' ' || t.kind || ' ' || t.tid || ' ' || t.stan FROM events e
          JOIN transactions t ON t.id = e.txn_id
-         WHERE t.kind <> 'reversal' AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.dedup_key =
-           CASE WHEN e.kind IN ('declined', 'failed') THEN 'transaction.declined:'
-                WHEN e.kind = 'reversal_done' THEN 'reversal.done:'
-                ELSE 'refund.done:' END || e.txn_id)
+         WHERE t.kind <> 'reversal' AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.dedup_key IN
+           (CASE WHEN e.kind IN ('declined', 'failed') THEN 'transaction.declined:'
+                 WHEN e.kind = 'reversal_done' THEN 'reversal.done:'
+                 ELSE 'refund.done:' END || e.txn_id,
+            CASE WHEN e.kind = 'reversal_done' THEN 'reversal.refused:' || e.txn_id END))
          AND (e.kind IN ('declined', 'failed', 'reversal_done')
               OR (e.kind = 'approved' AND t.kind = 'refund'))",
     );

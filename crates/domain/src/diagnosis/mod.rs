@@ -340,10 +340,12 @@ pub enum FailureKind {
     RepeatedWrongPin,
     /// Risk rule: the terminal is used from another place, or for another kind of business.
     UnusualMerchantPattern,
+    /// The issuer refused a reversal: reversed here, the card may still show the charge.
+    ReversalRefused,
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 16] = [
+    pub const ALL: [FailureKind; 17] = [
         FailureKind::NoAnswer,
         FailureKind::BadResponseMac,
         FailureKind::ConnectionRefused,
@@ -360,6 +362,7 @@ impl FailureKind {
         FailureKind::CardTesting,
         FailureKind::RepeatedWrongPin,
         FailureKind::UnusualMerchantPattern,
+        FailureKind::ReversalRefused,
     ];
 
     /// Stable kebab-case name, as the CLI accepts it (`shoudan explain no-answer`).
@@ -381,6 +384,7 @@ impl FailureKind {
             FailureKind::CardTesting => "card-testing",
             FailureKind::RepeatedWrongPin => "repeated-wrong-pin",
             FailureKind::UnusualMerchantPattern => "unusual-merchant-pattern",
+            FailureKind::ReversalRefused => "reversal-refused",
         }
     }
 

@@ -2150,6 +2150,48 @@ pub static TABLE: &[Diagnosis] = &[
             ),
         ],
     },
+    Diagnosis {
+        subject: Subject::Failure(FailureKind::ReversalRefused),
+        title: t("发卡行拒绝冲正", "The issuer refused the reversal"),
+        meaning: t(
+            "这笔交易在收单系统已冲正，商户不会入账；但发卡行拒绝了冲正报文，持卡人卡上的扣款可能没有退回。",
+            "The transaction was reversed here and the merchant is not paid for it, but the \
+             issuer refused the reversal message: the charge on the cardholder's card may not \
+             have been returned.",
+        ),
+        category: C,
+        who_acts: Acquirer,
+        retry: Never,
+        contact_issuer: Yes,
+        contact_when: t(
+            "持卡人卡上仍显示这笔扣款时：凭证据包请发卡行退回；收单机构也会就被拒的冲正与发卡行核对。",
+            "If the card still shows the charge: ask the issuer to return it, with the evidence \
+             package; the acquirer also takes the refused reversal up with the issuer.",
+        ),
+        customer_message: t(
+            "这笔付款已取消，本店没有收到款项。如果您的卡上仍显示扣款，请凭我们提供的交易凭证联系发卡行退回。",
+            "This payment was cancelled and we did not receive the money. If your card still \
+             shows the charge, contact your bank with the receipt we give you to have it \
+             returned.",
+        ),
+        merchant_steps: &[
+            t(
+                "不要因此再次向顾客收款：先请顾客确认卡上是否仍有这笔扣款。",
+                "Do not charge the customer again for it yet: first ask whether their card \
+                 still shows this charge.",
+            ),
+            t(
+                "仍有扣款时，下载这笔交易的证据包交给顾客，或在商户后台开立发卡行查询工单。",
+                "If it does, download this transaction's evidence package for the customer, or \
+                 open an issuer inquiry case in the portal.",
+            ),
+            t(
+                "扣款退回前，不要再次交付商品，也不要重复收款。",
+                "Until the charge is returned, do not hand over the goods again or take a \
+                 second payment.",
+            ),
+        ],
+    },
     // Payouts to the merchant's settlement account.
     Diagnosis {
         subject: Subject::Payout(PayoutFailure::InvalidAccountNumber),
