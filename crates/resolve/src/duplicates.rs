@@ -8,7 +8,7 @@ use domain::IssuerDirectory;
 use serde::Serialize;
 use store::resolve::DuplicateRow;
 use store::{Store, TxnKind, TxnRow, TxnState};
-use switch::LocalTime;
+use switch::{CUTOVER_MINUTE_DEFAULT, ClearingDay};
 
 use crate::ResolveError;
 use crate::explain::TxnSummary;
@@ -23,8 +23,11 @@ fn is_payment(row: &TxnRow) -> bool {
     matches!(row.kind, TxnKind::Purchase | TxnKind::Completion)
 }
 
-/// The approved payment `row` may duplicate: an earlier approved payment by the same card at
-/// the same merchant for the same amount within `window_ms` before it.
+/// The pair `row` makes with another approved payment by the same card at the same merchant
+/// for the same amount within `window_ms`: an earlier one (then `row` is the second), else a
+/// later one already approved (the earlier payment waited on a slow issuer while the customer
+/// paid again, perhaps at another terminal: `row` is then the first). The second of a pair is
+/// always the one received later, the one to undo.
 pub fn find_for(
     store: &dyn Store,
     row: &TxnRow,
@@ -37,21 +40,33 @@ pub fn find_for(
     if !is_payment(row) || row.state != TxnState::Approved || pan.fingerprint.is_empty() {
         return Ok(None);
     }
-    let first = store.latest_payment_of_card(
+    let flagged_at_ms = row.answered_at_ms.unwrap_or(row.received_at_ms);
+    let pair = |first: &TxnRow, second: &TxnRow| DuplicateRow {
+        first_txn_id: first.id,
+        second_txn_id: second.id,
+        mid: row.mid.clone(),
+        amount_fen: row.amount_fen,
+        gap_ms: second.received_at_ms - first.received_at_ms,
+        flagged_at_ms,
+    };
+    let earlier = store.latest_payment_of_card(
         &pan.fingerprint,
         &row.mid,
         row.amount_fen,
         row.received_at_ms.saturating_sub(window_ms),
         (row.received_at_ms, row.id),
     )?;
-    Ok(first.map(|o| DuplicateRow {
-        first_txn_id: o.id,
-        second_txn_id: row.id,
-        mid: row.mid.clone(),
-        amount_fen: row.amount_fen,
-        gap_ms: row.received_at_ms - o.received_at_ms,
-        flagged_at_ms: row.answered_at_ms.unwrap_or(row.received_at_ms),
-    }))
+    if let Some(first) = earlier {
+        return Ok(Some(pair(&first, row)));
+    }
+    let later = store.earliest_payment_of_card_after(
+        &pan.fingerprint,
+        &row.mid,
+        row.amount_fen,
+        (row.received_at_ms, row.id),
+        row.received_at_ms.saturating_add(window_ms),
+    )?;
+    Ok(later.map(|second| pair(row, &second)))
 }
 
 /// Every suspected duplicate among a merchant's payments received in `[from_ms, to_ms)`.
@@ -63,14 +78,18 @@ pub fn scan(
     window_ms: i64,
 ) -> Result<Vec<DuplicateRow>, ResolveError> {
     let mut found = Vec::new();
+    let mut seconds = std::collections::HashSet::new();
     store::each_txn_of_merchant(
         store,
         mid,
         from_ms,
         to_ms,
         |row| -> Result<_, ResolveError> {
+            // Each pair is found from both of its payments: keep it once.
             if let Some(d) = find_for(store, &row, window_ms)? {
-                found.push(d);
+                if seconds.insert(d.second_txn_id) {
+                    found.push(d);
+                }
             }
             Ok(ControlFlow::Continue(()))
         },
@@ -87,7 +106,7 @@ pub enum SuggestedAction {
     VoidSecondToday,
     /// The day has closed: refund it.
     RefundSecond,
-    /// Already voided, refunded or reversed.
+    /// One of the two is already voided, refunded or reversed: the customer paid once.
     NothingLeft,
 }
 
@@ -114,10 +133,19 @@ pub fn describe(
     ) else {
         return Ok(None);
     };
-    let same_day = LocalTime::from_ms(second.received_at_ms).day_number
-        == LocalTime::from_ms(now_ms).day_number;
+    // "Today" is the clearing day, as the switch judges a void: after the 23:00 cut-over a
+    // void of the day before is refused (once its grace has passed), and a payment made after
+    // the cut-over may still be voided until the next one.
+    let now_day = ClearingDay::of(now_ms, CUTOVER_MINUTE_DEFAULT);
+    let same_day =
+        now_day.same_day(ClearingDay::of(second.received_at_ms, CUTOVER_MINUTE_DEFAULT).day_number);
     let left = second.amount_fen - second.refunded_fen;
+    // The customer paid once if the first payment was undone (voided, reversed, refunded in
+    // full): the second is then the one that stands.
+    let first_stands = matches!(first.state, TxnState::Approved | TxnState::Completed)
+        && first.refunded_fen < first.amount_fen;
     let action = match second.state {
+        _ if !first_stands => SuggestedAction::NothingLeft,
         TxnState::Approved if left <= 0 => SuggestedAction::NothingLeft,
         TxnState::Approved if same_day && second.refunded_fen == 0 => {
             SuggestedAction::VoidSecondToday
@@ -141,8 +169,9 @@ pub fn describe(
             ),
         ),
         SuggestedAction::NothingLeft => Both::new(
-            "第二笔已撤销、冲正或退货，无需处理",
-            "the second payment is already voided, reversed or refunded: nothing to do",
+            "其中一笔已撤销、冲正或全额退货，顾客只付了一次，无需处理",
+            "one of the two payments is already voided, reversed or refunded in full: the \
+             customer paid once, nothing to do",
         ),
     };
     Ok(Some(DuplicateFlag {

@@ -840,6 +840,90 @@ fn an_event_that_lands_late_is_found_by_the_next_full_poll() {
 }
 
 #[test]
+fn a_duplicate_is_flagged_when_the_first_payment_is_approved_after_the_second() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(2);
+        let pay = |stan: u32| Req {
+            pin: Some(card.pin().to_owned()),
+            ..Req::purchase(card.pan.expose_digits(), 2_500, stan)
+        };
+        // The first payment waits on a slow issuer; meanwhile the cashier runs the card again
+        // on a second connection, and that one is approved first.
+        e.sim
+            .faults()
+            .set_latency(Duration::from_millis(200), Duration::from_millis(200));
+        let first = pay(91);
+        let bytes = e.t.encode(&first, false);
+        e.t.stream.write_all(&bytes).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        e.sim.faults().set_latency(Duration::ZERO, Duration::ZERO);
+        let mut other = e.h.terminal().await;
+        other.keys = e.t.keys.clone();
+        let second = other.send(&pay(92)).await;
+        assert_eq!(second.code(), "00");
+        // The notifications see the second approval while the first is still out.
+        let mut tailer = e.tailer();
+        tailer.poll_once().await.unwrap();
+        let first = e.t.read().await;
+        assert_eq!(first.code(), "00");
+        let (first_rrn, second_rrn) = (first.text(37).unwrap(), second.text(37).unwrap());
+        let store = e.store();
+        let (a, b) = (
+            store.txn_by_rrn(&first_rrn).unwrap().unwrap(),
+            store.txn_by_rrn(&second_rrn).unwrap().unwrap(),
+        );
+        assert!(a.received_at_ms <= b.received_at_ms);
+        assert!(
+            a.answered_at_ms > b.answered_at_ms,
+            "answered in the other order"
+        );
+        tailer.poll_once().await.unwrap();
+        let flags = duplicates::flagged(
+            store.as_ref(),
+            &e.h.directory,
+            MID,
+            (None, 100),
+            i64::MIN,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(flags.len(), 1, "{flags:#?}");
+        assert_eq!(flags[0].first.rrn.as_deref(), Some(first_rrn.as_str()));
+        assert_eq!(flags[0].second.rrn.as_deref(), Some(second_rrn.as_str()));
+        assert_eq!(flags[0].suggested_action, SuggestedAction::VoidSecondToday);
+        // The scan finds the pair once, from either payment.
+        let day = 86_400_000;
+        assert_eq!(
+            duplicates::scan(store.as_ref(), MID, now() - day, now() + 1, 600_000)
+                .unwrap()
+                .len(),
+            1
+        );
+
+        // Once the first payment is voided, the customer paid once: nothing left to do.
+        let void = Req {
+            processing: "200000",
+            message_type: "23",
+            rrn: Some(first_rrn.clone()),
+            f61: Some(format!("{:06}{:06}", 1, 91)),
+            ..pay(93)
+        };
+        assert_eq!(e.t.send(&void).await.code(), "00");
+        let flags = duplicates::flagged(
+            store.as_ref(),
+            &e.h.directory,
+            MID,
+            (None, 100),
+            i64::MIN,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(flags[0].suggested_action, SuggestedAction::NothingLeft);
+    });
+}
+
+#[test]
 fn duplicate_purchase_is_flagged_and_notified() {
     runtime().block_on(async {
         let mut e = start().await;

@@ -155,6 +155,16 @@ pub trait Store: Send + Sync + 'static {
         from_ms: i64,
         before: (i64, i64),
     ) -> Result<Option<TxnRow>, StoreError>;
+    /// The earliest such payment received after `after` (received at, id) and at or before
+    /// `to_ms`: the duplicate check of a payment approved after the one that followed it.
+    fn earliest_payment_of_card_after(
+        &self,
+        fingerprint: &[u8],
+        mid: &str,
+        amount_fen: i64,
+        after: (i64, i64),
+        to_ms: i64,
+    ) -> Result<Option<TxnRow>, StoreError>;
     /// A merchant's transactions received at or after `from_ms` and before `before` (received
     /// at, id), newest first, at most `limit` (and `RESOLVE_ROWS_MAX`): see
     /// [`each_txn_of_merchant`] to read them all.

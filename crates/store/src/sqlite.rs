@@ -659,6 +659,16 @@ impl Store for SqliteStore {
     ) -> Result<Option<TxnRow>, StoreError> {
         self.resolve_latest_payment_of_card(fingerprint, mid, amount_fen, from_ms, before)
     }
+    fn earliest_payment_of_card_after(
+        &self,
+        fingerprint: &[u8],
+        mid: &str,
+        amount_fen: i64,
+        after: (i64, i64),
+        to_ms: i64,
+    ) -> Result<Option<TxnRow>, StoreError> {
+        self.resolve_earliest_payment_of_card_after(fingerprint, mid, amount_fen, after, to_ms)
+    }
     fn tally_of_merchant(
         &self,
         mid: &str,

@@ -348,6 +348,41 @@ impl SqliteStore {
         Ok(rows.into_iter().next())
     }
 
+    pub(super) fn resolve_earliest_payment_of_card_after(
+        &self,
+        fingerprint: &[u8],
+        mid: &str,
+        amount_fen: i64,
+        (after_ms, after_id): (i64, i64),
+        to_ms: i64,
+    ) -> Result<Option<TxnRow>, StoreError> {
+        // Walks the card's index entries forward from `after`, so it stops at the first match.
+        let sql = format!(
+            "SELECT {TXN_COLUMNS} FROM transactions WHERE pan_fingerprint = ?1
+             AND received_at_ms >= ?2 AND received_at_ms <= ?3
+             AND (received_at_ms > ?2 OR id > ?4) AND mid = ?5 AND amount_fen = ?6
+             AND kind IN (?7, ?8) AND state IN (?9, ?10)
+             ORDER BY received_at_ms, id LIMIT 1"
+        );
+        let rows = self.rows(
+            &sql,
+            &[
+                &fingerprint,
+                &after_ms,
+                &to_ms,
+                &after_id,
+                &mid,
+                &amount_fen,
+                &TxnKind::Purchase.as_str(),
+                &TxnKind::Completion.as_str(),
+                &TxnState::Approved.as_str(),
+                &TxnState::Completed.as_str(),
+            ],
+            txn_from_row,
+        )?;
+        Ok(rows.into_iter().next())
+    }
+
     pub(super) fn resolve_tally_of_merchant(
         &self,
         mid: &str,

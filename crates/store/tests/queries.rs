@@ -35,6 +35,11 @@ fn every_read_runs(db: &Db) {
     assert!(s.events(1).unwrap().is_empty());
     assert!(s.reversal(1).unwrap().is_none());
     assert!(s.balance_answer(1).unwrap().is_none());
+    assert!(
+        s.earliest_payment_of_card_after(&[1, 2], "m", 100, (1, 1), 10)
+            .unwrap()
+            .is_none()
+    );
     assert!(s.reversals_in_state(SafState::Pending).unwrap().is_empty());
     assert!(s.txns_of_card_at(&[1, 2], "m").unwrap().is_empty());
     assert!(
