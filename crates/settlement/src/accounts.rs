@@ -202,17 +202,31 @@ pub fn bind_account(
             .wait()?;
         return Ok(BindOutcome::PendingConfirmation { change_id: id });
     }
-    let version = current.map_or(1, |a| a.version.saturating_add(1));
+    let version = current.as_ref().map_or(1, |a| a.version.saturating_add(1));
     let account = account_from(&change, version, now_ms);
     store
         .submit(vec![
             Record::Settlement(SettlementRecord::AccountChange(change)),
-            Record::Settlement(SettlementRecord::BoundAccount(account)),
+            in_place_of(current.as_ref(), account),
         ])?
         .wait()?;
     Ok(BindOutcome::Active {
         change_id: id,
         version,
+    })
+}
+
+/// The record that puts `account` in force: a first binding, or the replacement of `current`
+/// exactly as it was read (its version and flag), so that a flag raised by a payout run in
+/// between, or another binding, makes the write fail instead of being overwritten.
+fn in_place_of(current: Option<&BoundAccountRow>, account: BoundAccountRow) -> Record {
+    Record::Settlement(match current {
+        None => SettlementRecord::BoundAccount(account),
+        Some(current) => SettlementRecord::ReplaceBoundAccount {
+            row: account,
+            expected_version: current.version,
+            expected_needs_rebind: current.needs_rebind,
+        },
     })
 }
 
@@ -252,9 +266,8 @@ pub fn confirm_change(
     if change.requested_by == operator {
         return Err(BindError::SameUser(operator.to_owned()));
     }
-    let version = store
-        .bound_account(&change.mid)?
-        .map_or(1, |a| a.version.saturating_add(1));
+    let current = store.bound_account(&change.mid)?;
+    let version = current.as_ref().map_or(1, |a| a.version.saturating_add(1));
     change.state = ChangeState::Active;
     change.decided_by = Some(operator.to_owned());
     change.decided_at_ms = Some(now_ms);
@@ -262,7 +275,7 @@ pub fn confirm_change(
     store
         .submit(vec![
             Record::Settlement(SettlementRecord::AccountChange(change)),
-            Record::Settlement(SettlementRecord::BoundAccount(account)),
+            in_place_of(current.as_ref(), account),
         ])?
         .wait()?;
     Ok(version)

@@ -359,7 +359,7 @@ pub fn run_payouts(
             Some(PayoutFailure::ReturnedLater),
             failure_text(PayoutFailure::ReturnedLater),
         )?;
-        let flag = flag_account(store, &payout.mid, now_ms)?;
+        let flag = flag_account(&payout.mid, payout.account_version, now_ms);
         let (key, mid) = (payout.key.clone(), payout.mid.clone());
         if run.commit(
             Some((PayoutState::Sent, payout.attempts)),
@@ -559,7 +559,7 @@ pub fn run_payouts(
                 payout.state = PayoutState::Held;
                 payout.failure = Some(failure.key().to_owned());
                 let event = run.event(&payout, "failed", Some(failure), failure_text(failure))?;
-                let flag = flag_account(store, &mid, now_ms)?;
+                let flag = flag_account(&mid, account.version, now_ms);
                 let key = payout.key.clone();
                 if run.commit(
                     Some((PayoutState::Pending, read_attempts)),
@@ -580,14 +580,12 @@ pub fn run_payouts(
     Ok(report)
 }
 
-/// The record that flags a merchant's account for re-binding (none if it has no account).
-fn flag_account(store: &dyn Store, mid: &str, now_ms: i64) -> Result<Vec<Record>, StoreError> {
-    Ok(store
-        .bound_account(mid)?
-        .map(|mut a| {
-            a.needs_rebind = true;
-            a.updated_at_ms = now_ms;
-            vec![Record::Settlement(SettlementRecord::BoundAccount(a))]
-        })
-        .unwrap_or_default())
+/// The record that flags account `version` of a merchant for re-binding: only that account,
+/// not one bound since (the store writes the flag alone, never the rest of a row read earlier).
+fn flag_account(mid: &str, version: u32, now_ms: i64) -> Vec<Record> {
+    vec![Record::Settlement(SettlementRecord::FlagBoundAccount {
+        mid: mid.to_owned(),
+        version,
+        at_ms: now_ms,
+    })]
 }

@@ -282,6 +282,21 @@ pub enum SettlementRecord {
     Postings(Vec<PostingRow>),
     Terms(SettlementTermsRow),
     BoundAccount(BoundAccountRow),
+    /// A merchant's new account in place of the one at `expected_version` with
+    /// `expected_needs_rebind`: fails (and with it the submission) if the account changed
+    /// since it was read, so a re-binding cannot slip past a flag raised meanwhile.
+    ReplaceBoundAccount {
+        row: BoundAccountRow,
+        expected_version: u32,
+        expected_needs_rebind: bool,
+    },
+    /// Flags account `version` of `mid` for re-binding after a payout to it failed; nothing if
+    /// the merchant has bound another account since.
+    FlagBoundAccount {
+        mid: String,
+        version: u32,
+        at_ms: i64,
+    },
     /// Inserted or updated by id (a pending change is later confirmed or rejected).
     AccountChange(AccountChangeRow),
     /// Inserted or replaced by key (imports, repairs).

@@ -248,6 +248,48 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 a.updated_at_ms
             ])?;
         }
+        SettlementRecord::ReplaceBoundAccount {
+            row: a,
+            expected_version,
+            expected_needs_rebind,
+        } => {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE bound_accounts SET kind = ?2, number_sealed = ?3, number_masked = ?4,
+                     holder_name = ?5, bank_code = ?6, version = ?7, needs_rebind = ?8,
+                     updated_at_ms = ?9
+                     WHERE mid = ?1 AND version = ?10 AND needs_rebind = ?11",
+                )?
+                .execute(params![
+                    a.mid,
+                    a.kind,
+                    a.number_sealed,
+                    a.number_masked,
+                    a.holder_name,
+                    a.bank_code,
+                    a.version,
+                    a.needs_rebind,
+                    a.updated_at_ms,
+                    expected_version,
+                    expected_needs_rebind
+                ])?;
+            if changed != 1 {
+                return Err(StoreError::Constraint {
+                    message: "bound account changed meanwhile".to_owned(),
+                });
+            }
+        }
+        SettlementRecord::FlagBoundAccount {
+            mid,
+            version,
+            at_ms,
+        } => {
+            conn.prepare_cached(
+                "UPDATE bound_accounts SET needs_rebind = ?3, updated_at_ms = ?4
+                 WHERE mid = ?1 AND version = ?2",
+            )?
+            .execute(params![mid, version, true, at_ms])?;
+        }
         SettlementRecord::AccountChange(c) => {
             conn.prepare_cached(
                 "INSERT INTO account_changes (id, mid, kind, number_sealed, number_masked,

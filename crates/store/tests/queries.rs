@@ -8,7 +8,9 @@ mod backend;
 use backend::Db;
 use store::resolve::{CaseQuery, CaseRow, DuplicateRow, OutboxRow, ResolveRecord};
 use store::risk::AlertState;
-use store::settlement::{ClearingTotalRow, PayoutRow, PayoutState, SettlementRecord};
+use store::settlement::{
+    AccountKind, BoundAccountRow, ClearingTotalRow, PayoutRow, PayoutState, SettlementRecord,
+};
 use store::web::{ApiTokenRow, AuditRow, LoginFailuresRow, Role, SessionRow, UserRow, WebRecord};
 use store::{Record, SafState, TerminalHealthRow, TxnState};
 
@@ -580,7 +582,63 @@ fn clearing_totals_are_replaced_by_each_run(db: &Db) {
     );
 }
 
+/// A bound account is replaced only as it was read, and a flag lands only on the account the
+/// failed payout went to.
+fn bound_accounts_change_only_as_read(db: &Db) {
+    let s = db.open();
+    let account = |version: u32, needs_rebind: bool| BoundAccountRow {
+        mid: "m".into(),
+        kind: AccountKind::Card,
+        number_sealed: vec![version as u8; 8],
+        number_masked: format!("6222********{version:04}"),
+        holder_name: "王".into(),
+        bank_code: "ICBC".into(),
+        version,
+        needs_rebind,
+        updated_at_ms: i64::from(version),
+    };
+    let write = |r: SettlementRecord| s.submit(vec![Record::Settlement(r)]).unwrap().wait();
+    write(SettlementRecord::BoundAccount(account(1, false))).unwrap();
+    // A payout to version 1 failed: flagged.
+    write(SettlementRecord::FlagBoundAccount {
+        mid: "m".into(),
+        version: 1,
+        at_ms: 5,
+    })
+    .unwrap();
+    assert!(s.bound_account("m").unwrap().unwrap().needs_rebind);
+    // A re-binding that read version 1 before the flag: refused, the flag stands.
+    let stale = write(SettlementRecord::ReplaceBoundAccount {
+        row: account(2, false),
+        expected_version: 1,
+        expected_needs_rebind: false,
+    });
+    assert!(
+        matches!(stale, Err(store::StoreError::Constraint { .. })),
+        "{stale:?}"
+    );
+    let now = s.bound_account("m").unwrap().unwrap();
+    assert_eq!((now.version, now.needs_rebind), (1, true));
+    // The confirmed re-binding, as read: in force.
+    write(SettlementRecord::ReplaceBoundAccount {
+        row: account(2, false),
+        expected_version: 1,
+        expected_needs_rebind: true,
+    })
+    .unwrap();
+    // A late failure of the old account does not flag the new one.
+    write(SettlementRecord::FlagBoundAccount {
+        mid: "m".into(),
+        version: 1,
+        at_ms: 9,
+    })
+    .unwrap();
+    let now = s.bound_account("m").unwrap().unwrap();
+    assert_eq!((now.version, now.needs_rebind), (2, false));
+}
+
 on_both!(
+    bound_accounts_change_only_as_read,
     every_read_runs,
     clearing_totals_are_replaced_by_each_run,
     duplicate_flags_by_merchant_and_by_payment,
