@@ -256,6 +256,13 @@ pub struct NotifierConfig {
 
 /// Attempts per event at most, whatever the configuration says.
 pub const ATTEMPTS_MAX: u32 = 32;
+/// Merchants whose events one pass delivers at the same time.
+pub const MERCHANTS_AT_ONCE: usize = 16;
+/// Events of one merchant one pass attempts, one after the other.
+pub const PER_MERCHANT_PER_PASS: usize = 8;
+/// A claimed attempt is another notifier's to take over this long after its POST's timeout
+/// (the claiming node died mid-attempt).
+const CLAIM_MARGIN_MS: i64 = 30_000;
 
 impl Default for NotifierConfig {
     fn default() -> Self {
@@ -301,65 +308,127 @@ impl Notifier {
             .min(self.config.backoff_last_ms)
     }
 
-    /// One pass: attempts every due event once. Returns the number of attempts made.
-    pub async fn deliver_due(&self) -> Result<usize, ResolveError> {
+    /// One pass: attempts every due event once, a few merchants at a time and at most
+    /// [`PER_MERCHANT_PER_PASS`] events of one merchant, so a merchant whose endpoint hangs holds
+    /// up only its own events. Each attempt is claimed first (`ClaimDelivery`): with several
+    /// nodes, one of them makes it. Returns the number of attempts made.
+    pub async fn deliver_due(self: &Arc<Self>) -> Result<usize, ResolveError> {
         let now_ms = self.clock.now_ms();
         let due = self.store.outbox_due(now_ms, self.config.batch_max)?;
-        let attempts_max = self.config.attempts_max.clamp(1, ATTEMPTS_MAX);
-        for item in &due {
-            let attempt = item.attempts.saturating_add(1);
-            let endpoint = self.store.webhook_endpoint(&item.mid)?.filter(|e| e.active);
-            let started = self.clock.now_ms();
-            let (url, result) = match &endpoint {
-                None => (
-                    String::new(),
-                    webhook::PostResult {
-                        status: None,
-                        error: Some("no webhook endpoint configured".to_owned()),
-                    },
-                ),
-                Some(e) => (e.url.clone(), self.post(item, e, started).await),
-            };
-            let finished = self.clock.now_ms();
-            let (state, next, delivered_at) = if result.delivered() {
-                ("delivered", finished, Some(finished))
-            } else if endpoint.is_none() {
-                ("no_endpoint", finished, None)
-            } else if attempt >= attempts_max {
-                ("failed", finished, None)
-            } else {
-                ("pending", finished + self.backoff_ms(attempt), None)
-            };
-            if endpoint.is_none() {
-                // A merchant without an endpoint reads its notifications in the portal.
-                tracing::debug!(id = item.id, mid = %item.mid, "no webhook endpoint");
-            } else if !result.delivered() {
-                tracing::info!(
-                    id = item.id,
-                    mid = %item.mid,
-                    attempt,
-                    error = result.error.as_deref().unwrap_or(""),
-                    status = result.status,
-                    "webhook not delivered"
-                );
+        let mut by_merchant: Vec<(String, Vec<OutboxRow>)> = Vec::new();
+        for item in due {
+            match by_merchant.iter_mut().find(|(mid, _)| *mid == item.mid) {
+                Some((_, items)) if items.len() >= PER_MERCHANT_PER_PASS => {}
+                Some((_, items)) => items.push(item),
+                None => by_merchant.push((item.mid.clone(), vec![item])),
             }
-            let record = ResolveRecord::Delivery {
-                log: DeliveryRow {
-                    outbox_id: item.id,
-                    attempt,
-                    at_ms: started,
-                    url,
-                    status: result.status,
-                    error: result.error,
-                    duration_ms: finished - started,
-                },
-                state: state.to_owned(),
-                next_attempt_ms: next,
-                delivered_at_ms: delivered_at,
-            };
-            self.store.submit(vec![Record::Resolve(record)])?.await?;
         }
-        Ok(due.len())
+        let mut merchants = by_merchant.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        let mut attempts = 0;
+        let mut failure = None;
+        loop {
+            while running.len() < MERCHANTS_AT_ONCE {
+                let Some((_, items)) = merchants.next() else {
+                    break;
+                };
+                let notifier = Arc::clone(self);
+                running.spawn(async move {
+                    let mut made = 0;
+                    for item in &items {
+                        if notifier.attempt(item).await? {
+                            made += 1;
+                        }
+                    }
+                    Ok::<usize, ResolveError>(made)
+                });
+            }
+            let Some(done) = running.join_next().await else {
+                break;
+            };
+            match done {
+                Ok(Ok(made)) => attempts += made,
+                Ok(Err(error)) => failure = Some(error),
+                // A panic in one merchant's deliveries: its claimed attempts are taken over
+                // when their leases end.
+                Err(error) => tracing::warn!(%error, "webhook delivery task failed"),
+            }
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(attempts),
+        }
+    }
+
+    /// Claims and makes one attempt at `item`; `false` if another notifier had claimed it.
+    async fn attempt(&self, item: &OutboxRow) -> Result<bool, ResolveError> {
+        let attempts_max = self.config.attempts_max.clamp(1, ATTEMPTS_MAX);
+        let attempt = item.attempts.saturating_add(1);
+        let lease_ms = i64::try_from(self.config.timeout.as_millis())
+            .unwrap_or(i64::MAX)
+            .saturating_add(CLAIM_MARGIN_MS);
+        let claim = ResolveRecord::ClaimDelivery {
+            outbox_id: item.id,
+            attempts: item.attempts,
+            due_at_ms: item.next_attempt_ms,
+            lease_until_ms: self.clock.now_ms().saturating_add(lease_ms),
+        };
+        match self.store.submit(vec![Record::Resolve(claim)])?.await {
+            Ok(()) => {}
+            Err(store::StoreError::Constraint { .. }) => return Ok(false),
+            Err(error) => return Err(error.into()),
+        }
+        let endpoint = self.store.webhook_endpoint(&item.mid)?.filter(|e| e.active);
+        let started = self.clock.now_ms();
+        let (url, result) = match &endpoint {
+            None => (
+                String::new(),
+                webhook::PostResult {
+                    status: None,
+                    error: Some("no webhook endpoint configured".to_owned()),
+                },
+            ),
+            Some(e) => (e.url.clone(), self.post(item, e, started).await),
+        };
+        let finished = self.clock.now_ms();
+        let (state, next, delivered_at) = if result.delivered() {
+            ("delivered", finished, Some(finished))
+        } else if endpoint.is_none() {
+            ("no_endpoint", finished, None)
+        } else if attempt >= attempts_max {
+            ("failed", finished, None)
+        } else {
+            ("pending", finished + self.backoff_ms(attempt), None)
+        };
+        if endpoint.is_none() {
+            // A merchant without an endpoint reads its notifications in the portal.
+            tracing::debug!(id = item.id, mid = %item.mid, "no webhook endpoint");
+        } else if !result.delivered() {
+            tracing::info!(
+                id = item.id,
+                mid = %item.mid,
+                attempt,
+                error = result.error.as_deref().unwrap_or(""),
+                status = result.status,
+                "webhook not delivered"
+            );
+        }
+        let record = ResolveRecord::Delivery {
+            log: DeliveryRow {
+                outbox_id: item.id,
+                attempt,
+                at_ms: started,
+                url,
+                status: result.status,
+                error: result.error,
+                duration_ms: finished - started,
+            },
+            state: state.to_owned(),
+            next_attempt_ms: next,
+            delivered_at_ms: delivered_at,
+        };
+        self.store.submit(vec![Record::Resolve(record)])?.await?;
+        Ok(true)
     }
 
     async fn post(
@@ -406,9 +475,11 @@ impl Notifier {
 
     /// Runs `deliver_due` every `interval` until `stop` turns true.
     pub fn spawn(self, interval: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+        let notifier = Arc::new(self);
         tokio::spawn(async move {
+            let this = &notifier;
             loop {
-                if let Err(error) = self.deliver_due().await {
+                if let Err(error) = this.deliver_due().await {
                     tracing::warn!(%error, "webhook delivery pass failed");
                 }
                 tokio::select! {

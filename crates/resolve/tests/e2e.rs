@@ -96,13 +96,13 @@ impl Env {
         rrn
     }
 
-    fn notifier(&self, config: NotifierConfig) -> Notifier {
-        Notifier::new(
+    fn notifier(&self, config: NotifierConfig) -> Arc<Notifier> {
+        Arc::new(Notifier::new(
             self.store(),
             Arc::clone(&self.h.hsm) as Arc<dyn Hsm>,
             Arc::new(SystemClock),
             config,
-        )
+        ))
     }
 
     /// Points the merchant's webhooks at `url`, signed with `secret`.
@@ -1096,6 +1096,87 @@ fn webhooks_to_a_private_address_are_refused_by_default() {
         assert_eq!(attempt.status, None);
         let error = attempt.error.unwrap_or_default();
         assert!(error.contains("not a public address"), "{error}");
+    });
+}
+
+#[test]
+fn two_nodes_post_each_event_once_and_a_hanging_receiver_holds_up_only_its_merchant() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let store = e.store();
+        let good = receiver(200).await;
+        e.aim_webhooks(&format!("http://{}/hooks", good.addr), b"k")
+            .await;
+        for amount in [101, 102, 103, 104, 105] {
+            e.decline_for_notification(amount).await;
+        }
+        // Another merchant's receiver accepts the connection and never answers.
+        const HANGING_MID: &str = "898110059429999";
+        let hanging = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hanging_addr = hanging.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = hanging.accept().await {
+                held.push(stream);
+            }
+        });
+        resolve::outbox::set_endpoint(
+            store.as_ref(),
+            e.h.hsm.as_ref(),
+            HANGING_MID,
+            &format!("http://{hanging_addr}/hooks"),
+            b"k",
+            resolve::webhook::Destinations::AnyAddress,
+        )
+        .await
+        .unwrap();
+        for n in 0..2 {
+            let event = resolve::outbox::Event::case_updated(900 + n, 1, "open", "x");
+            resolve::outbox::enqueue(store.as_ref(), HANGING_MID, event, now())
+                .await
+                .unwrap();
+        }
+        // Two nodes' notifiers on one journal, at once.
+        let config = NotifierConfig {
+            timeout: Duration::from_secs(2),
+            destinations: resolve::webhook::Destinations::AnyAddress,
+            ..NotifierConfig::default()
+        };
+        let (a, b) = (e.notifier(config.clone()), e.notifier(config));
+        let started = tokio::time::Instant::now();
+        let (made_a, made_b) = tokio::join!(a.deliver_due(), b.deliver_due());
+        let took = started.elapsed();
+        // Five declines and the first attempt at each hanging event, each made once.
+        assert_eq!(made_a.unwrap() + made_b.unwrap(), 5 + 2);
+        let got = good.got.lock().unwrap().len();
+        assert_eq!(got, 5, "each event posted once");
+        let delivered = store
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+            .unwrap()
+            .iter()
+            .filter(|o| o.state == "delivered")
+            .count();
+        assert_eq!(delivered, 5);
+        for item in store
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+            .unwrap()
+        {
+            assert_eq!(store.webhook_deliveries(item.id).unwrap().len(), 1);
+        }
+        // The hanging receiver's events waited their timeouts one after the other (at most
+        // eight a pass), while the good receiver's merchant was served beside them.
+        assert!(took >= Duration::from_secs(2), "{took:?}");
+        let arrived: Vec<i64> = store
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+            .unwrap()
+            .iter()
+            .filter_map(|o| o.delivered_at_ms)
+            .collect();
+        let pass_start = now() - i64::try_from(took.as_millis()).unwrap();
+        assert!(
+            arrived.iter().all(|at| at - pass_start < 1_500),
+            "delivered {arrived:?}, pass from {pass_start}"
+        );
     });
 }
 

@@ -149,6 +149,16 @@ pub enum ResolveRecord {
     UpsertEndpoint(WebhookEndpointRow),
     /// Ignored when an item with the same `dedup_key` exists.
     Enqueue(Box<OutboxRow>),
+    /// Claims the next attempt at pending item `outbox_id` for one notifier: moves its next
+    /// attempt to `lease_until_ms`, only if it is still pending after `attempts` attempts and
+    /// due at `due_at_ms` as read. Fails (the submission with it) when another notifier (another
+    /// node) claimed or made the attempt first, so no event is posted twice by two nodes.
+    ClaimDelivery {
+        outbox_id: i64,
+        attempts: u32,
+        due_at_ms: i64,
+        lease_until_ms: i64,
+    },
     /// A delivery attempt and the item's new state.
     Delivery {
         log: DeliveryRow,

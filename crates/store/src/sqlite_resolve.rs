@@ -150,6 +150,24 @@ pub(super) fn write(conn: &Connection, record: &ResolveRecord) -> Result<(), Sto
                 o.delivered_at_ms,
             ])?;
         }
+        ResolveRecord::ClaimDelivery {
+            outbox_id,
+            attempts,
+            due_at_ms,
+            lease_until_ms,
+        } => {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE outbox SET next_attempt_ms = ?4 WHERE id = ?1 AND state = 'pending'
+                     AND attempts = ?2 AND next_attempt_ms = ?3",
+                )?
+                .execute(params![outbox_id, attempts, due_at_ms, lease_until_ms])?;
+            if changed != 1 {
+                return Err(StoreError::Constraint {
+                    message: "outbox item claimed by another notifier".to_owned(),
+                });
+            }
+        }
         ResolveRecord::Delivery {
             log,
             state,

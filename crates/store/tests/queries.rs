@@ -381,6 +381,21 @@ fn notifications_page_back_from_the_newest(db: &Db) {
     let other = s.outbox_item(4).unwrap().unwrap();
     assert_eq!((other.mid.as_str(), other.created_at_ms), ("other", 1_004));
     assert!(s.outbox_item(8).unwrap().is_none());
+
+    // One notifier claims an attempt; another that read the same item cannot.
+    let claim = || {
+        s.submit(vec![Record::Resolve(ResolveRecord::ClaimDelivery {
+            outbox_id: 1,
+            attempts: 0,
+            due_at_ms: 1_001,
+            lease_until_ms: 9_000,
+        })])
+        .unwrap()
+        .wait()
+    };
+    claim().unwrap();
+    assert_eq!(s.outbox_item(1).unwrap().unwrap().next_attempt_ms, 9_000);
+    assert!(matches!(claim(), Err(store::StoreError::Constraint { .. })));
 }
 
 /// Cases come newest first, a page at a time, by merchant, open or not, state and kind; and
