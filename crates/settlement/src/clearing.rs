@@ -118,10 +118,24 @@ pub fn clear(
         let bin = row.pan.as_ref().map_or("", |p| p.bin.as_str());
         let class = classifier.classify(bin);
         let plan = plans.get(&row.mid).unwrap_or(&default_plan);
-        let Some((amount, fee)) = cleared_value(row, class, plan) else {
+        let Some((amount, mut fee)) = cleared_value(row, class, plan) else {
             continue;
         };
-        let (done_amount, done_fee, seq) = before.get(&row.id).copied().unwrap_or((0, 0, 0));
+        let cleared = before.get(&row.id).copied();
+        let (done_amount, done_fee, seq) = cleared.unwrap_or((0, 0, 0));
+        // A fee is fixed when its transaction is first cleared: a later run (a late reversal
+        // elsewhere in the day) under a changed plan does not re-price it, and a void gives
+        // back what its capture was charged, when that capture is among this date's lines.
+        if cleared.is_some() && amount == done_amount {
+            fee = done_fee;
+        } else if cleared.is_none() && amount != 0 {
+            let charged = row.original_id.and_then(|id| before.get(&id)).map(|o| o.1);
+            if let (TxnKind::PurchaseVoid | TxnKind::CompletionVoid, Some(charged)) =
+                (row.kind, charged)
+            {
+                fee = -charged;
+            }
+        }
         let (amount, fee) = (amount - done_amount, fee - done_fee);
         if amount == 0 && fee == 0 {
             continue;

@@ -505,6 +505,66 @@ fn a_day_reversed_after_its_run_is_corrected_by_the_next_days_run() {
 }
 
 #[test]
+fn a_fee_is_fixed_when_first_cleared_whatever_the_plan_says_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    merchant(store, M1);
+    insert(
+        store,
+        vec![
+            row(1, M1, K::Purchase, S::Approved, 10_000, "622202", D),
+            row(2, M1, K::Purchase, S::Approved, 4_000, "622202", D),
+            row(3, M1, K::Purchase, S::Approved, 8_000, "622202", D),
+        ],
+    );
+    settle_date(store, &directory, D, 0).unwrap();
+    let fee_income = || {
+        store
+            .ledger_balance(acct::FEE_INCOME, None)
+            .unwrap()
+            .saturating_neg()
+    };
+    assert_eq!(fee_income(), 55 + 22 + 44);
+    // The merchant's debit rate drops from 0.55 % to 0.38 %; then the day changes: the second
+    // sale is reversed late and the first is voided.
+    settlement::set_terms(
+        store,
+        M1,
+        &settlement::FeePlan {
+            debit_bp: 38,
+            ..settlement::FeePlan::default()
+        },
+        1,
+    )
+    .unwrap();
+    store
+        .submit(vec![store::Record::State {
+            id: 2,
+            state: S::Reversed,
+        }])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let mut void = row(4, M1, K::PurchaseVoid, S::Approved, 10_000, "622202", D);
+    void.original_id = Some(1);
+    insert(store, vec![void]);
+    let again = settle_date(store, &directory, D, 2).unwrap();
+    // Two new lines (the reversal, the void), none re-pricing the third sale; each gives back
+    // what was charged.
+    assert_eq!(again.new_lines, 2, "{again:?}");
+    assert_eq!(fee_income(), 44);
+    assert_eq!(
+        store
+            .ledger_balance(&acct::merchant_payable(M1), None)
+            .unwrap(),
+        -(8_000 - 44)
+    );
+    assert!(audit(store).unwrap().balanced);
+}
+
+#[test]
 fn a_payment_whose_answer_was_lost_is_not_paid_again() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(&dir);
