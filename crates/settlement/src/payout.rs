@@ -341,15 +341,34 @@ pub fn run_payouts(
         ..PayoutRunReport::default()
     };
 
-    // 1. Returns: the money came back; hold it and ask for a new account.
-    for reference in bank.returns(&today) {
+    // 1. Returns: the money came back; hold it and ask for a new account. The bank reports a
+    // return once: each is written down before it is acted on, and acted on (now or at a
+    // later run, if this one fails part-way) together with its being marked handled.
+    let reported: Vec<Record> = bank
+        .returns(&today)
+        .into_iter()
+        .map(|reference| {
+            Record::Settlement(SettlementRecord::PayoutReturned {
+                reference,
+                reported_on: today.clone(),
+            })
+        })
+        .collect();
+    if !reported.is_empty() {
+        store.submit(reported)?.wait()?;
+    }
+    for reference in store.payout_returns_open(PAYOUTS_PER_RUN_MAX)? {
+        let handled = Record::Settlement(SettlementRecord::PayoutReturnHandled {
+            reference: reference.clone(),
+            at_ms: now_ms,
+        });
         let key = reference.split('#').next().unwrap_or("");
-        let Some(mut payout) = store.payout(key)? else {
+        let payout = store.payout(key)?;
+        let Some(mut payout) = payout.filter(|p| p.state == PayoutState::Sent) else {
+            // Not ours, or already acted on: nothing to hold.
+            store.submit(vec![handled])?.wait()?;
             continue;
         };
-        if payout.state != PayoutState::Sent {
-            continue;
-        }
         payout.state = PayoutState::Held;
         payout.failure = Some(PayoutFailure::ReturnedLater.key().to_owned());
         payout.updated_at_ms = now_ms;
@@ -359,7 +378,8 @@ pub fn run_payouts(
             Some(PayoutFailure::ReturnedLater),
             failure_text(PayoutFailure::ReturnedLater),
         )?;
-        let flag = flag_account(&payout.mid, payout.account_version, now_ms);
+        let mut flag = flag_account(&payout.mid, payout.account_version, now_ms);
+        flag.push(handled);
         let (key, mid) = (payout.key.clone(), payout.mid.clone());
         if run.commit(
             Some((PayoutState::Sent, payout.attempts)),

@@ -565,6 +565,63 @@ fn a_fee_is_fixed_when_first_cleared_whatever_the_plan_says_later() {
 }
 
 #[test]
+fn a_return_the_bank_reported_once_is_acted_on_even_by_a_later_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    merchant(store, M1);
+    insert(
+        store,
+        vec![row(1, M1, K::Purchase, S::Approved, 10_000, "622202", D)],
+    );
+    settle_date(store, &directory, D, 0).unwrap();
+    let number = card("622202", 19, 91);
+    bind_account(
+        store,
+        &sealer,
+        &directory,
+        M1,
+        &card_input(&number, "王小明"),
+        "m",
+        0,
+    )
+    .unwrap();
+    let bank = SimBank::new();
+    let key = format!("{M1}:20261124");
+    let paid = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
+    assert_eq!(paid.sent, vec![key.clone()]);
+    let reference = store.payout(&key).unwrap().unwrap().bank_reference.unwrap();
+    // A run took the bank's report of the return and wrote it down, then failed before acting
+    // on it (the bank will not report it again).
+    store
+        .submit(vec![store::Record::Settlement(
+            SettlementRecord::PayoutReturned {
+                reference: reference.clone(),
+                reported_on: "20261126".into(),
+            },
+        )])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(store.payout_returns_open(10).unwrap(), [reference]);
+    let next = run_payouts(store, &bank, &sealer, "20261127", 2_000).unwrap();
+    assert_eq!(next.returned, vec![key.clone()]);
+    assert_eq!(
+        store.payout(&key).unwrap().unwrap().state,
+        PayoutState::Held
+    );
+    assert!(store.bound_account(M1).unwrap().unwrap().needs_rebind);
+    assert!(store.payout_returns_open(10).unwrap().is_empty());
+    assert_eq!(
+        store.ledger_balance(&acct::held(M1), None).unwrap(),
+        -(10_000 - 55)
+    );
+    assert!(audit(store).unwrap().balanced);
+}
+
+#[test]
 fn a_payment_whose_answer_was_lost_is_not_paid_again() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(&dir);

@@ -318,6 +318,8 @@ pub trait Store: Send + Sync + 'static {
         state: Option<settlement::PayoutState>,
         limit: u32,
     ) -> Result<Vec<settlement::PayoutRow>, StoreError>;
+    /// References of payments the bank reported returned that no run has acted on yet.
+    fn payout_returns_open(&self, limit: u32) -> Result<Vec<String>, StoreError>;
     /// Payout events with an id above `after_id`, oldest first: the notifier's tail.
     fn payout_events(
         &self,

@@ -549,6 +549,20 @@ CREATE TABLE balance_answers (
 );
 ",
     },
+    Migration {
+        version: 15,
+        name: "payouts the bank returned, kept until handled",
+        // A bank reports each return once: it is written here before it is acted on, so a
+        // run that fails part-way acts on it at the next run instead of losing it.
+        sql: "
+CREATE TABLE payout_returns (
+    reference TEXT PRIMARY KEY,
+    reported_on TEXT NOT NULL,
+    handled_at_ms BIGINT
+);
+CREATE INDEX payout_returns_open ON payout_returns (reference) WHERE handled_at_ms IS NULL;
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -312,4 +312,14 @@ pub enum SettlementRecord {
         row: PayoutRow,
     },
     PayoutEvent(PayoutEventRow),
+    /// The bank reported payment `reference` returned on `reported_on` (kept once).
+    PayoutReturned {
+        reference: String,
+        reported_on: String,
+    },
+    /// A reported return was acted on.
+    PayoutReturnHandled {
+        reference: String,
+        at_ms: i64,
+    },
 }

@@ -614,6 +614,9 @@ impl Store for SqliteStore {
     ) -> Result<Vec<crate::settlement::PayoutEventRow>, StoreError> {
         self.settle_payout_events(after_id, limit)
     }
+    fn payout_returns_open(&self, limit: u32) -> Result<Vec<String>, StoreError> {
+        self.settle_payout_returns_open(limit)
+    }
 
     // --- web (in sqlite_web.rs)
     fn web_user(&self, id: i64) -> Result<Option<crate::web::UserRow>, StoreError> {

@@ -396,6 +396,22 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 ])?;
             expect_one(changed, "payout in the expected state")?;
         }
+        SettlementRecord::PayoutReturned {
+            reference,
+            reported_on,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO payout_returns (reference, reported_on) VALUES (?1, ?2)
+                 ON CONFLICT (reference) DO NOTHING",
+            )?
+            .execute(params![reference, reported_on])?;
+        }
+        SettlementRecord::PayoutReturnHandled { reference, at_ms } => {
+            conn.prepare_cached(
+                "UPDATE payout_returns SET handled_at_ms = ?2 WHERE reference = ?1",
+            )?
+            .execute(params![reference, at_ms])?;
+        }
         SettlementRecord::PayoutEvent(e) => {
             conn.prepare_cached(
                 "INSERT INTO payout_events (id, at_ms, mid, payout_key, kind, failure, detail)
@@ -840,6 +856,18 @@ impl SqliteStore {
         self.read(|conn| {
             let mut statement = conn.prepare_cached(&sql)?;
             let rows = statement.query_map(values.as_slice(), payout_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    pub(super) fn settle_payout_returns_open(&self, limit: u32) -> Result<Vec<String>, StoreError> {
+        let limit = limit.min(SETTLEMENT_ROWS_MAX);
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT reference FROM payout_returns WHERE handled_at_ms IS NULL
+                 ORDER BY reference LIMIT ?1",
+            )?;
+            let rows = statement.query_map(params![limit], |r| r.get(0))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }

@@ -123,6 +123,29 @@ fn every_read_runs(db: &Db) {
             .is_empty()
     );
     assert!(s.payout_events(0, 10).unwrap().is_empty());
+    assert!(s.payout_returns_open(10).unwrap().is_empty());
+    let returned = |reference: &str| {
+        Record::Settlement(SettlementRecord::PayoutReturned {
+            reference: reference.into(),
+            reported_on: "20261124".into(),
+        })
+    };
+    // Reported twice (kept once), then handled.
+    s.submit(vec![returned("k#v1"), returned("k#v1"), returned("j#v2")])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(s.payout_returns_open(10).unwrap(), ["j#v2", "k#v1"]);
+    s.submit(vec![Record::Settlement(
+        SettlementRecord::PayoutReturnHandled {
+            reference: "k#v1".into(),
+            at_ms: 5,
+        },
+    )])
+    .unwrap()
+    .wait()
+    .unwrap();
+    assert_eq!(s.payout_returns_open(10).unwrap(), ["j#v2"]);
     assert!(s.web_user(1).unwrap().is_none());
     assert!(s.web_user_by_name("u").unwrap().is_none());
     assert!(s.web_users().unwrap().is_empty());
