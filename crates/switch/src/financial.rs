@@ -504,6 +504,14 @@ impl Core {
                 if !ctx.clearing.same_day(original.clearing_day) {
                     return Err(RC_ORIGINAL_NOT_FOUND);
                 }
+                // Field 38, when sent, is the original's authorisation code.
+                let sent = ctx.frame.message.text(38).map(str::trim);
+                let held = live.answer.as_ref().and_then(|a| a.auth_code.as_deref());
+                if let (Some(sent), Some(held)) = (sent.filter(|a| !a.is_empty()), held) {
+                    if sent != held.trim() {
+                        return Err(RC_ORIGINAL_NOT_FOUND);
+                    }
+                }
                 if ctx.amount_fen != original.amount_fen {
                     return Err(RC_AMOUNT_DIFFERS);
                 }

@@ -518,6 +518,15 @@ fn a_refund_at_another_terminal_finds_its_original_by_rrn() {
                 .code(),
             "25"
         );
+        // A void's field 38, when sent, must be the original's authorisation code.
+        let sale = t1.send(&Req::purchase(&card_a, 700, 12)).await;
+        let (sale_rrn, sale_auth) = (sale.text(37).unwrap(), sale.text(38).unwrap());
+        let void_with = |auth: &str, stan: u32| Req {
+            auth_code: Some(auth.to_owned()),
+            ..Req::void(&card_a, 700, stan, 12, &sale_rrn)
+        };
+        assert_eq!(t1.send(&void_with("ZZZZZZ", 13)).await.code(), "25");
+        assert_eq!(t1.send(&void_with(&sale_auth, 14)).await.code(), "00");
     });
 }
 

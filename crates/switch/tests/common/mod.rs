@@ -425,6 +425,8 @@ pub struct Req {
     pub pin: Option<String>,
     /// Field 60 after the batch (60.3 on), e.g. "00052" for a chip-to-magstripe fallback.
     pub f60_tail: &'static str,
+    /// Field 38: the original's authorisation code, on a void.
+    pub auth_code: Option<String>,
 }
 
 impl Req {
@@ -442,6 +444,7 @@ impl Req {
             reason: None,
             pin: None,
             f60_tail: "",
+            auth_code: None,
         }
     }
     pub fn void(pan: &str, amount: u64, stan: u32, original_stan: u32, rrn: &str) -> Req {
@@ -546,6 +549,9 @@ impl Terminal {
         out.set_digits(25, req.condition).unwrap();
         if let Some(rrn) = &req.rrn {
             out.set_text(37, rrn).unwrap();
+        }
+        if let Some(auth) = &req.auth_code {
+            out.set_text(38, auth).unwrap();
         }
         if let Some(pin) = &req.pin {
             let pik = &self
