@@ -425,28 +425,39 @@ pub fn account(cmd: AccountCmd) -> CliResult {
     }
 }
 
-/// Writes an issuer's clearing file for a day with issuer-sim's own writer (from its ledger),
-/// unless it is already there, and reads it back.
+/// An issuer's clearing file for a day: the one in `clearing/` if there is one, else written by
+/// issuer-sim's own writer from its ledger as the issuer would send it now. It is kept in
+/// `clearing/` only when `keep` and the day has closed (past the cut-over and its grace): a file
+/// of a day still open would be incomplete, and reading it later would report the day's later
+/// transactions as unknown to the issuer.
 fn clearing_file(
     dir: &Path,
     bank: &str,
     date: &str,
+    keep: bool,
 ) -> Result<Vec<IssuerClearingRow>, Box<dyn std::error::Error>> {
     let path = dir.join("clearing").join(format!("{bank}-{date}.csv"));
-    if !path.exists() {
-        let ledger_path = dir.join("issuers").join(format!("{bank}.db"));
-        let day_number = settlement::dates::day_number(date).ok_or("not a date")?;
-        let day = issuer_sim::Date::from_days_since_epoch(day_number);
-        let (ledger, _) =
-            issuer_sim::ledger::Ledger::open(&issuer_sim::LedgerLocation::File(ledger_path))?;
-        let records = ledger.transactions(Some(day), true)?;
-        ledger.close()?;
-        std::fs::create_dir_all(dir.join("clearing"))?;
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
-        issuer_sim::clearing::write_csv(&records, &mut out)?;
-        std::io::Write::flush(&mut out)?;
+    if path.exists() {
+        return Ok(parse_clearing_csv(&std::fs::read_to_string(&path)?)?);
     }
-    Ok(parse_clearing_csv(&std::fs::read_to_string(&path)?)?)
+    let ledger_path = dir.join("issuers").join(format!("{bank}.db"));
+    let day_number = settlement::dates::day_number(date).ok_or("not a date")?;
+    let day = issuer_sim::Date::from_days_since_epoch(day_number);
+    let (ledger, _) =
+        issuer_sim::ledger::Ledger::open(&issuer_sim::LedgerLocation::File(ledger_path))?;
+    let records = ledger.transactions(Some(day), true)?;
+    ledger.close()?;
+    let mut csv = Vec::new();
+    issuer_sim::clearing::write_csv(&records, &mut csv)?;
+    let closed_through = switch::clearing_date_of(
+        now_ms() - switch::CUTOVER_GRACE_MS,
+        switch::CUTOVER_MINUTE_DEFAULT,
+    );
+    if keep && date < closed_through.as_str() {
+        std::fs::create_dir_all(dir.join("clearing"))?;
+        std::fs::write(&path, &csv)?;
+    }
+    Ok(parse_clearing_csv(std::str::from_utf8(&csv)?)?)
 }
 
 pub fn reconcile_cmd(args: ReconcileArgs) -> CliResult {
@@ -470,9 +481,11 @@ pub fn reconcile_cmd(args: ReconcileArgs) -> CliResult {
     let mut reports: Vec<ReconReport> = Vec::new();
     let mut journal_issuers: HashSet<&str> = HashSet::new();
     for bank in &banks {
-        let rows = clearing_file(dir, bank, &date)?;
-        let mut adjacent = clearing_file(dir, bank, &before)?;
-        adjacent.extend(clearing_file(dir, bank, &after)?);
+        let rows = clearing_file(dir, bank, &date, true)?;
+        // The neighbouring days' files are read for the transactions around the cut-over,
+        // never kept: each is kept by the run for its own day, once that day has closed.
+        let mut adjacent = clearing_file(dir, bank, &before, false)?;
+        adjacent.extend(clearing_file(dir, bank, &after, false)?);
         let mine: Vec<store::TxnRow> = journal
             .iter()
             .filter(|r| r.issuer.as_deref() == Some(bank.as_str()))

@@ -344,6 +344,28 @@ fn a_day_of_demo_traffic_is_settled_paid_and_reconciled() {
             assert_eq!(r["findings"].as_array().unwrap().len(), 0, "{r}");
         }
     }
+    // A day still open is reconciled as the issuers see it now, but its files are not kept:
+    // a later run must see the day's later transactions.
+    let now_ms = switch::Clock::now_ms(&switch::SystemClock);
+    let closed_through = switch::clearing_date_of(
+        now_ms - switch::CUTOVER_GRACE_MS,
+        switch::CUTOVER_MINUTE_DEFAULT,
+    );
+    let kept: Vec<String> = std::fs::read_dir(dir.join("clearing"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    for name in &kept {
+        let date = name.trim_end_matches(".csv").rsplit('-').next().unwrap();
+        assert!(
+            date < closed_through.as_str(),
+            "{name} kept for an open day"
+        );
+    }
 }
 
 /// One request to the demo's terminal port, its response body (settlement and batch upload
