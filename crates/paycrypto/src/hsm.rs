@@ -385,7 +385,36 @@ impl KeyTable {
             .insert(self.next, Arc::new(Entry { usage, key }));
         Ok(KeyHandle(self.next))
     }
+
+    /// Inserts a working key under a random handle with the top bit set, apart from the
+    /// stored keys' counted handles. Working keys are not in the key store file, and their
+    /// handles are kept in terminal rows: a counted handle issued again after a restart (the
+    /// file's counter never saw it) or by another node's HSM would name another terminal's key.
+    fn insert_random(
+        &mut self,
+        usage: KeyUsage,
+        key: Key,
+        rng: &dyn RandomSource,
+    ) -> Result<KeyHandle, HsmError> {
+        if self.entries.len() >= SOFT_HSM_KEYS_MAX {
+            return Err(HsmError::KeyStoreFull {
+                max: SOFT_HSM_KEYS_MAX,
+            });
+        }
+        loop {
+            let mut bytes = [0u8; 8];
+            rng.fill(&mut bytes)?;
+            let handle = u64::from_be_bytes(bytes) | WORKING_KEY_HANDLE_BIT;
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.entries.entry(handle) {
+                slot.insert(Arc::new(Entry { usage, key }));
+                return Ok(KeyHandle(handle));
+            }
+        }
+    }
 }
+
+/// Set in every working key's handle (see [`KeyTable::insert_random`]).
+const WORKING_KEY_HANDLE_BIT: u64 = 1 << 63;
 
 /// A software HSM. Keys live in a map of ready key schedules behind an `RwLock`; operations
 /// take the read lock only long enough to clone an `Arc`, so MACs and PIN translations on many
@@ -533,10 +562,11 @@ impl Hsm for SoftHsm {
                 max: SOFT_HSM_KEYS_MAX,
             });
         }
-        let pik = table.insert(KeyUsage::Pik, issued.keys.pik)?;
-        let mak = table.insert(KeyUsage::Mak, issued.keys.mak)?;
+        let rng = &*self.rng;
+        let pik = table.insert_random(KeyUsage::Pik, issued.keys.pik, rng)?;
+        let mak = table.insert_random(KeyUsage::Mak, issued.keys.mak, rng)?;
         let tdk = match issued.keys.tdk {
-            Some(tdk) => Some(table.insert(KeyUsage::Tdk, tdk)?),
+            Some(tdk) => Some(table.insert_random(KeyUsage::Tdk, tdk, rng)?),
             None => None,
         };
         Ok(IssuedWorkingKeys {
@@ -826,6 +856,38 @@ mod tests {
             Key::from_hex(KeyAlgorithm::Des, TMK).unwrap().kcv()
         );
         assert_eq!(handle.to_string().parse::<KeyHandle>().unwrap(), handle);
+    }
+
+    #[test]
+    fn working_key_handles_are_not_issued_again_after_a_restart() {
+        let first = hsm(5);
+        let tmk = first
+            .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK)
+            .unwrap();
+        let file = first.export_store().unwrap();
+        let before = first
+            .generate_working_keys(tmk, KeyScheme::Double, MakLength::Double)
+            .unwrap();
+        // Restarted from the key store file, which never holds working keys: the handles a
+        // terminal row still names are unknown, and new sign-ins get other handles.
+        let again = SoftHsm::from_store(
+            &MasterKey::from_bytes([7; 32]),
+            Box::new(DeterministicRandom::new(6)),
+            &file,
+        )
+        .unwrap();
+        assert!(again.key_info(before.pik).is_err() && again.key_info(before.mak).is_err());
+        let after = again
+            .generate_working_keys(tmk, KeyScheme::Double, MakLength::Double)
+            .unwrap();
+        for handle in [after.pik, after.mak] {
+            assert!(![before.pik, before.mak].contains(&handle), "{handle}");
+        }
+        // Stored keys keep counted handles.
+        let zpk = again
+            .import_key(KeyUsage::Zpk, KeyAlgorithm::Des, TMK)
+            .unwrap();
+        assert!(zpk.0 < WORKING_KEY_HANDLE_BIT);
     }
 
     #[test]

@@ -171,6 +171,10 @@ pub(crate) struct Core {
     pub connections: AtomicU64,
     /// With a shared journal: the connection for which each terminal's batch was last marked.
     pub marked_for: Mutex<HashMap<String, u64>>,
+    /// Per registered terminal, held by a sign-in or sign-off while it replaces the terminal's
+    /// working keys: two at once would each delete the same previous keys and leave one set
+    /// of new ones in the HSM for good.
+    pub key_changes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Core {
@@ -180,6 +184,27 @@ impl Core {
             .unwrap_or_else(PoisonError::into_inner)
             .get(tid)
             .cloned()
+    }
+
+    /// The lock of terminal `tid`'s working keys (see `key_changes`).
+    fn key_change_lock(&self, tid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .key_changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(locks.entry(tid.to_owned()).or_default())
+    }
+
+    /// Forgets working keys in the HSM (a sign-in replaced them, or a sign-off ended them).
+    fn delete_keys(&self, keys: Option<SessionKeys>) {
+        if let Some(old) = keys {
+            for handle in [Some(old.pik), Some(old.mak), old.tdk]
+                .into_iter()
+                .flatten()
+            {
+                let _ = self.hsm.delete_key(handle);
+            }
+        }
     }
 
     pub fn replace_terminal(&self, terminal: Terminal) {
@@ -410,6 +435,24 @@ impl Core {
             iso8583::SignInKeys::DoubleWithTrackKey => KeyScheme::DoubleWithTdk,
             iso8583::SignInKeys::Sm4 => KeyScheme::Sm4,
         };
+        // A sign-in carries no MAC: it may ask for the terminal's key scheme or a stronger
+        // one, never a weaker one (single DES keys for a terminal set up for double).
+        if scheme_strength(scheme) < scheme_strength(terminal.scheme) {
+            tracing::warn!(tid = %terminal.tid, asked = scheme.code(), "weaker key scheme refused");
+            return self.reply(
+                frame,
+                None,
+                &Answer::code(RC_NOT_PERMITTED_TERMINAL),
+                None,
+                |_| Ok(()),
+            );
+        }
+        let lock = self.key_change_lock(&terminal.tid);
+        let _changing = lock.lock().await;
+        // Read again under the lock: another sign-in may have replaced the keys meanwhile.
+        let Some(terminal) = self.terminal(&terminal.tid) else {
+            return self.system_error(frame);
+        };
         let batch_no = request
             .field60()
             .ok()
@@ -459,14 +502,7 @@ impl Core {
             }
             return self.system_error(frame);
         }
-        if let Some(old) = previous {
-            for handle in [Some(old.pik), Some(old.mak), old.tdk]
-                .into_iter()
-                .flatten()
-            {
-                let _ = self.hsm.delete_key(handle);
-            }
-        }
+        self.delete_keys(previous);
         if self.mark_batch(&terminal.tid, batch_no).await.is_err() {
             tracing::warn!(tid = %terminal.tid, "cannot read the batch's STANs at sign-in");
             return self.system_error(frame);
@@ -553,6 +589,11 @@ impl Core {
                 |_| Ok(()),
             );
         }
+        let lock = self.key_change_lock(&terminal.tid);
+        let _changing = lock.lock().await;
+        let Some(terminal) = self.terminal(&terminal.tid) else {
+            return self.system_error(frame);
+        };
         let record = Record::SignOff {
             tid: terminal.tid.clone(),
         };
@@ -561,10 +602,21 @@ impl Core {
         if self.commit_terminal(record, updated).await.is_err() {
             return self.system_error(frame);
         }
+        // The keys are of no use any more: free them in the HSM.
+        self.delete_keys(terminal.keys);
         self.reply(frame, None, &Answer::code(RC_APPROVED), None, |_| Ok(()))
     }
 
     pub fn response_mti(mti: Mti) -> u16 {
         mti.response().map_or(0, Mti::value)
+    }
+}
+
+/// How strong a key scheme is: single DES, double-length DES (with or without a track key), SM4.
+fn scheme_strength(scheme: KeyScheme) -> u8 {
+    match scheme {
+        KeyScheme::Single => 1,
+        KeyScheme::Double | KeyScheme::DoubleWithTdk => 2,
+        KeyScheme::Sm4 => 3,
     }
 }

@@ -304,6 +304,7 @@ impl Switch {
             tasks: tasks::Tasks::new(abortable),
             connections: AtomicU64::new(0),
             marked_for: Mutex::new(HashMap::new()),
+            key_changes: Mutex::new(HashMap::new()),
         });
         tasks.push(tokio::spawn(risk::refresh(
             Arc::clone(&core),

@@ -614,6 +614,42 @@ fn a_retried_balance_inquiry_gets_its_balance_from_a_restarted_switch() {
 }
 
 #[test]
+fn working_keys_are_freed_and_never_weakened() {
+    RUNTIME().block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let h = Harness::new().await;
+        let before = h.hsm.key_count();
+        // A weaker scheme than the terminal's (single DES for a double-length terminal): 58.
+        let mut t = h.terminal().await;
+        assert_eq!(t.sign_in_with("001").await.code(), "58");
+        assert_eq!(h.hsm.key_count(), before);
+        // Ten sign-ins of one terminal at once: one set of keys stays in the HSM.
+        let mut connections = Vec::new();
+        for _ in 0..10 {
+            connections.push(h.terminal().await);
+        }
+        let signing: Vec<_> = connections
+            .into_iter()
+            .map(|mut t| tokio::spawn(async move { t.sign_in().await.code() }))
+            .collect();
+        for s in signing {
+            assert_eq!(s.await.unwrap(), "00");
+        }
+        assert_eq!(h.hsm.key_count(), before + 2, "one PIK and one MAK live");
+        // A sign-off frees them.
+        let mut out = iso8583::MessageBuilder::new(iso8583::Mti::NETWORK_ADVICE);
+        out.set_stan(2).unwrap();
+        out.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+        out.set_digits(60, "00000001002").unwrap();
+        let mut bytes = Vec::new();
+        out.encode_frame(&common::head(), &mut bytes).unwrap();
+        assert_eq!(t.exchange(&bytes).await.code(), "00");
+        assert_eq!(h.hsm.key_count(), before);
+        let _ = t.stream.flush().await;
+    });
+}
+
+#[test]
 fn unreachable_issuer_is_answered_91_at_once() {
     RUNTIME().block_on(async {
         // A port nobody listens on: bind, note it, close.

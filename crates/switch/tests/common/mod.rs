@@ -477,7 +477,7 @@ impl Req {
     }
 }
 
-fn head() -> FrameHead {
+pub fn head() -> FrameHead {
     FrameHead {
         tpdu: Tpdu {
             destination: [0, 1],
@@ -517,13 +517,18 @@ impl Terminal {
     }
 
     pub async fn sign_in(&mut self) -> Response {
+        self.sign_in_with("003").await
+    }
+
+    /// A sign-in asking for key scheme `code` (60.3: 001 single, 003 double, ...).
+    pub async fn sign_in_with(&mut self, code: &str) -> Response {
         let mut out = MessageBuilder::new(Mti::NETWORK);
         out.set_stan(1).unwrap();
         out.set_text(41, &self.tid)
             .unwrap()
             .set_text(42, MID)
             .unwrap();
-        out.set_digits(60, &format!("00{:06}003", self.batch))
+        out.set_digits(60, &format!("00{:06}{code}", self.batch))
             .unwrap();
         out.set_text(63, "001").unwrap();
         let mut bytes = Vec::new();
