@@ -867,7 +867,7 @@ impl Core {
         let mut records = Vec::with_capacity(4);
         let (answer, state, issuer_answered) = match &result {
             Ok(reply) => {
-                match parse_reply(reply) {
+                match parse_reply(reply, entry.rrn.as_deref()) {
                     Some(answer) => {
                         let approved = answer.response_code == RC_APPROVED;
                         let detail = if approved {
@@ -975,14 +975,18 @@ impl Core {
                 field54: balance.clone(),
             });
         }
-        let approved = state == TxnState::Approved;
+        // An approval, or an answer that could not be read (it may have been one), is owed a
+        // reversal if its outcome cannot be written.
+        let unreadable = state == TxnState::Failed && issuer_answered.is_some();
+        let owes_reversal =
+            state == TxnState::Approved || (unreadable && kind != TxnKind::BalanceInquiry);
         let written = self.journal(records).await;
         let (answer, state) = match written {
             Ok(()) => (answer, state),
             Err(error) => {
                 tracing::warn!(%error, "journal write failed after the issuer answered; answering 96");
-                if approved {
-                    // Cannot record the approval: try to queue its reversal on its own.
+                if owes_reversal {
+                    // Cannot record the answer: try to queue its reversal on its own.
                     let _ = self
                         .persist(vec![self.saf(entry.id, &bank, "96", answered_ms)])
                         .await;
@@ -1327,10 +1331,22 @@ impl Undo {
     }
 }
 
-/// The answer in an issuer's reply: 39, 38, 15, 54.
-fn parse_reply(frame: &[u8]) -> Option<Answer> {
+/// The answer in an issuer's reply: 39, 38, 15, 54. `None` when it cannot be read, or when it
+/// carries an RRN other than the request's `rrn`: a late reply to an earlier request that had
+/// the same host trace (traces repeat within a day), which must not answer this one.
+fn parse_reply(frame: &[u8], rrn: Option<&str>) -> Option<Answer> {
     let decoded = iso8583::Frame::decode_unprefixed(frame).ok()?;
     let message = decoded.message;
+    if let (Some(ours), Some(theirs)) = (rrn, message.text(37)) {
+        if theirs.trim() != ours.trim() {
+            tracing::warn!(
+                ours,
+                theirs,
+                "issuer reply for another request: treated as unreadable"
+            );
+            return None;
+        }
+    }
     let code: [u8; 2] = message.text(39)?.as_bytes().try_into().ok()?;
     Some(Answer {
         response_code: code,

@@ -650,6 +650,26 @@ fn working_keys_are_freed_and_never_weakened() {
 }
 
 #[test]
+fn a_reply_carrying_another_requests_rrn_does_not_answer_this_one() {
+    RUNTIME().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        // The issuer's reply has this request's trace but another request's RRN (a late reply
+        // to an earlier request whose trace came round again): not this request's answer.
+        let r = t
+            .send(&Req::purchase(&card("622202"), OTHER_RRN_AMOUNT, 3))
+            .await;
+        assert_eq!(r.code(), "96");
+        let rrn = r.text(37).unwrap();
+        let row = h.store.txn_by_rrn(&rrn).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Failed);
+        // Whatever the issuer did with this request is reversed.
+        assert!(h.store.reversal(row.id).unwrap().is_some());
+    });
+}
+
+#[test]
 fn unreachable_issuer_is_answered_91_at_once() {
     RUNTIME().block_on(async {
         // A port nobody listens on: bind, note it, close.
