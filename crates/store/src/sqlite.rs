@@ -1237,13 +1237,16 @@ fn write_outcome(conn: &Connection, o: &Outcome) -> Result<(), StoreError> {
     // the row reversed and queued the reversal: the issuer's late answer is recorded, but
     // the row stays reversed (found by the deterministic simulation: an approval written
     // over the reversal left the journal approved and the issuer reversed).
+    // A row recovery marked timed out (a start, or the sweep, took the request for one a dead
+    // process left in flight, and queued its reversal) takes no outcome: the write fails, and
+    // the process still waiting on it answers 96 instead of approving what is being reversed.
     let changed = conn
         .prepare_cached(
             "UPDATE transactions SET
              state = CASE WHEN state = 'reversed' THEN state ELSE ?2 END,
              response_code = ?3, auth_code = ?4,
              settlement_date = ?5, issuer_answered_at_ms = ?6, answered_at_ms = ?7
-             WHERE id = ?1",
+             WHERE id = ?1 AND state <> 'timed_out'",
         )?
         .execute(params![
             o.id,
@@ -1254,7 +1257,7 @@ fn write_outcome(conn: &Connection, o: &Outcome) -> Result<(), StoreError> {
             o.issuer_answered_at_ms,
             o.answered_at_ms,
         ])?;
-    expect_one(changed, "transaction")
+    expect_one(changed, "transaction in flight")
 }
 
 fn reserve_counter(conn: &Connection, counter: &str, count: u64) -> Result<u64, StoreError> {

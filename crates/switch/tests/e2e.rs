@@ -676,6 +676,61 @@ fn pending_reversal_reaches_the_issuer_after_a_switch_restart() {
 }
 
 #[test]
+fn an_approval_for_a_request_recovery_took_over_is_not_answered_00() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(1);
+        // The issuer is slow; meanwhile another process (a second one started with this
+        // node's id, or the sweep) takes the request for one left in flight: it marks it timed
+        // out and queues its reversal.
+        e.sim
+            .faults()
+            .set_latency(Duration::from_millis(200), Duration::from_millis(200));
+        let stan = e.next_stan();
+        let bytes = e.t.encode(
+            &with_pin(Req::purchase(&pan(&card), 1_500, stan), &card),
+            false,
+        );
+        e.t.stream.write_all(&bytes).await.unwrap();
+        let store = Arc::clone(&e.h.store);
+        let in_flight =
+            e.h.eventually(2, || {
+                !store.txns_in_state(TxnState::InFlight).unwrap().is_empty()
+            })
+            .await;
+        assert!(in_flight);
+        let row =
+            e.h.store
+                .txns_in_state(TxnState::InFlight)
+                .unwrap()
+                .pop()
+                .unwrap();
+        e.h.store
+            .submit(vec![
+                store::Record::State {
+                    id: row.id,
+                    state: TxnState::TimedOut,
+                },
+                store::Record::SafEnqueue {
+                    txn_id: row.id,
+                    issuer: row.issuer.clone().unwrap(),
+                    reason: "98".into(),
+                    next_attempt_ms: 0,
+                },
+            ])
+            .unwrap()
+            .await
+            .unwrap();
+        // The issuer approves; the switch must not tell the terminal 00 for a payment the
+        // journal holds as timed out and is reversing.
+        let r = e.t.read().await;
+        assert_ne!(r.code(), "00");
+        assert_eq!(e.journal_state(&r.text(37).unwrap()), TxnState::TimedOut);
+        e.sim.faults().set_latency(Duration::ZERO, Duration::ZERO);
+    });
+}
+
+#[test]
 fn retried_purchase_is_debited_once_and_different_content_is_94() {
     runtime().block_on(async {
         let mut e = start().await;
