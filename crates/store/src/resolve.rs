@@ -82,8 +82,8 @@ impl std::fmt::Debug for WebhookEndpointRow {
 pub struct OutboxRow {
     pub id: i64,
     pub mid: String,
-    /// `transaction.declined`, `reversal.done`, `refund.done`, `case.updated`,
-    /// `payout.failed`, `duplicate.suspected`.
+    /// `transaction.declined`, `reversal.done`, `reversal.refused`, `refund.done`,
+    /// `case.updated`, `payout.failed`, `duplicate.suspected`.
     pub event_type: String,
     /// The JSON body sent as is.
     pub payload: String,

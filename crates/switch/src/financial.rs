@@ -1158,14 +1158,14 @@ impl Core {
                         || live.link_busy;
                     if followed {
                         None
-                    } else if previous != TxnState::Reversed {
-                        live.state = TxnState::Reversed;
-                        undo.push(Undo::State {
-                            entry: Arc::clone(o),
-                            was: previous,
-                        });
-                        Some(previous)
                     } else {
+                        if previous != TxnState::Reversed {
+                            live.state = TxnState::Reversed;
+                            undo.push(Undo::State {
+                                entry: Arc::clone(o),
+                                was: previous,
+                            });
+                        }
                         Some(previous)
                     }
                 };

@@ -400,7 +400,7 @@ pub async fn set_password(
 }
 
 /// An admin sets another user's password (one's own is changed with the current one, see
-/// [`change_password`]); the user's page sessions end.
+/// [`change_password`]); the user's page sessions end and their API tokens are revoked.
 pub async fn reset_password(
     web: &Web,
     who: &Principal,
