@@ -564,6 +564,34 @@ fn a_fee_is_fixed_when_first_cleared_whatever_the_plan_says_later() {
     assert!(audit(store).unwrap().balanced);
 }
 
+/// M1 with one 100.00 sale on D, cleared, and a card bound as its account (the card's number
+/// made with `seed`); the number.
+fn one_sale_cleared_and_bound(
+    store: &dyn Store,
+    directory: &IssuerDirectory,
+    sealer: &dyn settlement::Sealer,
+    seed: u64,
+) -> String {
+    merchant(store, M1);
+    insert(
+        store,
+        vec![row(1, M1, K::Purchase, S::Approved, 10_000, "622202", D)],
+    );
+    settle_date(store, directory, D, 0).unwrap();
+    let number = card("622202", 19, seed);
+    bind_account(
+        store,
+        sealer,
+        directory,
+        M1,
+        &card_input(&number, "王小明"),
+        "m",
+        0,
+    )
+    .unwrap();
+    number
+}
+
 #[test]
 fn a_return_the_bank_reported_once_is_acted_on_even_by_a_later_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -571,23 +599,7 @@ fn a_return_the_bank_reported_once_is_acted_on_even_by_a_later_run() {
     let store: &dyn Store = store.as_ref();
     let directory = IssuerDirectory::embedded().unwrap();
     let sealer = sealer();
-    merchant(store, M1);
-    insert(
-        store,
-        vec![row(1, M1, K::Purchase, S::Approved, 10_000, "622202", D)],
-    );
-    settle_date(store, &directory, D, 0).unwrap();
-    let number = card("622202", 19, 91);
-    bind_account(
-        store,
-        &sealer,
-        &directory,
-        M1,
-        &card_input(&number, "王小明"),
-        "m",
-        0,
-    )
-    .unwrap();
+    let number = one_sale_cleared_and_bound(store, &directory, &sealer, 91);
     let bank = SimBank::new();
     let key = format!("{M1}:20261124");
     let paid = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
@@ -628,23 +640,7 @@ fn a_payment_whose_answer_was_lost_is_not_paid_again() {
     let store: &dyn Store = store.as_ref();
     let directory = IssuerDirectory::embedded().unwrap();
     let sealer = sealer();
-    merchant(store, M1);
-    insert(
-        store,
-        vec![row(1, M1, K::Purchase, S::Approved, 10_000, "622202", D)],
-    );
-    settle_date(store, &directory, D, 0).unwrap();
-    let number = card("622202", 19, 90);
-    bind_account(
-        store,
-        &sealer,
-        &directory,
-        M1,
-        &card_input(&number, "王小明"),
-        "m",
-        0,
-    )
-    .unwrap();
+    let number = one_sale_cleared_and_bound(store, &directory, &sealer, 90);
     // The bank pays, but its answer is lost on the way: the run sees a system error (a
     // timeout) and retries. The retry must be the same payment, not a second one.
     let bank = SimBank::new();

@@ -340,30 +340,12 @@ impl SqliteStore {
         (before_ms, before_id): (i64, i64),
     ) -> Result<Option<TxnRow>, StoreError> {
         // Walks the card's index entries back from `before`, so it stops at the first match.
-        let sql = format!(
-            "SELECT {TXN_COLUMNS} FROM transactions WHERE pan_fingerprint = ?1
-             AND received_at_ms >= ?2 AND received_at_ms <= ?3
-             AND (received_at_ms < ?3 OR id < ?4) AND mid = ?5 AND amount_fen = ?6
-             AND kind IN (?7, ?8) AND state IN (?9, ?10)
-             ORDER BY received_at_ms DESC, id DESC LIMIT 1"
-        );
-        let rows = self.rows(
-            &sql,
-            &[
-                &fingerprint,
-                &from_ms,
-                &before_ms,
-                &before_id,
-                &mid,
-                &amount_fen,
-                &TxnKind::Purchase.as_str(),
-                &TxnKind::Completion.as_str(),
-                &TxnState::Approved.as_str(),
-                &TxnState::Completed.as_str(),
-            ],
-            txn_from_row,
-        )?;
-        Ok(rows.into_iter().next())
+        self.payment_of_card(
+            "received_at_ms >= ?2 AND received_at_ms <= ?3 AND (received_at_ms < ?3 OR id < ?4)
+             ORDER BY received_at_ms DESC, id DESC",
+            (fingerprint, mid, amount_fen),
+            (from_ms, before_ms, before_id),
+        )
     }
 
     pub(super) fn resolve_earliest_payment_of_card_after(
@@ -375,20 +357,35 @@ impl SqliteStore {
         to_ms: i64,
     ) -> Result<Option<TxnRow>, StoreError> {
         // Walks the card's index entries forward from `after`, so it stops at the first match.
+        self.payment_of_card(
+            "received_at_ms <= ?2 AND received_at_ms >= ?3 AND (received_at_ms > ?3 OR id > ?4)
+             ORDER BY received_at_ms, id",
+            (fingerprint, mid, amount_fen),
+            (to_ms, after_ms, after_id),
+        )
+    }
+
+    /// The first approved payment (purchase or completion) of one card at one merchant for
+    /// one amount, in the time range and order of `range_and_order`: ?2 is the far end of the
+    /// range, ?3 and ?4 the (received at, id) it starts after or before.
+    fn payment_of_card(
+        &self,
+        range_and_order: &str,
+        (fingerprint, mid, amount_fen): (&[u8], &str, i64),
+        (limit_ms, edge_ms, edge_id): (i64, i64, i64),
+    ) -> Result<Option<TxnRow>, StoreError> {
         let sql = format!(
             "SELECT {TXN_COLUMNS} FROM transactions WHERE pan_fingerprint = ?1
-             AND received_at_ms >= ?2 AND received_at_ms <= ?3
-             AND (received_at_ms > ?2 OR id > ?4) AND mid = ?5 AND amount_fen = ?6
-             AND kind IN (?7, ?8) AND state IN (?9, ?10)
-             ORDER BY received_at_ms, id LIMIT 1"
+             AND mid = ?5 AND amount_fen = ?6 AND kind IN (?7, ?8) AND state IN (?9, ?10)
+             AND {range_and_order} LIMIT 1"
         );
         let rows = self.rows(
             &sql,
             &[
                 &fingerprint,
-                &after_ms,
-                &to_ms,
-                &after_id,
+                &limit_ms,
+                &edge_ms,
+                &edge_id,
                 &mid,
                 &amount_fen,
                 &TxnKind::Purchase.as_str(),
