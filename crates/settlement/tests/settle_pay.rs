@@ -566,6 +566,7 @@ fn a_fee_is_fixed_when_first_cleared_whatever_the_plan_says_later() {
 
 /// M1 with one 100.00 sale on D, cleared, and a card bound as its account (the card's number
 /// made with `seed`); the number.
+#[allow(clippy::unwrap_used)]
 fn one_sale_cleared_and_bound(
     store: &dyn Store,
     directory: &IssuerDirectory,
@@ -599,7 +600,7 @@ fn a_return_the_bank_reported_once_is_acted_on_even_by_a_later_run() {
     let store: &dyn Store = store.as_ref();
     let directory = IssuerDirectory::embedded().unwrap();
     let sealer = sealer();
-    let number = one_sale_cleared_and_bound(store, &directory, &sealer, 91);
+    one_sale_cleared_and_bound(store, &directory, &sealer, 91);
     let bank = SimBank::new();
     let key = format!("{M1}:20261124");
     let paid = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
