@@ -1042,7 +1042,12 @@ impl Core {
         f61: Option<&str>,
     ) -> Result<Vec<u8>, iso8583::EncodeError> {
         let request = &ctx.frame.message;
-        let mut out = MessageBuilder::new(request.mti());
+        // A PIN block under an SM4 zone key is 16 bytes: field 52 of the SM4 dialect.
+        let dialect = match pin {
+            Some(block) if block.as_bytes().len() == 16 => &iso8583::CUP_POS_SM4,
+            _ => &iso8583::CUP_POS,
+        };
+        let mut out = MessageBuilder::with_dialect(dialect, request.mti());
         out.set_digits(2, pan.expose_digits())?;
         for number in [3, 4, 14, 22, 25, 35, 41, 42, 49, 53, 60] {
             out.copy_from(request, number)?;

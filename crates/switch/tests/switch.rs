@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use common::*;
 use store::{SafState, TxnKind, TxnState};
+use paycrypto::Hsm;
 use switch::Clock;
 
 const RUNTIME: fn() -> tokio::runtime::Runtime = || {
@@ -666,6 +667,34 @@ fn a_reply_carrying_another_requests_rrn_does_not_answer_this_one() {
         assert_eq!(row.state, TxnState::Failed);
         // Whatever the issuer did with this request is reversed.
         assert!(h.store.reversal(row.id).unwrap().is_some());
+    });
+}
+
+#[test]
+fn a_pin_goes_to_an_issuer_whose_zone_key_is_sm4() {
+    RUNTIME().block_on(async {
+        let log = Arc::new(common::IssuerLog::default());
+        let issuer = common::start_issuer(Arc::clone(&log)).await;
+        let (hsm, _) = common::new_hsm();
+        let zpk = hsm
+            .import_key(
+                paycrypto::KeyUsage::Zpk,
+                paycrypto::KeyAlgorithm::Sm4,
+                "0123456789ABCDEFFEDCBA9876543210",
+            )
+            .unwrap();
+        let h = Harness::with_hsm(issuer, Arc::clone(&log), hsm, zpk).await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        // The terminal's PIN block is translated to a 16-byte block under the SM4 zone key.
+        let r = t
+            .send(&Req {
+                pin: Some("123456".into()),
+                ..Req::purchase(&card("622202"), 1_000, 2)
+            })
+            .await;
+        assert_eq!(r.code(), "00");
+        assert_eq!(log.requests.load(Ordering::SeqCst), 1);
     });
 }
 
