@@ -123,6 +123,17 @@ impl MessageBuilder {
     /// Appends field data produced by `write` and records it as field `number`. Callers have
     /// checked length and content.
     fn put(&mut self, number: u8, units: usize, write: impl FnOnce(&mut Vec<u8>)) {
+        // Room for the longest the field can be, grown here rather than by `Vec`: a buffer
+        // `Vec` outgrows is freed as it is, and this one may hold a PAN, track data or a PIN
+        // block. The old one is wiped once its bytes are copied.
+        let longest = self.dialect.field(number).map_or(0, |f| f.wire_len_max());
+        if self.data.capacity() - self.data.len() < longest {
+            let wanted = (self.data.len() + longest).max(self.data.capacity() * 2);
+            let mut bigger = Vec::with_capacity(wanted);
+            bigger.extend_from_slice(&self.data);
+            self.data.zeroize();
+            self.data = bigger;
+        }
         let start = self.data.len();
         write(&mut self.data);
         let end = self.data.len();

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use common::*;
-use store::{SafState, TxnKind, TxnState};
 use paycrypto::Hsm;
+use store::{SafState, TxnKind, TxnState};
 use switch::Clock;
 
 const RUNTIME: fn() -> tokio::runtime::Runtime = || {
