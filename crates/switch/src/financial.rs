@@ -453,8 +453,11 @@ impl Core {
             .ok()?;
         match self.ledger.known(key) {
             Known::Held(entry) => Some(vec![entry]),
-            Known::New => Some(Vec::new()),
-            Known::MaybeStored => {
+            // Several nodes on one journal: another node may have taken this key since this
+            // connection's batch was marked (a terminal connected to two nodes at once), so a
+            // key this node does not hold is looked up (one indexed read).
+            Known::New if !self.config.shared_journal => Some(Vec::new()),
+            Known::New | Known::MaybeStored => {
                 let (tid, batch_no, stan) = (key.tid.clone(), key.batch_no, key.stan);
                 let rows = self
                     .read_store(move |store| store.txns_by_key(&tid, batch_no, stan))

@@ -282,6 +282,25 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
         assert_eq!(log.requests.load(Ordering::SeqCst), debits);
         drop(on_b);
 
+        // One terminal on both nodes at once (a gateway keeping a connection to each): a
+        // request node A answered, retried on the connection to node B that was marked before
+        // it, gets node A's answer and no second debit.
+        let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
+        assert_eq!(via_a.sign_in().await.code(), "00");
+        let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
+        assert_eq!(via_b.sign_in().await.code(), "00");
+        let marked = via_b.send(&Req::purchase(&pan, 500, 501)).await;
+        assert_eq!(marked.code(), "00");
+        let on_a_only = Req::purchase(&pan, 600, 502);
+        let answered = via_a.send(&on_a_only).await;
+        assert_eq!(answered.code(), "00");
+        let debits = log.requests.load(Ordering::SeqCst);
+        let retried = via_b.send(&on_a_only).await;
+        assert_eq!(retried.code(), "00");
+        assert_eq!(retried.text(37), answered.text(37), "node B debited again");
+        assert_eq!(log.requests.load(Ordering::SeqCst), debits);
+        drop((via_a, via_b));
+
         // Node A takes reversals the issuer does not acknowledge, then dies.
         log.answer_reversals.store(false, Ordering::SeqCst);
         let mut terminal = Terminal::connect(a.handle.local_addr(), TID_A).await;
