@@ -743,6 +743,26 @@ impl Core {
                     .refuse_recorded(ctx, &entry, row, RC_INVALID_CARD, "card number missing")
                     .await;
             };
+            // Several nodes on one journal: another node may have voided or refunded the
+            // original since this one read it. What the journal says now counts.
+            if self.config.shared_journal {
+                let id = found.id;
+                match self.read_store(move |store| store.txn(id)).await {
+                    Some(Ok(Some(now))) => found.catch_up(&now),
+                    Some(Ok(None)) => {}
+                    Some(Err(_)) | None => {
+                        return self
+                            .refuse_recorded(
+                                ctx,
+                                &entry,
+                                row,
+                                RC_SYSTEM_ERROR,
+                                "cannot read the original",
+                            )
+                            .await;
+                    }
+                }
+            }
             if let Err(code) = self.check_link(ctx, kind, &found, &fp) {
                 row.original_id = Some(found.id);
                 return self

@@ -219,6 +219,21 @@ impl Entry {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Takes in what the journal's `row` of this entry says another node did to it since this
+    /// node read it: a void, completion or reversal of an approval, more refunded. Never the
+    /// other way: what this node holds and the journal has not caught up with yet stands.
+    pub fn catch_up(&self, row: &TxnRow) {
+        let mut live = self.live();
+        let moved_on = matches!(
+            row.state,
+            TxnState::Voided | TxnState::Completed | TxnState::Reversed
+        );
+        if live.state == TxnState::Approved && moved_on {
+            live.state = row.state;
+        }
+        live.refunded_fen = live.refunded_fen.max(row.refunded_fen);
+    }
+
     /// Records the answer and wakes retries waiting for it.
     pub fn answer(&self, answer: Answer, state: TxnState) {
         {

@@ -301,6 +301,33 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
         assert_eq!(log.requests.load(Ordering::SeqCst), debits);
         drop((via_a, via_b));
 
+        // A sale node B holds in memory, refunded in full through node A: node B sees the
+        // refund when a second refund of it comes to B, and refuses it (61).
+        let mut at_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
+        assert_eq!(at_b.sign_in().await.code(), "00");
+        let sale = at_b.send(&Req::purchase(&pan, 3_000, 601)).await;
+        assert_eq!(sale.code(), "00");
+        let sale_rrn = sale.text(37).unwrap();
+        let mut at_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
+        assert_eq!(at_a.sign_in().await.code(), "00");
+        assert_eq!(
+            at_a.send(&Req::refund(&pan, 3_000, 602, &sale_rrn, "0000"))
+                .await
+                .code(),
+            "00"
+        );
+        assert_eq!(
+            at_b.send(&Req::refund(&pan, 3_000, 603, &sale_rrn, "0000"))
+                .await
+                .code(),
+            "61"
+        );
+        assert_eq!(
+            b.store.txn_by_rrn(&sale_rrn).unwrap().unwrap().refunded_fen,
+            3_000
+        );
+        drop((at_a, at_b));
+
         // Node A takes reversals the issuer does not acknowledge, then dies.
         log.answer_reversals.store(false, Ordering::SeqCst);
         let mut terminal = Terminal::connect(a.handle.local_addr(), TID_A).await;
