@@ -101,6 +101,12 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
             conn.prepare_cached("UPDATE web_api_tokens SET revoked = 1 WHERE user_id = ?1")?
                 .execute(params![user_id])?;
         }
+        WebRecord::EndExpiredSessions { user_id, now_ms } => {
+            conn.prepare_cached(
+                "DELETE FROM web_sessions WHERE user_id = ?1 AND expires_at_ms <= ?2",
+            )?
+            .execute(params![user_id, now_ms])?;
+        }
         WebRecord::InsertApiToken(t) => {
             conn.prepare_cached(
                 "INSERT INTO web_api_tokens (token_hash, user_id, name, created_at_ms, revoked)

@@ -168,6 +168,11 @@ pub enum WebRecord {
     RevokeUserTokens {
         user_id: i64,
     },
+    /// Deletes the page sessions of `user_id` that expired by `now_ms`.
+    EndExpiredSessions {
+        user_id: i64,
+        now_ms: i64,
+    },
     /// Ends every page session of `user_id` but the one whose digest is `keep`.
     EndSessions {
         user_id: i64,

@@ -235,6 +235,29 @@ fn web_area_round_trips(db: &Db) {
     assert!(s.web_api_token(&[6; 32]).unwrap().unwrap().revoked);
     assert!(s.web_session(&[5; 32]).unwrap().is_none());
 
+    // Expired sessions of a user go; live ones stay.
+    let at = |n: u8, user_id: i64, expires_at_ms: i64| {
+        Record::Web(WebRecord::InsertSession(SessionRow {
+            token_hash: vec![n; 32],
+            user_id,
+            expires_at_ms,
+            ..session.clone()
+        }))
+    };
+    s.submit(vec![at(10, 1, 50), at(11, 1, 500)])
+        .unwrap()
+        .wait()
+        .unwrap();
+    s.submit(vec![Record::Web(WebRecord::EndExpiredSessions {
+        user_id: 1,
+        now_ms: 100,
+    })])
+    .unwrap()
+    .wait()
+    .unwrap();
+    let live = |n: u8| s.web_session(&[n; 32]).unwrap().is_some();
+    assert_eq!((live(10), live(11)), (false, true));
+
     // A user's sessions end together, but for the one kept.
     let sessions: Vec<Record> = (1..=3u8)
         .map(|n| {

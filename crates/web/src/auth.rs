@@ -495,8 +495,16 @@ pub async fn open_session(web: &Web, user: &UserRow) -> Result<String, ApiError>
         created_at_ms: now_ms,
         expires_at_ms: now_ms + SESSION_TTL_MS,
     };
+    // The user's expired sessions go as a new one comes: the table holds live ones only.
+    let expired = WebRecord::EndExpiredSessions {
+        user_id: user.id,
+        now_ms,
+    };
     web.store
-        .submit(vec![Record::Web(WebRecord::InsertSession(session))])?
+        .submit(vec![
+            Record::Web(expired),
+            Record::Web(WebRecord::InsertSession(session)),
+        ])?
         .await?;
     Ok(token)
 }

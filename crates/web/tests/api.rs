@@ -1997,10 +1997,28 @@ fn a_user_changes_their_password_and_an_admin_disables_and_resets_users() {
         assert_error(&change(PASSWORD, PASSWORD).await, 400, "bad_request");
         assert_error(&change(PASSWORD, "short").await, 400, "bad_request");
 
+        // A sign-in clears the user's expired sessions.
+        e.web
+            .store
+            .submit(vec![store::Record::Web(
+                store::web::WebRecord::InsertSession(store::web::SessionRow {
+                    token_hash: vec![9; 32],
+                    user_id: teahouse.id,
+                    csrf: "x".into(),
+                    created_at_ms: 1,
+                    expires_at_ms: 2,
+                }),
+            )])
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(e.web.store.web_session(&[9; 32]).unwrap().is_some());
+
         // Through the account page of one browser: the other browser's session ends, this
         // one stays, the old password no longer signs in.
         let here = PageSession::login(e.http, "teahouse").await;
         let elsewhere = PageSession::login(e.http, "teahouse").await;
+        assert!(e.web.store.web_session(&[9; 32]).unwrap().is_none());
         let page = here.get("/account").await;
         assert_eq!(page.status, 200);
         let csrf = PageSession::csrf_of(&page.body);
