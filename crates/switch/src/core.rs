@@ -75,6 +75,11 @@ pub fn handle_from_bytes(bytes: &[u8]) -> Option<KeyHandle> {
 }
 
 impl Terminal {
+    /// The merchant ID `message` names in field 42, if it is this terminal's own.
+    pub fn names_own_merchant(&self, message: &iso8583::Message<'_>) -> bool {
+        message.text(42).map(str::trim_end) == Some(self.mid.as_str())
+    }
+
     pub fn from_row(row: &TerminalRow) -> Option<Terminal> {
         let keys = match &row.working_keys {
             Some(k) => Some(SessionKeys {
@@ -186,13 +191,21 @@ impl Core {
             .cloned()
     }
 
-    /// The lock of terminal `tid`'s working keys (see `key_changes`).
-    fn key_change_lock(&self, tid: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .key_changes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(locks.entry(tid.to_owned()).or_default())
+    /// Takes terminal `tid`'s working-key lock (see `key_changes`) and reads the terminal again
+    /// under it: another sign-in may have replaced its keys meanwhile.
+    async fn lock_keys(
+        &self,
+        tid: &str,
+    ) -> (tokio::sync::OwnedMutexGuard<()>, Option<Arc<Terminal>>) {
+        let lock = Arc::clone(
+            self.key_changes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(tid.to_owned())
+                .or_default(),
+        );
+        let guard = lock.lock_owned().await;
+        (guard, self.terminal(tid))
     }
 
     /// Forgets working keys in the HSM (a sign-in replaced them, or a sign-off ended them).
@@ -284,13 +297,13 @@ impl Core {
     /// 96 when the host could not write what a request changes; sent without a MAC, as no
     /// terminal is passed to `reply`.
     pub fn system_error(&self, frame: &Frame<'_>) -> Option<Vec<u8>> {
-        self.reply(
-            frame,
-            None,
-            &Answer::code(RC_SYSTEM_ERROR),
-            None,
-            |_| Ok(()),
-        )
+        self.answer_code(frame, RC_SYSTEM_ERROR)
+    }
+
+    /// The answer to `frame` with response code `code` and nothing else; without a MAC, as no
+    /// terminal is passed to `reply` (management messages, refusals before a terminal's keys).
+    pub fn answer_code(&self, frame: &Frame<'_>, code: [u8; 2]) -> Option<Vec<u8>> {
+        self.reply(frame, None, &Answer::code(code), None, |_| Ok(()))
     }
 
     /// Builds the response to `frame`: echoed fields, host time, the answer's fields, then a
@@ -394,9 +407,7 @@ impl Core {
     /// A quick refusal (overload) without touching the store: 96, no MAC.
     pub fn refuse(&self, input: &[u8]) -> Option<Vec<u8>> {
         let frame = Frame::decode_unprefixed(input).ok()?;
-        self.reply(&frame, None, &Answer::code(RC_SYSTEM_ERROR), None, |_| {
-            Ok(())
-        })
+        self.answer_code(&frame, RC_SYSTEM_ERROR)
     }
 
     /// Sign-in: fresh working keys from the HSM under the terminal's TMK, durable before the
@@ -407,27 +418,13 @@ impl Core {
             .text(41)
             .and_then(|tid| self.terminal(tid.trim_end()))
         else {
-            return self.reply(frame, None, &Answer::code(RC_NOT_REGISTERED), None, |_| {
-                Ok(())
-            });
+            return self.answer_code(frame, RC_NOT_REGISTERED);
         };
         if terminal.status != Status::Active {
-            return self.reply(
-                frame,
-                None,
-                &Answer::code(RC_NOT_PERMITTED_TERMINAL),
-                None,
-                |_| Ok(()),
-            );
+            return self.answer_code(frame, RC_NOT_PERMITTED_TERMINAL);
         }
-        if request.text(42).map(str::trim_end) != Some(terminal.mid.as_str()) {
-            return self.reply(
-                frame,
-                None,
-                &Answer::code(RC_INVALID_MERCHANT),
-                None,
-                |_| Ok(()),
-            );
+        if !terminal.names_own_merchant(request) {
+            return self.answer_code(frame, RC_INVALID_MERCHANT);
         }
         let scheme = match keys {
             iso8583::SignInKeys::Single => KeyScheme::Single,
@@ -439,18 +436,10 @@ impl Core {
         // one, never a weaker one (single DES keys for a terminal set up for double).
         if scheme_strength(scheme) < scheme_strength(terminal.scheme) {
             tracing::warn!(tid = %terminal.tid, asked = scheme.code(), "weaker key scheme refused");
-            return self.reply(
-                frame,
-                None,
-                &Answer::code(RC_NOT_PERMITTED_TERMINAL),
-                None,
-                |_| Ok(()),
-            );
+            return self.answer_code(frame, RC_NOT_PERMITTED_TERMINAL);
         }
-        let lock = self.key_change_lock(&terminal.tid);
-        let _changing = lock.lock().await;
-        // Read again under the lock: another sign-in may have replaced the keys meanwhile.
-        let Some(terminal) = self.terminal(&terminal.tid) else {
+        let (_changing, terminal) = self.lock_keys(&terminal.tid).await;
+        let Some(terminal) = terminal else {
             return self.system_error(frame);
         };
         let batch_no = request
@@ -459,19 +448,16 @@ impl Core {
             .flatten()
             .and_then(|f| f.batch)
             .unwrap_or(terminal.batch_no);
-        let issued =
-            match self
-                .hsm
-                .generate_working_keys(terminal.tmk, scheme, MakLength::Double)
-            {
-                Ok(issued) => issued,
-                Err(error) => {
-                    tracing::warn!(tid = %terminal.tid, %error, "cannot issue working keys");
-                    return self.reply(frame, None, &Answer::code(RC_SYSTEM_ERROR), None, |_| {
-                        Ok(())
-                    });
-                }
-            };
+        let issued = match self
+            .hsm
+            .generate_working_keys(terminal.tmk, scheme, MakLength::Double)
+        {
+            Ok(issued) => issued,
+            Err(error) => {
+                tracing::warn!(tid = %terminal.tid, %error, "cannot issue working keys");
+                return self.answer_code(frame, RC_SYSTEM_ERROR);
+            }
+        };
         let now_ms = self.clock.now_ms();
         let record = Record::SignIn {
             tid: terminal.tid.clone(),
@@ -575,23 +561,14 @@ impl Core {
             .text(41)
             .and_then(|t| self.terminal(t.trim_end()))
         else {
-            return self.reply(frame, None, &Answer::code(RC_NOT_REGISTERED), None, |_| {
-                Ok(())
-            });
+            return self.answer_code(frame, RC_NOT_REGISTERED);
         };
         // No MAC on a sign-off: at least the merchant must be the terminal's, as at sign-in.
-        if frame.message.text(42).map(str::trim_end) != Some(terminal.mid.as_str()) {
-            return self.reply(
-                frame,
-                None,
-                &Answer::code(RC_INVALID_MERCHANT),
-                None,
-                |_| Ok(()),
-            );
+        if !terminal.names_own_merchant(&frame.message) {
+            return self.answer_code(frame, RC_INVALID_MERCHANT);
         }
-        let lock = self.key_change_lock(&terminal.tid);
-        let _changing = lock.lock().await;
-        let Some(terminal) = self.terminal(&terminal.tid) else {
+        let (_changing, terminal) = self.lock_keys(&terminal.tid).await;
+        let Some(terminal) = terminal else {
             return self.system_error(frame);
         };
         let record = Record::SignOff {
@@ -604,7 +581,7 @@ impl Core {
         }
         // The keys are of no use any more: free them in the HSM.
         self.delete_keys(terminal.keys);
-        self.reply(frame, None, &Answer::code(RC_APPROVED), None, |_| Ok(()))
+        self.answer_code(frame, RC_APPROVED)
     }
 
     pub fn response_mti(mti: Mti) -> u16 {

@@ -98,7 +98,7 @@ impl Core {
         reversal: bool,
     ) -> Option<Vec<u8>> {
         let request = &frame.message;
-        let plain = |code| self.reply(frame, None, &Answer::code(code), None, |_| Ok(()));
+        let plain = |code| self.answer_code(frame, code);
         let Some(terminal) = request.text(41).and_then(|t| self.terminal(t.trim_end())) else {
             return plain(RC_NOT_REGISTERED);
         };
@@ -129,9 +129,8 @@ impl Core {
                 |_| Ok(()),
             )
         };
-        let sent_mid = request.text(42).map(str::trim_end);
-        if sent_mid != Some(terminal.mid.as_str()) {
-            self.risk_mid_mismatch(&terminal, sent_mid);
+        if !terminal.names_own_merchant(request) {
+            self.risk_mid_mismatch(&terminal, request.text(42).map(str::trim_end));
             return answer(RC_INVALID_MERCHANT);
         }
         let f60 = request.field60().ok().flatten();

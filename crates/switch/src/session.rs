@@ -305,9 +305,7 @@ impl Core {
             Some(WireKind::Reversal(kind)) => self.financial(frame, kind, true).await,
             Some(WireKind::SignIn(keys)) => self.sign_in(frame, keys).await,
             Some(WireKind::SignOff) => self.sign_off(frame).await,
-            Some(WireKind::EchoTest) => {
-                self.reply(frame, None, &Answer::code(RC_APPROVED), None, |_| Ok(()))
-            }
+            Some(WireKind::EchoTest) => self.answer_code(frame, RC_APPROVED),
             Some(WireKind::Settlement) => self.settle(frame).await,
             Some(kind @ (WireKind::BatchUpload(_) | WireKind::BatchUploadEnd { .. })) => {
                 self.batch_upload(frame, kind).await

@@ -182,7 +182,7 @@ impl Core {
         terminal: &Terminal,
         batch_no: u32,
     ) -> Option<[u8; 2]> {
-        if frame.message.text(42).map(str::trim_end) != Some(terminal.mid.as_str()) {
+        if !terminal.names_own_merchant(&frame.message) {
             return Some(RC_INVALID_MERCHANT);
         }
         if terminal.keys.is_none() {
@@ -202,14 +202,12 @@ impl Core {
     pub(crate) async fn settle(self: &Arc<Self>, frame: &Frame<'_>) -> Option<Vec<u8>> {
         let request = &frame.message;
         let Some(terminal) = request.text(41).and_then(|t| self.terminal(t.trim_end())) else {
-            return self.reply(frame, None, &Answer::code(RC_NOT_REGISTERED), None, |_| {
-                Ok(())
-            });
+            return self.answer_code(frame, RC_NOT_REGISTERED);
         };
         let batch_no = self.batch_of(frame, terminal.batch_no);
         if let Some(code) = self.management_refusal(frame, &terminal, batch_no) {
             tracing::info!(tid = %terminal.tid, batch_no, "settlement refused");
-            return self.reply(frame, None, &Answer::code(code), None, |_| Ok(()));
+            return self.answer_code(frame, code);
         }
         let theirs = request
             .digits(48)
@@ -273,9 +271,7 @@ impl Core {
     ) -> Option<Vec<u8>> {
         let request = &frame.message;
         let Some(terminal) = request.text(41).and_then(|t| self.terminal(t.trim_end())) else {
-            return self.reply(frame, None, &Answer::code(RC_NOT_REGISTERED), None, |_| {
-                Ok(())
-            });
+            return self.answer_code(frame, RC_NOT_REGISTERED);
         };
         // An upload follows the settlement that closed its batch: default to the one before.
         let previous = if terminal.batch_no <= 1 {
@@ -286,7 +282,7 @@ impl Core {
         let batch_no = self.batch_of(frame, previous);
         if let Some(code) = self.management_refusal(frame, &terminal, batch_no) {
             tracing::info!(tid = %terminal.tid, batch_no, "batch upload refused");
-            return self.reply(frame, None, &Answer::code(code), None, |_| Ok(()));
+            return self.answer_code(frame, code);
         }
         let now_ms = self.clock.now_ms();
         let records = match kind {
@@ -306,9 +302,7 @@ impl Core {
             _ => {
                 let upload = request.digits(48).and_then(|d| BatchUpload::parse(d).ok());
                 let Some(upload) = upload else {
-                    return self.reply(frame, None, &Answer::code(RC_FORMAT_ERROR), None, |_| {
-                        Ok(())
-                    });
+                    return self.answer_code(frame, RC_FORMAT_ERROR);
                 };
                 upload
                     .records()
@@ -331,7 +325,7 @@ impl Core {
         if !records.is_empty() && self.persist(records).await.is_err() {
             return self.system_error(frame);
         }
-        self.reply(frame, None, &Answer::code(RC_APPROVED), None, |_| Ok(()))
+        self.answer_code(frame, RC_APPROVED)
     }
 
     /// The uploaded records against the batch's counted journal rows, by trace.
