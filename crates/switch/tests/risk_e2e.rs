@@ -17,12 +17,12 @@ use std::time::Duration;
 use common::*;
 use iso8583::{MessageBuilder, Mti};
 use issuer_sim::{DemoCard, HsmPinVerifier, IssuerSim, LedgerLocation, ServerHandle, demo_issuer};
-use paycrypto::{Hsm, Key, KeyAlgorithm, KeyScheme, KeyUsage, MacAlgorithm};
+use paycrypto::{Hsm, Key, KeyAlgorithm, KeyScheme, MacAlgorithm};
 use risk::RuleBook;
 use risk::ops::{Actor, AlertResponse};
 use store::risk::{AlertState, MerchantState};
 use store::{Record, Status, Store, TxnRow};
-use switch::{Switch, SystemClock, TerminalSpec};
+use switch::{Switch, SystemClock};
 use tokio::net::TcpListener;
 
 /// A second merchant, reviewed through the lifecycle, with its own terminal.
@@ -106,22 +106,7 @@ async fn world() -> World {
     )
     .await
     .unwrap();
-    let tmk = h
-        .hsm
-        .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK_HEX)
-        .unwrap();
-    h.store
-        .submit(vec![switch::terminal_record(&TerminalSpec {
-            tid: TID2.into(),
-            mid: MID2.into(),
-            tmk,
-            scheme: KeyScheme::Double,
-            mac: MacAlgorithm::CupEcb,
-            batch_no: 1,
-        })])
-        .unwrap()
-        .await
-        .unwrap();
+    h.register_terminal(TID2, MID2).await;
     let mut config = h.config();
     config.risk_rules = Arc::new(RuleBook::from_json(RULES).unwrap());
     config.risk_refresh = Duration::from_millis(50);

@@ -473,7 +473,7 @@ fn linked_transaction_checks() {
 fn a_refund_at_another_terminal_finds_its_original_by_rrn() {
     RUNTIME().block_on(async {
         let mut h = Harness::new().await;
-        h.register_terminal("10000002").await;
+        h.register_terminal("10000002", MID).await;
         h.stop().await;
         h.start().await;
         let mut t1 = h.terminal().await;

@@ -349,9 +349,9 @@ impl Harness {
         }
     }
 
-    /// Registers another terminal `tid` of the same merchant (same master key); the switch
-    /// knows it from its next start.
-    pub async fn register_terminal(&self, tid: &str) {
+    /// Registers another terminal `tid` of merchant `mid` (same master key); the switch knows
+    /// it from its next start.
+    pub async fn register_terminal(&self, tid: &str, mid: &str) {
         let tmk = self
             .hsm
             .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK_HEX)
@@ -359,7 +359,7 @@ impl Harness {
         self.store
             .submit(vec![switch::terminal_record(&TerminalSpec {
                 tid: tid.into(),
-                mid: MID.into(),
+                mid: mid.into(),
                 tmk,
                 scheme: KeyScheme::Double,
                 mac: MacAlgorithm::CupEcb,
