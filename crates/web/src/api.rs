@@ -602,24 +602,13 @@ async fn merchant_reviews(State(web): State<Web>, who: Principal) -> ApiResult {
 
 async fn users(State(web): State<Web>, who: Principal) -> ApiResult {
     who.require_admin("manage users")?;
-    let failures = web.store.web_login_failures(None)?;
-    let now_ms = web.clock.now_ms();
-    let items: Vec<Value> = web
-        .store
-        .web_users()?
+    let items: Vec<Value> = auth::users_standing(&web)?
         .iter()
-        .map(|user| {
-            let mine = failures.iter().find(|f| f.user_id == user.id);
-            let mut item = user_json(user);
+        .map(|s| {
+            let mut item = user_json(&s.user);
             if let Some(map) = item.as_object_mut() {
-                map.insert(
-                    "wrong_passwords".into(),
-                    json!(mine.map_or(0, |f| f.failures)),
-                );
-                map.insert(
-                    "locked_until_ms".into(),
-                    json!(auth::locked_until(mine, now_ms)),
-                );
+                map.insert("wrong_passwords".into(), json!(s.wrong_passwords));
+                map.insert("locked_until_ms".into(), json!(s.locked_until_ms));
             }
             item
         })
@@ -655,7 +644,11 @@ struct PasswordReset {
 }
 
 /// The user `id`, for an admin.
-fn user_for_admin(web: &Web, who: &Principal, id: i64) -> Result<store::web::UserRow, ApiError> {
+pub(crate) fn user_for_admin(
+    web: &Web,
+    who: &Principal,
+    id: i64,
+) -> Result<store::web::UserRow, ApiError> {
     who.require_admin("manage users")?;
     web.store
         .web_user(id)?

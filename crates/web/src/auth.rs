@@ -228,6 +228,33 @@ pub fn locked_until(failures: Option<&LoginFailuresRow>, now_ms: i64) -> Option<
         .filter(|until| *until > now_ms)
 }
 
+/// A user as the admin's list shows them: wrong passwords in a row, and the end of their lock
+/// if they are locked now.
+pub struct Standing {
+    pub user: UserRow,
+    pub wrong_passwords: i64,
+    pub locked_until_ms: Option<i64>,
+}
+
+/// Every user with their standing (the console's users page and `GET /api/users`).
+pub fn users_standing(web: &Web) -> Result<Vec<Standing>, ApiError> {
+    let failures = web.store.web_login_failures(None)?;
+    let now_ms = web.clock.now_ms();
+    Ok(web
+        .store
+        .web_users()?
+        .into_iter()
+        .map(|user| {
+            let mine = failures.iter().find(|f| f.user_id == user.id);
+            Standing {
+                wrong_passwords: mine.map_or(0, |f| f.failures),
+                locked_until_ms: locked_until(mine, now_ms),
+                user,
+            }
+        })
+        .collect())
+}
+
 /// What a sign-in attempt gets.
 #[derive(Debug)]
 pub enum SignIn {

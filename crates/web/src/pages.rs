@@ -1885,8 +1885,6 @@ async fn users(
     let result = (|| {
         who.require_admin("manage users")?;
         let l = c.lang;
-        let failures = web.store.web_login_failures(None)?;
-        let now_ms = web.clock.now_ms();
         let csrf = esc(who.csrf.as_deref().unwrap_or(""));
         let mut body = format!(
             "<h1>{}</h1><p>{}</p><table id=\"users\"><tr><th>{}</th><th>{}</th><th>{}</th>\
@@ -1905,10 +1903,12 @@ async fn users(
             t(l, "连续密码错误", "Wrong passwords"),
             t(l, "锁定至", "Locked until"),
         );
-        for user in web.store.web_users()? {
-            let mine = failures.iter().find(|f| f.user_id == user.id);
-            let wrong = mine.map_or(0, |f| f.failures);
-            let until = auth::locked_until(mine, now_ms);
+        for auth::Standing {
+            user,
+            wrong_passwords: wrong,
+            locked_until_ms: until,
+        } in auth::users_standing(&web)?
+        {
             let state = match (user.disabled, until) {
                 (true, _) => t(l, "已停用", "disabled").to_owned(),
                 (false, Some(until)) => format_time(until),
@@ -1988,11 +1988,7 @@ async fn unlock_user(
 ) -> Response {
     let w = web.clone();
     console_action_then(&web, &headers, &form, "/console/users", |who| async move {
-        who.require_admin("manage users")?;
-        let user = w
-            .store
-            .web_user(id)?
-            .ok_or_else(|| ApiError::not_found("user"))?;
+        let user = api::user_for_admin(&w, &who, id)?;
         let was_locked = auth::unlock_user(&w, &who.username, &user).await?;
         Ok(serde_json::json!({ "was_locked": was_locked }))
     })
@@ -2013,11 +2009,7 @@ where
 {
     let w = web.clone();
     console_action_then(web, headers, form, "/console/users", |who| async move {
-        who.require_admin("manage users")?;
-        let user = w
-            .store
-            .web_user(id)?
-            .ok_or_else(|| ApiError::not_found("user"))?;
+        let user = api::user_for_admin(&w, &who, id)?;
         let user = change(w, who, user).await?;
         Ok(auth::user_json(&user))
     })
