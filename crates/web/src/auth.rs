@@ -315,14 +315,24 @@ pub async fn authenticate(web: &Web, username: &str, password: &str) -> Result<S
             return Ok(Checked::Right(user));
         }
         let at_ms = clock.now_ms();
+        let counts_since_ms = at_ms - LOCKOUT_MS;
         let failed = WebRecord::LoginFailed {
             user_id: user.id,
             at_ms,
-            counts_since_ms: at_ms - LOCKOUT_MS,
+            counts_since_ms,
         };
         store.submit(vec![Record::Web(failed)])?.wait()?;
-        let failures = store.web_login_failures(Some(user.id))?.pop();
-        let locked = failures.is_some_and(|f| f.failures == LOGIN_FAILURES_MAX);
+        // This attempt locked the user if the count crossed the limit since this turn read it.
+        // Two turns at once may both cross it (each read the count before either wrote): the
+        // lock is then audited twice rather than, comparing with the limit exactly, not at all.
+        let before = failures
+            .filter(|f| f.last_at_ms >= counts_since_ms)
+            .map_or(0, |f| f.failures);
+        let after = store
+            .web_login_failures(Some(user.id))?
+            .pop()
+            .map_or(0, |f| f.failures);
+        let locked = before < LOGIN_FAILURES_MAX && after >= LOGIN_FAILURES_MAX;
         Ok(Checked::Wrong {
             locked: locked.then_some(user),
         })
