@@ -15,6 +15,10 @@ pub enum StoreError {
     /// A uniqueness or reference rule refused the write (e.g. an RRN used twice).
     #[error("constraint violated: {message}")]
     Constraint { message: String },
+    /// The journal refused a void, completion or refund for what its original already has
+    /// (see [`LinkRefusal`]).
+    #[error("linked transaction refused: {0}")]
+    LinkRefused(LinkRefusal),
     /// Any other failure of the database engine.
     #[error("database: {message}")]
     Backend { message: String },
@@ -24,6 +28,22 @@ pub enum StoreError {
     /// The database was written by a newer schema than this build knows.
     #[error("database schema version {found} is newer than this build's {known}")]
     SchemaTooNew { found: i64, known: i64 },
+}
+
+/// Why the journal refused a void, completion or refund its original cannot take. Several
+/// nodes share one journal, and each checks only what it holds; the journal has it all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LinkRefusal {
+    /// The original is not approved in the journal: voided, completed, reversed since.
+    #[error("the original is no longer approved")]
+    NotApproved,
+    /// A void or completion of the original is approved or in flight, or (for a void) a
+    /// refund of it is.
+    #[error("the original is taken by another void, completion or refund")]
+    Taken,
+    /// Refunds approved or in flight, with this one, would exceed the original's amount.
+    #[error("refunds would exceed the original's amount")]
+    ExceedsAmount,
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -23,7 +23,7 @@ pub mod settlement;
 mod sqlite;
 pub mod web;
 
-pub use error::StoreError;
+pub use error::{LinkRefusal, StoreError};
 pub use model::{
     BatchSpan, EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
     TerminalHealthRow, TerminalRow, TxnKind, TxnRow, TxnState, TxnTally, WrappedKeys,

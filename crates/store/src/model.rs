@@ -325,10 +325,11 @@ pub enum Record {
         id: i64,
         field54: String,
     },
-    /// The new total refunded against an original (absolute, so a replay is harmless).
+    /// Sets an original's refunded total to the sum of its approved refunds, as the journal
+    /// has them: written after a refund's outcome or its reversal. Recomputed rather than
+    /// carried, so a replay is harmless and two nodes refunding one original both count.
     Refunded {
         id: i64,
-        refunded_fen: i64,
     },
     Event(EventRow),
     SafEnqueue {

@@ -20,7 +20,7 @@ use rusqlite::params;
 use tokio::sync::mpsc;
 
 use crate::Store;
-use crate::error::StoreError;
+use crate::error::{LinkRefusal, StoreError};
 use crate::group::{Completion, Job, Output, completion, replace_with_failure};
 #[allow(unused_imports)]
 use crate::model::{

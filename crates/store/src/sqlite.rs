@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::mpsc;
 
 use crate::Store;
-use crate::error::StoreError;
+use crate::error::{LinkRefusal, StoreError};
 use crate::group::{Completion, Job, Output, completion, replace_with_failure};
 use crate::model::{
     BatchSpan, EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
@@ -1115,11 +1115,25 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
             )?
             .execute(params![id, field54])?;
         }
-        Record::Refunded { id, refunded_fen } => {
+        Record::Refunded { id } => {
+            // The row lock first (see `claim_original`): the sum below then sees every refund
+            // outcome committed before it, whichever node wrote it.
             let changed = conn
-                .prepare_cached("UPDATE transactions SET refunded_fen = ?2 WHERE id = ?1")?
-                .execute(params![id, refunded_fen])?;
+                .prepare_cached(
+                    "UPDATE transactions SET refunded_fen = refunded_fen WHERE id = ?1",
+                )?
+                .execute(params![id])?;
             expect_one(changed, "transaction")?;
+            let refunds = conn
+                .prepare_cached(
+                    "SELECT amount_fen FROM transactions
+                     WHERE original_id = ?1 AND kind = 'refund' AND state = 'approved'",
+                )?
+                .query_map(params![id], |r| r.get::<_, i64>(0))?
+                .collect::<Result<Vec<i64>, _>>()?;
+            let refunded_fen = refunds.iter().fold(0_i64, |sum, a| sum.saturating_add(*a));
+            conn.prepare_cached("UPDATE transactions SET refunded_fen = ?2 WHERE id = ?1")?
+                .execute(params![id, refunded_fen])?;
         }
         Record::Event(e) => {
             conn.prepare_cached(
@@ -1184,6 +1198,17 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
 }
 
 fn insert_txn(conn: &Connection, t: &TxnRow) -> Result<(), StoreError> {
+    let linked = matches!(
+        t.kind,
+        TxnKind::PurchaseVoid
+            | TxnKind::CompletionVoid
+            | TxnKind::PreAuthVoid
+            | TxnKind::Completion
+            | TxnKind::Refund
+    );
+    if let (true, TxnState::InFlight, Some(original)) = (linked, t.state, t.original_id) {
+        claim_original(conn, t.kind, original, t.amount_fen)?;
+    }
     let pan = t.pan.as_ref();
     conn.prepare_cached(
         "INSERT INTO transactions (id, tid, mid, batch_no, stan, kind, mti, processing_code,
@@ -1229,6 +1254,56 @@ fn insert_txn(conn: &Connection, t: &TxnRow) -> Result<(), StoreError> {
         t.issuer_answered_at_ms,
         t.answered_at_ms,
     ])?;
+    Ok(())
+}
+
+/// A void, completion or refund on its way to the issuer takes its original in the journal.
+/// Each node checks what it holds in memory first; with several nodes on one journal only the
+/// journal knows what the others have in flight. A void or completion needs the original
+/// approved with nothing else on it; a refund needs no void or completion on it, and the
+/// refunds approved or in flight, this one included, within its amount. What a timed-out,
+/// declined or reversed link took is free again, with nothing to release.
+fn claim_original(
+    conn: &Connection,
+    kind: TxnKind,
+    original: i64,
+    amount_fen: i64,
+) -> Result<(), StoreError> {
+    // The original's row lock first (PostgreSQL waits here for another node's claim to
+    // commit; SQLite has one writer): the read below then sees every claim made before.
+    let changed = conn
+        .prepare_cached(
+            "UPDATE transactions SET state = state WHERE id = ?1 AND state = 'approved'",
+        )?
+        .execute(params![original])?;
+    if changed != 1 {
+        return Err(StoreError::LinkRefused(LinkRefusal::NotApproved));
+    }
+    let original_fen: i64 = conn
+        .prepare_cached("SELECT amount_fen FROM transactions WHERE id = ?1")?
+        .query_row(params![original], |r| r.get(0))?;
+    let links = conn
+        .prepare_cached(
+            "SELECT kind, amount_fen FROM transactions
+             WHERE original_id = ?1 AND state IN ('in_flight', 'approved')
+             AND kind IN ('purchase_void', 'completion_void', 'pre_auth_void', 'completion',
+                          'refund')",
+        )?
+        .query_map(params![original], |r| {
+            Ok((r.get::<_, TxnKind>(0)?, r.get::<_, i64>(1)?))
+        })?
+        .collect::<Result<Vec<(TxnKind, i64)>, _>>()?;
+    let refunds_fen = links
+        .iter()
+        .filter(|(k, _)| *k == TxnKind::Refund)
+        .fold(0_i64, |sum, (_, a)| sum.saturating_add(*a));
+    let others = links.iter().any(|(k, _)| *k != TxnKind::Refund);
+    if others || kind != TxnKind::Refund && refunds_fen > 0 {
+        return Err(StoreError::LinkRefused(LinkRefusal::Taken));
+    }
+    if kind == TxnKind::Refund && refunds_fen.saturating_add(amount_fen) > original_fen {
+        return Err(StoreError::LinkRefused(LinkRefusal::ExceedsAmount));
+    }
     Ok(())
 }
 

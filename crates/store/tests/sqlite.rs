@@ -12,8 +12,9 @@ mod backend;
 use backend::Db;
 
 use store::{
-    BatchSpan, EventRow, MerchantRow, Outcome, PanAtRest, Record, SafState, SqliteConfig,
-    SqliteStore, Status, Store, StoreError, TerminalRow, TxnKind, TxnRow, TxnState, WrappedKeys,
+    BatchSpan, EventRow, LinkRefusal, MerchantRow, Outcome, PanAtRest, Record, SafState,
+    SqliteConfig, SqliteStore, Status, Store, StoreError, TerminalRow, TxnKind, TxnRow, TxnState,
+    WrappedKeys,
 };
 
 fn merchant() -> MerchantRow {
@@ -303,10 +304,6 @@ fn transactions_outcomes_and_events_round_trip(db: &Db) {
     store
         .submit(vec![
             Record::Outcome(outcome),
-            Record::Refunded {
-                id: 1,
-                refunded_fen: 100,
-            },
             Record::Event(EventRow {
                 txn_id: 1,
                 at_ms: 6,
@@ -322,7 +319,6 @@ fn transactions_outcomes_and_events_round_trip(db: &Db) {
     assert_eq!(stored.response_code.as_deref(), Some("00"));
     assert_eq!(stored.auth_code.as_deref(), Some("A12345"));
     assert_eq!(stored.answered_at_ms, Some(2_001));
-    assert_eq!(stored.refunded_fen, 100);
     let kinds: Vec<String> = store
         .events(1)
         .unwrap()
@@ -751,7 +747,193 @@ fn batches_are_listed_with_their_last_clearing_date(db: &Db) {
     assert_eq!(store.stans_of_batch("10000001", 5).unwrap(), None);
 }
 
+/// Writes `records` and waits for them.
+fn write(store: &dyn Store, records: Vec<Record>) -> Result<(), StoreError> {
+    store.submit(records)?.wait()
+}
+
+fn approved(id: i64) -> Record {
+    Record::Outcome(Outcome {
+        id,
+        state: TxnState::Approved,
+        response_code: "00".into(),
+        auth_code: Some("A00001".into()),
+        settlement_date: None,
+        issuer_answered_at_ms: Some(3_000),
+        answered_at_ms: 3_001,
+    })
+}
+
+/// An approved purchase of 123.45.
+fn approved_purchase(store: &dyn Store, id: i64) {
+    let stan = u32::try_from(id).unwrap();
+    write(store, vec![Record::InsertTxn(Box::new(txn(id, stan)))]).unwrap();
+    write(store, vec![approved(id)]).unwrap();
+}
+
+/// A void, completion or refund of `original` on its way to the issuer.
+fn link(id: i64, kind: TxnKind, original: i64, amount_fen: i64) -> Record {
+    let mut row = txn(id, u32::try_from(id).unwrap());
+    row.kind = kind;
+    row.original_id = Some(original);
+    row.amount_fen = amount_fen;
+    Record::InsertTxn(Box::new(row))
+}
+
+fn refunded(store: &dyn Store, id: i64) -> i64 {
+    store.txn(id).unwrap().unwrap().refunded_fen
+}
+
+fn linked_requests_claim_their_original_in_the_journal(db: &Db) {
+    let opened = db.open();
+    provision(&opened);
+    let store: &dyn Store = &*opened;
+    approved_purchase(store, 1);
+    // 100.00 of the 123.45 in flight: 30.00 more would exceed it, and a void is refused.
+    write(store, vec![link(2, TxnKind::Refund, 1, 10_000)]).unwrap();
+    let over = write(store, vec![link(3, TxnKind::Refund, 1, 3_000)]);
+    assert_eq!(
+        over,
+        Err(StoreError::LinkRefused(LinkRefusal::ExceedsAmount))
+    );
+    assert_eq!(store.txn(3).unwrap(), None, "a refused claim leaves no row");
+    let void = write(store, vec![link(4, TxnKind::PurchaseVoid, 1, 12_345)]);
+    assert_eq!(void, Err(StoreError::LinkRefused(LinkRefusal::Taken)));
+    // The 100.00 times out: what it held is free, with nothing to release.
+    write(
+        store,
+        vec![Record::Outcome(Outcome {
+            id: 2,
+            state: TxnState::TimedOut,
+            response_code: "98".into(),
+            auth_code: None,
+            settlement_date: None,
+            issuer_answered_at_ms: None,
+            answered_at_ms: 3_002,
+        })],
+    )
+    .unwrap();
+    write(store, vec![link(3, TxnKind::Refund, 1, 3_000)]).unwrap();
+    write(store, vec![approved(3), Record::Refunded { id: 1 }]).unwrap();
+    assert_eq!(refunded(store, 1), 3_000);
+    // The rest, to the fen; then nothing more.
+    write(store, vec![link(5, TxnKind::Refund, 1, 9_345)]).unwrap();
+    write(store, vec![approved(5), Record::Refunded { id: 1 }]).unwrap();
+    assert_eq!(refunded(store, 1), 12_345);
+    write(store, vec![Record::Refunded { id: 1 }]).unwrap();
+    assert_eq!(refunded(store, 1), 12_345, "a replay changes nothing");
+    let more = write(store, vec![link(6, TxnKind::Refund, 1, 1)]);
+    assert_eq!(
+        more,
+        Err(StoreError::LinkRefused(LinkRefusal::ExceedsAmount))
+    );
+    // A reversed refund gives its amount back.
+    write(
+        store,
+        vec![
+            Record::State {
+                id: 5,
+                state: TxnState::Reversed,
+            },
+            Record::Refunded { id: 1 },
+        ],
+    )
+    .unwrap();
+    assert_eq!(refunded(store, 1), 3_000);
+    write(store, vec![link(6, TxnKind::Refund, 1, 1)]).unwrap();
+
+    // A void in flight takes its original whole; approved, the original is voided.
+    approved_purchase(store, 7);
+    write(store, vec![link(8, TxnKind::PurchaseVoid, 7, 12_345)]).unwrap();
+    for (id, kind, amount) in [
+        (9, TxnKind::PurchaseVoid, 12_345),
+        (10, TxnKind::Refund, 100),
+    ] {
+        let taken = write(store, vec![link(id, kind, 7, amount)]);
+        assert_eq!(taken, Err(StoreError::LinkRefused(LinkRefusal::Taken)));
+    }
+    write(
+        store,
+        vec![
+            approved(8),
+            Record::State {
+                id: 7,
+                state: TxnState::Voided,
+            },
+        ],
+    )
+    .unwrap();
+    let late = write(store, vec![link(11, TxnKind::Refund, 7, 100)]);
+    assert_eq!(late, Err(StoreError::LinkRefused(LinkRefusal::NotApproved)));
+    // A refusal recorded as such (declined) claims nothing.
+    let mut declined = txn(12, 12);
+    declined.kind = TxnKind::Refund;
+    declined.original_id = Some(7);
+    declined.state = TxnState::Declined;
+    write(store, vec![Record::InsertTxn(Box::new(declined))]).unwrap();
+}
+
+/// Two nodes (two stores on one PostgreSQL database; on SQLite two threads on one store)
+/// refund one original at the same instant, each for more than half of it: one passes. Two
+/// that fit, approved at the same instant, both count in the original's refunded total.
+fn two_refunds_at_once_cannot_both_take_an_original(db: &Db) {
+    let first = db.open();
+    let second = db.is_postgres().then(|| db.open());
+    let (one, two): (&dyn Store, &dyn Store) = (&*first, second.as_deref().unwrap_or(&*first));
+    let node = |n: i64| if n == 2 { two } else { one };
+    provision(&first);
+    for round in 0..40_i64 {
+        let original = 100 + round * 3;
+        approved_purchase(one, original);
+        let barrier = std::sync::Barrier::new(2);
+        let results: Vec<Result<(), StoreError>> = std::thread::scope(|scope| {
+            let racers: Vec<_> = (1..=2_i64)
+                .map(|n| {
+                    let (node, barrier) = (node(n), &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        write(
+                            node,
+                            vec![link(original + n, TxnKind::Refund, original, 7_000)],
+                        )
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let passed = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(passed, 1, "round {round}: {results:?}");
+        assert!(results.contains(&Err(StoreError::LinkRefused(LinkRefusal::ExceedsAmount))));
+    }
+    // Two refunds that fit, approved on the two nodes at once: the total counts both.
+    for round in 0..40_i64 {
+        let original = 1_000 + round * 3;
+        approved_purchase(one, original);
+        for n in 1..=2 {
+            write(
+                one,
+                vec![link(original + n, TxnKind::Refund, original, 3_000)],
+            )
+            .unwrap();
+        }
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|scope| {
+            for n in 1..=2_i64 {
+                let (node, barrier) = (node(n), &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    let records = vec![approved(original + n), Record::Refunded { id: original }];
+                    write(node, records).unwrap();
+                });
+            }
+        });
+        assert_eq!(refunded(one, original), 6_000, "round {round}");
+    }
+}
+
 on_both!(
+    linked_requests_claim_their_original_in_the_journal,
+    two_refunds_at_once_cannot_both_take_an_original,
     rows_since_a_date_come_by_date_then_id,
     batches_are_listed_with_their_last_clearing_date,
     a_busy_card_reads_its_newest_transactions,

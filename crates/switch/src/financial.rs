@@ -9,7 +9,10 @@ use domain::money::yuan;
 use iso8583::{Field61, Financial, Frame, Message, MessageBuilder};
 use paycrypto::{EncryptedPinBlock, KeyScheme, PanDigits};
 use sha2::{Digest, Sha256};
-use store::{EventRow, Outcome, PanAtRest, Record, Status, TxnKind, TxnRow, TxnState};
+use store::{
+    EventRow, LinkRefusal, Outcome, PanAtRest, Record, Status, StoreError, TxnKind, TxnRow,
+    TxnState,
+};
 use zeroize::Zeroize;
 
 use crate::clock::LocalTime;
@@ -357,6 +360,30 @@ impl Core {
         )
     }
 
+    /// The journal refused a void, completion or refund that this node's memory let pass:
+    /// another node sharing the journal has voided, completed or refunded the original, or has
+    /// a link of it in flight. What the journal says of the original is read back into memory,
+    /// and the request is refused as the check would have refused it.
+    async fn refuse_link_in_journal(
+        &self,
+        ctx: &Ctx<'_>,
+        entry: &Arc<Entry>,
+        row: TxnRow,
+        original: &Arc<Entry>,
+        why: LinkRefusal,
+    ) -> Option<Vec<u8>> {
+        let id = original.id;
+        if let Some(Ok(Some(now))) = self.read_store(move |store| store.txn(id)).await {
+            original.catch_up(&now);
+        }
+        let code = match why {
+            LinkRefusal::ExceedsAmount => RC_EXCEEDS_AMOUNT,
+            LinkRefusal::NotApproved | LinkRefusal::Taken => RC_INVALID_TRANSACTION,
+        };
+        let why = format!("linked-transaction check failed in the journal: {why}");
+        self.refuse_recorded(ctx, entry, row, code, &why).await
+    }
+
     /// The original a linked request names, if it is this terminal's merchant's. Another
     /// merchant's transaction is not found (25) and the refusal is not linked to it, so neither
     /// merchant is ever shown the other's (DESIGN.md invariant 5; found by the simulation).
@@ -577,10 +604,7 @@ impl Core {
                         delta_fen: amount_fen,
                     });
                     live.refunded_fen += amount_fen;
-                    records.push(Record::Refunded {
-                        id: original.id,
-                        refunded_fen: live.refunded_fen,
-                    });
+                    records.push(Record::Refunded { id: original.id });
                 }
             }
             _ => {
@@ -869,7 +893,17 @@ impl Core {
             ctx.key.tid,
             ctx.local.clock_text()
         );
+        // A linked request's row is kept, to record a refusal should the journal refuse it.
+        let linked_row = matches!(original, Link::Original(_)).then(|| row.clone());
         if let Err(error) = self.journal(vec![Record::InsertTxn(Box::new(row))]).await {
+            if let (StoreError::LinkRefused(why), Link::Original(found), Some(row)) =
+                (&error, &original, linked_row)
+            {
+                let _ = release(false, &mut undo);
+                return self
+                    .refuse_link_in_journal(ctx, &entry, row, found, *why)
+                    .await;
+            }
             tracing::warn!(%error, "journal write failed; answering 96");
             let _ = release(false, &mut undo);
             entry.mark_unrecorded();
@@ -887,6 +921,9 @@ impl Core {
         let answered_ms = self.clock.now_ms();
         let at = LocalTime::from_ms(answered_ms).clock_text();
         let mut records = Vec::with_capacity(4);
+        // What the outcome does to the original: written after the outcome, which the
+        // original's refunded total is summed from.
+        let mut link_records: Vec<Record>;
         let (answer, state, issuer_answered) = match &result {
             Ok(reply) => {
                 match parse_reply(reply, entry.rrn.as_deref()) {
@@ -919,7 +956,7 @@ impl Core {
                             }
                             reversed
                         };
-                        records.extend(release(approved && !reversed_meanwhile, &mut undo));
+                        link_records = release(approved && !reversed_meanwhile, &mut undo);
                         if approved && reversed_meanwhile && kind != TxnKind::BalanceInquiry {
                             // The terminal's reversal may not be durable yet: its write may
                             // still fail, and be undone. This commit carries the reversal of
@@ -943,7 +980,7 @@ impl Core {
                     }
                     None => {
                         // An answer we cannot read may be an approval: reverse it.
-                        records.extend(release(false, &mut undo));
+                        link_records = release(false, &mut undo);
                         records.push(self.saf(entry.id, &bank, "96", answered_ms));
                         records.push(self.event(entry.id, "failed", format!("unreadable answer from {bank} at {at}: answered 96, reversal queued ({what})")));
                         (
@@ -955,7 +992,7 @@ impl Core {
                 }
             }
             Err(LinkError::Unavailable) => {
-                records.extend(release(false, &mut undo));
+                link_records = release(false, &mut undo);
                 records.push(self.event(
                     entry.id,
                     "failed",
@@ -964,7 +1001,7 @@ impl Core {
                 (Answer::code(RC_ISSUER_UNAVAILABLE), TxnState::Failed, None)
             }
             Err(error @ (LinkError::Timeout | LinkError::Lost)) => {
-                records.extend(release(false, &mut undo));
+                link_records = release(false, &mut undo);
                 // A balance inquiry moves no money: there is nothing to reverse.
                 let then = if kind == TxnKind::BalanceInquiry {
                     "nothing to reverse"
@@ -989,6 +1026,7 @@ impl Core {
             issuer_answered_at_ms: issuer_answered,
             answered_at_ms: answered_ms,
         }));
+        records.append(&mut link_records);
         // A retry answered by a switch that holds no memory of this inquiry (a restart,
         // another node) must still carry the balance the terminal was told.
         if let (TxnKind::BalanceInquiry, Some(balance)) = (kind, &answer.balance) {
@@ -1299,10 +1337,7 @@ impl Core {
                     entry: Arc::clone(&original),
                     delta_fen: live.refunded_fen - was,
                 });
-                vec![Record::Refunded {
-                    id: original.id,
-                    refunded_fen: live.refunded_fen,
-                }]
+                vec![Record::Refunded { id: original.id }]
             }
             TxnKind::PurchaseVoid
             | TxnKind::CompletionVoid

@@ -16,7 +16,9 @@ use std::time::Duration;
 use common::{IssuerLog, MID, Req, SILENT_AMOUNT, TMK_HEX, Terminal, card, new_hsm, start_issuer};
 use domain::IssuerDirectory;
 use paycrypto::{Hsm, KeyAlgorithm, KeyHandle, KeyScheme, KeyUsage, MacAlgorithm, SoftHsm};
-use store::{MerchantRow, PgConfig, PgStore, Record, SafState, Status, Store, TxnState};
+use store::{
+    MerchantRow, Outcome, PgConfig, PgStore, Record, SafState, Status, Store, TxnKind, TxnState,
+};
 use switch::{IssuerEndpoint, Switch, SwitchConfig, SwitchHandle, SystemClock, TerminalSpec};
 
 const TID_A: &str = "10000001";
@@ -325,6 +327,64 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
         assert_eq!(
             b.store.txn_by_rrn(&sale_rrn).unwrap().unwrap().refunded_fen,
             3_000
+        );
+
+        // A refund of a sale node B holds, in flight on node A (its row written ahead, the
+        // issuer not yet answered): node B's memory cannot know it, the journal does. A refund
+        // on B that would exceed the sale with it is refused (61) and recorded; once A's has
+        // timed out, its amount is free again.
+        let sale = at_b.send(&Req::purchase(&pan, 5_000, 604)).await;
+        assert_eq!(sale.code(), "00");
+        let sale_row = b
+            .store
+            .txn_by_rrn(&sale.text(37).unwrap())
+            .unwrap()
+            .unwrap();
+        let mut on_a = sale_row.clone();
+        on_a.id = i64::try_from(a.store.reserve("txn_id", 1).unwrap().await.unwrap()).unwrap();
+        on_a.kind = TxnKind::Refund;
+        on_a.original_id = Some(sale_row.id);
+        on_a.amount_fen = 4_000;
+        on_a.rrn = Some("090000000002".into());
+        on_a.stan = 605;
+        on_a.state = TxnState::InFlight;
+        on_a.response_code = None;
+        on_a.auth_code = None;
+        on_a.answered_at_ms = None;
+        a.store
+            .submit(vec![Record::InsertTxn(Box::new(on_a.clone()))])
+            .unwrap()
+            .await
+            .unwrap();
+        let refund = Req::refund(&pan, 2_000, 606, &sale.text(37).unwrap(), "0000");
+        let debits = log.requests.load(Ordering::SeqCst);
+        assert_eq!(at_b.send(&refund).await.code(), "61");
+        assert_eq!(
+            log.requests.load(Ordering::SeqCst),
+            debits,
+            "sent to the issuer"
+        );
+        let refused = b.store.txns_by_key(TID_A, sale_row.batch_no, 606).unwrap();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].state, TxnState::Declined);
+        a.store
+            .submit(vec![Record::Outcome(Outcome {
+                id: on_a.id,
+                state: TxnState::TimedOut,
+                response_code: "98".into(),
+                auth_code: None,
+                settlement_date: None,
+                issuer_answered_at_ms: None,
+                answered_at_ms: on_a.received_at_ms,
+            })])
+            .unwrap()
+            .await
+            .unwrap();
+        let refund = Req::refund(&pan, 2_000, 607, &sale.text(37).unwrap(), "0000");
+        assert_eq!(at_b.send(&refund).await.code(), "00");
+        assert_eq!(
+            b.store.txn(sale_row.id).unwrap().unwrap().refunded_fen,
+            2_000
         );
         drop((at_a, at_b));
 
