@@ -141,3 +141,51 @@ impl From<CaseError> for ApiError {
         }
     }
 }
+
+/// Rewrites the answers axum's extractors give a request they cannot read (a JSON body of the
+/// wrong shape, a path or query parameter that does not parse). Their text quotes the
+/// offending value: a card number sent as a JSON number, or typed where a transaction id
+/// belongs, would come back in the answer. Every other answer carries JSON (the API) or HTML
+/// (the pages), so an extractor's is the only plain-text client error; it is replaced by a
+/// message that names what kind of fault it was and at most a missing field's name (ours,
+/// from the request type), never a value. The API gets it as its usual JSON error.
+pub async fn plain_rejections(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let api = request.uri().path().starts_with("/api/");
+    let response = next.run(request).await;
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !status.is_client_error() || !plain {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 4_096)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let missing = text
+        .find("missing field `")
+        .and_then(|at| text.get(at..))
+        .and_then(|rest| rest.get(..rest.get(15..)?.find('`')? + 16));
+    let message = match (status, missing) {
+        (_, Some(missing)) => format!("the request body does not fit this request: {missing}"),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, None) => {
+            "send the body as JSON (Content-Type: application/json)".to_owned()
+        }
+        (StatusCode::PAYLOAD_TOO_LARGE, None) => "the request body is too large".to_owned(),
+        (StatusCode::UNPROCESSABLE_ENTITY, None) => "the request body does not fit this \
+            request: a field has the wrong type or value, or is not one this request takes"
+            .to_owned(),
+        _ => "the request could not be read: check its path, parameters and body".to_owned(),
+    };
+    if api {
+        ApiError::new(status, "bad_request", message).into_response()
+    } else {
+        (status, message).into_response()
+    }
+}

@@ -127,6 +127,7 @@ impl Web {
         let app = api::router()
             .merge(pages::router())
             .merge(metrics::router())
+            .layer(axum::middleware::from_fn(error::plain_rejections))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 metrics::track,

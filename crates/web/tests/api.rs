@@ -1140,6 +1140,53 @@ fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
             )
             .await;
         assert_error(&bad, 400, "bad_account");
+        // A body, path or query the extractors cannot read is answered without the value it
+        // quotes: here a card number as a JSON number, and typed where an id or limit goes.
+        let number: u64 = first.parse().unwrap();
+        let as_number = api
+            .call(
+                Some(&tea),
+                "POST",
+                "/api/bound-account",
+                Some(json!({"kind": "card", "number": number, "holder_name": "x"})),
+            )
+            .await;
+        assert_error(&as_number, 422, "bad_request");
+        let missing = api
+            .call(
+                Some(&tea),
+                "POST",
+                "/api/bound-account",
+                Some(json!({"kind": "card"})),
+            )
+            .await;
+        assert_error(&missing, 422, "bad_request");
+        assert!(
+            missing.body.contains("missing field `number`"),
+            "{}",
+            missing.body
+        );
+        let in_path = api
+            .call(
+                Some(&tea),
+                "GET",
+                &format!("/api/transactions/{first}x"),
+                None,
+            )
+            .await;
+        assert_error(&in_path, 400, "bad_request");
+        let in_query = api
+            .call(
+                Some(&tea),
+                "GET",
+                &format!("/api/transactions?limit={first}x"),
+                None,
+            )
+            .await;
+        assert_error(&in_query, 400, "bad_request");
+        for answer in [&as_number, &in_path, &in_query] {
+            assert!(!answer.body.contains(&first), "{}", answer.body);
+        }
         let acct = api
             .call(Some(&tea), "GET", "/api/bound-account", None)
             .await
