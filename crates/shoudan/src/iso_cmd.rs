@@ -291,10 +291,11 @@ fn describe(length: Option<usize>, frame: Option<&Frame<'_>>, m: &Message<'_>) -
     }
 }
 
-/// First 6 and last 4 digits, the rest starred.
+/// First 6 and last 4 digits, the rest starred; shorter than a card number (13 digits), all
+/// starred, since ten shown digits and a Luhn digit would leave little to guess.
 fn mask_pan(pan: &str) -> String {
     let n = pan.chars().count();
-    if n <= 10 {
+    if n < 13 {
         return "*".repeat(n);
     }
     pan.chars()
@@ -322,6 +323,7 @@ fn field_json(f: &iso8583::Field<'_>) -> Value {
             let digits = f.digits().map(|d| d.to_string()).unwrap_or_default();
             json!(mask_batch_pans(&digits))
         }
+        (55, _) => ic_data_json(f.data()),
         (_, Format::N) => json!(f.digits().map(|d| d.to_string()).unwrap_or_default()),
         (_, Format::B) => json!(hex(f.data())),
         (_, Format::An | Format::Ans) => match f.text() {
@@ -331,11 +333,80 @@ fn field_json(f: &iso8583::Field<'_>) -> Value {
     }
 }
 
-/// Field 48 of a batch upload carries PANs: mask each record's PAN in place.
+/// EMV tags that carry the card number, track data, the expiry or the cardholder's name.
+const IC_TAGS_HIDDEN: &[u32] = &[
+    0x56, 0x57, 0x5A, 0x5F20, 0x5F24, 0x9F0B, 0x9F1F, 0x9F20, 0x9F6B,
+];
+
+/// Field 55 (IC data, BER-TLV) tag by tag, with the values of `IC_TAGS_HIDDEN` replaced by
+/// their length; data that is not TLV is not shown at all, since it may be anything.
+fn ic_data_json(data: &[u8]) -> Value {
+    let mut tags = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let Some((tag, value, after)) = next_tlv(rest) else {
+            return json!(format!(
+                "<IC data, {} bytes, not TLV: not shown>",
+                data.len()
+            ));
+        };
+        let shown = if IC_TAGS_HIDDEN.contains(&tag) {
+            json!(format!("<{} bytes, not shown>", value.len()))
+        } else {
+            json!(hex(value))
+        };
+        tags.push(json!({ "tag": format!("{tag:X}"), "value": shown }));
+        rest = after;
+    }
+    json!(tags)
+}
+
+/// One BER-TLV item: its tag (up to 3 bytes), its value and what follows it.
+fn next_tlv(data: &[u8]) -> Option<(u32, &[u8], &[u8])> {
+    let (&first, mut rest) = data.split_first()?;
+    let mut tag = u32::from(first);
+    if first & 0x1F == 0x1F {
+        for _ in 0..2 {
+            let (&next, after) = rest.split_first()?;
+            tag = tag << 8 | u32::from(next);
+            rest = after;
+            if next & 0x80 == 0 {
+                break;
+            }
+        }
+    }
+    let (&len, after) = rest.split_first()?;
+    rest = after;
+    let len = match len {
+        0x00..=0x7F => usize::from(len),
+        0x81 => {
+            let (&n, after) = rest.split_first()?;
+            rest = after;
+            usize::from(n)
+        }
+        0x82 => {
+            let (n, after) = rest.split_at_checked(2)?;
+            rest = after;
+            usize::from(u16::from_be_bytes([*n.first()?, *n.get(1)?]))
+        }
+        _ => return None,
+    };
+    let (value, after) = rest.split_at_checked(len)?;
+    Some((tag, value, after))
+}
+
+/// Field 48 of a batch upload carries PANs: mask each record's PAN in place. The settlement
+/// totals (62 digits) are shown; any other layout is not, since its PANs cannot be found.
 fn mask_batch_pans(digits: &str) -> String {
-    let is_upload = digits.len() >= 2 && digits.len() != 62 && (digits.len() - 2) % 40 == 0;
-    if !is_upload {
+    if digits.len() == 62 {
         return digits.to_owned();
+    }
+    let is_upload = digits.len() >= 2 && (digits.len() - 2) % 40 == 0;
+    if !is_upload {
+        return format!(
+            "<{} digits, not a batch-upload layout: not shown>",
+            digits.len()
+        );
     }
     let mut out = String::with_capacity(digits.len());
     out.push_str(digits.get(..2).unwrap_or_default());
@@ -476,12 +547,49 @@ fn encode(args: EncodeArgs) -> CliResult {
     Ok(())
 }
 
+/// IC data given as decode shows it, `[{"tag": "9F26", "value": "<hex>"}, ...]`, as BER-TLV.
+fn tlv_bytes(number: u8, items: &[Value]) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let mut out = Vec::new();
+    for item in items {
+        let (Some(tag), Some(value)) = (
+            item.get("tag").and_then(Value::as_str),
+            item.get("value").and_then(Value::as_str),
+        ) else {
+            return Err(format!("field {number}: each item needs \"tag\" and \"value\"").into());
+        };
+        if value.starts_with('<') {
+            return Err(format!(
+                "field {number}: tag {tag} is a hidden value from decode; give the full value"
+            )
+            .into());
+        }
+        let value = unhex(value, &format!("field {number} tag {tag}"))?;
+        out.extend(unhex(tag, &format!("field {number} tag"))?);
+        match u8::try_from(value.len()) {
+            Ok(len @ 0..=0x7F) => out.push(len),
+            Ok(len) => out.extend([0x81, len]),
+            Err(_) => {
+                let len = u16::try_from(value.len())
+                    .map_err(|_| format!("field {number} tag {tag}: value too long"))?;
+                out.push(0x82);
+                out.extend(len.to_be_bytes());
+            }
+        }
+        out.extend(value);
+    }
+    Ok(out)
+}
+
 fn set_field(builder: &mut MessageBuilder, number: u8, value: &Value) -> CliResult {
     let spec = CUP_POS
         .field(number)
         .ok_or(format!("field {number}: not defined in this dialect"))?;
     if let Some(hex_text) = value.get("hex").and_then(Value::as_str) {
         builder.set_bytes(number, &unhex(hex_text, &format!("field {number}"))?)?;
+        return Ok(());
+    }
+    if let Some(items) = value.as_array() {
+        builder.set_binary(number, &tlv_bytes(number, items)?)?;
         return Ok(());
     }
     let text = value

@@ -253,3 +253,70 @@ fn encode_takes_a_file_and_hex_for_non_ascii_text() {
     assert_eq!(v["fields"]["63"]["hex"], "435550B2E2CAD4");
     assert_eq!(encode(&stdout), hex);
 }
+
+#[test]
+fn ic_data_is_shown_tag_by_tag_without_the_card_number_track_or_expiry() {
+    // 5A: the PAN; 57: track 2 equivalent; 5F24: expiry; 9F26: the cryptogram; 82: AIP.
+    let ic = [
+        "9F2608A1B2C3D4E5F60718",
+        "5A0A6222020000000000185F",
+        "570E6222020000000000185D2912201F",
+        "5F2403291231",
+        "5F2A020156",
+        "82025C00",
+    ]
+    .concat();
+    let json = format!(r#"{{"mti":"0200","fields":{{"11":"000001","55":{{"hex":"{ic}"}}}}}}"#);
+    let hex = encode(&json);
+    let (v, stdout) = decode(&["--body", "--mti", "0200", hex.get(4..).unwrap()], None);
+    let tags = v["fields"]["55"].as_array().unwrap();
+    let shown: Vec<(&str, &str)> = tags
+        .iter()
+        .map(|t| (t["tag"].as_str().unwrap(), t["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("9F26", "A1B2C3D4E5F60718"),
+            ("5A", "<10 bytes, not shown>"),
+            ("57", "<14 bytes, not shown>"),
+            ("5F24", "<3 bytes, not shown>"),
+            ("5F2A", "0156"),
+            ("82", "5C00"),
+        ]
+    );
+    for secret in ["6222020000000000185", "2912"] {
+        assert!(!stdout.contains(secret), "{secret} leaked: {stdout}");
+    }
+    // Encode takes the tag list back; a hidden value must be given in full.
+    let refused = fail(&["iso", "encode"], Some(&stdout));
+    assert!(refused.contains("tag 5A is a hidden value"), "{refused}");
+    let restored = stdout
+        .replace("<10 bytes, not shown>", "6222020000000000185F")
+        .replace("<14 bytes, not shown>", "6222020000000000185D2912201F")
+        .replace("<3 bytes, not shown>", "291231");
+    assert_eq!(encode(&restored), hex);
+    // IC data that is not TLV is not shown at all.
+    let json = r#"{"mti":"0200","fields":{"11":"000001","55":{"hex":"5A0862220200"}}}"#;
+    let (v, stdout) = decode(
+        &["--body", "--mti", "0200", encode(json).get(4..).unwrap()],
+        None,
+    );
+    assert_eq!(v["fields"]["55"], "<IC data, 6 bytes, not TLV: not shown>");
+    assert!(!stdout.contains("622202"), "{stdout}");
+}
+
+#[test]
+fn field_48_in_no_known_layout_is_not_shown() {
+    let digits = "1".repeat(50);
+    let json = format!(r#"{{"mti":"0320","fields":{{"11":"000001","48":"{digits}"}}}}"#);
+    let (v, stdout) = decode(
+        &["--body", "--mti", "0320", encode(&json).get(4..).unwrap()],
+        None,
+    );
+    assert_eq!(
+        v["fields"]["48"],
+        "<50 digits, not a batch-upload layout: not shown>"
+    );
+    assert!(!stdout.contains(&digits), "{stdout}");
+}
