@@ -25,16 +25,47 @@ pub const TERMINALS_TRACKED_MAX: usize = 100_000;
 pub const MERCHANTS_TRACKED_MAX: usize = 100_000;
 /// A full map is swept of stale entries at most this often.
 const SWEEP_INTERVAL_MS: i64 = 1_000;
+/// How long a sale that passed a daily limit holds its amount against the limit while its
+/// answer is awaited. Past any issuer timeout: a request the switch refused after the check
+/// (so never observed) frees its hold by this age.
+pub const DAILY_HOLD_MS: i64 = 120_000;
+/// Holds one merchant may have at once; past this a sale is checked without holding, as
+/// before holds existed (a merchant that many requests deep is refused by the switch's
+/// in-flight bounds long before).
+const HOLDS_PER_MERCHANT_MAX: usize = 4_096;
+/// A peer-change alert for a terminal is not repeated within this time: a declining rule
+/// declines every request from the new network, and one alert says it.
+const PEER_ALERT_QUIET_MS: i64 = 3_600_000;
 
 /// What a request does to the cardholder's money, as far as the rules care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxnClass {
-    /// Purchase, pre-authorisation, completion: money moves from the card.
+    /// Purchase: money moves from the card; checked, and counted in the day's sales.
     Sale,
-    /// Void, refund: money goes back; card and amount rules do not apply.
+    /// Pre-authorisation: checked as a sale, not counted (its completion is).
+    Hold,
+    /// Completion of a pre-authorisation: counted, not checked (its pre-authorisation was; a
+    /// refused completion would leave the cardholder's funds held for nothing).
+    Capture,
+    /// Void of a purchase or completion: takes its sale back out of the day's sales.
+    Void,
+    /// Refund, void of a pre-authorisation: money goes back; card and amount rules do not
+    /// apply.
     Credit,
     /// Balance inquiry: no money, but a favourite probe of card testers.
     Inquiry,
+}
+
+impl TxnClass {
+    /// Whether the card and amount rules judge it.
+    fn judged_as_sale(self) -> bool {
+        matches!(self, TxnClass::Sale | TxnClass::Hold)
+    }
+
+    /// Whether it counts as a card's attempt (the velocity rules).
+    fn is_attempt(self) -> bool {
+        matches!(self, TxnClass::Sale | TxnClass::Hold | TxnClass::Inquiry)
+    }
 }
 
 /// A request about to go to the issuer.
@@ -128,10 +159,35 @@ struct TerminalState {
     last_ms: i64,
 }
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct MerchantDay {
     day: i64,
     sales_fen: i64,
+    /// Sales that passed a daily limit and await their answer: (txn id, amount, when).
+    /// Requests in flight at once all count, so pipelined sales cannot each see the same
+    /// room under the limit.
+    holds: Vec<(i64, i64, i64)>,
+}
+
+impl MerchantDay {
+    /// This day's record, started afresh when `day` is another.
+    fn on(&mut self, day: i64) -> &mut MerchantDay {
+        if self.day != day {
+            *self = MerchantDay {
+                day,
+                ..MerchantDay::default()
+            };
+        }
+        self
+    }
+
+    /// Sold, and held by sales awaiting their answer.
+    fn committed_fen(&mut self, now: i64) -> i64 {
+        self.holds.retain(|h| h.2 > now - DAILY_HOLD_MS);
+        self.holds
+            .iter()
+            .fold(self.sales_fen, |sum, h| sum.saturating_add(h.1))
+    }
 }
 
 /// The rules and their history. Not thread-safe by itself: the switch keeps it behind a
@@ -167,11 +223,33 @@ impl Engine {
     /// Adds an approved sale to a merchant's day without evaluating anything: warms the daily
     /// totals from the journal at start, so a restart does not reset a daily limit.
     pub fn record_sale(&mut self, mid: &str, day: i64, amount_fen: i64) {
+        self.adjust_sales(mid, day, amount_fen);
+    }
+
+    /// Moves a merchant's sales of `day` by `delta_fen`: a terminal reversal takes a sale back
+    /// out (negative), or puts back one its reversed void had taken out.
+    pub fn adjust_sales(&mut self, mid: &str, day: i64, delta_fen: i64) {
         if let Some(total) = self.merchant(mid) {
-            if total.day != day {
-                *total = MerchantDay { day, sales_fen: 0 };
-            }
-            total.sales_fen = total.sales_fen.saturating_add(amount_fen);
+            let total = total.on(day);
+            total.sales_fen = total.sales_fen.saturating_add(delta_fen).max(0);
+        }
+    }
+
+    /// Frees what a sale held against its merchant's daily limit: the switch refused it after
+    /// the checks passed it, so no answer will be observed.
+    pub fn release(&mut self, mid: &str, txn_id: i64) {
+        if let Some(total) = self.merchants.get_mut(mid) {
+            total.holds.retain(|h| h.0 != txn_id);
+        }
+    }
+
+    /// Forgets a terminal's usual network (an operator cleared its peer-change alert): the
+    /// next request learns the network it comes from.
+    pub fn forget_peer(&mut self, tid: &str) {
+        if let Some(terminal) = self.terminals.get_mut(tid) {
+            terminal.peer = None;
+            // Its quiet periods go too: a move after this one is news again.
+            terminal.alerted.clear();
         }
     }
 
@@ -185,14 +263,20 @@ impl Engine {
         let book = Arc::clone(&self.book);
         let rules = &book.for_merchant(request.mid).rules;
         let mut verdict = Verdict::default();
-        if rules.is_empty() {
+        // A completion is not judged: its pre-authorisation was.
+        if rules.is_empty() || request.class == TxnClass::Capture {
             return verdict;
         }
         let horizon = book.horizon_ms();
         let now = request.now_ms;
         self.sweep_if_full(now, horizon);
-        // The attempt counts towards its own velocity.
-        if let Some(card) = request.card_key.and_then(|key| self.card(key, now)) {
+        // The attempt counts towards its own velocity; a void or refund is not an attempt.
+        let attempt = request.class.is_attempt();
+        if let Some(card) = request
+            .card_key
+            .filter(|_| attempt)
+            .and_then(|key| self.card(key, now))
+        {
             trim_cards(&mut card.events, now - horizon);
             push_bounded(
                 &mut card.events,
@@ -216,6 +300,12 @@ impl Engine {
             };
             match rule.action {
                 Action::Decline => {
+                    // A terminal's move is declined until an operator has looked, so it is
+                    // also put before one: an alert, once (`forget_peer` ends it).
+                    let peer = matches!(rule.kind, RuleKind::PeerChange { .. });
+                    if peer && self.first_alert(rule, request.tid, request.card_key, now) {
+                        verdict.alerts.push(hit.clone());
+                    }
                     verdict.decline = Some(hit);
                     break;
                 }
@@ -227,17 +317,26 @@ impl Engine {
             }
         }
         if let (Some(peer), Some(terminal)) = (request.peer, self.terminal(request.tid, now)) {
-            // A declining peer rule keeps declining until an operator has looked; an alerting
-            // one learns the new network once it has said so.
-            let declined_by_peer = matches!(
-                &verdict.decline,
-                Some(Hit {
-                    kind: RuleKind::PeerChange { .. },
-                    ..
-                })
-            );
-            if terminal.peer.is_none() || !declined_by_peer {
+            // A declining peer rule keeps declining until an operator has looked
+            // (`forget_peer`); an alerting one learns the new network once it has said so. A
+            // request another rule declined first learns nothing: the peer rules after it
+            // were never asked, and the next request must be.
+            if terminal.peer.is_none() || verdict.decline.is_none() {
                 terminal.peer = Some(peer);
+            }
+        }
+        // A sale that passed a daily limit holds its amount until its answer.
+        let daily = rules
+            .iter()
+            .any(|r| matches!(r.kind, RuleKind::DailyAmountMax { .. }));
+        if daily && verdict.decline.is_none() && request.class == TxnClass::Sale {
+            if let Some(total) = self.merchant(request.mid) {
+                let total = total.on(request.day);
+                if total.holds.len() < HOLDS_PER_MERCHANT_MAX {
+                    total
+                        .holds
+                        .push((request.txn_id, request.amount_fen, request.now_ms));
+                }
             }
         }
         verdict
@@ -248,23 +347,31 @@ impl Engine {
         let book = Arc::clone(&self.book);
         let rules = &book.for_merchant(outcome.mid).rules;
         let mut alerts = Vec::new();
+        let approved = &outcome.response_code == b"00";
+        // The day's sales are kept for every merchant, with rules or not: a daily limit added
+        // during the day then starts from what was sold, not from nothing.
+        let delta = match outcome.class {
+            TxnClass::Sale | TxnClass::Capture if approved => outcome.amount_fen,
+            TxnClass::Void if approved => -outcome.amount_fen,
+            _ => 0,
+        };
+        let held = outcome.class == TxnClass::Sale
+            && self
+                .merchants
+                .get(outcome.mid)
+                .is_some_and(|m| !m.holds.is_empty());
+        if delta != 0 || held {
+            if let Some(total) = self.merchant(outcome.mid) {
+                let total = total.on(outcome.day);
+                total.holds.retain(|h| h.0 != outcome.txn_id);
+                total.sales_fen = total.sales_fen.saturating_add(delta).max(0);
+            }
+        }
         if rules.is_empty() {
             return alerts;
         }
         let horizon = book.horizon_ms();
         let now = outcome.now_ms;
-        let approved = &outcome.response_code == b"00";
-        if approved && outcome.class == TxnClass::Sale {
-            if let Some(day) = self.merchant(outcome.mid) {
-                if day.day != outcome.day {
-                    *day = MerchantDay {
-                        day: outcome.day,
-                        sales_fen: 0,
-                    };
-                }
-                day.sales_fen = day.sales_fen.saturating_add(outcome.amount_fen);
-            }
-        }
         let card_decline = !approved && is_card_decline(outcome.response_code);
         if !card_decline {
             return alerts;
@@ -398,7 +505,7 @@ impl Engine {
         horizon: i64,
     ) -> Option<(String, Vec<i64>)> {
         let now = request.now_ms;
-        let sale = request.class == TxnClass::Sale;
+        let sale = request.class.judged_as_sale();
         let this = || vec![request.txn_id];
         match rule.kind {
             RuleKind::CardTypes { accepted } => {
@@ -426,9 +533,9 @@ impl Engine {
                 }
                 let today = self
                     .merchants
-                    .get(request.mid)
+                    .get_mut(request.mid)
                     .filter(|d| d.day == request.day)
-                    .map_or(0, |d| d.sales_fen);
+                    .map_or(0, |d| d.committed_fen(now));
                 (today.saturating_add(request.amount_fen) > max_fen).then(|| {
                     (
                         format!(
@@ -446,6 +553,9 @@ impl Engine {
                 attempts_max,
                 declines_max,
             } => {
+                if !request.class.is_attempt() {
+                    return None;
+                }
                 let card = self.cards.get(&request.card_key?)?;
                 let recent = card.events.iter().filter(|e| e.at_ms > now - window_ms);
                 let (mut attempts, mut declines) = (0u32, 0u32);
@@ -560,6 +670,7 @@ impl Engine {
             RuleKind::CardVelocity { window_ms, .. }
             | RuleKind::CardTesting { window_ms, .. }
             | RuleKind::WrongPins { window_ms, .. } => window_ms,
+            RuleKind::PeerChange { .. } => PEER_ALERT_QUIET_MS,
             // Stateless rules alert on every request they see.
             _ => return true,
         };
@@ -855,6 +966,139 @@ mod tests {
             ..sale(5, 9000, 0)
         };
         assert_eq!(declined_by(&e.check(&tomorrow)), None);
+    }
+
+    #[test]
+    fn sales_in_flight_at_once_hold_their_amount_against_the_daily_limit() {
+        let mut e = engine(r#"{"id": "day", "kind": "daily-amount-max", "max_fen": 10000}"#);
+        // Pipelined: the second is checked before the first is answered.
+        let first = sale(1, 6_000, 0);
+        assert_eq!(declined_by(&e.check(&first)), None);
+        assert_eq!(declined_by(&e.check(&sale(2, 6_000, 1))), Some("day"));
+        // Declined by the issuer: its hold is freed, and nothing is sold.
+        e.observe(&answer(&first, b"51"));
+        let third = sale(3, 6_000, 2);
+        assert_eq!(declined_by(&e.check(&third)), None);
+        // Refused by the switch after the checks (never observed): released at once...
+        e.release(M, 3);
+        let fourth = sale(4, 6_000, 3);
+        assert_eq!(declined_by(&e.check(&fourth)), None);
+        // ...or, never released, free once it is older than any answer could be.
+        assert_eq!(declined_by(&e.check(&sale(5, 6_000, 4))), Some("day"));
+        assert_eq!(
+            declined_by(&e.check(&sale(6, 6_000, 4 + DAILY_HOLD_MS))),
+            None
+        );
+    }
+
+    #[test]
+    fn the_day_counts_purchases_and_completions_less_voids_and_reversals() {
+        let mut e = engine(
+            r#"{"id": "day", "kind": "daily-amount-max", "max_fen": 10000},
+               {"id": "cap", "kind": "amount-max", "max_fen": 5800}"#,
+        );
+        let of = |class, id, amount| Request {
+            class,
+            ..sale(id, amount, id)
+        };
+        // A pre-authorisation is judged like a sale, and not counted...
+        assert_eq!(
+            declined_by(&e.check(&of(TxnClass::Hold, 1, 6_000))),
+            Some("cap")
+        );
+        let hold = of(TxnClass::Hold, 2, 4_000);
+        assert_eq!(declined_by(&e.check(&hold)), None);
+        e.observe(&answer(&hold, b"00"));
+        // ...its completion is counted, and not judged: over the per-sale cap, it passes.
+        let capture = of(TxnClass::Capture, 3, 5_900);
+        assert_eq!(e.check(&capture), Verdict::default());
+        e.observe(&answer(&capture, b"00"));
+        assert_eq!(
+            declined_by(&e.check(&of(TxnClass::Sale, 4, 4_101))),
+            Some("day")
+        );
+        // A void gives its sale back to the day.
+        e.observe(&answer(&of(TxnClass::Void, 5, 5_900), b"00"));
+        let sold = of(TxnClass::Sale, 6, 5_000);
+        assert_eq!(declined_by(&e.check(&sold)), None);
+        e.observe(&answer(&sold, b"00"));
+        // So does a terminal reversal (the switch calls adjust_sales).
+        assert_eq!(
+            declined_by(&e.check(&of(TxnClass::Sale, 7, 5_001))),
+            Some("day")
+        );
+        e.adjust_sales(M, 1, -5_000);
+        assert_eq!(declined_by(&e.check(&of(TxnClass::Sale, 8, 5_001))), None);
+    }
+
+    #[test]
+    fn a_daily_limit_added_during_the_day_starts_from_what_was_sold() {
+        let mut e = Engine::new(Arc::new(RuleBook::empty()));
+        let sold = sale(1, 9_000, 0);
+        assert_eq!(e.check(&sold), Verdict::default());
+        e.observe(&answer(&sold, b"00"));
+        let text = r#"{"default": [{"id": "day", "kind": "daily-amount-max", "max_fen": 10000}]}"#;
+        e.replace_book(Arc::new(RuleBook::from_json(text).unwrap()));
+        assert_eq!(declined_by(&e.check(&sale(2, 1_001, 1))), Some("day"));
+    }
+
+    #[test]
+    fn voids_and_refunds_are_not_card_attempts() {
+        let mut e = engine(
+            r#"{"id": "vel", "kind": "card-velocity", "window_s": 60, "attempts_max": 2,
+                "declines_max": 5}"#,
+        );
+        // Sale, void, sale, void, sale: a cashier correcting an amount.
+        for i in 0..5 {
+            let class = if i % 2 == 0 {
+                TxnClass::Sale
+            } else {
+                TxnClass::Void
+            };
+            let r = Request {
+                class,
+                ..sale(i, 100, i)
+            };
+            let expected = (i == 4).then_some("vel");
+            assert_eq!(declined_by(&e.check(&r)), expected, "request {i}");
+            e.observe(&answer(&r, b"00"));
+        }
+        // However many attempts, a refund to the card is never declined by them.
+        let refund = Request {
+            class: TxnClass::Credit,
+            ..sale(9, 100, 9)
+        };
+        assert_eq!(declined_by(&e.check(&refund)), None);
+    }
+
+    #[test]
+    fn a_declining_peer_rule_is_asked_every_time_and_alerts_once_until_cleared() {
+        let mut e = engine(
+            r#"{"id": "cap", "kind": "amount-max", "max_fen": 10000},
+               {"id": "moved", "kind": "peer-change", "action": "decline"}"#,
+        );
+        let at = |ip: &str, id, amount| Request {
+            peer: Some(ip.parse().unwrap()),
+            ..sale(id, amount, id)
+        };
+        assert_eq!(declined_by(&e.check(&at("10.1.2.3", 1, 100))), None);
+        // From elsewhere, declined first by another rule: the new network is not learnt...
+        assert_eq!(
+            declined_by(&e.check(&at("172.16.5.5", 2, 20_000))),
+            Some("cap")
+        );
+        // ...so the next request from it meets the peer rule, with one alert.
+        let moved = e.check(&at("172.16.5.5", 3, 100));
+        assert_eq!(declined_by(&moved), Some("moved"));
+        assert_eq!(moved.alerts.len(), 1, "put before an operator");
+        assert_eq!(moved.alerts[0].action, Action::Decline);
+        let again = e.check(&at("172.16.5.5", 4, 100));
+        assert_eq!(declined_by(&again), Some("moved"));
+        assert!(again.alerts.is_empty(), "alerted once, not per request");
+        // An operator cleared it: the terminal's next request teaches the new network.
+        e.forget_peer(T);
+        assert_eq!(declined_by(&e.check(&at("172.16.5.5", 5, 100))), None);
+        assert_eq!(declined_by(&e.check(&at("172.16.5.9", 6, 100))), None);
     }
 
     #[test]

@@ -326,6 +326,8 @@ impl Core {
         code: [u8; 2],
         why: &str,
     ) -> Option<Vec<u8>> {
+        // A sale refused after the risk checks passed it gives back what it held.
+        self.risk_release(&ctx.terminal.mid, entry.id);
         let answer = Answer::code(code);
         let mut row = row;
         row.state = TxnState::Declined;
@@ -1194,6 +1196,9 @@ impl Core {
         // reversal the journal never got did not happen, and a late approval of its original
         // must then act as if it had not (found by the simulation with a full disk).
         let mut undo: Vec<Undo> = Vec::new();
+        // What reversing an approval takes out of (or puts back into) the merchant's sales of
+        // the day, for the daily limits.
+        let mut sales_delta = 0;
         let (code, detail) = match &original {
             None if unrecorded => (
                 RC_APPROVED,
@@ -1274,6 +1279,7 @@ impl Core {
                         // Undo what an approved linked transaction did to its own original.
                         if previous == TxnState::Approved {
                             records.extend(self.unlink(o, &mut undo));
+                            sales_delta = crate::risk::sales_reversed(o.kind, o.amount_fen);
                         }
                         records.push(self.event(
                             o.id,
@@ -1309,7 +1315,10 @@ impl Core {
             ),
         ));
         let (answer, state) = match self.journal(records).await {
-            Ok(()) => (answer, TxnState::Approved),
+            Ok(()) => {
+                self.risk_adjust_sales(&ctx.terminal.mid, sales_delta);
+                (answer, TxnState::Approved)
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot record a terminal reversal; answering 96");
                 Undo::all(undo);

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use domain::{FailureKind, Pan};
 use risk::{CardClass, Engine, Hit, MerchantGate, RuleBook, TxnClass};
 use store::risk::{AlertAction, AlertState, MerchantState, RiskAlertRow, RiskRecord};
-use store::{EventRow, Record, Store, StoreError, TxnKind};
+use store::{EventRow, Record, Store, StoreError, TxnKind, TxnState};
 use tokio::sync::watch;
 
 use crate::core::{Core, RC_INVALID_MERCHANT, Sequence, Terminal};
@@ -37,6 +37,9 @@ pub(crate) struct MerchantInfo {
     pub mcc: String,
     pub name: String,
 }
+
+/// The alert kind of the peer-change rule.
+const PEER_CHANGE: &str = risk::RuleKind::PeerChange { prefix_bits: 0 }.key();
 
 /// Bytes of a merchant name in field 63 (ans..163, after the 3-byte card organisation).
 const FIELD63_NAME_LEN_MAX: usize = 160;
@@ -68,13 +71,22 @@ pub(crate) struct Refusal {
 
 fn class_of(kind: TxnKind) -> TxnClass {
     match kind {
-        TxnKind::Purchase | TxnKind::PreAuth | TxnKind::Completion => TxnClass::Sale,
+        TxnKind::Purchase => TxnClass::Sale,
+        TxnKind::PreAuth => TxnClass::Hold,
+        TxnKind::Completion => TxnClass::Capture,
         TxnKind::BalanceInquiry => TxnClass::Inquiry,
-        TxnKind::PurchaseVoid
-        | TxnKind::PreAuthVoid
-        | TxnKind::CompletionVoid
-        | TxnKind::Refund
-        | TxnKind::Reversal => TxnClass::Credit,
+        TxnKind::PurchaseVoid | TxnKind::CompletionVoid => TxnClass::Void,
+        TxnKind::PreAuthVoid | TxnKind::Refund | TxnKind::Reversal => TxnClass::Credit,
+    }
+}
+
+/// What a terminal reversal of an approved `kind` of `amount_fen` does to the day's sales: a
+/// sale goes back out, a void's sale comes back in.
+pub(crate) fn sales_reversed(kind: TxnKind, amount_fen: i64) -> i64 {
+    match class_of(kind) {
+        TxnClass::Sale | TxnClass::Capture => -amount_fen,
+        TxnClass::Void => amount_fen,
+        TxnClass::Hold | TxnClass::Credit | TxnClass::Inquiry => 0,
     }
 }
 
@@ -120,10 +132,14 @@ impl RiskGate {
     ) -> Result<RiskGate, StoreError> {
         let mut engine = Engine::new(book);
         if !engine.book().is_empty() {
+            // The calendar day's sales that stand: approved, not voided or reversed since.
+            // Rows cleared today include yesterday's after the cut-over, hence the day check.
             let today = crate::clock::LocalTime::from_ms(now_ms);
             store.each_txn_since(&today.yyyymmdd(), &mut |row| {
-                let approved = row.response_code.as_deref() == Some("00");
-                if approved && class_of(row.kind) == TxnClass::Sale {
+                let counted = matches!(class_of(row.kind), TxnClass::Sale | TxnClass::Capture);
+                let today_s = crate::clock::LocalTime::from_ms(row.received_at_ms).day_number
+                    == today.day_number;
+                if counted && today_s && row.state == TxnState::Approved {
                     engine.record_sale(&row.mid, today.day_number, row.amount_fen);
                 }
             })?;
@@ -261,6 +277,28 @@ impl Core {
         }
     }
 
+    /// A terminal reversal moved the merchant's sales of today by `delta_fen`.
+    pub(crate) fn risk_adjust_sales(&self, mid: &str, delta_fen: i64) {
+        if delta_fen == 0 {
+            return;
+        }
+        let day = crate::clock::LocalTime::from_ms(self.clock.now_ms()).day_number;
+        self.risk
+            .engine
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .adjust_sales(mid, day, delta_fen);
+    }
+
+    /// A request refused after the risk checks: what it held against a daily limit is free.
+    pub(crate) fn risk_release(&self, mid: &str, txn_id: i64) {
+        self.risk
+            .engine
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .release(mid, txn_id);
+    }
+
     /// A terminal sent a merchant ID other than its own: declined 03 by the caller, and an
     /// alert, as it is the first sign of a terminal moved to another business.
     pub(crate) fn risk_mid_mismatch(self: &Arc<Self>, terminal: &Terminal, sent: Option<&str>) {
@@ -359,6 +397,8 @@ impl Core {
 /// or suspension takes effect on the running switch.
 pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let interval = core.config.risk_refresh;
+    // Peer-change alerts resolved after this time free their terminal's network.
+    let mut resolved_since_ms = core.clock.now_ms();
     loop {
         tokio::select! {
             // Stop first, and a fixed order: a seeded simulation replays exactly.
@@ -367,10 +407,14 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             () = tokio::time::sleep(interval) => {}
         }
         let loaded = core
-            .read_store(|store| Ok::<_, StoreError>((load_merchants(store)?, store.terminals()?)))
+            .read_store(|store| {
+                let mut resolved = store.risk_alerts(Some(AlertState::Cleared), 256)?;
+                resolved.extend(store.risk_alerts(Some(AlertState::Acted), 256)?);
+                Ok::<_, StoreError>((load_merchants(store)?, store.terminals()?, resolved))
+            })
             .await;
-        let (merchants, terminals) = match loaded {
-            Some(Ok(pair)) => pair,
+        let (merchants, terminals, resolved) = match loaded {
+            Some(Ok(loaded)) => loaded,
             Some(Err(error)) => {
                 tracing::warn!(%error, "cannot refresh merchants");
                 continue;
@@ -382,6 +426,21 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             .merchants
             .write()
             .unwrap_or_else(PoisonError::into_inner) = merchants;
+        // An operator has looked at a terminal's move (cleared the alert, or suspended the
+        // terminal): a declining peer-change rule stops declining it, and the terminal's next
+        // request teaches its network.
+        let seen_until = resolved_since_ms;
+        for alert in &resolved {
+            let at = alert.resolved_at_ms.unwrap_or(i64::MIN);
+            if alert.kind == PEER_CHANGE && at > seen_until {
+                resolved_since_ms = resolved_since_ms.max(at);
+                core.risk
+                    .engine
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .forget_peer(&alert.tid);
+            }
+        }
         for row in terminals {
             if let Some(current) = core.terminal(&row.tid) {
                 if current.status != row.status {

@@ -72,6 +72,10 @@ use switch::Clock;
 /// The switch with the rules file, the issuer simulator, merchant 1 (provisioned, so approved)
 /// and merchant 2 (applied, not yet approved) with terminal `TID2`.
 async fn world() -> World {
+    world_with(RULES).await
+}
+
+async fn world_with(rules: &str) -> World {
     let (hsm, zpk) = new_hsm();
     let pins = HsmPinVerifier::new(Arc::clone(&hsm) as Arc<dyn Hsm>, zpk);
     let ledger_dir = tempfile::tempdir().unwrap();
@@ -108,7 +112,7 @@ async fn world() -> World {
     .unwrap();
     h.register_terminal(TID2, MID2).await;
     let mut config = h.config();
-    config.risk_rules = Arc::new(RuleBook::from_json(RULES).unwrap());
+    config.risk_rules = Arc::new(RuleBook::from_json(rules).unwrap());
     config.risk_refresh = Duration::from_millis(50);
     let handle = Switch::start(
         config,
@@ -456,6 +460,109 @@ fn a_foreign_card_at_a_domestic_only_merchant_is_declined_with_its_diagnosis() {
             t.send(&paid_with_pin(healthy, 10_000, 3)).await.code(),
             "00"
         );
+        let mut h = w.h;
+        h.stop().await;
+    });
+}
+
+#[test]
+fn a_daily_limit_counts_what_stands_and_frees_what_a_reversal_takes_back() {
+    const DAILY: &str = r#"{"merchants": {"898110048990001": [
+        {"id": "day", "kind": "daily-amount-max", "max_fen": 50000}]}}"#;
+    runtime().block_on(async {
+        let w = world_with(DAILY).await;
+        let mut t = w.h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
+        let first = paid_with_pin(healthy, 30_000, 2);
+        assert_eq!(t.send(&first).await.code(), "00");
+        let over = t.send(&paid_with_pin(healthy, 30_000, 3)).await;
+        assert_eq!(over.code(), "61");
+        let (_, timeline) = journalled(&w.h, &over);
+        assert!(timeline.contains("daily limit"), "{timeline}");
+        // The terminal reverses the first sale: it no longer counts.
+        assert_eq!(t.send(&Req::reversal_of(&first)).await.code(), "00");
+        assert_eq!(
+            t.send(&paid_with_pin(healthy, 30_000, 4)).await.code(),
+            "00"
+        );
+        // A sale the switch refuses after the checks passed it (here, a PIN block that does
+        // not decrypt to one) holds nothing: the room it would have taken is still there.
+        let bad_pin = Req {
+            pin_block: Some([0x5A; 8]),
+            ..Req::purchase(healthy.pan.expose_digits(), 20_000, 5)
+        };
+        let refused = t.send(&bad_pin).await;
+        assert_eq!(refused.code(), "99");
+        assert_eq!(
+            t.send(&paid_with_pin(healthy, 20_000, 6)).await.code(),
+            "00"
+        );
+        let mut h = w.h;
+        h.stop().await;
+    });
+}
+
+#[test]
+fn a_terminal_that_moved_is_declined_alerted_once_and_let_in_once_an_operator_clears_it() {
+    const MOVED: &str = r#"{"merchants": {"898110048990001": [
+        {"id": "moved", "kind": "peer-change", "action": "decline"}]}}"#;
+    runtime().block_on(async {
+        let w = world_with(MOVED).await;
+        let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
+        let mut t = w.h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        assert_eq!(t.send(&paid_with_pin(healthy, 1_000, 2)).await.code(), "00");
+        drop(t);
+        let addr = w.h.switch.as_ref().unwrap().local_addr();
+        let elsewhere = "127.1.0.2".parse().unwrap();
+        let mut moved = Terminal::connect_from(addr, TID, elsewhere).await;
+        assert_eq!(moved.sign_in().await.code(), "00");
+        for stan in 3..6 {
+            let r = moved.send(&paid_with_pin(healthy, 1_000, stan)).await;
+            assert_eq!(r.code(), "59", "request {stan}");
+        }
+        let store: &dyn Store = w.h.store.as_ref();
+        // Alerts are written on a task of their own: wait for the first, then a little more
+        // for any the later declines might have raised.
+        for _ in 0..100 {
+            if !store
+                .risk_alerts(Some(AlertState::Open), 10)
+                .unwrap()
+                .is_empty()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let open = store.risk_alerts(Some(AlertState::Open), 10).unwrap();
+        assert_eq!(open.len(), 1, "one alert for the move, not one per decline");
+        assert_eq!(open[0].kind, "peer-change");
+        assert!(
+            open[0].detail.contains("127.1.0.0/24"),
+            "{}",
+            open[0].detail
+        );
+        risk::ops::resolve_alert(
+            store,
+            open[0].id,
+            risk::ops::AlertResponse::Clear,
+            "the shop moved to a new building",
+            actor("risk-1"),
+        )
+        .await
+        .unwrap();
+        let mut let_in = false;
+        for stan in 10..60 {
+            let r = moved.send(&paid_with_pin(healthy, 1_000, stan)).await;
+            if r.code() == "00" {
+                let_in = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(let_in, "cleared, the new network is learnt");
         let mut h = w.h;
         h.stop().await;
     });

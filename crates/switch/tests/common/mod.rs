@@ -436,6 +436,8 @@ pub struct Req {
     pub f60_tail: &'static str,
     /// Field 38: the original's authorisation code, on a void.
     pub auth_code: Option<String>,
+    /// Field 52 as sent, whatever it decrypts to (instead of a PIN under the PIK).
+    pub pin_block: Option<[u8; 8]>,
 }
 
 impl Req {
@@ -454,6 +456,7 @@ impl Req {
             pin: None,
             f60_tail: "",
             auth_code: None,
+            pin_block: None,
         }
     }
     pub fn void(pan: &str, amount: u64, stan: u32, original_stan: u32, rrn: &str) -> Req {
@@ -502,6 +505,20 @@ impl Terminal {
         Terminal {
             tid: tid.into(),
             stream: TcpStream::connect(addr).await.unwrap(),
+            keys: None,
+            batch: 1,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Connects from another loopback address (127.0.0.0/8 is all this host's), as a
+    /// terminal that moved to another network would.
+    pub async fn connect_from(addr: SocketAddr, tid: &str, local: std::net::IpAddr) -> Terminal {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(local, 0)).unwrap();
+        Terminal {
+            tid: tid.into(),
+            stream: socket.connect(addr).await.unwrap(),
             keys: None,
             batch: 1,
             buf: Vec::new(),
@@ -576,6 +593,10 @@ impl Terminal {
             let digits = paycrypto::PanDigits::from_pan(&req.pan).unwrap();
             let block = paycrypto::pin::encrypt(pik, pin, &digits).unwrap();
             out.set_binary(52, block.as_bytes()).unwrap();
+            out.set_digits(53, "2600000000000000").unwrap();
+        }
+        if let Some(block) = &req.pin_block {
+            out.set_binary(52, block).unwrap();
             out.set_digits(53, "2600000000000000").unwrap();
         }
         if let Some(reason) = req.reason {
