@@ -257,8 +257,13 @@ async fn drive(
         Err(
             error @ (terminal::TerminalError::Timeout(_) | terminal::TerminalError::ResponseMac),
         ) => {
-            // What a real terminal does: reverse what it could not complete, then report.
-            let _ = terminal.reverse_last("98").await;
+            // What a real terminal does: reverse what it could not complete (98: no answer;
+            // A0: an answer whose MAC did not verify), then report.
+            let reason = match error {
+                terminal::TerminalError::ResponseMac => "A0",
+                _ => "98",
+            };
+            let _ = terminal.reverse_last(reason).await;
             Err(error.into())
         }
         Err(error) => Err(error.into()),

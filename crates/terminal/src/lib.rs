@@ -314,17 +314,15 @@ pub struct Terminal {
     next_stan: u32,
     last: Option<SavedRequest>,
     buf: Vec<u8>,
+    /// A send or receive timed out: the stream may hold half a frame, or a late answer to a
+    /// request given up on. The next request goes out on a new connection.
+    broken: bool,
 }
 
 impl Terminal {
     /// Connects (no sign-in yet).
     pub async fn connect(config: TerminalConfig) -> Result<Terminal, TerminalError> {
-        let addr = config.addr;
-        let stream = tokio::time::timeout(config.timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| TerminalError::Timeout(config.timeout))?
-            .map_err(|error| TerminalError::Connect { addr, error })?;
-        let _ = stream.set_nodelay(true);
+        let stream = open(&config).await?;
         Ok(Terminal {
             batch: config.batch,
             next_stan: config.next_stan.clamp(1, STAN_MAX),
@@ -333,6 +331,7 @@ impl Terminal {
             keys: None,
             last: None,
             buf: Vec::new(),
+            broken: false,
         })
     }
 
@@ -556,6 +555,12 @@ impl Terminal {
                 .map_err(|_| TerminalError::ResponseMac)?;
             response.mac_verified = true;
         }
+        // An approval must prove it came from the host: one without a MAC may have had its
+        // 39 rewritten on the way. A refusal without one (the host could not MAC it: A0, a
+        // terminal it does not know) moves no money and stands.
+        if response.approved() && !response.mac_verified {
+            return Err(TerminalError::ResponseMac);
+        }
         // A0: the host could not check our MAC; our keys are stale and must be renewed.
         if response.code == "A0" || response.code == "77" {
             self.keys = None;
@@ -564,10 +569,17 @@ impl Terminal {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), TerminalError> {
+        if self.broken {
+            self.stream = open(&self.config).await?;
+            self.broken = false;
+        }
         let timeout = self.config.timeout;
-        tokio::time::timeout(timeout, self.stream.write_all(bytes))
-            .await
-            .map_err(|_| TerminalError::Timeout(timeout))??;
+        let written = tokio::time::timeout(timeout, self.stream.write_all(bytes)).await;
+        let Ok(written) = written else {
+            self.broken = true;
+            return Err(TerminalError::Timeout(timeout));
+        };
+        written?;
         Ok(())
     }
 
@@ -575,7 +587,7 @@ impl Terminal {
         let timeout = self.config.timeout;
         let stream = &mut self.stream;
         let buf = &mut self.buf;
-        tokio::time::timeout(timeout, async move {
+        let received = tokio::time::timeout(timeout, async move {
             let mut prefix = [0u8; 2];
             match stream.read_exact(&mut prefix).await {
                 Ok(_) => {}
@@ -593,8 +605,11 @@ impl Terminal {
             stream.read_exact(buf).await?;
             Ok(buf.clone())
         })
-        .await
-        .map_err(|_| TerminalError::Timeout(timeout))?
+        .await;
+        received.unwrap_or_else(|_| {
+            self.broken = true;
+            Err(TerminalError::Timeout(timeout))
+        })
     }
 }
 
@@ -614,6 +629,17 @@ fn security_control(scheme: KeyScheme) -> &'static str {
         KeyScheme::Single => "2000000000000000",
         KeyScheme::Double | KeyScheme::DoubleWithTdk | KeyScheme::Sm4 => "2600000000000000",
     }
+}
+
+/// A connection to the host, within the configured timeout.
+async fn open(config: &TerminalConfig) -> Result<TcpStream, TerminalError> {
+    let addr = config.addr;
+    let stream = tokio::time::timeout(config.timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| TerminalError::Timeout(config.timeout))?
+        .map_err(|error| TerminalError::Connect { addr, error })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 fn check_match(sent: Mti, stan: u32, frame: &Frame<'_>) -> Result<(), TerminalError> {
