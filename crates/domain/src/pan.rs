@@ -178,6 +178,79 @@ impl fmt::Debug for MaskedPan {
     }
 }
 
+/// Free text (a case note, a message to the acquirer) with every card number in it masked:
+/// a run of 13–19 digits that passes Luhn, written whole or in groups split by single spaces
+/// or hyphens, keeps its first 6 and last 4 digits. People paste card numbers into notes, and
+/// a note goes to pages, webhooks and the audit log. Unchanged text is borrowed.
+pub fn mask_card_numbers(text: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let digit = |k: usize| bytes.get(k).is_some_and(u8::is_ascii_digit);
+    // (start, end) byte ranges of the card numbers found.
+    let mut found: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if !digit(i) || i > 0 && digit(i - 1) {
+            i += 1;
+            continue;
+        }
+        // Extend over digits and single separators between digits; remember the longest
+        // end at a run boundary whose digits make a card number.
+        let (mut j, mut digits, mut best) = (i, Vec::with_capacity(PAN_LEN_MAX + 1), None);
+        while let Some(&b) = bytes.get(j) {
+            if digits.len() > PAN_LEN_MAX {
+                break;
+            }
+            if b.is_ascii_digit() {
+                digits.push(b);
+                j += 1;
+                let card = (PAN_LEN_MIN..=PAN_LEN_MAX).contains(&digits.len());
+                if !digit(j) && card && luhn_valid(&digits) {
+                    best = Some(j);
+                }
+            } else if (b == b' ' || b == b'-') && digit(j + 1) {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        match best {
+            Some(end) => {
+                found.push((i, end));
+                i = end;
+            }
+            // Past this run of digits.
+            None => {
+                while digit(i) {
+                    i += 1;
+                }
+            }
+        }
+    }
+    if found.is_empty() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (start, end) in found {
+        out.push_str(text.get(at..start).unwrap_or_default());
+        let span = text.get(start..end).unwrap_or_default();
+        let count = span.bytes().filter(u8::is_ascii_digit).count();
+        let mut seen = 0;
+        for c in span.chars() {
+            if c.is_ascii_digit() {
+                let shown = seen < MASK_KEEP_FIRST || seen + MASK_KEEP_LAST >= count;
+                out.push(if shown { c } else { '*' });
+                seen += 1;
+            } else {
+                out.push(c);
+            }
+        }
+        at = end;
+    }
+    out.push_str(text.get(at..).unwrap_or_default());
+    std::borrow::Cow::Owned(out)
+}
+
 /// Luhn (mod 10) over ASCII digits, check digit last. False for empty input or a non-digit.
 pub fn luhn_valid(digits: &[u8]) -> bool {
     if digits.is_empty() {
@@ -224,6 +297,49 @@ mod tests {
 
     // A real-format ICBC debit number (BIN 622202) with a valid check digit; not a live card.
     const ICBC: &str = "6222020200112345679";
+
+    #[test]
+    fn card_numbers_in_free_text_are_masked_whole_or_grouped() {
+        let masked = "622202*********5679";
+        assert_eq!(
+            mask_card_numbers(&format!("card {ICBC} was charged twice")),
+            format!("card {masked} was charged twice")
+        );
+        assert_eq!(
+            mask_card_numbers("卡号6222 0202 0011 2345 679，请退款"),
+            "卡号6222 02** **** ***5 679，请退款"
+        );
+        assert_eq!(
+            mask_card_numbers(&format!("{ICBC}-{ICBC}")),
+            format!("{masked}-{masked}")
+        );
+        // A number next to the card stays, and so does the card's masking.
+        assert_eq!(
+            mask_card_numbers(&format!("{ICBC} 12 items")),
+            format!("{masked} 12 items")
+        );
+        // Not card numbers: an RRN (12 digits), a 16-digit order number failing Luhn, a
+        // longer run; text without any is borrowed as it is.
+        for kept in [
+            "RRN 000000000001",
+            "order 1234567812345678",
+            "12345678901234567890123",
+        ] {
+            assert!(matches!(
+                mask_card_numbers(kept),
+                std::borrow::Cow::Borrowed(_)
+            ));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn masking_is_idempotent_and_keeps_the_length(text in "[0-9 a-]{0,80}") {
+            let once = mask_card_numbers(&text).into_owned();
+            proptest::prop_assert_eq!(mask_card_numbers(&once).into_owned(), once.clone());
+            proptest::prop_assert_eq!(once.chars().count(), text.chars().count());
+        }
+    }
 
     #[test]
     fn parses_and_masks() {

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use domain::IssuerDirectory;
+use domain::{IssuerDirectory, mask_card_numbers};
 use serde::Serialize;
 use store::resolve::{CaseEntryRow, CaseQuery, CaseRow, ResolveRecord};
 use store::{Record, Store, StoreError};
@@ -346,7 +346,7 @@ impl CaseService {
             kind: new.kind.as_str().to_owned(),
             state: CaseState::Open.as_str().to_owned(),
             txn_id: txn.as_ref().map(|t| t.id),
-            title: new.title.clone(),
+            title: mask_card_numbers(&new.title).into_owned(),
             assignee: new.assignee.clone(),
             due_at_ms: new.due_at_ms,
             refund_fen,
@@ -359,15 +359,21 @@ impl CaseService {
             updated_at_ms: now_ms,
             version: 1,
         };
+        // A card number pasted into a case goes no further masked than a receipt shows it.
+        let text = mask_card_numbers(&new.text);
         let entry = CaseEntryRow {
             case_id: id,
             seq: 1,
             at_ms: now_ms,
             who: new.who.clone(),
-            text: new.text.clone(),
-            attachments: new.attachments.clone(),
+            text: text.clone().into_owned(),
+            attachments: new
+                .attachments
+                .iter()
+                .map(|a| mask_card_numbers(a).into_owned())
+                .collect(),
         };
-        let event = Event::case_updated(id, 1, CaseState::Open.as_str(), &new.text);
+        let event = Event::case_updated(id, 1, CaseState::Open.as_str(), &text);
         let outbox_id = self.outbox_id().await?;
         self.store
             .submit(vec![
@@ -504,6 +510,11 @@ impl CaseService {
         attachments: Vec<String>,
     ) -> Result<Case, CaseError> {
         let now_ms = self.clock.now_ms();
+        let text: &str = &mask_card_numbers(text);
+        let attachments = attachments
+            .iter()
+            .map(|a| mask_card_numbers(a).into_owned())
+            .collect();
         row.version = version + 1;
         row.updated_at_ms = now_ms;
         let seq = self

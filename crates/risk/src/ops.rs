@@ -161,6 +161,7 @@ async fn review(
     actor: Actor<'_>,
 ) -> Result<MerchantProfileRow, OpsError> {
     actor.check(note)?;
+    let note: &str = &domain::mask_card_numbers(note);
     let merchant = store.merchants()?.into_iter().find(|m| m.mid == mid);
     let existing = store.merchant_profile(mid)?;
     let existing_state = existing.as_ref().map(|p| p.state);
@@ -234,6 +235,7 @@ pub async fn resolve_alert(
     actor: Actor<'_>,
 ) -> Result<RiskAlertRow, OpsError> {
     actor.check(note)?;
+    let note: &str = &domain::mask_card_numbers(note);
     let alert = store.risk_alert(id)?.ok_or(OpsError::NoSuchAlert { id })?;
     if alert.state != AlertState::Open {
         return Err(OpsError::AlertClosed {

@@ -296,7 +296,7 @@ pub fn reject_change(
     change.state = ChangeState::Rejected;
     change.decided_by = Some(operator.to_owned());
     change.decided_at_ms = Some(now_ms);
-    change.note = reason.to_owned();
+    change.note = domain::mask_card_numbers(reason).into_owned();
     store
         .submit(vec![Record::Settlement(SettlementRecord::AccountChange(
             change,

@@ -552,6 +552,26 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.json()["entries"].as_array().unwrap().len(), 2);
+        // A card number pasted into a case is kept, shown and notified masked only.
+        let pasted = "6222020200112345679";
+        let r = api
+            .call(
+                Some(&tea),
+                "POST",
+                &format!("/api/cases/{inquiry}/entries"),
+                Some(json!({"text": format!("the customer's card is {pasted}")})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(!r.body.contains(pasted), "{}", r.body);
+        assert!(r.body.contains("622202*********5679"), "{}", r.body);
+        let notified = e.h.store.outbox_of_merchant(MID, None, 50).unwrap();
+        assert!(
+            notified
+                .iter()
+                .any(|n| n.payload.contains("622202*********5679"))
+        );
+        assert!(notified.iter().all(|n| !n.payload.contains(pasted)));
         assert_error(
             &api.call(
                 Some(&book),
