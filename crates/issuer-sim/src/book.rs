@@ -832,6 +832,11 @@ impl Book {
         if same_day && matches!(kind, TxnKind::Purchase | TxnKind::PreAuth) {
             self.uncount_day(index, req.amount);
         }
+        // A reversed void stands its original up again, and with it what the void gave back
+        // to the day's limits (a void is of the same day as its original).
+        if same_day && matches!(kind, TxnKind::PurchaseVoid | TxnKind::PreAuthVoid) {
+            self.count_day(index, req.amount, true);
+        }
         if let Some(record) = self.txns.get_mut(&req.rrn) {
             record.state = TxnState::Reversed;
             record.updated_ms = now.unix_ms;

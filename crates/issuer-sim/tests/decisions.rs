@@ -459,6 +459,28 @@ fn amount_and_frequency_limits() {
 }
 
 #[test]
+fn reversing_a_void_counts_its_sale_against_the_day_again() {
+    let limited = AccountSpec {
+        limits: Limits {
+            daily_amount_max: Some(1_000),
+            ..Limits::default()
+        },
+        ..spec(1)
+    };
+    let mut sim = Sim::new(vec![limited]);
+    let sale = sim.approve(TxnKind::Purchase, 1, 1_000);
+    let void = sim.linked(TxnKind::PurchaseVoid, 1, 1_000, &sale);
+    assert_eq!(sim.issuer.authorise(&void).code, ResponseCode::Approved);
+    assert_eq!(
+        sim.reverse(TxnKind::PurchaseVoid, 1, 1_000, &void.rrn),
+        ResponseCode::Approved
+    );
+    assert_eq!(sim.state(&sale), TxnState::Approved);
+    // The sale stands again, and so does its use of the day's limit.
+    assert_eq!(sim.code(TxnKind::Purchase, 1, 1), ResponseCode::AmountLimit);
+}
+
+#[test]
 fn insufficient_funds_is_51_and_holds_count() {
     let poor = AccountSpec {
         balance: 1_000,
