@@ -13,7 +13,7 @@ use store::{
     EventRow, LinkRefusal, Outcome, PanAtRest, Record, Status, StoreError, TxnKind, TxnRow,
     TxnState,
 };
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::clock::LocalTime;
 use crate::config::REFUND_DAYS_MAX;
@@ -868,7 +868,8 @@ impl Core {
             pin.as_ref(),
             f61_out.as_deref(),
         ) {
-            Ok(bytes) => bytes,
+            // Card number, track 2, PIN block: wiped however this request ends.
+            Ok(bytes) => Zeroizing::new(bytes),
             Err(error) => {
                 tracing::warn!(%error, "cannot encode issuer request");
                 let _ = release(false, &mut undo);

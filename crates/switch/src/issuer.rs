@@ -13,15 +13,18 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::clock::Clock;
 use crate::config::{BREAKER_TIMEOUTS_MAX, ISSUER_IN_FLIGHT_MAX, ISSUER_QUEUE_MAX, IssuerEndpoint};
-use crate::wire::read_frame;
+use crate::wire::{WipingReader, read_frame};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The link's read buffer: many replies in one read under load (tokio's `BufReader` default).
+const ISSUER_READ_BUFFER_BYTES: usize = 8 * 1024;
 const RECONNECT_FIRST: Duration = Duration::from_millis(50);
 const RECONNECT_LAST: Duration = Duration::from_secs(2);
 /// How long the breaker stays open after `BREAKER_TIMEOUTS_MAX` timeouts in a row.
@@ -71,12 +74,14 @@ impl IssuerConnector for TcpConnector {
 
 /// Ordered, so that when a link drops, its waiters learn it in trace order, the same way
 /// every time (a seeded simulation replays exactly).
-type Waiters = BTreeMap<(u16, u32), oneshot::Sender<Vec<u8>>>;
+type Waiters = BTreeMap<(u16, u32), oneshot::Sender<Zeroizing<Vec<u8>>>>;
 
 pub(crate) struct IssuerLink {
     pub name: String,
     pub endpoint: IssuerEndpoint,
-    outbound: mpsc::Sender<Vec<u8>>,
+    /// Requests carry the card number, track 2 and the translated PIN block: each is wiped
+    /// when dropped, and so is what the writer batched of them.
+    outbound: mpsc::Sender<Zeroizing<Vec<u8>>>,
     waiters: Mutex<Waiters>,
     in_flight: Semaphore,
     connected: AtomicBool,
@@ -132,13 +137,14 @@ impl IssuerLink {
     }
 
     /// Sends a request frame (length prefix included) and waits for the reply with
-    /// `reply_mti` and `trace`; returns the reply frame without its prefix.
+    /// `reply_mti` and `trace`; returns the reply frame without its prefix. Both are wiped
+    /// when dropped.
     pub async fn exchange(
         &self,
         reply_mti: u16,
         trace: u32,
-        frame: Vec<u8>,
-    ) -> Result<Vec<u8>, LinkError> {
+        frame: Zeroizing<Vec<u8>>,
+    ) -> Result<Zeroizing<Vec<u8>>, LinkError> {
         if !self.is_connected() || self.clock.now_ms() < self.open_until_ms.load(Ordering::Acquire)
         {
             return Err(LinkError::Unavailable);
@@ -185,7 +191,7 @@ impl IssuerLink {
 
     async fn run(
         self: Arc<Self>,
-        mut outbound: mpsc::Receiver<Vec<u8>>,
+        mut outbound: mpsc::Receiver<Zeroizing<Vec<u8>>>,
         mut stop: watch::Receiver<bool>,
     ) {
         let mut backoff = RECONNECT_FIRST;
@@ -236,16 +242,19 @@ impl IssuerLink {
     async fn serve(
         &self,
         stream: Box<dyn IssuerStream>,
-        outbound: &mut mpsc::Receiver<Vec<u8>>,
+        outbound: &mut mpsc::Receiver<Zeroizing<Vec<u8>>>,
         stop: &mut watch::Receiver<bool>,
     ) -> bool {
         let (reader, mut writer) = tokio::io::split(stream);
-        let mut reader = BufReader::new(reader);
+        let mut reader = WipingReader::with_capacity(ISSUER_READ_BUFFER_BYTES, reader);
         let read = async {
-            let mut buf = Vec::with_capacity(512);
+            let mut buf = Zeroizing::new(Vec::with_capacity(512));
             loop {
                 match read_frame(&mut reader, &mut buf).await {
-                    Ok(true) => self.deliver(&buf),
+                    Ok(true) => {
+                        self.deliver(&buf);
+                        buf.as_mut_slice().zeroize();
+                    }
                     Ok(false) => return,
                     Err(error) => {
                         tracing::warn!(issuer = %self.name, %error, "bad frame from issuer");
@@ -266,7 +275,9 @@ impl IssuerLink {
                         Err(_) => break,
                     }
                 }
-                if writer.write_all(&batch).await.is_err() {
+                let written = writer.write_all(&batch).await;
+                batch.as_mut_slice().zeroize();
+                if written.is_err() {
                     return;
                 }
             }
@@ -293,7 +304,7 @@ impl IssuerLink {
         let waiter = self.waiters().remove(&(mti, trace));
         match waiter {
             // A waiter that timed out is gone; its late reply is dropped (the reversal covers it).
-            Some(waiter) => drop(waiter.send(frame.to_vec())),
+            Some(waiter) => drop(waiter.send(Zeroizing::new(frame.to_vec()))),
             None => tracing::debug!(issuer = %self.name, mti, trace, "unmatched reply"),
         }
     }

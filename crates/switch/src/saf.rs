@@ -7,6 +7,7 @@ use std::sync::Arc;
 use iso8583::{MessageBuilder, Mti};
 use store::{Record, SafItem, SafState, TxnRow, TxnState};
 use tokio::sync::watch;
+use zeroize::Zeroizing;
 
 use crate::clock::LocalTime;
 use crate::config::{SAF_BACKOFF_FIRST_MS, SAF_BACKOFF_LAST_MS, SAF_BATCH_MAX};
@@ -169,7 +170,7 @@ impl Core {
 
     /// The `0400` for a journalled original: its fields 2, 3, 4, 11, 13, 25, 37, 41, 42, 49,
     /// 60 and the reason in 39 (docs/issuer-link.md).
-    fn reversal_frame(&self, row: &TxnRow, reason: &str) -> Option<(Vec<u8>, u32)> {
+    fn reversal_frame(&self, row: &TxnRow, reason: &str) -> Option<(Zeroizing<Vec<u8>>, u32)> {
         let trace = row.host_trace?;
         let pan = self.hsm.open(&row.pan.as_ref()?.sealed).ok()?;
         let pan = std::str::from_utf8(&pan).ok()?;
@@ -197,7 +198,7 @@ impl Core {
             Ok(())
         })();
         built.ok()?;
-        let mut bytes = Vec::with_capacity(128);
+        let mut bytes = Zeroizing::new(Vec::with_capacity(128));
         out.encode_frame(&self.issuer_head, &mut bytes).ok()?;
         Some((bytes, trace))
     }

@@ -6,9 +6,10 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use iso8583::{Frame, TxnKind as WireKind};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::{
     CONNECTION_QUEUE_MAX, CONNECTIONS_MAX, FRAME_BODY_TIMEOUT, FRAME_LEN_MAX,
@@ -17,7 +18,7 @@ use crate::config::{
 use crate::core::{Core, RC_APPROVED, RC_INVALID_TRANSACTION, RC_SYSTEM_ERROR};
 use crate::ledger::Answer;
 use crate::metrics::{Metrics, RequestType, measure_request};
-use crate::wire::WireError;
+use crate::wire::{WipingReader, WireError};
 
 /// What every connection of one switch shares: its core, counters and the bound on requests
 /// in flight across all connections.
@@ -133,7 +134,9 @@ where
 {
     let connection = sessions.core.connections.fetch_add(1, Ordering::Relaxed);
     let (reader, mut writer) = tokio::io::split(stream);
-    let (responses, mut outgoing) = mpsc::channel::<Vec<u8>>(CONNECTION_QUEUE_MAX);
+    // Answers echo the card number (field 2): each is wiped when dropped, and so is what the
+    // writer batched of them.
+    let (responses, mut outgoing) = mpsc::channel::<Zeroizing<Vec<u8>>>(CONNECTION_QUEUE_MAX);
     let writer_task = sessions.core.tasks.spawn(async move {
         // Grown by the first answers, not before: most connections sit idle.
         let mut batch = Vec::new();
@@ -143,7 +146,9 @@ where
             while let Ok(more) = outgoing.try_recv() {
                 batch.extend_from_slice(&more);
             }
-            if writer.write_all(&batch).await.is_err() {
+            let written = writer.write_all(&batch).await;
+            batch.as_mut_slice().zeroize();
+            if written.is_err() {
                 return;
             }
         }
@@ -154,8 +159,10 @@ where
     // longer be trusted. Answers already being worked on are still written.
     let close = Arc::new(Notify::new());
     // Room for a whole typical request in one read; an idle connection holds little.
-    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
-    let mut buf = Vec::with_capacity(512);
+    let mut reader = WipingReader::with_capacity(READ_BUFFER_BYTES, reader);
+    // A request holds card data: wiped when its handler is done with it, or here if the
+    // connection ends half-way through one.
+    let mut buf = Zeroizing::new(Vec::with_capacity(512));
     let peer = crate::risk::peer();
     loop {
         let read = tokio::select! {
@@ -178,7 +185,7 @@ where
             }
         }
         let received = Instant::now();
-        let input = std::mem::replace(&mut buf, Vec::with_capacity(512));
+        let input = std::mem::replace(&mut buf, Zeroizing::new(Vec::with_capacity(512)));
         match admit(sessions, &in_flight) {
             Some(permits) => {
                 let handler = sessions.clone();
@@ -194,7 +201,7 @@ where
                     drop(permits);
                     match response {
                         Some(response) => {
-                            let _ = responses.send(response).await;
+                            let _ = responses.send(Zeroizing::new(response)).await;
                         }
                         None => close.notify_one(),
                     }
@@ -213,7 +220,7 @@ where
                     .count(kind, refusal.as_ref().map(|_| RC_SYSTEM_ERROR));
                 match refusal {
                     Some(response) => {
-                        let _ = responses.try_send(response);
+                        let _ = responses.try_send(Zeroizing::new(response));
                     }
                     None => break,
                 }

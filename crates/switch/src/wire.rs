@@ -1,6 +1,10 @@
 //! Length-prefixed frames on a byte stream, for terminal sessions and issuer links alike.
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use zeroize::Zeroize;
 
 use crate::config::FRAME_LEN_MAX;
 
@@ -33,4 +37,103 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     buf.resize(len, 0);
     reader.read_exact(buf).await?;
     Ok(true)
+}
+
+/// A buffered reader that wipes each byte as it hands it out, and the rest when dropped. A
+/// terminal's request carries its card number, track data and PIN block, and an issuer's reply
+/// echoes the card number: `tokio::io::BufReader` would keep the last of them in a buffer that
+/// lives as long as the connection, and free it unwiped.
+pub(crate) struct WipingReader<R> {
+    inner: R,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl<R> WipingReader<R> {
+    pub(crate) fn with_capacity(capacity: usize, inner: R) -> WipingReader<R> {
+        WipingReader {
+            inner,
+            buf: vec![0; capacity.max(1)].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The bytes the buffer holds that were read and not yet handed out, and whether every
+    /// other byte of it is zero.
+    #[cfg(test)]
+    fn held(&self) -> (&[u8], bool) {
+        let held = self.buf.get(self.start..self.end).unwrap_or_default();
+        let rest_zero = self
+            .buf
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == 0 || (self.start..self.end).contains(&i));
+        (held, rest_zero)
+    }
+}
+
+impl<R> Drop for WipingReader<R> {
+    fn drop(&mut self) {
+        self.buf.zeroize();
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for WipingReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.start == this.end {
+            // Nothing buffered: a read as large as the buffer goes straight to the caller.
+            if out.remaining() >= this.buf.len() {
+                return Pin::new(&mut this.inner).poll_read(cx, out);
+            }
+            let mut fill = ReadBuf::new(&mut this.buf);
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut fill))?;
+            this.start = 0;
+            this.end = fill.filled().len();
+        }
+        let n = out.remaining().min(this.end - this.start);
+        if let Some(chunk) = this.buf.get_mut(this.start..this.start + n) {
+            out.put_slice(chunk);
+            chunk.zeroize();
+        }
+        this.start += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn what_is_handed_out_is_wiped_and_the_rest_is_kept_in_order() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // Two frames and the start of a third, all in one read of the buffer.
+            let stream: &[u8] = &[0, 3, 7, 8, 9, 0, 2, 5, 6, 0, 4, 1];
+            let mut reader = WipingReader::with_capacity(64, stream);
+            let mut frame = Vec::new();
+            assert!(read_frame(&mut reader, &mut frame).await.unwrap());
+            assert_eq!(frame, [7, 8, 9]);
+            let (held, rest_zero) = reader.held();
+            assert_eq!(held, [0, 2, 5, 6, 0, 4, 1]);
+            assert!(rest_zero, "the first frame is still in the buffer");
+            assert!(read_frame(&mut reader, &mut frame).await.unwrap());
+            assert_eq!(frame, [5, 6]);
+            assert_eq!(reader.held(), (&[0, 4, 1][..], true));
+            // The third frame is cut short: an error, not a frame.
+            assert!(read_frame(&mut reader, &mut frame).await.is_err());
+            assert_eq!(reader.held(), (&[][..], true));
+        });
+    }
 }
