@@ -80,7 +80,8 @@ impl Resolution {
         if text.len() > TEXT_LEN_MAX {
             return Err(CaseError::TooLong);
         }
-        Ok(Resolution(text.to_owned()))
+        // It is shown with the case: a card number in it is masked like one in an entry.
+        Ok(Resolution(mask_card_numbers(text).into_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -738,6 +739,12 @@ impl CaseService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resolution_shows_a_card_number_masked() {
+        let r = Resolution::new(" refunded to card 6222020200112345679 ").unwrap();
+        assert_eq!(r.as_str(), "refunded to card 622202*********5679");
+    }
 
     /// The store reads open cases by the states its SQL and its partial index name as closed
     /// (`store::Store::cases` with `open_only`): they must be these.

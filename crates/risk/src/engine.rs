@@ -197,6 +197,8 @@ pub struct Engine {
     cards: HashMap<u64, CardState>,
     terminals: HashMap<Box<str>, TerminalState>,
     merchants: HashMap<Box<str>, MerchantDay>,
+    /// The day the merchants map was last swept for room.
+    merchants_swept_day: i64,
     next_sweep_ms: i64,
 }
 
@@ -207,6 +209,7 @@ impl Engine {
             cards: HashMap::new(),
             terminals: HashMap::new(),
             merchants: HashMap::new(),
+            merchants_swept_day: i64::MIN,
             next_sweep_ms: 0,
         }
     }
@@ -229,7 +232,7 @@ impl Engine {
     /// Moves a merchant's sales of `day` by `delta_fen`: a terminal reversal takes a sale back
     /// out (negative), or puts back one its reversed void had taken out.
     pub fn adjust_sales(&mut self, mid: &str, day: i64, delta_fen: i64) {
-        if let Some(total) = self.merchant(mid) {
+        if let Some(total) = self.merchant(mid, day) {
             let total = total.on(day);
             total.sales_fen = total.sales_fen.saturating_add(delta_fen).max(0);
         }
@@ -243,13 +246,21 @@ impl Engine {
         }
     }
 
-    /// Forgets a terminal's usual network (an operator cleared its peer-change alert): the
-    /// next request learns the network it comes from.
-    pub fn forget_peer(&mut self, tid: &str) {
+    /// Forgets the usual network of terminal `tid` of merchant `mid` (an operator cleared its
+    /// peer-change alert): the next request learns the network it comes from.
+    pub fn forget_peer(&mut self, mid: &str, tid: &str) {
+        let book = Arc::clone(&self.book);
+        let peer_rules: Vec<&Arc<str>> = book
+            .for_merchant(mid)
+            .rules
+            .iter()
+            .filter(|r| matches!(r.kind, RuleKind::PeerChange { .. }))
+            .map(|r| &r.id)
+            .collect();
         if let Some(terminal) = self.terminals.get_mut(tid) {
             terminal.peer = None;
-            // Its quiet periods go too: a move after this one is news again.
-            terminal.alerted.clear();
+            // The peer rules' quiet periods go too: a move after this one is news again.
+            terminal.alerted.retain(|(id, _)| !peer_rules.contains(&id));
         }
     }
 
@@ -330,7 +341,7 @@ impl Engine {
             .iter()
             .any(|r| matches!(r.kind, RuleKind::DailyAmountMax { .. }));
         if daily && verdict.decline.is_none() && request.class == TxnClass::Sale {
-            if let Some(total) = self.merchant(request.mid) {
+            if let Some(total) = self.merchant(request.mid, request.day) {
                 let total = total.on(request.day);
                 if total.holds.len() < HOLDS_PER_MERCHANT_MAX {
                     total
@@ -361,7 +372,7 @@ impl Engine {
                 .get(outcome.mid)
                 .is_some_and(|m| !m.holds.is_empty());
         if delta != 0 || held {
-            if let Some(total) = self.merchant(outcome.mid) {
+            if let Some(total) = self.merchant(outcome.mid, outcome.day) {
                 let total = total.on(outcome.day);
                 total.holds.retain(|h| h.0 != outcome.txn_id);
                 total.sales_fen = total.sales_fen.saturating_add(delta).max(0);
@@ -376,7 +387,12 @@ impl Engine {
         if !card_decline {
             return alerts;
         }
-        if let Some(card) = outcome.card_key.and_then(|key| self.card(key, now)) {
+        let attempt = outcome.class.is_attempt();
+        if let Some(card) = outcome
+            .card_key
+            .filter(|_| attempt)
+            .and_then(|key| self.card(key, now))
+        {
             match card
                 .events
                 .iter_mut()
@@ -611,7 +627,7 @@ impl Engine {
                 window_ms,
                 cards_max,
             } => {
-                if request.class == TxnClass::Credit {
+                if !request.class.is_attempt() {
                     return None;
                 }
                 let terminal = self.terminals.get(request.tid)?;
@@ -713,8 +729,15 @@ impl Engine {
         Some(terminal)
     }
 
-    fn merchant(&mut self, mid: &str) -> Option<&mut MerchantDay> {
+    /// A merchant's record for `day`. When the map is full, the merchants with nothing on
+    /// `day` (no sales counted, nothing held) are dropped first, at most once a day.
+    fn merchant(&mut self, mid: &str, day: i64) -> Option<&mut MerchantDay> {
         if !self.merchants.contains_key(mid) {
+            if self.merchants.len() >= MERCHANTS_TRACKED_MAX && self.merchants_swept_day != day {
+                self.merchants_swept_day = day;
+                self.merchants
+                    .retain(|_, m| m.day == day || !m.holds.is_empty());
+            }
             if self.merchants.len() >= MERCHANTS_TRACKED_MAX {
                 return None;
             }
@@ -1069,6 +1092,56 @@ mod tests {
             ..sale(9, 100, 9)
         };
         assert_eq!(declined_by(&e.check(&refund)), None);
+        // Nor is a void at a terminal where wrong PINs were keyed on several cards.
+        let mut e =
+            engine(r#"{"id": "pins", "kind": "wrong-pins", "window_s": 300, "cards_max": 2}"#);
+        for card in [1_u64, 2] {
+            let r = Request {
+                card_key: Some(card),
+                ..sale(i64::try_from(card).unwrap(), 100, 0)
+            };
+            e.check(&r);
+            e.observe(&answer(&r, b"55"));
+        }
+        assert_eq!(declined_by(&e.check(&sale(3, 100, 1))), Some("pins"));
+        let void = Request {
+            class: TxnClass::Void,
+            ..sale(4, 100, 1)
+        };
+        assert_eq!(declined_by(&e.check(&void)), None);
+    }
+
+    #[test]
+    fn a_full_merchant_map_makes_room_from_other_days() {
+        let mut e = engine(r#"{"id": "day", "kind": "daily-amount-max", "max_fen": 10000}"#);
+        let mids: Vec<String> = (0..MERCHANTS_TRACKED_MAX)
+            .map(|i| format!("M{i}"))
+            .collect();
+        for (i, mid) in mids.iter().enumerate() {
+            let r = Request {
+                mid,
+                ..sale(i64::try_from(i).unwrap(), 100, 0)
+            };
+            e.observe(&Outcome {
+                mid,
+                ..answer(&r, b"00")
+            });
+        }
+        assert_eq!(e.tracked().2, MERCHANTS_TRACKED_MAX);
+        // The next day, a merchant new to the map is counted (and limited) all the same.
+        let next_day = |id, amount| Request {
+            mid: "NEW",
+            day: 2,
+            ..sale(id, amount, 0)
+        };
+        let sold = next_day(1, 9_000);
+        assert_eq!(declined_by(&e.check(&sold)), None);
+        e.observe(&Outcome {
+            mid: "NEW",
+            ..answer(&sold, b"00")
+        });
+        assert_eq!(declined_by(&e.check(&next_day(2, 1_001))), Some("day"));
+        assert!(e.tracked().2 < MERCHANTS_TRACKED_MAX);
     }
 
     #[test]
@@ -1096,7 +1169,7 @@ mod tests {
         assert_eq!(declined_by(&again), Some("moved"));
         assert!(again.alerts.is_empty(), "alerted once, not per request");
         // An operator cleared it: the terminal's next request teaches the new network.
-        e.forget_peer(T);
+        e.forget_peer(M, T);
         assert_eq!(declined_by(&e.check(&at("172.16.5.5", 5, 100))), None);
         assert_eq!(declined_by(&e.check(&at("172.16.5.9", 6, 100))), None);
     }

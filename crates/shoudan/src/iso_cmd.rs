@@ -338,43 +338,58 @@ const IC_TAGS_HIDDEN: &[u32] = &[
     0x56, 0x57, 0x5A, 0x5F20, 0x5F24, 0x9F0B, 0x9F1F, 0x9F20, 0x9F6B,
 ];
 
-/// Field 55 (IC data, BER-TLV) tag by tag, with the values of `IC_TAGS_HIDDEN` replaced by
-/// their length; data that is not TLV is not shown at all, since it may be anything.
+/// Field 55 (IC data, BER-TLV) tag by tag, templates (constructed tags) opened, with the
+/// values of `IC_TAGS_HIDDEN` replaced by their length; data that is not TLV is not shown at
+/// all, since it may be anything.
 fn ic_data_json(data: &[u8]) -> Value {
-    let mut tags = Vec::new();
+    tlv_json(data, 0).unwrap_or_else(|| {
+        json!(format!(
+            "<IC data, {} bytes, not TLV: not shown>",
+            data.len()
+        ))
+    })
+}
+
+/// Templates nest this deep at most (EMV uses two levels).
+const TLV_DEPTH_MAX: u8 = 4;
+
+fn tlv_json(data: &[u8], depth: u8) -> Option<Value> {
+    if depth > TLV_DEPTH_MAX {
+        return None;
+    }
+    let mut items = Vec::new();
     let mut rest = data;
     while !rest.is_empty() {
-        let Some((tag, value, after)) = next_tlv(rest) else {
-            return json!(format!(
-                "<IC data, {} bytes, not TLV: not shown>",
-                data.len()
-            ));
-        };
-        let shown = if IC_TAGS_HIDDEN.contains(&tag) {
+        let (tag, value, after) = next_tlv(rest)?;
+        let number = tag.iter().fold(0u32, |n, &b| n << 8 | u32::from(b));
+        let constructed = tag.first().is_some_and(|b| b & 0x20 != 0);
+        let shown = if IC_TAGS_HIDDEN.contains(&number) {
             json!(format!("<{} bytes, not shown>", value.len()))
+        } else if constructed {
+            tlv_json(value, depth + 1)?
         } else {
             json!(hex(value))
         };
-        tags.push(json!({ "tag": format!("{tag:X}"), "value": shown }));
+        items.push(json!({ "tag": hex(tag), "value": shown }));
         rest = after;
     }
-    json!(tags)
+    Some(json!(items))
 }
 
-/// One BER-TLV item: its tag (up to 3 bytes), its value and what follows it.
-fn next_tlv(data: &[u8]) -> Option<(u32, &[u8], &[u8])> {
-    let (&first, mut rest) = data.split_first()?;
-    let mut tag = u32::from(first);
+/// One BER-TLV item: its tag bytes (up to 3), its value and what follows it.
+fn next_tlv(data: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let first = *data.first()?;
+    let mut tag_len = 1;
     if first & 0x1F == 0x1F {
-        for _ in 0..2 {
-            let (&next, after) = rest.split_first()?;
-            tag = tag << 8 | u32::from(next);
-            rest = after;
+        while tag_len < 3 {
+            let next = *data.get(tag_len)?;
+            tag_len += 1;
             if next & 0x80 == 0 {
                 break;
             }
         }
     }
+    let (tag, mut rest) = data.split_at_checked(tag_len)?;
     let (&len, after) = rest.split_first()?;
     rest = after;
     let len = match len {
@@ -551,19 +566,26 @@ fn encode(args: EncodeArgs) -> CliResult {
 fn tlv_bytes(number: u8, items: &[Value]) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     let mut out = Vec::new();
     for item in items {
-        let (Some(tag), Some(value)) = (
-            item.get("tag").and_then(Value::as_str),
-            item.get("value").and_then(Value::as_str),
-        ) else {
+        let tag = item.get("tag").and_then(Value::as_str);
+        let Some(tag) = tag else {
             return Err(format!("field {number}: each item needs \"tag\" and \"value\"").into());
         };
-        if value.starts_with('<') {
-            return Err(format!(
-                "field {number}: tag {tag} is a hidden value from decode; give the full value"
-            )
-            .into());
-        }
-        let value = unhex(value, &format!("field {number} tag {tag}"))?;
+        let value = match item.get("value") {
+            // A template: its items, encoded in turn.
+            Some(Value::Array(inner)) => tlv_bytes(number, inner)?,
+            Some(Value::String(value)) if value.starts_with('<') => {
+                return Err(format!(
+                    "field {number}: tag {tag} is a hidden value from decode; give the full value"
+                )
+                .into());
+            }
+            Some(Value::String(value)) => unhex(value, &format!("field {number} tag {tag}"))?,
+            _ => {
+                return Err(
+                    format!("field {number}: each item needs \"tag\" and \"value\"").into(),
+                );
+            }
+        };
         out.extend(unhex(tag, &format!("field {number} tag"))?);
         match u8::try_from(value.len()) {
             Ok(len @ 0..=0x7F) => out.push(len),

@@ -264,6 +264,9 @@ fn ic_data_is_shown_tag_by_tag_without_the_card_number_track_or_expiry() {
         "5F2403291231",
         "5F2A020156",
         "82025C00",
+        // A template (constructed tag 70) around a second track 2 equivalent, and a tag below
+        // 0x10 inside it.
+        "700C570662220200001807020101",
     ]
     .concat();
     let json = format!(r#"{{"mti":"0200","fields":{{"11":"000001","55":{{"hex":"{ic}"}}}}}}"#);
@@ -272,6 +275,7 @@ fn ic_data_is_shown_tag_by_tag_without_the_card_number_track_or_expiry() {
     let tags = v["fields"]["55"].as_array().unwrap();
     let shown: Vec<(&str, &str)> = tags
         .iter()
+        .take(6)
         .map(|t| (t["tag"].as_str().unwrap(), t["value"].as_str().unwrap()))
         .collect();
     assert_eq!(
@@ -285,7 +289,16 @@ fn ic_data_is_shown_tag_by_tag_without_the_card_number_track_or_expiry() {
             ("82", "5C00"),
         ]
     );
-    for secret in ["6222020000000000185", "2912"] {
+    let template = &tags[6];
+    assert_eq!(template["tag"], "70");
+    assert_eq!(
+        template["value"],
+        serde_json::json!([
+            {"tag": "57", "value": "<6 bytes, not shown>"},
+            {"tag": "07", "value": "0101"},
+        ])
+    );
+    for secret in ["6222020000000000185", "2912", "622202000018"] {
         assert!(!stdout.contains(secret), "{secret} leaked: {stdout}");
     }
     // Encode takes the tag list back; a hidden value must be given in full.
@@ -294,6 +307,7 @@ fn ic_data_is_shown_tag_by_tag_without_the_card_number_track_or_expiry() {
     let restored = stdout
         .replace("<10 bytes, not shown>", "6222020000000000185F")
         .replace("<14 bytes, not shown>", "6222020000000000185D2912201F")
+        .replace("<6 bytes, not shown>", "622202000018")
         .replace("<3 bytes, not shown>", "291231");
     assert_eq!(encode(&restored), hex);
     // IC data that is not TLV is not shown at all.

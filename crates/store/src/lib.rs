@@ -242,6 +242,14 @@ pub trait Store: Send + Sync + 'static {
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<risk::RiskAlertRow>, StoreError>;
+    /// Alerts of `kind` resolved (cleared or acted on) at or after `since_ms`, oldest
+    /// resolution first, at most `limit`: who they were about, and when.
+    fn risk_alerts_resolved_since(
+        &self,
+        kind: &str,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<risk::ResolvedAlert>, StoreError>;
 
     // --- settlement (issue 5): batches, clearing, ledger, accounts, payouts
     /// Rows of exactly one clearing date (`YYYYMMDD`), oldest first.

@@ -140,3 +140,11 @@ pub enum RiskRecord {
         state: Option<MerchantState>,
     },
 }
+
+/// An alert an operator has resolved: the terminal it was about, and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedAlert {
+    pub mid: String,
+    pub tid: String,
+    pub resolved_at_ms: i64,
+}

@@ -563,6 +563,16 @@ CREATE TABLE payout_returns (
 CREATE INDEX payout_returns_open ON payout_returns (reference) WHERE handled_at_ms IS NULL;
 ",
     },
+    Migration {
+        version: 16,
+        name: "risk alerts by resolution time",
+        // Each switch looks every second for the network-change alerts an operator resolved,
+        // to let those terminals' new networks in.
+        sql: "
+CREATE INDEX risk_alerts_resolved ON risk_alerts (kind, resolved_at_ms)
+    WHERE resolved_at_ms IS NOT NULL;
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -500,6 +500,14 @@ impl Store for SqliteStore {
     ) -> Result<Vec<RiskAlertRow>, StoreError> {
         self.risk_alerts_tail(after_id, limit)
     }
+    fn risk_alerts_resolved_since(
+        &self,
+        kind: &str,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<crate::risk::ResolvedAlert>, StoreError> {
+        self.risk_alerts_resolved(kind, since_ms, limit)
+    }
 
     // --- settlement (in sqlite_settlement.rs)
     fn txns_on(&self, clearing_date: &str) -> Result<Vec<TxnRow>, StoreError> {

@@ -7,8 +7,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::{SqliteStore, expect_one};
 use crate::error::StoreError;
 use crate::risk::{
-    AlertAction, AlertState, MerchantProfileRow, MerchantReviewRow, MerchantState, RiskAlertRow,
-    RiskRecord,
+    AlertAction, AlertState, MerchantProfileRow, MerchantReviewRow, MerchantState, ResolvedAlert,
+    RiskAlertRow, RiskRecord,
 };
 
 /// Alerts one query returns at most, whatever the caller asks: an operator's page or the
@@ -285,6 +285,29 @@ impl SqliteStore {
                 }
             };
             with_txns(conn, alerts)
+        })
+    }
+
+    pub(super) fn risk_alerts_resolved(
+        &self,
+        kind: &str,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ResolvedAlert>, StoreError> {
+        let limit = limit.min(RISK_ALERT_ROWS_MAX);
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT mid, tid, resolved_at_ms FROM risk_alerts
+                 WHERE kind = ?1 AND resolved_at_ms >= ?2 ORDER BY resolved_at_ms LIMIT ?3",
+            )?;
+            let rows = statement.query_map(params![kind, since_ms, limit], |r| {
+                Ok(ResolvedAlert {
+                    mid: r.get(0)?,
+                    tid: r.get(1)?,
+                    resolved_at_ms: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 

@@ -378,6 +378,10 @@ impl Core {
         if let Some(Ok(Some(now))) = self.read_store(move |store| store.txn(id)).await {
             original.catch_up(&now);
         }
+        // Refused before it went out: nothing was sent to the issuer (the explanation reads
+        // this), though its row had been made ready to send.
+        let mut row = row;
+        row.sent_at_ms = None;
         let code = match why {
             LinkRefusal::ExceedsAmount => RC_EXCEEDS_AMOUNT,
             LinkRefusal::NotApproved | LinkRefusal::Taken => RC_INVALID_TRANSACTION,
@@ -899,6 +903,8 @@ impl Core {
         // A linked request's row is kept, to record a refusal should the journal refuse it.
         let linked_row = matches!(original, Link::Original(_)).then(|| row.clone());
         if let Err(error) = self.journal(vec![Record::InsertTxn(Box::new(row))]).await {
+            // Whatever the answer, this sale holds nothing against a daily limit any more.
+            self.risk_release(&ctx.terminal.mid, entry.id);
             if let (StoreError::LinkRefused(why), Link::Original(found), Some(row)) =
                 (&error, &original, linked_row)
             {
@@ -927,6 +933,9 @@ impl Core {
         // What the outcome does to the original: written after the outcome, which the
         // original's refunded total is summed from.
         let mut link_records: Vec<Record>;
+        // An approval a terminal reversal overtook: it stands at the issuer only until the
+        // reversal reaches it, and counts for nothing in the merchant's day.
+        let mut overtaken = false;
         let (answer, state, issuer_answered) = match &result {
             Ok(reply) => {
                 match parse_reply(reply, entry.rrn.as_deref()) {
@@ -959,6 +968,7 @@ impl Core {
                             }
                             reversed
                         };
+                        overtaken = approved && reversed_meanwhile;
                         link_records = release(approved && !reversed_meanwhile, &mut undo);
                         if approved && reversed_meanwhile && kind != TxnKind::BalanceInquiry {
                             // The terminal's reversal may not be durable yet: its write may
@@ -1064,13 +1074,18 @@ impl Core {
             }
         };
         entry.answer(answer.clone(), state);
+        let observed = if overtaken {
+            &Answer::code(RC_ISSUER_TIMEOUT)
+        } else {
+            &answer
+        };
         self.risk_observe(
             &ctx.terminal,
             entry.id,
             kind,
             ctx.amount_fen,
             fingerprint.as_ref(),
-            &answer,
+            observed,
         );
         let field63 = self.registered_name_field63(&ctx.terminal.mid);
         self.reply(

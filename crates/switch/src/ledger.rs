@@ -219,19 +219,25 @@ impl Entry {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes in what the journal's `row` of this entry says another node did to it since this
-    /// node read it: a void, completion or reversal of an approval, more refunded. Never the
-    /// other way: what this node holds and the journal has not caught up with yet stands.
+    /// Takes in what the journal's `row` of this entry says other nodes did to it since this
+    /// node read it: a void, completion or reversal of an approval, or the undoing of a void
+    /// or completion (reversed there); the refunded total as the journal sums it, lower too
+    /// when a refund was reversed there. What this node did and has not written yet may be
+    /// overwritten here: the journal's own check (`StoreError::LinkRefused`) counts the links
+    /// in flight, so memory only has to let a request through to it, never to hold one back
+    /// wrongly. A reversal of this entry made here is never undone.
     pub fn catch_up(&self, row: &TxnRow) {
         let mut live = self.live();
-        let moved_on = matches!(
-            row.state,
-            TxnState::Voided | TxnState::Completed | TxnState::Reversed
-        );
-        if live.state == TxnState::Approved && moved_on {
-            live.state = row.state;
+        match (live.state, row.state) {
+            (TxnState::Approved, TxnState::Voided | TxnState::Completed | TxnState::Reversed) => {
+                live.state = row.state;
+            }
+            (TxnState::Voided | TxnState::Completed, TxnState::Approved) if !live.link_busy => {
+                live.state = TxnState::Approved;
+            }
+            _ => {}
         }
-        live.refunded_fen = live.refunded_fen.max(row.refunded_fen);
+        live.refunded_fen = row.refunded_fen;
     }
 
     /// Records the answer and wakes retries waiting for it.

@@ -2,7 +2,7 @@
 //! from the store), the rule engine with its windows, and the alerts it raises, written to the
 //! store for operators and the notification outbox.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -37,6 +37,10 @@ pub(crate) struct MerchantInfo {
     pub mcc: String,
     pub name: String,
 }
+
+/// How far behind the newest resolution seen the refresh keeps looking for resolved
+/// peer-change alerts.
+const RESOLVED_OVERLAP_MS: i64 = 600_000;
 
 /// The alert kind of the peer-change rule.
 const PEER_CHANGE: &str = risk::RuleKind::PeerChange { prefix_bits: 0 }.key();
@@ -397,8 +401,11 @@ impl Core {
 /// or suspension takes effect on the running switch.
 pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let interval = core.config.risk_refresh;
-    // Peer-change alerts resolved after this time free their terminal's network.
-    let mut resolved_since_ms = core.clock.now_ms();
+    // Peer-change alerts resolved from this time on free their terminal's network. It trails
+    // the newest resolution seen by `RESOLVED_OVERLAP_MS`, so a resolution stamped by another
+    // process's clock, or committed late, is still seen; each is acted on once.
+    let mut resolved_since_ms = core.clock.now_ms().saturating_sub(RESOLVED_OVERLAP_MS);
+    let mut handled: HashSet<(String, i64)> = HashSet::new();
     loop {
         tokio::select! {
             // Stop first, and a fixed order: a seeded simulation replays exactly.
@@ -407,9 +414,9 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             () = tokio::time::sleep(interval) => {}
         }
         let loaded = core
-            .read_store(|store| {
-                let mut resolved = store.risk_alerts(Some(AlertState::Cleared), 256)?;
-                resolved.extend(store.risk_alerts(Some(AlertState::Acted), 256)?);
+            .read_store(move |store| {
+                let resolved =
+                    store.risk_alerts_resolved_since(PEER_CHANGE, resolved_since_ms, 1_000)?;
                 Ok::<_, StoreError>((load_merchants(store)?, store.terminals()?, resolved))
             })
             .await;
@@ -429,18 +436,17 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         // An operator has looked at a terminal's move (cleared the alert, or suspended the
         // terminal): a declining peer-change rule stops declining it, and the terminal's next
         // request teaches its network.
-        let seen_until = resolved_since_ms;
-        for alert in &resolved {
-            let at = alert.resolved_at_ms.unwrap_or(i64::MIN);
-            if alert.kind == PEER_CHANGE && at > seen_until {
-                resolved_since_ms = resolved_since_ms.max(at);
+        for alert in resolved {
+            resolved_since_ms = resolved_since_ms.max(alert.resolved_at_ms - RESOLVED_OVERLAP_MS);
+            if handled.insert((alert.tid.clone(), alert.resolved_at_ms)) {
                 core.risk
                     .engine
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .forget_peer(&alert.tid);
+                    .forget_peer(&alert.mid, &alert.tid);
             }
         }
+        handled.retain(|(_, at)| *at >= resolved_since_ms);
         for row in terminals {
             if let Some(current) = core.terminal(&row.tid) {
                 if current.status != row.status {

@@ -367,6 +367,7 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
         let refused = b.store.txns_by_key(TID_A, sale_row.batch_no, 606).unwrap();
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].state, TxnState::Declined);
+        assert_eq!(refused[0].sent_at_ms, None, "nothing went to the issuer");
         a.store
             .submit(vec![Record::Outcome(Outcome {
                 id: on_a.id,
@@ -386,6 +387,25 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
             b.store.txn(sale_row.id).unwrap().unwrap().refunded_fen,
             2_000
         );
+        // That refund reversed through node A: the journal's total falls back to 0, and node
+        // B, which still remembers 20.00 refunded, takes the journal's word for it: the whole
+        // 50.00 may be refunded there now.
+        assert_eq!(at_a.send(&Req::reversal_of(&refund)).await.code(), "00");
+        assert_eq!(b.store.txn(sale_row.id).unwrap().unwrap().refunded_fen, 0);
+        let whole = Req::refund(&pan, 5_000, 608, &sale.text(37).unwrap(), "0000");
+        assert_eq!(at_b.send(&whole).await.code(), "00");
+        assert_eq!(
+            b.store.txn(sale_row.id).unwrap().unwrap().refunded_fen,
+            5_000
+        );
+        let acked = eventually(10, || {
+            a.store
+                .reversals_in_state(SafState::Pending)
+                .unwrap()
+                .is_empty()
+        })
+        .await;
+        assert!(acked, "the refund's reversal reached the issuer");
         drop((at_a, at_b));
 
         // Node A takes reversals the issuer does not acknowledge, then dies.

@@ -314,8 +314,8 @@ pub struct Terminal {
     next_stan: u32,
     last: Option<SavedRequest>,
     buf: Vec<u8>,
-    /// A send or receive timed out: the stream may hold half a frame, or a late answer to a
-    /// request given up on. The next request goes out on a new connection.
+    /// A send or receive failed (timed out, cut off): the stream may hold half a frame, or a
+    /// late answer to a request given up on. The next request goes out on a new connection.
     broken: bool,
 }
 
@@ -575,11 +575,16 @@ impl Terminal {
         }
         let timeout = self.config.timeout;
         let written = tokio::time::timeout(timeout, self.stream.write_all(bytes)).await;
-        let Ok(written) = written else {
+        let written =
+            written.unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut)));
+        if let Err(error) = written {
             self.broken = true;
-            return Err(TerminalError::Timeout(timeout));
-        };
-        written?;
+            return Err(if error.kind() == std::io::ErrorKind::TimedOut {
+                TerminalError::Timeout(timeout)
+            } else {
+                error.into()
+            });
+        }
         Ok(())
     }
 
@@ -606,10 +611,10 @@ impl Terminal {
             Ok(buf.clone())
         })
         .await;
-        received.unwrap_or_else(|_| {
-            self.broken = true;
-            Err(TerminalError::Timeout(timeout))
-        })
+        let received = received.unwrap_or(Err(TerminalError::Timeout(timeout)));
+        // Timed out, cut off or reset: what is left of the stream cannot be trusted.
+        self.broken |= received.is_err();
+        received
     }
 }
 

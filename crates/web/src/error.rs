@@ -168,10 +168,17 @@ pub async fn plain_rejections(
         .await
         .unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
+    // serde's own words name a field of our request type (lower case and underscores, no
+    // digits). The same words inside a value the client sent are not taken: they would echo
+    // the value.
     let missing = text
-        .find("missing field `")
-        .and_then(|at| text.get(at..))
-        .and_then(|rest| rest.get(..rest.get(15..)?.find('`')? + 16));
+        .find(": missing field `")
+        .and_then(|at| text.get(at + 2..))
+        .and_then(|rest| rest.get(..rest.get(15..)?.find('`')? + 16))
+        .filter(|m| {
+            let name = m.get(15..m.len() - 1).unwrap_or_default();
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        });
     let message = match (status, missing) {
         (_, Some(missing)) => format!("the request body does not fit this request: {missing}"),
         (StatusCode::UNSUPPORTED_MEDIA_TYPE, None) => {
