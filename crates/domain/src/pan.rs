@@ -180,34 +180,47 @@ impl fmt::Debug for MaskedPan {
 
 /// Free text (a case note, a message to the acquirer) with every card number in it masked:
 /// a run of 13–19 digits that passes Luhn, written whole or in groups split by single spaces
-/// or hyphens, keeps its first 6 and last 4 digits. People paste card numbers into notes, and
-/// a note goes to pages, webhooks and the audit log. Unchanged text is borrowed.
+/// or hyphens, keeps its first 6 and last 4 digits. Full-width digits, the ideographic space
+/// and the full-width hyphen count too (Chinese input methods type them). People paste card
+/// numbers into notes, and a note goes to pages, webhooks and the audit log. Unchanged text is
+/// borrowed.
 pub fn mask_card_numbers(text: &str) -> std::borrow::Cow<'_, str> {
-    let bytes = text.as_bytes();
-    let digit = |k: usize| bytes.get(k).is_some_and(u8::is_ascii_digit);
-    // (start, end) byte ranges of the card numbers found.
+    // The ASCII digit a character stands for.
+    fn digit(c: char) -> Option<u8> {
+        match c {
+            '0'..='9' => u8::try_from(c).ok(),
+            '０'..='９' => u8::try_from(u32::from(c) - u32::from('０') + u32::from('0')).ok(),
+            _ => None,
+        }
+    }
+    fn separator(c: char) -> bool {
+        matches!(c, ' ' | '-' | '\u{3000}' | '\u{00A0}' | '－')
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let is_digit = |k: usize| chars.get(k).copied().and_then(digit).is_some();
+    // (start, end) char ranges of the card numbers found.
     let mut found: Vec<(usize, usize)> = Vec::new();
     let mut i = 0;
-    while i < bytes.len() {
-        if !digit(i) || i > 0 && digit(i - 1) {
+    while i < chars.len() {
+        if !is_digit(i) || i > 0 && is_digit(i - 1) {
             i += 1;
             continue;
         }
         // Extend over digits and single separators between digits; remember the longest
         // end at a run boundary whose digits make a card number.
         let (mut j, mut digits, mut best) = (i, Vec::with_capacity(PAN_LEN_MAX + 1), None);
-        while let Some(&b) = bytes.get(j) {
+        while let Some(&c) = chars.get(j) {
             if digits.len() > PAN_LEN_MAX {
                 break;
             }
-            if b.is_ascii_digit() {
-                digits.push(b);
+            if let Some(d) = digit(c) {
+                digits.push(d);
                 j += 1;
                 let card = (PAN_LEN_MIN..=PAN_LEN_MAX).contains(&digits.len());
-                if !digit(j) && card && luhn_valid(&digits) {
+                if !is_digit(j) && card && luhn_valid(&digits) {
                     best = Some(j);
                 }
-            } else if (b == b' ' || b == b'-') && digit(j + 1) {
+            } else if separator(c) && is_digit(j + 1) {
                 j += 1;
             } else {
                 break;
@@ -220,7 +233,7 @@ pub fn mask_card_numbers(text: &str) -> std::borrow::Cow<'_, str> {
             }
             // Past this run of digits.
             None => {
-                while digit(i) {
+                while is_digit(i) {
                     i += 1;
                 }
             }
@@ -232,12 +245,12 @@ pub fn mask_card_numbers(text: &str) -> std::borrow::Cow<'_, str> {
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
     for (start, end) in found {
-        out.push_str(text.get(at..start).unwrap_or_default());
-        let span = text.get(start..end).unwrap_or_default();
-        let count = span.bytes().filter(u8::is_ascii_digit).count();
+        out.extend(chars.get(at..start).unwrap_or_default());
+        let span = chars.get(start..end).unwrap_or_default();
+        let count = span.iter().filter(|c| digit(**c).is_some()).count();
         let mut seen = 0;
-        for c in span.chars() {
-            if c.is_ascii_digit() {
+        for &c in span {
+            if digit(c).is_some() {
                 let shown = seen < MASK_KEEP_FIRST || seen + MASK_KEEP_LAST >= count;
                 out.push(if shown { c } else { '*' });
                 seen += 1;
@@ -247,7 +260,7 @@ pub fn mask_card_numbers(text: &str) -> std::borrow::Cow<'_, str> {
         }
         at = end;
     }
-    out.push_str(text.get(at..).unwrap_or_default());
+    out.extend(chars.get(at..).unwrap_or_default());
     std::borrow::Cow::Owned(out)
 }
 
@@ -313,6 +326,11 @@ mod tests {
             mask_card_numbers(&format!("{ICBC}-{ICBC}")),
             format!("{masked}-{masked}")
         );
+        // Typed with a Chinese input method: full-width digits, ideographic spaces.
+        assert_eq!(
+            mask_card_numbers("卡号６２２２０２　０２００　１１２３　４５６７９"),
+            "卡号６２２２０２　****　****　*５６７９"
+        );
         // A number next to the card stays, and so does the card's masking.
         assert_eq!(
             mask_card_numbers(&format!("{ICBC} 12 items")),
@@ -334,7 +352,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn masking_is_idempotent_and_keeps_the_length(text in "[0-9 a-]{0,80}") {
+        fn masking_is_idempotent_and_keeps_the_length(text in "[0-9０-９ a　-]{0,80}") {
             let once = mask_card_numbers(&text).into_owned();
             proptest::prop_assert_eq!(mask_card_numbers(&once).into_owned(), once.clone());
             proptest::prop_assert_eq!(once.chars().count(), text.chars().count());

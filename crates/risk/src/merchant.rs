@@ -114,7 +114,8 @@ impl Qualification {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MerchantGate {
     Open,
-    /// Not approved (applied, suspended or closed): declined 03.
+    /// Not approved (applied, suspended or closed): declined 03 (a suspended merchant's
+    /// voids and refunds excepted, `for_request`).
     NotApproved(MerchantState),
 }
 
@@ -123,6 +124,18 @@ impl MerchantGate {
         match state {
             MerchantState::Approved => MerchantGate::Open,
             other => MerchantGate::NotApproved(other),
+        }
+    }
+
+    /// The gate for one request: a suspended merchant may still give money back (void a
+    /// sale, refund it, release a pre-authorisation), since refusing that hurts only its
+    /// customers; it may take none.
+    pub const fn for_request(state: MerchantState, class: crate::TxnClass) -> MerchantGate {
+        match (state, class) {
+            (MerchantState::Suspended, crate::TxnClass::Void | crate::TxnClass::Credit) => {
+                MerchantGate::Open
+            }
+            _ => MerchantGate::of(state),
         }
     }
 }

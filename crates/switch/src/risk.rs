@@ -187,7 +187,7 @@ impl Core {
         let gate = merchant
             .as_ref()
             .map_or(MerchantGate::NotApproved(MerchantState::Closed), |m| {
-                MerchantGate::of(m.state)
+                MerchantGate::for_request(m.state, class_of(kind))
             });
         if let MerchantGate::NotApproved(state) = gate {
             return Some(Refusal {

@@ -184,10 +184,16 @@ async fn send_as(t: &mut Terminal, req: &Req, tid: &str, mid: &str) -> Response 
         out.set_binary(52, block.as_bytes()).unwrap();
         out.set_digits(53, "2600000000000000").unwrap();
     }
+    if let Some(rrn) = &req.rrn {
+        out.set_text(37, rrn).unwrap();
+    }
     out.set_text(41, tid).unwrap().set_text(42, mid).unwrap();
     out.set_text(49, "156").unwrap();
     out.set_digits(60, &format!("{}{:06}", req.message_type, t.batch))
         .unwrap();
+    if let Some(f61) = &req.f61 {
+        out.set_digits(61, f61).unwrap();
+    }
     let mak = t.keys.as_ref().unwrap().mak.clone();
     let mut bytes = Vec::new();
     out.encode_frame_with_mac(&head(), &mut bytes, |data| {
@@ -263,12 +269,13 @@ fn an_unapproved_merchant_is_declined_03_until_approved() {
         for stan in 3..60 {
             let r = send_as(&mut t, &paid_with_pin(healthy, 1_000, stan), TID2, MID2).await;
             if r.code() != "03" {
-                approved = Some(r.code());
+                approved = Some((r.code(), stan, r.text(37).unwrap_or_default()));
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(approved.as_deref(), Some("00"));
+        let (code, sale_stan, sale_rrn) = approved.unwrap();
+        assert_eq!(code, "00");
 
         // Suspended: declined 03 again. Approving twice is an illegal transition.
         risk::ops::suspend(store, MID2, "licence expired", actor("reviewer-2"))
@@ -289,6 +296,10 @@ fn an_unapproved_merchant_is_declined_03_until_approved() {
             declined,
             "a suspended merchant's purchase must be declined 03"
         );
+        // It may still give money back: its sale is voided.
+        let pan = healthy.pan.expose_digits();
+        let void = Req::void(pan, 1_000, 200, sale_stan, &sale_rrn);
+        assert_eq!(send_as(&mut t, &void, TID2, MID2).await.code(), "00");
         let mut h = w.h;
         h.stop().await;
     });
