@@ -457,22 +457,41 @@ fn commit_group_carefully(
     }
 }
 
+/// Runs `f` in a savepoint. A job another node's transaction deadlocked with (PostgreSQL
+/// aborts one of the two) is run again, a few times: two nodes' groups may take the rows of
+/// two originals in opposite orders (a refund's total, a link's claim), and an approval's
+/// outcome must not fail for that.
 fn in_savepoint<T>(
     conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    f: impl Fn(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT job")?;
-    match f(conn) {
-        Ok(value) => {
-            conn.execute_batch("RELEASE job")?;
-            Ok(value)
-        }
-        Err(error) => {
-            conn.execute_batch("ROLLBACK TO job")?;
-            conn.execute_batch("RELEASE job")?;
-            Err(error)
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        conn.execute_batch("SAVEPOINT job")?;
+        match f(conn) {
+            Ok(value) => {
+                conn.execute_batch("RELEASE job")?;
+                return Ok(value);
+            }
+            Err(error) => {
+                conn.execute_batch("ROLLBACK TO job")?;
+                conn.execute_batch("RELEASE job")?;
+                if tries >= DEADLOCK_TRIES_MAX || !deadlocked(&error) {
+                    return Err(error);
+                }
+            }
         }
     }
+}
+
+/// How often a job is run when it keeps deadlocking.
+const DEADLOCK_TRIES_MAX: u32 = 3;
+
+/// PostgreSQL's deadlock_detected (40P01) or serialization_failure (40001).
+fn deadlocked(error: &StoreError) -> bool {
+    matches!(error, StoreError::Backend { message }
+        if message.ends_with("(40P01)") || message.ends_with("(40001)"))
 }
 
 /// Claims due reversals for this node: rows another node's open claim has locked are skipped,

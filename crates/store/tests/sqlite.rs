@@ -84,6 +84,37 @@ fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&SqliteConfig::new(dir.path().join("shoudan.db"))).unwrap()
 }
 
+/// Two nodes write the refunded totals of two originals in opposite orders at the same instant
+/// (on PostgreSQL each takes the rows' locks in its own order: a deadlock, one transaction
+/// aborted): every write still succeeds.
+fn opposite_lock_orders_on_two_nodes_fail_no_write(db: &Db) {
+    let first = db.open();
+    let second = db.is_postgres().then(|| db.open());
+    let (one, two): (&dyn Store, &dyn Store) = (&*first, second.as_deref().unwrap_or(&*first));
+    provision(&first);
+    for round in 0..3_i64 {
+        let (a, b) = (2_000 + round * 2, 2_001 + round * 2);
+        approved_purchase(one, a);
+        approved_purchase(one, b);
+        let barrier = std::sync::Barrier::new(2);
+        let results: Vec<Result<(), StoreError>> = std::thread::scope(|scope| {
+            let racers = [(one, [a, b]), (two, [b, a])].map(|(node, order)| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    let records = order.map(|id| Record::Refunded { id }).to_vec();
+                    write(node, records)
+                })
+            });
+            racers.map(|r| r.join().unwrap()).to_vec()
+        });
+        assert!(
+            results.iter().all(Result::is_ok),
+            "round {round}: {results:?}"
+        );
+    }
+}
+
 fn provision(store: &backend::Opened) {
     store
         .submit(vec![
@@ -932,6 +963,7 @@ fn two_refunds_at_once_cannot_both_take_an_original(db: &Db) {
 }
 
 on_both!(
+    opposite_lock_orders_on_two_nodes_fail_no_write,
     linked_requests_claim_their_original_in_the_journal,
     two_refunds_at_once_cannot_both_take_an_original,
     rows_since_a_date_come_by_date_then_id,
