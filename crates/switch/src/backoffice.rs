@@ -15,13 +15,14 @@ use paycrypto::{KeyHandle, KeyScheme, MacAlgorithm};
 use sha2::{Digest, Sha256};
 use store::resolve::{BackOfficeKeyRow, ResolveRecord};
 use store::{Record, Status, Store, StoreError, TxnKind, TxnState};
-use zeroize::Zeroize;
+use zeroize::Zeroizing;
 
 use crate::SwitchHandle;
 use crate::clock::LocalTime;
 use crate::core::{Core, Terminal};
 use crate::financial::Ctx;
 use crate::ledger::TxnKey;
+use crate::wire::REPLY_CAPACITY;
 
 /// The terminal id back-office refunds are journalled under (field 41 is 8 characters).
 pub const BACK_OFFICE_TID: &str = "BACKOFFC";
@@ -159,7 +160,8 @@ impl BackOffice {
             header: Header::from_bytes([0x60, 0, 0, 0, 0, 0])
                 .map_err(|_| BackOfficeError::NoAnswer)?,
         };
-        let mut bytes = Vec::with_capacity(256);
+        // It carries the clear PAN (field 2): wiped however this ends.
+        let mut bytes = Zeroizing::new(Vec::with_capacity(REPLY_CAPACITY));
         out.encode_frame(&head, &mut bytes)?;
         let frame = Frame::decode(&bytes).map_err(|_| BackOfficeError::NoAnswer)?;
 
@@ -197,10 +199,10 @@ impl BackOffice {
             request_hash,
             key: key.clone(),
         };
-        let reply = core.forward(&ctx).await;
-        // The request carried the clear PAN (field 2): wipe it now that it has been handled.
+        // The answer echoes field 2 too.
+        let reply = core.forward(&ctx).await.map(Zeroizing::new);
         drop(ctx);
-        bytes.zeroize();
+        drop(bytes);
         let reply = reply.ok_or(BackOfficeError::NoAnswer)?;
         let reply = Frame::decode(&reply).map_err(|_| BackOfficeError::NoAnswer)?;
         let message = &reply.message;

@@ -16,6 +16,7 @@ use crate::clock::{Clock, LocalTime};
 use crate::config::{SEQUENCE_BLOCK, SwitchConfig};
 use crate::issuer::IssuerLink;
 use crate::ledger::{Answer, Ledger};
+use crate::wire::REPLY_CAPACITY;
 
 pub(crate) const RC_APPROVED: [u8; 2] = *b"00";
 pub(crate) const RC_INVALID_MERCHANT: [u8; 2] = *b"03";
@@ -389,7 +390,9 @@ impl Core {
             tpdu: frame.head.tpdu.reply(),
             header,
         };
-        let mut bytes = Vec::with_capacity(256);
+        // Room for any answer this host builds, so the buffer never grows: a grown buffer
+        // would free the old one, card number and all, unwiped.
+        let mut bytes = Vec::with_capacity(REPLY_CAPACITY);
         let mak = terminal.and_then(|t| t.keys.map(|k| (k.mak, t.mac)));
         match mak {
             Some((mak, algorithm)) if request.has(64) && answer.response_code != RC_MAC_FAILED => {
@@ -494,6 +497,7 @@ impl Core {
             return self.system_error(frame);
         }
         tracing::info!(tid = %terminal.tid, scheme = scheme.code(), batch_no, "signed in");
+        self.note_health(&terminal.tid, frame).await;
         let rrn = self.next_rrn().await.ok();
         self.reply(
             frame,

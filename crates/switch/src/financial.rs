@@ -123,6 +123,7 @@ impl Core {
             tracing::info!(tid = %terminal.tid, "MAC verification failed");
             return plain(RC_MAC_FAILED);
         }
+        self.note_health(&terminal.tid, frame).await;
         let answer = |code| {
             self.reply(
                 frame,
@@ -661,7 +662,11 @@ impl Core {
         let Ok(id) = self.next_id().await else {
             return self.reply_code(ctx, RC_SYSTEM_ERROR);
         };
-        let rrn = self.next_rrn().await.ok();
+        // Every forwarded request has an RRN: its reply is matched by it.
+        let Ok(rrn) = self.next_rrn().await else {
+            return self.reply_code(ctx, RC_SYSTEM_ERROR);
+        };
+        let rrn = Some(rrn);
         let pan = card(request);
         let fingerprint = match &pan {
             Some(Ok(pan)) => Some(self.hsm.fingerprint(pan.expose_digits().as_bytes())),
@@ -1419,20 +1424,21 @@ impl Undo {
 }
 
 /// The answer in an issuer's reply: 39, 38, 15, 54. `None` when it cannot be read, or when it
-/// carries an RRN other than the request's `rrn`: a late reply to an earlier request that had
-/// the same host trace (traces repeat within a day), which must not answer this one.
+/// does not carry the request's RRN in field 37 (the issuer echoes it): a late reply to an
+/// earlier request that had the same host trace (traces repeat within a day) must not answer
+/// this one, and a reply without the RRN cannot show it is not one.
 fn parse_reply(frame: &[u8], rrn: Option<&str>) -> Option<Answer> {
     let decoded = iso8583::Frame::decode_unprefixed(frame).ok()?;
     let message = decoded.message;
-    if let (Some(ours), Some(theirs)) = (rrn, message.text(37)) {
-        if theirs.trim() != ours.trim() {
-            tracing::warn!(
-                ours,
-                theirs,
-                "issuer reply for another request: treated as unreadable"
-            );
-            return None;
-        }
+    let ours = rrn.map(str::trim);
+    let theirs = message.text(37).map(str::trim);
+    if ours.is_none() || theirs != ours {
+        tracing::warn!(
+            ours = ours.unwrap_or("-"),
+            theirs = theirs.unwrap_or("-"),
+            "issuer reply without this request's RRN: treated as unreadable"
+        );
+        return None;
     }
     let code: [u8; 2] = message.text(39)?.as_bytes().try_into().ok()?;
     Some(Answer {

@@ -18,15 +18,17 @@ pub(crate) const DRIFT_CHANGE_MAX_S: i64 = 30;
 
 const CST_OFFSET_S: i64 = 8 * 3_600;
 
-/// What each terminal last reported, as written to the store.
+/// What each terminal last reported, and whether the store has it yet.
 #[derive(Default)]
-pub(crate) struct HealthSeen(Mutex<HashMap<String, TerminalHealthRow>>);
+pub(crate) struct HealthSeen(Mutex<HashMap<String, (TerminalHealthRow, bool)>>);
 
 impl HealthSeen {
     /// Starts from what the store holds, so the fallback count carries on across restarts.
     pub(crate) fn load(rows: Vec<TerminalHealthRow>) -> Self {
         Self(Mutex::new(
-            rows.into_iter().map(|r| (r.tid.clone(), r)).collect(),
+            rows.into_iter()
+                .map(|r| (r.tid.clone(), (r, true)))
+                .collect(),
         ))
     }
 }
@@ -58,15 +60,34 @@ pub fn clock_drift_s(hhmmss: u64, mmdd: u64, now_ms: i64) -> Option<i64> {
 
 impl Core {
     /// Notes what a request's frame says of its terminal's health; writes only on a change
-    /// (software version, drift by more than [`DRIFT_CHANGE_MAX_S`], or a fallback), so a
-    /// request costs a map look-up. Unknown terminals are ignored.
-    pub(crate) async fn note_health(&self, frame: &Frame<'_>) {
-        let Some(tid) = frame.message.text(41).map(str::trim_end) else {
+    /// (software version, drift by more than [`DRIFT_CHANGE_MAX_S`], or a fallback), or when
+    /// the last change could not be written, so a request costs a map look-up. Called for
+    /// frames the terminal proved it sent (a verified MAC) and for its sign-ins, so nobody
+    /// else can write a terminal's health or count fallbacks against it.
+    pub(crate) async fn note_health(&self, tid: &str, frame: &Frame<'_>) {
+        let Some(row) = self.health_change(tid, frame) else {
             return;
         };
-        if self.terminal(tid).is_none() {
-            return;
+        match self
+            .persist(vec![Record::TerminalHealth(row.clone())])
+            .await
+        {
+            Ok(()) => {
+                let mut map = self.health.0.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some((held, written)) = map.get_mut(tid) {
+                    // Unless a later request has moved it on meanwhile.
+                    if *held == row {
+                        *written = true;
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%tid, %error, "cannot record terminal health"),
         }
+    }
+
+    /// The health row `frame` makes of terminal `tid`'s, held at once (not yet written), if it
+    /// is news; `None` if not.
+    fn health_change(&self, tid: &str, frame: &Frame<'_>) -> Option<TerminalHealthRow> {
         let header = frame.head.header;
         let now_ms = self.clock.now_ms();
         let drift = match (frame.message.number(12), frame.message.number(13)) {
@@ -82,9 +103,11 @@ impl Core {
                 .flatten()
                 .and_then(|f| f.ic_condition)
                 == Some(Field60::IC_FALLBACK);
-        let seen = {
-            let map = self.health.0.lock().unwrap_or_else(PoisonError::into_inner);
-            map.get(tid).cloned()
+        // Read, count and hold under one lock: two requests at once count two fallbacks.
+        let mut map = self.health.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (seen, written) = match map.get(tid) {
+            Some((row, written)) => (Some(row.clone()), *written),
+            None => (None, true),
         };
         let row = TerminalHealthRow {
             tid: tid.to_owned(),
@@ -100,6 +123,7 @@ impl Core {
                 .saturating_add(u32::from(fallback)),
         };
         let changed = fallback
+            || !written
             || match &seen {
                 None => true,
                 Some(old) => {
@@ -112,22 +136,12 @@ impl Core {
                 }
             };
         if !changed {
-            return;
+            return None;
         }
-        // Held in memory only once written, so a failed write is tried again next request.
-        match self
-            .persist(vec![Record::TerminalHealth(row.clone())])
-            .await
-        {
-            Ok(()) => {
-                self.health
-                    .0
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(row.tid.clone(), row);
-            }
-            Err(error) => tracing::warn!(%tid, %error, "cannot record terminal health"),
-        }
+        // Held at once, marked written once it is: a failed write is tried again at the
+        // terminal's next request.
+        map.insert(row.tid.clone(), (row.clone(), false));
+        Some(row)
     }
 }
 

@@ -20,7 +20,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::clock::Clock;
 use crate::config::{BREAKER_TIMEOUTS_MAX, ISSUER_IN_FLIGHT_MAX, ISSUER_QUEUE_MAX, IssuerEndpoint};
-use crate::wire::{WipingReader, read_frame};
+use crate::wire::{WipingReader, append_wiped, read_frame};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The link's read buffer: many replies in one read under load (tokio's `BufReader` default).
@@ -267,11 +267,11 @@ impl IssuerLink {
             let mut batch = Vec::with_capacity(4096);
             while let Some(frame) = outbound.recv().await {
                 batch.clear();
-                batch.extend_from_slice(&frame);
+                append_wiped(&mut batch, &frame);
                 // Coalesce what queued up meanwhile into one write.
                 while batch.len() < 64 * 1024 {
                     match outbound.try_recv() {
-                        Ok(more) => batch.extend_from_slice(&more),
+                        Ok(more) => append_wiped(&mut batch, &more),
                         Err(_) => break,
                     }
                 }

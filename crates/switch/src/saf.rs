@@ -96,8 +96,12 @@ impl Core {
             .await
         {
             Ok(reply) => {
+                // Only a reply that names this reversal's RRN answers it: host traces repeat,
+                // and a late reply to another reversal must not acknowledge this one.
+                let ours = row.rrn.as_deref().map(str::trim);
                 let code = iso8583::Frame::decode_unprefixed(&reply)
                     .ok()
+                    .filter(|f| f.message.text(37).map(str::trim) == ours)
                     .and_then(|f| f.message.text(39).map(str::to_owned));
                 let now_ms = self.clock.now_ms();
                 let at = LocalTime::from_ms(now_ms).clock_text();

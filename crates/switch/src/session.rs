@@ -18,7 +18,7 @@ use crate::config::{
 use crate::core::{Core, RC_APPROVED, RC_INVALID_TRANSACTION, RC_SYSTEM_ERROR};
 use crate::ledger::Answer;
 use crate::metrics::{Metrics, RequestType, measure_request};
-use crate::wire::{WipingReader, WireError};
+use crate::wire::{WipingReader, WireError, append_wiped};
 
 /// What every connection of one switch shares: its core, counters and the bound on requests
 /// in flight across all connections.
@@ -142,9 +142,9 @@ where
         let mut batch = Vec::new();
         while let Some(frame) = outgoing.recv().await {
             batch.clear();
-            batch.extend_from_slice(&frame);
+            append_wiped(&mut batch, &frame);
             while let Ok(more) = outgoing.try_recv() {
-                batch.extend_from_slice(&more);
+                append_wiped(&mut batch, &more);
             }
             let written = writer.write_all(&batch).await;
             batch.as_mut_slice().zeroize();
@@ -306,7 +306,6 @@ impl Sessions {
 impl Core {
     /// One decoded request → its response frame, if it gets one.
     pub(crate) async fn handle_frame(self: &Arc<Self>, frame: &Frame<'_>) -> Option<Vec<u8>> {
-        self.note_health(frame).await;
         match frame.message.txn_kind() {
             Some(WireKind::Financial(kind)) => self.financial(frame, kind, false).await,
             Some(WireKind::Reversal(kind)) => self.financial(frame, kind, true).await,

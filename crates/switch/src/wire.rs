@@ -39,6 +39,23 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(true)
 }
 
+/// Bytes reserved for one answer frame: more than any the host builds (the echoed fields, a
+/// merchant name of 160 bytes in 63, three keys in 62, the MAC), so encoding never regrows it.
+pub(crate) const REPLY_CAPACITY: usize = 1_024;
+
+/// Appends `more` to `batch`; when `batch` must grow, the old allocation is wiped before it is
+/// freed (it holds earlier frames, card numbers among them).
+pub(crate) fn append_wiped(batch: &mut Vec<u8>, more: &[u8]) {
+    let needed = batch.len().saturating_add(more.len());
+    if needed > batch.capacity() {
+        let mut grown = Vec::with_capacity(needed.next_power_of_two().max(256));
+        grown.extend_from_slice(batch);
+        batch.zeroize();
+        *batch = grown;
+    }
+    batch.extend_from_slice(more);
+}
+
 /// A buffered reader that wipes each byte as it hands it out, and the rest when dropped. A
 /// terminal's request carries its card number, track data and PIN block, and an issuer's reply
 /// echoes the card number: `tokio::io::BufReader` would keep the last of them in a buffer that
@@ -112,6 +129,18 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_batch_grows_into_a_new_allocation_with_its_bytes() {
+        let mut batch = Vec::new();
+        for chunk in [&[1u8, 2, 3][..], &[4; 300], &[5; 700]] {
+            append_wiped(&mut batch, chunk);
+        }
+        assert_eq!(batch.len(), 1_003);
+        assert_eq!(batch[..3], [1, 2, 3]);
+        assert!(batch[3..303].iter().all(|&b| b == 4));
+        assert!(batch[303..].iter().all(|&b| b == 5));
+    }
 
     #[test]
     fn what_is_handed_out_is_wiped_and_the_rest_is_kept_in_order() {

@@ -108,6 +108,15 @@ async fn chip_to_magstripe_fallbacks_are_counted_per_terminal() {
     };
     assert_eq!(t.send(&fallback).await.code(), "00");
     assert_eq!(fallbacks(&h), 3);
+
+    // A frame that names the terminal but fails its MAC (anyone can send one) is answered A0
+    // and counts nothing: only the terminal can add to its own record.
+    let forged = Req {
+        f60_tail: "00052",
+        ..Req::purchase(&pan, 1_000, 6)
+    };
+    assert_eq!(t.exchange(&t.encode(&forged, true)).await.code(), "A0");
+    assert_eq!(fallbacks(&h), 3);
 }
 
 /// The fallback count the store holds for `TID`.

@@ -651,7 +651,7 @@ fn working_keys_are_freed_and_never_weakened() {
 }
 
 #[test]
-fn a_reply_carrying_another_requests_rrn_does_not_answer_this_one() {
+fn a_reply_carrying_another_requests_rrn_or_none_does_not_answer_this_one() {
     RUNTIME().block_on(async {
         let h = Harness::new().await;
         let mut t = h.terminal().await;
@@ -666,6 +666,14 @@ fn a_reply_carrying_another_requests_rrn_does_not_answer_this_one() {
         let row = h.store.txn_by_rrn(&rrn).unwrap().unwrap();
         assert_eq!(row.state, TxnState::Failed);
         // Whatever the issuer did with this request is reversed.
+        assert!(h.store.reversal(row.id).unwrap().is_some());
+        // Nor does an approval that names no RRN at all: it cannot show it is this one's.
+        let r = t
+            .send(&Req::purchase(&card("622202"), NO_RRN_AMOUNT, 4))
+            .await;
+        assert_eq!(r.code(), "96");
+        let row = h.store.txn_by_rrn(&r.text(37).unwrap()).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Failed);
         assert!(h.store.reversal(row.id).unwrap().is_some());
     });
 }

@@ -51,6 +51,8 @@ pub struct IssuerLog {
 
 /// An amount the minimal issuer approves with another request's RRN in field 37.
 pub const OTHER_RRN_AMOUNT: u64 = 4_242;
+/// An amount the minimal issuer approves without field 37.
+pub const NO_RRN_AMOUNT: u64 = 4_343;
 
 /// Field 54 the minimal issuer answers a balance inquiry with: ledger balance, 1,234.56 yuan.
 pub const BALANCE_54: &str = "1002156C000000123456";
@@ -84,7 +86,11 @@ pub async fn start_issuer_on(addr: SocketAddr, log: Arc<IssuerLog>) -> SocketAdd
                     let mti = request.mti();
                     let mut out = MessageBuilder::new(mti.response().unwrap());
                     let other_rrn = request.amount() == Some(OTHER_RRN_AMOUNT);
+                    let no_rrn = request.amount() == Some(NO_RRN_AMOUNT);
                     for n in [2, 3, 4, 11, 37, 41, 42, 49] {
+                        if n == 37 && no_rrn && mti != Mti::REVERSAL {
+                            continue;
+                        }
                         if n == 37 && other_rrn {
                             // A reply that belongs to another request with the same trace.
                             out.set_text(37, "999999999999").unwrap();
