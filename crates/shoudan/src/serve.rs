@@ -283,6 +283,8 @@ pub fn run(args: ServeArgs) -> CliResult {
 }
 
 async fn serve(node: Node) -> CliResult {
+    // Caught from the start: a stop while the switch starts is a stop, not a kill.
+    let mut signals = Signals::new()?;
     let banks: Vec<String> = node.config.issuers.keys().cloned().collect();
     let switch = Switch::start(
         node.config,
@@ -336,24 +338,48 @@ async fn serve(node: Node) -> CliResult {
         }
     };
     tokio::select! {
-        signal = wait_for_signal() => signal?,
+        () = signals.next() => {}
         () = refresh => {}
     }
-    println!("stopping");
+    println!("stopping: taking no new requests, finishing those in progress");
     let _ = stop.send(true);
     let _ = http_task.await;
     for task in notify_tasks {
         let _ = task.await;
     }
-    switch.shutdown().await;
+    // The requests in progress get their issuers' answers (or time out as usual) and are
+    // journalled and answered. A second signal stops waiting for them: what was not answered
+    // stays in flight in the journal, and the next start reverses it.
+    tokio::select! {
+        () = switch.shutdown() => {}
+        () = signals.next() => println!("stopping now: requests still in progress are reversed at the next start"),
+    }
+    // Everything queued for the journal is committed before the process ends.
+    let store = Arc::clone(&node.store);
+    tokio::task::spawn_blocking(move || store.close()).await?;
     println!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
+/// SIGTERM and SIGINT (Ctrl-C), registered once.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }

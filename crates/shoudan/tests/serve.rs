@@ -181,6 +181,14 @@ fn serve_listens_for_terminals_and_http() {
         })
         .unwrap_or_else(|| panic!("{login}"));
     assert!(cookie.contains("; Secure"), "{cookie}");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // An operator's stop (SIGTERM): the node finishes, closes its journal and exits cleanly.
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(rest.last().map(String::as_str), Some("stopped"), "{rest:?}");
 }

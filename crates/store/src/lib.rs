@@ -89,6 +89,10 @@ pub trait Store: Send + Sync + 'static {
     /// Queues records to commit atomically together; fails fast with `QueueFull` under overload.
     fn submit(&self, records: Vec<Record>) -> Result<Durable, StoreError>;
 
+    /// Commits what is queued, stops the writer and waits for it; later writes fail. Blocks:
+    /// call it off the async runtime (`spawn_blocking`). What a stopping process calls last.
+    fn close(&self);
+
     /// Whether a caller on an async runtime should read this store on its own thread rather
     /// than on a blocking one: true when writes commit inline too (`SqliteConfig::inline_writer`,
     /// the deterministic simulation), where a read on another thread would let the host's

@@ -264,6 +264,10 @@ impl Store for SqliteStore {
         Ok(pending)
     }
 
+    fn close(&self) {
+        SqliteStore::close(self);
+    }
+
     fn reads_inline(&self) -> bool {
         self.writes_inline()
     }

@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use domain::IssuerDirectory;
 use iso8583::{FrameHead, Header, Tpdu};
@@ -111,6 +112,9 @@ pub struct Switch;
 /// A running switch: its address, and how to stop it.
 pub struct SwitchHandle {
     addr: SocketAddr,
+    /// Stops taking requests: the listener and every connection's reading.
+    intake: watch::Sender<bool>,
+    /// Stops the rest: issuer links, store-and-forward, the background loops.
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     core: Arc<Core>,
@@ -168,9 +172,9 @@ impl SwitchHandle {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
         let sessions = self.sessions.clone();
-        let stop = self.stop.subscribe();
+        let intake = self.intake.subscribe();
         self.core.tasks.spawn(async move {
-            session::serve(&sessions, stream, stop).await;
+            session::serve(&sessions, stream, intake).await;
         });
     }
 
@@ -185,13 +189,41 @@ impl SwitchHandle {
         self.core.tasks.abort_all();
     }
 
-    /// Stops accepting, closes links and waits for the switch's tasks. Requests already being
-    /// handled finish on their own tasks.
+    /// Stops as an operator's stop should: no new connection or request is taken; the
+    /// requests already taken are finished (the issuer links stay up for their answers, or
+    /// their timeouts), journalled and answered, for at most the longest issuer timeout and
+    /// a little more; then the links and loops stop and their tasks are awaited. The store
+    /// is the caller's to close.
     pub async fn shutdown(self) {
+        let _ = self.intake.send(true);
+        let longest = self
+            .core
+            .config
+            .issuers
+            .values()
+            .map(|issuer| issuer.timeout)
+            .max()
+            .unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + longest + DRAIN_MARGIN;
+        // Done when no request is in progress and every connection has written its answers
+        // and ended (each stops reading at once, and ends when its last answer is written).
+        let busy = || {
+            self.in_flight() > 0 || self.sessions.metrics.connections.load(Ordering::Relaxed) > 0
+        };
+        while busy() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
+    }
+
+    /// Requests being worked on now.
+    fn in_flight(&self) -> usize {
+        self.sessions
+            .bound
+            .saturating_sub(self.sessions.admission.available_permits())
     }
 }
 
@@ -250,6 +282,7 @@ impl Switch {
             clock.now_ms(),
         )?;
         let (stop, stop_rx) = watch::channel(false);
+        let (intake, intake_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut links = HashMap::new();
         // In bank order, so that a simulation starts its links the same way every run.
@@ -326,11 +359,12 @@ impl Switch {
         tasks.push(tokio::spawn(session::accept(
             sessions.clone(),
             listener,
-            stop_rx,
+            intake_rx,
         )));
         tracing::info!(%addr, "switch listening");
         Ok(SwitchHandle {
             addr,
+            intake,
             stop,
             tasks,
             core,
@@ -338,6 +372,10 @@ impl Switch {
         })
     }
 }
+
+/// How long a stop waits, beyond the longest issuer timeout, for requests already taken to be
+/// journalled and answered.
+const DRAIN_MARGIN: Duration = Duration::from_secs(2);
 
 /// How long another node's request may stay in flight before a starting node takes it for
 /// lost: far beyond any issuer timeout.

@@ -679,6 +679,35 @@ fn a_reply_carrying_another_requests_rrn_or_none_does_not_answer_this_one() {
 }
 
 #[test]
+fn a_stop_finishes_the_requests_in_progress_and_takes_no_more() {
+    RUNTIME().block_on(async {
+        let mut h = Harness::new().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let addr = h.addr();
+        // A purchase the issuer takes its time over, still at the issuer when the stop comes.
+        let slow = tokio::spawn(async move {
+            let r = t
+                .send(&Req::purchase(&card("622202"), SLOW_AMOUNT, 2))
+                .await;
+            (r.code(), r.text(37).unwrap())
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        h.stop().await;
+        let (code, rrn) = slow.await.unwrap();
+        assert_eq!(code, "00", "answered as the issuer answered it");
+        let row = h.store.txn_by_rrn(&rrn).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Approved);
+        assert!(
+            h.store.reversal(row.id).unwrap().is_none(),
+            "nothing to reverse"
+        );
+        // Stopped: no new connection is taken.
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    });
+}
+
+#[test]
 fn a_pin_goes_to_an_issuer_whose_zone_key_is_sm4() {
     RUNTIME().block_on(async {
         let log = Arc::new(common::IssuerLog::default());

@@ -53,6 +53,8 @@ pub struct IssuerLog {
 pub const OTHER_RRN_AMOUNT: u64 = 4_242;
 /// An amount the minimal issuer approves without field 37.
 pub const NO_RRN_AMOUNT: u64 = 4_343;
+/// An amount the minimal issuer approves after 150 ms (within the switch's 300 ms timeout).
+pub const SLOW_AMOUNT: u64 = 1_515;
 
 /// Field 54 the minimal issuer answers a balance inquiry with: ledger balance, 1,234.56 yuan.
 pub const BALANCE_54: &str = "1002156C000000123456";
@@ -111,6 +113,9 @@ pub async fn start_issuer_on(addr: SocketAddr, log: Arc<IssuerLog>) -> SocketAdd
                         log.requests.fetch_add(1, Ordering::SeqCst);
                         if let Some(f61) = request.digits(61) {
                             log.linked.lock().unwrap().push(f61.chars().collect());
+                        }
+                        if request.amount() == Some(SLOW_AMOUNT) {
+                            tokio::time::sleep(Duration::from_millis(150)).await;
                         }
                         match request.amount() {
                             Some(SILENT_AMOUNT) => continue,
