@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::IssuerDirectory;
-use paycrypto::{Hsm, KeyHandle, MasterKey, OsRandom, SoftHsm};
+use paycrypto::{Hsm, KeyHandle, KeyUsage, MasterKey, OsRandom, SoftHsm};
 use serde::Deserialize;
 use store::settlement::{SettlementRecord, SettlementTermsRow};
 use store::{PgConfig, PgStore, Record, SqliteConfig, SqliteStore, Store};
@@ -135,7 +135,19 @@ fn read_text(path: &Path, what: &str) -> Result<String, Box<dyn std::error::Erro
 impl ServeConfig {
     pub fn load(path: &Path) -> Result<ServeConfig, Box<dyn std::error::Error>> {
         let text = read_text(path, "config")?;
-        toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()).into())
+        // The parser's own message quotes the offending line, which may be the database URL
+        // with its password: say where and what, not the line.
+        toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|span| {
+                text.get(..span.start)
+                    .unwrap_or_default()
+                    .lines()
+                    .count()
+                    .max(1)
+            });
+            let at = line.map_or(String::new(), |l| format!(" line {l}:"));
+            format!("config {}:{at} {}", path.display(), e.message().trim()).into()
+        })
     }
 }
 
@@ -160,10 +172,12 @@ pub fn open_store(
         Some(path) if !path.is_empty() => {
             Ok(Arc::new(SqliteStore::open(&SqliteConfig::new(path))?))
         }
-        _ => Err(format!(
-            "database {database:?}: expected sqlite:/path/to/file.db or postgres://user@host/db"
-        )
-        .into()),
+        // Not quoted back: it may hold a password.
+        _ => Err(
+            "database: expected sqlite:/path/to/file.db or postgres://user@host/db (the value \
+             given is neither; not shown, as it may hold a password)"
+                .into(),
+        ),
     }
 }
 
@@ -190,7 +204,70 @@ pub struct Node {
     pub webhook_destinations: resolve::webhook::Destinations,
 }
 
+/// An issuer's timeout: long enough for a real host, short enough that a terminal (which
+/// gives up after about a minute) still gets the answer.
+const ISSUER_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+/// Node ids: the two digits leading the node's RRNs (and its host traces, modulo 10).
+const NODE_IDS: std::ops::RangeInclusive<u8> = 1..=99;
+/// How often due reversals are claimed: not a busy loop, not so rarely they wait for it.
+const SAF_INTERVAL_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
+/// A reversal claim's lease ends before another node may send it again: past any issuer
+/// timeout, and within the ten minutes after which a start takes a request for lost.
+const SAF_LEASE_MAX_MS: u64 = 600_000;
+
+/// Refuses settings that would lose or repeat money, before anything is opened: out of range
+/// times and ids, an issuer named twice, a default issuer not among the issuers.
+fn check_config(config: &ServeConfig) -> Result<(), String> {
+    if !NODE_IDS.contains(&config.node_id) {
+        return Err(format!(
+            "node_id {}: must be 1 to 99 (it leads the node's RRNs; nodes sharing a database \
+             need distinct ids)",
+            config.node_id
+        ));
+    }
+    let mut banks = std::collections::HashSet::new();
+    for issuer in &config.issuers {
+        if !banks.insert(issuer.bank.as_str()) {
+            return Err(format!("issuer {}: configured twice", issuer.bank));
+        }
+        if !ISSUER_TIMEOUT_MS.contains(&issuer.timeout_ms) {
+            return Err(format!(
+                "issuer {}: timeout_ms {} must be 100 to 60000",
+                issuer.bank, issuer.timeout_ms
+            ));
+        }
+    }
+    if let Some(default) = &config.default_issuer {
+        if !banks.contains(default.as_str()) {
+            return Err(format!(
+                "default_issuer {default}: no [[issuer]] of that bank"
+            ));
+        }
+    }
+    if let Some(ms) = config.saf_interval_ms {
+        if !SAF_INTERVAL_MS.contains(&ms) {
+            return Err(format!("saf_interval_ms {ms}: must be 50 to 60000"));
+        }
+    }
+    if let Some(ms) = config.saf_lease_ms {
+        let longest = config
+            .issuers
+            .iter()
+            .map(|i| i.timeout_ms)
+            .max()
+            .unwrap_or(0);
+        if ms <= longest || ms > SAF_LEASE_MAX_MS {
+            return Err(format!(
+                "saf_lease_ms {ms}: must be longer than every issuer's timeout ({longest} ms) \
+                 and at most {SAF_LEASE_MAX_MS}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::Error>> {
+    check_config(config)?;
     let hsm = open_hsm(&config.hsm)?;
     let mut switch_config = SwitchConfig::new(config.terminal_listen);
     switch_config.node_id = config.node_id;
@@ -201,6 +278,25 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
             .zpk
             .parse()
             .map_err(|_| format!("issuer {}: bad key handle {:?}", issuer.bank, issuer.zpk))?;
+        // The key must be in the key store, and be a zone PIN key: a wrong handle would
+        // answer every PIN transaction of the bank 96.
+        match hsm.key_info(zpk) {
+            Ok(info) if info.usage == KeyUsage::Zpk => {}
+            Ok(info) => {
+                return Err(format!(
+                    "issuer {}: key {} is a {:?} key, not a zone PIN key",
+                    issuer.bank, issuer.zpk, info.usage
+                )
+                .into());
+            }
+            Err(_) => {
+                return Err(format!(
+                    "issuer {}: key {} is not in the key store",
+                    issuer.bank, issuer.zpk
+                )
+                .into());
+            }
+        }
         issuers.insert(
             issuer.bank.clone(),
             IssuerEndpoint {

@@ -126,6 +126,91 @@ fn a_bad_config_is_refused_with_its_reason() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
 }
 
+/// `serve --check` on `config` with `from` replaced by `to`: its error output, which must be
+/// a refusal.
+fn refused(dir: &Path, config: &Path, from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(text.contains(from), "{from:?} not in the config");
+    let changed = dir.join("changed.toml");
+    std::fs::write(&changed, text.replacen(from, to, 1)).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--check", "--config"])
+        .arg(&changed)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{to:?} was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn settings_that_would_lose_or_repeat_money_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite:{}", dir.path().join("switch.db").display());
+    let config = write_config(dir.path(), &database, None);
+    let d = dir.path();
+    for (from, to, says) in [
+        ("node_id = 3", "node_id = 0", "node_id 0"),
+        ("node_id = 3", "node_id = 103", "node_id 103"),
+        ("timeout_ms = 500", "timeout_ms = 0", "timeout_ms 0"),
+        (
+            "timeout_ms = 500",
+            "timeout_ms = 900000",
+            "timeout_ms 900000",
+        ),
+        (
+            "default_issuer = \"ICBC\"",
+            "default_issuer = \"ABC\"",
+            "default_issuer ABC",
+        ),
+        (
+            "saf_lease_ms = 5000",
+            "saf_lease_ms = 400",
+            "saf_lease_ms 400",
+        ),
+        (
+            "saf_lease_ms = 5000",
+            "saf_lease_ms = 5000\nsaf_interval_ms = 0",
+            "saf_interval_ms 0",
+        ),
+        (
+            "[[issuer]]",
+            "[[issuer]]\nbank = \"ICBC\"\naddr = \"127.0.0.1:9\"\nzpk = \"1\"\ntimeout_ms = 500\n\n[[issuer]]",
+            "configured twice",
+        ),
+    ] {
+        let error = refused(d, &config, from, to);
+        assert!(error.contains(says), "{to:?}: {error}");
+    }
+    // A key handle the key store does not hold.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let zpk = text
+        .lines()
+        .find_map(|l| l.strip_prefix("zpk = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let error = refused(d, &config, &format!("zpk = \"{zpk}\""), "zpk = \"7\"");
+    assert!(error.contains("not in the key store"), "{error}");
+    // A password in the database setting is never printed back, however it is mistyped.
+    let secret = "s3cr3t-pw";
+    let error = refused(
+        d,
+        &config,
+        &format!("database = \"{database}\""),
+        &format!("database = \"mysql://u:{secret}@h/db\""),
+    );
+    assert!(error.contains("expected sqlite:"), "{error}");
+    assert!(!error.contains(secret), "{error}");
+    let error = refused(
+        d,
+        &config,
+        &format!("database = \"{database}\""),
+        &format!("databse = \"postgres://u:{secret}@h/db\""),
+    );
+    assert!(error.contains("unknown field"), "{error}");
+    assert!(!error.contains(secret), "{error}");
+}
+
 #[test]
 fn serve_listens_for_terminals_and_http() {
     let dir = tempfile::tempdir().unwrap();
