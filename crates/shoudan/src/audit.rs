@@ -1,11 +1,12 @@
 //! `shoudan audit`: compares each simulated issuer's ledger with the switch's journal, read-only
 //! (works while the demo runs, through SQLite WAL readers, and after it stops). Lists issuer
-//! approvals neither completed in the journal nor reversed at the issuer ("in doubt"), amount
-//! mismatches, and journal approvals the issuer never saw. The journal is read through the
+//! approvals neither completed in the journal nor reversed at the issuer ("in doubt"), approvals
+//! the journal holds that the issuer has reversed (the merchant was told "approved" but will not
+//! be paid), amount mismatches, and journal approvals the issuer never saw. The journal is read through the
 //! `Store` trait: the data dir's SQLite file, or the database `--database` names (PostgreSQL
 //! shared by several nodes).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -47,6 +48,8 @@ struct Report {
     issuer_approvals: usize,
     journal_approvals: usize,
     in_doubt: Vec<Finding>,
+    /// Approved in the journal, reversed at the issuer.
+    reversed_only_at_issuer: Vec<Finding>,
     amount_mismatches: Vec<Finding>,
     unknown_to_issuer: Vec<Finding>,
 }
@@ -97,7 +100,8 @@ pub fn run(args: AuditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         );
     }
     let mut report = Report::default();
-    let mut seen: HashMap<String, ()> = HashMap::new();
+    // (bank, RRN) of every issuer approval: a journal approval is known to its own issuer.
+    let mut seen: HashSet<(String, String)> = HashSet::new();
     for issuer in &fixtures.issuers {
         let ledger = open(&args.data_dir.join(&issuer.ledger))?;
         let mut stmt = ledger
@@ -114,8 +118,11 @@ pub fn run(args: AuditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         for row in rows {
             let (rrn, kind, amount, state, pan) = row?;
             report.issuer_approvals += 1;
-            seen.insert(rrn.clone(), ());
-            let journal = by_rrn.get(&rrn);
+            seen.insert((issuer.bank.clone(), rrn.clone()));
+            // The journal's row of this RRN, if it was sent to this issuer.
+            let journal = by_rrn
+                .get(&rrn)
+                .filter(|j| j.issuer.as_deref() == Some(issuer.bank.as_str()));
             let finding = || Finding {
                 issuer: issuer.bank.clone(),
                 rrn: rrn.clone(),
@@ -133,8 +140,12 @@ pub fn run(args: AuditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 j.code.as_deref() == Some("00")
                     && matches!(j.state.as_str(), "approved" | "voided" | "completed")
             });
+            let approved_in_journal =
+                journal.is_some_and(|j| j.code.as_deref() == Some("00") && j.state == "approved");
             if !reversed_at_issuer && !completed_in_journal {
                 report.in_doubt.push(finding());
+            } else if reversed_at_issuer && approved_in_journal {
+                report.reversed_only_at_issuer.push(finding());
             } else if let Some(j) = journal {
                 if j.amount != amount && !reversed_at_issuer {
                     report.amount_mismatches.push(finding());
@@ -149,7 +160,8 @@ pub fn run(args: AuditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         report.journal_approvals += 1;
         let ours = j.issuer.as_deref().is_some_and(|i| audited.contains(&i));
-        if ours && j.kind != "balance_inquiry" && !seen.contains_key(rrn) {
+        let known = seen.contains(&(j.issuer.clone().unwrap_or_default(), rrn.clone()));
+        if ours && j.kind != "balance_inquiry" && !known {
             report.unknown_to_issuer.push(Finding {
                 issuer: j.issuer.clone().unwrap_or_default(),
                 rrn: rrn.clone(),
@@ -163,6 +175,7 @@ pub fn run(args: AuditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
     }
     let bad = !report.in_doubt.is_empty()
+        || !report.reversed_only_at_issuer.is_empty()
         || !report.amount_mismatches.is_empty()
         || !report.unknown_to_issuer.is_empty();
     if args.json {
@@ -174,6 +187,10 @@ pub fn run(args: AuditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         );
         for (title, list) in [
             ("in doubt", &report.in_doubt),
+            (
+                "approved in the journal, reversed at the issuer",
+                &report.reversed_only_at_issuer,
+            ),
             ("amount mismatches", &report.amount_mismatches),
             (
                 "journal approvals unknown to the issuer",

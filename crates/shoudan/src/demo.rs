@@ -3,7 +3,9 @@
 //! terminals and cards that are the same on every run. Optional background traffic.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,13 +131,31 @@ fn open_hsm(dir: &Path) -> Result<(Arc<SoftHsm>, KeyState), Box<dyn std::error::
     let master_path = dir.join("master.key");
     let master_hex = match std::fs::read_to_string(&master_path) {
         Ok(text) => zeroize::Zeroizing::new(text.trim().to_owned()),
-        Err(_) => {
+        // A new key only for a new data dir: one that already holds a key store or a journal
+        // sealed under the old key would be unreadable under a new one.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            if dir.join("hsm.store").exists() || dir.join("switch.db").exists() {
+                return Err(format!(
+                    "{} is missing, but the data dir holds keys and a journal sealed under it: \
+                     restore it, or start afresh in another data dir",
+                    master_path.display()
+                )
+                .into());
+            }
             let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
             OsRandom.fill(bytes.as_mut())?;
             let hex = zeroize::Zeroizing::new(paycrypto::hex::encode(bytes.as_ref()));
-            std::fs::write(&master_path, hex.as_bytes())?;
+            // Readable by the owner only, and never through a link planted in its place.
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&master_path)?;
+            file.write_all(hex.as_bytes())?;
+            file.sync_all()?;
             hex
         }
+        Err(error) => return Err(format!("{}: {error}", master_path.display()).into()),
     };
     let master = MasterKey::from_hex(&master_hex)?;
     let store_path = dir.join("hsm.store");
@@ -290,6 +310,11 @@ pub async fn start_env(
     dir: &Path,
     options: &EnvOptions,
 ) -> Result<DemoEnv, Box<dyn std::error::Error>> {
+    // Keys, sealed card numbers and password hashes live here: the owner's alone.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     std::fs::create_dir_all(dir.join("issuers"))?;
     let (hsm, keys) = open_hsm(dir)?;
     let clock: Arc<dyn issuer_sim::Clock> = Arc::new(issuer_sim::SystemClock);

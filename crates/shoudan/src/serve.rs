@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,6 +183,20 @@ pub fn open_store(
 }
 
 fn open_hsm(config: &HsmConfig) -> Result<Arc<SoftHsm>, Box<dyn std::error::Error>> {
+    // The key that opens every other: refused if anyone but its owner may read it.
+    let path = &config.master_key_file;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("master key {}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "master key {}: mode {:o} lets others read it; chmod 0400 it",
+            path.display(),
+            mode & 0o777
+        )
+        .into());
+    }
     let master_hex = zeroize::Zeroizing::new(read_text(&config.master_key_file, "master key")?);
     let master = MasterKey::from_hex(master_hex.trim())?;
     let wrapped = std::fs::read(&config.key_store_file)

@@ -123,6 +123,13 @@ fn demo_purchases_then_audit_is_clean() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let child = start(dir, true);
+    // The key that opens every other one is its owner's alone.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.join("master.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
 
     let (code, out) = shoudan(&["fixtures", "--json"], dir);
     assert_eq!(code, 0);
@@ -275,9 +282,32 @@ fn demo_purchases_then_audit_is_clean() {
         again["terminals"][0]["tmk"],
         fixtures["terminals"][0]["tmk"]
     );
-    assert_eq!(purchase(dir, "10000004", pan)["code"], "00");
+    let last = purchase(dir, "10000004", pan);
+    assert_eq!(last["code"], "00");
     stop(child);
     assert_eq!(shoudan(&["audit"], dir).0, 0);
+    // An issuer that reversed an approval the journal holds as approved (the merchant would
+    // wait for money that never comes) is a finding, and the audit fails.
+    let rrn = last["rrn"].as_str().unwrap();
+    let changed = fixtures["issuers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|issuer| {
+            let ledger = rusqlite::Connection::open(dir.join(issuer["ledger"].as_str().unwrap()));
+            ledger
+                .unwrap()
+                .execute("UPDATE txns SET state = 'reversed' WHERE rrn = ?1", [rrn])
+                .unwrap()
+        })
+        .sum::<usize>();
+    assert_eq!(changed, 1);
+    let (code, out) = shoudan(&["audit", "--json"], dir);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(code, 1, "{report}");
+    let found = report["reversed_only_at_issuer"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{report}");
+    assert_eq!(found[0]["rrn"], rrn);
 
     // The log tells the story: both starts, the issuer links, the sign-ins of the terminals
     // that bought. Nothing in it identifies a card, a PIN or a terminal key.
@@ -299,4 +329,43 @@ fn demo_purchases_then_audit_is_clean() {
     for pin in [healthy["pin"].as_str().unwrap(), wrong_pin] {
         assert!(!log.contains(&format!("={pin}")), "a PIN in the log");
     }
+}
+
+#[test]
+fn a_data_dir_that_lost_its_master_key_is_not_given_a_new_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // A key store sealed under a key that is gone: a new key would make it, and every card
+    // number sealed with it, unreadable for good.
+    std::fs::write(dir.join("hsm.store"), b"sealed under the lost key").unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--terminal-port",
+            "0",
+            "--http-port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo started on a data dir without its master key");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("master.key is missing"), "{stderr}");
+    assert!(!dir.join("master.key").exists());
 }

@@ -26,6 +26,11 @@ fn write_config(dir: &Path, database: &str, schema: Option<&str>) -> std::path::
         )
         .unwrap();
     std::fs::write(dir.join("master.key"), MASTER_HEX).unwrap();
+    std::fs::set_permissions(
+        dir.join("master.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o400),
+    )
+    .unwrap();
     std::fs::write(dir.join("hsm.store"), hsm.export_store().unwrap()).unwrap();
     std::fs::write(
         dir.join("fee-plans.json"),
@@ -181,6 +186,12 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
         let error = refused(d, &config, from, to);
         assert!(error.contains(says), "{to:?}: {error}");
     }
+    // A master key others may read.
+    let key = d.join("master.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let error = refused(d, &config, "node_id = 3", "node_id = 3");
+    assert!(error.contains("mode 644"), "{error}");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
     // A key handle the key store does not hold.
     let text = std::fs::read_to_string(&config).unwrap();
     let zpk = text
