@@ -198,12 +198,24 @@ impl FrameHead {
 }
 
 /// A decoded frame, borrowing the input.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Frame<'a> {
     pub head: FrameHead,
     /// The dial-up routing block, tag included, if a gateway inserted one.
     pub routing: Option<&'a [u8]>,
     pub message: Message<'a>,
+}
+
+/// The routing block by its length only: it carries gateway addresses and may carry the
+/// calling line's number. The message prints as its own `Debug` does (no field values).
+impl std::fmt::Debug for Frame<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("head", &self.head)
+            .field("routing_len", &self.routing.map(<[u8]>::len))
+            .field("message", &self.message)
+            .finish()
+    }
 }
 
 /// The frame length a 2-byte prefix announces, refused above [`FRAME_LEN_MAX`]: what a

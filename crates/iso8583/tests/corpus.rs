@@ -7,8 +7,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{all_samples, unhex};
-use iso8583::{DecodeError, Frame, Message, MessageBuilder};
+use common::{all_samples, samples_on_disk, unhex};
+use iso8583::{DecodeError, Frame, FrameHead, Header, Message, MessageBuilder, Tpdu};
 
 /// A valid decode must re-encode byte for byte (pad nibbles aside, which we copy raw).
 fn check_frame(input: &[u8]) -> Result<(), DecodeError> {
@@ -113,6 +113,46 @@ fn routing_block_is_skipped() {
     assert_eq!(&routing[..5], b"LRI\x00\x1C");
     assert_eq!(frame.head.header.to_string(), "602200000000");
     assert_eq!(frame.message.stan(), Some(172));
+}
+
+#[test]
+fn every_sample_on_disk_is_tested() {
+    let mut tested: Vec<String> = all_samples()
+        .into_iter()
+        .map(|(n, _)| n.to_owned())
+        .collect();
+    tested.sort();
+    assert_eq!(samples_on_disk(), tested);
+}
+
+#[test]
+fn a_frame_prints_its_routing_block_by_length_only() {
+    let mut wire = Vec::new();
+    let mut message = iso8583::MessageBuilder::new(iso8583::Mti::NETWORK);
+    message.set_stan(1).unwrap();
+    let head = FrameHead {
+        tpdu: Tpdu {
+            destination: [0, 1],
+            source: [0, 0],
+        },
+        header: Header::from_bytes([0x60, 0x22, 0, 0, 0, 0]).unwrap(),
+    };
+    message.encode_frame(&head, &mut wire).unwrap();
+    // A gateway's routing block between TPDU and header (tag, length 8), carrying a number.
+    let mut routed = wire[..7].to_vec();
+    routed.extend_from_slice(b"LRI\x00\x08");
+    routed.extend_from_slice(b"13912345");
+    routed.extend_from_slice(&wire[7..]);
+    let len = u16::try_from(routed.len() - 2).unwrap().to_be_bytes();
+    routed[..2].copy_from_slice(&len);
+    let frame = Frame::decode(&routed).unwrap();
+    assert!(frame.routing.is_some());
+    let printed = format!("{frame:?}");
+    assert!(
+        !printed.contains("13912345") && !printed.contains("49, 51"),
+        "{printed}"
+    );
+    assert!(printed.contains("routing_len: Some(13)"), "{printed}");
 }
 
 /// The samples as frames (length-prefixed) and as bare messages.

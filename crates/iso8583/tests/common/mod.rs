@@ -49,3 +49,16 @@ pub fn all_samples() -> Vec<(&'static str, Vec<u8>)> {
     .map(|n| (n, sample(n)))
     .collect()
 }
+
+/// The names of the sample files on disk (the README aside), sorted: every one must be in
+/// `all_samples`, so a sample added to the directory is tested too.
+#[allow(dead_code)]
+pub fn samples_on_disk() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(samples_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".hex"))
+        .collect();
+    names.sort();
+    names
+}
