@@ -387,9 +387,10 @@ impl KeyTable {
     }
 
     /// Inserts a working key under a random handle with the top bit set, apart from the
-    /// stored keys' counted handles. Working keys are not in the key store file, and their
-    /// handles are kept in terminal rows: a counted handle issued again after a restart (the
-    /// file's counter never saw it) or by another node's HSM would name another terminal's key.
+    /// stored keys' counted handles. A key store file holds the working keys issued before it
+    /// was exported (the demo exports at stop; `serve` never does), and their handles are kept
+    /// in terminal rows: a counted handle issued again after a restart from an older file (its
+    /// counter never saw it) or by another node's HSM would name another terminal's key.
     fn insert_random(
         &mut self,
         usage: KeyUsage,

@@ -126,6 +126,25 @@ fn handle(text: Option<&String>) -> Result<KeyHandle, Box<dyn std::error::Error>
         .map_err(|_| "bad key handle in demo-state.json".into())
 }
 
+/// Writes the key store whole or not at all (a new file renamed over the old, so a crash
+/// mid-write leaves the old one), readable by its owner only, and never through a link
+/// planted at the temporary name.
+fn write_key_store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = path.with_extension("store.new");
+    match std::fs::remove_file(&temporary) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
+
 /// Opens (or creates) the SoftHsm and the demo keys in it.
 fn open_hsm(dir: &Path) -> Result<(Arc<SoftHsm>, KeyState), Box<dyn std::error::Error>> {
     let master_path = dir.join("master.key");
@@ -185,7 +204,7 @@ fn open_hsm(dir: &Path) -> Result<(Arc<SoftHsm>, KeyState), Box<dyn std::error::
         )?;
         state.tmk.insert(tid.to_owned(), tmk.to_string());
     }
-    std::fs::write(&store_path, hsm.export_store()?)?;
+    write_key_store(&store_path, &hsm.export_store()?)?;
     std::fs::write(&state_path, serde_json::to_vec_pretty(&state)?)?;
     Ok((Arc::new(hsm), state))
 }
@@ -553,23 +572,31 @@ impl DemoEnv {
         // leaves nothing in doubt; whatever remains is resent on the next start.
         let deadline = tokio::time::Instant::now() + SAF_DRAIN;
         while tokio::time::Instant::now() < deadline
-            && !self
+            && self
                 .store()
-                .reversals_in_state(store::SafState::Pending)?
-                .is_empty()
+                .reversals_in_state(store::SafState::Pending)
+                .is_ok_and(|pending| !pending.is_empty())
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.switch.shutdown().await;
+        // The journal next, before anything below can fail: its writes are all committed.
+        let journal = self.journal;
+        tokio::task::spawn_blocking(move || journal.close()).await?;
+        let mut closed: CliResult = Ok(());
         for running in self.issuers {
             running.server.shutdown().await;
             let issuer = running.issuer;
-            tokio::task::spawn_blocking(move || issuer.close()).await??;
+            let result = tokio::task::spawn_blocking(move || issuer.close()).await;
+            if let Err(error) = result
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+            {
+                closed = Err(error.into());
+            }
         }
-        std::fs::write(self.dir.join("hsm.store"), self.hsm.export_store()?)?;
-        let journal = self.journal;
-        tokio::task::spawn_blocking(move || journal.close()).await?;
-        Ok(())
+        write_key_store(&self.dir.join("hsm.store"), &self.hsm.export_store()?)?;
+        closed
     }
 }
 
@@ -730,4 +757,28 @@ async fn portal(
         .map_err(|e| e.to_string())?;
     }
     Ok(portal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_key_store;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn key_store_replaces_whole_owner_only_and_ignores_a_planted_link() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("hsm.store");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"untouched").expect("victim");
+        std::fs::write(&path, b"old").expect("old store");
+        std::os::unix::fs::symlink(&victim, path.with_extension("store.new")).expect("link");
+
+        write_key_store(&path, b"new keys").expect("written");
+
+        assert_eq!(std::fs::read(&path).expect("read"), b"new keys");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"untouched");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!path.with_extension("store.new").exists());
+    }
 }
