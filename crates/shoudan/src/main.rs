@@ -62,7 +62,7 @@ enum Command {
     Settle(settle_cmd::SettleArgs),
     /// List payouts; `--run DATE` runs the T+1 payout job through the simulated bank first.
     Payouts(settle_cmd::PayoutsArgs),
-    /// Match the issuers' clearing files for a date against the journal.
+    /// Match the issuers' clearing files for a date against the journal; exits 1 on any difference.
     Reconcile(settle_cmd::ReconcileArgs),
     /// The double-entry ledger.
     #[command(subcommand)]
@@ -92,7 +92,10 @@ fn main() -> ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Settle(args) => settle_cmd::settle(args),
         Command::Payouts(args) => settle_cmd::payouts(args),
-        Command::Reconcile(args) => settle_cmd::reconcile_cmd(args),
+        Command::Reconcile(args) => match settle_cmd::reconcile_cmd(args) {
+            Ok(code) => return code,
+            Err(err) => Err(err),
+        },
         Command::Ledger(cmd) => settle_cmd::ledger(cmd),
         Command::Account(cmd) => settle_cmd::account(cmd),
         Command::Audit(args) => match audit::run(args) {

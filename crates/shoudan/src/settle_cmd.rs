@@ -460,7 +460,11 @@ fn clearing_file(
     Ok(parse_clearing_csv(std::str::from_utf8(&csv)?)?)
 }
 
-pub fn reconcile_cmd(args: ReconcileArgs) -> CliResult {
+/// Exits 1 when any issuer's file differs from the journal (as `audit` does with a finding), so
+/// a scheduled run can alert; the report is printed either way.
+pub fn reconcile_cmd(
+    args: ReconcileArgs,
+) -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
     let dir = &args.common.data_dir;
     let date = settlement::dates::normalise(&args.date).ok_or("--date: not a date")?;
     let store = open_store(dir)?;
@@ -524,5 +528,9 @@ pub fn reconcile_cmd(args: ReconcileArgs) -> CliResult {
             println!("reconciled: every issuer clearing row matches the journal");
         }
     }
-    Ok(())
+    Ok(if findings == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
 }

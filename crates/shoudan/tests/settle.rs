@@ -344,6 +344,70 @@ fn a_day_of_demo_traffic_is_settled_paid_and_reconciled() {
             assert_eq!(r["findings"].as_array().unwrap().len(), 0, "{r}");
         }
     }
+    // A difference exits 1, its report printed all the same: an issuer's file that claims one
+    // fen more for a sale the journal holds.
+    {
+        let date = dates.first().unwrap();
+        let reports = json(&["reconcile", "--date", date], dir);
+        let bank = reports
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["matched"].as_u64().unwrap() > 0)
+            .unwrap()["issuer"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let day =
+            issuer_sim::Date::from_days_since_epoch(settlement::dates::day_number(date).unwrap());
+        let (ledger, _) = issuer_sim::ledger::Ledger::open(&issuer_sim::LedgerLocation::File(
+            dir.join("issuers").join(format!("{bank}.db")),
+        ))
+        .unwrap();
+        let records = ledger.transactions(Some(day), true).unwrap();
+        ledger.close().unwrap();
+        let mut csv = Vec::new();
+        issuer_sim::clearing::write_csv(&records, &mut csv).unwrap();
+        let mut lines: Vec<String> = String::from_utf8(csv)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let row = lines
+            .iter()
+            .position(|l| {
+                l.split(',').nth(1) == Some("purchase") && l.split(',').nth(3) == Some("approved")
+            })
+            .unwrap();
+        let mut fields: Vec<String> = lines[row].split(',').map(str::to_owned).collect();
+        let rrn = fields[0].clone();
+        fields[2] = (fields[2].parse::<i64>().unwrap() + 1).to_string();
+        lines[row] = fields.join(",");
+        let path = dir.join("clearing").join(format!("{bank}-{date}.csv"));
+        let kept = std::fs::read(&path).ok();
+        std::fs::create_dir_all(dir.join("clearing")).unwrap();
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let (code, out) = shoudan(&["reconcile", "--date", date, "--json"], dir);
+        assert_eq!(code, 1, "{out}");
+        let reports: Value = serde_json::from_str(&out).unwrap();
+        let findings: Vec<&Value> = reports
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["findings"].as_array().unwrap())
+            .collect();
+        assert_eq!(findings.len(), 1, "{out}");
+        assert_eq!(findings[0]["kind"], "amount_differs", "{out}");
+        assert_eq!(findings[0]["rrn"], rrn.as_str(), "{out}");
+        let (code, text) = shoudan(&["reconcile", "--date", date], dir);
+        assert_eq!(code, 1, "{text}");
+        assert!(text.contains("differences 1"), "{text}");
+        match kept {
+            Some(bytes) => std::fs::write(&path, bytes).unwrap(),
+            None => std::fs::remove_file(&path).unwrap(),
+        }
+        json(&["reconcile", "--date", date], dir);
+    }
     // A day still open is reconciled as the issuers see it now, but its files are not kept:
     // a later run must see the day's later transactions.
     let now_ms = switch::Clock::now_ms(&switch::SystemClock);
