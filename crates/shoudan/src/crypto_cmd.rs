@@ -36,7 +36,8 @@ pub enum Family {
 
 #[derive(clap::Args)]
 pub struct KcvArgs {
-    /// Clear key as hex (16, 32 or 48 digits; spaces allowed).
+    /// Clear key as hex (16, 32 or 48 digits; spaces allowed); `-` reads it from a line of
+    /// standard input, so it stays out of the shell history and the process list.
     #[arg(long)]
     pub key: String,
     /// Cipher family; a 16-byte key without it gets both its 3DES and SM4 check values.
@@ -49,7 +50,7 @@ pub struct MacArgs {
     /// cup-ecb, x919 (X9.9 with a single-length key) or sm4.
     #[arg(long)]
     pub alg: MacAlgorithm,
-    /// Clear MAK as hex.
+    /// Clear MAK as hex; `-` reads it from a line of standard input.
     #[arg(long)]
     pub key: String,
     /// MAC input as hex: MTI through the last field before 64 (spaces allowed).
@@ -77,7 +78,8 @@ pub struct PinblockArgs {
     /// from the first line of standard input.
     #[arg(long)]
     pub pan: String,
-    /// PIK or ZPK as hex: print the block encrypted under it instead of in clear.
+    /// PIK or ZPK as hex: print the block encrypted under it instead of in clear; `-` reads
+    /// it from the line of standard input after the card number's and the PIN's.
     #[arg(long)]
     pub key: Option<String>,
     /// Key family: sm4 uses the 16-byte SM4 layout (scheme 006).
@@ -87,7 +89,8 @@ pub struct PinblockArgs {
 
 #[derive(clap::Args)]
 pub struct Keys62Args {
-    /// The terminal master key as hex (3DES for 001/003/004, SM4 for 006).
+    /// The terminal master key as hex (3DES for 001/003/004, SM4 for 006); `-` reads it from
+    /// a line of standard input.
     #[arg(long)]
     pub tmk: String,
     /// Key scheme from 60.3 of the sign-in: 001, 003, 004 or 006.
@@ -137,7 +140,7 @@ fn compact(text: &str) -> String {
 }
 
 fn parse_key(family: Family, text: &str) -> Result<Key, paycrypto::KeyError> {
-    let text = compact(text);
+    let text = Zeroizing::new(compact(text));
     match family {
         Family::Des => DesKey::from_hex(&text).map(Key::Des),
         Family::Sm4 => Sm4Key::from_hex(&text).map(Key::Sm4),
@@ -153,7 +156,8 @@ fn describe(key: &Key) -> String {
 
 fn kcv(args: &KcvArgs) -> Result<String, Report> {
     let mut out = String::new();
-    let digits = compact(&args.key);
+    let given = given_or_line(&args.key, "--key")?;
+    let digits = Zeroizing::new(compact(&given));
     let both = args.alg.is_none() && hex::decoded_len(&digits) == Ok(16);
     if both {
         let des = parse_key(Family::Des, &digits)?;
@@ -186,7 +190,8 @@ fn mac_cmd(args: &MacArgs) -> Result<String, Report> {
         KeyAlgorithm::Des => Family::Des,
         KeyAlgorithm::Sm4 => Family::Sm4,
     };
-    let key = parse_key(family, &args.key).map_err(|err| format!("--key: {err}"))?;
+    let given = given_or_line(&args.key, "--key")?;
+    let key = parse_key(family, &given).map_err(|err| format!("--key: {err}"))?;
     let data_text = match (&args.data, &args.data_file) {
         (Some(data), _) => data.clone(),
         (None, Some(path)) => {
@@ -317,7 +322,8 @@ fn pinblock(args: &PinblockArgs) -> Result<String, Report> {
             writeln!(out, "clear block:  {}", hex::encode(block.expose()))?;
         }
         Some(key) => {
-            let key = parse_key(args.alg, key).map_err(|err| format!("--key: {err}"))?;
+            let given = given_or_line(key, "--key")?;
+            let key = parse_key(args.alg, &given).map_err(|err| format!("--key: {err}"))?;
             let block = pin::encrypt(&key, &pin, &pan)?;
             writeln!(out, "key:          {}, KCV {}", describe(&key), key.kcv())?;
             writeln!(out, "PIN block:    {}", hex::encode(block.as_bytes()))?;
@@ -347,7 +353,8 @@ fn keys62(args: &Keys62Args) -> Result<String, Report> {
         KeyAlgorithm::Des => Family::Des,
         KeyAlgorithm::Sm4 => Family::Sm4,
     };
-    let tmk = parse_key(family, &args.tmk).map_err(|err| format!("--tmk: {err}"))?;
+    let given = given_or_line(&args.tmk, "--tmk")?;
+    let tmk = parse_key(family, &given).map_err(|err| format!("--tmk: {err}"))?;
     let (field, had_prefix) = field62_bytes(args.scheme, &args.hex)?;
     let mut out = String::new();
     writeln!(

@@ -261,6 +261,57 @@ fn pinblock_reads_the_card_and_the_pin_from_standard_input() {
     assert!(stderr.contains("--pan"), "{stderr}");
 }
 
+/// `--key -` (and `--tmk -`) read the clear key from standard input, so it is never on the
+/// command line: the same answers as the key given inline.
+#[test]
+fn clear_keys_are_read_from_standard_input() {
+    let stdout = |args: &[&str], input: &str| {
+        let out = run_with_stdin(args, input);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let key = "D8673F340DC9C40C54AA2B7FC79DE11D";
+    assert_eq!(
+        stdout(&["kcv", "--key", "-"], &format!("{key}\n")),
+        ok(&["kcv", "--key", key])
+    );
+    let mac = [
+        "mac",
+        "--alg",
+        "x919",
+        "--data",
+        "3D7F0E342DF4FC0739B2E65E7A4DBA8BA8",
+    ];
+    assert_eq!(
+        stdout(&[&mac[..], &["--key", "-"]].concat(), "6D8CBAE51E67C823\n"),
+        ok(&[&mac[..], &["--key", "6D8CBAE51E67C823"]].concat())
+    );
+    // Card number, PIN and key on three lines, in that order.
+    let out = stdout(
+        &["pinblock", "--pin", "-", "--pan", "-", "--key", "-"],
+        &format!("7104127790457270\n7462\n{key}\n"),
+    );
+    assert!(out.contains("PIN block:    15BA4381ACF3FAFD"), "{out}");
+    assert!(!out.contains(key), "{out}");
+    let out = stdout(
+        &[
+            "keys62",
+            "--scheme",
+            "001",
+            "--hex",
+            "EDD0EC92AE34CB2AF92C76F84D3403CF84BF4C19AEAD47AF",
+            "--tmk",
+            "-",
+        ],
+        "EBD069558F0F0B09\n",
+    );
+    assert!(out.contains("all check values match"), "{out}");
+    // Nothing on standard input: a clear one-line error naming the option.
+    let empty = run_with_stdin(&["kcv", "--key", "-"], "");
+    assert_eq!(empty.status.code(), Some(2), "{empty:?}");
+    assert!(String::from_utf8(empty.stderr).unwrap().contains("--key"));
+}
+
 #[test]
 fn pinblock_encrypted_matches_independent_vectors() {
     let out = ok(&[
