@@ -158,21 +158,24 @@ fn is_postgres(database: &str) -> bool {
 }
 
 /// Opens the journal the URL names.
-pub fn open_store(
-    database: &str,
+/// The `database` setting, parsed.
+enum Database<'a> {
+    Postgres(PgConfig),
+    Sqlite(&'a str),
+}
+
+fn database<'a>(
+    database: &'a str,
     schema: Option<&str>,
-) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
+) -> Result<Database<'a>, Box<dyn std::error::Error>> {
     if is_postgres(database) {
-        let config = PgConfig {
+        return Ok(Database::Postgres(PgConfig {
             url: database.to_owned(),
             schema: schema.map(str::to_owned),
-        };
-        return Ok(Arc::new(PgStore::open(&config)?));
+        }));
     }
     match database.strip_prefix("sqlite:") {
-        Some(path) if !path.is_empty() => {
-            Ok(Arc::new(SqliteStore::open(&SqliteConfig::new(path))?))
-        }
+        Some(path) if !path.is_empty() => Ok(Database::Sqlite(path)),
         // Not quoted back: it may hold a password.
         _ => Err(
             "database: expected sqlite:/path/to/file.db or postgres://user@host/db (the value \
@@ -180,6 +183,27 @@ pub fn open_store(
                 .into(),
         ),
     }
+}
+
+pub fn open_store(
+    url: &str,
+    schema: Option<&str>,
+) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
+    Ok(match database(url, schema)? {
+        Database::Postgres(config) => Arc::new(PgStore::open(&config)?),
+        Database::Sqlite(path) => Arc::new(SqliteStore::open(&SqliteConfig::new(path))?),
+    })
+}
+
+/// What the database holds and what a start would do to it, read without changing it.
+fn inspect_store(
+    url: &str,
+    schema: Option<&str>,
+) -> Result<store::schema::SchemaStatus, Box<dyn std::error::Error>> {
+    Ok(match database(url, schema)? {
+        Database::Postgres(config) => PgStore::inspect(&config)?,
+        Database::Sqlite(path) => SqliteStore::inspect(Path::new(path))?,
+    })
 }
 
 fn open_hsm(config: &HsmConfig) -> Result<Arc<SoftHsm>, Box<dyn std::error::Error>> {
@@ -281,7 +305,16 @@ fn check_config(config: &ServeConfig) -> Result<(), String> {
     Ok(())
 }
 
-pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::Error>> {
+/// The settings checked against the key store and read into what the switch takes:
+/// everything a start needs but the database.
+struct Checked {
+    switch_config: SwitchConfig,
+    hsm: Arc<SoftHsm>,
+    /// The fee plans file's plans, to write at start.
+    fee_plans: Vec<Record>,
+}
+
+fn checked(config: &ServeConfig) -> Result<Checked, Box<dyn std::error::Error>> {
     check_config(config)?;
     let hsm = open_hsm(&config.hsm)?;
     let mut switch_config = SwitchConfig::new(config.terminal_listen);
@@ -333,14 +366,14 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
         let text = read_text(path, "risk rules")?;
         switch_config.risk_rules = Arc::new(risk::RuleBook::from_json(&text)?);
     }
-    let store = open_store(&config.database, config.database_schema.as_deref())?;
+    let mut fee_plans = Vec::new();
     if let Some(path) = &config.fee_plans {
         let plans: Vec<FeePlanEntry> = serde_json::from_str(&read_text(path, "fee plans")?)
             .map_err(|e| format!("fee plans {}: {e}", path.display()))?;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        let records: Vec<Record> = plans
+        fee_plans = plans
             .into_iter()
             .map(|p| {
                 Record::Settlement(SettlementRecord::Terms(SettlementTermsRow {
@@ -356,9 +389,25 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
                 }))
             })
             .collect();
-        if !records.is_empty() {
-            store.submit(records)?.await?;
-        }
+    }
+    Ok(Checked {
+        switch_config,
+        hsm,
+        fee_plans,
+    })
+}
+
+/// Everything a start does: the settings checked, the store opened and migrated, the fee
+/// plans written.
+pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::Error>> {
+    let Checked {
+        switch_config,
+        hsm,
+        fee_plans,
+    } = checked(config)?;
+    let store = open_store(&config.database, config.database_schema.as_deref())?;
+    if !fee_plans.is_empty() {
+        store.submit(fee_plans)?.await?;
     }
     Ok(Node {
         config: switch_config,
@@ -376,21 +425,44 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
 
 pub fn run(args: ServeArgs) -> CliResult {
     let config = ServeConfig::load(&args.config)?;
+    if args.check {
+        return check(&config);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let node = prepare(&config).await?;
-        if args.check {
-            println!(
-                "configuration ok: {} terminals, {} issuers",
-                node.store.terminals()?.len(),
-                node.config.issuers.len()
-            );
-            return Ok(());
-        }
         serve(node).await
     })
+}
+
+/// `serve --check`: every setting checked as a start would, the database read and not
+/// written (no file or schema created, no migration, no fee plan), so it may run beside the
+/// node it is about to replace.
+fn check(config: &ServeConfig) -> CliResult {
+    let checked = checked(config)?;
+    let status = inspect_store(&config.database, config.database_schema.as_deref())?;
+    println!(
+        "configuration ok: {} terminals, {} issuers, {} fee plans to write",
+        status.terminals.unwrap_or(0),
+        checked.switch_config.issuers.len(),
+        checked.fee_plans.len()
+    );
+    match (status.exists, status.pending.as_slice()) {
+        (false, _) => println!(
+            "database: new; a start creates it ({} migrations)",
+            status.pending.len()
+        ),
+        (true, []) => println!("database: up to date"),
+        (true, pending) => {
+            println!("database: a start applies {} migrations:", pending.len());
+            for (version, name) in pending {
+                println!("  {version:>3}  {name}");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn serve(node: Node) -> CliResult {

@@ -80,24 +80,97 @@ fn check(config: &Path) -> String {
     stdout
 }
 
+/// `serve --check` reads and never writes: it may run beside the node it is about to
+/// replace, so it neither creates the database nor migrates it nor writes the fee plans.
 #[test]
 fn serve_checks_its_config_on_sqlite_and_postgres() {
     let dir = tempfile::tempdir().unwrap();
-    let database = format!("sqlite:{}", dir.path().join("switch.db").display());
+    let path = dir.path().join("switch.db");
+    let database = format!("sqlite:{}", path.display());
     let config = write_config(dir.path(), &database, None);
-    assert!(check(&config).contains("configuration ok: 0 terminals, 1 issuers"));
-    let store =
-        store::SqliteStore::open(&store::SqliteConfig::new(dir.path().join("switch.db"))).unwrap();
+    let latest = store::schema::latest_version();
+    let all = i64::try_from(store::schema::MIGRATIONS.len()).unwrap();
+    let out = check(&config);
+    assert!(
+        out.contains("configuration ok: 0 terminals, 1 issuers, 1 fee plans to write"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "database: new; a start creates it ({all} migrations)"
+        )),
+        "{out}"
+    );
+    assert!(!path.exists(), "--check created the database");
+
+    // A database one migration behind: listed, not applied.
+    let store = store::SqliteStore::open(&store::SqliteConfig::new(&path)).unwrap();
+    store.close();
+    drop(store);
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let name: String = db
+        .query_row(
+            "SELECT name FROM schema_migrations WHERE version = ?1",
+            [latest],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute("DELETE FROM schema_migrations WHERE version = ?1", [latest])
+        .unwrap();
+    let out = check(&config);
+    assert!(
+        out.contains("database: a start applies 1 migrations:"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{latest:>3}  ")), "{out}");
+    let versions = |path: &Path| -> i64 {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(versions(&path), all - 1, "--check migrated");
+    assert!(out.contains(&name), "{out}");
+    // Put back (its tables are there): nothing left to do. No check wrote the fee plans
+    // (a start does: serve_listens_for_terminals_and_http).
+    db.execute(
+        "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (?1, ?2, 0)",
+        rusqlite::params![latest, name],
+    )
+    .unwrap();
+    drop(db);
+    let store = store::SqliteStore::open(&store::SqliteConfig::new(&path)).unwrap();
     use store::Store;
-    let terms = store.settlement_terms("898110048990001").unwrap().unwrap();
-    assert_eq!((terms.debit_bp, terms.debit_cap_fen), (38, Some(2_000)));
+    assert!(store.settlement_terms("898110048990001").unwrap().is_none());
+    store.close();
+    drop(store);
+    assert!(check(&config).contains("database: up to date"));
 
     match std::env::var("SHOUDAN_PG_URL") {
         Ok(url) if !url.is_empty() => {
             let pg_dir = tempfile::tempdir().unwrap();
             let schema = format!("serve_{}", std::process::id());
             let config = write_config(pg_dir.path(), &url, Some(&schema));
-            assert!(check(&config).contains("configuration ok"));
+            let out = check(&config);
+            assert!(out.contains("configuration ok"), "{out}");
+            assert!(out.contains("database: new"), "{out}");
+            // Not created by the check: the schema holds no migrations table yet.
+            let status = store::PgStore::inspect(&store::PgConfig {
+                url: url.clone(),
+                schema: Some(schema.clone()),
+            })
+            .unwrap();
+            assert!(!status.exists, "{status:?}");
+            let pg = store::PgStore::open(&store::PgConfig {
+                url: url.clone(),
+                schema: Some(schema.clone()),
+            })
+            .unwrap();
+            pg.close();
+            drop(pg);
+            let out = check(&config);
+            assert!(out.contains("database: up to date"), "{out}");
+            assert!(out.contains("configuration ok: 0 terminals"), "{out}");
             let _ = store::PgStore::drop_schema(&url, &schema);
         }
         _ => {
@@ -287,4 +360,11 @@ fn serve_listens_for_terminals_and_http() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert_eq!(rest.last().map(String::as_str), Some("stopped"), "{rest:?}");
+    // The start wrote the fee plans.
+    let store =
+        store::SqliteStore::open(&store::SqliteConfig::new(dir.path().join("switch.db"))).unwrap();
+    use store::Store;
+    let terms = store.settlement_terms("898110048990001").unwrap().unwrap();
+    assert_eq!((terms.debit_bp, terms.debit_cap_fen), (38, Some(2_000)));
+    store.close();
 }

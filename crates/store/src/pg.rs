@@ -180,6 +180,43 @@ impl PgStore {
         })
     }
 
+    /// Reads what `open` would find and do without changing anything: no schema created,
+    /// nothing migrated (the session is read-only).
+    pub fn inspect(config: &PgConfig) -> Result<schema::SchemaStatus, StoreError> {
+        if let Some(schema) = &config.schema {
+            check_schema(schema)?;
+        }
+        let runtime = runtime()?;
+        let conn = connect(runtime.handle(), config)?;
+        conn.execute_batch("SET default_transaction_read_only = on")?;
+        // `to_regclass` follows the search path: the configured schema, or `public`.
+        let table = |name: &str| -> Result<bool, StoreError> {
+            let found: String = conn.query_row(
+                "SELECT COALESCE(to_regclass(?1)::TEXT, '')",
+                params![name],
+                |r| r.get(0),
+            )?;
+            Ok(!found.is_empty())
+        };
+        let applied: Vec<i64> = if table("schema_migrations")? {
+            conn.prepare("SELECT version FROM schema_migrations")?
+                .query_map(params![], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        let terminals = if table("terminals")? {
+            let count: i64 =
+                conn.query_row("SELECT COUNT(*) FROM terminals", params![], |r| r.get(0))?;
+            Some(u64::try_from(count).unwrap_or(0))
+        } else {
+            None
+        };
+        drop(conn);
+        drop(runtime);
+        schema::SchemaStatus::from_applied(!applied.is_empty(), &applied, terminals)
+    }
+
     /// Commits what is queued, stops the writer and waits for it. Later writes fail with
     /// `WriterGone`. Blocks: call from outside the async runtime or via `spawn_blocking`.
     pub fn close(&self) {

@@ -580,6 +580,44 @@ pub fn latest_version() -> i64 {
     MIGRATIONS.last().map_or(0, |m| m.version)
 }
 
+/// What a database holds, read without changing it (`serve --check`): whether its tables
+/// exist, the migrations a start would apply, and its terminals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchemaStatus {
+    /// The database (its migrations table) exists.
+    pub exists: bool,
+    /// Migrations not yet applied (version, name), in order: a start applies them.
+    pub pending: Vec<(i64, &'static str)>,
+    /// Terminals in the journal; `None` before the tables exist.
+    pub terminals: Option<u64>,
+}
+
+impl SchemaStatus {
+    /// From the versions a database records; refused as a start would refuse it when it
+    /// records a version this build does not know (a newer build migrated it).
+    pub fn from_applied(
+        exists: bool,
+        applied: &[i64],
+        terminals: Option<u64>,
+    ) -> Result<Self, crate::StoreError> {
+        let known = latest_version();
+        if let Some(&found) = applied.iter().max() {
+            if found > known {
+                return Err(crate::StoreError::SchemaTooNew { found, known });
+            }
+        }
+        Ok(SchemaStatus {
+            exists,
+            pending: MIGRATIONS
+                .iter()
+                .filter(|m| !applied.contains(&m.version))
+                .map(|m| (m.version, m.name))
+                .collect(),
+            terminals,
+        })
+    }
+}
+
 /// A migration's SQL for a backend whose byte-string type is `bytes`.
 pub fn render(migration: &Migration, bytes: &str) -> String {
     migration.sql.replace("BYTES", bytes)

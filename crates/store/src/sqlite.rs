@@ -152,6 +152,38 @@ impl SqliteStore {
         })
     }
 
+    /// Reads what `open` would find and do at `path` without changing anything: no file is
+    /// created, nothing migrated (the connection is read-only).
+    pub fn inspect(path: &Path) -> Result<schema::SchemaStatus, StoreError> {
+        if !path.exists() {
+            return schema::SchemaStatus::from_applied(false, &[], None);
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+        let table = |name: &str| -> Result<bool, StoreError> {
+            Ok(conn
+                .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+                .exists([name])?)
+        };
+        let applied: Vec<i64> = if table("schema_migrations")? {
+            conn.prepare("SELECT version FROM schema_migrations")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        let terminals = if table("terminals")? {
+            let count: i64 = conn.query_row("SELECT COUNT(*) FROM terminals", [], |r| r.get(0))?;
+            Some(u64::try_from(count).unwrap_or(0))
+        } else {
+            None
+        };
+        schema::SchemaStatus::from_applied(!applied.is_empty(), &applied, terminals)
+    }
+
     /// Changes the page quota (`max_page_count`) at run time, from the writer's next group on;
     /// `None` lifts it. Fault tests use it as a disk that fills up and gets space back (SQLite
     /// will not lower the quota below the pages in use: a lower value means "full now").
