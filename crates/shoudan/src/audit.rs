@@ -76,7 +76,9 @@ fn open(path: &Path) -> Result<Connection, Box<dyn std::error::Error>> {
 pub fn run(args: AuditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let fixtures = fixtures::load(&args.data_dir)?;
     let journal: Arc<dyn Store> = match &args.database {
-        Some(database) => crate::serve::open_store(database, args.database_schema.as_deref())?,
+        Some(database) => {
+            crate::serve::open_store_as_is(database, args.database_schema.as_deref())?
+        }
         None => Arc::new(SqliteStore::open_read_only(
             &args.data_dir.join("switch.db"),
         )?),

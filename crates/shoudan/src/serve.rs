@@ -195,6 +195,30 @@ pub fn open_store(
     })
 }
 
+/// A journal opened for reading by a tool (`audit --database`): refused unless it exists and
+/// is at this build's schema, so opening it neither creates nor migrates anything.
+pub fn open_store_as_is(
+    url: &str,
+    schema: Option<&str>,
+) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
+    let status = inspect_store(url, schema)?;
+    if !status.exists {
+        return Err("database: no journal there (no schema_migrations table)".into());
+    }
+    if !status.pending.is_empty() {
+        return Err(format!(
+            "database: the journal lacks {} of this build's migrations; a tool does not \
+             migrate it (a node's start does)",
+            status.pending.len()
+        )
+        .into());
+    }
+    Ok(match database(url, schema)? {
+        Database::Postgres(config) => Arc::new(PgStore::open(&config)?),
+        Database::Sqlite(path) => Arc::new(SqliteStore::open_read_only(Path::new(path))?),
+    })
+}
+
 /// What the database holds and what a start would do to it, read without changing it.
 fn inspect_store(
     url: &str,

@@ -308,6 +308,37 @@ fn demo_purchases_then_audit_is_clean() {
     let found = report["reversed_only_at_issuer"].as_array().unwrap();
     assert_eq!(found.len(), 1, "{report}");
     assert_eq!(found[0]["rrn"], rrn);
+    // The same journal named by --database (as a shared PostgreSQL one would be): the same
+    // finding. A journal this build would have to migrate is refused, not migrated.
+    let url = format!("sqlite:{}", dir.join("switch.db").display());
+    let (code, out) = shoudan(&["audit", "--json", "--database", &url], dir);
+    assert_eq!(code, 1, "{out}");
+    let by_url: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        by_url["reversed_only_at_issuer"],
+        report["reversed_only_at_issuer"]
+    );
+    let behind = dir.join("behind.db");
+    std::fs::copy(dir.join("switch.db"), &behind).unwrap();
+    let db = rusqlite::Connection::open(&behind).unwrap();
+    db.execute(
+        "DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations)",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let url = format!("sqlite:{}", behind.display());
+    let (code, out) = shoudan(&["audit", "--database", &url], dir);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("lacks 1 of this build's migrations"), "{out}");
+    let db = rusqlite::Connection::open(&behind).unwrap();
+    let versions: i64 = db
+        .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        versions,
+        i64::try_from(store::schema::MIGRATIONS.len()).unwrap() - 1
+    );
 
     // The log tells the story: both starts, the issuer links, the sign-ins of the terminals
     // that bought. Nothing in it identifies a card, a PIN or a terminal key.
