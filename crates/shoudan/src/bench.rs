@@ -364,7 +364,7 @@ async fn auth(args: AuthArgs) -> Result<Report, Box<dyn std::error::Error>> {
             let stans = terminals
                 .iter()
                 .map(|t| load_stan(dir, &t.tid))
-                .collect::<Vec<_>>();
+                .collect::<Result<Vec<_>, _>>()?;
             let (report, next) =
                 drive(&args, terminals.clone(), stans, &fixtures.cards, None).await?;
             for (t, stan) in terminals.iter().zip(next) {
@@ -582,7 +582,7 @@ async fn idle(args: IdleArgs) -> CliResult {
     }
     let configs = terminals
         .iter()
-        .map(|fixture| config_of(fixture, load_stan(&dir, &fixture.tid)))
+        .map(|fixture| config_of(fixture, load_stan(&dir, &fixture.tid)?))
         .collect::<Result<Vec<_>, _>>()?;
     let rss_before = rss_kib(pid)?;
     let start = Instant::now();

@@ -18,19 +18,39 @@ fn stan_path(data_dir: &Path, tid: &str) -> PathBuf {
     data_dir.join("terminals").join(format!("{tid}.stan"))
 }
 
-pub fn load_stan(data_dir: &Path, tid: &str) -> u32 {
-    std::fs::read_to_string(stan_path(data_dir, tid))
+/// The terminal's next STAN: 1 for a terminal that never ran. A file that cannot be read or
+/// holds no trace number is an error, not a new start at 1: a trace repeated within the batch
+/// would be taken by the host for the earlier request, and answered with its answer.
+pub fn load_stan(data_dir: &Path, tid: &str) -> Result<u32, String> {
+    let path = stan_path(data_dir, tid);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(1),
+        Err(error) => return Err(format!("{}: {error}", path.display())),
+    };
+    text.trim()
+        .parse::<u32>()
         .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(1)
+        .filter(|n| (1..=999_999).contains(n))
+        .ok_or_else(|| {
+            format!(
+                "{}: not a trace number (1 to 999999); write the terminal's next trace number \
+                 into it (restarting at 1 would repeat traces of the open batch)",
+                path.display()
+            )
+        })
 }
 
+/// Writes the next STAN whole or not at all (a new file renamed over the old), so a crash
+/// mid-write leaves the previous number rather than an empty file.
 pub fn save_stan(data_dir: &Path, tid: &str, next: u32) -> std::io::Result<()> {
     let path = stan_path(data_dir, tid);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(path, next.to_string())
+    let temporary = path.with_extension("stan.new");
+    std::fs::write(&temporary, next.to_string())?;
+    std::fs::rename(&temporary, &path)
 }
 
 /// A terminal's configuration from its fixture.
@@ -147,7 +167,7 @@ async fn run_async(args: TerminalArgs) -> CliResult {
     };
     let amount = parse_amount(&args.amount)?;
 
-    let config = config_of(fixture, load_stan(&args.data_dir, &args.tid))?;
+    let config = config_of(fixture, load_stan(&args.data_dir, &args.tid)?)?;
     let mut terminal = Terminal::connect(config).await?;
     let result = drive(&mut terminal, &args, card, amount).await;
     save_stan(&args.data_dir, &args.tid, terminal.next_stan())?;

@@ -80,7 +80,14 @@ async fn one_terminal(
             break;
         }
         if session.is_none() {
-            let Ok(config) = config_of(&fixture, load_stan(&dir, &fixture.tid)) else {
+            let stan = match load_stan(&dir, &fixture.tid) {
+                Ok(stan) => stan,
+                Err(error) => {
+                    tracing::warn!(tid = %fixture.tid, "demo traffic stopped: {error}");
+                    return;
+                }
+            };
+            let Ok(config) = config_of(&fixture, stan) else {
                 return;
             };
             if let Ok(mut t) = Terminal::connect(config).await {

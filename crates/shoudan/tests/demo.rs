@@ -284,6 +284,31 @@ fn demo_purchases_then_audit_is_clean() {
     );
     let last = purchase(dir, "10000004", pan);
     assert_eq!(last["code"], "00");
+    // A terminal whose trace file was damaged does not start again at 1 (its traces would
+    // repeat in the open batch): it refuses until told its next trace.
+    let stan_file = dir.join("terminals").join("10000004.stan");
+    let next: u32 = std::fs::read_to_string(&stan_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(next > 1);
+    for damaged in ["", "12x", "0", "1000000"] {
+        std::fs::write(&stan_file, damaged).unwrap();
+        let (code, out) = shoudan(
+            &[
+                "terminal", "--tid", "10000004", "purchase", "--amount", "1.00", "--card", pan,
+            ],
+            dir,
+        );
+        assert_eq!(code, 2, "{damaged:?}: {out}");
+        assert!(out.contains("not a trace number"), "{out}");
+    }
+    std::fs::write(&stan_file, next.to_string()).unwrap();
+    let again = purchase(dir, "10000004", pan);
+    assert_eq!(again["code"], "00", "{again}");
+    // The sign-in takes `next`, the purchase the one after.
+    assert_eq!(again["stan"], next + 1, "{again}");
     stop(child);
     assert_eq!(shoudan(&["audit"], dir).0, 0);
     // An issuer that reversed an approval the journal holds as approved (the merchant would
