@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::Store;
 use crate::error::{LinkRefusal, StoreError};
-use crate::group::{Completion, Job, Output, completion, replace_with_failure};
+use crate::group::{Completion, Job, Output, completion};
 #[allow(unused_imports)]
 use crate::model::{
     BatchSpan, EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
@@ -468,62 +468,87 @@ fn commit_group(conn: &Connection, jobs: &mut Vec<Job>, completions: &mut Vec<Co
 }
 
 /// The slow path: a savepoint per job, so a failing job (which aborts PostgreSQL's
-/// transaction until rolled back to the savepoint) fails alone.
+/// transaction until rolled back to the savepoint) fails alone. A job deadlocked with another
+/// node's transaction (PostgreSQL aborts one of the two: two nodes' groups may take the rows of
+/// two originals in opposite orders, for a refund's total or a link's claim) does not fail
+/// alone: the locks the group's earlier jobs hold are part of the cycle, and only rolling the
+/// whole transaction back releases them. So the group is rolled back, waits a few
+/// milliseconds for the other transaction to finish, and is run again, a few times; an
+/// approval's outcome must not fail for that.
 fn commit_group_carefully(
     conn: &Connection,
     jobs: &mut Vec<Job>,
     completions: &mut Vec<Completion>,
 ) {
-    let began: Result<(), StoreError> = conn.execute_batch("BEGIN").map_err(StoreError::from);
-    let first_in_transaction = completions.len();
-    for job in jobs.drain(..) {
-        let result = match &began {
-            Err(error) => Err(error.clone()),
-            Ok(()) => in_savepoint(conn, |c| execute(c, &job)),
-        };
-        completions.extend(completion(job, result));
-    }
-    if began.is_ok() {
+    let mut tries = 0;
+    let results = loop {
+        tries += 1;
+        if let Err(error) = conn.execute_batch("BEGIN") {
+            let error = StoreError::from(error);
+            for job in jobs.drain(..) {
+                completions.extend(completion(job, Err(error.clone())));
+            }
+            return;
+        }
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut again = false;
+        for job in jobs.iter() {
+            let result = in_savepoint(conn, |c| execute(c, job));
+            if tries < DEADLOCK_TRIES_MAX && result.as_ref().is_err_and(deadlocked) {
+                again = true;
+                break;
+            }
+            results.push(result);
+        }
+        if again {
+            let _ = conn.execute_batch("ROLLBACK");
+            std::thread::sleep(deadlock_backoff(tries));
+            continue;
+        }
         if let Err(error) = conn.execute_batch("COMMIT") {
             let error = StoreError::from(error);
             let _ = conn.execute_batch("ROLLBACK");
-            for completion in completions.iter_mut().skip(first_in_transaction) {
-                replace_with_failure(completion, &error);
+            for result in &mut results {
+                *result = Err(error.clone());
             }
         }
+        break results;
+    };
+    for (job, result) in jobs.drain(..).zip(results) {
+        completions.extend(completion(job, result));
     }
 }
 
-/// Runs `f` in a savepoint. A job another node's transaction deadlocked with (PostgreSQL
-/// aborts one of the two) is run again, a few times: two nodes' groups may take the rows of
-/// two originals in opposite orders (a refund's total, a link's claim), and an approval's
-/// outcome must not fail for that.
+/// Runs `f` in a savepoint: a failure rolls back `f`'s work only.
 fn in_savepoint<T>(
     conn: &Connection,
     f: impl Fn(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        conn.execute_batch("SAVEPOINT job")?;
-        match f(conn) {
-            Ok(value) => {
-                conn.execute_batch("RELEASE job")?;
-                return Ok(value);
-            }
-            Err(error) => {
-                conn.execute_batch("ROLLBACK TO job")?;
-                conn.execute_batch("RELEASE job")?;
-                if tries >= DEADLOCK_TRIES_MAX || !deadlocked(&error) {
-                    return Err(error);
-                }
-            }
+    conn.execute_batch("SAVEPOINT job")?;
+    match f(conn) {
+        Ok(value) => {
+            conn.execute_batch("RELEASE job")?;
+            Ok(value)
+        }
+        Err(error) => {
+            conn.execute_batch("ROLLBACK TO job")?;
+            conn.execute_batch("RELEASE job")?;
+            Err(error)
         }
     }
 }
 
-/// How often a job is run when it keeps deadlocking.
-const DEADLOCK_TRIES_MAX: u32 = 3;
+/// How often a group is run when it keeps deadlocking.
+const DEADLOCK_TRIES_MAX: u32 = 4;
+
+/// The wait before running a deadlocked group again: growing, and varied by the clock so two
+/// nodes that deadlocked do not retry in step.
+fn deadlock_backoff(tries: u32) -> std::time::Duration {
+    let jitter = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos() % 5_000));
+    std::time::Duration::from_micros(u64::from(tries) * 5_000 + jitter)
+}
 
 /// PostgreSQL's deadlock_detected (40P01) or serialization_failure (40001).
 fn deadlocked(error: &StoreError) -> bool {

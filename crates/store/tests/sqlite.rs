@@ -115,6 +115,89 @@ fn opposite_lock_orders_on_two_nodes_fail_no_write(db: &Db) {
     }
 }
 
+/// A deadlock that closes on a lock an earlier job of the group holds: rolling back to the
+/// deadlocked job's savepoint keeps that lock, so the cycle stays closed; only the whole group
+/// rolled back and run again lets the other transaction through and every job succeed.
+///
+/// The group is made careful (a savepoint per job) by a job that fails. The other transaction
+/// is a connection of the test's own: it holds B, waits until the writer (holding A from an
+/// earlier job of the group) waits for B, then asks for A. The writer waited first, so it is
+/// the one PostgreSQL aborts; the test's request for A is granted only if the writer let go
+/// of A.
+#[test]
+fn on_postgres_a_deadlock_on_an_earlier_jobs_lock_reruns_the_whole_group() {
+    let Some(db) = Db::postgres() else { return };
+    let config = db.pg_config().unwrap();
+    let schema = config.schema.clone().unwrap();
+    let store = db.open();
+    provision(&store);
+    let (a, b, c) = (3_001_i64, 3_002_i64, 3_003_i64);
+    for id in [a, b, c] {
+        approved_purchase(&*store, id);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (other, connection) = runtime
+        .block_on(tokio_postgres::connect(&config.url, tokio_postgres::NoTls))
+        .unwrap();
+    runtime.spawn(connection);
+    let run = |sql: String| runtime.block_on(other.batch_execute(&sql));
+    // Blocked by the test's transaction, polled from it.
+    let wait_blocked = || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let row = runtime
+                .block_on(other.query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity \
+                     WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))",
+                    &[],
+                ))
+                .unwrap();
+            if row.get::<_, i64>(0) > 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never waited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let lock = |id: i64| format!("SELECT id FROM transactions WHERE id = {id} FOR UPDATE");
+    run(format!(
+        "SET search_path TO {schema}; BEGIN; {}; SAVEPOINT c; {}",
+        lock(b),
+        lock(c)
+    ))
+    .unwrap();
+    // The writer waits on C, so the next three jobs queue and are taken as one group.
+    let first = store.submit(vec![Record::Refunded { id: c }]).unwrap();
+    wait_blocked();
+    let failing = store
+        .submit(vec![Record::Refunded { id: 999_999 }])
+        .unwrap();
+    let takes_a = store.submit(vec![Record::Refunded { id: a }]).unwrap();
+    let takes_b = store.submit(vec![Record::Refunded { id: b }]).unwrap();
+    run("ROLLBACK TO SAVEPOINT c".to_owned()).unwrap();
+    first.wait().unwrap();
+    // The group: the failing job alone, A locked, then a wait for B.
+    wait_blocked();
+    let granted = run(lock(a));
+    assert!(
+        granted.is_ok(),
+        "the writer kept A through its deadlock: {granted:?}"
+    );
+    run("COMMIT".to_owned()).unwrap();
+    assert!(failing.wait().is_err());
+    takes_a.wait().unwrap();
+    takes_b.wait().unwrap();
+    drop(other);
+    store.close();
+}
+
 fn provision(store: &backend::Opened) {
     store
         .submit(vec![
