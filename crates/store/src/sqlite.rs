@@ -1117,7 +1117,10 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
                  ON CONFLICT (tid) DO UPDATE SET application_type = excluded.application_type,
                  software_version = excluded.software_version,
                  sub_version = excluded.sub_version, clock_drift_s = excluded.clock_drift_s,
-                 seen_at_ms = excluded.seen_at_ms, fallbacks = excluded.fallbacks",
+                 seen_at_ms = excluded.seen_at_ms,
+                 fallbacks = CASE WHEN excluded.fallbacks > terminal_health.fallbacks
+                     THEN excluded.fallbacks ELSE terminal_health.fallbacks END
+                 WHERE excluded.seen_at_ms >= terminal_health.seen_at_ms",
             )?
             .execute(params![
                 h.tid,

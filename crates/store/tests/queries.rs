@@ -388,7 +388,22 @@ fn terminal_health_round_trips(db: &Db) {
         .unwrap()
         .wait()
         .unwrap();
-    assert_eq!(s.terminal_health().unwrap(), [row]);
+    assert_eq!(s.terminal_health().unwrap(), [row.clone()]);
+    // Reports written out of order (two requests' writes overtaking each other): an older
+    // one changes nothing, and one of the same moment never lowers the fallback count.
+    let mut older = row.clone();
+    older.seen_at_ms -= 1_000;
+    older.software_version = 31;
+    older.fallbacks = 2;
+    let mut same_moment = row.clone();
+    same_moment.fallbacks = 2;
+    for late in [older, same_moment] {
+        s.submit(vec![Record::TerminalHealth(late)])
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(s.terminal_health().unwrap(), [row.clone()]);
+    }
 }
 
 /// A merchant's notifications come newest first, a page at a time, and only its own; one is
