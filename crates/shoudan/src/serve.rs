@@ -26,6 +26,9 @@ use crate::CliResult;
 const CONFIG_BYTES_MAX: u64 = 1 << 20;
 /// How often the portal's copy of the switch counters is refreshed.
 const METRICS_REFRESH: Duration = Duration::from_secs(1);
+/// How long a stop waits for the HTTP side's requests and the notifiers' deliveries in
+/// progress (a client holding its connection open does not hold the stop).
+const HTTP_DRAIN: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -142,9 +145,9 @@ impl ServeConfig {
             let line = e.span().map(|span| {
                 text.get(..span.start)
                     .unwrap_or_default()
-                    .lines()
+                    .matches('\n')
                     .count()
-                    .max(1)
+                    + 1
             });
             let at = line.map_or(String::new(), |l| format!(" line {l}:"));
             format!("config {}:{at} {}", path.display(), e.message().trim()).into()
@@ -312,19 +315,26 @@ fn check_config(config: &ServeConfig) -> Result<(), String> {
             return Err(format!("saf_interval_ms {ms}: must be 50 to 60000"));
         }
     }
-    if let Some(ms) = config.saf_lease_ms {
-        let longest = config
-            .issuers
-            .iter()
-            .map(|i| i.timeout_ms)
-            .max()
-            .unwrap_or(0);
-        if ms <= longest || ms > SAF_LEASE_MAX_MS {
-            return Err(format!(
-                "saf_lease_ms {ms}: must be longer than every issuer's timeout ({longest} ms) \
-                 and at most {SAF_LEASE_MAX_MS}"
-            ));
-        }
+    // The lease in force, set or default: an issuer timeout may outlast the default.
+    let default_lease = SwitchConfig::new(config.terminal_listen).saf_lease;
+    let (lease, which) = match config.saf_lease_ms {
+        Some(ms) => (ms, ""),
+        None => (
+            u64::try_from(default_lease.as_millis()).unwrap_or(u64::MAX),
+            " (the default)",
+        ),
+    };
+    let longest = config
+        .issuers
+        .iter()
+        .map(|i| i.timeout_ms)
+        .max()
+        .unwrap_or(0);
+    if lease <= longest || lease > SAF_LEASE_MAX_MS {
+        return Err(format!(
+            "saf_lease_ms {lease}{which}: must be longer than every issuer's timeout \
+             ({longest} ms) and at most {SAF_LEASE_MAX_MS}"
+        ));
     }
     Ok(())
 }
@@ -456,8 +466,11 @@ pub fn run(args: ServeArgs) -> CliResult {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // Caught from the start: a stop while the node opens its store or starts the switch
+        // is a stop (taken once it serves), not a kill in the middle of a migration.
+        let signals = Signals::new()?;
         let node = prepare(&config).await?;
-        serve(node).await
+        serve(node, signals).await
     })
 }
 
@@ -489,9 +502,7 @@ fn check(config: &ServeConfig) -> CliResult {
     Ok(())
 }
 
-async fn serve(node: Node) -> CliResult {
-    // Caught from the start: a stop while the switch starts is a stop, not a kill.
-    let mut signals = Signals::new()?;
+async fn serve(node: Node, mut signals: Signals) -> CliResult {
     let banks: Vec<String> = node.config.issuers.keys().cloned().collect();
     let switch = Switch::start(
         node.config,
@@ -550,15 +561,19 @@ async fn serve(node: Node) -> CliResult {
     }
     println!("stopping: taking no new requests, finishing those in progress");
     let _ = stop.send(true);
-    let _ = http_task.await;
-    for task in notify_tasks {
-        let _ = task.await;
-    }
-    // The requests in progress get their issuers' answers (or time out as usual) and are
-    // journalled and answered. A second signal stops waiting for them: what was not answered
-    // stays in flight in the journal, and the next start reverses it.
+    // The switch stops taking requests at once; the requests in progress get their issuers'
+    // answers (or time out as usual) and are journalled and answered, while the HTTP side
+    // finishes its requests (for at most HTTP_DRAIN) and the notifiers their deliveries. A
+    // second signal stops waiting: what was not answered stays in flight in the journal, and
+    // the next start reverses it.
+    let others = tokio::time::timeout(HTTP_DRAIN, async {
+        let _ = http_task.await;
+        for task in notify_tasks {
+            let _ = task.await;
+        }
+    });
     tokio::select! {
-        () = switch.shutdown() => {}
+        _ = async { tokio::join!(switch.shutdown(), others) } => {}
         () = signals.next() => println!("stopping now: requests still in progress are reversed at the next start"),
     }
     // Everything queued for the journal is committed before the process ends.

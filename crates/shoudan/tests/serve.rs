@@ -201,7 +201,9 @@ fn a_bad_config_is_refused_with_its_reason() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown field"), "{stderr}");
+    assert!(stderr.contains("line 2:"), "{stderr}");
 }
 
 /// `serve --check` on `config` with `from` replaced by `to`: its error output, which must be
@@ -259,6 +261,18 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
         let error = refused(d, &config, from, to);
         assert!(error.contains(says), "{to:?}: {error}");
     }
+    // An issuer timeout the default lease (30 s) does not outlast, no lease set: another node
+    // could take over a reversal while this one still waits for the issuer.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("saf_lease_ms = 5000\n", "")
+        .replace("timeout_ms = 500", "timeout_ms = 45000");
+    std::fs::write(d.join("lease.toml"), text).unwrap();
+    let error = refused(d, &d.join("lease.toml"), "node_id = 3", "node_id = 3");
+    assert!(
+        error.contains("saf_lease_ms 30000 (the default)"),
+        "{error}"
+    );
     // A master key others may read.
     let key = d.join("master.key");
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
@@ -327,7 +341,7 @@ fn serve_listens_for_terminals_and_http() {
             );
         }
     }
-    std::net::TcpStream::connect(switch_addr.unwrap()).unwrap();
+    std::net::TcpStream::connect(switch_addr.as_deref().unwrap()).unwrap();
     let get = |path: &str| {
         let mut http = std::net::TcpStream::connect(http_addr.as_deref().unwrap()).unwrap();
         http.write_all(
@@ -350,14 +364,30 @@ fn serve_listens_for_terminals_and_http() {
         })
         .unwrap_or_else(|| panic!("{login}"));
     assert!(cookie.contains("; Secure"), "{cookie}");
-    // An operator's stop (SIGTERM): the node finishes, closes its journal and exits cleanly.
+    // An operator's stop (SIGTERM): the node finishes, closes its journal and exits cleanly,
+    // even with an HTTP client that never finishes its request (it holds the stop 10 s at
+    // most) and a terminal connected.
+    let mut slow = std::net::TcpStream::connect(http_addr.as_deref().unwrap()).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let _terminal = std::net::TcpStream::connect(switch_addr.as_deref().unwrap()).unwrap();
+    let signalled = std::time::Instant::now();
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < std::time::Duration::from_secs(30),
+            "serve did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert_eq!(rest.last().map(String::as_str), Some("stopped"), "{rest:?}");
     // The start wrote the fee plans.
