@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,30 +126,23 @@ fn handle(text: Option<&String>) -> Result<KeyHandle, Box<dyn std::error::Error>
         .map_err(|_| "bad key handle in demo-state.json".into())
 }
 
-/// Writes the key store whole or not at all (a new file renamed over the old, so a crash
-/// mid-write leaves the old one), readable by its owner only, and never through a link
-/// planted at the temporary name.
-fn write_key_store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temporary = path.with_extension("store.new");
-    match std::fs::remove_file(&temporary) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
-        _ => {}
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
-}
-
 /// Opens (or creates) the SoftHsm and the demo keys in it.
 fn open_hsm(dir: &Path) -> Result<(Arc<SoftHsm>, KeyState), Box<dyn std::error::Error>> {
     let master_path = dir.join("master.key");
     let master_hex = match std::fs::read_to_string(&master_path) {
-        Ok(text) => zeroize::Zeroizing::new(text.trim().to_owned()),
+        Ok(text) => {
+            // A key left readable by others (an older build, a copy) is made the owner's.
+            let mode = std::fs::metadata(&master_path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(&master_path, std::fs::Permissions::from_mode(0o600))?;
+                tracing::warn!(
+                    "{} was readable by others (mode {:o}): now 0600",
+                    master_path.display(),
+                    mode & 0o777
+                );
+            }
+            zeroize::Zeroizing::new(text.trim().to_owned())
+        }
         // A new key only for a new data dir: one that already holds a key store or a journal
         // sealed under the old key would be unreadable under a new one.
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -204,7 +197,7 @@ fn open_hsm(dir: &Path) -> Result<(Arc<SoftHsm>, KeyState), Box<dyn std::error::
         )?;
         state.tmk.insert(tid.to_owned(), tmk.to_string());
     }
-    write_key_store(&store_path, &hsm.export_store()?)?;
+    crate::files::write_whole(&store_path, &hsm.export_store()?, 0o600)?;
     std::fs::write(&state_path, serde_json::to_vec_pretty(&state)?)?;
     Ok((Arc::new(hsm), state))
 }
@@ -334,6 +327,16 @@ pub async fn start_env(
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
+    // A directory that already existed keeps its mode (it may be shared, such as /tmp); say so.
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "data dir {} may be read by others (mode {:o}): keys, sealed card numbers and \
+             password hashes are kept there",
+            dir.display(),
+            mode & 0o777
+        );
+    }
     std::fs::create_dir_all(dir.join("issuers"))?;
     let (hsm, keys) = open_hsm(dir)?;
     let clock: Arc<dyn issuer_sim::Clock> = Arc::new(issuer_sim::SystemClock);
@@ -595,7 +598,11 @@ impl DemoEnv {
                 closed = Err(error.into());
             }
         }
-        write_key_store(&self.dir.join("hsm.store"), &self.hsm.export_store()?)?;
+        crate::files::write_whole(
+            &self.dir.join("hsm.store"),
+            &self.hsm.export_store()?,
+            0o600,
+        )?;
         closed
     }
 }
@@ -757,28 +764,4 @@ async fn portal(
         .map_err(|e| e.to_string())?;
     }
     Ok(portal)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::write_key_store;
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn key_store_replaces_whole_owner_only_and_ignores_a_planted_link() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("hsm.store");
-        let victim = dir.path().join("victim");
-        std::fs::write(&victim, b"untouched").expect("victim");
-        std::fs::write(&path, b"old").expect("old store");
-        std::os::unix::fs::symlink(&victim, path.with_extension("store.new")).expect("link");
-
-        write_key_store(&path, b"new keys").expect("written");
-
-        assert_eq!(std::fs::read(&path).expect("read"), b"new keys");
-        assert_eq!(std::fs::read(&victim).expect("victim"), b"untouched");
-        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert!(!path.with_extension("store.new").exists());
-    }
 }

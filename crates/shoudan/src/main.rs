@@ -6,6 +6,7 @@ mod bench;
 mod crypto_cmd;
 mod demo;
 mod explain_cmd;
+mod files;
 mod fixtures;
 mod iso_cmd;
 mod logging;

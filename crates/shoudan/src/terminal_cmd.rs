@@ -41,16 +41,14 @@ pub fn load_stan(data_dir: &Path, tid: &str) -> Result<u32, String> {
         })
 }
 
-/// Writes the next STAN whole or not at all (a new file renamed over the old), so a crash
-/// mid-write leaves the previous number rather than an empty file.
+/// Writes the next STAN whole or not at all, so a crash mid-write leaves the previous number
+/// rather than an empty file.
 pub fn save_stan(data_dir: &Path, tid: &str, next: u32) -> std::io::Result<()> {
     let path = stan_path(data_dir, tid);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let temporary = path.with_extension("stan.new");
-    std::fs::write(&temporary, next.to_string())?;
-    std::fs::rename(&temporary, &path)
+    crate::files::write_whole(&path, next.to_string().as_bytes(), 0o600)
 }
 
 /// A terminal's configuration from its fixture.

@@ -10,6 +10,7 @@
     clippy::indexing_slicing
 )]
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -273,8 +274,13 @@ fn demo_purchases_then_audit_is_clean() {
     );
     assert_eq!(report["in_doubt"].as_array().unwrap().len(), 0);
 
-    // Restart on the same data dir: same terminals and cards, keys still good.
+    // Restart on the same data dir: same terminals and cards, keys still good. A master key
+    // left readable by others (a copy, an older build) is made the owner's again.
+    let key = dir.join("master.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let child = start(dir, false);
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
     let (_, again) = shoudan(&["fixtures", "--json"], dir);
     let again: Value = serde_json::from_str(&again).unwrap();
     assert_eq!(again["cards"], fixtures["cards"]);
