@@ -173,8 +173,11 @@ impl SwitchHandle {
     {
         let sessions = self.sessions.clone();
         let intake = self.intake.subscribe();
+        // Counted as the listener's are, so a shutdown waits for its answers to be written.
+        sessions.metrics.connections.fetch_add(1, Ordering::Relaxed);
         self.core.tasks.spawn(async move {
             session::serve(&sessions, stream, intake).await;
+            sessions.metrics.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
 
