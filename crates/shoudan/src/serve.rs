@@ -199,7 +199,8 @@ pub fn open_store(
 }
 
 /// A journal opened for reading by a tool (`audit --database`): refused unless it exists and
-/// is at this build's schema, so opening it neither creates nor migrates anything.
+/// is at this build's schema, and opened read-only (no schema or table created, no migration,
+/// no writer), so a role that may only read is enough.
 pub fn open_store_as_is(
     url: &str,
     schema: Option<&str>,
@@ -217,7 +218,7 @@ pub fn open_store_as_is(
         .into());
     }
     Ok(match database(url, schema)? {
-        Database::Postgres(config) => Arc::new(PgStore::open(&config)?),
+        Database::Postgres(config) => Arc::new(PgStore::open_read_only(&config)?),
         Database::Sqlite(path) => Arc::new(SqliteStore::open_read_only(Path::new(path))?),
     })
 }

@@ -91,6 +91,8 @@ pub struct PgStore {
     sender: mpsc::Sender<Job>,
     readers: Mutex<Vec<Connection>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Opened by [`PgStore::open_read_only`]: every session read-only.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -177,7 +179,37 @@ impl PgStore {
             sender,
             readers: Mutex::new(Vec::new()),
             writer: Mutex::new(Some(thread)),
+            read_only: false,
         })
+    }
+
+    /// Opens an existing journal for reading only (a tool such as `shoudan audit`): no schema
+    /// created, no migration, no writer (every write fails with `WriterGone`), every session
+    /// read-only, so a role that may only read is enough.
+    pub fn open_read_only(config: &PgConfig) -> Result<Self, StoreError> {
+        if let Some(schema) = &config.schema {
+            check_schema(schema)?;
+        }
+        let (sender, receiver) = mpsc::channel(1);
+        drop(receiver);
+        let store = PgStore {
+            config: config.clone(),
+            runtime: Some(runtime()?),
+            sender,
+            readers: Mutex::new(Vec::new()),
+            writer: Mutex::new(None),
+            read_only: true,
+        };
+        // Fail now, not at the first query, when there is no journal there.
+        store.read(|conn| {
+            conn.query_row(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM transactions LIMIT 1) t",
+                params![],
+                |r| r.get::<_, i64>(0),
+            )?;
+            Ok(())
+        })?;
+        Ok(store)
     }
 
     /// Reads what `open` would find and do without changing anything: no schema created,
@@ -261,7 +293,11 @@ impl PgStore {
             Some(conn) => conn,
             None => {
                 let runtime = self.runtime.as_ref().ok_or(StoreError::WriterGone)?;
-                connect(runtime.handle(), &self.config)?
+                let conn = connect(runtime.handle(), &self.config)?;
+                if self.read_only {
+                    conn.execute_batch("SET default_transaction_read_only = on")?;
+                }
+                conn
             }
         };
         let result = f(&conn);

@@ -198,6 +198,27 @@ fn on_postgres_a_deadlock_on_an_earlier_jobs_lock_reruns_the_whole_group() {
     store.close();
 }
 
+/// A journal opened read-only (`shoudan audit --database`): nothing is created where there
+/// is none, reads work where there is one, and no write gets through.
+#[test]
+fn on_postgres_a_read_only_open_creates_and_writes_nothing() {
+    let Some(db) = Db::postgres() else { return };
+    let config = db.pg_config().unwrap();
+    assert!(store::PgStore::open_read_only(&config).is_err());
+    let status = store::PgStore::inspect(&config).unwrap();
+    assert!(!status.exists, "{status:?}");
+    let store = db.open();
+    provision(&store);
+    approved_purchase(&*store, 1);
+    store.close();
+    let reader = store::PgStore::open_read_only(&config).unwrap();
+    assert_eq!(reader.txn(1).unwrap().unwrap().state, TxnState::Approved);
+    assert!(matches!(
+        reader.submit(vec![Record::Refunded { id: 1 }]),
+        Err(StoreError::WriterGone)
+    ));
+}
+
 fn provision(store: &backend::Opened) {
     store
         .submit(vec![
