@@ -16,9 +16,10 @@ use crate::rules::{Action, CardClass, Rule, RuleBook, RuleKind, mcc_ticket_max_f
 
 /// Events kept per card or terminal window; thresholds must be below it (checked at compile).
 pub const EVENTS_PER_KEY_MAX: usize = 64;
-/// Card fingerprints with history at once; past this, new cards go untracked until a sweep
-/// frees room (fail open: a burst of new cards cannot grow memory).
+/// Card fingerprints with history at once, in two generations of half this each (see
+/// `CardMap`): a burst of new cards cannot grow memory, and none goes untracked.
 pub const CARDS_TRACKED_MAX: usize = 200_000;
+const CARDS_PER_GENERATION: usize = CARDS_TRACKED_MAX / 2;
 /// Terminals with history at once.
 pub const TERMINALS_TRACKED_MAX: usize = 100_000;
 /// Merchants with a day's sales total at once.
@@ -136,6 +137,49 @@ struct CardState {
     alerted: Vec<(Arc<str>, i64)>,
 }
 
+/// Card histories in two generations. A card seen goes into (or moves to) the young one; when
+/// the young one is full, the old one is dropped and the young one becomes old. So a card seen
+/// within the span of the last generation (100,000 other cards) keeps its history, memory
+/// stays bounded, and a new card is always tracked: a map that was merely full left every new
+/// card untracked (fail open), which a burst of new cards could bring about at will.
+#[derive(Default)]
+struct CardMap {
+    young: HashMap<u64, CardState>,
+    old: HashMap<u64, CardState>,
+}
+
+impl CardMap {
+    fn get(&self, key: &u64) -> Option<&CardState> {
+        self.young.get(key).or_else(|| self.old.get(key))
+    }
+
+    fn get_mut(&mut self, key: &u64) -> Option<&mut CardState> {
+        match self.young.get_mut(key) {
+            Some(card) => Some(card),
+            None => self.old.get_mut(key),
+        }
+    }
+
+    /// The card's history, made young; a new one if the card has none.
+    fn touch(&mut self, key: u64) -> &mut CardState {
+        if !self.young.contains_key(&key) {
+            let state = self.old.remove(&key).unwrap_or_default();
+            if self.young.len() >= CARDS_PER_GENERATION {
+                // The old generation's allocation is reused for the new young one.
+                let mut recycled = std::mem::take(&mut self.old);
+                recycled.clear();
+                self.old = std::mem::replace(&mut self.young, recycled);
+            }
+            self.young.insert(key, state);
+        }
+        self.young.entry(key).or_default()
+    }
+
+    fn len(&self) -> usize {
+        self.young.len() + self.old.len()
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Decline {
     at_ms: i64,
@@ -194,7 +238,7 @@ impl MerchantDay {
 /// mutex held only for one check or observe.
 pub struct Engine {
     book: Arc<RuleBook>,
-    cards: HashMap<u64, CardState>,
+    cards: CardMap,
     terminals: HashMap<Box<str>, TerminalState>,
     merchants: HashMap<Box<str>, MerchantDay>,
     /// The day the merchants map was last swept for room.
@@ -206,7 +250,7 @@ impl Engine {
     pub fn new(book: Arc<RuleBook>) -> Engine {
         Engine {
             book,
-            cards: HashMap::new(),
+            cards: CardMap::default(),
             terminals: HashMap::new(),
             merchants: HashMap::new(),
             merchants_swept_day: i64::MIN,
@@ -286,7 +330,7 @@ impl Engine {
         if let Some(card) = request
             .card_key
             .filter(|_| attempt)
-            .and_then(|key| self.card(key, now))
+            .map(|key| self.card(key))
         {
             trim_cards(&mut card.events, now - horizon);
             push_bounded(
@@ -391,7 +435,7 @@ impl Engine {
         if let Some(card) = outcome
             .card_key
             .filter(|_| attempt)
-            .and_then(|key| self.card(key, now))
+            .map(|key| self.card(key))
         {
             match card
                 .events
@@ -708,12 +752,8 @@ impl Engine {
         true
     }
 
-    fn card(&mut self, key: u64, now: i64) -> Option<&mut CardState> {
-        if !self.cards.contains_key(&key) && self.cards.len() >= CARDS_TRACKED_MAX {
-            return None;
-        }
-        let _ = now;
-        Some(self.cards.entry(key).or_default())
+    fn card(&mut self, key: u64) -> &mut CardState {
+        self.cards.touch(key)
     }
 
     fn terminal(&mut self, tid: &str, now: i64) -> Option<&mut TerminalState> {
@@ -747,19 +787,15 @@ impl Engine {
         self.merchants.get_mut(mid)
     }
 
-    /// Drops history older than every window once a map is full, at most once a second.
+    /// Drops terminals' history older than every window once their map is full, at most once
+    /// a second (cards make room by generations).
     fn sweep_if_full(&mut self, now: i64, horizon: i64) {
-        let full =
-            self.cards.len() >= CARDS_TRACKED_MAX || self.terminals.len() >= TERMINALS_TRACKED_MAX;
+        let full = self.terminals.len() >= TERMINALS_TRACKED_MAX;
         if !full || now < self.next_sweep_ms {
             return;
         }
         self.next_sweep_ms = now.saturating_add(SWEEP_INTERVAL_MS);
         let oldest = now - horizon;
-        self.cards.retain(|_, c| {
-            trim_cards(&mut c.events, oldest);
-            !c.events.is_empty()
-        });
         // A terminal's usual network is worth keeping; only idle terminals go.
         self.terminals
             .retain(|_, t| t.last_ms > oldest || t.peer.is_some() && t.last_ms > now - 86_400_000);
@@ -1172,6 +1208,48 @@ mod tests {
         e.forget_peer(M, T);
         assert_eq!(declined_by(&e.check(&at("172.16.5.5", 5, 100))), None);
         assert_eq!(declined_by(&e.check(&at("172.16.5.9", 6, 100))), None);
+    }
+
+    /// More new cards than the engine keeps: memory stays bounded, a card seen within the
+    /// last generation keeps its history, and a card new after the flood is judged (a full map
+    /// used to leave every new card untracked).
+    #[test]
+    fn a_flood_of_new_cards_leaves_no_new_card_untracked() {
+        let mut e = engine(
+            r#"{"id": "vel", "kind": "card-velocity", "window_s": 60, "attempts_max": 3,
+                "declines_max": 10}"#,
+        );
+        let mut txn = 0;
+        let mut attempt = |e: &mut Engine, card: u64, now: i64| {
+            txn += 1;
+            let r = Request {
+                card_key: Some(card),
+                ..sale(txn, 100, now)
+            };
+            let verdict = e.check(&r);
+            e.observe(&answer(&r, b"00"));
+            declined_by(&verdict).map(str::to_owned)
+        };
+        let flood = |e: &mut Engine, from: u64, count: usize| {
+            for card in from..from + count as u64 {
+                e.check(&Request {
+                    card_key: Some(card),
+                    ..sale(0, 100, 1_000)
+                });
+            }
+        };
+        assert_eq!(attempt(&mut e, 3, 0), None);
+        assert_eq!(attempt(&mut e, 3, 1), None);
+        flood(&mut e, 1_000_000, CARDS_PER_GENERATION);
+        // Card 3 went old with the first full generation, history and all.
+        assert_eq!(attempt(&mut e, 3, 2_000), None);
+        assert_eq!(attempt(&mut e, 3, 2_001).as_deref(), Some("vel"));
+        flood(&mut e, 2_000_000, CARDS_TRACKED_MAX + 10);
+        assert!(e.tracked().0 <= CARDS_TRACKED_MAX, "{}", e.tracked().0);
+        for n in 0..3 {
+            assert_eq!(attempt(&mut e, 2, 3_000 + n), None, "attempt {n}");
+        }
+        assert_eq!(attempt(&mut e, 2, 3_010).as_deref(), Some("vel"));
     }
 
     #[test]
