@@ -231,7 +231,16 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
                     software_version: 31,
                     sub_version: 202_611,
                     clock_drift_s: Some(600),
-                    seen_at_ms: 1_795_413_731_000,
+                    // Later than the switch's own report of the sign-in: an older one is
+                    // not taken over a newer.
+                    seen_at_ms: i64::try_from(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_millis(),
+                    )
+                    .unwrap()
+                        + 60_000,
                     fallbacks: 3,
                 },
             )])
