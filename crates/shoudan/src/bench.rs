@@ -377,7 +377,7 @@ async fn auth(args: AuthArgs) -> Result<Report, Box<dyn std::error::Error>> {
         }
         (Some(_), None) => Err("--target needs --data-dir".into()),
         (None, _) => {
-            let dir = tempfile::tempdir()?;
+            let dir = crate::files::private_temp_dir()?;
             let env = start_env(
                 dir.path(),
                 &EnvOptions {
@@ -557,7 +557,7 @@ async fn idle(args: IdleArgs) -> CliResult {
     let (dir, pid) = match (&args.data_dir, args.pid) {
         (Some(dir), Some(pid)) => (dir.clone(), pid),
         _ => {
-            own_dir = tempfile::tempdir()?;
+            own_dir = crate::files::private_temp_dir()?;
             let demo = IdleDemo::start(own_dir.path(), args.connections).await?;
             let pid = demo.pid();
             child = Some(demo);

@@ -26,6 +26,16 @@ pub fn write_whole(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> 
     std::fs::rename(&temporary, path)
 }
 
+/// A temporary data directory only its owner may read (the bench's own demo environment):
+/// it will hold keys, sealed card numbers and password hashes.
+pub fn private_temp_dir() -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix("shoudan-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+}
+
 #[cfg(test)]
 mod tests {
     use super::write_whole;
@@ -48,5 +58,15 @@ mod tests {
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(!temporary.exists());
+    }
+
+    #[test]
+    fn a_private_temp_dir_is_its_owners_alone() {
+        let dir = super::private_temp_dir().expect("temp dir");
+        let mode = std::fs::metadata(dir.path())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 }
