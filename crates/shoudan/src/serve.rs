@@ -160,7 +160,6 @@ fn is_postgres(database: &str) -> bool {
     database.starts_with("postgres://") || database.starts_with("postgresql://")
 }
 
-/// Opens the journal the URL names.
 /// The `database` setting, parsed.
 enum Database<'a> {
     Postgres(PgConfig),
@@ -188,6 +187,7 @@ fn database<'a>(
     }
 }
 
+/// Opens the journal the URL names, creating and migrating it as a node's start does.
 pub fn open_store(
     url: &str,
     schema: Option<&str>,
