@@ -80,6 +80,7 @@ fn evaluate(c: &mut Criterion) {
                 card_key,
                 amount_fen: request.amount_fen,
                 day: 1,
+                sale_day: 1,
                 now_ms: n,
                 response_code: code,
             });

@@ -99,6 +99,9 @@ pub struct Outcome<'a> {
     pub card_key: Option<u64>,
     pub amount_fen: i64,
     pub day: i64,
+    /// For a void, the calendar day of the sale it takes back out (a void after midnight of
+    /// a sale before it leaves today's total alone); otherwise `day`.
+    pub sale_day: i64,
     pub now_ms: i64,
     pub response_code: [u8; 2],
 }
@@ -225,6 +228,12 @@ impl MerchantDay {
         self
     }
 
+    /// This day's record, or `None` for a day before the one it holds (a past day's sales no
+    /// longer count, and must not reset today's).
+    fn at(&mut self, day: i64) -> Option<&mut MerchantDay> {
+        (self.day <= day).then(|| self.on(day))
+    }
+
     /// Sold, and held by sales awaiting their answer.
     fn committed_fen(&mut self, now: i64) -> i64 {
         self.holds.retain(|h| h.2 > now - DAILY_HOLD_MS);
@@ -276,8 +285,7 @@ impl Engine {
     /// Moves a merchant's sales of `day` by `delta_fen`: a terminal reversal takes a sale back
     /// out (negative), or puts back one its reversed void had taken out.
     pub fn adjust_sales(&mut self, mid: &str, day: i64, delta_fen: i64) {
-        if let Some(total) = self.merchant(mid, day) {
-            let total = total.on(day);
+        if let Some(total) = self.merchant(mid, day).and_then(|m| m.at(day)) {
             total.sales_fen = total.sales_fen.saturating_add(delta_fen).max(0);
         }
     }
@@ -416,10 +424,16 @@ impl Engine {
                 .get(outcome.mid)
                 .is_some_and(|m| !m.holds.is_empty());
         if delta != 0 || held {
+            let day = if outcome.class == TxnClass::Void {
+                outcome.sale_day
+            } else {
+                outcome.day
+            };
             if let Some(total) = self.merchant(outcome.mid, outcome.day) {
-                let total = total.on(outcome.day);
                 total.holds.retain(|h| h.0 != outcome.txn_id);
-                total.sales_fen = total.sales_fen.saturating_add(delta).max(0);
+                if let Some(total) = total.at(day) {
+                    total.sales_fen = total.sales_fen.saturating_add(delta).max(0);
+                }
             }
         }
         if rules.is_empty() {
@@ -953,6 +967,7 @@ mod tests {
             card_key: request.card_key,
             amount_fen: request.amount_fen,
             day: request.day,
+            sale_day: request.day,
             now_ms: request.now_ms,
             response_code: *code,
         }
@@ -1088,6 +1103,47 @@ mod tests {
         );
         e.adjust_sales(M, 1, -5_000);
         assert_eq!(declined_by(&e.check(&of(TxnClass::Sale, 8, 5_001))), None);
+    }
+
+    /// After midnight, a void or a terminal reversal of yesterday's sale gives nothing to
+    /// today's total (it gave today room it never used up), and does not reset it.
+    #[test]
+    fn undoing_yesterdays_sale_leaves_todays_total_alone() {
+        let mut e = engine(r#"{"id": "day", "kind": "daily-amount-max", "max_fen": 10000}"#);
+        let on = |day, class, id, amount| Request {
+            class,
+            day,
+            ..sale(id, amount, id)
+        };
+        let yesterday = on(1, TxnClass::Sale, 1, 6_000);
+        e.check(&yesterday);
+        e.observe(&answer(&yesterday, b"00"));
+        let today = on(2, TxnClass::Sale, 2, 9_000);
+        assert_eq!(declined_by(&e.check(&today)), None);
+        e.observe(&answer(&today, b"00"));
+        // The void of yesterday's sale, observed today.
+        let void = on(2, TxnClass::Void, 3, 6_000);
+        e.observe(&Outcome {
+            sale_day: 1,
+            ..answer(&void, b"00")
+        });
+        assert_eq!(
+            declined_by(&e.check(&on(2, TxnClass::Sale, 4, 1_001))),
+            Some("day")
+        );
+        // A terminal reversal of it likewise.
+        e.adjust_sales(M, 1, -6_000);
+        assert_eq!(
+            declined_by(&e.check(&on(2, TxnClass::Sale, 5, 1_001))),
+            Some("day")
+        );
+        // A void of today's sale still gives it back.
+        let void = on(2, TxnClass::Void, 6, 9_000);
+        e.observe(&answer(&void, b"00"));
+        assert_eq!(
+            declined_by(&e.check(&on(2, TxnClass::Sale, 7, 9_000))),
+            None
+        );
     }
 
     #[test]

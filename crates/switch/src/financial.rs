@@ -203,6 +203,7 @@ impl Core {
             rrn,
             ctx.clearing.date.clone(),
             ctx.clearing.day_number,
+            ctx.local.day_number,
             Some(ctx.local.mmdd()),
             issuer,
             original_id,
@@ -752,6 +753,8 @@ impl Core {
         };
         // Linked transactions: find and check the original before anything goes out.
         let mut original = Link::None;
+        // The calendar day of the sale a void takes back out of the merchant's daily total.
+        let mut sale_day = None;
         let mut f61_out: Option<String> = None;
         if matches!(
             kind,
@@ -813,6 +816,7 @@ impl Core {
                 .or_else(|| found.clearing_date.get(4..8))
                 .unwrap_or("0000");
             f61_out = found.rrn.as_ref().map(|r| format!("{r}{date}"));
+            sale_day = Some(found.received_day);
             original = Link::Original(found);
         }
         // What an approval did to the original in memory, taken back if it cannot be written.
@@ -1090,6 +1094,7 @@ impl Core {
             kind,
             ctx.amount_fen,
             fingerprint.as_ref(),
+            sale_day,
             observed,
         );
         let field63 = self.registered_name_field63(&ctx.terminal.mid);
@@ -1220,6 +1225,7 @@ impl Core {
         // What reversing an approval takes out of (or puts back into) the merchant's sales of
         // the day, for the daily limits.
         let mut sales_delta = 0;
+        let mut sales_day = ctx.local.day_number;
         let (code, detail) = match &original {
             None if unrecorded => (
                 RC_APPROVED,
@@ -1301,6 +1307,14 @@ impl Core {
                         if previous == TxnState::Approved {
                             records.extend(self.unlink(o, &mut undo));
                             sales_delta = crate::risk::sales_reversed(o.kind, o.amount_fen);
+                            // The day of the sale that goes out, or, for a void, comes
+                            // back in.
+                            let voided =
+                                matches!(o.kind, TxnKind::PurchaseVoid | TxnKind::CompletionVoid)
+                                    .then(|| o.original_id.or(o.live().linked_original))
+                                    .flatten()
+                                    .and_then(|id| self.ledger.by_id(id));
+                            sales_day = voided.map_or(o.received_day, |sale| sale.received_day);
                         }
                         records.push(self.event(
                             o.id,
@@ -1337,7 +1351,7 @@ impl Core {
         ));
         let (answer, state) = match self.journal(records).await {
             Ok(()) => {
-                self.risk_adjust_sales(&ctx.terminal.mid, sales_delta);
+                self.risk_adjust_sales(&ctx.terminal.mid, sales_day, sales_delta);
                 (answer, TxnState::Approved)
             }
             Err(error) => {

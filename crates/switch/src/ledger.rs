@@ -91,6 +91,9 @@ pub(crate) struct Entry {
     pub rrn: Option<String>,
     pub clearing_date: String,
     pub clearing_day: i64,
+    /// The calendar day it was received (`LocalTime::day_number`): the day whose sales a void
+    /// or reversal of it moves in the risk rules' daily totals.
+    pub received_day: i64,
     /// Field 13 (MMDD) the request went to the issuer with: a linked transaction's field 61
     /// names its original by RRN and this date, which differs from the clearing date after the
     /// cut-over.
@@ -123,6 +126,7 @@ impl Entry {
         rrn: Option<String>,
         clearing_date: String,
         clearing_day: i64,
+        received_day: i64,
         host_date: Option<String>,
         issuer: Option<String>,
         original_id: Option<i64>,
@@ -138,6 +142,7 @@ impl Entry {
             rrn,
             clearing_date,
             clearing_day,
+            received_day,
             host_date,
             issuer,
             original_id,
@@ -200,6 +205,7 @@ impl Entry {
             row.rrn.clone(),
             row.clearing_date.clone(),
             crate::clock::day_number_of(&row.clearing_date).unwrap_or(i64::MIN),
+            crate::clock::LocalTime::from_ms(row.received_at_ms).day_number,
             row.host_date.clone(),
             row.issuer.clone(),
             row.original_id,
@@ -719,6 +725,7 @@ mod tests {
             [0; 16],
             Some(format!("{id:012}")),
             clearing_date.into(),
+            day,
             day,
             None,
             None,

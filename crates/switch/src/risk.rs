@@ -248,6 +248,7 @@ impl Core {
     }
 
     /// Feeds the answer of a request to the rule windows; writes the alerts it raises.
+    /// `sale_day`: for a void, the calendar day its original was received.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn risk_observe(
         self: &Arc<Self>,
@@ -256,9 +257,11 @@ impl Core {
         kind: TxnKind,
         amount_fen: i64,
         fingerprint: Option<&[u8; 32]>,
+        sale_day: Option<i64>,
         answer: &Answer,
     ) {
         let now_ms = self.clock.now_ms();
+        let day = crate::clock::LocalTime::from_ms(now_ms).day_number;
         let outcome = risk::Outcome {
             txn_id,
             mid: &terminal.mid,
@@ -266,7 +269,8 @@ impl Core {
             class: class_of(kind),
             card_key: card_key(fingerprint),
             amount_fen,
-            day: crate::clock::LocalTime::from_ms(now_ms).day_number,
+            day,
+            sale_day: sale_day.unwrap_or(day),
             now_ms,
             response_code: answer.response_code,
         };
@@ -281,12 +285,12 @@ impl Core {
         }
     }
 
-    /// A terminal reversal moved the merchant's sales of today by `delta_fen`.
-    pub(crate) fn risk_adjust_sales(&self, mid: &str, delta_fen: i64) {
+    /// A terminal reversal moved the merchant's sales of calendar day `day` (that of the sale
+    /// it takes out or puts back; nothing when that day is over) by `delta_fen`.
+    pub(crate) fn risk_adjust_sales(&self, mid: &str, day: i64, delta_fen: i64) {
         if delta_fen == 0 {
             return;
         }
-        let day = crate::clock::LocalTime::from_ms(self.clock.now_ms()).day_number;
         self.risk
             .engine
             .lock()
