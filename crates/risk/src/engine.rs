@@ -99,8 +99,10 @@ pub struct Outcome<'a> {
     pub card_key: Option<u64>,
     pub amount_fen: i64,
     pub day: i64,
-    /// For a void, the calendar day of the sale it takes back out (a void after midnight of
-    /// a sale before it leaves today's total alone); otherwise `day`.
+    /// The calendar day of the sale the outcome counts or takes back out: the day the request
+    /// was received (a sale answered just after midnight counts for the day it was made), or
+    /// for a void its original's (a void after midnight of a sale before it leaves today's
+    /// total alone).
     pub sale_day: i64,
     pub now_ms: i64,
     pub response_code: [u8; 2],
@@ -393,8 +395,10 @@ impl Engine {
             .iter()
             .any(|r| matches!(r.kind, RuleKind::DailyAmountMax { .. }));
         if daily && verdict.decline.is_none() && request.class == TxnClass::Sale {
-            if let Some(total) = self.merchant(request.mid, request.day) {
-                let total = total.on(request.day);
+            if let Some(total) = self
+                .merchant(request.mid, request.day)
+                .and_then(|total| total.at(request.day))
+            {
                 if total.holds.len() < HOLDS_PER_MERCHANT_MAX {
                     total
                         .holds
@@ -424,14 +428,9 @@ impl Engine {
                 .get(outcome.mid)
                 .is_some_and(|m| !m.holds.is_empty());
         if delta != 0 || held {
-            let day = if outcome.class == TxnClass::Void {
-                outcome.sale_day
-            } else {
-                outcome.day
-            };
             if let Some(total) = self.merchant(outcome.mid, outcome.day) {
                 total.holds.retain(|h| h.0 != outcome.txn_id);
-                if let Some(total) = total.at(day) {
+                if let Some(total) = total.at(outcome.sale_day) {
                     total.sales_fen = total.sales_fen.saturating_add(delta).max(0);
                 }
             }
@@ -784,13 +783,14 @@ impl Engine {
     }
 
     /// A merchant's record for `day`. When the map is full, the merchants with nothing on
-    /// `day` (no sales counted, nothing held) are dropped first, at most once a day.
+    /// `day` or later (no sales counted, nothing held) are dropped first, at most once a day:
+    /// a `day` in the past (a reversal of yesterday's sale) keeps today's records.
     fn merchant(&mut self, mid: &str, day: i64) -> Option<&mut MerchantDay> {
         if !self.merchants.contains_key(mid) {
             if self.merchants.len() >= MERCHANTS_TRACKED_MAX && self.merchants_swept_day != day {
                 self.merchants_swept_day = day;
                 self.merchants
-                    .retain(|_, m| m.day == day || !m.holds.is_empty());
+                    .retain(|_, m| m.day >= day || !m.holds.is_empty());
             }
             if self.merchants.len() >= MERCHANTS_TRACKED_MAX {
                 return None;
@@ -1144,6 +1144,18 @@ mod tests {
             declined_by(&e.check(&on(2, TxnClass::Sale, 7, 9_000))),
             None
         );
+        e.release(M, 7);
+        // A sale made before midnight and answered after it counts for the day it was made,
+        // not for today (where its void or reversal would not find it).
+        let late = on(1, TxnClass::Sale, 8, 5_000);
+        e.observe(&Outcome {
+            day: 2,
+            ..answer(&late, b"00")
+        });
+        assert_eq!(
+            declined_by(&e.check(&on(2, TxnClass::Sale, 9, 10_000))),
+            None
+        );
     }
 
     #[test]
@@ -1219,6 +1231,10 @@ mod tests {
                 ..answer(&r, b"00")
             });
         }
+        assert_eq!(e.tracked().2, MERCHANTS_TRACKED_MAX);
+        // A reversal of a past day's void for a merchant not in the full map sweeps nothing of
+        // today's.
+        e.adjust_sales("OLD", 0, 500);
         assert_eq!(e.tracked().2, MERCHANTS_TRACKED_MAX);
         // The next day, a merchant new to the map is counted (and limited) all the same.
         let next_day = |id, amount| Request {

@@ -753,7 +753,8 @@ impl Core {
         };
         // Linked transactions: find and check the original before anything goes out.
         let mut original = Link::None;
-        // The calendar day of the sale a void takes back out of the merchant's daily total.
+        // The calendar day of the sale a void takes back out of the merchant's daily total
+        // (any other request counts for the day it was received).
         let mut sale_day = None;
         let mut f61_out: Option<String> = None;
         if matches!(
@@ -1094,7 +1095,7 @@ impl Core {
             kind,
             ctx.amount_fen,
             fingerprint.as_ref(),
-            sale_day,
+            sale_day.unwrap_or(entry.received_day),
             observed,
         );
         let field63 = self.registered_name_field63(&ctx.terminal.mid);

@@ -248,7 +248,8 @@ impl Core {
     }
 
     /// Feeds the answer of a request to the rule windows; writes the alerts it raises.
-    /// `sale_day`: for a void, the calendar day its original was received.
+    /// `sale_day`: the calendar day of the sale it counts or takes back (see
+    /// `risk::Outcome::sale_day`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn risk_observe(
         self: &Arc<Self>,
@@ -257,7 +258,7 @@ impl Core {
         kind: TxnKind,
         amount_fen: i64,
         fingerprint: Option<&[u8; 32]>,
-        sale_day: Option<i64>,
+        sale_day: i64,
         answer: &Answer,
     ) {
         let now_ms = self.clock.now_ms();
@@ -270,7 +271,7 @@ impl Core {
             card_key: card_key(fingerprint),
             amount_fen,
             day,
-            sale_day: sale_day.unwrap_or(day),
+            sale_day,
             now_ms,
             response_code: answer.response_code,
         };
