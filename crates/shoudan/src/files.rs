@@ -4,26 +4,43 @@
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Writes `bytes` to `path` whole or not at all: a new file beside it (created with `mode`,
-/// never through a link planted at its name: one there is removed, not followed), synced, then
-/// renamed over the old, so a crash leaves the old file or the new one.
+/// Temporary files written by this process, told apart.
+static WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `path` whole or not at all: a new file beside it, of its own name (two
+/// writers at once never share one), created with `mode` and never through a link planted at
+/// its name (one there is removed, not followed), synced, renamed over the old, and the
+/// directory synced, so a crash or a power cut leaves the old file or the new one.
 pub fn write_whole(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(".new");
+    name.push(format!(
+        ".new.{}.{}",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
     let temporary = path.with_file_name(name);
     match std::fs::remove_file(&temporary) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
         _ => {}
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written?;
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    std::fs::File::open(parent.unwrap_or(Path::new(".")))?.sync_all()
 }
 
 /// A temporary data directory only its owner may read (the bench's own demo environment):
@@ -48,8 +65,16 @@ mod tests {
         let victim = dir.path().join("victim");
         std::fs::write(&victim, b"untouched").expect("victim");
         std::fs::write(&path, b"old").expect("old store");
-        let temporary = dir.path().join("hsm.store.new");
-        std::os::unix::fs::symlink(&victim, &temporary).expect("link");
+        // Links planted at the next temporary names this process would use.
+        let next = super::WRITES.load(std::sync::atomic::Ordering::Relaxed);
+        let planted: Vec<_> = (next..next + 8)
+            .map(|n| {
+                let name = format!("hsm.store.new.{}.{n}", std::process::id());
+                let link = dir.path().join(name);
+                std::os::unix::fs::symlink(&victim, &link).expect("link");
+                link
+            })
+            .collect();
 
         write_whole(&path, b"new keys", 0o600).expect("written");
 
@@ -57,7 +82,35 @@ mod tests {
         assert_eq!(std::fs::read(&victim).expect("victim"), b"untouched");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert!(!temporary.exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("hsm.store.new") && !planted.iter().any(|p| p.ends_with(n)))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn writers_at_once_each_leave_a_whole_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("10000001.stan");
+        std::thread::scope(|scope| {
+            for writer in 0..8_u32 {
+                let path = &path;
+                scope.spawn(move || {
+                    for n in 0..50_u32 {
+                        let text = format!("{:06}", writer * 1000 + n + 1);
+                        write_whole(path, text.as_bytes(), 0o600).expect("written");
+                    }
+                });
+            }
+        });
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text.len(), 6, "{text:?}");
+        assert!(text.parse::<u32>().is_ok(), "{text:?}");
+        let files = std::fs::read_dir(dir.path()).expect("dir").count();
+        assert_eq!(files, 1, "temporary files left");
     }
 
     #[test]
