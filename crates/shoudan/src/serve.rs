@@ -466,12 +466,30 @@ pub fn run(args: ServeArgs) -> CliResult {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        // Caught from the start: a stop while the node opens its store or starts the switch
-        // is a stop (taken once it serves), not a kill in the middle of a migration.
-        let signals = Signals::new()?;
-        let node = prepare(&config).await?;
-        serve(node, signals).await
+    runtime.block_on(async move {
+        // Caught from the start: a stop while the node opens its store (a migration) is
+        // carried out once the start is done, as any stop. A second signal ends a start that
+        // does not finish (a database that never answers) at once: what it had not committed
+        // is rolled back, migrations included, as after any crash.
+        let mut signals = Signals::new()?;
+        let starting =
+            tokio::spawn(async move { prepare(&config).await.map_err(|e| e.to_string()) });
+        tokio::pin!(starting);
+        let mut stopping = false;
+        let node = loop {
+            tokio::select! {
+                started = &mut starting => break started.map_err(|e| e.to_string())??,
+                () = signals.next() => {
+                    if stopping {
+                        eprintln!("stopped during start-up");
+                        std::process::exit(1);
+                    }
+                    stopping = true;
+                    println!("stopping once started (a second signal stops now)");
+                }
+            }
+        };
+        serve(node, signals, stopping).await
     })
 }
 
@@ -503,7 +521,8 @@ fn check(config: &ServeConfig) -> CliResult {
     Ok(())
 }
 
-async fn serve(node: Node, mut signals: Signals) -> CliResult {
+/// Serves until a signal (or at once stops, when one came during the start).
+async fn serve(node: Node, mut signals: Signals, stopping: bool) -> CliResult {
     let banks: Vec<String> = node.config.issuers.keys().cloned().collect();
     let switch = Switch::start(
         node.config,
@@ -550,15 +569,17 @@ async fn serve(node: Node, mut signals: Signals) -> CliResult {
             }
         );
     }
-    let refresh = async {
-        loop {
-            tokio::time::sleep(METRICS_REFRESH).await;
-            switch_metrics.set(switch.metrics());
+    if !stopping {
+        let refresh = async {
+            loop {
+                tokio::time::sleep(METRICS_REFRESH).await;
+                switch_metrics.set(switch.metrics());
+            }
+        };
+        tokio::select! {
+            () = signals.next() => {}
+            () = refresh => {}
         }
-    };
-    tokio::select! {
-        () = signals.next() => {}
-        () = refresh => {}
     }
     println!("stopping: taking no new requests, finishing those in progress");
     let _ = stop.send(true);

@@ -309,6 +309,73 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
     assert!(!error.contains(secret), "{error}");
 }
 
+/// A start that cannot finish (a database that accepts the connection and never answers):
+/// the first signal is taken as a stop once started, the second ends it at once.
+#[test]
+fn a_start_that_hangs_is_ended_by_a_second_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let database = format!(
+        "postgres://shoudan@{}/shoudan",
+        silent.local_addr().unwrap()
+    );
+    let config = write_config(dir.path(), &database, None);
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // Connected to the silent server: the start is waiting for it.
+    let _waiting = silent.accept().unwrap();
+    let kill = |child: &std::process::Child| {
+        let term = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+    };
+    kill(&child);
+    let said = lines_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("nothing said after the first signal");
+    assert!(said.contains("stopping once started"), "{said}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "stopped at the first signal"
+    );
+    kill(&child);
+    let ended = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            ended.elapsed() < std::time::Duration::from_secs(10),
+            "the second signal did not end the start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("stopped during start-up"), "{stderr}");
+}
+
 #[test]
 fn serve_listens_for_terminals_and_http() {
     let dir = tempfile::tempdir().unwrap();
