@@ -47,16 +47,25 @@ fn rules_json(n: usize) -> String {
 }
 
 fn evaluate(c: &mut Criterion) {
+    // 1,000 distinct cards, so every card carries a full window.
+    run(c, "check+observe, 100 rules", |n| n % 1_000);
+    // A card never seen before on every request: the card map fills and its generations turn
+    // over (each turn drops 100,000 cards), counted in the mean.
+    run(c, "check+observe, 100 rules, a new card each time", |n| n);
+}
+
+/// One `check` + `observe` per iteration, a new request every millisecond of simulated time,
+/// on the card `card_of(n)` for the n-th request.
+fn run(c: &mut Criterion, name: &str, card_of: fn(i64) -> i64) {
     let book = RuleBook::from_json(&rules_json(100)).unwrap();
     assert_eq!(book.for_merchant("898110048990001").rules.len(), 100);
     let mut engine = Engine::new(Arc::new(book));
     let peer = Some("10.1.2.3".parse().unwrap());
     let mut n: i64 = 0;
-    c.bench_function("check+observe, 100 rules", |b| {
+    c.bench_function(name, |b| {
         b.iter(|| {
             n += 1;
-            // 1,000 distinct cards, a new request every millisecond of simulated time.
-            let card_key = Some(u64::try_from(n % 1_000).unwrap());
+            let card_key = Some(u64::try_from(card_of(n)).unwrap());
             let request = Request {
                 txn_id: n,
                 mid: "898110048990001",
