@@ -317,11 +317,10 @@ fn check_config(config: &ServeConfig) -> Result<(), String> {
         }
     }
     // The lease in force, set or default: an issuer timeout may outlast the default.
-    let default_lease = SwitchConfig::new(config.terminal_listen).saf_lease;
     let (lease, which) = match config.saf_lease_ms {
         Some(ms) => (ms, ""),
         None => (
-            u64::try_from(default_lease.as_millis()).unwrap_or(u64::MAX),
+            u64::try_from(switch::SAF_LEASE_DEFAULT.as_millis()).unwrap_or(u64::MAX),
             " (the default)",
         ),
     };

@@ -30,6 +30,8 @@ pub const ISSUER_QUEUE_MAX: usize = 8_192;
 pub const BREAKER_TIMEOUTS_MAX: u32 = 20;
 /// Reversals claimed from the store per store-and-forward pass.
 pub const SAF_BATCH_MAX: u32 = 256;
+/// `SwitchConfig::saf_lease` unless configured.
+pub const SAF_LEASE_DEFAULT: Duration = Duration::from_secs(30);
 /// Reversal resend backoff: doubles from the first to the last, then stays.
 pub const SAF_BACKOFF_FIRST_MS: i64 = 1_000;
 pub const SAF_BACKOFF_LAST_MS: i64 = 60_000;
@@ -127,7 +129,7 @@ impl SwitchConfig {
             default_issuer: None,
             journal: true,
             saf_interval: Duration::from_millis(200),
-            saf_lease: Duration::from_secs(30),
+            saf_lease: SAF_LEASE_DEFAULT,
             retry_wait: Duration::from_secs(30),
             shared_journal: false,
             index_days_held: 1,

@@ -262,7 +262,6 @@ impl Core {
         answer: &Answer,
     ) {
         let now_ms = self.clock.now_ms();
-        let day = crate::clock::LocalTime::from_ms(now_ms).day_number;
         let outcome = risk::Outcome {
             txn_id,
             mid: &terminal.mid,
@@ -270,7 +269,7 @@ impl Core {
             class: class_of(kind),
             card_key: card_key(fingerprint),
             amount_fen,
-            day,
+            day: crate::clock::LocalTime::from_ms(now_ms).day_number,
             sale_day,
             now_ms,
             response_code: answer.response_code,
