@@ -309,6 +309,31 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
     assert!(!error.contains(secret), "{error}");
 }
 
+/// An operator's stop: SIGTERM to `child`.
+fn sigterm(child: &std::process::Child) {
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+}
+
+/// How `child` exited, which it must within `seconds`, else the test fails saying `why`.
+fn exit_within(
+    child: &mut std::process::Child,
+    seconds: u64,
+    why: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{why}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A start that cannot finish (a database that accepts the connection and never answers):
 /// the first signal is taken as a stop once started, the second ends it at once.
 #[test]
@@ -336,14 +361,7 @@ fn a_start_that_hangs_is_ended_by_a_second_signal() {
     });
     // Connected to the silent server: the start is waiting for it.
     let _waiting = silent.accept().unwrap();
-    let kill = |child: &std::process::Child| {
-        let term = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(term.success());
-    };
-    kill(&child);
+    sigterm(&child);
     let said = lines_rx
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("nothing said after the first signal");
@@ -353,18 +371,8 @@ fn a_start_that_hangs_is_ended_by_a_second_signal() {
         child.try_wait().unwrap().is_none(),
         "stopped at the first signal"
     );
-    kill(&child);
-    let ended = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            ended.elapsed() < std::time::Duration::from_secs(10),
-            "the second signal did not end the start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    sigterm(&child);
+    let status = exit_within(&mut child, 10, "the second signal did not end the start");
     assert_eq!(status.code(), Some(1), "{status:?}");
     let mut stderr = String::new();
     child
@@ -438,22 +446,8 @@ fn serve_listens_for_terminals_and_http() {
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
     let _terminal = std::net::TcpStream::connect(switch_addr.as_deref().unwrap()).unwrap();
-    let signalled = std::time::Instant::now();
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            signalled.elapsed() < std::time::Duration::from_secs(30),
-            "serve did not stop"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    sigterm(&child);
+    let status = exit_within(&mut child, 30, "serve did not stop");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(status.success(), "{status:?}");
     assert_eq!(rest.last().map(String::as_str), Some("stopped"), "{rest:?}");
