@@ -340,7 +340,7 @@ impl Engine {
         if let Some(card) = request
             .card_key
             .filter(|_| attempt)
-            .map(|key| self.card(key))
+            .map(|key| self.cards.touch(key))
         {
             trim_cards(&mut card.events, now - horizon);
             push_bounded(
@@ -448,7 +448,7 @@ impl Engine {
         if let Some(card) = outcome
             .card_key
             .filter(|_| attempt)
-            .map(|key| self.card(key))
+            .map(|key| self.cards.touch(key))
         {
             match card
                 .events
@@ -763,10 +763,6 @@ impl Engine {
         }
         alerted.push((Arc::clone(&rule.id), now.saturating_add(quiet_ms)));
         true
-    }
-
-    fn card(&mut self, key: u64) -> &mut CardState {
-        self.cards.touch(key)
     }
 
     fn terminal(&mut self, tid: &str, now: i64) -> Option<&mut TerminalState> {
