@@ -132,13 +132,11 @@ fn open_hsm(dir: &Path) -> Result<(Arc<SoftHsm>, KeyState), Box<dyn std::error::
     let master_hex = match std::fs::read_to_string(&master_path) {
         Ok(text) => {
             // A key left readable by others (an older build, a copy) is made the owner's.
-            let mode = std::fs::metadata(&master_path)?.permissions().mode();
-            if mode & 0o077 != 0 {
+            if let Some(mode) = crate::files::open_to_others(&master_path)? {
                 std::fs::set_permissions(&master_path, std::fs::Permissions::from_mode(0o600))?;
                 tracing::warn!(
-                    "{} was readable by others (mode {:o}): now 0600",
-                    master_path.display(),
-                    mode & 0o777
+                    "{} was readable by others (mode {mode:o}): now 0600",
+                    master_path.display()
                 );
             }
             zeroize::Zeroizing::new(text.trim().to_owned())
@@ -328,13 +326,11 @@ pub async fn start_env(
         .mode(0o700)
         .create(dir)?;
     // A directory that already existed keeps its mode (it may be shared, such as /tmp); say so.
-    let mode = std::fs::metadata(dir)?.permissions().mode();
-    if mode & 0o077 != 0 {
+    if let Some(mode) = crate::files::open_to_others(dir)? {
         tracing::warn!(
-            "data dir {} may be read by others (mode {:o}): keys, sealed card numbers and \
+            "data dir {} may be read by others (mode {mode:o}): keys, sealed card numbers and \
              password hashes are kept there",
-            dir.display(),
-            mode & 0o777
+            dir.display()
         );
     }
     std::fs::create_dir_all(dir.join("issuers"))?;

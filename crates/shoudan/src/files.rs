@@ -43,6 +43,14 @@ pub fn write_whole(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> 
     std::fs::File::open(parent.unwrap_or(Path::new(".")))?.sync_all()
 }
 
+/// The permission bits of `path` (as `0o644`) when its group or others have any access to
+/// it, `None` when only its owner has: keys and data directories must be the owner's.
+pub fn open_to_others(path: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    Ok((mode & 0o077 != 0).then_some(mode & 0o777))
+}
+
 /// A temporary data directory only its owner may read (the bench's own demo environment):
 /// it will hold keys, sealed card numbers and password hashes.
 pub fn private_temp_dir() -> std::io::Result<tempfile::TempDir> {

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -237,15 +236,12 @@ fn inspect_store(
 fn open_hsm(config: &HsmConfig) -> Result<Arc<SoftHsm>, Box<dyn std::error::Error>> {
     // The key that opens every other: refused if anyone but its owner may read it.
     let path = &config.master_key_file;
-    let mode = std::fs::metadata(path)
-        .map_err(|e| format!("master key {}: {e}", path.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
+    let open = crate::files::open_to_others(path)
+        .map_err(|e| format!("master key {}: {e}", path.display()))?;
+    if let Some(mode) = open {
         return Err(format!(
-            "master key {}: mode {:o} lets others read it; chmod 0400 it",
-            path.display(),
-            mode & 0o777
+            "master key {}: mode {mode:o} lets others read it; chmod 0400 it",
+            path.display()
         )
         .into());
     }
