@@ -475,32 +475,57 @@ fn execute(conn: &Connection, job: &Job) -> Result<Output, StoreError> {
 }
 
 /// Runs a group of jobs in one transaction and one commit. The fast path runs them back to
-/// back; only if one fails is the group rolled back and rerun with a savepoint per job, so
-/// that a bad job fails alone. Returns whether a stop was requested.
+/// back, first pipelined (see `shim::Connection::start_pipeline`: the writes of a group go out
+/// without a round trip each), and if that fails, which a statement changing no row does too,
+/// once more one statement at a time; only if that fails as well is the group rolled back and
+/// rerun with a savepoint per job, so that a bad job fails alone. Returns whether a stop was
+/// requested.
 fn commit_group(conn: &Connection, jobs: &mut Vec<Job>, completions: &mut Vec<Completion>) -> bool {
     let stop = jobs.iter().any(|j| matches!(j, Job::Stop));
-    if conn.execute_batch("BEGIN").is_ok() {
-        let mut outputs = Vec::with_capacity(jobs.len());
-        let mut failed = false;
-        for job in jobs.iter() {
-            match execute(conn, job) {
-                Ok(output) => outputs.push(output),
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        if !failed && conn.execute_batch("COMMIT").is_ok() {
-            for (job, output) in jobs.drain(..).zip(outputs) {
-                completions.extend(completion(job, Ok(output)));
-            }
-            return stop;
-        }
-        let _ = conn.execute_batch("ROLLBACK");
+    if !(run_group(conn, jobs, completions, true) || run_group(conn, jobs, completions, false)) {
+        commit_group_carefully(conn, jobs, completions);
     }
-    commit_group_carefully(conn, jobs, completions);
     stop
+}
+
+/// Runs every job of the group in one transaction and commits it, the jobs' completions
+/// succeeding; or, if any of them or the commit fails, rolls back, leaves the jobs where they
+/// are and returns false.
+fn run_group(
+    conn: &Connection,
+    jobs: &mut Vec<Job>,
+    completions: &mut Vec<Completion>,
+    pipelined: bool,
+) -> bool {
+    let begun = if pipelined {
+        conn.begin_pipelined()
+    } else {
+        conn.execute_batch("BEGIN")
+    };
+    if begun.is_err() {
+        let _ = conn.finish_pipeline();
+        return false;
+    }
+    let mut outputs = Vec::with_capacity(jobs.len());
+    let mut failed = false;
+    for job in jobs.iter() {
+        match execute(conn, job) {
+            Ok(output) => outputs.push(output),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    let settled = conn.finish_pipeline().is_ok();
+    if !failed && settled && conn.execute_batch("COMMIT").is_ok() {
+        for (job, output) in jobs.drain(..).zip(outputs) {
+            completions.extend(completion(job, Ok(output)));
+        }
+        return true;
+    }
+    let _ = conn.execute_batch("ROLLBACK");
+    false
 }
 
 /// The slow path: a savepoint per job, so a failing job (which aborts PostgreSQL's

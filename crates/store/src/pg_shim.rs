@@ -9,6 +9,10 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::BytesMut;
 use tokio_postgres::types::{
@@ -78,18 +82,86 @@ fn pg(error: tokio_postgres::Error) -> Error {
     carry(store_error(&error))
 }
 
+/// A statement sent while pipelining, its answer not yet read.
+type Sent = Pin<Box<dyn Future<Output = std::result::Result<u64, tokio_postgres::Error>> + Send>>;
+
 /// A connection with the rusqlite-style calls the shared code makes.
 pub struct Connection {
-    client: tokio_postgres::Client,
+    client: Arc<tokio_postgres::Client>,
     statements: RefCell<HashMap<String, tokio_postgres::Statement>>,
+    /// While pipelining (see [`Connection::start_pipeline`]): the statements sent and not yet
+    /// answered, in the order sent.
+    pipeline: RefCell<Option<Vec<Sent>>>,
 }
 
 impl Connection {
     pub fn new(client: tokio_postgres::Client) -> Self {
         Connection {
-            client,
+            client: Arc::new(client),
             statements: RefCell::new(HashMap::new()),
+            pipeline: RefCell::new(None),
         }
+    }
+
+    /// From here until [`Connection::finish_pipeline`], `execute` sends its statement without
+    /// waiting for the answer and takes one changed row for granted, so a group's writes reach
+    /// the server back to back instead of one round trip each. The answers are read, in order,
+    /// before anything that waits for the server (a query, a prepare, a batch such as COMMIT)
+    /// and at the finish; an error or a row count other than one fails that call. The writer
+    /// commits a pipelined group only if the finish succeeds, that is only if every statement
+    /// answered what was taken for granted, so what it commits is what running the statements
+    /// one at a time would have; otherwise it rolls back and runs the group the plain way.
+    pub fn start_pipeline(&self) {
+        *self.pipeline.borrow_mut() = Some(Vec::new());
+    }
+
+    /// Starts pipelining with a BEGIN, itself sent without waiting.
+    pub fn begin_pipelined(&self) -> Result<()> {
+        self.start_pipeline();
+        let client = Arc::clone(&self.client);
+        self.send(Box::pin(async move {
+            client.batch_execute("BEGIN").await.map(|()| 1)
+        }))
+    }
+
+    /// Hands a pipelined statement to the connection task (the first poll does: it sends
+    /// requests in the order they were handed over) and keeps it for `settle`.
+    fn send(&self, mut sent: Sent) -> Result<()> {
+        let waker = thread_waker();
+        match sent.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(answer) => granted(answer),
+            Poll::Pending => {
+                if let Some(pending) = self.pipeline.borrow_mut().as_mut() {
+                    pending.push(sent);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads the answers still outstanding and ends pipelining (also when one failed).
+    pub fn finish_pipeline(&self) -> Result<()> {
+        let settled = self.settle();
+        *self.pipeline.borrow_mut() = None;
+        settled
+    }
+
+    /// Reads the pipelined statements' answers, in order; at the first one not taken for
+    /// granted, the rest are dropped unread (the server still runs them: in a transaction that
+    /// an error aborted they fail too, and the caller rolls back).
+    fn settle(&self) -> Result<()> {
+        let sent = match self.pipeline.borrow_mut().as_mut() {
+            Some(sent) => std::mem::take(sent),
+            None => return Ok(()),
+        };
+        for answer in sent {
+            granted(block_on(answer))?;
+        }
+        Ok(())
+    }
+
+    fn pipelining(&self) -> bool {
+        self.pipeline.borrow().is_some()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -103,6 +175,7 @@ impl Connection {
                 statement: statement.clone(),
             });
         }
+        self.settle()?;
         let statement = self.prepare_server_side(&placeholders(sql))?;
         let mut cache = self.statements.borrow_mut();
         if cache.len() >= STATEMENT_CACHE_MAX {
@@ -171,7 +244,18 @@ impl Connection {
     }
 
     pub fn execute_batch(&self, sql: &str) -> Result<()> {
+        self.settle()?;
         block_on(self.client.batch_execute(sql)).map_err(pg)
+    }
+}
+
+/// A pipelined statement's answer as `execute` took it for granted: one row changed.
+fn granted(answer: std::result::Result<u64, tokio_postgres::Error>) -> Result<()> {
+    match answer.map_err(pg)? {
+        1 => Ok(()),
+        changed => Err(carry(StoreError::Backend {
+            message: format!("a pipelined statement changed {changed} rows, not 1"),
+        })),
     }
 }
 
@@ -182,6 +266,7 @@ pub struct Statement<'c> {
 
 impl Statement<'_> {
     fn run(&mut self, params: &[Value]) -> Result<Vec<tokio_postgres::Row>> {
+        self.conn.settle()?;
         let refs: Vec<&(dyn PgToSql + Sync)> =
             params.iter().map(|p| p as &(dyn PgToSql + Sync)).collect();
         block_on(self.conn.client.query(&self.statement, &refs)).map_err(pg)
@@ -189,6 +274,14 @@ impl Statement<'_> {
 
     pub fn execute<P: Params>(&mut self, params: P) -> Result<usize> {
         let values = params.values()?;
+        if self.conn.pipelining() {
+            let client = Arc::clone(&self.conn.client);
+            let statement = self.statement.clone();
+            self.conn.send(Box::pin(async move {
+                client.execute_raw(&statement, values).await
+            }))?;
+            return Ok(1);
+        }
         let refs: Vec<&(dyn PgToSql + Sync)> =
             values.iter().map(|p| p as &(dyn PgToSql + Sync)).collect();
         let changed = block_on(self.conn.client.execute(&self.statement, &refs)).map_err(pg)?;
@@ -455,19 +548,9 @@ fn numeric_to_i64(raw: &[u8]) -> std::result::Result<i64, BoxError> {
 /// the connection task, which runs on the store's own runtime; so unlike a nested tokio
 /// `block_on`, this works on any thread, inside an async runtime too (it blocks that thread,
 /// as a SQLite read does).
-pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
-
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-
+pub fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let waker = thread_waker();
     let mut context = Context::from_waker(&waker);
     loop {
         if let Poll::Ready(value) = future.as_mut().poll(&mut context) {
@@ -475,6 +558,17 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
         }
         std::thread::park();
     }
+}
+
+/// A waker that unparks the calling thread.
+fn thread_waker() -> Waker {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    Waker::from(Arc::new(Unpark(std::thread::current())))
 }
 
 /// Rewrites SQLite's `?N` (and bare `?`) placeholders as PostgreSQL's `$N`, outside quotes,
