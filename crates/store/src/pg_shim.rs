@@ -89,9 +89,16 @@ type Sent = Pin<Box<dyn Future<Output = std::result::Result<u64, tokio_postgres:
 pub struct Connection {
     client: Arc<tokio_postgres::Client>,
     statements: RefCell<HashMap<String, tokio_postgres::Statement>>,
-    /// While pipelining (see [`Connection::start_pipeline`]): the statements sent and not yet
-    /// answered, in the order sent.
-    pipeline: RefCell<Option<Vec<Sent>>>,
+    /// While pipelining (see [`Connection::start_pipeline`]).
+    pipeline: RefCell<Option<Pipeline>>,
+}
+
+struct Pipeline {
+    /// The statements sent and not yet answered, in the order sent.
+    sent: Vec<Sent>,
+    /// Whether an answer was not what was taken for granted. Kept until the finish, so that
+    /// code that goes on after a failed call cannot get a group committed.
+    failed: bool,
 }
 
 impl Connection {
@@ -112,7 +119,10 @@ impl Connection {
     /// answered what was taken for granted, so what it commits is what running the statements
     /// one at a time would have; otherwise it rolls back and runs the group the plain way.
     pub fn start_pipeline(&self) {
-        *self.pipeline.borrow_mut() = Some(Vec::new());
+        *self.pipeline.borrow_mut() = Some(Pipeline {
+            sent: Vec::new(),
+            failed: false,
+        });
     }
 
     /// Starts pipelining with a BEGIN, itself sent without waiting.
@@ -129,35 +139,57 @@ impl Connection {
     fn send(&self, mut sent: Sent) -> Result<()> {
         let waker = thread_waker();
         match sent.as_mut().poll(&mut Context::from_waker(&waker)) {
-            Poll::Ready(answer) => granted(answer),
+            Poll::Ready(answer) => self.granted(answer),
             Poll::Pending => {
-                if let Some(pending) = self.pipeline.borrow_mut().as_mut() {
-                    pending.push(sent);
+                if let Some(pipeline) = self.pipeline.borrow_mut().as_mut() {
+                    pipeline.sent.push(sent);
                 }
                 Ok(())
             }
         }
     }
 
-    /// Reads the answers still outstanding and ends pipelining (also when one failed).
+    /// Reads the answers still outstanding and ends pipelining; fails if any answer, read now
+    /// or before, was not what was taken for granted.
     pub fn finish_pipeline(&self) -> Result<()> {
         let settled = self.settle();
-        *self.pipeline.borrow_mut() = None;
-        settled
+        let failed = self.pipeline.borrow_mut().take().is_some_and(|p| p.failed);
+        match settled {
+            Ok(()) if failed => Err(carry(StoreError::Backend {
+                message: "a pipelined statement failed".to_owned(),
+            })),
+            settled => settled,
+        }
     }
 
     /// Reads the pipelined statements' answers, in order; at the first one not taken for
-    /// granted, the rest are dropped unread (the server still runs them: in a transaction that
-    /// an error aborted they fail too, and the caller rolls back).
+    /// granted, the rest are dropped unread (the server still runs them, and the writer rolls
+    /// the transaction back).
     fn settle(&self) -> Result<()> {
         let sent = match self.pipeline.borrow_mut().as_mut() {
-            Some(sent) => std::mem::take(sent),
+            Some(pipeline) => std::mem::take(&mut pipeline.sent),
             None => return Ok(()),
         };
         for answer in sent {
-            granted(block_on(answer))?;
+            self.granted(block_on(answer))?;
         }
         Ok(())
+    }
+
+    /// A pipelined statement's answer as `execute` took it for granted: one row changed. A
+    /// failure marks the pipeline failed.
+    fn granted(&self, answer: std::result::Result<u64, tokio_postgres::Error>) -> Result<()> {
+        let result = match answer.map_err(pg) {
+            Ok(1) => return Ok(()),
+            Ok(changed) => Err(carry(StoreError::Backend {
+                message: format!("a pipelined statement changed {changed} rows, not 1"),
+            })),
+            Err(error) => Err(error),
+        };
+        if let Some(pipeline) = self.pipeline.borrow_mut().as_mut() {
+            pipeline.failed = true;
+        }
+        result
     }
 
     fn pipelining(&self) -> bool {
@@ -246,16 +278,6 @@ impl Connection {
     pub fn execute_batch(&self, sql: &str) -> Result<()> {
         self.settle()?;
         block_on(self.client.batch_execute(sql)).map_err(pg)
-    }
-}
-
-/// A pipelined statement's answer as `execute` took it for granted: one row changed.
-fn granted(answer: std::result::Result<u64, tokio_postgres::Error>) -> Result<()> {
-    match answer.map_err(pg)? {
-        1 => Ok(()),
-        changed => Err(carry(StoreError::Backend {
-            message: format!("a pipelined statement changed {changed} rows, not 1"),
-        })),
     }
 }
 
@@ -628,4 +650,70 @@ fn rowid_as_ctid(sql: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection to the server scripts/test provides (`SHOUDAN_PG_URL`), or `None`, said.
+    fn connect() -> Option<(tokio::runtime::Runtime, Connection)> {
+        let url = match std::env::var("SHOUDAN_PG_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                assert!(
+                    std::env::var_os("SHOUDAN_REQUIRE_PG").is_none(),
+                    "SHOUDAN_REQUIRE_PG is set but SHOUDAN_PG_URL is not"
+                );
+                eprintln!("SKIPPED on PostgreSQL: SHOUDAN_PG_URL is not set");
+                return None;
+            }
+        };
+        let runtime = crate::pg::runtime().unwrap();
+        let conn = crate::pg::connect(runtime.handle(), &crate::pg::PgConfig::new(url)).unwrap();
+        Some((runtime, conn))
+    }
+
+    fn count(conn: &Connection) -> Result<i64> {
+        conn.query_row("SELECT COUNT(*) FROM pipelined", params![], |r| r.get(0))
+    }
+
+    /// An answer not as taken for granted fails the call that reads it and, even if the code
+    /// that made the call goes on regardless, the finish: the writer never commits that group.
+    #[test]
+    fn an_answer_not_as_granted_fails_the_finish_whatever_the_caller_did() {
+        let Some((_runtime, conn)) = connect() else {
+            return;
+        };
+        conn.execute_batch("CREATE TEMP TABLE pipelined (id BIGINT PRIMARY KEY)")
+            .unwrap();
+
+        conn.begin_pipelined().unwrap();
+        let insert = "INSERT INTO pipelined (id) VALUES (?1)";
+        assert_eq!(conn.execute(insert, params![1_i64]).unwrap(), 1);
+        // Changes no row, yet answers 1 at once.
+        let touch = "UPDATE pipelined SET id = id WHERE id = ?1";
+        assert_eq!(conn.execute(touch, params![2_i64]).unwrap(), 1);
+        assert!(count(&conn).is_err(), "the read settles the pipeline");
+        assert!(conn.finish_pipeline().is_err());
+        conn.execute_batch("ROLLBACK").unwrap();
+
+        // A duplicate key: the error reaches the finish too.
+        conn.begin_pipelined().unwrap();
+        assert_eq!(conn.execute(insert, params![5_i64]).unwrap(), 1);
+        assert_eq!(conn.execute(insert, params![5_i64]).unwrap(), 1);
+        assert!(conn.finish_pipeline().is_err());
+        conn.execute_batch("ROLLBACK").unwrap();
+
+        // Every answer as granted: reads see the writes sent before them, in order.
+        conn.begin_pipelined().unwrap();
+        for id in 10..20_i64 {
+            conn.execute(insert, params![id]).unwrap();
+        }
+        conn.execute(touch, params![10_i64]).unwrap();
+        assert_eq!(count(&conn).unwrap(), 10);
+        conn.finish_pipeline().unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        assert_eq!(count(&conn).unwrap(), 10);
+    }
 }
