@@ -389,7 +389,11 @@ async fn auth(args: AuthArgs) -> Result<Report, Box<dyn std::error::Error>> {
                     },
                     journal: args.journal != JournalMode::Off,
                     durable_issuers: false,
-                    postgres: args.database.clone(),
+                    // A fresh schema per run: runs never see each other's rows.
+                    postgres: args.database.as_ref().map(|url| store::PgConfig {
+                        url: url.clone(),
+                        schema: Some(fresh_schema()),
+                    }),
                     extra_terminals: args.terminals,
                 },
             )
@@ -855,6 +859,14 @@ async fn echo_client(
         }
     }
     Ok(stats)
+}
+
+/// A PostgreSQL schema no other run uses.
+fn fresh_schema() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("bench_{}_{nanos}", std::process::id())
 }
 
 #[cfg(test)]

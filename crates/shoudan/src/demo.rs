@@ -97,6 +97,15 @@ pub struct DemoArgs {
     /// keys, X9.19 MACs), listed in fixtures.json for `shoudan bench` against this demo.
     #[arg(long, default_value_t = 0)]
     pub bench_terminals: usize,
+    /// The journal on this PostgreSQL database (`postgres://user@host:port/db`) instead of the
+    /// data dir's switch.db. The key store and the issuers' ledgers stay in the data dir: keep
+    /// using the two together.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// The PostgreSQL schema of the journal, created if missing (default: the search path's,
+    /// `public`).
+    #[arg(long, requires = "database")]
+    pub database_schema: Option<String>,
 }
 
 /// Key handles kept between runs (the keys themselves are in the wrapped HSM store).
@@ -274,9 +283,8 @@ pub struct EnvOptions {
     /// Extra terminals (double-length DES keys, X9.19 MACs) provisioned for load generators;
     /// their TIDs start with 3.
     pub extra_terminals: usize,
-    /// The journal on PostgreSQL (`postgres://...`, in a schema of its own) instead of the
-    /// SQLite file in the data dir.
-    pub postgres: Option<String>,
+    /// The journal on PostgreSQL instead of the SQLite file in the data dir.
+    pub postgres: Option<store::PgConfig>,
 }
 
 /// The journal of a demo environment, kept by its concrete type to close it at the end.
@@ -334,6 +342,7 @@ pub async fn start_env(
         );
     }
     std::fs::create_dir_all(dir.join("issuers"))?;
+    let new_keys = !dir.join("hsm.store").exists();
     let (hsm, keys) = open_hsm(dir)?;
     let clock: Arc<dyn issuer_sim::Clock> = Arc::new(issuer_sim::SystemClock);
 
@@ -403,20 +412,22 @@ pub async fn start_env(
             store_config.synchronous = options.synchronous;
             Journal::Sqlite(Arc::new(SqliteStore::open(&store_config)?))
         }
-        Some(url) => {
-            // A fresh schema per environment: runs never see each other's rows.
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            let config = store::PgConfig {
-                url: url.clone(),
-                schema: Some(format!("demo_{}_{nanos}", std::process::id())),
-            };
-            Journal::Postgres(Arc::new(store::PgStore::open(&config)?))
-        }
+        Some(config) => Journal::Postgres(Arc::new(store::PgStore::open(config)?)),
     };
     let store = journal.store();
-    if store.terminals()?.is_empty() {
+    let provisioned = !store.terminals()?.is_empty();
+    // The journal's terminal keys and sealed card numbers are under the key store's master
+    // key: a journal kept elsewhere (PostgreSQL) and made with another data dir is unreadable.
+    if provisioned && new_keys {
+        // Nothing written: dropped, not closed (closing blocks, and this is async).
+        drop(journal);
+        return Err(
+            "the journal already has terminals, made with another data dir's keys: \
+                    start with that data dir, or use an empty database or schema"
+                .into(),
+        );
+    }
+    if !provisioned {
         let mut records: Vec<Record> = MERCHANTS
             .iter()
             .map(|(mid, name, mcc)| {
@@ -613,7 +624,20 @@ async fn run_async(args: DemoArgs) -> CliResult {
             journal: true,
             durable_issuers: true,
             extra_terminals: args.bench_terminals,
-            postgres: None,
+            postgres: match &args.database {
+                Some(url) if crate::serve::is_postgres(url) => Some(store::PgConfig {
+                    url: url.clone(),
+                    schema: args.database_schema.clone(),
+                }),
+                Some(_) => {
+                    return Err(
+                        "--database: expected postgres://user@host:port/database (the \
+                                demo's SQLite journal is the data dir's switch.db)"
+                            .into(),
+                    );
+                }
+                None => None,
+            },
         },
     )
     .await?;

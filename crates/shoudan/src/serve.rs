@@ -155,7 +155,7 @@ impl ServeConfig {
 }
 
 /// Whether the URL names PostgreSQL, the journal several nodes may share.
-fn is_postgres(database: &str) -> bool {
+pub(crate) fn is_postgres(database: &str) -> bool {
     database.starts_with("postgres://") || database.starts_with("postgresql://")
 }
 

@@ -1,6 +1,8 @@
 //! `kill -9` of the real `shoudan demo` under load, restart on the same data dir, then the audit:
 //! every approval a terminal saw is journalled approved and is an approval at the issuer, nothing
-//! stays in flight or queued for reversal, and `shoudan audit` finds nothing in doubt.
+//! stays in flight or queued for reversal, and `shoudan audit` finds nothing in doubt. Once with
+//! the journal in the data dir's SQLite file, once on PostgreSQL (`demo --database`; skipped,
+//! loudly, without `SHOUDAN_PG_URL`).
 
 #![allow(
     clippy::unwrap_used,
@@ -9,15 +11,14 @@
     clippy::indexing_slicing
 )]
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use paycrypto::{Key, KeyScheme, MacAlgorithm};
-use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
+use store::{PgConfig, PgStore, SafState, SqliteStore, Store, TxnState};
 use terminal::{Card, Request, Terminal, TerminalConfig, TxnType};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoudan");
@@ -36,7 +37,46 @@ impl Drop for Demo {
     }
 }
 
-fn start(dir: &Path, traffic: Option<&str>) -> Demo {
+/// Where the demo under test keeps its journal.
+enum Journal {
+    /// The data dir's switch.db.
+    Sqlite,
+    Postgres(PgConfig),
+}
+
+impl Journal {
+    /// The options naming it, for `shoudan demo` and `shoudan audit`.
+    fn args(&self) -> Vec<String> {
+        match self {
+            Journal::Sqlite => Vec::new(),
+            Journal::Postgres(config) => vec![
+                "--database".into(),
+                config.url.clone(),
+                "--database-schema".into(),
+                config.schema.clone().unwrap(),
+            ],
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Journal::Sqlite => "SQLite",
+            Journal::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    /// Opened read-only, as `shoudan audit` opens it.
+    fn open(&self, dir: &Path) -> Box<dyn Store> {
+        match self {
+            Journal::Sqlite => {
+                Box::new(SqliteStore::open_read_only(&dir.join("switch.db")).unwrap())
+            }
+            Journal::Postgres(config) => Box::new(PgStore::open_read_only(config).unwrap()),
+        }
+    }
+}
+
+fn start(dir: &Path, journal: &Journal, traffic: Option<&str>) -> Demo {
     let _ = std::fs::remove_file(dir.join("fixtures.json"));
     let mut cmd = Command::new(BIN);
     cmd.args([
@@ -48,6 +88,7 @@ fn start(dir: &Path, traffic: Option<&str>) -> Demo {
         "--data-dir",
     ])
     .arg(dir)
+    .args(journal.args())
     .stdout(Stdio::null())
     .stderr(Stdio::null());
     if let Some(rate) = traffic {
@@ -80,10 +121,11 @@ fn stop(mut demo: Demo) {
     }
 }
 
-fn audit(dir: &Path) -> (i32, Value) {
+fn audit(dir: &Path, journal: &Journal) -> (i32, Value) {
     let out = Command::new(BIN)
         .args(["audit", "--json", "--data-dir"])
         .arg(dir)
+        .args(journal.args())
         .output()
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
@@ -171,15 +213,56 @@ async fn load(fixture: Value, cards: Vec<Card>, seen: Arc<Mutex<Seen>>, offset: 
     }
 }
 
-fn journal(dir: &Path) -> Connection {
-    Connection::open_with_flags(dir.join("switch.db"), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+#[test]
+fn kill_9_under_load_then_restart_loses_no_approval_and_leaves_nothing_in_doubt() {
+    kill_9_under_load(&Journal::Sqlite);
 }
 
 #[test]
-fn kill_9_under_load_then_restart_loses_no_approval_and_leaves_nothing_in_doubt() {
+fn on_postgres_kill_9_under_load_then_restart_loses_no_approval_and_leaves_nothing_in_doubt() {
+    let url = match std::env::var("SHOUDAN_PG_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            assert!(
+                std::env::var_os("SHOUDAN_REQUIRE_PG").is_none(),
+                "SHOUDAN_REQUIRE_PG is set but SHOUDAN_PG_URL is not"
+            );
+            eprintln!("SKIPPED on PostgreSQL: SHOUDAN_PG_URL is not set");
+            return;
+        }
+    };
+    let schema = format!("crash_{}", std::process::id());
+    let journal = Journal::Postgres(PgConfig {
+        url: url.clone(),
+        schema: Some(schema.clone()),
+    });
+    kill_9_under_load(&journal);
+    // The journal's terminal keys and card numbers are sealed under the first data dir's master
+    // key: a demo on another data dir refuses that journal instead of failing on it later.
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "--terminal-port",
+            "0",
+            "--http-port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(other.path())
+        .args(journal.args())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("another data dir's keys"), "{stderr}");
+    let _ = PgStore::drop_schema(&url, &schema);
+}
+
+fn kill_9_under_load(journal: &Journal) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut demo = start(dir, Some("100"));
+    let mut demo = start(dir, journal, Some("100"));
     let fx = fixtures(dir);
     let cards = healthy_cards(&fx);
     assert!(cards.len() >= 4, "{}", cards.len());
@@ -229,24 +312,13 @@ fn kill_9_under_load_then_restart_loses_no_approval_and_leaves_nothing_in_doubt(
 
     // Restart on the same data dir: requests journalled in flight become reversals, which the
     // store and forward delivers to the issuers of the same world.
-    demo = start(dir, None);
+    demo = start(dir, journal, None);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let conn = journal(dir);
-        let in_flight: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM transactions WHERE state = 'in_flight'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        let pending: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM reversal_queue WHERE state = 'pending'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let store = journal.open(dir);
+        let in_flight = store.txns_in_state(TxnState::InFlight).unwrap().len();
+        let pending = store.reversals_in_state(SafState::Pending).unwrap().len();
+        drop(store);
         if in_flight == 0 && pending == 0 {
             break;
         }
@@ -260,41 +332,19 @@ fn kill_9_under_load_then_restart_loses_no_approval_and_leaves_nothing_in_doubt(
 
     // Every approval a terminal saw is journalled approved (the journal is written before the
     // answer), and the audit pairs it with the issuer's approval.
-    let conn = journal(dir);
-    let mut states: HashMap<String, String> = HashMap::new();
-    let mut stmt = conn
-        .prepare("SELECT rrn, state FROM transactions WHERE rrn IS NOT NULL")
-        .unwrap();
-    for row in stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-        .unwrap()
-    {
-        let (rrn, state) = row.unwrap();
-        states.insert(rrn, state);
-    }
+    let store = journal.open(dir);
     for rrn in &approved {
         assert_eq!(
-            states.get(rrn).map(String::as_str),
-            Some("approved"),
+            store.txn_by_rrn(rrn).unwrap().map(|row| row.state),
+            Some(TxnState::Approved),
             "terminal saw {rrn} approved"
         );
     }
-    let refused: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM reversal_queue WHERE state = 'refused'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let refused = store.reversals_in_state(SafState::Refused).unwrap().len();
     assert_eq!(refused, 0, "an issuer refused a reversal");
-    let acked: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM reversal_queue WHERE state = 'acked'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let (code, report) = audit(dir);
+    let acked = store.reversals_in_state(SafState::Acked).unwrap().len();
+    drop(store);
+    let (code, report) = audit(dir, journal);
     assert_eq!(report["in_doubt"].as_array().unwrap().len(), 0, "{report}");
     assert_eq!(
         report["amount_mismatches"].as_array().unwrap().len(),
@@ -315,8 +365,9 @@ fn kill_9_under_load_then_restart_loses_no_approval_and_leaves_nothing_in_doubt(
         "{report}"
     );
     eprintln!(
-        "crash: {answered} answered ({} approved) before kill -9; {acked} reversals acknowledged \
+        "crash ({}): {answered} answered ({} approved) before kill -9; {acked} reversals acknowledged \
          after restart; {} issuer approvals audited",
+        journal.name(),
         approved.len(),
         report["issuer_approvals"]
     );
