@@ -16,6 +16,9 @@
 mod common;
 mod support;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use common::Req;
 use issuer_sim::DemoCard;
 use store::{Store, TxnState};
@@ -169,5 +172,63 @@ fn a_reversal_refused_for_a_full_disk_is_taken_when_resent() {
             "{events:?}"
         );
         w.audit();
+    });
+}
+
+/// An approval whose outcome the journal will not take, nor the reversal the switch then
+/// queues on its own (here triggers abort those writes of that one purchase, as a failing disk
+/// would), is answered 96 and stays in flight in the journal. Once the journal takes writes
+/// again, the switch's next sweep settles it without a restart: answered 96, its reversal
+/// queued and delivered, nothing in flight or in doubt. It used to wait for a restart or for
+/// ten minutes, and meanwhile a void or refund of it was refused.
+#[test]
+fn an_outcome_the_journal_refused_is_settled_by_the_next_sweep() {
+    runtime().block_on(async {
+        // A sweep every 50 passes: every 0.5 s here.
+        let mut w = start(&["ICBC"], |c| c.saf_interval = Duration::from_millis(10)).await;
+        let card = w.bank("ICBC").healthy(0).clone();
+        let journal = rusqlite::Connection::open(w.store.path()).unwrap();
+        journal
+            .execute_batch(
+                "CREATE TRIGGER refuse_outcome BEFORE UPDATE OF response_code ON transactions
+                 WHEN NEW.amount_fen = 4242 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;
+                 CREATE TRIGGER refuse_reversal BEFORE INSERT ON reversal_queue
+                 WHEN (SELECT amount_fen FROM transactions WHERE id = NEW.txn_id) = 4242
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+            )
+            .unwrap();
+        let req = w.purchase(&card, 4242);
+        assert_eq!(w.t.send(&req).await.code(), "96");
+        let row = w.store.txns_by_key(&w.t.tid, 1, req.stan).unwrap();
+        assert_eq!(row.len(), 1);
+        assert_eq!(row[0].state, TxnState::InFlight);
+        let id = row[0].id;
+        // Sweeps while the journal still refuses fail and are tried again.
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        assert_eq!(w.store.txn(id).unwrap().unwrap().state, TxnState::InFlight);
+
+        journal
+            .execute_batch("DROP TRIGGER refuse_outcome; DROP TRIGGER refuse_reversal")
+            .unwrap();
+        let store = Arc::clone(&w.store);
+        let settled =
+            w.h.eventually(10, || {
+                store.txn(id).unwrap().unwrap().state != TxnState::InFlight
+            })
+            .await;
+        assert!(
+            settled,
+            "still in flight 10 s after the journal took writes again"
+        );
+        assert!(w.reversals_delivered(20).await, "reversal not delivered");
+        let row = w.store.txn(id).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Reversed);
+        assert_eq!(row.response_code.as_deref(), Some("96"));
+        let reversal = w.store.reversal(id).unwrap().unwrap();
+        assert_eq!(reversal.state, store::SafState::Acked);
+        w.audit();
+        // Approvals go on.
+        let req = w.purchase(&card, 100);
+        assert_eq!(w.t.send(&req).await.code(), "00");
     });
 }

@@ -181,6 +181,10 @@ pub(crate) struct Core {
     /// working keys: two at once would each delete the same previous keys and leave one set
     /// of new ones in the HSM for good.
     pub key_changes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Requests of this node journalled in flight whose outcome could not be written (the
+    /// terminal was answered 96): no longer live, so the next sweep settles them as a dead
+    /// node's (`recover_in_doubt`) rather than after `IN_DOUBT_AGE_MS`.
+    pub orphans: Mutex<Vec<i64>>,
 }
 
 impl Core {

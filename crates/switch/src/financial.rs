@@ -1076,8 +1076,15 @@ impl Core {
                 }
                 // Nor what it did to its original: put that back in memory too.
                 Undo::all(undo);
-                // The journal holds the request in flight, not this answer.
+                // The journal holds the request in flight, not this answer; the next sweep
+                // settles the row (timed out, reversal queued) once the journal takes writes.
                 entry.keep_answer();
+                if !entry.is_unrecorded() {
+                    self.orphans
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(entry.id);
+                }
                 // The state stays what the issuer said: a terminal reversal arriving later
                 // must still find an approval to reverse.
                 (Answer::code(RC_SYSTEM_ERROR), state)

@@ -260,7 +260,7 @@ impl Switch {
             })?;
             terminals.insert(row.tid.clone(), Arc::new(terminal));
         }
-        recover_in_doubt(store.as_ref(), clock.now_ms(), Some(config.node_id)).await?;
+        recover_in_doubt(store.as_ref(), clock.now_ms(), Some(config.node_id), &[]).await?;
         let ledger = Ledger::default();
         let started = std::time::Instant::now();
         let held_since = ledger::held_since(clock.now_ms(), config.index_days_held).yyyymmdd();
@@ -341,6 +341,7 @@ impl Switch {
             connections: AtomicU64::new(0),
             marked_for: Mutex::new(HashMap::new()),
             key_changes: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(Vec::new()),
         });
         tasks.push(tokio::spawn(risk::refresh(
             Arc::clone(&core),
@@ -390,11 +391,13 @@ const IN_DOUBT_AGE_MS: i64 = 10 * 60 * 1_000;
 /// Nodes sharing a database: a node recovers only its own requests (their RRNs start with its
 /// node id) and those in flight for longer than `IN_DOUBT_AGE_MS`, never the live requests of
 /// another node that is still waiting on its issuer. With `node_id` `None` (the periodic
-/// sweep of a running node, `saf::run`) only the latter: a dead node's requests.
+/// sweep of a running node, `saf::run`) only the latter, a dead node's requests, and the
+/// running node's own `orphans` (ids of requests it answered without writing their outcome).
 pub(crate) async fn recover_in_doubt(
     store: &dyn Store,
     now_ms: i64,
     node_id: Option<u8>,
+    orphans: &[i64],
 ) -> Result<(), StoreError> {
     let own = node_id.map(|id| format!("{:02}", id % 100));
     let rows: Vec<_> = store
@@ -404,7 +407,8 @@ pub(crate) async fn recover_in_doubt(
             let ours = own
                 .as_deref()
                 .is_some_and(|own| row.rrn.as_deref().is_none_or(|rrn| rrn.starts_with(own)));
-            ours || row.received_at_ms < now_ms.saturating_sub(IN_DOUBT_AGE_MS)
+            ours || orphans.contains(&row.id)
+                || row.received_at_ms < now_ms.saturating_sub(IN_DOUBT_AGE_MS)
         })
         .collect();
     if rows.is_empty() {

@@ -2,7 +2,7 @@
 //! `0400` from the journalled original, resends with backoff until the issuer acknowledges.
 //! The queue is in the store, so a restart picks up where the last run stopped.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use iso8583::{MessageBuilder, Mti};
 use store::{Record, SafItem, SafState, TxnRow, TxnState};
@@ -40,9 +40,20 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         passes = passes.wrapping_add(1);
         if passes % IN_DOUBT_SWEEP_PASSES == 0 {
             // One indexed read of the few rows in flight; a failed sweep is tried again later.
-            let swept = crate::recover_in_doubt(core.store.as_ref(), now_ms, None).await;
-            if let Err(error) = swept {
-                tracing::warn!(%error, "cannot sweep for requests in doubt");
+            let orphans = core
+                .orphans
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let swept = crate::recover_in_doubt(core.store.as_ref(), now_ms, None, &orphans).await;
+            match swept {
+                // Settled now, or no longer in flight (reversed by the terminal meanwhile).
+                Ok(()) => core
+                    .orphans
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .retain(|id| !orphans.contains(id)),
+                Err(error) => tracing::warn!(%error, "cannot sweep for requests in doubt"),
             }
         }
         let claimed = match core.store.claim_reversals(now_ms, lease_ms, SAF_BATCH_MAX) {
