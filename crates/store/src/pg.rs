@@ -284,21 +284,20 @@ impl PgStore {
         })
     }
 
+    /// Runs `f` on a pooled read connection, or a new one. Connections the server or the
+    /// network closed are dropped, not used: after the database was out of reach, even with
+    /// no read under way, the next read gets a live connection.
     fn read<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let pooled = self.readers.lock().ok().and_then(|mut pool| pool.pop());
+        let pooled = self.readers.lock().ok().and_then(|mut pool| {
+            pool.retain(|conn| !conn.is_closed());
+            pool.pop()
+        });
         let conn = match pooled {
             Some(conn) => conn,
-            None => {
-                let runtime = self.runtime.as_ref().ok_or(StoreError::WriterGone)?;
-                let conn = connect(runtime.handle(), &self.config)?;
-                if self.read_only {
-                    conn.execute_batch("SET default_transaction_read_only = on")?;
-                }
-                conn
-            }
+            None => self.connect_reader()?,
         };
         let result = f(&conn);
         if !conn.is_closed() {
@@ -309,6 +308,15 @@ impl PgStore {
             }
         }
         result
+    }
+
+    fn connect_reader(&self) -> Result<Connection, StoreError> {
+        let runtime = self.runtime.as_ref().ok_or(StoreError::WriterGone)?;
+        let conn = connect(runtime.handle(), &self.config)?;
+        if self.read_only {
+            conn.execute_batch("SET default_transaction_read_only = on")?;
+        }
+        Ok(conn)
     }
 
     fn txns_where(

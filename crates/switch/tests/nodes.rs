@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{IssuerLog, MID, Req, SILENT_AMOUNT, TMK_HEX, Terminal, card, new_hsm, start_issuer};
+use common::{
+    IssuerLog, MID, Req, SILENT_AMOUNT, TMK_HEX, Terminal, card, new_hsm, pg_url, start_issuer,
+};
 use domain::IssuerDirectory;
 use paycrypto::{Hsm, KeyAlgorithm, KeyHandle, KeyScheme, KeyUsage, MacAlgorithm, SoftHsm};
 use store::{
@@ -25,20 +27,6 @@ const TID_A: &str = "10000001";
 const TID_B: &str = "10000002";
 /// Purchases each node serves in the concurrent phase.
 const PURCHASES: u32 = 40;
-
-fn pg_url() -> Option<String> {
-    match std::env::var("SHOUDAN_PG_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var_os("SHOUDAN_REQUIRE_PG").is_none(),
-                "SHOUDAN_REQUIRE_PG is set but SHOUDAN_PG_URL is not"
-            );
-            eprintln!("SKIPPED: SHOUDAN_PG_URL is not set (scripts/test sets it)");
-            None
-        }
-    }
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -163,6 +163,22 @@ pub fn new_hsm() -> (Arc<SoftHsm>, KeyHandle) {
     (hsm, zpk)
 }
 
+/// The PostgreSQL server scripts/test provides (`SHOUDAN_PG_URL`), or `None`, said loudly;
+/// with `SHOUDAN_REQUIRE_PG` set a missing server fails the test instead.
+pub fn pg_url() -> Option<String> {
+    match std::env::var("SHOUDAN_PG_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var_os("SHOUDAN_REQUIRE_PG").is_none(),
+                "SHOUDAN_REQUIRE_PG is set but SHOUDAN_PG_URL is not"
+            );
+            eprintln!("SKIPPED: SHOUDAN_PG_URL is not set (scripts/test sets it)");
+            None
+        }
+    }
+}
+
 static SCHEMAS: AtomicUsize = AtomicUsize::new(0);
 
 /// The journal of a test switch: SQLite in `dir`, or with `SHOUDAN_E2E_STORE=postgres` a fresh
