@@ -458,6 +458,8 @@ pub async fn start_env(
     config.issuers = endpoints;
     config.default_issuer = Some(FOREIGN_ISSUER.to_owned());
     config.journal = options.journal;
+    // As `shoudan serve` decides: a journal on PostgreSQL may be shared by several nodes.
+    config.shared_journal = options.postgres.is_some();
     // Per-merchant risk rules, when the operator has put a rules file in the data directory
     // (docs/architecture.md, "Merchant onboarding and risk"). The demo merchants are
     // provisioned active, so they come out approved.

@@ -12,7 +12,7 @@
 //! an async runtime as SQLite reads do. Durability: PostgreSQL's `synchronous_commit` (on by
 //! default) makes each group's COMMIT wait for its WAL flush.
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -58,8 +58,11 @@ mod pg_web {
 pub const PG_WRITE_QUEUE_MAX: usize = 65_536;
 /// Submissions committed in one transaction at most; bounds a commit's latency and memory.
 pub const PG_WRITE_BATCH_MAX: usize = 8_192;
-/// Idle read connections kept; more may be opened under a burst, then closed.
-pub const PG_READ_CONNECTIONS_MAX: usize = 8;
+/// Read connections open at most; a read finding them all busy waits for one, rather than
+/// opening (and then closing) one of its own, which costs the server a process each time.
+pub const PG_READ_CONNECTIONS_MAX: usize = 16;
+/// How long a read waits for a busy pool before failing.
+const PG_READ_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 /// Threads driving the connections' protocol tasks; they only shuffle bytes.
 const PG_RUNTIME_THREADS: usize = 1;
 /// The advisory lock key migrations hold, so nodes starting together migrate once.
@@ -84,12 +87,21 @@ impl PgConfig {
     }
 }
 
+/// The read connections: those idle, and how many are open (idle or in use).
+#[derive(Default)]
+struct ReadPool {
+    idle: Vec<Connection>,
+    open: usize,
+}
+
 /// A PostgreSQL database with a group-commit writer thread.
 pub struct PgStore {
     config: PgConfig,
     runtime: Option<tokio::runtime::Runtime>,
     sender: mpsc::Sender<Job>,
-    readers: Mutex<Vec<Connection>>,
+    readers: Mutex<ReadPool>,
+    /// Signalled when a read connection is returned or closed.
+    reader_returned: Condvar,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Opened by [`PgStore::open_read_only`]: every session read-only.
     read_only: bool,
@@ -177,7 +189,8 @@ impl PgStore {
             config: config.clone(),
             runtime: Some(runtime),
             sender,
-            readers: Mutex::new(Vec::new()),
+            readers: Mutex::new(ReadPool::default()),
+            reader_returned: Condvar::new(),
             writer: Mutex::new(Some(thread)),
             read_only: false,
         })
@@ -196,7 +209,8 @@ impl PgStore {
             config: config.clone(),
             runtime: Some(runtime()?),
             sender,
-            readers: Mutex::new(Vec::new()),
+            readers: Mutex::new(ReadPool::default()),
+            reader_returned: Condvar::new(),
             writer: Mutex::new(None),
             read_only: true,
         };
@@ -284,30 +298,62 @@ impl PgStore {
         })
     }
 
-    /// Runs `f` on a pooled read connection, or a new one. Connections the server or the
-    /// network closed are dropped, not used: after the database was out of reach, even with
-    /// no read under way, the next read gets a live connection.
+    /// Runs `f` on an idle read connection, a new one while fewer than
+    /// `PG_READ_CONNECTIONS_MAX` are open, or else the first one returned. Connections the
+    /// server or the network closed are dropped, not used: after the database was out of
+    /// reach, even with no read under way, the next read gets a live connection.
     fn read<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let pooled = self.readers.lock().ok().and_then(|mut pool| {
-            pool.retain(|conn| !conn.is_closed());
-            pool.pop()
-        });
-        let conn = match pooled {
-            Some(conn) => conn,
-            None => self.connect_reader()?,
-        };
+        let conn = self.take_reader()?;
         let result = f(&conn);
-        if !conn.is_closed() {
-            if let Ok(mut pool) = self.readers.lock() {
-                if pool.len() < PG_READ_CONNECTIONS_MAX {
-                    pool.push(conn);
-                }
-            }
+        let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        if conn.is_closed() {
+            pool.open = pool.open.saturating_sub(1);
+        } else {
+            pool.idle.push(conn);
         }
+        drop(pool);
+        self.reader_returned.notify_one();
         result
+    }
+
+    fn take_reader(&self) -> Result<Connection, StoreError> {
+        let deadline = std::time::Instant::now() + PG_READ_WAIT_MAX;
+        let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let before = pool.idle.len();
+            pool.idle.retain(|conn| !conn.is_closed());
+            pool.open = pool.open.saturating_sub(before - pool.idle.len());
+            if let Some(conn) = pool.idle.pop() {
+                return Ok(conn);
+            }
+            if pool.open < PG_READ_CONNECTIONS_MAX {
+                pool.open += 1;
+                drop(pool);
+                let opened = self.connect_reader();
+                if opened.is_err() {
+                    let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+                    pool.open = pool.open.saturating_sub(1);
+                    drop(pool);
+                    self.reader_returned.notify_one();
+                }
+                return opened;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(backend(format!(
+                    "no read connection free within {} s",
+                    PG_READ_WAIT_MAX.as_secs()
+                )));
+            }
+            pool = self
+                .reader_returned
+                .wait_timeout(pool, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
     }
 
     fn connect_reader(&self) -> Result<Connection, StoreError> {
@@ -353,7 +399,8 @@ impl Drop for PgStore {
         // then, so a thread of its own waits for the writer before letting the runtime go.
         let _ = self.sender.try_send(Job::Stop);
         if let Ok(mut pool) = self.readers.lock() {
-            pool.clear();
+            pool.open = pool.open.saturating_sub(pool.idle.len());
+            pool.idle.clear();
         }
         let writer = self.writer.lock().ok().and_then(|mut h| h.take());
         if let Some(runtime) = self.runtime.take() {
