@@ -1207,3 +1207,64 @@ on_both!(
     reversal_queue_claim_retry_and_ack,
     writes_after_close_are_refused,
 );
+
+/// Reads from many threads at once share a bounded pool: the server never sees more than
+/// `PG_READ_CONNECTIONS_MAX` read connections (each one is a server process; the pool used to
+/// open more under load and close them again), and every read succeeds.
+#[test]
+fn on_postgres_concurrent_reads_share_a_bounded_pool() {
+    let Some(db) = Db::postgres() else { return };
+    let mut config = db.pg_config().unwrap();
+    let name = format!("pool_{}", std::process::id());
+    let separator = if config.url.contains('?') { '&' } else { '?' };
+    config.url = format!("{}{separator}application_name={name}", config.url);
+    let store = store::PgStore::open(&config).unwrap();
+    store
+        .submit(vec![
+            Record::UpsertMerchant(merchant()),
+            Record::UpsertTerminal(Box::new(terminal())),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let other = Session::connect(&db.pg_config().unwrap().url);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let most = std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..48)
+            .map(|_| {
+                scope.spawn(|| {
+                    for _ in 0..30 {
+                        assert_eq!(store.terminals().unwrap().len(), 1);
+                    }
+                })
+            })
+            .collect();
+        let watcher = scope.spawn(|| {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let row = other
+                    .runtime
+                    .block_on(other.client.query_one(
+                        "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1",
+                        &[&name],
+                    ))
+                    .unwrap();
+                most = most.max(row.get::<_, i64>(0));
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            most
+        });
+        for reader in readers {
+            reader.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        watcher.join().unwrap()
+    });
+    let bound = i64::try_from(store::PG_READ_CONNECTIONS_MAX).unwrap() + 1;
+    assert!(
+        most <= bound,
+        "{most} connections at once, at most {bound} (the readers and the writer)"
+    );
+    assert!(most > 1, "the watcher saw no read connection");
+    store.close();
+}
