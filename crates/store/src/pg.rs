@@ -61,8 +61,8 @@ pub const PG_WRITE_BATCH_MAX: usize = 8_192;
 /// Read connections open at most; a read finding them all busy waits for one, rather than
 /// opening (and then closing) one of its own, which costs the server a process each time.
 pub const PG_READ_CONNECTIONS_MAX: usize = 16;
-/// How long a read waits for a busy pool before failing.
-const PG_READ_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a read waits for a busy pool before failing (it may be on an async worker).
+const PG_READ_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// Threads driving the connections' protocol tasks; they only shuffle bytes.
 const PG_RUNTIME_THREADS: usize = 1;
 /// The advisory lock key migrations hold, so nodes starting together migrate once.
@@ -92,6 +92,29 @@ impl PgConfig {
 struct ReadPool {
     idle: Vec<Connection>,
     open: usize,
+}
+
+/// A read connection in use; back to the pool when dropped, whatever happened meanwhile (or
+/// closed and no longer counted, if the server or the network closed it).
+struct Lease<'s> {
+    store: &'s PgStore,
+    conn: Option<Connection>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let mut pool = self
+            .store
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match self.conn.take() {
+            Some(conn) if !conn.is_closed() && !std::thread::panicking() => pool.idle.push(conn),
+            _ => pool.open = pool.open.saturating_sub(1),
+        }
+        drop(pool);
+        self.store.reader_returned.notify_one();
+    }
 }
 
 /// A PostgreSQL database with a group-commit writer thread.
@@ -306,17 +329,14 @@ impl PgStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let conn = self.take_reader()?;
-        let result = f(&conn);
-        let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
-        if conn.is_closed() {
-            pool.open = pool.open.saturating_sub(1);
-        } else {
-            pool.idle.push(conn);
+        let lease = Lease {
+            store: self,
+            conn: Some(self.take_reader()?),
+        };
+        match &lease.conn {
+            Some(conn) => f(conn),
+            None => Err(backend("read connection lost")),
         }
-        drop(pool);
-        self.reader_returned.notify_one();
-        result
     }
 
     fn take_reader(&self) -> Result<Connection, StoreError> {
@@ -530,36 +550,48 @@ fn execute(conn: &Connection, job: &Job) -> Result<Output, StoreError> {
 }
 
 /// Runs a group of jobs in one transaction and one commit. The fast path runs them back to
-/// back, first pipelined (see `shim::Connection::start_pipeline`: the writes of a group go out
-/// without a round trip each), and if that fails, which a statement changing no row does too,
-/// once more one statement at a time; only if that fails as well is the group rolled back and
-/// rerun with a savepoint per job, so that a bad job fails alone. Returns whether a stop was
-/// requested.
+/// back, pipelined (see `shim::Connection::start_pipeline`: the writes of a group go out
+/// without a round trip each). If a statement changed other than one row, which the pipeline
+/// took for granted, the group runs again one statement at a time; if a job fails, the group is
+/// rolled back and rerun with a savepoint per job, so that a bad job fails alone. Returns
+/// whether a stop was requested.
 fn commit_group(conn: &Connection, jobs: &mut Vec<Job>, completions: &mut Vec<Completion>) -> bool {
     let stop = jobs.iter().any(|j| matches!(j, Job::Stop));
-    if !(run_group(conn, jobs, completions, true) || run_group(conn, jobs, completions, false)) {
+    let ran = match run_group(conn, jobs, completions, true) {
+        Ran::Again => run_group(conn, jobs, completions, false),
+        ran => ran,
+    };
+    if ran != Ran::Committed {
         commit_group_carefully(conn, jobs, completions);
     }
     stop
 }
 
+/// How a run of a whole group went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ran {
+    Committed,
+    /// Rolled back: a pipelined statement changed other than one row, and what followed may
+    /// have differed from statement-by-statement execution. Run it again one at a time.
+    Again,
+    /// Rolled back: a job or the commit failed as it would have run one statement at a time.
+    Failed,
+}
+
 /// Runs every job of the group in one transaction and commits it, the jobs' completions
-/// succeeding; or, if any of them or the commit fails, rolls back, leaves the jobs where they
-/// are and returns false.
+/// succeeding; or, if any of them or the commit fails, rolls back and leaves the jobs where
+/// they are.
 fn run_group(
     conn: &Connection,
     jobs: &mut Vec<Job>,
     completions: &mut Vec<Completion>,
     pipelined: bool,
-) -> bool {
-    let begun = if pipelined {
-        conn.begin_pipelined()
-    } else {
-        conn.execute_batch("BEGIN")
-    };
-    if begun.is_err() {
-        let _ = conn.finish_pipeline();
-        return false;
+) -> Ran {
+    if conn.execute_batch("BEGIN").is_err() {
+        return Ran::Failed;
+    }
+    if pipelined {
+        conn.start_pipeline();
     }
     let mut outputs = Vec::with_capacity(jobs.len());
     let mut failed = false;
@@ -572,15 +604,20 @@ fn run_group(
             }
         }
     }
-    let settled = conn.finish_pipeline().is_ok();
-    if !failed && settled && conn.execute_batch("COMMIT").is_ok() {
+    let finished = conn.finish_pipeline();
+    // `SELECT 1` first: in a transaction an error aborted, PostgreSQL answers a COMMIT with a
+    // rollback and no error, but fails the SELECT (and skips the COMMIT).
+    if !failed && finished.is_ok() && conn.execute_batch("SELECT 1; COMMIT").is_ok() {
         for (job, output) in jobs.drain(..).zip(outputs) {
             completions.extend(completion(job, Ok(output)));
         }
-        return true;
+        return Ran::Committed;
     }
     let _ = conn.execute_batch("ROLLBACK");
-    false
+    match finished {
+        Err(shim::Unexpected::Count) => Ran::Again,
+        _ => Ran::Failed,
+    }
 }
 
 /// The slow path: a savepoint per job, so a failing job (which aborts PostgreSQL's

@@ -96,9 +96,20 @@ pub struct Connection {
 struct Pipeline {
     /// The statements sent and not yet answered, in the order sent.
     sent: Vec<Sent>,
-    /// Whether an answer was not what was taken for granted. Kept until the finish, so that
-    /// code that goes on after a failed call cannot get a group committed.
-    failed: bool,
+    /// The first answer not as taken for granted, if any. Kept until the finish, so that code
+    /// that goes on after a failed call cannot get a group committed.
+    unexpected: Option<Unexpected>,
+}
+
+/// The first pipelined answer that was not as taken for granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unexpected {
+    /// A row count other than one: the statements after it ran on a state that statement-by-
+    /// statement execution, which sees the count, might not have had.
+    Count,
+    /// An error, every answer before it as granted: statement-by-statement execution would
+    /// have met the same error at the same statement.
+    Error,
 }
 
 impl Connection {
@@ -117,21 +128,17 @@ impl Connection {
     /// and at the finish; an error or a row count other than one fails that call. The writer
     /// commits a pipelined group only if the finish succeeds, that is only if every statement
     /// answered what was taken for granted, so what it commits is what running the statements
-    /// one at a time would have; otherwise it rolls back and runs the group the plain way.
+    /// one at a time would have; otherwise it rolls back and runs the group again (see
+    /// `commit_group` in pg.rs).
+    ///
+    /// Start it inside a transaction whose BEGIN has been answered: each pipelined statement is
+    /// its own protocol exchange, so had a pipelined BEGIN failed, the statements after it would
+    /// each have committed on their own.
     pub fn start_pipeline(&self) {
         *self.pipeline.borrow_mut() = Some(Pipeline {
             sent: Vec::new(),
-            failed: false,
+            unexpected: None,
         });
-    }
-
-    /// Starts pipelining with a BEGIN, itself sent without waiting.
-    pub fn begin_pipelined(&self) -> Result<()> {
-        self.start_pipeline();
-        let client = Arc::clone(&self.client);
-        self.send(Box::pin(async move {
-            client.batch_execute("BEGIN").await.map(|()| 1)
-        }))
     }
 
     /// Hands a pipelined statement to the connection task (the first poll does: it sends
@@ -149,16 +156,17 @@ impl Connection {
         }
     }
 
-    /// Reads the answers still outstanding and ends pipelining; fails if any answer, read now
-    /// or before, was not what was taken for granted.
-    pub fn finish_pipeline(&self) -> Result<()> {
-        let settled = self.settle();
-        let failed = self.pipeline.borrow_mut().take().is_some_and(|p| p.failed);
-        match settled {
-            Ok(()) if failed => Err(carry(StoreError::Backend {
-                message: "a pipelined statement failed".to_owned(),
-            })),
-            settled => settled,
+    /// Reads the answers still outstanding and ends pipelining; fails with the first answer,
+    /// read now or before, that was not what was taken for granted.
+    pub fn finish_pipeline(&self) -> std::result::Result<(), Unexpected> {
+        // A failure here is recorded in the pipeline, read just below.
+        let _ = self.settle();
+        match self.pipeline.borrow_mut().take() {
+            Some(Pipeline {
+                unexpected: Some(unexpected),
+                ..
+            }) => Err(unexpected),
+            _ => Ok(()),
         }
     }
 
@@ -179,15 +187,18 @@ impl Connection {
     /// A pipelined statement's answer as `execute` took it for granted: one row changed. A
     /// failure marks the pipeline failed.
     fn granted(&self, answer: std::result::Result<u64, tokio_postgres::Error>) -> Result<()> {
-        let result = match answer.map_err(pg) {
+        let (result, kind) = match answer.map_err(pg) {
             Ok(1) => return Ok(()),
-            Ok(changed) => Err(carry(StoreError::Backend {
-                message: format!("a pipelined statement changed {changed} rows, not 1"),
-            })),
-            Err(error) => Err(error),
+            Ok(changed) => (
+                Err(carry(StoreError::Backend {
+                    message: format!("a pipelined statement changed {changed} rows, not 1"),
+                })),
+                Unexpected::Count,
+            ),
+            Err(error) => (Err(error), Unexpected::Error),
         };
         if let Some(pipeline) = self.pipeline.borrow_mut().as_mut() {
-            pipeline.failed = true;
+            pipeline.unexpected.get_or_insert(kind);
         }
         result
     }
@@ -688,31 +699,34 @@ mod tests {
         conn.execute_batch("CREATE TEMP TABLE pipelined (id BIGINT PRIMARY KEY)")
             .unwrap();
 
-        conn.begin_pipelined().unwrap();
+        conn.execute_batch("BEGIN").unwrap();
+        conn.start_pipeline();
         let insert = "INSERT INTO pipelined (id) VALUES (?1)";
         assert_eq!(conn.execute(insert, params![1_i64]).unwrap(), 1);
         // Changes no row, yet answers 1 at once.
         let touch = "UPDATE pipelined SET id = id WHERE id = ?1";
         assert_eq!(conn.execute(touch, params![2_i64]).unwrap(), 1);
         assert!(count(&conn).is_err(), "the read settles the pipeline");
-        assert!(conn.finish_pipeline().is_err());
+        assert_eq!(conn.finish_pipeline(), Err(Unexpected::Count));
         conn.execute_batch("ROLLBACK").unwrap();
 
         // A duplicate key: the error reaches the finish too.
-        conn.begin_pipelined().unwrap();
+        conn.execute_batch("BEGIN").unwrap();
+        conn.start_pipeline();
         assert_eq!(conn.execute(insert, params![5_i64]).unwrap(), 1);
         assert_eq!(conn.execute(insert, params![5_i64]).unwrap(), 1);
-        assert!(conn.finish_pipeline().is_err());
+        assert_eq!(conn.finish_pipeline(), Err(Unexpected::Error));
         conn.execute_batch("ROLLBACK").unwrap();
 
         // Every answer as granted: reads see the writes sent before them, in order.
-        conn.begin_pipelined().unwrap();
+        conn.execute_batch("BEGIN").unwrap();
+        conn.start_pipeline();
         for id in 10..20_i64 {
             conn.execute(insert, params![id]).unwrap();
         }
         conn.execute(touch, params![10_i64]).unwrap();
         assert_eq!(count(&conn).unwrap(), 10);
-        conn.finish_pipeline().unwrap();
+        assert_eq!(conn.finish_pipeline(), Ok(()));
         conn.execute_batch("COMMIT").unwrap();
         assert_eq!(count(&conn).unwrap(), 10);
     }
