@@ -180,7 +180,7 @@ fn a_reversal_refused_for_a_full_disk_is_taken_when_resent() {
 /// would), is answered 96 and stays in flight in the journal. Once the journal takes writes
 /// again, the switch's next sweep settles it without a restart: answered 96, its reversal
 /// queued and delivered, nothing in flight or in doubt. It used to wait for a restart or for
-/// ten minutes, and meanwhile a void or refund of it was refused.
+/// ten minutes (a void or refund left so also kept its original from any other).
 #[test]
 fn an_outcome_the_journal_refused_is_settled_by_the_next_sweep() {
     runtime().block_on(async {

@@ -153,6 +153,9 @@ pub(crate) const TRACE_NODES: u32 = 10;
 /// Traces each node cycles through: six digits in all.
 const TRACE_PER_NODE: u32 = 999_999 / TRACE_NODES;
 
+/// Orphaned requests (`Core::orphans`) kept for the next sweep at most.
+pub(crate) const ORPHANS_MAX: usize = 10_000;
+
 pub(crate) struct Core {
     pub config: SwitchConfig,
     pub store: Arc<dyn Store>,
@@ -183,7 +186,7 @@ pub(crate) struct Core {
     pub key_changes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Requests of this node journalled in flight whose outcome could not be written (the
     /// terminal was answered 96): no longer live, so the next sweep settles them as a dead
-    /// node's (`recover_in_doubt`) rather than after `IN_DOUBT_AGE_MS`.
+    /// node's (`recover_in_doubt`) rather than after `IN_DOUBT_AGE_MS`. At most `ORPHANS_MAX`.
     pub orphans: Mutex<Vec<i64>>,
 }
 

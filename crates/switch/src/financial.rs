@@ -1080,10 +1080,14 @@ impl Core {
                 // settles the row (timed out, reversal queued) once the journal takes writes.
                 entry.keep_answer();
                 if !entry.is_unrecorded() {
-                    self.orphans
+                    let mut orphans = self
+                        .orphans
                         .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(entry.id);
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    // Beyond the bound (a long outage), the ten-minute sweep takes the rest.
+                    if orphans.len() < crate::core::ORPHANS_MAX {
+                        orphans.push(entry.id);
+                    }
                 }
                 // The state stays what the issuer said: a terminal reversal arriving later
                 // must still find an approval to reverse.
