@@ -135,6 +135,33 @@ fn handle(text: Option<&String>) -> Result<KeyHandle, Box<dyn std::error::Error>
         .map_err(|_| "bad key handle in demo-state.json".into())
 }
 
+fn another_data_dirs_journal() -> String {
+    "the journal already holds terminals and card numbers made with another data dir's master \
+     key: start with that data dir, or use an empty database or schema"
+        .to_owned()
+}
+
+/// Whether the card numbers a journal kept outside the data dir (PostgreSQL) sealed open with
+/// this data dir's keys: a few of its first transactions are tried (none yet: nothing to
+/// check).
+fn sealed_with_these_keys(
+    store: &dyn Store,
+    hsm: &dyn Hsm,
+) -> Result<(), Box<dyn std::error::Error>> {
+    for event in store.events_since(0, 16)? {
+        let Some(row) = store.txn(event.txn_id)? else {
+            continue;
+        };
+        if let Some(pan) = &row.pan {
+            return match hsm.open(&pan.sealed) {
+                Ok(_) => Ok(()),
+                Err(_) => Err(another_data_dirs_journal().into()),
+            };
+        }
+    }
+    Ok(())
+}
+
 /// Opens (or creates) the SoftHsm and the demo keys in it.
 fn open_hsm(dir: &Path) -> Result<(Arc<SoftHsm>, KeyState), Box<dyn std::error::Error>> {
     let master_path = dir.join("master.key");
@@ -341,9 +368,23 @@ pub async fn start_env(
             dir.display()
         );
     }
+    // A journal on PostgreSQL is opened before any key is made: one that already holds
+    // terminals was made with some data dir's master key, which a new data dir does not have.
+    let postgres = match &options.postgres {
+        Some(config) => {
+            let store = Arc::new(store::PgStore::open(config)?);
+            if !store.terminals()?.is_empty() && !dir.join("master.key").exists() {
+                return Err(another_data_dirs_journal().into());
+            }
+            Some(store)
+        }
+        None => None,
+    };
     std::fs::create_dir_all(dir.join("issuers"))?;
-    let new_keys = !dir.join("hsm.store").exists();
     let (hsm, keys) = open_hsm(dir)?;
+    if let Some(store) = &postgres {
+        sealed_with_these_keys(store.as_ref(), hsm.as_ref())?;
+    }
     let clock: Arc<dyn issuer_sim::Clock> = Arc::new(issuer_sim::SystemClock);
 
     // Issuers, each on its own loopback port with a file ledger.
@@ -406,28 +447,16 @@ pub async fn start_env(
     }
 
     // The journal, provisioned with merchants and terminals on first run.
-    let journal = match &options.postgres {
+    let journal = match postgres {
         None => {
             let mut store_config = SqliteConfig::new(dir.join("switch.db"));
             store_config.synchronous = options.synchronous;
             Journal::Sqlite(Arc::new(SqliteStore::open(&store_config)?))
         }
-        Some(config) => Journal::Postgres(Arc::new(store::PgStore::open(config)?)),
+        Some(store) => Journal::Postgres(store),
     };
     let store = journal.store();
-    let provisioned = !store.terminals()?.is_empty();
-    // The journal's terminal keys and sealed card numbers are under the key store's master
-    // key: a journal kept elsewhere (PostgreSQL) and made with another data dir is unreadable.
-    if provisioned && new_keys {
-        // Nothing written: dropped, not closed (closing blocks, and this is async).
-        drop(journal);
-        return Err(
-            "the journal already has terminals, made with another data dir's keys: \
-                    start with that data dir, or use an empty database or schema"
-                .into(),
-        );
-    }
-    if !provisioned {
+    if store.terminals()?.is_empty() {
         let mut records: Vec<Record> = MERCHANTS
             .iter()
             .map(|(mid, name, mcc)| {

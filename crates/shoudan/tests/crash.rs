@@ -213,9 +213,25 @@ async fn load(fixture: Value, cards: Vec<Card>, seen: Arc<Mutex<Seen>>, offset: 
     }
 }
 
+/// The two kill tests run one at a time: each is two demos with traffic, on two cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 #[test]
 fn kill_9_under_load_then_restart_loses_no_approval_and_leaves_nothing_in_doubt() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     kill_9_under_load(&Journal::Sqlite);
+}
+
+/// A schema of the test server, dropped when the test ends, passed or not.
+struct Schema {
+    url: String,
+    name: String,
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = PgStore::drop_schema(&self.url, &self.name);
+    }
 }
 
 #[test]
@@ -231,16 +247,53 @@ fn on_postgres_kill_9_under_load_then_restart_loses_no_approval_and_leaves_nothi
             return;
         }
     };
-    let schema = format!("crash_{}", std::process::id());
-    let journal = Journal::Postgres(PgConfig {
-        url: url.clone(),
-        schema: Some(schema.clone()),
-    });
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let schema = |label: &str| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        Schema {
+            url: url.clone(),
+            name: format!("crash_{label}_{}_{nanos}", std::process::id()),
+        }
+    };
+    let journal_of = |schema: &Schema| {
+        Journal::Postgres(PgConfig {
+            url: url.clone(),
+            schema: Some(schema.name.clone()),
+        })
+    };
+    let crashed = schema("a");
+    let journal = journal_of(&crashed);
     kill_9_under_load(&journal);
-    // The journal's terminal keys and card numbers are sealed under the first data dir's master
-    // key: a demo on another data dir refuses that journal instead of failing on it later.
-    let other = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
+
+    // The journal's card numbers are sealed under the master key of the data dir it was made
+    // with: a demo on another data dir refuses it rather than fail on it later. A new data dir
+    // is refused before it makes keys, so a second try is refused too; a data dir with keys of
+    // its own (made with another journal) is refused by its sealed card numbers.
+    let new_dir = tempfile::tempdir().unwrap();
+    for attempt in 0..2 {
+        let refusal = refused(new_dir.path(), &journal);
+        assert!(
+            refusal.contains("another data dir's master key"),
+            "{attempt}: {refusal}"
+        );
+        assert!(!new_dir.path().join("master.key").exists(), "keys made");
+    }
+    let own_keys = tempfile::tempdir().unwrap();
+    let first = schema("b");
+    stop(start(own_keys.path(), &journal_of(&first), None));
+    let refusal = refused(own_keys.path(), &journal);
+    assert!(
+        refusal.contains("another data dir's master key"),
+        "{refusal}"
+    );
+}
+
+/// Runs the demo on `dir` and `journal`, which must refuse to start; returns what it said.
+fn refused(dir: &Path, journal: &Journal) -> String {
+    let mut child = Command::new(BIN)
         .args([
             "demo",
             "--terminal-port",
@@ -249,14 +302,27 @@ fn on_postgres_kill_9_under_load_then_restart_loses_no_approval_and_leaves_nothi
             "0",
             "--data-dir",
         ])
-        .arg(other.path())
+        .arg(dir)
         .args(journal.args())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("another data dir's keys"), "{stderr}");
-    let _ = PgStore::drop_schema(&url, &schema);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo started on another data dir's journal");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    stderr
 }
 
 fn kill_9_under_load(journal: &Journal) {
