@@ -237,6 +237,8 @@ pub struct Harness {
     pub switch: Option<SwitchHandle>,
     /// Given to the next start as `SwitchConfig::marks_gate`.
     pub marks_gate: Option<Arc<tokio::sync::Notify>>,
+    /// The issuer's timeout from the next start (300 ms unless a test changes it).
+    pub issuer_timeout: Duration,
 }
 
 /// How long an end-to-end test may take at most, for [`clear_of_china_midnight`].
@@ -315,6 +317,7 @@ impl Harness {
             log,
             switch: None,
             marks_gate: None,
+            issuer_timeout: Duration::from_millis(300),
         };
         harness.start().await;
         harness
@@ -327,7 +330,7 @@ impl Harness {
             IssuerEndpoint {
                 addr: self.issuer_addr,
                 zpk: self.zpk,
-                timeout: Duration::from_millis(300),
+                timeout: self.issuer_timeout,
             },
         )]);
         config.default_issuer = Some("SIM".to_owned());
