@@ -41,17 +41,18 @@ impl Relay {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     return;
                 };
+                // Under the lock `cut` takes: a link is either refused or in the list it drops.
+                let mut links = accept_links.lock().unwrap();
                 if accept_cut.load(Ordering::SeqCst) {
                     // Refused: the connection is closed at once.
                     continue;
                 }
                 let target = target.clone();
-                let link = tokio::spawn(async move {
+                links.push(tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(&target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
-                });
-                accept_links.lock().unwrap().push(link);
+                }));
             }
         });
         Relay { addr, cut, links }
@@ -59,8 +60,9 @@ impl Relay {
 
     /// Drops every connection through the relay and refuses new ones.
     fn cut(&self) {
+        let mut links = self.links.lock().unwrap();
         self.cut.store(true, Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
+        for link in links.drain(..) {
             link.abort();
         }
     }
