@@ -76,8 +76,8 @@ impl Journal {
     }
 }
 
-fn start(dir: &Path, journal: &Journal, traffic: Option<&str>) -> Demo {
-    let _ = std::fs::remove_file(dir.join("fixtures.json"));
+/// `shoudan demo` on `dir` and `journal`, on free ports.
+fn demo(dir: &Path, journal: &Journal) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args([
         "demo",
@@ -89,8 +89,14 @@ fn start(dir: &Path, journal: &Journal, traffic: Option<&str>) -> Demo {
     ])
     .arg(dir)
     .args(journal.args())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    .stdout(Stdio::null());
+    cmd
+}
+
+fn start(dir: &Path, journal: &Journal, traffic: Option<&str>) -> Demo {
+    let _ = std::fs::remove_file(dir.join("fixtures.json"));
+    let mut cmd = demo(dir, journal);
+    cmd.stderr(Stdio::null());
     if let Some(rate) = traffic {
         cmd.args(["--traffic", rate]);
     }
@@ -293,21 +299,7 @@ fn on_postgres_kill_9_under_load_then_restart_loses_no_approval_and_leaves_nothi
 
 /// Runs the demo on `dir` and `journal`, which must refuse to start; returns what it said.
 fn refused(dir: &Path, journal: &Journal) -> String {
-    let mut child = Command::new(BIN)
-        .args([
-            "demo",
-            "--terminal-port",
-            "0",
-            "--http-port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .args(journal.args())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = demo(dir, journal).stderr(Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -139,6 +139,10 @@ fn on_postgres_a_deadlock_on_an_earlier_jobs_lock_reruns_the_whole_group() {
     let run = |sql: String| other.run(&sql);
     let wait_blocked = || other.wait_blocked();
     let lock = |id: i64| format!("SELECT id FROM transactions WHERE id = {id} FOR UPDATE");
+    // The writer (1 s, the server's default) looks for the deadlock long before this session
+    // would: on a loaded machine the two checks could otherwise run close enough for either
+    // to be the victim. Setting it needs a superuser, as scripts/pg's is; else the default.
+    let _ = run("SET deadlock_timeout = '20s'".to_owned());
     run(format!(
         "SET search_path TO {schema}; BEGIN; {}; SAVEPOINT c; {}",
         lock(b),

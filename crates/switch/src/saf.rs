@@ -48,11 +48,13 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             let swept = crate::recover_in_doubt(core.store.as_ref(), now_ms, None, &orphans).await;
             match swept {
                 // Settled now, or no longer in flight (reversed by the terminal meanwhile).
-                Ok(()) => core
-                    .orphans
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .retain(|id| !orphans.contains(id)),
+                Ok(()) => {
+                    let swept: std::collections::HashSet<i64> = orphans.into_iter().collect();
+                    core.orphans
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .retain(|id| !swept.contains(id));
+                }
                 Err(error) => tracing::warn!(%error, "cannot sweep for requests in doubt"),
             }
         }

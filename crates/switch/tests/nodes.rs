@@ -13,15 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{
-    IssuerLog, MID, Req, SILENT_AMOUNT, TMK_HEX, Terminal, card, new_hsm, pg_url, start_issuer,
-};
+use common::{IssuerLog, Req, SILENT_AMOUNT, Terminal, card, new_hsm, pg_url, start_issuer};
 use domain::IssuerDirectory;
-use paycrypto::{Hsm, KeyAlgorithm, KeyHandle, KeyScheme, KeyUsage, MacAlgorithm, SoftHsm};
-use store::{
-    MerchantRow, Outcome, PgConfig, PgStore, Record, SafState, Status, Store, TxnKind, TxnState,
-};
-use switch::{IssuerEndpoint, Switch, SwitchConfig, SwitchHandle, SystemClock, TerminalSpec};
+use paycrypto::{Hsm, KeyHandle, SoftHsm};
+use store::{Outcome, PgConfig, PgStore, Record, SafState, Store, TxnKind, TxnState};
+use switch::{IssuerEndpoint, Switch, SwitchConfig, SwitchHandle, SystemClock};
 
 const TID_A: &str = "10000001";
 const TID_B: &str = "10000002";
@@ -125,28 +121,9 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
         log.answer_reversals.store(true, Ordering::SeqCst);
         let issuer = start_issuer(Arc::clone(&log)).await;
         let (hsm, zpk) = new_hsm();
-        let tmk = hsm
-            .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK_HEX)
-            .unwrap();
         {
             let setup = PgStore::open(&config).unwrap();
-            let mut records = vec![Record::UpsertMerchant(MerchantRow {
-                mid: MID.into(),
-                name: "Teahouse".into(),
-                status: Status::Active,
-                mcc: "5812".into(),
-            })];
-            for tid in [TID_A, TID_B] {
-                records.push(switch::terminal_record(&TerminalSpec {
-                    tid: tid.into(),
-                    mid: MID.into(),
-                    tmk,
-                    scheme: KeyScheme::Double,
-                    mac: MacAlgorithm::CupEcb,
-                    batch_no: 1,
-                }));
-            }
-            setup.submit(records).unwrap().await.unwrap();
+            common::provision(&setup, &hsm, &[TID_A, TID_B]).await;
         }
         let a = start_node(&node_a_runtime, &config, 1, issuer, &hsm, zpk).await;
         let b = start_node(&node_b_runtime, &config, 2, issuer, &hsm, zpk).await;

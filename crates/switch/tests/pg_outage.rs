@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{IssuerLog, MID, Req, TMK_HEX, Terminal, card, new_hsm, pg_url, start_issuer};
+use common::{IssuerLog, Req, Terminal, card, new_hsm, pg_url, start_issuer};
 use domain::IssuerDirectory;
-use paycrypto::{Hsm, KeyAlgorithm, KeyScheme, KeyUsage, MacAlgorithm};
-use store::{MerchantRow, PgConfig, PgStore, Record, Status, Store, TxnState};
-use switch::{IssuerEndpoint, Switch, SwitchConfig, SystemClock, TerminalSpec};
+use paycrypto::Hsm;
+use store::{PgConfig, PgStore, Store, TxnState};
+use switch::{IssuerEndpoint, Switch, SwitchConfig, SystemClock};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -103,30 +103,8 @@ fn a_database_out_of_reach_is_answered_96_and_approvals_resume_when_it_returns()
         };
         let issuer = start_issuer(Arc::new(IssuerLog::default())).await;
         let (hsm, zpk) = new_hsm();
-        let tmk = hsm
-            .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK_HEX)
-            .unwrap();
         let store = Arc::new(PgStore::open(&config).unwrap());
-        store
-            .submit(vec![
-                Record::UpsertMerchant(MerchantRow {
-                    mid: MID.into(),
-                    name: "Teahouse".into(),
-                    status: Status::Active,
-                    mcc: "5812".into(),
-                }),
-                switch::terminal_record(&TerminalSpec {
-                    tid: common::TID.into(),
-                    mid: MID.into(),
-                    tmk,
-                    scheme: KeyScheme::Double,
-                    mac: MacAlgorithm::CupEcb,
-                    batch_no: 1,
-                }),
-            ])
-            .unwrap()
-            .await
-            .unwrap();
+        common::provision(store.as_ref(), &hsm, &[common::TID]).await;
         let mut switch_config = SwitchConfig::new("127.0.0.1:0".parse().unwrap());
         switch_config.issuers = HashMap::from([(
             "SIM".to_owned(),

@@ -204,6 +204,31 @@ pub fn open_test_store(dir: &std::path::Path) -> Arc<dyn Store> {
     Arc::new(SqliteStore::open(&SqliteConfig::new(dir.join("s.db"))).unwrap())
 }
 
+/// Writes the test merchant and its terminals `tids` (double-length keys, the test TMK
+/// imported into `hsm`, CUP ECB MACs).
+pub async fn provision(store: &dyn Store, hsm: &SoftHsm, tids: &[&str]) {
+    let tmk = hsm
+        .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK_HEX)
+        .unwrap();
+    let mut records = vec![Record::UpsertMerchant(MerchantRow {
+        mid: MID.into(),
+        name: "Teahouse".into(),
+        status: Status::Active,
+        mcc: "5812".into(),
+    })];
+    for tid in tids {
+        records.push(switch::terminal_record(&TerminalSpec {
+            tid: (*tid).into(),
+            mid: MID.into(),
+            tmk,
+            scheme: KeyScheme::Double,
+            mac: MacAlgorithm::CupEcb,
+            batch_no: 1,
+        }));
+    }
+    store.submit(records).unwrap().await.unwrap();
+}
+
 /// The system's time moved on by whole days, as a test wants it.
 #[derive(Default)]
 pub struct ShiftedClock {
@@ -283,29 +308,7 @@ impl Harness {
         clear_of_china_midnight().await;
         let dir = tempfile::tempdir().unwrap();
         let store = open_test_store(dir.path());
-        let tmk = hsm
-            .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK_HEX)
-            .unwrap();
-        store
-            .submit(vec![
-                Record::UpsertMerchant(MerchantRow {
-                    mid: MID.into(),
-                    name: "Teahouse".into(),
-                    status: Status::Active,
-                    mcc: "5812".into(),
-                }),
-                switch::terminal_record(&TerminalSpec {
-                    tid: TID.into(),
-                    mid: MID.into(),
-                    tmk,
-                    scheme: KeyScheme::Double,
-                    mac: MacAlgorithm::CupEcb,
-                    batch_no: 1,
-                }),
-            ])
-            .unwrap()
-            .await
-            .unwrap();
+        provision(store.as_ref(), &hsm, &[TID]).await;
         let mut harness = Harness {
             dir,
             clock: Arc::default(),
