@@ -1222,15 +1222,8 @@ fn on_postgres_concurrent_reads_share_a_bounded_pool() {
     let name = format!("pool_{}", std::process::id());
     let separator = if config.url.contains('?') { '&' } else { '?' };
     config.url = format!("{}{separator}application_name={name}", config.url);
-    let store = store::PgStore::open(&config).unwrap();
-    store
-        .submit(vec![
-            Record::UpsertMerchant(merchant()),
-            Record::UpsertTerminal(Box::new(terminal())),
-        ])
-        .unwrap()
-        .wait()
-        .unwrap();
+    let store = backend::Opened::Pg(store::PgStore::open(&config).unwrap());
+    provision(&store);
     let other = Session::connect(&db.pg_config().unwrap().url);
     let done = std::sync::atomic::AtomicBool::new(false);
     let most = std::thread::scope(|scope| {
