@@ -2,8 +2,9 @@
 //! (portable by rule, see src/schema.rs) exists once: src/pg.rs includes the generated files.
 //!
 //! The SQLite code is written against a small part of rusqlite's API (`prepare_cached`,
-//! `execute`, `query_row`, `query_map`, `Row::get`, `params!`); src/pg_shim.rs offers the same
-//! API over a PostgreSQL connection. Generation only renames: `rusqlite::` becomes the shim,
+//! `execute`, `query_row`, `query_map`, `Row::get`, `params!`) and `execute_any`
+//! (`group::ExecuteAny`, for a write whose count it does not read); src/pg_shim.rs offers the
+//! same API over a PostgreSQL connection. Generation only renames: `rusqlite::` becomes the shim,
 //! `SqliteStore` becomes `PgStore`, `sqlite_<area>` becomes `pg_<area>`. Left out: the SQLite
 //! claim of reversals (PostgreSQL claims with `FOR UPDATE SKIP LOCKED`, in src/pg.rs) and the
 //! SQLite-only read-only opener.

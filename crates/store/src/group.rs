@@ -100,3 +100,16 @@ pub(crate) fn replace_with_failure(completion: &mut Completion, error: &StoreErr
     let taken = std::mem::replace(completion, Completion::Write(placeholder, Ok(())));
     *completion = taken.fail(error.clone());
 }
+
+/// A write whose changed-row count the caller does not read. The PostgreSQL writer sends a
+/// group's statements pipelined and takes one changed row for granted from `execute`, running
+/// the group again when a count differs (the caller may have acted on it); a count nobody reads
+/// cannot have changed what the code did, so `execute_any` accepts whatever count comes back. A
+/// write that rightly changes no row or several (a queueing `ON CONFLICT DO NOTHING`, an upsert
+/// with a condition, a `DELETE` of what may not be there) then costs no second run. On SQLite,
+/// `execute` with its count dropped. The rule in the shared SQL code: `execute` where the count
+/// is read, `execute_any` where it is not.
+pub(crate) trait ExecuteAny<P> {
+    type Error;
+    fn execute_any(&mut self, params: P) -> Result<(), Self::Error>;
+}

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::Store;
 use crate::error::{LinkRefusal, StoreError};
-use crate::group::{Completion, Job, Output, completion};
+use crate::group::{Completion, ExecuteAny, Job, Output, completion};
 #[allow(unused_imports)]
 use crate::model::{
     BatchSpan, EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
@@ -739,3 +739,61 @@ fn claim(
 // The shared statements: `impl Store for PgStore` and the write and row helpers, generated
 // from src/sqlite.rs by build.rs.
 include!(concat!(env!("OUT_DIR"), "/pg_core.rs"));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::web::WebRecord;
+
+    fn write(records: Vec<Record>) -> Job {
+        let (done, _) = tokio::sync::oneshot::channel();
+        Job::Write { records, done }
+    }
+
+    /// A write whose count the shared code does not read (`execute_any`) commits its group on
+    /// the pipelined run even when it changes no row; a write whose count is read and differs
+    /// from the one taken for granted sends the group to a second run.
+    #[test]
+    fn a_count_nobody_reads_does_not_rerun_a_pipelined_group() {
+        let Some((_runtime, conn)) = shim::tests::connect() else {
+            return;
+        };
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let schema = format!("rerun_{}_{nanos}", std::process::id());
+        conn.execute_batch(&format!(
+            "CREATE SCHEMA {schema}; SET search_path TO {schema}"
+        ))
+        .unwrap();
+        migrate(&conn).unwrap();
+        let mut completions = Vec::new();
+
+        // Two deletes of what is not there: no row changed, no count read.
+        let mut jobs = vec![
+            write(vec![Record::Web(WebRecord::ClearLoginFailures {
+                user_id: 1,
+            })]),
+            write(vec![Record::Web(WebRecord::DeleteSession {
+                token_hash: vec![1, 2, 3],
+            })]),
+        ];
+        let ran = run_group(&conn, &mut jobs, &mut completions, true);
+        assert_eq!(ran, Ran::Committed);
+        assert!(jobs.is_empty());
+
+        // A batch mark of an unknown terminal: its count is read (it must be one).
+        let mut jobs = vec![write(vec![Record::Batch {
+            tid: "99999999".into(),
+            batch_no: 2,
+        }])];
+        let ran = run_group(&conn, &mut jobs, &mut completions, true);
+        assert_eq!(ran, Ran::Again);
+        assert_eq!(jobs.len(), 1);
+        let ran = run_group(&conn, &mut jobs, &mut completions, false);
+        assert_eq!(ran, Ran::Failed);
+
+        conn.execute_batch(&format!("DROP SCHEMA {schema} CASCADE"))
+            .unwrap();
+    }
+}

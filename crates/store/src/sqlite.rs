@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::Store;
 use crate::error::{LinkRefusal, StoreError};
-use crate::group::{Completion, Job, Output, completion, replace_with_failure};
+use crate::group::{Completion, ExecuteAny, Job, Output, completion, replace_with_failure};
 use crate::model::{
     BatchSpan, EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
     TerminalHealthRow, TerminalRow, TxnKind, TxnRow, TxnState, WrappedKeys,
@@ -1041,6 +1041,14 @@ fn in_savepoint<T>(
     }
 }
 
+impl<P: rusqlite::Params> ExecuteAny<P> for rusqlite::Statement<'_> {
+    type Error = rusqlite::Error;
+
+    fn execute_any(&mut self, params: P) -> Result<(), rusqlite::Error> {
+        self.execute(params).map(drop)
+    }
+}
+
 fn expect_one(changed: usize, what: &str) -> Result<(), StoreError> {
     if changed == 1 {
         Ok(())
@@ -1066,7 +1074,7 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
                  ON CONFLICT (mid) DO UPDATE SET name = excluded.name,
                  status = excluded.status, mcc = excluded.mcc",
             )?
-            .execute(params![m.mid, m.name, m.status, m.mcc])?;
+            .execute_any(params![m.mid, m.name, m.status, m.mcc])?;
         }
         Record::UpsertTerminal(t) => {
             let keys = t.working_keys.as_ref();
@@ -1081,7 +1089,7 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
                  pik_wrapped = excluded.pik_wrapped, mak_wrapped = excluded.mak_wrapped,
                  tdk_wrapped = excluded.tdk_wrapped",
             )?
-            .execute(params![
+            .execute_any(params![
                 t.tid,
                 t.mid,
                 t.tmk_wrapped,
@@ -1122,7 +1130,7 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
                      THEN excluded.fallbacks ELSE terminal_health.fallbacks END
                  WHERE excluded.seen_at_ms >= terminal_health.seen_at_ms",
             )?
-            .execute(params![
+            .execute_any(params![
                 h.tid,
                 h.application_type,
                 h.software_version,
@@ -1160,7 +1168,7 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
                 "INSERT INTO balance_answers (txn_id, field54) VALUES (?1, ?2)
                  ON CONFLICT (txn_id) DO UPDATE SET field54 = excluded.field54",
             )?
-            .execute(params![id, field54])?;
+            .execute_any(params![id, field54])?;
         }
         Record::Refunded { id } => {
             // The row lock first (see `claim_original`): the sum below then sees every refund
@@ -1180,13 +1188,13 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
                 .collect::<Result<Vec<i64>, _>>()?;
             let refunded_fen = refunds.iter().fold(0_i64, |sum, a| sum.saturating_add(*a));
             conn.prepare_cached("UPDATE transactions SET refunded_fen = ?2 WHERE id = ?1")?
-                .execute(params![id, refunded_fen])?;
+                .execute_any(params![id, refunded_fen])?;
         }
         Record::Event(e) => {
             conn.prepare_cached(
                 "INSERT INTO events (txn_id, at_ms, kind, detail) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![e.txn_id, e.at_ms, e.kind, e.detail])?;
+            .execute_any(params![e.txn_id, e.at_ms, e.kind, e.detail])?;
         }
         Record::SafEnqueue {
             txn_id,
@@ -1199,7 +1207,7 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
                 "INSERT INTO reversal_queue (txn_id, issuer, reason, attempts, next_attempt_ms,
                  state) VALUES (?1, ?2, ?3, 0, ?4, ?5) ON CONFLICT (txn_id) DO NOTHING",
             )?
-            .execute(params![
+            .execute_any(params![
                 txn_id,
                 issuer,
                 reason,
@@ -1216,7 +1224,7 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
                 "UPDATE reversal_queue SET attempts = attempts + 1, next_attempt_ms = ?2,
                  last_error = ?3 WHERE txn_id = ?1 AND state = ?4",
             )?
-            .execute(params![
+            .execute_any(params![
                 txn_id,
                 next_attempt_ms,
                 last_error,
@@ -1266,7 +1274,7 @@ fn insert_txn(conn: &Connection, t: &TxnRow) -> Result<(), StoreError> {
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
          ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)",
     )?
-    .execute(params![
+    .execute_any(params![
         t.id,
         t.tid,
         t.mid,

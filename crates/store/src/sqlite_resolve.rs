@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::{SqliteStore, TXN_COLUMNS, expect_one, txn_from_row};
 use crate::error::StoreError;
+use crate::group::ExecuteAny;
 use crate::model::{EventRow, TxnKind, TxnRow, TxnState, TxnTally};
 use crate::resolve::{
     BackOfficeKeyRow, CaseEntryRow, CaseQuery, CaseRow, DeliveryRow, DuplicateRow, OutboxRow,
@@ -59,7 +60,7 @@ pub(super) fn write(conn: &Connection, record: &ResolveRecord) -> Result<(), Sto
                 "INSERT INTO cases ({CASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
                  ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
             ))?
-            .execute(params![
+            .execute_any(params![
                 c.id,
                 c.mid,
                 c.kind,
@@ -114,7 +115,7 @@ pub(super) fn write(conn: &Connection, record: &ResolveRecord) -> Result<(), Sto
                 "INSERT INTO case_entries (case_id, seq, at_ms, who, text, attachments)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![
+            .execute_any(params![
                 e.case_id,
                 e.seq,
                 e.at_ms,
@@ -130,14 +131,14 @@ pub(super) fn write(conn: &Connection, record: &ResolveRecord) -> Result<(), Sto
                  ON CONFLICT (mid) DO UPDATE SET url = excluded.url,
                  secret_sealed = excluded.secret_sealed, active = excluded.active",
             )?
-            .execute(params![w.mid, w.url, w.secret_sealed, w.active])?;
+            .execute_any(params![w.mid, w.url, w.secret_sealed, w.active])?;
         }
         ResolveRecord::Enqueue(o) => {
             conn.prepare_cached(&format!(
                 "INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
                  ?9, ?10) ON CONFLICT (dedup_key) DO NOTHING"
             ))?
-            .execute(params![
+            .execute_any(params![
                 o.id,
                 o.mid,
                 o.event_type,
@@ -178,7 +179,7 @@ pub(super) fn write(conn: &Connection, record: &ResolveRecord) -> Result<(), Sto
                 "INSERT INTO webhook_deliveries (outbox_id, attempt, at_ms, url, status, error,
                  duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![
+            .execute_any(params![
                 log.outbox_id,
                 log.attempt,
                 log.at_ms,
@@ -207,7 +208,7 @@ pub(super) fn write(conn: &Connection, record: &ResolveRecord) -> Result<(), Sto
                  batch_no, stan, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (idempotency_key) DO NOTHING",
             )?
-            .execute(params![
+            .execute_any(params![
                 k.idempotency_key,
                 k.original_rrn,
                 k.amount_fen,
@@ -223,7 +224,7 @@ pub(super) fn write(conn: &Connection, record: &ResolveRecord) -> Result<(), Sto
                  gap_ms, flagged_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (second_txn_id) DO NOTHING",
             )?
-            .execute(params![
+            .execute_any(params![
                 d.first_txn_id,
                 d.second_txn_id,
                 d.mid,
@@ -237,7 +238,7 @@ pub(super) fn write(conn: &Connection, record: &ResolveRecord) -> Result<(), Sto
                 "INSERT INTO resolve_cursors (name, position) VALUES (?1, ?2)
                  ON CONFLICT (name) DO UPDATE SET position = excluded.position",
             )?
-            .execute(params![name, position])?;
+            .execute_any(params![name, position])?;
         }
     }
     Ok(())

@@ -6,6 +6,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{SqliteStore, expect_one};
 use crate::error::StoreError;
+use crate::group::ExecuteAny;
 use crate::risk::{
     AlertAction, AlertState, MerchantProfileRow, MerchantReviewRow, MerchantState, ResolvedAlert,
     RiskAlertRow, RiskRecord,
@@ -49,7 +50,7 @@ pub(super) fn write(conn: &Connection, record: &RiskRecord) -> Result<(), StoreE
                  applied_at_ms = excluded.applied_at_ms, reviewed_by = excluded.reviewed_by,
                  reviewed_at_ms = excluded.reviewed_at_ms, note = excluded.note",
             )?
-            .execute(params![
+            .execute_any(params![
                 p.mid,
                 p.state,
                 p.licence_no,
@@ -67,7 +68,7 @@ pub(super) fn write(conn: &Connection, record: &RiskRecord) -> Result<(), StoreE
                 "INSERT INTO merchant_reviews (mid, at_ms, operator, action, from_state, to_state,
                  note) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![
+            .execute_any(params![
                 r.mid,
                 r.at_ms,
                 r.operator,
@@ -83,7 +84,7 @@ pub(super) fn write(conn: &Connection, record: &RiskRecord) -> Result<(), StoreE
                  raised_at_ms, state, resolved_by, resolved_at_ms, resolution)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
-            .execute(params![
+            .execute_any(params![
                 a.id,
                 a.kind,
                 a.rule_id,
@@ -102,7 +103,7 @@ pub(super) fn write(conn: &Connection, record: &RiskRecord) -> Result<(), StoreE
                  ON CONFLICT (alert_id, txn_id) DO NOTHING",
             )?;
             for txn_id in a.txn_ids.iter().take(RISK_ALERT_TXNS_MAX) {
-                link.execute(params![a.id, txn_id])?;
+                link.execute_any(params![a.id, txn_id])?;
             }
         }
         RiskRecord::ResolveAlert {

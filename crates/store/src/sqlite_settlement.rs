@@ -6,6 +6,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{SqliteStore, expect_one};
 use crate::error::StoreError;
+use crate::group::ExecuteAny;
 use crate::model::TxnKind;
 use crate::settlement::{
     AccountChangeRow, AccountKind, BatchDiffKind, BatchDiffRow, BatchSettlementRow, BatchUploadRow,
@@ -67,7 +68,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                  result = excluded.result, host_totals = excluded.host_totals,
                  terminal_totals = excluded.terminal_totals",
             )?
-            .execute(params![
+            .execute_any(params![
                 b.tid,
                 b.batch_no,
                 b.settled_at_ms,
@@ -86,7 +87,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                  pan_last4 = excluded.pan_last4, amount_fen = excluded.amount_fen,
                  received_at_ms = excluded.received_at_ms",
             )?
-            .execute(params![
+            .execute_any(params![
                 u.tid,
                 u.batch_no,
                 u.stan,
@@ -103,14 +104,14 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
             rows,
         } => {
             conn.prepare_cached("DELETE FROM batch_differences WHERE tid = ?1 AND batch_no = ?2")?
-                .execute(params![tid, batch_no])?;
+                .execute_any(params![tid, batch_no])?;
             let mut insert = conn.prepare_cached(
                 "INSERT INTO batch_differences (tid, batch_no, stan, kind, txn_id,
                  host_amount_fen, terminal_amount_fen, pan_masked)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for d in rows {
-                insert.execute(params![
+                insert.execute_any(params![
                     d.tid,
                     d.batch_no,
                     d.stan,
@@ -125,7 +126,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 "UPDATE batch_settlements SET upload_done_at_ms = ?3
                  WHERE tid = ?1 AND batch_no = ?2",
             )?
-            .execute(params![tid, batch_no, at_ms])?;
+            .execute_any(params![tid, batch_no, at_ms])?;
         }
         SettlementRecord::ClearingLines(lines) => {
             let mut insert = conn.prepare_cached(
@@ -134,7 +135,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for l in lines {
-                insert.execute(params![
+                insert.execute_any(params![
                     l.txn_id,
                     l.seq,
                     l.mid,
@@ -156,7 +157,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                  fee_fen = excluded.fee_fen",
             )?;
             for t in rows {
-                statement.execute(params![
+                statement.execute_any(params![
                     t.clearing_date,
                     t.mid,
                     i64::try_from(t.lines).unwrap_or(i64::MAX),
@@ -170,7 +171,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 "INSERT INTO settle_runs (clearing_date, run_no, at_ms, lines, gross_fen,
                  fee_fen, postings) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![
+            .execute_any(params![
                 r.clearing_date,
                 r.run_no,
                 r.at_ms,
@@ -195,10 +196,10 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 if let Some(message) = unbalanced(p) {
                     return Err(StoreError::Constraint { message });
                 }
-                header.execute(params![p.id, p.at_ms, p.value_date, p.kind, p.reference])?;
+                header.execute_any(params![p.id, p.at_ms, p.value_date, p.kind, p.reference])?;
                 for (n, l) in p.legs.iter().enumerate() {
                     let n = i64::try_from(n).unwrap_or(i64::MAX);
-                    leg.execute(params![p.id, n, l.account, l.amount_fen, p.value_date])?;
+                    leg.execute_any(params![p.id, n, l.account, l.amount_fen, p.value_date])?;
                 }
             }
         }
@@ -213,7 +214,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                  qr_bp = excluded.qr_bp, payout_delay_days = excluded.payout_delay_days,
                  updated_at_ms = excluded.updated_at_ms",
             )?
-            .execute(params![
+            .execute_any(params![
                 t.mid,
                 t.debit_bp,
                 t.debit_cap_fen,
@@ -236,7 +237,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                  version = excluded.version, needs_rebind = excluded.needs_rebind,
                  updated_at_ms = excluded.updated_at_ms",
             )?
-            .execute(params![
+            .execute_any(params![
                 a.mid,
                 a.kind,
                 a.number_sealed,
@@ -288,7 +289,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 "UPDATE bound_accounts SET needs_rebind = ?3, updated_at_ms = ?4
                  WHERE mid = ?1 AND version = ?2",
             )?
-            .execute(params![mid, version, true, at_ms])?;
+            .execute_any(params![mid, version, true, at_ms])?;
         }
         SettlementRecord::AccountChange(c) => {
             conn.prepare_cached(
@@ -299,7 +300,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                  decided_by = excluded.decided_by, decided_at_ms = excluded.decided_at_ms,
                  note = excluded.note",
             )?
-            .execute(params![
+            .execute_any(params![
                 c.id,
                 c.mid,
                 c.kind,
@@ -328,7 +329,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                  bank_reference = excluded.bank_reference, failure = excluded.failure,
                  updated_at_ms = excluded.updated_at_ms",
             )?
-            .execute(params![
+            .execute_any(params![
                 p.key,
                 p.mid,
                 p.payout_date,
@@ -352,7 +353,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                  failure, created_at_ms, updated_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
-            .execute(params![
+            .execute_any(params![
                 p.key,
                 p.mid,
                 p.payout_date,
@@ -404,20 +405,20 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 "INSERT INTO payout_returns (reference, reported_on) VALUES (?1, ?2)
                  ON CONFLICT (reference) DO NOTHING",
             )?
-            .execute(params![reference, reported_on])?;
+            .execute_any(params![reference, reported_on])?;
         }
         SettlementRecord::PayoutReturnHandled { reference, at_ms } => {
             conn.prepare_cached(
                 "UPDATE payout_returns SET handled_at_ms = ?2 WHERE reference = ?1",
             )?
-            .execute(params![reference, at_ms])?;
+            .execute_any(params![reference, at_ms])?;
         }
         SettlementRecord::PayoutEvent(e) => {
             conn.prepare_cached(
                 "INSERT INTO payout_events (id, at_ms, mid, payout_key, kind, failure, detail)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![
+            .execute_any(params![
                 e.id,
                 e.at_ms,
                 e.mid,

@@ -5,6 +5,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::SqliteStore;
 use crate::error::StoreError;
+use crate::group::ExecuteAny;
 use crate::web::{ApiTokenRow, AuditRow, LoginFailuresRow, Role, SessionRow, UserRow, WebRecord};
 
 /// Audit rows one query returns at most, whatever the caller asks.
@@ -24,7 +25,7 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
                  mid = excluded.mid, display_name = excluded.display_name,
                  disabled = excluded.disabled",
             )?
-            .execute(params![
+            .execute_any(params![
                 u.id,
                 u.username,
                 u.password_hash,
@@ -47,18 +48,18 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
                             ELSE web_login_failures.failures + 1 END,
                  last_at_ms = excluded.last_at_ms",
             )?
-            .execute(params![user_id, at_ms, counts_since_ms])?;
+            .execute_any(params![user_id, at_ms, counts_since_ms])?;
         }
         WebRecord::ClearLoginFailures { user_id } => {
             conn.prepare_cached("DELETE FROM web_login_failures WHERE user_id = ?1")?
-                .execute(params![user_id])?;
+                .execute_any(params![user_id])?;
         }
         WebRecord::InsertSession(s) => {
             conn.prepare_cached(
                 "INSERT INTO web_sessions (token_hash, user_id, csrf, created_at_ms,
                  expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![
+            .execute_any(params![
                 s.token_hash,
                 s.user_id,
                 s.csrf,
@@ -68,7 +69,7 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
         }
         WebRecord::DeleteSession { token_hash } => {
             conn.prepare_cached("DELETE FROM web_sessions WHERE token_hash = ?1")?
-                .execute(params![token_hash])?;
+                .execute_any(params![token_hash])?;
         }
         WebRecord::EndSessions {
             user_id,
@@ -77,42 +78,42 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
             conn.prepare_cached(
                 "DELETE FROM web_sessions WHERE user_id = ?1 AND token_hash <> ?2",
             )?
-            .execute(params![user_id, keep])?;
+            .execute_any(params![user_id, keep])?;
         }
         WebRecord::EndSessions {
             user_id,
             keep: None,
         } => {
             conn.prepare_cached("DELETE FROM web_sessions WHERE user_id = ?1")?
-                .execute(params![user_id])?;
+                .execute_any(params![user_id])?;
         }
         WebRecord::SetPasswordHash {
             user_id,
             password_hash,
         } => {
             conn.prepare_cached("UPDATE web_users SET password_hash = ?2 WHERE id = ?1")?
-                .execute(params![user_id, password_hash])?;
+                .execute_any(params![user_id, password_hash])?;
         }
         WebRecord::SetDisabled { user_id, disabled } => {
             conn.prepare_cached("UPDATE web_users SET disabled = ?2 WHERE id = ?1")?
-                .execute(params![user_id, i64::from(*disabled)])?;
+                .execute_any(params![user_id, i64::from(*disabled)])?;
         }
         WebRecord::RevokeUserTokens { user_id } => {
             conn.prepare_cached("UPDATE web_api_tokens SET revoked = 1 WHERE user_id = ?1")?
-                .execute(params![user_id])?;
+                .execute_any(params![user_id])?;
         }
         WebRecord::EndExpiredSessions { user_id, now_ms } => {
             conn.prepare_cached(
                 "DELETE FROM web_sessions WHERE user_id = ?1 AND expires_at_ms <= ?2",
             )?
-            .execute(params![user_id, now_ms])?;
+            .execute_any(params![user_id, now_ms])?;
         }
         WebRecord::InsertApiToken(t) => {
             conn.prepare_cached(
                 "INSERT INTO web_api_tokens (token_hash, user_id, name, created_at_ms, revoked)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![
+            .execute_any(params![
                 t.token_hash,
                 t.user_id,
                 t.name,
@@ -122,14 +123,14 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
         }
         WebRecord::RevokeApiToken { token_hash } => {
             conn.prepare_cached("UPDATE web_api_tokens SET revoked = 1 WHERE token_hash = ?1")?
-                .execute(params![token_hash])?;
+                .execute_any(params![token_hash])?;
         }
         WebRecord::Audit(a) => {
             conn.prepare_cached(
                 "INSERT INTO audit_log (id, at_ms, who, action, target, before_json, after_json)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![
+            .execute_any(params![
                 a.id, a.at_ms, a.who, a.action, a.target, a.before, a.after
             ])?;
         }
