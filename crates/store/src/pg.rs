@@ -65,6 +65,23 @@ pub const PG_READ_CONNECTIONS_MAX: usize = 16;
 const PG_READ_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// Threads driving the connections' protocol tasks; they only shuffle bytes.
 const PG_RUNTIME_THREADS: usize = 1;
+/// Connection bounds, each unless the URL sets its own (tokio-postgres reads them in seconds).
+/// A server that stops answering, or a network that stops carrying, must fail a connection
+/// rather than hold it: the writer's requests are then answered 96 and it connects again.
+/// `connect_timeout` bounds the whole connection, socket and startup (libpq's meaning): a
+/// server that takes the socket and never answers is an outage too.
+const PG_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Data sent and not acknowledged by the server's host for this long fails the connection
+/// (`TCP_USER_TIMEOUT`): a host gone or a partition while a group is being written.
+const PG_TCP_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// An idle connection (a pooled reader, the writer between groups) is probed after this long
+/// without traffic, every `PG_KEEPALIVE_INTERVAL`, and given up after `PG_KEEPALIVE_RETRIES`
+/// unanswered probes: about 25 s for a host gone, against the system's two hours.
+const PG_KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+const PG_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+const PG_KEEPALIVE_RETRIES: u32 = 3;
+/// tokio-postgres's keepalive idle time when none is given.
+const KEEPALIVE_IDLE_UNSET: std::time::Duration = std::time::Duration::from_secs(2 * 60 * 60);
 /// The advisory lock key migrations hold, so nodes starting together migrate once.
 const MIGRATION_LOCK_KEY: i64 = 0x0053_484f_5544_414e;
 
@@ -165,17 +182,51 @@ fn runtime() -> Result<tokio::runtime::Runtime, StoreError> {
         .map_err(|e| backend(format!("cannot start the postgres runtime: {e}")))
 }
 
+/// The client configuration of `url` with the connection bounds it does not set itself.
+fn client_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    // The parser's errors name the option, never the URL (which may hold a password).
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| backend(format!("postgres URL: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(PG_CONNECT_TIMEOUT);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(PG_TCP_USER_TIMEOUT);
+    }
+    if config.get_keepalives_idle() == KEEPALIVE_IDLE_UNSET {
+        config.keepalives_idle(PG_KEEPALIVE_IDLE);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(PG_KEEPALIVE_INTERVAL);
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(PG_KEEPALIVE_RETRIES);
+    }
+    Ok(config)
+}
+
 fn connect(runtime: &tokio::runtime::Handle, config: &PgConfig) -> Result<Connection, StoreError> {
-    let url = config.url.clone();
+    let client_config = client_config(&config.url)?;
+    let limit = client_config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(PG_CONNECT_TIMEOUT);
     let connecting = runtime.spawn(async move {
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        let connected = tokio::time::timeout(limit, client_config.connect(tokio_postgres::NoTls));
+        let Ok(connected) = connected.await else {
+            return Err(backend(format!(
+                "postgres connect: no answer within {} s",
+                limit.as_secs()
+            )));
+        };
+        let (client, connection) = connected.map_err(|e| shim::store_error(&e))?;
         // The protocol task ends when the client is dropped or the server goes away.
         tokio::spawn(async move { drop(connection.await) });
-        Ok::<_, tokio_postgres::Error>(client)
+        Ok(client)
     });
-    let client = shim::block_on(connecting)
-        .map_err(|e| backend(format!("postgres connect: {e}")))?
-        .map_err(|e| shim::store_error(&e))?;
+    let client =
+        shim::block_on(connecting).map_err(|e| backend(format!("postgres connect: {e}")))??;
     let conn = Connection::new(client);
     if let Some(schema) = &config.schema {
         conn.execute_batch(&format!("SET search_path TO {schema}"))?;
@@ -748,6 +799,66 @@ mod tests {
     fn write(records: Vec<Record>) -> Job {
         let (done, _) = tokio::sync::oneshot::channel();
         Job::Write { records, done }
+    }
+
+    /// A URL's own bounds are kept; those it leaves out are the store's.
+    #[test]
+    fn connections_are_bounded_unless_the_url_says_otherwise() {
+        let config = client_config("postgres://shoudan@db.example/journal").unwrap();
+        assert_eq!(config.get_connect_timeout(), Some(&PG_CONNECT_TIMEOUT));
+        assert_eq!(config.get_tcp_user_timeout(), Some(&PG_TCP_USER_TIMEOUT));
+        assert!(config.get_keepalives());
+        assert_eq!(config.get_keepalives_idle(), PG_KEEPALIVE_IDLE);
+        assert_eq!(
+            config.get_keepalives_interval(),
+            Some(PG_KEEPALIVE_INTERVAL)
+        );
+        assert_eq!(config.get_keepalives_retries(), Some(PG_KEEPALIVE_RETRIES));
+
+        let config = client_config(
+            "postgres://shoudan@db.example/journal?connect_timeout=3&tcp_user_timeout=30\
+             &keepalives_idle=60&keepalives_interval=7&keepalives_retries=9",
+        )
+        .unwrap();
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(config.get_connect_timeout(), Some(&secs(3)));
+        assert_eq!(config.get_tcp_user_timeout(), Some(&secs(30)));
+        assert_eq!(config.get_keepalives_idle(), secs(60));
+        assert_eq!(config.get_keepalives_interval(), Some(secs(7)));
+        assert_eq!(config.get_keepalives_retries(), Some(9));
+
+        let error = client_config("postgres://shoudan:secret@db.example:port/journal")
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("secret"), "{error}");
+    }
+
+    /// A server that accepts the connection and never answers (a hung process, a proxy in front
+    /// of a dead one) fails the open within the connect timeout, instead of holding it forever.
+    #[test]
+    fn a_server_that_never_answers_fails_the_open_within_the_connect_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Takes connections and reads nothing; they stay open until the test ends.
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                held.push(stream);
+            }
+        });
+        let url = format!("postgres://shoudan@127.0.0.1:{port}/journal?connect_timeout=1");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || drop(sender.send(PgStore::open(&PgConfig::new(url)).err())));
+        let started = std::time::Instant::now();
+        let error = receiver
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the open is still waiting after 10 s")
+            .expect("opened a store on a server that never answered");
+        assert!(
+            error.to_string().contains("no answer within 1 s"),
+            "{error}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     /// A write whose count the shared code does not read (`execute_any`) commits its group on
