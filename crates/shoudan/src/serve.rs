@@ -69,6 +69,9 @@ pub struct ServeConfig {
     /// leased before another node may take it over.
     pub saf_interval_ms: Option<u64>,
     pub saf_lease_ms: Option<u64>,
+    /// How long an authorisation waits for a journal write or read before answering 96
+    /// (`SwitchConfig::journal_wait`; default 3 s).
+    pub journal_wait_ms: Option<u64>,
     /// Whether merchants' webhook endpoints may be loopback, private or link-local addresses
     /// (false: public addresses only, so a merchant cannot aim the host at its own network).
     #[serde(default)]
@@ -274,6 +277,9 @@ const ISSUER_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
 const NODE_IDS: std::ops::RangeInclusive<u8> = 1..=99;
 /// How often due reversals are claimed: not a busy loop, not so rarely they wait for it.
 const SAF_INTERVAL_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
+/// `journal_wait_ms` allowed: above a busy group commit's few tens of milliseconds, and short
+/// of a terminal's own timeout (twice it plus an issuer's timeout is what a terminal may wait).
+const JOURNAL_WAIT_MS: std::ops::RangeInclusive<u64> = 100..=30_000;
 /// A reversal claim's lease ends before another node may send it again: past any issuer
 /// timeout, and within the ten minutes after which a start takes a request for lost.
 const SAF_LEASE_MAX_MS: u64 = 600_000;
@@ -310,6 +316,11 @@ fn check_config(config: &ServeConfig) -> Result<(), String> {
     if let Some(ms) = config.saf_interval_ms {
         if !SAF_INTERVAL_MS.contains(&ms) {
             return Err(format!("saf_interval_ms {ms}: must be 50 to 60000"));
+        }
+    }
+    if let Some(ms) = config.journal_wait_ms {
+        if !JOURNAL_WAIT_MS.contains(&ms) {
+            return Err(format!("journal_wait_ms {ms}: must be 100 to 30000"));
         }
     }
     // The lease in force, set or default: an issuer timeout may outlast the default.
@@ -391,6 +402,9 @@ fn checked(config: &ServeConfig) -> Result<Checked, Box<dyn std::error::Error>> 
     }
     if let Some(ms) = config.saf_lease_ms {
         switch_config.saf_lease = Duration::from_millis(ms);
+    }
+    if let Some(ms) = config.journal_wait_ms {
+        switch_config.journal_wait = Duration::from_millis(ms);
     }
     if let Some(path) = &config.risk_rules {
         let text = read_text(path, "risk rules")?;

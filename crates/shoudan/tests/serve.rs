@@ -253,6 +253,11 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
             "saf_interval_ms 0",
         ),
         (
+            "saf_lease_ms = 5000",
+            "saf_lease_ms = 5000\njournal_wait_ms = 50",
+            "journal_wait_ms 50",
+        ),
+        (
             "[[issuer]]",
             "[[issuer]]\nbank = \"ICBC\"\naddr = \"127.0.0.1:9\"\nzpk = \"1\"\ntimeout_ms = 500\n\n[[issuer]]",
             "configured twice",

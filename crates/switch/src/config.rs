@@ -40,6 +40,10 @@ pub const REFUND_DAYS_MAX: i64 = 30;
 /// Ids, RRNs and traces are reserved from the store in blocks of this many.
 pub const SEQUENCE_BLOCK: u64 = 10_000;
 
+/// `SwitchConfig::journal_wait` unless set: twice it plus an issuer's timeout (5 s in the demo)
+/// stays inside a terminal's usual 15 s or more.
+pub const JOURNAL_WAIT_DEFAULT: Duration = Duration::from_secs(3);
+
 /// Day cut-over (日切), minutes after midnight China time: from then on transactions belong to
 /// the next clearing date. 23:00 is CUP's cut-over; the acquirer follows it so that its clearing
 /// dates agree with the network's (field 15).
@@ -79,6 +83,11 @@ pub struct SwitchConfig {
     pub default_issuer: Option<String>,
     /// When false, transactions are not journalled (benchmarks of the journal's cost only).
     pub journal: bool,
+    /// How long an authorisation waits for a journal write (a group commit takes milliseconds)
+    /// before the terminal is answered 96: a journal that hangs rather than fails (a stalled
+    /// disk, a database that stops answering) must not hold terminals past their own timeout.
+    /// A write that lands after its 96 is settled then (`Core::settle_late`).
+    pub journal_wait: Duration,
     /// How often the store-and-forward loop looks for reversals due.
     pub saf_interval: Duration,
     /// How long a claimed reversal is left alone before another attempt may claim it.
@@ -128,6 +137,7 @@ impl SwitchConfig {
             issuers: HashMap::new(),
             default_issuer: None,
             journal: true,
+            journal_wait: JOURNAL_WAIT_DEFAULT,
             saf_interval: Duration::from_millis(200),
             saf_lease: SAF_LEASE_DEFAULT,
             retry_wait: Duration::from_secs(30),

@@ -153,6 +153,14 @@ pub(crate) const TRACE_NODES: u32 = 10;
 /// Traces each node cycles through: six digits in all.
 const TRACE_PER_NODE: u32 = 999_999 / TRACE_NODES;
 
+/// How a journal write went within `SwitchConfig::journal_wait`.
+pub(crate) enum Journalled {
+    Written,
+    Failed(StoreError),
+    /// Not answered in time: still queued, it may land or fail later.
+    Late(store::Durable),
+}
+
 /// Orphaned requests (`Core::orphans`) kept for the next sweep at most.
 pub(crate) const ORPHANS_MAX: usize = 10_000;
 
@@ -257,7 +265,9 @@ impl Core {
 
     /// A 12-digit RRN: node id, then ten digits of sequence.
     pub async fn next_rrn(&self) -> Result<String, StoreError> {
-        let n = self.rrns.next(self.store.as_ref()).await?;
+        let n = self
+            .within_wait(self.rrns.next(self.store.as_ref()))
+            .await?;
         Ok(format!(
             "{:02}{:010}",
             self.config.node_id % 100,
@@ -266,11 +276,51 @@ impl Core {
     }
 
     pub async fn next_id(&self) -> Result<i64, StoreError> {
-        let n = self.ids.next(self.store.as_ref()).await?;
+        let n = self.within_wait(self.ids.next(self.store.as_ref())).await?;
         i64::try_from(n).map_err(|_| StoreError::Corrupt {
             what: "transaction id",
             value: n.to_string(),
         })
+    }
+
+    /// `f` (a sequence's next block, reserved by the journal's writer), failing after
+    /// `journal_wait`: a block reserved after that is only a block of numbers never used.
+    async fn within_wait<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.config.journal_wait, f)
+            .await
+            .unwrap_or_else(|_| Err(self.no_answer()))
+    }
+
+    fn no_answer(&self) -> StoreError {
+        StoreError::Backend {
+            message: format!(
+                "the journal did not answer within {} ms",
+                self.config.journal_wait.as_millis()
+            ),
+        }
+    }
+
+    /// Writes records durably within `journal_wait`, unless journaling is off (benchmarks).
+    /// A write not answered by then is handed back, still queued: it may yet land.
+    pub async fn journal_within(&self, records: Vec<Record>) -> Journalled {
+        if !self.config.journal {
+            return Journalled::Written;
+        }
+        let mut durable = match self.store.submit(records) {
+            Ok(durable) => durable,
+            Err(error) => return Journalled::Failed(error),
+        };
+        match tokio::time::timeout(self.config.journal_wait, &mut durable).await {
+            Ok(Ok(())) => Journalled::Written,
+            Ok(Err(error)) => Journalled::Failed(error),
+            Err(_) => {
+                tracing::warn!(error = %self.no_answer(), "answering 96; the write stays queued");
+                Journalled::Late(durable)
+            }
+        }
     }
 
     /// Writes records durably, unless journaling is off (benchmarks).
@@ -295,6 +345,21 @@ impl Core {
         tokio::task::spawn_blocking(move || f(store.as_ref()))
             .await
             .ok()
+    }
+
+    /// `read_store` for a terminal's request: `None` also when the read has not answered within
+    /// `journal_wait` (a database that stopped answering must not hold the terminal; the read's
+    /// thread ends when its connection does, and the read pool bounds how many wait so).
+    pub async fn read_for_request<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> T + Send + 'static,
+    ) -> Option<T> {
+        let wait = self.config.journal_wait;
+        let read = tokio::time::timeout(wait, self.read_store(f)).await;
+        if read.is_err() {
+            tracing::warn!(error = %self.no_answer(), "journal read: answering 96");
+        }
+        read.ok().flatten()
     }
 
     /// Writes records durably whatever the journal setting (terminal keys, reversal queue).
@@ -527,7 +592,7 @@ impl Core {
     pub async fn mark_batch(&self, tid: &str, batch_no: u32) -> Result<(), ()> {
         let owned = tid.to_owned();
         match self
-            .read_store(move |store| store.stans_of_batch(&owned, batch_no))
+            .read_for_request(move |store| store.stans_of_batch(&owned, batch_no))
             .await
         {
             Some(Ok(Some(stans))) => {

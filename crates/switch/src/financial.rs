@@ -21,6 +21,10 @@ use crate::core::*;
 use crate::issuer::{IssuerLink, LinkError};
 use crate::ledger::{Answer, Claim, Entry, Known, TxnKey};
 
+/// Attempts at recording the host's reversal of an outcome written after its 96
+/// (`Core::settle_late_outcome`), a second apart at first, then up to 30 s: about four minutes.
+const LATE_SETTLE_TRIES: u32 = 12;
+
 pub(crate) fn store_kind(kind: Financial) -> TxnKind {
     match kind {
         Financial::BalanceInquiry => TxnKind::BalanceInquiry,
@@ -285,7 +289,9 @@ impl Core {
             && answer.balance.is_none()
         {
             let id = entry.id;
-            if let Some(Ok(balance)) = self.read_store(move |store| store.balance_answer(id)).await
+            if let Some(Ok(balance)) = self
+                .read_for_request(move |store| store.balance_answer(id))
+                .await
             {
                 answer.balance = balance;
             }
@@ -306,7 +312,7 @@ impl Core {
     /// unanswered there: 98, and the terminal reverses it, as after any timeout.
     async fn answer_of_journal(&self, entry: &Entry) -> Answer {
         let id = entry.id;
-        let row = self.read_store(move |store| store.txn(id)).await;
+        let row = self.read_for_request(move |store| store.txn(id)).await;
         let Some(Ok(Some(row))) = row else {
             return Answer::code(RC_SYSTEM_ERROR);
         };
@@ -377,7 +383,7 @@ impl Core {
         why: LinkRefusal,
     ) -> Option<Vec<u8>> {
         let id = original.id;
-        if let Some(Ok(Some(now))) = self.read_store(move |store| store.txn(id)).await {
+        if let Some(Ok(Some(now))) = self.read_for_request(move |store| store.txn(id)).await {
             original.catch_up(&now);
         }
         // Refused before it went out: nothing was sent to the issuer (the explanation reads
@@ -456,7 +462,7 @@ impl Core {
         }
         let tid = ctx.key.tid.clone();
         let rows = self
-            .read_store(move |store| store.txns_by_key(&tid, batch, trace))
+            .read_for_request(move |store| store.txns_by_key(&tid, batch, trace))
             .await?
             .ok()?;
         let row = rows.iter().find(|r| r.kind != TxnKind::Reversal)?;
@@ -469,7 +475,7 @@ impl Core {
             return Some(entry);
         }
         let row = self
-            .read_store(move |store| store.txn_by_rrn(&rrn))
+            .read_for_request(move |store| store.txn_by_rrn(&rrn))
             .await?
             .ok()??;
         Some(self.ledger.adopt(&row))
@@ -494,7 +500,7 @@ impl Core {
             Known::New | Known::MaybeStored => {
                 let (tid, batch_no, stan) = (key.tid.clone(), key.batch_no, key.stan);
                 let rows = self
-                    .read_store(move |store| store.txns_by_key(&tid, batch_no, stan))
+                    .read_for_request(move |store| store.txns_by_key(&tid, batch_no, stan))
                     .await?
                     .ok()?;
                 Some(rows.iter().map(|row| self.ledger.adopt(row)).collect())
@@ -785,7 +791,7 @@ impl Core {
             // original since this one read it. What the journal says now counts.
             if self.config.shared_journal {
                 let id = found.id;
-                match self.read_store(move |store| store.txn(id)).await {
+                match self.read_for_request(move |store| store.txn(id)).await {
                     Some(Ok(Some(now))) => found.catch_up(&now),
                     Some(Ok(None)) => {}
                     Some(Err(_)) | None => {
@@ -912,7 +918,29 @@ impl Core {
         );
         // A linked request's row is kept, to record a refusal should the journal refuse it.
         let linked_row = matches!(original, Link::Original(_)).then(|| row.clone());
-        if let Err(error) = self.journal(vec![Record::InsertTxn(Box::new(row))]).await {
+        let written = match self
+            .journal_within(vec![Record::InsertTxn(Box::new(row))])
+            .await
+        {
+            Journalled::Written => Ok(()),
+            Journalled::Failed(error) => Err(error),
+            Journalled::Late(durable) => {
+                self.risk_release(&ctx.terminal.mid, entry.id);
+                let _ = release(false, &mut undo);
+                // The row may still land, the issuer never asked: `settle_late_request`.
+                entry.keep_answer();
+                entry.answer(Answer::code(RC_SYSTEM_ERROR), TxnState::Failed);
+                self.settle_late_request(&entry, durable);
+                return self.reply(
+                    ctx.frame,
+                    Some(&ctx.terminal),
+                    &Answer::code(RC_SYSTEM_ERROR),
+                    entry.rrn.as_deref(),
+                    |_| Ok(()),
+                );
+            }
+        };
+        if let Err(error) = written {
             // Whatever the answer, this sale holds nothing against a daily limit any more.
             self.risk_release(&ctx.terminal.mid, entry.id);
             if let (StoreError::LinkRefused(why), Link::Original(found), Some(row)) =
@@ -1063,34 +1091,27 @@ impl Core {
         let unreadable = state == TxnState::Failed && issuer_answered.is_some();
         let owes_reversal =
             state == TxnState::Approved || (unreadable && kind != TxnKind::BalanceInquiry);
-        let written = self.journal(records).await;
-        let (answer, state) = match written {
-            Ok(()) => (answer, state),
-            Err(error) => {
+        let (answer, state) = match self.journal_within(records).await {
+            Journalled::Written => (answer, state),
+            Journalled::Failed(error) => {
                 tracing::warn!(%error, "journal write failed after the issuer answered; answering 96");
-                if owes_reversal {
-                    // Cannot record the answer: try to queue its reversal on its own.
-                    let _ = self
-                        .persist(vec![self.saf(entry.id, &bank, "96", answered_ms)])
-                        .await;
-                }
-                // Nor what it did to its original: put that back in memory too.
-                Undo::all(undo);
-                // The journal holds the request in flight, not this answer; the next sweep
-                // settles the row (timed out, reversal queued) once the journal takes writes.
-                entry.keep_answer();
-                if !entry.is_unrecorded() {
-                    let mut orphans = self
-                        .orphans
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    // Beyond the bound (a long outage), the ten-minute sweep takes the rest.
-                    if orphans.len() < crate::core::ORPHANS_MAX {
-                        orphans.push(entry.id);
-                    }
-                }
+                self.outcome_unwritten(&entry, owes_reversal, &bank, answered_ms, undo)
+                    .await;
                 // The state stays what the issuer said: a terminal reversal arriving later
                 // must still find an approval to reverse.
+                (Answer::code(RC_SYSTEM_ERROR), state)
+            }
+            Journalled::Late(durable) => {
+                // The terminal is answered 96 now; what the outcome did to the original stays
+                // in memory until the write's fate is known (`settle_late_outcome`).
+                entry.keep_answer();
+                let core = Arc::clone(self);
+                let late = Arc::clone(&entry);
+                let bank = bank.clone();
+                self.tasks.spawn(async move {
+                    core.settle_late_outcome(late, durable, owes_reversal, bank, answered_ms, undo)
+                        .await;
+                });
                 (Answer::code(RC_SYSTEM_ERROR), state)
             }
         };
@@ -1120,6 +1141,145 @@ impl Core {
                 None => Ok(()),
             },
         )
+    }
+
+    /// The outcome of a request the issuer answered could not be written (the terminal is
+    /// answered 96): its reversal, if it may have moved money, is queued on its own, what it
+    /// did to its original is put back in memory, and the row, still in flight in the journal,
+    /// is left to the next in-doubt sweep (timed out, reversal queued).
+    async fn outcome_unwritten(
+        &self,
+        entry: &Arc<Entry>,
+        owes_reversal: bool,
+        bank: &str,
+        answered_ms: i64,
+        undo: Vec<Undo>,
+    ) {
+        if owes_reversal {
+            let _ = self
+                .persist(vec![self.saf(entry.id, bank, "96", answered_ms)])
+                .await;
+        }
+        Undo::all(undo);
+        entry.keep_answer();
+        if !entry.is_unrecorded() {
+            let mut orphans = self
+                .orphans
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Beyond the bound (a long outage), the ten-minute sweep takes the rest.
+            if orphans.len() < crate::core::ORPHANS_MAX {
+                orphans.push(entry.id);
+            }
+        }
+    }
+
+    /// An outcome write the terminal did not wait for (answered 96 after `journal_wait`), once
+    /// the journal answers. Failed: as `outcome_unwritten`. Written: the journal now holds what
+    /// the issuer said while the terminal was told 96, so an approval (or an answer that could
+    /// not be read) is reversed by the host as a terminal reversal would be: the row reversed,
+    /// the reversal queued, its original given back what it took; unless the terminal
+    /// reversed it meanwhile. A write of that failing is tried again, with a growing wait.
+    async fn settle_late_outcome(
+        self: Arc<Self>,
+        entry: Arc<Entry>,
+        durable: store::Durable,
+        owes_reversal: bool,
+        bank: String,
+        answered_ms: i64,
+        undo: Vec<Undo>,
+    ) {
+        if let Err(error) = durable.await {
+            tracing::warn!(%error, txn_id = entry.id, "late outcome write failed");
+            self.outcome_unwritten(&entry, owes_reversal, &bank, answered_ms, undo)
+                .await;
+            return;
+        }
+        if !owes_reversal {
+            return;
+        }
+        let was = {
+            let mut live = entry.live();
+            if live.state == TxnState::Reversed {
+                return;
+            }
+            std::mem::replace(&mut live.state, TxnState::Reversed)
+        };
+        let now_ms = self.clock.now_ms();
+        let mut unlinked = Vec::new();
+        let mut records = vec![
+            Record::State {
+                id: entry.id,
+                state: TxnState::Reversed,
+            },
+            self.saf(entry.id, &bank, "96", now_ms),
+        ];
+        if was == TxnState::Approved {
+            records.extend(self.unlink(&entry, &mut unlinked));
+        }
+        records.push(self.event(
+            entry.id,
+            "reversed",
+            format!(
+                "outcome written after the terminal was answered 96 (the journal answered \
+                 late): reversed by the host at {}; reversal queued to {bank}",
+                LocalTime::from_ms(now_ms).clock_text()
+            ),
+        ));
+        let mut wait = std::time::Duration::from_secs(1);
+        let mut attempt = 1;
+        while let Err(error) = self.persist(records.clone()).await {
+            if attempt == LATE_SETTLE_TRIES {
+                // Memory back to what the journal says: approved.
+                Undo::all(unlinked);
+                entry.live().state = was;
+                tracing::error!(
+                    %error,
+                    txn_id = entry.id,
+                    "an outcome the terminal was answered 96 for stands approved in the \
+                     journal and could not be reversed: reverse it by hand"
+                );
+                return;
+            }
+            tracing::warn!(%error, txn_id = entry.id, "cannot record a host reversal yet");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            attempt += 1;
+        }
+    }
+
+    /// A request row written after its terminal was answered 96 (the journal answered late):
+    /// the issuer was never asked, so the row is settled as failed, as the terminal was told.
+    fn settle_late_request(self: &Arc<Self>, entry: &Arc<Entry>, durable: store::Durable) {
+        let core = Arc::clone(self);
+        let entry = Arc::clone(entry);
+        self.tasks.spawn(async move {
+            if durable.await.is_err() {
+                entry.mark_unrecorded();
+                return;
+            }
+            let now_ms = core.clock.now_ms();
+            let records = vec![
+                Record::Outcome(Outcome {
+                    id: entry.id,
+                    state: TxnState::Failed,
+                    response_code: "96".to_owned(),
+                    auth_code: None,
+                    settlement_date: None,
+                    issuer_answered_at_ms: None,
+                    answered_at_ms: now_ms,
+                }),
+                core.event(
+                    entry.id,
+                    "failed",
+                    "journal answered late: the terminal was answered 96 and the issuer not asked"
+                        .to_owned(),
+                ),
+            ];
+            if let Err(error) = core.persist(records).await {
+                tracing::warn!(%error, txn_id = entry.id, "cannot settle a late request row");
+            }
+        });
     }
 
     pub(crate) fn saf(&self, txn_id: i64, issuer: &str, reason: &str, now_ms: i64) -> Record {
@@ -1202,7 +1362,7 @@ impl Core {
         let _linked = match linked {
             Some(id) => match self.ledger.by_id(id) {
                 Some(entry) => Some(entry),
-                None => match self.read_store(move |store| store.txn(id)).await {
+                None => match self.read_for_request(move |store| store.txn(id)).await {
                     Some(Ok(row)) => row.map(|row| self.ledger.adopt(&row)),
                     Some(Err(_)) | None => {
                         return self.reply_code(ctx, RC_SYSTEM_ERROR);

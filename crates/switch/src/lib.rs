@@ -36,7 +36,9 @@ use std::time::Duration;
 use domain::IssuerDirectory;
 use iso8583::{FrameHead, Header, Tpdu};
 use paycrypto::{Hsm, KeyHandle, KeyScheme, MacAlgorithm};
-use store::{Outcome, Record, SafState, Status, Store, StoreError, TerminalRow, TxnKind, TxnState};
+use store::{
+    Outcome, Record, SafState, Status, Store, StoreError, TerminalRow, TxnKind, TxnRow, TxnState,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -260,7 +262,15 @@ impl Switch {
             })?;
             terminals.insert(row.tid.clone(), Arc::new(terminal));
         }
-        recover_in_doubt(store.as_ref(), clock.now_ms(), Some(config.node_id), &[]).await?;
+        let in_flight = store.txns_in_state(TxnState::InFlight)?;
+        recover_in_doubt(
+            store.as_ref(),
+            in_flight,
+            clock.now_ms(),
+            Some(config.node_id),
+            &[],
+        )
+        .await?;
         let ledger = Ledger::default();
         let started = std::time::Instant::now();
         let held_since = ledger::held_since(clock.now_ms(), config.index_days_held).yyyymmdd();
@@ -393,15 +403,18 @@ const IN_DOUBT_AGE_MS: i64 = 10 * 60 * 1_000;
 /// another node that is still waiting on its issuer. With `node_id` `None` (the periodic
 /// sweep of a running node, `saf::run`) only the latter, a dead node's requests, and the
 /// running node's own `orphans` (ids of requests it answered without writing their outcome).
+/// `in_flight` is what the store holds in flight, read by the caller (off the async workers
+/// when running: on PostgreSQL a read is a round trip, and a database that stops answering
+/// must not hold a worker).
 pub(crate) async fn recover_in_doubt(
     store: &dyn Store,
+    in_flight: Vec<TxnRow>,
     now_ms: i64,
     node_id: Option<u8>,
     orphans: &[i64],
 ) -> Result<(), StoreError> {
     let own = node_id.map(|id| format!("{:02}", id % 100));
-    let rows: Vec<_> = store
-        .txns_in_state(TxnState::InFlight)?
+    let rows: Vec<_> = in_flight
         .into_iter()
         .filter(|row| {
             let ours = own

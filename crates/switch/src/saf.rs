@@ -5,7 +5,7 @@
 use std::sync::{Arc, PoisonError};
 
 use iso8583::{MessageBuilder, Mti};
-use store::{Record, SafItem, SafState, TxnRow, TxnState};
+use store::{Record, SafItem, SafState, StoreError, TxnRow, TxnState};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
@@ -45,7 +45,20 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
-            let swept = crate::recover_in_doubt(core.store.as_ref(), now_ms, None, &orphans).await;
+            let in_flight = core
+                .read_store(|store| store.txns_in_state(TxnState::InFlight))
+                .await
+                .unwrap_or_else(|| {
+                    Err(StoreError::Backend {
+                        message: "the read of requests in flight did not finish".to_owned(),
+                    })
+                });
+            let swept = match in_flight {
+                Ok(rows) => {
+                    crate::recover_in_doubt(core.store.as_ref(), rows, now_ms, None, &orphans).await
+                }
+                Err(error) => Err(error),
+            };
             match swept {
                 // Settled now, or no longer in flight (reversed by the terminal meanwhile).
                 Ok(()) => {

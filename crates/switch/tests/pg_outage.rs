@@ -2,7 +2,13 @@
 //! through a loopback relay the test cuts (every connection dropped, new ones refused) and
 //! restores. While it is cut the switch approves nothing it cannot record: each purchase is
 //! answered 96, quickly. Once it is back, the writer and the reads reconnect and the very next
-//! purchase is approved, also after a blip no request saw; nothing is left in flight. Skipped, loudly, without `SHOUDAN_PG_URL`.
+//! purchase is approved, also after a blip no request saw; nothing is left in flight.
+//!
+//! Or the relay freezes: connections stay open, bytes are taken and go nowhere until it thaws,
+//! as with a database host whose disk stalls. Terminals are answered 96 within the switch's
+//! `journal_wait`, and what the journal writes after their 96 is settled when it thaws: a
+//! request row lands failed, an approval lands and is reversed by the host (a void's original
+//! approved again). Skipped, loudly, without `SHOUDAN_PG_URL`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,31 +20,79 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{IssuerLog, Req, Terminal, card, new_hsm, pg_url, start_issuer};
+use common::{IssuerLog, Req, SLOW_AMOUNT, TID, Terminal, card, new_hsm, pg_url, start_issuer};
 use domain::IssuerDirectory;
 use paycrypto::Hsm;
 use store::{PgConfig, PgStore, Store, TxnState};
 use switch::{IssuerEndpoint, Switch, SwitchConfig, SystemClock};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// A loopback relay to the database that the test can cut and restore.
+/// A loopback relay to the database that the test can cut and restore, or freeze and thaw. It
+/// runs on a runtime of its own: the test reads the store synchronously on its runtime's
+/// workers, and a relay starved by those reads would hold them for good.
 struct Relay {
+    runtime: Option<tokio::runtime::Runtime>,
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    frozen: watch::Sender<bool>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Copies `from` to `to`; while frozen, what it read waits with it.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.wait_for(|frozen| !*frozen).await.is_err() {
+            return;
+        }
+        if to
+            .write_all(buf.get(..n).unwrap_or_default())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 impl Relay {
-    async fn start(target: String) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    fn start(target: String) -> Relay {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let (frozen, _) = watch::channel(false);
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accept_frozen = frozen.clone();
         let (accept_cut, accept_links) = (Arc::clone(&cut), Arc::clone(&links));
-        tokio::spawn(async move {
+        runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener).unwrap();
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
                 // Under the lock `cut` takes: a link is either refused or in the list it drops.
@@ -48,14 +102,35 @@ impl Relay {
                     continue;
                 }
                 let target = target.clone();
+                let (up, down) = (accept_frozen.subscribe(), accept_frozen.subscribe());
                 links.push(tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(&target).await {
+                        let (from_client, to_client) = inbound.into_split();
+                        let (from_server, to_server) = outbound.into_split();
+                        tokio::join!(
+                            pump(from_client, to_server, up),
+                            pump(from_server, to_client, down)
+                        );
                     }
                 }));
             }
         });
-        Relay { addr, cut, links }
+        Relay {
+            runtime: Some(runtime),
+            addr,
+            cut,
+            frozen,
+            links,
+        }
+    }
+
+    /// Holds every byte in either direction, connections kept open, until `thaw`.
+    fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    fn thaw(&self) {
+        self.frozen.send_replace(false);
     }
 
     /// Drops every connection through the relay and refuses new ones.
@@ -84,24 +159,29 @@ fn through(url: &str, addr: SocketAddr) -> (String, String) {
     (format!("{}{addr}{}", &url[..start], &url[end..]), target)
 }
 
-#[test]
-fn a_database_out_of_reach_is_answered_96_and_approvals_resume_when_it_returns() {
-    let Some(url) = pg_url() else { return };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let schema = format!("switch_outage_{}", std::process::id());
-    runtime.block_on(async {
-        let (_, target) = through(&url, "127.0.0.1:1".parse().unwrap());
-        let relay = Relay::start(target).await;
-        let (relayed, _) = through(&url, relay.addr);
+/// A switch on a PostgreSQL journal reached through a relay, and one signed-in terminal.
+struct Outage {
+    relay: Relay,
+    store: Arc<PgStore>,
+    handle: switch::SwitchHandle,
+    terminal: Terminal,
+}
+
+impl Outage {
+    async fn start(
+        url: &str,
+        schema: &str,
+        issuer: SocketAddr,
+        journal_wait: Duration,
+        shared_journal: bool,
+    ) -> Outage {
+        let (_, target) = through(url, "127.0.0.1:1".parse().unwrap());
+        let relay = Relay::start(target);
+        let (relayed, _) = through(url, relay.addr);
         let config = PgConfig {
             url: relayed,
-            schema: Some(schema.clone()),
+            schema: Some(schema.to_owned()),
         };
-        let issuer = start_issuer(Arc::new(IssuerLog::default())).await;
         let (hsm, zpk) = new_hsm();
         let store = Arc::new(PgStore::open(&config).unwrap());
         common::provision(store.as_ref(), &hsm, &[common::TID]).await;
@@ -115,8 +195,8 @@ fn a_database_out_of_reach_is_answered_96_and_approvals_resume_when_it_returns()
             },
         )]);
         switch_config.default_issuer = Some("SIM".to_owned());
-        // As `shoudan serve` runs on PostgreSQL: every new request is also looked up there.
-        switch_config.shared_journal = true;
+        switch_config.shared_journal = shared_journal;
+        switch_config.journal_wait = journal_wait;
         let handle = Switch::start(
             switch_config,
             Arc::clone(&store) as Arc<dyn Store>,
@@ -128,6 +208,37 @@ fn a_database_out_of_reach_is_answered_96_and_approvals_resume_when_it_returns()
         .unwrap();
         let mut terminal = Terminal::connect(handle.local_addr(), common::TID).await;
         assert_eq!(terminal.sign_in().await.code(), "00");
+        Outage {
+            relay,
+            store,
+            handle,
+            terminal,
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_database_out_of_reach_is_answered_96_and_approvals_resume_when_it_returns() {
+    let Some(url) = pg_url() else { return };
+    let runtime = runtime();
+    let schema = format!("switch_outage_{}", std::process::id());
+    runtime.block_on(async {
+        let issuer = start_issuer(Arc::new(IssuerLog::default())).await;
+        let Outage {
+            relay,
+            store,
+            handle,
+            mut terminal,
+            // As `shoudan serve` runs on PostgreSQL: every new request is also looked up there.
+        } = Outage::start(&url, &schema, issuer, switch::JOURNAL_WAIT_DEFAULT, true).await;
         let pan = card("622202");
         let mut stan = 0;
         let mut buy = async |terminal: &mut Terminal| {
@@ -170,6 +281,132 @@ fn a_database_out_of_reach_is_answered_96_and_approvals_resume_when_it_returns()
         assert!(store.txns_in_state(TxnState::InFlight).unwrap().is_empty());
         let approved = store.txns_in_state(TxnState::Approved).unwrap().len();
         assert_eq!(approved, 15, "the five before, and the five after each cut");
+        handle.shutdown().await;
+    });
+    drop(runtime);
+    let _ = PgStore::drop_schema(&url, &schema);
+}
+
+/// Polls `f` every 50 ms for up to `seconds`.
+async fn eventually(seconds: u64, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < until {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+#[test]
+fn a_database_that_stops_answering_is_answered_96_and_what_lands_late_is_settled() {
+    let Some(url) = pg_url() else { return };
+    let runtime = runtime();
+    let schema = format!("switch_frozen_{}", std::process::id());
+    runtime.block_on(async {
+        let log = Arc::new(IssuerLog::default());
+        log.answer_reversals.store(true, Ordering::SeqCst);
+        let issuer = start_issuer(Arc::clone(&log)).await;
+        let wait = Duration::from_millis(500);
+        // One node: a new request reads nothing, so the first wait is the request's own row.
+        let Outage {
+            relay,
+            store,
+            handle,
+            mut terminal,
+        } = Outage::start(&url, &schema, issuer, wait, false).await;
+        let row = |stan: u32| store.txns_by_key(TID, 1, stan).unwrap().into_iter().next();
+        let pan = card("622202");
+        // The issuer holds `SLOW_AMOUNT` 150 ms: the relay freezes while it decides.
+        let (log, relay) = (&log, &relay);
+        let asked = |requests: usize| async move {
+            while log.requests.load(Ordering::SeqCst) == requests {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            relay.freeze();
+        };
+        let sale = terminal.send(&Req::purchase(&pan, SLOW_AMOUNT, 1)).await;
+        assert_eq!(sale.code(), "00");
+        let sale_rrn = sale.text(37).unwrap();
+
+        // Frozen before the request: its row cannot be written, so the issuer is not asked.
+        relay.freeze();
+        let requests = log.requests.load(Ordering::SeqCst);
+        let started = Instant::now();
+        let code = terminal.send(&Req::purchase(&pan, 2_000, 2)).await.code();
+        let took = started.elapsed();
+        assert_eq!(code, "96");
+        assert!(
+            took >= wait && took < Duration::from_secs(2),
+            "96 took {took:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        relay.thaw();
+        // The row lands after its 96 and is settled as what the terminal was told.
+        let settled = eventually(10, || {
+            row(2).is_some_and(|r| {
+                r.state == TxnState::Failed && r.response_code.as_deref() == Some("96")
+            })
+        })
+        .await;
+        assert!(settled, "late request row: {:?}", row(2));
+        assert_eq!(log.requests.load(Ordering::SeqCst), requests);
+
+        // Frozen while the issuer approves a purchase: the outcome is written after the 96.
+        let requests = log.requests.load(Ordering::SeqCst);
+        let started = Instant::now();
+        let purchase = Req::purchase(&pan, SLOW_AMOUNT, 3);
+        let (late, ()) = tokio::join!(terminal.send(&purchase), asked(requests));
+        let took = started.elapsed();
+        assert_eq!(late.code(), "96");
+        assert!(took < Duration::from_secs(2), "96 took {took:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        relay.thaw();
+        let late_rrn = row(3).unwrap().rrn.unwrap();
+        let reversed = eventually(10, || {
+            let acked = store
+                .reversal(row(3).unwrap().id)
+                .unwrap()
+                .is_some_and(|q| q.state == store::SafState::Acked);
+            acked && row(3).unwrap().state == TxnState::Reversed
+        })
+        .await;
+        assert!(reversed, "late approval: {:?}", row(3));
+        assert!(
+            log.reversals
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(_, rrn)| rrn.trim() == late_rrn),
+            "the issuer got the reversal of the approval the terminal was told 96 for"
+        );
+
+        // Frozen while the issuer approves a void: written late, reversed by the host, and
+        // the sale it voided is approved again, in the journal and in memory.
+        let requests = log.requests.load(Ordering::SeqCst);
+        let void = Req::void(&pan, SLOW_AMOUNT, 4, 1, &sale_rrn);
+        let (void, ()) = tokio::join!(terminal.send(&void), asked(requests));
+        assert_eq!(void.code(), "96");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        relay.thaw();
+        let reversed = eventually(10, || {
+            row(4).is_some_and(|r| r.state == TxnState::Reversed)
+                && row(1).is_some_and(|r| r.state == TxnState::Approved)
+        })
+        .await;
+        assert!(reversed, "late void {:?}, its sale {:?}", row(4), row(1));
+        let again = terminal
+            .send(&Req::void(&pan, SLOW_AMOUNT, 5, 1, &sale_rrn))
+            .await;
+        assert_eq!(again.code(), "00", "the sale can be voided again");
+        assert_eq!(row(1).unwrap().state, TxnState::Voided);
+
+        let settled = eventually(10, || {
+            store.txns_in_state(TxnState::InFlight).unwrap().is_empty()
+        })
+        .await;
+        assert!(settled, "nothing left in flight");
         handle.shutdown().await;
     });
     drop(runtime);
