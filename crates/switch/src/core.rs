@@ -2,7 +2,7 @@
 //! issuer links, and the reply builder every handler answers through.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use domain::IssuerDirectory;
@@ -196,6 +196,25 @@ pub(crate) struct Core {
     /// terminal was answered 96): no longer live, so the next sweep settles them as a dead
     /// node's (`recover_in_doubt`) rather than after `IN_DOUBT_AGE_MS`. At most `ORPHANS_MAX`.
     pub orphans: Mutex<Vec<i64>>,
+    /// Writes answered 96 after `journal_wait` whose fate is still awaited
+    /// (`settle_late_request`, `settle_late_outcome`); a stop waits for them, within its bound.
+    pub late: AtomicUsize,
+}
+
+/// Counts a late write's settling task in `Core::late` while it lives, however it ends.
+pub(crate) struct LateGuard(Arc<Core>);
+
+impl LateGuard {
+    pub fn new(core: &Arc<Core>) -> Self {
+        core.late.fetch_add(1, Ordering::AcqRel);
+        LateGuard(Arc::clone(core))
+    }
+}
+
+impl Drop for LateGuard {
+    fn drop(&mut self) {
+        self.0.late.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Core {

@@ -1108,9 +1108,11 @@ impl Core {
                 let core = Arc::clone(self);
                 let late = Arc::clone(&entry);
                 let bank = bank.clone();
+                let counted = LateGuard::new(self);
                 self.tasks.spawn(async move {
                     core.settle_late_outcome(late, durable, owes_reversal, bank, answered_ms, undo)
                         .await;
+                    drop(counted);
                 });
                 (Answer::code(RC_SYSTEM_ERROR), state)
             }
@@ -1253,7 +1255,9 @@ impl Core {
     fn settle_late_request(self: &Arc<Self>, entry: &Arc<Entry>, durable: store::Durable) {
         let core = Arc::clone(self);
         let entry = Arc::clone(entry);
+        let counted = LateGuard::new(self);
         self.tasks.spawn(async move {
+            let _counted = counted;
             if durable.await.is_err() {
                 entry.mark_unrecorded();
                 return;

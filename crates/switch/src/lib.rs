@@ -29,7 +29,7 @@ mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -212,11 +212,23 @@ impl SwitchHandle {
         let deadline = tokio::time::Instant::now() + longest + DRAIN_MARGIN;
         // Done when no request is in progress and every connection has written its answers
         // and ended (each stops reading at once, and ends when its last answer is written).
+        // Writes that landed after their terminal was answered 96 are settled too (an approval
+        // the terminal was told 96 for must not be left standing).
         let busy = || {
-            self.in_flight() > 0 || self.sessions.metrics.connections.load(Ordering::Relaxed) > 0
+            self.in_flight() > 0
+                || self.sessions.metrics.connections.load(Ordering::Relaxed) > 0
+                || self.core.late.load(Ordering::Acquire) > 0
         };
         while busy() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let late = self.core.late.load(Ordering::Acquire);
+        if late > 0 {
+            tracing::error!(
+                late,
+                "stopping with journal writes not yet settled after their 96: look for approvals \
+                 the terminals were told 96 for (their batch totals will not have them)"
+            );
         }
         let _ = self.stop.send(true);
         for task in self.tasks {
@@ -352,6 +364,7 @@ impl Switch {
             marked_for: Mutex::new(HashMap::new()),
             key_changes: Mutex::new(HashMap::new()),
             orphans: Mutex::new(Vec::new()),
+            late: AtomicUsize::new(0),
         });
         tasks.push(tokio::spawn(risk::refresh(
             Arc::clone(&core),

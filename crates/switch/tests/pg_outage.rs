@@ -407,7 +407,21 @@ fn a_database_that_stops_answering_is_answered_96_and_what_lands_late_is_settled
         })
         .await;
         assert!(settled, "nothing left in flight");
-        handle.shutdown().await;
+
+        // A stop while an approval's outcome waits on the frozen journal: the stop waits, within
+        // its bound, for the outcome to land and be reversed by the host.
+        let requests = log.requests.load(Ordering::SeqCst);
+        let purchase = Req::purchase(&pan, SLOW_AMOUNT, 6);
+        let (late, ()) = tokio::join!(terminal.send(&purchase), asked(requests));
+        assert_eq!(late.code(), "96");
+        let thaw = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            relay.thaw();
+        };
+        tokio::join!(handle.shutdown(), thaw);
+        let stopped = row(6).unwrap();
+        assert_eq!(stopped.state, TxnState::Reversed, "{stopped:?}");
+        assert!(store.reversal(stopped.id).unwrap().is_some());
     });
     drop(runtime);
     let _ = PgStore::drop_schema(&url, &schema);
