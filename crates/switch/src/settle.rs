@@ -133,9 +133,13 @@ impl Core {
         lookup.issuer.is_none() && lookup.network != CardNetwork::DomesticCup
     }
 
-    /// The batch's counted rows, from the store (the durable truth the journal answered from).
-    fn batch_rows(&self, tid: &str, batch_no: u32) -> Option<Vec<TxnRow>> {
-        self.store.txns_by_batch(tid, batch_no).ok()
+    /// The batch's counted rows, from the store (the durable truth the journal answered from),
+    /// read off the async workers and within `journal_wait`.
+    async fn batch_rows(&self, tid: &str, batch_no: u32) -> Option<Vec<TxnRow>> {
+        let tid = tid.to_owned();
+        self.read_for_request(move |store| store.txns_by_batch(&tid, batch_no))
+            .await?
+            .ok()
     }
 
     fn host_totals(&self, rows: &[TxnRow]) -> SettlementTotals {
@@ -212,7 +216,7 @@ impl Core {
         let theirs = request
             .digits(48)
             .and_then(|d| SettlementTotals::parse(d).ok());
-        let Some(rows) = self.batch_rows(&terminal.tid, batch_no) else {
+        let Some(rows) = self.batch_rows(&terminal.tid, batch_no).await else {
             return self.system_error(frame);
         };
         let mut ours = self.host_totals(&rows);
@@ -286,19 +290,21 @@ impl Core {
         }
         let now_ms = self.clock.now_ms();
         let records = match kind {
-            Wire::BatchUploadEnd { .. } => match self.batch_differences(&terminal.tid, batch_no) {
-                Some(rows) => {
-                    tracing::info!(tid = %terminal.tid, batch_no, differences = rows.len(),
+            Wire::BatchUploadEnd { .. } => {
+                match self.batch_differences(&terminal.tid, batch_no).await {
+                    Some(rows) => {
+                        tracing::info!(tid = %terminal.tid, batch_no, differences = rows.len(),
                         "batch upload compared");
-                    vec![Record::Settlement(SettlementRecord::BatchDifferences {
-                        tid: terminal.tid.clone(),
-                        batch_no,
-                        at_ms: now_ms,
-                        rows,
-                    })]
+                        vec![Record::Settlement(SettlementRecord::BatchDifferences {
+                            tid: terminal.tid.clone(),
+                            batch_no,
+                            at_ms: now_ms,
+                            rows,
+                        })]
+                    }
+                    None => return self.system_error(frame),
                 }
-                None => return self.system_error(frame),
-            },
+            }
             _ => {
                 let upload = request.digits(48).and_then(|d| BatchUpload::parse(d).ok());
                 let Some(upload) = upload else {
@@ -329,9 +335,13 @@ impl Core {
     }
 
     /// The uploaded records against the batch's counted journal rows, by trace.
-    fn batch_differences(&self, tid: &str, batch_no: u32) -> Option<Vec<BatchDiffRow>> {
-        let uploaded = self.store.batch_uploads(tid, batch_no).ok()?;
-        let rows = self.batch_rows(tid, batch_no)?;
+    async fn batch_differences(&self, tid: &str, batch_no: u32) -> Option<Vec<BatchDiffRow>> {
+        let owned = tid.to_owned();
+        let uploaded = self
+            .read_for_request(move |store| store.batch_uploads(&owned, batch_no))
+            .await?
+            .ok()?;
+        let rows = self.batch_rows(tid, batch_no).await?;
         let ours: HashMap<u32, &TxnRow> = rows
             .iter()
             .filter(|r| counted(r).is_some())
