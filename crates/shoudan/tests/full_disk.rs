@@ -3,7 +3,9 @@
 //! connection) lowered at run time: writes needing a new page then fail with SQLITE_FULL, the
 //! error a full file system gives, without root or a special mount, on any CI machine. The
 //! switch must stop approving (96) rather than approve what it cannot record, approve again
-//! once space returns, and after a restart leave no issuer approval in doubt.
+//! once space returns, and after a restart leave no issuer approval in doubt. And a journal
+//! that hangs rather than fails: another connection holding SQLite's write lock, as a stalled
+//! disk would hold the writer.
 
 #![allow(
     clippy::unwrap_used,
@@ -228,6 +230,85 @@ fn an_outcome_the_journal_refused_is_settled_by_the_next_sweep() {
         assert_eq!(reversal.state, store::SafState::Acked);
         w.audit();
         // Approvals go on.
+        let req = w.purchase(&card, 100);
+        assert_eq!(w.t.send(&req).await.code(), "00");
+    });
+}
+
+/// The journal's write lock held by another connection (the writer waits on it, up to SQLite's
+/// busy timeout, as on a stalled disk): each purchase is answered 96 within `journal_wait`, and
+/// what the writer writes once the lock is let go is settled: a request row as failed, the
+/// issuer never asked; an approval whose outcome landed after its 96 reversed at the issuer.
+#[test]
+fn a_journal_that_hangs_is_answered_96_and_what_lands_late_is_settled() {
+    runtime().block_on(async {
+        let wait = Duration::from_millis(500);
+        let mut w = start(&["ICBC"], |c| c.journal_wait = wait).await;
+        let card = w.bank("ICBC").healthy(0).clone();
+        let faults = w.bank("ICBC").faults();
+        let journal = rusqlite::Connection::open(w.store.path()).unwrap();
+        journal.busy_timeout(Duration::from_secs(5)).unwrap();
+        // A first purchase reserves the blocks of ids and RRNs the next ones draw from.
+        let req = w.purchase(&card, 3_000);
+        assert_eq!(w.t.send(&req).await.code(), "00");
+
+        // Held before the request: its row waits, so the issuer is not asked.
+        journal.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let asked = faults.stats().requests;
+        let req = w.purchase(&card, 3_001);
+        let started = std::time::Instant::now();
+        assert_eq!(w.t.send(&req).await.code(), "96");
+        let took = started.elapsed();
+        assert!(
+            took >= wait && took < Duration::from_secs(2),
+            "96 took {took:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        journal.execute_batch("ROLLBACK").unwrap();
+        let store = Arc::clone(&w.store);
+        let (tid, stan) = (w.t.tid.clone(), req.stan);
+        let failed =
+            w.h.eventually(10, || {
+                store
+                    .txns_by_key(&tid, 1, stan)
+                    .unwrap()
+                    .first()
+                    .is_some_and(|r| {
+                        r.state == TxnState::Failed && r.response_code.as_deref() == Some("96")
+                    })
+            })
+            .await;
+        assert!(failed, "{:?}", w.store.txns_by_key(&tid, 1, stan));
+        assert_eq!(faults.stats().requests, asked, "the issuer was asked");
+
+        // Taken while the issuer decides (300 ms): the approval's outcome waits.
+        faults.set_latency(Duration::from_millis(300), Duration::from_millis(300));
+        let asked = faults.stats().requests;
+        let req = w.purchase(&card, 3_002);
+        let hold = async {
+            while faults.stats().requests == asked {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            journal.execute_batch("BEGIN IMMEDIATE").unwrap();
+        };
+        let (answer, ()) = tokio::join!(w.t.send(&req), hold);
+        assert_eq!(answer.code(), "96");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        journal.execute_batch("ROLLBACK").unwrap();
+        faults.set_latency(Duration::ZERO, Duration::ZERO);
+        let stan = req.stan;
+        let reversed =
+            w.h.eventually(10, || {
+                store
+                    .txns_by_key(&tid, 1, stan)
+                    .unwrap()
+                    .first()
+                    .is_some_and(|r| r.state == TxnState::Reversed)
+            })
+            .await;
+        assert!(reversed, "{:?}", w.store.txns_by_key(&tid, 1, stan));
+        assert!(w.reversals_delivered(20).await, "reversal not delivered");
+        w.audit();
         let req = w.purchase(&card, 100);
         assert_eq!(w.t.send(&req).await.code(), "00");
     });
