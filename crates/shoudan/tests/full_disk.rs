@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use common::Req;
 use issuer_sim::DemoCard;
-use store::{Store, TxnState};
+use store::{Store, TxnKind, TxnState};
 use support::{World, runtime, start};
 
 /// Purchases tried while the disk is full; the quota is hit within a few pages of rows.
@@ -307,6 +307,32 @@ fn a_journal_that_hangs_is_answered_96_and_what_lands_late_is_settled() {
             })
             .await;
         assert!(reversed, "{:?}", w.store.txns_by_key(&tid, 1, stan));
+        assert!(w.reversals_delivered(20).await, "reversal not delivered");
+
+        // A terminal's reversal whose write waits: 96, and once it lands its resend gets 00.
+        let sale = w.purchase(&card, 3_003);
+        assert_eq!(w.t.send(&sale).await.code(), "00");
+        let reversal = Req::reversal_of(&sale);
+        journal.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert_eq!(w.t.send(&reversal).await.code(), "96");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        journal.execute_batch("ROLLBACK").unwrap();
+        let stan = sale.stan;
+        let reversed =
+            w.h.eventually(10, || {
+                store
+                    .txns_by_key(&tid, 1, stan)
+                    .unwrap()
+                    .iter()
+                    .any(|r| r.kind != TxnKind::Reversal && r.state == TxnState::Reversed)
+            })
+            .await;
+        assert!(reversed, "{:?}", w.store.txns_by_key(&tid, 1, stan));
+        assert_eq!(
+            w.t.send(&reversal).await.code(),
+            "00",
+            "the resent reversal"
+        );
         assert!(w.reversals_delivered(20).await, "reversal not delivered");
         w.audit();
         let req = w.purchase(&card, 100);

@@ -1525,17 +1525,44 @@ impl Core {
                 answer.code_text()
             ),
         ));
-        let (answer, state) = match self.journal(records).await {
-            Ok(()) => {
+        let (answer, state) = match self.journal_within(records).await {
+            Journalled::Written => {
                 self.risk_adjust_sales(&ctx.terminal.mid, sales_day, sales_delta);
                 (answer, TxnState::Approved)
             }
-            Err(error) => {
+            Journalled::Failed(error) => {
                 tracing::warn!(%error, "cannot record a terminal reversal; answering 96");
                 Undo::all(undo);
                 // It did not happen: the terminal's resend is a new attempt.
                 entry.mark_unrecorded();
                 (Answer::code(RC_SYSTEM_ERROR), TxnState::Failed)
+            }
+            Journalled::Late(durable) => {
+                // Answered 96 now; the terminal resends a reversal until it is answered, and
+                // the resend gets what the write's fate says: 00 once it has landed, a new
+                // attempt if it failed. Meanwhile memory keeps what the reversal did.
+                entry.keep_answer();
+                entry.answer(Answer::code(RC_SYSTEM_ERROR), TxnState::Failed);
+                let core = Arc::clone(self);
+                let late = Arc::clone(&entry);
+                let mid = ctx.terminal.mid.clone();
+                let counted = LateGuard::new(self);
+                self.tasks.spawn(async move {
+                    let _counted = counted;
+                    match durable.await {
+                        Ok(()) => {
+                            core.risk_adjust_sales(&mid, sales_day, sales_delta);
+                            late.answer(answer, TxnState::Approved);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "late terminal reversal write failed");
+                            Undo::all(undo);
+                            late.mark_unrecorded();
+                        }
+                    }
+                });
+                let answer = Answer::code(RC_SYSTEM_ERROR);
+                return self.reply(ctx.frame, Some(&ctx.terminal), &answer, None, |_| Ok(()));
             }
         };
         entry.answer(answer.clone(), state);
