@@ -334,6 +334,28 @@ fn a_journal_that_hangs_is_answered_96_and_what_lands_late_is_settled() {
             "the resent reversal"
         );
         assert!(w.reversals_delivered(20).await, "reversal not delivered");
+
+        // A refusal the switch records (a void of an RRN it never issued): 96 while the write
+        // waits, and the refusal's row lands once it can.
+        let stan = w.next_stan();
+        let void = Req {
+            pin: Some(card.pin().to_owned()),
+            ..Req::void(&support::pan(&card), 3_003, stan, sale.stan, "019999999999")
+        };
+        journal.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert_eq!(w.t.send(&void).await.code(), "96");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        journal.execute_batch("ROLLBACK").unwrap();
+        let refused =
+            w.h.eventually(10, || {
+                store
+                    .txns_by_key(&tid, 1, stan)
+                    .unwrap()
+                    .first()
+                    .is_some_and(|r| r.state == TxnState::Declined)
+            })
+            .await;
+        assert!(refused, "{:?}", w.store.txns_by_key(&tid, 1, stan));
         w.audit();
         let req = w.purchase(&card, 100);
         assert_eq!(w.t.send(&req).await.code(), "00");

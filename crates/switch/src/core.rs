@@ -342,14 +342,6 @@ impl Core {
         }
     }
 
-    /// Writes records durably, unless journaling is off (benchmarks).
-    pub async fn journal(&self, records: Vec<Record>) -> Result<(), StoreError> {
-        if !self.config.journal {
-            return Ok(());
-        }
-        self.store.submit(records)?.await
-    }
-
     /// Reads the store off the async workers (a blocking thread), or on this thread when the
     /// store commits inline too (the deterministic simulation: a read on another thread would
     /// let the host's timing decide the order of events). `None` if the read's thread died.

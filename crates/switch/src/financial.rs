@@ -353,10 +353,21 @@ impl Core {
                 ),
             ),
         ];
-        let answer = match self.journal(records).await {
-            Ok(()) => answer,
-            Err(_) => {
+        let answer = match self.journal_within(records).await {
+            Journalled::Written => answer,
+            Journalled::Failed(_) => {
                 entry.mark_unrecorded();
+                Answer::code(RC_SYSTEM_ERROR)
+            }
+            Journalled::Late(durable) => {
+                // A refusal moves no money: whether it lands or not, only its record differs.
+                entry.keep_answer();
+                let late = Arc::clone(entry);
+                self.tasks.spawn(async move {
+                    if durable.await.is_err() {
+                        late.mark_unrecorded();
+                    }
+                });
                 Answer::code(RC_SYSTEM_ERROR)
             }
         };
