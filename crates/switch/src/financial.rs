@@ -929,42 +929,37 @@ impl Core {
         );
         // A linked request's row is kept, to record a refusal should the journal refuse it.
         let linked_row = matches!(original, Link::Original(_)).then(|| row.clone());
-        let written = match self
+        let unwritten = match self
             .journal_within(vec![Record::InsertTxn(Box::new(row))])
             .await
         {
-            Journalled::Written => Ok(()),
-            Journalled::Failed(error) => Err(error),
-            Journalled::Late(durable) => {
-                self.risk_release(&ctx.terminal.mid, entry.id);
-                let _ = release(false, &mut undo);
-                // The row may still land, the issuer never asked: `settle_late_request`.
-                entry.keep_answer();
-                entry.answer(Answer::code(RC_SYSTEM_ERROR), TxnState::Failed);
-                self.settle_late_request(&entry, durable);
-                return self.reply(
-                    ctx.frame,
-                    Some(&ctx.terminal),
-                    &Answer::code(RC_SYSTEM_ERROR),
-                    entry.rrn.as_deref(),
-                    |_| Ok(()),
-                );
-            }
+            Journalled::Written => None,
+            Journalled::Failed(error) => Some(Err(error)),
+            Journalled::Late(durable) => Some(Ok(durable)),
         };
-        if let Err(error) = written {
+        if let Some(unwritten) = unwritten {
             // Whatever the answer, this sale holds nothing against a daily limit any more.
             self.risk_release(&ctx.terminal.mid, entry.id);
-            if let (StoreError::LinkRefused(why), Link::Original(found), Some(row)) =
-                (&error, &original, linked_row)
-            {
-                let _ = release(false, &mut undo);
-                return self
-                    .refuse_link_in_journal(ctx, &entry, row, found, *why)
-                    .await;
+            match unwritten {
+                Err(error) => {
+                    if let (StoreError::LinkRefused(why), Link::Original(found), Some(row)) =
+                        (&error, &original, linked_row)
+                    {
+                        let _ = release(false, &mut undo);
+                        return self
+                            .refuse_link_in_journal(ctx, &entry, row, found, *why)
+                            .await;
+                    }
+                    tracing::warn!(%error, "journal write failed; answering 96");
+                    entry.mark_unrecorded();
+                }
+                // The row may still land, the issuer never asked: `settle_late_request`.
+                Ok(durable) => {
+                    entry.keep_answer();
+                    self.settle_late_request(&entry, durable);
+                }
             }
-            tracing::warn!(%error, "journal write failed; answering 96");
             let _ = release(false, &mut undo);
-            entry.mark_unrecorded();
             entry.answer(Answer::code(RC_SYSTEM_ERROR), TxnState::Failed);
             return self.reply(
                 ctx.frame,
@@ -1121,9 +1116,9 @@ impl Core {
                 let bank = bank.clone();
                 let counted = LateGuard::new(self);
                 self.tasks.spawn(async move {
+                    let _counted = counted;
                     core.settle_late_outcome(late, durable, owes_reversal, bank, answered_ms, undo)
                         .await;
-                    drop(counted);
                 });
                 (Answer::code(RC_SYSTEM_ERROR), state)
             }

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{IssuerLog, Req, SILENT_AMOUNT, Terminal, card, new_hsm, pg_url, start_issuer};
+use common::{
+    IssuerLog, Req, SILENT_AMOUNT, Terminal, card, eventually, new_hsm, pg_url, start_issuer,
+};
 use domain::IssuerDirectory;
 use paycrypto::{Hsm, KeyHandle, SoftHsm};
 use store::{Outcome, PgConfig, PgStore, Record, SafState, Store, TxnKind, TxnState};
@@ -93,17 +95,6 @@ async fn serve(addr: std::net::SocketAddr, tid: &str, first_stan: u32) -> Vec<St
         rrns.push(response.text(37).unwrap());
     }
     rrns
-}
-
-async fn eventually(seconds: u64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    while tokio::time::Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f()
 }
 
 #[test]

@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{IssuerLog, Req, SLOW_AMOUNT, TID, Terminal, card, new_hsm, pg_url, start_issuer};
+use common::{
+    IssuerLog, Req, SLOW_AMOUNT, TID, Terminal, card, eventually, new_hsm, pg_url, start_issuer,
+};
 use domain::IssuerDirectory;
 use paycrypto::Hsm;
 use store::{PgConfig, PgStore, Store, TxnState};
@@ -285,18 +287,6 @@ fn a_database_out_of_reach_is_answered_96_and_approvals_resume_when_it_returns()
     });
     drop(runtime);
     let _ = PgStore::drop_schema(&url, &schema);
-}
-
-/// Polls `f` every 50 ms for up to `seconds`.
-async fn eventually(seconds: u64, mut f: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < until {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f()
 }
 
 #[test]

@@ -412,16 +412,21 @@ impl Harness {
     }
 
     /// Waits until `f` holds, for at most `seconds`.
-    pub async fn eventually(&self, seconds: u64, mut f: impl FnMut() -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-        while tokio::time::Instant::now() < deadline {
-            if f() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        f()
+    pub async fn eventually(&self, seconds: u64, f: impl FnMut() -> bool) -> bool {
+        eventually(seconds, f).await
     }
+}
+
+/// Waits until `f` holds, for at most `seconds`, looking every 20 ms.
+pub async fn eventually(seconds: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    while tokio::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
 }
 
 /// A decoded response, owned.
