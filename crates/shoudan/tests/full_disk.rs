@@ -190,29 +190,48 @@ fn an_outcome_the_journal_refused_is_settled_by_the_next_sweep() {
         let mut w = start(&["ICBC"], |c| c.saf_interval = Duration::from_millis(10)).await;
         let card = w.bank("ICBC").healthy(0).clone();
         let journal = rusqlite::Connection::open(w.store.path()).unwrap();
-        journal
-            .execute_batch(
-                "CREATE TRIGGER refuse_outcome BEFORE UPDATE OF response_code ON transactions
-                 WHEN NEW.amount_fen = 4242 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;
-                 CREATE TRIGGER refuse_reversal BEFORE INSERT ON reversal_queue
-                 WHEN (SELECT amount_fen FROM transactions WHERE id = NEW.txn_id) = 4242
-                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
-            )
-            .unwrap();
-        let req = w.purchase(&card, 4242);
-        assert_eq!(w.t.send(&req).await.code(), "96");
-        let row = w.store.txns_by_key(&w.t.tid, 1, req.stan).unwrap();
-        assert_eq!(row.len(), 1);
-        assert_eq!(row[0].state, TxnState::InFlight);
-        let id = row[0].id;
+        let refuse = |amounts: &str| {
+            journal
+                .execute_batch(&format!(
+                    "DROP TRIGGER IF EXISTS refuse_outcome; DROP TRIGGER IF EXISTS refuse_reversal;
+                     CREATE TRIGGER refuse_outcome BEFORE UPDATE OF response_code ON transactions
+                     WHEN NEW.amount_fen IN ({amounts})
+                     BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;
+                     CREATE TRIGGER refuse_reversal BEFORE INSERT ON reversal_queue
+                     WHEN (SELECT amount_fen FROM transactions WHERE id = NEW.txn_id)
+                     IN ({amounts}) BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+                ))
+                .unwrap();
+        };
+        refuse("4242, 4343");
+        let mut ids = Vec::new();
+        for amount in [4242, 4343] {
+            let req = w.purchase(&card, amount);
+            assert_eq!(w.t.send(&req).await.code(), "96");
+            let row = w.store.txns_by_key(&w.t.tid, 1, req.stan).unwrap();
+            assert_eq!(row.len(), 1);
+            assert_eq!(row[0].state, TxnState::InFlight);
+            ids.push(row[0].id);
+        }
+        let (id, other) = (ids[0], ids[1]);
         // Sweeps while the journal still refuses fail and are tried again.
         tokio::time::sleep(Duration::from_millis(1_200)).await;
+        assert_eq!(w.store.txn(id).unwrap().unwrap().state, TxnState::InFlight);
+
+        // One row the journal still refuses does not keep the other in doubt.
+        refuse("4242");
+        let store = Arc::clone(&w.store);
+        let settled =
+            w.h.eventually(10, || {
+                store.txn(other).unwrap().unwrap().state != TxnState::InFlight
+            })
+            .await;
+        assert!(settled, "4343 still in flight while only 4242 is refused");
         assert_eq!(w.store.txn(id).unwrap().unwrap().state, TxnState::InFlight);
 
         journal
             .execute_batch("DROP TRIGGER refuse_outcome; DROP TRIGGER refuse_reversal")
             .unwrap();
-        let store = Arc::clone(&w.store);
         let settled =
             w.h.eventually(10, || {
                 store.txn(id).unwrap().unwrap().state != TxnState::InFlight

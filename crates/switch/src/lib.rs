@@ -282,7 +282,8 @@ impl Switch {
             Some(config.node_id),
             &[],
         )
-        .await?;
+        .await
+        .map_err(|unsettled| unsettled.error)?;
         let ledger = Ledger::default();
         let started = std::time::Instant::now();
         let held_since = ledger::held_since(clock.now_ms(), config.index_days_held).yyyymmdd();
@@ -425,7 +426,7 @@ pub(crate) async fn recover_in_doubt(
     now_ms: i64,
     node_id: Option<u8>,
     orphans: &[i64],
-) -> Result<(), StoreError> {
+) -> Result<(), InDoubt> {
     let own = node_id.map(|id| format!("{:02}", id % 100));
     let rows: Vec<_> = in_flight
         .into_iter()
@@ -440,9 +441,15 @@ pub(crate) async fn recover_in_doubt(
     if rows.is_empty() {
         return Ok(());
     }
-    let mut records = Vec::with_capacity(rows.len() * 2);
+    tracing::warn!(
+        count = rows.len(),
+        "requests in doubt (after a restart, or of a dead node): reversals queued"
+    );
+    // Each row on its own: one that cannot be written (a broken row, a refusing journal) must
+    // not keep the others in doubt; the writer still commits them in one group.
+    let mut submitted = Vec::with_capacity(rows.len());
     for row in &rows {
-        records.push(Record::Outcome(Outcome {
+        let mut records = vec![Record::Outcome(Outcome {
             id: row.id,
             state: TxnState::TimedOut,
             response_code: "96".to_owned(),
@@ -450,7 +457,7 @@ pub(crate) async fn recover_in_doubt(
             settlement_date: None,
             issuer_answered_at_ms: None,
             answered_at_ms: now_ms,
-        }));
+        })];
         if let (Some(issuer), true) = (&row.issuer, row.kind != TxnKind::BalanceInquiry) {
             records.push(Record::SafEnqueue {
                 txn_id: row.id,
@@ -459,10 +466,38 @@ pub(crate) async fn recover_in_doubt(
                 next_attempt_ms: now_ms,
             });
         }
+        submitted.push((row.id, store.submit(records)));
     }
-    tracing::warn!(
-        count = rows.len(),
-        "requests in doubt (after a restart, or of a dead node): reversals queued"
-    );
-    store.submit(records)?.await
+    let mut unsettled = Unsettled::default();
+    for (id, submission) in submitted {
+        let written = match submission {
+            Ok(durable) => durable.await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = written {
+            tracing::warn!(%error, txn_id = id, "cannot settle a request in doubt");
+            unsettled.ids.push(id);
+            unsettled.first.get_or_insert(error);
+        }
+    }
+    match unsettled.first.take() {
+        None => Ok(()),
+        Some(error) => Err(InDoubt {
+            error,
+            ids: unsettled.ids,
+        }),
+    }
+}
+
+#[derive(Default)]
+struct Unsettled {
+    ids: Vec<i64>,
+    first: Option<StoreError>,
+}
+
+/// Requests in doubt `recover_in_doubt` could not settle, and the first error.
+#[derive(Debug)]
+pub(crate) struct InDoubt {
+    pub error: StoreError,
+    pub ids: Vec<i64>,
 }

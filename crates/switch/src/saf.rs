@@ -57,19 +57,28 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 Ok(rows) => {
                     crate::recover_in_doubt(core.store.as_ref(), rows, now_ms, None, &orphans).await
                 }
-                Err(error) => Err(error),
+                Err(error) => Err(crate::InDoubt {
+                    error,
+                    ids: orphans.clone(),
+                }),
             };
-            match swept {
-                // Settled now, or no longer in flight (reversed by the terminal meanwhile).
-                Ok(()) => {
-                    let swept: std::collections::HashSet<i64> = orphans.into_iter().collect();
-                    core.orphans
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .retain(|id| !swept.contains(id));
+            // Settled now, or no longer in flight (reversed by the terminal meanwhile), but
+            // for those the sweep could not write, which the next one tries again.
+            let unsettled = match swept {
+                Ok(()) => Vec::new(),
+                Err(in_doubt) => {
+                    tracing::warn!(error = %in_doubt.error, "cannot sweep for requests in doubt");
+                    in_doubt.ids
                 }
-                Err(error) => tracing::warn!(%error, "cannot sweep for requests in doubt"),
-            }
+            };
+            let swept: std::collections::HashSet<i64> = orphans
+                .into_iter()
+                .filter(|id| !unsettled.contains(id))
+                .collect();
+            core.orphans
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|id| !swept.contains(id));
         }
         let claimed = match core.store.claim_reversals(now_ms, lease_ms, SAF_BATCH_MAX) {
             Ok(pending) => pending.await,
