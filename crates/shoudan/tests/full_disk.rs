@@ -375,6 +375,11 @@ fn a_journal_that_hangs_is_answered_96_and_what_lands_late_is_settled() {
             })
             .await;
         assert!(refused, "{:?}", w.store.txns_by_key(&tid, 1, stan));
+        // One request row, one outcome, one reversal, one refusal: each waited past the bound,
+        // and all are settled.
+        let m = w.metrics();
+        assert_eq!(m.journal_waits_exceeded, 4, "{m:?}");
+        assert_eq!(m.journal_late_writes, 0, "{m:?}");
         w.audit();
         let req = w.purchase(&card, 100);
         assert_eq!(w.t.send(&req).await.code(), "00");

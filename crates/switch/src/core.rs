@@ -199,6 +199,8 @@ pub(crate) struct Core {
     /// Writes answered 96 after `journal_wait` whose fate is still awaited
     /// (`settle_late_request`, `settle_late_outcome`); a stop waits for them, within its bound.
     pub late: AtomicUsize,
+    /// Journal writes and reads not answered within `journal_wait`, since start (`/metrics`).
+    pub waits_exceeded: AtomicU64,
 }
 
 /// Counts a late write's settling task in `Core::late` while it lives, however it ends.
@@ -313,7 +315,9 @@ impl Core {
             .unwrap_or_else(|_| Err(self.no_answer()))
     }
 
+    /// Counts a journal write or read not answered within `journal_wait`, and says why.
     fn no_answer(&self) -> StoreError {
+        self.waits_exceeded.fetch_add(1, Ordering::Relaxed);
         StoreError::Backend {
             message: format!(
                 "the journal did not answer within {} ms",
@@ -336,7 +340,8 @@ impl Core {
             Ok(Ok(())) => Journalled::Written,
             Ok(Err(error)) => Journalled::Failed(error),
             Err(_) => {
-                tracing::warn!(error = %self.no_answer(), "answering 96; the write stays queued");
+                let error = self.no_answer();
+                tracing::warn!(%error, "answering 96; the write stays queued");
                 Journalled::Late(durable)
             }
         }
@@ -368,7 +373,8 @@ impl Core {
         let wait = self.config.journal_wait;
         let read = tokio::time::timeout(wait, self.read_store(f)).await;
         if read.is_err() {
-            tracing::warn!(error = %self.no_answer(), "journal read: answering 96");
+            let error = self.no_answer();
+            tracing::warn!(%error, "journal read: answering 96");
         }
         read.ok().flatten()
     }

@@ -163,6 +163,9 @@ impl SwitchHandle {
                 .reversals_in_state(SafState::Pending)
                 .ok()
                 .and_then(|items| u64::try_from(items.len()).ok()),
+            journal_waits_exceeded: self.core.waits_exceeded.load(Ordering::Relaxed),
+            journal_late_writes: u64::try_from(self.core.late.load(Ordering::Acquire))
+                .unwrap_or(u64::MAX),
             issuers,
         }
     }
@@ -366,6 +369,7 @@ impl Switch {
             key_changes: Mutex::new(HashMap::new()),
             orphans: Mutex::new(Vec::new()),
             late: AtomicUsize::new(0),
+            waits_exceeded: AtomicU64::new(0),
         });
         tasks.push(tokio::spawn(risk::refresh(
             Arc::clone(&core),

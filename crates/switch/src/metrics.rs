@@ -251,6 +251,11 @@ pub struct MetricsSnapshot {
     pub malformed_frames: u64,
     /// Reversals waiting for an issuer's acknowledgement; `None` if the store could not say.
     pub saf_depth: Option<u64>,
+    /// Journal writes and reads of requests not answered within `SwitchConfig::journal_wait`
+    /// (each request answered 96), since start.
+    pub journal_waits_exceeded: u64,
+    /// Of those writes, the ones still awaiting their fate (`Core::late`).
+    pub journal_late_writes: u64,
     pub issuers: Vec<IssuerLinkState>,
 }
 

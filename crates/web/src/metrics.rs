@@ -194,6 +194,11 @@ fn render_switch(out: &mut String, m: &switch::MetricsSnapshot) {
             "Reversals waiting for an issuer.",
             m.saf_depth,
         ),
+        (
+            "shoudan_journal_late_writes",
+            "Journal writes answered 96 after journal_wait, not yet settled.",
+            Some(m.journal_late_writes),
+        ),
     ];
     for (name, help, value) in gauges {
         if let Some(value) = value {
@@ -213,6 +218,11 @@ fn render_switch(out: &mut String, m: &switch::MetricsSnapshot) {
             "shoudan_malformed_frames_total",
             "Frames too long, truncated or undecodable.",
             m.malformed_frames,
+        ),
+        (
+            "shoudan_journal_waits_exceeded_total",
+            "Journal writes or reads of requests not answered within journal_wait (96).",
+            m.journal_waits_exceeded,
         ),
     ];
     for (name, help, value) in counters {
@@ -317,4 +327,34 @@ fn render_http(out: &mut String, web: &Web) {
         "# HELP shoudan_http_in_flight Web requests being served.\n# TYPE shoudan_http_in_flight gauge\nshoudan_http_in_flight {}",
         web.metrics.in_flight.load(Ordering::Relaxed)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The switch's journal waits reach the exposition: the counter and the gauge.
+    #[test]
+    fn the_switch_exposition_counts_journal_waits_exceeded() {
+        let snapshot = switch::MetricsSnapshot {
+            journal_waits_exceeded: 7,
+            journal_late_writes: 2,
+            ..switch::MetricsSnapshot::default()
+        };
+        let mut out = String::new();
+        render_switch(&mut out, &snapshot);
+        assert!(
+            out.contains(
+                "# TYPE shoudan_journal_waits_exceeded_total counter\n\
+                 shoudan_journal_waits_exceeded_total 7\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "# TYPE shoudan_journal_late_writes gauge\nshoudan_journal_late_writes 2\n"
+            ),
+            "{out}"
+        );
+    }
 }
