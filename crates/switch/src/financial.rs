@@ -1576,7 +1576,7 @@ impl Core {
     }
 
     /// A reversed void, completion or refund gives its original back what it took.
-    fn unlink(&self, reversed: &Entry, undo: &mut Vec<Undo>) -> Vec<Record> {
+    pub(crate) fn unlink(&self, reversed: &Entry, undo: &mut Vec<Undo>) -> Vec<Record> {
         let linked = reversed.live().linked_original;
         let Some(original) = linked.and_then(|id| self.ledger.by_id(id)) else {
             return Vec::new();
@@ -1617,7 +1617,7 @@ impl Core {
 
 /// A change made in memory ahead of its journal write (by a terminal reversal, or by an
 /// approval to its original), to put back if the write fails.
-enum Undo {
+pub(crate) enum Undo {
     State {
         entry: Arc<Entry>,
         was: TxnState,
@@ -1632,7 +1632,7 @@ enum Undo {
 
 impl Undo {
     /// Puts back every change, newest first.
-    fn all(changes: Vec<Undo>) {
+    pub(crate) fn all(changes: Vec<Undo>) {
         for change in changes.into_iter().rev() {
             change.undo();
         }

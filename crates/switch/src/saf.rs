@@ -174,23 +174,57 @@ impl Core {
                         detail,
                     }),
                 ];
+                let mut undo = Vec::new();
+                let mut was = None;
                 if state == SafState::Acked {
                     records.push(Record::State {
                         id: txn_id,
                         state: TxnState::Reversed,
                     });
+                    // Still approved in the journal: the host queued this reversal without
+                    // marking the row reversed (its outcome's commit was taken for failed, and
+                    // had landed). A void, completion or refund gives its original back what
+                    // it took, as a terminal reversal would.
+                    if row.state == TxnState::Approved && row.original_id.is_some() {
+                        records.extend(self.give_back(&row, &mut undo).await);
+                    }
                     if let Some(entry) = self.ledger.by_id(txn_id) {
-                        entry.live().state = TxnState::Reversed;
+                        let previous =
+                            std::mem::replace(&mut entry.live().state, TxnState::Reversed);
+                        was = Some((previous, entry));
                     }
                 }
                 if let Err(error) = self.persist(records).await {
                     tracing::warn!(%error, txn_id, "cannot record reversal acknowledgement");
+                    crate::financial::Undo::all(undo);
+                    if let Some((state, entry)) = was {
+                        entry.live().state = state;
+                    }
                 }
             }
             Err(error @ (LinkError::Unavailable | LinkError::Timeout | LinkError::Lost)) => {
                 self.retry(&item, &error.to_string()).await;
             }
         }
+    }
+
+    /// What an approved linked `row` took from its original, given back (`Core::unlink`), its
+    /// original read from the journal if the index has let it go. Empty if it cannot be read:
+    /// the original then keeps what the journal says.
+    async fn give_back(&self, row: &TxnRow, undo: &mut Vec<crate::financial::Undo>) -> Vec<Record> {
+        let Some(original) = row.original_id else {
+            return Vec::new();
+        };
+        if self.ledger.by_id(original).is_none() {
+            match self.read_store(move |store| store.txn(original)).await {
+                Some(Ok(Some(found))) => {
+                    self.ledger.adopt(&found);
+                }
+                _ => return Vec::new(),
+            }
+        }
+        let entry = self.ledger.adopt(row);
+        self.unlink(&entry, undo)
     }
 
     async fn retry(&self, item: &SafItem, why: &str) {

@@ -22,7 +22,7 @@ use issuer_sim::{
     TxnRecord, TxnState as IssuerState, demo_issuer,
 };
 use paycrypto::Hsm;
-use store::{SafState, TxnState};
+use store::{Record, SafState, TxnState};
 use switch::Clock;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -592,6 +592,65 @@ fn dropped_response_is_answered_98_and_reversed_at_the_issuer() {
 
         let (_, in_doubt) = e.audit().await;
         assert_eq!(in_doubt, 0);
+    });
+}
+
+/// A void whose outcome's commit was taken for failed though it had landed (a PostgreSQL
+/// COMMIT whose answer was lost with its connection): the journal holds the void approved, its
+/// sale voided, and the reversal the switch then queued on its own. Once the issuer acknowledges
+/// that reversal the sale is approved again, in the journal as at the issuer, and in memory: it
+/// can be voided again.
+#[test]
+fn a_queued_reversal_of_an_approved_void_gives_its_sale_back() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(0);
+        let p = pan(&card);
+        let s_buy = e.next_stan();
+        let r = e
+            .send(&with_pin(Req::purchase(&p, 10_000, s_buy), &card))
+            .await;
+        assert_eq!(r.code(), "00");
+        let rrn_buy = r.text(37).unwrap();
+        let s = e.next_stan();
+        let r = e.send(&Req::void(&p, 10_000, s, s_buy, &rrn_buy)).await;
+        assert_eq!(r.code(), "00");
+        let void_id =
+            e.h.store
+                .txn_by_rrn(&r.text(37).unwrap())
+                .unwrap()
+                .unwrap()
+                .id;
+        assert_eq!(e.journal_state(&rrn_buy), TxnState::Voided);
+        // What the failed-write path queues on its own: the void's reversal.
+        let queued = Record::SafEnqueue {
+            txn_id: void_id,
+            issuer: "SIM".into(),
+            reason: "96".into(),
+            next_attempt_ms: 0,
+        };
+        e.h.store.submit(vec![queued]).unwrap().await.unwrap();
+        let store = Arc::clone(&e.h.store);
+        let acked =
+            e.h.eventually(10, || {
+                store
+                    .reversal(void_id)
+                    .unwrap()
+                    .is_some_and(|q| q.state == SafState::Acked)
+            })
+            .await;
+        assert!(acked, "{:?}", e.h.store.reversal(void_id));
+        assert_eq!(
+            e.h.store.txn(void_id).unwrap().unwrap().state,
+            TxnState::Reversed
+        );
+        assert_eq!(e.journal_state(&rrn_buy), TxnState::Approved);
+        let (_, in_doubt) = e.audit().await;
+        assert_eq!(in_doubt, 0);
+        let s = e.next_stan();
+        let r = e.send(&Req::void(&p, 10_000, s, s_buy, &rrn_buy)).await;
+        assert_eq!(r.code(), "00", "the sale can be voided again");
+        assert_eq!(e.journal_state(&rrn_buy), TxnState::Voided);
     });
 }
 
