@@ -209,8 +209,8 @@ impl Core {
     }
 
     /// What an approved linked `row` took from its original, given back (`Core::unlink`), its
-    /// original read from the journal if the index has let it go. Empty if it cannot be read:
-    /// the original then keeps what the journal says.
+    /// original read from the journal if the index has let it go. Empty if it cannot be read
+    /// (the original then keeps what the journal says), or if the row was reversed meanwhile.
     async fn give_back(&self, row: &TxnRow, undo: &mut Vec<crate::financial::Undo>) -> Vec<Record> {
         let Some(original) = row.original_id else {
             return Vec::new();
@@ -224,6 +224,10 @@ impl Core {
             }
         }
         let entry = self.ledger.adopt(row);
+        // Reversed meanwhile by the terminal, whose reversal gave the original back already.
+        if entry.live().state == TxnState::Reversed {
+            return Vec::new();
+        }
         self.unlink(&entry, undo)
     }
 
