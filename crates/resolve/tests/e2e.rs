@@ -37,14 +37,6 @@ use tokio::net::TcpListener;
 
 const BANK: &str = "ICBC";
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 struct Env {
     h: Harness,
     sim: IssuerSim,

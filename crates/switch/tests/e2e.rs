@@ -29,14 +29,6 @@ use tokio::net::TcpListener;
 
 const BANK: &str = "ICBC";
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// The switch, the issuer simulator it talks to, and a signed-in terminal.
 struct E2e {
     h: Harness,

@@ -14,7 +14,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{
-    IssuerLog, Req, SILENT_AMOUNT, Terminal, card, eventually, new_hsm, pg_url, start_issuer,
+    IssuerLog, Req, SILENT_AMOUNT, Terminal, card, eventually, new_hsm, pg_url, runtime,
+    start_issuer,
 };
 use domain::IssuerDirectory;
 use paycrypto::{Hsm, KeyHandle, SoftHsm};
@@ -25,14 +26,6 @@ const TID_A: &str = "10000001";
 const TID_B: &str = "10000002";
 /// Purchases each node serves in the concurrent phase.
 const PURCHASES: u32 = 40;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 struct Node {
     store: Arc<PgStore>,

@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    IssuerLog, Req, SLOW_AMOUNT, TID, Terminal, card, eventually, new_hsm, pg_url, start_issuer,
+    IssuerLog, Req, SLOW_AMOUNT, TID, Terminal, card, eventually, new_hsm, pg_url, runtime,
+    start_issuer,
 };
 use domain::IssuerDirectory;
 use paycrypto::Hsm;
@@ -217,14 +218,6 @@ impl Outage {
             terminal,
         }
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]

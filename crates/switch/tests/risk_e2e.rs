@@ -44,14 +44,6 @@ const RULES: &str = r#"{
   }
 }"#;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 struct World {
     h: Harness,
     _sim: IssuerSim,

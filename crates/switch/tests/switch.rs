@@ -12,17 +12,9 @@ use paycrypto::Hsm;
 use store::{SafState, TxnKind, TxnState};
 use switch::Clock;
 
-const RUNTIME: fn() -> tokio::runtime::Runtime = || {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-};
-
 #[test]
 fn sign_in_then_purchase_is_approved_journalled_and_maced() {
-    RUNTIME().block_on(async {
+    runtime().block_on(async {
         let h = Harness::new().await;
         let mut t = h.terminal().await;
         assert_eq!(t.sign_in().await.code(), "00");
@@ -64,7 +56,7 @@ fn sign_in_then_purchase_is_approved_journalled_and_maced() {
 
 #[test]
 fn not_signed_in_and_bad_mac_are_told_to_sign_in_again() {
-    RUNTIME().block_on(async {
+    runtime().block_on(async {
         let h = Harness::new().await;
         let mut t = h.terminal().await;
         let pan = card("622202");
@@ -87,7 +79,7 @@ fn not_signed_in_and_bad_mac_are_told_to_sign_in_again() {
 
 #[test]
 fn retried_purchase_is_debited_once_and_different_content_is_94() {
-    RUNTIME().block_on(async {
+    runtime().block_on(async {
         let h = Harness::new().await;
         let mut t = h.terminal().await;
         t.sign_in().await;
@@ -128,7 +120,7 @@ fn retried_purchase_is_debited_once_and_different_content_is_94() {
 /// are answered as they were while the index held everything.
 #[test]
 fn days_later_old_keys_are_answered_from_the_store() {
-    RUNTIME().block_on(async {
+    runtime().block_on(async {
         let mut h = Harness::new().await;
         let mut t = h.terminal().await;
         t.sign_in().await;
@@ -195,7 +187,7 @@ fn days_later_old_keys_are_answered_from_the_store() {
 /// terminal that did not sign in again gets its first answer, not a second debit.
 #[test]
 fn requests_while_a_start_reads_the_month_are_answered_from_the_store() {
-    RUNTIME().block_on(async {
+    runtime().block_on(async {
         let mut h = Harness::new().await;
         let mut t = h.terminal().await;
         t.sign_in().await;
@@ -238,7 +230,7 @@ fn requests_while_a_start_reads_the_month_are_answered_from_the_store() {
 
 #[test]
 fn issuer_timeout_answers_98_and_the_reversal_reaches_the_issuer() {
-    RUNTIME().block_on(async {
+    runtime().block_on(async {
         let h = Harness::new().await;
         let mut t = h.terminal().await;
         t.sign_in().await;
@@ -274,7 +266,7 @@ fn issuer_timeout_answers_98_and_the_reversal_reaches_the_issuer() {
 
 #[test]
 fn pending_reversal_survives_a_restart() {
-    RUNTIME().block_on(async {
+    runtime().block_on(async {
         let log = Arc::new(common::IssuerLog::default());
         // The issuer ignores reversals for now: the reversal stays pending.
         log.answer_reversals.store(false, Ordering::SeqCst);
@@ -314,7 +306,7 @@ fn pending_reversal_survives_a_restart() {
 
 #[test]
 fn linked_transaction_checks() {
-    RUNTIME().block_on(async {
+    runtime().block_on(async {
         let h = Harness::new().await;
         let mut t = h.terminal().await;
         t.sign_in().await;
@@ -471,7 +463,7 @@ fn linked_transaction_checks() {
 
 #[test]
 fn a_refund_at_another_terminal_finds_its_original_by_rrn() {
-    RUNTIME().block_on(async {
+    runtime().block_on(async {
         let mut h = Harness::new().await;
         h.register_terminal("10000002", MID).await;
         h.stop().await;
@@ -533,7 +525,7 @@ fn a_refund_at_another_terminal_finds_its_original_by_rrn() {
 
 #[test]
 fn a_response_mti_from_a_terminal_is_not_handled_as_its_request() {
-    RUNTIME().block_on(async {
+    runtime().block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let h = Harness::new().await;
         let mut t = h.terminal().await;
@@ -578,7 +570,7 @@ fn a_response_mti_from_a_terminal_is_not_handled_as_its_request() {
 
 #[test]
 fn a_retried_balance_inquiry_gets_its_balance_from_a_restarted_switch() {
-    RUNTIME().block_on(async {
+    runtime().block_on(async {
         let mut h = Harness::new().await;
         let mut t = h.terminal().await;
         t.sign_in().await;
@@ -616,7 +608,7 @@ fn a_retried_balance_inquiry_gets_its_balance_from_a_restarted_switch() {
 
 #[test]
 fn working_keys_are_freed_and_never_weakened() {
-    RUNTIME().block_on(async {
+    runtime().block_on(async {
         use tokio::io::AsyncWriteExt;
         let h = Harness::new().await;
         let before = h.hsm.key_count();
@@ -652,7 +644,7 @@ fn working_keys_are_freed_and_never_weakened() {
 
 #[test]
 fn a_reply_carrying_another_requests_rrn_or_none_does_not_answer_this_one() {
-    RUNTIME().block_on(async {
+    runtime().block_on(async {
         let h = Harness::new().await;
         let mut t = h.terminal().await;
         t.sign_in().await;
@@ -680,7 +672,7 @@ fn a_reply_carrying_another_requests_rrn_or_none_does_not_answer_this_one() {
 
 #[test]
 fn a_stop_finishes_the_requests_in_progress_and_takes_no_more() {
-    RUNTIME().block_on(async {
+    runtime().block_on(async {
         let mut h = Harness::new().await;
         let mut t = h.terminal().await;
         t.sign_in().await;
@@ -709,7 +701,7 @@ fn a_stop_finishes_the_requests_in_progress_and_takes_no_more() {
 
 #[test]
 fn a_pin_goes_to_an_issuer_whose_zone_key_is_sm4() {
-    RUNTIME().block_on(async {
+    runtime().block_on(async {
         let log = Arc::new(common::IssuerLog::default());
         let issuer = common::start_issuer(Arc::clone(&log)).await;
         let (hsm, _) = common::new_hsm();
@@ -737,7 +729,7 @@ fn a_pin_goes_to_an_issuer_whose_zone_key_is_sm4() {
 
 #[test]
 fn unreachable_issuer_is_answered_91_at_once() {
-    RUNTIME().block_on(async {
+    runtime().block_on(async {
         // A port nobody listens on: bind, note it, close.
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

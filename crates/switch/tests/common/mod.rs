@@ -417,6 +417,15 @@ impl Harness {
     }
 }
 
+/// The runtime the switch's tests run in: two workers, as on the 2-core machines they run on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Waits until `f` holds, for at most `seconds`, looking every 20 ms.
 pub async fn eventually(seconds: u64, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
