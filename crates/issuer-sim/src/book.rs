@@ -1,8 +1,8 @@
 //! The issuer's books in memory: accounts, the transactions keyed by RRN, and the authorisation
 //! decision. Pure state machine — no IO; every change it makes is handed out as a `LedgerOp`.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::model::{
@@ -19,6 +19,16 @@ pub struct BookConfig {
     pub pin_tries_max: u8,
     /// How old an original may be for a refund, a completion or a pre-auth void (else 25).
     pub linked_window_days: u16,
+}
+
+impl BookConfig {
+    /// Days of transactions the book holds in memory: the linked window and two days for its
+    /// edges. Older ones stay in the ledger, where the issuer recalls one when a request names
+    /// it (a reversal delivered after a long outage, say), so memory does not grow with every
+    /// transaction ever made.
+    pub fn held_days(&self) -> i64 {
+        i64::from(self.linked_window_days) + 2
+    }
 }
 
 impl Default for BookConfig {
@@ -238,6 +248,11 @@ pub struct Book {
     by_pan: HashMap<Pan, usize>,
     by_reference: HashMap<Arc<str>, usize>,
     txns: HashMap<Rrn, TxnRecord>,
+    /// The RRNs put in `txns`, with their business day, in the order they came: what
+    /// `let_go` walks from the front.
+    arrivals: VecDeque<(Date, Rrn)>,
+    /// The first day `txns` still holds since `let_go` last ran.
+    held_from: Option<Date>,
     auth_seq: u32,
     posting_seq: u64,
 }
@@ -290,6 +305,8 @@ impl Book {
             by_pan,
             by_reference,
             txns: HashMap::new(),
+            arrivals: VecDeque::new(),
+            held_from: None,
             auth_seq: 0,
             posting_seq: 0,
         })
@@ -320,13 +337,54 @@ impl Book {
                     .and_then(|c| c.parse::<u32>().ok())
                     .unwrap_or(0),
             );
-            self.txns.insert(txn.rrn.clone(), txn);
+            self.hold(txn);
         }
         self.posting_seq = self.posting_seq.max(restored.last_posting_seq);
     }
 
     pub fn txn(&self, rrn: &Rrn) -> Option<&TxnRecord> {
         self.txns.get(rrn)
+    }
+
+    /// How many transactions the book holds in memory.
+    pub fn held(&self) -> usize {
+        self.txns.len()
+    }
+
+    /// Takes back a transaction read from the ledger for a request of `today`, unless the book
+    /// holds one by its RRN. Today's letting go comes first, so it cannot take this one away
+    /// again before the request uses it.
+    pub fn adopt(&mut self, record: TxnRecord, today: Date) {
+        self.let_go(today);
+        if !self.txns.contains_key(&record.rrn) {
+            self.hold(record);
+        }
+    }
+
+    fn hold(&mut self, record: TxnRecord) {
+        self.arrivals.push_back((record.day, record.rrn.clone()));
+        self.txns.insert(record.rrn.clone(), record);
+    }
+
+    /// Lets go of the transactions older than `BookConfig::held_days`, once per business day.
+    /// They came in day order, so the walk stops at the first one still held; one recalled
+    /// from the ledger meanwhile goes when the walk reaches it.
+    fn let_go(&mut self, today: Date) {
+        let from = today.add_days(-self.config.held_days());
+        if self.held_from.is_some_and(|held| held >= from) {
+            return;
+        }
+        self.held_from = Some(from);
+        while let Some((day, _)) = self.arrivals.front() {
+            if *day >= from {
+                break;
+            }
+            if let Some((_, rrn)) = self.arrivals.pop_front() {
+                if self.txns.get(&rrn).is_some_and(|t| t.day < from) {
+                    self.txns.remove(&rrn);
+                }
+            }
+        }
     }
 
     /// (balance, holds) of the card's account.
@@ -369,13 +427,14 @@ impl Book {
         out: &mut Vec<LedgerOp>,
     ) -> Reply {
         let today = now.date;
+        self.let_go(today);
         if let Some(previous) = self.txns.get(&req.rrn) {
             return self.duplicate(previous, req, today);
         }
         let Some(&index) = self.by_pan.get(&req.pan) else {
             let record = self.record(req, None, ResponseCode::InvalidCard, None, now);
             out.push(LedgerOp::Txn(record.clone()));
-            self.txns.insert(req.rrn.clone(), record);
+            self.hold(record);
             return Self::reply(ResponseCode::InvalidCard, today);
         };
         let decision = self.decide(index, req, today, pins);
@@ -385,7 +444,7 @@ impl Book {
                 let reference = self.accounts.get(index).map(|a| Arc::clone(&a.reference));
                 let record = self.record(req, reference, code, None, now);
                 out.push(LedgerOp::Txn(record.clone()));
-                self.txns.insert(req.rrn.clone(), record);
+                self.hold(record);
                 Self::reply(code, today)
             }
         };
@@ -652,7 +711,7 @@ impl Book {
             now,
         );
         out.push(LedgerOp::Txn(record.clone()));
-        self.txns.insert(req.rrn.clone(), record);
+        self.hold(record);
         Reply {
             code: ResponseCode::Approved,
             auth_code: Some(auth_code),
@@ -724,6 +783,7 @@ impl Book {
         out: &mut Vec<LedgerOp>,
     ) -> Reply {
         let today = now.date;
+        self.let_go(today);
         let ack = Self::reply(ResponseCode::Approved, today);
         let refuse = Self::reply(ResponseCode::OriginalNotFound, today);
         let index = self.by_pan.get(&req.pan).copied();
@@ -750,7 +810,7 @@ impl Book {
                 updated_ms: now.unix_ms,
             };
             out.push(LedgerOp::Txn(record.clone()));
-            self.txns.insert(req.rrn.clone(), record);
+            self.hold(record);
             return ack;
         };
         if original.kind != req.kind

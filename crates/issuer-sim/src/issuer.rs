@@ -95,8 +95,9 @@ impl Issuer {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, IssuerError> {
         let mut book = Book::new(config.book, accounts)?;
-        let (ledger, restored) = Ledger::open(&config.ledger)?;
-        book.restore(restored);
+        let ledger = Ledger::open(&config.ledger)?;
+        let since = clock.now().date.add_days(-config.book.held_days());
+        book.restore(ledger.restore(since)?);
         Ok(Self {
             bank_code: config.bank_code,
             book: Mutex::new(book),
@@ -158,6 +159,7 @@ impl Issuer {
         if let Some(reply) = self.unavailable(now) {
             return reply;
         }
+        self.recall(req.original.as_ref().map(|o| &o.rrn), now.date);
         let mut ops = Vec::with_capacity(4);
         let mut book = self.book();
         let reply = book.authorise(req, now, self.pins.as_ref(), &mut ops);
@@ -173,11 +175,38 @@ impl Issuer {
         if let Some(reply) = self.unavailable(now) {
             return reply;
         }
+        self.recall(Some(&req.rrn), now.date);
         let mut ops = Vec::with_capacity(4);
         let mut book = self.book();
         let reply = book.reverse(req, now, &mut ops);
         self.persist(ops);
         reply
+    }
+
+    /// Brings back from the ledger a transaction a request names that the book has let go of
+    /// (`BookConfig::held_days`), and the original it stands on: a reversal's transaction, a
+    /// linked request's original. Read outside the book's lock (the ledger answers from its
+    /// own connection); taken only if the book still lacks it. A reversal of an RRN never
+    /// seen reads the ledger once and finds nothing.
+    fn recall(&self, rrn: Option<&Rrn>, today: Date) {
+        let mut next = rrn.cloned();
+        // The transaction, then the original it stands on: a chain is never longer.
+        for _ in 0..2 {
+            let Some(rrn) = next.take() else { return };
+            let held = self.book().txn(&rrn).map(|t| t.original.clone());
+            next = match held {
+                Some(original) => original,
+                None => match self.ledger.txn(&rrn) {
+                    Ok(Some(record)) => {
+                        let original = record.original.clone();
+                        self.book().adopt(record, today);
+                        original
+                    }
+                    // Not found, or unreadable: the book answers as for an RRN it never saw.
+                    Ok(None) | Err(_) => return,
+                },
+            };
+        }
     }
 
     fn persist(&self, ops: Vec<crate::book::LedgerOp>) {
@@ -208,9 +237,16 @@ impl Issuer {
         self.book().knows(pan)
     }
 
-    /// The transaction as the issuer holds it now (in memory, no wait for the ledger).
+    /// The transaction as the issuer holds it now: in memory, no wait for the ledger, or
+    /// from the ledger if the book has let it go.
     pub fn txn(&self, rrn: &Rrn) -> Option<TxnRecord> {
-        self.book().txn(rrn).cloned()
+        let held = self.book().txn(rrn).cloned();
+        held.or_else(|| self.ledger.txn(rrn).ok().flatten())
+    }
+
+    /// How many transactions the book holds in memory.
+    pub fn held_transactions(&self) -> usize {
+        self.book().held()
     }
 
     /// Durable answers: the server flushes the ledger before it sends answers, as a real

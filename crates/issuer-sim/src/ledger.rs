@@ -9,7 +9,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use crate::book::{AccountSnapshot, LedgerOp, Restored};
 use crate::model::{CardStatus, Posting, ResponseCode, Rrn, TxnKind, TxnRecord, TxnState};
@@ -23,6 +23,9 @@ pub const LEDGER_BATCH_MAX: usize = 4_096;
 /// full batch comes first). Answers never wait for the ledger, so this costs no latency; it
 /// turns a commit per few requests into one per few hundred under load.
 pub const LEDGER_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How long a read of a file ledger waits on the writer's lock (a checkpoint's, at most).
+const READER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where the ledger lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +63,8 @@ enum Command {
     Write(Vec<LedgerOp>),
     Flush(Answer<()>),
     Transactions(Option<Date>, bool, Answer<Vec<TxnRecord>>),
+    Txn(Rrn, Answer<Option<TxnRecord>>),
+    Restore(Date, Answer<Restored>),
     Postings(Date, Answer<Vec<Posting>>),
     Stop,
 }
@@ -72,6 +77,9 @@ pub struct Ledger {
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// Whether the writer gathers writes for `LEDGER_LINGER` (off when answers wait for it).
     linger: Arc<AtomicBool>,
+    /// A read-only connection to a file ledger for `txn`, which an answer may wait on: it does
+    /// not queue behind the writer's gathering. `None` for an in-memory ledger.
+    reader: Option<Arc<Mutex<Connection>>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -108,8 +116,8 @@ const POSTING_COLUMNS: &str =
     "seq, rrn, account, kind, reversal, amount, hold_delta, balance_after, holds_after, day, at_ms";
 
 impl Ledger {
-    /// Opens (creating if need be) the ledger and reads back what the book needs to resume.
-    pub fn open(location: &LedgerLocation) -> Result<(Self, Restored), LedgerError> {
+    /// Opens (creating if need be) the ledger.
+    pub fn open(location: &LedgerLocation) -> Result<Self, LedgerError> {
         let conn = match location {
             LedgerLocation::Memory => Connection::open_in_memory()?,
             LedgerLocation::File(path) => Connection::open(path)?,
@@ -118,7 +126,14 @@ impl Ledger {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
-        let restored = restore(&conn)?;
+        let reader = match location {
+            LedgerLocation::Memory => None,
+            LedgerLocation::File(path) => {
+                let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+                reader.busy_timeout(READER_BUSY_TIMEOUT)?;
+                Some(Arc::new(Mutex::new(reader)))
+            }
+        };
         let (queue, commands) = sync_channel(LEDGER_QUEUE_MAX);
         let failure = Arc::new(Mutex::new(None));
         let writer_failure = Arc::clone(&failure);
@@ -128,13 +143,33 @@ impl Ledger {
             .name("issuer-ledger".into())
             .spawn(move || writer(conn, &commands, &writer_failure, &writer_linger))
             .map_err(|e| LedgerError::Sqlite(format!("cannot start the writer: {e}")))?;
-        let ledger = Self {
+        Ok(Self {
             queue,
             failure,
             thread: Arc::new(Mutex::new(Some(thread))),
             linger,
-        };
-        Ok((ledger, restored))
+            reader,
+        })
+    }
+
+    /// What the book needs to resume: every account's state and the transactions of business
+    /// days from `since` on, in the order of their days.
+    pub fn restore(&self, since: Date) -> Result<Restored, LedgerError> {
+        self.ask(|answer| Command::Restore(since, answer))
+    }
+
+    /// One transaction by RRN, as committed. For what the book has let go of: those were
+    /// committed long ago, while what the book holds may still be on its way here.
+    pub fn txn(&self, rrn: &Rrn) -> Result<Option<TxnRecord>, LedgerError> {
+        match &self.reader {
+            Some(reader) => {
+                let conn = reader
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                query_txn(&conn, rrn)
+            }
+            None => self.ask(|answer| Command::Txn(rrn.clone(), answer)),
+        }
     }
 
     /// Whether the writer gathers writes before committing (the default). Off when every
@@ -231,6 +266,12 @@ fn writer(
                         }
                         Command::Transactions(day, approved, answer) => {
                             let _ = answer.send(query_txns(&conn, day, approved));
+                        }
+                        Command::Txn(rrn, answer) => {
+                            let _ = answer.send(query_txn(&conn, &rrn));
+                        }
+                        Command::Restore(since, answer) => {
+                            let _ = answer.send(restore(&conn, since));
                         }
                         Command::Postings(day, answer) => {
                             let _ = answer.send(query_postings(&conn, day));
@@ -447,7 +488,7 @@ fn collect<T>(
     Ok(out)
 }
 
-fn restore(conn: &Connection) -> Result<Restored, LedgerError> {
+fn restore(conn: &Connection, since: Date) -> Result<Restored, LedgerError> {
     let accounts = collect(
         conn,
         "SELECT reference, status, balance, holds, pin_tries, day, day_amount, day_count \
@@ -457,8 +498,8 @@ fn restore(conn: &Connection) -> Result<Restored, LedgerError> {
     )?;
     let txns = collect(
         conn,
-        &format!("SELECT {TXN_COLUMNS} FROM txns"),
-        [],
+        &format!("SELECT {TXN_COLUMNS} FROM txns WHERE day >= ?1 ORDER BY day"),
+        params![since.to_string()],
         txn_from_row,
     )?;
     let last: Option<i64> = conn
@@ -491,6 +532,13 @@ fn query_txns(
         params![day.map(|d| d.to_string())],
         txn_from_row,
     )
+}
+
+fn query_txn(conn: &Connection, rrn: &Rrn) -> Result<Option<TxnRecord>, LedgerError> {
+    let sql = format!("SELECT {TXN_COLUMNS} FROM txns WHERE rrn = ?1");
+    Ok(collect(conn, &sql, params![rrn.as_str()], txn_from_row)?
+        .into_iter()
+        .next())
 }
 
 fn query_postings(conn: &Connection, day: Date) -> Result<Vec<Posting>, LedgerError> {

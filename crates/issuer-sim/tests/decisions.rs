@@ -1068,6 +1068,91 @@ fn ledger_survives_reopen() {
 }
 
 #[test]
+fn old_transactions_leave_memory_and_come_back_when_a_request_names_them() {
+    let dir = std::env::temp_dir().join(format!("issuer-sim-held-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ledger.sqlite");
+    let _ = std::fs::remove_file(&path);
+    let config = IssuerConfig {
+        ledger: LedgerLocation::File(path),
+        book: BookConfig::default(),
+        ..IssuerConfig::in_memory("TEST")
+    };
+    assert_eq!(config.book.held_days(), 32);
+    let mut sim = Sim::with_config(vec![spec(1), spec(2), spec(3)], config.clone());
+    let p = sim.approve(TxnKind::Purchase, 1, 10_000);
+    let q = sim.approve(TxnKind::Purchase, 2, 2_000);
+    let s = sim.approve(TxnKind::Purchase, 3, 3_000);
+    sim.clock.advance_days(30);
+    let refund = sim.linked(TxnKind::Refund, 2, 500, &q);
+    assert_eq!(sim.issuer.authorise(&refund).code, ResponseCode::Approved);
+    let other_refund = sim.linked(TxnKind::Refund, 3, 700, &s);
+    assert_eq!(
+        sim.issuer.authorise(&other_refund).code,
+        ResponseCode::Approved
+    );
+    assert_eq!(sim.issuer.held_transactions(), 5);
+    // Days pass: the ledger has long committed what the book will let go of.
+    sim.issuer.flush().unwrap();
+
+    // 33 days on, the purchases leave memory at the day's first request; the refund stays.
+    sim.clock.advance_days(3);
+    sim.approve(TxnKind::BalanceInquiry, 1, 0);
+    assert_eq!(sim.issuer.held_transactions(), 3);
+    // A reversal of the refund, delivered late, still gives its purchase the refund back.
+    assert_eq!(
+        sim.reverse(TxnKind::Refund, 2, 500, &refund.rrn),
+        ResponseCode::Approved
+    );
+    assert_eq!(sim.balance(2), (98_000, 0));
+    assert_eq!(sim.issuer.txn(&q).unwrap().refunded, 0);
+
+    // A reversal of the first purchase after a long outage finds it in the ledger, on a day
+    // whose first request is this reversal and the book holds nothing older.
+    sim.clock.advance_days(50);
+    assert_eq!(
+        sim.reverse(TxnKind::Purchase, 1, 10_000, &p),
+        ResponseCode::Approved
+    );
+    assert_eq!(sim.balance(1), (100_000, 0));
+    assert_eq!(sim.state(&p), TxnState::Reversed);
+    // Once: the second delivery finds it reversed.
+    assert_eq!(
+        sim.reverse(TxnKind::Purchase, 1, 10_000, &p),
+        ResponseCode::Approved
+    );
+    assert_eq!(sim.balance(1), (100_000, 0));
+    // A refund the book let go of, of a purchase it let go of: both come back.
+    assert_eq!(
+        sim.reverse(TxnKind::Refund, 3, 700, &other_refund.rrn),
+        ResponseCode::Approved
+    );
+    assert_eq!(sim.balance(3), (97_000, 0));
+    assert_eq!(sim.issuer.txn(&s).unwrap().refunded, 0);
+    let today_sale = sim.approve(TxnKind::Purchase, 1, 100);
+    sim.issuer.close().unwrap();
+    let days = sim.clock.clone();
+    drop(sim);
+
+    // A restart loads the days held, not the whole ledger.
+    let issuer = Issuer::open(
+        config,
+        vec![spec(1), spec(2), spec(3)],
+        Arc::new(verifier()),
+        Arc::new(days),
+    )
+    .unwrap();
+    assert_eq!(issuer.held_transactions(), 1, "today's sale only");
+    assert_eq!(issuer.txn(&today_sale).unwrap().amount, 100);
+    assert_eq!(issuer.txn(&p).unwrap().state, TxnState::Reversed);
+    assert_eq!(issuer.txn(&q).unwrap().refunded, 0);
+    assert_eq!(issuer.balance(&pan(1)), Some((99_900, 0)));
+    issuer.close().unwrap();
+    drop(issuer);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn hsm_fault_is_96_without_counting_a_try() {
     let (hsm, _zpk) = hsm();
     // A handle of the wrong kind: the HSM refuses to verify under a terminal master key.

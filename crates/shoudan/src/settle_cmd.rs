@@ -443,8 +443,7 @@ fn clearing_file(
     let ledger_path = dir.join("issuers").join(format!("{bank}.db"));
     let day_number = settlement::dates::day_number(date).ok_or("not a date")?;
     let day = issuer_sim::Date::from_days_since_epoch(day_number);
-    let (ledger, _) =
-        issuer_sim::ledger::Ledger::open(&issuer_sim::LedgerLocation::File(ledger_path))?;
+    let ledger = issuer_sim::ledger::Ledger::open(&issuer_sim::LedgerLocation::File(ledger_path))?;
     let records = ledger.transactions(Some(day), true)?;
     ledger.close()?;
     let mut csv = Vec::new();

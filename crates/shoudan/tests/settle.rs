@@ -360,7 +360,7 @@ fn a_day_of_demo_traffic_is_settled_paid_and_reconciled() {
             .to_owned();
         let day =
             issuer_sim::Date::from_days_since_epoch(settlement::dates::day_number(date).unwrap());
-        let (ledger, _) = issuer_sim::ledger::Ledger::open(&issuer_sim::LedgerLocation::File(
+        let ledger = issuer_sim::ledger::Ledger::open(&issuer_sim::LedgerLocation::File(
             dir.join("issuers").join(format!("{bank}.db")),
         ))
         .unwrap();
