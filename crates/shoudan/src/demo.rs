@@ -680,7 +680,11 @@ async fn run_async(args: DemoArgs) -> CliResult {
     let switch_metrics = Arc::new(web::metrics::SwitchMetricsCell::default());
     switch_metrics.set(env.switch.metrics());
     let portal = portal(&env, Arc::clone(&switch_metrics)).await?;
-    let http_task = tokio::spawn(web::serve(portal, http, stop_rx.clone()));
+    let http_task = tokio::spawn(web::serve(
+        portal.router_with_metrics(),
+        http,
+        stop_rx.clone(),
+    ));
     // Notifications: the journal tailer (declines, reversals, refunds, duplicates) and the
     // webhook notifier, for merchants that configured an endpoint.
     let notify_tasks = resolve::outbox::spawn_background(

@@ -49,8 +49,12 @@ pub struct ServeConfig {
     pub node_id: u8,
     /// Where terminals connect (`0.0.0.0:5000`).
     pub terminal_listen: SocketAddr,
-    /// Portal, console, API, `/metrics` and `/healthz`.
+    /// Portal, console, API and `/healthz`.
     pub http_listen: SocketAddr,
+    /// `/metrics` (and `/healthz`) for the operator network's Prometheus; not served at all
+    /// without it. Every merchant's volumes and response codes are in it, so it is never on
+    /// the portal's listener.
+    pub metrics_listen: Option<SocketAddr>,
     /// `sqlite:/path/to/switch.db` or `postgres://user@host:port/database`.
     pub database: String,
     /// A PostgreSQL schema to create and use instead of `public` (several deployments or
@@ -265,6 +269,7 @@ pub struct Node {
     pub store: Arc<dyn Store>,
     pub hsm: Arc<SoftHsm>,
     pub http_listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
     /// The portal's cookies carry `Secure`.
     pub secure_cookies: bool,
     pub webhook_destinations: resolve::webhook::Destinations,
@@ -458,6 +463,7 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
         store,
         hsm,
         http_listen: config.http_listen,
+        metrics_listen: config.metrics_listen,
         secure_cookies: config.secure_cookies,
         webhook_destinations: if config.webhooks_to_private_addresses {
             resolve::webhook::Destinations::AnyAddress
@@ -544,6 +550,10 @@ async fn serve(node: Node, mut signals: Signals, stopping: bool) -> CliResult {
     let (stop, stop_rx) = watch::channel(false);
     let http = tokio::net::TcpListener::bind(node.http_listen).await?;
     let http_addr = http.local_addr()?;
+    let metrics_listener = match node.metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
     let switch_metrics = Arc::new(web::metrics::SwitchMetricsCell::default());
     switch_metrics.set(switch.metrics());
     let portal = web::Web::new(
@@ -564,10 +574,26 @@ async fn serve(node: Node, mut signals: Signals, stopping: bool) -> CliResult {
         node.webhook_destinations,
         stop_rx.clone(),
     );
-    let http_task = tokio::spawn(web::serve(portal, http, stop_rx));
+    let metrics_task = match metrics_listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let task = tokio::spawn(web::serve(
+                portal.metrics_router(),
+                listener,
+                stop_rx.clone(),
+            ));
+            Some((addr, task))
+        }
+        None => None,
+    };
+    let http_task = tokio::spawn(web::serve(portal.router(), http, stop_rx));
     println!("shoudan serving");
     println!("  switch (terminals)  {}", switch.local_addr());
     println!("  http                http://{http_addr}/");
+    match &metrics_task {
+        Some((addr, _)) => println!("  metrics             http://{addr}/metrics"),
+        None => println!("  metrics             not served (no metrics_listen)"),
+    }
     for bank in &banks {
         println!(
             "  issuer {bank:<12} {}",
@@ -599,6 +625,9 @@ async fn serve(node: Node, mut signals: Signals, stopping: bool) -> CliResult {
     // the next start reverses it.
     let others = tokio::time::timeout(HTTP_DRAIN, async {
         let _ = http_task.await;
+        if let Some((_, task)) = metrics_task {
+            let _ = task.await;
+        }
         for task in notify_tasks {
             let _ = task.await;
         }
@@ -634,5 +663,19 @@ impl Signals {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_reads_and_passes_the_checks() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/shoudan.example.toml");
+        let config = ServeConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(check_config(&config), Ok(()));
+        assert!(config.metrics_listen.is_some());
+        assert_ne!(config.metrics_listen, Some(config.http_listen));
     }
 }

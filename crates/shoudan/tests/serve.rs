@@ -43,6 +43,7 @@ fn write_config(dir: &Path, database: &str, schema: Option<&str>) -> std::path::
         r#"node_id = 3
 terminal_listen = "127.0.0.1:0"
 http_listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
 database = "{database}"
 {schema}default_issuer = "ICBC"
 fee_plans = "{dir}/fee-plans.json"
@@ -404,7 +405,8 @@ fn serve_listens_for_terminals_and_http() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut switch_addr = None;
     let mut http_addr = None;
-    while switch_addr.is_none() || http_addr.is_none() {
+    let mut metrics_addr = None;
+    while switch_addr.is_none() || http_addr.is_none() || metrics_addr.is_none() {
         let line = lines
             .next()
             .expect("serve stopped before listening")
@@ -420,10 +422,18 @@ fn serve_listens_for_terminals_and_http() {
                     .to_owned(),
             );
         }
+        if let Some(rest) = line.trim().strip_prefix("metrics") {
+            metrics_addr = Some(
+                rest.trim()
+                    .trim_start_matches("http://")
+                    .trim_end_matches("/metrics")
+                    .to_owned(),
+            );
+        }
     }
     std::net::TcpStream::connect(switch_addr.as_deref().unwrap()).unwrap();
-    let get = |path: &str| {
-        let mut http = std::net::TcpStream::connect(http_addr.as_deref().unwrap()).unwrap();
+    let get_from = |addr: &str, path: &str| {
+        let mut http = std::net::TcpStream::connect(addr).unwrap();
         http.write_all(
             format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
         )
@@ -432,7 +442,16 @@ fn serve_listens_for_terminals_and_http() {
         http.read_to_string(&mut answer).unwrap();
         answer
     };
+    let get = |path: &str| get_from(http_addr.as_deref().unwrap(), path);
     let answer = get("/healthz");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Every merchant's volumes are the operator's: `/metrics` is on its own listener only.
+    let answer = get("/metrics");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let metrics = get_from(metrics_addr.as_deref().unwrap(), "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("\nshoudan_in_flight_max "), "{metrics}");
+    let answer = get_from(metrics_addr.as_deref().unwrap(), "/healthz");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // Served behind TLS: the portal's cookies are never sent over plain HTTP.
     let login = get("/login");

@@ -122,28 +122,49 @@ impl Web {
         self
     }
 
-    /// The whole application: API, portal, console, metrics.
+    /// The application merchants and operators use: API, portal, console, `/healthz`.
+    /// `/metrics` is not in it: volumes and response codes of every merchant are the
+    /// operator's, served by `router_with_metrics` (the demo, on loopback) or by
+    /// `metrics_router` on a listener of their own.
     pub fn router(&self) -> Router {
-        let app = api::router()
-            .merge(pages::router())
-            .merge(metrics::router())
+        self.app(api::router().merge(pages::router()))
+    }
+
+    /// The application with `/metrics` beside it, on one listener.
+    pub fn router_with_metrics(&self) -> Router {
+        self.app(
+            api::router()
+                .merge(pages::router())
+                .merge(metrics::router()),
+        )
+    }
+
+    /// `/metrics` and `/healthz` alone, for the operator network's own listener.
+    pub fn metrics_router(&self) -> Router {
+        metrics::router()
+            .merge(metrics::health_router())
+            .with_state(self.clone())
+    }
+
+    fn app(&self, routes: Router<Web>) -> Router {
+        routes
+            .merge(metrics::health_router())
             .layer(axum::middleware::from_fn(error::plain_rejections))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 metrics::track,
-            ));
-        app.with_state(self.clone())
+            ))
+            .with_state(self.clone())
     }
 }
 
-/// Serves `web` on `listener` until `stop` turns true.
+/// Serves `app` on `listener` until `stop` turns true.
 pub async fn serve(
-    web: Web,
+    app: Router,
     listener: tokio::net::TcpListener,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let app = web.router().into_make_service();
-    axum::serve(listener, app)
+    axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move {
             while !*stop.borrow() {
                 if stop.changed().await.is_err() {
@@ -154,7 +175,8 @@ pub async fn serve(
         .await
 }
 
-/// Binds `addr` and serves in a task; returns the bound address.
+/// Binds `addr` and serves the application with `/metrics` in a task; returns the bound
+/// address.
 pub async fn spawn(
     web: Web,
     addr: SocketAddr,
@@ -162,5 +184,8 @@ pub async fn spawn(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    Ok((local, tokio::spawn(serve(web, listener, stop))))
+    Ok((
+        local,
+        tokio::spawn(serve(web.router_with_metrics(), listener, stop)),
+    ))
 }

@@ -90,9 +90,11 @@ pub async fn track(State(web): State<Web>, request: Request, next: Next) -> Resp
 }
 
 pub fn router() -> Router<Web> {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
+    Router::new().route("/metrics", get(metrics))
+}
+
+pub fn health_router() -> Router<Web> {
+    Router::new().route("/healthz", get(healthz))
 }
 
 async fn healthz(State(web): State<Web>) -> Response {
