@@ -36,6 +36,29 @@ pub enum BenchCmd {
     /// Signed-in terminal connections held idle: the memory (RSS) of the demo process that
     /// serves them (switch, issuer simulators, portal).
     Idle(IdleArgs),
+    /// Every performance target at once, each measured and judged: durable throughput, the
+    /// journal's cost, the switch's p99 at half that rate, the share of the echo ceiling, the
+    /// memory of idle connections.
+    Targets(TargetsArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TargetsArgs {
+    /// Terminals of the closed-loop runs (and of the half-rate open loop).
+    #[arg(long, default_value_t = 64)]
+    pub terminals: usize,
+    /// The length of each run.
+    #[arg(long, default_value = "8s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Rounds of the durable and journal-off runs, interleaved so a host whose speed drifts
+    /// affects both alike; each figure is the rounds' median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=10))]
+    pub rounds: u8,
+    /// Idle signed-in connections for the memory target; 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_connections: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args)]
@@ -281,6 +304,7 @@ pub fn run(cmd: BenchCmd) -> CliResult {
             }
             BenchCmd::Compare(args) => compare(args).await?,
             BenchCmd::Idle(args) => idle(args).await?,
+            BenchCmd::Targets(args) => targets(args).await?,
         }
         Ok(())
     })
@@ -328,6 +352,232 @@ async fn compare(args: CompareArgs) -> CliResult {
         auth_report.print();
         echo_report.print();
         println!("ratio auth/echo  {ratio:.3}");
+    }
+    Ok(())
+}
+
+/// The targets of the performance work, as the project states them.
+const TARGET_DURABLE_TPS: f64 = 10_000.0;
+const TARGET_JOURNAL_COST: f64 = 0.10;
+const TARGET_HALF_RATE_SWITCH_P99_US: u64 = 1_000;
+const TARGET_ECHO_RATIO: f64 = 0.5;
+const TARGET_IDLE_CONNECTIONS: usize = 10_000;
+const TARGET_IDLE_RSS_BYTES: u64 = 200_000_000;
+
+/// What `bench targets` measured: medians over its rounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Measured {
+    durable_tps: f64,
+    journal_cost: f64,
+    half_rate_switch_p99_us: Option<u64>,
+    echo_ratio: f64,
+    /// Idle connections asked for, those signed in and alive at the end, and the demo's RSS
+    /// in bytes with them.
+    idle: Option<(usize, usize, u64)>,
+}
+
+/// One target and how the run measured against it.
+#[derive(Debug, Clone, PartialEq)]
+struct Verdict {
+    name: &'static str,
+    target: String,
+    measured: Option<f64>,
+    /// `None` when not measured (the idle run skipped, or with too few connections to count).
+    met: Option<bool>,
+}
+
+fn verdicts(m: &Measured) -> Vec<Verdict> {
+    // Fewer connections asked for cannot be judged; a connection lost misses the target.
+    let idle = m.idle.map(|(asked, alive, rss)| {
+        (
+            rss as f64,
+            (asked >= TARGET_IDLE_CONNECTIONS)
+                .then_some(alive >= TARGET_IDLE_CONNECTIONS && rss <= TARGET_IDLE_RSS_BYTES),
+        )
+    });
+    vec![
+        Verdict {
+            name: "durable_tps",
+            target: format!(">= {TARGET_DURABLE_TPS:.0} authorisations/s"),
+            measured: Some(m.durable_tps),
+            met: Some(m.durable_tps >= TARGET_DURABLE_TPS),
+        },
+        Verdict {
+            name: "journal_cost",
+            target: format!(
+                "<= {:.0} % of the throughput without the journal",
+                TARGET_JOURNAL_COST * 100.0
+            ),
+            measured: Some(m.journal_cost),
+            met: Some(m.journal_cost <= TARGET_JOURNAL_COST),
+        },
+        Verdict {
+            name: "half_rate_switch_p99_us",
+            target: format!(
+                "<= {TARGET_HALF_RATE_SWITCH_P99_US} us switch-added p99 at half the durable rate"
+            ),
+            measured: m.half_rate_switch_p99_us.map(|us| us as f64),
+            met: m
+                .half_rate_switch_p99_us
+                .map(|us| us <= TARGET_HALF_RATE_SWITCH_P99_US),
+        },
+        Verdict {
+            name: "echo_ratio",
+            target: format!(">= {TARGET_ECHO_RATIO} of the echo ceiling"),
+            measured: Some(m.echo_ratio),
+            met: Some(m.echo_ratio >= TARGET_ECHO_RATIO),
+        },
+        Verdict {
+            name: "idle_rss_bytes",
+            target: format!(
+                "<= {} MB for {TARGET_IDLE_CONNECTIONS} idle signed-in connections",
+                TARGET_IDLE_RSS_BYTES / 1_000_000
+            ),
+            measured: idle.map(|(rss, _)| rss),
+            met: idle.and_then(|(_, met)| met),
+        },
+    ]
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values.get(n / 2).copied().unwrap_or(0.0),
+        n => {
+            let upper = values.get(n / 2).copied().unwrap_or(0.0);
+            let lower = values.get(n / 2 - 1).copied().unwrap_or(0.0);
+            (upper + lower) / 2.0
+        }
+    }
+}
+
+/// Every target, measured the way docs/performance.md does by hand: interleaved durable and
+/// journal-off closed loops, then an open loop at half the durable median, an echo run, and
+/// (in a demo child process) the idle connections.
+async fn targets(args: TargetsArgs) -> CliResult {
+    let closed = |journal| AuthArgs {
+        terminals: args.terminals,
+        rate: None,
+        duration: args.duration,
+        target: None,
+        data_dir: None,
+        journal,
+        database: None,
+        json: args.json,
+    };
+    let mut runs = Vec::new();
+    let (mut durable, mut off, mut shares) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        if !args.json {
+            eprintln!("round {round}/{}: durable journal, then none", args.rounds);
+        }
+        let full = auth(closed(JournalMode::Full)).await?;
+        let none = auth(closed(JournalMode::Off)).await?;
+        durable.push(full.tps());
+        off.push(none.tps());
+        shares.push(if none.tps() > 0.0 {
+            full.tps() / none.tps()
+        } else {
+            0.0
+        });
+        runs.push(
+            json!({"round": round, "durable": full.to_json(), "journal_off": none.to_json()}),
+        );
+    }
+    let durable_tps = median(&mut durable);
+    let journal_cost = 1.0 - median(&mut shares);
+    let half_rate = (durable_tps / 2.0).max(1.0);
+    if !args.json {
+        eprintln!("open loop at {half_rate:.0}/s, then the echo ceiling");
+    }
+    let open = auth(AuthArgs {
+        rate: Some(half_rate),
+        ..closed(JournalMode::Full)
+    })
+    .await?;
+    let echo_report = echo(args.terminals, args.duration).await?;
+    let echo_ratio = if echo_report.tps() > 0.0 {
+        durable_tps / echo_report.tps()
+    } else {
+        0.0
+    };
+    let idle_report = if args.idle_connections > 0 {
+        if !args.json {
+            eprintln!("{} idle connections", args.idle_connections);
+        }
+        Some(
+            idle_measure(IdleArgs {
+                connections: args.idle_connections,
+                hold: Duration::from_secs(2),
+                data_dir: None,
+                pid: None,
+                json: args.json,
+            })
+            .await?,
+        )
+    } else {
+        None
+    };
+    let measured = Measured {
+        durable_tps,
+        journal_cost,
+        half_rate_switch_p99_us: open.switch_quantile(0.99),
+        echo_ratio,
+        idle: idle_report
+            .as_ref()
+            .map(|r| (r.connections, r.alive, r.rss_after_kib.saturating_mul(1024))),
+    };
+    let verdicts = verdicts(&measured);
+    if args.json {
+        let targets: Vec<serde_json::Value> = verdicts
+            .iter()
+            .map(|v| json!({"name": v.name, "target": v.target, "measured": v.measured, "met": v.met}))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "targets": targets,
+                "durable_tps": durable_tps,
+                "journal_off_tps": median(&mut off),
+                "half_rate": half_rate,
+                "echo_tps": echo_report.tps(),
+                "runs": runs,
+                "half_rate_run": open.to_json(),
+                "echo": echo_report.to_json(),
+                "idle": idle_report.as_ref().map(IdleReport::to_json),
+            })
+        );
+    } else {
+        println!(
+            "bench targets: {} terminals, {} rounds of {:.1}s",
+            args.terminals,
+            args.rounds,
+            args.duration.as_secs_f64()
+        );
+        println!(
+            "  durable {durable_tps:.0}/s, journal off {:.0}/s (medians); echo {:.0}/s",
+            median(&mut off),
+            echo_report.tps()
+        );
+        for v in &verdicts {
+            let measured = v.measured.map_or("not measured".to_owned(), |m| {
+                if m.abs() < 10.0 {
+                    format!("{m:.3}")
+                } else {
+                    format!("{m:.0}")
+                }
+            });
+            let met = match v.met {
+                Some(true) => "met",
+                Some(false) => "NOT MET",
+                None => "not judged",
+            };
+            println!(
+                "  {:<24} {:<14} {:<9} target {}",
+                v.name, measured, met, v.target
+            );
+        }
     }
     Ok(())
 }
@@ -553,6 +803,69 @@ const IDLE_START_TIMEOUT: Duration = Duration::from_secs(120);
 /// that its memory is measured apart from the generator's, and each side's descriptors stay
 /// under the per-process limit.
 async fn idle(args: IdleArgs) -> CliResult {
+    let json = args.json;
+    let hold = args.hold;
+    let report = idle_measure(args).await?;
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        report.print(hold);
+    }
+    Ok(())
+}
+
+/// What `bench idle` measured.
+struct IdleReport {
+    connections: usize,
+    alive: usize,
+    sign_in_s: f64,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+impl IdleReport {
+    fn per_connection_kib(&self) -> f64 {
+        if self.alive > 0 {
+            (self.rss_after_kib.saturating_sub(self.rss_before_kib)) as f64 / self.alive as f64
+        } else {
+            0.0
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "mode": "idle",
+            "connections": self.connections,
+            "signed_in_alive": self.alive,
+            "sign_in_s": self.sign_in_s,
+            "rss_before_kib": self.rss_before_kib,
+            "rss_after_kib": self.rss_after_kib,
+            "rss_after_mib": self.rss_after_kib as f64 / 1024.0,
+            "kib_per_connection": self.per_connection_kib(),
+            "errors": self.errors.values().sum::<u64>(),
+            "errors_by_kind": self.errors,
+        })
+    }
+
+    fn print(&self, hold: Duration) {
+        println!("bench idle: {} connections", self.connections);
+        println!("  signed in, alive after {hold:?} idle   {}", self.alive);
+        println!("  sign-ins took    {:.1}s", self.sign_in_s);
+        println!(
+            "  demo RSS         {:.1} MiB before, {:.1} MiB with the connections ({:.1} KiB each)",
+            self.rss_before_kib as f64 / 1024.0,
+            self.rss_after_kib as f64 / 1024.0,
+            self.per_connection_kib()
+        );
+        println!("  errors           {}", self.errors.values().sum::<u64>());
+        for (kind, n) in &self.errors {
+            println!("    {kind:<14} {n}");
+        }
+    }
+}
+
+async fn idle_measure(args: IdleArgs) -> Result<IdleReport, Box<dyn std::error::Error>> {
     if args.connections == 0 {
         return Err("--connections must be at least 1".into());
     }
@@ -626,43 +939,14 @@ async fn idle(args: IdleArgs) -> CliResult {
     if let Some(demo) = child {
         demo.stop().await?;
     }
-    let per_connection = if alive > 0 {
-        (rss_after.saturating_sub(rss_before)) as f64 / alive as f64
-    } else {
-        0.0
-    };
-    let error_count: u64 = errors.values().sum();
-    if args.json {
-        println!(
-            "{}",
-            json!({
-                "mode": "idle",
-                "connections": args.connections,
-                "signed_in_alive": alive,
-                "sign_in_s": sign_in_s,
-                "rss_before_kib": rss_before,
-                "rss_after_kib": rss_after,
-                "rss_after_mib": rss_after as f64 / 1024.0,
-                "kib_per_connection": per_connection,
-                "errors": error_count,
-                "errors_by_kind": errors,
-            })
-        );
-    } else {
-        println!("bench idle: {} connections", args.connections);
-        println!("  signed in, alive after {:?} idle   {alive}", args.hold);
-        println!("  sign-ins took    {sign_in_s:.1}s");
-        println!(
-            "  demo RSS         {:.1} MiB before, {:.1} MiB with the connections ({per_connection:.1} KiB each)",
-            rss_before as f64 / 1024.0,
-            rss_after as f64 / 1024.0
-        );
-        println!("  errors           {error_count}");
-        for (kind, n) in &errors {
-            println!("    {kind:<14} {n}");
-        }
-    }
-    Ok(())
+    Ok(IdleReport {
+        connections: args.connections,
+        alive,
+        sign_in_s,
+        rss_before_kib: rss_before,
+        rss_after_kib: rss_after,
+        errors,
+    })
 }
 
 /// Runs `task` on every item, at most `IDLE_CONCURRENCY` at once; the results in the order
@@ -883,6 +1167,61 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    fn measured() -> Measured {
+        Measured {
+            durable_tps: 10_000.0,
+            journal_cost: 0.10,
+            half_rate_switch_p99_us: Some(1_000),
+            echo_ratio: 0.5,
+            idle: Some((10_000, 10_000, 200_000_000)),
+        }
+    }
+
+    fn met(m: &Measured) -> Vec<Option<bool>> {
+        verdicts(m).iter().map(|v| v.met).collect()
+    }
+
+    #[test]
+    fn targets_are_met_at_their_bounds_and_missed_past_them() {
+        assert_eq!(met(&measured()), vec![Some(true); 5]);
+        let missed = Measured {
+            durable_tps: 9_999.0,
+            journal_cost: 0.11,
+            half_rate_switch_p99_us: Some(1_001),
+            echo_ratio: 0.49,
+            idle: Some((10_000, 10_000, 200_000_001)),
+        };
+        assert_eq!(met(&missed), vec![Some(false); 5]);
+        let lost = Measured {
+            idle: Some((10_000, 9_999, 1)),
+            ..measured()
+        };
+        assert_eq!(met(&lost).pop().unwrap(), Some(false));
+        // Not measured, or too few connections to judge: neither met nor missed.
+        let partial = Measured {
+            half_rate_switch_p99_us: None,
+            idle: Some((500, 500, 1)),
+            ..measured()
+        };
+        assert_eq!(
+            met(&partial),
+            vec![Some(true), Some(true), None, Some(true), None]
+        );
+        let skipped = Measured {
+            idle: None,
+            ..measured()
+        };
+        let last = verdicts(&skipped).pop().unwrap();
+        assert_eq!((last.measured, last.met), (None, None));
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut [7.0]), 7.0);
     }
 
     #[test]

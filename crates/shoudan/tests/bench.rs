@@ -102,3 +102,69 @@ fn echo_answers_everything() {
     let report = bench(&["echo", "--terminals", "4", "--duration", "1s", "--json"]);
     check_run(&report, "echo");
 }
+
+#[test]
+fn targets_are_each_measured_and_judged() {
+    let report = bench(&[
+        "targets",
+        "--terminals",
+        "4",
+        "--duration",
+        "1s",
+        "--rounds",
+        "1",
+        "--idle-connections",
+        "50",
+        "--json",
+    ]);
+    let targets = report["targets"].as_array().unwrap();
+    let names: Vec<&str> = targets
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "durable_tps",
+            "journal_cost",
+            "half_rate_switch_p99_us",
+            "echo_ratio",
+            "idle_rss_bytes"
+        ]
+    );
+    for t in targets {
+        assert!(t["measured"].as_f64().is_some(), "{t}");
+    }
+    let durable = report["durable_tps"].as_f64().unwrap();
+    let off = report["journal_off_tps"].as_f64().unwrap();
+    assert!(durable > 0.0 && off > 0.0, "{report}");
+    // The figures judged are those of the runs reported.
+    let round = &report["runs"][0];
+    check_run(&round["durable"], "auth");
+    check_run(&round["journal_off"], "auth");
+    assert_eq!(round["durable"]["tps"].as_f64(), Some(durable));
+    let cost = targets[1]["measured"].as_f64().unwrap();
+    assert!((cost - (1.0 - durable / off)).abs() < 1e-9, "{report}");
+    assert_eq!(targets[1]["met"].as_bool(), Some(cost <= 0.10));
+    // The open loop ran at half the durable rate.
+    let half = &report["half_rate_run"];
+    check_run(half, "auth");
+    assert!((report["half_rate"].as_f64().unwrap() - durable / 2.0).abs() < 1e-6);
+    assert_eq!(
+        targets[2]["measured"].as_f64(),
+        half["switch_p99_us"].as_f64()
+    );
+    let echo = report["echo_tps"].as_f64().unwrap();
+    assert!((targets[3]["measured"].as_f64().unwrap() - durable / echo).abs() < 1e-9);
+    // 50 idle connections are measured but too few to judge the 10,000-connection target.
+    assert_eq!(
+        report["idle"]["signed_in_alive"].as_u64(),
+        Some(50),
+        "{report}"
+    );
+    assert_eq!(targets[4]["met"], Value::Null);
+    assert_eq!(
+        targets[4]["measured"].as_f64(),
+        Some(report["idle"]["rss_after_kib"].as_f64().unwrap() * 1024.0)
+    );
+}
