@@ -106,8 +106,20 @@ pub struct AuthArgs {
     /// schema per run) instead of SQLite; its durability is the server's setting.
     #[arg(long, conflicts_with = "target")]
     pub database: Option<String>,
+    /// In-process only: where the issuer simulators keep their ledgers. `memory` (the default)
+    /// as they stand for other machines, whose disks are not this one's; `disk` puts them in
+    /// files beside the journal, whose flushes then wait behind their writes and checkpoints.
+    /// In memory they grow with every transaction of the run.
+    #[arg(long, value_enum, default_value_t = IssuerLedgers::Memory)]
+    pub issuer_ledgers: IssuerLedgers,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IssuerLedgers {
+    Memory,
+    Disk,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -215,6 +227,8 @@ struct Report {
     elapsed: Duration,
     stats: Stats,
     journal: Option<&'static str>,
+    /// Where the in-process issuer simulators kept their ledgers.
+    issuer_ledgers: Option<&'static str>,
     /// What the switch itself added (its own measurement, time at the issuer excluded), over
     /// the run's requests; in-process runs only.
     switch_latency: Option<switch::HistogramSnapshot>,
@@ -248,6 +262,7 @@ impl Report {
             "errors": self.stats.error_count(),
             "errors_by_kind": self.stats.errors,
             "journal": self.journal,
+            "issuer_ledgers": self.issuer_ledgers,
         })
     }
 
@@ -261,6 +276,9 @@ impl Report {
         );
         if let Some(journal) = self.journal {
             println!("  journal          {journal}");
+        }
+        if let Some(ledgers) = self.issuer_ledgers {
+            println!("  issuer ledgers   {ledgers}");
         }
         println!("  answered         {}", self.stats.ok);
         println!("  throughput       {:.0}/s", self.tps());
@@ -327,6 +345,7 @@ async fn compare(args: CompareArgs) -> CliResult {
         data_dir: None,
         journal: JournalMode::Full,
         database: None,
+        issuer_ledgers: IssuerLedgers::Memory,
         json: args.json,
     })
     .await?;
@@ -464,6 +483,7 @@ async fn targets(args: TargetsArgs) -> CliResult {
         data_dir: None,
         journal,
         database: None,
+        issuer_ledgers: IssuerLedgers::Memory,
         json: args.json,
     };
     let mut runs = Vec::new();
@@ -639,6 +659,7 @@ async fn auth(args: AuthArgs) -> Result<Report, Box<dyn std::error::Error>> {
                     },
                     journal: args.journal != JournalMode::Off,
                     durable_issuers: false,
+                    issuer_ledgers_in_memory: args.issuer_ledgers == IssuerLedgers::Memory,
                     // A fresh schema per run: runs never see each other's rows.
                     postgres: args.database.as_ref().map(|url| store::PgConfig {
                         url: url.clone(),
@@ -661,6 +682,10 @@ async fn auth(args: AuthArgs) -> Result<Report, Box<dyn std::error::Error>> {
             let (report, _) = result?;
             Ok(Report {
                 journal: Some(args.journal.describe(args.database.is_some())),
+                issuer_ledgers: Some(match args.issuer_ledgers {
+                    IssuerLedgers::Memory => "memory (standing for other machines' disks)",
+                    IssuerLedgers::Disk => "files beside the journal",
+                }),
                 ..report
             })
         }
@@ -725,6 +750,7 @@ async fn drive(
             elapsed: start.elapsed(),
             stats: total,
             journal: None,
+            issuer_ledgers: None,
             switch_latency: switch
                 .zip(before)
                 .map(|(s, before)| s.metrics().switch_latency.since(&before)),
@@ -1077,6 +1103,7 @@ async fn echo(terminals: usize, duration: Duration) -> Result<Report, Box<dyn st
         elapsed,
         stats: total,
         journal: None,
+        issuer_ledgers: None,
         switch_latency: None,
     })
 }

@@ -307,6 +307,10 @@ pub struct EnvOptions {
     /// Whether the issuer simulators record each decision before they answer (the demo) or
     /// write their ledgers behind (load tests, where the issuers stand for other machines).
     pub durable_issuers: bool,
+    /// Whether the issuer simulators keep their ledgers in memory instead of files in the data
+    /// dir (load tests: a real issuer's ledger is on its own machine's disk, and the
+    /// simulators' writes and checkpoints on this one would delay the journal's flushes).
+    pub issuer_ledgers_in_memory: bool,
     /// Extra terminals (double-length DES keys, X9.19 MACs) provisioned for load generators;
     /// their TIDs start with 3.
     pub extra_terminals: usize,
@@ -396,7 +400,11 @@ pub async fn start_env(
         let zpk = handle(keys.zpk.get(*bank))?;
         let pins = HsmPinVerifier::new(Arc::clone(&hsm) as Arc<dyn Hsm>, zpk);
         let ledger_rel = format!("issuers/{bank}.db");
-        let ledger = LedgerLocation::File(dir.join(&ledger_rel));
+        let ledger = if options.issuer_ledgers_in_memory {
+            LedgerLocation::Memory
+        } else {
+            LedgerLocation::File(dir.join(&ledger_rel))
+        };
         let issuer = if *bank == FOREIGN_ISSUER {
             let (accounts, fixtures) = foreign_cards(&pins)?;
             cards.extend(fixtures);
@@ -654,6 +662,7 @@ async fn run_async(args: DemoArgs) -> CliResult {
             synchronous: Synchronous::Full,
             journal: true,
             durable_issuers: true,
+            issuer_ledgers_in_memory: false,
             extra_terminals: args.bench_terminals,
             postgres: match &args.database {
                 Some(url) if crate::serve::is_postgres(url) => Some(store::PgConfig {

@@ -50,6 +50,14 @@ fn auth_closed_loop_is_all_approvals() {
     let report = bench(&["auth", "--terminals", "4", "--duration", "2s", "--json"]);
     check_run(&report, "auth");
     assert_eq!(report["terminals"], 4);
+    // The issuer simulators stand for other machines: their ledgers are not on this disk.
+    assert!(
+        report["issuer_ledgers"]
+            .as_str()
+            .unwrap()
+            .starts_with("memory"),
+        "{report}"
+    );
     // Measured inside the switch, without the time at the issuer: at most the client's p99
     // (it excludes the issuer and the network), and present.
     let switch_p99 = report["switch_p99_us"].as_u64().unwrap();
@@ -72,9 +80,18 @@ fn auth_open_loop_keeps_its_rate() {
         "2s",
         "--journal",
         "off",
+        "--issuer-ledgers",
+        "disk",
         "--json",
     ]);
     check_run(&report, "auth");
+    assert!(
+        report["issuer_ledgers"]
+            .as_str()
+            .unwrap()
+            .starts_with("files"),
+        "{report}"
+    );
     // 50/s for 2 s is 100 requests; the schedule allows neither many more nor many fewer.
     let ok = report["ok"].as_u64().unwrap();
     assert!((90..=102).contains(&ok), "{report}");
