@@ -254,6 +254,62 @@ fn an_outcome_the_journal_refused_is_settled_by_the_next_sweep() {
     });
 }
 
+/// A decline whose outcome the journal refused moved no money: the sweep settles its row as
+/// failed (96, what the terminal was told) and sends the issuer no reversal.
+#[test]
+fn a_decline_the_journal_could_not_record_is_settled_without_a_reversal() {
+    runtime().block_on(async {
+        let mut w = start(&["ICBC"], |c| c.saf_interval = Duration::from_millis(10)).await;
+        let card = w
+            .bank("ICBC")
+            .cards
+            .iter()
+            .find(|c| c.label == "insufficient_funds")
+            .unwrap()
+            .clone();
+        let journal = rusqlite::Connection::open(w.store.path()).unwrap();
+        journal
+            .execute_batch(
+                "CREATE TRIGGER refuse_outcome BEFORE UPDATE OF response_code ON transactions
+                 WHEN NEW.amount_fen = 4545
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+            )
+            .unwrap();
+        let req = w.purchase(&card, 4545);
+        assert_eq!(w.t.send(&req).await.code(), "96");
+        let id = w.store.txns_by_key(&w.t.tid, 1, req.stan).unwrap()[0].id;
+        journal
+            .execute_batch("DROP TRIGGER refuse_outcome")
+            .unwrap();
+        let store = Arc::clone(&w.store);
+        let settled =
+            w.h.eventually(10, || {
+                store.txn(id).unwrap().unwrap().state != TxnState::InFlight
+            })
+            .await;
+        assert!(
+            settled,
+            "still in flight 10 s after the journal took writes again"
+        );
+        let row = w.store.txn(id).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Failed);
+        assert_eq!(row.response_code.as_deref(), Some("96"));
+        assert!(
+            w.store.reversal(id).unwrap().is_none(),
+            "a decline was reversed"
+        );
+        let events = w.store.events(id).unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.detail.contains("ICBC declined it: 51")
+                    && e.detail.contains("nothing to reverse")),
+            "{events:?}"
+        );
+        w.audit();
+    });
+}
+
 /// The journal's write lock held by another connection (the writer waits on it, up to SQLite's
 /// busy timeout, as on a stalled disk): each purchase is answered 96 within `journal_wait`, and
 /// what the writer writes once the lock is let go is settled: a request row as failed, the

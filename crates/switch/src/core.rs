@@ -164,6 +164,16 @@ pub(crate) enum Journalled {
 /// Orphaned requests (`Core::orphans`) kept for the next sweep at most.
 pub(crate) const ORPHANS_MAX: usize = 10_000;
 
+/// A request of this node whose outcome could not be written: the terminal was answered 96
+/// and the row is still in flight in the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Orphan {
+    pub id: i64,
+    /// Why no money moved, when none did (the issuer declined it, or was never asked): the
+    /// sweep then settles the row without a reversal. `None`: it may have, so it is reversed.
+    pub nothing_moved: Option<String>,
+}
+
 pub(crate) struct Core {
     pub config: SwitchConfig,
     pub store: Arc<dyn Store>,
@@ -195,7 +205,7 @@ pub(crate) struct Core {
     /// Requests of this node journalled in flight whose outcome could not be written (the
     /// terminal was answered 96): no longer live, so the next sweep settles them as a dead
     /// node's (`recover_in_doubt`) rather than after `IN_DOUBT_AGE_MS`. At most `ORPHANS_MAX`.
-    pub orphans: Mutex<Vec<i64>>,
+    pub orphans: Mutex<Vec<Orphan>>,
     /// Writes answered 96 after `journal_wait` whose fate is still awaited
     /// (`settle_late_request`, `settle_late_outcome`); a stop waits for them, within its bound.
     pub late: AtomicUsize,

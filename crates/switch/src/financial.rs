@@ -76,6 +76,17 @@ fn card(message: &Message<'_>) -> Option<Result<Pan, domain::PanError>> {
     Some(pan)
 }
 
+/// What an issuer's answer leaves owing if its outcome cannot be written.
+#[derive(Debug, PartialEq, Eq)]
+enum IfLost {
+    /// It may have moved money (an approval, an answer that could not be read): reversed.
+    Reversal,
+    /// A timeout: its reversal was in the records that failed, and the sweep queues it.
+    Sweep,
+    /// Nothing moved (why, for the row's timeline): the sweep settles it with no reversal.
+    Nothing(String),
+}
+
 /// What the linked-transaction checks decided about an original.
 enum Link {
     None,
@@ -1093,15 +1104,24 @@ impl Core {
             });
         }
         // An approval, or an answer that could not be read (it may have been one), is owed a
-        // reversal if its outcome cannot be written.
+        // reversal if its outcome cannot be written; a decline, or a request never sent, owes
+        // nothing; a timeout's reversal was in the records that failed, and the sweep queues it.
         let unreadable = state == TxnState::Failed && issuer_answered.is_some();
         let owes_reversal =
             state == TxnState::Approved || (unreadable && kind != TxnKind::BalanceInquiry);
+        let if_lost = match (state, issuer_answered) {
+            _ if owes_reversal => IfLost::Reversal,
+            (TxnState::Declined, _) => {
+                IfLost::Nothing(format!("{bank} declined it: {}", answer.code_text()))
+            }
+            (TxnState::Failed, None) => IfLost::Nothing(format!("nothing was sent to {bank}")),
+            _ => IfLost::Sweep,
+        };
         let (answer, state) = match self.journal_within(records).await {
             Journalled::Written => (answer, state),
             Journalled::Failed(error) => {
                 tracing::warn!(%error, "journal write failed after the issuer answered; answering 96");
-                self.outcome_unwritten(&entry, owes_reversal, &bank, answered_ms, undo)
+                self.outcome_unwritten(&entry, if_lost, &bank, answered_ms, undo)
                     .await;
                 // The state stays what the issuer said: a terminal reversal arriving later
                 // must still find an approval to reverse.
@@ -1117,7 +1137,7 @@ impl Core {
                 let counted = LateGuard::new(self);
                 self.tasks.spawn(async move {
                     let _counted = counted;
-                    core.settle_late_outcome(late, durable, owes_reversal, bank, answered_ms, undo)
+                    core.settle_late_outcome(late, durable, if_lost, bank, answered_ms, undo)
                         .await;
                 });
                 (Answer::code(RC_SYSTEM_ERROR), state)
@@ -1154,16 +1174,16 @@ impl Core {
     /// The outcome of a request the issuer answered could not be written (the terminal is
     /// answered 96): its reversal, if it may have moved money, is queued on its own, what it
     /// did to its original is put back in memory, and the row, still in flight in the journal,
-    /// is left to the next in-doubt sweep (timed out, reversal queued).
+    /// is left to the next in-doubt sweep (timed out and reversed, or failed if nothing moved).
     async fn outcome_unwritten(
         &self,
         entry: &Arc<Entry>,
-        owes_reversal: bool,
+        if_lost: IfLost,
         bank: &str,
         answered_ms: i64,
         undo: Vec<Undo>,
     ) {
-        if owes_reversal {
+        if if_lost == IfLost::Reversal {
             let _ = self
                 .persist(vec![self.saf(entry.id, bank, "96", answered_ms)])
                 .await;
@@ -1177,7 +1197,13 @@ impl Core {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             // Beyond the bound (a long outage), the ten-minute sweep takes the rest.
             if orphans.len() < crate::core::ORPHANS_MAX {
-                orphans.push(entry.id);
+                orphans.push(crate::core::Orphan {
+                    id: entry.id,
+                    nothing_moved: match if_lost {
+                        IfLost::Nothing(why) => Some(why),
+                        IfLost::Reversal | IfLost::Sweep => None,
+                    },
+                });
             }
         }
     }
@@ -1192,18 +1218,18 @@ impl Core {
         self: Arc<Self>,
         entry: Arc<Entry>,
         durable: store::Durable,
-        owes_reversal: bool,
+        if_lost: IfLost,
         bank: String,
         answered_ms: i64,
         undo: Vec<Undo>,
     ) {
         if let Err(error) = durable.await {
             tracing::warn!(%error, txn_id = entry.id, "late outcome write failed");
-            self.outcome_unwritten(&entry, owes_reversal, &bank, answered_ms, undo)
+            self.outcome_unwritten(&entry, if_lost, &bank, answered_ms, undo)
                 .await;
             return;
         }
-        if !owes_reversal {
+        if if_lost != IfLost::Reversal {
             return;
         }
         let was = {

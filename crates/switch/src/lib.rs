@@ -37,7 +37,8 @@ use domain::IssuerDirectory;
 use iso8583::{FrameHead, Header, Tpdu};
 use paycrypto::{Hsm, KeyHandle, KeyScheme, MacAlgorithm};
 use store::{
-    Outcome, Record, SafState, Status, Store, StoreError, TerminalRow, TxnKind, TxnRow, TxnState,
+    EventRow, Outcome, Record, SafState, Status, Store, StoreError, TerminalRow, TxnKind, TxnRow,
+    TxnState,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -420,7 +421,8 @@ const IN_DOUBT_AGE_MS: i64 = 10 * 60 * 1_000;
 /// node id) and those in flight for longer than `IN_DOUBT_AGE_MS`, never the live requests of
 /// another node that is still waiting on its issuer. With `node_id` `None` (the periodic
 /// sweep of a running node, `saf::run`) only the latter, a dead node's requests, and the
-/// running node's own `orphans` (ids of requests it answered without writing their outcome).
+/// running node's own `orphans` (requests it answered without writing their outcome; one
+/// that moved no money is settled as failed, with no reversal).
 /// `in_flight` is what the store holds in flight, read by the caller (off the async workers
 /// when running: on PostgreSQL a read is a round trip, and a database that stops answering
 /// must not hold a worker).
@@ -429,7 +431,7 @@ pub(crate) async fn recover_in_doubt(
     in_flight: Vec<TxnRow>,
     now_ms: i64,
     node_id: Option<u8>,
-    orphans: &[i64],
+    orphans: &[crate::core::Orphan],
 ) -> Result<(), InDoubt> {
     let own = node_id.map(|id| format!("{:02}", id % 100));
     let rows: Vec<_> = in_flight
@@ -438,7 +440,7 @@ pub(crate) async fn recover_in_doubt(
             let ours = own
                 .as_deref()
                 .is_some_and(|own| row.rrn.as_deref().is_none_or(|rrn| rrn.starts_with(own)));
-            ours || orphans.contains(&row.id)
+            ours || orphans.iter().any(|o| o.id == row.id)
                 || row.received_at_ms < now_ms.saturating_sub(IN_DOUBT_AGE_MS)
         })
         .collect();
@@ -453,6 +455,34 @@ pub(crate) async fn recover_in_doubt(
     // not keep the others in doubt; the writer still commits them in one group.
     let mut submitted = Vec::with_capacity(rows.len());
     for row in &rows {
+        let nothing_moved = orphans
+            .iter()
+            .find(|o| o.id == row.id)
+            .and_then(|o| o.nothing_moved.as_deref());
+        if let Some(why) = nothing_moved {
+            let records = vec![
+                Record::Outcome(Outcome {
+                    id: row.id,
+                    state: TxnState::Failed,
+                    response_code: "96".to_owned(),
+                    auth_code: None,
+                    settlement_date: None,
+                    issuer_answered_at_ms: None,
+                    answered_at_ms: now_ms,
+                }),
+                Record::Event(EventRow {
+                    txn_id: row.id,
+                    at_ms: now_ms,
+                    kind: "failed".to_owned(),
+                    detail: format!(
+                        "the journal could not record the outcome ({why}): answered 96, nothing \
+                         to reverse"
+                    ),
+                }),
+            ];
+            submitted.push((row.id, store.submit(records)));
+            continue;
+        }
         let mut records = vec![Record::Outcome(Outcome {
             id: row.id,
             state: TxnState::TimedOut,

@@ -59,7 +59,7 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 }
                 Err(error) => Err(crate::InDoubt {
                     error,
-                    ids: orphans.clone(),
+                    ids: orphans.iter().map(|o| o.id).collect(),
                 }),
             };
             // Settled now, or no longer in flight (reversed by the terminal meanwhile), but
@@ -73,12 +73,13 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             };
             let swept: std::collections::HashSet<i64> = orphans
                 .into_iter()
+                .map(|o| o.id)
                 .filter(|id| !unsettled.contains(id))
                 .collect();
             core.orphans
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .retain(|id| !swept.contains(id));
+                .retain(|o| !swept.contains(&o.id));
         }
         let claimed = match core.store.claim_reversals(now_ms, lease_ms, SAF_BATCH_MAX) {
             Ok(pending) => pending.await,
