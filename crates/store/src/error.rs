@@ -44,6 +44,10 @@ pub enum LinkRefusal {
     /// Refunds approved or in flight, with this one, would exceed the original's amount.
     #[error("refunds would exceed the original's amount")]
     ExceedsAmount,
+    /// Refused only for a void, completion or refund of the original whose reversal the
+    /// issuer has not yet acknowledged (it may have acted on it): to be tried again later.
+    #[error("a reversal of another request on the original awaits the issuer")]
+    ReversalPending,
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -1337,28 +1337,53 @@ fn claim_original(
     let original_fen: i64 = conn
         .prepare_cached("SELECT amount_fen FROM transactions WHERE id = ?1")?
         .query_row(params![original], |r| r.get(0))?;
+    // What stands against the original: the linked requests in flight or approved, and
+    // those whose reversal is still queued (timed out, unreadable, reversed by the terminal):
+    // the issuer may have acted on one until it acknowledges the reversal, and a second
+    // refund meanwhile would credit the card twice should the reversal never be taken.
     let links = conn
         .prepare_cached(
-            "SELECT kind, amount_fen FROM transactions
-             WHERE original_id = ?1 AND state IN ('in_flight', 'approved')
-             AND kind IN ('purchase_void', 'completion_void', 'pre_auth_void', 'completion',
-                          'refund')",
+            "SELECT t.kind, t.amount_fen, t.state IN ('in_flight', 'approved')
+             FROM transactions t
+             WHERE t.original_id = ?1
+             AND t.kind IN ('purchase_void', 'completion_void', 'pre_auth_void', 'completion',
+                            'refund')
+             AND (t.state IN ('in_flight', 'approved')
+                  OR EXISTS (SELECT 1 FROM reversal_queue q
+                             WHERE q.txn_id = t.id AND q.state = 'pending'))",
         )?
         .query_map(params![original], |r| {
-            Ok((r.get::<_, TxnKind>(0)?, r.get::<_, i64>(1)?))
+            Ok((
+                r.get::<_, TxnKind>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, bool>(2)?,
+            ))
         })?
-        .collect::<Result<Vec<(TxnKind, i64)>, _>>()?;
-    let refunds_fen = links
-        .iter()
-        .filter(|(k, _)| *k == TxnKind::Refund)
-        .fold(0_i64, |sum, (_, a)| sum.saturating_add(*a));
-    let others = links.iter().any(|(k, _)| *k != TxnKind::Refund);
-    if others || kind != TxnKind::Refund && refunds_fen > 0 {
-        return Err(StoreError::LinkRefused(LinkRefusal::Taken));
-    }
-    if kind == TxnKind::Refund && refunds_fen.saturating_add(amount_fen) > original_fen {
-        return Err(StoreError::LinkRefused(LinkRefusal::ExceedsAmount));
-    }
+        .collect::<Result<Vec<(TxnKind, i64, bool)>, _>>()?;
+    // Judged twice: on what stands (in flight or approved), then with what awaits its
+    // reversal too. A request refused only for the latter may be tried again once the
+    // reversal is taken.
+    let judge = |with_pending: bool| -> Result<(), LinkRefusal> {
+        let standing = links.iter().filter(|(_, _, live)| with_pending || *live);
+        let mut refunds_fen = 0_i64;
+        let mut others = false;
+        for (k, a, _) in standing {
+            if *k == TxnKind::Refund {
+                refunds_fen = refunds_fen.saturating_add(*a);
+            } else {
+                others = true;
+            }
+        }
+        if others || kind != TxnKind::Refund && refunds_fen > 0 {
+            return Err(LinkRefusal::Taken);
+        }
+        if kind == TxnKind::Refund && refunds_fen.saturating_add(amount_fen) > original_fen {
+            return Err(LinkRefusal::ExceedsAmount);
+        }
+        Ok(())
+    };
+    judge(false).map_err(StoreError::LinkRefused)?;
+    judge(true).map_err(|_| StoreError::LinkRefused(LinkRefusal::ReversalPending))?;
     Ok(())
 }
 

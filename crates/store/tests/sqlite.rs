@@ -1044,6 +1044,24 @@ fn link(id: i64, kind: TxnKind, original: i64, amount_fen: i64) -> Record {
     Record::InsertTxn(Box::new(row))
 }
 
+/// A reversal of `id` queued, as the switch writes it with a timeout or a terminal reversal.
+fn queued_reversal(id: i64) -> Record {
+    Record::SafEnqueue {
+        txn_id: id,
+        issuer: "ICBC".into(),
+        reason: "98".into(),
+        next_attempt_ms: 0,
+    }
+}
+
+fn reversal_done(id: i64, state: SafState) -> Record {
+    Record::SafDone {
+        txn_id: id,
+        state,
+        at_ms: 4_000,
+    }
+}
+
 fn refunded(store: &dyn Store, id: i64) -> i64 {
     store.txn(id).unwrap().unwrap().refunded_fen
 }
@@ -1063,20 +1081,32 @@ fn linked_requests_claim_their_original_in_the_journal(db: &Db) {
     assert_eq!(store.txn(3).unwrap(), None, "a refused claim leaves no row");
     let void = write(store, vec![link(4, TxnKind::PurchaseVoid, 1, 12_345)]);
     assert_eq!(void, Err(StoreError::LinkRefused(LinkRefusal::Taken)));
-    // The 100.00 times out: what it held is free, with nothing to release.
+    // The 100.00 times out, its reversal queued as the switch writes it: the issuer may have
+    // credited the card, so it still holds its amount until the reversal is acknowledged.
     write(
         store,
-        vec![Record::Outcome(Outcome {
-            id: 2,
-            state: TxnState::TimedOut,
-            response_code: "98".into(),
-            auth_code: None,
-            settlement_date: None,
-            issuer_answered_at_ms: None,
-            answered_at_ms: 3_002,
-        })],
+        vec![
+            Record::Outcome(Outcome {
+                id: 2,
+                state: TxnState::TimedOut,
+                response_code: "98".into(),
+                auth_code: None,
+                settlement_date: None,
+                issuer_answered_at_ms: None,
+                answered_at_ms: 3_002,
+            }),
+            queued_reversal(2),
+        ],
     )
     .unwrap();
+    let pending = write(store, vec![link(3, TxnKind::Refund, 1, 3_000)]);
+    assert_eq!(
+        pending,
+        Err(StoreError::LinkRefused(LinkRefusal::ReversalPending)),
+        "a refund whose reversal is still queued holds its amount"
+    );
+    // Acknowledged: what it held is free, with nothing to release.
+    write(store, vec![reversal_done(2, SafState::Acked)]).unwrap();
     write(store, vec![link(3, TxnKind::Refund, 1, 3_000)]).unwrap();
     write(store, vec![approved(3), Record::Refunded { id: 1 }]).unwrap();
     assert_eq!(refunded(store, 1), 3_000);
@@ -1091,7 +1121,8 @@ fn linked_requests_claim_their_original_in_the_journal(db: &Db) {
         more,
         Err(StoreError::LinkRefused(LinkRefusal::ExceedsAmount))
     );
-    // A reversed refund gives its amount back.
+    // A refund reversed by the terminal is no longer counted as refunded; its amount comes
+    // back once the issuer takes the reversal (refused, it never had the refund).
     write(
         store,
         vec![
@@ -1099,11 +1130,24 @@ fn linked_requests_claim_their_original_in_the_journal(db: &Db) {
                 id: 5,
                 state: TxnState::Reversed,
             },
+            queued_reversal(5),
             Record::Refunded { id: 1 },
         ],
     )
     .unwrap();
     assert_eq!(refunded(store, 1), 3_000);
+    let pending = write(store, vec![link(6, TxnKind::Refund, 1, 1)]);
+    assert_eq!(
+        pending,
+        Err(StoreError::LinkRefused(LinkRefusal::ReversalPending))
+    );
+    // What would exceed the original without it is refused as such.
+    let over = write(store, vec![link(6, TxnKind::Refund, 1, 9_346)]);
+    assert_eq!(
+        over,
+        Err(StoreError::LinkRefused(LinkRefusal::ExceedsAmount))
+    );
+    write(store, vec![reversal_done(5, SafState::Refused)]).unwrap();
     write(store, vec![link(6, TxnKind::Refund, 1, 1)]).unwrap();
 
     // A void in flight takes its original whole; approved, the original is voided.

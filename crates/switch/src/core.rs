@@ -20,6 +20,7 @@ use crate::wire::REPLY_CAPACITY;
 
 pub(crate) const RC_APPROVED: [u8; 2] = *b"00";
 pub(crate) const RC_INVALID_MERCHANT: [u8; 2] = *b"03";
+pub(crate) const RC_IN_PROGRESS: [u8; 2] = *b"09";
 pub(crate) const RC_INVALID_TRANSACTION: [u8; 2] = *b"12";
 pub(crate) const RC_INVALID_AMOUNT: [u8; 2] = *b"13";
 pub(crate) const RC_INVALID_CARD: [u8; 2] = *b"14";

@@ -415,6 +415,7 @@ impl Core {
         let code = match why {
             LinkRefusal::ExceedsAmount => RC_EXCEEDS_AMOUNT,
             LinkRefusal::NotApproved | LinkRefusal::Taken => RC_INVALID_TRANSACTION,
+            LinkRefusal::ReversalPending => RC_IN_PROGRESS,
         };
         let why = format!("linked-transaction check failed in the journal: {why}");
         self.refuse_recorded(ctx, entry, row, code, &why).await
@@ -779,6 +780,19 @@ impl Core {
                     .await;
             }
         };
+        // The journal keeps the card number sealed to rebuild a reversal from: a request that
+        // could need one is not sent without it (the HSM could not seal: its randomness failed).
+        if row.pan.is_none() && kind != TxnKind::BalanceInquiry {
+            return self
+                .refuse_recorded(
+                    ctx,
+                    &entry,
+                    row,
+                    RC_SYSTEM_ERROR,
+                    "card number could not be sealed for the journal",
+                )
+                .await;
+        }
         // Linked transactions: find and check the original before anything goes out.
         let mut original = Link::None;
         // The calendar day of the sale a void takes back out of the merchant's daily total
@@ -994,7 +1008,7 @@ impl Core {
         let (answer, state, issuer_answered) = match &result {
             Ok(reply) => {
                 match parse_reply(reply, entry.rrn.as_deref()) {
-                    Some(answer) => {
+                    Ok(answer) => {
                         let approved = answer.response_code == RC_APPROVED;
                         let detail = if approved {
                             format!(
@@ -1046,11 +1060,24 @@ impl Core {
                             Some(answered_ms),
                         )
                     }
-                    None => {
+                    Err(unreadable) => {
                         // An answer we cannot read may be an approval: reverse it.
                         link_records = release(false, &mut undo);
                         records.push(self.saf(entry.id, &bank, "96", answered_ms));
-                        records.push(self.event(entry.id, "failed", format!("unreadable answer from {bank} at {at}: answered 96, reversal queued ({what})")));
+                        let answer = match unreadable {
+                            Unreadable::Garbled => format!("unreadable answer from {bank}"),
+                            Unreadable::UnknownCode(code) => {
+                                tracing::warn!(%code, bank, "issuer answered a response code outside the table: treated as unreadable");
+                                format!(
+                                    "answer from {bank} with response code {code}, which is not in the protocol's table"
+                                )
+                            }
+                        };
+                        records.push(self.event(
+                            entry.id,
+                            "failed",
+                            format!("{answer} at {at}: answered 96, reversal queued ({what})"),
+                        ));
                         (
                             Answer::code(RC_SYSTEM_ERROR),
                             TxnState::Failed,
@@ -1117,15 +1144,22 @@ impl Core {
             (TxnState::Failed, None) => IfLost::Nothing(format!("nothing was sent to {bank}")),
             _ => IfLost::Sweep,
         };
+        // The state held in memory if the outcome is not written at once: what the issuer
+        // said, so that a terminal reversal arriving later still finds an approval to reverse;
+        // an answer that could not be read is held as timed out for the same reason (its own
+        // reversal, queued apart, may not have been written either).
+        let unwritten_state = if state == TxnState::Failed && if_lost == IfLost::Reversal {
+            TxnState::TimedOut
+        } else {
+            state
+        };
         let (answer, state) = match self.journal_within(records).await {
             Journalled::Written => (answer, state),
             Journalled::Failed(error) => {
                 tracing::warn!(%error, "journal write failed after the issuer answered; answering 96");
                 self.outcome_unwritten(&entry, if_lost, &bank, answered_ms, undo)
                     .await;
-                // The state stays what the issuer said: a terminal reversal arriving later
-                // must still find an approval to reverse.
-                (Answer::code(RC_SYSTEM_ERROR), state)
+                (Answer::code(RC_SYSTEM_ERROR), unwritten_state)
             }
             Journalled::Late(durable) => {
                 // The terminal is answered 96 now; what the outcome did to the original stays
@@ -1140,7 +1174,7 @@ impl Core {
                     core.settle_late_outcome(late, durable, if_lost, bank, answered_ms, undo)
                         .await;
                 });
-                (Answer::code(RC_SYSTEM_ERROR), state)
+                (Answer::code(RC_SYSTEM_ERROR), unwritten_state)
             }
         };
         entry.answer(answer.clone(), state);
@@ -1676,8 +1710,19 @@ impl Undo {
 /// does not carry the request's RRN in field 37 (the issuer echoes it): a late reply to an
 /// earlier request that had the same host trace (traces repeat within a day) must not answer
 /// this one, and a reply without the RRN cannot show it is not one.
-fn parse_reply(frame: &[u8], rrn: Option<&str>) -> Option<Answer> {
-    let decoded = iso8583::Frame::decode_unprefixed(frame).ok()?;
+/// Why an issuer's answer could not be taken as it stands: it is treated as one that may have
+/// been an approval (answered 96, reversed).
+#[derive(Debug, PartialEq, Eq)]
+enum Unreadable {
+    /// Not a message, not this request's, or no response code.
+    Garbled,
+    /// A response code outside the protocol's table: it may be an approval of a kind this
+    /// host does not know (a partial or conditional one), so it is not taken for a decline.
+    UnknownCode(String),
+}
+
+fn parse_reply(frame: &[u8], rrn: Option<&str>) -> Result<Answer, Unreadable> {
+    let decoded = iso8583::Frame::decode_unprefixed(frame).map_err(|_| Unreadable::Garbled)?;
     let message = decoded.message;
     let ours = rrn.map(str::trim);
     let theirs = message.text(37).map(str::trim);
@@ -1687,10 +1732,17 @@ fn parse_reply(frame: &[u8], rrn: Option<&str>) -> Option<Answer> {
             theirs = theirs.unwrap_or("-"),
             "issuer reply without this request's RRN: treated as unreadable"
         );
-        return None;
+        return Err(Unreadable::Garbled);
     }
-    let code: [u8; 2] = message.text(39)?.as_bytes().try_into().ok()?;
-    Some(Answer {
+    let text = message.text(39).ok_or(Unreadable::Garbled)?;
+    let code: [u8; 2] = text
+        .as_bytes()
+        .try_into()
+        .map_err(|_| Unreadable::Garbled)?;
+    if code != RC_APPROVED && domain::diagnosis::lookup(code).is_none() {
+        return Err(Unreadable::UnknownCode(text.to_owned()));
+    }
+    Ok(Answer {
         response_code: code,
         auth_code: message.text(38).map(str::to_owned),
         settlement_date: message.digits(15).map(|d| d.chars().collect()),

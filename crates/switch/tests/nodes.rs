@@ -337,16 +337,10 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
             2_000
         );
         // That refund reversed through node A: the journal's total falls back to 0, and node
-        // B, which still remembers 20.00 refunded, takes the journal's word for it: the whole
-        // 50.00 may be refunded there now.
+        // B, which still remembers 20.00 refunded, takes the journal's word for it: once the
+        // issuer has taken the reversal, the whole 50.00 may be refunded there.
         assert_eq!(at_a.send(&Req::reversal_of(&refund)).await.code(), "00");
         assert_eq!(b.store.txn(sale_row.id).unwrap().unwrap().refunded_fen, 0);
-        let whole = Req::refund(&pan, 5_000, 608, &sale.text(37).unwrap(), "0000");
-        assert_eq!(at_b.send(&whole).await.code(), "00");
-        assert_eq!(
-            b.store.txn(sale_row.id).unwrap().unwrap().refunded_fen,
-            5_000
-        );
         let acked = eventually(10, || {
             a.store
                 .reversals_in_state(SafState::Pending)
@@ -355,6 +349,12 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
         })
         .await;
         assert!(acked, "the refund's reversal reached the issuer");
+        let whole = Req::refund(&pan, 5_000, 608, &sale.text(37).unwrap(), "0000");
+        assert_eq!(at_b.send(&whole).await.code(), "00");
+        assert_eq!(
+            b.store.txn(sale_row.id).unwrap().unwrap().refunded_fen,
+            5_000
+        );
         drop((at_a, at_b));
 
         // Node A takes reversals the issuer does not acknowledge, then dies.

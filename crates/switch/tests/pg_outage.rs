@@ -366,7 +366,8 @@ fn a_database_that_stops_answering_is_answered_96_and_what_lands_late_is_settled
         );
 
         // Frozen while the issuer approves a void: written late, reversed by the host, and
-        // the sale it voided is approved again, in the journal and in memory.
+        // the sale it voided is approved again, in the journal and in memory; once the issuer
+        // has taken that reversal, it can be voided again.
         let requests = log.requests.load(Ordering::SeqCst);
         let void = Req::void(&pan, SLOW_AMOUNT, 4, 1, &sale_rrn);
         let (void, ()) = tokio::join!(terminal.send(&void), asked(requests));
@@ -374,8 +375,13 @@ fn a_database_that_stops_answering_is_answered_96_and_what_lands_late_is_settled
         tokio::time::sleep(Duration::from_millis(300)).await;
         relay.thaw();
         let reversed = eventually(10, || {
-            row(4).is_some_and(|r| r.state == TxnState::Reversed)
-                && row(1).is_some_and(|r| r.state == TxnState::Approved)
+            row(4).is_some_and(|r| {
+                r.state == TxnState::Reversed
+                    && store
+                        .reversal(r.id)
+                        .unwrap()
+                        .is_some_and(|q| q.state == store::SafState::Acked)
+            }) && row(1).is_some_and(|r| r.state == TxnState::Approved)
         })
         .await;
         assert!(reversed, "late void {:?}, its sale {:?}", row(4), row(1));

@@ -177,6 +177,19 @@ fn days_later_old_keys_are_answered_from_the_store() {
                 .refunded_fen,
             0
         );
+        // Until the issuer has taken the reversal, the refund may still stand there: a new
+        // one is to be tried again later (09), not sent.
+        let refund_id = h.store.txns_by_key(TID, 1, 9).unwrap()[0].id;
+        let store = Arc::clone(&h.store);
+        let taken = h
+            .eventually(10, || {
+                store
+                    .reversal(refund_id)
+                    .unwrap()
+                    .is_some_and(|q| q.state == SafState::Acked)
+            })
+            .await;
+        assert!(taken, "{:?}", h.store.reversal(refund_id));
         let refund_again = Req::refund(&pan, 800, 10, &refundable_rrn, &bought_on);
         assert_eq!(t.send(&refund_again).await.code(), "00");
     });
@@ -667,6 +680,69 @@ fn a_reply_carrying_another_requests_rrn_or_none_does_not_answer_this_one() {
         let row = h.store.txn_by_rrn(&r.text(37).unwrap()).unwrap().unwrap();
         assert_eq!(row.state, TxnState::Failed);
         assert!(h.store.reversal(row.id).unwrap().is_some());
+        // Nor is a response code outside the protocol's table taken for a decline: it may
+        // be an approval of a kind this host does not know.
+        let r = t
+            .send(&Req::purchase(&card("622202"), UNKNOWN_CODE_AMOUNT, 5))
+            .await;
+        assert_eq!(r.code(), "96");
+        let row = h.store.txn_by_rrn(&r.text(37).unwrap()).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Failed);
+        assert!(h.store.reversal(row.id).unwrap().is_some());
+        let events = h.store.events(row.id).unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.detail.contains("response code A2")
+                    && e.detail.contains("reversal queued")),
+            "{events:?}"
+        );
+    });
+}
+
+/// An answer the switch could not read (it may have been an approval) whose outcome the
+/// journal refused, and whose reversal, queued on its own, it refused too: a terminal reversal
+/// that comes before the sweep must queue the reversal, not take the request for one that
+/// moved nothing. SQLite only: the journal's refusals are triggers.
+#[test]
+fn an_unreadable_answer_the_journal_lost_is_reversed_by_the_terminals_reversal() {
+    if std::env::var("SHOUDAN_E2E_STORE").as_deref() == Ok("postgres") {
+        return;
+    }
+    runtime().block_on(async {
+        let mut h = Harness::new().await;
+        // No sweep during the test: only the terminal's reversal can queue the reversal.
+        h.saf_interval = std::time::Duration::from_secs(3_600);
+        h.stop().await;
+        h.start().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let journal = rusqlite::Connection::open(h.dir.path().join("s.db")).unwrap();
+        journal
+            .execute_batch(&format!(
+                "CREATE TRIGGER refuse_outcome BEFORE UPDATE OF response_code ON transactions
+                 WHEN NEW.amount_fen = {OTHER_RRN_AMOUNT}
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;
+                 CREATE TRIGGER refuse_reversals BEFORE INSERT ON reversal_queue
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
+            ))
+            .unwrap();
+        let buy = Req::purchase(&card("622202"), OTHER_RRN_AMOUNT, 3);
+        assert_eq!(t.send(&buy).await.code(), "96");
+        let id = h.store.txns_by_key(TID, 1, 3).unwrap()[0].id;
+        assert_eq!(h.store.txn(id).unwrap().unwrap().state, TxnState::InFlight);
+        assert!(h.store.reversal(id).unwrap().is_none());
+        journal
+            .execute_batch("DROP TRIGGER refuse_reversals")
+            .unwrap();
+        assert_eq!(t.send(&Req::reversal_of(&buy)).await.code(), "00");
+        assert!(
+            h.store.reversal(id).unwrap().is_some(),
+            "the terminal's reversal took the unreadable answer for one that moved nothing"
+        );
+        journal
+            .execute_batch("DROP TRIGGER refuse_outcome")
+            .unwrap();
     });
 }
 
@@ -756,5 +832,113 @@ fn unreachable_issuer_is_answered_91_at_once() {
             h.store.reversal(row.id).unwrap().is_none(),
             "nothing sent, nothing to reverse"
         );
+    });
+}
+
+/// The operating system's randomness until `failing` is set, then none.
+struct FailingRandom {
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl paycrypto::RandomSource for FailingRandom {
+    fn fill(&self, dest: &mut [u8]) -> Result<(), paycrypto::RandomError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(paycrypto::RandomError);
+        }
+        paycrypto::OsRandom.fill(dest)
+    }
+}
+
+/// A purchase whose card number the HSM cannot seal (its randomness failed) is refused with 96
+/// before it goes out: without the sealed number in the journal no reversal of it could be
+/// rebuilt, should its answer be lost.
+#[test]
+fn a_card_number_that_cannot_be_sealed_is_not_sent_to_the_issuer() {
+    runtime().block_on(async {
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let master = paycrypto::MasterKey::generate(&paycrypto::OsRandom).unwrap();
+        let hsm = Arc::new(paycrypto::SoftHsm::new(
+            &master,
+            Box::new(FailingRandom {
+                failing: Arc::clone(&failing),
+            }),
+        ));
+        let zpk = hsm
+            .import_key(
+                paycrypto::KeyUsage::Zpk,
+                paycrypto::KeyAlgorithm::Des,
+                ZPK_HEX,
+            )
+            .unwrap();
+        let log = Arc::new(IssuerLog::default());
+        let issuer = start_issuer(Arc::clone(&log)).await;
+        let h = Harness::with_hsm(issuer, Arc::clone(&log), hsm, zpk).await;
+        let mut t = h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        assert_eq!(
+            t.send(&Req::purchase(&card("622202"), 1_000, 2))
+                .await
+                .code(),
+            "00"
+        );
+        let asked = log.requests.load(Ordering::SeqCst);
+        failing.store(true, Ordering::SeqCst);
+        let r = t.send(&Req::purchase(&card("622202"), 1_000, 3)).await;
+        assert_eq!(r.code(), "96");
+        assert_eq!(log.requests.load(Ordering::SeqCst), asked, "sent unsealed");
+        let row = h.store.txns_by_key(TID, 1, 3).unwrap().remove(0);
+        assert_eq!(row.state, TxnState::Declined);
+        let events = h.store.events(row.id).unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.detail.contains("could not be sealed")),
+            "{events:?}"
+        );
+    });
+}
+
+/// A refund that timed out may have credited the card: until the issuer takes its reversal,
+/// another refund of the same sale is answered 09 (try again later) without going out; once
+/// the reversal is acknowledged, the sale's whole amount can be refunded.
+#[test]
+fn a_refund_awaiting_its_reversal_holds_the_sale_until_the_issuer_takes_it() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        h.log.answer_reversals.store(false, Ordering::SeqCst);
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let pan = card("622202");
+        let sale = t.send(&Req::purchase(&pan, 100_000, 2)).await;
+        assert_eq!(sale.code(), "00");
+        let rrn = sale.text(37).unwrap();
+        let day = switch::LocalTime::from_ms(h.clock.now_ms()).mmdd();
+        let lost = t
+            .send(&Req::refund(&pan, SILENT_AMOUNT, 3, &rrn, &day))
+            .await;
+        assert_eq!(lost.code(), "98");
+        let lost_id = h.store.txns_by_key(TID, 1, 3).unwrap()[0].id;
+        assert_eq!(
+            h.store.reversal(lost_id).unwrap().map(|q| q.state),
+            Some(SafState::Pending)
+        );
+        let asked = h.log.requests.load(Ordering::SeqCst);
+        let r = t.send(&Req::refund(&pan, 2, 4, &rrn, &day)).await;
+        assert_eq!(r.code(), "09");
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), asked, "sent");
+
+        h.log.answer_reversals.store(true, Ordering::SeqCst);
+        let store = Arc::clone(&h.store);
+        let taken = h
+            .eventually(10, || {
+                store
+                    .reversal(lost_id)
+                    .unwrap()
+                    .is_some_and(|q| q.state == SafState::Acked)
+            })
+            .await;
+        assert!(taken, "{:?}", h.store.reversal(lost_id));
+        let r = t.send(&Req::refund(&pan, 100_000, 5, &rrn, &day)).await;
+        assert_eq!(r.code(), "00");
     });
 }

@@ -53,6 +53,10 @@ pub struct IssuerLog {
 pub const OTHER_RRN_AMOUNT: u64 = 4_242;
 /// An amount the minimal issuer approves without field 37.
 pub const NO_RRN_AMOUNT: u64 = 4_343;
+/// An amount the minimal issuer answers with response code A2, which is not in the protocol's
+/// table (CUP's "approved with defects" in some dialects: an approval this host cannot take
+/// for a decline).
+pub const UNKNOWN_CODE_AMOUNT: u64 = 4_444;
 /// An amount the minimal issuer approves after 150 ms (within the switch's 300 ms timeout).
 pub const SLOW_AMOUNT: u64 = 1_515;
 
@@ -121,6 +125,12 @@ pub async fn start_issuer_on(addr: SocketAddr, log: Arc<IssuerLog>) -> SocketAdd
                             Some(SILENT_AMOUNT) => continue,
                             Some(DECLINE_AMOUNT) => {
                                 out.set_text(39, "51").unwrap();
+                            }
+                            Some(UNKNOWN_CODE_AMOUNT) => {
+                                out.set_text(39, "A2")
+                                    .unwrap()
+                                    .set_text(38, "A1B2C3")
+                                    .unwrap();
                             }
                             _ => {
                                 out.set_text(39, "00")
@@ -264,6 +274,9 @@ pub struct Harness {
     pub marks_gate: Option<Arc<tokio::sync::Notify>>,
     /// The issuer's timeout from the next start (300 ms unless a test changes it).
     pub issuer_timeout: Duration,
+    /// The reversal queue's and in-doubt sweep's interval from the next start (50 ms unless a
+    /// test changes it).
+    pub saf_interval: Duration,
 }
 
 /// How long an end-to-end test may take at most, for [`clear_of_china_midnight`].
@@ -321,6 +334,7 @@ impl Harness {
             switch: None,
             marks_gate: None,
             issuer_timeout: Duration::from_millis(300),
+            saf_interval: Duration::from_millis(50),
         };
         harness.start().await;
         harness
@@ -337,7 +351,7 @@ impl Harness {
             },
         )]);
         config.default_issuer = Some("SIM".to_owned());
-        config.saf_interval = Duration::from_millis(50);
+        config.saf_interval = self.saf_interval;
         config.saf_lease = Duration::from_millis(500);
         config.marks_gate = self.marks_gate.clone();
         config
