@@ -441,3 +441,78 @@ fn a_journal_that_hangs_is_answered_96_and_what_lands_late_is_settled() {
         assert_eq!(w.t.send(&req).await.code(), "00");
     });
 }
+
+/// A request row that lands after its terminal was answered 96 (the journal hung) is settled
+/// as failed; when that write is refused too, the row is left to the next sweep as one that
+/// moved nothing (the issuer was never asked): failed, 96, with no reversal sent for a request
+/// the issuer never saw.
+#[test]
+fn a_late_request_whose_settlement_is_refused_is_swept_without_a_reversal() {
+    runtime().block_on(async {
+        let wait = Duration::from_millis(500);
+        let mut w = start(&["ICBC"], |c| {
+            c.journal_wait = wait;
+            c.saf_interval = Duration::from_millis(10);
+        })
+        .await;
+        let card = w.bank("ICBC").healthy(0).clone();
+        let faults = w.bank("ICBC").faults();
+        let journal = rusqlite::Connection::open(w.store.path()).unwrap();
+        journal.busy_timeout(Duration::from_secs(5)).unwrap();
+        // A first purchase reserves the blocks of ids and RRNs the next ones draw from.
+        let req = w.purchase(&card, 3_000);
+        assert_eq!(w.t.send(&req).await.code(), "00");
+        journal
+            .execute_batch(
+                "CREATE TRIGGER refuse_outcome BEFORE UPDATE OF response_code ON transactions
+                 WHEN NEW.amount_fen = 3001
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+            )
+            .unwrap();
+        journal.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let asked = faults.stats().requests;
+        let req = w.purchase(&card, 3_001);
+        assert_eq!(w.t.send(&req).await.code(), "96");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        journal.execute_batch("ROLLBACK").unwrap();
+        let store = Arc::clone(&w.store);
+        let (tid, stan) = (w.t.tid.clone(), req.stan);
+        let landed =
+            w.h.eventually(10, || !store.txns_by_key(&tid, 1, stan).unwrap().is_empty())
+                .await;
+        assert!(landed, "the request row never landed");
+        // Its settlement, and the sweeps meanwhile, are refused.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let id = w.store.txns_by_key(&tid, 1, stan).unwrap()[0].id;
+        assert_eq!(w.store.txn(id).unwrap().unwrap().state, TxnState::InFlight);
+        journal
+            .execute_batch("DROP TRIGGER refuse_outcome")
+            .unwrap();
+        let settled =
+            w.h.eventually(10, || {
+                store.txn(id).unwrap().unwrap().state != TxnState::InFlight
+            })
+            .await;
+        assert!(
+            settled,
+            "still in flight 10 s after the journal took writes"
+        );
+        let row = w.store.txn(id).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Failed);
+        assert_eq!(row.response_code.as_deref(), Some("96"));
+        assert!(
+            w.store.reversal(id).unwrap().is_none(),
+            "a request the issuer never saw was reversed"
+        );
+        assert_eq!(faults.stats().requests, asked, "the issuer was asked");
+        let events = w.store.events(id).unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.detail.contains("issuer was not asked")
+                    && e.detail.contains("nothing to reverse")),
+            "{events:?}"
+        );
+        w.audit();
+    });
+}

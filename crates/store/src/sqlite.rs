@@ -1395,13 +1395,15 @@ fn write_outcome(conn: &Connection, o: &Outcome) -> Result<(), StoreError> {
     // A row recovery marked timed out (a start, or the sweep, took the request for one a dead
     // process left in flight, and queued its reversal) takes no outcome: the write fails, and
     // the process still waiting on it answers 96 instead of approving what is being reversed.
+    // Nor does a row already settled otherwise: recovery reads the rows in flight before it
+    // writes, and one approved in between must not be marked timed out and reversed.
     let changed = conn
         .prepare_cached(
             "UPDATE transactions SET
              state = CASE WHEN state = 'reversed' THEN state ELSE ?2 END,
              response_code = ?3, auth_code = ?4,
              settlement_date = ?5, issuer_answered_at_ms = ?6, answered_at_ms = ?7
-             WHERE id = ?1 AND state <> 'timed_out'",
+             WHERE id = ?1 AND state IN ('in_flight', 'reversed')",
         )?
         .execute(params![
             o.id,

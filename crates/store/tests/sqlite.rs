@@ -1066,6 +1066,51 @@ fn refunded(store: &dyn Store, id: i64) -> i64 {
     store.txn(id).unwrap().unwrap().refunded_fen
 }
 
+/// An outcome lands only on a row in flight (or reversed meanwhile by the terminal): the
+/// sweep's timed-out outcome for a row settled since it read it is refused with what came
+/// with it, so an approval is never marked timed out and reversed.
+fn an_outcome_lands_only_on_a_row_in_flight(db: &Db) {
+    let opened = db.open();
+    provision(&opened);
+    let store: &dyn Store = &*opened;
+    approved_purchase(store, 1);
+    let swept = write(
+        store,
+        vec![
+            Record::Outcome(Outcome {
+                id: 1,
+                state: TxnState::TimedOut,
+                response_code: "96".into(),
+                auth_code: None,
+                settlement_date: None,
+                issuer_answered_at_ms: None,
+                answered_at_ms: 5_000,
+            }),
+            queued_reversal(1),
+        ],
+    );
+    assert!(swept.is_err(), "{swept:?}");
+    let row = store.txn(1).unwrap().unwrap();
+    assert_eq!(row.state, TxnState::Approved);
+    assert_eq!(row.response_code.as_deref(), Some("00"));
+    assert_eq!(store.reversal(1).unwrap(), None);
+    // Reversed by the terminal while in flight: the outcome is recorded, the row stays
+    // reversed.
+    write(store, vec![Record::InsertTxn(Box::new(txn(2, 2)))]).unwrap();
+    write(
+        store,
+        vec![Record::State {
+            id: 2,
+            state: TxnState::Reversed,
+        }],
+    )
+    .unwrap();
+    write(store, vec![approved(2)]).unwrap();
+    let row = store.txn(2).unwrap().unwrap();
+    assert_eq!(row.state, TxnState::Reversed);
+    assert_eq!(row.response_code.as_deref(), Some("00"));
+}
+
 fn linked_requests_claim_their_original_in_the_journal(db: &Db) {
     let opened = db.open();
     provision(&opened);
@@ -1242,6 +1287,7 @@ fn two_refunds_at_once_cannot_both_take_an_original(db: &Db) {
 on_both!(
     opposite_lock_orders_on_two_nodes_fail_no_write,
     linked_requests_claim_their_original_in_the_journal,
+    an_outcome_lands_only_on_a_row_in_flight,
     two_refunds_at_once_cannot_both_take_an_original,
     rows_since_a_date_come_by_date_then_id,
     batches_are_listed_with_their_last_clearing_date,

@@ -1225,20 +1225,26 @@ impl Core {
         Undo::all(undo);
         entry.keep_answer();
         if !entry.is_unrecorded() {
-            let mut orphans = self
-                .orphans
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Beyond the bound (a long outage), the ten-minute sweep takes the rest.
-            if orphans.len() < crate::core::ORPHANS_MAX {
-                orphans.push(crate::core::Orphan {
-                    id: entry.id,
-                    nothing_moved: match if_lost {
-                        IfLost::Nothing(why) => Some(why),
-                        IfLost::Reversal | IfLost::Sweep => None,
-                    },
-                });
-            }
+            self.orphan(
+                entry.id,
+                match if_lost {
+                    IfLost::Nothing(why) => Some(why),
+                    IfLost::Reversal | IfLost::Sweep => None,
+                },
+            );
+        }
+    }
+
+    /// Leaves a request row still in flight in the journal, whose terminal was answered 96,
+    /// to the next in-doubt sweep (`Core::orphans`).
+    fn orphan(&self, id: i64, nothing_moved: Option<String>) {
+        let mut orphans = self
+            .orphans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Beyond the bound (a long outage), the ten-minute sweep takes the rest.
+        if orphans.len() < crate::core::ORPHANS_MAX {
+            orphans.push(crate::core::Orphan { id, nothing_moved });
         }
     }
 
@@ -1348,6 +1354,12 @@ impl Core {
             ];
             if let Err(error) = core.persist(records).await {
                 tracing::warn!(%error, txn_id = entry.id, "cannot settle a late request row");
+                // The sweep settles it as failed, not as a request whose issuer may have
+                // acted: it was never sent.
+                core.orphan(
+                    entry.id,
+                    Some("the journal answered late: the issuer was not asked".to_owned()),
+                );
             }
         });
     }
