@@ -439,6 +439,22 @@ fn a_journal_that_hangs_is_answered_96_and_what_lands_late_is_settled() {
         w.audit();
         let req = w.purchase(&card, 100);
         assert_eq!(w.t.send(&req).await.code(), "00");
+
+        // A sign-in whose keys the journal cannot take in time: 96 within the bound, and the
+        // terminal's next sign-in, once the journal answers, gives it keys that work.
+        journal.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(w.t.sign_in().await.code(), "96");
+        let took = started.elapsed();
+        assert!(
+            took >= wait && took < Duration::from_secs(2),
+            "96 took {took:?}"
+        );
+        journal.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(w.t.sign_in().await.code(), "00");
+        let req = w.purchase(&card, 101);
+        assert_eq!(w.t.send(&req).await.code(), "00");
+        assert_eq!(w.metrics().journal_waits_exceeded, 5);
     });
 }
 

@@ -276,13 +276,14 @@ impl Core {
     }
 
     /// Writes a terminal's state change, then shows it: the in-memory terminal changes only once
-    /// the store holds the record, so a failed write leaves both as they were.
+    /// the store holds the record, so a failed write leaves both as they were (one not answered
+    /// within `journal_wait` leaves memory as it was; the store may take it later).
     pub async fn commit_terminal(
         &self,
         record: Record,
         updated: Terminal,
     ) -> Result<(), StoreError> {
-        self.persist(vec![record]).await?;
+        self.persist_within(vec![record]).await?;
         self.replace_terminal(updated);
         Ok(())
     }
@@ -334,6 +335,18 @@ impl Core {
                 "the journal did not answer within {} ms",
                 self.config.journal_wait.as_millis()
             ),
+        }
+    }
+
+    /// Writes what a terminal's management request changes (its keys, its batch, its
+    /// settlement) within `journal_wait`, journal off or not: the terminal is answered 96
+    /// rather than held by a journal that hangs. A write not answered by then stays queued and
+    /// may yet land; the terminal, told 96, sends its request again.
+    pub async fn persist_within(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        let durable = self.store.submit(records)?;
+        match tokio::time::timeout(self.config.journal_wait, durable).await {
+            Ok(written) => written,
+            Err(_) => Err(self.no_answer()),
         }
     }
 

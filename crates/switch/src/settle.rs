@@ -241,7 +241,7 @@ impl Core {
         }));
         if result == SettleResult::ERROR {
             // Unreadable totals: nothing closes; the terminal may send its settlement again.
-            if self.persist(vec![settled]).await.is_err() {
+            if self.persist_within(vec![settled]).await.is_err() {
                 return self.system_error(frame);
             }
         } else {
@@ -254,7 +254,7 @@ impl Core {
                 tid: terminal.tid.clone(),
                 batch_no: next,
             };
-            if self.persist(vec![settled, batch]).await.is_err() {
+            if self.persist_within(vec![settled, batch]).await.is_err() {
                 return self.system_error(frame);
             }
             self.replace_terminal(updated);
@@ -328,7 +328,7 @@ impl Core {
                     .collect()
             }
         };
-        if !records.is_empty() && self.persist(records).await.is_err() {
+        if !records.is_empty() && self.persist_within(records).await.is_err() {
             return self.system_error(frame);
         }
         self.answer_code(frame, RC_APPROVED)
