@@ -263,6 +263,9 @@ pub struct Restored {
     pub accounts: Vec<AccountSnapshot>,
     pub txns: Vec<TxnRecord>,
     pub last_posting_seq: u64,
+    /// The highest authorisation code the ledger holds, read only when no transaction of the
+    /// held days is restored (an issuer idle that long): codes then go on from it.
+    pub last_auth_seq: u32,
 }
 
 impl Book {
@@ -340,6 +343,7 @@ impl Book {
             self.hold(txn);
         }
         self.posting_seq = self.posting_seq.max(restored.last_posting_seq);
+        self.auth_seq = self.auth_seq.max(restored.last_auth_seq);
     }
 
     pub fn txn(&self, rrn: &Rrn) -> Option<&TxnRecord> {
@@ -351,14 +355,21 @@ impl Book {
         self.txns.len()
     }
 
-    /// Takes back a transaction read from the ledger for a request of `today`, unless the book
-    /// holds one by its RRN. Today's letting go comes first, so it cannot take this one away
-    /// again before the request uses it.
-    pub fn adopt(&mut self, record: TxnRecord, today: Date) {
-        self.let_go(today);
+    /// Takes back a transaction read from the ledger, unless the book holds one by its RRN.
+    /// The caller has let go of the day's old transactions first (`let_go`), under the same
+    /// lock as the request that uses this one.
+    pub fn adopt(&mut self, record: TxnRecord) {
         if !self.txns.contains_key(&record.rrn) {
             self.hold(record);
         }
+    }
+
+    /// Whether `let_go(today)` would let go of anything: the caller then makes sure the
+    /// ledger holds the last change of each (`Ledger::flush`) before it does.
+    pub fn would_let_go(&self, today: Date) -> bool {
+        let from = today.add_days(-self.config.held_days());
+        self.held_from.is_none_or(|held| held < from)
+            && self.arrivals.front().is_some_and(|(day, _)| *day < from)
     }
 
     fn hold(&mut self, record: TxnRecord) {
@@ -368,8 +379,9 @@ impl Book {
 
     /// Lets go of the transactions older than `BookConfig::held_days`, once per business day.
     /// They came in day order, so the walk stops at the first one still held; one recalled
-    /// from the ledger meanwhile goes when the walk reaches it.
-    fn let_go(&mut self, today: Date) {
+    /// from the ledger meanwhile goes when the walk reaches it. Called by the issuer, for a
+    /// ledger it can read them back from (a file), after the ledger has committed them.
+    pub fn let_go(&mut self, today: Date) {
         let from = today.add_days(-self.config.held_days());
         if self.held_from.is_some_and(|held| held >= from) {
             return;
@@ -427,7 +439,6 @@ impl Book {
         out: &mut Vec<LedgerOp>,
     ) -> Reply {
         let today = now.date;
-        self.let_go(today);
         if let Some(previous) = self.txns.get(&req.rrn) {
             return self.duplicate(previous, req, today);
         }
@@ -783,7 +794,6 @@ impl Book {
         out: &mut Vec<LedgerOp>,
     ) -> Reply {
         let today = now.date;
-        self.let_go(today);
         let ack = Self::reply(ResponseCode::Approved, today);
         let refuse = Self::reply(ResponseCode::OriginalNotFound, today);
         let index = self.by_pan.get(&req.pan).copied();

@@ -137,6 +137,15 @@ impl Issuer {
             || self.window.is_some_and(|w| w.contains(now.minute_of_day()))
     }
 
+    fn system_error(now: LocalTime) -> Reply {
+        Reply {
+            code: ResponseCode::SystemError,
+            auth_code: None,
+            balance: None,
+            settlement_date: now.date,
+        }
+    }
+
     fn unavailable(&self, now: LocalTime) -> Option<Reply> {
         let code = if self.closed.load(Ordering::Relaxed) {
             ResponseCode::SystemError
@@ -159,9 +168,11 @@ impl Issuer {
         if let Some(reply) = self.unavailable(now) {
             return reply;
         }
-        self.recall(req.original.as_ref().map(|o| &o.rrn), now.date);
         let mut ops = Vec::with_capacity(4);
         let mut book = self.book();
+        if !self.catch_up(&mut book, req.original.as_ref().map(|o| &o.rrn), now.date) {
+            return Self::system_error(now);
+        }
         let reply = book.authorise(req, now, self.pins.as_ref(), &mut ops);
         // Sent under the lock so the writer sees changes to one account in the order made.
         self.persist(ops);
@@ -175,38 +186,54 @@ impl Issuer {
         if let Some(reply) = self.unavailable(now) {
             return reply;
         }
-        self.recall(Some(&req.rrn), now.date);
         let mut ops = Vec::with_capacity(4);
         let mut book = self.book();
+        if !self.catch_up(&mut book, Some(&req.rrn), now.date) {
+            return Self::system_error(now);
+        }
         let reply = book.reverse(req, now, &mut ops);
         self.persist(ops);
         reply
     }
 
-    /// Brings back from the ledger a transaction a request names that the book has let go of
-    /// (`BookConfig::held_days`), and the original it stands on: a reversal's transaction, a
-    /// linked request's original. Read outside the book's lock (the ledger answers from its
-    /// own connection); taken only if the book still lacks it. A reversal of an RRN never
-    /// seen reads the ledger once and finds nothing.
-    fn recall(&self, rrn: Option<&Rrn>, today: Date) {
+    /// Under the book's lock, before a request of `today`: lets go of the transactions older
+    /// than `BookConfig::held_days` (a file ledger only; an in-memory one is for runs short
+    /// enough to hold everything), once the ledger has committed their last changes, then
+    /// brings back from the ledger the transaction the request names and the original it
+    /// stands on (a reversal's transaction, a linked request's original) if the book has let
+    /// them go. All under one lock, so nothing the request needs can leave between. A read is
+    /// a lookup by key on the ledger's reading connection. `false` if the ledger could not be
+    /// read: the request is answered 96 rather than taken for one about an RRN never seen (a
+    /// reversal would then be recorded over the transaction it names).
+    fn catch_up(&self, book: &mut Book, rrn: Option<&Rrn>, today: Date) -> bool {
+        if !self.ledger.recalls() {
+            return true;
+        }
+        if book.would_let_go(today) {
+            // Once a day: what leaves memory must be in the ledger as last changed.
+            if self.ledger.flush().is_err() {
+                return false;
+            }
+            book.let_go(today);
+        }
         let mut next = rrn.cloned();
         // The transaction, then the original it stands on: a chain is never longer.
         for _ in 0..2 {
-            let Some(rrn) = next.take() else { return };
-            let held = self.book().txn(&rrn).map(|t| t.original.clone());
-            next = match held {
-                Some(original) => original,
+            let Some(rrn) = next.take() else { break };
+            next = match book.txn(&rrn) {
+                Some(held) => held.original.clone(),
                 None => match self.ledger.txn(&rrn) {
                     Ok(Some(record)) => {
                         let original = record.original.clone();
-                        self.book().adopt(record, today);
+                        book.adopt(record);
                         original
                     }
-                    // Not found, or unreadable: the book answers as for an RRN it never saw.
-                    Ok(None) | Err(_) => return,
+                    Ok(None) => None,
+                    Err(_) => return false,
                 },
             };
         }
+        true
     }
 
     fn persist(&self, ops: Vec<crate::book::LedgerOp>) {

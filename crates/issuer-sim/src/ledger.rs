@@ -158,8 +158,16 @@ impl Ledger {
         self.ask(|answer| Command::Restore(since, answer))
     }
 
-    /// One transaction by RRN, as committed. For what the book has let go of: those were
-    /// committed long ago, while what the book holds may still be on its way here.
+    /// Whether transactions can be read back from here by `txn` at no wait: a file, read on
+    /// a connection of its own. An in-memory ledger is only for runs short enough that the
+    /// book holds everything.
+    pub fn recalls(&self) -> bool {
+        self.reader.is_some()
+    }
+
+    /// One transaction by RRN, as committed. For what the book has let go of, which the issuer
+    /// flushes the ledger before it lets go of (`Issuer::catch_up`); what the book holds may
+    /// still be on its way here.
     pub fn txn(&self, rrn: &Rrn) -> Result<Option<TxnRecord>, LedgerError> {
         match &self.reader {
             Some(reader) => {
@@ -506,10 +514,24 @@ fn restore(conn: &Connection, since: Date) -> Result<Restored, LedgerError> {
         .query_row("SELECT MAX(seq) FROM postings", [], |r| r.get(0))
         .optional()?
         .flatten();
+    // The held days' own codes give the sequence; with none of them, every day's (a scan,
+    // on the start of an issuer idle for longer than it holds).
+    let last_auth: Option<i64> = if txns.is_empty() {
+        conn.query_row(
+            "SELECT MAX(CAST(auth_code AS INTEGER)) FROM txns WHERE auth_code IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten()
+    } else {
+        None
+    };
     Ok(Restored {
         accounts,
         txns,
         last_posting_seq: last.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+        last_auth_seq: last_auth.and_then(|s| u32::try_from(s).ok()).unwrap_or(0),
     })
 }
 

@@ -1191,3 +1191,77 @@ fn pin_block_bound_to_another_card_is_not_accepted() {
     assert_ne!(sim.issuer.authorise(&req).code, ResponseCode::Approved);
     assert_eq!(sim.balance(1), (100_000, 0));
 }
+
+/// The days the book lets go of leave memory only once the ledger holds their last change,
+/// and a request that names one finds it whatever else came that day: a reversal that is the
+/// first request after the window passed its purchase, and the same reversal delivered again
+/// the next day, while its first delivery may still be on its way to the ledger, each credit
+/// the card once.
+#[test]
+fn a_reversal_at_the_edge_of_the_days_held_credits_the_card_once() {
+    let dir = std::env::temp_dir().join(format!("issuer-sim-edge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ledger.sqlite");
+    let _ = std::fs::remove_file(&path);
+    let config = IssuerConfig {
+        ledger: LedgerLocation::File(path),
+        book: BookConfig::default(),
+        ..IssuerConfig::in_memory("TEST")
+    };
+    let mut sim = Sim::with_config(vec![spec(1), spec(2)], config.clone());
+    let p = sim.approve(TxnKind::Purchase, 1, 10_000);
+    let q = sim.approve(TxnKind::Purchase, 2, 2_000);
+    sim.issuer.flush().unwrap();
+    assert_eq!(sim.balance(1), (90_000, 0));
+
+    // The day after the window passed them, with no request in between: the reversal is the
+    // day's first request, and the book still held the purchase until then.
+    sim.clock.advance_days(33);
+    assert_eq!(
+        sim.reverse(TxnKind::Purchase, 1, 10_000, &p),
+        ResponseCode::Approved
+    );
+    assert_eq!(sim.balance(1), (100_000, 0));
+    assert_eq!(sim.state(&p), TxnState::Reversed);
+
+    // The reversal of the other, then its second delivery the next day, straight after the
+    // first: the book lets go of it again first, and reads it back as last changed.
+    sim.clock.advance_days(50);
+    assert_eq!(
+        sim.reverse(TxnKind::Purchase, 2, 2_000, &q),
+        ResponseCode::Approved
+    );
+    sim.clock.advance_days(1);
+    assert_eq!(
+        sim.reverse(TxnKind::Purchase, 2, 2_000, &q),
+        ResponseCode::Approved
+    );
+    assert_eq!(sim.balance(2), (100_000, 0), "credited twice");
+    assert_eq!(sim.state(&q), TxnState::Reversed);
+    let last_code = sim.issuer.txn(&q).unwrap().auth_code.unwrap();
+    sim.issuer.close().unwrap();
+    let days = sim.clock.clone();
+    drop(sim);
+
+    // A restart with nothing of the days held: authorisation codes go on from the ledger's.
+    days.advance_days(40);
+    let issuer = Issuer::open(
+        config,
+        vec![spec(1), spec(2)],
+        Arc::new(verifier()),
+        Arc::new(days.clone()),
+    )
+    .unwrap();
+    assert_eq!(issuer.held_transactions(), 0);
+    let mut sim = Sim {
+        issuer,
+        clock: days,
+        next_rrn: 1_000,
+    };
+    let r = sim.approve(TxnKind::Purchase, 1, 100);
+    let code = sim.issuer.txn(&r).unwrap().auth_code.unwrap();
+    assert!(code > last_code, "{code} after {last_code}");
+    sim.issuer.close().unwrap();
+    drop(sim);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
