@@ -179,9 +179,10 @@ impl fmt::Debug for MaskedPan {
 }
 
 /// Free text (a case note, a message to the acquirer) with every card number in it masked:
-/// a run of 13–19 digits that passes Luhn, written whole or in groups split by single spaces
-/// or hyphens, keeps its first 6 and last 4 digits. Full-width digits, the ideographic space
-/// and the full-width hyphen count too (Chinese input methods type them). People paste card
+/// a run of 13–19 digits that passes Luhn, written whole or in groups split by up to three
+/// spaces, hyphens, dots, slashes, underscores, tabs or line breaks, keeps its first 6 and
+/// last 4 digits. Full-width digits, the ideographic space and the full-width hyphen, dot and
+/// slash count too (Chinese input methods type them). People paste card
 /// numbers into notes, and a note goes to pages, webhooks and the audit log. Unchanged text is
 /// borrowed.
 pub fn mask_card_numbers(text: &str) -> std::borrow::Cow<'_, str> {
@@ -194,10 +195,27 @@ pub fn mask_card_numbers(text: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     fn separator(c: char) -> bool {
-        matches!(c, ' ' | '-' | '\u{3000}' | '\u{00A0}' | '－')
+        matches!(
+            c,
+            ' ' | '-'
+                | '.'
+                | '/'
+                | '_'
+                | '\t'
+                | '\n'
+                | '\r'
+                | '\u{3000}'
+                | '\u{00A0}'
+                | '－'
+                | '．'
+                | '／'
+        )
     }
+    // Separators in a row between two groups of digits, at most ("6222 - 0202").
+    const SEPARATORS_MAX: usize = 3;
     let chars: Vec<char> = text.chars().collect();
     let is_digit = |k: usize| chars.get(k).copied().and_then(digit).is_some();
+    let is_separator = |k: usize| chars.get(k).copied().is_some_and(separator);
     // (start, end) char ranges of the card numbers found.
     let mut found: Vec<(usize, usize)> = Vec::new();
     let mut i = 0;
@@ -220,8 +238,15 @@ pub fn mask_card_numbers(text: &str) -> std::borrow::Cow<'_, str> {
                 if !is_digit(j) && card && luhn_valid(&digits) {
                     best = Some(j);
                 }
-            } else if separator(c) && is_digit(j + 1) {
-                j += 1;
+            } else if separator(c) {
+                let mut k = j;
+                while is_separator(k) && k - j < SEPARATORS_MAX {
+                    k += 1;
+                }
+                if !is_digit(k) {
+                    break;
+                }
+                j = k;
             } else {
                 break;
             }
@@ -331,6 +356,18 @@ mod tests {
             mask_card_numbers("卡号６２２２０２　０２００　１１２３　４５６７９"),
             "卡号６２２２０２　****　****　*５６７９"
         );
+        // Other ways people group it: dots, slashes, a tab, a line break, spaced hyphens.
+        for (typed, shown) in [
+            ("6222.0202.0011.2345.679", "6222.02**.****.***5.679"),
+            ("6222/0202/0011/2345/679", "6222/02**/****/***5/679"),
+            ("6222\t0202 0011\n2345  679", "6222\t02** ****\n***5  679"),
+            (
+                "6222 - 0202 - 0011 - 2345 - 679",
+                "6222 - 02** - **** - ***5 - 679",
+            ),
+        ] {
+            assert_eq!(mask_card_numbers(typed), shown, "{typed:?}");
+        }
         // A number next to the card stays, and so does the card's masking.
         assert_eq!(
             mask_card_numbers(&format!("{ICBC} 12 items")),
@@ -352,7 +389,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn masking_is_idempotent_and_keeps_the_length(text in "[0-9０-９ a　-]{0,80}") {
+        fn masking_is_idempotent_and_keeps_the_length(text in "[0-9０-９ a　./\t-]{0,80}") {
             let once = mask_card_numbers(&text).into_owned();
             proptest::prop_assert_eq!(mask_card_numbers(&once).into_owned(), once.clone());
             proptest::prop_assert_eq!(once.chars().count(), text.chars().count());

@@ -34,7 +34,8 @@ pub use text::Both;
 pub enum ResolveError {
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
-    #[error("no transaction with RRN {0}")]
+    /// The RRN as asked, shown with any card number in it masked (one typed in the wrong box).
+    #[error("no transaction with RRN {}", domain::mask_card_numbers(.0))]
     NoSuchRrn(String),
     #[error("no transaction with id {0}")]
     NoSuchTxn(i64),
@@ -49,4 +50,17 @@ pub enum ResolveError {
     Hsm(#[from] paycrypto::HsmError),
     #[error("{0} was not found for this merchant")]
     NotVisible(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ResolveError;
+
+    #[test]
+    fn an_rrn_not_found_is_quoted_with_a_card_number_in_it_masked() {
+        let text = ResolveError::NoSuchRrn("6222020200112345679".into()).to_string();
+        assert_eq!(text, "no transaction with RRN 622202*********5679");
+        let text = ResolveError::NoSuchRrn("000000000042".into()).to_string();
+        assert_eq!(text, "no transaction with RRN 000000000042");
+    }
 }

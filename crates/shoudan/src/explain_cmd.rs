@@ -123,8 +123,10 @@ fn resolve(input: &str) -> Result<(String, &'static Diagnosis), Box<dyn std::err
     if let Some(kind) = PayoutFailure::from_key(&name) {
         return Ok((name, diagnosis::diagnose_payout(kind)));
     }
+    // Quoted with any card number in it masked: one pasted here by mistake stays hidden.
+    let shown = domain::mask_card_numbers(trimmed);
     Err(format!(
-        "`{trimmed}` is neither a 2-character response code nor a known failure name \
+        "`{shown}` is neither a 2-character response code nor a known failure name \
          (see `shoudan explain --list`)"
     )
     .into())

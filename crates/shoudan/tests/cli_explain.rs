@@ -155,6 +155,12 @@ fn bad_explain_input_is_an_error() {
     let out = run(&["explain"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("<CODE>"));
+    // A card number pasted here by mistake is not printed back.
+    let out = run(&["explain", "6222020200112345679"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("622202*********5679"), "{stderr}");
+    assert!(!stderr.contains("6222020200112345679"), "{stderr}");
 }
 
 #[test]

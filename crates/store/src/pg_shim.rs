@@ -505,8 +505,17 @@ impl Value {
 
 type BoxError = Box<dyn StdError + Sync + Send>;
 
+/// The error names the kind of value, never the value: it may be a note, a name or a sealed
+/// card number, and errors reach logs and answers.
 fn mismatch(value: &Value, ty: &Type) -> BoxError {
-    format!("cannot send {value:?} as PostgreSQL {ty}").into()
+    let kind = match value {
+        Value::Null => "null",
+        Value::Integer(_) => "an integer",
+        Value::Real(_) => "a real",
+        Value::Text(_) => "text",
+        Value::Blob(_) => "bytes",
+    };
+    format!("cannot send {kind} as PostgreSQL {ty}").into()
 }
 
 impl PgToSql for Value {
@@ -697,6 +706,14 @@ fn rowid_as_ctid(sql: &str) -> String {
 pub(crate) mod tests {
     use super::*;
     use crate::group::ExecuteAny;
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_by_its_kind_not_quoted() {
+        let error = mismatch(&Value::Text("6222020200112345679".into()), &Type::INT4);
+        let text = error.to_string();
+        assert!(text.contains("text") && text.contains("int4"), "{text}");
+        assert!(!text.contains("6222020200112345679"), "{text}");
+    }
 
     /// A connection to the server scripts/test provides (`SHOUDAN_PG_URL`), or `None`, said.
     pub(crate) fn connect() -> Option<(tokio::runtime::Runtime, Connection)> {

@@ -607,9 +607,29 @@ pub async fn audit_record(
         who: who.to_owned(),
         action: action.to_owned(),
         target: target.to_owned(),
-        before: before.map(|v| v.to_string()),
-        after: after.map(|v| v.to_string()),
+        before: before.map(|v| masked(v).to_string()),
+        after: after.map(|v| masked(v).to_string()),
     })))
+}
+
+/// The value with every card number in its strings masked (`domain::mask_card_numbers`): what
+/// people type into notes goes to the audit log as the case or review keeps it.
+fn masked(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => match domain::mask_card_numbers(&text) {
+            std::borrow::Cow::Borrowed(_) => Value::String(text),
+            std::borrow::Cow::Owned(masked) => Value::String(masked),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(masked).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(key, value)| (key, masked(value)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// Writes one audit row on its own (for changes committed by another crate's service).

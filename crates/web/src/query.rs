@@ -283,6 +283,23 @@ impl<'q> TxnFilter<'q> {
         if last4.is_some_and(|l| l.len() != 4 || !l.bytes().all(|b| b.is_ascii_digit())) {
             return Err(ApiError::bad_request("last4: four digits"));
         }
+        // Checked before anything is searched or shown again: a card number typed into the
+        // wrong box must not come back in the page, its address or an error.
+        let alnum = |text: &str, most: usize| {
+            !text.is_empty()
+                && text.len() <= most
+                && text.bytes().all(|b| b.is_ascii_alphanumeric())
+        };
+        if given(&q.rrn).is_some_and(|r| r.len() != 12 || !alnum(r, 12)) {
+            return Err(ApiError::bad_request(
+                "rrn: the 12 letters and digits of a reference number",
+            ));
+        }
+        if given(&q.tid).is_some_and(|t| !alnum(t, 8)) {
+            return Err(ApiError::bad_request(
+                "tid: a terminal ID of up to 8 letters and digits",
+            ));
+        }
         let status = given(&q.status)
             .map(|s| TxnState::parse(s).map_err(|_| ApiError::bad_request("status: unknown state")))
             .transpose()?;

@@ -373,6 +373,19 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
             400,
             "bad_request",
         );
+        // A card number in the RRN or terminal box is refused without being quoted back.
+        for field in ["rrn", "tid"] {
+            let r = api
+                .call(
+                    Some(&tea),
+                    "GET",
+                    &format!("/api/transactions?{field}=6222020200112345679"),
+                    None,
+                )
+                .await;
+            assert_error(&r, 400, "bad_request");
+            assert!(!r.body.contains("6222020200112345679"), "{}", r.body);
+        }
         assert_error(
             &api.call(
                 Some(&tea),
@@ -581,6 +594,22 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
                 .any(|n| n.payload.contains("622202*********5679"))
         );
         assert!(notified.iter().all(|n| !n.payload.contains(pasted)));
+        // The audit log keeps the note as the case does.
+        let audited = e.h.store.audit_log(None, 500).unwrap();
+        assert!(
+            audited.iter().any(|a| a
+                .after
+                .as_deref()
+                .is_some_and(|t| t.contains("622202*********5679"))),
+            "{audited:?}"
+        );
+        assert!(
+            audited
+                .iter()
+                .all(|a| !a.after.as_deref().unwrap_or_default().contains(pasted)
+                    && !a.before.as_deref().unwrap_or_default().contains(pasted)),
+            "{audited:?}"
+        );
         assert_error(
             &api.call(
                 Some(&book),
@@ -1012,6 +1041,16 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
                 .any(|c| c.starts_with("shoudan_lang=en"))
         );
 
+        // A card number typed into the RRN box: an error page that does not show it again.
+        let wrong_box = tea
+            .get("/portal/transactions?rrn=6222020200112345679")
+            .await;
+        assert_eq!(wrong_box.status, 400, "{}", wrong_box.body);
+        assert!(
+            !wrong_box.body.contains("6222020200112345679"),
+            "{}",
+            wrong_box.body
+        );
         let list = tea
             .get(&format!("/portal/transactions?last4={last4}&status="))
             .await;
