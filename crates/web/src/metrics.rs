@@ -291,6 +291,13 @@ fn render_store(out: &mut String, web: &Web) {
             pending.len()
         );
     }
+    if let Ok(refused) = web.store.reversals_in_state(SafState::Refused) {
+        let _ = writeln!(
+            out,
+            "# HELP shoudan_saf_refused Reversals an issuer refused (the console lists them).\n# TYPE shoudan_saf_refused gauge\nshoudan_saf_refused {}",
+            refused.len()
+        );
+    }
 }
 
 fn render_http(out: &mut String, web: &Web) {

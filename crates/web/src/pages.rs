@@ -1331,6 +1331,9 @@ async fn terminals(
     respond(&c, &who, result)
 }
 
+/// Refused reversals the console lists, the newest first.
+const REFUSED_REVERSALS_SHOWN: usize = 50;
+
 async fn console(
     State(web): State<Web>,
     headers: HeaderMap,
@@ -1451,6 +1454,34 @@ async fn console(
                 yuan(p.amount_fen),
                 payout_state_text(l, p.state.as_str()),
                 esc(p.failure.as_deref().unwrap_or(""))
+            ));
+        }
+        body.push_str("</table>");
+        // Reversals an issuer refused: unless it never had the request (25), what it did
+        // stands, and is for an operator to take up with it.
+        let mut refused = web.store.reversals_in_state(store::SafState::Refused)?;
+        let count = refused.len();
+        refused.sort_by_key(|item| std::cmp::Reverse(item.txn_id));
+        refused.truncate(REFUSED_REVERSALS_SHOWN);
+        body.push_str(&format!(
+            "<h2>{} ({count})</h2><table id=\"refused-reversals\">",
+            t(l, "发卡行拒绝的冲正", "Reversals refused by issuers"),
+        ));
+        for item in &refused {
+            let why = web
+                .store
+                .events(item.txn_id)?
+                .into_iter()
+                .rev()
+                .find(|e| e.kind == "reversal_done")
+                .map(|e| e.detail)
+                .unwrap_or_default();
+            body.push_str(&format!(
+                "<tr><td><a href=\"/portal/transactions/{}\">{}</a></td><td>{}</td><td>{}</td></tr>",
+                item.txn_id,
+                item.txn_id,
+                esc(&item.issuer),
+                esc(&why)
             ));
         }
         body.push_str("</table>");

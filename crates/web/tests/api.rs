@@ -1138,6 +1138,30 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
         );
         // A merchant is sent away from the console; an operator sees it.
         assert_eq!(book.get("/console").await.status, 303);
+        // A reversal the issuer refused: listed on the console and counted in the metrics.
+        e.h.store
+            .submit(vec![
+                store::Record::SafEnqueue {
+                    txn_id: id,
+                    issuer: "ICBC".into(),
+                    reason: "98".into(),
+                    next_attempt_ms: 0,
+                },
+                store::Record::SafDone {
+                    txn_id: id,
+                    state: store::SafState::Refused,
+                    at_ms: 1,
+                },
+                store::Record::Event(store::EventRow {
+                    txn_id: id,
+                    at_ms: 1,
+                    kind: "reversal_done".into(),
+                    detail: "reversal refused by ICBC at 10:00:00: 12".into(),
+                }),
+            ])
+            .unwrap()
+            .await
+            .unwrap();
         let ops = PageSession::login(e.http, "ops").await;
         let console = ops.get("/console").await;
         assert!(
@@ -1145,6 +1169,19 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
             "{}",
             console.body
         );
+        let refused = console
+            .body
+            .split("id=\"refused-reversals\"")
+            .nth(1)
+            .unwrap();
+        assert!(
+            refused.contains("reversal refused by ICBC at 10:00:00: 12")
+                && refused.contains(&format!("/portal/transactions/{id}\"")),
+            "{}",
+            console.body
+        );
+        let m = request(e.http, "GET", "/metrics", &[], "").await;
+        assert!(m.body.contains("shoudan_saf_refused 1"), "{}", m.body);
 
         // Sign out ends the session.
         let r = tea.post("/logout", &format!("csrf={csrf}")).await;
