@@ -182,9 +182,8 @@ impl fmt::Debug for MaskedPan {
 /// a run of 13–19 digits that passes Luhn, written whole or in groups split by up to three
 /// spaces, hyphens, dots, slashes, underscores, tabs or line breaks, keeps its first 6 and
 /// last 4 digits. Full-width digits, the ideographic space and the full-width hyphen, dot and
-/// slash count too (Chinese input methods type them). People paste card
-/// numbers into notes, and a note goes to pages, webhooks and the audit log. Unchanged text is
-/// borrowed.
+/// slash count too (Chinese input methods type them). People paste card numbers into notes,
+/// and a note goes to pages, webhooks and the audit log. Unchanged text is borrowed.
 pub fn mask_card_numbers(text: &str) -> std::borrow::Cow<'_, str> {
     // The ASCII digit a character stands for.
     fn digit(c: char) -> Option<u8> {

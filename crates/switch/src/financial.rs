@@ -1718,10 +1718,6 @@ impl Undo {
     }
 }
 
-/// The answer in an issuer's reply: 39, 38, 15, 54. `None` when it cannot be read, or when it
-/// does not carry the request's RRN in field 37 (the issuer echoes it): a late reply to an
-/// earlier request that had the same host trace (traces repeat within a day) must not answer
-/// this one, and a reply without the RRN cannot show it is not one.
 /// Why an issuer's answer could not be taken as it stands: it is treated as one that may have
 /// been an approval (answered 96, reversed).
 #[derive(Debug, PartialEq, Eq)]
@@ -1733,6 +1729,11 @@ enum Unreadable {
     UnknownCode(String),
 }
 
+/// The answer in an issuer's reply: 39, 38, 15, 54. `Unreadable` when it cannot be read, when
+/// its response code is not in the protocol's table, or when it does not carry the request's
+/// RRN in field 37 (the issuer echoes it): a late reply to an earlier request that had the
+/// same host trace (traces repeat within a day) must not answer this one, and a reply without
+/// the RRN cannot show it is not one.
 fn parse_reply(frame: &[u8], rrn: Option<&str>) -> Result<Answer, Unreadable> {
     let decoded = iso8583::Frame::decode_unprefixed(frame).map_err(|_| Unreadable::Garbled)?;
     let message = decoded.message;

@@ -55,8 +55,12 @@ pub fn document() -> Value {
         param("amount", "query", "amount in yuan, 12.34"),
         param("amount_fen", "query", "amount in fen"),
         param("last4", "query", "last four digits of the card"),
-        param("rrn", "query", "retrieval reference number"),
-        param("tid", "query", "terminal id"),
+        param(
+            "rrn",
+            "query",
+            "retrieval reference number, 12 letters and digits",
+        ),
+        param("tid", "query", "terminal id, up to 8 letters and digits"),
         param(
             "status",
             "query",
