@@ -283,6 +283,7 @@ impl Run<'_> {
     ) -> Result<bool, PayoutError> {
         let mut records = extra;
         if let Some((kind, debit, credit)) = transfer {
+            let debit_account = debit.clone();
             let posting = Posting::transfer(
                 kind,
                 payout.key.clone(),
@@ -293,6 +294,15 @@ impl Run<'_> {
             )?;
             if let Some(r) = posting_record(self.store, vec![posting], self.now_ms)? {
                 records.push(r);
+            }
+            // A new payout takes what its merchant is owed, never more: two runs for
+            // different days that read the same balance cannot both pay it.
+            if expected.is_none() {
+                records.push(Record::Settlement(SettlementRecord::BalanceAtMost {
+                    mid: payout.mid.clone(),
+                    account: debit_account,
+                    max_fen: 0,
+                }));
             }
         }
         records.push(event);
@@ -522,10 +532,19 @@ pub fn run_payouts(
         // One reference per payout and account: every attempt to the same account sends the
         // same one, so a bank that paid but whose answer was lost (a timeout reported as a
         // system error), or a second run racing this one, gets the payment answered as before
-        // and never pays it twice. A new account (after a re-binding) is a new payment.
+        // and never pays it twice. A new account is a new payment only after a refusal that
+        // settled the old one (held, then released to the re-bound account). After an
+        // attempt whose outcome is not known (a system error), a re-binding does not start a
+        // new payment: the retry keeps the reference, and the bank answers it as before if it
+        // paid the old account.
         let read_attempts = payout.attempts;
         let attempt = read_attempts.saturating_add(1);
-        let reference = format!("{}#v{}", payout.key, account.version);
+        let version = if read_attempts > 0 {
+            payout.account_version
+        } else {
+            account.version
+        };
+        let reference = format!("{}#v{version}", payout.key);
         let answer = bank.pay(&PayoutInstruction {
             reference: &reference,
             account_number: &number,
@@ -536,7 +555,7 @@ pub fn run_payouts(
         drop(number);
         payout.attempts = attempt;
         payout.updated_at_ms = now_ms;
-        payout.account_version = account.version;
+        payout.account_version = version;
         payout.account_masked = account.number_masked.clone();
         let mid = payout.mid.clone();
         match answer {

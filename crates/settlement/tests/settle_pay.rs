@@ -685,6 +685,99 @@ fn a_payment_whose_answer_was_lost_is_not_paid_again() {
     );
 }
 
+/// The bank paid but its answer was lost, and the merchant bound another account before the
+/// retry: the retry is the same payment (the bank answers it as before), not a second one to
+/// the new account.
+#[test]
+fn a_payment_whose_answer_was_lost_is_not_paid_again_to_a_new_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    let first_number = one_sale_cleared_and_bound(store, &directory, &sealer, 92);
+    let bank = SimBank::new();
+    bank.set_behaviour(&first_number, SimBehaviour::AnswersLost(1));
+    let key = format!("{M1}:20261124");
+    let first = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
+    assert_eq!(first.retrying, vec![key.clone()]);
+    let second_number = card("622202", 19, 93);
+    bind_account(
+        store,
+        &sealer,
+        &directory,
+        M1,
+        &card_input(&second_number, "王小明"),
+        "m",
+        2_000,
+    )
+    .unwrap();
+    assert_eq!(store.bound_account(M1).unwrap().unwrap().version, 2);
+    let retry = run_payouts(store, &bank, &sealer, "20261124", 1_000 + 60_000).unwrap();
+    assert_eq!(retry.sent, vec![key.clone()]);
+    assert_eq!(
+        bank.credited(&first_number) + bank.credited(&second_number),
+        10_000 - 55,
+        "paid twice"
+    );
+    assert_eq!(bank.payments(&second_number), 0);
+    assert!(audit(store).unwrap().balanced);
+}
+
+/// Two payout runs for different days that read the same balance before either committed:
+/// the second payout would take the merchant's payable past zero, and the store refuses it
+/// with everything it came with.
+#[test]
+fn a_payout_never_takes_more_than_the_merchant_is_owed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    one_sale_cleared_and_bound(store, &directory, &sealer, 94);
+    let payable = acct::merchant_payable(M1);
+    let owed = -store.ledger_balance(&payable, None).unwrap();
+    assert_eq!(owed, 10_000 - 55);
+    let pay = |reference: &str| {
+        let posting = settlement::ledger::Posting::transfer(
+            "payout",
+            reference.to_owned(),
+            "20261123",
+            payable.clone(),
+            acct::payouts_in_flight(M1),
+            owed,
+        )
+        .unwrap();
+        let record = settlement::ledger::posting_record(store, vec![posting], 1)
+            .unwrap()
+            .unwrap();
+        store
+            .submit(vec![
+                record,
+                Record::Settlement(SettlementRecord::BalanceAtMost {
+                    mid: M1.to_owned(),
+                    account: payable.clone(),
+                    max_fen: 0,
+                }),
+            ])
+            .unwrap()
+            .wait()
+    };
+    pay("first").unwrap();
+    assert_eq!(store.ledger_balance(&payable, None).unwrap(), 0);
+    assert!(matches!(
+        pay("second"),
+        Err(store::StoreError::Constraint { .. })
+    ));
+    assert_eq!(store.ledger_balance(&payable, None).unwrap(), 0);
+    assert_eq!(
+        store
+            .ledger_balance(&acct::payouts_in_flight(M1), None)
+            .unwrap(),
+        -owed
+    );
+}
+
 #[test]
 fn a_merchants_own_plan_sets_its_fees_and_its_payout_day() {
     let dir = tempfile::tempdir().unwrap();
@@ -740,6 +833,64 @@ fn a_merchants_own_plan_sets_its_fees_and_its_payout_day() {
     let t2 = run_payouts(store, &bank, &sealer, "20261125", 0).unwrap();
     assert_eq!(t2.sent, vec![format!("{M1}:20261125")]);
     assert_eq!(bank.credited(&number), 10_000 - 45);
+}
+
+/// Runs for different days at once (a missed day's run made beside the next day's): each
+/// reads the same balance, and only one may pay it.
+#[test]
+fn payout_runs_for_different_days_at_the_same_time_pay_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    let mids: Vec<String> = (0..16).map(|i| format!("89831005813{i:04}")).collect();
+    let mut numbers = Vec::new();
+    for (i, mid) in mids.iter().enumerate() {
+        merchant(store.as_ref(), mid);
+        let id = i64::try_from(i).unwrap() + 1;
+        insert(
+            store.as_ref(),
+            vec![row(id, mid, K::Purchase, S::Approved, 10_000, "622202", D)],
+        );
+        let number = card("622202", 19, 120 + u64::try_from(i).unwrap());
+        bind_account(
+            store.as_ref(),
+            &sealer,
+            &directory,
+            mid,
+            &card_input(&number, "王"),
+            "m",
+            0,
+        )
+        .unwrap();
+        numbers.push(number);
+    }
+    settle_date(store.as_ref(), &directory, D, 0).unwrap();
+    let bank = SimBank::new();
+    std::thread::scope(|scope| {
+        for (n, day) in ["20261124", "20261125", "20261126", "20261127"]
+            .into_iter()
+            .enumerate()
+        {
+            let (store, bank, sealer) = (&store, &bank, &sealer);
+            scope.spawn(move || {
+                let at = 1_000 + i64::try_from(n).unwrap();
+                run_payouts(store.as_ref(), bank, sealer, day, at).unwrap();
+            });
+        }
+    });
+    for number in &numbers {
+        assert_eq!(bank.credited(number), 10_000 - 55, "paid more than once");
+    }
+    assert!(audit(store.as_ref()).unwrap().balanced);
+    for mid in &mids {
+        assert_eq!(
+            store
+                .ledger_balance(&acct::merchant_payable(mid), None)
+                .unwrap(),
+            0
+        );
+    }
 }
 
 #[test]

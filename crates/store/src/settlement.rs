@@ -322,4 +322,14 @@ pub enum SettlementRecord {
         reference: String,
         at_ms: i64,
     },
+    /// Fails (and with it the whole submission) if `account`, one of merchant `mid`'s, stands
+    /// above `max_fen` with what the submission wrote before this record: a payout may take a
+    /// merchant's payable to zero, never past it, however many runs compute one at once. The
+    /// merchant's row is locked first, so on PostgreSQL a second node's check waits for the
+    /// first's commit and then counts it.
+    BalanceAtMost {
+        mid: String,
+        account: String,
+        max_fen: i64,
+    },
 }

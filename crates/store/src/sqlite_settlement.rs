@@ -346,6 +346,28 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 p.updated_at_ms
             ])?;
         }
+        SettlementRecord::BalanceAtMost {
+            mid,
+            account,
+            max_fen,
+        } => {
+            let locked = conn
+                .prepare_cached("UPDATE merchants SET mid = mid WHERE mid = ?1")?
+                .execute(params![mid])?;
+            expect_one(locked, "merchant")?;
+            let balance: i64 = conn
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(amount_fen), 0) FROM ledger_legs WHERE account = ?1",
+                )?
+                .query_row(params![account], |r| r.get(0))?;
+            if balance > *max_fen {
+                return Err(StoreError::Constraint {
+                    message: format!(
+                        "{account} would stand at {balance} fen, above {max_fen}: refused"
+                    ),
+                });
+            }
+        }
         SettlementRecord::NewPayout(p) => {
             conn.prepare_cached(
                 "INSERT INTO payouts (key, mid, payout_date, cutoff_date, amount_fen, state,
