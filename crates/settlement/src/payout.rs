@@ -374,7 +374,20 @@ pub fn run_payouts(
         });
         let key = reference.split('#').next().unwrap_or("");
         let payout = store.payout(key)?;
-        let Some(mut payout) = payout.filter(|p| p.state == PayoutState::Sent) else {
+        // Sent by a run that stopped before writing so: the payout is still pending, and the
+        // next attempt sends this reference again (the bank answers it as paid). The return
+        // waits for that, and is acted on by the run after.
+        let unrecorded = payout.as_ref().is_some_and(|p| {
+            p.state == PayoutState::Pending
+                && reference == format!("{}#v{}", p.key, p.account_version)
+        });
+        if unrecorded {
+            continue;
+        }
+        let sent_as = |p: &PayoutRow| {
+            p.state == PayoutState::Sent && p.bank_reference.as_deref() == Some(reference.as_str())
+        };
+        let Some(mut payout) = payout.filter(sent_as) else {
             // Not ours, or already acted on: nothing to hold.
             store.submit(vec![handled])?.wait()?;
             continue;

@@ -685,6 +685,55 @@ fn a_payment_whose_answer_was_lost_is_not_paid_again() {
     );
 }
 
+/// A run sent the payment and stopped before writing so (the payout is still pending), and the
+/// bank returned the money before the next run: the return waits until the payout is recorded
+/// as sent, then holds it; it is not dropped as one for a payout never sent.
+#[test]
+fn a_return_of_a_payment_not_yet_recorded_as_sent_is_not_lost() {
+    use settlement::payout::{PayoutBank, PayoutInstruction};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    let number = one_sale_cleared_and_bound(store, &directory, &sealer, 95);
+    let bank = SimBank::new();
+    bank.set_today("20261124");
+    bank.set_behaviour(&number, SimBehaviour::SystemErrors(1));
+    let key = format!("{M1}:20261124");
+    let first = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
+    assert_eq!(first.retrying, vec![key.clone()]);
+    let payout = store.payout(&key).unwrap().unwrap();
+    // The next attempt reaches the bank, which pays; the run stops before recording it.
+    bank.set_behaviour(&number, SimBehaviour::ReturnAfterDays(1));
+    let account = store.bound_account(M1).unwrap().unwrap();
+    let reference = format!("{key}#v{}", payout.account_version);
+    bank.pay(&PayoutInstruction {
+        reference: &reference,
+        account_number: &number,
+        holder_name: &account.holder_name,
+        bank_code: &account.bank_code,
+        amount_fen: payout.amount_fen,
+    })
+    .unwrap();
+    bank.set_today("20261125");
+    let next = run_payouts(store, &bank, &sealer, "20261125", 200_000).unwrap();
+    assert_eq!(next.sent, vec![key.clone()], "{next:?}");
+    assert_eq!(store.payout_returns_open(10).unwrap(), [reference]);
+    let after = run_payouts(store, &bank, &sealer, "20261125", 300_000).unwrap();
+    assert_eq!(after.returned, vec![key.clone()], "{after:?}");
+    assert_eq!(
+        store.payout(&key).unwrap().unwrap().state,
+        PayoutState::Held
+    );
+    assert_eq!(bank.credited(&number), 0, "the money came back");
+    assert_eq!(
+        store.ledger_balance(&acct::held(M1), None).unwrap(),
+        -(10_000 - 55)
+    );
+    assert!(audit(store).unwrap().balanced);
+}
+
 /// The bank paid but its answer was lost, and the merchant bound another account before the
 /// retry: the retry is the same payment (the bank answers it as before), not a second one to
 /// the new account.
