@@ -104,6 +104,55 @@ fn same(a: &Totals, b: &Totals) -> bool {
         && a.credit_count == b.credit_count
 }
 
+/// The most field 48 can say of a half's count (n3) and amount (n12).
+const FIELD48_COUNT_MAX: u16 = 999;
+const FIELD48_AMOUNT_MAX: u64 = 999_999_999_999;
+
+/// The host's answer to a settlement: its totals, each half with its own result (PROTOCOL.md:
+/// a result digit in each 31), and the settlement's as a whole (balanced only if both halves
+/// are). A half that field 48 cannot hold (more than 999 debits, say) is answered at the most
+/// it can say and unbalanced: the terminal then uploads its batch, which is compared
+/// transaction by transaction, rather than being left with no answer.
+fn settlement_answer(
+    mut ours: SettlementTotals,
+    theirs: Option<&SettlementTotals>,
+) -> (SettlementTotals, SettleResult) {
+    let Some(theirs) = theirs else {
+        for half in [&mut ours.domestic, &mut ours.foreign] {
+            fit(half);
+            half.result = SettleResult::ERROR;
+        }
+        return (ours, SettleResult::ERROR);
+    };
+    let mut all = SettleResult::BALANCED;
+    for (half, their) in [
+        (&mut ours.domestic, &theirs.domestic),
+        (&mut ours.foreign, &theirs.foreign),
+    ] {
+        let fitted = fit(half);
+        half.result = if fitted && same(half, their) {
+            SettleResult::BALANCED
+        } else {
+            all = SettleResult::UNBALANCED;
+            SettleResult::UNBALANCED
+        };
+    }
+    (ours, all)
+}
+
+/// Brings a half within what field 48 can say; `false` if it had to.
+fn fit(half: &mut Totals) -> bool {
+    let fits = half.debit_count <= FIELD48_COUNT_MAX
+        && half.credit_count <= FIELD48_COUNT_MAX
+        && half.debit_amount <= FIELD48_AMOUNT_MAX
+        && half.credit_amount <= FIELD48_AMOUNT_MAX;
+    half.debit_count = half.debit_count.min(FIELD48_COUNT_MAX);
+    half.credit_count = half.credit_count.min(FIELD48_COUNT_MAX);
+    half.debit_amount = half.debit_amount.min(FIELD48_AMOUNT_MAX);
+    half.credit_amount = half.credit_amount.min(FIELD48_AMOUNT_MAX);
+    fits
+}
+
 fn totals_digits(t: &SettlementTotals) -> String {
     let half = |t: &Totals| {
         format!(
@@ -219,17 +268,8 @@ impl Core {
         let Some(rows) = self.batch_rows(&terminal.tid, batch_no).await else {
             return self.system_error(frame);
         };
-        let mut ours = self.host_totals(&rows);
+        let (ours, result) = settlement_answer(self.host_totals(&rows), theirs.as_ref());
         let now_ms = self.clock.now_ms();
-        let result = match &theirs {
-            None => SettleResult::ERROR,
-            Some(t) if same(&ours.domestic, &t.domestic) && same(&ours.foreign, &t.foreign) => {
-                SettleResult::BALANCED
-            }
-            Some(_) => SettleResult::UNBALANCED,
-        };
-        ours.domestic.result = result;
-        ours.foreign.result = result;
         let settled = Record::Settlement(SettlementRecord::BatchSettled(BatchSettlementRow {
             tid: terminal.tid.clone(),
             batch_no,
@@ -408,5 +448,63 @@ mod tests {
         // A midnight cut-over is the calendar.
         assert_eq!(clearing_date_of(BEFORE_MS + 1_000, 0), "20261123");
         assert_eq!(clearing_date_of(BEFORE_MS + 3_601_000, 0), "20261124");
+    }
+
+    fn half(debits: u16, debit_fen: u64, credits: u16, credit_fen: u64) -> Totals {
+        Totals {
+            debit_amount: debit_fen,
+            debit_count: debits,
+            credit_amount: credit_fen,
+            credit_count: credits,
+            result: SettleResult::REQUEST,
+        }
+    }
+
+    #[test]
+    fn each_half_of_field_48_is_judged_on_its_own() {
+        let ours = SettlementTotals {
+            domestic: half(3, 30_000, 1, 5_000),
+            foreign: half(1, 800, 0, 0),
+        };
+        let theirs = SettlementTotals {
+            domestic: half(3, 30_000, 1, 5_000),
+            foreign: half(0, 0, 0, 0),
+        };
+        let (answer, all) = settlement_answer(ours, Some(&theirs));
+        assert_eq!(all, SettleResult::UNBALANCED);
+        assert_eq!(answer.domestic.result, SettleResult::BALANCED);
+        assert_eq!(answer.foreign.result, SettleResult::UNBALANCED);
+        assert_eq!(
+            &totals_digits(&answer)[..31],
+            "0000000300000030000000050000011"
+        );
+        let (answer, all) = settlement_answer(ours, Some(&ours));
+        assert_eq!(all, SettleResult::BALANCED);
+        assert_eq!(answer.foreign.result, SettleResult::BALANCED);
+        let (answer, all) = settlement_answer(ours, None);
+        assert_eq!(all, SettleResult::ERROR);
+        assert_eq!(answer.domestic.result, SettleResult::ERROR);
+    }
+
+    #[test]
+    fn a_half_field_48_cannot_hold_is_answered_at_its_most_and_unbalanced() {
+        let ours = SettlementTotals {
+            domestic: half(1_200, 1_200_000, 0, 0),
+            foreign: half(0, 0, 0, 0),
+        };
+        // The terminal's own count stops at 999 too: even "the same" is not balanced.
+        let theirs = SettlementTotals {
+            domestic: half(999, 1_200_000, 0, 0),
+            foreign: half(0, 0, 0, 0),
+        };
+        let (answer, all) = settlement_answer(ours, Some(&theirs));
+        assert_eq!(all, SettleResult::UNBALANCED);
+        assert_eq!(answer.domestic.debit_count, 999);
+        assert_eq!(answer.domestic.result, SettleResult::UNBALANCED);
+        assert_eq!(answer.foreign.result, SettleResult::BALANCED);
+        let digits = totals_digits(&answer);
+        assert_eq!(digits.len(), SettlementTotals::DIGITS);
+        let mut out = iso8583::MessageBuilder::new(iso8583::Mti::SETTLEMENT_RESPONSE);
+        assert!(out.set_composed(&answer).is_ok());
     }
 }
