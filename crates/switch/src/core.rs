@@ -469,14 +469,37 @@ impl Core {
         for &number in echo {
             out.copy_from(request, number)?;
         }
-        let local = LocalTime::from_ms(self.clock.now_ms());
+        let now_ms = self.clock.now_ms();
+        let local = LocalTime::from_ms(now_ms);
         out.set_digits(12, &local.hhmmss())?
             .set_digits(13, &local.mmdd())?;
         if let Some(date) = &answer.settlement_date {
             out.set_digits(15, date)?;
+        } else if !management {
+            // The issuer gave none (a refusal, a timeout): the host's clearing date.
+            let day = self.clearing_day(now_ms);
+            if let Some(mmdd) = day.date.get(4..8) {
+                out.set_digits(15, mmdd)?;
+            }
         }
         if !management {
             out.set_digits(32, &self.config.acquirer_code)?;
+            // 44: the issuer (the BIN table's bank code) and the acquirer, 11 each; 63: the
+            // card organisation, and the merchant's registered name where it can be printed.
+            let card = crate::financial::card(request).and_then(Result::ok);
+            let (organisation, bank) = self.card_organisation(card.as_ref());
+            out.set_text(
+                44,
+                &format!(
+                    "{:<11.11}{:<11.11}",
+                    bank.unwrap_or_default(),
+                    self.config.acquirer_code
+                ),
+            )?;
+            let name = terminal
+                .and_then(|t| self.registered_name_field63(&t.mid))
+                .unwrap_or_default();
+            out.set_text(63, &format!("{organisation}{name}"))?;
         }
         if let Some(rrn) = rrn {
             out.set_text(37, rrn)?;

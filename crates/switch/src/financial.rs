@@ -54,7 +54,7 @@ fn describe(kind: TxnKind) -> &'static str {
 
 /// The card number of a request: field 2, else track 2 left of the separator. The digits live
 /// only in a buffer zeroised here and in the `Pan`.
-fn card(message: &Message<'_>) -> Option<Result<Pan, domain::PanError>> {
+pub(crate) fn card(message: &Message<'_>) -> Option<Result<Pan, domain::PanError>> {
     let digits = message.digits(2).or_else(|| message.digits(35))?;
     let mut buf = [0u8; 19];
     let mut len = 0;
@@ -1192,16 +1192,12 @@ impl Core {
             sale_day.unwrap_or(entry.received_day),
             observed,
         );
-        let field63 = self.registered_name_field63(&ctx.terminal.mid);
         self.reply(
             ctx.frame,
             Some(&ctx.terminal),
             &answer,
             entry.rrn.as_deref(),
-            |out| match &field63 {
-                Some(text) => out.set_text(63, text).map(|_| ()),
-                None => Ok(()),
-            },
+            |_| Ok(()),
         )
     }
 

@@ -237,14 +237,14 @@ impl Core {
         })
     }
 
-    /// Field 63 of a response: card organisation ("CUP") and the merchant's registered name, so
-    /// the receipt shows the name the acquirer knows, not one a terminal was set up to print.
+    /// The merchant's registered name for field 63 of a response, after the card organisation,
+    /// so the receipt shows the name the acquirer knows, not one a terminal was set up to print.
     /// Only for names a terminal can print as sent: printable ASCII (a Chinese name would need
     /// GBK, which this host does not encode), within the field's length.
     pub(crate) fn registered_name_field63(&self, mid: &str) -> Option<String> {
         let name = self.risk.merchant(mid)?.name;
         let printable = !name.is_empty() && name.bytes().all(|b| matches!(b, 0x20..=0x7E));
-        (printable && name.len() <= FIELD63_NAME_LEN_MAX).then(|| format!("CUP{name}"))
+        (printable && name.len() <= FIELD63_NAME_LEN_MAX).then_some(name)
     }
 
     /// Feeds the answer of a request to the rule windows; writes the alerts it raises.

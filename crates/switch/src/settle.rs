@@ -182,6 +182,33 @@ impl Core {
         lookup.issuer.is_none() && lookup.network != CardNetwork::DomesticCup
     }
 
+    /// Field 63.1 of a response for a card, split as settlement splits it (`is_foreign`):
+    /// "CUP" for a domestic card (or none), the foreign network's code otherwise; and the
+    /// issuing bank's code when the BIN table knows the card (field 44).
+    pub(crate) fn card_organisation(
+        &self,
+        pan: Option<&domain::Pan>,
+    ) -> (&'static str, Option<String>) {
+        let Some(pan) = pan else {
+            return ("CUP", None);
+        };
+        let lookup = self.directory.lookup(pan);
+        let bank = lookup.issuer.as_ref().map(|i| i.bank.code().to_owned());
+        let organisation = if lookup.issuer.is_some() {
+            "CUP"
+        } else {
+            match lookup.network {
+                CardNetwork::DomesticCup => "CUP",
+                CardNetwork::Visa => "VIS",
+                CardNetwork::Mastercard => "MCC",
+                CardNetwork::Jcb => "JCB",
+                CardNetwork::Amex => "AMX",
+                CardNetwork::Other => "000",
+            }
+        };
+        (organisation, bank)
+    }
+
     /// The batch's counted rows, from the store (the durable truth the journal answered from),
     /// read off the async workers and within `journal_wait`.
     async fn batch_rows(&self, tid: &str, batch_no: u32) -> Option<Vec<TxnRow>> {

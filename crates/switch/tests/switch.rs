@@ -49,8 +49,43 @@ fn sign_in_then_purchase_is_approved_journalled_and_maced() {
             "{events:?}"
         );
 
+        // What a receipt prints: the card organisation, the issuer and the acquirer, the
+        // settlement date (the issuer's).
+        assert!(r.text(63).unwrap().starts_with("CUP"), "{:?}", r.text(63));
+        assert_eq!(
+            r.text(44).as_deref(),
+            Some(format!("{:<11}{:<11}", "ICBC", "48020000").as_str())
+        );
+        assert_eq!(
+            r.frame()
+                .message
+                .digits(15)
+                .map(|d| d.to_string())
+                .as_deref(),
+            Some("1123")
+        );
+
         let declined = t.send(&Req::purchase(&pan, DECLINE_AMOUNT, 3)).await;
         assert_eq!(declined.code(), "51");
+        // The issuer gave no settlement date: the host's clearing date, and a foreign card is
+        // named by its network.
+        let today = switch::clearing_date_of(h.clock.now_ms(), h.config().cutover_minute);
+        assert_eq!(
+            declined
+                .frame()
+                .message
+                .digits(15)
+                .map(|d| d.to_string())
+                .as_deref(),
+            today.get(4..8)
+        );
+        assert!(declined.text(63).unwrap().starts_with("CUP"));
+        let visa = t.send(&Req::purchase(&card("476173"), 1_000, 4)).await;
+        assert!(
+            visa.text(63).unwrap().starts_with("VIS"),
+            "{:?}",
+            visa.text(63)
+        );
     });
 }
 
