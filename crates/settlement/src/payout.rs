@@ -384,8 +384,10 @@ pub fn run_payouts(
         if unrecorded {
             continue;
         }
+        // Sent as this reference (a row imported without one is taken at its key's word).
         let sent_as = |p: &PayoutRow| {
-            p.state == PayoutState::Sent && p.bank_reference.as_deref() == Some(reference.as_str())
+            p.state == PayoutState::Sent
+                && p.bank_reference.as_deref().is_none_or(|r| r == reference)
         };
         let Some(mut payout) = payout.filter(sent_as) else {
             // Not ours, or already acted on: nothing to hold.
