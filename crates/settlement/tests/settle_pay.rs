@@ -884,28 +884,29 @@ fn a_merchants_own_plan_sets_its_fees_and_its_payout_day() {
     assert_eq!(bank.credited(&number), 10_000 - 45);
 }
 
-/// Runs for different days at once (a missed day's run made beside the next day's): each
-/// reads the same balance, and only one may pay it.
-#[test]
-fn payout_runs_for_different_days_at_the_same_time_pay_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&dir);
-    let directory = IssuerDirectory::embedded().unwrap();
-    let sealer = sealer();
-    let mids: Vec<String> = (0..16).map(|i| format!("89831005813{i:04}")).collect();
+/// `count` merchants, each with a sale of 100.00 on `D`, cleared, and a bound card account:
+/// their IDs and account numbers.
+#[allow(clippy::unwrap_used)]
+fn merchants_with_a_sale_cleared(
+    store: &dyn Store,
+    directory: &IssuerDirectory,
+    sealer: &dyn settlement::Sealer,
+    count: usize,
+) -> (Vec<String>, Vec<String>) {
+    let mids: Vec<String> = (0..count).map(|i| format!("89831005812{i:04}")).collect();
     let mut numbers = Vec::new();
     for (i, mid) in mids.iter().enumerate() {
-        merchant(store.as_ref(), mid);
+        merchant(store, mid);
         let id = i64::try_from(i).unwrap() + 1;
         insert(
-            store.as_ref(),
+            store,
             vec![row(id, mid, K::Purchase, S::Approved, 10_000, "622202", D)],
         );
-        let number = card("622202", 19, 120 + u64::try_from(i).unwrap());
+        let number = card("622202", 19, 70 + u64::try_from(i).unwrap());
         bind_account(
-            store.as_ref(),
-            &sealer,
-            &directory,
+            store,
+            sealer,
+            directory,
             mid,
             &card_input(&number, "王"),
             "m",
@@ -914,7 +915,19 @@ fn payout_runs_for_different_days_at_the_same_time_pay_once() {
         .unwrap();
         numbers.push(number);
     }
-    settle_date(store.as_ref(), &directory, D, 0).unwrap();
+    settle_date(store, directory, D, 0).unwrap();
+    (mids, numbers)
+}
+
+/// Runs for different days at once (a missed day's run made beside the next day's): each
+/// reads the same balance, and only one may pay it.
+#[test]
+fn payout_runs_for_different_days_at_the_same_time_pay_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    let (mids, numbers) = merchants_with_a_sale_cleared(store.as_ref(), &directory, &sealer, 16);
     let bank = SimBank::new();
     std::thread::scope(|scope| {
         for (n, day) in ["20261124", "20261125", "20261126", "20261127"]
@@ -948,29 +961,7 @@ fn payout_runs_at_the_same_time_pay_and_post_once() {
     let store = open_store(&dir);
     let directory = IssuerDirectory::embedded().unwrap();
     let sealer = sealer();
-    let mids: Vec<String> = (0..8).map(|i| format!("89831005812{i:04}")).collect();
-    let mut numbers = Vec::new();
-    for (i, mid) in mids.iter().enumerate() {
-        merchant(store.as_ref(), mid);
-        let id = i64::try_from(i).unwrap() + 1;
-        insert(
-            store.as_ref(),
-            vec![row(id, mid, K::Purchase, S::Approved, 10_000, "622202", D)],
-        );
-        let number = card("622202", 19, 70 + u64::try_from(i).unwrap());
-        bind_account(
-            store.as_ref(),
-            &sealer,
-            &directory,
-            mid,
-            &card_input(&number, "王"),
-            "m",
-            0,
-        )
-        .unwrap();
-        numbers.push(number);
-    }
-    settle_date(store.as_ref(), &directory, D, 0).unwrap();
+    let (mids, numbers) = merchants_with_a_sale_cleared(store.as_ref(), &directory, &sealer, 8);
     let bank = SimBank::new();
     std::thread::scope(|scope| {
         for n in 0..4 {
