@@ -484,6 +484,7 @@ pub async fn start_env(
                 tmk: handle(keys.tmk.get(tid))?,
                 scheme,
                 mac,
+                mak: paycrypto::MakLength::Double,
                 batch_no: 1,
             }));
         }
@@ -598,6 +599,7 @@ async fn provision_extra(
             tmk,
             scheme: EXTRA_SCHEME,
             mac: EXTRA_MAC,
+            mak: paycrypto::MakLength::Double,
             batch_no: 1,
         }));
         tids.push(tid);

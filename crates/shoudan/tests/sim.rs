@@ -1112,6 +1112,7 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
             tmk,
             scheme: KeyScheme::Double,
             mac: MacAlgorithm::CupEcb,
+            mak: paycrypto::MakLength::Double,
             batch_no: 1,
         }));
     }

@@ -178,6 +178,7 @@ impl BackOffice {
             tmk: KeyHandle::from_raw(0),
             scheme: KeyScheme::Double,
             mac: MacAlgorithm::CupEcb,
+            mak: paycrypto::MakLength::Double,
             status: Status::Active,
             batch_no: claim.batch_no,
             keys: None,

@@ -53,6 +53,8 @@ pub(crate) struct Terminal {
     pub tmk: KeyHandle,
     pub scheme: KeyScheme,
     pub mac: MacAlgorithm,
+    /// The MAK length issued at sign-in under schemes 003/004 (`mac_spelling`).
+    pub mak: MakLength,
     pub status: Status,
     pub batch_no: u32,
     pub keys: Option<SessionKeys>,
@@ -83,6 +85,7 @@ impl Terminal {
     }
 
     pub fn from_row(row: &TerminalRow) -> Option<Terminal> {
+        let (mac, mak) = parse_mac_spelling(&row.mac_algorithm)?;
         let keys = match &row.working_keys {
             Some(k) => Some(SessionKeys {
                 pik: handle_from_bytes(&k.pik)?,
@@ -99,13 +102,35 @@ impl Terminal {
             mid: row.mid.clone(),
             tmk: handle_from_bytes(&row.tmk_wrapped)?,
             scheme: row.key_scheme.parse().ok()?,
-            mac: row.mac_algorithm.parse().ok()?,
+            mac,
+            mak,
             status: row.status,
             batch_no: row.batch_no,
             keys,
         })
     }
 }
+
+/// A terminal's MAC algorithm as the store spells it: paycrypto's spelling, or `cup-ecb-single`
+/// for CUP ECB with a single-length MAK (issued under 003/004 as 8 key bytes and 8 zero bytes,
+/// for terminals that MAC with single DES; PROTOCOL.md, sign-in).
+pub(crate) fn parse_mac_spelling(text: &str) -> Option<(MacAlgorithm, MakLength)> {
+    match text {
+        CUP_ECB_SINGLE => Some((MacAlgorithm::CupEcb, MakLength::Single)),
+        other => Some((other.parse().ok()?, MakLength::Double)),
+    }
+}
+
+/// The spelling `parse_mac_spelling` reads back. A single-length MAK goes with CUP ECB only
+/// (X9.19 and SM4 MACs take a double-length or SM4 key).
+pub(crate) fn mac_spelling(mac: MacAlgorithm, mak: MakLength) -> &'static str {
+    match (mac, mak) {
+        (MacAlgorithm::CupEcb, MakLength::Single) => CUP_ECB_SINGLE,
+        (mac, _) => mac.as_str(),
+    }
+}
+
+const CUP_ECB_SINGLE: &str = "cup-ecb-single";
 
 /// Ids and RRN sequence numbers, reserved from the store a block at a time so a restart never
 /// repeats one and the hot path rarely touches the store.
@@ -589,7 +614,7 @@ impl Core {
             .unwrap_or(terminal.batch_no);
         let issued = match self
             .hsm
-            .generate_working_keys(terminal.tmk, scheme, MakLength::Double)
+            .generate_working_keys(terminal.tmk, scheme, terminal.mak)
         {
             Ok(issued) => issued,
             Err(error) => {

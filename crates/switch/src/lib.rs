@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use domain::IssuerDirectory;
 use iso8583::{FrameHead, Header, Tpdu};
-use paycrypto::{Hsm, KeyHandle, KeyScheme, MacAlgorithm};
+use paycrypto::{Hsm, KeyHandle, KeyScheme, MacAlgorithm, MakLength};
 use store::{
     EventRow, Outcome, Record, SafState, Status, Store, StoreError, TerminalRow, TxnKind, TxnRow,
     TxnState,
@@ -91,6 +91,9 @@ pub struct TerminalSpec {
     pub tmk: KeyHandle,
     pub scheme: KeyScheme,
     pub mac: MacAlgorithm,
+    /// The MAK length sign-in issues under 003/004: `Single` for a terminal that MACs with
+    /// single DES (CUP ECB only).
+    pub mak: MakLength,
     pub batch_no: u32,
 }
 
@@ -101,7 +104,7 @@ pub fn terminal_record(spec: &TerminalSpec) -> Record {
         mid: spec.mid.clone(),
         tmk_wrapped: handle_bytes(spec.tmk),
         key_scheme: spec.scheme.code().to_owned(),
-        mac_algorithm: spec.mac.as_str().to_owned(),
+        mac_algorithm: crate::core::mac_spelling(spec.mac, spec.mak).to_owned(),
         status: Status::Active,
         batch_no: spec.batch_no,
         last_sign_in_ms: None,

@@ -977,3 +977,49 @@ fn a_refund_awaiting_its_reversal_holds_the_sale_until_the_issuer_takes_it() {
         assert_eq!(r.code(), "00");
     });
 }
+
+/// A terminal that MACs with single DES (PROTOCOL.md: under 003, many terminals take an 8-byte
+/// MAK sent as 8 key bytes and 8 zero bytes): sign-in issues its MAK so, and its single-DES
+/// MACs verify both ways.
+#[test]
+fn a_terminal_set_for_a_single_length_mak_gets_one_and_its_macs_verify() {
+    runtime().block_on(async {
+        let mut h = Harness::new().await;
+        let tmk = h
+            .hsm
+            .import_key(
+                paycrypto::KeyUsage::Tmk,
+                paycrypto::KeyAlgorithm::Des,
+                TMK_HEX,
+            )
+            .unwrap();
+        h.store
+            .submit(vec![switch::terminal_record(&switch::TerminalSpec {
+                tid: "10000009".into(),
+                mid: MID.into(),
+                tmk,
+                scheme: paycrypto::KeyScheme::Double,
+                mac: paycrypto::MacAlgorithm::CupEcb,
+                mak: paycrypto::MakLength::Single,
+                batch_no: 1,
+            })])
+            .unwrap()
+            .await
+            .unwrap();
+        let row = h.store.terminal("10000009").unwrap().unwrap();
+        assert_eq!(row.mac_algorithm, "cup-ecb-single");
+        h.stop().await;
+        h.start().await;
+        let mut t = h.terminal_as("10000009").await;
+        let signed_in = t.sign_in().await;
+        assert_eq!(signed_in.code(), "00");
+        // 003: PIK 16 + KCV 4, then the MAK's 16 bytes, the last 8 of them zero.
+        let f62 = signed_in.frame().message.bytes(62).unwrap().to_vec();
+        assert_eq!(f62.len(), 40);
+        assert!(f62[28..36].iter().all(|b| *b == 0), "{f62:02X?}");
+        assert_eq!(t.keys.as_ref().unwrap().mak.len(), 8);
+        let r = t.send(&Req::purchase(&card("622202"), 1_000, 2)).await;
+        assert_eq!(r.code(), "00");
+        assert!(t.mac_ok(&r), "response MAC under the single-length MAK");
+    });
+}

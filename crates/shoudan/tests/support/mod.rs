@@ -121,6 +121,7 @@ pub async fn start(banks: &[&'static str], tune: impl FnOnce(&mut SwitchConfig))
                 tmk,
                 scheme: KeyScheme::Double,
                 mac: MacAlgorithm::CupEcb,
+                mak: paycrypto::MakLength::Double,
                 batch_no: 1,
             }),
         ])

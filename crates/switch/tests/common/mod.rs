@@ -233,6 +233,7 @@ pub async fn provision(store: &dyn Store, hsm: &SoftHsm, tids: &[&str]) {
             tmk,
             scheme: KeyScheme::Double,
             mac: MacAlgorithm::CupEcb,
+            mak: paycrypto::MakLength::Double,
             batch_no: 1,
         }));
     }
@@ -410,6 +411,7 @@ impl Harness {
                 tmk,
                 scheme: KeyScheme::Double,
                 mac: MacAlgorithm::CupEcb,
+                mak: paycrypto::MakLength::Double,
                 batch_no: 1,
             })])
             .unwrap()
