@@ -160,20 +160,28 @@ pub fn clear(
     let mut postings = Vec::with_capacity(per_merchant.len());
     for (mid, (issuers, fee)) in per_merchant {
         let payable = accounts::merchant_payable(mid);
-        let gross: i64 = issuers.values().sum();
-        let mut legs: Vec<(String, i64)> = issuers
-            .into_iter()
-            .map(|(issuer, amount)| (accounts::issuer_receivable(issuer), amount))
-            .collect();
-        legs.push((payable.clone(), -gross));
-        legs.push((payable, fee));
-        legs.push((accounts::FEE_INCOME.to_owned(), -fee));
-        let reference = format!("clear:{clearing_date}:{mid}");
-        match Posting::new("clearing", reference, clearing_date, legs) {
-            Ok(p) => postings.push(p),
-            // Everything netted to zero (e.g. a purchase and its void): nothing to post.
-            Err(LedgerError::Legs { legs: 0, .. }) => {}
-            Err(e) => return Err(e),
+        let issuers: Vec<(&str, i64)> = issuers.into_iter().collect();
+        // One posting per merchant, or several under one reference when its day touched more
+        // issuers than a posting has legs for: the first also carries the fee.
+        let chunks = issuers.chunks(ISSUER_LEGS_PER_POSTING).enumerate();
+        for (n, chunk) in chunks {
+            let gross: i64 = chunk.iter().map(|(_, amount)| amount).sum();
+            let mut legs: Vec<(String, i64)> = chunk
+                .iter()
+                .map(|(issuer, amount)| (accounts::issuer_receivable(issuer), *amount))
+                .collect();
+            legs.push((payable.clone(), -gross));
+            if n == 0 {
+                legs.push((payable.clone(), fee));
+                legs.push((accounts::FEE_INCOME.to_owned(), -fee));
+            }
+            let reference = format!("clear:{clearing_date}:{mid}");
+            match Posting::new("clearing", reference, clearing_date, legs) {
+                Ok(p) => postings.push(p),
+                // Everything netted to zero (e.g. a purchase and its void): nothing to post.
+                Err(LedgerError::Legs { legs: 0, .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(Clearing { lines, postings })
@@ -263,6 +271,9 @@ fn line_totals(clearing_date: &str, lines: &[ClearingLineRow]) -> Vec<ClearingTo
     }
     by_mid.into_values().collect()
 }
+
+/// Issuer legs in one clearing posting: the posting's most, less the payable's and the fee's.
+const ISSUER_LEGS_PER_POSTING: usize = crate::ledger::POSTING_LEGS_MAX - 3;
 
 /// Clearing dates before the one being cleared that a run clears again.
 pub const REVISIT_DAYS: i64 = 3;

@@ -827,6 +827,38 @@ fn a_payout_never_takes_more_than_the_merchant_is_owed() {
     );
 }
 
+/// A merchant whose day touched more issuers than one posting has legs for is cleared in
+/// several postings, balanced, and the run goes on for everyone.
+#[test]
+fn a_day_with_cards_of_seventy_issuers_is_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    merchant(store, M1);
+    let rows: Vec<_> = (1..=70)
+        .map(|id| {
+            let mut sale = row(id, M1, K::Purchase, S::Approved, 10_000, "622202", D);
+            sale.issuer = Some(format!("BANK{id:02}"));
+            sale
+        })
+        .collect();
+    insert(store, rows);
+    let report = settle_date(store, &directory, D, 0).unwrap();
+    assert_eq!(report.merchants.len(), 1);
+    assert!(audit(store).unwrap().balanced);
+    assert_eq!(
+        store.ledger_balance(acct::FEE_INCOME, None).unwrap(),
+        -report.merchants[0].fees_fen
+    );
+    assert_eq!(
+        store
+            .ledger_balance(&acct::merchant_payable(M1), None)
+            .unwrap(),
+        -(70 * 10_000 - report.merchants[0].fees_fen)
+    );
+}
+
 #[test]
 fn a_merchants_own_plan_sets_its_fees_and_its_payout_day() {
     let dir = tempfile::tempdir().unwrap();
