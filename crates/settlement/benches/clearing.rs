@@ -101,7 +101,16 @@ fn main() {
         generate_s += t.elapsed().as_secs_f64();
 
         let t = Instant::now();
-        let cleared = clear(&rows, &[], &plans, &mut classifier, DATE, 0).unwrap();
+        let cleared = clear(
+            &rows,
+            &[],
+            &HashMap::new(),
+            &plans,
+            &mut classifier,
+            DATE,
+            0,
+        )
+        .unwrap();
         lines += cleared.lines.len();
         postings += cleared.postings.len();
         legs += cleared.postings.iter().map(|p| p.legs.len()).sum::<usize>();

@@ -94,9 +94,12 @@ pub struct Clearing {
 
 /// Clears `rows` of `clearing_date`: new lines for what changed against `existing` lines, and
 /// one posting per merchant (receivable per issuer ← payable gross; payable → fee income).
+/// `charged_elsewhere`: the fee each capture cleared on another date was charged, by id, for a
+/// void of it on this date (one in the cut-over's grace) to give back.
 pub fn clear(
     rows: &[TxnRow],
     existing: &[ClearingLineRow],
+    charged_elsewhere: &HashMap<i64, i64>,
     plans: &HashMap<String, FeePlan>,
     classifier: &mut CardClassifier<'_>,
     clearing_date: &str,
@@ -129,7 +132,12 @@ pub fn clear(
         if cleared.is_some() && amount == done_amount {
             fee = done_fee;
         } else if cleared.is_none() && amount != 0 {
-            let charged = row.original_id.and_then(|id| before.get(&id)).map(|o| o.1);
+            let charged = row.original_id.and_then(|id| {
+                before
+                    .get(&id)
+                    .map(|o| o.1)
+                    .or_else(|| charged_elsewhere.get(&id).copied())
+            });
             if let (TxnKind::PurchaseVoid | TxnKind::CompletionVoid, Some(charged)) =
                 (row.kind, charged)
             {
@@ -306,6 +314,63 @@ pub fn settle_date_and_recent(
     Ok((report, revisited))
 }
 
+/// For each void on `date` whose capture was cleared on another date (a void in the cut-over's
+/// grace), the fee that capture was charged: what the void gives back, whatever the plan says
+/// now. Read only for such voids (rare), each other date's lines once.
+fn fees_charged_elsewhere(
+    store: &dyn Store,
+    rows: &[TxnRow],
+    existing: &[ClearingLineRow],
+    date: &str,
+) -> Result<HashMap<i64, i64>, StoreError> {
+    let mut charged = HashMap::new();
+    let voided: Vec<i64> = rows
+        .iter()
+        .filter(|r| matches!(r.kind, TxnKind::PurchaseVoid | TxnKind::CompletionVoid))
+        .filter(|r| r.clearing_date == date)
+        .filter_map(|r| r.original_id)
+        .collect();
+    if voided.is_empty() {
+        return Ok(charged);
+    }
+    // Captures of this date (cleared already or not) need no other date's lines.
+    let here: std::collections::HashSet<i64> = existing
+        .iter()
+        .map(|l| l.txn_id)
+        .chain(
+            rows.iter()
+                .filter(|r| r.clearing_date == date)
+                .map(|r| r.id),
+        )
+        .collect();
+    let mut lines_of: HashMap<String, Vec<ClearingLineRow>> = HashMap::new();
+    for original in voided {
+        if charged.contains_key(&original) || here.contains(&original) {
+            continue;
+        }
+        let Some(capture) = store.txn(original)? else {
+            continue;
+        };
+        if capture.clearing_date == date {
+            continue;
+        }
+        if !lines_of.contains_key(&capture.clearing_date) {
+            let lines = store.clearing_lines(&capture.clearing_date)?;
+            lines_of.insert(capture.clearing_date.clone(), lines);
+        }
+        let lines = lines_of.get(&capture.clearing_date).map(Vec::as_slice);
+        let of_capture: Vec<&ClearingLineRow> = lines
+            .unwrap_or_default()
+            .iter()
+            .filter(|l| l.txn_id == original)
+            .collect();
+        if !of_capture.is_empty() {
+            charged.insert(original, of_capture.iter().map(|l| l.fee_fen).sum());
+        }
+    }
+    Ok(charged)
+}
+
 /// Clears one clearing date from the journal and posts it, idempotently.
 pub fn settle_date(
     store: &dyn Store,
@@ -325,8 +390,17 @@ pub fn settle_date(
             }
         }
     }
+    let charged_elsewhere = fees_charged_elsewhere(store, &rows, &existing, &date)?;
     let mut classifier = CardClassifier::new(directory);
-    let cleared = clear(&rows, &existing, &plans, &mut classifier, &date, now_ms)?;
+    let cleared = clear(
+        &rows,
+        &existing,
+        &charged_elsewhere,
+        &plans,
+        &mut classifier,
+        &date,
+        now_ms,
+    )?;
     if cleared.lines.is_empty() {
         return Ok(SettleReport {
             clearing_date: date,

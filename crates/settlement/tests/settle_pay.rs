@@ -562,6 +562,30 @@ fn a_fee_is_fixed_when_first_cleared_whatever_the_plan_says_later() {
         -(8_000 - 44)
     );
     assert!(audit(store).unwrap().balanced);
+
+    // A void in the next day's grace (cleared on the next date) gives back what its sale was
+    // charged on its own date, not the fee today's plan would charge.
+    let next = "20261124";
+    let mut void = row(5, M1, K::PurchaseVoid, S::Approved, 8_000, "622202", next);
+    void.original_id = Some(3);
+    insert(store, vec![void]);
+    store
+        .submit(vec![store::Record::State {
+            id: 3,
+            state: S::Voided,
+        }])
+        .unwrap()
+        .wait()
+        .unwrap();
+    settlement::settle_date_and_recent(store, &directory, next, 3).unwrap();
+    assert_eq!(fee_income(), 0, "the voided sale's fee is given back whole");
+    assert_eq!(
+        store
+            .ledger_balance(&acct::merchant_payable(M1), None)
+            .unwrap(),
+        0
+    );
+    assert!(audit(store).unwrap().balanced);
 }
 
 /// M1 with one 100.00 sale on D, cleared, and a card bound as its account (the card's number
