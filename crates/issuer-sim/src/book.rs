@@ -377,6 +377,12 @@ impl Book {
         self.txns.insert(record.rrn.clone(), record);
     }
 
+    /// Keeps what `let_go(today)` would let go of, and does not ask again until the next day:
+    /// for a ledger that could not be flushed.
+    pub fn hold_on(&mut self, today: Date) {
+        self.held_from = Some(today.add_days(-self.config.held_days()));
+    }
+
     /// Lets go of the transactions older than `BookConfig::held_days`, once per business day.
     /// They came in day order, so the walk stops at the first one still held; one recalled
     /// from the ledger meanwhile goes when the walk reaches it. Called by the issuer, for a

@@ -210,11 +210,15 @@ impl Issuer {
             return true;
         }
         if book.would_let_go(today) {
-            // Once a day: what leaves memory must be in the ledger as last changed.
-            if self.ledger.flush().is_err() {
-                return false;
+            // Once a day: what leaves memory must be in the ledger as last changed. A ledger
+            // that failed a write keeps the day's old transactions in memory instead (the
+            // book answers from memory, as it did before letting go), and is not asked again
+            // until the next day. The wait is one commit, once a day, under the book's lock.
+            if self.ledger.flush().is_ok() {
+                book.let_go(today);
+            } else {
+                book.hold_on(today);
             }
-            book.let_go(today);
         }
         let mut next = rrn.cloned();
         // The transaction, then the original it stands on: a chain is never longer.

@@ -1265,3 +1265,36 @@ fn a_reversal_at_the_edge_of_the_days_held_credits_the_card_once() {
     drop(sim);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A ledger that failed a write cannot be flushed: the book then keeps the old days in memory
+/// and goes on answering, rather than answering 96 from the day it would have let them go.
+#[test]
+fn a_ledger_that_failed_a_write_does_not_stop_the_answers_at_the_days_edge() {
+    let dir = std::env::temp_dir().join(format!("issuer-sim-failed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ledger.sqlite");
+    let _ = std::fs::remove_file(&path);
+    let config = IssuerConfig {
+        ledger: LedgerLocation::File(path.clone()),
+        book: BookConfig::default(),
+        ..IssuerConfig::in_memory("TEST")
+    };
+    let mut sim = Sim::with_config(vec![spec(1)], config);
+    let p = sim.approve(TxnKind::Purchase, 1, 10_000);
+    sim.issuer.flush().unwrap();
+    // The ledger's writes fail from here on (its postings table is gone).
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("DROP TABLE postings").unwrap();
+    drop(other);
+    sim.approve(TxnKind::Purchase, 1, 1_000);
+    assert!(sim.issuer.flush().is_err());
+    sim.clock.advance_days(33);
+    sim.approve(TxnKind::Purchase, 1, 500);
+    assert_eq!(
+        sim.reverse(TxnKind::Purchase, 1, 10_000, &p),
+        ResponseCode::Approved
+    );
+    assert_eq!(sim.state(&p), TxnState::Reversed);
+    drop(sim);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -284,6 +284,7 @@ fn a_reversal_the_issuer_refused_tells_the_merchant_to_check_the_card() {
                     txn_id: id,
                     state: SafState::Refused,
                     at_ms: now(),
+                    answer: Some("12".into()),
                 },
                 store::Record::Event(store::EventRow {
                     txn_id: id,

@@ -348,6 +348,9 @@ pub enum Record {
         txn_id: i64,
         state: SafState,
         at_ms: i64,
+        /// The issuer's answer (field 39), kept as the row's `last_error`: a refusal other
+        /// than 25 (it never had the request) leaves what the issuer did standing.
+        answer: Option<String>,
     },
     /// Cases, outbox, webhooks, back-office keys, duplicate flags (store/src/resolve.rs).
     Resolve(crate::resolve::ResolveRecord),

@@ -1235,13 +1235,14 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
             txn_id,
             state,
             at_ms,
+            answer,
         } => {
             let changed = conn
                 .prepare_cached(
                     "UPDATE reversal_queue SET attempts = attempts + 1, state = ?2,
-                     done_at_ms = ?3 WHERE txn_id = ?1",
+                     done_at_ms = ?3, last_error = COALESCE(?4, last_error) WHERE txn_id = ?1",
                 )?
-                .execute(params![txn_id, state, at_ms])?;
+                .execute(params![txn_id, state, at_ms, answer])?;
             expect_one(changed, "reversal")?;
         }
         Record::Resolve(r) => sqlite_resolve::write(conn, r)?,
@@ -1340,7 +1341,9 @@ fn claim_original(
     // What stands against the original: the linked requests in flight or approved, and
     // those whose reversal is still queued (timed out, unreadable, reversed by the terminal):
     // the issuer may have acted on one until it acknowledges the reversal, and a second
-    // refund meanwhile would credit the card twice should the reversal never be taken.
+    // refund meanwhile would credit the card twice should the reversal never be taken. A
+    // reversal the issuer refused other than with 25 (it never had the request) leaves the
+    // link standing too, for an operator to take up (the console lists it).
     let links = conn
         .prepare_cached(
             "SELECT t.kind, t.amount_fen, t.state IN ('in_flight', 'approved')
@@ -1350,7 +1353,9 @@ fn claim_original(
                             'refund')
              AND (t.state IN ('in_flight', 'approved')
                   OR EXISTS (SELECT 1 FROM reversal_queue q
-                             WHERE q.txn_id = t.id AND q.state = 'pending'))",
+                             WHERE q.txn_id = t.id
+                             AND (q.state = 'pending'
+                                  OR q.state = 'refused' AND COALESCE(q.last_error, '') <> '25')))",
         )?
         .query_map(params![original], |r| {
             Ok((

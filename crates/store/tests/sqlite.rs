@@ -769,6 +769,7 @@ fn reversal_queue_claim_retry_and_ack(db: &Db) {
                 txn_id: 1,
                 state: SafState::Acked,
                 at_ms: 260,
+                answer: Some("00".into()),
             },
             Record::SafRetry {
                 txn_id: 2,
@@ -1054,11 +1055,13 @@ fn queued_reversal(id: i64) -> Record {
     }
 }
 
-fn reversal_done(id: i64, state: SafState) -> Record {
+/// The issuer's answer to a queued reversal: `state` with response code `answer`.
+fn reversal_done(id: i64, state: SafState, answer: &str) -> Record {
     Record::SafDone {
         txn_id: id,
         state,
         at_ms: 4_000,
+        answer: Some(answer.into()),
     }
 }
 
@@ -1151,7 +1154,7 @@ fn linked_requests_claim_their_original_in_the_journal(db: &Db) {
         "a refund whose reversal is still queued holds its amount"
     );
     // Acknowledged: what it held is free, with nothing to release.
-    write(store, vec![reversal_done(2, SafState::Acked)]).unwrap();
+    write(store, vec![reversal_done(2, SafState::Acked, "00")]).unwrap();
     write(store, vec![link(3, TxnKind::Refund, 1, 3_000)]).unwrap();
     write(store, vec![approved(3), Record::Refunded { id: 1 }]).unwrap();
     assert_eq!(refunded(store, 1), 3_000);
@@ -1167,7 +1170,7 @@ fn linked_requests_claim_their_original_in_the_journal(db: &Db) {
         Err(StoreError::LinkRefused(LinkRefusal::ExceedsAmount))
     );
     // A refund reversed by the terminal is no longer counted as refunded; its amount comes
-    // back once the issuer takes the reversal (refused, it never had the refund).
+    // back once the issuer takes the reversal, or refuses it with 25 (it never had it).
     write(
         store,
         vec![
@@ -1192,7 +1195,24 @@ fn linked_requests_claim_their_original_in_the_journal(db: &Db) {
         over,
         Err(StoreError::LinkRefused(LinkRefusal::ExceedsAmount))
     );
-    write(store, vec![reversal_done(5, SafState::Refused)]).unwrap();
+    // Refused other than with 25: the issuer may still have the refund, and it stands.
+    write(store, vec![reversal_done(5, SafState::Refused, "12")]).unwrap();
+    let refused = write(store, vec![link(6, TxnKind::Refund, 1, 1)]);
+    assert_eq!(
+        refused,
+        Err(StoreError::LinkRefused(LinkRefusal::ReversalPending))
+    );
+    // Refused with 25, the issuer never had it: the amount is free.
+    write(
+        store,
+        vec![Record::SafDone {
+            txn_id: 5,
+            state: SafState::Refused,
+            at_ms: 4_001,
+            answer: Some("25".into()),
+        }],
+    )
+    .unwrap();
     write(store, vec![link(6, TxnKind::Refund, 1, 1)]).unwrap();
 
     // A void in flight takes its original whole; approved, the original is voided.

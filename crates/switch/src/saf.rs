@@ -110,6 +110,7 @@ impl Core {
                     txn_id,
                     state: SafState::Refused,
                     at_ms: self.clock.now_ms(),
+                    answer: None,
                 };
                 let _ = self.persist(vec![done]).await;
                 return;
@@ -167,6 +168,7 @@ impl Core {
                         txn_id,
                         state,
                         at_ms: now_ms,
+                        answer: code.clone(),
                     },
                     Record::Event(store::EventRow {
                         txn_id,

@@ -292,10 +292,14 @@ fn render_store(out: &mut String, web: &Web) {
         );
     }
     if let Ok(refused) = web.store.reversals_in_state(SafState::Refused) {
+        // Not those refused with 25: the issuer never had the request, nothing stands.
+        let standing = refused
+            .iter()
+            .filter(|item| item.last_error.as_deref() != Some("25"))
+            .count();
         let _ = writeln!(
             out,
-            "# HELP shoudan_saf_refused Reversals an issuer refused (the console lists them).\n# TYPE shoudan_saf_refused gauge\nshoudan_saf_refused {}",
-            refused.len()
+            "# HELP shoudan_saf_refused Reversals an issuer refused other than with 25 (the console lists them).\n# TYPE shoudan_saf_refused gauge\nshoudan_saf_refused {standing}",
         );
     }
 }

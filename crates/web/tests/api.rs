@@ -1151,6 +1151,7 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
                     txn_id: id,
                     state: store::SafState::Refused,
                     at_ms: 1,
+                    answer: Some("12".into()),
                 },
                 store::Record::Event(store::EventRow {
                     txn_id: id,
