@@ -758,6 +758,94 @@ fn a_return_of_a_payment_not_yet_recorded_as_sent_is_not_lost() {
     assert!(audit(store).unwrap().balanced);
 }
 
+/// A payout made for account version 1 whose first attempt went to version 2 (the merchant
+/// re-bound between the run that made it, which stopped there, and the next) as `key#v2`, and
+/// that run stopped before recording it: the bank's return of `key#v2` waits for the resend.
+#[test]
+fn a_return_of_a_first_attempt_to_a_newer_account_is_not_lost() {
+    use settlement::payout::{PayoutBank, PayoutInstruction};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    one_sale_cleared_and_bound(store, &directory, &sealer, 96);
+    let key = format!("{M1}:20261124");
+    let owed = -store
+        .ledger_balance(&acct::merchant_payable(M1), None)
+        .unwrap();
+    // What step 3 of a run writes, the run stopping before step 4.
+    let posting = settlement::ledger::Posting::transfer(
+        "payout",
+        key.clone(),
+        "20261123",
+        acct::merchant_payable(M1),
+        acct::payouts_in_flight(M1),
+        owed,
+    )
+    .unwrap();
+    let first = store.bound_account(M1).unwrap().unwrap();
+    store
+        .submit(vec![
+            settlement::ledger::posting_record(store, vec![posting], 1)
+                .unwrap()
+                .unwrap(),
+            Record::Settlement(SettlementRecord::NewPayout(store::settlement::PayoutRow {
+                key: key.clone(),
+                mid: M1.into(),
+                payout_date: "20261124".into(),
+                cutoff_date: "20261123".into(),
+                amount_fen: owed,
+                state: PayoutState::Pending,
+                attempts: 0,
+                next_attempt_ms: 1,
+                account_version: first.version,
+                account_masked: first.number_masked.clone(),
+                bank_reference: None,
+                failure: None,
+                created_at_ms: 1,
+                updated_at_ms: 1,
+            })),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let second_number = card("622202", 19, 97);
+    bind_account(
+        store,
+        &sealer,
+        &directory,
+        M1,
+        &card_input(&second_number, "王小明"),
+        "m",
+        2,
+    )
+    .unwrap();
+    let second = store.bound_account(M1).unwrap().unwrap();
+    assert_eq!(second.version, first.version + 1);
+    // The next run's first attempt goes out as `key#v2`, and that run stops there.
+    let bank = SimBank::new();
+    bank.set_today("20261124");
+    bank.set_behaviour(&second_number, SimBehaviour::ReturnAfterDays(1));
+    let reference = format!("{key}#v{}", second.version);
+    bank.pay(&PayoutInstruction {
+        reference: &reference,
+        account_number: &second_number,
+        holder_name: &second.holder_name,
+        bank_code: &second.bank_code,
+        amount_fen: owed,
+    })
+    .unwrap();
+    bank.set_today("20261125");
+    let next = run_payouts(store, &bank, &sealer, "20261125", 200_000).unwrap();
+    assert_eq!(next.sent, vec![key.clone()], "{next:?}");
+    assert_eq!(store.payout_returns_open(10).unwrap(), [reference]);
+    let after = run_payouts(store, &bank, &sealer, "20261125", 300_000).unwrap();
+    assert_eq!(after.returned, vec![key.clone()], "{after:?}");
+    assert_eq!(bank.credited(&second_number), 0);
+    assert!(audit(store).unwrap().balanced);
+}
+
 /// The bank paid but its answer was lost, and the merchant bound another account before the
 /// retry: the retry is the same payment (the bank answers it as before), not a second one to
 /// the new account.

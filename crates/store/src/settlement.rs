@@ -236,7 +236,8 @@ pub struct PayoutRow {
     pub cutoff_date: String,
     pub amount_fen: i64,
     pub state: PayoutState,
-    /// Bank attempts so far; the bank reference of attempt n is `key#n`.
+    /// Bank attempts so far. The bank reference is `key#v<account version>`
+    /// (`settlement::payout`).
     pub attempts: u32,
     pub next_attempt_ms: i64,
     /// The bound account version the payout was (last) sent to.
