@@ -104,6 +104,26 @@ fn same(a: &Totals, b: &Totals) -> bool {
         && a.credit_count == b.credit_count
 }
 
+/// Field 63.1 of a domestic card.
+const DOMESTIC: &str = "CUP";
+
+/// The card organisation of a card as the BIN table finds it, one classification for field
+/// 63.1 and for field 48's split: "CUP" for a card in the CUP BIN table or on a UnionPay
+/// prefix (domestic), the foreign network's code otherwise.
+fn organisation(lookup: &domain::CardLookup<'_>) -> &'static str {
+    if lookup.issuer.is_some() {
+        return DOMESTIC;
+    }
+    match lookup.network {
+        CardNetwork::DomesticCup => DOMESTIC,
+        CardNetwork::Visa => "VIS",
+        CardNetwork::Mastercard => "MCC",
+        CardNetwork::Jcb => "JCB",
+        CardNetwork::Amex => "AMX",
+        CardNetwork::Other => "000",
+    }
+}
+
 /// The most field 48 can say of a half's count (n3) and amount (n12).
 const FIELD48_COUNT_MAX: u16 = 999;
 const FIELD48_AMOUNT_MAX: u64 = 999_999_999_999;
@@ -178,35 +198,21 @@ impl Core {
         while digits.len() < 16 {
             digits.push('0');
         }
-        let lookup = self.directory.lookup_digits(&digits);
-        lookup.issuer.is_none() && lookup.network != CardNetwork::DomesticCup
+        organisation(&self.directory.lookup_digits(&digits)) != DOMESTIC
     }
 
-    /// Field 63.1 of a response for a card, split as settlement splits it (`is_foreign`):
-    /// "CUP" for a domestic card (or none), the foreign network's code otherwise; and the
-    /// issuing bank's code when the BIN table knows the card (field 44).
+    /// Field 63.1 of a response for a card (`organisation`, "CUP" for none) and the issuing
+    /// bank's code when the BIN table knows the card (field 44).
     pub(crate) fn card_organisation(
         &self,
         pan: Option<&domain::Pan>,
     ) -> (&'static str, Option<String>) {
         let Some(pan) = pan else {
-            return ("CUP", None);
+            return (DOMESTIC, None);
         };
         let lookup = self.directory.lookup(pan);
         let bank = lookup.issuer.as_ref().map(|i| i.bank.code().to_owned());
-        let organisation = if lookup.issuer.is_some() {
-            "CUP"
-        } else {
-            match lookup.network {
-                CardNetwork::DomesticCup => "CUP",
-                CardNetwork::Visa => "VIS",
-                CardNetwork::Mastercard => "MCC",
-                CardNetwork::Jcb => "JCB",
-                CardNetwork::Amex => "AMX",
-                CardNetwork::Other => "000",
-            }
-        };
-        (organisation, bank)
+        (organisation(&lookup), bank)
     }
 
     /// The batch's counted rows, from the store (the durable truth the journal answered from),
