@@ -291,12 +291,8 @@ fn render_store(out: &mut String, web: &Web) {
             pending.len()
         );
     }
-    if let Ok(refused) = web.store.reversals_in_state(SafState::Refused) {
-        // Not those refused with 25: the issuer never had the request, nothing stands.
-        let standing = refused
-            .iter()
-            .filter(|item| item.last_error.as_deref() != Some("25"))
-            .count();
+    if let Ok(refused) = crate::query::refusals_standing(web) {
+        let standing = refused.len();
         let _ = writeln!(
             out,
             "# HELP shoudan_saf_refused Reversals an issuer refused other than with 25 (the console lists them).\n# TYPE shoudan_saf_refused gauge\nshoudan_saf_refused {standing}",

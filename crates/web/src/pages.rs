@@ -1457,10 +1457,7 @@ async fn console(
             ));
         }
         body.push_str("</table>");
-        // Reversals an issuer refused other than with 25 (it never had the request): what it
-        // did stands, and is for an operator to take up with it.
-        let mut refused = web.store.reversals_in_state(store::SafState::Refused)?;
-        refused.retain(|item| item.last_error.as_deref() != Some("25"));
+        let mut refused = crate::query::refusals_standing(&web)?;
         let count = refused.len();
         refused.sort_by_key(|item| std::cmp::Reverse(item.txn_id));
         refused.truncate(REFUSED_REVERSALS_SHOWN);

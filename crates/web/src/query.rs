@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 
 use resolve::TxnSummary;
 use serde::{Deserialize, Serialize};
-use store::{SafState, TxnKind, TxnRow, TxnState, TxnTally};
+use store::{SafItem, SafState, TxnKind, TxnRow, TxnState, TxnTally};
 
 use crate::Web;
 use crate::auth::Principal;
@@ -369,6 +369,14 @@ pub struct DayStats {
     pub declines_by_hour: Vec<u64>,
     /// Reversals still waiting for their issuer.
     pub reversals_pending: u64,
+}
+
+/// Reversals an issuer refused other than with 25 (it never had the request): what the issuer
+/// did stands, for an operator to take up (the console lists them, `/metrics` counts them).
+pub fn refusals_standing(web: &Web) -> Result<Vec<SafItem>, store::StoreError> {
+    let mut refused = web.store.reversals_in_state(SafState::Refused)?;
+    refused.retain(|item| item.last_error.as_deref() != Some("25"));
+    Ok(refused)
 }
 
 /// Today's numbers for `mid`.
