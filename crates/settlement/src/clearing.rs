@@ -6,6 +6,7 @@
 //! nothing, one that changed since (a late reversal) adds a line with the difference. So a second
 //! run over the same day changes nothing, and says so.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use domain::{CardNetwork, CardType, IssuerDirectory};
@@ -354,18 +355,16 @@ fn fees_charged_elsewhere(
         if capture.clearing_date == date {
             continue;
         }
-        if !lines_of.contains_key(&capture.clearing_date) {
-            let lines = store.clearing_lines(&capture.clearing_date)?;
-            lines_of.insert(capture.clearing_date.clone(), lines);
-        }
-        let lines = lines_of.get(&capture.clearing_date).map(Vec::as_slice);
-        let of_capture: Vec<&ClearingLineRow> = lines
-            .unwrap_or_default()
-            .iter()
-            .filter(|l| l.txn_id == original)
-            .collect();
-        if !of_capture.is_empty() {
-            charged.insert(original, of_capture.iter().map(|l| l.fee_fen).sum());
+        let lines = match lines_of.entry(capture.clearing_date) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(date) => {
+                let lines = store.clearing_lines(date.key())?;
+                date.insert(lines)
+            }
+        };
+        let mut of_capture = lines.iter().filter(|l| l.txn_id == original).peekable();
+        if of_capture.peek().is_some() {
+            charged.insert(original, of_capture.map(|l| l.fee_fen).sum());
         }
     }
     Ok(charged)
