@@ -74,6 +74,21 @@ fn verifier() -> HsmPinVerifier {
     HsmPinVerifier::new(hsm, zpk)
 }
 
+/// A configuration whose ledger is a file in a fresh directory named for `name`: the
+/// directory (the test removes it), the ledger's path, the configuration.
+fn file_ledger(name: &str) -> (std::path::PathBuf, std::path::PathBuf, IssuerConfig) {
+    let dir = std::env::temp_dir().join(format!("issuer-sim-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ledger.sqlite");
+    let _ = std::fs::remove_file(&path);
+    let config = IssuerConfig {
+        ledger: LedgerLocation::File(path.clone()),
+        book: BookConfig::default(),
+        ..IssuerConfig::in_memory("TEST")
+    };
+    (dir, path, config)
+}
+
 struct Sim {
     issuer: Issuer,
     clock: ManualClock,
@@ -1004,15 +1019,7 @@ fn ledger_records_postings_and_states() {
 
 #[test]
 fn ledger_survives_reopen() {
-    let dir = std::env::temp_dir().join(format!("issuer-sim-reopen-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("ledger.sqlite");
-    let _ = std::fs::remove_file(&path);
-    let config = IssuerConfig {
-        ledger: LedgerLocation::File(path.clone()),
-        book: BookConfig::default(),
-        ..IssuerConfig::in_memory("TEST")
-    };
+    let (dir, _, config) = file_ledger("reopen");
     let (p, pa, wrong_rrn);
     {
         let mut sim = Sim::with_config(vec![spec(1), spec(2)], config.clone());
@@ -1069,15 +1076,7 @@ fn ledger_survives_reopen() {
 
 #[test]
 fn old_transactions_leave_memory_and_come_back_when_a_request_names_them() {
-    let dir = std::env::temp_dir().join(format!("issuer-sim-held-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("ledger.sqlite");
-    let _ = std::fs::remove_file(&path);
-    let config = IssuerConfig {
-        ledger: LedgerLocation::File(path),
-        book: BookConfig::default(),
-        ..IssuerConfig::in_memory("TEST")
-    };
+    let (dir, _, config) = file_ledger("held");
     assert_eq!(config.book.held_days(), 32);
     let mut sim = Sim::with_config(vec![spec(1), spec(2), spec(3)], config.clone());
     let p = sim.approve(TxnKind::Purchase, 1, 10_000);
@@ -1199,15 +1198,7 @@ fn pin_block_bound_to_another_card_is_not_accepted() {
 /// the card once.
 #[test]
 fn a_reversal_at_the_edge_of_the_days_held_credits_the_card_once() {
-    let dir = std::env::temp_dir().join(format!("issuer-sim-edge-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("ledger.sqlite");
-    let _ = std::fs::remove_file(&path);
-    let config = IssuerConfig {
-        ledger: LedgerLocation::File(path),
-        book: BookConfig::default(),
-        ..IssuerConfig::in_memory("TEST")
-    };
+    let (dir, _, config) = file_ledger("edge");
     let mut sim = Sim::with_config(vec![spec(1), spec(2)], config.clone());
     let p = sim.approve(TxnKind::Purchase, 1, 10_000);
     let q = sim.approve(TxnKind::Purchase, 2, 2_000);
@@ -1270,15 +1261,7 @@ fn a_reversal_at_the_edge_of_the_days_held_credits_the_card_once() {
 /// and goes on answering, rather than answering 96 from the day it would have let them go.
 #[test]
 fn a_ledger_that_failed_a_write_does_not_stop_the_answers_at_the_days_edge() {
-    let dir = std::env::temp_dir().join(format!("issuer-sim-failed-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("ledger.sqlite");
-    let _ = std::fs::remove_file(&path);
-    let config = IssuerConfig {
-        ledger: LedgerLocation::File(path.clone()),
-        book: BookConfig::default(),
-        ..IssuerConfig::in_memory("TEST")
-    };
+    let (dir, path, config) = file_ledger("failed");
     let mut sim = Sim::with_config(vec![spec(1)], config);
     let p = sim.approve(TxnKind::Purchase, 1, 10_000);
     sim.issuer.flush().unwrap();
