@@ -709,12 +709,50 @@ fn a_payment_whose_answer_was_lost_is_not_paid_again() {
     );
 }
 
+/// What a run that stopped right after the bank accepted `reference` leaves: the payment made
+/// to `number` of `account`, nothing recorded.
+#[allow(clippy::unwrap_used)]
+fn paid_by_a_run_that_stopped(
+    bank: &SimBank,
+    reference: &str,
+    number: &str,
+    account: &store::settlement::BoundAccountRow,
+    amount_fen: i64,
+) {
+    use settlement::payout::{PayoutBank, PayoutInstruction};
+    bank.pay(&PayoutInstruction {
+        reference,
+        account_number: number,
+        holder_name: &account.holder_name,
+        bank_code: &account.bank_code,
+        amount_fen,
+    })
+    .unwrap();
+}
+
+/// The bank reports the return of `reference` the next day: the run that day resends the
+/// payout (recorded as sent) with the return still open, and the run after holds it.
+#[allow(clippy::unwrap_used)]
+fn the_return_waits_for_the_resend(
+    store: &dyn Store,
+    bank: &SimBank,
+    sealer: &dyn settlement::Sealer,
+    key: &str,
+    reference: &str,
+) {
+    bank.set_today("20261125");
+    let next = run_payouts(store, bank, sealer, "20261125", 200_000).unwrap();
+    assert_eq!(next.sent, [key], "{next:?}");
+    assert_eq!(store.payout_returns_open(10).unwrap(), [reference]);
+    let after = run_payouts(store, bank, sealer, "20261125", 300_000).unwrap();
+    assert_eq!(after.returned, [key], "{after:?}");
+}
+
 /// A run sent the payment and stopped before writing so (the payout is still pending), and the
 /// bank returned the money before the next run: the return waits until the payout is recorded
 /// as sent, then holds it; it is not dropped as one for a payout never sent.
 #[test]
 fn a_return_of_a_payment_not_yet_recorded_as_sent_is_not_lost() {
-    use settlement::payout::{PayoutBank, PayoutInstruction};
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(&dir);
     let store: &dyn Store = store.as_ref();
@@ -732,20 +770,8 @@ fn a_return_of_a_payment_not_yet_recorded_as_sent_is_not_lost() {
     bank.set_behaviour(&number, SimBehaviour::ReturnAfterDays(1));
     let account = store.bound_account(M1).unwrap().unwrap();
     let reference = format!("{key}#v{}", payout.account_version);
-    bank.pay(&PayoutInstruction {
-        reference: &reference,
-        account_number: &number,
-        holder_name: &account.holder_name,
-        bank_code: &account.bank_code,
-        amount_fen: payout.amount_fen,
-    })
-    .unwrap();
-    bank.set_today("20261125");
-    let next = run_payouts(store, &bank, &sealer, "20261125", 200_000).unwrap();
-    assert_eq!(next.sent, vec![key.clone()], "{next:?}");
-    assert_eq!(store.payout_returns_open(10).unwrap(), [reference]);
-    let after = run_payouts(store, &bank, &sealer, "20261125", 300_000).unwrap();
-    assert_eq!(after.returned, vec![key.clone()], "{after:?}");
+    paid_by_a_run_that_stopped(&bank, &reference, &number, &account, payout.amount_fen);
+    the_return_waits_for_the_resend(store, &bank, &sealer, &key, &reference);
     assert_eq!(
         store.payout(&key).unwrap().unwrap().state,
         PayoutState::Held
@@ -763,7 +789,6 @@ fn a_return_of_a_payment_not_yet_recorded_as_sent_is_not_lost() {
 /// that run stopped before recording it: the bank's return of `key#v2` waits for the resend.
 #[test]
 fn a_return_of_a_first_attempt_to_a_newer_account_is_not_lost() {
-    use settlement::payout::{PayoutBank, PayoutInstruction};
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(&dir);
     let store: &dyn Store = store.as_ref();
@@ -828,20 +853,8 @@ fn a_return_of_a_first_attempt_to_a_newer_account_is_not_lost() {
     bank.set_today("20261124");
     bank.set_behaviour(&second_number, SimBehaviour::ReturnAfterDays(1));
     let reference = format!("{key}#v{}", second.version);
-    bank.pay(&PayoutInstruction {
-        reference: &reference,
-        account_number: &second_number,
-        holder_name: &second.holder_name,
-        bank_code: &second.bank_code,
-        amount_fen: owed,
-    })
-    .unwrap();
-    bank.set_today("20261125");
-    let next = run_payouts(store, &bank, &sealer, "20261125", 200_000).unwrap();
-    assert_eq!(next.sent, vec![key.clone()], "{next:?}");
-    assert_eq!(store.payout_returns_open(10).unwrap(), [reference]);
-    let after = run_payouts(store, &bank, &sealer, "20261125", 300_000).unwrap();
-    assert_eq!(after.returned, vec![key.clone()], "{after:?}");
+    paid_by_a_run_that_stopped(&bank, &reference, &second_number, &second, owed);
+    the_return_waits_for_the_resend(store, &bank, &sealer, &key, &reference);
     assert_eq!(bank.credited(&second_number), 0);
     assert!(audit(store).unwrap().balanced);
 }
