@@ -300,7 +300,7 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
         }
         sum += luhn_term(byte - b'0', i % 2 == 1);
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The Luhn check digit (ASCII) to append to `payload`; `None` if `payload` has a non-digit.

@@ -246,15 +246,15 @@ impl MessageBuilder {
             }));
         }
         Self::check_len(spec, bytes.len()).map_err(err)?;
-        if spec.format == Format::An {
-            if let Some(pos) = bytes.iter().position(|b| !is_printable(*b)) {
-                let byte = bytes.get(pos).copied().unwrap_or(0);
-                return Err(err(FieldError::BadByte {
-                    pos,
-                    byte,
-                    format: Format::An,
-                }));
-            }
+        if spec.format == Format::An
+            && let Some(pos) = bytes.iter().position(|b| !is_printable(*b))
+        {
+            let byte = bytes.get(pos).copied().unwrap_or(0);
+            return Err(err(FieldError::BadByte {
+                pos,
+                byte,
+                format: Format::An,
+            }));
         }
         self.put(number, bytes.len(), |out| out.extend_from_slice(bytes));
         Ok(self)

@@ -59,11 +59,11 @@ impl Mti {
     /// Third digit (message function) even and last digit 0: a request or advice that expects
     /// a response at +10.
     pub const fn is_request(self) -> bool {
-        (self.0 / 10) % 2 == 0 && self.0 % 10 == 0
+        (self.0 / 10).is_multiple_of(2) && self.0.is_multiple_of(10)
     }
 
     pub const fn is_response(self) -> bool {
-        (self.0 / 10) % 2 == 1 && self.0 % 10 == 0
+        (self.0 / 10) % 2 == 1 && self.0.is_multiple_of(10)
     }
 
     /// The response MTI to this request: request + 10.

@@ -10,7 +10,7 @@ use crate::spec::{Align, Format};
 #[inline]
 pub(crate) fn nibble(bytes: &[u8], i: usize) -> u8 {
     match bytes.get(i / 2) {
-        Some(b) if i % 2 == 0 => b >> 4,
+        Some(b) if i.is_multiple_of(2) => b >> 4,
         Some(b) => b & 0x0F,
         None => 0,
     }

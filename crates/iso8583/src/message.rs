@@ -386,13 +386,13 @@ pub(crate) fn check_data(spec: &FieldSpec, units: usize, data: &[u8]) -> Result<
                     return Err(FieldError::BadPad { nibble: pad });
                 }
             }
-            if spec.format == Format::N {
-                if let Some(pos) = (first..first + units).find(|&i| nibble(data, i) > 9) {
-                    return Err(FieldError::NotDigit {
-                        pos: pos - first,
-                        nibble: nibble(data, pos),
-                    });
-                }
+            if spec.format == Format::N
+                && let Some(pos) = (first..first + units).find(|&i| nibble(data, i) > 9)
+            {
+                return Err(FieldError::NotDigit {
+                    pos: pos - first,
+                    nibble: nibble(data, pos),
+                });
             }
             Ok(())
         }

@@ -216,14 +216,13 @@ impl Account {
         if self.limits.per_txn_max.is_some_and(|max| amount > max) {
             return Err(ResponseCode::AmountLimit);
         }
-        if let Some(max) = self.limits.daily_amount_max {
-            if self
+        if let Some(max) = self.limits.daily_amount_max
+            && self
                 .day_amount
                 .checked_add(amount)
                 .is_none_or(|total| total > max)
-            {
-                return Err(ResponseCode::AmountLimit);
-            }
+        {
+            return Err(ResponseCode::AmountLimit);
         }
         if self
             .limits
@@ -397,10 +396,10 @@ impl Book {
             if *day >= from {
                 break;
             }
-            if let Some((_, rrn)) = self.arrivals.pop_front() {
-                if self.txns.get(&rrn).is_some_and(|t| t.day < from) {
-                    self.txns.remove(&rrn);
-                }
+            if let Some((_, rrn)) = self.arrivals.pop_front()
+                && self.txns.get(&rrn).is_some_and(|t| t.day < from)
+            {
+                self.txns.remove(&rrn);
             }
         }
     }
@@ -891,19 +890,19 @@ impl Book {
                 out,
             );
         }
-        if let Some(rrn) = &linked {
-            if let Some(parent) = self.txns.get_mut(rrn) {
-                if let Some(state) = restore {
-                    parent.state = state;
-                }
-                match kind {
-                    TxnKind::Refund => parent.refunded = parent.refunded.saturating_sub(req.amount),
-                    TxnKind::Completion => parent.captured = 0,
-                    _ => {}
-                }
-                parent.updated_ms = now.unix_ms;
-                out.push(LedgerOp::Txn(parent.clone()));
+        if let Some(rrn) = &linked
+            && let Some(parent) = self.txns.get_mut(rrn)
+        {
+            if let Some(state) = restore {
+                parent.state = state;
             }
+            match kind {
+                TxnKind::Refund => parent.refunded = parent.refunded.saturating_sub(req.amount),
+                TxnKind::Completion => parent.captured = 0,
+                _ => {}
+            }
+            parent.updated_ms = now.unix_ms;
+            out.push(LedgerOp::Txn(parent.clone()));
         }
         if same_day && matches!(kind, TxnKind::Purchase | TxnKind::PreAuth) {
             self.uncount_day(index, req.amount);

@@ -301,10 +301,10 @@ fn commit(conn: &mut Connection, writes: &mut Vec<Vec<LedgerOp>>, failure: &Mute
     if writes.is_empty() {
         return;
     }
-    if let Err(err) = apply_batch(conn, writes) {
-        if let Ok(mut slot) = failure.lock() {
-            slot.get_or_insert(err.to_string());
-        }
+    if let Err(err) = apply_batch(conn, writes)
+        && let Ok(mut slot) = failure.lock()
+    {
+        slot.get_or_insert(err.to_string());
     }
     writes.clear();
 }

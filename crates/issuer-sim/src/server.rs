@@ -133,10 +133,10 @@ impl IssuerSim {
                 break;
             }
             if plan.delay.is_zero() {
-                if let Some(reply) = self.handle(&body, plan.fail, plan.drop) {
-                    if outbound.send(reply).await.is_err() {
-                        break;
-                    }
+                if let Some(reply) = self.handle(&body, plan.fail, plan.drop)
+                    && outbound.send(reply).await.is_err()
+                {
+                    break;
                 }
                 continue;
             }

@@ -28,7 +28,7 @@ fn nibble(c: u8) -> Option<u8> {
 /// Number of bytes `text` decodes to, or why it cannot decode.
 pub fn decoded_len(text: &str) -> Result<usize, HexError> {
     let digits = text.len();
-    if digits % 2 != 0 {
+    if !digits.is_multiple_of(2) {
         return Err(HexError::OddLength { digits });
     }
     Ok(digits / 2)

@@ -321,7 +321,7 @@ fn des_from(buf: &[u8; 24], offset: usize) -> Des {
 fn blocks_mut<const N: usize>(
     data: &mut [u8],
 ) -> Result<impl Iterator<Item = &mut [u8; N]>, KeyError> {
-    if data.len() % N != 0 {
+    if !data.len().is_multiple_of(N) {
         return Err(KeyError::NotBlockAligned {
             len: data.len(),
             block: N,
@@ -333,7 +333,7 @@ fn blocks_mut<const N: usize>(
 }
 
 pub(crate) fn with_odd_parity(byte: u8) -> u8 {
-    if (byte & 0xfe).count_ones() % 2 == 0 {
+    if (byte & 0xfe).count_ones().is_multiple_of(2) {
         byte | 1
     } else {
         byte & 0xfe

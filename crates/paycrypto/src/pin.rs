@@ -304,7 +304,7 @@ impl fmt::Debug for ClearPinBlock {
 
 fn set_nibble(bytes: &mut [u8], index: usize, value: u8) {
     if let Some(byte) = bytes.get_mut(index / 2) {
-        *byte = if index % 2 == 0 {
+        *byte = if index.is_multiple_of(2) {
             (*byte & 0x0f) | (value << 4)
         } else {
             (*byte & 0xf0) | (value & 0x0f)
@@ -314,7 +314,7 @@ fn set_nibble(bytes: &mut [u8], index: usize, value: u8) {
 
 fn nibble_at(bytes: &[u8], index: usize) -> u8 {
     let byte = bytes.get(index / 2).copied().unwrap_or(0);
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         byte >> 4
     } else {
         byte & 0x0f

@@ -86,10 +86,10 @@ pub fn scan(
         to_ms,
         |row| -> Result<_, ResolveError> {
             // Each pair is found from both of its payments: keep it once.
-            if let Some(d) = find_for(store, &row, window_ms)? {
-                if seconds.insert(d.second_txn_id) {
-                    found.push(d);
-                }
+            if let Some(d) = find_for(store, &row, window_ms)?
+                && seconds.insert(d.second_txn_id)
+            {
+                found.push(d);
             }
             Ok(ControlFlow::Continue(()))
         },

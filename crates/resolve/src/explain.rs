@@ -422,30 +422,30 @@ pub fn explain_txn(
     // merchant's transaction; rows older than that rule may still be linked across): neither
     // merchant is shown the other's transaction.
     let mut original_rrn = None;
-    if let Some(original_id) = row.original_id {
-        if let Some(original) = store.txn(original_id)?.filter(|o| o.mid == row.mid) {
-            original_rrn = original.rrn.clone();
-            let okind = kind_text(original.kind);
-            let orrn = original.rrn.clone().unwrap_or_else(|| "-".to_owned());
-            steps.push(step(
-                row.received_at_ms,
-                "linked",
-                Both::new(
-                    format!(
-                        "原交易：{} {}，RRN {orrn}，{}",
-                        okind.zh,
-                        yuan(original.amount_fen),
-                        date_time(original.received_at_ms)
-                    ),
-                    format!(
-                        "original: {} of {}, RRN {orrn}, {}",
-                        okind.en,
-                        yuan(original.amount_fen),
-                        date_time(original.received_at_ms)
-                    ),
+    if let Some(original_id) = row.original_id
+        && let Some(original) = store.txn(original_id)?.filter(|o| o.mid == row.mid)
+    {
+        original_rrn = original.rrn.clone();
+        let okind = kind_text(original.kind);
+        let orrn = original.rrn.clone().unwrap_or_else(|| "-".to_owned());
+        steps.push(step(
+            row.received_at_ms,
+            "linked",
+            Both::new(
+                format!(
+                    "原交易：{} {}，RRN {orrn}，{}",
+                    okind.zh,
+                    yuan(original.amount_fen),
+                    date_time(original.received_at_ms)
                 ),
-            ));
-        }
+                format!(
+                    "original: {} of {}, RRN {orrn}, {}",
+                    okind.en,
+                    yuan(original.amount_fen),
+                    date_time(original.received_at_ms)
+                ),
+            ),
+        ));
     }
     // What happened to it afterwards: voids, refunds, completions.
     let mut linked = store.txns_linked_to(row.id)?;

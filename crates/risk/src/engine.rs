@@ -394,17 +394,17 @@ impl Engine {
         let daily = rules
             .iter()
             .any(|r| matches!(r.kind, RuleKind::DailyAmountMax { .. }));
-        if daily && verdict.decline.is_none() && request.class == TxnClass::Sale {
-            if let Some(total) = self
+        if daily
+            && verdict.decline.is_none()
+            && request.class == TxnClass::Sale
+            && let Some(total) = self
                 .merchant(request.mid, request.day)
                 .and_then(|total| total.at(request.day))
-            {
-                if total.holds.len() < HOLDS_PER_MERCHANT_MAX {
-                    total
-                        .holds
-                        .push((request.txn_id, request.amount_fen, request.now_ms));
-                }
-            }
+            && total.holds.len() < HOLDS_PER_MERCHANT_MAX
+        {
+            total
+                .holds
+                .push((request.txn_id, request.amount_fen, request.now_ms));
         }
         verdict
     }
@@ -427,12 +427,12 @@ impl Engine {
                 .merchants
                 .get(outcome.mid)
                 .is_some_and(|m| !m.holds.is_empty());
-        if delta != 0 || held {
-            if let Some(total) = self.merchant(outcome.mid, outcome.day) {
-                total.holds.retain(|h| h.0 != outcome.txn_id);
-                if let Some(total) = total.at(outcome.sale_day) {
-                    total.sales_fen = total.sales_fen.saturating_add(delta).max(0);
-                }
+        if (delta != 0 || held)
+            && let Some(total) = self.merchant(outcome.mid, outcome.day)
+        {
+            total.holds.retain(|h| h.0 != outcome.txn_id);
+            if let Some(total) = total.at(outcome.sale_day) {
+                total.sales_fen = total.sales_fen.saturating_add(delta).max(0);
             }
         }
         if rules.is_empty() {
@@ -477,18 +477,18 @@ impl Engine {
                     amount_fen: outcome.amount_fen,
                 },
             );
-            if &outcome.response_code == b"55" {
-                if let Some(card_key) = outcome.card_key {
-                    trim_pins(&mut terminal.wrong_pins, now - horizon);
-                    push_bounded(
-                        &mut terminal.wrong_pins,
-                        WrongPin {
-                            at_ms: now,
-                            txn_id: outcome.txn_id,
-                            card_key,
-                        },
-                    );
-                }
+            if &outcome.response_code == b"55"
+                && let Some(card_key) = outcome.card_key
+            {
+                trim_pins(&mut terminal.wrong_pins, now - horizon);
+                push_bounded(
+                    &mut terminal.wrong_pins,
+                    WrongPin {
+                        at_ms: now,
+                        txn_id: outcome.txn_id,
+                        card_key,
+                    },
+                );
             }
         }
         for rule in rules {
@@ -555,16 +555,16 @@ impl Engine {
                     }),
                 _ => None,
             };
-            if let Some((detail, txn_ids)) = crossed {
-                if self.first_alert(rule, outcome.tid, outcome.card_key, now) {
-                    alerts.push(Hit {
-                        rule_id: Arc::clone(&rule.id),
-                        kind: rule.kind,
-                        action: rule.action,
-                        detail,
-                        txn_ids,
-                    });
-                }
+            if let Some((detail, txn_ids)) = crossed
+                && self.first_alert(rule, outcome.tid, outcome.card_key, now)
+            {
+                alerts.push(Hit {
+                    rule_id: Arc::clone(&rule.id),
+                    kind: rule.kind,
+                    action: rule.action,
+                    detail,
+                    txn_ids,
+                });
             }
         }
         alerts

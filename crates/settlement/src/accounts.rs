@@ -130,13 +130,13 @@ pub fn validate(
                 .issuer
                 .map(|m| m.bank.code().to_owned())
                 .ok_or(BindError::UnknownCardBank)?;
-            if let Some(given) = &input.bank_code {
-                if given != &card_bank {
-                    return Err(BindError::BankMismatch {
-                        card_bank,
-                        given: given.clone(),
-                    });
-                }
+            if let Some(given) = &input.bank_code
+                && given != &card_bank
+            {
+                return Err(BindError::BankMismatch {
+                    card_bank,
+                    given: given.clone(),
+                });
             }
             card_bank
         }

@@ -383,10 +383,10 @@ pub fn settle_date(
     let existing = store.clearing_lines(&date)?;
     let mut plans = HashMap::new();
     for row in &rows {
-        if !plans.contains_key(&row.mid) {
-            if let Some(terms) = store.settlement_terms(&row.mid)? {
-                plans.insert(row.mid.clone(), FeePlan::from_row(&terms));
-            }
+        if !plans.contains_key(&row.mid)
+            && let Some(terms) = store.settlement_terms(&row.mid)?
+        {
+            plans.insert(row.mid.clone(), FeePlan::from_row(&terms));
         }
     }
     let charged_elsewhere = fees_charged_elsewhere(store, &rows, &existing, &date)?;

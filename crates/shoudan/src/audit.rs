@@ -148,10 +148,11 @@ pub fn run(args: AuditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 report.in_doubt.push(finding());
             } else if reversed_at_issuer && approved_in_journal {
                 report.reversed_only_at_issuer.push(finding());
-            } else if let Some(j) = journal {
-                if j.amount != amount && !reversed_at_issuer {
-                    report.amount_mismatches.push(finding());
-                }
+            } else if let Some(j) = journal
+                && j.amount != amount
+                && !reversed_at_issuer
+            {
+                report.amount_mismatches.push(finding());
             }
         }
     }

@@ -416,7 +416,7 @@ fn mask_batch_pans(digits: &str) -> String {
     if digits.len() == 62 {
         return digits.to_owned();
     }
-    let is_upload = digits.len() >= 2 && (digits.len() - 2) % 40 == 0;
+    let is_upload = digits.len() >= 2 && (digits.len() - 2).is_multiple_of(40);
     if !is_upload {
         return format!(
             "<{} digits, not a batch-upload layout: not shown>",

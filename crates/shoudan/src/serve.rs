@@ -311,22 +311,22 @@ fn check_config(config: &ServeConfig) -> Result<(), String> {
             ));
         }
     }
-    if let Some(default) = &config.default_issuer {
-        if !banks.contains(default.as_str()) {
-            return Err(format!(
-                "default_issuer {default}: no [[issuer]] of that bank"
-            ));
-        }
+    if let Some(default) = &config.default_issuer
+        && !banks.contains(default.as_str())
+    {
+        return Err(format!(
+            "default_issuer {default}: no [[issuer]] of that bank"
+        ));
     }
-    if let Some(ms) = config.saf_interval_ms {
-        if !SAF_INTERVAL_MS.contains(&ms) {
-            return Err(format!("saf_interval_ms {ms}: must be 50 to 60000"));
-        }
+    if let Some(ms) = config.saf_interval_ms
+        && !SAF_INTERVAL_MS.contains(&ms)
+    {
+        return Err(format!("saf_interval_ms {ms}: must be 50 to 60000"));
     }
-    if let Some(ms) = config.journal_wait_ms {
-        if !JOURNAL_WAIT_MS.contains(&ms) {
-            return Err(format!("journal_wait_ms {ms}: must be 100 to 30000"));
-        }
+    if let Some(ms) = config.journal_wait_ms
+        && !JOURNAL_WAIT_MS.contains(&ms)
+    {
+        return Err(format!("journal_wait_ms {ms}: must be 100 to 30000"));
     }
     // The lease in force, set or default: an issuer timeout may outlast the default.
     let (lease, which) = match config.saf_lease_ms {

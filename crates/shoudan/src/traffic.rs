@@ -90,10 +90,10 @@ async fn one_terminal(
             let Ok(config) = config_of(&fixture, stan) else {
                 return;
             };
-            if let Ok(mut t) = Terminal::connect(config).await {
-                if t.sign_in().await.is_ok() {
-                    session = Some(t);
-                }
+            if let Ok(mut t) = Terminal::connect(config).await
+                && t.sign_in().await.is_ok()
+            {
+                session = Some(t);
             }
         }
         if let Some(t) = session.as_mut() {
@@ -219,7 +219,7 @@ async fn scenario(
                 if !r.approved() {
                     return Ok(());
                 }
-                let (txn, amt) = if pick % 2 == 0 {
+                let (txn, amt) = if pick.is_multiple_of(2) {
                     (TxnType::Completion, amount)
                 } else {
                     (TxnType::PreAuthVoid, amount)

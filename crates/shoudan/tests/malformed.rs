@@ -152,7 +152,7 @@ fn bad_frames_close_or_are_answered_and_other_terminals_are_unaffected() {
                 let len = usize::try_from(rng.next() % 300).unwrap();
                 let mut body: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
                 // Half of them look like a terminal frame up to the MTI.
-                if rng.next() % 2 == 0 && body.len() > 13 {
+                if rng.next().is_multiple_of(2) && body.len() > 13 {
                     body[..11].copy_from_slice(&[0x60, 0, 1, 0, 0, 0x60, 0x22, 0, 0, 0, 0]);
                     body[11..13].copy_from_slice(&[0x02, 0x00]);
                 }

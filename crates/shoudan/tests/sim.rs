@@ -845,7 +845,7 @@ async fn terminal_loop(
             // of its terminals, perhaps again. Now and then the receipt is another merchant's:
             // that refund must be refused, or money would leave one merchant for another's sale.
             20..=25 => {
-                let foreign = (roll >> 16) % 10 == 0;
+                let foreign = (roll >> 16).is_multiple_of(10);
                 let orig = {
                     let seen = seen.lock().unwrap();
                     seen.receipts
@@ -878,7 +878,7 @@ async fn terminal_loop(
             // Complete the oldest pre-authorisation for less than was held, or void it.
             33..=39 if !pre_auths.is_empty() => {
                 let orig = pre_auths.remove(0);
-                if (roll >> 8) % 4 == 0 {
+                if (roll >> 8).is_multiple_of(4) {
                     (pre_auth_void_of(&orig, stan), "pre-auth void", None)
                 } else {
                     (
@@ -1136,7 +1136,7 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
     // Even seeds: the in-memory index lets go of everything no request holds, several times a
     // second. Every retry, reversal, void and refund then finds what it names through the
     // store, as it would days later, and the invariants must hold all the same.
-    if seed % 2 == 0 {
+    if seed.is_multiple_of(2) {
         config.index_days_held = -2;
         config.index_forget_interval = Duration::from_millis(250);
     }

@@ -53,10 +53,10 @@ pub enum LinkRefusal {
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
         // A PostgreSQL failure passed through the rusqlite-shaped shim keeps its class.
-        if let rusqlite::Error::ToSqlConversionFailure(inner) = &error {
-            if let Some(carried) = inner.downcast_ref::<crate::pg::shim::Carried>() {
-                return carried.0.clone();
-            }
+        if let rusqlite::Error::ToSqlConversionFailure(inner) = &error
+            && let Some(carried) = inner.downcast_ref::<crate::pg::shim::Carried>()
+        {
+            return carried.0.clone();
         }
         let message = error.to_string();
         match error.sqlite_error_code() {

@@ -530,10 +530,10 @@ fn migrate_locked(conn: &Connection) -> Result<(), StoreError> {
         .query_map(params![], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let known = schema::latest_version();
-    if let Some(&found) = applied.iter().max() {
-        if found > known {
-            return Err(StoreError::SchemaTooNew { found, known });
-        }
+    if let Some(&found) = applied.iter().max()
+        && found > known
+    {
+        return Err(StoreError::SchemaTooNew { found, known });
     }
     for migration in schema::MIGRATIONS
         .iter()

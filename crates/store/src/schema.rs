@@ -601,10 +601,10 @@ impl SchemaStatus {
         terminals: Option<u64>,
     ) -> Result<Self, crate::StoreError> {
         let known = latest_version();
-        if let Some(&found) = applied.iter().max() {
-            if found > known {
-                return Err(crate::StoreError::SchemaTooNew { found, known });
-            }
+        if let Some(&found) = applied.iter().max()
+            && found > known
+        {
+            return Err(crate::StoreError::SchemaTooNew { found, known });
         }
         Ok(SchemaStatus {
             exists,

@@ -246,10 +246,10 @@ impl SqliteStore {
             }
         };
         let result = f(&conn);
-        if let Ok(mut pool) = self.readers.lock() {
-            if pool.len() < READ_CONNECTIONS_MAX {
-                pool.push(conn);
-            }
+        if let Ok(mut pool) = self.readers.lock()
+            && pool.len() < READ_CONNECTIONS_MAX
+        {
+            pool.push(conn);
         }
         result
     }
@@ -976,24 +976,25 @@ fn commit_group_carefully(
             continue;
         };
         completions.push(done);
-        if let Some(error) = failure {
-            if began.is_ok() && conn.is_autocommit() {
-                fail_from(completions, first_in_transaction, &error);
-                began = begin(conn);
-                first_in_transaction = completions.len();
-            }
+        if let Some(error) = failure
+            && began.is_ok()
+            && conn.is_autocommit()
+        {
+            fail_from(completions, first_in_transaction, &error);
+            began = begin(conn);
+            first_in_transaction = completions.len();
         }
     }
-    if began.is_ok() {
-        if let Err(error) = conn.execute_batch("COMMIT") {
-            let error = StoreError::from(error);
-            // A failed COMMIT may leave the transaction open; end it so the next group starts
-            // clean. The rollback's own failure changes nothing for the waiters.
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-            fail_from(completions, first_in_transaction, &error);
+    if began.is_ok()
+        && let Err(error) = conn.execute_batch("COMMIT")
+    {
+        let error = StoreError::from(error);
+        // A failed COMMIT may leave the transaction open; end it so the next group starts
+        // clean. The rollback's own failure changes nothing for the waiters.
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
         }
+        fail_from(completions, first_in_transaction, &error);
     }
 }
 

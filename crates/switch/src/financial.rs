@@ -452,22 +452,22 @@ impl Core {
             .text(37)
             .map(|r| r.trim().to_owned())
             .filter(|r| !r.is_empty());
-        if kind == TxnKind::Refund {
-            if let Some(rrn) = rrn {
-                let found = self.by_rrn(rrn).await?;
-                let agrees = named.is_none_or(|(batch, trace)| {
-                    (found.key.batch_no, found.key.stan) == (batch, trace)
-                });
-                return agrees.then_some(found);
-            }
+        if kind == TxnKind::Refund
+            && let Some(rrn) = rrn
+        {
+            let found = self.by_rrn(rrn).await?;
+            let agrees = named.is_none_or(|(batch, trace)| {
+                (found.key.batch_no, found.key.stan) == (batch, trace)
+            });
+            return agrees.then_some(found);
         }
-        if let Some((batch, trace)) = named {
-            if let Some(found) = self.by_this_terminal(ctx, batch, trace).await {
-                let agrees = rrn
-                    .as_deref()
-                    .is_none_or(|rrn| found.rrn.as_deref() == Some(rrn));
-                return agrees.then_some(found);
-            }
+        if let Some((batch, trace)) = named
+            && let Some(found) = self.by_this_terminal(ctx, batch, trace).await
+        {
+            let agrees = rrn
+                .as_deref()
+                .is_none_or(|rrn| found.rrn.as_deref() == Some(rrn));
+            return agrees.then_some(found);
         }
         self.by_rrn(rrn?).await
     }
@@ -573,10 +573,10 @@ impl Core {
                 // Field 38, when sent, is the original's authorisation code.
                 let sent = ctx.frame.message.text(38).map(str::trim);
                 let held = live.answer.as_ref().and_then(|a| a.auth_code.as_deref());
-                if let (Some(sent), Some(held)) = (sent.filter(|a| !a.is_empty()), held) {
-                    if sent != held.trim() {
-                        return Err(RC_ORIGINAL_NOT_FOUND);
-                    }
+                if let (Some(sent), Some(held)) = (sent.filter(|a| !a.is_empty()), held)
+                    && sent != held.trim()
+                {
+                    return Err(RC_ORIGINAL_NOT_FOUND);
                 }
                 if ctx.amount_fen != original.amount_fen {
                     return Err(RC_AMOUNT_DIFFERS);

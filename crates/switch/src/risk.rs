@@ -452,13 +452,13 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         }
         handled.retain(|(_, at)| *at >= resolved_since_ms);
         for row in terminals {
-            if let Some(current) = core.terminal(&row.tid) {
-                if current.status != row.status {
-                    tracing::info!(tid = %row.tid, status = %row.status, "terminal status changed");
-                    let mut updated = (*current).clone();
-                    updated.status = row.status;
-                    core.replace_terminal(updated);
-                }
+            if let Some(current) = core.terminal(&row.tid)
+                && current.status != row.status
+            {
+                tracing::info!(tid = %row.tid, status = %row.status, "terminal status changed");
+                let mut updated = (*current).clone();
+                updated.status = row.status;
+                core.replace_terminal(updated);
             }
         }
     }

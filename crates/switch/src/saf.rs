@@ -38,7 +38,7 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         }
         let now_ms = core.clock.now_ms();
         passes = passes.wrapping_add(1);
-        if passes % IN_DOUBT_SWEEP_PASSES == 0 {
+        if passes.is_multiple_of(IN_DOUBT_SWEEP_PASSES) {
             // One indexed read of the few rows in flight; a failed sweep is tried again later.
             let orphans = core
                 .orphans

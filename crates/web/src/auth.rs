@@ -677,10 +677,10 @@ pub async fn create_user(web: &Web, who: &str, new: NewUser) -> Result<UserRow, 
             "a merchant user needs a mid; other roles have none",
         ));
     }
-    if let Some(mid) = &new.mid {
-        if !web.store.merchants()?.iter().any(|m| &m.mid == mid) {
-            return Err(ApiError::not_found("merchant"));
-        }
+    if let Some(mid) = &new.mid
+        && !web.store.merchants()?.iter().any(|m| &m.mid == mid)
+    {
+        return Err(ApiError::not_found("merchant"));
     }
     if web.store.web_user_by_name(&new.username)?.is_some() {
         return Err(ApiError::new(

@@ -775,9 +775,10 @@ fn transaction_body(
         ));
     }
     body.push_str("</table>");
-    if let Some(rrn) = &row.rrn {
-        if let Ok(e) = web.resolver.evidence(rrn, Some(&row.mid)) {
-            body.push_str(&format!(
+    if let Some(rrn) = &row.rrn
+        && let Ok(e) = web.resolver.evidence(rrn, Some(&row.mid))
+    {
+        body.push_str(&format!(
                 "<div class=\"card\" id=\"contact-issuer\"><h2>{}</h2>{}: <b>{}</b> · {}: <b id=\"issuer-phone\">{}</b> \
                  · <a href=\"/portal/transactions/{id}/evidence\" id=\"evidence\">{}</a></div>",
                 t(l, "联系发卡行", "Contact the issuer"),
@@ -787,7 +788,6 @@ fn transaction_body(
                 esc(e.issuer_phone.as_deref().unwrap_or("-")),
                 t(l, "证据包（可打印）", "Evidence package (printable)"),
             ));
-        }
     }
     // A suspected duplicate it is part of: the other payment and what to do.
     for flag in web.resolver.duplicates_of_txn(&row.mid, row.id)? {

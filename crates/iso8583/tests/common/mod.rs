@@ -10,7 +10,7 @@ pub fn unhex(text: &str) -> Vec<u8> {
         .flat_map(|l| l.bytes())
         .filter(|b| !b.is_ascii_whitespace())
         .collect();
-    assert!(digits.len() % 2 == 0, "odd number of hex digits");
+    assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
     digits
         .chunks(2)
         .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
