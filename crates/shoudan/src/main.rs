@@ -10,6 +10,7 @@ mod files;
 mod fixtures;
 mod iso_cmd;
 mod logging;
+mod provision;
 mod serve;
 mod settle_cmd;
 mod terminal_cmd;
@@ -71,6 +72,9 @@ enum Command {
     /// Merchants' bound settlement accounts: bind, confirm a re-binding.
     #[command(subcommand)]
     Account(settle_cmd::AccountCmd),
+    /// A deployment's keys, merchants, terminals and users: init, key, merchant, terminal, user.
+    #[command(subcommand)]
+    Provision(provision::ProvisionCmd),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
         },
         Command::Ledger(cmd) => settle_cmd::ledger(cmd),
         Command::Account(cmd) => settle_cmd::account(cmd),
+        Command::Provision(cmd) => provision::run(cmd),
         Command::Audit(args) => match audit::run(args) {
             Ok(code) => return code,
             Err(err) => Err(err),

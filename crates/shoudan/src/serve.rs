@@ -240,7 +240,7 @@ fn inspect_store(
     })
 }
 
-fn open_hsm(config: &HsmConfig) -> Result<Arc<SoftHsm>, Box<dyn std::error::Error>> {
+pub(crate) fn open_hsm(config: &HsmConfig) -> Result<Arc<SoftHsm>, Box<dyn std::error::Error>> {
     // The key that opens every other: refused if anyone but its owner may read it.
     let path = &config.master_key_file;
     let open = crate::files::open_to_others(path)

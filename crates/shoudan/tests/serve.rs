@@ -316,6 +316,57 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
 }
 
 /// An operator's stop: SIGTERM to `child`.
+/// Where a started `serve` listens, read from the lines it prints.
+struct Listening {
+    switch: String,
+    http: String,
+    /// `None` when it serves no metrics (no `metrics_listen`).
+    metrics: Option<String>,
+}
+
+/// Reads `serve`'s standard output until it has printed where it listens (its metrics line,
+/// an address or "not served", comes last).
+fn listening(
+    child: &mut std::process::Child,
+) -> (
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+    Listening,
+) {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut switch = None;
+    let mut http = None;
+    loop {
+        let line = lines
+            .next()
+            .expect("serve stopped before listening")
+            .unwrap();
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("switch (terminals)") {
+            switch = Some(rest.trim().to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("http") {
+            http = Some(
+                rest.trim()
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .to_owned(),
+            );
+        }
+        if let Some(rest) = line.strip_prefix("metrics") {
+            let metrics = rest
+                .trim()
+                .strip_prefix("http://")
+                .map(|addr| addr.trim_end_matches("/metrics").to_owned());
+            let listening = Listening {
+                switch: switch.expect("no switch address before the metrics line"),
+                http: http.expect("no HTTP address before the metrics line"),
+                metrics,
+            };
+            return (lines, listening);
+        }
+    }
+}
+
 fn sigterm(child: &std::process::Child) {
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -402,35 +453,10 @@ fn serve_listens_for_terminals_and_http() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut switch_addr = None;
-    let mut http_addr = None;
-    let mut metrics_addr = None;
-    while switch_addr.is_none() || http_addr.is_none() || metrics_addr.is_none() {
-        let line = lines
-            .next()
-            .expect("serve stopped before listening")
-            .unwrap();
-        if let Some(rest) = line.trim().strip_prefix("switch (terminals)") {
-            switch_addr = Some(rest.trim().to_owned());
-        }
-        if let Some(rest) = line.trim().strip_prefix("http") {
-            http_addr = Some(
-                rest.trim()
-                    .trim_start_matches("http://")
-                    .trim_end_matches('/')
-                    .to_owned(),
-            );
-        }
-        if let Some(rest) = line.trim().strip_prefix("metrics") {
-            metrics_addr = Some(
-                rest.trim()
-                    .trim_start_matches("http://")
-                    .trim_end_matches("/metrics")
-                    .to_owned(),
-            );
-        }
-    }
+    let (lines, listening) = listening(&mut child);
+    let switch_addr = Some(listening.switch);
+    let http_addr = Some(listening.http);
+    let metrics_addr = listening.metrics;
     std::net::TcpStream::connect(switch_addr.as_deref().unwrap()).unwrap();
     let get_from = |addr: &str, path: &str| {
         let mut http = std::net::TcpStream::connect(addr).unwrap();
@@ -482,4 +508,290 @@ fn serve_listens_for_terminals_and_http() {
     let terms = store.settlement_terms("898110048990001").unwrap().unwrap();
     assert_eq!((terms.debit_bp, terms.debit_cap_fen), (38, Some(2_000)));
     store.close();
+}
+
+/// `shoudan ARGS` with `input` on its standard input: (exit code, stdout, stderr).
+fn provision(args: &[&str], input: &str) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .arg("provision")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An HTTP request with an optional JSON body and bearer token: (status, body).
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: \
+         application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{answer}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
+}
+
+/// A deployment from nothing, as an operator makes one: keys from custodians' components,
+/// a merchant that applies, its terminal, the first admin. Then `serve` starts from them: the
+/// terminal signs in under the TMK its components make, the admin signs in to the API and
+/// approves the merchant, and the merchant's purchases stop being refused for its review.
+#[test]
+fn a_deployment_is_provisioned_from_nothing_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mid = "898110000000077";
+    let base = format!(
+        r#"node_id = 4
+terminal_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
+database = "sqlite:{db}"
+secure_cookies = false
+
+[hsm]
+master_key_file = "{dir}/master.key"
+key_store_file = "{dir}/hsm.store"
+"#,
+        db = d.join("switch.db").display(),
+        dir = d.display(),
+    );
+    let config = d.join("shoudan.toml");
+    std::fs::write(&config, &base).unwrap();
+    let c = config.to_str().unwrap();
+
+    let (code, out, err) = provision(&["init", "--config", c], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("master key"), "{out}");
+    let mode = std::fs::metadata(d.join("master.key"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o400
+    );
+    let (code, _, err) = provision(&["init", "--config", c], "");
+    assert_eq!(code, 2, "a second init must not replace the keys");
+    assert!(err.contains("already exists"), "{err}");
+
+    // The TMK, from two custodians' components; the KCV from its paperwork is checked.
+    let parts = [
+        "0123456789ABCDEFFEDCBA9876543210",
+        "1111111111111111F0F0F0F0F0F0F0F0",
+    ];
+    let tmk_bytes: Vec<u8> = paycrypto::hex::decode(parts[0])
+        .unwrap()
+        .iter()
+        .zip(paycrypto::hex::decode(parts[1]).unwrap())
+        .map(|(a, b)| a ^ b)
+        .collect();
+    let tmk_hex = paycrypto::hex::encode(&tmk_bytes);
+    let tmk_key = paycrypto::Key::from_hex(KeyAlgorithm::Des, &tmk_hex).unwrap();
+    let kcv = tmk_key.kcv().to_string();
+    let components = format!("{}\n{}\n", parts[0], parts[1]);
+    // A mistyped component: the KCV does not match and nothing is stored.
+    let store_before = std::fs::read(d.join("hsm.store")).unwrap();
+    let mistyped = format!("{}\n{}\n", parts[0], parts[0]);
+    let (code, _, err) = provision(
+        &["key", "--config", c, "--usage", "tmk", "--kcv", &kcv[..6]],
+        &mistyped,
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("nothing stored"), "{err}");
+    assert_eq!(std::fs::read(d.join("hsm.store")).unwrap(), store_before);
+    let (code, out, err) = provision(
+        &["key", "--config", c, "--usage", "tmk", "--kcv", &kcv[..6]],
+        &components,
+    );
+    assert_eq!(code, 0, "{err}");
+    for secret in [parts[0], parts[1], tmk_hex.as_str()] {
+        let shown = format!("{out}{err}").to_ascii_uppercase();
+        assert!(!shown.contains(&secret.to_ascii_uppercase()), "{out}{err}");
+    }
+    let handle_of = |out: &str| {
+        out.lines()
+            .last()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .trim_end_matches(':')
+            .to_owned()
+    };
+    let tmk = handle_of(&out);
+    assert!(out.ends_with(&format!("TMK {tmk}: KCV {kcv}\n")), "{out}");
+    let (code, out, err) = provision(
+        &["key", "--config", c, "--usage", "zpk", "--components", "3"],
+        "22222222222222223333333333333333\n44444444444444445555555555555555\n\
+         66666666666666667777777777777777\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let zpk = handle_of(&out);
+
+    // A terminal needs its merchant first, a TMK (not a ZPK) and a scheme its key fits.
+    let terminal = |tid: &str, key: &str, extra: &[&str]| {
+        let mut args = vec![
+            "terminal", "--config", c, "--tid", tid, "--mid", mid, "--tmk", key,
+        ];
+        args.extend_from_slice(extra);
+        provision(&args, "")
+    };
+    let (code, _, err) = terminal("70000001", &tmk, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not provisioned"), "{err}");
+    let (code, out, err) = provision(
+        &[
+            "merchant",
+            "--config",
+            c,
+            "--mid",
+            mid,
+            "--name",
+            "朝阳便利店",
+            "--licence-no",
+            "91110105MA01ABCD2Y",
+            "--legal-person",
+            "王五",
+            "--mcc",
+            "5411",
+            "--address",
+            "北京市朝阳区",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("applied"), "{out}");
+    let (code, _, err) = terminal("70000001", &zpk, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not a TMK"), "{err}");
+    let (code, _, err) = terminal("70000001", &tmk, &["--key-scheme", "006", "--mac", "sm4"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("needs a SM4 TMK"), "{err}");
+    let (code, _, err) = terminal("70000001", &tmk, &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = terminal("70000001", &tmk, &[]);
+    assert_eq!(code, 2, "a terminal provisioned again would lose its batch");
+    assert!(err.contains("already provisioned"), "{err}");
+
+    let password = "first-admin-pass";
+    let (code, out, err) = provision(
+        &[
+            "user",
+            "--config",
+            c,
+            "--username",
+            "root",
+            "--role",
+            "admin",
+        ],
+        &format!("{password}\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains(password) && !err.contains(password));
+
+    // The node starts from what was provisioned.
+    std::fs::write(
+        &config,
+        format!(
+            "{base}\n[[issuer]]\nbank = \"ICBC\"\naddr = \"127.0.0.1:9\"\nzpk = \"{zpk}\"\n\
+             timeout_ms = 300\n"
+        )
+        .replace(
+            "secure_cookies",
+            "default_issuer = \"ICBC\"\nsecure_cookies",
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", c])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (_lines, at) = listening(&mut child);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut pos = runtime
+        .block_on(terminal::Terminal::connect(terminal::TerminalConfig {
+            addr: at.switch.parse().unwrap(),
+            tid: "70000001".to_owned(),
+            mid: mid.to_owned(),
+            tmk: tmk_key,
+            scheme: paycrypto::KeyScheme::DoubleWithTdk,
+            mac: paycrypto::MacAlgorithm::X919,
+            batch: 1,
+            next_stan: 1,
+            timeout: std::time::Duration::from_secs(10),
+        }))
+        .unwrap();
+    // Field 62's keys decrypt under the TMK and match their check values.
+    runtime.block_on(pos.sign_in()).unwrap();
+    let purchase = terminal::Request {
+        txn: terminal::TxnType::Purchase,
+        card: terminal::Card {
+            pan: "6222020200001234562".parse().unwrap(),
+            expiry: Some("3012".to_owned()),
+            pin: None,
+        },
+        amount: 100,
+        original: None,
+    };
+    let before = runtime.block_on(pos.transact(&purchase)).unwrap();
+    assert_eq!(before.code, "03", "an applied merchant takes no cards");
+
+    let (status, body) = http(
+        &at.http,
+        "POST",
+        "/api/tokens",
+        None,
+        &format!(r#"{{"username": "root", "password": "{password}"}}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let token: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let (status, body) = http(
+        &at.http,
+        "POST",
+        &format!("/api/merchant-reviews/{mid}/approve"),
+        Some(&token),
+        r#"{"note": "licence checked"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    // The node re-reads merchant states every second; the issuer's link is down, so an
+    // approved merchant's purchase gets past the review and fails at the issuer instead.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let after = loop {
+        let answer = runtime.block_on(pos.transact(&purchase)).unwrap();
+        if answer.code != "03" || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(after.code, "91", "the approval did not reach the node");
+    sigterm(&child);
+    assert!(exit_within(&mut child, 30, "serve did not stop").success());
 }

@@ -1,0 +1,593 @@
+//! `shoudan provision`: what a deployment needs before its first start and whenever it takes on
+//! a merchant or a terminal. Every subcommand works on a node's configuration (`--config`, the
+//! file `serve` reads): its master key and key store, and its database.
+//!
+//! - `init`: a new master key (mode 0400) and an empty key store under it.
+//! - `key`: a TMK or an issuer's ZPK from clear components its custodians type in, one per line
+//!   on standard input, not echoed when it is a terminal (split knowledge: no one person sees
+//!   the key). Each component's check value is printed as it is read, so each custodian checks
+//!   their own; then the key's handle and check value. Neither a component nor the key is ever
+//!   printed.
+//! - `merchant`: a merchant applies with its qualification data; it takes no cards until an
+//!   operator approves it on the console (`risk::ops`, maker and checker).
+//! - `terminal`: a terminal of a merchant, with a TMK already in the key store; refused unless
+//!   the key is a TMK of the family its key scheme needs and the MAC fits the scheme.
+//! - `user`: a portal or console user (the first admin of a deployment); the password is read
+//!   from standard input.
+//!
+//! A node reads its key store and its terminals when it starts: restart it (every node, with
+//! the key store copied to each) after adding a key or a terminal.
+
+use std::fs::File;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use paycrypto::{
+    Hsm, Key, KeyAlgorithm, KeyHandle, KeyScheme, KeyUsage, MacAlgorithm, MakLength, MasterKey,
+    OsRandom, RandomSource, SoftHsm, Zeroizing,
+};
+use store::Store;
+
+use crate::CliResult;
+use crate::serve::ServeConfig;
+
+/// Clear components a key is made of: two or three, as key custodians hold them.
+const COMPONENTS: std::ops::RangeInclusive<u8> = 2..=3;
+/// Who the audit rows and review history name for what this command does.
+const ACTOR: &str = "cli:provision";
+
+#[derive(clap::Subcommand)]
+pub enum ProvisionCmd {
+    /// A new deployment's master key (mode 0400) and an empty key store, at the paths the
+    /// configuration's [hsm] names. Refused if either exists.
+    Init {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// A TMK or an issuer's zone PIN key, from clear components read one per line on standard
+    /// input (hex). Prints each component's KCV as it is read, then the key's handle and KCV.
+    Key {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum)]
+        usage: ImportUsage,
+        #[arg(long, value_enum, default_value = "3des")]
+        algorithm: ImportAlgorithm,
+        /// How many components make the key (2 or 3).
+        #[arg(long, default_value_t = 2)]
+        components: u8,
+        /// The KCV the key must have (its first 6 hex digits or all 8, from the key's
+        /// paperwork): checked before the key is stored.
+        #[arg(long)]
+        kcv: Option<String>,
+    },
+    /// A merchant applies with its qualification data; an operator approves it on the console
+    /// before its terminals take cards.
+    Merchant {
+        #[arg(long)]
+        config: PathBuf,
+        /// 15 characters (field 42), digits and capital letters.
+        #[arg(long)]
+        mid: String,
+        /// The registered name receipts and pages show.
+        #[arg(long)]
+        name: String,
+        /// Unified social credit code (统一社会信用代码), 18 characters.
+        #[arg(long)]
+        licence_no: String,
+        /// Legal person (法定代表人).
+        #[arg(long)]
+        legal_person: String,
+        /// Four-digit merchant category code.
+        #[arg(long)]
+        mcc: String,
+        #[arg(long)]
+        address: String,
+    },
+    /// A terminal of a merchant, with its TMK already imported (`provision key --usage tmk`).
+    Terminal {
+        #[arg(long)]
+        config: PathBuf,
+        /// 8 characters (field 41), digits and capital letters.
+        #[arg(long)]
+        tid: String,
+        #[arg(long)]
+        mid: String,
+        /// The TMK's handle, as `provision key` printed it (key-N).
+        #[arg(long)]
+        tmk: String,
+        /// Sign-in key scheme of field 60.3: 001 (single DES), 003, 004 (3DES, 004 with a
+        /// track key) or 006 (SM4).
+        #[arg(long, default_value = "004")]
+        key_scheme: String,
+        /// The terminal's MAC: x919, cup-ecb or sm4 (SM4 goes with scheme 006 only).
+        #[arg(long, default_value = "x919")]
+        mac: String,
+        /// A single-length MAK under 003/004, for a terminal that MACs with single DES (CUP
+        /// ECB only).
+        #[arg(long)]
+        single_mak: bool,
+    },
+    /// A portal or console user; the password is the first line of standard input.
+    User {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        username: String,
+        /// merchant, operator or admin.
+        #[arg(long)]
+        role: String,
+        /// The merchant a merchant user belongs to (no other role has one).
+        #[arg(long)]
+        mid: Option<String>,
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportUsage {
+    /// A terminal master key.
+    Tmk,
+    /// A zone PIN key shared with an issuer.
+    Zpk,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportAlgorithm {
+    #[value(name = "3des")]
+    TripleDes,
+    Sm4,
+}
+
+pub fn run(cmd: ProvisionCmd) -> CliResult {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stdin = std::io::stdin();
+    run_with(cmd, &mut stdin.lock(), &runtime)
+}
+
+/// Runs a subcommand; the store is closed (its writer joined) outside the runtime.
+fn run_with(
+    cmd: ProvisionCmd,
+    input: &mut dyn BufRead,
+    runtime: &tokio::runtime::Runtime,
+) -> CliResult {
+    match cmd {
+        ProvisionCmd::Init { config } => init(&ServeConfig::load(&config)?),
+        ProvisionCmd::Key {
+            config,
+            usage,
+            algorithm,
+            components,
+            kcv,
+        } => {
+            let config = ServeConfig::load(&config)?;
+            let usage = match usage {
+                ImportUsage::Tmk => KeyUsage::Tmk,
+                ImportUsage::Zpk => KeyUsage::Zpk,
+            };
+            let algorithm = match algorithm {
+                ImportAlgorithm::TripleDes => KeyAlgorithm::Des,
+                ImportAlgorithm::Sm4 => KeyAlgorithm::Sm4,
+            };
+            import_key(&config, usage, algorithm, components, kcv.as_deref(), input)
+        }
+        ProvisionCmd::Merchant {
+            config,
+            mid,
+            name,
+            licence_no,
+            legal_person,
+            mcc,
+            address,
+        } => {
+            let config = ServeConfig::load(&config)?;
+            check_id("mid", &mid, 15)?;
+            let store = open_store(&config)?;
+            let qualification = risk::merchant::Qualification {
+                licence_no,
+                legal_person,
+                mcc,
+                address,
+            };
+            let applied = runtime.block_on(risk::ops::apply(
+                store.as_ref(),
+                &mid,
+                name.trim(),
+                &qualification,
+                risk::ops::Actor {
+                    operator: ACTOR,
+                    now_ms: now_ms(),
+                },
+            ));
+            store.close();
+            let profile = applied?;
+            println!(
+                "merchant {mid}: {}; an operator approves it on the console before its \
+                 terminals take cards",
+                profile.state.as_str()
+            );
+            Ok(())
+        }
+        ProvisionCmd::Terminal {
+            config,
+            tid,
+            mid,
+            tmk,
+            key_scheme,
+            mac,
+            single_mak,
+        } => {
+            let config = ServeConfig::load(&config)?;
+            let spec = terminal_spec(&config, tid, mid, &tmk, &key_scheme, &mac, single_mak)?;
+            let store = open_store(&config)?;
+            let added = runtime.block_on(add_terminal(store.as_ref(), &spec));
+            store.close();
+            added?;
+            println!(
+                "terminal {}: merchant {}, TMK {}, scheme {}, MAC {}; restart the node to take \
+                 its sign-ins",
+                spec.tid,
+                spec.mid,
+                spec.tmk,
+                spec.scheme,
+                mac.trim()
+            );
+            Ok(())
+        }
+        ProvisionCmd::User {
+            config,
+            username,
+            role,
+            mid,
+            display_name,
+        } => {
+            let config = ServeConfig::load(&config)?;
+            let role =
+                store::web::Role::parse(&role).map_err(|_| "role: merchant, operator or admin")?;
+            let password = Zeroizing::new(read_line(input, "the password")?);
+            let hsm = crate::serve::open_hsm(&config.hsm)?;
+            let store = open_store(&config)?;
+            let created = runtime.block_on(add_user(
+                &store,
+                hsm,
+                web::auth::NewUser {
+                    display_name: display_name.unwrap_or_else(|| username.clone()),
+                    username,
+                    password: password.to_string(),
+                    role,
+                    mid,
+                },
+            ));
+            store.close();
+            let user = created?;
+            println!(
+                "user {} ({}): {}",
+                user.id,
+                user.username,
+                user.role.as_str()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn open_store(config: &ServeConfig) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
+    crate::serve::open_store(&config.database, config.database_schema.as_deref())
+}
+
+/// A MID or TID: its exact length, digits and capital letters (what fields 41 and 42 carry).
+fn check_id(what: &str, text: &str, len: usize) -> Result<(), String> {
+    let ok = text.len() == len
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: {len} characters, digits and capital letters"
+        ))
+    }
+}
+
+/// Holds the key store's lock file while it lives, so that two imports at once cannot each
+/// write the store without the other's key.
+struct StoreLock(File);
+
+impl StoreLock {
+    fn take(key_store: &Path) -> Result<StoreLock, String> {
+        let mut name = key_store.file_name().unwrap_or_default().to_owned();
+        name.push(".lock");
+        let path = key_store.with_file_name(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("key store lock {}: {e}", path.display()))?;
+        file.lock()
+            .map_err(|e| format!("key store lock {}: {e}", path.display()))?;
+        Ok(StoreLock(file))
+    }
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+fn init(config: &ServeConfig) -> CliResult {
+    let hsm = &config.hsm;
+    let _lock = StoreLock::take(&hsm.key_store_file)?;
+    for (path, what) in [
+        (&hsm.master_key_file, "master key"),
+        (&hsm.key_store_file, "key store"),
+    ] {
+        if path.exists() {
+            return Err(format!(
+                "{what} {}: already exists; init makes a new deployment's keys only",
+                path.display()
+            )
+            .into());
+        }
+    }
+    let mut bytes = Zeroizing::new([0_u8; 32]);
+    OsRandom.fill(bytes.as_mut())?;
+    let hex = Zeroizing::new(paycrypto::hex::encode(bytes.as_ref()));
+    let master = MasterKey::from_hex(&hex)?;
+    let store = SoftHsm::new(&master, Box::new(OsRandom)).export_store()?;
+    crate::files::write_whole(&hsm.master_key_file, hex.as_bytes(), 0o400)
+        .map_err(|e| format!("master key {}: {e}", hsm.master_key_file.display()))?;
+    crate::files::write_whole(&hsm.key_store_file, &store, 0o600)
+        .map_err(|e| format!("key store {}: {e}", hsm.key_store_file.display()))?;
+    println!(
+        "master key {} (mode 0400) and an empty key store {}",
+        hsm.master_key_file.display(),
+        hsm.key_store_file.display()
+    );
+    Ok(())
+}
+
+/// Turns the terminal's echo off while it lives, when standard input is a terminal, so that a
+/// component or password typed in is not shown on the screen (nor left in its scroll-back).
+struct NoEcho(bool);
+
+impl NoEcho {
+    fn start(what: &str) -> NoEcho {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return NoEcho(false);
+        }
+        eprint!("{what} (not shown): ");
+        NoEcho(stty("-echo"))
+    }
+}
+
+impl Drop for NoEcho {
+    fn drop(&mut self) {
+        if self.0 {
+            stty("echo");
+            eprintln!();
+        }
+    }
+}
+
+/// `stty SETTING` on standard input's terminal; whether it worked.
+fn stty(setting: &str) -> bool {
+    std::process::Command::new("stty")
+        .arg(setting)
+        .stdin(std::process::Stdio::inherit())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// One line of standard input without its line end; an empty input is an error.
+fn read_line(input: &mut dyn BufRead, what: &str) -> Result<String, String> {
+    let _no_echo = NoEcho::start(what);
+    let mut line = String::new();
+    let read = input
+        .read_line(&mut line)
+        .map_err(|e| format!("reading {what}: {e}"))?;
+    if read == 0 {
+        return Err(format!("standard input ended before {what}"));
+    }
+    let end = line.trim_end_matches(['\r', '\n']).len();
+    line.truncate(end);
+    Ok(line)
+}
+
+fn import_key(
+    config: &ServeConfig,
+    usage: KeyUsage,
+    algorithm: KeyAlgorithm,
+    components: u8,
+    expected_kcv: Option<&str>,
+    input: &mut dyn BufRead,
+) -> CliResult {
+    if !COMPONENTS.contains(&components) {
+        return Err("components: 2 or 3".into());
+    }
+    let expected_kcv = expected_kcv
+        .map(|kcv| {
+            let kcv = kcv.trim().to_ascii_uppercase();
+            let ok =
+                (kcv.len() == 6 || kcv.len() == 8) && kcv.bytes().all(|b| b.is_ascii_hexdigit());
+            ok.then_some(kcv).ok_or("kcv: 6 or 8 hex digits")
+        })
+        .transpose()?;
+    // Read and check every component before the key store is touched.
+    let mut key: Option<Zeroizing<Vec<u8>>> = None;
+    for n in 1..=components {
+        let line = Zeroizing::new(read_line(input, &format!("component {n}"))?);
+        let text = line.trim();
+        let component =
+            Key::from_hex(algorithm, text).map_err(|e| format!("component {n}: {e}"))?;
+        let bytes = Zeroizing::new(
+            paycrypto::hex::decode(text).map_err(|e| format!("component {n}: {e}"))?,
+        );
+        match key.as_mut() {
+            None => key = Some(bytes),
+            Some(sum) if sum.len() == bytes.len() => {
+                for (a, b) in sum.iter_mut().zip(bytes.iter()) {
+                    *a ^= b;
+                }
+            }
+            Some(sum) => {
+                return Err(format!(
+                    "component {n}: {} bytes, component 1 has {}",
+                    bytes.len(),
+                    sum.len()
+                )
+                .into());
+            }
+        }
+        println!("component {n}: KCV {}", component.kcv());
+    }
+    let key = key.ok_or("no components")?;
+    let hex = Zeroizing::new(paycrypto::hex::encode(&key));
+    let kcv = Key::from_hex(algorithm, &hex)?.kcv().to_string();
+    if let Some(expected) = expected_kcv {
+        // Paperwork gives six digits or all eight: either is the start of the KCV.
+        if !kcv.to_ascii_uppercase().starts_with(&expected) {
+            return Err(format!(
+                "the key's KCV is {kcv}, not {expected}: a component was mistyped; nothing \
+                 stored"
+            )
+            .into());
+        }
+    }
+    let _lock = StoreLock::take(&config.hsm.key_store_file)?;
+    let hsm = crate::serve::open_hsm(&config.hsm)?;
+    let handle = hsm.import_key(usage, algorithm, &hex)?;
+    let exported = hsm.export_store()?;
+    crate::files::write_whole(&config.hsm.key_store_file, &exported, 0o600)
+        .map_err(|e| format!("key store {}: {e}", config.hsm.key_store_file.display()))?;
+    println!("{usage} {handle}: KCV {kcv}");
+    Ok(())
+}
+
+/// The terminal as asked for, checked against its key: a TMK of the family its scheme needs,
+/// a MAC the scheme's keys can make.
+fn terminal_spec(
+    config: &ServeConfig,
+    tid: String,
+    mid: String,
+    tmk: &str,
+    key_scheme: &str,
+    mac: &str,
+    single_mak: bool,
+) -> Result<switch::TerminalSpec, Box<dyn std::error::Error>> {
+    check_id("tid", &tid, 8)?;
+    check_id("mid", &mid, 15)?;
+    let scheme: KeyScheme = key_scheme
+        .trim()
+        .parse()
+        .map_err(|_| "key scheme: 001, 003, 004 or 006")?;
+    let mac: MacAlgorithm = mac
+        .trim()
+        .parse()
+        .map_err(|_| "mac: x919, cup-ecb or sm4")?;
+    let tmk: KeyHandle = tmk.trim().parse()?;
+    let sm4_scheme = scheme.tmk_algorithm() == KeyAlgorithm::Sm4;
+    if sm4_scheme != (mac == MacAlgorithm::Sm4) {
+        return Err("mac: sm4 goes with key scheme 006, and scheme 006 with sm4".into());
+    }
+    if single_mak && (mac != MacAlgorithm::CupEcb || sm4_scheme) {
+        return Err("single-mak: for a CUP ECB terminal under scheme 001, 003 or 004".into());
+    }
+    let hsm = crate::serve::open_hsm(&config.hsm)?;
+    let info = hsm.key_info(tmk)?;
+    if info.usage != KeyUsage::Tmk {
+        return Err(format!("tmk: {tmk} is a {}, not a TMK", info.usage).into());
+    }
+    if info.algorithm != scheme.tmk_algorithm() {
+        return Err(format!(
+            "tmk: {tmk} is a {} key; key scheme {scheme} needs a {} TMK",
+            info.algorithm,
+            scheme.tmk_algorithm()
+        )
+        .into());
+    }
+    Ok(switch::TerminalSpec {
+        tid,
+        mid,
+        tmk,
+        scheme,
+        mac,
+        mak: if single_mak {
+            MakLength::Single
+        } else {
+            MakLength::Double
+        },
+        batch_no: 1,
+    })
+}
+
+/// Writes a new terminal: its merchant must exist, and its TID be new (a terminal's batch and
+/// keys are never reset by provisioning it again; the console suspends or closes it).
+async fn add_terminal(store: &dyn Store, spec: &switch::TerminalSpec) -> CliResult {
+    if risk::ops::merchant_state(store, &spec.mid)?.is_none() {
+        return Err(format!(
+            "merchant {}: not provisioned (provision merchant first)",
+            spec.mid
+        )
+        .into());
+    }
+    if store.terminal(&spec.tid)?.is_some() {
+        return Err(format!("terminal {}: already provisioned", spec.tid).into());
+    }
+    store.submit(vec![switch::terminal_record(spec)])?.await?;
+    Ok(())
+}
+
+/// Refunds are the running node's: a provisioning command has none to make.
+struct NoRefunds;
+
+impl resolve::cases::RefundExecutor for NoRefunds {
+    fn refund<'a>(
+        &'a self,
+        _original_rrn: &'a str,
+        _amount_fen: i64,
+        _idempotency_key: &'a str,
+    ) -> std::pin::Pin<
+        Box<
+            dyn Future<Output = Result<switch::BackOfficeRefund, switch::BackOfficeError>>
+                + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async {
+            Err(switch::BackOfficeError::Store(store::StoreError::Backend {
+                message: "refunds are made by a running node".to_owned(),
+            }))
+        })
+    }
+}
+
+async fn add_user(
+    store: &Arc<dyn Store>,
+    hsm: Arc<SoftHsm>,
+    new: web::auth::NewUser,
+) -> Result<store::web::UserRow, Box<dyn std::error::Error>> {
+    let portal = web::Web::new(
+        Arc::clone(store),
+        hsm as Arc<dyn Hsm>,
+        Arc::new(domain::IssuerDirectory::embedded()?),
+        Arc::new(switch::SystemClock),
+        Arc::new(NoRefunds),
+    );
+    web::create_user(&portal, ACTOR, new)
+        .await
+        .map_err(|e| e.to_string().into())
+}
