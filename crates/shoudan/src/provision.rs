@@ -34,6 +34,8 @@ use crate::serve::ServeConfig;
 
 /// Clear components a key is made of: two or three, as key custodians hold them.
 const COMPONENTS: std::ops::RangeInclusive<u8> = 2..=3;
+/// A merchant's registered name: what receipts, pages and field 63 show.
+const MERCHANT_NAME_CHARS_MAX: usize = 40;
 /// Who the audit rows and review history name for what this command does.
 const ACTOR: &str = "cli:provision";
 
@@ -186,6 +188,10 @@ fn run_with(
         } => {
             let config = ServeConfig::load(&config)?;
             check_id("mid", &mid, 15)?;
+            let name_chars = name.trim().chars().count();
+            if name_chars == 0 || name_chars > MERCHANT_NAME_CHARS_MAX {
+                return Err(format!("name: 1 to {MERCHANT_NAME_CHARS_MAX} characters").into());
+            }
             let store = open_store(&config)?;
             let qualification = risk::merchant::Qualification {
                 licence_no,
@@ -349,8 +355,12 @@ fn init(config: &ServeConfig) -> CliResult {
     let store = SoftHsm::new(&master, Box::new(OsRandom)).export_store()?;
     crate::files::write_whole(&hsm.master_key_file, hex.as_bytes(), 0o400)
         .map_err(|e| format!("master key {}: {e}", hsm.master_key_file.display()))?;
-    crate::files::write_whole(&hsm.key_store_file, &store, 0o600)
-        .map_err(|e| format!("key store {}: {e}", hsm.key_store_file.display()))?;
+    if let Err(e) = crate::files::write_whole(&hsm.key_store_file, &store, 0o600) {
+        // Nothing is wrapped under the new master key yet: take it back, so that init can be
+        // run again once the key store's directory is fixed.
+        let _ = std::fs::remove_file(&hsm.master_key_file);
+        return Err(format!("key store {}: {e}", hsm.key_store_file.display()).into());
+    }
     println!(
         "master key {} (mode 0400) and an empty key store {}",
         hsm.master_key_file.display(),
@@ -364,13 +374,19 @@ fn init(config: &ServeConfig) -> CliResult {
 struct NoEcho(bool);
 
 impl NoEcho {
-    fn start(what: &str) -> NoEcho {
+    /// Refused at a terminal whose echo cannot be turned off: the secret would be shown.
+    fn start(what: &str) -> Result<NoEcho, String> {
         use std::io::IsTerminal;
         if !std::io::stdin().is_terminal() {
-            return NoEcho(false);
+            return Ok(NoEcho(false));
+        }
+        if !stty("-echo") {
+            return Err(format!(
+                "cannot turn the terminal's echo off (stty) to read {what}; nothing read"
+            ));
         }
         eprint!("{what} (not shown): ");
-        NoEcho(stty("-echo"))
+        Ok(NoEcho(true))
     }
 }
 
@@ -394,8 +410,10 @@ fn stty(setting: &str) -> bool {
 
 /// One line of standard input without its line end; an empty input is an error.
 fn read_line(input: &mut dyn BufRead, what: &str) -> Result<String, String> {
-    let _no_echo = NoEcho::start(what);
-    let mut line = String::new();
+    let _no_echo = NoEcho::start(what)?;
+    // Room for any component or password at once: a buffer that grew would leave copies of
+    // the secret behind in freed memory.
+    let mut line = String::with_capacity(1_024);
     let read = input
         .read_line(&mut line)
         .map_err(|e| format!("reading {what}: {e}"))?;
@@ -427,34 +445,20 @@ fn import_key(
         })
         .transpose()?;
     // Read and check every component before the key store is touched.
-    let mut key: Option<Zeroizing<Vec<u8>>> = None;
+    let mut parts = Vec::with_capacity(usize::from(components));
     for n in 1..=components {
         let line = Zeroizing::new(read_line(input, &format!("component {n}"))?);
         let text = line.trim();
         let component =
             Key::from_hex(algorithm, text).map_err(|e| format!("component {n}: {e}"))?;
-        let bytes = Zeroizing::new(
+        parts.push(Zeroizing::new(
             paycrypto::hex::decode(text).map_err(|e| format!("component {n}: {e}"))?,
-        );
-        match key.as_mut() {
-            None => key = Some(bytes),
-            Some(sum) if sum.len() == bytes.len() => {
-                for (a, b) in sum.iter_mut().zip(bytes.iter()) {
-                    *a ^= b;
-                }
-            }
-            Some(sum) => {
-                return Err(format!(
-                    "component {n}: {} bytes, component 1 has {}",
-                    bytes.len(),
-                    sum.len()
-                )
-                .into());
-            }
-        }
-        println!("component {n}: KCV {}", component.kcv());
+        ));
+        // Six digits, as key paperwork gives them: enough for the custodian, less to go on.
+        let kcv = component.kcv().to_string();
+        println!("component {n}: KCV {}", kcv.get(..6).unwrap_or(&kcv));
     }
-    let key = key.ok_or("no components")?;
+    let key = combine(algorithm, &parts)?;
     let hex = Zeroizing::new(paycrypto::hex::encode(&key));
     let kcv = Key::from_hex(algorithm, &hex)?.kcv().to_string();
     if let Some(expected) = expected_kcv {
@@ -475,6 +479,63 @@ fn import_key(
         .map_err(|e| format!("key store {}: {e}", config.hsm.key_store_file.display()))?;
     println!("{usage} {handle}: KCV {kcv}");
     Ok(())
+}
+
+/// The key `parts` make (XORed), refused when it is weaker than it looks: a 3DES key of
+/// single length, parts of different lengths, two parts alike (a custodian's typed twice, or
+/// copied: the key is then known to fewer people than it should be, or is all zeros), a key of
+/// zeros, or a double- or triple-length key with two equal halves (single DES in effect).
+fn combine(
+    algorithm: KeyAlgorithm,
+    parts: &[Zeroizing<Vec<u8>>],
+) -> Result<Zeroizing<Vec<u8>>, String> {
+    let first = parts.first().ok_or("no components")?;
+    let len = first.len();
+    if algorithm == KeyAlgorithm::Des && len != 16 && len != 24 {
+        return Err(format!(
+            "a 3DES key's components are 32 or 48 hex digits, these are {}",
+            len * 2
+        ));
+    }
+    for (i, part) in parts.iter().enumerate() {
+        if part.len() != len {
+            return Err(format!(
+                "component {}: {} bytes, component 1 has {len}",
+                i + 1,
+                part.len()
+            ));
+        }
+        if let Some(j) = parts
+            .get(..i)
+            .and_then(|before| before.iter().position(|p| p == part))
+        {
+            return Err(format!(
+                "components {} and {} are the same: each custodian keeps their own",
+                j + 1,
+                i + 1
+            ));
+        }
+    }
+    let mut key = Zeroizing::new(vec![0_u8; len]);
+    for part in parts {
+        for (k, b) in key.iter_mut().zip(part.iter()) {
+            *k ^= b;
+        }
+    }
+    if key.iter().all(|&b| b == 0) {
+        return Err("the components make a key of zeros".to_owned());
+    }
+    if algorithm == KeyAlgorithm::Des {
+        let halves: Vec<&[u8]> = key.chunks(8).collect();
+        let repeats = halves.windows(2).any(|w| w.first() == w.get(1));
+        if repeats {
+            return Err(
+                "the components make a key with two equal adjacent halves: single DES in effect"
+                    .to_owned(),
+            );
+        }
+    }
+    Ok(key)
 }
 
 /// The terminal as asked for, checked against its key: a TMK of the family its scheme needs,
@@ -537,12 +598,18 @@ fn terminal_spec(
 /// Writes a new terminal: its merchant must exist, and its TID be new (a terminal's batch and
 /// keys are never reset by provisioning it again; the console suspends or closes it).
 async fn add_terminal(store: &dyn Store, spec: &switch::TerminalSpec) -> CliResult {
-    if risk::ops::merchant_state(store, &spec.mid)?.is_none() {
-        return Err(format!(
-            "merchant {}: not provisioned (provision merchant first)",
-            spec.mid
-        )
-        .into());
+    match risk::ops::merchant_state(store, &spec.mid)? {
+        None => {
+            return Err(format!(
+                "merchant {}: not provisioned (provision merchant first)",
+                spec.mid
+            )
+            .into());
+        }
+        Some(store::risk::MerchantState::Closed) => {
+            return Err(format!("merchant {}: closed; it takes no terminals", spec.mid).into());
+        }
+        Some(_) => {}
     }
     if store.terminal(&spec.tid)?.is_some() {
         return Err(format!("terminal {}: already provisioned", spec.tid).into());
@@ -590,4 +657,138 @@ async fn add_user(
     web::create_user(&portal, ACTOR, new)
         .await
         .map_err(|e| e.to_string().into())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn parts(hex: &[&str]) -> Vec<Zeroizing<Vec<u8>>> {
+        hex.iter()
+            .map(|h| Zeroizing::new(paycrypto::hex::decode(h).unwrap()))
+            .collect()
+    }
+
+    fn combined(algorithm: KeyAlgorithm, hex: &[&str]) -> Result<String, String> {
+        combine(algorithm, &parts(hex)).map(|k| paycrypto::hex::encode(&k))
+    }
+
+    #[test]
+    fn components_are_xored() {
+        assert_eq!(
+            combined(
+                KeyAlgorithm::Des,
+                &[
+                    "0123456789ABCDEFFEDCBA9876543210",
+                    "1111111111111111F0F0F0F0F0F0F0F0"
+                ]
+            )
+            .unwrap(),
+            "1032547698BADCFE0E2C4A6886A4C2E0"
+        );
+        assert!(
+            combined(
+                KeyAlgorithm::Sm4,
+                &["00112233445566778899AABBCCDDEEFF", "0F"]
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn weak_keys_are_refused() {
+        let a = "0123456789ABCDEFFEDCBA9876543210";
+        let b = "1111111111111111F0F0F0F0F0F0F0F0";
+        // The same component twice.
+        let err = combined(KeyAlgorithm::Des, &[a, b, a]).unwrap_err();
+        assert!(err.contains("components 1 and 3"), "{err}");
+        // Three distinct parts that cancel out.
+        let c = "1032547698BADCFE0E2C4A6886A4C2E0";
+        let err = combined(KeyAlgorithm::Des, &[a, b, c]).unwrap_err();
+        assert!(err.contains("zeros"), "{err}");
+        // Single DES called 3DES.
+        let err =
+            combined(KeyAlgorithm::Des, &["0123456789ABCDEF", "1111111111111111"]).unwrap_err();
+        assert!(err.contains("32 or 48"), "{err}");
+        // Halves that come out equal: K1 = K2.
+        let err = combined(
+            KeyAlgorithm::Des,
+            &[
+                "0123456789ABCDEF0123456789ABCDEF",
+                "11111111111111111111111111111111",
+            ],
+        )
+        .unwrap_err();
+        assert!(err.contains("equal"), "{err}");
+        // Triple length with K2 = K3.
+        let err = combined(
+            KeyAlgorithm::Des,
+            &[
+                "0123456789ABCDEFFEDCBA9876543210FEDCBA9876543210",
+                "111111111111111122222222222222222222222222222222",
+            ],
+        )
+        .unwrap_err();
+        assert!(err.contains("equal"), "{err}");
+        // An SM4 key has no halves to compare.
+        assert!(
+            combined(
+                KeyAlgorithm::Sm4,
+                &[
+                    "0123456789ABCDEF0123456789ABCDEF",
+                    "11111111111111111111111111111111"
+                ]
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_closed_merchant_takes_no_terminal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            store::SqliteStore::open(&store::SqliteConfig::new(dir.path().join("j.db"))).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let merchant = |status| {
+            store::Record::UpsertMerchant(store::MerchantRow {
+                mid: "898110000000088".to_owned(),
+                name: "已关闭商户".to_owned(),
+                status,
+                mcc: "5411".to_owned(),
+            })
+        };
+        let spec = switch::TerminalSpec {
+            tid: "70000088".to_owned(),
+            mid: "898110000000088".to_owned(),
+            tmk: "key-1".parse().unwrap(),
+            scheme: KeyScheme::DoubleWithTdk,
+            mac: MacAlgorithm::X919,
+            mak: MakLength::Double,
+            batch_no: 1,
+        };
+        runtime
+            .block_on(store.submit(vec![merchant(store::Status::Closed)]).unwrap())
+            .unwrap();
+        let err = runtime
+            .block_on(add_terminal(&store, &spec))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("closed"), "{err}");
+        assert!(store.terminal("70000088").unwrap().is_none());
+        runtime
+            .block_on(
+                store
+                    .submit(vec![merchant(store::Status::Suspended)])
+                    .unwrap(),
+            )
+            .unwrap();
+        runtime.block_on(add_terminal(&store, &spec)).unwrap();
+        assert!(store.terminal("70000088").unwrap().is_some());
+        store.close();
+    }
 }
