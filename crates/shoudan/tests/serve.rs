@@ -615,7 +615,7 @@ key_store_file = "{dir}/hsm.store"
     let components = format!("{}\n{}\n", parts[0], parts[1]);
     // A mistyped component: the KCV does not match and nothing is stored.
     let store_before = std::fs::read(d.join("hsm.store")).unwrap();
-    let mistyped = format!("{}\n{}\n", parts[0], parts[0]);
+    let mistyped = format!("{}\n{}\n", parts[0], parts[1].replace("F0F0", "F0E0"));
     let (code, _, err) = provision(
         &["key", "--config", c, "--usage", "tmk", "--kcv", &kcv[..6]],
         &mistyped,
