@@ -424,8 +424,13 @@ impl Core {
     /// The original a linked request names, if it is this terminal's merchant's. Another
     /// merchant's transaction is not found (25) and the refusal is not linked to it, so neither
     /// merchant is ever shown the other's (DESIGN.md invariant 5; found by the simulation).
-    async fn find_original(&self, ctx: &Ctx<'_>, kind: TxnKind) -> Option<Arc<Entry>> {
-        self.find_named(ctx, kind)
+    async fn find_original(
+        &self,
+        ctx: &Ctx<'_>,
+        kind: TxnKind,
+        fingerprint: Option<&[u8; 32]>,
+    ) -> Option<Arc<Entry>> {
+        self.find_named(ctx, kind, fingerprint)
             .await
             .filter(|original| original.mid == ctx.terminal.mid)
     }
@@ -436,11 +441,21 @@ impl Core {
     /// - A void or completion is of this terminal's own transaction: found by field 61 (batch
     ///   + trace) on this terminal, and an RRN in field 37, when given, must be the original's.
     /// - Without the first key each falls back on the other.
+    /// - A completion that names neither (a trace of 0, no RRN) is matched by its card, the
+    ///   pre-authorisation's code in field 38 and, when field 61 has one, its date
+    ///   ([`Core::by_auth_code`]): how terminals complete a pre-authorisation taken on
+    ///   another terminal or before a settlement.
     ///
     /// From memory first, then the store. A trace of 0 names nothing (traces run from 1).
-    async fn find_named(&self, ctx: &Ctx<'_>, kind: TxnKind) -> Option<Arc<Entry>> {
+    async fn find_named(
+        &self,
+        ctx: &Ctx<'_>,
+        kind: TxnKind,
+        fingerprint: Option<&[u8; 32]>,
+    ) -> Option<Arc<Entry>> {
         let request = &ctx.frame.message;
-        let named = match request.field61().ok().flatten() {
+        let field61 = request.field61().ok().flatten();
+        let named = match field61 {
             Some(Field61 {
                 batch,
                 trace: Some(trace @ 1..),
@@ -469,7 +484,50 @@ impl Core {
                 .is_none_or(|rrn| found.rrn.as_deref() == Some(rrn));
             return agrees.then_some(found);
         }
-        self.by_rrn(rrn?).await
+        match rrn {
+            Some(rrn) => self.by_rrn(rrn).await,
+            None if kind == TxnKind::Completion && named.is_none() => {
+                let date = field61.and_then(|f| f.date);
+                self.by_auth_code(ctx, fingerprint?, date).await
+            }
+            None => None,
+        }
+    }
+
+    /// The pre-authorisation a completion names by authorisation code (field 38) alone: among
+    /// this card's transactions at this merchant in the journal, the one pre-authorisation
+    /// with that code (and, when `date` is given, that host date, MMDD). `None` when none or
+    /// several match: a completion that could take either is answered 25, not guessed.
+    async fn by_auth_code(
+        &self,
+        ctx: &Ctx<'_>,
+        fingerprint: &[u8; 32],
+        date: Option<u16>,
+    ) -> Option<Arc<Entry>> {
+        let code = ctx.frame.message.text(38)?.trim().to_owned();
+        if code.is_empty() {
+            return None;
+        }
+        let (card, mid) = (fingerprint.to_vec(), ctx.terminal.mid.clone());
+        let rows = self
+            .read_for_request(move |store| store.txns_of_card_at(&card, &mid))
+            .await?
+            .ok()?;
+        let on_date = |row: &TxnRow| {
+            date.is_none_or(|date| {
+                row.host_date.as_deref().and_then(|d| d.parse::<u16>().ok()) == Some(date)
+            })
+        };
+        let mut matching = rows.iter().filter(|row| {
+            row.kind == TxnKind::PreAuth
+                && row.auth_code.as_deref() == Some(code.as_str())
+                && on_date(row)
+        });
+        let row = matching.next()?;
+        if matching.next().is_some() {
+            return None;
+        }
+        Some(self.ledger.adopt(row))
     }
 
     /// This terminal's request under batch + trace (not a reversal), if any.
@@ -549,7 +607,10 @@ impl Core {
         };
         let kind_ok = original.kind == expected
             || (kind == TxnKind::Refund && original.kind == TxnKind::Completion);
-        if !kind_ok || original.key.tid != ctx.key.tid && kind != TxnKind::Refund {
+        // A refund or completion may come from another terminal of the merchant (the
+        // merchant is checked by `find_original`); a void is of the terminal's own batch.
+        let any_terminal = matches!(kind, TxnKind::Refund | TxnKind::Completion);
+        if !kind_ok || original.key.tid != ctx.key.tid && !any_terminal {
             return Err(RC_ORIGINAL_NOT_FOUND);
         }
         if original.fingerprint.as_ref() != Some(fingerprint) {
@@ -807,7 +868,7 @@ impl Core {
                 | TxnKind::Completion
                 | TxnKind::Refund
         ) {
-            let Some(found) = self.find_original(ctx, kind).await else {
+            let Some(found) = self.find_original(ctx, kind, fingerprint.as_ref()).await else {
                 return self
                     .refuse_recorded(
                         ctx,

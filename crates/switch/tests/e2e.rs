@@ -444,6 +444,60 @@ fn every_transaction_type_moves_the_issuer_ledger() {
     });
 }
 
+/// A completion naming its pre-authorisation by authorisation code alone (field 38; field 61
+/// with no batch or trace, only the date), as terminals send one for a pre-authorisation taken
+/// on another terminal of the merchant: found by card, code and date, and completed once.
+#[test]
+fn a_completion_finds_its_pre_authorisation_by_auth_code() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        e.h.register_terminal("10000002", MID).await;
+        e.h.stop().await;
+        e.h.start().await;
+        let mut desk = e.h.terminal().await;
+        assert_eq!(desk.sign_in().await.code(), "00");
+        let mut checkout = e.h.terminal_as("10000002").await;
+        assert_eq!(checkout.sign_in().await.code(), "00");
+        let card = e.healthy(1);
+        let p = pan(&card);
+        let (start_balance, _) = e.balance(&card);
+        let held = desk.send(&with_pin(pre_auth(&p, 20_000, 11), &card)).await;
+        assert_eq!(held.code(), "00");
+        let code = held.text(38).unwrap();
+        let rrn_pa = held.text(37).unwrap();
+        let by_code = |stan: u32, code: &str, date: &str| Req {
+            condition: "06",
+            message_type: "20",
+            auth_code: Some(code.to_owned()),
+            f61: Some(format!("{:06}{:06}{date}", 0, 0)),
+            ..Req::purchase(&p, 15_000, stan)
+        };
+        let today = today_mmdd();
+        let other_day = if today == "0101" { "0102" } else { "0101" };
+        // Another code, or another day: nothing is found, nothing moves.
+        let wrong = if code == "000001" { "000002" } else { "000001" };
+        assert_eq!(
+            checkout.send(&by_code(21, wrong, &today)).await.code(),
+            "25"
+        );
+        assert_eq!(
+            checkout.send(&by_code(22, &code, other_day)).await.code(),
+            "25"
+        );
+        assert_eq!(e.balance(&card), (start_balance, 20_000));
+        // The code and the day: completed from the other terminal.
+        let done = checkout.send(&by_code(23, &code, &today)).await;
+        assert_eq!(done.code(), "00");
+        assert_eq!(e.balance(&card), (start_balance - 15_000, 0));
+        assert_eq!(e.issuer_txn(&rrn_pa).unwrap().state, IssuerState::Completed);
+        assert_eq!(e.journal_state(&rrn_pa), TxnState::Completed);
+        // Once: a second completion of it is refused and moves nothing.
+        let again = desk.send(&by_code(12, &code, &today)).await;
+        assert_ne!(again.code(), "00");
+        assert_eq!(e.balance(&card), (start_balance - 15_000, 0));
+    });
+}
+
 #[test]
 fn every_issuer_response_code_comes_through_the_switch() {
     runtime().block_on(async {
