@@ -192,13 +192,14 @@ fn run_with(
             if name_chars == 0 || name_chars > MERCHANT_NAME_CHARS_MAX {
                 return Err(format!("name: 1 to {MERCHANT_NAME_CHARS_MAX} characters").into());
             }
-            let store = open_store(&config)?;
             let qualification = risk::merchant::Qualification {
                 licence_no,
                 legal_person,
                 mcc,
                 address,
             };
+            qualification.check()?;
+            let store = open_store(&config)?;
             let applied = runtime.block_on(risk::ops::apply(
                 store.as_ref(),
                 &mid,
