@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use domain::CardNetwork;
 use iso8583::{
-    BatchUpload, CardOrganisation, Frame, SettleResult, SettlementTotals, Totals, TxnKind as Wire,
+    BatchUpload, BatchUploadKind, CardOrganisation, Frame, SettleResult, SettlementTotals, Totals,
+    TxnKind as Wire,
 };
 use store::settlement::{
     BatchDiffKind, BatchDiffRow, BatchSettlementRow, BatchUploadRow, SettlementRecord,
@@ -364,7 +365,17 @@ impl Core {
         let now_ms = self.clock.now_ms();
         let records = match kind {
             Wire::BatchUploadEnd { .. } => {
-                match self.batch_differences(&terminal.tid, batch_no).await {
+                // After a balanced settlement a terminal uploads its IC transactions only
+                // (203, for their chip data): what it did not upload is not missing there.
+                let owned = terminal.tid.clone();
+                let settled = self
+                    .read_for_request(move |store| store.batch_settlement(&owned, batch_no))
+                    .await;
+                let Some(Ok(settled)) = settled else {
+                    return self.system_error(frame);
+                };
+                let whole = settled.is_none_or(|s| s.result != SettleResult::BALANCED.0);
+                match self.batch_differences(&terminal.tid, batch_no, whole).await {
                     Some(rows) => {
                         tracing::info!(tid = %terminal.tid, batch_no, differences = rows.len(),
                         "batch upload compared");
@@ -377,6 +388,30 @@ impl Core {
                     }
                     None => return self.system_error(frame),
                 }
+            }
+            Wire::BatchUpload(BatchUploadKind::IcBalanced | BatchUploadKind::IcUnbalanced)
+                if request.digits(48).is_none() =>
+            {
+                // An IC transaction's upload: one per message, the card in field 2, the amount
+                // in 4 and the original's trace in 11 (its chip data in 55 is not kept).
+                let card = crate::financial::card(request).and_then(Result::ok);
+                let (Some(pan), Some(amount), Some(stan)) =
+                    (card, request.amount(), request.stan())
+                else {
+                    return self.answer_code(frame, RC_FORMAT_ERROR);
+                };
+                let (organisation, _) = self.card_organisation(Some(&pan));
+                vec![Record::Settlement(SettlementRecord::BatchUpload(
+                    BatchUploadRow {
+                        tid: terminal.tid.clone(),
+                        batch_no,
+                        stan,
+                        card_org: u8::from(organisation != DOMESTIC),
+                        pan_last4: pan.last4().to_owned(),
+                        amount_fen: i64::try_from(amount).unwrap_or(i64::MAX),
+                        received_at_ms: now_ms,
+                    },
+                ))]
             }
             _ => {
                 let upload = request.digits(48).and_then(|d| BatchUpload::parse(d).ok());
@@ -407,8 +442,15 @@ impl Core {
         self.answer_code(frame, RC_APPROVED)
     }
 
-    /// The uploaded records against the batch's counted journal rows, by trace.
-    async fn batch_differences(&self, tid: &str, batch_no: u32) -> Option<Vec<BatchDiffRow>> {
+    /// The uploaded records against the batch's counted journal rows, by trace. `whole`: the
+    /// terminal uploaded its whole batch (after an unbalanced settlement), so a row it did not
+    /// upload is missing there; otherwise only what it uploaded is compared.
+    async fn batch_differences(
+        &self,
+        tid: &str,
+        batch_no: u32,
+        whole: bool,
+    ) -> Option<Vec<BatchDiffRow>> {
         let owned = tid.to_owned();
         let uploaded = self
             .read_for_request(move |store| store.batch_uploads(&owned, batch_no))
@@ -444,7 +486,7 @@ impl Core {
                 Some(_) => {}
             }
         }
-        for (stan, row) in &ours {
+        for (stan, row) in ours.iter().filter(|_| whole) {
             if !uploaded.iter().any(|u| u.stan == *stan) {
                 diffs.push(diff(
                     *stan,

@@ -187,6 +187,110 @@ async fn balanced_batch_closes_and_an_unbalanced_one_is_explained_by_its_upload(
     );
 }
 
+/// An IC transaction's upload (0320, 60.3 203 or 205): one a message, no field 48, the card in
+/// field 2, the amount in 4, the original's trace in 11, its chip data in 55.
+async fn upload_ic(
+    t: &mut Terminal,
+    batch: u32,
+    code: &str,
+    trace: u32,
+    pan: Option<&str>,
+    amount: u64,
+) -> String {
+    let mut out = MessageBuilder::new(Mti::BATCH_UPLOAD);
+    if let Some(pan) = pan {
+        out.set_digits(2, pan).unwrap();
+    }
+    out.set_amount(amount).unwrap();
+    out.set_stan(trace).unwrap();
+    out.set_digits(22, "051").unwrap();
+    out.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+    out.set_bytes(55, &[0x9F, 0x26, 0x08, 1, 2, 3, 4, 5, 6, 7, 8])
+        .unwrap();
+    out.set_digits(60, &format!("00{batch:06}{code}")).unwrap();
+    let mut bytes = Vec::new();
+    out.encode_frame(&head(), &mut bytes).unwrap();
+    t.exchange(&bytes).await.code()
+}
+
+async fn upload_end(t: &mut Terminal, batch: u32, code: &str, count: u16) {
+    let mut end = MessageBuilder::new(Mti::BATCH_UPLOAD);
+    end.set_stan(950).unwrap();
+    end.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+    end.set_composed(&BatchUploadEnd { count }).unwrap();
+    end.set_digits(60, &format!("00{batch:06}{code}")).unwrap();
+    let mut bytes = Vec::new();
+    end.encode_frame(&head(), &mut bytes).unwrap();
+    assert_eq!(t.exchange(&bytes).await.code(), "00");
+}
+
+/// A balanced batch's IC uploads (203) are compared for what they carry only: the terminal
+/// uploads its chip transactions, not the batch. After an unbalanced settlement (205, then
+/// 202) the upload is the whole batch, and what it lacks is missing at the terminal.
+#[tokio::test]
+async fn ic_uploads_carry_one_transaction_each_and_a_balanced_batch_is_not_missing_the_rest() {
+    let h = Harness::new().await;
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let pan = card("622202");
+    for (stan, amount) in [(1, 1_000), (2, 2_500)] {
+        assert_eq!(
+            t.send(&Req::purchase(&pan, amount, stan)).await.code(),
+            "00"
+        );
+    }
+    let host = settle(&mut t, 1, &totals((3_500, 2), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+    // An IC upload without its card number cannot be recorded: 30, nothing kept.
+    assert_eq!(upload_ic(&mut t, 1, "203", 1, None, 1_000).await, "30");
+    assert!(h.store.batch_uploads(TID, 1).unwrap().is_empty());
+    assert_eq!(
+        upload_ic(&mut t, 1, "203", 1, Some(&pan), 1_000).await,
+        "00"
+    );
+    upload_end(&mut t, 1, "207", 1).await;
+    let uploads = h.store.batch_uploads(TID, 1).unwrap();
+    assert_eq!(
+        uploads
+            .iter()
+            .map(|u| (u.stan, u.amount_fen, u.pan_last4.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(1, 1_000, &pan[pan.len() - 4..])]
+    );
+    assert!(h.store.batch_differences(TID, 1).unwrap().is_empty());
+
+    t.batch = 2;
+    assert_eq!(t.sign_in().await.code(), "00");
+    for (stan, amount) in [(10, 5_000), (11, 600), (12, 300)] {
+        assert_eq!(
+            t.send(&Req::purchase(&pan, amount, stan)).await.code(),
+            "00"
+        );
+    }
+    let host = settle(&mut t, 2, &totals((6_000, 3), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::UNBALANCED);
+    assert_eq!(
+        upload_ic(&mut t, 2, "205", 10, Some(&pan), 5_000).await,
+        "00"
+    );
+    assert_eq!(upload_ic(&mut t, 2, "205", 11, Some(&pan), 700).await, "00");
+    upload_end(&mut t, 2, "202", 2).await;
+    let found: Vec<(u32, BatchDiffKind)> = h
+        .store
+        .batch_differences(TID, 2)
+        .unwrap()
+        .iter()
+        .map(|d| (d.stan, d.kind))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (11, BatchDiffKind::AmountDiffers),
+            (12, BatchDiffKind::MissingAtTerminal),
+        ]
+    );
+}
+
 struct ManualClock(AtomicI64);
 
 impl Clock for ManualClock {
