@@ -342,6 +342,9 @@ struct Req {
     stan: u32,
     rrn: Option<String>,
     f61: Option<String>,
+    /// Field 38: the original's authorisation code (a completion naming its pre-authorisation
+    /// by code).
+    auth_code: Option<String>,
     reason: Option<&'static str>,
 }
 
@@ -367,6 +370,8 @@ enum Read {
 struct Answer {
     code: String,
     rrn: Option<String>,
+    /// Field 38: an approval's authorisation code.
+    auth_code: Option<String>,
 }
 
 impl SimTerminal {
@@ -460,6 +465,9 @@ impl SimTerminal {
         if let Some(rrn) = &req.rrn {
             out.set_text(37, rrn).unwrap();
         }
+        if let Some(code) = &req.auth_code {
+            out.set_text(38, code).unwrap();
+        }
         if let Some(pin) = &req.pin {
             let digits = paycrypto::PanDigits::from_pan(&req.pan).unwrap();
             let block = paycrypto::pin::encrypt(&keys.pik, pin, &digits).unwrap();
@@ -509,6 +517,7 @@ impl SimTerminal {
                 let answer = Answer {
                     code: m.text(39).unwrap().to_owned(),
                     rrn: m.text(37).map(str::to_owned),
+                    auth_code: m.text(38).map(str::to_owned),
                 };
                 if answer.code == "96" || answer.code == "91" {
                     tokio::time::sleep(PAUSE_AFTER_REFUSAL).await;
@@ -600,11 +609,14 @@ impl SimTerminal {
     }
 }
 
+/// A completion naming its pre-authorisation by authorisation code alone.
+const BY_CODE: &str = "completion by code";
+
 /// A terminal's own count of its batch, from the answers it got (PROTOCOL.md: debits are
 /// purchases and completions, credits voids and refunds).
 fn count(totals: &mut Totals, label: &str, amount: u64) {
     match label {
-        "purchase" | "completion" => {
+        "purchase" | "completion" | BY_CODE => {
             totals.debit_amount += amount;
             totals.debit_count += 1;
         }
@@ -735,6 +747,19 @@ fn completion_of(orig: &Kept, stan: u32, amount: u64) -> Req {
     }
 }
 
+/// The completion of an approved pre-authorisation named by its authorisation code and date
+/// alone (field 38; field 61 without batch or trace; no RRN), as terminals complete one taken
+/// at another desk. `None` when its answer carried no code.
+fn completion_by_code_of(orig: &Kept, stan: u32, amount: u64) -> Option<Req> {
+    let code = orig.answer.auth_code.clone()?;
+    Some(Req {
+        rrn: None,
+        auth_code: Some(code),
+        f61: Some(format!("{:06}{:06}{}", 0, 0, orig.mmdd)),
+        ..completion_of(orig, stan, amount)
+    })
+}
+
 /// The void of an approved pre-authorisation, as request `stan`.
 fn pre_auth_void_of(orig: &Kept, stan: u32) -> Req {
     linked(orig, stan, "200000", "11", orig.req.amount)
@@ -787,6 +812,7 @@ async fn terminal_loop(
             stan,
             rrn: None,
             f61: None,
+            auth_code: None,
             reason: None,
         };
         let pick = |list: &Vec<Kept>, roll: u64| (roll >> 24) as usize % list.len().max(1);
@@ -878,8 +904,14 @@ async fn terminal_loop(
             // Complete the oldest pre-authorisation for less than was held, or void it.
             33..=39 if !pre_auths.is_empty() => {
                 let orig = pre_auths.remove(0);
+                let by_code = (roll >> 12)
+                    .is_multiple_of(3)
+                    .then(|| completion_by_code_of(&orig, stan, amount))
+                    .flatten();
                 if (roll >> 8).is_multiple_of(4) {
                     (pre_auth_void_of(&orig, stan), "pre-auth void", None)
+                } else if let Some(req) = by_code {
+                    (req, BY_CODE, Some(&mut completions))
                 } else {
                     (
                         completion_of(&orig, stan, amount),
@@ -926,7 +958,7 @@ async fn terminal_loop(
         if a.code == "00" {
             count(&mut totals, label, req.amount);
             let mut shared = seen.lock().unwrap();
-            if matches!(label, "purchase" | "completion") {
+            if matches!(label, "purchase" | "completion" | BY_CODE) {
                 shared.receipts.entry(mid).or_default().push(Kept {
                     req: req.clone(),
                     answer: a.clone(),
@@ -969,6 +1001,8 @@ async fn terminal_loop(
 
 struct Outcome {
     fingerprint: String,
+    /// Completions by authorisation code the switch approved.
+    approved_by_code: u64,
 }
 
 /// How to start the switch, at the beginning and after each crash.
@@ -1007,6 +1041,7 @@ impl Boot {
 /// runtime).
 struct Traffic {
     fingerprint: String,
+    approved_by_code: u64,
     store: Arc<SqliteStore>,
     directory: Arc<IssuerDirectory>,
     issuers: HashMap<String, Arc<Issuer>>,
@@ -1030,6 +1065,7 @@ fn run(seed: u64, txns: usize) -> Outcome {
     drop(traffic.dir);
     Outcome {
         fingerprint: format!("{}; {settled}", traffic.fingerprint),
+        approved_by_code: traffic.approved_by_code,
     }
 }
 
@@ -1314,6 +1350,11 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
     );
     Traffic {
         fingerprint,
+        approved_by_code: seen
+            .codes
+            .get(&format!("{BY_CODE} 00"))
+            .copied()
+            .unwrap_or(0),
         store,
         directory,
         issuers,
@@ -1753,11 +1794,18 @@ fn seeded_simulation_keeps_the_invariants() {
             .chain(SEEDS_THAT_FOUND_BUGS.iter().copied())
             .collect(),
     };
+    let mut approved_by_code = 0;
     for seed in seeds {
         eprintln!("sim: seed {seed} ({TERMINALS} terminals x {txns} requests)");
         let outcome = run(seed, txns);
         eprintln!("sim: seed {seed} ok: {}", outcome.fingerprint);
+        approved_by_code += outcome.approved_by_code;
     }
+    // The mix reaches the lookup by authorisation code, not only its refusals.
+    assert!(
+        approved_by_code > 0,
+        "no completion by authorisation code was approved"
+    );
 }
 
 #[test]
