@@ -466,6 +466,20 @@ impl SoftHsm {
         self.read().entries.len()
     }
 
+    /// The handles of the keys put in through `import_key` or `generate_key` (not working
+    /// keys), in the order they were counted: what an operator lists.
+    pub fn stored_handles(&self) -> Vec<KeyHandle> {
+        let mut handles: Vec<u64> = self
+            .read()
+            .entries
+            .keys()
+            .copied()
+            .filter(|h| h & WORKING_KEY_HANDLE_BIT == 0)
+            .collect();
+        handles.sort_unstable();
+        handles.into_iter().map(KeyHandle).collect()
+    }
+
     // A poisoned lock means a thread panicked while holding it. No code here panics between
     // reading and writing the table, so its contents are still consistent.
     fn read(&self) -> std::sync::RwLockReadGuard<'_, KeyTable> {
@@ -1048,6 +1062,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(restored.key_count(), 4);
+        // An operator's list names the stored keys, not the terminals' working keys.
+        assert_eq!(restored.stored_handles(), vec![tmk, zpk]);
         for handle in [tmk, issued.pik, issued.mak, zpk] {
             assert_eq!(
                 restored.key_info(handle).unwrap(),

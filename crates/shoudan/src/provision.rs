@@ -8,6 +8,7 @@
 //!   the key). Each component's check value is printed as it is read, so each custodian checks
 //!   their own; then the key's handle and check value. Neither a component nor the key is ever
 //!   printed.
+//! - `keys`: what the key store holds, by handle, usage and check value.
 //! - `merchant`: a merchant applies with its qualification data; it takes no cards until an
 //!   operator approves it on the console (`risk::ops`, maker and checker).
 //! - `terminal`: a terminal of a merchant, with a TMK already in the key store; refused unless
@@ -63,6 +64,11 @@ pub enum ProvisionCmd {
         /// paperwork): checked before the key is stored.
         #[arg(long)]
         kcv: Option<String>,
+    },
+    /// The keys in the key store: handle, usage, algorithm, length and KCV (never the key).
+    Keys {
+        #[arg(long)]
+        config: PathBuf,
     },
     /// A merchant applies with its qualification data; an operator approves it on the console
     /// before its terminals take cards.
@@ -176,6 +182,24 @@ fn run_with(
                 ImportAlgorithm::Sm4 => KeyAlgorithm::Sm4,
             };
             import_key(&config, usage, algorithm, components, kcv.as_deref(), input)
+        }
+        ProvisionCmd::Keys { config } => {
+            let config = ServeConfig::load(&config)?;
+            let hsm = crate::serve::open_hsm(&config.hsm)?;
+            for handle in hsm.stored_handles() {
+                let info = hsm.key_info(handle)?;
+                let kcv = info.kcv.to_string();
+                // The handle's, usage's and algorithm's `Display` ignore widths: pad strings.
+                println!(
+                    "{:<8} {:<4} {:<8} {:>2} bytes  KCV {}",
+                    handle.to_string(),
+                    info.usage.to_string(),
+                    info.algorithm.to_string(),
+                    info.len_bytes,
+                    kcv.get(..6).unwrap_or(&kcv)
+                );
+            }
+            Ok(())
         }
         ProvisionCmd::Merchant {
             config,

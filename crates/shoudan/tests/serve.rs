@@ -649,6 +649,16 @@ key_store_file = "{dir}/hsm.store"
     );
     assert_eq!(code, 0, "{err}");
     let zpk = handle_of(&out);
+    let (code, out, err) = provision(&["keys", "--config", c], "");
+    assert_eq!(code, 0, "{err}");
+    let listed: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(listed.len(), 2, "{out}");
+    assert_eq!(listed[0][..2], [tmk.as_str(), "TMK"], "{out}");
+    assert_eq!(listed[0].last(), Some(&&kcv[..6]), "{out}");
+    assert_eq!(listed[1][..2], [zpk.as_str(), "ZPK"], "{out}");
 
     // A terminal needs its merchant first, a TMK (not a ZPK) and a scheme its key fits.
     let terminal = |tid: &str, key: &str, extra: &[&str]| {
