@@ -532,7 +532,7 @@ fn combine(
         }
         if let Some(j) = parts
             .get(..i)
-            .and_then(|before| before.iter().position(|p| p == part))
+            .and_then(|before| before.iter().position(|p| same_key(algorithm, p, part)))
         {
             return Err(format!(
                 "components {} and {} are the same: each custodian keeps their own",
@@ -547,12 +547,14 @@ fn combine(
             *k ^= b;
         }
     }
-    if key.iter().all(|&b| b == 0) {
+    if same_key(algorithm, &key, &vec![0; len]) {
         return Err("the components make a key of zeros".to_owned());
     }
     if algorithm == KeyAlgorithm::Des {
         let halves: Vec<&[u8]> = key.chunks(8).collect();
-        let repeats = halves.windows(2).any(|w| w.first() == w.get(1));
+        let repeats = halves
+            .windows(2)
+            .any(|w| matches!(w, [a, b] if same_key(algorithm, a, b)));
         if repeats {
             return Err(
                 "the components make a key with two equal adjacent halves: single DES in effect"
@@ -561,6 +563,17 @@ fn combine(
         }
     }
     Ok(key)
+}
+
+/// Whether two keys (or key parts) are the same key: for DES, whatever their parity bits
+/// (the low bit of each byte, which DES ignores and this crate does not enforce).
+fn same_key(algorithm: KeyAlgorithm, a: &[u8], b: &[u8]) -> bool {
+    let mask = if algorithm == KeyAlgorithm::Des {
+        0xFE
+    } else {
+        0xFF
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x & mask == y & mask)
 }
 
 /// The terminal as asked for, checked against its key: a TMK of the family its scheme needs,
@@ -750,9 +763,15 @@ mod tests {
         // Triple length with K2 = K3.
         let err = combined(
             KeyAlgorithm::Des,
+            &[a, b, "1133557799BBDDFF0F2D4B6987A5C3E1"],
+        )
+        .unwrap_err();
+        assert!(err.contains("zeros"), "{err}");
+        let err = combined(
+            KeyAlgorithm::Des,
             &[
-                "0123456789ABCDEFFEDCBA9876543210FEDCBA9876543210",
-                "111111111111111122222222222222222222222222222222",
+                "0123456789ABCDEF0023456789ABCDEF",
+                "11111111111111111111111111111111",
             ],
         )
         .unwrap_err();

@@ -315,7 +315,6 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
     assert!(!error.contains(secret), "{error}");
 }
 
-/// An operator's stop: SIGTERM to `child`.
 /// Where a started `serve` listens, read from the lines it prints.
 struct Listening {
     switch: String,
@@ -367,6 +366,7 @@ fn listening(
     }
 }
 
+/// An operator's stop: SIGTERM to `child`.
 fn sigterm(child: &std::process::Child) {
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -436,10 +436,11 @@ impl Core {
     }
 
     /// Finds the transaction a linked request names (PROTOCOL.md, linked transactions).
-    /// - A refund may come from another terminal of the merchant: its original is found by RRN
-    ///   (field 37), and a batch + trace in field 61, when given, must be the original's.
-    /// - A void or completion is of this terminal's own transaction: found by field 61 (batch
-    ///   + trace) on this terminal, and an RRN in field 37, when given, must be the original's.
+    /// - A refund or completion may come from another terminal of the merchant: its original
+    ///   is found by RRN (field 37) when there is one, and a batch + trace in field 61, when
+    ///   given, must be the original's (they are the other terminal's numbers).
+    /// - A void is of this terminal's own transaction: found by field 61 (batch + trace) on
+    ///   this terminal, and an RRN in field 37, when given, must be the original's.
     /// - Without the first key each falls back on the other.
     /// - A completion that names neither (a trace of 0, no RRN) is matched by its card, the
     ///   pre-authorisation's code in field 38 and, when field 61 has one, its date
@@ -467,7 +468,7 @@ impl Core {
             .text(37)
             .map(|r| r.trim().to_owned())
             .filter(|r| !r.is_empty());
-        if kind == TxnKind::Refund
+        if matches!(kind, TxnKind::Refund | TxnKind::Completion)
             && let Some(rrn) = rrn
         {
             let found = self.by_rrn(rrn).await?;
@@ -487,7 +488,8 @@ impl Core {
         match rrn {
             Some(rrn) => self.by_rrn(rrn).await,
             None if kind == TxnKind::Completion && named.is_none() => {
-                let date = field61.and_then(|f| f.date);
+                // 61.3 of 0000 is no date.
+                let date = field61.and_then(|f| f.date).filter(|&d| d != 0);
                 self.by_auth_code(ctx, fingerprint?, date).await
             }
             None => None,
@@ -513,20 +515,36 @@ impl Core {
             .read_for_request(move |store| store.txns_of_card_at(&card, &mid))
             .await?
             .ok()?;
+        // The date the terminal printed: the day the request came in (`host_date`), or the
+        // day it was answered (field 13 is stamped then), which differ across midnight.
         let on_date = |row: &TxnRow| {
+            let answered = row.answered_at_ms.map(|ms| LocalTime::from_ms(ms).mmdd());
             date.is_none_or(|date| {
-                row.host_date.as_deref().and_then(|d| d.parse::<u16>().ok()) == Some(date)
+                [row.host_date.as_deref(), answered.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|d| d.parse::<u16>().ok() == Some(date))
             })
         };
-        let mut matching = rows.iter().filter(|row| {
-            row.kind == TxnKind::PreAuth
-                && row.auth_code.as_deref() == Some(code.as_str())
-                && on_date(row)
-        });
-        let row = matching.next()?;
-        if matching.next().is_some() {
-            return None;
-        }
+        let matching: Vec<&TxnRow> = rows
+            .iter()
+            .filter(|row| {
+                row.kind == TxnKind::PreAuth
+                    && row.auth_code.as_deref() == Some(code.as_str())
+                    && on_date(row)
+            })
+            .collect();
+        // A pre-authorisation still standing wins over spent ones with the same code (voided,
+        // completed, reversed); a lone spent one is returned, for its own refusal (12, say).
+        let standing: Vec<&TxnRow> = matching
+            .iter()
+            .copied()
+            .filter(|row| row.state == TxnState::Approved)
+            .collect();
+        let row = match (standing.as_slice(), matching.as_slice()) {
+            ([one], _) | ([], [one]) => *one,
+            _ => return None,
+        };
         Some(self.ledger.adopt(row))
     }
 

@@ -491,10 +491,48 @@ fn a_completion_finds_its_pre_authorisation_by_auth_code() {
         assert_eq!(e.balance(&card), (start_balance - 15_000, 0));
         assert_eq!(e.issuer_txn(&rrn_pa).unwrap().state, IssuerState::Completed);
         assert_eq!(e.journal_state(&rrn_pa), TxnState::Completed);
+        let rrn_done = done.text(37).unwrap();
         // Once: a second completion of it is refused and moves nothing.
         let again = desk.send(&by_code(12, &code, &today)).await;
         assert_ne!(again.code(), "00");
         assert_eq!(e.balance(&card), (start_balance - 15_000, 0));
+        // Another card with the same code names nothing.
+        let other = e.healthy(2);
+        let stranger = Req {
+            pan: pan(&other),
+            ..by_code(24, &code, &today)
+        };
+        assert_eq!(checkout.send(&stranger).await.code(), "25");
+        // The completion is the checkout's: the desk cannot void it.
+        let void = completion_void(&p, 15_000, 13, 23, &rrn_done);
+        assert_eq!(desk.send(&void).await.code(), "25");
+        // The checkout reverses it: the hold comes back, and the pre-authorisation can be
+        // completed by its code again.
+        let reversal = checkout
+            .send(&Req::reversal_of(&by_code(23, &code, &today)))
+            .await;
+        assert_eq!(reversal.code(), "00");
+        assert!(
+            e.issuer_state_becomes(&rrn_done, IssuerState::Reversed, 5)
+                .await,
+            "the completion's reversal never reached the issuer"
+        );
+        assert_eq!(e.balance(&card), (start_balance, 20_000));
+        assert_eq!(e.journal_state(&rrn_pa), TxnState::Approved);
+        let redone = checkout.send(&by_code(25, &code, &today)).await;
+        assert_eq!(redone.code(), "00");
+        assert_eq!(e.balance(&card), (start_balance - 15_000, 0));
+        // By RRN and the desk's batch + trace, which the checkout's own sale also has: the RRN
+        // finds the desk's pre-authorisation, whose numbers they are.
+        let held = desk.send(&with_pin(pre_auth(&p, 5_000, 14), &card)).await;
+        assert_eq!(held.code(), "00");
+        let own = checkout
+            .send(&with_pin(Req::purchase(&p, 100, 14), &card))
+            .await;
+        assert_eq!(own.code(), "00");
+        let by_rrn = completion(&p, 4_000, 26, 14, &held.text(37).unwrap());
+        assert_eq!(checkout.send(&by_rrn).await.code(), "00");
+        assert_eq!(e.balance(&card), (start_balance - 19_100, 0));
     });
 }
 
