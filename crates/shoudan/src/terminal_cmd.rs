@@ -114,9 +114,11 @@ pub struct TerminalArgs {
     pub orig_stan: Option<u32>,
     #[arg(long)]
     pub orig_batch: Option<u32>,
-    /// Original date MMDD (refunds).
+    /// Original date MMDD (refunds; a completion by authorisation code).
     #[arg(long)]
     pub orig_date: Option<String>,
+    /// The original's authorisation code; a completion with it and no --orig-rrn names its
+    /// pre-authorisation by code (and --orig-date) alone.
     #[arg(long)]
     pub orig_auth: Option<String>,
     /// What a `reversal` reverses (default purchase).
@@ -251,13 +253,25 @@ async fn drive(
     }
     let txn =
         TxnType::parse(&args.txn).ok_or_else(|| format!("unknown transaction {}", args.txn))?;
-    let original = args.orig_rrn.as_ref().map(|rrn| Original {
-        rrn: rrn.clone(),
-        batch: args.orig_batch.unwrap_or(terminal.batch()),
-        stan: args.orig_stan.unwrap_or(0),
-        date: args.orig_date.clone(),
-        auth_code: args.orig_auth.clone(),
-    });
+    let original = match (&args.orig_rrn, &args.orig_auth) {
+        (Some(rrn), _) => Some(Original {
+            rrn: rrn.clone(),
+            batch: args.orig_batch.unwrap_or(terminal.batch()),
+            stan: args.orig_stan.unwrap_or(0),
+            date: args.orig_date.clone(),
+            auth_code: args.orig_auth.clone(),
+        }),
+        // A completion naming its pre-authorisation by authorisation code (and date) alone,
+        // as for one taken on another terminal: no RRN, batch or trace.
+        (None, Some(auth)) if txn == TxnType::Completion => Some(Original {
+            rrn: String::new(),
+            batch: 0,
+            stan: 0,
+            date: args.orig_date.clone(),
+            auth_code: Some(auth.clone()),
+        }),
+        (None, _) => None,
+    };
     let amount = if txn == TxnType::BalanceInquiry {
         0
     } else {

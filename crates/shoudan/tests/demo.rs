@@ -240,6 +240,38 @@ fn demo_purchases_then_audit_is_clean() {
     let void: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(void["code"], "00", "{void}");
 
+    // A pre-authorisation at one desk, completed at another of the merchant's terminals by
+    // its authorisation code and date alone.
+    let holder = cards
+        .iter()
+        .find(|c| c["label"] == "healthy" && c["bank"] == "ICBC")
+        .unwrap()["pan"]
+        .as_str()
+        .unwrap();
+    let terminal = |tid: &str, args: &[&str]| -> Value {
+        let mut all = vec!["terminal", "--tid", tid];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--card", holder, "--json"]);
+        let (code, out) = shoudan(&all, dir);
+        assert_eq!(code, 0, "{out}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let held = terminal("10000001", &["preauth", "--amount", "20.00"]);
+    assert_eq!(held["code"], "00", "{held}");
+    let completed = terminal(
+        "10000002",
+        &[
+            "completion",
+            "--amount",
+            "15.00",
+            "--orig-auth",
+            held["auth_code"].as_str().unwrap(),
+            "--orig-date",
+            held["host_date"].as_str().unwrap(),
+        ],
+    );
+    assert_eq!(completed["code"], "00", "{completed}");
+
     // The demo's journal tailer turns the declines into notifications (the webhook notifier
     // delivers them to merchants that set an endpoint).
     let journal = store::SqliteStore::open_read_only(&dir.join("switch.db")).unwrap();

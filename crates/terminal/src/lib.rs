@@ -466,7 +466,10 @@ impl Terminal {
             )
         });
         if let Some(o) = original {
-            out.set_text(37, &o.rrn)?;
+            // A completion by authorisation code names no RRN.
+            if !o.rrn.is_empty() {
+                out.set_text(37, &o.rrn)?;
+            }
             if let Some(auth) = &o.auth_code {
                 out.set_text(38, auth)?;
             }
