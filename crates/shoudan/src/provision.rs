@@ -763,6 +763,20 @@ mod tests {
         // Triple length with K2 = K3.
         let err = combined(
             KeyAlgorithm::Des,
+            &[
+                "0123456789ABCDEFFEDCBA9876543210FEDCBA9876543210",
+                "111111111111111122222222222222222222222222222222",
+            ],
+        )
+        .unwrap_err();
+        assert!(err.contains("equal"), "{err}");
+        // DES ignores the parity bits (each byte's lowest): parts, zeros and halves that
+        // differ only there are the same key.
+        let err =
+            combined(KeyAlgorithm::Des, &[a, "0023456789ABCDEFFEDCBA9876543211"]).unwrap_err();
+        assert!(err.contains("components 1 and 2"), "{err}");
+        let err = combined(
+            KeyAlgorithm::Des,
             &[a, b, "1133557799BBDDFF0F2D4B6987A5C3E1"],
         )
         .unwrap_err();

@@ -11,6 +11,8 @@ use std::process::{Command, Stdio};
 
 use paycrypto::{Hsm, KeyAlgorithm, KeyUsage, MasterKey, OsRandom, SoftHsm};
 
+mod cli;
+
 const BIN: &str = env!("CARGO_BIN_EXE_shoudan");
 const MASTER_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
@@ -510,23 +512,12 @@ fn serve_listens_for_terminals_and_http() {
     store.close();
 }
 
-/// `shoudan ARGS` with `input` on its standard input: (exit code, stdout, stderr).
+/// `shoudan provision ARGS` with `input` on its standard input: (exit code, stdout, stderr).
 fn provision(args: &[&str], input: &str) -> (i32, String, String) {
-    let mut child = Command::new(BIN)
-        .arg("provision")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let all: Vec<&str> = std::iter::once("provision")
+        .chain(args.iter().copied())
+        .collect();
+    let out = cli::run_with_stdin(&all, input);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

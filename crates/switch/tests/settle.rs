@@ -77,18 +77,7 @@ async fn upload(t: &mut Terminal, batch: u32, records: &[(u32, &str, u64)]) {
     let mut bytes = Vec::new();
     out.encode_frame(&head(), &mut bytes).unwrap();
     assert_eq!(t.exchange(&bytes).await.code(), "00");
-
-    let mut end = MessageBuilder::new(Mti::BATCH_UPLOAD);
-    end.set_stan(902).unwrap();
-    end.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
-    end.set_composed(&BatchUploadEnd {
-        count: u16::try_from(records.len()).unwrap(),
-    })
-    .unwrap();
-    end.set_digits(60, &format!("00{batch:06}207")).unwrap();
-    let mut bytes = Vec::new();
-    end.encode_frame(&head(), &mut bytes).unwrap();
-    assert_eq!(t.exchange(&bytes).await.code(), "00");
+    upload_end(t, batch, "207", u16::try_from(records.len()).unwrap()).await;
 }
 
 #[tokio::test]
@@ -213,6 +202,7 @@ async fn upload_ic(
     t.exchange(&bytes).await.code()
 }
 
+/// The end of a batch upload (60.3 `code`: 207 or 202), `count` transactions uploaded.
 async fn upload_end(t: &mut Terminal, batch: u32, code: &str, count: u16) {
     let mut end = MessageBuilder::new(Mti::BATCH_UPLOAD);
     end.set_stan(950).unwrap();
