@@ -72,7 +72,8 @@ enum Command {
     /// Merchants' bound settlement accounts: bind, confirm a re-binding.
     #[command(subcommand)]
     Account(settle_cmd::AccountCmd),
-    /// A deployment's keys, merchants, terminals and users: init, key, merchant, terminal, user.
+    /// A deployment's keys, merchants, terminals and users: init, key, keys, merchant, terminal,
+    /// user.
     #[command(subcommand)]
     Provision(provision::ProvisionCmd),
 }

@@ -497,9 +497,10 @@ impl Core {
     }
 
     /// The pre-authorisation a completion names by authorisation code (field 38) alone: among
-    /// this card's transactions at this merchant in the journal, the one pre-authorisation
-    /// with that code (and, when `date` is given, that host date, MMDD). `None` when none or
-    /// several match: a completion that could take either is answered 25, not guessed.
+    /// this card's transactions at this merchant in the journal, the pre-authorisation with
+    /// that code (and, when `date` is given, received or answered that day, MMDD); the one
+    /// still standing when spent ones share the code. `None` when none or several match: a
+    /// completion that could take either is answered 25, not guessed.
     async fn by_auth_code(
         &self,
         ctx: &Ctx<'_>,
