@@ -307,6 +307,11 @@ impl Core {
                 answer.balance = balance;
             }
         }
+        // Field 15 of an answer the issuer gave no date (a refusal, a timeout) is the request's
+        // own clearing date, not the retry's: a retry after the cut-over names the same day.
+        if answer.settlement_date.is_none() {
+            answer.settlement_date = entry.clearing_date.get(4..8).map(str::to_owned);
+        }
         tracing::info!(tid = %ctx.key.tid, stan = ctx.key.stan, "retried request answered from the journal");
         self.reply(
             ctx.frame,

@@ -349,6 +349,19 @@ async fn requests_around_the_cut_over_get_their_clearing_dates_and_none_is_lost(
         Some(format!("{b_rrn}1123"))
     );
 
+    // 22:59:59.200 a request refused by the host (A is voided: no second void), its answer
+    // lost; the retry at 23:00:40 gets the same answer, field 15 its own clearing date still.
+    clock.0.store(BEFORE_CUTOVER_MS + 200, Ordering::SeqCst);
+    let twice = Req::void(&pan, 1_000, 6, 1, &a.text(37).unwrap());
+    let first = t.send(&twice).await;
+    assert_ne!(first.code(), "00");
+    let settlement_date = |r: &Response| r.frame().message.digits(15).map(|d| d.to_string());
+    assert_eq!(settlement_date(&first).as_deref(), Some("1123"));
+    clock.0.store(BEFORE_CUTOVER_MS + 41_000, Ordering::SeqCst);
+    let retried = t.send(&twice).await;
+    assert_eq!(retried.code(), first.code());
+    assert_eq!(settlement_date(&retried).as_deref(), Some("1123"));
+
     let rows = h.store.txns_by_batch(TID, 1).unwrap();
     let date_of = |stan: u32| {
         rows.iter()
@@ -367,6 +380,8 @@ async fn requests_around_the_cut_over_get_their_clearing_dates_and_none_is_lost(
         (original.clearing_date.as_str(), original.state),
         ("20261123", store::TxnState::Reversed)
     );
-    assert_eq!(rows.len(), 6, "every request journalled: {rows:?}");
+    // The refused void is journalled once, its retry answered from it.
+    assert_eq!(date_of(6), "20261123");
+    assert_eq!(rows.len(), 7, "every request journalled: {rows:?}");
     h.stop().await;
 }
