@@ -796,3 +796,97 @@ key_store_file = "{dir}/hsm.store"
     sigterm(&child);
     assert!(exit_within(&mut child, 30, "serve did not stop").success());
 }
+
+/// The provisioning commands on a PostgreSQL journal (the one several nodes share): the
+/// merchant, its terminal and a user land in that database, and a terminal provisioned twice
+/// is refused there too.
+#[test]
+fn provisioning_writes_to_a_postgresql_journal() {
+    let url = match std::env::var("SHOUDAN_PG_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            assert!(
+                std::env::var_os("SHOUDAN_REQUIRE_PG").is_none(),
+                "SHOUDAN_REQUIRE_PG is set but SHOUDAN_PG_URL is not"
+            );
+            eprintln!("SKIPPED on PostgreSQL: SHOUDAN_PG_URL is not set");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let schema = format!("provision_{}", std::process::id());
+    let config = write_config(dir.path(), &url, Some(&schema));
+    let c = config.to_str().unwrap();
+    let (code, out, err) = provision(
+        &["key", "--config", c, "--usage", "tmk"],
+        "0123456789ABCDEFFEDCBA9876543210\n1111111111111111F0F0F0F0F0F0F0F0\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let tmk = out
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap();
+    let tmk = tmk.trim_end_matches(':').to_owned();
+    let mid = "898110000000066";
+    let (code, _, err) = provision(
+        &[
+            "merchant",
+            "--config",
+            c,
+            "--mid",
+            mid,
+            "--name",
+            "海淀书店",
+            "--licence-no",
+            "91110108MA01ABCD3Z",
+            "--legal-person",
+            "赵六",
+            "--mcc",
+            "5942",
+            "--address",
+            "北京市海淀区",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let terminal = [
+        "terminal", "--config", c, "--tid", "70000066", "--mid", mid, "--tmk", &tmk,
+    ];
+    let (code, _, err) = provision(&terminal, "");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = provision(&terminal, "");
+    assert_eq!(code, 2);
+    assert!(err.contains("already provisioned"), "{err}");
+    let (code, _, err) = provision(
+        &[
+            "user",
+            "--config",
+            c,
+            "--username",
+            "pg-admin",
+            "--role",
+            "admin",
+        ],
+        "a-long-enough-password\n",
+    );
+    assert_eq!(code, 0, "{err}");
+
+    let pg = store::PgStore::open(&store::PgConfig {
+        url: url.clone(),
+        schema: Some(schema.clone()),
+    })
+    .unwrap();
+    use store::Store;
+    let row = pg.terminal("70000066").unwrap().unwrap();
+    assert_eq!((row.mid.as_str(), row.key_scheme.as_str()), (mid, "004"));
+    let profile = pg.merchant_profile(mid).unwrap().unwrap();
+    assert_eq!(profile.state, store::risk::MerchantState::Applied);
+    let user = pg.web_user_by_name("pg-admin").unwrap().unwrap();
+    assert_eq!(user.role, web::Role::Admin);
+    pg.close();
+    drop(pg);
+    let _ = store::PgStore::drop_schema(&url, &schema);
+}
