@@ -288,22 +288,36 @@ const ISSUER_LEGS_PER_POSTING: usize = crate::ledger::POSTING_LEGS_MAX - 3;
 pub const REVISIT_DAYS: i64 = 3;
 
 /// Clears `clearing_date`, then clears again each of the [`REVISIT_DAYS`] dates before it that
-/// a run has cleared already, returning the reports of those that changed. A day changes after
-/// its run: a reversal inside the cut-over's grace, an issuer's late answer to a request in
-/// flight at the run. Each re-run posts only the difference (a reversed sale's correction line),
-/// which the next payout nets.
+/// a run has cleared already, and any older cleared date whose transactions have had an event
+/// since the previous settle run (a reversal acknowledged days later, say), returning the
+/// reports of those that changed. A day changes after its run: a reversal inside the cut-over's
+/// grace, an issuer's late answer to a request in flight at the run, a host reversal of an
+/// approval whose outcome was written late. Each re-run posts only the difference (a reversed
+/// sale's correction line), which the next payout nets.
 pub fn settle_date_and_recent(
     store: &dyn Store,
     directory: &IssuerDirectory,
     clearing_date: &str,
     now_ms: i64,
 ) -> Result<(SettleReport, Vec<SettleReport>), SettleError> {
+    // What changed since the last run of any date: its own revisits saw everything before.
+    let previous_run_ms = store.settle_runs(None)?.iter().map(|r| r.at_ms).max();
     let report = settle_date(store, directory, clearing_date, now_ms)?;
-    let mut revisited = Vec::new();
+    let mut dates = Vec::new();
     for back in 1..=REVISIT_DAYS {
-        let Some(earlier) = crate::dates::add_days(&report.clearing_date, -back) else {
-            continue;
-        };
+        if let Some(earlier) = crate::dates::add_days(&report.clearing_date, -back) {
+            dates.push(earlier);
+        }
+    }
+    if let (Some(since), Some(oldest)) = (previous_run_ms, dates.last().cloned()) {
+        for touched in store.clearing_dates_touched_since(since, &oldest)? {
+            if !dates.contains(&touched) {
+                dates.push(touched);
+            }
+        }
+    }
+    let mut revisited = Vec::new();
+    for earlier in dates {
         if store.settle_runs(Some(&earlier))?.is_empty() {
             continue;
         }

@@ -504,6 +504,66 @@ fn a_day_reversed_after_its_run_is_corrected_by_the_next_days_run() {
     assert!(audit(store).unwrap().balanced);
 }
 
+/// A day older than the revisit window is cleared again when one of its transactions has had
+/// an event since the last run (a host reversal acknowledged days later, after a lost commit
+/// answer), and only then.
+#[test]
+fn an_old_day_whose_transaction_changed_since_the_last_run_is_cleared_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    merchant(store, M1);
+    insert(
+        store,
+        vec![
+            row(1, M1, K::Purchase, S::Approved, 10_000, "622202", D),
+            row(2, M1, K::Purchase, S::Approved, 4_000, "622202", D),
+        ],
+    );
+    let payable = || {
+        store
+            .ledger_balance(&acct::merchant_payable(M1), None)
+            .unwrap()
+    };
+    settle_date_and_recent(store, &directory, D, 1_000).unwrap();
+    assert_eq!(payable(), -(14_000 - 55 - 22));
+    // Runs of the following days; nothing changes.
+    for (day, at) in [
+        ("20261124", 2_000),
+        ("20261125", 3_000),
+        ("20261126", 4_000),
+    ] {
+        let (_, revisited) = settle_date_and_recent(store, &directory, day, at).unwrap();
+        assert!(revisited.is_empty());
+    }
+    // Five days on, the second sale is reversed by the host, with its timeline event.
+    store
+        .submit(vec![
+            store::Record::State {
+                id: 2,
+                state: S::Reversed,
+            },
+            store::Record::Event(store::EventRow {
+                txn_id: 2,
+                at_ms: 5_000,
+                kind: "host_reversal".to_owned(),
+                detail: String::new(),
+            }),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let (_, revisited) = settle_date_and_recent(store, &directory, "20261127", 6_000).unwrap();
+    assert_eq!(revisited.len(), 1, "{revisited:?}");
+    assert_eq!(revisited[0].clearing_date, D);
+    assert_eq!(payable(), -(10_000 - 55));
+    // The next run does not revisit it: nothing happened to it since.
+    let (_, again) = settle_date_and_recent(store, &directory, "20261128", 7_000).unwrap();
+    assert!(again.is_empty());
+    assert!(audit(store).unwrap().balanced);
+}
+
 #[test]
 fn a_fee_is_fixed_when_first_cleared_whatever_the_plan_says_later() {
     let dir = tempfile::tempdir().unwrap();
