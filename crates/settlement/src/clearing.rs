@@ -286,6 +286,9 @@ const ISSUER_LEGS_PER_POSTING: usize = crate::ledger::POSTING_LEGS_MAX - 3;
 
 /// Clearing dates before the one being cleared that a run clears again.
 pub const REVISIT_DAYS: i64 = 3;
+/// How far before the previous settle run events are read for dates to clear again (the
+/// nodes' clocks may differ from the one running the settlement).
+const EVENT_CLOCK_MARGIN_MS: i64 = 3_600_000;
 
 /// Clears `clearing_date`, then clears again each of the [`REVISIT_DAYS`] dates before it that
 /// a run has cleared already, and any older cleared date whose transactions have had an event
@@ -301,7 +304,13 @@ pub fn settle_date_and_recent(
     now_ms: i64,
 ) -> Result<(SettleReport, Vec<SettleReport>), SettleError> {
     // What changed since the last run of any date: its own revisits saw everything before.
-    let previous_run_ms = store.settle_runs(None)?.iter().map(|r| r.at_ms).max();
+    // An hour earlier than that, for the clocks of the nodes that wrote the events: a date
+    // read again that has not changed costs a read and writes nothing.
+    let previous_run_ms = store
+        .settle_runs(None)?
+        .iter()
+        .map(|r| r.at_ms.saturating_sub(EVENT_CLOCK_MARGIN_MS))
+        .max();
     let report = settle_date(store, directory, clearing_date, now_ms)?;
     let mut dates = Vec::new();
     for back in 1..=REVISIT_DAYS {
