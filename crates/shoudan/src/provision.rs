@@ -29,6 +29,7 @@ use paycrypto::{
     OsRandom, RandomSource, SoftHsm, Zeroizing,
 };
 use store::Store;
+use switch::Clock;
 
 use crate::CliResult;
 use crate::serve::ServeConfig;
@@ -231,7 +232,7 @@ fn run_with(
                 &qualification,
                 risk::ops::Actor {
                     operator: ACTOR,
-                    now_ms: now_ms(),
+                    now_ms: switch::SystemClock.now_ms(),
                 },
             ));
             store.close();
@@ -304,12 +305,6 @@ fn run_with(
             Ok(())
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn open_store(config: &ServeConfig) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {

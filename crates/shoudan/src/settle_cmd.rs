@@ -16,6 +16,7 @@ use settlement::{
 };
 use store::settlement::{AccountKind, PayoutState};
 use store::{SqliteConfig, SqliteStore, Store};
+use switch::{Clock, SystemClock};
 
 use crate::CliResult;
 
@@ -166,12 +167,6 @@ fn open_store(dir: &Path) -> Result<Arc<SqliteStore>, Box<dyn std::error::Error>
     Ok(Arc::new(SqliteStore::open(&SqliteConfig::new(path))?))
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 fn print_json<T: Serialize>(value: &T) -> CliResult {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -181,7 +176,7 @@ pub fn settle(args: SettleArgs) -> CliResult {
     let store = open_store(&args.common.data_dir)?;
     let directory = IssuerDirectory::embedded()?;
     let (report, revisited) =
-        settle_date_and_recent(store.as_ref(), &directory, &args.date, now_ms())?;
+        settle_date_and_recent(store.as_ref(), &directory, &args.date, SystemClock.now_ms())?;
     if args.common.json {
         let mut value = serde_json::to_value(&report)?;
         if let Some(map) = value.as_object_mut() {
@@ -240,7 +235,13 @@ pub fn payouts(args: PayoutsArgs) -> CliResult {
             let bank = sim_bank(&args.common.data_dir)?;
             let day = settlement::dates::normalise(day).ok_or("--run: not a date")?;
             bank.set_today(&day);
-            Some(run_payouts(store.as_ref(), &bank, &sealer, &day, now_ms())?)
+            Some(run_payouts(
+                store.as_ref(),
+                &bank,
+                &sealer,
+                &day,
+                SystemClock.now_ms(),
+            )?)
         }
         None => None,
     };
@@ -398,7 +399,7 @@ pub fn account(cmd: AccountCmd) -> CliResult {
                 &mid,
                 &input,
                 &by,
-                now_ms(),
+                SystemClock.now_ms(),
             )?;
             if common.json {
                 return print_json(&outcome);
@@ -415,7 +416,7 @@ pub fn account(cmd: AccountCmd) -> CliResult {
         }
         AccountCmd::Confirm { common, change, by } => {
             let store = open_store(&common.data_dir)?;
-            let version = confirm_change(store.as_ref(), change, &by, now_ms())?;
+            let version = confirm_change(store.as_ref(), change, &by, SystemClock.now_ms())?;
             if common.json {
                 return print_json(&serde_json::json!({ "change": change, "version": version }));
             }
@@ -449,7 +450,7 @@ fn clearing_file(
     let mut csv = Vec::new();
     issuer_sim::clearing::write_csv(&records, &mut csv)?;
     let closed_through = switch::clearing_date_of(
-        now_ms() - switch::CUTOVER_GRACE_MS,
+        SystemClock.now_ms() - switch::CUTOVER_GRACE_MS,
         switch::CUTOVER_MINUTE_DEFAULT,
     );
     if keep && date < closed_through.as_str() {
