@@ -21,6 +21,8 @@ use serde_json::Value;
 use store::{PgConfig, PgStore, SafState, SqliteStore, Store, TxnState};
 use terminal::{Card, Request, Terminal, TerminalConfig, TxnType};
 
+mod cli;
+
 const BIN: &str = env!("CARGO_BIN_EXE_shoudan");
 /// Terminals of the test's own load at most (besides the demo's background traffic).
 const LOAD_TERMINALS_MAX: usize = 6;
@@ -242,16 +244,8 @@ impl Drop for Schema {
 
 #[test]
 fn on_postgres_kill_9_under_load_then_restart_loses_no_approval_and_leaves_nothing_in_doubt() {
-    let url = match std::env::var("SHOUDAN_PG_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            assert!(
-                std::env::var_os("SHOUDAN_REQUIRE_PG").is_none(),
-                "SHOUDAN_REQUIRE_PG is set but SHOUDAN_PG_URL is not"
-            );
-            eprintln!("SKIPPED on PostgreSQL: SHOUDAN_PG_URL is not set");
-            return;
-        }
+    let Some(url) = cli::pg_url() else {
+        return;
     };
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let schema = |label: &str| {

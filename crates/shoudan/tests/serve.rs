@@ -149,40 +149,31 @@ fn serve_checks_its_config_on_sqlite_and_postgres() {
     drop(store);
     assert!(check(&config).contains("database: up to date"));
 
-    match std::env::var("SHOUDAN_PG_URL") {
-        Ok(url) if !url.is_empty() => {
-            let pg_dir = tempfile::tempdir().unwrap();
-            let schema = format!("serve_{}", std::process::id());
-            let config = write_config(pg_dir.path(), &url, Some(&schema));
-            let out = check(&config);
-            assert!(out.contains("configuration ok"), "{out}");
-            assert!(out.contains("database: new"), "{out}");
-            // Not created by the check: the schema holds no migrations table yet.
-            let status = store::PgStore::inspect(&store::PgConfig {
-                url: url.clone(),
-                schema: Some(schema.clone()),
-            })
-            .unwrap();
-            assert!(!status.exists, "{status:?}");
-            let pg = store::PgStore::open(&store::PgConfig {
-                url: url.clone(),
-                schema: Some(schema.clone()),
-            })
-            .unwrap();
-            pg.close();
-            drop(pg);
-            let out = check(&config);
-            assert!(out.contains("database: up to date"), "{out}");
-            assert!(out.contains("configuration ok: 0 terminals"), "{out}");
-            let _ = store::PgStore::drop_schema(&url, &schema);
-        }
-        _ => {
-            assert!(
-                std::env::var_os("SHOUDAN_REQUIRE_PG").is_none(),
-                "SHOUDAN_REQUIRE_PG is set but SHOUDAN_PG_URL is not"
-            );
-            eprintln!("SKIPPED on PostgreSQL: SHOUDAN_PG_URL is not set");
-        }
+    if let Some(url) = cli::pg_url() {
+        let pg_dir = tempfile::tempdir().unwrap();
+        let schema = format!("serve_{}", std::process::id());
+        let config = write_config(pg_dir.path(), &url, Some(&schema));
+        let out = check(&config);
+        assert!(out.contains("configuration ok"), "{out}");
+        assert!(out.contains("database: new"), "{out}");
+        // Not created by the check: the schema holds no migrations table yet.
+        let status = store::PgStore::inspect(&store::PgConfig {
+            url: url.clone(),
+            schema: Some(schema.clone()),
+        })
+        .unwrap();
+        assert!(!status.exists, "{status:?}");
+        let pg = store::PgStore::open(&store::PgConfig {
+            url: url.clone(),
+            schema: Some(schema.clone()),
+        })
+        .unwrap();
+        pg.close();
+        drop(pg);
+        let out = check(&config);
+        assert!(out.contains("database: up to date"), "{out}");
+        assert!(out.contains("configuration ok: 0 terminals"), "{out}");
+        let _ = store::PgStore::drop_schema(&url, &schema);
     }
 }
 
@@ -802,16 +793,8 @@ key_store_file = "{dir}/hsm.store"
 /// is refused there too.
 #[test]
 fn provisioning_writes_to_a_postgresql_journal() {
-    let url = match std::env::var("SHOUDAN_PG_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            assert!(
-                std::env::var_os("SHOUDAN_REQUIRE_PG").is_none(),
-                "SHOUDAN_REQUIRE_PG is set but SHOUDAN_PG_URL is not"
-            );
-            eprintln!("SKIPPED on PostgreSQL: SHOUDAN_PG_URL is not set");
-            return;
-        }
+    let Some(url) = cli::pg_url() else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let schema = format!("provision_{}", std::process::id());

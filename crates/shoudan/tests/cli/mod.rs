@@ -1,4 +1,7 @@
-//! Runs the `shoudan` binary the way the CLI tests need: with text on its standard input.
+//! What the tests that run the `shoudan` binary share: running it with text on its standard
+//! input, and the test PostgreSQL server. Not every test file uses both.
+
+#![allow(dead_code)]
 
 use std::io::Write as _;
 use std::process::{Command, Output, Stdio};
@@ -16,4 +19,20 @@ pub fn run_with_stdin(args: &[&str], input: &str) -> Output {
     stdin.write_all(input.as_bytes()).unwrap();
     drop(stdin);
     child.wait_with_output().unwrap()
+}
+
+/// The test PostgreSQL server (`SHOUDAN_PG_URL`), or `None` after saying the PostgreSQL part is
+/// skipped; with `SHOUDAN_REQUIRE_PG` set (`scripts/test`), a missing server fails the test.
+pub fn pg_url() -> Option<String> {
+    match std::env::var("SHOUDAN_PG_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var_os("SHOUDAN_REQUIRE_PG").is_none(),
+                "SHOUDAN_REQUIRE_PG is set but SHOUDAN_PG_URL is not"
+            );
+            eprintln!("SKIPPED on PostgreSQL: SHOUDAN_PG_URL is not set");
+            None
+        }
+    }
 }
