@@ -7,7 +7,7 @@
 //! run over the same day changes nothing, and says so.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use domain::{CardNetwork, CardType, IssuerDirectory};
 use serde::Serialize;
@@ -303,11 +303,13 @@ pub fn settle_date_and_recent(
     clearing_date: &str,
     now_ms: i64,
 ) -> Result<(SettleReport, Vec<SettleReport>), SettleError> {
-    // What changed since the last run of any date: its own revisits saw everything before.
-    // An hour earlier than that, for the clocks of the nodes that wrote the events: a date
-    // read again that has not changed costs a read and writes nothing.
-    let previous_run_ms = store
-        .settle_runs(None)?
+    // The runs so far: which dates were cleared, and when the last run was. What changed
+    // since that run is read, from an hour earlier for the clocks of the nodes that wrote the
+    // events (a date read again that has not changed costs a read and writes nothing); the
+    // last run's own revisits saw everything before it.
+    let runs = store.settle_runs(None)?;
+    let cleared: HashSet<&str> = runs.iter().map(|r| r.clearing_date.as_str()).collect();
+    let previous_run_ms = runs
         .iter()
         .map(|r| r.at_ms.saturating_sub(EVENT_CLOCK_MARGIN_MS))
         .max();
@@ -326,11 +328,8 @@ pub fn settle_date_and_recent(
         }
     }
     let mut revisited = Vec::new();
-    for earlier in dates {
-        if store.settle_runs(Some(&earlier))?.is_empty() {
-            continue;
-        }
-        let again = settle_date(store, directory, &earlier, now_ms)?;
+    for earlier in dates.iter().filter(|d| cleared.contains(d.as_str())) {
+        let again = settle_date(store, directory, earlier, now_ms)?;
         if again.changed {
             revisited.push(again);
         }
@@ -358,7 +357,7 @@ fn fees_charged_elsewhere(
         return Ok(charged);
     }
     // Captures of this date (cleared already or not) need no other date's lines.
-    let here: std::collections::HashSet<i64> = existing
+    let here: HashSet<i64> = existing
         .iter()
         .map(|l| l.txn_id)
         .chain(
