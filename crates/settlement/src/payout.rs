@@ -283,7 +283,16 @@ impl Run<'_> {
     ) -> Result<bool, PayoutError> {
         let mut records = extra;
         if let Some((kind, debit, credit)) = transfer {
-            let debit_account = debit.clone();
+            // A new payout takes what its merchant is owed, never more: two runs for
+            // different days that read the same balance cannot both pay it. Checked after the
+            // posting that takes it.
+            let at_most = expected.is_none().then(|| {
+                Record::Settlement(SettlementRecord::BalanceAtMost {
+                    mid: payout.mid.clone(),
+                    account: debit.clone(),
+                    max_fen: 0,
+                })
+            });
             let posting = Posting::transfer(
                 kind,
                 payout.key.clone(),
@@ -295,15 +304,7 @@ impl Run<'_> {
             if let Some(r) = posting_record(self.store, vec![posting], self.now_ms)? {
                 records.push(r);
             }
-            // A new payout takes what its merchant is owed, never more: two runs for
-            // different days that read the same balance cannot both pay it.
-            if expected.is_none() {
-                records.push(Record::Settlement(SettlementRecord::BalanceAtMost {
-                    mid: payout.mid.clone(),
-                    account: debit_account,
-                    max_fen: 0,
-                }));
-            }
+            records.extend(at_most);
         }
         records.push(event);
         records.push(Record::Settlement(match expected {
