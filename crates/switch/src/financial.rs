@@ -473,7 +473,7 @@ impl Core {
             .text(37)
             .map(|r| r.trim().to_owned())
             .filter(|r| !r.is_empty());
-        if matches!(kind, TxnKind::Refund | TxnKind::Completion)
+        if from_any_terminal(kind)
             && let Some(rrn) = rrn
         {
             let found = self.by_rrn(rrn).await?;
@@ -631,10 +631,8 @@ impl Core {
         };
         let kind_ok = original.kind == expected
             || (kind == TxnKind::Refund && original.kind == TxnKind::Completion);
-        // A refund or completion may come from another terminal of the merchant (the
-        // merchant is checked by `find_original`); a void is of the terminal's own batch.
-        let any_terminal = matches!(kind, TxnKind::Refund | TxnKind::Completion);
-        if !kind_ok || original.key.tid != ctx.key.tid && !any_terminal {
+        // The merchant is checked by `find_original`.
+        if !kind_ok || original.key.tid != ctx.key.tid && !from_any_terminal(kind) {
             return Err(RC_ORIGINAL_NOT_FOUND);
         }
         if original.fingerprint.as_ref() != Some(fingerprint) {
@@ -1808,6 +1806,12 @@ enum Unreadable {
     /// A response code outside the protocol's table: it may be an approval of a kind this
     /// host does not know (a partial or conditional one), so it is not taken for a decline.
     UnknownCode(String),
+}
+
+/// Linked requests that may come from any terminal of the original's merchant, their original
+/// found by RRN first: refunds and completions. A void is of the terminal's own batch.
+fn from_any_terminal(kind: TxnKind) -> bool {
+    matches!(kind, TxnKind::Refund | TxnKind::Completion)
 }
 
 /// The answer in an issuer's reply: 39, 38, 15, 54. `Unreadable` when it cannot be read, when
