@@ -290,7 +290,7 @@ impl<'q> TxnFilter<'q> {
                 && text.len() <= most
                 && text.bytes().all(|b| b.is_ascii_alphanumeric())
         };
-        if given(&q.rrn).is_some_and(|r| r.len() != 12 || !alnum(r, 12)) {
+        if given(&q.rrn).is_some_and(|r| r.parse::<domain::Rrn>().is_err()) {
             return Err(ApiError::bad_request(
                 "rrn: the 12 letters and digits of a reference number",
             ));
