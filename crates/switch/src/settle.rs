@@ -400,13 +400,12 @@ impl Core {
                 else {
                     return self.answer_code(frame, RC_FORMAT_ERROR);
                 };
-                let (organisation, _) = self.card_organisation(Some(&pan));
                 vec![Record::Settlement(SettlementRecord::BatchUpload(
                     BatchUploadRow {
                         tid: terminal.tid.clone(),
                         batch_no,
                         stan,
-                        card_org: u8::from(organisation != DOMESTIC),
+                        card_org: u8::from(organisation(&self.directory.lookup(&pan)) != DOMESTIC),
                         pan_last4: pan.last4().to_owned(),
                         amount_fen: i64::try_from(amount).unwrap_or(i64::MAX),
                         received_at_ms: now_ms,
