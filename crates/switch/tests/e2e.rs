@@ -465,12 +465,12 @@ fn a_completion_finds_its_pre_authorisation_by_auth_code() {
         assert_eq!(held.code(), "00");
         let code = held.text(38).unwrap();
         let rrn_pa = held.text(37).unwrap();
+        // A completion naming no RRN, batch or trace: the code and the date only.
         let by_code = |stan: u32, code: &str, date: &str| Req {
-            condition: "06",
-            message_type: "20",
+            rrn: None,
             auth_code: Some(code.to_owned()),
             f61: Some(format!("{:06}{:06}{date}", 0, 0)),
-            ..Req::purchase(&p, 15_000, stan)
+            ..completion(&p, 15_000, stan, 0, "")
         };
         let today = today_mmdd();
         let other_day = if today == "0101" { "0102" } else { "0101" };
