@@ -2,11 +2,14 @@
 //! and `shoudan card-info` (issuer, card type and contact channels of a card number, masked).
 
 use std::io::Read;
+use std::sync::Arc;
 
 use domain::diagnosis::{self, Diagnosis, FailureKind, Lang, PayoutFailure, Subject, TABLE};
 use domain::issuer::{CardLookup, IssuerContact, IssuerDirectory};
 use domain::pan::{MaskedPan, PAN_LEN_MAX, PAN_LEN_MIN, luhn_valid};
 use serde_json::{Value, json};
+use store::Store;
+use switch::{Clock, SystemClock};
 use zeroize::Zeroizing;
 
 use crate::CliResult;
@@ -34,11 +37,22 @@ pub struct ExplainArgs {
     #[arg(required_unless_present_any = ["list", "rrn"], conflicts_with = "rrn")]
     code: Option<String>,
     /// Explain a stored transaction instead: its timeline in plain words and its diagnosis.
-    #[arg(long, value_name = "RRN", requires = "data_dir")]
+    #[arg(long, value_name = "RRN", requires = "journal")]
     rrn: Option<String>,
     /// The data directory whose journal (switch.db) `--rrn` reads, read-only.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", group = "journal")]
     data_dir: Option<std::path::PathBuf>,
+    /// Or a node's configuration, whose journal (`database`: SQLite or PostgreSQL) `--rrn`
+    /// reads, read-only.
+    #[arg(long, value_name = "FILE", group = "journal")]
+    config: Option<std::path::PathBuf>,
+    /// Or the journal itself: `sqlite:PATH` or `postgres://...` (a demo started with
+    /// `--database`), read-only.
+    #[arg(long, value_name = "URL", group = "journal")]
+    database: Option<String>,
+    /// The PostgreSQL schema of that journal, when not `public`.
+    #[arg(long, requires = "database")]
+    database_schema: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -72,8 +86,23 @@ pub fn explain(args: ExplainArgs) -> CliResult {
     if args.list {
         return list(args.json, lang);
     }
-    if let (Some(rrn), Some(dir)) = (&args.rrn, &args.data_dir) {
-        return explain_rrn(rrn, dir, args.json, lang);
+    if let Some(rrn) = &args.rrn {
+        let store: Arc<dyn Store> = match (&args.config, &args.database, &args.data_dir) {
+            (Some(config), _, _) => {
+                let config = crate::serve::ServeConfig::load(config)?;
+                crate::serve::open_store_as_is(&config.database, config.database_schema.as_deref())?
+            }
+            (None, Some(url), _) => {
+                crate::serve::open_store_as_is(url, args.database_schema.as_deref())?
+            }
+            (None, None, Some(dir)) => {
+                Arc::new(store::SqliteStore::open_read_only(&dir.join("switch.db"))?)
+            }
+            (None, None, None) => {
+                return Err("--rrn needs --data-dir, --config or --database".into());
+            }
+        };
+        return explain_rrn(rrn, store.as_ref(), args.json, lang);
     }
     let Some(input) = args.code else {
         return Err("give a response code or failure name (or --list)".into());
@@ -90,15 +119,11 @@ pub fn explain(args: ExplainArgs) -> CliResult {
     Ok(())
 }
 
-/// `explain --rrn`: the journal opened read-only (a running demo may be writing it), the
-/// transaction's timeline and diagnosis; JSON carries both languages.
-fn explain_rrn(rrn: &str, dir: &std::path::Path, json_out: bool, lang: Lang) -> CliResult {
-    let store = store::SqliteStore::open_read_only(&dir.join("switch.db"))?;
+/// `explain --rrn`: the journal opened read-only (a running demo or node may be writing it),
+/// the transaction's timeline and diagnosis; JSON carries both languages.
+fn explain_rrn(rrn: &str, store: &dyn Store, json_out: bool, lang: Lang) -> CliResult {
     let directory = IssuerDirectory::embedded()?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let explanation = resolve::explain_rrn(&store, &directory, rrn, now_ms)?;
+    let explanation = resolve::explain_rrn(store, &directory, rrn, SystemClock.now_ms())?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&explanation)?);
     } else {

@@ -211,6 +211,26 @@ pub fn open_store_as_is(
     url: &str,
     schema: Option<&str>,
 ) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
+    at_this_schema(url, schema)?;
+    Ok(match database(url, schema)? {
+        Database::Postgres(config) => Arc::new(PgStore::open_read_only(&config)?),
+        Database::Sqlite(path) => Arc::new(SqliteStore::open_read_only(Path::new(path))?),
+    })
+}
+
+/// A node's journal opened for writing by a tool (`settle --config`): refused, as for
+/// [`open_store_as_is`], unless a node has made it and it is at this build's schema, so that a
+/// mistyped path or schema is not answered with an empty journal, and a tool of another build
+/// does not migrate a journal its nodes are using.
+pub fn open_store_existing(
+    url: &str,
+    schema: Option<&str>,
+) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
+    at_this_schema(url, schema)?;
+    open_store(url, schema)
+}
+
+fn at_this_schema(url: &str, schema: Option<&str>) -> Result<(), Box<dyn std::error::Error>> {
     let status = inspect_store(url, schema)?;
     if !status.exists {
         return Err("database: no journal there (no schema_migrations table)".into());
@@ -223,10 +243,7 @@ pub fn open_store_as_is(
         )
         .into());
     }
-    Ok(match database(url, schema)? {
-        Database::Postgres(config) => Arc::new(PgStore::open_read_only(&config)?),
-        Database::Sqlite(path) => Arc::new(SqliteStore::open_read_only(Path::new(path))?),
-    })
+    Ok(())
 }
 
 /// What the database holds and what a start would do to it, read without changing it.

@@ -1,7 +1,7 @@
 //! `shoudan settle`, `payouts`, `reconcile`, `ledger balance` and `account`: the settlement
-//! crate over the demo's data directory (journal `switch.db`, issuer ledgers, master key).
+//! crate over the demo's data directory (journal `switch.db`, issuer ledgers, master key), or
+//! over a node's configuration (`--config`: its journal, SQLite or PostgreSQL, and its keys).
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use store::{SqliteConfig, SqliteStore, Store};
 use switch::{Clock, SystemClock};
 
 use crate::CliResult;
+use crate::serve::ServeConfig;
 
 /// Payouts listed at most by `shoudan payouts`, the newest.
 const PAYOUTS_LISTED_MAX: u32 = 1_000;
@@ -28,9 +29,76 @@ pub struct Common {
     /// The demo's data directory.
     #[arg(long, default_value = "./shoudan-data")]
     pub data_dir: PathBuf,
+    /// The demo's journal, when not the data directory's `switch.db` (a demo started with
+    /// `--database`): `sqlite:PATH` or `postgres://...`.
+    #[arg(long, conflicts_with = "config")]
+    pub database: Option<String>,
+    /// The PostgreSQL schema of that journal, when not `public`.
+    #[arg(long, requires = "database")]
+    pub database_schema: Option<String>,
+    /// A node's configuration (`shoudan serve --config`'s file) instead of a demo's data
+    /// directory: the journal its `database` names and the master key its `[hsm]` names.
+    #[arg(long, conflicts_with = "data_dir")]
+    pub config: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What the commands work on.
+enum Deployment {
+    /// A demo's data directory: `switch.db` (or the journal `--database` names), `master.key`,
+    /// the simulated issuers and bank.
+    Demo {
+        dir: PathBuf,
+        database: Option<(String, Option<String>)>,
+    },
+    /// A node's configuration: its journal and keys; no simulator.
+    Node(Box<ServeConfig>),
+}
+
+impl Common {
+    fn deployment(&self) -> Result<Deployment, Box<dyn std::error::Error>> {
+        Ok(match &self.config {
+            Some(path) => Deployment::Node(Box::new(ServeConfig::load(path)?)),
+            None => Deployment::Demo {
+                dir: self.data_dir.clone(),
+                database: self
+                    .database
+                    .clone()
+                    .map(|url| (url, self.database_schema.clone())),
+            },
+        })
+    }
+}
+
+impl Deployment {
+    /// The journal. A node's must exist at this build's schema: the tools neither create nor
+    /// migrate it (a node's start does).
+    fn store(&self) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
+        match self {
+            Deployment::Demo {
+                database: Some((url, schema)),
+                ..
+            } => crate::serve::open_store_existing(url, schema.as_deref()),
+            Deployment::Demo {
+                dir,
+                database: None,
+            } => Ok(open_store(dir)?),
+            Deployment::Node(config) => crate::serve::open_store_existing(
+                &config.database,
+                config.database_schema.as_deref(),
+            ),
+        }
+    }
+
+    /// What seals and opens account numbers: the master key the portal's node uses too.
+    fn sealer(&self) -> Result<HsmSealer, Box<dyn std::error::Error>> {
+        match self {
+            Deployment::Demo { dir, .. } => sealer(dir),
+            Deployment::Node(config) => Ok(HsmSealer(crate::serve::open_hsm(&config.hsm)?)),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -60,6 +128,11 @@ pub struct ReconcileArgs {
     pub common: Common,
     #[arg(long)]
     pub date: String,
+    /// With `--config`: the directory of the issuers' clearing files, `<BANK>-<YYYYMMDD>.csv`
+    /// for each `[[issuer]]` bank of the configuration (the neighbouring days' files too when
+    /// they are there, for transactions around the cut-over).
+    #[arg(long, requires = "config")]
+    pub clearing_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -102,8 +175,8 @@ pub enum AccountCmd {
     },
 }
 
-/// Account numbers sealed with the demo's master key (`master.key`), as PANs are.
-struct HsmSealer(SoftHsm);
+/// Account numbers sealed with the master key, as PANs are.
+struct HsmSealer(Arc<SoftHsm>);
 
 impl Sealer for HsmSealer {
     fn seal(&self, clear: &str) -> Result<Vec<u8>, String> {
@@ -122,7 +195,10 @@ fn sealer(dir: &Path) -> Result<HsmSealer, Box<dyn std::error::Error>> {
             .map_err(|e| format!("{}: {e} (run `shoudan demo` first)", path.display()))?,
     );
     let master = MasterKey::from_hex(hex.trim())?;
-    Ok(HsmSealer(SoftHsm::new(&master, Box::new(OsRandom))))
+    Ok(HsmSealer(Arc::new(SoftHsm::new(
+        &master,
+        Box::new(OsRandom),
+    ))))
 }
 
 /// `sim-bank.json`: `{"<account number>": "frozen"}`; behaviours `normal`, `invalid`,
@@ -173,7 +249,7 @@ fn print_json<T: Serialize>(value: &T) -> CliResult {
 }
 
 pub fn settle(args: SettleArgs) -> CliResult {
-    let store = open_store(&args.common.data_dir)?;
+    let store = args.common.deployment()?.store()?;
     let directory = IssuerDirectory::embedded()?;
     let (report, revisited) =
         settle_date_and_recent(store.as_ref(), &directory, &args.date, SystemClock.now_ms())?;
@@ -226,13 +302,21 @@ pub fn settle(args: SettleArgs) -> CliResult {
 }
 
 pub fn payouts(args: PayoutsArgs) -> CliResult {
-    let store = open_store(&args.common.data_dir)?;
+    let deployment = args.common.deployment()?;
+    let store = deployment.store()?;
     let run = match &args.run {
         Some(day) => {
-            let sealer = sealer(&args.common.data_dir)?;
+            let Deployment::Demo { dir, .. } = &deployment else {
+                return Err(
+                    "payouts --run pays through the simulated bank of a demo's data \
+                     directory; no bank is connected to a node, so its payouts are only listed"
+                        .into(),
+                );
+            };
+            let sealer = deployment.sealer()?;
             // The embedded simulated bank: accounts behave normally unless `sim-bank.json`
             // in the data directory says otherwise.
-            let bank = sim_bank(&args.common.data_dir)?;
+            let bank = sim_bank(dir)?;
             let day = settlement::dates::normalise(day).ok_or("--run: not a date")?;
             bank.set_today(&day);
             Some(run_payouts(
@@ -322,7 +406,7 @@ pub fn payouts(args: PayoutsArgs) -> CliResult {
 
 pub fn ledger(cmd: LedgerCmd) -> CliResult {
     let LedgerCmd::Balance(common) = cmd;
-    let store = open_store(&common.data_dir)?;
+    let store = common.deployment()?.store()?;
     let report = audit(store.as_ref())?;
     if common.json {
         print_json(&report)?;
@@ -374,8 +458,9 @@ pub fn account(cmd: AccountCmd) -> CliResult {
             name,
             by,
         } => {
-            let store = open_store(&common.data_dir)?;
-            let sealer = sealer(&common.data_dir)?;
+            let deployment = common.deployment()?;
+            let store = deployment.store()?;
+            let sealer = deployment.sealer()?;
             let directory = IssuerDirectory::embedded()?;
             let input = match (card.map(number_or_stdin), account.map(number_or_stdin)) {
                 (Some(number), None) => AccountInput {
@@ -415,13 +500,47 @@ pub fn account(cmd: AccountCmd) -> CliResult {
             Ok(())
         }
         AccountCmd::Confirm { common, change, by } => {
-            let store = open_store(&common.data_dir)?;
+            let store = common.deployment()?.store()?;
             let version = confirm_change(store.as_ref(), change, &by, SystemClock.now_ms())?;
             if common.json {
                 return print_json(&serde_json::json!({ "change": change, "version": version }));
             }
             println!("change {change} confirmed by {by}: account version {version}");
             Ok(())
+        }
+    }
+}
+
+/// Where the issuers' clearing files come from.
+enum ClearingFiles<'a> {
+    /// A demo's data directory: its `clearing/`, or written from the simulated issuers' ledgers.
+    Demo(&'a Path),
+    /// A directory the issuers' files were put in: `<BANK>-<YYYYMMDD>.csv`.
+    Received(&'a Path),
+}
+
+impl ClearingFiles<'_> {
+    /// An issuer's file for a day. `required`: the day reconciled, whose missing file is an
+    /// error (reading none would report every transaction as unknown to the issuer); a
+    /// neighbouring day's missing file reads as empty.
+    fn read(
+        &self,
+        bank: &str,
+        date: &str,
+        required: bool,
+    ) -> Result<Vec<IssuerClearingRow>, Box<dyn std::error::Error>> {
+        match self {
+            ClearingFiles::Demo(dir) => clearing_file(dir, bank, date, required),
+            ClearingFiles::Received(dir) => {
+                let path = dir.join(format!("{bank}-{date}.csv"));
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => Ok(parse_clearing_csv(&text)?),
+                    Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                        Ok(Vec::new())
+                    }
+                    Err(e) => Err(format!("{bank}'s clearing file {}: {e}", path.display()).into()),
+                }
+            }
         }
     }
 }
@@ -465,37 +584,49 @@ fn clearing_file(
 pub fn reconcile_cmd(
     args: ReconcileArgs,
 ) -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
-    let dir = &args.common.data_dir;
     let date = settlement::dates::normalise(&args.date).ok_or("--date: not a date")?;
-    let store = open_store(dir)?;
+    let deployment = args.common.deployment()?;
+    let store = deployment.store()?;
     let before = settlement::dates::add_days(&date, -1).ok_or("bad date")?;
     let after = settlement::dates::add_days(&date, 1).ok_or("bad date")?;
     let mut journal: Vec<store::TxnRow> = Vec::new();
     for day in [&before, &date, &after] {
         journal.extend(store.txns_on(day)?);
     }
-    let mut banks: Vec<String> = std::fs::read_dir(dir.join("issuers"))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_suffix(".db").map(str::to_owned)
-        })
-        .collect();
+    let (files, mut banks) = match &deployment {
+        Deployment::Demo { dir, .. } => {
+            let banks: Vec<String> = std::fs::read_dir(dir.join("issuers"))?
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".db").map(str::to_owned)
+                })
+                .collect();
+            (ClearingFiles::Demo(dir), banks)
+        }
+        Deployment::Node(config) => {
+            let dir = args
+                .clearing_dir
+                .as_deref()
+                .ok_or("--config needs --clearing-dir: where the issuers' clearing files are")?;
+            let banks = config.issuers.iter().map(|i| i.bank.clone()).collect();
+            (ClearingFiles::Received(dir), banks)
+        }
+    };
     banks.sort();
+    banks.dedup();
     let mut reports: Vec<ReconReport> = Vec::new();
-    let mut journal_issuers: HashSet<&str> = HashSet::new();
     for bank in &banks {
-        let rows = clearing_file(dir, bank, &date, true)?;
+        let rows = files.read(bank, &date, true)?;
         // The neighbouring days' files are read for the transactions around the cut-over,
         // never kept: each is kept by the run for its own day, once that day has closed.
-        let mut adjacent = clearing_file(dir, bank, &before, false)?;
-        adjacent.extend(clearing_file(dir, bank, &after, false)?);
+        let mut adjacent = files.read(bank, &before, false)?;
+        adjacent.extend(files.read(bank, &after, false)?);
         let mine: Vec<store::TxnRow> = journal
             .iter()
             .filter(|r| r.issuer.as_deref() == Some(bank.as_str()))
             .cloned()
             .collect();
-        journal_issuers.insert(bank.as_str());
         reports.push(reconcile(bank, &date, &rows, &adjacent, &mine));
     }
     let findings: usize = reports.iter().map(|r| r.findings.len()).sum();

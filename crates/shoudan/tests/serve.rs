@@ -873,3 +873,273 @@ fn provisioning_writes_to_a_postgresql_journal() {
     drop(pg);
     let _ = store::PgStore::drop_schema(&url, &schema);
 }
+
+/// A journal row of the node's merchant on 2026-11-23, as a switch writes one.
+fn node_txn(
+    id: i64,
+    kind: store::TxnKind,
+    state: store::TxnState,
+    amount_fen: i64,
+) -> store::TxnRow {
+    store::TxnRow {
+        id,
+        tid: "70000001".into(),
+        mid: NODE_MID.into(),
+        batch_no: 1,
+        stan: u32::try_from(id).unwrap(),
+        kind,
+        mti: "0200".into(),
+        processing_code: "000000".into(),
+        condition_code: "00".into(),
+        amount_fen,
+        currency: "156".into(),
+        pan: Some(store::PanAtRest {
+            sealed: vec![1],
+            fingerprint: vec![2],
+            masked: "622202******4562".into(),
+            last4: "4562".into(),
+            bin: "622202".into(),
+        }),
+        issuer: Some("ICBC".into()),
+        rrn: Some(format!("{id:012}")),
+        host_trace: None,
+        auth_code: None,
+        response_code: Some(
+            if state == store::TxnState::Declined {
+                "51"
+            } else {
+                "00"
+            }
+            .into(),
+        ),
+        state,
+        request_hash: vec![u8::try_from(id).unwrap()],
+        original_id: (kind == store::TxnKind::Refund).then_some(101),
+        refunded_fen: 0,
+        field60: None,
+        host_date: None,
+        clearing_date: "20261123".into(),
+        settlement_date: None,
+        received_at_ms: 1_000 + id,
+        sent_at_ms: None,
+        issuer_answered_at_ms: None,
+        answered_at_ms: None,
+    }
+}
+
+const NODE_MID: &str = "898110048990001";
+
+/// Runs `shoudan ARGS` with `input` on standard input: (exit code, stdout, stderr).
+fn run(args: &[&str], input: &str) -> (i32, String, String) {
+    let out = cli::run_with_stdin(args, input);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The settlement tools on a node's configuration: its journal (whichever backend `database`
+/// names) and its master key, with no demo data directory anywhere. `direct` names the same
+/// journal by `--database` (as for a demo started with one).
+fn node_settles_from_its_configuration(
+    direct: &[&str],
+    dir: &Path,
+    config: &Path,
+    open: &dyn Fn() -> std::sync::Arc<dyn store::Store>,
+) {
+    let c = config.to_str().unwrap();
+    // No node has made the journal yet: refused, not answered from an empty one.
+    let (code, _, err) = run(&["settle", "--config", c, "--date", "2026-11-23"], "");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no journal there"), "{err}");
+
+    let store = open();
+    let (purchase, approved) = (store::TxnKind::Purchase, store::TxnState::Approved);
+    store
+        .submit(vec![
+            store::Record::UpsertMerchant(store::MerchantRow {
+                mid: NODE_MID.into(),
+                name: "朝阳便利店".into(),
+                status: store::Status::Active,
+                mcc: "5411".into(),
+            }),
+            store::Record::InsertTxn(Box::new(node_txn(101, purchase, approved, 10_000))),
+            store::Record::InsertTxn(Box::new(node_txn(102, purchase, approved, 5_000))),
+            store::Record::InsertTxn(Box::new(node_txn(
+                103,
+                store::TxnKind::Refund,
+                store::TxnState::Approved,
+                2_000,
+            ))),
+            store::Record::InsertTxn(Box::new(node_txn(
+                104,
+                purchase,
+                store::TxnState::Declined,
+                7_000,
+            ))),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    drop(store);
+
+    let settle = ["settle", "--config", c, "--date", "2026-11-23", "--json"];
+    let (code, out, err) = run(&settle, "");
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["changed"], true, "{out}");
+    let m = &report["merchants"][0];
+    assert_eq!(m["mid"], NODE_MID, "{out}");
+    assert_eq!(
+        (m["captures_fen"].as_i64(), m["refunds_fen"].as_i64()),
+        (Some(15_000), Some(2_000)),
+        "{out}"
+    );
+    let fees = m["fees_fen"].as_i64().unwrap();
+    assert!(fees > 0, "{out}");
+    assert_eq!(m["net_fen"].as_i64(), Some(15_000 - 2_000 - fees), "{out}");
+    let (code, out, err) = run(&settle, "");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\"changed\": false"),
+        "a second run changes nothing: {out}"
+    );
+    let (code, out, err) = run(&["ledger", "balance", "--config", c, "--json"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"balanced\": true"), "{out}");
+
+    // The account number is sealed under the node's own master key, so its portal can open it.
+    let card = "6222020200001234562";
+    let (code, out, err) = run(
+        &[
+            "account",
+            "bind",
+            "--config",
+            c,
+            "--mid",
+            NODE_MID,
+            "--card",
+            "-",
+            "--name",
+            "王小明",
+        ],
+        &format!("{card}\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("bound"), "{out}");
+    assert!(!out.contains(card) && !err.contains(card));
+    let store = open();
+    let bound = store.bound_account(NODE_MID).unwrap().unwrap();
+    let node_hsm = SoftHsm::new(
+        &MasterKey::from_hex(MASTER_HEX).unwrap(),
+        Box::new(OsRandom),
+    );
+    assert_eq!(
+        &node_hsm.open(&bound.number_sealed).unwrap()[..],
+        card.as_bytes()
+    );
+    drop(store);
+
+    // No bank is connected to a node: its payouts are listed, never run through a simulator.
+    let (code, _, err) = run(&["payouts", "--config", c, "--run", "2026-11-24"], "");
+    assert_eq!(code, 2);
+    assert!(err.contains("no bank is connected"), "{err}");
+    let (code, out, err) = run(&["payouts", "--config", c, "--json"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"payouts\": []"), "{out}");
+
+    // Reconciliation against the file the issuer sent (ICBC, the configuration's issuer).
+    let files = dir.join("clearing-in");
+    std::fs::create_dir_all(&files).unwrap();
+    let reconcile = [
+        "reconcile",
+        "--config",
+        c,
+        "--date",
+        "20261123",
+        "--clearing-dir",
+        files.to_str().unwrap(),
+    ];
+    let (code, _, err) = run(&reconcile, "");
+    assert_eq!(code, 2, "a missing file is not an empty one");
+    assert!(err.contains("ICBC's clearing file"), "{err}");
+    let header = "rrn,type,amount,state,original_rrn,day\n";
+    let rows = "000000000101,purchase,10000,approved,,20261123\n\
+                000000000103,refund,2000,approved,000000000101,20261123\n";
+    std::fs::write(files.join("ICBC-20261123.csv"), format!("{header}{rows}")).unwrap();
+    let (code, out, err) = run(&reconcile, "");
+    assert_eq!(code, 1, "the purchase the issuer's file lacks: {out}{err}");
+    assert!(
+        out.contains("000000000102") && out.contains("UnknownToIssuer"),
+        "{out}"
+    );
+    std::fs::write(
+        files.join("ICBC-20261123.csv"),
+        format!("{header}{rows}000000000102,purchase,5000,approved,,20261123\n"),
+    )
+    .unwrap();
+    let (code, out, err) = run(&reconcile, "");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("matched 3, differences 0"), "{out}");
+
+    let (code, out, err) = run(
+        &[
+            "explain",
+            "--rrn",
+            "000000000104",
+            "--config",
+            c,
+            "--lang",
+            "en",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("RRN 000000000104") && out.contains("51 Insufficient funds"),
+        "{out}"
+    );
+    let mut again = vec!["settle", "--date", "2026-11-23"];
+    again.extend_from_slice(direct);
+    let (code, out, err) = run(&again, "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("already settled"), "{out}");
+    let mut explain = vec!["explain", "--rrn", "000000000102", "--lang", "en"];
+    explain.extend_from_slice(direct);
+    let (code, out, err) = run(&explain, "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("RRN 000000000102"), "{out}");
+}
+
+#[test]
+fn a_node_on_sqlite_settles_from_its_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("switch.db");
+    let url = format!("sqlite:{}", db.display());
+    let config = write_config(dir.path(), &url, None);
+    node_settles_from_its_configuration(&["--database", &url], dir.path(), &config, &|| {
+        std::sync::Arc::new(
+            store::SqliteStore::open(&store::SqliteConfig::new(db.clone())).unwrap(),
+        )
+    });
+}
+
+#[test]
+fn a_node_on_postgresql_settles_from_its_configuration() {
+    let Some(url) = cli::pg_url() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let schema = format!("node_settle_{}", std::process::id());
+    let config = write_config(dir.path(), &url, Some(&schema));
+    let pg = store::PgConfig {
+        url: url.clone(),
+        schema: Some(schema.clone()),
+    };
+    let direct = ["--database", &url, "--database-schema", &schema];
+    node_settles_from_its_configuration(&direct, dir.path(), &config, &|| {
+        std::sync::Arc::new(store::PgStore::open(&pg).unwrap())
+    });
+    let _ = store::PgStore::drop_schema(&url, &schema);
+}
