@@ -3,7 +3,12 @@
 //! fee plans written to the store, the switch and the HTTP side listening; a bad config is
 //! refused with its reason.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
