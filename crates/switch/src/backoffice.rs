@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use iso8583::{Financial, Frame, FrameHead, Header, MessageBuilder, Mti, Tpdu};
 use paycrypto::{KeyHandle, KeyScheme, MacAlgorithm};
-use sha2::{Digest, Sha256};
 use store::resolve::{BackOfficeKeyRow, ResolveRecord};
 use store::{Record, Status, Store, StoreError, TxnKind, TxnState};
 use zeroize::Zeroizing;
@@ -165,11 +164,7 @@ impl BackOffice {
         out.encode_frame(&head, &mut bytes)?;
         let frame = Frame::decode(&bytes).map_err(|_| BackOfficeError::NoAnswer)?;
 
-        let mut request_hash = [0u8; 16];
-        let digest = Sha256::digest(frame.message.mac_input());
-        for (slot, byte) in request_hash.iter_mut().zip(digest.iter()) {
-            *slot = *byte;
-        }
+        let request_hash = core.request_digest(&frame.message);
         let now_ms = core.clock.now_ms();
         let terminal = Arc::new(Terminal {
             tid: claim.tid.clone(),

@@ -316,6 +316,21 @@ impl Core {
     /// Host trace numbers for issuer requests: six digits, never 0. Nodes sharing a database
     /// (and so an issuer's view of traces) draw from disjoint classes: the trace less one is
     /// congruent to the node id modulo `TRACE_NODES`.
+    /// What tells a terminal's retry (the same request again) from other content under the same
+    /// key, kept in the journal. Keyed (the HSM's fingerprint, an HMAC under a key derived from
+    /// the master key): the request carries the card number and the row its masked form and
+    /// every other field, so a plain hash would give the card number back to anyone who can
+    /// read the journal and try the middle digits. The input starts with the MTI's binary
+    /// bytes, so it never equals a card number's digits, which the same key fingerprints.
+    pub fn request_digest(&self, message: &iso8583::Message<'_>) -> [u8; 16] {
+        let mut digest = [0u8; 16];
+        let keyed = self.hsm.fingerprint(message.mac_input());
+        for (slot, byte) in digest.iter_mut().zip(keyed.iter()) {
+            *slot = *byte;
+        }
+        digest
+    }
+
     pub fn next_trace(&self) -> u32 {
         let k = self.trace.fetch_add(1, Ordering::Relaxed) % TRACE_PER_NODE;
         k * TRACE_NODES + u32::from(self.config.node_id) % TRACE_NODES + 1

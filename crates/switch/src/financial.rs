@@ -8,7 +8,6 @@ use domain::Pan;
 use domain::money::yuan;
 use iso8583::{Field61, Financial, Frame, Message, MessageBuilder};
 use paycrypto::{EncryptedPinBlock, KeyScheme, PanDigits};
-use sha2::{Digest, Sha256};
 use store::{
     EventRow, LinkRefusal, Outcome, PanAtRest, Record, Status, StoreError, TxnKind, TxnRow,
     TxnState,
@@ -167,11 +166,7 @@ impl Core {
         if amount_fen == 0 && kind != Financial::BalanceInquiry {
             return answer(RC_INVALID_AMOUNT);
         }
-        let mut request_hash = [0u8; 16];
-        let digest = Sha256::digest(request.mac_input());
-        for (slot, byte) in request_hash.iter_mut().zip(digest.iter()) {
-            *slot = *byte;
-        }
+        let request_hash = self.request_digest(request);
         let now_ms = self.clock.now_ms();
         let ctx = Ctx {
             frame,

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use common::*;
 use paycrypto::Hsm;
+use sha2::Digest;
 use store::{SafState, TxnKind, TxnState};
 use switch::Clock;
 
@@ -132,6 +133,14 @@ fn retried_purchase_is_debited_once_and_different_content_is_94() {
             "the issuer saw one debit"
         );
         assert_eq!(h.store.txns_by_key(TID, 1, 7).unwrap().len(), 1);
+        // What tells a retry from other content is keyed: a plain hash of the request, which
+        // holds the card number, would give the number back to a reader of the journal who
+        // tries the digits its masked form hides.
+        let row = h.store.txns_by_key(TID, 1, 7).unwrap().remove(0);
+        let sent = t.encode(&req, false);
+        let input = iso8583::Frame::decode(&sent).unwrap().message.mac_input();
+        assert_eq!(row.request_hash[..], h.hsm.fingerprint(input)[..16]);
+        assert_ne!(row.request_hash[..], sha2::Sha256::digest(input)[..16]);
 
         // Two copies at once: still one debit.
         let req = Req::purchase(&pan, 600, 8);
