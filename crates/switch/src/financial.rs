@@ -119,7 +119,9 @@ impl Core {
         let Some(terminal) = request.text(41).and_then(|t| self.terminal(t.trim_end())) else {
             return plain(RC_NOT_REGISTERED);
         };
-        if terminal.status != Status::Active {
+        // A suspended or closed terminal takes no new business, but its reversals still count:
+        // one of a sale whose answer it never saw gives the cardholder's money back.
+        if terminal.status != Status::Active && !reversal {
             return plain(RC_NOT_PERMITTED_TERMINAL);
         }
         // Not signed in: there is no MAK to check or answer with.

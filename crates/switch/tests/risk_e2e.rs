@@ -21,7 +21,7 @@ use paycrypto::{Hsm, Key, KeyAlgorithm, KeyScheme, MacAlgorithm};
 use risk::RuleBook;
 use risk::ops::{Actor, AlertResponse};
 use store::risk::{AlertState, MerchantState};
-use store::{Record, Status, Store, TxnRow};
+use store::{Record, Status, Store, TxnRow, TxnState};
 use switch::{Switch, SystemClock};
 use tokio::net::TcpListener;
 
@@ -395,7 +395,8 @@ fn a_card_testing_burst_raises_an_alert_then_declines() {
             "names the rule: {timeline}"
         );
         // A real sale above the probing size still goes through.
-        let big = t.send(&paid_with_pin(healthy, 25_000, 21)).await;
+        let big_sale = paid_with_pin(healthy, 25_000, 21);
+        let big = t.send(&big_sale).await;
         assert_eq!(big.code(), "00");
 
         // The operator acts: the terminal is suspended, and the switch refuses it (58).
@@ -436,6 +437,16 @@ fn a_card_testing_burst_raises_an_alert_then_declines() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(refused, "a suspended terminal is refused");
+        // Except its reversals: a sale whose answer it never saw must still be given back to
+        // the cardholder (the issuer's approval would stand, and the merchant be paid for it).
+        let reversed = t.send(&Req::reversal_of(&big_sale)).await;
+        assert_eq!(reversed.code(), "00", "a suspended terminal may reverse");
+        let (row, _) = journalled(&w.h, &big);
+        assert_eq!(row.state, TxnState::Reversed);
+        assert!(
+            w.h.store.reversal(row.id).unwrap().is_some(),
+            "queued to the issuer"
+        );
         let mut h = w.h;
         h.stop().await;
     });
