@@ -1440,12 +1440,12 @@ impl Core {
         });
     }
 
-    pub(crate) fn saf(&self, txn_id: i64, issuer: &str, reason: &str, now_ms: i64) -> Record {
+    pub(crate) fn saf(&self, txn_id: i64, issuer: &str, reason: &str, due_ms: i64) -> Record {
         Record::SafEnqueue {
             txn_id,
             issuer: issuer.to_owned(),
             reason: reason.to_owned(),
-            next_attempt_ms: now_ms,
+            next_attempt_ms: due_ms,
         }
     }
 
@@ -1631,7 +1631,18 @@ impl Core {
                         let issuer = o.issuer.clone().unwrap_or_default();
                         if o.kind != TxnKind::BalanceInquiry && !issuer.is_empty() {
                             let reason = ctx.frame.message.text(39).unwrap_or("98");
-                            records.push(self.saf(o.id, &issuer, reason, now_ms));
+                            // Still at the issuer: a reversal that overtook the request there
+                            // would find nothing to reverse and be acknowledged, and the
+                            // approval that follows it stand. It goes once the request's
+                            // answer is in or its timeout has passed.
+                            let due_ms = match (previous, self.links.get(&issuer)) {
+                                (TxnState::InFlight, Some(link)) => now_ms.saturating_add(
+                                    i64::try_from(link.endpoint.timeout.as_millis())
+                                        .unwrap_or(i64::MAX),
+                                ),
+                                _ => now_ms,
+                            };
+                            records.push(self.saf(o.id, &issuer, reason, due_ms));
                         }
                         // Undo what an approved linked transaction did to its own original.
                         if previous == TxnState::Approved {

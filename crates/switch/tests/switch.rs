@@ -1032,3 +1032,54 @@ fn a_terminal_set_for_a_single_length_mak_gets_one_and_its_macs_verify() {
         assert!(t.mac_ok(&r), "response MAC under the single-length MAK");
     });
 }
+
+/// A terminal's reversal of a request still at the issuer is answered at once, but goes to the
+/// issuer only after the request's own answer (or its timeout): sent earlier, it could find
+/// nothing to reverse there, be acknowledged, and the approval that follows it stand.
+#[test]
+fn a_reversal_of_a_request_still_at_the_issuer_waits_for_its_answer() {
+    use tokio::io::AsyncWriteExt;
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        h.log.answer_reversals.store(true, Ordering::SeqCst);
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let purchase = Req::purchase(&card("622202"), SLOW_AMOUNT, 2);
+        t.stream
+            .write_all(&t.encode(&purchase, false))
+            .await
+            .unwrap();
+        // The purchase is at the issuer (150 ms) when its reversal comes.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let sent_ms = switch::SystemClock.now_ms();
+        let first = t
+            .exchange(&t.encode(&Req::reversal_of(&purchase), false))
+            .await;
+        let second = t.read().await;
+        let (reversal, sale) = if first.frame().message.mti() == iso8583::Mti::REVERSAL_RESPONSE {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        assert_eq!(reversal.code(), "00");
+        assert_eq!(sale.code(), "00", "the issuer approved it");
+        let row = h.store.txns_by_key(TID, 1, 2).unwrap().remove(0);
+        assert_eq!(row.state, TxnState::Reversed);
+        let delivered = h
+            .eventually(5, || {
+                h.store
+                    .reversal(row.id)
+                    .unwrap()
+                    .is_some_and(|r| r.state == SafState::Acked)
+            })
+            .await;
+        assert!(delivered, "then sent and acknowledged");
+        let read_at = h.log.reversals_at_ms.lock().unwrap().clone();
+        assert_eq!(read_at.len(), 1);
+        assert!(
+            read_at[0] >= sent_ms + 300,
+            "sent after the issuer's timeout (300 ms), not {} ms after the reversal",
+            read_at[0] - sent_ms
+        );
+    });
+}

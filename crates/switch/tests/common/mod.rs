@@ -44,6 +44,8 @@ pub struct IssuerLog {
     pub requests: AtomicUsize,
     /// (host trace, RRN) of every reversal received.
     pub reversals: Mutex<Vec<(u32, String)>>,
+    /// When each of those reversals was read (ms since the epoch, the system clock).
+    pub reversals_at_ms: Mutex<Vec<i64>>,
     pub answer_reversals: AtomicBool,
     /// Field 61 of every linked request (void, completion, refund) received.
     pub linked: Mutex<Vec<String>>,
@@ -109,6 +111,10 @@ pub async fn start_issuer_on(addr: SocketAddr, log: Arc<IssuerLog>) -> SocketAdd
                             request.stan().unwrap(),
                             request.text(37).unwrap_or_default().to_owned(),
                         ));
+                        log.reversals_at_ms
+                            .lock()
+                            .unwrap()
+                            .push(switch::Clock::now_ms(&SystemClock));
                         if !log.answer_reversals.load(Ordering::SeqCst) {
                             continue;
                         }
