@@ -22,6 +22,9 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 8_192;
 pub const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Responses queued for one terminal connection's writer.
 pub const CONNECTION_QUEUE_MAX: usize = 2 * IN_FLIGHT_PER_CONNECTION_MAX;
+/// How long writing a connection's answers may take before the connection is closed: a peer
+/// that stops reading them holds its queue and its in-flight requests until then.
+pub const RESPONSE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests awaiting an answer on one issuer link; more are answered 91 at once.
 pub const ISSUER_IN_FLIGHT_MAX: usize = 8_192;
 /// Frames queued for one issuer link's writer.

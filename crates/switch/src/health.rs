@@ -68,8 +68,10 @@ impl Core {
         let Some(row) = self.health_change(tid, frame) else {
             return;
         };
+        // Within `journal_wait` like the request's own writes: a journal that hangs answers
+        // the terminal 96 in time rather than holding it here.
         match self
-            .persist(vec![Record::TerminalHealth(row.clone())])
+            .persist_within(vec![Record::TerminalHealth(row.clone())])
             .await
         {
             Ok(()) => {

@@ -13,7 +13,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::{
     CONNECTION_QUEUE_MAX, CONNECTIONS_MAX, FRAME_BODY_TIMEOUT, FRAME_LEN_MAX,
-    IN_FLIGHT_PER_CONNECTION_MAX, REQUESTS_IN_FLIGHT_MAX,
+    IN_FLIGHT_PER_CONNECTION_MAX, REQUESTS_IN_FLIGHT_MAX, RESPONSE_WRITE_TIMEOUT,
 };
 use crate::core::{Core, RC_APPROVED, RC_INVALID_TRANSACTION, RC_SYSTEM_ERROR};
 use crate::ledger::Answer;
@@ -137,6 +137,10 @@ where
     // Answers echo the card number (field 2): each is wiped when dropped, and so is what the
     // writer batched of them.
     let (responses, mut outgoing) = mpsc::channel::<Zeroizing<Vec<u8>>>(CONNECTION_QUEUE_MAX);
+    // A handler that finds the frame undecodable closes the connection: its framing can no
+    // longer be trusted. Answers already being worked on are still written.
+    let close = Arc::new(Notify::new());
+    let writer_close = Arc::clone(&close);
     let writer_task = sessions.core.tasks.spawn(async move {
         // Grown by the first answers, not before: most connections sit idle.
         let mut batch = Vec::new();
@@ -146,18 +150,20 @@ where
             while let Ok(more) = outgoing.try_recv() {
                 append_wiped(&mut batch, &more);
             }
-            let written = writer.write_all(&batch).await;
+            // A peer that stops reading is let go: its answers would wait here for ever.
+            let written = tokio::time::timeout(RESPONSE_WRITE_TIMEOUT, writer.write_all(&batch))
+                .await
+                .map_err(|_| ())
+                .and_then(|written| written.map_err(|_| ()));
             batch.as_mut_slice().zeroize();
             if written.is_err() {
+                writer_close.notify_one();
                 return;
             }
         }
         let _ = writer.shutdown().await;
     });
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION_MAX));
-    // A handler that finds the frame undecodable closes the connection: its framing can no
-    // longer be trusted. Answers already being worked on are still written.
-    let close = Arc::new(Notify::new());
     // Room for a whole typical request in one read; an idle connection holds little.
     let mut reader = WipingReader::with_capacity(READ_BUFFER_BYTES, reader);
     // A request holds card data: wiped when its handler is done with it, or here if the
@@ -187,7 +193,7 @@ where
         let received = Instant::now();
         let input = std::mem::replace(&mut buf, Zeroizing::new(Vec::with_capacity(512)));
         match admit(sessions, &in_flight) {
-            Some(permits) => {
+            Some((mine, global)) => {
                 let handler = sessions.clone();
                 let responses = responses.clone();
                 let close = Arc::clone(&close);
@@ -198,13 +204,17 @@ where
                     let response = CONNECTION
                         .scope(connection, crate::risk::with_peer(peer, handled))
                         .await;
-                    drop(permits);
+                    // The switch's permit goes with the work; the connection's only once its
+                    // answer is queued, so a peer that does not read its answers stops being
+                    // admitted (refused at once) instead of piling up handlers that wait.
+                    drop(global);
                     match response {
                         Some(response) => {
                             let _ = responses.send(Zeroizing::new(response)).await;
                         }
                         None => close.notify_one(),
                     }
+                    drop(mine);
                 });
             }
             None => {

@@ -324,6 +324,17 @@ fn a_database_that_stops_answering_is_answered_96_and_what_lands_late_is_settled
             took >= wait && took < Duration::from_secs(2),
             "96 took {took:?}"
         );
+        // A chip card read as a stripe (60.5 = 2) is news of the terminal's health, written
+        // before the request: within the same wait, not held until the journal thaws.
+        let started = Instant::now();
+        let fallback = Req {
+            f60_tail: "00052",
+            ..Req::purchase(&pan, 2_000, 20)
+        };
+        let code = terminal.send(&fallback).await.code();
+        let took = started.elapsed();
+        assert_eq!(code, "96");
+        assert!(took < Duration::from_secs(2), "96 took {took:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
         relay.thaw();
         // The row lands after its 96 and is settled as what the terminal was told.

@@ -1083,3 +1083,42 @@ fn a_reversal_of_a_request_still_at_the_issuer_waits_for_its_answer() {
         );
     });
 }
+
+/// A peer that sends and never reads its answers: once its queue and its in-flight requests are
+/// full, further requests are refused at once (counted), not each left waiting in a handler of
+/// its own, so such a connection holds a bounded amount of memory however much it sends.
+#[test]
+fn a_peer_that_does_not_read_its_answers_is_refused_not_queued() {
+    use tokio::io::AsyncWriteExt;
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        let switch = h.switch.as_ref().unwrap();
+        let (mut client, server) = tokio::io::duplex(256);
+        switch.serve_stream(server);
+        let mut echo = iso8583::MessageBuilder::new(iso8583::Mti::NETWORK_ADVICE);
+        echo.set_stan(1).unwrap();
+        echo.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+        echo.set_digits(60, "00000001301").unwrap();
+        let mut frame = Vec::new();
+        echo.encode_frame(&common::head(), &mut frame).unwrap();
+        let sent = 2_000_u64;
+        for _ in 0..sent {
+            client.write_all(&frame).await.unwrap();
+        }
+        let refused = h
+            .eventually(5, || {
+                switch.metrics().refused_overload
+                    >= sent
+                        - (switch::IN_FLIGHT_PER_CONNECTION_MAX + switch::CONNECTION_QUEUE_MAX)
+                            as u64
+                        - 16
+            })
+            .await;
+        assert!(
+            refused,
+            "refused {} of {sent}",
+            switch.metrics().refused_overload
+        );
+        drop(client);
+    });
+}
