@@ -38,7 +38,8 @@ pub const SAF_LEASE_DEFAULT: Duration = Duration::from_secs(30);
 /// Reversal resend backoff: doubles from the first to the last, then stays.
 pub const SAF_BACKOFF_FIRST_MS: i64 = 1_000;
 pub const SAF_BACKOFF_LAST_MS: i64 = 60_000;
-/// Days back an original may be for a refund (PROTOCOL.md: within 30 days).
+/// Days back an original may be for a refund (PROTOCOL.md: within 30 days), and a
+/// pre-authorisation for its completion or void.
 pub const REFUND_DAYS_MAX: i64 = 30;
 /// Ids, RRNs and traces are reserved from the store in blocks of this many.
 pub const SEQUENCE_BLOCK: u64 = 10_000;

@@ -646,8 +646,15 @@ impl Core {
         }
         match kind {
             TxnKind::PurchaseVoid | TxnKind::CompletionVoid | TxnKind::PreAuthVoid => {
-                // Voids only on the day of the original.
-                if !ctx.clearing.same_day(original.clearing_day) {
+                // A sale's or completion's void only on the day of the original; a
+                // pre-authorisation's hold is released while it could still be completed (the
+                // guest leaves days after checking in).
+                let in_time = if kind == TxnKind::PreAuthVoid {
+                    ctx.clearing.day_number - original.clearing_day <= REFUND_DAYS_MAX
+                } else {
+                    ctx.clearing.same_day(original.clearing_day)
+                };
+                if !in_time {
                     return Err(RC_ORIGINAL_NOT_FOUND);
                 }
                 // Field 38, when sent, is the original's authorisation code.

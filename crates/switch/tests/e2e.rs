@@ -971,3 +971,44 @@ fn pin_block_of_the_other_schemes_length_is_answered_99() {
         assert_eq!(e.balance(&card), (before.0 - 300, before.1));
     });
 }
+
+/// A pre-authorisation is voided when the guest leaves, often days after the hold was taken
+/// (within the pre-authorisation's 30 days, as the issuer allows); a sale's void stays same-day.
+#[test]
+fn a_pre_authorisation_is_voided_on_a_later_day() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(1);
+        let p = pan(&card);
+        let (start_balance, _) = e.balance(&card);
+        let held = e.t.send(&with_pin(pre_auth(&p, 20_000, 11), &card)).await;
+        assert_eq!(held.code(), "00");
+        let rrn_pa = held.text(37).unwrap();
+        let sale =
+            e.t.send(&with_pin(Req::purchase(&p, 1_000, 12), &card))
+                .await;
+        assert_eq!(sale.code(), "00");
+        assert_eq!(e.balance(&card), (start_balance - 1_000, 20_000));
+
+        e.h.stop().await;
+        e.h.clock.shift_days(2);
+        e.h.start().await;
+        let mut t = e.h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let void = Req::void(&p, 1_000, 13, 12, &sale.text(37).unwrap());
+        assert_eq!(
+            t.send(&void).await.code(),
+            "25",
+            "a sale is voided the same day only"
+        );
+        let r = t.send(&pre_auth_void(&p, 20_000, 14, 11, &rrn_pa)).await;
+        assert_eq!(r.code(), "00");
+        assert_eq!(
+            e.balance(&card),
+            (start_balance - 1_000, 0),
+            "the hold is released"
+        );
+        assert_eq!(e.issuer_txn(&rrn_pa).unwrap().state, IssuerState::Voided);
+        assert_eq!(e.journal_state(&rrn_pa), TxnState::Voided);
+    });
+}
