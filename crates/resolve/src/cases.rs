@@ -548,7 +548,9 @@ impl CaseService {
         self.get(id)
     }
 
-    /// Adds a timeline entry (a message, a call note, documents by reference).
+    /// Adds a timeline entry (a message, a call note, documents by reference) to a case still
+    /// open. A resolved or rejected case is final: its timeline ends with its resolution, and
+    /// what comes after goes into a new case.
     pub async fn add_entry(
         &self,
         id: i64,
@@ -558,6 +560,13 @@ impl CaseService {
     ) -> Result<Case, CaseError> {
         check_text(text, &attachments)?;
         let row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
+        let state = CaseState::parse(&row.state).ok_or(CaseError::NotFound)?;
+        if state.is_closed() {
+            return Err(CaseError::IllegalTransition {
+                from: state,
+                action: "add_entry",
+            });
+        }
         let version = row.version;
         self.commit(row, version, who, text, attachments).await
     }

@@ -58,6 +58,8 @@ pub enum BindError {
         "the holder name is longer than {HOLDER_NAME_CHARS_MAX} characters or has control characters"
     )]
     NameInvalid,
+    #[error("the holder name contains a card number; enter the name as the bank has it")]
+    NameHasCardNumber,
     #[error("no change {0}")]
     NoSuchChange(i64),
     #[error("change {0} is not waiting for confirmation")]
@@ -119,6 +121,11 @@ pub fn validate(
     }
     if name.chars().count() > HOLDER_NAME_CHARS_MAX || name.chars().any(char::is_control) {
         return Err(BindError::NameInvalid);
+    }
+    // The name is kept and shown as typed: a card number in it (the account's own, pasted into
+    // the wrong box) would be kept and shown whole.
+    if domain::mask_card_numbers(&name) != name.as_str() {
+        return Err(BindError::NameHasCardNumber);
     }
     let bank = match input.kind {
         AccountKind::Card => {

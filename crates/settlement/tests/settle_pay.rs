@@ -28,6 +28,41 @@ fn card_input(number: &str, name: &str) -> AccountInput {
 }
 
 #[test]
+fn a_card_number_typed_into_the_holder_name_is_refused() {
+    let directory = IssuerDirectory::embedded().unwrap();
+    let account = card("622202", 19, 1);
+    let other = card("622848", 16, 7);
+    let grouped: String = other
+        .chars()
+        .enumerate()
+        .flat_map(|(i, c)| (i > 0 && i % 4 == 0).then_some(' ').into_iter().chain([c]))
+        .collect();
+    // As a Chinese input method types it: full-width digits.
+    let wide: String = other
+        .chars()
+        .filter_map(|c| c.to_digit(10))
+        .filter_map(|d| char::from_u32(u32::from('０') + d))
+        .collect();
+    for name in [
+        format!("王小明 {other}"),
+        format!("王小明{account}"),
+        format!("{grouped} 王小明"),
+        format!("王小明（{wide}）"),
+    ] {
+        let refused = settlement::accounts::validate(&directory, &card_input(&account, &name));
+        assert!(
+            matches!(refused, Err(BindError::NameHasCardNumber)),
+            "{name}: {refused:?}"
+        );
+    }
+    // Digits that make no card number stay: a branch, a phone number.
+    let name = "茶馆 2号店 13800138000";
+    let (_, _, kept) =
+        settlement::accounts::validate(&directory, &card_input(&account, name)).unwrap();
+    assert_eq!(kept, name);
+}
+
+#[test]
 fn a_day_is_cleared_posted_and_paid_once_through_a_frozen_account() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(&dir);

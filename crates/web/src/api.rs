@@ -125,6 +125,8 @@ struct TokenRequest {
 }
 
 async fn create_token(State(web): State<Web>, Json(body): Json<TokenRequest>) -> ApiResult {
+    // The name is checked first: a request that cannot be kept costs no password check.
+    let name = auth::token_name(body.name.as_deref())?;
     let user = match auth::authenticate(&web, &body.username, &body.password).await? {
         auth::SignIn::Accepted(user) => user,
         auth::SignIn::Refused => {
@@ -136,7 +138,6 @@ async fn create_token(State(web): State<Web>, Json(body): Json<TokenRequest>) ->
         }
         auth::SignIn::Locked { minutes } => return Err(auth::locked_error(minutes)),
     };
-    let name = body.name.unwrap_or_else(|| "api".to_owned());
     let token = auth::issue_api_token(&web, &user, &name).await?;
     let expires_at_ms = web.clock.now_ms() + auth::API_TOKEN_TTL_MS;
     Ok(Json(json!({

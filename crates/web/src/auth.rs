@@ -259,15 +259,17 @@ pub fn users_standing(web: &Web) -> Result<Vec<Standing>, ApiError> {
 #[derive(Debug)]
 pub enum SignIn {
     Accepted(UserRow),
-    /// A wrong pair, an unknown or a disabled user: one answer for all.
+    /// A wrong pair, an unknown or a disabled user, a locked user's wrong password: one answer
+    /// for all.
     Refused,
-    /// Locked by wrong passwords in a row, for this many more minutes (rounded up).
+    /// The right password of a user locked by wrong passwords in a row, for this many more
+    /// minutes (rounded up): only whoever knows the password learns of the lock.
     Locked {
         minutes: i64,
     },
 }
 
-/// The API's answer to a sign-in of a locked user: 429 `locked`.
+/// The API's answer to the right password of a locked user: 429 `locked`.
 pub fn locked_error(minutes: i64) -> ApiError {
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
@@ -281,8 +283,10 @@ pub fn locked_error(minutes: i64) -> ApiError {
 
 /// Checks a username and password: refused for a wrong pair, an unknown or a disabled user (one
 /// answer for all, so a caller cannot tell which usernames exist). A user with
-/// [`LOGIN_FAILURES_MAX`] wrong passwords in a row is locked for [`LOCKOUT_MS`]: its sign-ins
-/// are answered locked without a check, and the lock is audited (`user.locked`).
+/// [`LOGIN_FAILURES_MAX`] wrong passwords in a row is locked for [`LOCKOUT_MS`], and the lock is
+/// audited (`user.locked`). A locked user's password is still checked: the right one is answered
+/// locked (and refused), a wrong one as an unknown user's is and not counted, so the lock neither
+/// tells a guesser that the username exists nor grows while they keep guessing.
 pub async fn authenticate(web: &Web, username: &str, password: &str) -> Result<SignIn, ApiError> {
     let user = web
         .store
@@ -299,14 +303,22 @@ pub async fn authenticate(web: &Web, username: &str, password: &str) -> Result<S
             None => None,
         };
         let now_ms = clock.now_ms();
-        if let Some(until) = locked_until(failures.as_ref(), now_ms) {
-            return Ok(Checked::Locked { until, now_ms });
-        }
-        // An unknown or disabled user's check costs what a real one does.
+        let lock = locked_until(failures.as_ref(), now_ms);
+        // An unknown or disabled user's check costs what a real one does, and so does a
+        // locked one's.
         let matched = verify_stored(user.as_ref().map(|u| u.password_hash.as_str()), &password);
         let Some(user) = user else {
             return Ok(Checked::Wrong { locked: None });
         };
+        if let Some(until) = lock {
+            // A wrong password of a locked user is answered (and, writing nothing, timed) as
+            // an unknown user's is; only the right one hears of the lock.
+            return Ok(if matched {
+                Checked::Locked { until, now_ms }
+            } else {
+                Checked::Wrong { locked: None }
+            });
+        }
         if matched {
             if failures.is_some() {
                 let forget = WebRecord::ClearLoginFailures { user_id: user.id };
@@ -452,8 +464,9 @@ pub async fn reset_password(
     set_password(web, &who.username, user, new, None).await
 }
 
-/// Disables or enables `user` (an admin, not on themselves). A disabled user's sessions end
-/// and their API tokens stop working; audited as `user.disable` / `user.enable`.
+/// Disables or enables `user` (an admin, not on themselves). Disabling ends the user's sessions
+/// and revokes their API tokens, so enabling the user again does not bring old tokens back;
+/// audited as `user.disable` / `user.enable`.
 pub async fn set_disabled(
     web: &Web,
     who: &Principal,
@@ -491,6 +504,9 @@ pub async fn set_disabled(
         records.push(Record::Web(WebRecord::EndSessions {
             user_id: user.id,
             keep: None,
+        }));
+        records.push(Record::Web(WebRecord::RevokeUserTokens {
+            user_id: user.id,
         }));
     }
     web.store.submit(records)?.await?;
@@ -565,13 +581,37 @@ pub fn session_cookie(token: &str, attributes: &str) -> String {
     )
 }
 
-/// Issues a bearer token for `user`; the token is shown once, the store keeps its digest.
+/// API token names, in characters: a label for the integration ("ERP", "till 3"), kept in
+/// `web_api_tokens` and the audit log.
+pub const TOKEN_NAME_CHARS_MAX: usize = 60;
+/// The name of a token asked for without one.
+pub const TOKEN_NAME_DEFAULT: &str = "api";
+
+/// The name a token is kept under: trimmed, [`TOKEN_NAME_DEFAULT`] when none or a blank one is
+/// given, card numbers masked as in every free text that is kept; 400 for one longer than
+/// [`TOKEN_NAME_CHARS_MAX`] characters or with control characters.
+pub fn token_name(asked: Option<&str>) -> Result<String, ApiError> {
+    let name = asked
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .unwrap_or(TOKEN_NAME_DEFAULT);
+    if name.chars().count() > TOKEN_NAME_CHARS_MAX || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "name: at most {TOKEN_NAME_CHARS_MAX} characters, no control characters"
+        )));
+    }
+    Ok(domain::mask_card_numbers(name).into_owned())
+}
+
+/// Issues a bearer token for `user` under `name` (as [`token_name`] keeps it); the token is
+/// shown once, the store keeps its digest.
 pub async fn issue_api_token(web: &Web, user: &UserRow, name: &str) -> Result<String, ApiError> {
+    let name = token_name(Some(name))?;
     let token = random_token()?;
     let row = ApiTokenRow {
         token_hash: token_digest(&token),
         user_id: user.id,
-        name: name.to_owned(),
+        name: name.clone(),
         created_at_ms: web.clock.now_ms(),
         revoked: false,
     };

@@ -88,9 +88,13 @@ pub fn document() -> Value {
                 "responses": {
                     "200": { "description": "token", "content": { "application/json": {
                         "schema": { "$ref": "#/components/schemas/Token" } } } },
-                    "401": { "description": "bad_credentials", "content": { "application/json": {
+                    "400": { "description": "bad_request: a name too long or with control characters",
+                        "content": { "application/json": {
                         "schema": { "$ref": "#/components/schemas/Error" } } } },
-                    "429": { "description": "locked: too many wrong passwords in a row",
+                    "401": { "description": "bad_credentials: a wrong pair, an unknown, disabled or (with a wrong password) locked user",
+                        "content": { "application/json": {
+                        "schema": { "$ref": "#/components/schemas/Error" } } } },
+                    "429": { "description": "locked: the right password of a user locked by too many wrong passwords in a row",
                         "content": { "application/json": {
                         "schema": { "$ref": "#/components/schemas/Error" } } } },
                     "503": { "description": "busy: too many sign-ins at once", "content": {
@@ -197,7 +201,7 @@ pub fn document() -> Value {
                     vec![param("id", "path", "user id")], Some("PasswordReset"), "User")
             },
             "/api/users/{id}/disable": {
-                "post": op("Admin: disable a user (ends their sessions, stops their tokens)",
+                "post": op("Admin: disable a user (ends their sessions, revokes their tokens)",
                     vec![param("id", "path", "user id")], None, "User")
             },
             "/api/users/{id}/enable": {
@@ -240,7 +244,8 @@ pub fn document() -> Value {
                         "maxLength": 256 } } },
                 "TokenRequest": { "type": "object", "required": ["username", "password"],
                     "properties": { "username": { "type": "string" }, "password": { "type": "string" },
-                                    "name": { "type": "string" } } },
+                                    "name": { "type": "string", "maxLength": crate::auth::TOKEN_NAME_CHARS_MAX,
+                                        "description": "a label; card numbers in it are kept masked" } } },
                 "Token": { "type": "object", "properties": { "token": { "type": "string" },
                     "expires_at_ms": { "type": "integer" },
                     "user": { "$ref": "#/components/schemas/User" } } },
