@@ -134,8 +134,15 @@ pub trait Store: Send + Sync + 'static {
     /// The terminal batches with rows cleared on `from` up to but not including `to`
     /// (`YYYYMMDD`), each with the last such clearing date and its rows' range of STANs.
     fn batches_cleared(&self, from: &str, to: &str) -> Result<Vec<BatchSpan>, StoreError>;
-    /// The lowest and highest STAN of a terminal batch's rows; `None` if it has none.
-    fn stans_of_batch(&self, tid: &str, batch_no: u32) -> Result<Option<(u32, u32)>, StoreError>;
+    /// The lowest and highest STAN of a terminal batch's rows cleared on `since` (`YYYYMMDD`)
+    /// or later; `None` if it has none. Older rows under the same batch number are another
+    /// batch: a terminal replaced or reinstalled numbers its batches from 1 again.
+    fn stans_of_batch(
+        &self,
+        tid: &str,
+        batch_no: u32,
+        since: &str,
+    ) -> Result<Option<(u32, u32)>, StoreError>;
     fn txns_in_state(&self, state: TxnState) -> Result<Vec<TxnRow>, StoreError>;
     fn events(&self, txn_id: i64) -> Result<Vec<EventRow>, StoreError>;
     /// The balance (field 54) balance inquiry `txn_id` was answered with, if it was.

@@ -450,12 +450,18 @@ impl Store for SqliteStore {
         })
     }
 
-    fn stans_of_batch(&self, tid: &str, batch_no: u32) -> Result<Option<(u32, u32)>, StoreError> {
+    fn stans_of_batch(
+        &self,
+        tid: &str,
+        batch_no: u32,
+        since: &str,
+    ) -> Result<Option<(u32, u32)>, StoreError> {
         self.read(|conn| {
             let mut statement = conn.prepare_cached(
-                "SELECT MIN(stan), MAX(stan) FROM transactions WHERE tid = ?1 AND batch_no = ?2",
+                "SELECT MIN(stan), MAX(stan) FROM transactions
+                 WHERE tid = ?1 AND batch_no = ?2 AND clearing_date >= ?3",
             )?;
-            let params: &[&dyn rusqlite::ToSql] = &[&tid, &batch_no];
+            let params: &[&dyn rusqlite::ToSql] = &[&tid, &batch_no, &since];
             let (min, max): (Option<u32>, Option<u32>) =
                 statement.query_row(params, |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(min.zip(max))

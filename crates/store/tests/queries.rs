@@ -32,7 +32,7 @@ fn every_read_runs(db: &Db) {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(s.stans_of_batch("1", 1).unwrap(), None);
+    assert_eq!(s.stans_of_batch("1", 1, "20260101").unwrap(), None);
     assert!(s.txns_in_state(TxnState::Approved).unwrap().is_empty());
     assert!(s.events(1).unwrap().is_empty());
     assert!(s.reversal(1).unwrap().is_none());

@@ -1007,9 +1007,24 @@ fn batches_are_listed_with_their_last_clearing_date(db: &Db) {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(store.stans_of_batch("10000001", 1).unwrap(), Some((1, 2)));
-    assert_eq!(store.stans_of_batch("10000001", 2).unwrap(), Some((1, 2)));
-    assert_eq!(store.stans_of_batch("10000001", 5).unwrap(), None);
+    assert_eq!(
+        store.stans_of_batch("10000001", 1, "").unwrap(),
+        Some((1, 2))
+    );
+    assert_eq!(
+        store.stans_of_batch("10000001", 2, "").unwrap(),
+        Some((1, 2))
+    );
+    assert_eq!(store.stans_of_batch("10000001", 5, "").unwrap(), None);
+    // Only the rows cleared since the date: older ones under the number are another batch.
+    assert_eq!(
+        store.stans_of_batch("10000001", 2, "20261105").unwrap(),
+        Some((2, 2))
+    );
+    assert_eq!(
+        store.stans_of_batch("10000001", 1, "20261104").unwrap(),
+        None
+    );
 }
 
 /// Writes `records` and waits for them.

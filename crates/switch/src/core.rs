@@ -695,8 +695,9 @@ impl Core {
     /// STANs are above them: no read. `Err` if the store could not be read.
     pub async fn mark_batch(&self, tid: &str, batch_no: u32) -> Result<(), ()> {
         let owned = tid.to_owned();
+        let since = self.batches_since();
         match self
-            .read_for_request(move |store| store.stans_of_batch(&owned, batch_no))
+            .read_for_request(move |store| store.stans_of_batch(&owned, batch_no, &since))
             .await
         {
             Some(Ok(Some(stans))) => {
@@ -707,6 +708,14 @@ impl Core {
             Some(Ok(None)) => Ok(()),
             Some(Err(_)) | None => Err(()),
         }
+    }
+
+    /// The first clearing date (`YYYYMMDD`) whose rows under a terminal batch's number are that
+    /// batch ([`crate::ledger::marked_since`]): older ones are an earlier batch of the same
+    /// number, from before the terminal was replaced or reinstalled and numbered its batches
+    /// from 1 again, and are neither its retries nor its settlement.
+    pub fn batches_since(&self) -> String {
+        crate::ledger::marked_since(self.clock.now_ms()).yyyymmdd()
     }
 
     /// With a shared journal ([`SwitchConfig::shared_journal`]), the first request of each

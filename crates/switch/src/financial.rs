@@ -567,7 +567,10 @@ impl Core {
             .read_for_request(move |store| store.txns_by_key(&tid, batch, trace))
             .await?
             .ok()?;
-        let row = rows.iter().find(|r| r.kind != TxnKind::Reversal)?;
+        let since = self.batches_since();
+        let row = rows
+            .iter()
+            .find(|r| r.kind != TxnKind::Reversal && r.clearing_date >= since)?;
         Some(self.ledger.adopt(row))
     }
 
@@ -605,7 +608,13 @@ impl Core {
                     .read_for_request(move |store| store.txns_by_key(&tid, batch_no, stan))
                     .await?
                     .ok()?;
-                Some(rows.iter().map(|row| self.ledger.adopt(row)).collect())
+                let since = self.batches_since();
+                Some(
+                    rows.iter()
+                        .filter(|row| row.clearing_date >= since)
+                        .map(|row| self.ledger.adopt(row))
+                        .collect(),
+                )
             }
         }
     }

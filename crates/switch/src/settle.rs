@@ -220,9 +220,13 @@ impl Core {
     /// read off the async workers and within `journal_wait`.
     async fn batch_rows(&self, tid: &str, batch_no: u32) -> Option<Vec<TxnRow>> {
         let tid = tid.to_owned();
-        self.read_for_request(move |store| store.txns_by_batch(&tid, batch_no))
+        let since = self.batches_since();
+        let mut rows = self
+            .read_for_request(move |store| store.txns_by_batch(&tid, batch_no))
             .await?
-            .ok()
+            .ok()?;
+        rows.retain(|row| row.clearing_date >= since);
+        Some(rows)
     }
 
     fn host_totals(&self, rows: &[TxnRow]) -> SettlementTotals {

@@ -385,3 +385,35 @@ async fn requests_around_the_cut_over_get_their_clearing_dates_and_none_is_lost(
     assert_eq!(rows.len(), 7, "every request journalled: {rows:?}");
     h.stop().await;
 }
+
+/// A terminal replaced or reinstalled numbers its batches and traces from 1 again. Weeks later
+/// the journal's rows under the same batch number are an earlier batch: a request under one of
+/// their keys is new (not 94), and the batch's settlement counts only what it holds now.
+#[tokio::test]
+async fn a_batch_number_used_again_weeks_later_is_a_new_batch() {
+    let mut h = Harness::new().await;
+    let mut t = h.terminal().await;
+    t.sign_in().await;
+    let pan = card("622202");
+    let old = t.send(&Req::purchase(&pan, 500, 7)).await;
+    assert_eq!(old.code(), "00");
+
+    h.stop().await;
+    h.clock.shift_days(40);
+    h.start().await;
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let new = t.send(&Req::purchase(&pan, 800, 7)).await;
+    assert_eq!(
+        new.code(),
+        "00",
+        "a new request, not other content under a known key"
+    );
+    assert_ne!(new.text(37), old.text(37));
+    let host = settle(&mut t, 1, &totals((800, 1), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+    assert_eq!(
+        (host.domestic.debit_amount, host.domestic.debit_count),
+        (800, 1)
+    );
+}
