@@ -293,7 +293,10 @@ pub fn run(args: DemoArgs) -> CliResult {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(args))
+    let http_runtime = crate::serve::http_runtime()?;
+    let ran = runtime.block_on(run_async(args, http_runtime.handle().clone()));
+    http_runtime.shutdown_background();
+    ran
 }
 
 /// What [`start_env`] builds beyond the demo's own fixtures.
@@ -655,7 +658,7 @@ impl DemoEnv {
     }
 }
 
-async fn run_async(args: DemoArgs) -> CliResult {
+async fn run_async(args: DemoArgs, http_runtime: tokio::runtime::Handle) -> CliResult {
     let dir = args.data_dir.clone();
     let env = start_env(
         &dir,
@@ -691,11 +694,12 @@ async fn run_async(args: DemoArgs) -> CliResult {
     let switch_metrics = Arc::new(web::metrics::SwitchMetricsCell::default());
     switch_metrics.set(env.switch.metrics());
     let portal = portal(&env, Arc::clone(&switch_metrics)).await?;
-    let http_task = tokio::spawn(web::serve(
+    let http_task = web::spawn_serve(
+        &http_runtime,
         portal.router_with_metrics(),
         http,
         stop_rx.clone(),
-    ));
+    )?;
     // Notifications: the journal tailer (declines, reversals, refunds, duplicates) and the
     // webhook notifier, for merchants that configured an endpoint.
     let notify_tasks = resolve::outbox::spawn_background(

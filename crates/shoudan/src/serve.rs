@@ -498,7 +498,9 @@ pub fn run(args: ServeArgs) -> CliResult {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let http_runtime = http_runtime()?;
+    let http = http_runtime.handle().clone();
+    let served = runtime.block_on(async move {
         // Caught from the start: a stop while the node opens its store (a migration) is
         // carried out once the start is done, as any stop. A second signal ends a start that
         // does not finish (a database that never answers) at once: what it had not committed
@@ -521,8 +523,21 @@ pub fn run(args: ServeArgs) -> CliResult {
                 }
             }
         };
-        serve(node, signals, stopping).await
-    })
+        serve(node, signals, stopping, &http).await
+    });
+    // Its tasks have ended (or been given up on) by now: whatever is left is dropped.
+    http_runtime.shutdown_background();
+    served
+}
+
+/// The HTTP side's runtime (portal, console, API, metrics), apart from the switch's: see
+/// [`web::spawn_serve`]. Two workers: pages wait on the store more than they compute.
+pub(crate) fn http_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("shoudan-http")
+        .enable_all()
+        .build()
 }
 
 /// `serve --check`: every setting checked as a start would, the database read and not
@@ -554,7 +569,12 @@ fn check(config: &ServeConfig) -> CliResult {
 }
 
 /// Serves until a signal (or at once stops, when one came during the start).
-async fn serve(node: Node, mut signals: Signals, stopping: bool) -> CliResult {
+async fn serve(
+    node: Node,
+    mut signals: Signals,
+    stopping: bool,
+    http_runtime: &tokio::runtime::Handle,
+) -> CliResult {
     let banks: Vec<String> = node.config.issuers.keys().cloned().collect();
     let switch = Switch::start(
         node.config,
@@ -594,16 +614,17 @@ async fn serve(node: Node, mut signals: Signals, stopping: bool) -> CliResult {
     let metrics_task = match metrics_listener {
         Some(listener) => {
             let addr = listener.local_addr()?;
-            let task = tokio::spawn(web::serve(
+            let task = web::spawn_serve(
+                http_runtime,
                 portal.metrics_router(),
                 listener,
                 stop_rx.clone(),
-            ));
+            )?;
             Some((addr, task))
         }
         None => None,
     };
-    let http_task = tokio::spawn(web::serve(portal.router(), http, stop_rx));
+    let http_task = web::spawn_serve(http_runtime, portal.router(), http, stop_rx)?;
     println!("shoudan serving");
     println!("  switch (terminals)  {}", switch.local_addr());
     println!("  http                http://{http_addr}/");

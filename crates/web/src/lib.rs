@@ -159,6 +159,21 @@ impl Web {
 }
 
 /// Serves `app` on `listener` until `stop` turns true.
+/// [`serve`] on `runtime`, the HTTP side's own: the listener, bound on the caller's runtime, is
+/// taken over by that one, and so are the connections it accepts. The handlers read the store
+/// synchronously (a transaction search reads up to `SEARCH_SCAN_MAX` rows); on a runtime of
+/// their own they hold only each other up, never a switch's terminals and issuer timers.
+pub fn spawn_serve(
+    runtime: &tokio::runtime::Handle,
+    app: Router,
+    listener: tokio::net::TcpListener,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = listener.into_std()?;
+    Ok(runtime
+        .spawn(async move { serve(app, tokio::net::TcpListener::from_std(listener)?, stop).await }))
+}
+
 pub async fn serve(
     app: Router,
     listener: tokio::net::TcpListener,
