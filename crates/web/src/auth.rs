@@ -259,17 +259,15 @@ pub fn users_standing(web: &Web) -> Result<Vec<Standing>, ApiError> {
 #[derive(Debug)]
 pub enum SignIn {
     Accepted(UserRow),
-    /// A wrong pair, an unknown or a disabled user, a locked user's wrong password: one answer
-    /// for all.
+    /// A wrong pair, an unknown or a disabled user: one answer for all.
     Refused,
-    /// The right password of a user locked by wrong passwords in a row, for this many more
-    /// minutes (rounded up): only whoever knows the password learns of the lock.
+    /// Locked by wrong passwords in a row, for this many more minutes (rounded up).
     Locked {
         minutes: i64,
     },
 }
 
-/// The API's answer to the right password of a locked user: 429 `locked`.
+/// The API's answer to a sign-in of a locked user: 429 `locked`.
 pub fn locked_error(minutes: i64) -> ApiError {
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
@@ -283,10 +281,10 @@ pub fn locked_error(minutes: i64) -> ApiError {
 
 /// Checks a username and password: refused for a wrong pair, an unknown or a disabled user (one
 /// answer for all, so a caller cannot tell which usernames exist). A user with
-/// [`LOGIN_FAILURES_MAX`] wrong passwords in a row is locked for [`LOCKOUT_MS`], and the lock is
-/// audited (`user.locked`). A locked user's password is still checked: the right one is answered
-/// locked (and refused), a wrong one as an unknown user's is and not counted, so the lock neither
-/// tells a guesser that the username exists nor grows while they keep guessing.
+/// [`LOGIN_FAILURES_MAX`] wrong passwords in a row is locked for [`LOCKOUT_MS`]: its sign-ins
+/// are answered locked without a check, and the lock is audited (`user.locked`). That answer
+/// does tell that the username exists; one that checked the password while locked would tell
+/// the guesser which guess was right, however many they made.
 pub async fn authenticate(web: &Web, username: &str, password: &str) -> Result<SignIn, ApiError> {
     let user = web
         .store
@@ -303,22 +301,14 @@ pub async fn authenticate(web: &Web, username: &str, password: &str) -> Result<S
             None => None,
         };
         let now_ms = clock.now_ms();
-        let lock = locked_until(failures.as_ref(), now_ms);
-        // An unknown or disabled user's check costs what a real one does, and so does a
-        // locked one's.
+        if let Some(until) = locked_until(failures.as_ref(), now_ms) {
+            return Ok(Checked::Locked { until, now_ms });
+        }
+        // An unknown or disabled user's check costs what a real one does.
         let matched = verify_stored(user.as_ref().map(|u| u.password_hash.as_str()), &password);
         let Some(user) = user else {
             return Ok(Checked::Wrong { locked: None });
         };
-        if let Some(until) = lock {
-            // A wrong password of a locked user is answered (and, writing nothing, timed) as
-            // an unknown user's is; only the right one hears of the lock.
-            return Ok(if matched {
-                Checked::Locked { until, now_ms }
-            } else {
-                Checked::Wrong { locked: None }
-            });
-        }
         if matched {
             if failures.is_some() {
                 let forget = WebRecord::ClearLoginFailures { user_id: user.id };

@@ -91,10 +91,10 @@ pub fn document() -> Value {
                     "400": { "description": "bad_request: a name too long or with control characters",
                         "content": { "application/json": {
                         "schema": { "$ref": "#/components/schemas/Error" } } } },
-                    "401": { "description": "bad_credentials: a wrong pair, an unknown, disabled or (with a wrong password) locked user",
+                    "401": { "description": "bad_credentials: a wrong pair, an unknown or disabled user",
                         "content": { "application/json": {
                         "schema": { "$ref": "#/components/schemas/Error" } } } },
-                    "429": { "description": "locked: the right password of a user locked by too many wrong passwords in a row",
+                    "429": { "description": "locked: too many wrong passwords in a row (no password is checked while locked)",
                         "content": { "application/json": {
                         "schema": { "$ref": "#/components/schemas/Error" } } } },
                     "503": { "description": "busy: too many sign-ins at once", "content": {
