@@ -397,6 +397,62 @@ impl IssuerDirectory {
         }
     }
 
+    /// The card types a card of `pan_len` digits may have when only its first digits,
+    /// `prefix`, are known (a journal keeps a card's first six): those of the rows whose BIN
+    /// extends `prefix` at that PAN length, and of the longest row at that length whose BIN
+    /// `prefix` starts with (the cards the longer ones leave). Empty when the table has none,
+    /// or `prefix` is not all digits.
+    pub fn card_types_under(&self, prefix: &str, pan_len: usize) -> Vec<CardType> {
+        let bytes = prefix.as_bytes();
+        if bytes.is_empty() || bytes.len() > BIN_LEN_MAX || !bytes.iter().all(u8::is_ascii_digit) {
+            return Vec::new();
+        }
+        let value = bytes
+            .iter()
+            .fold(0u64, |v, &b| v * 10 + u64::from(b - b'0'));
+        let at_len = |range: &(usize, usize)| {
+            self.rows
+                .get(range.0..range.1)
+                .unwrap_or_default()
+                .iter()
+                .filter(|r| usize::from(r.pan_len) == pan_len)
+                .map(|r| r.card_type)
+                .collect::<Vec<_>>()
+        };
+        let mut types = Vec::new();
+        let mut shorter_found = false;
+        // Longest first: the first shorter row found is the one a lookup would take.
+        for (bin_len, map) in &self.by_len {
+            if *bin_len > bytes.len() {
+                let Some(scale) = u32::try_from(*bin_len - bytes.len())
+                    .ok()
+                    .and_then(|n| 10u64.checked_pow(n))
+                else {
+                    continue;
+                };
+                for (bin, range) in map {
+                    if bin / scale == value {
+                        types.extend(at_len(range));
+                    }
+                }
+            } else if !shorter_found {
+                let shift = 10u64.pow(u32::try_from(bytes.len() - bin_len).unwrap_or(0));
+                if let Some(range) = map.get(&(value / shift)) {
+                    let found = at_len(range);
+                    shorter_found = !found.is_empty();
+                    types.extend(found);
+                }
+            }
+        }
+        let mut distinct: Vec<CardType> = Vec::with_capacity(types.len());
+        for t in types {
+            if !distinct.contains(&t) {
+                distinct.push(t);
+            }
+        }
+        distinct
+    }
+
     fn found(&self, bin_len: usize, row: BinRow, pan_len: usize) -> CardLookup<'_> {
         let issuer = self
             .banks

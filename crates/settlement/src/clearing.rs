@@ -17,16 +17,16 @@ use store::{Record, Store, StoreError, TxnKind, TxnRow, TxnState};
 use crate::fees::{CardClass, FeePlan};
 use crate::ledger::{LedgerError, Posting, accounts, posting_record};
 
-/// Digits a stored BIN is padded to before lookup (the directory matches on PAN length too;
-/// 16 is the common length, and the longest prefix wins when the length differs).
-const BIN_LOOKUP_LEN: usize = 16;
+/// The card length taken when a row's masked number does not give one.
+const PAN_LEN_USUAL: usize = 16;
 /// Issuer name used when a row has none (never sent anywhere: an empty receivable would hide it).
 const ISSUER_UNKNOWN: &str = "UNKNOWN";
 
-/// Card class from the stored BIN, through the issuer directory, cached per BIN.
+/// Card class from the stored BIN and the card's length, through the issuer directory, cached
+/// per both.
 pub struct CardClassifier<'a> {
     directory: &'a IssuerDirectory,
-    cache: HashMap<String, CardClass>,
+    cache: HashMap<(String, usize), CardClass>,
 }
 
 impl<'a> CardClassifier<'a> {
@@ -40,26 +40,50 @@ impl<'a> CardClassifier<'a> {
     /// Debit and prepaid cards are charged as debit, credit and semi-credit as credit; a card
     /// outside the CUP table is foreign unless its prefix is UnionPay's (a domestic bank our
     /// table lacks: charged as debit, the merchant's cheaper assumption).
-    pub fn classify(&mut self, bin: &str) -> CardClass {
-        if let Some(class) = self.cache.get(bin) {
+    ///
+    /// The journal keeps a card's first six digits and its length (the masked number's), and
+    /// the table has longer BINs and BINs issued at two lengths by two banks (622303: a credit
+    /// card at 16 digits, a debit card at 18): the class is the one every row the six digits
+    /// may be under, at the card's length, agrees on. Where they disagree, the card is charged
+    /// as debit, the merchant's cheaper assumption again.
+    pub fn classify(&mut self, bin: &str, pan_len: usize) -> CardClass {
+        let key = (bin.to_owned(), pan_len);
+        if let Some(class) = self.cache.get(&key) {
             return *class;
         }
-        let mut digits = bin.to_owned();
-        while digits.len() < BIN_LOOKUP_LEN {
-            digits.push('0');
-        }
-        let lookup = self.directory.lookup_digits(&digits);
-        let class = match lookup.issuer {
-            Some(found) => match found.card_type {
-                CardType::Debit | CardType::Prepaid => CardClass::DomesticDebit,
-                CardType::Credit | CardType::SemiCredit => CardClass::DomesticCredit,
-            },
-            None if lookup.network == CardNetwork::DomesticCup => CardClass::DomesticDebit,
-            None => CardClass::Foreign,
+        let of = |t: CardType| match t {
+            CardType::Debit | CardType::Prepaid => CardClass::DomesticDebit,
+            CardType::Credit | CardType::SemiCredit => CardClass::DomesticCredit,
         };
-        self.cache.insert(bin.to_owned(), class);
+        let types = self.directory.card_types_under(bin, pan_len);
+        let class = match types.split_first() {
+            Some((first, rest)) if rest.iter().all(|t| of(*t) == of(*first)) => of(*first),
+            Some(_) => CardClass::DomesticDebit,
+            None => {
+                let mut digits = bin.to_owned();
+                while digits.len() < pan_len {
+                    digits.push('0');
+                }
+                let lookup = self.directory.lookup_digits(&digits);
+                match lookup.issuer {
+                    Some(found) => of(found.card_type),
+                    None if lookup.network == CardNetwork::DomesticCup => CardClass::DomesticDebit,
+                    None => CardClass::Foreign,
+                }
+            }
+        };
+        self.cache.insert(key, class);
         class
     }
+}
+
+/// A journal row's card length: its masked number's (digits and stars), else the usual 16.
+fn pan_len(row: &TxnRow) -> usize {
+    row.pan
+        .as_ref()
+        .map(|p| p.masked.chars().count())
+        .filter(|n| (13..=19).contains(n))
+        .unwrap_or(PAN_LEN_USUAL)
 }
 
 /// What a transaction should have cleared: (signed amount, signed fee), or `None` if it moves
@@ -120,7 +144,7 @@ pub fn clear(
     let mut per_merchant: BTreeMap<&str, (BTreeMap<&str, i64>, i64)> = BTreeMap::new();
     for row in rows.iter().filter(|r| r.clearing_date == clearing_date) {
         let bin = row.pan.as_ref().map_or("", |p| p.bin.as_str());
-        let class = classifier.classify(bin);
+        let class = classifier.classify(bin, pan_len(row));
         let plan = plans.get(&row.mid).unwrap_or(&default_plan);
         let Some((amount, mut fee)) = cleared_value(row, class, plan) else {
             continue;
@@ -465,4 +489,38 @@ pub fn settle_date(
         new_postings,
         merchants: merchant_totals(&all),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The class of a card of `len` digits whose journal row keeps `bin`.
+    fn class(bin: &str, len: usize) -> CardClass {
+        let directory = IssuerDirectory::embedded().unwrap();
+        CardClassifier::new(&directory).classify(bin, len)
+    }
+
+    #[test]
+    fn a_bin_issued_at_two_lengths_is_classed_by_the_cards_length() {
+        // 622303: Nanjing Bank's credit cards at 16 digits, ICBC's debit cards at 18.
+        assert_eq!(class("622303", 18), CardClass::DomesticDebit);
+        assert_eq!(class("622303", 16), CardClass::DomesticCredit);
+        // 621260: a credit card at 16; at 19 the debit cards of several rural banks, under
+        // longer BINs too.
+        assert_eq!(class("621260", 19), CardClass::DomesticDebit);
+        assert_eq!(class("621260", 16), CardClass::DomesticCredit);
+    }
+
+    #[test]
+    fn six_digits_of_a_longer_bin_find_the_rows_under_them() {
+        // 6886592 (Xiamen's debit cards, 18 digits): six digits and zeros match nothing.
+        assert_eq!(class("688659", 18), CardClass::DomesticDebit);
+        // 625193xx: credit cards of four banks, 8-digit BINs only.
+        assert_eq!(class("625193", 16), CardClass::DomesticCredit);
+        assert_eq!(class("622202", 19), CardClass::DomesticDebit);
+        assert_eq!(class("411111", 16), CardClass::Foreign);
+    }
 }
