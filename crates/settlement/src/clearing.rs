@@ -310,12 +310,14 @@ const ISSUER_LEGS_PER_POSTING: usize = crate::ledger::POSTING_LEGS_MAX - 3;
 
 /// Clearing dates before the one being cleared that a run clears again.
 pub const REVISIT_DAYS: i64 = 3;
+/// Later than every clearing date: `clearing_dates_touched_since` then reads them all.
+const ALL_DATES_BEFORE: &str = "99991231";
 /// How far before the previous settle run events are read for dates to clear again (the
 /// nodes' clocks may differ from the one running the settlement).
 const EVENT_CLOCK_MARGIN_MS: i64 = 3_600_000;
 
 /// Clears `clearing_date`, then clears again each of the [`REVISIT_DAYS`] dates before it that
-/// a run has cleared already, and any older cleared date whose transactions have had an event
+/// a run has cleared already, and any other cleared date whose transactions have had an event
 /// since the previous settle run (a reversal acknowledged days later, say), returning the
 /// reports of those that changed. A day changes after its run: a reversal inside the cut-over's
 /// grace, an issuer's late answer to a request in flight at the run, a host reversal of an
@@ -344,9 +346,12 @@ pub fn settle_date_and_recent(
             dates.push(earlier);
         }
     }
-    if let (Some(since), Some(oldest)) = (previous_run_ms, dates.last().cloned()) {
-        for touched in store.clearing_dates_touched_since(since, &oldest)? {
-            if !dates.contains(&touched) {
+    // Every cleared date touched since, older or newer than this one: this run becomes the
+    // last one the next reads from, so what it leaves is never looked at again (a missed day
+    // settled by hand would otherwise hide a reversal of a later day from every later run).
+    if let Some(since) = previous_run_ms {
+        for touched in store.clearing_dates_touched_since(since, ALL_DATES_BEFORE)? {
+            if touched != report.clearing_date && !dates.contains(&touched) {
                 dates.push(touched);
             }
         }

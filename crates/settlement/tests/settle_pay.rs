@@ -599,6 +599,56 @@ fn an_old_day_whose_transaction_changed_since_the_last_run_is_cleared_again() {
     assert!(audit(store).unwrap().balanced);
 }
 
+/// Settling an older date (a missed day, run by hand) is itself a settle run: a date touched
+/// before it must be cleared again then, or the next run, reading from that run on, never
+/// would.
+#[test]
+fn a_date_touched_before_an_older_date_is_settled_is_still_cleared_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    merchant(store, M1);
+    insert(
+        store,
+        vec![
+            row(1, M1, K::Purchase, S::Approved, 10_000, "622202", "20261116"),
+            row(2, M1, K::Purchase, S::Approved, 4_000, "622202", "20261110"),
+        ],
+    );
+    let payable = || {
+        store
+            .ledger_balance(&acct::merchant_payable(M1), None)
+            .unwrap()
+    };
+    // Hours apart, as days' runs are (reads go back an hour before the last run).
+    let hour = 3_600_000;
+    settle_date_and_recent(store, &directory, "20261116", 10 * hour).unwrap();
+    settle_date_and_recent(store, &directory, "20261120", 20 * hour).unwrap();
+    assert_eq!(payable(), -(10_000 - 55));
+    // The 16th's sale is reversed days later; then the 10th, missed, is settled by hand.
+    store
+        .submit(vec![
+            store::Record::State {
+                id: 1,
+                state: S::Reversed,
+            },
+            store::Record::Event(store::EventRow {
+                txn_id: 1,
+                at_ms: 30 * hour,
+                kind: "reversed".to_owned(),
+                detail: String::new(),
+            }),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    settle_date_and_recent(store, &directory, "20261110", 40 * hour).unwrap();
+    settle_date_and_recent(store, &directory, "20261121", 50 * hour).unwrap();
+    assert_eq!(payable(), -(4_000 - 22), "the reversed sale is taken back");
+    assert!(audit(store).unwrap().balanced);
+}
+
 #[test]
 fn a_fee_is_fixed_when_first_cleared_whatever_the_plan_says_later() {
     let dir = tempfile::tempdir().unwrap();
