@@ -614,12 +614,13 @@ async fn serve(
     let metrics_task = match metrics_listener {
         Some(listener) => {
             let addr = listener.local_addr()?;
-            let task = web::spawn_serve(
-                http_runtime,
+            // On the switch's runtime: a scrape or a health check answers while pages hold
+            // the HTTP runtime's workers, and says how the switch itself is doing.
+            let task = tokio::spawn(web::serve(
                 portal.metrics_router(),
                 listener,
                 stop_rx.clone(),
-            )?;
+            ));
             Some((addr, task))
         }
         None => None,

@@ -313,9 +313,6 @@ impl Core {
         Ok(())
     }
 
-    /// Host trace numbers for issuer requests: six digits, never 0. Nodes sharing a database
-    /// (and so an issuer's view of traces) draw from disjoint classes: the trace less one is
-    /// congruent to the node id modulo `TRACE_NODES`.
     /// What tells a terminal's retry (the same request again) from other content under the same
     /// key, kept in the journal. Keyed (the HSM's fingerprint, an HMAC under a key derived from
     /// the master key): the request carries the card number and the row its masked form and
@@ -331,6 +328,9 @@ impl Core {
         digest
     }
 
+    /// Host trace numbers for issuer requests: six digits, never 0. Nodes sharing a database
+    /// (and so an issuer's view of traces) draw from disjoint classes: the trace less one is
+    /// congruent to the node id modulo `TRACE_NODES`.
     pub fn next_trace(&self) -> u32 {
         let k = self.trace.fetch_add(1, Ordering::Relaxed) % TRACE_PER_NODE;
         k * TRACE_NODES + u32::from(self.config.node_id) % TRACE_NODES + 1

@@ -1647,16 +1647,28 @@ impl Core {
                         let issuer = o.issuer.clone().unwrap_or_default();
                         if o.kind != TxnKind::BalanceInquiry && !issuer.is_empty() {
                             let reason = ctx.frame.message.text(39).unwrap_or("98");
-                            // Still at the issuer: a reversal that overtook the request there
-                            // would find nothing to reverse and be acknowledged, and the
+                            // Still at the issuer (or about to be: its row may still be on
+                            // its way to the journal): a reversal that overtook the request
+                            // there would find nothing to reverse and be acknowledged, and the
                             // approval that follows it stand. It goes once the request's
-                            // answer is in or its timeout has passed.
-                            let due_ms = match (previous, self.links.get(&issuer)) {
-                                (TxnState::InFlight, Some(link)) => now_ms.saturating_add(
-                                    i64::try_from(link.endpoint.timeout.as_millis())
-                                        .unwrap_or(i64::MAX),
-                                ),
-                                _ => now_ms,
+                            // answer is in or its timeout has passed: a journal wait and the
+                            // issuer's timeout from now (the longest of any issuer's when this
+                            // node has no link to that one: another node may send it).
+                            let due_ms = if previous == TxnState::InFlight {
+                                let timeout = self
+                                    .links
+                                    .get(&issuer)
+                                    .map(|link| link.endpoint.timeout)
+                                    .or_else(|| {
+                                        self.links.values().map(|l| l.endpoint.timeout).max()
+                                    })
+                                    .unwrap_or_default();
+                                let wait = self.config.journal_wait.saturating_add(timeout);
+                                now_ms.saturating_add(
+                                    i64::try_from(wait.as_millis()).unwrap_or(i64::MAX),
+                                )
+                            } else {
+                                now_ms
                             };
                             records.push(self.saf(o.id, &issuer, reason, due_ms));
                         }

@@ -1066,7 +1066,7 @@ fn a_reversal_of_a_request_still_at_the_issuer_waits_for_its_answer() {
         let row = h.store.txns_by_key(TID, 1, 2).unwrap().remove(0);
         assert_eq!(row.state, TxnState::Reversed);
         let delivered = h
-            .eventually(5, || {
+            .eventually(15, || {
                 h.store
                     .reversal(row.id)
                     .unwrap()
@@ -1076,9 +1076,11 @@ fn a_reversal_of_a_request_still_at_the_issuer_waits_for_its_answer() {
         assert!(delivered, "then sent and acknowledged");
         let read_at = h.log.reversals_at_ms.lock().unwrap().clone();
         assert_eq!(read_at.len(), 1);
+        let wait = h.config().journal_wait.as_millis() as i64;
         assert!(
-            read_at[0] >= sent_ms + 300,
-            "sent after the issuer's timeout (300 ms), not {} ms after the reversal",
+            read_at[0] >= sent_ms + wait + 300,
+            "sent after a journal wait and the issuer's timeout (300 ms), not {} ms after the \
+             reversal",
             read_at[0] - sent_ms
         );
     });

@@ -158,7 +158,6 @@ impl Web {
     }
 }
 
-/// Serves `app` on `listener` until `stop` turns true.
 /// [`serve`] on `runtime`, the HTTP side's own: the listener, bound on the caller's runtime, is
 /// taken over by that one, and so are the connections it accepts. The handlers read the store
 /// synchronously (a transaction search reads up to `SEARCH_SCAN_MAX` rows); on a runtime of
@@ -174,6 +173,7 @@ pub fn spawn_serve(
         .spawn(async move { serve(app, tokio::net::TcpListener::from_std(listener)?, stop).await }))
 }
 
+/// Serves `app` on `listener` until `stop` turns true.
 pub async fn serve(
     app: Router,
     listener: tokio::net::TcpListener,
