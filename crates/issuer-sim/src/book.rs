@@ -908,8 +908,16 @@ impl Book {
             self.uncount_day(index, req.amount);
         }
         // A reversed void stands its original up again, and with it what the void gave back
-        // to the day's limits (a void is of the same day as its original).
-        if same_day && matches!(kind, TxnKind::PurchaseVoid | TxnKind::PreAuthVoid) {
+        // to the day's limits: only when the original is today's (a pre-authorisation may be
+        // voided days later, and gave that day nothing back).
+        let original_today = linked
+            .as_ref()
+            .and_then(|rrn| self.txns.get(rrn))
+            .is_some_and(|parent| parent.day == today);
+        if same_day
+            && original_today
+            && matches!(kind, TxnKind::PurchaseVoid | TxnKind::PreAuthVoid)
+        {
             self.count_day(index, req.amount, true);
         }
         if let Some(record) = self.txns.get_mut(&req.rrn) {

@@ -495,6 +495,31 @@ fn reversing_a_void_counts_its_sale_against_the_day_again() {
     assert_eq!(sim.code(TxnKind::Purchase, 1, 1), ResponseCode::AmountLimit);
 }
 
+/// A pre-authorisation voided on a later day gave nothing back to that day's limit, so its
+/// void's reversal takes nothing from it either.
+#[test]
+fn reversing_a_later_days_pre_auth_void_leaves_that_days_limit_alone() {
+    let limited = AccountSpec {
+        limits: Limits {
+            daily_amount_max: Some(1_000),
+            ..Limits::default()
+        },
+        ..spec(1)
+    };
+    let mut sim = Sim::new(vec![limited]);
+    let hold = sim.approve(TxnKind::PreAuth, 1, 1_000);
+    sim.clock.advance_seconds(24 * 3600);
+    let void = sim.linked(TxnKind::PreAuthVoid, 1, 1_000, &hold);
+    assert_eq!(sim.issuer.authorise(&void).code, ResponseCode::Approved);
+    assert_eq!(
+        sim.reverse(TxnKind::PreAuthVoid, 1, 1_000, &void.rrn),
+        ResponseCode::Approved
+    );
+    assert_eq!(sim.state(&hold), TxnState::Approved);
+    // Today's limit is untouched: a whole day's amount still goes through.
+    assert_eq!(sim.code(TxnKind::Purchase, 1, 1_000), ResponseCode::Approved);
+}
+
 #[test]
 fn insufficient_funds_is_51_and_holds_count() {
     let poor = AccountSpec {

@@ -498,7 +498,25 @@ pub fn explain_txn(
                     ),
                 ));
             }
-            (TxnKind::PurchaseVoid | TxnKind::PreAuthVoid | TxnKind::CompletionVoid, true) => {
+            (TxnKind::PreAuthVoid, true) => {
+                // Voided whenever the guest left, not only the same day.
+                steps.push(step(
+                    at,
+                    "voided",
+                    Both::new(
+                        format!(
+                            "{} 撤销了这笔预授权（RRN {lrrn}）：冻结已释放，不会扣款",
+                            lwho.zh
+                        ),
+                        format!(
+                            "pre-authorisation voided by {} (RRN {lrrn}): the hold is released, \
+                             nothing is charged",
+                            lwho.en
+                        ),
+                    ),
+                ));
+            }
+            (TxnKind::PurchaseVoid | TxnKind::CompletionVoid, true) => {
                 steps.push(step(
                     at,
                     "voided",
@@ -647,6 +665,10 @@ fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow) -> Both {
         Outcome::Refunded => Both::new(
             format!("成功 {amount}，已全额退货"),
             format!("approved for {amount}, refunded in full since"),
+        ),
+        Outcome::Voided if row.kind == TxnKind::PreAuth => Both::new(
+            "预授权已撤销：冻结已释放，不扣款",
+            "pre-authorisation voided: the hold is released, nothing is charged",
         ),
         Outcome::Voided => Both::new(
             "当天已撤销：不扣款",

@@ -712,6 +712,28 @@ fn voids_and_pre_authorisations_read_in_plain_words() {
         assert_eq!(x.outcome, Outcome::PreAuthExpired);
         assert_eq!(x.steps.last().unwrap().kind, "pre_auth_expired");
         assert!(x.summary.zh.contains("过期"));
+
+        // Voided (a pre-authorisation may be, days later): its hold released, not "the same
+        // day" as a sale's void says.
+        e.stan += 1;
+        let void = Req {
+            processing: "200000",
+            message_type: "11",
+            rrn: Some(rrn.clone()),
+            f61: Some(format!("{:06}{:06}", 1, pre_auth.stan)),
+            pin: None,
+            ..Req {
+                stan: e.stan,
+                ..pre_auth.clone()
+            }
+        };
+        assert_eq!(e.t.send(&void).await.code(), "00");
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &rrn, now()).unwrap();
+        assert_eq!(x.outcome, Outcome::Voided);
+        assert!(x.summary.en.contains("hold is released"), "{:?}", x.summary);
+        let voided = x.steps.last().unwrap();
+        assert_eq!(voided.kind, "voided");
+        assert!(!voided.text.en.contains("same day"), "{voided:?}");
     });
 }
 
