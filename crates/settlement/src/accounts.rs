@@ -64,6 +64,11 @@ pub enum BindError {
     NoSuchChange(i64),
     #[error("change {0} is not waiting for confirmation")]
     NotPending(i64),
+    #[error(
+        "change {0} was overtaken: the account was re-bound since it was asked for, so it is \
+         superseded and nothing changed"
+    )]
+    Superseded(i64),
     #[error("the operator who confirms must not be the one who asked ({0})")]
     SameUser(String),
     #[error("sealing the account number failed: {0}")]
@@ -201,22 +206,19 @@ pub fn bind_account(
             String::new()
         },
     };
+    // A change still waiting is overtaken by this one: confirmed later, it would replace what
+    // the merchant asked for since.
+    let mut records = superseded(store, mid, id, now_ms)?;
     if needs_check {
-        store
-            .submit(vec![Record::Settlement(SettlementRecord::AccountChange(
-                change,
-            ))])?
-            .wait()?;
+        records.push(Record::Settlement(SettlementRecord::AccountChange(change)));
+        store.submit(records)?.wait()?;
         return Ok(BindOutcome::PendingConfirmation { change_id: id });
     }
     let version = current.as_ref().map_or(1, |a| a.version.saturating_add(1));
     let account = account_from(&change, version, now_ms);
-    store
-        .submit(vec![
-            Record::Settlement(SettlementRecord::AccountChange(change)),
-            in_place_of(current.as_ref(), account),
-        ])?
-        .wait()?;
+    records.push(Record::Settlement(SettlementRecord::AccountChange(change)));
+    records.push(in_place_of(current.as_ref(), account));
+    store.submit(records)?.wait()?;
     Ok(BindOutcome::Active {
         change_id: id,
         version,
@@ -251,6 +253,26 @@ fn account_from(change: &AccountChangeRow, version: u32, now_ms: i64) -> BoundAc
     }
 }
 
+/// The merchant's changes still waiting for an operator, marked superseded by change `by`.
+fn superseded(
+    store: &dyn Store,
+    mid: &str,
+    by: i64,
+    now_ms: i64,
+) -> Result<Vec<Record>, BindError> {
+    Ok(store
+        .account_changes(Some(mid))?
+        .into_iter()
+        .filter(|c| c.state == ChangeState::PendingConfirmation && c.id != by)
+        .map(|mut c| {
+            c.state = ChangeState::Superseded;
+            c.decided_at_ms = Some(now_ms);
+            c.note = format!("superseded by change {by}");
+            Record::Settlement(SettlementRecord::AccountChange(c))
+        })
+        .collect())
+}
+
 fn pending(store: &dyn Store, change_id: i64) -> Result<AccountChangeRow, BindError> {
     let change = store
         .account_change(change_id)?
@@ -274,6 +296,19 @@ pub fn confirm_change(
         return Err(BindError::SameUser(operator.to_owned()));
     }
     let current = store.bound_account(&change.mid)?;
+    // Asked for when the account was flagged; re-bound since (its flag cleared), the change
+    // would replace an account nobody asked to replace.
+    if current.as_ref().is_some_and(|a| !a.needs_rebind) {
+        change.state = ChangeState::Superseded;
+        change.decided_at_ms = Some(now_ms);
+        change.note = "superseded: the account was re-bound since".to_owned();
+        store
+            .submit(vec![Record::Settlement(SettlementRecord::AccountChange(
+                change,
+            ))])?
+            .wait()?;
+        return Err(BindError::Superseded(change_id));
+    }
     let version = current.as_ref().map_or(1, |a| a.version.saturating_add(1));
     change.state = ChangeState::Active;
     change.decided_by = Some(operator.to_owned());

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use domain::IssuerDirectory;
 use settlement::{
-    AccountInput, BindError, BindOutcome, SimBank, SimBehaviour, audit, bind_account,
+    AccountInput, BindError, BindOutcome, Sealer, SimBank, SimBehaviour, audit, bind_account,
     confirm_change, ledger_accounts as acct, run_payouts, settle_date, settle_date_and_recent,
 };
 use store::settlement::{AccountKind, PayoutState, SettlementRecord};
@@ -60,6 +60,102 @@ fn a_card_number_typed_into_the_holder_name_is_refused() {
     let (_, _, kept) =
         settlement::accounts::validate(&directory, &card_input(&account, name)).unwrap();
     assert_eq!(kept, name);
+}
+
+/// Re-binding after a failed payout waits for an operator; a change asked for again (a typo
+/// mended) or a re-binding since overtakes the one still waiting, which can then no longer be
+/// confirmed over what the merchant chose.
+#[test]
+fn a_change_overtaken_while_waiting_is_not_confirmed_over_a_newer_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    merchant(store, M1);
+    let bind = |number: &str| {
+        bind_account(
+            store,
+            &sealer,
+            &directory,
+            M1,
+            &card_input(number, "王小明"),
+            "merchant",
+            1_000,
+        )
+        .unwrap()
+    };
+    let first = card("622202", 19, 1);
+    assert!(matches!(bind(&first), BindOutcome::Active { .. }));
+    store
+        .submit(vec![Record::Settlement(
+            SettlementRecord::FlagBoundAccount {
+                mid: M1.into(),
+                version: 1,
+                at_ms: 2_000,
+            },
+        )])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let typo = card("622202", 19, 2);
+    let meant = card("622202", 19, 3);
+    let BindOutcome::PendingConfirmation { change_id: x } = bind(&typo) else {
+        panic!("a flagged account's re-binding waits");
+    };
+    let BindOutcome::PendingConfirmation { change_id: y } = bind(&meant) else {
+        panic!("a flagged account's re-binding waits");
+    };
+    assert!(matches!(
+        confirm_change(store, x, "ops-a", 3_000),
+        Err(BindError::NotPending(id)) if id == x
+    ));
+    assert_eq!(confirm_change(store, y, "ops-a", 3_000).unwrap(), 2);
+    let opened = |store: &dyn Store| {
+        let bound = store.bound_account(M1).unwrap().unwrap();
+        sealer.open(&bound.number_sealed).unwrap()
+    };
+    assert_eq!(opened(store), meant);
+
+    // Flagged again, a re-binding waits; the merchant then binds freely once the flag is
+    // cleared by another change: the waiting one is overtaken.
+    store
+        .submit(vec![Record::Settlement(
+            SettlementRecord::FlagBoundAccount {
+                mid: M1.into(),
+                version: 2,
+                at_ms: 4_000,
+            },
+        )])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let BindOutcome::PendingConfirmation { change_id: z } = bind(&typo) else {
+        panic!("a flagged account's re-binding waits");
+    };
+    let w = match bind(&first) {
+        BindOutcome::PendingConfirmation { change_id } => change_id,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(confirm_change(store, w, "ops-b", 5_000).unwrap(), 3);
+    assert!(matches!(
+        confirm_change(store, z, "ops-a", 6_000),
+        Err(BindError::NotPending(_) | BindError::Superseded(_))
+    ));
+    assert_eq!(opened(store), first);
+    let states: Vec<_> = store
+        .account_changes(Some(M1))
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.id, c.state))
+        .collect();
+    assert!(
+        states
+            .iter()
+            .filter(|(id, _)| [x, z].contains(id))
+            .all(|(_, s)| *s == store::settlement::ChangeState::Superseded),
+        "{states:?}"
+    );
 }
 
 #[test]
@@ -612,7 +708,15 @@ fn a_date_touched_before_an_older_date_is_settled_is_still_cleared_again() {
     insert(
         store,
         vec![
-            row(1, M1, K::Purchase, S::Approved, 10_000, "622202", "20261116"),
+            row(
+                1,
+                M1,
+                K::Purchase,
+                S::Approved,
+                10_000,
+                "622202",
+                "20261116",
+            ),
             row(2, M1, K::Purchase, S::Approved, 4_000, "622202", "20261110"),
         ],
     );

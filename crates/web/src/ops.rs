@@ -42,7 +42,7 @@ impl From<BindError> for ApiError {
         match error {
             BindError::Store(e) => e.into(),
             BindError::NoSuchChange(_) => ApiError::not_found("account change"),
-            BindError::NotPending(_) => {
+            BindError::NotPending(_) | BindError::Superseded(_) => {
                 ApiError::new(StatusCode::CONFLICT, "illegal_transition", message)
             }
             BindError::SameUser(_) => ApiError::new(StatusCode::FORBIDDEN, "same_user", message),
