@@ -517,7 +517,10 @@ fn reversing_a_later_days_pre_auth_void_leaves_that_days_limit_alone() {
     );
     assert_eq!(sim.state(&hold), TxnState::Approved);
     // Today's limit is untouched: a whole day's amount still goes through.
-    assert_eq!(sim.code(TxnKind::Purchase, 1, 1_000), ResponseCode::Approved);
+    assert_eq!(
+        sim.code(TxnKind::Purchase, 1, 1_000),
+        ResponseCode::Approved
+    );
 }
 
 #[test]

@@ -573,6 +573,17 @@ CREATE INDEX risk_alerts_resolved ON risk_alerts (kind, resolved_at_ms)
     WHERE resolved_at_ms IS NOT NULL;
 ",
     },
+    Migration {
+        version: 17,
+        name: "a batch number opened again: where its rows start",
+        // A terminal replaced or reinstalled numbers its batches from 1 again: under a number
+        // settled before, the rows of the batch being settled are those received after that
+        // earlier settlement. Kept with the settlement for its upload's comparison, which
+        // comes after the settlement has replaced the earlier one's row.
+        sql: "
+ALTER TABLE batch_settlements ADD COLUMN opened_after_ms BIGINT;
+",
+    },
 ];
 
 /// The newest schema version this build knows.

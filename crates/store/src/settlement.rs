@@ -58,6 +58,10 @@ pub struct BatchSettlementRow {
     pub terminal_totals: String,
     /// Set when the batch upload's end message arrived and the differences were stored.
     pub upload_done_at_ms: Option<i64>,
+    /// The batch's rows are those received after this: the settlement that closed an earlier
+    /// batch under the same number (a terminal replaced or reinstalled numbers its batches
+    /// from 1 again). `None`: every row under the number.
+    pub opened_after_ms: Option<i64>,
 }
 
 /// One transaction of a terminal's batch upload (0320). Only the last four PAN digits are kept.

@@ -62,11 +62,12 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
         SettlementRecord::BatchSettled(b) => {
             conn.prepare_cached(
                 "INSERT INTO batch_settlements (tid, batch_no, settled_at_ms, result,
-                 host_totals, terminal_totals, upload_done_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 host_totals, terminal_totals, upload_done_at_ms, opened_after_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (tid, batch_no) DO UPDATE SET settled_at_ms = excluded.settled_at_ms,
                  result = excluded.result, host_totals = excluded.host_totals,
-                 terminal_totals = excluded.terminal_totals",
+                 terminal_totals = excluded.terminal_totals,
+                 opened_after_ms = excluded.opened_after_ms",
             )?
             .execute_any(params![
                 b.tid,
@@ -75,7 +76,8 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 b.result,
                 b.host_totals,
                 b.terminal_totals,
-                b.upload_done_at_ms
+                b.upload_done_at_ms,
+                b.opened_after_ms
             ])?;
         }
         SettlementRecord::BatchUpload(u) => {
@@ -514,7 +516,8 @@ impl SqliteStore {
             Ok(conn
                 .prepare_cached(
                     "SELECT tid, batch_no, settled_at_ms, result, host_totals, terminal_totals,
-                     upload_done_at_ms FROM batch_settlements WHERE tid = ?1 AND batch_no = ?2",
+                     upload_done_at_ms, opened_after_ms FROM batch_settlements
+                     WHERE tid = ?1 AND batch_no = ?2",
                 )?
                 .query_row(params![tid, batch_no], |r| {
                     Ok(BatchSettlementRow {
@@ -525,6 +528,7 @@ impl SqliteStore {
                         host_totals: r.get(4)?,
                         terminal_totals: r.get(5)?,
                         upload_done_at_ms: r.get(6)?,
+                        opened_after_ms: r.get(7)?,
                     })
                 })
                 .optional()?)

@@ -718,6 +718,32 @@ impl Core {
         crate::ledger::marked_since(self.clock.now_ms()).yyyymmdd()
     }
 
+    /// The last settlement of a terminal's batch number, if it had one; `None` if the store
+    /// could not be read.
+    pub async fn batch_settled(
+        &self,
+        tid: &str,
+        batch_no: u32,
+    ) -> Option<Option<store::settlement::BatchSettlementRow>> {
+        let owned = tid.to_owned();
+        self.read_for_request(move |store| store.batch_settlement(&owned, batch_no))
+            .await?
+            .ok()
+    }
+
+    /// When the last settlement of a terminal's batch number closed it (an unreadable one does
+    /// not): rows under that number from before it are a batch settled already, so under the
+    /// same number again they are an earlier batch's (a terminal replaced or reinstalled
+    /// numbers its batches from 1 again). `None` if the store could not be read.
+    pub async fn batch_closed_at(&self, tid: &str, batch_no: u32) -> Option<Option<i64>> {
+        Some(
+            self.batch_settled(tid, batch_no)
+                .await?
+                .filter(|s| s.result != iso8583::SettleResult::ERROR.0)
+                .map(|s| s.settled_at_ms),
+        )
+    }
+
     /// With a shared journal ([`SwitchConfig::shared_journal`]), the first request of each
     /// terminal connection marks the terminal's batch ([`Core::mark_batch`]).
     pub async fn mark_for_connection(&self, tid: &str, batch_no: u32) -> Result<(), ()> {

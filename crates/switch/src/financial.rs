@@ -567,10 +567,8 @@ impl Core {
             .read_for_request(move |store| store.txns_by_key(&tid, batch, trace))
             .await?
             .ok()?;
-        let since = self.batches_since();
-        let row = rows
-            .iter()
-            .find(|r| r.kind != TxnKind::Reversal && r.clearing_date >= since)?;
+        let rows = self.this_batchs(&ctx.key.tid, batch, rows).await?;
+        let row = rows.iter().find(|r| r.kind != TxnKind::Reversal)?;
         Some(self.ledger.adopt(row))
     }
 
@@ -608,15 +606,31 @@ impl Core {
                     .read_for_request(move |store| store.txns_by_key(&tid, batch_no, stan))
                     .await?
                     .ok()?;
-                let since = self.batches_since();
-                Some(
-                    rows.iter()
-                        .filter(|row| row.clearing_date >= since)
-                        .map(|row| self.ledger.adopt(row))
-                        .collect(),
-                )
+                let rows = self.this_batchs(&key.tid, key.batch_no, rows).await?;
+                Some(rows.iter().map(|row| self.ledger.adopt(row)).collect())
             }
         }
+    }
+
+    /// Of `rows` read under a terminal batch's number, those of the batch open now: cleared
+    /// within [`Core::batches_since`] and received after the number's last settlement, if it
+    /// had one. Older ones are an earlier batch of the same number. `None` if the store could
+    /// not be read.
+    async fn this_batchs(
+        &self,
+        tid: &str,
+        batch_no: u32,
+        mut rows: Vec<TxnRow>,
+    ) -> Option<Vec<TxnRow>> {
+        let since = self.batches_since();
+        rows.retain(|row| row.clearing_date >= since);
+        if rows.is_empty() {
+            return Some(rows);
+        }
+        if let Some(closed_ms) = self.batch_closed_at(tid, batch_no).await? {
+            rows.retain(|row| row.received_at_ms > closed_ms);
+        }
+        Some(rows)
     }
 
     /// The linked-transaction rules (PROTOCOL.md). On success the original is marked busy (a

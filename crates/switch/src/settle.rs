@@ -77,6 +77,10 @@ pub fn clearing_date_of(now_ms: i64, cutover_minute: u16) -> String {
 }
 
 /// Debits are purchases and completions, credits voids and refunds (PROTOCOL.md), counting what
+/// How far apart the clocks of the nodes that stamped a batch's rows and uploads and its
+/// settlement may be (an earlier batch under the same number is days older).
+const NODE_CLOCKS_MARGIN_MS: i64 = 60_000;
+
 /// the issuer approved and nobody reversed.
 fn counted(row: &TxnRow) -> Option<bool> {
     if matches!(
@@ -220,13 +224,9 @@ impl Core {
     /// read off the async workers and within `journal_wait`.
     async fn batch_rows(&self, tid: &str, batch_no: u32) -> Option<Vec<TxnRow>> {
         let tid = tid.to_owned();
-        let since = self.batches_since();
-        let mut rows = self
-            .read_for_request(move |store| store.txns_by_batch(&tid, batch_no))
+        self.read_for_request(move |store| store.txns_by_batch(&tid, batch_no))
             .await?
-            .ok()?;
-        rows.retain(|row| row.clearing_date >= since);
-        Some(rows)
+            .ok()
     }
 
     fn host_totals(&self, rows: &[TxnRow]) -> SettlementTotals {
@@ -303,9 +303,29 @@ impl Core {
         let theirs = request
             .digits(48)
             .and_then(|d| SettlementTotals::parse(d).ok());
-        let Some(rows) = self.batch_rows(&terminal.tid, batch_no).await else {
+        let Some(mut rows) = self.batch_rows(&terminal.tid, batch_no).await else {
             return self.system_error(frame);
         };
+        // Rows received since the number's last settlement are a batch opened again under it
+        // (a terminal replaced or reinstalled numbers its batches from 1 again): the rows from
+        // before are the earlier batch's. None since: this is that settlement sent again, and
+        // the batch starts where it started then.
+        let Some(prior) = self.batch_settled(&terminal.tid, batch_no).await else {
+            return self.system_error(frame);
+        };
+        let opened_after_ms = match prior {
+            Some(p)
+                if p.result != SettleResult::ERROR.0
+                    && rows.iter().any(|r| r.received_at_ms > p.settled_at_ms) =>
+            {
+                Some(p.settled_at_ms)
+            }
+            Some(p) => p.opened_after_ms,
+            None => None,
+        };
+        if let Some(after) = opened_after_ms {
+            rows.retain(|r| r.received_at_ms > after);
+        }
         let (ours, result) = settlement_answer(self.host_totals(&rows), theirs.as_ref());
         let now_ms = self.clock.now_ms();
         let settled = Record::Settlement(SettlementRecord::BatchSettled(BatchSettlementRow {
@@ -316,6 +336,7 @@ impl Core {
             host_totals: totals_digits(&ours),
             terminal_totals: theirs.as_ref().map(totals_digits).unwrap_or_default(),
             upload_done_at_ms: None,
+            opened_after_ms,
         }));
         if result == SettleResult::ERROR {
             // Unreadable totals: nothing closes; the terminal may send its settlement again.
@@ -455,11 +476,21 @@ impl Core {
         whole: bool,
     ) -> Option<Vec<BatchDiffRow>> {
         let owned = tid.to_owned();
-        let uploaded = self
+        let mut uploaded = self
             .read_for_request(move |store| store.batch_uploads(&owned, batch_no))
             .await?
             .ok()?;
-        let rows = self.batch_rows(tid, batch_no).await?;
+        let mut rows = self.batch_rows(tid, batch_no).await?;
+        // This settlement's: the uploads since it (an earlier batch of the number uploaded
+        // before), and the rows before it and after where the batch started.
+        if let Some(settled) = self.batch_settled(tid, batch_no).await? {
+            let at = settled.settled_at_ms;
+            uploaded.retain(|u| u.received_at_ms >= at - NODE_CLOCKS_MARGIN_MS);
+            rows.retain(|r| r.received_at_ms <= at + NODE_CLOCKS_MARGIN_MS);
+            if let Some(after) = settled.opened_after_ms {
+                rows.retain(|r| r.received_at_ms > after);
+            }
+        }
         let ours: HashMap<u32, &TxnRow> = rows
             .iter()
             .filter(|r| counted(r).is_some())

@@ -387,10 +387,11 @@ async fn requests_around_the_cut_over_get_their_clearing_dates_and_none_is_lost(
 }
 
 /// A terminal replaced or reinstalled numbers its batches and traces from 1 again. Weeks later
-/// the journal's rows under the same batch number are an earlier batch: a request under one of
-/// their keys is new (not 94), and the batch's settlement counts only what it holds now.
+/// (beyond the month a batch number's rows are looked up for), a request under one of the
+/// earlier batch's keys is new, not other content under a known key (94), even though that
+/// batch was never settled.
 #[tokio::test]
-async fn a_batch_number_used_again_weeks_later_is_a_new_batch() {
+async fn a_key_of_a_batch_number_used_again_weeks_later_is_new() {
     let mut h = Harness::new().await;
     let mut t = h.terminal().await;
     t.sign_in().await;
@@ -410,10 +411,49 @@ async fn a_batch_number_used_again_weeks_later_is_a_new_batch() {
         "a new request, not other content under a known key"
     );
     assert_ne!(new.text(37), old.text(37));
-    let host = settle(&mut t, 1, &totals((800, 1), (0, 0))).await;
+}
+
+/// Within the month (ten days on), once the earlier batch of the number was settled: what was
+/// before that settlement is not the batch now open, for a retry's look-up, the settlement's
+/// totals and its upload's comparison alike.
+#[tokio::test]
+async fn a_batch_number_settled_and_used_again_days_later_is_a_new_batch() {
+    let mut h = Harness::new().await;
+    let mut t = h.terminal().await;
+    t.sign_in().await;
+    let pan = card("622202");
+    assert_eq!(t.send(&Req::purchase(&pan, 500, 7)).await.code(), "00");
+    assert_eq!(t.send(&Req::purchase(&pan, 600, 8)).await.code(), "00");
+    let host = settle(&mut t, 1, &totals((1_100, 2), (0, 0))).await;
     assert_eq!(host.domestic.result, SettleResult::BALANCED);
+
+    h.stop().await;
+    h.clock.shift_days(10);
+    h.start().await;
+    let mut t = h.terminal().await;
+    t.batch = 1;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let new = t.send(&Req::purchase(&pan, 800, 7)).await;
+    assert_eq!(
+        new.code(),
+        "00",
+        "a new request, not other content under a known key"
+    );
+    // The terminal counts 900: unbalanced against the host's 800 (the earlier batch's 1,100
+    // left out), and its upload of the whole batch finds the one amount that differs.
+    let host = settle(&mut t, 1, &totals((900, 1), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::UNBALANCED);
     assert_eq!(
         (host.domestic.debit_amount, host.domestic.debit_count),
         (800, 1)
     );
+    upload(&mut t, 1, &[(7, &pan, 900)]).await;
+    let found: Vec<(u32, BatchDiffKind)> = h
+        .store
+        .batch_differences(TID, 1)
+        .unwrap()
+        .iter()
+        .map(|d| (d.stan, d.kind))
+        .collect();
+    assert_eq!(found, vec![(7, BatchDiffKind::AmountDiffers)]);
 }

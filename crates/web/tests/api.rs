@@ -1395,6 +1395,7 @@ fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
                         host_totals: digits(10_000, 1),
                         terminal_totals: digits(12_345, 2),
                         upload_done_at_ms: None,
+                        opened_after_ms: None,
                     },
                 )),
                 store::Record::Settlement(store::settlement::SettlementRecord::BatchDifferences {
