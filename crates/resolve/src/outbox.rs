@@ -314,7 +314,11 @@ impl Notifier {
     /// nodes, one of them makes it. Returns the number of attempts made.
     pub async fn deliver_due(self: &Arc<Self>) -> Result<usize, ResolveError> {
         let now_ms = self.clock.now_ms();
-        let due = self.store.outbox_due(now_ms, self.config.batch_max)?;
+        let due = self.store.outbox_due(
+            now_ms,
+            self.config.batch_max,
+            u32::try_from(PER_MERCHANT_PER_PASS).unwrap_or(u32::MAX),
+        )?;
         let mut by_merchant: Vec<(String, Vec<OutboxRow>)> = Vec::new();
         for item in due {
             match by_merchant.iter_mut().find(|(mid, _)| *mid == item.mid) {

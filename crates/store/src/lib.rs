@@ -208,8 +208,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         mid: &str,
     ) -> Result<Option<resolve::WebhookEndpointRow>, StoreError>;
-    /// Pending notifications due at `now_ms`, oldest first.
-    fn outbox_due(&self, now_ms: i64, limit: u32) -> Result<Vec<resolve::OutboxRow>, StoreError>;
+    /// Pending notifications due at `now_ms`, oldest first, at most `limit` and at most
+    /// `per_merchant` of one merchant (its oldest), so that one merchant's backlog does not
+    /// fill every pass and leave the others' events unread.
+    fn outbox_due(
+        &self,
+        now_ms: i64,
+        limit: u32,
+        per_merchant: u32,
+    ) -> Result<Vec<resolve::OutboxRow>, StoreError>;
     /// A merchant's notifications with an id below `before_id` (from the newest when `None`),
     /// newest first, at most `limit` (and at most [`RESOLVE_ROWS_MAX`]).
     fn outbox_of_merchant(

@@ -773,8 +773,13 @@ impl Store for SqliteStore {
     ) -> Result<Option<crate::resolve::WebhookEndpointRow>, StoreError> {
         self.resolve_endpoint(mid)
     }
-    fn outbox_due(&self, now: i64, n: u32) -> Result<Vec<crate::resolve::OutboxRow>, StoreError> {
-        self.resolve_outbox_due(now, n)
+    fn outbox_due(
+        &self,
+        now: i64,
+        n: u32,
+        per_merchant: u32,
+    ) -> Result<Vec<crate::resolve::OutboxRow>, StoreError> {
+        self.resolve_outbox_due(now, n, per_merchant)
     }
     fn outbox_of_merchant(
         &self,

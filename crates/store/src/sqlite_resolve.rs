@@ -565,13 +565,17 @@ impl SqliteStore {
         &self,
         now_ms: i64,
         limit: u32,
+        per_merchant: u32,
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let sql = format!(
-            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' AND next_attempt_ms <= ?1
-             ORDER BY next_attempt_ms, id LIMIT ?2"
+            "SELECT {OUTBOX_COLUMNS} FROM (
+                 SELECT {OUTBOX_COLUMNS}, ROW_NUMBER() OVER (
+                     PARTITION BY mid ORDER BY next_attempt_ms, id) AS nth
+                 FROM outbox WHERE state = 'pending' AND next_attempt_ms <= ?1) AS due
+             WHERE nth <= ?3 ORDER BY next_attempt_ms, id LIMIT ?2"
         );
         let limit = limit.min(RESOLVE_ROWS_MAX);
-        self.rows(&sql, &[&now_ms, &limit], outbox_from_row)
+        self.rows(&sql, &[&now_ms, &limit, &per_merchant], outbox_from_row)
     }
 
     pub(super) fn resolve_outbox_of_merchant(

@@ -68,7 +68,7 @@ fn every_read_runs(db: &Db) {
     assert!(s.cases_of_txn(1).unwrap().is_empty());
     assert!(s.case_entries(1).unwrap().is_empty());
     assert!(s.webhook_endpoint("m").unwrap().is_none());
-    assert!(s.outbox_due(0, 10).unwrap().is_empty());
+    assert!(s.outbox_due(0, 10, 2).unwrap().is_empty());
     assert!(s.outbox_of_merchant("m", None, 10).unwrap().is_empty());
     assert!(s.outbox_item(1).unwrap().is_none());
     assert!(s.webhook_deliveries(1).unwrap().is_empty());
@@ -447,6 +447,17 @@ fn notifications_page_back_from_the_newest(db: &Db) {
     let other = s.outbox_item(4).unwrap().unwrap();
     assert_eq!((other.mid.as_str(), other.created_at_ms), ("other", 1_004));
     assert!(s.outbox_item(8).unwrap().is_none());
+    // Due ones, oldest first, at most two of one merchant: the other merchant's newer one is
+    // read although "m" has more, older ones due.
+    let due = |limit: u32| -> Vec<i64> {
+        s.outbox_due(2_000, limit, 2)
+            .unwrap()
+            .iter()
+            .map(|o| o.id)
+            .collect()
+    };
+    assert_eq!(due(10), [1, 2, 4]);
+    assert_eq!(due(2), [1, 2]);
 
     // One notifier claims an attempt; another that read the same item cannot.
     let claim = || {
