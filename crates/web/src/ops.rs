@@ -47,7 +47,17 @@ impl From<BindError> for ApiError {
             }
             BindError::SameUser(_) => ApiError::new(StatusCode::FORBIDDEN, "same_user", message),
             BindError::Seal(_) => ApiError::internal(message),
-            _ => ApiError::new(StatusCode::BAD_REQUEST, "bad_account", message),
+            BindError::NotDigits
+            | BindError::Length { .. }
+            | BindError::Luhn
+            | BindError::UnknownCardBank
+            | BindError::BankMismatch { .. }
+            | BindError::UnknownBank
+            | BindError::NameMissing
+            | BindError::NameInvalid
+            | BindError::NameHasCardNumber => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_account", message)
+            }
         }
     }
 }
