@@ -462,13 +462,21 @@ fn code(body: &[u8]) -> String {
 }
 
 /// Host totals as the journal has them: (debit fen, count, credit fen, count).
+/// The batch a settlement of `batch` counts, before it is sent: the rows under the number, or
+/// those received since its last settlement when there are any (the number opened again).
 fn journal_totals(db: &rusqlite::Connection, tid: &str, batch: i64) -> (u64, u16, u64, u16) {
     let mut totals = (0, 0, 0, 0);
     let mut stmt = db
         .prepare(
             "SELECT kind, amount_fen FROM transactions WHERE tid = ?1 AND batch_no = ?2
              AND state IN ('approved', 'voided', 'completed')
-             AND kind IN ('purchase', 'completion', 'purchase_void', 'completion_void', 'refund')",
+             AND kind IN ('purchase', 'completion', 'purchase_void', 'completion_void', 'refund')
+             AND received_at_ms > CASE WHEN EXISTS (
+                 SELECT 1 FROM transactions t, batch_settlements s
+                 WHERE t.tid = ?1 AND t.batch_no = ?2 AND s.tid = ?1 AND s.batch_no = ?2
+                 AND t.received_at_ms > s.settled_at_ms + 60000)
+             THEN (SELECT settled_at_ms FROM batch_settlements WHERE tid = ?1 AND batch_no = ?2)
+             ELSE 0 END",
         )
         .unwrap();
     let rows = stmt
@@ -558,7 +566,8 @@ fn terminal_settlement(dir: &Path, pan: &str) {
     assert_eq!(batch_of(&db), batch + 1, "the batch closed");
 
     // Two more purchases. (The CLI terminal signs in with its own batch number, which the
-    // host adopts, so they may join an earlier batch: the upload covers whatever it holds.)
+    // host adopts, so they may open a number settled before: the host then counts what came
+    // since that settlement, and the upload covers that.)
     let mut stans = Vec::new();
     let mut next = 0;
     for amount in ["3.00", "4.00"] {
@@ -582,11 +591,14 @@ fn terminal_settlement(dir: &Path, pan: &str) {
 
     // Upload every counted transaction of the batch, but the 3.00 purchase mistyped as 3.01
     // and the 4.00 one left out; eight records per message.
+    // (Since where the batch started, kept with its settlement.)
     let rows: Vec<(u32, i64)> = db
         .prepare(
             "SELECT stan, amount_fen FROM transactions WHERE tid = ?1 AND batch_no = ?2
              AND state IN ('approved', 'voided', 'completed')
              AND kind IN ('purchase', 'completion', 'purchase_void', 'completion_void', 'refund')
+             AND received_at_ms > COALESCE((SELECT opened_after_ms FROM batch_settlements
+                                            WHERE tid = ?1 AND batch_no = ?2), 0)
              ORDER BY stan",
         )
         .unwrap()

@@ -731,16 +731,19 @@ impl Core {
             .ok()
     }
 
-    /// When the last settlement of a terminal's batch number closed it (an unreadable one does
-    /// not): rows under that number from before it are a batch settled already, so under the
-    /// same number again they are an earlier batch's (a terminal replaced or reinstalled
-    /// numbers its batches from 1 again). `None` if the store could not be read.
+    /// Where the batch open under a terminal's batch number starts: when the number's last
+    /// settlement closed an earlier batch (rows from before it are that batch's: a terminal
+    /// replaced or reinstalled numbers its batches from 1 again), or, after an unreadable
+    /// settlement (which closes nothing), where that one found the batch starting. `None` if
+    /// the store could not be read.
     pub async fn batch_closed_at(&self, tid: &str, batch_no: u32) -> Option<Option<i64>> {
         Some(
             self.batch_settled(tid, batch_no)
                 .await?
-                .filter(|s| s.result != iso8583::SettleResult::ERROR.0)
-                .map(|s| s.settled_at_ms),
+                .and_then(|s| match s.result {
+                    r if r == iso8583::SettleResult::ERROR.0 => s.opened_after_ms,
+                    _ => Some(s.settled_at_ms),
+                }),
         )
     }
 

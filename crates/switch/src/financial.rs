@@ -567,7 +567,8 @@ impl Core {
             .read_for_request(move |store| store.txns_by_key(&tid, batch, trace))
             .await?
             .ok()?;
-        let rows = self.this_batchs(&ctx.key.tid, batch, rows).await?;
+        let open = batch == ctx.terminal.batch_no;
+        let rows = self.this_batchs(&ctx.key.tid, batch, open, rows).await?;
         let row = rows.iter().find(|r| r.kind != TxnKind::Reversal)?;
         Some(self.ledger.adopt(row))
     }
@@ -606,25 +607,28 @@ impl Core {
                     .read_for_request(move |store| store.txns_by_key(&tid, batch_no, stan))
                     .await?
                     .ok()?;
-                let rows = self.this_batchs(&key.tid, key.batch_no, rows).await?;
+                // A request's own batch is the terminal's open one (else 77, before this).
+                let rows = self.this_batchs(&key.tid, key.batch_no, true, rows).await?;
                 Some(rows.iter().map(|row| self.ledger.adopt(row)).collect())
             }
         }
     }
 
-    /// Of `rows` read under a terminal batch's number, those of the batch open now: cleared
-    /// within [`Core::batches_since`] and received after the number's last settlement, if it
-    /// had one. Older ones are an earlier batch of the same number. `None` if the store could
-    /// not be read.
+    /// Of `rows` read under a terminal batch's number, those of that batch: cleared within
+    /// [`Core::batches_since`], and, for the batch `open` now, received after where it started
+    /// ([`Core::batch_closed_at`]); older ones are an earlier batch of the same number. A batch
+    /// closed already (a linked request naming its original's) is all its rows. `None` if the
+    /// store could not be read.
     async fn this_batchs(
         &self,
         tid: &str,
         batch_no: u32,
+        open: bool,
         mut rows: Vec<TxnRow>,
     ) -> Option<Vec<TxnRow>> {
         let since = self.batches_since();
         rows.retain(|row| row.clearing_date >= since);
-        if rows.is_empty() {
+        if rows.is_empty() || !open {
             return Some(rows);
         }
         if let Some(closed_ms) = self.batch_closed_at(tid, batch_no).await? {

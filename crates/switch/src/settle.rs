@@ -76,11 +76,11 @@ pub fn clearing_date_of(now_ms: i64, cutover_minute: u16) -> String {
     ClearingDay::of(now_ms, cutover_minute).date
 }
 
-/// Debits are purchases and completions, credits voids and refunds (PROTOCOL.md), counting what
 /// How far apart the clocks of the nodes that stamped a batch's rows and uploads and its
 /// settlement may be (an earlier batch under the same number is days older).
-const NODE_CLOCKS_MARGIN_MS: i64 = 60_000;
+pub(crate) const NODE_CLOCKS_MARGIN_MS: i64 = 60_000;
 
+/// Debits are purchases and completions, credits voids and refunds (PROTOCOL.md), counting what
 /// the issuer approved and nobody reversed.
 fn counted(row: &TxnRow) -> Option<bool> {
     if matches!(
@@ -316,7 +316,9 @@ impl Core {
         let opened_after_ms = match prior {
             Some(p)
                 if p.result != SettleResult::ERROR.0
-                    && rows.iter().any(|r| r.received_at_ms > p.settled_at_ms) =>
+                    && rows
+                        .iter()
+                        .any(|r| r.received_at_ms > p.settled_at_ms + NODE_CLOCKS_MARGIN_MS) =>
             {
                 Some(p.settled_at_ms)
             }

@@ -457,3 +457,39 @@ async fn a_batch_number_settled_and_used_again_days_later_is_a_new_batch() {
         .collect();
     assert_eq!(found, vec![(7, BatchDiffKind::AmountDiffers)]);
 }
+
+/// A completion naming its pre-authorisation by batch and trace alone, days later and after
+/// that batch was settled: the settled batch is looked up whole (only the batch open now
+/// starts after its number's last settlement).
+#[tokio::test]
+async fn a_completion_names_a_pre_authorisation_of_a_settled_batch_by_its_trace() {
+    let mut h = Harness::new().await;
+    let mut t = h.terminal().await;
+    t.sign_in().await;
+    let pan = card("622202");
+    let pre_auth = Req {
+        mti: Mti::AUTHORISATION,
+        processing: "030000",
+        condition: "06",
+        message_type: "10",
+        ..Req::purchase(&pan, 5_000, 3)
+    };
+    assert_eq!(t.send(&pre_auth).await.code(), "00");
+    let host = settle(&mut t, 1, &totals((0, 0), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+
+    h.stop().await;
+    h.clock.shift_days(3);
+    h.start().await;
+    let mut t = h.terminal().await;
+    t.batch = 2;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let completion = Req {
+        condition: "06",
+        message_type: "20",
+        rrn: None,
+        f61: Some(format!("{:06}{:06}", 1, 3)),
+        ..Req::purchase(&pan, 4_000, 1)
+    };
+    assert_eq!(t.send(&completion).await.code(), "00");
+}
