@@ -208,9 +208,10 @@ pub trait Store: Send + Sync + 'static {
         &self,
         mid: &str,
     ) -> Result<Option<resolve::WebhookEndpointRow>, StoreError>;
-    /// Pending notifications due at `now_ms`, oldest first, at most `limit` and at most
-    /// `per_merchant` of one merchant (its oldest), so that one merchant's backlog does not
-    /// fill every pass and leave the others' events unread.
+    /// Pending notifications due at `now_ms`, at most `limit` and at most `per_merchant` of one
+    /// merchant (its oldest): every merchant's oldest first, then every merchant's second, and
+    /// so on, so that no merchant's backlog (nor a few merchants') fills every pass and leaves
+    /// the others' events unread.
     fn outbox_due(
         &self,
         now_ms: i64,

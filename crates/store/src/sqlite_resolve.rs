@@ -572,7 +572,7 @@ impl SqliteStore {
                  SELECT {OUTBOX_COLUMNS}, ROW_NUMBER() OVER (
                      PARTITION BY mid ORDER BY next_attempt_ms, id) AS nth
                  FROM outbox WHERE state = 'pending' AND next_attempt_ms <= ?1) AS due
-             WHERE nth <= ?3 ORDER BY next_attempt_ms, id LIMIT ?2"
+             WHERE nth <= ?3 ORDER BY nth, next_attempt_ms, id LIMIT ?2"
         );
         let limit = limit.min(RESOLVE_ROWS_MAX);
         self.rows(&sql, &[&now_ms, &limit, &per_merchant], outbox_from_row)
