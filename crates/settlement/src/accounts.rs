@@ -268,7 +268,9 @@ fn superseded(
             c.state = ChangeState::Superseded;
             c.decided_at_ms = Some(now_ms);
             c.note = format!("superseded by change {by}");
-            Record::Settlement(SettlementRecord::AccountChange(c))
+            // Decided only if still waiting: a confirmation that got in first fails this
+            // binding instead (the account it read is replaced), and the merchant asks again.
+            Record::Settlement(SettlementRecord::DecideChange(c))
         })
         .collect())
 }
@@ -303,7 +305,7 @@ pub fn confirm_change(
         change.decided_at_ms = Some(now_ms);
         change.note = "superseded: the account was re-bound since".to_owned();
         store
-            .submit(vec![Record::Settlement(SettlementRecord::AccountChange(
+            .submit(vec![Record::Settlement(SettlementRecord::DecideChange(
                 change,
             ))])?
             .wait()?;
@@ -316,7 +318,8 @@ pub fn confirm_change(
     let account = account_from(&change, version, now_ms);
     store
         .submit(vec![
-            Record::Settlement(SettlementRecord::AccountChange(change)),
+            // Only while it still waits: superseded meanwhile, the whole commit fails.
+            Record::Settlement(SettlementRecord::DecideChange(change)),
             in_place_of(current.as_ref(), account),
         ])?
         .wait()?;
@@ -340,7 +343,7 @@ pub fn reject_change(
     change.decided_at_ms = Some(now_ms);
     change.note = domain::mask_card_numbers(reason).into_owned();
     store
-        .submit(vec![Record::Settlement(SettlementRecord::AccountChange(
+        .submit(vec![Record::Settlement(SettlementRecord::DecideChange(
             change,
         ))])?
         .wait()?;

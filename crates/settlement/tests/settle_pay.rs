@@ -156,6 +156,76 @@ fn a_change_overtaken_while_waiting_is_not_confirmed_over_a_newer_account() {
             .all(|(_, s)| *s == store::settlement::ChangeState::Superseded),
         "{states:?}"
     );
+
+    // A decision on a change no longer waiting fails whole, account replacement included: a
+    // confirmation that read the change before a newer one superseded it cannot stand.
+    let stale = store.account_change(x).unwrap().unwrap();
+    let before = store.bound_account(M1).unwrap().unwrap();
+    let late = store
+        .submit(vec![
+            Record::Settlement(SettlementRecord::DecideChange(
+                store::settlement::AccountChangeRow {
+                    state: store::settlement::ChangeState::Active,
+                    ..stale
+                },
+            )),
+            Record::Settlement(SettlementRecord::ReplaceBoundAccount {
+                row: store::settlement::BoundAccountRow {
+                    version: before.version + 1,
+                    ..before.clone()
+                },
+                expected_version: before.version,
+                expected_needs_rebind: before.needs_rebind,
+            }),
+        ])
+        .and_then(|w| w.wait());
+    assert!(late.is_err());
+    assert_eq!(
+        store.bound_account(M1).unwrap().unwrap().version,
+        before.version
+    );
+
+    // A change waiting while the account's flag was cleared another way (a re-binding
+    // confirmed on another node at the same moment): confirming it replaces nothing.
+    store
+        .submit(vec![Record::Settlement(
+            SettlementRecord::FlagBoundAccount {
+                mid: M1.into(),
+                version: before.version,
+                at_ms: 7_000,
+            },
+        )])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let BindOutcome::PendingConfirmation { change_id: v } = bind(&typo) else {
+        panic!("a flagged account's re-binding waits");
+    };
+    let flagged = store.bound_account(M1).unwrap().unwrap();
+    store
+        .submit(vec![Record::Settlement(
+            SettlementRecord::ReplaceBoundAccount {
+                row: store::settlement::BoundAccountRow {
+                    needs_rebind: false,
+                    version: flagged.version + 1,
+                    ..flagged.clone()
+                },
+                expected_version: flagged.version,
+                expected_needs_rebind: true,
+            },
+        )])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(matches!(
+        confirm_change(store, v, "ops-a", 8_000),
+        Err(BindError::Superseded(id)) if id == v
+    ));
+    assert_eq!(opened(store), first);
+    assert_eq!(
+        store.account_change(v).unwrap().unwrap().state,
+        store::settlement::ChangeState::Superseded
+    );
 }
 
 #[test]

@@ -304,6 +304,10 @@ pub enum SettlementRecord {
     },
     /// Inserted or updated by id (a pending change is later confirmed or rejected).
     AccountChange(AccountChangeRow),
+    /// A change waiting for an operator decided (confirmed, rejected or superseded): written
+    /// only while it is still waiting, else the whole commit fails, so that a confirmation
+    /// and a newer change that supersedes it cannot both stand.
+    DecideChange(AccountChangeRow),
     /// Inserted or replaced by key (imports, repairs).
     Payout(PayoutRow),
     /// A new payout: fails (and with it the whole submission) if its key exists, so two payout

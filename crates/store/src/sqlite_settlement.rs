@@ -318,6 +318,22 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 c.note
             ])?;
         }
+        SettlementRecord::DecideChange(c) => {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE account_changes SET state = ?2, decided_by = ?3, decided_at_ms = ?4,
+                     note = ?5 WHERE id = ?1 AND state = ?6",
+                )?
+                .execute(params![
+                    c.id,
+                    c.state,
+                    c.decided_by,
+                    c.decided_at_ms,
+                    c.note,
+                    ChangeState::PendingConfirmation
+                ])?;
+            expect_one(changed, "account change still waiting for an operator")?;
+        }
         SettlementRecord::Payout(p) => {
             conn.prepare_cached(
                 "INSERT INTO payouts (key, mid, payout_date, cutoff_date, amount_fen, state,
