@@ -69,6 +69,11 @@ pub enum BindError {
          superseded and nothing changed"
     )]
     Superseded(i64),
+    #[error(
+        "the account or its waiting changes changed while this was being done (another \
+         operator, or the merchant binding again): nothing changed; look again and retry"
+    )]
+    ChangedMeanwhile,
     #[error("the operator who confirms must not be the one who asked ({0})")]
     SameUser(String),
     #[error("sealing the account number failed: {0}")]
@@ -211,14 +216,14 @@ pub fn bind_account(
     let mut records = superseded(store, mid, id, now_ms)?;
     if needs_check {
         records.push(Record::Settlement(SettlementRecord::AccountChange(change)));
-        store.submit(records)?.wait()?;
+        committed(store.submit(records)?.wait())?;
         return Ok(BindOutcome::PendingConfirmation { change_id: id });
     }
     let version = current.as_ref().map_or(1, |a| a.version.saturating_add(1));
     let account = account_from(&change, version, now_ms);
     records.push(Record::Settlement(SettlementRecord::AccountChange(change)));
     records.push(in_place_of(current.as_ref(), account));
-    store.submit(records)?.wait()?;
+    committed(store.submit(records)?.wait())?;
     Ok(BindOutcome::Active {
         change_id: id,
         version,
@@ -250,6 +255,15 @@ fn account_from(change: &AccountChangeRow, version: u32, now_ms: i64) -> BoundAc
         version,
         needs_rebind: false,
         updated_at_ms: now_ms,
+    }
+}
+
+/// A commit whose expectations (a change still waiting, the account as it was read) no longer
+/// held: someone else got in first, which the caller is told as such.
+fn committed(written: Result<(), StoreError>) -> Result<(), BindError> {
+    match written {
+        Err(StoreError::Constraint { .. }) => Err(BindError::ChangedMeanwhile),
+        other => Ok(other?),
     }
 }
 
@@ -304,11 +318,13 @@ pub fn confirm_change(
         change.state = ChangeState::Superseded;
         change.decided_at_ms = Some(now_ms);
         change.note = "superseded: the account was re-bound since".to_owned();
-        store
-            .submit(vec![Record::Settlement(SettlementRecord::DecideChange(
-                change,
-            ))])?
-            .wait()?;
+        committed(
+            store
+                .submit(vec![Record::Settlement(SettlementRecord::DecideChange(
+                    change,
+                ))])?
+                .wait(),
+        )?;
         return Err(BindError::Superseded(change_id));
     }
     let version = current.as_ref().map_or(1, |a| a.version.saturating_add(1));
@@ -316,13 +332,15 @@ pub fn confirm_change(
     change.decided_by = Some(operator.to_owned());
     change.decided_at_ms = Some(now_ms);
     let account = account_from(&change, version, now_ms);
-    store
-        .submit(vec![
-            // Only while it still waits: superseded meanwhile, the whole commit fails.
-            Record::Settlement(SettlementRecord::DecideChange(change)),
-            in_place_of(current.as_ref(), account),
-        ])?
-        .wait()?;
+    committed(
+        store
+            .submit(vec![
+                // Only while it still waits: superseded meanwhile, the whole commit fails.
+                Record::Settlement(SettlementRecord::DecideChange(change)),
+                in_place_of(current.as_ref(), account),
+            ])?
+            .wait(),
+    )?;
     Ok(version)
 }
 
@@ -342,10 +360,11 @@ pub fn reject_change(
     change.decided_by = Some(operator.to_owned());
     change.decided_at_ms = Some(now_ms);
     change.note = domain::mask_card_numbers(reason).into_owned();
-    store
-        .submit(vec![Record::Settlement(SettlementRecord::DecideChange(
-            change,
-        ))])?
-        .wait()?;
-    Ok(())
+    committed(
+        store
+            .submit(vec![Record::Settlement(SettlementRecord::DecideChange(
+                change,
+            ))])?
+            .wait(),
+    )
 }

@@ -474,7 +474,7 @@ fn journal_totals(db: &rusqlite::Connection, tid: &str, batch: i64) -> (u64, u16
              AND received_at_ms > CASE WHEN EXISTS (
                  SELECT 1 FROM transactions t, batch_settlements s
                  WHERE t.tid = ?1 AND t.batch_no = ?2 AND s.tid = ?1 AND s.batch_no = ?2
-                 AND t.received_at_ms > s.settled_at_ms + 60000)
+                 AND t.received_at_ms > s.settled_at_ms)
              THEN (SELECT settled_at_ms FROM batch_settlements WHERE tid = ?1 AND batch_no = ?2)
              ELSE 0 END",
         )

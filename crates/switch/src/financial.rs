@@ -616,9 +616,9 @@ impl Core {
 
     /// Of `rows` read under a terminal batch's number, those of that batch: cleared within
     /// [`Core::batches_since`], and, for the batch `open` now, received after where it started
-    /// ([`Core::batch_closed_at`]); older ones are an earlier batch of the same number. A batch
-    /// closed already (a linked request naming its original's) is all its rows. `None` if the
-    /// store could not be read.
+    /// ([`Core::batch_closed_at`]); older ones are an earlier batch of the same number. For a
+    /// batch closed already (a linked request naming its original's), the latest use of the
+    /// number its settlement closed. `None` if the store could not be read.
     async fn this_batchs(
         &self,
         tid: &str,
@@ -628,7 +628,27 @@ impl Core {
     ) -> Option<Vec<TxnRow>> {
         let since = self.batches_since();
         rows.retain(|row| row.clearing_date >= since);
-        if rows.is_empty() || !open {
+        if rows.is_empty() {
+            return Some(rows);
+        }
+        if !open {
+            // The number used more than once within the month: the use its last settlement
+            // closed, the latest, when it has rows under the key (else an earlier use's).
+            if let Some(settled) = self.batch_settled(tid, batch_no).await? {
+                let latest: Vec<TxnRow> = rows
+                    .iter()
+                    .filter(|r| r.received_at_ms <= settled.settled_at_ms)
+                    .filter(|r| {
+                        settled
+                            .opened_after_ms
+                            .is_none_or(|after| r.received_at_ms > after)
+                    })
+                    .cloned()
+                    .collect();
+                if !latest.is_empty() {
+                    return Some(latest);
+                }
+            }
             return Some(rows);
         }
         if let Some(closed_ms) = self.batch_closed_at(tid, batch_no).await? {

@@ -313,15 +313,16 @@ impl Core {
         let Some(prior) = self.batch_settled(&terminal.tid, batch_no).await else {
             return self.system_error(frame);
         };
-        let opened_after_ms = match prior {
-            Some(p)
-                if p.result != SettleResult::ERROR.0
-                    && rows
-                        .iter()
-                        .any(|r| r.received_at_ms > p.settled_at_ms + NODE_CLOCKS_MARGIN_MS) =>
-            {
-                Some(p.settled_at_ms)
-            }
+        // (The request path draws the same line, at the settlement's time: the nodes' clocks
+        // agree far closer than a batch's last sale and its settlement are apart.)
+        let closed_before = prior
+            .as_ref()
+            .is_some_and(|p| p.result != SettleResult::ERROR.0);
+        let reopened = prior.as_ref().is_some_and(|p| {
+            closed_before && rows.iter().any(|r| r.received_at_ms > p.settled_at_ms)
+        });
+        let opened_after_ms = match &prior {
+            Some(p) if reopened => Some(p.settled_at_ms),
             Some(p) => p.opened_after_ms,
             None => None,
         };
@@ -341,8 +342,12 @@ impl Core {
             opened_after_ms,
         }));
         if result == SettleResult::ERROR {
-            // Unreadable totals: nothing closes; the terminal may send its settlement again.
-            if self.persist_within(vec![settled]).await.is_err() {
+            // Unreadable totals: nothing closes; the terminal may send its settlement again. A
+            // closed batch's settlement sent again unreadable is not written over the one that
+            // closed it, which tells where a batch opened later under the number starts.
+            if closed_before && !reopened {
+                tracing::info!(tid = %terminal.tid, batch_no, "unreadable settlement of a closed batch");
+            } else if self.persist_within(vec![settled]).await.is_err() {
                 return self.system_error(frame);
             }
         } else {

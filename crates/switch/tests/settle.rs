@@ -426,6 +426,22 @@ async fn a_batch_number_settled_and_used_again_days_later_is_a_new_batch() {
     assert_eq!(t.send(&Req::purchase(&pan, 600, 8)).await.code(), "00");
     let host = settle(&mut t, 1, &totals((1_100, 2), (0, 0))).await;
     assert_eq!(host.domestic.result, SettleResult::BALANCED);
+    // Its settlement sent again, unreadable: the batch stays closed where it closed.
+    let mut garbled = MessageBuilder::new(Mti::SETTLEMENT);
+    garbled.set_stan(900).unwrap();
+    garbled
+        .set_text(41, TID)
+        .unwrap()
+        .set_text(42, MID)
+        .unwrap();
+    garbled.set_digits(48, "1").unwrap();
+    garbled.set_text(49, "156").unwrap();
+    garbled.set_digits(60, "00000001201").unwrap();
+    garbled.set_text(63, "001").unwrap();
+    let mut bytes = Vec::new();
+    garbled.encode_frame(&head(), &mut bytes).unwrap();
+    assert_eq!(t.exchange(&bytes).await.code(), "00");
+    assert_eq!(h.store.batch_settlement(TID, 1).unwrap().unwrap().result, 1);
 
     h.stop().await;
     h.clock.shift_days(10);

@@ -45,6 +45,9 @@ impl From<BindError> for ApiError {
             BindError::NotPending(_) | BindError::Superseded(_) => {
                 ApiError::new(StatusCode::CONFLICT, "illegal_transition", message)
             }
+            BindError::ChangedMeanwhile => {
+                ApiError::new(StatusCode::CONFLICT, "changed_meanwhile", message)
+            }
             BindError::SameUser(_) => ApiError::new(StatusCode::FORBIDDEN, "same_user", message),
             BindError::Seal(_) => ApiError::internal(message),
             BindError::NotDigits
