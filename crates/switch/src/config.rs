@@ -22,8 +22,9 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 8_192;
 pub const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Responses queued for one terminal connection's writer.
 pub const CONNECTION_QUEUE_MAX: usize = 2 * IN_FLIGHT_PER_CONNECTION_MAX;
-/// How long writing a connection's answers may take before the connection is closed: a peer
-/// that stops reading them holds its queue and its in-flight requests until then.
+/// How long writing a connection's answers may take before the connection is closed
+/// (`SwitchConfig::response_write_timeout`'s default): a peer that stops reading them holds its
+/// queue and its in-flight requests until then.
 pub const RESPONSE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests awaiting an answer on one issuer link; more are answered 91 at once.
 pub const ISSUER_IN_FLIGHT_MAX: usize = 8_192;
@@ -115,6 +116,9 @@ pub struct SwitchConfig {
     /// Requests worked on at once across all terminal connections (at most
     /// `REQUESTS_IN_FLIGHT_MAX`); beyond it they are answered 96 at once.
     pub requests_in_flight: usize,
+    /// How long writing a connection's answers may take before the connection is closed
+    /// (`RESPONSE_WRITE_TIMEOUT` unless a test shortens it).
+    pub response_write_timeout: Duration,
     /// Per-merchant risk rules (`risk::RuleBook::from_json` of the rules file); empty: only
     /// the merchant checks apply.
     pub risk_rules: std::sync::Arc<risk::RuleBook>,
@@ -149,6 +153,7 @@ impl SwitchConfig {
             index_days_held: 1,
             index_forget_interval: Duration::from_secs(3_600),
             requests_in_flight: REQUESTS_IN_FLIGHT_MAX,
+            response_write_timeout: RESPONSE_WRITE_TIMEOUT,
             risk_rules: std::sync::Arc::new(risk::RuleBook::empty()),
             risk_refresh: Duration::from_secs(1),
             cutover_minute: CUTOVER_MINUTE_DEFAULT,

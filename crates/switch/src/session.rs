@@ -13,7 +13,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::{
     CONNECTION_QUEUE_MAX, CONNECTIONS_MAX, FRAME_BODY_TIMEOUT, FRAME_LEN_MAX,
-    IN_FLIGHT_PER_CONNECTION_MAX, REQUESTS_IN_FLIGHT_MAX, RESPONSE_WRITE_TIMEOUT,
+    IN_FLIGHT_PER_CONNECTION_MAX, REQUESTS_IN_FLIGHT_MAX,
 };
 use crate::core::{Core, RC_APPROVED, RC_INVALID_TRANSACTION, RC_SYSTEM_ERROR};
 use crate::ledger::Answer;
@@ -141,6 +141,7 @@ where
     // longer be trusted. Answers already being worked on are still written.
     let close = Arc::new(Notify::new());
     let writer_close = Arc::clone(&close);
+    let write_timeout = sessions.core.config.response_write_timeout;
     let writer_task = sessions.core.tasks.spawn(async move {
         // Grown by the first answers, not before: most connections sit idle.
         let mut batch = Vec::new();
@@ -151,7 +152,7 @@ where
                 append_wiped(&mut batch, &more);
             }
             // A peer that stops reading is let go: its answers would wait here for ever.
-            let written = tokio::time::timeout(RESPONSE_WRITE_TIMEOUT, writer.write_all(&batch))
+            let written = tokio::time::timeout(write_timeout, writer.write_all(&batch))
                 .await
                 .map_err(|_| ())
                 .and_then(|written| written.map_err(|_| ()));

@@ -1088,12 +1088,16 @@ fn a_reversal_of_a_request_still_at_the_issuer_waits_for_its_answer() {
 
 /// A peer that sends and never reads its answers: once its queue and its in-flight requests are
 /// full, further requests are refused at once (counted), not each left waiting in a handler of
-/// its own, so such a connection holds a bounded amount of memory however much it sends.
+/// its own, so such a connection holds a bounded amount of memory however much it sends; and
+/// once writing its answers has waited `response_write_timeout`, it is closed.
 #[test]
 fn a_peer_that_does_not_read_its_answers_is_refused_not_queued() {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     runtime().block_on(async {
-        let h = Harness::new().await;
+        let mut h = Harness::new().await;
+        h.stop().await;
+        h.response_write_timeout = std::time::Duration::from_millis(300);
+        h.start().await;
         let switch = h.switch.as_ref().unwrap();
         let (mut client, server) = tokio::io::duplex(256);
         switch.serve_stream(server);
@@ -1121,6 +1125,19 @@ fn a_peer_that_does_not_read_its_answers_is_refused_not_queued() {
             "refused {} of {sent}",
             switch.metrics().refused_overload
         );
-        drop(client);
+        // Not read for longer than the write may take: the connection is closed. Reading now
+        // gets what was written, then the end (a connection kept open would keep answering).
+        tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+        let mut rest = Vec::new();
+        let ended = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(
+            matches!(ended, Ok(Ok(_))),
+            "the connection stayed open after {} bytes",
+            rest.len()
+        );
     });
 }

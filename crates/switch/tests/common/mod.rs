@@ -284,6 +284,8 @@ pub struct Harness {
     /// The reversal queue's and in-doubt sweep's interval from the next start (50 ms unless a
     /// test changes it).
     pub saf_interval: Duration,
+    /// How long writing a connection's answers may take from the next start.
+    pub response_write_timeout: Duration,
 }
 
 /// How long an end-to-end test may take at most, for [`clear_of_china_midnight`].
@@ -342,6 +344,7 @@ impl Harness {
             marks_gate: None,
             issuer_timeout: Duration::from_millis(300),
             saf_interval: Duration::from_millis(50),
+            response_write_timeout: switch::RESPONSE_WRITE_TIMEOUT,
         };
         harness.start().await;
         harness
@@ -361,6 +364,7 @@ impl Harness {
         config.saf_interval = self.saf_interval;
         config.saf_lease = Duration::from_millis(500);
         config.marks_gate = self.marks_gate.clone();
+        config.response_write_timeout = self.response_write_timeout;
         config
     }
 
