@@ -627,8 +627,17 @@ pub fn explain_txn(
         TxnState::Failed => Outcome::Failed,
     };
     let summary = summary_text(outcome, &bank, row);
+    // A risk rule's decline is diagnosed by the rule: the issuer was never asked.
+    let rule = events
+        .iter()
+        .filter(|e| e.kind == "declined")
+        .find_map(|e| rule_of_decline(&e.detail));
     let diagnosis = match outcome {
-        Outcome::Declined | Outcome::Failed => Some(diagnosis::diagnose_str(
+        Outcome::Declined => Some(rule.map_or_else(
+            || diagnosis::diagnose_str(row.response_code.as_deref().unwrap_or("96")),
+            diagnosis::diagnose_failure,
+        )),
+        Outcome::Failed => Some(diagnosis::diagnose_str(
             row.response_code.as_deref().unwrap_or("96"),
         )),
         Outcome::NoAnswerReversed | Outcome::ReversalPending => Some(diagnosis::diagnose_str(
@@ -646,6 +655,17 @@ pub fn explain_txn(
         diagnosis,
         original_rrn,
     })
+}
+
+/// The risk rule a "declined" event names, when shoudan's own rules declined the request
+/// (`switch::risk` writes "risk rule KIND \"ID\": ... (diagnosis KEY)").
+pub(crate) fn rule_of_decline(detail: &str) -> Option<FailureKind> {
+    if !detail.contains("risk rule ") {
+        return None;
+    }
+    let (_, after) = detail.rsplit_once("(diagnosis ")?;
+    let key = after.strip_suffix(')')?;
+    FailureKind::from_key(key)
 }
 
 fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow) -> Both {
@@ -742,6 +762,22 @@ mod tests {
     use store::{Record, SqliteConfig, SqliteStore};
 
     use super::*;
+
+    #[test]
+    fn a_risk_rules_decline_is_read_from_its_event() {
+        // As `switch::risk` writes it (its risk_e2e test holds the form).
+        let detail = "declined by shoudan at 10:00:01: 59 risk rule card-testing \"testing\": \
+                      5 declines within 60 s (diagnosis card-testing)";
+        assert_eq!(rule_of_decline(detail), Some(FailureKind::CardTesting));
+        assert_eq!(
+            rule_of_decline("declined by ICBC: 51 Insufficient funds"),
+            None
+        );
+        assert_eq!(
+            rule_of_decline("risk rule x \"y\": z (diagnosis no-such-thing)"),
+            None
+        );
+    }
 
     fn row(id: i64, tid: &str, mid: &str, kind: TxnKind, original_id: Option<i64>) -> TxnRow {
         TxnRow {

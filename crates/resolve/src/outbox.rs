@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::IssuerDirectory;
-use domain::diagnosis::{self, Diagnosis, PayoutFailure};
+use domain::diagnosis::{self, Diagnosis, FailureKind, PayoutFailure};
 use paycrypto::Hsm;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -101,14 +101,21 @@ impl Event {
         }
     }
 
-    pub fn transaction_declined(txn: &TxnSummary) -> Event {
+    /// A declined transaction, diagnosed by its code, or by the risk rule that declined it
+    /// (`rule`: the issuer was never asked, so the code's entry would send the cardholder to
+    /// their bank for nothing).
+    pub fn transaction_declined(txn: &TxnSummary, rule: Option<FailureKind>) -> Event {
         let code = txn.response_code.as_deref().unwrap_or("96");
+        let diagnosis = rule.map_or_else(
+            || diagnosis::diagnose_str(code),
+            diagnosis::diagnose_failure,
+        );
         Event {
             event_type: EventType::TransactionDeclined,
             dedup_key: format!("transaction.declined:{}", txn.id),
             data: json!({
                 "transaction": txn,
-                "diagnosis": diagnosis_json(diagnosis::diagnose_str(code)),
+                "diagnosis": diagnosis_json(diagnosis),
             }),
         }
     }
@@ -709,12 +716,13 @@ impl Tailer {
             handled: Vec::new(),
         };
         for event in events {
+            let detail = event.detail;
             let key = (event.at_ms, event.txn_id, event.kind);
             if self.seen.contains(&key) {
                 continue;
             }
             if let Some(row) = self.store.txn(event.txn_id)? {
-                let meant = self.meaning(&key.2, &row, &mut page.records)?;
+                let meant = self.meaning(&key.2, &detail, &row, &mut page.records)?;
                 page.pending.extend(meant);
             }
             page.handled.push(key);
@@ -726,6 +734,7 @@ impl Tailer {
     fn meaning(
         &self,
         kind: &str,
+        detail: &str,
         row: &TxnRow,
         records: &mut Vec<Record>,
     ) -> Result<Vec<(String, Event)>, ResolveError> {
@@ -736,7 +745,11 @@ impl Tailer {
         let mut out = Vec::new();
         match kind {
             "declined" | "failed" => {
-                out.push((row.mid.clone(), Event::transaction_declined(&summary())));
+                let rule = crate::explain::rule_of_decline(detail);
+                out.push((
+                    row.mid.clone(),
+                    Event::transaction_declined(&summary(), rule),
+                ));
             }
             "reversal_done" => match self.store.reversal(row.id)?.map(|r| r.state) {
                 Some(SafState::Acked) => {

@@ -467,7 +467,9 @@ impl Engine {
                 ),
             }
         }
-        if let Some(terminal) = self.terminal(outcome.tid, now) {
+        // Only a card's attempts (sales, holds) count against the terminal: a refused refund,
+        // void or completion is no sign of cards being tried.
+        if let Some(terminal) = self.terminal(outcome.tid, now).filter(|_| attempt) {
             trim_declines(&mut terminal.declines, now - horizon);
             push_bounded(
                 &mut terminal.declines,
@@ -1394,6 +1396,29 @@ mod tests {
             assert!(e.observe(&answer(&r, b"91")).is_empty());
         }
         assert_eq!(declined_by(&e.check(&sale(9, 100, 9))), None);
+        // Nor are refused refunds, voids and completions: no card is being tried.
+        let mut e = engine(
+            r#"{"id": "ct", "kind": "card-testing", "window_s": 600, "small_fen": 1000,
+                "declines_max": 2}"#,
+        );
+        for (i, class) in [
+            TxnClass::Credit,
+            TxnClass::Void,
+            TxnClass::Capture,
+            TxnClass::Credit,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let r = Request {
+                class,
+                card_key: Some(200 + i as u64),
+                ..sale(i as i64, 100, i as i64)
+            };
+            e.check(&r);
+            assert!(e.observe(&answer(&r, b"25")).is_empty());
+        }
+        assert_eq!(declined_by(&e.check(&sale(20, 100, 20))), None);
     }
 
     #[test]

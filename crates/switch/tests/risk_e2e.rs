@@ -394,6 +394,8 @@ fn a_card_testing_burst_raises_an_alert_then_declines() {
             timeline.contains("\"testing\""),
             "names the rule: {timeline}"
         );
+        // The form the explanation reads the rule's diagnosis from (resolve::explain).
+        assert!(timeline.ends_with("(diagnosis card-testing)"), "{timeline}");
         // A real sale above the probing size still goes through.
         let big_sale = paid_with_pin(healthy, 25_000, 21);
         let big = t.send(&big_sale).await;
