@@ -166,6 +166,11 @@ pub enum CaseError {
     NotRefundApplication,
     #[error("the refund was already executed")]
     AlreadyRefunded,
+    #[error(
+        "the last refund attempt got no answer from the issuer and is being reversed; approve \
+         again once its reversal is acknowledged (it may have been made)"
+    )]
+    RefundInDoubt,
     #[error("refund amount {asked_fen} fen exceeds what is left to refund ({left_fen} fen)")]
     ExceedsRemaining { asked_fen: i64, left_fen: i64 },
     #[error("refund amount must be positive")]
@@ -644,6 +649,21 @@ impl CaseService {
         }
         if row.refund_code.as_deref() == Some("00") {
             return Err(CaseError::AlreadyRefunded);
+        }
+        // An attempt that got no answer may have been made: another one, under a new key,
+        // would refund again should the first's reversal be refused. Only once its reversal
+        // is acknowledged is it known not to stand.
+        if row.refund_code.as_deref() == Some("98") {
+            let reversed = match row.refund_txn_id {
+                Some(txn_id) => self
+                    .store
+                    .reversal(txn_id)?
+                    .is_some_and(|r| r.state == store::SafState::Acked),
+                None => false,
+            };
+            if !reversed {
+                return Err(CaseError::RefundInDoubt);
+            }
         }
         // Four eyes: whoever asked for the refund (a merchant user, or staff on its behalf)
         // cannot also be the one who lets it go out.

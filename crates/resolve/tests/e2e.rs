@@ -640,12 +640,18 @@ fn back_office_refund_is_reversed_on_timeout_and_never_doubled() {
             })
             .await
             .unwrap();
-        // The issuer applies the refund but its answer is lost: 98, and the switch reverses it.
-        e.sim.faults().drop_next(1);
+        // The issuer applies the refund but its answer is lost: 98, and the switch reverses it
+        // (the first reversal's answer is lost too, so it is resent a second later).
+        e.sim.faults().drop_next(2);
         let waiting = cases.approve_refund(case.id, "operator-1").await.unwrap();
         assert_eq!(waiting.refund_code.as_deref(), Some("98"));
         assert_eq!(waiting.state, CaseState::WaitingIssuer);
         let refund_rrn = waiting.refund_rrn.clone().unwrap();
+        // Until its reversal is acknowledged the first attempt may stand: no second one.
+        assert!(matches!(
+            cases.approve_refund(case.id, "operator-1").await,
+            Err(resolve::cases::CaseError::RefundInDoubt)
+        ));
         assert!(e.reversal_acked(&refund_rrn).await);
         assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 0);
         // Approved again (a new attempt, a new key): executed once, case resolved.

@@ -133,6 +133,9 @@ impl From<CaseError> for ApiError {
             CaseError::AlreadyRefunded => {
                 ApiError::new(StatusCode::CONFLICT, "already_refunded", message)
             }
+            CaseError::RefundInDoubt => {
+                ApiError::new(StatusCode::CONFLICT, "refund_in_doubt", message)
+            }
             CaseError::Refund(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "refund_failed", message)
             }
