@@ -709,7 +709,10 @@ fn commit_group_carefully(
             std::thread::sleep(deadlock_backoff(tries));
             continue;
         }
-        if let Err(error) = conn.execute_batch("COMMIT") {
+        // `SELECT 1` first, as on the fast path: a savepoint command that failed leaves the
+        // transaction aborted, and PostgreSQL would answer a bare COMMIT with a silent
+        // rollback, acknowledging the jobs that had succeeded in it.
+        if let Err(error) = conn.execute_batch("SELECT 1; COMMIT") {
             let error = StoreError::from(error);
             let _ = conn.execute_batch("ROLLBACK");
             for result in &mut results {
