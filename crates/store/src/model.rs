@@ -320,6 +320,12 @@ pub enum Record {
         id: i64,
         state: TxnState,
     },
+    /// A reversed void or completion gives its original back: approved again if the journal
+    /// holds it voided or completed, whatever the writer's memory said (another node, or a
+    /// commit whose answer was lost, may have voided it there); nothing otherwise.
+    GiveBack {
+        id: i64,
+    },
     /// The balance (field 54, as sent) a balance inquiry was answered with.
     BalanceAnswer {
         id: i64,

@@ -1182,6 +1182,13 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
                 .execute(params![id, state])?;
             expect_one(changed, "transaction")?;
         }
+        Record::GiveBack { id } => {
+            conn.prepare_cached(
+                "UPDATE transactions SET state = 'approved'
+                 WHERE id = ?1 AND state IN ('voided', 'completed')",
+            )?
+            .execute_any(params![id])?;
+        }
         Record::BalanceAnswer { id, field54 } => {
             conn.prepare_cached(
                 "INSERT INTO balance_answers (txn_id, field54) VALUES (?1, ?2)

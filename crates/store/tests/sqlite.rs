@@ -966,6 +966,38 @@ fn a_busy_card_reads_its_newest_transactions(db: &Db) {
     );
 }
 
+/// A reversed void's or completion's original is given back only from voided or completed,
+/// whatever the writer believed: from approved, declined or reversed nothing changes.
+fn a_give_back_moves_only_a_voided_or_completed_original(db: &Db) {
+    let store = db.open();
+    provision(&store);
+    let states = [
+        (1, TxnState::Voided, TxnState::Approved),
+        (2, TxnState::Completed, TxnState::Approved),
+        (3, TxnState::Approved, TxnState::Approved),
+        (4, TxnState::Declined, TxnState::Declined),
+        (5, TxnState::Reversed, TxnState::Reversed),
+    ];
+    let rows = states
+        .iter()
+        .map(|&(id, state, _)| {
+            Record::InsertTxn(Box::new(TxnRow {
+                state,
+                ..txn(id, u32::try_from(id).unwrap())
+            }))
+        })
+        .collect();
+    store.submit(rows).unwrap().wait().unwrap();
+    let gives = states
+        .iter()
+        .map(|&(id, _, _)| Record::GiveBack { id })
+        .collect();
+    store.submit(gives).unwrap().wait().unwrap();
+    for (id, _, after) in states {
+        assert_eq!(store.txn(id).unwrap().unwrap().state, after, "row {id}");
+    }
+}
+
 fn batches_are_listed_with_their_last_clearing_date(db: &Db) {
     let store = db.open();
     provision(&store);
@@ -1326,6 +1358,7 @@ on_both!(
     two_refunds_at_once_cannot_both_take_an_original,
     rows_since_a_date_come_by_date_then_id,
     batches_are_listed_with_their_last_clearing_date,
+    a_give_back_moves_only_a_voided_or_completed_original,
     a_busy_card_reads_its_newest_transactions,
     dropping_the_store_still_commits_what_was_queued,
     terminals_merchants_and_sign_in_round_trip,

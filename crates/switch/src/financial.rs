@@ -1827,13 +1827,11 @@ impl Core {
                         was: live.state,
                     });
                     live.state = TxnState::Approved;
-                    vec![Record::State {
-                        id: original.id,
-                        state: TxnState::Approved,
-                    }]
-                } else {
-                    Vec::new()
                 }
+                // Written whatever memory says: the journal may hold the original voided or
+                // completed though this node's memory does not (another node voided it, or a
+                // commit whose answer was lost did), and the store gives it back only then.
+                vec![Record::GiveBack { id: original.id }]
             }
             _ => Vec::new(),
         }
