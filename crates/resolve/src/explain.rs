@@ -332,6 +332,16 @@ pub fn explain_txn(
                             bank.en
                         ),
                     )
+                } else if row.sent_at_ms.is_none() || reversal.is_none() {
+                    // Failed before the issuer was asked (the journal answered late), or
+                    // with nothing to reverse: say so, not that a reversal went out.
+                    Both::new(
+                        format!("交易未完成，终端收到 {code}；没有扣款，无需冲正"),
+                        format!(
+                            "not completed: the terminal was told {code}; nothing was charged, \
+                             nothing to reverse"
+                        ),
+                    )
                 } else {
                     Both::new(
                         format!(
@@ -618,11 +628,15 @@ pub fn explain_txn(
         TxnState::Voided => Outcome::Voided,
         TxnState::Declined => Outcome::Declined,
         TxnState::Reversed if approved_at.is_some() => Outcome::ApprovedThenReversed,
+        // Reversed by its terminal while at the issuer: acknowledged only once it is.
+        TxnState::Reversed if reversal.is_some() && !acked => Outcome::ReversalPending,
         TxnState::Reversed if timed_out || acked => Outcome::NoAnswerReversed,
         TxnState::Reversed => Outcome::Declined,
         TxnState::TimedOut | TxnState::Failed if reversal.is_some() && !acked => {
             Outcome::ReversalPending
         }
+        // Nothing was queued (a balance inquiry moves no money): not "reversed".
+        TxnState::TimedOut if reversal.is_none() => Outcome::Failed,
         TxnState::TimedOut => Outcome::NoAnswerReversed,
         TxnState::Failed => Outcome::Failed,
     };

@@ -380,6 +380,34 @@ fn timed_out_purchase_reads_as_reversed_and_acknowledged() {
         assert_eq!(done.len(), 2, "{done:#?}");
         assert!(done.iter().any(|o| o.payload.contains(&rrn)));
         assert!(done.iter().any(|o| o.payload.contains(&rrn2)));
+
+        // A balance inquiry whose answer is lost moves no money: nothing is reversed, and the
+        // explanation does not say a reversal was acknowledged.
+        e.sim.faults().drop_next(1);
+        e.stan += 1;
+        let inquiry = Req {
+            processing: "310000",
+            message_type: "01",
+            pin: Some(card.pin().to_owned()),
+            ..Req::purchase(card.pan.expose_digits(), 0, e.stan)
+        };
+        let r = e.t.send(&inquiry).await;
+        assert_eq!(r.code(), "98");
+        let row = store
+            .txns_by_key(TID, 1, e.stan)
+            .unwrap()
+            .into_iter()
+            .next()
+            .unwrap();
+        let x = explain_rrn(
+            store.as_ref(),
+            &e.h.directory,
+            row.rrn.as_deref().unwrap(),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(x.outcome, Outcome::Failed, "{x:#?}");
+        assert!(!x.summary.en.contains("reversal"), "{:?}", x.summary);
     });
 }
 

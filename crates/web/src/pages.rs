@@ -390,6 +390,15 @@ fn refund_text(l: Lang, case: &Case) -> Option<String> {
             esc(code),
             esc(diagnosis::diagnose_str(code).title.get(l))
         ),
+        // Closed without a refund (rejected, or resolved another way): nothing waits.
+        None if case.state.is_closed() => format!(
+            "{} ¥{amount}",
+            t(
+                l,
+                "未退款（申请已结束）",
+                "No refund (the application is closed)"
+            )
+        ),
         None => format!(
             "{} ¥{amount}",
             t(l, "等待运营审批", "Waiting for operator approval")
