@@ -569,8 +569,17 @@ pub fn explain_txn(
     // Pre-authorisations hold money until completed or voided, for a limited time.
     let mut expired = false;
     if row.kind == TxnKind::PreAuth && row.state == TxnState::Approved {
-        let day = switch::LocalTime::from_ms(row.received_at_ms).day_number;
-        let expires_ms = (day + REFUND_DAYS_MAX + 1) * MS_PER_DAY - 8 * 3_600_000;
+        // The switch completes it while the clearing day (cut at 23:00) is within
+        // `REFUND_DAYS_MAX` of the pre-authorisation's: it expires when clearing day
+        // `day + REFUND_DAYS_MAX + 1` begins, at the cut-over the evening before.
+        let cutover = switch::CUTOVER_MINUTE_DEFAULT;
+        let day = switch::ClearingDay::of(row.received_at_ms, cutover).day_number;
+        let before_midnight_ms = match cutover {
+            0 => 0,
+            minute => i64::from(24 * 60 - minute) * 60_000,
+        };
+        let expires_ms =
+            (day + REFUND_DAYS_MAX + 1) * MS_PER_DAY - 8 * 3_600_000 - before_midnight_ms;
         if now_ms >= expires_ms {
             expired = true;
             steps.push(step(
@@ -859,5 +868,41 @@ mod tests {
         let (sale_shown, _) = shown(&sale);
         assert!(!sale_shown.contains("000000000009"), "{sale_shown}");
         assert!(!sale_shown.contains("20000002"), "{sale_shown}");
+    }
+
+    /// A pre-authorisation expires as the switch stops completing it: when the clearing day
+    /// (cut at 23:00 China time) 31 days on begins, not at a calendar midnight.
+    #[test]
+    fn a_pre_authorisation_expires_at_the_cut_over_its_completions_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("j.db"))).unwrap();
+        let hour = 3_600_000;
+        // 2026-03-10 23:30 China time (15:30 UTC): clearing day 2026-03-11.
+        let at = 1_773_100_800_000 + 15 * hour + hour / 2;
+        let hold = TxnRow {
+            kind: TxnKind::PreAuth,
+            received_at_ms: at,
+            ..row(3, "10000001", "898110048990001", TxnKind::PreAuth, None)
+        };
+        store
+            .submit(vec![Record::InsertTxn(Box::new(hold.clone()))])
+            .unwrap()
+            .wait()
+            .unwrap();
+        let directory = IssuerDirectory::embedded().unwrap();
+        let outcome = |now_ms| {
+            explain_txn(&store, &directory, &hold, now_ms)
+                .unwrap()
+                .outcome
+        };
+        let day = 86_400_000;
+        // 31 calendar days on, 00:30: clearing day 2026-04-10, the 30th after its own.
+        assert_eq!(outcome(at + 31 * day - 23 * hour), Outcome::Approved);
+        // That evening, 22:59 and then 23:00, when the 31st clearing day begins.
+        assert_eq!(
+            outcome(at + 31 * day - hour / 2 - 60_000),
+            Outcome::Approved
+        );
+        assert_eq!(outcome(at + 31 * day - hour / 2), Outcome::PreAuthExpired);
     }
 }
