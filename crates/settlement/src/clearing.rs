@@ -310,8 +310,6 @@ const ISSUER_LEGS_PER_POSTING: usize = crate::ledger::POSTING_LEGS_MAX - 3;
 
 /// Clearing dates before the one being cleared that a run clears again.
 pub const REVISIT_DAYS: i64 = 3;
-/// Later than every clearing date: `clearing_dates_touched_since` then reads them all.
-const ALL_DATES_BEFORE: &str = "99991231";
 /// How far before the previous settle run events are read for dates to clear again (the
 /// nodes' clocks may differ from the one running the settlement).
 const EVENT_CLOCK_MARGIN_MS: i64 = 3_600_000;
@@ -350,7 +348,7 @@ pub fn settle_date_and_recent(
     // last one the next reads from, so what it leaves is never looked at again (a missed day
     // settled by hand would otherwise hide a reversal of a later day from every later run).
     if let Some(since) = previous_run_ms {
-        for touched in store.clearing_dates_touched_since(since, ALL_DATES_BEFORE)? {
+        for touched in store.clearing_dates_touched_since(since)? {
             if touched != report.clearing_date && !dates.contains(&touched) {
                 dates.push(touched);
             }

@@ -299,14 +299,10 @@ pub trait Store: Send + Sync + 'static {
         mid: Option<&str>,
         limit: u32,
     ) -> Result<Vec<settlement::ClearingTotalRow>, StoreError>;
-    /// The clearing dates before `before_date` of transactions with a timeline event at or
-    /// after `at_ms`, oldest first: the days something happened to since then (a reversal, a
-    /// late answer), which a settle run clears again.
-    fn clearing_dates_touched_since(
-        &self,
-        at_ms: i64,
-        before_date: &str,
-    ) -> Result<Vec<String>, StoreError>;
+    /// The clearing dates of transactions with a timeline event at or after `at_ms`, oldest
+    /// first: the days something happened to since then (a reversal, a late answer), which a
+    /// settle run clears again.
+    fn clearing_dates_touched_since(&self, at_ms: i64) -> Result<Vec<String>, StoreError>;
     /// Settle runs of one clearing date, or of all dates when `None`.
     fn settle_runs(
         &self,

@@ -589,12 +589,8 @@ impl Store for SqliteStore {
     ) -> Result<Vec<crate::settlement::ClearingTotalRow>, StoreError> {
         self.settle_clearing_totals(mid, limit)
     }
-    fn clearing_dates_touched_since(
-        &self,
-        at_ms: i64,
-        before_date: &str,
-    ) -> Result<Vec<String>, StoreError> {
-        self.settle_dates_touched_since(at_ms, before_date)
+    fn clearing_dates_touched_since(&self, at_ms: i64) -> Result<Vec<String>, StoreError> {
+        self.settle_dates_touched_since(at_ms)
     }
     fn settle_runs(
         &self,

@@ -672,20 +672,16 @@ impl SqliteStore {
         })
     }
 
-    pub(super) fn settle_dates_touched_since(
-        &self,
-        at_ms: i64,
-        before_date: &str,
-    ) -> Result<Vec<String>, StoreError> {
+    pub(super) fn settle_dates_touched_since(&self, at_ms: i64) -> Result<Vec<String>, StoreError> {
         self.read(|conn| {
             // Walks the events after `at_ms` (events_at), each to its transaction's row.
             let mut statement = conn.prepare_cached(
                 "SELECT DISTINCT t.clearing_date FROM events e
                  JOIN transactions t ON t.id = e.txn_id
-                 WHERE e.at_ms >= ?1 AND t.clearing_date < ?2
+                 WHERE e.at_ms >= ?1
                  ORDER BY t.clearing_date",
             )?;
-            let rows = statement.query_map(params![at_ms, before_date], |r| r.get(0))?;
+            let rows = statement.query_map(params![at_ms], |r| r.get(0))?;
             Ok(rows.collect::<Result<Vec<String>, _>>()?)
         })
     }

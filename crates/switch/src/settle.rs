@@ -78,7 +78,7 @@ pub fn clearing_date_of(now_ms: i64, cutover_minute: u16) -> String {
 
 /// How far apart the clocks of the nodes that stamped a batch's rows and uploads and its
 /// settlement may be (an earlier batch under the same number is days older).
-pub(crate) const NODE_CLOCKS_MARGIN_MS: i64 = 60_000;
+const NODE_CLOCKS_MARGIN_MS: i64 = 60_000;
 
 /// Debits are purchases and completions, credits voids and refunds (PROTOCOL.md), counting what
 /// the issuer approved and nobody reversed.
