@@ -216,14 +216,14 @@ pub fn bind_account(
     let mut records = superseded(store, mid, id, now_ms)?;
     if needs_check {
         records.push(Record::Settlement(SettlementRecord::AccountChange(change)));
-        committed(store.submit(records)?.wait())?;
+        commit(store, records)?;
         return Ok(BindOutcome::PendingConfirmation { change_id: id });
     }
     let version = current.as_ref().map_or(1, |a| a.version.saturating_add(1));
     let account = account_from(&change, version, now_ms);
     records.push(Record::Settlement(SettlementRecord::AccountChange(change)));
     records.push(in_place_of(current.as_ref(), account));
-    committed(store.submit(records)?.wait())?;
+    commit(store, records)?;
     Ok(BindOutcome::Active {
         change_id: id,
         version,
@@ -258,10 +258,11 @@ fn account_from(change: &AccountChangeRow, version: u32, now_ms: i64) -> BoundAc
     }
 }
 
-/// A commit whose expectations (a change still waiting, the account as it was read) no longer
-/// held: someone else got in first, which the caller is told as such.
-fn committed(written: Result<(), StoreError>) -> Result<(), BindError> {
-    match written {
+/// Commits `records` and waits for them. A commit whose expectations (a change still waiting,
+/// the account as it was read) no longer held: someone else got in first, which the caller is
+/// told as such.
+fn commit(store: &dyn Store, records: Vec<Record>) -> Result<(), BindError> {
+    match store.submit(records)?.wait() {
         Err(StoreError::Constraint { .. }) => Err(BindError::ChangedMeanwhile),
         other => Ok(other?),
     }
@@ -318,12 +319,9 @@ pub fn confirm_change(
         change.state = ChangeState::Superseded;
         change.decided_at_ms = Some(now_ms);
         change.note = "superseded: the account was re-bound since".to_owned();
-        committed(
-            store
-                .submit(vec![Record::Settlement(SettlementRecord::DecideChange(
-                    change,
-                ))])?
-                .wait(),
+        commit(
+            store,
+            vec![Record::Settlement(SettlementRecord::DecideChange(change))],
         )?;
         return Err(BindError::Superseded(change_id));
     }
@@ -332,14 +330,13 @@ pub fn confirm_change(
     change.decided_by = Some(operator.to_owned());
     change.decided_at_ms = Some(now_ms);
     let account = account_from(&change, version, now_ms);
-    committed(
-        store
-            .submit(vec![
-                // Only while it still waits: superseded meanwhile, the whole commit fails.
-                Record::Settlement(SettlementRecord::DecideChange(change)),
-                in_place_of(current.as_ref(), account),
-            ])?
-            .wait(),
+    commit(
+        store,
+        vec![
+            // Only while it still waits: superseded meanwhile, the whole commit fails.
+            Record::Settlement(SettlementRecord::DecideChange(change)),
+            in_place_of(current.as_ref(), account),
+        ],
     )?;
     Ok(version)
 }
@@ -360,11 +357,8 @@ pub fn reject_change(
     change.decided_by = Some(operator.to_owned());
     change.decided_at_ms = Some(now_ms);
     change.note = domain::mask_card_numbers(reason).into_owned();
-    committed(
-        store
-            .submit(vec![Record::Settlement(SettlementRecord::DecideChange(
-                change,
-            ))])?
-            .wait(),
+    commit(
+        store,
+        vec![Record::Settlement(SettlementRecord::DecideChange(change))],
     )
 }
