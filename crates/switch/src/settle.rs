@@ -397,17 +397,13 @@ impl Core {
         let now_ms = self.clock.now_ms();
         let records = match kind {
             Wire::BatchUploadEnd { .. } => {
-                // After a balanced settlement a terminal uploads its IC transactions only
-                // (203, for their chip data): what it did not upload is not missing there.
-                let owned = terminal.tid.clone();
-                let settled = self
-                    .read_for_request(move |store| store.batch_settlement(&owned, batch_no))
-                    .await;
-                let Some(Ok(settled)) = settled else {
+                let Some(settled) = self.batch_settled(&terminal.tid, batch_no).await else {
                     return self.system_error(frame);
                 };
-                let whole = settled.is_none_or(|s| s.result != SettleResult::BALANCED.0);
-                match self.batch_differences(&terminal.tid, batch_no, whole).await {
+                match self
+                    .batch_differences(&terminal.tid, batch_no, settled.as_ref())
+                    .await
+                {
                     Some(rows) => {
                         tracing::info!(tid = %terminal.tid, batch_no, differences = rows.len(),
                         "batch upload compared");
@@ -473,15 +469,19 @@ impl Core {
         self.answer_code(frame, RC_APPROVED)
     }
 
-    /// The uploaded records against the batch's counted journal rows, by trace. `whole`: the
-    /// terminal uploaded its whole batch (after an unbalanced settlement), so a row it did not
-    /// upload is missing there; otherwise only what it uploaded is compared.
+    /// The uploaded records against the batch's counted journal rows, by trace, for the
+    /// batch's `settled` row. After an unbalanced settlement (or none) the terminal uploaded its
+    /// whole batch, so a row it did not upload is missing there; otherwise only what it
+    /// uploaded is compared.
     async fn batch_differences(
         &self,
         tid: &str,
         batch_no: u32,
-        whole: bool,
+        settled: Option<&BatchSettlementRow>,
     ) -> Option<Vec<BatchDiffRow>> {
+        // After a balanced settlement a terminal uploads its IC transactions only (203, for
+        // their chip data): what it did not upload is not missing there.
+        let whole = settled.is_none_or(|s| s.result != SettleResult::BALANCED.0);
         let owned = tid.to_owned();
         let mut uploaded = self
             .read_for_request(move |store| store.batch_uploads(&owned, batch_no))
@@ -490,7 +490,7 @@ impl Core {
         let mut rows = self.batch_rows(tid, batch_no).await?;
         // This settlement's: the uploads since it (an earlier batch of the number uploaded
         // before), and the rows before it and after where the batch started.
-        if let Some(settled) = self.batch_settled(tid, batch_no).await? {
+        if let Some(settled) = settled {
             let at = settled.settled_at_ms;
             uploaded.retain(|u| u.received_at_ms >= at - NODE_CLOCKS_MARGIN_MS);
             rows.retain(|r| r.received_at_ms <= at + NODE_CLOCKS_MARGIN_MS);
