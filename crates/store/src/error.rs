@@ -19,6 +19,10 @@ pub enum StoreError {
     /// (see [`LinkRefusal`]).
     #[error("linked transaction refused: {0}")]
     LinkRefused(LinkRefusal),
+    /// Another node has journalled a request under the same terminal key in the same batch
+    /// ([`crate::Record::ClaimKey`]): row `id`, whose answer is this request's.
+    #[error("request key already taken by transaction {id}")]
+    KeyTaken { id: i64 },
     /// Any other failure of the database engine.
     #[error("database: {message}")]
     Backend { message: String },

@@ -314,6 +314,19 @@ pub enum Record {
         batch_no: u32,
     },
     InsertTxn(Box<TxnRow>),
+    /// Several nodes on one journal: the terminal request key (TID, batch, STAN, reversal or
+    /// not) is free in the batch open under that number (rows cleared on `since` or later,
+    /// received after the number's last settlement closed an earlier batch), else the job
+    /// fails with [`crate::StoreError::KeyTaken`]. Written before the request's own row in
+    /// the same job; it takes the terminal's row lock first, so that two nodes claiming one
+    /// key at once are judged one after the other.
+    ClaimKey {
+        tid: String,
+        batch_no: u32,
+        stan: u32,
+        reversal: bool,
+        since: String,
+    },
     Outcome(Outcome),
     /// A later state change (voided, reversed, completed).
     State {
@@ -325,6 +338,15 @@ pub enum Record {
     /// commit whose answer was lost, may have voided it there); nothing otherwise.
     GiveBack {
         id: i64,
+    },
+    /// What an approved void or completion (`by`) does to its original: `state` (voided,
+    /// completed), written only if the journal holds `by` approved. A terminal's reversal of
+    /// it taken by another node while the issuer decided has left it reversed, and its
+    /// original approved.
+    TakeOriginal {
+        id: i64,
+        by: i64,
+        state: TxnState,
     },
     /// The balance (field 54, as sent) a balance inquiry was answered with.
     BalanceAnswer {

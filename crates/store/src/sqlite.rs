@@ -1171,6 +1171,13 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
             expect_one(changed, "terminal")?;
         }
         Record::InsertTxn(t) => insert_txn(conn, t)?,
+        Record::ClaimKey {
+            tid,
+            batch_no,
+            stan,
+            reversal,
+            since,
+        } => claim_key(conn, tid, *batch_no, *stan, *reversal, since)?,
         Record::Outcome(o) => write_outcome(conn, o)?,
         Record::State { id, state } => {
             let changed = conn
@@ -1184,6 +1191,22 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
                  WHERE id = ?1 AND state IN ('voided', 'completed')",
             )?
             .execute_any(params![id])?;
+        }
+        Record::TakeOriginal { id, by, state } => {
+            // The link's row lock first: a reversal another node commits meanwhile is either
+            // seen here or waits for this.
+            let link_approved = conn
+                .prepare_cached(
+                    "UPDATE transactions SET state = state WHERE id = ?1 AND state = 'approved'",
+                )?
+                .execute(params![by])?
+                == 1;
+            if link_approved {
+                let changed = conn
+                    .prepare_cached("UPDATE transactions SET state = ?2 WHERE id = ?1")?
+                    .execute(params![id, state])?;
+                expect_one(changed, "transaction")?;
+            }
         }
         Record::BalanceAnswer { id, field54 } => {
             conn.prepare_cached(
@@ -1333,6 +1356,46 @@ fn insert_txn(conn: &Connection, t: &TxnRow) -> Result<(), StoreError> {
         t.answered_at_ms,
     ])?;
     Ok(())
+}
+
+/// See [`Record::ClaimKey`]. The open batch starts where `Core::batch_closed_at` says: the
+/// number's last settlement, or, after an unreadable one (result 3), where that one found
+/// the batch starting.
+fn claim_key(
+    conn: &Connection,
+    tid: &str,
+    batch_no: u32,
+    stan: u32,
+    reversal: bool,
+    since: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE terminals SET tid = tid WHERE tid = ?1")?
+        .execute_any(params![tid])?;
+    let sql = if reversal {
+        "SELECT id FROM transactions WHERE tid = ?1 AND batch_no = ?2 AND stan = ?3
+         AND kind = 'reversal' AND clearing_date >= ?4
+         AND received_at_ms > COALESCE(
+             (SELECT CASE WHEN result = 3 THEN opened_after_ms ELSE settled_at_ms END
+              FROM batch_settlements WHERE tid = ?1 AND batch_no = ?2),
+             -9223372036854775807)
+         ORDER BY id LIMIT 1"
+    } else {
+        "SELECT id FROM transactions WHERE tid = ?1 AND batch_no = ?2 AND stan = ?3
+         AND kind <> 'reversal' AND clearing_date >= ?4
+         AND received_at_ms > COALESCE(
+             (SELECT CASE WHEN result = 3 THEN opened_after_ms ELSE settled_at_ms END
+              FROM batch_settlements WHERE tid = ?1 AND batch_no = ?2),
+             -9223372036854775807)
+         ORDER BY id LIMIT 1"
+    };
+    let taken: Option<i64> = conn
+        .prepare_cached(sql)?
+        .query_row(params![tid, batch_no, stan, since], |r| r.get(0))
+        .optional()?;
+    match taken {
+        Some(id) => Err(StoreError::KeyTaken { id }),
+        None => Ok(()),
+    }
 }
 
 /// A void, completion or refund on its way to the issuer takes its original in the journal.

@@ -15,6 +15,7 @@ use store::{
     BatchSpan, EventRow, LinkRefusal, MerchantRow, Outcome, PanAtRest, Record, SafState,
     SqliteConfig, SqliteStore, Status, Store, StoreError, TerminalRow, TxnKind, TxnRow, TxnState,
     WrappedKeys,
+    settlement::{BatchSettlementRow, SettlementRecord},
 };
 
 fn merchant() -> MerchantRow {
@@ -1351,7 +1352,205 @@ fn two_refunds_at_once_cannot_both_take_an_original(db: &Db) {
     }
 }
 
+/// A request's row under a key claimed in the journal (`Record::ClaimKey`, written by nodes
+/// sharing one journal).
+fn claimed(id: i64, row: TxnRow) -> Vec<Record> {
+    vec![
+        Record::ClaimKey {
+            tid: row.tid.clone(),
+            batch_no: row.batch_no,
+            stan: row.stan,
+            reversal: row.kind == TxnKind::Reversal,
+            since: "20261120".into(),
+        },
+        Record::InsertTxn(Box::new(TxnRow { id, ..row })),
+    ]
+}
+
+/// A terminal key is taken once per batch: a second request under it fails with the first's
+/// id and writes nothing; a reversal has a key of its own; rows cleared before `since`, or
+/// received before the batch number's last settlement closed an earlier batch, are another
+/// batch's. Two nodes claiming one key at the same instant: one wins.
+fn a_request_key_is_claimed_once_per_batch(db: &Db) {
+    let first = db.open();
+    let second = db.is_postgres().then(|| db.open());
+    let (one, two): (&dyn Store, &dyn Store) = (&*first, second.as_deref().unwrap_or(&*first));
+    provision(&first);
+    write(one, claimed(1, txn(1, 5))).unwrap();
+    assert_eq!(
+        write(one, claimed(2, txn(2, 5))),
+        Err(StoreError::KeyTaken { id: 1 })
+    );
+    assert_eq!(one.txn(2).unwrap(), None, "the loser's row is not written");
+    let reversal = |id| TxnRow {
+        kind: TxnKind::Reversal,
+        mti: "0400".into(),
+        rrn: None,
+        original_id: Some(1),
+        ..txn(id, 5)
+    };
+    write(one, claimed(3, reversal(3))).unwrap();
+    assert_eq!(
+        write(one, claimed(4, reversal(4))),
+        Err(StoreError::KeyTaken { id: 3 })
+    );
+    // Another batch number, another STAN: free.
+    write(
+        one,
+        claimed(
+            5,
+            TxnRow {
+                batch_no: 2,
+                ..txn(5, 5)
+            },
+        ),
+    )
+    .unwrap();
+    write(one, claimed(6, txn(6, 6))).unwrap();
+    // An earlier month's row under the key: another batch.
+    let old = TxnRow {
+        clearing_date: "20261001".into(),
+        ..txn(7, 7)
+    };
+    write(one, vec![Record::InsertTxn(Box::new(old))]).unwrap();
+    write(one, claimed(8, txn(8, 7))).unwrap();
+    // Batch 3 settled after its row 9 was received: row 10 under the same key opens a new
+    // batch of the number; once it is in, the key is taken again.
+    write(
+        one,
+        vec![Record::InsertTxn(Box::new(TxnRow {
+            batch_no: 3,
+            ..txn(9, 9)
+        }))],
+    )
+    .unwrap();
+    let settled = |at_ms, result, opened_after_ms| {
+        Record::Settlement(SettlementRecord::BatchSettled(BatchSettlementRow {
+            tid: "10000001".into(),
+            batch_no: 3,
+            settled_at_ms: at_ms,
+            result,
+            host_totals: String::new(),
+            terminal_totals: String::new(),
+            upload_done_at_ms: None,
+            opened_after_ms,
+        }))
+    };
+    write(one, vec![settled(1_009, 1, None)]).unwrap();
+    write(
+        one,
+        claimed(
+            10,
+            TxnRow {
+                batch_no: 3,
+                ..txn(10, 9)
+            },
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        write(
+            one,
+            claimed(
+                11,
+                TxnRow {
+                    batch_no: 3,
+                    ..txn(11, 9)
+                }
+            )
+        ),
+        Err(StoreError::KeyTaken { id: 10 })
+    );
+    // An unreadable settlement (result 3) closes nothing: the batch starts where it found
+    // it starting.
+    write(one, vec![settled(1_050, 3, Some(1_009))]).unwrap();
+    assert_eq!(
+        write(
+            one,
+            claimed(
+                12,
+                TxnRow {
+                    batch_no: 3,
+                    ..txn(12, 9)
+                }
+            )
+        ),
+        Err(StoreError::KeyTaken { id: 10 })
+    );
+
+    for round in 0..20_i64 {
+        let (a, b) = (100 + round * 2, 101 + round * 2);
+        let stan = u32::try_from(a).unwrap();
+        let barrier = std::sync::Barrier::new(2);
+        let results: Vec<Result<(), StoreError>> = std::thread::scope(|scope| {
+            let racers = [(one, a), (two, b)].map(|(node, id)| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    write(node, claimed(id, txn(id, stan)))
+                })
+            });
+            racers.map(|r| r.join().unwrap()).to_vec()
+        });
+        let won = match results.as_slice() {
+            [Ok(()), Err(_)] => Some(a),
+            [Err(_), Ok(())] => Some(b),
+            _ => None,
+        };
+        assert!(won.is_some(), "round {round}: one must win: {results:?}");
+        let won = won.unwrap();
+        assert!(
+            results.contains(&Err(StoreError::KeyTaken { id: won })),
+            "round {round}: {results:?}"
+        );
+    }
+}
+
+/// An approved void or completion takes its original only while the journal holds it
+/// approved: one reversed meanwhile (by another node) leaves the original approved.
+fn an_original_is_taken_only_by_a_link_that_stands(db: &Db) {
+    let store = db.open();
+    provision(&store);
+    for (original, link_id, kind, reversed, after) in [
+        (1, 2, TxnKind::PurchaseVoid, false, TxnState::Voided),
+        (3, 4, TxnKind::PurchaseVoid, true, TxnState::Approved),
+        (5, 6, TxnKind::Completion, false, TxnState::Completed),
+        (7, 8, TxnKind::Completion, true, TxnState::Approved),
+    ] {
+        approved_purchase(&*store, original);
+        write(&*store, vec![link(link_id, kind, original, 12_345)]).unwrap();
+        if reversed {
+            let records = vec![Record::State {
+                id: link_id,
+                state: TxnState::Reversed,
+            }];
+            write(&*store, records).unwrap();
+        }
+        let state = if kind == TxnKind::Completion {
+            TxnState::Completed
+        } else {
+            TxnState::Voided
+        };
+        let records = vec![
+            approved(link_id),
+            Record::TakeOriginal {
+                id: original,
+                by: link_id,
+                state,
+            },
+        ];
+        write(&*store, records).unwrap();
+        assert_eq!(
+            store.txn(original).unwrap().unwrap().state,
+            after,
+            "{kind:?}"
+        );
+    }
+}
+
 on_both!(
+    a_request_key_is_claimed_once_per_batch,
+    an_original_is_taken_only_by_a_link_that_stands,
     opposite_lock_orders_on_two_nodes_fail_no_write,
     linked_requests_claim_their_original_in_the_journal,
     an_outcome_lands_only_on_a_row_in_flight,

@@ -286,10 +286,23 @@ impl Core {
 
     /// Answers a retry with what the first request got (waiting if it is still in progress).
     async fn answer_retry(&self, ctx: &Ctx<'_>, entry: Arc<Entry>) -> Option<Vec<u8>> {
+        let answer = self.retry_answer(&entry).await;
+        tracing::info!(tid = %ctx.key.tid, stan = ctx.key.stan, "retried request answered from the journal");
+        self.reply(
+            ctx.frame,
+            Some(&ctx.terminal),
+            &answer,
+            entry.rrn.as_deref(),
+            |_| Ok(()),
+        )
+    }
+
+    /// What a retry of `entry` is answered with (see [`Self::answer_retry`]).
+    async fn retry_answer(&self, entry: &Arc<Entry>) -> Answer {
         let mut answer =
             match tokio::time::timeout(self.config.retry_wait, entry.wait_answer()).await {
                 Ok(answer) => answer,
-                Err(_) => self.answer_of_journal(&entry).await,
+                Err(_) => self.answer_of_journal(entry).await,
             };
         // An inquiry read back from the journal holds no balance: it is journalled apart.
         if entry.kind == TxnKind::BalanceInquiry
@@ -309,14 +322,7 @@ impl Core {
         if answer.settlement_date.is_none() {
             answer.settlement_date = entry.clearing_date.get(4..8).map(str::to_owned);
         }
-        tracing::info!(tid = %ctx.key.tid, stan = ctx.key.stan, "retried request answered from the journal");
-        self.reply(
-            ctx.frame,
-            Some(&ctx.terminal),
-            &answer,
-            entry.rrn.as_deref(),
-            |_| Ok(()),
-        )
+        answer
     }
 
     /// The answer the journal holds for `entry`, read after a retry waited
@@ -335,6 +341,56 @@ impl Core {
                 answer
             }
             None => Answer::code(RC_ISSUER_TIMEOUT),
+        }
+    }
+
+    /// With a shared journal, the record that claims a request's key in the journal, written
+    /// before its row ([`Record::ClaimKey`]): two nodes taking the same request at once (a
+    /// terminal behind a gateway that resent it to both) must not both send it to the issuer.
+    fn key_claim(&self, key: &TxnKey) -> Vec<Record> {
+        if !self.config.shared_journal {
+            return Vec::new();
+        }
+        vec![Record::ClaimKey {
+            tid: key.tid.clone(),
+            batch_no: key.batch_no,
+            stan: key.stan,
+            reversal: key.reversal,
+            since: self.batches_since(),
+        }]
+    }
+
+    /// The journal refused `entry`'s row: another node journalled row `id` under its key
+    /// first. The request is answered as a retry of that one (or 94 if their contents
+    /// differ); nothing of `entry` was written.
+    async fn key_taken(&self, ctx: &Ctx<'_>, entry: &Arc<Entry>, id: i64) -> Option<Vec<u8>> {
+        tracing::info!(tid = %ctx.key.tid, stan = ctx.key.stan, txn_id = id, "request taken by another node");
+        entry.mark_unrecorded();
+        let winner = match self.read_for_request(move |store| store.txn(id)).await {
+            Some(Ok(Some(row))) => row,
+            _ => {
+                entry.answer(Answer::code(RC_SYSTEM_ERROR), TxnState::Failed);
+                return self.reply_code(ctx, RC_SYSTEM_ERROR);
+            }
+        };
+        match self.ledger.yield_key(entry, &winner) {
+            Claim::Retry(winner) => {
+                // A retry of this request on this node that found `entry` meanwhile gets the
+                // same answer.
+                let answer = self.retry_answer(&winner).await;
+                entry.answer(answer.clone(), TxnState::Failed);
+                self.reply(
+                    ctx.frame,
+                    Some(&ctx.terminal),
+                    &answer,
+                    winner.rrn.as_deref(),
+                    |_| Ok(()),
+                )
+            }
+            Claim::Conflict | Claim::New(_) => {
+                entry.answer(Answer::code(RC_DUPLICATE), TxnState::Failed);
+                self.reply_code(ctx, RC_DUPLICATE)
+            }
         }
     }
 
@@ -756,9 +812,11 @@ impl Core {
 
     /// Undoes what `check_link` reserved, applying the result when the issuer approved; what
     /// an approval changed goes to `undo`, to be put back if its outcome cannot be written.
+    #[allow(clippy::too_many_arguments)]
     fn settle_link(
         &self,
         kind: TxnKind,
+        link_id: i64,
         original: &Arc<Entry>,
         amount_fen: i64,
         approved: bool,
@@ -791,8 +849,9 @@ impl Core {
                         was: live.state,
                     });
                     live.state = state;
-                    records.push(Record::State {
+                    records.push(Record::TakeOriginal {
                         id: original.id,
+                        by: link_id,
                         state,
                     });
                 }
@@ -1000,7 +1059,9 @@ impl Core {
         let mut undo: Vec<Undo> = Vec::new();
         let release = |approved: bool, undo: &mut Vec<Undo>| -> Vec<Record> {
             match &original {
-                Link::Original(o) => self.settle_link(kind, o, ctx.amount_fen, approved, undo),
+                Link::Original(o) => {
+                    self.settle_link(kind, entry.id, o, ctx.amount_fen, approved, undo)
+                }
                 Link::None => Vec::new(),
             }
         };
@@ -1088,10 +1149,9 @@ impl Core {
         );
         // A linked request's row is kept, to record a refusal should the journal refuse it.
         let linked_row = matches!(original, Link::Original(_)).then(|| row.clone());
-        let unwritten = match self
-            .journal_within(vec![Record::InsertTxn(Box::new(row))])
-            .await
-        {
+        let mut insert = self.key_claim(&entry.key);
+        insert.push(Record::InsertTxn(Box::new(row)));
+        let unwritten = match self.journal_within(insert).await {
             Journalled::Written => None,
             Journalled::Failed(error) => Some(Err(error)),
             Journalled::Late(durable) => Some(Ok(durable)),
@@ -1108,6 +1168,10 @@ impl Core {
                         return self
                             .refuse_link_in_journal(ctx, &entry, row, found, *why)
                             .await;
+                    }
+                    if let StoreError::KeyTaken { id } = error {
+                        let _ = release(false, &mut undo);
+                        return self.key_taken(ctx, &entry, id).await;
                     }
                     tracing::warn!(%error, "journal write failed; answering 96");
                     entry.mark_unrecorded();
@@ -1745,7 +1809,9 @@ impl Core {
         };
         row.response_code = Some(answer.code_text().to_owned());
         row.answered_at_ms = Some(now_ms);
-        records.insert(0, Record::InsertTxn(Box::new(row)));
+        let mut first = self.key_claim(&entry.key);
+        first.push(Record::InsertTxn(Box::new(row)));
+        records.splice(0..0, first);
         records.push(self.event(
             entry.id,
             "reversal",
@@ -1760,6 +1826,11 @@ impl Core {
             Journalled::Written => {
                 self.risk_adjust_sales(&ctx.terminal.mid, sales_day, sales_delta);
                 (answer, TxnState::Approved)
+            }
+            Journalled::Failed(StoreError::KeyTaken { id }) => {
+                // Another node took this reversal first: it is a resend of that one.
+                Undo::all(undo);
+                return self.key_taken(ctx, &entry, id).await;
             }
             Journalled::Failed(error) => {
                 tracing::warn!(%error, "cannot record a terminal reversal; answering 96");

@@ -507,6 +507,44 @@ impl Ledger {
         Claim::New(entry)
     }
 
+    /// Several nodes on one journal: `lost` was claimed here, but the journal refused its row
+    /// because another node had journalled `winner` under the same key meanwhile
+    /// ([`store::StoreError::KeyTaken`]). `lost` leaves the maps and `winner` takes its key:
+    /// the request is a retry of the winner's, or a conflict (94) if their contents differ.
+    pub fn yield_key(&self, lost: &Arc<Entry>, winner: &TxnRow) -> Claim {
+        let mut maps = self.maps();
+        if maps
+            .by_id
+            .get(&lost.id)
+            .is_some_and(|e| Arc::ptr_eq(e, lost))
+        {
+            maps.by_id.remove(&lost.id);
+        }
+        if maps
+            .by_key
+            .get(&lost.key)
+            .is_some_and(|e| Arc::ptr_eq(e, lost))
+        {
+            maps.by_key.remove(&lost.key);
+        }
+        if let Some(rrn) = &lost.rrn
+            && maps.by_rrn.get(rrn).is_some_and(|e| Arc::ptr_eq(e, lost))
+        {
+            maps.by_rrn.remove(rrn);
+        }
+        drop(maps);
+        let winner = self.adopt(winner);
+        {
+            let mut maps = self.maps();
+            maps.by_key.insert(winner.key.clone(), Arc::clone(&winner));
+        }
+        if winner.request_hash == lost.request_hash {
+            Claim::Retry(winner)
+        } else {
+            Claim::Conflict
+        }
+    }
+
     fn index(maps: &mut Maps, entry: &Arc<Entry>) {
         maps.by_key.insert(entry.key.clone(), Arc::clone(entry));
         if let Some(rrn) = &entry.rrn {

@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{
-    IssuerLog, Req, SILENT_AMOUNT, Terminal, card, eventually, new_hsm, pg_url, runtime,
-    start_issuer,
+    IssuerLog, Req, SILENT_AMOUNT, SLOW_AMOUNT, Terminal, card, eventually, new_hsm, pg_url,
+    runtime, start_issuer,
 };
 use domain::IssuerDirectory;
 use paycrypto::{Hsm, KeyHandle, SoftHsm};
@@ -472,6 +472,105 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
         assert!(store.txns_in_state(TxnState::InFlight).unwrap().is_empty());
         b.handle.shutdown().await;
     });
+    node_b_runtime.shutdown_background();
+    let _ = PgStore::drop_schema(&url, &schema);
+}
+
+/// A gateway holding a connection to each node sends one request to both at the same instant:
+/// the issuer is asked once, and both connections get its answer. A void in flight on node A
+/// that the terminal reverses through node B (it gave up waiting) leaves the sale approved
+/// when the issuer's approval of the void reaches node A afterwards: the void stands reversed,
+/// the sale must be paid.
+#[test]
+fn two_nodes_take_one_request_once_and_a_reversed_void_voids_nothing() {
+    let Some(url) = pg_url() else { return };
+    let schema = format!("switch_nodes_race_{}", std::process::id());
+    let config = PgConfig {
+        url: url.clone(),
+        schema: Some(schema.clone()),
+    };
+    let main = runtime();
+    let (node_a_runtime, node_b_runtime) = (runtime(), runtime());
+    main.block_on(async {
+        let log = Arc::new(IssuerLog::default());
+        log.answer_reversals.store(true, Ordering::SeqCst);
+        let issuer = start_issuer(Arc::clone(&log)).await;
+        let (hsm, zpk) = new_hsm();
+        {
+            let setup = PgStore::open(&config).unwrap();
+            common::provision(&setup, &hsm, &[TID_A]).await;
+        }
+        let a = start_node(&node_a_runtime, &config, 1, issuer, &hsm, zpk).await;
+        let b = start_node(&node_b_runtime, &config, 2, issuer, &hsm, zpk).await;
+        let pan = card("622202");
+        let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
+        assert_eq!(via_a.sign_in().await.code(), "00");
+        let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
+        assert_eq!(via_b.sign_in().await.code(), "00");
+        // Each connection's batch is marked by its first request.
+        assert_eq!(via_a.send(&Req::purchase(&pan, 100, 1)).await.code(), "00");
+        assert_eq!(via_b.send(&Req::purchase(&pan, 100, 2)).await.code(), "00");
+
+        for n in 0..6_u32 {
+            let stan = 10 + n;
+            let request = Req::purchase(&pan, 1_000 + u64::from(n), stan);
+            let asked = log.requests.load(Ordering::SeqCst);
+            let (on_a, on_b) = tokio::join!(via_a.send(&request), via_b.send(&request));
+            assert_eq!(
+                log.requests.load(Ordering::SeqCst),
+                asked + 1,
+                "STAN {stan}: the issuer was asked twice"
+            );
+            assert_eq!((on_a.code(), on_b.code()), ("00".into(), "00".into()));
+            assert_eq!(on_a.text(37), on_b.text(37), "STAN {stan}");
+            assert_eq!(b.store.txns_by_key(TID_A, 1, stan).unwrap().len(), 1);
+        }
+
+        // The void goes to node A, which waits 150 ms for the issuer; its reversal to node B.
+        let sale_request = Req::purchase(&pan, SLOW_AMOUNT, 50);
+        let sale = via_a.send(&sale_request).await;
+        assert_eq!(sale.code(), "00");
+        let sale_rrn = sale.text(37).unwrap();
+        let void = Req::void(&pan, SLOW_AMOUNT, 51, 50, &sale_rrn);
+        let void_bytes = via_a.encode(&void, false);
+        let voiding = tokio::spawn(async move { via_a.exchange(&void_bytes).await.code() });
+        let store = Arc::clone(&b.store);
+        let in_flight = eventually(5, || {
+            store
+                .txns_by_key(TID_A, 1, 51)
+                .unwrap()
+                .iter()
+                .any(|row| row.state == TxnState::InFlight)
+        })
+        .await;
+        assert!(in_flight, "node A never journalled the void");
+        assert_eq!(via_b.send(&Req::reversal_of(&void)).await.code(), "00");
+        assert_eq!(voiding.await.unwrap(), "00", "node A's answer to the void");
+        let void_row = store
+            .txns_by_key(TID_A, 1, 51)
+            .unwrap()
+            .into_iter()
+            .find(|row| row.kind == TxnKind::PurchaseVoid)
+            .unwrap();
+        assert_eq!(void_row.state, TxnState::Reversed);
+        assert_eq!(
+            store.txn_by_rrn(&sale_rrn).unwrap().unwrap().state,
+            TxnState::Approved,
+            "the sale was voided by a void the terminal reversed"
+        );
+        let reversed = eventually(10, || {
+            store
+                .reversal(void_row.id)
+                .unwrap()
+                .is_some_and(|item| item.state == SafState::Acked)
+        })
+        .await;
+        assert!(reversed, "the void's reversal never reached the issuer");
+        drop(via_b);
+        a.handle.shutdown().await;
+        b.handle.shutdown().await;
+    });
+    node_a_runtime.shutdown_background();
     node_b_runtime.shutdown_background();
     let _ = PgStore::drop_schema(&url, &schema);
 }
