@@ -576,16 +576,22 @@ impl CaseService {
         self.commit(row, version, who, text, attachments).await
     }
 
-    /// Moves the case; closing ones record their resolution.
+    /// Moves the case; closing ones record their resolution. `seen_version`: the version the
+    /// operator decided on (what their page showed); a case moved since by someone else is
+    /// refused ([`CaseError::Conflict`]) rather than moved from a state they never saw.
     pub async fn transition(
         &self,
         id: i64,
         who: &str,
         transition: Transition,
         note: &str,
+        seen_version: Option<i64>,
     ) -> Result<Case, CaseError> {
         check_text(note, &[])?;
         let mut row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
+        if seen_version.is_some_and(|seen| seen != row.version) {
+            return Err(CaseError::Conflict);
+        }
         let state = CaseState::parse(&row.state).ok_or(CaseError::NotFound)?;
         let next = state.apply(&transition)?;
         let version = row.version;

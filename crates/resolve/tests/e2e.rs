@@ -594,19 +594,38 @@ fn refund_application_executes_through_the_switch_once() {
             .unwrap();
         use resolve::cases::{Resolution, Transition};
         let c = cases
-            .transition(dispute.id, "ops", Transition::WaitOnIssuer, "asked ICBC")
+            .transition(
+                dispute.id,
+                "ops",
+                Transition::WaitOnIssuer,
+                "asked ICBC",
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(c.state, CaseState::WaitingIssuer);
+        // A move decided on the version before the last one is refused; on the last one, made.
+        assert!(matches!(
+            cases
+                .transition(
+                    dispute.id,
+                    "ops",
+                    Transition::Escalate,
+                    "",
+                    Some(c.version - 1)
+                )
+                .await,
+            Err(CaseError::Conflict)
+        ));
         assert!(
             cases
-                .transition(dispute.id, "ops", Transition::Escalate, "")
+                .transition(dispute.id, "ops", Transition::Escalate, "", Some(c.version))
                 .await
                 .is_ok()
         );
         assert!(matches!(
             cases
-                .transition(dispute.id, "ops", Transition::Reopen, "")
+                .transition(dispute.id, "ops", Transition::Reopen, "", None)
                 .await,
             Err(CaseError::IllegalTransition { .. })
         ));
@@ -616,6 +635,7 @@ fn refund_application_executes_through_the_switch_once() {
                 "ops",
                 Transition::Reject(Resolution::new("cardholder withdrew").unwrap()),
                 "",
+                None,
             )
             .await
             .unwrap();

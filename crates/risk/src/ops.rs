@@ -284,7 +284,19 @@ pub async fn resolve_alert(
         at_ms: actor.now_ms,
         resolution: resolution.clone(),
     }));
-    store.submit(records)?.await?;
+    // Another operator's decision since the read above stands: this one is refused (a
+    // merchant suspended above stays suspended, with this alert in its review history).
+    match store.submit(records)?.await {
+        Ok(()) => {}
+        Err(StoreError::Constraint { .. }) => {
+            let now = store.risk_alert(id)?.ok_or(OpsError::NoSuchAlert { id })?;
+            return Err(OpsError::AlertClosed {
+                id,
+                state: now.state,
+            });
+        }
+        Err(error) => return Err(error.into()),
+    }
     Ok(RiskAlertRow {
         state,
         resolved_by: Some(actor.operator.to_owned()),

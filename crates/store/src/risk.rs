@@ -120,7 +120,8 @@ pub enum RiskRecord {
     Review(MerchantReviewRow),
     /// Inserts an alert with its transactions.
     Alert(Box<RiskAlertRow>),
-    /// An operator cleared or acted on an alert.
+    /// An operator cleared or acted on an alert; fails (a constraint error) unless it is still
+    /// open.
     ResolveAlert {
         id: i64,
         state: AlertState,

@@ -113,13 +113,15 @@ pub(super) fn write(conn: &Connection, record: &RiskRecord) -> Result<(), StoreE
             at_ms,
             resolution,
         } => {
+            // Only an open alert: of two operators deciding at once, the second is refused
+            // rather than writing over the first's decision.
             let changed = conn
                 .prepare_cached(
                     "UPDATE risk_alerts SET state = ?2, resolved_by = ?3, resolved_at_ms = ?4,
-                     resolution = ?5 WHERE id = ?1",
+                     resolution = ?5 WHERE id = ?1 AND state = 'open'",
                 )?
                 .execute(params![id, state, by, at_ms, resolution])?;
-            expect_one(changed, "risk alert")?;
+            expect_one(changed, "open risk alert")?;
         }
         RiskRecord::TerminalStatus { tid, status } => {
             let changed = conn

@@ -8,7 +8,7 @@ use store::risk::{
 };
 mod backend;
 use backend::Db;
-use store::{MerchantRow, Record, Status, TerminalRow};
+use store::{MerchantRow, Record, Status, StoreError, TerminalRow};
 
 fn merchant(mid: &str) -> Record {
     Record::UpsertMerchant(MerchantRow {
@@ -150,6 +150,27 @@ async fn profiles_reviews_alerts_round_trip(db: &Db) {
         .unwrap()
         .await;
     assert!(missing.is_err());
+    // An alert decided already is not decided again: a clear made from an earlier reading
+    // does not write over the terminal's suspension, and fails.
+    let again = store
+        .submit(vec![Record::Risk(RiskRecord::ResolveAlert {
+            id: 1,
+            state: AlertState::Cleared,
+            by: "carol".into(),
+            at_ms: 100,
+            resolution: "cleared".into(),
+        })])
+        .unwrap()
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Constraint { .. })),
+        "{again:?}"
+    );
+    let still = store.risk_alert(1).unwrap().unwrap();
+    assert_eq!(
+        (still.state, still.resolved_by.as_deref()),
+        (AlertState::Acted, Some("bob"))
+    );
 }
 
 /// A review writes only from the state it read: a second review made from the same reading

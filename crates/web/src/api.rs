@@ -819,6 +819,10 @@ pub struct TransitionBody {
     pub note: String,
     /// Required to resolve or reject.
     pub resolution: Option<String>,
+    /// The case's version the operator decided on: refused (409 `conflict`) if the case has
+    /// moved since. Without it, the move applies to the case as it is now.
+    #[serde(default)]
+    pub version: Option<i64>,
 }
 
 /// An operator moves a case through its states; audited.
@@ -847,7 +851,7 @@ pub async fn transition_for(
     let before = web.cases.get(id)?;
     let case = web
         .cases
-        .transition(id, &who.username, transition, &body.note)
+        .transition(id, &who.username, transition, &body.note, body.version)
         .await?;
     auth::audit(
         web,

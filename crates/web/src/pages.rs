@@ -1183,6 +1183,7 @@ async fn case(
             body.push_str(&format!(
                 "<form method=\"post\" action=\"/console/cases/{id}/transition\" class=\"card\">\
                  <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <input type=\"hidden\" name=\"version\" value=\"{version}\">\
                  <select name=\"action\" id=\"case-action\">{options}</select> \
                  {} <input name=\"note\" id=\"case-note\" size=\"30\"> \
                  {} <input name=\"resolution\" id=\"case-resolution\" size=\"30\"> \
@@ -1194,6 +1195,7 @@ async fn case(
                     "Resolution (to resolve or reject)"
                 ),
                 t(l, "更新状态", "Move"),
+                version = k.version,
             ));
         }
         if who.is_staff()
@@ -1886,6 +1888,15 @@ async fn transition_case(
     let result = async {
         who.check_csrf(form.get("csrf").map(String::as_str).unwrap_or_default())?;
         let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+        // The form carries the version the page showed: a case moved since is not moved again
+        // from what this operator never saw.
+        let version = match form.get("version") {
+            Some(v) => Some(
+                v.parse::<i64>()
+                    .map_err(|_| ApiError::bad_request("version: a whole number"))?,
+            ),
+            None => None,
+        };
         api::transition_for(
             &web,
             &who,
@@ -1894,6 +1905,7 @@ async fn transition_case(
                 action: field("action"),
                 note: field("note"),
                 resolution: form.get("resolution").cloned(),
+                version,
             },
         )
         .await

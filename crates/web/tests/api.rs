@@ -643,6 +643,29 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
             )
             .await;
         assert_eq!(r.json()["state"], "waiting_issuer", "{}", r.body);
+        // A move decided on what the case was before (another operator moved it since) is
+        // refused and changes nothing; on the version as it is, it is made.
+        let seen = r.json()["version"].as_i64().unwrap();
+        assert_error(
+            &api.call(
+                Some(&ops),
+                "POST",
+                &path,
+                Some(json!({"action": "escalate", "version": seen - 1})),
+            )
+            .await,
+            409,
+            "conflict",
+        );
+        let r = api
+            .call(
+                Some(&ops),
+                "POST",
+                &path,
+                Some(json!({"action": "wait_on_merchant", "version": seen})),
+            )
+            .await;
+        assert_eq!(r.json()["state"], "waiting_merchant", "{}", r.body);
         assert_error(
             &api.call(
                 Some(&ops),

@@ -350,7 +350,7 @@ async fn scenario(driver_path: PathBuf) {
         b.type_into("#inquiry-text", "顾客说余额足够，请发卡行核实")
             .await;
         b.click("#inquiry").await;
-        b.wait_url("/portal/cases/").await;
+        let inquiry_case = b.wait_url("/portal/cases/").await;
         assert_eq!(b.text("#case-state").await, "处理中");
         b.screenshot("05-inquiry").await;
 
@@ -386,6 +386,54 @@ async fn scenario(driver_path: PathBuf) {
         b.wait_url("/portal/cases/").await;
         let done = b.text("#refund-status").await;
         assert!(done.contains("退款已完成"), "{done}");
+
+        // The operator opens the inquiry; another operator moves it meanwhile. The move made
+        // from the page as it was is refused, not made over the other's; after a reload it
+        // is made.
+        let inquiry_path = inquiry_case
+            .split_once(&e.http.to_string())
+            .unwrap()
+            .1
+            .to_owned();
+        let inquiry_id = inquiry_path.rsplit('/').next().unwrap().to_owned();
+        b.go(&inquiry_path).await;
+        b.find("#case-move").await;
+        let other = e.token("ops").await;
+        let moved = request(
+            e.http,
+            "POST",
+            &format!("/api/cases/{inquiry_id}/transition"),
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &format!("Bearer {other}")),
+            ],
+            &json!({ "action": "wait_on_issuer", "note": "asked the issuer" }).to_string(),
+        )
+        .await;
+        assert_eq!(moved.status, 200, "{}", moved.body);
+        b.click("#case-action option[value=escalate]").await;
+        b.click("#case-move").await;
+        let mut refused = String::new();
+        for _ in 0..200 {
+            refused = b.source().await;
+            if refused.contains("id=\"error\"") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(refused.contains("conflict"), "{refused}");
+        b.go(&inquiry_path).await;
+        b.click("#case-action option[value=escalate]").await;
+        b.click("#case-move").await;
+        let mut state = String::new();
+        for _ in 0..200 {
+            state = b.source().await;
+            if state.contains("已升级") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(state.contains("id=\"case-state\">已升级"), "{state}");
         b.logout().await;
 
         // The merchant sees the refund done.
