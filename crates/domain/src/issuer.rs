@@ -215,6 +215,10 @@ pub struct IssuerDirectory {
     /// One map per BIN length present, longest first: prefix as a number → `rows[start..end]`
     /// (several rows when one BIN is issued at several PAN lengths).
     by_len: Vec<(usize, PrefixMap)>,
+    /// Each row's BIN as a number, parallel to `rows`: sorted within one BIN length.
+    bin_values: Vec<u64>,
+    /// The rows of each entry of `by_len`, as `rows[start..end]`.
+    len_spans: Vec<(usize, usize)>,
 }
 
 impl IssuerDirectory {
@@ -320,12 +324,19 @@ impl IssuerDirectory {
         // Longest BIN first; rows of one prefix end up adjacent and keep their file order.
         keyed.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut rows = Vec::with_capacity(keyed.len());
+        let mut bin_values = Vec::with_capacity(keyed.len());
         let mut by_len: Vec<(usize, PrefixMap)> = Vec::new();
+        let mut len_spans: Vec<(usize, usize)> = Vec::new();
         for (bin_len, value, row) in keyed {
             let index = rows.len();
             rows.push(row);
+            bin_values.push(value);
             if by_len.last().is_none_or(|(len, _)| *len != bin_len) {
                 by_len.push((bin_len, PrefixMap::default()));
+                len_spans.push((index, index));
+            }
+            if let Some(span) = len_spans.last_mut() {
+                span.1 = index + 1;
             }
             if let Some((_, map)) = by_len.last_mut() {
                 map.entry(value)
@@ -337,6 +348,8 @@ impl IssuerDirectory {
             banks,
             rows,
             by_len,
+            bin_values,
+            len_spans,
         })
     }
 
@@ -410,7 +423,7 @@ impl IssuerDirectory {
         let value = bytes
             .iter()
             .fold(0u64, |v, &b| v * 10 + u64::from(b - b'0'));
-        let at_len = |range: &(usize, usize)| {
+        let at_len = |range: (usize, usize)| {
             self.rows
                 .get(range.0..range.1)
                 .unwrap_or_default()
@@ -422,7 +435,7 @@ impl IssuerDirectory {
         let mut types = Vec::new();
         let mut shorter_found = false;
         // Longest first: the first shorter row found is the one a lookup would take.
-        for (bin_len, map) in &self.by_len {
+        for ((bin_len, map), &(start, end)) in self.by_len.iter().zip(&self.len_spans) {
             if *bin_len > bytes.len() {
                 let Some(scale) = u32::try_from(*bin_len - bytes.len())
                     .ok()
@@ -430,14 +443,16 @@ impl IssuerDirectory {
                 else {
                     continue;
                 };
-                for (bin, range) in map {
-                    if bin / scale == value {
-                        types.extend(at_len(range));
-                    }
-                }
+                // The BINs that extend `prefix` are one run of this length's sorted rows.
+                let values = self.bin_values.get(start..end).unwrap_or_default();
+                let low = value.saturating_mul(scale);
+                let high = value.saturating_add(1).saturating_mul(scale);
+                let first = values.partition_point(|&v| v < low);
+                let last = values.partition_point(|&v| v < high);
+                types.extend(at_len((start + first, start + last)));
             } else if !shorter_found {
                 let shift = 10u64.pow(u32::try_from(bytes.len() - bin_len).unwrap_or(0));
-                if let Some(range) = map.get(&(value / shift)) {
+                if let Some(&range) = map.get(&(value / shift)) {
                     let found = at_len(range);
                     shorter_found = !found.is_empty();
                     types.extend(found);
@@ -564,6 +579,64 @@ mod tests {
             s.push('1');
         }
         s
+    }
+
+    /// `card_types_under` against a walk of every row: for every prefix of every BIN in the
+    /// table (and the prefixes one above each), at every card length.
+    #[test]
+    fn card_types_under_finds_what_a_walk_of_every_row_finds() {
+        let d = dir();
+        let walk = |prefix: &str, pan_len: usize| -> Vec<CardType> {
+            let value: u64 = prefix.parse().unwrap();
+            let plen = prefix.len();
+            let mut types = Vec::new();
+            let mut shorter_found = false;
+            for ((bin_len, _), &(start, end)) in d.by_len.iter().zip(&d.len_spans) {
+                let mut shorter_here = false;
+                for i in start..end {
+                    let (bin, row) = (d.bin_values[i], &d.rows[i]);
+                    if usize::from(row.pan_len) != pan_len {
+                        continue;
+                    }
+                    if *bin_len > plen {
+                        if bin / 10u64.pow(u32::try_from(bin_len - plen).unwrap()) == value {
+                            types.push(row.card_type);
+                        }
+                    } else if !shorter_found
+                        && value / 10u64.pow(u32::try_from(plen - bin_len).unwrap()) == bin
+                    {
+                        types.push(row.card_type);
+                        shorter_here = true;
+                    }
+                }
+                shorter_found |= shorter_here;
+            }
+            types
+        };
+        let mut prefixes = std::collections::BTreeSet::new();
+        for ((bin_len, _), &(start, end)) in d.by_len.iter().zip(&d.len_spans) {
+            for &bin in &d.bin_values[start..end] {
+                let text = format!("{bin:0width$}", width = *bin_len);
+                for n in 1..=text.len() {
+                    prefixes.insert(text[..n].to_owned());
+                    let above = text[..n].parse::<u64>().unwrap() + 1;
+                    prefixes.insert(format!("{above:0n$}"));
+                }
+            }
+        }
+        let mut checked = 0;
+        for prefix in prefixes.iter().filter(|p| p.len() <= BIN_LEN_MAX) {
+            for pan_len in PAN_LEN_MIN..=PAN_LEN_MAX {
+                let fast = d.card_types_under(prefix, pan_len);
+                let slow = walk(prefix, pan_len);
+                assert!(
+                    fast.iter().all(|t| slow.contains(t)) && slow.iter().all(|t| fast.contains(t)),
+                    "{prefix} at {pan_len}: {fast:?} against {slow:?}"
+                );
+                checked += usize::from(!fast.is_empty());
+            }
+        }
+        assert!(checked > 1_000, "only {checked} prefixes had a type");
     }
 
     #[test]
