@@ -400,6 +400,7 @@ impl NoEcho {
         if !std::io::stdin().is_terminal() {
             return Ok(NoEcho(false));
         }
+        restore_echo_on_interrupt();
         if !stty("-echo") {
             return Err(format!(
                 "cannot turn the terminal's echo off (stty) to read {what}; nothing read"
@@ -408,6 +409,52 @@ impl NoEcho {
         eprint!("{what} (not shown): ");
         Ok(NoEcho(true))
     }
+}
+
+/// Once per process, before echo first goes off: Ctrl-C (SIGINT) or SIGTERM turns the
+/// terminal's echo back on before the process ends (exit status 130), as the signal's
+/// default action would not: the shell would be left not showing what is typed. One that
+/// comes while a component is read ends the command before anything is written: every
+/// component is read and checked before the key store is touched.
+fn restore_echo_on_interrupt() {
+    static WATCHING: std::sync::Once = std::sync::Once::new();
+    WATCHING.call_once(|| {
+        let (ready, watching) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("echo-restorer".into())
+            .spawn(move || {
+                use tokio::signal::unix::{SignalKind, signal};
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build();
+                let Ok(runtime) = runtime else {
+                    let _ = ready.send(());
+                    return;
+                };
+                runtime.block_on(async move {
+                    // Both handlers are in place once created; only then may echo go off.
+                    let signals = (
+                        signal(SignalKind::interrupt()),
+                        signal(SignalKind::terminate()),
+                    );
+                    let _ = ready.send(());
+                    let (Ok(mut interrupt), Ok(mut terminate)) = signals else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                    stty("echo");
+                    eprintln!();
+                    eprintln!("interrupted");
+                    std::process::exit(130);
+                });
+            });
+        if spawned.is_ok() {
+            let _ = watching.recv();
+        }
+    });
 }
 
 impl Drop for NoEcho {

@@ -1,0 +1,110 @@
+//! `shoudan provision key` at a real terminal (a pseudo-terminal from `script`, util-linux):
+//! the component is read with echo off, and Ctrl-C while it is read ends the command with
+//! echo back on, as the shell needs it, and nothing written.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read as _, Write as _};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Waits up to 20 s for `what` in the output read so far.
+fn wait_for(output: &Mutex<Vec<u8>>, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+        if text.contains(what) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn ctrl_c_while_a_component_is_read_turns_echo_back_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let config = dir.path().join("shoudan.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = 1\nterminal_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+             database = \"sqlite:{d}/switch.db\"\n\n[hsm]\nmaster_key_file = \"{d}/master.key\"\n\
+             key_store_file = \"{d}/hsm.store\"\n"
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_shoudan");
+    let init = Command::new(bin)
+        .args(["provision", "init", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let store_before = std::fs::read(dir.path().join("hsm.store")).unwrap();
+
+    // The shell the terminal runs: the command, then what became of the terminal's echo. Its
+    // trap keeps the shell itself going past the Ctrl-C (the command still gets the signal).
+    let session = dir.path().join("session.sh");
+    std::fs::write(
+        &session,
+        format!(
+            "trap 'echo trapped' INT\n\
+             {bin} provision key --config {} --usage zpk\n\
+             echo \"status=$?\"\n\
+             stty -a | tr ' ;' '\\n\\n' | grep -x -e echo -e -echo | sed 's/^/mode=/'\n",
+            config.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("script")
+        .arg("-qfec")
+        .arg(format!("sh {}", session.display()))
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("`script` (util-linux) runs the command at a pseudo-terminal");
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = {
+        let output = Arc::clone(&output);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                output.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let mut keys = child.stdin.take().unwrap();
+    let prompt = wait_for(&output, "(not shown)");
+    assert!(prompt.contains("component 1 (not shown)"), "{prompt}");
+    // Typed at the prompt: not shown.
+    keys.write_all(b"0123456789ABCDEF").unwrap();
+    keys.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    keys.write_all(b"\x03").unwrap();
+    keys.flush().unwrap();
+    wait_for(&output, "mode=");
+    drop(keys);
+    let _ = child.wait();
+    reader.join().unwrap();
+    let text = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+    assert!(
+        !text.contains("0123456789ABCDEF"),
+        "the component was shown: {text}"
+    );
+    assert!(text.contains("status=130"), "{text}");
+    assert!(text.contains("mode=echo"), "echo left off: {text}");
+    assert!(!text.contains("mode=-echo"), "echo left off: {text}");
+    assert_eq!(
+        std::fs::read(dir.path().join("hsm.store")).unwrap(),
+        store_before,
+        "the key store changed"
+    );
+}
