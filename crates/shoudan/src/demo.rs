@@ -824,7 +824,7 @@ async fn portal(
             "demo",
             web::auth::NewUser {
                 username: username.to_owned(),
-                password: password.to_owned(),
+                password: zeroize::Zeroizing::new(password.to_owned()),
                 role,
                 mid: merchant.map(|m| m.0.to_owned()),
                 display_name: merchant.map_or(username, |m| m.1).to_owned(),

@@ -289,7 +289,7 @@ fn run_with(
                 web::auth::NewUser {
                     display_name: display_name.unwrap_or_else(|| username.clone()),
                     username,
-                    password: password.to_string(),
+                    password: password.clone(),
                     role,
                     mid,
                 },

@@ -712,7 +712,7 @@ async fn create_user(
         NewUser {
             display_name: body.display_name.unwrap_or_else(|| body.username.clone()),
             username: body.username,
-            password: body.password,
+            password: zeroize::Zeroizing::new(body.password),
             role,
             mid: body.mid,
         },

@@ -12,6 +12,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use store::web::{ApiTokenRow, AuditRow, LoginFailuresRow, Role, SessionRow, UserRow, WebRecord};
 use store::{Record, Store, StoreError};
+use zeroize::Zeroizing;
 
 use crate::Web;
 use crate::error::ApiError;
@@ -676,14 +677,26 @@ pub async fn audit(
     Ok(())
 }
 
-/// What a new user needs.
-#[derive(Clone, Debug)]
+/// What a new user needs. The password is wiped when this is dropped, and never printed.
+#[derive(Clone)]
 pub struct NewUser {
     pub username: String,
-    pub password: String,
+    pub password: Zeroizing<String>,
     pub role: Role,
     pub mid: Option<String>,
     pub display_name: String,
+}
+
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("username", &self.username)
+            .field("password", &"..")
+            .field("role", &self.role)
+            .field("mid", &self.mid)
+            .field("display_name", &self.display_name)
+            .finish()
+    }
 }
 
 /// Usernames are short printable ASCII: they appear in audit rows and case timelines.
@@ -764,4 +777,23 @@ pub fn user_json(user: &UserRow) -> serde_json::Value {
         "disabled": user.disabled,
         "created_at_ms": user.created_at_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_user_prints_without_its_password() {
+        let new = NewUser {
+            username: "ops".into(),
+            password: Zeroizing::new("correct horse battery".into()),
+            role: Role::Operator,
+            mid: None,
+            display_name: "Ops".into(),
+        };
+        let printed = format!("{new:?}");
+        assert!(printed.contains("ops"), "{printed}");
+        assert!(!printed.contains("horse"), "{printed}");
+    }
 }

@@ -116,7 +116,7 @@ pub async fn start() -> Env {
             "setup",
             NewUser {
                 username: username.to_owned(),
-                password: PASSWORD.to_owned(),
+                password: PASSWORD.to_owned().into(),
                 role,
                 mid: mid.map(str::to_owned),
                 display_name: username.to_owned(),
