@@ -493,7 +493,7 @@ pub async fn start_env(
         }
         store.submit(records)?.await?;
     }
-    let extra = provision_extra(&hsm, store.as_ref(), options.extra_terminals).await?;
+    let extra = provision_extra(&hsm, store.as_ref(), dir, options.extra_terminals).await?;
 
     let mut config = SwitchConfig::new(options.listen);
     config.issuers = endpoints;
@@ -572,20 +572,28 @@ pub async fn start_env(
 const EXTRA_SCHEME: KeyScheme = KeyScheme::Double;
 const EXTRA_MAC: MacAlgorithm = MacAlgorithm::X919;
 
-/// Imports the extra terminals' keys and provisions them; returns their TIDs.
+/// Imports the extra terminals' keys and provisions them; returns their TIDs. The key store
+/// is written before the terminals' rows: a run that ends without its clean stop (killed, or
+/// a later step of the start failing) must not leave terminals whose keys were never saved.
 async fn provision_extra(
     hsm: &SoftHsm,
     store: &dyn Store,
+    dir: &Path,
     count: usize,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let mut tids = Vec::new();
     let mut records = Vec::new();
     for i in 0..count {
         let tid = format!("3{:07}", i + 1);
-        if store.terminal(&tid)?.is_some() {
-            // Provisioned by an earlier run on this data dir: its key is in the HSM store.
-            tids.push(tid);
-            continue;
+        if let Some(row) = store.terminal(&tid)? {
+            // Provisioned by an earlier run on this data dir: its key is in the HSM store,
+            // unless that run (of an older build) ended before saving it; then it is made again.
+            let kept = switch::handle_from_bytes(&row.tmk_wrapped)
+                .is_some_and(|tmk| hsm.key_info(tmk).is_ok());
+            if kept {
+                tids.push(tid);
+                continue;
+            }
         }
         let tmk = hsm.import_key(
             KeyUsage::Tmk,
@@ -608,6 +616,7 @@ async fn provision_extra(
         tids.push(tid);
     }
     if !records.is_empty() {
+        crate::files::write_whole(&dir.join("hsm.store"), &hsm.export_store()?, 0o600)?;
         store.submit(records)?.await?;
     }
     Ok(tids)

@@ -33,6 +33,10 @@ impl Drop for Demo {
 }
 
 fn start(dir: &Path, traffic: bool) -> Demo {
+    start_with(dir, traffic, &[])
+}
+
+fn start_with(dir: &Path, traffic: bool, extra: &[&str]) -> Demo {
     // The demo rewrites fixtures.json once it listens: its appearance is the ready signal.
     let _ = std::fs::remove_file(dir.join("fixtures.json"));
     let mut cmd = Command::new(BIN);
@@ -45,6 +49,7 @@ fn start(dir: &Path, traffic: bool) -> Demo {
         "--data-dir",
     ])
     .arg(dir)
+    .args(extra)
     .env("SHOUDAN_LOG", "debug")
     .stdout(Stdio::null())
     .stderr(log_file(dir));
@@ -423,6 +428,35 @@ fn demo_purchases_then_audit_is_clean() {
     for pin in [healthy["pin"].as_str().unwrap(), wrong_pin] {
         assert!(!log.contains(&format!("={pin}")), "a PIN in the log");
     }
+}
+
+/// Bench terminals made by a demo killed before its clean stop keep their keys: the next start
+/// on the data dir signs them in and they buy.
+#[test]
+fn bench_terminals_keep_their_keys_across_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let bench = ["--bench-terminals", "2"];
+    let killed = start_with(dir, false, &bench);
+    drop(killed); // SIGKILL: no clean stop
+    let child = start_with(dir, false, &bench);
+    let (code, out) = shoudan(&["fixtures", "--json"], dir);
+    assert_eq!(code, 0);
+    let fixtures: Value = serde_json::from_str(&out).unwrap();
+    let card = fixtures["cards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["label"] == "healthy")
+        .unwrap()["pan"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for tid in ["30000001", "30000002"] {
+        let answer = purchase(dir, tid, &card);
+        assert_eq!(answer["code"], "00", "{tid}: {answer}");
+    }
+    stop(child);
 }
 
 #[test]
