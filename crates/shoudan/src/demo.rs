@@ -740,30 +740,30 @@ async fn run_async(args: DemoArgs, http_runtime: tokio::runtime::Handle) -> CliR
         ))
     });
 
-    println!("shoudan demo running (data dir {})", dir.display());
-    println!("  switch (terminals)  {addr}");
-    println!("  portal and console  http://{host}:{http_port}/");
-    println!("  API (OpenAPI)       http://{host}:{http_port}/api/openapi.json");
-    println!("  metrics             http://{host}:{http_port}/metrics");
-    println!("demo users (username / password):");
+    say!("shoudan demo running (data dir {})", dir.display());
+    say!("  switch (terminals)  {addr}");
+    say!("  portal and console  http://{host}:{http_port}/");
+    say!("  API (OpenAPI)       http://{host}:{http_port}/api/openapi.json");
+    say!("  metrics             http://{host}:{http_port}/metrics");
+    say!("demo users (username / password):");
     for (username, password, role, _) in DEMO_USERS {
-        println!("  {username:<10} {password:<16} {role}");
+        say!("  {username:<10} {password:<16} {role}");
     }
     for i in &fixtures.issuers {
-        println!("  issuer {:<12} 127.0.0.1:{}", i.bank, i.port);
+        say!("  issuer {:<12} 127.0.0.1:{}", i.bank, i.port);
     }
-    println!(
+    say!(
         "  fixtures            {}",
         crate::fixtures::path(&dir).display()
     );
-    println!("try:");
-    println!("  shoudan fixtures --data-dir {}", dir.display());
-    println!(
+    say!("try:");
+    say!("  shoudan fixtures --data-dir {}", dir.display());
+    say!(
         "  shoudan terminal --data-dir {} --tid 10000001 purchase --amount 1.00",
         dir.display()
     );
-    println!("  shoudan audit --data-dir {}", dir.display());
-    println!("Ctrl-C stops.");
+    say!("  shoudan audit --data-dir {}", dir.display());
+    say!("Ctrl-C stops.");
 
     // The switch's handle stays here (it stops the switch); the portal reads its counters
     // from a cell refreshed once a second.
@@ -777,7 +777,7 @@ async fn run_async(args: DemoArgs, http_runtime: tokio::runtime::Handle) -> CliR
         signal = wait_for_signal() => signal?,
         () = refresh => {}
     }
-    println!("stopping");
+    say!("stopping");
     let _ = stop.send(true);
     if let Some(task) = traffic_task {
         let _ = task.await;
@@ -787,7 +787,7 @@ async fn run_async(args: DemoArgs, http_runtime: tokio::runtime::Handle) -> CliR
         let _ = task.await;
     }
     env.stop().await?;
-    println!("stopped");
+    say!("stopped");
     Ok(())
 }
 

@@ -1,6 +1,16 @@
 //! The shoudan binary: every command an operator or a test runs.
 //! Each command family lives in its own module; this file only wires them to clap.
 
+/// `println!` for the long-running services (`serve`, `demo`): a standard output no one reads
+/// any more (a pager quit, a log pipe gone) must neither stop a running node nor cut its stop
+/// short, so a failed write is ignored rather than ending the process.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod audit;
 mod bench;
 mod crypto_cmd;
@@ -121,7 +131,9 @@ fn main() -> ExitCode {
 
 /// `shoudan fixtures | head` closes our stdout early; `println!` then panics with a broken pipe.
 /// Rust ignores SIGPIPE and changing that needs `unsafe`, so the panic hook turns exactly that
-/// case into a quiet exit, as every Unix tool behaves, and leaves every other panic as it was.
+/// case into a quiet exit with the status a Unix tool killed by SIGPIPE has (141): not 0, which
+/// would report a failed `audit` or `reconcile` as clean to a pipeline under `pipefail`. Every
+/// other panic is left as it was. The services print with `say!`, which never panics.
 fn quiet_on_closed_stdout() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -132,7 +144,7 @@ fn quiet_on_closed_stdout() {
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
         if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
-            std::process::exit(0);
+            std::process::exit(141);
         }
         default_hook(info);
     }));

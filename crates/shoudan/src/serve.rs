@@ -519,7 +519,7 @@ pub fn run(args: ServeArgs) -> CliResult {
                         std::process::exit(1);
                     }
                     stopping = true;
-                    println!("stopping once started (a second signal stops now)");
+                    say!("stopping once started (a second signal stops now)");
                 }
             }
         };
@@ -546,22 +546,22 @@ pub(crate) fn http_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 fn check(config: &ServeConfig) -> CliResult {
     let checked = checked(config)?;
     let status = inspect_store(&config.database, config.database_schema.as_deref())?;
-    println!(
+    say!(
         "configuration ok: {} terminals, {} issuers, {} fee plans to write",
         status.terminals.unwrap_or(0),
         checked.switch_config.issuers.len(),
         checked.fee_plans.len()
     );
     match (status.exists, status.pending.as_slice()) {
-        (false, _) => println!(
+        (false, _) => say!(
             "database: new; a start creates it ({} migrations)",
             status.pending.len()
         ),
-        (true, []) => println!("database: up to date"),
+        (true, []) => say!("database: up to date"),
         (true, pending) => {
-            println!("database: a start applies {} migrations:", pending.len());
+            say!("database: a start applies {} migrations:", pending.len());
             for (version, name) in pending {
-                println!("  {version:>3}  {name}");
+                say!("  {version:>3}  {name}");
             }
         }
     }
@@ -626,15 +626,15 @@ async fn serve(
         None => None,
     };
     let http_task = web::spawn_serve(http_runtime, portal.router(), http, stop_rx)?;
-    println!("shoudan serving");
-    println!("  switch (terminals)  {}", switch.local_addr());
-    println!("  http                http://{http_addr}/");
+    say!("shoudan serving");
+    say!("  switch (terminals)  {}", switch.local_addr());
+    say!("  http                http://{http_addr}/");
     match &metrics_task {
-        Some((addr, _)) => println!("  metrics             http://{addr}/metrics"),
-        None => println!("  metrics             not served (no metrics_listen)"),
+        Some((addr, _)) => say!("  metrics             http://{addr}/metrics"),
+        None => say!("  metrics             not served (no metrics_listen)"),
     }
     for bank in &banks {
-        println!(
+        say!(
             "  issuer {bank:<12} {}",
             if switch.issuer_connected(bank) {
                 "connected"
@@ -655,7 +655,7 @@ async fn serve(
             () = refresh => {}
         }
     }
-    println!("stopping: taking no new requests, finishing those in progress");
+    say!("stopping: taking no new requests, finishing those in progress");
     let _ = stop.send(true);
     // The switch stops taking requests at once; the requests in progress get their issuers'
     // answers (or time out as usual) and are journalled and answered, while the HTTP side
@@ -673,12 +673,12 @@ async fn serve(
     });
     tokio::select! {
         _ = async { tokio::join!(switch.shutdown(), others) } => {}
-        () = signals.next() => println!("stopping now: requests still in progress are reversed at the next start"),
+        () = signals.next() => say!("stopping now: requests still in progress are reversed at the next start"),
     }
     // Everything queued for the journal is committed before the process ends.
     let store = Arc::clone(&node.store);
     tokio::task::spawn_blocking(move || store.close()).await?;
-    println!("stopped");
+    say!("stopped");
     Ok(())
 }
 

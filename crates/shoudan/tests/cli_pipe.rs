@@ -1,9 +1,10 @@
-//! A reader that stops early (`shoudan explain --list | head -1`) must not make shoudan panic.
+//! A reader that stops early (`shoudan explain --list | head -1`) must not make shoudan panic;
+//! it ends as a Unix tool killed by SIGPIPE does (status 141), never as a success.
 
 use std::process::{Command, Stdio};
 
 #[test]
-fn closed_stdout_ends_quietly() {
+fn closed_stdout_ends_quietly_and_not_as_a_success() {
     // The read end is closed before shoudan starts, so its first write fails with EPIPE.
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);
@@ -15,8 +16,9 @@ fn closed_stdout_ends_quietly() {
         .expect("run shoudan");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
-    assert!(
-        output.status.success(),
+    assert_eq!(
+        output.status.code(),
+        Some(141),
         "status {:?}, stderr: {stderr}",
         output.status
     );

@@ -430,6 +430,52 @@ fn demo_purchases_then_audit_is_clean() {
     }
 }
 
+/// A demo whose standard output no one reads any more (its pipe's reader gone) serves, and
+/// stops cleanly on SIGINT (status 0), its stop not cut short by the failed writes.
+#[test]
+fn a_demo_whose_stdout_is_gone_still_serves_and_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "demo",
+        "--terminal-port",
+        "0",
+        "--http-port",
+        "0",
+        "--data-dir",
+    ])
+    .arg(dir)
+    .stdout(writer)
+    .stderr(log_file(dir));
+    let child = Demo(Some(cmd.spawn().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !dir.join("fixtures.json").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "demo did not start: {}",
+            std::fs::read_to_string(log_path(dir)).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, out) = shoudan(&["fixtures", "--json"], dir);
+    assert_eq!(code, 0);
+    let fixtures: Value = serde_json::from_str(&out).unwrap();
+    let card = fixtures["cards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["label"] == "healthy")
+        .unwrap()["pan"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(purchase(dir, "10000001", &card)["code"], "00");
+    stop(child);
+}
+
 /// Bench terminals made by a demo killed before its clean stop keep their keys: the next start
 /// on the data dir signs them in and they buy.
 #[test]
