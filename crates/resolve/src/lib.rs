@@ -50,6 +50,11 @@ pub enum ResolveError {
     Hsm(#[from] paycrypto::HsmError),
     #[error("{0} was not found for this merchant")]
     NotVisible(&'static str),
+    /// Only a notification whose attempts ran out, or that found no endpoint, is sent again.
+    #[error(
+        "notification {id} is {state}: only a failed one, or one that found no endpoint, is sent again"
+    )]
+    NotRedrivable { id: i64, state: String },
 }
 
 #[cfg(test)]

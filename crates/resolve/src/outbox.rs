@@ -274,13 +274,25 @@ const CLAIM_MARGIN_MS: i64 = 30_000;
 impl Default for NotifierConfig {
     fn default() -> Self {
         NotifierConfig {
-            attempts_max: 8,
+            // About 12 hours: 1 s doubling to the hour by the 13th attempt, then hourly.
+            attempts_max: 24,
             backoff_first_ms: 1_000,
             backoff_last_ms: 3_600_000,
             timeout: Duration::from_secs(5),
             batch_max: 64,
             destinations: webhook::Destinations::Public,
         }
+    }
+}
+
+impl NotifierConfig {
+    /// The wait after failed attempt `attempt` (from 1): `backoff_first_ms`, doubling, at most
+    /// `backoff_last_ms`.
+    pub fn backoff_ms(&self, attempt: u32) -> i64 {
+        let shift = attempt.saturating_sub(1).min(20);
+        self.backoff_first_ms
+            .saturating_mul(1_i64 << shift)
+            .min(self.backoff_last_ms)
     }
 }
 
@@ -305,14 +317,6 @@ impl Notifier {
             clock,
             config,
         }
-    }
-
-    fn backoff_ms(&self, attempt: u32) -> i64 {
-        let shift = attempt.saturating_sub(1).min(20);
-        self.config
-            .backoff_first_ms
-            .saturating_mul(1_i64 << shift)
-            .min(self.config.backoff_last_ms)
     }
 
     /// One pass: attempts every due event once, a few merchants at a time and at most
@@ -409,7 +413,7 @@ impl Notifier {
         } else if attempt >= attempts_max {
             ("failed", finished, None)
         } else {
-            ("pending", finished + self.backoff_ms(attempt), None)
+            ("pending", finished + self.config.backoff_ms(attempt), None)
         };
         if endpoint.is_none() {
             // A merchant without an endpoint reads its notifications in the portal.
@@ -839,4 +843,23 @@ pub fn spawn_background(
         tailer.spawn(BACKGROUND_INTERVAL, stop.clone()),
         notifier.spawn(BACKGROUND_INTERVAL, stop),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NotifierConfig;
+
+    /// By default an event is tried for about half a day before it is given up (a receiver
+    /// down for a deployment, or a night, gets its events), the waits soon an hour apart.
+    #[test]
+    fn the_default_retries_last_about_half_a_day() {
+        let config = NotifierConfig::default();
+        let waits: Vec<i64> = (1..config.attempts_max)
+            .map(|a| config.backoff_ms(a))
+            .collect();
+        assert_eq!(waits.first(), Some(&1_000));
+        assert_eq!(waits.last(), Some(&3_600_000));
+        let span_h = waits.iter().sum::<i64>() as f64 / 3_600_000.0;
+        assert!((11.0..=13.0).contains(&span_h), "{span_h} h");
+    }
 }

@@ -219,6 +219,42 @@ impl Resolver {
         Ok(self.store.outbox_of_merchant(mid, before_id, limit)?)
     }
 
+    /// Sends one of the merchant's notifications again: one whose attempts ran out (`failed`,
+    /// its receiver down for longer than the retries last) or that found no endpoint (sent
+    /// before the merchant set one). It is due at once and retried as a new event would be;
+    /// the attempts before stay in its delivery log.
+    pub async fn redrive(&self, mid: &str, outbox_id: i64) -> Result<OutboxRow, ResolveError> {
+        let item = self
+            .store
+            .outbox_item(outbox_id)?
+            .filter(|o| o.mid == mid)
+            .ok_or(ResolveError::NotVisible("notification"))?;
+        let refused = |state: String| ResolveError::NotRedrivable {
+            id: outbox_id,
+            state,
+        };
+        if !matches!(item.state.as_str(), "failed" | "no_endpoint") {
+            return Err(refused(item.state));
+        }
+        let record = store::Record::Resolve(store::resolve::ResolveRecord::Redrive {
+            outbox_id,
+            mid: mid.to_owned(),
+            due_at_ms: self.clock.now_ms(),
+        });
+        match self.store.submit(vec![record])?.await {
+            Ok(()) => {}
+            // Sent again meanwhile by someone else: what it is now.
+            Err(store::StoreError::Constraint { .. }) => {
+                let now = self.store.outbox_item(outbox_id)?;
+                return Err(refused(now.map_or_else(String::new, |o| o.state)));
+            }
+            Err(error) => return Err(error.into()),
+        }
+        self.store
+            .outbox_item(outbox_id)?
+            .ok_or(ResolveError::NotVisible("notification"))
+    }
+
     /// The delivery attempts of one of the merchant's notifications.
     pub fn deliveries(&self, mid: &str, outbox_id: i64) -> Result<Vec<DeliveryRow>, ResolveError> {
         let owned = self

@@ -1345,6 +1345,35 @@ fn webhooks_are_signed_and_failing_receivers_are_retried() {
         assert_eq!(failed.attempts, 3);
         // Backoff: each retry waited at least the configured delay after the previous one.
         assert!(log.windows(2).all(|w| w[1].at_ms >= w[0].at_ms));
+
+        // The receiver is back: the merchant sends the failed one again, and it arrives. Only
+        // a failed one (or one that found no endpoint), and only the merchant's own.
+        let resolver = resolve::Resolver::new(
+            e.store(),
+            Arc::clone(&e.h.hsm) as Arc<dyn Hsm>,
+            e.directory(),
+            Arc::new(SystemClock),
+        );
+        assert!(matches!(
+            resolver.redrive("898110059420002", item.id).await,
+            Err(resolve::ResolveError::NotVisible(_))
+        ));
+        e.aim_webhooks(&format!("http://{}/hooks", good.addr), secret)
+            .await;
+        let again = resolver.redrive(MID, item.id).await.unwrap();
+        assert_eq!((again.state.as_str(), again.attempts), ("pending", 3));
+        assert!(matches!(
+            resolver.redrive(MID, item.id).await,
+            Err(resolve::ResolveError::NotRedrivable { .. })
+        ));
+        assert_eq!(notifier.deliver_due().await.unwrap(), 1);
+        let delivered = store.outbox_item(item.id).unwrap().unwrap();
+        assert_eq!(
+            (delivered.state.as_str(), delivered.attempts),
+            ("delivered", 4)
+        );
+        assert_eq!(store.webhook_deliveries(item.id).unwrap().len(), 4);
+        assert_eq!(good.got.lock().unwrap().len(), 2);
     });
 }
 

@@ -159,6 +159,14 @@ pub enum ResolveRecord {
         due_at_ms: i64,
         lease_until_ms: i64,
     },
+    /// Makes a merchant's item that is `failed` (attempts ran out) or `no_endpoint` pending
+    /// again, due at `due_at_ms`; fails (a constraint error) for any other item, or another
+    /// merchant's.
+    Redrive {
+        outbox_id: i64,
+        mid: String,
+        due_at_ms: i64,
+    },
     /// A delivery attempt and the item's new state.
     Delivery {
         log: DeliveryRow,

@@ -169,6 +169,23 @@ pub(super) fn write(conn: &Connection, record: &ResolveRecord) -> Result<(), Sto
                 });
             }
         }
+        ResolveRecord::Redrive {
+            outbox_id,
+            mid,
+            due_at_ms,
+        } => {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE outbox SET state = 'pending', next_attempt_ms = ?3
+                     WHERE id = ?1 AND mid = ?2 AND state IN ('failed', 'no_endpoint')",
+                )?
+                .execute(params![outbox_id, mid, due_at_ms])?;
+            if changed != 1 {
+                return Err(StoreError::Constraint {
+                    message: "outbox item is not failed or without an endpoint".to_owned(),
+                });
+            }
+        }
         ResolveRecord::Delivery {
             log,
             state,

@@ -59,6 +59,11 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Web>)> {
         ("post", "/api/cases/{id}/transition", post(transition)),
         ("get", "/api/refund-approvals", get(refund_approvals)),
         ("get", "/api/notifications", get(notifications)),
+        (
+            "post",
+            "/api/notifications/{id}/redrive",
+            post(redrive_notification),
+        ),
         ("get", "/api/duplicates", get(duplicates)),
         ("get", "/api/webhook", get(webhook)),
         ("put", "/api/webhook", axum::routing::put(set_webhook)),
@@ -520,16 +525,48 @@ async fn notifications(
         limit,
         |o| o.id,
     );
-    let items: Vec<Value> = rows
-        .iter()
-        .map(|o| {
-            json!({
-                "id": o.id, "event_type": o.event_type, "state": o.state,
-                "attempts": o.attempts, "created_at_ms": o.created_at_ms,
-            })
-        })
-        .collect();
+    let items: Vec<Value> = rows.iter().map(notification_json).collect();
     Ok(Json(json!({ "items": items, "next_cursor": next })))
+}
+
+/// A notification as the API shows it: with the event it carries (`payload`, the JSON body
+/// its webhook posts), so a merchant can tell which transaction a failed one was about.
+fn notification_json(o: &store::resolve::OutboxRow) -> Value {
+    let payload: Value = serde_json::from_str(&o.payload).unwrap_or(Value::Null);
+    json!({
+        "id": o.id, "event_type": o.event_type, "state": o.state,
+        "attempts": o.attempts, "created_at_ms": o.created_at_ms,
+        "delivered_at_ms": o.delivered_at_ms, "payload": payload,
+    })
+}
+
+#[derive(Deserialize)]
+struct RedriveQuery {
+    mid: Option<String>,
+}
+
+/// Sends a failed notification (or one that found no endpoint) again: a merchant its own
+/// (CSRF-checked from the portal), staff any merchant's with `?mid=`; audited.
+async fn redrive_notification(
+    State(web): State<Web>,
+    who: Principal,
+    Path(id): Path<i64>,
+    Query(q): Query<RedriveQuery>,
+) -> ApiResult {
+    let mid = who
+        .merchant_filter(q.mid.as_deref())?
+        .ok_or_else(|| ApiError::bad_request("mid: the merchant whose notification it is"))?;
+    let item = web.resolver.redrive(&mid, id).await?;
+    auth::audit(
+        &web,
+        &who.username,
+        "notification.redrive",
+        &format!("notification:{id}"),
+        None,
+        Some(json!({ "mid": mid, "attempts": item.attempts })),
+    )
+    .await?;
+    Ok(Json(notification_json(&item)))
 }
 
 /// A merchant's suspected duplicate payments (the same card, amount and merchant within

@@ -104,6 +104,9 @@ impl From<ResolveError> for ApiError {
                 ApiError::not_found("transaction")
             }
             ResolveError::NotVisible(what) => ApiError::not_found(what),
+            ResolveError::NotRedrivable { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_redrivable", error.to_string())
+            }
             ResolveError::BadEndpoint(_) | ResolveError::PrivateEndpoint(_) => {
                 ApiError::bad_request(error.to_string())
             }

@@ -155,8 +155,11 @@ pub fn document() -> Value {
                 "put": op("Set the webhook endpoint (http://) and its signing secret (sealed, never shown again)",
                     vec![], Some("Webhook"), "Object")
             },
-            "/api/notifications": { "get": op("A merchant's webhook notifications, newest first",
+            "/api/notifications": { "get": op("A merchant's webhook notifications, newest first, each with its event (payload)",
                 vec![mid_q.clone(), limit.clone(), cursor.clone()], None, "List") },
+            "/api/notifications/{id}/redrive": { "post": op(
+                "Send a failed notification (or one that found no endpoint) again, due at once; 409 not_redrivable for any other",
+                vec![param("id", "path", "notification id"), mid_q.clone()], None, "Object") },
             "/api/duplicates": { "get": op(
                 "A merchant's suspected duplicate payments, newest first, with what to do",
                 vec![mid_q.clone(), limit.clone(), cursor.clone()], None, "List") },

@@ -2544,7 +2544,7 @@ fn a_busy_merchants_notifications_come_newest_first() {
                     id,
                     mid: mid.into(),
                     event_type: "transaction.declined".into(),
-                    payload: "{}".into(),
+                    payload: format!(r#"{{"id": {id}, "type": "transaction.declined"}}"#),
                     dedup_key: format!("declined/{id}"),
                     created_at_ms: id,
                     state: "no_endpoint".into(),
@@ -2595,6 +2595,45 @@ fn a_busy_merchants_notifications_come_newest_first() {
             .json();
         assert_eq!(ids(&last), [2, 1]);
         assert!(last["next_cursor"].is_null(), "{last}");
+        // Each carries its event, so a merchant can tell what a failed one was about.
+        assert_eq!(last["items"][0]["payload"]["id"], 2, "{last}");
+
+        // One that found no endpoint is sent again at the merchant's word (now due), once;
+        // another merchant's is not found; staff name the merchant.
+        let path = format!("/api/notifications/{busy}/redrive");
+        let again = api.call(Some(&tea), "POST", &path, None).await;
+        assert_eq!(again.status, 200, "{}", again.body);
+        assert_eq!(again.json()["state"], "pending");
+        assert_error(
+            &api.call(Some(&tea), "POST", &path, None).await,
+            409,
+            "not_redrivable",
+        );
+        let book = e.token("bookshop").await;
+        assert_error(
+            &api.call(Some(&book), "POST", "/api/notifications/1/redrive", None)
+                .await,
+            404,
+            "not_found",
+        );
+        let ops = e.token("ops").await;
+        assert_error(
+            &api.call(Some(&ops), "POST", "/api/notifications/1/redrive", None)
+                .await,
+            400,
+            "bad_request",
+        );
+        let by_staff = api
+            .call(
+                Some(&ops),
+                "POST",
+                &format!("/api/notifications/1/redrive?mid={MID}"),
+                None,
+            )
+            .await;
+        assert_eq!(by_staff.status, 200, "{}", by_staff.body);
+        let item = e.h.store.outbox_item(1).unwrap().unwrap();
+        assert_eq!(item.state, "pending");
     });
 }
 
