@@ -479,7 +479,8 @@ impl Engine {
                     amount_fen: outcome.amount_fen,
                 },
             );
-            if &outcome.response_code == b"55"
+            // A wrong PIN, or a PIN block that does not decode for the card it came with.
+            if matches!(&outcome.response_code, b"55" | b"99")
                 && let Some(card_key) = outcome.card_key
             {
                 trim_pins(&mut terminal.wrong_pins, now - horizon);
@@ -862,7 +863,9 @@ fn wrong_pin_cards(terminal: &TerminalState, after: i64) -> (u32, Vec<i64>) {
 }
 
 /// Declines that say something about the card (or the person holding it), not about a link,
-/// a host or a terminal out of step.
+/// a host or a terminal out of step. A PIN block that does not decode for its card (99) is
+/// one: a PIN mistyped on a PIN pad that sends blocks so, or a captured block tried with other
+/// card numbers to learn its PIN.
 fn is_card_decline(code: [u8; 2]) -> bool {
     !matches!(
         &code,
@@ -880,7 +883,6 @@ fn is_card_decline(code: [u8; 2]) -> bool {
             | b"96"
             | b"97"
             | b"98"
-            | b"99"
             | b"A0"
     )
 }
@@ -1442,7 +1444,8 @@ mod tests {
             ..sale(6, 100, 6)
         };
         e.check(&third);
-        let alerts = e.observe(&answer(&third, b"55"));
+        // A PIN block that does not decode for its card (99) is a wrong PIN too.
+        let alerts = e.observe(&answer(&third, b"99"));
         assert_eq!(alerts.len(), 1);
         assert_eq!(declined_by(&e.check(&sale(7, 100, 7))), Some("pins"));
     }

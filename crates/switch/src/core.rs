@@ -237,6 +237,8 @@ pub(crate) struct Core {
     pub late: AtomicUsize,
     /// Journal writes and reads not answered within `journal_wait`, since start (`/metrics`).
     pub waits_exceeded: AtomicU64,
+    /// Each terminal's recent encrypted PIN blocks and their cards (`pin_replay`).
+    pub pin_blocks: crate::pin_replay::PinBlocks,
 }
 
 /// Counts a late write's settling task in `Core::late` while it lives, however it ends.

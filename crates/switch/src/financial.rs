@@ -1068,8 +1068,24 @@ impl Core {
         // PIN: from the terminal's PIK to the issuer's zone key, inside the HSM.
         let pin = match request.bytes(52) {
             Some(block) => {
+                // The same encrypted block with another card is refused before it is decoded
+                // (`pin_replay`): resent with card numbers changed, its 99s tell the PIN.
+                let replayed = match (ctx.terminal.keys.map(|k| k.pik), fingerprint.as_ref()) {
+                    (Some(pik), Some(card)) => {
+                        !self.pin_blocks.admit(&ctx.key.tid, pik, block, card)
+                    }
+                    _ => false,
+                };
+                if replayed {
+                    tracing::warn!(
+                        tid = %ctx.key.tid,
+                        "PIN block this terminal already sent with another card: refused"
+                    );
+                }
                 let expected = pin_block_len(ctx.terminal.scheme);
-                let translated = if block.len() == expected {
+                let translated = if replayed {
+                    Err(paycrypto::PinError::Format)
+                } else if block.len() == expected {
                     EncryptedPinBlock::from_bytes(block)
                 } else {
                     Err(paycrypto::PinError::BlockLength {
@@ -1093,19 +1109,26 @@ impl Core {
                     Err(error) => {
                         let _ = release(false, &mut undo);
                         let code = if error.is_bad_pin_block() {
+                            // A PIN failure, for the risk rules on wrong PINs across cards.
+                            self.risk_observe(
+                                &ctx.terminal,
+                                entry.id,
+                                kind,
+                                ctx.amount_fen,
+                                fingerprint.as_ref(),
+                                sale_day.unwrap_or(entry.received_day),
+                                &Answer::code(RC_PIN_FORMAT),
+                            );
                             RC_PIN_FORMAT
                         } else {
                             RC_SYSTEM_ERROR
                         };
-                        return self
-                            .refuse_recorded(
-                                ctx,
-                                &entry,
-                                row,
-                                code,
-                                "PIN block could not be translated",
-                            )
-                            .await;
+                        let why = if replayed {
+                            "PIN block already sent by this terminal with another card"
+                        } else {
+                            "PIN block could not be translated"
+                        };
+                        return self.refuse_recorded(ctx, &entry, row, code, why).await;
                     }
                 }
             }

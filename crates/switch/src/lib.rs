@@ -20,6 +20,7 @@ mod health;
 mod issuer;
 mod ledger;
 mod metrics;
+mod pin_replay;
 mod risk;
 mod saf;
 mod session;
@@ -374,6 +375,7 @@ impl Switch {
             orphans: Mutex::new(Vec::new()),
             late: AtomicUsize::new(0),
             waits_exceeded: AtomicU64::new(0),
+            pin_blocks: crate::pin_replay::PinBlocks::default(),
         });
         tasks.push(tokio::spawn(risk::refresh(
             Arc::clone(&core),

@@ -847,6 +847,49 @@ fn a_pin_goes_to_an_issuer_whose_zone_key_is_sm4() {
     });
 }
 
+/// A PIN block captured from one purchase and resent with the card number changed (a digit
+/// the PIN overlays, so that it still decodes): refused 99 before it is decoded, the issuer
+/// never asked, whatever the change; with its own card again it is taken.
+#[test]
+fn a_pin_block_resent_with_another_card_is_refused() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let first = card("622202");
+        // The card number's first digit under the PIN's third, xor 1: the block still decodes
+        // (to another PIN) against it.
+        let mut other = first.clone().into_bytes();
+        other[6] ^= 1;
+        other.truncate(18);
+        let check = domain::luhn_check_digit(&other).unwrap();
+        other.push(check);
+        let other = String::from_utf8(other).unwrap();
+        let pik = &t.keys.as_ref().unwrap().pik;
+        let digits = paycrypto::PanDigits::from_pan(&first).unwrap();
+        let block = paycrypto::pin::encrypt(pik, "123456", &digits).unwrap();
+        let block: [u8; 8] = block.as_bytes().try_into().unwrap();
+        let with_block = |pan: &str, stan| Req {
+            pin_block: Some(block),
+            ..Req::purchase(pan, 1_000, stan)
+        };
+        assert_eq!(t.send(&with_block(&first, 2)).await.code(), "00");
+        let asked = h.log.requests.load(Ordering::SeqCst);
+        let refused = t.send(&with_block(&other, 3)).await;
+        assert_eq!(refused.code(), "99");
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), asked, "sent on");
+        let row = h
+            .store
+            .txns_by_key(common::TID, 1, 3)
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(row.state, TxnState::Declined);
+        assert_eq!(t.send(&with_block(&first, 4)).await.code(), "00");
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), asked + 1);
+    });
+}
+
 #[test]
 fn unreachable_issuer_is_answered_91_at_once() {
     runtime().block_on(async {
