@@ -37,7 +37,13 @@ pub fn find_for(
     let Some(pan) = row.pan.as_ref() else {
         return Ok(None);
     };
-    if !is_payment(row) || row.state != TxnState::Approved || pan.fingerprint.is_empty() {
+    // A payment refunded in full charged the card nothing: with it there is no duplicate
+    // (the store's pairing reads leave such payments out likewise).
+    if !is_payment(row)
+        || row.state != TxnState::Approved
+        || pan.fingerprint.is_empty()
+        || row.refunded_fen >= row.amount_fen
+    {
         return Ok(None);
     }
     let flagged_at_ms = row.answered_at_ms.unwrap_or(row.received_at_ms);

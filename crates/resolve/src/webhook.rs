@@ -52,7 +52,8 @@ pub fn verify(
     now_s: i64,
     tolerance_s: i64,
 ) -> bool {
-    if (now_s - timestamp).abs() > tolerance_s {
+    // A hostile timestamp (i64::MIN) must neither overflow nor pass.
+    if now_s.abs_diff(timestamp) > tolerance_s.unsigned_abs() {
         return false;
     }
     let Some(hex) = header.trim().strip_prefix("v1=") else {
@@ -386,6 +387,17 @@ mod tests {
             1_700_000_000,
             300
         ));
+        // A hostile timestamp neither overflows nor passes.
+        for ts in [i64::MIN, i64::MAX] {
+            assert!(!verify(
+                secret,
+                ts,
+                b"{}",
+                &sign(secret, ts, b"{}"),
+                1_700_000_000,
+                300
+            ));
+        }
     }
 
     #[test]

@@ -992,6 +992,47 @@ fn a_duplicate_is_flagged_when_the_first_payment_is_approved_after_the_second() 
     });
 }
 
+/// Paid, refunded in full, then paid again for the same amount: the card was charged once, so
+/// no duplicate is flagged or notified. Refunded in part, the second payment is still one.
+#[test]
+fn a_payment_refunded_in_full_then_paid_again_is_no_duplicate() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(1);
+        let (code, paid, _) = e.purchase(&card, 4_400).await;
+        assert_eq!(code, "00");
+        let refund = e
+            .switch()
+            .back_office_refund(&paid, 4_400, "refunded-in-full")
+            .await
+            .unwrap();
+        assert_eq!(refund.response_code, "00");
+        assert_eq!(e.purchase(&card, 4_400).await.0, "00");
+        let (code, part, _) = e.purchase(&card, 5_500).await;
+        assert_eq!(code, "00");
+        let refund = e
+            .switch()
+            .back_office_refund(&part, 1_000, "refunded-in-part")
+            .await
+            .unwrap();
+        assert_eq!(refund.response_code, "00");
+        let (_, again, _) = e.purchase(&card, 5_500).await;
+        e.tailer().poll_once().await.unwrap();
+        let store = e.store();
+        let flags = duplicates::flagged(
+            store.as_ref(),
+            &e.h.directory,
+            MID,
+            (None, 100),
+            i64::MIN,
+            now(),
+        )
+        .unwrap();
+        let seconds: Vec<_> = flags.iter().map(|f| f.second.rrn.as_deref()).collect();
+        assert_eq!(seconds, [Some(again.as_str())], "{flags:#?}");
+    });
+}
+
 #[test]
 fn duplicate_purchase_is_flagged_and_notified() {
     runtime().block_on(async {

@@ -384,8 +384,9 @@ impl SqliteStore {
     }
 
     /// The first approved payment (purchase or completion) of one card at one merchant for
-    /// one amount, in the time range and order of `range_and_order`: ?2 is the far end of the
-    /// range, ?3 and ?4 the (received at, id) it starts after or before.
+    /// one amount, not refunded in full, in the time range and order of `range_and_order`: ?2
+    /// is the far end of the range, ?3 and ?4 the (received at, id) it starts after or before.
+    /// A payment refunded in full charged the card nothing: paying again is no duplicate.
     fn payment_of_card(
         &self,
         range_and_order: &str,
@@ -395,7 +396,7 @@ impl SqliteStore {
         let sql = format!(
             "SELECT {TXN_COLUMNS} FROM transactions WHERE pan_fingerprint = ?1
              AND mid = ?5 AND amount_fen = ?6 AND kind IN (?7, ?8) AND state IN (?9, ?10)
-             AND {range_and_order} LIMIT 1"
+             AND refunded_fen < amount_fen AND {range_and_order} LIMIT 1"
         );
         let rows = self.rows(
             &sql,
