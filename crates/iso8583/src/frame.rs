@@ -356,13 +356,23 @@ impl MessageBuilder {
         match mac(out.get(mac_start..).unwrap_or_default()) {
             Ok(value) => out.extend_from_slice(&value),
             Err(e) => {
-                // Leave no half frame behind in a reused buffer.
-                out.truncate(start);
+                // Leave no half frame behind in a reused buffer, nor its card number in the
+                // spare capacity truncating keeps.
+                wipe_from(out, start);
                 return Err(e);
             }
         }
         Ok(finish_frame(out, start)?)
     }
+}
+
+/// Zeroes `out` from `start`, then cuts it there: a frame given up leaves nothing readable
+/// behind in the buffer's capacity.
+fn wipe_from(out: &mut Vec<u8>, start: usize) {
+    if let Some(tail) = out.get_mut(start..) {
+        zeroize::Zeroize::zeroize(tail);
+    }
+    out.truncate(start);
 }
 
 /// Writes a placeholder length, the TPDU and the header; returns where the prefix is.
@@ -384,7 +394,7 @@ fn finish_frame(out: &mut Vec<u8>, start: usize) -> Result<(), EncodeError> {
             Ok(())
         }
         _ => {
-            out.truncate(start);
+            wipe_from(out, start);
             Err(EncodeError::FrameTooLong {
                 len,
                 max: FRAME_LEN_MAX,

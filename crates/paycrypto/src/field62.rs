@@ -229,7 +229,7 @@ impl Field62Slot {
     }
 
     pub fn is_ok(&self) -> bool {
-        self.received_kcv == self.computed_kcv
+        crate::ct::ct_eq(self.received_kcv.as_bytes(), self.computed_kcv.as_bytes())
     }
 
     /// True for an 8-byte MAK found in a 16-byte slot (see the module note).

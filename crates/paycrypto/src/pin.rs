@@ -258,15 +258,17 @@ impl ClearPinBlock {
 
     /// Encrypts under `key`: an 8-byte block needs a DES key, a 16-byte block an SM4 key.
     pub fn encrypt(&self, key: &Key) -> Result<EncryptedPinBlock, PinError> {
-        let mut out = [0u8; SM4_BLOCK_LEN];
-        let out = out.get_mut(..self.len).ok_or(PinError::Format)?;
-        out.copy_from_slice(self.as_bytes());
+        // Checked before the clear block is copied anywhere; the copy is wiped however this
+        // ends.
         if key.block_len() != self.len {
             return Err(PinError::KeyMismatch {
                 expected: self.len,
                 block: key.block_len(),
             });
         }
+        let mut buffer = zeroize::Zeroizing::new([0u8; SM4_BLOCK_LEN]);
+        let out = buffer.get_mut(..self.len).ok_or(PinError::Format)?;
+        out.copy_from_slice(self.as_bytes());
         key.encrypt_ecb(out)?;
         EncryptedPinBlock::from_bytes(out)
     }
