@@ -77,6 +77,25 @@ impl Default for FeePlan {
     }
 }
 
+/// Whether a plan's terms are ones to charge: every rate within `0..=RATE_BP_MAX`, no
+/// negative cap, a payout delay of at most `PAYOUT_DELAY_DAYS_MAX` days. What is outside is a
+/// typing error (55 bp typed 550), refused wherever a plan is set, rather than clamped when the
+/// fees are computed.
+pub fn check_terms(row: &SettlementTermsRow) -> Result<(), String> {
+    let rates = [row.debit_bp, row.credit_bp, row.foreign_bp, row.qr_bp];
+    let caps = [row.debit_cap_fen, row.credit_cap_fen];
+    if rates.iter().any(|bp| !(0..=RATE_BP_MAX).contains(bp))
+        || caps.iter().flatten().any(|cap| *cap < 0)
+        || row.payout_delay_days > PAYOUT_DELAY_DAYS_MAX
+    {
+        return Err(format!(
+            "rates 0..={RATE_BP_MAX} bp, caps not negative, payout delay at most \
+             {PAYOUT_DELAY_DAYS_MAX} days"
+        ));
+    }
+    Ok(())
+}
+
 impl FeePlan {
     /// The fee on a non-negative amount, in fen: `amount × rate`, rounded half up, then capped.
     pub fn fee(&self, class: CardClass, amount_fen: i64) -> i64 {

@@ -439,22 +439,23 @@ fn checked(config: &ServeConfig) -> Result<Checked, Box<dyn std::error::Error>> 
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        fee_plans = plans
-            .into_iter()
-            .map(|p| {
-                Record::Settlement(SettlementRecord::Terms(SettlementTermsRow {
-                    mid: p.mid,
-                    debit_bp: p.debit_bp,
-                    debit_cap_fen: p.debit_cap_fen,
-                    credit_bp: p.credit_bp,
-                    credit_cap_fen: p.credit_cap_fen,
-                    foreign_bp: p.foreign_bp,
-                    qr_bp: p.qr_bp,
-                    payout_delay_days: p.payout_delay_days,
-                    updated_at_ms: now_ms,
-                }))
-            })
-            .collect();
+        for p in plans {
+            let row = SettlementTermsRow {
+                mid: p.mid,
+                debit_bp: p.debit_bp,
+                debit_cap_fen: p.debit_cap_fen,
+                credit_bp: p.credit_bp,
+                credit_cap_fen: p.credit_cap_fen,
+                foreign_bp: p.foreign_bp,
+                qr_bp: p.qr_bp,
+                payout_delay_days: p.payout_delay_days,
+                updated_at_ms: now_ms,
+            };
+            settlement::fees::check_terms(&row).map_err(|why| {
+                format!("fee plans {}: merchant {}: {why}", path.display(), row.mid)
+            })?;
+            fee_plans.push(Record::Settlement(SettlementRecord::Terms(row)));
+        }
     }
     Ok(Checked {
         switch_config,
@@ -473,6 +474,20 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
     } = checked(config)?;
     let store = open_store(&config.database, config.database_schema.as_deref())?;
     if !fee_plans.is_empty() {
+        // A plan for a merchant the journal does not know is a typing error in its MID.
+        let merchants: std::collections::HashSet<String> =
+            store.merchants()?.into_iter().map(|m| m.mid).collect();
+        for record in &fee_plans {
+            if let Record::Settlement(SettlementRecord::Terms(row)) = record
+                && !merchants.contains(&row.mid)
+            {
+                return Err(format!(
+                    "fee plans: merchant {} is not provisioned (shoudan provision merchant)",
+                    row.mid
+                )
+                .into());
+            }
+        }
         store.submit(fee_plans)?.await?;
     }
     Ok(Node {

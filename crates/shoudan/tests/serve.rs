@@ -265,6 +265,25 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
         let error = refused(d, &config, from, to);
         assert!(error.contains(says), "{to:?}: {error}");
     }
+    // A fee plan whose rate is a typing error (5000 bp for 50) or negative, or whose payout
+    // waits 90 days: refused, not charged as written (or clamped).
+    let plans = d.join("fee-plans.json");
+    let good_plans = std::fs::read_to_string(&plans).unwrap();
+    for (from, to) in [
+        ("\"debit_bp\": 38", "\"debit_bp\": 5000"),
+        ("\"credit_bp\": 60", "\"credit_bp\": -60"),
+        ("\"debit_cap_fen\": 2000", "\"debit_cap_fen\": -1"),
+        ("\"payout_delay_days\": 1", "\"payout_delay_days\": 90"),
+    ] {
+        assert!(good_plans.contains(from), "{from}");
+        std::fs::write(&plans, good_plans.replacen(from, to, 1)).unwrap();
+        let error = refused(d, &config, "node_id = 3", "node_id = 3");
+        assert!(
+            error.contains("fee plans") && error.contains("898110048990001"),
+            "{to}: {error}"
+        );
+    }
+    std::fs::write(&plans, &good_plans).unwrap();
     // An issuer timeout the default lease (30 s) does not outlast, no lease set: another node
     // could take over a reversal while this one still waits for the issuer.
     let text = std::fs::read_to_string(&config)
@@ -444,6 +463,41 @@ fn serve_listens_for_terminals_and_http() {
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite:{}", dir.path().join("switch.db").display());
     let config = write_config(dir.path(), &database, None);
+    // A fee plan for a merchant the journal does not hold (a mistyped MID would leave the real
+    // merchant on the default plan): the start is refused until it is provisioned.
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("merchant 898110048990001 is not provisioned"),
+        "{stderr}"
+    );
+    let c = config.to_str().unwrap();
+    let (code, _, err) = provision(
+        &[
+            "merchant",
+            "--config",
+            c,
+            "--mid",
+            "898110048990001",
+            "--name",
+            "Teahouse",
+            "--licence-no",
+            "91110105MA01ABCD2Y",
+            "--legal-person",
+            "王五",
+            "--mcc",
+            "5812",
+            "--address",
+            "北京市朝阳区",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&config)

@@ -610,12 +610,6 @@ pub async fn resolve_alert(
     ))
 }
 
-/// Highest rate an admin may set, in basis points: 10 %, far above any real MDR, so a typo of
-/// an extra digit is refused rather than charged.
-pub const FEE_BP_MAX: i64 = 1_000;
-/// Longest payout delay (T+n) an admin may set.
-pub const PAYOUT_DELAY_DAYS_MAX: u32 = 30;
-
 fn terms_json(t: &store::settlement::SettlementTermsRow) -> Value {
     json!({
         "mid": t.mid, "debit_bp": t.debit_bp, "debit_cap_fen": t.debit_cap_fen,
@@ -660,16 +654,6 @@ pub async fn set_fee_plan(
     if !web.store.merchants()?.iter().any(|m| m.mid == mid) {
         return Err(ApiError::not_found("merchant"));
     }
-    let rates = [body.debit_bp, body.credit_bp, body.foreign_bp, body.qr_bp];
-    let caps = [body.debit_cap_fen, body.credit_cap_fen];
-    if rates.iter().any(|bp| !(0..=FEE_BP_MAX).contains(bp))
-        || caps.iter().flatten().any(|cap| *cap < 0)
-        || body.payout_delay_days > PAYOUT_DELAY_DAYS_MAX
-    {
-        return Err(ApiError::bad_request(format!(
-            "rates 0..={FEE_BP_MAX} bp, caps not negative, payout delay at most {PAYOUT_DELAY_DAYS_MAX} days"
-        )));
-    }
     let before = web.store.settlement_terms(&mid)?.as_ref().map(terms_json);
     let row = store::settlement::SettlementTermsRow {
         mid: mid.clone(),
@@ -682,6 +666,7 @@ pub async fn set_fee_plan(
         payout_delay_days: body.payout_delay_days,
         updated_at_ms: web.clock.now_ms(),
     };
+    settlement::fees::check_terms(&row).map_err(ApiError::bad_request)?;
     let after = terms_json(&row);
     let audit = auth::audit_record(
         &web,
