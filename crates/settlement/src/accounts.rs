@@ -60,6 +60,8 @@ pub enum BindError {
     NameInvalid,
     #[error("the holder name contains a card number; enter the name as the bank has it")]
     NameHasCardNumber,
+    #[error("no merchant {0}")]
+    UnknownMerchant(String),
     #[error("no change {0}")]
     NoSuchChange(i64),
     #[error("change {0} is not waiting for confirmation")]
@@ -180,6 +182,11 @@ pub fn bind_account(
     now_ms: i64,
 ) -> Result<BindOutcome, BindError> {
     let (digits, bank_code, holder_name) = validate(directory, input)?;
+    // An account for a merchant the journal does not hold (a mistyped MID) would be kept for
+    // no one, the real merchant left unbound.
+    if !store.merchants()?.iter().any(|m| m.mid == mid) {
+        return Err(BindError::UnknownMerchant(mid.to_owned()));
+    }
     let sealed = sealer.seal(&digits).map_err(BindError::Seal)?;
     let current = store.bound_account(mid)?;
     let needs_check = current.as_ref().is_some_and(|a| a.needs_rebind);

@@ -380,6 +380,21 @@ fn a_day_is_cleared_posted_and_paid_once_through_a_frozen_account() {
         }),
         BindError::BankMismatch { .. }
     ));
+    // A merchant the journal does not hold (a mistyped MID): nothing is bound for no one.
+    let unknown = bind_account(
+        store,
+        &sealer,
+        &directory,
+        "89811004899000X",
+        &card_input(&frozen_card, "王小明"),
+        "ops",
+        0,
+    );
+    assert!(
+        matches!(&unknown, Err(BindError::UnknownMerchant(m)) if m == "89811004899000X"),
+        "{unknown:?}"
+    );
+    assert!(store.bound_account("89811004899000X").unwrap().is_none());
 
     let bound = bind_account(
         store,

@@ -42,6 +42,7 @@ impl From<BindError> for ApiError {
         match error {
             BindError::Store(e) => e.into(),
             BindError::NoSuchChange(_) => ApiError::not_found("account change"),
+            BindError::UnknownMerchant(_) => ApiError::not_found("merchant"),
             BindError::NotPending(_) | BindError::Superseded(_) => {
                 ApiError::new(StatusCode::CONFLICT, "illegal_transition", message)
             }
