@@ -207,6 +207,8 @@ pub enum HsmError {
     Pin(#[from] PinError),
     #[error(transparent)]
     Random(#[from] RandomError),
+    #[error(transparent)]
+    Track(#[from] crate::track::TrackError),
     #[error("sealed data is damaged or was sealed by another master key")]
     Unseal,
     #[error("data to seal is {len} bytes, more than {SEAL_PLAINTEXT_MAX}")]
@@ -297,6 +299,10 @@ pub trait Hsm: Send + Sync {
         pan: &str,
         pvv: &PinVerificationValue,
     ) -> Result<bool, HsmError>;
+
+    /// A track a terminal encrypted under its TDK (field 53.3 = 1), in the clear: its data block
+    /// decrypted ([`crate::track`]). Digits and `=`; wiped when dropped.
+    fn decrypt_track(&self, tdk: KeyHandle, track: &str) -> Result<Zeroizing<String>, HsmError>;
 
     /// Encrypts data at rest (AES-256-GCM, random nonce): `version ‖ nonce ‖ ciphertext ‖ tag`.
     fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, HsmError>;
@@ -654,6 +660,11 @@ impl Hsm for SoftHsm {
         let digits = PanDigits::from_pan(pan)?;
         let pin = pin::decrypt(&zpk.key, block, &digits)?;
         Ok(self.pvv(pan.as_bytes(), pin.expose()) == *pvv)
+    }
+
+    fn decrypt_track(&self, tdk: KeyHandle, track: &str) -> Result<Zeroizing<String>, HsmError> {
+        let tdk = self.entry_for(tdk, &[KeyUsage::Tdk])?;
+        Ok(crate::track::decrypt(&tdk.key, track)?)
     }
 
     fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, HsmError> {

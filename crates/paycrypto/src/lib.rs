@@ -14,6 +14,7 @@ pub mod key;
 pub mod mac;
 pub mod pin;
 pub mod random;
+pub mod track;
 
 pub use field62::{
     FailedKeys, Field62Error, Field62Keys, Field62Slot, IssuedKeys, KeyScheme, MakLength,

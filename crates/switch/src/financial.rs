@@ -51,13 +51,29 @@ fn describe(kind: TxnKind) -> &'static str {
     }
 }
 
-/// The card number of a request: field 2, else track 2 left of the separator. The digits live
-/// only in a buffer zeroised here and in the `Pan`.
+/// The card number of a request: field 2, else track 2 left of the separator, unless the
+/// track is encrypted (53.3 = 1: see [`Core::clear_track2`]). The digits live only in a buffer
+/// zeroised here and in the `Pan`.
 pub(crate) fn card(message: &Message<'_>) -> Option<Result<Pan, domain::PanError>> {
-    let digits = message.digits(2).or_else(|| message.digits(35))?;
+    if let Some(digits) = message.digits(2) {
+        return Some(pan_of(digits.chars()));
+    }
+    if track_encrypted(message) {
+        return None;
+    }
+    Some(pan_of(message.digits(35)?.chars()))
+}
+
+/// Whether field 53 says the request's tracks are encrypted under the terminal's TDK.
+fn track_encrypted(message: &Message<'_>) -> bool {
+    matches!(message.security_control(), Ok(Some(sc)) if sc.track_encrypted)
+}
+
+/// The card number at the start of `chars` (a PAN, or a track up to its separator).
+fn pan_of(chars: impl Iterator<Item = char>) -> Result<Pan, domain::PanError> {
     let mut buf = [0u8; 19];
     let mut len = 0;
-    for c in digits.chars() {
+    for c in chars {
         if !c.is_ascii_digit() {
             break;
         }
@@ -65,14 +81,14 @@ pub(crate) fn card(message: &Message<'_>) -> Option<Result<Pan, domain::PanError
             Some(slot) => *slot = u8::try_from(c).unwrap_or(0),
             None => {
                 buf.zeroize();
-                return Some(Err(domain::PanError::Length { len: len + 1 }));
+                return Err(domain::PanError::Length { len: len + 1 });
             }
         }
         len += 1;
     }
     let pan = Pan::from_ascii(buf.get(..len).unwrap_or_default());
     buf.zeroize();
-    Some(pan)
+    pan
 }
 
 /// What an issuer's answer leaves owing if its outcome cannot be written.
@@ -890,7 +906,13 @@ impl Core {
             return self.reply_code(ctx, RC_SYSTEM_ERROR);
         };
         let rrn = Some(rrn);
-        let pan = card(request);
+        // A track the terminal encrypted under its TDK, in the clear: the card number when
+        // field 2 is absent, and the track the issuer is sent.
+        let clear_track = self.clear_track2(ctx);
+        let pan = match &clear_track {
+            Ok(Some(track)) if !request.has(2) => Some(pan_of(track.chars())),
+            _ => card(request),
+        };
         let fingerprint = match &pan {
             Some(Ok(pan)) => Some(self.hsm.fingerprint(pan.expose_digits().as_bytes())),
             _ => None,
@@ -954,6 +976,14 @@ impl Core {
                 .refuse_recorded(ctx, &entry, row, refusal.code, &refusal.why)
                 .await;
         }
+        let clear_track = match clear_track {
+            Ok(track) => track,
+            Err(why) => {
+                return self
+                    .refuse_recorded(ctx, &entry, row, RC_FORMAT_ERROR, why)
+                    .await;
+            }
+        };
         let (pan, (link, bank)) = match (pan, route) {
             (Some(Ok(pan)), Some(Ok(route))) => (pan, route),
             (Some(Ok(_)), Some(Err(code))) => {
@@ -1137,6 +1167,7 @@ impl Core {
         let outbound = match self.issuer_request(
             ctx,
             &pan,
+            clear_track.as_deref().map(String::as_str),
             host_trace,
             rrn.as_deref(),
             pin.as_ref(),
@@ -1590,11 +1621,36 @@ impl Core {
         }
     }
 
-    /// The request to the issuer (docs/issuer-link.md, "Requests").
+    /// A request's track 2 in the clear when the terminal encrypted it under its TDK (53.3 = 1):
+    /// decrypted in the HSM. `Ok(None)` for a clear track or none; `Err` (answered 30) for an
+    /// encrypted one the terminal holds no track key for, or that does not decrypt under it.
+    fn clear_track2(&self, ctx: &Ctx<'_>) -> Result<Option<Zeroizing<String>>, &'static str> {
+        let request = &ctx.frame.message;
+        if !track_encrypted(request) {
+            return Ok(None);
+        }
+        let Some(track) = request.digits(35) else {
+            return Ok(None);
+        };
+        let tdk = ctx.terminal.keys.and_then(|k| k.tdk).ok_or(
+            "track encrypted, but the terminal was given no track key (scheme 004 or 006 gives one)",
+        )?;
+        let sealed = Zeroizing::new(track.to_string());
+        self.hsm
+            .decrypt_track(tdk, &sealed)
+            .map(Some)
+            .map_err(|_| "encrypted track does not decrypt under the terminal's track key")
+    }
+
+    /// The request to the issuer (docs/issuer-link.md, "Requests"). A track the terminal
+    /// encrypted goes in the clear (`track2`), and field 53 says so: the issuer holds no
+    /// terminal's keys.
+    #[allow(clippy::too_many_arguments)]
     fn issuer_request(
         &self,
         ctx: &Ctx<'_>,
         pan: &Pan,
+        track2: Option<&str>,
         host_trace: u32,
         rrn: Option<&str>,
         pin: Option<&EncryptedPinBlock>,
@@ -1608,8 +1664,21 @@ impl Core {
         };
         let mut out = MessageBuilder::with_dialect(dialect, request.mti());
         out.set_digits(2, pan.expose_digits())?;
-        for number in [3, 4, 14, 22, 25, 35, 41, 42, 49, 53, 60] {
+        for number in [3, 4, 14, 22, 25, 41, 42, 49, 60] {
             out.copy_from(request, number)?;
+        }
+        match (track2, request.security_control()) {
+            (Some(track), Ok(Some(security))) => {
+                out.set_track(35, track)?;
+                out.set_composed(&iso8583::SecurityControl {
+                    track_encrypted: false,
+                    ..security
+                })?;
+            }
+            _ => {
+                out.copy_from(request, 35)?;
+                out.copy_from(request, 53)?;
+            }
         }
         out.set_stan(host_trace)?;
         out.set_digits(12, &ctx.local.hhmmss())?

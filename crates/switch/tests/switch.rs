@@ -890,6 +890,54 @@ fn a_pin_block_resent_with_another_card_is_refused() {
     });
 }
 
+/// A scheme-004 terminal encrypts its track under the TDK it was given (53.3 = 1) and sends no
+/// field 2: the card number is read from the track decrypted in the HSM, the issuer gets the
+/// clear track and 53.3 = 0, and the PIN is translated against that card. A track the terminal
+/// has no track key for, or that does not decrypt under it, is refused 30 before the issuer.
+#[test]
+fn an_encrypted_track_is_read_with_the_terminals_track_key() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        assert_eq!(t.sign_in_with("004").await.code(), "00");
+        let pan = card("622202");
+        let track = format!("{pan}=25121011234567890");
+        let swiped = |stan, encrypt| Req {
+            pin: Some("123456".into()),
+            track2: Some((track.clone(), encrypt)),
+            ..Req::purchase(&pan, 1_000, stan)
+        };
+        let r = t.send(&swiped(2, true)).await;
+        assert_eq!(r.code(), "00");
+        let row = h.store.txn_by_rrn(&r.text(37).unwrap()).unwrap().unwrap();
+        assert_eq!(row.pan.unwrap().last4, pan[pan.len() - 4..]);
+        {
+            let tracks = h.log.tracks.lock().unwrap();
+            assert_eq!(tracks.len(), 1);
+            assert_eq!(tracks[0].0, track, "the issuer gets the track in the clear");
+            assert_eq!(&tracks[0].1[..3], "260", "and 53.3 = 0");
+        }
+        // A track key other than the one this terminal was given.
+        let given = t.keys.as_ref().unwrap().tdk.clone();
+        t.keys.as_mut().unwrap().tdk = Some(
+            paycrypto::Key::from_hex(
+                paycrypto::KeyAlgorithm::Des,
+                "11111111111111112222222222222222",
+            )
+            .unwrap(),
+        );
+        let asked = h.log.requests.load(Ordering::SeqCst);
+        assert_eq!(t.send(&swiped(3, true)).await.code(), "30");
+        // Signed in with scheme 003 since: no track key on the host's side.
+        assert_eq!(t.sign_in_with("003").await.code(), "00");
+        t.keys.as_mut().unwrap().tdk = given;
+        assert_eq!(t.send(&swiped(4, true)).await.code(), "30");
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), asked);
+        // A clear track still reads as it did.
+        assert_eq!(t.send(&swiped(5, false)).await.code(), "00");
+    });
+}
+
 #[test]
 fn unreachable_issuer_is_answered_91_at_once() {
     runtime().block_on(async {

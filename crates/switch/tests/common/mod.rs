@@ -49,6 +49,8 @@ pub struct IssuerLog {
     pub answer_reversals: AtomicBool,
     /// Field 61 of every linked request (void, completion, refund) received.
     pub linked: Mutex<Vec<String>>,
+    /// Fields 35 and 53 of every request carrying a track.
+    pub tracks: Mutex<Vec<(String, String)>>,
 }
 
 /// An amount the minimal issuer approves with another request's RRN in field 37.
@@ -123,6 +125,13 @@ pub async fn start_issuer_on(addr: SocketAddr, log: Arc<IssuerLog>) -> SocketAdd
                         log.requests.fetch_add(1, Ordering::SeqCst);
                         if let Some(f61) = request.digits(61) {
                             log.linked.lock().unwrap().push(f61.chars().collect());
+                        }
+                        if let Some(track) = request.digits(35) {
+                            let f53 = request.digits(53).map(|d| d.to_string());
+                            log.tracks
+                                .lock()
+                                .unwrap()
+                                .push((track.to_string(), f53.unwrap_or_default()));
                         }
                         if request.amount() == Some(SLOW_AMOUNT) {
                             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -511,6 +520,9 @@ pub struct Req {
     pub auth_code: Option<String>,
     /// Field 52 as sent, whatever it decrypts to (instead of a PIN under the PIK).
     pub pin_block: Option<[u8; 8]>,
+    /// Track 2 (field 35) in place of field 2, and whether it goes encrypted under the session
+    /// TDK (53.3 = 1; sign in with scheme 004 first).
+    pub track2: Option<(String, bool)>,
 }
 
 impl Req {
@@ -530,6 +542,7 @@ impl Req {
             f60_tail: "",
             auth_code: None,
             pin_block: None,
+            track2: None,
         }
     }
     pub fn void(pan: &str, amount: u64, stan: u32, original_stan: u32, rrn: &str) -> Req {
@@ -636,7 +649,11 @@ impl Terminal {
         if response.code() == "00" {
             let f62 = response.frame().message.bytes(62).unwrap().to_vec();
             let tmk = Key::from_hex(KeyAlgorithm::Des, TMK_HEX).unwrap();
-            self.keys = Some(paycrypto::decode_field62(&tmk, KeyScheme::Double, &f62).unwrap());
+            let scheme = KeyScheme::ALL
+                .into_iter()
+                .find(|s| s.code() == code)
+                .unwrap_or(KeyScheme::Double);
+            self.keys = Some(paycrypto::decode_field62(&tmk, scheme, &f62).unwrap());
         }
         response
     }
@@ -644,7 +661,9 @@ impl Terminal {
     /// Encodes a request, MACed with the session MAK (or a wrong MAC when `bad_mac`).
     pub fn encode(&self, req: &Req, bad_mac: bool) -> Vec<u8> {
         let mut out = MessageBuilder::new(req.mti);
-        out.set_digits(2, &req.pan).unwrap();
+        if req.track2.is_none() {
+            out.set_digits(2, &req.pan).unwrap();
+        }
         out.set_digits(3, req.processing).unwrap();
         out.set_amount(req.amount).unwrap();
         out.set_stan(req.stan).unwrap();
@@ -666,11 +685,25 @@ impl Terminal {
             let digits = paycrypto::PanDigits::from_pan(&req.pan).unwrap();
             let block = paycrypto::pin::encrypt(pik, pin, &digits).unwrap();
             out.set_binary(52, block.as_bytes()).unwrap();
-            out.set_digits(53, "2600000000000000").unwrap();
         }
         if let Some(block) = &req.pin_block {
             out.set_binary(52, block).unwrap();
-            out.set_digits(53, "2600000000000000").unwrap();
+        }
+        let mut track_encrypted = false;
+        if let Some((track, encrypt)) = &req.track2 {
+            if *encrypt {
+                let tdk = self.keys.as_ref().and_then(|k| k.tdk.as_ref());
+                let tdk = tdk.expect("sign in with scheme 004 before encrypting a track");
+                let sealed = paycrypto::track::encrypt(tdk, track).unwrap();
+                out.set_track(35, &sealed).unwrap();
+                track_encrypted = true;
+            } else {
+                out.set_track(35, track).unwrap();
+            }
+        }
+        if req.pin.is_some() || req.pin_block.is_some() || track_encrypted {
+            let f53 = format!("26{}0000000000000", u8::from(track_encrypted));
+            out.set_digits(53, &f53).unwrap();
         }
         if let Some(reason) = req.reason {
             out.set_text(39, reason).unwrap();

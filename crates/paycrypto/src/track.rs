@@ -1,0 +1,158 @@
+//! Track data encryption under a terminal's track key (TDK, issued at a scheme-004 sign-in;
+//! field 53.3 = 1 says a request's tracks are encrypted).
+//!
+//! The CUP terminal scheme encrypts only the card issuer's data at the end of a track: the track
+//! is packed two digits a byte (the separator as nibble D, an odd track padded), and the block
+//! of the key's cipher length (8 bytes for 3DES, 16 for SM4) that ends just before the track's
+//! last byte, the track data block, is encrypted in ECB and put back in its place. A track too
+//! short to hold a block and a last byte is refused. The result is written back as the track's
+//! characters: digits, `=` for nibble D, and for an encrypted track the other hex letters.
+
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::key::{Key, KeyError};
+
+/// Characters of a track at most (track 3: 104).
+pub const TRACK_LEN_MAX: usize = 104;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TrackError {
+    #[error(
+        "track of {len} characters: too short to hold an encrypted block, or over {TRACK_LEN_MAX}"
+    )]
+    Length { len: usize },
+    #[error("track holds a character that is not a digit, separator or hex letter")]
+    BadChar,
+    /// After decryption: not digits with one separator (another key, or not encrypted).
+    #[error("track does not decrypt to digits and one separator")]
+    NotClear,
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// Encrypts `track`'s data block under `key`.
+pub fn encrypt(key: &Key, track: &str) -> Result<Zeroizing<String>, TrackError> {
+    apply(key, track, true)
+}
+
+/// Decrypts `track`'s data block under `key`; the result must be a clear track (digits and one
+/// `=`).
+pub fn decrypt(key: &Key, track: &str) -> Result<Zeroizing<String>, TrackError> {
+    let clear = apply(key, track, false)?;
+    let separators = clear.bytes().filter(|&b| b == b'=').count();
+    if separators != 1 || !clear.bytes().all(|b| b.is_ascii_digit() || b == b'=') {
+        return Err(TrackError::NotClear);
+    }
+    Ok(clear)
+}
+
+fn nibble_of(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'=' | b'D' | b'd' => Some(0xD),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn char_of(n: u8) -> char {
+    match n {
+        0..=9 => char::from(b'0' + n),
+        0xD => '=',
+        _ => char::from(b'A' + (n - 10)),
+    }
+}
+
+fn apply(key: &Key, track: &str, encrypt: bool) -> Result<Zeroizing<String>, TrackError> {
+    let chars = track.as_bytes();
+    let len = chars.len();
+    let block = key.block_len();
+    let bytes = len.div_ceil(2);
+    if len > TRACK_LEN_MAX || bytes < block + 1 {
+        return Err(TrackError::Length { len });
+    }
+    let mut packed = Zeroizing::new([0u8; TRACK_LEN_MAX / 2]);
+    for (i, &c) in chars.iter().enumerate() {
+        let mut n = nibble_of(c).ok_or(TrackError::BadChar)?;
+        if let Some(byte) = packed.get_mut(i / 2) {
+            *byte |= if i % 2 == 0 { n << 4 } else { n };
+        }
+        n.zeroize();
+    }
+    if len % 2 == 1
+        && let Some(last) = packed.get_mut(len / 2)
+    {
+        *last |= 0x0F;
+    }
+    // The block that ends just before the last byte.
+    let tdb = packed
+        .get_mut(bytes - 1 - block..bytes - 1)
+        .ok_or(TrackError::Length { len })?;
+    if encrypt {
+        key.encrypt_ecb(tdb)?;
+    } else {
+        key.decrypt_ecb(tdb)?;
+    }
+    let mut out = Zeroizing::new(String::with_capacity(len));
+    for i in 0..len {
+        let byte = packed.get(i / 2).copied().unwrap_or(0);
+        let n = if i % 2 == 0 { byte >> 4 } else { byte & 0x0F };
+        out.push(char_of(n));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeyAlgorithm;
+
+    fn tdk() -> Key {
+        Key::from_hex(KeyAlgorithm::Des, "0123456789ABCDEFFEDCBA9876543210").unwrap()
+    }
+
+    /// The CUP terminal scheme's example: track 2 `1234567890123456789=0508201781999168302`
+    /// packs into 20 bytes, and its data block is `08 20 17 81 99 91 68 30` (bytes 11 to 18):
+    /// that block, encrypted in ECB, replaces it; the rest, the last byte included, is clear.
+    #[test]
+    fn the_schemes_example_block_is_encrypted_in_place_and_comes_back() {
+        let track = "1234567890123456789=0508201781999168302";
+        let key = tdk();
+        let sealed = encrypt(&key, track).unwrap();
+        assert_eq!(sealed.len(), track.len());
+        let (start, end) = (22, 38);
+        assert_eq!(&track[start..end], "0820178199916830");
+        let mut block = [0u8; 8];
+        crate::hex::decode_into(&track[start..end], &mut block).unwrap();
+        key.encrypt_ecb(&mut block).unwrap();
+        let expected = crate::hex::encode(&block).replace('D', "=");
+        assert_eq!(&sealed[start..end], expected.as_str());
+        assert_eq!(&sealed[..start], &track[..start]);
+        assert_eq!(&sealed[end..], &track[end..]);
+        assert_eq!(decrypt(&key, &sealed).unwrap().as_str(), track);
+    }
+
+    #[test]
+    fn odd_and_short_tracks() {
+        let key = tdk();
+        // Odd: the last byte holds the last digit and the pad.
+        let track = "6222020000000000003=25121011234567891";
+        assert_eq!(track.len() % 2, 1);
+        let sealed = encrypt(&key, track).unwrap();
+        assert_eq!(decrypt(&key, &sealed).unwrap().as_str(), track);
+        // 17 characters pack into 9 bytes: the shortest track with a block and a last byte.
+        assert!(encrypt(&key, "62220200000=25121").is_ok());
+        assert_eq!(
+            encrypt(&key, "6222020000=25121"),
+            Err(TrackError::Length { len: 16 })
+        );
+        assert_eq!(
+            encrypt(&key, "6222x20000000000003=2512"),
+            Err(TrackError::BadChar)
+        );
+        // Decrypted under another key: not a clear track.
+        let other = Key::from_hex(KeyAlgorithm::Des, "11111111111111112222222222222222").unwrap();
+        assert_eq!(decrypt(&other, &sealed), Err(TrackError::NotClear));
+    }
+}
