@@ -5,8 +5,8 @@
 //! The switch knows nothing of this: the tailer reads the journal's timeline events behind it,
 //! so a slow or failing merchant endpoint never touches authorisation.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use domain::IssuerDirectory;
@@ -330,15 +330,7 @@ impl Notifier {
             self.config.batch_max,
             u32::try_from(PER_MERCHANT_PER_PASS).unwrap_or(u32::MAX),
         )?;
-        let mut by_merchant: Vec<(String, Vec<OutboxRow>)> = Vec::new();
-        for item in due {
-            match by_merchant.iter_mut().find(|(mid, _)| *mid == item.mid) {
-                Some((_, items)) if items.len() >= PER_MERCHANT_PER_PASS => {}
-                Some((_, items)) => items.push(item),
-                None => by_merchant.push((item.mid.clone(), vec![item])),
-            }
-        }
-        let mut merchants = by_merchant.into_iter();
+        let mut merchants = by_merchant(due).into_iter();
         let mut running = tokio::task::JoinSet::new();
         let mut attempts = 0;
         let mut failure = None;
@@ -488,25 +480,111 @@ impl Notifier {
         .await
     }
 
-    /// Runs `deliver_due` every `interval` until `stop` turns true.
+    /// Every `interval` until `stop` turns true, starts the due events of each merchant not
+    /// already being served, at most [`MERCHANTS_AT_ONCE`] merchants at a time, without
+    /// waiting for the ones under way: a merchant whose receiver hangs (its attempts taking
+    /// their timeouts one after another) keeps only its own events waiting, never the next
+    /// pass of everyone else's. On stop, the attempts under way get one POST's timeout to end.
     pub fn spawn(self, interval: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
         let notifier = Arc::new(self);
         tokio::spawn(async move {
-            let this = &notifier;
+            let serving: Arc<Mutex<HashSet<String>>> = Arc::default();
+            let mut running = tokio::task::JoinSet::new();
             loop {
-                if let Err(error) = this.deliver_due().await {
+                while let Some(done) = running.try_join_next() {
+                    if let Err(error) = done {
+                        tracing::warn!(%error, "webhook delivery task failed");
+                    }
+                }
+                if let Err(error) = notifier.start_due(&serving, &mut running) {
                     tracing::warn!(%error, "webhook delivery pass failed");
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
-                    _ = stop.changed() => return,
+                    _ = stop.changed() => {}
                 }
                 if *stop.borrow() {
-                    return;
+                    break;
                 }
+            }
+            let grace = notifier.config.timeout + Duration::from_secs(1);
+            let drained = tokio::time::timeout(grace, async {
+                while running.join_next().await.is_some() {}
+            });
+            if drained.await.is_err() {
+                running.abort_all();
             }
         })
     }
+
+    /// One pass of [`Self::spawn`]'s: a task per merchant with due events that is not in
+    /// `serving`, while fewer than [`MERCHANTS_AT_ONCE`] are.
+    fn start_due(
+        self: &Arc<Self>,
+        serving: &Arc<Mutex<HashSet<String>>>,
+        running: &mut tokio::task::JoinSet<()>,
+    ) -> Result<(), ResolveError> {
+        let room = MERCHANTS_AT_ONCE.saturating_sub(lock(serving).len());
+        if room == 0 {
+            return Ok(());
+        }
+        let due = self.store.outbox_due(
+            self.clock.now_ms(),
+            self.config.batch_max,
+            u32::try_from(PER_MERCHANT_PER_PASS).unwrap_or(u32::MAX),
+        )?;
+        for (mid, items) in by_merchant(due) {
+            if lock(serving).len() >= MERCHANTS_AT_ONCE || !lock(serving).insert(mid.clone()) {
+                continue;
+            }
+            let notifier = Arc::clone(self);
+            let served = Served {
+                serving: Arc::clone(serving),
+                mid,
+            };
+            running.spawn(async move {
+                let _served = served;
+                for item in &items {
+                    if let Err(error) = notifier.attempt(item).await {
+                        tracing::warn!(%error, id = item.id, "webhook delivery failed");
+                        return;
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A merchant being served by [`Notifier::spawn`]'s loop: let go when its task ends, however.
+struct Served {
+    serving: Arc<Mutex<HashSet<String>>>,
+    mid: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        lock(&self.serving).remove(&self.mid);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Due events by merchant, in the order read, at most [`PER_MERCHANT_PER_PASS`] each.
+fn by_merchant(due: Vec<OutboxRow>) -> Vec<(String, Vec<OutboxRow>)> {
+    let mut by_merchant: Vec<(String, Vec<OutboxRow>)> = Vec::new();
+    for item in due {
+        match by_merchant.iter_mut().find(|(mid, _)| *mid == item.mid) {
+            Some((_, items)) if items.len() >= PER_MERCHANT_PER_PASS => {}
+            Some((_, items)) => items.push(item),
+            None => by_merchant.push((item.mid.clone(), vec![item])),
+        }
+    }
+    by_merchant
 }
 
 /// How the tailer reads the journal.

@@ -1290,6 +1290,82 @@ fn two_nodes_post_each_event_once_and_a_hanging_receiver_holds_up_only_its_merch
     });
 }
 
+/// The background notifier does not wait for a merchant whose receiver hangs before it serves
+/// the others again: an event of another merchant that comes while the hanging one's attempts
+/// take their timeouts is delivered at the next pass, not after them.
+#[test]
+fn the_background_notifier_serves_others_while_one_receiver_hangs() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let store = e.store();
+        let good = receiver(200).await;
+        e.aim_webhooks(&format!("http://{}/hooks", good.addr), b"k")
+            .await;
+        const HANGING_MID: &str = "898110059429999";
+        let hanging = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hanging_addr = hanging.local_addr().unwrap();
+        let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::clone(&connected);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = hanging.accept().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        resolve::outbox::set_endpoint(
+            store.as_ref(),
+            e.h.hsm.as_ref(),
+            HANGING_MID,
+            &format!("http://{hanging_addr}/hooks"),
+            b"k",
+            resolve::webhook::Destinations::AnyAddress,
+        )
+        .await
+        .unwrap();
+        // Four events whose attempts take 2 s each: 8 s of one merchant's task.
+        for n in 0..4 {
+            let event = resolve::outbox::Event::case_updated(900 + n, 1, "open", "x");
+            resolve::outbox::enqueue(store.as_ref(), HANGING_MID, event, now())
+                .await
+                .unwrap();
+        }
+        let notifier = Notifier::new(
+            e.store(),
+            Arc::clone(&e.h.hsm) as Arc<dyn Hsm>,
+            Arc::new(SystemClock),
+            NotifierConfig {
+                timeout: Duration::from_secs(2),
+                destinations: resolve::webhook::Destinations::AnyAddress,
+                ..NotifierConfig::default()
+            },
+        );
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = notifier.spawn(Duration::from_millis(50), stop_rx);
+        let waiting = Arc::clone(&connected);
+        assert!(
+            e.h.eventually(5, || waiting.load(std::sync::atomic::Ordering::SeqCst) > 0)
+                .await,
+            "the hanging receiver was never tried"
+        );
+        // Now the good merchant's event: delivered well before the hanging attempts end.
+        let enqueued = tokio::time::Instant::now();
+        e.decline_for_notification(100).await;
+        let got = Arc::clone(&good.got);
+        assert!(
+            e.h.eventually(10, || got.lock().unwrap().len() == 1).await,
+            "never delivered"
+        );
+        let took = enqueued.elapsed();
+        assert!(took < Duration::from_millis(1_500), "{took:?}");
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    });
+}
+
 #[test]
 fn webhooks_are_signed_and_failing_receivers_are_retried() {
     runtime().block_on(async {
