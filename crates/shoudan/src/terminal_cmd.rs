@@ -225,6 +225,19 @@ async fn drive(
     card: Card,
     amount: u64,
 ) -> Result<(String, terminal::Response, u32), Box<dyn std::error::Error>> {
+    // The arguments first: a mistyped one must not cost a sign-in (new working keys) and a
+    // trace number.
+    let reversed = match args.txn.as_str() {
+        "reversal" => Some((
+            TxnType::parse(&args.orig_txn).ok_or("unknown --orig-txn")?,
+            args.orig_stan.ok_or("a reversal needs --orig-stan")?,
+        )),
+        "sign-in" | "echo" => None,
+        other => {
+            TxnType::parse(other).ok_or_else(|| format!("unknown transaction {other}"))?;
+            None
+        }
+    };
     let response = terminal.sign_in().await?;
     if args.txn == "sign-in" {
         return Ok((args.txn.clone(), response, terminal.next_stan() - 1));
@@ -233,9 +246,7 @@ async fn drive(
         let stan = terminal.next_stan();
         return Ok((args.txn.clone(), terminal.echo().await?, stan));
     }
-    if args.txn == "reversal" {
-        let txn = TxnType::parse(&args.orig_txn).ok_or("unknown --orig-txn")?;
-        let stan = args.orig_stan.ok_or("a reversal needs --orig-stan")?;
+    if let Some((txn, stan)) = reversed {
         let saved = SavedRequest {
             txn,
             pan: card.pan,

@@ -473,6 +473,27 @@ fn a_demo_whose_stdout_is_gone_still_serves_and_stops_cleanly() {
         .unwrap()
         .to_owned();
     assert_eq!(purchase(dir, "10000001", &card)["code"], "00");
+    // A mistyped transaction is refused before the terminal signs in (new working keys).
+    let signed_in = || {
+        let journal = store::SqliteStore::open_read_only(&dir.join("switch.db")).unwrap();
+        let at = journal
+            .terminal("10000001")
+            .unwrap()
+            .unwrap()
+            .last_sign_in_ms;
+        journal.close();
+        at
+    };
+    let before = signed_in();
+    let (code, out) = shoudan(
+        &[
+            "terminal", "--tid", "10000001", "purchse", "--amount", "1.00", "--card", &card,
+        ],
+        dir,
+    );
+    assert_ne!(code, 0);
+    assert!(out.contains("unknown transaction purchse"), "{out}");
+    assert_eq!(signed_in(), before);
     stop(child);
 }
 
