@@ -721,7 +721,11 @@ async fn run_async(args: DemoArgs, http_runtime: tokio::runtime::Handle) -> CliR
         stop_rx.clone(),
     );
 
-    let host = args.listen.to_string();
+    // An IPv6 address is bracketed in a URL (`http://[::1]:8080/`).
+    let host = match args.listen {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
     let mut fixtures = Fixtures {
         http_port,
         ..env.fixtures.clone()

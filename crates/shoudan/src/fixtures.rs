@@ -96,7 +96,10 @@ pub fn run(args: FixturesArgs) -> CliResult {
         println!("{}", serde_json::to_string_pretty(&fixtures)?);
         return Ok(());
     }
-    println!("switch {}:{}", fixtures.host, fixtures.port);
+    match fixtures.host.parse::<std::net::IpAddr>() {
+        Ok(ip) => println!("switch {}", std::net::SocketAddr::new(ip, fixtures.port)),
+        Err(_) => println!("switch {}:{}", fixtures.host, fixtures.port),
+    }
     println!("terminals:");
     for t in &fixtures.terminals {
         println!(

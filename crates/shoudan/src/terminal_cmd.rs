@@ -58,7 +58,8 @@ pub fn config_of(
 ) -> Result<TerminalConfig, Box<dyn std::error::Error>> {
     let scheme: KeyScheme = fixture.key_scheme.parse()?;
     Ok(TerminalConfig {
-        addr: format!("{}:{}", fixture.host, fixture.port).parse()?,
+        // An IPv6 host (`::1`) cannot be written before `:port` unbracketed.
+        addr: std::net::SocketAddr::new(fixture.host.parse()?, fixture.port),
         tid: fixture.tid.clone(),
         mid: fixture.mid.clone(),
         tmk: Key::from_hex(scheme.tmk_algorithm(), &fixture.tmk)?,
@@ -315,7 +316,29 @@ async fn drive(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_amount;
+    use super::{config_of, parse_amount};
+    use crate::fixtures::TerminalFixture;
+
+    /// A demo listening on IPv6 writes its host as `::1`: the address is built from the
+    /// parts, not by pasting `host:port` (`::1:5800` does not parse).
+    #[test]
+    fn a_fixture_on_an_ipv6_host_is_reached() {
+        let fixture = |host: &str| TerminalFixture {
+            tid: "10000001".into(),
+            mid: "898110048990001".into(),
+            merchant: "Teahouse".into(),
+            tmk: "0123456789ABCDEFFEDCBA9876543210".into(),
+            key_scheme: "003".into(),
+            mac: "cup-ecb".into(),
+            host: host.into(),
+            port: 5800,
+            traffic: false,
+        };
+        let v6 = config_of(&fixture("::1"), 1).unwrap();
+        assert_eq!(v6.addr.to_string(), "[::1]:5800");
+        let v4 = config_of(&fixture("127.0.0.1"), 1).unwrap();
+        assert_eq!(v4.addr.to_string(), "127.0.0.1:5800");
+    }
 
     #[test]
     fn amounts() {

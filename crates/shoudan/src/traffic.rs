@@ -87,8 +87,12 @@ async fn one_terminal(
                     return;
                 }
             };
-            let Ok(config) = config_of(&fixture, stan) else {
-                return;
+            let config = match config_of(&fixture, stan) {
+                Ok(config) => config,
+                Err(error) => {
+                    tracing::warn!(tid = %fixture.tid, "demo traffic not started: {error}");
+                    return;
+                }
             };
             if let Ok(mut t) = Terminal::connect(config).await
                 && t.sign_in().await.is_ok()
