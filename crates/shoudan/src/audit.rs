@@ -27,7 +27,7 @@ pub struct AuditArgs {
     #[arg(long)]
     pub database: Option<String>,
     /// The PostgreSQL schema of the journal, when not `public`.
-    #[arg(long)]
+    #[arg(long, requires = "database")]
     pub database_schema: Option<String>,
 }
 

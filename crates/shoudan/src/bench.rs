@@ -73,7 +73,7 @@ pub struct IdleArgs {
     /// --pid, the process whose memory is measured.
     #[arg(long, requires = "pid")]
     pub data_dir: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, requires = "data_dir")]
     pub pid: Option<u32>,
     #[arg(long)]
     pub json: bool,

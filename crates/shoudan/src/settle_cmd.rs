@@ -206,8 +206,12 @@ fn sealer(dir: &Path) -> Result<HsmSealer, Box<dyn std::error::Error>> {
 /// `name:<holder name the bank has>`. Test data for the simulated bank only.
 fn sim_bank(dir: &Path) -> Result<SimBank, Box<dyn std::error::Error>> {
     let bank = SimBank::new();
-    let Ok(text) = std::fs::read_to_string(dir.join("sim-bank.json")) else {
-        return Ok(bank);
+    let path = dir.join("sim-bank.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(bank),
+        // One that exists but cannot be read would make every payout simulate as normal.
+        Err(e) => return Err(format!("{}: {e}", path.display()).into()),
     };
     let accounts: std::collections::BTreeMap<String, String> = serde_json::from_str(&text)?;
     for (number, spec) in &accounts {
@@ -435,16 +439,21 @@ pub fn ledger(cmd: LedgerCmd) -> CliResult {
     }
 }
 
-/// The number as given, or the first line of standard input for `-`.
-fn number_or_stdin(given: String) -> String {
+/// The number as given, or the first line of standard input for `-` (an unreadable or
+/// empty one is an error, not an empty number).
+fn number_or_stdin(given: String) -> Result<String, String> {
     if given != "-" {
-        return given;
+        return Ok(given);
     }
-    let mut line = String::new();
-    let _ = std::io::stdin().read_line(&mut line);
-    let number = line.trim().to_owned();
-    zeroize::Zeroize::zeroize(&mut line);
-    number
+    let mut line = zeroize::Zeroizing::new(String::with_capacity(256));
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the number from standard input: {e}"))?;
+    let number = line.trim();
+    if number.is_empty() {
+        return Err("standard input held no number".to_owned());
+    }
+    Ok(number.to_owned())
 }
 
 pub fn account(cmd: AccountCmd) -> CliResult {
@@ -462,7 +471,9 @@ pub fn account(cmd: AccountCmd) -> CliResult {
             let store = deployment.store()?;
             let sealer = deployment.sealer()?;
             let directory = IssuerDirectory::embedded()?;
-            let input = match (card.map(number_or_stdin), account.map(number_or_stdin)) {
+            let card = card.map(number_or_stdin).transpose()?;
+            let account = account.map(number_or_stdin).transpose()?;
+            let mut input = match (card, account) {
                 (Some(number), None) => AccountInput {
                     kind: AccountKind::Card,
                     number,
@@ -485,7 +496,10 @@ pub fn account(cmd: AccountCmd) -> CliResult {
                 &input,
                 &by,
                 SystemClock.now_ms(),
-            )?;
+            );
+            // The clear number is not kept past the binding (it is sealed in the journal).
+            zeroize::Zeroize::zeroize(&mut input.number);
+            let outcome = outcome?;
             if common.json {
                 return print_json(&outcome);
             }
@@ -595,7 +609,9 @@ pub fn reconcile_cmd(
     }
     let (files, mut banks) = match &deployment {
         Deployment::Demo { dir, .. } => {
-            let banks: Vec<String> = std::fs::read_dir(dir.join("issuers"))?
+            let issuers = dir.join("issuers");
+            let banks: Vec<String> = std::fs::read_dir(&issuers)
+                .map_err(|e| format!("{}: {e} (not a demo's data directory?)", issuers.display()))?
                 .filter_map(|e| e.ok())
                 .filter_map(|e| {
                     let name = e.file_name().to_string_lossy().into_owned();

@@ -1068,6 +1068,26 @@ fn node_settles_from_its_configuration(
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"balanced\": true"), "{out}");
 
+    // A number to be read from standard input that is not there: refused, nothing bound.
+    let (code, _, err) = run(
+        &[
+            "account",
+            "bind",
+            "--config",
+            c,
+            "--mid",
+            NODE_MID,
+            "--card",
+            "-",
+            "--name",
+            "王小明",
+        ],
+        "",
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("standard input held no number"), "{err}");
+    assert!(open().bound_account(NODE_MID).unwrap().is_none());
+
     // The account number is sealed under the node's own master key, so its portal can open it.
     let card = "6222020200001234562";
     let (code, out, err) = run(

@@ -245,6 +245,17 @@ fn a_day_of_demo_traffic_is_settled_paid_and_reconciled() {
     let last = dates.last().unwrap();
     // T+1 after the last clearing date: everything is due.
     let payout_day = settlement::dates::add_days(last, 1).unwrap();
+    // A simulated bank's file that exists but cannot be read is an error, not an empty one
+    // (every payout would then simulate as normal).
+    let bank_file = dir.join("sim-bank.json");
+    let kept = std::fs::read(&bank_file).unwrap();
+    std::fs::remove_file(&bank_file).unwrap();
+    std::fs::create_dir(&bank_file).unwrap();
+    let (code, out) = shoudan(&["payouts", "--run", &payout_day], dir);
+    assert_ne!(code, 0);
+    assert!(out.contains("sim-bank.json"), "{out}");
+    std::fs::remove_dir(&bank_file).unwrap();
+    std::fs::write(&bank_file, kept).unwrap();
     let first_run = json(&["payouts", "--run", &payout_day], dir);
     assert_eq!(
         first_run["run"]["held"].as_array().unwrap().len(),
