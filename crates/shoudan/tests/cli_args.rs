@@ -1,5 +1,7 @@
 //! Flags that mean something only with another are refused alone, not silently ignored.
 
+#![allow(clippy::expect_used)]
+
 use std::process::{Command, Output};
 
 fn run(args: &[&str]) -> Output {
