@@ -747,7 +747,8 @@ async fn drive(
         Report {
             mode: "auth",
             terminals: count,
-            elapsed: start.elapsed(),
+            // An open loop whose last sends were scheduled early still ran for its duration.
+            elapsed: start.elapsed().max(args.duration),
             stats: total,
             journal: None,
             issuer_ledgers: None,
@@ -776,6 +777,11 @@ async fn worker(
         let scheduled = match (interval, offset) {
             (Some(iv), Some(off)) => {
                 let at = start + off + iv * sent;
+                // A send scheduled past the end is not waited for: the run would outlast its
+                // duration by up to one interval (terminals / rate).
+                if at >= deadline {
+                    break;
+                }
                 tokio::time::sleep_until(at.into()).await;
                 at
             }

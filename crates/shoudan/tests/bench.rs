@@ -97,6 +97,31 @@ fn auth_open_loop_keeps_its_rate() {
     assert!((90..=102).contains(&ok), "{report}");
 }
 
+/// A slow schedule (each terminal every 4 s) ends with its duration: a send scheduled past
+/// the end is not waited for, so the run neither outlasts it nor understates its rate.
+#[test]
+fn auth_open_loop_ends_with_its_duration() {
+    let report = bench(&[
+        "auth",
+        "--terminals",
+        "4",
+        "--rate",
+        "1",
+        "--duration",
+        "2s",
+        "--journal",
+        "off",
+        "--json",
+    ]);
+    check_run(&report, "auth");
+    let took = report["duration_s"].as_f64().unwrap();
+    assert!((2.0..3.0).contains(&took), "{report}");
+    // Sends at 0 and 1 s (the two other terminals' first fall at 2 and 3 s): two, at 1/s.
+    assert_eq!(report["ok"].as_u64(), Some(2), "{report}");
+    let tps = report["tps"].as_f64().unwrap();
+    assert!((0.6..=1.0).contains(&tps), "{report}");
+}
+
 #[test]
 fn idle_connections_stay_signed_in_and_their_memory_is_measured() {
     let report = bench(&["idle", "--connections", "300", "--hold", "200ms", "--json"]);
