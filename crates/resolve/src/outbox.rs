@@ -187,6 +187,7 @@ pub fn record(id: i64, mid: &str, event: &Event, now_ms: i64) -> Record {
         attempts: 0,
         next_attempt_ms: now_ms,
         delivered_at_ms: None,
+        attempts_base: 0,
     })))
 }
 
@@ -398,14 +399,16 @@ impl Notifier {
             Some(e) => (e.url.clone(), self.post(item, e, started).await),
         };
         let finished = self.clock.now_ms();
+        // Counted from the item's last redrive: sent again, it has its retries afresh.
+        let retry = attempt.saturating_sub(item.attempts_base);
         let (state, next, delivered_at) = if result.delivered() {
             ("delivered", finished, Some(finished))
         } else if endpoint.is_none() {
             ("no_endpoint", finished, None)
-        } else if attempt >= attempts_max {
+        } else if retry >= attempts_max {
             ("failed", finished, None)
         } else {
-            ("pending", finished + self.config.backoff_ms(attempt), None)
+            ("pending", finished + self.config.backoff_ms(retry), None)
         };
         if endpoint.is_none() {
             // A merchant without an endpoint reads its notifications in the portal.
@@ -496,7 +499,7 @@ impl Notifier {
                         tracing::warn!(%error, "webhook delivery task failed");
                     }
                 }
-                if let Err(error) = notifier.start_due(&serving, &mut running) {
+                if let Err(error) = notifier.start_due(&serving, &mut running, &stop) {
                     tracing::warn!(%error, "webhook delivery pass failed");
                 }
                 tokio::select! {
@@ -523,6 +526,7 @@ impl Notifier {
         self: &Arc<Self>,
         serving: &Arc<Mutex<HashSet<String>>>,
         running: &mut tokio::task::JoinSet<()>,
+        stop: &watch::Receiver<bool>,
     ) -> Result<(), ResolveError> {
         let room = MERCHANTS_AT_ONCE.saturating_sub(lock(serving).len());
         if room == 0 {
@@ -542,9 +546,14 @@ impl Notifier {
                 serving: Arc::clone(serving),
                 mid,
             };
+            let stop = stop.clone();
             running.spawn(async move {
                 let _served = served;
                 for item in &items {
+                    // Stopping: no new attempt is claimed, the one under way ends.
+                    if *stop.borrow() {
+                        return;
+                    }
                     if let Err(error) = notifier.attempt(item).await {
                         tracing::warn!(%error, id = item.id, "webhook delivery failed");
                         return;

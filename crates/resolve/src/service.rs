@@ -221,8 +221,9 @@ impl Resolver {
 
     /// Sends one of the merchant's notifications again: one whose attempts ran out (`failed`,
     /// its receiver down for longer than the retries last) or that found no endpoint (sent
-    /// before the merchant set one). It is due at once and retried as a new event would be;
-    /// the attempts before stay in its delivery log.
+    /// before the merchant set one). It is due at once and retried as a new event would be,
+    /// its retries counted afresh (`attempts_base`); the attempts before stay in its delivery
+    /// log, which numbers every attempt.
     pub async fn redrive(&self, mid: &str, outbox_id: i64) -> Result<OutboxRow, ResolveError> {
         let item = self
             .store

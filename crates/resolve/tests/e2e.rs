@@ -1358,11 +1358,15 @@ fn the_background_notifier_serves_others_while_one_receiver_hangs() {
         );
         let took = enqueued.elapsed();
         assert!(took < Duration::from_millis(1_500), "{took:?}");
+        // Stopping: the attempt under way ends, no other is begun (an aborted one would be
+        // made again when its claim lapses: a duplicate for the receiver).
+        let at_stop = connected.load(std::sync::atomic::Ordering::SeqCst);
         stop.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .unwrap()
             .unwrap();
+        assert_eq!(connected.load(std::sync::atomic::Ordering::SeqCst), at_stop);
     });
 }
 
@@ -1475,21 +1479,27 @@ fn webhooks_are_signed_and_failing_receivers_are_retried() {
             resolver.redrive("898110059420002", item.id).await,
             Err(resolve::ResolveError::NotVisible(_))
         ));
-        e.aim_webhooks(&format!("http://{}/hooks", good.addr), secret)
-            .await;
         let again = resolver.redrive(MID, item.id).await.unwrap();
         assert_eq!((again.state.as_str(), again.attempts), ("pending", 3));
         assert!(matches!(
             resolver.redrive(MID, item.id).await,
             Err(resolve::ResolveError::NotRedrivable { .. })
         ));
+        // Sent again, it has its retries afresh: still failing, it is retried, not given up
+        // after one attempt.
+        assert_eq!(notifier.deliver_due().await.unwrap(), 1);
+        let retried = store.outbox_item(item.id).unwrap().unwrap();
+        assert_eq!((retried.state.as_str(), retried.attempts), ("pending", 4));
+        e.aim_webhooks(&format!("http://{}/hooks", good.addr), secret)
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(notifier.deliver_due().await.unwrap(), 1);
         let delivered = store.outbox_item(item.id).unwrap().unwrap();
         assert_eq!(
             (delivered.state.as_str(), delivered.attempts),
-            ("delivered", 4)
+            ("delivered", 5)
         );
-        assert_eq!(store.webhook_deliveries(item.id).unwrap().len(), 4);
+        assert_eq!(store.webhook_deliveries(item.id).unwrap().len(), 5);
         assert_eq!(good.got.lock().unwrap().len(), 2);
     });
 }

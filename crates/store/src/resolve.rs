@@ -96,6 +96,9 @@ pub struct OutboxRow {
     pub attempts: u32,
     pub next_attempt_ms: i64,
     pub delivered_at_ms: Option<i64>,
+    /// `attempts` when the item was last sent again (`Redrive`): the retries since count from
+    /// here against the notifier's limit. 0 for an item never redriven.
+    pub attempts_base: u32,
 }
 
 /// One delivery attempt of an outbox item.
@@ -160,8 +163,8 @@ pub enum ResolveRecord {
         lease_until_ms: i64,
     },
     /// Makes a merchant's item that is `failed` (attempts ran out) or `no_endpoint` pending
-    /// again, due at `due_at_ms`; fails (a constraint error) for any other item, or another
-    /// merchant's.
+    /// again, due at `due_at_ms`, its retries counted afresh from its attempts so far
+    /// (`attempts_base`); fails (a constraint error) for any other item, or another merchant's.
     Redrive {
         outbox_id: i64,
         mid: String,

@@ -584,6 +584,16 @@ CREATE INDEX risk_alerts_resolved ON risk_alerts (kind, resolved_at_ms)
 ALTER TABLE batch_settlements ADD COLUMN opened_after_ms BIGINT;
 ",
     },
+    Migration {
+        version: 18,
+        name: "a notification sent again gets its attempts afresh",
+        // The attempts an item had when it was last sent again (redriven): its retries since
+        // are counted from there, against the notifier's limit, while the delivery log keeps
+        // numbering every attempt.
+        sql: "
+ALTER TABLE outbox ADD COLUMN attempts_base BIGINT NOT NULL DEFAULT 0;
+",
+    },
 ];
 
 /// The newest schema version this build knows.

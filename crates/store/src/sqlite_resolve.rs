@@ -136,7 +136,7 @@ pub(super) fn write(conn: &Connection, record: &ResolveRecord) -> Result<(), Sto
         ResolveRecord::Enqueue(o) => {
             conn.prepare_cached(&format!(
                 "INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
-                 ?9, ?10) ON CONFLICT (dedup_key) DO NOTHING"
+                 ?9, ?10, ?11) ON CONFLICT (dedup_key) DO NOTHING"
             ))?
             .execute_any(params![
                 o.id,
@@ -149,6 +149,7 @@ pub(super) fn write(conn: &Connection, record: &ResolveRecord) -> Result<(), Sto
                 o.attempts,
                 o.next_attempt_ms,
                 o.delivered_at_ms,
+                o.attempts_base,
             ])?;
         }
         ResolveRecord::ClaimDelivery {
@@ -176,7 +177,8 @@ pub(super) fn write(conn: &Connection, record: &ResolveRecord) -> Result<(), Sto
         } => {
             let changed = conn
                 .prepare_cached(
-                    "UPDATE outbox SET state = 'pending', next_attempt_ms = ?3
+                    "UPDATE outbox SET state = 'pending', next_attempt_ms = ?3,
+                     attempts_base = attempts
                      WHERE id = ?1 AND mid = ?2 AND state IN ('failed', 'no_endpoint')",
                 )?
                 .execute(params![outbox_id, mid, due_at_ms])?;
@@ -288,7 +290,7 @@ fn case_from_row(r: &Row<'_>) -> rusqlite::Result<CaseRow> {
 }
 
 const OUTBOX_COLUMNS: &str = "id, mid, event_type, payload, dedup_key, created_at_ms, state, \
-     attempts, next_attempt_ms, delivered_at_ms";
+     attempts, next_attempt_ms, delivered_at_ms, attempts_base";
 
 fn outbox_from_row(r: &Row<'_>) -> rusqlite::Result<OutboxRow> {
     Ok(OutboxRow {
@@ -302,6 +304,7 @@ fn outbox_from_row(r: &Row<'_>) -> rusqlite::Result<OutboxRow> {
         attempts: r.get(7)?,
         next_attempt_ms: r.get(8)?,
         delivered_at_ms: r.get(9)?,
+        attempts_base: r.get(10)?,
     })
 }
 

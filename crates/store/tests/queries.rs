@@ -423,6 +423,7 @@ fn notifications_page_back_from_the_newest(db: &Db) {
             attempts: 0,
             next_attempt_ms: 1_000 + id,
             delivered_at_ms: None,
+            attempts_base: 0,
         })))
     };
     let records = (1..=7)

@@ -2551,6 +2551,7 @@ fn a_busy_merchants_notifications_come_newest_first() {
                     attempts: 1,
                     next_attempt_ms: id,
                     delivered_at_ms: None,
+                    attempts_base: 0,
                 },
             )))
         };
