@@ -528,7 +528,8 @@ impl Core {
             out.set_digits(32, &self.config.acquirer_code)?;
             // 44: the issuer (the BIN table's bank code) and the acquirer, 11 each; 63: the
             // card organisation, and the merchant's registered name where it can be printed.
-            let card = crate::financial::card(request).and_then(Result::ok);
+            let card = crate::financial::card_in_clear(request, terminal.map(|t| t.scheme))
+                .and_then(Result::ok);
             let (organisation, bank) = self.card_organisation(card.as_ref());
             out.set_text(
                 44,
@@ -555,7 +556,12 @@ impl Core {
             out.set_text(54, balance)?;
         }
         extra(&mut out)?;
-        let sign_in_again = matches!(answer.response_code, RC_MAC_FAILED | RC_BATCH_OUT_OF_STEP);
+        // 99: a PIN block that does not decode is most often a PIN pad out of step with its
+        // keys (and, repeated, refused until a new sign-in: `pin_replay`).
+        let sign_in_again = matches!(
+            answer.response_code,
+            RC_MAC_FAILED | RC_BATCH_OUT_OF_STEP | RC_PIN_FORMAT
+        );
         let header = if sign_in_again {
             frame
                 .head

@@ -64,6 +64,29 @@ pub(crate) fn card(message: &Message<'_>) -> Option<Result<Pan, domain::PanError
     Some(pan_of(message.digits(35)?.chars()))
 }
 
+/// The card number of a request as far as it can be read without the HSM: as [`card`], and
+/// from an encrypted track when its card number lies before the encrypted block (as it does
+/// in most tracks: the block is the issuer's data at the end), for a terminal of `scheme`.
+/// What a reply names the card's organisation and issuer by.
+pub(crate) fn card_in_clear(
+    message: &Message<'_>,
+    scheme: Option<KeyScheme>,
+) -> Option<Result<Pan, domain::PanError>> {
+    if message.has(2) || !track_encrypted(message) {
+        return card(message);
+    }
+    let track = message.digits(35)?;
+    let block_len = match scheme? {
+        KeyScheme::Sm4 => 16,
+        _ => 8,
+    };
+    // The block ends before the packed track's last byte: characters from `clear_end` on
+    // may be cipher text.
+    let clear_end = (track.len().div_ceil(2).checked_sub(1 + block_len)?) * 2;
+    let separator = track.chars().position(|c| c == '=')?;
+    (separator < clear_end).then(|| pan_of(track.chars()))
+}
+
 /// Whether field 53 says the request's tracks are encrypted under the terminal's TDK.
 fn track_encrypted(message: &Message<'_>) -> bool {
     matches!(message.security_control(), Ok(Some(sc)) if sc.track_encrypted)
@@ -385,6 +408,8 @@ impl Core {
         let winner = match self.read_for_request(move |store| store.txn(id)).await {
             Some(Ok(Some(row))) => row,
             _ => {
+                // Not kept under the key: its resend or reversal reads the journal instead.
+                self.ledger.forget_lost(entry);
                 entry.answer(Answer::code(RC_SYSTEM_ERROR), TxnState::Failed);
                 return self.reply_code(ctx, RC_SYSTEM_ERROR);
             }
@@ -412,7 +437,7 @@ impl Core {
 
     /// Records a request refused by the switch itself, then answers it.
     async fn refuse_recorded(
-        &self,
+        self: &Arc<Self>,
         ctx: &Ctx<'_>,
         entry: &Arc<Entry>,
         row: TxnRow,
@@ -426,7 +451,10 @@ impl Core {
         row.state = TxnState::Declined;
         row.response_code = Some(answer.code_text().to_owned());
         row.answered_at_ms = Some(self.clock.now_ms());
-        let records = vec![
+        // Its key claimed too (several nodes): a refused row beside another node's forwarded
+        // one would be found for its key, and a reversal find nothing to reverse.
+        let mut records = self.key_claim(&entry.key);
+        records.extend([
             Record::InsertTxn(Box::new(row)),
             self.event(
                 entry.id,
@@ -437,9 +465,12 @@ impl Core {
                     answer.code_text()
                 ),
             ),
-        ];
+        ]);
         let answer = match self.journal_within(records).await {
             Journalled::Written => answer,
+            Journalled::Failed(StoreError::KeyTaken { id }) => {
+                return self.key_taken(ctx, entry, id).await;
+            }
             Journalled::Failed(_) => {
                 entry.mark_unrecorded();
                 Answer::code(RC_SYSTEM_ERROR)
@@ -448,9 +479,12 @@ impl Core {
                 // A refusal moves no money: whether it lands or not, only its record differs.
                 entry.keep_answer();
                 let late = Arc::clone(entry);
+                let core = Arc::clone(self);
                 self.tasks.spawn(async move {
-                    if durable.await.is_err() {
-                        late.mark_unrecorded();
+                    match durable.await {
+                        Ok(()) => {}
+                        Err(StoreError::KeyTaken { .. }) => core.ledger.forget_lost(&late),
+                        Err(_) => late.mark_unrecorded(),
                     }
                 });
                 Answer::code(RC_SYSTEM_ERROR)
@@ -471,7 +505,7 @@ impl Core {
     /// a link of it in flight. What the journal says of the original is read back into memory,
     /// and the request is refused as the check would have refused it.
     async fn refuse_link_in_journal(
-        &self,
+        self: &Arc<Self>,
         ctx: &Ctx<'_>,
         entry: &Arc<Entry>,
         row: TxnRow,
@@ -1100,18 +1134,26 @@ impl Core {
             Some(block) => {
                 // The same encrypted block with another card is refused before it is decoded
                 // (`pin_replay`): resent with card numbers changed, its 99s tell the PIN.
-                let replayed = match (ctx.terminal.keys.map(|k| k.pik), fingerprint.as_ref()) {
+                let pik = ctx.terminal.keys.map(|k| k.pik);
+                let admission = match (pik, fingerprint.as_ref()) {
                     (Some(pik), Some(card)) => {
-                        !self.pin_blocks.admit(&ctx.key.tid, pik, block, card)
+                        self.pin_blocks.admit(&ctx.key.tid, pik, block, card)
                     }
-                    _ => false,
+                    _ => crate::pin_replay::Admission::Admitted,
                 };
-                if replayed {
-                    tracing::warn!(
-                        tid = %ctx.key.tid,
-                        "PIN block this terminal already sent with another card: refused"
-                    );
+                let refused_why = match admission {
+                    crate::pin_replay::Admission::Admitted => None,
+                    crate::pin_replay::Admission::Replayed => {
+                        Some("PIN block already sent by this terminal with another card")
+                    }
+                    crate::pin_replay::Admission::Exhausted => {
+                        Some("too many PIN blocks from this terminal did not decode: sign in again")
+                    }
+                };
+                if let Some(why) = refused_why {
+                    tracing::warn!(tid = %ctx.key.tid, "PIN block refused: {why}");
                 }
+                let replayed = refused_why.is_some();
                 let expected = pin_block_len(ctx.terminal.scheme);
                 let translated = if replayed {
                     Err(paycrypto::PinError::Format)
@@ -1139,6 +1181,9 @@ impl Core {
                     Err(error) => {
                         let _ = release(false, &mut undo);
                         let code = if error.is_bad_pin_block() {
+                            if let Some(pik) = pik {
+                                self.pin_blocks.failed(&ctx.key.tid, pik);
+                            }
                             // A PIN failure, for the risk rules on wrong PINs across cards.
                             self.risk_observe(
                                 &ctx.terminal,
@@ -1153,11 +1198,7 @@ impl Core {
                         } else {
                             RC_SYSTEM_ERROR
                         };
-                        let why = if replayed {
-                            "PIN block already sent by this terminal with another card"
-                        } else {
-                            "PIN block could not be translated"
-                        };
+                        let why = refused_why.unwrap_or("PIN block could not be translated");
                         return self.refuse_recorded(ctx, &entry, row, code, why).await;
                     }
                 }
@@ -1578,9 +1619,18 @@ impl Core {
         let counted = LateGuard::new(self);
         self.tasks.spawn(async move {
             let _counted = counted;
-            if durable.await.is_err() {
-                entry.mark_unrecorded();
-                return;
+            match durable.await {
+                Ok(()) => {}
+                // Another node journalled the request first (and may have sent it): this
+                // node's entry goes, so that the terminal's reversal finds that one.
+                Err(StoreError::KeyTaken { .. }) => {
+                    core.ledger.forget_lost(&entry);
+                    return;
+                }
+                Err(_) => {
+                    entry.mark_unrecorded();
+                    return;
+                }
             }
             let now_ms = core.clock.now_ms();
             let records = vec![
@@ -1947,6 +1997,11 @@ impl Core {
                         Ok(()) => {
                             core.risk_adjust_sales(&mid, sales_day, sales_delta);
                             late.answer(answer, TxnState::Approved);
+                        }
+                        Err(StoreError::KeyTaken { .. }) => {
+                            // Another node took this reversal: its resend finds that one.
+                            Undo::all(undo);
+                            core.ledger.forget_lost(&late);
                         }
                         Err(error) => {
                             tracing::warn!(%error, "late terminal reversal write failed");

@@ -507,11 +507,11 @@ impl Ledger {
         Claim::New(entry)
     }
 
-    /// Several nodes on one journal: `lost` was claimed here, but the journal refused its row
-    /// because another node had journalled `winner` under the same key meanwhile
-    /// ([`store::StoreError::KeyTaken`]). `lost` leaves the maps and `winner` takes its key:
-    /// the request is a retry of the winner's, or a conflict (94) if their contents differ.
-    pub fn yield_key(&self, lost: &Arc<Entry>, winner: &TxnRow) -> Claim {
+    /// Takes `lost` out of the maps: the journal refused its row because another node holds
+    /// its key ([`store::StoreError::KeyTaken`]). A request under the key then reads the
+    /// journal (a node on a shared journal reads every key it does not hold), rather than
+    /// finding here an entry the journal never had.
+    pub fn forget_lost(&self, lost: &Arc<Entry>) {
         let mut maps = self.maps();
         if maps
             .by_id
@@ -532,7 +532,14 @@ impl Ledger {
         {
             maps.by_rrn.remove(rrn);
         }
-        drop(maps);
+    }
+
+    /// Several nodes on one journal: `lost` was claimed here, but the journal refused its row
+    /// because another node had journalled `winner` under the same key meanwhile
+    /// ([`store::StoreError::KeyTaken`]). `lost` leaves the maps and `winner` takes its key:
+    /// the request is a retry of the winner's, or a conflict (94) if their contents differ.
+    pub fn yield_key(&self, lost: &Arc<Entry>, winner: &TxnRow) -> Claim {
+        self.forget_lost(lost);
         let winner = self.adopt(winner);
         {
             let mut maps = self.maps();

@@ -7,8 +7,12 @@
 //! block does not decode) or goes on to the issuer tells them whether that PIN digit xor the
 //! change is above 9, and a few dozen requests narrow the PIN to a handful of values. A block
 //! is only ever the cardholder's for one card: the same encrypted block with another card is
-//! refused before it is decoded, so such probing learns nothing. A new sign-in brings a new
-//! PIK, under which no captured block decodes; a terminal's memory starts again with it.
+//! refused before it is decoded. The memory is bounded (the latest blocks per terminal, on
+//! each node), so a prober could push a block out with other requests first: a terminal's
+//! PIN blocks that do not decode are also counted, and after [`FORMAT_FAILURES_MAX`] under one
+//! PIK every PIN block is refused until it signs in again (99, told to sign in). A new sign-in
+//! brings a new PIK, under which no captured block decodes; a terminal's memory starts again
+//! with it.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -19,12 +23,29 @@ use paycrypto::KeyHandle;
 
 /// Blocks remembered per terminal: a captured block is probed within minutes of its capture.
 pub const BLOCKS_PER_TERMINAL: usize = 64;
+/// PIN blocks that did not decode (answered 99) under one PIK before the terminal's PIN blocks
+/// are refused until it signs in again: a PIN pad out of step with its keys fails every one
+/// at once, and a prober learns little from so few.
+pub const FORMAT_FAILURES_MAX: u32 = 5;
 
 #[derive(Default)]
 struct Seen {
     pik: Option<KeyHandle>,
     /// (block key, card key), oldest first.
     blocks: VecDeque<(u64, u64)>,
+    /// PIN blocks that did not decode under `pik`.
+    format_failures: u32,
+}
+
+/// Whether a PIN block may be decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// Sent before by this terminal, under this PIK, with another card.
+    Replayed,
+    /// This terminal's PIN blocks failed to decode [`FORMAT_FAILURES_MAX`] times under this
+    /// PIK: refused until it signs in again.
+    Exhausted,
 }
 
 /// What each terminal's recent PIN blocks came with. About 1 KB per terminal that sends PINs.
@@ -44,30 +65,48 @@ impl Default for PinBlocks {
 
 impl PinBlocks {
     /// Records that terminal `tid` sent encrypted `block` under `pik` with the card whose
-    /// fingerprint is `card`; `false` if it sent the same block under the same PIK with another
-    /// card (then nothing is recorded).
-    pub fn admit(&self, tid: &str, pik: KeyHandle, block: &[u8], card: &[u8]) -> bool {
+    /// fingerprint is `card`, if it may be decoded: not if it sent the same block under the
+    /// same PIK with another card, nor once its blocks failed to decode too often under it
+    /// (then nothing is recorded).
+    pub fn admit(&self, tid: &str, pik: KeyHandle, block: &[u8], card: &[u8]) -> Admission {
         let block_key = self.hasher.hash_one(block);
         let card_key = self.hasher.hash_one(card);
-        let mut terminals = self
-            .terminals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut terminals = self.lock();
         let seen = terminals.entry(tid.to_owned()).or_default();
         if seen.pik != Some(pik) {
-            seen.pik = Some(pik);
-            seen.blocks.clear();
+            *seen = Seen {
+                pik: Some(pik),
+                ..Seen::default()
+            };
+        }
+        if seen.format_failures >= FORMAT_FAILURES_MAX {
+            return Admission::Exhausted;
         }
         match seen.blocks.iter().find(|(b, _)| *b == block_key) {
-            Some(&(_, with)) => with == card_key,
+            Some(&(_, with)) if with == card_key => Admission::Admitted,
+            Some(_) => Admission::Replayed,
             None => {
                 if seen.blocks.len() == BLOCKS_PER_TERMINAL {
                     seen.blocks.pop_front();
                 }
                 seen.blocks.push_back((block_key, card_key));
-                true
+                Admission::Admitted
             }
         }
+    }
+
+    /// A PIN block terminal `tid` sent under `pik` did not decode, or was refused.
+    pub fn failed(&self, tid: &str, pik: KeyHandle) {
+        let mut terminals = self.lock();
+        if let Some(seen) = terminals.get_mut(tid).filter(|s| s.pik == Some(pik)) {
+            seen.format_failures = seen.format_failures.saturating_add(1);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
+        self.terminals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -79,26 +118,70 @@ mod tests {
     fn a_block_comes_with_one_card_until_the_terminal_signs_in_again() {
         let seen = PinBlocks::default();
         let (pik, next_pik) = (KeyHandle::from_raw(1), KeyHandle::from_raw(2));
-        assert!(seen.admit("T1", pik, b"block-a", b"card-1"));
+        let admit = |tid, pik, block: &[u8], card: &[u8]| seen.admit(tid, pik, block, card);
+        assert_eq!(admit("T1", pik, b"block-a", b"card-1"), Admission::Admitted);
         // The same card again (a retry, a second purchase with the same PIN): fine.
-        assert!(seen.admit("T1", pik, b"block-a", b"card-1"));
-        assert!(!seen.admit("T1", pik, b"block-a", b"card-2"));
+        assert_eq!(admit("T1", pik, b"block-a", b"card-1"), Admission::Admitted);
+        assert_eq!(admit("T1", pik, b"block-a", b"card-2"), Admission::Replayed);
         // Another terminal's memory is its own.
-        assert!(seen.admit("T2", pik, b"block-a", b"card-2"));
+        assert_eq!(admit("T2", pik, b"block-a", b"card-2"), Admission::Admitted);
         // A new PIK: the old blocks mean nothing under it.
-        assert!(seen.admit("T1", next_pik, b"block-a", b"card-2"));
-        assert!(!seen.admit("T1", next_pik, b"block-a", b"card-1"));
+        assert_eq!(
+            admit("T1", next_pik, b"block-a", b"card-2"),
+            Admission::Admitted
+        );
+        assert_eq!(
+            admit("T1", next_pik, b"block-a", b"card-1"),
+            Admission::Replayed
+        );
     }
 
     #[test]
     fn a_terminal_remembers_its_latest_blocks_only() {
         let seen = PinBlocks::default();
         let pik = KeyHandle::from_raw(1);
-        assert!(seen.admit("T1", pik, b"first", b"card-1"));
+        assert_eq!(
+            seen.admit("T1", pik, b"first", b"card-1"),
+            Admission::Admitted
+        );
         for n in 0..BLOCKS_PER_TERMINAL {
-            assert!(seen.admit("T1", pik, format!("b{n}").as_bytes(), b"card-1"));
+            let block = format!("b{n}");
+            assert_eq!(
+                seen.admit("T1", pik, block.as_bytes(), b"card-1"),
+                Admission::Admitted
+            );
         }
         // Pushed out by the later ones.
-        assert!(seen.admit("T1", pik, b"first", b"card-2"));
+        assert_eq!(
+            seen.admit("T1", pik, b"first", b"card-2"),
+            Admission::Admitted
+        );
+    }
+
+    #[test]
+    fn blocks_that_fail_too_often_stop_pin_requests_until_a_new_sign_in() {
+        let seen = PinBlocks::default();
+        let (pik, next_pik) = (KeyHandle::from_raw(1), KeyHandle::from_raw(2));
+        for n in 0..FORMAT_FAILURES_MAX {
+            let block = format!("bad{n}");
+            assert_eq!(
+                seen.admit("T1", pik, block.as_bytes(), b"card-1"),
+                Admission::Admitted
+            );
+            seen.failed("T1", pik);
+        }
+        assert_eq!(
+            seen.admit("T1", pik, b"good", b"card-1"),
+            Admission::Exhausted
+        );
+        // Another terminal is not held up; the same one is once it has signed in again.
+        assert_eq!(
+            seen.admit("T2", pik, b"good", b"card-1"),
+            Admission::Admitted
+        );
+        assert_eq!(
+            seen.admit("T1", next_pik, b"good", b"card-1"),
+            Admission::Admitted
+        );
     }
 }

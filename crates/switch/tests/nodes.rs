@@ -525,6 +525,28 @@ fn two_nodes_take_one_request_once_and_a_reversed_void_voids_nothing() {
             assert_eq!(on_a.text(37), on_b.text(37), "STAN {stan}");
             assert_eq!(b.store.txns_by_key(TID_A, 1, stan).unwrap().len(), 1);
         }
+        // A request both nodes refuse themselves (a card number failing its check digit): one
+        // row, both answers the same.
+        let mut bad = pan.clone().into_bytes();
+        let last = bad.len() - 1;
+        bad[last] = if bad[last] == b'9' {
+            b'0'
+        } else {
+            bad[last] + 1
+        };
+        let bad = String::from_utf8(bad).unwrap();
+        for n in 0..4_u32 {
+            let stan = 30 + n;
+            let request = Req::purchase(&bad, 700, stan);
+            let (on_a, on_b) = tokio::join!(via_a.send(&request), via_b.send(&request));
+            assert_eq!(on_a.code(), on_b.code(), "STAN {stan}");
+            assert_ne!(on_a.code(), "00");
+            assert_eq!(
+                b.store.txns_by_key(TID_A, 1, stan).unwrap().len(),
+                1,
+                "STAN {stan}: a refused row written twice"
+            );
+        }
 
         // The void goes to node A, which waits 150 ms for the issuer; its reversal to node B.
         let sale_request = Req::purchase(&pan, SLOW_AMOUNT, 50);

@@ -887,6 +887,30 @@ fn a_pin_block_resent_with_another_card_is_refused() {
         assert_eq!(row.state, TxnState::Declined);
         assert_eq!(t.send(&with_block(&first, 4)).await.code(), "00");
         assert_eq!(h.log.requests.load(Ordering::SeqCst), asked + 1);
+        // A prober pushing the block out of the terminal's memory first needs requests whose
+        // blocks do not decode: after five refusals under this PIK (the replay above, four
+        // blocks of rubbish) every PIN block is refused and the terminal told to sign in again,
+        // its own card's block too.
+        for stan in 5..9 {
+            let rubbish = Req {
+                pin_block: Some([0x5A; 8]),
+                ..Req::purchase(&first, 1_000, stan)
+            };
+            assert_eq!(t.send(&rubbish).await.code(), "99");
+        }
+        let held = t.send(&with_block(&first, 9)).await;
+        assert_eq!(held.code(), "99");
+        assert_eq!(held.frame().head.header.processing_requirement().digit(), 3);
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), asked + 1);
+        // Signed in again: a new PIK, PIN blocks taken.
+        t.sign_in().await;
+        let r = t
+            .send(&Req {
+                pin: Some("123456".into()),
+                ..Req::purchase(&first, 1_000, 10)
+            })
+            .await;
+        assert_eq!(r.code(), "00");
     });
 }
 
@@ -934,7 +958,13 @@ fn an_encrypted_track_is_read_with_the_terminals_track_key() {
         assert_eq!(t.send(&swiped(4, true)).await.code(), "30");
         assert_eq!(h.log.requests.load(Ordering::SeqCst), asked);
         // A clear track still reads as it did.
-        assert_eq!(t.send(&swiped(5, false)).await.code(), "00");
+        let clear = t.send(&swiped(5, false)).await;
+        assert_eq!(clear.code(), "00");
+        // The answer to the encrypted one names the card's issuer as the clear one's does
+        // (field 44), its card number lying before the encrypted block.
+        let issuer = clear.text(44).unwrap();
+        assert!(!issuer[..11].trim().is_empty(), "{issuer}");
+        assert_eq!(r.text(44).unwrap(), issuer);
     });
 }
 
