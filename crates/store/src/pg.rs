@@ -84,6 +84,15 @@ const PG_KEEPALIVE_RETRIES: u32 = 3;
 const KEEPALIVE_IDLE_UNSET: std::time::Duration = std::time::Duration::from_secs(2 * 60 * 60);
 /// The advisory lock key migrations hold, so nodes starting together migrate once.
 const MIGRATION_LOCK_KEY: i64 = 0x0053_484f_5544_414e;
+/// What every session sets: a session left in a transaction with no client (its node's host
+/// gone before its COMMIT, which TCP keepalives on the server's side notice only after hours)
+/// is ended by the server, and the row locks it held released, instead of every other node's
+/// writer waiting on them.
+const SESSION_SETTINGS: &str = "SET idle_in_transaction_session_timeout = '15s'";
+/// What the writer's session sets once migrated: a write waits at most this long for a row
+/// lock (another node's group, or a dead session's until the server ends it), then fails alone
+/// (its caller answers 96), rather than holding up every group behind it.
+const WRITER_SETTINGS: &str = "SET lock_timeout = '3s'";
 
 /// How to open a PostgreSQL store.
 #[derive(Clone, Debug)]
@@ -228,6 +237,7 @@ fn connect(runtime: &tokio::runtime::Handle, config: &PgConfig) -> Result<Connec
     let client =
         shim::block_on(connecting).map_err(|e| backend(format!("postgres connect: {e}")))??;
     let conn = Connection::new(client);
+    conn.execute_batch(SESSION_SETTINGS)?;
     if let Some(schema) = &config.schema {
         conn.execute_batch(&format!("SET search_path TO {schema}"))?;
     }
@@ -248,11 +258,32 @@ impl PgStore {
         };
         let writer = connect(&handle, &fresh)?;
         if let Some(schema) = &config.schema {
-            writer.execute_batch(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
-            ))?;
+            // Under the migrations' lock: two nodes creating one schema at once can fail one
+            // of them (a unique violation on the catalogue) despite IF NOT EXISTS.
+            writer.execute_batch("BEGIN")?;
+            let created = writer
+                .query_row(
+                    "SELECT pg_advisory_xact_lock(?1)::TEXT",
+                    params![MIGRATION_LOCK_KEY],
+                    |r| r.get::<_, String>(0),
+                )
+                .map_err(StoreError::from)
+                .and_then(|_| {
+                    writer
+                        .execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                        .map_err(StoreError::from)
+                });
+            match created {
+                Ok(()) => writer.execute_batch("COMMIT")?,
+                Err(error) => {
+                    let _ = writer.execute_batch("ROLLBACK");
+                    return Err(error);
+                }
+            }
+            writer.execute_batch(&format!("SET search_path TO {schema}"))?;
         }
         migrate(&writer)?;
+        writer.execute_batch(WRITER_SETTINGS)?;
         let (sender, receiver) = mpsc::channel(PG_WRITE_QUEUE_MAX);
         let reconnect = config.clone();
         let thread = std::thread::Builder::new()
@@ -563,7 +594,9 @@ fn run_writer(
         if conn.is_closed() {
             // The server restarted or the link broke: the group gets a new connection; if
             // that fails too, the group's jobs fail on the closed one and the next retries.
-            if let Ok(fresh) = connect(runtime, config) {
+            if let Ok(fresh) = connect(runtime, config)
+                && fresh.execute_batch(WRITER_SETTINGS).is_ok()
+            {
                 conn = fresh;
             }
         }

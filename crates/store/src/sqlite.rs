@@ -1369,7 +1369,9 @@ fn claim_key(
     reversal: bool,
     since: &str,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE terminals SET tid = tid WHERE tid = ?1")?
+    // A column no key covers: the row lock does not hold up other nodes' inserts of the
+    // terminal's rows (their foreign-key checks share the key), only other claims.
+    conn.prepare_cached("UPDATE terminals SET status = status WHERE tid = ?1")?
         .execute_any(params![tid])?;
     let sql = if reversal {
         "SELECT id FROM transactions WHERE tid = ?1 AND batch_no = ?2 AND stan = ?3

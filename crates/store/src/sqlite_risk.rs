@@ -136,6 +136,10 @@ pub(super) fn write(conn: &Connection, record: &RiskRecord) -> Result<(), StoreE
             expect_one(changed, "merchant")?;
         }
         RiskRecord::ExpectState { mid, state } => {
+            // The merchant's row lock first: on PostgreSQL another node's review of the same
+            // merchant, uncommitted, is waited for, and the read below sees what it wrote.
+            conn.prepare_cached("UPDATE merchants SET status = status WHERE mid = ?1")?
+                .execute_any(params![mid])?;
             let current: Option<MerchantState> = conn
                 .prepare_cached("SELECT state FROM merchant_profiles WHERE mid = ?1")?
                 .query_row(params![mid], |r| r.get(0))

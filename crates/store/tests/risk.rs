@@ -251,4 +251,55 @@ async fn reviews_compare_and_set(db: &Db) {
     assert!(again.is_err());
 }
 
-on_both_async!(profiles_reviews_alerts_round_trip, reviews_compare_and_set);
+/// Two nodes (two stores on one PostgreSQL database; on SQLite one store) review one merchant
+/// at the same instant from the same reading, one closing it, one suspending it: one review
+/// stands, the other fails whole, every time.
+async fn two_nodes_reviewing_one_merchant_at_once_cannot_both_write(db: &Db) {
+    let first = db.open();
+    let second = db.is_postgres().then(|| db.open());
+    for round in 0..20 {
+        let mid = format!("M{round}");
+        let mut row = profile(MerchantState::Approved);
+        row.mid = mid.clone();
+        first
+            .submit(vec![
+                merchant(&mid),
+                Record::Risk(RiskRecord::ExpectState {
+                    mid: mid.clone(),
+                    state: None,
+                }),
+                Record::Risk(RiskRecord::Profile(row.clone())),
+            ])
+            .unwrap()
+            .await
+            .unwrap();
+        let review = |to: MerchantState| {
+            let mut next = row.clone();
+            next.state = to;
+            vec![
+                Record::Risk(RiskRecord::ExpectState {
+                    mid: mid.clone(),
+                    state: Some(MerchantState::Approved),
+                }),
+                Record::Risk(RiskRecord::Profile(next)),
+            ]
+        };
+        let one = first.submit(review(MerchantState::Closed)).unwrap();
+        let other = second
+            .as_deref()
+            .unwrap_or(&*first)
+            .submit(review(MerchantState::Suspended))
+            .unwrap();
+        let (one, other) = tokio::join!(one, other);
+        assert!(
+            one.is_ok() != other.is_ok(),
+            "round {round}: {one:?} / {other:?}"
+        );
+    }
+}
+
+on_both_async!(
+    profiles_reviews_alerts_round_trip,
+    reviews_compare_and_set,
+    two_nodes_reviewing_one_merchant_at_once_cannot_both_write
+);

@@ -224,6 +224,45 @@ impl Session {
     }
 }
 
+/// A session that took a terminal's row lock and went quiet inside its transaction (another
+/// node whose host died before its COMMIT): the write that needs the lock fails after the
+/// writer's lock timeout instead of waiting for hours, and the writes queued behind it go
+/// through.
+#[test]
+fn on_postgres_a_lock_held_by_a_dead_session_fails_one_write_not_the_writer() {
+    let Some(db) = Db::postgres() else { return };
+    let config = db.pg_config().unwrap();
+    let schema = config.schema.clone().unwrap();
+    let store = db.open();
+    provision(&store);
+    let other = Session::connect(&config.url);
+    other
+        .run(&format!(
+            "SET search_path TO {schema}; BEGIN; \
+             UPDATE terminals SET status = status WHERE tid = '10000001'"
+        ))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let claim = store.submit(claimed(1, txn(1, 5))).unwrap();
+    let behind = store
+        .submit(vec![Record::UpsertMerchant(merchant())])
+        .unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let claimed = claim.wait();
+        let behind = behind.wait();
+        let _ = done.send((claimed, behind));
+    });
+    let (claimed, behind) = finished
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the writer waited on the dead session's lock");
+    assert!(claimed.is_err(), "{claimed:?}");
+    behind.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    drop(other);
+    store.close();
+}
+
 /// The writer sends a group's writes pipelined, taking one changed row for granted for each.
 /// Groups made to form behind a lock the test holds show the cases where that is not so: a
 /// statement that legitimately changes no row (a reversal queued twice), and a job that fails
