@@ -41,6 +41,9 @@ pub mod types {
 
 /// Prepared statements kept per connection at most; the store uses a few dozen.
 const STATEMENT_CACHE_MAX: usize = 512;
+/// Pipelined statements in flight at most: past it, their answers are read before the next
+/// is sent.
+const PIPELINE_DEPTH_MAX: usize = 1_024;
 /// Attempts at typing a statement's uninferable placeholders before giving up.
 const PREPARE_GUESSES_MAX: usize = 16;
 
@@ -156,8 +159,17 @@ impl Connection {
         match sent.answer.as_mut().poll(&mut Context::from_waker(&waker)) {
             Poll::Ready(answer) => self.granted(answer, sent.any_count),
             Poll::Pending => {
-                if let Some(pipeline) = self.pipeline.borrow_mut().as_mut() {
-                    pipeline.sent.push(sent);
+                let depth = match self.pipeline.borrow_mut().as_mut() {
+                    Some(pipeline) => {
+                        pipeline.sent.push(sent);
+                        pipeline.sent.len()
+                    }
+                    None => 0,
+                };
+                // A job of many statements (a day's clearing lines) does not keep them all
+                // in flight, and their answers in memory, until its COMMIT.
+                if depth >= PIPELINE_DEPTH_MAX {
+                    return self.settle();
                 }
                 Ok(())
             }
