@@ -56,6 +56,9 @@ pub struct Web {
     /// a browser then never sends the session over plain HTTP. Off by default for the demo on
     /// `http://127.0.0.1`; `shoudan serve` turns it on unless configured otherwise.
     pub secure_cookies: bool,
+    /// Rows a transaction search reads at most for one page, across every merchant it
+    /// searches ([`query::SEARCH_SCAN_MAX`]).
+    pub search_scan_max: usize,
 }
 
 impl Web {
@@ -88,6 +91,7 @@ impl Web {
             metrics: Arc::new(metrics::HttpMetrics::default()),
             switch_metrics: None,
             secure_cookies: false,
+            search_scan_max: query::SEARCH_SCAN_MAX,
         }
     }
 

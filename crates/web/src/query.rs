@@ -107,8 +107,8 @@ pub fn given(field: &Option<String>) -> Option<&str> {
 pub struct TxnPage {
     pub items: Vec<TxnSummary>,
     /// Pass as `cursor` for the next page; absent on the last page. A page may hold fewer
-    /// items than asked for and still have one: the search read [`SEARCH_SCAN_MAX`] rows of a
-    /// merchant without filling it.
+    /// items than asked for and still have one: the search read its budget of rows
+    /// ([`SEARCH_SCAN_MAX`], shared by the merchants searched) without filling it.
     pub next_cursor: Option<String>,
 }
 
@@ -134,9 +134,13 @@ pub fn limit_param(field: &Option<String>) -> Result<usize, ApiError> {
     }
 }
 
-/// Rows a search reads at most per merchant for one page: past it the page ends early, with a
-/// cursor to go on from (a filter that matches little in a busy merchant's weeks).
+/// Rows a search reads at most for one page, shared by the merchants it searches (a staff
+/// search names none: every merchant's): past it the page ends early, with a cursor to go on
+/// from (a filter that matches little in busy merchants' weeks). Each merchant searched reads
+/// at least [`SEARCH_SCAN_MIN_PER_MERCHANT`], so a page always gets on.
 pub const SEARCH_SCAN_MAX: usize = 100_000;
+/// Rows a search reads at least per merchant for one page, however many merchants it searches.
+pub const SEARCH_SCAN_MIN_PER_MERCHANT: usize = 100;
 /// Rows read from the store at a time while searching.
 const SEARCH_READ_ROWS: u32 = 1_000;
 
@@ -182,8 +186,13 @@ pub fn search(web: &Web, who: &Principal, q: &TxnQuery) -> Result<TxnPage, ApiEr
             Some(m) => vec![m.clone()],
             None => web.store.merchants()?.into_iter().map(|m| m.mid).collect(),
         };
-        for mid in mids.iter().filter(|m| who.sees(m)) {
-            let (found, stopped) = newest_matching(web, who, &filter, mid, before, limit + 1)?;
+        let mids: Vec<&String> = mids.iter().filter(|m| who.sees(m)).collect();
+        // One budget for the page, shared: a staff search over many merchants must not read
+        // the whole budget from each.
+        let scan_max = (web.search_scan_max / mids.len().max(1)).max(SEARCH_SCAN_MIN_PER_MERCHANT);
+        for mid in mids {
+            let (found, stopped) =
+                newest_matching(web, who, &filter, mid, before, limit + 1, scan_max)?;
             rows.extend(found);
             incomplete = incomplete.max(stopped);
         }
@@ -206,7 +215,7 @@ pub fn search(web: &Web, who: &Principal, q: &TxnQuery) -> Result<TxnPage, ApiEr
 }
 
 /// Up to `want` of a merchant's rows before `before` that pass the filter, newest first, and
-/// where the scan stopped if it reached [`SEARCH_SCAN_MAX`] first.
+/// where the scan stopped if it read `scan_max` rows first.
 fn newest_matching(
     web: &Web,
     who: &Principal,
@@ -214,6 +223,7 @@ fn newest_matching(
     mid: &str,
     before: Place,
     want: usize,
+    scan_max: usize,
 ) -> Result<(Vec<TxnRow>, Option<Place>), ApiError> {
     let mut found = Vec::new();
     let mut scanned = 0usize;
@@ -233,7 +243,7 @@ fn newest_matching(
                     return Ok(ControlFlow::Break(()));
                 }
             }
-            if scanned >= SEARCH_SCAN_MAX {
+            if scanned >= scan_max {
                 stopped = Some(place);
                 return Ok(ControlFlow::Break(()));
             }

@@ -1909,6 +1909,99 @@ fn a_busy_merchants_day_is_searched_newest_first_and_counted_whole() {
     });
 }
 
+/// A staff search names no merchant: every merchant's rows are read, from one budget for the
+/// page (not the whole budget from each). A filter matching nothing in two merchants' busy
+/// days ends its first page early, with a cursor, and the pages that follow get to the end.
+#[test]
+fn a_staff_search_over_every_merchant_reads_one_budget_a_page() {
+    run(async move {
+        let e = start().await;
+        let now = {
+            use switch::Clock;
+            switch::SystemClock.now_ms()
+        };
+        let row = |n: i64, mid: &str| {
+            store::Record::InsertTxn(Box::new(store::TxnRow {
+                id: 2_000_000 + n,
+                tid: "10000001".into(),
+                mid: mid.into(),
+                batch_no: 9,
+                stan: u32::try_from(n).unwrap(),
+                kind: store::TxnKind::Purchase,
+                mti: "0200".into(),
+                processing_code: "000000".into(),
+                condition_code: "00".into(),
+                amount_fen: 100,
+                currency: "156".into(),
+                pan: None,
+                issuer: Some("ICBC".into()),
+                rrn: Some(format!("{:012}", 2_000_000 + n)),
+                host_trace: None,
+                auth_code: Some("A1B2C3".into()),
+                response_code: Some("00".into()),
+                state: store::TxnState::Approved,
+                request_hash: vec![0],
+                original_id: None,
+                refunded_fen: 0,
+                field60: None,
+                host_date: None,
+                clearing_date: "20260101".into(),
+                settlement_date: None,
+                received_at_ms: now - 3_600_000 + n,
+                sent_at_ms: None,
+                issuer_answered_at_ms: None,
+                answered_at_ms: None,
+            }))
+        };
+        // 600 rows each: under a budget of 1,000 read from each merchant, all would be read.
+        let rows: Vec<store::Record> = (1..=600)
+            .map(|n| row(n, MID))
+            .chain((601..=1_200).map(|n| row(n, OTHER_MID)))
+            .collect();
+        for chunk in rows.chunks(600) {
+            e.h.store.submit(chunk.to_vec()).unwrap().await.unwrap();
+        }
+        // A server whose budget is 1,000 rows a page: 500 for each of the two merchants.
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let budgeted = web::Web {
+            search_scan_max: 1_000,
+            ..e.web.clone()
+        };
+        let (http, _task) = web::spawn(budgeted, "127.0.0.1:0".parse().unwrap(), stop_rx)
+            .await
+            .unwrap();
+        let ops = e.token("ops").await;
+        let auth = format!("Bearer {ops}");
+        let page = |cursor: Option<String>| {
+            let auth = auth.clone();
+            async move {
+                let path = match cursor {
+                    Some(c) => format!("/api/transactions?last4=9999&cursor={c}"),
+                    None => "/api/transactions?last4=9999".to_owned(),
+                };
+                let r = request(http, "GET", &path, &[("authorization", &auth)], "").await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                r.json()
+            }
+        };
+        let first = page(None).await;
+        assert!(first["items"].as_array().unwrap().is_empty(), "{first}");
+        let mut cursor = first["next_cursor"].as_str().map(str::to_owned);
+        assert!(
+            cursor.is_some(),
+            "read every row of both merchants: {first}"
+        );
+        let mut pages = 1;
+        while let Some(c) = cursor {
+            pages += 1;
+            assert!(pages <= 5, "no end in sight");
+            cursor = page(Some(c)).await["next_cursor"]
+                .as_str()
+                .map(str::to_owned);
+        }
+    });
+}
+
 /// A merchant with more notifications than a read returns sees the newest first and pages back
 /// to the oldest; another merchant's are not among them.
 #[test]
