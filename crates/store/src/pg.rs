@@ -118,7 +118,15 @@ impl PgConfig {
 struct ReadPool {
     idle: Vec<Connection>,
     open: usize,
+    /// The last failed attempt to open a read connection, and its error: for
+    /// [`PG_READ_CONNECT_PAUSE`] after it, reads that need a new connection fail with that error
+    /// at once instead of each trying (a database down, every request of every node reading).
+    failed: Option<(std::time::Instant, StoreError)>,
 }
+
+/// How long after a failed attempt to open a read connection no other is tried: while the
+/// database is down, a node tries it twice a second, not once per request.
+pub const PG_READ_CONNECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A read connection in use; back to the pool when dropped, whatever happened meanwhile (or
 /// closed and no longer counted, if the server or the network closed it).
@@ -432,13 +440,24 @@ impl PgStore {
                 return Ok(conn);
             }
             if pool.open < PG_READ_CONNECTIONS_MAX {
+                if let Some((at, error)) = &pool.failed
+                    && at.elapsed() < PG_READ_CONNECT_PAUSE
+                {
+                    return Err(error.clone());
+                }
                 pool.open += 1;
                 drop(pool);
                 let opened = self.connect_reader();
+                let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+                match &opened {
+                    Ok(_) => pool.failed = None,
+                    Err(error) => {
+                        pool.open = pool.open.saturating_sub(1);
+                        pool.failed = Some((std::time::Instant::now(), error.clone()));
+                    }
+                }
+                drop(pool);
                 if opened.is_err() {
-                    let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
-                    pool.open = pool.open.saturating_sub(1);
-                    drop(pool);
                     self.reader_returned.notify_one();
                 }
                 return opened;

@@ -263,6 +263,105 @@ fn on_postgres_a_lock_held_by_a_dead_session_fails_one_write_not_the_writer() {
     store.close();
 }
 
+/// A loopback gate to the test's PostgreSQL server that can refuse connections (the database
+/// down), counting the connections it is asked for.
+struct Gate {
+    addr: std::net::SocketAddr,
+    refusing: Arc<std::sync::atomic::AtomicBool>,
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+    links: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Gate {
+    fn start(target: String) -> Gate {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gate = Gate {
+            addr,
+            refusing: Arc::default(),
+            asked: Arc::default(),
+            links: Arc::default(),
+        };
+        let (refusing, asked, links) = (
+            Arc::clone(&gate.refusing),
+            Arc::clone(&gate.asked),
+            Arc::clone(&gate.links),
+        );
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { return };
+                asked.fetch_add(1, Ordering::SeqCst);
+                if refusing.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(outbound) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                let mut held = links.lock().unwrap();
+                held.push(inbound.try_clone().unwrap());
+                held.push(outbound.try_clone().unwrap());
+                pipe(inbound.try_clone().unwrap(), outbound.try_clone().unwrap());
+                pipe(outbound, inbound);
+            }
+        });
+        gate
+    }
+
+    /// Closes every connection through the gate and refuses new ones.
+    fn cut(&self) {
+        self.refusing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            let _ = link.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn asked(&self) -> usize {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// With the database down, a node's reads (on a shared journal, one per request) do not each
+/// try to connect: after a failed attempt, those within `PG_READ_CONNECT_PAUSE` fail with its
+/// error at once.
+#[test]
+fn on_postgres_reads_do_not_each_try_to_connect_while_the_database_is_down() {
+    let Some(db) = Db::postgres() else { return };
+    let config = db.pg_config().unwrap();
+    let start = config.url.find('@').map_or(0, |at| at + 1);
+    let end = config.url[start..]
+        .find('/')
+        .map_or(config.url.len(), |slash| start + slash);
+    let gate = Gate::start(config.url[start..end].to_owned());
+    let url = format!(
+        "{}{}{}",
+        &config.url[..start],
+        gate.addr,
+        &config.url[end..]
+    );
+    let store = store::PgStore::open(&store::PgConfig { url, ..config }).unwrap();
+    assert!(store.terminals().unwrap().is_empty());
+    gate.cut();
+    let before = gate.asked();
+    for _ in 0..20 {
+        assert!(store.terminals().is_err());
+    }
+    let tried = gate.asked() - before;
+    assert!(tried <= 2, "{tried} connection attempts for 20 reads");
+    // The pause over, the next read tries again.
+    std::thread::sleep(store::PG_READ_CONNECT_PAUSE + std::time::Duration::from_millis(100));
+    assert!(store.terminals().is_err());
+    assert!(gate.asked() > before + tried);
+    store.close();
+}
+
 /// The writer sends a group's writes pipelined, taking one changed row for granted for each.
 /// Groups made to form behind a lock the test holds show the cases where that is not so: a
 /// statement that legitimately changes no row (a reversal queued twice), and a job that fails
