@@ -39,11 +39,16 @@ pub enum ResolveError {
     NoSuchRrn(String),
     #[error("no transaction with id {0}")]
     NoSuchTxn(i64),
-    #[error("webhook endpoint must be an http:// URL with a host: {0}")]
+    /// The URL as given, quoted with any card number in it masked.
+    #[error(
+        "webhook endpoint must be an http:// URL with a host: {}",
+        domain::mask_card_numbers(.0)
+    )]
     BadEndpoint(String),
     #[error(
-        "webhook endpoint {0} is not a public address: webhooks are not sent to loopback, \
-         private or link-local addresses"
+        "webhook endpoint {} is not a public address: webhooks are not sent to loopback, \
+         private or link-local addresses",
+        domain::mask_card_numbers(.0)
     )]
     PrivateEndpoint(String),
     #[error("HSM: {0}")]

@@ -48,7 +48,8 @@ pub enum BindError {
     Luhn,
     #[error("the card's BIN is not in the issuer directory")]
     UnknownCardBank,
-    #[error("the card is issued by {card_bank}, not {given}")]
+    /// `given` as typed, quoted with any card number in it masked (one typed in the wrong box).
+    #[error("the card is issued by {card_bank}, not {}", domain::mask_card_numbers(.given))]
     BankMismatch { card_bank: String, given: String },
     #[error("a bank account needs a known bank code")]
     UnknownBank,

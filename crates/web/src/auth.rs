@@ -120,6 +120,8 @@ impl Principal {
 
     /// The merchant filter of a list: a merchant user's own, or what a staff user asked for.
     pub fn merchant_filter(&self, asked: Option<&str>) -> Result<Option<String>, ApiError> {
+        // An empty `mid=` (a form's blank field) names no merchant.
+        let asked = asked.map(str::trim).filter(|m| !m.is_empty());
         match (self.role, &self.mid) {
             (Role::Merchant, Some(own)) => match asked {
                 Some(other) if other != own => Err(ApiError::not_found("merchant")),

@@ -88,10 +88,20 @@ impl From<StoreError> for ApiError {
                 "busy",
                 "the journal is busy; retry shortly",
             ),
+            // The engine's own words (table, column and constraint names; on PostgreSQL the
+            // server's message) stay in the log.
             StoreError::Constraint { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string())
+                tracing::info!(%error, "a write conflicted with the journal");
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "this conflicts with what was recorded meanwhile: reload and try again",
+                )
             }
-            other => ApiError::internal(format!("store: {other}")),
+            other => {
+                tracing::warn!(error = %other, "journal error answered as internal");
+                ApiError::internal("the journal could not complete this request; try again")
+            }
         }
     }
 }
@@ -110,7 +120,10 @@ impl From<ResolveError> for ApiError {
             ResolveError::BadEndpoint(_) | ResolveError::PrivateEndpoint(_) => {
                 ApiError::bad_request(error.to_string())
             }
-            ResolveError::Hsm(e) => ApiError::internal(format!("HSM: {e}")),
+            ResolveError::Hsm(e) => {
+                tracing::warn!(error = %e, "HSM error answered as internal");
+                ApiError::internal("the security module could not complete this request")
+            }
         }
     }
 }

@@ -11,12 +11,35 @@ fn param(name: &str, place: &str, description: &str) -> Value {
 }
 
 fn op(summary: &str, params: Vec<Value>, body: Option<&str>, response: &str) -> Value {
+    op_answering("200", summary, params, body, response)
+}
+
+/// An operation that needs no sign-in.
+fn public(mut operation: Value) -> Value {
+    if let Some(map) = operation.as_object_mut() {
+        map.insert("security".to_owned(), json!([]));
+    }
+    operation
+}
+
+/// An operation that creates what it answers with: 201.
+fn op_created(summary: &str, params: Vec<Value>, body: Option<&str>, response: &str) -> Value {
+    op_answering("201", summary, params, body, response)
+}
+
+fn op_answering(
+    status: &str,
+    summary: &str,
+    params: Vec<Value>,
+    body: Option<&str>,
+    response: &str,
+) -> Value {
     let mut operation = json!({
         "summary": summary,
         "parameters": params,
         "security": [{ "bearer": [] }, { "session": [] }],
         "responses": {
-            "200": { "description": "OK", "content": { "application/json": {
+            status: { "description": "OK", "content": { "application/json": {
                 "schema": { "$ref": format!("#/components/schemas/{response}") } } } },
             "default": { "description": "error", "content": { "application/json": {
                 "schema": { "$ref": "#/components/schemas/Error" } } } }
@@ -80,7 +103,7 @@ pub fn document() -> Value {
                 appears anywhere: cards are masked (622202******0123) or last four digits."
         },
         "paths": {
-            "/api/openapi.json": { "get": op("This document", vec![], None, "Object") },
+            "/api/openapi.json": { "get": public(op("This document", vec![], None, "Object")) },
             "/api/tokens": { "post": {
                 "summary": "Exchange a username and password for a bearer token",
                 "requestBody": { "required": true, "content": { "application/json": {
@@ -137,7 +160,7 @@ pub fn document() -> Value {
                       param("kind", "query", "issuer_inquiry, refund_application, dispute"),
                       limit.clone(), cursor.clone()],
                     None, "List"),
-                "post": op("Open an issuer inquiry, refund application or dispute",
+                "post": op_created("Open an issuer inquiry, refund application or dispute",
                     vec![], Some("OpenCase"), "Case")
             },
             "/api/cases/{id}": { "get": op("A case with its timeline", vec![id.clone()], None, "Case") },
@@ -183,7 +206,7 @@ pub fn document() -> Value {
             "/api/bound-account": {
                 "get": op("The bound settlement account (masked) and its changes",
                     vec![param("mid", "query", "merchant (staff)")], None, "Object"),
-                "post": op("Bind or re-bind the settlement account; after a payout failure a second person confirms",
+                "post": op_created("Bind or re-bind the settlement account; after a payout failure a second person confirms",
                     vec![], Some("BindAccount"), "Object")
             },
             "/api/account-changes": { "get": op("Operator: account changes (maker-checker queue)",
@@ -197,7 +220,7 @@ pub fn document() -> Value {
                 vec![param("id", "path", "change id")], Some("Note"), "Object") },
             "/api/users": {
                 "get": op("Admin: users", vec![], None, "List"),
-                "post": op("Admin: create a user", vec![], Some("NewUser"), "User")
+                "post": op_created("Admin: create a user", vec![], Some("NewUser"), "User")
             },
             "/api/users/{id}/password": {
                 "post": op("Admin: set a user's password (ends their page sessions)",
@@ -230,8 +253,8 @@ pub fn document() -> Value {
                             "unauthorized", "bad_credentials", "forbidden", "not_found",
                             "bad_request", "csrf", "conflict", "illegal_transition",
                             "exceeds_remaining", "already_refunded", "refund_failed", "busy",
-                            "same_user", "bad_account", "locked",
-                            "internal"] },
+                            "same_user", "bad_account", "locked", "not_redrivable",
+                            "refund_in_doubt", "changed_meanwhile", "internal"] },
                         "message": { "type": "string" }
                     }
                 },

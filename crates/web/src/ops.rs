@@ -50,7 +50,10 @@ impl From<BindError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "changed_meanwhile", message)
             }
             BindError::SameUser(_) => ApiError::new(StatusCode::FORBIDDEN, "same_user", message),
-            BindError::Seal(_) => ApiError::internal(message),
+            BindError::Seal(_) => {
+                tracing::warn!(%message, "sealing an account number failed");
+                ApiError::internal("the security module could not seal the account number")
+            }
             BindError::NotDigits
             | BindError::Length { .. }
             | BindError::Luhn

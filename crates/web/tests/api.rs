@@ -45,11 +45,47 @@ fn openapi_document_matches_the_router_both_ways() {
         unrouted.is_empty(),
         "documented paths with no route: {unrouted:?}"
     );
-    // Every response code an error can carry is listed in the Error schema.
+    // Every response code an error can carry is listed in the Error schema: each code the
+    // web crate's sources construct an error with (`ApiError::new(status, "code", ...)`).
     let codes = doc["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
         .as_array()
         .unwrap();
-    assert!(codes.iter().any(|c| c == "not_found") && codes.iter().any(|c| c == "csrf"));
+    let listed: BTreeSet<&str> = codes.iter().filter_map(Value::as_str).collect();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut used = BTreeSet::new();
+    for file in std::fs::read_dir(src).unwrap() {
+        let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+        for (at, _) in text.match_indices("ApiError::new(") {
+            // The code is the first string literal after the status.
+            let rest = &text[at..];
+            let Some(open) = rest.find('"') else { continue };
+            let code: String = rest[open + 1..].chars().take_while(|c| *c != '"').collect();
+            used.insert(code);
+        }
+    }
+    assert!(used.len() > 5, "{used:?}");
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|c| !listed.contains(c.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "codes not in the Error schema: {missing:?}"
+    );
+    assert!(listed.contains("not_found") && listed.contains("csrf"));
+    // What creates answers 201, and the document itself needs no sign-in.
+    for (path, method) in [
+        ("/api/cases", "post"),
+        ("/api/users", "post"),
+        ("/api/bound-account", "post"),
+    ] {
+        let responses = &doc["paths"][path][method]["responses"];
+        assert!(responses.get("201").is_some(), "{path}: {responses}");
+    }
+    assert_eq!(
+        doc["paths"]["/api/openapi.json"]["get"]["security"],
+        json!([])
+    );
 }
 
 struct Api<'a> {
@@ -874,6 +910,18 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
                 .status,
             200
         );
+        // A blank `mid=` (a form's empty field) names no merchant: the merchant's own.
+        for path in [
+            "/api/notifications?mid=",
+            "/api/cases?mid=",
+            "/api/duplicates?mid=",
+        ] {
+            assert_eq!(
+                api.call(Some(&tea), "GET", path, None).await.status,
+                200,
+                "{path}"
+            );
+        }
         assert_error(
             &api.call(
                 Some(&book),
@@ -1906,6 +1954,48 @@ fn a_busy_merchants_day_is_searched_newest_first_and_counted_whole() {
             .json();
         assert_eq!(dash["today"]["approved"], busy, "{dash}");
         assert_eq!(dash["today"]["volume_fen"], busy * 100, "{dash}");
+    });
+}
+
+/// A card number typed into the wrong box (an account's bank code, a webhook URL) is refused,
+/// and the refusal does not say it back whole.
+#[test]
+fn a_card_number_in_the_wrong_box_is_not_said_back() {
+    run(async move {
+        let e = start().await;
+        let api = Api {
+            env: &e,
+            seen: Default::default(),
+        };
+        let tea = e.token("teahouse").await;
+        // Passes its check digit, as a card number does (what is masked).
+        let card = "6222020200112345679";
+        let bind = api
+            .call(
+                Some(&tea),
+                "POST",
+                "/api/bound-account",
+                Some(
+                    json!({"kind": "card", "number": card, "holder_name": "王小明",
+                            "bank_code": card}),
+                ),
+            )
+            .await;
+        assert_error(&bind, 400, "bad_account");
+        for url in [card.to_owned(), format!("http://hooks.example.com/{card}")] {
+            let hook = api
+                .call(
+                    Some(&tea),
+                    "PUT",
+                    "/api/webhook",
+                    Some(json!({"url": url, "secret": "0123456789abcdef0123"})),
+                )
+                .await;
+            assert_error(&hook, 400, "bad_request");
+        }
+        for body in api.seen.lock().unwrap().iter() {
+            assert!(!body.contains(card), "a card number said back: {body}");
+        }
     });
 }
 
