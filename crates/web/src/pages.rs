@@ -164,8 +164,11 @@ fn render(c: &Ctx, who: &Principal, title: &str, body: &str) -> Response {
 }
 
 fn error_page(c: &Ctx, who: Option<&Principal>, error: &ApiError) -> Response {
+    // What happened and what to do, in the page's language; the code and the API's (English)
+    // message beside it, for support.
     let body = format!(
-        "<div class=\"err\" id=\"error\"><b>{}</b> {}</div>",
+        "<div class=\"err\" id=\"error\"><b>{}</b><br><small>{} · {}</small></div>",
+        esc(error_title(c.lang, error.code)),
         esc(error.code),
         esc(&error.message)
     );
@@ -179,6 +182,62 @@ fn error_page(c: &Ctx, who: Option<&Principal>, error: &ApiError) -> Response {
         &body,
     );
     html(c, error.status, page)
+}
+
+/// An error code's title for a page: what happened, and what to do.
+fn error_title(l: Lang, code: &str) -> &'static str {
+    match code {
+        "unauthorized" => t(l, "请先登录", "Please sign in"),
+        "bad_credentials" => t(l, "用户名或密码不正确", "Wrong username or password"),
+        "locked" => t(
+            l,
+            "该用户已锁定，请稍后再试或请管理员解锁",
+            "This user is locked: wait, or ask an administrator",
+        ),
+        "forbidden" => t(l, "您无权执行此操作", "You may not do this"),
+        "not_found" => t(l, "未找到", "Not found"),
+        "bad_request" => t(
+            l,
+            "输入有误，请检查后重试",
+            "Something entered is not right: check it and try again",
+        ),
+        "csrf" => t(
+            l,
+            "页面已过期，请刷新后重试",
+            "This page has expired: reload it and try again",
+        ),
+        "conflict" | "changed_meanwhile" => t(
+            l,
+            "已被他人修改，请刷新后重试",
+            "Changed by someone else meanwhile: reload and try again",
+        ),
+        "illegal_transition" => t(
+            l,
+            "当前状态下不能这样操作",
+            "Not possible in its present state",
+        ),
+        "exceeds_remaining" => t(l, "超过可退金额", "More than is left to refund"),
+        "already_refunded" => t(l, "已经退过款", "Already refunded"),
+        "refund_failed" => t(l, "退款未成功", "The refund did not go through"),
+        "refund_in_doubt" => t(
+            l,
+            "上次退款结果未明，待冲正确认后再批准",
+            "The last refund's outcome is not known yet: approve again once its reversal is acknowledged",
+        ),
+        "same_user" => t(l, "需由另一位人员处理", "Someone else must do this"),
+        "bad_account" => t(l, "账户信息有误", "The account details are not right"),
+        "not_redrivable" => t(
+            l,
+            "该通知不能重发",
+            "This notification cannot be sent again",
+        ),
+        "busy" => t(l, "系统繁忙，请稍后重试", "Busy: try again shortly"),
+        _ => t(
+            l,
+            "系统出错，请稍后重试",
+            "Something went wrong: try again shortly",
+        ),
+    }
 }
 
 /// The signed-in page user, or a redirect to the sign-in page.
@@ -2272,4 +2331,32 @@ async fn audit_log(
         Ok::<_, ApiError>((t(l, "审计日志", "Audit log").to_owned(), body))
     })();
     respond(&c, &who, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every error code the API documents has a title of its own on pages, in both languages
+    /// (only `internal` takes the general one).
+    #[test]
+    fn every_documented_error_code_has_a_page_title() {
+        let doc = crate::openapi::document();
+        let codes = doc["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(codes.len() > 10);
+        let general = (
+            error_title(Lang::Zh, "internal"),
+            error_title(Lang::En, "internal"),
+        );
+        for code in codes.iter().filter_map(|c| c.as_str()) {
+            if code == "internal" {
+                continue;
+            }
+            assert_ne!(error_title(Lang::Zh, code), general.0, "{code}");
+            assert_ne!(error_title(Lang::En, code), general.1, "{code}");
+        }
+    }
 }

@@ -422,6 +422,7 @@ async fn scenario(driver_path: PathBuf) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(refused.contains("conflict"), "{refused}");
+        assert!(refused.contains("已被他人修改，请刷新后重试"), "{refused}");
         b.go(&inquiry_path).await;
         b.click("#case-action option[value=escalate]").await;
         b.click("#case-move").await;
