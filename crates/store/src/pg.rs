@@ -90,9 +90,15 @@ const MIGRATION_LOCK_KEY: i64 = 0x0053_484f_5544_414e;
 /// writer waiting on them.
 const SESSION_SETTINGS: &str = "SET idle_in_transaction_session_timeout = '15s'";
 /// What the writer's session sets once migrated: a write waits at most this long for a row
-/// lock (another node's group, or a dead session's until the server ends it), then fails alone
-/// (its caller answers 96), rather than holding up every group behind it.
-const WRITER_SETTINGS: &str = "SET lock_timeout = '3s'";
+/// lock (another node's group holds one for milliseconds, and a deadlock is found by the
+/// server after its `deadlock_timeout`, 1 s by default; a dead session's lock stays until the
+/// server ends that session), then its group is run again job by job, where it waits
+/// [`CAREFUL_LOCK_TIMEOUT`] a try (`deadlocked`), then fails alone (its caller answers 96) and
+/// the rest commit: the writer is held up about three seconds, not for as long as the lock is
+/// held.
+const WRITER_SETTINGS: &str = "SET lock_timeout = '2s'";
+/// The lock wait of a group's job-by-job run, for that transaction only.
+const CAREFUL_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '250ms'";
 
 /// How to open a PostgreSQL store.
 #[derive(Clone, Debug)]
@@ -739,7 +745,10 @@ fn commit_group_carefully(
     let mut tries = 0;
     let results = loop {
         tries += 1;
-        if let Err(error) = conn.execute_batch("BEGIN") {
+        // A job that waited out the lock timeout on the fast path (another session holds its
+        // row: a node that died mid-group, until the server ends that session) waits only
+        // briefly here, so its group is not held up by the full wait twice.
+        if let Err(error) = conn.execute_batch(&format!("BEGIN; {CAREFUL_LOCK_TIMEOUT}")) {
             let error = StoreError::from(error);
             for job in jobs.drain(..) {
                 completions.extend(completion(job, Err(error.clone())));
@@ -810,9 +819,14 @@ fn deadlock_backoff(tries: u32) -> std::time::Duration {
 }
 
 /// PostgreSQL's deadlock_detected (40P01) or serialization_failure (40001).
+/// A deadlock, a serialization failure, or a lock not granted within the lock timeout: in the
+/// job-by-job run (whose lock timeout is shorter than the server's deadlock check) a wait in a
+/// cycle with another node's group ends as a lock timeout as often as a deadlock, and is
+/// resolved the same way, the whole group rolled back and run again.
 fn deadlocked(error: &StoreError) -> bool {
     matches!(error, StoreError::Backend { message }
-        if message.ends_with("(40P01)") || message.ends_with("(40001)"))
+        if message.ends_with("(40P01)") || message.ends_with("(40001)")
+            || message.ends_with("(55P03)"))
 }
 
 /// Claims due reversals for this node: rows another node's open claim has locked are skipped,
