@@ -1135,18 +1135,20 @@ impl Core {
                 // The same encrypted block with another card is refused before it is decoded
                 // (`pin_replay`): resent with card numbers changed, its 99s tell the PIN.
                 let pik = ctx.terminal.keys.map(|k| k.pik);
+                use crate::pin_replay::Admission;
+                // `None`: no PIK or no card to judge it by (refused below all the same).
                 let admission = match (pik, fingerprint.as_ref()) {
                     (Some(pik), Some(card)) => {
-                        self.pin_blocks.admit(&ctx.key.tid, pik, block, card)
+                        Some(self.pin_blocks.admit(&ctx.key.tid, pik, block, card))
                     }
-                    _ => crate::pin_replay::Admission::Admitted,
+                    _ => None,
                 };
-                let refused_why = match admission {
-                    crate::pin_replay::Admission::Admitted => None,
-                    crate::pin_replay::Admission::Replayed => {
+                let refused_why = match admission.as_ref().unwrap_or(&Admission::Admitted) {
+                    Admission::Admitted => None,
+                    Admission::Replayed => {
                         Some("PIN block already sent by this terminal with another card")
                     }
-                    crate::pin_replay::Admission::Exhausted => {
+                    Admission::Exhausted => {
                         Some("too many PIN blocks from this terminal did not decode: sign in again")
                     }
                 };
@@ -1176,14 +1178,17 @@ impl Core {
                         self.hsm
                             .translate_pin_block(pik, link.endpoint.zpk, &block, &digits)
                     });
+                if let (Some(pik), Some(admission)) = (pik, admission) {
+                    let decoded = !translated.as_ref().is_err_and(|e| e.is_bad_pin_block());
+                    let admitted = admission == Admission::Admitted;
+                    self.pin_blocks
+                        .settled(&ctx.key.tid, pik, admitted, decoded);
+                }
                 match translated {
                     Ok(block) => Some(block),
                     Err(error) => {
                         let _ = release(false, &mut undo);
                         let code = if error.is_bad_pin_block() {
-                            if let Some(pik) = pik {
-                                self.pin_blocks.failed(&ctx.key.tid, pik);
-                            }
                             // A PIN failure, for the risk rules on wrong PINs across cards.
                             self.risk_observe(
                                 &ctx.terminal,

@@ -35,6 +35,9 @@ struct Seen {
     blocks: VecDeque<(u64, u64)>,
     /// PIN blocks that did not decode under `pik`.
     format_failures: u32,
+    /// PIN blocks admitted and not yet settled (`settled`): counted as failures until they
+    /// are, so requests sent at once on several connections cannot all pass the limit.
+    in_flight: u32,
 }
 
 /// Whether a PIN block may be decoded.
@@ -79,10 +82,10 @@ impl PinBlocks {
                 ..Seen::default()
             };
         }
-        if seen.format_failures >= FORMAT_FAILURES_MAX {
+        if seen.format_failures.saturating_add(seen.in_flight) >= FORMAT_FAILURES_MAX {
             return Admission::Exhausted;
         }
-        match seen.blocks.iter().find(|(b, _)| *b == block_key) {
+        let admitted = match seen.blocks.iter().find(|(b, _)| *b == block_key) {
             Some(&(_, with)) if with == card_key => Admission::Admitted,
             Some(_) => Admission::Replayed,
             None => {
@@ -92,14 +95,24 @@ impl PinBlocks {
                 seen.blocks.push_back((block_key, card_key));
                 Admission::Admitted
             }
+        };
+        if admitted == Admission::Admitted {
+            seen.in_flight = seen.in_flight.saturating_add(1);
         }
+        admitted
     }
 
-    /// A PIN block terminal `tid` sent under `pik` did not decode, or was refused.
-    pub fn failed(&self, tid: &str, pik: KeyHandle) {
+    /// What became of a PIN block [`Self::admit`] admitted (or refused) for terminal `tid`
+    /// under `pik`: `decoded`, or it did not decode (or was refused), which counts.
+    pub fn settled(&self, tid: &str, pik: KeyHandle, admitted: bool, decoded: bool) {
         let mut terminals = self.lock();
         if let Some(seen) = terminals.get_mut(tid).filter(|s| s.pik == Some(pik)) {
-            seen.format_failures = seen.format_failures.saturating_add(1);
+            if admitted {
+                seen.in_flight = seen.in_flight.saturating_sub(1);
+            }
+            if !decoded {
+                seen.format_failures = seen.format_failures.saturating_add(1);
+            }
         }
     }
 
@@ -144,12 +157,14 @@ mod tests {
             seen.admit("T1", pik, b"first", b"card-1"),
             Admission::Admitted
         );
+        seen.settled("T1", pik, true, true);
         for n in 0..BLOCKS_PER_TERMINAL {
             let block = format!("b{n}");
             assert_eq!(
                 seen.admit("T1", pik, block.as_bytes(), b"card-1"),
                 Admission::Admitted
             );
+            seen.settled("T1", pik, true, true);
         }
         // Pushed out by the later ones.
         assert_eq!(
@@ -168,7 +183,7 @@ mod tests {
                 seen.admit("T1", pik, block.as_bytes(), b"card-1"),
                 Admission::Admitted
             );
-            seen.failed("T1", pik);
+            seen.settled("T1", pik, true, false);
         }
         assert_eq!(
             seen.admit("T1", pik, b"good", b"card-1"),
