@@ -1369,8 +1369,9 @@ fn claim_key(
     reversal: bool,
     since: &str,
 ) -> Result<(), StoreError> {
-    // A column no key covers: the row lock does not hold up other nodes' inserts of the
-    // terminal's rows (their foreign-key checks share the key), only other claims.
+    // The row's lock, as an update of a column no key covers takes it: other claims wait for
+    // it; other nodes' inserts of the terminal's rows, whose foreign-key checks only share
+    // the key, do not.
     conn.prepare_cached("UPDATE terminals SET status = status WHERE tid = ?1")?
         .execute_any(params![tid])?;
     let sql = if reversal {
