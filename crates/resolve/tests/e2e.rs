@@ -1209,6 +1209,43 @@ fn webhooks_to_a_private_address_are_refused_by_default() {
     });
 }
 
+/// A merchant, `HANGING_MID`, whose receiver accepts connections and never answers, with
+/// `events` notifications due; how many connections it was asked for.
+async fn hanging_merchant(e: &Env, events: i64) -> Arc<std::sync::atomic::AtomicUsize> {
+    let store = e.store();
+    let hanging = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_addr = hanging.local_addr().unwrap();
+    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&connected);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = hanging.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    resolve::outbox::set_endpoint(
+        store.as_ref(),
+        e.h.hsm.as_ref(),
+        HANGING_MID,
+        &format!("http://{hanging_addr}/hooks"),
+        b"k",
+        resolve::webhook::Destinations::AnyAddress,
+    )
+    .await
+    .unwrap();
+    for n in 0..events {
+        let event = resolve::outbox::Event::case_updated(900 + n, 1, "open", "x");
+        resolve::outbox::enqueue(store.as_ref(), HANGING_MID, event, now())
+            .await
+            .unwrap();
+    }
+    connected
+}
+
+/// Another merchant's, with a webhook receiver that hangs.
+const HANGING_MID: &str = "898110059429999";
+
 #[test]
 fn two_nodes_post_each_event_once_and_a_hanging_receiver_holds_up_only_its_merchant() {
     runtime().block_on(async {
@@ -1221,31 +1258,7 @@ fn two_nodes_post_each_event_once_and_a_hanging_receiver_holds_up_only_its_merch
             e.decline_for_notification(amount).await;
         }
         // Another merchant's receiver accepts the connection and never answers.
-        const HANGING_MID: &str = "898110059429999";
-        let hanging = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let hanging_addr = hanging.local_addr().unwrap();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = hanging.accept().await {
-                held.push(stream);
-            }
-        });
-        resolve::outbox::set_endpoint(
-            store.as_ref(),
-            e.h.hsm.as_ref(),
-            HANGING_MID,
-            &format!("http://{hanging_addr}/hooks"),
-            b"k",
-            resolve::webhook::Destinations::AnyAddress,
-        )
-        .await
-        .unwrap();
-        for n in 0..2 {
-            let event = resolve::outbox::Event::case_updated(900 + n, 1, "open", "x");
-            resolve::outbox::enqueue(store.as_ref(), HANGING_MID, event, now())
-                .await
-                .unwrap();
-        }
+        hanging_merchant(&e, 2).await;
         // Two nodes' notifiers on one journal, at once.
         let config = NotifierConfig {
             timeout: Duration::from_secs(2),
@@ -1297,39 +1310,11 @@ fn two_nodes_post_each_event_once_and_a_hanging_receiver_holds_up_only_its_merch
 fn the_background_notifier_serves_others_while_one_receiver_hangs() {
     runtime().block_on(async {
         let mut e = start().await;
-        let store = e.store();
         let good = receiver(200).await;
         e.aim_webhooks(&format!("http://{}/hooks", good.addr), b"k")
             .await;
-        const HANGING_MID: &str = "898110059429999";
-        let hanging = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let hanging_addr = hanging.local_addr().unwrap();
-        let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = Arc::clone(&connected);
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = hanging.accept().await {
-                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                held.push(stream);
-            }
-        });
-        resolve::outbox::set_endpoint(
-            store.as_ref(),
-            e.h.hsm.as_ref(),
-            HANGING_MID,
-            &format!("http://{hanging_addr}/hooks"),
-            b"k",
-            resolve::webhook::Destinations::AnyAddress,
-        )
-        .await
-        .unwrap();
         // Four events whose attempts take 2 s each: 8 s of one merchant's task.
-        for n in 0..4 {
-            let event = resolve::outbox::Event::case_updated(900 + n, 1, "open", "x");
-            resolve::outbox::enqueue(store.as_ref(), HANGING_MID, event, now())
-                .await
-                .unwrap();
-        }
+        let connected = hanging_merchant(&e, 4).await;
         let notifier = Notifier::new(
             e.store(),
             Arc::clone(&e.h.hsm) as Arc<dyn Hsm>,

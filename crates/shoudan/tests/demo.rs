@@ -113,6 +113,22 @@ fn shoudan(args: &[&str], dir: &Path) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// A card of the demo's that buys, from its fixtures.
+fn healthy_card(dir: &Path) -> String {
+    let (code, out) = shoudan(&["fixtures", "--json"], dir);
+    assert_eq!(code, 0);
+    let fixtures: Value = serde_json::from_str(&out).unwrap();
+    fixtures["cards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["label"] == "healthy")
+        .unwrap()["pan"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn purchase(dir: &Path, tid: &str, pan: &str) -> Value {
     let (code, out) = shoudan(
         &[
@@ -460,18 +476,7 @@ fn a_demo_whose_stdout_is_gone_still_serves_and_stops_cleanly() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (code, out) = shoudan(&["fixtures", "--json"], dir);
-    assert_eq!(code, 0);
-    let fixtures: Value = serde_json::from_str(&out).unwrap();
-    let card = fixtures["cards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["label"] == "healthy")
-        .unwrap()["pan"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let card = healthy_card(dir);
     assert_eq!(purchase(dir, "10000001", &card)["code"], "00");
     // A mistyped transaction is refused before the terminal signs in (new working keys).
     let signed_in = || {
@@ -507,18 +512,7 @@ fn bench_terminals_keep_their_keys_across_a_kill() {
     let killed = start_with(dir, false, &bench);
     drop(killed); // SIGKILL: no clean stop
     let child = start_with(dir, false, &bench);
-    let (code, out) = shoudan(&["fixtures", "--json"], dir);
-    assert_eq!(code, 0);
-    let fixtures: Value = serde_json::from_str(&out).unwrap();
-    let card = fixtures["cards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["label"] == "healthy")
-        .unwrap()["pan"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let card = healthy_card(dir);
     for tid in ["30000001", "30000002"] {
         let answer = purchase(dir, tid, &card);
         assert_eq!(answer["code"], "00", "{tid}: {answer}");

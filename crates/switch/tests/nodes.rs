@@ -74,6 +74,27 @@ async fn start_node(
     Node { store, handle }
 }
 
+/// An issuer that acknowledges reversals, an HSM, and `tids` provisioned in the database the
+/// nodes will share.
+async fn shared(
+    config: &PgConfig,
+    tids: &[&str],
+) -> (
+    Arc<IssuerLog>,
+    std::net::SocketAddr,
+    Arc<SoftHsm>,
+    KeyHandle,
+) {
+    let log = Arc::new(IssuerLog::default());
+    log.answer_reversals.store(true, Ordering::SeqCst);
+    let issuer = start_issuer(Arc::clone(&log)).await;
+    let (hsm, zpk) = new_hsm();
+    let setup = PgStore::open(config).unwrap();
+    common::provision(&setup, &hsm, tids).await;
+    drop(setup);
+    (log, issuer, hsm, zpk)
+}
+
 /// Signs in and buys `PURCHASES` times; returns the RRNs of the approvals.
 async fn serve(addr: std::net::SocketAddr, tid: &str, first_stan: u32) -> Vec<String> {
     let mut terminal = Terminal::connect(addr, tid).await;
@@ -101,14 +122,7 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
     let main = runtime();
     let (node_a_runtime, node_b_runtime) = (runtime(), runtime());
     main.block_on(async {
-        let log = Arc::new(IssuerLog::default());
-        log.answer_reversals.store(true, Ordering::SeqCst);
-        let issuer = start_issuer(Arc::clone(&log)).await;
-        let (hsm, zpk) = new_hsm();
-        {
-            let setup = PgStore::open(&config).unwrap();
-            common::provision(&setup, &hsm, &[TID_A, TID_B]).await;
-        }
+        let (log, issuer, hsm, zpk) = shared(&config, &[TID_A, TID_B]).await;
         let a = start_node(&node_a_runtime, &config, 1, issuer, &hsm, zpk).await;
         let b = start_node(&node_b_runtime, &config, 2, issuer, &hsm, zpk).await;
 
@@ -492,14 +506,7 @@ fn two_nodes_take_one_request_once_and_a_reversed_void_voids_nothing() {
     let main = runtime();
     let (node_a_runtime, node_b_runtime) = (runtime(), runtime());
     main.block_on(async {
-        let log = Arc::new(IssuerLog::default());
-        log.answer_reversals.store(true, Ordering::SeqCst);
-        let issuer = start_issuer(Arc::clone(&log)).await;
-        let (hsm, zpk) = new_hsm();
-        {
-            let setup = PgStore::open(&config).unwrap();
-            common::provision(&setup, &hsm, &[TID_A]).await;
-        }
+        let (log, issuer, hsm, zpk) = shared(&config, &[TID_A]).await;
         let a = start_node(&node_a_runtime, &config, 1, issuer, &hsm, zpk).await;
         let b = start_node(&node_b_runtime, &config, 2, issuer, &hsm, zpk).await;
         let pan = card("622202");

@@ -1852,6 +1852,42 @@ fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
     });
 }
 
+/// An approved one-yuan purchase of terminal 10000001, batch 9, trace `id` modulo a million,
+/// for `mid`, received at `received_at_ms`: one row of a busy day.
+fn approved_row(id: i64, mid: &str, received_at_ms: i64) -> store::Record {
+    store::Record::InsertTxn(Box::new(store::TxnRow {
+        id,
+        tid: "10000001".into(),
+        mid: mid.into(),
+        batch_no: 9,
+        stan: u32::try_from(id % 1_000_000).unwrap(),
+        kind: store::TxnKind::Purchase,
+        mti: "0200".into(),
+        processing_code: "000000".into(),
+        condition_code: "00".into(),
+        amount_fen: 100,
+        currency: "156".into(),
+        pan: None,
+        issuer: Some("ICBC".into()),
+        rrn: Some(format!("{id:012}")),
+        host_trace: None,
+        auth_code: Some("A1B2C3".into()),
+        response_code: Some("00".into()),
+        state: store::TxnState::Approved,
+        request_hash: vec![0],
+        original_id: None,
+        refunded_fen: 0,
+        field60: None,
+        host_date: None,
+        clearing_date: "20260101".into(),
+        settlement_date: None,
+        received_at_ms,
+        sent_at_ms: None,
+        issuer_answered_at_ms: None,
+        answered_at_ms: None,
+    }))
+}
+
 /// A merchant's day with more transactions than one store read returns (the store caps a read
 /// at `RESOLVE_ROWS_MAX` rows, oldest first): the search starts from the newest and pages
 /// through all of them, and the dashboard counts the whole day. Both used to stop at the cap,
@@ -1869,41 +1905,9 @@ fn a_busy_merchants_day_is_searched_newest_first_and_counted_whole() {
             let hours8 = 8 * 3_600_000;
             (switch::SystemClock.now_ms() + hours8).div_euclid(86_400_000) * 86_400_000 - hours8
         };
+        // A second apart from the day's start: all of them today.
         let rows: Vec<store::Record> = (1..=busy)
-            .map(|n| {
-                store::Record::InsertTxn(Box::new(store::TxnRow {
-                    id: 1_000_000 + n,
-                    tid: "10000001".into(),
-                    mid: MID.into(),
-                    batch_no: 9,
-                    stan: u32::try_from(n).unwrap(),
-                    kind: store::TxnKind::Purchase,
-                    mti: "0200".into(),
-                    processing_code: "000000".into(),
-                    condition_code: "00".into(),
-                    amount_fen: 100,
-                    currency: "156".into(),
-                    pan: None,
-                    issuer: Some("ICBC".into()),
-                    rrn: Some(format!("{:012}", 1_000_000 + n)),
-                    host_trace: None,
-                    auth_code: Some("A1B2C3".into()),
-                    response_code: Some("00".into()),
-                    state: store::TxnState::Approved,
-                    request_hash: vec![0],
-                    original_id: None,
-                    refunded_fen: 0,
-                    field60: None,
-                    host_date: None,
-                    clearing_date: "20260101".into(),
-                    settlement_date: None,
-                    // A second apart from the day's start: all of them today.
-                    received_at_ms: day_start + n * 1_000,
-                    sent_at_ms: None,
-                    issuer_answered_at_ms: None,
-                    answered_at_ms: None,
-                }))
-            })
+            .map(|n| approved_row(1_000_000 + n, MID, day_start + n * 1_000))
             .collect();
         for chunk in rows.chunks(2_000) {
             e.h.store.submit(chunk.to_vec()).unwrap().await.unwrap();
@@ -2010,39 +2014,7 @@ fn a_staff_search_over_every_merchant_reads_one_budget_a_page() {
             use switch::Clock;
             switch::SystemClock.now_ms()
         };
-        let row = |n: i64, mid: &str| {
-            store::Record::InsertTxn(Box::new(store::TxnRow {
-                id: 2_000_000 + n,
-                tid: "10000001".into(),
-                mid: mid.into(),
-                batch_no: 9,
-                stan: u32::try_from(n).unwrap(),
-                kind: store::TxnKind::Purchase,
-                mti: "0200".into(),
-                processing_code: "000000".into(),
-                condition_code: "00".into(),
-                amount_fen: 100,
-                currency: "156".into(),
-                pan: None,
-                issuer: Some("ICBC".into()),
-                rrn: Some(format!("{:012}", 2_000_000 + n)),
-                host_trace: None,
-                auth_code: Some("A1B2C3".into()),
-                response_code: Some("00".into()),
-                state: store::TxnState::Approved,
-                request_hash: vec![0],
-                original_id: None,
-                refunded_fen: 0,
-                field60: None,
-                host_date: None,
-                clearing_date: "20260101".into(),
-                settlement_date: None,
-                received_at_ms: now - 3_600_000 + n,
-                sent_at_ms: None,
-                issuer_answered_at_ms: None,
-                answered_at_ms: None,
-            }))
-        };
+        let row = |n: i64, mid: &str| approved_row(2_000_000 + n, mid, now - 3_600_000 + n);
         // 600 rows each: under a budget of 1,000 read from each merchant, all would be read.
         let rows: Vec<store::Record> = (1..=600)
             .map(|n| row(n, MID))
