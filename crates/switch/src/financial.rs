@@ -1178,7 +1178,11 @@ impl Core {
                         self.hsm
                             .translate_pin_block(pik, link.endpoint.zpk, &block, &digits)
                     });
-                if let (Some(pik), Some(admission)) = (pik, admission) {
+                // A refusal for the limit itself adds nothing to it (blocks in flight alone may
+                // have reached it).
+                if let (Some(pik), Some(admission)) = (pik, admission)
+                    && admission != Admission::Exhausted
+                {
                     let decoded = !translated.as_ref().is_err_and(|e| e.is_bad_pin_block());
                     let admitted = admission == Admission::Admitted;
                     self.pin_blocks

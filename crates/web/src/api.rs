@@ -806,7 +806,8 @@ async fn webhook(State(web): State<Web>, who: Principal, Query(q): Query<MidFilt
     let endpoint = web.store.webhook_endpoint(&mid)?;
     Ok(Json(json!({
         "mid": mid,
-        "url": endpoint.as_ref().map(|e| e.url.clone()),
+        // Shown with any card-number-like digits masked (as the audit log keeps it).
+        "url": endpoint.as_ref().map(|e| domain::mask_card_numbers(&e.url).into_owned()),
         "active": endpoint.as_ref().is_some_and(|e| e.active),
     })))
 }
@@ -845,7 +846,8 @@ async fn set_webhook(
         Some(json!({ "url": body.url })),
     )
     .await?;
-    Ok(Json(json!({ "mid": mid, "url": body.url, "active": true })))
+    let url = domain::mask_card_numbers(&body.url);
+    Ok(Json(json!({ "mid": mid, "url": url, "active": true })))
 }
 
 #[derive(Deserialize)]

@@ -152,6 +152,14 @@ impl From<CaseError> for ApiError {
             CaseError::RefundInDoubt => {
                 ApiError::new(StatusCode::CONFLICT, "refund_in_doubt", message)
             }
+            CaseError::Refund(switch::BackOfficeError::Store(e)) => {
+                tracing::warn!(error = %e, "refund: the journal failed");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "refund_failed",
+                    "the refund could not be recorded; try again",
+                )
+            }
             CaseError::Refund(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "refund_failed", message)
             }

@@ -100,11 +100,15 @@ pub fn health_router() -> Router<Web> {
 async fn healthz(State(web): State<Web>) -> Response {
     match web.store.merchants() {
         Ok(_) => "ok\n".into_response(),
-        Err(e) => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            format!("store: {e}\n"),
-        )
-            .into_response(),
+        // Public: the journal's own words stay in the log.
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: the journal cannot be read");
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "journal unavailable\n",
+            )
+                .into_response()
+        }
     }
 }
 

@@ -233,7 +233,10 @@ fn newest_matching(
         mid,
         filter.from_ms,
         before,
-        SEARCH_READ_ROWS,
+        // Not more at a time than this merchant's share of the budget.
+        u32::try_from(scan_max)
+            .unwrap_or(u32::MAX)
+            .min(SEARCH_READ_ROWS),
         |row| -> Result<_, ApiError> {
             scanned += 1;
             let place = key(&row);
