@@ -29,7 +29,9 @@ pub use model::{
     TerminalHealthRow, TerminalRow, TxnKind, TxnRow, TxnState, TxnTally, WrappedKeys,
 };
 pub use pending::{Durable, Pending};
-pub use pg::{PG_READ_CONNECT_PAUSE, PG_READ_CONNECTIONS_MAX, PgConfig, PgStore};
+pub use pg::{
+    PG_READ_CONNECT_FAILURES, PG_READ_CONNECT_PAUSE, PG_READ_CONNECTIONS_MAX, PgConfig, PgStore,
+};
 pub use sqlite::{
     READ_CONNECTIONS_MAX, SqliteConfig, SqliteStore, Synchronous, WRITE_BATCH_MAX, WRITE_QUEUE_MAX,
 };

@@ -128,6 +128,9 @@ struct ReadPool {
     /// [`PG_READ_CONNECT_PAUSE`] after it, reads that need a new connection fail with that error
     /// at once instead of each trying (a database down, every request of every node reading).
     failed: Option<(std::time::Instant, StoreError)>,
+    /// Attempts failed in a row: the pause starts at [`PG_READ_CONNECT_FAILURES`], so a blip
+    /// (one background read failing while the link was cut) costs no request a 96 after it.
+    failures: u32,
     /// Read connections opened so far: an attempt that began before the latest one opened
     /// and fails after it (a slow connect) does not start a pause.
     opened: u64,
@@ -136,6 +139,8 @@ struct ReadPool {
 /// How long after a failed attempt to open a read connection no other is tried: while the
 /// database is down, a node tries it twice a second, not once per request.
 pub const PG_READ_CONNECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+/// Attempts to open a read connection failed in a row before [`PG_READ_CONNECT_PAUSE`] applies.
+pub const PG_READ_CONNECT_FAILURES: u32 = 3;
 
 /// A read connection in use; back to the pool when dropped, whatever happened meanwhile (or
 /// closed and no longer counted, if the server or the network closed it).
@@ -450,6 +455,7 @@ impl PgStore {
             }
             if pool.open < PG_READ_CONNECTIONS_MAX {
                 if let Some((at, error)) = &pool.failed
+                    && pool.failures >= PG_READ_CONNECT_FAILURES
                     && at.elapsed() < PG_READ_CONNECT_PAUSE
                 {
                     return Err(error.clone());
@@ -462,12 +468,14 @@ impl PgStore {
                 match &opened {
                     Ok(_) => {
                         pool.failed = None;
+                        pool.failures = 0;
                         pool.opened = pool.opened.wrapping_add(1);
                     }
                     Err(error) => {
                         pool.open = pool.open.saturating_sub(1);
                         if pool.opened == began_after {
                             pool.failed = Some((std::time::Instant::now(), error.clone()));
+                            pool.failures = pool.failures.saturating_add(1);
                         }
                     }
                 }
