@@ -1468,7 +1468,7 @@ async fn console(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><form method=\"post\" action=\"/console/risk/alerts/{}/clear\">\
                  <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button class=\"clear-alert\">{}</button></form></td></tr>",
                 esc(&format_time(a.raised_at_ms)),
-                esc(&a.kind),
+                esc(alert_kind_text(l, &a.kind)),
                 esc(&a.mid),
                 esc(&a.tid),
                 esc(&a.detail),
@@ -1523,7 +1523,11 @@ async fn console(
                 esc(&p.payout_date),
                 yuan(p.amount_fen),
                 payout_state_text(l, p.state.as_str()),
-                esc(p.failure.as_deref().unwrap_or(""))
+                // What went wrong in the page's language, as the merchant's pages say it.
+                esc(p.failure.as_deref().map_or("", |key| {
+                    diagnosis::PayoutFailure::from_key(key)
+                        .map_or(key, |kind| diagnosis::diagnose_payout(kind).title.get(l))
+                }))
             ));
         }
         body.push_str("</table>");
@@ -1578,6 +1582,29 @@ async fn approve_refund(
     match result {
         Ok(_) => redirect(&format!("/portal/cases/{id}")),
         Err(e) => error_page(&c, Some(&who), &e),
+    }
+}
+
+/// A risk rule's kind (as its alert records it) in the page's language.
+fn alert_kind_text(l: Lang, kind: &str) -> &str {
+    match kind {
+        "card-types" => t(l, "卡种限制", "card types"),
+        "amount-max" => t(l, "单笔限额", "amount limit"),
+        "daily-amount-max" => t(l, "单日限额", "daily limit"),
+        "card-velocity" => t(l, "同卡交易过频", "card velocity"),
+        "card-testing" => t(l, "疑似试卡", "card testing"),
+        "wrong-pins" => t(l, "多卡密码错误", "wrong PINs across cards"),
+        "peer-change" => t(l, "终端网络位置变化", "terminal moved network"),
+        "mcc-profile" => t(l, "交易与行业不符", "outside the merchant's trade"),
+        other => other,
+    }
+}
+
+fn role_text(l: Lang, role: store::web::Role) -> &'static str {
+    match role {
+        store::web::Role::Merchant => t(l, "商户", "merchant"),
+        store::web::Role::Operator => t(l, "运营", "operator"),
+        store::web::Role::Admin => t(l, "管理员", "admin"),
     }
 }
 
@@ -2078,7 +2105,7 @@ async fn users(
                 esc(&user.username),
                 esc(&user.username),
                 esc(&user.display_name),
-                user.role.as_str(),
+                role_text(l, user.role),
                 esc(user.mid.as_deref().unwrap_or("-")),
                 esc(&state),
             ));
@@ -2189,7 +2216,7 @@ fn account_page(c: &Ctx, who: &Principal, note: Option<(bool, &str)>) -> Respons
         t(l, "用户名", "Username"),
         esc(&who.username),
         t(l, "角色", "Role"),
-        who.role.as_str(),
+        role_text(l, who.role),
         t(l, "修改密码", "Change password"),
         esc(who.csrf.as_deref().unwrap_or("")),
         t(l, "当前密码", "Current password"),
@@ -2336,6 +2363,38 @@ async fn audit_log(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The console names alerts' rules, payout failures and roles in the page's language.
+    #[test]
+    fn console_words_are_in_the_pages_language() {
+        for key in [
+            "card-types",
+            "amount-max",
+            "daily-amount-max",
+            "card-velocity",
+            "card-testing",
+            "wrong-pins",
+            "peer-change",
+            "mcc-profile",
+        ] {
+            assert!(
+                !alert_kind_text(Lang::Zh, key).is_ascii(),
+                "{key} has no Chinese name"
+            );
+        }
+        assert_eq!(
+            alert_kind_text(Lang::Zh, "from-a-newer-build"),
+            "from-a-newer-build"
+        );
+        for role in [
+            store::web::Role::Merchant,
+            store::web::Role::Operator,
+            store::web::Role::Admin,
+        ] {
+            assert!(!role_text(Lang::Zh, role).is_ascii());
+            assert_eq!(role_text(Lang::En, role), role.as_str());
+        }
+    }
 
     /// Every error code the API documents has a title of its own on pages, in both languages
     /// (only `internal` takes the general one).
