@@ -862,7 +862,6 @@ impl Core {
 
     /// Undoes what `check_link` reserved, applying the result when the issuer approved; what
     /// an approval changed goes to `undo`, to be put back if its outcome cannot be written.
-    #[allow(clippy::too_many_arguments)]
     fn settle_link(
         &self,
         kind: TxnKind,
