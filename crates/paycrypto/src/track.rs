@@ -64,14 +64,21 @@ fn char_of(n: u8) -> char {
     }
 }
 
+/// Where the encrypted block of a track of `len` characters starts, in characters, for a cipher
+/// of `block_len` bytes: what comes before it stays clear. `None` for a track too short to
+/// hold a block and a last byte.
+pub fn block_start(len: usize, block_len: usize) -> Option<usize> {
+    Some(len.div_ceil(2).checked_sub(1 + block_len)? * 2)
+}
+
 fn apply(key: &Key, track: &str, encrypt: bool) -> Result<Zeroizing<String>, TrackError> {
     let chars = track.as_bytes();
     let len = chars.len();
     let block = key.block_len();
-    let bytes = len.div_ceil(2);
-    if len > TRACK_LEN_MAX || bytes < block + 1 {
+    let start = block_start(len, block).filter(|_| len <= TRACK_LEN_MAX);
+    let Some(start) = start else {
         return Err(TrackError::Length { len });
-    }
+    };
     let mut packed = Zeroizing::new([0u8; TRACK_LEN_MAX / 2]);
     for (i, &c) in chars.iter().enumerate() {
         let mut n = nibble_of(c).ok_or(TrackError::BadChar)?;
@@ -87,7 +94,7 @@ fn apply(key: &Key, track: &str, encrypt: bool) -> Result<Zeroizing<String>, Tra
     }
     // The block that ends just before the last byte.
     let tdb = packed
-        .get_mut(bytes - 1 - block..bytes - 1)
+        .get_mut(start / 2..start / 2 + block)
         .ok_or(TrackError::Length { len })?;
     if encrypt {
         key.encrypt_ecb(tdb)?;

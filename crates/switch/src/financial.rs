@@ -76,13 +76,9 @@ pub(crate) fn card_in_clear(
         return card(message);
     }
     let track = message.digits(35)?;
-    let block_len = match scheme? {
-        KeyScheme::Sm4 => 16,
-        _ => 8,
-    };
-    // The block ends before the packed track's last byte: characters from `clear_end` on
-    // may be cipher text.
-    let clear_end = (track.len().div_ceil(2).checked_sub(1 + block_len)?) * 2;
+    // The track key's cipher has the block length of the scheme's PIN blocks. Characters from
+    // `clear_end` on may be cipher text.
+    let clear_end = paycrypto::track::block_start(track.len(), pin_block_len(scheme?))?;
     let separator = track.chars().position(|c| c == '=')?;
     (separator < clear_end).then(|| pan_of(track.chars()))
 }
