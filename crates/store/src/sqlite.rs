@@ -1374,25 +1374,19 @@ fn claim_key(
     // the key, do not.
     conn.prepare_cached("UPDATE terminals SET status = status WHERE tid = ?1")?
         .execute_any(params![tid])?;
-    let sql = if reversal {
+    // A reversal's key is its own: the same TID, batch and STAN as its original's.
+    let kind = if reversal { "=" } else { "<>" };
+    let sql = format!(
         "SELECT id FROM transactions WHERE tid = ?1 AND batch_no = ?2 AND stan = ?3
-         AND kind = 'reversal' AND clearing_date >= ?4
+         AND kind {kind} 'reversal' AND clearing_date >= ?4
          AND received_at_ms > COALESCE(
              (SELECT CASE WHEN result = 3 THEN opened_after_ms ELSE settled_at_ms END
               FROM batch_settlements WHERE tid = ?1 AND batch_no = ?2),
              -9223372036854775807)
          ORDER BY id LIMIT 1"
-    } else {
-        "SELECT id FROM transactions WHERE tid = ?1 AND batch_no = ?2 AND stan = ?3
-         AND kind <> 'reversal' AND clearing_date >= ?4
-         AND received_at_ms > COALESCE(
-             (SELECT CASE WHEN result = 3 THEN opened_after_ms ELSE settled_at_ms END
-              FROM batch_settlements WHERE tid = ?1 AND batch_no = ?2),
-             -9223372036854775807)
-         ORDER BY id LIMIT 1"
-    };
+    );
     let taken: Option<i64> = conn
-        .prepare_cached(sql)?
+        .prepare_cached(&sql)?
         .query_row(params![tid, batch_no, stan, since], |r| r.get(0))
         .optional()?;
     match taken {
