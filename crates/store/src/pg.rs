@@ -282,26 +282,9 @@ impl PgStore {
         if let Some(schema) = &config.schema {
             // Under the migrations' lock: two nodes creating one schema at once can fail one
             // of them (a unique violation on the catalogue) despite IF NOT EXISTS.
-            writer.execute_batch("BEGIN")?;
-            let created = writer
-                .query_row(
-                    "SELECT pg_advisory_xact_lock(?1)::TEXT",
-                    params![MIGRATION_LOCK_KEY],
-                    |r| r.get::<_, String>(0),
-                )
-                .map_err(StoreError::from)
-                .and_then(|_| {
-                    writer
-                        .execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-                        .map_err(StoreError::from)
-                });
-            match created {
-                Ok(()) => writer.execute_batch("COMMIT")?,
-                Err(error) => {
-                    let _ = writer.execute_batch("ROLLBACK");
-                    return Err(error);
-                }
-            }
+            under_migration_lock(&writer, |conn| {
+                Ok(conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?)
+            })?;
             writer.execute_batch(&format!("SET search_path TO {schema}"))?;
         }
         migrate(&writer)?;
@@ -580,8 +563,24 @@ fn now_ms() -> i64 {
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    under_migration_lock(conn, migrate_locked)
+}
+
+/// Runs `f` in a transaction that holds the migrations' advisory lock (nodes starting together
+/// take turns), committed if `f` succeeds, rolled back otherwise.
+fn under_migration_lock(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     conn.execute_batch("BEGIN")?;
-    let result = migrate_locked(conn);
+    let result = conn
+        .query_row(
+            "SELECT pg_advisory_xact_lock(?1)::TEXT",
+            params![MIGRATION_LOCK_KEY],
+            |r| r.get::<_, String>(0),
+        )
+        .map_err(StoreError::from)
+        .and_then(|_| f(conn));
     match result {
         Ok(()) => conn.execute_batch("COMMIT")?,
         Err(_) => {
@@ -592,11 +591,6 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 }
 
 fn migrate_locked(conn: &Connection) -> Result<(), StoreError> {
-    conn.query_row(
-        "SELECT pg_advisory_xact_lock(?1)::TEXT",
-        params![MIGRATION_LOCK_KEY],
-        |r| r.get::<_, String>(0),
-    )?;
     conn.execute_batch(schema::MIGRATIONS_TABLE)?;
     let applied: Vec<i64> = conn
         .prepare("SELECT version FROM schema_migrations")?
