@@ -325,13 +325,7 @@ impl Notifier {
     /// up only its own events. Each attempt is claimed first (`ClaimDelivery`): with several
     /// nodes, one of them makes it. Returns the number of attempts made.
     pub async fn deliver_due(self: &Arc<Self>) -> Result<usize, ResolveError> {
-        let now_ms = self.clock.now_ms();
-        let due = self.store.outbox_due(
-            now_ms,
-            self.config.batch_max,
-            u32::try_from(PER_MERCHANT_PER_PASS).unwrap_or(u32::MAX),
-        )?;
-        let mut merchants = by_merchant(due).into_iter();
+        let mut merchants = self.due_by_merchant()?.into_iter();
         let mut running = tokio::task::JoinSet::new();
         let mut attempts = 0;
         let mut failure = None;
@@ -520,6 +514,17 @@ impl Notifier {
         })
     }
 
+    /// The events due now, by merchant, in the order read: every merchant's oldest first (see
+    /// `Store::outbox_due`), at most [`PER_MERCHANT_PER_PASS`] each.
+    fn due_by_merchant(&self) -> Result<Vec<(String, Vec<OutboxRow>)>, ResolveError> {
+        let due = self.store.outbox_due(
+            self.clock.now_ms(),
+            self.config.batch_max,
+            u32::try_from(PER_MERCHANT_PER_PASS).unwrap_or(u32::MAX),
+        )?;
+        Ok(by_merchant(due))
+    }
+
     /// One pass of [`Self::spawn`]'s: a task per merchant with due events that is not in
     /// `serving`, while fewer than [`MERCHANTS_AT_ONCE`] are.
     fn start_due(
@@ -532,12 +537,7 @@ impl Notifier {
         if room == 0 {
             return Ok(());
         }
-        let due = self.store.outbox_due(
-            self.clock.now_ms(),
-            self.config.batch_max,
-            u32::try_from(PER_MERCHANT_PER_PASS).unwrap_or(u32::MAX),
-        )?;
-        for (mid, items) in by_merchant(due) {
+        for (mid, items) in self.due_by_merchant()? {
             if lock(serving).len() >= MERCHANTS_AT_ONCE || !lock(serving).insert(mid.clone()) {
                 continue;
             }
