@@ -167,6 +167,19 @@ impl Env {
         Arc::clone(&self.h.directory)
     }
 
+    /// The merchant's duplicate flags, newest first (the first hundred).
+    fn flagged(&self) -> Vec<duplicates::DuplicateFlag> {
+        duplicates::flagged(
+            self.store().as_ref(),
+            &self.h.directory,
+            MID,
+            (None, 100),
+            i64::MIN,
+            now(),
+        )
+        .unwrap()
+    }
+
     fn tailer(&self) -> Tailer {
         Tailer::new(
             self.store(),
@@ -948,15 +961,7 @@ fn a_duplicate_is_flagged_when_the_first_payment_is_approved_after_the_second() 
             "answered in the other order"
         );
         tailer.poll_once().await.unwrap();
-        let flags = duplicates::flagged(
-            store.as_ref(),
-            &e.h.directory,
-            MID,
-            (None, 100),
-            i64::MIN,
-            now(),
-        )
-        .unwrap();
+        let flags = e.flagged();
         assert_eq!(flags.len(), 1, "{flags:#?}");
         assert_eq!(flags[0].first.rrn.as_deref(), Some(first_rrn.as_str()));
         assert_eq!(flags[0].second.rrn.as_deref(), Some(second_rrn.as_str()));
@@ -979,15 +984,7 @@ fn a_duplicate_is_flagged_when_the_first_payment_is_approved_after_the_second() 
             ..pay(93)
         };
         assert_eq!(e.t.send(&void).await.code(), "00");
-        let flags = duplicates::flagged(
-            store.as_ref(),
-            &e.h.directory,
-            MID,
-            (None, 100),
-            i64::MIN,
-            now(),
-        )
-        .unwrap();
+        let flags = e.flagged();
         assert_eq!(flags[0].suggested_action, SuggestedAction::NothingLeft);
     });
 }
@@ -1018,16 +1015,7 @@ fn a_payment_refunded_in_full_then_paid_again_is_no_duplicate() {
         assert_eq!(refund.response_code, "00");
         let (_, again, _) = e.purchase(&card, 5_500).await;
         e.tailer().poll_once().await.unwrap();
-        let store = e.store();
-        let flags = duplicates::flagged(
-            store.as_ref(),
-            &e.h.directory,
-            MID,
-            (None, 100),
-            i64::MIN,
-            now(),
-        )
-        .unwrap();
+        let flags = e.flagged();
         let seconds: Vec<_> = flags.iter().map(|f| f.second.rrn.as_deref()).collect();
         assert_eq!(seconds, [Some(again.as_str())], "{flags:#?}");
     });
@@ -1046,15 +1034,7 @@ fn duplicate_purchase_is_flagged_and_notified() {
         let mut tailer = e.tailer();
         tailer.poll_once().await.unwrap();
         let store = e.store();
-        let flags = duplicates::flagged(
-            store.as_ref(),
-            &e.h.directory,
-            MID,
-            (None, 100),
-            i64::MIN,
-            now(),
-        )
-        .unwrap();
+        let flags = e.flagged();
         assert_eq!(flags.len(), 1, "{flags:#?}");
         assert_eq!(flags[0].second.rrn.as_deref(), Some(second.as_str()));
         assert_eq!(flags[0].suggested_action, SuggestedAction::VoidSecondToday);
