@@ -33,10 +33,11 @@ impl Drop for Demo {
 }
 
 fn start(dir: &Path, traffic: bool) -> Demo {
-    start_with(dir, traffic, &[])
+    start_with(dir, traffic, &[], Stdio::null())
 }
 
-fn start_with(dir: &Path, traffic: bool, extra: &[&str]) -> Demo {
+/// A demo on `dir` with `extra` arguments, its standard output to `stdout`, once it listens.
+fn start_with(dir: &Path, traffic: bool, extra: &[&str], stdout: Stdio) -> Demo {
     // The demo rewrites fixtures.json once it listens: its appearance is the ready signal.
     let _ = std::fs::remove_file(dir.join("fixtures.json"));
     let mut cmd = Command::new(BIN);
@@ -51,7 +52,7 @@ fn start_with(dir: &Path, traffic: bool, extra: &[&str]) -> Demo {
     .arg(dir)
     .args(extra)
     .env("SHOUDAN_LOG", "debug")
-    .stdout(Stdio::null())
+    .stdout(stdout)
     .stderr(log_file(dir));
     if traffic {
         cmd.args(["--traffic", "40"]);
@@ -61,7 +62,8 @@ fn start_with(dir: &Path, traffic: bool, extra: &[&str]) -> Demo {
     while !dir.join("fixtures.json").exists() {
         assert!(
             Instant::now() < deadline,
-            "demo did not write fixtures.json"
+            "demo did not write fixtures.json: {}",
+            std::fs::read_to_string(log_path(dir)).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -454,28 +456,7 @@ fn a_demo_whose_stdout_is_gone_still_serves_and_stops_cleanly() {
     let dir = tmp.path();
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "demo",
-        "--terminal-port",
-        "0",
-        "--http-port",
-        "0",
-        "--data-dir",
-    ])
-    .arg(dir)
-    .stdout(writer)
-    .stderr(log_file(dir));
-    let child = Demo(Some(cmd.spawn().unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !dir.join("fixtures.json").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "demo did not start: {}",
-            std::fs::read_to_string(log_path(dir)).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = start_with(dir, false, &[], writer.into());
     let card = healthy_card(dir);
     assert_eq!(purchase(dir, "10000001", &card)["code"], "00");
     // A mistyped transaction is refused before the terminal signs in (new working keys).
@@ -509,9 +490,9 @@ fn bench_terminals_keep_their_keys_across_a_kill() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let bench = ["--bench-terminals", "2"];
-    let killed = start_with(dir, false, &bench);
+    let killed = start_with(dir, false, &bench, Stdio::null());
     drop(killed); // SIGKILL: no clean stop
-    let child = start_with(dir, false, &bench);
+    let child = start_with(dir, false, &bench, Stdio::null());
     let card = healthy_card(dir);
     for tid in ["30000001", "30000002"] {
         let answer = purchase(dir, tid, &card);
