@@ -75,7 +75,13 @@ impl PinBlocks {
         let block_key = self.hasher.hash_one(block);
         let card_key = self.hasher.hash_one(card);
         let mut terminals = self.lock();
-        let seen = terminals.entry(tid.to_owned()).or_default();
+        // The terminal's name is copied only the first time: this is on every PIN request.
+        if !terminals.contains_key(tid) {
+            terminals.insert(tid.to_owned(), Seen::default());
+        }
+        let Some(seen) = terminals.get_mut(tid) else {
+            return Admission::Admitted;
+        };
         if seen.pik != Some(pik) {
             *seen = Seen {
                 pik: Some(pik),
