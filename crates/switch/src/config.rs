@@ -20,7 +20,8 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 8_192;
 /// How long a terminal has to send the rest of a frame once its length prefix has arrived;
 /// a truncated frame then closes the connection instead of holding it.
 pub const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Responses queued for one terminal connection's writer.
+/// Responses queued for one terminal connection's writer, which holds at most one more queue's
+/// worth in the batch it is writing: what a peer that does not read can make the switch hold.
 pub const CONNECTION_QUEUE_MAX: usize = 2 * IN_FLIGHT_PER_CONNECTION_MAX;
 /// How long writing a connection's answers may take before the connection is closed
 /// (`SwitchConfig::response_write_timeout`'s default): a peer that stops reading them holds its
