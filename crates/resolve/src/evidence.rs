@@ -54,9 +54,7 @@ pub fn evidence(
         return Err(ResolveError::NotVisible("transaction"));
     }
     let merchant_name = store
-        .merchants()?
-        .into_iter()
-        .find(|m| m.mid == row.mid)
+        .merchant(&row.mid)?
         .map_or_else(String::new, |m| m.name);
     let bank = bank_info(directory, &row);
     let response_meaning = row.response_code.as_deref().map(|code| {

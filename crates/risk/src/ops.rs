@@ -73,9 +73,7 @@ pub fn merchant_state(store: &dyn Store, mid: &str) -> Result<Option<MerchantSta
         return Ok(Some(profile.state));
     }
     Ok(store
-        .merchants()?
-        .into_iter()
-        .find(|m| m.mid == mid)
+        .merchant(mid)?
         .map(|m| MerchantState::from_status(m.status)))
 }
 
@@ -162,7 +160,7 @@ async fn review(
 ) -> Result<MerchantProfileRow, OpsError> {
     actor.check(note)?;
     let note: &str = &domain::mask_card_numbers(note);
-    let merchant = store.merchants()?.into_iter().find(|m| m.mid == mid);
+    let merchant = store.merchant(mid)?;
     let existing = store.merchant_profile(mid)?;
     let existing_state = existing.as_ref().map(|p| p.state);
     let from = match (&existing, &merchant) {

@@ -185,7 +185,7 @@ pub fn bind_account(
     let (digits, bank_code, holder_name) = validate(directory, input)?;
     // An account for a merchant the journal does not hold (a mistyped MID) would be kept for
     // no one, the real merchant left unbound.
-    if !store.merchants()?.iter().any(|m| m.mid == mid) {
+    if store.merchant(mid)?.is_none() {
         return Err(BindError::UnknownMerchant(mid.to_owned()));
     }
     let sealed = sealer.seal(&digits).map_err(BindError::Seal)?;

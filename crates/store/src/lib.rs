@@ -115,6 +115,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Pending<Vec<SafItem>>, StoreError>;
 
     fn merchants(&self) -> Result<Vec<MerchantRow>, StoreError>;
+    fn merchant(&self, mid: &str) -> Result<Option<MerchantRow>, StoreError>;
     fn terminals(&self) -> Result<Vec<TerminalRow>, StoreError>;
     fn terminal(&self, tid: &str) -> Result<Option<TerminalRow>, StoreError>;
     /// Every terminal's last reported software version and clock drift, by tid.

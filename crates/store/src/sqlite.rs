@@ -334,15 +334,16 @@ impl Store for SqliteStore {
         self.read(|conn| {
             let mut statement =
                 conn.prepare_cached("SELECT mid, name, status, mcc FROM merchants ORDER BY mid")?;
-            let rows = statement.query_map([], |r| {
-                Ok(MerchantRow {
-                    mid: r.get(0)?,
-                    name: r.get(1)?,
-                    status: r.get(2)?,
-                    mcc: r.get(3)?,
-                })
-            })?;
+            let rows = statement.query_map([], merchant_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn merchant(&self, mid: &str) -> Result<Option<MerchantRow>, StoreError> {
+        self.read(|conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT mid, name, status, mcc FROM merchants WHERE mid = ?1")?;
+            Ok(statement.query_row([mid], merchant_from_row).optional()?)
         })
     }
 
@@ -1547,6 +1548,15 @@ fn claim(
 
 const TERMINAL_COLUMNS: &str = "tid, mid, tmk_wrapped, key_scheme, mac_algorithm, status, \
      batch_no, last_sign_in_ms, pik_wrapped, mak_wrapped, tdk_wrapped";
+
+fn merchant_from_row(r: &Row<'_>) -> rusqlite::Result<MerchantRow> {
+    Ok(MerchantRow {
+        mid: r.get(0)?,
+        name: r.get(1)?,
+        status: r.get(2)?,
+        mcc: r.get(3)?,
+    })
+}
 
 fn terminal_from_row(r: &Row<'_>) -> rusqlite::Result<TerminalRow> {
     let pik: Option<Vec<u8>> = r.get(8)?;

@@ -631,6 +631,8 @@ fn terminals_merchants_and_sign_in_round_trip(db: &Db) {
     let store = db.open();
     provision(&store);
     assert_eq!(store.merchants().unwrap(), vec![merchant()]);
+    assert_eq!(store.merchant(&merchant().mid).unwrap(), Some(merchant()));
+    assert_eq!(store.merchant("nope").unwrap(), None);
     assert_eq!(store.terminal("10000001").unwrap(), Some(terminal()));
     assert_eq!(store.terminal("nope").unwrap(), None);
 

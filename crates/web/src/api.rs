@@ -181,9 +181,7 @@ async fn merchants(State(web): State<Web>, who: Principal) -> ApiResult {
 fn find_merchant(web: &Web, who: &Principal, mid: &str) -> Result<store::MerchantRow, ApiError> {
     who.scope(mid, "merchant")?;
     web.store
-        .merchants()?
-        .into_iter()
-        .find(|m| m.mid == mid)
+        .merchant(mid)?
         .ok_or_else(|| ApiError::not_found("merchant"))
 }
 

@@ -723,7 +723,7 @@ pub async fn create_user(web: &Web, who: &str, new: NewUser) -> Result<UserRow, 
         ));
     }
     if let Some(mid) = &new.mid
-        && !web.store.merchants()?.iter().any(|m| &m.mid == mid)
+        && web.store.merchant(mid)?.is_none()
     {
         return Err(ApiError::not_found("merchant"));
     }

@@ -655,7 +655,7 @@ pub async fn set_fee_plan(
     Json(body): Json<FeePlanBody>,
 ) -> ApiResult {
     who.require_admin("set fee plans")?;
-    if !web.store.merchants()?.iter().any(|m| m.mid == mid) {
+    if web.store.merchant(&mid)?.is_none() {
         return Err(ApiError::not_found("merchant"));
     }
     let before = web.store.settlement_terms(&mid)?.as_ref().map(terms_json);
