@@ -40,7 +40,7 @@ fn json(args: &[&str]) -> Value {
 fn explain_prints_chinese_by_default() {
     let text = stdout(&run(&["explain", "51"]));
     assert!(text.starts_with("51 余额不足\n"), "{text}");
-    assert!(text.contains("类别：C（失败，不要重试）"));
+    assert!(text.contains("类别：C（失败，原样重试无效）"));
     assert!(text.contains("谁来处理：持卡人"));
     assert!(text.contains("对顾客说：“"));
     assert!(text.contains("商户操作：\n  1. "));
@@ -83,7 +83,7 @@ fn lower_case_codes_are_accepted() {
     assert_eq!(v["code"], "A0");
     assert_eq!(v["category"], "B");
     assert_eq!(v["retry"], "after_sign_in");
-    assert_eq!(v["title"], "MAC verification failed");
+    assert_eq!(v["title"], "MAC verification failed, sign in again");
 }
 
 #[test]

@@ -240,6 +240,9 @@ pub struct TxnTally {
     pub state: TxnState,
     pub response_code: Option<String>,
     pub hour: i64,
+    /// Whether these rows went to their issuer: a refusal of the host's own (a risk rule, the
+    /// merchant's or terminal's set-up, an unrouteable card) never did.
+    pub sent: bool,
     pub count: i64,
     pub amount_fen: i64,
 }

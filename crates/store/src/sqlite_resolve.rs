@@ -428,9 +428,11 @@ impl SqliteStore {
     ) -> Result<Vec<TxnTally>, StoreError> {
         self.rows(
             "SELECT tid, kind, state, response_code, (received_at_ms - ?2) / 3600000 AS hour,
-             COUNT(*), CAST(SUM(amount_fen) AS BIGINT) FROM transactions
+             sent_at_ms IS NOT NULL, COUNT(*), CAST(SUM(amount_fen) AS BIGINT)
+             FROM transactions
              WHERE mid = ?1 AND received_at_ms >= ?2 AND received_at_ms < ?3
-             GROUP BY tid, kind, state, response_code, (received_at_ms - ?2) / 3600000",
+             GROUP BY tid, kind, state, response_code, (received_at_ms - ?2) / 3600000,
+             sent_at_ms IS NOT NULL",
             &[&mid, &from_ms, &to_ms],
             |r| {
                 Ok(TxnTally {
@@ -439,8 +441,9 @@ impl SqliteStore {
                     state: r.get(2)?,
                     response_code: r.get(3)?,
                     hour: r.get(4)?,
-                    count: r.get(5)?,
-                    amount_fen: r.get(6)?,
+                    sent: r.get(5)?,
+                    count: r.get(6)?,
+                    amount_fen: r.get(7)?,
                 })
             },
         )

@@ -482,6 +482,45 @@ async fn dashboard(
     respond(&c, &who, result)
 }
 
+/// The dashboard's card for declines the host answered itself: the issuer never saw them, so
+/// the code's usual text (which speaks of the issuer) would send the merchant to the wrong party.
+fn host_declines_card(l: Lang, code: &str, n: u64) -> String {
+    // A sale refused with 61 or 65 without asking the issuer is the merchant's risk rule.
+    let rule = match code {
+        "61" => Some(diagnosis::FailureKind::MerchantLimit),
+        "65" => Some(diagnosis::FailureKind::CardVelocity),
+        _ => None,
+    };
+    let step = rule
+        .map(diagnosis::diagnose_failure)
+        .and_then(|d| d.merchant_steps.first().map(|x| x.get(l)))
+        .unwrap_or(t(
+            l,
+            "打开被拒的交易查看具体原因；认为拒绝有误时联系收单机构。",
+            "Open a declined transaction to see the reason; if the decline looks wrong, ask \
+             the acquirer.",
+        ));
+    format!(
+        "<div class=\"card red\" id=\"host-declines-{code}\"><b>{code} {} × {n}</b> — {}<br>{}: {} \
+         <a href=\"/portal/transactions?status=declined\">{}</a></div>",
+        t(
+            l,
+            "收单系统拒绝，未送发卡行",
+            "Declined by the acquirer's host, not sent to the issuer"
+        ),
+        t(
+            l,
+            "发卡行没有收到这些交易：是收单系统自己拒绝的（风控规则、商户或终端设置、无法受理的卡），不是发卡行的决定。",
+            "The issuer never saw these: the acquirer's host refused them itself (a risk rule, \
+             the merchant's or terminal's set-up, a card it cannot accept), not the issuer.",
+        ),
+        t(l, "怎么办", "What to do"),
+        esc(step),
+        t(l, "查看被拒交易", "See the declined transactions"),
+        code = esc(code),
+    )
+}
+
 fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), ApiError> {
     let l = c.lang;
     let s = query::day_stats(web, mid)?;
@@ -508,16 +547,23 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
     // Red items, each with what to do.
     let mut red = String::new();
     for (code, n) in &s.declines_by_code {
-        let d = diagnosis::diagnose_str(code);
-        let step = d.merchant_steps.first().map_or("", |x| x.get(l));
-        red.push_str(&format!(
-            "<div class=\"card red\"><b>{} {} × {n}</b> — {}<br>{}: {}</div>",
-            esc(code),
-            esc(d.title.get(l)),
-            esc(d.meaning.get(l)),
-            t(l, "怎么办", "What to do"),
-            esc(step)
-        ));
+        let by_host = s.host_declines_by_code.get(code).copied().unwrap_or(0);
+        let by_issuer = n.saturating_sub(by_host);
+        if by_issuer > 0 {
+            let d = diagnosis::diagnose_str(code);
+            let step = d.merchant_steps.first().map_or("", |x| x.get(l));
+            red.push_str(&format!(
+                "<div class=\"card red\"><b>{} {} × {by_issuer}</b> — {}<br>{}: {}</div>",
+                esc(code),
+                esc(d.title.get(l)),
+                esc(d.meaning.get(l)),
+                t(l, "怎么办", "What to do"),
+                esc(step)
+            ));
+        }
+        if by_host > 0 {
+            red.push_str(&host_declines_card(l, code, by_host));
+        }
     }
     if s.reversals_pending > 0 {
         red.push_str(&format!(
@@ -526,8 +572,9 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
             s.reversals_pending,
             t(
                 l,
-                "系统会自动重发，客户不会被扣款；无需操作。",
-                "They are resent automatically; the customer is not charged. Nothing to do."
+                "系统会自动重发，直到发卡行确认；确认前顾客的卡上可能暂时显示这笔扣款，确认后退回。无需操作。",
+                "They are resent until the issuer acknowledges them; until then the customer's \
+                 card may show the debit, which is returned once they are. Nothing to do."
             )
         ));
     }
@@ -607,10 +654,13 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
         .declines_by_code
         .iter()
         .map(|(code, n)| {
-            (
-                format!("{code} {}", diagnosis::diagnose_str(code).title.get(l)),
-                *n,
-            )
+            // All the host's own: the code's title would speak of the issuer.
+            let title = if s.host_declines_by_code.get(code) == Some(n) {
+                t(l, "收单系统拒绝", "declined by the host")
+            } else {
+                diagnosis::diagnose_str(code).title.get(l)
+            };
+            (format!("{code} {title}"), *n)
         })
         .collect();
     let by_hour: Vec<(String, u64)> = s

@@ -378,6 +378,9 @@ pub struct DayStats {
     pub approval_per_mille: Option<u64>,
     /// Declines by response code, with the count.
     pub declines_by_code: BTreeMap<String, u64>,
+    /// Of those, the ones the host answered itself without asking the issuer (its risk rules,
+    /// the merchant's or terminal's set-up, a card it cannot route), by response code.
+    pub host_declines_by_code: BTreeMap<String, u64>,
     /// Declined or failed sales per CST hour.
     pub declines_by_hour: Vec<u64>,
     /// Reversals still waiting for their issuer.
@@ -449,6 +452,9 @@ fn count_into(stats: &mut DayStats, tally: &TxnTally) {
             .response_code
             .clone()
             .unwrap_or_else(|| "--".to_owned());
+        if !tally.sent {
+            *stats.host_declines_by_code.entry(code.clone()).or_insert(0) += count;
+        }
         *stats.declines_by_code.entry(code).or_insert(0) += count;
         let hour = usize::try_from(tally.hour).unwrap_or(usize::MAX);
         if let Some(slot) = stats.declines_by_hour.get_mut(hour) {
@@ -606,8 +612,8 @@ pub fn terminal_health(
         if timeouts > 0 {
             problems.push(Problem {
                 key: "timeouts",
-                zh: "发卡行超时：交易已自动冲正，客户未被扣款；检查终端网络，必要时重新发起交易。",
-                en: "Issuer timeouts: these were reversed automatically and the customer was not charged; check the terminal's network and retry the sale.",
+                zh: "发卡行超时：这些交易已自动冲正，发卡行确认冲正后任何扣款都会退回；检查终端网络，确认上一笔没有成功后再重新发起交易。",
+                en: "Issuer timeouts: these were reversed automatically, and any debit is returned once the issuer acknowledges the reversal; check the terminal's network, and that the earlier attempt did not succeed, before retrying the sale.",
             });
         }
         if reversals > 0 && reversals * 10 > transactions {

@@ -3065,3 +3065,71 @@ fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
         assert!(failures.contains(&newest), "{}", console.body);
     });
 }
+
+/// A sale the host refused itself (here the merchant's amount rule, 61) is not put on the
+/// issuer's account: the dashboard says the issuer never saw it, apart from the issuer's own
+/// declines of the day.
+#[test]
+fn the_dashboard_tells_the_hosts_own_declines_from_the_issuers() {
+    run(async move {
+        let mut e = start().await;
+        let rules = format!(
+            r#"{{"merchants": {{"{MID}": [{{"id": "cap", "kind": "amount-max", "max_fen": 50000}}]}}}}"#
+        );
+        e.h.switch
+            .as_ref()
+            .unwrap()
+            .replace_risk_rules(std::sync::Arc::new(
+                risk::RuleBook::from_json(&rules).unwrap(),
+            ));
+        let healthy = e.card("healthy");
+        assert_eq!(e.purchase(&healthy, 60_000).await.0, "61");
+        let refer = e.card("refer_to_issuer");
+        assert_eq!(e.purchase(&refer, 880).await.0, "01");
+
+        let stats = request(
+            e.http,
+            "GET",
+            &format!("/api/merchants/{MID}/dashboard"),
+            &[(
+                "authorization",
+                &format!("Bearer {}", e.token("teahouse").await),
+            )],
+            "",
+        )
+        .await
+        .json();
+        assert_eq!(stats["today"]["declines_by_code"]["61"], 1);
+        assert_eq!(stats["today"]["host_declines_by_code"]["61"], 1);
+        assert!(stats["today"]["host_declines_by_code"].get("01").is_none());
+
+        let dash = PageSession::login(e.http, "teahouse")
+            .await
+            .get("/portal")
+            .await;
+        assert!(
+            dash.body.contains("id=\"host-declines-61\""),
+            "{}",
+            dash.body
+        );
+        assert!(
+            dash.body.contains("收单系统拒绝，未送发卡行"),
+            "{}",
+            dash.body
+        );
+        // The issuer's text for 61 (its limit) is not given for the host's decline; the
+        // issuer's own 01 keeps its text.
+        let issuer_61 = domain::diagnosis::diagnose_str("61").title.zh;
+        assert!(
+            !dash.body.contains(&format!("61 {issuer_61}")),
+            "{}",
+            dash.body
+        );
+        let refer_title = domain::diagnosis::diagnose_str("01").title.zh;
+        assert!(
+            dash.body.contains(&format!("01 {refer_title} × 1")),
+            "{}",
+            dash.body
+        );
+    });
+}

@@ -63,7 +63,7 @@ impl Category {
         match self {
             Category::A => Text::new("成功", "success"),
             Category::B => Text::new("失败，可以重试", "failed, may retry"),
-            Category::C => Text::new("失败，不要重试", "failed, do not retry"),
+            Category::C => Text::new("失败，原样重试无效", "failed, do not retry unchanged"),
             Category::D => Text::new("失败，需要人工处理", "failed, operator must act"),
             Category::E => Text::new("系统故障", "system fault"),
         }

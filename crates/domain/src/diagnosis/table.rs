@@ -128,6 +128,17 @@ const SECURITY_STEPS: &[Text] = &[
         "If the terminal gets this several times in a short while, call the acquirer's risk team.",
     ),
 ];
+/// 60 and 66: the issuer asks the merchant to reach the acquirer's security team now, not only
+/// when it repeats.
+const CALL_SECURITY_STEPS: &[Text] = &[
+    STEP_NO_GOODS,
+    t(
+        "现在就致电收单机构安全（风控）部门，报上终端号、交易参考号和金额，按其指示处理。",
+        "Call the acquirer's security (risk) team now with the terminal ID, reference number \
+         and amount, and do as they say.",
+    ),
+    STEP_NO_REPEAT,
+];
 const SECURITY_CUSTOMER: Text = t(
     "银行的安全检查没有通过这笔交易。请您联系发卡银行确认，或换一种方式付款。",
     "The bank's security checks did not pass this payment. Please check with your bank, or pay \
@@ -208,7 +219,7 @@ const TERMINAL_OUT_OF_STEP_CUSTOMER: Text = t(
 );
 
 const IN_DOUBT_CUSTOMER: Text = t(
-    "银行没有及时回复，这笔按失败处理。如果您收到扣款通知，款项会自动退回；请稍等，我们确认后再为您重新支付。",
+    "银行没有及时回复，这笔按失败处理。如果您收到扣款通知，款项会自动退回；请稍等，我们确认后再请您重新付款。",
     "The bank did not answer in time, so this payment counts as failed. If you get a debit \
      notice, the money is returned automatically; please wait a moment while we check, then we \
      will try again.",
@@ -406,7 +417,10 @@ pub static TABLE: &[Diagnosis] = &[
     },
     Diagnosis {
         subject: code(b"05"),
-        title: t("不予承兑（持卡人认证失败）", "Do not honour"),
+        title: t(
+            "不予承兑（持卡人认证失败）",
+            "Do not honour (cardholder authentication failed)",
+        ),
         meaning: t(
             "发卡行拒绝了交易，常见原因是持卡人身份验证没通过或发卡行风控拦截。",
             "The issuer refused, usually because the cardholder's verification failed or its \
@@ -472,7 +486,7 @@ pub static TABLE: &[Diagnosis] = &[
     },
     Diagnosis {
         subject: code(b"09"),
-        title: t("交易处理中，请稍后", "Request in progress"),
+        title: t("交易处理中，请稍后", "Request in progress, try later"),
         meaning: t(
             "同一笔请求还在处理中，结果尚未确定。",
             "The same request is still being processed; the outcome is not known yet.",
@@ -627,7 +641,10 @@ pub static TABLE: &[Diagnosis] = &[
     },
     Diagnosis {
         subject: code(b"22"),
-        title: t("操作有误，请重新签到", "Suspected operation error"),
+        title: t(
+            "操作有误，请重新签到",
+            "Suspected operation error, sign in again",
+        ),
         meaning: t(
             "终端与主机不同步（批次、流水号或日期对不上），多见于终端长时间未签到。",
             "The terminal is out of step with the host (batch, trace number or date), often \
@@ -652,9 +669,11 @@ pub static TABLE: &[Diagnosis] = &[
         subject: code(b"25"),
         title: t("找不到原始交易", "Original transaction not found"),
         meaning: t(
-            "撤销、退货或冲正找不到原交易：参考号、流水号、批次号或日期不对，或已超过可撤销/退货期限。",
-            "The void, refund or reversal cannot find its original: wrong reference, trace, \
-             batch or date, or past the void/refund window.",
+            "撤销或退货找不到可用的原交易：参考号、流水号、批次号或日期不对，或已超过可撤销/退货期限；冲正得到 25 表示原交易已冲正过或不是当天的（冲正找不到原交易时主机回 00）。",
+            "The void or refund cannot find an original it may act on: wrong reference, trace, \
+             batch or date, or past the void/refund window. A reversal gets 25 when its \
+             original was already reversed or is from another day (one whose original is not \
+             found is answered 00).",
         ),
         category: C,
         who_acts: Operator,
@@ -662,9 +681,9 @@ pub static TABLE: &[Diagnosis] = &[
         contact_issuer: No,
         contact_when: NO_CONTACT,
         customer_message: t(
-            "系统没找到原来那笔交易，我们核对凭条后再为您处理退款。",
-            "We could not find the original payment; we will check the receipt and then handle \
-             your refund.",
+            "系统没找到原来那笔交易，我们核对凭条后再为您处理。",
+            "We could not find the original payment; we will check the receipt and then take \
+             care of it.",
         ),
         merchant_steps: &[
             t(
@@ -1157,7 +1176,7 @@ pub static TABLE: &[Diagnosis] = &[
         contact_issuer: Yes,
         contact_when: CALL_ISSUER,
         customer_message: SECURITY_CUSTOMER,
-        merchant_steps: SECURITY_STEPS,
+        merchant_steps: CALL_SECURITY_STEPS,
     },
     Diagnosis {
         subject: code(b"61"),
@@ -1295,7 +1314,7 @@ pub static TABLE: &[Diagnosis] = &[
         contact_issuer: Yes,
         contact_when: CALL_ISSUER,
         customer_message: SECURITY_CUSTOMER,
-        merchant_steps: SECURITY_STEPS,
+        merchant_steps: CALL_SECURITY_STEPS,
     },
     Diagnosis {
         subject: code(b"67"),
@@ -1315,7 +1334,10 @@ pub static TABLE: &[Diagnosis] = &[
     },
     Diagnosis {
         subject: code(b"68"),
-        title: t("交易超时，请重试", "Response too late"),
+        title: t(
+            "交易超时，冲正后再试",
+            "Response too late, retry after the reversal",
+        ),
         meaning: t(
             "网络等发卡行的回复超时了，交易按失败处理，终端会发冲正撤回。",
             "The network waited too long for the issuer; the transaction counts as failed and \
@@ -1406,7 +1428,7 @@ pub static TABLE: &[Diagnosis] = &[
     },
     Diagnosis {
         subject: code(b"90"),
-        title: t("日切处理中，请稍后", "Cut-over in progress"),
+        title: t("日切处理中，请稍后", "Cut-over in progress, try later"),
         meaning: t(
             "银行系统正在做日终切换，几分钟内不能交易。",
             "The bank's system is switching to the next business day; no transactions for a few \
@@ -1515,9 +1537,12 @@ pub static TABLE: &[Diagnosis] = &[
         subject: code(b"94"),
         title: t("重复交易", "Duplicate transaction"),
         meaning: t(
-            "主机已收到过同样的交易（同一终端、流水号、批次），这次被拒，以免重复扣款。",
-            "The host has already seen this transaction (same terminal, trace number and \
-             batch); this copy is refused so the customer is not charged twice.",
+            "主机已有一笔同一终端、同一批次、同一流水号的交易，但内容与这次不同，这次被拒，没有扣款。原样重发的请求会得到第一次的结果，不会是 94；出现 94 多半是终端流水号倒回（重置、恢复或两台终端用了同一个终端号）。",
+            "The host already holds a transaction with this terminal, batch and trace number, \
+             but with other contents, so this one is refused and charged nothing. A request \
+             resent unchanged gets the first one's answer, never 94; 94 usually means the \
+             terminal's trace counter went back (reset, restored, or two terminals with one \
+             terminal ID).",
         ),
         category: C,
         who_acts: Operator,
@@ -1525,20 +1550,23 @@ pub static TABLE: &[Diagnosis] = &[
         contact_issuer: No,
         contact_when: NO_CONTACT,
         customer_message: t(
-            "这笔可能已经付过了，请稍等，我们查一下，避免重复收您的钱。",
-            "This payment may already have gone through; one moment while we check, so you are \
-             not charged twice.",
+            "这次没有扣款。请稍等，我们核对一下上一笔，避免重复收您的钱。",
+            "This attempt charged nothing. One moment while we check the earlier payment, so \
+             you are not charged twice.",
         ),
         merchant_steps: &[
             t(
-                "在交易查询或商户后台查上一笔是否已成功；成功就不要再收。",
-                "Check the transaction list or merchant portal: if the earlier one succeeded, do \
-                 not charge again.",
+                "在交易查询或商户后台找同一流水号的那笔：只有卡号后四位和金额都与这位顾客相同且已成功，才算已付款，不要再收；否则那是另一笔交易，不能当作这位顾客已付。",
+                "Find the transaction with the same trace number in the transaction list or \
+                 merchant portal: only if its card's last four digits and amount are this \
+                 customer's and it succeeded is this payment made (do not charge again); \
+                 otherwise it is another sale and this customer has not paid.",
             ),
             t(
-                "确认没有成功后再发起新交易；反复出现时签到一次并联系收单机构。",
-                "Only start a new transaction once sure it did not; if this keeps happening, \
-                 sign in and call the acquirer.",
+                "反复出现时，终端流水号在倒回：先结算并重新签到（换新批次）再交易，并联系收单机构检查终端。",
+                "If it keeps happening, the terminal's trace counter is going back: settle and \
+                 sign in again (a new batch) before the next transaction, and ask the acquirer \
+                 to check the terminal.",
             ),
         ],
     },
@@ -1646,7 +1674,7 @@ pub static TABLE: &[Diagnosis] = &[
     },
     Diagnosis {
         subject: code(b"99"),
-        title: t("密码格式错，请重新签到", "PIN format error"),
+        title: t("密码格式错，请重新签到", "PIN format error, sign in again"),
         meaning: t(
             "主机解不开密码块，通常是终端的密码密钥与主机不一致。",
             "The host could not read the PIN block, usually because the terminal's PIN key no \
@@ -1662,7 +1690,10 @@ pub static TABLE: &[Diagnosis] = &[
     },
     Diagnosis {
         subject: code(b"A0"),
-        title: t("MAC 校验错，请重新签到", "MAC verification failed"),
+        title: t(
+            "MAC 校验错，请重新签到",
+            "MAC verification failed, sign in again",
+        ),
         meaning: t(
             "报文校验码（MAC）不对，通常是终端的 MAC 密钥与主机不一致；交易按失败处理并冲正。",
             "The message authentication code did not verify, usually because the terminal's MAC \
@@ -1715,12 +1746,13 @@ pub static TABLE: &[Diagnosis] = &[
         ),
         category: B,
         who_acts: Terminal,
-        retry: AfterAction(SignIn),
+        retry: AfterAction(Reversal),
         contact_issuer: No,
         contact_when: NO_CONTACT_TERMINAL,
-        customer_message: TERMINAL_OUT_OF_STEP_CUSTOMER,
+        customer_message: IN_DOUBT_CUSTOMER,
         merchant_steps: &[
             STEP_NO_GOODS,
+            STEP_LET_REVERSAL_RUN,
             STEP_SIGN_IN,
             STEP_CHECK_FIRST,
             STEP_SIGN_IN_FAILS,
@@ -2017,7 +2049,7 @@ pub static TABLE: &[Diagnosis] = &[
             "No: this is the merchant's limit, not the cardholder's.",
         ),
         customer_message: t(
-            "这笔金额超出了本店的收款限额。请您用其他方式支付，或分次购买不同的商品。",
+            "这笔金额超出了本店的收款限额。请您用其他方式支付。",
             "This amount is over our shop's card limit. Please pay another way.",
         ),
         merchant_steps: &[
