@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use domain::{PayoutFailure, diagnose_payout};
 use serde::Serialize;
-use store::settlement::{PayoutEventRow, PayoutRow, PayoutState, SettlementRecord};
+use store::settlement::{PayoutEventRow, PayoutRow, PayoutState, SentAccount, SettlementRecord};
 use store::{Record, Store, StoreError};
 
 use crate::accounts::Sealer;
@@ -434,6 +434,10 @@ pub fn run_payouts(
         payout.next_attempt_ms = now_ms;
         payout.account_version = account.version;
         payout.account_masked = account.number_masked.clone();
+        // The old reference was refused or returned: the new account gets one of its own,
+        // fixed at its first attempt.
+        payout.bank_reference = None;
+        payout.sent_to = None;
         payout.updated_at_ms = now_ms;
         let event = run.event(
             &payout,
@@ -510,6 +514,7 @@ pub fn run_payouts(
             account_version: account.version,
             account_masked: account.number_masked.clone(),
             bank_reference: None,
+            sent_to: None,
             failure: None,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
@@ -539,40 +544,78 @@ pub fn run_payouts(
         let Some(account) = store.bound_account(&payout.mid)? else {
             continue;
         };
-        if account.needs_rebind {
-            continue;
-        }
-        let Ok(number) = sealer.open(&account.number_sealed) else {
-            continue;
-        };
-        // One reference per payout and account: every attempt to the same account sends the
-        // same one, so a bank that paid but whose answer was lost (a timeout reported as a
-        // system error), or a second run racing this one, gets the payment answered as before
-        // and never pays it twice. A new account is a new payment only after a refusal that
-        // settled the old one (held, then released to the re-bound account). After an
-        // attempt whose outcome is not known (a system error), a re-binding does not start a
-        // new payment: the retry keeps the reference, and the bank answers it as before if it
-        // paid the old account.
+        // One reference per payout and account, with the account it pays, fixed and recorded
+        // before the bank is first asked: every later attempt sends the same instruction, so a
+        // bank that paid but whose answer was lost (a timeout reported as a system error, or a
+        // run that stopped before recording the answer), or a second run racing this one, gets
+        // the payment answered as before and never pays it twice, to this account or to one
+        // bound since. A new account is a new payment only after a refusal or a return that
+        // settled the old reference (held, then released to the re-bound account).
         let read_attempts = payout.attempts;
-        let attempt = read_attempts.saturating_add(1);
-        let version = if read_attempts > 0 {
-            payout.account_version
-        } else {
-            account.version
+        let mut attempts_now = read_attempts;
+        let (reference, sent_to) = match (&payout.bank_reference, &payout.sent_to) {
+            (Some(reference), Some(sent_to)) => (reference.clone(), sent_to.clone()),
+            (reference, _) => {
+                if account.needs_rebind {
+                    continue;
+                }
+                let version = if read_attempts > 0 {
+                    payout.account_version
+                } else {
+                    account.version
+                };
+                let reference = reference
+                    .clone()
+                    .unwrap_or_else(|| format!("{}#v{version}", payout.key));
+                let sent_to = SentAccount {
+                    number_sealed: account.number_sealed.clone(),
+                    holder_name: account.holder_name.clone(),
+                    bank_code: account.bank_code.clone(),
+                };
+                let mut fixed = payout.clone();
+                fixed.bank_reference = Some(reference.clone());
+                fixed.sent_to = Some(sent_to.clone());
+                fixed.account_version = version;
+                fixed.account_masked = account.number_masked.clone();
+                fixed.attempts = read_attempts.saturating_add(1);
+                fixed.updated_at_ms = now_ms;
+                let event = run.event(
+                    &fixed,
+                    "sending",
+                    None,
+                    format!("as {reference} to {}", account.number_masked),
+                )?;
+                let expected = Some((PayoutState::Pending, read_attempts));
+                if !run.commit(expected, fixed.clone(), event, None, Vec::new())? {
+                    // Another run fixed it first: that run sends it.
+                    continue;
+                }
+                attempts_now = fixed.attempts;
+                payout = fixed;
+                (reference, sent_to)
+            }
         };
-        let reference = format!("{}#v{version}", payout.key);
+        let Ok(number) = sealer.open(&sent_to.number_sealed) else {
+            continue;
+        };
+        // The attempt fixing the reference counted itself; a retry counts here.
+        let attempt = if attempts_now > read_attempts {
+            attempts_now
+        } else {
+            read_attempts.saturating_add(1)
+        };
         let answer = bank.pay(&PayoutInstruction {
             reference: &reference,
             account_number: &number,
-            holder_name: &account.holder_name,
-            bank_code: &account.bank_code,
+            holder_name: &sent_to.holder_name,
+            bank_code: &sent_to.bank_code,
             amount_fen: payout.amount_fen,
         });
         drop(number);
         payout.attempts = attempt;
         payout.updated_at_ms = now_ms;
-        payout.account_version = version;
-        payout.account_masked = account.number_masked.clone();
+        let read_attempts = attempts_now;
+        let sent_masked = payout.account_masked.clone();
         let mid = payout.mid.clone();
         match answer {
             Ok(bank_id) => {
@@ -583,7 +626,7 @@ pub fn run_payouts(
                     &payout,
                     "sent",
                     None,
-                    format!("to {} ({bank_id})", account.number_masked),
+                    format!("to {sent_masked} ({bank_id})"),
                 )?;
                 let key = payout.key.clone();
                 if run.commit(
@@ -614,7 +657,8 @@ pub fn run_payouts(
                 payout.state = PayoutState::Held;
                 payout.failure = Some(failure.key().to_owned());
                 let event = run.event(&payout, "failed", Some(failure), failure_text(failure))?;
-                let flag = flag_account(&mid, account.version, now_ms);
+                // The account the reference was made for, not one bound since.
+                let flag = flag_account(&mid, payout.account_version, now_ms);
                 let key = payout.key.clone();
                 if run.commit(
                     Some((PayoutState::Pending, read_attempts)),

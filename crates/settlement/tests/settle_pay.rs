@@ -1161,6 +1161,7 @@ fn a_return_of_a_first_attempt_to_a_newer_account_is_not_lost() {
                 account_version: first.version,
                 account_masked: first.number_masked.clone(),
                 bank_reference: None,
+                sent_to: None,
                 failure: None,
                 created_at_ms: 1,
                 updated_at_ms: 1,
@@ -1229,6 +1230,64 @@ fn a_payment_whose_answer_was_lost_is_not_paid_again_to_a_new_account() {
         "paid twice"
     );
     assert_eq!(bank.payments(&second_number), 0);
+    assert!(audit(store).unwrap().balanced);
+}
+
+/// A bank that pays, then the run stops (here: panics) before it hears the answer.
+struct PaysThenStops<'a>(&'a SimBank);
+
+impl settlement::payout::PayoutBank for PaysThenStops<'_> {
+    fn pay(
+        &self,
+        instruction: &settlement::payout::PayoutInstruction<'_>,
+    ) -> Result<String, domain::PayoutFailure> {
+        let _ = self.0.pay(instruction);
+        panic!("the run stops with the payment made");
+    }
+    fn returns(&self, today: &str) -> Vec<String> {
+        self.0.returns(today)
+    }
+}
+
+/// A run's first attempt reaches the bank, which pays, and the run stops before recording the
+/// answer; the merchant then binds another account. The next run sends the same reference to
+/// the same account (the bank answers it as paid), not a new payment to the new account, and
+/// the payout names the account the money went to.
+#[test]
+fn a_first_attempt_the_run_never_recorded_is_not_paid_again_to_a_new_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    let first_number = one_sale_cleared_and_bound(store, &directory, &sealer, 98);
+    let first = store.bound_account(M1).unwrap().unwrap();
+    let bank = SimBank::new();
+    let key = format!("{M1}:20261124");
+    let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_payouts(store, &PaysThenStops(&bank), &sealer, "20261124", 1_000)
+    }));
+    assert!(stopped.is_err());
+    assert_eq!(bank.credited(&first_number), 10_000 - 55, "the bank paid");
+    let second_number = card("622202", 19, 99);
+    bind_account(
+        store,
+        &sealer,
+        &directory,
+        M1,
+        &card_input(&second_number, "王小明"),
+        "m",
+        2_000,
+    )
+    .unwrap();
+    assert_eq!(store.bound_account(M1).unwrap().unwrap().version, 2);
+    let next = run_payouts(store, &bank, &sealer, "20261124", 3_000).unwrap();
+    assert_eq!(next.sent, vec![key.clone()], "{next:?}");
+    assert_eq!(bank.credited(&first_number), 10_000 - 55);
+    assert_eq!(bank.payments(&second_number), 0, "paid twice");
+    let payout = store.payout(&key).unwrap().unwrap();
+    assert_eq!(payout.account_masked, first.number_masked);
+    assert_eq!(payout.account_version, first.version);
     assert!(audit(store).unwrap().balanced);
 }
 

@@ -594,6 +594,18 @@ ALTER TABLE batch_settlements ADD COLUMN opened_after_ms BIGINT;
 ALTER TABLE outbox ADD COLUMN attempts_base BIGINT NOT NULL DEFAULT 0;
 ",
     },
+    Migration {
+        version: 19,
+        name: "a payout's reference keeps the account it was made for",
+        // Written before the bank is first asked to pay the reference, so that a run that
+        // stops before recording the answer, or a re-binding before a retry, cannot turn the
+        // retry into a second payment under a new reference or to another account.
+        sql: "
+ALTER TABLE payouts ADD COLUMN sent_number_sealed BYTES;
+ALTER TABLE payouts ADD COLUMN sent_holder_name TEXT;
+ALTER TABLE payouts ADD COLUMN sent_bank_code TEXT;
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -248,10 +248,32 @@ pub struct PayoutRow {
     pub account_version: u32,
     pub account_masked: String,
     pub bank_reference: Option<String>,
+    /// The account `bank_reference` was made for, fixed (with the reference) before the bank is
+    /// first asked to pay it: every retry of the reference sends the same instruction, whatever
+    /// was bound since. `None` before the first attempt, and again once a held payout is
+    /// released to a newly bound account (which gets a reference of its own).
+    pub sent_to: Option<SentAccount>,
     /// `domain::PayoutFailure::key()` of the last failure.
     pub failure: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+/// The account a payout's bank reference pays, as it was bound when the reference was made.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentAccount {
+    /// The account number, sealed as the bound account's is.
+    pub number_sealed: Vec<u8>,
+    pub holder_name: String,
+    pub bank_code: String,
+}
+
+impl fmt::Debug for SentAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SentAccount")
+            .field("bank_code", &self.bank_code)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Something that happened to a payout, for the notifier to tail by id.
@@ -261,7 +283,8 @@ pub struct PayoutEventRow {
     pub at_ms: i64,
     pub mid: String,
     pub payout_key: String,
-    /// `created`, `sent`, `retry`, `failed`, `held`, `returned`, `released`.
+    /// `created`, `sending` (its reference fixed, before the bank is asked), `sent`, `retry`,
+    /// `failed`, `held`, `returned`, `released`.
     pub kind: String,
     pub failure: Option<String>,
     pub detail: String,

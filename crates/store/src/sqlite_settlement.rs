@@ -11,7 +11,8 @@ use crate::model::TxnKind;
 use crate::settlement::{
     AccountChangeRow, AccountKind, BatchDiffKind, BatchDiffRow, BatchSettlementRow, BatchUploadRow,
     BoundAccountRow, ChangeState, ClearingLineRow, ClearingTotalRow, LegRow, PayoutEventRow,
-    PayoutRow, PayoutState, PostingRow, SettleRunRow, SettlementRecord, SettlementTermsRow,
+    PayoutRow, PayoutState, PostingRow, SentAccount, SettleRunRow, SettlementRecord,
+    SettlementTermsRow,
 };
 
 /// Rows one list query returns at most (payouts, events): pages, never the whole table.
@@ -338,14 +339,19 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
             conn.prepare_cached(
                 "INSERT INTO payouts (key, mid, payout_date, cutoff_date, amount_fen, state,
                  attempts, next_attempt_ms, account_version, account_masked, bank_reference,
-                 failure, created_at_ms, updated_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 failure, created_at_ms, updated_at_ms, sent_number_sealed, sent_holder_name,
+                 sent_bank_code)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                 ?17)
                  ON CONFLICT (key) DO UPDATE SET state = excluded.state,
                  attempts = excluded.attempts, next_attempt_ms = excluded.next_attempt_ms,
                  account_version = excluded.account_version,
                  account_masked = excluded.account_masked,
                  bank_reference = excluded.bank_reference, failure = excluded.failure,
-                 updated_at_ms = excluded.updated_at_ms",
+                 updated_at_ms = excluded.updated_at_ms,
+                 sent_number_sealed = excluded.sent_number_sealed,
+                 sent_holder_name = excluded.sent_holder_name,
+                 sent_bank_code = excluded.sent_bank_code",
             )?
             .execute_any(params![
                 p.key,
@@ -361,7 +367,10 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 p.bank_reference,
                 p.failure,
                 p.created_at_ms,
-                p.updated_at_ms
+                p.updated_at_ms,
+                p.sent_to.as_ref().map(|a| &a.number_sealed),
+                p.sent_to.as_ref().map(|a| &a.holder_name),
+                p.sent_to.as_ref().map(|a| &a.bank_code)
             ])?;
         }
         SettlementRecord::BalanceAtMost {
@@ -390,8 +399,10 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
             conn.prepare_cached(
                 "INSERT INTO payouts (key, mid, payout_date, cutoff_date, amount_fen, state,
                  attempts, next_attempt_ms, account_version, account_masked, bank_reference,
-                 failure, created_at_ms, updated_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 failure, created_at_ms, updated_at_ms, sent_number_sealed, sent_holder_name,
+                 sent_bank_code)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                 ?17)",
             )?
             .execute_any(params![
                 p.key,
@@ -407,7 +418,10 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 p.bank_reference,
                 p.failure,
                 p.created_at_ms,
-                p.updated_at_ms
+                p.updated_at_ms,
+                p.sent_to.as_ref().map(|a| &a.number_sealed),
+                p.sent_to.as_ref().map(|a| &a.holder_name),
+                p.sent_to.as_ref().map(|a| &a.bank_code)
             ])?;
         }
         SettlementRecord::PayoutTransition {
@@ -419,7 +433,8 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 .prepare_cached(
                     "UPDATE payouts SET state = ?4, attempts = ?5, next_attempt_ms = ?6,
                      account_version = ?7, account_masked = ?8, bank_reference = ?9,
-                     failure = ?10, updated_at_ms = ?11
+                     failure = ?10, updated_at_ms = ?11, sent_number_sealed = ?12,
+                     sent_holder_name = ?13, sent_bank_code = ?14
                      WHERE key = ?1 AND state = ?2 AND attempts = ?3",
                 )?
                 .execute(params![
@@ -433,7 +448,10 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                     p.account_masked,
                     p.bank_reference,
                     p.failure,
-                    p.updated_at_ms
+                    p.updated_at_ms,
+                    p.sent_to.as_ref().map(|a| &a.number_sealed),
+                    p.sent_to.as_ref().map(|a| &a.holder_name),
+                    p.sent_to.as_ref().map(|a| &a.bank_code)
                 ])?;
             expect_one(changed, "payout in the expected state")?;
         }
@@ -474,7 +492,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
 
 const PAYOUT_COLUMNS: &str = "key, mid, payout_date, cutoff_date, amount_fen, state, attempts, \
      next_attempt_ms, account_version, account_masked, bank_reference, failure, created_at_ms, \
-     updated_at_ms";
+     updated_at_ms, sent_number_sealed, sent_holder_name, sent_bank_code";
 
 fn payout_from_row(r: &Row<'_>) -> rusqlite::Result<PayoutRow> {
     Ok(PayoutRow {
@@ -492,6 +510,14 @@ fn payout_from_row(r: &Row<'_>) -> rusqlite::Result<PayoutRow> {
         failure: r.get(11)?,
         created_at_ms: r.get(12)?,
         updated_at_ms: r.get(13)?,
+        sent_to: match (r.get(14)?, r.get(15)?, r.get(16)?) {
+            (Some(number_sealed), Some(holder_name), Some(bank_code)) => Some(SentAccount {
+                number_sealed,
+                holder_name,
+                bank_code,
+            }),
+            _ => None,
+        },
     })
 }
 

@@ -9,7 +9,8 @@ use backend::Db;
 use store::resolve::{CaseQuery, CaseRow, DuplicateRow, OutboxRow, ResolveRecord};
 use store::risk::AlertState;
 use store::settlement::{
-    AccountKind, BoundAccountRow, ClearingTotalRow, PayoutRow, PayoutState, SettlementRecord,
+    AccountKind, BoundAccountRow, ClearingTotalRow, PayoutRow, PayoutState, SentAccount,
+    SettlementRecord,
 };
 use store::web::{ApiTokenRow, AuditRow, LoginFailuresRow, Role, SessionRow, UserRow, WebRecord};
 use store::{Record, SafState, TerminalHealthRow, TxnState};
@@ -560,6 +561,11 @@ fn payouts_are_read_newest_first(db: &Db) {
             account_version: 1,
             account_masked: "6222****0123".into(),
             bank_reference: None,
+            sent_to: (state != PayoutState::Pending).then(|| SentAccount {
+                number_sealed: vec![1, 2, 3],
+                holder_name: "王小明".into(),
+                bank_code: "0102".into(),
+            }),
             failure: None,
             created_at_ms: 0,
             updated_at_ms: 0,
@@ -587,6 +593,17 @@ fn payouts_are_read_newest_first(db: &Db) {
         keys(s.payouts(Some("m"), None, 2).unwrap()),
         ["m:20261101", "m:20261102"]
     );
+    // The account a reference was made for is kept with it.
+    let sent = s.payout("m:20261101").unwrap().unwrap().sent_to.unwrap();
+    assert_eq!(
+        (
+            sent.number_sealed,
+            sent.holder_name.as_str(),
+            sent.bank_code.as_str()
+        ),
+        (vec![1, 2, 3], "王小明", "0102")
+    );
+    assert_eq!(s.payout("m:20261102").unwrap().unwrap().sent_to, None);
 }
 
 /// A merchant's duplicate flags newest first; a payment's flags whichever side it is on.

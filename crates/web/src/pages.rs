@@ -581,9 +581,11 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
     let payouts = web
         .store
         .payouts_newest(Some(mid), None, crate::ops::PAYOUTS_MAX)?;
+    // Only a held payout waits for the merchant; one retrying after a bank system error needs
+    // nothing from them (re-binding then would not change where the retry goes).
     for p in payouts
         .iter()
-        .filter(|p| p.failure.is_some() && p.state != store::settlement::PayoutState::Sent)
+        .filter(|p| p.failure.is_some() && p.state == store::settlement::PayoutState::Held)
     {
         let d = p
             .failure
@@ -1563,7 +1565,7 @@ async fn console(
         failed.sort_by(|a, b| (&b.payout_date, &b.mid).cmp(&(&a.payout_date, &a.mid)));
         body.push_str(&format!(
             "<h2>{} ({})</h2><table id=\"payout-failures\">",
-            t(l, "付款失败", "Payout failures"),
+            t(l, "出款失败", "Payout failures"),
             failed.len()
         ));
         for p in &failed {
@@ -1660,8 +1662,8 @@ fn role_text(l: Lang, role: store::web::Role) -> &'static str {
 
 fn payout_state_text(l: Lang, state: &str) -> &'static str {
     match state {
-        "pending" => t(l, "待付款", "due"),
-        "sent" => t(l, "已付款", "paid"),
+        "pending" => t(l, "待出款", "due"),
+        "sent" => t(l, "已出款", "paid"),
         "held" => t(l, "暂停（等待重新绑定）", "held (re-bind the account)"),
         "returned" => t(l, "被退回", "returned"),
         _ => t(l, "未知", "unknown"),
@@ -1850,7 +1852,11 @@ fn settlement_body(
                 esc(jget(a, "holder_name").as_str().unwrap_or("")),
                 esc(jget(a, "bank_code").as_str().unwrap_or("")),
                 if needs_rebind {
-                    t(l, " — 付款失败，请重新绑定", " — a payout failed: re-bind")
+                    t(
+                        l,
+                        " — 结算款出款失败，请重新绑定",
+                        " — a payout failed: re-bind",
+                    )
                 } else {
                     ""
                 }

@@ -3014,6 +3014,8 @@ fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
         let rows: Vec<store::Record> = (0..days)
             .map(|n| {
                 let newest = n == days - 1;
+                // The day before's is retrying after a bank system error.
+                let retrying = n == days - 2;
                 store::Record::Settlement(store::settlement::SettlementRecord::Payout(
                     store::settlement::PayoutRow {
                         key: format!("{MID}:{}", date(n)),
@@ -3023,6 +3025,8 @@ fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
                         amount_fen: 10_000 + n,
                         state: if newest {
                             store::settlement::PayoutState::Held
+                        } else if retrying {
+                            store::settlement::PayoutState::Pending
                         } else {
                             store::settlement::PayoutState::Sent
                         },
@@ -3031,7 +3035,12 @@ fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
                         account_version: 1,
                         account_masked: "6222****0123".into(),
                         bank_reference: Some(format!("{MID}:{}#1", date(n))),
-                        failure: newest.then(|| "payout-account-frozen".to_owned()),
+                        sent_to: None,
+                        failure: if newest {
+                            Some("payout-account-frozen".to_owned())
+                        } else {
+                            retrying.then(|| "payout-bank-error".to_owned())
+                        },
                         created_at_ms: n,
                         updated_at_ms: n,
                     },
@@ -3059,6 +3068,9 @@ fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
         let dash = page.get("/portal?lang=en").await;
         assert!(dash.body.contains("id=\"payout-failed\""), "{}", dash.body);
         assert!(dash.body.contains(&newest), "{}", dash.body);
+        // The retrying one asks nothing of the merchant: no re-binding.
+        assert!(!dash.body.contains(&date(days - 2)), "{}", dash.body);
+        assert_eq!(dash.body.matches("id=\"payout-failed\"").count(), 1);
         let ops = PageSession::login(e.http, "ops").await;
         let console = ops.get("/console?lang=en").await;
         let failures = console.body.split("id=\"payout-failures\"").nth(1).unwrap();
