@@ -248,8 +248,10 @@ pub struct MerchantClearing {
 #[derive(Clone, Debug, Serialize)]
 pub struct SettleReport {
     pub clearing_date: String,
-    /// False when everything was already cleared: the run wrote nothing.
+    /// False when everything was already cleared: no new line, no posting.
     pub changed: bool,
+    /// The run recorded: always for the date a settle run was asked for, otherwise only when
+    /// it cleared something.
     pub run_no: Option<u32>,
     pub new_lines: u64,
     pub new_postings: u64,
@@ -327,20 +329,23 @@ pub fn settle_date_and_recent(
     clearing_date: &str,
     now_ms: i64,
 ) -> Result<(SettleReport, Vec<SettleReport>), SettleError> {
-    // The runs so far: which dates were cleared, and when the last run was. What changed
-    // since that run is read, from an hour earlier for the clocks of the nodes that wrote the
-    // events (a date read again that has not changed costs a read and writes nothing); the
-    // last run's own revisits saw everything before it.
+    let date = crate::dates::normalise(clearing_date)
+        .ok_or_else(|| SettleError::BadDate(clearing_date.to_owned()))?;
+    // The runs so far: which dates were cleared, and how far the last finished run read
+    // which dates had changed. What changed since is read, from an hour earlier for the clocks
+    // of the nodes that wrote the events (a date read again that has not changed costs a read
+    // and writes nothing). Runs from before that mark was kept count by their time.
     let runs = store.settle_runs(None)?;
     let cleared: HashSet<&str> = runs.iter().map(|r| r.clearing_date.as_str()).collect();
-    let previous_run_ms = runs
+    let previous_mark = runs
         .iter()
-        .map(|r| r.at_ms.saturating_sub(EVENT_CLOCK_MARGIN_MS))
-        .max();
-    let report = settle_date(store, directory, clearing_date, now_ms)?;
+        .filter_map(|r| r.events_through_ms)
+        .max()
+        .or_else(|| runs.iter().map(|r| r.at_ms).max());
+    let previous_run_ms = previous_mark.map(|at| at.saturating_sub(EVENT_CLOCK_MARGIN_MS));
     let mut dates = Vec::new();
     for back in 1..=REVISIT_DAYS {
-        if let Some(earlier) = crate::dates::add_days(&report.clearing_date, -back) {
+        if let Some(earlier) = crate::dates::add_days(&date, -back) {
             dates.push(earlier);
         }
     }
@@ -349,18 +354,24 @@ pub fn settle_date_and_recent(
     // settled by hand would otherwise hide a reversal of a later day from every later run).
     if let Some(since) = previous_run_ms {
         for touched in store.clearing_dates_touched_since(since)? {
-            if touched != report.clearing_date && !dates.contains(&touched) {
+            if touched != date && !dates.contains(&touched) {
                 dates.push(touched);
             }
         }
     }
     let mut revisited = Vec::new();
     for earlier in dates.iter().filter(|d| cleared.contains(d.as_str())) {
-        let again = settle_date(store, directory, earlier, now_ms)?;
+        let again = clear_date(store, directory, earlier, now_ms, None)?;
         if again.changed {
             revisited.push(again);
         }
     }
+    // Last, and recorded even when it clears nothing: its run carries the mark the next run
+    // reads from, so a run that stopped before here (an error, a crash) moved no mark and
+    // the next one clears those dates again. A date with no line yet is then a cleared date
+    // too, cleared again like the others when it changes (a request in flight at the run
+    // approved later).
+    let report = clear_date(store, directory, &date, now_ms, Some(now_ms))?;
     Ok((report, revisited))
 }
 
@@ -426,6 +437,18 @@ pub fn settle_date(
     clearing_date: &str,
     now_ms: i64,
 ) -> Result<SettleReport, SettleError> {
+    clear_date(store, directory, clearing_date, now_ms, None)
+}
+
+/// Clears one date; with `events_through_ms`, its run is recorded (with that mark) even when
+/// nothing new is cleared.
+fn clear_date(
+    store: &dyn Store,
+    directory: &IssuerDirectory,
+    clearing_date: &str,
+    now_ms: i64,
+    events_through_ms: Option<i64>,
+) -> Result<SettleReport, SettleError> {
     let date = crate::dates::normalise(clearing_date)
         .ok_or_else(|| SettleError::BadDate(clearing_date.to_owned()))?;
     let rows: Vec<TxnRow> = store.txns_on(&date)?;
@@ -449,7 +472,7 @@ pub fn settle_date(
         &date,
         now_ms,
     )?;
-    if cleared.lines.is_empty() {
+    if cleared.lines.is_empty() && events_through_ms.is_none() {
         return Ok(SettleReport {
             clearing_date: date,
             changed: false,
@@ -472,21 +495,28 @@ pub fn settle_date(
         gross_fen: cleared.lines.iter().map(|l| l.amount_fen).sum(),
         fee_fen: cleared.lines.iter().map(|l| l.fee_fen).sum(),
         postings: new_postings,
+        events_through_ms,
     };
+    let changed = !cleared.lines.is_empty();
     let mut all = existing;
     all.extend(cleared.lines.iter().cloned());
-    let mut records = vec![
-        Record::Settlement(SettlementRecord::ClearingLines(cleared.lines)),
-        Record::Settlement(SettlementRecord::ClearingTotals(line_totals(&date, &all))),
-        Record::Settlement(SettlementRecord::SettleRun(run)),
-    ];
+    let mut records = Vec::new();
+    if changed {
+        records.push(Record::Settlement(SettlementRecord::ClearingLines(
+            cleared.lines,
+        )));
+        records.push(Record::Settlement(SettlementRecord::ClearingTotals(
+            line_totals(&date, &all),
+        )));
+    }
+    records.push(Record::Settlement(SettlementRecord::SettleRun(run)));
     if let Some(postings) = posting_record(store, cleared.postings, now_ms)? {
         records.push(postings);
     }
     store.submit(records)?.wait()?;
     Ok(SettleReport {
         clearing_date: date,
-        changed: true,
+        changed,
         run_no: Some(run_no),
         new_lines,
         new_postings,

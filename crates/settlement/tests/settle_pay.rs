@@ -838,6 +838,112 @@ fn a_date_touched_before_an_older_date_is_settled_is_still_cleared_again() {
     assert!(audit(store).unwrap().balanced);
 }
 
+/// A settle run that stops part-way (here: having cleared one date on its own, as a run that
+/// failed before its last date leaves things) moves no mark: the next run still reads the
+/// events since the last finished run, and clears again the date a reversal touched.
+#[test]
+fn a_settle_run_that_stopped_part_way_leaves_the_next_run_its_changed_dates() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    merchant(store, M1);
+    insert(
+        store,
+        vec![
+            row(
+                1,
+                M1,
+                K::Purchase,
+                S::Approved,
+                10_000,
+                "622202",
+                "20261116",
+            ),
+            row(2, M1, K::Purchase, S::Approved, 4_000, "622202", "20261110"),
+        ],
+    );
+    let payable = || {
+        store
+            .ledger_balance(&acct::merchant_payable(M1), None)
+            .unwrap()
+    };
+    let hour = 3_600_000;
+    settle_date_and_recent(store, &directory, "20261116", 10 * hour).unwrap();
+    settle_date_and_recent(store, &directory, "20261120", 20 * hour).unwrap();
+    store
+        .submit(vec![
+            store::Record::State {
+                id: 1,
+                state: S::Reversed,
+            },
+            store::Record::Event(store::EventRow {
+                txn_id: 1,
+                at_ms: 30 * hour,
+                kind: "reversed".to_owned(),
+                detail: String::new(),
+            }),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    // The run of the 21st clears one date and stops.
+    settle_date(store, &directory, "20261110", 40 * hour).unwrap();
+    assert_eq!(payable(), -(10_000 - 55 + 4_000 - 22));
+    let (_, revisited) = settle_date_and_recent(store, &directory, "20261122", 80 * hour).unwrap();
+    assert!(
+        revisited.iter().any(|r| r.clearing_date == "20261116"),
+        "{revisited:?}"
+    );
+    assert_eq!(payable(), -(4_000 - 22), "the reversed sale is taken back");
+    assert!(audit(store).unwrap().balanced);
+}
+
+/// A date whose only sale was still at its issuer when the date was settled (nothing to clear
+/// then) is cleared when that sale is approved later, like any date cleared before.
+#[test]
+fn a_date_that_had_nothing_to_clear_at_its_run_is_cleared_when_a_late_approval_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    merchant(store, M1);
+    insert(
+        store,
+        vec![row(1, M1, K::Purchase, S::InFlight, 10_000, "622202", D)],
+    );
+    let hour = 3_600_000;
+    let (first, _) = settle_date_and_recent(store, &directory, D, hour).unwrap();
+    assert!(!first.changed);
+    assert_eq!(first.run_no, Some(1), "the run is recorded all the same");
+    store
+        .submit(vec![
+            store::Record::State {
+                id: 1,
+                state: S::Approved,
+            },
+            store::Record::Event(store::EventRow {
+                txn_id: 1,
+                at_ms: 2 * hour,
+                kind: "late_approval".to_owned(),
+                detail: String::new(),
+            }),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let (_, revisited) = settle_date_and_recent(store, &directory, "20261130", 30 * hour).unwrap();
+    assert_eq!(revisited.len(), 1, "{revisited:?}");
+    assert_eq!(revisited[0].clearing_date, D);
+    assert_eq!(
+        store
+            .ledger_balance(&acct::merchant_payable(M1), None)
+            .unwrap(),
+        -(10_000 - 55)
+    );
+    assert!(audit(store).unwrap().balanced);
+}
+
 #[test]
 fn a_fee_is_fixed_when_first_cleared_whatever_the_plan_says_later() {
     let dir = tempfile::tempdir().unwrap();

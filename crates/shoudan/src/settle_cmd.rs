@@ -282,7 +282,7 @@ pub fn settle(args: SettleArgs) -> CliResult {
         );
     } else {
         println!(
-            "{} already settled: nothing new to clear, nothing changed",
+            "{} settled: nothing new to clear, nothing changed",
             report.clearing_date
         );
     }

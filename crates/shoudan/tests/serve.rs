@@ -1183,7 +1183,7 @@ fn node_settles_from_its_configuration(
     again.extend_from_slice(direct);
     let (code, out, err) = run(&again, "");
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("already settled"), "{out}");
+    assert!(out.contains("settled: nothing new to clear"), "{out}");
     let mut explain = vec!["explain", "--rrn", "000000000102", "--lang", "en"];
     explain.extend_from_slice(direct);
     let (code, out, err) = run(&explain, "");

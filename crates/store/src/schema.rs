@@ -606,6 +606,16 @@ ALTER TABLE payouts ADD COLUMN sent_holder_name TEXT;
 ALTER TABLE payouts ADD COLUMN sent_bank_code TEXT;
 ",
     },
+    Migration {
+        version: 20,
+        name: "a settle run marks the events it read through once it has finished",
+        // Set only on the run of the date asked for, written after the dates it cleared
+        // again: a run that stops part-way leaves the mark where it was, and the next run
+        // reads those events again.
+        sql: "
+ALTER TABLE settle_runs ADD COLUMN events_through_ms BIGINT;
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -131,6 +131,11 @@ pub struct SettleRunRow {
     pub gross_fen: i64,
     pub fee_fen: i64,
     pub postings: u64,
+    /// On the run of the date a settle run was asked for, written once the dates it cleared
+    /// again are done: the time up to which it read which dates' transactions had changed.
+    /// The next run reads from there. `None` on the dates cleared again, and on runs made
+    /// before migration 20.
+    pub events_through_ms: Option<i64>,
 }
 
 /// One leg of a posting: positive debits, negative credits.

@@ -172,7 +172,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
         SettlementRecord::SettleRun(r) => {
             conn.prepare_cached(
                 "INSERT INTO settle_runs (clearing_date, run_no, at_ms, lines, gross_fen,
-                 fee_fen, postings) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 fee_fen, postings, events_through_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute_any(params![
                 r.clearing_date,
@@ -181,7 +181,8 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 i64::try_from(r.lines).unwrap_or(i64::MAX),
                 r.gross_fen,
                 r.fee_fen,
-                i64::try_from(r.postings).unwrap_or(i64::MAX)
+                i64::try_from(r.postings).unwrap_or(i64::MAX),
+                r.events_through_ms
             ])?;
         }
         SettlementRecord::Postings(postings) => {
@@ -718,8 +719,8 @@ impl SqliteStore {
     ) -> Result<Vec<SettleRunRow>, StoreError> {
         self.read(|conn| {
             let mut statement = conn.prepare_cached(
-                "SELECT clearing_date, run_no, at_ms, lines, gross_fen, fee_fen, postings
-                 FROM settle_runs WHERE ?1 IS NULL OR clearing_date = ?1
+                "SELECT clearing_date, run_no, at_ms, lines, gross_fen, fee_fen, postings,
+                 events_through_ms FROM settle_runs WHERE ?1 IS NULL OR clearing_date = ?1
                  ORDER BY clearing_date, run_no",
             )?;
             let rows = statement.query_map([clearing_date], |r| {
@@ -733,6 +734,7 @@ impl SqliteStore {
                     gross_fen: r.get(4)?,
                     fee_fen: r.get(5)?,
                     postings: u64::try_from(postings).unwrap_or(0),
+                    events_through_ms: r.get(7)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
