@@ -22,7 +22,8 @@ pub use clearing::{
 pub use fees::{CardClass, FeePlan, TermsError, set_terms, terms_of};
 pub use ledger::{LedgerAudit, LedgerError, Posting, accounts as ledger_accounts, audit};
 pub use payout::{
-    PayoutBank, PayoutError, PayoutInstruction, PayoutRunReport, SimBank, SimBehaviour, run_payouts,
+    PayoutBank, PayoutError, PayoutInstruction, PayoutRunReport, SimBank, SimBankMemory,
+    SimBehaviour, run_payouts,
 };
 pub use reconcile::{
     FindingKind, IssuerClearingRow, ReconFinding, ReconReport, ReconcileError, parse_clearing_csv,

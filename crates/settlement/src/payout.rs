@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use domain::{PayoutFailure, diagnose_payout};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use store::settlement::{PayoutEventRow, PayoutRow, PayoutState, SentAccount, SettlementRecord};
 use store::{Record, Store, StoreError};
 
@@ -51,7 +51,8 @@ pub fn is_permanent(failure: PayoutFailure) -> bool {
 }
 
 /// How a simulated account behaves.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SimBehaviour {
     Normal,
     /// The bank has no such account.
@@ -72,6 +73,8 @@ pub enum SimBehaviour {
 #[derive(Default)]
 struct SimState {
     behaviour: HashMap<String, SimBehaviour>,
+    /// Account number -> the configuration its behaviour came from (`SimBank::configure`).
+    configured: HashMap<String, String>,
     /// Account number -> the holder name the bank has on file (checked when present).
     holders: HashMap<String, String>,
     answers: HashMap<String, Result<String, PayoutFailure>>,
@@ -83,6 +86,23 @@ struct SimState {
     today: String,
 }
 
+/// What the simulated bank remembers, for a process that ends between payout runs (the CLI's
+/// `payouts --run`) to hand to the next: the answers it gave (a reference paid is answered as
+/// paid again), what it credited, the returns it has still to report, and what is left of
+/// each account's behaviour (a count of system errors runs down across runs).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimBankMemory {
+    /// (account number, configuration, behaviour left).
+    pub behaviour: Vec<(String, String, SimBehaviour)>,
+    /// (reference, bank id if paid, failure key if refused).
+    pub answers: Vec<(String, Option<String>, Option<String>)>,
+    pub credited: Vec<(String, i64)>,
+    pub payments: Vec<(String, u32)>,
+    /// (reference, account, amount, day the return shows).
+    pub returns_due: Vec<(String, String, i64, String)>,
+    pub next_id: u64,
+}
+
 /// The embedded bank: accounts behave normally unless configured otherwise.
 #[derive(Default)]
 pub struct SimBank {
@@ -92,6 +112,94 @@ pub struct SimBank {
 impl SimBank {
     pub fn new() -> Self {
         SimBank::default()
+    }
+
+    /// A bank that remembers what `memory` says it did before.
+    pub fn remembering(memory: SimBankMemory) -> Self {
+        let mut state = SimState::default();
+        for (account, configuration, behaviour) in memory.behaviour {
+            state.configured.insert(account.clone(), configuration);
+            state.behaviour.insert(account, behaviour);
+        }
+        for (reference, paid, refused) in memory.answers {
+            let answer = match (paid, refused.as_deref().and_then(PayoutFailure::from_key)) {
+                (Some(id), _) => Ok(id),
+                (None, Some(failure)) => Err(failure),
+                (None, None) => continue,
+            };
+            state.answers.insert(reference, answer);
+        }
+        state.credited = memory.credited.into_iter().collect();
+        state.payments = memory.payments.into_iter().collect();
+        state.returns_due = memory.returns_due;
+        state.next_id = memory.next_id;
+        SimBank {
+            state: Mutex::new(state),
+        }
+    }
+
+    /// What the bank remembers now, for [`SimBank::remembering`].
+    pub fn memory(&self) -> SimBankMemory {
+        let Ok(s) = self.state.lock() else {
+            return SimBankMemory::default();
+        };
+        let mut memory = SimBankMemory {
+            behaviour: s
+                .configured
+                .iter()
+                .filter_map(|(account, configuration)| {
+                    let behaviour = s.behaviour.get(account)?.clone();
+                    Some((account.clone(), configuration.clone(), behaviour))
+                })
+                .collect(),
+            answers: s
+                .answers
+                .iter()
+                .map(|(reference, answer)| match answer {
+                    Ok(id) => (reference.clone(), Some(id.clone()), None),
+                    Err(failure) => (reference.clone(), None, Some(failure.key().to_owned())),
+                })
+                .collect(),
+            credited: s.credited.iter().map(|(a, n)| (a.clone(), *n)).collect(),
+            payments: s.payments.iter().map(|(a, n)| (a.clone(), *n)).collect(),
+            returns_due: s.returns_due.clone(),
+            next_id: s.next_id,
+        };
+        memory.behaviour.sort_by(|a, b| a.0.cmp(&b.0));
+        memory.answers.sort();
+        memory.credited.sort();
+        memory.payments.sort();
+        memory
+    }
+
+    /// Configures an account's behaviour from `configuration` (its text in the configuration
+    /// file), unless the bank already has it from the same configuration: then what is left of
+    /// it stands (a count of system errors already used up stays used up).
+    pub fn configure(&self, account_number: &str, configuration: &str, behaviour: SimBehaviour) {
+        if let Ok(mut s) = self.state.lock() {
+            if s.configured.get(account_number).map(String::as_str) == Some(configuration) {
+                return;
+            }
+            s.configured
+                .insert(account_number.to_owned(), configuration.to_owned());
+            s.behaviour.insert(account_number.to_owned(), behaviour);
+        }
+    }
+
+    /// Accounts configured before and no longer: they behave normally again.
+    pub fn forget_unconfigured(&self, configured: &[&str]) {
+        if let Ok(mut s) = self.state.lock() {
+            let gone: Vec<String> = s
+                .configured
+                .keys()
+                .filter(|a| !configured.contains(&a.as_str()))
+                .cloned()
+                .collect();
+            for account in gone {
+                s.configured.remove(&account);
+                s.behaviour.remove(&account);
+            }
+        }
     }
 
     pub fn set_behaviour(&self, account_number: &str, behaviour: SimBehaviour) {
@@ -240,6 +348,9 @@ pub struct PayoutRunReport {
     pub released: Vec<String>,
     /// Merchants with money due and no usable account (none bound, or waiting for re-binding).
     pub waiting_for_account: Vec<String>,
+    /// Payouts whose account number could not be unsealed (the sealing key is not the one it
+    /// was sealed under): nothing is sent until an operator puts the key right.
+    pub unsealable: Vec<String>,
 }
 
 struct Run<'a> {
@@ -542,6 +653,9 @@ pub fn run_payouts(
             continue;
         }
         let Some(account) = store.bound_account(&payout.mid)? else {
+            if !report.waiting_for_account.contains(&payout.mid) {
+                report.waiting_for_account.push(payout.mid.clone());
+            }
             continue;
         };
         // One reference per payout and account, with the account it pays, fixed and recorded
@@ -553,10 +667,23 @@ pub fn run_payouts(
         // settled the old reference (held, then released to the re-bound account).
         let read_attempts = payout.attempts;
         let mut attempts_now = read_attempts;
+        // Unsealed before anything is fixed: a sealing key that is not the one the number was
+        // sealed under stops here, reported, with the payout as it was.
+        let sealed = match (&payout.bank_reference, &payout.sent_to) {
+            (Some(_), Some(sent_to)) => &sent_to.number_sealed,
+            _ => &account.number_sealed,
+        };
+        let Ok(number) = sealer.open(sealed) else {
+            report.unsealable.push(payout.key.clone());
+            continue;
+        };
         let (reference, sent_to) = match (&payout.bank_reference, &payout.sent_to) {
             (Some(reference), Some(sent_to)) => (reference.clone(), sent_to.clone()),
             (reference, _) => {
                 if account.needs_rebind {
+                    if !report.waiting_for_account.contains(&payout.mid) {
+                        report.waiting_for_account.push(payout.mid.clone());
+                    }
                     continue;
                 }
                 let version = if read_attempts > 0 {
@@ -594,9 +721,6 @@ pub fn run_payouts(
                 payout = fixed;
                 (reference, sent_to)
             }
-        };
-        let Ok(number) = sealer.open(&sent_to.number_sealed) else {
-            continue;
         };
         // The attempt fixing the reference counted itself; a retry counts here.
         let attempt = if attempts_now > read_attempts {

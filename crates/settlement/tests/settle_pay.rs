@@ -1339,6 +1339,31 @@ fn a_payment_whose_answer_was_lost_is_not_paid_again_to_a_new_account() {
     assert!(audit(store).unwrap().balanced);
 }
 
+/// A payout run under a sealing key other than the one the account was bound under: nothing
+/// is sent, nothing is fixed, and the run says which payout it could not send; under the
+/// right key the next run pays it.
+#[test]
+fn a_payout_whose_account_cannot_be_unsealed_is_reported_not_skipped_in_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    let number = one_sale_cleared_and_bound(store, &directory, &sealer, 91);
+    let bank = SimBank::new();
+    let key = format!("{M1}:20261124");
+    let other_key = common::sealer();
+    let run = run_payouts(store, &bank, &other_key, "20261124", 1_000).unwrap();
+    assert_eq!(run.created, vec![key.clone()]);
+    assert_eq!(run.unsealable, vec![key.clone()], "{run:?}");
+    assert!(run.sent.is_empty());
+    let payout = store.payout(&key).unwrap().unwrap();
+    assert_eq!((payout.attempts, payout.bank_reference), (0, None));
+    let next = run_payouts(store, &bank, &sealer, "20261124", 2_000).unwrap();
+    assert_eq!(next.sent, vec![key]);
+    assert_eq!(bank.credited(&number), 10_000 - 55);
+}
+
 /// A bank that pays, then the run stops (here: panics) before it hears the answer.
 struct PaysThenStops<'a>(&'a SimBank);
 
@@ -1655,4 +1680,54 @@ fn payout_runs_at_the_same_time_pay_and_post_once() {
             -(10_000 - 55) * i64::try_from(mids.len()).unwrap()
         );
     }
+}
+
+/// The simulated bank of a process that ends between payout runs (the CLI's) hands what it did
+/// to the next: a reference it paid is answered as paid, a return it owes is reported, a count
+/// of system errors already used up stays used up; a changed configuration applies afresh.
+#[test]
+fn the_simulated_bank_remembers_across_runs_what_it_did() {
+    use settlement::payout::{PayoutBank, PayoutInstruction};
+    let pay = |bank: &SimBank, reference: &str, account: &str| {
+        bank.pay(&PayoutInstruction {
+            reference,
+            account_number: account,
+            holder_name: "王小明",
+            bank_code: "0102",
+            amount_fen: 500,
+        })
+    };
+    let (a, b) = ("6222020000000000001", "6222020000000000002");
+    let configure = |bank: &SimBank| {
+        bank.configure(a, "system-errors:1", SimBehaviour::SystemErrors(1));
+        bank.configure(b, "return-after:1", SimBehaviour::ReturnAfterDays(1));
+    };
+    let first = SimBank::new();
+    configure(&first);
+    first.set_today("20261124");
+    assert_eq!(
+        pay(&first, "r1", a),
+        Err(domain::PayoutFailure::BankSystemError)
+    );
+    let paid = pay(&first, "r2", b).unwrap();
+
+    let text = serde_json::to_string(&first.memory()).unwrap();
+    let next = SimBank::remembering(serde_json::from_str(&text).unwrap());
+    configure(&next);
+    next.set_today("20261125");
+    assert!(
+        pay(&next, "r1", a).is_ok(),
+        "its one system error was used up"
+    );
+    assert_eq!(pay(&next, "r2", b), Ok(paid), "answered as before");
+    assert_eq!(next.payments(b), 1);
+    assert_eq!(next.returns("20261125"), ["r2"]);
+    assert_eq!(next.credited(b), 0);
+    next.configure(a, "frozen", SimBehaviour::Frozen);
+    assert_eq!(
+        pay(&next, "r3", a),
+        Err(domain::PayoutFailure::AccountFrozen)
+    );
+    next.forget_unconfigured(&[b]);
+    assert!(pay(&next, "r4", a).is_ok(), "no longer configured: normal");
 }

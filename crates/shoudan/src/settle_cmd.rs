@@ -201,19 +201,36 @@ fn sealer(dir: &Path) -> Result<HsmSealer, Box<dyn std::error::Error>> {
     ))))
 }
 
+/// What the simulated bank remembers between runs (`SimBankMemory`), in the data directory.
+const SIM_BANK_MEMORY: &str = "sim-bank-memory.json";
+
 /// `sim-bank.json`: `{"<account number>": "frozen"}`; behaviours `normal`, `invalid`,
 /// `frozen`, `closed`, `limit:<fen>`, `system-errors:<n>`, `return-after:<days>`, or
-/// `name:<holder name the bank has>`. Test data for the simulated bank only.
+/// `name:<holder name the bank has>`. Test data for the simulated bank only. The bank
+/// remembers what it did in earlier runs (`sim-bank-memory.json`): the references it paid,
+/// the returns it has still to report, the system errors already used up.
 fn sim_bank(dir: &Path) -> Result<SimBank, Box<dyn std::error::Error>> {
-    let bank = SimBank::new();
+    let memory_path = dir.join(SIM_BANK_MEMORY);
+    let bank = match std::fs::read_to_string(&memory_path) {
+        Ok(text) => SimBank::remembering(
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", memory_path.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => SimBank::new(),
+        Err(e) => return Err(format!("{}: {e}", memory_path.display()).into()),
+    };
     let path = dir.join("sim-bank.json");
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(bank),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bank.forget_unconfigured(&[]);
+            return Ok(bank);
+        }
         // One that exists but cannot be read would make every payout simulate as normal.
         Err(e) => return Err(format!("{}: {e}", path.display()).into()),
     };
     let accounts: std::collections::BTreeMap<String, String> = serde_json::from_str(&text)?;
+    let numbers: Vec<&str> = accounts.keys().map(String::as_str).collect();
+    bank.forget_unconfigured(&numbers);
     for (number, spec) in &accounts {
         let (what, arg) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
         let n = || {
@@ -234,9 +251,20 @@ fn sim_bank(dir: &Path) -> Result<SimBank, Box<dyn std::error::Error>> {
             }
             _ => return Err(format!("sim-bank.json: unknown behaviour {spec}").into()),
         };
-        bank.set_behaviour(number, behaviour);
+        bank.configure(number, spec, behaviour);
     }
     Ok(bank)
+}
+
+/// Keeps what the simulated bank did for the next run: written whole, then renamed over the
+/// last, so a run stopped half-way leaves the previous memory.
+fn remember(dir: &Path, bank: &SimBank) -> Result<(), Box<dyn std::error::Error>> {
+    let path = dir.join(SIM_BANK_MEMORY);
+    let partial = dir.join(format!("{SIM_BANK_MEMORY}.partial"));
+    std::fs::write(&partial, serde_json::to_vec_pretty(&bank.memory())?)
+        .map_err(|e| format!("{}: {e}", partial.display()))?;
+    std::fs::rename(&partial, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(())
 }
 
 fn open_store(dir: &Path) -> Result<Arc<SqliteStore>, Box<dyn std::error::Error>> {
@@ -323,13 +351,10 @@ pub fn payouts(args: PayoutsArgs) -> CliResult {
             let bank = sim_bank(dir)?;
             let day = settlement::dates::normalise(day).ok_or("--run: not a date")?;
             bank.set_today(&day);
-            Some(run_payouts(
-                store.as_ref(),
-                &bank,
-                &sealer,
-                &day,
-                SystemClock.now_ms(),
-            )?)
+            let run = run_payouts(store.as_ref(), &bank, &sealer, &day, SystemClock.now_ms());
+            // Remembered whatever the run's end: the bank did what it did.
+            remember(dir, &bank)?;
+            Some(run?)
         }
         None => None,
     };
@@ -379,6 +404,13 @@ pub fn payouts(args: PayoutsArgs) -> CliResult {
             run.released.len(),
             run.waiting_for_account.len()
         );
+        if !run.unsealable.is_empty() {
+            println!(
+                "not sent: the account number of {} could not be unsealed; check that the \
+                 sealing key is the one the accounts were bound under",
+                run.unsealable.join(", ")
+            );
+        }
     }
     if list.is_empty() {
         println!("no payouts");

@@ -257,6 +257,10 @@ fn a_day_of_demo_traffic_is_settled_paid_and_reconciled() {
     std::fs::remove_dir(&bank_file).unwrap();
     std::fs::write(&bank_file, kept).unwrap();
     let first_run = json(&["payouts", "--run", &payout_day], dir);
+    assert!(
+        dir.join("sim-bank-memory.json").exists(),
+        "the simulated bank keeps what it did for the next run"
+    );
     assert_eq!(
         first_run["run"]["held"].as_array().unwrap().len(),
         1,

@@ -2308,8 +2308,10 @@ pub static TABLE: &[Diagnosis] = &[
         merchant_steps: &[
             PAYOUT_STEP_PORTAL,
             t(
-                "联系开户行了解冻结原因并处理。",
-                "Contact the account's bank about the freeze and resolve it.",
+                "联系开户行了解冻结原因并处理；解冻后在商户后台重新提交这个账户（同一账户也要重新提交），收单机构确认后重新出款。",
+                "Contact the account's bank about the freeze and resolve it; once it is lifted, \
+                 submit the account again in the portal (the same account too), and the payout \
+                 is made again when the acquirer confirms it.",
             ),
             t(
                 "短期无法解冻时，在商户后台换绑另一个本人或本公司账户。",
@@ -2346,8 +2348,8 @@ pub static TABLE: &[Diagnosis] = &[
                  new card number).",
             ),
             t(
-                "换绑后重新出款。",
-                "Once rebound, the payout is made again.",
+                "新账户经收单机构确认后重新出款。",
+                "The payout is made again once the acquirer confirms the new account.",
             ),
         ],
     },
@@ -2376,7 +2378,11 @@ pub static TABLE: &[Diagnosis] = &[
                 "Have the bank raise the limit or upgrade the account to class I, or bind a class \
                  I or business account instead.",
             ),
-            t("处理后重新出款。", "Then the payout is made again."),
+            t(
+                "处理后在商户后台重新提交账户（同一账户也要重新提交），收单机构确认后重新出款。",
+                "Then submit the account again in the portal (the same account too); the \
+                 payout is made again when the acquirer confirms it.",
+            ),
         ],
     },
     Diagnosis {
