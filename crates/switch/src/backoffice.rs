@@ -172,6 +172,7 @@ impl BackOffice {
             // Never used: the virtual terminal has no keys, so nothing is MACed or translated.
             tmk: KeyHandle::from_raw(0),
             scheme: KeyScheme::Double,
+            registered: KeyScheme::Double,
             mac: MacAlgorithm::CupEcb,
             mak: paycrypto::MakLength::Double,
             status: Status::Active,

@@ -51,7 +51,12 @@ pub(crate) struct Terminal {
     pub tid: String,
     pub mid: String,
     pub tmk: KeyHandle,
+    /// The scheme of the working keys it holds (the last sign-in's).
     pub scheme: KeyScheme,
+    /// The scheme it was registered with: the weakest a sign-in may ask for. A sign-in carries
+    /// no MAC, so one that asked for a stronger scheme must not become the floor (the
+    /// terminal's own next sign-in, at its registered scheme, would then be refused).
+    pub registered: KeyScheme,
     pub mac: MacAlgorithm,
     /// The MAK length issued at sign-in under schemes 003/004 (`mac_spelling`).
     pub mak: MakLength,
@@ -102,6 +107,7 @@ impl Terminal {
             mid: row.mid.clone(),
             tmk: handle_from_bytes(&row.tmk_wrapped)?,
             scheme: row.key_scheme.parse().ok()?,
+            registered: row.key_scheme.parse().ok()?,
             mac,
             mak,
             status: row.status,
@@ -621,7 +627,7 @@ impl Core {
         };
         // A sign-in carries no MAC: it may ask for the terminal's key scheme or a stronger
         // one, never a weaker one (single DES keys for a terminal set up for double).
-        if scheme_strength(scheme) < scheme_strength(terminal.scheme) {
+        if scheme_strength(scheme) < scheme_strength(terminal.registered) {
             tracing::warn!(tid = %terminal.tid, asked = scheme.code(), "weaker key scheme refused");
             return self.answer_code(frame, RC_NOT_PERMITTED_TERMINAL);
         }

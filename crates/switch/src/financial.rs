@@ -590,7 +590,16 @@ impl Core {
             return agrees.then_some(found);
         }
         match rrn {
-            Some(rrn) => self.by_rrn(rrn).await,
+            // Field 61 named a batch and trace this terminal has not: the RRN's transaction
+            // counts only if those are its numbers (a void whose 61 names nothing is not let
+            // through on its RRN alone).
+            Some(rrn) => {
+                let found = self.by_rrn(rrn).await?;
+                let agrees = named.is_none_or(|(batch, trace)| {
+                    (found.key.batch_no, found.key.stan) == (batch, trace)
+                });
+                agrees.then_some(found)
+            }
             None if kind == TxnKind::Completion && named.is_none() => {
                 // 61.3 of 0000 is no date.
                 let date = field61.and_then(|f| f.date).filter(|&d| d != 0);
@@ -1778,6 +1787,19 @@ impl Core {
         // Another merchant's (a terminal moved between merchants) is not found, as for
         // linked requests (`find_original`).
         let original = named.filter(|o| !unrecorded && o.mid == ctx.terminal.mid);
+        // Several nodes on one journal: another node may have voided, completed or refunded
+        // the original since this one held it; reversing it then would leave that standing, a
+        // second credit to the card. What the journal says now counts, as for linked requests.
+        if self.config.shared_journal
+            && let Some(o) = &original
+        {
+            let id = o.id;
+            match self.read_for_request(move |store| store.txn(id)).await {
+                Some(Ok(Some(now))) => o.catch_up(&now),
+                Some(Ok(None)) => {}
+                Some(Err(_)) | None => return self.reply_code(ctx, RC_SYSTEM_ERROR),
+            }
+        }
         // A reversed refund, void or completion gives its own original back what it took
         // (`unlink`): held here, read from the store if the index has let it go.
         let linked = original.as_ref().and_then(|o| o.live().linked_original);
@@ -1828,6 +1850,17 @@ impl Core {
             None => (
                 RC_APPROVED,
                 "original not found: nothing to reverse".to_owned(),
+            ),
+            // A reversal is the original's request sent again (PROTOCOL.md: as original): one
+            // of another type names something else and changes nothing (a refund's trace
+            // reversed as a purchase would take the refund back).
+            Some(o) if o.kind != store_kind(ctx.kind) => (
+                RC_INVALID_TRANSACTION,
+                format!(
+                    "original is a {}, not a {}",
+                    describe(o.kind),
+                    describe(store_kind(ctx.kind))
+                ),
             ),
             Some(o) if !ctx.clearing.same_day(o.clearing_day) => (
                 RC_ORIGINAL_NOT_FOUND,

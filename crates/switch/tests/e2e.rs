@@ -308,6 +308,15 @@ fn every_transaction_type_moves_the_issuer_ledger() {
         assert_eq!(r.code(), "00");
         let rrn_buy = r.text(37).unwrap();
         assert_eq!(e.balance(&card), (start_balance - 10_000, 0));
+        // A void whose field 61 names a trace this terminal never used is not let through on
+        // its RRN alone.
+        let s = e.next_stan();
+        let misnamed = Req {
+            f61: Some(format!("{:06}{:06}", 1, 999_999)),
+            ..Req::void(&p, 10_000, s, s_buy, &rrn_buy)
+        };
+        assert_eq!(e.send(&misnamed).await.code(), "25");
+        assert_eq!(e.balance(&card), (start_balance - 10_000, 0));
         let s = e.next_stan();
         let r = e.send(&Req::void(&p, 10_000, s, s_buy, &rrn_buy)).await;
         assert_eq!(r.code(), "00");
@@ -1010,5 +1019,35 @@ fn a_pre_authorisation_is_voided_on_a_later_day() {
         );
         assert_eq!(e.issuer_txn(&rrn_pa).unwrap().state, IssuerState::Voided);
         assert_eq!(e.journal_state(&rrn_pa), TxnState::Voided);
+    });
+}
+
+/// A reversal is its original's request sent again (PROTOCOL.md: MTI 0400, the rest as the
+/// original): one of another type than the transaction at its trace (a refund's trace reversed
+/// as a purchase) is refused 12 and takes nothing back.
+#[test]
+fn a_reversal_of_another_type_than_its_original_changes_nothing() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(2);
+        let p = pan(&card);
+        let (start_balance, _) = e.balance(&card);
+        let s = e.next_stan();
+        let r = e.send(&with_pin(Req::purchase(&p, 5_000, s), &card)).await;
+        assert_eq!(r.code(), "00");
+        let rrn = r.text(37).unwrap();
+        let s = e.next_stan();
+        let r = e
+            .send(&Req::refund(&p, 2_000, s, &rrn, &today_mmdd()))
+            .await;
+        assert_eq!(r.code(), "00");
+        let as_purchase = Req::reversal_of(&Req::purchase(&p, 2_000, s));
+        assert_eq!(e.send(&as_purchase).await.code(), "12");
+        assert_eq!(e.balance(&card), (start_balance - 3_000, 0));
+        assert_eq!(
+            e.h.store.txn_by_rrn(&rrn).unwrap().unwrap().refunded_fen,
+            2_000
+        );
+        assert_eq!(e.audit().await.1, 0);
     });
 }

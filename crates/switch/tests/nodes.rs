@@ -603,3 +603,49 @@ fn two_nodes_take_one_request_once_and_a_reversed_void_voids_nothing() {
     node_b_runtime.shutdown_background();
     let _ = PgStore::drop_schema(&url, &schema);
 }
+
+/// A sale made through node A and refunded in full through node B (another terminal of the
+/// merchant): the terminal's reversal of the sale, sent to node A, whose memory still holds
+/// the sale unrefunded, is refused (12) as on one node, not a second credit to the card.
+#[test]
+fn a_reversal_on_one_node_of_a_sale_refunded_on_the_other_is_refused() {
+    let Some(url) = pg_url() else { return };
+    let schema = format!("switch_nodes_refund_{}", std::process::id());
+    let config = PgConfig {
+        url: url.clone(),
+        schema: Some(schema.clone()),
+    };
+    let main = runtime();
+    let (node_a_runtime, node_b_runtime) = (runtime(), runtime());
+    main.block_on(async {
+        let (log, issuer, hsm, zpk) = shared(&config, &[TID_A, TID_B]).await;
+        let a = start_node(&node_a_runtime, &config, 1, issuer, &hsm, zpk).await;
+        let b = start_node(&node_b_runtime, &config, 2, issuer, &hsm, zpk).await;
+        let pan = card("622202");
+        let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
+        assert_eq!(via_a.sign_in().await.code(), "00");
+        let mut via_b = Terminal::connect(b.handle.local_addr(), TID_B).await;
+        assert_eq!(via_b.sign_in().await.code(), "00");
+        let sale_request = Req::purchase(&pan, 50_000, 2);
+        let sale = via_a.send(&sale_request).await;
+        assert_eq!(sale.code(), "00");
+        let rrn = sale.text(37).unwrap();
+        let today = switch::LocalTime::from_ms(switch::Clock::now_ms(&SystemClock)).mmdd();
+        let refund = via_b
+            .send(&Req::refund(&pan, 50_000, 2, &rrn, &today))
+            .await;
+        assert_eq!(refund.code(), "00", "the refund through node B");
+        let reversals = log.reversals.lock().unwrap().len();
+        let reversal = via_a.send(&Req::reversal_of(&sale_request)).await;
+        assert_eq!(reversal.code(), "12", "node A reversed a refunded sale");
+        let row = b.store.txn_by_rrn(&rrn).unwrap().unwrap();
+        assert_eq!((row.state, row.refunded_fen), (TxnState::Approved, 50_000));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(log.reversals.lock().unwrap().len(), reversals);
+        a.handle.shutdown().await;
+        b.handle.shutdown().await;
+    });
+    node_a_runtime.shutdown_background();
+    node_b_runtime.shutdown_background();
+    let _ = PgStore::drop_schema(&url, &schema);
+}

@@ -1154,6 +1154,46 @@ fn a_terminal_set_for_a_single_length_mak_gets_one_and_its_macs_verify() {
     });
 }
 
+/// A sign-in carries no MAC: anyone who knows a terminal's IDs can ask for a stronger key
+/// scheme than it was registered with. That sign-in is served, but the terminal's own next
+/// sign-in, at its registered scheme, still is (it was refused 58 until a restart).
+#[test]
+fn a_stronger_sign_in_does_not_raise_the_floor_for_the_terminals_own() {
+    runtime().block_on(async {
+        let mut h = Harness::new().await;
+        let tmk = h
+            .hsm
+            .import_key(
+                paycrypto::KeyUsage::Tmk,
+                paycrypto::KeyAlgorithm::Des,
+                TMK_HEX,
+            )
+            .unwrap();
+        h.store
+            .submit(vec![switch::terminal_record(&switch::TerminalSpec {
+                tid: "10000008".into(),
+                mid: MID.into(),
+                tmk,
+                scheme: paycrypto::KeyScheme::Single,
+                mac: paycrypto::MacAlgorithm::CupEcb,
+                mak: paycrypto::MakLength::Double,
+                batch_no: 1,
+            })])
+            .unwrap()
+            .await
+            .unwrap();
+        h.stop().await;
+        h.start().await;
+        let mut stranger = h.terminal_as("10000008").await;
+        assert_eq!(stranger.sign_in_with("003").await.code(), "00");
+        let mut own = h.terminal_as("10000008").await;
+        assert_eq!(own.sign_in_with("001").await.code(), "00");
+        let r = own.send(&Req::purchase(&card("622202"), 1_000, 2)).await;
+        assert_eq!(r.code(), "00");
+        assert!(own.mac_ok(&r));
+    });
+}
+
 /// A terminal's reversal of a request still at the issuer is answered at once, but goes to the
 /// issuer only after the request's own answer (or its timeout): sent earlier, it could find
 /// nothing to reverse there, be acknowledged, and the approval that follows it stand.
