@@ -10,7 +10,7 @@ use std::sync::Arc;
 use domain::{IssuerDirectory, mask_card_numbers};
 use serde::Serialize;
 use store::resolve::{CaseEntryRow, CaseQuery, CaseRow, ResolveRecord};
-use store::{Record, Store, StoreError};
+use store::{Record, Store, StoreError, TxnKind, TxnState};
 use switch::{BackOffice, BackOfficeError, BackOfficeRefund, Clock, SwitchHandle};
 
 use crate::explain::TxnSummary;
@@ -175,6 +175,8 @@ pub enum CaseError {
     ExceedsRemaining { asked_fen: i64, left_fen: i64 },
     #[error("refund amount must be positive")]
     BadAmount,
+    #[error("only an approved purchase or completion can be refunded")]
+    NotRefundable,
     #[error("whoever opened a refund application cannot approve it; another operator must")]
     SameUser,
     #[error("refund: {0}")]
@@ -269,8 +271,11 @@ pub struct CaseEntry {
 pub struct NewCase {
     pub kind: CaseKind,
     pub mid: String,
-    /// The transaction concerned (required for refund applications).
+    /// The transaction concerned (required for refund applications), by RRN...
     pub rrn: Option<String>,
+    /// ... or by journal id, for one that has no RRN (a reversal, a request refused before
+    /// one was given). Taken before `rrn` when both are given.
+    pub txn_id: Option<i64>,
     pub title: String,
     pub who: String,
     pub text: String,
@@ -319,22 +324,42 @@ impl CaseService {
     pub async fn open(&self, new: NewCase) -> Result<Case, CaseError> {
         check_text(&new.text, &new.attachments)?;
         check_text(&new.title, &[])?;
-        let txn = match &new.rrn {
-            Some(rrn) => Some(
+        let txn = match (new.txn_id, &new.rrn) {
+            (Some(id), _) => Some(
+                self.store
+                    .txn(id)?
+                    .filter(|t| t.mid == new.mid)
+                    .ok_or_else(|| CaseError::NoSuchTransaction(String::new()))?,
+            ),
+            (None, Some(rrn)) => Some(
                 self.store
                     .txn_by_rrn(rrn.trim())?
                     .filter(|t| t.mid == new.mid)
                     .ok_or_else(|| CaseError::NoSuchTransaction(rrn.clone()))?,
             ),
-            None => None,
+            (None, None) => None,
         };
         if new.kind == CaseKind::RefundApplication {
             let Some(txn) = &txn else {
                 return Err(CaseError::NoSuchTransaction(String::new()));
             };
-            let asked = new.refund_fen.unwrap_or(txn.amount_fen - txn.refunded_fen);
-            if asked <= 0 {
+            // Only an approved sale (a purchase or a completion) has something to refund: an
+            // application on anything else would wait in the refund queue for a refusal.
+            let refundable = matches!(txn.kind, TxnKind::Purchase | TxnKind::Completion)
+                && txn.state == TxnState::Approved;
+            if !refundable {
+                return Err(CaseError::NotRefundable);
+            }
+            let left_fen = txn.amount_fen - txn.refunded_fen;
+            let asked_fen = new.refund_fen.unwrap_or(left_fen);
+            if asked_fen <= 0 {
                 return Err(CaseError::BadAmount);
+            }
+            if asked_fen > left_fen {
+                return Err(CaseError::ExceedsRemaining {
+                    asked_fen,
+                    left_fen,
+                });
             }
         }
         let id = self.store.reserve(CASE_COUNTER, 1)?.await?;
@@ -715,33 +740,42 @@ impl CaseService {
         // case meanwhile.
         let mut row = row;
         for _ in 1..RECORD_ATTEMPTS_MAX {
-            match self
-                .record_refund(row, state, operator, asked_fen, &result)
-                .await
-            {
+            match self.record_refund(row, operator, asked_fen, &result).await {
                 Err(CaseError::Conflict) => {
                     row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
                 }
                 done => return done,
             }
         }
-        self.record_refund(row, state, operator, asked_fen, &result)
-            .await
+        self.record_refund(row, operator, asked_fen, &result).await
     }
 
-    /// Writes a refund's result onto the case (at the row's version).
+    /// Writes a refund's result onto the case as it is now (at the row's version, read again
+    /// after a conflict): from its current state, which may have moved while the refund ran.
+    /// A closed case keeps its state (a refund that ran is still written on it); a result
+    /// another approval already wrote (the same refund, its key shared) is not written twice.
     async fn record_refund(
         &self,
         row: CaseRow,
-        state: CaseState,
         operator: &str,
         asked_fen: i64,
         result: &BackOfficeRefund,
     ) -> Result<Case, CaseError> {
+        let already = result.txn_id.is_some()
+            && row.refund_txn_id == result.txn_id
+            && row.refund_code.as_deref() == Some(result.response_code.as_str());
+        if already {
+            return self.view(row);
+        }
+        let state = CaseState::parse(&row.state).ok_or(CaseError::NotFound)?;
         let version = row.version;
         let mut updated = row;
         updated.approved_by = Some(operator.to_owned());
-        updated.refund_txn_id = result.txn_id;
+        // A refusal before the journal has no id of its own: the last recorded one stays the
+        // next attempt's key (this attempt, never journalled, used it and left no trace).
+        if result.txn_id.is_some() {
+            updated.refund_txn_id = result.txn_id;
+        }
         updated.refund_rrn = result.rrn.clone();
         updated.refund_code = Some(result.response_code.clone());
         let rrn_text = result.rrn.as_deref().unwrap_or("-");
@@ -750,12 +784,19 @@ impl CaseService {
                 "refund of {} approved by {operator} and executed: RRN {rrn_text}",
                 yuan(asked_fen)
             );
-            updated.state = CaseState::Resolved.as_str().to_owned();
-            updated.resolution = Some(resolution.clone());
-            format!("[{} → resolved] {resolution}", state.as_str())
+            if state.is_closed() {
+                format!(
+                    "[{} after the case was closed] {resolution}",
+                    state.as_str()
+                )
+            } else {
+                updated.state = CaseState::Resolved.as_str().to_owned();
+                updated.resolution = Some(resolution.clone());
+                format!("[{} → resolved] {resolution}", state.as_str())
+            }
         } else {
             let d = domain::diagnosis::diagnose_str(&result.response_code);
-            if result.response_code == "98" {
+            if result.response_code == "98" && !state.is_closed() {
                 updated.state = CaseState::WaitingIssuer.as_str().to_owned();
             }
             format!(

@@ -26,7 +26,9 @@ use issuer_sim::{
     TxnState as IssuerState, demo_issuer,
 };
 use paycrypto::Hsm;
-use resolve::cases::{CaseError, CaseKind, CaseService, CaseState, NewCase, RefundExecutor};
+use resolve::cases::{
+    CaseError, CaseKind, CaseService, CaseState, NewCase, RefundExecutor, Transition,
+};
 use resolve::duplicates::{self, SuggestedAction};
 use resolve::outbox::{Notifier, NotifierConfig, Tailer, TailerConfig};
 use resolve::{Outcome, explain_rrn};
@@ -443,6 +445,7 @@ fn a_refund_approved_twice_while_at_the_issuer_is_made_once() {
                 kind: CaseKind::RefundApplication,
                 mid: MID.to_owned(),
                 rrn: Some(rrn.clone()),
+                txn_id: None,
                 title: "returned".to_owned(),
                 who: "merchant".to_owned(),
                 text: "please refund 30".to_owned(),
@@ -500,6 +503,7 @@ fn refund_application_executes_through_the_switch_once() {
             kind: CaseKind::RefundApplication,
             mid: MID.to_owned(),
             rrn: Some(rrn.clone()),
+            txn_id: None,
             title: "customer returned the goods".to_owned(),
             who: "merchant".to_owned(),
             text: "please refund".to_owned(),
@@ -552,15 +556,16 @@ fn refund_application_executes_through_the_switch_once() {
                 .await
                 .is_err()
         );
-        // Never more than what is left (3 000 fen).
-        let too_much = cases.open(new(4_000)).await.unwrap();
+        // Never more than what is left (3 000 fen): not even applied for.
         assert!(matches!(
-            cases.approve_refund(too_much.id, "operator-7").await,
+            cases.open(new(4_000)).await,
             Err(CaseError::ExceedsRemaining {
                 asked_fen: 4_000,
                 left_fen: 3_000
             })
         ));
+        // What is left may be applied for; this application stays open.
+        let waiting = cases.open(new(3_000)).await.unwrap();
         // The purchase now reads as partly refunded by the back office.
         let store = e.store();
         let x = explain_rrn(store.as_ref(), &e.h.directory, &rrn, now()).unwrap();
@@ -605,7 +610,7 @@ fn refund_application_executes_through_the_switch_once() {
             })
             .await
             .unwrap();
-        use resolve::cases::{Resolution, Transition};
+        use resolve::cases::Resolution;
         let c = cases
             .transition(
                 dispute.id,
@@ -666,14 +671,14 @@ fn refund_application_executes_through_the_switch_once() {
         assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
         let open = cases.still_open(Some(MID)).unwrap();
         // The executed refund's case is resolved, the dispute rejected.
-        assert_eq!(open.iter().map(|c| c.id).collect::<Vec<_>>(), [too_much.id]);
+        assert_eq!(open.iter().map(|c| c.id).collect::<Vec<_>>(), [waiting.id]);
         let with_txn = all.iter().find(|c| c.txn.is_some()).unwrap();
         let about = cases.of_txn(with_txn.txn.as_ref().unwrap().id).unwrap();
         assert!(about.iter().any(|c| c.id == with_txn.id));
         // Due dates: the open application due tomorrow is overdue the day after, not before.
         assert!(cases.overdue(MID, now()).unwrap().is_empty());
         let late = cases.overdue(MID, now() + 2 * 86_400_000).unwrap();
-        assert_eq!(late.iter().map(|c| c.id).collect::<Vec<_>>(), [too_much.id]);
+        assert_eq!(late.iter().map(|c| c.id).collect::<Vec<_>>(), [waiting.id]);
     });
 }
 
@@ -691,6 +696,7 @@ fn back_office_refund_is_reversed_on_timeout_and_never_doubled() {
                 kind: CaseKind::RefundApplication,
                 mid: MID.to_owned(),
                 rrn: Some(rrn.clone()),
+                txn_id: None,
                 title: "wrong amount keyed".to_owned(),
                 who: "merchant".to_owned(),
                 text: "refund 10.00".to_owned(),
@@ -1509,6 +1515,8 @@ struct Interleaved {
     inner: Arc<dyn RefundExecutor>,
     other: CaseService,
     case_id: Mutex<Option<i64>>,
+    /// Instead of the message: another operator rejects the case.
+    reject: bool,
 }
 
 impl RefundExecutor for Interleaved {
@@ -1532,10 +1540,18 @@ impl RefundExecutor for Interleaved {
                 .await;
             let id = *self.case_id.lock().unwrap();
             if let Some(id) = id {
-                self.other
-                    .add_entry(id, "merchant", "any news?", Vec::new())
-                    .await
-                    .unwrap();
+                if self.reject {
+                    let why = resolve::cases::Resolution::new("not eligible").unwrap();
+                    self.other
+                        .transition(id, "operator-3", Transition::Reject(why), "", None)
+                        .await
+                        .unwrap();
+                } else {
+                    self.other
+                        .add_entry(id, "merchant", "any news?", Vec::new())
+                        .await
+                        .unwrap();
+                }
             }
             answer
         })
@@ -1560,6 +1576,7 @@ fn refund_result_is_recorded_despite_a_concurrent_case_edit_so_a_retry_cannot_re
             inner: back_office,
             other,
             case_id: Mutex::new(None),
+            reject: false,
         });
         let cases = CaseService::new(
             e.store(),
@@ -1572,6 +1589,7 @@ fn refund_result_is_recorded_despite_a_concurrent_case_edit_so_a_retry_cannot_re
                 kind: CaseKind::RefundApplication,
                 mid: MID.to_owned(),
                 rrn: Some(rrn.clone()),
+                txn_id: None,
                 title: "one item returned".to_owned(),
                 who: "merchant".to_owned(),
                 text: "refund 10.00 of 60.00".to_owned(),
@@ -1591,5 +1609,150 @@ fn refund_result_is_recorded_despite_a_concurrent_case_edit_so_a_retry_cannot_re
         // The operator clicks again: the case knows the refund ran; nothing is refunded twice.
         assert!(cases.approve_refund(case.id, "operator-2").await.is_err());
         assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 1_000);
+    });
+}
+
+/// Another operator rejects the case while its approved refund is at the issuer: the refund
+/// ran, so its result is written on the case, but the rejection stands (a closed case is not
+/// reopened as resolved) and the timeline says from which state it was written.
+#[test]
+fn a_refund_that_ran_while_its_case_was_rejected_leaves_the_rejection_standing() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(3);
+        let (code, rrn, _) = e.purchase(&card, 6_000).await;
+        assert_eq!(code, "00");
+        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
+        let other = CaseService::new(
+            e.store(),
+            e.directory(),
+            Arc::clone(&back_office),
+            Arc::new(SystemClock),
+        );
+        let interleaved = Arc::new(Interleaved {
+            inner: back_office,
+            other,
+            case_id: Mutex::new(None),
+            reject: true,
+        });
+        let cases = CaseService::new(
+            e.store(),
+            e.directory(),
+            Arc::clone(&interleaved) as Arc<dyn RefundExecutor>,
+            Arc::new(SystemClock),
+        );
+        let case = cases
+            .open(NewCase {
+                kind: CaseKind::RefundApplication,
+                mid: MID.to_owned(),
+                rrn: Some(rrn.clone()),
+                txn_id: None,
+                title: "one item returned".to_owned(),
+                who: "merchant".to_owned(),
+                text: "refund 10.00 of 60.00".to_owned(),
+                attachments: Vec::new(),
+                assignee: None,
+                due_at_ms: None,
+                refund_fen: Some(1_000),
+            })
+            .await
+            .unwrap();
+        *interleaved.case_id.lock().unwrap() = Some(case.id);
+        let done = cases.approve_refund(case.id, "operator-2").await.unwrap();
+        assert_eq!(done.state, CaseState::Rejected, "{done:#?}");
+        assert_eq!(done.refund_code.as_deref(), Some("00"));
+        let last = &done.entries.last().unwrap().text;
+        assert!(
+            last.starts_with("[rejected after the case was closed]"),
+            "{last}"
+        );
+        assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 1_000);
+    });
+}
+
+/// A back office that answers from a script and keeps the keys it was asked under.
+struct Scripted {
+    answers: Mutex<Vec<switch::BackOfficeRefund>>,
+    keys: Mutex<Vec<String>>,
+}
+
+impl RefundExecutor for Scripted {
+    fn refund<'a>(
+        &'a self,
+        _original_rrn: &'a str,
+        _amount_fen: i64,
+        idempotency_key: &'a str,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<switch::BackOfficeRefund, switch::BackOfficeError>,
+                > + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async move {
+            self.keys.lock().unwrap().push(idempotency_key.to_owned());
+            Ok(self.answers.lock().unwrap().remove(0))
+        })
+    }
+}
+
+/// A refund refused before the switch journalled it (96, no journal id) leaves the key of the
+/// next attempt where the last journalled attempt put it: the next approval is not sent under
+/// the first attempt's key, which the switch would answer with that attempt's old decline.
+#[test]
+fn a_refund_refused_before_the_journal_does_not_bring_back_an_earlier_attempts_key() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(3);
+        let (code, rrn, _) = e.purchase(&card, 6_000).await;
+        assert_eq!(code, "00");
+        let answer = |txn_id: Option<i64>, code: &str| switch::BackOfficeRefund {
+            txn_id,
+            rrn: None,
+            response_code: code.to_owned(),
+            auth_code: None,
+            state: None,
+            tid: "BACKOFFC".to_owned(),
+            batch_no: 1,
+            stan: 1,
+        };
+        let scripted = Arc::new(Scripted {
+            answers: Mutex::new(vec![
+                answer(Some(10), "05"),
+                answer(None, "96"),
+                answer(Some(12), "00"),
+            ]),
+            keys: Mutex::new(Vec::new()),
+        });
+        let cases = CaseService::new(
+            e.store(),
+            e.directory(),
+            Arc::clone(&scripted) as Arc<dyn RefundExecutor>,
+            Arc::new(SystemClock),
+        );
+        let case = cases
+            .open(NewCase {
+                kind: CaseKind::RefundApplication,
+                mid: MID.to_owned(),
+                rrn: Some(rrn),
+                txn_id: None,
+                title: "one item returned".to_owned(),
+                who: "merchant".to_owned(),
+                text: "refund 10.00 of 60.00".to_owned(),
+                attachments: Vec::new(),
+                assignee: None,
+                due_at_ms: None,
+                refund_fen: Some(1_000),
+            })
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            cases.approve_refund(case.id, "operator-2").await.unwrap();
+        }
+        let keys = scripted.keys.lock().unwrap().clone();
+        assert_eq!(keys.len(), 3);
+        assert_ne!(keys[2], keys[0], "{keys:?}");
+        assert_eq!(cases.get(case.id).unwrap().state, CaseState::Resolved);
     });
 }

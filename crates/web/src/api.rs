@@ -345,6 +345,7 @@ pub async fn open_case_for(
             kind,
             mid,
             rrn,
+            txn_id: txn.as_ref().map(|t| t.id),
             title,
             who: who.username.clone(),
             text: body.text,

@@ -138,6 +138,7 @@ impl From<CaseError> for ApiError {
             CaseError::ResolutionRequired
             | CaseError::TooLong
             | CaseError::BadAmount
+            | CaseError::NotRefundable
             | CaseError::NotRefundApplication => ApiError::bad_request(message),
             CaseError::ExceedsRemaining { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "exceeds_remaining", message)

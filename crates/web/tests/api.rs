@@ -3145,3 +3145,56 @@ fn the_dashboard_tells_the_hosts_own_declines_from_the_issuers() {
         );
     });
 }
+
+/// A case about a transaction with no RRN (a terminal's reversal) is kept with that
+/// transaction; a refund application is taken only on an approved sale.
+#[test]
+fn a_case_on_a_row_without_an_rrn_keeps_it_and_only_a_sale_is_refundable() {
+    run(async move {
+        let mut e = start().await;
+        let healthy = e.card("healthy");
+        let (code, _) = e.purchase(&healthy, 5_000).await;
+        assert_eq!(code, "00");
+        let sale = Req {
+            pin: Some(healthy.pin().to_owned()),
+            ..Req::purchase(healthy.pan.expose_digits(), 5_000, e.stan)
+        };
+        assert_eq!(e.t.send(&Req::reversal_of(&sale)).await.code(), "00");
+        let reversal =
+            e.h.store
+                .txns_by_key(TID, 1, e.stan)
+                .unwrap()
+                .into_iter()
+                .find(|row| row.kind == store::TxnKind::Reversal)
+                .unwrap();
+        assert_eq!(reversal.rrn, None);
+        let api = Api {
+            env: &e,
+            seen: Default::default(),
+        };
+        let tea = e.token("teahouse").await;
+        let r = api
+            .call(
+                Some(&tea),
+                "POST",
+                "/api/cases",
+                Some(json!({"kind": "issuer_inquiry", "txn_id": reversal.id, "text": "reversed?"})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(r.json()["txn"]["id"], reversal.id, "{}", r.body);
+        assert_error(
+            &api.call(
+                Some(&tea),
+                "POST",
+                "/api/cases",
+                Some(
+                    json!({"kind": "refund_application", "txn_id": reversal.id, "text": "refund"}),
+                ),
+            )
+            .await,
+            400,
+            "bad_request",
+        );
+    });
+}
