@@ -33,6 +33,40 @@ pub fn lang_of(headers: &HeaderMap, asked: Option<&str>) -> Lang {
     }
 }
 
+/// Where the language switch of a page goes: the same page with its query kept and the other
+/// language asked for (a relative `?...` keeps the path), or, for the answer to a form (whose
+/// address takes no GET), the home page in the other language.
+pub fn lang_switch_href(lang: Lang, query: Option<&[(String, String)]>) -> String {
+    let other = t(lang, "en", "zh");
+    let Some(query) = query else {
+        return format!("/?lang={other}");
+    };
+    let mut href = String::from("?");
+    for (key, value) in query.iter().filter(|(k, _)| k != "lang") {
+        href.push_str(&url_encode(key));
+        href.push('=');
+        // A card number typed into a search box is not said back whole, here either.
+        href.push_str(&url_encode(&domain::mask_card_numbers(value)));
+        href.push('&');
+    }
+    href.push_str("lang=");
+    href.push_str(other);
+    href
+}
+
+/// Percent-encodes all but the unreserved characters of a query component.
+fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// Picks the text of a language.
 pub fn t(lang: Lang, zh: &'static str, en: &'static str) -> &'static str {
     match lang {
@@ -54,9 +88,11 @@ input,select,button{font-size:1em;padding:.25em .4em}button{cursor:pointer}
 .err{background:#fdecea;border:1px solid #c0392b;padding:.6em;border-radius:4px}\
 .done{background:#eafaf1;border:1px solid #1e8449;padding:.6em;border-radius:4px}";
 
-/// A whole page: frame, navigation for the role, the language switch.
+/// A whole page: frame, navigation for the role, the language switch (`switch_href`: where
+/// the other language's link goes, from [`lang_switch_href`]).
 pub fn page(
     lang: Lang,
+    switch_href: &str,
     title: &str,
     nav: &[(&str, &str)],
     who: Option<&str>,
@@ -68,10 +104,11 @@ pub fn page(
     for (href, text) in nav {
         links.push_str(&format!("<a href=\"{}\">{}</a>", esc(href), esc(text)));
     }
-    let switch = match lang {
-        Lang::Zh => "<a href=\"?lang=en\" id=\"lang\">English</a>",
-        Lang::En => "<a href=\"?lang=zh\" id=\"lang\">中文</a>",
-    };
+    let switch = format!(
+        "<a href=\"{}\" id=\"lang\">{}</a>",
+        esc(switch_href),
+        t(lang, "English", "中文")
+    );
     let who = match (who, logout_csrf) {
         (Some(name), Some(csrf)) => format!(
             "<span class=\"who\">{} <form class=\"inline\" method=\"post\" action=\"/logout\">\
@@ -95,6 +132,26 @@ pub fn page(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_language_switch_keeps_the_query_and_a_form_answer_goes_home() {
+        let query = vec![
+            ("amount".to_owned(), "12.34".to_owned()),
+            ("lang".to_owned(), "zh".to_owned()),
+            ("rrn".to_owned(), "a b&c".to_owned()),
+        ];
+        assert_eq!(
+            lang_switch_href(Lang::Zh, Some(&query)),
+            "?amount=12.34&rrn=a%20b%26c&lang=en"
+        );
+        assert_eq!(lang_switch_href(Lang::En, Some(&[])), "?lang=zh");
+        assert_eq!(lang_switch_href(Lang::Zh, None), "/?lang=en");
+        let typed = vec![("rrn".to_owned(), "6222020200112345679".to_owned())];
+        assert_eq!(
+            lang_switch_href(Lang::Zh, Some(&typed)),
+            "?rrn=622202%2A%2A%2A%2A%2A%2A%2A%2A%2A5679&lang=en"
+        );
+    }
 
     #[test]
     fn escapes_markup_and_quotes() {

@@ -64,11 +64,32 @@ type Params = HashMap<String, String>;
 struct Ctx {
     lang: Lang,
     remember: Option<&'static str>,
+    /// Where the page's language switch goes (`html::lang_switch_href`).
+    switch_href: String,
     /// What every cookie set in the answer carries after its path ([`Web::cookie_attributes`]).
     cookies: &'static str,
 }
 
+/// A GET page's context: its query is kept by the language switch.
 fn ctx(web: &Web, headers: &HeaderMap, params: &Params) -> Ctx {
+    let mut query: Vec<(String, String)> =
+        params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    query.sort();
+    context(web, headers, params, Some(&query))
+}
+
+/// The context of the answer to a form: its address takes no GET, so the language switch goes
+/// to the home page.
+fn form_ctx(web: &Web, headers: &HeaderMap) -> Ctx {
+    context(web, headers, &Params::new(), None)
+}
+
+fn context(
+    web: &Web,
+    headers: &HeaderMap,
+    params: &Params,
+    query: Option<&[(String, String)]>,
+) -> Ctx {
     let asked = params.get("lang").map(String::as_str);
     let lang = lang_of(headers, asked);
     let remember = asked.map(|_| match lang {
@@ -78,6 +99,7 @@ fn ctx(web: &Web, headers: &HeaderMap, params: &Params) -> Ctx {
     Ctx {
         lang,
         remember,
+        switch_href: crate::html::lang_switch_href(lang, query),
         cookies: web.cookie_attributes(),
     }
 }
@@ -154,6 +176,7 @@ fn render(c: &Ctx, who: &Principal, title: &str, body: &str) -> Response {
     let nav = nav(c, who);
     let page = page(
         c.lang,
+        &c.switch_href,
         title,
         &nav,
         Some(&who.display_name),
@@ -173,8 +196,15 @@ fn error_page(c: &Ctx, who: Option<&Principal>, error: &ApiError) -> Response {
         esc(&error.message)
     );
     let nav = who.map(|w| nav(c, w)).unwrap_or_default();
+    // Not the query that was refused: it may hold what the error must not say back.
+    let switch_href = if c.switch_href.starts_with('/') {
+        c.switch_href.clone()
+    } else {
+        crate::html::lang_switch_href(c.lang, Some(&[]))
+    };
     let page = page(
         c.lang,
+        &switch_href,
         t(c.lang, "出错了", "Error"),
         &nav,
         who.map(|w| w.display_name.as_str()),
@@ -259,11 +289,20 @@ fn respond(c: &Ctx, who: &Principal, result: Result<(String, String), ApiError>)
     }
 }
 
-async fn home(State(web): State<Web>, headers: HeaderMap) -> Response {
-    match auth::principal_of(&web, &headers) {
-        Ok(Some(p)) if p.is_staff() => redirect("/console"),
-        Ok(Some(_)) => redirect("/portal"),
-        _ => redirect("/login"),
+async fn home(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    let to = match auth::principal_of(&web, &headers) {
+        Ok(Some(p)) if p.is_staff() => "/console",
+        Ok(Some(_)) => "/portal",
+        _ => "/login",
+    };
+    // A language asked for here (a form answer's language switch) goes along.
+    match params.get("lang").map(String::as_str) {
+        Some(lang @ ("zh" | "en")) => redirect(&format!("{to}?lang={lang}")),
+        _ => redirect(to),
     }
 }
 
@@ -302,7 +341,15 @@ fn login_page(c: &Ctx, failed: Option<&str>) -> Response {
         } else {
             StatusCode::UNAUTHORIZED
         },
-        page(l, t(l, "登录", "Sign in"), &[], None, None, &body),
+        page(
+            l,
+            &c.switch_href,
+            t(l, "登录", "Sign in"),
+            &[],
+            None,
+            None,
+            &body,
+        ),
     );
     let cookie = format!(
         "{LOGIN_CSRF_COOKIE}={csrf}; Path=/login; HttpOnly{}",
@@ -315,7 +362,7 @@ fn login_page(c: &Ctx, failed: Option<&str>) -> Response {
 }
 
 async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Params>) -> Response {
-    let c = ctx(&web, &headers, &Params::new());
+    let c = form_ctx(&web, &headers);
     let sent = form.get("csrf").map(String::as_str).unwrap_or_default();
     let expected = auth::cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
     if sent.is_empty() || auth::token_digest(sent) != auth::token_digest(expected) {
@@ -372,7 +419,7 @@ async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Para
 }
 
 async fn logout(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Params>) -> Response {
-    let c = ctx(&web, &headers, &Params::new());
+    let c = form_ctx(&web, &headers);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -686,10 +733,17 @@ async fn transactions(
     headers: HeaderMap,
     Query(q): Query<TxnQuery>,
 ) -> Response {
-    let mut params = Params::new();
-    if let Some(lang) = &q.lang {
-        params.insert("lang".to_owned(), lang.clone());
-    }
+    // The search as asked, for the language switch to keep.
+    let params: Params = match serde_json::to_value(&q) {
+        Ok(serde_json::Value::Object(fields)) => fields
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::String(v) => Some((k, v)),
+                _ => None,
+            })
+            .collect(),
+        _ => Params::new(),
+    };
     let c = ctx(&web, &headers, &params);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
@@ -774,7 +828,10 @@ fn transactions_body(
             x.id,
             esc(&x.received_at),
             esc(&x.tid),
-            esc(&x.kind),
+            esc(&store::TxnKind::parse(&x.kind).map_or_else(
+                |_| x.kind.clone(),
+                |k| resolve::txn_kind_text(k).get(l).to_owned()
+            )),
             esc(&x.amount),
             esc(x.masked_pan.as_deref().unwrap_or("-")),
             esc(x.bank_name.get(l)),
@@ -994,7 +1051,7 @@ async fn open_case(
     Path(id): Path<i64>,
     Form(form): Form<Params>,
 ) -> Response {
-    let c = ctx(&web, &headers, &Params::new());
+    let c = form_ctx(&web, &headers);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -1360,7 +1417,7 @@ async fn add_entry(
     Path(id): Path<i64>,
     Form(form): Form<Params>,
 ) -> Response {
-    let c = ctx(&web, &headers, &Params::new());
+    let c = form_ctx(&web, &headers);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -1621,7 +1678,7 @@ async fn approve_refund(
     Path(id): Path<i64>,
     Form(form): Form<Params>,
 ) -> Response {
-    let c = ctx(&web, &headers, &Params::new());
+    let c = form_ctx(&web, &headers);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -1903,7 +1960,7 @@ async fn bind_account(
     headers: HeaderMap,
     Form(form): Form<Params>,
 ) -> Response {
-    let c = ctx(&web, &headers, &Params::new());
+    let c = form_ctx(&web, &headers);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -1957,7 +2014,7 @@ where
     F: FnOnce(Principal) -> Fut,
     Fut: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
 {
-    let c = ctx(web, headers, &Params::new());
+    let c = form_ctx(web, headers);
     let who = match page_user(web, headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -2022,7 +2079,7 @@ async fn transition_case(
     Path(id): Path<i64>,
     Form(form): Form<Params>,
 ) -> Response {
-    let c = ctx(&web, &headers, &Params::new());
+    let c = form_ctx(&web, &headers);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -2292,6 +2349,7 @@ fn account_page(c: &Ctx, who: &Principal, note: Option<(bool, &str)>) -> Respons
     let nav = nav(c, who);
     let page = page(
         l,
+        &c.switch_href,
         t(l, "账户", "Account"),
         &nav,
         Some(&who.display_name),
@@ -2318,7 +2376,7 @@ async fn change_password(
     headers: HeaderMap,
     Form(form): Form<Params>,
 ) -> Response {
-    let c = ctx(&web, &headers, &Params::new());
+    let c = form_ctx(&web, &headers);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,

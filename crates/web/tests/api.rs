@@ -3198,3 +3198,39 @@ fn a_case_on_a_row_without_an_rrn_keeps_it_and_only_a_sale_is_refundable() {
         );
     });
 }
+
+/// The language switch keeps the page and its search; on the answer to a form (whose address
+/// takes no GET) it goes to the home page, which keeps the language asked for.
+#[test]
+fn the_language_switch_keeps_the_search_and_never_leads_to_a_form_address() {
+    run(async move {
+        let e = start().await;
+        let tea = PageSession::login(e.http, "teahouse").await;
+        let list = tea.get("/portal/transactions?amount=8.80").await;
+        assert_eq!(list.status, 200);
+        assert!(
+            list.body
+                .contains("href=\"?amount=8.80&amp;lang=en\" id=\"lang\""),
+            "{}",
+            list.body
+        );
+        // A form answered with a page: a password change refused.
+        let csrf = PageSession::csrf_of(&tea.get("/account").await.body);
+        let answer = tea
+            .post(
+                "/account/password",
+                &format!("csrf={csrf}&current=wrong&new=short&again=short"),
+            )
+            .await;
+        assert!(
+            answer.body.contains("href=\"/?lang=en\" id=\"lang\""),
+            "{}",
+            answer.body
+        );
+        let home = tea.get("/?lang=en").await;
+        assert_eq!(
+            (home.status, home.header("location")),
+            (303, Some("/portal?lang=en"))
+        );
+    });
+}
