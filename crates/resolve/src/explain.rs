@@ -616,6 +616,14 @@ pub fn explain_txn(
         }
     }
     steps.sort_by_key(|s| s.at_ms);
+    // A step on another day than the request's (a refund weeks later, a reversal retried over
+    // days, a pre-authorisation's expiry) shows its date too.
+    let day = switch::LocalTime::from_ms(row.received_at_ms).day_number;
+    for s in &mut steps {
+        if switch::LocalTime::from_ms(s.at_ms).day_number != day {
+            s.time = date_time(s.at_ms);
+        }
+    }
 
     let refunded = row.refunded_fen;
     let acked = reversal

@@ -784,6 +784,14 @@ fn voids_and_pre_authorisations_read_in_plain_words() {
         let x = explain_rrn(store.as_ref(), &e.h.directory, &rrn, later).unwrap();
         assert_eq!(x.outcome, Outcome::PreAuthExpired);
         assert_eq!(x.steps.last().unwrap().kind, "pre_auth_expired");
+        // The expiry is on another day than the request: its step shows the date; the
+        // request's own steps the time alone.
+        let expired = x.steps.last().unwrap();
+        assert!(
+            expired.time.len() > 8 && expired.time.contains('-'),
+            "{expired:?}"
+        );
+        assert_eq!(x.steps[0].time.len(), 8, "{:?}", x.steps[0]);
         assert!(x.summary.zh.contains("过期"));
 
         // Voided (a pre-authorisation may be, days later): its hold released, not "the same

@@ -952,7 +952,9 @@ fn transaction_body(
         ));
     }
     body.push_str("</table>");
+    // Only for what reached the issuer: one the host refused itself it never saw.
     if let Some(rrn) = &row.rrn
+        && row.sent_at_ms.is_some()
         && let Ok(e) = web.resolver.evidence(rrn, Some(&row.mid))
     {
         body.push_str(&format!(

@@ -3095,9 +3095,11 @@ fn the_dashboard_tells_the_hosts_own_declines_from_the_issuers() {
                 risk::RuleBook::from_json(&rules).unwrap(),
             ));
         let healthy = e.card("healthy");
-        assert_eq!(e.purchase(&healthy, 60_000).await.0, "61");
+        let (code, host_rrn) = e.purchase(&healthy, 60_000).await;
+        assert_eq!(code, "61");
         let refer = e.card("refer_to_issuer");
-        assert_eq!(e.purchase(&refer, 880).await.0, "01");
+        let (code, issuer_rrn) = e.purchase(&refer, 880).await;
+        assert_eq!(code, "01");
 
         let stats = request(
             e.http,
@@ -3142,6 +3144,26 @@ fn the_dashboard_tells_the_hosts_own_declines_from_the_issuers() {
             dash.body.contains(&format!("01 {refer_title} × 1")),
             "{}",
             dash.body
+        );
+        // The host's decline's page does not send the merchant to the issuer; the issuer's
+        // does.
+        let page = PageSession::login(e.http, "teahouse").await;
+        let host = page
+            .get(&format!("/portal/transactions/{}", e.txn_id(&host_rrn)))
+            .await;
+        assert_eq!(host.status, 200);
+        assert!(
+            !host.body.contains("id=\"contact-issuer\""),
+            "{}",
+            host.body
+        );
+        let issuer = page
+            .get(&format!("/portal/transactions/{}", e.txn_id(&issuer_rrn)))
+            .await;
+        assert!(
+            issuer.body.contains("id=\"contact-issuer\""),
+            "{}",
+            issuer.body
         );
     });
 }
