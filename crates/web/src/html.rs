@@ -55,7 +55,7 @@ pub fn lang_switch_href(lang: Lang, query: Option<&[(String, String)]>) -> Strin
 }
 
 /// Percent-encodes all but the unreserved characters of a query component.
-fn url_encode(text: &str) -> String {
+pub fn url_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {

@@ -152,6 +152,7 @@ fn nav(c: &Ctx, who: &Principal) -> Vec<(&'static str, &'static str)> {
             ("/portal/transactions", t(l, "交易", "Transactions")),
             ("/portal/cases", t(l, "工单", "Cases")),
             ("/portal/terminals", t(l, "终端", "Terminals")),
+            ("/portal/settlement", t(l, "结算", "Settlement")),
         ];
         if who.role == store::web::Role::Admin {
             links.push(("/console/users", t(l, "用户", "Users")));
@@ -643,7 +644,7 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
             "<div class=\"card red\" id=\"payout-failed\"><b>{} ¥{} ({})</b> — {}<br>{}: {} <a href=\"/portal/settlement\">{}</a></div>",
             t(l, "结算款未到账", "Payout failed"),
             yuan(p.amount_fen),
-            esc(&p.payout_date),
+            esc(&date_text(&p.payout_date)),
             esc(d.map_or("", |d| d.title.get(l))),
             t(l, "怎么办", "What to do"),
             esc(d.and_then(|d| d.merchant_steps.first()).map_or("", |x| x.get(l))),
@@ -677,6 +678,29 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
                 "the same card paid the same amount twice within minutes."
             ),
             t(l, "查看并处理", "See what to do")
+        ));
+    }
+    // Cases that wait for the merchant's answer first: nothing moves until they reply.
+    let waiting_for_you: Vec<&resolve::cases::Case> = open_cases
+        .iter()
+        .filter(|c| c.state == resolve::cases::CaseState::WaitingMerchant)
+        .collect();
+    if !waiting_for_you.is_empty() {
+        let links: String = waiting_for_you
+            .iter()
+            .map(|c| {
+                format!(
+                    " <a href=\"/portal/cases/{}\">#{} {}</a>",
+                    c.id,
+                    c.id,
+                    esc(&c.title)
+                )
+            })
+            .collect();
+        red.push_str(&format!(
+            "<div class=\"card red\" id=\"cases-waiting-for-you\"><b>{} × {}</b> —{links}</div>",
+            t(l, "需要您回复的工单", "Cases waiting for your reply"),
+            waiting_for_you.len(),
         ));
     }
     if !open_cases.is_empty() {
@@ -806,13 +830,14 @@ fn transactions_body(
         t(l, "查询", "Search")
     ));
     body.push_str(&format!(
-        "<table id=\"results\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>RRN</th><th>{}</th></tr>",
+        "<table id=\"results\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
         t(l, "时间", "Time"),
         t(l, "终端", "Terminal"),
         t(l, "类型", "Kind"),
         t(l, "金额", "Amount"),
         t(l, "卡号", "Card"),
         t(l, "发卡行", "Bank"),
+        t(l, "参考号", "RRN"),
         t(l, "结果", "Result"),
     ));
     for x in &found.items {
@@ -1397,9 +1422,10 @@ fn software_text(h: &query::TerminalHealth) -> String {
     }
 }
 
-/// `+600 s` (terminal ahead) or `-42 s`; `-` when the terminal never sent fields 12/13.
-fn drift_text(drift_s: Option<i64>) -> String {
-    drift_s.map_or_else(|| "-".to_owned(), |d| format!("{d:+} s"))
+/// `+600 秒` / `+600 s` (terminal ahead) or `-42 秒`; `-` when the terminal never sent fields
+/// 12/13.
+fn drift_text(l: Lang, drift_s: Option<i64>) -> String {
+    drift_s.map_or_else(|| "-".to_owned(), |d| format!("{d:+} {}", t(l, "秒", "s")))
 }
 
 fn format_time(ms: i64) -> String {
@@ -1495,7 +1521,7 @@ async fn terminals(
                 esc(&h.key_scheme),
                 esc(&h.mac_algorithm),
                 software_text(h),
-                drift_text(h.clock_drift_s),
+                drift_text(l, h.clock_drift_s),
                 h.fallbacks,
             ));
         }
@@ -1628,17 +1654,19 @@ async fn console(
             failed.len()
         ));
         for p in &failed {
+            // To the merchant's settlement page: its account, its payouts, the re-binding.
             body.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>¥{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&p.mid),
-                esc(&p.payout_date),
+                "<tr><td><a class=\"payout-merchant\" href=\"/portal/settlement?mid={mid}\">{mid}</a></td>\
+                 <td>{}</td><td>¥{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&date_text(&p.payout_date)),
                 yuan(p.amount_fen),
                 payout_state_text(l, p.state.as_str()),
                 // What went wrong in the page's language, as the merchant's pages say it.
                 esc(p.failure.as_deref().map_or("", |key| {
                     diagnosis::PayoutFailure::from_key(key)
                         .map_or(key, |kind| diagnosis::diagnose_payout(kind).title.get(l))
-                }))
+                })),
+                mid = esc(&p.mid),
             ));
         }
         body.push_str("</table>");
@@ -1719,6 +1747,18 @@ fn role_text(l: Lang, role: store::web::Role) -> &'static str {
     }
 }
 
+/// A `YYYYMMDD` date as pages show dates, `YYYY-MM-DD`; anything else as it is.
+fn date_text(date: &str) -> String {
+    match (date.get(..4), date.get(4..6), date.get(6..8)) {
+        (Some(y), Some(m), Some(d))
+            if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            format!("{y}-{m}-{d}")
+        }
+        _ => date.to_owned(),
+    }
+}
+
 fn payout_state_text(l: Lang, state: &str) -> &'static str {
     match state {
         "pending" => t(l, "待出款", "due"),
@@ -1771,7 +1811,9 @@ fn settlement_body(
         let fen = |k: &str| jget(item, k).as_i64().unwrap_or(0);
         body.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(jget(item, "clearing_date").as_str().unwrap_or("")),
+            esc(&date_text(
+                jget(item, "clearing_date").as_str().unwrap_or("")
+            )),
             esc(jget(item, "mid").as_str().unwrap_or("")),
             jget(item, "lines").as_u64().unwrap_or(0),
             yuan(fen("gross_fen")),
@@ -1829,7 +1871,7 @@ fn settlement_body(
             esc(jget(b, "tid").as_str().unwrap_or("")),
             jget(b, "batch_no").as_u64().unwrap_or(0),
             esc(&format_time(jget(b, "settled_at_ms").as_i64().unwrap_or(0))),
-            if result == 1 { "good" } else { "bad" },
+            if result == 1 { "ok" } else { "bad" },
             result,
             esc(words.as_str().unwrap_or("")),
             side(jget(b, "terminal_totals")),
@@ -1890,7 +1932,7 @@ fn settlement_body(
         });
         body.push_str(&format!(
             "<tr><td>{}</td><td>¥{}</td><td>{}</td><td>{}</td><td>{}</td><td>{failure}</td></tr>",
-            esc(&p.payout_date),
+            esc(&date_text(&p.payout_date)),
             yuan(p.amount_fen),
             esc(&p.account_masked),
             payout_state_text(l, p.state.as_str()),
@@ -1947,7 +1989,7 @@ fn settlement_body(
             esc(m),
             t(l, "绑定或更换结算账户", "Bind or change the settlement account"),
             t(l, "银行卡", "Card"),
-            t(l, "对公账户", "Bank account"),
+            t(l, "对公账户", "Business bank account"),
             t(l, "账号", "Number"),
             t(l, "户名", "Holder"),
             t(l, "银行代码", "Bank code"),
@@ -1985,7 +2027,14 @@ async fn bind_account(
     }
     .await;
     match result {
-        Ok(_) => redirect("/portal/settlement"),
+        // Staff binding for a merchant go back to that merchant's page.
+        Ok(_) => match form.get("mid").filter(|m| who.is_staff() && !m.is_empty()) {
+            Some(mid) => redirect(&format!(
+                "/portal/settlement?mid={}",
+                crate::html::url_encode(mid)
+            )),
+            None => redirect("/portal/settlement"),
+        },
         Err(e) => error_page(&c, Some(&who), &e),
     }
 }
@@ -2344,7 +2393,7 @@ fn account_page(c: &Ctx, who: &Principal, note: Option<(bool, &str)>) -> Respons
         t(l, "修改", "Change"),
         t(
             l,
-            "改密后，你在其他浏览器上的登录会退出。",
+            "改密后，您在其他浏览器上的登录会退出。",
             "After the change, your sign-ins in other browsers end."
         ),
     );

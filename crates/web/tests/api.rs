@@ -702,6 +702,21 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
             )
             .await;
         assert_eq!(r.json()["state"], "waiting_merchant", "{}", r.body);
+        // The merchant's dashboard puts it first, linked.
+        let dash = PageSession::login(e.http, "teahouse")
+            .await
+            .get("/portal")
+            .await;
+        let waiting = dash
+            .body
+            .split("id=\"cases-waiting-for-you\"")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{}", dash.body));
+        assert!(
+            waiting.contains(&format!("href=\"/portal/cases/{inquiry}\"")),
+            "{}",
+            dash.body
+        );
         assert_error(
             &api.call(
                 Some(&ops),
@@ -3066,15 +3081,26 @@ fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
 
         let page = PageSession::login(e.http, "teahouse").await;
         let dash = page.get("/portal?lang=en").await;
+        // Dates as pages show them.
+        let shown = |d: &str| format!("{}-{}-{}", &d[..4], &d[4..6], &d[6..]);
         assert!(dash.body.contains("id=\"payout-failed\""), "{}", dash.body);
-        assert!(dash.body.contains(&newest), "{}", dash.body);
+        assert!(dash.body.contains(&shown(&newest)), "{}", dash.body);
         // The retrying one asks nothing of the merchant: no re-binding.
-        assert!(!dash.body.contains(&date(days - 2)), "{}", dash.body);
+        assert!(
+            !dash.body.contains(&shown(&date(days - 2))),
+            "{}",
+            dash.body
+        );
         assert_eq!(dash.body.matches("id=\"payout-failed\"").count(), 1);
         let ops = PageSession::login(e.http, "ops").await;
         let console = ops.get("/console?lang=en").await;
         let failures = console.body.split("id=\"payout-failures\"").nth(1).unwrap();
-        assert!(failures.contains(&newest), "{}", console.body);
+        assert!(failures.contains(&shown(&newest)), "{}", console.body);
+        assert!(
+            failures.contains(&format!("href=\"/portal/settlement?mid={MID}\"")),
+            "{}",
+            console.body
+        );
     });
 }
 
