@@ -390,9 +390,10 @@ pub async fn change_password(
     new: &str,
 ) -> Result<SignIn, ApiError> {
     if current == new {
-        return Err(ApiError::bad_request(
-            "the new password must differ from the current one",
-        ));
+        return Err(
+            ApiError::bad_request("the new password must differ from the current one")
+                .zh("新密码不能与当前密码相同。"),
+        );
     }
     let user = match authenticate(web, &who.username, current).await? {
         SignIn::Accepted(user) if user.id == who.user_id => user,
@@ -418,7 +419,14 @@ pub async fn set_password(
     let password = new.to_owned();
     user.password_hash = on_turn(move || hash_password(&password))
         .await?
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .map_err(|e| match e {
+            crate::password::HashError::Length => ApiError::bad_request(e.to_string()).zh(format!(
+                "新密码长度要在 {} 到 {} 字节之间（一个汉字占 3 字节）。",
+                crate::password::PASSWORD_LEN_MIN,
+                crate::password::PASSWORD_LEN_MAX
+            )),
+            other => ApiError::bad_request(other.to_string()),
+        })?;
     let user_id = user.id;
     let action = if who == user.username {
         "user.password"

@@ -15,6 +15,9 @@ pub struct ApiError {
     /// Stable: clients match on it. See the `Error` schema in the OpenAPI document.
     pub code: &'static str,
     pub message: String,
+    /// The same detail in Chinese, where one is written: pages in Chinese show it instead of
+    /// `message`, and the API gives it beside it (`message_zh`).
+    pub message_zh: Option<String>,
 }
 
 impl ApiError {
@@ -23,6 +26,22 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            message_zh: None,
+        }
+    }
+
+    /// The detail in Chinese too.
+    #[must_use]
+    pub fn zh(mut self, message_zh: impl Into<String>) -> ApiError {
+        self.message_zh = Some(message_zh.into());
+        self
+    }
+
+    /// The detail in the page's language: the Chinese one when there is one.
+    pub fn detail(&self, lang: domain::diagnosis::Lang) -> &str {
+        match (lang, &self.message_zh) {
+            (domain::diagnosis::Lang::Zh, Some(zh)) => zh,
+            _ => &self.message,
         }
     }
 
@@ -75,7 +94,12 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "code": self.code, "message": self.message });
+        let body = match &self.message_zh {
+            Some(zh) => {
+                serde_json::json!({ "code": self.code, "message": self.message, "message_zh": zh })
+            }
+            None => serde_json::json!({ "code": self.code, "message": self.message }),
+        };
         (self.status, Json(body)).into_response()
     }
 }

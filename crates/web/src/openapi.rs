@@ -255,7 +255,9 @@ pub fn document() -> Value {
                             "exceeds_remaining", "already_refunded", "refund_failed", "busy",
                             "same_user", "bad_account", "locked", "not_redrivable",
                             "refund_in_doubt", "changed_meanwhile", "internal"] },
-                        "message": { "type": "string" }
+                        "message": { "type": "string" },
+                        "message_zh": { "type": "string",
+                            "description": "The same detail in Chinese, where there is one." }
                     }
                 },
                 "Object": { "type": "object" },

@@ -64,8 +64,31 @@ impl From<BindError> for ApiError {
             | BindError::NameInvalid
             | BindError::NameHasCardNumber => {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_account", message)
+                    .zh(bind_error_zh(&error))
             }
         }
+    }
+}
+
+/// What was wrong with an account as typed, for a merchant reading Chinese.
+fn bind_error_zh(error: &BindError) -> String {
+    match error {
+        BindError::NotDigits => "账号只能是数字。".to_owned(),
+        BindError::Length { len, min, max } => {
+            format!("账号是 {len} 位，应为 {min} 到 {max} 位，请核对。")
+        }
+        BindError::Luhn => "卡号校验位不对，可能输错了一位，请对照卡面重新输入。".to_owned(),
+        BindError::UnknownCardBank => {
+            "查不到这张卡的发卡行，请确认是银联借记卡，或改绑对公账户。".to_owned()
+        }
+        BindError::BankMismatch { card_bank, .. } => {
+            format!("这张卡是 {card_bank} 发行的，与填写的银行不符；银行卡可以不填银行代码。")
+        }
+        BindError::UnknownBank => "对公账户需要填写正确的银行代码。".to_owned(),
+        BindError::NameMissing => "请填写户名。".to_owned(),
+        BindError::NameInvalid => "户名过长或含有不可见字符，请按银行登记的户名填写。".to_owned(),
+        BindError::NameHasCardNumber => "户名里像是填了卡号，请填写银行登记的户名。".to_owned(),
+        other => other.to_string(),
     }
 }
 

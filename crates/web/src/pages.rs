@@ -194,7 +194,7 @@ fn error_page(c: &Ctx, who: Option<&Principal>, error: &ApiError) -> Response {
         "<div class=\"err\" id=\"error\"><b>{}</b><br><small>{} · {}</small></div>",
         esc(error_title(c.lang, error.code)),
         esc(error.code),
-        esc(&error.message)
+        esc(error.detail(c.lang))
     );
     let nav = who.map(|w| nav(c, w)).unwrap_or_default();
     // Not the query that was refused: it may hold what the error must not say back.
@@ -2462,7 +2462,7 @@ async fn change_password(
             ),
         },
         Err(e) if e.status == StatusCode::BAD_REQUEST => match l {
-            Lang::Zh => format!("新密码不可用：{}", e.message),
+            Lang::Zh => format!("新密码不可用：{}", e.detail(l)),
             Lang::En => format!("The new password cannot be used: {}", e.message),
         },
         Err(e) => return error_page(&c, Some(&who), &e),

@@ -273,28 +273,36 @@ impl<'q> TxnFilter<'q> {
         let now_ms = web.clock.now_ms();
         let to_ms = match given(&q.to) {
             Some(t) => {
-                parse_date(t).ok_or_else(|| ApiError::bad_request("to: YYYY-MM-DD"))? + MS_PER_DAY
+                parse_date(t).ok_or_else(|| {
+                    ApiError::bad_request("to: YYYY-MM-DD")
+                        .zh("结束日期请按 2026-11-23 的格式填写。")
+                })? + MS_PER_DAY
             }
             None => cst_day_start(now_ms) + MS_PER_DAY,
         };
         let from_ms = match given(&q.from) {
-            Some(f) => parse_date(f).ok_or_else(|| ApiError::bad_request("from: YYYY-MM-DD"))?,
+            Some(f) => parse_date(f).ok_or_else(|| {
+                ApiError::bad_request("from: YYYY-MM-DD").zh("开始日期请按 2026-11-23 的格式填写。")
+            })?,
             None => to_ms - SEARCH_DAYS_DEFAULT * MS_PER_DAY,
         };
         if from_ms >= to_ms || to_ms - from_ms > SEARCH_DAYS_MAX * MS_PER_DAY {
             return Err(ApiError::bad_request(format!(
                 "from must be before to, at most {SEARCH_DAYS_MAX} days apart"
+            ))
+            .zh(format!(
+                "开始日期要早于结束日期，一次最多查 {SEARCH_DAYS_MAX} 天。"
             )));
         }
         let amount_fen = match (given(&q.amount), int_param(&q.amount_fen, "amount_fen")?) {
-            (Some(y), _) => {
-                Some(parse_yuan(y).ok_or_else(|| ApiError::bad_request("amount: 12.34"))?)
-            }
+            (Some(y), _) => Some(parse_yuan(y).ok_or_else(|| {
+                ApiError::bad_request("amount: 12.34").zh("金额请按元填写，如 12.34。")
+            })?),
             (None, fen) => fen,
         };
         let last4 = given(&q.last4);
         if last4.is_some_and(|l| l.len() != 4 || !l.bytes().all(|b| b.is_ascii_digit())) {
-            return Err(ApiError::bad_request("last4: four digits"));
+            return Err(ApiError::bad_request("last4: four digits").zh("卡号后四位请填 4 位数字。"));
         }
         // Checked before anything is searched or shown again: a card number typed into the
         // wrong box must not come back in the page, its address or an error.
@@ -306,15 +314,21 @@ impl<'q> TxnFilter<'q> {
         if given(&q.rrn).is_some_and(|r| r.parse::<domain::Rrn>().is_err()) {
             return Err(ApiError::bad_request(
                 "rrn: the 12 letters and digits of a reference number",
-            ));
+            )
+            .zh("参考号是签购单上的 12 位字母和数字（不是卡号）。"));
         }
         if given(&q.tid).is_some_and(|t| !alnum(t, 8)) {
-            return Err(ApiError::bad_request(
-                "tid: a terminal ID of up to 8 letters and digits",
-            ));
+            return Err(
+                ApiError::bad_request("tid: a terminal ID of up to 8 letters and digits")
+                    .zh("终端号是最多 8 位的字母和数字。"),
+            );
         }
         let status = given(&q.status)
-            .map(|s| TxnState::parse(s).map_err(|_| ApiError::bad_request("status: unknown state")))
+            .map(|s| {
+                TxnState::parse(s).map_err(|_| {
+                    ApiError::bad_request("status: unknown state").zh("没有这种交易状态。")
+                })
+            })
             .transpose()?;
         Ok(TxnFilter {
             mid,

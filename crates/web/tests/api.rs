@@ -1156,6 +1156,14 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
             .get("/portal/transactions?rrn=6222020200112345679")
             .await;
         assert_eq!(wrong_box.status, 400, "{}", wrong_box.body);
+        // What was wrong, in the page's language.
+        assert!(
+            wrong_box
+                .body
+                .contains("参考号是签购单上的 12 位字母和数字"),
+            "{}",
+            wrong_box.body
+        );
         assert!(
             !wrong_box.body.contains("6222020200112345679"),
             "{}",
@@ -2001,6 +2009,10 @@ fn a_card_number_in_the_wrong_box_is_not_said_back() {
             )
             .await;
         assert_error(&bind, 400, "bad_account");
+        // Said in Chinese too, the card number masked there as well.
+        let zh = bind.json()["message_zh"].as_str().unwrap().to_owned();
+        assert!(zh.contains("与填写的银行不符"), "{zh}");
+        assert!(!bind.body.contains(card), "{}", bind.body);
         let secret = "0123456789abcdef0123";
         let hook = api
             .call(
