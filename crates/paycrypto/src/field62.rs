@@ -186,6 +186,10 @@ pub enum Field62Error {
         expected: KeyAlgorithm,
         actual: KeyAlgorithm,
     },
+    #[error(
+        "scheme {scheme} carries double-length keys: a single-length DES TMK would weaken them"
+    )]
+    TmkTooShort { scheme: KeyScheme },
     #[error("field 62 for scheme {scheme} must be {expected} bytes, this one is {actual}")]
     Length {
         scheme: KeyScheme,
@@ -297,6 +301,9 @@ pub struct IssuedKeys {
 
 fn check_tmk(tmk: &Key, scheme: KeyScheme) -> Result<(), Field62Error> {
     if tmk.algorithm() == scheme.tmk_algorithm() {
+        if tmk.is_single_des() && scheme != KeyScheme::Single {
+            return Err(Field62Error::TmkTooShort { scheme });
+        }
         Ok(())
     } else {
         Err(Field62Error::TmkAlgorithm {

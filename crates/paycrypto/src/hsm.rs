@@ -982,6 +982,24 @@ mod tests {
     }
 
     #[test]
+    fn a_single_length_tmk_does_not_carry_double_length_keys() {
+        let hsm = hsm(4);
+        let tmk = hsm
+            .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, "0123456789ABCDEF")
+            .unwrap();
+        for scheme in [KeyScheme::Double, KeyScheme::DoubleWithTdk] {
+            assert!(matches!(
+                hsm.generate_working_keys(tmk, scheme, MakLength::Double),
+                Err(HsmError::Field62(Field62Error::TmkTooShort { .. }))
+            ));
+        }
+        assert!(
+            hsm.generate_working_keys(tmk, KeyScheme::Single, MakLength::Double)
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn sm4_terminal_to_des_zone() {
         let hsm = hsm(3);
         let tmk = hsm
@@ -994,10 +1012,22 @@ mod tests {
         let tmk_clear = Key::from_hex(KeyAlgorithm::Sm4, TMK).unwrap();
         let keys = field62::decode_field62(&tmk_clear, KeyScheme::Sm4, &issued.field62).unwrap();
         let zpk = hsm
-            .import_key(KeyUsage::Zpk, KeyAlgorithm::Des, "1111111111111111")
+            .import_key(
+                KeyUsage::Zpk,
+                KeyAlgorithm::Des,
+                "11111111111111112222222222222222",
+            )
             .unwrap();
         let digits = PanDigits::from_pan(PAN).unwrap();
         let block = pin::encrypt(&keys.pik, "1234", &digits).unwrap();
+        // Never down to single DES.
+        let single = hsm
+            .import_key(KeyUsage::Zpk, KeyAlgorithm::Des, "1111111111111111")
+            .unwrap();
+        assert!(matches!(
+            hsm.translate_pin_block(issued.pik, single, &block, &digits),
+            Err(HsmError::Pin(PinError::WeakerKey))
+        ));
         let out = hsm
             .translate_pin_block(issued.pik, zpk, &block, &digits)
             .unwrap();

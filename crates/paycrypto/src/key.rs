@@ -482,6 +482,12 @@ impl Key {
         }
     }
 
+    /// Whether this is a single-length (8-byte, 56-bit) DES key: too weak to carry or protect
+    /// anything that came under a stronger one.
+    pub fn is_single_des(&self) -> bool {
+        matches!(self, Self::Des(_)) && self.len() == 8
+    }
+
     /// Key length in bytes.
     pub fn len(&self) -> usize {
         self.expose().len()

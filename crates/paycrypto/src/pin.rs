@@ -42,6 +42,8 @@ pub enum PinError {
     BlockLength { actual: usize },
     #[error("a {expected}-byte PIN block does not fit this key's {block}-byte cipher block")]
     KeyMismatch { expected: usize, block: usize },
+    #[error("a PIN under a stronger key is not re-encrypted under a single-length DES key")]
+    WeakerKey,
 }
 
 impl From<KeyError> for PinError {
@@ -382,6 +384,11 @@ pub fn translate(
     block: &EncryptedPinBlock,
     pan: &PanDigits,
 ) -> Result<EncryptedPinBlock, PinError> {
+    // Checked before anything is decrypted: 56-bit DES would undo the stronger key's
+    // protection (a PIN a triple-DES or SM4 terminal entered, exposed to a DES search).
+    if to.is_single_des() && !from.is_single_des() {
+        return Err(PinError::WeakerKey);
+    }
     let pin = decrypt(from, block, pan)?;
     ClearPinBlock::build(&pin, pan, to.block_len()).encrypt(to)
 }

@@ -660,6 +660,14 @@ fn terminal_spec(
         )
         .into());
     }
+    // The same rule the HSM keeps at sign-in: double-length keys never travel under 56 bits.
+    if info.algorithm == KeyAlgorithm::Des && info.len_bytes == 8 && scheme != KeyScheme::Single {
+        return Err(format!(
+            "tmk: {tmk} is a single-length DES key; key scheme {scheme} carries double-length \
+             keys and needs a double-length TMK (or scheme 001)"
+        )
+        .into());
+    }
     Ok(switch::TerminalSpec {
         tid,
         mid,
