@@ -96,7 +96,9 @@ const SESSION_SETTINGS: &str = "SET idle_in_transaction_session_timeout = '15s'"
 /// [`CAREFUL_LOCK_TIMEOUT`] a try (`deadlocked`), then fails alone (its caller answers 96) and
 /// the rest commit: the writer is held up about 2.75 s, and a quarter of a second more for each
 /// other job of the group the same lock holds up, not for as long as the lock is held.
-const WRITER_SETTINGS: &str = "SET lock_timeout = '2s'";
+/// Commits wait for the server's WAL flush whatever the database or role was set to: a write
+/// is acknowledged (a terminal answered 00) only once it is durable.
+const WRITER_SETTINGS: &str = "SET lock_timeout = '2s'; SET synchronous_commit = on";
 /// The lock wait of a group's job-by-job run, for that transaction only.
 const CAREFUL_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '250ms'";
 

@@ -818,7 +818,20 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
     plan_once(&conn)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    // Another process switching a new file to WAL at the same moment makes this answer "busy"
+    // at once, without the busy handler: tried again for as long as a busy wait lasts.
+    let deadline = std::time::Instant::now() + Duration::from_millis(BUSY_TIMEOUT_MS);
+    let mode: String = loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            mode => break mode?,
+        }
+    };
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Backend {
             message: format!("cannot enable WAL (journal mode {mode})"),
@@ -870,7 +883,17 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .iter()
         .filter(|m| !applied.contains(&m.version))
     {
-        let tx = conn.transaction()?;
+        // Taken with the write lock and read again inside it: another process opening the
+        // same file at once (a CLI beside a running demo) may have applied it meanwhile.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let done: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
+            [migration.version],
+            |r| r.get(0),
+        )?;
+        if done {
+            continue;
+        }
         tx.execute_batch(&schema::render(migration, schema::SQLITE_BYTES))?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (?1, ?2, ?3)",
@@ -1283,13 +1306,15 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
             at_ms,
             answer,
         } => {
-            let changed = conn
-                .prepare_cached(
-                    "UPDATE reversal_queue SET attempts = attempts + 1, state = ?2,
-                     done_at_ms = ?3, last_error = COALESCE(?4, last_error) WHERE txn_id = ?1",
-                )?
-                .execute(params![txn_id, state, at_ms, answer])?;
-            expect_one(changed, "reversal")?;
+            // An acknowledgement is final: the issuer took the reversal. A later answer (a
+            // second node's resend after the first's lease ran out, refused as a duplicate)
+            // does not undo it; a refusal may still be followed by an acknowledgement.
+            conn.prepare_cached(
+                "UPDATE reversal_queue SET attempts = attempts + 1, state = ?2,
+                 done_at_ms = ?3, last_error = COALESCE(?4, last_error)
+                 WHERE txn_id = ?1 AND state <> ?5",
+            )?
+            .execute_any(params![txn_id, state, at_ms, answer, SafState::Acked])?;
         }
         Record::Resolve(r) => sqlite_resolve::write(conn, r)?,
         Record::Risk(r) => sqlite_risk::write(conn, r)?,

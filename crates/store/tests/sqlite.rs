@@ -85,6 +85,29 @@ fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&SqliteConfig::new(dir.path().join("shoudan.db"))).unwrap()
 }
 
+/// Two processes opening one new journal at once (a CLI beside a starting demo) both migrate
+/// it without either failing on a migration the other applied meanwhile.
+#[test]
+fn two_openers_at_once_migrate_a_journal_once() {
+    for _ in 0..6 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoudan.db");
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let openers: Vec<_> = (0..2)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    SqliteStore::open(&SqliteConfig::new(path)).map(|store| store.close())
+                })
+            })
+            .collect();
+        for opener in openers {
+            opener.join().unwrap().unwrap();
+        }
+    }
+}
+
 /// Two nodes write the refunded totals of two originals in opposite orders at the same instant
 /// (on PostgreSQL each takes the rows' locks in its own order: a deadlock, one transaction
 /// aborted): every write still succeeds.
@@ -937,6 +960,23 @@ fn reversal_queue_claim_retry_and_ack(db: &Db) {
     assert_eq!(second.attempts, 1);
     assert_eq!(second.last_error.as_deref(), Some("link down"));
     assert_eq!(store.reversals_in_state(SafState::Acked).unwrap().len(), 1);
+    // A later answer to the same reversal (another node's resend, refused as a duplicate)
+    // does not undo the acknowledgement.
+    store
+        .submit(vec![Record::SafDone {
+            txn_id: 1,
+            state: SafState::Refused,
+            at_ms: 270,
+            answer: Some("94".into()),
+        }])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let first = store.reversal(1).unwrap().unwrap();
+    assert_eq!(
+        (first.state, first.last_error.as_deref()),
+        (SafState::Acked, Some("00"))
+    );
     assert_eq!(
         store.reversals_in_state(SafState::Pending).unwrap().len(),
         2

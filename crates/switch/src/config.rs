@@ -138,6 +138,18 @@ pub struct SwitchConfig {
 }
 
 impl SwitchConfig {
+    /// How long after a request was sent its reversal may go to the issuer when nothing says
+    /// the request is done there: the longest issuer timeout and a journal wait.
+    pub(crate) fn reversal_hold_ms(&self) -> i64 {
+        let timeout = self
+            .issuers
+            .values()
+            .map(|endpoint| endpoint.timeout)
+            .max()
+            .unwrap_or_default();
+        i64::try_from(self.journal_wait.saturating_add(timeout).as_millis()).unwrap_or(i64::MAX)
+    }
+
     pub fn new(listen: SocketAddr) -> Self {
         SwitchConfig {
             listen,

@@ -1301,6 +1301,7 @@ impl Core {
             );
         }
         let reply_mti = Core::response_mti(request.mti());
+        let sent_ms = self.clock.now_ms();
         let result = link.exchange(reply_mti, host_trace, outbound).await;
         let answered_ms = self.clock.now_ms();
         let at = LocalTime::from_ms(answered_ms).clock_text();
@@ -1407,7 +1408,15 @@ impl Core {
                 let then = if kind == TxnKind::BalanceInquiry {
                     "nothing to reverse"
                 } else {
-                    records.push(self.saf(entry.id, &bank, "98", answered_ms));
+                    // A dropped link may leave the request still at the issuer: its reversal
+                    // waits out the issuer's timeout, so as not to overtake it there.
+                    let due_ms = match error {
+                        LinkError::Lost => answered_ms.max(sent_ms.saturating_add(
+                            i64::try_from(link.endpoint.timeout.as_millis()).unwrap_or(i64::MAX),
+                        )),
+                        _ => answered_ms,
+                    };
+                    records.push(self.saf(entry.id, &bank, "98", due_ms));
                     "reversal queued"
                 };
                 records.push(self.event(

@@ -289,6 +289,7 @@ impl Switch {
             clock.now_ms(),
             Some(config.node_id),
             &[],
+            config.reversal_hold_ms(),
         )
         .await
         .map_err(|unsettled| unsettled.error)?;
@@ -430,13 +431,18 @@ const IN_DOUBT_AGE_MS: i64 = 10 * 60 * 1_000;
 /// that moved no money is settled as failed, with no reversal).
 /// `in_flight` is what the store holds in flight, read by the caller (off the async workers
 /// when running: on PostgreSQL a read is a round trip, and a database that stops answering
-/// must not hold a worker).
+/// must not hold a worker). A reversal goes out no sooner than `hold_ms` after its request was
+/// sent (the longest issuer timeout and a journal wait): a process restarted at once must not
+/// have it overtake the request still at the issuer, which would acknowledge a reversal of
+/// nothing and then approve. A row another node (or the terminal's reversal) settled since
+/// it was read counts as settled.
 pub(crate) async fn recover_in_doubt(
     store: &dyn Store,
     in_flight: Vec<TxnRow>,
     now_ms: i64,
     node_id: Option<u8>,
     orphans: &[crate::core::Orphan],
+    hold_ms: i64,
 ) -> Result<(), InDoubt> {
     let own = node_id.map(|id| format!("{:02}", id % 100));
     let rows: Vec<_> = in_flight
@@ -498,11 +504,12 @@ pub(crate) async fn recover_in_doubt(
             answered_at_ms: now_ms,
         })];
         if let (Some(issuer), true) = (&row.issuer, row.kind != TxnKind::BalanceInquiry) {
+            let sent_ms = row.sent_at_ms.unwrap_or(row.received_at_ms);
             records.push(Record::SafEnqueue {
                 txn_id: row.id,
                 issuer: issuer.clone(),
                 reason: "06".to_owned(),
-                next_attempt_ms: now_ms,
+                next_attempt_ms: now_ms.max(sent_ms.saturating_add(hold_ms)),
             });
         }
         submitted.push((row.id, store.submit(records)));
@@ -514,6 +521,15 @@ pub(crate) async fn recover_in_doubt(
             Err(error) => Err(error),
         };
         if let Err(error) = written {
+            // Settled meanwhile by someone else (another node's recovery or sweep, the
+            // terminal's reversal): nothing is in doubt.
+            if matches!(error, StoreError::Constraint { .. })
+                && store
+                    .txn(id)
+                    .is_ok_and(|row| row.is_some_and(|r| r.state != TxnState::InFlight))
+            {
+                continue;
+            }
             tracing::warn!(%error, txn_id = id, "cannot settle a request in doubt");
             unsettled.ids.push(id);
             unsettled.first.get_or_insert(error);

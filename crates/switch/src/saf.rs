@@ -55,7 +55,15 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 });
             let swept = match in_flight {
                 Ok(rows) => {
-                    crate::recover_in_doubt(core.store.as_ref(), rows, now_ms, None, &orphans).await
+                    crate::recover_in_doubt(
+                        core.store.as_ref(),
+                        rows,
+                        now_ms,
+                        None,
+                        &orphans,
+                        core.config.reversal_hold_ms(),
+                    )
+                    .await
                 }
                 Err(error) => Err(crate::InDoubt {
                     error,

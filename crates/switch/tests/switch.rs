@@ -790,6 +790,50 @@ fn an_unreadable_answer_the_journal_lost_is_reversed_by_the_terminals_reversal()
     });
 }
 
+/// A request in flight when the switch stopped (killed, and restarted at once): its reversal is
+/// queued at start, but goes to the issuer only once the request could no longer be there
+/// (the issuer's timeout and a journal wait after it was sent), so as not to overtake it.
+/// SQLite only: the row is put back in flight by hand.
+#[test]
+fn a_reversal_queued_at_start_does_not_overtake_its_request_at_the_issuer() {
+    if std::env::var("SHOUDAN_E2E_STORE").as_deref() == Ok("postgres") {
+        return;
+    }
+    runtime().block_on(async {
+        let mut h = Harness::new().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        assert_eq!(
+            t.send(&Req::purchase(&card("622202"), 1_000, 2))
+                .await
+                .code(),
+            "00"
+        );
+        let id = h.store.txns_by_key(TID, 1, 2).unwrap()[0].id;
+        drop(t);
+        h.stop().await;
+        // As a kill leaves it: in flight, sent just now.
+        let sent_ms = switch::Clock::now_ms(&switch::SystemClock);
+        rusqlite::Connection::open(h.dir.path().join("s.db"))
+            .unwrap()
+            .execute(
+                "UPDATE transactions SET state = 'in_flight', response_code = NULL,
+                 sent_at_ms = ?1 WHERE id = ?2",
+                rusqlite::params![sent_ms, id],
+            )
+            .unwrap();
+        h.start().await;
+        let queued = h.store.reversal(id).unwrap().unwrap();
+        let config = h.config();
+        let hold = config.journal_wait + h.issuer_timeout;
+        assert!(
+            queued.next_attempt_ms >= sent_ms + i64::try_from(hold.as_millis()).unwrap(),
+            "due {} ms after the send",
+            queued.next_attempt_ms - sent_ms
+        );
+    });
+}
+
 #[test]
 fn a_stop_finishes_the_requests_in_progress_and_takes_no_more() {
     runtime().block_on(async {
