@@ -1,5 +1,5 @@
 //! What a switch reads from its journal when it starts: the last two clearing days whole
-//! (`txns_since`) and the month before as one mark per terminal batch (`batches_cleared`).
+//! (`txns_since`, and `each_txn_since` as a start reads them) and the month before as one mark per terminal batch (`batches_cleared`).
 //! Both should cost what those days hold, not what the whole journal holds.
 //! Run: `cargo bench -p store --bench start_reads` (prints milliseconds; not a test).
 //! `SHOUDAN_BENCH_PER_DAY` sets the purchases per clearing day (default 20,000) and
@@ -101,11 +101,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         let held = store.txns_since(&held_since)?;
         let held_ms = t.elapsed().as_secs_f64() * 1e3;
+        // What a start does with them: one at a time (a page at a time from the store).
+        let t = Instant::now();
+        let mut streamed = 0_usize;
+        store.each_txn_since(&held_since, &mut |_| streamed += 1)?;
+        let each_ms = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
         let batches = store.batches_cleared(&marked_since, &held_since)?;
         let marks_ms = t.elapsed().as_secs_f64() * 1e3;
         println!(
             "round {round}: txns_since({held_since}) {} rows in {held_ms:.0} ms; \
+             each_txn_since {streamed} rows in {each_ms:.0} ms; \
              batches_cleared({marked_since}..{held_since}) {} batches in {marks_ms:.0} ms",
             held.len(),
             batches.len()

@@ -616,6 +616,17 @@ ALTER TABLE payouts ADD COLUMN sent_bank_code TEXT;
 ALTER TABLE settle_runs ADD COLUMN events_through_ms BIGINT;
 ",
     },
+    Migration {
+        version: 21,
+        name: "a clearing date's transactions in id order from the index",
+        // `each_txn_since` reads a date a page at a time after the last id read: with the id
+        // in the index each page is a range of it, not the whole date sorted again (the id is
+        // not SQLite's rowid, which the old index carried).
+        sql: "
+DROP INDEX transactions_clearing;
+CREATE INDEX transactions_clearing ON transactions (clearing_date, id);
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -417,18 +417,44 @@ impl Store for SqliteStore {
         clearing_date: &str,
         each: &mut dyn FnMut(TxnRow),
     ) -> Result<(), StoreError> {
-        // The clearing-date index's range, sorted by id within each date as it goes.
-        let sql = format!(
-            "SELECT {TXN_COLUMNS} FROM transactions WHERE clearing_date >= ?1
-             ORDER BY clearing_date, id"
+        // A page at a time, by date and then by id within it, each page read afresh after the
+        // last one's (date, id): a backend that holds a whole result in memory (PostgreSQL's
+        // client does) holds a page, not two days of a busy journal.
+        let page_sql = format!(
+            "SELECT {TXN_COLUMNS} FROM transactions WHERE clearing_date = ?1 AND id > ?2
+             ORDER BY id LIMIT {EACH_TXN_PAGE}"
         );
-        self.read(|conn| {
-            let mut statement = conn.prepare_cached(&sql)?;
-            for row in statement.query_map([clearing_date], txn_from_row)? {
-                each(row?);
+        let mut date = self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT MIN(clearing_date) FROM transactions WHERE clearing_date >= ?1",
+            )?;
+            Ok(statement.query_row([clearing_date], |r| r.get::<_, Option<String>>(0))?)
+        })?;
+        while let Some(day) = date {
+            let mut after = i64::MIN;
+            loop {
+                let page = self.read(|conn| {
+                    let mut statement = conn.prepare_cached(&page_sql)?;
+                    let rows = statement.query_map(params![day, after], txn_from_row)?;
+                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                })?;
+                let full = page.len() == EACH_TXN_PAGE;
+                for row in page {
+                    after = row.id;
+                    each(row);
+                }
+                if !full {
+                    break;
+                }
             }
-            Ok(())
-        })
+            date = self.read(|conn| {
+                let mut statement = conn.prepare_cached(
+                    "SELECT MIN(clearing_date) FROM transactions WHERE clearing_date > ?1",
+                )?;
+                Ok(statement.query_row([&day], |r| r.get::<_, Option<String>>(0))?)
+            })?;
+        }
+        Ok(())
     }
 
     fn batches_cleared(&self, from: &str, to: &str) -> Result<Vec<BatchSpan>, StoreError> {
@@ -1606,6 +1632,9 @@ fn terminal_from_row(r: &Row<'_>) -> rusqlite::Result<TerminalRow> {
         working_keys,
     })
 }
+
+/// Rows `each_txn_since` reads at a time.
+const EACH_TXN_PAGE: usize = 1_024;
 
 const TXN_COLUMNS: &str = "id, tid, mid, batch_no, stan, kind, mti, processing_code, \
      condition_code, amount_fen, currency, pan_sealed, pan_fingerprint, pan_masked, pan_last4, \
