@@ -71,6 +71,18 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
             conn.prepare_cached("DELETE FROM web_sessions WHERE token_hash = ?1")?
                 .execute_any(params![token_hash])?;
         }
+        WebRecord::ExtendSession {
+            token_hash,
+            expires_at_ms,
+        } => {
+            // Never sooner than it was (two requests extending at once), and a session that
+            // ended meanwhile stays ended.
+            conn.prepare_cached(
+                "UPDATE web_sessions SET expires_at_ms = ?2
+                 WHERE token_hash = ?1 AND expires_at_ms < ?2",
+            )?
+            .execute_any(params![token_hash, expires_at_ms])?;
+        }
         WebRecord::EndSessions {
             user_id,
             keep: Some(keep),

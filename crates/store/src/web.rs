@@ -154,6 +154,11 @@ pub enum WebRecord {
     DeleteSession {
         token_hash: Vec<u8>,
     },
+    /// A session in use again: it now ends at `expires_at_ms` (idle sessions end first).
+    ExtendSession {
+        token_hash: Vec<u8>,
+        expires_at_ms: i64,
+    },
     /// A new password hash for `user_id`, the rest of the row untouched.
     SetPasswordHash {
         user_id: i64,

@@ -3294,3 +3294,41 @@ fn the_language_switch_keeps_the_search_and_never_leads_to_a_form_address() {
         );
     });
 }
+
+/// A page session not used for 15 minutes ends; one in use goes on, up to its working day.
+#[test]
+fn a_page_session_left_idle_for_fifteen_minutes_ends() {
+    run(async move {
+        let e = start().await;
+        let clock = std::sync::Arc::clone(&e.h.clock);
+        let moved = web::Web::new(
+            std::sync::Arc::clone(&e.h.store),
+            std::sync::Arc::clone(&e.h.hsm) as std::sync::Arc<dyn paycrypto::Hsm>,
+            std::sync::Arc::clone(&e.h.directory),
+            std::sync::Arc::clone(&clock) as std::sync::Arc<dyn switch::Clock>,
+            std::sync::Arc::new(e.h.switch.as_ref().unwrap().back_office())
+                as std::sync::Arc<dyn resolve::cases::RefundExecutor>,
+        );
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        let (http, _task) = web::spawn(moved, "127.0.0.1:0".parse().unwrap(), stopped)
+            .await
+            .unwrap();
+        let tea = PageSession::login(http, "teahouse").await;
+        assert_eq!(tea.get("/portal").await.status, 200);
+        let minute = 60_000;
+        // Used after ten minutes: it goes on, fifteen minutes from then.
+        clock.shift_ms(10 * minute);
+        assert_eq!(tea.get("/portal").await.status, 200);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        clock.shift_ms(14 * minute);
+        assert_eq!(tea.get("/portal").await.status, 200, "ended while in use");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // Then left for sixteen minutes: signed out.
+        clock.shift_ms(16 * minute);
+        let idle = tea.get("/portal").await;
+        assert_eq!(
+            (idle.status, idle.header("location")),
+            (303, Some("/login"))
+        );
+    });
+}

@@ -263,8 +263,11 @@ pub struct ShiftedClock {
 
 impl ShiftedClock {
     pub fn shift_days(&self, days: i64) {
-        self.offset_ms
-            .fetch_add(days * 86_400_000, Ordering::SeqCst);
+        self.shift_ms(days * 86_400_000);
+    }
+
+    pub fn shift_ms(&self, ms: i64) {
+        self.offset_ms.fetch_add(ms, Ordering::SeqCst);
     }
 }
 
