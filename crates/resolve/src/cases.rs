@@ -21,6 +21,10 @@ use crate::text::yuan;
 pub const TEXT_LEN_MAX: usize = 4_000;
 /// Attachment references per entry at most.
 pub const ATTACHMENTS_MAX: usize = 16;
+/// Messages and notes a case's timeline takes from people (its own moves and results are
+/// written beyond them): a case is read whole, so one that is written to without end would
+/// cost every reader of it more and more.
+pub const ENTRIES_MAX: usize = 500;
 /// The store counter case ids come from.
 pub const CASE_COUNTER: &str = "case_id";
 /// Times an executed refund's result is written before giving up: each failure means another
@@ -156,6 +160,8 @@ pub enum CaseError {
     ResolutionRequired,
     #[error("text longer than {TEXT_LEN_MAX} bytes or more than {ATTACHMENTS_MAX} attachments")]
     TooLong,
+    #[error("a case takes at most {ENTRIES_MAX} entries; open a new case to go on")]
+    TooManyEntries,
     #[error("no such case")]
     NotFound,
     #[error("no transaction with RRN {0} for this merchant")]
@@ -596,6 +602,9 @@ impl CaseService {
                 from: state,
                 action: "add_entry",
             });
+        }
+        if self.store.case_entries(id)?.len() >= ENTRIES_MAX {
+            return Err(CaseError::TooManyEntries);
         }
         let version = row.version;
         self.commit(row, version, who, text, attachments).await

@@ -1764,3 +1764,47 @@ fn a_refund_refused_before_the_journal_does_not_bring_back_an_earlier_attempts_k
         assert_eq!(cases.get(case.id).unwrap().state, CaseState::Resolved);
     });
 }
+
+/// A case's timeline takes a bounded number of entries from people: past it, a new case.
+#[test]
+fn a_case_takes_a_bounded_number_of_entries() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let (code, rrn, _) = e.purchase(&e.card("lost"), 100).await;
+        assert_ne!(code, "00");
+        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
+        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let case = cases
+            .open(NewCase {
+                kind: CaseKind::IssuerInquiry,
+                mid: MID.to_owned(),
+                rrn: Some(rrn),
+                txn_id: None,
+                title: "why".to_owned(),
+                who: "merchant".to_owned(),
+                text: "why declined?".to_owned(),
+                attachments: Vec::new(),
+                assignee: None,
+                due_at_ms: None,
+                refund_fen: None,
+            })
+            .await
+            .unwrap();
+        for n in 1..resolve::cases::ENTRIES_MAX {
+            cases
+                .add_entry(case.id, "merchant", &format!("any news? {n}"), Vec::new())
+                .await
+                .unwrap();
+        }
+        assert!(matches!(
+            cases
+                .add_entry(case.id, "merchant", "and now?", Vec::new())
+                .await,
+            Err(CaseError::TooManyEntries)
+        ));
+        assert_eq!(
+            cases.get(case.id).unwrap().entries.len(),
+            resolve::cases::ENTRIES_MAX
+        );
+    });
+}

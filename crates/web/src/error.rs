@@ -161,6 +161,7 @@ impl From<CaseError> for ApiError {
             }
             CaseError::ResolutionRequired
             | CaseError::TooLong
+            | CaseError::TooManyEntries
             | CaseError::BadAmount
             | CaseError::NotRefundable
             | CaseError::NotRefundApplication => ApiError::bad_request(message),
