@@ -657,15 +657,28 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
         .map(|p| p.amount_fen)
         .sum();
     // Today's suspected duplicates with something left to do. A flag is raised when its second
-    // payment is answered, so one received today was flagged today: older flags are not read.
+    // payment is answered, so older flags are not read. Today is the calendar day and the
+    // clearing day both: a second payment after the 23:00 cut-over is in tomorrow's clearing
+    // day and may be voided until its end, so it stays on the dashboard after midnight; flags
+    // are read from an hour before midnight.
     let now_ms = web.clock.now_ms();
     let today = switch::LocalTime::from_ms(now_ms).day_number;
+    let clearing_today = switch::ClearingDay::of(now_ms, switch::CUTOVER_MINUTE_DEFAULT).day_number;
     let to_handle = web
         .resolver
-        .duplicates_flagged_since(mid, query::cst_day_start(now_ms), DUPLICATES_PER_PAGE)?
+        .duplicates_flagged_since(
+            mid,
+            query::cst_day_start(now_ms) - 3_600_000,
+            DUPLICATES_PER_PAGE,
+        )?
         .into_iter()
         .filter(|f| f.suggested_action != resolve::duplicates::SuggestedAction::NothingLeft)
-        .filter(|f| switch::LocalTime::from_ms(f.second.received_at_ms).day_number == today)
+        .filter(|f| {
+            let at = f.second.received_at_ms;
+            switch::LocalTime::from_ms(at).day_number == today
+                || switch::ClearingDay::of(at, switch::CUTOVER_MINUTE_DEFAULT).day_number
+                    == clearing_today
+        })
         .count();
     if to_handle > 0 {
         red.push_str(&format!(

@@ -3301,18 +3301,7 @@ fn a_page_session_left_idle_for_fifteen_minutes_ends() {
     run(async move {
         let e = start().await;
         let clock = std::sync::Arc::clone(&e.h.clock);
-        let moved = web::Web::new(
-            std::sync::Arc::clone(&e.h.store),
-            std::sync::Arc::clone(&e.h.hsm) as std::sync::Arc<dyn paycrypto::Hsm>,
-            std::sync::Arc::clone(&e.h.directory),
-            std::sync::Arc::clone(&clock) as std::sync::Arc<dyn switch::Clock>,
-            std::sync::Arc::new(e.h.switch.as_ref().unwrap().back_office())
-                as std::sync::Arc<dyn resolve::cases::RefundExecutor>,
-        );
-        let (_stop, stopped) = tokio::sync::watch::channel(false);
-        let (http, _task) = web::spawn(moved, "127.0.0.1:0".parse().unwrap(), stopped)
-            .await
-            .unwrap();
+        let (http, _stop) = web_on_the_harness_clock(&e).await;
         let tea = PageSession::login(http, "teahouse").await;
         assert_eq!(tea.get("/portal").await.status, 200);
         let minute = 60_000;
@@ -3329,6 +3318,77 @@ fn a_page_session_left_idle_for_fifteen_minutes_ends() {
         assert_eq!(
             (idle.status, idle.header("location")),
             (303, Some("/login"))
+        );
+    });
+}
+
+/// The web app again, on the switch harness's clock (which a test moves), at an address of its
+/// own; it stops when the sender returned is dropped.
+async fn web_on_the_harness_clock(
+    e: &Env,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let moved = web::Web::new(
+        std::sync::Arc::clone(&e.h.store),
+        std::sync::Arc::clone(&e.h.hsm) as std::sync::Arc<dyn paycrypto::Hsm>,
+        std::sync::Arc::clone(&e.h.directory),
+        std::sync::Arc::clone(&e.h.clock) as std::sync::Arc<dyn switch::Clock>,
+        std::sync::Arc::new(e.h.switch.as_ref().unwrap().back_office())
+            as std::sync::Arc<dyn resolve::cases::RefundExecutor>,
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (http, _task) = web::spawn(moved, "127.0.0.1:0".parse().unwrap(), stopped)
+        .await
+        .unwrap();
+    (http, stop)
+}
+
+/// A duplicate paid at 23:30, after the 23:00 cut-over, is in the next clearing day and may be
+/// voided until that day ends: after midnight the dashboard still shows it.
+#[test]
+fn a_duplicate_paid_after_the_cut_over_stays_on_the_dashboard_past_midnight() {
+    run(async move {
+        let mut e = start().await;
+        // The clock to 23:30 China time.
+        let now = switch::Clock::now_ms(&*e.h.clock);
+        let hour = 3_600_000;
+        let day = 24 * hour;
+        let cst = now + 8 * hour;
+        let mut target = cst - cst.rem_euclid(day) + 23 * hour + 30 * 60_000;
+        if target < cst {
+            target += day;
+        }
+        e.h.clock.shift_ms(target - cst);
+        let card = e.card("healthy");
+        let (code, _) = e.purchase(&card, 4_200).await;
+        assert_eq!(code, "00");
+        let (code, second) = e.purchase(&card, 4_200).await;
+        assert_eq!(code, "00");
+        let row = e.h.store.txn_by_rrn(&second).unwrap().unwrap();
+        let flag = resolve::duplicates::find_for(
+            e.h.store.as_ref(),
+            &row,
+            resolve::duplicates::DUPLICATE_WINDOW_MS_DEFAULT,
+        )
+        .unwrap()
+        .unwrap();
+        e.h.store
+            .submit(vec![store::Record::Resolve(
+                store::resolve::ResolveRecord::Duplicate(flag),
+            )])
+            .unwrap()
+            .await
+            .unwrap();
+        // 00:10 the next day.
+        e.h.clock.shift_ms(40 * 60_000);
+        let (http, _stop) = web_on_the_harness_clock(&e).await;
+        let dash = PageSession::login(http, "teahouse")
+            .await
+            .get("/portal")
+            .await;
+        assert!(
+            dash.body.contains("id=\"duplicates-today\""),
+            "{}",
+            dash.body
         );
     });
 }
