@@ -1796,8 +1796,15 @@ async fn settlement_page(
         .get("mid")
         .map(String::as_str)
         .filter(|m| !m.is_empty());
-    let result = settlement_body(&web, &c, &who, asked);
+    let result = settlement_body(&web, &c, &who, asked, None);
     respond(&c, &who, result)
+}
+
+/// A binding the form sent that was refused: why, and what was typed (the account number
+/// itself is not shown again).
+struct RefusedBinding<'a> {
+    error: &'a ApiError,
+    form: &'a Params,
 }
 
 fn settlement_body(
@@ -1805,6 +1812,7 @@ fn settlement_body(
     c: &Ctx,
     who: &Principal,
     asked: Option<&str>,
+    refused: Option<RefusedBinding<'_>>,
 ) -> Result<(String, String), ApiError> {
     let l = c.lang;
     let mid = who.merchant_filter(asked)?;
@@ -1990,14 +1998,34 @@ fn settlement_body(
                 ));
             }
         }
+        // A refused binding comes back with why and what was typed, card numbers masked
+        // (the account number is typed again).
+        let typed = |k: &str| {
+            refused
+                .as_ref()
+                .and_then(|r| r.form.get(k))
+                .map(|v| domain::mask_card_numbers(v).into_owned())
+                .unwrap_or_default()
+        };
+        if let Some(r) = &refused {
+            body.push_str(&format!(
+                "<div class=\"err\" id=\"bind-error\">{}</div>",
+                esc(r.error.detail(l))
+            ));
+        }
+        let bank_selected = if typed("kind") == "bank" {
+            " selected"
+        } else {
+            ""
+        };
         body.push_str(&format!(
             "<form method=\"post\" action=\"/portal/settlement/account\" class=\"card\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"mid\" value=\"{}\">\
-             <b>{}</b><br><select name=\"kind\" id=\"account-kind\"><option value=\"card\">{}</option><option value=\"bank\">{}</option></select> \
+             <b>{}</b><br><select name=\"kind\" id=\"account-kind\"><option value=\"card\">{}</option><option value=\"bank\"{bank_selected}>{}</option></select> \
              {} <input name=\"number\" id=\"account-number\" autocomplete=\"off\"> \
-             {} <input name=\"holder_name\" id=\"account-holder\"> \
-             {} <input name=\"bank_code\" id=\"account-bank\" size=\"6\"> \
-             <button id=\"bind\">{}</button></form>",
+             {} <input name=\"holder_name\" id=\"account-holder\" value=\"{}\"> \
+             {} <input name=\"bank_code\" id=\"account-bank\" size=\"6\" value=\"{}\"> \
+             <button id=\"bind\">{}</button><br><small>{}</small></form>",
             esc(who.csrf.as_deref().unwrap_or("")),
             esc(m),
             t(l, "绑定或更换结算账户", "Bind or change the settlement account"),
@@ -2005,8 +2033,15 @@ fn settlement_body(
             t(l, "对公账户", "Business bank account"),
             t(l, "账号", "Number"),
             t(l, "户名", "Holder"),
+            esc(&typed("holder_name")),
             t(l, "银行代码", "Bank code"),
+            esc(&typed("bank_code")),
             t(l, "提交", "Submit"),
+            t(
+                l,
+                "银行卡可以不填银行代码；对公账户必须填写。",
+                "A card needs no bank code; a business account does."
+            ),
         ));
     }
     Ok((t(l, "结算", "Settlement").to_owned(), body))
@@ -2048,6 +2083,26 @@ async fn bind_account(
             )),
             None => redirect("/portal/settlement"),
         },
+        // What was wrong with the account as typed: the page again, with why and what was typed.
+        Err(e) if e.code == "bad_account" => {
+            let asked = form
+                .get("mid")
+                .map(String::as_str)
+                .filter(|m| !m.is_empty());
+            let refused = RefusedBinding {
+                error: &e,
+                form: &form,
+            };
+            let page = settlement_body(&web, &c, &who, asked, Some(refused));
+            match page {
+                Ok((title, body)) => {
+                    let mut response = render(&c, &who, &title, &body);
+                    *response.status_mut() = StatusCode::BAD_REQUEST;
+                    response
+                }
+                Err(e) => error_page(&c, Some(&who), &e),
+            }
+        }
         Err(e) => error_page(&c, Some(&who), &e),
     }
 }

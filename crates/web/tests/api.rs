@@ -3392,3 +3392,36 @@ fn a_duplicate_paid_after_the_cut_over_stays_on_the_dashboard_past_midnight() {
         );
     });
 }
+
+/// A settlement account the portal's form sends that is refused (a mistyped card number): the
+/// page comes back saying why in Chinese, with the holder name as typed and the number not
+/// shown again.
+#[test]
+fn a_refused_binding_comes_back_with_why_and_what_was_typed() {
+    run(async move {
+        let e = start().await;
+        let tea = PageSession::login(e.http, "teahouse").await;
+        let page = tea.get("/portal/settlement").await;
+        assert_eq!(page.status, 200);
+        let csrf = PageSession::csrf_of(&page.body);
+        // A card number with its last digit wrong.
+        let mistyped = "6222020200112345670";
+        let answer = tea
+            .post(
+                "/portal/settlement/account",
+                &format!(
+                    "csrf={csrf}&mid=&kind=card&number={mistyped}&holder_name=%E7%8E%8B%E5%B0%8F%E6%98%8E&bank_code="
+                ),
+            )
+            .await;
+        assert_eq!(answer.status, 400, "{}", answer.body);
+        let why = answer
+            .body
+            .split("id=\"bind-error\">")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{}", answer.body));
+        assert!(why.starts_with("卡号校验位不对"), "{}", answer.body);
+        assert!(answer.body.contains("value=\"王小明\""), "{}", answer.body);
+        assert!(!answer.body.contains(mistyped), "{}", answer.body);
+    });
+}
