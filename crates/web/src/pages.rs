@@ -43,6 +43,7 @@ pub fn router() -> Router<Web> {
             "/console/account-changes/{id}/confirm",
             post(confirm_change),
         )
+        .route("/console/account-changes/{id}/reject", post(reject_change))
         .route("/console/merchants/{mid}/approve", post(approve_merchant))
         .route("/console/risk/alerts/{id}/clear", post(clear_alert))
         .route("/console", get(console))
@@ -1633,16 +1634,41 @@ async fn console(
             t(l, "待复核的结算账户变更", "Re-bindings to confirm"),
             changes.len()
         ));
-        for ch in &changes {
+        if !changes.is_empty() {
             body.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><form method=\"post\" action=\"/console/account-changes/{}/confirm\">\
-                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button class=\"confirm-change\">{}</button></form></td></tr>",
-                esc(&ch.mid),
+                "<tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+                t(l, "商户", "Merchant"),
+                t(l, "现绑定账户", "Bound now"),
+                t(l, "新账户", "New account"),
+                t(l, "申请人", "Asked by"),
+                t(l, "申请时间", "Asked at"),
+                t(l, "原因", "Why"),
+                t(l, "复核", "Decision"),
+            ));
+        }
+        for ch in &changes {
+            // What it replaces, for the checker to see a change to someone else's account.
+            let bound_now = web
+                .store
+                .bound_account(&ch.mid)?
+                .map_or_else(|| "-".to_owned(), |a| a.number_masked);
+            body.push_str(&format!(
+                "<tr><td><a href=\"/portal/settlement?mid={mid}\">{mid}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>\
+                 <form method=\"post\" action=\"/console/account-changes/{id}/confirm\" class=\"inline\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button class=\"confirm-change\">{}</button></form> \
+                 <form method=\"post\" action=\"/console/account-changes/{id}/reject\" class=\"inline\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input name=\"note\" placeholder=\"{}\" size=\"12\">\
+                 <button class=\"reject-change\">{}</button></form></td></tr>",
+                esc(&bound_now),
                 esc(&ch.number_masked),
                 esc(&ch.requested_by),
+                esc(&format_time(ch.requested_at_ms)),
                 esc(&ch.note),
-                ch.id,
-                t(l, "复核通过", "Confirm")
+                t(l, "复核通过", "Confirm"),
+                t(l, "拒绝原因", "Why refused"),
+                t(l, "拒绝", "Refuse"),
+                mid = esc(&ch.mid),
+                id = ch.id,
             ));
         }
         body.push_str("</table>");
@@ -2156,6 +2182,20 @@ async fn confirm_change(
     let w = web.clone();
     console_action(&web, &headers, &form, |who| async move {
         crate::ops::decide_change(&w, &who, id, true, "").await
+    })
+    .await
+}
+
+async fn reject_change(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<Params>,
+) -> Response {
+    let w = web.clone();
+    let note = form.get("note").cloned().unwrap_or_default();
+    console_action(&web, &headers, &form, |who| async move {
+        crate::ops::decide_change(&w, &who, id, false, &note).await
     })
     .await
 }

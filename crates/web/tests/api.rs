@@ -3425,3 +3425,95 @@ fn a_refused_binding_comes_back_with_why_and_what_was_typed() {
         assert!(!answer.body.contains(mistyped), "{}", answer.body);
     });
 }
+
+/// The console's queue of re-bindings shows the account bound now beside the new one, when it
+/// was asked for and by whom, and a checker can refuse one with a reason there.
+#[test]
+fn the_console_refuses_a_re_binding_with_a_reason() {
+    run(async move {
+        let e = start().await;
+        let api = Api {
+            env: &e,
+            seen: Default::default(),
+        };
+        let tea = e.token("teahouse").await;
+        let first = e.card("healthy").pan.expose_digits().to_owned();
+        let r = api
+            .call(
+                Some(&tea),
+                "POST",
+                "/api/bound-account",
+                Some(json!({"kind": "card", "number": first, "holder_name": "Teahouse Ltd"})),
+            )
+            .await;
+        assert_eq!(r.json()["outcome"], "active", "{}", r.body);
+        // A payout to it failed: the next binding waits for a checker.
+        let version = e.h.store.bound_account(MID).unwrap().unwrap().version;
+        e.h.store
+            .submit(vec![store::Record::Settlement(
+                store::settlement::SettlementRecord::FlagBoundAccount {
+                    mid: MID.into(),
+                    version,
+                    at_ms: 1,
+                },
+            )])
+            .unwrap()
+            .await
+            .unwrap();
+        let second = e.cards[2].pan.expose_digits().to_owned();
+        let r = api
+            .call(
+                Some(&tea),
+                "POST",
+                "/api/bound-account",
+                Some(json!({"kind": "card", "number": second, "holder_name": "Teahouse Ltd"})),
+            )
+            .await;
+        assert_eq!(r.json()["outcome"], "pending_confirmation", "{}", r.body);
+        let change = r.json()["change_id"].as_i64().unwrap();
+
+        let ops = PageSession::login(e.http, "ops").await;
+        let console = ops.get("/console").await;
+        let queue = console
+            .body
+            .split("id=\"rebind-queue\"")
+            .nth(1)
+            .unwrap()
+            .split("</table>")
+            .next()
+            .unwrap()
+            .to_owned();
+        let masked = |pan: &str| domain::mask_card_numbers(pan).into_owned();
+        assert!(queue.contains(&masked(&first)), "{queue}");
+        assert!(queue.contains(&masked(&second)), "{queue}");
+        assert!(!queue.contains(&second), "{queue}");
+        let csrf = PageSession::csrf_of(&console.body);
+        let refused = ops
+            .post(
+                &format!("/console/account-changes/{change}/reject"),
+                &format!("csrf={csrf}&note=not+the+merchant%27s+card"),
+            )
+            .await;
+        assert_eq!(refused.status, 303, "{}", refused.body);
+        let ops_token = e.token("ops").await;
+        let changes = api
+            .call(Some(&ops_token), "GET", "/api/account-changes", None)
+            .await
+            .json();
+        let decided = changes["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == change)
+            .unwrap()
+            .clone();
+        assert_eq!(decided["state"], "rejected", "{changes}");
+        assert!(
+            decided["note"]
+                .as_str()
+                .unwrap()
+                .contains("not the merchant's card"),
+            "{changes}"
+        );
+    });
+}
