@@ -602,6 +602,21 @@ pub fn terminal_health(
         } = counts;
         let mut problems = Vec::new();
         let signed_in = t.working_keys.is_some();
+        // A terminal the acquirer suspended or closed is answered 58 whatever it does: first,
+        // since nothing else on the list matters until that is lifted.
+        match t.status {
+            store::Status::Suspended => problems.push(Problem {
+                key: "suspended",
+                zh: "终端已被收单机构暂停，所有交易都会被拒（58）：请联系收单机构了解原因并申请恢复。",
+                en: "Suspended by the acquirer: every transaction is refused (58). Ask the acquirer why and to lift it.",
+            }),
+            store::Status::Closed => problems.push(Problem {
+                key: "closed",
+                zh: "终端已注销，不能再收款：如需继续使用请联系收单机构。",
+                en: "Closed: it can take no payments. Ask the acquirer to use it again.",
+            }),
+            store::Status::Active => {}
+        }
         if !signed_in {
             problems.push(Problem {
                 key: "not_signed_in",

@@ -3517,3 +3517,32 @@ fn the_console_refuses_a_re_binding_with_a_reason() {
         );
     });
 }
+
+/// A terminal the acquirer suspended says so first on the merchant's terminals page, with what
+/// to do: every sale is refused 58 until it is lifted.
+#[test]
+fn a_suspended_terminal_says_so_on_the_terminals_page() {
+    run(async move {
+        let e = start().await;
+        let api = Api {
+            env: &e,
+            seen: Default::default(),
+        };
+        let admin = e.token("admin").await;
+        let r = api
+            .call(
+                Some(&admin),
+                "POST",
+                &format!("/api/terminals/{TID}/status"),
+                Some(json!({"status": "suspended"})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let page = PageSession::login(e.http, "teahouse")
+            .await
+            .get("/portal/terminals")
+            .await;
+        assert_eq!(page.status, 200);
+        assert!(page.body.contains("终端已被收单机构暂停"), "{}", page.body);
+    });
+}
