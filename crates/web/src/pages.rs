@@ -1260,7 +1260,7 @@ async fn cases(
                 ..Default::default()
             },
         )?;
-        let mut body = case_table(l, &list, "cases", None);
+        let mut body = case_table(l, &list, "cases", None, web.clock.now_ms());
         if let Some(next) = next {
             body.push_str(&format!(
                 "<p><a id=\"older-cases\" href=\"/portal/cases?before={next}\">{}</a></p>",
@@ -1272,14 +1272,20 @@ async fn cases(
     respond(&c, &who, result)
 }
 
-fn case_table(l: Lang, list: &[Case], id: &str, approve_csrf: Option<&str>) -> String {
+/// A list of cases, with how long each has been open, when it is due (overdue in red) and who
+/// has it.
+fn case_table(l: Lang, list: &[Case], id: &str, approve_csrf: Option<&str>, now_ms: i64) -> String {
     let mut body = format!(
-        "<table id=\"{id}\"><tr><th>#</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th>{}</tr>",
+        "<table id=\"{id}\"><tr><th>#</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th>\
+         <th>{}</th><th>{}</th><th>{}</th>{}</tr>",
         t(l, "类型", "Kind"),
         t(l, "商户", "Merchant"),
         t(l, "标题", "Title"),
         t(l, "状态", "State"),
         t(l, "退款", "Refund"),
+        t(l, "开立", "Opened"),
+        t(l, "到期", "Due"),
+        t(l, "处理人", "Assignee"),
         if approve_csrf.is_some() {
             "<th></th>"
         } else {
@@ -1298,8 +1304,26 @@ fn case_table(l: Lang, list: &[Case], id: &str, approve_csrf: Option<&str>) -> S
                 t(l, "批准退款", "Approve refund")
             )
         });
+        let days_open = (now_ms - k.created_at_ms).max(0) / query::MS_PER_DAY;
+        let opened = format!(
+            "{} ({})",
+            format_time(k.created_at_ms),
+            match l {
+                Lang::Zh => format!("{days_open} 天"),
+                Lang::En => format!("{days_open} d"),
+            }
+        );
+        let due = k.due_at_ms.map_or_else(String::new, |due| {
+            let class = if due < now_ms && !k.state.is_closed() {
+                " class=\"bad overdue\""
+            } else {
+                ""
+            };
+            format!("<span{class}>{}</span>", esc(&format_time(due)))
+        });
         body.push_str(&format!(
-            "<tr><td><a class=\"case\" href=\"/portal/cases/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{approve}</tr>",
+            "<tr><td><a class=\"case\" href=\"/portal/cases/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{due}</td><td>{}</td>{approve}</tr>",
             k.id,
             k.id,
             kind_text(l, k.kind),
@@ -1307,6 +1331,8 @@ fn case_table(l: Lang, list: &[Case], id: &str, approve_csrf: Option<&str>) -> S
             esc(&k.title),
             esc(&case_state_text(l, k)),
             refund_text(l, k).unwrap_or_default(),
+            esc(&opened),
+            esc(k.assignee.as_deref().unwrap_or("-")),
         ));
     }
     body.push_str("</table>");
@@ -1571,16 +1597,24 @@ async fn console(
     let result = (|| {
         let l = c.lang;
         let refunds = api::pending_refunds(&web, &who)?;
-        let open: Vec<Case> = web.cases.still_open(None)?;
+        let mut open: Vec<Case> = web.cases.still_open(None)?;
+        // Overdue first, then the oldest: what has waited longest is worked first.
+        let now_ms = web.clock.now_ms();
+        open.sort_by_key(|c| {
+            (
+                !c.due_at_ms.is_some_and(|due| due < now_ms),
+                c.created_at_ms,
+            )
+        });
         let mut body = format!(
             "<h1>{}</h1><h2>{} ({})</h2>{}<h2>{} ({})</h2>{}",
             t(l, "运营台", "Operator console"),
             t(l, "待批退款", "Refund approvals"),
             refunds.len(),
-            case_table(l, &refunds, "refund-queue", who.csrf.as_deref()),
+            case_table(l, &refunds, "refund-queue", who.csrf.as_deref(), now_ms),
             t(l, "工单队列", "Case queue"),
             open.len(),
-            case_table(l, &open, "case-queue", None),
+            case_table(l, &open, "case-queue", None, now_ms),
         );
         let applied: Vec<_> = web
             .store

@@ -3546,3 +3546,59 @@ fn a_suspended_terminal_says_so_on_the_terminals_page() {
         assert!(page.body.contains("终端已被收单机构暂停"), "{}", page.body);
     });
 }
+
+/// The console's case queue puts the overdue first, then the oldest, and says how long each
+/// has been open, when it is due and who has it.
+#[test]
+fn the_console_case_queue_puts_the_overdue_first() {
+    run(async move {
+        let mut e = start().await;
+        let card = e.card("refer_to_issuer");
+        let (_, rrn) = e.purchase(&card, 880).await;
+        let now = switch::Clock::now_ms(&switch::SystemClock);
+        let open =
+            |title: &str, due: Option<i64>, assignee: Option<&str>| resolve::cases::NewCase {
+                kind: resolve::cases::CaseKind::IssuerInquiry,
+                mid: MID.to_owned(),
+                rrn: Some(rrn.clone()),
+                txn_id: None,
+                title: title.to_owned(),
+                who: "teahouse".to_owned(),
+                text: "why?".to_owned(),
+                attachments: Vec::new(),
+                assignee: assignee.map(str::to_owned),
+                due_at_ms: due,
+                refund_fen: None,
+            };
+        let on_time = e
+            .web
+            .cases
+            .open(open("on time", Some(now + 86_400_000), None))
+            .await
+            .unwrap();
+        let late = e
+            .web
+            .cases
+            .open(open("late", Some(now - 60_000), Some("ops-li")))
+            .await
+            .unwrap();
+        let ops = PageSession::login(e.http, "ops").await;
+        let console = ops.get("/console").await;
+        let queue = console
+            .body
+            .split("id=\"case-queue\"")
+            .nth(1)
+            .unwrap()
+            .split("</table>")
+            .next()
+            .unwrap()
+            .to_owned();
+        let at = |id: i64| queue.find(&format!("/portal/cases/{id}\"")).unwrap();
+        assert!(at(late.id) < at(on_time.id), "{queue}");
+        assert_eq!(queue.matches("class=\"bad overdue\"").count(), 1, "{queue}");
+        assert!(
+            queue.contains("ops-li") && queue.contains("0 天"),
+            "{queue}"
+        );
+    });
+}
