@@ -1602,7 +1602,7 @@ async fn console(
         let now_ms = web.clock.now_ms();
         open.sort_by_key(|c| {
             (
-                !c.due_at_ms.is_some_and(|due| due < now_ms),
+                c.due_at_ms.is_none_or(|due| due >= now_ms),
                 c.created_at_ms,
             )
         });
