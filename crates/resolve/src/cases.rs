@@ -21,9 +21,9 @@ use crate::text::yuan;
 pub const TEXT_LEN_MAX: usize = 4_000;
 /// Attachment references per entry at most.
 pub const ATTACHMENTS_MAX: usize = 16;
-/// Messages and notes a case's timeline takes from people (its own moves and results are
-/// written beyond them): a case is read whole, so one that is written to without end would
-/// cost every reader of it more and more.
+/// The timeline entries up to which a case takes messages and notes from people (its own moves
+/// and results are written beyond them): a case is read whole, so one that is written to
+/// without end would cost every reader of it more and more.
 pub const ENTRIES_MAX: usize = 500;
 /// The store counter case ids come from.
 pub const CASE_COUNTER: &str = "case_id";

@@ -1,6 +1,8 @@
 //! Payouts: one per merchant and payout day (key `MID:YYYYMMDD`), T+n after clearing, sent
-//! through a [`PayoutBank`]. The key and the per-attempt bank reference (`key#n`) make a rerun
-//! or a crash harmless: a bank reference is paid at most once, a payout succeeds at most once.
+//! through a [`PayoutBank`]. The key and the bank reference (`key#v<account version>`, fixed
+//! with the account it pays before the bank is first asked, and the same for every attempt to
+//! that account) make a rerun or a crash harmless: a bank reference is paid at most once, a
+//! payout succeeds at most once.
 //! Permanent failures hold the funds and flag the account for re-binding; transient ones retry
 //! with backoff; a confirmed re-binding releases the held payout. [`SimBank`] is the embedded
 //! bank with the real failure modes.
@@ -27,7 +29,8 @@ const EVENT_COUNTER: &str = "payout_event";
 
 /// What the bank is asked to do. The account number is clear only here, in memory.
 pub struct PayoutInstruction<'a> {
-    /// Unique per attempt; a bank pays one reference at most once.
+    /// One per payout and account, the same for every attempt; a bank pays one reference at
+    /// most once (and answers a repeated one as it did the first time).
     pub reference: &'a str,
     pub account_number: &'a str,
     pub holder_name: &'a str,
@@ -78,6 +81,7 @@ struct SimState {
     /// Account number -> the holder name the bank has on file (checked when present).
     holders: HashMap<String, String>,
     answers: HashMap<String, Result<String, PayoutFailure>>,
+    /// By [`account_key`], as what is remembered on disk is.
     credited: HashMap<String, i64>,
     payments: HashMap<String, u32>,
     /// (reference, account, amount, day the return shows) not reported yet.
@@ -96,11 +100,20 @@ pub struct SimBankMemory {
     pub behaviour: Vec<(String, String, SimBehaviour)>,
     /// (reference, bank id if paid, failure key if refused).
     pub answers: Vec<(String, Option<String>, Option<String>)>,
+    /// By account key ([`account_key`]): what is kept on disk names no account number; only
+    /// the accounts configured (as the configuration file names them) appear in `behaviour`.
     pub credited: Vec<(String, i64)>,
     pub payments: Vec<(String, u32)>,
-    /// (reference, account, amount, day the return shows).
+    /// (reference, account key, amount, day the return shows).
     pub returns_due: Vec<(String, String, i64, String)>,
     pub next_id: u64,
+}
+
+/// How the simulated bank files an account's money: a digest of its number, not the number.
+fn account_key(account_number: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(account_number.as_bytes());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The embedded bank: accounts behave normally unless configured otherwise.
@@ -227,7 +240,7 @@ impl SimBank {
         self.state
             .lock()
             .ok()
-            .and_then(|s| s.credited.get(account_number).copied())
+            .and_then(|s| s.credited.get(&account_key(account_number)).copied())
             .unwrap_or(0)
     }
 
@@ -236,7 +249,7 @@ impl SimBank {
         self.state
             .lock()
             .ok()
-            .and_then(|s| s.payments.get(account_number).copied())
+            .and_then(|s| s.payments.get(&account_key(account_number)).copied())
             .unwrap_or(0)
     }
 }
@@ -284,14 +297,15 @@ impl PayoutBank for SimBank {
             }
         };
         if answer.is_ok() {
-            *s.credited.entry(i.account_number.to_owned()).or_insert(0) += i.amount_fen;
-            *s.payments.entry(i.account_number.to_owned()).or_insert(0) += 1;
+            let key = account_key(i.account_number);
+            *s.credited.entry(key.clone()).or_insert(0) += i.amount_fen;
+            *s.payments.entry(key).or_insert(0) += 1;
             if let SimBehaviour::ReturnAfterDays(days) = behaviour {
                 let due = crate::dates::add_days(&s.today, i64::from(days))
                     .unwrap_or_else(|| s.today.clone());
                 s.returns_due.push((
                     i.reference.to_owned(),
-                    i.account_number.to_owned(),
+                    account_key(i.account_number),
                     i.amount_fen,
                     due,
                 ));
@@ -541,14 +555,17 @@ pub fn run_payouts(
         if account.needs_rebind || account.version <= payout.account_version {
             continue;
         }
+        let held_attempts = payout.attempts;
         payout.state = PayoutState::Pending;
         payout.next_attempt_ms = now_ms;
         payout.account_version = account.version;
         payout.account_masked = account.number_masked.clone();
         // The old reference was refused or returned: the new account gets one of its own,
-        // fixed at its first attempt.
+        // fixed at its first attempt, and its attempts are counted afresh (so a payout with
+        // attempts and no reference is one from before references were fixed ahead).
         payout.bank_reference = None;
         payout.sent_to = None;
+        payout.attempts = 0;
         payout.updated_at_ms = now_ms;
         let event = run.event(
             &payout,
@@ -556,9 +573,9 @@ pub fn run_payouts(
             None,
             format!("re-bound to {}", account.number_masked),
         )?;
-        let (key, mid, attempts) = (payout.key.clone(), payout.mid.clone(), payout.attempts);
+        let (key, mid) = (payout.key.clone(), payout.mid.clone());
         if run.commit(
-            Some((PayoutState::Held, attempts)),
+            Some((PayoutState::Held, held_attempts)),
             payout,
             event,
             Some((

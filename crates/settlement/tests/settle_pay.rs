@@ -1710,8 +1710,12 @@ fn the_simulated_bank_remembers_across_runs_what_it_did() {
         Err(domain::PayoutFailure::BankSystemError)
     );
     let paid = pay(&first, "r2", b).unwrap();
+    // An account nobody configured: what the bank keeps of it on disk names no number.
+    let c = "6222020000000000003";
+    assert!(pay(&first, "r5", c).is_ok());
 
     let text = serde_json::to_string(&first.memory()).unwrap();
+    assert!(!text.contains(c), "{text}");
     let next = SimBank::remembering(serde_json::from_str(&text).unwrap());
     configure(&next);
     next.set_today("20261125");
@@ -1721,6 +1725,7 @@ fn the_simulated_bank_remembers_across_runs_what_it_did() {
     );
     assert_eq!(pay(&next, "r2", b), Ok(paid), "answered as before");
     assert_eq!(next.payments(b), 1);
+    assert_eq!(next.credited(c), 500);
     assert_eq!(next.returns("20261125"), ["r2"]);
     assert_eq!(next.credited(b), 0);
     next.configure(a, "frozen", SimBehaviour::Frozen);

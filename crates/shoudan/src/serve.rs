@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::IssuerDirectory;
-use paycrypto::{Hsm, KeyHandle, KeyUsage, MasterKey, OsRandom, SoftHsm};
+use paycrypto::{Hsm, KeyAlgorithm, KeyHandle, KeyUsage, MasterKey, OsRandom, SoftHsm};
 use serde::Deserialize;
 use store::settlement::{SettlementRecord, SettlementTermsRow};
 use store::{PgConfig, PgStore, Record, SqliteConfig, SqliteStore, Store};
@@ -392,6 +392,20 @@ fn checked(config: &ServeConfig) -> Result<Checked, Box<dyn std::error::Error>> 
         // The key must be in the key store, and be a zone PIN key: a wrong handle would
         // answer every PIN transaction of the bank 96.
         match hsm.key_info(zpk) {
+            // A PIN is never moved down to 56-bit DES: every PIN transaction of a double-length
+            // or SM4 terminal to this bank would be answered 96.
+            Ok(info)
+                if info.usage == KeyUsage::Zpk
+                    && info.algorithm == KeyAlgorithm::Des
+                    && info.len_bytes == 8 =>
+            {
+                return Err(format!(
+                    "issuer {}: key {} is a single-length DES zone PIN key; PINs are not \
+                     translated down to one: give the bank a double-length (or SM4) key",
+                    issuer.bank, issuer.zpk
+                )
+                .into());
+            }
             Ok(info) if info.usage == KeyUsage::Zpk => {}
             Ok(info) => {
                 return Err(format!(

@@ -23,14 +23,20 @@ const MASTER_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a
 
 /// Writes the key files and a config naming `database`; returns the config's path.
 fn write_config(dir: &Path, database: &str, schema: Option<&str>) -> std::path::PathBuf {
+    write_config_with_zpk(dir, database, schema, "11111111111111112222222222222222")
+}
+
+/// The same, with the issuer's zone PIN key `zpk_hex`.
+fn write_config_with_zpk(
+    dir: &Path,
+    database: &str,
+    schema: Option<&str>,
+    zpk_hex: &str,
+) -> std::path::PathBuf {
     let master = MasterKey::from_hex(MASTER_HEX).unwrap();
     let hsm = SoftHsm::new(&master, Box::new(OsRandom));
     let zpk = hsm
-        .import_key(
-            KeyUsage::Zpk,
-            KeyAlgorithm::Des,
-            "11111111111111112222222222222222",
-        )
+        .import_key(KeyUsage::Zpk, KeyAlgorithm::Des, zpk_hex)
         .unwrap();
     std::fs::write(dir.join("master.key"), MASTER_HEX).unwrap();
     std::fs::set_permissions(
@@ -203,6 +209,26 @@ fn a_bad_config_is_refused_with_its_reason() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown field"), "{stderr}");
     assert!(stderr.contains("line 2:"), "{stderr}");
+}
+
+/// A single-length DES zone PIN key is refused: no PIN is translated down to one, so every PIN
+/// transaction of the bank from a double-length terminal would be answered 96.
+#[test]
+fn a_single_length_zone_pin_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite:{}", dir.path().join("switch.db").display());
+    let config = write_config_with_zpk(dir.path(), &database, None, "1111111111111111");
+    let out = Command::new(BIN)
+        .args(["serve", "--check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("single-length DES zone PIN key"),
+        "{stderr}"
+    );
 }
 
 /// `serve --check` on `config` with `from` replaced by `to`: its error output, which must be

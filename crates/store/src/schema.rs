@@ -621,10 +621,12 @@ ALTER TABLE settle_runs ADD COLUMN events_through_ms BIGINT;
         name: "a clearing date's transactions in id order from the index",
         // `each_txn_since` reads a date a page at a time after the last id read: with the id
         // in the index each page is a range of it, not the whole date sorted again (the id is
-        // not SQLite's rowid, which the old index carried).
+        // not SQLite's rowid, which the old index carried). The new one is built before the old
+        // one goes, so the table is locked against everything only for the drop; the build
+        // still holds writes back (on PostgreSQL: upgrade with the nodes stopped).
         sql: "
+CREATE INDEX transactions_clearing_id ON transactions (clearing_date, id);
 DROP INDEX transactions_clearing;
-CREATE INDEX transactions_clearing ON transactions (clearing_date, id);
 ",
     },
 ];

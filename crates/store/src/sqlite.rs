@@ -1335,12 +1335,22 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
             // An acknowledgement is final: the issuer took the reversal. A later answer (a
             // second node's resend after the first's lease ran out, refused as a duplicate)
             // does not undo it; a refusal may still be followed by an acknowledgement.
-            conn.prepare_cached(
-                "UPDATE reversal_queue SET attempts = attempts + 1, state = ?2,
-                 done_at_ms = ?3, last_error = COALESCE(?4, last_error)
-                 WHERE txn_id = ?1 AND state <> ?5",
-            )?
-            .execute_any(params![txn_id, state, at_ms, answer, SafState::Acked])?;
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE reversal_queue SET attempts = attempts + 1, state = ?2,
+                     done_at_ms = ?3, last_error = COALESCE(?4, last_error)
+                     WHERE txn_id = ?1 AND state <> ?5",
+                )?
+                .execute(params![txn_id, state, at_ms, answer, SafState::Acked])?;
+            if changed == 0 {
+                // Acknowledged already, or no such reversal at all: only the latter is wrong.
+                let queued: bool = conn
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM reversal_queue WHERE txn_id = ?1)",
+                    )?
+                    .query_row(params![txn_id], |r| r.get(0))?;
+                expect_one(usize::from(queued), "reversal")?;
+            }
         }
         Record::Resolve(r) => sqlite_resolve::write(conn, r)?,
         Record::Risk(r) => sqlite_risk::write(conn, r)?,

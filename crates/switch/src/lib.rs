@@ -434,8 +434,8 @@ const IN_DOUBT_AGE_MS: i64 = 10 * 60 * 1_000;
 /// must not hold a worker). A reversal goes out no sooner than `hold_ms` after its request was
 /// sent (the longest issuer timeout and a journal wait): a process restarted at once must not
 /// have it overtake the request still at the issuer, which would acknowledge a reversal of
-/// nothing and then approve. A row another node (or the terminal's reversal) settled since
-/// it was read counts as settled.
+/// nothing and then approve. At start, a row another node (or the terminal's reversal)
+/// settled since it was read counts as settled.
 pub(crate) async fn recover_in_doubt(
     store: &dyn Store,
     in_flight: Vec<TxnRow>,
@@ -522,8 +522,10 @@ pub(crate) async fn recover_in_doubt(
         };
         if let Err(error) = written {
             // Settled meanwhile by someone else (another node's recovery or sweep, the
-            // terminal's reversal): nothing is in doubt.
+            // terminal's reversal): nothing is in doubt. Read again at start only (the running
+            // sweep must not read on an async worker; it tries again in seconds anyway).
             if matches!(error, StoreError::Constraint { .. })
+                && node_id.is_some()
                 && store
                     .txn(id)
                     .is_ok_and(|row| row.is_some_and(|r| r.state != TxnState::InFlight))

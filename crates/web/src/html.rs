@@ -45,14 +45,39 @@ pub fn lang_switch_href(lang: Lang, query: Option<&[(String, String)]>) -> Strin
     for (key, value) in query.iter().filter(|(k, _)| k != "lang") {
         href.push_str(&url_encode(key));
         href.push('=');
-        // A card number typed into a search box is not said back whole, here either.
-        href.push_str(&url_encode(&domain::mask_card_numbers(value)));
+        // The pages' own parameters are checked before a page is shown (a refused one gets an
+        // error page, whose switch keeps no query) and go as they came: a merchant ID or a
+        // cursor can look like a card number. Anything else, a card number typed where it does
+        // not belong included, is not said back whole.
+        if PAGE_PARAMETERS.contains(&key.as_str()) {
+            href.push_str(&url_encode(value));
+        } else {
+            href.push_str(&url_encode(&domain::mask_card_numbers(value)));
+        }
         href.push('&');
     }
     href.push_str("lang=");
     href.push_str(other);
     href
 }
+
+/// The query parameters the pages read and check before they show anything.
+const PAGE_PARAMETERS: &[&str] = &[
+    "mid",
+    "from",
+    "to",
+    "amount",
+    "amount_fen",
+    "last4",
+    "rrn",
+    "tid",
+    "status",
+    "limit",
+    "cursor",
+    "before",
+    "kind",
+    "state",
+];
 
 /// Percent-encodes all but the unreserved characters of a query component.
 pub fn url_encode(text: &str) -> String {
@@ -146,10 +171,16 @@ mod tests {
         );
         assert_eq!(lang_switch_href(Lang::En, Some(&[])), "?lang=zh");
         assert_eq!(lang_switch_href(Lang::Zh, None), "/?lang=en");
-        let typed = vec![("rrn".to_owned(), "6222020200112345679".to_owned())];
+        let typed = vec![("q".to_owned(), "6222020200112345679".to_owned())];
         assert_eq!(
             lang_switch_href(Lang::Zh, Some(&typed)),
-            "?rrn=622202%2A%2A%2A%2A%2A%2A%2A%2A%2A5679&lang=en"
+            "?q=622202%2A%2A%2A%2A%2A%2A%2A%2A%2A5679&lang=en"
+        );
+        // A merchant ID that passes the card check digit is the page's own parameter.
+        let mid = vec![("mid".to_owned(), "898110059420002".to_owned())];
+        assert_eq!(
+            lang_switch_href(Lang::Zh, Some(&mid)),
+            "?mid=898110059420002&lang=en"
         );
     }
 

@@ -82,7 +82,9 @@ fn bind_error_zh(error: &BindError) -> String {
             "查不到这张卡的发卡行，请确认是银联借记卡，或改绑对公账户。".to_owned()
         }
         BindError::BankMismatch { card_bank, .. } => {
-            format!("这张卡是 {card_bank} 发行的，与填写的银行不符；银行卡可以不填银行代码。")
+            format!(
+                "这张卡的发卡行代码是 {card_bank}，与填写的银行代码不符；银行卡可以不填银行代码。"
+            )
         }
         BindError::UnknownBank => "对公账户需要填写正确的银行代码。".to_owned(),
         BindError::NameMissing => "请填写户名。".to_owned(),

@@ -1600,12 +1600,7 @@ async fn console(
         let mut open: Vec<Case> = web.cases.still_open(None)?;
         // Overdue first, then the oldest: what has waited longest is worked first.
         let now_ms = web.clock.now_ms();
-        open.sort_by_key(|c| {
-            (
-                c.due_at_ms.is_none_or(|due| due >= now_ms),
-                c.created_at_ms,
-            )
-        });
+        open.sort_by_key(|c| (c.due_at_ms.is_none_or(|due| due >= now_ms), c.created_at_ms));
         let mut body = format!(
             "<h1>{}</h1><h2>{} ({})</h2>{}<h2>{} ({})</h2>{}",
             t(l, "运营台", "Operator console"),

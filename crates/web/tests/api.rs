@@ -2011,7 +2011,7 @@ fn a_card_number_in_the_wrong_box_is_not_said_back() {
         assert_error(&bind, 400, "bad_account");
         // Said in Chinese too, the card number masked there as well.
         let zh = bind.json()["message_zh"].as_str().unwrap().to_owned();
-        assert!(zh.contains("与填写的银行不符"), "{zh}");
+        assert!(zh.contains("与填写的银行代码不符"), "{zh}");
         assert!(!bind.body.contains(card), "{}", bind.body);
         let secret = "0123456789abcdef0123";
         let hook = api

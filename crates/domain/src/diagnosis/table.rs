@@ -222,7 +222,7 @@ const IN_DOUBT_CUSTOMER: Text = t(
     "银行没有及时回复，这笔按失败处理。如果您收到扣款通知，款项会自动退回；请稍等，我们确认后再请您重新付款。",
     "The bank did not answer in time, so this payment counts as failed. If you get a debit \
      notice, the money is returned automatically; please wait a moment while we check, then we \
-     will try again.",
+     will ask you to pay again.",
 );
 
 const STEP_LET_REVERSAL_RUN: Text = t(
@@ -1537,7 +1537,7 @@ pub static TABLE: &[Diagnosis] = &[
         subject: code(b"94"),
         title: t("重复交易", "Duplicate transaction"),
         meaning: t(
-            "主机已有一笔同一终端、同一批次、同一流水号的交易，但内容与这次不同，这次被拒，没有扣款。原样重发的请求会得到第一次的结果，不会是 94；出现 94 多半是终端流水号倒回（重置、恢复或两台终端用了同一个终端号）。",
+            "主机已有一笔同一终端、同一批次、同一流水号的交易，但内容与这次不同，这次被拒，没有扣款。原样重发的请求会得到第一次的结果，不会是 94；出现 94 多半是终端流水号回退（重置、恢复或两台终端用了同一个终端号）。",
             "The host already holds a transaction with this terminal, batch and trace number, \
              but with other contents, so this one is refused and charged nothing. A request \
              resent unchanged gets the first one's answer, never 94; 94 usually means the \
@@ -1563,7 +1563,7 @@ pub static TABLE: &[Diagnosis] = &[
                  otherwise it is another sale and this customer has not paid.",
             ),
             t(
-                "反复出现时，终端流水号在倒回：先结算并重新签到（换新批次）再交易，并联系收单机构检查终端。",
+                "反复出现时，终端流水号在回退：先结算并重新签到（换新批次）再交易，并联系收单机构检查终端。",
                 "If it keeps happening, the terminal's trace counter is going back: settle and \
                  sign in again (a new batch) before the next transaction, and ask the acquirer \
                  to check the terminal.",
