@@ -1566,56 +1566,68 @@ impl RefundExecutor for Interleaved {
     }
 }
 
+/// A sale of 60.00 and a refund application of 10.00 on it, approved by `operator-2` through a
+/// back office whose refund lands while someone else acts on the case (`reject`: another
+/// operator rejects it; otherwise the merchant writes a message): the service that approved,
+/// the approval's answer, and the sale's RRN.
+async fn approved_while_another_acts(
+    e: &mut Env,
+    reject: bool,
+) -> (CaseService, resolve::cases::Case, String) {
+    let card = e.healthy(3);
+    let (code, rrn, _) = e.purchase(&card, 6_000).await;
+    assert_eq!(code, "00");
+    let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
+    let other = CaseService::new(
+        e.store(),
+        e.directory(),
+        Arc::clone(&back_office),
+        Arc::new(SystemClock),
+    );
+    let interleaved = Arc::new(Interleaved {
+        inner: back_office,
+        other,
+        case_id: Mutex::new(None),
+        reject,
+    });
+    let cases = CaseService::new(
+        e.store(),
+        e.directory(),
+        Arc::clone(&interleaved) as Arc<dyn RefundExecutor>,
+        Arc::new(SystemClock),
+    );
+    let case = cases
+        .open(NewCase {
+            kind: CaseKind::RefundApplication,
+            mid: MID.to_owned(),
+            rrn: Some(rrn.clone()),
+            txn_id: None,
+            title: "one item returned".to_owned(),
+            who: "merchant".to_owned(),
+            text: "refund 10.00 of 60.00".to_owned(),
+            attachments: Vec::new(),
+            assignee: None,
+            due_at_ms: None,
+            refund_fen: Some(1_000),
+        })
+        .await
+        .unwrap();
+    *interleaved.case_id.lock().unwrap() = Some(case.id);
+    let done = cases.approve_refund(case.id, "operator-2").await.unwrap();
+    (cases, done, rrn)
+}
+
 #[test]
 fn refund_result_is_recorded_despite_a_concurrent_case_edit_so_a_retry_cannot_refund_twice() {
     runtime().block_on(async {
         let mut e = start().await;
-        let card = e.healthy(3);
-        let (code, rrn, _) = e.purchase(&card, 6_000).await;
-        assert_eq!(code, "00");
-        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
-        let other = CaseService::new(
-            e.store(),
-            e.directory(),
-            Arc::clone(&back_office),
-            Arc::new(SystemClock),
-        );
-        let interleaved = Arc::new(Interleaved {
-            inner: back_office,
-            other,
-            case_id: Mutex::new(None),
-            reject: false,
-        });
-        let cases = CaseService::new(
-            e.store(),
-            e.directory(),
-            Arc::clone(&interleaved) as Arc<dyn RefundExecutor>,
-            Arc::new(SystemClock),
-        );
-        let case = cases
-            .open(NewCase {
-                kind: CaseKind::RefundApplication,
-                mid: MID.to_owned(),
-                rrn: Some(rrn.clone()),
-                txn_id: None,
-                title: "one item returned".to_owned(),
-                who: "merchant".to_owned(),
-                text: "refund 10.00 of 60.00".to_owned(),
-                attachments: Vec::new(),
-                assignee: None,
-                due_at_ms: None,
-                refund_fen: Some(1_000),
-            })
-            .await
-            .unwrap();
-        *interleaved.case_id.lock().unwrap() = Some(case.id);
-        let done = cases.approve_refund(case.id, "operator-2").await.unwrap();
+        let (cases, done, rrn) = approved_while_another_acts(&mut e, false).await;
         assert_eq!(done.refund_code.as_deref(), Some("00"), "{done:#?}");
         assert_eq!(done.state, CaseState::Resolved);
         assert!(done.entries.iter().any(|x| x.text == "any news?"));
         assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 1_000);
         // The operator clicks again: the case knows the refund ran; nothing is refunded twice.
-        assert!(cases.approve_refund(case.id, "operator-2").await.is_err());
+        assert!(cases.approve_refund(done.id, "operator-2").await.is_err());
         assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 1_000);
     });
 }
@@ -1627,46 +1639,7 @@ fn refund_result_is_recorded_despite_a_concurrent_case_edit_so_a_retry_cannot_re
 fn a_refund_that_ran_while_its_case_was_rejected_leaves_the_rejection_standing() {
     runtime().block_on(async {
         let mut e = start().await;
-        let card = e.healthy(3);
-        let (code, rrn, _) = e.purchase(&card, 6_000).await;
-        assert_eq!(code, "00");
-        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
-        let other = CaseService::new(
-            e.store(),
-            e.directory(),
-            Arc::clone(&back_office),
-            Arc::new(SystemClock),
-        );
-        let interleaved = Arc::new(Interleaved {
-            inner: back_office,
-            other,
-            case_id: Mutex::new(None),
-            reject: true,
-        });
-        let cases = CaseService::new(
-            e.store(),
-            e.directory(),
-            Arc::clone(&interleaved) as Arc<dyn RefundExecutor>,
-            Arc::new(SystemClock),
-        );
-        let case = cases
-            .open(NewCase {
-                kind: CaseKind::RefundApplication,
-                mid: MID.to_owned(),
-                rrn: Some(rrn.clone()),
-                txn_id: None,
-                title: "one item returned".to_owned(),
-                who: "merchant".to_owned(),
-                text: "refund 10.00 of 60.00".to_owned(),
-                attachments: Vec::new(),
-                assignee: None,
-                due_at_ms: None,
-                refund_fen: Some(1_000),
-            })
-            .await
-            .unwrap();
-        *interleaved.case_id.lock().unwrap() = Some(case.id);
-        let done = cases.approve_refund(case.id, "operator-2").await.unwrap();
+        let (_, done, rrn) = approved_while_another_acts(&mut e, true).await;
         assert_eq!(done.state, CaseState::Rejected, "{done:#?}");
         assert_eq!(done.refund_code.as_deref(), Some("00"));
         let last = &done.entries.last().unwrap().text;

@@ -780,14 +780,14 @@ fn an_old_day_whose_transaction_changed_since_the_last_run_is_cleared_again() {
     assert!(audit(store).unwrap().balanced);
 }
 
-/// Settling an older date (a missed day, run by hand) is itself a settle run: a date touched
-/// before it must be cleared again then, or the next run, reading from that run on, never
-/// would.
-#[test]
-fn a_date_touched_before_an_older_date_is_settled_is_still_cleared_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&dir);
-    let store: &dyn Store = store.as_ref();
+const HOUR: i64 = 3_600_000;
+
+/// A sale of 100.00 on the 16th and one of 40.00 on the 10th; the 16th settled (at 10 h) and
+/// the 20th (at 20 h), hours apart as days' runs are (reads go back an hour before the last
+/// run); then, days later (30 h), the 16th's sale reversed with its timeline event. Returns
+/// the merchant's payable balance as it is when asked.
+#[allow(clippy::unwrap_used)]
+fn the_16ths_sale_reversed_after_its_run(store: &dyn Store) -> impl Fn() -> i64 + '_ {
     let directory = IssuerDirectory::embedded().unwrap();
     merchant(store, M1);
     insert(
@@ -805,17 +805,14 @@ fn a_date_touched_before_an_older_date_is_settled_is_still_cleared_again() {
             row(2, M1, K::Purchase, S::Approved, 4_000, "622202", "20261110"),
         ],
     );
-    let payable = || {
+    let payable = move || {
         store
             .ledger_balance(&acct::merchant_payable(M1), None)
             .unwrap()
     };
-    // Hours apart, as days' runs are (reads go back an hour before the last run).
-    let hour = 3_600_000;
-    settle_date_and_recent(store, &directory, "20261116", 10 * hour).unwrap();
-    settle_date_and_recent(store, &directory, "20261120", 20 * hour).unwrap();
+    settle_date_and_recent(store, &directory, "20261116", 10 * HOUR).unwrap();
+    settle_date_and_recent(store, &directory, "20261120", 20 * HOUR).unwrap();
     assert_eq!(payable(), -(10_000 - 55));
-    // The 16th's sale is reversed days later; then the 10th, missed, is settled by hand.
     store
         .submit(vec![
             store::Record::State {
@@ -824,7 +821,7 @@ fn a_date_touched_before_an_older_date_is_settled_is_still_cleared_again() {
             },
             store::Record::Event(store::EventRow {
                 txn_id: 1,
-                at_ms: 30 * hour,
+                at_ms: 30 * HOUR,
                 kind: "reversed".to_owned(),
                 detail: String::new(),
             }),
@@ -832,8 +829,22 @@ fn a_date_touched_before_an_older_date_is_settled_is_still_cleared_again() {
         .unwrap()
         .wait()
         .unwrap();
-    settle_date_and_recent(store, &directory, "20261110", 40 * hour).unwrap();
-    settle_date_and_recent(store, &directory, "20261121", 50 * hour).unwrap();
+    payable
+}
+
+/// Settling an older date (a missed day, run by hand) is itself a settle run: a date touched
+/// before it must be cleared again then, or the next run, reading from that run on, never
+/// would.
+#[test]
+fn a_date_touched_before_an_older_date_is_settled_is_still_cleared_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let payable = the_16ths_sale_reversed_after_its_run(store);
+    // The 10th, missed, is settled by hand.
+    settle_date_and_recent(store, &directory, "20261110", 40 * HOUR).unwrap();
+    settle_date_and_recent(store, &directory, "20261121", 50 * HOUR).unwrap();
     assert_eq!(payable(), -(4_000 - 22), "the reversed sale is taken back");
     assert!(audit(store).unwrap().balanced);
 }
@@ -847,50 +858,11 @@ fn a_settle_run_that_stopped_part_way_leaves_the_next_run_its_changed_dates() {
     let store = open_store(&dir);
     let store: &dyn Store = store.as_ref();
     let directory = IssuerDirectory::embedded().unwrap();
-    merchant(store, M1);
-    insert(
-        store,
-        vec![
-            row(
-                1,
-                M1,
-                K::Purchase,
-                S::Approved,
-                10_000,
-                "622202",
-                "20261116",
-            ),
-            row(2, M1, K::Purchase, S::Approved, 4_000, "622202", "20261110"),
-        ],
-    );
-    let payable = || {
-        store
-            .ledger_balance(&acct::merchant_payable(M1), None)
-            .unwrap()
-    };
-    let hour = 3_600_000;
-    settle_date_and_recent(store, &directory, "20261116", 10 * hour).unwrap();
-    settle_date_and_recent(store, &directory, "20261120", 20 * hour).unwrap();
-    store
-        .submit(vec![
-            store::Record::State {
-                id: 1,
-                state: S::Reversed,
-            },
-            store::Record::Event(store::EventRow {
-                txn_id: 1,
-                at_ms: 30 * hour,
-                kind: "reversed".to_owned(),
-                detail: String::new(),
-            }),
-        ])
-        .unwrap()
-        .wait()
-        .unwrap();
+    let payable = the_16ths_sale_reversed_after_its_run(store);
     // The run of the 21st clears one date and stops.
-    settle_date(store, &directory, "20261110", 40 * hour).unwrap();
+    settle_date(store, &directory, "20261110", 40 * HOUR).unwrap();
     assert_eq!(payable(), -(10_000 - 55 + 4_000 - 22));
-    let (_, revisited) = settle_date_and_recent(store, &directory, "20261122", 80 * hour).unwrap();
+    let (_, revisited) = settle_date_and_recent(store, &directory, "20261122", 80 * HOUR).unwrap();
     assert!(
         revisited.iter().any(|r| r.clearing_date == "20261116"),
         "{revisited:?}"

@@ -2953,21 +2953,7 @@ fn a_suspected_duplicate_is_shown_with_what_to_do() {
         assert_eq!(code, "00");
         let (code, second) = e.purchase(&card, 4_200).await;
         assert_eq!(code, "00");
-        let row = e.h.store.txn_by_rrn(&second).unwrap().unwrap();
-        let flag = resolve::duplicates::find_for(
-            e.h.store.as_ref(),
-            &row,
-            resolve::duplicates::DUPLICATE_WINDOW_MS_DEFAULT,
-        )
-        .unwrap()
-        .unwrap();
-        e.h.store
-            .submit(vec![store::Record::Resolve(
-                store::resolve::ResolveRecord::Duplicate(flag),
-            )])
-            .unwrap()
-            .await
-            .unwrap();
+        flag_duplicate(&e, &second).await;
         let api = Api {
             env: &e,
             seen: Default::default(),
@@ -3363,21 +3349,7 @@ fn a_duplicate_paid_after_the_cut_over_stays_on_the_dashboard_past_midnight() {
         assert_eq!(code, "00");
         let (code, second) = e.purchase(&card, 4_200).await;
         assert_eq!(code, "00");
-        let row = e.h.store.txn_by_rrn(&second).unwrap().unwrap();
-        let flag = resolve::duplicates::find_for(
-            e.h.store.as_ref(),
-            &row,
-            resolve::duplicates::DUPLICATE_WINDOW_MS_DEFAULT,
-        )
-        .unwrap()
-        .unwrap();
-        e.h.store
-            .submit(vec![store::Record::Resolve(
-                store::resolve::ResolveRecord::Duplicate(flag),
-            )])
-            .unwrap()
-            .await
-            .unwrap();
+        flag_duplicate(&e, &second).await;
         // 00:10 the next day.
         e.h.clock.shift_ms(40 * 60_000);
         let (http, _stop) = web_on_the_harness_clock(&e).await;
@@ -3601,4 +3573,23 @@ fn the_console_case_queue_puts_the_overdue_first() {
             "{queue}"
         );
     });
+}
+
+/// Stores the duplicate flag of the payment `second_rrn`, as the journal tailer does.
+async fn flag_duplicate(e: &Env, second_rrn: &str) {
+    let row = e.h.store.txn_by_rrn(second_rrn).unwrap().unwrap();
+    let flag = resolve::duplicates::find_for(
+        e.h.store.as_ref(),
+        &row,
+        resolve::duplicates::DUPLICATE_WINDOW_MS_DEFAULT,
+    )
+    .unwrap()
+    .unwrap();
+    e.h.store
+        .submit(vec![store::Record::Resolve(
+            store::resolve::ResolveRecord::Duplicate(flag),
+        )])
+        .unwrap()
+        .await
+        .unwrap();
 }
