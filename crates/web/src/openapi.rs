@@ -85,6 +85,17 @@ pub fn document() -> Value {
         ),
         param("tid", "query", "terminal id, up to 8 letters and digits"),
         param(
+            "stan",
+            "query",
+            "the terminal's trace number (on the slip), 1 to 6 digits",
+        ),
+        param(
+            "auth_code",
+            "query",
+            "the issuer's authorisation code, up to 6 letters and digits",
+        ),
+        param("code", "query", "a response code (field 39), e.g. 05"),
+        param(
             "status",
             "query",
             "transaction state: approved, declined, timed_out, ...",

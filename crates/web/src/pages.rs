@@ -533,7 +533,7 @@ async fn dashboard(
 
 /// The dashboard's card for declines the host answered itself: the issuer never saw them, so
 /// the code's usual text (which speaks of the issuer) would send the merchant to the wrong party.
-fn host_declines_card(l: Lang, code: &str, n: u64) -> String {
+fn host_declines_card(l: Lang, code: &str, n: u64, today: &str) -> String {
     // A sale refused with 61 or 65 without asking the issuer is the merchant's risk rule.
     let rule = match code {
         "61" => Some(diagnosis::FailureKind::MerchantLimit),
@@ -551,7 +551,7 @@ fn host_declines_card(l: Lang, code: &str, n: u64) -> String {
         ));
     format!(
         "<div class=\"card red\" id=\"host-declines-{code}\"><b>{code} {} × {n}</b> — {}<br>{}: {} \
-         <a href=\"/portal/transactions?status=declined\">{}</a></div>",
+         <a href=\"/portal/transactions?status=declined&amp;code={code_q}&amp;from={today}\">{}</a></div>",
         t(
             l,
             "收单系统拒绝，未送发卡行",
@@ -567,6 +567,8 @@ fn host_declines_card(l: Lang, code: &str, n: u64) -> String {
         esc(step),
         t(l, "查看被拒交易", "See the declined transactions"),
         code = esc(code),
+        code_q = crate::html::url_encode(code),
+        today = esc(today),
     )
 }
 
@@ -602,16 +604,20 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
             let d = diagnosis::diagnose_str(code);
             let step = d.merchant_steps.first().map_or("", |x| x.get(l));
             red.push_str(&format!(
-                "<div class=\"card red\"><b>{} {} × {by_issuer}</b> — {}<br>{}: {}</div>",
+                "<div class=\"card red\"><b>{} {} × {by_issuer}</b> — {}<br>{}: {} \
+                 <a class=\"declines-of-code\" href=\"/portal/transactions?code={}&amp;from={today}\">{}</a></div>",
                 esc(code),
                 esc(d.title.get(l)),
                 esc(d.meaning.get(l)),
                 t(l, "怎么办", "What to do"),
-                esc(step)
+                esc(step),
+                crate::html::url_encode(code),
+                t(l, "查看这些交易", "See these transactions"),
+                today = esc(&s.date),
             ));
         }
         if by_host > 0 {
-            red.push_str(&host_declines_card(l, code, by_host));
+            red.push_str(&host_declines_card(l, code, by_host, &s.date));
         }
     }
     if s.reversals_pending > 0 {
@@ -811,6 +817,9 @@ fn transactions_body(
          {} <input name=\"last4\" id=\"last4\" size=\"4\" maxlength=\"4\" value=\"{}\"> \
          RRN <input name=\"rrn\" id=\"rrn\" size=\"12\" value=\"{}\"> \
          {} <input name=\"tid\" id=\"tid\" size=\"8\" value=\"{}\"> \
+         {} <input name=\"stan\" id=\"stan\" size=\"6\" maxlength=\"6\" value=\"{}\"> \
+         {} <input name=\"auth_code\" id=\"auth-code\" size=\"6\" maxlength=\"6\" value=\"{}\"> \
+         {} <input name=\"code\" id=\"code\" size=\"2\" maxlength=\"2\" value=\"{}\"> \
          {} <select name=\"status\" id=\"status\"><option value=\"\">{}</option>",
         t(l, "交易查询", "Transactions"),
         t(l, "从", "From"),
@@ -824,6 +833,12 @@ fn transactions_body(
         field(&q.rrn),
         t(l, "终端", "Terminal"),
         field(&q.tid),
+        t(l, "凭证号", "Trace no."),
+        field(&q.stan),
+        t(l, "授权码", "Auth code"),
+        field(&q.auth_code),
+        t(l, "应答码", "Response code"),
+        field(&q.code),
         t(l, "状态", "Status"),
         t(l, "全部", "any"),
     );

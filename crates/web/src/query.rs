@@ -88,6 +88,12 @@ pub struct TxnQuery {
     pub last4: Option<String>,
     pub rrn: Option<String>,
     pub tid: Option<String>,
+    /// The terminal's trace number (凭证号 on the slip), up to 6 digits.
+    pub stan: Option<String>,
+    /// The issuer's authorisation code (授权码 on the slip).
+    pub auth_code: Option<String>,
+    /// A response code (field 39), e.g. `05`.
+    pub code: Option<String>,
     /// A transaction state: `approved`, `declined`, ...
     pub status: Option<String>,
     pub limit: Option<String>,
@@ -265,6 +271,9 @@ struct TxnFilter<'q> {
     last4: Option<&'q str>,
     status: Option<TxnState>,
     tid: Option<&'q str>,
+    stan: Option<u32>,
+    auth_code: Option<&'q str>,
+    code: Option<&'q str>,
 }
 
 impl<'q> TxnFilter<'q> {
@@ -330,6 +339,29 @@ impl<'q> TxnFilter<'q> {
                 })
             })
             .transpose()?;
+        let stan = given(&q.stan)
+            .map(|s| {
+                s.parse::<u32>()
+                    .ok()
+                    .filter(|n| s.len() <= 6 && s.bytes().all(|b| b.is_ascii_digit()) && *n > 0)
+                    .ok_or_else(|| {
+                        ApiError::bad_request("stan: the trace number, 1 to 6 digits")
+                            .zh("凭证号（流水号）是 1 到 6 位数字。")
+                    })
+            })
+            .transpose()?;
+        if given(&q.auth_code).is_some_and(|a| !alnum(a, 6)) {
+            return Err(ApiError::bad_request(
+                "auth_code: the authorisation code, up to 6 letters and digits",
+            )
+            .zh("授权码是最多 6 位的字母和数字。"));
+        }
+        if given(&q.code).is_some_and(|c| c.len() != 2 || !alnum(c, 2)) {
+            return Err(
+                ApiError::bad_request("code: a response code of 2 letters or digits")
+                    .zh("应答码是 2 位字母或数字，如 05。"),
+            );
+        }
         Ok(TxnFilter {
             mid,
             from_ms,
@@ -338,6 +370,9 @@ impl<'q> TxnFilter<'q> {
             last4,
             status,
             tid: given(&q.tid),
+            stan,
+            auth_code: given(&q.auth_code),
+            code: given(&q.code),
         })
     }
 
@@ -352,6 +387,13 @@ impl<'q> TxnFilter<'q> {
                 .is_none_or(|l| r.pan.as_ref().is_some_and(|p| p.last4 == l))
             && self.status.is_none_or(|s| r.state == s)
             && self.tid.is_none_or(|t| r.tid == t)
+            && self.stan.is_none_or(|s| r.stan == s)
+            && self
+                .auth_code
+                .is_none_or(|a| r.auth_code.as_deref().map(str::trim) == Some(a))
+            && self
+                .code
+                .is_none_or(|c| r.response_code.as_deref() == Some(c))
     }
 }
 

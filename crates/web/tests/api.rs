@@ -3124,6 +3124,7 @@ fn the_dashboard_tells_the_hosts_own_declines_from_the_issuers() {
         let refer = e.card("refer_to_issuer");
         let (code, issuer_rrn) = e.purchase(&refer, 880).await;
         assert_eq!(code, "01");
+        let issuer_stan = e.stan;
 
         let stats = request(
             e.http,
@@ -3169,6 +3170,60 @@ fn the_dashboard_tells_the_hosts_own_declines_from_the_issuers() {
             "{}",
             dash.body
         );
+        // Each card leads to its own transactions, by response code.
+        let link = dash
+            .body
+            .split("class=\"declines-of-code\" href=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .replace("&amp;", "&");
+        let listed = PageSession::login(e.http, "teahouse")
+            .await
+            .get(&link)
+            .await;
+        assert_eq!(listed.status, 200, "{link}: {}", listed.body);
+        assert!(listed.body.contains(&issuer_rrn), "{}", listed.body);
+        assert!(!listed.body.contains(&host_rrn), "{}", listed.body);
+        let token = e.token("teahouse").await;
+        let by_code = request(
+            e.http,
+            "GET",
+            "/api/transactions?code=61",
+            &[("authorization", &format!("Bearer {token}"))],
+            "",
+        )
+        .await
+        .json();
+        let rrns: Vec<&str> = by_code["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["rrn"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(rrns, [host_rrn.as_str()], "{by_code}");
+        let by_stan = request(
+            e.http,
+            "GET",
+            &format!("/api/transactions?stan={issuer_stan}"),
+            &[("authorization", &format!("Bearer {token}"))],
+            "",
+        )
+        .await
+        .json();
+        assert_eq!(by_stan["items"].as_array().unwrap().len(), 1, "{by_stan}");
+        assert_eq!(by_stan["items"][0]["rrn"], issuer_rrn.as_str());
+        let bad = request(
+            e.http,
+            "GET",
+            "/api/transactions?stan=1234567",
+            &[("authorization", &format!("Bearer {token}"))],
+            "",
+        )
+        .await;
+        assert_eq!(bad.status, 400);
         // The host's decline's page does not send the merchant to the issuer; the issuer's
         // does.
         let page = PageSession::login(e.http, "teahouse").await;
