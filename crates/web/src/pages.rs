@@ -1994,13 +1994,15 @@ fn settlement_body(
         }
     }
     body.push_str(&format!(
-        "</table><h2>{}</h2><table id=\"payouts\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+        "</table><h2>{}</h2><table id=\"payouts\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
         t(l, "结算款", "Payouts"),
-        t(l, "付款日", "Payout day"),
+        t(l, "出款日", "Payout day"),
+        t(l, "含交易至", "Cleared up to"),
         t(l, "金额", "Amount"),
         t(l, "账户", "Account"),
         t(l, "状态", "State"),
         t(l, "尝试", "Attempts"),
+        t(l, "银行流水号", "Bank reference"),
         t(l, "失败原因与处理", "Failure and what to do"),
     ));
     for p in crate::ops::payouts_for(web, who, mid.as_deref(), None)? {
@@ -2022,12 +2024,15 @@ fn settlement_body(
             )
         });
         body.push_str(&format!(
-            "<tr><td>{}</td><td>¥{}</td><td>{}</td><td>{}</td><td>{}</td><td>{failure}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>¥{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{failure}</td></tr>",
             esc(&date_text(&p.payout_date)),
+            esc(&date_text(&p.cutoff_date)),
             yuan(p.amount_fen),
             esc(&p.account_masked),
             payout_state_text(l, p.state.as_str()),
             p.attempts,
+            // What the merchant's bank can trace the credit by.
+            esc(p.bank_reference.as_deref().unwrap_or("-")),
         ));
     }
     body.push_str("</table>");

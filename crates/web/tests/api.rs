@@ -3089,6 +3089,14 @@ fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
             "{}",
             dash.body
         );
+        // The settlement page gives each payout's bank reference and the day it clears up to.
+        let settlement = page.get("/portal/settlement?lang=en").await;
+        assert!(
+            settlement.body.contains(&format!("{MID}:{newest}#1"))
+                && settlement.body.contains(&shown(&date(days - 2))),
+            "{}",
+            settlement.body
+        );
         assert_eq!(dash.body.matches("id=\"payout-failed\"").count(), 1);
         let ops = PageSession::login(e.http, "ops").await;
         let console = ops.get("/console?lang=en").await;
