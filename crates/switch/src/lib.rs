@@ -280,6 +280,20 @@ impl Switch {
             let terminal = Terminal::from_row(&row).ok_or_else(|| StartError::BadTerminal {
                 tid: row.tid.clone(),
             })?;
+            // Double-length keys never travel under a single-length TMK: such a terminal's
+            // sign-ins are refused until it is given a double-length one (provisioning refuses
+            // it now; a terminal provisioned before may still have one).
+            let weak_tmk = hsm.key_info(terminal.tmk).is_ok_and(|info| {
+                info.algorithm == paycrypto::KeyAlgorithm::Des && info.len_bytes == 8
+            });
+            if weak_tmk && terminal.registered != paycrypto::KeyScheme::Single {
+                tracing::warn!(
+                    tid = %terminal.tid,
+                    scheme = terminal.registered.code(),
+                    "single-length TMK under a double-length key scheme: its sign-ins are \
+                     refused until it is given a double-length TMK"
+                );
+            }
             terminals.insert(row.tid.clone(), Arc::new(terminal));
         }
         let in_flight = store.txns_in_state(TxnState::InFlight)?;
