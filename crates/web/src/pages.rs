@@ -1287,6 +1287,9 @@ async fn cases(
     respond(&c, &who, result)
 }
 
+/// Open risk alerts the console lists at once.
+const ALERTS_SHOWN: u32 = 50;
+
 /// A list of cases, with how long each has been open, when it is due (overdue in red) and who
 /// has it.
 fn case_table(l: Lang, list: &[Case], id: &str, approve_csrf: Option<&str>, now_ms: i64) -> String {
@@ -1650,13 +1653,29 @@ async fn console(
             ));
         }
         body.push_str("</ul>");
-        let alerts = web
+        // The newest open alerts; one more is read to tell "50" from "more than 50".
+        let mut alerts = web
             .store
-            .risk_alerts(Some(store::risk::AlertState::Open), 50)?;
+            .risk_alerts(Some(store::risk::AlertState::Open), ALERTS_SHOWN + 1)?;
+        let more = alerts.len() > ALERTS_SHOWN as usize;
+        alerts.truncate(ALERTS_SHOWN as usize);
         body.push_str(&format!(
-            "<h2>{} ({})</h2><table id=\"risk-alerts\">",
+            "<h2>{} ({}{})</h2>{}<table id=\"risk-alerts\">",
             t(l, "风险预警", "Risk alerts"),
-            alerts.len()
+            alerts.len(),
+            if more { "+" } else { "" },
+            if more {
+                format!(
+                    "<p>{}</p>",
+                    t(
+                        l,
+                        "只列出最新的 50 条；处理完后会显示更早的。",
+                        "The newest 50 are listed; older ones show as these are handled."
+                    )
+                )
+            } else {
+                String::new()
+            },
         ));
         for a in &alerts {
             body.push_str(&format!(

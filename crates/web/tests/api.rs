@@ -3656,3 +3656,49 @@ async fn flag_duplicate(e: &Env, second_rrn: &str) {
         .await
         .unwrap();
 }
+
+/// More open risk alerts than the console lists: it says so ("50+"), not "50".
+#[test]
+fn the_console_says_when_it_lists_only_the_newest_alerts() {
+    run(async move {
+        let e = start().await;
+        let alerts: Vec<store::Record> = (1..=51)
+            .map(|id| {
+                store::Record::Risk(store::risk::RiskRecord::Alert(Box::new(
+                    store::risk::RiskAlertRow {
+                        id,
+                        kind: "card-testing".into(),
+                        rule_id: "ct".into(),
+                        action: store::risk::AlertAction::Decline,
+                        mid: MID.into(),
+                        tid: TID.into(),
+                        detail: "6 small declines".into(),
+                        txn_ids: Vec::new(),
+                        raised_at_ms: 1_000 + id,
+                        state: store::risk::AlertState::Open,
+                        resolved_by: None,
+                        resolved_at_ms: None,
+                        resolution: None,
+                    },
+                )))
+            })
+            .collect();
+        e.h.store.submit(alerts).unwrap().await.unwrap();
+        let console = PageSession::login(e.http, "ops")
+            .await
+            .get("/console")
+            .await;
+        assert!(console.body.contains("风险预警 (50+)"), "{}", console.body);
+        let listed = console
+            .body
+            .split("id=\"risk-alerts\"")
+            .nth(1)
+            .unwrap()
+            .split("</table>")
+            .next()
+            .unwrap()
+            .matches("class=\"clear-alert\"")
+            .count();
+        assert_eq!(listed, 50);
+    });
+}
