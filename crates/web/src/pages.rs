@@ -854,14 +854,28 @@ fn transactions_body(
             state_text(l, state.as_str())
         ));
     }
+    // Staff search one merchant or all; a merchant searches its own.
+    let merchant_field = if who.is_staff() {
+        format!(
+            " {} <input name=\"mid\" id=\"mid\" size=\"15\" maxlength=\"15\" value=\"{}\">",
+            t(l, "商户号", "Merchant"),
+            field(&q.mid)
+        )
+    } else {
+        String::new()
+    };
     body.push_str(&format!(
-        "</select> <button id=\"search\">{}</button></form>",
+        "</select>{merchant_field} <button id=\"search\">{}</button></form>",
         t(l, "查询", "Search")
     ));
     body.push_str(&format!(
         "<table id=\"results\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
         t(l, "时间", "Time"),
-        t(l, "终端", "Terminal"),
+        if who.is_staff() {
+            t(l, "商户 · 终端", "Merchant · terminal")
+        } else {
+            t(l, "终端", "Terminal")
+        },
         t(l, "类型", "Kind"),
         t(l, "金额", "Amount"),
         t(l, "卡号", "Card"),
@@ -881,7 +895,11 @@ fn transactions_body(
              <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{} {}</td></tr>",
             x.id,
             esc(&x.received_at),
-            esc(&x.tid),
+            esc(&if who.is_staff() {
+                format!("{} · {}", x.mid, x.tid)
+            } else {
+                x.tid.clone()
+            }),
             esc(&store::TxnKind::parse(&x.kind).map_or_else(
                 |_| x.kind.clone(),
                 |k| resolve::txn_kind_text(k).get(l).to_owned()

@@ -3702,3 +3702,28 @@ fn the_console_says_when_it_lists_only_the_newest_alerts() {
         assert_eq!(listed, 50);
     });
 }
+
+/// Staff search one merchant's transactions or all merchants', and see whose each one is; a
+/// merchant's search has no merchant field.
+#[test]
+fn staff_search_names_the_merchant_and_can_keep_to_one() {
+    run(async move {
+        let mut e = start().await;
+        let (code, rrn) = e.purchase(&e.card("healthy"), 1_234).await;
+        assert_eq!(code, "00");
+        let ops = PageSession::login(e.http, "ops").await;
+        let all = ops.get("/portal/transactions").await;
+        assert!(all.body.contains("id=\"mid\""), "{}", all.body);
+        assert!(all.body.contains(&format!("{MID} · {TID}")), "{}", all.body);
+        assert!(all.body.contains(&rrn));
+        let other = ops
+            .get(&format!("/portal/transactions?mid={OTHER_MID}"))
+            .await;
+        assert_eq!(other.status, 200);
+        assert!(!other.body.contains(&rrn), "{}", other.body);
+        let tea = PageSession::login(e.http, "teahouse").await;
+        let own = tea.get("/portal/transactions").await;
+        assert!(!own.body.contains("id=\"mid\""), "{}", own.body);
+        assert!(own.body.contains(&rrn));
+    });
+}
