@@ -913,10 +913,21 @@ fn transactions_body(
         ));
     }
     body.push_str("</table>");
-    if found.items.is_empty() {
+    // An empty page with more to read (the search's share of rows ran out first) is not "no
+    // match": the rest is on the next page.
+    if found.items.is_empty() && found.next_cursor.is_none() {
         body.push_str(&format!(
             "<p id=\"none\">{}</p>",
             t(l, "没有符合条件的交易。", "No transactions match.")
+        ));
+    } else if found.items.is_empty() {
+        body.push_str(&format!(
+            "<p id=\"not-yet\">{}</p>",
+            t(
+                l,
+                "这一页还没有找到，还有更早的交易没有查完：请看下一页。",
+                "Nothing found on this page yet; earlier transactions are still to be searched: see the next page."
+            )
         ));
     }
     if let Some(next) = &found.next_cursor {

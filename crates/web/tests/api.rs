@@ -2104,6 +2104,16 @@ fn a_staff_search_over_every_merchant_reads_one_budget_a_page() {
                 .as_str()
                 .map(str::to_owned);
         }
+        // The portal's first page says the search goes on, not that nothing matches.
+        let portal = PageSession::login(http, "ops")
+            .await
+            .get("/portal/transactions?last4=9999")
+            .await;
+        assert!(
+            portal.body.contains("id=\"not-yet\"") && !portal.body.contains("id=\"none\""),
+            "{}",
+            portal.body
+        );
     });
 }
 
