@@ -1159,27 +1159,13 @@ fn a_refund_awaiting_its_reversal_holds_the_sale_until_the_issuer_takes_it() {
 fn a_terminal_set_for_a_single_length_mak_gets_one_and_its_macs_verify() {
     runtime().block_on(async {
         let mut h = Harness::new().await;
-        let tmk = h
-            .hsm
-            .import_key(
-                paycrypto::KeyUsage::Tmk,
-                paycrypto::KeyAlgorithm::Des,
-                TMK_HEX,
-            )
-            .unwrap();
-        h.store
-            .submit(vec![switch::terminal_record(&switch::TerminalSpec {
-                tid: "10000009".into(),
-                mid: MID.into(),
-                tmk,
-                scheme: paycrypto::KeyScheme::Double,
-                mac: paycrypto::MacAlgorithm::CupEcb,
-                mak: paycrypto::MakLength::Single,
-                batch_no: 1,
-            })])
-            .unwrap()
-            .await
-            .unwrap();
+        h.register_terminal_with(
+            "10000009",
+            MID,
+            paycrypto::KeyScheme::Double,
+            paycrypto::MakLength::Single,
+        )
+        .await;
         let row = h.store.terminal("10000009").unwrap().unwrap();
         assert_eq!(row.mac_algorithm, "cup-ecb-single");
         h.stop().await;
@@ -1205,27 +1191,13 @@ fn a_terminal_set_for_a_single_length_mak_gets_one_and_its_macs_verify() {
 fn a_stronger_sign_in_does_not_raise_the_floor_for_the_terminals_own() {
     runtime().block_on(async {
         let mut h = Harness::new().await;
-        let tmk = h
-            .hsm
-            .import_key(
-                paycrypto::KeyUsage::Tmk,
-                paycrypto::KeyAlgorithm::Des,
-                TMK_HEX,
-            )
-            .unwrap();
-        h.store
-            .submit(vec![switch::terminal_record(&switch::TerminalSpec {
-                tid: "10000008".into(),
-                mid: MID.into(),
-                tmk,
-                scheme: paycrypto::KeyScheme::Single,
-                mac: paycrypto::MacAlgorithm::CupEcb,
-                mak: paycrypto::MakLength::Double,
-                batch_no: 1,
-            })])
-            .unwrap()
-            .await
-            .unwrap();
+        h.register_terminal_with(
+            "10000008",
+            MID,
+            paycrypto::KeyScheme::Single,
+            paycrypto::MakLength::Double,
+        )
+        .await;
         h.stop().await;
         h.start().await;
         let mut stranger = h.terminal_as("10000008").await;

@@ -422,6 +422,19 @@ impl Harness {
     /// Registers another terminal `tid` of merchant `mid` (same master key); the switch knows
     /// it from its next start.
     pub async fn register_terminal(&self, tid: &str, mid: &str) {
+        self.register_terminal_with(tid, mid, KeyScheme::Double, paycrypto::MakLength::Double)
+            .await;
+    }
+
+    /// [`Harness::register_terminal`] with its key scheme and MAK length, under the test TMK;
+    /// a running switch reads it at its next start.
+    pub async fn register_terminal_with(
+        &self,
+        tid: &str,
+        mid: &str,
+        scheme: KeyScheme,
+        mak: paycrypto::MakLength,
+    ) {
         let tmk = self
             .hsm
             .import_key(KeyUsage::Tmk, KeyAlgorithm::Des, TMK_HEX)
@@ -431,9 +444,9 @@ impl Harness {
                 tid: tid.into(),
                 mid: mid.into(),
                 tmk,
-                scheme: KeyScheme::Double,
+                scheme,
                 mac: MacAlgorithm::CupEcb,
-                mak: paycrypto::MakLength::Double,
+                mak,
                 batch_no: 1,
             })])
             .unwrap()
