@@ -367,6 +367,15 @@ pub struct PayoutRunReport {
     pub unsealable: Vec<String>,
 }
 
+impl PayoutRunReport {
+    /// Counts a merchant among those waiting for a usable account, once.
+    fn waiting_for(&mut self, mid: &str) {
+        if !self.waiting_for_account.iter().any(|m| m == mid) {
+            self.waiting_for_account.push(mid.to_owned());
+        }
+    }
+}
+
 struct Run<'a> {
     store: &'a dyn Store,
     now_ms: i64,
@@ -626,7 +635,7 @@ pub fn run_payouts(
         let account = match store.bound_account(&merchant.mid)? {
             Some(a) if !a.needs_rebind => a,
             _ => {
-                report.waiting_for_account.push(merchant.mid.clone());
+                report.waiting_for(&merchant.mid);
                 continue;
             }
         };
@@ -670,9 +679,7 @@ pub fn run_payouts(
             continue;
         }
         let Some(account) = store.bound_account(&payout.mid)? else {
-            if !report.waiting_for_account.contains(&payout.mid) {
-                report.waiting_for_account.push(payout.mid.clone());
-            }
+            report.waiting_for(&payout.mid);
             continue;
         };
         // One reference per payout and account, with the account it pays, fixed and recorded
@@ -683,7 +690,8 @@ pub fn run_payouts(
         // bound since. A new account is a new payment only after a refusal or a return that
         // settled the old reference (held, then released to the re-bound account).
         let read_attempts = payout.attempts;
-        let mut attempts_now = read_attempts;
+        // Whether this run's write fixing the reference counted the attempt it makes.
+        let mut counted = false;
         // Unsealed before anything is fixed: a sealing key that is not the one the number was
         // sealed under stops here, reported, with the payout as it was.
         let sealed = match (&payout.bank_reference, &payout.sent_to) {
@@ -698,9 +706,7 @@ pub fn run_payouts(
             (Some(reference), Some(sent_to)) => (reference.clone(), sent_to.clone()),
             (reference, _) => {
                 if account.needs_rebind {
-                    if !report.waiting_for_account.contains(&payout.mid) {
-                        report.waiting_for_account.push(payout.mid.clone());
-                    }
+                    report.waiting_for(&payout.mid);
                     continue;
                 }
                 let version = if read_attempts > 0 {
@@ -734,16 +740,18 @@ pub fn run_payouts(
                     // Another run fixed it first: that run sends it.
                     continue;
                 }
-                attempts_now = fixed.attempts;
+                counted = true;
                 payout = fixed;
                 (reference, sent_to)
             }
         };
-        // The attempt fixing the reference counted itself; a retry counts here.
-        let attempt = if attempts_now > read_attempts {
-            attempts_now
+        // What the payout holds now (the write after the bank's answer expects it), and the
+        // attempt this is: counted by the fixing write, or counted here for a retry.
+        let expected_attempts = payout.attempts;
+        let attempt = if counted {
+            expected_attempts
         } else {
-            read_attempts.saturating_add(1)
+            expected_attempts.saturating_add(1)
         };
         let answer = bank.pay(&PayoutInstruction {
             reference: &reference,
@@ -755,7 +763,6 @@ pub fn run_payouts(
         drop(number);
         payout.attempts = attempt;
         payout.updated_at_ms = now_ms;
-        let read_attempts = attempts_now;
         let sent_masked = payout.account_masked.clone();
         let mid = payout.mid.clone();
         match answer {
@@ -771,7 +778,7 @@ pub fn run_payouts(
                 )?;
                 let key = payout.key.clone();
                 if run.commit(
-                    Some((PayoutState::Pending, read_attempts)),
+                    Some((PayoutState::Pending, expected_attempts)),
                     payout,
                     event,
                     Some((
@@ -789,7 +796,7 @@ pub fn run_payouts(
                 payout.failure = Some(failure.key().to_owned());
                 let event = run.event(&payout, "retry", Some(failure), failure_text(failure))?;
                 let key = payout.key.clone();
-                let expected = Some((PayoutState::Pending, read_attempts));
+                let expected = Some((PayoutState::Pending, expected_attempts));
                 if run.commit(expected, payout, event, None, Vec::new())? {
                     report.retrying.push(key);
                 }
@@ -802,7 +809,7 @@ pub fn run_payouts(
                 let flag = flag_account(&mid, payout.account_version, now_ms);
                 let key = payout.key.clone();
                 if run.commit(
-                    Some((PayoutState::Pending, read_attempts)),
+                    Some((PayoutState::Pending, expected_attempts)),
                     payout,
                     event,
                     Some((
