@@ -43,16 +43,16 @@ pub fn lang_switch_href(lang: Lang, query: Option<&[(String, String)]>) -> Strin
     };
     let mut href = String::from("?");
     for (key, value) in query.iter().filter(|(k, _)| k != "lang") {
-        href.push_str(&url_encode(key));
+        href.push_str(&url_escape(key));
         href.push('=');
         // The pages' own parameters are checked before a page is shown (a refused one gets an
         // error page, whose switch keeps no query) and go as they came: a merchant ID or a
         // cursor can look like a card number. Anything else, a card number typed where it does
         // not belong included, is not said back whole.
         if PAGE_PARAMETERS.contains(&key.as_str()) {
-            href.push_str(&url_encode(value));
+            href.push_str(&url_escape(value));
         } else {
-            href.push_str(&url_encode(&domain::mask_card_numbers(value)));
+            href.push_str(&url_escape(&domain::mask_card_numbers(value)));
         }
         href.push('&');
     }
@@ -83,16 +83,16 @@ const PAGE_PARAMETERS: &[&str] = &[
 ];
 
 /// Percent-encodes all but the unreserved characters of a query component.
-pub fn url_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+pub fn url_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// Picks the text of a language.

@@ -19,7 +19,7 @@ use crate::api::{self, OpenCase};
 use crate::auth::{self, LOGIN_CSRF_COOKIE, Principal};
 use crate::chart;
 use crate::error::ApiError;
-use crate::html::{LANG_COOKIE, esc, lang_of, page, t};
+use crate::html::{LANG_COOKIE, esc, lang_of, page, t, url_escape};
 use crate::query::{self, TxnQuery, format_date, yuan};
 
 pub fn router() -> Router<Web> {
@@ -567,7 +567,7 @@ fn host_declines_card(l: Lang, code: &str, n: u64, today: &str) -> String {
         esc(step),
         t(l, "查看被拒交易", "See the declined transactions"),
         code = esc(code),
-        code_q = crate::html::url_encode(code),
+        code_q = url_escape(code),
         today = esc(today),
     )
 }
@@ -611,7 +611,7 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
                 esc(d.meaning.get(l)),
                 t(l, "怎么办", "What to do"),
                 esc(step),
-                crate::html::url_encode(code),
+                url_escape(code),
                 t(l, "查看这些交易", "See these transactions"),
                 today = esc(&s.date),
             ));
@@ -950,18 +950,6 @@ fn transactions_body(
         ));
     }
     Ok((t(l, "交易", "Transactions").to_owned(), body))
-}
-
-fn url_escape(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 async fn transaction(
@@ -2200,10 +2188,7 @@ async fn bind_account(
     match result {
         // Staff binding for a merchant go back to that merchant's page.
         Ok(_) => match form.get("mid").filter(|m| who.is_staff() && !m.is_empty()) {
-            Some(mid) => redirect(&format!(
-                "/portal/settlement?mid={}",
-                crate::html::url_encode(mid)
-            )),
+            Some(mid) => redirect(&format!("/portal/settlement?mid={}", url_escape(mid))),
             None => redirect("/portal/settlement"),
         },
         // What was wrong with the account as typed: the page again, with why and what was typed.
