@@ -778,7 +778,18 @@ async fn transactions(
     Query(q): Query<TxnQuery>,
 ) -> Response {
     // The search as asked, for the language switch to keep.
-    let params: Params = match serde_json::to_value(&q) {
+    let c = ctx(&web, &headers, &search_params(&q));
+    let who = match page_user(&web, &headers, &c) {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let result = transactions_body(&web, &c, &who, &q);
+    respond(&c, &who, result)
+}
+
+/// A search's parameters as given, by name.
+fn search_params(q: &TxnQuery) -> Params {
+    match serde_json::to_value(q) {
         Ok(serde_json::Value::Object(fields)) => fields
             .into_iter()
             .filter_map(|(k, v)| match v {
@@ -787,14 +798,7 @@ async fn transactions(
             })
             .collect(),
         _ => Params::new(),
-    };
-    let c = ctx(&web, &headers, &params);
-    let who = match page_user(&web, &headers, &c) {
-        Ok(who) => who,
-        Err(r) => return r,
-    };
-    let result = transactions_body(&web, &c, &who, &q);
-    respond(&c, &who, result)
+    }
 }
 
 fn field(q: &Option<String>) -> String {
@@ -933,16 +937,14 @@ fn transactions_body(
     if let Some(next) = &found.next_cursor {
         let mut next_q = q.clone();
         next_q.cursor = Some(next.clone());
-        let qs = serde_json::to_value(&next_q)
-            .ok()
-            .and_then(|v| v.as_object().cloned())
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|s| format!("{k}={}", url_escape(s))))
-                    .collect::<Vec<_>>()
-                    .join("&")
-            })
-            .unwrap_or_default();
+        // By name, as the link always read.
+        let mut pairs: Vec<(String, String)> = search_params(&next_q).into_iter().collect();
+        pairs.sort();
+        let qs = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", url_escape(v)))
+            .collect::<Vec<_>>()
+            .join("&");
         body.push_str(&format!(
             "<p><a id=\"next\" href=\"/portal/transactions?{}\">{}</a></p>",
             esc(&qs),
