@@ -1945,18 +1945,17 @@ impl Core {
                             // issuer's timeout from now (the longest of any issuer's when this
                             // node has no link to that one: another node may send it).
                             let due_ms = if previous == TxnState::InFlight {
-                                let timeout = self
-                                    .links
-                                    .get(&issuer)
-                                    .map(|link| link.endpoint.timeout)
-                                    .or_else(|| {
-                                        self.links.values().map(|l| l.endpoint.timeout).max()
-                                    })
-                                    .unwrap_or_default();
-                                let wait = self.config.journal_wait.saturating_add(timeout);
-                                now_ms.saturating_add(
-                                    i64::try_from(wait.as_millis()).unwrap_or(i64::MAX),
-                                )
+                                let hold_ms = match self.links.get(&issuer) {
+                                    Some(link) => i64::try_from(
+                                        self.config
+                                            .journal_wait
+                                            .saturating_add(link.endpoint.timeout)
+                                            .as_millis(),
+                                    )
+                                    .unwrap_or(i64::MAX),
+                                    None => self.config.reversal_hold_ms(),
+                                };
+                                now_ms.saturating_add(hold_ms)
                             } else {
                                 now_ms
                             };
