@@ -192,21 +192,9 @@ fn serve_checks_its_config_on_sqlite_and_postgres() {
 fn a_bad_config_is_refused_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "mysql://nowhere", None);
-    let out = Command::new(BIN)
-        .args(["serve", "--check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected sqlite:"));
+    assert!(check_refused(&config, "a mysql URL").contains("expected sqlite:"));
     std::fs::write(&config, "terminal_listen = \"127.0.0.1:0\"\nbogus = 1\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = check_refused(&config, "an unknown key");
     assert!(stderr.contains("unknown field"), "{stderr}");
     assert!(stderr.contains("line 2:"), "{stderr}");
 }
@@ -218,13 +206,7 @@ fn a_single_length_zone_pin_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite:{}", dir.path().join("switch.db").display());
     let config = write_config_with_zpk(dir.path(), &database, None, "1111111111111111");
-    let out = Command::new(BIN)
-        .args(["serve", "--check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = check_refused(&config, "a single-length zone PIN key");
     assert!(
         stderr.contains("single-length DES zone PIN key"),
         "{stderr}"
@@ -238,12 +220,18 @@ fn refused(dir: &Path, config: &Path, from: &str, to: &str) -> String {
     assert!(text.contains(from), "{from:?} not in the config");
     let changed = dir.join("changed.toml");
     std::fs::write(&changed, text.replacen(from, to, 1)).unwrap();
+    check_refused(&changed, &format!("{to:?}"))
+}
+
+/// `serve --check` on `config`, which must refuse it (`what` says what it was given): its
+/// error output.
+fn check_refused(config: &Path, what: &str) -> String {
     let out = Command::new(BIN)
         .args(["serve", "--check", "--config"])
-        .arg(&changed)
+        .arg(config)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "{to:?} was accepted");
+    assert!(!out.status.success(), "{what} was accepted");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
