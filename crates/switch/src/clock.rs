@@ -77,6 +77,12 @@ impl LocalTime {
     }
 }
 
+/// The MMDD of local day `day_number` (days since 1970-01-01 in local time).
+pub fn mmdd_of_day(day_number: i64) -> String {
+    let (_, month, day) = civil_from_days(day_number);
+    format!("{month:02}{day:02}")
+}
+
 /// Days since 1970-01-01 of a `YYYYMMDD` clearing date, for "within 30 days" checks.
 pub fn day_number_of(yyyymmdd: &str) -> Option<i64> {
     let digits = yyyymmdd.as_bytes();

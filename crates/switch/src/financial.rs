@@ -793,6 +793,9 @@ impl Core {
         if original.fingerprint.as_ref() != Some(fingerprint) {
             return Err(RC_INVALID_CARD);
         }
+        if from_any_terminal(kind) && !dated_as_sent(ctx, original) {
+            return Err(RC_ORIGINAL_NOT_FOUND);
+        }
         let mut live = original.live();
         match live.state {
             TxnState::Approved => {}
@@ -2147,6 +2150,31 @@ enum Unreadable {
 /// found by RRN first: refunds and completions. A void is of the terminal's own batch.
 fn from_any_terminal(kind: TxnKind) -> bool {
     matches!(kind, TxnKind::Refund | TxnKind::Completion)
+}
+
+/// Whether the original date a refund or completion gives in field 61 (61.3, MMDD; 0000 or
+/// none gives no date) is the original's: the day its request came in (`host_date`, the
+/// field 13 it went to the issuer with), or the day after, when its answer, whose field 13
+/// the terminal printed, came after midnight. A refund naming the right RRN with another
+/// day's date is of another sale than the terminal thinks (PROTOCOL.md: 37 + 61 with the
+/// original date).
+fn dated_as_sent(ctx: &Ctx<'_>, original: &Entry) -> bool {
+    let Some(date) = ctx
+        .frame
+        .message
+        .field61()
+        .ok()
+        .flatten()
+        .and_then(|f| f.date)
+        .filter(|&d| d != 0)
+    else {
+        return true;
+    };
+    let date = format!("{date:04}");
+    original.host_date.as_deref() == Some(date.as_str())
+        || [0, 1]
+            .into_iter()
+            .any(|after| crate::clock::mmdd_of_day(original.received_day + after) == date)
 }
 
 /// The answer in an issuer's reply: 39, 38, 15, 54. `Unreadable` when it cannot be read, when

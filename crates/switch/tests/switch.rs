@@ -404,7 +404,9 @@ fn linked_transaction_checks() {
         // Refunds against a second purchase: partial ok, total over the original 61.
         let p2 = t.send(&Req::purchase(&pan, 5_000, 30)).await;
         let rrn2 = p2.text(37).unwrap();
-        let date = "1123";
+        let today = switch::LocalTime::from_ms(h.clock.now_ms()).mmdd();
+        let date = today.as_str();
+        let another_day = switch::LocalTime::from_ms(h.clock.now_ms() + 10 * 86_400_000).mmdd();
         assert_eq!(
             t.send(&Req::refund(&pan, 3_000, 31, &rrn2, date))
                 .await
@@ -422,6 +424,14 @@ fn linked_transaction_checks() {
                 .await
                 .code(),
             "14"
+        );
+        // The right RRN under another day's date names another sale than the terminal
+        // thinks: 25, and nothing refunded.
+        assert_eq!(
+            t.send(&Req::refund(&pan, 1_000, 35, &rrn2, &another_day))
+                .await
+                .code(),
+            "25"
         );
         assert_eq!(
             t.send(&Req::refund(&pan, 2_000, 34, &rrn2, date))
