@@ -404,7 +404,7 @@ pub async fn add_entry_for(
 ) -> Result<resolve::cases::Case, ApiError> {
     let before = visible_case(web, who, id)?;
     if text.trim().is_empty() {
-        return Err(ApiError::bad_request("text must not be empty"));
+        return Err(ApiError::bad_request("text must not be empty").zh("记录内容不能为空"));
     }
     let case = web
         .cases

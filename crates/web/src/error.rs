@@ -154,6 +154,69 @@ impl From<ResolveError> for ApiError {
 
 impl From<CaseError> for ApiError {
     fn from(error: CaseError) -> Self {
+        let zh = case_error_zh(&error);
+        let api = case_api_error(error);
+        match zh {
+            Some(zh) => api.zh(zh),
+            None => api,
+        }
+    }
+}
+
+/// A case refusal in Chinese, for the pages (the API gives it as `message_zh`).
+fn case_error_zh(error: &CaseError) -> Option<String> {
+    let yuan = |fen: i64| format!("{}.{:02}", fen / 100, (fen % 100).abs());
+    Some(match error {
+        CaseError::IllegalTransition { from, .. } => {
+            let state = match from.as_str() {
+                "open" => "处理中",
+                "waiting_issuer" => "等待发卡行",
+                "waiting_merchant" => "等待商户",
+                "resolved" => "已解决",
+                "rejected" => "已驳回",
+                "escalated" => "已升级",
+                other => other,
+            };
+            format!("工单当前状态（{state}）不能这样操作")
+        }
+        CaseError::ResolutionRequired => "解决或驳回工单须填写结论".to_owned(),
+        CaseError::TooLong => format!(
+            "内容太长（最多 {} 字节）或附件超过 {} 个",
+            resolve::cases::TEXT_LEN_MAX,
+            resolve::cases::ATTACHMENTS_MAX
+        ),
+        CaseError::TooManyEntries => format!(
+            "一个工单最多 {} 条记录，请新开工单继续",
+            resolve::cases::ENTRIES_MAX
+        ),
+        CaseError::NotFound => "找不到这个工单".to_owned(),
+        CaseError::Conflict => "工单刚被他人更新，请刷新后重试".to_owned(),
+        CaseError::NotRefundApplication => "只有退款申请工单可以批准退款".to_owned(),
+        CaseError::AlreadyRefunded => "这笔退款已经执行过".to_owned(),
+        CaseError::RefundInDoubt => {
+            "上一次退款没有收到发卡行应答，正在冲正；冲正确认后再批准（那次退款可能已成功）"
+                .to_owned()
+        }
+        CaseError::ExceedsRemaining {
+            asked_fen,
+            left_fen,
+        } => format!(
+            "退款金额 {} 元超过可退金额 {} 元",
+            yuan(*asked_fen),
+            yuan(*left_fen)
+        ),
+        CaseError::BadAmount => "退款金额须大于零".to_owned(),
+        CaseError::NotRefundable => "只有成功的消费或预授权完成可以退款".to_owned(),
+        CaseError::SameUser => "退款申请的发起人不能自己批准，须由另一位运营人员批准".to_owned(),
+        CaseError::NoSuchTransaction(_)
+        | CaseError::Refund(_)
+        | CaseError::Store(_)
+        | CaseError::Resolve(_) => return None,
+    })
+}
+
+fn case_api_error(error: CaseError) -> ApiError {
+    {
         let message = error.to_string();
         match error {
             CaseError::IllegalTransition { .. } => {

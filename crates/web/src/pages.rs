@@ -1390,9 +1390,60 @@ async fn case(
         Ok(who) => who,
         Err(r) => return r,
     };
-    let result = (|| {
+    let result = case_body(&web, &c, &who, id, None);
+    respond(&c, &who, result)
+}
+
+/// Which of a case page's forms was refused.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CaseForm {
+    Entry,
+    Transition,
+}
+
+/// A case form the page sent that was refused: why, and what was typed, to show again above
+/// the form it came from (card numbers masked).
+struct RefusedCaseForm<'a> {
+    error: &'a ApiError,
+    form: &'a Params,
+    which: CaseForm,
+}
+
+/// After a refused case form: the case page again with why and what was typed, when the
+/// refusal was of what was typed (400, 409 for a case moved meanwhile, 422); the error page
+/// otherwise (the case not found or not this user's).
+fn refused_case_form(
+    web: &Web,
+    c: &Ctx,
+    who: &Principal,
+    id: i64,
+    refused: RefusedCaseForm<'_>,
+) -> Response {
+    let status = refused.error.status;
+    if !matches!(status.as_u16(), 400 | 409 | 422) {
+        return error_page(c, Some(who), refused.error);
+    }
+    match case_body(web, c, who, id, Some(refused)) {
+        Ok((title, body)) => {
+            let mut response = render(c, who, &title, &body);
+            *response.status_mut() = status;
+            response
+        }
+        Err(e) => error_page(c, Some(who), &e),
+    }
+}
+
+/// The case page's title and body; `refused`, a form of it sent back.
+fn case_body(
+    web: &Web,
+    c: &Ctx,
+    who: &Principal,
+    id: i64,
+    refused: Option<RefusedCaseForm<'_>>,
+) -> Result<(String, String), ApiError> {
+    {
         let l = c.lang;
-        let k = api::visible_case(&web, &who, id)?;
+        let k = api::visible_case(web, who, id)?;
         let mut body = format!(
             "<h1>#{} {}</h1><div class=\"card\"><b>{}</b><br>{}: <b id=\"case-state\">{}</b>",
             k.id,
@@ -1431,12 +1482,35 @@ async fn case(
         }
         body.push_str("</table>");
         let csrf = esc(who.csrf.as_deref().unwrap_or(""));
+        // What a refused form had typed, masked, and why it was refused, for that form only.
+        let typed = |which: CaseForm, k: &str| {
+            refused
+                .as_ref()
+                .filter(|r| r.which == which)
+                .and_then(|r| r.form.get(k))
+                .map(|v| esc(&domain::mask_card_numbers(v)))
+                .unwrap_or_default()
+        };
+        let why = |which: CaseForm, html_id: &str| {
+            refused
+                .as_ref()
+                .filter(|r| r.which == which)
+                .map(|r| {
+                    format!(
+                        "<div class=\"err\" id=\"{html_id}\">{}</div>",
+                        esc(r.error.detail(l))
+                    )
+                })
+                .unwrap_or_default()
+        };
         if !k.state.is_closed() {
             body.push_str(&format!(
-                "<form method=\"post\" action=\"/portal/cases/{id}/entries\" class=\"card\">\
+                "<form method=\"post\" action=\"/portal/cases/{id}/entries\" class=\"card\">{}\
                  <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-                 <textarea name=\"text\" id=\"entry-text\" rows=\"2\" cols=\"60\"></textarea><br>\
+                 <textarea name=\"text\" id=\"entry-text\" rows=\"2\" cols=\"60\">{}</textarea><br>\
                  <button id=\"add-entry\">{}</button></form>",
+                why(CaseForm::Entry, "entry-error"),
+                typed(CaseForm::Entry, "text"),
                 t(l, "添加记录", "Add entry")
             ));
         }
@@ -1450,22 +1524,32 @@ async fn case(
                 ("reject", t(l, "驳回", "Reject")),
             ]
             .iter()
-            .map(|(v, text)| format!("<option value=\"{v}\">{text}</option>"))
+            .map(|(v, text)| {
+                let selected = if typed(CaseForm::Transition, "action") == *v {
+                    " selected"
+                } else {
+                    ""
+                };
+                format!("<option value=\"{v}\"{selected}>{text}</option>")
+            })
             .collect();
             body.push_str(&format!(
-                "<form method=\"post\" action=\"/console/cases/{id}/transition\" class=\"card\">\
+                "<form method=\"post\" action=\"/console/cases/{id}/transition\" class=\"card\">{}\
                  <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
                  <input type=\"hidden\" name=\"version\" value=\"{version}\">\
                  <select name=\"action\" id=\"case-action\">{options}</select> \
-                 {} <input name=\"note\" id=\"case-note\" size=\"30\"> \
-                 {} <input name=\"resolution\" id=\"case-resolution\" size=\"30\"> \
+                 {} <input name=\"note\" id=\"case-note\" size=\"30\" value=\"{}\"> \
+                 {} <input name=\"resolution\" id=\"case-resolution\" size=\"30\" value=\"{}\"> \
                  <button id=\"case-move\">{}</button></form>",
+                why(CaseForm::Transition, "case-move-error"),
                 t(l, "备注", "Note"),
+                typed(CaseForm::Transition, "note"),
                 t(
                     l,
                     "结论（解决/驳回时必填）",
                     "Resolution (to resolve or reject)"
                 ),
+                typed(CaseForm::Transition, "resolution"),
                 t(l, "更新状态", "Move"),
                 version = k.version,
             ));
@@ -1482,9 +1566,8 @@ async fn case(
                 t(l, "批准退款", "Approve refund")
             ));
         }
-        Ok::<_, ApiError>((t(l, "工单", "Case").to_owned(), body))
-    })();
-    respond(&c, &who, result)
+        Ok((t(l, "工单", "Case").to_owned(), body))
+    }
 }
 
 /// `61 / 31 (202611)`: application type, software version, sub-version; `-` before any report.
@@ -1535,7 +1618,17 @@ async fn add_entry(
     .await;
     match result {
         Ok(_) => redirect(&format!("/portal/cases/{id}")),
-        Err(e) => error_page(&c, Some(&who), &e),
+        Err(e) => refused_case_form(
+            &web,
+            &c,
+            &who,
+            id,
+            RefusedCaseForm {
+                error: &e,
+                form: &form,
+                which: CaseForm::Entry,
+            },
+        ),
     }
 }
 
@@ -2355,7 +2448,17 @@ async fn transition_case(
     .await;
     match result {
         Ok(_) => redirect(&format!("/portal/cases/{id}")),
-        Err(e) => error_page(&c, Some(&who), &e),
+        Err(e) => refused_case_form(
+            &web,
+            &c,
+            &who,
+            id,
+            RefusedCaseForm {
+                error: &e,
+                form: &form,
+                which: CaseForm::Transition,
+            },
+        ),
     }
 }
 

@@ -3737,3 +3737,100 @@ fn staff_search_names_the_merchant_and_can_keep_to_one() {
         assert!(own.body.contains(&rrn));
     });
 }
+
+/// A case entry or a move of a case that the page's form sends and that is refused comes back
+/// on the case page: why, in Chinese, above the form it came from, with what was typed (card
+/// numbers masked). A refusal that is not about what was typed is the error page.
+#[test]
+fn a_refused_case_form_comes_back_with_why_and_what_was_typed() {
+    run(async move {
+        let mut e = start().await;
+        let card = e.card("healthy");
+        let (code, rrn) = e.purchase(&card, 1_500).await;
+        assert_eq!(code, "00");
+        let id = e.txn_id(&rrn);
+        let tea = PageSession::login(e.http, "teahouse").await;
+        let detail = tea.get(&format!("/portal/transactions/{id}")).await;
+        let csrf = PageSession::csrf_of(&detail.body);
+        let r = tea
+            .post(
+                &format!("/portal/transactions/{id}/cases"),
+                &format!("kind=issuer_inquiry&text=hello&csrf={csrf}"),
+            )
+            .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        let case_path = r.header("location").unwrap().to_owned();
+        let case_id: i64 = case_path.rsplit('/').next().unwrap().parse().unwrap();
+
+        // An entry over the length limit, with a card number in it.
+        let pan = card.pan.expose_digits().to_owned();
+        let long = format!("{pan} {}", "x".repeat(resolve::cases::TEXT_LEN_MAX));
+        let r = tea
+            .post(
+                &format!("{case_path}/entries"),
+                &format!("text={long}&csrf={csrf}"),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        let why = r
+            .body
+            .split("id=\"entry-error\">")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{}", r.body));
+        assert!(why.starts_with("内容太长"), "{}", r.body);
+        let typed = r
+            .body
+            .split("id=\"entry-text\" rows=\"2\" cols=\"60\">")
+            .nth(1)
+            .unwrap();
+        assert!(typed.contains("xxxxxxxxxx</textarea>"), "{}", r.body);
+        assert!(
+            !r.body.contains(&pan),
+            "the card number came back: {}",
+            r.body
+        );
+        assert!(!r.body.contains("case-move-error"), "{}", r.body);
+
+        // An operator resolving it without a resolution.
+        let ops = PageSession::login(e.http, "ops").await;
+        let page = ops.get(&case_path).await;
+        let ops_csrf = PageSession::csrf_of(&page.body);
+        let version = e.h.store.case(case_id).unwrap().unwrap().version;
+        let r = ops
+            .post(
+                &format!("/console/cases/{case_id}/transition"),
+                &format!(
+                    "action=resolve&note=%E5%B7%B2%E8%81%94%E7%B3%BB&resolution=&version={version}&csrf={ops_csrf}"
+                ),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        let why = r
+            .body
+            .split("id=\"case-move-error\">")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{}", r.body));
+        assert!(why.starts_with("解决或驳回工单须填写结论"), "{}", r.body);
+        assert!(
+            r.body.contains("<option value=\"resolve\" selected>")
+                && r.body
+                    .contains("id=\"case-note\" size=\"30\" value=\"已联系\""),
+            "{}",
+            r.body
+        );
+        assert!(!r.body.contains("entry-error"), "{}", r.body);
+
+        // Another merchant's case: the error page, nothing of the case.
+        let book = PageSession::login(e.http, "bookshop").await;
+        let book_page = book.get("/portal").await;
+        let book_csrf = PageSession::csrf_of(&book_page.body);
+        let r = book
+            .post(
+                &format!("{case_path}/entries"),
+                &format!("text=mine&csrf={book_csrf}"),
+            )
+            .await;
+        assert_eq!(r.status, 404, "{}", r.body);
+        assert!(!r.body.contains("entry-text"), "{}", r.body);
+    });
+}
