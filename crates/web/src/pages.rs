@@ -45,7 +45,7 @@ pub fn router() -> Router<Web> {
         )
         .route("/console/account-changes/{id}/reject", post(reject_change))
         .route("/console/merchants/{mid}/approve", post(approve_merchant))
-        .route("/console/risk/alerts/{id}/clear", post(clear_alert))
+        .route("/console/risk/alerts/{id}/resolve", post(resolve_alert))
         .route("/console", get(console))
         .route("/console/cases/{id}/approve-refund", post(approve_refund))
         .route("/console/cases/{id}/transition", post(transition_case))
@@ -1789,17 +1789,28 @@ async fn console(
                 String::new()
             },
         ));
+        // Each alert is cleared (a false alarm) or acted on: its terminal or its merchant
+        // suspended (`risk::ops::resolve_alert`), with a note for the record.
+        let responses = format!(
+            "<option value=\"clear\">{}</option><option value=\"suspend_terminal\">{}</option>\
+             <option value=\"suspend_merchant\">{}</option>",
+            t(l, "解除（误报）", "Clear (false alarm)"),
+            t(l, "停用该终端", "Suspend the terminal"),
+            t(l, "暂停该商户", "Suspend the merchant"),
+        );
         for a in &alerts {
             body.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><form method=\"post\" action=\"/console/risk/alerts/{}/clear\">\
-                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button class=\"clear-alert\">{}</button></form></td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><form method=\"post\" action=\"/console/risk/alerts/{}/resolve\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><select name=\"response\">{responses}</select> \
+                 <input name=\"note\" size=\"16\" placeholder=\"{}\"> <button class=\"resolve-alert\">{}</button></form></td></tr>",
                 esc(&format_time(a.raised_at_ms)),
                 esc(alert_kind_text(l, &a.kind)),
                 esc(&a.mid),
                 esc(&a.tid),
                 esc(&a.detail),
                 a.id,
-                t(l, "解除", "Clear")
+                t(l, "备注", "Note"),
+                t(l, "处理", "Handle")
             ));
         }
         body.push_str("</table>");
@@ -2391,15 +2402,23 @@ async fn approve_merchant(
     .await
 }
 
-async fn clear_alert(
+/// The console's answer to a risk alert: `response` clear, suspend_terminal or
+/// suspend_merchant, with the operator's `note`.
+async fn resolve_alert(
     State(web): State<Web>,
     headers: HeaderMap,
     Path(id): Path<i64>,
     Form(form): Form<Params>,
 ) -> Response {
     let w = web.clone();
+    let response = form.get("response").cloned().unwrap_or_default();
+    let note = form
+        .get("note")
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "from the console".to_owned());
     console_action(&web, &headers, &form, |who| async move {
-        crate::ops::resolve_alert_for(&w, &who, id, "clear", "cleared from the console").await
+        crate::ops::resolve_alert_for(&w, &who, id, &response, &note).await
     })
     .await
 }

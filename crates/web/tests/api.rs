@@ -3707,7 +3707,7 @@ fn the_console_says_when_it_lists_only_the_newest_alerts() {
             .split("</table>")
             .next()
             .unwrap()
-            .matches("class=\"clear-alert\"")
+            .matches("class=\"resolve-alert\"")
             .count();
         assert_eq!(listed, 50);
     });
@@ -3832,5 +3832,98 @@ fn a_refused_case_form_comes_back_with_why_and_what_was_typed() {
             .await;
         assert_eq!(r.status, 404, "{}", r.body);
         assert!(!r.body.contains("entry-text"), "{}", r.body);
+    });
+}
+
+/// A risk alert handled from the console: one acted on suspends its terminal, another its
+/// merchant, each with the operator's note; a response that is not one of the three is refused.
+#[test]
+fn the_console_acts_on_a_risk_alert_by_suspending() {
+    run(async move {
+        let e = start().await;
+        let alert = |id: i64| {
+            store::Record::Risk(store::risk::RiskRecord::Alert(Box::new(
+                store::risk::RiskAlertRow {
+                    id,
+                    kind: "card-testing".into(),
+                    rule_id: "ct".into(),
+                    action: store::risk::AlertAction::Decline,
+                    mid: MID.into(),
+                    tid: TID.into(),
+                    detail: "6 small declines".into(),
+                    txn_ids: Vec::new(),
+                    raised_at_ms: 1_000 + id,
+                    state: store::risk::AlertState::Open,
+                    resolved_by: None,
+                    resolved_at_ms: None,
+                    resolution: None,
+                },
+            )))
+        };
+        e.h.store
+            .submit(vec![alert(1), alert(2)])
+            .unwrap()
+            .await
+            .unwrap();
+        let ops = PageSession::login(e.http, "ops").await;
+        let console = ops.get("/console").await;
+        assert!(
+            console
+                .body
+                .contains("<option value=\"suspend_terminal\">停用该终端</option>"),
+            "{}",
+            console.body
+        );
+        let csrf = PageSession::csrf_of(&console.body);
+
+        let wrong = ops
+            .post(
+                "/console/risk/alerts/1/resolve",
+                &format!("response=ignore&note=&csrf={csrf}"),
+            )
+            .await;
+        assert_eq!(wrong.status, 400, "{}", wrong.body);
+        let still = e.h.store.risk_alert(1).unwrap().unwrap();
+        assert_eq!(still.state, store::risk::AlertState::Open);
+
+        let r = ops
+            .post(
+                "/console/risk/alerts/1/resolve",
+                &format!("response=suspend_terminal&note=%E7%9B%97%E5%8D%A1%E6%B5%8B%E8%AF%95&csrf={csrf}"),
+            )
+            .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        let acted = e.h.store.risk_alert(1).unwrap().unwrap();
+        assert_eq!(acted.state, store::risk::AlertState::Acted);
+        assert_eq!(acted.resolved_by.as_deref(), Some("ops"));
+        assert!(
+            acted
+                .resolution
+                .as_deref()
+                .unwrap_or_default()
+                .ends_with("盗卡测试"),
+            "{:?}",
+            acted.resolution
+        );
+        assert_eq!(
+            e.h.store.terminal(TID).unwrap().unwrap().status,
+            store::Status::Suspended
+        );
+
+        let r = ops
+            .post(
+                "/console/risk/alerts/2/resolve",
+                &format!("response=suspend_merchant&note=&csrf={csrf}"),
+            )
+            .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        assert_eq!(
+            e.h.store.risk_alert(2).unwrap().unwrap().state,
+            store::risk::AlertState::Acted
+        );
+        assert_eq!(
+            risk::ops::merchant_state(e.h.store.as_ref(), MID).unwrap(),
+            Some(store::risk::MerchantState::Suspended)
+        );
     });
 }
