@@ -33,6 +33,9 @@ pub const ISSUER_IN_FLIGHT_MAX: usize = 8_192;
 pub const ISSUER_QUEUE_MAX: usize = 8_192;
 /// Consecutive timeouts after which an issuer's breaker opens.
 pub const BREAKER_TIMEOUTS_MAX: u32 = 20;
+/// `SwitchConfig::issuer_echo_after` unless set: how long an issuer link may be silent (no
+/// frame read) before the switch sends it an echo test (docs/issuer-link.md).
+pub const ISSUER_ECHO_AFTER_DEFAULT: Duration = Duration::from_secs(30);
 /// Reversals claimed from the store per store-and-forward pass.
 pub const SAF_BATCH_MAX: u32 = 256;
 /// `SwitchConfig::saf_lease` unless configured.
@@ -120,6 +123,11 @@ pub struct SwitchConfig {
     /// How long writing a connection's answers may take before the connection is closed
     /// (`RESPONSE_WRITE_TIMEOUT` unless a test shortens it).
     pub response_write_timeout: Duration,
+    /// An issuer link that has read nothing for this long is sent an echo test (`0820`,
+    /// 60.3 = `301`); one that then reads nothing within the issuer's timeout is dropped and
+    /// connected again. TCP does not tell a host that lost power or a connection a firewall
+    /// forgot; without this such a link stays "up", every request to it timing out.
+    pub issuer_echo_after: Duration,
     /// Per-merchant risk rules (`risk::RuleBook::from_json` of the rules file); empty: only
     /// the merchant checks apply.
     pub risk_rules: std::sync::Arc<risk::RuleBook>,
@@ -167,6 +175,7 @@ impl SwitchConfig {
             index_forget_interval: Duration::from_secs(3_600),
             requests_in_flight: REQUESTS_IN_FLIGHT_MAX,
             response_write_timeout: RESPONSE_WRITE_TIMEOUT,
+            issuer_echo_after: ISSUER_ECHO_AFTER_DEFAULT,
             risk_rules: std::sync::Arc::new(risk::RuleBook::empty()),
             risk_refresh: Duration::from_secs(1),
             cutover_minute: CUTOVER_MINUTE_DEFAULT,

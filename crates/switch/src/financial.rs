@@ -1305,7 +1305,9 @@ impl Core {
         }
         let reply_mti = Core::response_mti(request.mti());
         let sent_ms = self.clock.now_ms();
-        let result = link.exchange(reply_mti, host_trace, outbound).await;
+        let result = link
+            .exchange(reply_mti, host_trace, entry.rrn.as_deref(), outbound)
+            .await;
         let answered_ms = self.clock.now_ms();
         let at = LocalTime::from_ms(answered_ms).clock_text();
         let mut records = Vec::with_capacity(4);

@@ -1,14 +1,16 @@
 //! Persistent links to issuer hosts (docs/issuer-link.md): one TCP connection per issuer,
 //! many requests in flight, replies matched by (reply MTI, host trace) so that a `0410` is never
-//! taken for the `0210` of the same trace. Reconnects by itself; a breaker answers fast while
-//! the issuer is down or keeps timing out.
+//! taken for the `0210` of the same trace, and by RRN, so that a late reply to an earlier
+//! request under the same trace does not take this one's place. Reconnects by itself; a link
+//! silent too long is sent an echo test and dropped if that goes unanswered; a breaker answers
+//! fast while the issuer is down or keeps timing out.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use iso8583::Frame;
+use iso8583::{Frame, FrameHead, MessageBuilder, Mti};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -73,8 +75,36 @@ impl IssuerConnector for TcpConnector {
 }
 
 /// Ordered, so that when a link drops, its waiters learn it in trace order, the same way
-/// every time (a seeded simulation replays exactly).
-type Waiters = BTreeMap<(u16, u32), oneshot::Sender<Zeroizing<Vec<u8>>>>;
+/// every time (a seeded simulation replays exactly). Each holds the RRN its reply must echo.
+type Waiters = BTreeMap<(u16, u32), Waiter>;
+
+struct Waiter {
+    rrn: Option<[u8; 12]>,
+    sender: oneshot::Sender<Zeroizing<Vec<u8>>>,
+}
+
+/// How a link checks that its issuer is still there (`SwitchConfig::issuer_echo_after`).
+#[derive(Clone, Debug)]
+pub(crate) struct EchoTest {
+    /// Silence (no frame read) after which an echo test is sent.
+    pub after: Duration,
+    pub head: FrameHead,
+    /// Field 32.
+    pub acquirer_code: String,
+}
+
+impl EchoTest {
+    /// The `0820` echo test under `trace`: 11, 32, and 60 with 60.3 = `301`.
+    fn frame(&self, trace: u32) -> Option<Zeroizing<Vec<u8>>> {
+        let mut out = MessageBuilder::new(Mti::NETWORK_ADVICE);
+        out.set_stan(trace).ok()?;
+        out.set_digits(32, &self.acquirer_code).ok()?;
+        out.set_digits(60, "00000000301").ok()?;
+        let mut bytes = Vec::with_capacity(64);
+        out.encode_frame(&self.head, &mut bytes).ok()?;
+        Some(Zeroizing::new(bytes))
+    }
+}
 
 pub(crate) struct IssuerLink {
     pub name: String,
@@ -85,6 +115,12 @@ pub(crate) struct IssuerLink {
     waiters: Mutex<Waiters>,
     in_flight: Semaphore,
     connected: AtomicBool,
+    echo: EchoTest,
+    /// When the connection last read a frame, in ms since `epoch` (tokio's clock, which a
+    /// simulation runs on virtual time).
+    heard_ms: AtomicU64,
+    epoch: tokio::time::Instant,
+    echo_trace: AtomicU32,
     timeouts_in_a_row: AtomicU32,
     open_until_ms: AtomicI64,
     clock: Arc<dyn Clock>,
@@ -96,6 +132,7 @@ impl IssuerLink {
     pub fn start(
         name: String,
         endpoint: IssuerEndpoint,
+        echo: EchoTest,
         clock: Arc<dyn Clock>,
         connector: Arc<dyn IssuerConnector>,
         stop: watch::Receiver<bool>,
@@ -108,6 +145,10 @@ impl IssuerLink {
             waiters: Mutex::new(BTreeMap::new()),
             in_flight: Semaphore::new(ISSUER_IN_FLIGHT_MAX),
             connected: AtomicBool::new(false),
+            echo,
+            heard_ms: AtomicU64::new(0),
+            epoch: tokio::time::Instant::now(),
+            echo_trace: AtomicU32::new(0),
             timeouts_in_a_row: AtomicU32::new(0),
             open_until_ms: AtomicI64::new(0),
             clock,
@@ -138,11 +179,14 @@ impl IssuerLink {
 
     /// Sends a request frame (length prefix included) and waits for the reply with
     /// `reply_mti` and `trace`; returns the reply frame without its prefix. Both are wiped
-    /// when dropped.
+    /// when dropped. A reply under that trace naming another RRN than `rrn` in field 37 is a
+    /// late one to an earlier request (traces repeat) and does not answer this one; one
+    /// without field 37 does, for the caller to find it unreadable.
     pub async fn exchange(
         &self,
         reply_mti: u16,
         trace: u32,
+        rrn: Option<&str>,
         frame: Zeroizing<Vec<u8>>,
     ) -> Result<Zeroizing<Vec<u8>>, LinkError> {
         if !self.is_connected() || self.clock.now_ms() < self.open_until_ms.load(Ordering::Acquire)
@@ -159,7 +203,8 @@ impl IssuerLink {
             if waiters.contains_key(&(reply_mti, trace)) {
                 return Err(LinkError::Unavailable);
             }
-            waiters.insert((reply_mti, trace), sender);
+            let rrn = rrn.and_then(|r| <[u8; 12]>::try_from(r.trim().as_bytes()).ok());
+            waiters.insert((reply_mti, trace), Waiter { rrn, sender });
         }
         if self.outbound.try_send(frame).is_err() {
             self.waiters().remove(&(reply_mti, trace));
@@ -211,10 +256,15 @@ impl IssuerLink {
             };
             match stream {
                 Ok(Ok(stream)) => {
-                    backoff = RECONNECT_FIRST;
                     tracing::info!(issuer = %self.name, "issuer link up");
                     self.connected.store(true, Ordering::Release);
-                    let stopped = self.serve(stream, &mut outbound, &mut stop).await;
+                    let (stopped, heard) = self.serve(stream, &mut outbound, &mut stop).await;
+                    // Back to the first wait only after a connection that carried a reply: a
+                    // host that takes connections and drops them at once is not tried again
+                    // every 50 ms.
+                    if heard {
+                        backoff = RECONNECT_FIRST;
+                    }
                     self.connected.store(false, Ordering::Release);
                     // Every outstanding request is now in doubt; its waiter sees `Lost`.
                     self.waiters().clear();
@@ -238,20 +288,36 @@ impl IssuerLink {
         }
     }
 
-    /// Runs one connection until it fails (false) or the switch stops (true).
+    fn heard_now(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.heard_ms.store(ms, Ordering::Release);
+    }
+
+    /// How long since the connection last read a frame.
+    fn silent_for(&self) -> Duration {
+        let heard = Duration::from_millis(self.heard_ms.load(Ordering::Acquire));
+        self.epoch.elapsed().saturating_sub(heard)
+    }
+
+    /// Runs one connection until it fails (false) or the switch stops (true); with whether
+    /// it read any frame.
     async fn serve(
         &self,
         stream: Box<dyn IssuerStream>,
         outbound: &mut mpsc::Receiver<Zeroizing<Vec<u8>>>,
         stop: &mut watch::Receiver<bool>,
-    ) -> bool {
+    ) -> (bool, bool) {
         let (reader, mut writer) = tokio::io::split(stream);
         let mut reader = WipingReader::with_capacity(ISSUER_READ_BUFFER_BYTES, reader);
+        self.heard_now();
+        let heard = AtomicBool::new(false);
         let read = async {
             let mut buf = Zeroizing::new(Vec::with_capacity(512));
             loop {
                 match read_frame(&mut reader, &mut buf).await {
                     Ok(true) => {
+                        self.heard_now();
+                        heard.store(true, Ordering::Relaxed);
                         self.deliver(&buf);
                         buf.as_mut_slice().zeroize();
                     }
@@ -282,14 +348,41 @@ impl IssuerLink {
                 }
             }
         };
-        tokio::select! {
+        // A connection silent for `echo.after` is asked whether the issuer is there; one that
+        // then reads nothing within the issuer's timeout is given up.
+        let watch = async {
+            loop {
+                let silent = self.silent_for();
+                if silent < self.echo.after {
+                    tokio::time::sleep(self.echo.after - silent).await;
+                    continue;
+                }
+                let trace = self.echo_trace.fetch_add(1, Ordering::Relaxed) % 999_999 + 1;
+                if let Some(frame) = self.echo.frame(trace) {
+                    // A full queue is not silence: requests are on their way.
+                    let _ = self.outbound.try_send(frame);
+                }
+                tokio::time::sleep(self.endpoint.timeout).await;
+                if self.silent_for() >= self.echo.after + self.endpoint.timeout {
+                    tracing::warn!(
+                        issuer = %self.name,
+                        silent_ms = u64::try_from(self.silent_for().as_millis()).unwrap_or(u64::MAX),
+                        "issuer link silent, echo test unanswered: connecting again"
+                    );
+                    return;
+                }
+            }
+        };
+        let stopped = tokio::select! {
             // Stop first; then replies before requests, in a fixed order, so that a seeded
             // simulation replays exactly.
             biased;
             _ = stop.changed() => true,
             () = read => false,
             () = write => false,
-        }
+            () = watch => false,
+        };
+        (stopped, heard.load(Ordering::Relaxed))
     }
 
     fn deliver(&self, frame: &[u8]) {
@@ -298,13 +391,28 @@ impl IssuerLink {
             return;
         };
         let mti = decoded.message.mti().value();
+        // An echo test's answer: that it came is all it says.
+        if mti == Mti::NETWORK_ADVICE_RESPONSE.value() {
+            return;
+        }
         let Some(trace) = decoded.message.stan() else {
             return;
         };
-        let waiter = self.waiters().remove(&(mti, trace));
+        let theirs = decoded.message.text(37).map(str::trim);
+        let waiter = {
+            let mut waiters = self.waiters();
+            let stale = waiters.get(&(mti, trace)).is_some_and(|w| {
+                matches!((w.rrn, theirs), (Some(ours), Some(theirs)) if theirs.as_bytes() != ours)
+            });
+            if stale {
+                tracing::debug!(issuer = %self.name, mti, trace, "late reply under a trace now reused");
+                return;
+            }
+            waiters.remove(&(mti, trace))
+        };
         match waiter {
             // A waiter that timed out is gone; its late reply is dropped (the reversal covers it).
-            Some(waiter) => drop(waiter.send(Zeroizing::new(frame.to_vec()))),
+            Some(waiter) => drop(waiter.sender.send(Zeroizing::new(frame.to_vec()))),
             None => tracing::debug!(issuer = %self.name, mti, trace, "unmatched reply"),
         }
     }

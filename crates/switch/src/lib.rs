@@ -334,6 +334,18 @@ impl Switch {
         let (intake, intake_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut links = HashMap::new();
+        let issuer_head = FrameHead {
+            tpdu: Tpdu {
+                destination: [0, 0],
+                source: [0, 0],
+            },
+            header: Header::from_bytes([0x60, 0, 0, 0, 0, 0])?,
+        };
+        let echo = issuer::EchoTest {
+            after: config.issuer_echo_after,
+            head: issuer_head,
+            acquirer_code: config.acquirer_code.clone(),
+        };
         // In bank order, so that a simulation starts its links the same way every run.
         let mut banks: Vec<_> = config.issuers.iter().collect();
         banks.sort_by(|a, b| a.0.cmp(b.0));
@@ -341,6 +353,7 @@ impl Switch {
             let (link, task) = IssuerLink::start(
                 bank.clone(),
                 endpoint.clone(),
+                echo.clone(),
                 Arc::clone(&clock),
                 Arc::clone(&connector),
                 stop_rx.clone(),
@@ -359,13 +372,6 @@ impl Switch {
             addr: config.listen,
             error,
         })?;
-        let issuer_head = FrameHead {
-            tpdu: Tpdu {
-                destination: [0, 0],
-                source: [0, 0],
-            },
-            header: Header::from_bytes([0x60, 0, 0, 0, 0, 0])?,
-        };
         let store_health = store.terminal_health()?;
         let abortable = config.abortable;
         let core = Arc::new(Core {

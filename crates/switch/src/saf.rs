@@ -137,7 +137,12 @@ impl Core {
             }
         };
         match link
-            .exchange(Mti::REVERSAL_RESPONSE.value(), trace, frame)
+            .exchange(
+                Mti::REVERSAL_RESPONSE.value(),
+                trace,
+                row.rrn.as_deref(),
+                frame,
+            )
             .await
         {
             Ok(reply) => {

@@ -716,16 +716,24 @@ fn a_reply_carrying_another_requests_rrn_or_none_does_not_answer_this_one() {
         let mut t = h.terminal().await;
         t.sign_in().await;
         // The issuer's reply has this request's trace but another request's RRN (a late reply
-        // to an earlier request whose trace came round again): not this request's answer.
+        // to an earlier request whose trace came round again): not this request's answer,
+        // which is still awaited (here it never comes: 98).
         let r = t
             .send(&Req::purchase(&card("622202"), OTHER_RRN_AMOUNT, 3))
             .await;
-        assert_eq!(r.code(), "96");
+        assert_eq!(r.code(), "98");
         let rrn = r.text(37).unwrap();
         let row = h.store.txn_by_rrn(&rrn).unwrap().unwrap();
-        assert_eq!(row.state, TxnState::Failed);
+        assert_eq!(row.state, TxnState::TimedOut);
         // Whatever the issuer did with this request is reversed.
         assert!(h.store.reversal(row.id).unwrap().is_some());
+        // When its own answer follows the late one, that answer counts.
+        let r = t
+            .send(&Req::purchase(&card("622202"), LATE_THEN_OWN_AMOUNT, 6))
+            .await;
+        assert_eq!(r.code(), "00");
+        let own = h.store.txn_by_rrn(&r.text(37).unwrap()).unwrap().unwrap();
+        assert_eq!(own.state, TxnState::Approved);
         // Nor does an approval that names no RRN at all: it cannot show it is this one's.
         let r = t
             .send(&Req::purchase(&card("622202"), NO_RRN_AMOUNT, 4))
@@ -1327,5 +1335,89 @@ fn a_peer_that_does_not_read_its_answers_is_refused_not_queued() {
             "the connection stayed open after {} bytes",
             rest.len()
         );
+    });
+}
+
+/// An issuer host that keeps the connection open but stops answering (it lost power behind a
+/// firewall that still holds the connection): the link is sent an echo test once silent, and
+/// dropped and connected again when that goes unanswered. One that answers its echo tests
+/// keeps its connection.
+#[test]
+fn a_silent_issuer_link_is_tested_and_connected_again() {
+    runtime().block_on(async {
+        // A host that reads what it is sent and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = listener.local_addr().unwrap();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let echoes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        {
+            let (connections, echoes) = (Arc::clone(&connections), Arc::clone(&echoes));
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    let echoes = Arc::clone(&echoes);
+                    tokio::spawn(async move {
+                        let mut buf = Vec::new();
+                        while switch::read_frame(&mut stream, &mut buf)
+                            .await
+                            .unwrap_or(false)
+                        {
+                            let frame = iso8583::Frame::decode_unprefixed(&buf).unwrap();
+                            if frame.message.mti() == iso8583::Mti::NETWORK_ADVICE
+                                && frame
+                                    .message
+                                    .digits(60)
+                                    .is_some_and(|d| d.to_string().ends_with("301"))
+                            {
+                                echoes.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    });
+                }
+            });
+        }
+        let mut h = Harness::with_issuer(silent_addr, Arc::default()).await;
+        h.stop().await;
+        h.issuer_echo_after = std::time::Duration::from_millis(200);
+        let before = connections.load(Ordering::SeqCst);
+        h.start().await;
+        // Silent 200 ms, then an echo test, unanswered for the 300 ms timeout: a new connection.
+        let mut waited = 0;
+        while connections.load(Ordering::SeqCst) < before + 2 && waited < 5_000 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            waited += 20;
+        }
+        assert!(
+            connections.load(Ordering::SeqCst) >= before + 2,
+            "the silent link was never given up"
+        );
+        assert!(echoes.load(Ordering::SeqCst) >= 1);
+        h.stop().await;
+
+        // The minimal issuer answers echo tests: the link stays up and carries requests.
+        let log = Arc::new(IssuerLog::default());
+        let answering = start_issuer(Arc::clone(&log)).await;
+        let mut h = Harness::with_issuer(answering, Arc::clone(&log)).await;
+        h.stop().await;
+        h.issuer_echo_after = std::time::Duration::from_millis(100);
+        h.start().await;
+        tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+        assert!(
+            log.requests.load(Ordering::SeqCst) >= 3,
+            "no echo tests were sent"
+        );
+        assert!(h.switch.as_ref().unwrap().issuer_connected("SIM"));
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        assert_eq!(
+            t.send(&Req::purchase(&card("622202"), 1_000, 2))
+                .await
+                .code(),
+            "00"
+        );
+        h.stop().await;
     });
 }

@@ -55,6 +55,9 @@ pub struct IssuerLog {
 
 /// An amount the minimal issuer approves with another request's RRN in field 37.
 pub const OTHER_RRN_AMOUNT: u64 = 4_242;
+/// An amount the minimal issuer answers twice: first as a late reply to an earlier request
+/// under the same trace (another RRN, declined 51), then with its own approval.
+pub const LATE_THEN_OWN_AMOUNT: u64 = 4_646;
 /// An amount the minimal issuer approves without field 37.
 pub const NO_RRN_AMOUNT: u64 = 4_343;
 /// An amount the minimal issuer answers with response code A2, which is not in the protocol's
@@ -167,6 +170,17 @@ pub async fn start_issuer_on(addr: SocketAddr, log: Arc<IssuerLog>) -> SocketAdd
                         header: frame.head.header,
                     };
                     let mut bytes = Vec::new();
+                    if request.amount() == Some(LATE_THEN_OWN_AMOUNT) && mti != Mti::REVERSAL {
+                        let mut late = MessageBuilder::new(mti.response().unwrap());
+                        for n in [2, 3, 4, 11, 41, 42, 49] {
+                            late.copy_from(request, n).unwrap();
+                        }
+                        late.set_text(37, "999999999999")
+                            .unwrap()
+                            .set_text(39, "51")
+                            .unwrap();
+                        late.encode_frame(&head, &mut bytes).unwrap();
+                    }
                     out.encode_frame(&head, &mut bytes).unwrap();
                     if stream.write_all(&bytes).await.is_err() {
                         return;
@@ -298,6 +312,7 @@ pub struct Harness {
     pub saf_interval: Duration,
     /// How long writing a connection's answers may take from the next start.
     pub response_write_timeout: Duration,
+    pub issuer_echo_after: Duration,
 }
 
 /// How long an end-to-end test may take at most, for [`clear_of_china_midnight`].
@@ -357,6 +372,7 @@ impl Harness {
             issuer_timeout: Duration::from_millis(300),
             saf_interval: Duration::from_millis(50),
             response_write_timeout: switch::RESPONSE_WRITE_TIMEOUT,
+            issuer_echo_after: switch::ISSUER_ECHO_AFTER_DEFAULT,
         };
         harness.start().await;
         harness
@@ -377,6 +393,7 @@ impl Harness {
         config.saf_lease = Duration::from_millis(500);
         config.marks_gate = self.marks_gate.clone();
         config.response_write_timeout = self.response_write_timeout;
+        config.issuer_echo_after = self.issuer_echo_after;
         config
     }
 
