@@ -385,8 +385,9 @@ impl Engine {
             // A declining peer rule keeps declining until an operator has looked
             // (`forget_peer`); an alerting one learns the new network once it has said so. A
             // request another rule declined first learns nothing: the peer rules after it
-            // were never asked, and the next request must be.
-            if terminal.peer.is_none() || verdict.decline.is_none() {
+            // were never asked, and the next request must be. Nor does a void or refund,
+            // which the peer rules do not judge: a move is learnt from a sale.
+            if terminal.peer.is_none() || verdict.decline.is_none() && request.class.is_attempt() {
                 terminal.peer = Some(peer);
             }
         }
@@ -705,6 +706,11 @@ impl Engine {
                 })
             }
             RuleKind::PeerChange { prefix_bits } => {
+                // A void or refund only gives money back to the card it came from: refusing
+                // one keeps the customer charged and stops no fraud.
+                if !request.class.is_attempt() {
+                    return None;
+                }
                 let peer = request.peer?;
                 let _ = horizon;
                 let known = self.terminals.get(request.tid)?.peer?;
@@ -1465,6 +1471,30 @@ mod tests {
         assert!(moved.alerts[0].detail.contains("172.16.5.0/24"));
         assert!(!moved.alerts[0].detail.contains("172.16.5.5"));
         assert!(e.check(&at("172.16.5.6", 4)).alerts.is_empty(), "learnt");
+    }
+
+    #[test]
+    fn a_terminal_that_moved_may_still_give_money_back() {
+        let mut e = engine(r#"{"id": "moved", "kind": "peer-change", "action": "decline"}"#);
+        let at = |ip: &str, id, class| Request {
+            peer: Some(ip.parse().unwrap()),
+            class,
+            ..sale(id, 100, id)
+        };
+        assert_eq!(
+            declined_by(&e.check(&at("10.1.2.3", 1, TxnClass::Sale))),
+            None
+        );
+        let sale_there = e.check(&at("172.16.5.5", 2, TxnClass::Sale));
+        assert_eq!(declined_by(&sale_there), Some("moved"));
+        for (id, class) in [(3, TxnClass::Void), (4, TxnClass::Credit)] {
+            assert_eq!(declined_by(&e.check(&at("172.16.5.5", id, class))), None);
+        }
+        assert_eq!(
+            declined_by(&e.check(&at("172.16.5.5", 5, TxnClass::Sale))),
+            Some("moved"),
+            "still not learnt"
+        );
     }
 
     #[test]

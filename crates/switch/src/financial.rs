@@ -1123,7 +1123,11 @@ impl Core {
                 .or_else(|| found.clearing_date.get(4..8))
                 .unwrap_or("0000");
             f61_out = found.rrn.as_ref().map(|r| format!("{r}{date}"));
-            sale_day = Some(found.received_day);
+            // Only a void takes its original's sale back out: a completion's original is its
+            // pre-authorisation, which sold nothing, and the completion counts for today.
+            if matches!(kind, TxnKind::PurchaseVoid | TxnKind::CompletionVoid) {
+                sale_day = Some(found.received_day);
+            }
             original = Link::Original(found);
         }
         // What an approval did to the original in memory, taken back if it cannot be written.

@@ -111,7 +111,7 @@ async fn world_with(rules: &str) -> World {
         Arc::clone(&h.store) as Arc<dyn Store>,
         Arc::clone(&h.hsm) as Arc<dyn Hsm>,
         Arc::clone(&h.directory),
-        Arc::new(SystemClock),
+        Arc::clone(&h.clock) as Arc<dyn switch::Clock>,
     )
     .await
     .unwrap();
@@ -612,6 +612,63 @@ fn a_record_written_to_the_store_reaches_the_switch() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(refused);
+        let mut h = w.h;
+        h.stop().await;
+    });
+}
+
+/// A completion of a pre-authorisation taken on an earlier day counts toward the day it is
+/// made (the pre-authorisation sold nothing), and its void takes back only what it added.
+#[test]
+fn a_completion_counts_for_its_own_day_and_its_void_takes_back_only_that() {
+    const DAILY: &str = r#"{"merchants": {"898110048990001": [
+        {"id": "day", "kind": "daily-amount-max", "max_fen": 50000}]}}"#;
+    runtime().block_on(async {
+        let w = world_with(DAILY).await;
+        let mut t = w.h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
+        let pan = healthy.pan.expose_digits();
+        let pre_auth = Req {
+            mti: iso8583::Mti::AUTHORISATION,
+            processing: "030000",
+            condition: "06",
+            message_type: "10",
+            ..paid_with_pin(healthy, 20_000, 2)
+        };
+        assert_eq!(t.send(&pre_auth).await.code(), "00");
+        // The next day: a sale, then the completion of yesterday's pre-authorisation.
+        w.h.clock.shift_days(1);
+        assert_eq!(
+            t.send(&paid_with_pin(healthy, 40_000, 3)).await.code(),
+            "00"
+        );
+        let completion = Req {
+            condition: "06",
+            message_type: "20",
+            rrn: None,
+            f61: Some(format!("{:06}{:06}", 1, 2)),
+            ..Req::purchase(pan, 20_000, 4)
+        };
+        let completed = t.send(&completion).await;
+        assert_eq!(completed.code(), "00");
+        // 60,000 sold today: no room for 5,000 more.
+        assert_eq!(t.send(&paid_with_pin(healthy, 5_000, 5)).await.code(), "61");
+        // The completion voided: 40,000 stand, room for 10,000 and no more.
+        let void = Req {
+            processing: "200000",
+            condition: "06",
+            message_type: "21",
+            rrn: Some(completed.text(37).unwrap()),
+            f61: Some(format!("{:06}{:06}", 1, 4)),
+            ..Req::purchase(pan, 20_000, 6)
+        };
+        assert_eq!(t.send(&void).await.code(), "00");
+        assert_eq!(t.send(&paid_with_pin(healthy, 5_000, 7)).await.code(), "00");
+        assert_eq!(
+            t.send(&paid_with_pin(healthy, 10_000, 8)).await.code(),
+            "61"
+        );
         let mut h = w.h;
         h.stop().await;
     });
