@@ -690,20 +690,12 @@ impl CaseService {
         if row.refund_code.as_deref() == Some("00") {
             return Err(CaseError::AlreadyRefunded);
         }
-        // An attempt that got no answer may have been made: another one, under a new key,
-        // would refund again should the first's reversal be refused. Only once its reversal
-        // is acknowledged is it known not to stand.
-        if row.refund_code.as_deref() == Some("98") {
-            let reversed = match row.refund_txn_id {
-                Some(txn_id) => self
-                    .store
-                    .reversal(txn_id)?
-                    .is_some_and(|r| r.state == store::SafState::Acked),
-                None => false,
-            };
-            if !reversed {
-                return Err(CaseError::RefundInDoubt);
-            }
+        // An attempt that may have been made (no answer, an answer that could not be read, an
+        // approval that could not be recorded): another one, under a new key, would refund
+        // again should the first's reversal be refused. Only once its reversal is
+        // acknowledged is it known not to stand.
+        if self.refund_in_doubt(&row)? {
+            return Err(CaseError::RefundInDoubt);
         }
         // Four eyes: whoever asked for the refund (a merchant user, or staff on its behalf)
         // cannot also be the one who lets it go out.
@@ -757,6 +749,26 @@ impl CaseService {
             }
         }
         self.record_refund(row, operator, asked_fen, &result).await
+    }
+
+    /// Whether the case's last refund attempt may have been made at the issuer without being
+    /// known to stand: a reversal of it queued and not acknowledged (or refused), or, before
+    /// one is queued, its journal row still in flight or timed out; with no row, a 98.
+    fn refund_in_doubt(&self, row: &CaseRow) -> Result<bool, CaseError> {
+        if row.refund_code.as_deref() == Some("00") {
+            return Ok(false);
+        }
+        let Some(txn_id) = row.refund_txn_id else {
+            return Ok(row.refund_code.as_deref() == Some("98"));
+        };
+        if let Some(reversal) = self.store.reversal(txn_id)? {
+            return Ok(reversal.state != store::SafState::Acked);
+        }
+        let state = self.store.txn(txn_id)?.map(|t| t.state);
+        Ok(matches!(
+            state,
+            Some(store::TxnState::InFlight | store::TxnState::TimedOut)
+        ) || row.refund_code.as_deref() == Some("98"))
     }
 
     /// Writes a refund's result onto the case as it is now (at the row's version, read again

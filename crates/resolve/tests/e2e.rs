@@ -1781,3 +1781,77 @@ fn a_case_takes_a_bounded_number_of_entries() {
         );
     });
 }
+
+/// The back office as a refund that reached the issuer but whose answer could not be read
+/// would leave it: answered 96, with its reversal queued (here the answer was lost, and the
+/// 98 is reported as 96).
+struct UnreadableAnswer(switch::BackOffice);
+
+impl RefundExecutor for UnreadableAnswer {
+    fn refund<'a>(
+        &'a self,
+        original_rrn: &'a str,
+        amount_fen: i64,
+        idempotency_key: &'a str,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<switch::BackOfficeRefund, switch::BackOfficeError>,
+                > + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async move {
+            let mut result = self
+                .0
+                .refund(original_rrn, amount_fen, idempotency_key)
+                .await?;
+            if result.response_code == "98" {
+                result.response_code = "96".to_owned();
+            }
+            Ok(result)
+        })
+    }
+}
+
+/// A refund answered 96 whose reversal is still owed may have been made: the case takes no
+/// second approval until that reversal is acknowledged.
+#[test]
+fn a_refund_answered_96_with_its_reversal_owed_takes_no_second_approval() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(2);
+        let (code, rrn, _) = e.purchase(&card, 8_000).await;
+        assert_eq!(code, "00");
+        let back_office = Arc::new(UnreadableAnswer(e.switch().back_office()));
+        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let case = cases
+            .open(NewCase {
+                kind: CaseKind::RefundApplication,
+                mid: MID.to_owned(),
+                rrn: Some(rrn.clone()),
+                txn_id: None,
+                title: "wrong amount keyed".to_owned(),
+                who: "merchant".to_owned(),
+                text: "refund 10.00".to_owned(),
+                attachments: Vec::new(),
+                assignee: None,
+                due_at_ms: None,
+                refund_fen: Some(1_000),
+            })
+            .await
+            .unwrap();
+        e.sim.faults().drop_next(2);
+        let first = cases.approve_refund(case.id, "operator-1").await.unwrap();
+        assert_eq!(first.refund_code.as_deref(), Some("96"));
+        assert!(matches!(
+            cases.approve_refund(case.id, "operator-2").await,
+            Err(resolve::cases::CaseError::RefundInDoubt)
+        ));
+        let refund_rrn = first.refund_rrn.clone().unwrap();
+        assert!(e.reversal_acked(&refund_rrn).await);
+        let done = cases.approve_refund(case.id, "operator-2").await.unwrap();
+        assert_eq!(done.state, CaseState::Resolved, "{done:#?}");
+        assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 1_000);
+    });
+}
