@@ -182,6 +182,32 @@ pub fn bind_account(
     requested_by: &str,
     now_ms: i64,
 ) -> Result<BindOutcome, BindError> {
+    bind_account_checked(
+        store,
+        sealer,
+        directory,
+        mid,
+        input,
+        requested_by,
+        now_ms,
+        false,
+    )
+}
+
+/// [`bind_account`]; with `on_behalf` (staff binding for a merchant, not the merchant itself)
+/// the change always waits for [`confirm_change`] by another person: one operator alone must
+/// not be able to point a merchant's payouts at an account of their choosing.
+#[allow(clippy::too_many_arguments)]
+pub fn bind_account_checked(
+    store: &dyn Store,
+    sealer: &dyn Sealer,
+    directory: &IssuerDirectory,
+    mid: &str,
+    input: &AccountInput,
+    requested_by: &str,
+    now_ms: i64,
+    on_behalf: bool,
+) -> Result<BindOutcome, BindError> {
     let (digits, bank_code, holder_name) = validate(directory, input)?;
     // An account for a merchant the journal does not hold (a mistyped MID) would be kept for
     // no one, the real merchant left unbound.
@@ -190,7 +216,8 @@ pub fn bind_account(
     }
     let sealed = sealer.seal(&digits).map_err(BindError::Seal)?;
     let current = store.bound_account(mid)?;
-    let needs_check = current.as_ref().is_some_and(|a| a.needs_rebind);
+    let after_failure = current.as_ref().is_some_and(|a| a.needs_rebind);
+    let needs_check = after_failure || on_behalf;
     let id = i64::try_from(store.reserve(CHANGE_COUNTER, 1)?.wait()?).map_err(|_| {
         StoreError::Constraint {
             message: "account change counter overflow".to_owned(),
@@ -213,8 +240,10 @@ pub fn bind_account(
         },
         decided_by: None,
         decided_at_ms: None,
-        note: if needs_check {
+        note: if after_failure {
             "re-binding after a payout failure: an operator confirms".to_owned()
+        } else if on_behalf {
+            "bound by staff for the merchant: another operator confirms".to_owned()
         } else {
             String::new()
         },

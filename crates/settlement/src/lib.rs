@@ -13,7 +13,8 @@ pub mod payout;
 pub mod reconcile;
 
 pub use accounts::{
-    AccountInput, BindError, BindOutcome, Sealer, bind_account, confirm_change, reject_change,
+    AccountInput, BindError, BindOutcome, Sealer, bind_account, bind_account_checked,
+    confirm_change, reject_change,
 };
 pub use clearing::{
     CardClassifier, Clearing, MerchantClearing, SettleError, SettleReport, clear, settle_date,

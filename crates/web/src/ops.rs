@@ -389,9 +389,11 @@ pub async fn bind_for(web: &Web, who: &Principal, body: BindBody) -> Result<Bind
     let now_ms = web.clock.now_ms();
     let requested_by = who.username.clone();
     let bind_mid = mid.clone();
+    // Staff binding for a merchant: another person confirms (`confirm_change`).
+    let on_behalf = who.is_staff();
     // The settlement crate waits for its writes synchronously: off the async workers.
     let outcome = tokio::task::spawn_blocking(move || {
-        settlement::bind_account(
+        settlement::bind_account_checked(
             store.as_ref(),
             &HsmSealer(hsm.as_ref()),
             &directory,
@@ -399,6 +401,7 @@ pub async fn bind_for(web: &Web, who: &Principal, body: BindBody) -> Result<Bind
             &input,
             &requested_by,
             now_ms,
+            on_behalf,
         )
     })
     .await

@@ -3927,3 +3927,52 @@ fn the_console_acts_on_a_risk_alert_by_suspending() {
         );
     });
 }
+
+/// An account bound by staff for a merchant is not in force until another person confirms it:
+/// one operator alone cannot point a merchant's payouts at an account of their choosing.
+#[test]
+fn an_account_bound_by_staff_waits_for_another_person() {
+    run(async move {
+        let e = start().await;
+        let api = Api {
+            env: &e,
+            seen: Default::default(),
+        };
+        let ops = e.token("ops").await;
+        let admin = e.token("admin").await;
+        let number = e.card("healthy").pan.expose_digits().to_owned();
+        let r = api
+            .call(
+                Some(&ops),
+                "POST",
+                "/api/bound-account",
+                Some(json!({"mid": MID, "kind": "card", "number": number, "holder_name": "Teahouse Ltd"})),
+            )
+            .await;
+        assert_eq!(r.json()["outcome"], "pending_confirmation", "{}", r.body);
+        let change = r.json()["change_id"].as_i64().unwrap();
+        assert!(e.h.store.bound_account(MID).unwrap().is_none());
+        // Not by the one who asked.
+        let own = api
+            .call(
+                Some(&ops),
+                "POST",
+                &format!("/api/account-changes/{change}/confirm"),
+                None,
+            )
+            .await;
+        assert_eq!(own.status, 403, "{}", own.body);
+        assert!(e.h.store.bound_account(MID).unwrap().is_none());
+        let ok = api
+            .call(
+                Some(&admin),
+                "POST",
+                &format!("/api/account-changes/{change}/confirm"),
+                None,
+            )
+            .await;
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        let bound = e.h.store.bound_account(MID).unwrap().unwrap();
+        assert!(bound.number_masked.ends_with(&number[number.len() - 4..]));
+    });
+}
