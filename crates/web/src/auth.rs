@@ -164,8 +164,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(AUTHORIZATION)?
         .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+        .ok()
+        // The scheme's name is case-insensitive (RFC 9110, 11.1).
+        .and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .map(str::trim)
 }
 
@@ -441,7 +445,7 @@ pub async fn set_password(
         .await?
         .map_err(|e| match e {
             crate::password::HashError::Length => ApiError::bad_request(e.to_string()).zh(format!(
-                "新密码长度要在 {} 到 {} 字节之间（一个汉字占 3 字节）。",
+                "新密码长度要在 {} 到 {} 个字符之间。",
                 crate::password::PASSWORD_LEN_MIN,
                 crate::password::PASSWORD_LEN_MAX
             )),

@@ -265,6 +265,50 @@ fn case_api_error(error: CaseError) -> ApiError {
 /// (the pages), so an extractor's is the only plain-text client error; it is replaced by a
 /// message that names what kind of fault it was and at most a missing field's name (ours,
 /// from the request type), never a value. The API gets it as its usual JSON error.
+/// What a request body may hold before it is read for [`refuse_nul`]; axum's own default
+/// limit for the extractors.
+const BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// Refuses a request carrying a NUL character anywhere it could reach the journal: in its
+/// query (`%00`) or its body (a raw 0 byte, `%00` in a form, `\u0000` in JSON). No text this
+/// host keeps has one, and PostgreSQL refuses it in text, which would otherwise come back as a
+/// 500 from deep in a read.
+pub async fn refuse_nul(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let nul_in = |bytes: &[u8]| {
+        bytes.contains(&0)
+            || bytes.windows(3).any(|w| w.eq_ignore_ascii_case(b"%00"))
+            || bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000"))
+    };
+    let refused = || {
+        ApiError::bad_request("text may not contain a NUL character")
+            .zh("输入内容不能包含 NUL 字符")
+            .into_response()
+    };
+    if request.uri().query().is_some_and(|q| nul_in(q.as_bytes())) {
+        return refused();
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, BODY_BYTES_MAX).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the request body is too large",
+            )
+            .into_response();
+        }
+    };
+    if nul_in(&bytes) {
+        return refused();
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
 pub async fn plain_rejections(
     request: axum::extract::Request,
     next: axum::middleware::Next,

@@ -43,17 +43,17 @@ pub fn lang_switch_href(lang: Lang, query: Option<&[(String, String)]>) -> Strin
     };
     let mut href = String::from("?");
     for (key, value) in query.iter().filter(|(k, _)| k != "lang") {
+        // Only what may look like a card number without being one goes as it came: a merchant
+        // ID, a cursor or a time. Anything else, a card number typed where it does not belong
+        // included (a page that reads no `rrn` does not check it), is not said back whole.
+        let value = if KEPT_WHOLE.contains(&key.as_str()) {
+            std::borrow::Cow::Borrowed(value.as_str())
+        } else {
+            domain::mask_card_numbers(value)
+        };
         href.push_str(&url_escape(key));
         href.push('=');
-        // The pages' own parameters are checked before a page is shown (a refused one gets an
-        // error page, whose switch keeps no query) and go as they came: a merchant ID or a
-        // cursor can look like a card number. Anything else, a card number typed where it does
-        // not belong included, is not said back whole.
-        if PAGE_PARAMETERS.contains(&key.as_str()) {
-            href.push_str(&url_escape(value));
-        } else {
-            href.push_str(&url_escape(&domain::mask_card_numbers(value)));
-        }
+        href.push_str(&url_escape(&value));
         href.push('&');
     }
     href.push_str("lang=");
@@ -61,26 +61,8 @@ pub fn lang_switch_href(lang: Lang, query: Option<&[(String, String)]>) -> Strin
     href
 }
 
-/// The query parameters the pages read and check before they show anything.
-const PAGE_PARAMETERS: &[&str] = &[
-    "mid",
-    "from",
-    "to",
-    "amount",
-    "amount_fen",
-    "last4",
-    "rrn",
-    "tid",
-    "stan",
-    "auth_code",
-    "code",
-    "status",
-    "limit",
-    "cursor",
-    "before",
-    "kind",
-    "state",
-];
+/// The page parameters whose values may be long runs of digits that are not card numbers.
+const KEPT_WHOLE: &[&str] = &["mid", "cursor", "before"];
 
 /// Percent-encodes all but the unreserved characters of a query component.
 pub fn url_escape(text: &str) -> String {
@@ -184,6 +166,12 @@ mod tests {
         assert_eq!(
             lang_switch_href(Lang::Zh, Some(&mid)),
             "?mid=898110059420002&lang=en"
+        );
+        // A card number where a page reads an RRN (a page that does not check it) is masked.
+        let rrn = vec![("rrn".to_owned(), "6222020200112345679".to_owned())];
+        assert_eq!(
+            lang_switch_href(Lang::Zh, Some(&rrn)),
+            "?rrn=622202%2A%2A%2A%2A%2A%2A%2A%2A%2A5679&lang=en"
         );
     }
 

@@ -154,12 +154,33 @@ impl Web {
         routes
             .merge(metrics::health_router())
             .layer(axum::middleware::from_fn(error::plain_rejections))
+            .layer(axum::middleware::from_fn(error::refuse_nul))
+            .layer(axum::middleware::from_fn(no_store))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 metrics::track,
             ))
             .with_state(self.clone())
     }
+}
+
+/// Every answer is kept by no cache and read as the type it says, unless its handler said
+/// otherwise: the API's answers hold bearer tokens, transactions and bound accounts, as the
+/// pages do.
+async fn no_store(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    headers
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    response
 }
 
 /// [`serve`] on `runtime`, the HTTP side's own: the listener, bound on the caller's runtime, is

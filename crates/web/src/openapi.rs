@@ -65,6 +65,12 @@ pub fn document() -> Value {
         "query",
         "only this merchant (staff); a merchant sees its own",
     );
+    // Where staff must name the merchant (one merchant's data, not a list across them).
+    let mid_staff = param(
+        "mid",
+        "query",
+        "the merchant: required for staff (400 without it); a merchant user sends none",
+    );
     let limit = param("limit", "query", "page size, 1..200, default 50");
     let cursor = param("cursor", "query", "next_cursor of the previous page");
     let search = [
@@ -185,18 +191,18 @@ pub fn document() -> Value {
                 vec![param("id", "path", "case id")], Some("Transition"), "Case") },
             "/api/refund-approvals": { "get": op("Operator: refund applications waiting", vec![], None, "List") },
             "/api/webhook": {
-                "get": op("The merchant's webhook endpoint", vec![param("mid", "query", "merchant (staff)")], None, "Object"),
+                "get": op("The merchant's webhook endpoint", vec![mid_staff.clone()], None, "Object"),
                 "put": op("Set the webhook endpoint (http://) and its signing secret (sealed, never shown again)",
                     vec![], Some("Webhook"), "Object")
             },
             "/api/notifications": { "get": op("A merchant's webhook notifications, newest first, each with its event (payload)",
-                vec![mid_q.clone(), limit.clone(), cursor.clone()], None, "List") },
+                vec![mid_staff.clone(), limit.clone(), cursor.clone()], None, "List") },
             "/api/notifications/{id}/redrive": { "post": op(
                 "Send a failed notification (or one that found no endpoint) again, due at once; 409 not_redrivable for any other",
-                vec![param("id", "path", "notification id"), mid_q.clone()], None, "Object") },
+                vec![param("id", "path", "notification id"), mid_staff.clone()], None, "Object") },
             "/api/duplicates": { "get": op(
                 "A merchant's suspected duplicate payments, newest first, with what to do",
-                vec![mid_q.clone(), limit.clone(), cursor.clone()], None, "List") },
+                vec![mid_staff.clone(), limit.clone(), cursor.clone()], None, "List") },
             "/api/risk/alerts": { "get": op("Operator: risk alerts",
                 vec![param("state", "query", "alert state"), limit.clone()], None, "List") },
             "/api/merchant-reviews": { "get": op("Operator: merchants and their onboarding state", vec![], None, "List") },
@@ -216,8 +222,8 @@ pub fn document() -> Value {
                      param("state", "query", "pending, sent, held, returned")], None, "List") },
             "/api/bound-account": {
                 "get": op("The bound settlement account (masked) and its changes",
-                    vec![param("mid", "query", "merchant (staff)")], None, "Object"),
-                "post": op_created("Bind or re-bind the settlement account; after a payout failure a second person confirms",
+                    vec![mid_staff.clone()], None, "Object"),
+                "post": op_created("Bind or re-bind the settlement account (staff name the merchant in the body's mid); after a payout failure, or when staff bind, a second person confirms",
                     vec![], Some("BindAccount"), "Object")
             },
             "/api/account-changes": { "get": op("Operator: account changes (maker-checker queue)",
@@ -263,7 +269,7 @@ pub fn document() -> Value {
                         "code": { "type": "string", "enum": [
                             "unauthorized", "bad_credentials", "forbidden", "not_found",
                             "bad_request", "csrf", "conflict", "illegal_transition",
-                            "exceeds_remaining", "already_refunded", "refund_failed", "busy",
+                            "exceeds_remaining", "already_refunded", "refund_failed", "busy", "too_large",
                             "same_user", "bad_account", "locked", "not_redrivable",
                             "refund_in_doubt", "changed_meanwhile", "internal"] },
                         "message": { "type": "string" },

@@ -22,9 +22,10 @@ use zeroize::Zeroize;
 
 use crate::error::ApiError;
 
-/// Longest accepted password: argon2 over megabytes would be a cheap denial of service.
+/// Longest accepted password, in characters (at most 1 KiB: argon2 over megabytes would be a
+/// cheap denial of service).
 pub const PASSWORD_LEN_MAX: usize = 256;
-/// Shortest password a new user may get.
+/// Shortest password a new user may get, in characters.
 pub const PASSWORD_LEN_MIN: usize = 8;
 /// Password hashes computed at once in this process: one per core of the machines it runs on;
 /// more would only share the cores and hold more memory.
@@ -46,7 +47,7 @@ static MEMORY_MADE: AtomicUsize = AtomicUsize::new(0);
 /// Why a password could not be hashed.
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
-    #[error("password must be {PASSWORD_LEN_MIN} to {PASSWORD_LEN_MAX} bytes")]
+    #[error("password must be {PASSWORD_LEN_MIN} to {PASSWORD_LEN_MAX} characters")]
     Length,
     #[error("no randomness: {0}")]
     Random(String),
@@ -84,7 +85,8 @@ fn with_memory<T>(blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
 /// Argon2id with the crate's recommended parameters, a fresh 16-byte salt, as a PHC string.
 /// Blocking (tens of milliseconds of CPU): call it through [`on_turn`] on a server.
 pub fn hash_password(password: &str) -> Result<String, HashError> {
-    if password.len() < PASSWORD_LEN_MIN || password.len() > PASSWORD_LEN_MAX {
+    let chars = password.chars().count();
+    if !(PASSWORD_LEN_MIN..=PASSWORD_LEN_MAX).contains(&chars) {
         return Err(HashError::Length);
     }
     let argon = |e: argon2::Error| HashError::Argon2(e.to_string());
@@ -112,7 +114,7 @@ pub fn hash_password(password: &str) -> Result<String, HashError> {
 /// Whether `password` matches the PHC string `hash` (the outputs are compared in constant
 /// time). Blocking, as [`hash_password`].
 pub fn verify_password(hash: &str, password: &str) -> bool {
-    if password.len() > PASSWORD_LEN_MAX {
+    if password.len() > 4 * PASSWORD_LEN_MAX || password.chars().count() > PASSWORD_LEN_MAX {
         return false;
     }
     let Ok(parsed) = PasswordHash::new(hash) else {
@@ -230,6 +232,20 @@ mod tests {
                 "served once a turn is free"
             );
         });
+    }
+
+    #[test]
+    fn a_passwords_length_is_counted_in_characters() {
+        // 100 Chinese characters (300 bytes): within the 256 characters the pages promise.
+        let chinese = "密".repeat(100);
+        let hash = hash_password(&chinese).unwrap();
+        assert!(verify_password(&hash, &chinese));
+        assert!(matches!(
+            hash_password(&"密".repeat(PASSWORD_LEN_MAX + 1)),
+            Err(HashError::Length)
+        ));
+        assert!(hash_password("八个字符abcd").is_ok());
+        assert!(matches!(hash_password("七个字符"), Err(HashError::Length)));
     }
 
     #[test]

@@ -3976,3 +3976,69 @@ fn an_account_bound_by_staff_waits_for_another_person() {
         assert!(bound.number_masked.ends_with(&number[number.len() - 4..]));
     });
 }
+
+/// The API's answers are not cached and not sniffed; a NUL character in a query or a body is
+/// refused with 400 before it reaches the journal (PostgreSQL refuses it in text); the bearer
+/// scheme's name is matched whatever its case.
+#[test]
+fn api_answers_are_not_cached_and_nul_characters_are_refused() {
+    run(async move {
+        let e = start().await;
+        let login = request(
+            e.http,
+            "POST",
+            "/api/tokens",
+            &[("content-type", "application/json")],
+            &json!({"username": "teahouse", "password": "demo-pass-1"}).to_string(),
+        )
+        .await;
+        assert_eq!(login.status, 200, "{}", login.body);
+        assert_eq!(login.header("cache-control"), Some("no-store"));
+        assert_eq!(login.header("x-content-type-options"), Some("nosniff"));
+        let token = serde_json::from_str::<serde_json::Value>(&login.body).unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        let nul_name = request(
+            e.http,
+            "POST",
+            "/api/tokens",
+            &[("content-type", "application/json")],
+            r#"{"username": "tea\u0000house", "password": "x"}"#,
+        )
+        .await;
+        assert_eq!(nul_name.status, 400, "{}", nul_name.body);
+        let bearer = format!("bearer {token}");
+        let nul_query = request(
+            e.http,
+            "GET",
+            "/api/cases?state=%00",
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await;
+        assert_eq!(nul_query.status, 400, "{}", nul_query.body);
+        let nul_form = request(
+            e.http,
+            "POST",
+            "/login",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            "username=%00&password=x&csrf=x",
+        )
+        .await;
+        assert_eq!(nul_form.status, 400, "{}", nul_form.body);
+
+        // Lower-case `bearer` is the same scheme.
+        let cases = request(
+            e.http,
+            "GET",
+            "/api/cases",
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await;
+        assert_eq!(cases.status, 200, "{}", cases.body);
+        assert_eq!(cases.header("cache-control"), Some("no-store"));
+    });
+}
