@@ -365,6 +365,75 @@ impl IssuerDirectory {
     /// issued at two lengths by two banks. The longest such row wins; if no row agrees on the
     /// length, the longest prefix alone is returned with `length_matches()` false.
     pub fn lookup_digits(&self, digits: &str) -> CardLookup<'_> {
+        self.lookup_within(digits, BIN_LEN_MAX)
+    }
+
+    /// The issuer of a card of `pan_len` digits when only its first digits, `prefix`, are
+    /// known (a journal keeps a card's first six). Only BINs no longer than `prefix` decide,
+    /// since the digits after it are unknown: padding them would take a longer BIN that
+    /// happens to continue with zeros for the card's. When no such BIN matches but longer
+    /// ones extend `prefix` at that length, the card is domestic, and its bank is theirs when
+    /// they all share one.
+    pub fn lookup_prefix(&self, prefix: &str, pan_len: usize) -> CardLookup<'_> {
+        let bytes = prefix.as_bytes();
+        if bytes.is_empty()
+            || bytes.len() >= pan_len
+            || bytes.len() > BIN_LEN_MAX
+            || !bytes.iter().all(u8::is_ascii_digit)
+        {
+            return self.lookup_digits(prefix);
+        }
+        let mut digits = String::with_capacity(pan_len);
+        digits.push_str(prefix);
+        while digits.len() < pan_len {
+            digits.push('0');
+        }
+        let known = self.lookup_within(&digits, bytes.len());
+        if known.issuer.is_some() {
+            return known;
+        }
+        let value = bytes
+            .iter()
+            .fold(0u64, |v, &b| v * 10 + u64::from(b - b'0'));
+        let mut under: Option<BinRow> = None;
+        let mut shared = true;
+        for ((bin_len, _), &(start, end)) in self.by_len.iter().zip(&self.len_spans) {
+            let Some(scale) = bin_len
+                .checked_sub(bytes.len())
+                .filter(|&n| n > 0)
+                .and_then(|n| u32::try_from(n).ok())
+                .and_then(|n| 10u64.checked_pow(n))
+            else {
+                continue;
+            };
+            let values = self.bin_values.get(start..end).unwrap_or_default();
+            let low = value.saturating_mul(scale);
+            let high = value.saturating_add(1).saturating_mul(scale);
+            let first = start + values.partition_point(|&v| v < low);
+            let last = start + values.partition_point(|&v| v < high);
+            for row in self.rows.get(first..last).unwrap_or_default() {
+                if usize::from(row.pan_len) != pan_len {
+                    continue;
+                }
+                match under {
+                    None => under = Some(*row),
+                    Some(seen) if seen.bank != row.bank => shared = false,
+                    Some(_) => {}
+                }
+            }
+        }
+        match under {
+            Some(row) if shared => self.found(bytes.len(), row, pan_len),
+            Some(_) => CardLookup {
+                network: CardNetwork::DomesticCup,
+                issuer: None,
+            },
+            None => known,
+        }
+    }
+
+    /// [`IssuerDirectory::lookup_digits`] with BINs of at most `max_bin_len` digits.
+    fn lookup_within(&self, digits: &str, max_bin_len: usize) -> CardLookup<'_> {
         let bytes = digits.as_bytes();
         if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
             return CardLookup {
@@ -382,7 +451,7 @@ impl IssuerDirectory {
         let pan_len = bytes.len();
         let mut fallback: Option<(usize, BinRow)> = None;
         for (bin_len, map) in &self.by_len {
-            if *bin_len >= pan_len {
+            if *bin_len >= pan_len || *bin_len > max_bin_len {
                 continue;
             }
             let Some(prefix) = prefix_values.get(*bin_len) else {
@@ -777,6 +846,35 @@ mod tests {
         let d = dir();
         // "103" itself is not a card; a 3-digit input must not match the 3-digit BIN.
         assert!(d.lookup_digits("103").issuer.is_none());
+    }
+
+    #[test]
+    fn a_stored_bin_names_the_bank_its_cards_are_from() {
+        let d = dir();
+        let bank = |prefix: &str, len| {
+            d.lookup_prefix(prefix, len)
+                .issuer
+                .map(|m| m.bank.code().to_owned())
+        };
+        // A 6-digit BIN with 8-digit BINs of other banks under it: the 6-digit one's bank,
+        // not the one whose BIN happens to continue with zeros.
+        assert_eq!(bank("603265", 16).as_deref(), Some("JSBANK"));
+        assert_eq!(bank("621059", 16).as_deref(), Some("JRCB"));
+        assert_eq!(
+            d.lookup_digits("6032650000000000")
+                .issuer
+                .map(|m| m.bank.code()),
+            Some("WXCCB"),
+            "the padded lookup this replaces"
+        );
+        // A 7-digit BIN with nothing shorter above it: its bank, and a domestic card.
+        let under = d.lookup_prefix("688659", 18);
+        assert_eq!(under.network, CardNetwork::DomesticCup);
+        assert_eq!(under.issuer.map(|m| m.bank.code()), Some("XMCCB"));
+        // A whole card number is looked up as it is.
+        assert_eq!(bank("6222020200112345679", 19).as_deref(), Some("ICBC"));
+        // Nothing known: not a domestic card.
+        assert!(d.lookup_prefix("411111", 16).issuer.is_none());
     }
 
     #[test]

@@ -71,16 +71,12 @@ pub fn kind_text(kind: TxnKind) -> Both {
     Both::new(zh, en)
 }
 
-/// The directory's view of a stored card: the BIN padded to the masked PAN's length (the
-/// directory matches on prefix and checks the length), so no digit beyond the BIN is needed.
+/// The directory's view of a stored card: its BIN (the first six digits) at the masked PAN's
+/// length, decided by BINs no longer than what is known (`IssuerDirectory::lookup_prefix`).
 pub fn card_lookup<'d>(directory: &'d IssuerDirectory, row: &TxnRow) -> Option<CardLookup<'d>> {
     let pan = row.pan.as_ref()?;
     let len = pan.masked.chars().count().max(pan.bin.len() + 1);
-    let mut digits = pan.bin.clone();
-    while digits.len() < len {
-        digits.push('0');
-    }
-    Some(directory.lookup_digits(&digits))
+    Some(directory.lookup_prefix(&pan.bin, len))
 }
 
 /// The issuer as a merchant knows it: the bank's name from the BIN, else the link the switch

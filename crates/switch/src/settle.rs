@@ -196,14 +196,13 @@ impl Core {
     /// Domestic or foreign, as field 48 splits totals: a card in the CUP BIN table or on a
     /// UnionPay prefix is domestic.
     fn is_foreign(&self, row: &TxnRow) -> bool {
-        let Some(bin) = row.pan.as_ref().map(|p| p.bin.as_str()) else {
+        let Some(pan) = row.pan.as_ref() else {
             return false;
         };
-        let mut digits = bin.to_owned();
-        while digits.len() < 16 {
-            digits.push('0');
-        }
-        organisation(&self.directory.lookup_digits(&digits)) != DOMESTIC
+        // The card's own length (its masked form's), and only what its BIN tells: a 7-digit
+        // domestic BIN with no shorter one above it is still domestic, as field 63 said.
+        let len = pan.masked.chars().count().max(pan.bin.len() + 1);
+        organisation(&self.directory.lookup_prefix(&pan.bin, len)) != DOMESTIC
     }
 
     /// Field 63.1 of a response for a card (`organisation`, "CUP" for none) and the issuing
