@@ -107,12 +107,18 @@ fn main() -> ExitCode {
         Command::Terminal(args) => terminal_cmd::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Settle(args) => settle_cmd::settle(args),
-        Command::Payouts(args) => settle_cmd::payouts(args),
+        Command::Payouts(args) => match settle_cmd::payouts(args) {
+            Ok(code) => return code,
+            Err(err) => Err(err),
+        },
         Command::Reconcile(args) => match settle_cmd::reconcile_cmd(args) {
             Ok(code) => return code,
             Err(err) => Err(err),
         },
-        Command::Ledger(cmd) => settle_cmd::ledger(cmd),
+        Command::Ledger(cmd) => match settle_cmd::ledger(cmd) {
+            Ok(code) => return code,
+            Err(err) => Err(err),
+        },
         Command::Account(cmd) => settle_cmd::account(cmd),
         Command::Provision(cmd) => provision::run(cmd),
         Command::Audit(args) => match audit::run(args) {

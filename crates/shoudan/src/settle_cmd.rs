@@ -333,7 +333,9 @@ pub fn settle(args: SettleArgs) -> CliResult {
     Ok(())
 }
 
-pub fn payouts(args: PayoutsArgs) -> CliResult {
+/// Exit 1 when a run left payouts unsent for an account it could not unseal (a finding for
+/// whoever schedules the run), 2 on an error.
+pub fn payouts(args: PayoutsArgs) -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
     let deployment = args.common.deployment()?;
     let store = deployment.store()?;
     let run = match &args.run {
@@ -350,6 +352,19 @@ pub fn payouts(args: PayoutsArgs) -> CliResult {
             // in the data directory says otherwise.
             let bank = sim_bank(dir)?;
             let day = settlement::dates::normalise(day).ok_or("--run: not a date")?;
+            // A run for a day still to come (a mistyped year) would pay through that day and
+            // leave every run until then with nothing to pay. The latest sensible one is T+1
+            // of the clearing date now open (a day ahead of the calendar after 23:00).
+            let open =
+                switch::clearing_date_of(SystemClock.now_ms(), switch::CUTOVER_MINUTE_DEFAULT);
+            let latest = settlement::dates::add_days(&open, 1).unwrap_or(open);
+            if day > latest {
+                return Err(format!(
+                    "--run {day} is after {latest}, the payout day of the clearing date now \
+                     open: a run is for that day or one missed, never one to come"
+                )
+                .into());
+            }
             bank.set_today(&day);
             let run = run_payouts(store.as_ref(), &bank, &sealer, &day, SystemClock.now_ms());
             // Remembered whatever the run's end: the bank did what it did.
@@ -390,7 +405,8 @@ pub fn payouts(args: PayoutsArgs) -> CliResult {
                     .map(|f| domain::diagnose_payout(f).title.en),
             })
             .collect();
-        return print_json(&serde_json::json!({ "run": run, "payouts": rows }));
+        print_json(&serde_json::json!({ "run": run, "payouts": rows }))?;
+        return Ok(payout_exit(run.as_ref()));
     }
     if let Some(run) = &run {
         println!(
@@ -437,10 +453,20 @@ pub fn payouts(args: PayoutsArgs) -> CliResult {
             "{held} held: the merchant re-binds (`shoudan account bind`), an operator confirms"
         );
     }
-    Ok(())
+    Ok(payout_exit(run.as_ref()))
 }
 
-pub fn ledger(cmd: LedgerCmd) -> CliResult {
+fn payout_exit(run: Option<&settlement::PayoutRunReport>) -> std::process::ExitCode {
+    if run.is_some_and(|r| !r.unsealable.is_empty()) {
+        std::process::ExitCode::from(1)
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
+
+/// Exit 1 when the ledger does not balance (a finding, as `audit` and `reconcile` report
+/// theirs), 2 on an error.
+pub fn ledger(cmd: LedgerCmd) -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
     let LedgerCmd::Balance(common) = cmd;
     let store = common.deployment()?.store()?;
     let report = audit(store.as_ref())?;
@@ -465,9 +491,10 @@ pub fn ledger(cmd: LedgerCmd) -> CliResult {
         );
     }
     if report.balanced {
-        Ok(())
+        Ok(std::process::ExitCode::SUCCESS)
     } else {
-        Err(format!("ledger does not balance: {:?}", report.unbalanced).into())
+        eprintln!("ledger does not balance: {:?}", report.unbalanced);
+        Ok(std::process::ExitCode::from(1))
     }
 }
 

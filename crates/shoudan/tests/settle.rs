@@ -256,6 +256,11 @@ fn a_day_of_demo_traffic_is_settled_paid_and_reconciled() {
     assert!(out.contains("sim-bank.json"), "{out}");
     std::fs::remove_dir(&bank_file).unwrap();
     std::fs::write(&bank_file, kept).unwrap();
+    // A run for a day to come (a mistyped year) is refused, and pays nothing.
+    let (code, out) = shoudan(&["payouts", "--run", "2099-11-24"], dir);
+    assert_ne!(code, 0);
+    assert!(out.contains("never one to come"), "{out}");
+    assert!(!dir.join("sim-bank-memory.json").exists(), "{out}");
     let first_run = json(&["payouts", "--run", &payout_day], dir);
     assert!(
         dir.join("sim-bank-memory.json").exists(),
