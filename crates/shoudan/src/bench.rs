@@ -606,8 +606,14 @@ async fn auth(args: AuthArgs) -> Result<Report, Box<dyn std::error::Error>> {
     if args.terminals == 0 {
         return Err("--terminals must be at least 1".into());
     }
-    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-        return Err("--rate must be positive".into());
+    // At least one request a minute per run: below that an interval overflows a Duration.
+    if args
+        .rate
+        .is_some_and(|r| !(r.is_finite() && r >= 1.0 / 60.0))
+    {
+        return Err(
+            "--rate must be a positive number of requests per second (at least 1/60)".into(),
+        );
     }
     match (&args.target, &args.data_dir) {
         (Some(target), Some(dir)) => {

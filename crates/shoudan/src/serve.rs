@@ -183,6 +183,11 @@ fn database<'a>(
         }));
     }
     match database.strip_prefix("sqlite:") {
+        // A schema is PostgreSQL's: with SQLite it would be silently dropped, and a node
+        // meant to share a schema would journal alone.
+        Some(_) if schema.is_some() => Err(
+            "database_schema is for a PostgreSQL database; a sqlite: journal has no schema".into(),
+        ),
         Some(path) if !path.is_empty() => Ok(Database::Sqlite(path)),
         // Not quoted back: it may hold a password.
         _ => Err(
@@ -335,6 +340,27 @@ fn check_config(config: &ServeConfig) -> Result<(), String> {
             "default_issuer {default}: no [[issuer]] of that bank"
         ));
     }
+    // Routing sends a link the cards of the bank its name is in the issuer directory: a name
+    // the directory does not know (a typo, `icbc` for `ICBC`) gets no card unless it is the
+    // default issuer, and that bank's cards would go to the default or be answered 31.
+    let directory = IssuerDirectory::embedded().map_err(|e| format!("issuer directory: {e}"))?;
+    for issuer in &config.issuers {
+        let default = config.default_issuer.as_deref() == Some(issuer.bank.as_str());
+        if directory.bank(&issuer.bank).is_none() && !default {
+            let hint = directory
+                .banks()
+                .iter()
+                .find(|b| b.code().eq_ignore_ascii_case(&issuer.bank))
+                .map(|b| format!(" (did you mean {}?)", b.code()))
+                .unwrap_or_default();
+            return Err(format!(
+                "issuer {}: no bank of that code in the issuer directory, so no card would be \
+                 routed to it{hint}; use the bank's code as the directory spells it, or make it \
+                 the default_issuer",
+                issuer.bank
+            ));
+        }
+    }
     if let Some(ms) = config.saf_interval_ms
         && !SAF_INTERVAL_MS.contains(&ms)
     {
@@ -478,6 +504,22 @@ fn checked(config: &ServeConfig) -> Result<Checked, Box<dyn std::error::Error>> 
     })
 }
 
+/// A fee plan for a merchant the journal does not know is a typing error in its MID.
+fn plans_of_known_merchants(fee_plans: &[Record], merchants: &[String]) -> Result<(), String> {
+    let merchants: std::collections::HashSet<&str> = merchants.iter().map(String::as_str).collect();
+    for record in fee_plans {
+        if let Record::Settlement(SettlementRecord::Terms(row)) = record
+            && !merchants.contains(row.mid.as_str())
+        {
+            return Err(format!(
+                "fee plans: merchant {} is not provisioned (shoudan provision merchant)",
+                row.mid
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Everything a start does: the settings checked, the store opened and migrated, the fee
 /// plans written.
 pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::Error>> {
@@ -488,20 +530,8 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
     } = checked(config)?;
     let store = open_store(&config.database, config.database_schema.as_deref())?;
     if !fee_plans.is_empty() {
-        // A plan for a merchant the journal does not know is a typing error in its MID.
-        let merchants: std::collections::HashSet<String> =
-            store.merchants()?.into_iter().map(|m| m.mid).collect();
-        for record in &fee_plans {
-            if let Record::Settlement(SettlementRecord::Terms(row)) = record
-                && !merchants.contains(&row.mid)
-            {
-                return Err(format!(
-                    "fee plans: merchant {} is not provisioned (shoudan provision merchant)",
-                    row.mid
-                )
-                .into());
-            }
-        }
+        let merchants: Vec<String> = store.merchants()?.into_iter().map(|m| m.mid).collect();
+        plans_of_known_merchants(&fee_plans, &merchants)?;
         store.submit(fee_plans)?.await?;
     }
     Ok(Node {
@@ -575,6 +605,12 @@ pub(crate) fn http_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 fn check(config: &ServeConfig) -> CliResult {
     let checked = checked(config)?;
     let status = inspect_store(&config.database, config.database_schema.as_deref())?;
+    // As a start checks them: a restart against this database would refuse the plans, and
+    // the node would stay down. (A new database has no merchants yet: they are provisioned
+    // into it before its first start.)
+    if status.exists {
+        plans_of_known_merchants(&checked.fee_plans, &status.merchants)?;
+    }
     say!(
         "configuration ok: {} terminals, {} issuers, {} fee plans to write",
         status.terminals.unwrap_or(0),
@@ -605,6 +641,20 @@ async fn serve(
     http_runtime: &tokio::runtime::Handle,
 ) -> CliResult {
     let banks: Vec<String> = node.config.issuers.keys().cloned().collect();
+    // The HTTP and metrics ports first: a port taken fails the start before the switch takes
+    // terminals and journals anything, which a return from here would not stop cleanly.
+    let http = tokio::net::TcpListener::bind(node.http_listen)
+        .await
+        .map_err(|e| format!("http_listen {}: {e}", node.http_listen))?;
+    let http_addr = http.local_addr()?;
+    let metrics_listener = match node.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("metrics_listen {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let switch = Switch::start(
         node.config,
         Arc::clone(&node.store),
@@ -614,12 +664,6 @@ async fn serve(
     )
     .await?;
     let (stop, stop_rx) = watch::channel(false);
-    let http = tokio::net::TcpListener::bind(node.http_listen).await?;
-    let http_addr = http.local_addr()?;
-    let metrics_listener = match node.metrics_listen {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
-        None => None,
-    };
     let switch_metrics = Arc::new(web::metrics::SwitchMetricsCell::default());
     switch_metrics.set(switch.metrics());
     let portal = web::Web::new(

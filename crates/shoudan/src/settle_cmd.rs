@@ -690,6 +690,14 @@ pub fn reconcile_cmd(
     };
     banks.sort();
     banks.dedup();
+    // Nothing compared is not "reconciled".
+    if banks.is_empty() {
+        return Err(
+            "no issuers to reconcile: the demo's issuers/ directory holds no ledger, or \
+                    the configuration no [[issuer]]"
+                .into(),
+        );
+    }
     let mut reports: Vec<ReconReport> = Vec::new();
     for bank in &banks {
         let rows = files.read(bank, &date, true)?;

@@ -214,7 +214,13 @@ async fn run_async(args: TerminalArgs) -> CliResult {
             println!("auth code: {auth}");
         }
         if let Some(balance) = response.balance {
-            println!("balance: {}.{:02}", balance / 100, (balance % 100).abs());
+            // -0.50 is negative though its yuan are 0.
+            let sign = if balance < 0 { "-" } else { "" };
+            println!(
+                "balance: {sign}{}.{:02}",
+                (balance / 100).abs(),
+                (balance % 100).abs()
+            );
         }
     }
     Ok(())

@@ -28,3 +28,25 @@ fn a_flag_without_the_one_it_qualifies_is_refused() {
     // A process to measure without its data dir would start a demo of its own instead.
     refused(&["bench", "idle", "--pid", "1"], "--data-dir <DATA_DIR>");
 }
+
+#[test]
+fn values_out_of_range_are_refused_before_anything_starts() {
+    // An open-loop rate so low its interval would overflow: refused, not a panic.
+    refused(
+        &["bench", "auth", "--rate", "1e-300", "--duration", "1s"],
+        "--rate must be a positive number",
+    );
+    // A schema with a SQLite journal would be dropped silently.
+    refused(
+        &[
+            "explain",
+            "--rrn",
+            "123456789012",
+            "--database",
+            "sqlite:/nonexistent/switch.db",
+            "--database-schema",
+            "shoudan",
+        ],
+        "a sqlite: journal has no schema",
+    );
+}

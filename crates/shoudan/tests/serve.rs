@@ -94,6 +94,20 @@ fn check(config: &Path) -> String {
     stdout
 }
 
+/// The merchant of `write_config`'s fee plan, in `store`.
+fn provision_the_plans_merchant(store: &dyn store::Store) {
+    store
+        .submit(vec![store::Record::UpsertMerchant(store::MerchantRow {
+            mid: "898110048990001".into(),
+            name: "Teahouse".into(),
+            status: store::Status::Active,
+            mcc: "5812".into(),
+        })])
+        .unwrap()
+        .wait()
+        .unwrap();
+}
+
 /// `serve --check` reads and never writes: it may run beside the node it is about to
 /// replace, so it neither creates the database nor migrates it nor writes the fee plans.
 #[test]
@@ -117,8 +131,10 @@ fn serve_checks_its_config_on_sqlite_and_postgres() {
     );
     assert!(!path.exists(), "--check created the database");
 
-    // A database one migration behind: listed, not applied.
+    // A database one migration behind: listed, not applied. It holds the fee plan's merchant
+    // (a check of an existing database refuses plans for merchants it lacks, as a start does).
     let store = store::SqliteStore::open(&store::SqliteConfig::new(&path)).unwrap();
+    provision_the_plans_merchant(&store);
     store.close();
     drop(store);
     let db = rusqlite::Connection::open(&path).unwrap();
@@ -179,6 +195,7 @@ fn serve_checks_its_config_on_sqlite_and_postgres() {
             schema: Some(schema.clone()),
         })
         .unwrap();
+        provision_the_plans_merchant(&pg);
         pg.close();
         drop(pg);
         let out = check(&config);
@@ -275,6 +292,16 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
             "[[issuer]]\nbank = \"ICBC\"\naddr = \"127.0.0.1:9\"\nzpk = \"1\"\ntimeout_ms = 500\n\n[[issuer]]",
             "configured twice",
         ),
+        (
+            "[[issuer]]",
+            "[[issuer]]\nbank = \"icbc\"\naddr = \"127.0.0.1:9\"\nzpk = \"1\"\ntimeout_ms = 500\n\n[[issuer]]",
+            "did you mean ICBC?",
+        ),
+        (
+            "node_id = 3",
+            "node_id = 3\ndatabase_schema = \"shoudan\"",
+            "a sqlite: journal has no schema",
+        ),
     ] {
         let error = refused(d, &config, from, to);
         assert!(error.contains(says), "{to:?}: {error}");
@@ -297,6 +324,24 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
             "{to}: {error}"
         );
     }
+    // A plan for a merchant the journal does not hold (a mistyped MID): refused by the check,
+    // as the restart it approves would refuse it.
+    std::fs::write(&plans, &good_plans).unwrap();
+    let journal = store::SqliteStore::open(&store::SqliteConfig::new(d.join("switch.db"))).unwrap();
+    provision_the_plans_merchant(&journal);
+    journal.close();
+    drop(journal);
+    check(&config);
+    std::fs::write(
+        &plans,
+        good_plans.replacen("898110048990001", "898110048990009", 1),
+    )
+    .unwrap();
+    let error = refused(d, &config, "node_id = 3", "node_id = 3");
+    assert!(
+        error.contains("merchant 898110048990009 is not provisioned"),
+        "{error}"
+    );
     std::fs::write(&plans, &good_plans).unwrap();
     // An issuer timeout the default lease (30 s) does not outlast, no lease set: another node
     // could take over a reversal while this one still waits for the issuer.

@@ -370,9 +370,16 @@ impl PgStore {
         } else {
             None
         };
+        let merchants: Vec<String> = if table("merchants")? {
+            conn.prepare("SELECT mid FROM merchants")?
+                .query_map(params![], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
         drop(conn);
         drop(runtime);
-        schema::SchemaStatus::from_applied(!applied.is_empty(), &applied, terminals)
+        schema::SchemaStatus::from_applied(!applied.is_empty(), &applied, terminals, merchants)
     }
 
     /// Commits what is queued, stops the writer and waits for it. Later writes fail with

@@ -646,6 +646,9 @@ pub struct SchemaStatus {
     pub pending: Vec<(i64, &'static str)>,
     /// Terminals in the journal; `None` before the tables exist.
     pub terminals: Option<u64>,
+    /// The merchants' MIDs in the journal (empty before the tables exist): what a start
+    /// checks a fee plan's merchant against.
+    pub merchants: Vec<String>,
 }
 
 impl SchemaStatus {
@@ -655,6 +658,7 @@ impl SchemaStatus {
         exists: bool,
         applied: &[i64],
         terminals: Option<u64>,
+        merchants: Vec<String>,
     ) -> Result<Self, crate::StoreError> {
         let known = latest_version();
         if let Some(&found) = applied.iter().max()
@@ -670,6 +674,7 @@ impl SchemaStatus {
                 .map(|m| (m.version, m.name))
                 .collect(),
             terminals,
+            merchants,
         })
     }
 }

@@ -156,7 +156,7 @@ impl SqliteStore {
     /// created, nothing migrated (the connection is read-only).
     pub fn inspect(path: &Path) -> Result<schema::SchemaStatus, StoreError> {
         if !path.exists() {
-            return schema::SchemaStatus::from_applied(false, &[], None);
+            return schema::SchemaStatus::from_applied(false, &[], None, Vec::new());
         }
         let conn = Connection::open_with_flags(
             path,
@@ -181,7 +181,14 @@ impl SqliteStore {
         } else {
             None
         };
-        schema::SchemaStatus::from_applied(!applied.is_empty(), &applied, terminals)
+        let merchants: Vec<String> = if table("merchants")? {
+            conn.prepare("SELECT mid FROM merchants")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        schema::SchemaStatus::from_applied(!applied.is_empty(), &applied, terminals, merchants)
     }
 
     /// Changes the page quota (`max_page_count`) at run time, from the writer's next group on;
