@@ -365,6 +365,9 @@ pub struct PayoutRunReport {
     /// Payouts whose account number could not be unsealed (the sealing key is not the one it
     /// was sealed under): nothing is sent until an operator puts the key right.
     pub unsealable: Vec<String>,
+    /// Payouts not sent because their merchant is suspended (a risk alert acted on, an
+    /// operator's review): they wait, pending, until the merchant is approved again.
+    pub withheld: Vec<String>,
 }
 
 impl PayoutRunReport {
@@ -682,6 +685,17 @@ pub fn run_payouts(
             report.waiting_for(&payout.mid);
             continue;
         };
+        // A suspended merchant's money stays here while it is looked into: its sales may be
+        // the fraud the suspension is about. An instruction already given goes on (the bank
+        // may have paid it; asking again under its reference cannot pay twice).
+        if payout.bank_reference.is_none()
+            && store
+                .merchant(&payout.mid)?
+                .is_some_and(|m| m.status == store::Status::Suspended)
+        {
+            report.withheld.push(payout.key.clone());
+            continue;
+        }
         // One reference per payout and account, with the account it pays, fixed and recorded
         // before the bank is first asked: every later attempt sends the same instruction, so a
         // bank that paid but whose answer was lost (a timeout reported as a system error, or a

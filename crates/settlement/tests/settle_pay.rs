@@ -1708,3 +1708,41 @@ fn the_simulated_bank_remembers_across_runs_what_it_did() {
     next.forget_unconfigured(&[b]);
     assert!(pay(&next, "r4", a).is_ok(), "no longer configured: normal");
 }
+
+/// A suspended merchant's payout is not sent while the suspension stands (its sales may be
+/// the fraud the suspension is about); it goes out once the merchant is active again.
+#[test]
+fn a_suspended_merchants_payout_waits_for_the_suspension_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    one_sale_cleared_and_bound(store, &directory, &sealer, 93);
+    let status = |status| {
+        store
+            .submit(vec![store::Record::UpsertMerchant(store::MerchantRow {
+                mid: M1.into(),
+                name: format!("merchant {M1}"),
+                status,
+                mcc: "5812".into(),
+            })])
+            .unwrap()
+            .wait()
+            .unwrap();
+    };
+    status(store::Status::Suspended);
+    let bank = SimBank::new();
+    let key = format!("{M1}:20261124");
+    let held = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
+    assert_eq!(held.created, vec![key.clone()]);
+    assert!(held.sent.is_empty(), "{held:?}");
+    assert_eq!(held.withheld, vec![key.clone()]);
+    let row = store.payout(&key).unwrap().unwrap();
+    assert_eq!(row.state, PayoutState::Pending);
+    assert!(row.bank_reference.is_none());
+    status(store::Status::Active);
+    let paid = run_payouts(store, &bank, &sealer, "20261124", 2_000).unwrap();
+    assert_eq!(paid.sent, vec![key.clone()]);
+    assert!(paid.withheld.is_empty());
+}

@@ -420,6 +420,12 @@ pub fn payouts(args: PayoutsArgs) -> Result<std::process::ExitCode, Box<dyn std:
             run.released.len(),
             run.waiting_for_account.len()
         );
+        if !run.withheld.is_empty() {
+            println!(
+                "withheld: {} (the merchant is suspended; paid once it is approved again)",
+                run.withheld.join(", ")
+            );
+        }
         if !run.unsealable.is_empty() {
             println!(
                 "not sent: the account number of {} could not be unsealed; check that the \
