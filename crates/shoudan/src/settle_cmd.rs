@@ -626,9 +626,10 @@ impl ClearingFiles<'_> {
 
 /// An issuer's clearing file for a day: the one in `clearing/` if there is one, else written by
 /// issuer-sim's own writer from its ledger as the issuer would send it now. It is kept in
-/// `clearing/` only when `keep` and the day has closed (past the cut-over and its grace): a file
-/// of a day still open would be incomplete, and reading it later would report the day's later
-/// transactions as unknown to the issuer.
+/// `clearing/` only when `keep` and the issuer's day has closed: the simulated issuers' days
+/// end at midnight, not at the host's 23:00 cut-over, and then a grace for reversals still on
+/// their way. A file of a day still open would be incomplete, and reading it later would
+/// report the day's later transactions as unknown to the issuer.
 fn clearing_file(
     dir: &Path,
     bank: &str,
@@ -647,11 +648,9 @@ fn clearing_file(
     ledger.close()?;
     let mut csv = Vec::new();
     issuer_sim::clearing::write_csv(&records, &mut csv)?;
-    let closed_through = switch::clearing_date_of(
-        SystemClock.now_ms() - switch::CUTOVER_GRACE_MS,
-        switch::CUTOVER_MINUTE_DEFAULT,
-    );
-    if keep && date < closed_through.as_str() {
+    let open_day =
+        switch::LocalTime::from_ms(SystemClock.now_ms() - switch::CUTOVER_GRACE_MS).yyyymmdd();
+    if keep && date < open_day.as_str() {
         std::fs::create_dir_all(dir.join("clearing"))?;
         std::fs::write(&path, &csv)?;
     }

@@ -429,12 +429,10 @@ fn a_day_of_demo_traffic_is_settled_paid_and_reconciled() {
         json(&["reconcile", "--date", date], dir);
     }
     // A day still open is reconciled as the issuers see it now, but its files are not kept:
-    // a later run must see the day's later transactions.
+    // a later run must see the day's later transactions. The simulated issuers' days end at
+    // midnight (not at the host's 23:00 cut-over), then a grace for reversals on their way.
     let now_ms = switch::Clock::now_ms(&switch::SystemClock);
-    let closed_through = switch::clearing_date_of(
-        now_ms - switch::CUTOVER_GRACE_MS,
-        switch::CUTOVER_MINUTE_DEFAULT,
-    );
+    let closed_through = switch::LocalTime::from_ms(now_ms - switch::CUTOVER_GRACE_MS).yyyymmdd();
     let kept: Vec<String> = std::fs::read_dir(dir.join("clearing"))
         .map(|entries| {
             entries
