@@ -33,6 +33,8 @@ pub enum ReconcileError {
 
 /// Parses the CSV by its header's column names.
 pub fn parse_clearing_csv(text: &str) -> Result<Vec<IssuerClearingRow>, ReconcileError> {
+    // A file saved by a Windows tool starts with a byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
     let col = |name: &'static str| {
@@ -59,9 +61,12 @@ pub fn parse_clearing_csv(text: &str) -> Result<Vec<IssuerClearingRow>, Reconcil
         }
         let cells: Vec<&str> = line.split(',').collect();
         let cell = |i: usize| cells.get(i).map(|c| c.trim()).unwrap_or("");
-        let amount_fen = cell(amount)
-            .parse::<i64>()
-            .map_err(|_| ReconcileError::BadRow {
+        // Fen as digits alone: a sign (a refund written negative) is not the journal's way,
+        // and taken as it is it would make every credit an amount difference.
+        let amount_fen = Some(cell(amount))
+            .filter(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|a| a.parse::<i64>().ok())
+            .ok_or_else(|| ReconcileError::BadRow {
                 line: n + 2,
                 problem: format!("amount {:?}", cell(amount)),
             })?;
@@ -156,6 +161,52 @@ const ACTION_UNKNOWN: &str = "Cleared to the merchant but unknown to the issuer:
      correction.";
 const ACTION_AMOUNT: &str = "Amounts differ: clear the issuer's amount, post a correction for \
      the difference, and check the terminal's amount entry.";
+const ACTION_NOT_COUNTED_HERE: &str = "Debited at the issuer but not counted here (the journal \
+     holds it declined, timed out or failed, with no reversal standing): send a reversal to the \
+     issuer so the cardholder gets the money back, or, if the merchant holds a signed receipt, \
+     record the capture by hand.";
+const ACTION_CREDIT_MISSING: &str = "The issuer credited the cardholder (a refund or void) that \
+     the journal has no record of, so the merchant was never debited for it: ask the issuer for \
+     its record; if the merchant's terminal made it, post it to the merchant as a correction, \
+     else have the issuer reverse it.";
+const ACTION_CREDIT_REVERSED_HERE: &str = "Reversed here but still credited at the issuer: resend \
+     the reversal (store-and-forward) until the issuer acknowledges it, or the cardholder keeps \
+     a credit the merchant was not debited for.";
+const ACTION_CREDIT_NOT_COUNTED_HERE: &str = "Credited at the issuer but not counted here (the \
+     journal holds it declined, timed out or failed): check with the issuer which stands, then \
+     post it to the merchant as a correction or have the issuer reverse it.";
+const ACTION_CREDIT_UNKNOWN: &str = "Refunded or voided here (the merchant is debited) but \
+     unknown to the issuer (the cardholder is not credited): ask the issuer for its record, and \
+     send it again or undo the merchant's debit with a correction.";
+
+/// A refund or void: money back to the cardholder. The actions for a difference in one run
+/// the other way from a sale's.
+fn is_credit(kind: &str) -> bool {
+    matches!(kind, "purchase_void" | "refund" | "completion_void")
+}
+
+/// What to do about a row the issuer counts and the journal does not: `ours` is the journal's
+/// row of that RRN, if any.
+fn action_missing_here(kind: &str, ours: Option<&TxnRow>) -> &'static str {
+    let reversed = ours.map(|t| t.state == TxnState::Reversed);
+    match (is_credit(kind), reversed) {
+        (false, None) => ACTION_MISSING,
+        (false, Some(true)) => ACTION_REVERSED_HERE,
+        (false, Some(false)) => ACTION_NOT_COUNTED_HERE,
+        (true, None) => ACTION_CREDIT_MISSING,
+        (true, Some(true)) => ACTION_CREDIT_REVERSED_HERE,
+        (true, Some(false)) => ACTION_CREDIT_NOT_COUNTED_HERE,
+    }
+}
+
+/// What to do about a row the journal counts and the issuer does not.
+fn action_unknown(kind: &str) -> &'static str {
+    if is_credit(kind) {
+        ACTION_CREDIT_UNKNOWN
+    } else {
+        ACTION_UNKNOWN
+    }
+}
 
 /// Matches one issuer's clearing file for `clearing_date` with the journal. `journal` holds the
 /// journal rows of that issuer around the date, and `adjacent` the issuer's rows of the days
@@ -212,18 +263,15 @@ pub fn reconcile(
                 }
             }
             (true, false) => {
-                let action = if ours.is_some() {
-                    ACTION_REVERSED_HERE
-                } else {
-                    ACTION_MISSING
-                };
+                let action = action_missing_here(&row.kind, ours);
                 report
                     .findings
                     .push(finding(FindingKind::MissingHere, action));
             }
-            (false, true) => report
-                .findings
-                .push(finding(FindingKind::UnknownToIssuer, ACTION_UNKNOWN)),
+            (false, true) => report.findings.push(finding(
+                FindingKind::UnknownToIssuer,
+                action_unknown(&row.kind),
+            )),
             (false, false) => report.matched += 1,
         }
     }
@@ -250,7 +298,7 @@ pub fn reconcile(
             journal_amount_fen: Some(row.amount_fen),
             issuer_state: None,
             journal_state: Some(row.state.as_str().to_owned()),
-            action: ACTION_UNKNOWN,
+            action: action_unknown(row.kind.as_str()),
         });
     }
     report
@@ -375,5 +423,85 @@ mod tests {
         assert_eq!(report.matched, 2);
         assert_eq!(report.findings[0].action, ACTION_REVERSED_HERE);
         assert_eq!(report.findings[1].action, ACTION_MISSING);
+    }
+
+    #[test]
+    fn a_clearing_file_with_a_byte_order_mark_reads_and_a_signed_amount_does_not() {
+        let header = "rrn,type,amount,state,refunded,captured,original_rrn,auth_code,day\n";
+        let row = "000000000001,purchase,1000,approved,0,0,,123456,2026-11-23\n";
+        let rows = parse_clearing_csv(&format!("\u{feff}{header}{row}")).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].amount_fen, 1_000);
+        for signed in ["-1000", "+1000", ""] {
+            let text = format!("{header}{}", row.replace(",1000,", &format!(",{signed},")));
+            assert!(
+                matches!(
+                    parse_clearing_csv(&text),
+                    Err(ReconcileError::BadRow { line: 2, .. })
+                ),
+                "{signed:?}"
+            );
+        }
+    }
+
+    /// A refund or void differs the other way from a sale: the advice follows the money.
+    #[test]
+    fn a_credits_difference_is_advised_as_a_credit() {
+        let csv = "rrn,type,amount,state,refunded,captured,original_rrn,auth_code,day\n\
+            000000000011,refund,300,approved,0,0,000000000001,,2026-11-23\n\
+            000000000012,refund,400,approved,0,0,000000000001,,2026-11-23\n\
+            000000000013,purchase,500,approved,0,0,,123461,2026-11-23\n\
+            000000000014,purchase_void,700,reversed_unseen,0,0,000000000002,,2026-11-23\n";
+        let rows = parse_clearing_csv(csv).unwrap();
+        let d = "20261123";
+        let journal = vec![
+            // 11: a refund the journal does not have.
+            journal_row("000000000012", TxnKind::Refund, TxnState::Reversed, 400, d),
+            journal_row(
+                "000000000013",
+                TxnKind::Purchase,
+                TxnState::TimedOut,
+                500,
+                d,
+            ),
+            journal_row(
+                "000000000014",
+                TxnKind::PurchaseVoid,
+                TxnState::Approved,
+                700,
+                d,
+            ),
+        ];
+        let report = reconcile("ICBC", d, &rows, &[], &journal);
+        let found: Vec<(&str, FindingKind, &str)> = report
+            .findings
+            .iter()
+            .map(|f| (f.rrn.as_str(), f.kind, f.action))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (
+                    "000000000011",
+                    FindingKind::MissingHere,
+                    ACTION_CREDIT_MISSING
+                ),
+                (
+                    "000000000012",
+                    FindingKind::MissingHere,
+                    ACTION_CREDIT_REVERSED_HERE
+                ),
+                (
+                    "000000000013",
+                    FindingKind::MissingHere,
+                    ACTION_NOT_COUNTED_HERE
+                ),
+                (
+                    "000000000014",
+                    FindingKind::UnknownToIssuer,
+                    ACTION_CREDIT_UNKNOWN
+                ),
+            ]
+        );
     }
 }
