@@ -151,7 +151,12 @@ impl Core {
     ) -> Option<Vec<u8>> {
         let request = &frame.message;
         let plain = |code| self.answer_code(frame, code);
-        let Some(terminal) = request.text(41).and_then(|t| self.terminal(t.trim_end())) else {
+        // No field 41 at all is a malformed request (30), not an unknown terminal (97): the
+        // terminal's software must be mended, not its registration.
+        let Some(tid) = request.text(41) else {
+            return plain(RC_FORMAT_ERROR);
+        };
+        let Some(terminal) = self.terminal(tid.trim_end()) else {
             return plain(RC_NOT_REGISTERED);
         };
         // A suspended or closed terminal takes no new business, but its reversals still count:
@@ -184,6 +189,9 @@ impl Core {
                 |_| Ok(()),
             )
         };
+        if request.text(42).is_none() {
+            return answer(RC_FORMAT_ERROR);
+        }
         if !terminal.names_own_merchant(request) {
             self.risk_mid_mismatch(&terminal, request.text(42).map(str::trim_end));
             return answer(RC_INVALID_MERCHANT);
@@ -198,6 +206,9 @@ impl Core {
         let amount_fen = match request.amount().map(i64::try_from) {
             Some(Ok(fen)) => fen,
             None if kind == Financial::BalanceInquiry => 0,
+            // No amount where one is required: the request is malformed (30), not an amount
+            // to key again (13).
+            None => return answer(RC_FORMAT_ERROR),
             _ => return answer(RC_INVALID_AMOUNT),
         };
         if amount_fen == 0 && kind != Financial::BalanceInquiry {

@@ -1421,3 +1421,28 @@ fn a_silent_issuer_link_is_tested_and_connected_again() {
         h.stop().await;
     });
 }
+
+/// A request missing a field the protocol requires is a format error (30), whatever the
+/// field: not an amount to key again (13) or a merchant ID to correct (03).
+#[test]
+fn a_request_missing_a_required_field_is_a_format_error() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        for (stan, omit) in [(2, &[4u8][..]), (3, &[42u8][..])] {
+            let r = t
+                .send(&Req {
+                    omit,
+                    ..Req::purchase(&card("622202"), 1_000, stan)
+                })
+                .await;
+            assert_eq!(r.code(), "30", "without field {omit:?}");
+        }
+        // A zero amount is there and wrong: 13.
+        assert_eq!(
+            t.send(&Req::purchase(&card("622202"), 0, 4)).await.code(),
+            "13"
+        );
+    });
+}

@@ -556,6 +556,8 @@ pub struct Req {
     /// Track 2 (field 35) in place of field 2, and whether it goes encrypted under the session
     /// TDK (53.3 = 1; sign in with scheme 004 first).
     pub track2: Option<(String, bool)>,
+    /// Fields left out of the request (4 or 42), to send a malformed one.
+    pub omit: &'static [u8],
 }
 
 impl Req {
@@ -576,6 +578,7 @@ impl Req {
             auth_code: None,
             pin_block: None,
             track2: None,
+            omit: &[],
         }
     }
     pub fn void(pan: &str, amount: u64, stan: u32, original_stan: u32, rrn: &str) -> Req {
@@ -698,7 +701,9 @@ impl Terminal {
             out.set_digits(2, &req.pan).unwrap();
         }
         out.set_digits(3, req.processing).unwrap();
-        out.set_amount(req.amount).unwrap();
+        if !req.omit.contains(&4) {
+            out.set_amount(req.amount).unwrap();
+        }
         out.set_stan(req.stan).unwrap();
         out.set_digits(22, if req.pin.is_some() { "021" } else { "022" })
             .unwrap();
@@ -741,10 +746,10 @@ impl Terminal {
         if let Some(reason) = req.reason {
             out.set_text(39, reason).unwrap();
         }
-        out.set_text(41, &self.tid)
-            .unwrap()
-            .set_text(42, MID)
-            .unwrap();
+        out.set_text(41, &self.tid).unwrap();
+        if !req.omit.contains(&42) {
+            out.set_text(42, MID).unwrap();
+        }
         out.set_text(49, "156").unwrap();
         out.set_digits(
             60,
