@@ -173,8 +173,10 @@ pub enum CaseError {
     #[error("the refund was already executed")]
     AlreadyRefunded,
     #[error(
-        "the last refund attempt got no answer from the issuer and is being reversed; approve \
-         again once its reversal is acknowledged (it may have been made)"
+        "the last refund attempt may have been made at the issuer (no answer, or one that \
+         could not be read or recorded) and is being reversed; approve again once its reversal \
+         is acknowledged. If the issuer refused that reversal, the refund stands: ask the \
+         issuer before refunding again"
     )]
     RefundInDoubt,
     #[error("refund amount {asked_fen} fen exceeds what is left to refund ({left_fen} fen)")]

@@ -494,6 +494,34 @@ pub fn explain_txn(
                     ),
                 ));
             }
+            // Approved, then undone (a completion voided, a refund or void reversed by its
+            // terminal): it went through, and no longer stands.
+            (other, false)
+                if l.response_code.as_deref() == Some("00")
+                    && matches!(l.state, TxnState::Voided | TxnState::Reversed) =>
+            {
+                let okind = kind_text(other);
+                let (uzh, uen) = if l.state == TxnState::Voided {
+                    ("撤销", "voided")
+                } else {
+                    ("冲正", "reversed")
+                };
+                steps.push(step(
+                    at,
+                    "linked",
+                    Both::new(
+                        format!(
+                            "{} {} {lamount} 已批准（RRN {lrrn}），之后被{uzh}：不再有效",
+                            lwho.zh, okind.zh
+                        ),
+                        format!(
+                            "{} {} of {lamount} was approved (RRN {lrrn}), then {uen}: it no \
+                             longer stands",
+                            lwho.en, okind.en
+                        ),
+                    ),
+                ));
+            }
             (TxnKind::Refund, false) => {
                 let code = code_title(l.response_code.as_deref().unwrap_or("??"));
                 steps.push(step(

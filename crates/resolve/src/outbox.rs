@@ -134,9 +134,10 @@ impl Event {
             dedup_key: format!("reversal.refused:{}", txn.id),
             data: json!({
                 "transaction": txn,
-                "diagnosis": domain::diagnosis::diagnose_failure(
+                // The same shape as every other event's diagnosis.
+                "diagnosis": diagnosis_json(domain::diagnosis::diagnose_failure(
                     domain::diagnosis::FailureKind::ReversalRefused
-                ),
+                )),
             }),
         }
     }

@@ -815,6 +815,48 @@ fn voids_and_pre_authorisations_read_in_plain_words() {
         let voided = x.steps.last().unwrap();
         assert_eq!(voided.kind, "voided");
         assert!(!voided.text.en.contains("same day"), "{voided:?}");
+
+        // Completed, then the completion voided: the pre-authorisation's page says the
+        // completion went through and was undone, not that it "did not go through: 00".
+        e.stan += 1;
+        let held = Req {
+            stan: e.stan,
+            ..pre_auth.clone()
+        };
+        let r = e.t.send(&held).await;
+        assert_eq!(r.code(), "00");
+        let held_rrn = r.text(37).unwrap();
+        e.stan += 1;
+        let completion = Req {
+            condition: "06",
+            message_type: "20",
+            f61: Some(format!("{:06}{:06}", 1, held.stan)),
+            ..Req::purchase(card.pan.expose_digits(), 20_000, e.stan)
+        };
+        let r = e.t.send(&completion).await;
+        assert_eq!(r.code(), "00");
+        let completion_rrn = r.text(37).unwrap();
+        e.stan += 1;
+        let completion_void = Req {
+            processing: "200000",
+            condition: "06",
+            message_type: "21",
+            rrn: Some(completion_rrn.clone()),
+            f61: Some(format!("{:06}{:06}", 1, completion.stan)),
+            ..Req::purchase(card.pan.expose_digits(), 20_000, e.stan)
+        };
+        assert_eq!(e.t.send(&completion_void).await.code(), "00");
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &held_rrn, now()).unwrap();
+        let undone = x
+            .steps
+            .iter()
+            .find(|s| s.text.en.contains(&completion_rrn))
+            .unwrap_or_else(|| panic!("{x:#?}"));
+        assert!(
+            undone.text.en.contains("was approved") && undone.text.en.contains("then voided"),
+            "{undone:?}"
+        );
+        assert!(!undone.text.en.contains("did not go through"), "{undone:?}");
     });
 }
 

@@ -350,9 +350,14 @@ pub fn confirm_change(
         return Err(BindError::SameUser(operator.to_owned()));
     }
     let current = store.bound_account(&change.mid)?;
-    // Asked for when the account was flagged; re-bound since (its flag cleared), the change
-    // would replace an account nobody asked to replace.
-    if current.as_ref().is_some_and(|a| !a.needs_rebind) {
+    // Asked for when the account was flagged, and re-bound since (its flag cleared): the
+    // change would replace an account nobody asked to replace. A change asked for over a
+    // healthy account (staff binding for a merchant) is confirmed over it, as long as that
+    // account has not changed since.
+    if current
+        .as_ref()
+        .is_some_and(|a| !a.needs_rebind && a.updated_at_ms > change.requested_at_ms)
+    {
         change.state = ChangeState::Superseded;
         change.decided_at_ms = Some(now_ms);
         change.note = "superseded: the account was re-bound since".to_owned();

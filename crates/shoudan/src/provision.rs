@@ -702,6 +702,21 @@ async fn add_terminal(store: &dyn Store, spec: &switch::TerminalSpec) -> CliResu
     if store.terminal(&spec.tid)?.is_some() {
         return Err(format!("terminal {}: already provisioned", spec.tid).into());
     }
+    // One TMK per terminal: field 62 carries the working keys under it in the clear of the
+    // network, so a terminal sharing another's TMK could read that one's PIN and MAC keys.
+    let tmk = switch::handle_bytes(spec.tmk);
+    if let Some(other) = store
+        .terminals()?
+        .into_iter()
+        .find(|t| t.tmk_wrapped == tmk)
+    {
+        return Err(format!(
+            "tmk: {} is terminal {}'s; each terminal needs a TMK of its own (provision key \
+             --usage tmk)",
+            spec.tmk, other.tid
+        )
+        .into());
+    }
     store.submit(vec![switch::terminal_record(spec)])?.await?;
     Ok(())
 }

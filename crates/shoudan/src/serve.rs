@@ -748,9 +748,20 @@ async fn serve(
         _ = async { tokio::join!(switch.shutdown(), others) } => {}
         () = signals.next() => say!("stopping now: requests still in progress are reversed at the next start"),
     }
-    // Everything queued for the journal is committed before the process ends.
+    // Everything queued for the journal is committed before the process ends. A journal that
+    // no longer answers (a database or disk that stalled) would hold the process for ever:
+    // another signal ends it. What is then lost is what a kill would lose: writes queued and
+    // not committed, none of them a request already answered (answers follow their commits).
     let store = Arc::clone(&node.store);
-    tokio::task::spawn_blocking(move || store.close()).await?;
+    let closing = tokio::task::spawn_blocking(move || store.close());
+    tokio::select! {
+        closed = closing => closed?,
+        () = signals.next() => {
+            return Err("stopped without closing the journal (it did not answer): writes queued \
+                        and not yet committed are lost; no answered request is among them"
+                .into());
+        }
+    }
     say!("stopped");
     Ok(())
 }

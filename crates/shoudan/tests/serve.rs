@@ -804,6 +804,10 @@ key_store_file = "{dir}/hsm.store"
     let (code, _, err) = terminal("70000001", &tmk, &[]);
     assert_eq!(code, 2, "a terminal provisioned again would lose its batch");
     assert!(err.contains("already provisioned"), "{err}");
+    // Another terminal under the same TMK could read this one's working keys in field 62.
+    let (code, _, err) = terminal("70000002", &tmk, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is terminal 70000001's"), "{err}");
 
     let password = "first-admin-pass";
     let (code, out, err) = provision(

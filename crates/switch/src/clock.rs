@@ -77,10 +77,11 @@ impl LocalTime {
     }
 }
 
-/// The MMDD of local day `day_number` (days since 1970-01-01 in local time).
-pub fn mmdd_of_day(day_number: i64) -> String {
+/// The MMDD of local day `day_number` (days since 1970-01-01 in local time) as a number
+/// (`0529` → 529), as field 61 carries it.
+pub fn mmdd_of_day(day_number: i64) -> u16 {
     let (_, month, day) = civil_from_days(day_number);
-    format!("{month:02}{day:02}")
+    u16::from(month) * 100 + u16::from(day)
 }
 
 /// Days since 1970-01-01 of a `YYYYMMDD` clearing date, for "within 30 days" checks.

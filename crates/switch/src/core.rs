@@ -301,6 +301,20 @@ impl Core {
         }
     }
 
+    /// Changes terminal `tid` as it is now, under the map's lock: what another task changed
+    /// since the caller read it (a sign-in's new keys, a suspension) stays. A copy read before
+    /// a wait and put back whole would undo those: the keys a sign-in had replaced, already
+    /// deleted from the HSM, and every MAC then refused until the next sign-in.
+    pub fn modify_terminal(&self, tid: &str, change: impl FnOnce(&mut Terminal)) {
+        let mut terminals = self
+            .terminals
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(current) = terminals.get_mut(tid) {
+            change(Arc::make_mut(current));
+        }
+    }
+
     pub fn replace_terminal(&self, terminal: Terminal) {
         self.terminals
             .write()
@@ -635,6 +649,10 @@ impl Core {
         let Some(terminal) = terminal else {
             return self.system_error(frame);
         };
+        // Suspended while this sign-in waited for the lock: no keys.
+        if terminal.status != Status::Active {
+            return self.answer_code(frame, RC_NOT_PERMITTED_TERMINAL);
+        }
         let batch_no = request
             .field60()
             .ok()

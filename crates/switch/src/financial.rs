@@ -2187,8 +2187,11 @@ fn dated_as_sent(ctx: &Ctx<'_>, original: &Entry) -> bool {
     else {
         return true;
     };
-    let date = format!("{date:04}");
-    original.host_date.as_deref() == Some(date.as_str())
+    original
+        .host_date
+        .as_deref()
+        .and_then(|d| d.parse::<u16>().ok())
+        == Some(date)
         || [0, 1]
             .into_iter()
             .any(|after| crate::clock::mmdd_of_day(original.received_day + after) == date)

@@ -456,9 +456,7 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 && current.status != row.status
             {
                 tracing::info!(tid = %row.tid, status = %row.status, "terminal status changed");
-                let mut updated = (*current).clone();
-                updated.status = row.status;
-                core.replace_terminal(updated);
+                core.modify_terminal(&row.tid, |t| t.status = row.status);
             }
         }
     }

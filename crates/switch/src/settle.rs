@@ -353,8 +353,6 @@ impl Core {
             // The terminal starts its next batch after settling, balanced or not; an
             // unbalanced batch is then uploaded under its old number.
             let next = batch_no % 999_999 + 1;
-            let mut updated = (*terminal).clone();
-            updated.batch_no = next;
             let batch = Record::Batch {
                 tid: terminal.tid.clone(),
                 batch_no: next,
@@ -362,7 +360,8 @@ impl Core {
             if self.persist_within(vec![settled, batch]).await.is_err() {
                 return self.system_error(frame);
             }
-            self.replace_terminal(updated);
+            // Only the batch: a sign-in or a suspension made during the writes stays.
+            self.modify_terminal(&terminal.tid, |t| t.batch_no = next);
         }
         tracing::info!(tid = %terminal.tid, batch_no, result = result.0, "settled");
         self.reply(frame, None, &Answer::code(RC_APPROVED), None, |out| {

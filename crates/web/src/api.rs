@@ -832,6 +832,11 @@ async fn set_webhook(
             "secret: at least {WEBHOOK_SECRET_LEN_MIN} bytes"
         )));
     }
+    // Staff naming a merchant the journal does not hold (a mistyped MID) would set an
+    // endpoint for no one.
+    if web.store.merchant(&mid)?.is_none() {
+        return Err(ApiError::not_found("merchant"));
+    }
     let before = web.store.webhook_endpoint(&mid)?.map(|e| e.url);
     web.resolver
         .set_webhook(&mid, &body.url, body.secret.as_bytes())

@@ -194,7 +194,8 @@ fn case_error_zh(error: &CaseError) -> Option<String> {
         CaseError::NotRefundApplication => "只有退款申请工单可以批准退款".to_owned(),
         CaseError::AlreadyRefunded => "这笔退款已经执行过".to_owned(),
         CaseError::RefundInDoubt => {
-            "上一次退款没有收到发卡行应答，正在冲正；冲正确认后再批准（那次退款可能已成功）"
+            "上一次退款可能已在发卡行成功（没有应答，或应答无法读取、无法记录），正在冲正；\
+             冲正确认后再批准。若发卡行拒绝了冲正，那次退款有效：再次退款前请先向发卡行核实"
                 .to_owned()
         }
         CaseError::ExceedsRemaining {
@@ -258,35 +259,47 @@ fn case_api_error(error: CaseError) -> ApiError {
     }
 }
 
-/// Rewrites the answers axum's extractors give a request they cannot read (a JSON body of the
-/// wrong shape, a path or query parameter that does not parse). Their text quotes the
-/// offending value: a card number sent as a JSON number, or typed where a transaction id
-/// belongs, would come back in the answer. Every other answer carries JSON (the API) or HTML
-/// (the pages), so an extractor's is the only plain-text client error; it is replaced by a
-/// message that names what kind of fault it was and at most a missing field's name (ours,
-/// from the request type), never a value. The API gets it as its usual JSON error.
-/// What a request body may hold before it is read for [`refuse_nul`]; axum's own default
-/// limit for the extractors.
-const BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Whether JSON text holds an escaped NUL: `\u0000` whose backslash is not itself escaped.
+fn json_escaped_nul(bytes: &[u8]) -> bool {
+    let mut backslashes = 0usize;
+    for (at, &b) in bytes.iter().enumerate() {
+        if b == b'\\' {
+            backslashes += 1;
+            continue;
+        }
+        if b == b'u'
+            && backslashes % 2 == 1
+            && bytes.get(at + 1..at + 5) == Some(b"0000".as_slice())
+        {
+            return true;
+        }
+        backslashes = 0;
+    }
+    false
+}
 
 /// Refuses a request carrying a NUL character anywhere it could reach the journal: in its
-/// query (`%00`) or its body (a raw 0 byte, `%00` in a form, `\u0000` in JSON). No text this
-/// host keeps has one, and PostgreSQL refuses it in text, which would otherwise come back as a
-/// 500 from deep in a read.
+/// path or query (`%00`), or its body (a raw 0 byte; `%00` in a form, `\u0000` in JSON). No
+/// text this host keeps has one, and PostgreSQL refuses it in text, which would otherwise come
+/// back as a 500 from deep in a read.
 pub async fn refuse_nul(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let nul_in = |bytes: &[u8]| {
-        bytes.contains(&0)
-            || bytes.windows(3).any(|w| w.eq_ignore_ascii_case(b"%00"))
-            || bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000"))
-    };
+    let percent_nul = |bytes: &[u8]| bytes.windows(3).any(|w| w.eq_ignore_ascii_case(b"%00"));
     let refused = || {
         ApiError::bad_request("text may not contain a NUL character")
             .zh("输入内容不能包含 NUL 字符")
             .into_response()
     };
-    if request.uri().query().is_some_and(|q| nul_in(q.as_bytes())) {
+    let uri = request.uri();
+    if percent_nul(uri.path().as_bytes()) || uri.query().is_some_and(|q| percent_nul(q.as_bytes()))
+    {
         return refused();
     }
+    let content_type = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let (parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, BODY_BYTES_MAX).await {
         Ok(bytes) => bytes,
@@ -299,7 +312,10 @@ pub async fn refuse_nul(request: axum::extract::Request, next: axum::middleware:
             .into_response();
         }
     };
-    if nul_in(&bytes) {
+    let nul = bytes.contains(&0)
+        || (content_type.starts_with("application/x-www-form-urlencoded") && percent_nul(&bytes))
+        || (content_type.contains("json") && json_escaped_nul(&bytes));
+    if nul {
         return refused();
     }
     next.run(axum::extract::Request::from_parts(
@@ -309,6 +325,17 @@ pub async fn refuse_nul(request: axum::extract::Request, next: axum::middleware:
     .await
 }
 
+/// What a request body may hold before it is read for [`refuse_nul`]; axum's own default
+/// limit for the extractors.
+const BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// Rewrites the answers axum's extractors give a request they cannot read (a JSON body of the
+/// wrong shape, a path or query parameter that does not parse). Their text quotes the
+/// offending value: a card number sent as a JSON number, or typed where a transaction id
+/// belongs, would come back in the answer. Every other answer carries JSON (the API) or HTML
+/// (the pages), so an extractor's is the only plain-text client error; it is replaced by a
+/// message that names what kind of fault it was and at most a missing field's name (ours,
+/// from the request type), never a value. The API gets it as its usual JSON error.
 pub async fn plain_rejections(
     request: axum::extract::Request,
     next: axum::middleware::Next,

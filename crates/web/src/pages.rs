@@ -264,6 +264,7 @@ fn error_title(l: Lang, code: &str) -> &'static str {
             "This notification cannot be sent again",
         ),
         "busy" => t(l, "系统繁忙，请稍后重试", "Busy: try again shortly"),
+        "too_large" => t(l, "提交的内容太大", "What was sent is too large"),
         _ => t(
             l,
             "系统出错，请稍后重试",
@@ -1503,6 +1504,27 @@ fn case_body(
                 })
                 .unwrap_or_default()
         };
+        // Closed meanwhile (another user resolved it while this one typed): no form to show
+        // the refusal above, so it goes here, with what was typed.
+        if k.state.is_closed()
+            && let Some(r) = &refused
+        {
+            let (html_id, field) = match r.which {
+                CaseForm::Entry => ("entry-error", "text"),
+                CaseForm::Transition => ("case-move-error", "note"),
+            };
+            body.push_str(&format!(
+                "<div class=\"err\" id=\"{html_id}\">{}</div>",
+                esc(r.error.detail(l))
+            ));
+            let typed = typed(r.which, field);
+            if !typed.is_empty() {
+                body.push_str(&format!(
+                    "<p id=\"typed\">{}: {typed}</p>",
+                    t(l, "您填写的内容", "What you typed")
+                ));
+            }
+        }
         if !k.state.is_closed() {
             body.push_str(&format!(
                 "<form method=\"post\" action=\"/portal/cases/{id}/entries\" class=\"card\">{}\

@@ -917,6 +917,24 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
             404,
             "not_found",
         );
+        // Staff naming a merchant that does not exist (a mistyped MID): 404, nothing set.
+        assert_error(
+            &api.call(
+                Some(&ops),
+                "PUT",
+                "/api/webhook",
+                Some(json!({"mid": "898110048990009", "url": "http://hooks.example.com:9/hook", "secret": secret})),
+            )
+            .await,
+            404,
+            "not_found",
+        );
+        assert!(
+            e.h.store
+                .webhook_endpoint("898110048990009")
+                .unwrap()
+                .is_none()
+        );
 
         // Notifications, risk, reviews: staff only where it says so.
         assert_eq!(
@@ -3820,6 +3838,28 @@ fn a_refused_case_form_comes_back_with_why_and_what_was_typed() {
         );
         assert!(!r.body.contains("entry-error"), "{}", r.body);
 
+        // Resolved by the operator while the merchant typed: the page says why, and what was
+        // typed, though the case has no form any more.
+        let version = e.h.store.case(case_id).unwrap().unwrap().version;
+        let r = ops
+            .post(
+                &format!("/console/cases/{case_id}/transition"),
+                &format!(
+                    "action=resolve&note=&resolution=refunded&version={version}&csrf={ops_csrf}"
+                ),
+            )
+            .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        let r = tea
+            .post(
+                &format!("{case_path}/entries"),
+                &format!("text=one+more+thing&csrf={csrf}"),
+            )
+            .await;
+        assert_eq!(r.status, 409, "{}", r.body);
+        assert!(r.body.contains("id=\"entry-error\">"), "{}", r.body);
+        assert!(r.body.contains("one more thing"), "{}", r.body);
+
         // Another merchant's case: the error page, nothing of the case.
         let book = PageSession::login(e.http, "bookshop").await;
         let book_page = book.get("/portal").await;
@@ -3940,6 +3980,18 @@ fn an_account_bound_by_staff_waits_for_another_person() {
         };
         let ops = e.token("ops").await;
         let admin = e.token("admin").await;
+        let tea = e.token("teahouse").await;
+        // The merchant's own account, in force at once.
+        let own = e.card("refer_to_issuer").pan.expose_digits().to_owned();
+        let r = api
+            .call(
+                Some(&tea),
+                "POST",
+                "/api/bound-account",
+                Some(json!({"kind": "card", "number": own, "holder_name": "Teahouse Ltd"})),
+            )
+            .await;
+        assert_eq!(r.json()["outcome"], "active", "{}", r.body);
         let number = e.card("healthy").pan.expose_digits().to_owned();
         let r = api
             .call(
@@ -3951,9 +4003,13 @@ fn an_account_bound_by_staff_waits_for_another_person() {
             .await;
         assert_eq!(r.json()["outcome"], "pending_confirmation", "{}", r.body);
         let change = r.json()["change_id"].as_i64().unwrap();
-        assert!(e.h.store.bound_account(MID).unwrap().is_none());
+        let still_own = |e: &Env| {
+            let bound = e.h.store.bound_account(MID).unwrap().unwrap();
+            assert!(bound.number_masked.ends_with(&own[own.len() - 4..]));
+        };
+        still_own(&e);
         // Not by the one who asked.
-        let own = api
+        let by_maker = api
             .call(
                 Some(&ops),
                 "POST",
@@ -3961,8 +4017,8 @@ fn an_account_bound_by_staff_waits_for_another_person() {
                 None,
             )
             .await;
-        assert_eq!(own.status, 403, "{}", own.body);
-        assert!(e.h.store.bound_account(MID).unwrap().is_none());
+        assert_eq!(by_maker.status, 403, "{}", by_maker.body);
+        still_own(&e);
         let ok = api
             .call(
                 Some(&admin),
@@ -4028,6 +4084,28 @@ fn api_answers_are_not_cached_and_nul_characters_are_refused() {
         )
         .await;
         assert_eq!(nul_form.status, 400, "{}", nul_form.body);
+        let nul_path = request(
+            e.http,
+            "GET",
+            "/api/terminals/AB%00CD",
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await;
+        assert_eq!(nul_path.status, 400, "{}", nul_path.body);
+        // Text that only looks like one is not a NUL: `%00` in JSON, an escaped backslash
+        // before `u0000`. A wrong password is still just a wrong password.
+        for text in [r#"pass%00word"#, r#"pass\\u0000word"#] {
+            let wrong = request(
+                e.http,
+                "POST",
+                "/api/tokens",
+                &[("content-type", "application/json")],
+                &format!(r#"{{"username": "teahouse", "password": "{text}"}}"#),
+            )
+            .await;
+            assert_eq!(wrong.status, 401, "{text}: {}", wrong.body);
+        }
 
         // Lower-case `bearer` is the same scheme.
         let cases = request(
