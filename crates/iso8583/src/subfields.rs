@@ -664,9 +664,11 @@ impl Compose for Field61 {
 pub enum KeyLayout {
     /// 24 bytes, 60.3 = 001: PIK 8 + KCV, MAK 8 + KCV.
     Single,
-    /// 40 bytes, 60.3 = 003 (3DES) or 006 (SM4): PIK 16 + KCV, MAK 16 + KCV.
+    /// 40 bytes, 60.3 = 003 (3DES), or 006 (SM4) from a host that gives no track key: PIK 16
+    /// + KCV, MAK 16 + KCV.
     Double,
-    /// 60 bytes, 60.3 = 004: as `Double`, then TDK 16 + KCV.
+    /// 60 bytes, 60.3 = 004, or 006 (SM4) as shoudan issues it (PROTOCOL.md: "same order" as
+    /// 004): as `Double`, then TDK 16 + KCV.
     DoubleWithTrackKey,
 }
 

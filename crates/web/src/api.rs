@@ -152,8 +152,13 @@ async fn create_token(State(web): State<Web>, Json(body): Json<TokenRequest>) ->
     })))
 }
 
-async fn me(who: Principal) -> ApiResult {
-    Ok(Json(json!(who)))
+/// The `User` the other user answers give (`id`, not the principal's `user_id`).
+async fn me(State(web): State<Web>, who: Principal) -> ApiResult {
+    let user = web
+        .store
+        .web_user(who.user_id)?
+        .ok_or_else(ApiError::unauthorized)?;
+    Ok(Json(auth::user_json(&user)))
 }
 
 fn merchant_json(web: &Web, m: &store::MerchantRow) -> Result<Value, ApiError> {

@@ -461,16 +461,39 @@ fn state_text(l: Lang, state: &str) -> &'static str {
 }
 
 fn case_state_text(l: Lang, case: &Case) -> String {
-    let state = match case.state.as_str() {
+    case_state_name(l, case.state.as_str())
+        .unwrap_or(t(l, "未知", "unknown"))
+        .to_owned()
+}
+
+fn case_state_name(l: Lang, state: &str) -> Option<&'static str> {
+    Some(match state {
         "open" => t(l, "处理中", "open"),
         "waiting_issuer" => t(l, "等待发卡行", "waiting for the issuer"),
         "waiting_merchant" => t(l, "等待商户", "waiting for the merchant"),
         "resolved" => t(l, "已解决", "resolved"),
         "rejected" => t(l, "已驳回", "rejected"),
         "escalated" => t(l, "已升级", "escalated"),
-        _ => t(l, "未知", "unknown"),
-    };
-    state.to_owned()
+        _ => return None,
+    })
+}
+
+/// A timeline entry as the page's language shows it: the state change the cases service
+/// writes at its head (`[open → waiting_merchant] ...`) in words.
+fn entry_text(l: Lang, text: &str) -> String {
+    let moved = text.strip_prefix('[').and_then(|rest| {
+        let (change, after) = rest.split_once(']')?;
+        let (from, to) = change.split_once(" → ")?;
+        Some((
+            case_state_name(l, from.trim())?,
+            case_state_name(l, to.trim())?,
+            after,
+        ))
+    });
+    match moved {
+        Some((from, to, after)) => format!("[{from} → {to}]{after}"),
+        None => text.to_owned(),
+    }
 }
 
 fn kind_text(l: Lang, kind: CaseKind) -> &'static str {
@@ -1064,10 +1087,11 @@ fn transaction_body(
             )
         };
         body.push_str(&format!(
-            "<div class=\"card red\" id=\"duplicate-of\"><b>{}</b> — {text} ({} s, \
+            "<div class=\"card red\" id=\"duplicate-of\"><b>{}</b> — {text} ({} {}, \
              <a href=\"/portal/transactions/{}\">{}</a>)<br>{}: {}</div>",
             t(l, "疑似重复扣款", "Suspected duplicate payment"),
             flag.gap_ms / 1_000,
+            t(l, "秒", "s"),
             other.id,
             esc(other.rrn.as_deref().unwrap_or("-")),
             t(l, "怎么办", "What to do"),
@@ -1238,13 +1262,14 @@ async fn duplicates(
         for f in &flags {
             body.push_str(&format!(
                 "<tr class=\"duplicate\"><td>{}</td><td>¥{}</td><td>{}</td><td>{}</td><td>{}</td>\
-                 <td>{} s</td><td class=\"advice\">{}</td></tr>",
+                 <td>{} {}</td><td class=\"advice\">{}</td></tr>",
                 format_time(f.second.received_at_ms),
                 yuan(f.second.amount_fen),
                 esc(f.second.masked_pan.as_deref().unwrap_or("-")),
                 link(&f.first),
                 link(&f.second),
                 f.gap_ms / 1_000,
+                t(l, "秒", "s"),
                 esc(f.advice.get(l)),
             ));
         }
@@ -1478,7 +1503,7 @@ fn case_body(
                 "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&format_time(e.at_ms)),
                 esc(&e.who),
-                esc(&e.text)
+                esc(&entry_text(l, &e.text))
             ));
         }
         body.push_str("</table>");
@@ -2899,6 +2924,21 @@ mod tests {
 
     /// Every error code the API documents has a title of its own on pages, in both languages
     /// (only `internal` takes the general one).
+    #[test]
+    fn a_state_change_in_a_timeline_is_shown_in_the_pages_language() {
+        assert_eq!(
+            entry_text(Lang::Zh, "[open → waiting_merchant] send the receipt"),
+            "[处理中 → 等待商户] send the receipt"
+        );
+        assert_eq!(
+            entry_text(Lang::En, "[open → resolved] refunded"),
+            "[open → resolved] refunded"
+        );
+        // Not a state change: as written.
+        assert_eq!(entry_text(Lang::Zh, "[note] 6222"), "[note] 6222");
+        assert_eq!(entry_text(Lang::Zh, "[x → y"), "[x → y");
+    }
+
     #[test]
     fn every_documented_error_code_has_a_page_title() {
         let doc = crate::openapi::document();

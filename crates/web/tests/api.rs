@@ -184,6 +184,9 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
             (me["role"].as_str(), me["mid"].as_str()),
             (Some("merchant"), Some(MID))
         );
+        // The same `User` as every other user answer.
+        assert!(me["id"].is_i64() && me["disabled"] == false, "{me}");
+        assert!(me.get("user_id").is_none(), "{me}");
         let doc = api.call(None, "GET", "/api/openapi.json", None).await;
         assert_eq!(doc.json()["openapi"], "3.1.0");
 
