@@ -484,6 +484,30 @@ impl Core {
 
     /// Builds the response to `frame`: echoed fields, host time, the answer's fields, then a
     /// MAC when the request carried one and the terminal has a MAK.
+    /// Fields 44 and 63 of a financial reply: 44, the issuer (the BIN table's bank code) and
+    /// the acquirer, 11 each; 63, the card organisation ("CUP" for a card not known), and the
+    /// merchant's registered name where it can be printed.
+    pub(crate) fn set_card_fields(
+        &self,
+        out: &mut MessageBuilder,
+        (organisation, bank): (&'static str, Option<String>),
+        terminal: Option<&Terminal>,
+    ) -> Result<(), EncodeError> {
+        out.set_text(
+            44,
+            &format!(
+                "{:<11.11}{:<11.11}",
+                bank.unwrap_or_default(),
+                self.config.acquirer_code
+            ),
+        )?;
+        let name = terminal
+            .and_then(|t| self.registered_name_field63(&t.mid))
+            .unwrap_or_default();
+        out.set_text(63, &format!("{organisation}{name}"))?;
+        Ok(())
+    }
+
     pub fn reply(
         &self,
         frame: &Frame<'_>,
@@ -546,23 +570,10 @@ impl Core {
         }
         if !management {
             out.set_digits(32, &self.config.acquirer_code)?;
-            // 44: the issuer (the BIN table's bank code) and the acquirer, 11 each; 63: the
-            // card organisation, and the merchant's registered name where it can be printed.
             let card = crate::financial::card_in_clear(request, terminal.map(|t| t.scheme))
                 .and_then(Result::ok);
-            let (organisation, bank) = self.card_organisation(card.as_ref());
-            out.set_text(
-                44,
-                &format!(
-                    "{:<11.11}{:<11.11}",
-                    bank.unwrap_or_default(),
-                    self.config.acquirer_code
-                ),
-            )?;
-            let name = terminal
-                .and_then(|t| self.registered_name_field63(&t.mid))
-                .unwrap_or_default();
-            out.set_text(63, &format!("{organisation}{name}"))?;
+            let organisation = self.card_organisation(card.as_ref());
+            self.set_card_fields(&mut out, organisation, terminal)?;
         }
         if let Some(rrn) = rrn {
             out.set_text(37, rrn)?;

@@ -1261,6 +1261,11 @@ impl Core {
                     .await;
             }
         };
+        // A card read from a track the terminal encrypted, with no field 2: the reply names
+        // its organisation and issuer from the card in the clear, as the batch's totals split
+        // it, where the request alone (all `reply` reads) may not show it.
+        let card_fields = (track_encrypted(request) && !request.has(2))
+            .then(|| self.card_organisation(Some(&pan)));
         drop(pan);
         // Write-ahead: the request is durable before the issuer can act on it.
         row.sent_at_ms = Some(self.clock.now_ms());
@@ -1532,7 +1537,10 @@ impl Core {
             Some(&ctx.terminal),
             &answer,
             entry.rrn.as_deref(),
-            |_| Ok(()),
+            |out| match card_fields {
+                Some(fields) => self.set_card_fields(out, fields, Some(&ctx.terminal)),
+                None => Ok(()),
+            },
         )
     }
 

@@ -1027,6 +1027,20 @@ fn an_encrypted_track_is_read_with_the_terminals_track_key() {
         let issuer = clear.text(44).unwrap();
         assert!(!issuer[..11].trim().is_empty(), "{issuer}");
         assert_eq!(r.text(44).unwrap(), issuer);
+        // A short track, whose card number runs into the encrypted block: the answer still
+        // names the card's issuer and organisation, from the card decrypted in the HSM.
+        assert_eq!(t.sign_in_with("004").await.code(), "00");
+        let short = format!("{pan}=2512");
+        let r = t
+            .send(&Req {
+                pin: Some("123456".into()),
+                track2: Some((short, true)),
+                ..Req::purchase(&pan, 1_000, 6)
+            })
+            .await;
+        assert_eq!(r.code(), "00");
+        assert_eq!(r.text(44).unwrap(), issuer);
+        assert!(r.text(63).unwrap().starts_with("CUP"));
     });
 }
 
