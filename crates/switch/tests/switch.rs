@@ -1478,5 +1478,11 @@ fn a_request_missing_a_required_field_is_a_format_error() {
             t.send(&Req::purchase(&card("622202"), 0, 4)).await.code(),
             "13"
         );
+        // Dollars where the protocol has yuan: 30, not cleared as yuan.
+        let dollars = Req {
+            currency: "840",
+            ..Req::purchase(&card("622202"), 1_000, 5)
+        };
+        assert_eq!(t.send(&dollars).await.code(), "30");
     });
 }

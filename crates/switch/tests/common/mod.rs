@@ -558,6 +558,8 @@ pub struct Req {
     pub track2: Option<(String, bool)>,
     /// Fields left out of the request (4 or 42), to send a malformed one.
     pub omit: &'static [u8],
+    /// Field 49, the currency ("156").
+    pub currency: &'static str,
 }
 
 impl Req {
@@ -579,6 +581,7 @@ impl Req {
             pin_block: None,
             track2: None,
             omit: &[],
+            currency: "156",
         }
     }
     pub fn void(pan: &str, amount: u64, stan: u32, original_stan: u32, rrn: &str) -> Req {
@@ -750,7 +753,7 @@ impl Terminal {
         if !req.omit.contains(&42) {
             out.set_text(42, MID).unwrap();
         }
-        out.set_text(49, "156").unwrap();
+        out.set_text(49, req.currency).unwrap();
         out.set_digits(
             60,
             &format!("{}{:06}{}", req.message_type, self.batch, req.f60_tail),
