@@ -274,9 +274,12 @@ impl SqliteStore {
         self.read(|conn| {
             let alerts = match state {
                 Some(state) => {
+                    // Newest raised first: ids come in blocks per node, so with several
+                    // nodes the highest id need not be the latest alert. Open alerts are few,
+                    // sorted after the `(state, id)` index finds them.
                     let sql = format!(
                         "SELECT {ALERT_COLUMNS} FROM risk_alerts WHERE state = ?1
-                         ORDER BY id DESC LIMIT ?2"
+                         ORDER BY raised_at_ms DESC, id DESC LIMIT ?2"
                     );
                     let mut statement = conn.prepare_cached(&sql)?;
                     let rows = statement.query_map(params![state, limit], alert_from_row)?;

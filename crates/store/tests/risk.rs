@@ -100,9 +100,36 @@ async fn profiles_reviews_alerts_round_trip(db: &Db) {
     assert_eq!(one.txn_ids, vec![10, 11, 12]);
     let open = store.risk_alerts(Some(AlertState::Open), 10).unwrap();
     assert_eq!(open.iter().map(|a| a.id).collect::<Vec<_>>(), vec![3, 2, 1]);
+
     let tail = store.risk_alerts_after(1, 10).unwrap();
     assert_eq!(tail.iter().map(|a| a.id).collect::<Vec<_>>(), vec![2, 3]);
     assert_eq!(tail[1].txn_ids, vec![13]);
+    // Another node's block of ids: a higher id raised earlier lists after the newer ones.
+    let Record::Risk(RiskRecord::Alert(mut earlier)) = alert(10_001, vec![]) else {
+        unreachable!()
+    };
+    earlier.raised_at_ms = 500;
+    store
+        .submit(vec![Record::Risk(RiskRecord::Alert(earlier))])
+        .unwrap()
+        .await
+        .unwrap();
+    let open = store.risk_alerts(Some(AlertState::Open), 10).unwrap();
+    assert_eq!(
+        open.iter().map(|a| a.id).collect::<Vec<_>>(),
+        vec![3, 2, 1, 10_001]
+    );
+    store
+        .submit(vec![Record::Risk(RiskRecord::ResolveAlert {
+            id: 10_001,
+            state: AlertState::Cleared,
+            by: "bob".into(),
+            at_ms: 98,
+            resolution: "test".into(),
+        })])
+        .unwrap()
+        .await
+        .unwrap();
 
     store
         .submit(vec![
