@@ -262,6 +262,8 @@ async fn drive(
             stan,
             batch: args.orig_batch.unwrap_or(terminal.batch()),
             field61: None,
+            entry_mode: if card.pin.is_some() { "011" } else { "012" },
+            auth_code: None,
         };
         return Ok((
             args.txn.clone(),

@@ -229,6 +229,10 @@ pub struct SavedRequest {
     pub stan: u32,
     pub batch: u32,
     pub field61: Option<String>,
+    /// Field 22 as sent: `011` with a PIN, `012` without.
+    pub entry_mode: &'static str,
+    /// Field 38 as sent (a void's original authorisation code).
+    pub auth_code: Option<String>,
 }
 
 /// A host response, parsed.
@@ -452,7 +456,8 @@ impl Terminal {
             )?),
             None => None,
         };
-        out.set_digits(22, if pin_block.is_some() { "011" } else { "012" })?;
+        let entry_mode = if pin_block.is_some() { "011" } else { "012" };
+        out.set_digits(22, entry_mode)?;
         out.set_digits(25, condition)?;
         if pin_block.is_some() {
             out.set_digits(26, "12")?;
@@ -493,6 +498,8 @@ impl Terminal {
             stan,
             batch: self.batch,
             field61,
+            entry_mode,
+            auth_code: original.and_then(|o| o.auth_code.clone()),
         });
         self.exchange_maced(&out, mti, stan, &keys).await
     }
@@ -522,8 +529,13 @@ impl Terminal {
         if let Some(expiry) = &saved.expiry {
             out.set_digits(14, expiry)?;
         }
-        out.set_digits(22, "012")?;
+        // As the original, less its PIN, tracks and RRN (PROTOCOL.md): its entry mode, and a
+        // void's authorisation code.
+        out.set_digits(22, saved.entry_mode)?;
         out.set_digits(25, condition)?;
+        if let Some(auth) = &saved.auth_code {
+            out.set_text(38, auth)?;
+        }
         out.set_text(39, reason)?;
         out.set_text(41, &self.config.tid)?
             .set_text(42, &self.config.mid)?;
