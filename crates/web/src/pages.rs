@@ -617,7 +617,7 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
         s.approved,
         t(l, "成功率", "Approval rate"),
         t(l, "未成功", "Not approved"),
-        s.declined + s.failed,
+        s.declined + s.failed + s.reversed,
     );
     // Red items, each with what to do.
     let mut red = String::new();
@@ -643,6 +643,25 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
         if by_host > 0 {
             red.push_str(&host_declines_card(l, code, by_host, &s.date));
         }
+    }
+    if s.reversed > 0 {
+        red.push_str(&format!(
+            "<div class=\"card red\" id=\"reversed-today\"><b>{} × {}</b> — {} \
+             <a href=\"/portal/transactions?status=reversed&amp;from={today}\">{}</a></div>",
+            t(l, "批准后又冲正", "Approved, then reversed"),
+            s.reversed,
+            t(
+                l,
+                "发卡行批准了，但终端没收到应答（或终端自己发起了冲正），交易已取消，顾客不会被扣款；\
+                 顾客若看到扣款，发卡行确认冲正后会退回。不要交付商品，请顾客重新付款。",
+                "The issuer approved, but the terminal never saw the answer (or reversed it \
+                 itself): the sale is cancelled and the customer is not charged; a debit the \
+                 customer sees is returned once the issuer confirms the reversal. Do not hand over \
+                 the goods: ask the customer to pay again."
+            ),
+            t(l, "查看这些交易", "See these transactions"),
+            today = esc(&s.date),
+        ));
     }
     if s.reversals_pending > 0 {
         red.push_str(&format!(

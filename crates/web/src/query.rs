@@ -430,7 +430,11 @@ pub struct DayStats {
     pub declined: u64,
     /// Sales that got no answer or failed.
     pub failed: u64,
-    /// Approved / (approved + declined + failed), per mille; `None` on a day without sales.
+    /// Sales approved and then reversed (the terminal never saw the answer, or reversed it):
+    /// nothing charged. Not among the declines by code, whose code (00) would read "approved".
+    pub reversed: u64,
+    /// Approved / (approved + declined + failed + reversed), per mille; `None` on a day
+    /// without sales.
     pub approval_per_mille: Option<u64>,
     /// Declines by response code, with the count.
     pub declines_by_code: BTreeMap<String, u64>,
@@ -466,7 +470,7 @@ pub fn day_stats(web: &Web, mid: &str) -> Result<DayStats, ApiError> {
     {
         count_into(&mut stats, &tally);
     }
-    let decided = stats.approved + stats.declined + stats.failed;
+    let decided = stats.approved + stats.declined + stats.failed + stats.reversed;
     stats.approval_per_mille = (decided > 0).then(|| stats.approved * 1000 / decided);
     let mut pending = 0u64;
     for item in web.store.reversals_in_state(SafState::Pending)? {
@@ -482,7 +486,10 @@ pub fn day_stats(web: &Web, mid: &str) -> Result<DayStats, ApiError> {
 /// Adds a tally of the day's rows to its numbers.
 fn count_into(stats: &mut DayStats, tally: &TxnTally) {
     let count = u64::try_from(tally.count).unwrap_or(0);
-    if matches!(tally.kind, TxnKind::Purchase | TxnKind::Completion) && is_approved(tally.state) {
+    // What was sold and stands: a sale voided since charged nothing, as a reversed one.
+    if matches!(tally.kind, TxnKind::Purchase | TxnKind::Completion)
+        && matches!(tally.state, TxnState::Approved | TxnState::Completed)
+    {
         stats.volume_fen += tally.amount_fen;
     }
     if !is_sale(tally.kind) {
@@ -497,7 +504,11 @@ fn count_into(stats: &mut DayStats, tally: &TxnTally) {
             stats.declined += count;
             true
         }
-        TxnState::TimedOut | TxnState::Failed | TxnState::Reversed => {
+        TxnState::Reversed => {
+            stats.reversed += count;
+            false
+        }
+        TxnState::TimedOut | TxnState::Failed => {
             stats.failed += count;
             true
         }

@@ -4123,3 +4123,53 @@ fn api_answers_are_not_cached_and_nul_characters_are_refused() {
         assert_eq!(cases.header("cache-control"), Some("no-store"));
     });
 }
+
+/// A sale the terminal reversed is shown as approved-then-reversed, with what to tell the
+/// customer, not as a failure under code 00 ("approved: hand over the goods"); a sale voided
+/// the same day does not count in the day's takings.
+#[test]
+fn a_reversed_sale_is_told_apart_and_a_voided_one_is_not_takings() {
+    run(async move {
+        let mut e = start().await;
+        let card = e.card("healthy");
+        let (code, _) = e.purchase(&card, 1_000).await;
+        assert_eq!(code, "00");
+        let reversed = Req {
+            pin: Some(card.pin().to_owned()),
+            ..Req::purchase(card.pan.expose_digits(), 2_000, 50)
+        };
+        assert_eq!(e.t.send(&reversed).await.code(), "00");
+        assert_eq!(e.t.send(&Req::reversal_of(&reversed)).await.code(), "00");
+        let voided = Req {
+            pin: Some(card.pin().to_owned()),
+            ..Req::purchase(card.pan.expose_digits(), 4_000, 51)
+        };
+        let r = e.t.send(&voided).await;
+        assert_eq!(r.code(), "00");
+        let void = Req::void(
+            card.pan.expose_digits(),
+            4_000,
+            52,
+            51,
+            &r.text(37).unwrap(),
+        );
+        assert_eq!(e.t.send(&void).await.code(), "00");
+
+        let dash = PageSession::login(e.http, "teahouse")
+            .await
+            .get("/portal")
+            .await;
+        assert!(
+            dash.body.contains("id=\"reversed-today\"") && dash.body.contains("批准后又冲正 × 1"),
+            "{}",
+            dash.body
+        );
+        assert!(
+            !dash.body.contains("code=00&amp;"),
+            "a card sends the merchant to today's approvals: {}",
+            dash.body
+        );
+        // Takings: the one sale that stands, ¥10.00.
+        assert!(dash.body.contains("¥10.00"), "{}", dash.body);
+    });
+}
