@@ -1038,6 +1038,14 @@ fn transaction_body(
         t(l, "应答码", "Response code"),
         esc(s.response_code.as_deref().unwrap_or("-")),
     );
+    // Staff see every merchant's: whose this is.
+    if who.is_staff() {
+        body = body.replacen(
+            "</div>",
+            &format!(" · {}: {}</div>", t(l, "商户号", "Merchant"), esc(&row.mid)),
+            1,
+        );
+    }
     if let Some(d) = x.diagnosis {
         let steps: String = d
             .merchant_steps
@@ -1137,14 +1145,18 @@ fn transaction_body(
         body.push_str("</ul>");
     }
     let csrf = esc(who.csrf.as_deref().unwrap_or(""));
-    body.push_str(&format!(
-        "<form method=\"post\" action=\"/portal/transactions/{id}/cases\" class=\"card\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"kind\" value=\"issuer_inquiry\">\
-         <b>{}</b><br><textarea name=\"text\" id=\"inquiry-text\" rows=\"2\" cols=\"60\"></textarea><br>\
-         <button id=\"inquiry\">{}</button></form>",
-        t(l, "向发卡行查询", "Ask the issuer"),
-        t(l, "发起发卡行查询", "Open issuer inquiry"),
-    ));
+    // Only what reached the issuer can be asked about there: one the host refused itself the
+    // issuer never saw.
+    if row.sent_at_ms.is_some() {
+        body.push_str(&format!(
+            "<form method=\"post\" action=\"/portal/transactions/{id}/cases\" class=\"card\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"kind\" value=\"issuer_inquiry\">\
+             <b>{}</b><br><textarea name=\"text\" id=\"inquiry-text\" rows=\"2\" cols=\"60\"></textarea><br>\
+             <button id=\"inquiry\">{}</button></form>",
+            t(l, "向发卡行查询", "Ask the issuer"),
+            t(l, "发起发卡行查询", "Open issuer inquiry"),
+        ));
+    }
     let refundable = matches!(row.kind, TxnKind::Purchase | TxnKind::Completion)
         && matches!(row.state, TxnState::Approved | TxnState::Completed)
         && row.amount_fen > row.refunded_fen;
@@ -1182,9 +1194,9 @@ async fn open_case(
             .map(|a| a.trim())
             .filter(|a| !a.is_empty())
         {
-            Some(a) => {
-                Some(query::parse_yuan(a).ok_or_else(|| ApiError::bad_request("amount: 12.34"))?)
-            }
+            Some(a) => Some(query::parse_yuan(a).ok_or_else(|| {
+                ApiError::bad_request("amount: 12.34").zh("金额请按元填写，如 12.34。")
+            })?),
             None => None,
         };
         api::open_case_for(
@@ -1503,6 +1515,13 @@ fn case_body(
                 t(l, "退款", "Refund")
             ));
         }
+        if who.is_staff() {
+            body.push_str(&format!(
+                "<br>{}: <b id=\"case-mid\">{}</b>",
+                t(l, "商户号", "Merchant"),
+                esc(&k.mid)
+            ));
+        }
         if let Some(txn) = &k.txn {
             body.push_str(&format!(
                 "<br><a href=\"/portal/transactions/{}\">{} {} {}</a>",
@@ -1747,7 +1766,12 @@ async fn terminals(
             };
             body.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td><td class=\"fallbacks\">{}</td><td>{problems}</td></tr>",
-                esc(&h.tid),
+                // Staff see every merchant's terminals: whose each one is.
+                if who.is_staff() {
+                    format!("{}<br><small class=\"mid\">{}</small>", esc(&h.tid), esc(&h.mid))
+                } else {
+                    esc(&h.tid)
+                },
                 if h.signed_in { t(l, "是", "yes") } else { t(l, "否", "no") },
                 h.last_sign_in_ms.map(format_time).unwrap_or_else(|| "-".to_owned()),
                 h.transactions,
@@ -2167,7 +2191,16 @@ fn settlement_body(
         );
         body.push_str(&format!(
             "<tr class=\"batch\"><td>{}</td><td>{:06}</td><td>{}</td><td class=\"{}\">{} — {}</td><td>{}</td><td>{}</td></tr>",
-            esc(jget(b, "tid").as_str().unwrap_or("")),
+            // Staff looking at every merchant: whose terminal each is.
+            if who.is_staff() && mid.is_none() {
+                format!(
+                    "{}<br><small class=\"mid\">{}</small>",
+                    esc(jget(b, "tid").as_str().unwrap_or("")),
+                    esc(jget(b, "mid").as_str().unwrap_or(""))
+                )
+            } else {
+                esc(jget(b, "tid").as_str().unwrap_or(""))
+            },
             jget(b, "batch_no").as_u64().unwrap_or(0),
             esc(&format_time(jget(b, "settled_at_ms").as_i64().unwrap_or(0))),
             if result == 1 { "ok" } else { "bad" },
@@ -2233,7 +2266,15 @@ fn settlement_body(
         });
         body.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>¥{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{failure}</td></tr>",
-            esc(&date_text(&p.payout_date)),
+            if who.is_staff() && mid.is_none() {
+                format!(
+                    "{}<br><small class=\"mid\">{}</small>",
+                    esc(&date_text(&p.payout_date)),
+                    esc(&p.mid)
+                )
+            } else {
+                esc(&date_text(&p.payout_date))
+            },
             esc(&date_text(&p.cutoff_date)),
             yuan(p.amount_fen),
             esc(&p.account_masked),
@@ -2280,6 +2321,20 @@ fn settlement_body(
                     t(l, "等待运营复核", "waiting for an operator to confirm")
                 ));
             }
+        }
+        // The merchant's last request refused by the checker: which account, and why, so the
+        // merchant knows what to put right.
+        let changes = jget(&account, "changes").as_array();
+        if let Some(last) = changes.and_then(|c| c.last())
+            && jget(last, "state") == "rejected"
+        {
+            body.push_str(&format!(
+                "<p class=\"bad\" id=\"rejected-change\">{} {} {}: {}</p>",
+                t(l, "您提交的账户", "The account you submitted,"),
+                esc(jget(last, "number_masked").as_str().unwrap_or("")),
+                t(l, "未通过复核", "was refused by the checker"),
+                esc(jget(last, "note").as_str().unwrap_or("")),
+            ));
         }
         // A refused binding comes back with why and what was typed, card numbers masked
         // (the account number is typed again).

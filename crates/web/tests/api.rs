@@ -3581,6 +3581,21 @@ fn the_console_refuses_a_re_binding_with_a_reason() {
                 .contains("not the merchant's card"),
             "{changes}"
         );
+        // The merchant's settlement page says which account was refused, and why.
+        let page = PageSession::login(e.http, "teahouse")
+            .await
+            .get("/portal/settlement")
+            .await;
+        let refused = page
+            .body
+            .split("id=\"rejected-change\">")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{}", page.body));
+        assert!(
+            refused.starts_with("您提交的账户") && refused.contains("not the merchant&#39;s card"),
+            "{}",
+            page.body
+        );
     });
 }
 
@@ -3752,10 +3767,28 @@ fn staff_search_names_the_merchant_and_can_keep_to_one() {
             .await;
         assert_eq!(other.status, 200);
         assert!(!other.body.contains(&rrn), "{}", other.body);
+        // The transaction's page and the terminals page say whose, to staff.
+        let id = e.txn_id(&rrn);
+        let page = ops.get(&format!("/portal/transactions/{id}")).await;
+        assert!(
+            page.body.contains(&format!("商户号: {MID}")),
+            "{}",
+            page.body
+        );
+        let terminals = ops.get("/portal/terminals").await;
+        assert!(
+            terminals
+                .body
+                .contains(&format!("{TID}<br><small class=\"mid\">{MID}</small>")),
+            "{}",
+            terminals.body
+        );
         let tea = PageSession::login(e.http, "teahouse").await;
         let own = tea.get("/portal/transactions").await;
         assert!(!own.body.contains("id=\"mid\""), "{}", own.body);
         assert!(own.body.contains(&rrn));
+        let own_page = tea.get(&format!("/portal/transactions/{id}")).await;
+        assert!(!own_page.body.contains("商户号"), "{}", own_page.body);
     });
 }
 
