@@ -287,7 +287,8 @@ impl SqliteStore {
                 }
                 None => {
                     let sql = format!(
-                        "SELECT {ALERT_COLUMNS} FROM risk_alerts ORDER BY id DESC LIMIT ?1"
+                        "SELECT {ALERT_COLUMNS} FROM risk_alerts
+                         ORDER BY raised_at_ms DESC, id DESC LIMIT ?1"
                     );
                     let mut statement = conn.prepare_cached(&sql)?;
                     let rows = statement.query_map(params![limit], alert_from_row)?;

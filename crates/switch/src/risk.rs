@@ -401,6 +401,9 @@ impl Core {
     }
 }
 
+/// Resolved peer-change alerts read per refresh.
+const RESOLVED_PAGE: u32 = 1_000;
+
 /// Re-reads merchant states and terminal statuses every `interval`, so an operator's review
 /// or suspension takes effect on the running switch.
 pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
@@ -419,8 +422,11 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         }
         let loaded = core
             .read_store(move |store| {
-                let resolved =
-                    store.risk_alerts_resolved_since(PEER_CHANGE, resolved_since_ms, 1_000)?;
+                let resolved = store.risk_alerts_resolved_since(
+                    PEER_CHANGE,
+                    resolved_since_ms,
+                    RESOLVED_PAGE,
+                )?;
                 Ok::<_, StoreError>((load_merchants(store)?, store.terminals()?, resolved))
             })
             .await;
@@ -440,6 +446,12 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         // An operator has looked at a terminal's move (cleared the alert, or suspended the
         // terminal): a declining peer-change rule stops declining it, and the terminal's next
         // request teaches its network.
+        // A full page (a bulk clear): the next read starts after its last, overlap or not,
+        // or the same page would be read for ever and nothing after it seen.
+        let full_page = u32::try_from(resolved.len()).unwrap_or(u32::MAX) >= RESOLVED_PAGE;
+        if full_page && let Some(last) = resolved.last() {
+            resolved_since_ms = resolved_since_ms.max(last.resolved_at_ms);
+        }
         for alert in resolved {
             resolved_since_ms = resolved_since_ms.max(alert.resolved_at_ms - RESOLVED_OVERLAP_MS);
             if handled.insert((alert.tid.clone(), alert.resolved_at_ms)) {
