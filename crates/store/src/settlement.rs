@@ -314,6 +314,8 @@ pub enum SettlementRecord {
     /// Postings, each checked to balance before it is written.
     Postings(Vec<PostingRow>),
     Terms(SettlementTermsRow),
+    /// A merchant's first account: fails if the merchant has one (two first bindings at once:
+    /// the first stands, the second is told to try again).
     BoundAccount(BoundAccountRow),
     /// A merchant's new account in place of the one at `expected_version` with
     /// `expected_needs_rebind`: fails (and with it the submission) if the account changed

@@ -234,12 +234,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
             conn.prepare_cached(
                 "INSERT INTO bound_accounts (mid, kind, number_sealed, number_masked, holder_name,
                  bank_code, version, needs_rebind, updated_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (mid) DO UPDATE SET kind = excluded.kind,
-                 number_sealed = excluded.number_sealed, number_masked = excluded.number_masked,
-                 holder_name = excluded.holder_name, bank_code = excluded.bank_code,
-                 version = excluded.version, needs_rebind = excluded.needs_rebind,
-                 updated_at_ms = excluded.updated_at_ms",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute_any(params![
                 a.mid,

@@ -705,6 +705,12 @@ fn bound_accounts_change_only_as_read(db: &Db) {
     };
     let write = |r: SettlementRecord| s.submit(vec![Record::Settlement(r)]).unwrap().wait();
     write(SettlementRecord::BoundAccount(account(1, false))).unwrap();
+    // A second first binding (two made at once): refused, the first stands.
+    let twice = write(SettlementRecord::BoundAccount(account(1, false)));
+    assert!(
+        matches!(twice, Err(store::StoreError::Constraint { .. })),
+        "{twice:?}"
+    );
     // A payout to version 1 failed: flagged.
     write(SettlementRecord::FlagBoundAccount {
         mid: "m".into(),
