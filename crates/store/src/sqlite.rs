@@ -513,8 +513,10 @@ impl Store for SqliteStore {
     fn events(&self, txn_id: i64) -> Result<Vec<EventRow>, StoreError> {
         self.read(|conn| {
             let mut statement = conn.prepare_cached(
+                // Events of one millisecond in the order written (`rowid`, `ctid` on
+                // PostgreSQL: the table is append-only), the same on both backends.
                 "SELECT txn_id, at_ms, kind, detail FROM events WHERE txn_id = ?1
-                 ORDER BY at_ms",
+                 ORDER BY at_ms, rowid",
             )?;
             let rows = statement.query_map([txn_id], |r| {
                 Ok(EventRow {

@@ -760,6 +760,27 @@ fn transactions_outcomes_and_events_round_trip(db: &Db) {
         .map(|e| e.kind)
         .collect();
     assert_eq!(kinds, ["received", "approved"]);
+    // Events of one millisecond come back in the order written, on both backends.
+    let same_ms = |kind: &str| {
+        Record::Event(EventRow {
+            txn_id: 1,
+            at_ms: 7,
+            kind: kind.into(),
+            detail: String::new(),
+        })
+    };
+    store
+        .submit(vec![same_ms("zeta"), same_ms("alpha"), same_ms("mu")])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let kinds: Vec<String> = store
+        .events(1)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["received", "approved", "zeta", "alpha", "mu"]);
     assert_eq!(store.txns_since("20261123").unwrap().len(), 1);
     assert!(store.txns_since("20261124").unwrap().is_empty());
     assert_eq!(store.txns_by_batch("10000001", 1).unwrap().len(), 1);
