@@ -951,7 +951,7 @@ fn transactions_body(
                 |_| x.kind.clone(),
                 |k| resolve::txn_kind_text(k).get(l).to_owned()
             )),
-            esc(&x.amount),
+            format!("¥{}", esc(&x.amount)),
             esc(x.masked_pan.as_deref().unwrap_or("-")),
             esc(x.bank_name.get(l)),
             esc(x.rrn.as_deref().unwrap_or("-")),
@@ -1026,7 +1026,7 @@ fn transaction_body(
         "<h1>{} {}</h1><div class=\"card\" id=\"summary\"><b>{}</b><br>\
          {}: {} · {}: {} · {}: {} · RRN {} · {}: {}</div>",
         t(l, "交易", "Transaction"),
-        esc(&s.amount),
+        format!("¥{}", esc(&s.amount)),
         esc(x.summary.get(l)),
         t(l, "时间", "Time"),
         esc(&s.received_at),
@@ -1527,7 +1527,7 @@ fn case_body(
                 "<br><a href=\"/portal/transactions/{}\">{} {} {}</a>",
                 txn.id,
                 t(l, "交易", "Transaction"),
-                esc(&txn.amount),
+                format!("¥{}", esc(&txn.amount)),
                 esc(txn.masked_pan.as_deref().unwrap_or("")),
             ));
         }
