@@ -171,6 +171,12 @@ pub fn validate(
     Ok((digits, bank, name))
 }
 
+/// Why a change waits for a checker: after a payout failure.
+pub const NOTE_AFTER_PAYOUT_FAILURE: &str =
+    "re-binding after a payout failure: an operator confirms";
+/// Why a change waits for a checker: staff bound it for the merchant.
+pub const NOTE_BOUND_BY_STAFF: &str = "bound by staff for the merchant: another operator confirms";
+
 /// Binds (or re-binds) a merchant's settlement account. In force at once, unless the current
 /// account is flagged after a payout failure: then it waits for [`confirm_change`].
 pub fn bind_account(
@@ -241,9 +247,9 @@ pub fn bind_account_checked(
         decided_by: None,
         decided_at_ms: None,
         note: if after_failure {
-            "re-binding after a payout failure: an operator confirms".to_owned()
+            NOTE_AFTER_PAYOUT_FAILURE.to_owned()
         } else if on_behalf {
-            "bound by staff for the merchant: another operator confirms".to_owned()
+            NOTE_BOUND_BY_STAFF.to_owned()
         } else {
             String::new()
         },

@@ -478,6 +478,26 @@ fn case_state_name(l: Lang, state: &str) -> Option<&'static str> {
     })
 }
 
+/// Why an account change waits, in the page's language: the settlement crate's notes are
+/// English; an operator's own words are shown as written.
+fn change_note_text(l: Lang, note: &str) -> String {
+    use settlement::accounts::{NOTE_AFTER_PAYOUT_FAILURE, NOTE_BOUND_BY_STAFF};
+    let known = match note {
+        NOTE_AFTER_PAYOUT_FAILURE => Some(t(
+            l,
+            "出款失败后重新绑定：须运营复核",
+            "re-binding after a payout failure: an operator confirms",
+        )),
+        NOTE_BOUND_BY_STAFF => Some(t(
+            l,
+            "运营人员代商户绑定：须另一位运营复核",
+            "bound by staff for the merchant: another operator confirms",
+        )),
+        _ => None,
+    };
+    known.map_or_else(|| note.to_owned(), str::to_owned)
+}
+
 /// A timeline entry as the page's language shows it: the state change the cases service
 /// writes at its head (`[open → waiting_merchant] ...`) in words.
 fn entry_text(l: Lang, text: &str) -> String {
@@ -939,7 +959,7 @@ fn transactions_body(
         };
         body.push_str(&format!(
             "<tr><td><a class=\"txn\" href=\"/portal/transactions/{}\">{}</a></td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{} {}</td></tr>",
+             <td>¥{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{} {}</td></tr>",
             x.id,
             esc(&x.received_at),
             esc(&if who.is_staff() {
@@ -951,7 +971,7 @@ fn transactions_body(
                 |_| x.kind.clone(),
                 |k| resolve::txn_kind_text(k).get(l).to_owned()
             )),
-            format!("¥{}", esc(&x.amount)),
+            esc(&x.amount),
             esc(x.masked_pan.as_deref().unwrap_or("-")),
             esc(x.bank_name.get(l)),
             esc(x.rrn.as_deref().unwrap_or("-")),
@@ -1023,10 +1043,10 @@ fn transaction_body(
     let x = resolve::explain_txn(web.store.as_ref(), &web.directory, &row, web.clock.now_ms())?;
     let s = &x.txn;
     let mut body = format!(
-        "<h1>{} {}</h1><div class=\"card\" id=\"summary\"><b>{}</b><br>\
+        "<h1>{} ¥{}</h1><div class=\"card\" id=\"summary\"><b>{}</b><br>\
          {}: {} · {}: {} · {}: {} · RRN {} · {}: {}</div>",
         t(l, "交易", "Transaction"),
-        format!("¥{}", esc(&s.amount)),
+        esc(&s.amount),
         esc(x.summary.get(l)),
         t(l, "时间", "Time"),
         esc(&s.received_at),
@@ -1524,10 +1544,10 @@ fn case_body(
         }
         if let Some(txn) = &k.txn {
             body.push_str(&format!(
-                "<br><a href=\"/portal/transactions/{}\">{} {} {}</a>",
+                "<br><a href=\"/portal/transactions/{}\">{} ¥{} {}</a>",
                 txn.id,
                 t(l, "交易", "Transaction"),
-                format!("¥{}", esc(&txn.amount)),
+                esc(&txn.amount),
                 esc(txn.masked_pan.as_deref().unwrap_or("")),
             ));
         }
@@ -1844,12 +1864,18 @@ async fn console(
         ));
         let csrf = esc(who.csrf.as_deref().unwrap_or(""));
         for p in &applied {
+            // What the reviewer checks: the licence and the legal person, beside the category
+            // and the address.
             body.push_str(&format!(
-                "<li>{} · MCC {} · {} <form class=\"inline\" method=\"post\" action=\"/console/merchants/{}/approve\">\
+                "<li>{} · MCC {} · {} · {}: {} · {}: {} <form class=\"inline\" method=\"post\" action=\"/console/merchants/{}/approve\">\
                  <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button class=\"approve-merchant\">{}</button></form></li>",
                 esc(&p.mid),
                 esc(&p.mcc),
                 esc(&p.address),
+                t(l, "统一社会信用代码", "Licence"),
+                esc(&p.licence_no),
+                t(l, "法定代表人", "Legal person"),
+                esc(&p.legal_person),
                 esc(&p.mid),
                 t(l, "批准入网", "Approve")
             ));
@@ -1939,7 +1965,7 @@ async fn console(
                 esc(&ch.number_masked),
                 esc(&ch.requested_by),
                 esc(&format_time(ch.requested_at_ms)),
-                esc(&ch.note),
+                esc(&change_note_text(l, &ch.note)),
                 t(l, "复核通过", "Confirm"),
                 t(l, "拒绝原因", "Why refused"),
                 t(l, "拒绝", "Refuse"),
@@ -2636,7 +2662,7 @@ async fn users(
             t(l, "角色", "Role"),
             t(l, "商户", "Merchant"),
             t(l, "连续密码错误", "Wrong passwords"),
-            t(l, "锁定至", "Locked until"),
+            t(l, "停用 / 锁定至", "Disabled / locked until"),
         );
         for auth::Standing {
             user,
@@ -2998,6 +3024,19 @@ mod tests {
 
     /// Every error code the API documents has a title of its own on pages, in both languages
     /// (only `internal` takes the general one).
+    #[test]
+    fn the_settlement_crates_change_notes_read_in_chinese() {
+        for note in [
+            settlement::accounts::NOTE_AFTER_PAYOUT_FAILURE,
+            settlement::accounts::NOTE_BOUND_BY_STAFF,
+        ] {
+            let zh = change_note_text(Lang::Zh, note);
+            assert!(!zh.is_ascii(), "{note}: {zh}");
+            assert_eq!(change_note_text(Lang::En, note), note);
+        }
+        assert_eq!(change_note_text(Lang::Zh, "客户来电"), "客户来电");
+    }
+
     #[test]
     fn a_state_change_in_a_timeline_is_shown_in_the_pages_language() {
         assert_eq!(
