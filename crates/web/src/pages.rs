@@ -1798,8 +1798,8 @@ async fn terminals(
                 h.mac_failures,
                 h.timeouts,
                 h.reversals,
-                esc(&h.key_scheme),
-                esc(&h.mac_algorithm),
+                esc(key_scheme_text(l, &h.key_scheme)),
+                esc(mac_text(l, &h.mac_algorithm)),
                 software_text(h),
                 drift_text(l, h.clock_drift_s),
                 h.fallbacks,
@@ -1816,6 +1816,27 @@ async fn terminals(
         Ok::<_, ApiError>((t(l, "终端", "Terminals").to_owned(), body))
     })();
     respond(&c, &who, result)
+}
+
+/// A terminal's key scheme (60.3) in words.
+fn key_scheme_text(l: Lang, scheme: &str) -> &str {
+    match scheme {
+        "001" => t(l, "单倍长 DES", "single DES"),
+        "003" => t(l, "双倍长 3DES", "double-length 3DES"),
+        "004" => t(l, "双倍长 3DES＋磁道密钥", "3DES with a track key"),
+        "006" => t(l, "国密 SM4", "SM4"),
+        other => other,
+    }
+}
+
+/// A terminal's MAC algorithm in words.
+fn mac_text(l: Lang, mac: &str) -> &str {
+    match mac {
+        "x919" => "X9.19",
+        "cup-ecb" => t(l, "银联 ECB", "CUP ECB"),
+        "sm4" => t(l, "国密 SM4", "SM4"),
+        other => other,
+    }
 }
 
 /// Refused reversals the console lists, the newest first.
