@@ -513,8 +513,9 @@ impl Store for SqliteStore {
     fn events(&self, txn_id: i64) -> Result<Vec<EventRow>, StoreError> {
         self.read(|conn| {
             let mut statement = conn.prepare_cached(
-                // Events of one millisecond in the order written (`rowid`, `ctid` on
-                // PostgreSQL: the table is append-only), the same on both backends.
+                // Events of one millisecond in the order written (`rowid`; `ctid` on
+                // PostgreSQL, which follows it for the rows one commit writes, as one
+                // request's events are, though not across nodes or after a table rewrite).
                 "SELECT txn_id, at_ms, kind, detail FROM events WHERE txn_id = ?1
                  ORDER BY at_ms, rowid",
             )?;

@@ -274,12 +274,18 @@ impl SqliteStore {
         self.read(|conn| {
             let alerts = match state {
                 Some(state) => {
-                    // Newest raised first: ids come in blocks per node, so with several
-                    // nodes the highest id need not be the latest alert. Open alerts are few,
-                    // sorted after the `(state, id)` index finds them.
+                    // Open ones newest raised first: ids come in blocks per node, so with
+                    // several nodes the highest id need not be the latest alert. Open alerts
+                    // are few, sorted after the `(state, id)` index finds them; the others,
+                    // which grow without end, keep the index's order.
+                    let order = if state == AlertState::Open {
+                        "raised_at_ms DESC, id DESC"
+                    } else {
+                        "id DESC"
+                    };
                     let sql = format!(
                         "SELECT {ALERT_COLUMNS} FROM risk_alerts WHERE state = ?1
-                         ORDER BY raised_at_ms DESC, id DESC LIMIT ?2"
+                         ORDER BY {order} LIMIT ?2"
                     );
                     let mut statement = conn.prepare_cached(&sql)?;
                     let rows = statement.query_map(params![state, limit], alert_from_row)?;
@@ -287,8 +293,7 @@ impl SqliteStore {
                 }
                 None => {
                     let sql = format!(
-                        "SELECT {ALERT_COLUMNS} FROM risk_alerts
-                         ORDER BY raised_at_ms DESC, id DESC LIMIT ?1"
+                        "SELECT {ALERT_COLUMNS} FROM risk_alerts ORDER BY id DESC LIMIT ?1"
                     );
                     let mut statement = conn.prepare_cached(&sql)?;
                     let rows = statement.query_map(params![limit], alert_from_row)?;

@@ -482,8 +482,6 @@ impl Core {
         self.reply(frame, None, &Answer::code(code), None, |_| Ok(()))
     }
 
-    /// Builds the response to `frame`: echoed fields, host time, the answer's fields, then a
-    /// MAC when the request carried one and the terminal has a MAK.
     /// Fields 44 and 63 of a financial reply: 44, the issuer (the BIN table's bank code) and
     /// the acquirer, 11 each; 63, the card organisation ("CUP" for a card not known), and the
     /// merchant's registered name where it can be printed.
@@ -508,6 +506,8 @@ impl Core {
         Ok(())
     }
 
+    /// Builds the response to `frame`: echoed fields, host time, the answer's fields, then a
+    /// MAC when the request carried one and the terminal has a MAK.
     pub fn reply(
         &self,
         frame: &Frame<'_>,

@@ -211,13 +211,14 @@ impl Core {
             None => return answer(RC_FORMAT_ERROR),
             _ => return answer(RC_INVALID_AMOUNT),
         };
-        // Amounts are fen of CNY (PROTOCOL.md: field 49 is "156"): one in another currency
-        // would be cleared, charged fees on and paid out as yuan.
-        if request.text(49).is_some_and(|c| c.trim() != "156") {
-            return answer(RC_FORMAT_ERROR);
-        }
         if amount_fen == 0 && kind != Financial::BalanceInquiry {
             return answer(RC_INVALID_AMOUNT);
+        }
+        // Amounts are fen of CNY (PROTOCOL.md: field 49 is "156"): a request in another
+        // currency would be cleared, charged fees on and paid out as yuan. A reversal is taken
+        // whatever it says: it only undoes, and must be acknowledged to stop its resends.
+        if !reversal && request.text(49).is_some_and(|c| c.trim() != "156") {
+            return answer(RC_FORMAT_ERROR);
         }
         let request_hash = self.request_digest(request);
         let now_ms = self.clock.now_ms();

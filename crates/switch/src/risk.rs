@@ -446,8 +446,10 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         // An operator has looked at a terminal's move (cleared the alert, or suspended the
         // terminal): a declining peer-change rule stops declining it, and the terminal's next
         // request teaches its network.
-        // A full page (a bulk clear): the next read starts after its last, overlap or not,
-        // or the same page would be read for ever and nothing after it seen.
+        // A full page (a bulk clear): the next read starts at its last, without the overlap,
+        // or the same page would be read for ever and nothing after it seen. (A thousand
+        // resolutions stamped in one millisecond would still hold it; a resolution another
+        // node stamps late within such a burst may be missed.)
         let full_page = u32::try_from(resolved.len()).unwrap_or(u32::MAX) >= RESOLVED_PAGE;
         if full_page && let Some(last) = resolved.last() {
             resolved_since_ms = resolved_since_ms.max(last.resolved_at_ms);

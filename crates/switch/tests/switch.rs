@@ -1484,5 +1484,7 @@ fn a_request_missing_a_required_field_is_a_format_error() {
             ..Req::purchase(&card("622202"), 1_000, 5)
         };
         assert_eq!(t.send(&dollars).await.code(), "30");
+        // Its reversal is taken whatever field 49 says: nothing to undo, acknowledged.
+        assert_eq!(t.send(&Req::reversal_of(&dollars)).await.code(), "00");
     });
 }

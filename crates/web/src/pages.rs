@@ -959,7 +959,7 @@ fn transactions_body(
         };
         body.push_str(&format!(
             "<tr><td><a class=\"txn\" href=\"/portal/transactions/{}\">{}</a></td><td>{}</td><td>{}</td>\
-             <td>¥{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{} {}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{} {}</td></tr>",
             x.id,
             esc(&x.received_at),
             esc(&if who.is_staff() {
@@ -1043,7 +1043,7 @@ fn transaction_body(
     let x = resolve::explain_txn(web.store.as_ref(), &web.directory, &row, web.clock.now_ms())?;
     let s = &x.txn;
     let mut body = format!(
-        "<h1>{} ¥{}</h1><div class=\"card\" id=\"summary\"><b>{}</b><br>\
+        "<h1>{} {}</h1><div class=\"card\" id=\"summary\"><b>{}</b><br>\
          {}: {} · {}: {} · {}: {} · RRN {} · {}: {}</div>",
         t(l, "交易", "Transaction"),
         esc(&s.amount),
@@ -1544,7 +1544,7 @@ fn case_body(
         }
         if let Some(txn) = &k.txn {
             body.push_str(&format!(
-                "<br><a href=\"/portal/transactions/{}\">{} ¥{} {}</a>",
+                "<br><a href=\"/portal/transactions/{}\">{} {} {}</a>",
                 txn.id,
                 t(l, "交易", "Transaction"),
                 esc(&txn.amount),
@@ -2377,7 +2377,7 @@ fn settlement_body(
         {
             body.push_str(&format!(
                 "<p class=\"bad\" id=\"rejected-change\">{} {} {}: {}</p>",
-                t(l, "您提交的账户", "The account you submitted,"),
+                t(l, "最近提交的结算账户", "The account last submitted,"),
                 esc(jget(last, "number_masked").as_str().unwrap_or("")),
                 t(l, "未通过复核", "was refused by the checker"),
                 esc(jget(last, "note").as_str().unwrap_or("")),
@@ -3043,8 +3043,6 @@ mod tests {
         }
     }
 
-    /// Every error code the API documents has a title of its own on pages, in both languages
-    /// (only `internal` takes the general one).
     #[test]
     fn the_settlement_crates_change_notes_read_in_chinese() {
         for note in [
@@ -3073,6 +3071,8 @@ mod tests {
         assert_eq!(entry_text(Lang::Zh, "[x → y"), "[x → y");
     }
 
+    /// Every error code the API documents has a title of its own on pages, in both languages
+    /// (only `internal` takes the general one).
     #[test]
     fn every_documented_error_code_has_a_page_title() {
         let doc = crate::openapi::document();

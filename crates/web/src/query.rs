@@ -504,11 +504,14 @@ fn count_into(stats: &mut DayStats, tally: &TxnTally) {
             stats.declined += count;
             true
         }
-        TxnState::Reversed => {
+        // Approved by the issuer, then reversed: its 00 would read "approved" among the
+        // failures. A reversed sale the issuer never approved (timed out, unreadable, refused,
+        // then reversed) is a failure under its own code.
+        TxnState::Reversed if tally.response_code.as_deref() == Some("00") => {
             stats.reversed += count;
             false
         }
-        TxnState::TimedOut | TxnState::Failed => {
+        TxnState::TimedOut | TxnState::Failed | TxnState::Reversed => {
             stats.failed += count;
             true
         }

@@ -3592,7 +3592,8 @@ fn the_console_refuses_a_re_binding_with_a_reason() {
             .nth(1)
             .unwrap_or_else(|| panic!("{}", page.body));
         assert!(
-            refused.starts_with("您提交的账户") && refused.contains("not the merchant&#39;s card"),
+            refused.starts_with("最近提交的结算账户")
+                && refused.contains("not the merchant&#39;s card"),
             "{}",
             page.body
         );
@@ -4187,6 +4188,25 @@ fn a_reversed_sale_is_told_apart_and_a_voided_one_is_not_takings() {
             &r.text(37).unwrap(),
         );
         assert_eq!(e.t.send(&void).await.code(), "00");
+        // A sale the issuer never answered (98), its reversal then acknowledged: reversed in
+        // the journal, but a failure under 98, not "approved, then reversed".
+        e.sim.faults().drop_next(1);
+        let lost = Req {
+            pin: Some(card.pin().to_owned()),
+            ..Req::purchase(card.pan.expose_digits(), 800, 53)
+        };
+        let r = e.t.send(&lost).await;
+        assert_eq!(r.code(), "98");
+        let rrn = r.text(37).unwrap();
+        let mut state = None;
+        for _ in 0..100 {
+            state = e.h.store.txn_by_rrn(&rrn).unwrap().map(|t| t.state);
+            if state == Some(store::TxnState::Reversed) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(state, Some(store::TxnState::Reversed));
 
         let dash = PageSession::login(e.http, "teahouse")
             .await
@@ -4202,6 +4222,7 @@ fn a_reversed_sale_is_told_apart_and_a_voided_one_is_not_takings() {
             "a card sends the merchant to today's approvals: {}",
             dash.body
         );
+        assert!(dash.body.contains("code=98&amp;"), "{}", dash.body);
         // Takings: the one sale that stands, ¥10.00.
         assert!(dash.body.contains("¥10.00"), "{}", dash.body);
     });
