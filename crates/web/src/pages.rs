@@ -1166,8 +1166,11 @@ fn transaction_body(
     }
     let csrf = esc(who.csrf.as_deref().unwrap_or(""));
     // Only what reached the issuer can be asked about there: one the host refused itself the
-    // issuer never saw.
-    if row.sent_at_ms.is_some() {
+    // issuer never saw, nor a 91 the link gave without sending (stamped as sent, but with no
+    // answer from the issuer; a 91 the issuer gave itself has one).
+    let link_refused =
+        row.response_code.as_deref() == Some("91") && row.issuer_answered_at_ms.is_none();
+    if row.sent_at_ms.is_some() && !link_refused {
         body.push_str(&format!(
             "<form method=\"post\" action=\"/portal/transactions/{id}/cases\" class=\"card\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"kind\" value=\"issuer_inquiry\">\
