@@ -593,14 +593,17 @@ impl Core {
             answer.response_code,
             RC_MAC_FAILED | RC_BATCH_OUT_OF_STEP | RC_PIN_FORMAT
         );
-        let header = if sign_in_again {
-            frame
-                .head
-                .header
-                .with_processing_requirement(ProcessingRequirement::SIGN_IN_AGAIN)
-        } else {
-            frame.head.header
-        };
+        // The header is echoed with the host's own processing requirement: a new sign-in, or
+        // none (this host offers no downloads). Echoing the terminal's digit would ask it for
+        // what it asked (a 3 sent by a terminal would have every answer tell it to sign in).
+        let header = frame
+            .head
+            .header
+            .with_processing_requirement(if sign_in_again {
+                ProcessingRequirement::SIGN_IN_AGAIN
+            } else {
+                ProcessingRequirement::NONE
+            });
         let head = FrameHead {
             tpdu: frame.head.tpdu.reply(),
             header,

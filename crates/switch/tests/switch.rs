@@ -110,6 +110,14 @@ fn not_signed_in_and_bad_mac_are_told_to_sign_in_again() {
         // Batch out of step.
         t.batch = 2;
         assert_eq!(t.send(&Req::purchase(&pan, 100, 4)).await.code(), "77");
+        t.batch = 1;
+        // A request whose own header carries a processing requirement: the answer carries the
+        // host's, none, not the terminal's echoed back.
+        let mut asking = t.encode(&Req::purchase(&pan, 100, 5), false);
+        asking[2 + 5 + 2] = (asking[2 + 5 + 2] & 0xF0) | 3;
+        let r = t.exchange(&asking).await;
+        assert_eq!(r.code(), "00");
+        assert_eq!(r.frame().head.header.processing_requirement().digit(), 0);
     });
 }
 
