@@ -340,13 +340,32 @@ impl Core {
     async fn answer_retry(&self, ctx: &Ctx<'_>, entry: Arc<Entry>) -> Option<Vec<u8>> {
         let answer = self.retry_answer(&entry).await;
         tracing::info!(tid = %ctx.key.tid, stan = ctx.key.stan, "retried request answered from the journal");
+        // Fields 44 and 63 as the first answer gave them, from the card the HSM decrypts, when
+        // the card came from an encrypted track alone (see `forward`).
+        let card_fields = self.decrypted_card_fields(ctx);
         self.reply(
             ctx.frame,
             Some(&ctx.terminal),
             &answer,
             entry.rrn.as_deref(),
-            |_| Ok(()),
+            |out| match card_fields {
+                Some(fields) => self.set_card_fields(out, fields, Some(&ctx.terminal)),
+                None => Ok(()),
+            },
         )
+    }
+
+    /// The card organisation and issuer of a request whose card number is only in a track
+    /// it encrypted (no field 2), from the track decrypted in the HSM; `None` otherwise, or
+    /// when it does not decrypt.
+    fn decrypted_card_fields(&self, ctx: &Ctx<'_>) -> Option<(&'static str, Option<String>)> {
+        let request = &ctx.frame.message;
+        if !track_encrypted(request) || request.has(2) {
+            return None;
+        }
+        let track = self.clear_track2(ctx).ok()??;
+        let pan = pan_of(track.chars()).ok()?;
+        Some(self.card_organisation(Some(&pan)))
     }
 
     /// What a retry of `entry` is answered with (see [`Self::answer_retry`]).
@@ -433,12 +452,16 @@ impl Core {
                 // same answer.
                 let answer = self.retry_answer(&winner).await;
                 entry.answer(answer.clone(), TxnState::Failed);
+                let card_fields = self.decrypted_card_fields(ctx);
                 self.reply(
                     ctx.frame,
                     Some(&ctx.terminal),
                     &answer,
                     winner.rrn.as_deref(),
-                    |_| Ok(()),
+                    |out| match card_fields {
+                        Some(fields) => self.set_card_fields(out, fields, Some(&ctx.terminal)),
+                        None => Ok(()),
+                    },
                 )
             }
             Claim::Conflict | Claim::New(_) => {
