@@ -336,6 +336,15 @@ pub enum Record {
         id: i64,
         state: TxnState,
     },
+    /// `State`, written only if the journal still holds the row in state `from`; else the
+    /// submission fails (`Constraint`). How a node changes a row it read in a state another
+    /// node may move it out of meanwhile (a void in flight there, approved and taking its
+    /// original while this node reverses it).
+    StateFrom {
+        id: i64,
+        from: TxnState,
+        state: TxnState,
+    },
     /// A reversed void or completion gives its original back: approved again if the journal
     /// holds it voided or completed, whatever the writer's memory said (another node, or a
     /// commit whose answer was lost, may have voided it there); nothing otherwise.

@@ -1245,6 +1245,16 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
                 .execute(params![id, state])?;
             expect_one(changed, "transaction")?;
         }
+        Record::StateFrom { id, from, state } => {
+            let changed = conn
+                .prepare_cached("UPDATE transactions SET state = ?3 WHERE id = ?1 AND state = ?2")?
+                .execute(params![id, from, state])?;
+            if changed != 1 {
+                return Err(StoreError::Constraint {
+                    message: format!("transaction {id}: no longer {}", from.as_str()),
+                });
+            }
+        }
         Record::GiveBack { id } => {
             conn.prepare_cached(
                 "UPDATE transactions SET state = 'approved'

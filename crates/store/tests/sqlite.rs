@@ -781,6 +781,20 @@ fn transactions_outcomes_and_events_round_trip(db: &Db) {
         .map(|e| e.kind)
         .collect();
     assert_eq!(kinds, ["received", "approved", "zeta", "alpha", "mu"]);
+    // A state change from a state the row has left: refused, the row as it was.
+    let moved = store
+        .submit(vec![Record::StateFrom {
+            id: 1,
+            from: TxnState::InFlight,
+            state: TxnState::Reversed,
+        }])
+        .unwrap()
+        .wait();
+    assert!(
+        matches!(moved, Err(store::StoreError::Constraint { .. })),
+        "{moved:?}"
+    );
+    assert_eq!(store.txn(1).unwrap().unwrap().state, TxnState::Approved);
     assert_eq!(store.txns_since("20261123").unwrap().len(), 1);
     assert!(store.txns_since("20261124").unwrap().is_empty());
     assert_eq!(store.txns_by_batch("10000001", 1).unwrap().len(), 1);

@@ -1987,9 +1987,30 @@ impl Core {
                         | TxnState::InFlight
                         | TxnState::TimedOut),
                     ) => {
-                        records.push(Record::State {
-                            id: o.id,
-                            state: TxnState::Reversed,
+                        // A linked request read still in flight (on a shared journal, perhaps at
+                        // another node's issuer) may be approved and take its original before
+                        // this write: reversed from in flight only, or the write fails (96)
+                        // and the terminal's resend reads it again, approved, and gives its
+                        // original back.
+                        let linked = matches!(
+                            o.kind,
+                            TxnKind::PurchaseVoid
+                                | TxnKind::CompletionVoid
+                                | TxnKind::PreAuthVoid
+                                | TxnKind::Completion
+                                | TxnKind::Refund
+                        );
+                        records.push(if linked && previous == TxnState::InFlight {
+                            Record::StateFrom {
+                                id: o.id,
+                                from: TxnState::InFlight,
+                                state: TxnState::Reversed,
+                            }
+                        } else {
+                            Record::State {
+                                id: o.id,
+                                state: TxnState::Reversed,
+                            }
                         });
                         let issuer = o.issuer.clone().unwrap_or_default();
                         if o.kind != TxnKind::BalanceInquiry && !issuer.is_empty() {
