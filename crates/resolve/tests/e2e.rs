@@ -691,22 +691,7 @@ fn back_office_refund_is_reversed_on_timeout_and_never_doubled() {
         assert_eq!(code, "00");
         let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
         let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
-        let case = cases
-            .open(NewCase {
-                kind: CaseKind::RefundApplication,
-                mid: MID.to_owned(),
-                rrn: Some(rrn.clone()),
-                txn_id: None,
-                title: "wrong amount keyed".to_owned(),
-                who: "merchant".to_owned(),
-                text: "refund 10.00".to_owned(),
-                attachments: Vec::new(),
-                assignee: None,
-                due_at_ms: None,
-                refund_fen: Some(1_000),
-            })
-            .await
-            .unwrap();
+        let case = cases.open(ten_yuan_refund_application(&rrn)).await.unwrap();
         // The issuer applies the refund but its answer is lost: 98, and the switch reverses it
         // (the first reversal's answer is lost too, so it is resent a second later).
         e.sim.faults().drop_next(2);
@@ -1824,6 +1809,23 @@ fn a_case_takes_a_bounded_number_of_entries() {
     });
 }
 
+/// The merchant applies for a refund of ¥10.00 of the sale with RRN `rrn`.
+fn ten_yuan_refund_application(rrn: &str) -> NewCase {
+    NewCase {
+        kind: CaseKind::RefundApplication,
+        mid: MID.to_owned(),
+        rrn: Some(rrn.to_owned()),
+        txn_id: None,
+        title: "wrong amount keyed".to_owned(),
+        who: "merchant".to_owned(),
+        text: "refund 10.00".to_owned(),
+        attachments: Vec::new(),
+        assignee: None,
+        due_at_ms: None,
+        refund_fen: Some(1_000),
+    }
+}
+
 /// The back office as a refund that reached the issuer but whose answer could not be read
 /// would leave it: answered 96, with its reversal queued (here the answer was lost, and the
 /// 98 is reported as 96).
@@ -1867,22 +1869,7 @@ fn a_refund_answered_96_with_its_reversal_owed_takes_no_second_approval() {
         assert_eq!(code, "00");
         let back_office = Arc::new(UnreadableAnswer(e.switch().back_office()));
         let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
-        let case = cases
-            .open(NewCase {
-                kind: CaseKind::RefundApplication,
-                mid: MID.to_owned(),
-                rrn: Some(rrn.clone()),
-                txn_id: None,
-                title: "wrong amount keyed".to_owned(),
-                who: "merchant".to_owned(),
-                text: "refund 10.00".to_owned(),
-                attachments: Vec::new(),
-                assignee: None,
-                due_at_ms: None,
-                refund_fen: Some(1_000),
-            })
-            .await
-            .unwrap();
+        let case = cases.open(ten_yuan_refund_application(&rrn)).await.unwrap();
         e.sim.faults().drop_next(2);
         let first = cases.approve_refund(case.id, "operator-1").await.unwrap();
         assert_eq!(first.refund_code.as_deref(), Some("96"));

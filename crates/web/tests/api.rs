@@ -3704,32 +3704,33 @@ async fn flag_duplicate(e: &Env, second_rrn: &str) {
         .unwrap();
 }
 
+/// An open card-testing alert `id` at the test terminal, raised at 1,000 + `id` ms.
+fn open_alert(id: i64) -> store::Record {
+    store::Record::Risk(store::risk::RiskRecord::Alert(Box::new(
+        store::risk::RiskAlertRow {
+            id,
+            kind: "card-testing".into(),
+            rule_id: "ct".into(),
+            action: store::risk::AlertAction::Decline,
+            mid: MID.into(),
+            tid: TID.into(),
+            detail: "6 small declines".into(),
+            txn_ids: Vec::new(),
+            raised_at_ms: 1_000 + id,
+            state: store::risk::AlertState::Open,
+            resolved_by: None,
+            resolved_at_ms: None,
+            resolution: None,
+        },
+    )))
+}
+
 /// More open risk alerts than the console lists: it says so ("50+"), not "50".
 #[test]
 fn the_console_says_when_it_lists_only_the_newest_alerts() {
     run(async move {
         let e = start().await;
-        let alerts: Vec<store::Record> = (1..=51)
-            .map(|id| {
-                store::Record::Risk(store::risk::RiskRecord::Alert(Box::new(
-                    store::risk::RiskAlertRow {
-                        id,
-                        kind: "card-testing".into(),
-                        rule_id: "ct".into(),
-                        action: store::risk::AlertAction::Decline,
-                        mid: MID.into(),
-                        tid: TID.into(),
-                        detail: "6 small declines".into(),
-                        txn_ids: Vec::new(),
-                        raised_at_ms: 1_000 + id,
-                        state: store::risk::AlertState::Open,
-                        resolved_by: None,
-                        resolved_at_ms: None,
-                        resolution: None,
-                    },
-                )))
-            })
-            .collect();
+        let alerts: Vec<store::Record> = (1..=51).map(open_alert).collect();
         e.h.store.submit(alerts).unwrap().await.unwrap();
         let console = PageSession::login(e.http, "ops")
             .await
@@ -3918,27 +3919,8 @@ fn a_refused_case_form_comes_back_with_why_and_what_was_typed() {
 fn the_console_acts_on_a_risk_alert_by_suspending() {
     run(async move {
         let e = start().await;
-        let alert = |id: i64| {
-            store::Record::Risk(store::risk::RiskRecord::Alert(Box::new(
-                store::risk::RiskAlertRow {
-                    id,
-                    kind: "card-testing".into(),
-                    rule_id: "ct".into(),
-                    action: store::risk::AlertAction::Decline,
-                    mid: MID.into(),
-                    tid: TID.into(),
-                    detail: "6 small declines".into(),
-                    txn_ids: Vec::new(),
-                    raised_at_ms: 1_000 + id,
-                    state: store::risk::AlertState::Open,
-                    resolved_by: None,
-                    resolved_at_ms: None,
-                    resolution: None,
-                },
-            )))
-        };
         e.h.store
-            .submit(vec![alert(1), alert(2)])
+            .submit(vec![open_alert(1), open_alert(2)])
             .unwrap()
             .await
             .unwrap();
