@@ -807,6 +807,7 @@ async fn webhook(State(web): State<Web>, who: Principal, Query(q): Query<MidFilt
     let mid = who
         .merchant_filter(q.mid.as_deref())?
         .ok_or_else(|| ApiError::bad_request("mid is required"))?;
+    crate::ops::known_merchant(&web, &mid)?;
     let endpoint = web.store.webhook_endpoint(&mid)?;
     Ok(Json(json!({
         "mid": mid,
@@ -839,9 +840,7 @@ async fn set_webhook(
     }
     // Staff naming a merchant the journal does not hold (a mistyped MID) would set an
     // endpoint for no one.
-    if web.store.merchant(&mid)?.is_none() {
-        return Err(ApiError::not_found("merchant"));
-    }
+    crate::ops::known_merchant(&web, &mid)?;
     let before = web.store.webhook_endpoint(&mid)?.map(|e| e.url);
     web.resolver
         .set_webhook(&mid, &body.url, body.secret.as_bytes())

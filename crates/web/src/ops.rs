@@ -357,7 +357,17 @@ pub async fn bound_account(
     Query(q): Query<MidQuery>,
 ) -> ApiResult {
     let mid = account_mid(&who, given(&q.mid))?;
+    known_merchant(&web, &mid)?;
     Ok(Json(bound_account_json(&web, &mid)?))
+}
+
+/// 404 for a merchant the journal does not hold: staff naming one by a mistyped MID get what
+/// a write for it gets, not an empty answer that reads as "nothing set".
+pub fn known_merchant(web: &Web, mid: &str) -> Result<(), ApiError> {
+    match web.store.merchant(mid)? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found("merchant")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -658,6 +668,7 @@ pub async fn fee_plan(
     Path(mid): Path<String>,
 ) -> ApiResult {
     who.scope(&mid, "merchant")?;
+    known_merchant(&web, &mid)?;
     let terms = web.store.settlement_terms(&mid)?;
     Ok(Json(
         json!({ "mid": mid, "terms": terms.as_ref().map(terms_json) }),

@@ -938,6 +938,18 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
                 .unwrap()
                 .is_none()
         );
+        // Reads of it are 404 too, not an empty answer that reads as "nothing set".
+        for path in [
+            "/api/webhook?mid=898110048990009",
+            "/api/bound-account?mid=898110048990009",
+            "/api/merchants/898110048990009/fee-plan",
+        ] {
+            assert_error(
+                &api.call(Some(&ops), "GET", path, None).await,
+                404,
+                "not_found",
+            );
+        }
 
         // Notifications, risk, reviews: staff only where it says so.
         assert_eq!(
