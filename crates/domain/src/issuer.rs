@@ -207,6 +207,13 @@ impl Hasher for PrefixHasher {
 
 type PrefixMap = HashMap<u64, (usize, usize), BuildHasherDefault<PrefixHasher>>;
 
+/// ASCII digits (checked by the caller) as a number.
+fn digits_value(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0u64, |v, &b| v * 10 + u64::from(b - b'0'))
+}
+
 /// BIN → issuer, with longest-prefix match. Build once, share, look up without allocating.
 #[derive(Debug, Clone)]
 pub struct IssuerDirectory {
@@ -392,26 +399,11 @@ impl IssuerDirectory {
         if known.issuer.is_some() {
             return known;
         }
-        let value = bytes
-            .iter()
-            .fold(0u64, |v, &b| v * 10 + u64::from(b - b'0'));
+        let value = digits_value(bytes);
         let mut under: Option<BinRow> = None;
         let mut shared = true;
-        for ((bin_len, _), &(start, end)) in self.by_len.iter().zip(&self.len_spans) {
-            let Some(scale) = bin_len
-                .checked_sub(bytes.len())
-                .filter(|&n| n > 0)
-                .and_then(|n| u32::try_from(n).ok())
-                .and_then(|n| 10u64.checked_pow(n))
-            else {
-                continue;
-            };
-            let values = self.bin_values.get(start..end).unwrap_or_default();
-            let low = value.saturating_mul(scale);
-            let high = value.saturating_add(1).saturating_mul(scale);
-            let first = start + values.partition_point(|&v| v < low);
-            let last = start + values.partition_point(|&v| v < high);
-            for row in self.rows.get(first..last).unwrap_or_default() {
+        for ((bin_len, _), &span) in self.by_len.iter().zip(&self.len_spans) {
+            for row in self.rows_extending(value, bytes.len(), *bin_len, span) {
                 if usize::from(row.pan_len) != pan_len {
                     continue;
                 }
@@ -489,9 +481,7 @@ impl IssuerDirectory {
         if bytes.is_empty() || bytes.len() > BIN_LEN_MAX || !bytes.iter().all(u8::is_ascii_digit) {
             return Vec::new();
         }
-        let value = bytes
-            .iter()
-            .fold(0u64, |v, &b| v * 10 + u64::from(b - b'0'));
+        let value = digits_value(bytes);
         let at_len = |range: (usize, usize)| {
             self.rows
                 .get(range.0..range.1)
@@ -506,19 +496,12 @@ impl IssuerDirectory {
         // Longest first: the first shorter row found is the one a lookup would take.
         for ((bin_len, map), &(start, end)) in self.by_len.iter().zip(&self.len_spans) {
             if *bin_len > bytes.len() {
-                let Some(scale) = u32::try_from(*bin_len - bytes.len())
-                    .ok()
-                    .and_then(|n| 10u64.checked_pow(n))
-                else {
-                    continue;
-                };
-                // The BINs that extend `prefix` are one run of this length's sorted rows.
-                let values = self.bin_values.get(start..end).unwrap_or_default();
-                let low = value.saturating_mul(scale);
-                let high = value.saturating_add(1).saturating_mul(scale);
-                let first = values.partition_point(|&v| v < low);
-                let last = values.partition_point(|&v| v < high);
-                types.extend(at_len((start + first, start + last)));
+                types.extend(
+                    self.rows_extending(value, bytes.len(), *bin_len, (start, end))
+                        .iter()
+                        .filter(|r| usize::from(r.pan_len) == pan_len)
+                        .map(|r| r.card_type),
+                );
             } else if !shorter_found {
                 let shift = 10u64.pow(u32::try_from(bytes.len() - bin_len).unwrap_or(0));
                 if let Some(&range) = map.get(&(value / shift)) {
@@ -535,6 +518,32 @@ impl IssuerDirectory {
             }
         }
         distinct
+    }
+
+    /// The rows of BIN length `bin_len` (`rows[span]`, sorted by BIN) whose BIN extends a
+    /// shorter prefix of `prefix_len` digits worth `value`: one run of them. None when
+    /// `bin_len` is not longer than the prefix.
+    fn rows_extending(
+        &self,
+        value: u64,
+        prefix_len: usize,
+        bin_len: usize,
+        (start, end): (usize, usize),
+    ) -> &[BinRow] {
+        let Some(scale) = bin_len
+            .checked_sub(prefix_len)
+            .filter(|&n| n > 0)
+            .and_then(|n| u32::try_from(n).ok())
+            .and_then(|n| 10u64.checked_pow(n))
+        else {
+            return &[];
+        };
+        let values = self.bin_values.get(start..end).unwrap_or_default();
+        let low = value.saturating_mul(scale);
+        let high = value.saturating_add(1).saturating_mul(scale);
+        let first = start + values.partition_point(|&v| v < low);
+        let last = start + values.partition_point(|&v| v < high);
+        self.rows.get(first..last).unwrap_or_default()
     }
 
     fn found(&self, bin_len: usize, row: BinRow, pan_len: usize) -> CardLookup<'_> {
