@@ -1489,20 +1489,31 @@ struct RefusedCaseForm<'a> {
     which: CaseForm,
 }
 
-/// After a refused case form: the case page again with why and what was typed, when the
-/// refusal was of what was typed (400, 409 for a case moved meanwhile, 422); the error page
-/// otherwise (the case not found or not this user's).
-fn refused_case_form(
+/// The answer to a case form (`which`, sent as `form`) once its action ran: back to the case;
+/// refused, the case page again with why and what was typed when the refusal was of what was
+/// typed (400, 409 for a case moved meanwhile, 422), the error page otherwise (the case not
+/// found or not this user's).
+fn case_form_answer<T>(
     web: &Web,
     c: &Ctx,
     who: &Principal,
     id: i64,
-    refused: RefusedCaseForm<'_>,
+    (form, which): (&Params, CaseForm),
+    result: Result<T, ApiError>,
 ) -> Response {
-    let status = refused.error.status;
+    let error = match result {
+        Ok(_) => return redirect(&format!("/portal/cases/{id}")),
+        Err(error) => error,
+    };
+    let status = error.status;
     if !matches!(status.as_u16(), 400 | 409 | 422) {
-        return error_page(c, Some(who), refused.error);
+        return error_page(c, Some(who), &error);
     }
+    let refused = RefusedCaseForm {
+        error: &error,
+        form,
+        which,
+    };
     match case_body(web, c, who, id, Some(refused)) {
         Ok((title, body)) => {
             let mut response = render(c, who, &title, &body);
@@ -1724,20 +1735,7 @@ async fn add_entry(
         api::add_entry_for(&web, &who, id, text).await
     }
     .await;
-    match result {
-        Ok(_) => redirect(&format!("/portal/cases/{id}")),
-        Err(e) => refused_case_form(
-            &web,
-            &c,
-            &who,
-            id,
-            RefusedCaseForm {
-                error: &e,
-                form: &form,
-                which: CaseForm::Entry,
-            },
-        ),
-    }
+    case_form_answer(&web, &c, &who, id, (&form, CaseForm::Entry), result)
 }
 
 async fn terminals(
@@ -2636,20 +2634,7 @@ async fn transition_case(
         .await
     }
     .await;
-    match result {
-        Ok(_) => redirect(&format!("/portal/cases/{id}")),
-        Err(e) => refused_case_form(
-            &web,
-            &c,
-            &who,
-            id,
-            RefusedCaseForm {
-                error: &e,
-                form: &form,
-                which: CaseForm::Transition,
-            },
-        ),
-    }
+    case_form_answer(&web, &c, &who, id, (&form, CaseForm::Transition), result)
 }
 
 /// Audit rows on one page of the audit log, newest first; a link leads to older ones.
