@@ -204,6 +204,10 @@ impl From<StoreError> for CaseError {
     }
 }
 
+/// What a [`RefundExecutor`] returns: the refund's answer, to await.
+pub type RefundFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<BackOfficeRefund, BackOfficeError>> + Send + 'a>>;
+
 /// Runs an approved refund; the switch's [`BackOffice`] in production.
 pub trait RefundExecutor: Send + Sync {
     fn refund<'a>(
@@ -211,7 +215,7 @@ pub trait RefundExecutor: Send + Sync {
         original_rrn: &'a str,
         amount_fen: i64,
         idempotency_key: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<BackOfficeRefund, BackOfficeError>> + Send + 'a>>;
+    ) -> RefundFuture<'a>;
 }
 
 impl RefundExecutor for BackOffice {
@@ -220,7 +224,7 @@ impl RefundExecutor for BackOffice {
         original_rrn: &'a str,
         amount_fen: i64,
         idempotency_key: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<BackOfficeRefund, BackOfficeError>> + Send + 'a>> {
+    ) -> RefundFuture<'a> {
         Box::pin(BackOffice::refund(
             self,
             original_rrn,
@@ -236,7 +240,7 @@ impl RefundExecutor for SwitchHandle {
         original_rrn: &'a str,
         amount_fen: i64,
         idempotency_key: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<BackOfficeRefund, BackOfficeError>> + Send + 'a>> {
+    ) -> RefundFuture<'a> {
         Box::pin(self.back_office_refund(original_rrn, amount_fen, idempotency_key))
     }
 }

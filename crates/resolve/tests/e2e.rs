@@ -1560,14 +1560,7 @@ impl RefundExecutor for Interleaved {
         original_rrn: &'a str,
         amount_fen: i64,
         idempotency_key: &'a str,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<switch::BackOfficeRefund, switch::BackOfficeError>,
-                > + Send
-                + 'a,
-        >,
-    > {
+    ) -> resolve::cases::RefundFuture<'a> {
         Box::pin(async move {
             let answer = self
                 .inner
@@ -1690,14 +1683,7 @@ impl RefundExecutor for Scripted {
         _original_rrn: &'a str,
         _amount_fen: i64,
         idempotency_key: &'a str,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<switch::BackOfficeRefund, switch::BackOfficeError>,
-                > + Send
-                + 'a,
-        >,
-    > {
+    ) -> resolve::cases::RefundFuture<'a> {
         Box::pin(async move {
             self.keys.lock().unwrap().push(idempotency_key.to_owned());
             Ok(self.answers.lock().unwrap().remove(0))
@@ -1837,14 +1823,7 @@ impl RefundExecutor for UnreadableAnswer {
         original_rrn: &'a str,
         amount_fen: i64,
         idempotency_key: &'a str,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<switch::BackOfficeRefund, switch::BackOfficeError>,
-                > + Send
-                + 'a,
-        >,
-    > {
+    ) -> resolve::cases::RefundFuture<'a> {
         Box::pin(async move {
             let mut result = self
                 .0

@@ -730,13 +730,7 @@ impl resolve::cases::RefundExecutor for NoRefunds {
         _original_rrn: &'a str,
         _amount_fen: i64,
         _idempotency_key: &'a str,
-    ) -> std::pin::Pin<
-        Box<
-            dyn Future<Output = Result<switch::BackOfficeRefund, switch::BackOfficeError>>
-                + Send
-                + 'a,
-        >,
-    > {
+    ) -> resolve::cases::RefundFuture<'a> {
         Box::pin(async {
             Err(switch::BackOfficeError::Store(store::StoreError::Backend {
                 message: "refunds are made by a running node".to_owned(),
