@@ -506,6 +506,20 @@ impl Core {
         Ok(())
     }
 
+    /// [`Core::set_card_fields`] from a decrypted track's card, when there is one (`fields`,
+    /// see `decrypted_card_fields` in financial.rs): over what the request alone gave.
+    pub(crate) fn set_decrypted_card_fields(
+        &self,
+        out: &mut MessageBuilder,
+        fields: Option<(&'static str, Option<String>)>,
+        terminal: &Terminal,
+    ) -> Result<(), EncodeError> {
+        match fields {
+            Some(fields) => self.set_card_fields(out, fields, Some(terminal)),
+            None => Ok(()),
+        }
+    }
+
     /// Builds the response to `frame`: echoed fields, host time, the answer's fields, then a
     /// MAC when the request carried one and the terminal has a MAK.
     pub fn reply(

@@ -348,10 +348,7 @@ impl Core {
             Some(&ctx.terminal),
             &answer,
             entry.rrn.as_deref(),
-            |out| match card_fields {
-                Some(fields) => self.set_card_fields(out, fields, Some(&ctx.terminal)),
-                None => Ok(()),
-            },
+            |out| self.set_decrypted_card_fields(out, card_fields, &ctx.terminal),
         )
     }
 
@@ -458,10 +455,7 @@ impl Core {
                     Some(&ctx.terminal),
                     &answer,
                     winner.rrn.as_deref(),
-                    |out| match card_fields {
-                        Some(fields) => self.set_card_fields(out, fields, Some(&ctx.terminal)),
-                        None => Ok(()),
-                    },
+                    |out| self.set_decrypted_card_fields(out, card_fields, &ctx.terminal),
                 )
             }
             Claim::Conflict | Claim::New(_) => {
@@ -1566,10 +1560,7 @@ impl Core {
             Some(&ctx.terminal),
             &answer,
             entry.rrn.as_deref(),
-            |out| match card_fields {
-                Some(fields) => self.set_card_fields(out, fields, Some(&ctx.terminal)),
-                None => Ok(()),
-            },
+            |out| self.set_decrypted_card_fields(out, card_fields, &ctx.terminal),
         )
     }
 
