@@ -115,9 +115,22 @@ pub struct Hit {
     pub kind: RuleKind,
     pub action: Action,
     /// Plain words: what was seen.
-    pub detail: String,
+    pub detail: Words,
     /// The transactions behind it (the current one last, when it has an id).
     pub txn_ids: Vec<i64>,
+}
+
+/// What a rule saw, in plain words: in Chinese, the console's first language, and in English.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Words {
+    pub zh: String,
+    pub en: String,
+}
+
+impl Words {
+    fn new(zh: String, en: String) -> Words {
+        Words { zh, en }
+    }
 }
 
 /// The result of [`Engine::check`].
@@ -505,12 +518,20 @@ impl Engine {
                     let (n, ids) = small_declines(t, now - window_ms, small_fen);
                     (n >= declines_max).then(|| {
                         (
-                            format!(
-                                "card testing: {n} declined attempts of at most {} on terminal \
-                                 {} within {} s",
-                                yuan(small_fen),
-                                outcome.tid,
-                                window_ms / 1_000
+                            Words::new(
+                                format!(
+                                    "疑似测卡：终端 {} 在 {} 秒内有 {n} 笔不超过 {} 的交易被拒",
+                                    outcome.tid,
+                                    window_ms / 1_000,
+                                    yuan(small_fen)
+                                ),
+                                format!(
+                                    "card testing: {n} declined attempts of at most {} on \
+                                     terminal {} within {} s",
+                                    yuan(small_fen),
+                                    outcome.tid,
+                                    window_ms / 1_000
+                                ),
                             ),
                             ids,
                         )
@@ -523,10 +544,18 @@ impl Engine {
                     let (n, ids) = wrong_pin_cards(t, now - window_ms);
                     (n >= cards_max).then(|| {
                         (
-                            format!(
-                                "wrong PINs on {n} different cards at terminal {} within {} s",
-                                outcome.tid,
-                                window_ms / 1_000
+                            Words::new(
+                                format!(
+                                    "终端 {} 在 {} 秒内有 {n} 张不同的卡输错密码",
+                                    outcome.tid,
+                                    window_ms / 1_000
+                                ),
+                                format!(
+                                    "wrong PINs on {n} different cards at terminal {} within \
+                                     {} s",
+                                    outcome.tid,
+                                    window_ms / 1_000
+                                ),
                             ),
                             ids,
                         )
@@ -549,9 +578,12 @@ impl Engine {
                         let n = u32::try_from(ids.len()).unwrap_or(u32::MAX);
                         (n >= declines_max).then(|| {
                             (
-                                format!(
-                                    "one card declined {n} times within {} s",
-                                    window_ms / 1_000
+                                Words::new(
+                                    format!("同一张卡在 {} 秒内被拒 {n} 次", window_ms / 1_000),
+                                    format!(
+                                        "one card declined {n} times within {} s",
+                                        window_ms / 1_000
+                                    ),
                                 ),
                                 ids,
                             )
@@ -580,7 +612,7 @@ impl Engine {
         rule: &Rule,
         request: &Request<'_>,
         horizon: i64,
-    ) -> Option<(String, Vec<i64>)> {
+    ) -> Option<(Words, Vec<i64>)> {
         let now = request.now_ms;
         let sale = request.class.judged_as_sale();
         let this = || vec![request.txn_id];
@@ -589,17 +621,27 @@ impl Engine {
                 let card = request.card?;
                 (sale && accepted & card.bit() == 0).then(|| {
                     (
-                        format!("{} cards are not accepted by this merchant", card.key()),
+                        Words::new(
+                            format!("本商户不受理{}", card.zh()),
+                            format!("{} cards are not accepted by this merchant", card.key()),
+                        ),
                         this(),
                     )
                 })
             }
             RuleKind::AmountMax { max_fen } => (sale && request.amount_fen > max_fen).then(|| {
                 (
-                    format!(
-                        "{} is over the merchant's limit of {} per transaction",
-                        yuan(request.amount_fen),
-                        yuan(max_fen)
+                    Words::new(
+                        format!(
+                            "{} 超过本商户单笔限额 {}",
+                            yuan(request.amount_fen),
+                            yuan(max_fen)
+                        ),
+                        format!(
+                            "{} is over the merchant's limit of {} per transaction",
+                            yuan(request.amount_fen),
+                            yuan(max_fen)
+                        ),
                     ),
                     this(),
                 )
@@ -615,11 +657,20 @@ impl Engine {
                     .map_or(0, |d| d.committed_fen(now));
                 (today.saturating_add(request.amount_fen) > max_fen).then(|| {
                     (
-                        format!(
-                            "{} more would take today's sales of {} over the daily limit of {}",
-                            yuan(request.amount_fen),
-                            yuan(today),
-                            yuan(max_fen)
+                        Words::new(
+                            format!(
+                                "今日已收 {}，再收 {} 将超过日限额 {}",
+                                yuan(today),
+                                yuan(request.amount_fen),
+                                yuan(max_fen)
+                            ),
+                            format!(
+                                "{} more would take today's sales of {} over the daily limit \
+                                 of {}",
+                                yuan(request.amount_fen),
+                                yuan(today),
+                                yuan(max_fen)
+                            ),
                         ),
                         this(),
                     )
@@ -648,9 +699,16 @@ impl Engine {
                         .map(|e| e.txn_id)
                         .collect();
                     Some((
-                        format!(
-                            "one card tried {attempts} times ({declines} declined) within {} s",
-                            window_ms / 1_000
+                        Words::new(
+                            format!(
+                                "同一张卡在 {} 秒内交易 {attempts} 次（被拒 {declines} 次）",
+                                window_ms / 1_000
+                            ),
+                            format!(
+                                "one card tried {attempts} times ({declines} declined) within \
+                                 {} s",
+                                window_ms / 1_000
+                            ),
                         ),
                         ids,
                     ))
@@ -673,12 +731,20 @@ impl Engine {
                 (n >= declines_max).then(|| {
                     ids.push(request.txn_id);
                     (
-                        format!(
-                            "card testing on terminal {}: {n} declined attempts of at most {} \
-                             within {} s",
-                            request.tid,
-                            yuan(small_fen),
-                            window_ms / 1_000
+                        Words::new(
+                            format!(
+                                "疑似测卡：终端 {} 在 {} 秒内有 {n} 笔不超过 {} 的交易被拒",
+                                request.tid,
+                                window_ms / 1_000,
+                                yuan(small_fen)
+                            ),
+                            format!(
+                                "card testing on terminal {}: {n} declined attempts of at most \
+                                 {} within {} s",
+                                request.tid,
+                                yuan(small_fen),
+                                window_ms / 1_000
+                            ),
                         ),
                         ids,
                     )
@@ -696,10 +762,17 @@ impl Engine {
                 (n >= cards_max).then(|| {
                     ids.push(request.txn_id);
                     (
-                        format!(
-                            "wrong PINs on {n} different cards at terminal {} within {} s",
-                            request.tid,
-                            window_ms / 1_000
+                        Words::new(
+                            format!(
+                                "终端 {} 在 {} 秒内有 {n} 张不同的卡输错密码",
+                                request.tid,
+                                window_ms / 1_000
+                            ),
+                            format!(
+                                "wrong PINs on {n} different cards at terminal {} within {} s",
+                                request.tid,
+                                window_ms / 1_000
+                            ),
                         ),
                         ids,
                     )
@@ -716,12 +789,20 @@ impl Engine {
                 let known = self.terminals.get(request.tid)?.peer?;
                 (!same_prefix(known, peer, prefix_bits)).then(|| {
                     (
-                        format!(
-                            "terminal {} now connects from {} (usually {}): moved, or used \
-                             by someone else",
-                            request.tid,
-                            masked_ip(peer, prefix_bits),
-                            masked_ip(known, prefix_bits)
+                        Words::new(
+                            format!(
+                                "终端 {} 现从 {} 接入（通常为 {}）：终端被移机，或被他人使用",
+                                request.tid,
+                                masked_ip(peer, prefix_bits),
+                                masked_ip(known, prefix_bits)
+                            ),
+                            format!(
+                                "terminal {} now connects from {} (usually {}): moved, or used \
+                                 by someone else",
+                                request.tid,
+                                masked_ip(peer, prefix_bits),
+                                masked_ip(known, prefix_bits)
+                            ),
                         ),
                         this(),
                     )
@@ -731,12 +812,21 @@ impl Engine {
                 let max = ticket_max_fen.or_else(|| mcc_ticket_max_fen(request.mcc))?;
                 (sale && request.amount_fen > max).then(|| {
                     (
-                        format!(
-                            "{} is far above what a merchant of category {} takes ({} at most): \
-                             the terminal may be used for another business",
-                            yuan(request.amount_fen),
-                            request.mcc,
-                            yuan(max)
+                        Words::new(
+                            format!(
+                                "{} 远高于类别 {} 商户的常见金额（至多 {}）：终端可能被用于其他\
+                                 经营",
+                                yuan(request.amount_fen),
+                                request.mcc,
+                                yuan(max)
+                            ),
+                            format!(
+                                "{} is far above what a merchant of category {} takes ({} at \
+                                 most): the terminal may be used for another business",
+                                yuan(request.amount_fen),
+                                request.mcc,
+                                yuan(max)
+                            ),
                         ),
                         this(),
                     )
@@ -997,7 +1087,8 @@ mod tests {
         assert_eq!(declined_by(&verdict), Some("cards"));
         let hit = verdict.decline.unwrap();
         assert_eq!(&hit.kind.response_code(), b"58");
-        assert!(hit.detail.contains("foreign"), "{}", hit.detail);
+        assert!(hit.detail.en.contains("foreign"), "{}", hit.detail.en);
+        assert!(hit.detail.zh.contains("境外卡"), "{}", hit.detail.zh);
         // A refund to a foreign card is not a sale: it goes back where it came from.
         let refund = Request {
             class: TxnClass::Credit,
@@ -1468,8 +1559,10 @@ mod tests {
         let moved = e.check(&at("172.16.5.5", 3));
         assert_eq!(declined_by(&moved), None);
         assert_eq!(moved.alerts.len(), 1);
-        assert!(moved.alerts[0].detail.contains("172.16.5.0/24"));
-        assert!(!moved.alerts[0].detail.contains("172.16.5.5"));
+        for words in [&moved.alerts[0].detail.en, &moved.alerts[0].detail.zh] {
+            assert!(words.contains("172.16.5.0/24"), "{words}");
+            assert!(!words.contains("172.16.5.5"), "{words}");
+        }
         assert!(e.check(&at("172.16.5.6", 4)).alerts.is_empty(), "learnt");
     }
 
@@ -1504,7 +1597,8 @@ mod tests {
         assert!(e.check(&sale(1, 900_000, 0)).alerts.is_empty());
         let odd = e.check(&sale(2, 5_000_000, 0));
         assert_eq!(odd.alerts.len(), 1);
-        assert!(odd.alerts[0].detail.contains("5812"));
+        assert!(odd.alerts[0].detail.en.contains("5812"));
+        assert!(odd.alerts[0].detail.zh.contains("类别 5812"));
         // Categories without a profile are not judged.
         let unknown = Request {
             mcc: "0000",

@@ -13,7 +13,7 @@ pub mod rules;
 
 pub use engine::{
     CARDS_TRACKED_MAX, EVENTS_PER_KEY_MAX, Engine, Hit, MERCHANTS_TRACKED_MAX, Outcome, Request,
-    TERMINALS_TRACKED_MAX, TxnClass,
+    TERMINALS_TRACKED_MAX, TxnClass, Words,
 };
 pub use merchant::{
     MerchantAction, MerchantGate, Qualification, QualificationError, TransitionError, transition,

@@ -83,6 +83,15 @@ impl CardClass {
             CardClass::Foreign => "foreign",
         }
     }
+
+    /// The class in Chinese, as an operator would name it.
+    pub const fn zh(self) -> &'static str {
+        match self {
+            CardClass::DomesticDebit => "境内借记卡",
+            CardClass::DomesticCredit => "境内信用卡",
+            CardClass::Foreign => "境外卡",
+        }
+    }
 }
 
 /// A rule as written in the file.

@@ -126,6 +126,7 @@ async fn acting_on_an_alert_suspends_the_merchant() {
                 mid: "M9".into(),
                 tid: "T9".into(),
                 detail: "3 small declines".into(),
+                detail_zh: Some("3 笔小额交易被拒".into()),
                 txn_ids: vec![1, 2, 3],
                 raised_at_ms: 5,
                 state: AlertState::Open,

@@ -103,6 +103,9 @@ pub struct RiskAlertRow {
     pub tid: String,
     /// Plain words: what was seen ("6 declines under ¥10.00 in 600 s").
     pub detail: String,
+    /// The same in Chinese ("终端 T1 在 600 秒内有 6 笔不超过 ¥10.00 的交易被拒"); `None` on
+    /// alerts raised before the words were kept in both languages.
+    pub detail_zh: Option<String>,
     pub txn_ids: Vec<i64>,
     pub raised_at_ms: i64,
     pub state: AlertState,

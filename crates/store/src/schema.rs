@@ -629,6 +629,14 @@ CREATE INDEX transactions_clearing_id ON transactions (clearing_date, id);
 DROP INDEX transactions_clearing;
 ",
     },
+    Migration {
+        version: 22,
+        name: "a risk alert's words in Chinese too",
+        // Alerts raised before it have only the English words; the console shows those.
+        sql: "
+ALTER TABLE risk_alerts ADD COLUMN detail_zh TEXT;
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -81,8 +81,8 @@ pub(super) fn write(conn: &Connection, record: &RiskRecord) -> Result<(), StoreE
         RiskRecord::Alert(a) => {
             conn.prepare_cached(
                 "INSERT INTO risk_alerts (id, kind, rule_id, action, mid, tid, detail,
-                 raised_at_ms, state, resolved_by, resolved_at_ms, resolution)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 raised_at_ms, state, resolved_by, resolved_at_ms, resolution, detail_zh)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?
             .execute_any(params![
                 a.id,
@@ -97,6 +97,7 @@ pub(super) fn write(conn: &Connection, record: &RiskRecord) -> Result<(), StoreE
                 a.resolved_by,
                 a.resolved_at_ms,
                 a.resolution,
+                a.detail_zh,
             ])?;
             let mut link = conn.prepare_cached(
                 "INSERT INTO risk_alert_txns (alert_id, txn_id) VALUES (?1, ?2)
@@ -173,7 +174,7 @@ fn profile_from_row(r: &Row<'_>) -> rusqlite::Result<MerchantProfileRow> {
 }
 
 const ALERT_COLUMNS: &str = "id, kind, rule_id, action, mid, tid, detail, raised_at_ms, state, \
-     resolved_by, resolved_at_ms, resolution";
+     resolved_by, resolved_at_ms, resolution, detail_zh";
 
 fn alert_from_row(r: &Row<'_>) -> rusqlite::Result<RiskAlertRow> {
     Ok(RiskAlertRow {
@@ -190,6 +191,7 @@ fn alert_from_row(r: &Row<'_>) -> rusqlite::Result<RiskAlertRow> {
         resolved_by: r.get(9)?,
         resolved_at_ms: r.get(10)?,
         resolution: r.get(11)?,
+        detail_zh: r.get(12)?,
     })
 }
 

@@ -43,6 +43,8 @@ fn alert(id: i64, txn_ids: Vec<i64>) -> Record {
         mid: "M1".into(),
         tid: "T1".into(),
         detail: "6 small declines".into(),
+        // Odd ids as raised before the Chinese words were kept.
+        detail_zh: (id % 2 == 0).then(|| "6 笔小额交易被拒".into()),
         txn_ids,
         raised_at_ms: 1_000 + id,
         state: AlertState::Open,
@@ -98,6 +100,10 @@ async fn profiles_reviews_alerts_round_trip(db: &Db) {
         .unwrap();
     let one = store.risk_alert(1).unwrap().unwrap();
     assert_eq!(one.txn_ids, vec![10, 11, 12]);
+    assert_eq!(one.detail, "6 small declines");
+    assert_eq!(one.detail_zh, None);
+    let two = store.risk_alert(2).unwrap().unwrap();
+    assert_eq!(two.detail_zh.as_deref(), Some("6 笔小额交易被拒"));
     let open = store.risk_alerts(Some(AlertState::Open), 10).unwrap();
     assert_eq!(open.iter().map(|a| a.id).collect::<Vec<_>>(), vec![3, 2, 1]);
 

@@ -63,7 +63,7 @@ struct PendingAlert {
     kind: &'static str,
     rule_id: String,
     action: AlertAction,
-    detail: String,
+    detail: risk::Words,
     txn_ids: Vec<i64>,
 }
 
@@ -231,7 +231,7 @@ impl Core {
                 "risk rule {} \"{}\": {} (diagnosis {})",
                 hit.kind.key(),
                 hit.rule_id,
-                hit.detail,
+                hit.detail.en,
                 hit.kind.diagnosis().key()
             ),
         })
@@ -321,13 +321,19 @@ impl Core {
             kind: FailureKind::MerchantIdMismatch.key(),
             rule_id: "one-terminal-one-merchant".to_owned(),
             action: AlertAction::Decline,
-            detail: format!(
-                "terminal {} registered to merchant {} sent merchant ID {sent:?}: declined 03 \
-                 (diagnosis {})",
-                terminal.tid,
-                terminal.mid,
-                FailureKind::MerchantIdMismatch.key()
-            ),
+            detail: risk::Words {
+                zh: format!(
+                    "终端 {} 登记在商户 {} 下，却送来商户号 {sent:?}：已拒绝（03）",
+                    terminal.tid, terminal.mid
+                ),
+                en: format!(
+                    "terminal {} registered to merchant {} sent merchant ID {sent:?}: declined \
+                     03 (diagnosis {})",
+                    terminal.tid,
+                    terminal.mid,
+                    FailureKind::MerchantIdMismatch.key()
+                ),
+            },
             txn_ids: Vec::new(),
         };
         self.write_alerts(&terminal.mid, &terminal.tid, vec![alert]);
@@ -365,14 +371,17 @@ impl Core {
                         continue;
                     }
                 };
-                tracing::warn!(alert = id, rule = %alert.rule_id, kind = alert.kind, %tid, detail = %alert.detail, "risk alert");
+                tracing::warn!(alert = id, rule = %alert.rule_id, kind = alert.kind, %tid, detail = %alert.detail.en, "risk alert");
                 let now_ms = core.clock.now_ms();
                 if let Some(&last) = alert.txn_ids.last() {
                     records.push(Record::Event(EventRow {
                         txn_id: last,
                         at_ms: now_ms,
                         kind: "risk_alert".to_owned(),
-                        detail: format!("risk alert {id} ({}): {}", alert.kind, alert.detail),
+                        detail: format!(
+                            "risk alert {id} ({}): {}",
+                            alert.kind, alert.detail.en
+                        ),
                     }));
                 }
                 records.push(Record::Risk(RiskRecord::Alert(Box::new(RiskAlertRow {
@@ -382,7 +391,8 @@ impl Core {
                     action: alert.action,
                     mid: mid.clone(),
                     tid: tid.clone(),
-                    detail: alert.detail,
+                    detail: alert.detail.en,
+                    detail_zh: Some(alert.detail.zh),
                     txn_ids: alert.txn_ids,
                     raised_at_ms: now_ms,
                     state: AlertState::Open,

@@ -560,6 +560,8 @@ fn a_terminal_that_moved_is_declined_alerted_once_and_let_in_once_an_operator_cl
             "{}",
             open[0].detail
         );
+        let zh = open[0].detail_zh.as_deref().unwrap_or_default();
+        assert!(zh.contains("现从 127.1.0.0/24 接入"), "{zh}");
         risk::ops::resolve_alert(
             store,
             open[0].id,

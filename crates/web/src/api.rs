@@ -617,7 +617,8 @@ async fn risk_alerts(
         .map(|a| {
             json!({
                 "id": a.id, "kind": a.kind, "rule_id": a.rule_id, "action": a.action.as_str(),
-                "mid": a.mid, "tid": a.tid, "detail": a.detail, "txn_ids": a.txn_ids,
+                "mid": a.mid, "tid": a.tid, "detail": a.detail, "detail_zh": a.detail_zh,
+                "txn_ids": a.txn_ids,
                 "raised_at_ms": a.raised_at_ms, "state": a.state.as_str(),
                 "resolved_by": a.resolved_by, "resolution": a.resolution,
             })

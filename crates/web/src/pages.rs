@@ -1945,7 +1945,10 @@ async fn console(
                 esc(alert_kind_text(l, &a.kind)),
                 esc(&a.mid),
                 esc(&a.tid),
-                esc(&a.detail),
+                esc(match (l, &a.detail_zh) {
+                    (Lang::Zh, Some(zh)) => zh,
+                    _ => &a.detail,
+                }),
                 a.id,
                 t(l, "备注", "Note"),
                 t(l, "处理", "Handle")

@@ -3727,6 +3727,7 @@ fn open_alert(id: i64) -> store::Record {
             mid: MID.into(),
             tid: TID.into(),
             detail: "6 small declines".into(),
+            detail_zh: Some("终端有 6 笔小额交易被拒".into()),
             txn_ids: Vec::new(),
             raised_at_ms: 1_000 + id,
             state: store::risk::AlertState::Open,
@@ -3760,6 +3761,37 @@ fn the_console_says_when_it_lists_only_the_newest_alerts() {
             .matches("class=\"resolve-alert\"")
             .count();
         assert_eq!(listed, 50);
+    });
+}
+
+/// An alert's words show in the console's language; one raised before the Chinese words were
+/// kept shows its English ones in both.
+#[test]
+fn the_console_shows_an_alerts_words_in_its_language() {
+    run(async move {
+        let e = start().await;
+        let store::Record::Risk(store::risk::RiskRecord::Alert(mut older)) = open_alert(2) else {
+            unreachable!()
+        };
+        older.detail = "4 wrong PINs".into();
+        older.detail_zh = None;
+        e.h.store
+            .submit(vec![
+                open_alert(1),
+                store::Record::Risk(store::risk::RiskRecord::Alert(older)),
+            ])
+            .unwrap()
+            .await
+            .unwrap();
+        let ops = PageSession::login(e.http, "ops").await;
+        let zh = ops.get("/console").await;
+        assert!(zh.body.contains("终端有 6 笔小额交易被拒"), "{}", zh.body);
+        assert!(!zh.body.contains("6 small declines"), "{}", zh.body);
+        assert!(zh.body.contains("4 wrong PINs"), "{}", zh.body);
+        let en = ops.get("/console?lang=en").await;
+        assert!(en.body.contains("6 small declines"), "{}", en.body);
+        assert!(!en.body.contains("终端有 6 笔小额交易被拒"), "{}", en.body);
+        assert!(en.body.contains("4 wrong PINs"), "{}", en.body);
     });
 }
 
