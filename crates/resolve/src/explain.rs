@@ -90,8 +90,12 @@ pub enum Outcome {
     PreAuthExpired,
     Declined,
     /// The issuer approved it, then it was reversed (the terminal never saw the answer, or
-    /// the cashier cancelled): the cardholder is not charged.
+    /// the cashier cancelled) and the issuer acknowledged the reversal: the cardholder is not
+    /// charged.
     ApprovedThenReversed,
+    /// Approved, then reversed here; the issuer has not acknowledged the reversal yet, so the
+    /// card may show the charge until it does.
+    ApprovedReversalPending,
     /// No answer from the issuer; reversed in case the issuer had approved it.
     NoAnswerReversed,
     /// No answer and the reversal has not been acknowledged yet.
@@ -298,13 +302,13 @@ pub fn explain_txn(
                     "no_answer",
                     Both::new(
                         format!(
-                            "{}在 {waited_s} 秒内没有应答；终端收到 98（无应答），交易未成功",
-                            bank.zh
+                            "{}在 {waited_s} 秒内没有应答；终端收到 98（无应答），这笔{}没有成功",
+                            bank.zh, kind.zh
                         ),
                         format!(
                             "no answer from {} within {waited_s} s; the terminal was told 98 \
-                             (no answer) and the sale did not go through",
-                            bank.en
+                             (no answer) and the {} did not go through",
+                            bank.en, kind.en
                         ),
                     ),
                 ));
@@ -672,7 +676,10 @@ pub fn explain_txn(
         TxnState::Completed => Outcome::Completed,
         TxnState::Voided => Outcome::Voided,
         TxnState::Declined => Outcome::Declined,
-        TxnState::Reversed if approved_at.is_some() => Outcome::ApprovedThenReversed,
+        TxnState::Reversed if approved_at.is_some() && (acked || reversal.is_none()) => {
+            Outcome::ApprovedThenReversed
+        }
+        TxnState::Reversed if approved_at.is_some() => Outcome::ApprovedReversalPending,
         // Reversed by its terminal while at the issuer: acknowledged only once it is.
         TxnState::Reversed if reversal.is_some() && !acked => Outcome::ReversalPending,
         TxnState::Reversed if timed_out || acked => Outcome::NoAnswerReversed,
@@ -691,18 +698,33 @@ pub fn explain_txn(
         .iter()
         .filter(|e| e.kind == "declined")
         .find_map(|e| rule_of_decline(&e.detail));
-    let diagnosis = match outcome {
-        Outcome::Declined => Some(rule.map_or_else(
-            || diagnosis::diagnose_str(row.response_code.as_deref().unwrap_or("96")),
+    // Refused by shoudan itself, before anything went to the issuer.
+    let by_host = row.sent_at_ms.is_none();
+    let code = row.response_code.as_deref();
+    let by_code = |otherwise: &str| {
+        let code = code.unwrap_or(otherwise);
+        let kind = match (code, row.kind) {
+            ("14", TxnKind::PurchaseVoid | TxnKind::Refund) if by_host => {
+                Some(FailureKind::NotOriginalCard)
+            }
+            ("61", TxnKind::Refund) if by_host => Some(FailureKind::RefundOverOriginal),
+            ("91", _) if by_host => Some(FailureKind::IssuerLinkDown),
+            ("98" | "96" | "68", _) if gives_back(row.kind) => Some(FailureKind::ReturnNoAnswer),
+            ("98" | "68", TxnKind::BalanceInquiry) => Some(FailureKind::InquiryNoAnswer),
+            _ => None,
+        };
+        kind.map_or_else(
+            || diagnosis::diagnose_str(code),
             diagnosis::diagnose_failure,
-        )),
-        Outcome::Failed => Some(diagnosis::diagnose_str(
-            row.response_code.as_deref().unwrap_or("96"),
-        )),
-        Outcome::NoAnswerReversed | Outcome::ReversalPending => Some(diagnosis::diagnose_str(
-            row.response_code.as_deref().unwrap_or("98"),
-        )),
-        Outcome::ApprovedThenReversed => Some(diagnosis::diagnose_failure(FailureKind::NoAnswer)),
+        )
+    };
+    let diagnosis = match outcome {
+        Outcome::Declined => Some(rule.map_or_else(|| by_code("96"), diagnosis::diagnose_failure)),
+        Outcome::Failed => Some(by_code("96")),
+        Outcome::NoAnswerReversed | Outcome::ReversalPending => Some(by_code("98")),
+        Outcome::ApprovedThenReversed | Outcome::ApprovedReversalPending => {
+            Some(diagnosis::diagnose_failure(FailureKind::NoAnswer))
+        }
         Outcome::ReversalRefused => Some(diagnosis::diagnose_failure(FailureKind::ReversalRefused)),
         _ => None,
     };
@@ -725,6 +747,15 @@ pub(crate) fn rule_of_decline(detail: &str) -> Option<FailureKind> {
     let (_, after) = detail.rsplit_once("(diagnosis ")?;
     let key = after.strip_suffix(')')?;
     FailureKind::from_key(key)
+}
+
+/// A void or refund gives money back (or releases a hold): when it fails, its original still
+/// stands.
+fn gives_back(kind: TxnKind) -> bool {
+    matches!(
+        kind,
+        TxnKind::PurchaseVoid | TxnKind::Refund | TxnKind::PreAuthVoid | TxnKind::CompletionVoid
+    )
 }
 
 fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow) -> Both {
@@ -774,6 +805,32 @@ fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow) -> Both {
                 "approved by {} at first, then reversed: the cardholder is not charged; any \
                  hold or debit is returned by the issuer",
                 bank.en
+            ),
+        ),
+        Outcome::ApprovedReversalPending => Both::new(
+            format!(
+                "{}批准后被冲正，冲正尚未得到发卡行确认：确认前卡上可能显示这笔扣款，确认后退回；收单系统会继续重发冲正",
+                bank.zh
+            ),
+            format!(
+                "approved by {}, then reversed; the issuer has not acknowledged the reversal yet: \
+                 until it does the card may show the charge, which is returned once it does; \
+                 shoudan keeps resending the reversal",
+                bank.en
+            ),
+        ),
+        Outcome::NoAnswerReversed if gives_back(row.kind) => Both::new(
+            format!(
+                "{}没有及时应答，这笔{}已冲正并得到确认：没有成功，原交易仍然有效，顾客的钱还没有退回",
+                bank.zh,
+                kind_text(row.kind).zh
+            ),
+            format!(
+                "no answer from {} in time; this {} was reversed and the reversal acknowledged: \
+                 it did not happen, the original still stands and the customer has not been \
+                 paid back",
+                bank.en,
+                kind_text(row.kind).en
             ),
         ),
         Outcome::NoAnswerReversed => Both::new(

@@ -423,6 +423,130 @@ fn timed_out_purchase_reads_as_reversed_and_acknowledged() {
         .unwrap();
         assert_eq!(x.outcome, Outcome::Failed, "{x:#?}");
         assert!(!x.summary.en.contains("reversal"), "{:?}", x.summary);
+        // Its diagnosis says no money moved, not that a reversal undoes a debit.
+        let d = x.diagnosis.unwrap();
+        assert_eq!(
+            d.subject,
+            domain::diagnosis::Subject::Failure(domain::diagnosis::FailureKind::InquiryNoAnswer)
+        );
+        assert!(d.customer_message.zh.contains("没有被扣款"), "{d:?}");
+    });
+}
+
+/// Approved, then reversed by its terminal, the reversal not yet acknowledged: the card may
+/// show the charge until the issuer takes it back, and no page promises otherwise.
+#[test]
+fn an_approval_whose_reversal_is_unacknowledged_promises_nothing_yet() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(0);
+        let (code, rrn, _) = e.purchase(&card, 800).await;
+        assert_eq!(code, "00");
+        let store = e.store();
+        let id = store.txn_by_rrn(&rrn).unwrap().unwrap().id;
+        // What a terminal's reversal leaves while the issuer has not answered it yet.
+        store
+            .submit(vec![
+                Record::State {
+                    id,
+                    state: store::TxnState::Reversed,
+                },
+                Record::SafEnqueue {
+                    txn_id: id,
+                    issuer: "SIM".into(),
+                    reason: "98".into(),
+                    next_attempt_ms: now() + 60_000,
+                },
+            ])
+            .unwrap()
+            .await
+            .unwrap();
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &rrn, now()).unwrap();
+        assert_eq!(x.outcome, Outcome::ApprovedReversalPending, "{x:#?}");
+        assert!(!x.summary.zh.contains("不会被扣款"), "{:?}", x.summary);
+        assert!(
+            x.summary.zh.contains("尚未得到发卡行确认"),
+            "{:?}",
+            x.summary
+        );
+        assert!(
+            x.summary.en.contains("may show the charge"),
+            "{:?}",
+            x.summary
+        );
+    });
+}
+
+/// A void or refund is diagnosed as one: another card than the sale's, more than is left to
+/// refund, or no answer, each says what the merchant does about a refund, not a sale.
+#[test]
+fn voids_and_refunds_are_diagnosed_as_giving_money_back() {
+    use domain::diagnosis::{FailureKind, Subject};
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(0);
+        let other = e.healthy(1);
+        let (code, rrn, buy) = e.purchase(&card, 1_500).await;
+        assert_eq!(code, "00");
+        let store = e.store();
+        let explain_stan = |stan: u32| {
+            let row = store
+                .txns_by_key(TID, 1, stan)
+                .unwrap()
+                .into_iter()
+                .next()
+                .unwrap();
+            resolve::explain::explain_txn(store.as_ref(), &e.h.directory, &row, now()).unwrap()
+        };
+        // A void with another card: the host's 14, not the issuer's "invalid card number".
+        e.stan += 1;
+        let void = Req::void(other.pan.expose_digits(), 1_500, e.stan, buy.stan, &rrn);
+        assert_eq!(e.t.send(&void).await.code(), "14");
+        let x = explain_stan(e.stan);
+        let d = x.diagnosis.unwrap();
+        assert_eq!(
+            d.subject,
+            Subject::Failure(FailureKind::NotOriginalCard),
+            "{x:#?}"
+        );
+        assert!(!d.contact_issuer.recommended());
+        // A refund of more than the sale: the host's 61, not the card's limit.
+        let today = switch::LocalTime::from_ms(now()).mmdd();
+        e.stan += 1;
+        let refund = Req::refund(card.pan.expose_digits(), 1_600, e.stan, &rrn, &today);
+        assert_eq!(e.t.send(&refund).await.code(), "61");
+        let x = explain_stan(e.stan);
+        let d = x.diagnosis.unwrap();
+        assert_eq!(
+            d.subject,
+            Subject::Failure(FailureKind::RefundOverOriginal),
+            "{x:#?}"
+        );
+        assert!(!d.customer_message.zh.contains("限额"), "{d:?}");
+        // A refund the issuer does not answer: reversed, and the sale still stands.
+        e.sim.faults().drop_next(1);
+        e.stan += 1;
+        let refund = Req::refund(card.pan.expose_digits(), 500, e.stan, &rrn, &today);
+        assert_eq!(e.t.send(&refund).await.code(), "98");
+        let x = explain_stan(e.stan);
+        let d = x.diagnosis.unwrap();
+        assert_eq!(
+            d.subject,
+            Subject::Failure(FailureKind::ReturnNoAnswer),
+            "{x:#?}"
+        );
+        assert!(
+            d.customer_message.zh.contains("原来的付款仍然有效"),
+            "{d:?}"
+        );
+        let no_answer = x.steps.iter().find(|s| s.kind == "no_answer").unwrap();
+        assert!(
+            no_answer.text.en.contains("the refund did not go through"),
+            "{no_answer:?}"
+        );
+        // The sale itself is still approved and refundable.
+        let sale = explain_rrn(store.as_ref(), &e.h.directory, &rrn, now()).unwrap();
+        assert_eq!(sale.outcome, Outcome::Approved, "{sale:#?}");
     });
 }
 

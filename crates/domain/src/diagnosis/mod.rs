@@ -342,10 +342,21 @@ pub enum FailureKind {
     UnusualMerchantPattern,
     /// The issuer refused a reversal: reversed here, the card may still show the charge.
     ReversalRefused,
+    /// A void or refund presented with another card than its original's (the host's 14: not
+    /// sent to the issuer).
+    NotOriginalCard,
+    /// A refund over what is left of its original to refund (the host's 61).
+    RefundOverOriginal,
+    /// A void or refund the issuer did not answer in time: reversed, the original stands.
+    ReturnNoAnswer,
+    /// A balance inquiry the issuer did not answer: no money moved, nothing to reverse.
+    InquiryNoAnswer,
+    /// The host's line to the issuer was down: not sent (the host's 91).
+    IssuerLinkDown,
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 17] = [
+    pub const ALL: [FailureKind; 22] = [
         FailureKind::NoAnswer,
         FailureKind::BadResponseMac,
         FailureKind::ConnectionRefused,
@@ -363,6 +374,11 @@ impl FailureKind {
         FailureKind::RepeatedWrongPin,
         FailureKind::UnusualMerchantPattern,
         FailureKind::ReversalRefused,
+        FailureKind::NotOriginalCard,
+        FailureKind::RefundOverOriginal,
+        FailureKind::ReturnNoAnswer,
+        FailureKind::InquiryNoAnswer,
+        FailureKind::IssuerLinkDown,
     ];
 
     /// Stable kebab-case name, as the CLI accepts it (`shoudan explain no-answer`).
@@ -385,6 +401,11 @@ impl FailureKind {
             FailureKind::RepeatedWrongPin => "repeated-wrong-pin",
             FailureKind::UnusualMerchantPattern => "unusual-merchant-pattern",
             FailureKind::ReversalRefused => "reversal-refused",
+            FailureKind::NotOriginalCard => "not-original-card",
+            FailureKind::RefundOverOriginal => "refund-over-original",
+            FailureKind::ReturnNoAnswer => "return-no-answer",
+            FailureKind::InquiryNoAnswer => "inquiry-no-answer",
+            FailureKind::IssuerLinkDown => "issuer-link-down",
         }
     }
 

@@ -2183,6 +2183,162 @@ pub static TABLE: &[Diagnosis] = &[
         ],
     },
     Diagnosis {
+        subject: Subject::Failure(FailureKind::NotOriginalCard),
+        title: t("不是原交易的卡", "Not the card of the original sale"),
+        meaning: t(
+            "撤销或退货必须使用原交易的同一张卡，这次刷的卡与原交易的卡号不同，收单系统没有送往发卡行（14）。",
+            "A void or refund must use the same card as the original sale; the card presented \
+             has another number, so shoudan did not send it to the issuer (14).",
+        ),
+        category: C,
+        who_acts: Merchant,
+        retry: AfterAction(CorrectOriginal),
+        contact_issuer: No,
+        contact_when: t(
+            "不需要：发卡行没有收到这笔请求。",
+            "No: the issuer never received this request.",
+        ),
+        customer_message: t(
+            "退款需要使用原来付款的那张卡。如果那张卡已换新或遗失，我们会通过其他方式为您办理退款。",
+            "The refund must go to the card you paid with. If that card was replaced or lost, we \
+             will refund you another way.",
+        ),
+        merchant_steps: &[
+            t(
+                "请顾客出示付款时用的那张卡再做一次；换一张卡只会再次失败。",
+                "Ask for the card the customer paid with and do it again; another card fails \
+                 again.",
+            ),
+            t(
+                "原卡已换新或遗失（新卡卡号不同）：在商户后台提交退货申请，由收单机构处理。",
+                "If that card was replaced or lost (the new card has another number): apply for \
+                 the refund in the merchant portal and the acquirer handles it.",
+            ),
+        ],
+    },
+    Diagnosis {
+        subject: Subject::Failure(FailureKind::RefundOverOriginal),
+        title: t("退货金额超过可退金额", "Refund over what is left to refund"),
+        meaning: t(
+            "这笔退货加上原交易已经退过的金额，超过了原交易的金额，收单系统没有送往发卡行（61）。",
+            "This refund, with what was already refunded on the original sale, comes to more \
+             than the original amount, so shoudan did not send it to the issuer (61).",
+        ),
+        category: C,
+        who_acts: Merchant,
+        retry: AfterAction(CorrectOriginal),
+        contact_issuer: No,
+        contact_when: t(
+            "不需要：发卡行没有收到这笔请求。",
+            "No: the issuer never received this request.",
+        ),
+        customer_message: t(
+            "退款金额超过了原来付款还可退的部分，我们核对后再为您办理。",
+            "The refund is more than what is left of your payment to refund; we will check and \
+             do it again.",
+        ),
+        merchant_steps: &[
+            t(
+                "在商户后台打开原交易，查看已退金额，按剩余可退金额重新退货。",
+                "Open the original sale in the merchant portal, see what was already refunded, \
+                 and refund at most what is left.",
+            ),
+            t(
+                "一笔原交易只能累计退到原金额为止；不要拆到其他交易上退。",
+                "A sale can only be refunded up to its own amount; do not refund the rest \
+                 against another sale.",
+            ),
+        ],
+    },
+    Diagnosis {
+        subject: Subject::Failure(FailureKind::ReturnNoAnswer),
+        title: t("撤销或退货没有完成", "Void or refund did not complete"),
+        meaning: t(
+            "发卡行没有及时回复这笔撤销或退货，按失败处理并已冲正：原消费仍然有效，顾客的钱还没有退回。",
+            "The issuer did not answer this void or refund in time; it counts as failed and is \
+             reversed: the original sale still stands and the customer has not been paid back.",
+        ),
+        category: E,
+        who_acts: Network,
+        retry: AfterAction(Reversal),
+        contact_issuer: IfPersists,
+        contact_when: t(
+            "仅在同一家银行持续超时的情况下；通常由收单机构跟进。",
+            "Only if one bank keeps timing out; the acquirer usually follows up.",
+        ),
+        customer_message: t(
+            "这笔退款没有完成，您原来的付款仍然有效。系统确认后我们会为您重新办理。",
+            "This refund did not go through and your original payment still stands. Once the \
+             system confirms, we will do it again for you.",
+        ),
+        merchant_steps: &[
+            t(
+                "等冲正得到确认（交易详情里显示）后再重新撤销或退货；先确认上一笔没有成功，避免重复退款。",
+                "Wait until the reversal is acknowledged (the transaction's page shows it), then \
+                 void or refund again; check first that the last one did not go through, so the \
+                 customer is not refunded twice.",
+            ),
+            t(
+                "当天未能撤销的消费，次日起只能做退货。",
+                "A sale not voided today can only be refunded from tomorrow.",
+            ),
+        ],
+    },
+    Diagnosis {
+        subject: Subject::Failure(FailureKind::InquiryNoAnswer),
+        title: t("余额查询没有应答", "Balance inquiry not answered"),
+        meaning: t(
+            "发卡行没有及时回复余额查询。查询不动用资金，不会扣款，也不需要冲正。",
+            "The issuer did not answer the balance inquiry in time. An inquiry moves no money: \
+             nothing was charged and nothing needs reversing.",
+        ),
+        category: B,
+        who_acts: Network,
+        retry: Later,
+        contact_issuer: IfPersists,
+        contact_when: t(
+            "仅在同一家银行持续超时的情况下；通常由收单机构跟进。",
+            "Only if one bank keeps timing out; the acquirer usually follows up.",
+        ),
+        customer_message: t(
+            "银行暂时没有回复查询，您的卡没有被扣款。请稍后再查。",
+            "The bank did not answer the inquiry; nothing was taken from your card. Please try \
+             again later.",
+        ),
+        merchant_steps: &[t(
+            "稍后再查；同一家银行持续超时请告知收单机构。",
+            "Try again later; if one bank keeps timing out, tell the acquirer.",
+        )],
+    },
+    Diagnosis {
+        subject: Subject::Failure(FailureKind::IssuerLinkDown),
+        title: t("与发卡行的线路中断", "Line to the issuer down"),
+        meaning: t(
+            "收单系统与这家发卡行的线路暂时中断，交易没有送出，没有扣款（91）。",
+            "shoudan's line to this issuer was down, so the transaction was not sent and nothing \
+             was charged (91).",
+        ),
+        category: C,
+        who_acts: Acquirer,
+        retry: Later,
+        contact_issuer: No,
+        contact_when: t(
+            "不需要：交易没有送到发卡行；由收单机构恢复线路。",
+            "No: the transaction never reached the issuer; the acquirer restores the line.",
+        ),
+        customer_message: SYSTEM_BUSY_CUSTOMER,
+        merchant_steps: &[
+            t(
+                "请顾客换一张其他银行的卡，或稍后再试。",
+                "Ask for a card from another bank, or try again later.",
+            ),
+            t(
+                "持续失败请联系收单机构。",
+                "If it goes on, call the acquirer.",
+            ),
+        ],
+    },
+    Diagnosis {
         subject: Subject::Failure(FailureKind::ReversalRefused),
         title: t("发卡行拒绝冲正", "The issuer refused the reversal"),
         meaning: t(
