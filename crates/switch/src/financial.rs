@@ -141,6 +141,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) key: TxnKey,
 }
 
+/// The journal could not be read (an error, or no answer within the journal's wait).
+struct Unread;
+
 impl Core {
     /// A financial request or its reversal, from checks to the answer.
     pub(crate) async fn financial(
@@ -562,15 +565,18 @@ impl Core {
     /// The original a linked request names, if it is this terminal's merchant's. Another
     /// merchant's transaction is not found (25) and the refusal is not linked to it, so neither
     /// merchant is ever shown the other's (DESIGN.md invariant 5; found by the simulation).
+    /// `Err` when the journal could not be read to look: the caller answers 96, not "not
+    /// found".
     async fn find_original(
         &self,
         ctx: &Ctx<'_>,
         kind: TxnKind,
         fingerprint: Option<&[u8; 32]>,
-    ) -> Option<Arc<Entry>> {
-        self.find_named(ctx, kind, fingerprint)
-            .await
-            .filter(|original| original.mid == ctx.terminal.mid)
+    ) -> Result<Option<Arc<Entry>>, Unread> {
+        Ok(self
+            .find_named(ctx, kind, fingerprint)
+            .await?
+            .filter(|original| original.mid == ctx.terminal.mid))
     }
 
     /// Finds the transaction a linked request names (PROTOCOL.md, linked transactions).
@@ -591,7 +597,7 @@ impl Core {
         ctx: &Ctx<'_>,
         kind: TxnKind,
         fingerprint: Option<&[u8; 32]>,
-    ) -> Option<Arc<Entry>> {
+    ) -> Result<Option<Arc<Entry>>, Unread> {
         let request = &ctx.frame.message;
         let field61 = request.field61().ok().flatten();
         let named = match field61 {
@@ -606,40 +612,37 @@ impl Core {
             .text(37)
             .map(|r| r.trim().to_owned())
             .filter(|r| !r.is_empty());
+        let agrees_with_61 = |found: &Arc<Entry>| {
+            named
+                .is_none_or(|(batch, trace)| (found.key.batch_no, found.key.stan) == (batch, trace))
+        };
         if from_any_terminal(kind)
             && let Some(rrn) = rrn
         {
-            let found = self.by_rrn(rrn).await?;
-            let agrees = named.is_none_or(|(batch, trace)| {
-                (found.key.batch_no, found.key.stan) == (batch, trace)
-            });
-            return agrees.then_some(found);
+            return Ok(self.by_rrn(rrn).await?.filter(agrees_with_61));
         }
         if let Some((batch, trace)) = named
-            && let Some(found) = self.by_this_terminal(ctx, batch, trace).await
+            && let Some(found) = self.by_this_terminal(ctx, batch, trace).await?
         {
             let agrees = rrn
                 .as_deref()
                 .is_none_or(|rrn| found.rrn.as_deref() == Some(rrn));
-            return agrees.then_some(found);
+            return Ok(agrees.then_some(found));
         }
         match rrn {
             // Field 61 named a batch and trace this terminal has not: the RRN's transaction
             // counts only if those are its numbers (a void whose 61 names nothing is not let
             // through on its RRN alone).
-            Some(rrn) => {
-                let found = self.by_rrn(rrn).await?;
-                let agrees = named.is_none_or(|(batch, trace)| {
-                    (found.key.batch_no, found.key.stan) == (batch, trace)
-                });
-                agrees.then_some(found)
-            }
+            Some(rrn) => Ok(self.by_rrn(rrn).await?.filter(agrees_with_61)),
             None if kind == TxnKind::Completion && named.is_none() => {
+                let Some(fingerprint) = fingerprint else {
+                    return Ok(None);
+                };
                 // 61.3 of 0000 is no date.
                 let date = field61.and_then(|f| f.date).filter(|&d| d != 0);
-                self.by_auth_code(ctx, fingerprint?, date).await
+                self.by_auth_code(ctx, fingerprint, date).await
             }
-            None => None,
+            None => Ok(None),
         }
     }
 
@@ -653,16 +656,19 @@ impl Core {
         ctx: &Ctx<'_>,
         fingerprint: &[u8; 32],
         date: Option<u16>,
-    ) -> Option<Arc<Entry>> {
-        let code = ctx.frame.message.text(38)?.trim().to_owned();
+    ) -> Result<Option<Arc<Entry>>, Unread> {
+        let Some(code) = ctx.frame.message.text(38).map(|c| c.trim().to_owned()) else {
+            return Ok(None);
+        };
         if code.is_empty() {
-            return None;
+            return Ok(None);
         }
         let (card, mid) = (fingerprint.to_vec(), ctx.terminal.mid.clone());
         let rows = self
             .read_for_request(move |store| store.txns_of_card_at(&card, &mid))
-            .await?
-            .ok()?;
+            .await
+            .and_then(Result::ok)
+            .ok_or(Unread)?;
         // The date the terminal printed: the day the request came in (`host_date`), or the
         // day it was answered (field 13 is stamped then), which differ across midnight.
         let on_date = |row: &TxnRow| {
@@ -691,13 +697,18 @@ impl Core {
             .collect();
         let row = match (standing.as_slice(), matching.as_slice()) {
             ([one], _) | ([], [one]) => *one,
-            _ => return None,
+            _ => return Ok(None),
         };
-        Some(self.ledger.adopt(row))
+        Ok(Some(self.ledger.adopt(row)))
     }
 
     /// This terminal's request under batch + trace (not a reversal), if any.
-    async fn by_this_terminal(&self, ctx: &Ctx<'_>, batch: u32, trace: u32) -> Option<Arc<Entry>> {
+    async fn by_this_terminal(
+        &self,
+        ctx: &Ctx<'_>,
+        batch: u32,
+        trace: u32,
+    ) -> Result<Option<Arc<Entry>>, Unread> {
         let key = TxnKey {
             tid: ctx.key.tid.clone(),
             batch_no: batch,
@@ -705,29 +716,36 @@ impl Core {
             reversal: false,
         };
         if let Some(entry) = self.ledger.by_key(&key) {
-            return Some(entry);
+            return Ok(Some(entry));
         }
         let tid = ctx.key.tid.clone();
         let rows = self
             .read_for_request(move |store| store.txns_by_key(&tid, batch, trace))
-            .await?
-            .ok()?;
+            .await
+            .and_then(Result::ok)
+            .ok_or(Unread)?;
         let open = batch == ctx.terminal.batch_no;
-        let rows = self.this_batchs(&ctx.key.tid, batch, open, rows).await?;
-        let row = rows.iter().find(|r| r.kind != TxnKind::Reversal)?;
-        Some(self.ledger.adopt(row))
+        let rows = self
+            .this_batchs(&ctx.key.tid, batch, open, rows)
+            .await
+            .ok_or(Unread)?;
+        Ok(rows
+            .iter()
+            .find(|r| r.kind != TxnKind::Reversal)
+            .map(|row| self.ledger.adopt(row)))
     }
 
     /// The transaction with RRN `rrn`, if any.
-    async fn by_rrn(&self, rrn: String) -> Option<Arc<Entry>> {
+    async fn by_rrn(&self, rrn: String) -> Result<Option<Arc<Entry>>, Unread> {
         if let Some(entry) = self.ledger.by_rrn(&rrn) {
-            return Some(entry);
+            return Ok(Some(entry));
         }
         let row = self
             .read_for_request(move |store| store.txn_by_rrn(&rrn))
-            .await?
-            .ok()??;
-        Some(self.ledger.adopt(&row))
+            .await
+            .and_then(Result::ok)
+            .ok_or(Unread)?;
+        Ok(row.map(|row| self.ledger.adopt(&row)))
     }
 
     /// What a claim of `key` must see: its entry if held; else, when its terminal batch has
@@ -1105,16 +1123,31 @@ impl Core {
                 | TxnKind::Completion
                 | TxnKind::Refund
         ) {
-            let Some(found) = self.find_original(ctx, kind, fingerprint.as_ref()).await else {
-                return self
-                    .refuse_recorded(
-                        ctx,
-                        &entry,
-                        row,
-                        RC_ORIGINAL_NOT_FOUND,
-                        "original transaction not found",
-                    )
-                    .await;
+            let found = match self.find_original(ctx, kind, fingerprint.as_ref()).await {
+                Ok(Some(found)) => found,
+                Ok(None) => {
+                    return self
+                        .refuse_recorded(
+                            ctx,
+                            &entry,
+                            row,
+                            RC_ORIGINAL_NOT_FOUND,
+                            "original transaction not found",
+                        )
+                        .await;
+                }
+                // Not "not found": the terminal may try again once the journal answers.
+                Err(Unread) => {
+                    return self
+                        .refuse_recorded(
+                            ctx,
+                            &entry,
+                            row,
+                            RC_SYSTEM_ERROR,
+                            "cannot read the journal to find the original",
+                        )
+                        .await;
+                }
             };
             let Some(fp) = fingerprint else {
                 return self
@@ -1416,9 +1449,12 @@ impl Core {
                         )
                     }
                     Err(unreadable) => {
-                        // An answer we cannot read may be an approval: reverse it.
+                        // An answer we cannot read may be an approval: reverse it (an
+                        // inquiry moves no money and has nothing to reverse).
                         link_records = release(false, &mut undo);
-                        records.push(self.saf(entry.id, &bank, "96", answered_ms));
+                        if kind != TxnKind::BalanceInquiry {
+                            records.push(self.saf(entry.id, &bank, "96", answered_ms));
+                        }
                         let answer = match unreadable {
                             Unreadable::Garbled => format!("unreadable answer from {bank}"),
                             Unreadable::UnknownCode(code) => {
@@ -1498,7 +1534,7 @@ impl Core {
         // nothing; a timeout's reversal was in the records that failed, and the sweep queues it.
         let unreadable = state == TxnState::Failed && issuer_answered.is_some();
         let owes_reversal =
-            state == TxnState::Approved || (unreadable && kind != TxnKind::BalanceInquiry);
+            kind != TxnKind::BalanceInquiry && (state == TxnState::Approved || unreadable);
         let if_lost = match (state, issuer_answered) {
             _ if owes_reversal => IfLost::Reversal,
             (TxnState::Declined, _) => {

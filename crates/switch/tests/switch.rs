@@ -816,6 +816,35 @@ fn an_unreadable_answer_the_journal_lost_is_reversed_by_the_terminals_reversal()
     });
 }
 
+/// A balance inquiry answered with a code the switch cannot read moves no money: it is
+/// answered as failed and no reversal is queued for it.
+#[test]
+fn an_unreadable_answer_to_an_inquiry_queues_no_reversal() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let inquiry = Req {
+            processing: "310000",
+            message_type: "01",
+            ..Req::purchase(&unreadable_inquiry_card(), 0, 5)
+        };
+        assert_eq!(t.send(&inquiry).await.code(), "96");
+        let row = h.store.txns_by_key(TID, 1, 5).unwrap().remove(0);
+        assert_eq!(row.state, TxnState::Failed);
+        assert!(h.store.reversal(row.id).unwrap().is_none());
+        // A purchase answered the same way is reversed, as before.
+        assert_eq!(
+            t.send(&Req::purchase(&card("622202"), UNKNOWN_CODE_AMOUNT, 6))
+                .await
+                .code(),
+            "96"
+        );
+        let sale = h.store.txns_by_key(TID, 1, 6).unwrap().remove(0);
+        assert!(h.store.reversal(sale.id).unwrap().is_some());
+    });
+}
+
 /// A request in flight when the switch stopped (killed, and restarted at once): its reversal is
 /// queued at start, but goes to the issuer only once the request could no longer be there
 /// (the issuer's timeout and a journal wait after it was sent), so as not to overtake it.

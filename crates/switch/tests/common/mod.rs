@@ -64,6 +64,11 @@ pub const NO_RRN_AMOUNT: u64 = 4_343;
 /// table (CUP's "approved with defects" in some dialects: an approval this host cannot take
 /// for a decline).
 pub const UNKNOWN_CODE_AMOUNT: u64 = 4_444;
+/// The card whose balance inquiries the minimal issuer answers with response code A2 (not in
+/// the protocol's table: unreadable).
+pub fn unreadable_inquiry_card() -> String {
+    card("62220299")
+}
 /// An amount the minimal issuer approves after 150 ms (within the switch's 300 ms timeout).
 pub const SLOW_AMOUNT: u64 = 1_515;
 
@@ -139,7 +144,17 @@ pub async fn start_issuer_on(addr: SocketAddr, log: Arc<IssuerLog>) -> SocketAdd
                         if request.amount() == Some(SLOW_AMOUNT) {
                             tokio::time::sleep(Duration::from_millis(150)).await;
                         }
+                        let inquiry = request
+                            .digits(3)
+                            .is_some_and(|p| p.chars().take(2).eq("31".chars()));
+                        let unreadable_inquiry = inquiry
+                            && request
+                                .digits(2)
+                                .is_some_and(|pan| pan.to_string() == unreadable_inquiry_card());
                         match request.amount() {
+                            _ if unreadable_inquiry => {
+                                out.set_text(39, "A2").unwrap();
+                            }
                             Some(SILENT_AMOUNT) => continue,
                             Some(DECLINE_AMOUNT) => {
                                 out.set_text(39, "51").unwrap();
