@@ -15,6 +15,7 @@ mod common;
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use iso8583::{Frame, FrameHead, Header, MessageBuilder, Mti, Tpdu};
@@ -126,8 +127,17 @@ async fn offender(addr: SocketAddr, kind: &str) {
     }
 }
 
+/// Panics anywhere in this process (the switch runs in it): a request's task that panics is
+/// not joined by anyone, so only a hook sees it.
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
 #[test]
 fn bad_frames_close_or_are_answered_and_other_terminals_are_unaffected() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, Ordering::SeqCst);
+        default_hook(info);
+    }));
     runtime().block_on(async {
         let mut w = start(&["ICBC"], |_| {}).await;
         let addr = w.h.addr();
@@ -193,5 +203,6 @@ fn bad_frames_close_or_are_answered_and_other_terminals_are_unaffected() {
         let mut again = w.h.terminal().await;
         assert_eq!(again.sign_in().await.code(), "00");
         w.audit();
+        assert_eq!(PANICS.load(Ordering::SeqCst), 0, "the switch panicked");
     });
 }

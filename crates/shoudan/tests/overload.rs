@@ -107,6 +107,17 @@ fn twice_the_capacity_is_refused_96_at_once_bounded_and_recovers() {
         assert_eq!(m.refused_overload, u64::from(refused));
         assert_eq!(m.in_flight_max, IN_FLIGHT as u64);
         assert!(in_flight_peak <= IN_FLIGHT as u64, "{in_flight_peak}");
+        // What the bound lets through, counted at the issuer's side: each admitted request
+        // holds its place for ISSUER_LATENCY, so over the time the load was sent at most
+        // IN_FLIGHT per ISSUER_LATENCY (and those in flight when it began) can be approved. A
+        // bound not kept would approve more.
+        let window = sent_at.values().max().unwrap().duration_since(start);
+        let turns = (window.as_secs_f64() / ISSUER_LATENCY.as_secs_f64()).ceil() as u32;
+        let admitted_max = IN_FLIGHT as u32 * (turns + 1);
+        assert!(
+            approved <= admitted_max,
+            "{approved} approved in {window:?}: the bound of {IN_FLIGHT} admits {admitted_max}"
+        );
         // Refused at once: a refusal never waits for an issuer, so each is back before an
         // issuer answer could have been.
         assert!(

@@ -645,6 +645,8 @@ struct Seen {
     approved_after_disk: u64,
     /// Crashes of the switch so far.
     crashes: u64,
+    /// Crashes that came while the terminals were still sending (virtual ms of each).
+    crashed_at_ms: Vec<i64>,
     /// Terminals whose settlement the host did not find balanced: (tid, result, terminal's
     /// totals, host's totals).
     unbalanced: Vec<(String, u8, String, String)>,
@@ -1218,6 +1220,7 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
         let host = Arc::clone(&host);
         let boot = Arc::clone(&boot);
         let seen = Arc::clone(&seen);
+        let clock = clock.clone();
         tokio::spawn(async move {
             for k in 0..crashes {
                 let roll = mix(&[seed, 700, k]);
@@ -1226,7 +1229,11 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
                 Arc::into_inner(switch)
                     .expect("only the host holds the switch")
                     .crash();
-                seen.lock().unwrap().crashes += 1;
+                {
+                    let mut seen = seen.lock().unwrap();
+                    seen.crashes += 1;
+                    seen.crashed_at_ms.push(clock.ms());
+                }
                 tokio::time::sleep(Duration::from_millis(20 + (roll >> 16) % 300)).await;
                 let switch = boot.start().await;
                 *host.lock().unwrap() = Some(switch);
@@ -1268,6 +1275,7 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
         task.await.unwrap();
     }
     let traffic_ms = clock.ms() - clock.base_ms;
+    let traffic_end_ms = clock.ms();
     disk.abort();
     store.set_page_quota(None);
     // Every crash is over, the switch is up again (the terminals settled through it).
@@ -1317,7 +1325,22 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
          SHOUDAN_SIM_SEED={seed}): {:#?}",
         seen.lock().unwrap().unbalanced
     );
-    check_invariant_1(seed, &store, &issuers);
+    let checked = check_invariant_1(seed, &store, &issuers);
+    assert!(
+        checked > 0,
+        "seed {seed}: no approval to check invariant 1 on"
+    );
+    // The crashes came while requests were in flight, not after the load (the default load
+    // runs for well over the crashes' 7 s of virtual time at most).
+    if txns >= TXNS_PER_TERMINAL_DEFAULT {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.crashed_at_ms.len() as u64, crashes, "seed {seed}");
+        assert!(
+            seen.crashed_at_ms.iter().all(|&at| at < traffic_end_ms),
+            "seed {seed}: a crash after the load ended ({:?} against {traffic_end_ms})",
+            seen.crashed_at_ms
+        );
+    }
     let seen = Arc::into_inner(seen).unwrap().into_inner().unwrap();
     check_invariant_2(seed, &store, &issuers, &seen);
     check_no_pan(seed, &dir.path().join("switch.db"), &all_pans);
@@ -1369,8 +1392,14 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
 /// Invariant 1: every issuer approval is completed in the journal (same state and amount) or
 /// reversed at the issuer and not approved in the journal; every journal approval is an
 /// issuer approval; nothing in flight, nothing queued.
-fn check_invariant_1(seed: u64, store: &SqliteStore, issuers: &HashMap<String, Arc<Issuer>>) {
+/// Checks invariant 1; returns the issuer approvals it checked.
+fn check_invariant_1(
+    seed: u64,
+    store: &SqliteStore,
+    issuers: &HashMap<String, Arc<Issuer>>,
+) -> usize {
     let mut broken = Vec::new();
+    let mut checked = 0;
     for (bank, issuer) in issuers {
         for approval in issuer
             .approvals()
@@ -1381,6 +1410,7 @@ fn check_invariant_1(seed: u64, store: &SqliteStore, issuers: &HashMap<String, A
                 a.code == ResponseCode::Approved && a.kind != issuer_sim::TxnKind::BalanceInquiry
             })
         {
+            checked += 1;
             let row = store.txn_by_rrn(approval.rrn.as_str()).unwrap();
             let ok = match (approval.state, row.as_ref().map(|r| r.state)) {
                 (IssuerState::Reversed, None) => true,
@@ -1449,6 +1479,7 @@ fn check_invariant_1(seed: u64, store: &SqliteStore, issuers: &HashMap<String, A
         broken.is_empty(),
         "seed {seed}: invariant 1 broken (rerun with SHOUDAN_SIM_SEED={seed}): {broken:#?}"
     );
+    checked
 }
 
 /// Invariant 2: a retried request got the answer the first one got, and no (TID, batch, STAN)
