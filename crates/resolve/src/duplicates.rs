@@ -12,7 +12,7 @@ use switch::{CUTOVER_MINUTE_DEFAULT, ClearingDay};
 
 use crate::ResolveError;
 use crate::explain::TxnSummary;
-use crate::text::Both;
+use crate::text::{Both, yuan};
 
 /// Ten minutes: a customer who "paid twice" at a counter does so within minutes.
 pub const DUPLICATE_WINDOW_MS_DEFAULT: i64 = 10 * 60_000;
@@ -162,16 +162,35 @@ pub fn describe(
     let rrn = second.rrn.clone().unwrap_or_else(|| "-".to_owned());
     let advice = match action {
         SuggestedAction::VoidSecondToday => Both::new(
-            format!("同一张卡相同金额重复付款：请今天在终端撤销第二笔（RRN {rrn}），撤销后不扣款"),
             format!(
-                "the same card paid the same amount twice: void the second payment (RRN {rrn}) \
-                 at the terminal today, and it is not charged"
+                "疑似重复付款（同一张卡、相同金额）：请先与顾客核实是否只买了一次。确认重复后，今天在终端撤销第二笔（RRN {rrn}），撤销后不扣款"
+            ),
+            format!(
+                "possibly paid twice (same card, same amount): first check with the customer \
+                 that they bought only once. If so, void the second payment (RRN {rrn}) at the \
+                 terminal today, and it is not charged"
             ),
         ),
+        SuggestedAction::RefundSecond if second.refunded_fen > 0 => {
+            let left = yuan(left);
+            Both::new(
+                format!(
+                    "疑似重复付款（同一张卡、相同金额）：请先与顾客核实是否只买了一次。确认重复后，对第二笔（RRN {rrn}）退还剩余的 {left}"
+                ),
+                format!(
+                    "possibly paid twice (same card, same amount): first check with the \
+                     customer that they bought only once. If so, refund the {left} left on the \
+                     second payment (RRN {rrn})"
+                ),
+            )
+        }
         SuggestedAction::RefundSecond => Both::new(
-            format!("同一张卡相同金额重复付款：请对第二笔（RRN {rrn}）办理退货"),
             format!(
-                "the same card paid the same amount twice: refund the second payment (RRN {rrn})"
+                "疑似重复付款（同一张卡、相同金额）：请先与顾客核实是否只买了一次。确认重复后，对第二笔（RRN {rrn}）办理退货"
+            ),
+            format!(
+                "possibly paid twice (same card, same amount): first check with the customer \
+                 that they bought only once. If so, refund the second payment (RRN {rrn})"
             ),
         ),
         SuggestedAction::NothingLeft => Both::new(

@@ -78,10 +78,14 @@ pub fn diagnosis_json(d: &Diagnosis) -> Value {
     json!({
         "code": d.subject.key(),
         "title": {"zh": d.title.zh, "en": d.title.en},
+        "meaning": {"zh": d.meaning.zh, "en": d.meaning.en},
         "category": d.category.letter().to_string(),
         "who_acts": d.who_acts.key(),
         "retry": d.retry.key(),
+        // Whether at all, then when: "if_persists" is not "yes".
         "contact_issuer": d.contact_issuer.recommended(),
+        "contact_issuer_condition": d.contact_issuer,
+        "contact_when": {"zh": d.contact_when.zh, "en": d.contact_when.en},
         "customer_message": {"zh": d.customer_message.zh, "en": d.customer_message.en},
         "merchant_steps": d.merchant_steps.iter().map(|s| json!({"zh": s.zh, "en": s.en})).collect::<Vec<_>>(),
     })

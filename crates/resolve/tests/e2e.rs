@@ -1183,6 +1183,25 @@ fn a_payment_refunded_in_full_then_paid_again_is_no_duplicate() {
         let flags = e.flagged();
         let seconds: Vec<_> = flags.iter().map(|f| f.second.rrn.as_deref()).collect();
         assert_eq!(seconds, [Some(again.as_str())], "{flags:#?}");
+        // The second refunded in part: what is left of it is what to refund.
+        let refund = e
+            .switch()
+            .back_office_refund(&again, 2_000, "second-in-part")
+            .await
+            .unwrap();
+        assert_eq!(refund.response_code, "00");
+        let flag = e.flagged().remove(0);
+        assert_eq!(flag.suggested_action, SuggestedAction::RefundSecond);
+        assert!(
+            flag.advice.zh.contains("剩余的 ¥35.00"),
+            "{:?}",
+            flag.advice
+        );
+        assert!(
+            flag.advice.en.contains("refund the ¥35.00 left"),
+            "{:?}",
+            flag.advice
+        );
     });
 }
 
@@ -1203,6 +1222,17 @@ fn duplicate_purchase_is_flagged_and_notified() {
         assert_eq!(flags.len(), 1, "{flags:#?}");
         assert_eq!(flags[0].second.rrn.as_deref(), Some(second.as_str()));
         assert_eq!(flags[0].suggested_action, SuggestedAction::VoidSecondToday);
+        // Two equal payments may be two purchases: the merchant checks before undoing one.
+        assert!(
+            flags[0].advice.zh.contains("请先与顾客核实"),
+            "{:?}",
+            flags[0].advice
+        );
+        assert!(
+            flags[0].advice.en.contains("first check"),
+            "{:?}",
+            flags[0].advice
+        );
         let outbox = store
             .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
             .unwrap();
@@ -1549,6 +1579,21 @@ fn webhooks_are_signed_and_failing_receivers_are_retried() {
             assert_eq!(json["mid"], MID);
             assert_eq!(json["data"]["transaction"]["rrn"], rrn.as_str());
             assert_eq!(json["data"]["diagnosis"]["code"], "51");
+            // As the API and the CLI give it: not only whether, but when.
+            let d = &json["data"]["diagnosis"];
+            assert_eq!(d["contact_issuer"], false);
+            assert_eq!(d["contact_issuer_condition"], "no");
+            assert!(
+                d["contact_when"]["zh"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("不需要"),
+                "{d}"
+            );
+            assert!(
+                d["meaning"]["en"].as_str().is_some_and(|m| !m.is_empty()),
+                "{d}"
+            );
             assert!(!body.contains(e.card("insufficient_funds").pan.expose_digits()));
         }
         let item = store

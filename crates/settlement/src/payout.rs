@@ -578,6 +578,9 @@ pub fn run_payouts(
         payout.bank_reference = None;
         payout.sent_to = None;
         payout.attempts = 0;
+        // What went wrong is fixed (the merchant re-bound): the failure stays in the payout's
+        // events, not on the payout, whose page would still ask for the fix.
+        payout.failure = None;
         payout.updated_at_ms = now_ms;
         let event = run.event(
             &payout,

@@ -1074,10 +1074,15 @@ fn transaction_body(
             .collect();
         body.push_str(&format!(
             "<div class=\"card red\" id=\"diagnosis\"><h2>{}: {}</h2><p>{}</p>\
+             <p id=\"who-acts\"><b>{}</b> {} · <b>{}</b> {}</p>\
              <p><b>{}</b> {}</p><ol>{steps}</ol><p><b>{}</b> {}</p></div>",
             t(l, "诊断", "Diagnosis"),
             esc(d.title.get(l)),
             esc(d.meaning.get(l)),
+            t(l, "谁来处理：", "Who acts:"),
+            esc(d.who_acts.text().get(l)),
+            t(l, "能否重试：", "Retry:"),
+            esc(d.retry.text().get(l)),
             t(l, "对顾客说：", "Tell the customer:"),
             esc(d.customer_message.get(l)),
             t(l, "联系发卡行：", "Contact the issuer:"),
@@ -1096,8 +1101,17 @@ fn transaction_body(
         ));
     }
     body.push_str("</table>");
-    // Only for what reached the issuer: one the host refused itself it never saw.
-    if let Some(rrn) = &row.rrn
+    // Only for what reached the issuer: one the host refused itself it never saw. The bank's
+    // number only where the diagnosis sends someone to the issuer (an approval has none: a
+    // customer's question about it goes to their bank); the evidence package always.
+    let contact_issuer = x.diagnosis.is_none_or(|d| d.contact_issuer.recommended());
+    if row.rrn.is_some() && row.sent_at_ms.is_some() && !contact_issuer {
+        body.push_str(&format!(
+            "<div class=\"card\" id=\"evidence-only\"><a href=\"/portal/transactions/{id}/evidence\" \
+             id=\"evidence\">{}</a></div>",
+            t(l, "证据包（可打印）", "Evidence package (printable)"),
+        ));
+    } else if let Some(rrn) = &row.rrn
         && row.sent_at_ms.is_some()
         && let Ok(e) = web.resolver.evidence(rrn, Some(&row.mid))
     {

@@ -3295,6 +3295,22 @@ fn the_dashboard_tells_the_hosts_own_declines_from_the_issuers() {
             "{}",
             issuer.body
         );
+        // The diagnosis says who acts and whether to retry.
+        assert!(issuer.body.contains("谁来处理："), "{}", issuer.body);
+        assert!(issuer.body.contains("能否重试："), "{}", issuer.body);
+        // An issuer's decline its diagnosis does not send anyone to the issuer about (51):
+        // no bank's number, the evidence package still there.
+        let (code, broke_rrn) = e.purchase(&e.card("insufficient_funds"), 1_000).await;
+        assert_eq!(code, "51");
+        let broke = page
+            .get(&format!("/portal/transactions/{}", e.txn_id(&broke_rrn)))
+            .await;
+        assert!(
+            !broke.body.contains("id=\"contact-issuer\""),
+            "{}",
+            broke.body
+        );
+        assert!(broke.body.contains("id=\"evidence\""), "{}", broke.body);
     });
 }
 

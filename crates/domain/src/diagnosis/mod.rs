@@ -112,7 +112,7 @@ impl WhoActs {
 
     pub const fn text(self) -> Text {
         match self {
-            WhoActs::Nobody => Text::new("无需任何人处理", "nobody"),
+            WhoActs::Nobody => Text::new("无需联系任何机构", "no one to contact"),
             WhoActs::Cardholder => Text::new("持卡人", "the cardholder"),
             WhoActs::Issuer => Text::new("发卡行", "the card issuer"),
             WhoActs::CardholderAndIssuer => {

@@ -69,25 +69,40 @@ const STEP_CHECK_FIRST: Text = t(
      not succeed, so the customer is not charged twice.",
 );
 
-/// Steps for the pick-up codes (04, 07, 34, 35, 37, 41, 43, 67): the issuer asks the merchant
-/// to keep the card. Safety first; the card goes to the acquirer, never back across the counter.
+const STEP_KEEP_CARD: Text = t(
+    "若能安全做到，礼貌地暂扣此卡，不要与持卡人争执；人身安全第一。",
+    "If it is safe, politely keep the card; do not argue with the holder. Personal safety comes \
+     first.",
+);
+const STEP_CARD_TO_ACQUIRER: Text = t(
+    "把暂扣的卡剪角后交给收单机构，并记下时间、终端号和交易金额。",
+    "Cut a corner off the kept card and hand it to the acquirer, noting the time, terminal ID \
+     and amount.",
+);
+const STEP_CALL_SECURITY_NOW: Text = t(
+    "现在就致电收单机构安全（风控）部门，报上终端号、交易参考号和金额，按其指示处理。",
+    "Call the acquirer's security (risk) team now with the terminal ID, reference number and \
+     amount, and do as they say.",
+);
+
+/// Steps for the pick-up codes (04, 07, 34, 41, 43, 67): the issuer asks the merchant to keep
+/// the card. Safety first; the card goes to the acquirer, never back across the counter.
 const PICK_UP_STEPS: &[Text] = &[
     STEP_NO_GOODS,
-    t(
-        "若能安全做到，礼貌地暂扣此卡，不要与持卡人争执；人身安全第一。",
-        "If it is safe, politely keep the card; do not argue with the holder. Personal safety \
-         comes first.",
-    ),
-    t(
-        "把暂扣的卡剪角后交给收单机构，并记下时间、终端号和交易金额。",
-        "Cut a corner off the kept card and hand it to the acquirer, noting the time, terminal \
-         ID and amount.",
-    ),
+    STEP_KEEP_CARD,
+    STEP_CARD_TO_ACQUIRER,
     t(
         "如有可疑情况（冒用、伪卡），可向收单机构风控部门或公安报告。",
         "If anything looks suspicious (someone else's card, a counterfeit), report it to the \
          acquirer's risk team or the police.",
     ),
+];
+/// 35 and 37: keep the card and call the acquirer's security team now.
+const PICK_UP_CALL_SECURITY_STEPS: &[Text] = &[
+    STEP_NO_GOODS,
+    STEP_CALL_SECURITY_NOW,
+    STEP_KEEP_CARD,
+    STEP_CARD_TO_ACQUIRER,
 ];
 const PICK_UP_CUSTOMER: Text = t(
     "发卡银行要求暂停使用这张卡，这笔无法完成。请您联系发卡银行，或用其他方式付款。",
@@ -130,15 +145,7 @@ const SECURITY_STEPS: &[Text] = &[
 ];
 /// 60 and 66: the issuer asks the merchant to reach the acquirer's security team now, not only
 /// when it repeats.
-const CALL_SECURITY_STEPS: &[Text] = &[
-    STEP_NO_GOODS,
-    t(
-        "现在就致电收单机构安全（风控）部门，报上终端号、交易参考号和金额，按其指示处理。",
-        "Call the acquirer's security (risk) team now with the terminal ID, reference number \
-         and amount, and do as they say.",
-    ),
-    STEP_NO_REPEAT,
-];
+const CALL_SECURITY_STEPS: &[Text] = &[STEP_NO_GOODS, STEP_CALL_SECURITY_NOW, STEP_NO_REPEAT];
 const SECURITY_CUSTOMER: Text = t(
     "银行的安全检查没有通过这笔交易。请您联系发卡银行确认，或换一种方式付款。",
     "The bank's security checks did not pass this payment. Please check with your bank, or pay \
@@ -246,6 +253,13 @@ const SETTLEMENT_ONLY_CUSTOMER: Text = t(
     "与顾客无关：这是终端结算的问题，已完成的交易不受影响。",
     "Nothing to tell the customer: this is about the terminal's settlement; completed payments \
      are not affected.",
+);
+
+const PAYOUT_STEP_RESUBMIT: Text = t(
+    "在商户后台重新提交结算账户（账户无误也需重新提交），收单机构复核通过后，下一次出款时自动重新出款。",
+    "Submit the settlement account again in the merchant portal (the same account too, if it \
+     was right); once the acquirer has checked it, the next payout run pays it again by \
+     itself.",
 );
 
 const PAYOUT_STEP_PORTAL: Text = t(
@@ -803,7 +817,7 @@ pub static TABLE: &[Diagnosis] = &[
         contact_issuer: Yes,
         contact_when: PICK_UP_CONTACT,
         customer_message: PICK_UP_CUSTOMER,
-        merchant_steps: PICK_UP_STEPS,
+        merchant_steps: PICK_UP_CALL_SECURITY_STEPS,
     },
     Diagnosis {
         subject: code(b"36"),
@@ -843,7 +857,7 @@ pub static TABLE: &[Diagnosis] = &[
         contact_issuer: Yes,
         contact_when: PICK_UP_CONTACT,
         customer_message: PICK_UP_CUSTOMER,
-        merchant_steps: PICK_UP_STEPS,
+        merchant_steps: PICK_UP_CALL_SECURITY_STEPS,
     },
     Diagnosis {
         subject: code(b"38"),
@@ -862,7 +876,11 @@ pub static TABLE: &[Diagnosis] = &[
             "Yes: the cardholder asks the issuer to unlock or reset the PIN (many banks unlock \
              it the next day).",
         ),
-        customer_message: PIN_LOCKED_CUSTOMER,
+        customer_message: t(
+            "密码输错次数太多，发卡银行要求暂停使用这张卡。请您换一张卡付款，并到发卡银行重置密码。",
+            "The PIN was entered wrongly too many times and your bank has asked us not to \
+             accept this card. Please pay with another card, and have your bank reset the PIN.",
+        ),
         merchant_steps: &[
             STEP_NO_MORE_PIN,
             t(
@@ -983,20 +1001,22 @@ pub static TABLE: &[Diagnosis] = &[
             "No: the card is fine; the balance or credit is short.",
         ),
         customer_message: t(
-            "卡里的余额不够这笔金额。您可以换一张卡，或者先用这张卡付一部分、其余用其他方式付。",
-            "There is not enough on this card for the amount. You can use another card, or pay \
-             part with this card and the rest another way.",
+            "卡里的余额（或信用额度）不够这笔金额。您可以换一张卡；如果知道卡里还有多少，也可以用这张卡付不超过余额的部分，其余用其他方式付。",
+            "There is not enough on this card (balance or credit) for the amount. You can use \
+             another card; or, if you know what is left on it, pay up to that with this card \
+             and the rest another way.",
         ),
         merchant_steps: &[
             t("小声告知顾客，避免尴尬。", "Tell the customer discreetly."),
             t(
-                "按顾客意愿换卡，或用本卡支付部分金额、其余换方式支付。",
-                "As the customer prefers: another card, or part on this card and the rest \
-                 another way.",
+                "按顾客意愿换卡；或在顾客确认卡内可用余额后，用本卡支付不超过该余额的部分，其余换方式支付。",
+                "As the customer prefers: another card; or, once the customer has confirmed what \
+                 is left on the card, at most that on this card and the rest another way.",
             ),
             t(
-                "同一金额不要反复重刷。",
-                "Do not retry the same amount again and again.",
+                "不要逐步降低金额反复试刷：连续的小额拒绝会被当作测卡，终端可能被暂停受理。",
+                "Do not keep retrying with ever smaller amounts: a run of small declines looks \
+                 like card testing, and the terminal may be suspended.",
             ),
         ],
     },
@@ -1065,9 +1085,9 @@ pub static TABLE: &[Diagnosis] = &[
              themselves.",
         ),
         customer_message: t(
-            "密码不对，请您重新输入。注意次数太多卡会被锁定。",
-            "The PIN was not correct; please enter it again. Too many wrong tries will lock the \
-             card.",
+            "密码错误，请您重新输入。连续输错次数过多，卡片会被锁定。",
+            "The PIN was not correct; please enter it again. Too many wrong tries in a row will \
+             lock the card.",
         ),
         merchant_steps: &[
             t(
@@ -2402,15 +2422,11 @@ pub static TABLE: &[Diagnosis] = &[
         merchant_steps: &[
             PAYOUT_STEP_PORTAL,
             t(
-                "对照银行卡或开户资料核对结算账号，在商户后台更正。",
+                "对照银行卡或开户资料核对结算账号，在商户后台重新提交账户。",
                 "Check the settlement account number against the card or account papers and \
-                 correct it in the merchant portal.",
+                 submit the account again in the merchant portal.",
             ),
-            t(
-                "更正后重新出款（自动或联系收单机构）。",
-                "After correcting it, the payout is made again (automatically or via the \
-                 acquirer).",
-            ),
+            PAYOUT_STEP_RESUBMIT,
         ],
     },
     Diagnosis {
@@ -2437,10 +2453,7 @@ pub static TABLE: &[Diagnosis] = &[
                 "Correct the name exactly as the bank has it: the full registered company name \
                  for a business account, the owner's own name for a personal one.",
             ),
-            t(
-                "更正后重新出款。",
-                "After correcting it, the payout is made again.",
-            ),
+            PAYOUT_STEP_RESUBMIT,
         ],
     },
     Diagnosis {
@@ -2588,13 +2601,11 @@ pub static TABLE: &[Diagnosis] = &[
         merchant_steps: &[
             PAYOUT_STEP_PORTAL,
             t(
-                "按退回原因核对或更换结算账户。",
-                "Check or replace the settlement account according to the return reason.",
+                "向开户行查询退回原因（账户状态、户名或限额），处理后核对或更换结算账户。",
+                "Ask the account's bank why it was returned (account status, name or limit), \
+                 then check or replace the settlement account.",
             ),
-            t(
-                "处理后重新出款；不要在原因未解决前反复出款。",
-                "Then pay out again; do not keep re-sending before the cause is fixed.",
-            ),
+            PAYOUT_STEP_RESUBMIT,
         ],
     },
 ];
