@@ -7,9 +7,9 @@ use domain::diagnosis::Lang;
 use serde::Serialize;
 use store::Store;
 
+use crate::ResolveError;
 use crate::explain::{Explanation, explain_rrn};
-use crate::text::{Both, bank_info, html_escape};
-use crate::{ResolveError, explain};
+use crate::text::{Both, bank_info, html_escape, kind_text};
 
 /// Everything the issuer's service desk asks for, and nothing they must not see.
 #[derive(Clone, Debug, Serialize)]
@@ -21,6 +21,10 @@ pub struct Evidence {
     pub time: String,
     pub amount: String,
     pub amount_fen: i64,
+    /// What it was: a purchase, a refund, a void, ...
+    pub kind: Both,
+    /// The acquirer's clearing date (`YYYYMMDD`), the day it is settled under.
+    pub clearing_date: String,
     pub masked_pan: String,
     pub card_type: Option<Both>,
     pub bank: Both,
@@ -32,7 +36,9 @@ pub struct Evidence {
     pub batch_no: String,
     pub auth_code: Option<String>,
     pub response_code: Option<String>,
-    /// The response code's meaning in both languages.
+    /// The response code's meaning in both languages: the explanation's own diagnosis where
+    /// it has one (a decline by a risk rule of shoudan's, or a refusal by shoudan itself, is
+    /// not the issuer's code of the same number), else the code's.
     pub response_meaning: Option<Both>,
     pub explanation: Explanation,
 }
@@ -58,7 +64,9 @@ pub fn evidence(
         .map_or_else(String::new, |m| m.name);
     let bank = bank_info(directory, &row);
     let response_meaning = row.response_code.as_deref().map(|code| {
-        let d = domain::diagnosis::diagnose_str(code);
+        let d = explanation
+            .diagnosis
+            .unwrap_or_else(|| domain::diagnosis::diagnose_str(code));
         Both::new(
             format!("{}：{}", d.title.zh, d.meaning.zh),
             format!("{}: {}", d.title.en, d.meaning.en),
@@ -71,6 +79,8 @@ pub fn evidence(
         time: explanation.txn.received_at.clone(),
         amount: explanation.txn.amount.clone(),
         amount_fen: row.amount_fen,
+        kind: kind_text(row.kind),
+        clearing_date: row.clearing_date.clone(),
         masked_pan: row
             .pan
             .as_ref()
@@ -113,6 +123,10 @@ impl Evidence {
             ),
             (pick("商户号", "MID"), self.mid.clone()),
             (pick("终端号", "TID"), self.tid.clone()),
+            (
+                pick("交易类型", "Transaction"),
+                self.kind.get(lang).to_owned(),
+            ),
             (pick("金额", "Amount"), self.amount.clone()),
             (pick("卡号", "Card"), self.masked_pan.clone()),
             (
@@ -135,6 +149,10 @@ impl Evidence {
             (pick("参考号 RRN", "RRN"), self.rrn.clone()),
             (pick("流水号 STAN", "STAN"), self.stan.clone()),
             (pick("批次号", "Batch"), self.batch_no.clone()),
+            (
+                pick("清算日期", "Clearing date"),
+                self.clearing_date.clone(),
+            ),
             (
                 pick("授权码", "Auth code"),
                 self.auth_code.clone().unwrap_or_else(dash),
@@ -170,8 +188,23 @@ impl Evidence {
         for step in &self.explanation.steps {
             out.push_str(&format!("  {}  {}\n", step.time, step.text.get(lang)));
         }
+        // What it means, not the cashier's script: the package goes to an issuer's desk or a
+        // cardholder (the transaction's page has the merchant's steps).
         if let Some(d) = self.explanation.diagnosis {
-            out.push_str(&explain::diagnosis_text(d, lang));
+            out.push_str(&match lang {
+                Lang::Zh => format!(
+                    "诊断：{} {}\n  {}\n",
+                    d.subject.key(),
+                    d.title.zh,
+                    d.meaning.zh
+                ),
+                Lang::En => format!(
+                    "Diagnosis: {} {}\n  {}\n",
+                    d.subject.key(),
+                    d.title.en,
+                    d.meaning.en
+                ),
+            });
         }
         out
     }
@@ -220,17 +253,12 @@ impl Evidence {
         out.push_str("</ol>\n");
         if let Some(d) = self.explanation.diagnosis {
             out.push_str(&format!(
-                "<h2>{}</h2>\n<p><strong>{} {}</strong></p>\n<p>{}</p>\n<p>{}</p>\n<ol>\n",
+                "<h2>{}</h2>\n<p><strong>{} {}</strong></p>\n<p>{}</p>\n",
                 html_escape(advice),
                 html_escape(d.subject.key()),
                 html_escape(d.title.get(lang)),
                 html_escape(d.meaning.get(lang)),
-                html_escape(d.contact_when.get(lang))
             ));
-            for s in d.merchant_steps {
-                out.push_str(&format!("<li>{}</li>\n", html_escape(s.get(lang))));
-            }
-            out.push_str("</ol>\n");
         }
         out.push_str("</body>\n</html>\n");
         out

@@ -523,6 +523,26 @@ fn voids_and_refunds_are_diagnosed_as_giving_money_back() {
             "{x:#?}"
         );
         assert!(!d.customer_message.zh.contains("限额"), "{d:?}");
+        // Its evidence package says the same, names it a refund, and carries no script.
+        let ev = resolve::evidence(
+            store.as_ref(),
+            &e.h.directory,
+            x.txn.rrn.as_deref().unwrap(),
+            Some(MID),
+            now(),
+        )
+        .unwrap();
+        let meaning = ev.response_meaning.as_ref().unwrap();
+        assert!(
+            meaning.zh.starts_with("退货金额超过可退金额"),
+            "{meaning:?}"
+        );
+        let text = ev.to_text(Lang::Zh);
+        assert!(text.contains("交易类型: 退货"), "{text}");
+        assert!(
+            !text.contains("对顾客说") && !text.contains("商户操作"),
+            "{text}"
+        );
         // A refund the issuer does not answer: reversed, and the sale still stands.
         e.sim.faults().drop_next(1);
         e.stan += 1;
