@@ -1576,12 +1576,16 @@ impl Core {
                 (Answer::code(RC_SYSTEM_ERROR), unwritten_state)
             }
         };
-        entry.answer(answer.clone(), state);
-        let observed = if overtaken {
-            &Answer::code(RC_ISSUER_TIMEOUT)
+        // An approval a terminal reversal overtook is being taken back: whoever still reads
+        // this answer (the terminal's connection, a retry of the request) is told 98, as the
+        // terminal that reversed it was, not 00 with an authorisation code for a sale that
+        // will not stand. The journal keeps the issuer's 00 and the reversal.
+        let answer = if overtaken {
+            Answer::code(RC_ISSUER_TIMEOUT)
         } else {
-            &answer
+            answer
         };
+        entry.answer(answer.clone(), state);
         self.risk_observe(
             &ctx.terminal,
             entry.id,
@@ -1589,7 +1593,7 @@ impl Core {
             ctx.amount_fen,
             fingerprint.as_ref(),
             sale_day.unwrap_or(entry.received_day),
-            observed,
+            &answer,
         );
         self.reply(
             ctx.frame,

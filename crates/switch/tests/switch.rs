@@ -1318,9 +1318,13 @@ fn a_reversal_of_a_request_still_at_the_issuer_waits_for_its_answer() {
             (second, first)
         };
         assert_eq!(reversal.code(), "00");
-        assert_eq!(sale.code(), "00", "the issuer approved it");
+        // The issuer approved it, but the approval is being taken back: whoever still reads
+        // the purchase's answer is told 98, as the terminal that reversed it was, not 00 with
+        // an authorisation code for a sale that will not stand. The journal keeps the 00.
+        assert_eq!(sale.code(), "98");
         let row = h.store.txns_by_key(TID, 1, 2).unwrap().remove(0);
         assert_eq!(row.state, TxnState::Reversed);
+        assert_eq!(row.response_code.as_deref(), Some("00"));
         let delivered = h
             .eventually(15, || {
                 h.store
