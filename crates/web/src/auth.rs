@@ -54,8 +54,8 @@ pub fn token_digest(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-/// Who is asking, with what rights.
-#[derive(Clone, Debug, Serialize)]
+/// Who is asking, with what rights. Its `Debug` leaves out the session's anti-forgery token.
+#[derive(Clone, Serialize)]
 pub struct Principal {
     pub user_id: i64,
     pub username: String,
@@ -69,6 +69,18 @@ pub struct Principal {
     pub csrf: Option<String>,
     #[serde(skip)]
     pub session_digest: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("user_id", &self.user_id)
+            .field("username", &self.username)
+            .field("role", &self.role)
+            .field("mid", &self.mid)
+            .field("page_session", &self.csrf.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 fn role_text<S: serde::Serializer>(role: &Role, s: S) -> Result<S::Ok, S::Error> {
@@ -134,7 +146,17 @@ impl Principal {
                 _ => Ok(Some(own.clone())),
             },
             (Role::Merchant, None) => Err(ApiError::forbidden("see merchant data")),
-            _ => Ok(asked.map(str::to_owned)),
+            // Staff may name any merchant, but only by something shaped like a merchant ID:
+            // the value is shown back on the page, and a card number typed into the wrong
+            // field must not be.
+            _ => match asked {
+                Some(mid) if mid.len() > 15 || !mid.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+                    Err(ApiError::bad_request(
+                        "mid: a merchant ID is at most 15 letters and digits",
+                    ))
+                }
+                _ => Ok(asked.map(str::to_owned)),
+            },
         }
     }
 
@@ -824,6 +846,23 @@ pub fn user_json(user: &UserRow) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_principal_prints_without_its_session_secrets() {
+        let who = Principal {
+            user_id: 7,
+            username: "ops".into(),
+            display_name: "Ops".into(),
+            role: Role::Operator,
+            mid: None,
+            csrf: Some("csrf-secret-token".into()),
+            session_digest: Some(vec![0xAB; 32]),
+        };
+        let printed = format!("{who:?}");
+        assert!(printed.contains("ops"), "{printed}");
+        assert!(!printed.contains("csrf-secret-token"), "{printed}");
+        assert!(!printed.contains("171"), "{printed}");
+    }
 
     #[test]
     fn a_new_user_prints_without_its_password() {

@@ -3828,6 +3828,12 @@ fn staff_search_names_the_merchant_and_can_keep_to_one() {
             .get(&format!("/portal/transactions?mid={OTHER_MID}"))
             .await;
         assert_eq!(other.status, 200);
+        // A card number typed into the merchant field is refused, not shown back.
+        let typo = ops
+            .get("/portal/transactions?mid=6222021234567890128")
+            .await;
+        assert_eq!(typo.status, 400, "{}", typo.body);
+        assert!(!typo.body.contains("6222021234567890128"), "{}", typo.body);
         assert!(!other.body.contains(&rrn), "{}", other.body);
         // The transaction's page and the terminals page say whose, to staff.
         let id = e.txn_id(&rrn);
