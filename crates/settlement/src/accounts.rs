@@ -8,6 +8,7 @@ use store::settlement::{
     AccountChangeRow, AccountKind, BoundAccountRow, ChangeState, SettlementRecord,
 };
 use store::{Record, Store, StoreError};
+use zeroize::Zeroizing;
 
 /// Card numbers are 13 to 19 digits (ISO/IEC 7812).
 pub const CARD_DIGITS_MIN: usize = 13;
@@ -22,16 +23,18 @@ const CHANGE_COUNTER: &str = "account_change";
 
 /// Opens and seals account numbers: they are kept sealed at rest like PANs (an HSM in
 /// production; `paycrypto::Hsm::seal` in the binary).
+/// An opened number is wiped when it is dropped.
 pub trait Sealer: Send + Sync {
     fn seal(&self, clear: &str) -> Result<Vec<u8>, String>;
-    fn open(&self, sealed: &[u8]) -> Result<String, String>;
+    fn open(&self, sealed: &[u8]) -> Result<Zeroizing<String>, String>;
 }
 
 /// What a merchant (or an operator for it) enters.
 #[derive(Clone)]
 pub struct AccountInput {
     pub kind: AccountKind,
-    pub number: String,
+    /// Wiped when the input is dropped: a card number, often.
+    pub number: Zeroizing<String>,
     pub holder_name: String,
     /// Required for a bank account; for a card, if given, must be the card's issuer.
     pub bank_code: Option<String>,
@@ -112,8 +115,9 @@ pub fn mask(kind: AccountKind, digits: &str) -> String {
 pub fn validate(
     directory: &IssuerDirectory,
     input: &AccountInput,
-) -> Result<(String, String, String), BindError> {
-    let digits: String = input.number.chars().filter(|c| *c != ' ').collect();
+) -> Result<(Zeroizing<String>, String, String), BindError> {
+    let digits: Zeroizing<String> =
+        Zeroizing::new(input.number.chars().filter(|c| *c != ' ').collect());
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(BindError::NotDigits);
     }

@@ -165,7 +165,7 @@ proptest! {
         for (i, mid) in MIDS.iter().enumerate() {
             let number = card("622202", 19, u64::try_from(i).unwrap() + 11);
             bind_account(store, &sealer, &directory, mid, &AccountInput {
-                kind: AccountKind::Card, number: number.clone(), holder_name: "张三".into(), bank_code: None,
+                kind: AccountKind::Card, number: zeroize::Zeroizing::new(number.clone()), holder_name: "张三".into(), bank_code: None,
             }, "merchant", 0).unwrap();
             bank.set_behaviour(&number, behaviour(banks[i]));
             numbers.push(number);

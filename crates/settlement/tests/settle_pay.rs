@@ -21,7 +21,7 @@ const M3: &str = "898310058120003";
 fn card_input(number: &str, name: &str) -> AccountInput {
     AccountInput {
         kind: AccountKind::Card,
-        number: number.into(),
+        number: zeroize::Zeroizing::new(number.into()),
         holder_name: name.into(),
         bank_code: None,
     }
@@ -113,7 +113,7 @@ fn a_change_overtaken_while_waiting_is_not_confirmed_over_a_newer_account() {
     assert_eq!(confirm_change(store, y, "ops-a", 3_000).unwrap(), 2);
     let opened = |store: &dyn Store| {
         let bound = store.bound_account(M1).unwrap().unwrap();
-        sealer.open(&bound.number_sealed).unwrap()
+        sealer.open(&bound.number_sealed).unwrap().to_string()
     };
     assert_eq!(opened(store), meant);
 
@@ -367,7 +367,7 @@ fn a_day_is_cleared_posted_and_paid_once_through_a_frozen_account() {
     assert!(matches!(
         bad(AccountInput {
             kind: AccountKind::Bank,
-            number: "6212345678".into(),
+            number: zeroize::Zeroizing::new("6212345678".into()),
             holder_name: "王小明".into(),
             bank_code: Some("NOSUCHBANK".into()),
         }),
@@ -415,7 +415,7 @@ fn a_day_is_cleared_posted_and_paid_once_through_a_frozen_account() {
         M2,
         &AccountInput {
             kind: AccountKind::Bank,
-            number: m2_account.into(),
+            number: zeroize::Zeroizing::new(m2_account.into()),
             holder_name: "Teahouse Ltd".into(),
             bank_code: Some("ICBC".into()),
         },

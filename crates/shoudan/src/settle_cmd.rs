@@ -182,9 +182,10 @@ impl Sealer for HsmSealer {
     fn seal(&self, clear: &str) -> Result<Vec<u8>, String> {
         self.0.seal(clear.as_bytes()).map_err(|e| e.to_string())
     }
-    fn open(&self, sealed: &[u8]) -> Result<String, String> {
+    fn open(&self, sealed: &[u8]) -> Result<zeroize::Zeroizing<String>, String> {
         let clear = self.0.open(sealed).map_err(|e| e.to_string())?;
-        String::from_utf8(clear.to_vec()).map_err(|e| e.to_string())
+        let text = std::str::from_utf8(&clear).map_err(|e| e.to_string())?;
+        Ok(zeroize::Zeroizing::new(text.to_owned()))
     }
 }
 
@@ -538,16 +539,16 @@ pub fn account(cmd: AccountCmd) -> CliResult {
             let directory = IssuerDirectory::embedded()?;
             let card = card.map(number_or_stdin).transpose()?;
             let account = account.map(number_or_stdin).transpose()?;
-            let mut input = match (card, account) {
+            let input = match (card, account) {
                 (Some(number), None) => AccountInput {
                     kind: AccountKind::Card,
-                    number,
+                    number: zeroize::Zeroizing::new(number),
                     holder_name: name,
                     bank_code: bank,
                 },
                 (None, Some(number)) => AccountInput {
                     kind: AccountKind::Bank,
-                    number,
+                    number: zeroize::Zeroizing::new(number),
                     holder_name: name,
                     bank_code: bank,
                 },
@@ -563,7 +564,7 @@ pub fn account(cmd: AccountCmd) -> CliResult {
                 SystemClock.now_ms(),
             );
             // The clear number is not kept past the binding (it is sealed in the journal).
-            zeroize::Zeroize::zeroize(&mut input.number);
+            drop(input);
             let outcome = outcome?;
             if common.json {
                 return print_json(&outcome);

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use store::resolve::CaseQuery;
 use store::web::Role;
+use zeroize::Zeroizing;
 
 use crate::Web;
 use crate::auth::{self, NewUser, Principal, user_json};
@@ -124,7 +125,7 @@ async fn openapi_doc() -> Json<Value> {
 #[derive(Deserialize)]
 struct TokenRequest {
     username: String,
-    password: String,
+    password: Zeroizing<String>,
     #[serde(default)]
     name: Option<String>,
 }
@@ -661,8 +662,8 @@ async fn users(State(web): State<Web>, who: Principal) -> ApiResult {
 
 #[derive(Deserialize)]
 struct PasswordChange {
-    current: String,
-    new: String,
+    current: Zeroizing<String>,
+    new: Zeroizing<String>,
 }
 
 async fn change_password(
@@ -683,7 +684,7 @@ async fn change_password(
 
 #[derive(Deserialize)]
 struct PasswordReset {
-    password: String,
+    password: Zeroizing<String>,
 }
 
 /// The user `id`, for an admin.
@@ -734,7 +735,7 @@ async fn unlock_user(State(web): State<Web>, who: Principal, Path(id): Path<i64>
 #[derive(Deserialize)]
 struct UserBody {
     username: String,
-    password: String,
+    password: Zeroizing<String>,
     role: String,
     mid: Option<String>,
     display_name: Option<String>,
@@ -754,7 +755,7 @@ async fn create_user(
         NewUser {
             display_name: body.display_name.unwrap_or_else(|| body.username.clone()),
             username: body.username,
-            password: zeroize::Zeroizing::new(body.password),
+            password: body.password,
             role,
             mid: body.mid,
         },
@@ -823,7 +824,7 @@ struct WebhookBody {
     mid: Option<String>,
     url: String,
     /// The signing secret; sealed by the HSM, never shown again.
-    secret: String,
+    secret: Zeroizing<String>,
 }
 
 async fn set_webhook(

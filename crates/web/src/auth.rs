@@ -339,7 +339,7 @@ pub async fn authenticate(web: &Web, username: &str, password: &str) -> Result<S
         .store
         .web_user_by_name(username)?
         .filter(|u| !u.disabled);
-    let password = password.to_owned();
+    let password = Zeroizing::new(password.to_owned());
     let store = Arc::clone(&web.store);
     let clock = Arc::clone(&web.clock);
     // The lock is read, the password checked and a wrong one counted within one turn, so
@@ -462,7 +462,7 @@ pub async fn set_password(
     new: &str,
     keep: Option<Vec<u8>>,
 ) -> Result<UserRow, ApiError> {
-    let password = new.to_owned();
+    let password = Zeroizing::new(new.to_owned());
     user.password_hash = on_turn(move || hash_password(&password))
         .await?
         .map_err(|e| match e {

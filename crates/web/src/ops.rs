@@ -30,9 +30,10 @@ impl Sealer for HsmSealer<'_> {
     fn seal(&self, clear: &str) -> Result<Vec<u8>, String> {
         self.0.seal(clear.as_bytes()).map_err(|e| e.to_string())
     }
-    fn open(&self, sealed: &[u8]) -> Result<String, String> {
+    fn open(&self, sealed: &[u8]) -> Result<zeroize::Zeroizing<String>, String> {
         let clear = self.0.open(sealed).map_err(|e| e.to_string())?;
-        String::from_utf8(clear.to_vec()).map_err(|e| e.to_string())
+        let text = std::str::from_utf8(&clear).map_err(|e| e.to_string())?;
+        Ok(zeroize::Zeroizing::new(text.to_owned()))
     }
 }
 
@@ -375,7 +376,8 @@ pub struct BindBody {
     pub mid: Option<String>,
     /// `card` or `bank`.
     pub kind: String,
-    pub number: String,
+    /// Wiped when dropped: often a card number.
+    pub number: zeroize::Zeroizing<String>,
     pub holder_name: String,
     pub bank_code: Option<String>,
 }
@@ -389,7 +391,7 @@ pub async fn bind_for(web: &Web, who: &Principal, body: BindBody) -> Result<Bind
     let before = web.store.bound_account(&mid)?.map(|a| a.number_masked);
     let input = AccountInput {
         kind,
-        number: body.number.trim().to_owned(),
+        number: zeroize::Zeroizing::new(body.number.trim().to_owned()),
         holder_name: body.holder_name,
         bank_code: given(&body.bank_code).map(str::to_owned),
     };

@@ -2453,8 +2453,10 @@ fn settlement_body(
 async fn bind_account(
     State(web): State<Web>,
     headers: HeaderMap,
-    Form(form): Form<Params>,
+    Form(mut form): Form<Params>,
 ) -> Response {
+    // Taken out of the form, not copied: wiped once bound.
+    let number = zeroize::Zeroizing::new(form.remove("number").unwrap_or_default());
     let c = form_ctx(&web, &headers);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
@@ -2469,7 +2471,7 @@ async fn bind_account(
             crate::ops::BindBody {
                 mid: form.get("mid").cloned(),
                 kind: field("kind"),
-                number: field("number"),
+                number,
                 holder_name: field("holder_name"),
                 bank_code: form.get("bank_code").cloned(),
             },

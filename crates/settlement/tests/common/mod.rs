@@ -23,9 +23,10 @@ impl Sealer for HsmSealer {
     fn seal(&self, clear: &str) -> Result<Vec<u8>, String> {
         self.0.seal(clear.as_bytes()).map_err(|e| e.to_string())
     }
-    fn open(&self, sealed: &[u8]) -> Result<String, String> {
+    fn open(&self, sealed: &[u8]) -> Result<zeroize::Zeroizing<String>, String> {
         let clear = self.0.open(sealed).map_err(|e| e.to_string())?;
-        String::from_utf8(clear.to_vec()).map_err(|e| e.to_string())
+        let text = std::str::from_utf8(&clear).map_err(|e| e.to_string())?;
+        Ok(zeroize::Zeroizing::new(text.to_owned()))
     }
 }
 
