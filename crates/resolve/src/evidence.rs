@@ -63,9 +63,16 @@ pub fn evidence(
         .merchant(&row.mid)?
         .map_or_else(String::new, |m| m.name);
     let bank = bank_info(directory, &row);
+    // The code's own meaning, unless the issuer never gave it (a refusal of shoudan's, a risk
+    // rule's) or it says the wrong thing for this transaction (`explain::failure_of`): then
+    // the explanation's. An issuer's 00 stays "approved" whatever happened after.
+    let reversal_queued = store.reversal(row.id)?.is_some();
+    let own_words =
+        row.sent_at_ms.is_none() || crate::explain::failure_of(&row, reversal_queued).is_some();
     let response_meaning = row.response_code.as_deref().map(|code| {
         let d = explanation
             .diagnosis
+            .filter(|_| own_words)
             .unwrap_or_else(|| domain::diagnosis::diagnose_str(code));
         Both::new(
             format!("{}：{}", d.title.zh, d.meaning.zh),
@@ -151,7 +158,7 @@ impl Evidence {
             (pick("批次号", "Batch"), self.batch_no.clone()),
             (
                 pick("清算日期", "Clearing date"),
-                self.clearing_date.clone(),
+                date_text(&self.clearing_date),
             ),
             (
                 pick("授权码", "Auth code"),
@@ -193,14 +200,14 @@ impl Evidence {
         if let Some(d) = self.explanation.diagnosis {
             out.push_str(&match lang {
                 Lang::Zh => format!(
-                    "诊断：{} {}\n  {}\n",
-                    d.subject.key(),
+                    "诊断：{}{}\n  {}\n",
+                    code_prefix(d),
                     d.title.zh,
                     d.meaning.zh
                 ),
                 Lang::En => format!(
-                    "Diagnosis: {} {}\n  {}\n",
-                    d.subject.key(),
+                    "Diagnosis: {}{}\n  {}\n",
+                    code_prefix(d),
                     d.title.en,
                     d.meaning.en
                 ),
@@ -253,14 +260,35 @@ impl Evidence {
         out.push_str("</ol>\n");
         if let Some(d) = self.explanation.diagnosis {
             out.push_str(&format!(
-                "<h2>{}</h2>\n<p><strong>{} {}</strong></p>\n<p>{}</p>\n",
+                "<h2>{}</h2>\n<p><strong>{}{}</strong></p>\n<p>{}</p>\n",
                 html_escape(advice),
-                html_escape(d.subject.key()),
+                html_escape(&code_prefix(d)),
                 html_escape(d.title.get(lang)),
                 html_escape(d.meaning.get(lang)),
             ));
         }
         out.push_str("</body>\n</html>\n");
         out
+    }
+}
+
+/// A response code before its title ("51 "); nothing for a failure without one (its key is
+/// for programs, not for an issuer's desk).
+fn code_prefix(d: &domain::diagnosis::Diagnosis) -> String {
+    match d.subject {
+        domain::diagnosis::Subject::Code(_) => format!("{} ", d.subject.key()),
+        _ => String::new(),
+    }
+}
+
+/// `20261123` as `2026-11-23`; anything else as it is.
+fn date_text(date: &str) -> String {
+    match (date.get(..4), date.get(4..6), date.get(6..8)) {
+        (Some(y), Some(m), Some(d))
+            if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            format!("{y}-{m}-{d}")
+        }
+        _ => date.to_owned(),
     }
 }

@@ -230,6 +230,22 @@ fn origin(row: &TxnRow) -> Both {
     }
 }
 
+/// The row's code with the title of the entry it is diagnosed by (`failure_of`'s where that
+/// says better what happened than the code's own).
+fn row_code_title(row: &TxnRow, reversal_queued: bool) -> Both {
+    let code = row.response_code.as_deref().unwrap_or("??");
+    match failure_of(row, reversal_queued) {
+        Some(kind) => {
+            let d = diagnosis::diagnose_failure(kind);
+            Both::new(
+                format!("{code}（{}）", d.title.zh),
+                format!("{code} ({})", d.title.en),
+            )
+        }
+        None => code_title(code),
+    }
+}
+
 fn code_title(code: &str) -> Both {
     let d = diagnosis::diagnose_str(code);
     Both::new(
@@ -277,7 +293,7 @@ pub fn explain_txn(
                 ));
             }
             "declined" => {
-                let code = code_title(row.response_code.as_deref().unwrap_or("??"));
+                let code = row_code_title(row, reversal.is_some());
                 let by = if row.sent_at_ms.is_none() {
                     Both::new("收单系统", "shoudan")
                 } else {
@@ -692,29 +708,15 @@ pub fn explain_txn(
         TxnState::TimedOut => Outcome::NoAnswerReversed,
         TxnState::Failed => Outcome::Failed,
     };
-    let summary = summary_text(outcome, &bank, row);
+    let summary = summary_text(outcome, &bank, row, reversal.is_some());
     // A risk rule's decline is diagnosed by the rule: the issuer was never asked.
     let rule = events
         .iter()
         .filter(|e| e.kind == "declined")
         .find_map(|e| rule_of_decline(&e.detail));
-    // Refused by shoudan itself, before anything went to the issuer.
-    let by_host = row.sent_at_ms.is_none();
-    let code = row.response_code.as_deref();
     let by_code = |otherwise: &str| {
-        let code = code.unwrap_or(otherwise);
-        let kind = match (code, row.kind) {
-            ("14", TxnKind::PurchaseVoid | TxnKind::Refund) if by_host => {
-                Some(FailureKind::NotOriginalCard)
-            }
-            ("61", TxnKind::Refund) if by_host => Some(FailureKind::RefundOverOriginal),
-            ("91", _) if by_host => Some(FailureKind::IssuerLinkDown),
-            ("98" | "96" | "68", _) if gives_back(row.kind) => Some(FailureKind::ReturnNoAnswer),
-            ("98" | "68", TxnKind::BalanceInquiry) => Some(FailureKind::InquiryNoAnswer),
-            _ => None,
-        };
-        kind.map_or_else(
-            || diagnosis::diagnose_str(code),
+        failure_of(row, reversal.is_some()).map_or_else(
+            || diagnosis::diagnose_str(row.response_code.as_deref().unwrap_or(otherwise)),
             diagnosis::diagnose_failure,
         )
     };
@@ -749,6 +751,30 @@ pub(crate) fn rule_of_decline(detail: &str) -> Option<FailureKind> {
     FailureKind::from_key(key)
 }
 
+/// The entry a transaction that failed is diagnosed by where its response code alone would
+/// say the wrong thing (the explanation, the evidence package and the declined webhook use
+/// it): a linked request shoudan refused for another card than its original's (14), a refund
+/// over what is left (61), shoudan's own 91 (its line to the issuer down: no answer came), a
+/// void or refund sent and not answered (reversed: the original stands), an inquiry not
+/// answered (nothing moved). `reversal_queued`: the row has a reversal in the queue. `None`:
+/// the code's own entry.
+pub fn failure_of(row: &TxnRow, reversal_queued: bool) -> Option<FailureKind> {
+    let code = row.response_code.as_deref()?;
+    // Refused by shoudan itself, before anything went to the issuer.
+    let by_host = row.sent_at_ms.is_none();
+    match (code, row.kind) {
+        // Only the linked-request check names the original before refusing 14.
+        ("14", _) if by_host && row.original_id.is_some() => Some(FailureKind::NotOriginalCard),
+        ("61", TxnKind::Refund) if by_host => Some(FailureKind::RefundOverOriginal),
+        ("91", _) if row.issuer_answered_at_ms.is_none() => Some(FailureKind::IssuerLinkDown),
+        ("98" | "96" | "68", kind) if gives_back(kind) && !by_host && reversal_queued => {
+            Some(FailureKind::ReturnNoAnswer)
+        }
+        ("98" | "68", TxnKind::BalanceInquiry) if !by_host => Some(FailureKind::InquiryNoAnswer),
+        _ => None,
+    }
+}
+
 /// A void or refund gives money back (or releases a hold): when it fails, its original still
 /// stands.
 fn gives_back(kind: TxnKind) -> bool {
@@ -758,10 +784,9 @@ fn gives_back(kind: TxnKind) -> bool {
     )
 }
 
-fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow) -> Both {
+fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow, reversal_queued: bool) -> Both {
     let amount = yuan(row.amount_fen);
     let refunded = yuan(row.refunded_fen);
-    let code = row.response_code.clone().unwrap_or_default();
     match outcome {
         Outcome::InProgress => Both::new("正在等待发卡行应答", "waiting for the issuer's answer"),
         Outcome::Approved => Both::new(
@@ -793,8 +818,8 @@ fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow) -> Both {
             "pre-authorisation expired: the hold is released, nothing is charged",
         ),
         Outcome::Declined => Both::new(
-            format!("失败：{}", code_title(&code).zh),
-            format!("declined: {}", code_title(&code).en),
+            format!("失败：{}", row_code_title(row, reversal_queued).zh),
+            format!("declined: {}", row_code_title(row, reversal_queued).en),
         ),
         Outcome::ApprovedThenReversed => Both::new(
             format!(
@@ -805,6 +830,20 @@ fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow) -> Both {
                 "approved by {} at first, then reversed: the cardholder is not charged; any \
                  hold or debit is returned by the issuer",
                 bank.en
+            ),
+        ),
+        Outcome::ApprovedReversalPending if gives_back(row.kind) => Both::new(
+            format!(
+                "{}批准了这笔{}，随后被冲正，冲正尚未得到发卡行确认：确认前卡上可能显示这笔退款，确认后会被收回；收单系统会继续重发冲正",
+                bank.zh,
+                kind_text(row.kind).zh
+            ),
+            format!(
+                "{} approved this {}, then it was reversed; the issuer has not acknowledged the \
+                 reversal yet: until it does the card may show the money back, which is taken \
+                 back once it does; shoudan keeps resending the reversal",
+                bank.en,
+                kind_text(row.kind).en
             ),
         ),
         Outcome::ApprovedReversalPending => Both::new(
@@ -865,8 +904,11 @@ fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow) -> Both {
             ),
         ),
         Outcome::Failed => Both::new(
-            format!("交易未完成：{}", code_title(&code).zh),
-            format!("did not complete: {}", code_title(&code).en),
+            format!("交易未完成：{}", row_code_title(row, reversal_queued).zh),
+            format!(
+                "did not complete: {}",
+                row_code_title(row, reversal_queued).en
+            ),
         ),
     }
 }

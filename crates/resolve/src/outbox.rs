@@ -105,9 +105,9 @@ impl Event {
         }
     }
 
-    /// A declined transaction, diagnosed by its code, or by the risk rule that declined it
-    /// (`rule`: the issuer was never asked, so the code's entry would send the cardholder to
-    /// their bank for nothing).
+    /// A declined transaction, diagnosed by its code, or by the entry that says better what
+    /// happened (`rule`: the risk rule that declined it, the issuer never asked, or
+    /// `explain::failure_of`'s), as the transaction's page has it.
     pub fn transaction_declined(txn: &TxnSummary, rule: Option<FailureKind>) -> Event {
         let code = txn.response_code.as_deref().unwrap_or("96");
         let diagnosis = rule.map_or_else(
@@ -841,7 +841,12 @@ impl Tailer {
         let mut out = Vec::new();
         match kind {
             "declined" | "failed" => {
-                let rule = crate::explain::rule_of_decline(detail);
+                // As the explanation diagnoses it: a risk rule's decline, or one whose code
+                // alone would say the wrong thing.
+                let rule = match crate::explain::rule_of_decline(detail) {
+                    Some(rule) => Some(rule),
+                    None => crate::explain::failure_of(row, self.store.reversal(row.id)?.is_some()),
+                };
                 out.push((
                     row.mid.clone(),
                     Event::transaction_declined(&summary(), rule),

@@ -42,7 +42,8 @@ const BANK: &str = "ICBC";
 struct Env {
     h: Harness,
     sim: IssuerSim,
-    _server: ServerHandle,
+    /// Taken to stop the issuer's server (its line down).
+    server: Option<ServerHandle>,
     cards: Vec<DemoCard>,
     t: Terminal,
     stan: u32,
@@ -71,7 +72,7 @@ async fn start() -> Env {
     Env {
         h,
         sim,
-        _server: server,
+        server: Some(server),
         cards,
         t,
         stan: 1,
@@ -509,6 +510,8 @@ fn voids_and_refunds_are_diagnosed_as_giving_money_back() {
             Subject::Failure(FailureKind::NotOriginalCard),
             "{x:#?}"
         );
+        // The summary names the same refusal, not the issuer's "invalid card number".
+        assert!(x.summary.zh.contains("不是原交易的卡"), "{:?}", x.summary);
         assert!(!d.contact_issuer.recommended());
         // A refund of more than the sale: the host's 61, not the card's limit.
         let today = switch::LocalTime::from_ms(now()).mmdd();
@@ -539,6 +542,18 @@ fn voids_and_refunds_are_diagnosed_as_giving_money_back() {
         );
         let text = ev.to_text(Lang::Zh);
         assert!(text.contains("交易类型: 退货"), "{text}");
+        let cleared = ev.clearing_date.clone();
+        assert!(
+            text.contains(&format!(
+                "清算日期: {}-{}-{}",
+                &cleared[..4],
+                &cleared[4..6],
+                &cleared[6..]
+            )),
+            "{text}"
+        );
+        // Shoudan's own refusal has no issuer's code: the package names it, not its key.
+        assert!(!text.contains("refund-over-original"), "{text}");
         assert!(
             !text.contains("对顾客说") && !text.contains("商户操作"),
             "{text}"
@@ -556,7 +571,7 @@ fn voids_and_refunds_are_diagnosed_as_giving_money_back() {
             "{x:#?}"
         );
         assert!(
-            d.customer_message.zh.contains("原来的付款仍然有效"),
+            d.customer_message.zh.contains("原来的交易仍然有效"),
             "{d:?}"
         );
         let no_answer = x.steps.iter().find(|s| s.kind == "no_answer").unwrap();
@@ -2057,5 +2072,53 @@ fn a_refund_answered_96_with_its_reversal_owed_takes_no_second_approval() {
         let done = cases.approve_refund(case.id, "operator-2").await.unwrap();
         assert_eq!(done.state, CaseState::Resolved, "{done:#?}");
         assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 1_000);
+    });
+}
+
+/// Shoudan's own 91 (its line to the issuer down, nothing answered) is diagnosed as such: the
+/// acquirer restores the line, nobody calls the issuer. The issuer's own 91 keeps the code's
+/// entry.
+#[test]
+fn a_line_down_to_the_issuer_is_shoudans_91() {
+    use domain::diagnosis::{FailureKind, Subject};
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(0);
+        e.server.take().unwrap().shutdown().await;
+        e.sim.faults().disconnect_all();
+        let mut down = None;
+        for _ in 0..50 {
+            let (code, rrn, _) = e.purchase(&card, 300).await;
+            if code == "91" {
+                down = Some(rrn);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let rrn = down.expect("never answered 91 with the issuer's server stopped");
+        let store = e.store();
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &rrn, now()).unwrap();
+        let d = x.diagnosis.unwrap();
+        assert_eq!(
+            d.subject,
+            Subject::Failure(FailureKind::IssuerLinkDown),
+            "{x:#?}"
+        );
+        assert!(!d.contact_issuer.recommended());
+        // The declined webhook says the same.
+        let mut tailer = e.tailer();
+        tailer.poll_once().await.unwrap();
+        tailer.poll_once().await.unwrap();
+        let told = store
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+            .unwrap()
+            .into_iter()
+            .find(|o| o.event_type == "transaction.declined" && o.payload.contains(&rrn))
+            .expect("no webhook event for the 91");
+        assert!(
+            told.payload.contains("issuer-link-down"),
+            "{}",
+            told.payload
+        );
     });
 }

@@ -1464,10 +1464,15 @@ impl Core {
                                 )
                             }
                         };
+                        let then = if kind == TxnKind::BalanceInquiry {
+                            "nothing to reverse"
+                        } else {
+                            "reversal queued"
+                        };
                         records.push(self.event(
                             entry.id,
                             "failed",
-                            format!("{answer} at {at}: answered 96, reversal queued ({what})"),
+                            format!("{answer} at {at}: answered 96, {then} ({what})"),
                         ));
                         (
                             Answer::code(RC_SYSTEM_ERROR),

@@ -39,9 +39,14 @@ impl Answer {
     }
 
     /// What the journal says the terminal was told, if it holds an answer (a balance is
-    /// never journalled).
+    /// never journalled). An approval since reversed is told 98, as the process that answered
+    /// it told it when the terminal's reversal had overtaken it: a request resent after its
+    /// own reversal is not told "approved" for money being given back.
     pub fn of_row(row: &TxnRow) -> Option<Self> {
         let code = row.response_code.as_deref()?;
+        if row.state == TxnState::Reversed && code == "00" {
+            return Some(Answer::code(*b"98"));
+        }
         Some(Answer {
             response_code: code.as_bytes().try_into().ok()?,
             auth_code: row.auth_code.clone(),

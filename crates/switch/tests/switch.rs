@@ -1296,7 +1296,7 @@ fn a_stronger_sign_in_does_not_raise_the_floor_for_the_terminals_own() {
 fn a_reversal_of_a_request_still_at_the_issuer_waits_for_its_answer() {
     use tokio::io::AsyncWriteExt;
     runtime().block_on(async {
-        let h = Harness::new().await;
+        let mut h = Harness::new().await;
         h.log.answer_reversals.store(true, Ordering::SeqCst);
         let mut t = h.terminal().await;
         t.sign_in().await;
@@ -1343,6 +1343,14 @@ fn a_reversal_of_a_request_still_at_the_issuer_waits_for_its_answer() {
              reversal",
             read_at[0] - sent_ms
         );
+        // After a restart the journal's 00 is not what a resend of the purchase is told
+        // either: it is reversed.
+        drop(t);
+        h.stop().await;
+        h.start().await;
+        let mut again = h.terminal().await;
+        again.sign_in().await;
+        assert_eq!(again.send(&purchase).await.code(), "98");
     });
 }
 

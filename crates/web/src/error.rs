@@ -51,6 +51,7 @@ impl ApiError {
             "unauthorized",
             "sign in or send a bearer token",
         )
+        .zh("请先登录（接口调用请提供访问令牌）")
     }
 
     pub fn forbidden(what: &str) -> ApiError {
@@ -59,14 +60,28 @@ impl ApiError {
             "forbidden",
             format!("your role may not {what}"),
         )
+        .zh("您的角色无权执行此操作")
     }
 
     pub fn not_found(what: &str) -> ApiError {
+        let noun = match what {
+            "transaction" => "交易",
+            "case" => "工单",
+            "merchant" => "商户",
+            "terminal" => "终端",
+            "account change" => "账户变更申请",
+            "risk alert" => "风险预警",
+            "user" => "用户",
+            "evidence" => "证据包",
+            "evidence (the transaction has no RRN)" => "证据包（这笔交易没有参考号）",
+            _ => "记录",
+        };
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("{what} not found"),
         )
+        .zh(format!("找不到该{noun}，或您无权查看"))
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -79,10 +94,12 @@ impl ApiError {
             "csrf",
             "the form's anti-forgery token is missing or wrong; reload the page",
         )
+        .zh("页面已过期：请返回上一页，刷新后再提交")
     }
 
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            .zh("系统暂时无法完成此操作，请稍后重试；如持续出现，请联系收单机构")
     }
 }
 
@@ -111,7 +128,8 @@ impl From<StoreError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "busy",
                 "the journal is busy; retry shortly",
-            ),
+            )
+            .zh("系统繁忙，请稍后重试"),
             // The engine's own words (table, column and constraint names; on PostgreSQL the
             // server's message) stay in the log.
             StoreError::Constraint { .. } => {
@@ -121,6 +139,7 @@ impl From<StoreError> for ApiError {
                     "conflict",
                     "this conflicts with what was recorded meanwhile: reload and try again",
                 )
+                .zh("数据刚被他人修改，请刷新后重试")
             }
             other => {
                 tracing::warn!(error = %other, "journal error answered as internal");

@@ -46,11 +46,14 @@ impl From<BindError> for ApiError {
             BindError::UnknownMerchant(_) => ApiError::not_found("merchant"),
             BindError::NotPending(_) | BindError::Superseded(_) => {
                 ApiError::new(StatusCode::CONFLICT, "illegal_transition", message)
+                    .zh("这条变更已处理，或已被新的申请取代，请刷新后再看")
             }
             BindError::ChangedMeanwhile => {
                 ApiError::new(StatusCode::CONFLICT, "changed_meanwhile", message)
+                    .zh("结算账户刚被更新，请刷新后重试")
             }
-            BindError::SameUser(_) => ApiError::new(StatusCode::FORBIDDEN, "same_user", message),
+            BindError::SameUser(_) => ApiError::new(StatusCode::FORBIDDEN, "same_user", message)
+                .zh("提交变更的人不能自己复核，须由另一位运营人员复核"),
             BindError::Seal(_) => {
                 tracing::warn!(%message, "sealing an account number failed");
                 ApiError::internal("the security module could not seal the account number")
@@ -103,11 +106,27 @@ impl From<risk::ops::OpsError> for ApiError {
             E::Store(e) => e.into(),
             E::NoSuchMerchant { .. } => ApiError::not_found("merchant"),
             E::NoSuchAlert { .. } => ApiError::not_found("risk alert"),
-            E::Transition(_) | E::AlertClosed { .. } => {
+            E::Transition(_) => ApiError::new(StatusCode::CONFLICT, "illegal_transition", message)
+                .zh("该商户当前的状态不允许这一操作，请刷新后再看"),
+            E::AlertClosed { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "illegal_transition", message)
+                    .zh("该预警已被处理，请刷新后再看")
             }
-            E::Changed { .. } => ApiError::new(StatusCode::CONFLICT, "changed_meanwhile", message),
-            E::Qualification(_) | E::Operator => ApiError::bad_request(message),
+            E::Changed { .. } => ApiError::new(StatusCode::CONFLICT, "changed_meanwhile", message)
+                .zh("该商户刚被他人审核，请刷新后再看"),
+            E::Qualification(q) => {
+                let zh = match q {
+                    risk::QualificationError::LicenceNo => {
+                        "营业执照号应为 18 位统一社会信用代码（数字或大写字母）".to_owned()
+                    }
+                    risk::QualificationError::Mcc => "商户类别码（MCC）应为 4 位数字".to_owned(),
+                    risk::QualificationError::Field { field } => {
+                        format!("资料项 {field} 为空或过长")
+                    }
+                };
+                ApiError::bad_request(message).zh(zh)
+            }
+            E::Operator => ApiError::bad_request(message).zh("操作人为空，或操作人、备注过长"),
         }
     }
 }

@@ -315,10 +315,12 @@ async fn login_form(
     Query(params): Query<Params>,
 ) -> Response {
     let c = ctx(&web, &headers, &params);
-    login_page(&c, None)
+    login_page(&c, None, "")
 }
 
-fn login_page(c: &Ctx, failed: Option<&str>) -> Response {
+/// The sign-in form, with why the last try failed and the username it gave (kept, so only the
+/// password is typed again).
+fn login_page(c: &Ctx, failed: Option<&str>, username: &str) -> Response {
     let l = c.lang;
     let Ok(csrf) = auth::random_token() else {
         return error_page(c, None, &ApiError::internal("randomness"));
@@ -329,11 +331,12 @@ fn login_page(c: &Ctx, failed: Option<&str>) -> Response {
     let body = format!(
         "<h1>{}</h1>{failed}<form method=\"post\" action=\"/login\" class=\"card\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-         <p><label>{} <input id=\"username\" name=\"username\" autocomplete=\"username\"></label></p>\
+         <p><label>{} <input id=\"username\" name=\"username\" autocomplete=\"username\" value=\"{}\"></label></p>\
          <p><label>{} <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\"></label></p>\
          <p><button id=\"login\">{}</button></p></form>",
         t(l, "登录", "Sign in"),
         t(l, "用户名", "Username"),
+        esc(username),
         t(l, "密码", "Password"),
         t(l, "登录", "Sign in"),
     );
@@ -368,17 +371,32 @@ async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Para
     let c = form_ctx(&web, &headers);
     let sent = form.get("csrf").map(String::as_str).unwrap_or_default();
     let expected = auth::cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
-    if sent.is_empty() || auth::token_digest(sent) != auth::token_digest(expected) {
-        return error_page(&c, None, &ApiError::csrf());
-    }
     let username = form.get("username").map(String::as_str).unwrap_or_default();
+    // A sign-in page that had expired (opened in another tab, say): a fresh one, not a dead
+    // end that a reload only sends again.
+    if sent.is_empty() || auth::token_digest(sent) != auth::token_digest(expected) {
+        return login_page(
+            &c,
+            Some(t(
+                c.lang,
+                "登录页面已过期，请重新输入密码后登录。",
+                "The sign-in page had expired: enter your password again.",
+            )),
+            username,
+        );
+    }
     let password = form.get("password").map(String::as_str).unwrap_or_default();
     let user = match auth::authenticate(&web, username, password).await {
         Ok(auth::SignIn::Accepted(user)) => user,
         Ok(auth::SignIn::Refused) => {
             return login_page(
                 &c,
-                Some(t(c.lang, "用户名或密码错误", "Wrong username or password")),
+                Some(t(
+                    c.lang,
+                    "用户名或密码不正确",
+                    "Wrong username or password",
+                )),
+                username,
             );
         }
         Ok(auth::SignIn::Locked { minutes }) => {
@@ -393,7 +411,7 @@ async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Para
                     auth::LOGIN_FAILURES_MAX
                 ),
             };
-            return login_page(&c, Some(&message));
+            return login_page(&c, Some(&message), username);
         }
         Err(e) => return error_page(&c, None, &e),
     };
@@ -2055,23 +2073,59 @@ async fn console(
         refused.sort_by_key(|item| std::cmp::Reverse(item.txn_id));
         refused.truncate(REFUSED_REVERSALS_SHOWN);
         body.push_str(&format!(
-            "<h2>{} ({count})</h2><table id=\"refused-reversals\">",
+            "<h2>{} ({count})</h2><table id=\"refused-reversals\"><tr><th>{}</th><th>{}</th>\
+             <th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
             t(l, "发卡行拒绝的冲正", "Reversals refused by issuers"),
+            t(l, "参考号", "RRN"),
+            t(l, "商户号", "Merchant"),
+            t(l, "金额", "Amount"),
+            t(l, "发卡行", "Issuer"),
+            t(l, "拒绝时间", "Refused at"),
+            t(l, "原因", "Why"),
         ));
         for item in &refused {
-            let why = web
+            // The refusal as the switch recorded it ("reversal refused by X at T: 12"): its
+            // time and the issuer's code, worded in the page's language.
+            let done = web
                 .store
                 .events(item.txn_id)?
                 .into_iter()
                 .rev()
-                .find(|e| e.kind == "reversal_done")
-                .map(|e| e.detail)
-                .unwrap_or_default();
+                .find(|e| e.kind == "reversal_done");
+            let code = done
+                .as_ref()
+                .and_then(|e| e.detail.rsplit_once(": "))
+                .map(|(_, code)| code.trim().to_owned())
+                .filter(|code| code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphanumeric()));
+            let why = match &code {
+                Some(code) => format!(
+                    "{code}（{}）{}",
+                    diagnosis::diagnose_str(code).title.get(l),
+                    t(
+                        l,
+                        "：请与发卡行核实持卡人是否仍被扣款",
+                        ": ask the issuer whether the cardholder is still charged"
+                    )
+                ),
+                None => t(
+                    l,
+                    "请与发卡行核实持卡人是否仍被扣款",
+                    "ask the issuer whether the cardholder is still charged",
+                )
+                .to_owned(),
+            };
+            let row = web.store.txn(item.txn_id)?;
             body.push_str(&format!(
-                "<tr><td><a href=\"/portal/transactions/{}\">{}</a></td><td>{}</td><td>{}</td></tr>",
+                "<tr><td><a href=\"/portal/transactions/{}\">{}</a></td><td>{}</td><td>{}</td>\
+                 <td>{}</td><td>{}</td><td>{}</td></tr>",
                 item.txn_id,
-                item.txn_id,
+                esc(row.as_ref().and_then(|r| r.rrn.as_deref()).unwrap_or("-")),
+                esc(row.as_ref().map_or("-", |r| r.mid.as_str())),
+                row.as_ref()
+                    .map_or_else(|| "-".to_owned(), |r| domain::money::yuan(r.amount_fen)),
                 esc(&item.issuer),
+                done.as_ref()
+                    .map_or_else(|| "-".to_owned(), |e| esc(&format_time(e.at_ms))),
                 esc(&why)
             ));
         }
@@ -2193,7 +2247,7 @@ fn settlement_body(
         t(l, "笔数", "Lines"),
         t(l, "交易额", "Gross"),
         t(l, "手续费", "Fees"),
-        t(l, "应结", "Net"),
+        t(l, "应结金额", "Net"),
     );
     for item in jget(&totals, "items").as_array().into_iter().flatten() {
         let fen = |k: &str| jget(item, k).as_i64().unwrap_or(0);
@@ -2204,9 +2258,9 @@ fn settlement_body(
             )),
             esc(jget(item, "mid").as_str().unwrap_or("")),
             jget(item, "lines").as_u64().unwrap_or(0),
-            yuan(fen("gross_fen")),
-            yuan(fen("fee_fen")),
-            yuan(fen("net_fen")),
+            domain::money::yuan(fen("gross_fen")),
+            domain::money::yuan(fen("fee_fen")),
+            domain::money::yuan(fen("net_fen")),
         ));
     }
     body.push_str(&format!(

@@ -1153,7 +1153,8 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
         // Not signed in: pages redirect to the sign-in page.
         let r = request(e.http, "GET", "/portal", &[], "").await;
         assert_eq!((r.status, r.header("location")), (303, Some("/login")));
-        // A login post without the CSRF cookie is refused.
+        // A login post without the CSRF cookie is refused: the sign-in form again, with a
+        // fresh token, the username kept and the password not.
         let r = request(
             e.http,
             "POST",
@@ -1162,7 +1163,15 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
             "csrf=abc&username=teahouse&password=demo-pass-1",
         )
         .await;
-        assert_eq!(r.status, 403, "{}", r.body);
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert!(r.body.contains("登录页面已过期"), "{}", r.body);
+        assert!(r.body.contains("value=\"teahouse\""), "{}", r.body);
+        assert!(!r.body.contains("demo-pass-1"), "{}", r.body);
+        assert!(
+            r.header("set-cookie").is_some_and(|c| c.contains("csrf")),
+            "{:?}",
+            r.body
+        );
 
         let tea = PageSession::login(e.http, "teahouse").await;
         let dash = tea.get("/portal").await;
@@ -1326,9 +1335,13 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
             .split("id=\"refused-reversals\"")
             .nth(1)
             .unwrap();
+        // In the console's language: the issuer's code with its title, what to do, when.
+        let twelve = domain::diagnosis::diagnose_str("12").title.zh;
         assert!(
-            refused.contains("reversal refused by ICBC at 10:00:00: 12")
-                && refused.contains(&format!("/portal/transactions/{id}\"")),
+            refused.contains(&format!("12（{twelve}）：请与发卡行核实持卡人是否仍被扣款"))
+                && refused.contains(&format!("/portal/transactions/{id}\""))
+                && refused.contains("ICBC")
+                && !refused.contains("reversal refused by"),
             "{}",
             console.body
         );
@@ -3777,6 +3790,29 @@ fn the_console_says_when_it_lists_only_the_newest_alerts() {
             .matches("class=\"resolve-alert\"")
             .count();
         assert_eq!(listed, 50);
+    });
+}
+
+/// An error page in Chinese says what went wrong in Chinese, not in the API's English.
+#[test]
+fn error_pages_say_what_went_wrong_in_chinese() {
+    run(async move {
+        let e = start().await;
+        let tea = PageSession::login(e.http, "teahouse").await;
+        let missing = tea.get("/portal/transactions/987654321").await;
+        assert_eq!(missing.status, 404, "{}", missing.body);
+        assert!(
+            missing.body.contains("找不到该交易，或您无权查看"),
+            "{}",
+            missing.body
+        );
+        assert!(
+            !missing.body.contains("transaction not found"),
+            "{}",
+            missing.body
+        );
+        let en = tea.get("/portal/transactions/987654321?lang=en").await;
+        assert!(en.body.contains("transaction not found"), "{}", en.body);
     });
 }
 

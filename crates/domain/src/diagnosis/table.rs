@@ -2287,9 +2287,9 @@ pub static TABLE: &[Diagnosis] = &[
             "Only if one bank keeps timing out; the acquirer usually follows up.",
         ),
         customer_message: t(
-            "这笔退款没有完成，您原来的付款仍然有效。系统确认后我们会为您重新办理。",
-            "This refund did not go through and your original payment still stands. Once the \
-             system confirms, we will do it again for you.",
+            "这笔撤销（退款）没有完成，原来的交易仍然有效。系统确认后我们会为您重新办理。",
+            "This void (refund) did not go through and the original transaction still stands. \
+             Once the system confirms, we will do it again for you.",
         ),
         merchant_steps: &[
             t(
@@ -2300,7 +2300,7 @@ pub static TABLE: &[Diagnosis] = &[
             ),
             t(
                 "当天未能撤销的消费，次日起只能做退货。",
-                "A sale not voided today can only be refunded from tomorrow.",
+                "From tomorrow, a sale not voided today can only be refunded.",
             ),
         ],
     },
