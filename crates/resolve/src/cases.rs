@@ -261,6 +261,9 @@ pub struct Case {
     pub refund_txn_id: Option<i64>,
     pub refund_rrn: Option<String>,
     pub refund_code: Option<String>,
+    /// The last refund attempt may have been made at the issuer and is being reversed (its
+    /// outcome not known yet): another approval is refused until it is.
+    pub refund_in_doubt: bool,
     pub resolution: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -520,6 +523,7 @@ impl CaseService {
                 value: value.to_owned(),
             })
         };
+        let refund_in_doubt = row.refund_code.is_some() && self.refund_in_doubt(&row)?;
         Ok(Case {
             id: row.id,
             kind: CaseKind::parse(&row.kind).ok_or_else(|| corrupt("case kind", &row.kind))?,
@@ -534,6 +538,7 @@ impl CaseService {
             refund_txn_id: row.refund_txn_id,
             refund_rrn: row.refund_rrn,
             refund_code: row.refund_code,
+            refund_in_doubt,
             resolution: row.resolution,
             created_at_ms: row.created_at_ms,
             updated_at_ms: row.updated_at_ms,
@@ -806,14 +811,20 @@ impl CaseService {
         updated.refund_rrn = result.rrn.clone();
         updated.refund_code = Some(result.response_code.clone());
         let rrn_text = result.rrn.as_deref().unwrap_or("-");
+        let amount = yuan(asked_fen);
+        // Written in both languages, Chinese first, as the merchant reads it on the case.
         let text = if result.approved() {
             let resolution = format!(
-                "refund of {} approved by {operator} and executed: RRN {rrn_text}",
-                yuan(asked_fen)
+                "退货 {amount} 已由 {operator} 批准并执行成功，参考号 {rrn_text} / refund of \
+                 {amount} approved by {operator} and executed: RRN {rrn_text}"
             );
             if state.is_closed() {
+                let zh = match state {
+                    CaseState::Rejected => "已拒绝",
+                    _ => "已解决",
+                };
                 format!(
-                    "[{} after the case was closed] {resolution}",
+                    "[{zh}，工单结束后执行 / {} after the case was closed] {resolution}",
                     state.as_str()
                 )
             } else {
@@ -822,17 +833,27 @@ impl CaseService {
                 format!("[{} → resolved] {resolution}", state.as_str())
             }
         } else {
-            let d = domain::diagnosis::diagnose_str(&result.response_code);
-            if result.response_code == "98" && !state.is_closed() {
+            let code = &result.response_code;
+            let d = domain::diagnosis::diagnose_str(code);
+            if code == "98" && !state.is_closed() {
                 updated.state = CaseState::WaitingIssuer.as_str().to_owned();
             }
-            format!(
-                "refund of {} approved by {operator} but not executed: {} {} ({})",
-                yuan(asked_fen),
-                result.response_code,
-                d.title.en,
-                d.meaning.en
-            )
+            if code == "98" {
+                // No answer: the issuer may have made it, and the refund is being reversed.
+                format!(
+                    "退货 {amount} 已由 {operator} 批准，结果未明（98 {}）：正在向发卡行冲正，\
+                     冲正确认前请勿再次批准 / refund of {amount} approved by {operator}: outcome \
+                     unknown (98 {}); it is being reversed at the issuer, do not approve again \
+                     until that is confirmed",
+                    d.title.zh, d.title.en
+                )
+            } else {
+                format!(
+                    "退货 {amount} 已由 {operator} 批准，但未成功：{code} {}（{}） / refund of \
+                     {amount} approved by {operator} but not executed: {code} {} ({})",
+                    d.title.zh, d.meaning.zh, d.title.en, d.meaning.en
+                )
+            }
         };
         self.commit(updated, version, operator, &text, Vec::new())
             .await

@@ -857,6 +857,11 @@ fn back_office_refund_is_reversed_on_timeout_and_never_doubled() {
         let waiting = cases.approve_refund(case.id, "operator-1").await.unwrap();
         assert_eq!(waiting.refund_code.as_deref(), Some("98"));
         assert_eq!(waiting.state, CaseState::WaitingIssuer);
+        // The timeline says the outcome is not known yet, in both languages.
+        let said = &waiting.entries.last().unwrap().text;
+        assert!(said.contains("结果未明（98"), "{said}");
+        assert!(said.contains("outcome unknown (98"), "{said}");
+        assert!(waiting.refund_in_doubt, "{waiting:#?}");
         let refund_rrn = waiting.refund_rrn.clone().unwrap();
         // Until its reversal is acknowledged the first attempt may stand: no second one.
         assert!(matches!(
@@ -865,6 +870,8 @@ fn back_office_refund_is_reversed_on_timeout_and_never_doubled() {
         ));
         assert!(e.reversal_acked(&refund_rrn).await);
         assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 0);
+        // Reversed and acknowledged: no longer in doubt.
+        assert!(!cases.get(case.id).unwrap().refund_in_doubt);
         // Approved again (a new attempt, a new key): executed once, case resolved.
         let done = cases.approve_refund(case.id, "operator-1").await.unwrap();
         assert_eq!(done.state, CaseState::Resolved, "{done:#?}");
@@ -1875,9 +1882,10 @@ fn a_refund_that_ran_while_its_case_was_rejected_leaves_the_rejection_standing()
         assert_eq!(done.refund_code.as_deref(), Some("00"));
         let last = &done.entries.last().unwrap().text;
         assert!(
-            last.starts_with("[rejected after the case was closed]"),
+            last.starts_with("[已拒绝，工单结束后执行 / rejected after the case was closed]"),
             "{last}"
         );
+        assert!(last.contains("已由 operator-"), "{last}");
         assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 1_000);
     });
 }

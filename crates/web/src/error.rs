@@ -210,24 +210,24 @@ fn case_error_zh(error: &CaseError) -> Option<String> {
         ),
         CaseError::NotFound => "找不到这个工单".to_owned(),
         CaseError::Conflict => "工单刚被他人更新，请刷新后重试".to_owned(),
-        CaseError::NotRefundApplication => "只有退款申请工单可以批准退款".to_owned(),
-        CaseError::AlreadyRefunded => "这笔退款已经执行过".to_owned(),
+        CaseError::NotRefundApplication => "只有退货申请工单可以批准退货".to_owned(),
+        CaseError::AlreadyRefunded => "这笔退货已经执行过".to_owned(),
         CaseError::RefundInDoubt => {
-            "上一次退款可能已在发卡行成功（没有应答，或应答无法读取、无法记录），正在冲正；\
-             冲正确认后再批准。若发卡行拒绝了冲正，那次退款有效：再次退款前请先向发卡行核实"
+            "上一次退货可能已在发卡行成功（没有应答，或应答无法读取、无法记录），正在冲正；\
+             冲正确认后再批准。若发卡行拒绝了冲正，那次退货有效：再次退货前请先向发卡行核实"
                 .to_owned()
         }
         CaseError::ExceedsRemaining {
             asked_fen,
             left_fen,
         } => format!(
-            "退款金额 {} 元超过可退金额 {} 元",
+            "退货金额 {} 元超过可退金额 {} 元",
             yuan(*asked_fen),
             yuan(*left_fen)
         ),
-        CaseError::BadAmount => "退款金额须大于零".to_owned(),
-        CaseError::NotRefundable => "只有成功的消费或预授权完成可以退款".to_owned(),
-        CaseError::SameUser => "退款申请的发起人不能自己批准，须由另一位运营人员批准".to_owned(),
+        CaseError::BadAmount => "退货金额须大于零".to_owned(),
+        CaseError::NotRefundable => "只有成功的消费或预授权完成可以退货".to_owned(),
+        CaseError::SameUser => "退货申请的发起人不能自己批准，须由另一位运营人员批准".to_owned(),
         CaseError::NoSuchTransaction(_)
         | CaseError::Refund(_)
         | CaseError::Store(_)

@@ -250,10 +250,10 @@ fn error_title(l: Lang, code: &str) -> &'static str {
         ),
         "exceeds_remaining" => t(l, "超过可退金额", "More than is left to refund"),
         "already_refunded" => t(l, "已经退过款", "Already refunded"),
-        "refund_failed" => t(l, "退款未成功", "The refund did not go through"),
+        "refund_failed" => t(l, "退货未成功", "The refund did not go through"),
         "refund_in_doubt" => t(
             l,
-            "上次退款结果未明，待冲正确认后再批准",
+            "上次退货结果未明，待冲正确认后再批准",
             "The last refund's outcome is not known yet: approve again once its reversal is acknowledged",
         ),
         "same_user" => t(l, "需由另一位人员处理", "Someone else must do this"),
@@ -550,13 +550,28 @@ fn refund_text(l: Lang, case: &Case) -> Option<String> {
     let amount = case.refund_fen.map(yuan).unwrap_or_default();
     Some(match case.refund_code.as_deref() {
         Some("00") => format!(
-            "{} ¥{amount} (RRN {})",
-            t(l, "退款已完成", "Refund done"),
+            "{} ¥{amount} ({} {})",
+            t(l, "退货已完成", "Refund done"),
+            t(l, "参考号", "RRN"),
             esc(case.refund_rrn.as_deref().unwrap_or("-"))
+        ),
+        // The attempt may stand at the issuer: it is being reversed, and nothing is to be
+        // applied for or approved again until that is known.
+        Some(code) if case.refund_in_doubt => format!(
+            "{} ({} {}){}",
+            t(l, "退货结果未明", "Refund outcome not known"),
+            esc(code),
+            esc(diagnosis::diagnose_str(code).title.get(l)),
+            t(
+                l,
+                "：正在向发卡行冲正，确认前请勿重复申请或批准",
+                ": being reversed at the issuer; do not apply or approve again until that is \
+                 confirmed"
+            )
         ),
         Some(code) => format!(
             "{} ({}) — {}",
-            t(l, "退款未成功", "Refund not done"),
+            t(l, "退货未成功", "Refund not done"),
             esc(code),
             esc(diagnosis::diagnose_str(code).title.get(l))
         ),
@@ -565,7 +580,7 @@ fn refund_text(l: Lang, case: &Case) -> Option<String> {
             "{} ¥{amount}",
             t(
                 l,
-                "未退款（申请已结束）",
+                "未退货（申请已结束）",
                 "No refund (the application is closed)"
             )
         ),
@@ -900,7 +915,7 @@ fn transactions_body(
          {} <input name=\"to\" id=\"to\" type=\"date\" value=\"{}\"> \
          {} <input name=\"amount\" id=\"amount\" size=\"8\" value=\"{}\"> \
          {} <input name=\"last4\" id=\"last4\" size=\"4\" maxlength=\"4\" value=\"{}\"> \
-         RRN <input name=\"rrn\" id=\"rrn\" size=\"12\" value=\"{}\"> \
+         {} <input name=\"rrn\" id=\"rrn\" size=\"12\" value=\"{}\"> \
          {} <input name=\"tid\" id=\"tid\" size=\"8\" value=\"{}\"> \
          {} <input name=\"stan\" id=\"stan\" size=\"6\" maxlength=\"6\" value=\"{}\"> \
          {} <input name=\"auth_code\" id=\"auth-code\" size=\"6\" maxlength=\"6\" value=\"{}\"> \
@@ -915,6 +930,7 @@ fn transactions_body(
         field(&q.amount),
         t(l, "卡号后四位", "Card last 4"),
         field(&q.last4),
+        t(l, "参考号", "RRN"),
         field(&q.rrn),
         t(l, "终端", "Terminal"),
         field(&q.tid),
@@ -1062,7 +1078,7 @@ fn transaction_body(
     let s = &x.txn;
     let mut body = format!(
         "<h1>{} {}</h1><div class=\"card\" id=\"summary\"><b>{}</b><br>\
-         {}: {} · {}: {} · {}: {} · RRN {} · {}: {}</div>",
+         {}: {} · {}: {} · {}: {} · {}: {} · {}: {}</div>",
         t(l, "交易", "Transaction"),
         esc(&s.amount),
         esc(x.summary.get(l)),
@@ -1072,6 +1088,7 @@ fn transaction_body(
         esc(s.masked_pan.as_deref().unwrap_or("-")),
         t(l, "终端", "Terminal"),
         esc(&s.tid),
+        t(l, "参考号", "RRN"),
         esc(s.rrn.as_deref().unwrap_or("-")),
         t(l, "应答码", "Response code"),
         esc(s.response_code.as_deref().unwrap_or("-")),
@@ -1431,7 +1448,7 @@ fn case_table(l: Lang, list: &[Case], id: &str, approve_csrf: Option<&str>, now_
         t(l, "商户", "Merchant"),
         t(l, "标题", "Title"),
         t(l, "状态", "State"),
-        t(l, "退款", "Refund"),
+        t(l, "退货", "Refund"),
         t(l, "开立", "Opened"),
         t(l, "到期", "Due"),
         t(l, "处理人", "Assignee"),
@@ -1450,7 +1467,7 @@ fn case_table(l: Lang, list: &[Case], id: &str, approve_csrf: Option<&str>, now_
                 k.id,
                 esc(csrf),
                 k.id,
-                t(l, "批准退款", "Approve refund")
+                t(l, "批准退货", "Approve refund")
             )
         });
         let days_open = (now_ms - k.created_at_ms).max(0) / query::MS_PER_DAY;
@@ -1578,7 +1595,7 @@ fn case_body(
         if let Some(refund) = refund_text(l, &k) {
             body.push_str(&format!(
                 "<br>{}: <b id=\"refund-status\">{refund}</b>",
-                t(l, "退款", "Refund")
+                t(l, "退货", "Refund")
             ));
         }
         if who.is_staff() {
@@ -1714,7 +1731,7 @@ fn case_body(
                 "<form method=\"post\" action=\"/console/cases/{id}/approve-refund\" class=\"card\">\
                  <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
                  <button class=\"approve\" id=\"approve-{id}\">{}</button></form>",
-                t(l, "批准退款", "Approve refund")
+                t(l, "批准退货", "Approve refund")
             ));
         }
         Ok((t(l, "工单", "Case").to_owned(), body))
@@ -1898,7 +1915,7 @@ async fn console(
         let mut body = format!(
             "<h1>{}</h1><h2>{} ({})</h2>{}<h2>{} ({})</h2>{}",
             t(l, "运营台", "Operator console"),
-            t(l, "待批退款", "Refund approvals"),
+            t(l, "待批退货", "Refund approvals"),
             refunds.len(),
             case_table(l, &refunds, "refund-queue", who.csrf.as_deref(), now_ms),
             t(l, "工单队列", "Case queue"),
@@ -1958,6 +1975,15 @@ async fn console(
             } else {
                 String::new()
             },
+        ));
+        body.push_str(&format!(
+            "<tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+            t(l, "时间", "Raised"),
+            t(l, "规则", "Rule"),
+            t(l, "商户号", "Merchant"),
+            t(l, "终端号", "Terminal"),
+            t(l, "详情", "What was seen"),
+            t(l, "处理", "Action"),
         ));
         // Each alert is cleared (a false alarm) or acted on: its terminal or its merchant
         // suspended (`risk::ops::resolve_alert`), with a note for the record.
@@ -2047,9 +2073,15 @@ async fn console(
         }
         failed.sort_by(|a, b| (&b.payout_date, &b.mid).cmp(&(&a.payout_date, &a.mid)));
         body.push_str(&format!(
-            "<h2>{} ({})</h2><table id=\"payout-failures\">",
+            "<h2>{} ({})</h2><table id=\"payout-failures\"><tr><th>{}</th><th>{}</th>\
+             <th>{}</th><th>{}</th><th>{}</th></tr>",
             t(l, "出款失败", "Payout failures"),
-            failed.len()
+            failed.len(),
+            t(l, "商户号", "Merchant"),
+            t(l, "出款日", "Payout day"),
+            t(l, "金额", "Amount"),
+            t(l, "状态", "State"),
+            t(l, "失败原因", "Failure"),
         ));
         for p in &failed {
             // To the merchant's settlement page: its account, its payouts, the re-binding.

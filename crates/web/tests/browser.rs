@@ -385,7 +385,7 @@ async fn scenario(driver_path: PathBuf) {
         b.click("#refund-queue button.approve").await;
         b.wait_url("/portal/cases/").await;
         let done = b.text("#refund-status").await;
-        assert!(done.contains("退款已完成"), "{done}");
+        assert!(done.contains("退货已完成"), "{done}");
 
         // The operator opens the inquiry; another operator moves it meanwhile. The move made
         // from the page as it was is refused, not made over the other's; after a reload it
@@ -450,7 +450,7 @@ async fn scenario(driver_path: PathBuf) {
             .to_owned();
         b.go(&path).await;
         assert_eq!(b.text("#case-state").await, "已解决");
-        assert!(b.text("#refund-status").await.contains("退款已完成 ¥20.00"));
+        assert!(b.text("#refund-status").await.contains("退货已完成 ¥20.00"));
         b.screenshot("10-refund-done").await;
         b.logout().await;
 
