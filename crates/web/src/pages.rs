@@ -1062,17 +1062,37 @@ async fn transaction(
         Ok(who) => who,
         Err(r) => return r,
     };
-    let result = transaction_body(&web, &c, &who, id);
+    let result = transaction_body(&web, &c, &who, id, None);
     respond(&c, &who, result)
 }
 
+/// The transaction's page; `refused`: a case form on it was refused (why, and what was
+/// typed, shown again in the form it was typed into).
 fn transaction_body(
     web: &Web,
     c: &Ctx,
     who: &Principal,
     id: i64,
+    refused: Option<(&ApiError, &Params)>,
 ) -> Result<(String, String), ApiError> {
     let l = c.lang;
+    // For the form of `kind` when it was the one refused: the error, and a field as typed
+    // (card numbers masked: a page never shows one whole).
+    let refused_as =
+        |kind: &str| refused.filter(|(_, form)| form.get("kind").map(String::as_str) == Some(kind));
+    let why = |kind: &str, id: &str| {
+        refused_as(kind).map_or_else(String::new, |(error, _)| {
+            format!(
+                "<div class=\"err\" id=\"{id}\">{}</div>",
+                esc(error.detail(l))
+            )
+        })
+    };
+    let typed = |kind: &str, field: &str| {
+        refused_as(kind)
+            .and_then(|(_, form)| form.get(field))
+            .map_or_else(String::new, |v| esc(&domain::mask_card_numbers(v)))
+    };
     let row = query::visible_txn(web, who, id)?;
     let x = resolve::explain_txn(web.store.as_ref(), &web.directory, &row, web.clock.now_ms())?;
     let s = &x.txn;
@@ -1221,11 +1241,13 @@ fn transaction_body(
         row.response_code.as_deref() == Some("91") && row.issuer_answered_at_ms.is_none();
     if row.sent_at_ms.is_some() && !link_refused {
         body.push_str(&format!(
-            "<form method=\"post\" action=\"/portal/transactions/{id}/cases\" class=\"card\">\
+            "<form method=\"post\" action=\"/portal/transactions/{id}/cases\" class=\"card\">{}\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"kind\" value=\"issuer_inquiry\">\
-             <b>{}</b><br><textarea name=\"text\" id=\"inquiry-text\" rows=\"2\" cols=\"60\"></textarea><br>\
+             <b>{}</b><br><textarea name=\"text\" id=\"inquiry-text\" rows=\"2\" cols=\"60\">{}</textarea><br>\
              <button id=\"inquiry\">{}</button></form>",
+            why("issuer_inquiry", "inquiry-error"),
             t(l, "向发卡行查询", "Ask the issuer"),
+            typed("issuer_inquiry", "text"),
             t(l, "发起发卡行查询", "Open issuer inquiry"),
         ));
     }
@@ -1234,14 +1256,19 @@ fn transaction_body(
         && row.amount_fen > row.refunded_fen;
     if refundable {
         body.push_str(&format!(
-            "<form method=\"post\" action=\"/portal/transactions/{id}/cases\" class=\"card\">\
+            "<form method=\"post\" action=\"/portal/transactions/{id}/cases\" class=\"card\">{}\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"kind\" value=\"refund_application\">\
              <b>{}</b><br>{} <input name=\"amount\" id=\"refund-amount\" value=\"{}\" size=\"8\"> \
-             {} <input name=\"text\" id=\"refund-text\" size=\"40\"> <button id=\"refund\">{}</button></form>",
+             {} <input name=\"text\" id=\"refund-text\" size=\"40\" value=\"{}\"> <button id=\"refund\">{}</button></form>",
+            why("refund_application", "refund-error"),
             t(l, "申请退货", "Apply for a refund"),
             t(l, "金额(元)", "Amount (yuan)"),
-            yuan(row.amount_fen - row.refunded_fen),
+            match refused_as("refund_application").and_then(|(_, form)| form.get("amount")) {
+                Some(typed) => esc(&domain::mask_card_numbers(typed)),
+                None => yuan(row.amount_fen - row.refunded_fen),
+            },
             t(l, "原因", "Reason"),
+            typed("refund_application", "text"),
             t(l, "提交退货申请", "Submit refund application"),
         ));
     }
@@ -1285,8 +1312,21 @@ async fn open_case(
         .await
     }
     .await;
-    match result {
-        Ok(case) => redirect(&format!("/portal/cases/{}", case.id)),
+    let error = match result {
+        Ok(case) => return redirect(&format!("/portal/cases/{}", case.id)),
+        Err(error) => error,
+    };
+    // Refused for what was typed: the transaction's page again, with why, and what was typed
+    // in the form (the browser's back button would reload it empty: pages are not cached).
+    if !matches!(error.status.as_u16(), 400 | 409 | 422) {
+        return error_page(&c, Some(&who), &error);
+    }
+    match transaction_body(&web, &c, &who, id, Some((&error, &form))) {
+        Ok((title, body)) => {
+            let mut response = render(&c, &who, &title, &body);
+            *response.status_mut() = error.status;
+            response
+        }
         Err(e) => error_page(&c, Some(&who), &e),
     }
 }

@@ -3920,6 +3920,22 @@ fn a_refused_case_form_comes_back_with_why_and_what_was_typed() {
         let case_path = r.header("location").unwrap().to_owned();
         let case_id: i64 = case_path.rsplit('/').next().unwrap().parse().unwrap();
 
+        // A refund application for more than the sale: the transaction's page again, why in
+        // the refund form, and what was typed still in it (a card number in it masked).
+        let pan = card.pan.expose_digits().to_owned();
+        let r = tea
+            .post(
+                &format!("/portal/transactions/{id}/cases"),
+                &format!("kind=refund_application&amount=99.00&text=wrong+size+{pan}&csrf={csrf}"),
+            )
+            .await;
+        assert_eq!(r.status, 409, "{}", r.body);
+        assert!(r.body.contains("id=\"refund-error\""), "{}", r.body);
+        assert!(r.body.contains("value=\"99.00\""), "{}", r.body);
+        assert!(r.body.contains("wrong size "), "{}", r.body);
+        assert!(!r.body.contains(&pan), "{}", r.body);
+        assert!(!r.body.contains("id=\"inquiry-error\""), "{}", r.body);
+
         // An entry over the length limit, with a card number in it.
         let pan = card.pan.expose_digits().to_owned();
         let long = format!("{pan} {}", "x".repeat(resolve::cases::TEXT_LEN_MAX));
