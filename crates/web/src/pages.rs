@@ -879,8 +879,25 @@ async fn transactions(
         Ok(who) => who,
         Err(r) => return r,
     };
-    let result = transactions_body(&web, &c, &who, &q);
-    respond(&c, &who, result)
+    match transactions_body(&web, &c, &who, &q) {
+        Ok((title, body, false)) => render(&c, &who, &title, &body),
+        // Refused: the language switch does not carry the search (nor what was refused) along.
+        Ok((title, body, true)) => {
+            let lang = match c.lang {
+                Lang::Zh => "zh",
+                Lang::En => "en",
+            };
+            let plain = ctx(
+                &web,
+                &headers,
+                &Params::from([("lang".to_owned(), lang.to_owned())]),
+            );
+            let mut response = render(&plain, &who, &title, &body);
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            response
+        }
+        Err(e) => error_page(&c, Some(&who), &e),
+    }
 }
 
 /// A search's parameters as given, by name.
@@ -897,8 +914,9 @@ fn search_params(q: &TxnQuery) -> Params {
     }
 }
 
+/// A search field as typed, to fill the form again (a card number typed into one, masked).
 fn field(q: &Option<String>) -> String {
-    esc(q.as_deref().unwrap_or(""))
+    esc(&domain::mask_card_numbers(q.as_deref().unwrap_or("")))
 }
 
 fn transactions_body(
@@ -906,9 +924,27 @@ fn transactions_body(
     c: &Ctx,
     who: &Principal,
     q: &TxnQuery,
-) -> Result<(String, String), ApiError> {
+) -> Result<(String, String, bool), ApiError> {
     let l = c.lang;
-    let found = query::search(web, who, q)?;
+    // A search refused for what was typed: the form again, filled as typed, with why above
+    // it (not a page without the form, every filter lost).
+    let (found, refused) = match query::search(web, who, q) {
+        Ok(found) => (Some(found), None),
+        Err(error) if error.status == axum::http::StatusCode::BAD_REQUEST => (None, Some(error)),
+        Err(error) => return Err(error),
+    };
+    // The field the refusal names ("rrn: 12 digits"): left empty, not shown back.
+    let bad_field = refused
+        .as_ref()
+        .and_then(|e| e.message.split_once(':'))
+        .map(|(name, _)| name.trim().to_owned());
+    let fill = |name: &str, value: &Option<String>| {
+        if bad_field.as_deref() == Some(name) {
+            String::new()
+        } else {
+            field(value)
+        }
+    };
     let mut body = format!(
         "<h1>{}</h1><form method=\"get\" action=\"/portal/transactions\" class=\"card\" id=\"search-form\">\
          {} <input name=\"from\" id=\"from\" type=\"date\" value=\"{}\"> \
@@ -923,23 +959,23 @@ fn transactions_body(
          {} <select name=\"status\" id=\"status\"><option value=\"\">{}</option>",
         t(l, "交易查询", "Transactions"),
         t(l, "从", "From"),
-        field(&q.from),
+        fill("from", &q.from),
         t(l, "到", "To"),
-        field(&q.to),
+        fill("to", &q.to),
         t(l, "金额(元)", "Amount (yuan)"),
-        field(&q.amount),
+        fill("amount", &q.amount),
         t(l, "卡号后四位", "Card last 4"),
-        field(&q.last4),
+        fill("last4", &q.last4),
         t(l, "参考号", "RRN"),
-        field(&q.rrn),
+        fill("rrn", &q.rrn),
         t(l, "终端", "Terminal"),
-        field(&q.tid),
+        fill("tid", &q.tid),
         t(l, "凭证号", "Trace no."),
-        field(&q.stan),
+        fill("stan", &q.stan),
         t(l, "授权码", "Auth code"),
-        field(&q.auth_code),
+        fill("auth_code", &q.auth_code),
         t(l, "应答码", "Response code"),
-        field(&q.code),
+        fill("code", &q.code),
         t(l, "状态", "Status"),
         t(l, "全部", "any"),
     );
@@ -960,7 +996,7 @@ fn transactions_body(
         format!(
             " {} <input name=\"mid\" id=\"mid\" size=\"15\" maxlength=\"15\" value=\"{}\">",
             t(l, "商户号", "Merchant"),
-            field(&q.mid)
+            fill("mid", &q.mid)
         )
     } else {
         String::new()
@@ -969,6 +1005,15 @@ fn transactions_body(
         "</select>{merchant_field} <button id=\"search\">{}</button></form>",
         t(l, "查询", "Search")
     ));
+    let Some(found) = found else {
+        if let Some(error) = refused {
+            body.push_str(&format!(
+                "<div class=\"err\" id=\"search-error\">{}</div>",
+                esc(error.detail(l))
+            ));
+        }
+        return Ok((t(l, "交易", "Transactions").to_owned(), body, true));
+    };
     body.push_str(&format!(
         "<table id=\"results\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
         t(l, "时间", "Time"),
@@ -1048,7 +1093,7 @@ fn transactions_body(
             t(l, "下一页", "Next page")
         ));
     }
-    Ok((t(l, "交易", "Transactions").to_owned(), body))
+    Ok((t(l, "交易", "Transactions").to_owned(), body, false))
 }
 
 async fn transaction(

@@ -3870,6 +3870,20 @@ fn staff_search_names_the_merchant_and_can_keep_to_one() {
             .await;
         assert_eq!(typo.status, 400, "{}", typo.body);
         assert!(!typo.body.contains("6222021234567890128"), "{}", typo.body);
+        // A refused search keeps its form: why above it, the other fields as typed, the one
+        // refused empty.
+        let bad = ops
+            .get("/portal/transactions?amount=12.34&rrn=12345&tid=T1")
+            .await;
+        assert_eq!(bad.status, 400, "{}", bad.body);
+        assert!(bad.body.contains("id=\"search-form\""), "{}", bad.body);
+        assert!(bad.body.contains("id=\"search-error\""), "{}", bad.body);
+        assert!(bad.body.contains("value=\"12.34\""), "{}", bad.body);
+        assert!(
+            bad.body.contains("id=\"rrn\" size=\"12\" value=\"\""),
+            "{}",
+            bad.body
+        );
         assert!(!other.body.contains(&rrn), "{}", other.body);
         // The transaction's page and the terminals page say whose, to staff.
         let id = e.txn_id(&rrn);
