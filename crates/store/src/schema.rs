@@ -637,6 +637,19 @@ DROP INDEX transactions_clearing;
 ALTER TABLE risk_alerts ADD COLUMN detail_zh TEXT;
 ",
     },
+    Migration {
+        version: 23,
+        name: "a row per terminal ID that claims of its request keys lock",
+        // The claims of one terminal's keys by nodes sharing the journal wait for each other
+        // on it. They locked the terminal's own row, but the back office's virtual terminal
+        // (and any terminal not provisioned) has none, so two nodes' claims of one of its keys
+        // both found it free.
+        sql: "
+CREATE TABLE key_locks (
+    tid TEXT PRIMARY KEY
+);
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -1451,11 +1451,13 @@ fn claim_key(
     reversal: bool,
     since: &str,
 ) -> Result<(), StoreError> {
-    // The row's lock, as an update of a column no key covers takes it: other claims wait for
-    // it; other nodes' inserts of the terminal's rows, whose foreign-key checks only share
-    // the key, do not.
-    conn.prepare_cached("UPDATE terminals SET status = status WHERE tid = ?1")?
-        .execute_any(params![tid])?;
+    // The terminal ID's row in `key_locks`, made or updated: other claims of the same ID wait
+    // for its lock until this commit (on PostgreSQL; SQLite has one writer). Any ID has one,
+    // a terminal not provisioned (the back office's virtual one) too.
+    conn.prepare_cached(
+        "INSERT INTO key_locks (tid) VALUES (?1) ON CONFLICT (tid) DO UPDATE SET tid = excluded.tid",
+    )?
+    .execute_any(params![tid])?;
     // A reversal's key is its own: the same TID, batch and STAN as its original's.
     let kind = if reversal { "=" } else { "<>" };
     let sql = format!(
