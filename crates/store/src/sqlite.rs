@@ -1501,6 +1501,18 @@ fn claim_original(
     if changed != 1 {
         return Err(StoreError::LinkRefused(LinkRefusal::NotApproved));
     }
+    // The original itself approved in the journal but with its own reversal queued (an
+    // outcome taken for failed that had committed, a PostgreSQL COMMIT whose answer was lost):
+    // the issuer may yet take it back, and a refund or void now would give the money back
+    // twice. Refused until the reversal is answered.
+    let reversing: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM reversal_queue WHERE txn_id = ?1 AND state = 'pending')",
+        )?
+        .query_row(params![original], |r| r.get(0))?;
+    if reversing {
+        return Err(StoreError::LinkRefused(LinkRefusal::ReversalPending));
+    }
     let original_fen: i64 = conn
         .prepare_cached("SELECT amount_fen FROM transactions WHERE id = ?1")?
         .query_row(params![original], |r| r.get(0))?;

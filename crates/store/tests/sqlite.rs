@@ -1428,6 +1428,18 @@ fn linked_requests_claim_their_original_in_the_journal(db: &Db) {
     write(store, vec![link(3, TxnKind::Refund, 1, 3_000)]).unwrap();
     write(store, vec![approved(3), Record::Refunded { id: 1 }]).unwrap();
     assert_eq!(refunded(store, 1), 3_000);
+    // An original of its own with a reversal queued (approved in the journal, its answer
+    // taken for lost): nothing links to it until the reversal is answered.
+    approved_purchase(store, 40);
+    write(store, vec![queued_reversal(40)]).unwrap();
+    assert_eq!(
+        write(store, vec![link(41, TxnKind::Refund, 40, 1_000)]),
+        Err(StoreError::LinkRefused(LinkRefusal::ReversalPending))
+    );
+    assert_eq!(
+        write(store, vec![link(42, TxnKind::PurchaseVoid, 40, 12_345)]),
+        Err(StoreError::LinkRefused(LinkRefusal::ReversalPending))
+    );
     // The rest, to the fen; then nothing more.
     write(store, vec![link(5, TxnKind::Refund, 1, 9_345)]).unwrap();
     write(store, vec![approved(5), Record::Refunded { id: 1 }]).unwrap();
