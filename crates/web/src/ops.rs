@@ -502,6 +502,11 @@ pub async fn decide_change(
     reason: &str,
 ) -> Result<Value, ApiError> {
     who.require_staff("confirm account changes")?;
+    // The merchant reads why its account was refused: a refusal says.
+    if !confirm && reason.trim().is_empty() {
+        return Err(ApiError::bad_request("note: say why it is refused; the merchant reads it")
+            .zh("请填写拒绝原因，商户会看到。"));
+    }
     let before = web
         .store
         .account_change(id)?

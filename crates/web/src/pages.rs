@@ -2127,7 +2127,7 @@ async fn console(
                  <form method=\"post\" action=\"/console/account-changes/{id}/confirm\" class=\"inline\">\
                  <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button class=\"confirm-change\">{}</button></form> \
                  <form method=\"post\" action=\"/console/account-changes/{id}/reject\" class=\"inline\">\
-                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input name=\"note\" placeholder=\"{}\" size=\"12\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input name=\"note\" placeholder=\"{}\" size=\"12\" required>\
                  <button class=\"reject-change\">{}</button></form></td></tr>",
                 esc(&bound_now),
                 esc(&ch.number_masked),
@@ -2569,7 +2569,16 @@ fn settlement_body(
                 t(l, "最近提交的结算账户", "The account last submitted,"),
                 esc(jget(last, "number_masked").as_str().unwrap_or("")),
                 t(l, "未通过复核", "was refused by the checker"),
-                esc(jget(last, "note").as_str().unwrap_or("")),
+                match jget(last, "note").as_str().filter(|n| !n.trim().is_empty()) {
+                    Some(note) => esc(note),
+                    // Refused before a reason was required.
+                    None => t(
+                        l,
+                        "（未说明原因，请联系收单机构）",
+                        "(no reason given: ask the acquirer)"
+                    )
+                    .to_owned(),
+                },
             ));
         }
         // A refused binding comes back with why and what was typed, card numbers masked

@@ -3595,6 +3595,15 @@ fn the_console_refuses_a_re_binding_with_a_reason() {
         assert!(queue.contains(&masked(&second)), "{queue}");
         assert!(!queue.contains(&second), "{queue}");
         let csrf = PageSession::csrf_of(&console.body);
+        // A refusal says why: the merchant reads it.
+        let silent = ops
+            .post(
+                &format!("/console/account-changes/{change}/reject"),
+                &format!("csrf={csrf}&note=+"),
+            )
+            .await;
+        assert_eq!(silent.status, 400, "{}", silent.body);
+        assert!(silent.body.contains("请填写拒绝原因"), "{}", silent.body);
         let refused = ops
             .post(
                 &format!("/console/account-changes/{change}/reject"),
