@@ -87,10 +87,10 @@ fn bind_error_zh(error: &BindError) -> String {
         }
         BindError::BankMismatch { card_bank, .. } => {
             format!(
-                "这张卡的发卡行代码是 {card_bank}，与填写的银行代码不符；银行卡可以不填银行代码。"
+                "这张卡的发卡行代码是 {card_bank}，与选择的开户银行不符；银行卡可以不选开户银行。"
             )
         }
-        BindError::UnknownBank => "对公账户需要填写正确的银行代码。".to_owned(),
+        BindError::UnknownBank => "对公账户需要选择开户银行。".to_owned(),
         BindError::NameMissing => "请填写户名。".to_owned(),
         BindError::NameInvalid => "户名过长或含有不可见字符，请按银行登记的户名填写。".to_owned(),
         BindError::NameHasCardNumber => "户名里像是填了卡号，请填写银行登记的户名。".to_owned(),
@@ -504,8 +504,10 @@ pub async fn decide_change(
     who.require_staff("confirm account changes")?;
     // The merchant reads why its account was refused: a refusal says.
     if !confirm && reason.trim().is_empty() {
-        return Err(ApiError::bad_request("note: say why it is refused; the merchant reads it")
-            .zh("请填写拒绝原因，商户会看到。"));
+        return Err(
+            ApiError::bad_request("note: say why it is refused; the merchant reads it")
+                .zh("请填写拒绝原因，商户会看到。"),
+        );
     }
     let before = web
         .store

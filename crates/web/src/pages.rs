@@ -2532,7 +2532,11 @@ fn settlement_body(
                 "{} · {} · {}{}",
                 esc(jget(a, "number_masked").as_str().unwrap_or("")),
                 esc(jget(a, "holder_name").as_str().unwrap_or("")),
-                esc(jget(a, "bank_code").as_str().unwrap_or("")),
+                esc(&bank_name(
+                    web,
+                    l,
+                    jget(a, "bank_code").as_str().unwrap_or("")
+                )),
                 if needs_rebind {
                     t(
                         l,
@@ -2601,13 +2605,29 @@ fn settlement_body(
         } else {
             ""
         };
+        // The account's bank by name, from the directory: a merchant knows its bank, not the
+        // directory's code for it.
+        let chosen = typed("bank_code");
+        let mut banks: Vec<&domain::issuer::Bank> = web.directory.banks().iter().collect();
+        banks.sort_by(|a, b| a.name_zh().cmp(b.name_zh()));
+        let bank_options: String = banks
+            .iter()
+            .map(|b| {
+                format!(
+                    "<option value=\"{}\"{}>{}</option>",
+                    esc(b.code()),
+                    if b.code() == chosen { " selected" } else { "" },
+                    esc(&bank_name(web, l, b.code()))
+                )
+            })
+            .collect();
         body.push_str(&format!(
             "<form method=\"post\" action=\"/portal/settlement/account\" class=\"card\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"mid\" value=\"{}\">\
              <b>{}</b><br><select name=\"kind\" id=\"account-kind\"><option value=\"card\">{}</option><option value=\"bank\"{bank_selected}>{}</option></select> \
              {} <input name=\"number\" id=\"account-number\" autocomplete=\"off\"> \
              {} <input name=\"holder_name\" id=\"account-holder\" value=\"{}\"> \
-             {} <input name=\"bank_code\" id=\"account-bank\" size=\"6\" value=\"{}\"> \
+             {} <select name=\"bank_code\" id=\"account-bank\"><option value=\"\">{}</option>{bank_options}</select> \
              <button id=\"bind\">{}</button><br><small>{}</small></form>",
             esc(who.csrf.as_deref().unwrap_or("")),
             esc(m),
@@ -2617,13 +2637,13 @@ fn settlement_body(
             t(l, "账号", "Number"),
             t(l, "户名", "Holder"),
             esc(&typed("holder_name")),
-            t(l, "银行代码", "Bank code"),
-            esc(&typed("bank_code")),
+            t(l, "开户银行", "Bank"),
+            t(l, "（银行卡可不选）", "(not needed for a card)"),
             t(l, "提交", "Submit"),
             t(
                 l,
-                "银行卡可以不填银行代码；对公账户必须填写。",
-                "A card needs no bank code; a business account does."
+                "银行卡可以不选开户银行；对公账户必须选择。",
+                "A card needs no bank chosen; a business account does."
             ),
         ));
     }
@@ -3192,6 +3212,18 @@ async fn audit_log(
         Ok::<_, ApiError>((t(l, "审计日志", "Audit log").to_owned(), body))
     })();
     respond(&c, &who, result)
+}
+
+/// A bank by its directory code, in the page's language (the Chinese name where no English
+/// one is known); the code itself if the directory does not know it.
+fn bank_name(web: &Web, l: Lang, code: &str) -> String {
+    match web.directory.bank(code) {
+        Some(bank) => match l {
+            Lang::Zh => bank.name_zh().to_owned(),
+            Lang::En => bank.name_en().unwrap_or(bank.name_zh()).to_owned(),
+        },
+        None => code.to_owned(),
+    }
 }
 
 #[cfg(test)]

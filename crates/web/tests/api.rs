@@ -2057,7 +2057,7 @@ fn a_card_number_in_the_wrong_box_is_not_said_back() {
         assert_error(&bind, 400, "bad_account");
         // Said in Chinese too, the card number masked there as well.
         let zh = bind.json()["message_zh"].as_str().unwrap().to_owned();
-        assert!(zh.contains("与填写的银行代码不符"), "{zh}");
+        assert!(zh.contains("与选择的开户银行不符"), "{zh}");
         assert!(!bind.body.contains(card), "{}", bind.body);
         let secret = "0123456789abcdef0123";
         let hook = api
@@ -3510,6 +3510,13 @@ fn a_refused_binding_comes_back_with_why_and_what_was_typed() {
         let tea = PageSession::login(e.http, "teahouse").await;
         let page = tea.get("/portal/settlement").await;
         assert_eq!(page.status, 200);
+        // The account's bank is chosen by its name from the directory's.
+        assert!(
+            page.body
+                .contains("<option value=\"ICBC\">中国工商银行</option>"),
+            "{}",
+            page.body
+        );
         let csrf = PageSession::csrf_of(&page.body);
         // A card number with its last digit wrong.
         let mistyped = "6222020200112345670";
@@ -3530,6 +3537,21 @@ fn a_refused_binding_comes_back_with_why_and_what_was_typed() {
         assert!(why.starts_with("卡号校验位不对"), "{}", answer.body);
         assert!(answer.body.contains("value=\"王小明\""), "{}", answer.body);
         assert!(!answer.body.contains(mistyped), "{}", answer.body);
+        // A business account refused keeps the bank chosen.
+        let answer = tea
+            .post(
+                "/portal/settlement/account",
+                &format!(
+                    "csrf={csrf}&mid=&kind=bank&number=12&holder_name=Teahouse+Ltd&bank_code=CCB"
+                ),
+            )
+            .await;
+        assert_eq!(answer.status, 400, "{}", answer.body);
+        assert!(
+            answer.body.contains("<option value=\"CCB\" selected>"),
+            "{}",
+            answer.body
+        );
     });
 }
 
