@@ -3189,13 +3189,18 @@ async fn audit_log(
         for a in &rows {
             body.push_str(&format!(
                 "<tr class=\"audit-row\"><td>{}</td><td>{}</td><td class=\"action\">{}</td>\
-                 <td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
+                 <td>{}</td><td>{}</td><td>{}</td></tr>",
                 format_time(a.at_ms),
                 esc(&a.who),
-                esc(&a.action),
+                // The words, and the key an export or the API gives (`user.unlock`).
+                format!(
+                    "{} <small>{}</small>",
+                    esc(audit_action_text(l, &a.action)),
+                    esc(&a.action)
+                ),
                 esc(&a.target),
-                esc(a.before.as_deref().unwrap_or("")),
-                esc(a.after.as_deref().unwrap_or("")),
+                audit_values(a.before.as_deref()),
+                audit_values(a.after.as_deref()),
             ));
         }
         body.push_str("</table>");
@@ -3212,6 +3217,61 @@ async fn audit_log(
         Ok::<_, ApiError>((t(l, "审计日志", "Audit log").to_owned(), body))
     })();
     respond(&c, &who, result)
+}
+
+/// An audit row's action in the page's language (the key itself if it is not one of ours).
+fn audit_action_text<'a>(l: Lang, action: &'a str) -> &'a str {
+    let (zh, en) = match action {
+        "session.open" => ("登录", "Signed in"),
+        "user.locked" => ("用户被锁定", "User locked"),
+        "user.password" => ("修改密码", "Changed own password"),
+        "user.password_reset" => ("重设密码", "Reset a password"),
+        "user.disable" => ("停用用户", "Disabled a user"),
+        "user.enable" => ("启用用户", "Enabled a user"),
+        "user.unlock" => ("解锁用户", "Unlocked a user"),
+        "user.create" => ("新建用户", "Created a user"),
+        "api_token.issue" => ("签发访问令牌", "Issued an API token"),
+        "account.bind" => ("绑定结算账户", "Bound a settlement account"),
+        "account.confirm" => ("复核通过账户变更", "Confirmed an account change"),
+        "account.reject" => ("拒绝账户变更", "Refused an account change"),
+        "case.open" => ("新建工单", "Opened a case"),
+        "case.entry" => ("添加工单记录", "Added a case entry"),
+        "case.transition" => ("更新工单状态", "Moved a case"),
+        "case.approve_refund" => ("批准退货", "Approved a refund"),
+        "merchant.approve" => ("批准商户入网", "Approved a merchant"),
+        "merchant.suspend" => ("暂停商户", "Suspended a merchant"),
+        "risk_alert.resolve" => ("处理风险预警", "Handled a risk alert"),
+        "notification.redrive" => ("重发通知", "Sent a notification again"),
+        "webhook.set" => ("设置通知地址", "Set the webhook endpoint"),
+        _ => return action,
+    };
+    t(l, zh, en)
+}
+
+/// An audit row's before or after (a JSON object) as `key: value` lines: times as China time,
+/// amounts in yuan; anything else as it was written.
+fn audit_values(json: Option<&str>) -> String {
+    let Some(text) = json.filter(|t| !t.is_empty()) else {
+        return String::new();
+    };
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(text)
+    else {
+        return format!("<code>{}</code>", esc(text));
+    };
+    fields
+        .iter()
+        .map(|(key, value)| {
+            let shown = match (value, value.as_i64()) {
+                (_, Some(ms)) if key.ends_with("_ms") => format_time(ms),
+                (_, Some(fen)) if key.ends_with("_fen") => domain::money::yuan(fen),
+                (serde_json::Value::String(s), _) => s.clone(),
+                (serde_json::Value::Null, _) => "-".to_owned(),
+                (other, _) => other.to_string(),
+            };
+            format!("{}: {}", esc(key), esc(&shown))
+        })
+        .collect::<Vec<_>>()
+        .join("<br>")
 }
 
 /// A bank by its directory code, in the page's language (the Chinese name where no English

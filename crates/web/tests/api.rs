@@ -1908,6 +1908,18 @@ fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
         for action in ["account.bind", "account.confirm", "merchant.approve"] {
             assert!(audit_page.body.contains(action), "{action} not on the page");
         }
+        // In words too, and the values read as values.
+        assert!(
+            audit_page.body.contains("绑定结算账户"),
+            "{}",
+            audit_page.body
+        );
+        assert!(
+            !audit_page.body.contains("&quot;state&quot;:"),
+            "{}",
+            audit_page.body
+        );
+        assert!(audit_page.body.contains("state: "), "{}", audit_page.body);
         assert!(
             audit_page.body.contains(&second[second.len() - 4..]),
             "the masked number"
