@@ -3188,16 +3188,13 @@ async fn audit_log(
         );
         for a in &rows {
             body.push_str(&format!(
-                "<tr class=\"audit-row\"><td>{}</td><td>{}</td><td class=\"action\">{}</td>\
-                 <td>{}</td><td>{}</td><td>{}</td></tr>",
+                // The action in words, and the key an export or the API gives (`user.unlock`).
+                "<tr class=\"audit-row\"><td>{}</td><td>{}</td><td class=\"action\">{} \
+                 <small>{}</small></td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 format_time(a.at_ms),
                 esc(&a.who),
-                // The words, and the key an export or the API gives (`user.unlock`).
-                format!(
-                    "{} <small>{}</small>",
-                    esc(audit_action_text(l, &a.action)),
-                    esc(&a.action)
-                ),
+                esc(audit_action_text(l, &a.action)),
+                esc(&a.action),
                 esc(&a.target),
                 audit_values(a.before.as_deref()),
                 audit_values(a.after.as_deref()),
