@@ -3217,7 +3217,7 @@ async fn audit_log(
 }
 
 /// An audit row's action in the page's language (the key itself if it is not one of ours).
-fn audit_action_text<'a>(l: Lang, action: &'a str) -> &'a str {
+fn audit_action_text(l: Lang, action: &str) -> &str {
     let (zh, en) = match action {
         "session.open" => ("登录", "Signed in"),
         "user.locked" => ("用户被锁定", "User locked"),
