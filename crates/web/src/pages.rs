@@ -1434,7 +1434,7 @@ async fn duplicates(
             ),
             t(l, "第二笔时间", "Second payment at"),
             t(l, "金额", "Amount"),
-            t(l, "卡", "Card"),
+            t(l, "卡号", "Card"),
             t(l, "第一笔", "First payment"),
             t(l, "第二笔", "Second payment"),
             t(l, "间隔", "Apart"),
@@ -1534,8 +1534,8 @@ fn case_table(l: Lang, list: &[Case], id: &str, approve_csrf: Option<&str>, now_
         t(l, "标题", "Title"),
         t(l, "状态", "State"),
         t(l, "退货", "Refund"),
-        t(l, "开立", "Opened"),
-        t(l, "到期", "Due"),
+        t(l, "创建时间", "Opened"),
+        t(l, "处理时限", "Due"),
         t(l, "处理人", "Assignee"),
         if approve_csrf.is_some() {
             "<th></th>"
@@ -2474,11 +2474,11 @@ fn settlement_body(
         "</table><h2>{}</h2><table id=\"payouts\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
         t(l, "结算款", "Payouts"),
         t(l, "出款日", "Payout day"),
-        t(l, "含交易至", "Cleared up to"),
+        t(l, "交易截止日", "Cleared up to"),
         t(l, "金额", "Amount"),
         t(l, "账户", "Account"),
         t(l, "状态", "State"),
-        t(l, "尝试", "Attempts"),
+        t(l, "出款次数", "Attempts"),
         t(l, "银行流水号", "Bank reference"),
         t(l, "失败原因与处理", "Failure and what to do"),
     ));
