@@ -264,6 +264,9 @@ pub struct Case {
     /// The last refund attempt may have been made at the issuer and is being reversed (its
     /// outcome not known yet): another approval is refused until it is.
     pub refund_in_doubt: bool,
+    /// That attempt's reversal was refused by the issuer: the refund may stand there, and
+    /// someone must check with the issuer before anything else is refunded.
+    pub refund_reversal_refused: bool,
     pub resolution: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -524,6 +527,13 @@ impl CaseService {
             })
         };
         let refund_in_doubt = row.refund_code.is_some() && self.refund_in_doubt(&row)?;
+        let refund_reversal_refused = match row.refund_txn_id {
+            Some(id) if refund_in_doubt => self
+                .store
+                .reversal(id)?
+                .is_some_and(|r| r.state == store::SafState::Refused),
+            _ => false,
+        };
         Ok(Case {
             id: row.id,
             kind: CaseKind::parse(&row.kind).ok_or_else(|| corrupt("case kind", &row.kind))?,
@@ -539,6 +549,7 @@ impl CaseService {
             refund_rrn: row.refund_rrn,
             refund_code: row.refund_code,
             refund_in_doubt,
+            refund_reversal_refused,
             resolution: row.resolution,
             created_at_ms: row.created_at_ms,
             updated_at_ms: row.updated_at_ms,
@@ -820,7 +831,7 @@ impl CaseService {
             );
             if state.is_closed() {
                 let zh = match state {
-                    CaseState::Rejected => "已拒绝",
+                    CaseState::Rejected => "已驳回",
                     _ => "已解决",
                 };
                 format!(
@@ -838,13 +849,15 @@ impl CaseService {
             if code == "98" && !state.is_closed() {
                 updated.state = CaseState::WaitingIssuer.as_str().to_owned();
             }
-            if code == "98" {
-                // No answer: the issuer may have made it, and the refund is being reversed.
+            // No answer, or one that could not be read or recorded: the issuer may have made
+            // it, and it is being reversed (as `refund_in_doubt` judges, which refuses another
+            // approval meanwhile).
+            if self.refund_in_doubt(&updated)? {
                 format!(
-                    "退货 {amount} 已由 {operator} 批准，结果未明（98 {}）：正在向发卡行冲正，\
+                    "退货 {amount} 已由 {operator} 批准，结果未明（{code} {}）：正在向发卡行冲正，\
                      冲正确认前请勿再次批准 / refund of {amount} approved by {operator}: outcome \
-                     unknown (98 {}); it is being reversed at the issuer, do not approve again \
-                     until that is confirmed",
+                     unknown ({code} {}); it is being reversed at the issuer, do not approve \
+                     again until that is confirmed",
                     d.title.zh, d.title.en
                 )
             } else {

@@ -1882,7 +1882,7 @@ fn a_refund_that_ran_while_its_case_was_rejected_leaves_the_rejection_standing()
         assert_eq!(done.refund_code.as_deref(), Some("00"));
         let last = &done.entries.last().unwrap().text;
         assert!(
-            last.starts_with("[已拒绝，工单结束后执行 / rejected after the case was closed]"),
+            last.starts_with("[已驳回，工单结束后执行 / rejected after the case was closed]"),
             "{last}"
         );
         assert!(last.contains("已由 operator-"), "{last}");
@@ -2071,6 +2071,13 @@ fn a_refund_answered_96_with_its_reversal_owed_takes_no_second_approval() {
         e.sim.faults().drop_next(2);
         let first = cases.approve_refund(case.id, "operator-1").await.unwrap();
         assert_eq!(first.refund_code.as_deref(), Some("96"));
+        // Its reversal owed, the case says the outcome is not known, not "not executed".
+        let said = &first.entries.last().unwrap().text;
+        assert!(said.contains("结果未明（96"), "{said}");
+        assert!(
+            first.refund_in_doubt && !first.refund_reversal_refused,
+            "{first:#?}"
+        );
         assert!(matches!(
             cases.approve_refund(case.id, "operator-2").await,
             Err(resolve::cases::CaseError::RefundInDoubt)

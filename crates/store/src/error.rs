@@ -48,9 +48,10 @@ pub enum LinkRefusal {
     /// Refunds approved or in flight, with this one, would exceed the original's amount.
     #[error("refunds would exceed the original's amount")]
     ExceedsAmount,
-    /// Refused only for a void, completion or refund of the original whose reversal the
-    /// issuer has not yet acknowledged (it may have acted on it): to be tried again later.
-    #[error("a reversal of another request on the original awaits the issuer")]
+    /// Refused only for a reversal the issuer has not yet acknowledged (it may have acted
+    /// on the request): of a void, completion or refund of the original, or of the original
+    /// itself. To be tried again later.
+    #[error("a reversal of the original, or of another request on it, awaits the issuer")]
     ReversalPending,
 }
 

@@ -321,8 +321,8 @@ pub enum Record {
     /// not) is free in the batch open under that number (rows cleared on `since` or later,
     /// received after the number's last settlement closed an earlier batch), else the job
     /// fails with [`crate::StoreError::KeyTaken`]. Written before the request's own row in
-    /// the same job; it takes the terminal's row lock first, so that two nodes claiming one
-    /// key at once are judged one after the other.
+    /// the same job; it takes the lock of the terminal ID's `key_locks` row first (made if
+    /// missing), so that two nodes claiming one key at once are judged one after the other.
     ClaimKey {
         tid: String,
         batch_no: u32,

@@ -375,6 +375,11 @@ impl Core {
                 Ok(answer) => answer,
                 Err(_) => self.answer_of_journal(entry).await,
             };
+        // An approval since reversed (by its terminal, or overtaken by that reversal) is not
+        // told "approved" again: money is being given back (as `Answer::of_row` has it).
+        if answer.response_code == RC_APPROVED && entry.live().state == TxnState::Reversed {
+            answer = Answer::code(RC_ISSUER_TIMEOUT);
+        }
         // An inquiry read back from the journal holds no balance: it is journalled apart.
         if entry.kind == TxnKind::BalanceInquiry
             && answer.response_code == RC_APPROVED

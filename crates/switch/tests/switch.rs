@@ -845,6 +845,21 @@ fn an_unreadable_answer_to_an_inquiry_queues_no_reversal() {
     });
 }
 
+/// A purchase its terminal reversed after it was approved is not told 00 again when it is sent
+/// once more: it is being given back.
+#[test]
+fn a_resend_of_a_reversed_approval_is_told_98() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let buy = Req::purchase(&card("622202"), 1_000, 8);
+        assert_eq!(t.send(&buy).await.code(), "00");
+        assert_eq!(t.send(&Req::reversal_of(&buy)).await.code(), "00");
+        assert_eq!(t.send(&buy).await.code(), "98");
+    });
+}
+
 /// A request in flight when the switch stopped (killed, and restarted at once): its reversal is
 /// queued at start, but goes to the issuer only once the request could no longer be there
 /// (the issuer's timeout and a journal wait after it was sent), so as not to overtake it.

@@ -336,7 +336,7 @@ fn login_page(c: &Ctx, failed: Option<&str>, username: &str) -> Response {
          <p><button id=\"login\">{}</button></p></form>",
         t(l, "登录", "Sign in"),
         t(l, "用户名", "Username"),
-        esc(username),
+        esc(&domain::mask_card_numbers(username)),
         t(l, "密码", "Password"),
         t(l, "登录", "Sign in"),
     );
@@ -554,6 +554,19 @@ fn refund_text(l: Lang, case: &Case) -> Option<String> {
             t(l, "退货已完成", "Refund done"),
             t(l, "参考号", "RRN"),
             esc(case.refund_rrn.as_deref().unwrap_or("-"))
+        ),
+        // The issuer refused the attempt's reversal: the refund may stand there.
+        Some(code) if case.refund_reversal_refused => format!(
+            "{} ({} {}){}",
+            t(l, "退货结果未明", "Refund outcome not known"),
+            esc(code),
+            esc(diagnosis::diagnose_str(code).title.get(l)),
+            t(
+                l,
+                "：发卡行拒绝了冲正，这笔退货可能已经生效；请先向发卡行核实，再决定是否重新退货",
+                ": the issuer refused its reversal, so the refund may stand; check with the \
+                 issuer before refunding again"
+            )
         ),
         // The attempt may stand at the issuer: it is being reversed, and nothing is to be
         // applied for or approved again until that is known.
@@ -941,6 +954,10 @@ fn transactions_body(
     let fill = |name: &str, value: &Option<String>| {
         if bad_field.as_deref() == Some(name) {
             String::new()
+        } else if name == "mid" {
+            // A merchant ID that passed the staff check is shown whole: fifteen digits may
+            // pass a card's check digit too, and masked it would not search again.
+            esc(value.as_deref().unwrap_or(""))
         } else {
             field(value)
         }
@@ -1158,6 +1175,27 @@ fn transaction_body(
         t(l, "应答码", "Response code"),
         esc(s.response_code.as_deref().unwrap_or("-")),
     );
+    // What the case forms below depend on; a refused form not drawn any more (the sale
+    // refunded or voided meanwhile) still says why, above the page.
+    let link_refused =
+        row.response_code.as_deref() == Some("91") && row.issuer_answered_at_ms.is_none();
+    let inquiry_drawn = row.sent_at_ms.is_some() && !link_refused;
+    let refundable = matches!(row.kind, TxnKind::Purchase | TxnKind::Completion)
+        && matches!(row.state, TxnState::Approved | TxnState::Completed)
+        && row.amount_fen > row.refunded_fen;
+    if let Some((error, form)) = refused {
+        let drawn = match form.get("kind").map(String::as_str) {
+            Some("issuer_inquiry") => inquiry_drawn,
+            Some("refund_application") => refundable,
+            _ => false,
+        };
+        if !drawn {
+            body.push_str(&format!(
+                "<div class=\"err\" id=\"case-error\">{}</div>",
+                esc(error.detail(l))
+            ));
+        }
+    }
     // Staff see every merchant's: whose this is.
     if who.is_staff() {
         body = body.replacen(
@@ -1282,9 +1320,7 @@ fn transaction_body(
     // Only what reached the issuer can be asked about there: one the host refused itself the
     // issuer never saw, nor a 91 the link gave without sending (stamped as sent, but with no
     // answer from the issuer; a 91 the issuer gave itself has one).
-    let link_refused =
-        row.response_code.as_deref() == Some("91") && row.issuer_answered_at_ms.is_none();
-    if row.sent_at_ms.is_some() && !link_refused {
+    if inquiry_drawn {
         body.push_str(&format!(
             "<form method=\"post\" action=\"/portal/transactions/{id}/cases\" class=\"card\">{}\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"kind\" value=\"issuer_inquiry\">\
@@ -1296,9 +1332,6 @@ fn transaction_body(
             t(l, "发起发卡行查询", "Open issuer inquiry"),
         ));
     }
-    let refundable = matches!(row.kind, TxnKind::Purchase | TxnKind::Completion)
-        && matches!(row.state, TxnState::Approved | TxnState::Completed)
-        && row.amount_fen > row.refunded_fen;
     if refundable {
         body.push_str(&format!(
             "<form method=\"post\" action=\"/portal/transactions/{id}/cases\" class=\"card\">{}\
@@ -2220,14 +2253,14 @@ async fn console(
                     diagnosis::diagnose_str(code).title.get(l),
                     t(
                         l,
-                        "：请与发卡行核实持卡人是否仍被扣款",
-                        ": ask the issuer whether the cardholder is still charged"
+                        "：请与发卡行核实这笔交易在持卡人卡上的实际结果",
+                        ": ask the issuer what it did on the cardholder's card"
                     )
                 ),
                 None => t(
                     l,
-                    "请与发卡行核实持卡人是否仍被扣款",
-                    "ask the issuer whether the cardholder is still charged",
+                    "请与发卡行核实这笔交易在持卡人卡上的实际结果",
+                    "ask the issuer what it did on the cardholder's card",
                 )
                 .to_owned(),
             };
@@ -3240,6 +3273,8 @@ fn audit_action_text(l: Lang, action: &str) -> &str {
         "risk_alert.resolve" => ("处理风险预警", "Handled a risk alert"),
         "notification.redrive" => ("重发通知", "Sent a notification again"),
         "webhook.set" => ("设置通知地址", "Set the webhook endpoint"),
+        "terminal.status" => ("更改终端状态", "Changed a terminal's status"),
+        "fee_plan.set" => ("设置费率", "Set a fee plan"),
         _ => return action,
     };
     t(l, zh, en)
@@ -3259,7 +3294,15 @@ fn audit_values(json: Option<&str>) -> String {
         .iter()
         .map(|(key, value)| {
             let shown = match (value, value.as_i64()) {
-                (_, Some(ms)) if key.ends_with("_ms") => format_time(ms),
+                // An instant (`at_ms`, `locked_until_ms`) in China time; a span in minutes.
+                (_, Some(ms))
+                    if key == "at_ms" || key.ends_with("_at_ms") || key.ends_with("until_ms") =>
+                {
+                    format_time(ms)
+                }
+                (_, Some(ms)) if key.ends_with("_ms") => {
+                    format!("{} min", ms.div_euclid(60_000))
+                }
                 (_, Some(fen)) if key.ends_with("_fen") => domain::money::yuan(fen),
                 (serde_json::Value::String(s), _) => s.clone(),
                 (serde_json::Value::Null, _) => "-".to_owned(),

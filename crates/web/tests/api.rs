@@ -1338,8 +1338,9 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
         // In the console's language: the issuer's code with its title, what to do, when.
         let twelve = domain::diagnosis::diagnose_str("12").title.zh;
         assert!(
-            refused.contains(&format!("12（{twelve}）：请与发卡行核实持卡人是否仍被扣款"))
-                && refused.contains(&format!("/portal/transactions/{id}\""))
+            refused.contains(&format!(
+                "12（{twelve}）：请与发卡行核实这笔交易在持卡人卡上的实际结果"
+            )) && refused.contains(&format!("/portal/transactions/{id}\""))
                 && refused.contains("ICBC")
                 && !refused.contains("reversal refused by"),
             "{}",
@@ -2510,6 +2511,8 @@ fn ten_wrong_passwords_in_a_row_lock_a_user_until_an_admin_unlocks_it() {
                 "{action}"
             );
         }
+        // How long the lock was for reads as a span, not as a date in 1970.
+        assert!(audit.body.contains("for_ms: 30 min"), "{}", audit.body);
     });
 }
 
@@ -3907,6 +3910,15 @@ fn staff_search_names_the_merchant_and_can_keep_to_one() {
             .get(&format!("/portal/transactions?mid={OTHER_MID}"))
             .await;
         assert_eq!(other.status, 200);
+        // Its merchant ID passes a card's check digit, and is shown whole all the same: the
+        // form searches it again as it is.
+        assert!(
+            other.body.contains(&format!(
+                "id=\"mid\" size=\"15\" maxlength=\"15\" value=\"{OTHER_MID}\""
+            )),
+            "{}",
+            other.body
+        );
         // A card number typed into the merchant field is refused, not shown back.
         let typo = ops
             .get("/portal/transactions?mid=6222021234567890128")
@@ -3992,6 +4004,15 @@ fn a_refused_case_form_comes_back_with_why_and_what_was_typed() {
         assert!(r.body.contains("wrong size "), "{}", r.body);
         assert!(!r.body.contains(&pan), "{}", r.body);
         assert!(!r.body.contains("id=\"inquiry-error\""), "{}", r.body);
+        // A refusal of a form the page does not draw still says why.
+        let r = tea
+            .post(
+                &format!("/portal/transactions/{id}/cases"),
+                &format!("kind=no_such_kind&text=x&csrf={csrf}"),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("id=\"case-error\""), "{}", r.body);
 
         // An entry over the length limit, with a card number in it.
         let pan = card.pan.expose_digits().to_owned();

@@ -342,8 +342,8 @@ pub enum FailureKind {
     UnusualMerchantPattern,
     /// The issuer refused a reversal: reversed here, the card may still show the charge.
     ReversalRefused,
-    /// A void or refund presented with another card than its original's (the host's 14: not
-    /// sent to the issuer).
+    /// A void, refund or completion presented with another card than its original's (the
+    /// host's 14: not sent to the issuer).
     NotOriginalCard,
     /// A refund over what is left of its original to refund (the host's 61).
     RefundOverOriginal,

@@ -2206,9 +2206,10 @@ pub static TABLE: &[Diagnosis] = &[
         subject: Subject::Failure(FailureKind::NotOriginalCard),
         title: t("不是原交易的卡", "Not the card of the original sale"),
         meaning: t(
-            "撤销或退货必须使用原交易的同一张卡，这次刷的卡与原交易的卡号不同，收单系统没有送往发卡行（14）。",
-            "A void or refund must use the same card as the original sale; the card presented \
-             has another number, so shoudan did not send it to the issuer (14).",
+            "撤销、退货或预授权完成必须使用原交易的同一张卡，这次刷的卡与原交易的卡号不同，收单系统没有送往发卡行（14）。",
+            "A void, refund or pre-authorisation completion must use the same card as its \
+             original; the card presented has another number, so shoudan did not send it to \
+             the issuer (14).",
         ),
         category: C,
         who_acts: Merchant,
@@ -2219,9 +2220,9 @@ pub static TABLE: &[Diagnosis] = &[
             "No: the issuer never received this request.",
         ),
         customer_message: t(
-            "退款需要使用原来付款的那张卡。如果那张卡已换新或遗失，我们会通过其他方式为您办理退款。",
-            "The refund must go to the card you paid with. If that card was replaced or lost, we \
-             will refund you another way.",
+            "这笔需要使用您原来付款（或预授权）时的那张卡。如果那张卡已换新或遗失，我们会通过其他方式为您办理。",
+            "This needs the card you paid (or were pre-authorised) with. If that card was \
+             replaced or lost, we will find another way.",
         ),
         merchant_steps: &[
             t(
@@ -2287,8 +2288,8 @@ pub static TABLE: &[Diagnosis] = &[
             "Only if one bank keeps timing out; the acquirer usually follows up.",
         ),
         customer_message: t(
-            "这笔撤销（退款）没有完成，原来的交易仍然有效。系统确认后我们会为您重新办理。",
-            "This void (refund) did not go through and the original transaction still stands. \
+            "这笔撤销或退货没有完成，原来的交易仍然有效。系统确认后我们会为您重新办理。",
+            "This void or refund did not go through and the original transaction still stands. \
              Once the system confirms, we will do it again for you.",
         ),
         merchant_steps: &[
