@@ -9,7 +9,7 @@ use store::Store;
 
 use crate::ResolveError;
 use crate::explain::{Explanation, explain_rrn};
-use crate::text::{Both, bank_info, html_escape, kind_text};
+use crate::text::{Both, bank_info, date_text, html_escape, kind_text};
 
 /// Everything the issuer's service desk asks for, and nothing they must not see.
 #[derive(Clone, Debug, Serialize)]
@@ -278,17 +278,5 @@ fn code_prefix(d: &domain::diagnosis::Diagnosis) -> String {
     match d.subject {
         domain::diagnosis::Subject::Code(_) => format!("{} ", d.subject.key()),
         _ => String::new(),
-    }
-}
-
-/// `20261123` as `2026-11-23`; anything else as it is.
-fn date_text(date: &str) -> String {
-    match (date.get(..4), date.get(4..6), date.get(6..8)) {
-        (Some(y), Some(m), Some(d))
-            if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            format!("{y}-{m}-{d}")
-        }
-        _ => date.to_owned(),
     }
 }

@@ -27,7 +27,7 @@ pub use domain::diagnosis::Lang;
 pub use evidence::{Evidence, evidence};
 pub use explain::{Explanation, Outcome, Step, TxnSummary, explain_rrn, explain_txn};
 pub use service::Resolver;
-pub use text::{Both, kind_text as txn_kind_text};
+pub use text::{Both, date_text, kind_text as txn_kind_text};
 
 /// Why a resolve operation failed.
 #[derive(Debug, thiserror::Error)]

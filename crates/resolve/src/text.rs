@@ -50,6 +50,18 @@ pub fn date_time(ms: i64) -> String {
     )
 }
 
+/// `20261123` as `2026-11-23`; anything else as it is.
+pub fn date_text(date: &str) -> String {
+    match (date.get(..4), date.get(4..6), date.get(6..8)) {
+        (Some(y), Some(m), Some(d))
+            if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            format!("{y}-{m}-{d}")
+        }
+        _ => date.to_owned(),
+    }
+}
+
 /// `2026-11-23`.
 pub fn date(ms: i64) -> String {
     let t = LocalTime::from_ms(ms);

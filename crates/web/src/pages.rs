@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use domain::diagnosis::{self, Lang};
 use resolve::cases::{Case, CaseKind};
+use resolve::date_text;
 use store::{TxnKind, TxnState};
 
 use crate::Web;
@@ -2328,18 +2329,6 @@ fn role_text(l: Lang, role: store::web::Role) -> &'static str {
         store::web::Role::Merchant => t(l, "商户", "merchant"),
         store::web::Role::Operator => t(l, "运营", "operator"),
         store::web::Role::Admin => t(l, "管理员", "admin"),
-    }
-}
-
-/// A `YYYYMMDD` date as pages show dates, `YYYY-MM-DD`; anything else as it is.
-fn date_text(date: &str) -> String {
-    match (date.get(..4), date.get(4..6), date.get(6..8)) {
-        (Some(y), Some(m), Some(d))
-            if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            format!("{y}-{m}-{d}")
-        }
-        _ => date.to_owned(),
     }
 }
 

@@ -32,6 +32,11 @@ const NO_CONTACT: Text = t(
     "不需要：问题不在发卡行。",
     "No: the problem is not on the issuer's side.",
 );
+/// Refused by shoudan before it went out.
+const NOT_SENT_CONTACT: Text = t(
+    "不需要：发卡行没有收到这笔请求。",
+    "No: the issuer never received this request.",
+);
 const NO_CONTACT_TERMINAL: Text = t(
     "不需要：这是终端与收单系统之间的问题，与发卡行无关。",
     "No: this is between the terminal and the acquirer's host; the issuer is not involved.",
@@ -2215,10 +2220,7 @@ pub static TABLE: &[Diagnosis] = &[
         who_acts: Merchant,
         retry: AfterAction(CorrectOriginal),
         contact_issuer: No,
-        contact_when: t(
-            "不需要：发卡行没有收到这笔请求。",
-            "No: the issuer never received this request.",
-        ),
+        contact_when: NOT_SENT_CONTACT,
         customer_message: t(
             "这笔需要使用您原来付款（或预授权）时的那张卡。如果那张卡已换新或遗失，我们会通过其他方式为您办理。",
             "This needs the card you paid (or were pre-authorised) with. If that card was \
@@ -2249,10 +2251,7 @@ pub static TABLE: &[Diagnosis] = &[
         who_acts: Merchant,
         retry: AfterAction(CorrectOriginal),
         contact_issuer: No,
-        contact_when: t(
-            "不需要：发卡行没有收到这笔请求。",
-            "No: the issuer never received this request.",
-        ),
+        contact_when: NOT_SENT_CONTACT,
         customer_message: t(
             "退款金额超过了原来付款还可退的部分，我们核对后再为您办理。",
             "The refund is more than what is left of your payment to refund; we will check and \
