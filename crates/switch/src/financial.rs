@@ -961,6 +961,7 @@ impl Core {
                     undo.push(Undo::State {
                         entry: Arc::clone(original),
                         was: live.state,
+                        set: state,
                     });
                     live.state = state;
                     records.push(Record::TakeOriginal {
@@ -1995,6 +1996,7 @@ impl Core {
                             undo.push(Undo::State {
                                 entry: Arc::clone(o),
                                 was: previous,
+                                set: TxnState::Reversed,
                             });
                         }
                         Some(previous)
@@ -2207,6 +2209,7 @@ impl Core {
                     undo.push(Undo::State {
                         entry: Arc::clone(&original),
                         was: live.state,
+                        set: TxnState::Approved,
                     });
                     live.state = TxnState::Approved;
                 }
@@ -2223,16 +2226,16 @@ impl Core {
 /// A change made in memory ahead of its journal write (by a terminal reversal, or by an
 /// approval to its original), to put back if the write fails.
 pub(crate) enum Undo {
+    /// The entry's state went from `was` to `set`: put back only if it is still `set` (a
+    /// state another request has set since, an approval's outcome say, stands).
     State {
         entry: Arc<Entry>,
         was: TxnState,
+        set: TxnState,
     },
     /// By how much the refunded amount moved: taken back as a difference, since another
     /// refund of the same original may have moved it too meanwhile.
-    Refunded {
-        entry: Arc<Entry>,
-        delta_fen: i64,
-    },
+    Refunded { entry: Arc<Entry>, delta_fen: i64 },
 }
 
 impl Undo {
@@ -2245,7 +2248,12 @@ impl Undo {
 
     fn undo(self) {
         match self {
-            Undo::State { entry, was } => entry.live().state = was,
+            Undo::State { entry, was, set } => {
+                let mut live = entry.live();
+                if live.state == set {
+                    live.state = was;
+                }
+            }
             Undo::Refunded { entry, delta_fen } => entry.live().refunded_fen -= delta_fen,
         }
     }

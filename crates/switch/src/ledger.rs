@@ -231,12 +231,13 @@ impl Entry {
     }
 
     /// Takes in what the journal's `row` of this entry says other nodes did to it since this
-    /// node read it: a void, completion or reversal of an approval, or the undoing of a void
-    /// or completion (reversed there); the refunded total as the journal sums it, lower too
-    /// when a refund was reversed there. What this node did and has not written yet may be
-    /// overwritten here: the journal's own check (`StoreError::LinkRefused`) counts the links
-    /// in flight, so memory only has to let a request through to it, never to hold one back
-    /// wrongly. A reversal of this entry made here is never undone.
+    /// node read it: a void, completion or reversal of an approval, the undoing of a void or
+    /// completion (reversed there), the outcome of a request held here in flight; the refunded
+    /// total as the journal sums it, lower too when a refund was reversed there. What this
+    /// node did and has not written yet may be overwritten here: the journal's own check
+    /// (`StoreError::LinkRefused`) counts the links in flight, so memory only has to let a
+    /// request through to it, never to hold one back wrongly. A reversal of this entry made
+    /// here is never undone.
     pub fn catch_up(&self, row: &TxnRow) {
         let mut live = self.live();
         match (live.state, row.state) {
@@ -245,6 +246,12 @@ impl Entry {
             }
             (TxnState::Voided | TxnState::Completed, TxnState::Approved) if !live.link_busy => {
                 live.state = TxnState::Approved;
+            }
+            // Held in flight here, settled in the journal (by the node that sent it, or by
+            // recovery): otherwise a reversal of it here would be written "from in flight" for
+            // ever, and refused each time.
+            (TxnState::InFlight, settled) if settled != TxnState::InFlight => {
+                live.state = settled;
             }
             _ => {}
         }
