@@ -352,6 +352,15 @@ pub trait Store: Send + Sync + 'static {
         state: Option<settlement::PayoutState>,
         limit: u32,
     ) -> Result<Vec<settlement::PayoutRow>, StoreError>;
+    /// The page of [`Store::payouts_newest`] after `before` (payout day, MID: the last row of
+    /// the page before), newest first.
+    fn payouts_newest_before(
+        &self,
+        mid: Option<&str>,
+        state: Option<settlement::PayoutState>,
+        before: (&str, &str),
+        limit: u32,
+    ) -> Result<Vec<settlement::PayoutRow>, StoreError>;
     /// References of payments the bank reported returned that no run has acted on yet.
     fn payout_returns_open(&self, limit: u32) -> Result<Vec<String>, StoreError>;
     /// Payout events with an id above `after_id`, oldest first: the notifier's tail.

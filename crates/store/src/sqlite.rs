@@ -687,7 +687,7 @@ impl Store for SqliteStore {
         state: Option<crate::settlement::PayoutState>,
         limit: u32,
     ) -> Result<Vec<crate::settlement::PayoutRow>, StoreError> {
-        self.settle_payouts(mid, state, limit, false)
+        self.settle_payouts(mid, state, None, limit, false)
     }
     fn payouts_newest(
         &self,
@@ -695,7 +695,16 @@ impl Store for SqliteStore {
         state: Option<crate::settlement::PayoutState>,
         limit: u32,
     ) -> Result<Vec<crate::settlement::PayoutRow>, StoreError> {
-        self.settle_payouts(mid, state, limit, true)
+        self.settle_payouts(mid, state, None, limit, true)
+    }
+    fn payouts_newest_before(
+        &self,
+        mid: Option<&str>,
+        state: Option<crate::settlement::PayoutState>,
+        before: (&str, &str),
+        limit: u32,
+    ) -> Result<Vec<crate::settlement::PayoutRow>, StoreError> {
+        self.settle_payouts(mid, state, Some(before), limit, true)
     }
     fn payout_events(
         &self,

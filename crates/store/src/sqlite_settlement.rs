@@ -911,6 +911,7 @@ impl SqliteStore {
         &self,
         mid: Option<&str>,
         state: Option<PayoutState>,
+        before: Option<(&str, &str)>,
         limit: u32,
         newest_first: bool,
     ) -> Result<Vec<PayoutRow>, StoreError> {
@@ -925,6 +926,18 @@ impl SqliteStore {
         if let Some(state) = &state {
             values.push(state);
             sql.push_str(&format!(" AND state = ?{}", values.len()));
+        }
+        // After the last row of the page before (newest first: older days, or the same day's
+        // merchants below it).
+        let before = before.map(|(day, mid)| (day.to_owned(), mid.to_owned()));
+        if let Some((day, before_mid)) = &before {
+            values.push(day);
+            let d = values.len();
+            values.push(before_mid);
+            let m = values.len();
+            sql.push_str(&format!(
+                " AND (payout_date < ?{d} OR (payout_date = ?{d} AND mid < ?{m}))"
+            ));
         }
         values.push(&limit);
         let order = if newest_first {

@@ -112,6 +112,11 @@ fn every_read_runs(db: &Db) {
     assert!(s.payout("k").unwrap().is_none());
     assert!(s.payouts(None, None, 10).unwrap().is_empty());
     assert!(s.payouts_newest(None, None, 10).unwrap().is_empty());
+    assert!(
+        s.payouts_newest_before(None, Some(PayoutState::Held), ("20261101", "m"), 10)
+            .unwrap()
+            .is_empty()
+    );
     assert!(s.clearing_totals(None, 10).unwrap().is_empty());
     assert!(s.clearing_totals(Some("m"), 10).unwrap().is_empty());
     assert!(
@@ -592,6 +597,29 @@ fn payouts_are_read_newest_first(db: &Db) {
     assert_eq!(
         keys(s.payouts(Some("m"), None, 2).unwrap()),
         ["m:20261101", "m:20261102"]
+    );
+    // Page by page after the last row shown: a merchant's, and everyone's (the same day's
+    // other merchants before the older days).
+    assert_eq!(
+        keys(
+            s.payouts_newest_before(Some("m"), None, ("20261102", "m"), 10)
+                .unwrap()
+        ),
+        ["m:20261101"]
+    );
+    assert_eq!(
+        keys(
+            s.payouts_newest_before(None, None, ("20261102", "n"), 10)
+                .unwrap()
+        ),
+        ["m:20261102", "m:20261101"]
+    );
+    assert_eq!(
+        keys(
+            s.payouts_newest_before(None, None, ("20261103", "m"), 2)
+                .unwrap()
+        ),
+        ["n:20261102", "m:20261102"]
     );
     // The account a reference was made for is kept with it.
     let sent = s.payout("m:20261101").unwrap().unwrap().sent_to.unwrap();

@@ -62,7 +62,7 @@ pub fn lang_switch_href(lang: Lang, query: Option<&[(String, String)]>) -> Strin
 }
 
 /// The page parameters whose values may be long runs of digits that are not card numbers.
-const KEPT_WHOLE: &[&str] = &["mid", "cursor", "before"];
+const KEPT_WHOLE: &[&str] = &["mid", "cursor", "before", "payouts_before"];
 
 /// Percent-encodes all but the unreserved characters of a query component.
 pub fn url_escape(text: &str) -> String {

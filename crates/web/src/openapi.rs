@@ -218,9 +218,10 @@ pub fn document() -> Value {
             "/api/settlements": { "get": op(
                 "Clearing totals per merchant and clearing date (gross, fees, net); terminal batch settlements (result, both totals, upload differences with what to do); settle runs for staff",
                 vec![param("mid", "query", "merchant (staff)")], None, "List") },
-            "/api/payouts": { "get": op("Payouts with status; failures with their diagnosis and steps",
+            "/api/payouts": { "get": op("Payouts with status, newest first, 200 a page; failures with their diagnosis and steps",
                 vec![param("mid", "query", "merchant (staff)"),
-                     param("state", "query", "pending, sent, held, returned")], None, "List") },
+                     param("state", "query", "pending, sent, held, returned"),
+                     param("before", "query", "the next page: the previous page's next_before (null on the last)")], None, "List") },
             "/api/bound-account": {
                 "get": op("The bound settlement account (masked) and its changes",
                     vec![mid_staff.clone()], None, "Object"),

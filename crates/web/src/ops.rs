@@ -150,24 +150,53 @@ pub fn payout_json(p: &PayoutRow) -> Value {
 pub struct MidQuery {
     pub mid: Option<String>,
     pub state: Option<String>,
+    /// A page after another: its `next_before`.
+    pub before: Option<String>,
 }
 
-/// Payouts the principal may see, newest first.
+/// Payouts the principal may see, newest first, [`PAYOUTS_MAX`] a page; `before`: the page
+/// after the one whose [`payouts_cursor`] it is.
 pub fn payouts_for(
     web: &Web,
     who: &Principal,
     mid: Option<&str>,
     state: Option<&str>,
+    before: Option<&str>,
 ) -> Result<Vec<PayoutRow>, ApiError> {
     let mid = who.merchant_filter(mid)?;
     let state = state
         .map(|s| PayoutState::parse(s).map_err(|_| ApiError::bad_request("state: unknown")))
         .transpose()?;
-    let mut rows = web
-        .store
-        .payouts_newest(mid.as_deref(), state, PAYOUTS_MAX)?;
+    let mut rows = match before {
+        None => web
+            .store
+            .payouts_newest(mid.as_deref(), state, PAYOUTS_MAX)?,
+        Some(cursor) => {
+            let (day, after_mid) = cursor
+                .split_once(':')
+                .filter(|(day, m)| {
+                    day.len() == 8
+                        && day.bytes().all(|b| b.is_ascii_digit())
+                        && m.len() <= 15
+                        && m.bytes().all(|b| b.is_ascii_alphanumeric())
+                })
+                .ok_or_else(|| {
+                    ApiError::bad_request("before: the next_before of the previous page")
+                        .zh("翻页参数不正确，请从第一页重新查看。")
+                })?;
+            web.store
+                .payouts_newest_before(mid.as_deref(), state, (day, after_mid), PAYOUTS_MAX)?
+        }
+    };
     rows.retain(|p| who.sees(&p.mid));
     Ok(rows)
+}
+
+/// Where the page after `rows` starts, when `rows` is a full page.
+pub fn payouts_cursor(rows: &[PayoutRow]) -> Option<String> {
+    (rows.len() == usize::try_from(PAYOUTS_MAX).unwrap_or(usize::MAX))
+        .then(|| rows.last().map(|p| format!("{}:{}", p.payout_date, p.mid)))
+        .flatten()
 }
 
 pub async fn payouts(
@@ -175,9 +204,11 @@ pub async fn payouts(
     who: Principal,
     Query(q): Query<MidQuery>,
 ) -> ApiResult {
-    let rows = payouts_for(&web, &who, given(&q.mid), given(&q.state))?;
+    let rows = payouts_for(&web, &who, given(&q.mid), given(&q.state), given(&q.before))?;
     let items: Vec<Value> = rows.iter().map(payout_json).collect();
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(
+        json!({ "items": items, "next_before": payouts_cursor(&rows) }),
+    ))
 }
 
 /// Clearing totals one answer carries at most: a merchant's last 400 clearing dates, or that

@@ -2356,7 +2356,11 @@ async fn settlement_page(
         .get("mid")
         .map(String::as_str)
         .filter(|m| !m.is_empty());
-    let result = settlement_body(&web, &c, &who, asked, None);
+    let payouts_before = params
+        .get("payouts_before")
+        .map(String::as_str)
+        .filter(|b| !b.is_empty());
+    let result = settlement_body(&web, &c, &who, (asked, payouts_before), None);
     respond(&c, &who, result)
 }
 
@@ -2367,11 +2371,12 @@ struct RefusedBinding<'a> {
     form: &'a Params,
 }
 
+/// The settlement page: `asked` (merchant, the page of payouts after a cursor).
 fn settlement_body(
     web: &Web,
     c: &Ctx,
     who: &Principal,
-    asked: Option<&str>,
+    (asked, payouts_before): (Option<&str>, Option<&str>),
     refused: Option<RefusedBinding<'_>>,
 ) -> Result<(String, String), ApiError> {
     let l = c.lang;
@@ -2504,7 +2509,8 @@ fn settlement_body(
         t(l, "银行流水号", "Bank reference"),
         t(l, "失败原因与处理", "Failure and what to do"),
     ));
-    for p in crate::ops::payouts_for(web, who, mid.as_deref(), None)? {
+    let payouts = crate::ops::payouts_for(web, who, mid.as_deref(), None, payouts_before)?;
+    for p in &payouts {
         let d = p
             .failure
             .as_deref()
@@ -2543,6 +2549,17 @@ fn settlement_body(
         ));
     }
     body.push_str("</table>");
+    // A full page: the older ones on the next.
+    if let Some(next) = crate::ops::payouts_cursor(&payouts) {
+        let merchant = mid
+            .as_deref()
+            .map_or_else(String::new, |m| format!("mid={}&", url_escape(m)));
+        body.push_str(&format!(
+            "<p><a id=\"older-payouts\" href=\"/portal/settlement?{merchant}payouts_before={}\">{}</a></p>",
+            url_escape(&next),
+            t(l, "更早的结算款", "Older payouts")
+        ));
+    }
     if let Some(m) = &mid {
         let account = crate::ops::bound_account_json(web, m)?;
         let a = jget(&account, "account");
@@ -2717,7 +2734,7 @@ async fn bind_account(
                 error: &e,
                 form: &form,
             };
-            let page = settlement_body(&web, &c, &who, asked, Some(refused));
+            let page = settlement_body(&web, &c, &who, (asked, None), Some(refused));
             match page {
                 Ok((title, body)) => {
                     let mut response = render(&c, &who, &title, &body);

@@ -3147,6 +3147,28 @@ fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
             list["items"].as_array().unwrap().len(),
             usize::try_from(web::ops::PAYOUTS_MAX).unwrap()
         );
+        // The older fifty on the next page, and nothing after them.
+        let next = list["next_before"].as_str().unwrap().to_owned();
+        let older = api
+            .call(
+                Some(&tea),
+                "GET",
+                &format!("/api/payouts?before={next}"),
+                None,
+            )
+            .await
+            .json();
+        let items = older["items"].as_array().unwrap();
+        assert_eq!(items.len(), 50, "{older}");
+        assert_eq!(items[0]["payout_date"], date(49).as_str(), "{older}");
+        assert_eq!(items[49]["payout_date"], date(0).as_str(), "{older}");
+        assert!(older["next_before"].is_null(), "{older}");
+        assert_error(
+            &api.call(Some(&tea), "GET", "/api/payouts?before=yesterday", None)
+                .await,
+            400,
+            "bad_request",
+        );
 
         let page = PageSession::login(e.http, "teahouse").await;
         let dash = page.get("/portal?lang=en").await;
@@ -3167,6 +3189,26 @@ fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
                 && settlement.body.contains(&shown(&date(days - 2))),
             "{}",
             settlement.body
+        );
+        // The settlement page leads to the older payouts.
+        let older_link = settlement
+            .body
+            .split("id=\"older-payouts\" href=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("{}", settlement.body))
+            .replace("&amp;", "&");
+        let older_page = page.get(&older_link).await;
+        assert_eq!(older_page.status, 200, "{older_link}: {}", older_page.body);
+        assert!(
+            older_page.body.contains(&shown(&date(0))),
+            "{}",
+            older_page.body
+        );
+        assert!(
+            !older_page.body.contains(&format!("{MID}:{newest}#1")),
+            "{}",
+            older_page.body
         );
         assert_eq!(dash.body.matches("id=\"payout-failed\"").count(), 1);
         let ops = PageSession::login(e.http, "ops").await;
