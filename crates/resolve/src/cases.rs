@@ -846,13 +846,14 @@ impl CaseService {
         } else {
             let code = &result.response_code;
             let d = domain::diagnosis::diagnose_str(code);
-            if code == "98" && !state.is_closed() {
-                updated.state = CaseState::WaitingIssuer.as_str().to_owned();
-            }
             // No answer, or one that could not be read or recorded: the issuer may have made
             // it, and it is being reversed (as `refund_in_doubt` judges, which refuses another
-            // approval meanwhile).
-            if self.refund_in_doubt(&updated)? {
+            // approval meanwhile). The case waits on the issuer.
+            let in_doubt = self.refund_in_doubt(&updated)?;
+            if in_doubt && !state.is_closed() {
+                updated.state = CaseState::WaitingIssuer.as_str().to_owned();
+            }
+            if in_doubt {
                 format!(
                     "退货 {amount} 已由 {operator} 批准，结果未明（{code} {}）：正在向发卡行冲正，\
                      冲正确认前请勿再次批准 / refund of {amount} approved by {operator}: outcome \

@@ -511,7 +511,11 @@ fn voids_and_refunds_are_diagnosed_as_giving_money_back() {
             "{x:#?}"
         );
         // The summary names the same refusal, not the issuer's "invalid card number".
-        assert!(x.summary.zh.contains("不是原交易的卡"), "{:?}", x.summary);
+        assert!(
+            x.summary.zh.contains("不是原交易所用的卡"),
+            "{:?}",
+            x.summary
+        );
         assert!(!d.contact_issuer.recommended());
         // A refund of more than the sale: the host's 61, not the card's limit.
         let today = switch::LocalTime::from_ms(now()).mmdd();

@@ -376,7 +376,14 @@ impl Core {
                 Err(_) => self.answer_of_journal(entry).await,
             };
         // An approval since reversed (by its terminal, or overtaken by that reversal) is not
-        // told "approved" again: money is being given back (as `Answer::of_row` has it).
+        // told "approved" again: money is being given back (as `Answer::of_row` has it). On a
+        // shared journal the reversal may have gone to another node: the journal is read.
+        if answer.response_code == RC_APPROVED && self.config.shared_journal {
+            let id = entry.id;
+            if let Some(Ok(Some(row))) = self.read_for_request(move |store| store.txn(id)).await {
+                entry.catch_up(&row);
+            }
+        }
         if answer.response_code == RC_APPROVED && entry.live().state == TxnState::Reversed {
             answer = Answer::code(RC_ISSUER_TIMEOUT);
         }

@@ -239,6 +239,7 @@ impl Entry {
     /// request through to it, never to hold one back wrongly. A reversal of this entry made
     /// here is never undone.
     pub fn catch_up(&self, row: &TxnRow) {
+        let mut settled_here = false;
         let mut live = self.live();
         match (live.state, row.state) {
             (TxnState::Approved, TxnState::Voided | TxnState::Completed | TxnState::Reversed) => {
@@ -252,10 +253,20 @@ impl Entry {
             // ever, and refused each time.
             (TxnState::InFlight, settled) if settled != TxnState::InFlight => {
                 live.state = settled;
+                // Its answer too (a void checks the auth code against it), and retries
+                // waiting for it are woken.
+                if live.answer.is_none() {
+                    live.answer = Answer::of_row(row);
+                    settled_here = live.answer.is_some();
+                }
             }
             _ => {}
         }
         live.refunded_fen = row.refunded_fen;
+        drop(live);
+        if settled_here {
+            self.answered.notify_waiters();
+        }
     }
 
     /// Records the answer and wakes retries waiting for it.

@@ -221,7 +221,7 @@ pub fn document() -> Value {
             "/api/payouts": { "get": op("Payouts with status, newest first, 200 a page; failures with their diagnosis and steps",
                 vec![param("mid", "query", "merchant (staff)"),
                      param("state", "query", "pending, sent, held, returned"),
-                     param("before", "query", "the next page: the previous page's next_before (null on the last)")], None, "List") },
+                     param("cursor", "query", "the next page: the previous page's next_cursor (null on the last)")], None, "List") },
             "/api/bound-account": {
                 "get": op("The bound settlement account (masked) and its changes",
                     vec![mid_staff.clone()], None, "Object"),

@@ -150,8 +150,8 @@ pub fn payout_json(p: &PayoutRow) -> Value {
 pub struct MidQuery {
     pub mid: Option<String>,
     pub state: Option<String>,
-    /// A page after another: its `next_before`.
-    pub before: Option<String>,
+    /// A page after another: its `next_cursor`.
+    pub cursor: Option<String>,
 }
 
 /// Payouts the principal may see, newest first, [`PAYOUTS_MAX`] a page; `before`: the page
@@ -181,7 +181,7 @@ pub fn payouts_for(
                         && m.bytes().all(|b| b.is_ascii_alphanumeric())
                 })
                 .ok_or_else(|| {
-                    ApiError::bad_request("before: the next_before of the previous page")
+                    ApiError::bad_request("cursor: the next_cursor of the previous page")
                         .zh("翻页参数不正确，请从第一页重新查看。")
                 })?;
             web.store
@@ -204,10 +204,10 @@ pub async fn payouts(
     who: Principal,
     Query(q): Query<MidQuery>,
 ) -> ApiResult {
-    let rows = payouts_for(&web, &who, given(&q.mid), given(&q.state), given(&q.before))?;
+    let rows = payouts_for(&web, &who, given(&q.mid), given(&q.state), given(&q.cursor))?;
     let items: Vec<Value> = rows.iter().map(payout_json).collect();
     Ok(Json(
-        json!({ "items": items, "next_before": payouts_cursor(&rows) }),
+        json!({ "items": items, "next_cursor": payouts_cursor(&rows) }),
     ))
 }
 

@@ -887,8 +887,15 @@ async fn transactions(
     headers: HeaderMap,
     Query(q): Query<TxnQuery>,
 ) -> Response {
-    // The search as asked, for the language switch to keep.
-    let c = ctx(&web, &headers, &search_params(&q));
+    // The search as asked, for the language switch to keep; a merchant field that names no
+    // merchant is left out (it may be a card number: the switch keeps a merchant ID whole).
+    let mut params = search_params(&q);
+    if let Some(mid) = q.mid.as_deref().filter(|m| !m.is_empty())
+        && !matches!(web.store.merchant(mid), Ok(Some(_)))
+    {
+        params.remove("mid");
+    }
+    let c = ctx(&web, &headers, &params);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
@@ -955,10 +962,13 @@ fn transactions_body(
     let fill = |name: &str, value: &Option<String>| {
         if bad_field.as_deref() == Some(name) {
             String::new()
-        } else if name == "mid" {
-            // A merchant ID that passed the staff check is shown whole: fifteen digits may
-            // pass a card's check digit too, and masked it would not search again.
-            esc(value.as_deref().unwrap_or(""))
+        } else if name == "mid"
+            && let Some(mid) = value.as_deref()
+            && matches!(web.store.merchant(mid), Ok(Some(_)))
+        {
+            // A merchant's ID is shown whole: fifteen digits may pass a card's check digit
+            // too, and masked it would not search again. Anything else typed there is masked.
+            esc(mid)
         } else {
             field(value)
         }
@@ -3235,8 +3245,8 @@ async fn audit_log(
                 esc(audit_action_text(l, &a.action)),
                 esc(&a.action),
                 esc(&a.target),
-                audit_values(a.before.as_deref()),
-                audit_values(a.after.as_deref()),
+                audit_values(l, a.before.as_deref()),
+                audit_values(l, a.after.as_deref()),
             ));
         }
         body.push_str("</table>");
@@ -3288,7 +3298,7 @@ fn audit_action_text(l: Lang, action: &str) -> &str {
 
 /// An audit row's before or after (a JSON object) as `key: value` lines: times as China time,
 /// amounts in yuan; anything else as it was written.
-fn audit_values(json: Option<&str>) -> String {
+fn audit_values(l: Lang, json: Option<&str>) -> String {
     let Some(text) = json.filter(|t| !t.is_empty()) else {
         return String::new();
     };
@@ -3307,7 +3317,11 @@ fn audit_values(json: Option<&str>) -> String {
                     format_time(ms)
                 }
                 (_, Some(ms)) if key.ends_with("_ms") => {
-                    format!("{} min", ms.div_euclid(60_000))
+                    if ms >= 60_000 {
+                        format!("{} {}", ms.div_euclid(60_000), t(l, "分钟", "min"))
+                    } else {
+                        format!("{} {}", ms.div_euclid(1_000), t(l, "秒", "s"))
+                    }
                 }
                 (_, Some(fen)) if key.ends_with("_fen") => domain::money::yuan(fen),
                 (serde_json::Value::String(s), _) => s.clone(),

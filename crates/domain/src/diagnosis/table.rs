@@ -2209,7 +2209,7 @@ pub static TABLE: &[Diagnosis] = &[
     },
     Diagnosis {
         subject: Subject::Failure(FailureKind::NotOriginalCard),
-        title: t("不是原交易的卡", "Not the card of the original sale"),
+        title: t("不是原交易所用的卡", "Not the card of the original"),
         meaning: t(
             "撤销、退货或预授权完成必须使用原交易的同一张卡，这次刷的卡与原交易的卡号不同，收单系统没有送往发卡行（14）。",
             "A void, refund or pre-authorisation completion must use the same card as its \
@@ -2233,9 +2233,16 @@ pub static TABLE: &[Diagnosis] = &[
                  again.",
             ),
             t(
-                "原卡已换新或遗失（新卡卡号不同）：在商户后台提交退货申请，由收单机构处理。",
-                "If that card was replaced or lost (the new card has another number): apply for \
-                 the refund in the merchant portal and the acquirer handles it.",
+                "撤销或退货而原卡已换新或遗失（新卡卡号不同）：在商户后台提交退货申请，由收单机构处理。",
+                "A void or refund whose card was replaced or lost (the new card has another \
+                 number): apply for the refund in the merchant portal and the acquirer handles \
+                 it.",
+            ),
+            t(
+                "预授权完成：请用原卡完成；原卡不能用时，撤销原预授权，再用新卡消费。",
+                "A pre-authorisation completion: complete it with the card it was made with; if \
+                 that card cannot be used, void the pre-authorisation and take the sale on the \
+                 new card.",
             ),
         ],
     },
