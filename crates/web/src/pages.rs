@@ -62,6 +62,24 @@ pub fn router() -> Router<Web> {
 
 type Params = HashMap<String, String>;
 
+/// A form holding passwords: its values are wiped when the handler is done with it.
+struct WipedForm(Params);
+
+impl std::ops::Deref for WipedForm {
+    type Target = Params;
+    fn deref(&self) -> &Params {
+        &self.0
+    }
+}
+
+impl Drop for WipedForm {
+    fn drop(&mut self) {
+        for value in self.0.values_mut() {
+            zeroize::Zeroize::zeroize(value);
+        }
+    }
+}
+
 /// The request's language and whether the answer must remember a newly chosen one.
 struct Ctx {
     lang: Lang,
@@ -369,6 +387,7 @@ fn login_page(c: &Ctx, failed: Option<&str>, username: &str) -> Response {
 }
 
 async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Params>) -> Response {
+    let form = WipedForm(form);
     let c = form_ctx(&web, &headers);
     let sent = form.get("csrf").map(String::as_str).unwrap_or_default();
     let expected = auth::cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
@@ -3084,7 +3103,8 @@ async fn reset_password(
     Path(id): Path<i64>,
     Form(form): Form<Params>,
 ) -> Response {
-    let password = form.get("password").cloned().unwrap_or_default();
+    let form = WipedForm(form);
+    let password = zeroize::Zeroizing::new(form.get("password").cloned().unwrap_or_default());
     manage_user(&web, &headers, &form, id, |w, who, user| async move {
         auth::reset_password(&w, &who, user, &password).await
     })
@@ -3165,6 +3185,7 @@ async fn change_password(
     headers: HeaderMap,
     Form(form): Form<Params>,
 ) -> Response {
+    let form = WipedForm(form);
     let c = form_ctx(&web, &headers);
     let who = match page_user(&web, &headers, &c) {
         Ok(who) => who,
