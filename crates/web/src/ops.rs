@@ -467,7 +467,25 @@ pub async fn bind_for(web: &Web, who: &Principal, body: BindBody) -> Result<Bind
         )
     })
     .await
-    .map_err(|e| ApiError::internal(format!("bind: {e}")))??;
+    .map_err(|e| ApiError::internal(format!("bind: {e}")))?
+    .map_err(|error| {
+        // The card's bank by name, as the form offers banks.
+        let card_bank = match &error {
+            BindError::BankMismatch { card_bank, .. } => Some(
+                web.directory
+                    .bank(card_bank)
+                    .map_or_else(|| card_bank.clone(), |b| b.name_zh().to_owned()),
+            ),
+            _ => None,
+        };
+        let api = ApiError::from(error);
+        match card_bank {
+            Some(name) => api.zh(format!(
+                "这张卡是{name}的卡，与选择的开户银行不符；银行卡可以不选开户银行。"
+            )),
+            None => api,
+        }
+    })?;
     let after = web
         .store
         .account_changes(Some(&mid))?

@@ -2071,6 +2071,8 @@ fn a_card_number_in_the_wrong_box_is_not_said_back() {
         // Said in Chinese too, the card number masked there as well.
         let zh = bind.json()["message_zh"].as_str().unwrap().to_owned();
         assert!(zh.contains("与选择的开户银行不符"), "{zh}");
+        // The card's bank by name, as the form offers banks.
+        assert!(zh.contains("这张卡是中国工商银行的卡"), "{zh}");
         assert!(!bind.body.contains(card), "{}", bind.body);
         let secret = "0123456789abcdef0123";
         let hook = api
