@@ -575,32 +575,29 @@ fn refund_text(l: Lang, case: &Case) -> Option<String> {
             t(l, "参考号", "RRN"),
             esc(case.refund_rrn.as_deref().unwrap_or("-"))
         ),
-        // The issuer refused the attempt's reversal: the refund may stand there.
-        Some(code) if case.refund_reversal_refused => format!(
-            "{} ({} {}){}",
-            t(l, "退货结果未明", "Refund outcome not known"),
-            esc(code),
-            esc(diagnosis::diagnose_str(code).title.get(l)),
-            t(
-                l,
-                "：发卡行拒绝了冲正，这笔退货可能已经生效；请先向发卡行核实，再决定是否重新退货",
-                ": the issuer refused its reversal, so the refund may stand; check with the \
-                 issuer before refunding again"
-            )
-        ),
         // The attempt may stand at the issuer: it is being reversed, and nothing is to be
-        // applied for or approved again until that is known.
+        // applied for or approved again until that is known; or the issuer refused its
+        // reversal, and the refund may stand there.
         Some(code) if case.refund_in_doubt => format!(
             "{} ({} {}){}",
             t(l, "退货结果未明", "Refund outcome not known"),
             esc(code),
             esc(diagnosis::diagnose_str(code).title.get(l)),
-            t(
-                l,
-                "：正在向发卡行冲正，确认前请勿重复申请或批准",
-                ": being reversed at the issuer; do not apply or approve again until that is \
-                 confirmed"
-            )
+            if case.refund_reversal_refused {
+                t(
+                    l,
+                    "：发卡行拒绝了冲正，这笔退货可能已经生效；请先向发卡行核实，再决定是否重新退货",
+                    ": the issuer refused its reversal, so the refund may stand; check with the \
+                     issuer before refunding again",
+                )
+            } else {
+                t(
+                    l,
+                    "：正在向发卡行冲正，确认前请勿重复申请或批准",
+                    ": being reversed at the issuer; do not apply or approve again until that \
+                     is confirmed",
+                )
+            }
         ),
         Some(code) => format!(
             "{} ({}) — {}",
@@ -909,9 +906,11 @@ async fn transactions(
     // The search as asked, for the language switch to keep; a merchant field that names no
     // merchant is left out (it may be a card number: the switch keeps a merchant ID whole).
     let mut params = search_params(&q);
-    if let Some(mid) = q.mid.as_deref().filter(|m| !m.is_empty())
-        && !matches!(web.store.merchant(mid), Ok(Some(_)))
-    {
+    let mid_known = q
+        .mid
+        .as_deref()
+        .is_some_and(|mid| matches!(web.store.merchant(mid), Ok(Some(_))));
+    if !mid_known {
         params.remove("mid");
     }
     let c = ctx(&web, &headers, &params);
@@ -919,19 +918,14 @@ async fn transactions(
         Ok(who) => who,
         Err(r) => return r,
     };
-    match transactions_body(&web, &c, &who, &q) {
+    match transactions_body(&web, &c, &who, (&q, mid_known)) {
         Ok((title, body, false)) => render(&c, &who, &title, &body),
         // Refused: the language switch does not carry the search (nor what was refused) along.
         Ok((title, body, true)) => {
-            let lang = match c.lang {
-                Lang::Zh => "zh",
-                Lang::En => "en",
+            let plain = Ctx {
+                switch_href: crate::html::lang_switch_href(c.lang, Some(&[])),
+                ..c
             };
-            let plain = ctx(
-                &web,
-                &headers,
-                &Params::from([("lang".to_owned(), lang.to_owned())]),
-            );
             let mut response = render(&plain, &who, &title, &body);
             *response.status_mut() = StatusCode::BAD_REQUEST;
             response
@@ -963,7 +957,7 @@ fn transactions_body(
     web: &Web,
     c: &Ctx,
     who: &Principal,
-    q: &TxnQuery,
+    (q, mid_known): (&TxnQuery, bool),
 ) -> Result<(String, String, bool), ApiError> {
     let l = c.lang;
     // A search refused for what was typed: the form again, filled as typed, with why above
@@ -981,13 +975,10 @@ fn transactions_body(
     let fill = |name: &str, value: &Option<String>| {
         if bad_field.as_deref() == Some(name) {
             String::new()
-        } else if name == "mid"
-            && let Some(mid) = value.as_deref()
-            && matches!(web.store.merchant(mid), Ok(Some(_)))
-        {
+        } else if name == "mid" && mid_known {
             // A merchant's ID is shown whole: fifteen digits may pass a card's check digit
             // too, and masked it would not search again. Anything else typed there is masked.
-            esc(mid)
+            esc(value.as_deref().unwrap_or(""))
         } else {
             field(value)
         }
@@ -1985,11 +1976,7 @@ async fn terminals(
             body.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td><td class=\"fallbacks\">{}</td><td>{problems}</td></tr>",
                 // Staff see every merchant's terminals: whose each one is.
-                if who.is_staff() {
-                    format!("{}<br><small class=\"mid\">{}</small>", esc(&h.tid), esc(&h.mid))
-                } else {
-                    esc(&h.tid)
-                },
+                with_mid(esc(&h.tid), who.is_staff().then_some(h.mid.as_str())),
                 if h.signed_in { t(l, "是", "yes") } else { t(l, "否", "no") },
                 h.last_sign_in_ms.map(format_time).unwrap_or_else(|| "-".to_owned()),
                 h.transactions,
@@ -2264,20 +2251,19 @@ async fn console(
             t(l, "原因", "Why"),
         ));
         for item in &refused {
-            // The refusal as the switch recorded it ("reversal refused by X at T: 12"): its
-            // time and the issuer's code, worded in the page's language.
+            // The issuer's code as the queue kept it, worded in the page's language; when, from
+            // the event the switch wrote with it.
             let done = web
                 .store
                 .events(item.txn_id)?
                 .into_iter()
                 .rev()
                 .find(|e| e.kind == "reversal_done");
-            let code = done
-                .as_ref()
-                .and_then(|e| e.detail.rsplit_once(": "))
-                .map(|(_, code)| code.trim().to_owned())
+            let code = item
+                .last_error
+                .as_deref()
                 .filter(|code| code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphanumeric()));
-            let why = match &code {
+            let why = match code {
                 Some(code) => format!(
                     "{code}（{}）{}",
                     diagnosis::diagnose_str(code).title.get(l),
@@ -2484,15 +2470,10 @@ fn settlement_body(
         body.push_str(&format!(
             "<tr class=\"batch\"><td>{}</td><td>{:06}</td><td>{}</td><td class=\"{}\">{} — {}</td><td>{}</td><td>{}</td></tr>",
             // Staff looking at every merchant: whose terminal each is.
-            if who.is_staff() && mid.is_none() {
-                format!(
-                    "{}<br><small class=\"mid\">{}</small>",
-                    esc(jget(b, "tid").as_str().unwrap_or("")),
-                    esc(jget(b, "mid").as_str().unwrap_or(""))
-                )
-            } else {
-                esc(jget(b, "tid").as_str().unwrap_or(""))
-            },
+            with_mid(
+                esc(jget(b, "tid").as_str().unwrap_or("")),
+                (who.is_staff() && mid.is_none()).then(|| jget(b, "mid").as_str().unwrap_or("")),
+            ),
             jget(b, "batch_no").as_u64().unwrap_or(0),
             esc(&format_time(jget(b, "settled_at_ms").as_i64().unwrap_or(0))),
             if result == 1 { "ok" } else { "bad" },
@@ -2559,15 +2540,10 @@ fn settlement_body(
         });
         body.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>¥{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{failure}</td></tr>",
-            if who.is_staff() && mid.is_none() {
-                format!(
-                    "{}<br><small class=\"mid\">{}</small>",
-                    esc(&date_text(&p.payout_date)),
-                    esc(&p.mid)
-                )
-            } else {
-                esc(&date_text(&p.payout_date))
-            },
+            with_mid(
+                esc(&date_text(&p.payout_date)),
+                (who.is_staff() && mid.is_none()).then_some(p.mid.as_str()),
+            ),
             esc(&date_text(&p.cutoff_date)),
             yuan(p.amount_fen),
             esc(&p.account_masked),
@@ -3353,6 +3329,15 @@ fn audit_values(l: Lang, json: Option<&str>) -> String {
         })
         .collect::<Vec<_>>()
         .join("<br>")
+}
+
+/// A table cell's (escaped) text, with whose it is under it when staff look at several
+/// merchants' (`mid`).
+fn with_mid(cell: String, mid: Option<&str>) -> String {
+    match mid {
+        Some(mid) => format!("{cell}<br><small class=\"mid\">{}</small>", esc(mid)),
+        None => cell,
+    }
 }
 
 /// A bank by its directory code, in the page's language (the Chinese name where no English
