@@ -526,14 +526,11 @@ impl CaseService {
                 value: value.to_owned(),
             })
         };
-        let refund_in_doubt = row.refund_code.is_some() && self.refund_in_doubt(&row)?;
-        let refund_reversal_refused = match row.refund_txn_id {
-            Some(id) if refund_in_doubt => self
-                .store
-                .reversal(id)?
-                .is_some_and(|r| r.state == store::SafState::Refused),
-            _ => false,
+        let doubt = match row.refund_code {
+            Some(_) => self.refund_doubt(&row)?,
+            None => None,
         };
+        let (refund_in_doubt, refund_reversal_refused) = (doubt.is_some(), doubt == Some(true));
         Ok(Case {
             id: row.id,
             kind: CaseKind::parse(&row.kind).ok_or_else(|| corrupt("case kind", &row.kind))?,
@@ -777,20 +774,28 @@ impl CaseService {
     /// known to stand: a reversal of it queued and not acknowledged (or refused), or, before
     /// one is queued, its journal row still in flight or timed out; with no row, a 98.
     fn refund_in_doubt(&self, row: &CaseRow) -> Result<bool, CaseError> {
+        Ok(self.refund_doubt(row)?.is_some())
+    }
+
+    /// [`Self::refund_in_doubt`], and if so whether the issuer refused the attempt's reversal
+    /// (`Some(true)`: the refund may stand there), from one read of the reversal queue.
+    fn refund_doubt(&self, row: &CaseRow) -> Result<Option<bool>, CaseError> {
         if row.refund_code.as_deref() == Some("00") {
-            return Ok(false);
+            return Ok(None);
         }
         let Some(txn_id) = row.refund_txn_id else {
-            return Ok(row.refund_code.as_deref() == Some("98"));
+            return Ok((row.refund_code.as_deref() == Some("98")).then_some(false));
         };
         if let Some(reversal) = self.store.reversal(txn_id)? {
-            return Ok(reversal.state != store::SafState::Acked);
+            return Ok((reversal.state != store::SafState::Acked)
+                .then_some(reversal.state == store::SafState::Refused));
         }
         let state = self.store.txn(txn_id)?.map(|t| t.state);
-        Ok(matches!(
+        Ok((matches!(
             state,
             Some(store::TxnState::InFlight | store::TxnState::TimedOut)
         ) || row.refund_code.as_deref() == Some("98"))
+        .then_some(false))
     }
 
     /// Writes a refund's result onto the case as it is now (at the row's version, read again

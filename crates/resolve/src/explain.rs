@@ -817,10 +817,13 @@ fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow, reversal_queued: bo
             "预授权已过期：冻结已释放，不扣款",
             "pre-authorisation expired: the hold is released, nothing is charged",
         ),
-        Outcome::Declined => Both::new(
-            format!("失败：{}", row_code_title(row, reversal_queued).zh),
-            format!("declined: {}", row_code_title(row, reversal_queued).en),
-        ),
+        Outcome::Declined => {
+            let title = row_code_title(row, reversal_queued);
+            Both::new(
+                format!("失败：{}", title.zh),
+                format!("declined: {}", title.en),
+            )
+        }
         Outcome::ApprovedThenReversed => Both::new(
             format!(
                 "刷卡时{}批准了，但随后被冲正：持卡人不会被扣款，冻结或扣款由发卡行退回",
@@ -903,13 +906,13 @@ fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow, reversal_queued: bo
                 bank.en
             ),
         ),
-        Outcome::Failed => Both::new(
-            format!("交易未完成：{}", row_code_title(row, reversal_queued).zh),
-            format!(
-                "did not complete: {}",
-                row_code_title(row, reversal_queued).en
-            ),
-        ),
+        Outcome::Failed => {
+            let title = row_code_title(row, reversal_queued);
+            Both::new(
+                format!("交易未完成：{}", title.zh),
+                format!("did not complete: {}", title.en),
+            )
+        }
     }
 }
 

@@ -51,9 +51,14 @@ pub enum BindError {
     Luhn,
     #[error("the card's BIN is not in the issuer directory")]
     UnknownCardBank,
-    /// `given` as typed, quoted with any card number in it masked (one typed in the wrong box).
+    /// `given` as typed, quoted with any card number in it masked (one typed in the wrong box);
+    /// `card_bank_zh`, the card's bank by its Chinese name, as a form offers banks.
     #[error("the card is issued by {card_bank}, not {}", domain::mask_card_numbers(.given))]
-    BankMismatch { card_bank: String, given: String },
+    BankMismatch {
+        card_bank: String,
+        card_bank_zh: String,
+        given: String,
+    },
     #[error("a bank account needs a known bank code")]
     UnknownBank,
     #[error("the holder name is missing")]
@@ -149,16 +154,17 @@ pub fn validate(
             if !domain::luhn_valid(digits.as_bytes()) {
                 return Err(BindError::Luhn);
             }
-            let card_bank = directory
+            let issuer = directory
                 .lookup_digits(&digits)
                 .issuer
-                .map(|m| m.bank.code().to_owned())
                 .ok_or(BindError::UnknownCardBank)?;
+            let card_bank = issuer.bank.code().to_owned();
             if let Some(given) = &input.bank_code
                 && given != &card_bank
             {
                 return Err(BindError::BankMismatch {
                     card_bank,
+                    card_bank_zh: issuer.bank.name_zh().to_owned(),
                     given: given.clone(),
                 });
             }

@@ -144,6 +144,18 @@ pub(crate) struct Ctx<'a> {
 /// The journal could not be read (an error, or no answer within the journal's wait).
 struct Unread;
 
+/// A void, completion or refund: a request that names an original and acts on it.
+fn names_original(kind: TxnKind) -> bool {
+    matches!(
+        kind,
+        TxnKind::PurchaseVoid
+            | TxnKind::CompletionVoid
+            | TxnKind::PreAuthVoid
+            | TxnKind::Completion
+            | TxnKind::Refund
+    )
+}
+
 impl Core {
     /// A financial request or its reversal, from checks to the answer.
     pub(crate) async fn financial(
@@ -1128,14 +1140,7 @@ impl Core {
         // (any other request counts for the day it was received).
         let mut sale_day = None;
         let mut f61_out: Option<String> = None;
-        if matches!(
-            kind,
-            TxnKind::PurchaseVoid
-                | TxnKind::CompletionVoid
-                | TxnKind::PreAuthVoid
-                | TxnKind::Completion
-                | TxnKind::Refund
-        ) {
+        if names_original(kind) {
             let found = match self.find_original(ctx, kind, fingerprint.as_ref()).await {
                 Ok(Some(found)) => found,
                 Ok(None) => {
@@ -2042,26 +2047,20 @@ impl Core {
                         // this write: reversed from in flight only, or the write fails (96)
                         // and the terminal's resend reads it again, approved, and gives its
                         // original back.
-                        let linked = matches!(
-                            o.kind,
-                            TxnKind::PurchaseVoid
-                                | TxnKind::CompletionVoid
-                                | TxnKind::PreAuthVoid
-                                | TxnKind::Completion
-                                | TxnKind::Refund
+                        records.push(
+                            if names_original(o.kind) && previous == TxnState::InFlight {
+                                Record::StateFrom {
+                                    id: o.id,
+                                    from: TxnState::InFlight,
+                                    state: TxnState::Reversed,
+                                }
+                            } else {
+                                Record::State {
+                                    id: o.id,
+                                    state: TxnState::Reversed,
+                                }
+                            },
                         );
-                        records.push(if linked && previous == TxnState::InFlight {
-                            Record::StateFrom {
-                                id: o.id,
-                                from: TxnState::InFlight,
-                                state: TxnState::Reversed,
-                            }
-                        } else {
-                            Record::State {
-                                id: o.id,
-                                state: TxnState::Reversed,
-                            }
-                        });
                         let issuer = o.issuer.clone().unwrap_or_default();
                         if o.kind != TxnKind::BalanceInquiry && !issuer.is_empty() {
                             let reason = ctx.frame.message.text(39).unwrap_or("98");

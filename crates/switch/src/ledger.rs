@@ -45,7 +45,7 @@ impl Answer {
     pub fn of_row(row: &TxnRow) -> Option<Self> {
         let code = row.response_code.as_deref()?;
         if row.state == TxnState::Reversed && code == "00" {
-            return Some(Answer::code(*b"98"));
+            return Some(Answer::code(crate::core::RC_ISSUER_TIMEOUT));
         }
         Some(Answer {
             response_code: code.as_bytes().try_into().ok()?,

@@ -85,10 +85,8 @@ fn bind_error_zh(error: &BindError) -> String {
         BindError::UnknownCardBank => {
             "查不到这张卡的发卡行，请确认是银联借记卡，或改绑对公账户。".to_owned()
         }
-        BindError::BankMismatch { card_bank, .. } => {
-            format!(
-                "这张卡的发卡行代码是 {card_bank}，与选择的开户银行不符；银行卡可以不选开户银行。"
-            )
+        BindError::BankMismatch { card_bank_zh, .. } => {
+            format!("这张卡是{card_bank_zh}的卡，与选择的开户银行不符；银行卡可以不选开户银行。")
         }
         BindError::UnknownBank => "对公账户需要选择开户银行。".to_owned(),
         BindError::NameMissing => "请填写户名。".to_owned(),
@@ -467,25 +465,7 @@ pub async fn bind_for(web: &Web, who: &Principal, body: BindBody) -> Result<Bind
         )
     })
     .await
-    .map_err(|e| ApiError::internal(format!("bind: {e}")))?
-    .map_err(|error| {
-        // The card's bank by name, as the form offers banks.
-        let card_bank = match &error {
-            BindError::BankMismatch { card_bank, .. } => Some(
-                web.directory
-                    .bank(card_bank)
-                    .map_or_else(|| card_bank.clone(), |b| b.name_zh().to_owned()),
-            ),
-            _ => None,
-        };
-        let api = ApiError::from(error);
-        match card_bank {
-            Some(name) => api.zh(format!(
-                "这张卡是{name}的卡，与选择的开户银行不符；银行卡可以不选开户银行。"
-            )),
-            None => api,
-        }
-    })?;
+    .map_err(|e| ApiError::internal(format!("bind: {e}")))??;
     let after = web
         .store
         .account_changes(Some(&mid))?

@@ -909,7 +909,7 @@ async fn transactions(
     let mid_known = q
         .mid
         .as_deref()
-        .is_some_and(|mid| matches!(web.store.merchant(mid), Ok(Some(_))));
+        .is_some_and(|mid| crate::ops::known_merchant(&web, mid).is_ok());
     if !mid_known {
         params.remove("mid");
     }
