@@ -150,11 +150,9 @@ impl Principal {
             // the value is shown back on the page, and a card number typed into the wrong
             // field must not be.
             _ => match asked {
-                Some(mid) if mid.len() > 15 || !mid.bytes().all(|b| b.is_ascii_alphanumeric()) => {
-                    Err(ApiError::bad_request(
-                        "mid: a merchant ID is at most 15 letters and digits",
-                    ))
-                }
+                Some(mid) if !mid_shaped(mid) => Err(ApiError::bad_request(
+                    "mid: a merchant ID is at most 15 letters and digits",
+                )),
                 _ => Ok(asked.map(str::to_owned)),
             },
         }
@@ -168,6 +166,11 @@ impl Principal {
             _ => Err(ApiError::csrf()),
         }
     }
+}
+
+/// Whether `text` has a merchant ID's shape: at most 15 letters and digits.
+pub fn mid_shaped(text: &str) -> bool {
+    text.len() <= 15 && text.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// The value of cookie `name` in the request, if any.

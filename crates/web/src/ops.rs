@@ -173,10 +173,7 @@ pub fn payouts_for(
             let (day, after_mid) = cursor
                 .split_once(':')
                 .filter(|(day, m)| {
-                    day.len() == 8
-                        && day.bytes().all(|b| b.is_ascii_digit())
-                        && m.len() <= 15
-                        && m.bytes().all(|b| b.is_ascii_alphanumeric())
+                    day.len() == 8 && day.bytes().all(|b| b.is_ascii_digit()) && auth::mid_shaped(m)
                 })
                 .ok_or_else(|| {
                     ApiError::bad_request("cursor: the next_cursor of the previous page")
