@@ -519,12 +519,7 @@ impl Engine {
                     (n >= declines_max).then(|| {
                         (
                             Words::new(
-                                format!(
-                                    "疑似测卡：终端 {} 在 {} 秒内有 {n} 笔不超过 {} 的交易被拒",
-                                    outcome.tid,
-                                    window_ms / 1_000,
-                                    yuan(small_fen)
-                                ),
+                                card_testing_zh(outcome.tid, n, small_fen, window_ms),
                                 format!(
                                     "card testing: {n} declined attempts of at most {} on \
                                      terminal {} within {} s",
@@ -542,24 +537,7 @@ impl Engine {
                     cards_max,
                 } => self.terminals.get(outcome.tid).and_then(|t| {
                     let (n, ids) = wrong_pin_cards(t, now - window_ms);
-                    (n >= cards_max).then(|| {
-                        (
-                            Words::new(
-                                format!(
-                                    "终端 {} 在 {} 秒内有 {n} 张不同的卡输错密码",
-                                    outcome.tid,
-                                    window_ms / 1_000
-                                ),
-                                format!(
-                                    "wrong PINs on {n} different cards at terminal {} within \
-                                     {} s",
-                                    outcome.tid,
-                                    window_ms / 1_000
-                                ),
-                            ),
-                            ids,
-                        )
-                    })
+                    (n >= cards_max).then(|| (wrong_pins_words(outcome.tid, n, window_ms), ids))
                 }),
                 RuleKind::CardVelocity {
                     window_ms,
@@ -732,12 +710,7 @@ impl Engine {
                     ids.push(request.txn_id);
                     (
                         Words::new(
-                            format!(
-                                "疑似测卡：终端 {} 在 {} 秒内有 {n} 笔不超过 {} 的交易被拒",
-                                request.tid,
-                                window_ms / 1_000,
-                                yuan(small_fen)
-                            ),
+                            card_testing_zh(request.tid, n, small_fen, window_ms),
                             format!(
                                 "card testing on terminal {}: {n} declined attempts of at most \
                                  {} within {} s",
@@ -761,21 +734,7 @@ impl Engine {
                 let (n, mut ids) = wrong_pin_cards(terminal, now - window_ms);
                 (n >= cards_max).then(|| {
                     ids.push(request.txn_id);
-                    (
-                        Words::new(
-                            format!(
-                                "终端 {} 在 {} 秒内有 {n} 张不同的卡输错密码",
-                                request.tid,
-                                window_ms / 1_000
-                            ),
-                            format!(
-                                "wrong PINs on {n} different cards at terminal {} within {} s",
-                                request.tid,
-                                window_ms / 1_000
-                            ),
-                        ),
-                        ids,
-                    )
+                    (wrong_pins_words(request.tid, n, window_ms), ids)
                 })
             }
             RuleKind::PeerChange { prefix_bits } => {
@@ -934,6 +893,29 @@ fn trim_pins(events: &mut VecDeque<WrongPin>, oldest: i64) {
     while events.front().is_some_and(|e| e.at_ms <= oldest) {
         events.pop_front();
     }
+}
+
+/// A card-testing alert's words in Chinese (the two places it is raised word it alike).
+fn card_testing_zh(tid: &str, n: u32, small_fen: i64, window_ms: i64) -> String {
+    format!(
+        "疑似测卡：终端 {tid} 在 {} 秒内有 {n} 笔不超过 {} 的交易被拒",
+        window_ms / 1_000,
+        yuan(small_fen)
+    )
+}
+
+/// A wrong-PINs alert's words (the two places it is raised word it alike).
+fn wrong_pins_words(tid: &str, n: u32, window_ms: i64) -> Words {
+    Words::new(
+        format!(
+            "终端 {tid} 在 {} 秒内有 {n} 张不同的卡输错密码",
+            window_ms / 1_000
+        ),
+        format!(
+            "wrong PINs on {n} different cards at terminal {tid} within {} s",
+            window_ms / 1_000
+        ),
+    )
 }
 
 fn small_declines(terminal: &TerminalState, after: i64, small_fen: i64) -> (u32, Vec<i64>) {
