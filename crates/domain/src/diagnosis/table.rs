@@ -32,6 +32,15 @@ const NO_CONTACT: Text = t(
     "不需要：问题不在发卡行。",
     "No: the problem is not on the issuer's side.",
 );
+/// One bank timing out again and again is for the acquirer to take up with it.
+const TIMEOUTS_PERSIST_CONTACT: Text = t(
+    "仅在同一家银行持续超时的情况下；通常由收单机构跟进。",
+    "Only if one bank keeps timing out; the acquirer usually follows up.",
+);
+const STEP_OTHER_BANK_OR_LATER: Text = t(
+    "请顾客换一张其他银行的卡，或稍后再试。",
+    "Ask for a card from another bank, or try again later.",
+);
 /// Refused by shoudan before it went out.
 const NOT_SENT_CONTACT: Text = t(
     "不需要：发卡行没有收到这笔请求。",
@@ -1497,13 +1506,7 @@ pub static TABLE: &[Diagnosis] = &[
              follows up too.",
         ),
         customer_message: SYSTEM_BUSY_CUSTOMER,
-        merchant_steps: &[
-            t(
-                "请顾客换一张其他银行的卡，或稍后再试。",
-                "Ask for a card from another bank, or try again later.",
-            ),
-            STEP_CHECK_FIRST,
-        ],
+        merchant_steps: &[STEP_OTHER_BANK_OR_LATER, STEP_CHECK_FIRST],
     },
     Diagnosis {
         subject: code(b"92"),
@@ -1690,10 +1693,7 @@ pub static TABLE: &[Diagnosis] = &[
         who_acts: Network,
         retry: AfterAction(Reversal),
         contact_issuer: IfPersists,
-        contact_when: t(
-            "仅在同一家银行持续超时的情况下；通常由收单机构跟进。",
-            "Only if one bank keeps timing out; the acquirer usually follows up.",
-        ),
+        contact_when: TIMEOUTS_PERSIST_CONTACT,
         customer_message: IN_DOUBT_CUSTOMER,
         merchant_steps: REVERSAL_STEPS,
     },
@@ -2289,10 +2289,7 @@ pub static TABLE: &[Diagnosis] = &[
         who_acts: Network,
         retry: AfterAction(Reversal),
         contact_issuer: IfPersists,
-        contact_when: t(
-            "仅在同一家银行持续超时的情况下；通常由收单机构跟进。",
-            "Only if one bank keeps timing out; the acquirer usually follows up.",
-        ),
+        contact_when: TIMEOUTS_PERSIST_CONTACT,
         customer_message: t(
             "这笔撤销或退货没有完成，原来的交易仍然有效。系统确认后我们会为您重新办理。",
             "This void or refund did not go through and the original transaction still stands. \
@@ -2323,10 +2320,7 @@ pub static TABLE: &[Diagnosis] = &[
         who_acts: Network,
         retry: Later,
         contact_issuer: IfPersists,
-        contact_when: t(
-            "仅在同一家银行持续超时的情况下；通常由收单机构跟进。",
-            "Only if one bank keeps timing out; the acquirer usually follows up.",
-        ),
+        contact_when: TIMEOUTS_PERSIST_CONTACT,
         customer_message: t(
             "银行暂时没有回复查询，您的卡没有被扣款。请稍后再查。",
             "The bank did not answer the inquiry; nothing was taken from your card. Please try \
@@ -2355,10 +2349,7 @@ pub static TABLE: &[Diagnosis] = &[
         ),
         customer_message: SYSTEM_BUSY_CUSTOMER,
         merchant_steps: &[
-            t(
-                "请顾客换一张其他银行的卡，或稍后再试。",
-                "Ask for a card from another bank, or try again later.",
-            ),
+            STEP_OTHER_BANK_OR_LATER,
             t(
                 "持续失败请联系收单机构。",
                 "If it goes on, call the acquirer.",
