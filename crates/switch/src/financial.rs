@@ -1143,28 +1143,16 @@ impl Core {
         if names_original(kind) {
             let found = match self.find_original(ctx, kind, fingerprint.as_ref()).await {
                 Ok(Some(found)) => found,
-                Ok(None) => {
-                    return self
-                        .refuse_recorded(
-                            ctx,
-                            &entry,
-                            row,
-                            RC_ORIGINAL_NOT_FOUND,
-                            "original transaction not found",
-                        )
-                        .await;
-                }
-                // Not "not found": the terminal may try again once the journal answers.
-                Err(Unread) => {
-                    return self
-                        .refuse_recorded(
-                            ctx,
-                            &entry,
-                            row,
+                missing => {
+                    let (code, why) = match missing {
+                        // Not "not found": the terminal may try again once the journal answers.
+                        Err(Unread) => (
                             RC_SYSTEM_ERROR,
                             "cannot read the journal to find the original",
-                        )
-                        .await;
+                        ),
+                        Ok(_) => (RC_ORIGINAL_NOT_FOUND, "original transaction not found"),
+                    };
+                    return self.refuse_recorded(ctx, &entry, row, code, why).await;
                 }
             };
             let Some(fp) = fingerprint else {
