@@ -284,8 +284,25 @@ pub fn reconcile(
         if seen.contains_key(rrn) {
             continue;
         }
-        if adjacent.iter().any(|a| a.rrn == rrn && issuer_counts(a)) {
-            report.matched += 1;
+        // In a neighbouring day's file (the hour between our 23:00 cut-over and the issuer's
+        // midnight): matched there as in the day's own, its amount compared too.
+        if let Some(theirs) = adjacent.iter().find(|a| a.rrn == rrn && issuer_counts(a)) {
+            if theirs.amount_fen == row.amount_fen {
+                report.matched += 1;
+            } else {
+                report.findings.push(ReconFinding {
+                    kind: FindingKind::AmountDiffers,
+                    issuer: issuer.to_owned(),
+                    rrn: rrn.to_owned(),
+                    txn_kind: theirs.kind.clone(),
+                    txn_id: Some(row.id),
+                    issuer_amount_fen: Some(theirs.amount_fen),
+                    journal_amount_fen: Some(row.amount_fen),
+                    issuer_state: Some(theirs.state.clone()),
+                    journal_state: Some(row.state.as_str().to_owned()),
+                    action: ACTION_AMOUNT,
+                });
+            }
             continue;
         }
         report.findings.push(ReconFinding {
@@ -423,6 +440,48 @@ mod tests {
         assert_eq!(report.matched, 2);
         assert_eq!(report.findings[0].action, ACTION_REVERSED_HERE);
         assert_eq!(report.findings[1].action, ACTION_MISSING);
+    }
+
+    /// A sale of the hour between the 23:00 cut-over and the issuer's midnight is in the
+    /// issuer's file of the other day: its amount is compared there too.
+    #[test]
+    fn a_sale_in_the_neighbouring_days_file_has_its_amount_compared() {
+        let adjacent = parse_clearing_csv(
+            "rrn,type,amount,state,refunded,captured,original_rrn,auth_code,day\n\
+             000000000008,purchase,801,approved,0,0,,1,2026-11-22\n\
+             000000000009,purchase,900,approved,0,0,,2,2026-11-22\n",
+        )
+        .unwrap();
+        let d = "20261123";
+        let journal = vec![
+            journal_row(
+                "000000000008",
+                TxnKind::Purchase,
+                TxnState::Approved,
+                800,
+                d,
+            ),
+            journal_row(
+                "000000000009",
+                TxnKind::Purchase,
+                TxnState::Approved,
+                900,
+                d,
+            ),
+        ];
+        let report = reconcile("ICBC", d, &[], &adjacent, &journal);
+        assert_eq!(report.matched, 1);
+        assert_eq!(report.findings.len(), 1, "{:?}", report.findings);
+        let f = &report.findings[0];
+        assert_eq!(
+            (f.rrn.as_str(), f.kind),
+            ("000000000008", FindingKind::AmountDiffers)
+        );
+        assert_eq!(
+            (f.issuer_amount_fen, f.journal_amount_fen),
+            (Some(801), Some(800))
+        );
+        assert_eq!(f.action, ACTION_AMOUNT);
     }
 
     #[test]

@@ -369,41 +369,55 @@ fn a_day_of_demo_traffic_is_settled_paid_and_reconciled() {
     {
         let date = dates.first().unwrap();
         let reports = json(&["reconcile", "--date", date], dir);
-        let bank = reports
+        // An issuer's file, of its own day, that holds an approved sale of the clearing date:
+        // the issuers' days end at midnight, the host's at 23:00, so between the two the
+        // clearing date's sales are in the issuer's file of the day before.
+        let issuer_lines = |bank: &str, issuer_date: &str| -> Vec<String> {
+            let day = issuer_sim::Date::from_days_since_epoch(
+                settlement::dates::day_number(issuer_date).unwrap(),
+            );
+            let ledger = issuer_sim::ledger::Ledger::open(&issuer_sim::LedgerLocation::File(
+                dir.join("issuers").join(format!("{bank}.db")),
+            ))
+            .unwrap();
+            let records = ledger.transactions(Some(day), true).unwrap();
+            ledger.close().unwrap();
+            let mut csv = Vec::new();
+            issuer_sim::clearing::write_csv(&records, &mut csv).unwrap();
+            String::from_utf8(csv)
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        };
+        let approved_sale = |l: &String| {
+            l.split(',').nth(1) == Some("purchase") && l.split(',').nth(3) == Some("approved")
+        };
+        let day_before = settlement::dates::add_days(date, -1).unwrap();
+        let (bank, issuer_date, mut lines, row) = reports
             .as_array()
             .unwrap()
             .iter()
-            .find(|r| r["matched"].as_u64().unwrap() > 0)
-            .unwrap()["issuer"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let day =
-            issuer_sim::Date::from_days_since_epoch(settlement::dates::day_number(date).unwrap());
-        let ledger = issuer_sim::ledger::Ledger::open(&issuer_sim::LedgerLocation::File(
-            dir.join("issuers").join(format!("{bank}.db")),
-        ))
-        .unwrap();
-        let records = ledger.transactions(Some(day), true).unwrap();
-        ledger.close().unwrap();
-        let mut csv = Vec::new();
-        issuer_sim::clearing::write_csv(&records, &mut csv).unwrap();
-        let mut lines: Vec<String> = String::from_utf8(csv)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        let row = lines
-            .iter()
-            .position(|l| {
-                l.split(',').nth(1) == Some("purchase") && l.split(',').nth(3) == Some("approved")
+            .filter(|r| r["matched"].as_u64().unwrap() > 0)
+            .map(|r| r["issuer"].as_str().unwrap().to_owned())
+            .flat_map(|bank| {
+                [date.clone(), day_before.clone()]
+                    .into_iter()
+                    .map(move |d| (bank.clone(), d))
             })
-            .unwrap();
+            .find_map(|(bank, d)| {
+                let lines = issuer_lines(&bank, &d);
+                let row = lines.iter().position(approved_sale)?;
+                Some((bank, d, lines, row))
+            })
+            .unwrap_or_else(|| panic!("no issuer file holds an approved sale of {date}"));
         let mut fields: Vec<String> = lines[row].split(',').map(str::to_owned).collect();
         let rrn = fields[0].clone();
         fields[2] = (fields[2].parse::<i64>().unwrap() + 1).to_string();
         lines[row] = fields.join(",");
-        let path = dir.join("clearing").join(format!("{bank}-{date}.csv"));
+        let path = dir
+            .join("clearing")
+            .join(format!("{bank}-{issuer_date}.csv"));
         let kept = std::fs::read(&path).ok();
         std::fs::create_dir_all(dir.join("clearing")).unwrap();
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
