@@ -649,3 +649,63 @@ fn a_reversal_on_one_node_of_a_sale_refunded_on_the_other_is_refused() {
     node_b_runtime.shutdown_background();
     let _ = PgStore::drop_schema(&url, &schema);
 }
+
+/// A purchase approved through node A and reversed by its terminal through node B: the
+/// terminal's resend of the purchase to node A, whose memory still holds it approved, is told
+/// 98 (the money is being given back), not "approved" with an auth code a second time.
+#[test]
+fn a_resend_on_one_node_of_a_purchase_reversed_on_the_other_is_not_approved() {
+    let Some(url) = pg_url() else { return };
+    let schema = format!("switch_nodes_resend_{}", std::process::id());
+    let config = PgConfig {
+        url: url.clone(),
+        schema: Some(schema.clone()),
+    };
+    let main = runtime();
+    let (node_a_runtime, node_b_runtime) = (runtime(), runtime());
+    main.block_on(async {
+        let (log, issuer, hsm, zpk) = shared(&config, &[TID_A]).await;
+        let a = start_node(&node_a_runtime, &config, 1, issuer, &hsm, zpk).await;
+        let b = start_node(&node_b_runtime, &config, 2, issuer, &hsm, zpk).await;
+        let pan = card("622202");
+        let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
+        assert_eq!(via_a.sign_in().await.code(), "00");
+        let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
+        assert_eq!(via_b.sign_in().await.code(), "00");
+        let sale_request = Req::purchase(&pan, 2_345, 7);
+        let sale = via_a.send(&sale_request).await;
+        assert_eq!(sale.code(), "00");
+        let rrn = sale.text(37).unwrap();
+        assert_eq!(
+            via_b.send(&Req::reversal_of(&sale_request)).await.code(),
+            "00"
+        );
+        let row = b.store.txn_by_rrn(&rrn).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Reversed);
+
+        let asked = log.requests.load(Ordering::SeqCst);
+        let resent = via_a.send(&sale_request).await;
+        assert_eq!(
+            resent.code(),
+            "98",
+            "node A answered a resend of a purchase reversed on node B as approved"
+        );
+        assert_eq!(
+            resent.text(38),
+            None,
+            "an auth code given for a reversed sale"
+        );
+        assert_eq!(
+            log.requests.load(Ordering::SeqCst),
+            asked,
+            "the resend reached the issuer"
+        );
+        // Node B, where the reversal was taken, says the same.
+        assert_eq!(via_b.send(&sale_request).await.code(), "98");
+        a.handle.shutdown().await;
+        b.handle.shutdown().await;
+    });
+    node_a_runtime.shutdown_background();
+    node_b_runtime.shutdown_background();
+    let _ = PgStore::drop_schema(&url, &schema);
+}
