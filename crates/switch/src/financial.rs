@@ -351,6 +351,16 @@ impl Core {
         )
     }
 
+    /// Answers a request under a key already held: a retry as the first request was
+    /// answered, a different request 94. (`Claim::New` is not answered here: the caller
+    /// processes it.)
+    async fn answer_claimed(&self, ctx: &Ctx<'_>, claim: Claim) -> Option<Vec<u8>> {
+        match claim {
+            Claim::Retry(entry) => self.answer_retry(ctx, entry).await,
+            Claim::Conflict | Claim::New(_) => self.reply_code(ctx, RC_DUPLICATE),
+        }
+    }
+
     /// Answers a retry with what the first request got (waiting if it is still in progress).
     async fn answer_retry(&self, ctx: &Ctx<'_>, entry: Arc<Entry>) -> Option<Vec<u8>> {
         let answer = self.retry_answer(&entry).await;
@@ -1016,6 +1026,9 @@ impl Core {
     pub(crate) async fn forward(self: &Arc<Self>, ctx: &Ctx<'_>) -> Option<Vec<u8>> {
         let request = &ctx.frame.message;
         let kind = store_kind(ctx.kind);
+        if let Some(held) = self.ledger.held(&ctx.key, &ctx.request_hash) {
+            return self.answer_claimed(ctx, held).await;
+        }
         let Ok(id) = self.next_id().await else {
             return self.reply_code(ctx, RC_SYSTEM_ERROR);
         };
@@ -1058,10 +1071,7 @@ impl Core {
         };
         let entry = match self.ledger.claim(entry) {
             Claim::New(entry) => entry,
-            Claim::Retry(entry) => return self.answer_retry(ctx, entry).await,
-            Claim::Conflict => {
-                return self.reply_code(ctx, RC_DUPLICATE);
-            }
+            held => return self.answer_claimed(ctx, held).await,
         };
         let pan_at_rest = match &pan {
             Some(Ok(pan)) => self
@@ -1873,6 +1883,9 @@ impl Core {
     /// reversed and queue its reversal to the issuer (store and forward). PROTOCOL.md: not
     /// found → 00, already reversed or another day → 25, amount differs → 64.
     async fn reversal(self: &Arc<Self>, ctx: &Ctx<'_>) -> Option<Vec<u8>> {
+        if let Some(held) = self.ledger.held(&ctx.key, &ctx.request_hash) {
+            return self.answer_claimed(ctx, held).await;
+        }
         let Ok(id) = self.next_id().await else {
             return self.reply_code(ctx, RC_SYSTEM_ERROR);
         };
@@ -1934,10 +1947,7 @@ impl Core {
         );
         let entry = match self.ledger.claim(entry) {
             Claim::New(entry) => entry,
-            Claim::Retry(entry) => return self.answer_retry(ctx, entry).await,
-            Claim::Conflict => {
-                return self.reply_code(ctx, RC_DUPLICATE);
-            }
+            held => return self.answer_claimed(ctx, held).await,
         };
         let mut row = self.row(ctx, &entry, None, None);
         let now_ms = self.clock.now_ms();

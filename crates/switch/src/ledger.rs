@@ -516,11 +516,8 @@ impl Ledger {
     pub fn claim(&self, entry: Entry) -> Claim {
         let mut maps = self.maps();
         if let Some(existing) = maps.by_key.get(&entry.key) {
-            if existing.request_hash != entry.request_hash {
-                return Claim::Conflict;
-            }
-            if !(entry.key.reversal && existing.is_unrecorded()) {
-                return Claim::Retry(Arc::clone(existing));
+            if let Some(claim) = Self::held_as(existing, &entry.key, &entry.request_hash) {
+                return claim;
             }
             let failed = existing.id;
             maps.by_id.remove(&failed);
@@ -528,6 +525,25 @@ impl Ledger {
         let entry = Arc::new(entry);
         Self::index(&mut maps, &entry);
         Claim::New(entry)
+    }
+
+    /// What a request under `key` with `request_hash` is when this node holds the key
+    /// already: a retry of the entry held, or a conflict (same key, another request). `None`
+    /// when the key is not held, or is held by a request whose row never reached the journal
+    /// and this is its reversal, which takes the key over ([`Ledger::claim`]).
+    pub fn held(&self, key: &TxnKey, request_hash: &[u8; 16]) -> Option<Claim> {
+        let maps = self.maps();
+        Self::held_as(maps.by_key.get(key)?, key, request_hash)
+    }
+
+    fn held_as(existing: &Arc<Entry>, key: &TxnKey, request_hash: &[u8; 16]) -> Option<Claim> {
+        if existing.request_hash != *request_hash {
+            return Some(Claim::Conflict);
+        }
+        if key.reversal && existing.is_unrecorded() {
+            return None;
+        }
+        Some(Claim::Retry(Arc::clone(existing)))
     }
 
     /// Takes `lost` out of the maps: the journal refused its row because another node holds

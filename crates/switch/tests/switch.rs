@@ -141,6 +141,14 @@ fn retried_purchase_is_debited_once_and_different_content_is_94() {
             "the issuer saw one debit"
         );
         assert_eq!(h.store.txns_by_key(TID, 1, 7).unwrap().len(), 1);
+        // The resend was answered from memory before an id or an RRN was spent on it (taking a
+        // new block of them may wait for the journal): the next purchase has the next of both.
+        let next = t.send(&Req::purchase(&pan, 502, 20)).await;
+        assert_eq!(next.code(), "00");
+        let rrn_of = |r: &Response| r.text(37).unwrap().parse::<u64>().unwrap();
+        assert_eq!(rrn_of(&next), rrn_of(&first) + 1, "the resend took an RRN");
+        let id_of = |stan| h.store.txns_by_key(TID, 1, stan).unwrap().remove(0).id;
+        assert_eq!(id_of(20), id_of(7) + 1, "the resend took an id");
         // What tells a retry from other content is keyed: a plain hash of the request, which
         // holds the card number, would give the number back to a reader of the journal who
         // tries the digits its masked form hides.
@@ -159,11 +167,11 @@ fn retried_purchase_is_debited_once_and_different_content_is_94() {
         let b = t.read().await;
         assert_eq!((a.code(), b.code()), ("00".into(), "00".into()));
         assert_eq!(a.text(37), b.text(37));
-        assert_eq!(h.log.requests.load(Ordering::SeqCst), 2);
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), 3);
 
         let other = Req::purchase(&pan, 501, 7);
         assert_eq!(t.send(&other).await.code(), "94");
-        assert_eq!(h.log.requests.load(Ordering::SeqCst), 2);
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), 3);
     });
 }
 
