@@ -32,6 +32,8 @@ pub(crate) const RC_NOT_PERMITTED_TERMINAL: [u8; 2] = *b"58";
 pub(crate) const RC_EXCEEDS_AMOUNT: [u8; 2] = *b"61";
 pub(crate) const RC_AMOUNT_DIFFERS: [u8; 2] = *b"64";
 pub(crate) const RC_BATCH_OUT_OF_STEP: [u8; 2] = *b"77";
+/// A batch upload whose end counts more records than arrived: upload again.
+pub(crate) const RC_RECONCILE_UNBALANCED: [u8; 2] = *b"79";
 pub(crate) const RC_ISSUER_UNAVAILABLE: [u8; 2] = *b"91";
 pub(crate) const RC_DUPLICATE: [u8; 2] = *b"94";
 pub(crate) const RC_SYSTEM_ERROR: [u8; 2] = *b"96";

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use domain::CardNetwork;
 use iso8583::{
-    BatchUpload, BatchUploadKind, CardOrganisation, Frame, SettleResult, SettlementTotals, Totals,
-    TxnKind as Wire,
+    BatchUpload, BatchUploadEnd, BatchUploadKind, CardOrganisation, Frame, SettleResult,
+    SettlementTotals, Totals, TxnKind as Wire,
 };
 use store::settlement::{
     BatchDiffKind, BatchDiffRow, BatchSettlementRow, BatchUploadRow, SettlementRecord,
@@ -19,7 +19,7 @@ use crate::clock::LocalTime;
 use crate::config::{CUTOVER_GRACE_MS, MINUTES_PER_DAY};
 use crate::core::{
     Core, RC_APPROVED, RC_BATCH_OUT_OF_STEP, RC_FORMAT_ERROR, RC_INVALID_MERCHANT,
-    RC_NOT_REGISTERED, Terminal,
+    RC_NOT_REGISTERED, RC_RECONCILE_UNBALANCED, Terminal,
 };
 use crate::ledger::Answer;
 
@@ -221,11 +221,18 @@ impl Core {
 
     /// The batch's counted rows, from the store (the durable truth the journal answered from),
     /// read off the async workers and within `journal_wait`.
+    /// The journal's rows under a terminal's batch number, within [`Core::batches_since`]:
+    /// older ones are an earlier batch of the same number (a terminal reinstalled and numbering
+    /// its batches from 1 again), which requests no longer count as this batch's either.
     async fn batch_rows(&self, tid: &str, batch_no: u32) -> Option<Vec<TxnRow>> {
         let tid = tid.to_owned();
-        self.read_for_request(move |store| store.txns_by_batch(&tid, batch_no))
+        let mut rows = self
+            .read_for_request(move |store| store.txns_by_batch(&tid, batch_no))
             .await?
-            .ok()
+            .ok()?;
+        let since = self.batches_since();
+        rows.retain(|row| row.clearing_date >= since);
+        Some(rows)
     }
 
     fn host_totals(&self, rows: &[TxnRow]) -> SettlementTotals {
@@ -307,8 +314,10 @@ impl Core {
         };
         // Rows received since the number's last settlement are a batch opened again under it
         // (a terminal replaced or reinstalled numbers its batches from 1 again): the rows from
-        // before are the earlier batch's. None since: this is that settlement sent again, and
-        // the batch starts where it started then.
+        // before are the earlier batch's. None since, and the totals that settlement was sent
+        // (or none readable): this is that settlement sent again, and the batch starts where it
+        // started then. None since and other totals: a batch opened again and settled empty
+        // (or with sales the host never had), not the earlier one.
         let Some(prior) = self.batch_settled(&terminal.tid, batch_no).await else {
             return self.system_error(frame);
         };
@@ -318,7 +327,11 @@ impl Core {
             .as_ref()
             .is_some_and(|p| p.result != SettleResult::ERROR.0);
         let reopened = prior.as_ref().is_some_and(|p| {
-            closed_before && rows.iter().any(|r| r.received_at_ms > p.settled_at_ms)
+            let rows_since = rows.iter().any(|r| r.received_at_ms > p.settled_at_ms);
+            let sent_again = theirs
+                .as_ref()
+                .is_none_or(|t| totals_digits(t) == p.terminal_totals);
+            closed_before && (rows_since || !sent_again)
         });
         let opened_after_ms = match &prior {
             Some(p) if reopened => Some(p.settled_at_ms),
@@ -395,6 +408,14 @@ impl Core {
         let now_ms = self.clock.now_ms();
         let records = match kind {
             Wire::BatchUploadEnd { .. } => {
+                // The end declares how many records were sent (48, n4): a count that cannot be
+                // read is a format error.
+                let declared = request
+                    .digits(48)
+                    .and_then(|d| BatchUploadEnd::parse(d).ok());
+                let Some(declared) = declared else {
+                    return self.answer_code(frame, RC_FORMAT_ERROR);
+                };
                 let Some(settled) = self.batch_settled(&terminal.tid, batch_no).await else {
                     return self.system_error(frame);
                 };
@@ -402,7 +423,16 @@ impl Core {
                     .batch_differences(&terminal.tid, batch_no, settled.as_ref())
                     .await
                 {
-                    Some(rows) => {
+                    // Fewer or more records here than the terminal sent (an upload message
+                    // lost, or one from another attempt): comparing them would list sales
+                    // the terminal has as missing there. Nothing is compared; 79 asks the
+                    // terminal to upload again (a record sent again replaces its copy).
+                    Some((received, _)) if received != usize::from(declared.count) => {
+                        tracing::info!(tid = %terminal.tid, batch_no, received,
+                            declared = declared.count, "batch upload incomplete");
+                        return self.answer_code(frame, RC_RECONCILE_UNBALANCED);
+                    }
+                    Some((_, rows)) => {
                         tracing::info!(tid = %terminal.tid, batch_no, differences = rows.len(),
                         "batch upload compared");
                         vec![Record::Settlement(SettlementRecord::BatchDifferences {
@@ -468,7 +498,7 @@ impl Core {
     }
 
     /// The uploaded records against the batch's counted journal rows, by trace, for the
-    /// batch's `settled` row. After an unbalanced settlement (or none) the terminal uploaded its
+    /// batch's `settled` row, with how many records this upload holds. After an unbalanced settlement (or none) the terminal uploaded its
     /// whole batch, so a row it did not upload is missing there; otherwise only what it
     /// uploaded is compared.
     async fn batch_differences(
@@ -476,7 +506,7 @@ impl Core {
         tid: &str,
         batch_no: u32,
         settled: Option<&BatchSettlementRow>,
-    ) -> Option<Vec<BatchDiffRow>> {
+    ) -> Option<(usize, Vec<BatchDiffRow>)> {
         // After a balanced settlement a terminal uploads its IC transactions only (203, for
         // their chip data): what it did not upload is not missing there.
         let whole = settled.is_none_or(|s| s.result != SettleResult::BALANCED.0);
@@ -536,7 +566,7 @@ impl Core {
             }
         }
         diffs.sort_by_key(|d| d.stan);
-        Some(diffs)
+        Some((uploaded.len(), diffs))
     }
 }
 

@@ -64,6 +64,13 @@ async fn settle_as(t: &mut Terminal, mid: &str, batch: u32, ours: &SettlementTot
 }
 
 async fn upload(t: &mut Terminal, batch: u32, records: &[(u32, &str, u64)]) {
+    upload_records(t, batch, records).await;
+    let count = u16::try_from(records.len()).unwrap();
+    assert_eq!(upload_end(t, batch, "207", count).await, "00");
+}
+
+/// One 0320/201 of up to 8 records, without the end.
+async fn upload_records(t: &mut Terminal, batch: u32, records: &[(u32, &str, u64)]) {
     let mut up = BatchUpload::new();
     for (trace, pan, amount) in records {
         up.push(BatchRecord::new(CardOrganisation::DOMESTIC, *trace, pan, *amount).unwrap())
@@ -77,7 +84,47 @@ async fn upload(t: &mut Terminal, batch: u32, records: &[(u32, &str, u64)]) {
     let mut bytes = Vec::new();
     out.encode_frame(&head(), &mut bytes).unwrap();
     assert_eq!(t.exchange(&bytes).await.code(), "00");
-    upload_end(t, batch, "207", u16::try_from(records.len()).unwrap()).await;
+}
+
+/// An upload whose end counts more records than arrived (an upload message lost) is not
+/// compared: 79 asks the terminal to upload again, and nothing is listed as missing at the
+/// terminal that it had. The upload sent again is compared.
+#[tokio::test]
+async fn an_upload_short_of_its_declared_count_is_asked_for_again() {
+    let h = Harness::new().await;
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let pan = card("622202");
+    for (stan, amount) in [(1, 1_000), (2, 2_500)] {
+        let r = t.send(&Req::purchase(&pan, amount, stan)).await;
+        assert_eq!(r.code(), "00");
+    }
+    let host = settle(&mut t, 1, &totals((3_600, 2), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::UNBALANCED);
+    // The message with trace 2's record was lost on the way.
+    upload_records(&mut t, 1, &[(1, &pan, 1_000)]).await;
+    assert_eq!(upload_end(&mut t, 1, "207", 2).await, "79");
+    assert!(h.store.batch_differences(TID, 1).unwrap().is_empty());
+    let settled = h.store.batch_settlement(TID, 1).unwrap().unwrap();
+    assert!(settled.upload_done_at_ms.is_none());
+    // An end without its count cannot be compared either.
+    let mut end = MessageBuilder::new(Mti::BATCH_UPLOAD);
+    end.set_stan(951).unwrap();
+    end.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+    end.set_digits(60, "00000001207").unwrap();
+    let mut bytes = Vec::new();
+    end.encode_frame(&head(), &mut bytes).unwrap();
+    assert_eq!(t.exchange(&bytes).await.code(), "30");
+    // The whole upload again: trace 1's record replaces its copy, trace 2's differs.
+    upload(&mut t, 1, &[(1, &pan, 1_000), (2, &pan, 2_600)]).await;
+    let found: Vec<(u32, BatchDiffKind)> = h
+        .store
+        .batch_differences(TID, 1)
+        .unwrap()
+        .iter()
+        .map(|d| (d.stan, d.kind))
+        .collect();
+    assert_eq!(found, vec![(2, BatchDiffKind::AmountDiffers)]);
 }
 
 #[tokio::test]
@@ -202,8 +249,9 @@ async fn upload_ic(
     t.exchange(&bytes).await.code()
 }
 
-/// The end of a batch upload (60.3 `code`: 207 or 202), `count` transactions uploaded.
-async fn upload_end(t: &mut Terminal, batch: u32, code: &str, count: u16) {
+/// The end of a batch upload (60.3 `code`: 207 or 202), `count` transactions uploaded: the
+/// answer's code.
+async fn upload_end(t: &mut Terminal, batch: u32, code: &str, count: u16) -> String {
     let mut end = MessageBuilder::new(Mti::BATCH_UPLOAD);
     end.set_stan(950).unwrap();
     end.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
@@ -211,7 +259,7 @@ async fn upload_end(t: &mut Terminal, batch: u32, code: &str, count: u16) {
     end.set_digits(60, &format!("00{batch:06}{code}")).unwrap();
     let mut bytes = Vec::new();
     end.encode_frame(&head(), &mut bytes).unwrap();
-    assert_eq!(t.exchange(&bytes).await.code(), "00");
+    t.exchange(&bytes).await.code()
 }
 
 /// A balanced batch's IC uploads (203) are compared for what they carry only: the terminal
@@ -238,7 +286,7 @@ async fn ic_uploads_carry_one_transaction_each_and_a_balanced_batch_is_not_missi
         upload_ic(&mut t, 1, "203", 1, Some(&pan), 1_000).await,
         "00"
     );
-    upload_end(&mut t, 1, "207", 1).await;
+    assert_eq!(upload_end(&mut t, 1, "207", 1).await, "00");
     let uploads = h.store.batch_uploads(TID, 1).unwrap();
     assert_eq!(
         uploads
@@ -264,7 +312,7 @@ async fn ic_uploads_carry_one_transaction_each_and_a_balanced_batch_is_not_missi
         "00"
     );
     assert_eq!(upload_ic(&mut t, 2, "205", 11, Some(&pan), 700).await, "00");
-    upload_end(&mut t, 2, "202", 2).await;
+    assert_eq!(upload_end(&mut t, 2, "202", 2).await, "00");
     let found: Vec<(u32, BatchDiffKind)> = h
         .store
         .batch_differences(TID, 2)
@@ -411,6 +459,14 @@ async fn a_key_of_a_batch_number_used_again_weeks_later_is_new() {
         "a new request, not other content under a known key"
     );
     assert_ne!(new.text(37), old.text(37));
+    // Its settlement counts the new batch alone: the old use of the number, never settled,
+    // is a month and more gone, as it is for the key.
+    let host = settle(&mut t, 1, &totals((800, 1), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+    assert_eq!(
+        (host.domestic.debit_amount, host.domestic.debit_count),
+        (800, 1)
+    );
 }
 
 /// Within the month (ten days on), once the earlier batch of the number was settled: what was
@@ -447,6 +503,16 @@ async fn a_batch_number_settled_and_used_again_days_later_is_a_new_batch() {
     h.clock.shift_days(10);
     h.start().await;
     let mut t = h.terminal().await;
+    t.batch = 1;
+    assert_eq!(t.sign_in().await.code(), "00");
+    // Settled at once, before any sale: an empty batch, balanced at zero, not the earlier
+    // batch's settlement sent again (that one carried the earlier totals).
+    let host = settle(&mut t, 1, &totals((0, 0), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+    assert_eq!(
+        (host.domestic.debit_amount, host.domestic.debit_count),
+        (0, 0)
+    );
     t.batch = 1;
     assert_eq!(t.sign_in().await.code(), "00");
     let new = t.send(&Req::purchase(&pan, 800, 7)).await;
