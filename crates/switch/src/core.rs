@@ -694,6 +694,18 @@ impl Core {
             .generate_working_keys(terminal.tmk, scheme, terminal.mak)
         {
             Ok(issued) => issued,
+            // A scheme the terminal's master key cannot carry (SM4 keys under a 3DES master
+            // key, double-length keys under a single one): the terminal's set-up, not a fault
+            // that a retry mends.
+            Err(
+                error @ HsmError::Field62(
+                    paycrypto::Field62Error::TmkAlgorithm { .. }
+                    | paycrypto::Field62Error::TmkTooShort { .. },
+                ),
+            ) => {
+                tracing::warn!(tid = %terminal.tid, asked = scheme.code(), %error, "key scheme refused");
+                return self.answer_code(frame, RC_NOT_PERMITTED_TERMINAL);
+            }
             Err(error) => {
                 tracing::warn!(tid = %terminal.tid, %error, "cannot issue working keys");
                 return self.answer_code(frame, RC_SYSTEM_ERROR);
