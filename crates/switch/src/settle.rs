@@ -219,11 +219,11 @@ impl Core {
         (organisation(&lookup), bank)
     }
 
-    /// The batch's counted rows, from the store (the durable truth the journal answered from),
-    /// read off the async workers and within `journal_wait`.
-    /// The journal's rows under a terminal's batch number, within [`Core::batches_since`]:
-    /// older ones are an earlier batch of the same number (a terminal reinstalled and numbering
-    /// its batches from 1 again), which requests no longer count as this batch's either.
+    /// The journal's rows under a terminal's batch number, from the store (the durable truth
+    /// the journal answered from), read off the async workers and within `journal_wait`; only
+    /// those within [`Core::batches_since`]: older ones are an earlier batch of the same number
+    /// (a terminal reinstalled and numbering its batches from 1 again), which requests no
+    /// longer count as this batch's either.
     async fn batch_rows(&self, tid: &str, batch_no: u32) -> Option<Vec<TxnRow>> {
         let tid = tid.to_owned();
         let mut rows = self
