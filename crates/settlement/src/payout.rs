@@ -43,9 +43,12 @@ pub struct PayoutInstruction<'a> {
 pub trait PayoutBank: Send + Sync {
     /// `Ok(bank transaction id)` once the bank accepted the payment.
     fn pay(&self, instruction: &PayoutInstruction<'_>) -> Result<String, PayoutFailure>;
-    /// References of payments accepted earlier and returned by the bank by `today`, each
-    /// reported once.
+    /// References of payments accepted earlier and returned by the bank by `today`, reported
+    /// at every call until acknowledged.
     fn returns(&self, today: &str) -> Vec<String>;
+    /// Returns written down (their recording committed): no longer reported. A return reported
+    /// again before this (a run that failed, or stopped, in between) is recorded once.
+    fn acknowledge_returns(&self, references: &[String]);
 }
 
 /// Failures that no retry will cure: the merchant (or the bank's customer service) must act.
@@ -84,16 +87,19 @@ struct SimState {
     /// By [`account_key`], as what is remembered on disk is.
     credited: HashMap<String, i64>,
     payments: HashMap<String, u32>,
-    /// (reference, account, amount, day the return shows) not reported yet.
+    /// (reference, account, amount, day the return shows) not returned yet.
     returns_due: Vec<(String, String, i64, String)>,
+    /// References returned (the money taken back), reported until acknowledged.
+    returned: Vec<String>,
     next_id: u64,
     today: String,
 }
 
 /// What the simulated bank remembers, for a process that ends between payout runs (the CLI's
 /// `payouts --run`) to hand to the next: the answers it gave (a reference paid is answered as
-/// paid again), what it credited, the returns it has still to report, and what is left of
-/// each account's behaviour (a count of system errors runs down across runs).
+/// paid again), what it credited, the returns it has still to make or to have acknowledged,
+/// and what is left of each account's behaviour (a count of system errors runs down across
+/// runs).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SimBankMemory {
     /// (account number, configuration, behaviour left).
@@ -106,6 +112,9 @@ pub struct SimBankMemory {
     pub payments: Vec<(String, u32)>,
     /// (reference, account key, amount, day the return shows).
     pub returns_due: Vec<(String, String, i64, String)>,
+    /// References returned and reported, not acknowledged yet (reported again).
+    #[serde(default)]
+    pub returned: Vec<String>,
     pub next_id: u64,
 }
 
@@ -145,6 +154,7 @@ impl SimBank {
         state.credited = memory.credited.into_iter().collect();
         state.payments = memory.payments.into_iter().collect();
         state.returns_due = memory.returns_due;
+        state.returned = memory.returned;
         state.next_id = memory.next_id;
         SimBank {
             state: Mutex::new(state),
@@ -176,6 +186,7 @@ impl SimBank {
             credited: s.credited.iter().map(|(a, n)| (a.clone(), *n)).collect(),
             payments: s.payments.iter().map(|(a, n)| (a.clone(), *n)).collect(),
             returns_due: s.returns_due.clone(),
+            returned: s.returned.clone(),
             next_id: s.next_id,
         };
         memory.behaviour.sort_by(|a, b| a.0.cmp(&b.0));
@@ -330,12 +341,17 @@ impl PayoutBank for SimBank {
             .into_iter()
             .partition(|(_, _, _, day)| day.as_str() <= today);
         s.returns_due = later;
-        due.into_iter()
-            .map(|(reference, account, amount, _)| {
-                *s.credited.entry(account).or_insert(0) -= amount;
-                reference
-            })
-            .collect()
+        for (reference, account, amount, _) in due {
+            *s.credited.entry(account).or_insert(0) -= amount;
+            s.returned.push(reference);
+        }
+        s.returned.clone()
+    }
+
+    fn acknowledge_returns(&self, references: &[String]) {
+        if let Ok(mut s) = self.state.lock() {
+            s.returned.retain(|r| !references.contains(r));
+        }
     }
 }
 
@@ -490,20 +506,23 @@ pub fn run_payouts(
     };
 
     // 1. Returns: the money came back; hold it and ask for a new account. The bank reports a
-    // return once: each is written down before it is acted on, and acted on (now or at a
-    // later run, if this one fails part-way) together with its being marked handled.
-    let reported: Vec<Record> = bank
-        .returns(&today)
-        .into_iter()
-        .map(|reference| {
-            Record::Settlement(SettlementRecord::PayoutReturned {
-                reference,
-                reported_on: today.clone(),
+    // return until it is acknowledged, which it is once written down (a write that fails
+    // leaves it reported to the next run; one reported again is kept once); it is acted on
+    // (now or at a later run, if this one fails part-way) together with its being marked
+    // handled.
+    let references = bank.returns(&today);
+    if !references.is_empty() {
+        let reported: Vec<Record> = references
+            .iter()
+            .map(|reference| {
+                Record::Settlement(SettlementRecord::PayoutReturned {
+                    reference: reference.clone(),
+                    reported_on: today.clone(),
+                })
             })
-        })
-        .collect();
-    if !reported.is_empty() {
+            .collect();
         store.submit(reported)?.wait()?;
+        bank.acknowledge_returns(&references);
     }
     for reference in store.payout_returns_open(PAYOUTS_PER_RUN_MAX)? {
         let handled = Record::Settlement(SettlementRecord::PayoutReturnHandled {

@@ -1070,6 +1070,81 @@ fn a_return_the_bank_reported_once_is_acted_on_even_by_a_later_run() {
     assert!(audit(store).unwrap().balanced);
 }
 
+/// A run takes the bank's report of a return and fails to write it down: the bank reports it
+/// again to the next run (it was not acknowledged), which holds the payout; reported once more
+/// after that, it changes nothing.
+#[test]
+fn a_return_the_run_failed_to_write_down_is_reported_again_and_held_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    let number = one_sale_cleared_and_bound(store, &directory, &sealer, 93);
+    let bank = SimBank::new();
+    bank.set_today("20261124");
+    bank.set_behaviour(&number, SimBehaviour::ReturnAfterDays(2));
+    let key = format!("{M1}:20261124");
+    let paid = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
+    assert_eq!(paid.sent, vec![key.clone()]);
+    let reference = store.payout(&key).unwrap().unwrap().bank_reference.unwrap();
+
+    let journal = rusqlite::Connection::open(dir.path().join("s.db")).unwrap();
+    journal
+        .execute_batch(
+            "CREATE TRIGGER refuse_returns BEFORE INSERT ON payout_returns
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+    bank.set_today("20261126");
+    assert!(run_payouts(store, &bank, &sealer, "20261126", 2_000).is_err());
+    assert_eq!(
+        store.payout(&key).unwrap().unwrap().state,
+        PayoutState::Sent
+    );
+    assert!(store.payout_returns_open(10).unwrap().is_empty());
+    journal
+        .execute_batch("DROP TRIGGER refuse_returns")
+        .unwrap();
+
+    let next = run_payouts(store, &bank, &sealer, "20261126", 3_000).unwrap();
+    assert_eq!(next.returned, vec![key.clone()], "{next:?}");
+    let payout = store.payout(&key).unwrap().unwrap();
+    assert_eq!(payout.state, PayoutState::Held);
+    assert_eq!(payout.bank_reference.as_deref(), Some(reference.as_str()));
+    assert!(store.bound_account(M1).unwrap().unwrap().needs_rebind);
+    assert!(store.payout_returns_open(10).unwrap().is_empty());
+    assert_eq!(bank.credited(&number), 0);
+    assert_eq!(
+        store.ledger_balance(&acct::held(M1), None).unwrap(),
+        -(10_000 - 55)
+    );
+    assert_eq!(store.ledger_balance(acct::BANK, None).unwrap(), 0);
+    assert!(audit(store).unwrap().balanced);
+
+    // Written down and acknowledged: not reported again; a bank that reports it again anyway
+    // (its acknowledgement lost) moves nothing twice.
+    use settlement::payout::PayoutBank;
+    assert!(bank.returns("20261127").is_empty());
+    store
+        .submit(vec![store::Record::Settlement(
+            SettlementRecord::PayoutReturned {
+                reference,
+                reported_on: "20261127".into(),
+            },
+        )])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let later = run_payouts(store, &bank, &sealer, "20261127", 4_000).unwrap();
+    assert!(later.returned.is_empty(), "{later:?}");
+    assert_eq!(
+        store.ledger_balance(&acct::held(M1), None).unwrap(),
+        -(10_000 - 55)
+    );
+    assert!(audit(store).unwrap().balanced);
+}
+
 #[test]
 fn a_payment_whose_answer_was_lost_is_not_paid_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -1352,6 +1427,9 @@ impl settlement::payout::PayoutBank for PaysThenStops<'_> {
     }
     fn returns(&self, today: &str) -> Vec<String> {
         self.0.returns(today)
+    }
+    fn acknowledge_returns(&self, references: &[String]) {
+        self.0.acknowledge_returns(references);
     }
 }
 
@@ -1700,6 +1778,17 @@ fn the_simulated_bank_remembers_across_runs_what_it_did() {
     assert_eq!(next.credited(c), 500);
     assert_eq!(next.returns("20261125"), ["r2"]);
     assert_eq!(next.credited(b), 0);
+    // Reported until acknowledged, by the bank of the next process too; taken back once.
+    let after = SimBank::remembering(next.memory());
+    assert_eq!(after.returns("20261126"), ["r2"]);
+    assert_eq!(after.credited(b), 0);
+    after.acknowledge_returns(&["r2".to_owned()]);
+    assert!(after.returns("20261126").is_empty());
+    assert!(
+        SimBank::remembering(after.memory())
+            .returns("20261126")
+            .is_empty()
+    );
     next.configure(a, "frozen", SimBehaviour::Frozen);
     assert_eq!(
         pay(&next, "r3", a),

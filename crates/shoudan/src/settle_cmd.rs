@@ -368,7 +368,8 @@ pub fn payouts(args: PayoutsArgs) -> Result<std::process::ExitCode, Box<dyn std:
             }
             bank.set_today(&day);
             let run = run_payouts(store.as_ref(), &bank, &sealer, &day, SystemClock.now_ms());
-            // Remembered whatever the run's end: the bank did what it did.
+            // Remembered whatever the run's end: the bank did what it did. A return it reported
+            // that the run did not write down is not acknowledged: it is reported again.
             remember(dir, &bank)?;
             Some(run?)
         }
