@@ -242,7 +242,7 @@ pub fn document() -> Value {
                 "post": op_created("Admin: create a user", vec![], Some("NewUser"), "User")
             },
             "/api/users/{id}/password": {
-                "post": op("Admin: set a user's password (ends their page sessions)",
+                "post": op("Admin: set a user's password (ends their page sessions, revokes their API tokens, clears their lock)",
                     vec![param("id", "path", "user id")], Some("PasswordReset"), "User")
             },
             "/api/users/{id}/disable": {
