@@ -256,6 +256,9 @@ pub struct SettleReport {
     pub new_lines: u64,
     pub new_postings: u64,
     pub merchants: Vec<MerchantClearing>,
+    /// Cleared late: no run had cleared this date (its settle run was missed), and a run of a
+    /// later date did, as one of the [`REVISIT_DAYS`] before it.
+    pub missed: bool,
 }
 
 /// Sums clearing lines per merchant.
@@ -316,10 +319,10 @@ pub const REVISIT_DAYS: i64 = 3;
 /// nodes' clocks may differ from the one running the settlement).
 const EVENT_CLOCK_MARGIN_MS: i64 = 3_600_000;
 
-/// Clears `clearing_date`, then clears again each of the [`REVISIT_DAYS`] dates before it that
-/// a run has cleared already, and any other cleared date whose transactions have had an event
-/// since the previous settle run (a reversal acknowledged days later, say), returning the
-/// reports of those that changed. A day changes after its run: a reversal inside the cut-over's
+/// Clears `clearing_date`, then clears again each of the [`REVISIT_DAYS`] dates before it (one
+/// no run has cleared too: its own run was missed, and its report says so), and any other
+/// cleared date whose transactions have had an event since the previous settle run (a
+/// reversal acknowledged days later, say), returning the reports of those that changed. A day changes after its run: a reversal inside the cut-over's
 /// grace, an issuer's late answer to a request in flight at the run, a host reversal of an
 /// approval whose outcome was written late. Each re-run posts only the difference (a reversed
 /// sale's correction line), which the next payout nets.
@@ -343,12 +346,10 @@ pub fn settle_date_and_recent(
         .max()
         .or_else(|| runs.iter().map(|r| r.at_ms).max());
     let previous_run_ms = previous_mark.map(|at| at.saturating_sub(EVENT_CLOCK_MARGIN_MS));
-    let mut dates = Vec::new();
-    for back in 1..=REVISIT_DAYS {
-        if let Some(earlier) = crate::dates::add_days(&date, -back) {
-            dates.push(earlier);
-        }
-    }
+    let lookback: Vec<String> = (1..=REVISIT_DAYS)
+        .filter_map(|back| crate::dates::add_days(&date, -back))
+        .collect();
+    let mut dates = lookback.clone();
     // Every cleared date touched since, older or newer than this one: this run becomes the
     // last one the next reads from, so what it leaves is never looked at again (a missed day
     // settled by hand would otherwise hide a reversal of a later day from every later run).
@@ -360,9 +361,16 @@ pub fn settle_date_and_recent(
         }
     }
     let mut revisited = Vec::new();
-    for earlier in dates.iter().filter(|d| cleared.contains(d.as_str())) {
-        let again = clear_date(store, directory, earlier, now_ms, None)?;
+    // The dates just before this one that no run has cleared are cleared too: closed before
+    // it, their run was missed, and nothing else would clear them unless someone noticed.
+    for earlier in &dates {
+        let missed = !cleared.contains(earlier.as_str());
+        if missed && !lookback.contains(earlier) {
+            continue;
+        }
+        let mut again = clear_date(store, directory, earlier, now_ms, None)?;
         if again.changed {
+            again.missed = missed;
             revisited.push(again);
         }
     }
@@ -480,6 +488,7 @@ fn clear_date(
             new_lines: 0,
             new_postings: 0,
             merchants: merchant_totals(&existing),
+            missed: false,
         });
     }
     let run_no = u32::try_from(store.settle_runs(Some(&date))?.len())
@@ -521,6 +530,7 @@ fn clear_date(
         new_lines,
         new_postings,
         merchants: merchant_totals(&all),
+        missed: false,
     })
 }
 

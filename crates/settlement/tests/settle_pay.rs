@@ -871,6 +871,59 @@ fn a_settle_run_that_stopped_part_way_leaves_the_next_run_its_changed_dates() {
     assert!(audit(store).unwrap().balanced);
 }
 
+/// A date whose settle run was missed (the 22nd and the 24th settled, the 23rd not) is cleared
+/// by the next date's run, which says it cleared it late; then once only.
+#[test]
+fn a_date_whose_settle_run_was_missed_is_cleared_by_the_next_dates_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    merchant(store, M1);
+    insert(
+        store,
+        vec![
+            row(
+                1,
+                M1,
+                K::Purchase,
+                S::Approved,
+                10_000,
+                "622202",
+                "20261122",
+            ),
+            row(
+                2,
+                M1,
+                K::Purchase,
+                S::Approved,
+                20_000,
+                "622202",
+                "20261123",
+            ),
+            row(3, M1, K::Purchase, S::Approved, 4_000, "622202", "20261124"),
+        ],
+    );
+    let payable = || {
+        store
+            .ledger_balance(&acct::merchant_payable(M1), None)
+            .unwrap()
+    };
+    settle_date_and_recent(store, &directory, "20261122", HOUR).unwrap();
+    let (report, revisited) =
+        settle_date_and_recent(store, &directory, "20261124", 3 * HOUR).unwrap();
+    assert!(report.changed && !report.missed, "{report:?}");
+    assert_eq!(revisited.len(), 1, "{revisited:?}");
+    assert_eq!(revisited[0].clearing_date, "20261123");
+    assert!(revisited[0].missed, "{revisited:?}");
+    assert_eq!(revisited[0].new_lines, 1);
+    assert_eq!(payable(), -(10_000 - 55 + 20_000 - 110 + 4_000 - 22));
+    let (_, again) = settle_date_and_recent(store, &directory, "20261125", 4 * HOUR).unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(payable(), -(10_000 - 55 + 20_000 - 110 + 4_000 - 22));
+    assert!(audit(store).unwrap().balanced);
+}
+
 /// A date whose only sale was still at its issuer when the date was settled (nothing to clear
 /// then) is cleared when that sale is approved later, like any date cleared before.
 #[test]

@@ -293,7 +293,15 @@ pub fn settle(args: SettleArgs) -> CliResult {
         }
         return print_json(&value);
     }
-    for again in &revisited {
+    for again in revisited.iter().filter(|r| r.missed) {
+        println!(
+            "{} was never settled (its run was missed): cleared now, run {}, {} clearing lines",
+            again.clearing_date,
+            again.run_no.unwrap_or(0),
+            again.new_lines
+        );
+    }
+    for again in revisited.iter().filter(|r| !r.missed) {
         println!(
             "{} cleared again: run {}, {} new clearing lines (changed since its last run)",
             again.clearing_date,
