@@ -709,3 +709,67 @@ fn a_resend_on_one_node_of_a_purchase_reversed_on_the_other_is_not_approved() {
     node_b_runtime.shutdown_background();
     let _ = PgStore::drop_schema(&url, &schema);
 }
+
+/// A void through node B of a sale that node A still had at the issuer when B first read it:
+/// B held the sale in flight, and once A's approval is in the journal B takes it (and its
+/// auth code, which the void is checked against) from there, instead of refusing the void
+/// for ever because its own memory says the sale is still in flight.
+#[test]
+fn a_sale_read_in_flight_by_one_node_is_voidable_there_once_the_other_approved_it() {
+    let Some(url) = pg_url() else { return };
+    let schema = format!("switch_nodes_in_flight_{}", std::process::id());
+    let config = PgConfig {
+        url: url.clone(),
+        schema: Some(schema.clone()),
+    };
+    let main = runtime();
+    let (node_a_runtime, node_b_runtime) = (runtime(), runtime());
+    main.block_on(async {
+        let (_log, issuer, hsm, zpk) = shared(&config, &[TID_A]).await;
+        let a = start_node(&node_a_runtime, &config, 1, issuer, &hsm, zpk).await;
+        let b = start_node(&node_b_runtime, &config, 2, issuer, &hsm, zpk).await;
+        let pan = card("622202");
+        let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
+        assert_eq!(via_a.sign_in().await.code(), "00");
+        let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
+        assert_eq!(via_b.sign_in().await.code(), "00");
+        // Node A's sale waits 150 ms at the issuer.
+        let sale_bytes = via_a.encode(&Req::purchase(&pan, SLOW_AMOUNT, 5), false);
+        let selling = tokio::spawn(async move { via_a.exchange(&sale_bytes).await });
+        let store = Arc::clone(&b.store);
+        let in_flight = eventually(5, || {
+            store
+                .txns_by_key(TID_A, 1, 5)
+                .unwrap()
+                .iter()
+                .any(|row| row.state == TxnState::InFlight)
+        })
+        .await;
+        assert!(in_flight, "node A never journalled the sale");
+        let rrn = store.txns_by_key(TID_A, 1, 5).unwrap()[0]
+            .rrn
+            .clone()
+            .unwrap();
+        // Node B reads it while it is in flight: nothing to void yet.
+        let early = via_b.send(&Req::void(&pan, SLOW_AMOUNT, 6, 5, &rrn)).await;
+        assert_ne!(early.code(), "00", "a sale still in flight was voided");
+        let sale = selling.await.unwrap();
+        assert_eq!(sale.code(), "00");
+        assert_eq!(sale.text(37).as_deref(), Some(rrn.as_str()));
+        let void = via_b.send(&Req::void(&pan, SLOW_AMOUNT, 7, 5, &rrn)).await;
+        assert_eq!(
+            void.code(),
+            "00",
+            "node B kept the sale in flight after node A's approval"
+        );
+        assert_eq!(
+            store.txn_by_rrn(&rrn).unwrap().unwrap().state,
+            TxnState::Voided
+        );
+        a.handle.shutdown().await;
+        b.handle.shutdown().await;
+    });
+    node_a_runtime.shutdown_background();
+    node_b_runtime.shutdown_background();
+    let _ = PgStore::drop_schema(&url, &schema);
+}
