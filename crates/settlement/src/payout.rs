@@ -4,8 +4,8 @@
 //! that account) make a rerun or a crash harmless: a bank reference is paid at most once, a
 //! payout succeeds at most once.
 //! Permanent failures hold the funds and flag the account for re-binding; transient ones retry
-//! with backoff; a confirmed re-binding releases the held payout. [`SimBank`] is the embedded
-//! bank with the real failure modes.
+//! with backoff; a confirmed re-binding releases the held payout, less what its merchant has
+//! come to owe meanwhile. [`SimBank`] is the embedded bank with the real failure modes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -422,38 +422,32 @@ impl Run<'_> {
         )))
     }
 
-    /// Writes the payout row, an event and a ledger transfer in one commit: a new payout when
-    /// `expected` is `None`, else a transition from the (state, attempts) this run read. `false`
-    /// when another run got there first (the key exists, or the payout moved on): nothing of
-    /// this commit is written, so nothing is posted or reported twice.
+    /// Writes the payout row, an event and a ledger posting (of `kind`, by its legs) in one
+    /// commit: a new payout when `expected` is `None`, else a transition from the (state,
+    /// attempts) this run read. `false` when another run got there first (the key exists, or
+    /// the payout moved on): nothing of this commit is written, so nothing is posted or
+    /// reported twice.
     fn commit(
         &self,
         expected: Option<(PayoutState, u32)>,
         payout: PayoutRow,
         event: Record,
-        transfer: Option<(&str, String, String)>,
+        posting: Option<(&str, Vec<(String, i64)>)>,
         extra: Vec<Record>,
     ) -> Result<bool, PayoutError> {
         let mut records = extra;
-        if let Some((kind, debit, credit)) = transfer {
+        if let Some((kind, legs)) = posting {
             // A new payout takes what its merchant is owed, never more: two runs for
             // different days that read the same balance cannot both pay it. Checked after the
             // posting that takes it.
             let at_most = expected.is_none().then(|| {
                 Record::Settlement(SettlementRecord::BalanceAtMost {
                     mid: payout.mid.clone(),
-                    account: debit.clone(),
+                    account: accounts::merchant_payable(&payout.mid),
                     max_fen: 0,
                 })
             });
-            let posting = Posting::transfer(
-                kind,
-                payout.key.clone(),
-                &payout.cutoff_date,
-                debit,
-                credit,
-                payout.amount_fen,
-            )?;
+            let posting = Posting::new(kind, payout.key.clone(), &payout.cutoff_date, legs)?;
             if let Some(r) = posting_record(self.store, vec![posting], self.now_ms)? {
                 records.push(r);
             }
@@ -474,6 +468,11 @@ impl Run<'_> {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The legs moving `amount_fen` from `credit` to `debit`.
+fn transfer(debit: String, credit: String, amount_fen: i64) -> Vec<(String, i64)> {
+    vec![(debit, amount_fen), (credit, amount_fen.saturating_neg())]
 }
 
 fn backoff_ms(attempts: u32) -> i64 {
@@ -562,15 +561,14 @@ pub fn run_payouts(
         )?;
         let mut flag = flag_account(&payout.mid, payout.account_version, now_ms);
         flag.push(handled);
-        let (key, mid) = (payout.key.clone(), payout.mid.clone());
+        let (key, mid, amount_fen) = (payout.key.clone(), payout.mid.clone(), payout.amount_fen);
         if run.commit(
             Some((PayoutState::Sent, payout.attempts)),
             payout,
             event,
             Some((
                 "payout_returned",
-                accounts::BANK.to_owned(),
-                accounts::held(&mid),
+                transfer(accounts::BANK.to_owned(), accounts::held(&mid), amount_fen),
             )),
             flag,
         )? {
@@ -587,7 +585,21 @@ pub fn run_payouts(
             continue;
         }
         let held_attempts = payout.attempts;
-        payout.state = PayoutState::Pending;
+        // What the merchant has come to owe since the payout was held (refunds cleared after
+        // it, with nothing owed to it to take them from) is taken from the held money first, as
+        // a new payout is netted against it: only the rest is sent, and nothing when that is 0.
+        let payable = accounts::merchant_payable(&payout.mid);
+        let held_fen = payout.amount_fen;
+        let netted = store
+            .ledger_balance(&payable, None)?
+            .clamp(0, held_fen.max(0));
+        let rest = held_fen.saturating_sub(netted);
+        payout.amount_fen = rest;
+        payout.state = if rest > 0 {
+            PayoutState::Pending
+        } else {
+            PayoutState::Sent
+        };
         payout.next_attempt_ms = now_ms;
         payout.account_version = account.version;
         payout.account_masked = account.number_masked.clone();
@@ -601,12 +613,20 @@ pub fn run_payouts(
         // events, not on the payout, whose page would still ask for the fix.
         payout.failure = None;
         payout.updated_at_ms = now_ms;
-        let event = run.event(
-            &payout,
-            "released",
-            None,
-            format!("re-bound to {}", account.number_masked),
-        )?;
+        let detail = match (netted, rest) {
+            (0, _) => format!("re-bound to {}", account.number_masked),
+            (_, 0) => format!(
+                "re-bound to {}; all {netted} fen netted against what the merchant owes since: \
+                 nothing to send",
+                account.number_masked
+            ),
+            _ => format!(
+                "re-bound to {}; {netted} fen netted against what the merchant owes since, \
+                 {rest} fen to send",
+                account.number_masked
+            ),
+        };
+        let event = run.event(&payout, "released", None, detail)?;
         let (key, mid) = (payout.key.clone(), payout.mid.clone());
         if run.commit(
             Some((PayoutState::Held, held_attempts)),
@@ -614,8 +634,11 @@ pub fn run_payouts(
             event,
             Some((
                 "payout_released",
-                accounts::held(&mid),
-                accounts::payouts_in_flight(&mid),
+                vec![
+                    (accounts::held(&mid), held_fen),
+                    (payable, netted.saturating_neg()),
+                    (accounts::payouts_in_flight(&mid), rest.saturating_neg()),
+                ],
             )),
             Vec::new(),
         )? {
@@ -689,8 +712,11 @@ pub fn run_payouts(
             event,
             Some((
                 "payout",
-                accounts::merchant_payable(&mid),
-                accounts::payouts_in_flight(&mid),
+                transfer(
+                    accounts::merchant_payable(&mid),
+                    accounts::payouts_in_flight(&mid),
+                    due,
+                ),
             )),
             Vec::new(),
         )? {
@@ -800,7 +826,7 @@ pub fn run_payouts(
         payout.attempts = attempt;
         payout.updated_at_ms = now_ms;
         let sent_masked = payout.account_masked.clone();
-        let mid = payout.mid.clone();
+        let (mid, amount_fen) = (payout.mid.clone(), payout.amount_fen);
         match answer {
             Ok(bank_id) => {
                 payout.state = PayoutState::Sent;
@@ -819,8 +845,11 @@ pub fn run_payouts(
                     event,
                     Some((
                         "payout_sent",
-                        accounts::payouts_in_flight(&mid),
-                        accounts::BANK.to_owned(),
+                        transfer(
+                            accounts::payouts_in_flight(&mid),
+                            accounts::BANK.to_owned(),
+                            amount_fen,
+                        ),
                     )),
                     Vec::new(),
                 )? {
@@ -850,8 +879,11 @@ pub fn run_payouts(
                     event,
                     Some((
                         "payout_held",
-                        accounts::payouts_in_flight(&mid),
-                        accounts::held(&mid),
+                        transfer(
+                            accounts::payouts_in_flight(&mid),
+                            accounts::held(&mid),
+                            amount_fen,
+                        ),
                     )),
                     flag,
                 )? {

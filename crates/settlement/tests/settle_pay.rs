@@ -1123,6 +1123,89 @@ fn a_return_the_bank_reported_once_is_acted_on_even_by_a_later_run() {
     assert!(audit(store).unwrap().balanced);
 }
 
+/// A payout held (the card frozen) while its merchant then refunds more than it sells: when
+/// the merchant re-binds, the released payout is netted against that debt as a new payout
+/// would be, and only the rest is sent; a debt as large as the payout leaves nothing to send.
+#[test]
+fn a_held_payout_released_is_netted_against_what_the_merchant_came_to_owe() {
+    for refund_fen in [3_000, 12_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(&dir);
+        let store: &dyn Store = store.as_ref();
+        let directory = IssuerDirectory::embedded().unwrap();
+        let sealer = sealer();
+        let frozen = one_sale_cleared_and_bound(store, &directory, &sealer, 94);
+        let bank = SimBank::new();
+        bank.set_behaviour(&frozen, SimBehaviour::Frozen);
+        let key = format!("{M1}:20261124");
+        let run = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
+        assert_eq!(run.held, vec![key.clone()]);
+        // The next day's only transaction: a refund of the held day's sale.
+        let mut refund = row(
+            2,
+            M1,
+            K::Refund,
+            S::Approved,
+            refund_fen,
+            "622202",
+            "20261124",
+        );
+        refund.original_id = Some(1);
+        insert(store, vec![refund]);
+        settle_date(store, &directory, "20261124", 2_000).unwrap();
+        let payable = || {
+            store
+                .ledger_balance(&acct::merchant_payable(M1), None)
+                .unwrap()
+        };
+        assert_eq!(payable(), refund_fen, "the merchant owes the refund");
+
+        let new_card = card("622848", 19, 95);
+        let pending = bind_account(
+            store,
+            &sealer,
+            &directory,
+            M1,
+            &card_input(&new_card, "王小明"),
+            "merchant",
+            3_000,
+        )
+        .unwrap();
+        let BindOutcome::PendingConfirmation { change_id } = pending else {
+            panic!("a re-binding after a failure needs confirmation: {pending:?}");
+        };
+        confirm_change(store, change_id, "ops-li", 4_000).unwrap();
+        let released = run_payouts(store, &bank, &sealer, "20261125", 5_000).unwrap();
+        assert_eq!(released.released, vec![key.clone()], "{released:?}");
+        let owed = (10_000 - 55 - refund_fen).max(0);
+        let payout = store.payout(&key).unwrap().unwrap();
+        assert_eq!(payout.amount_fen, owed);
+        if owed > 0 {
+            assert_eq!(released.sent, vec![key.clone()], "{released:?}");
+        } else {
+            assert!(released.sent.is_empty(), "{released:?}");
+        }
+        assert_eq!(payout.state, PayoutState::Sent);
+        assert_eq!(bank.credited(&new_card), owed);
+        assert_eq!(bank.payments(&new_card), u32::from(owed > 0));
+        assert_eq!(payable(), (refund_fen - (10_000 - 55)).max(0));
+        assert_eq!(store.ledger_balance(&acct::held(M1), None).unwrap(), 0);
+        assert_eq!(
+            store
+                .ledger_balance(&acct::payouts_in_flight(M1), None)
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.ledger_balance(acct::BANK, None).unwrap(), -owed);
+        assert!(audit(store).unwrap().balanced);
+        let again = run_payouts(store, &bank, &sealer, "20261126", 6_000).unwrap();
+        assert!(
+            again.created.is_empty() && again.sent.is_empty() && again.released.is_empty(),
+            "{again:?}"
+        );
+    }
+}
+
 /// A run takes the bank's report of a return and fails to write it down: the bank reports it
 /// again to the next run (it was not acknowledged), which holds the payout; reported once more
 /// after that, it changes nothing.

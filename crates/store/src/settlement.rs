@@ -343,8 +343,10 @@ pub enum SettlementRecord {
     /// A new payout: fails (and with it the whole submission) if its key exists, so two payout
     /// runs at once cannot both create it and post its money twice.
     NewPayout(PayoutRow),
-    /// A payout's next state, only if it is still in `expected_state` after `expected_attempts`
-    /// attempts (compare and set): a concurrent run that got there first makes this fail.
+    /// A payout's next state (and amount: a held payout released is netted against what its
+    /// merchant has come to owe), only if it is still in `expected_state` after
+    /// `expected_attempts` attempts (compare and set): a concurrent run that got there first
+    /// makes this fail.
     PayoutTransition {
         expected_state: PayoutState,
         expected_attempts: u32,

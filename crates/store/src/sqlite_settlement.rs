@@ -430,7 +430,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                     "UPDATE payouts SET state = ?4, attempts = ?5, next_attempt_ms = ?6,
                      account_version = ?7, account_masked = ?8, bank_reference = ?9,
                      failure = ?10, updated_at_ms = ?11, sent_number_sealed = ?12,
-                     sent_holder_name = ?13, sent_bank_code = ?14
+                     sent_holder_name = ?13, sent_bank_code = ?14, amount_fen = ?15
                      WHERE key = ?1 AND state = ?2 AND attempts = ?3",
                 )?
                 .execute(params![
@@ -447,7 +447,8 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                     p.updated_at_ms,
                     p.sent_to.as_ref().map(|a| &a.number_sealed),
                     p.sent_to.as_ref().map(|a| &a.holder_name),
-                    p.sent_to.as_ref().map(|a| &a.bank_code)
+                    p.sent_to.as_ref().map(|a| &a.bank_code),
+                    p.amount_fen
                 ])?;
             expect_one(changed, "payout in the expected state")?;
         }

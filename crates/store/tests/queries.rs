@@ -632,6 +632,23 @@ fn payouts_are_read_newest_first(db: &Db) {
         (vec![1, 2, 3], "王小明", "0102")
     );
     assert_eq!(s.payout("m:20261102").unwrap().unwrap().sent_to, None);
+    // A transition writes the amount too: a held payout released is netted against what its
+    // merchant came to owe.
+    let mut released = s.payout("m:20261103").unwrap().unwrap();
+    released.state = PayoutState::Pending;
+    released.amount_fen = 40;
+    s.submit(vec![Record::Settlement(
+        SettlementRecord::PayoutTransition {
+            expected_state: PayoutState::Held,
+            expected_attempts: 0,
+            row: released,
+        },
+    )])
+    .unwrap()
+    .wait()
+    .unwrap();
+    let row = s.payout("m:20261103").unwrap().unwrap();
+    assert_eq!((row.state, row.amount_fen), (PayoutState::Pending, 40));
 }
 
 /// A merchant's duplicate flags newest first; a payment's flags whichever side it is on.
