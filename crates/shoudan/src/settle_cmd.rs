@@ -108,6 +108,11 @@ pub struct SettleArgs {
     /// Clearing date, YYYY-MM-DD or YYYYMMDD.
     #[arg(long)]
     pub date: String,
+    /// Settle a demo's date before it has closed (its 23:00 cut-over and the 30 minutes'
+    /// grace after), to see it at once: what changes after the run (a reversal in the grace)
+    /// is cleared only by a later run, perhaps after a payout paid it.
+    #[arg(long, conflicts_with = "config")]
+    pub before_close: bool,
 }
 
 #[derive(clap::Args)]
@@ -281,7 +286,48 @@ fn print_json<T: Serialize>(value: &T) -> CliResult {
     Ok(())
 }
 
+/// Why `date` (`YYYYMMDD`) cannot be settled at `now_ms`, if it cannot: its clearing day is
+/// still open (or to come), or closed at the cut-over less than the grace ago, while voids and
+/// reversals of its transactions are still taken. A run then would leave those to the next
+/// day's run, after the merchant was paid for what they undo.
+fn not_closed(date: &str, now_ms: i64) -> Option<String> {
+    let cutover = switch::CUTOVER_MINUTE_DEFAULT;
+    let open = switch::ClearingDay::of(now_ms, cutover);
+    let grace_min = switch::CUTOVER_GRACE_MS / 60_000;
+    let clock = |minute: i64| {
+        let minute = minute.rem_euclid(i64::from(switch::MINUTES_PER_DAY));
+        format!("{:02}:{:02}", minute / 60, minute % 60)
+    };
+    let (cut, grace_end) = (
+        clock(i64::from(cutover)),
+        clock(i64::from(cutover) + grace_min),
+    );
+    if date >= open.date.as_str() {
+        return Some(format!(
+            "{date} has not closed: {} is the clearing date open now, and a date closes at the \
+             {cut} cut-over (China time), its voids and reversals taken until {grace_end}; \
+             settle it after that",
+            open.date
+        ));
+    }
+    let previous = settlement::dates::add_days(&open.date, -1)?;
+    if open.in_grace && date == previous {
+        return Some(format!(
+            "{date} closed at the {cut} cut-over, but voids and reversals of its transactions \
+             are taken until {grace_end} (China time): settle it after {grace_end}, or a sale \
+             reversed then would be paid out before the next day's run takes it back"
+        ));
+    }
+    None
+}
+
 pub fn settle(args: SettleArgs) -> CliResult {
+    if let Some(date) = settlement::dates::normalise(&args.date)
+        && !args.before_close
+        && let Some(why) = not_closed(&date, SystemClock.now_ms())
+    {
+        return Err(why.into());
+    }
     let store = args.common.deployment()?.store()?;
     let directory = IssuerDirectory::embedded()?;
     let (report, revisited) =
@@ -762,4 +808,37 @@ pub fn reconcile_cmd(
     } else {
         std::process::ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// `YYYYMMDD` at `hh:mm` China time, in ms since the epoch.
+    fn china_time(date: &str, hh: i64, mm: i64) -> i64 {
+        let day = settlement::dates::day_number(date).unwrap();
+        ((day * 24 + hh - 8) * 60 + mm) * 60_000
+    }
+
+    #[test]
+    fn a_date_is_settled_only_once_its_cut_over_grace_is_over() {
+        // 23:05 on the 23rd: the 24th is open, the 23rd still in its grace.
+        let now = china_time("20261123", 23, 5);
+        let why = not_closed("20261123", now).unwrap();
+        assert!(why.contains("23:30"), "{why}");
+        assert!(not_closed("20261124", now).is_some());
+        assert!(not_closed("20261125", now).is_some());
+        assert_eq!(not_closed("20261122", now), None);
+        // 23:31: the grace is over, the 23rd is closed; the 24th still open.
+        let now = china_time("20261123", 23, 31);
+        assert_eq!(not_closed("20261123", now), None);
+        let why = not_closed("20261124", now).unwrap();
+        assert!(why.contains("20261124 has not closed"), "{why}");
+        // At noon the day is open until 23:00.
+        let now = china_time("20261123", 12, 0);
+        assert!(not_closed("20261123", now).is_some());
+        assert_eq!(not_closed("20261122", now), None);
+    }
 }

@@ -175,13 +175,21 @@ fn a_day_of_demo_traffic_is_settled_paid_and_reconciled() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
+    // The day is still open: refused, unless a demo asks to see it at once.
+    let open = switch::clearing_date_of(
+        switch::Clock::now_ms(&switch::SystemClock),
+        switch::CUTOVER_MINUTE_DEFAULT,
+    );
+    let (code, text) = shoudan(&["settle", "--date", &open], dir);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains(&format!("{open} has not closed")), "{text}");
     let mut net: BTreeMap<String, i64> = BTreeMap::new();
     for date in &dates {
-        let first = json(&["settle", "--date", date], dir);
+        let first = json(&["settle", "--date", date, "--before-close"], dir);
         assert_eq!(first["changed"], true, "{first}");
-        let second = json(&["settle", "--date", date], dir);
+        let second = json(&["settle", "--date", date, "--before-close"], dir);
         assert_eq!(second["changed"], false, "{second}");
-        let (_, text) = shoudan(&["settle", "--date", date], dir);
+        let (_, text) = shoudan(&["settle", "--date", date, "--before-close"], dir);
         assert!(text.contains("nothing changed"), "{text}");
         for m in second["merchants"].as_array().unwrap() {
             let captures = m["captures_fen"].as_i64().unwrap();
