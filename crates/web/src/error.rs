@@ -208,7 +208,8 @@ fn case_error_zh(error: &CaseError) -> Option<String> {
             "一个工单最多 {} 条记录，请新开工单继续",
             resolve::cases::ENTRIES_MAX
         ),
-        CaseError::NotFound => "找不到这个工单".to_owned(),
+        // As another merchant's case is refused (`Principal::scope`): the two answer alike.
+        CaseError::NotFound => return None,
         CaseError::Conflict => "工单刚被他人更新，请刷新后重试".to_owned(),
         CaseError::NotRefundApplication => "只有退货申请工单可以批准退货".to_owned(),
         CaseError::AlreadyRefunded => "这笔退货已经执行过".to_owned(),

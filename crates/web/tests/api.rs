@@ -1288,7 +1288,15 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
                 .status,
             404
         );
-        assert_eq!(book.get(&case_path).await.status, 404);
+        let theirs = book.get(&case_path).await;
+        assert_eq!(theirs.status, 404);
+        // A case that does not exist answers alike: the page does not tell which ids exist.
+        let none = book.get("/portal/cases/999999999").await;
+        assert_eq!(none.status, 404);
+        assert_eq!(
+            none.body, theirs.body,
+            "another merchant's case told apart from none"
+        );
         assert!(
             !book
                 .get(&format!("/portal/transactions?last4={last4}"))
