@@ -186,9 +186,14 @@ pub const NOTE_AFTER_PAYOUT_FAILURE: &str =
     "re-binding after a payout failure: an operator confirms";
 /// Why a change waits for a checker: staff bound it for the merchant.
 pub const NOTE_BOUND_BY_STAFF: &str = "bound by staff for the merchant: another operator confirms";
+/// Why a change waits for a checker: it replaces the account payouts go to now.
+pub const NOTE_CHANGE_OF_ACCOUNT: &str =
+    "a change of the account payouts go to: an operator confirms";
 
-/// Binds (or re-binds) a merchant's settlement account. In force at once, unless the current
-/// account is flagged after a payout failure: then it waits for [`confirm_change`].
+/// Binds (or re-binds) a merchant's settlement account. A merchant's first account is in force
+/// at once; one in place of a bound account waits for [`confirm_change`] by an operator
+/// (whoever holds a merchant's sign-in must not alone point its
+/// payouts elsewhere), and so does one after a payout failure.
 pub fn bind_account(
     store: &dyn Store,
     sealer: &dyn Sealer,
@@ -233,7 +238,7 @@ pub fn bind_account_checked(
     let sealed = sealer.seal(&digits).map_err(BindError::Seal)?;
     let current = store.bound_account(mid)?;
     let after_failure = current.as_ref().is_some_and(|a| a.needs_rebind);
-    let needs_check = after_failure || on_behalf;
+    let needs_check = after_failure || on_behalf || current.is_some();
     let id = i64::try_from(store.reserve(CHANGE_COUNTER, 1)?.wait()?).map_err(|_| {
         StoreError::Constraint {
             message: "account change counter overflow".to_owned(),
@@ -260,6 +265,8 @@ pub fn bind_account_checked(
             NOTE_AFTER_PAYOUT_FAILURE.to_owned()
         } else if on_behalf {
             NOTE_BOUND_BY_STAFF.to_owned()
+        } else if current.is_some() {
+            NOTE_CHANGE_OF_ACCOUNT.to_owned()
         } else {
             String::new()
         },

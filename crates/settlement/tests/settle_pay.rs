@@ -407,6 +407,32 @@ fn a_day_is_cleared_posted_and_paid_once_through_a_frozen_account() {
     )
     .unwrap();
     assert!(matches!(bound, BindOutcome::Active { version: 1, .. }));
+    // Replacing it waits for an operator, whoever asks: one holding the merchant's sign-in
+    // alone cannot point its payouts elsewhere. The account in force stays until then.
+    let elsewhere = card("622202", 19, 95);
+    let change = bind_account(
+        store,
+        &sealer,
+        &directory,
+        M1,
+        &card_input(&elsewhere, "王小明"),
+        "merchant",
+        0,
+    )
+    .unwrap();
+    let BindOutcome::PendingConfirmation { change_id } = change else {
+        panic!("a change of a bound account took effect at once: {change:?}");
+    };
+    assert_eq!(store.bound_account(M1).unwrap().unwrap().version, 1);
+    assert!(matches!(
+        confirm_change(store, change_id, "merchant", 0),
+        Err(BindError::SameUser(_))
+    ));
+    settlement::accounts::reject_change(store, change_id, "ops", "not asked by the merchant", 0)
+        .unwrap();
+    let row = store.bound_account(M1).unwrap().unwrap();
+    assert_eq!(row.version, 1);
+    assert!(!row.number_masked.ends_with(&elsewhere[15..]));
     let m2_account = "955880012345678";
     bind_account(
         store,
@@ -1460,16 +1486,13 @@ fn a_return_of_a_first_attempt_to_a_newer_account_is_not_lost() {
         .wait()
         .unwrap();
     let second_number = card("622202", 19, 97);
-    bind_account(
+    rebind(
         store,
         &sealer,
         &directory,
-        M1,
         &card_input(&second_number, "王小明"),
-        "m",
         2,
-    )
-    .unwrap();
+    );
     let second = store.bound_account(M1).unwrap().unwrap();
     assert_eq!(second.version, first.version + 1);
     // The next run's first attempt goes out as `key#v2`, and that run stops there.
@@ -1500,16 +1523,13 @@ fn a_payment_whose_answer_was_lost_is_not_paid_again_to_a_new_account() {
     let first = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
     assert_eq!(first.retrying, vec![key.clone()]);
     let second_number = card("622202", 19, 93);
-    bind_account(
+    rebind(
         store,
         &sealer,
         &directory,
-        M1,
         &card_input(&second_number, "王小明"),
-        "m",
         2_000,
-    )
-    .unwrap();
+    );
     assert_eq!(store.bound_account(M1).unwrap().unwrap().version, 2);
     let retry = run_payouts(store, &bank, &sealer, "20261124", 1_000 + 60_000).unwrap();
     assert_eq!(retry.sent, vec![key.clone()]);
@@ -1590,16 +1610,13 @@ fn a_first_attempt_the_run_never_recorded_is_not_paid_again_to_a_new_account() {
     assert!(stopped.is_err());
     assert_eq!(bank.credited(&first_number), 10_000 - 55, "the bank paid");
     let second_number = card("622202", 19, 99);
-    bind_account(
+    rebind(
         store,
         &sealer,
         &directory,
-        M1,
         &card_input(&second_number, "王小明"),
-        "m",
         2_000,
-    )
-    .unwrap();
+    );
     assert_eq!(store.bound_account(M1).unwrap().unwrap().version, 2);
     let next = run_payouts(store, &bank, &sealer, "20261124", 3_000).unwrap();
     assert_eq!(next.sent, vec![key.clone()], "{next:?}");
@@ -1970,4 +1987,21 @@ fn a_suspended_merchants_payout_waits_for_the_suspension_to_end() {
     let paid = run_payouts(store, &bank, &sealer, "20261124", 2_000).unwrap();
     assert_eq!(paid.sent, vec![key.clone()]);
     assert!(paid.withheld.is_empty());
+}
+
+/// M1's account replaced by the merchant ("m") and the change confirmed by an operator, as
+/// every change of a bound account must be: the new account's version.
+#[allow(clippy::unwrap_used, clippy::panic)]
+fn rebind(
+    store: &dyn Store,
+    sealer: &dyn Sealer,
+    directory: &IssuerDirectory,
+    input: &AccountInput,
+    at_ms: i64,
+) -> u32 {
+    let outcome = bind_account(store, sealer, directory, M1, input, "m", at_ms).unwrap();
+    let BindOutcome::PendingConfirmation { change_id } = outcome else {
+        panic!("a change of a bound account took effect unconfirmed: {outcome:?}");
+    };
+    confirm_change(store, change_id, "ops", at_ms).unwrap()
 }

@@ -519,7 +519,9 @@ fn case_state_name(l: Lang, state: &str) -> Option<&'static str> {
 /// Why an account change waits, in the page's language: the settlement crate's notes are
 /// English; an operator's own words are shown as written.
 fn change_note_text(l: Lang, note: &str) -> String {
-    use settlement::accounts::{NOTE_AFTER_PAYOUT_FAILURE, NOTE_BOUND_BY_STAFF};
+    use settlement::accounts::{
+        NOTE_AFTER_PAYOUT_FAILURE, NOTE_BOUND_BY_STAFF, NOTE_CHANGE_OF_ACCOUNT,
+    };
     let known = match note {
         NOTE_AFTER_PAYOUT_FAILURE => Some(t(
             l,
@@ -530,6 +532,11 @@ fn change_note_text(l: Lang, note: &str) -> String {
             l,
             "运营人员代商户绑定：须另一位运营复核",
             "bound by staff for the merchant: another operator confirms",
+        )),
+        NOTE_CHANGE_OF_ACCOUNT => Some(t(
+            l,
+            "更换收款账户：须运营复核后生效",
+            "a change of the account payouts go to: an operator confirms",
         )),
         _ => None,
     };
@@ -3393,6 +3400,7 @@ mod tests {
         for note in [
             settlement::accounts::NOTE_AFTER_PAYOUT_FAILURE,
             settlement::accounts::NOTE_BOUND_BY_STAFF,
+            settlement::accounts::NOTE_CHANGE_OF_ACCOUNT,
         ] {
             let zh = change_note_text(Lang::Zh, note);
             assert!(!zh.is_ascii(), "{note}: {zh}");
