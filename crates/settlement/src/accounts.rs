@@ -192,8 +192,8 @@ pub const NOTE_CHANGE_OF_ACCOUNT: &str =
 
 /// Binds (or re-binds) a merchant's settlement account. A merchant's first account is in force
 /// at once; one in place of a bound account waits for [`confirm_change`] by an operator
-/// (whoever holds a merchant's sign-in must not alone point its
-/// payouts elsewhere), and so does one after a payout failure.
+/// (whoever holds a merchant's sign-in must not alone point its payouts elsewhere), and so
+/// does one after a payout failure.
 pub fn bind_account(
     store: &dyn Store,
     sealer: &dyn Sealer,
