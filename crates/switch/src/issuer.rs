@@ -20,7 +20,6 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::clock::Clock;
 use crate::config::{BREAKER_TIMEOUTS_MAX, ISSUER_IN_FLIGHT_MAX, ISSUER_QUEUE_MAX, IssuerEndpoint};
 use crate::wire::{WipingReader, append_wiped, read_frame};
 
@@ -122,8 +121,9 @@ pub(crate) struct IssuerLink {
     epoch: tokio::time::Instant,
     echo_trace: AtomicU32,
     timeouts_in_a_row: AtomicU32,
+    /// Until when the breaker is open, in ms since `epoch`: a monotonic clock, so that a wall
+    /// clock stepped back does not hold the issuer off for as long again.
     open_until_ms: AtomicI64,
-    clock: Arc<dyn Clock>,
     connector: Arc<dyn IssuerConnector>,
 }
 
@@ -133,7 +133,6 @@ impl IssuerLink {
         name: String,
         endpoint: IssuerEndpoint,
         echo: EchoTest,
-        clock: Arc<dyn Clock>,
         connector: Arc<dyn IssuerConnector>,
         stop: watch::Receiver<bool>,
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
@@ -151,7 +150,6 @@ impl IssuerLink {
             echo_trace: AtomicU32::new(0),
             timeouts_in_a_row: AtomicU32::new(0),
             open_until_ms: AtomicI64::new(0),
-            clock,
             connector,
         });
         let task = tokio::spawn(Arc::clone(&link).run(receiver, stop));
@@ -166,13 +164,23 @@ impl IssuerLink {
         self.connected.load(Ordering::Acquire)
     }
 
+    /// Milliseconds since the link was made, on tokio's monotonic clock.
+    fn since_epoch_ms(&self) -> i64 {
+        i64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Whether repeated timeouts keep requests from the issuer for now.
+    fn breaker_open(&self) -> bool {
+        self.since_epoch_ms() < self.open_until_ms.load(Ordering::Acquire)
+    }
+
     /// The link's state for the metrics.
     pub fn state(&self) -> crate::metrics::IssuerLinkState {
         let free = self.in_flight.available_permits();
         crate::metrics::IssuerLinkState {
             bank: self.name.clone(),
             connected: self.is_connected(),
-            breaker_open: self.clock.now_ms() < self.open_until_ms.load(Ordering::Acquire),
+            breaker_open: self.breaker_open(),
             in_flight: u64::try_from(ISSUER_IN_FLIGHT_MAX.saturating_sub(free)).unwrap_or(0),
         }
     }
@@ -189,8 +197,7 @@ impl IssuerLink {
         rrn: Option<&str>,
         frame: Zeroizing<Vec<u8>>,
     ) -> Result<Zeroizing<Vec<u8>>, LinkError> {
-        if !self.is_connected() || self.clock.now_ms() < self.open_until_ms.load(Ordering::Acquire)
-        {
+        if !self.is_connected() || self.breaker_open() {
             return Err(LinkError::Unavailable);
         }
         let _permit = self
@@ -225,7 +232,7 @@ impl IssuerLink {
                 let count = self.timeouts_in_a_row.fetch_add(1, Ordering::AcqRel) + 1;
                 if count >= BREAKER_TIMEOUTS_MAX {
                     self.timeouts_in_a_row.store(0, Ordering::Release);
-                    let until = self.clock.now_ms().saturating_add(BREAKER_OPEN_MS);
+                    let until = self.since_epoch_ms().saturating_add(BREAKER_OPEN_MS);
                     self.open_until_ms.store(until, Ordering::Release);
                     tracing::warn!(issuer = %self.name, "breaker open after repeated timeouts");
                 }

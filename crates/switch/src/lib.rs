@@ -354,7 +354,6 @@ impl Switch {
                 bank.clone(),
                 endpoint.clone(),
                 echo.clone(),
-                Arc::clone(&clock),
                 Arc::clone(&connector),
                 stop_rx.clone(),
             );

@@ -1574,3 +1574,40 @@ fn a_request_missing_a_required_field_is_a_format_error() {
         assert_eq!(t.send(&Req::reversal_of(&dollars)).await.code(), "00");
     });
 }
+
+/// Twenty timeouts in a row open the issuer's breaker for five seconds (requests answered 91
+/// at once); the wall clock stepped back meanwhile (an NTP correction) does not keep it open
+/// for as long again: it is timed on a monotonic clock.
+#[test]
+fn the_issuer_breaker_closes_on_time_whatever_the_wall_clock_does() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        // Reversals unanswered too: an acknowledged one would end the run of timeouts.
+        h.log.answer_reversals.store(false, Ordering::SeqCst);
+        let pan = card("622202");
+        let mut first = h.terminal().await;
+        assert_eq!(first.sign_in().await.code(), "00");
+        let mut silent = Vec::new();
+        for n in 0..20_u32 {
+            let mut t = h.terminal().await;
+            t.keys = first.keys.clone();
+            let request = Req::purchase(&pan, SILENT_AMOUNT, 100 + n);
+            silent.push(tokio::spawn(async move { t.send(&request).await.code() }));
+        }
+        for s in silent {
+            assert_eq!(s.await.unwrap(), "98");
+        }
+        assert_eq!(
+            first.send(&Req::purchase(&pan, 100, 200)).await.code(),
+            "91",
+            "the breaker did not open"
+        );
+        h.clock.shift_ms(-600_000);
+        tokio::time::sleep(std::time::Duration::from_millis(5_300)).await;
+        assert_eq!(
+            first.send(&Req::purchase(&pan, 100, 201)).await.code(),
+            "00",
+            "the breaker stayed open after the wall clock went back"
+        );
+    });
+}
