@@ -173,10 +173,10 @@ pub enum CaseError {
     #[error("the refund was already executed")]
     AlreadyRefunded,
     #[error(
-        "the last refund attempt may have been made at the issuer (no answer, or one that \
-         could not be read or recorded) and is being reversed; approve again once its reversal \
-         is acknowledged. If the issuer refused that reversal, the refund stands: ask the \
-         issuer before refunding again"
+        "a refund of this sale may have been made at the issuer (no answer, or one that \
+         could not be read or recorded) and is being reversed; no other refund, and no closing \
+         of its case, until its reversal is acknowledged. If the issuer refused that reversal, \
+         the refund stands: ask the issuer before refunding again"
     )]
     RefundInDoubt,
     #[error("refund amount {asked_fen} fen exceeds what is left to refund ({left_fen} fen)")]
@@ -378,6 +378,11 @@ impl CaseService {
                     asked_fen,
                     left_fen,
                 });
+            }
+            // What is left counts no refund whose outcome is not known: asking for it again
+            // would refund twice should that one stand.
+            if self.sale_refund_in_doubt(txn.id)? {
+                return Err(CaseError::RefundInDoubt);
             }
         }
         let id = self.store.reserve(CASE_COUNTER, 1)?.await?;
@@ -647,6 +652,15 @@ impl CaseService {
         }
         let state = CaseState::parse(&row.state).ok_or(CaseError::NotFound)?;
         let next = state.apply(&transition)?;
+        // A refund of this case whose reversal is still under way is not known to stand or
+        // not: closing the case now would let a new application refund again. Once the issuer
+        // has answered the reversal (refused: the refund may stand, to be checked with the
+        // issuer), the case may be closed.
+        if matches!(transition, Transition::Resolve(_) | Transition::Reject(_))
+            && self.refund_doubt(&row)? == Some(false)
+        {
+            return Err(CaseError::RefundInDoubt);
+        }
         let version = row.version;
         row.state = next.as_str().to_owned();
         let text = match &transition {
@@ -747,6 +761,11 @@ impl CaseService {
                 left_fen,
             });
         }
+        // Another refund of the sale (another case's, or one made at a terminal) whose outcome
+        // is not known: what is left may already have gone back to the card.
+        if self.sale_refund_in_doubt(original.id)? {
+            return Err(CaseError::RefundInDoubt);
+        }
         // One key per refund attempt, not per case version: a note or an assignment made while
         // a refund is at the issuer changes the version, and a second approval under a new key
         // would refund again. A new key only after a recorded refusal (its journal id).
@@ -775,6 +794,26 @@ impl CaseService {
     /// one is queued, its journal row still in flight or timed out; with no row, a 98.
     fn refund_in_doubt(&self, row: &CaseRow) -> Result<bool, CaseError> {
         Ok(self.refund_doubt(row)?.is_some())
+    }
+
+    /// Whether a refund of sale `txn_id` (from a case or a terminal) may have been made at the
+    /// issuer without the journal counting it: still in flight or timed out, or with a reversal
+    /// of it queued and not acknowledged (refused: it may stand). The journal's refunded total
+    /// leaves such a refund out, so what looks left to refund may be gone already.
+    fn sale_refund_in_doubt(&self, txn_id: i64) -> Result<bool, CaseError> {
+        for refund in self.store.txns_linked_to(txn_id)? {
+            if refund.kind != TxnKind::Refund {
+                continue;
+            }
+            let doubt = match self.store.reversal(refund.id)? {
+                Some(reversal) => reversal.state != store::SafState::Acked,
+                None => matches!(refund.state, TxnState::InFlight | TxnState::TimedOut),
+            };
+            if doubt {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// [`Self::refund_in_doubt`], and if so whether the issuer refused the attempt's reversal

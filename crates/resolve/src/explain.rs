@@ -487,6 +487,11 @@ pub fn explain_txn(
         let lamount = yuan(l.amount_fen);
         let lrrn = l.rrn.clone().unwrap_or_else(|| "-".to_owned());
         let approved = matches!(l.state, TxnState::Approved | TxnState::Completed);
+        let doubt = if gives_back(l.kind) && !approved {
+            linked_doubt(store, l)?
+        } else {
+            None
+        };
         match (l.kind, approved) {
             (TxnKind::Refund, true) => {
                 let partial = l.amount_fen < row.amount_fen;
@@ -513,6 +518,53 @@ pub fn explain_txn(
                         ),
                     ),
                 ));
+            }
+            // Sent and not known to stand or not: no answer, an answer that could not be
+            // taken, or an approval its terminal reversed, and the reversal not acknowledged
+            // (or refused). "Did not go through" would invite doing it again.
+            (other, false) if doubt.is_some() => {
+                let okind = kind_text(other);
+                let code = l.response_code.as_deref().unwrap_or("98");
+                let (what_zh, what_en) = if code == "00" {
+                    (
+                        "已批准，之后被冲正".to_owned(),
+                        "was approved, then reversed".to_owned(),
+                    )
+                } else if l.state == TxnState::InFlight {
+                    ("尚未得到应答".to_owned(), "has no answer yet".to_owned())
+                } else {
+                    (
+                        format!("没有得到可用的应答（{code}）"),
+                        format!("got no usable answer ({code})"),
+                    )
+                };
+                let text = if doubt == Some(true) {
+                    Both::new(
+                        format!(
+                            "{} {} {lamount}（RRN {lrrn}）{what_zh}，但{}拒绝了冲正：它可能已经生效，再次办理前请先凭证据包向发卡行核实",
+                            lwho.zh, okind.zh, bank.zh
+                        ),
+                        format!(
+                            "{} {} of {lamount} (RRN {lrrn}) {what_en}, but {} refused its \
+                             reversal: it may stand; check with the issuer, with the evidence \
+                             package, before doing it again",
+                            lwho.en, okind.en, bank.en
+                        ),
+                    )
+                } else {
+                    Both::new(
+                        format!(
+                            "{} {} {lamount}（RRN {lrrn}）{what_zh}，冲正尚未得到发卡行确认：确认前请勿再次办理",
+                            lwho.zh, okind.zh
+                        ),
+                        format!(
+                            "{} {} of {lamount} (RRN {lrrn}) {what_en}; its reversal is not \
+                             confirmed yet: do not do it again until it is",
+                            lwho.en, okind.en
+                        ),
+                    )
+                };
+                steps.push(step(at, "linked_in_doubt", text));
             }
             // Approved, then undone (a completion voided, a refund or void reversed by its
             // terminal): it went through, and no longer stands.
@@ -777,6 +829,17 @@ pub fn failure_of(row: &TxnRow, reversal_queued: bool) -> Option<FailureKind> {
 
 /// A void or refund gives money back (or releases a hold): when it fails, its original still
 /// stands.
+/// Whether a linked request (a refund, a void) may have gone through at the issuer without the
+/// journal counting it: `Some(false)` while its reversal is queued and not acknowledged (or,
+/// none queued yet, it is in flight or timed out), `Some(true)` when the issuer refused the
+/// reversal (it may stand), `None` when its outcome is known.
+fn linked_doubt(store: &dyn Store, l: &TxnRow) -> Result<Option<bool>, store::StoreError> {
+    Ok(match store.reversal(l.id)? {
+        Some(r) => (r.state != SafState::Acked).then_some(r.state == SafState::Refused),
+        None => matches!(l.state, TxnState::InFlight | TxnState::TimedOut).then_some(false),
+    })
+}
+
 fn gives_back(kind: TxnKind) -> bool {
     matches!(
         kind,
@@ -824,6 +887,20 @@ fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow, reversal_queued: bo
                 format!("declined: {}", title.en),
             )
         }
+        Outcome::ApprovedThenReversed if gives_back(row.kind) => Both::new(
+            format!(
+                "{}批准了这笔{}，随后被冲正并得到确认：它不再有效，原交易仍然有效，顾客的钱没有退回",
+                bank.zh,
+                kind_text(row.kind).zh
+            ),
+            format!(
+                "{} approved this {}, then it was reversed and the reversal acknowledged: it \
+                 no longer stands, the original still does, and the customer has not been paid \
+                 back",
+                bank.en,
+                kind_text(row.kind).en
+            ),
+        ),
         Outcome::ApprovedThenReversed => Both::new(
             format!(
                 "刷卡时{}批准了，但随后被冲正：持卡人不会被扣款，冻结或扣款由发卡行退回",
@@ -891,6 +968,20 @@ fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow, reversal_queued: bo
             format!(
                 "no answer from {} in time; the reversal is not acknowledged yet and shoudan \
                  keeps resending it",
+                bank.en
+            ),
+        ),
+        Outcome::ReversalRefused if gives_back(row.kind) => Both::new(
+            format!(
+                "本系统已冲正这笔{}，但{}拒绝了冲正：它可能已在发卡行生效（顾客可能已收到退款）；再次退货或撤销前请先凭证据包向发卡行核实",
+                kind_text(row.kind).zh,
+                bank.zh
+            ),
+            format!(
+                "this {} was reversed here, but {} refused the reversal: it may stand at the \
+                 issuer (the customer may have been paid back); check with the issuer, with the \
+                 evidence package, before refunding or voiding again",
+                kind_text(row.kind).en,
                 bank.en
             ),
         ),

@@ -589,6 +589,37 @@ fn voids_and_refunds_are_diagnosed_as_giving_money_back() {
     });
 }
 
+/// A refund its terminal reversed (approved, answer lost at the terminal): the refund's own
+/// explanation says the customer has not been paid back, not the purchase's "not charged".
+#[test]
+fn a_refund_its_terminal_reversed_reads_as_a_refund_undone() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(3);
+        let (code, rrn, _) = e.purchase(&card, 2_000).await;
+        assert_eq!(code, "00");
+        let today = switch::LocalTime::from_ms(now()).mmdd();
+        e.stan += 1;
+        let refund = Req::refund(card.pan.expose_digits(), 800, e.stan, &rrn, &today);
+        let r = e.t.send(&refund).await;
+        assert_eq!(r.code(), "00");
+        let refund_rrn = r.text(37).unwrap();
+        assert_eq!(e.t.send(&Req::reversal_of(&refund)).await.code(), "00");
+        assert!(e.reversal_acked(&refund_rrn).await);
+        let store = e.store();
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &refund_rrn, now()).unwrap();
+        assert_eq!(x.outcome, Outcome::ApprovedThenReversed, "{x:#?}");
+        assert!(!x.summary.en.contains("not charged"), "{:?}", x.summary);
+        assert!(!x.summary.zh.contains("不会被扣款"), "{:?}", x.summary);
+        assert!(
+            x.summary.en.contains("has not been paid back"),
+            "{:?}",
+            x.summary
+        );
+        assert!(x.summary.zh.contains("钱没有退回"), "{:?}", x.summary);
+    });
+}
+
 #[test]
 fn a_refund_approved_twice_while_at_the_issuer_is_made_once() {
     runtime().block_on(async {
@@ -867,15 +898,45 @@ fn back_office_refund_is_reversed_on_timeout_and_never_doubled() {
         assert!(said.contains("outcome unknown (98"), "{said}");
         assert!(waiting.refund_in_doubt, "{waiting:#?}");
         let refund_rrn = waiting.refund_rrn.clone().unwrap();
+        // The sale's page does not say the refund "did not go through" while it may stand.
+        let sale = explain_rrn(e.store().as_ref(), &e.h.directory, &rrn, now()).unwrap();
+        let doubt = sale.steps.iter().find(|s| s.kind == "linked_in_doubt");
+        let doubt = doubt.unwrap_or_else(|| panic!("{sale:#?}"));
+        assert!(doubt.text.en.contains("do not do it again"), "{doubt:?}");
+        assert!(doubt.text.zh.contains("请勿再次办理"), "{doubt:?}");
+        assert!(
+            sale.steps
+                .iter()
+                .all(|s| !s.text.en.contains("did not go through")),
+            "{sale:#?}"
+        );
         // Until its reversal is acknowledged the first attempt may stand: no second one.
         assert!(matches!(
             cases.approve_refund(case.id, "operator-1").await,
+            Err(resolve::cases::CaseError::RefundInDoubt)
+        ));
+        // Nor a way round it: the case cannot be closed, and another application for what
+        // looks left (the journal does not count a refund in doubt) is refused.
+        let why = resolve::cases::Resolution::new("merchant withdrew").unwrap();
+        assert!(matches!(
+            cases
+                .transition(case.id, "operator-2", Transition::Reject(why), "", None)
+                .await,
+            Err(resolve::cases::CaseError::RefundInDoubt)
+        ));
+        assert!(matches!(
+            cases.open(ten_yuan_refund_application(&rrn)).await,
             Err(resolve::cases::CaseError::RefundInDoubt)
         ));
         assert!(e.reversal_acked(&refund_rrn).await);
         assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 0);
         // Reversed and acknowledged: no longer in doubt.
         assert!(!cases.get(case.id).unwrap().refund_in_doubt);
+        let sale = explain_rrn(e.store().as_ref(), &e.h.directory, &rrn, now()).unwrap();
+        assert!(
+            sale.steps.iter().any(|s| s.kind == "refund_declined"),
+            "{sale:#?}"
+        );
         // Approved again (a new attempt, a new key): executed once, case resolved.
         let done = cases.approve_refund(case.id, "operator-1").await.unwrap();
         assert_eq!(done.state, CaseState::Resolved, "{done:#?}");
