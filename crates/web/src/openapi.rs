@@ -75,7 +75,12 @@ pub fn document() -> Value {
     let cursor = param("cursor", "query", "next_cursor of the previous page");
     let search = [
         mid_q.clone(),
-        param("from", "query", "first day, YYYY-MM-DD, China time"),
+        param(
+            "from",
+            "query",
+            "first day, YYYY-MM-DD, China time (default: a week before `to`; with `rrn` and no \
+             `from`, any day)",
+        ),
         param(
             "to",
             "query",

@@ -303,6 +303,13 @@ impl<'q> TxnFilter<'q> {
                 "开始日期要早于结束日期，一次最多查 {SEARCH_DAYS_MAX} 天。"
             )));
         }
+        // A reference number names one transaction, however old (one indexed read): the
+        // default window of days is for browsing, not for the RRN on an old receipt.
+        let from_ms = if given(&q.rrn).is_some() && given(&q.from).is_none() {
+            i64::MIN
+        } else {
+            from_ms
+        };
         let amount_fen = match (given(&q.amount), int_param(&q.amount_fen, "amount_fen")?) {
             (Some(y), _) => Some(parse_yuan(y).ok_or_else(|| {
                 ApiError::bad_request("amount: 12.34").zh("金额请按元填写，如 12.34。")

@@ -2031,6 +2031,15 @@ fn a_busy_merchants_day_is_searched_newest_first_and_counted_whole() {
         // The oldest of the day, by its RRN.
         let oldest = page(format!("limit=1&rrn={:012}", 1_000_001)).await;
         assert_eq!(oldest["items"][0]["id"], 1_000_001);
+        // An RRN from a receipt three weeks old is found without naming its dates (the
+        // default window of days is for browsing, not for a reference number).
+        let weeks_ago = approved_row(999_999, MID, day_start - 21 * 86_400_000);
+        e.h.store.submit(vec![weeks_ago]).unwrap().await.unwrap();
+        let old = page(format!("rrn={:012}", 999_999)).await;
+        assert_eq!(ids(&old), [999_999], "{old}");
+        // Dates named still bound it.
+        let today = page(format!("rrn={:012}&from=2000-01-01&to=2000-01-02", 999_999)).await;
+        assert!(ids(&today).is_empty(), "{today}");
         assert_error(
             &api.call(Some(&tea), "GET", "/api/transactions?cursor=12", None)
                 .await,
