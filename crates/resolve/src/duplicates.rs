@@ -8,7 +8,7 @@ use domain::IssuerDirectory;
 use serde::Serialize;
 use store::resolve::DuplicateRow;
 use store::{Store, TxnKind, TxnRow, TxnState};
-use switch::{CUTOVER_MINUTE_DEFAULT, ClearingDay};
+use switch::{CUTOVER_MINUTE_DEFAULT, ClearingDay, REFUND_DAYS_MAX};
 
 use crate::ResolveError;
 use crate::explain::TxnSummary;
@@ -143,13 +143,31 @@ pub fn describe(
     // void of the day before is refused (once its grace has passed), and a payment made after
     // the cut-over may still be voided until the next one.
     let now_day = ClearingDay::of(now_ms, CUTOVER_MINUTE_DEFAULT);
-    let same_day =
-        now_day.same_day(ClearingDay::of(second.received_at_ms, CUTOVER_MINUTE_DEFAULT).day_number);
+    let second_day = ClearingDay::of(second.received_at_ms, CUTOVER_MINUTE_DEFAULT).day_number;
+    let same_day = now_day.same_day(second_day);
     let left = second.amount_fen - second.refunded_fen;
+    let stands = |t: &TxnRow| {
+        matches!(t.state, TxnState::Approved | TxnState::Completed) && t.refunded_fen < t.amount_fen
+    };
+    // The first payment undone since the flag (the customer paid three times and the middle
+    // one was voided): the second may still pair with an earlier one that stands, which is
+    // then the flag's first. (The window is the default, which is what the tailer flags by.)
+    let first = if !stands(&first) && stands(&second) {
+        match find_for(store, &second, DUPLICATE_WINDOW_MS_DEFAULT)? {
+            Some(pair) if pair.second_txn_id == second.id && pair.first_txn_id != first.id => {
+                store.txn(pair.first_txn_id)?.unwrap_or(first)
+            }
+            _ => first,
+        }
+    } else {
+        first
+    };
+    let gap_ms = second.received_at_ms - first.received_at_ms;
     // The customer paid once if the first payment was undone (voided, reversed, refunded in
     // full): the second is then the one that stands.
-    let first_stands = matches!(first.state, TxnState::Approved | TxnState::Completed)
-        && first.refunded_fen < first.amount_fen;
+    let first_stands = stands(&first);
+    // Past the refund limit the switch refuses a refund: the acquirer has to act.
+    let refundable = now_day.day_number - second_day <= REFUND_DAYS_MAX;
     let action = match second.state {
         _ if !first_stands => SuggestedAction::NothingLeft,
         TxnState::Approved if left <= 0 => SuggestedAction::NothingLeft,
@@ -160,15 +178,27 @@ pub fn describe(
         _ => SuggestedAction::NothingLeft,
     };
     let rrn = second.rrn.clone().unwrap_or_else(|| "-".to_owned());
+    let tid = second.tid.as_str();
     let advice = match action {
         SuggestedAction::VoidSecondToday => Both::new(
             format!(
-                "疑似重复付款（同一张卡、相同金额）：请先与顾客核实是否只买了一次。确认重复后，今天在终端撤销第二笔（RRN {rrn}），撤销后不扣款"
+                "疑似重复付款（同一张卡、相同金额）：请先与顾客核实是否只买了一次。确认重复后，今天在终端 {tid}（第二笔付款的终端）上用同一张卡撤销第二笔（RRN {rrn}），撤销后不扣款"
             ),
             format!(
                 "possibly paid twice (same card, same amount): first check with the customer \
-                 that they bought only once. If so, void the second payment (RRN {rrn}) at the \
-                 terminal today, and it is not charged"
+                 that they bought only once. If so, void the second payment (RRN {rrn}) today \
+                 at terminal {tid}, where it was made, with the same card, and it is not charged"
+            ),
+        ),
+        SuggestedAction::RefundSecond if !refundable => Both::new(
+            format!(
+                "疑似重复付款（同一张卡、相同金额）：请先与顾客核实是否只买了一次。第二笔（RRN {rrn}）已超过 {REFUND_DAYS_MAX} 天的退货期限，终端和工单都不能再退，请联系收单机构处理"
+            ),
+            format!(
+                "possibly paid twice (same card, same amount): first check with the customer \
+                 that they bought only once. The second payment (RRN {rrn}) is past the \
+                 {REFUND_DAYS_MAX}-day refund limit, so neither a terminal nor a case can refund \
+                 it: ask the acquirer"
             ),
         ),
         SuggestedAction::RefundSecond if second.refunded_fen > 0 => {
@@ -202,7 +232,7 @@ pub fn describe(
     Ok(Some(DuplicateFlag {
         first: TxnSummary::of(directory, &first),
         second: TxnSummary::of(directory, &second),
-        gap_ms: flag.gap_ms,
+        gap_ms,
         suggested_action: action,
         advice,
     }))

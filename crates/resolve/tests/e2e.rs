@@ -1261,6 +1261,48 @@ fn a_duplicate_is_flagged_when_the_first_payment_is_approved_after_the_second() 
     });
 }
 
+/// Three payments in a row by one card for one amount: flagged as (1, 2) and (2, 3). The
+/// merchant voids the middle one; the third still pairs with the first, which stands, and is
+/// what the merchant is told to undo (at its own terminal, with the card), not "paid once".
+#[test]
+fn three_payments_with_the_middle_one_voided_still_show_the_duplicate() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(2);
+        let (code, a, _) = e.purchase(&card, 2_500).await;
+        assert_eq!(code, "00");
+        let (code, b, b_req) = e.purchase(&card, 2_500).await;
+        assert_eq!(code, "00");
+        let (code, c, _) = e.purchase(&card, 2_500).await;
+        assert_eq!(code, "00");
+        e.tailer().poll_once().await.unwrap();
+        assert_eq!(e.flagged().len(), 2, "{:#?}", e.flagged());
+        e.stan += 1;
+        let void = Req {
+            pin: Some(card.pin().to_owned()),
+            ..Req::void(card.pan.expose_digits(), 2_500, e.stan, b_req.stan, &b)
+        };
+        assert_eq!(e.t.send(&void).await.code(), "00");
+        let standing: Vec<_> = e
+            .flagged()
+            .into_iter()
+            .filter(|f| f.suggested_action != SuggestedAction::NothingLeft)
+            .collect();
+        assert_eq!(standing.len(), 1, "{standing:#?}");
+        assert_eq!(standing[0].first.rrn.as_deref(), Some(a.as_str()));
+        assert_eq!(standing[0].second.rrn.as_deref(), Some(c.as_str()));
+        assert_eq!(
+            standing[0].suggested_action,
+            SuggestedAction::VoidSecondToday
+        );
+        assert!(
+            standing[0].advice.en.contains(&format!("terminal {TID}")),
+            "{standing:#?}"
+        );
+        assert!(standing[0].advice.zh.contains(TID), "{standing:#?}");
+    });
+}
+
 /// Paid, refunded in full, then paid again for the same amount: the card was charged once, so
 /// no duplicate is flagged or notified. Refunded in part, the second payment is still one.
 #[test]
