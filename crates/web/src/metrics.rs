@@ -296,6 +296,14 @@ fn render_store(out: &mut String, web: &Web) {
             pending.len()
         );
     }
+    if let Ok(stuck) = crate::query::reversals_stuck(web) {
+        let _ = writeln!(
+            out,
+            "# HELP shoudan_saf_stuck Reversals resent {} times or more and not acknowledged (the console lists them).\n# TYPE shoudan_saf_stuck gauge\nshoudan_saf_stuck {}",
+            crate::query::REVERSAL_STUCK_ATTEMPTS,
+            stuck.len()
+        );
+    }
     if let Ok(refused) = crate::query::refusals_standing(web) {
         let standing = refused.len();
         let _ = writeln!(

@@ -2303,6 +2303,57 @@ async fn console(
             ));
         }
         body.push_str("</table>");
+        // Reversals the issuer has not acknowledged after many resends: resent for ever, the
+        // approval they undo standing at the issuer meanwhile.
+        let mut stuck = crate::query::reversals_stuck(&web)?;
+        let count = stuck.len();
+        stuck.sort_by_key(|item| item.txn_id);
+        stuck.truncate(REFUSED_REVERSALS_SHOWN);
+        body.push_str(&format!(
+            "<h2>{} ({count})</h2><p>{}</p><table id=\"stuck-reversals\"><tr><th>{}</th>\
+             <th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+            t(
+                l,
+                "多次重发仍未确认的冲正",
+                "Reversals resent and still not acknowledged"
+            ),
+            t(
+                l,
+                "系统会继续重发；请检查与该发卡行的线路和配置，或与发卡行核实",
+                "shoudan keeps resending them: check the link to the issuer and its set-up, or \
+                 ask the issuer"
+            ),
+            t(l, "参考号", "RRN"),
+            t(l, "商户号", "Merchant"),
+            t(l, "金额", "Amount"),
+            t(l, "发卡行", "Issuer"),
+            t(l, "重发次数", "Attempts"),
+            t(l, "最近一次", "Last answer"),
+        ));
+        for item in &stuck {
+            let row = web.store.txn(item.txn_id)?;
+            let last = item
+                .last_error
+                .as_deref()
+                .filter(|code| code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphanumeric()))
+                .map_or_else(
+                    || t(l, "没有应答或无法发送", "no answer, or not sent").to_owned(),
+                    |code| format!("{code}（{}）", diagnosis::diagnose_str(code).title.get(l)),
+                );
+            body.push_str(&format!(
+                "<tr><td><a href=\"/portal/transactions/{}\">{}</a></td><td>{}</td><td>{}</td>\
+                 <td>{}</td><td>{}</td><td>{}</td></tr>",
+                item.txn_id,
+                esc(row.as_ref().and_then(|r| r.rrn.as_deref()).unwrap_or("-")),
+                esc(row.as_ref().map_or("-", |r| r.mid.as_str())),
+                row.as_ref()
+                    .map_or_else(|| "-".to_owned(), |r| domain::money::yuan(r.amount_fen)),
+                esc(&item.issuer),
+                item.attempts,
+                esc(&last),
+            ));
+        }
+        body.push_str("</table>");
 
         Ok::<_, ApiError>((t(l, "运营台", "Console").to_owned(), body))
     })();

@@ -462,6 +462,19 @@ pub fn refusals_standing(web: &Web) -> Result<Vec<SafItem>, store::StoreError> {
     Ok(refused)
 }
 
+/// Attempts after which a reversal still unacknowledged is listed for an operator: with the
+/// queue's backoff (1 s doubling to a minute) about five minutes of resending.
+pub const REVERSAL_STUCK_ATTEMPTS: u32 = 10;
+
+/// Reversals resent `REVERSAL_STUCK_ATTEMPTS` times or more and still not acknowledged (an
+/// issuer answering 96 or 91 each time, a link this host no longer has, a reversal it cannot
+/// rebuild): resent for ever otherwise with nobody told, for an operator to take up.
+pub fn reversals_stuck(web: &Web) -> Result<Vec<SafItem>, store::StoreError> {
+    let mut stuck = web.store.reversals_in_state(SafState::Pending)?;
+    stuck.retain(|item| item.attempts >= REVERSAL_STUCK_ATTEMPTS);
+    Ok(stuck)
+}
+
 /// Today's numbers for `mid`.
 pub fn day_stats(web: &Web, mid: &str) -> Result<DayStats, ApiError> {
     let start = cst_day_start(web.clock.now_ms());

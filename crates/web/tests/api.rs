@@ -1356,6 +1356,49 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
         );
         let m = request(e.http, "GET", "/metrics", &[], "").await;
         assert!(m.body.contains("shoudan_saf_refused 1"), "{}", m.body);
+        assert!(m.body.contains("shoudan_saf_stuck 0"), "{}", m.body);
+        // A reversal the issuer answers 96 time after time: listed once it has been resent
+        // often enough, and counted (not resent in this test: its next attempt is far off).
+        let far = i64::MAX / 4;
+        let stuck_id = 9_000_001;
+        let mut records = vec![
+            approved_row(stuck_id, MID, 1_000),
+            store::Record::SafEnqueue {
+                txn_id: stuck_id,
+                issuer: "ABC".into(),
+                reason: "98".into(),
+                next_attempt_ms: far,
+            },
+        ];
+        for _ in 0..STUCK_ATTEMPTS {
+            records.push(store::Record::SafRetry {
+                txn_id: stuck_id,
+                next_attempt_ms: far,
+                last_error: "96".into(),
+            });
+        }
+        e.h.store.submit(records).unwrap().await.unwrap();
+        let console = ops.get("/console").await;
+        let stuck = console
+            .body
+            .split("id=\"stuck-reversals\"")
+            .nth(1)
+            .unwrap()
+            .split("</table>")
+            .next()
+            .unwrap();
+        let ninety_six = domain::diagnosis::diagnose_str("96").title.zh;
+        assert!(
+            stuck.contains(&format!("/portal/transactions/{stuck_id}\""))
+                && stuck.contains("ABC")
+                && stuck.contains(&format!("96（{ninety_six}）")),
+            "{}",
+            console.body
+        );
+        // The refused one is not among them.
+        assert!(!stuck.contains(&format!("/portal/transactions/{id}\"")));
+        let m = request(e.http, "GET", "/metrics", &[], "").await;
+        assert!(m.body.contains("shoudan_saf_stuck 1"), "{}", m.body);
 
         // Sign out ends the session.
         let r = tea.post("/logout", &format!("csrf={csrf}")).await;
@@ -1367,6 +1410,9 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
         }
     });
 }
+
+/// Resends after which the console lists a reversal (`query::REVERSAL_STUCK_ATTEMPTS`).
+const STUCK_ATTEMPTS: u32 = 10;
 
 /// `YYYYMMDD` plus `days`.
 fn plus_days(date: &str, days: i64) -> String {
