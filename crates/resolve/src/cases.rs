@@ -59,6 +59,20 @@ text_enum!(
     }
 );
 
+impl CaseKind {
+    /// How long the acquirer takes over a case of this kind unless its opener says otherwise:
+    /// a refund application is decided within a day (the customer is waiting), an issuer
+    /// inquiry answered within three, a dispute within five (its evidence has to be gathered).
+    pub const fn due_in_ms(self) -> i64 {
+        const DAY_MS: i64 = 86_400_000;
+        match self {
+            CaseKind::RefundApplication => DAY_MS,
+            CaseKind::IssuerInquiry => 3 * DAY_MS,
+            CaseKind::Dispute => 5 * DAY_MS,
+        }
+    }
+}
+
 text_enum!(
     /// Where a case stands.
     CaseState {
@@ -388,6 +402,11 @@ impl CaseService {
         let id = self.store.reserve(CASE_COUNTER, 1)?.await?;
         let id = i64::try_from(id).map_err(|_| CaseError::Conflict)?;
         let now_ms = self.clock.now_ms();
+        // Due by the kind's working time unless the opener set a date: the console puts what
+        // is overdue first.
+        let due_at_ms = new
+            .due_at_ms
+            .or_else(|| Some(now_ms.saturating_add(new.kind.due_in_ms())));
         let refund_fen = match (&txn, new.kind) {
             (Some(t), CaseKind::RefundApplication) => {
                 Some(new.refund_fen.unwrap_or(t.amount_fen - t.refunded_fen))
@@ -402,7 +421,7 @@ impl CaseService {
             txn_id: txn.as_ref().map(|t| t.id),
             title: mask_card_numbers(&new.title).into_owned(),
             assignee: new.assignee.clone(),
-            due_at_ms: new.due_at_ms,
+            due_at_ms,
             refund_fen,
             approved_by: None,
             refund_txn_id: None,

@@ -58,6 +58,7 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Web>)> {
             post(approve_refund),
         ),
         ("post", "/api/cases/{id}/transition", post(transition)),
+        ("post", "/api/cases/{id}/assign", post(assign)),
         ("get", "/api/refund-approvals", get(refund_approvals)),
         ("get", "/api/notifications", get(notifications)),
         (
@@ -915,6 +916,55 @@ pub async fn transition_for(
     )
     .await?;
     Ok(case)
+}
+
+#[derive(Deserialize)]
+pub struct AssignBody {
+    /// Who works on the case (a staff username); `null` for nobody.
+    pub assignee: Option<String>,
+    /// By when (ms since the epoch); `null` for no date.
+    pub due_at_ms: Option<i64>,
+}
+
+/// Operator: who works on a case and by when (audited).
+async fn assign(
+    State(web): State<Web>,
+    who: Principal,
+    Path(id): Path<i64>,
+    Json(body): Json<AssignBody>,
+) -> ApiResult {
+    who.require_staff("assign cases")?;
+    let assignee = body
+        .assignee
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty());
+    // Someone who can work on it: an enabled operator or admin.
+    if let Some(name) = &assignee {
+        let staff = web.store.web_user_by_name(name)?.is_some_and(|u| {
+            !u.disabled && u.mid.is_none() && u.role != store::web::Role::Merchant
+        });
+        if !staff {
+            return Err(ApiError::bad_request(
+                "assignee: the username of an enabled operator or admin",
+            )
+            .zh("指派对象须是在用的运营或管理员用户名"));
+        }
+    }
+    let before = web.cases.get(id)?;
+    let case = web
+        .cases
+        .assign(id, &who.username, assignee, body.due_at_ms)
+        .await?;
+    auth::audit(
+        &web,
+        &who.username,
+        "case.assign",
+        &format!("case:{id}"),
+        Some(json!({ "assignee": before.assignee, "due_at_ms": before.due_at_ms })),
+        Some(json!({ "assignee": case.assignee, "due_at_ms": case.due_at_ms })),
+    )
+    .await?;
+    Ok(Json(json!(case)))
 }
 
 async fn transition(

@@ -195,6 +195,9 @@ pub fn document() -> Value {
             "/api/cases/{id}/transition": { "post": op(
                 "Operator: move a case (wait on issuer or merchant, reopen, escalate, resolve, reject)",
                 vec![param("id", "path", "case id")], Some("Transition"), "Case") },
+            "/api/cases/{id}/assign": { "post": op(
+                "Operator: who works on a case and by when (a case is due by its kind's time unless set)",
+                vec![param("id", "path", "case id")], Some("Assign"), "Case") },
             "/api/refund-approvals": { "get": op("Operator: refund applications waiting", vec![], None, "List") },
             "/api/webhook": {
                 "get": op("The merchant's webhook endpoint", vec![mid_staff.clone()], None, "Object"),
@@ -340,6 +343,9 @@ pub fn document() -> Value {
                     "note": { "type": "string" },
                     "resolution": { "type": "string", "description": "required to resolve or reject" },
                     "version": { "type": "integer", "description": "the case version the decision was made on: 409 conflict if the case moved since" } } },
+                "Assign": { "type": "object", "properties": {
+                    "assignee": { "type": ["string", "null"], "description": "a staff username; null for nobody" },
+                    "due_at_ms": { "type": ["integer", "null"], "description": "ms since the epoch; null for no date" } } },
                 "FeePlan": { "type": "object",
                     "required": ["debit_bp", "credit_bp", "foreign_bp", "qr_bp", "payout_delay_days"],
                     "properties": { "debit_bp": { "type": "integer" }, "debit_cap_fen": { "type": ["integer", "null"] },

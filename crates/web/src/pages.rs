@@ -3338,6 +3338,7 @@ fn audit_action_text(l: Lang, action: &str) -> &str {
         "case.open" => ("新建工单", "Opened a case"),
         "case.entry" => ("添加工单记录", "Added a case entry"),
         "case.transition" => ("更新工单状态", "Moved a case"),
+        "case.assign" => ("指派工单", "Assigned a case"),
         "case.approve_refund" => ("批准退货", "Approved a refund"),
         "merchant.approve" => ("批准商户入网", "Approved a merchant"),
         "merchant.suspend" => ("暂停商户", "Suspended a merchant"),

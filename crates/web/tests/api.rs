@@ -613,6 +613,33 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.json()["entries"].as_array().unwrap().len(), 2);
+        // Due by its kind's time (an issuer inquiry: three days) unless someone says otherwise;
+        // an operator assigns it and sets a date, a merchant cannot.
+        let now = switch::Clock::now_ms(&switch::SystemClock);
+        let due = r.json()["due_at_ms"].as_i64().unwrap();
+        assert!(
+            (now + 3 * 86_400_000 - 600_000..=now + 3 * 86_400_000).contains(&due),
+            "{due}"
+        );
+        let path = format!("/api/cases/{inquiry}/assign");
+        let body = json!({"assignee": "ops", "due_at_ms": now - 60_000});
+        assert_error(
+            &api.call(Some(&tea), "POST", &path, Some(body.clone()))
+                .await,
+            403,
+            "forbidden",
+        );
+        let r = api.call(Some(&ops), "POST", &path, Some(body)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["assignee"], "ops");
+        assert_eq!(r.json()["due_at_ms"], now - 60_000);
+        // Only someone who can work on it: not a merchant user, not a name nobody has.
+        for who in ["teahouse", "nobody-here"] {
+            let r = api
+                .call(Some(&ops), "POST", &path, Some(json!({"assignee": who})))
+                .await;
+            assert_error(&r, 400, "bad_request");
+        }
         // A card number pasted into a case is kept, shown and notified masked only.
         let pasted = "6222020200112345679";
         let r = api
