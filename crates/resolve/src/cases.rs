@@ -187,10 +187,10 @@ pub enum CaseError {
     #[error("the refund was already executed")]
     AlreadyRefunded,
     #[error(
-        "a refund of this sale may have been made at the issuer (no answer, or one that \
-         could not be read or recorded) and is being reversed; no other refund, and no closing \
-         of its case, until its reversal is acknowledged. If the issuer refused that reversal, \
-         the refund stands: ask the issuer before refunding again"
+        "a refund or void of this sale may have been made at the issuer (no answer, or one \
+         that could not be read or recorded) and is being reversed; no other refund, and no \
+         closing of its case, while the reversal waits for the issuer. If the issuer refused \
+         that reversal, the refund or void stands: ask the issuer before refunding again"
     )]
     RefundInDoubt,
     #[error("refund amount {asked_fen} fen exceeds what is left to refund ({left_fen} fen)")]
@@ -815,18 +815,27 @@ impl CaseService {
         Ok(self.refund_doubt(row)?.is_some())
     }
 
-    /// Whether a refund of sale `txn_id` (from a case or a terminal) may have been made at the
-    /// issuer without the journal counting it: still in flight or timed out, or with a reversal
-    /// of it queued and not acknowledged (refused: it may stand). The journal's refunded total
-    /// leaves such a refund out, so what looks left to refund may be gone already.
+    /// Whether a refund or a void of sale `txn_id` (from a case or a terminal) may have been
+    /// made at the issuer without the journal counting it: still in flight or timed out, or
+    /// with a reversal of it queued and not acknowledged, or refused other than with 25 (the
+    /// issuer never had it): then it may stand. The journal's refunded total (and a void
+    /// reversed, the sale approved again) leaves it out, so what looks left to refund may be
+    /// gone already.
     fn sale_refund_in_doubt(&self, txn_id: i64) -> Result<bool, CaseError> {
-        for refund in self.store.txns_linked_to(txn_id)? {
-            if refund.kind != TxnKind::Refund {
+        for linked in self.store.txns_linked_to(txn_id)? {
+            if !matches!(
+                linked.kind,
+                TxnKind::Refund | TxnKind::PurchaseVoid | TxnKind::CompletionVoid
+            ) {
                 continue;
             }
-            let doubt = match self.store.reversal(refund.id)? {
-                Some(reversal) => reversal.state != store::SafState::Acked,
-                None => matches!(refund.state, TxnState::InFlight | TxnState::TimedOut),
+            let doubt = match self.store.reversal(linked.id)? {
+                Some(reversal) => match reversal.state {
+                    store::SafState::Acked => false,
+                    store::SafState::Refused => reversal.last_error.as_deref() != Some("25"),
+                    store::SafState::Pending => true,
+                },
+                None => matches!(linked.state, TxnState::InFlight | TxnState::TimedOut),
             };
             if doubt {
                 return Ok(true);
@@ -845,7 +854,10 @@ impl CaseService {
             return Ok((row.refund_code.as_deref() == Some("98")).then_some(false));
         };
         if let Some(reversal) = self.store.reversal(txn_id)? {
-            return Ok((reversal.state != store::SafState::Acked)
+            // Refused with 25: the issuer never had the refund, so it does not stand there.
+            let never_had = reversal.state == store::SafState::Refused
+                && reversal.last_error.as_deref() == Some("25");
+            return Ok((reversal.state != store::SafState::Acked && !never_had)
                 .then_some(reversal.state == store::SafState::Refused));
         }
         let state = self.store.txn(txn_id)?.map(|t| t.state);

@@ -827,19 +827,22 @@ pub fn failure_of(row: &TxnRow, reversal_queued: bool) -> Option<FailureKind> {
     }
 }
 
-/// A void or refund gives money back (or releases a hold): when it fails, its original still
-/// stands.
 /// Whether a linked request (a refund, a void) may have gone through at the issuer without the
 /// journal counting it: `Some(false)` while its reversal is queued and not acknowledged (or,
 /// none queued yet, it is in flight or timed out), `Some(true)` when the issuer refused the
-/// reversal (it may stand), `None` when its outcome is known.
+/// reversal other than with 25 (it may stand), `None` when its outcome is known.
 fn linked_doubt(store: &dyn Store, l: &TxnRow) -> Result<Option<bool>, store::StoreError> {
     Ok(match store.reversal(l.id)? {
+        // Refused with 25: the issuer never had the request (`docs/issuer-link.md`), so it
+        // did not go through there either.
+        Some(r) if r.state == SafState::Refused && r.last_error.as_deref() == Some("25") => None,
         Some(r) => (r.state != SafState::Acked).then_some(r.state == SafState::Refused),
         None => matches!(l.state, TxnState::InFlight | TxnState::TimedOut).then_some(false),
     })
 }
 
+/// A void or refund gives money back (or releases a hold): when it fails, its original still
+/// stands.
 fn gives_back(kind: TxnKind) -> bool {
     matches!(
         kind,

@@ -589,6 +589,43 @@ fn voids_and_refunds_are_diagnosed_as_giving_money_back() {
     });
 }
 
+/// A void its terminal reversed puts the sale back to approved; while the issuer has not
+/// acknowledged the void's reversal, the void may stand there, so no refund application is
+/// taken for the sale (it would credit the card twice); once acknowledged, it is.
+#[test]
+fn a_sale_whose_void_is_being_reversed_takes_no_refund_application() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(1);
+        let (code, rrn, buy) = e.purchase(&card, 3_000).await;
+        assert_eq!(code, "00");
+        e.stan += 1;
+        let void = Req {
+            pin: Some(card.pin().to_owned()),
+            ..Req::void(card.pan.expose_digits(), 3_000, e.stan, buy.stan, &rrn)
+        };
+        let r = e.t.send(&void).await;
+        assert_eq!(r.code(), "00");
+        let void_rrn = r.text(37).unwrap();
+        // The void's reversal reaches the issuer, but its answer is lost: resent a second later.
+        e.sim.faults().drop_next(1);
+        assert_eq!(e.t.send(&Req::reversal_of(&void)).await.code(), "00");
+        let store = e.store();
+        assert_eq!(
+            store.txn_by_rrn(&rrn).unwrap().unwrap().state,
+            store::TxnState::Approved
+        );
+        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
+        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        assert!(matches!(
+            cases.open(ten_yuan_refund_application(&rrn)).await,
+            Err(CaseError::RefundInDoubt)
+        ));
+        assert!(e.reversal_acked(&void_rrn).await);
+        assert!(cases.open(ten_yuan_refund_application(&rrn)).await.is_ok());
+    });
+}
+
 /// A refund its terminal reversed (approved, answer lost at the terminal): the refund's own
 /// explanation says the customer has not been paid back, not the purchase's "not charged".
 #[test]

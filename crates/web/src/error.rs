@@ -214,8 +214,8 @@ fn case_error_zh(error: &CaseError) -> Option<String> {
         CaseError::NotRefundApplication => "只有退货申请工单可以批准退货".to_owned(),
         CaseError::AlreadyRefunded => "这笔退货已经执行过".to_owned(),
         CaseError::RefundInDoubt => {
-            "这笔交易的一次退货可能已在发卡行成功（没有应答，或应答无法读取、无法记录），正在冲正；\
-             冲正确认前不能再退货，也不能关闭它的工单。若发卡行拒绝了冲正，那次退货有效：再次退货前请先向发卡行核实"
+            "这笔交易的一次退货或撤销可能已在发卡行成功（没有应答，或应答无法读取、无法记录），正在冲正；\
+             发卡行答复冲正之前不能再退货，也不能关闭它的工单。若发卡行拒绝了冲正，那次退货或撤销有效：再次退货前请先向发卡行核实"
                 .to_owned()
         }
         CaseError::ExceedsRemaining {
