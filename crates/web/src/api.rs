@@ -920,10 +920,22 @@ pub async fn transition_for(
 
 #[derive(Deserialize)]
 pub struct AssignBody {
-    /// Who works on the case (a staff username); `null` for nobody.
-    pub assignee: Option<String>,
-    /// By when (ms since the epoch); `null` for no date.
-    pub due_at_ms: Option<i64>,
+    /// Who works on the case (a staff username); `null` for nobody; left out, unchanged.
+    #[serde(default, deserialize_with = "present")]
+    pub assignee: Option<Option<String>>,
+    /// By when (ms since the epoch); `null` for no date; left out, unchanged.
+    #[serde(default, deserialize_with = "present")]
+    pub due_at_ms: Option<Option<i64>>,
+}
+
+/// A field that is present, `null` or not (`Some(None)` for `null`); a field left out is
+/// `None` through `#[serde(default)]`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// Operator: who works on a case and by when (audited).
@@ -934,10 +946,12 @@ async fn assign(
     Json(body): Json<AssignBody>,
 ) -> ApiResult {
     who.require_staff("assign cases")?;
-    let assignee = body
-        .assignee
-        .map(|a| a.trim().to_owned())
-        .filter(|a| !a.is_empty());
+    let before = web.cases.get(id)?;
+    let assignee = match body.assignee {
+        Some(given) => given.map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()),
+        None => before.assignee.clone(),
+    };
+    let due_at_ms = body.due_at_ms.unwrap_or(before.due_at_ms);
     // Someone who can work on it: an enabled operator or admin.
     if let Some(name) = &assignee {
         let staff = web.store.web_user_by_name(name)?.is_some_and(|u| {
@@ -950,10 +964,9 @@ async fn assign(
             .zh("指派对象须是在用的运营或管理员用户名"));
         }
     }
-    let before = web.cases.get(id)?;
     let case = web
         .cases
-        .assign(id, &who.username, assignee, body.due_at_ms)
+        .assign(id, &who.username, assignee, due_at_ms)
         .await?;
     auth::audit(
         &web,

@@ -233,7 +233,7 @@ pub fn document() -> Value {
             "/api/bound-account": {
                 "get": op("The bound settlement account (masked) and its changes",
                     vec![mid_staff.clone()], None, "Object"),
-                "post": op_created("Bind or re-bind the settlement account (staff name the merchant in the body's mid); after a payout failure, or when staff bind, a second person confirms",
+                "post": op_created("Bind or re-bind the settlement account (staff name the merchant in the body's mid); a merchant's first account is in force at once, a change of a bound one (or any binding by staff) waits for an operator other than the requester to confirm",
                     vec![], Some("BindAccount"), "Object")
             },
             "/api/account-changes": { "get": op("Operator: account changes (maker-checker queue)",
@@ -344,8 +344,8 @@ pub fn document() -> Value {
                     "resolution": { "type": "string", "description": "required to resolve or reject" },
                     "version": { "type": "integer", "description": "the case version the decision was made on: 409 conflict if the case moved since" } } },
                 "Assign": { "type": "object", "properties": {
-                    "assignee": { "type": ["string", "null"], "description": "a staff username; null for nobody" },
-                    "due_at_ms": { "type": ["integer", "null"], "description": "ms since the epoch; null for no date" } } },
+                    "assignee": { "type": ["string", "null"], "description": "a staff username; null for nobody; left out, unchanged" },
+                    "due_at_ms": { "type": ["integer", "null"], "description": "ms since the epoch; null for no date; left out, unchanged" } } },
                 "FeePlan": { "type": "object",
                     "required": ["debit_bp", "credit_bp", "foreign_bp", "qr_bp", "payout_delay_days"],
                     "properties": { "debit_bp": { "type": "integer" }, "debit_cap_fen": { "type": ["integer", "null"] },

@@ -2332,9 +2332,12 @@ async fn console(
         ));
         for item in &stuck {
             let row = web.store.txn(item.txn_id)?;
+            // The queue keeps a retry's reason as a sentence ("reversal not applied by ABC:
+            // 96"): the issuer's code is what follows its last colon.
             let last = item
                 .last_error
                 .as_deref()
+                .map(|text| text.rsplit(": ").next().unwrap_or(text).trim())
                 .filter(|code| code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphanumeric()))
                 .map_or_else(
                     || t(l, "没有应答或无法发送", "no answer, or not sent").to_owned(),

@@ -633,6 +633,27 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.json()["assignee"], "ops");
         assert_eq!(r.json()["due_at_ms"], now - 60_000);
+        // A field left out stays as it is; null clears it.
+        let r = api
+            .call(
+                Some(&ops),
+                "POST",
+                &path,
+                Some(json!({"assignee": "admin"})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            (r.json()["assignee"].clone(), r.json()["due_at_ms"].clone()),
+            (json!("admin"), json!(now - 60_000))
+        );
+        let r = api
+            .call(Some(&ops), "POST", &path, Some(json!({"assignee": null})))
+            .await;
+        assert_eq!(
+            (r.json()["assignee"].clone(), r.json()["due_at_ms"].clone()),
+            (json!(null), json!(now - 60_000))
+        );
         // Only someone who can work on it: not a merchant user, not a name nobody has.
         for who in ["teahouse", "nobody-here"] {
             let r = api
@@ -1401,7 +1422,8 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
             records.push(store::Record::SafRetry {
                 txn_id: stuck_id,
                 next_attempt_ms: far,
-                last_error: "96".into(),
+                // As the reversal queue words a retry (`switch::saf`).
+                last_error: "reversal not applied by ABC: 96".into(),
             });
         }
         e.h.store.submit(records).unwrap().await.unwrap();
