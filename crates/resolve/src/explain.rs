@@ -779,6 +779,9 @@ pub fn explain_txn(
         Outcome::ApprovedThenReversed | Outcome::ApprovedReversalPending => {
             Some(diagnosis::diagnose_failure(FailureKind::NoAnswer))
         }
+        Outcome::ReversalRefused if gives_back(row.kind) => Some(diagnosis::diagnose_failure(
+            FailureKind::ReturnReversalRefused,
+        )),
         Outcome::ReversalRefused => Some(diagnosis::diagnose_failure(FailureKind::ReversalRefused)),
         _ => None,
     };
@@ -843,7 +846,7 @@ fn linked_doubt(store: &dyn Store, l: &TxnRow) -> Result<Option<bool>, store::St
 
 /// A void or refund gives money back (or releases a hold): when it fails, its original still
 /// stands.
-fn gives_back(kind: TxnKind) -> bool {
+pub(crate) fn gives_back(kind: TxnKind) -> bool {
     matches!(
         kind,
         TxnKind::PurchaseVoid | TxnKind::Refund | TxnKind::PreAuthVoid | TxnKind::CompletionVoid

@@ -132,16 +132,21 @@ impl Event {
         }
     }
 
-    pub fn reversal_refused(txn: &TxnSummary) -> Event {
+    /// `gives_back`: the transaction is a void or refund, which may then stand at the issuer
+    /// (the customer paid back), not a sale the card may still show.
+    pub fn reversal_refused(txn: &TxnSummary, gives_back: bool) -> Event {
+        let kind = if gives_back {
+            domain::diagnosis::FailureKind::ReturnReversalRefused
+        } else {
+            domain::diagnosis::FailureKind::ReversalRefused
+        };
         Event {
             event_type: EventType::ReversalRefused,
             dedup_key: format!("reversal.refused:{}", txn.id),
             data: json!({
                 "transaction": txn,
                 // The same shape as every other event's diagnosis.
-                "diagnosis": diagnosis_json(domain::diagnosis::diagnose_failure(
-                    domain::diagnosis::FailureKind::ReversalRefused
-                )),
+                "diagnosis": diagnosis_json(domain::diagnosis::diagnose_failure(kind)),
             }),
         }
     }
@@ -857,7 +862,11 @@ impl Tailer {
                     out.push((row.mid.clone(), Event::reversal_done(&summary())));
                 }
                 Some(SafState::Refused) => {
-                    out.push((row.mid.clone(), Event::reversal_refused(&summary())));
+                    let gives_back = crate::explain::gives_back(row.kind);
+                    out.push((
+                        row.mid.clone(),
+                        Event::reversal_refused(&summary(), gives_back),
+                    ));
                 }
                 _ => {}
             },

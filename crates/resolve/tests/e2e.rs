@@ -330,6 +330,76 @@ fn a_reversal_the_issuer_refused_tells_the_merchant_to_check_the_card() {
             .collect();
         assert_eq!(told.len(), 1, "{told:#?}");
         assert!(told[0].payload.contains(&rrn));
+
+        // A refund whose reversal the issuer refused: the refund may stand, the customer may
+        // have been paid back; not a sale the card may still show.
+        let (code, sale, _) = e.purchase(&card, 1_200).await;
+        assert_eq!(code, "00");
+        let today = switch::LocalTime::from_ms(now()).mmdd();
+        e.stan += 1;
+        let refund = Req::refund(card.pan.expose_digits(), 1_200, e.stan, &sale, &today);
+        let r = e.t.send(&refund).await;
+        assert_eq!(r.code(), "00");
+        let refund_rrn = r.text(37).unwrap();
+        let refund_id = store.txn_by_rrn(&refund_rrn).unwrap().unwrap().id;
+        store
+            .submit(vec![
+                store::Record::State {
+                    id: refund_id,
+                    state: store::TxnState::Reversed,
+                },
+                store::Record::SafEnqueue {
+                    txn_id: refund_id,
+                    issuer: "SIM".into(),
+                    reason: "98".into(),
+                    next_attempt_ms: now(),
+                },
+                store::Record::SafDone {
+                    txn_id: refund_id,
+                    state: SafState::Refused,
+                    at_ms: now(),
+                    answer: Some("12".into()),
+                },
+                store::Record::Event(store::EventRow {
+                    txn_id: refund_id,
+                    at_ms: now(),
+                    kind: "reversal_done".into(),
+                    detail: "reversal refused by SIM: 12".into(),
+                }),
+            ])
+            .unwrap()
+            .await
+            .unwrap();
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &refund_rrn, now()).unwrap();
+        assert_eq!(x.outcome, Outcome::ReversalRefused, "{x:#?}");
+        assert!(
+            !x.summary.en.contains("may still show the charge"),
+            "{x:#?}"
+        );
+        assert!(x.summary.en.contains("may stand"), "{x:#?}");
+        let d = x.diagnosis.unwrap();
+        assert_eq!(
+            d.subject,
+            domain::diagnosis::Subject::Failure(
+                domain::diagnosis::FailureKind::ReturnReversalRefused
+            ),
+            "{d:?}"
+        );
+        tailer.poll_once().await.unwrap();
+        tailer.poll_once().await.unwrap();
+        let told: Vec<_> = store
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.event_type == "reversal.refused" && o.payload.contains(&refund_rrn))
+            .collect();
+        assert_eq!(told.len(), 1, "{told:#?}");
+        assert!(
+            told[0].payload.contains("return-reversal-refused"),
+            "{}",
+            told[0].payload
+        );
+        assert!(!told[0].payload.contains("we did not receive the money"));
     });
 }
 

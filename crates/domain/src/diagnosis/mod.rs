@@ -353,10 +353,13 @@ pub enum FailureKind {
     InquiryNoAnswer,
     /// The host's line to the issuer was down: not sent (the host's 91).
     IssuerLinkDown,
+    /// The issuer refused the reversal of a void or refund: reversed here, it may stand there
+    /// (the customer may have been paid back).
+    ReturnReversalRefused,
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 22] = [
+    pub const ALL: [FailureKind; 23] = [
         FailureKind::NoAnswer,
         FailureKind::BadResponseMac,
         FailureKind::ConnectionRefused,
@@ -379,6 +382,7 @@ impl FailureKind {
         FailureKind::ReturnNoAnswer,
         FailureKind::InquiryNoAnswer,
         FailureKind::IssuerLinkDown,
+        FailureKind::ReturnReversalRefused,
     ];
 
     /// Stable kebab-case name, as the CLI accepts it (`shoudan explain no-answer`).
@@ -406,6 +410,7 @@ impl FailureKind {
             FailureKind::ReturnNoAnswer => "return-no-answer",
             FailureKind::InquiryNoAnswer => "inquiry-no-answer",
             FailureKind::IssuerLinkDown => "issuer-link-down",
+            FailureKind::ReturnReversalRefused => "return-reversal-refused",
         }
     }
 

@@ -2398,6 +2398,45 @@ pub static TABLE: &[Diagnosis] = &[
             ),
         ],
     },
+    Diagnosis {
+        subject: Subject::Failure(FailureKind::ReturnReversalRefused),
+        title: t(
+            "发卡行拒绝了撤销或退货的冲正",
+            "The issuer refused the reversal of a void or refund",
+        ),
+        meaning: t(
+            "这笔撤销或退货在收单系统已冲正（原交易仍按有效处理），但发卡行拒绝了冲正：撤销或退货可能已在发卡行生效，顾客可能已收到退款。",
+            "This void or refund was reversed here (the original counts as standing), but the \
+             issuer refused the reversal: the void or refund may stand at the issuer, and the \
+             customer may have been paid back.",
+        ),
+        category: C,
+        who_acts: Acquirer,
+        retry: Never,
+        contact_issuer: Yes,
+        contact_when: t(
+            "再次撤销或退货之前：凭证据包向发卡行核实这笔撤销或退货是否已生效。",
+            "Before voiding or refunding again: ask the issuer, with the evidence package, \
+             whether this void or refund stands.",
+        ),
+        customer_message: t(
+            "您的退款可能已经到账，我们正在与银行核实；核实之前不会重复退款。",
+            "Your refund may already have reached your card; we are checking with the bank, \
+             and will not refund twice meanwhile.",
+        ),
+        merchant_steps: &[
+            t(
+                "不要再次撤销或退货：先请顾客查看卡上是否已收到退款。",
+                "Do not void or refund again: first ask the customer whether the refund has \
+                 reached their card.",
+            ),
+            t(
+                "已收到：告知收单机构，以便更正系统里的记录；没有收到：在商户后台开立发卡行查询工单。",
+                "If it has, tell the acquirer so that the records here are corrected; if not, \
+                 open an issuer inquiry case in the portal.",
+            ),
+        ],
+    },
     // Payouts to the merchant's settlement account.
     Diagnosis {
         subject: Subject::Payout(PayoutFailure::InvalidAccountNumber),
