@@ -274,11 +274,17 @@ pub fn visible_cases(
 ) -> Result<(Vec<resolve::cases::Case>, Option<String>), ApiError> {
     let mid = who.merchant_filter(query.mid)?;
     let limit = query.limit;
-    let cases = web.cases.find(&CaseQuery {
-        mid: mid.as_deref(),
-        limit: limit.saturating_add(1),
-        ..query
-    })?;
+    let names = NamesShown::for_principal(web, who)?;
+    let cases: Vec<resolve::cases::Case> = web
+        .cases
+        .find(&CaseQuery {
+            mid: mid.as_deref(),
+            limit: limit.saturating_add(1),
+            ..query
+        })?
+        .into_iter()
+        .map(|c| names.case(c))
+        .collect();
     Ok(one_page(
         cases,
         usize::try_from(limit).unwrap_or(usize::MAX),
@@ -374,7 +380,7 @@ pub async fn open_case_for(
         ),
     )
     .await?;
-    Ok(case)
+    Ok(NamesShown::for_principal(web, who)?.case(case))
 }
 
 async fn open_case(
@@ -386,11 +392,62 @@ async fn open_case(
     Ok((StatusCode::CREATED, Json(json!(case))))
 }
 
-/// A case the principal may see.
+/// How a merchant user sees a member of the acquirer's staff in a case or an account change:
+/// not by username (a name to guess passwords for, or to lock out), by what they are.
+pub const ACQUIRER_STAFF: &str = "acquirer";
+
+/// `name` as `who` may see it: staff see usernames; a merchant user sees its own merchant's
+/// users by name and the acquirer's staff as [`ACQUIRER_STAFF`].
+pub struct NamesShown {
+    staff: Option<std::collections::HashSet<String>>,
+}
+
+impl NamesShown {
+    pub fn for_principal(web: &Web, who: &Principal) -> Result<NamesShown, ApiError> {
+        if who.is_staff() {
+            return Ok(NamesShown { staff: None });
+        }
+        let staff = web
+            .store
+            .web_users()?
+            .into_iter()
+            .filter(|u| u.role != Role::Merchant)
+            .map(|u| u.username)
+            .collect();
+        Ok(NamesShown { staff: Some(staff) })
+    }
+
+    pub fn name(&self, name: &str) -> String {
+        match &self.staff {
+            Some(staff) if staff.contains(name) => ACQUIRER_STAFF.to_owned(),
+            _ => name.to_owned(),
+        }
+    }
+
+    pub fn case(&self, mut case: resolve::cases::Case) -> resolve::cases::Case {
+        if self.staff.is_none() {
+            return case;
+        }
+        for entry in &mut case.entries {
+            entry.who = self.name(&entry.who);
+            // `CaseService::assign` writes "assigned to NAME, due ...".
+            if let Some(rest) = entry.text.strip_prefix("assigned to ")
+                && let Some((name, tail)) = rest.split_once(',')
+            {
+                entry.text = format!("assigned to {}, {}", self.name(name), tail.trim_start());
+            }
+        }
+        case.approved_by = case.approved_by.map(|n| self.name(&n));
+        case.assignee = case.assignee.map(|n| self.name(&n));
+        case
+    }
+}
+
+/// A case the principal may see, with names as it may see them ([`NamesShown`]).
 pub fn visible_case(web: &Web, who: &Principal, id: i64) -> Result<resolve::cases::Case, ApiError> {
     let case = web.cases.get(id)?;
     who.scope(&case.mid, "case")?;
-    Ok(case)
+    Ok(NamesShown::for_principal(web, who)?.case(case))
 }
 
 async fn case(State(web): State<Web>, who: Principal, Path(id): Path<i64>) -> ApiResult {
@@ -426,7 +483,7 @@ pub async fn add_entry_for(
         Some(json!({ "version": case.version, "entries": case.entries.len(), "text": text })),
     )
     .await?;
-    Ok(case)
+    Ok(NamesShown::for_principal(web, who)?.case(case))
 }
 
 async fn add_entry(

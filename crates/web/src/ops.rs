@@ -380,7 +380,8 @@ fn change_json(c: &store::settlement::AccountChangeRow) -> Value {
     })
 }
 
-pub fn bound_account_json(web: &Web, mid: &str) -> Result<Value, ApiError> {
+pub fn bound_account_json(web: &Web, who: &Principal, mid: &str) -> Result<Value, ApiError> {
+    let names = crate::api::NamesShown::for_principal(web, who)?;
     let account = web.store.bound_account(mid)?.map(|a| {
         json!({
             "kind": a.kind.as_str(), "number_masked": a.number_masked,
@@ -392,7 +393,12 @@ pub fn bound_account_json(web: &Web, mid: &str) -> Result<Value, ApiError> {
         .store
         .account_changes(Some(mid))?
         .iter()
-        .map(change_json)
+        .map(|c| {
+            let mut shown = change_json(c);
+            shown["requested_by"] = json!(names.name(&c.requested_by));
+            shown["decided_by"] = json!(c.decided_by.as_deref().map(|n| names.name(n)));
+            shown
+        })
         .collect();
     Ok(json!({ "mid": mid, "account": account, "changes": changes }))
 }
@@ -404,7 +410,7 @@ pub async fn bound_account(
 ) -> ApiResult {
     let mid = account_mid(&who, given(&q.mid))?;
     known_merchant(&web, &mid)?;
-    Ok(Json(bound_account_json(&web, &mid)?))
+    Ok(Json(bound_account_json(&web, &who, &mid)?))
 }
 
 /// 404 for a merchant the journal does not hold: staff naming one by a mistyped MID get what

@@ -1766,10 +1766,16 @@ fn case_body(
             t(l, "记录", "Timeline")
         ));
         for e in &k.entries {
+            // The acquirer's staff, as a merchant sees them (`api::NamesShown`).
+            let by = if e.who == api::ACQUIRER_STAFF {
+                t(l, "收单机构", "the acquirer")
+            } else {
+                e.who.as_str()
+            };
             body.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&format_time(e.at_ms)),
-                esc(&e.who),
+                esc(by),
                 esc(&entry_text(l, &e.text))
             ));
         }
@@ -2627,7 +2633,7 @@ fn settlement_body(
         ));
     }
     if let Some(m) = &mid {
-        let account = crate::ops::bound_account_json(web, m)?;
+        let account = crate::ops::bound_account_json(web, who, m)?;
         let a = jget(&account, "account");
         let needs_rebind = jget(a, "needs_rebind") == true;
         let shown = if a.is_null() {

@@ -654,6 +654,43 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
             (r.json()["assignee"].clone(), r.json()["due_at_ms"].clone()),
             (json!(null), json!(now - 60_000))
         );
+        // The merchant sees the acquirer's staff as "acquirer", not by username; staff see who.
+        let r = api
+            .call(Some(&ops), "POST", &path, Some(json!({"assignee": "ops"})))
+            .await;
+        assert_eq!(r.json()["assignee"], "ops");
+        let seen = api
+            .call(Some(&tea), "GET", &format!("/api/cases/{inquiry}"), None)
+            .await;
+        assert_eq!(seen.json()["assignee"], "acquirer", "{}", seen.body);
+        let whos: Vec<String> = seen.json()["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["who"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(whos.contains(&"teahouse".to_owned()), "{whos:?}");
+        assert!(whos.contains(&"acquirer".to_owned()), "{whos:?}");
+        assert!(
+            !seen.body.contains("ops") && !seen.body.contains("admin"),
+            "{}",
+            seen.body
+        );
+        let listed = api.call(Some(&tea), "GET", "/api/cases", None).await;
+        assert!(!listed.body.contains("\"ops\""), "{}", listed.body);
+        let page = PageSession::login(e.http, "teahouse")
+            .await
+            .get(&format!("/portal/cases/{inquiry}"))
+            .await;
+        assert!(
+            page.body.contains("收单机构") && !page.body.contains(">ops<"),
+            "{}",
+            page.body
+        );
+        let staff_view = api
+            .call(Some(&ops), "GET", &format!("/api/cases/{inquiry}"), None)
+            .await;
+        assert_eq!(staff_view.json()["assignee"], "ops");
         // Only someone who can work on it: not a merchant user, not a name nobody has.
         for who in ["teahouse", "nobody-here"] {
             let r = api
@@ -804,7 +841,7 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
             );
         }
         let after = api
-            .call(Some(&tea), "GET", &format!("/api/cases/{inquiry}"), None)
+            .call(Some(&ops), "GET", &format!("/api/cases/{inquiry}"), None)
             .await
             .json();
         assert_eq!(
@@ -1819,6 +1856,33 @@ fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
                 .as_str()
                 .unwrap()
                 .ends_with(&second[second.len() - 4..])
+        );
+        // Who decided is the acquirer, to the merchant; staff see the username.
+        let decided: Vec<&serde_json::Value> = acct["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| &c["decided_by"])
+            .filter(|d| !d.is_null())
+            .collect();
+        assert!(!decided.is_empty(), "{acct}");
+        assert!(decided.iter().all(|d| *d == "acquirer"), "{acct}");
+        let staff_view = api
+            .call(
+                Some(&ops),
+                "GET",
+                &format!("/api/bound-account?mid={MID}"),
+                None,
+            )
+            .await
+            .json();
+        assert!(
+            staff_view["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["decided_by"] != "acquirer" && !c["decided_by"].is_null()),
+            "{staff_view}"
         );
 
         // Merchant review and risk alerts: staff only, audited.
