@@ -372,11 +372,20 @@ fn account_mid(who: &Principal, asked: Option<&str>) -> Result<String, ApiError>
 }
 
 fn change_json(c: &store::settlement::AccountChangeRow) -> Value {
+    change_json_named(c, |name| name.to_owned())
+}
+
+/// [`change_json`] with the names of who asked and who decided as `name` shows them.
+fn change_json_named(
+    c: &store::settlement::AccountChangeRow,
+    name: impl Fn(&str) -> String,
+) -> Value {
     json!({
         "id": c.id, "mid": c.mid, "kind": c.kind.as_str(), "number_masked": c.number_masked,
-        "holder_name": c.holder_name, "bank_code": c.bank_code, "requested_by": c.requested_by,
+        "holder_name": c.holder_name, "bank_code": c.bank_code,
+        "requested_by": name(&c.requested_by),
         "requested_at_ms": c.requested_at_ms, "state": c.state.as_str(),
-        "decided_by": c.decided_by, "note": c.note,
+        "decided_by": c.decided_by.as_deref().map(&name), "note": c.note,
     })
 }
 
@@ -393,12 +402,7 @@ pub fn bound_account_json(web: &Web, who: &Principal, mid: &str) -> Result<Value
         .store
         .account_changes(Some(mid))?
         .iter()
-        .map(|c| {
-            let mut shown = change_json(c);
-            shown["requested_by"] = json!(names.name(&c.requested_by));
-            shown["decided_by"] = json!(c.decided_by.as_deref().map(|n| names.name(n)));
-            shown
-        })
+        .map(|c| change_json_named(c, |n| names.name(n)))
         .collect();
     Ok(json!({ "mid": mid, "account": account, "changes": changes }))
 }
