@@ -67,6 +67,27 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
                 s.expires_at_ms
             ])?;
         }
+        WebRecord::InsertSessionChecked {
+            session: s,
+            password_hash,
+        } => {
+            let changed = conn
+                .prepare_cached(
+                    "INSERT INTO web_sessions (token_hash, user_id, csrf, created_at_ms,
+                     expires_at_ms)
+                     SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM web_users
+                     WHERE id = ?2 AND password_hash = ?6 AND disabled = 0)",
+                )?
+                .execute(params![
+                    s.token_hash,
+                    s.user_id,
+                    s.csrf,
+                    s.created_at_ms,
+                    s.expires_at_ms,
+                    password_hash
+                ])?;
+            super::expect_one(changed, "user with the password checked")?;
+        }
         WebRecord::DeleteSession { token_hash } => {
             conn.prepare_cached("DELETE FROM web_sessions WHERE token_hash = ?1")?
                 .execute_any(params![token_hash])?;
@@ -132,6 +153,27 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
                 t.created_at_ms,
                 i64::from(t.revoked)
             ])?;
+        }
+        WebRecord::InsertApiTokenChecked {
+            token: t,
+            password_hash,
+        } => {
+            let changed = conn
+                .prepare_cached(
+                    "INSERT INTO web_api_tokens (token_hash, user_id, name, created_at_ms,
+                     revoked)
+                     SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM web_users
+                     WHERE id = ?2 AND password_hash = ?6 AND disabled = 0)",
+                )?
+                .execute(params![
+                    t.token_hash,
+                    t.user_id,
+                    t.name,
+                    t.created_at_ms,
+                    i64::from(t.revoked),
+                    password_hash
+                ])?;
+            super::expect_one(changed, "user with the password checked")?;
         }
         WebRecord::RevokeApiToken { token_hash } => {
             conn.prepare_cached("UPDATE web_api_tokens SET revoked = 1 WHERE token_hash = ?1")?

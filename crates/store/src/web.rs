@@ -151,6 +151,14 @@ pub enum WebRecord {
         user_id: i64,
     },
     InsertSession(SessionRow),
+    /// A page session opened by a password check against `password_hash`: written only if
+    /// that is still the user's hash and the user is not disabled (else the whole commit fails,
+    /// `StoreError::Constraint`), so a sign-in that checked the old password while it was being
+    /// changed (which ends the user's sessions) does not leave one open.
+    InsertSessionChecked {
+        session: SessionRow,
+        password_hash: String,
+    },
     DeleteSession {
         token_hash: Vec<u8>,
     },
@@ -184,6 +192,13 @@ pub enum WebRecord {
         keep: Option<Vec<u8>>,
     },
     InsertApiToken(ApiTokenRow),
+    /// An API token issued on a password check against `password_hash`, as
+    /// [`WebRecord::InsertSessionChecked`]: a token from the old password does not outlive
+    /// its change (which revokes the user's tokens).
+    InsertApiTokenChecked {
+        token: ApiTokenRow,
+        password_hash: String,
+    },
     RevokeApiToken {
         token_hash: Vec<u8>,
     },

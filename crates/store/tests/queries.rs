@@ -328,6 +328,71 @@ fn web_area_round_trips(db: &Db) {
     .unwrap();
     assert!(s.web_api_token(&[7; 32]).unwrap().unwrap().revoked);
 
+    // A session or token opened on a password check is written only while that password is
+    // still the user's and the user enabled: one checked against the old hash, written after
+    // a change (which ended the sessions and revoked the tokens), is refused, and nothing of
+    // its commit is written.
+    s.submit(vec![Record::Web(WebRecord::SetDisabled {
+        user_id: 1,
+        disabled: false,
+    })])
+    .unwrap()
+    .wait()
+    .unwrap();
+    let checked_session = |n: u8, hash: &str| {
+        Record::Web(WebRecord::InsertSessionChecked {
+            session: SessionRow {
+                token_hash: vec![n; 32],
+                expires_at_ms: 10_000,
+                ..session.clone()
+            },
+            password_hash: hash.into(),
+        })
+    };
+    let checked_token = |n: u8, hash: &str| {
+        Record::Web(WebRecord::InsertApiTokenChecked {
+            token: ApiTokenRow {
+                token_hash: vec![n; 32],
+                ..token.clone()
+            },
+            password_hash: hash.into(),
+        })
+    };
+    for stale in [
+        checked_session(20, "$argon2id$stub"),
+        checked_token(21, "$argon2id$stub"),
+    ] {
+        assert!(matches!(
+            s.submit(vec![stale]).unwrap().wait(),
+            Err(store::StoreError::Constraint { .. })
+        ));
+    }
+    assert!(s.web_session(&[20; 32]).unwrap().is_none());
+    assert!(s.web_api_token(&[21; 32]).unwrap().is_none());
+    s.submit(vec![
+        checked_session(22, "$argon2id$other"),
+        checked_token(23, "$argon2id$other"),
+    ])
+    .unwrap()
+    .wait()
+    .unwrap();
+    assert!(s.web_session(&[22; 32]).unwrap().is_some());
+    assert!(!s.web_api_token(&[23; 32]).unwrap().unwrap().revoked);
+    // A disabled user gets neither.
+    s.submit(vec![Record::Web(WebRecord::SetDisabled {
+        user_id: 1,
+        disabled: true,
+    })])
+    .unwrap()
+    .wait()
+    .unwrap();
+    assert!(
+        s.submit(vec![checked_session(24, "$argon2id$other")])
+            .unwrap()
+            .wait()
+            .is_err()
+    );
+
     // Wrong passwords in a row: counted, started again after a quiet spell, forgotten.
     let mut other = s.web_user(1).unwrap().unwrap();
     other.id = 2;

@@ -611,13 +611,26 @@ pub async fn open_session(web: &Web, user: &UserRow) -> Result<String, ApiError>
         user_id: user.id,
         now_ms,
     };
+    // Only while the password checked is still the user's (a change meanwhile ended the
+    // user's sessions; this one must not come after it).
+    let insert = WebRecord::InsertSessionChecked {
+        session,
+        password_hash: user.password_hash.clone(),
+    };
     web.store
-        .submit(vec![
-            Record::Web(expired),
-            Record::Web(WebRecord::InsertSession(session)),
-        ])?
-        .await?;
+        .submit(vec![Record::Web(expired), Record::Web(insert)])?
+        .await
+        .map_err(credentials_changed)?;
     Ok(token)
+}
+
+/// A sign-in whose password changed (or whose user was disabled) between its check and its
+/// session or token being written: refused as a wrong sign-in is, to be made again.
+fn credentials_changed(error: store::StoreError) -> ApiError {
+    match error {
+        store::StoreError::Constraint { .. } => ApiError::unauthorized(),
+        other => other.into(),
+    }
 }
 
 pub async fn close_session(web: &Web, principal: &Principal) -> Result<(), ApiError> {
@@ -682,9 +695,14 @@ pub async fn issue_api_token(web: &Web, user: &UserRow, name: &str) -> Result<St
         Some(serde_json::json!({ "name": name })),
     )
     .await?;
+    let insert = WebRecord::InsertApiTokenChecked {
+        token: row,
+        password_hash: user.password_hash.clone(),
+    };
     web.store
-        .submit(vec![Record::Web(WebRecord::InsertApiToken(row)), audit])?
-        .await?;
+        .submit(vec![Record::Web(insert), audit])?
+        .await
+        .map_err(credentials_changed)?;
     Ok(token)
 }
 
