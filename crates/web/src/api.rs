@@ -342,11 +342,7 @@ pub async fn open_case_for(
     };
     let rrn = txn.as_ref().and_then(|t| t.rrn.clone());
     let title = body.title.unwrap_or_else(|| {
-        let what = match kind {
-            CaseKind::IssuerInquiry => "发卡行查询 / issuer inquiry",
-            CaseKind::RefundApplication => "退货申请 / refund application",
-            CaseKind::Dispute => "争议 / dispute",
-        };
+        let what = default_case_title(kind);
         match &rrn {
             Some(r) => format!("{what} RRN {r}"),
             None => what.to_owned(),
@@ -440,6 +436,16 @@ impl NamesShown {
         case.approved_by = case.approved_by.map(|n| self.name(&n));
         case.assignee = case.assignee.map(|n| self.name(&n));
         case
+    }
+}
+
+/// The title a case gets when its opener gives none (then `RRN <rrn>` after it), in both
+/// languages: the pages show the half in theirs (`pages::case_title`).
+pub const fn default_case_title(kind: CaseKind) -> &'static str {
+    match kind {
+        CaseKind::IssuerInquiry => "发卡行查询 / issuer inquiry",
+        CaseKind::RefundApplication => "退货申请 / refund application",
+        CaseKind::Dispute => "争议 / dispute",
     }
 }
 

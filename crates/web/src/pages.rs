@@ -516,6 +516,29 @@ fn case_state_name(l: Lang, state: &str) -> Option<&'static str> {
     })
 }
 
+/// A case's title in the page's language when it is the bilingual one given by default
+/// (`api::default_case_title`, then `RRN <rrn>`); a title someone wrote, as written.
+fn case_title(l: Lang, title: &str) -> String {
+    use resolve::cases::CaseKind;
+    for kind in [
+        CaseKind::IssuerInquiry,
+        CaseKind::RefundApplication,
+        CaseKind::Dispute,
+    ] {
+        let both = api::default_case_title(kind);
+        let Some(rest) = title.strip_prefix(both) else {
+            continue;
+        };
+        let (zh, en) = both.split_once(" / ").unwrap_or((both, both));
+        let what = t(l, zh, en);
+        return match rest.trim_start().strip_prefix("RRN ") {
+            Some(rrn) => format!("{what} {} {rrn}", t(l, "参考号", "RRN")),
+            None => format!("{what}{rest}"),
+        };
+    }
+    title.to_owned()
+}
+
 /// Why an account change waits, in the page's language: the settlement crate's notes are
 /// English; an operator's own words are shown as written.
 fn change_note_text(l: Lang, note: &str) -> String {
@@ -846,7 +869,7 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
                     " <a href=\"/portal/cases/{}\">#{} {}</a>",
                     c.id,
                     c.id,
-                    esc(&c.title)
+                    esc(&case_title(l, &c.title))
                 )
             })
             .collect();
@@ -1640,7 +1663,7 @@ fn case_table(l: Lang, list: &[Case], id: &str, approve_csrf: Option<&str>, now_
             k.id,
             kind_text(l, k.kind),
             esc(&k.mid),
-            esc(&k.title),
+            esc(&case_title(l, &k.title)),
             esc(&case_state_text(l, k)),
             refund_text(l, k).unwrap_or_default(),
             esc(&opened),
@@ -1734,7 +1757,7 @@ fn case_body(
             "<h1>#{} {}</h1><div class=\"card\"><b>{}</b><br>{}: <b id=\"case-state\">{}</b>",
             k.id,
             kind_text(l, k.kind),
-            esc(&k.title),
+            esc(&case_title(l, &k.title)),
             t(l, "状态", "State"),
             esc(&case_state_text(l, &k)),
         );
@@ -3454,6 +3477,23 @@ mod tests {
             assert!(!role_text(Lang::Zh, role).is_ascii());
             assert_eq!(role_text(Lang::En, role), role.as_str());
         }
+    }
+
+    #[test]
+    fn a_default_case_title_reads_in_the_pages_language() {
+        let title = format!(
+            "{} RRN 010000000042",
+            api::default_case_title(resolve::cases::CaseKind::RefundApplication)
+        );
+        assert_eq!(case_title(Lang::Zh, &title), "退货申请 参考号 010000000042");
+        assert_eq!(
+            case_title(Lang::En, &title),
+            "refund application RRN 010000000042"
+        );
+        assert_eq!(
+            case_title(Lang::Zh, "wrong amount keyed"),
+            "wrong amount keyed"
+        );
     }
 
     #[test]
