@@ -347,7 +347,9 @@ pub enum Record {
     },
     /// A reversed void or completion gives its original back: approved again if the journal
     /// holds it voided or completed, whatever the writer's memory said (another node, or a
-    /// commit whose answer was lost, may have voided it there); nothing otherwise.
+    /// commit whose answer was lost, may have voided it there), and no other void or
+    /// completion of it stands approved (the same reversal acknowledged twice, after the
+    /// original was voided again); nothing otherwise.
     GiveBack {
         id: i64,
     },

@@ -1265,9 +1265,15 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
             }
         }
         Record::GiveBack { id } => {
+            // Not while another void or completion of it stands approved: the acknowledgement
+            // of a reversal taken twice (two nodes' leases overlapping) must not give back an
+            // original voided again since.
             conn.prepare_cached(
                 "UPDATE transactions SET state = 'approved'
-                 WHERE id = ?1 AND state IN ('voided', 'completed')",
+                 WHERE id = ?1 AND state IN ('voided', 'completed')
+                 AND NOT EXISTS (SELECT 1 FROM transactions AS l WHERE l.original_id = ?1
+                 AND l.kind IN ('purchase_void', 'completion_void', 'pre_auth_void',
+                 'completion') AND l.state = 'approved')",
             )?
             .execute_any(params![id])?;
         }

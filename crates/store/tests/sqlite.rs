@@ -1221,6 +1221,47 @@ fn a_give_back_moves_only_a_voided_or_completed_original(db: &Db) {
     }
 }
 
+/// The acknowledgement of a void's reversal taken twice (two nodes whose leases overlapped):
+/// the second does not give back an original voided again since by another void.
+fn a_give_back_twice_leaves_an_original_voided_again(db: &Db) {
+    let store = db.open();
+    provision(&store);
+    approved_purchase(&*store, 1);
+    let void = |id: i64| vec![link(id, TxnKind::PurchaseVoid, 1, 12_345)];
+    let takes = |id: i64| {
+        vec![
+            approved(id),
+            Record::TakeOriginal {
+                id: 1,
+                by: id,
+                state: TxnState::Voided,
+            },
+        ]
+    };
+    let acked = |id: i64| {
+        vec![
+            Record::State {
+                id,
+                state: TxnState::Reversed,
+            },
+            Record::GiveBack { id: 1 },
+        ]
+    };
+    write(&*store, void(2)).unwrap();
+    write(&*store, takes(2)).unwrap();
+    write(&*store, acked(2)).unwrap();
+    assert_eq!(store.txn(1).unwrap().unwrap().state, TxnState::Approved);
+    write(&*store, void(3)).unwrap();
+    write(&*store, takes(3)).unwrap();
+    assert_eq!(store.txn(1).unwrap().unwrap().state, TxnState::Voided);
+    write(&*store, acked(2)).unwrap();
+    assert_eq!(
+        store.txn(1).unwrap().unwrap().state,
+        TxnState::Voided,
+        "the second void stands: its original stays voided"
+    );
+}
+
 fn batches_are_listed_with_their_last_clearing_date(db: &Db) {
     let store = db.open();
     provision(&store);
@@ -1803,6 +1844,7 @@ on_both!(
     rows_since_a_date_come_by_date_then_id,
     batches_are_listed_with_their_last_clearing_date,
     a_give_back_moves_only_a_voided_or_completed_original,
+    a_give_back_twice_leaves_an_original_voided_again,
     a_busy_card_reads_its_newest_transactions,
     dropping_the_store_still_commits_what_was_queued,
     terminals_merchants_and_sign_in_round_trip,
