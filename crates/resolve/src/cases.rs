@@ -715,9 +715,15 @@ impl CaseService {
         let version = row.version;
         row.assignee = assignee.clone();
         row.due_at_ms = due_at_ms;
+        // Who it is assigned to stays on the case (`assignee`): the timeline's words go to the
+        // merchant (its pages, its webhook), which does not see staff usernames.
         let text = format!(
-            "assigned to {}, due {}",
-            assignee.as_deref().unwrap_or("nobody"),
+            "{}; 处理期限 / due {}",
+            if assignee.is_some() {
+                "已指派处理人 / assigned"
+            } else {
+                "已取消指派 / unassigned"
+            },
             due_at_ms.map_or_else(|| "-".to_owned(), crate::text::date_time)
         );
         self.commit(row, version, who, &text, Vec::new()).await
@@ -901,8 +907,8 @@ impl CaseService {
         // Written in both languages, Chinese first, as the merchant reads it on the case.
         let text = if result.approved() {
             let resolution = format!(
-                "退货 {amount} 已由 {operator} 批准并执行成功，参考号 {rrn_text} / refund of \
-                 {amount} approved by {operator} and executed: RRN {rrn_text}"
+                "退货 {amount} 已由收单机构批准并执行成功，参考号 {rrn_text} / refund of \
+                 {amount} approved by the acquirer and executed: RRN {rrn_text}"
             );
             if state.is_closed() {
                 let zh = match state {
@@ -930,16 +936,16 @@ impl CaseService {
             }
             if in_doubt {
                 format!(
-                    "退货 {amount} 已由 {operator} 批准，结果未明（{code} {}）：正在向发卡行冲正，\
-                     冲正确认前请勿再次批准 / refund of {amount} approved by {operator}: outcome \
+                    "退货 {amount} 已由收单机构批准，结果未明（{code} {}）：正在向发卡行冲正，\
+                     冲正确认前请勿再次批准 / refund of {amount} approved by the acquirer: outcome \
                      unknown ({code} {}); it is being reversed at the issuer, do not approve \
                      again until that is confirmed",
                     d.title.zh, d.title.en
                 )
             } else {
                 format!(
-                    "退货 {amount} 已由 {operator} 批准，但未成功：{code} {}（{}） / refund of \
-                     {amount} approved by {operator} but not executed: {code} {} ({})",
+                    "退货 {amount} 已由收单机构批准，但未成功：{code} {}（{}） / refund of \
+                     {amount} approved by the acquirer but not executed: {code} {} ({})",
                     d.title.zh, d.meaning.zh, d.title.en, d.meaning.en
                 )
             }

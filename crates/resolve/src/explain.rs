@@ -413,6 +413,23 @@ pub fn explain_txn(
                             ),
                         ),
                     ));
+                } else if gives_back(row.kind) {
+                    steps.push(step(
+                        at,
+                        "reversal_refused",
+                        Both::new(
+                            format!(
+                                "{}拒绝了冲正：这笔{}可能已经生效，请向发卡行核实",
+                                bank.zh,
+                                kind_text(row.kind).zh
+                            ),
+                            format!(
+                                "{} refused the reversal: this {} may stand; ask the issuer",
+                                bank.en,
+                                kind_text(row.kind).en
+                            ),
+                        ),
+                    ));
                 } else {
                     steps.push(step(
                         at,

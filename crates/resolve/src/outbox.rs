@@ -37,7 +37,8 @@ pub enum EventType {
     TransactionDeclined,
     #[serde(rename = "reversal.done")]
     ReversalDone,
-    /// The issuer refused a reversal: the card may still show the charge.
+    /// The issuer refused a reversal: for a sale the card may still show the charge; for a void
+    /// or refund, it may stand (the customer paid back).
     #[serde(rename = "reversal.refused")]
     ReversalRefused,
     #[serde(rename = "refund.done")]

@@ -2099,7 +2099,10 @@ fn a_refund_that_ran_while_its_case_was_rejected_leaves_the_rejection_standing()
             last.starts_with("[已驳回，工单结束后执行 / rejected after the case was closed]"),
             "{last}"
         );
-        assert!(last.contains("已由 operator-"), "{last}");
+        assert!(last.contains("已由收单机构批准"), "{last}");
+        // Who approved is on the case, not in its words (which merchants read).
+        assert!(!last.contains("operator-"), "{last}");
+        assert_eq!(done.approved_by.as_deref(), Some("operator-2"));
         assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 1_000);
     });
 }

@@ -84,7 +84,7 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
                     s.csrf,
                     s.created_at_ms,
                     s.expires_at_ms,
-                    password_hash
+                    password_hash.0
                 ])?;
             super::expect_one(changed, "user with the password checked")?;
         }
@@ -125,7 +125,7 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
             password_hash,
         } => {
             conn.prepare_cached("UPDATE web_users SET password_hash = ?2 WHERE id = ?1")?
-                .execute_any(params![user_id, password_hash])?;
+                .execute_any(params![user_id, password_hash.0])?;
         }
         WebRecord::SetDisabled { user_id, disabled } => {
             conn.prepare_cached("UPDATE web_users SET disabled = ?2 WHERE id = ?1")?
@@ -171,7 +171,7 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
                     t.name,
                     t.created_at_ms,
                     i64::from(t.revoked),
-                    password_hash
+                    password_hash.0
                 ])?;
             super::expect_one(changed, "user with the password checked")?;
         }

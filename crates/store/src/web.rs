@@ -135,6 +135,29 @@ pub struct LoginFailuresRow {
     pub last_at_ms: i64,
 }
 
+/// A stored password hash in a write: never printed whole (`Debug`), as `UserRow` leaves its
+/// hash out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PasswordHash(pub String);
+
+impl fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PasswordHash(..)")
+    }
+}
+
+impl From<String> for PasswordHash {
+    fn from(hash: String) -> Self {
+        PasswordHash(hash)
+    }
+}
+
+impl From<&str> for PasswordHash {
+    fn from(hash: &str) -> Self {
+        PasswordHash(hash.to_owned())
+    }
+}
+
 /// Writes of the web area.
 #[derive(Clone, Debug)]
 pub enum WebRecord {
@@ -157,7 +180,7 @@ pub enum WebRecord {
     /// changed (which ends the user's sessions) does not leave one open.
     InsertSessionChecked {
         session: SessionRow,
-        password_hash: String,
+        password_hash: PasswordHash,
     },
     DeleteSession {
         token_hash: Vec<u8>,
@@ -170,7 +193,7 @@ pub enum WebRecord {
     /// A new password hash for `user_id`, the rest of the row untouched.
     SetPasswordHash {
         user_id: i64,
-        password_hash: String,
+        password_hash: PasswordHash,
     },
     /// Disables or enables `user_id`, the rest of the row untouched.
     SetDisabled {
@@ -197,7 +220,7 @@ pub enum WebRecord {
     /// its change (which revokes the user's tokens).
     InsertApiTokenChecked {
         token: ApiTokenRow,
-        password_hash: String,
+        password_hash: PasswordHash,
     },
     RevokeApiToken {
         token_hash: Vec<u8>,

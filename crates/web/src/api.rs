@@ -426,12 +426,6 @@ impl NamesShown {
         }
         for entry in &mut case.entries {
             entry.who = self.name(&entry.who);
-            // `CaseService::assign` writes "assigned to NAME, due ...".
-            if let Some(rest) = entry.text.strip_prefix("assigned to ")
-                && let Some((name, tail)) = rest.split_once(',')
-            {
-                entry.text = format!("assigned to {}, {}", self.name(name), tail.trim_start());
-            }
         }
         case.approved_by = case.approved_by.map(|n| self.name(&n));
         case.assignee = case.assignee.map(|n| self.name(&n));

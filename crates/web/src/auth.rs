@@ -487,7 +487,7 @@ pub async fn set_password(
         .submit(vec![
             Record::Web(WebRecord::SetPasswordHash {
                 user_id,
-                password_hash: user.password_hash.clone(),
+                password_hash: user.password_hash.clone().into(),
             }),
             Record::Web(WebRecord::EndSessions { user_id, keep }),
             Record::Web(WebRecord::RevokeUserTokens { user_id }),
@@ -615,7 +615,7 @@ pub async fn open_session(web: &Web, user: &UserRow) -> Result<String, ApiError>
     // user's sessions; this one must not come after it).
     let insert = WebRecord::InsertSessionChecked {
         session,
-        password_hash: user.password_hash.clone(),
+        password_hash: user.password_hash.clone().into(),
     };
     web.store
         .submit(vec![Record::Web(expired), Record::Web(insert)])?
@@ -697,7 +697,7 @@ pub async fn issue_api_token(web: &Web, user: &UserRow, name: &str) -> Result<St
     .await?;
     let insert = WebRecord::InsertApiTokenChecked {
         token: row,
-        password_hash: user.password_hash.clone(),
+        password_hash: user.password_hash.clone().into(),
     };
     web.store
         .submit(vec![Record::Web(insert), audit])?
@@ -799,6 +799,16 @@ pub async fn create_user(web: &Web, who: &str, new: NewUser) -> Result<UserRow, 
         return Err(ApiError::bad_request(
             "username: 1 to 64 letters, digits, - _ . @",
         ));
+    }
+    // What merchants see the acquirer's staff as (`api::NamesShown`): nobody's username.
+    if new
+        .username
+        .eq_ignore_ascii_case(crate::api::ACQUIRER_STAFF)
+    {
+        return Err(ApiError::bad_request(format!(
+            "username: \"{}\" is reserved",
+            crate::api::ACQUIRER_STAFF
+        )));
     }
     if (new.role == Role::Merchant) != new.mid.is_some() {
         return Err(ApiError::bad_request(

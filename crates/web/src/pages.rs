@@ -516,6 +516,17 @@ fn case_state_name(l: Lang, state: &str) -> Option<&'static str> {
     })
 }
 
+/// A name in a case as the page shows it: the acquirer's staff, as a merchant user sees them
+/// (`api::NamesShown`; no user may be called so), in the page's language; anyone else as
+/// named.
+fn shown_who(l: Lang, name: &str) -> String {
+    if name == api::ACQUIRER_STAFF {
+        t(l, "收单机构", "the acquirer").to_owned()
+    } else {
+        name.to_owned()
+    }
+}
+
 /// A case's title in the page's language when it is the bilingual one given by default
 /// (`api::default_case_title`, then `RRN <rrn>`); a title someone wrote, as written.
 fn case_title(l: Lang, title: &str) -> String {
@@ -531,10 +542,16 @@ fn case_title(l: Lang, title: &str) -> String {
         };
         let (zh, en) = both.split_once(" / ").unwrap_or((both, both));
         let what = t(l, zh, en);
-        return match rest.trim_start().strip_prefix("RRN ") {
-            Some(rrn) => format!("{what} {} {rrn}", t(l, "参考号", "RRN")),
-            None => format!("{what}{rest}"),
-        };
+        // Only the title given by default: one someone wrote after the same words stays.
+        if rest.is_empty() {
+            return what.to_owned();
+        }
+        if let Some(rrn) = rest.strip_prefix(" RRN ")
+            && !rrn.is_empty()
+            && rrn.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return format!("{what} {} {rrn}", t(l, "参考号", "RRN"));
+        }
     }
     title.to_owned()
 }
@@ -1667,7 +1684,7 @@ fn case_table(l: Lang, list: &[Case], id: &str, approve_csrf: Option<&str>, now_
             esc(&case_state_text(l, k)),
             refund_text(l, k).unwrap_or_default(),
             esc(&opened),
-            esc(k.assignee.as_deref().unwrap_or("-")),
+            esc(&shown_who(l, k.assignee.as_deref().unwrap_or("-"))),
         ));
     }
     body.push_str("</table>");
@@ -1789,16 +1806,11 @@ fn case_body(
             t(l, "记录", "Timeline")
         ));
         for e in &k.entries {
-            // The acquirer's staff, as a merchant sees them (`api::NamesShown`).
-            let by = if e.who == api::ACQUIRER_STAFF {
-                t(l, "收单机构", "the acquirer")
-            } else {
-                e.who.as_str()
-            };
+            let by = shown_who(l, &e.who);
             body.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&format_time(e.at_ms)),
-                esc(by),
+                esc(&by),
                 esc(&entry_text(l, &e.text))
             ));
         }
@@ -3494,6 +3506,8 @@ mod tests {
             case_title(Lang::Zh, "wrong amount keyed"),
             "wrong amount keyed"
         );
+        let written = "争议 / dispute over the receipt";
+        assert_eq!(case_title(Lang::Zh, written), written);
     }
 
     #[test]

@@ -678,6 +678,13 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
         );
         let listed = api.call(Some(&tea), "GET", "/api/cases", None).await;
         assert!(!listed.body.contains("\"ops\""), "{}", listed.body);
+        // Nor in what is notified to it (the timeline's words are the webhook's note).
+        let told = e.h.store.outbox_of_merchant(MID, None, 100).unwrap();
+        assert!(
+            told.iter()
+                .all(|o| !o.payload.contains("ops") && !o.payload.contains("admin")),
+            "{told:#?}"
+        );
         let page = PageSession::login(e.http, "teahouse")
             .await
             .get(&format!("/portal/cases/{inquiry}"))
@@ -1127,6 +1134,15 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
                 Some(json!({"username": "m3", "password": "long-enough-1", "role": "merchant"})),
             )
             .await,
+            400,
+            "bad_request",
+        );
+        // What merchants see the acquirer's staff as is nobody's username.
+        let reserved = json!({"username": "Acquirer", "password": "long-enough-1",
+                              "role": "merchant", "mid": MID});
+        assert_error(
+            &api.call(Some(&admin), "POST", "/api/users", Some(reserved))
+                .await,
             400,
             "bad_request",
         );

@@ -2420,9 +2420,9 @@ pub static TABLE: &[Diagnosis] = &[
              whether this void or refund stands.",
         ),
         customer_message: t(
-            "您的退款可能已经到账，我们正在与银行核实；核实之前不会重复退款。",
-            "Your refund may already have reached your card; we are checking with the bank, \
-             and will not refund twice meanwhile.",
+            "您的退款（或撤销、解冻）可能已经生效，我们正在与银行核实；核实之前不会重复办理。",
+            "Your refund (or the cancellation, or the released hold) may already have reached \
+             your card; we are checking with the bank, and will not do it twice meanwhile.",
         ),
         merchant_steps: &[
             t(
