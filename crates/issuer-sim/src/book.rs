@@ -834,11 +834,14 @@ impl Book {
         {
             return refuse;
         }
+        // Held, and not to be undone: 12. (25 says no such original: the acquirer takes it as
+        // nothing standing here, which would not be true.)
+        let will_not = Self::reply(ResponseCode::InvalidTransaction, today);
         match original.state {
             TxnState::Reversed | TxnState::ReversedUnseen | TxnState::Declined => return ack,
             // A void, completion or refund already stands on it: undoing it alone would pay twice.
-            TxnState::Voided | TxnState::Completed => return refuse,
-            TxnState::Approved if original.refunded > 0 => return refuse,
+            TxnState::Voided | TxnState::Completed => return will_not,
+            TxnState::Approved if original.refunded > 0 => return will_not,
             TxnState::Approved => {}
         }
         let Some(index) = index else {

@@ -834,14 +834,15 @@ fn reversal_that_does_not_match_is_25() {
         ResponseCode::OriginalNotFound
     );
     assert_eq!(sim.state(&p), TxnState::Approved);
-    // Voided already: the money is back, a reversal on top would pay twice.
+    // Voided already: the money is back, a reversal on top would pay twice. Refused with 12,
+    // not 25: the original is held here, and what was done to it stands.
     assert_eq!(
         sim.link(TxnKind::PurchaseVoid, 1, 7_000, &p),
         ResponseCode::Approved
     );
     assert_eq!(
         sim.reverse(TxnKind::Purchase, 1, 7_000, &p),
-        ResponseCode::OriginalNotFound
+        ResponseCode::InvalidTransaction
     );
     assert_eq!(sim.balance(1), (100_000, 0));
     // A declined original has nothing to undo: acknowledged.
@@ -879,10 +880,10 @@ fn reversals_of_linked_transactions_restore_their_originals() {
     let refund = sim.linked(TxnKind::Refund, 1, 400, &p);
     assert_eq!(sim.issuer.authorise(&refund).code, ResponseCode::Approved);
     assert_eq!(sim.balance(1), (99_400, 0));
-    // A purchase with a refund standing on it is not reversed alone.
+    // A purchase with a refund standing on it is not reversed alone (12: held, not undone).
     assert_eq!(
         sim.reverse(TxnKind::Purchase, 1, 1_000, &p),
-        ResponseCode::OriginalNotFound
+        ResponseCode::InvalidTransaction
     );
     assert_eq!(
         sim.reverse(TxnKind::Refund, 1, 400, &refund.rrn),
@@ -920,10 +921,10 @@ fn reversals_of_linked_transactions_restore_their_originals() {
     let c = sim.linked(TxnKind::Completion, 1, 3_000, &pa);
     assert_eq!(sim.issuer.authorise(&c).code, ResponseCode::Approved);
     assert_eq!(sim.balance(1), (97_000, 0));
-    // A completed pre-auth is not reversed under its completion.
+    // A completed pre-auth is not reversed under its completion (12: held, not undone).
     assert_eq!(
         sim.reverse(TxnKind::PreAuth, 1, 5_000, &pa),
-        ResponseCode::OriginalNotFound
+        ResponseCode::InvalidTransaction
     );
     assert_eq!(
         sim.reverse(TxnKind::Completion, 1, 3_000, &c.rrn),
