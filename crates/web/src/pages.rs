@@ -516,6 +516,35 @@ fn case_state_name(l: Lang, state: &str) -> Option<&'static str> {
     })
 }
 
+/// The issuer's response code a queued reversal last got: a refusal keeps the bare code, a
+/// retry its reason as a sentence ("reversal not applied by ABC: 96"), the code after its last
+/// colon. `None` for anything else (no answer, a link error).
+fn reversal_code(item: &store::SafItem) -> Option<&str> {
+    item.last_error
+        .as_deref()
+        .map(|text| text.rsplit(": ").next().unwrap_or(text).trim())
+        .filter(|code| code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// A row of the console's reversal tables: the transaction (link, RRN, merchant, amount) and
+/// the issuer, then `more` (escaped here).
+fn reversal_row(web: &Web, item: &store::SafItem, more: [String; 2]) -> Result<String, ApiError> {
+    let row = web.store.txn(item.txn_id)?;
+    let [first, second] = more;
+    Ok(format!(
+        "<tr><td><a href=\"/portal/transactions/{}\">{}</a></td><td>{}</td><td>{}</td>\
+         <td>{}</td><td>{}</td><td>{}</td></tr>",
+        item.txn_id,
+        esc(row.as_ref().and_then(|r| r.rrn.as_deref()).unwrap_or("-")),
+        esc(row.as_ref().map_or("-", |r| r.mid.as_str())),
+        row.as_ref()
+            .map_or_else(|| "-".to_owned(), |r| domain::money::yuan(r.amount_fen)),
+        esc(&item.issuer),
+        esc(&first),
+        esc(&second),
+    ))
+}
+
 /// A name in a case as the page shows it: the acquirer's staff, as a merchant user sees them
 /// (`api::NamesShown`; no user may be called so), in the page's language; anyone else as
 /// named.
@@ -2307,11 +2336,7 @@ async fn console(
                 .into_iter()
                 .rev()
                 .find(|e| e.kind == "reversal_done");
-            let code = item
-                .last_error
-                .as_deref()
-                .filter(|code| code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphanumeric()));
-            let why = match code {
+            let why = match reversal_code(item) {
                 Some(code) => format!(
                     "{code}（{}）{}",
                     diagnosis::diagnose_str(code).title.get(l),
@@ -2328,20 +2353,10 @@ async fn console(
                 )
                 .to_owned(),
             };
-            let row = web.store.txn(item.txn_id)?;
-            body.push_str(&format!(
-                "<tr><td><a href=\"/portal/transactions/{}\">{}</a></td><td>{}</td><td>{}</td>\
-                 <td>{}</td><td>{}</td><td>{}</td></tr>",
-                item.txn_id,
-                esc(row.as_ref().and_then(|r| r.rrn.as_deref()).unwrap_or("-")),
-                esc(row.as_ref().map_or("-", |r| r.mid.as_str())),
-                row.as_ref()
-                    .map_or_else(|| "-".to_owned(), |r| domain::money::yuan(r.amount_fen)),
-                esc(&item.issuer),
-                done.as_ref()
-                    .map_or_else(|| "-".to_owned(), |e| esc(&format_time(e.at_ms))),
-                esc(&why)
-            ));
+            let when = done
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |e| format_time(e.at_ms));
+            body.push_str(&reversal_row(&web, item, [when, why])?);
         }
         body.push_str("</table>");
         // Reversals the issuer has not acknowledged after many resends: resent for ever, the
@@ -2372,30 +2387,15 @@ async fn console(
             t(l, "最近一次", "Last answer"),
         ));
         for item in &stuck {
-            let row = web.store.txn(item.txn_id)?;
-            // The queue keeps a retry's reason as a sentence ("reversal not applied by ABC:
-            // 96"): the issuer's code is what follows its last colon.
-            let last = item
-                .last_error
-                .as_deref()
-                .map(|text| text.rsplit(": ").next().unwrap_or(text).trim())
-                .filter(|code| code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphanumeric()))
-                .map_or_else(
-                    || t(l, "没有应答或无法发送", "no answer, or not sent").to_owned(),
-                    |code| format!("{code}（{}）", diagnosis::diagnose_str(code).title.get(l)),
-                );
-            body.push_str(&format!(
-                "<tr><td><a href=\"/portal/transactions/{}\">{}</a></td><td>{}</td><td>{}</td>\
-                 <td>{}</td><td>{}</td><td>{}</td></tr>",
-                item.txn_id,
-                esc(row.as_ref().and_then(|r| r.rrn.as_deref()).unwrap_or("-")),
-                esc(row.as_ref().map_or("-", |r| r.mid.as_str())),
-                row.as_ref()
-                    .map_or_else(|| "-".to_owned(), |r| domain::money::yuan(r.amount_fen)),
-                esc(&item.issuer),
-                item.attempts,
-                esc(&last),
-            ));
+            let last = reversal_code(item).map_or_else(
+                || t(l, "没有应答或无法发送", "no answer, or not sent").to_owned(),
+                |code| format!("{code}（{}）", diagnosis::diagnose_str(code).title.get(l)),
+            );
+            body.push_str(&reversal_row(
+                &web,
+                item,
+                [item.attempts.to_string(), last],
+            )?);
         }
         body.push_str("</table>");
 
