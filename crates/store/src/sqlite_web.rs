@@ -14,6 +14,11 @@ pub(crate) const AUDIT_ROWS_MAX: u32 = 1_000;
 const USER_COLUMNS: &str =
     "id, username, password_hash, role, mid, display_name, disabled, created_at_ms";
 
+/// The condition of a checked session or token insert: user `?2` still has hash `?6` and is
+/// enabled (`WebRecord::InsertSessionChecked`, `InsertApiTokenChecked`).
+const CREDENTIALS_STILL: &str = "WHERE EXISTS (SELECT 1 FROM web_users
+     WHERE id = ?2 AND password_hash = ?6 AND disabled = 0)";
+
 pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreError> {
     match record {
         WebRecord::UpsertUser(u) => {
@@ -71,21 +76,18 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
             session: s,
             password_hash,
         } => {
-            let changed = conn
-                .prepare_cached(
-                    "INSERT INTO web_sessions (token_hash, user_id, csrf, created_at_ms,
-                     expires_at_ms)
-                     SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM web_users
-                     WHERE id = ?2 AND password_hash = ?6 AND disabled = 0)",
-                )?
-                .execute(params![
-                    s.token_hash,
-                    s.user_id,
-                    s.csrf,
-                    s.created_at_ms,
-                    s.expires_at_ms,
-                    password_hash.0
-                ])?;
+            let sql = format!(
+                "INSERT INTO web_sessions (token_hash, user_id, csrf, created_at_ms,
+                 expires_at_ms) SELECT ?1, ?2, ?3, ?4, ?5 {CREDENTIALS_STILL}"
+            );
+            let changed = conn.prepare_cached(&sql)?.execute(params![
+                s.token_hash,
+                s.user_id,
+                s.csrf,
+                s.created_at_ms,
+                s.expires_at_ms,
+                password_hash.0
+            ])?;
             super::expect_one(changed, "user with the password checked")?;
         }
         WebRecord::DeleteSession { token_hash } => {
@@ -158,21 +160,18 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
             token: t,
             password_hash,
         } => {
-            let changed = conn
-                .prepare_cached(
-                    "INSERT INTO web_api_tokens (token_hash, user_id, name, created_at_ms,
-                     revoked)
-                     SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM web_users
-                     WHERE id = ?2 AND password_hash = ?6 AND disabled = 0)",
-                )?
-                .execute(params![
-                    t.token_hash,
-                    t.user_id,
-                    t.name,
-                    t.created_at_ms,
-                    i64::from(t.revoked),
-                    password_hash.0
-                ])?;
+            let sql = format!(
+                "INSERT INTO web_api_tokens (token_hash, user_id, name, created_at_ms,
+                 revoked) SELECT ?1, ?2, ?3, ?4, ?5 {CREDENTIALS_STILL}"
+            );
+            let changed = conn.prepare_cached(&sql)?.execute(params![
+                t.token_hash,
+                t.user_id,
+                t.name,
+                t.created_at_ms,
+                i64::from(t.revoked),
+                password_hash.0
+            ])?;
             super::expect_one(changed, "user with the password checked")?;
         }
         WebRecord::RevokeApiToken { token_hash } => {
