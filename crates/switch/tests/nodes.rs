@@ -495,10 +495,19 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
 /// that the terminal reverses through node B (it gave up waiting) leaves the sale approved
 /// when the issuer's approval of the void reaches node A afterwards: the void stands reversed,
 /// the sale must be paid.
-#[test]
-fn two_nodes_take_one_request_once_and_a_reversed_void_voids_nothing() {
+/// Runs `test` against two nodes (ids 1 and 2) on a fresh schema named after `name`, with
+/// `tids` provisioned and the issuer's log, then stops both and drops the schema. Skipped
+/// without PostgreSQL.
+fn on_two_nodes<F>(name: &str, tids: &[&str], test: F)
+where
+    F: for<'n> FnOnce(
+        Arc<IssuerLog>,
+        &'n Node,
+        &'n Node,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'n>>,
+{
     let Some(url) = pg_url() else { return };
-    let schema = format!("switch_nodes_race_{}", std::process::id());
+    let schema = format!("{name}_{}", std::process::id());
     let config = PgConfig {
         url: url.clone(),
         schema: Some(schema.clone()),
@@ -506,102 +515,111 @@ fn two_nodes_take_one_request_once_and_a_reversed_void_voids_nothing() {
     let main = runtime();
     let (node_a_runtime, node_b_runtime) = (runtime(), runtime());
     main.block_on(async {
-        let (log, issuer, hsm, zpk) = shared(&config, &[TID_A]).await;
+        let (log, issuer, hsm, zpk) = shared(&config, tids).await;
         let a = start_node(&node_a_runtime, &config, 1, issuer, &hsm, zpk).await;
         let b = start_node(&node_b_runtime, &config, 2, issuer, &hsm, zpk).await;
-        let pan = card("622202");
-        let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
-        assert_eq!(via_a.sign_in().await.code(), "00");
-        let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
-        assert_eq!(via_b.sign_in().await.code(), "00");
-        // Each connection's batch is marked by its first request.
-        assert_eq!(via_a.send(&Req::purchase(&pan, 100, 1)).await.code(), "00");
-        assert_eq!(via_b.send(&Req::purchase(&pan, 100, 2)).await.code(), "00");
-
-        for n in 0..6_u32 {
-            let stan = 10 + n;
-            let request = Req::purchase(&pan, 1_000 + u64::from(n), stan);
-            let asked = log.requests.load(Ordering::SeqCst);
-            let (on_a, on_b) = tokio::join!(via_a.send(&request), via_b.send(&request));
-            assert_eq!(
-                log.requests.load(Ordering::SeqCst),
-                asked + 1,
-                "STAN {stan}: the issuer was asked twice"
-            );
-            assert_eq!((on_a.code(), on_b.code()), ("00".into(), "00".into()));
-            assert_eq!(on_a.text(37), on_b.text(37), "STAN {stan}");
-            assert_eq!(b.store.txns_by_key(TID_A, 1, stan).unwrap().len(), 1);
-        }
-        // A request both nodes refuse themselves (a card number failing its check digit): one
-        // row, both answers the same.
-        let mut bad = pan.clone().into_bytes();
-        let last = bad.len() - 1;
-        bad[last] = if bad[last] == b'9' {
-            b'0'
-        } else {
-            bad[last] + 1
-        };
-        let bad = String::from_utf8(bad).unwrap();
-        for n in 0..4_u32 {
-            let stan = 30 + n;
-            let request = Req::purchase(&bad, 700, stan);
-            let (on_a, on_b) = tokio::join!(via_a.send(&request), via_b.send(&request));
-            assert_eq!(on_a.code(), on_b.code(), "STAN {stan}");
-            assert_ne!(on_a.code(), "00");
-            assert_eq!(
-                b.store.txns_by_key(TID_A, 1, stan).unwrap().len(),
-                1,
-                "STAN {stan}: a refused row written twice"
-            );
-        }
-
-        // The void goes to node A, which waits 150 ms for the issuer; its reversal to node B.
-        let sale_request = Req::purchase(&pan, SLOW_AMOUNT, 50);
-        let sale = via_a.send(&sale_request).await;
-        assert_eq!(sale.code(), "00");
-        let sale_rrn = sale.text(37).unwrap();
-        let void = Req::void(&pan, SLOW_AMOUNT, 51, 50, &sale_rrn);
-        let void_bytes = via_a.encode(&void, false);
-        let voiding = tokio::spawn(async move { via_a.exchange(&void_bytes).await.code() });
-        let store = Arc::clone(&b.store);
-        let in_flight = eventually(5, || {
-            store
-                .txns_by_key(TID_A, 1, 51)
-                .unwrap()
-                .iter()
-                .any(|row| row.state == TxnState::InFlight)
-        })
-        .await;
-        assert!(in_flight, "node A never journalled the void");
-        assert_eq!(via_b.send(&Req::reversal_of(&void)).await.code(), "00");
-        assert_eq!(voiding.await.unwrap(), "00", "node A's answer to the void");
-        let void_row = store
-            .txns_by_key(TID_A, 1, 51)
-            .unwrap()
-            .into_iter()
-            .find(|row| row.kind == TxnKind::PurchaseVoid)
-            .unwrap();
-        assert_eq!(void_row.state, TxnState::Reversed);
-        assert_eq!(
-            store.txn_by_rrn(&sale_rrn).unwrap().unwrap().state,
-            TxnState::Approved,
-            "the sale was voided by a void the terminal reversed"
-        );
-        let reversed = eventually(10, || {
-            store
-                .reversal(void_row.id)
-                .unwrap()
-                .is_some_and(|item| item.state == SafState::Acked)
-        })
-        .await;
-        assert!(reversed, "the void's reversal never reached the issuer");
-        drop(via_b);
+        test(log, &a, &b).await;
         a.handle.shutdown().await;
         b.handle.shutdown().await;
     });
     node_a_runtime.shutdown_background();
     node_b_runtime.shutdown_background();
     let _ = PgStore::drop_schema(&url, &schema);
+}
+
+#[test]
+fn two_nodes_take_one_request_once_and_a_reversed_void_voids_nothing() {
+    on_two_nodes("switch_nodes_race", &[TID_A], |log, a, b| {
+        Box::pin(async move {
+            let pan = card("622202");
+            let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
+            assert_eq!(via_a.sign_in().await.code(), "00");
+            let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
+            assert_eq!(via_b.sign_in().await.code(), "00");
+            // Each connection's batch is marked by its first request.
+            assert_eq!(via_a.send(&Req::purchase(&pan, 100, 1)).await.code(), "00");
+            assert_eq!(via_b.send(&Req::purchase(&pan, 100, 2)).await.code(), "00");
+
+            for n in 0..6_u32 {
+                let stan = 10 + n;
+                let request = Req::purchase(&pan, 1_000 + u64::from(n), stan);
+                let asked = log.requests.load(Ordering::SeqCst);
+                let (on_a, on_b) = tokio::join!(via_a.send(&request), via_b.send(&request));
+                assert_eq!(
+                    log.requests.load(Ordering::SeqCst),
+                    asked + 1,
+                    "STAN {stan}: the issuer was asked twice"
+                );
+                assert_eq!((on_a.code(), on_b.code()), ("00".into(), "00".into()));
+                assert_eq!(on_a.text(37), on_b.text(37), "STAN {stan}");
+                assert_eq!(b.store.txns_by_key(TID_A, 1, stan).unwrap().len(), 1);
+            }
+            // A request both nodes refuse themselves (a card number failing its check digit): one
+            // row, both answers the same.
+            let mut bad = pan.clone().into_bytes();
+            let last = bad.len() - 1;
+            bad[last] = if bad[last] == b'9' {
+                b'0'
+            } else {
+                bad[last] + 1
+            };
+            let bad = String::from_utf8(bad).unwrap();
+            for n in 0..4_u32 {
+                let stan = 30 + n;
+                let request = Req::purchase(&bad, 700, stan);
+                let (on_a, on_b) = tokio::join!(via_a.send(&request), via_b.send(&request));
+                assert_eq!(on_a.code(), on_b.code(), "STAN {stan}");
+                assert_ne!(on_a.code(), "00");
+                assert_eq!(
+                    b.store.txns_by_key(TID_A, 1, stan).unwrap().len(),
+                    1,
+                    "STAN {stan}: a refused row written twice"
+                );
+            }
+
+            // The void goes to node A, which waits 150 ms for the issuer; its reversal to node B.
+            let sale_request = Req::purchase(&pan, SLOW_AMOUNT, 50);
+            let sale = via_a.send(&sale_request).await;
+            assert_eq!(sale.code(), "00");
+            let sale_rrn = sale.text(37).unwrap();
+            let void = Req::void(&pan, SLOW_AMOUNT, 51, 50, &sale_rrn);
+            let void_bytes = via_a.encode(&void, false);
+            let voiding = tokio::spawn(async move { via_a.exchange(&void_bytes).await.code() });
+            let store = Arc::clone(&b.store);
+            let in_flight = eventually(5, || {
+                store
+                    .txns_by_key(TID_A, 1, 51)
+                    .unwrap()
+                    .iter()
+                    .any(|row| row.state == TxnState::InFlight)
+            })
+            .await;
+            assert!(in_flight, "node A never journalled the void");
+            assert_eq!(via_b.send(&Req::reversal_of(&void)).await.code(), "00");
+            assert_eq!(voiding.await.unwrap(), "00", "node A's answer to the void");
+            let void_row = store
+                .txns_by_key(TID_A, 1, 51)
+                .unwrap()
+                .into_iter()
+                .find(|row| row.kind == TxnKind::PurchaseVoid)
+                .unwrap();
+            assert_eq!(void_row.state, TxnState::Reversed);
+            assert_eq!(
+                store.txn_by_rrn(&sale_rrn).unwrap().unwrap().state,
+                TxnState::Approved,
+                "the sale was voided by a void the terminal reversed"
+            );
+            let reversed = eventually(10, || {
+                store
+                    .reversal(void_row.id)
+                    .unwrap()
+                    .is_some_and(|item| item.state == SafState::Acked)
+            })
+            .await;
+            assert!(reversed, "the void's reversal never reached the issuer");
+            drop(via_b);
+        })
+    });
 }
 
 /// A sale made through node A and refunded in full through node B (another terminal of the
@@ -609,45 +627,31 @@ fn two_nodes_take_one_request_once_and_a_reversed_void_voids_nothing() {
 /// the sale unrefunded, is refused (12) as on one node, not a second credit to the card.
 #[test]
 fn a_reversal_on_one_node_of_a_sale_refunded_on_the_other_is_refused() {
-    let Some(url) = pg_url() else { return };
-    let schema = format!("switch_nodes_refund_{}", std::process::id());
-    let config = PgConfig {
-        url: url.clone(),
-        schema: Some(schema.clone()),
-    };
-    let main = runtime();
-    let (node_a_runtime, node_b_runtime) = (runtime(), runtime());
-    main.block_on(async {
-        let (log, issuer, hsm, zpk) = shared(&config, &[TID_A, TID_B]).await;
-        let a = start_node(&node_a_runtime, &config, 1, issuer, &hsm, zpk).await;
-        let b = start_node(&node_b_runtime, &config, 2, issuer, &hsm, zpk).await;
-        let pan = card("622202");
-        let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
-        assert_eq!(via_a.sign_in().await.code(), "00");
-        let mut via_b = Terminal::connect(b.handle.local_addr(), TID_B).await;
-        assert_eq!(via_b.sign_in().await.code(), "00");
-        let sale_request = Req::purchase(&pan, 50_000, 2);
-        let sale = via_a.send(&sale_request).await;
-        assert_eq!(sale.code(), "00");
-        let rrn = sale.text(37).unwrap();
-        let today = switch::LocalTime::from_ms(switch::Clock::now_ms(&SystemClock)).mmdd();
-        let refund = via_b
-            .send(&Req::refund(&pan, 50_000, 2, &rrn, &today))
-            .await;
-        assert_eq!(refund.code(), "00", "the refund through node B");
-        let reversals = log.reversals.lock().unwrap().len();
-        let reversal = via_a.send(&Req::reversal_of(&sale_request)).await;
-        assert_eq!(reversal.code(), "12", "node A reversed a refunded sale");
-        let row = b.store.txn_by_rrn(&rrn).unwrap().unwrap();
-        assert_eq!((row.state, row.refunded_fen), (TxnState::Approved, 50_000));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(log.reversals.lock().unwrap().len(), reversals);
-        a.handle.shutdown().await;
-        b.handle.shutdown().await;
+    on_two_nodes("switch_nodes_refund", &[TID_A, TID_B], |log, a, b| {
+        Box::pin(async move {
+            let pan = card("622202");
+            let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
+            assert_eq!(via_a.sign_in().await.code(), "00");
+            let mut via_b = Terminal::connect(b.handle.local_addr(), TID_B).await;
+            assert_eq!(via_b.sign_in().await.code(), "00");
+            let sale_request = Req::purchase(&pan, 50_000, 2);
+            let sale = via_a.send(&sale_request).await;
+            assert_eq!(sale.code(), "00");
+            let rrn = sale.text(37).unwrap();
+            let today = switch::LocalTime::from_ms(switch::Clock::now_ms(&SystemClock)).mmdd();
+            let refund = via_b
+                .send(&Req::refund(&pan, 50_000, 2, &rrn, &today))
+                .await;
+            assert_eq!(refund.code(), "00", "the refund through node B");
+            let reversals = log.reversals.lock().unwrap().len();
+            let reversal = via_a.send(&Req::reversal_of(&sale_request)).await;
+            assert_eq!(reversal.code(), "12", "node A reversed a refunded sale");
+            let row = b.store.txn_by_rrn(&rrn).unwrap().unwrap();
+            assert_eq!((row.state, row.refunded_fen), (TxnState::Approved, 50_000));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(log.reversals.lock().unwrap().len(), reversals);
+        })
     });
-    node_a_runtime.shutdown_background();
-    node_b_runtime.shutdown_background();
-    let _ = PgStore::drop_schema(&url, &schema);
 }
 
 /// A purchase approved through node A and reversed by its terminal through node B: the
@@ -655,59 +659,45 @@ fn a_reversal_on_one_node_of_a_sale_refunded_on_the_other_is_refused() {
 /// 98 (the money is being given back), not "approved" with an auth code a second time.
 #[test]
 fn a_resend_on_one_node_of_a_purchase_reversed_on_the_other_is_not_approved() {
-    let Some(url) = pg_url() else { return };
-    let schema = format!("switch_nodes_resend_{}", std::process::id());
-    let config = PgConfig {
-        url: url.clone(),
-        schema: Some(schema.clone()),
-    };
-    let main = runtime();
-    let (node_a_runtime, node_b_runtime) = (runtime(), runtime());
-    main.block_on(async {
-        let (log, issuer, hsm, zpk) = shared(&config, &[TID_A]).await;
-        let a = start_node(&node_a_runtime, &config, 1, issuer, &hsm, zpk).await;
-        let b = start_node(&node_b_runtime, &config, 2, issuer, &hsm, zpk).await;
-        let pan = card("622202");
-        let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
-        assert_eq!(via_a.sign_in().await.code(), "00");
-        let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
-        assert_eq!(via_b.sign_in().await.code(), "00");
-        let sale_request = Req::purchase(&pan, 2_345, 7);
-        let sale = via_a.send(&sale_request).await;
-        assert_eq!(sale.code(), "00");
-        let rrn = sale.text(37).unwrap();
-        assert_eq!(
-            via_b.send(&Req::reversal_of(&sale_request)).await.code(),
-            "00"
-        );
-        let row = b.store.txn_by_rrn(&rrn).unwrap().unwrap();
-        assert_eq!(row.state, TxnState::Reversed);
+    on_two_nodes("switch_nodes_resend", &[TID_A], |log, a, b| {
+        Box::pin(async move {
+            let pan = card("622202");
+            let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
+            assert_eq!(via_a.sign_in().await.code(), "00");
+            let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
+            assert_eq!(via_b.sign_in().await.code(), "00");
+            let sale_request = Req::purchase(&pan, 2_345, 7);
+            let sale = via_a.send(&sale_request).await;
+            assert_eq!(sale.code(), "00");
+            let rrn = sale.text(37).unwrap();
+            assert_eq!(
+                via_b.send(&Req::reversal_of(&sale_request)).await.code(),
+                "00"
+            );
+            let row = b.store.txn_by_rrn(&rrn).unwrap().unwrap();
+            assert_eq!(row.state, TxnState::Reversed);
 
-        let asked = log.requests.load(Ordering::SeqCst);
-        let resent = via_a.send(&sale_request).await;
-        assert_eq!(
-            resent.code(),
-            "98",
-            "node A answered a resend of a purchase reversed on node B as approved"
-        );
-        assert_eq!(
-            resent.text(38),
-            None,
-            "an auth code given for a reversed sale"
-        );
-        assert_eq!(
-            log.requests.load(Ordering::SeqCst),
-            asked,
-            "the resend reached the issuer"
-        );
-        // Node B, where the reversal was taken, says the same.
-        assert_eq!(via_b.send(&sale_request).await.code(), "98");
-        a.handle.shutdown().await;
-        b.handle.shutdown().await;
+            let asked = log.requests.load(Ordering::SeqCst);
+            let resent = via_a.send(&sale_request).await;
+            assert_eq!(
+                resent.code(),
+                "98",
+                "node A answered a resend of a purchase reversed on node B as approved"
+            );
+            assert_eq!(
+                resent.text(38),
+                None,
+                "an auth code given for a reversed sale"
+            );
+            assert_eq!(
+                log.requests.load(Ordering::SeqCst),
+                asked,
+                "the resend reached the issuer"
+            );
+            // Node B, where the reversal was taken, says the same.
+            assert_eq!(via_b.send(&sale_request).await.code(), "98");
+        })
     });
-    node_a_runtime.shutdown_background();
-    node_b_runtime.shutdown_background();
-    let _ = PgStore::drop_schema(&url, &schema);
 }
 
 /// A void through node B of a sale that node A still had at the issuer when B first read it:
@@ -716,60 +706,46 @@ fn a_resend_on_one_node_of_a_purchase_reversed_on_the_other_is_not_approved() {
 /// for ever because its own memory says the sale is still in flight.
 #[test]
 fn a_sale_read_in_flight_by_one_node_is_voidable_there_once_the_other_approved_it() {
-    let Some(url) = pg_url() else { return };
-    let schema = format!("switch_nodes_in_flight_{}", std::process::id());
-    let config = PgConfig {
-        url: url.clone(),
-        schema: Some(schema.clone()),
-    };
-    let main = runtime();
-    let (node_a_runtime, node_b_runtime) = (runtime(), runtime());
-    main.block_on(async {
-        let (_log, issuer, hsm, zpk) = shared(&config, &[TID_A]).await;
-        let a = start_node(&node_a_runtime, &config, 1, issuer, &hsm, zpk).await;
-        let b = start_node(&node_b_runtime, &config, 2, issuer, &hsm, zpk).await;
-        let pan = card("622202");
-        let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
-        assert_eq!(via_a.sign_in().await.code(), "00");
-        let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
-        assert_eq!(via_b.sign_in().await.code(), "00");
-        // Node A's sale waits 150 ms at the issuer.
-        let sale_bytes = via_a.encode(&Req::purchase(&pan, SLOW_AMOUNT, 5), false);
-        let selling = tokio::spawn(async move { via_a.exchange(&sale_bytes).await });
-        let store = Arc::clone(&b.store);
-        let in_flight = eventually(5, || {
-            store
-                .txns_by_key(TID_A, 1, 5)
-                .unwrap()
-                .iter()
-                .any(|row| row.state == TxnState::InFlight)
+    on_two_nodes("switch_nodes_in_flight", &[TID_A], |_log, a, b| {
+        Box::pin(async move {
+            let pan = card("622202");
+            let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
+            assert_eq!(via_a.sign_in().await.code(), "00");
+            let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
+            assert_eq!(via_b.sign_in().await.code(), "00");
+            // Node A's sale waits 150 ms at the issuer.
+            let sale_bytes = via_a.encode(&Req::purchase(&pan, SLOW_AMOUNT, 5), false);
+            let selling = tokio::spawn(async move { via_a.exchange(&sale_bytes).await });
+            let store = Arc::clone(&b.store);
+            let in_flight = eventually(5, || {
+                store
+                    .txns_by_key(TID_A, 1, 5)
+                    .unwrap()
+                    .iter()
+                    .any(|row| row.state == TxnState::InFlight)
+            })
+            .await;
+            assert!(in_flight, "node A never journalled the sale");
+            let rrn = store.txns_by_key(TID_A, 1, 5).unwrap()[0]
+                .rrn
+                .clone()
+                .unwrap();
+            // Node B reads it while it is in flight: nothing to void yet.
+            let early = via_b.send(&Req::void(&pan, SLOW_AMOUNT, 6, 5, &rrn)).await;
+            assert_ne!(early.code(), "00", "a sale still in flight was voided");
+            let sale = selling.await.unwrap();
+            assert_eq!(sale.code(), "00");
+            assert_eq!(sale.text(37).as_deref(), Some(rrn.as_str()));
+            let void = via_b.send(&Req::void(&pan, SLOW_AMOUNT, 7, 5, &rrn)).await;
+            assert_eq!(
+                void.code(),
+                "00",
+                "node B kept the sale in flight after node A's approval"
+            );
+            assert_eq!(
+                store.txn_by_rrn(&rrn).unwrap().unwrap().state,
+                TxnState::Voided
+            );
         })
-        .await;
-        assert!(in_flight, "node A never journalled the sale");
-        let rrn = store.txns_by_key(TID_A, 1, 5).unwrap()[0]
-            .rrn
-            .clone()
-            .unwrap();
-        // Node B reads it while it is in flight: nothing to void yet.
-        let early = via_b.send(&Req::void(&pan, SLOW_AMOUNT, 6, 5, &rrn)).await;
-        assert_ne!(early.code(), "00", "a sale still in flight was voided");
-        let sale = selling.await.unwrap();
-        assert_eq!(sale.code(), "00");
-        assert_eq!(sale.text(37).as_deref(), Some(rrn.as_str()));
-        let void = via_b.send(&Req::void(&pan, SLOW_AMOUNT, 7, 5, &rrn)).await;
-        assert_eq!(
-            void.code(),
-            "00",
-            "node B kept the sale in flight after node A's approval"
-        );
-        assert_eq!(
-            store.txn_by_rrn(&rrn).unwrap().unwrap().state,
-            TxnState::Voided
-        );
-        a.handle.shutdown().await;
-        b.handle.shutdown().await;
     });
-    node_a_runtime.shutdown_background();
-    node_b_runtime.shutdown_background();
-    let _ = PgStore::drop_schema(&url, &schema);
 }
