@@ -273,6 +273,35 @@ fn declined_purchase_is_diagnosed_with_evidence_naming_the_issuer() {
     });
 }
 
+/// What the store-and-forward task writes when the issuer answers the reversal of row `id`
+/// with a refusal (here 12): the journal says reversed, the issuer did not undo it.
+fn reversed_and_refused(id: i64) -> Vec<Record> {
+    vec![
+        store::Record::State {
+            id,
+            state: store::TxnState::Reversed,
+        },
+        store::Record::SafEnqueue {
+            txn_id: id,
+            issuer: "SIM".into(),
+            reason: "98".into(),
+            next_attempt_ms: now(),
+        },
+        store::Record::SafDone {
+            txn_id: id,
+            state: SafState::Refused,
+            at_ms: now(),
+            answer: Some("12".into()),
+        },
+        store::Record::Event(store::EventRow {
+            txn_id: id,
+            at_ms: now(),
+            kind: "reversal_done".into(),
+            detail: "reversal refused by SIM: 12".into(),
+        }),
+    ]
+}
+
 #[test]
 fn a_reversal_the_issuer_refused_tells_the_merchant_to_check_the_card() {
     runtime().block_on(async {
@@ -282,33 +311,8 @@ fn a_reversal_the_issuer_refused_tells_the_merchant_to_check_the_card() {
         assert_eq!(code, "00");
         let store = e.store();
         let id = store.txn_by_rrn(&rrn).unwrap().unwrap().id;
-        // What the store-and-forward task writes when the issuer answers a reversal with a
-        // refusal (here 12): the journal says reversed, the issuer did not undo the charge.
         store
-            .submit(vec![
-                store::Record::State {
-                    id,
-                    state: store::TxnState::Reversed,
-                },
-                store::Record::SafEnqueue {
-                    txn_id: id,
-                    issuer: "SIM".into(),
-                    reason: "98".into(),
-                    next_attempt_ms: now(),
-                },
-                store::Record::SafDone {
-                    txn_id: id,
-                    state: SafState::Refused,
-                    at_ms: now(),
-                    answer: Some("12".into()),
-                },
-                store::Record::Event(store::EventRow {
-                    txn_id: id,
-                    at_ms: now(),
-                    kind: "reversal_done".into(),
-                    detail: "reversal refused by SIM: 12".into(),
-                }),
-            ])
+            .submit(reversed_and_refused(id))
             .unwrap()
             .await
             .unwrap();
@@ -343,30 +347,7 @@ fn a_reversal_the_issuer_refused_tells_the_merchant_to_check_the_card() {
         let refund_rrn = r.text(37).unwrap();
         let refund_id = store.txn_by_rrn(&refund_rrn).unwrap().unwrap().id;
         store
-            .submit(vec![
-                store::Record::State {
-                    id: refund_id,
-                    state: store::TxnState::Reversed,
-                },
-                store::Record::SafEnqueue {
-                    txn_id: refund_id,
-                    issuer: "SIM".into(),
-                    reason: "98".into(),
-                    next_attempt_ms: now(),
-                },
-                store::Record::SafDone {
-                    txn_id: refund_id,
-                    state: SafState::Refused,
-                    at_ms: now(),
-                    answer: Some("12".into()),
-                },
-                store::Record::Event(store::EventRow {
-                    txn_id: refund_id,
-                    at_ms: now(),
-                    kind: "reversal_done".into(),
-                    detail: "reversal refused by SIM: 12".into(),
-                }),
-            ])
+            .submit(reversed_and_refused(refund_id))
             .unwrap()
             .await
             .unwrap();
