@@ -117,13 +117,7 @@ async fn an_upload_short_of_its_declared_count_is_asked_for_again() {
     assert_eq!(t.exchange(&bytes).await.code(), "30");
     // The whole upload again: trace 1's record replaces its copy, trace 2's differs.
     upload(&mut t, 1, &[(1, &pan, 1_000), (2, &pan, 2_600)]).await;
-    let found: Vec<(u32, BatchDiffKind)> = h
-        .store
-        .batch_differences(TID, 1)
-        .unwrap()
-        .iter()
-        .map(|d| (d.stan, d.kind))
-        .collect();
+    let found = differences(&h, 1);
     assert_eq!(found, vec![(2, BatchDiffKind::AmountDiffers)]);
 }
 
@@ -249,6 +243,16 @@ async fn upload_ic(
     t.exchange(&bytes).await.code()
 }
 
+/// The batch's upload differences, (trace, kind) each.
+fn differences(h: &Harness, batch: u32) -> Vec<(u32, BatchDiffKind)> {
+    h.store
+        .batch_differences(TID, batch)
+        .unwrap()
+        .iter()
+        .map(|d| (d.stan, d.kind))
+        .collect()
+}
+
 /// The end of a batch upload (60.3 `code`: 207 or 202), `count` transactions uploaded: the
 /// answer's code.
 async fn upload_end(t: &mut Terminal, batch: u32, code: &str, count: u16) -> String {
@@ -313,13 +317,7 @@ async fn ic_uploads_carry_one_transaction_each_and_a_balanced_batch_is_not_missi
     );
     assert_eq!(upload_ic(&mut t, 2, "205", 11, Some(&pan), 700).await, "00");
     assert_eq!(upload_end(&mut t, 2, "202", 2).await, "00");
-    let found: Vec<(u32, BatchDiffKind)> = h
-        .store
-        .batch_differences(TID, 2)
-        .unwrap()
-        .iter()
-        .map(|d| (d.stan, d.kind))
-        .collect();
+    let found = differences(&h, 2);
     assert_eq!(
         found,
         vec![
@@ -530,13 +528,7 @@ async fn a_batch_number_settled_and_used_again_days_later_is_a_new_batch() {
         (800, 1)
     );
     upload(&mut t, 1, &[(7, &pan, 900)]).await;
-    let found: Vec<(u32, BatchDiffKind)> = h
-        .store
-        .batch_differences(TID, 1)
-        .unwrap()
-        .iter()
-        .map(|d| (d.stan, d.kind))
-        .collect();
+    let found = differences(&h, 1);
     assert_eq!(found, vec![(7, BatchDiffKind::AmountDiffers)]);
 }
 
