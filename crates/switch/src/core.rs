@@ -479,7 +479,8 @@ impl Core {
     }
 
     /// The answer to `frame` with response code `code` and nothing else; without a MAC, as no
-    /// terminal is passed to `reply` (management messages, refusals before a terminal's keys).
+    /// terminal is passed to `reply` (sign-in, echo, refusals before a terminal's MAC is
+    /// checked).
     pub fn answer_code(&self, frame: &Frame<'_>, code: [u8; 2]) -> Option<Vec<u8>> {
         self.reply(frame, None, &Answer::code(code), None, |_| Ok(()))
     }

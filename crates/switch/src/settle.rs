@@ -18,8 +18,8 @@ use store::{Record, TxnKind, TxnRow, TxnState};
 use crate::clock::LocalTime;
 use crate::config::{CUTOVER_GRACE_MS, MINUTES_PER_DAY};
 use crate::core::{
-    Core, RC_APPROVED, RC_BATCH_OUT_OF_STEP, RC_FORMAT_ERROR, RC_INVALID_MERCHANT,
-    RC_NOT_REGISTERED, RC_RECONCILE_UNBALANCED, Terminal,
+    Core, RC_APPROVED, RC_BATCH_OUT_OF_STEP, RC_FORMAT_ERROR, RC_INVALID_MERCHANT, RC_MAC_FAILED,
+    RC_NOT_REGISTERED, RC_RECONCILE_UNBALANCED, RC_SYSTEM_ERROR, Terminal,
 };
 use crate::ledger::Answer;
 
@@ -269,10 +269,12 @@ impl Core {
     }
 
     /// Why a settlement or batch upload of `terminal` for `batch_no` is refused, if it is:
-    /// these messages carry no MAC, so what they may do is held to what the terminal would
-    /// send. Another merchant's ID: 03. Not signed in: 77. A batch other than the terminal's
-    /// current one or the one its last settlement closed (a resent settlement, an upload after
-    /// it): 77, so that no message can move a terminal's batch anywhere else.
+    /// these messages carry no MAC in most terminals, so what they may do is held to what the
+    /// terminal would send. Another merchant's ID: 03. Not signed in: 77. A MAC (field 64)
+    /// that the terminal's MAK does not give: A0, as for a purchase (a terminal that sends one
+    /// is held to it; one that sends none is not asked for it). A batch other than the
+    /// terminal's current one or the one its last settlement closed (a resent settlement, an
+    /// upload after it): 77, so that no message can move a terminal's batch anywhere else.
     fn management_refusal(
         &self,
         frame: &Frame<'_>,
@@ -282,8 +284,18 @@ impl Core {
         if !terminal.names_own_merchant(&frame.message) {
             return Some(RC_INVALID_MERCHANT);
         }
-        if terminal.keys.is_none() {
+        let Some(keys) = terminal.keys else {
             return Some(RC_BATCH_OUT_OF_STEP);
+        };
+        if let Some(mac) = frame.message.mac() {
+            let mac_ok = self
+                .hsm
+                .verify_mac(keys.mak, terminal.mac, frame.message.mac_input(), mac)
+                .unwrap_or(false);
+            if !mac_ok {
+                tracing::info!(tid = %terminal.tid, "MAC verification failed");
+                return Some(RC_MAC_FAILED);
+            }
         }
         let previous = if terminal.batch_no <= 1 {
             999_999
@@ -306,11 +318,21 @@ impl Core {
             tracing::info!(tid = %terminal.tid, batch_no, "settlement refused");
             return self.answer_code(frame, code);
         }
+        // Past the checks: a request that carried a MAC gets its answers MACed.
+        let answer = |code| {
+            self.reply(
+                frame,
+                Some(&terminal),
+                &Answer::code(code),
+                None,
+                |_| Ok(()),
+            )
+        };
         let theirs = request
             .digits(48)
             .and_then(|d| SettlementTotals::parse(d).ok());
         let Some(mut rows) = self.batch_rows(&terminal.tid, batch_no).await else {
-            return self.system_error(frame);
+            return answer(RC_SYSTEM_ERROR);
         };
         // Rows received since the number's last settlement are a batch opened again under it
         // (a terminal replaced or reinstalled numbers its batches from 1 again): the rows from
@@ -319,7 +341,7 @@ impl Core {
         // started then. None since and other totals: a batch opened again and settled empty
         // (or with sales the host never had), not the earlier one.
         let Some(prior) = self.batch_settled(&terminal.tid, batch_no).await else {
-            return self.system_error(frame);
+            return answer(RC_SYSTEM_ERROR);
         };
         // (The request path draws the same line, at the settlement's time: the nodes' clocks
         // agree far closer than a batch's last sale and its settlement are apart.)
@@ -360,7 +382,7 @@ impl Core {
             if closed_before && !reopened {
                 tracing::info!(tid = %terminal.tid, batch_no, "unreadable settlement of a closed batch");
             } else if self.persist_within(vec![settled]).await.is_err() {
-                return self.system_error(frame);
+                return answer(RC_SYSTEM_ERROR);
             }
         } else {
             // The terminal starts its next batch after settling, balanced or not; an
@@ -371,16 +393,22 @@ impl Core {
                 batch_no: next,
             };
             if self.persist_within(vec![settled, batch]).await.is_err() {
-                return self.system_error(frame);
+                return answer(RC_SYSTEM_ERROR);
             }
             // Only the batch: a sign-in or a suspension made during the writes stays.
             self.modify_terminal(&terminal.tid, |t| t.batch_no = next);
         }
         tracing::info!(tid = %terminal.tid, batch_no, result = result.0, "settled");
-        self.reply(frame, None, &Answer::code(RC_APPROVED), None, |out| {
-            out.set_composed(&ours)?;
-            Ok(())
-        })
+        self.reply(
+            frame,
+            Some(&terminal),
+            &Answer::code(RC_APPROVED),
+            None,
+            |out| {
+                out.set_composed(&ours)?;
+                Ok(())
+            },
+        )
     }
 
     /// 0320: records of an upload are kept (last four PAN digits only); the end message
@@ -405,6 +433,16 @@ impl Core {
             tracing::info!(tid = %terminal.tid, batch_no, "batch upload refused");
             return self.answer_code(frame, code);
         }
+        // Past the checks: a request that carried a MAC gets its answers MACed.
+        let answer = |code| {
+            self.reply(
+                frame,
+                Some(&terminal),
+                &Answer::code(code),
+                None,
+                |_| Ok(()),
+            )
+        };
         let now_ms = self.clock.now_ms();
         let records = match kind {
             Wire::BatchUploadEnd { .. } => {
@@ -414,10 +452,10 @@ impl Core {
                     .digits(48)
                     .and_then(|d| BatchUploadEnd::parse(d).ok());
                 let Some(declared) = declared else {
-                    return self.answer_code(frame, RC_FORMAT_ERROR);
+                    return answer(RC_FORMAT_ERROR);
                 };
                 let Some(settled) = self.batch_settled(&terminal.tid, batch_no).await else {
-                    return self.system_error(frame);
+                    return answer(RC_SYSTEM_ERROR);
                 };
                 match self
                     .batch_differences(&terminal.tid, batch_no, settled.as_ref())
@@ -430,7 +468,7 @@ impl Core {
                     Some((received, _)) if received != usize::from(declared.count) => {
                         tracing::info!(tid = %terminal.tid, batch_no, received,
                             declared = declared.count, "batch upload incomplete");
-                        return self.answer_code(frame, RC_RECONCILE_UNBALANCED);
+                        return answer(RC_RECONCILE_UNBALANCED);
                     }
                     Some((_, rows)) => {
                         tracing::info!(tid = %terminal.tid, batch_no, differences = rows.len(),
@@ -442,7 +480,7 @@ impl Core {
                             rows,
                         })]
                     }
-                    None => return self.system_error(frame),
+                    None => return answer(RC_SYSTEM_ERROR),
                 }
             }
             Wire::BatchUpload(BatchUploadKind::IcBalanced | BatchUploadKind::IcUnbalanced)
@@ -454,7 +492,7 @@ impl Core {
                 let (Some(pan), Some(amount), Some(stan)) =
                     (card, request.amount(), request.stan())
                 else {
-                    return self.answer_code(frame, RC_FORMAT_ERROR);
+                    return answer(RC_FORMAT_ERROR);
                 };
                 vec![Record::Settlement(SettlementRecord::BatchUpload(
                     BatchUploadRow {
@@ -471,7 +509,7 @@ impl Core {
             _ => {
                 let upload = request.digits(48).and_then(|d| BatchUpload::parse(d).ok());
                 let Some(upload) = upload else {
-                    return self.answer_code(frame, RC_FORMAT_ERROR);
+                    return answer(RC_FORMAT_ERROR);
                 };
                 upload
                     .records()
@@ -492,9 +530,9 @@ impl Core {
             }
         };
         if !records.is_empty() && self.persist_within(records).await.is_err() {
-            return self.system_error(frame);
+            return answer(RC_SYSTEM_ERROR);
         }
-        self.answer_code(frame, RC_APPROVED)
+        answer(RC_APPROVED)
     }
 
     /// The uploaded records against the batch's counted journal rows, by trace, for the

@@ -146,6 +146,67 @@ async fn a_settlement_cannot_move_a_terminals_batch_anywhere() {
     assert_eq!(h.store.terminal(TID).unwrap().unwrap().batch_no, 2);
 }
 
+/// Most terminals send settlements and uploads without a MAC; one that sends a MAC is held to
+/// it: a wrong one is answered A0 and moves nothing, a right one gets MACed answers.
+#[tokio::test]
+async fn a_settlement_or_upload_carrying_a_mac_is_held_to_it() {
+    let h = Harness::new().await;
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let pan = card("622202");
+    assert_eq!(t.send(&Req::purchase(&pan, 1_000, 1)).await.code(), "00");
+    let settlement = |stan: u32| {
+        let mut out = MessageBuilder::new(Mti::SETTLEMENT);
+        out.set_stan(stan).unwrap();
+        out.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+        out.set_composed(&totals((900, 1), (0, 0))).unwrap();
+        out.set_text(49, "156").unwrap();
+        out.set_digits(60, "00000001201").unwrap();
+        out.set_text(63, "001").unwrap();
+        out
+    };
+    // A wrong MAC: A0 (sign in again), and the batch neither settles nor moves.
+    let refused = t.exchange(&t.encode_with_mac(&settlement(900), true)).await;
+    assert_eq!(refused.code(), "A0");
+    assert!(h.store.batch_settlement(TID, 1).unwrap().is_none());
+    assert_eq!(h.store.terminal(TID).unwrap().unwrap().batch_no, 1);
+    // The right MAC: settled (unbalanced, the host has 10.00), the answer MACed.
+    let settled = t
+        .exchange(&t.encode_with_mac(&settlement(901), false))
+        .await;
+    assert_eq!(settled.code(), "00");
+    assert!(t.mac_ok(&settled));
+    let host = SettlementTotals::parse(settled.frame().message.digits(48).unwrap()).unwrap();
+    assert_eq!(host.domestic.result, SettleResult::UNBALANCED);
+    // An upload record with a wrong MAC is not kept; with the right one it is, and the end
+    // (MACed too) compares it.
+    let mut up = BatchUpload::new();
+    up.push(BatchRecord::new(CardOrganisation::DOMESTIC, 1, &pan, 900).unwrap())
+        .unwrap();
+    let mut record = MessageBuilder::new(Mti::BATCH_UPLOAD);
+    record.set_stan(902).unwrap();
+    record.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+    record.set_composed(&up).unwrap();
+    record.set_digits(60, "00000001201").unwrap();
+    let refused = t.exchange(&t.encode_with_mac(&record, true)).await;
+    assert_eq!(refused.code(), "A0");
+    let mut end = MessageBuilder::new(Mti::BATCH_UPLOAD);
+    end.set_stan(903).unwrap();
+    end.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+    end.set_composed(&BatchUploadEnd { count: 1 }).unwrap();
+    end.set_digits(60, "00000001207").unwrap();
+    // Nothing arrived: the end counting one record is answered 79, MACed.
+    let again = t.exchange(&t.encode_with_mac(&end, false)).await;
+    assert_eq!(again.code(), "79");
+    assert!(t.mac_ok(&again));
+    let kept = t.exchange(&t.encode_with_mac(&record, false)).await;
+    assert_eq!(kept.code(), "00");
+    assert!(t.mac_ok(&kept));
+    let compared = t.exchange(&t.encode_with_mac(&end, false)).await;
+    assert_eq!(compared.code(), "00");
+    assert_eq!(differences(&h, 1), vec![(1, BatchDiffKind::AmountDiffers)]);
+}
+
 #[tokio::test]
 async fn balanced_batch_closes_and_an_unbalanced_one_is_explained_by_its_upload() {
     let h = Harness::new().await;

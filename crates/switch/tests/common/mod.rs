@@ -777,6 +777,11 @@ impl Terminal {
         if let Some(f61) = &req.f61 {
             out.set_digits(61, f61).unwrap();
         }
+        self.encode_with_mac(&out, bad_mac)
+    }
+
+    /// Encodes `out` with a MAC under the session MAK (or a wrong MAC when `bad_mac`).
+    pub fn encode_with_mac(&self, out: &MessageBuilder, bad_mac: bool) -> Vec<u8> {
         let mut bytes = Vec::new();
         let mak = self.keys.as_ref().map(|k| k.mak.clone());
         out.encode_frame_with_mac(&head(), &mut bytes, |data| {
