@@ -1414,16 +1414,36 @@ impl Core {
                 match parse_reply(reply, entry.rrn.as_deref()) {
                     Ok(answer) => {
                         let approved = answer.response_code == RC_APPROVED;
+                        let about_link = ISSUER_LINK_CODES.contains(&answer.response_code);
                         let detail = if approved {
                             format!(
                                 "approved by {bank} at {at}, auth code {} ({what})",
                                 answer.auth_code.as_deref().unwrap_or("-")
+                            )
+                        } else if about_link {
+                            tracing::warn!(
+                                code = answer.code_text(),
+                                bank,
+                                "issuer declined with a code about the acquirer's link to it"
+                            );
+                            format!(
+                                "declined by {bank} at {at}: {}, a code about the acquirer's \
+                                 link to {bank}, not this terminal: answered 96 ({what})",
+                                answer.code_text()
                             )
                         } else {
                             format!(
                                 "declined by {bank} at {at}: {} ({what})",
                                 answer.code_text()
                             )
+                        };
+                        // Passed on, such a code would have the terminal sign in again or
+                        // doubt its own software, which cannot help; and the risk rules would
+                        // count a 99 as a wrong PIN of this card at this terminal.
+                        let answer = if about_link {
+                            Answer::code(RC_SYSTEM_ERROR)
+                        } else {
+                            answer
                         };
                         records.push(self.event(
                             entry.id,
@@ -2262,6 +2282,13 @@ impl Undo {
         }
     }
 }
+
+/// Response codes an issuer may decline with that speak of the acquirer's side of the link
+/// (its message format, its keys under the zone key, its MACs, its sign-in and batch with the
+/// issuer), not of the terminal or the card: format error (30), out of step (22, 77),
+/// reconciliation (79), PIN block under the zone key (99), MAC (A0). The request is declined
+/// and the terminal answered 96 (the acquirer acts); the issuer's code is in its event.
+const ISSUER_LINK_CODES: [[u8; 2]; 6] = [*b"22", *b"30", *b"77", *b"79", *b"99", *b"A0"];
 
 /// Why an issuer's answer could not be taken as it stands: it is treated as one that may have
 /// been an approval (answered 96, reversed).

@@ -782,6 +782,40 @@ fn a_reply_carrying_another_requests_rrn_or_none_does_not_answer_this_one() {
     });
 }
 
+/// An issuer's decline with a code about the acquirer's side of the link (99: the PIN block
+/// under the zone key) is not passed on: the terminal would be told to sign in again, which
+/// cannot help. It gets 96 without the sign-in flag; the journal keeps the issuer's code.
+#[test]
+fn an_issuer_decline_about_the_link_is_answered_96_not_passed_on() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let r = t
+            .send(&Req::purchase(&card("622202"), LINK_CODE_AMOUNT, 2))
+            .await;
+        assert_eq!(r.code(), "96");
+        assert!(t.mac_ok(&r));
+        assert_eq!(
+            r.frame().head.header.processing_requirement(),
+            iso8583::ProcessingRequirement::NONE
+        );
+        let row = h.store.txn_by_rrn(&r.text(37).unwrap()).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Declined);
+        assert!(h.store.reversal(row.id).unwrap().is_none());
+        let events = h.store.events(row.id).unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.kind == "declined" && e.detail.contains(": 99, a code about")),
+            "{events:?}"
+        );
+        // The terminal's keys are fine: its next purchase goes through.
+        let r = t.send(&Req::purchase(&card("622202"), 1_000, 3)).await;
+        assert_eq!(r.code(), "00");
+    });
+}
+
 /// An answer the switch could not read (it may have been an approval) whose outcome the
 /// journal refused, and whose reversal, queued on its own, it refused too: a terminal reversal
 /// that comes before the sweep must queue the reversal, not take the request for one that

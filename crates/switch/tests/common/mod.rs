@@ -64,6 +64,9 @@ pub const NO_RRN_AMOUNT: u64 = 4_343;
 /// table (CUP's "approved with defects" in some dialects: an approval this host cannot take
 /// for a decline).
 pub const UNKNOWN_CODE_AMOUNT: u64 = 4_444;
+/// An amount the minimal issuer declines with 99: a PIN block it could not read under the
+/// zone key, the acquirer's side of the link at fault, not the terminal.
+pub const LINK_CODE_AMOUNT: u64 = 9_909;
 /// The card whose balance inquiries the minimal issuer answers with response code A2 (not in
 /// the protocol's table: unreadable).
 pub fn unreadable_inquiry_card() -> String {
@@ -158,6 +161,9 @@ pub async fn start_issuer_on(addr: SocketAddr, log: Arc<IssuerLog>) -> SocketAdd
                             Some(SILENT_AMOUNT) => continue,
                             Some(DECLINE_AMOUNT) => {
                                 out.set_text(39, "51").unwrap();
+                            }
+                            Some(LINK_CODE_AMOUNT) => {
+                                out.set_text(39, "99").unwrap();
                             }
                             Some(UNKNOWN_CODE_AMOUNT) => {
                                 out.set_text(39, "A2")
