@@ -23,8 +23,8 @@ pub use clearing::{
 pub use fees::{CardClass, FeePlan, TermsError, set_terms, terms_of};
 pub use ledger::{LedgerAudit, LedgerError, Posting, accounts as ledger_accounts, audit};
 pub use payout::{
-    PayoutBank, PayoutError, PayoutInstruction, PayoutRunReport, SimBank, SimBankMemory,
-    SimBehaviour, run_payouts,
+    PAYOUT_STUCK_AFTER_MS, PayoutBank, PayoutError, PayoutInstruction, PayoutRunReport, SimBank,
+    SimBankMemory, SimBehaviour, is_stuck, run_payouts,
 };
 pub use reconcile::{
     FindingKind, IssuerClearingRow, ReconFinding, ReconReport, ReconcileError, parse_clearing_csv,

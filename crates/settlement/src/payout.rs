@@ -4,7 +4,8 @@
 //! that account) make a rerun or a crash harmless: a bank reference is paid at most once, a
 //! payout succeeds at most once.
 //! Permanent failures hold the funds and flag the account for re-binding; transient ones retry
-//! with backoff; a confirmed re-binding releases the held payout, less what its merchant has
+//! with backoff, and are reported stuck a day after their first attempt so that an operator
+//! calls the bank; a confirmed re-binding releases the held payout, less what its merchant has
 //! come to owe meanwhile. [`SimBank`] is the embedded bank with the real failure modes.
 
 use std::collections::HashMap;
@@ -22,6 +23,12 @@ use crate::ledger::{LedgerError, Posting, accounts, posting_record};
 /// Transient failures back off from the first delay, doubling, up to the last.
 pub const RETRY_BACKOFF_FIRST_MS: i64 = 60_000;
 pub const RETRY_BACKOFF_LAST_MS: i64 = 3_600_000;
+/// A payout still retrying after bank system errors this long after the bank was first asked
+/// to pay it is stuck: retrying stays harmless (its reference is paid once at most), but the
+/// merchant's money has not moved for a day of hourly attempts and only a call to the bank
+/// will tell why. A day, because the diagnosis tells the merchant to call the acquirer when a
+/// payout has not arrived after a working day: the operators should know by then.
+pub const PAYOUT_STUCK_AFTER_MS: i64 = 24 * 3_600_000;
 /// Payouts looked at per run at most (one per merchant and day: far above a day's merchants).
 pub const PAYOUTS_PER_RUN_MAX: u32 = 10_000;
 /// The store counter payout event ids come from.
@@ -54,6 +61,18 @@ pub trait PayoutBank: Send + Sync {
 /// Failures that no retry will cure: the merchant (or the bank's customer service) must act.
 pub fn is_permanent(failure: PayoutFailure) -> bool {
     !matches!(failure, PayoutFailure::BankSystemError)
+}
+
+/// Whether `payout` is stuck at `now_ms`: pending, its last attempt answered with a bank system
+/// error, and first sent [`PAYOUT_STUCK_AFTER_MS`] or more ago. It stops being stuck when it is
+/// sent, or fails for good (held), since it is no longer pending; a held payout released to a
+/// new account is timed afresh from that account's first attempt.
+pub fn is_stuck(payout: &PayoutRow, now_ms: i64) -> bool {
+    payout.state == PayoutState::Pending
+        && payout.failure.as_deref() == Some(PayoutFailure::BankSystemError.key())
+        && payout
+            .first_attempt_ms
+            .is_some_and(|first| now_ms.saturating_sub(first) >= PAYOUT_STUCK_AFTER_MS)
 }
 
 /// How a simulated account behaves.
@@ -384,6 +403,10 @@ pub struct PayoutRunReport {
     /// Payouts not sent because their merchant is suspended (a risk alert acted on, an
     /// operator's review): they wait, pending, until the merchant is approved again.
     pub withheld: Vec<String>,
+    /// Payouts left pending by bank system errors [`PAYOUT_STUCK_AFTER_MS`] or more after their
+    /// first attempt ([`is_stuck`]), whether this run tried them again or they were not due:
+    /// still retried, and for an operator to take up with the bank.
+    pub stuck: Vec<String>,
 }
 
 impl PayoutRunReport {
@@ -488,8 +511,9 @@ fn failure_text(failure: PayoutFailure) -> String {
 }
 
 /// One payout run for `today` (`YYYYMMDD`): returns reported by the bank, held payouts released
-/// after a confirmed re-binding, new payouts for what cleared by `today − delay`, and every due
-/// payout sent. Safe to run as often as one likes.
+/// after a confirmed re-binding, new payouts for what cleared by `today − delay`, every due
+/// payout sent, and the payouts stuck on bank system errors reported. Safe to run as often as
+/// one likes.
 pub fn run_payouts(
     store: &dyn Store,
     bank: &dyn PayoutBank,
@@ -608,6 +632,7 @@ pub fn run_payouts(
         // attempts and no reference is one from before references were fixed ahead).
         payout.bank_reference = None;
         payout.sent_to = None;
+        payout.first_attempt_ms = None;
         payout.attempts = 0;
         // What went wrong is fixed (the merchant re-bound): the failure stays in the payout's
         // events, not on the payout, whose page would still ask for the fix.
@@ -701,6 +726,7 @@ pub fn run_payouts(
             bank_reference: None,
             sent_to: None,
             failure: None,
+            first_attempt_ms: None,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
         };
@@ -790,6 +816,9 @@ pub fn run_payouts(
                 fixed.account_version = version;
                 fixed.account_masked = account.number_masked.clone();
                 fixed.attempts = read_attempts.saturating_add(1);
+                // Kept when already set: a payout retried from before references were fixed
+                // ahead has been waiting since its first attempt then, not since this one.
+                fixed.first_attempt_ms = payout.first_attempt_ms.or(Some(now_ms));
                 fixed.updated_at_ms = now_ms;
                 let event = run.event(
                     &fixed,
@@ -892,6 +921,15 @@ pub fn run_payouts(
             }
         }
     }
+
+    // 5. What is stuck as this run leaves it: read again, as another run may have moved a
+    // payout on meanwhile, and those not due this time count too.
+    report.stuck = store
+        .payouts(None, Some(PayoutState::Pending), PAYOUTS_PER_RUN_MAX)?
+        .into_iter()
+        .filter(|p| is_stuck(p, now_ms))
+        .map(|p| p.key)
+        .collect();
     Ok(report)
 }
 

@@ -1471,6 +1471,7 @@ fn a_return_of_a_first_attempt_to_a_newer_account_is_not_lost() {
                 bank_reference: None,
                 sent_to: None,
                 failure: None,
+                first_attempt_ms: None,
                 created_at_ms: 1,
                 updated_at_ms: 1,
             })),
@@ -1980,6 +1981,152 @@ fn a_suspended_merchants_payout_waits_for_the_suspension_to_end() {
     let paid = run_payouts(store, &bank, &sealer, "20261124", 2_000).unwrap();
     assert_eq!(paid.sent, vec![key.clone()]);
     assert!(paid.withheld.is_empty());
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// The payout of `key` as the store has it now, and whether it is stuck at `now_ms`.
+#[allow(clippy::unwrap_used)]
+fn stuck_at(store: &dyn Store, key: &str, now_ms: i64) -> bool {
+    settlement::is_stuck(&store.payout(key).unwrap().unwrap(), now_ms)
+}
+
+/// A bank answering a payout with system errors for ever: it is retried, its money in flight
+/// and its reference unchanged, and not stuck for a day after its first attempt; from then on
+/// every run reports it stuck, tried again or not, until the bank pays it.
+#[test]
+fn a_payout_the_bank_errs_on_for_a_day_is_reported_stuck_until_it_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    let number = one_sale_cleared_and_bound(store, &directory, &sealer, 96);
+    let bank = SimBank::new();
+    bank.set_behaviour(&number, SimBehaviour::SystemErrors(1_000));
+    let key = format!("{M1}:20261124");
+    let first = 1_000;
+    let run = run_payouts(store, &bank, &sealer, "20261124", first).unwrap();
+    assert_eq!(run.retrying, vec![key.clone()]);
+    let reference = store.payout(&key).unwrap().unwrap().bank_reference;
+    assert_eq!(reference, Some(format!("{key}#v1")));
+    // Every quarter of an hour for a day: retried as the backoff allows, never stuck.
+    let mut retried = 1;
+    let mut now = first;
+    while now + 15 * 60_000 < first + settlement::PAYOUT_STUCK_AFTER_MS {
+        now += 15 * 60_000;
+        let run = run_payouts(store, &bank, &sealer, "20261124", now).unwrap();
+        assert!(run.stuck.is_empty(), "{run:?}");
+        assert!(!stuck_at(store, &key, now));
+        retried += run.retrying.len();
+    }
+    // 1, 2, 4, 8, 16, 32 minutes, then hourly (at the next quarter hour).
+    assert!(retried >= 20, "{retried} attempts");
+    let day = first + settlement::PAYOUT_STUCK_AFTER_MS;
+    let run = run_payouts(store, &bank, &sealer, "20261124", day).unwrap();
+    assert_eq!(run.stuck, vec![key.clone()], "{run:?}");
+    // Not due again a minute later, and still stuck.
+    let run = run_payouts(store, &bank, &sealer, "20261124", day + 60_000).unwrap();
+    assert!(run.retrying.is_empty(), "{run:?}");
+    assert_eq!(run.stuck, vec![key.clone()], "{run:?}");
+    // Nothing held, nothing flagged, the same reference all along.
+    let payout = store.payout(&key).unwrap().unwrap();
+    assert_eq!(
+        (payout.state, payout.bank_reference, payout.first_attempt_ms),
+        (PayoutState::Pending, reference, Some(first))
+    );
+    assert_eq!(
+        store
+            .ledger_balance(&acct::payouts_in_flight(M1), None)
+            .unwrap(),
+        -(10_000 - 55)
+    );
+    assert_eq!(store.ledger_balance(&acct::held(M1), None).unwrap(), 0);
+    assert!(!store.bound_account(M1).unwrap().unwrap().needs_rebind);
+
+    // The bank mends: the next attempt pays it, and it is stuck no more.
+    bank.set_behaviour(&number, SimBehaviour::Normal);
+    let paid = run_payouts(store, &bank, &sealer, "20261124", day + 2 * HOUR_MS).unwrap();
+    assert_eq!(paid.sent, vec![key.clone()], "{paid:?}");
+    assert!(paid.stuck.is_empty(), "{paid:?}");
+    assert!(!stuck_at(store, &key, day + 2 * HOUR_MS));
+    assert_eq!(bank.credited(&number), 10_000 - 55);
+    assert_eq!(bank.payments(&number), 1);
+    assert!(audit(store).unwrap().balanced);
+}
+
+/// A stuck payout the bank then refuses for good (the account frozen) is held, and no longer
+/// stuck: it waits for the merchant's re-binding, not for the bank.
+#[test]
+fn a_stuck_payout_that_fails_for_good_is_held_and_no_longer_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    let number = one_sale_cleared_and_bound(store, &directory, &sealer, 97);
+    let bank = SimBank::new();
+    bank.set_behaviour(&number, SimBehaviour::SystemErrors(1_000));
+    let key = format!("{M1}:20261124");
+    let first = 1_000;
+    run_payouts(store, &bank, &sealer, "20261124", first).unwrap();
+    let later = first + settlement::PAYOUT_STUCK_AFTER_MS + HOUR_MS;
+    let run = run_payouts(store, &bank, &sealer, "20261125", later).unwrap();
+    assert_eq!(
+        (run.retrying.clone(), run.stuck.clone()),
+        (vec![key.clone()], vec![key.clone()]),
+        "{run:?}"
+    );
+    bank.set_behaviour(&number, SimBehaviour::Frozen);
+    let run = run_payouts(store, &bank, &sealer, "20261125", later + HOUR_MS).unwrap();
+    assert_eq!(run.held, vec![key.clone()], "{run:?}");
+    assert!(run.stuck.is_empty(), "{run:?}");
+    assert!(!stuck_at(store, &key, later + HOUR_MS));
+    assert!(audit(store).unwrap().balanced);
+}
+
+/// A payout held for days (the account frozen) and released to a new account that the bank
+/// answers with system errors: it has waited since it was made, but on the bank only since the
+/// new account's first attempt, and is stuck a day after that, not at once.
+#[test]
+fn a_released_payout_is_stuck_a_day_after_its_new_accounts_first_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    let frozen = one_sale_cleared_and_bound(store, &directory, &sealer, 98);
+    let bank = SimBank::new();
+    bank.set_behaviour(&frozen, SimBehaviour::Frozen);
+    let key = format!("{M1}:20261124");
+    let run = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
+    assert_eq!(run.held, vec![key.clone()]);
+    let new_card = card("622848", 19, 99);
+    bank.set_behaviour(&new_card, SimBehaviour::SystemErrors(1_000));
+    let days = 3 * settlement::PAYOUT_STUCK_AFTER_MS;
+    rebind(
+        store,
+        &sealer,
+        &directory,
+        &card_input(&new_card, "王小明"),
+        days,
+    );
+    let released = run_payouts(store, &bank, &sealer, "20261127", days + 1_000).unwrap();
+    assert_eq!(
+        (released.released.clone(), released.retrying.clone()),
+        (vec![key.clone()], vec![key.clone()]),
+        "{released:?}"
+    );
+    assert!(released.stuck.is_empty(), "{released:?}");
+    let payout = store.payout(&key).unwrap().unwrap();
+    assert_eq!(payout.first_attempt_ms, Some(days + 1_000));
+    let almost = days + 1_000 + settlement::PAYOUT_STUCK_AFTER_MS - 1;
+    let run = run_payouts(store, &bank, &sealer, "20261127", almost).unwrap();
+    assert!(run.stuck.is_empty(), "{run:?}");
+    let run = run_payouts(store, &bank, &sealer, "20261128", almost + 1).unwrap();
+    assert_eq!(run.stuck, vec![key.clone()], "{run:?}");
+    assert_eq!(bank.payments(&new_card), 0);
+    assert!(audit(store).unwrap().balanced);
 }
 
 /// M1's account replaced by the merchant ("m") and the change confirmed by an operator, as

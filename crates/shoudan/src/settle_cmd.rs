@@ -388,8 +388,8 @@ pub fn settle(args: SettleArgs) -> CliResult {
     Ok(())
 }
 
-/// Exit 1 when a run left payouts unsent for an account it could not unseal (a finding for
-/// whoever schedules the run), 2 on an error.
+/// Exit 1 when a run left payouts unsent for an account it could not unseal, or stuck on bank
+/// system errors for a day (findings for whoever schedules the run), 2 on an error.
 pub fn payouts(args: PayoutsArgs) -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
     let deployment = args.common.deployment()?;
     let store = deployment.store()?;
@@ -430,6 +430,7 @@ pub fn payouts(args: PayoutsArgs) -> Result<std::process::ExitCode, Box<dyn std:
         None => None,
     };
     let list = store.payouts_newest(args.mid.as_deref(), None, PAYOUTS_LISTED_MAX)?;
+    let now_ms = SystemClock.now_ms();
     if args.common.json {
         #[derive(Serialize)]
         struct Row<'a> {
@@ -442,6 +443,9 @@ pub fn payouts(args: PayoutsArgs) -> Result<std::process::ExitCode, Box<dyn std:
             account: &'a str,
             failure: Option<&'a str>,
             diagnosis: Option<&'static str>,
+            /// Retried after bank system errors for a day or more (`settlement::is_stuck`).
+            stuck: bool,
+            first_attempt_ms: Option<i64>,
         }
         let rows: Vec<Row<'_>> = list
             .iter()
@@ -459,6 +463,8 @@ pub fn payouts(args: PayoutsArgs) -> Result<std::process::ExitCode, Box<dyn std:
                     .as_deref()
                     .and_then(domain::PayoutFailure::from_key)
                     .map(|f| domain::diagnose_payout(f).title.en),
+                stuck: settlement::is_stuck(p, now_ms),
+                first_attempt_ms: p.first_attempt_ms,
             })
             .collect();
         print_json(&serde_json::json!({ "run": run, "payouts": rows }))?;
@@ -489,6 +495,17 @@ pub fn payouts(args: PayoutsArgs) -> Result<std::process::ExitCode, Box<dyn std:
                 run.unsealable.join(", ")
             );
         }
+        if !run.stuck.is_empty() {
+            println!(
+                "stuck: {} ({} for {} h or more since the first attempt; still retried every \
+                 hour under the same reference: call the bank)",
+                run.stuck.join(", "),
+                domain::diagnose_payout(domain::PayoutFailure::BankSystemError)
+                    .title
+                    .en,
+                settlement::PAYOUT_STUCK_AFTER_MS / 3_600_000
+            );
+        }
     }
     if list.is_empty() {
         println!("no payouts");
@@ -500,8 +517,21 @@ pub fn payouts(args: PayoutsArgs) -> Result<std::process::ExitCode, Box<dyn std:
             .and_then(domain::PayoutFailure::from_key)
             .map(|f| format!("  {}", domain::diagnose_payout(f).title.en))
             .unwrap_or_default();
+        let stuck = match p.first_attempt_ms {
+            Some(first) if settlement::is_stuck(p, now_ms) => {
+                let at = switch::LocalTime::from_ms(first);
+                format!(
+                    "  STUCK since {:04}-{:02}-{:02} {}",
+                    at.year,
+                    at.month,
+                    at.day,
+                    at.clock_text()
+                )
+            }
+            _ => String::new(),
+        };
         println!(
-            "{:<26} {:>14} {:<8} {:<22} attempts {}{why}",
+            "{:<26} {:>14} {:<8} {:<22} attempts {}{why}{stuck}",
             p.key,
             yuan(p.amount_fen),
             p.state.as_str(),
@@ -519,7 +549,7 @@ pub fn payouts(args: PayoutsArgs) -> Result<std::process::ExitCode, Box<dyn std:
 }
 
 fn payout_exit(run: Option<&settlement::PayoutRunReport>) -> std::process::ExitCode {
-    if run.is_some_and(|r| !r.unsealable.is_empty()) {
+    if run.is_some_and(|r| !r.unsealable.is_empty() || !r.stuck.is_empty()) {
         std::process::ExitCode::from(1)
     } else {
         std::process::ExitCode::SUCCESS

@@ -650,6 +650,22 @@ CREATE TABLE key_locks (
 );
 ",
     },
+    Migration {
+        version: 24,
+        name: "a payout keeps when the bank was first asked to pay its reference",
+        // A payout the bank answers with system errors is retried for ever; how long since its
+        // first attempt tells an operator when to call the bank. A payout already retrying
+        // takes it from its reference's `sending` event (the newest: a released payout's
+        // reference is a new one, sent again), or, from before those events, its creation.
+        sql: "
+ALTER TABLE payouts ADD COLUMN first_attempt_ms BIGINT;
+UPDATE payouts SET first_attempt_ms = COALESCE(
+    (SELECT MAX(e.at_ms) FROM payout_events e
+     WHERE e.payout_key = payouts.key AND e.kind = 'sending'),
+    created_at_ms)
+WHERE state = 'pending' AND attempts > 0;
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -260,6 +260,12 @@ pub struct PayoutRow {
     pub sent_to: Option<SentAccount>,
     /// `domain::PayoutFailure::key()` of the last failure.
     pub failure: Option<String>,
+    /// When the bank was first asked to pay `bank_reference` (set with it): how long a payout
+    /// retried after bank system errors has been waiting for its money, which `created_at_ms`
+    /// does not say (a payout may be held or withheld for days before it is first sent).
+    /// `None` before the first attempt, and again once a held payout is released to a newly
+    /// bound account.
+    pub first_attempt_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }

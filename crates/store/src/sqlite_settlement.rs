@@ -336,9 +336,9 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 "INSERT INTO payouts (key, mid, payout_date, cutoff_date, amount_fen, state,
                  attempts, next_attempt_ms, account_version, account_masked, bank_reference,
                  failure, created_at_ms, updated_at_ms, sent_number_sealed, sent_holder_name,
-                 sent_bank_code)
+                 sent_bank_code, first_attempt_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                 ?17)
+                 ?17, ?18)
                  ON CONFLICT (key) DO UPDATE SET state = excluded.state,
                  attempts = excluded.attempts, next_attempt_ms = excluded.next_attempt_ms,
                  account_version = excluded.account_version,
@@ -347,7 +347,8 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                  updated_at_ms = excluded.updated_at_ms,
                  sent_number_sealed = excluded.sent_number_sealed,
                  sent_holder_name = excluded.sent_holder_name,
-                 sent_bank_code = excluded.sent_bank_code",
+                 sent_bank_code = excluded.sent_bank_code,
+                 first_attempt_ms = excluded.first_attempt_ms",
             )?
             .execute_any(params![
                 p.key,
@@ -366,7 +367,8 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 p.updated_at_ms,
                 p.sent_to.as_ref().map(|a| &a.number_sealed),
                 p.sent_to.as_ref().map(|a| &a.holder_name),
-                p.sent_to.as_ref().map(|a| &a.bank_code)
+                p.sent_to.as_ref().map(|a| &a.bank_code),
+                p.first_attempt_ms
             ])?;
         }
         SettlementRecord::BalanceAtMost {
@@ -396,9 +398,9 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 "INSERT INTO payouts (key, mid, payout_date, cutoff_date, amount_fen, state,
                  attempts, next_attempt_ms, account_version, account_masked, bank_reference,
                  failure, created_at_ms, updated_at_ms, sent_number_sealed, sent_holder_name,
-                 sent_bank_code)
+                 sent_bank_code, first_attempt_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                 ?17)",
+                 ?17, ?18)",
             )?
             .execute_any(params![
                 p.key,
@@ -417,7 +419,8 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 p.updated_at_ms,
                 p.sent_to.as_ref().map(|a| &a.number_sealed),
                 p.sent_to.as_ref().map(|a| &a.holder_name),
-                p.sent_to.as_ref().map(|a| &a.bank_code)
+                p.sent_to.as_ref().map(|a| &a.bank_code),
+                p.first_attempt_ms
             ])?;
         }
         SettlementRecord::PayoutTransition {
@@ -430,7 +433,8 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                     "UPDATE payouts SET state = ?4, attempts = ?5, next_attempt_ms = ?6,
                      account_version = ?7, account_masked = ?8, bank_reference = ?9,
                      failure = ?10, updated_at_ms = ?11, sent_number_sealed = ?12,
-                     sent_holder_name = ?13, sent_bank_code = ?14, amount_fen = ?15
+                     sent_holder_name = ?13, sent_bank_code = ?14, amount_fen = ?15,
+                     first_attempt_ms = ?16
                      WHERE key = ?1 AND state = ?2 AND attempts = ?3",
                 )?
                 .execute(params![
@@ -448,7 +452,8 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                     p.sent_to.as_ref().map(|a| &a.number_sealed),
                     p.sent_to.as_ref().map(|a| &a.holder_name),
                     p.sent_to.as_ref().map(|a| &a.bank_code),
-                    p.amount_fen
+                    p.amount_fen,
+                    p.first_attempt_ms
                 ])?;
             expect_one(changed, "payout in the expected state")?;
         }
@@ -489,7 +494,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
 
 const PAYOUT_COLUMNS: &str = "key, mid, payout_date, cutoff_date, amount_fen, state, attempts, \
      next_attempt_ms, account_version, account_masked, bank_reference, failure, created_at_ms, \
-     updated_at_ms, sent_number_sealed, sent_holder_name, sent_bank_code";
+     updated_at_ms, sent_number_sealed, sent_holder_name, sent_bank_code, first_attempt_ms";
 
 fn payout_from_row(r: &Row<'_>) -> rusqlite::Result<PayoutRow> {
     Ok(PayoutRow {
@@ -515,6 +520,7 @@ fn payout_from_row(r: &Row<'_>) -> rusqlite::Result<PayoutRow> {
             }),
             _ => None,
         },
+        first_attempt_ms: r.get(17)?,
     })
 }
 

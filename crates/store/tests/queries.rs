@@ -637,6 +637,7 @@ fn payouts_are_read_newest_first(db: &Db) {
                 bank_code: "0102".into(),
             }),
             failure: None,
+            first_attempt_ms: None,
             created_at_ms: 0,
             updated_at_ms: 0,
         }))
@@ -702,6 +703,8 @@ fn payouts_are_read_newest_first(db: &Db) {
     let mut released = s.payout("m:20261103").unwrap().unwrap();
     released.state = PayoutState::Pending;
     released.amount_fen = 40;
+    // And when the bank was first asked: how long a retrying payout has waited.
+    released.first_attempt_ms = Some(7_000);
     s.submit(vec![Record::Settlement(
         SettlementRecord::PayoutTransition {
             expected_state: PayoutState::Held,
@@ -713,7 +716,10 @@ fn payouts_are_read_newest_first(db: &Db) {
     .wait()
     .unwrap();
     let row = s.payout("m:20261103").unwrap().unwrap();
-    assert_eq!((row.state, row.amount_fen), (PayoutState::Pending, 40));
+    assert_eq!(
+        (row.state, row.amount_fen, row.first_attempt_ms),
+        (PayoutState::Pending, 40, Some(7_000))
+    );
 }
 
 /// A merchant's duplicate flags newest first; a payment's flags whichever side it is on.

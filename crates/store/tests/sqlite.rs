@@ -629,6 +629,79 @@ fn the_clearing_totals_migration_sums_the_lines_already_cleared() {
     );
 }
 
+/// Migration 24 gives a payout already retrying when it was first sent: its reference's
+/// `sending` event (the newest, a released payout's reference being a new one), else its
+/// creation; a payout never sent, or done with, gets none.
+#[test]
+fn the_first_attempt_migration_dates_a_retrying_payout_from_its_reference() {
+    use store::settlement::{PayoutEventRow, PayoutRow, PayoutState};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let payout = |key: &str, state: PayoutState, attempts: u32| {
+        Record::Settlement(SettlementRecord::Payout(PayoutRow {
+            key: key.into(),
+            mid: "m".into(),
+            payout_date: "20261124".into(),
+            cutoff_date: "20261123".into(),
+            amount_fen: 100,
+            state,
+            attempts,
+            next_attempt_ms: 0,
+            account_version: 1,
+            account_masked: "6222****0123".into(),
+            bank_reference: None,
+            sent_to: None,
+            failure: None,
+            first_attempt_ms: None,
+            created_at_ms: 1_000,
+            updated_at_ms: 1_000,
+        }))
+    };
+    let event = |id: i64, key: &str, kind: &str, at_ms: i64| {
+        Record::Settlement(SettlementRecord::PayoutEvent(PayoutEventRow {
+            id,
+            at_ms,
+            mid: "m".into(),
+            payout_key: key.into(),
+            kind: kind.into(),
+            failure: None,
+            detail: String::new(),
+        }))
+    };
+    store
+        .submit(vec![
+            // Sent, held, released, sent again: retrying since the second `sending`.
+            payout("released", PayoutState::Pending, 2),
+            event(1, "released", "sending", 2_000),
+            event(2, "released", "sending", 9_000),
+            event(3, "released", "retry", 9_500),
+            // Retrying from before references were fixed ahead: no `sending` event.
+            payout("older", PayoutState::Pending, 3),
+            payout("unsent", PayoutState::Pending, 0),
+            payout("sent", PayoutState::Sent, 1),
+            event(4, "sent", "sending", 3_000),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    store.close();
+    drop(store);
+    let migration = store::schema::MIGRATIONS
+        .iter()
+        .find(|m| m.version == 24)
+        .unwrap();
+    let backfill = &migration.sql[migration.sql.find("UPDATE payouts").unwrap()..];
+    let conn = rusqlite::Connection::open(dir.path().join("shoudan.db")).unwrap();
+    conn.execute_batch(backfill).unwrap();
+    drop(conn);
+    let store = open(&dir);
+    let first = |key: &str| store.payout(key).unwrap().unwrap().first_attempt_ms;
+    assert_eq!(first("released"), Some(9_000));
+    assert_eq!(first("older"), Some(1_000));
+    assert_eq!(first("unsent"), None);
+    assert_eq!(first("sent"), None);
+}
+
 #[test]
 fn a_read_only_open_checks_it_is_a_journal() {
     let dir = tempfile::tempdir().unwrap();

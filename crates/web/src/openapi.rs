@@ -226,7 +226,7 @@ pub fn document() -> Value {
             "/api/settlements": { "get": op(
                 "Clearing totals per merchant and clearing date (gross, fees, net); terminal batch settlements (result, both totals, upload differences with what to do); settle runs for staff",
                 vec![param("mid", "query", "merchant (staff)")], None, "List") },
-            "/api/payouts": { "get": op("Payouts with status, newest first, 200 a page; failures with their diagnosis and steps",
+            "/api/payouts": { "get": op("Payouts with status, newest first, 200 a page; failures with their diagnosis and steps; stuck: retried after bank system errors for a day or more since first_attempt_ms",
                 vec![param("mid", "query", "merchant (staff)"),
                      param("state", "query", "pending, sent, held, returned"),
                      param("cursor", "query", "the next page: the previous page's next_cursor (null on the last)")], None, "List") },

@@ -129,8 +129,9 @@ impl From<risk::ops::OpsError> for ApiError {
     }
 }
 
-/// A payout as shown: failures with what they mean and what to do.
-pub fn payout_json(p: &PayoutRow) -> Value {
+/// A payout as shown at `now_ms`: failures with what they mean and what to do, and whether it
+/// is stuck (retried after bank system errors for a day: `settlement::is_stuck`).
+pub fn payout_json(p: &PayoutRow, now_ms: i64) -> Value {
     let failure = p.failure.as_deref().and_then(PayoutFailure::from_key);
     let diagnosis = failure.map(diagnosis::diagnose_payout);
     json!({
@@ -140,6 +141,8 @@ pub fn payout_json(p: &PayoutRow) -> Value {
         "account_masked": p.account_masked, "account_version": p.account_version,
         "bank_reference": p.bank_reference, "failure": p.failure,
         "diagnosis": diagnosis,
+        "first_attempt_ms": p.first_attempt_ms,
+        "stuck": settlement::is_stuck(p, now_ms),
         "updated_at_ms": p.updated_at_ms,
     })
 }
@@ -200,7 +203,8 @@ pub async fn payouts(
     Query(q): Query<MidQuery>,
 ) -> ApiResult {
     let rows = payouts_for(&web, &who, given(&q.mid), given(&q.state), given(&q.cursor))?;
-    let items: Vec<Value> = rows.iter().map(payout_json).collect();
+    let now_ms = web.clock.now_ms();
+    let items: Vec<Value> = rows.iter().map(|p| payout_json(p, now_ms)).collect();
     Ok(Json(
         json!({ "items": items, "next_cursor": payouts_cursor(&rows) }),
     ))

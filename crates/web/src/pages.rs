@@ -2284,8 +2284,35 @@ async fn console(
             );
         }
         failed.sort_by(|a, b| (&b.payout_date, &b.mid).cmp(&(&a.payout_date, &a.mid)));
+        // Retried after bank system errors for a day: retrying is harmless (one reference, paid
+        // once at most) but will not tell why the bank fails; an operator calls the bank.
+        let now_ms = web.clock.now_ms();
+        let stuck = failed
+            .iter()
+            .filter(|p| settlement::is_stuck(p, now_ms))
+            .count();
+        let stuck_note = if stuck > 0 {
+            format!(
+                "<p class=\"bad\" id=\"payouts-stuck\">{}</p>",
+                esc(&match l {
+                    Lang::Zh => format!(
+                        "{stuck} 笔出款自首次出款起已超过 {} 小时，收款银行仍一直返回系统故障；\
+                         系统仍以同一出款流水号每小时重试（不会重复付款），请联系收款银行。",
+                        settlement::PAYOUT_STUCK_AFTER_MS / 3_600_000
+                    ),
+                    Lang::En => format!(
+                        "{stuck} stuck: the receiving bank has answered with system errors for \
+                         {} h or more since the first attempt. They are still retried hourly \
+                         under the same reference (never paid twice): call the bank.",
+                        settlement::PAYOUT_STUCK_AFTER_MS / 3_600_000
+                    ),
+                })
+            )
+        } else {
+            String::new()
+        };
         body.push_str(&format!(
-            "<h2>{} ({})</h2><table id=\"payout-failures\"><tr><th>{}</th><th>{}</th>\
+            "<h2>{} ({})</h2>{stuck_note}<table id=\"payout-failures\"><tr><th>{}</th><th>{}</th>\
              <th>{}</th><th>{}</th><th>{}</th></tr>",
             t(l, "出款失败", "Payout failures"),
             failed.len(),
@@ -2296,10 +2323,18 @@ async fn console(
             t(l, "失败原因", "Failure"),
         ));
         for p in &failed {
+            let stuck = match p.first_attempt_ms {
+                Some(first) if settlement::is_stuck(p, now_ms) => format!(
+                    " <b class=\"bad payout-stuck\">{} {}</b>",
+                    t(l, "卡住，首次出款于", "stuck since"),
+                    esc(&format_time(first)),
+                ),
+                _ => String::new(),
+            };
             // To the merchant's settlement page: its account, its payouts, the re-binding.
             body.push_str(&format!(
                 "<tr><td><a class=\"payout-merchant\" href=\"/portal/settlement?mid={mid}\">{mid}</a></td>\
-                 <td>{}</td><td>¥{}</td><td>{}</td><td>{}</td></tr>",
+                 <td>{}</td><td>¥{}</td><td>{}</td><td>{}{stuck}</td></tr>",
                 esc(&date_text(&p.payout_date)),
                 yuan(p.amount_fen),
                 payout_state_text(l, p.state.as_str()),

@@ -3282,18 +3282,29 @@ fn a_suspected_duplicate_is_shown_with_what_to_do() {
 }
 
 /// A merchant paid out every day for longer than a page holds: the newest payout comes first,
-/// and when it fails the merchant's dashboard and the operators' console both show it.
+/// and when it fails the merchant's dashboard and the operators' console both show it; one
+/// retried after bank system errors for a day is shown stuck to the operators, and in the API.
 #[test]
 fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
     run(async move {
         let e = start().await;
         let days = i64::from(web::ops::PAYOUTS_MAX) + 50;
         let date = |n: i64| plus_days("20250101", n);
+        let now = e.web.clock.now_ms();
         let rows: Vec<store::Record> = (0..days)
             .map(|n| {
                 let newest = n == days - 1;
-                // The day before's is retrying after a bank system error.
-                let retrying = n == days - 2;
+                // The day before's is retrying after a bank system error, first sent a day ago
+                // (stuck); the day before that's too, first sent an hour ago (not yet).
+                let stuck = n == days - 2;
+                let retrying = stuck || n == days - 3;
+                let first_attempt_ms = if stuck {
+                    now - settlement::PAYOUT_STUCK_AFTER_MS
+                } else if retrying {
+                    now - 3_600_000
+                } else {
+                    n
+                };
                 store::Record::Settlement(store::settlement::SettlementRecord::Payout(
                     store::settlement::PayoutRow {
                         key: format!("{MID}:{}", date(n)),
@@ -3319,6 +3330,7 @@ fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
                         } else {
                             retrying.then(|| "payout-bank-error".to_owned())
                         },
+                        first_attempt_ms: Some(first_attempt_ms),
                         created_at_ms: n,
                         updated_at_ms: n,
                     },
@@ -3340,6 +3352,19 @@ fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
         assert_eq!(
             list["items"].as_array().unwrap().len(),
             usize::try_from(web::ops::PAYOUTS_MAX).unwrap()
+        );
+        let stuck: Vec<(&str, bool)> = list["items"].as_array().unwrap()[..3]
+            .iter()
+            .map(|p| (p["payout_date"].as_str().unwrap(), p["stuck"] == true))
+            .collect();
+        assert_eq!(
+            stuck,
+            [
+                (newest.as_str(), false),
+                (date(days - 2).as_str(), true),
+                (date(days - 3).as_str(), false)
+            ],
+            "{list}"
         );
         // The older fifty on the next page, and nothing after them.
         let next = list["next_cursor"].as_str().unwrap().to_owned();
@@ -3409,6 +3434,34 @@ fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
         let console = ops.get("/console?lang=en").await;
         let failures = console.body.split("id=\"payout-failures\"").nth(1).unwrap();
         assert!(failures.contains(&shown(&newest)), "{}", console.body);
+        // The stuck one is counted above the table and marked in its row, and only it.
+        assert!(
+            console.body.contains("id=\"payouts-stuck\">1 stuck:"),
+            "{}",
+            console.body
+        );
+        let row_of = |n: i64| {
+            failures
+                .split("<tr>")
+                .find(|row| row.contains(&shown(&date(n))))
+                .unwrap_or_else(|| panic!("{}", console.body))
+        };
+        assert!(
+            row_of(days - 2).contains("payout-stuck"),
+            "{}",
+            console.body
+        );
+        assert!(
+            !row_of(days - 3).contains("payout-stuck"),
+            "{}",
+            console.body
+        );
+        assert!(
+            !row_of(days - 1).contains("payout-stuck"),
+            "{}",
+            console.body
+        );
+        assert_eq!(failures.matches("payout-stuck").count(), 1);
         assert!(
             failures.contains(&format!("href=\"/portal/settlement?mid={MID}\"")),
             "{}",
