@@ -294,13 +294,23 @@ pub fn visible_cases(
 
 async fn cases(State(web): State<Web>, who: Principal, Query(q): Query<CaseFilter>) -> ApiResult {
     let limit = query::limit_param(&q.limit)?;
+    // A state or kind that is not one would list nothing, read by the caller as "no such
+    // cases": it is refused instead, as the alerts' and payouts' filters are.
+    let state = q.state.as_deref().filter(|s| !s.is_empty());
+    if state.is_some_and(|s| resolve::cases::CaseState::parse(s).is_none()) {
+        return Err(ApiError::bad_request("state: unknown"));
+    }
+    let kind = q.kind.as_deref().filter(|k| !k.is_empty());
+    if kind.is_some_and(|k| resolve::cases::CaseKind::parse(k).is_none()) {
+        return Err(ApiError::bad_request("kind: unknown"));
+    }
     let (items, next) = visible_cases(
         &web,
         &who,
         CaseQuery {
             mid: q.mid.as_deref(),
-            state: q.state.as_deref().filter(|s| !s.is_empty()),
-            kind: q.kind.as_deref().filter(|k| !k.is_empty()),
+            state,
+            kind,
             before_id: query::int_param(&q.cursor, "cursor")?,
             limit: u32::try_from(limit).unwrap_or(u32::MAX),
             ..CaseQuery::default()
@@ -995,6 +1005,11 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// How far back a case's due date may be set: a year.
+const DUE_BACK_MS_MAX: i64 = 366 * 86_400_000;
+/// How far ahead a case's due date may be set: five years.
+const DUE_AHEAD_MS_MAX: i64 = 5 * 366 * 86_400_000;
+
 /// Operator: who works on a case and by when (audited).
 async fn assign(
     State(web): State<Web>,
@@ -1009,6 +1024,19 @@ async fn assign(
         None => before.assignee.clone(),
     };
     let due_at_ms = body.due_at_ms.unwrap_or(before.due_at_ms);
+    // A date no case is due by (a year back, five ahead) is a mistyped one, not a plan.
+    let now_ms = web.clock.now_ms();
+    let sane = now_ms.saturating_sub(DUE_BACK_MS_MAX)..=now_ms.saturating_add(DUE_AHEAD_MS_MAX);
+    if body
+        .due_at_ms
+        .flatten()
+        .is_some_and(|due| !sane.contains(&due))
+    {
+        return Err(
+            ApiError::bad_request("due_at_ms: within a year back and five years ahead")
+                .zh("到期时间须在一年前至五年后之间"),
+        );
+    }
     // Someone who can work on it: an enabled operator or admin.
     if let Some(name) = &assignee {
         let staff = web.store.web_user_by_name(name)?.is_some_and(|u| {

@@ -27,7 +27,10 @@ pub const HEALTH_DAYS: i64 = 7;
 
 /// Midnight (CST) of the day `ms` falls in.
 pub fn cst_day_start(ms: i64) -> i64 {
-    (ms + CST_OFFSET_MS).div_euclid(MS_PER_DAY) * MS_PER_DAY - CST_OFFSET_MS
+    ms.saturating_add(CST_OFFSET_MS)
+        .div_euclid(MS_PER_DAY)
+        .saturating_mul(MS_PER_DAY)
+        .saturating_sub(CST_OFFSET_MS)
 }
 
 /// `YYYY-MM-DD` (CST) → the day's first millisecond.
@@ -49,7 +52,8 @@ pub fn parse_date(text: &str) -> Option<i64> {
 
 /// The CST date of `ms` as `YYYY-MM-DD`.
 pub fn format_date(ms: i64) -> String {
-    let (y, m, d) = domain::date::civil_from_days((ms + CST_OFFSET_MS).div_euclid(MS_PER_DAY));
+    let days = ms.saturating_add(CST_OFFSET_MS).div_euclid(MS_PER_DAY);
+    let (y, m, d) = domain::date::civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02}")
 }
 
@@ -790,6 +794,14 @@ mod tests {
         assert_eq!(cst_day_start(ms + 5), ms);
         assert!(parse_date("2026-02-30").is_none());
         assert!(parse_date("2026-1-1x").is_none());
+    }
+
+    #[test]
+    fn times_at_the_ends_of_the_range_do_not_overflow() {
+        for ms in [i64::MIN, i64::MIN + 1, -1, 0, i64::MAX - 1, i64::MAX] {
+            assert!(cst_day_start(ms) <= ms.saturating_add(CST_OFFSET_MS));
+            assert!(!format_date(ms).is_empty());
+        }
     }
 
     #[test]

@@ -589,6 +589,14 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
                 .len(),
             1
         );
+        // A filter that names no state or kind (an action's name, a shortened kind) is
+        // refused, not answered with an empty list the caller would take for "none".
+        for wrong in ["state=wait_on_issuer", "kind=refund"] {
+            let r = api
+                .call(Some(&tea), "GET", &format!("/api/cases?{wrong}"), None)
+                .await;
+            assert_eq!(r.status, 400, "{wrong}: {}", r.body);
+        }
         assert!(
             api.call(Some(&book), "GET", "/api/cases", None)
                 .await
@@ -633,6 +641,12 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.json()["assignee"], "ops");
         assert_eq!(r.json()["due_at_ms"], now - 60_000);
+        // A date no case is due by (a slip of the keyboard) is refused, and nothing changes.
+        for wrong in [i64::MAX, now + 6 * 366 * 86_400_000, 0] {
+            let body = json!({"due_at_ms": wrong});
+            let r = api.call(Some(&ops), "POST", &path, Some(body)).await;
+            assert_eq!(r.status, 400, "{wrong}: {}", r.body);
+        }
         // A field left out stays as it is; null clears it.
         let r = api
             .call(
