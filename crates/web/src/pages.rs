@@ -1974,7 +1974,10 @@ fn drift_text(l: Lang, drift_s: Option<i64>) -> String {
 
 fn format_time(ms: i64) -> String {
     let day = format_date(ms);
-    let secs = (ms + 8 * 3_600_000).rem_euclid(query::MS_PER_DAY) / 1000;
+    let secs = ms
+        .saturating_add(8 * 3_600_000)
+        .rem_euclid(query::MS_PER_DAY)
+        / 1000;
     format!(
         "{day} {:02}:{:02}:{:02}",
         secs / 3600,

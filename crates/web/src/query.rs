@@ -163,22 +163,42 @@ fn key(row: &TxnRow) -> Place {
 }
 
 /// A cursor is the (received at, id) of the last row of the previous page.
-fn parse_cursor(text: &str) -> Result<Place, ApiError> {
-    text.split_once('.')
-        .and_then(|(ms, id)| Some((ms.parse().ok()?, id.parse().ok()?)))
-        .ok_or_else(|| ApiError::bad_request("cursor: the next_cursor of the previous page"))
+/// A search cursor: where the previous page ended, and the first millisecond of its window
+/// when the caller gave no `from` (`ms.id` or `ms.id.from`).
+fn parse_cursor(text: &str) -> Result<(Place, Option<i64>), ApiError> {
+    let mut parts = text.split('.');
+    let place = (|| Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?)))();
+    let from = parts.next().map(str::parse).transpose().ok();
+    match (place, from, parts.next()) {
+        (Some(place), Some(from), None) => Ok((place, from)),
+        _ => Err(ApiError::bad_request(
+            "cursor: the next_cursor of the previous page",
+        )),
+    }
 }
 
-fn format_cursor((ms, id): Place) -> String {
-    format!("{ms}.{id}")
+/// The cursor after `place`; with the window's start when it was the default one, so that
+/// the next page searches the same days even when it is asked for after midnight (the default
+/// window ends with today).
+fn format_cursor((ms, id): Place, default_from_ms: Option<i64>) -> String {
+    match default_from_ms {
+        Some(from) => format!("{ms}.{id}.{from}"),
+        None => format!("{ms}.{id}"),
+    }
 }
 
 /// Searches the transactions the principal may see, newest first, a page at a time.
 pub fn search(web: &Web, who: &Principal, q: &TxnQuery) -> Result<TxnPage, ApiError> {
-    let filter = TxnFilter::parse(web, who, q)?;
+    let cursor = given(&q.cursor).map(parse_cursor).transpose()?;
+    let mut filter = TxnFilter::parse(web, who, q)?;
+    // The default window is the one the first page searched, not one moved on by midnight.
+    let default_from = given(&q.from).is_none() && filter.from_ms != i64::MIN;
+    if let Some((_, Some(from_ms))) = cursor.filter(|_| default_from) {
+        filter.from_ms = from_ms.max(filter.to_ms - SEARCH_DAYS_MAX * MS_PER_DAY);
+    }
     let limit = limit_param(&q.limit)?;
-    let before = match given(&q.cursor) {
-        Some(c) => parse_cursor(c)?.min((filter.to_ms, i64::MIN)),
+    let before = match cursor {
+        Some((place, _)) => place.min((filter.to_ms, i64::MIN)),
         None => (filter.to_ms, i64::MIN),
     };
     let mut rows: Vec<TxnRow> = Vec::new();
@@ -220,7 +240,8 @@ pub fn search(web: &Web, who: &Principal, q: &TxnQuery) -> Result<TxnPage, ApiEr
             .iter()
             .map(|r| TxnSummary::of(&web.directory, r))
             .collect(),
-        next_cursor: next_cursor.map(format_cursor),
+        next_cursor: next_cursor
+            .map(|place| format_cursor(place, default_from.then_some(filter.from_ms))),
     })
 }
 

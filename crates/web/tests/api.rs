@@ -3818,6 +3818,51 @@ fn a_duplicate_paid_after_the_cut_over_stays_on_the_dashboard_past_midnight() {
     });
 }
 
+/// Paging the default week across China's midnight: the next page searches the days the
+/// first one did. Before, the window moved on a day and the oldest day's sales were never
+/// listed, the last page looking complete.
+#[test]
+fn the_next_page_of_the_default_week_keeps_its_days_past_midnight() {
+    run(async move {
+        let mut e = start().await;
+        let hour = 3_600_000;
+        let day = 24 * hour;
+        // 00:10 China time: the first day of the week to be searched.
+        let cst = switch::Clock::now_ms(&*e.h.clock) + 8 * hour;
+        let mut target = cst - cst.rem_euclid(day) + 10 * 60_000;
+        if target < cst {
+            target += day;
+        }
+        e.h.clock.shift_ms(target - cst);
+        let card = e.card("healthy");
+        let (code, oldest) = e.purchase(&card, 1_100).await;
+        assert_eq!(code, "00");
+        // Six days later, 23:50: the week's last day.
+        e.h.clock.shift_ms(6 * day + 23 * hour + 40 * 60_000);
+        let (code, newest) = e.purchase(&card, 2_200).await;
+        assert_eq!(code, "00");
+        let (http, _stop) = web_on_the_harness_clock(&e).await;
+        let first = PageSession::login(http, "teahouse")
+            .await
+            .get("/portal/transactions?limit=1")
+            .await;
+        assert!(first.body.contains(&newest), "{}", first.body);
+        assert!(!first.body.contains(&oldest), "{}", first.body);
+        let next = first
+            .body
+            .split("id=\"next\" href=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap()
+            .replace("&amp;", "&");
+        // The next page is asked for at 00:10 the day after.
+        e.h.clock.shift_ms(20 * 60_000);
+        let second = PageSession::login(http, "teahouse").await.get(&next).await;
+        assert_eq!(second.status, 200, "{}", second.body);
+        assert!(second.body.contains(&oldest), "{next}: {}", second.body);
+    });
+}
+
 /// A settlement account the portal's form sends that is refused (a mistyped card number): the
 /// page comes back saying why in Chinese, with the holder name as typed and the number not
 /// shown again.
