@@ -1,6 +1,7 @@
 //! Malformed, truncated and oversized frames mixed into normal traffic, against the real switch
 //! and issuer simulator: each offending connection is answered (a decodable request of no known
-//! kind gets 12) or closed (undecodable, oversized, truncated, stalled mid-frame), while a
+//! kind gets 12) or closed (undecodable, oversized, truncated, stalled mid-frame or mid-prefix,
+//! silent from the start), while a
 //! signed-in terminal's purchases keep being approved; the switch never panics.
 
 #![allow(
@@ -28,6 +29,9 @@ const FUZZ_FRAMES: usize = 200;
 /// A stalled frame is dropped after the switch's `FRAME_BODY_TIMEOUT`; this is the test's
 /// bound on noticing it.
 const CLOSE_WAIT: Duration = Duration::from_secs(15);
+
+/// The switch's first-frame timeout in this test (30 s in service): well within `CLOSE_WAIT`.
+const FIRST_FRAME_WITHIN: Duration = Duration::from_secs(2);
 
 fn head() -> FrameHead {
     FrameHead {
@@ -105,6 +109,16 @@ async fn offender(addr: SocketAddr, kind: &str) {
             s.write_all(&bytes).await.unwrap();
             assert!(until_closed(&mut s).await.is_empty(), "{kind}");
         }
+        "half-prefix" => {
+            // One byte of a length prefix, then nothing: closed after FRAME_BODY_TIMEOUT.
+            s.write_all(&[0x00]).await.unwrap();
+            assert!(until_closed(&mut s).await.is_empty(), "{kind}");
+        }
+        "silent" => {
+            // Connects and sends nothing: closed after the first-frame timeout, its place
+            // among the connections given back.
+            assert!(until_closed(&mut s).await.is_empty(), "{kind}");
+        }
         "unknown-then-garbage" => {
             // A well-formed request of no known kind is answered 12; the garbage after it
             // closes the connection, the answer still goes out.
@@ -139,7 +153,10 @@ fn bad_frames_close_or_are_answered_and_other_terminals_are_unaffected() {
         default_hook(info);
     }));
     runtime().block_on(async {
-        let mut w = start(&["ICBC"], |_| {}).await;
+        let mut w = start(&["ICBC"], |c| {
+            c.first_frame_timeout = FIRST_FRAME_WITHIN;
+        })
+        .await;
         let addr = w.h.addr();
         let card = w.bank("ICBC").healthy(0).clone();
 
@@ -149,6 +166,8 @@ fn bad_frames_close_or_are_answered_and_other_terminals_are_unaffected() {
                 "oversized",
                 "truncated",
                 "stalled",
+                "half-prefix",
+                "silent",
                 "unknown-then-garbage",
             ];
             let mut tasks = Vec::new();

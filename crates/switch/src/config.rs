@@ -20,6 +20,12 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 8_192;
 /// How long a terminal has to send the rest of a frame once its length prefix has arrived;
 /// a truncated frame then closes the connection instead of holding it.
 pub const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new terminal connection has to start its first frame
+/// (`SwitchConfig::first_frame_timeout`'s default). A terminal connects to send; a connection
+/// that sends nothing would hold one of the `CONNECTIONS_MAX` places for ever, and enough of
+/// them would shut every terminal out, their reversals included. Once a frame has come, a
+/// connection may stay idle as long as it likes.
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Responses queued for one terminal connection's writer, which holds at most one more queue's
 /// worth in the batch it is writing: what a peer that does not read can make the switch hold.
 pub const CONNECTION_QUEUE_MAX: usize = 2 * IN_FLIGHT_PER_CONNECTION_MAX;
@@ -123,6 +129,9 @@ pub struct SwitchConfig {
     /// How long writing a connection's answers may take before the connection is closed
     /// (`RESPONSE_WRITE_TIMEOUT` unless a test shortens it).
     pub response_write_timeout: Duration,
+    /// How long a new connection has to start its first frame (`FIRST_FRAME_TIMEOUT` unless a
+    /// test shortens it).
+    pub first_frame_timeout: Duration,
     /// An issuer link that has read nothing for this long is sent an echo test (`0820`,
     /// 60.3 = `301`); one that then reads nothing within the issuer's timeout is dropped and
     /// connected again. TCP does not tell a host that lost power or a connection a firewall
@@ -175,6 +184,7 @@ impl SwitchConfig {
             index_forget_interval: Duration::from_secs(3_600),
             requests_in_flight: REQUESTS_IN_FLIGHT_MAX,
             response_write_timeout: RESPONSE_WRITE_TIMEOUT,
+            first_frame_timeout: FIRST_FRAME_TIMEOUT,
             issuer_echo_after: ISSUER_ECHO_AFTER_DEFAULT,
             risk_rules: std::sync::Arc::new(risk::RuleBook::empty()),
             risk_refresh: Duration::from_secs(1),

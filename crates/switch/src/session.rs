@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use iso8583::{Frame, TxnKind as WireKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -92,28 +92,42 @@ pub(crate) async fn accept(
 }
 
 /// Reads one frame: waits as long as it takes for a frame to start (terminals idle for hours),
-/// then at most `FRAME_BODY_TIMEOUT` for the rest, so a truncated frame cannot hold a
-/// connection (and its buffer) forever.
+/// or at most `first_frame_within` on a connection that has sent none yet; then at most
+/// `FRAME_BODY_TIMEOUT` for the rest, length prefix included, so a truncated frame cannot
+/// hold a connection (and its buffer) forever.
 async fn read_request<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut Vec<u8>,
+    first_frame_within: Option<Duration>,
 ) -> Result<bool, WireError> {
+    let timed_out = || WireError::Io(std::io::ErrorKind::TimedOut.into());
     let mut prefix = [0u8; 2];
-    match reader.read_exact(&mut prefix).await {
+    let start = reader.read_exact(&mut prefix[..1]);
+    let started = match first_frame_within {
+        Some(within) => tokio::time::timeout(within, start)
+            .await
+            .map_err(|_| timed_out())?,
+        None => start.await,
+    };
+    match started {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
         Err(e) => return Err(e.into()),
     }
-    let len = usize::from(u16::from_be_bytes(prefix));
-    if len > FRAME_LEN_MAX {
-        return Err(WireError::TooLong { len });
-    }
-    buf.clear();
-    buf.resize(len, 0);
-    match tokio::time::timeout(FRAME_BODY_TIMEOUT, reader.read_exact(buf)).await {
-        Ok(read) => read.map(|_| true).map_err(WireError::from),
-        Err(_) => Err(WireError::Io(std::io::ErrorKind::TimedOut.into())),
-    }
+    let rest = async {
+        reader.read_exact(&mut prefix[1..]).await?;
+        let len = usize::from(u16::from_be_bytes(prefix));
+        if len > FRAME_LEN_MAX {
+            return Err(WireError::TooLong { len });
+        }
+        buf.clear();
+        buf.resize(len, 0);
+        reader.read_exact(buf).await?;
+        Ok(true)
+    };
+    tokio::time::timeout(FRAME_BODY_TIMEOUT, rest)
+        .await
+        .map_err(|_| timed_out())?
 }
 
 tokio::task_local! {
@@ -171,13 +185,15 @@ where
     // connection ends half-way through one.
     let mut buf = Zeroizing::new(Vec::with_capacity(512));
     let peer = crate::risk::peer();
+    // Taken by the first read: a connection that has sent a frame may idle.
+    let mut first_frame_within = Some(sessions.core.config.first_frame_timeout);
     loop {
         let read = tokio::select! {
             // Closing first, and a fixed order: a seeded simulation replays exactly.
             biased;
             () = close.notified() => break,
             _ = stop.changed() => break,
-            read = read_request(&mut reader, &mut buf) => read,
+            read = read_request(&mut reader, &mut buf, first_frame_within.take()) => read,
         };
         match read {
             Ok(true) => {}
