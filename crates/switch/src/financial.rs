@@ -788,6 +788,18 @@ impl Core {
     /// ([`Core::mark_for_connection`]). The caller keeps what this returns until it has
     /// claimed, so that nothing found is forgotten in between. `None` if the store could not
     /// be read: the caller answers 96 rather than risk a second debit.
+    /// Whether the terminal's reversal of the request under `key` (same terminal, batch and
+    /// trace) is held: recorded before the request itself. [`Core::recall`] of the request's
+    /// key has read every row under its trace, reversals included, when the store could have
+    /// any this node does not hold.
+    fn reversed_first(&self, key: &TxnKey) -> bool {
+        let reversal = TxnKey {
+            reversal: true,
+            ..key.clone()
+        };
+        matches!(self.ledger.known(&reversal), Known::Held(_))
+    }
+
     async fn recall(&self, key: &TxnKey) -> Option<Vec<Arc<Entry>>> {
         self.mark_for_connection(&key.tid, key.batch_no)
             .await
@@ -1089,6 +1101,21 @@ impl Core {
         };
         let host_trace = self.next_trace();
         let mut row = self.row(ctx, &entry, pan_at_rest, Some(host_trace));
+        // The terminal's reversal of this very request came first (the request held up on
+        // the way, by a gateway or another node): the terminal has written it off, and an
+        // approval now would charge the card for a sale it holds as failed.
+        if self.reversed_first(&entry.key) {
+            tracing::info!(tid = %ctx.terminal.tid, "request after its own reversal: not sent");
+            return self
+                .refuse_recorded(
+                    ctx,
+                    &entry,
+                    row,
+                    RC_INVALID_TRANSACTION,
+                    "its reversal came before it: not sent to the issuer",
+                )
+                .await;
+        }
         // Merchant approval and the merchant's risk rules, before anything goes out.
         let card = pan.as_ref().and_then(|p| p.as_ref().ok());
         let risk = self.risk_check(

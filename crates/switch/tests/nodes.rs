@@ -700,6 +700,33 @@ fn a_resend_on_one_node_of_a_purchase_reversed_on_the_other_is_not_approved() {
     });
 }
 
+/// A purchase whose terminal's reversal reached node B first (the purchase held up on its way
+/// to node A) is not sent to the issuer by node A: it finds the reversal in the journal.
+#[test]
+fn a_purchase_after_its_reversal_on_the_other_node_is_not_sent() {
+    on_two_nodes("switch_nodes_reversed_first", &[TID_A], |log, a, b| {
+        Box::pin(async move {
+            let pan = card("622202");
+            let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
+            assert_eq!(via_a.sign_in().await.code(), "00");
+            let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
+            assert_eq!(via_b.sign_in().await.code(), "00");
+            // Each connection's batch is marked by its first request.
+            assert_eq!(via_a.send(&Req::purchase(&pan, 100, 1)).await.code(), "00");
+            assert_eq!(via_b.send(&Req::purchase(&pan, 100, 2)).await.code(), "00");
+            let late = Req::purchase(&pan, 2_468, 9);
+            assert_eq!(via_b.send(&Req::reversal_of(&late)).await.code(), "00");
+            let asked = log.requests.load(Ordering::SeqCst);
+            assert_eq!(via_a.send(&late).await.code(), "12");
+            assert_eq!(
+                log.requests.load(Ordering::SeqCst),
+                asked,
+                "node A sent the issuer a purchase its terminal had reversed"
+            );
+        })
+    });
+}
+
 /// A void through node B of a sale that node A still had at the issuer when B first read it:
 /// B held the sale in flight, and once A's approval is in the journal B takes it (and its
 /// auth code, which the void is checked against) from there, instead of refusing the void

@@ -782,6 +782,40 @@ fn a_reply_carrying_another_requests_rrn_or_none_does_not_answer_this_one() {
     });
 }
 
+/// A purchase that arrives after its own reversal (held up on the way, by a gateway or another
+/// node) is not sent to the issuer: the terminal has written it off, and an approval would
+/// charge the card for a sale it holds as failed. So also after a restart, when the reversal
+/// is known from the journal only.
+#[test]
+fn a_request_after_its_own_reversal_is_not_sent() {
+    runtime().block_on(async {
+        let mut h = Harness::new().await;
+        let mut t = h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let pan = card("622202");
+        let late = Req::purchase(&pan, 1_300, 777);
+        assert_eq!(t.send(&Req::reversal_of(&late)).await.code(), "00");
+        let asked = h.log.requests.load(Ordering::SeqCst);
+        let r = t.send(&late).await;
+        assert_eq!(r.code(), "12");
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), asked);
+        let row = h.store.txn_by_rrn(&r.text(37).unwrap()).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Declined);
+        // The next trace goes through; then, restarted, another request held up behind its
+        // reversal is refused from what the journal holds.
+        assert_eq!(t.send(&Req::purchase(&pan, 1_400, 778)).await.code(), "00");
+        let later = Req::purchase(&pan, 1_500, 779);
+        assert_eq!(t.send(&Req::reversal_of(&later)).await.code(), "00");
+        h.stop().await;
+        h.start().await;
+        let mut t = h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let asked = h.log.requests.load(Ordering::SeqCst);
+        assert_eq!(t.send(&later).await.code(), "12");
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), asked);
+    });
+}
+
 /// An issuer's decline with a code about the acquirer's side of the link (99: the PIN block
 /// under the zone key) is not passed on: the terminal would be told to sign in again, which
 /// cannot help. It gets 96 without the sign-in flag; the journal keeps the issuer's code.
