@@ -43,15 +43,20 @@ const PEER_ALERT_QUIET_MS: i64 = 3_600_000;
 pub enum TxnClass {
     /// Purchase: money moves from the card; checked, and counted in the day's sales.
     Sale,
-    /// Pre-authorisation: checked as a sale, not counted (its completion is).
+    /// Pre-authorisation: checked as a sale, and counted in its day's sales as one: the
+    /// card's money is held for the merchant from then on. Counted at its completion instead,
+    /// pre-authorisations each under the daily limit, then their unjudged completions, would
+    /// take a merchant past it as far as it liked.
     Hold,
-    /// Completion of a pre-authorisation: counted, not checked (its pre-authorisation was; a
-    /// refused completion would leave the cardholder's funds held for nothing).
+    /// Completion of a pre-authorisation: neither checked (its pre-authorisation was; a
+    /// refused completion would leave the cardholder's funds held for nothing) nor counted
+    /// (its pre-authorisation was).
     Capture,
-    /// Void of a purchase or completion: takes its sale back out of the day's sales.
+    /// Void of a purchase or of a pre-authorisation: takes its sale back out of the day's
+    /// sales.
     Void,
-    /// Refund, void of a pre-authorisation: money goes back; card and amount rules do not
-    /// apply.
+    /// Refund, void of a completion (its pre-authorisation still counts): money goes back;
+    /// card and amount rules do not apply.
     Credit,
     /// Balance inquiry: no money, but a favourite probe of card testers.
     Inquiry,
@@ -404,13 +409,14 @@ impl Engine {
                 terminal.peer = Some(peer);
             }
         }
-        // A sale that passed a daily limit holds its amount until its answer.
+        // A sale or pre-authorisation that passed a daily limit holds its amount until its
+        // answer.
         let daily = rules
             .iter()
             .any(|r| matches!(r.kind, RuleKind::DailyAmountMax { .. }));
         if daily
             && verdict.decline.is_none()
-            && request.class == TxnClass::Sale
+            && request.class.judged_as_sale()
             && let Some(total) = self
                 .merchant(request.mid, request.day)
                 .and_then(|total| total.at(request.day))
@@ -432,11 +438,11 @@ impl Engine {
         // The day's sales are kept for every merchant, with rules or not: a daily limit added
         // during the day then starts from what was sold, not from nothing.
         let delta = match outcome.class {
-            TxnClass::Sale | TxnClass::Capture if approved => outcome.amount_fen,
+            TxnClass::Sale | TxnClass::Hold if approved => outcome.amount_fen,
             TxnClass::Void if approved => -outcome.amount_fen,
             _ => 0,
         };
-        let held = outcome.class == TxnClass::Sale
+        let held = outcome.class.judged_as_sale()
             && self
                 .merchants
                 .get(outcome.mid)
@@ -1145,7 +1151,7 @@ mod tests {
     }
 
     #[test]
-    fn the_day_counts_purchases_and_completions_less_voids_and_reversals() {
+    fn the_day_counts_purchases_and_pre_authorisations_less_voids_and_reversals() {
         let mut e = engine(
             r#"{"id": "day", "kind": "daily-amount-max", "max_fen": 10000},
                {"id": "cap", "kind": "amount-max", "max_fen": 5800}"#,
@@ -1154,7 +1160,7 @@ mod tests {
             class,
             ..sale(id, amount, id)
         };
-        // A pre-authorisation is judged like a sale, and not counted...
+        // A pre-authorisation is judged like a sale, and counted like one...
         assert_eq!(
             declined_by(&e.check(&of(TxnClass::Hold, 1, 6_000))),
             Some("cap")
@@ -1162,26 +1168,56 @@ mod tests {
         let hold = of(TxnClass::Hold, 2, 4_000);
         assert_eq!(declined_by(&e.check(&hold)), None);
         e.observe(&answer(&hold, b"00"));
-        // ...its completion is counted, and not judged: over the per-sale cap, it passes.
-        let capture = of(TxnClass::Capture, 3, 5_900);
+        // ...its completion neither judged (over the per-sale cap, it passes) nor counted.
+        let capture = of(TxnClass::Capture, 3, 5_700);
         assert_eq!(e.check(&capture), Verdict::default());
         e.observe(&answer(&capture, b"00"));
         assert_eq!(
-            declined_by(&e.check(&of(TxnClass::Sale, 4, 4_101))),
+            declined_by(&e.check(&of(TxnClass::Sale, 4, 6_001))),
             Some("day")
         );
-        // A void gives its sale back to the day.
-        e.observe(&answer(&of(TxnClass::Void, 5, 5_900), b"00"));
-        let sold = of(TxnClass::Sale, 6, 5_000);
+        let sold = of(TxnClass::Sale, 5, 5_000);
+        assert_eq!(declined_by(&e.check(&sold)), None);
+        e.observe(&answer(&sold, b"00"));
+        // A void gives its sale (or pre-authorisation) back to the day.
+        e.observe(&answer(&of(TxnClass::Void, 6, 5_000), b"00"));
+        let sold = of(TxnClass::Sale, 7, 5_500);
         assert_eq!(declined_by(&e.check(&sold)), None);
         e.observe(&answer(&sold, b"00"));
         // So does a terminal reversal (the switch calls adjust_sales).
         assert_eq!(
-            declined_by(&e.check(&of(TxnClass::Sale, 7, 5_001))),
+            declined_by(&e.check(&of(TxnClass::Sale, 8, 501))),
             Some("day")
         );
-        e.adjust_sales(M, 1, -5_000);
-        assert_eq!(declined_by(&e.check(&of(TxnClass::Sale, 8, 5_001))), None);
+        e.adjust_sales(M, 1, -5_500);
+        assert_eq!(declined_by(&e.check(&of(TxnClass::Sale, 9, 501))), None);
+    }
+
+    /// Pre-authorisations each under the daily limit, then their completions (which are not
+    /// judged): the limit holds, the second pre-authorisation is declined. Counted only at
+    /// completion, five of them had taken a merchant to four and a half times its limit.
+    #[test]
+    fn pre_authorisations_and_their_completions_do_not_get_past_the_daily_limit() {
+        let mut e = engine(r#"{"id": "day", "kind": "daily-amount-max", "max_fen": 1000000}"#);
+        let of = |class, id, amount| Request {
+            class,
+            ..sale(id, amount, id)
+        };
+        let mut approved = 0;
+        for id in 1..=5 {
+            let hold = of(TxnClass::Hold, id, 900_000);
+            if declined_by(&e.check(&hold)).is_none() {
+                e.observe(&answer(&hold, b"00"));
+                approved += 1;
+            }
+        }
+        assert_eq!(approved, 1);
+        let capture = of(TxnClass::Capture, 6, 900_000);
+        e.observe(&answer(&capture, b"00"));
+        assert_eq!(
+            declined_by(&e.check(&of(TxnClass::Sale, 7, 100_001))),
+            Some("day")
+        );
     }
 
     /// After midnight, a void or a terminal reversal of yesterday's sale gives nothing to

@@ -1233,9 +1233,10 @@ impl Core {
                 .or_else(|| found.clearing_date.get(4..8))
                 .unwrap_or("0000");
             f61_out = found.rrn.as_ref().map(|r| format!("{r}{date}"));
-            // Only a void takes its original's sale back out: a completion's original is its
-            // pre-authorisation, which sold nothing, and the completion counts for today.
-            if matches!(kind, TxnKind::PurchaseVoid | TxnKind::CompletionVoid) {
+            // Only a void takes its original's sale back out, on the original's day: a
+            // completion's original is its pre-authorisation, counted on its own day, and the
+            // completion adds nothing (nor does its void take anything back).
+            if matches!(kind, TxnKind::PurchaseVoid | TxnKind::PreAuthVoid) {
                 sale_day = Some(found.received_day);
             }
             original = Link::Original(found);

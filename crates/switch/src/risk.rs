@@ -79,18 +79,18 @@ fn class_of(kind: TxnKind) -> TxnClass {
         TxnKind::PreAuth => TxnClass::Hold,
         TxnKind::Completion => TxnClass::Capture,
         TxnKind::BalanceInquiry => TxnClass::Inquiry,
-        TxnKind::PurchaseVoid | TxnKind::CompletionVoid => TxnClass::Void,
-        TxnKind::PreAuthVoid | TxnKind::Refund | TxnKind::Reversal => TxnClass::Credit,
+        TxnKind::PurchaseVoid | TxnKind::PreAuthVoid => TxnClass::Void,
+        TxnKind::CompletionVoid | TxnKind::Refund | TxnKind::Reversal => TxnClass::Credit,
     }
 }
 
 /// What a terminal reversal of an approved `kind` of `amount_fen` does to the day's sales: a
-/// sale goes back out, a void's sale comes back in.
+/// sale (or pre-authorisation) goes back out, a void's sale comes back in.
 pub(crate) fn sales_reversed(kind: TxnKind, amount_fen: i64) -> i64 {
     match class_of(kind) {
-        TxnClass::Sale | TxnClass::Capture => -amount_fen,
+        TxnClass::Sale | TxnClass::Hold => -amount_fen,
         TxnClass::Void => amount_fen,
-        TxnClass::Hold | TxnClass::Credit | TxnClass::Inquiry => 0,
+        TxnClass::Capture | TxnClass::Credit | TxnClass::Inquiry => 0,
     }
 }
 
@@ -136,14 +136,21 @@ impl RiskGate {
     ) -> Result<RiskGate, StoreError> {
         let mut engine = Engine::new(book);
         if !engine.book().is_empty() {
-            // The calendar day's sales that stand: approved, not voided or reversed since.
+            // The calendar day's sales that stand: approved, not voided or reversed since (a
+            // pre-authorisation completed since still counts: its completion does not).
             // Rows cleared today include yesterday's after the cut-over, hence the day check.
             let today = crate::clock::LocalTime::from_ms(now_ms);
             store.each_txn_since(&today.yyyymmdd(), &mut |row| {
-                let counted = matches!(class_of(row.kind), TxnClass::Sale | TxnClass::Capture);
+                let counted = match class_of(row.kind) {
+                    TxnClass::Sale => row.state == TxnState::Approved,
+                    TxnClass::Hold => {
+                        matches!(row.state, TxnState::Approved | TxnState::Completed)
+                    }
+                    _ => false,
+                };
                 let today_s = crate::clock::LocalTime::from_ms(row.received_at_ms).day_number
                     == today.day_number;
-                if counted && today_s && row.state == TxnState::Approved {
+                if counted && today_s {
                     engine.record_sale(&row.mid, today.day_number, row.amount_fen);
                 }
             })?;

@@ -67,6 +67,29 @@ async fn world() -> World {
     world_with(RULES).await
 }
 
+/// Starts the harness's switch (stopped) with the risk rules `rules`.
+async fn start_with_rules(h: &mut Harness, rules: &str) {
+    let mut config = h.config();
+    config.risk_rules = Arc::new(RuleBook::from_json(rules).unwrap());
+    config.risk_refresh = Duration::from_millis(50);
+    let handle = Switch::start(
+        config,
+        Arc::clone(&h.store) as Arc<dyn Store>,
+        Arc::clone(&h.hsm) as Arc<dyn Hsm>,
+        Arc::clone(&h.directory),
+        Arc::clone(&h.clock) as Arc<dyn switch::Clock>,
+    )
+    .await
+    .unwrap();
+    for _ in 0..100 {
+        if handle.issuer_connected("SIM") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.switch = Some(handle);
+}
+
 async fn world_with(rules: &str) -> World {
     let (hsm, zpk) = new_hsm();
     let pins = HsmPinVerifier::new(Arc::clone(&hsm) as Arc<dyn Hsm>, zpk);
@@ -103,25 +126,7 @@ async fn world_with(rules: &str) -> World {
     .await
     .unwrap();
     h.register_terminal(TID2, MID2).await;
-    let mut config = h.config();
-    config.risk_rules = Arc::new(RuleBook::from_json(rules).unwrap());
-    config.risk_refresh = Duration::from_millis(50);
-    let handle = Switch::start(
-        config,
-        Arc::clone(&h.store) as Arc<dyn Store>,
-        Arc::clone(&h.hsm) as Arc<dyn Hsm>,
-        Arc::clone(&h.directory),
-        Arc::clone(&h.clock) as Arc<dyn switch::Clock>,
-    )
-    .await
-    .unwrap();
-    for _ in 0..100 {
-        if handle.issuer_connected("SIM") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    h.switch = Some(handle);
+    start_with_rules(&mut h, rules).await;
     World {
         h,
         sim,
@@ -619,58 +624,73 @@ fn a_record_written_to_the_store_reaches_the_switch() {
     });
 }
 
-/// A completion of a pre-authorisation taken on an earlier day counts toward the day it is
-/// made (the pre-authorisation sold nothing), and its void takes back only what it added.
+/// A pre-authorisation counts toward the day it is approved (the card's money is held for the
+/// merchant from then on), its void takes it back out, and its completion on a later day adds
+/// nothing. Counted at completion instead, pre-authorisations each under the limit and their
+/// unjudged completions took a merchant past its daily limit as far as it liked.
 #[test]
-fn a_completion_counts_for_its_own_day_and_its_void_takes_back_only_that() {
+fn a_pre_authorisation_counts_for_its_own_day_and_its_completion_adds_nothing() {
     const DAILY: &str = r#"{"merchants": {"898110048990001": [
         {"id": "day", "kind": "daily-amount-max", "max_fen": 50000}]}}"#;
     runtime().block_on(async {
-        let w = world_with(DAILY).await;
+        let mut w = world_with(DAILY).await;
         let mut t = w.h.terminal().await;
         assert_eq!(t.sign_in().await.code(), "00");
         let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
         let pan = healthy.pan.expose_digits();
-        let pre_auth = Req {
+        let pre_auth = |amount, stan| Req {
             mti: iso8583::Mti::AUTHORISATION,
             processing: "030000",
             condition: "06",
             message_type: "10",
-            ..paid_with_pin(healthy, 20_000, 2)
+            ..paid_with_pin(healthy, amount, stan)
         };
-        assert_eq!(t.send(&pre_auth).await.code(), "00");
-        // The next day: a sale, then the completion of yesterday's pre-authorisation.
-        w.h.clock.shift_days(1);
+        let first = t.send(&pre_auth(20_000, 2)).await;
+        assert_eq!(first.code(), "00");
+        let second = t.send(&pre_auth(25_000, 3)).await;
+        assert_eq!(second.code(), "00");
+        // 45,000 held today: no room for a third of 10,000.
+        assert_eq!(t.send(&pre_auth(10_000, 4)).await.code(), "61");
+        // The second voided: 20,000 stand, room for 30,000 and no more.
+        let void = Req {
+            mti: iso8583::Mti::AUTHORISATION,
+            processing: "200000",
+            condition: "06",
+            message_type: "11",
+            rrn: Some(second.text(37).unwrap()),
+            f61: Some(format!("{:06}{:06}", 1, 3)),
+            ..Req::purchase(pan, 25_000, 5)
+        };
+        assert_eq!(t.send(&void).await.code(), "00");
         assert_eq!(
-            t.send(&paid_with_pin(healthy, 40_000, 3)).await.code(),
+            t.send(&paid_with_pin(healthy, 30_001, 6)).await.code(),
+            "61"
+        );
+        assert_eq!(
+            t.send(&paid_with_pin(healthy, 30_000, 7)).await.code(),
             "00"
         );
+        // Restarted, the day is read from the journal the same way: full.
+        w.h.stop().await;
+        start_with_rules(&mut w.h, DAILY).await;
+        let mut t = w.h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        assert_eq!(t.send(&paid_with_pin(healthy, 100, 11)).await.code(), "61");
+        // The next day: the first completed, which adds nothing to that day.
+        w.h.clock.shift_days(1);
         let completion = Req {
             condition: "06",
             message_type: "20",
-            rrn: None,
+            rrn: Some(first.text(37).unwrap()),
             f61: Some(format!("{:06}{:06}", 1, 2)),
-            ..Req::purchase(pan, 20_000, 4)
+            ..Req::purchase(pan, 20_000, 8)
         };
-        let completed = t.send(&completion).await;
-        assert_eq!(completed.code(), "00");
-        // 60,000 sold today: no room for 5,000 more.
-        assert_eq!(t.send(&paid_with_pin(healthy, 5_000, 5)).await.code(), "61");
-        // The completion voided: 40,000 stand, room for 10,000 and no more.
-        let void = Req {
-            processing: "200000",
-            condition: "06",
-            message_type: "21",
-            rrn: Some(completed.text(37).unwrap()),
-            f61: Some(format!("{:06}{:06}", 1, 4)),
-            ..Req::purchase(pan, 20_000, 6)
-        };
-        assert_eq!(t.send(&void).await.code(), "00");
-        assert_eq!(t.send(&paid_with_pin(healthy, 5_000, 7)).await.code(), "00");
+        assert_eq!(t.send(&completion).await.code(), "00");
         assert_eq!(
-            t.send(&paid_with_pin(healthy, 10_000, 8)).await.code(),
-            "61"
+            t.send(&paid_with_pin(healthy, 50_000, 9)).await.code(),
+            "00"
         );
+        assert_eq!(t.send(&paid_with_pin(healthy, 100, 10)).await.code(), "61");
         let mut h = w.h;
         h.stop().await;
     });
