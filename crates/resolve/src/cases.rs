@@ -259,6 +259,13 @@ impl RefundExecutor for SwitchHandle {
     }
 }
 
+/// Whether a case is read with its timeline.
+#[derive(Clone, Copy)]
+enum Timeline {
+    With,
+    Without,
+}
+
 /// A case as read back.
 #[derive(Clone, Debug, Serialize)]
 pub struct Case {
@@ -285,6 +292,11 @@ pub struct Case {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub version: i64,
+    /// The timeline, oldest first. Left out of lists ([`CaseService::find`] and the readers
+    /// built on it): a timeline is up to `ENTRIES_MAX` entries of up to `TEXT_LEN_MAX`
+    /// bytes, and a page of cases each with its own would be megabytes. A case read on its own
+    /// always has one (its opening).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub entries: Vec<CaseEntry>,
 }
 
@@ -466,7 +478,7 @@ impl CaseService {
     /// A case with its timeline.
     pub fn get(&self, id: i64) -> Result<Case, CaseError> {
         let row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
-        self.view(row)
+        self.view(row, Timeline::With)
     }
 
     /// A case, only if it is this merchant's.
@@ -478,12 +490,13 @@ impl CaseService {
         Ok(case)
     }
 
-    /// The cases `query` asks for, newest first ([`store::resolve::CaseQuery`]).
+    /// The cases `query` asks for, newest first ([`store::resolve::CaseQuery`]), without
+    /// their timelines.
     pub fn find(&self, query: &CaseQuery<'_>) -> Result<Vec<Case>, CaseError> {
         self.store
             .cases(query)?
             .into_iter()
-            .map(|row| self.view(row))
+            .map(|row| self.view(row, Timeline::Without))
             .collect()
     }
 
@@ -498,12 +511,12 @@ impl CaseService {
         })
     }
 
-    /// The cases about one transaction, oldest first.
+    /// The cases about one transaction, oldest first, with their timelines.
     pub fn of_txn(&self, txn_id: i64) -> Result<Vec<Case>, CaseError> {
         self.store
             .cases_of_txn(txn_id)?
             .into_iter()
-            .map(|row| self.view(row))
+            .map(|row| self.view(row, Timeline::With))
             .collect()
     }
 
@@ -521,22 +534,27 @@ impl CaseService {
             .filter(|c| c.due_at_ms.is_some_and(|due| due < now_ms))
             .collect();
         rows.sort_by_key(|c| c.due_at_ms);
-        rows.into_iter().map(|row| self.view(row)).collect()
+        rows.into_iter()
+            .map(|row| self.view(row, Timeline::Without))
+            .collect()
     }
 
-    fn view(&self, row: CaseRow) -> Result<Case, CaseError> {
-        let entries = self
-            .store
-            .case_entries(row.id)?
-            .into_iter()
-            .map(|e| CaseEntry {
-                seq: e.seq,
-                at_ms: e.at_ms,
-                who: e.who,
-                text: e.text,
-                attachments: e.attachments,
-            })
-            .collect();
+    fn view(&self, row: CaseRow, timeline: Timeline) -> Result<Case, CaseError> {
+        let entries = match timeline {
+            Timeline::With => self
+                .store
+                .case_entries(row.id)?
+                .into_iter()
+                .map(|e| CaseEntry {
+                    seq: e.seq,
+                    at_ms: e.at_ms,
+                    who: e.who,
+                    text: e.text,
+                    attachments: e.attachments,
+                })
+                .collect(),
+            Timeline::Without => Vec::new(),
+        };
         let txn = match row.txn_id {
             Some(id) => self
                 .store
@@ -889,7 +907,7 @@ impl CaseService {
             && row.refund_txn_id == result.txn_id
             && row.refund_code.as_deref() == Some(result.response_code.as_str());
         if already {
-            return self.view(row);
+            return self.view(row, Timeline::With);
         }
         let state = CaseState::parse(&row.state).ok_or(CaseError::NotFound)?;
         let version = row.version;

@@ -178,8 +178,8 @@ pub fn document() -> Value {
                 "The evidence package for the issuer (bank phone, codes, timeline)",
                 vec![id.clone()], None, "Object") },
             "/api/cases": {
-                "get": op("Cases the caller may see, newest first",
-                    vec![mid_q.clone(), param("state", "query", "case state"),
+                "get": op("Cases the caller may see, newest first, without their timelines (`entries`: read a case alone for it); an unknown state or kind is 400",
+                    vec![mid_q.clone(), param("state", "query", "open, waiting_issuer, waiting_merchant, resolved, rejected, escalated"),
                       param("kind", "query", "issuer_inquiry, refund_application, dispute"),
                       limit.clone(), cursor.clone()],
                     None, "List"),

@@ -580,6 +580,25 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
         let refund_case = r.json()["id"].as_i64().unwrap();
         let list = api.call(Some(&tea), "GET", "/api/cases", None).await.json();
         assert_eq!(list["items"].as_array().unwrap().len(), 2);
+        // A list carries no timelines (up to megabytes each); the case read alone does.
+        assert!(
+            list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c.get("entries").is_none()),
+            "{list}"
+        );
+        let alone = api
+            .call(
+                Some(&tea),
+                "GET",
+                &format!("/api/cases/{refund_case}"),
+                None,
+            )
+            .await
+            .json();
+        assert_eq!(alone["entries"].as_array().unwrap().len(), 1, "{alone}");
         assert_eq!(
             api.call(Some(&tea), "GET", "/api/cases?kind=issuer_inquiry", None)
                 .await
