@@ -3495,6 +3495,9 @@ fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
             console.body
         );
         assert_eq!(failures.matches("payout-stuck").count(), 1);
+        // And counted where an alert rule can see it.
+        let m = request(e.http, "GET", "/metrics", &[], "").await;
+        assert!(m.body.contains("\nshoudan_payouts_stuck 1\n"), "{}", m.body);
         assert!(
             failures.contains(&format!("href=\"/portal/settlement?mid={MID}\"")),
             "{}",
