@@ -111,6 +111,11 @@ pub fn document() -> Value {
             "query",
             "transaction state: approved, declined, timed_out, ...",
         ),
+        param(
+            "outcome",
+            "query",
+            "the sales a dashboard card counts: issuer-declined (not approved, the issuer asked), host-declined (refused by the host, never sent), reversed-after-approval",
+        ),
         limit.clone(),
         cursor.clone(),
     ];

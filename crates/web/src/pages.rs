@@ -734,7 +734,7 @@ fn host_declines_card(l: Lang, code: &str, n: u64, today: &str) -> String {
         ));
     format!(
         "<div class=\"card red\" id=\"host-declines-{code}\"><b>{code} {} × {n}</b> — {}<br>{}: {} \
-         <a href=\"/portal/transactions?status=declined&amp;code={code_q}&amp;from={today}\">{}</a></div>",
+         <a href=\"/portal/transactions?outcome=host-declined&amp;code={code_q}&amp;from={today}\">{}</a></div>",
         t(
             l,
             "收单系统拒绝，未送发卡行",
@@ -788,7 +788,7 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
             let step = d.merchant_steps.first().map_or("", |x| x.get(l));
             red.push_str(&format!(
                 "<div class=\"card red\"><b>{} {} × {by_issuer}</b> — {}<br>{}: {} \
-                 <a class=\"declines-of-code\" href=\"/portal/transactions?code={}&amp;from={today}\">{}</a></div>",
+                 <a class=\"declines-of-code\" href=\"/portal/transactions?outcome=issuer-declined&amp;code={}&amp;from={today}\">{}</a></div>",
                 esc(code),
                 esc(d.title.get(l)),
                 esc(d.meaning.get(l)),
@@ -806,7 +806,7 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
     if s.reversed > 0 {
         red.push_str(&format!(
             "<div class=\"card red\" id=\"reversed-today\"><b>{} × {}</b> — {} \
-             <a href=\"/portal/transactions?status=reversed&amp;from={today}\">{}</a></div>",
+             <a href=\"/portal/transactions?outcome=reversed-after-approval&amp;from={today}\">{}</a></div>",
             t(l, "批准后又冲正", "Approved, then reversed"),
             s.reversed,
             t(
@@ -1115,8 +1115,16 @@ fn transactions_body(
     } else {
         String::new()
     };
+    // A dashboard card's kind of sale, kept through the form and said above the results.
+    let outcome = query::given(&q.outcome).filter(|_| bad_field.as_deref() != Some("outcome"));
+    let outcome_field = outcome.map_or_else(String::new, |o| {
+        format!(
+            "<input type=\"hidden\" name=\"outcome\" value=\"{}\">",
+            esc(o)
+        )
+    });
     body.push_str(&format!(
-        "</select>{merchant_field} <button id=\"search\">{}</button></form>",
+        "</select>{merchant_field}{outcome_field} <button id=\"search\">{}</button></form>",
         t(l, "查询", "Search")
     ));
     let Some(found) = found else {
@@ -1128,6 +1136,27 @@ fn transactions_body(
         }
         return Ok((t(l, "交易", "Transactions").to_owned(), body, true));
     };
+    if let Some(only) = outcome.and_then(query::Outcome::parse) {
+        let words = match only {
+            query::Outcome::IssuerDeclined => t(
+                l,
+                "只显示发卡行未批准的消费（拒绝、超时未应答或应答无法识别）。",
+                "Only sales the issuer did not approve (declined, not answered in time, or \
+                 answered unreadably).",
+            ),
+            query::Outcome::HostDeclined => t(
+                l,
+                "只显示收单系统自己拒绝、未送发卡行的消费。",
+                "Only sales the acquirer's host refused itself, never sent to the issuer.",
+            ),
+            query::Outcome::ReversedAfterApproval => t(
+                l,
+                "只显示发卡行批准后又冲正的消费。",
+                "Only sales the issuer approved that were then reversed.",
+            ),
+        };
+        body.push_str(&format!("<p id=\"outcome-only\">{words}</p>"));
+    }
     body.push_str(&format!(
         "<table id=\"results\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
         t(l, "时间", "Time"),

@@ -100,6 +100,9 @@ pub struct TxnQuery {
     pub code: Option<String>,
     /// A transaction state: `approved`, `declined`, ...
     pub status: Option<String>,
+    /// The sales the dashboard's cards count ([`Outcome`]): `issuer-declined`,
+    /// `host-declined`, `reversed-after-approval`.
+    pub outcome: Option<String>,
     pub limit: Option<String>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -288,7 +291,58 @@ fn newest_matching(
 }
 
 /// What a search asks for, checked.
+/// What became of a sale (purchase or pre-authorisation), as the dashboard counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not approved, and the issuer was asked (it declined, did not answer in time, or answered
+    /// what could not be read).
+    IssuerDeclined,
+    /// Not approved, and the issuer was never asked: the host refused it itself.
+    HostDeclined,
+    /// Approved by the issuer, then reversed.
+    ReversedAfterApproval,
+}
+
+impl Outcome {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::IssuerDeclined => "issuer-declined",
+            Outcome::HostDeclined => "host-declined",
+            Outcome::ReversedAfterApproval => "reversed-after-approval",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Outcome> {
+        [
+            Outcome::IssuerDeclined,
+            Outcome::HostDeclined,
+            Outcome::ReversedAfterApproval,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == text)
+    }
+
+    /// Whether `r` is such a sale: the same reading as the dashboard's (`count_into`).
+    fn of(self, r: &TxnRow) -> bool {
+        if !is_sale(r.kind) {
+            return false;
+        }
+        let approved_then_reversed =
+            r.state == TxnState::Reversed && r.response_code.as_deref() == Some("00");
+        let failed = matches!(
+            r.state,
+            TxnState::Declined | TxnState::TimedOut | TxnState::Failed | TxnState::Reversed
+        ) && !approved_then_reversed;
+        match self {
+            Outcome::IssuerDeclined => failed && r.sent_at_ms.is_some(),
+            Outcome::HostDeclined => failed && r.sent_at_ms.is_none(),
+            Outcome::ReversedAfterApproval => approved_then_reversed,
+        }
+    }
+}
+
 struct TxnFilter<'q> {
+    outcome: Option<Outcome>,
     mid: Option<String>,
     from_ms: i64,
     to_ms: i64,
@@ -364,6 +418,16 @@ impl<'q> TxnFilter<'q> {
                     .zh("终端号是最多 8 位的字母和数字。"),
             );
         }
+        let outcome = given(&q.outcome)
+            .map(|o| {
+                Outcome::parse(o).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "outcome: issuer-declined, host-declined or reversed-after-approval",
+                    )
+                    .zh("没有这种交易结果。")
+                })
+            })
+            .transpose()?;
         let status = given(&q.status)
             .map(|s| {
                 TxnState::parse(s).map_err(|_| {
@@ -395,6 +459,7 @@ impl<'q> TxnFilter<'q> {
             );
         }
         Ok(TxnFilter {
+            outcome,
             mid,
             from_ms,
             to_ms,
@@ -426,6 +491,7 @@ impl<'q> TxnFilter<'q> {
             && self
                 .code
                 .is_none_or(|c| r.response_code.as_deref() == Some(c))
+            && self.outcome.is_none_or(|o| o.of(r))
     }
 }
 

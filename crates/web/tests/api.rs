@@ -3591,6 +3591,66 @@ fn the_dashboard_tells_the_hosts_own_declines_from_the_issuers() {
         assert_eq!(listed.status, 200, "{link}: {}", listed.body);
         assert!(listed.body.contains(&issuer_rrn), "{}", listed.body);
         assert!(!listed.body.contains(&host_rrn), "{}", listed.body);
+        // A sale the host answered 96 without asking the issuer (its journal answered late),
+        // and a refund the issuer declined 01: each card's link lists what the card counts,
+        // the first under the host's card, the second under none (refunds are not sales).
+        let now = switch::Clock::now_ms(&*e.h.clock);
+        let row = |id: i64, change: &dyn Fn(&mut store::TxnRow)| match approved_row(id, MID, now) {
+            store::Record::InsertTxn(mut r) => {
+                change(&mut r);
+                store::Record::InsertTxn(r)
+            }
+            _ => unreachable!(),
+        };
+        let late = row(9_000_001, &|r| {
+            r.state = store::TxnState::Failed;
+            r.response_code = Some("96".into());
+            r.auth_code = None;
+        });
+        let refund = row(9_000_002, &|r| {
+            r.kind = store::TxnKind::Refund;
+            r.processing_code = "200000".into();
+            r.state = store::TxnState::Declined;
+            r.response_code = Some("01".into());
+            r.auth_code = None;
+            r.sent_at_ms = Some(now);
+        });
+        e.h.store.submit(vec![late, refund]).unwrap().await.unwrap();
+        let page = PageSession::login(e.http, "teahouse").await;
+        let dash = page.get("/portal").await;
+        let card_link = |anchor: &str| {
+            dash.body
+                .split(anchor)
+                .nth(1)
+                .and_then(|rest| rest.split("href=\"").nth(1))
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_else(|| panic!("{anchor}: {}", dash.body))
+                .replace("&amp;", "&")
+        };
+        let host_96 = page.get(&card_link("id=\"host-declines-96\"")).await;
+        assert!(host_96.body.contains("000009000001"), "{}", host_96.body);
+        let issuer_01 = page.get(&card_link("class=\"declines-of-code\"")).await;
+        assert!(issuer_01.body.contains(&issuer_rrn), "{}", issuer_01.body);
+        assert!(
+            !issuer_01.body.contains("000009000002"),
+            "{}",
+            issuer_01.body
+        );
+        assert_error(
+            &request(
+                e.http,
+                "GET",
+                "/api/transactions?outcome=declined",
+                &[(
+                    "authorization",
+                    &format!("Bearer {}", e.token("teahouse").await),
+                )],
+                "",
+            )
+            .await,
+            400,
+            "bad_request",
+        );
         let token = e.token("teahouse").await;
         let by_code = request(
             e.http,
@@ -4724,7 +4784,9 @@ fn a_reversed_sale_is_told_apart_and_a_voided_one_is_not_takings() {
             pin: Some(card.pin().to_owned()),
             ..Req::purchase(card.pan.expose_digits(), 2_000, 50)
         };
-        assert_eq!(e.t.send(&reversed).await.code(), "00");
+        let sold = e.t.send(&reversed).await;
+        assert_eq!(sold.code(), "00");
+        let reversed_rrn = sold.text(37).unwrap();
         assert_eq!(e.t.send(&Req::reversal_of(&reversed)).await.code(), "00");
         let voided = Req {
             pin: Some(card.pin().to_owned()),
@@ -4775,6 +4837,31 @@ fn a_reversed_sale_is_told_apart_and_a_voided_one_is_not_takings() {
             dash.body
         );
         assert!(dash.body.contains("code=98&amp;"), "{}", dash.body);
+        // The reversed card's link lists the sale approved then reversed, not the one the
+        // issuer never answered (reversed too, but counted among the failures).
+        let link = dash
+            .body
+            .split("id=\"reversed-today\"")
+            .nth(1)
+            .and_then(|rest| rest.split("href=\"").nth(1))
+            .and_then(|rest| rest.split('"').next())
+            .unwrap()
+            .replace("&amp;", "&");
+        let listed = PageSession::login(e.http, "teahouse")
+            .await
+            .get(&link)
+            .await;
+        assert!(
+            listed.body.contains("id=\"outcome-only\""),
+            "{}",
+            listed.body
+        );
+        assert!(!listed.body.contains(&rrn), "{link}: {}", listed.body);
+        assert!(
+            listed.body.contains(&reversed_rrn),
+            "{link}: {}",
+            listed.body
+        );
         // Takings: the one sale that stands, ¥10.00.
         assert!(dash.body.contains("¥10.00"), "{}", dash.body);
     });
