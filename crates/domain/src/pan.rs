@@ -213,78 +213,85 @@ pub fn mask_card_numbers(text: &str) -> std::borrow::Cow<'_, str> {
     // Separators in a row between two groups of digits, at most ("6222 - 0202").
     const SEPARATORS_MAX: usize = 3;
     let chars: Vec<char> = text.chars().collect();
-    let is_digit = |k: usize| chars.get(k).copied().and_then(digit).is_some();
-    let is_separator = |k: usize| chars.get(k).copied().is_some_and(separator);
-    // (start, end) char ranges of the card numbers found.
-    let mut found: Vec<(usize, usize)> = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        if !is_digit(i) || i > 0 && is_digit(i - 1) {
-            i += 1;
+    // A group is a run of digits; a digit masked already ('*') stays in its group, so that a
+    // text masked once is grouped as it was and masked again the same (no new candidate
+    // appears where a mask split a group).
+    let in_group = |c: char| digit(c).is_some() || c == '*';
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    let mut k = 0;
+    while k < chars.len() {
+        if chars.get(k).copied().is_some_and(in_group) {
+            let start = k;
+            while chars.get(k).copied().is_some_and(in_group) {
+                k += 1;
+            }
+            groups.push((start, k));
+        } else {
+            k += 1;
+        }
+    }
+    // Chains of groups joined by up to three separators: a card number written in groups
+    // lies within one, starting and ending at group boundaries.
+    let joined = |(_, end): (usize, usize), (start, _): (usize, usize)| {
+        start - end <= SEPARATORS_MAX
+            && chars
+                .get(end..start)
+                .is_some_and(|gap| gap.iter().all(|c| separator(*c)))
+    };
+    // Every run of whole groups within a chain that makes a card number (13–19 digits, Luhn)
+    // has its middle digits masked, whichever other run they belong to: an RRN or a date
+    // before a card number may make a card number with its first groups by chance, and
+    // taking that one alone would leave the real one in the clear. Masking too much is
+    // allowed; showing a card number is not.
+    let mut masked = vec![false; chars.len()];
+    let mut chain_start = 0;
+    for g in 0..groups.len() {
+        let ends_chain = match (groups.get(g), groups.get(g + 1)) {
+            (Some(&this), Some(&next)) => !joined(this, next),
+            _ => true,
+        };
+        if !ends_chain {
             continue;
         }
-        // Extend over digits and single separators between digits; remember the longest
-        // end at a run boundary whose digits make a card number.
-        let (mut j, mut digits, mut best) = (i, Vec::with_capacity(PAN_LEN_MAX + 1), None);
-        while let Some(&c) = chars.get(j) {
-            if digits.len() > PAN_LEN_MAX {
-                break;
-            }
-            if let Some(d) = digit(c) {
-                digits.push(d);
-                j += 1;
-                let card = (PAN_LEN_MIN..=PAN_LEN_MAX).contains(&digits.len());
-                if !is_digit(j) && card && luhn_valid(&digits) {
-                    best = Some(j);
+        let chain = groups.get(chain_start..=g).unwrap_or_default();
+        chain_start = g + 1;
+        for first in 0..chain.len() {
+            let mut digits: Vec<u8> = Vec::with_capacity(PAN_LEN_MAX + 1);
+            let mut at: Vec<usize> = Vec::with_capacity(PAN_LEN_MAX + 1);
+            let mut readable = true;
+            for &(start, end) in chain.get(first..).unwrap_or_default() {
+                for (n, c) in chars.get(start..end).unwrap_or_default().iter().enumerate() {
+                    match digit(*c) {
+                        Some(d) => digits.push(d),
+                        None => readable = false,
+                    }
+                    at.push(start + n);
                 }
-            } else if separator(c) {
-                let mut k = j;
-                while is_separator(k) && k - j < SEPARATORS_MAX {
-                    k += 1;
-                }
-                if !is_digit(k) {
+                if at.len() > PAN_LEN_MAX {
                     break;
                 }
-                j = k;
-            } else {
-                break;
-            }
-        }
-        match best {
-            Some(end) => {
-                found.push((i, end));
-                i = end;
-            }
-            // Past this run of digits.
-            None => {
-                while is_digit(i) {
-                    i += 1;
+                if readable && at.len() >= PAN_LEN_MIN && luhn_valid(&digits) {
+                    let count = at.len();
+                    for (seen, &pos) in at.iter().enumerate() {
+                        if seen >= MASK_KEEP_FIRST
+                            && seen + MASK_KEEP_LAST < count
+                            && let Some(slot) = masked.get_mut(pos)
+                        {
+                            *slot = true;
+                        }
+                    }
                 }
             }
         }
     }
-    if found.is_empty() {
+    if !masked.iter().any(|m| *m) {
         return std::borrow::Cow::Borrowed(text);
     }
-    let mut out = String::with_capacity(text.len());
-    let mut at = 0;
-    for (start, end) in found {
-        out.extend(chars.get(at..start).unwrap_or_default());
-        let span = chars.get(start..end).unwrap_or_default();
-        let count = span.iter().filter(|c| digit(**c).is_some()).count();
-        let mut seen = 0;
-        for &c in span {
-            if digit(c).is_some() {
-                let shown = seen < MASK_KEEP_FIRST || seen + MASK_KEEP_LAST >= count;
-                out.push(if shown { c } else { '*' });
-                seen += 1;
-            } else {
-                out.push(c);
-            }
-        }
-        at = end;
-    }
-    out.extend(chars.get(at..).unwrap_or_default());
+    let out: String = chars
+        .iter()
+        .zip(&masked)
+        .map(|(&c, &hide)| if hide { '*' } else { c })
+        .collect();
     std::borrow::Cow::Owned(out)
 }
 
@@ -372,6 +379,21 @@ mod tests {
             mask_card_numbers(&format!("{ICBC} 12 items")),
             format!("{masked} 12 items")
         );
+        // A number before a grouped card number that makes a card number with its first
+        // groups by chance (an RRN, a date, a count): the card number is masked all the same.
+        for (typed, shown) in [
+            (
+                "RRN 100000000007 6222 0202 0011 2347",
+                "RRN 100000****** 6222 02** **** 2347",
+            ),
+            (
+                "2024-05-08 6222 0202 0011 2347",
+                "2024-05-** **** 02** **** 2347",
+            ),
+            ("退款 2 6222 0202 0011 2347", "退款 2 6222 0*** **** 2347"),
+        ] {
+            assert_eq!(mask_card_numbers(typed), shown, "{typed:?}");
+        }
         // Not card numbers: an RRN (12 digits), a 16-digit order number failing Luhn, a
         // longer run; text without any is borrowed as it is.
         for kept in [
