@@ -590,7 +590,7 @@ mod tests {
         assert_eq!(err, Field62Error::KcvMismatch { failed });
         assert!(err.to_string().starts_with("MAK failed"), "{err}");
 
-        let wrong_tmk = des("00000000000000000000000000000000");
+        let wrong_tmk = des("00000000000000001111111111111111");
         let err =
             decode_field62(&wrong_tmk, KeyScheme::DoubleWithTdk, &issued.field62).unwrap_err();
         assert_eq!(

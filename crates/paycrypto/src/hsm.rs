@@ -1028,6 +1028,18 @@ mod tests {
             hsm.translate_pin_block(issued.pik, single, &block, &digits),
             Err(HsmError::Pin(PinError::WeakerKey))
         ));
+        // Nor to a double-length key whose halves are equal (single DES in strength).
+        let single_in_double = hsm
+            .import_key(
+                KeyUsage::Zpk,
+                KeyAlgorithm::Des,
+                "11111111111111111111111111111111",
+            )
+            .unwrap();
+        assert!(matches!(
+            hsm.translate_pin_block(issued.pik, single_in_double, &block, &digits),
+            Err(HsmError::Pin(PinError::WeakerKey))
+        ));
         let out = hsm
             .translate_pin_block(issued.pik, zpk, &block, &digits)
             .unwrap();

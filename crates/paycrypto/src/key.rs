@@ -482,10 +482,29 @@ impl Key {
         }
     }
 
-    /// Whether this is a single-length (8-byte, 56-bit) DES key: too weak to carry or protect
-    /// anything that came under a stronger one.
+    /// Whether this DES key is single DES in strength (56 bits): too weak to carry or protect
+    /// anything that came under a stronger one. An 8-byte key, and a longer one whose halves
+    /// (or, of three, whose neighbouring thirds) are equal: triple DES under K1 = K2 is single
+    /// DES under K3, whatever its length says. DES ignores each byte's lowest (parity) bit,
+    /// so parts that differ only there are equal.
     pub fn is_single_des(&self) -> bool {
-        matches!(self, Self::Des(_)) && self.len() == 8
+        if !matches!(self, Self::Des(_)) {
+            return false;
+        }
+        let bytes = self.expose();
+        let same = |a: usize, b: usize| match (
+            bytes.get(a * 8..(a + 1) * 8),
+            bytes.get(b * 8..(b + 1) * 8),
+        ) {
+            (Some(x), Some(y)) => x.iter().zip(y).all(|(p, q)| p & 0xFE == q & 0xFE),
+            _ => false,
+        };
+        match bytes.len() {
+            8 => true,
+            16 => same(0, 1),
+            24 => same(0, 1) || same(1, 2),
+            _ => false,
+        }
     }
 
     /// Key length in bytes.
@@ -608,6 +627,21 @@ mod tests {
         let double = des("0123456789ABCDEF0123456789ABCDEF");
         assert_eq!(single.kcv(), double.kcv());
         assert_eq!(double.length(), DesKeyLength::Double);
+        // Its strength is single DES's, whatever its length says.
+        let of = |hex: &str| Key::from_hex(KeyAlgorithm::Des, hex).unwrap();
+        assert!(of("0123456789ABCDEF0123456789ABCDEF").is_single_des());
+        assert!(of("0123456789ABCDEF0123456789ABCDEFFEDCBA9876543210").is_single_des());
+        assert!(of("FEDCBA98765432100123456789ABCDEF0123456789ABCDEF").is_single_des());
+        assert!(!of("0123456789ABCDEFFEDCBA9876543210").is_single_des());
+        // Halves that differ only in parity bits are the same DES key.
+        assert!(of("0123456789ABCDEF0023456789ABCDEF").is_single_des());
+        // Two-key triple DES (K1 = K3) is double length in strength.
+        assert!(!of("0123456789ABCDEFFEDCBA98765432100123456789ABCDEF").is_single_des());
+        assert!(
+            !Key::from_hex(KeyAlgorithm::Sm4, "0123456789ABCDEF0123456789ABCDEF")
+                .unwrap()
+                .is_single_des()
+        );
     }
 
     // GB/T 32907-2016 appendix A, example 1.
