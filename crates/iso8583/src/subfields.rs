@@ -231,8 +231,9 @@ impl fmt::Debug for CardOrganisation {
 }
 
 /// One batch-upload record: 40 digits. The PAN is kept as its 20 wire digits (right-aligned,
-/// zero-filled) and never printed by Debug.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// zero-filled), never printed by Debug, and wiped when the record is dropped (not `Copy`, so
+/// no copy outlives it unwiped).
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct BatchRecord {
     pub organisation: CardOrganisation,
     pub trace: u32,
@@ -297,6 +298,12 @@ impl BatchRecord {
     }
 }
 
+impl Drop for BatchRecord {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.pan);
+    }
+}
+
 impl fmt::Debug for BatchRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BatchRecord")
@@ -309,7 +316,7 @@ impl fmt::Debug for BatchRecord {
 }
 
 /// Field 48 of a batch upload (0320): n2 count, then that many records (at most 8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BatchUpload {
     records: [Option<BatchRecord>; Self::RECORDS_MAX],
 }
@@ -415,7 +422,7 @@ impl Compose for BatchUploadEnd {
 }
 
 /// Field 48, told apart by its length (62, 4, or 2 + 40k digits never coincide).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[expect(
     clippy::large_enum_variant,
     reason = "parsing a sub-field must not allocate"
