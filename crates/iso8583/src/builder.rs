@@ -350,6 +350,10 @@ impl MessageBuilder {
     }
 
     fn encode_until(&self, out: &mut Vec<u8>, stop: u8) {
+        // Room for the whole message and a MAC before the first field is written: a buffer
+        // grown half-way would free its old allocation, card number and all, unwiped. (MTI,
+        // bitmap, the fields' data, a length prefix of at most two bytes each, the MAC.)
+        out.reserve(2 + 8 + self.data.len() + 2 * FIELD_COUNT + 8);
         let mut bitmap = self.bitmap();
         if stop == 64 {
             bitmap |= 1;

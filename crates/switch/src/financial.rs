@@ -1864,7 +1864,12 @@ impl Core {
         let tdk = ctx.terminal.keys.and_then(|k| k.tdk).ok_or(
             "track encrypted, but the terminal was given no track key (scheme 004 or 006 gives one)",
         )?;
-        let sealed = Zeroizing::new(track.to_string());
+        // Written into room made for it first: a string grown digit by digit would free
+        // copies of the track unwiped.
+        let mut sealed = Zeroizing::new(String::with_capacity(track.len()));
+        track
+            .write_to(&mut *sealed)
+            .map_err(|_| "encrypted track could not be read")?;
         self.hsm
             .decrypt_track(tdk, &sealed)
             .map(Some)
