@@ -19,6 +19,17 @@ const USER_COLUMNS: &str =
 const CREDENTIALS_STILL: &str = "WHERE EXISTS (SELECT 1 FROM web_users
      WHERE id = ?2 AND password_hash = ?6 AND disabled = 0)";
 
+/// The user's row lock, taken before a checked insert reads [`CREDENTIALS_STILL`]: on
+/// PostgreSQL a password change or a disabling another node has made and not yet committed
+/// is waited for, and the check then reads what it wrote. Without it the check read the old
+/// password, the change's removal of the user's sessions and tokens could not see the insert
+/// (not yet committed), and the session or token outlived the change.
+fn lock_user(conn: &Connection, user_id: i64) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE web_users SET id = id WHERE id = ?1")?
+        .execute_any(params![user_id])?;
+    Ok(())
+}
+
 pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreError> {
     match record {
         WebRecord::UpsertUser(u) => {
@@ -76,6 +87,7 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
             session: s,
             password_hash,
         } => {
+            lock_user(conn, s.user_id)?;
             let sql = format!(
                 "INSERT INTO web_sessions (token_hash, user_id, csrf, created_at_ms,
                  expires_at_ms) SELECT ?1, ?2, ?3, ?4, ?5 {CREDENTIALS_STILL}"
@@ -160,6 +172,7 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
             token: t,
             password_hash,
         } => {
+            lock_user(conn, t.user_id)?;
             let sql = format!(
                 "INSERT INTO web_api_tokens (token_hash, user_id, name, created_at_ms,
                  revoked) SELECT ?1, ?2, ?3, ?4, ?5 {CREDENTIALS_STILL}"

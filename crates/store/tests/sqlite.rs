@@ -290,6 +290,63 @@ fn on_postgres_a_lock_held_by_a_dead_session_fails_one_write_not_the_writer() {
     store.close();
 }
 
+/// On PostgreSQL, a sign-in checked against the old password while another node's password
+/// change is written but not yet committed: the session's insert waits for the change and is
+/// then refused. Before, its check read the old password without waiting, the change's
+/// removal of the user's sessions could not see it (not yet committed), and the session
+/// outlived the change.
+#[test]
+fn on_postgres_a_session_checked_during_a_password_change_does_not_outlive_it() {
+    use store::web::{Role, SessionRow, UserRow, WebRecord};
+    let Some(db) = Db::postgres() else { return };
+    let config = db.pg_config().unwrap();
+    let schema = config.schema.clone().unwrap();
+    let store = db.open();
+    store
+        .submit(vec![Record::Web(WebRecord::UpsertUser(UserRow {
+            id: 1,
+            username: "teahouse".into(),
+            password_hash: "$argon2id$old".into(),
+            role: Role::Merchant,
+            mid: None,
+            display_name: "Teahouse".into(),
+            disabled: false,
+            created_at_ms: 1,
+        }))])
+        .unwrap()
+        .wait()
+        .unwrap();
+    // Another node changes the password and ends the user's sessions, not yet committed.
+    let other = Session::connect(&config.url);
+    other
+        .run(&format!(
+            "SET search_path TO {schema}; BEGIN; \
+             UPDATE web_users SET password_hash = '$argon2id$new' WHERE id = 1; \
+             DELETE FROM web_sessions WHERE user_id = 1"
+        ))
+        .unwrap();
+    let signed_in = store
+        .submit(vec![Record::Web(WebRecord::InsertSessionChecked {
+            session: SessionRow {
+                token_hash: vec![9; 32],
+                user_id: 1,
+                csrf: "c".into(),
+                created_at_ms: 2,
+                expires_at_ms: 10_000,
+            },
+            password_hash: "$argon2id$old".into(),
+        })])
+        .unwrap();
+    // The insert waits for the change...
+    other.wait_blocked();
+    other.run("COMMIT").unwrap();
+    // ...and then finds the password changed.
+    assert!(signed_in.wait().is_err());
+    assert!(store.web_session(&[9; 32]).unwrap().is_none());
+    drop(other);
+    store.close();
+}
+
 /// A loopback gate to the test's PostgreSQL server that can refuse connections (the database
 /// down), counting the connections it is asked for.
 struct Gate {
