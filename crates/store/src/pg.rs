@@ -741,6 +741,11 @@ fn run_group(
         }
     }
     let finished = conn.finish_pipeline();
+    // A write that sends no read (an outcome, a state) meets another session's lock only
+    // here, when the pipeline's answers are read.
+    if let Err(shim::Unexpected::Error { lock_timeout: true }) = finished {
+        lock_wait = true;
+    }
     // `SELECT 1` first: in a transaction an error aborted, PostgreSQL answers a COMMIT with a
     // rollback and no error, but fails the SELECT (and skips the COMMIT).
     if !failed && finished.is_ok() && conn.execute_batch("SELECT 1; COMMIT").is_ok() {

@@ -118,8 +118,10 @@ pub enum Unexpected {
     /// statement execution, which sees the count, might not have had.
     Count,
     /// An error, every answer before it as granted: statement-by-statement execution would
-    /// have met the same error at the same statement.
-    Error,
+    /// have met the same error at the same statement. `lock_timeout` when it was the lock
+    /// timeout (55P03): a row another session holds, which the writer's careful run then waits
+    /// for only briefly.
+    Error { lock_timeout: bool },
 }
 
 impl Connection {
@@ -211,7 +213,7 @@ impl Connection {
         answer: std::result::Result<u64, tokio_postgres::Error>,
         any_count: bool,
     ) -> Result<()> {
-        let (result, kind) = match answer.map_err(pg) {
+        let (result, kind) = match answer {
             Ok(1) => return Ok(()),
             Ok(_) if any_count => return Ok(()),
             Ok(changed) => (
@@ -220,7 +222,11 @@ impl Connection {
                 })),
                 Unexpected::Count,
             ),
-            Err(error) => (Err(error), Unexpected::Error),
+            Err(error) => {
+                let lock_timeout =
+                    error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
+                (Err(pg(error)), Unexpected::Error { lock_timeout })
+            }
         };
         if let Some(pipeline) = self.pipeline.borrow_mut().as_mut() {
             pipeline.unexpected.get_or_insert(kind);
@@ -779,7 +785,12 @@ pub(crate) mod tests {
         assert_eq!(conn.execute(insert, params![5_i64]).unwrap(), 1);
         // Ok at once, or the error itself if its answer was already in.
         let _ = conn.execute(insert, params![5_i64]);
-        assert_eq!(conn.finish_pipeline(), Err(Unexpected::Error));
+        assert_eq!(
+            conn.finish_pipeline(),
+            Err(Unexpected::Error {
+                lock_timeout: false
+            })
+        );
         conn.execute_batch("ROLLBACK").unwrap();
 
         // Sent by `execute_any`, a count of none is as granted.

@@ -290,6 +290,55 @@ fn on_postgres_a_lock_held_by_a_dead_session_fails_one_write_not_the_writer() {
     store.close();
 }
 
+/// A session that holds a transaction's row and went quiet (another node that died inside its
+/// transaction), and a write of that row that reads nothing (a state, pipelined): its lock
+/// timeout is seen only when the pipeline's answers are read, and the careful run must then
+/// wait briefly too, not the full lock timeout on every try (about 10 s of the writer held up
+/// before, every terminal of the node answered 96 meanwhile).
+#[test]
+fn on_postgres_a_pipelined_write_behind_a_dead_sessions_lock_fails_quickly() {
+    let Some(db) = Db::postgres() else { return };
+    let config = db.pg_config().unwrap();
+    let schema = config.schema.clone().unwrap();
+    let store = db.open();
+    provision(&store);
+    store.submit(claimed(1, txn(1, 5))).unwrap().wait().unwrap();
+    let other = Session::connect(&config.url);
+    other
+        .run(&format!(
+            "SET search_path TO {schema}; BEGIN; \
+             UPDATE transactions SET state = state WHERE id = 1"
+        ))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let state = store
+        .submit(vec![Record::State {
+            id: 1,
+            state: TxnState::Declined,
+        }])
+        .unwrap();
+    let behind = store
+        .submit(vec![Record::UpsertMerchant(merchant())])
+        .unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let state = state.wait();
+        let behind = behind.wait();
+        let _ = done.send((state, behind));
+    });
+    let (state, behind) = finished
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the writer waited on the dead session's lock");
+    assert!(state.is_err(), "{state:?}");
+    behind.unwrap();
+    // The lock timeout (2 s) once, then the careful run's (0.25 s a try): about 3 s, where
+    // the full timeout on every try took 10 (the bound leaves a slow machine room).
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_millis(6_000), "{took:?}");
+    drop(other);
+    store.close();
+}
+
 /// On PostgreSQL, a sign-in checked against the old password while another node's password
 /// change is written but not yet committed: the session's insert waits for the change and is
 /// then refused. Before, its check read the old password without waiting, the change's
