@@ -152,6 +152,18 @@ pub trait Store: Send + Sync + 'static {
     fn balance_answer(&self, txn_id: i64) -> Result<Option<String>, StoreError>;
     fn reversal(&self, txn_id: i64) -> Result<Option<SafItem>, StoreError>;
     fn reversals_in_state(&self, state: SafState) -> Result<Vec<SafItem>, StoreError>;
+    /// How many reversals are in `state`, counted in the database (an issuer's outage queues
+    /// tens of thousands: a scrape of the metrics does not read them all).
+    fn count_reversals_in_state(&self, state: SafState) -> Result<u64, StoreError>;
+    /// How many reversals in `state` undo transactions of merchant `mid` received in
+    /// `[from_ms, to_ms)`: one query, not a read of every queued reversal's transaction.
+    fn count_reversals_of_merchant(
+        &self,
+        state: SafState,
+        mid: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<u64, StoreError>;
 
     // --- resolve (issue 4): payer lookup, journal tailing, cases, outbox, back office
     /// Transactions of one card (its keyed fingerprint) at one merchant, oldest first; past

@@ -552,6 +552,33 @@ impl Store for SqliteStore {
         self.safs_where("state = ?1 ORDER BY next_attempt_ms", &[&state])
     }
 
+    fn count_reversals_in_state(&self, state: SafState) -> Result<u64, StoreError> {
+        let count: i64 = self.read(|conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT COUNT(*) FROM reversal_queue WHERE state = ?1")?;
+            Ok(statement.query_row(params![state], |r| r.get(0))?)
+        })?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    fn count_reversals_of_merchant(
+        &self,
+        state: SafState,
+        mid: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let count: i64 = self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT COUNT(*) FROM reversal_queue q JOIN transactions t ON t.id = q.txn_id
+                 WHERE q.state = ?1 AND t.mid = ?2 AND t.received_at_ms >= ?3
+                 AND t.received_at_ms < ?4",
+            )?;
+            Ok(statement.query_row(params![state, mid, from_ms, to_ms], |r| r.get(0))?)
+        })?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     // --- risk (in sqlite_risk.rs)
     fn merchant_profile(&self, mid: &str) -> Result<Option<MerchantProfileRow>, StoreError> {
         self.risk_merchant_profile(mid)

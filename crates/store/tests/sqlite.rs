@@ -1196,6 +1196,22 @@ fn reversal_queue_claim_retry_and_ack(db: &Db) {
         store.reversals_in_state(SafState::Pending).unwrap().len(),
         2
     );
+    // Counted in the database: all of a state, or a merchant's within a window of receipt
+    // (transaction 2 received at 1,002, transaction 3 at 1,003).
+    assert_eq!(
+        store.count_reversals_in_state(SafState::Pending).unwrap(),
+        2
+    );
+    assert_eq!(store.count_reversals_in_state(SafState::Acked).unwrap(), 1);
+    let of = |mid: &str, from_ms: i64, to_ms: i64| {
+        store
+            .count_reversals_of_merchant(SafState::Pending, mid, from_ms, to_ms)
+            .unwrap()
+    };
+    assert_eq!(of("898110048990001", 1_000, 1_004), 2);
+    assert_eq!(of("898110048990001", 1_003, 1_004), 1);
+    assert_eq!(of("898110048990001", 1_004, 2_000), 0);
+    assert_eq!(of("898110059420002", 1_000, 1_004), 0);
 
     // Leases survive a restart: after reopening, nothing is due before the lease ends.
     store.close();
