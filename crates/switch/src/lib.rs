@@ -165,9 +165,8 @@ impl SwitchHandle {
             saf_depth: self
                 .core
                 .store
-                .reversals_in_state(SafState::Pending)
-                .ok()
-                .and_then(|items| u64::try_from(items.len()).ok()),
+                .count_reversals_in_state(SafState::Pending)
+                .ok(),
             journal_waits_exceeded: self.core.waits_exceeded.load(Ordering::Relaxed),
             journal_late_writes: u64::try_from(self.core.late.load(Ordering::Acquire))
                 .unwrap_or(u64::MAX),

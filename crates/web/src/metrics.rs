@@ -289,11 +289,10 @@ fn render_store(out: &mut String, web: &Web) {
             label(&code)
         );
     }
-    if let Ok(pending) = web.store.reversals_in_state(SafState::Pending) {
+    if let Ok(pending) = web.store.count_reversals_in_state(SafState::Pending) {
         let _ = writeln!(
             out,
-            "# HELP shoudan_saf_depth Reversals waiting for an issuer.\n# TYPE shoudan_saf_depth gauge\nshoudan_saf_depth {}",
-            pending.len()
+            "# HELP shoudan_saf_depth Reversals waiting for an issuer.\n# TYPE shoudan_saf_depth gauge\nshoudan_saf_depth {pending}",
         );
     }
     if let Ok(stuck) = crate::query::reversals_stuck(web) {

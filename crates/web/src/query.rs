@@ -583,14 +583,9 @@ pub fn day_stats(web: &Web, mid: &str) -> Result<DayStats, ApiError> {
     }
     let decided = stats.approved + stats.declined + stats.failed + stats.reversed;
     stats.approval_per_mille = (decided > 0).then(|| stats.approved * 1000 / decided);
-    let mut pending = 0u64;
-    for item in web.store.reversals_in_state(SafState::Pending)? {
-        let today = web.store.txn(item.txn_id)?.is_some_and(|r| {
-            r.mid == mid && r.received_at_ms >= start && r.received_at_ms < start + MS_PER_DAY
-        });
-        pending += u64::from(today);
-    }
-    stats.reversals_pending = pending;
+    stats.reversals_pending =
+        web.store
+            .count_reversals_of_merchant(SafState::Pending, mid, start, start + MS_PER_DAY)?;
     Ok(stats)
 }
 
