@@ -210,19 +210,41 @@ pub fn mask_card_numbers(text: &str) -> std::borrow::Cow<'_, str> {
                 | '／'
         )
     }
+    let mut chars: Vec<char> = text.chars().collect();
+    // Masked until nothing more is: a pass can split a group of digits where it masks, and the
+    // digits it keeps may then make a card number with their neighbours by chance. Each pass
+    // only adds stars, so this ends; masking a masked text again changes nothing.
+    let mut masked_any = false;
+    while mask_pass(&mut chars, digit, separator) {
+        masked_any = true;
+    }
+    if !masked_any {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(chars.into_iter().collect())
+}
+
+/// One pass of [`mask_card_numbers`] over `chars`: whether it masked anything.
+///
+/// Groups are runs of digits; a chain is groups joined by up to three separators. Every run of
+/// whole groups within a chain that makes a card number (13–19 digits, Luhn) has its middle
+/// digits masked, whichever other run they belong to: an RRN or a date before a card number
+/// may make a card number with its first groups by chance, and taking that one alone would
+/// leave the real one in the clear. Masking too much is allowed; showing a card number is
+/// not.
+fn mask_pass(
+    chars: &mut [char],
+    digit: fn(char) -> Option<u8>,
+    separator: fn(char) -> bool,
+) -> bool {
     // Separators in a row between two groups of digits, at most ("6222 - 0202").
     const SEPARATORS_MAX: usize = 3;
-    let chars: Vec<char> = text.chars().collect();
-    // A group is a run of digits; a digit masked already ('*') stays in its group, so that a
-    // text masked once is grouped as it was and masked again the same (no new candidate
-    // appears where a mask split a group).
-    let in_group = |c: char| digit(c).is_some() || c == '*';
     let mut groups: Vec<(usize, usize)> = Vec::new();
     let mut k = 0;
     while k < chars.len() {
-        if chars.get(k).copied().is_some_and(in_group) {
+        if chars.get(k).copied().and_then(digit).is_some() {
             let start = k;
-            while chars.get(k).copied().is_some_and(in_group) {
+            while chars.get(k).copied().and_then(digit).is_some() {
                 k += 1;
             }
             groups.push((start, k));
@@ -230,20 +252,13 @@ pub fn mask_card_numbers(text: &str) -> std::borrow::Cow<'_, str> {
             k += 1;
         }
     }
-    // Chains of groups joined by up to three separators: a card number written in groups
-    // lies within one, starting and ending at group boundaries.
     let joined = |(_, end): (usize, usize), (start, _): (usize, usize)| {
         start - end <= SEPARATORS_MAX
             && chars
                 .get(end..start)
                 .is_some_and(|gap| gap.iter().all(|c| separator(*c)))
     };
-    // Every run of whole groups within a chain that makes a card number (13–19 digits, Luhn)
-    // has its middle digits masked, whichever other run they belong to: an RRN or a date
-    // before a card number may make a card number with its first groups by chance, and
-    // taking that one alone would leave the real one in the clear. Masking too much is
-    // allowed; showing a card number is not.
-    let mut masked = vec![false; chars.len()];
+    let mut hide: Vec<usize> = Vec::new();
     let mut chain_start = 0;
     for g in 0..groups.len() {
         let ends_chain = match (groups.get(g), groups.get(g + 1)) {
@@ -258,41 +273,29 @@ pub fn mask_card_numbers(text: &str) -> std::borrow::Cow<'_, str> {
         for first in 0..chain.len() {
             let mut digits: Vec<u8> = Vec::with_capacity(PAN_LEN_MAX + 1);
             let mut at: Vec<usize> = Vec::with_capacity(PAN_LEN_MAX + 1);
-            let mut readable = true;
             for &(start, end) in chain.get(first..).unwrap_or_default() {
                 for (n, c) in chars.get(start..end).unwrap_or_default().iter().enumerate() {
-                    match digit(*c) {
-                        Some(d) => digits.push(d),
-                        None => readable = false,
-                    }
+                    digits.extend(digit(*c));
                     at.push(start + n);
                 }
                 if at.len() > PAN_LEN_MAX {
                     break;
                 }
-                if readable && at.len() >= PAN_LEN_MIN && luhn_valid(&digits) {
+                if at.len() >= PAN_LEN_MIN && luhn_valid(&digits) {
                     let count = at.len();
-                    for (seen, &pos) in at.iter().enumerate() {
-                        if seen >= MASK_KEEP_FIRST
-                            && seen + MASK_KEEP_LAST < count
-                            && let Some(slot) = masked.get_mut(pos)
-                        {
-                            *slot = true;
-                        }
-                    }
+                    hide.extend(at.iter().enumerate().filter_map(|(seen, &pos)| {
+                        (seen >= MASK_KEEP_FIRST && seen + MASK_KEEP_LAST < count).then_some(pos)
+                    }));
                 }
             }
         }
     }
-    if !masked.iter().any(|m| *m) {
-        return std::borrow::Cow::Borrowed(text);
+    for pos in &hide {
+        if let Some(c) = chars.get_mut(*pos) {
+            *c = '*';
+        }
     }
-    let out: String = chars
-        .iter()
-        .zip(&masked)
-        .map(|(&c, &hide)| if hide { '*' } else { c })
-        .collect();
-    std::borrow::Cow::Owned(out)
+    !hide.is_empty()
 }
 
 /// Luhn (mod 10) over ASCII digits, check digit last. False for empty input or a non-digit.
@@ -391,6 +394,10 @@ mod tests {
                 "2024-05-** **** 02** **** 2347",
             ),
             ("退款 2 6222 0202 0011 2347", "退款 2 6222 0*** **** 2347"),
+            // Stars around it (Markdown's bold, a footnote): still a card number.
+            ("**6222020200112347**", "**622202******2347**"),
+            ("*6222020200112347", "*622202******2347"),
+            ("6222020200112347*2", "622202******2347*2"),
         ] {
             assert_eq!(mask_card_numbers(typed), shown, "{typed:?}");
         }
@@ -410,7 +417,17 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn masking_is_idempotent_and_keeps_the_length(text in "[0-9０-９ a　./\t-]{0,80}") {
+        fn a_card_number_among_any_text_is_never_shown_whole(
+            before in "[0-9 *a./-]{0,24}[ *a]",
+            after in "[ *a][0-9 *a./-]{0,24}",
+        ) {
+            let card = "6222020200112347";
+            let masked = mask_card_numbers(&format!("{before}{card}{after}")).into_owned();
+            proptest::prop_assert!(!masked.contains(card), "{masked}");
+        }
+
+        #[test]
+        fn masking_is_idempotent_and_keeps_the_length(text in "[0-9０-９ a　./\t*-]{0,80}") {
             let once = mask_card_numbers(&text).into_owned();
             proptest::prop_assert_eq!(mask_card_numbers(&once).into_owned(), once.clone());
             proptest::prop_assert_eq!(once.chars().count(), text.chars().count());
