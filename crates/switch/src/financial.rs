@@ -2143,14 +2143,21 @@ impl Core {
                         if previous == TxnState::Approved {
                             records.extend(self.unlink(o, &mut undo));
                             sales_delta = crate::risk::sales_reversed(o.kind, o.amount_fen);
-                            // The day of the sale that goes out, or, for a void, comes
-                            // back in.
-                            let voided =
-                                matches!(o.kind, TxnKind::PurchaseVoid | TxnKind::CompletionVoid)
-                                    .then(|| o.original_id.or(o.live().linked_original))
-                                    .flatten()
-                                    .and_then(|id| self.ledger.by_id(id));
-                            sales_day = voided.map_or(o.received_day, |sale| sale.received_day);
+                            // The day of the sale that goes out, or, for a void, comes back
+                            // in: the voided sale's or pre-authorisation's (a pre-authorisation
+                            // is voided days later). One the index no longer holds is from
+                            // before yesterday, a day no limit counts any more.
+                            let void =
+                                matches!(o.kind, TxnKind::PurchaseVoid | TxnKind::PreAuthVoid);
+                            let voided = void
+                                .then(|| o.original_id.or(o.live().linked_original))
+                                .flatten()
+                                .and_then(|id| self.ledger.by_id(id));
+                            match voided {
+                                Some(sale) => sales_day = sale.received_day,
+                                None if void => sales_delta = 0,
+                                None => sales_day = o.received_day,
+                            }
                         }
                         records.push(self.event(
                             o.id,

@@ -624,6 +624,50 @@ fn a_record_written_to_the_store_reaches_the_switch() {
     });
 }
 
+/// A void of an earlier day's pre-authorisation, reversed by its terminal: the amount goes back
+/// to the pre-authorisation's day, not today's, which it never counted in. Before, today got
+/// it, and the merchant's sales were declined 61 for the rest of the day.
+#[test]
+fn reversing_a_void_of_an_earlier_days_pre_authorisation_leaves_today_alone() {
+    const DAILY: &str = r#"{"merchants": {"898110048990001": [
+        {"id": "day", "kind": "daily-amount-max", "max_fen": 50000}]}}"#;
+    runtime().block_on(async {
+        let w = world_with(DAILY).await;
+        let mut t = w.h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
+        let pan = healthy.pan.expose_digits();
+        let pre_auth = Req {
+            mti: iso8583::Mti::AUTHORISATION,
+            processing: "030000",
+            condition: "06",
+            message_type: "10",
+            ..paid_with_pin(healthy, 30_000, 2)
+        };
+        let held = t.send(&pre_auth).await;
+        assert_eq!(held.code(), "00");
+        w.h.clock.shift_days(1);
+        let void = Req {
+            mti: iso8583::Mti::AUTHORISATION,
+            processing: "200000",
+            condition: "06",
+            message_type: "11",
+            rrn: Some(held.text(37).unwrap()),
+            f61: Some(format!("{:06}{:06}", 1, 2)),
+            ..Req::purchase(pan, 30_000, 3)
+        };
+        assert_eq!(t.send(&void).await.code(), "00");
+        assert_eq!(t.send(&Req::reversal_of(&void)).await.code(), "00");
+        // Today has sold nothing: the whole limit is there.
+        assert_eq!(
+            t.send(&paid_with_pin(healthy, 50_000, 4)).await.code(),
+            "00"
+        );
+        let mut h = w.h;
+        h.stop().await;
+    });
+}
+
 /// A pre-authorisation counts toward the day it is approved (the card's money is held for the
 /// merchant from then on), its void takes it back out, and its completion on a later day adds
 /// nothing. Counted at completion instead, pre-authorisations each under the limit and their
