@@ -292,6 +292,28 @@ pub fn explain_txn(
                     ),
                 ));
             }
+            "declined" if domain::diagnosis::issuer_link_code(&event.detail).is_some() => {
+                let theirs = domain::diagnosis::issuer_link_code(&event.detail).unwrap_or("--");
+                steps.push(step(
+                    at,
+                    "declined",
+                    Both::new(
+                        format!(
+                            "{}以代码 {theirs} 拒绝：这个代码说的是收单机构与{}之间的线路（密钥、\
+                             报文格式、签到），不是终端或卡的问题；终端收到 96（系统故障），\
+                             需收单机构处理",
+                            bank.zh, bank.zh
+                        ),
+                        format!(
+                            "declined by {} with code {theirs}, which is about the acquirer's \
+                             link to {} (keys, message format, sign-in), not the terminal or the \
+                             card: the terminal was told 96 (system error) and the acquirer must \
+                             act",
+                            bank.en, bank.en
+                        ),
+                    ),
+                ));
+            }
             "declined" => {
                 let code = row_code_title(row, reversal.is_some());
                 let by = if row.sent_at_ms.is_none() {

@@ -302,6 +302,46 @@ fn reversed_and_refused(id: i64) -> Vec<Record> {
     ]
 }
 
+/// A decline the issuer gave with a code about the acquirer's side of the link (its 99, a PIN
+/// block under a zone key out of step): the explanation gives the issuer's code and says the
+/// acquirer must act, not "declined by the issuer: 96".
+#[test]
+fn an_issuer_decline_about_the_link_is_explained_with_the_issuers_code() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(0);
+        let (code, rrn, _) = e.purchase(&card, 700).await;
+        assert_eq!(code, "00");
+        let store = e.store();
+        let id = store.txn_by_rrn(&rrn).unwrap().unwrap().id;
+        let detail = format!(
+            "declined by SIM at 10:00:00: 99, {} (purchase)",
+            domain::diagnosis::ISSUER_LINK_NOTE
+        );
+        store
+            .submit(vec![store::Record::Event(store::EventRow {
+                txn_id: id,
+                at_ms: now(),
+                kind: "declined".into(),
+                detail,
+            })])
+            .unwrap()
+            .await
+            .unwrap();
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &rrn, now()).unwrap();
+        let said = x
+            .steps
+            .iter()
+            .find(|s| s.kind == "declined")
+            .unwrap_or_else(|| panic!("{x:#?}"));
+        assert!(
+            said.text.en.contains("with code 99") && said.text.en.contains("acquirer must act"),
+            "{said:#?}"
+        );
+        assert!(said.text.zh.contains("99"), "{said:#?}");
+    });
+}
+
 #[test]
 fn a_reversal_the_issuer_refused_tells_the_merchant_to_check_the_card() {
     runtime().block_on(async {

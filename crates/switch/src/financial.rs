@@ -1455,9 +1455,9 @@ impl Core {
                                 "issuer declined with a code about the acquirer's link to it"
                             );
                             format!(
-                                "declined by {bank} at {at}: {}, a code about the acquirer's \
-                                 link to {bank}, not this terminal: answered 96 ({what})",
-                                answer.code_text()
+                                "declined by {bank} at {at}: {}, {} ({what})",
+                                answer.code_text(),
+                                domain::diagnosis::ISSUER_LINK_NOTE,
                             )
                         } else {
                             format!(

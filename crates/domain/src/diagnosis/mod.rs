@@ -533,6 +533,20 @@ impl Diagnosis {
     }
 }
 
+/// What a declined request's event says after the issuer's code when that code speaks of the
+/// acquirer's side of the issuer link (its keys, message format, MACs, sign-in or batch with
+/// the issuer), not of the terminal or the card: the switch answers the terminal 96 and keeps
+/// the issuer's code in the event, `"…: {code}, {ISSUER_LINK_NOTE} (…)"`.
+pub const ISSUER_LINK_NOTE: &str =
+    "a code about the acquirer's link to the issuer, not this terminal: answered 96";
+
+/// The issuer's code in an event detail that carries [`ISSUER_LINK_NOTE`].
+pub fn issuer_link_code(detail: &str) -> Option<&str> {
+    let at = detail.find(ISSUER_LINK_NOTE)?;
+    let before = detail.get(..at)?.strip_suffix(", ")?;
+    before.get(before.len().checked_sub(2)?..)
+}
+
 /// The diagnosis of a response code (field 39, wire form). A code that is not in the table gets
 /// [`UNKNOWN_CODE`], an honest "we don't know" with safe advice; [`lookup`] tells them apart.
 pub fn diagnose(code: [u8; 2]) -> &'static Diagnosis {
