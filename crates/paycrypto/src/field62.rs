@@ -187,7 +187,7 @@ pub enum Field62Error {
         actual: KeyAlgorithm,
     },
     #[error(
-        "scheme {scheme} carries double-length keys: a single-length DES TMK would weaken them"
+        "scheme {scheme} carries double-length keys: a single DES TMK (8 bytes, or halves that are equal) would weaken them"
     )]
     TmkTooShort { scheme: KeyScheme },
     #[error("field 62 for scheme {scheme} must be {expected} bytes, this one is {actual}")]

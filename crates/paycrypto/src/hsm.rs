@@ -141,6 +141,8 @@ pub struct KeyInfo {
     pub usage: KeyUsage,
     pub algorithm: KeyAlgorithm,
     pub len_bytes: usize,
+    /// Single DES in strength (`Key::is_single_des`): 8 bytes, or longer with equal halves.
+    pub single_des: bool,
     pub kcv: Kcv,
 }
 
@@ -557,6 +559,7 @@ impl Hsm for SoftHsm {
             usage: entry.usage,
             algorithm: entry.key.algorithm(),
             len_bytes: entry.key.len(),
+            single_des: entry.key.is_single_des(),
             kcv: entry.key.kcv(),
         })
     }

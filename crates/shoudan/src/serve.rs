@@ -423,11 +423,12 @@ fn checked(config: &ServeConfig) -> Result<Checked, Box<dyn std::error::Error>> 
             Ok(info)
                 if info.usage == KeyUsage::Zpk
                     && info.algorithm == KeyAlgorithm::Des
-                    && info.len_bytes == 8 =>
+                    && info.single_des =>
             {
                 return Err(format!(
-                    "issuer {}: key {} is a single-length DES zone PIN key; PINs are not \
-                     translated down to one: give the bank a double-length (or SM4) key",
+                    "issuer {}: key {} is a single DES zone PIN key (8 bytes, or halves that \
+                     are equal); PINs are not translated down to one: give the bank a \
+                     double-length (or SM4) key",
                     issuer.bank, issuer.zpk
                 )
                 .into());

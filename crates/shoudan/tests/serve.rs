@@ -224,10 +224,18 @@ fn a_single_length_zone_pin_key_is_refused() {
     let database = format!("sqlite:{}", dir.path().join("switch.db").display());
     let config = write_config_with_zpk(dir.path(), &database, None, "1111111111111111");
     let stderr = check_refused(&config, "a single-length zone PIN key");
-    assert!(
-        stderr.contains("single-length DES zone PIN key"),
-        "{stderr}"
+    assert!(stderr.contains("single DES zone PIN key"), "{stderr}");
+    // So is a double-length one whose halves are equal: single DES in strength.
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite:{}", dir.path().join("switch.db").display());
+    let config = write_config_with_zpk(
+        dir.path(),
+        &database,
+        None,
+        "0123456789ABCDEF0123456789ABCDEF",
     );
+    let stderr = check_refused(&config, "a zone PIN key with equal halves");
+    assert!(stderr.contains("single DES zone PIN key"), "{stderr}");
 }
 
 /// `serve --check` on `config` with `from` replaced by `to`: its error output, which must be

@@ -283,7 +283,7 @@ impl Switch {
             // sign-ins are refused until it is given a double-length one (provisioning refuses
             // it now; a terminal provisioned before may still have one).
             let weak_tmk = hsm.key_info(terminal.tmk).is_ok_and(|info| {
-                info.algorithm == paycrypto::KeyAlgorithm::Des && info.len_bytes == 8
+                info.algorithm == paycrypto::KeyAlgorithm::Des && info.single_des
             });
             if weak_tmk && terminal.registered != paycrypto::KeyScheme::Single {
                 tracing::warn!(
