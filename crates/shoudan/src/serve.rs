@@ -76,6 +76,10 @@ pub struct ServeConfig {
     /// How long an authorisation waits for a journal write or read before answering 96
     /// (`SwitchConfig::journal_wait`; default 3 s).
     pub journal_wait_ms: Option<u64>,
+    /// How long a new terminal connection has to start its first frame before it is closed
+    /// (`SwitchConfig::first_frame_timeout`; default 60 s). Terminals that connect early,
+    /// while the card is read and the PIN typed, need it longer than that takes.
+    pub first_frame_timeout_ms: Option<u64>,
     /// Whether merchants' webhook endpoints may be loopback, private or link-local addresses
     /// (false: public addresses only, so a merchant cannot aim the host at its own network).
     #[serde(default)]
@@ -307,6 +311,8 @@ const SAF_INTERVAL_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
 /// `journal_wait_ms` allowed: above a busy group commit's few tens of milliseconds, and short
 /// of a terminal's own timeout (twice it plus an issuer's timeout is what a terminal may wait).
 const JOURNAL_WAIT_MS: std::ops::RangeInclusive<u64> = 100..=30_000;
+/// `first_frame_timeout_ms` allowed: a terminal's connect-then-send, up to ten minutes.
+const FIRST_FRAME_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1_000..=600_000;
 /// A reversal claim's lease ends before another node may send it again: past any issuer
 /// timeout, and within the ten minutes after which a start takes a request for lost.
 const SAF_LEASE_MAX_MS: u64 = 600_000;
@@ -370,6 +376,13 @@ fn check_config(config: &ServeConfig) -> Result<(), String> {
         && !JOURNAL_WAIT_MS.contains(&ms)
     {
         return Err(format!("journal_wait_ms {ms}: must be 100 to 30000"));
+    }
+    if let Some(ms) = config.first_frame_timeout_ms
+        && !FIRST_FRAME_TIMEOUT_MS.contains(&ms)
+    {
+        return Err(format!(
+            "first_frame_timeout_ms {ms}: must be 1000 to 600000"
+        ));
     }
     // The lease in force, set or default: an issuer timeout may outlast the default.
     let (lease, which) = match config.saf_lease_ms {
@@ -468,6 +481,9 @@ fn checked(config: &ServeConfig) -> Result<Checked, Box<dyn std::error::Error>> 
     }
     if let Some(ms) = config.journal_wait_ms {
         switch_config.journal_wait = Duration::from_millis(ms);
+    }
+    if let Some(ms) = config.first_frame_timeout_ms {
+        switch_config.first_frame_timeout = Duration::from_millis(ms);
     }
     if let Some(path) = &config.risk_rules {
         let text = read_text(path, "risk rules")?;

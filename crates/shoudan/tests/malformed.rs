@@ -211,6 +211,8 @@ fn bad_frames_close_or_are_answered_and_other_terminals_are_unaffected() {
             m.malformed_frames
         );
         assert!(m.malformed_frames >= 5, "{m:?}");
+        // The silent connection is counted apart: a probe, not a terminal's bad frame.
+        assert_eq!(m.silent_closed, 1, "{m:?}");
         let switch = w.h.switch.as_ref().unwrap();
         assert!(
             w.h.eventually(5, || switch.metrics().connections == 1)

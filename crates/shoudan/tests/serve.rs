@@ -296,6 +296,11 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
             "journal_wait_ms 50",
         ),
         (
+            "saf_lease_ms = 5000",
+            "saf_lease_ms = 5000\nfirst_frame_timeout_ms = 10",
+            "first_frame_timeout_ms 10",
+        ),
+        (
             "[[issuer]]",
             "[[issuer]]\nbank = \"ICBC\"\naddr = \"127.0.0.1:9\"\nzpk = \"1\"\ntimeout_ms = 500\n\n[[issuer]]",
             "configured twice",

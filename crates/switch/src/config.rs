@@ -25,7 +25,7 @@ pub const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// that sends nothing would hold one of the `CONNECTIONS_MAX` places for ever, and enough of
 /// them would shut every terminal out, their reversals included. Once a frame has come, a
 /// connection may stay idle as long as it likes.
-pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
 /// Responses queued for one terminal connection's writer, which holds at most one more queue's
 /// worth in the batch it is writing: what a peer that does not read can make the switch hold.
 pub const CONNECTION_QUEUE_MAX: usize = 2 * IN_FLIGHT_PER_CONNECTION_MAX;

@@ -162,6 +162,7 @@ impl SwitchHandle {
             refused_overload: m.refused_overload.load(Ordering::Relaxed),
             connections: m.connections.load(Ordering::Relaxed),
             malformed_frames: m.malformed_frames.load(Ordering::Relaxed),
+            silent_closed: m.silent_closed.load(Ordering::Relaxed),
             saf_depth: self
                 .core
                 .store

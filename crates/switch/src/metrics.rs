@@ -249,6 +249,8 @@ pub struct MetricsSnapshot {
     /// Frames dropped or connections closed because a frame was too long, truncated or
     /// undecodable.
     pub malformed_frames: u64,
+    /// New connections closed because they started no frame within the first-frame timeout.
+    pub silent_closed: u64,
     /// Reversals waiting for an issuer's acknowledgement; `None` if the store could not say.
     pub saf_depth: Option<u64>,
     /// Journal writes and reads of requests not answered within `SwitchConfig::journal_wait`
@@ -271,6 +273,7 @@ pub struct Metrics {
     pub(crate) refused_overload: AtomicU64,
     pub(crate) connections: AtomicU64,
     pub(crate) malformed_frames: AtomicU64,
+    pub(crate) silent_closed: AtomicU64,
 }
 
 impl Metrics {

@@ -106,7 +106,7 @@ async fn read_request<R: AsyncRead + Unpin>(
     let started = match first_frame_within {
         Some(within) => tokio::time::timeout(within, start)
             .await
-            .map_err(|_| timed_out())?,
+            .map_err(|_| WireError::Silent(within))?,
         None => start.await,
     };
     match started {
@@ -198,6 +198,16 @@ where
         match read {
             Ok(true) => {}
             Ok(false) => break,
+            // Counted apart from bad frames: a port scanner or a probe, not a terminal's
+            // software.
+            Err(WireError::Silent(_)) => {
+                sessions
+                    .metrics
+                    .silent_closed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("terminal connection closed: no frame since it connected");
+                break;
+            }
             Err(error) => {
                 sessions
                     .metrics

@@ -15,6 +15,9 @@ pub enum WireError {
     TooLong { len: usize },
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A new connection that started no frame within its first-frame timeout.
+    #[error("no frame within {0:?} of connecting")]
+    Silent(std::time::Duration),
 }
 
 /// Reads one frame into `buf` (without its length prefix). `Ok(false)`: the peer closed the

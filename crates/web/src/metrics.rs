@@ -227,6 +227,11 @@ fn render_switch(out: &mut String, m: &switch::MetricsSnapshot) {
             m.malformed_frames,
         ),
         (
+            "shoudan_silent_connections_closed_total",
+            "New terminal connections closed for starting no frame within the first-frame timeout.",
+            m.silent_closed,
+        ),
+        (
             "shoudan_journal_waits_exceeded_total",
             "Journal writes or reads of requests not answered within journal_wait (96).",
             m.journal_waits_exceeded,
