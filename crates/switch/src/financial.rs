@@ -782,12 +782,6 @@ impl Core {
         Ok(row.map(|row| self.ledger.adopt(&row)))
     }
 
-    /// What a claim of `key` must see: its entry if held; else, when its terminal batch has
-    /// entries the index let go, the rows under its TID + batch + STAN read from the store and
-    /// adopted. With a shared journal the batch is first marked for this connection
-    /// ([`Core::mark_for_connection`]). The caller keeps what this returns until it has
-    /// claimed, so that nothing found is forgotten in between. `None` if the store could not
-    /// be read: the caller answers 96 rather than risk a second debit.
     /// Whether the terminal's reversal of the request under `key` (same terminal, batch and
     /// trace) is held: recorded before the request itself. [`Core::recall`] of the request's
     /// key has read every row under its trace, reversals included, when the store could have
@@ -800,6 +794,12 @@ impl Core {
         matches!(self.ledger.known(&reversal), Known::Held(_))
     }
 
+    /// What a claim of `key` must see: its entry if held; else, when its terminal batch has
+    /// entries the index let go, the rows under its TID + batch + STAN read from the store and
+    /// adopted. With a shared journal the batch is first marked for this connection
+    /// ([`Core::mark_for_connection`]). The caller keeps what this returns until it has
+    /// claimed, so that nothing found is forgotten in between. `None` if the store could not
+    /// be read: the caller answers 96 rather than risk a second debit.
     async fn recall(&self, key: &TxnKey) -> Option<Vec<Arc<Entry>>> {
         self.mark_for_connection(&key.tid, key.batch_no)
             .await

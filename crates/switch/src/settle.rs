@@ -188,6 +188,17 @@ fn totals_digits(t: &SettlementTotals) -> String {
     format!("{}{}", half(&t.domestic), half(&t.foreign))
 }
 
+/// Why `management_refusal` refused a settlement or batch upload, and whether the request's
+/// MAC (if it carried one) had been checked by then.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// Before the MAC could be checked (another merchant, not signed in) or because it was
+    /// wrong: answered without a MAC.
+    Unchecked([u8; 2]),
+    /// After it: answered with one when the request carried one.
+    Checked([u8; 2]),
+}
+
 impl Core {
     pub(crate) fn clearing_day(&self, now_ms: i64) -> ClearingDay {
         ClearingDay::of(now_ms, self.config.cutover_minute)
@@ -280,12 +291,12 @@ impl Core {
         frame: &Frame<'_>,
         terminal: &Terminal,
         batch_no: u32,
-    ) -> Option<[u8; 2]> {
+    ) -> Option<Refusal> {
         if !terminal.names_own_merchant(&frame.message) {
-            return Some(RC_INVALID_MERCHANT);
+            return Some(Refusal::Unchecked(RC_INVALID_MERCHANT));
         }
         let Some(keys) = terminal.keys else {
-            return Some(RC_BATCH_OUT_OF_STEP);
+            return Some(Refusal::Unchecked(RC_BATCH_OUT_OF_STEP));
         };
         if let Some(mac) = frame.message.mac() {
             let mac_ok = self
@@ -294,7 +305,7 @@ impl Core {
                 .unwrap_or(false);
             if !mac_ok {
                 tracing::info!(tid = %terminal.tid, "MAC verification failed");
-                return Some(RC_MAC_FAILED);
+                return Some(Refusal::Unchecked(RC_MAC_FAILED));
             }
         }
         let previous = if terminal.batch_no <= 1 {
@@ -303,9 +314,20 @@ impl Core {
             terminal.batch_no - 1
         };
         if batch_no != terminal.batch_no && batch_no != previous {
-            return Some(RC_BATCH_OUT_OF_STEP);
+            return Some(Refusal::Checked(RC_BATCH_OUT_OF_STEP));
         }
         None
+    }
+
+    /// The answer to a settlement or batch upload `management_refusal` refused: with a MAC
+    /// when the request's MAC was checked and right, as a purchase's refusals are.
+    fn refused(&self, frame: &Frame<'_>, terminal: &Terminal, refusal: Refusal) -> Option<Vec<u8>> {
+        match refusal {
+            Refusal::Unchecked(code) => self.answer_code(frame, code),
+            Refusal::Checked(code) => {
+                self.reply(frame, Some(terminal), &Answer::code(code), None, |_| Ok(()))
+            }
+        }
     }
 
     pub(crate) async fn settle(self: &Arc<Self>, frame: &Frame<'_>) -> Option<Vec<u8>> {
@@ -314,9 +336,9 @@ impl Core {
             return self.answer_code(frame, RC_NOT_REGISTERED);
         };
         let batch_no = self.batch_of(frame, terminal.batch_no);
-        if let Some(code) = self.management_refusal(frame, &terminal, batch_no) {
+        if let Some(refusal) = self.management_refusal(frame, &terminal, batch_no) {
             tracing::info!(tid = %terminal.tid, batch_no, "settlement refused");
-            return self.answer_code(frame, code);
+            return self.refused(frame, &terminal, refusal);
         }
         // Past the checks: a request that carried a MAC gets its answers MACed.
         let answer = |code| {
@@ -429,9 +451,9 @@ impl Core {
             terminal.batch_no - 1
         };
         let batch_no = self.batch_of(frame, previous);
-        if let Some(code) = self.management_refusal(frame, &terminal, batch_no) {
+        if let Some(refusal) = self.management_refusal(frame, &terminal, batch_no) {
             tracing::info!(tid = %terminal.tid, batch_no, "batch upload refused");
-            return self.answer_code(frame, code);
+            return self.refused(frame, &terminal, refusal);
         }
         // Past the checks: a request that carried a MAC gets its answers MACed.
         let answer = |code| {

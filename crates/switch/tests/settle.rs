@@ -170,6 +170,12 @@ async fn a_settlement_or_upload_carrying_a_mac_is_held_to_it() {
     assert_eq!(refused.code(), "A0");
     assert!(h.store.batch_settlement(TID, 1).unwrap().is_none());
     assert_eq!(h.store.terminal(TID).unwrap().unwrap().batch_no, 1);
+    // The right MAC on a batch the terminal is not in: 77, MACed (its MAC was checked).
+    let mut elsewhere = settlement(899);
+    elsewhere.set_digits(60, "00000005201").unwrap();
+    let out_of_step = t.exchange(&t.encode_with_mac(&elsewhere, false)).await;
+    assert_eq!(out_of_step.code(), "77");
+    assert!(t.mac_ok(&out_of_step));
     // The right MAC: settled (unbalanced, the host has 10.00), the answer MACed.
     let settled = t
         .exchange(&t.encode_with_mac(&settlement(901), false))

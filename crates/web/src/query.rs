@@ -290,7 +290,6 @@ fn newest_matching(
     Ok((found, stopped))
 }
 
-/// What a search asks for, checked.
 /// What became of a sale (purchase or pre-authorisation), as the dashboard counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -341,6 +340,7 @@ impl Outcome {
     }
 }
 
+/// What a search asks for, checked.
 struct TxnFilter<'q> {
     outcome: Option<Outcome>,
     mid: Option<String>,
