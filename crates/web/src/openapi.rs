@@ -350,7 +350,7 @@ pub fn document() -> Value {
                     "version": { "type": "integer", "description": "the case version the decision was made on: 409 conflict if the case moved since" } } },
                 "Assign": { "type": "object", "properties": {
                     "assignee": { "type": ["string", "null"], "description": "a staff username; null for nobody; left out, unchanged" },
-                    "due_at_ms": { "type": ["integer", "null"], "description": "ms since the epoch; null for no date; left out, unchanged" } } },
+                    "due_at_ms": { "type": ["integer", "null"], "description": "ms since the epoch, within a year back and five years ahead (else 400); null for no date; left out, unchanged" } } },
                 "FeePlan": { "type": "object",
                     "required": ["debit_bp", "credit_bp", "foreign_bp", "qr_bp", "payout_delay_days"],
                     "properties": { "debit_bp": { "type": "integer" }, "debit_cap_fen": { "type": ["integer", "null"] },
