@@ -8,14 +8,17 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
 
 use domain::{CardNetwork, CardType, IssuerDirectory};
 use serde::Serialize;
-use store::settlement::{ClearingLineRow, ClearingTotalRow, SettleRunRow, SettlementRecord};
+use store::settlement::{
+    ClearingLineRow, ClearingTotalRow, PostingRow, SettleRunRow, SettlementRecord,
+};
 use store::{Record, Store, StoreError, TxnKind, TxnRow, TxnState};
 
 use crate::fees::{CardClass, FeePlan};
-use crate::ledger::{LedgerError, Posting, accounts, posting_record};
+use crate::ledger::{LedgerError, Posting, accounts, reserve_posting_ids};
 
 /// The card length taken when a row's masked number does not give one.
 const PAN_LEN_USUAL: usize = 16;
@@ -130,6 +133,30 @@ pub fn clear(
     clearing_date: &str,
     run_at_ms: i64,
 ) -> Result<Clearing, LedgerError> {
+    let lines = clear_lines(
+        rows,
+        existing,
+        charged_elsewhere,
+        plans,
+        classifier,
+        clearing_date,
+        run_at_ms,
+    );
+    let postings = clearing_postings(&lines, clearing_date)?;
+    Ok(Clearing { lines, postings })
+}
+
+/// The lines of [`clear`]: for each transaction of `clearing_date`, what it is worth now less
+/// what `existing` lines cleared of it, in the order of `rows`.
+fn clear_lines(
+    rows: &[TxnRow],
+    existing: &[ClearingLineRow],
+    charged_elsewhere: &HashMap<i64, i64>,
+    plans: &HashMap<String, FeePlan>,
+    classifier: &mut CardClassifier<'_>,
+    clearing_date: &str,
+    run_at_ms: i64,
+) -> Vec<ClearingLineRow> {
     // txn id -> (amount, fee, last seq) already cleared.
     let mut before: HashMap<i64, (i64, i64, u32)> = HashMap::with_capacity(existing.len());
     for l in existing {
@@ -140,8 +167,6 @@ pub fn clear(
     }
     let default_plan = FeePlan::default();
     let mut lines = Vec::new();
-    // mid -> (issuer -> gross, fee)
-    let mut per_merchant: BTreeMap<&str, (BTreeMap<&str, i64>, i64)> = BTreeMap::new();
     for row in rows.iter().filter(|r| r.clearing_date == clearing_date) {
         let bin = row.pan.as_ref().map_or("", |p| p.bin.as_str());
         let class = classifier.classify(bin, pan_len(row));
@@ -174,9 +199,6 @@ pub fn clear(
             continue;
         }
         let issuer = row.issuer.as_deref().unwrap_or(ISSUER_UNKNOWN);
-        let slot = per_merchant.entry(row.mid.as_str()).or_default();
-        *slot.0.entry(issuer).or_insert(0) += amount;
-        slot.1 += fee;
         lines.push(ClearingLineRow {
             txn_id: row.id,
             seq: seq + 1,
@@ -190,10 +212,42 @@ pub fn clear(
             run_at_ms,
         });
     }
-    let mut postings = Vec::with_capacity(per_merchant.len());
-    for (mid, (issuers, fee)) in per_merchant {
-        let payable = accounts::merchant_payable(mid);
-        let issuers: Vec<(&str, i64)> = issuers.into_iter().collect();
+    lines
+}
+
+/// The reference of a merchant's clearing postings of a date.
+fn clearing_reference(clearing_date: &str, mid: &str) -> String {
+    format!("clear:{clearing_date}:{mid}")
+}
+
+/// What a merchant's clearing postings of a date move: gross per issuer, and the fee.
+type MerchantSums = BTreeMap<String, (BTreeMap<String, i64>, i64)>;
+
+/// Adds `lines` to `sums`, per merchant.
+fn add_lines(sums: &mut MerchantSums, lines: &[ClearingLineRow]) {
+    for l in lines {
+        let slot = sums.entry(l.mid.clone()).or_default();
+        *slot.0.entry(l.issuer.clone()).or_insert(0) += l.amount_fen;
+        slot.1 += l.fee_fen;
+    }
+}
+
+/// The postings that move what `lines` of `clearing_date` say: one per merchant (receivable
+/// per issuer ← payable gross; payable → fee income).
+pub fn clearing_postings(
+    lines: &[ClearingLineRow],
+    clearing_date: &str,
+) -> Result<Vec<Posting>, LedgerError> {
+    let mut sums = MerchantSums::new();
+    add_lines(&mut sums, lines);
+    postings_of(sums, clearing_date)
+}
+
+fn postings_of(sums: MerchantSums, clearing_date: &str) -> Result<Vec<Posting>, LedgerError> {
+    let mut postings = Vec::with_capacity(sums.len());
+    for (mid, (issuers, fee)) in sums {
+        let payable = accounts::merchant_payable(&mid);
+        let issuers: Vec<(String, i64)> = issuers.into_iter().collect();
         // One posting per merchant, or several under one reference when its day touched more
         // issuers than a posting has legs for: the first also carries the fee.
         let chunks = issuers.chunks(ISSUER_LEGS_PER_POSTING).enumerate();
@@ -208,7 +262,7 @@ pub fn clear(
                 legs.push((payable.clone(), fee));
                 legs.push((accounts::FEE_INCOME.to_owned(), -fee));
             }
-            let reference = format!("clear:{clearing_date}:{mid}");
+            let reference = clearing_reference(clearing_date, &mid);
             match Posting::new("clearing", reference, clearing_date, legs) {
                 Ok(p) => postings.push(p),
                 // Everything netted to zero (e.g. a purchase and its void): nothing to post.
@@ -217,7 +271,7 @@ pub fn clear(
             }
         }
     }
-    Ok(Clearing { lines, postings })
+    Ok(postings)
 }
 
 /// Why a settle run failed.
@@ -259,10 +313,23 @@ pub struct SettleReport {
     /// Cleared late: no run had cleared this date (its settle run was missed), and a run of a
     /// later date did, as one of the [`REVISIT_DAYS`] before it.
     pub missed: bool,
+    /// Lines an earlier run of the date wrote before it stopped part-way, which no run had
+    /// posted or recorded: this run posted them with its own (in `new_postings`) and counts
+    /// them in `new_lines` as if it had written them, so the runs' records add up to the
+    /// date's lines.
+    pub resumed_lines: u64,
 }
 
 /// Sums clearing lines per merchant.
 pub fn merchant_totals(lines: &[ClearingLineRow]) -> Vec<MerchantClearing> {
+    merchant_totals_of(lines)
+}
+
+/// [`merchant_totals`] over lines in more than one place (those stored and those a run is
+/// about to write), without copying them together.
+fn merchant_totals_of<'a>(
+    lines: impl IntoIterator<Item = &'a ClearingLineRow>,
+) -> Vec<MerchantClearing> {
     let mut by_mid: BTreeMap<&str, MerchantClearing> = BTreeMap::new();
     let mut counted: HashMap<i64, ()> = HashMap::new();
     for l in lines {
@@ -291,7 +358,10 @@ pub fn merchant_totals(lines: &[ClearingLineRow]) -> Vec<MerchantClearing> {
 }
 
 /// Each merchant's lines of `clearing_date` (all of them, earlier runs' too), counted and summed.
-fn line_totals(clearing_date: &str, lines: &[ClearingLineRow]) -> Vec<ClearingTotalRow> {
+fn line_totals<'a>(
+    clearing_date: &str,
+    lines: impl IntoIterator<Item = &'a ClearingLineRow>,
+) -> Vec<ClearingTotalRow> {
     let mut by_mid: BTreeMap<&str, ClearingTotalRow> = BTreeMap::new();
     for l in lines {
         let t = by_mid
@@ -315,6 +385,43 @@ const ISSUER_LEGS_PER_POSTING: usize = crate::ledger::POSTING_LEGS_MAX - 3;
 
 /// Clearing dates before the one being cleared that a run clears again.
 pub const REVISIT_DAYS: i64 = 3;
+
+/// Clearing lines a settle run writes per store submission. A submission is one write
+/// transaction, and SQLite has one writer at a time: a busy day (a million lines) written whole
+/// held the journal's write lock for a second or more (seconds on a loaded machine) while a
+/// live node's switch waited for it, past its journal wait (terminals answered 96) and its busy
+/// timeout (its commits failing). This many lines commit in about 20 ms (docs/performance.md).
+pub const LINES_PER_COMMIT: usize = 10_000;
+
+/// How long a settle run leaves the journal to other writers between two parts of lines (a
+/// day of one part, every small one, does not wait at all). A writer SQLite keeps waiting
+/// polls for the lock, less often the longer it has waited (1 to 20 ms apart in its first
+/// 50 ms, then 25 ms apart until about 130 ms, then 50 and 100): with parts written back to
+/// back, the lock taken again within microseconds, a waiting switch seldom found it free and
+/// waited through many parts (1.2 s measured, as long as the whole day written at once). A
+/// pause as long as its polls are apart lets it in when the part it arrived during (about
+/// 20 ms) ends. Costs a quarter of a second per 100,000 lines.
+pub const PAUSE_BETWEEN_PARTS: Duration = Duration::from_millis(25);
+
+/// How a settle run writes what it cleared.
+#[derive(Clone, Debug)]
+pub struct ClearingConfig {
+    /// Clearing lines per store submission ([`LINES_PER_COMMIT`]; 0 is taken as 1). Tests make
+    /// it small to see a day written in parts.
+    pub lines_per_commit: usize,
+    /// The pause between two parts ([`PAUSE_BETWEEN_PARTS`]).
+    pub pause_between_parts: Duration,
+}
+
+impl Default for ClearingConfig {
+    fn default() -> Self {
+        ClearingConfig {
+            lines_per_commit: LINES_PER_COMMIT,
+            pause_between_parts: PAUSE_BETWEEN_PARTS,
+        }
+    }
+}
+
 /// How far before the previous settle run events are read for dates to clear again (the
 /// nodes' clocks may differ from the one running the settlement).
 const EVENT_CLOCK_MARGIN_MS: i64 = 3_600_000;
@@ -331,6 +438,23 @@ pub fn settle_date_and_recent(
     directory: &IssuerDirectory,
     clearing_date: &str,
     now_ms: i64,
+) -> Result<(SettleReport, Vec<SettleReport>), SettleError> {
+    settle_date_and_recent_with(
+        store,
+        directory,
+        clearing_date,
+        now_ms,
+        &ClearingConfig::default(),
+    )
+}
+
+/// [`settle_date_and_recent`], writing as `config` says.
+pub fn settle_date_and_recent_with(
+    store: &dyn Store,
+    directory: &IssuerDirectory,
+    clearing_date: &str,
+    now_ms: i64,
+    config: &ClearingConfig,
 ) -> Result<(SettleReport, Vec<SettleReport>), SettleError> {
     let date = crate::dates::normalise(clearing_date)
         .ok_or_else(|| SettleError::BadDate(clearing_date.to_owned()))?;
@@ -362,13 +486,14 @@ pub fn settle_date_and_recent(
     }
     let mut revisited = Vec::new();
     // The dates just before this one that no run has cleared are cleared too: closed before
-    // it, their run was missed, and nothing else would clear them unless someone noticed.
+    // it, their run was missed (or stopped part-way), and nothing else would clear them unless
+    // someone noticed.
     for earlier in &dates {
         let missed = !cleared.contains(earlier.as_str());
         if missed && !lookback.contains(earlier) {
             continue;
         }
-        let mut again = clear_date(store, directory, earlier, now_ms, None)?;
+        let mut again = clear_date(store, directory, earlier, now_ms, None, config)?;
         if again.changed {
             again.missed = missed;
             revisited.push(again);
@@ -379,7 +504,7 @@ pub fn settle_date_and_recent(
     // the next one clears those dates again. A date with no line yet is then a cleared date
     // too, cleared again like the others when it changes (a request in flight at the run
     // approved later).
-    let report = clear_date(store, directory, &date, now_ms, Some(now_ms))?;
+    let report = clear_date(store, directory, &date, now_ms, Some(now_ms), config)?;
     Ok((report, revisited))
 }
 
@@ -445,17 +570,99 @@ pub fn settle_date(
     clearing_date: &str,
     now_ms: i64,
 ) -> Result<SettleReport, SettleError> {
-    clear_date(store, directory, clearing_date, now_ms, None)
+    settle_date_with(
+        store,
+        directory,
+        clearing_date,
+        now_ms,
+        &ClearingConfig::default(),
+    )
+}
+
+/// [`settle_date`], writing as `config` says.
+pub fn settle_date_with(
+    store: &dyn Store,
+    directory: &IssuerDirectory,
+    clearing_date: &str,
+    now_ms: i64,
+    config: &ClearingConfig,
+) -> Result<SettleReport, SettleError> {
+    clear_date(store, directory, clearing_date, now_ms, None, config)
+}
+
+/// The lines of a date that no recorded run counts: those a run that stopped part-way wrote.
+/// Every finished run records the lines it wrote (their count and sums), so they are the
+/// date's lines beyond what its runs' records add up to.
+#[derive(Default)]
+struct Unrecorded {
+    lines: u64,
+    gross_fen: i64,
+    fee_fen: i64,
+}
+
+fn unrecorded(existing: &[ClearingLineRow], runs: &[SettleRunRow]) -> Unrecorded {
+    let stored = u64::try_from(existing.len()).unwrap_or(u64::MAX);
+    let recorded: u64 = runs.iter().map(|r| r.lines).fold(0, u64::saturating_add);
+    let lines = stored.saturating_sub(recorded);
+    if lines == 0 {
+        return Unrecorded::default();
+    }
+    let sum = |of: fn(&ClearingLineRow) -> i64, run: fn(&SettleRunRow) -> i64| {
+        let stored = existing.iter().map(of).fold(0i64, i64::saturating_add);
+        let recorded = runs.iter().map(run).fold(0i64, i64::saturating_add);
+        stored.saturating_sub(recorded)
+    };
+    Unrecorded {
+        lines,
+        gross_fen: sum(|l| l.amount_fen, |r| r.gross_fen),
+        fee_fen: sum(|l| l.fee_fen, |r| r.fee_fen),
+    }
+}
+
+/// What the ledger lacks of the date's stored lines, per merchant: the lines' gross per issuer
+/// and fee less what the postings under the merchant's clearing reference moved. Read after a
+/// run that stopped part-way, whose lines went in without their postings; every other line was
+/// posted with its run's record.
+fn unposted(
+    store: &dyn Store,
+    date: &str,
+    existing: &[ClearingLineRow],
+) -> Result<MerchantSums, StoreError> {
+    let mut sums = MerchantSums::new();
+    add_lines(&mut sums, existing);
+    for (mid, (issuers, fee)) in &mut sums {
+        for posting in store.postings_by_reference(&clearing_reference(date, mid))? {
+            for leg in posting.legs {
+                if let Some(issuer) = leg.account.strip_prefix(accounts::ISSUER_RECEIVABLE) {
+                    *issuers.entry(issuer.to_owned()).or_insert(0) -= leg.amount_fen;
+                } else if leg.account == accounts::FEE_INCOME {
+                    *fee += leg.amount_fen;
+                }
+            }
+        }
+    }
+    Ok(sums)
 }
 
 /// Clears one date; with `events_through_ms`, its run is recorded (with that mark) even when
 /// nothing new is cleared.
+///
+/// The new lines are written in parts of `config.lines_per_commit`, one submission each, and
+/// then, in a last submission of its own, the run's postings, the date's totals and the run's
+/// record: no write holds the journal long (a whole day's postings are one per merchant). A
+/// run that stops part-way (an error, a full disk, a crash) leaves whole parts of lines, and
+/// neither their money in the ledger nor a record: the date is not cleared as far as every
+/// later run is concerned, and a payout pays none of what the run cleared. The next run of
+/// the date carries on: it writes lines only for what the stored lines do not cover yet, so
+/// the parts already written are not written again, posts what the ledger lacks of the stored
+/// lines with its own, and counts those lines in its record.
 fn clear_date(
     store: &dyn Store,
     directory: &IssuerDirectory,
     clearing_date: &str,
     now_ms: i64,
     events_through_ms: Option<i64>,
+    config: &ClearingConfig,
 ) -> Result<SettleReport, SettleError> {
     let date = crate::dates::normalise(clearing_date)
         .ok_or_else(|| SettleError::BadDate(clearing_date.to_owned()))?;
@@ -471,7 +678,7 @@ fn clear_date(
     }
     let charged_elsewhere = fees_charged_elsewhere(store, &rows, &existing, &date)?;
     let mut classifier = CardClassifier::new(directory);
-    let cleared = clear(
+    let lines = clear_lines(
         &rows,
         &existing,
         &charged_elsewhere,
@@ -479,8 +686,11 @@ fn clear_date(
         &mut classifier,
         &date,
         now_ms,
-    )?;
-    if cleared.lines.is_empty() && events_through_ms.is_none() {
+    );
+    drop(rows);
+    let runs = store.settle_runs(Some(&date))?;
+    let resumed = unrecorded(&existing, &runs);
+    if lines.is_empty() && resumed.lines == 0 && events_through_ms.is_none() {
         return Ok(SettleReport {
             clearing_date: date,
             changed: false,
@@ -489,39 +699,80 @@ fn clear_date(
             new_postings: 0,
             merchants: merchant_totals(&existing),
             missed: false,
+            resumed_lines: 0,
         });
     }
-    let run_no = u32::try_from(store.settle_runs(Some(&date))?.len())
+    // The postings are built, and their ids reserved, before anything is written: a posting
+    // that cannot be built fails the run with nothing written.
+    let mut sums = if resumed.lines > 0 {
+        unposted(store, &date, &existing)?
+    } else {
+        MerchantSums::new()
+    };
+    add_lines(&mut sums, &lines);
+    let postings = postings_of(sums, &date)?;
+    let postings = if postings.is_empty() {
+        None
+    } else {
+        let first = reserve_posting_ids(store, postings.len())?;
+        let rows: Vec<PostingRow> = postings
+            .into_iter()
+            .zip(first..)
+            .map(|(p, id)| p.into_row(id, now_ms))
+            .collect();
+        Some(rows)
+    };
+    let changed = !lines.is_empty() || resumed.lines > 0;
+    let totals = line_totals(&date, existing.iter().chain(&lines));
+    let merchants = merchant_totals_of(existing.iter().chain(&lines));
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let new_lines = count(lines.len()).saturating_add(resumed.lines);
+    let new_postings = count(postings.as_ref().map_or(0, Vec::len));
+    let gross_fen = lines
+        .iter()
+        .map(|l| l.amount_fen)
+        .fold(resumed.gross_fen, i64::saturating_add);
+    let fee_fen = lines
+        .iter()
+        .map(|l| l.fee_fen)
+        .fold(resumed.fee_fen, i64::saturating_add);
+    drop(existing);
+    let per_commit = config.lines_per_commit.max(1);
+    let mut lines = lines.into_iter().peekable();
+    while lines.peek().is_some() {
+        let part: Vec<ClearingLineRow> = lines.by_ref().take(per_commit).collect();
+        store
+            .submit(vec![Record::Settlement(SettlementRecord::ClearingLines(
+                part,
+            ))])?
+            .wait()?;
+        if lines.peek().is_some() && !config.pause_between_parts.is_zero() {
+            std::thread::sleep(config.pause_between_parts);
+        }
+    }
+    // Last: the money, the totals the pages read, and the record that says the date was
+    // cleared, together.
+    let run_no = u32::try_from(runs.len())
         .unwrap_or(u32::MAX)
         .saturating_add(1);
-    let new_lines = u64::try_from(cleared.lines.len()).unwrap_or(u64::MAX);
-    let new_postings = u64::try_from(cleared.postings.len()).unwrap_or(u64::MAX);
     let run = SettleRunRow {
         clearing_date: date.clone(),
         run_no,
         at_ms: now_ms,
         lines: new_lines,
-        gross_fen: cleared.lines.iter().map(|l| l.amount_fen).sum(),
-        fee_fen: cleared.lines.iter().map(|l| l.fee_fen).sum(),
+        gross_fen,
+        fee_fen,
         postings: new_postings,
         events_through_ms,
     };
-    let changed = !cleared.lines.is_empty();
-    let mut all = existing;
-    all.extend(cleared.lines.iter().cloned());
     let mut records = Vec::new();
     if changed {
-        records.push(Record::Settlement(SettlementRecord::ClearingLines(
-            cleared.lines,
-        )));
-        records.push(Record::Settlement(SettlementRecord::ClearingTotals(
-            line_totals(&date, &all),
-        )));
+        records.push(Record::Settlement(SettlementRecord::ClearingTotals(totals)));
+    }
+    if let Some(rows) = postings {
+        records.push(Record::Settlement(SettlementRecord::Postings(rows)));
     }
     records.push(Record::Settlement(SettlementRecord::SettleRun(run)));
-    if let Some(postings) = posting_record(store, cleared.postings, now_ms)? {
-        records.push(postings);
-    }
     store.submit(records)?.wait()?;
     Ok(SettleReport {
         clearing_date: date,
@@ -529,8 +780,9 @@ fn clear_date(
         run_no: Some(run_no),
         new_lines,
         new_postings,
-        merchants: merchant_totals(&all),
+        merchants,
         missed: false,
+        resumed_lines: resumed.lines,
     })
 }
 

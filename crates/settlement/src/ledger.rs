@@ -16,8 +16,10 @@ pub const POSTING_COUNTER: &str = "ledger_posting";
 pub mod accounts {
     /// What an issuer owes us for its cardholders' captures.
     pub fn issuer_receivable(issuer: &str) -> String {
-        format!("issuer_receivable:{issuer}")
+        format!("{ISSUER_RECEIVABLE}{issuer}")
     }
+    /// The prefix of [`issuer_receivable`]'s names, before the issuer.
+    pub const ISSUER_RECEIVABLE: &str = "issuer_receivable:";
     /// What we owe a merchant, not yet paid out.
     pub fn merchant_payable(mid: &str) -> String {
         format!("merchant_payable:{mid}")
@@ -131,6 +133,16 @@ impl Posting {
     }
 }
 
+/// Reserves `count` consecutive posting ids and returns the first. Ids reserved for a
+/// submission that then failed are not used again: ids are unique, not gapless.
+pub fn reserve_posting_ids(store: &dyn Store, count: usize) -> Result<i64, LedgerError> {
+    let count = u64::try_from(count).unwrap_or(u64::MAX);
+    let first = store.reserve(POSTING_COUNTER, count)?.wait()?;
+    Ok(i64::try_from(first).map_err(|_| StoreError::Constraint {
+        message: "posting counter overflow".to_owned(),
+    })?)
+}
+
 /// Reserves ids for `postings` and turns them into one store record.
 pub fn posting_record(
     store: &dyn Store,
@@ -140,11 +152,7 @@ pub fn posting_record(
     if postings.is_empty() {
         return Ok(None);
     }
-    let count = u64::try_from(postings.len()).unwrap_or(u64::MAX);
-    let first = store.reserve(POSTING_COUNTER, count)?.wait()?;
-    let first = i64::try_from(first).map_err(|_| StoreError::Constraint {
-        message: "posting counter overflow".to_owned(),
-    })?;
+    let first = reserve_posting_ids(store, postings.len())?;
     let rows = postings
         .into_iter()
         .zip(first..)

@@ -17,8 +17,9 @@ pub use accounts::{
     confirm_change, reject_change,
 };
 pub use clearing::{
-    CardClassifier, Clearing, MerchantClearing, SettleError, SettleReport, clear, settle_date,
-    settle_date_and_recent,
+    CardClassifier, Clearing, ClearingConfig, LINES_PER_COMMIT, MerchantClearing,
+    PAUSE_BETWEEN_PARTS, SettleError, SettleReport, clear, settle_date, settle_date_and_recent,
+    settle_date_and_recent_with, settle_date_with,
 };
 pub use fees::{CardClass, FeePlan, TermsError, set_terms, terms_of};
 pub use ledger::{LedgerAudit, LedgerError, Posting, accounts as ledger_accounts, audit};
