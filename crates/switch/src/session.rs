@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use iso8583::{Frame, TxnKind as WireKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -92,24 +92,14 @@ pub(crate) async fn accept(
 }
 
 /// Reads one frame: waits as long as it takes for a frame to start (terminals idle for hours),
-/// or at most `first_frame_within` on a connection that has sent none yet; then at most
-/// `FRAME_BODY_TIMEOUT` for the rest, length prefix included, so a truncated frame cannot
-/// hold a connection (and its buffer) forever.
+/// then at most `FRAME_BODY_TIMEOUT` for the rest, length prefix included, so a truncated
+/// frame cannot hold a connection (and its buffer) forever.
 async fn read_request<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut Vec<u8>,
-    first_frame_within: Option<Duration>,
 ) -> Result<bool, WireError> {
-    let timed_out = || WireError::Io(std::io::ErrorKind::TimedOut.into());
     let mut prefix = [0u8; 2];
-    let start = reader.read_exact(&mut prefix[..1]);
-    let started = match first_frame_within {
-        Some(within) => tokio::time::timeout(within, start)
-            .await
-            .map_err(|_| WireError::Silent(within))?,
-        None => start.await,
-    };
-    match started {
+    match reader.read_exact(&mut prefix[..1]).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
         Err(e) => return Err(e.into()),
@@ -125,9 +115,10 @@ async fn read_request<R: AsyncRead + Unpin>(
         reader.read_exact(buf).await?;
         Ok(true)
     };
-    tokio::time::timeout(FRAME_BODY_TIMEOUT, rest)
-        .await
-        .map_err(|_| timed_out())?
+    match tokio::time::timeout(FRAME_BODY_TIMEOUT, rest).await {
+        Ok(read) => read,
+        Err(_) => Err(WireError::Io(std::io::ErrorKind::TimedOut.into())),
+    }
 }
 
 tokio::task_local! {
@@ -185,29 +176,48 @@ where
     // connection ends half-way through one.
     let mut buf = Zeroizing::new(Vec::with_capacity(512));
     let peer = crate::risk::peer();
-    // Taken by the first read: a connection that has sent a frame may idle.
-    let mut first_frame_within = Some(sessions.core.config.first_frame_timeout);
-    loop {
-        let read = tokio::select! {
-            // Closing first, and a fixed order: a seeded simulation replays exactly.
-            biased;
-            () = close.notified() => break,
-            _ = stop.changed() => break,
-            read = read_request(&mut reader, &mut buf, first_frame_within.take()) => read,
-        };
-        match read {
-            Ok(true) => {}
-            Ok(false) => break,
+    // A new connection has `first_frame_timeout` to start its first frame; one that has sent
+    // a frame may idle. Waited for here, once, rather than in every read: what an idle
+    // connection holds is the read's state, ten thousand times over.
+    let started = tokio::select! {
+        biased;
+        () = close.notified() => false,
+        _ = stop.changed() => false,
+        started = tokio::time::timeout(
+            sessions.core.config.first_frame_timeout,
+            reader.wait_readable(),
+        ) => match started {
+            Ok(Ok(readable)) => readable,
+            Ok(Err(error)) => {
+                tracing::info!(%error, "terminal connection dropped");
+                false
+            }
             // Counted apart from bad frames: a port scanner or a probe, not a terminal's
             // software.
-            Err(WireError::Silent(_)) => {
+            Err(_) => {
                 sessions
                     .metrics
                     .silent_closed
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("terminal connection closed: no frame since it connected");
-                break;
+                false
             }
+        },
+    };
+    loop {
+        if !started {
+            break;
+        }
+        let read = tokio::select! {
+            // Closing first, and a fixed order: a seeded simulation replays exactly.
+            biased;
+            () = close.notified() => break,
+            _ = stop.changed() => break,
+            read = read_request(&mut reader, &mut buf) => read,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => break,
             Err(error) => {
                 sessions
                     .metrics

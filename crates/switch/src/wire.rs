@@ -15,9 +15,6 @@ pub enum WireError {
     TooLong { len: usize },
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// A new connection that started no frame within its first-frame timeout.
-    #[error("no frame within {0:?} of connecting")]
-    Silent(std::time::Duration),
 }
 
 /// Reads one frame into `buf` (without its length prefix). `Ok(false)`: the peer closed the
@@ -91,6 +88,25 @@ impl<R> WipingReader<R> {
             .enumerate()
             .all(|(i, &b)| b == 0 || (self.start..self.end).contains(&i));
         (held, rest_zero)
+    }
+}
+
+impl<R: AsyncRead + Unpin> WipingReader<R> {
+    /// Waits until a byte can be read, reading it into the buffer without handing it out:
+    /// `false` if the stream ended first.
+    pub(crate) async fn wait_readable(&mut self) -> std::io::Result<bool> {
+        std::future::poll_fn(|cx| {
+            if self.start < self.end {
+                return Poll::Ready(Ok(true));
+            }
+            let mut fill = ReadBuf::new(&mut self.buf);
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut fill))?;
+            let filled = fill.filled().len();
+            self.start = 0;
+            self.end = filled;
+            Poll::Ready(Ok(filled > 0))
+        })
+        .await
     }
 }
 
