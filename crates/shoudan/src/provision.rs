@@ -661,10 +661,12 @@ fn terminal_spec(
         .into());
     }
     // The same rule the HSM keeps at sign-in: double-length keys never travel under 56 bits.
-    if info.algorithm == KeyAlgorithm::Des && info.len_bytes == 8 && scheme != KeyScheme::Single {
+    // (A key store written before key components were checked may hold a double-length key
+    // with equal halves: single DES too.)
+    if info.algorithm == KeyAlgorithm::Des && info.single_des && scheme != KeyScheme::Single {
         return Err(format!(
-            "tmk: {tmk} is a single-length DES key; key scheme {scheme} carries double-length \
-             keys and needs a double-length TMK (or scheme 001)"
+            "tmk: {tmk} is a single DES key (8 bytes, or halves that are equal); key scheme \
+             {scheme} carries double-length keys and needs a double-length TMK (or scheme 001)"
         )
         .into());
     }

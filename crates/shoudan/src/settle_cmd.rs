@@ -339,28 +339,43 @@ pub fn settle(args: SettleArgs) -> CliResult {
         }
         return print_json(&value);
     }
+    // Lines a run that stopped part-way had written, finished by this one.
+    let resumed = |r: &settlement::SettleReport| {
+        if r.resumed_lines > 0 {
+            format!(
+                " ({} of them written by a run that stopped part-way)",
+                r.resumed_lines
+            )
+        } else {
+            String::new()
+        }
+    };
     for again in revisited.iter().filter(|r| r.missed) {
         println!(
-            "{} was never settled (its run was missed): cleared now, run {}, {} clearing lines",
+            "{} was never settled (its run was missed or stopped): cleared now, run {}, {} \
+             clearing lines{}",
             again.clearing_date,
             again.run_no.unwrap_or(0),
-            again.new_lines
+            again.new_lines,
+            resumed(again)
         );
     }
     for again in revisited.iter().filter(|r| !r.missed) {
         println!(
-            "{} cleared again: run {}, {} new clearing lines (changed since its last run)",
+            "{} cleared again: run {}, {} new clearing lines{} (changed since its last run)",
             again.clearing_date,
             again.run_no.unwrap_or(0),
-            again.new_lines
+            again.new_lines,
+            resumed(again)
         );
     }
     if report.changed {
         println!(
-            "settled {}: run {}, {} new clearing lines, {} postings",
+            "settled {}: run {}, {} new clearing lines{}, {} postings",
             report.clearing_date,
             report.run_no.unwrap_or(0),
             report.new_lines,
+            resumed(&report),
             report.new_postings
         );
     } else {

@@ -212,7 +212,9 @@ fn bad_frames_close_or_are_answered_and_other_terminals_are_unaffected() {
         );
         assert!(m.malformed_frames >= 5, "{m:?}");
         // The silent connection is counted apart: a probe, not a terminal's bad frame.
-        assert_eq!(m.silent_closed, 1, "{m:?}");
+        // (At least: on a loaded machine a fuzz connection stalled between its connect and
+        // its write for longer than the timeout is closed as silent too.)
+        assert!(m.silent_closed >= 1, "{m:?}");
         let switch = w.h.switch.as_ref().unwrap();
         assert!(
             w.h.eventually(5, || switch.metrics().connections == 1)
