@@ -247,6 +247,30 @@ impl Session {
     }
 }
 
+/// Submits `stuck` (a write a dead session's lock holds up) and a write queued behind it, and
+/// waits for both, 30 s at most: the first fails, the one behind goes through. How long that
+/// took.
+#[allow(clippy::expect_used)]
+fn fails_behind_a_dead_lock(store: &backend::Opened, stuck: Vec<Record>) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let stuck = store.submit(stuck).unwrap();
+    let behind = store
+        .submit(vec![Record::UpsertMerchant(merchant())])
+        .unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let stuck = stuck.wait();
+        let behind = behind.wait();
+        let _ = done.send((stuck, behind));
+    });
+    let (stuck, behind) = finished
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the writer waited on the dead session's lock");
+    assert!(stuck.is_err(), "{stuck:?}");
+    behind.unwrap();
+    started.elapsed()
+}
+
 /// A session that took a terminal ID's claim lock and went quiet inside its transaction (another
 /// node whose host died before its COMMIT): the write that needs the lock fails after the
 /// writer's lock timeout instead of waiting for hours, and the writes queued behind it go
@@ -266,25 +290,9 @@ fn on_postgres_a_lock_held_by_a_dead_session_fails_one_write_not_the_writer() {
              ON CONFLICT (tid) DO UPDATE SET tid = excluded.tid"
         ))
         .unwrap();
-    let started = std::time::Instant::now();
-    let claim = store.submit(claimed(1, txn(1, 5))).unwrap();
-    let behind = store
-        .submit(vec![Record::UpsertMerchant(merchant())])
-        .unwrap();
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let claimed = claim.wait();
-        let behind = behind.wait();
-        let _ = done.send((claimed, behind));
-    });
-    let (claimed, behind) = finished
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("the writer waited on the dead session's lock");
-    assert!(claimed.is_err(), "{claimed:?}");
-    behind.unwrap();
+    let took = fails_behind_a_dead_lock(&store, claimed(1, txn(1, 5)));
     // The lock timeout (2 s) once, then the job-by-job run's (0.25 s a try): not the full
     // wait twice, nor for as long as the lock is held.
-    let took = started.elapsed();
     assert!(took < std::time::Duration::from_millis(3_900), "{took:?}");
     drop(other);
     store.close();
@@ -310,30 +318,13 @@ fn on_postgres_a_pipelined_write_behind_a_dead_sessions_lock_fails_quickly() {
              UPDATE transactions SET state = state WHERE id = 1"
         ))
         .unwrap();
-    let started = std::time::Instant::now();
-    let state = store
-        .submit(vec![Record::State {
-            id: 1,
-            state: TxnState::Declined,
-        }])
-        .unwrap();
-    let behind = store
-        .submit(vec![Record::UpsertMerchant(merchant())])
-        .unwrap();
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let state = state.wait();
-        let behind = behind.wait();
-        let _ = done.send((state, behind));
-    });
-    let (state, behind) = finished
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("the writer waited on the dead session's lock");
-    assert!(state.is_err(), "{state:?}");
-    behind.unwrap();
+    let state = vec![Record::State {
+        id: 1,
+        state: TxnState::Declined,
+    }];
+    let took = fails_behind_a_dead_lock(&store, state);
     // The lock timeout (2 s) once, then the careful run's (0.25 s a try): about 3 s, where
     // the full timeout on every try took 10 (the bound leaves a slow machine room).
-    let took = started.elapsed();
     assert!(took < std::time::Duration::from_millis(6_000), "{took:?}");
     drop(other);
     store.close();

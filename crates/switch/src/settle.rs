@@ -324,10 +324,19 @@ impl Core {
     fn refused(&self, frame: &Frame<'_>, terminal: &Terminal, refusal: Refusal) -> Option<Vec<u8>> {
         match refusal {
             Refusal::Unchecked(code) => self.answer_code(frame, code),
-            Refusal::Checked(code) => {
-                self.reply(frame, Some(terminal), &Answer::code(code), None, |_| Ok(()))
-            }
+            Refusal::Checked(code) => self.answer_checked(frame, terminal, code),
         }
+    }
+
+    /// The answer to `frame` with response code `code`, once `terminal`'s MAC (if the request
+    /// carried one) has been checked: with a MAC then.
+    fn answer_checked(
+        &self,
+        frame: &Frame<'_>,
+        terminal: &Terminal,
+        code: [u8; 2],
+    ) -> Option<Vec<u8>> {
+        self.reply(frame, Some(terminal), &Answer::code(code), None, |_| Ok(()))
     }
 
     pub(crate) async fn settle(self: &Arc<Self>, frame: &Frame<'_>) -> Option<Vec<u8>> {
@@ -341,15 +350,7 @@ impl Core {
             return self.refused(frame, &terminal, refusal);
         }
         // Past the checks: a request that carried a MAC gets its answers MACed.
-        let answer = |code| {
-            self.reply(
-                frame,
-                Some(&terminal),
-                &Answer::code(code),
-                None,
-                |_| Ok(()),
-            )
-        };
+        let answer = |code| self.answer_checked(frame, &terminal, code);
         let theirs = request
             .digits(48)
             .and_then(|d| SettlementTotals::parse(d).ok());
@@ -456,15 +457,7 @@ impl Core {
             return self.refused(frame, &terminal, refusal);
         }
         // Past the checks: a request that carried a MAC gets its answers MACed.
-        let answer = |code| {
-            self.reply(
-                frame,
-                Some(&terminal),
-                &Answer::code(code),
-                None,
-                |_| Ok(()),
-            )
-        };
+        let answer = |code| self.answer_checked(frame, &terminal, code);
         let now_ms = self.clock.now_ms();
         let records = match kind {
             Wire::BatchUploadEnd { .. } => {
