@@ -180,7 +180,7 @@ impl fmt::Debug for MaskedPan {
 
 /// Free text (a case note, a message to the acquirer) with every card number in it masked:
 /// a run of 13–19 digits that passes Luhn, written whole or in groups split by up to three
-/// spaces, hyphens, dots, slashes, underscores, tabs or line breaks, keeps its first 6 and
+/// spaces, hyphens, dots, slashes, underscores, stars, tabs or line breaks, keeps its first 6 and
 /// last 4 digits. Full-width digits, the ideographic space and the full-width hyphen, dot and
 /// slash count too (Chinese input methods type them). People paste card numbers into notes,
 /// and a note goes to pages, webhooks and the audit log. Unchanged text is borrowed.
@@ -208,6 +208,7 @@ pub fn mask_card_numbers(text: &str) -> std::borrow::Cow<'_, str> {
                 | '－'
                 | '．'
                 | '／'
+                | '*'
         )
     }
     let mut chars: Vec<char> = text.chars().collect();
@@ -398,6 +399,8 @@ mod tests {
             ("**6222020200112347**", "**622202******2347**"),
             ("*6222020200112347", "*622202******2347"),
             ("6222020200112347*2", "622202******2347*2"),
+            // Or between its groups.
+            ("6222*0202*0011*2347", "6222*02********2347"),
         ] {
             assert_eq!(mask_card_numbers(typed), shown, "{typed:?}");
         }
