@@ -357,6 +357,13 @@ pub trait Store: Send + Sync + 'static {
         state: Option<settlement::PayoutState>,
         limit: u32,
     ) -> Result<Vec<settlement::PayoutRow>, StoreError>;
+    /// How many payouts are pending with `failure` as their last failure and a first attempt
+    /// at or before `first_attempt_by_ms`, counted in the database (the metrics' stuck payouts).
+    fn count_payouts_failing_since(
+        &self,
+        failure: &str,
+        first_attempt_by_ms: i64,
+    ) -> Result<u64, StoreError>;
     /// The same, newest payout day first: what a merchant or an operator looks at.
     fn payouts_newest(
         &self,

@@ -716,6 +716,20 @@ impl Store for SqliteStore {
     ) -> Result<Vec<crate::settlement::PayoutRow>, StoreError> {
         self.settle_payouts(mid, state, None, limit, false)
     }
+    fn count_payouts_failing_since(
+        &self,
+        failure: &str,
+        first_attempt_by_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let count: i64 = self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT COUNT(*) FROM payouts WHERE state = 'pending' AND failure = ?1
+                 AND first_attempt_ms <= ?2",
+            )?;
+            Ok(statement.query_row(params![failure, first_attempt_by_ms], |r| r.get(0))?)
+        })?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
     fn payouts_newest(
         &self,
         mid: Option<&str>,

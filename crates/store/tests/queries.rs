@@ -705,6 +705,7 @@ fn payouts_are_read_newest_first(db: &Db) {
     released.amount_fen = 40;
     // And when the bank was first asked: how long a retrying payout has waited.
     released.first_attempt_ms = Some(7_000);
+    released.failure = Some("payout-bank-error".into());
     s.submit(vec![Record::Settlement(
         SettlementRecord::PayoutTransition {
             expected_state: PayoutState::Held,
@@ -720,6 +721,11 @@ fn payouts_are_read_newest_first(db: &Db) {
         (row.state, row.amount_fen, row.first_attempt_ms),
         (PayoutState::Pending, 40, Some(7_000))
     );
+    // Pending on that failure since a time, counted in the database.
+    let count = |failure: &str, by_ms: i64| s.count_payouts_failing_since(failure, by_ms).unwrap();
+    assert_eq!(count("payout-bank-error", 7_000), 1);
+    assert_eq!(count("payout-bank-error", 6_999), 0);
+    assert_eq!(count("payout-account-frozen", 7_000), 0);
 }
 
 /// A merchant's duplicate flags newest first; a payment's flags whichever side it is on.

@@ -308,16 +308,15 @@ fn render_store(out: &mut String, web: &Web) {
             stuck.len()
         );
     }
-    if let Ok(pending) = web.store.payouts(
-        None,
-        Some(store::settlement::PayoutState::Pending),
-        settlement::payout::PAYOUTS_PER_RUN_MAX,
-    ) {
-        let now_ms = web.clock.now_ms();
-        let stuck = pending
-            .iter()
-            .filter(|p| settlement::is_stuck(p, now_ms))
-            .count();
+    // `settlement::is_stuck`, counted in the database.
+    let stuck_since_ms = web
+        .clock
+        .now_ms()
+        .saturating_sub(settlement::PAYOUT_STUCK_AFTER_MS);
+    if let Ok(stuck) = web
+        .store
+        .count_payouts_failing_since(domain::PayoutFailure::BankSystemError.key(), stuck_since_ms)
+    {
         let _ = writeln!(
             out,
             "# HELP shoudan_payouts_stuck Payouts the receiving bank has answered with system errors for {} hours or more since their first attempt (still retried; the console lists them).\n# TYPE shoudan_payouts_stuck gauge\nshoudan_payouts_stuck {stuck}",
