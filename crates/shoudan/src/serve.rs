@@ -545,7 +545,17 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
         hsm,
         fee_plans,
     } = checked(config)?;
-    let store = open_store(&config.database, config.database_schema.as_deref())?;
+    let store: Arc<dyn Store> = match database(&config.database, config.database_schema.as_deref())?
+    {
+        // Nodes on one journal each claim their node id's place, so that two with one id (a
+        // copied configuration, the default left in) cannot both run.
+        Database::Postgres(pg) => {
+            let store = PgStore::open(&pg)?;
+            store.claim_node(config.node_id)?;
+            Arc::new(store)
+        }
+        Database::Sqlite(path) => Arc::new(SqliteStore::open(&SqliteConfig::new(path))?),
+    };
     if !fee_plans.is_empty() {
         let merchants: Vec<String> = store.merchants()?.into_iter().map(|m| m.mid).collect();
         plans_of_known_merchants(&fee_plans, &merchants)?;

@@ -82,6 +82,14 @@ const PG_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_sec
 const PG_KEEPALIVE_RETRIES: u32 = 3;
 /// tokio-postgres's keepalive idle time when none is given.
 const KEEPALIVE_IDLE_UNSET: std::time::Duration = std::time::Duration::from_secs(2 * 60 * 60);
+/// How long a start waits for its node place to be freed (a crashed node's session the
+/// server has not ended yet) before refusing it as another node's.
+const NODE_CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
+const NODE_CLAIM_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+/// The server's keepalives on the session holding a node's place: a host gone is noticed
+/// within about 25 s (10 s idle, then 3 probes 5 s apart).
+const NODE_CLAIM_KEEPALIVES: &str =
+    "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3";
 /// The advisory lock key migrations hold, so nodes starting together migrate once.
 const MIGRATION_LOCK_KEY: i64 = 0x0053_484f_5544_414e;
 /// What every session sets: a session left in a transaction with no client (its node's host
@@ -178,6 +186,9 @@ pub struct PgStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Opened by [`PgStore::open_read_only`]: every session read-only.
     read_only: bool,
+    /// The session holding this node's claim ([`PgStore::claim_node`]), for as long as the
+    /// store is open.
+    node_claim: Mutex<Option<Connection>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -305,7 +316,67 @@ impl PgStore {
             reader_returned: Condvar::new(),
             writer: Mutex::new(Some(thread)),
             read_only: false,
+            node_claim: Mutex::new(None),
         })
+    }
+
+    /// Claims node id `node_id`'s place among the nodes on this journal (its id modulo 10,
+    /// which leads its RRNs' recovery and separates its host traces) for as long as the store
+    /// is open: a session advisory lock, taken on a connection of its own. Refused when
+    /// another node holds it: two nodes with one id would each take the other's requests in
+    /// flight for its own at a start, and time them out and reverse them.
+    pub fn claim_node(&self, node_id: u8) -> Result<(), StoreError> {
+        self.claim_node_within(node_id, NODE_CLAIM_WAIT)
+    }
+
+    /// [`PgStore::claim_node`], waiting at most `wait` for the place to be freed.
+    pub fn claim_node_within(
+        &self,
+        node_id: u8,
+        wait: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| backend("the store is closed".to_owned()))?;
+        let conn = connect(runtime.handle(), &self.config)?;
+        // The server notices this session's host gone within half a minute (not TCP's two
+        // hours), so a node that died with its host frees its place for its replacement.
+        conn.execute_batch(NODE_CLAIM_KEEPALIVES)?;
+        // Per journal: the schema's name (or the database's default) keys the lock with the
+        // place, so deployments sharing a server do not refuse each other.
+        let journal = self.config.schema.as_deref().unwrap_or("public");
+        let journal_key = journal.bytes().fold(0x811c_9dc5_u32, |hash, b| {
+            (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        let journal_key = i32::from_ne_bytes(journal_key.to_ne_bytes());
+        let place = i32::from(node_id % 10);
+        // A node restarted at once after a crash may find its old session not yet ended by
+        // the server: it waits for it a while before taking the place for another node's.
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let held: bool = conn.query_row(
+                "SELECT pg_try_advisory_lock(?1, ?2)",
+                params![journal_key, place],
+                |r| r.get(0),
+            )?;
+            if held {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(backend(format!(
+                    "another node on this journal holds node place {place} (node ids must \
+                     differ modulo 10): node id {node_id} is taken; a node that died frees it \
+                     within a minute"
+                )));
+            }
+            std::thread::sleep(NODE_CLAIM_RETRY);
+        }
+        *self
+            .node_claim
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
+        Ok(())
     }
 
     /// Opens an existing journal for reading only (a tool such as `shoudan audit`): no schema
@@ -325,6 +396,7 @@ impl PgStore {
             reader_returned: Condvar::new(),
             writer: Mutex::new(None),
             read_only: true,
+            node_claim: Mutex::new(None),
         };
         // Fail now, not at the first query, when there is no journal there.
         store.read(|conn| {

@@ -330,6 +330,34 @@ fn on_postgres_a_pipelined_write_behind_a_dead_sessions_lock_fails_quickly() {
     store.close();
 }
 
+/// Nodes on one PostgreSQL journal each claim their node id's place (its id modulo 10): a
+/// second node with the same place is refused, one with another place is not, and the place is
+/// free again once its node's store is closed. Another journal (schema) on the same server has
+/// places of its own.
+#[test]
+fn on_postgres_two_nodes_cannot_claim_one_node_place() {
+    let Some(db) = Db::postgres() else { return };
+    let config = db.pg_config().unwrap();
+    let first = store::PgStore::open(&config).unwrap();
+    first.claim_node(3).unwrap();
+    let second = store::PgStore::open(&config).unwrap();
+    let refused = second
+        .claim_node_within(13, std::time::Duration::from_millis(600))
+        .unwrap_err();
+    assert!(refused.to_string().contains("node place 3"), "{refused}");
+    second.claim_node(4).unwrap();
+    first.close();
+    drop(first);
+    let third = store::PgStore::open(&config).unwrap();
+    third.claim_node(3).unwrap();
+    let elsewhere = Db::postgres().unwrap();
+    let other_journal = store::PgStore::open(&elsewhere.pg_config().unwrap()).unwrap();
+    other_journal.claim_node(3).unwrap();
+    for store in [second, third, other_journal] {
+        store.close();
+    }
+}
+
 /// On PostgreSQL, a sign-in checked against the old password while another node's password
 /// change is written but not yet committed: the session's insert waits for the change and is
 /// then refused. Before, its check read the old password without waiting, the change's
