@@ -527,7 +527,8 @@ fn import_key(
     }
     let key = combine(algorithm, &parts)?;
     let hex = Zeroizing::new(paycrypto::hex::encode(&key));
-    let kcv = Key::from_hex(algorithm, &hex)?.kcv().to_string();
+    let new_key = Key::from_hex(algorithm, &hex)?;
+    let kcv = new_key.kcv().to_string();
     if let Some(expected) = expected_kcv {
         // Paperwork gives six digits or all eight: either is the start of the KCV.
         if !kcv.to_ascii_uppercase().starts_with(&expected) {
@@ -540,6 +541,25 @@ fn import_key(
     }
     let _lock = StoreLock::take(&config.hsm.key_store_file)?;
     let hsm = crate::serve::open_hsm(&config.hsm)?;
+    // A key is imported once: the same components entered again (a run that looked failed)
+    // would give a second handle of one key, and two terminals given it could each read the
+    // other's working keys; a zone PIN key entered again as a TMK, likewise.
+    for handle in hsm.stored_handles() {
+        let Ok(info) = hsm.key_info(handle) else {
+            continue;
+        };
+        if info.algorithm == algorithm
+            && info.len_bytes == new_key.len()
+            && info.kcv == new_key.kcv()
+        {
+            return Err(format!(
+                "this key (KCV {kcv}) is stored already, as {} {handle}: a key is imported \
+                 once; nothing stored",
+                info.usage
+            )
+            .into());
+        }
+    }
     let handle = hsm.import_key(usage, algorithm, &hex)?;
     let exported = hsm.export_store()?;
     crate::files::write_whole(&config.hsm.key_store_file, &exported, 0o600)

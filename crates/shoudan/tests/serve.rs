@@ -755,6 +755,18 @@ key_store_file = "{dir}/hsm.store"
     };
     let tmk = handle_of(&out);
     assert!(out.ends_with(&format!("TMK {tmk}: KCV {kcv}\n")), "{out}");
+    // The same components again (a run that looked failed), as a TMK or as anything else:
+    // refused, one key is not stored twice.
+    let store_before = std::fs::read(d.join("hsm.store")).unwrap();
+    for usage in ["tmk", "zpk"] {
+        let (code, _, err) = provision(&["key", "--config", c, "--usage", usage], &components);
+        assert_eq!(code, 2, "{usage}: {err}");
+        assert!(
+            err.contains("stored already") && err.contains(&tmk),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read(d.join("hsm.store")).unwrap(), store_before);
     let (code, out, err) = provision(
         &["key", "--config", c, "--usage", "zpk", "--components", "3"],
         "22222222222222223333333333333333\n44444444444444445555555555555555\n\
