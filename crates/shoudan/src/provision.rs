@@ -739,7 +739,15 @@ async fn add_terminal(store: &dyn Store, spec: &switch::TerminalSpec) -> CliResu
         )
         .into());
     }
-    store.submit(vec![switch::terminal_record(spec)])?.await?;
+    // Written only if still new: another provisioning of the TID since the check above
+    // fails here rather than being overwritten (or overwriting it).
+    match store.submit(vec![switch::new_terminal_record(spec)])?.await {
+        Ok(()) => {}
+        Err(store::StoreError::Constraint { .. }) => {
+            return Err(format!("terminal {}: already provisioned", spec.tid).into());
+        }
+        Err(error) => return Err(error.into()),
+    }
     Ok(())
 }
 

@@ -298,6 +298,10 @@ pub struct Outcome {
 pub enum Record {
     UpsertMerchant(MerchantRow),
     UpsertTerminal(Box<TerminalRow>),
+    /// A terminal that must be new: a TID already held fails the submission (a constraint
+    /// error), so two provisionings of one TID at once cannot both write it, the second
+    /// replacing the first's key and batch.
+    InsertTerminal(Box<TerminalRow>),
     /// A successful sign-in: new wrapped working keys and the batch in force.
     SignIn {
         tid: String,

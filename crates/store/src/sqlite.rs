@@ -1201,32 +1201,35 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
             )?
             .execute_any(params![m.mid, m.name, m.status, m.mcc])?;
         }
-        Record::UpsertTerminal(t) => {
+        Record::UpsertTerminal(t) | Record::InsertTerminal(t) => {
             let keys = t.working_keys.as_ref();
-            conn.prepare_cached(
-                "INSERT INTO terminals (tid, mid, tmk_wrapped, key_scheme, mac_algorithm, status,
-                 batch_no, last_sign_in_ms, pik_wrapped, mak_wrapped, tdk_wrapped)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+            const INSERT: &str = "INSERT INTO terminals (tid, mid, tmk_wrapped, key_scheme,
+                 mac_algorithm, status, batch_no, last_sign_in_ms, pik_wrapped, mak_wrapped,
+                 tdk_wrapped) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+            const UPSERT: &str = "INSERT INTO terminals (tid, mid, tmk_wrapped, key_scheme,
+                 mac_algorithm, status, batch_no, last_sign_in_ms, pik_wrapped, mak_wrapped,
+                 tdk_wrapped) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT (tid) DO UPDATE SET mid = excluded.mid,
                  tmk_wrapped = excluded.tmk_wrapped, key_scheme = excluded.key_scheme,
                  mac_algorithm = excluded.mac_algorithm, status = excluded.status,
                  batch_no = excluded.batch_no, last_sign_in_ms = excluded.last_sign_in_ms,
                  pik_wrapped = excluded.pik_wrapped, mak_wrapped = excluded.mak_wrapped,
-                 tdk_wrapped = excluded.tdk_wrapped",
-            )?
-            .execute_any(params![
-                t.tid,
-                t.mid,
-                t.tmk_wrapped,
-                t.key_scheme,
-                t.mac_algorithm,
-                t.status,
-                t.batch_no,
-                t.last_sign_in_ms,
-                keys.map(|k| &k.pik),
-                keys.map(|k| &k.mak),
-                keys.and_then(|k| k.tdk.as_ref()),
-            ])?;
+                 tdk_wrapped = excluded.tdk_wrapped";
+            let new_only = matches!(record, Record::InsertTerminal(_));
+            conn.prepare_cached(if new_only { INSERT } else { UPSERT })?
+                .execute_any(params![
+                    t.tid,
+                    t.mid,
+                    t.tmk_wrapped,
+                    t.key_scheme,
+                    t.mac_algorithm,
+                    t.status,
+                    t.batch_no,
+                    t.last_sign_in_ms,
+                    keys.map(|k| &k.pik),
+                    keys.map(|k| &k.mak),
+                    keys.and_then(|k| k.tdk.as_ref()),
+                ])?;
         }
         Record::SignIn {
             tid,

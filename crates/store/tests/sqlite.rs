@@ -642,6 +642,39 @@ fn on_postgres_a_read_only_open_creates_and_writes_nothing() {
     ));
 }
 
+/// A terminal written as new is refused when its TID is held already, and the one held stays
+/// as it was: two provisionings of one TID at once cannot both write it.
+fn a_new_terminal_is_refused_over_one_held(db: &Db) {
+    let store = db.open();
+    provision(&store);
+    let other = TerminalRow {
+        tmk_wrapped: vec![9, 9, 9],
+        batch_no: 7,
+        ..terminal()
+    };
+    let refused = store
+        .submit(vec![Record::InsertTerminal(Box::new(other))])
+        .unwrap()
+        .wait();
+    assert!(
+        matches!(refused, Err(StoreError::Constraint { .. })),
+        "{refused:?}"
+    );
+    let held = store.terminal("10000001").unwrap().unwrap();
+    assert_eq!((held.tmk_wrapped, held.batch_no), (vec![1, 2, 3], 1));
+    let new = TerminalRow {
+        tid: "10000002".into(),
+        ..terminal()
+    };
+    store
+        .submit(vec![Record::InsertTerminal(Box::new(new))])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(store.terminal("10000002").unwrap().is_some());
+    store.close();
+}
+
 fn provision(store: &backend::Opened) {
     store
         .submit(vec![
@@ -2049,6 +2082,7 @@ fn an_original_is_taken_only_by_a_link_that_stands(db: &Db) {
 }
 
 on_both!(
+    a_new_terminal_is_refused_over_one_held,
     a_request_key_is_claimed_once_per_batch,
     an_original_is_taken_only_by_a_link_that_stands,
     opposite_lock_orders_on_two_nodes_fail_no_write,

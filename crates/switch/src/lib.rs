@@ -100,7 +100,17 @@ pub struct TerminalSpec {
 
 /// The store record that provisions a terminal (its merchant must be provisioned too).
 pub fn terminal_record(spec: &TerminalSpec) -> Record {
-    Record::UpsertTerminal(Box::new(TerminalRow {
+    Record::UpsertTerminal(terminal_row(spec))
+}
+
+/// The record of a terminal that must be new: the store refuses it (a constraint error) when
+/// its TID is held already, so two provisionings of one TID at once cannot both write it.
+pub fn new_terminal_record(spec: &TerminalSpec) -> Record {
+    Record::InsertTerminal(terminal_row(spec))
+}
+
+fn terminal_row(spec: &TerminalSpec) -> Box<TerminalRow> {
+    Box::new(TerminalRow {
         tid: spec.tid.clone(),
         mid: spec.mid.clone(),
         tmk_wrapped: handle_bytes(spec.tmk),
@@ -110,7 +120,7 @@ pub fn terminal_record(spec: &TerminalSpec) -> Record {
         batch_no: spec.batch_no,
         last_sign_in_ms: None,
         working_keys: None,
-    }))
+    })
 }
 
 /// The switch's entry point.
