@@ -321,21 +321,26 @@ impl Outcome {
         .find(|o| o.as_str() == text)
     }
 
-    /// Whether `r` is such a sale: the same reading as the dashboard's (`count_into`).
-    fn of(self, r: &TxnRow) -> bool {
-        if !is_sale(r.kind) {
-            return false;
+    /// What became of a sale of `kind` in `state`, answered `code`, sent to its issuer or
+    /// not: `None` for a row that is not a sale, approved, or not decided yet. The one reading
+    /// of the dashboard's counts (`count_into`) and of the search's `outcome`.
+    fn of_sale(kind: TxnKind, state: TxnState, code: Option<&str>, sent: bool) -> Option<Outcome> {
+        if !is_sale(kind) {
+            return None;
         }
-        let approved_then_reversed =
-            r.state == TxnState::Reversed && r.response_code.as_deref() == Some("00");
-        let failed = matches!(
-            r.state,
-            TxnState::Declined | TxnState::TimedOut | TxnState::Failed | TxnState::Reversed
-        ) && !approved_then_reversed;
-        match self {
-            Outcome::IssuerDeclined => failed && r.sent_at_ms.is_some(),
-            Outcome::HostDeclined => failed && r.sent_at_ms.is_none(),
-            Outcome::ReversedAfterApproval => approved_then_reversed,
+        match state {
+            // Approved by the issuer, then reversed: its 00 would read "approved" among the
+            // failures. A reversed sale the issuer never approved (timed out, unreadable,
+            // refused, then reversed) is a failure under its own code.
+            TxnState::Reversed if code == Some("00") => Some(Outcome::ReversedAfterApproval),
+            TxnState::Declined | TxnState::TimedOut | TxnState::Failed | TxnState::Reversed => {
+                Some(if sent {
+                    Outcome::IssuerDeclined
+                } else {
+                    Outcome::HostDeclined
+                })
+            }
+            _ => None,
         }
     }
 }
@@ -491,7 +496,14 @@ impl<'q> TxnFilter<'q> {
             && self
                 .code
                 .is_none_or(|c| r.response_code.as_deref() == Some(c))
-            && self.outcome.is_none_or(|o| o.of(r))
+            && self.outcome.is_none_or(|o| {
+                Outcome::of_sale(
+                    r.kind,
+                    r.state,
+                    r.response_code.as_deref(),
+                    r.sent_at_ms.is_some(),
+                ) == Some(o)
+            })
     }
 }
 
@@ -601,34 +613,36 @@ fn count_into(stats: &mut DayStats, tally: &TxnTally) {
     if !is_sale(tally.kind) {
         return;
     }
-    let failed = match tally.state {
-        s if is_approved(s) => {
-            stats.approved += count;
-            false
-        }
-        TxnState::Declined => {
-            stats.declined += count;
-            true
-        }
-        // Approved by the issuer, then reversed: its 00 would read "approved" among the
-        // failures. A reversed sale the issuer never approved (timed out, unreadable, refused,
-        // then reversed) is a failure under its own code.
-        TxnState::Reversed if tally.response_code.as_deref() == Some("00") => {
+    if is_approved(tally.state) {
+        stats.approved += count;
+    }
+    let outcome = Outcome::of_sale(
+        tally.kind,
+        tally.state,
+        tally.response_code.as_deref(),
+        tally.sent,
+    );
+    let failed = match outcome {
+        Some(Outcome::ReversedAfterApproval) => {
             stats.reversed += count;
             false
         }
-        TxnState::TimedOut | TxnState::Failed | TxnState::Reversed => {
-            stats.failed += count;
+        Some(Outcome::IssuerDeclined | Outcome::HostDeclined) => {
+            if tally.state == TxnState::Declined {
+                stats.declined += count;
+            } else {
+                stats.failed += count;
+            }
             true
         }
-        _ => false,
+        None => false,
     };
     if failed {
         let code = tally
             .response_code
             .clone()
             .unwrap_or_else(|| "--".to_owned());
-        if !tally.sent {
+        if outcome == Some(Outcome::HostDeclined) {
             *stats.host_declines_by_code.entry(code.clone()).or_insert(0) += count;
         }
         *stats.declines_by_code.entry(code).or_insert(0) += count;
