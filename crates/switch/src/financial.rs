@@ -1236,7 +1236,7 @@ impl Core {
             // Only a void takes its original's sale back out, on the original's day: a
             // completion's original is its pre-authorisation, counted on its own day, and the
             // completion adds nothing (nor does its void take anything back).
-            if matches!(kind, TxnKind::PurchaseVoid | TxnKind::PreAuthVoid) {
+            if crate::risk::voids_a_sale(kind) {
                 sale_day = Some(found.received_day);
             }
             original = Link::Original(found);
@@ -2147,8 +2147,7 @@ impl Core {
                             // in: the voided sale's or pre-authorisation's (a pre-authorisation
                             // is voided days later). One the index no longer holds is from
                             // before yesterday, a day no limit counts any more.
-                            let void =
-                                matches!(o.kind, TxnKind::PurchaseVoid | TxnKind::PreAuthVoid);
+                            let void = crate::risk::voids_a_sale(o.kind);
                             let voided = void
                                 .then(|| o.original_id.or(o.live().linked_original))
                                 .flatten()

@@ -84,6 +84,12 @@ fn class_of(kind: TxnKind) -> TxnClass {
     }
 }
 
+/// Whether an approved `kind` takes its original's sale (or pre-authorisation) back out of
+/// the day's sales, on the original's day: a void of one.
+pub(crate) fn voids_a_sale(kind: TxnKind) -> bool {
+    class_of(kind) == TxnClass::Void
+}
+
 /// What a terminal reversal of an approved `kind` of `amount_fen` does to the day's sales: a
 /// sale (or pre-authorisation) goes back out, a void's sale comes back in.
 pub(crate) fn sales_reversed(kind: TxnKind, amount_fen: i64) -> i64 {
