@@ -12,13 +12,13 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::{
-    CONNECTION_QUEUE_MAX, CONNECTIONS_MAX, FRAME_BODY_TIMEOUT, FRAME_LEN_MAX,
-    IN_FLIGHT_PER_CONNECTION_MAX, REQUESTS_IN_FLIGHT_MAX,
+    CONNECTION_QUEUE_MAX, CONNECTIONS_MAX, FRAME_BODY_TIMEOUT, IN_FLIGHT_PER_CONNECTION_MAX,
+    REQUESTS_IN_FLIGHT_MAX,
 };
 use crate::core::{Core, RC_APPROVED, RC_INVALID_TRANSACTION, RC_SYSTEM_ERROR};
 use crate::ledger::Answer;
 use crate::metrics::{Metrics, RequestType, measure_request};
-use crate::wire::{WipingReader, WireError, append_wiped};
+use crate::wire::{WipingReader, WireError, append_wiped, read_body};
 
 /// What every connection of one switch shares: its core, counters and the bound on requests
 /// in flight across all connections.
@@ -106,13 +106,7 @@ async fn read_request<R: AsyncRead + Unpin>(
     }
     let rest = async {
         reader.read_exact(&mut prefix[1..]).await?;
-        let len = usize::from(u16::from_be_bytes(prefix));
-        if len > FRAME_LEN_MAX {
-            return Err(WireError::TooLong { len });
-        }
-        buf.clear();
-        buf.resize(len, 0);
-        reader.read_exact(buf).await?;
+        read_body(reader, prefix, buf).await?;
         Ok(true)
     };
     match tokio::time::timeout(FRAME_BODY_TIMEOUT, rest).await {

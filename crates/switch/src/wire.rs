@@ -29,6 +29,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
         Err(e) => return Err(e.into()),
     }
+    read_body(reader, prefix, buf).await?;
+    Ok(true)
+}
+
+/// Reads into `buf` the body of a frame whose length prefix was `prefix`; one longer than
+/// `FRAME_LEN_MAX` is refused unread.
+pub(crate) async fn read_body<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    prefix: [u8; 2],
+    buf: &mut Vec<u8>,
+) -> Result<(), WireError> {
     let len = usize::from(u16::from_be_bytes(prefix));
     if len > FRAME_LEN_MAX {
         return Err(WireError::TooLong { len });
@@ -36,7 +47,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     buf.clear();
     buf.resize(len, 0);
     reader.read_exact(buf).await?;
-    Ok(true)
+    Ok(())
 }
 
 /// Bytes reserved for one answer frame: more than any the host builds (the echoed fields, a
