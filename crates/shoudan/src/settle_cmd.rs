@@ -12,7 +12,7 @@ use serde::Serialize;
 use settlement::{
     AccountInput, BindOutcome, IssuerClearingRow, ReconReport, Sealer, SimBank, SimBehaviour,
     audit, bind_account, confirm_change, parse_clearing_csv, reconcile, run_payouts,
-    settle_date_and_recent,
+    settle_date_and_recent_with,
 };
 use store::settlement::{AccountKind, PayoutState};
 use store::{SqliteConfig, SqliteStore, Store};
@@ -89,6 +89,26 @@ impl Deployment {
                 &config.database,
                 config.database_schema.as_deref(),
             ),
+        }
+    }
+
+    /// How a settle run writes its lines here. The pause between parts lets a live node's
+    /// writer into SQLite's one write lock; PostgreSQL locks rows, so there it only slows the
+    /// run (some 2.4 s per million lines).
+    fn clearing_config(&self) -> settlement::ClearingConfig {
+        let postgres = match self {
+            Deployment::Demo { database, .. } => database
+                .as_ref()
+                .is_some_and(|(url, _)| crate::serve::is_postgres(url)),
+            Deployment::Node(config) => crate::serve::is_postgres(&config.database),
+        };
+        settlement::ClearingConfig {
+            pause_between_parts: if postgres {
+                std::time::Duration::ZERO
+            } else {
+                settlement::PAUSE_BETWEEN_PARTS
+            },
+            ..settlement::ClearingConfig::default()
         }
     }
 
@@ -328,10 +348,16 @@ pub fn settle(args: SettleArgs) -> CliResult {
     {
         return Err(why.into());
     }
-    let store = args.common.deployment()?.store()?;
+    let deployment = args.common.deployment()?;
+    let store = deployment.store()?;
     let directory = IssuerDirectory::embedded()?;
-    let (report, revisited) =
-        settle_date_and_recent(store.as_ref(), &directory, &args.date, SystemClock.now_ms())?;
+    let (report, revisited) = settle_date_and_recent_with(
+        store.as_ref(),
+        &directory,
+        &args.date,
+        SystemClock.now_ms(),
+        &deployment.clearing_config(),
+    )?;
     if args.common.json {
         let mut value = serde_json::to_value(&report)?;
         if let Some(map) = value.as_object_mut() {
@@ -885,5 +911,28 @@ mod tests {
         let now = china_time("20261123", 12, 0);
         assert!(not_closed("20261123", now).is_some());
         assert_eq!(not_closed("20261122", now), None);
+    }
+
+    #[test]
+    fn a_run_pauses_between_parts_only_on_sqlite() {
+        let demo = |database: Option<&str>| Deployment::Demo {
+            dir: PathBuf::from("/nonexistent"),
+            database: database.map(|url| (url.to_owned(), None)),
+        };
+        let pause = |d: Deployment| d.clearing_config().pause_between_parts;
+        assert_eq!(pause(demo(None)), settlement::PAUSE_BETWEEN_PARTS);
+        assert_eq!(pause(demo(Some("sqlite:/tmp/x.db"))), settlement::PAUSE_BETWEEN_PARTS);
+        assert_eq!(
+            pause(demo(Some("postgres://shoudan@127.0.0.1/shoudan"))),
+            std::time::Duration::ZERO
+        );
+        assert_eq!(
+            pause(demo(Some("postgresql://shoudan@127.0.0.1/shoudan"))),
+            std::time::Duration::ZERO
+        );
+        assert_eq!(
+            demo(None).clearing_config().lines_per_commit,
+            settlement::LINES_PER_COMMIT
+        );
     }
 }
