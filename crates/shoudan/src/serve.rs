@@ -143,7 +143,41 @@ fn read_text(path: &Path, what: &str) -> Result<String, Box<dyn std::error::Erro
         )
         .into());
     }
-    std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()).into())
+    // Read through a bound as well: a FIFO or a device reports no size, and a file may grow
+    // between the two looks.
+    let failed = |e: std::io::Error| format!("{what} {}: {e}", path.display());
+    let mut text = String::with_capacity(usize::try_from(size).unwrap_or(0));
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(std::fs::File::open(path).map_err(failed)?, CONFIG_BYTES_MAX + 1),
+        &mut text,
+    )
+    .map_err(failed)?;
+    if text.len() as u64 > CONFIG_BYTES_MAX {
+        return Err(format!(
+            "{what} {}: larger than {CONFIG_BYTES_MAX} bytes",
+            path.display()
+        )
+        .into());
+    }
+    Ok(text)
+}
+
+/// Whether a database URL carries a password, in its user part (`postgres://u:pw@h/db`) or
+/// as a parameter (`?password=`).
+fn holds_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let in_user = authority
+        .rsplit_once('@')
+        .is_some_and(|(user, _)| user.contains(':'));
+    let in_query = rest.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some("password"))
+    });
+    in_user || in_query
 }
 
 impl ServeConfig {
@@ -151,7 +185,7 @@ impl ServeConfig {
         let text = read_text(path, "config")?;
         // The parser's own message quotes the offending line, which may be the database URL
         // with its password: say where and what, not the line.
-        toml::from_str(&text).map_err(|e| {
+        let config: ServeConfig = toml::from_str(&text).map_err(|e| {
             let line = e.span().map(|span| {
                 text.get(..span.start)
                     .unwrap_or_default()
@@ -160,8 +194,22 @@ impl ServeConfig {
                     + 1
             });
             let at = line.map_or(String::new(), |l| format!(" line {l}:"));
-            format!("config {}:{at} {}", path.display(), e.message().trim()).into()
-        })
+            format!("config {}:{at} {}", path.display(), e.message().trim())
+        })?;
+        // The database password opens the journal (sealed card numbers, password hashes, the
+        // ledger): refused, as the master key is, when others may read the file holding it.
+        if holds_password(&config.database)
+            && let Some(mode) = crate::files::open_to_others(path)
+                .map_err(|e| format!("config {}: {e}", path.display()))?
+        {
+            return Err(format!(
+                "config {}: mode {mode:o} lets others read the database password it holds; \
+                 chmod 0600 it",
+                path.display()
+            )
+            .into());
+        }
+        Ok(config)
     }
 }
 
@@ -827,5 +875,22 @@ mod tests {
         assert_eq!(check_config(&config), Ok(()));
         assert!(config.metrics_listen.is_some());
         assert_ne!(config.metrics_listen, Some(config.http_listen));
+    }
+
+    #[test]
+    fn a_password_is_seen_where_a_url_can_carry_one() {
+        assert!(holds_password("postgres://shoudan:pw@db.local/shoudan"));
+        assert!(holds_password("postgresql://shoudan:pw@db.local:5432/shoudan?sslmode=off"));
+        assert!(holds_password("postgres://shoudan@db.local/shoudan?password=pw"));
+        assert!(holds_password(
+            "postgres://shoudan@db.local/shoudan?application_name=a&password=pw"
+        ));
+        // An '@' in the password itself leaves the last one for the host.
+        assert!(holds_password("postgres://shoudan:p@ss@db.local/shoudan"));
+        assert!(!holds_password("postgres://shoudan@db.local/shoudan"));
+        assert!(!holds_password("postgres://db.local:5432/shoudan"));
+        assert!(!holds_password("postgres://shoudan@db.local/a:b"));
+        assert!(!holds_password("postgres://shoudan@db.local/shoudan?user=x"));
+        assert!(!holds_password("sqlite:/var/lib/shoudan/switch.db"));
     }
 }

@@ -216,6 +216,74 @@ fn a_bad_config_is_refused_with_its_reason() {
     assert!(stderr.contains("line 2:"), "{stderr}");
 }
 
+/// A config whose database URL carries a password is refused while others may read the file,
+/// and read once they may not; the refusal does not print the password.
+#[test]
+fn a_database_password_others_may_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite:{}", dir.path().join("switch.db").display());
+    let config = write_config(dir.path(), &database, None);
+    let text = std::fs::read_to_string(&config).unwrap();
+    // Port 1 on loopback: nothing answers, so a config that passes the mode check is refused
+    // for the connection instead.
+    let secret = "s3cr3t-pw";
+    let url = format!("postgres://shoudan:{secret}@127.0.0.1:1/shoudan");
+    let with_password = dir.path().join("with-password.toml");
+    std::fs::write(
+        &with_password,
+        text.replacen(&format!("database = \"{database}\""), &format!("database = \"{url}\""), 1),
+    )
+    .unwrap();
+    std::fs::set_permissions(&with_password, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let stderr = check_refused(&with_password, "a readable database password");
+    assert!(stderr.contains("mode 644"), "{stderr}");
+    assert!(stderr.contains("chmod 0600"), "{stderr}");
+    assert!(!stderr.contains(secret), "{stderr}");
+    std::fs::set_permissions(&with_password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let stderr = check_refused(&with_password, "an unreachable database");
+    assert!(!stderr.contains("chmod"), "{stderr}");
+    assert!(!stderr.contains(secret), "{stderr}");
+    // Without a password, a file others may read is no matter (as the tests' own configs).
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A config path that is a FIFO (or a device) is read no further than a config can be long.
+#[test]
+fn a_config_that_never_ends_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("config.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            let line = [b'#'; 1023].iter().chain(b"\n").copied().collect::<Vec<u8>>();
+            // 4 MiB, or until the reader has had enough and closed its end.
+            for _ in 0..4096 {
+                if pipe.write_all(&line).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let stderr = check_refused(&fifo, "a config that never ends");
+    assert!(stderr.contains("larger than"), "{stderr}");
+    writer.join().unwrap();
+}
+
 /// A single-length DES zone PIN key is refused: no PIN is translated down to one, so every PIN
 /// transaction of the bank from a double-length terminal would be answered 96.
 #[test]
