@@ -385,7 +385,7 @@ pub async fn open_case_for(
                      "txn_id": case.txn.as_ref().map(|t| t.id) }),
         ),
     )
-    .await?;
+    .await;
     Ok(NamesShown::for_principal(web, who)?.case(case))
 }
 
@@ -492,7 +492,7 @@ pub async fn add_entry_for(
         Some(json!({ "version": before.version, "entries": before.entries.len() })),
         Some(json!({ "version": case.version, "entries": case.entries.len(), "text": text })),
     )
-    .await?;
+    .await;
     Ok(NamesShown::for_principal(web, who)?.case(case))
 }
 
@@ -527,7 +527,7 @@ pub async fn approve_refund_for(
                      "refund_rrn": case.refund_rrn, "approved_by": case.approved_by }),
         ),
     )
-    .await?;
+    .await;
     Ok(case)
 }
 
@@ -638,7 +638,7 @@ async fn redrive_notification(
         None,
         Some(json!({ "mid": mid, "attempts": item.attempts })),
     )
-    .await?;
+    .await;
     Ok(Json(notification_json(&item)))
 }
 
@@ -923,7 +923,7 @@ async fn set_webhook(
         Some(json!({ "url": before })),
         Some(json!({ "url": body.url })),
     )
-    .await?;
+    .await;
     let url = domain::mask_card_numbers(&body.url);
     Ok(Json(json!({ "mid": mid, "url": url, "active": true })))
 }
@@ -981,7 +981,7 @@ pub async fn transition_for(
                      "resolution": case.resolution }),
         ),
     )
-    .await?;
+    .await;
     Ok(case)
 }
 
@@ -1061,7 +1061,7 @@ async fn assign(
         Some(json!({ "assignee": before.assignee, "due_at_ms": before.due_at_ms })),
         Some(json!({ "assignee": case.assignee, "due_at_ms": case.due_at_ms })),
     )
-    .await?;
+    .await;
     Ok(Json(json!(case)))
 }
 

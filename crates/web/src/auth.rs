@@ -3,6 +3,7 @@
 //! Session and API tokens are random 32 bytes; the store keeps only their SHA-256 digests.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE};
@@ -410,7 +411,7 @@ pub async fn authenticate(web: &Web, username: &str, password: &str) -> Result<S
                 None,
                 Some(after),
             )
-            .await?;
+            .await;
             Ok(SignIn::Refused)
         }
     }
@@ -748,7 +749,18 @@ fn masked(value: serde_json::Value) -> serde_json::Value {
     }
 }
 
-/// Writes one audit row on its own (for changes committed by another crate's service).
+/// How long the audit row of a change already made is tried again in the background when the
+/// journal does not take it at once (busy, its disk full for a while).
+pub const AUDIT_RETRY_FOR_MS: i64 = 15 * 60_000;
+/// The longest wait between two tries of such a row.
+const AUDIT_RETRY_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes the audit row of a change another crate's service (or the sign-in check) has
+/// committed already. The change stands whatever happens here, so its caller is never failed
+/// for the row: one the journal does not take at once is tried again in the background for
+/// [`AUDIT_RETRY_FOR_MS`] under the id it was given, logged (with its values masked) so the
+/// log has it meanwhile, and counted (`shoudan_audit_rows_pending`, and
+/// `shoudan_audit_rows_lost_total` for one given up on, which is logged whole at error level).
 pub async fn audit(
     web: &Web,
     who: &str,
@@ -756,10 +768,80 @@ pub async fn audit(
     target: &str,
     before: Option<serde_json::Value>,
     after: Option<serde_json::Value>,
-) -> Result<(), ApiError> {
-    let record = audit_record(web, who, action, target, before, after).await?;
-    web.store.submit(vec![record])?.await?;
-    Ok(())
+) {
+    let mut row = AuditRow {
+        id: 0,
+        at_ms: web.clock.now_ms(),
+        who: who.to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        before: before.map(|v| masked(v).to_string()),
+        after: after.map(|v| masked(v).to_string()),
+    };
+    let error = match write_audit_row(web, &mut row, false).await {
+        Ok(()) => return,
+        Err(e) => e,
+    };
+    tracing::warn!(
+        who = %row.who, action = %row.action, target = %row.target,
+        before = row.before.as_deref().unwrap_or("-"), after = row.after.as_deref().unwrap_or("-"),
+        "audit row of a change made not written ({error}); trying again in the background"
+    );
+    let web = web.clone();
+    web.metrics.audit_rows_pending.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        let since = web.clock.now_ms();
+        let mut pause = std::time::Duration::from_millis(100);
+        let written = loop {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(AUDIT_RETRY_PAUSE_MAX);
+            match write_audit_row(&web, &mut row, true).await {
+                Ok(()) => break true,
+                Err(_) if web.clock.now_ms() - since >= AUDIT_RETRY_FOR_MS => break false,
+                Err(_) => {}
+            }
+        };
+        web.metrics.audit_rows_pending.fetch_sub(1, Ordering::Relaxed);
+        if written {
+            tracing::info!(id = row.id, action = %row.action, target = %row.target, "audit row written late");
+        } else {
+            web.metrics.audit_rows_lost.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                at_ms = row.at_ms, who = %row.who, action = %row.action, target = %row.target,
+                before = row.before.as_deref().unwrap_or("-"),
+                after = row.after.as_deref().unwrap_or("-"),
+                "audit row given up on: the journal refused it for {} minutes",
+                AUDIT_RETRY_FOR_MS / 60_000
+            );
+        }
+    });
+}
+
+/// One try at writing `row`: its id reserved first if it has none yet. A try after one whose
+/// answer was lost may find its row there already (its id refused as taken): that is written.
+async fn write_audit_row(web: &Web, row: &mut AuditRow, again: bool) -> Result<(), StoreError> {
+    if row.id == 0 {
+        let id = web.store.reserve(AUDIT_COUNTER, 1)?.await?;
+        row.id = i64::try_from(id).map_err(|_| StoreError::Corrupt {
+            what: "audit id",
+            value: id.to_string(),
+        })?;
+    }
+    let written = match web.store.submit(vec![Record::Web(WebRecord::Audit(row.clone()))]) {
+        Ok(pending) => pending.await,
+        Err(e) => Err(e),
+    };
+    match written {
+        Err(StoreError::Constraint { .. }) if again => {
+            let there = web.store.audit_log(Some(row.id + 1), 1)?;
+            if there.first().is_some_and(|r| r.id == row.id) {
+                Ok(())
+            } else {
+                written
+            }
+        }
+        other => other,
+    }
 }
 
 /// What a new user needs. The password is wiped when this is dropped, and never printed.

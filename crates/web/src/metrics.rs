@@ -55,6 +55,11 @@ pub struct HttpMetrics {
     /// is not in the 1 ms bucket).
     latency: Mutex<([u64; 10], u64)>,
     in_flight: AtomicI64,
+    /// Audit rows of changes made that the journal has not taken yet, tried again in the
+    /// background (`auth::audit`).
+    pub(crate) audit_rows_pending: AtomicI64,
+    /// Audit rows given up on after `auth::AUDIT_RETRY_FOR_MS` (logged whole instead).
+    pub(crate) audit_rows_lost: std::sync::atomic::AtomicU64,
 }
 
 /// Counts every request: its route template (never the raw path), status and time taken.
@@ -367,6 +372,16 @@ fn render_http(out: &mut String, web: &Web) {
         out,
         "# HELP shoudan_http_in_flight Web requests being served.\n# TYPE shoudan_http_in_flight gauge\nshoudan_http_in_flight {}",
         web.metrics.in_flight.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shoudan_audit_rows_pending Audit rows of changes made that the journal has not taken yet (tried again in the background; logged meanwhile).\n# TYPE shoudan_audit_rows_pending gauge\nshoudan_audit_rows_pending {}",
+        web.metrics.audit_rows_pending.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shoudan_audit_rows_lost_total Audit rows given up on after 15 minutes of tries (each logged whole at error level).\n# TYPE shoudan_audit_rows_lost_total counter\nshoudan_audit_rows_lost_total {}",
+        web.metrics.audit_rows_lost.load(Ordering::Relaxed)
     );
 }
 

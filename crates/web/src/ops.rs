@@ -490,7 +490,7 @@ pub async fn bind_for(web: &Web, who: &Principal, body: BindBody) -> Result<Bind
         Some(json!({ "account": before })),
         Some(json!({ "account": after, "outcome": outcome })),
     )
-    .await?;
+    .await;
     Ok(outcome)
 }
 
@@ -582,7 +582,7 @@ pub async fn decide_change(
         Some(json!({ "state": before.state.as_str() })),
         Some(json!({ "state": after.state.as_str(), "version": version })),
     )
-    .await?;
+    .await;
     Ok(change_json(&after))
 }
 
@@ -643,7 +643,7 @@ pub async fn review_for(
         Some(json!({ "state": before.as_str() })),
         Some(json!({ "state": profile.state.as_str(), "note": note })),
     )
-    .await?;
+    .await;
     Ok(json!({ "mid": mid, "state": profile.state.as_str() }))
 }
 
@@ -705,7 +705,7 @@ pub async fn resolve_alert_for(
         Some(json!({ "state": "open" })),
         Some(json!({ "state": alert.state.as_str(), "resolution": alert.resolution })),
     )
-    .await?;
+    .await;
     Ok(json!({ "id": id, "state": alert.state.as_str() }))
 }
 

@@ -439,7 +439,7 @@ async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Para
         Ok(token) => token,
         Err(e) => return error_page(&c, None, &e),
     };
-    let _ = auth::audit(
+    auth::audit(
         &web,
         &user.username,
         "session.open",

@@ -4866,3 +4866,78 @@ fn a_reversed_sale_is_told_apart_and_a_voided_one_is_not_takings() {
         assert!(dash.body.contains("¥10.00"), "{}", dash.body);
     });
 }
+
+/// The audit row of a change another service has made is written after it. When the journal
+/// does not take the row (here a trigger refuses every audit insert, as a busy or full journal
+/// would refuse it), the change stands and its caller is answered as the change was made, not
+/// 503; the row is tried again in the background, counted meanwhile, and is written once the
+/// journal takes rows again. On SQLite only: the trigger is written to the test's file.
+#[test]
+fn an_audit_row_the_journal_refuses_does_not_fail_the_change_and_is_written_later() {
+    if std::env::var("SHOUDAN_E2E_STORE").as_deref() == Ok("postgres") {
+        return;
+    }
+    run(async move {
+        let mut e = start().await;
+        let card = e.card("healthy");
+        let (code, rrn) = e.purchase(&card, 5_000).await;
+        assert_eq!(code, "00");
+        let txn_id = e.txn_id(&rrn);
+        let tea = e.token("teahouse").await;
+        let db = rusqlite::Connection::open(e.h.dir.path().join("s.db")).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        db.execute_batch(
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log
+             BEGIN SELECT RAISE(ABORT, 'audit refused for the test'); END;",
+        )
+        .unwrap();
+        let opened = |store: &dyn Store| {
+            store
+                .audit_log(None, 50)
+                .unwrap()
+                .into_iter()
+                .filter(|a| a.action == "case.open")
+                .count()
+        };
+        let auth = format!("Bearer {tea}");
+        let body = json!({"kind": "dispute", "txn_id": txn_id, "text": "not mine"}).to_string();
+        let r = request(
+            e.http,
+            "POST",
+            "/api/cases",
+            &[("content-type", "application/json"), ("authorization", &auth)],
+            &body,
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let case_id = r.json()["id"].as_i64().unwrap();
+        assert!(e.h.store.case(case_id).unwrap().is_some());
+        assert_eq!(opened(e.h.store.as_ref()), 0);
+        let metrics = web::metrics::render(&e.web);
+        assert!(metrics.contains("shoudan_audit_rows_pending 1"), "{metrics}");
+        // Still refused a while: tried again, not given up on.
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        assert_eq!(opened(e.h.store.as_ref()), 0);
+        db.execute_batch("DROP TRIGGER refuse_audit;").unwrap();
+        let mut waited = 0;
+        while opened(e.h.store.as_ref()) == 0 {
+            assert!(waited < 100, "the audit row was not written once the journal took it");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            waited += 1;
+        }
+        let row = e
+            .h
+            .store
+            .audit_log(None, 50)
+            .unwrap()
+            .into_iter()
+            .find(|a| a.action == "case.open")
+            .unwrap();
+        assert_eq!(row.who, "teahouse");
+        assert_eq!(row.target, format!("case:{case_id}"));
+        assert_eq!(opened(e.h.store.as_ref()), 1);
+        let metrics = web::metrics::render(&e.web);
+        assert!(metrics.contains("shoudan_audit_rows_pending 0"), "{metrics}");
+        assert!(metrics.contains("shoudan_audit_rows_lost_total 0"), "{metrics}");
+    });
+}
