@@ -669,6 +669,10 @@ fn serve_listens_for_terminals_and_http() {
     let metrics = get_from(metrics_addr.as_deref().unwrap(), "/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(metrics.contains("\nshoudan_in_flight_max "), "{metrics}");
+    // The journal's standing items for the alert rules, beside the switch's own counts.
+    for standing in ["shoudan_saf_stuck 0", "shoudan_saf_refused 0", "shoudan_payouts_stuck 0"] {
+        assert!(metrics.contains(&format!("\n{standing}\n")), "{metrics}");
+    }
     let answer = get_from(metrics_addr.as_deref().unwrap(), "/healthz");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // Served behind TLS: the portal's cookies are never sent over plain HTTP.

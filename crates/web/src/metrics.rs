@@ -137,6 +137,7 @@ pub fn render(web: &Web) -> String {
     } else {
         render_store(&mut out, web);
     }
+    render_standing(&mut out, web);
     render_http(&mut out, web);
     out
 }
@@ -272,7 +273,8 @@ fn render_switch(out: &mut String, m: &switch::MetricsSnapshot) {
     }
 }
 
-/// Without a switch in this process: today's journal by kind and code, and the SAF depth.
+/// Without a switch in this process: today's journal by kind and code, and the SAF depth (the
+/// switch's own counts when it runs here).
 fn render_store(out: &mut String, web: &Web) {
     let start = crate::query::cst_day_start(web.clock.now_ms());
     let date = crate::query::format_date(start).replace('-', "");
@@ -305,6 +307,11 @@ fn render_store(out: &mut String, web: &Web) {
             "# HELP shoudan_saf_depth Reversals waiting for an issuer.\n# TYPE shoudan_saf_depth gauge\nshoudan_saf_depth {pending}",
         );
     }
+}
+
+/// What stands in the journal for someone to act on, with a switch in this process or not
+/// (a node's `/metrics` comes from its switch, and these are not the switch's counts).
+fn render_standing(out: &mut String, web: &Web) {
     if let Ok(stuck) = crate::query::reversals_stuck(web) {
         let _ = writeln!(
             out,
