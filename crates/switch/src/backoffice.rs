@@ -104,8 +104,28 @@ impl SwitchHandle {
 }
 
 impl BackOffice {
-    /// As [`SwitchHandle::back_office_refund`].
+    /// As [`SwitchHandle::back_office_refund`]. The refund runs as a task of the switch's own,
+    /// to its end even if the caller stops waiting (a closed browser tab, an API client's
+    /// timeout, which drop an HTTP handler's future): once the request is at the issuer, its
+    /// answer must be journalled and the sale's reserved refund amount settled, or the refund
+    /// would sit in flight until the in-doubt sweep reversed it minutes after the card was
+    /// credited, and every other refund of the sale would be refused meanwhile.
     pub async fn refund(
+        &self,
+        original_rrn: &str,
+        amount_fen: i64,
+        idempotency_key: &str,
+    ) -> Result<BackOfficeRefund, BackOfficeError> {
+        let this = self.clone();
+        let (rrn, key) = (original_rrn.to_owned(), idempotency_key.to_owned());
+        self.core
+            .tasks
+            .spawn(async move { this.run_refund(&rrn, amount_fen, &key).await })
+            .await
+            .map_err(|_| BackOfficeError::NoAnswer)?
+    }
+
+    async fn run_refund(
         &self,
         original_rrn: &str,
         amount_fen: i64,

@@ -1678,3 +1678,54 @@ fn the_issuer_breaker_closes_on_time_whatever_the_wall_clock_does() {
         );
     });
 }
+
+/// A back-office refund whose caller stops waiting while it is at the issuer (a browser tab
+/// closed, an API client's timeout: the HTTP handler's future is dropped) still runs to its
+/// end: the issuer's approval is journalled, no reversal is queued for it, and the same
+/// idempotency key replays the approval instead of finding it in flight.
+#[test]
+fn a_back_office_refund_its_caller_gave_up_on_is_journalled_all_the_same() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let pan = card("622202");
+        let sale = t.send(&Req::purchase(&pan, SLOW_AMOUNT + 100, 31)).await;
+        assert_eq!(sale.code(), "00");
+        let rrn = sale.text(37).unwrap();
+        let switch = h.switch.as_ref().unwrap();
+        let asked = h.log.requests.load(Ordering::SeqCst);
+        // The issuer takes 150 ms over this amount; the caller leaves after 50.
+        let amount = i64::try_from(SLOW_AMOUNT).unwrap();
+        let left = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            switch.back_office_refund(&rrn, amount, "case-7-refund"),
+        )
+        .await;
+        assert!(left.is_err(), "the refund answered within 50 ms");
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), asked + 1);
+        let replay = switch
+            .back_office_refund(&rrn, amount, "case-7-refund")
+            .await
+            .unwrap();
+        assert_eq!(replay.response_code, "00");
+        assert_eq!(replay.state, Some(TxnState::Approved));
+        let id = replay.txn_id.unwrap();
+        assert_eq!(h.store.txn(id).unwrap().unwrap().state, TxnState::Approved);
+        assert!(h.store.reversal(id).unwrap().is_none());
+        // Sent once: the replay was answered from the journal.
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), asked + 1);
+        // The rest of the sale is refundable, and no more.
+        let rest = switch
+            .back_office_refund(&rrn, 100, "case-7-refund-rest")
+            .await
+            .unwrap();
+        assert_eq!(rest.response_code, "00");
+        let more = switch
+            .back_office_refund(&rrn, 1, "case-7-refund-more")
+            .await
+            .unwrap();
+        assert_eq!(more.response_code, "61");
+    });
+}
