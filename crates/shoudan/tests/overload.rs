@@ -136,3 +136,87 @@ fn twice_the_capacity_is_refused_96_at_once_bounded_and_recovers() {
         w.audit();
     });
 }
+
+/// One issuer that stops answering (its link up) cannot take the switch's places from the
+/// others: its requests beyond its share (half of `requests_in_flight` when there are other
+/// links) are answered 91 at once, and another bank's card is still approved while it holds
+/// its share. (A single issuer link has the whole bound: the overload test above.)
+#[test]
+fn a_silent_issuer_takes_at_most_half_the_switch() {
+    runtime().block_on(async {
+        // The slow bank's requests hold their places until it answers, inside the timeout.
+        let mut w = start(&["ICBC", "CCB"], |c| {
+            c.requests_in_flight = IN_FLIGHT;
+            for endpoint in c.issuers.values_mut() {
+                endpoint.timeout = Duration::from_secs(10);
+            }
+        })
+        .await;
+        let slow = w.bank("ICBC").healthy(0).clone();
+        let other = w.bank("CCB").healthy(0).clone();
+        // Longer than the test waits for any answer below: the bank is as good as silent.
+        let stall = Duration::from_millis(1_500);
+        w.bank("ICBC").faults().set_latency(stall, stall);
+        let mut frames = Vec::new();
+        for _ in 0..IN_FLIGHT {
+            let req = w.purchase(&slow, 100);
+            frames.push(w.t.encode(&req, false));
+        }
+        let started = Instant::now();
+        let (mut reader, mut writer) = w.t.stream.split();
+        for bytes in &frames {
+            writer.write_all(bytes).await.unwrap();
+        }
+        // The excess over the slow bank's share comes back at once, 91.
+        let mut codes = Vec::new();
+        for _ in 0..IN_FLIGHT / 2 {
+            let mut prefix = [0u8; 2];
+            tokio::time::timeout(Duration::from_secs(2), reader.read_exact(&mut prefix))
+                .await
+                .expect("the slow bank's excess was not answered at once")
+                .unwrap();
+            let mut body = vec![0; usize::from(u16::from_be_bytes(prefix))];
+            reader.read_exact(&mut body).await.unwrap();
+            let frame = Frame::decode_unprefixed(&body).unwrap();
+            codes.push(frame.message.text(39).unwrap().to_owned());
+        }
+        assert!(codes.iter().all(|c| c == "91"), "{codes:?}");
+        assert!(started.elapsed() < stall);
+        drop((reader, writer));
+        // Half the switch is still the other banks'.
+        let req = w.purchase(&other, 100);
+        let bytes = w.t.encode(&req, false);
+        w.t.stream.write_all(&bytes).await.unwrap();
+        let code = loop {
+            let mut prefix = [0u8; 2];
+            tokio::time::timeout(Duration::from_secs(2), w.t.stream.read_exact(&mut prefix))
+                .await
+                .expect("the other bank's card was not answered")
+                .unwrap();
+            let mut body = vec![0; usize::from(u16::from_be_bytes(prefix))];
+            w.t.stream.read_exact(&mut body).await.unwrap();
+            let frame = Frame::decode_unprefixed(&body).unwrap();
+            if frame.message.stan() == Some(req.stan) {
+                break frame.message.text(39).unwrap().to_owned();
+            }
+        };
+        assert_eq!(code, "00");
+        assert!(started.elapsed() < stall);
+        // The slow bank's share is answered when it answers.
+        let mut late = Vec::new();
+        while late.len() < IN_FLIGHT / 2 {
+            let mut prefix = [0u8; 2];
+            tokio::time::timeout(Duration::from_secs(5), w.t.stream.read_exact(&mut prefix))
+                .await
+                .expect("the slow bank's share was not answered")
+                .unwrap();
+            let mut body = vec![0; usize::from(u16::from_be_bytes(prefix))];
+            w.t.stream.read_exact(&mut body).await.unwrap();
+            let frame = Frame::decode_unprefixed(&body).unwrap();
+            late.push(frame.message.text(39).unwrap().to_owned());
+        }
+        assert!(late.iter().all(|c| c == "00"), "{late:?}");
+        w.bank("ICBC").faults().clear();
+        w.audit();
+    });
+}

@@ -33,7 +33,10 @@ pub const CONNECTION_QUEUE_MAX: usize = 2 * IN_FLIGHT_PER_CONNECTION_MAX;
 /// (`SwitchConfig::response_write_timeout`'s default): a peer that stops reading them holds its
 /// queue and its in-flight requests until then.
 pub const RESPONSE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Requests awaiting an answer on one issuer link; more are answered 91 at once.
+/// Requests awaiting an answer on one issuer link at most; more are answered 91 at once. The
+/// bound a link has is half of `SwitchConfig::requests_in_flight` when there are other links
+/// (`issuer_in_flight_max`), so one issuer that stops answering cannot take the other issuers'
+/// places.
 pub const ISSUER_IN_FLIGHT_MAX: usize = 8_192;
 /// Frames queued for one issuer link's writer.
 pub const ISSUER_QUEUE_MAX: usize = 8_192;

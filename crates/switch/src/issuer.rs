@@ -105,6 +105,22 @@ impl EchoTest {
     }
 }
 
+/// Requests one of `links` issuer links may have awaiting answers when the switch admits
+/// `requests_in_flight` at once: half of them when there are other links (all of them when
+/// there are none), and at most [`ISSUER_IN_FLIGHT_MAX`]. A request holds its switch-wide
+/// place while it waits at the issuer, so without a smaller bound per issuer one bank that
+/// stops answering (its link up) would take every place within a timeout and the other banks'
+/// cards would be answered 96; with it, that bank's excess is answered 91 at once and the
+/// others keep half the switch.
+pub(crate) fn issuer_in_flight_max(requests_in_flight: usize, links: usize) -> usize {
+    let share = if links > 1 {
+        requests_in_flight / 2
+    } else {
+        requests_in_flight
+    };
+    share.clamp(1, ISSUER_IN_FLIGHT_MAX)
+}
+
 pub(crate) struct IssuerLink {
     pub name: String,
     pub endpoint: IssuerEndpoint,
@@ -113,6 +129,8 @@ pub(crate) struct IssuerLink {
     outbound: mpsc::Sender<Zeroizing<Vec<u8>>>,
     waiters: Mutex<Waiters>,
     in_flight: Semaphore,
+    /// The permits `in_flight` started with ([`issuer_in_flight_max`]).
+    in_flight_max: usize,
     connected: AtomicBool,
     echo: EchoTest,
     /// When the connection last read a frame, in ms since `epoch` (tokio's clock, which a
@@ -134,6 +152,7 @@ impl IssuerLink {
         endpoint: IssuerEndpoint,
         echo: EchoTest,
         connector: Arc<dyn IssuerConnector>,
+        in_flight_max: usize,
         stop: watch::Receiver<bool>,
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let (outbound, receiver) = mpsc::channel(ISSUER_QUEUE_MAX);
@@ -142,7 +161,8 @@ impl IssuerLink {
             endpoint,
             outbound,
             waiters: Mutex::new(BTreeMap::new()),
-            in_flight: Semaphore::new(ISSUER_IN_FLIGHT_MAX),
+            in_flight: Semaphore::new(in_flight_max),
+            in_flight_max,
             connected: AtomicBool::new(false),
             echo,
             heard_ms: AtomicU64::new(0),
@@ -181,7 +201,7 @@ impl IssuerLink {
             bank: self.name.clone(),
             connected: self.is_connected(),
             breaker_open: self.breaker_open(),
-            in_flight: u64::try_from(ISSUER_IN_FLIGHT_MAX.saturating_sub(free)).unwrap_or(0),
+            in_flight: u64::try_from(self.in_flight_max.saturating_sub(free)).unwrap_or(0),
         }
     }
 

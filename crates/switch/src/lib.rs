@@ -365,6 +365,7 @@ impl Switch {
                 endpoint.clone(),
                 echo.clone(),
                 Arc::clone(&connector),
+                issuer::issuer_in_flight_max(config.requests_in_flight, config.issuers.len()),
                 stop_rx.clone(),
             );
             links.insert(bank.clone(), link);
