@@ -854,11 +854,7 @@ impl CaseService {
                 continue;
             }
             let doubt = match self.store.reversal(linked.id)? {
-                Some(reversal) => match reversal.state {
-                    store::SafState::Acked => false,
-                    store::SafState::Refused => reversal.last_error.as_deref() != Some("25"),
-                    store::SafState::Pending => true,
-                },
+                Some(reversal) => !reversal.undone(),
                 None => matches!(linked.state, TxnState::InFlight | TxnState::TimedOut),
             };
             if doubt {
@@ -879,10 +875,7 @@ impl CaseService {
         };
         if let Some(reversal) = self.store.reversal(txn_id)? {
             // Refused with 25: the issuer never had the refund, so it does not stand there.
-            let never_had = reversal.state == store::SafState::Refused
-                && reversal.last_error.as_deref() == Some("25");
-            return Ok((reversal.state != store::SafState::Acked && !never_had)
-                .then_some(reversal.state == store::SafState::Refused));
+            return Ok((!reversal.undone()).then_some(reversal.refused_standing()));
         }
         let state = self.store.txn(txn_id)?.map(|t| t.state);
         Ok((matches!(

@@ -419,7 +419,26 @@ pub fn explain_txn(
                 let acked = reversal
                     .as_ref()
                     .is_some_and(|r: &SafItem| r.state == SafState::Acked);
-                if acked {
+                let never_had = reversal.as_ref().is_some_and(SafItem::never_had_original);
+                if never_had {
+                    steps.push(step(
+                        at,
+                        "reversal_original_unknown",
+                        Both::new(
+                            format!(
+                                "{}答复冲正 25（无此原交易）：发卡行没有收到这笔{}，它没有生效",
+                                bank.zh,
+                                kind_text(row.kind).zh
+                            ),
+                            format!(
+                                "{} answered the reversal 25 (no such original): it never had \
+                                 this {}, so it did not go through",
+                                bank.en,
+                                kind_text(row.kind).en
+                            ),
+                        ),
+                    ));
+                } else if acked {
                     steps.push(step(
                         at,
                         "reversal_acknowledged",
@@ -765,12 +784,9 @@ pub fn explain_txn(
     }
 
     let refunded = row.refunded_fen;
-    let acked = reversal
-        .as_ref()
-        .is_some_and(|r| r.state == SafState::Acked);
-    let refused = reversal
-        .as_ref()
-        .is_some_and(|r| r.state == SafState::Refused);
+    // A reversal refused with 25 undid as much as an acknowledged one: nothing stands.
+    let acked = reversal.as_ref().is_some_and(SafItem::undone);
+    let refused = reversal.as_ref().is_some_and(SafItem::refused_standing);
     let outcome = match row.state {
         TxnState::InFlight => Outcome::InProgress,
         TxnState::Reversed | TxnState::TimedOut | TxnState::Failed if refused => {
@@ -877,8 +893,7 @@ fn linked_doubt(store: &dyn Store, l: &TxnRow) -> Result<Option<bool>, store::St
     Ok(match store.reversal(l.id)? {
         // Refused with 25: the issuer never had the request (`docs/issuer-link.md`), so it
         // did not go through there either.
-        Some(r) if r.state == SafState::Refused && r.last_error.as_deref() == Some("25") => None,
-        Some(r) => (r.state != SafState::Acked).then_some(r.state == SafState::Refused),
+        Some(r) => (!r.undone()).then_some(r.refused_standing()),
         None => matches!(l.state, TxnState::InFlight | TxnState::TimedOut).then_some(false),
     })
 }
@@ -997,14 +1012,29 @@ fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow, reversal_queued: bo
                 kind_text(row.kind).en
             ),
         ),
+        // A reversal acknowledged, or answered 25 (the issuer never had the request): nothing
+        // stands either way.
+        Outcome::NoAnswerReversed if gives_back(row.kind) => Both::new(
+            format!(
+                "{}没有及时应答，收单系统已冲正并得到发卡行确认：这笔{}不成立，可以重新发起",
+                bank.zh,
+                kind_text(row.kind).zh
+            ),
+            format!(
+                "no answer from {} in time; shoudan reversed it and the issuer confirmed nothing \
+                 stands: this {} did not happen, and may be made again",
+                bank.en,
+                kind_text(row.kind).en
+            ),
+        ),
         Outcome::NoAnswerReversed => Both::new(
             format!(
-                "{}没有及时应答，收单系统已冲正并得到确认：交易不成立，即使卡上显示过扣款也会退回",
+                "{}没有及时应答，收单系统已冲正并得到发卡行确认：交易不成立，即使卡上显示过扣款也会退回",
                 bank.zh
             ),
             format!(
-                "no answer from {} in time; shoudan reversed it and the reversal was \
-                 acknowledged: the sale did not happen, and any charge the card shows is returned",
+                "no answer from {} in time; shoudan reversed it and the issuer confirmed nothing \
+                 stands: the sale did not happen, and any charge the card shows is returned",
                 bank.en
             ),
         ),

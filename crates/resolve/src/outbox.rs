@@ -858,11 +858,13 @@ impl Tailer {
                     Event::transaction_declined(&summary(), rule),
                 ));
             }
-            "reversal_done" => match self.store.reversal(row.id)?.map(|r| r.state) {
-                Some(SafState::Acked) => {
+            "reversal_done" => match self.store.reversal(row.id)? {
+                // Refused with 25: the issuer never had it, so it is undone as much as an
+                // acknowledged one.
+                Some(r) if r.undone() => {
                     out.push((row.mid.clone(), Event::reversal_done(&summary())));
                 }
-                Some(SafState::Refused) => {
+                Some(r) if r.state == SafState::Refused => {
                     let gives_back = crate::explain::gives_back(row.kind);
                     out.push((
                         row.mid.clone(),

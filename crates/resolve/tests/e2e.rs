@@ -275,7 +275,7 @@ fn declined_purchase_is_diagnosed_with_evidence_naming_the_issuer() {
 
 /// What the store-and-forward task writes when the issuer answers the reversal of row `id`
 /// with a refusal (here 12): the journal says reversed, the issuer did not undo it.
-fn reversed_and_refused(id: i64) -> Vec<Record> {
+fn reversed_and_refused(id: i64, answer: &str) -> Vec<Record> {
     vec![
         store::Record::State {
             id,
@@ -291,13 +291,13 @@ fn reversed_and_refused(id: i64) -> Vec<Record> {
             txn_id: id,
             state: SafState::Refused,
             at_ms: now(),
-            answer: Some("12".into()),
+            answer: Some(answer.into()),
         },
         store::Record::Event(store::EventRow {
             txn_id: id,
             at_ms: now(),
             kind: "reversal_done".into(),
-            detail: "reversal refused by SIM: 12".into(),
+            detail: format!("reversal refused by SIM: {answer}"),
         }),
     ]
 }
@@ -352,7 +352,7 @@ fn a_reversal_the_issuer_refused_tells_the_merchant_to_check_the_card() {
         let store = e.store();
         let id = store.txn_by_rrn(&rrn).unwrap().unwrap().id;
         store
-            .submit(reversed_and_refused(id))
+            .submit(reversed_and_refused(id, "12"))
             .unwrap()
             .await
             .unwrap();
@@ -387,7 +387,7 @@ fn a_reversal_the_issuer_refused_tells_the_merchant_to_check_the_card() {
         let refund_rrn = r.text(37).unwrap();
         let refund_id = store.txn_by_rrn(&refund_rrn).unwrap().unwrap().id;
         store
-            .submit(reversed_and_refused(refund_id))
+            .submit(reversed_and_refused(refund_id, "12"))
             .unwrap()
             .await
             .unwrap();
@@ -421,6 +421,75 @@ fn a_reversal_the_issuer_refused_tells_the_merchant_to_check_the_card() {
             told[0].payload
         );
         assert!(!told[0].payload.contains("we did not receive the money"));
+    });
+}
+
+/// A reversal the issuer answered 25 (no such original) says the issuer never had the request:
+/// nothing stands there, as after an acknowledged reversal. A sale that timed out reads as not
+/// answered and reversed, not as "the card may still show the charge"; a refund as not made,
+/// not as "it may stand"; and the merchant is told the reversal is done, not refused. (The
+/// simulated issuers acknowledge a reversal of a request they never had, so the answer is
+/// written as the switch writes a refusal.)
+#[test]
+fn a_reversal_answered_25_reads_as_undone_not_refused() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(0);
+        let store = e.store();
+        let (code, sale, _) = e.purchase(&card, 4_300).await;
+        assert_eq!(code, "00");
+        let today = switch::LocalTime::from_ms(now()).mmdd();
+        e.stan += 1;
+        let refund = Req::refund(card.pan.expose_digits(), 1_300, e.stan, &sale, &today);
+        let r = e.t.send(&refund).await;
+        assert_eq!(r.code(), "00");
+        let refund_rrn = r.text(37).unwrap();
+        let (code, timed_out, _) = e.purchase(&card, 2_100).await;
+        assert_eq!(code, "00");
+        let mut tailer = e.tailer();
+        for (rrn, what) in [(&timed_out, "purchase"), (&refund_rrn, "refund")] {
+            let id = store.txn_by_rrn(rrn).unwrap().unwrap().id;
+            let mut records = reversed_and_refused(id, "25");
+            records[0] = store::Record::State {
+                id,
+                state: store::TxnState::TimedOut,
+            };
+            store.submit(records).unwrap().await.unwrap();
+            assert!(store.reversal(id).unwrap().unwrap().never_had_original());
+            let x = explain_rrn(store.as_ref(), &e.h.directory, rrn, now()).unwrap();
+            assert_eq!(x.outcome, Outcome::NoAnswerReversed, "{x:#?}");
+            assert!(!x.summary.en.contains("may still show the charge"), "{x:#?}");
+            assert!(!x.summary.en.contains("may stand"), "{x:#?}");
+            let d = x.diagnosis.unwrap();
+            assert!(
+                !matches!(
+                    d.subject,
+                    domain::diagnosis::Subject::Failure(
+                        domain::diagnosis::FailureKind::ReversalRefused
+                            | domain::diagnosis::FailureKind::ReturnReversalRefused
+                    )
+                ),
+                "{d:?}"
+            );
+            assert_eq!(
+                x.steps.last().unwrap().kind,
+                "reversal_original_unknown",
+                "{x:#?}"
+            );
+            let text = x.to_text(Lang::En);
+            assert!(text.contains(&format!("never had this {what}")), "{text}");
+            tailer.poll_once().await.unwrap();
+            tailer.poll_once().await.unwrap();
+            let told: Vec<_> = store
+                .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+                .unwrap()
+                .into_iter()
+                .filter(|o| o.payload.contains(rrn.as_str()))
+                .map(|o| o.event_type)
+                .collect();
+            assert!(!told.iter().any(|t| t == "reversal.refused"), "{told:?}");
+            assert!(told.iter().any(|t| t == "reversal.done"), "{told:?}");
+        }
     });
 }
 

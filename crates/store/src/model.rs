@@ -280,6 +280,25 @@ pub struct SafItem {
     pub last_error: Option<String>,
 }
 
+impl SafItem {
+    /// Refused with 25 (no such original): the issuer never had the request, so nothing of
+    /// it stands there, as if the reversal had been acknowledged (docs/issuer-link.md). Any
+    /// other refusal means what the issuer did stands.
+    pub fn never_had_original(&self) -> bool {
+        self.state == SafState::Refused && self.last_error.as_deref() == Some("25")
+    }
+
+    /// Refused other than with 25: what the issuer did stands, for someone to take up.
+    pub fn refused_standing(&self) -> bool {
+        self.state == SafState::Refused && !self.never_had_original()
+    }
+
+    /// Settled with nothing standing at the issuer: acknowledged, or refused with 25.
+    pub fn undone(&self) -> bool {
+        self.state == SafState::Acked || self.never_had_original()
+    }
+}
+
 /// The issuer's side of an exchange, recorded together with the answer to the terminal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {

@@ -561,7 +561,7 @@ pub struct DayStats {
 /// did stands, for an operator to take up (the console lists them, `/metrics` counts them).
 pub fn refusals_standing(web: &Web) -> Result<Vec<SafItem>, store::StoreError> {
     let mut refused = web.store.reversals_in_state(SafState::Refused)?;
-    refused.retain(|item| item.last_error.as_deref() != Some("25"));
+    refused.retain(SafItem::refused_standing);
     Ok(refused)
 }
 
