@@ -1,5 +1,6 @@
-//! Notifications: an outbox of merchant events in the store, filled by producers (the journal
-//! [`Tailer`], cases, the settlement's payout results via [`enqueue`]), and a [`Notifier`] that
+//! Notifications: an outbox of merchant events in the store, filled by producers (the
+//! [`Tailer`], which reads the journal's events and the payout runs' events behind them, and
+//! cases via [`enqueue`]), and a [`Notifier`] that
 //! delivers each as a signed webhook with bounded retries and logs every attempt.
 //!
 //! The switch knows nothing of this: the tailer reads the journal's timeline events behind it,
@@ -29,6 +30,15 @@ use crate::webhook::{self, Endpoint};
 pub const OUTBOX_COUNTER: &str = "outbox_id";
 /// The tailer's position in the journal's events.
 const TAILER_CURSOR: &str = "notifications";
+/// The tailer's position in the payout runs' events (`payout_events`, by id).
+const PAYOUT_CURSOR: &str = "notifications.payouts";
+/// How far behind its cursor the tailer reads the payout events again: an event's id is
+/// reserved before its commit, so a run's event may land after a higher id another run wrote,
+/// and ids above the cursor stay unread until then. A run commits its event straight after the
+/// bank's answer; this many ids is far more than runs at once write meanwhile.
+const PAYOUT_RECHECK_IDS: i64 = 1_000;
+/// How far back the first reading of the payout events tells merchants of failures.
+const PAYOUT_FIRST_READ_MS: i64 = 7 * 86_400_000;
 
 /// What happened, as the `type` of the webhook body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -93,14 +103,23 @@ pub fn diagnosis_json(d: &Diagnosis) -> Value {
 }
 
 impl Event {
-    /// A payout to the merchant's account failed (producer: settlement).
-    pub fn payout_failed(payout_ref: &str, amount_fen: i64, failure: PayoutFailure) -> Event {
+    /// A payout to the merchant's account failed or came back (the payout run's event
+    /// `event_id`): what happened, to which account, and what to do. Each failure is told, a
+    /// payout that fails again after a re-bind included.
+    pub fn payout_failed(
+        event_id: i64,
+        payout: &store::settlement::PayoutRow,
+        failure: PayoutFailure,
+    ) -> Event {
         Event {
             event_type: EventType::PayoutFailed,
-            dedup_key: format!("payout.failed:{payout_ref}"),
+            dedup_key: format!("payout.failed:{event_id}"),
             data: json!({
-                "payout": payout_ref,
-                "amount_fen": amount_fen,
+                "payout": payout.key,
+                "payout_date": payout.payout_date,
+                "amount_fen": payout.amount_fen,
+                "account": payout.account_masked,
+                "returned": failure == PayoutFailure::ReturnedLater,
                 "diagnosis": diagnosis_json(diagnosis::diagnose_payout(failure)),
             }),
         }
@@ -657,6 +676,8 @@ pub struct Tailer {
     scanned_to: Option<i64>,
     /// Polls since the last full one.
     since_full: u32,
+    /// Payout events at or above the payout cursor's recheck start already handled.
+    payouts_seen: BTreeSet<i64>,
 }
 
 /// One page of events read and made sense of.
@@ -696,7 +717,76 @@ impl Tailer {
             seen: BTreeSet::new(),
             scanned_to: None,
             since_full: 0,
+            payouts_seen: BTreeSet::new(),
         }
+    }
+
+    /// Reads the payout runs' new events and enqueues a `payout.failed` for each payout the
+    /// bank refused for good (held for a new account) or returned. Bounded as a poll of the
+    /// journal's events; the cursor moves with the outbox rows, in one commit.
+    async fn poll_payouts(&mut self) -> Result<usize, ResolveError> {
+        let store = Arc::clone(&self.store);
+        let store = store.as_ref();
+        let cursor = off_runtime(|| store.resolve_cursor(PAYOUT_CURSOR))?;
+        // A journal the payout tail has never read (a node upgraded to it) is told its last
+        // week of failures, not every one it ever had.
+        let told_since = match cursor {
+            Some(_) => i64::MIN,
+            None => self.clock.now_ms().saturating_sub(PAYOUT_FIRST_READ_MS),
+        };
+        let cursor = cursor.unwrap_or(0);
+        let recheck = cursor.saturating_sub(PAYOUT_RECHECK_IDS);
+        self.payouts_seen = self.payouts_seen.split_off(&recheck);
+        let page_max = self.config.page_max.max(1);
+        let mut after = recheck;
+        let mut produced = 0;
+        for _ in 0..self.config.pages_max.max(1) {
+            let rows = off_runtime(|| store.payout_events(after, page_max))?;
+            let Some(last) = rows.last().map(|r| r.id) else {
+                break;
+            };
+            let mut pending = Vec::new();
+            let mut handled = Vec::new();
+            for row in &rows {
+                if self.payouts_seen.contains(&row.id) {
+                    continue;
+                }
+                handled.push(row.id);
+                if !matches!(row.kind.as_str(), "failed" | "returned") || row.at_ms < told_since {
+                    continue;
+                }
+                let failure = row.failure.as_deref().and_then(PayoutFailure::from_key);
+                let payout = off_runtime(|| store.payout(&row.payout_key))?;
+                if let (Some(failure), Some(payout)) = (failure, payout) {
+                    pending.push((row.mid.clone(), Event::payout_failed(row.id, &payout, failure)));
+                }
+            }
+            let mut records = Vec::new();
+            if !pending.is_empty() {
+                let count = u64::try_from(pending.len()).unwrap_or(1);
+                let first = reserve_ids(store, count).await?;
+                let now_ms = self.clock.now_ms();
+                for (offset, (mid, event)) in (0_i64..).zip(&pending) {
+                    records.push(record(first + offset, mid, event, now_ms));
+                }
+                produced += pending.len();
+            }
+            if last > cursor {
+                records.push(Record::Resolve(ResolveRecord::Cursor {
+                    name: PAYOUT_CURSOR.to_owned(),
+                    position: last,
+                }));
+            }
+            if !records.is_empty() {
+                store.submit(records)?.await?;
+            }
+            self.payouts_seen.extend(handled);
+            if rows.len() < usize::try_from(page_max).unwrap_or(usize::MAX) {
+                break;
+            }
+            after = last;
+        }
+        Ok(produced)
     }
 
     /// Reads new journal events and enqueues what they mean. Returns the events enqueued
@@ -710,6 +800,12 @@ impl Tailer {
     /// before the last event read: new events are noticed at once, and the lag is not read
     /// again at every poll (at 4,000 events a second that was 40,000 rows every 500 ms).
     pub async fn poll_once(&mut self) -> Result<usize, ResolveError> {
+        let payouts = self.poll_payouts().await?;
+        Ok(payouts + self.poll_journal().await?)
+    }
+
+    /// [`Self::poll_once`]'s reading of the journal's events.
+    async fn poll_journal(&mut self) -> Result<usize, ResolveError> {
         let store = Arc::clone(&self.store);
         let store = store.as_ref();
         let cursor = off_runtime(|| store.resolve_cursor(TAILER_CURSOR))?.unwrap_or(0);

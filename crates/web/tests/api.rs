@@ -1710,6 +1710,45 @@ fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
             failed
         });
         assert!(failed, "the payout to the frozen account never failed");
+        // The merchant is told through its webhook outbox, once, with the masked account and
+        // what to do; a second poll tells it no more.
+        let mut tailer = resolve::outbox::Tailer::new(
+            std::sync::Arc::clone(&e.h.store) as std::sync::Arc<dyn Store>,
+            std::sync::Arc::clone(&e.h.directory),
+            std::sync::Arc::new(switch::SystemClock),
+            resolve::outbox::TailerConfig::default(),
+        );
+        tailer.poll_once().await.unwrap();
+        tailer.poll_once().await.unwrap();
+        let told: Vec<_> = e
+            .h
+            .store
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.event_type == "payout.failed")
+            .collect();
+        assert_eq!(told.len(), 1, "{told:#?}");
+        let payout = e.h.store.payouts(Some(MID), None, 10).unwrap().remove(0);
+        assert!(told[0].payload.contains(&payout.key), "{}", told[0].payload);
+        assert!(
+            told[0].payload.contains(&payout.account_masked),
+            "{}",
+            told[0].payload
+        );
+        assert!(!told[0].payload.contains(&first), "{}", told[0].payload);
+        assert!(
+            told[0].payload.contains("payout-account-frozen"),
+            "{}",
+            told[0].payload
+        );
+        assert!(
+            e.h.store
+                .outbox_of_merchant(OTHER_MID, None, store::RESOLVE_ROWS_MAX)
+                .unwrap()
+                .iter()
+                .all(|o| o.event_type != "payout.failed")
+        );
         // A terminal's batch settled unbalanced, with one upload difference: shown with words
         // and what to do, to its own merchant only.
         let batch_no = e.h.store.terminal(TID).unwrap().unwrap().batch_no;
