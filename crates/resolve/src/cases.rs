@@ -10,7 +10,7 @@ use std::sync::Arc;
 use domain::{IssuerDirectory, mask_card_numbers};
 use serde::Serialize;
 use store::resolve::{CaseEntryRow, CaseQuery, CaseRow, ResolveRecord};
-use store::{Record, Store, StoreError, TxnKind, TxnState};
+use store::{Record, Store, StoreError, TxnKind, TxnRow, TxnState};
 use switch::{BackOffice, BackOfficeError, BackOfficeRefund, Clock, SwitchHandle};
 
 use crate::explain::TxnSummary;
@@ -387,11 +387,7 @@ impl CaseService {
             let Some(txn) = &txn else {
                 return Err(CaseError::NoSuchTransaction(String::new()));
             };
-            // Only an approved sale (a purchase or a completion) has something to refund: an
-            // application on anything else would wait in the refund queue for a refusal.
-            let refundable = matches!(txn.kind, TxnKind::Purchase | TxnKind::Completion)
-                && txn.state == TxnState::Approved;
-            if !refundable {
+            if !refundable(txn) {
                 return Err(CaseError::NotRefundable);
             }
             let left_fen = txn.amount_fen - txn.refunded_fen;
@@ -789,6 +785,12 @@ impl CaseService {
             None => None,
         }
         .ok_or_else(|| CaseError::NoSuchTransaction(String::new()))?;
+        // As when the application was opened: the sale may have been voided or reversed
+        // since, and a refund sent now would only be refused by the switch, again at every
+        // approval, while the case waited in the queue.
+        if !refundable(&original) {
+            return Err(CaseError::NotRefundable);
+        }
         let rrn = original
             .rrn
             .clone()
@@ -964,6 +966,12 @@ impl CaseService {
         self.commit(updated, version, operator, &text, Vec::new())
             .await
     }
+}
+
+/// Only an approved sale (a purchase or a completion) has something to refund: an application
+/// on anything else would wait in the refund queue for a refusal.
+fn refundable(txn: &TxnRow) -> bool {
+    matches!(txn.kind, TxnKind::Purchase | TxnKind::Completion) && txn.state == TxnState::Approved
 }
 
 #[cfg(test)]

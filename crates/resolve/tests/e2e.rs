@@ -880,6 +880,34 @@ fn a_refund_approved_twice_while_at_the_issuer_is_made_once() {
     });
 }
 
+/// A refund application whose sale is voided at the terminal before an operator approves it
+/// is refused at the approval, as it would have been at the opening: no refund is sent (the
+/// switch would refuse it at every approval), and nothing is linked to the sale.
+#[test]
+fn a_refund_application_on_a_sale_voided_since_is_not_approved() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(1);
+        let (code, rrn, buy) = e.purchase(&card, 2_500).await;
+        assert_eq!(code, "00");
+        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
+        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let case = cases.open(ten_yuan_refund_application(&rrn)).await.unwrap();
+        e.stan += 1;
+        let void = Req::void(card.pan.expose_digits(), 2_500, e.stan, buy.stan, &rrn);
+        assert_eq!(e.t.send(&void).await.code(), "00");
+        let store = e.store();
+        let sale = store.txn_by_rrn(&rrn).unwrap().unwrap();
+        let linked = store.txns_linked_to(sale.id).unwrap().len();
+        assert!(matches!(
+            cases.approve_refund(case.id, "operator-7").await,
+            Err(CaseError::NotRefundable)
+        ));
+        assert_eq!(store.txns_linked_to(sale.id).unwrap().len(), linked);
+        assert_eq!(store.case(case.id).unwrap().unwrap().refund_code, None);
+    });
+}
+
 #[test]
 fn refund_application_executes_through_the_switch_once() {
     runtime().block_on(async {
