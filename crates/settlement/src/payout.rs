@@ -452,7 +452,7 @@ impl Run<'_> {
     /// reported twice.
     fn commit(
         &self,
-        expected: Option<(PayoutState, u32)>,
+        expected: Option<(PayoutState, u32, u32)>,
         payout: PayoutRow,
         event: Record,
         posting: Option<(&str, Vec<(String, i64)>)>,
@@ -479,11 +479,14 @@ impl Run<'_> {
         records.push(event);
         records.push(Record::Settlement(match expected {
             None => SettlementRecord::NewPayout(payout),
-            Some((expected_state, expected_attempts)) => SettlementRecord::PayoutTransition {
-                expected_state,
-                expected_attempts,
-                row: payout,
-            },
+            Some((expected_state, expected_attempts, expected_account_version)) => {
+                SettlementRecord::PayoutTransition {
+                    expected_state,
+                    expected_attempts,
+                    expected_account_version,
+                    row: payout,
+                }
+            }
         }));
         match self.store.submit(records)?.wait() {
             Ok(()) => Ok(true),
@@ -587,7 +590,7 @@ pub fn run_payouts(
         flag.push(handled);
         let (key, mid, amount_fen) = (payout.key.clone(), payout.mid.clone(), payout.amount_fen);
         if run.commit(
-            Some((PayoutState::Sent, payout.attempts)),
+            Some((PayoutState::Sent, payout.attempts, payout.account_version)),
             payout,
             event,
             Some((
@@ -608,7 +611,7 @@ pub fn run_payouts(
         if account.needs_rebind || account.version <= payout.account_version {
             continue;
         }
-        let held_attempts = payout.attempts;
+        let (held_attempts, held_version) = (payout.attempts, payout.account_version);
         // What the merchant has come to owe since the payout was held (refunds cleared after
         // it, with nothing owed to it to take them from) is taken from the held money first, as
         // a new payout is netted against it: only the rest is sent, and nothing when that is 0.
@@ -654,7 +657,7 @@ pub fn run_payouts(
         let event = run.event(&payout, "released", None, detail)?;
         let (key, mid) = (payout.key.clone(), payout.mid.clone());
         if run.commit(
-            Some((PayoutState::Held, held_attempts)),
+            Some((PayoutState::Held, held_attempts, held_version)),
             payout,
             event,
             Some((
@@ -777,7 +780,7 @@ pub fn run_payouts(
         // the payment answered as before and never pays it twice, to this account or to one
         // bound since. A new account is a new payment only after a refusal or a return that
         // settled the old reference (held, then released to the re-bound account).
-        let read_attempts = payout.attempts;
+        let (read_attempts, read_version) = (payout.attempts, payout.account_version);
         // Whether this run's write fixing the reference counted the attempt it makes.
         let mut counted = false;
         // Unsealed before anything is fixed: a sealing key that is not the one the number was
@@ -826,7 +829,7 @@ pub fn run_payouts(
                     None,
                     format!("as {reference} to {}", account.number_masked),
                 )?;
-                let expected = Some((PayoutState::Pending, read_attempts));
+                let expected = Some((PayoutState::Pending, read_attempts, read_version));
                 if !run.commit(expected, fixed.clone(), event, None, Vec::new())? {
                     // Another run fixed it first: that run sends it.
                     continue;
@@ -838,7 +841,7 @@ pub fn run_payouts(
         };
         // What the payout holds now (the write after the bank's answer expects it), and the
         // attempt this is: counted by the fixing write, or counted here for a retry.
-        let expected_attempts = payout.attempts;
+        let (expected_attempts, expected_version) = (payout.attempts, payout.account_version);
         let attempt = if counted {
             expected_attempts
         } else {
@@ -869,7 +872,7 @@ pub fn run_payouts(
                 )?;
                 let key = payout.key.clone();
                 if run.commit(
-                    Some((PayoutState::Pending, expected_attempts)),
+                    Some((PayoutState::Pending, expected_attempts, expected_version)),
                     payout,
                     event,
                     Some((
@@ -890,7 +893,7 @@ pub fn run_payouts(
                 payout.failure = Some(failure.key().to_owned());
                 let event = run.event(&payout, "retry", Some(failure), failure_text(failure))?;
                 let key = payout.key.clone();
-                let expected = Some((PayoutState::Pending, expected_attempts));
+                let expected = Some((PayoutState::Pending, expected_attempts, expected_version));
                 if run.commit(expected, payout, event, None, Vec::new())? {
                     report.retrying.push(key);
                 }
@@ -903,7 +906,7 @@ pub fn run_payouts(
                 let flag = flag_account(&mid, payout.account_version, now_ms);
                 let key = payout.key.clone();
                 if run.commit(
-                    Some((PayoutState::Pending, expected_attempts)),
+                    Some((PayoutState::Pending, expected_attempts, expected_version)),
                     payout,
                     event,
                     Some((

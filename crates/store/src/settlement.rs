@@ -351,11 +351,15 @@ pub enum SettlementRecord {
     NewPayout(PayoutRow),
     /// A payout's next state (and amount: a held payout released is netted against what its
     /// merchant has come to owe), only if it is still in `expected_state` after
-    /// `expected_attempts` attempts (compare and set): a concurrent run that got there first
-    /// makes this fail.
+    /// `expected_attempts` attempts to account version `expected_account_version` (compare
+    /// and set): a concurrent run that got there first makes this fail. The version is there
+    /// because a release starts the attempts afresh: a payout held, then released to a
+    /// re-bound account, is pending with no attempts again, and a run that read it before the
+    /// release must not send it as it read it (its old amount, to the old account).
     PayoutTransition {
         expected_state: PayoutState,
         expected_attempts: u32,
+        expected_account_version: u32,
         row: PayoutRow,
     },
     PayoutEvent(PayoutEventRow),

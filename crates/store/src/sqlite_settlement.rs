@@ -426,6 +426,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
         SettlementRecord::PayoutTransition {
             expected_state,
             expected_attempts,
+            expected_account_version,
             row: p,
         } => {
             let changed = conn
@@ -435,7 +436,7 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                      failure = ?10, updated_at_ms = ?11, sent_number_sealed = ?12,
                      sent_holder_name = ?13, sent_bank_code = ?14, amount_fen = ?15,
                      first_attempt_ms = ?16
-                     WHERE key = ?1 AND state = ?2 AND attempts = ?3",
+                     WHERE key = ?1 AND state = ?2 AND attempts = ?3 AND account_version = ?17",
                 )?
                 .execute(params![
                     p.key,
@@ -453,7 +454,8 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                     p.sent_to.as_ref().map(|a| &a.holder_name),
                     p.sent_to.as_ref().map(|a| &a.bank_code),
                     p.amount_fen,
-                    p.first_attempt_ms
+                    p.first_attempt_ms,
+                    expected_account_version
                 ])?;
             expect_one(changed, "payout in the expected state")?;
         }

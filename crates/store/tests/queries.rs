@@ -706,10 +706,33 @@ fn payouts_are_read_newest_first(db: &Db) {
     // And when the bank was first asked: how long a retrying payout has waited.
     released.first_attempt_ms = Some(7_000);
     released.failure = Some("payout-bank-error".into());
+    let version = released.account_version;
+    // Expecting another account version than the row's (a run that read it before a release
+    // to a re-bound account) is refused, the row left as it was.
+    let stale = s
+        .submit(vec![Record::Settlement(
+            SettlementRecord::PayoutTransition {
+                expected_state: PayoutState::Held,
+                expected_attempts: 0,
+                expected_account_version: version + 1,
+                row: released.clone(),
+            },
+        )])
+        .unwrap()
+        .wait();
+    assert!(
+        matches!(stale, Err(store::StoreError::Constraint { .. })),
+        "{stale:?}"
+    );
+    assert_eq!(
+        s.payout("m:20261103").unwrap().unwrap().state,
+        PayoutState::Held
+    );
     s.submit(vec![Record::Settlement(
         SettlementRecord::PayoutTransition {
             expected_state: PayoutState::Held,
             expected_attempts: 0,
+            expected_account_version: version,
             row: released,
         },
     )])
