@@ -305,6 +305,12 @@ pub struct PayoutEventRow {
 #[derive(Clone, Debug)]
 pub enum SettlementRecord {
     BatchSettled(BatchSettlementRow),
+    /// A batch number opened again (a terminal replaced or reinstalled numbers its batches
+    /// from 1 again), written with the new batch's settlement: the earlier batch's upload
+    /// records, differences and upload end under the number go, as its settlement row is
+    /// written over. Left, they were shown against the new batch (a slip to check that is not
+    /// in it, a balanced batch with differences), and its upload end would compare them too.
+    BatchReopened { tid: String, batch_no: u32 },
     BatchUpload(BatchUploadRow),
     /// The end of a batch upload: its differences, replacing none (written once).
     BatchDifferences {

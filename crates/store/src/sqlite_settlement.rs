@@ -81,6 +81,17 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 b.opened_after_ms
             ])?;
         }
+        SettlementRecord::BatchReopened { tid, batch_no } => {
+            conn.prepare_cached("DELETE FROM batch_uploads WHERE tid = ?1 AND batch_no = ?2")?
+                .execute_any(params![tid, batch_no])?;
+            conn.prepare_cached("DELETE FROM batch_differences WHERE tid = ?1 AND batch_no = ?2")?
+                .execute_any(params![tid, batch_no])?;
+            conn.prepare_cached(
+                "UPDATE batch_settlements SET upload_done_at_ms = NULL
+                 WHERE tid = ?1 AND batch_no = ?2",
+            )?
+            .execute_any(params![tid, batch_no])?;
+        }
         SettlementRecord::BatchUpload(u) => {
             // A terminal resending an upload message replaces its own earlier copy.
             conn.prepare_cached(

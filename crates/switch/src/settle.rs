@@ -388,6 +388,12 @@ impl Core {
         }
         let (ours, result) = settlement_answer(self.host_totals(&rows), theirs.as_ref());
         let now_ms = self.clock.now_ms();
+        let reset = reopened.then(|| {
+            Record::Settlement(SettlementRecord::BatchReopened {
+                tid: terminal.tid.clone(),
+                batch_no,
+            })
+        });
         let settled = Record::Settlement(SettlementRecord::BatchSettled(BatchSettlementRow {
             tid: terminal.tid.clone(),
             batch_no,
@@ -404,7 +410,11 @@ impl Core {
             // closed it, which tells where a batch opened later under the number starts.
             if closed_before && !reopened {
                 tracing::info!(tid = %terminal.tid, batch_no, "unreadable settlement of a closed batch");
-            } else if self.persist_within(vec![settled]).await.is_err() {
+            } else if self
+                .persist_within(reset.into_iter().chain([settled]).collect())
+                .await
+                .is_err()
+            {
                 return answer(RC_SYSTEM_ERROR);
             }
         } else {
@@ -415,7 +425,8 @@ impl Core {
                 tid: terminal.tid.clone(),
                 batch_no: next,
             };
-            if self.persist_within(vec![settled, batch]).await.is_err() {
+            let records = reset.into_iter().chain([settled, batch]).collect();
+            if self.persist_within(records).await.is_err() {
                 return answer(RC_SYSTEM_ERROR);
             }
             // Only the batch: a sign-in or a suspension made during the writes stays.

@@ -534,6 +534,41 @@ async fn a_key_of_a_batch_number_used_again_weeks_later_is_new() {
     );
 }
 
+/// A batch number used again (ten days on, a terminal reinstalled) does not carry the earlier
+/// batch's upload under it: its differences, upload records and upload end go when the new
+/// batch settles, so a balanced new batch shows none of them, and its own upload is compared
+/// alone.
+#[tokio::test]
+async fn a_batch_number_used_again_leaves_the_earlier_batchs_upload_behind() {
+    let mut h = Harness::new().await;
+    let mut t = h.terminal().await;
+    t.sign_in().await;
+    let pan = card("622202");
+    assert_eq!(t.send(&Req::purchase(&pan, 10_000, 7)).await.code(), "00");
+    let host = settle(&mut t, 1, &totals((9_000, 1), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::UNBALANCED);
+    upload(&mut t, 1, &[(7, &pan, 9_000)]).await;
+    assert_eq!(differences(&h, 1), vec![(7, BatchDiffKind::AmountDiffers)]);
+    assert!(h.store.batch_settlement(TID, 1).unwrap().unwrap().upload_done_at_ms.is_some());
+
+    h.stop().await;
+    h.clock.shift_days(10);
+    h.start().await;
+    let mut t = h.terminal().await;
+    t.batch = 1;
+    assert_eq!(t.sign_in().await.code(), "00");
+    assert_eq!(t.send(&Req::purchase(&pan, 80_000, 3)).await.code(), "00");
+    let host = settle(&mut t, 1, &totals((80_000, 1), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+    assert_eq!(differences(&h, 1), vec![]);
+    assert!(h.store.batch_uploads(TID, 1).unwrap().is_empty());
+    let settled = h.store.batch_settlement(TID, 1).unwrap().unwrap();
+    assert_eq!(settled.upload_done_at_ms, None);
+    // The same settlement sent again keeps the batch as it closed.
+    let host = settle(&mut t, 1, &totals((80_000, 1), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+}
+
 /// Within the month (ten days on), once the earlier batch of the number was settled: what was
 /// before that settlement is not the batch now open, for a retry's look-up, the settlement's
 /// totals and its upload's comparison alike.
