@@ -758,7 +758,10 @@ impl Tailer {
                 let failure = row.failure.as_deref().and_then(PayoutFailure::from_key);
                 let payout = off_runtime(|| store.payout(&row.payout_key))?;
                 if let (Some(failure), Some(payout)) = (failure, payout) {
-                    pending.push((row.mid.clone(), Event::payout_failed(row.id, &payout, failure)));
+                    pending.push((
+                        row.mid.clone(),
+                        Event::payout_failed(row.id, &payout, failure),
+                    ));
                 }
             }
             let mut records = Vec::new();

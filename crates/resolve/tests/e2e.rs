@@ -458,7 +458,10 @@ fn a_reversal_answered_25_reads_as_undone_not_refused() {
             assert!(store.reversal(id).unwrap().unwrap().never_had_original());
             let x = explain_rrn(store.as_ref(), &e.h.directory, rrn, now()).unwrap();
             assert_eq!(x.outcome, Outcome::NoAnswerReversed, "{x:#?}");
-            assert!(!x.summary.en.contains("may still show the charge"), "{x:#?}");
+            assert!(
+                !x.summary.en.contains("may still show the charge"),
+                "{x:#?}"
+            );
             assert!(!x.summary.en.contains("may stand"), "{x:#?}");
             let d = x.diagnosis.unwrap();
             assert!(

@@ -148,7 +148,10 @@ fn read_text(path: &Path, what: &str) -> Result<String, Box<dyn std::error::Erro
     let failed = |e: std::io::Error| format!("{what} {}: {e}", path.display());
     let mut text = String::with_capacity(usize::try_from(size).unwrap_or(0));
     std::io::Read::read_to_string(
-        &mut std::io::Read::take(std::fs::File::open(path).map_err(failed)?, CONFIG_BYTES_MAX + 1),
+        &mut std::io::Read::take(
+            std::fs::File::open(path).map_err(failed)?,
+            CONFIG_BYTES_MAX + 1,
+        ),
         &mut text,
     )
     .map_err(failed)?;
@@ -880,8 +883,12 @@ mod tests {
     #[test]
     fn a_password_is_seen_where_a_url_can_carry_one() {
         assert!(holds_password("postgres://shoudan:pw@db.local/shoudan"));
-        assert!(holds_password("postgresql://shoudan:pw@db.local:5432/shoudan?sslmode=off"));
-        assert!(holds_password("postgres://shoudan@db.local/shoudan?password=pw"));
+        assert!(holds_password(
+            "postgresql://shoudan:pw@db.local:5432/shoudan?sslmode=off"
+        ));
+        assert!(holds_password(
+            "postgres://shoudan@db.local/shoudan?password=pw"
+        ));
         assert!(holds_password(
             "postgres://shoudan@db.local/shoudan?application_name=a&password=pw"
         ));
@@ -890,7 +897,9 @@ mod tests {
         assert!(!holds_password("postgres://shoudan@db.local/shoudan"));
         assert!(!holds_password("postgres://db.local:5432/shoudan"));
         assert!(!holds_password("postgres://shoudan@db.local/a:b"));
-        assert!(!holds_password("postgres://shoudan@db.local/shoudan?user=x"));
+        assert!(!holds_password(
+            "postgres://shoudan@db.local/shoudan?user=x"
+        ));
         assert!(!holds_password("sqlite:/var/lib/shoudan/switch.db"));
     }
 }

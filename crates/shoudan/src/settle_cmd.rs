@@ -921,7 +921,10 @@ mod tests {
         };
         let pause = |d: Deployment| d.clearing_config().pause_between_parts;
         assert_eq!(pause(demo(None)), settlement::PAUSE_BETWEEN_PARTS);
-        assert_eq!(pause(demo(Some("sqlite:/tmp/x.db"))), settlement::PAUSE_BETWEEN_PARTS);
+        assert_eq!(
+            pause(demo(Some("sqlite:/tmp/x.db"))),
+            settlement::PAUSE_BETWEEN_PARTS
+        );
         assert_eq!(
             pause(demo(Some("postgres://shoudan@127.0.0.1/shoudan"))),
             std::time::Duration::ZERO

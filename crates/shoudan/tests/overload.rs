@@ -163,26 +163,24 @@ fn a_silent_issuer_takes_at_most_half_the_switch() {
             frames.push(w.t.encode(&req, false));
         }
         let started = Instant::now();
-        let (mut reader, mut writer) = w.t.stream.split();
         for bytes in &frames {
-            writer.write_all(bytes).await.unwrap();
+            w.t.stream.write_all(bytes).await.unwrap();
         }
         // The excess over the slow bank's share comes back at once, 91.
         let mut codes = Vec::new();
         for _ in 0..IN_FLIGHT / 2 {
             let mut prefix = [0u8; 2];
-            tokio::time::timeout(Duration::from_secs(2), reader.read_exact(&mut prefix))
+            tokio::time::timeout(Duration::from_secs(2), w.t.stream.read_exact(&mut prefix))
                 .await
                 .expect("the slow bank's excess was not answered at once")
                 .unwrap();
             let mut body = vec![0; usize::from(u16::from_be_bytes(prefix))];
-            reader.read_exact(&mut body).await.unwrap();
+            w.t.stream.read_exact(&mut body).await.unwrap();
             let frame = Frame::decode_unprefixed(&body).unwrap();
             codes.push(frame.message.text(39).unwrap().to_owned());
         }
         assert!(codes.iter().all(|c| c == "91"), "{codes:?}");
         assert!(started.elapsed() < stall);
-        drop((reader, writer));
         // Half the switch is still the other banks'.
         let req = w.purchase(&other, 100);
         let bytes = w.t.encode(&req, false);

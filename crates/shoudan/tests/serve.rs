@@ -232,7 +232,11 @@ fn a_database_password_others_may_read_is_refused() {
     let with_password = dir.path().join("with-password.toml");
     std::fs::write(
         &with_password,
-        text.replacen(&format!("database = \"{database}\""), &format!("database = \"{url}\""), 1),
+        text.replacen(
+            &format!("database = \"{database}\""),
+            &format!("database = \"{url}\""),
+            1,
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&with_password, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -270,7 +274,11 @@ fn a_config_that_never_ends_is_refused() {
         std::thread::spawn(move || {
             use std::io::Write as _;
             let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-            let line = [b'#'; 1023].iter().chain(b"\n").copied().collect::<Vec<u8>>();
+            let line = [b'#'; 1023]
+                .iter()
+                .chain(b"\n")
+                .copied()
+                .collect::<Vec<u8>>();
             // 4 MiB, or until the reader has had enough and closed its end.
             for _ in 0..4096 {
                 if pipe.write_all(&line).is_err() {
@@ -670,7 +678,11 @@ fn serve_listens_for_terminals_and_http() {
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(metrics.contains("\nshoudan_in_flight_max "), "{metrics}");
     // The journal's standing items for the alert rules, beside the switch's own counts.
-    for standing in ["shoudan_saf_stuck 0", "shoudan_saf_refused 0", "shoudan_payouts_stuck 0"] {
+    for standing in [
+        "shoudan_saf_stuck 0",
+        "shoudan_saf_refused 0",
+        "shoudan_payouts_stuck 0",
+    ] {
         assert!(metrics.contains(&format!("\n{standing}\n")), "{metrics}");
     }
     let answer = get_from(metrics_addr.as_deref().unwrap(), "/healthz");

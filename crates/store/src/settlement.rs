@@ -310,7 +310,10 @@ pub enum SettlementRecord {
     /// records, differences and upload end under the number go, as its settlement row is
     /// written over. Left, they were shown against the new batch (a slip to check that is not
     /// in it, a balanced batch with differences), and its upload end would compare them too.
-    BatchReopened { tid: String, batch_no: u32 },
+    BatchReopened {
+        tid: String,
+        batch_no: u32,
+    },
     BatchUpload(BatchUploadRow),
     /// The end of a batch upload: its differences, replacing none (written once).
     BatchDifferences {

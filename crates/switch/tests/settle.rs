@@ -549,7 +549,14 @@ async fn a_batch_number_used_again_leaves_the_earlier_batchs_upload_behind() {
     assert_eq!(host.domestic.result, SettleResult::UNBALANCED);
     upload(&mut t, 1, &[(7, &pan, 9_000)]).await;
     assert_eq!(differences(&h, 1), vec![(7, BatchDiffKind::AmountDiffers)]);
-    assert!(h.store.batch_settlement(TID, 1).unwrap().unwrap().upload_done_at_ms.is_some());
+    assert!(
+        h.store
+            .batch_settlement(TID, 1)
+            .unwrap()
+            .unwrap()
+            .upload_done_at_ms
+            .is_some()
+    );
 
     h.stop().await;
     h.clock.shift_days(10);

@@ -788,7 +788,9 @@ pub async fn audit(
         "audit row of a change made not written ({error}); trying again in the background"
     );
     let web = web.clone();
-    web.metrics.audit_rows_pending.fetch_add(1, Ordering::Relaxed);
+    web.metrics
+        .audit_rows_pending
+        .fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let since = web.clock.now_ms();
         let mut pause = std::time::Duration::from_millis(100);
@@ -801,7 +803,9 @@ pub async fn audit(
                 Err(_) => {}
             }
         };
-        web.metrics.audit_rows_pending.fetch_sub(1, Ordering::Relaxed);
+        web.metrics
+            .audit_rows_pending
+            .fetch_sub(1, Ordering::Relaxed);
         if written {
             tracing::info!(id = row.id, action = %row.action, target = %row.target, "audit row written late");
         } else {
@@ -827,7 +831,10 @@ async fn write_audit_row(web: &Web, row: &mut AuditRow, again: bool) -> Result<(
             value: id.to_string(),
         })?;
     }
-    let written = match web.store.submit(vec![Record::Web(WebRecord::Audit(row.clone()))]) {
+    let written = match web
+        .store
+        .submit(vec![Record::Web(WebRecord::Audit(row.clone()))])
+    {
         Ok(pending) => pending.await,
         Err(e) => Err(e),
     };

@@ -1720,14 +1720,13 @@ fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
         );
         tailer.poll_once().await.unwrap();
         tailer.poll_once().await.unwrap();
-        let told: Vec<_> = e
-            .h
-            .store
-            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
-            .unwrap()
-            .into_iter()
-            .filter(|o| o.event_type == "payout.failed")
-            .collect();
+        let told: Vec<_> =
+            e.h.store
+                .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+                .unwrap()
+                .into_iter()
+                .filter(|o| o.event_type == "payout.failed")
+                .collect();
         assert_eq!(told.len(), 1, "{told:#?}");
         let payout = e.h.store.payouts(Some(MID), None, 10).unwrap().remove(0);
         assert!(told[0].payload.contains(&payout.key), "{}", told[0].payload);
@@ -4944,7 +4943,10 @@ fn an_audit_row_the_journal_refuses_does_not_fail_the_change_and_is_written_late
             e.http,
             "POST",
             "/api/cases",
-            &[("content-type", "application/json"), ("authorization", &auth)],
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &auth),
+            ],
             &body,
         )
         .await;
@@ -4953,30 +4955,41 @@ fn an_audit_row_the_journal_refuses_does_not_fail_the_change_and_is_written_late
         assert!(e.h.store.case(case_id).unwrap().is_some());
         assert_eq!(opened(e.h.store.as_ref()), 0);
         let metrics = web::metrics::render(&e.web);
-        assert!(metrics.contains("shoudan_audit_rows_pending 1"), "{metrics}");
+        assert!(
+            metrics.contains("shoudan_audit_rows_pending 1"),
+            "{metrics}"
+        );
         // Still refused a while: tried again, not given up on.
         tokio::time::sleep(std::time::Duration::from_millis(800)).await;
         assert_eq!(opened(e.h.store.as_ref()), 0);
         db.execute_batch("DROP TRIGGER refuse_audit;").unwrap();
         let mut waited = 0;
         while opened(e.h.store.as_ref()) == 0 {
-            assert!(waited < 100, "the audit row was not written once the journal took it");
+            assert!(
+                waited < 100,
+                "the audit row was not written once the journal took it"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             waited += 1;
         }
-        let row = e
-            .h
-            .store
-            .audit_log(None, 50)
-            .unwrap()
-            .into_iter()
-            .find(|a| a.action == "case.open")
-            .unwrap();
+        let row =
+            e.h.store
+                .audit_log(None, 50)
+                .unwrap()
+                .into_iter()
+                .find(|a| a.action == "case.open")
+                .unwrap();
         assert_eq!(row.who, "teahouse");
         assert_eq!(row.target, format!("case:{case_id}"));
         assert_eq!(opened(e.h.store.as_ref()), 1);
         let metrics = web::metrics::render(&e.web);
-        assert!(metrics.contains("shoudan_audit_rows_pending 0"), "{metrics}");
-        assert!(metrics.contains("shoudan_audit_rows_lost_total 0"), "{metrics}");
+        assert!(
+            metrics.contains("shoudan_audit_rows_pending 0"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("shoudan_audit_rows_lost_total 0"),
+            "{metrics}"
+        );
     });
 }
