@@ -165,22 +165,9 @@ fn read_text(path: &Path, what: &str) -> Result<String, Box<dyn std::error::Erro
     Ok(text)
 }
 
-/// Whether a database URL carries a password, in its user part (`postgres://u:pw@h/db`) or
-/// as a parameter (`?password=`).
+/// Whether a database setting is a PostgreSQL URL that carries a password.
 fn holds_password(url: &str) -> bool {
-    let Some((_, rest)) = url.split_once("://") else {
-        return false;
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let in_user = authority
-        .rsplit_once('@')
-        .is_some_and(|(user, _)| user.contains(':'));
-    let in_query = rest.split_once('?').is_some_and(|(_, query)| {
-        query
-            .split('&')
-            .any(|pair| pair.split('=').next() == Some("password"))
-    });
-    in_user || in_query
+    is_postgres(url) && PgConfig::new(url).holds_password()
 }
 
 impl ServeConfig {
@@ -884,7 +871,7 @@ mod tests {
     fn a_password_is_seen_where_a_url_can_carry_one() {
         assert!(holds_password("postgres://shoudan:pw@db.local/shoudan"));
         assert!(holds_password(
-            "postgresql://shoudan:pw@db.local:5432/shoudan?sslmode=off"
+            "postgresql://shoudan:pw@db.local:5432/shoudan?sslmode=disable"
         ));
         assert!(holds_password(
             "postgres://shoudan@db.local/shoudan?password=pw"
@@ -892,8 +879,15 @@ mod tests {
         assert!(holds_password(
             "postgres://shoudan@db.local/shoudan?application_name=a&password=pw"
         ));
-        // An '@' in the password itself leaves the last one for the host.
-        assert!(holds_password("postgres://shoudan:p@ss@db.local/shoudan"));
+        // As the client reads it: a password with '/', '?' or '#' in it (base64), and the
+        // parameter's name percent-encoded.
+        assert!(holds_password(
+            "postgres://shoudan:Ab/Cd+e?f#g@db.local/shoudan"
+        ));
+        assert!(holds_password(
+            "postgres://shoudan@db.local/shoudan?pass%77ord=pw"
+        ));
+        assert!(!holds_password("mysql://shoudan:pw@db.local/shoudan"));
         assert!(!holds_password("postgres://shoudan@db.local/shoudan"));
         assert!(!holds_password("postgres://db.local:5432/shoudan"));
         assert!(!holds_password("postgres://shoudan@db.local/a:b"));

@@ -375,18 +375,71 @@ fn demo_purchases_then_audit_is_clean() {
     // An issuer that reversed an approval the journal holds as approved (the merchant would
     // wait for money that never comes) is a finding, and the audit fails.
     let rrn = last["rrn"].as_str().unwrap();
-    let changed = fixtures["issuers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|issuer| {
-            let ledger = rusqlite::Connection::open(dir.join(issuer["ledger"].as_str().unwrap()));
-            ledger
-                .unwrap()
-                .execute("UPDATE txns SET state = 'reversed' WHERE rrn = ?1", [rrn])
-                .unwrap()
-        })
-        .sum::<usize>();
+    // `sql` (naming the RRN as ?1) run on every issuer's ledger: the rows it changed.
+    let on_ledgers = |sql: &str| {
+        fixtures["issuers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|issuer| {
+                let ledger =
+                    rusqlite::Connection::open(dir.join(issuer["ledger"].as_str().unwrap()));
+                ledger.unwrap().execute(sql, [rrn]).unwrap()
+            })
+            .sum::<usize>()
+    };
+    let on_journal = |sql: &str| {
+        let journal = rusqlite::Connection::open(dir.join("switch.db")).unwrap();
+        journal.busy_timeout(Duration::from_secs(5)).unwrap();
+        journal.execute(sql, [rrn]).unwrap()
+    };
+    // Each kind of finding is found: the journal's amount other than the issuer's; the
+    // journal's row failed where the issuer approved (in doubt); the issuer without the
+    // journal's approval (here under another RRN, so in doubt as well).
+    let cases: [(&str, &str, &str, &dyn Fn()); 3] = [
+        (
+            "amount_mismatches",
+            "UPDATE transactions SET amount_fen = amount_fen + 1 WHERE rrn = ?1",
+            "UPDATE transactions SET amount_fen = amount_fen - 1 WHERE rrn = ?1",
+            &|| {},
+        ),
+        (
+            "in_doubt",
+            "UPDATE transactions SET state = 'timed_out', response_code = '98' WHERE rrn = ?1",
+            "UPDATE transactions SET state = 'approved', response_code = '00' WHERE rrn = ?1",
+            &|| {},
+        ),
+        ("unknown_to_issuer", "", "", &|| {
+            assert_eq!(
+                on_ledgers("UPDATE txns SET rrn = rrn || 'x' WHERE rrn = ?1"),
+                1
+            );
+        }),
+    ];
+    for (list, change, undo, also) in cases {
+        if !change.is_empty() {
+            assert_eq!(on_journal(change), 1);
+        }
+        also();
+        let (code, out) = shoudan(&["audit", "--json"], dir);
+        let report: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(code, 1, "{list}: {report}");
+        let found = report[list].as_array().unwrap();
+        assert!(found.iter().any(|f| f["rrn"] == rrn), "{list}: {report}");
+        if !undo.is_empty() {
+            assert_eq!(on_journal(undo), 1);
+        }
+    }
+    assert_eq!(
+        on_ledgers("UPDATE txns SET rrn = ?1 WHERE rrn = ?1 || 'x'"),
+        1
+    );
+    assert_eq!(
+        shoudan(&["audit"], dir).0,
+        0,
+        "the ledgers and journal put back"
+    );
+    let changed = on_ledgers("UPDATE txns SET state = 'reversed' WHERE rrn = ?1");
     assert_eq!(changed, 1);
     let (code, out) = shoudan(&["audit", "--json"], dir);
     let report: Value = serde_json::from_str(&out).unwrap();

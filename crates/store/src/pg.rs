@@ -127,6 +127,15 @@ impl PgConfig {
             schema: None,
         }
     }
+
+    /// Whether the URL carries a password, as the client reads it (in the user part, where it
+    /// may hold '/', '?' or '#', or as a `password` parameter, percent-encoded or not). A URL
+    /// the client cannot read carries none it would use.
+    pub fn holds_password(&self) -> bool {
+        self.url
+            .parse::<tokio_postgres::Config>()
+            .is_ok_and(|c| c.get_password().is_some())
+    }
 }
 
 /// The read connections: those idle, and how many are open (idle or in use).
