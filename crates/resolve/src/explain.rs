@@ -113,7 +113,8 @@ pub struct Step {
     /// `14:02:11`, China Standard Time.
     pub time: String,
     /// A stable key: `received`, `approved`, `declined`, `no_answer`, `reversal_queued`,
-    /// `reversed_by_terminal`, `reversal_acknowledged`, `reversal_refused`, `reversal_pending`,
+    /// `reversed_by_terminal`, `reversal_acknowledged`, `reversal_original_unknown` (answered
+    /// 25: the issuer never had the request), `reversal_refused`, `reversal_pending`,
     /// `voided`, `refunded`, `refund_declined`, `completed`, `pre_auth_hold`, `pre_auth_expired`,
     /// `issuer_unavailable`, `failed`, `linked`.
     pub kind: &'static str,

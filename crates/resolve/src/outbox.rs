@@ -39,6 +39,8 @@ const PAYOUT_CURSOR: &str = "notifications.payouts";
 const PAYOUT_RECHECK_IDS: i64 = 1_000;
 /// How far back the first reading of the payout events tells merchants of failures.
 const PAYOUT_FIRST_READ_MS: i64 = 7 * 86_400_000;
+/// Where that line is kept (a time in ms, as a cursor), for the polls after the first.
+const PAYOUT_TOLD_SINCE: &str = "notifications.payouts.since";
 
 /// What happened, as the `type` of the webhook body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -727,20 +729,34 @@ impl Tailer {
     async fn poll_payouts(&mut self) -> Result<usize, ResolveError> {
         let store = Arc::clone(&self.store);
         let store = store.as_ref();
-        let cursor = off_runtime(|| store.resolve_cursor(PAYOUT_CURSOR))?;
-        // A journal the payout tail has never read (a node upgraded to it) is told its last
-        // week of failures, not every one it ever had.
-        let told_since = match cursor {
-            Some(_) => i64::MIN,
-            None => self.clock.now_ms().saturating_sub(PAYOUT_FIRST_READ_MS),
+        let cursor = off_runtime(|| store.resolve_cursor(PAYOUT_CURSOR))?.unwrap_or(0);
+        // A journal the payout tail had never read (a node upgraded to it) is told the
+        // failures of the week before that first reading, not every one it ever had: the
+        // line is kept, so the polls after the first (which may not get through the history)
+        // keep to it.
+        let mut records = Vec::new();
+        let told_since = match off_runtime(|| store.resolve_cursor(PAYOUT_TOLD_SINCE))? {
+            Some(since) => since,
+            None => {
+                let since = self.clock.now_ms().saturating_sub(PAYOUT_FIRST_READ_MS);
+                records.push(Record::Resolve(ResolveRecord::Cursor {
+                    name: PAYOUT_TOLD_SINCE.to_owned(),
+                    position: since,
+                }));
+                since
+            }
         };
-        let cursor = cursor.unwrap_or(0);
         let recheck = cursor.saturating_sub(PAYOUT_RECHECK_IDS);
         self.payouts_seen = self.payouts_seen.split_off(&recheck);
         let page_max = self.config.page_max.max(1);
+        // Only events not handled yet count against a poll's bound: those read again behind
+        // the cursor would otherwise use it up, and the tail would never get past them.
+        let budget = usize::try_from(page_max.saturating_mul(self.config.pages_max.max(1)))
+            .unwrap_or(usize::MAX);
+        let mut handled_count = 0;
         let mut after = recheck;
         let mut produced = 0;
-        for _ in 0..self.config.pages_max.max(1) {
+        while handled_count < budget {
             let rows = off_runtime(|| store.payout_events(after, page_max))?;
             let Some(last) = rows.last().map(|r| r.id) else {
                 break;
@@ -756,7 +772,10 @@ impl Tailer {
                     continue;
                 }
                 let failure = row.failure.as_deref().and_then(PayoutFailure::from_key);
-                let payout = off_runtime(|| store.payout(&row.payout_key))?;
+                // Told as the payout stands: one released to a re-bound account (and sent,
+                // or netted) since its failure is no longer failed.
+                let payout = off_runtime(|| store.payout(&row.payout_key))?
+                    .filter(|p| p.state == store::settlement::PayoutState::Held);
                 if let (Some(failure), Some(payout)) = (failure, payout) {
                     pending.push((
                         row.mid.clone(),
@@ -764,7 +783,6 @@ impl Tailer {
                     ));
                 }
             }
-            let mut records = Vec::new();
             if !pending.is_empty() {
                 let count = u64::try_from(pending.len()).unwrap_or(1);
                 let first = reserve_ids(store, count).await?;
@@ -781,13 +799,17 @@ impl Tailer {
                 }));
             }
             if !records.is_empty() {
-                store.submit(records)?.await?;
+                store.submit(std::mem::take(&mut records))?.await?;
             }
+            handled_count += handled.len();
             self.payouts_seen.extend(handled);
             if rows.len() < usize::try_from(page_max).unwrap_or(usize::MAX) {
                 break;
             }
             after = last;
+        }
+        if !records.is_empty() {
+            store.submit(records)?.await?;
         }
         Ok(produced)
     }

@@ -2475,3 +2475,100 @@ fn a_line_down_to_the_issuer_is_shoudans_91() {
         );
     });
 }
+
+/// The payout runs' failures reach their merchant's notifications: from the week before the
+/// tail's first reading on (older ones are not told as new, on any later poll either), each
+/// as its payout stands (one released since is no longer failed), and a poll bounded to one
+/// event still gets past those it read again behind its cursor.
+#[test]
+fn payout_failures_are_told_once_from_the_week_before_the_first_reading() {
+    use store::settlement::{PayoutEventRow, PayoutRow, PayoutState, SettlementRecord};
+    runtime().block_on(async {
+        let e = start().await;
+        let store = e.store();
+        let day_ms = 86_400_000;
+        let payout = |key: &str, state: PayoutState| {
+            Record::Settlement(SettlementRecord::NewPayout(PayoutRow {
+                key: key.to_owned(),
+                mid: MID.to_owned(),
+                payout_date: "20261201".to_owned(),
+                cutoff_date: "20261130".to_owned(),
+                amount_fen: 12_345,
+                state,
+                attempts: 1,
+                next_attempt_ms: 0,
+                account_version: 1,
+                account_masked: "6222****2347".to_owned(),
+                bank_reference: None,
+                sent_to: None,
+                failure: Some("payout-account-frozen".to_owned()),
+                first_attempt_ms: None,
+                created_at_ms: now(),
+                updated_at_ms: now(),
+            }))
+        };
+        let failed = |id: i64, key: &str, at_ms: i64| {
+            Record::Settlement(SettlementRecord::PayoutEvent(PayoutEventRow {
+                id,
+                at_ms,
+                mid: MID.to_owned(),
+                payout_key: key.to_owned(),
+                kind: "failed".to_owned(),
+                failure: Some("payout-account-frozen".to_owned()),
+                detail: "account frozen".to_owned(),
+            }))
+        };
+        let old = format!("{MID}:20261101");
+        let recent = format!("{MID}:20261201");
+        let released = format!("{MID}:20261202");
+        store
+            .submit(vec![
+                payout(&old, PayoutState::Held),
+                payout(&recent, PayoutState::Held),
+                payout(&released, PayoutState::Pending),
+                failed(1, &old, now() - 30 * day_ms),
+                failed(2, &recent, now() - day_ms),
+                failed(3, &released, now() - day_ms),
+            ])
+            .unwrap()
+            .await
+            .unwrap();
+        let mut tailer = Tailer::new(
+            store.clone(),
+            e.directory(),
+            Arc::new(SystemClock),
+            TailerConfig {
+                page_max: 1,
+                pages_max: 1,
+                ..TailerConfig::default()
+            },
+        );
+        for _ in 0..6 {
+            tailer.poll_once().await.unwrap();
+        }
+        let told: Vec<_> = store
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.event_type == "payout.failed")
+            .collect();
+        assert_eq!(told.len(), 1, "{told:#?}");
+        assert!(told[0].payload.contains(&recent), "{}", told[0].payload);
+        assert!(told[0].payload.contains("6222****2347"));
+        // A new tailer (a restart) reads the kept line and tells nothing again.
+        let mut again = Tailer::new(
+            store.clone(),
+            e.directory(),
+            Arc::new(SystemClock),
+            TailerConfig::default(),
+        );
+        again.poll_once().await.unwrap();
+        let count = store
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+            .unwrap()
+            .iter()
+            .filter(|o| o.event_type == "payout.failed")
+            .count();
+        assert_eq!(count, 1);
+    });
+}
