@@ -355,7 +355,40 @@ pub struct DemoEnv {
     pub extra_terminals: Vec<TerminalFixture>,
     issuers: Vec<RunningIssuer>,
     dir: PathBuf,
+    /// Held while the environment runs: the data directory's lock (`demo.lock`).
+    _lock: std::fs::File,
 }
+
+/// The data directory's lock file: held by the demo that runs on the directory.
+const DATA_DIR_LOCK: &str = "demo.lock";
+
+/// Takes `dir`'s lock, or says who holds it. A second demo on one data directory shares the
+/// first's journal, node id and issuer ledgers: its start would take the first's requests in
+/// flight for its own (the same node id leads their RRNs), time them out and reverse them,
+/// sales its terminals printed as approved, before it found the terminal port taken.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, Box<dyn std::error::Error>> {
+    let path = dir.join(DATA_DIR_LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "data dir {} is in use by another shoudan demo: stop it first, or give this one \
+             another --data-dir",
+            dir.display()
+        )
+        .into()),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display()).into()),
+    }
+}
+
+/// How long a demo on a PostgreSQL journal waits for its node's place there.
+const NODE_CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Builds the demo environment on `dir` (created if need be) and starts the switch.
 pub async fn start_env(
@@ -375,11 +408,14 @@ pub async fn start_env(
             dir.display()
         );
     }
+    let lock = lock_data_dir(dir)?;
     // A journal on PostgreSQL is opened before any key is made: one that already holds
     // terminals was made with some data dir's master key, which a new data dir does not have.
     let postgres = match &options.postgres {
         Some(config) => {
             let store = Arc::new(store::PgStore::open(config)?);
+            // Another data dir's demo on the same journal would be node 1 too.
+            store.claim_node_within(SwitchConfig::new(options.listen).node_id, NODE_CLAIM_WAIT)?;
             if !store.terminals()?.is_empty() && !dir.join("master.key").exists() {
                 return Err(another_data_dirs_journal().into());
             }
@@ -566,6 +602,7 @@ pub async fn start_env(
         extra_terminals,
         issuers,
         dir: dir.to_path_buf(),
+        _lock: lock,
     })
 }
 

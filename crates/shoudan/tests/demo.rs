@@ -155,6 +155,42 @@ fn demo_purchases_then_audit_is_clean() {
     );
     assert_eq!(mode & 0o777, 0o600);
 
+    // A second demo on the same data dir is refused before it opens anything: on other
+    // ports it would have started on the first's journal as the same node, and taken the
+    // first's requests in flight for its own to reverse.
+    let mut second = Command::new(BIN)
+        .args([
+            "demo",
+            "--terminal-port",
+            "0",
+            "--http-port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second demo on the same data dir started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("in use by another shoudan demo"),
+        "{stderr}"
+    );
+
     let (code, out) = shoudan(&["fixtures", "--json"], dir);
     assert_eq!(code, 0);
     let fixtures: Value = serde_json::from_str(&out).unwrap();
