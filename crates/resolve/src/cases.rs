@@ -747,7 +747,20 @@ impl CaseService {
     /// the original (never more than what is left to refund), its result is recorded on the
     /// case, and an approved refund resolves the case. A retry of the same approval (same case
     /// version) reuses the idempotency key, so it never refunds twice.
+    ///
+    /// It runs as a task of its own, to its end even if the caller stops waiting (a closed
+    /// tab, an API client's timeout, which drop an HTTP handler): a refund made must reach the
+    /// case, or the case would stay open with no word of a refund the card received, and an
+    /// approval again would find the amount gone and be refused.
     pub async fn approve_refund(&self, id: i64, operator: &str) -> Result<Case, CaseError> {
+        let this = self.clone();
+        let operator = operator.to_owned();
+        tokio::spawn(async move { this.run_approve_refund(id, &operator).await })
+            .await
+            .map_err(|_| CaseError::Refund(BackOfficeError::NoAnswer))?
+    }
+
+    async fn run_approve_refund(&self, id: i64, operator: &str) -> Result<Case, CaseError> {
         let row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
         if row.kind != CaseKind::RefundApplication.as_str() {
             return Err(CaseError::NotRefundApplication);

@@ -911,6 +911,48 @@ fn a_refund_application_on_a_sale_voided_since_is_not_approved() {
     });
 }
 
+/// An approval whose caller stops waiting while the refund is at the issuer (a closed tab)
+/// still records the refund on the case: it resolves with the refund's RRN, and the card got
+/// its money once.
+#[test]
+fn an_approval_its_caller_gave_up_on_still_reaches_the_case() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(1);
+        let (code, rrn, _) = e.purchase(&card, 4_000).await;
+        assert_eq!(code, "00");
+        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
+        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let case = cases.open(ten_yuan_refund_application(&rrn)).await.unwrap();
+        e.sim
+            .faults()
+            .set_latency(Duration::from_millis(150), Duration::from_millis(150));
+        let left = tokio::time::timeout(
+            Duration::from_millis(40),
+            cases.approve_refund(case.id, "operator-7"),
+        )
+        .await;
+        assert!(left.is_err(), "the approval answered within 40 ms");
+        e.sim.faults().set_latency(Duration::ZERO, Duration::ZERO);
+        let store = e.store();
+        let resolved = {
+            let store = Arc::clone(&store);
+            e.h.eventually(5, move || {
+                store
+                    .case(case.id)
+                    .unwrap()
+                    .is_some_and(|c| c.refund_code.as_deref() == Some("00"))
+            })
+            .await
+        };
+        assert!(resolved, "the refund never reached the case");
+        let row = store.case(case.id).unwrap().unwrap();
+        assert_eq!(row.state, "resolved");
+        assert!(row.refund_rrn.is_some());
+        assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 1_000);
+    });
+}
+
 #[test]
 fn refund_application_executes_through_the_switch_once() {
     runtime().block_on(async {
