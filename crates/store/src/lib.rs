@@ -155,6 +155,12 @@ pub trait Store: Send + Sync + 'static {
     /// How many reversals are in `state`, counted in the database (an issuer's outage queues
     /// tens of thousands: a scrape of the metrics does not read them all).
     fn count_reversals_in_state(&self, state: SafState) -> Result<u64, StoreError>;
+    /// How many reversals are in `state` after `attempts` attempts or more, counted in the
+    /// database (the stuck ones an operator is shown).
+    fn count_reversals_attempted(&self, state: SafState, attempts: u32) -> Result<u64, StoreError>;
+    /// How many reversals an issuer refused other than with 25 (`SafItem::refused_standing`),
+    /// counted in the database.
+    fn count_reversals_refused_standing(&self) -> Result<u64, StoreError>;
     /// How many reversals in `state` undo transactions of merchant `mid` received in
     /// `[from_ms, to_ms)`: one query, not a read of every queued reversal's transaction.
     fn count_reversals_of_merchant(

@@ -561,6 +561,27 @@ impl Store for SqliteStore {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
+    fn count_reversals_attempted(&self, state: SafState, attempts: u32) -> Result<u64, StoreError> {
+        let count: i64 = self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT COUNT(*) FROM reversal_queue WHERE state = ?1 AND attempts >= ?2",
+            )?;
+            Ok(statement.query_row(params![state, attempts], |r| r.get(0))?)
+        })?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    fn count_reversals_refused_standing(&self) -> Result<u64, StoreError> {
+        let count: i64 = self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT COUNT(*) FROM reversal_queue WHERE state = ?1
+                 AND (last_error IS NULL OR last_error <> '25')",
+            )?;
+            Ok(statement.query_row(params![SafState::Refused], |r| r.get(0))?)
+        })?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     fn count_reversals_of_merchant(
         &self,
         state: SafState,

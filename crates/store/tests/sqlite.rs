@@ -1286,6 +1286,44 @@ fn reversal_queue_claim_retry_and_ack(db: &Db) {
             .len(),
         2
     );
+    // Counted in the database for the metrics: those resent so often, and the refusals that
+    // stand (not those answered 25: the issuer never had the request).
+    let pending = store.reversals_in_state(SafState::Pending).unwrap();
+    let tried = |n: u32| pending.iter().filter(|i| i.attempts >= n).count() as u64;
+    assert!(tried(1) > 0 && tried(1) > tried(1_000));
+    for n in [0, 1, 2, 3, 1_000] {
+        assert_eq!(
+            store
+                .count_reversals_attempted(SafState::Pending, n)
+                .unwrap(),
+            tried(n),
+            "{n}"
+        );
+    }
+    assert_eq!(store.count_reversals_refused_standing().unwrap(), 0);
+    store
+        .submit(vec![
+            Record::SafDone {
+                txn_id: 2,
+                state: SafState::Refused,
+                at_ms: 1_400,
+                answer: Some("25".into()),
+            },
+            Record::SafDone {
+                txn_id: 3,
+                state: SafState::Refused,
+                at_ms: 1_400,
+                answer: Some("12".into()),
+            },
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(store.count_reversals_refused_standing().unwrap(), 1);
+    assert_eq!(
+        store.count_reversals_in_state(SafState::Refused).unwrap(),
+        2
+    );
 }
 
 #[test]

@@ -119,8 +119,12 @@ async fn healthz(State(web): State<Web>) -> Response {
 }
 
 async fn metrics(State(web): State<Web>) -> Response {
-    let text = render(&web);
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    // Its counts are store reads: off the runtime's workers, which on a node's metrics
+    // listener are the switch's.
+    match tokio::task::spawn_blocking(move || render(&web)).await {
+        Ok(text) => ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 fn label(text: &str) -> String {
@@ -312,12 +316,15 @@ fn render_store(out: &mut String, web: &Web) {
 /// What stands in the journal for someone to act on, with a switch in this process or not
 /// (a node's `/metrics` comes from its switch, and these are not the switch's counts).
 fn render_standing(out: &mut String, web: &Web) {
-    if let Ok(stuck) = crate::query::reversals_stuck(web) {
+    // Each counted in the database: a scrape reads no rows, however many an outage queued.
+    if let Ok(stuck) = web
+        .store
+        .count_reversals_attempted(SafState::Pending, crate::query::REVERSAL_STUCK_ATTEMPTS)
+    {
         let _ = writeln!(
             out,
-            "# HELP shoudan_saf_stuck Reversals resent {} times or more and not acknowledged (the console lists them).\n# TYPE shoudan_saf_stuck gauge\nshoudan_saf_stuck {}",
+            "# HELP shoudan_saf_stuck Reversals resent {} times or more and not acknowledged (the console lists them).\n# TYPE shoudan_saf_stuck gauge\nshoudan_saf_stuck {stuck}",
             crate::query::REVERSAL_STUCK_ATTEMPTS,
-            stuck.len()
         );
     }
     // `settlement::is_stuck`, counted in the database.
@@ -335,8 +342,7 @@ fn render_standing(out: &mut String, web: &Web) {
             settlement::PAYOUT_STUCK_AFTER_MS / 3_600_000,
         );
     }
-    if let Ok(refused) = crate::query::refusals_standing(web) {
-        let standing = refused.len();
+    if let Ok(standing) = web.store.count_reversals_refused_standing() {
         let _ = writeln!(
             out,
             "# HELP shoudan_saf_refused Reversals an issuer refused other than with 25 (the console lists them).\n# TYPE shoudan_saf_refused gauge\nshoudan_saf_refused {standing}",
