@@ -91,6 +91,12 @@ pub enum FindingKind {
     /// The journal counts it; the issuer has no approval (or reversed it).
     UnknownToIssuer,
     AmountDiffers,
+    /// The issuer's file counts the RRN more than once: the cardholder may be charged (or
+    /// credited) twice for one transaction.
+    DuplicateAtIssuer,
+    /// The issuer counts the RRN as money the other way from the journal: a credit (refund,
+    /// void) where the journal has a sale, or a sale where it has a credit.
+    KindDiffers,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -161,6 +167,13 @@ const ACTION_UNKNOWN: &str = "Cleared to the merchant but unknown to the issuer:
      correction.";
 const ACTION_AMOUNT: &str = "Amounts differ: clear the issuer's amount, post a correction for \
      the difference, and check the terminal's amount entry.";
+const ACTION_DUPLICATE: &str = "The issuer counts this RRN more than once, the journal once: the \
+     cardholder may have been charged (or credited) twice; ask the issuer to reverse the \
+     duplicate and send its record.";
+const ACTION_KIND: &str = "The issuer counts this RRN as money the other way from the journal (a \
+     credit against a sale, or a sale against a credit): the cardholder's account and the \
+     merchant's clearing disagree by twice the amount; ask the issuer for its record and post \
+     a correction for whichever is wrong.";
 const ACTION_NOT_COUNTED_HERE: &str = "Debited at the issuer but not counted here (the journal \
      holds it declined, timed out or failed, with no reversal standing): send a reversal to the \
      issuer so the cardholder gets the money back, or, if the merchant holds a signed receipt, \
@@ -234,13 +247,30 @@ pub fn reconcile(
         issuer_rows: issuer_money.len(),
         ..ReconReport::default()
     };
-    let mut seen: HashMap<&str, ()> = HashMap::new();
+    // The file's rows by RRN, in its order: an RRN may have more than one (its reversal
+    // listed apart, or a duplicate). The one that counts (else the first) is matched; any
+    // other that counts too is a duplicate.
+    let mut order: Vec<&str> = Vec::new();
+    let mut of_rrn: HashMap<&str, Vec<&IssuerClearingRow>> = HashMap::new();
     for row in &issuer_money {
-        seen.insert(row.rrn.as_str(), ());
-        let ours = by_rrn.get(row.rrn.as_str()).copied();
+        of_rrn
+            .entry(row.rrn.as_str())
+            .or_insert_with(|| {
+                order.push(row.rrn.as_str());
+                Vec::new()
+            })
+            .push(row);
+    }
+    for rrn in &order {
+        let rows = of_rrn.get(rrn).map(Vec::as_slice).unwrap_or_default();
+        let mut counting = rows.iter().copied().filter(|r| issuer_counts(r));
+        let Some(row) = counting.next().or_else(|| rows.first().copied()) else {
+            continue;
+        };
+        let ours = by_rrn.get(*rrn).copied();
         let counted_there = issuer_counts(row);
         let counted_here = ours.is_some_and(journal_counts);
-        let finding = |kind, action| ReconFinding {
+        let finding = |row: &IssuerClearingRow, kind, action| ReconFinding {
             kind,
             issuer: issuer.to_owned(),
             rrn: row.rrn.clone(),
@@ -253,11 +283,18 @@ pub fn reconcile(
             action,
         };
         match (counted_there, counted_here) {
+            (true, true)
+                if ours.is_some_and(|t| is_credit(t.kind.as_str()) != is_credit(&row.kind)) =>
+            {
+                report
+                    .findings
+                    .push(finding(row, FindingKind::KindDiffers, ACTION_KIND));
+            }
             (true, true) => {
                 if ours.is_some_and(|t| t.amount_fen != row.amount_fen) {
                     report
                         .findings
-                        .push(finding(FindingKind::AmountDiffers, ACTION_AMOUNT));
+                        .push(finding(row, FindingKind::AmountDiffers, ACTION_AMOUNT));
                 } else {
                     report.matched += 1;
                 }
@@ -266,13 +303,21 @@ pub fn reconcile(
                 let action = action_missing_here(&row.kind, ours);
                 report
                     .findings
-                    .push(finding(FindingKind::MissingHere, action));
+                    .push(finding(row, FindingKind::MissingHere, action));
             }
             (false, true) => report.findings.push(finding(
+                row,
                 FindingKind::UnknownToIssuer,
                 action_unknown(&row.kind),
             )),
             (false, false) => report.matched += 1,
+        }
+        for again in counting {
+            report.findings.push(finding(
+                again,
+                FindingKind::DuplicateAtIssuer,
+                ACTION_DUPLICATE,
+            ));
         }
     }
     for row in journal
@@ -281,7 +326,7 @@ pub fn reconcile(
     {
         report.journal_rows += 1;
         let rrn = row.rrn.as_deref().unwrap_or("");
-        if seen.contains_key(rrn) {
+        if of_rrn.contains_key(rrn) {
             continue;
         }
         // In a neighbouring day's file (the hour between our 23:00 cut-over and the issuer's
@@ -440,6 +485,61 @@ mod tests {
         assert_eq!(report.matched, 2);
         assert_eq!(report.findings[0].action, ACTION_REVERSED_HERE);
         assert_eq!(report.findings[1].action, ACTION_MISSING);
+    }
+
+    /// An RRN the issuer's file counts twice against one sale here, and one the issuer counts
+    /// as a credit against a sale here, are findings, not matches: a double charge, and a
+    /// difference of twice the amount.
+    #[test]
+    fn a_duplicate_and_a_credit_against_a_sale_are_found() {
+        let csv = "rrn,type,amount,state,refunded,captured,original_rrn,auth_code,day\n\
+            000000000001,purchase,1000,approved,0,0,,123456,2026-11-23\n\
+            000000000001,purchase,1000,approved,0,0,,123456,2026-11-23\n\
+            000000000002,refund,2000,approved,0,0,,123457,2026-11-23\n\
+            000000000003,purchase,3000,reversed,0,0,,123458,2026-11-23\n\
+            000000000003,purchase,3000,approved,0,0,,123458,2026-11-23\n";
+        let rows = parse_clearing_csv(csv).unwrap();
+        let d = "20261123";
+        let journal = vec![
+            journal_row(
+                "000000000001",
+                TxnKind::Purchase,
+                TxnState::Approved,
+                1000,
+                d,
+            ),
+            journal_row(
+                "000000000002",
+                TxnKind::Purchase,
+                TxnState::Approved,
+                2000,
+                d,
+            ),
+            journal_row(
+                "000000000003",
+                TxnKind::Purchase,
+                TxnState::Approved,
+                3000,
+                d,
+            ),
+        ];
+        let report = reconcile("ICBC", d, &rows, &[], &journal);
+        let found: Vec<(&str, FindingKind)> = report
+            .findings
+            .iter()
+            .map(|f| (f.rrn.as_str(), f.kind))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("000000000001", FindingKind::DuplicateAtIssuer),
+                ("000000000002", FindingKind::KindDiffers),
+            ]
+        );
+        // The first copy of 1 and the counted row of 3 (its other row reversed) match.
+        assert_eq!(report.matched, 2);
+        assert_eq!(report.findings[0].action, ACTION_DUPLICATE);
+        assert_eq!(report.findings[1].action, ACTION_KIND);
     }
 
     /// A sale of the hour between the 23:00 cut-over and the issuer's midnight is in the
