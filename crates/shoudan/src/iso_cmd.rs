@@ -319,6 +319,8 @@ fn field_json(f: &iso8583::Field<'_>) -> Value {
             ))
         }
         (52, _) => json!(format!("<PIN block, {} bytes>", f.len())),
+        // The card's expiry, hidden as its copy in field 55 (tag 5F24) is.
+        (14, _) => json!("<expiry>"),
         (48, _) => {
             let digits = f.digits().map(|d| d.to_string()).unwrap_or_default();
             json!(mask_batch_pans(&digits))

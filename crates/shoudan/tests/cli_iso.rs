@@ -334,3 +334,36 @@ fn field_48_in_no_known_layout_is_not_shown() {
     );
     assert!(!stdout.contains(&digits), "{stdout}");
 }
+
+/// A card's expiry in field 14 is not shown (as its copy in field 55 is not), and the hidden
+/// value is refused by encode.
+#[test]
+fn the_expiry_in_field_14_is_hidden() {
+    let mut full = serde_json::from_str::<Value>(
+        &decode(
+            &[
+                &sample("soloicesky_0200_purchase_request_body.hex"),
+                "--body",
+                "--mti",
+                "0200",
+            ],
+            None,
+        )
+        .1,
+    )
+    .unwrap();
+    full["fields"]["2"] = "6222020200112347".into();
+    full["fields"]["14"] = "4912".into();
+    if let Some(fields) = full["fields"].as_object_mut() {
+        fields.remove("35");
+        fields.remove("36");
+        fields.remove("52");
+        fields.remove("55");
+    }
+    let frame = encode(&full.to_string());
+    let (v, stdout) = decode(&["--no-frame", &frame], None);
+    assert_eq!(v["fields"]["14"], "<expiry>", "{stdout}");
+    assert!(!stdout.contains("4912"), "{stdout}");
+    let err = fail(&["iso", "encode"], Some(&stdout));
+    assert!(err.contains("field 14"), "{err}");
+}
