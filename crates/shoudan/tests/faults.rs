@@ -17,7 +17,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use issuer_sim::DemoCard;
+use issuer_sim::{DemoCard, TxnState as IssuerState};
 use store::{SafState, Store, TxnState};
 use support::{ISSUER_TIMEOUT, World, runtime, start};
 use tokio::io::AsyncWriteExt;
@@ -85,8 +85,14 @@ fn silent_or_slow_issuer_is_answered_98_in_time_others_unaffected_reversed_once_
             assert_eq!(row.state, TxnState::TimedOut, "{fault}");
             let reversal = w.store.reversal(row.id).unwrap().unwrap();
             assert_eq!(reversal.state, SafState::Pending, "{fault}");
-            // While the fault lasts the reversal is resent, not given up.
+            // While the fault lasts the reversal is sent (the issuer sees it), and kept, not
+            // given up.
+            let asked = faults.stats().requests;
             tokio::time::sleep(ISSUER_TIMEOUT * 2).await;
+            assert!(
+                faults.stats().requests > asked,
+                "{fault}: no reversal reached the issuer during the fault"
+            );
             let reversal = w.store.reversal(row.id).unwrap().unwrap();
             assert_eq!(reversal.state, SafState::Pending, "{fault}");
             faults.clear();
@@ -96,6 +102,17 @@ fn silent_or_slow_issuer_is_answered_98_in_time_others_unaffected_reversed_once_
             );
             let row = w.store.txn(row.id).unwrap().unwrap();
             assert_eq!(row.state, TxnState::Reversed, "{fault}");
+            // The issuer acted on the request and then on its reversal: it has it reversed.
+            let at_issuer = w
+                .bank("ICBC")
+                .sim
+                .issuer()
+                .approvals()
+                .unwrap()
+                .into_iter()
+                .find(|a| Some(a.rrn.as_str()) == row.rrn.as_deref())
+                .unwrap_or_else(|| panic!("{fault}: the issuer never had the request"));
+            assert_eq!(at_issuer.state, IssuerState::Reversed, "{fault}");
             // And the issuer is usable again.
             let again = w.purchase(&icbc, 100);
             assert_eq!(w.t.send(&again).await.code(), "00", "{fault}");

@@ -834,9 +834,14 @@ async fn terminal_loop(
                 let mut seen = seen.lock().unwrap();
                 seen.fold(clock.ms(), &tid, req.stan, "retry", &again.code);
                 seen.retries += 1;
-                if again.code != first.code {
+                // The same answer: its code, and an approval's RRN and authorisation code.
+                let differs = again.code != first.code
+                    || (first.code == "00"
+                        && (again.rrn != first.rrn || again.auth_code != first.auth_code));
+                if differs {
+                    let said = |a: &Answer| format!("{} {:?} {:?}", a.code, a.rrn, a.auth_code);
                     seen.retry_mismatches
-                        .push((tid.clone(), req.stan, first.code, again.code));
+                        .push((tid.clone(), req.stan, said(&first), said(&again)));
                 }
                 stan -= 1;
                 continue;

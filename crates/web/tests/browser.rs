@@ -365,7 +365,16 @@ async fn scenario(driver_path: PathBuf) {
         b.type_into("#refund-text", "顾客退货").await;
         b.click("#refund").await;
         let refund_case = b.wait_url("/portal/cases/").await;
-        assert!(refund_case.contains("/portal/cases/"), "{refund_case}");
+        // The page is the case the form opened: a refund application of 20.00.
+        let case_id: i64 = refund_case
+            .rsplit("/portal/cases/")
+            .next()
+            .and_then(|rest| rest.split(['?', '#', '/']).next())
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("no case id in {refund_case}"));
+        let case = e.h.store.case(case_id).unwrap().unwrap();
+        assert_eq!(case.kind, "refund_application");
+        assert_eq!(case.refund_fen, Some(2_000));
         assert!(b.text("#refund-status").await.contains("等待运营审批"));
         b.screenshot("06-refund-application").await;
         b.go("/portal/terminals").await;
