@@ -768,6 +768,13 @@ async fn drive(
 
 type WorkerResult = Result<(Stats, u32), hdrhistogram::CreationError>;
 
+/// Of an open-loop terminal's sends, every `interval` over `span` from its first, those not
+/// among the `sent` made.
+fn unsent(span: Duration, interval: Duration, sent: u32) -> u64 {
+    let scheduled = span.as_nanos().div_ceil(interval.as_nanos().max(1));
+    u64::try_from(scheduled.saturating_sub(u128::from(sent))).unwrap_or(u64::MAX)
+}
+
 async fn worker(
     mut t: Terminal,
     cards: Vec<Card>,
@@ -822,9 +829,24 @@ async fn worker(
                     TerminalError::ResponseMac | TerminalError::Mac(_) => "mac",
                     _ => "connection",
                 };
+                // A request that timed out waited at least the timeout: its latency counts, or
+                // a stall would leave the percentiles to the requests before it.
+                if kind == "timeout" {
+                    stats.record(scheduled);
+                }
                 stats.error(kind.to_owned());
                 // The connection's state is unknown after a failure: stop this terminal
-                // rather than count a storm of follow-on errors.
+                // rather than count a storm of follow-on errors. Open loop, the sends its
+                // schedule still held are counted as errors, not left out of the run.
+                if let (Some(iv), Some(off)) = (interval, offset) {
+                    let unsent = unsent(deadline.saturating_duration_since(start + off), iv, sent);
+                    if unsent > 0 {
+                        *stats
+                            .errors
+                            .entry("not sent: its terminal stopped".to_owned())
+                            .or_default() += unsent;
+                    }
+                }
                 break;
             }
         }
@@ -1206,6 +1228,20 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn a_stopped_terminals_schedule_is_counted_unsent() {
+        let ms = Duration::from_millis;
+        // Every 100 ms over a second: sends at 0, 100, ..., 900 ms.
+        assert_eq!(unsent(ms(1_000), ms(100), 0), 10);
+        assert_eq!(unsent(ms(1_000), ms(100), 4), 6);
+        assert_eq!(unsent(ms(1_000), ms(100), 10), 0);
+        // A send at 1,000 ms is at the end of a 1,000 ms run, not in it; in a 1,050 ms one
+        // it is.
+        assert_eq!(unsent(ms(1_050), ms(100), 10), 1);
+        assert_eq!(unsent(ms(1_000), ms(100), 12), 0);
+        assert_eq!(unsent(Duration::ZERO, ms(100), 0), 0);
     }
 
     fn measured() -> Measured {
