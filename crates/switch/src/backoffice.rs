@@ -81,6 +81,25 @@ pub struct BackOffice {
     core: Arc<Core>,
 }
 
+/// One back-office refund under way, counted in `Core::back_office` while it lives.
+struct Running(Arc<Core>);
+
+impl Running {
+    fn new(core: &Arc<Core>) -> Running {
+        core.back_office
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Running(Arc::clone(core))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0
+            .back_office
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 impl SwitchHandle {
     /// Refunds `amount_fen` of the transaction `original_rrn` for an operator, at most once per
     /// `idempotency_key` (see the module comment).
@@ -118,9 +137,14 @@ impl BackOffice {
     ) -> Result<BackOfficeRefund, BackOfficeError> {
         let this = self.clone();
         let (rrn, key) = (original_rrn.to_owned(), idempotency_key.to_owned());
+        // Counted from here until the task ends, so that a stop waits for it.
+        let running = Running::new(&self.core);
         self.core
             .tasks
-            .spawn(async move { this.run_refund(&rrn, amount_fen, &key).await })
+            .spawn(async move {
+                let _running = running;
+                this.run_refund(&rrn, amount_fen, &key).await
+            })
             .await
             .map_err(|_| BackOfficeError::NoAnswer)?
     }

@@ -243,6 +243,9 @@ pub(crate) struct Core {
     /// Writes answered 96 after `journal_wait` whose fate is still awaited
     /// (`settle_late_request`, `settle_late_outcome`); a stop waits for them, within its bound.
     pub late: AtomicUsize,
+    /// Back-office refunds under way (`backoffice`): a stop waits for them, as for terminals'
+    /// requests, within its bound.
+    pub back_office: AtomicUsize,
     /// Journal writes and reads not answered within `journal_wait`, since start (`/metrics`).
     pub waits_exceeded: AtomicU64,
     /// Each terminal's recent encrypted PIN blocks and their cards (`pin_replay`).

@@ -236,6 +236,7 @@ impl SwitchHandle {
             self.in_flight() > 0
                 || self.sessions.metrics.connections.load(Ordering::Relaxed) > 0
                 || self.core.late.load(Ordering::Acquire) > 0
+                || self.core.back_office.load(Ordering::Acquire) > 0
         };
         while busy() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -405,6 +406,7 @@ impl Switch {
             key_changes: Mutex::new(HashMap::new()),
             orphans: Mutex::new(Vec::new()),
             late: AtomicUsize::new(0),
+            back_office: AtomicUsize::new(0),
             waits_exceeded: AtomicU64::new(0),
             pin_blocks: crate::pin_replay::PinBlocks::default(),
         });

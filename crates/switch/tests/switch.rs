@@ -1729,3 +1729,34 @@ fn a_back_office_refund_its_caller_gave_up_on_is_journalled_all_the_same() {
         assert_eq!(more.response_code, "61");
     });
 }
+
+/// A stop waits for a back-office refund at the issuer, as for a terminal's request: the
+/// refund is answered and journalled approved, not cut off with the links.
+#[test]
+fn a_stop_waits_for_a_back_office_refund_under_way() {
+    runtime().block_on(async {
+        let mut h = Harness::new().await;
+        let mut t = h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let pan = card("622202");
+        let sale = t.send(&Req::purchase(&pan, SLOW_AMOUNT + 100, 32)).await;
+        assert_eq!(sale.code(), "00");
+        let rrn = sale.text(37).unwrap();
+        drop(t);
+        let back_office = h.switch.as_ref().unwrap().back_office();
+        let amount = i64::try_from(SLOW_AMOUNT).unwrap();
+        let refund = tokio::spawn(async move {
+            back_office
+                .refund(&rrn, amount, "case-8-refund")
+                .await
+                .unwrap()
+        });
+        // At the issuer (it takes 150 ms over this amount) when the stop comes.
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        h.stop().await;
+        let refund = refund.await.unwrap();
+        assert_eq!(refund.response_code, "00");
+        let id = refund.txn_id.unwrap();
+        assert_eq!(h.store.txn(id).unwrap().unwrap().state, TxnState::Approved);
+    });
+}
