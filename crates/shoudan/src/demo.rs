@@ -827,6 +827,7 @@ async fn run_async(args: DemoArgs, http_runtime: tokio::runtime::Handle) -> CliR
     for task in notify_tasks {
         let _ = task.await;
     }
+    portal.give_up_unwritten_audit_rows();
     env.stop().await?;
     say!("stopped");
     Ok(())

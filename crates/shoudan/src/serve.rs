@@ -813,6 +813,7 @@ async fn serve(
         _ = async { tokio::join!(switch.shutdown(), others) } => {}
         () = signals.next() => say!("stopping now: requests still in progress are reversed at the next start"),
     }
+    portal.give_up_unwritten_audit_rows();
     // Everything queued for the journal is committed before the process ends. A journal that
     // no longer answers (a database or disk that stalled) would hold the process for ever:
     // another signal ends it. What is then lost is what a kill would lose: writes queued and

@@ -788,37 +788,46 @@ pub async fn audit(
         "audit row of a change made not written ({error}); trying again in the background"
     );
     let web = web.clone();
-    web.metrics
-        .audit_rows_pending
-        .fetch_add(1, Ordering::Relaxed);
+    // Kept where a stop finds it: a row still not written when the process stops is logged
+    // whole and counted lost then (`Web::give_up_unwritten_audit_rows`).
+    let key = web.metrics.audit_pending_add(row.clone());
     tokio::spawn(async move {
         let since = web.clock.now_ms();
         let mut pause = std::time::Duration::from_millis(100);
         let written = loop {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(AUDIT_RETRY_PAUSE_MAX);
+            // Given up on by a stop meanwhile (and logged there): no more tries.
+            if !web.metrics.audit_pending_has(key) {
+                return;
+            }
             match write_audit_row(&web, &mut row, true).await {
                 Ok(()) => break true,
                 Err(_) if web.clock.now_ms() - since >= AUDIT_RETRY_FOR_MS => break false,
                 Err(_) => {}
             }
         };
-        web.metrics
-            .audit_rows_pending
-            .fetch_sub(1, Ordering::Relaxed);
+        // Taken by a stop meanwhile: the stop has logged it.
+        if web.metrics.audit_pending_take(key).is_none() {
+            return;
+        }
         if written {
             tracing::info!(id = row.id, action = %row.action, target = %row.target, "audit row written late");
         } else {
             web.metrics.audit_rows_lost.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(
-                at_ms = row.at_ms, who = %row.who, action = %row.action, target = %row.target,
-                before = row.before.as_deref().unwrap_or("-"),
-                after = row.after.as_deref().unwrap_or("-"),
-                "audit row given up on: the journal refused it for {} minutes",
-                AUDIT_RETRY_FOR_MS / 60_000
-            );
+            log_audit_row_lost(&row, "the journal refused it for 15 minutes");
         }
     });
+}
+
+/// An audit row given up on, logged whole (its values masked as the row keeps them).
+pub(crate) fn log_audit_row_lost(row: &AuditRow, why: &str) {
+    tracing::error!(
+        at_ms = row.at_ms, who = %row.who, action = %row.action, target = %row.target,
+        before = row.before.as_deref().unwrap_or("-"),
+        after = row.after.as_deref().unwrap_or("-"),
+        "audit row given up on: {why}"
+    );
 }
 
 /// One try at writing `row`: its id reserved first if it has none yet. A try after one whose

@@ -62,6 +62,20 @@ pub struct Web {
 }
 
 impl Web {
+    /// At a stop: the audit rows of changes made that the journal has still not taken (tried
+    /// again in the background) are given up on, each logged whole at error level and
+    /// counted lost, rather than dropped with the runtime unsaid. Returns how many.
+    pub fn give_up_unwritten_audit_rows(&self) -> usize {
+        let rows = self.metrics.audit_pending_take_all();
+        for row in &rows {
+            auth::log_audit_row_lost(row, "the process stopped before the journal took it");
+        }
+        self.metrics
+            .audit_rows_lost
+            .fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        rows.len()
+    }
+
     pub fn new(
         store: Arc<dyn Store>,
         hsm: Arc<dyn Hsm>,

@@ -56,10 +56,59 @@ pub struct HttpMetrics {
     latency: Mutex<([u64; 10], u64)>,
     in_flight: AtomicI64,
     /// Audit rows of changes made that the journal has not taken yet, tried again in the
-    /// background (`auth::audit`).
-    pub(crate) audit_rows_pending: AtomicI64,
+    /// background (`auth::audit`), by a key of their own.
+    audit_pending: Mutex<(u64, BTreeMap<u64, store::web::AuditRow>)>,
     /// Audit rows given up on after `auth::AUDIT_RETRY_FOR_MS` (logged whole instead).
     pub(crate) audit_rows_lost: std::sync::atomic::AtomicU64,
+}
+
+impl HttpMetrics {
+    /// Keeps `row` among those still to write; returns its key.
+    pub(crate) fn audit_pending_add(&self, row: store::web::AuditRow) -> u64 {
+        let mut pending = self
+            .audit_pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pending.0 += 1;
+        let key = pending.0;
+        pending.1.insert(key, row);
+        key
+    }
+
+    /// Takes the row under `key` out of those still to write (`None`: taken already).
+    pub(crate) fn audit_pending_take(&self, key: u64) -> Option<store::web::AuditRow> {
+        self.audit_pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+            .remove(&key)
+    }
+
+    /// Whether the row under `key` is still to write.
+    pub(crate) fn audit_pending_has(&self, key: u64) -> bool {
+        self.audit_pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+            .contains_key(&key)
+    }
+
+    /// Takes every row still to write.
+    pub(crate) fn audit_pending_take_all(&self) -> Vec<store::web::AuditRow> {
+        let mut pending = self
+            .audit_pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::take(&mut pending.1).into_values().collect()
+    }
+
+    fn audit_pending_count(&self) -> usize {
+        self.audit_pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+            .len()
+    }
 }
 
 /// Counts every request: its route template (never the raw path), status and time taken.
@@ -389,7 +438,7 @@ fn render_http(out: &mut String, web: &Web) {
     let _ = writeln!(
         out,
         "# HELP shoudan_audit_rows_pending Audit rows of changes made that the journal has not taken yet (tried again in the background; logged meanwhile).\n# TYPE shoudan_audit_rows_pending gauge\nshoudan_audit_rows_pending {}",
-        web.metrics.audit_rows_pending.load(Ordering::Relaxed)
+        web.metrics.audit_pending_count()
     );
     let _ = writeln!(
         out,

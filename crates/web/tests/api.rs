@@ -4991,5 +4991,45 @@ fn an_audit_row_the_journal_refuses_does_not_fail_the_change_and_is_written_late
             metrics.contains("shoudan_audit_rows_lost_total 0"),
             "{metrics}"
         );
+        assert_eq!(e.web.give_up_unwritten_audit_rows(), 0);
+
+        // Refused again, and the process stops before the journal takes it: the stop gives
+        // the row up (logged whole and counted lost) rather than drop it unsaid, and it is
+        // not tried after.
+        db.execute_batch(
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log
+             BEGIN SELECT RAISE(ABORT, 'audit refused for the test'); END;",
+        )
+        .unwrap();
+        let r = request(
+            e.http,
+            "POST",
+            "/api/cases",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &auth),
+            ],
+            &body,
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let metrics = web::metrics::render(&e.web);
+        assert!(
+            metrics.contains("shoudan_audit_rows_pending 1"),
+            "{metrics}"
+        );
+        assert_eq!(e.web.give_up_unwritten_audit_rows(), 1);
+        let metrics = web::metrics::render(&e.web);
+        assert!(
+            metrics.contains("shoudan_audit_rows_pending 0"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("shoudan_audit_rows_lost_total 1"),
+            "{metrics}"
+        );
+        db.execute_batch("DROP TRIGGER refuse_audit;").unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        assert_eq!(opened(e.h.store.as_ref()), 1, "tried after it was given up");
     });
 }
