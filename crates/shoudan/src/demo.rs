@@ -824,6 +824,11 @@ async fn run_async(args: DemoArgs, http_runtime: tokio::runtime::Handle) -> CliR
         let _ = task.await;
     }
     let _ = http_task.await;
+    // A refund approval begun runs to its end (its refund, case and audit row) while the
+    // switch still runs.
+    portal
+        .wait_for_work_run_to_end(Duration::from_secs(10))
+        .await;
     for task in notify_tasks {
         let _ = task.await;
     }

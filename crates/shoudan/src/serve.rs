@@ -802,6 +802,8 @@ async fn serve(
     // the next start reverses it.
     let others = tokio::time::timeout(HTTP_DRAIN, async {
         let _ = http_task.await;
+        // A refund approval begun runs to its end: its case and audit row are written.
+        portal.wait_for_work_run_to_end(HTTP_DRAIN).await;
         if let Some((_, task)) = metrics_task {
             let _ = task.await;
         }
@@ -889,6 +891,13 @@ mod tests {
             "postgres://shoudan@db.local/shoudan?pass%77ord=pw"
         ));
         assert!(!holds_password("mysql://shoudan:pw@db.local/shoudan"));
+        // One the client cannot read, by its text.
+        assert!(holds_password(
+            "postgres://shoudan:pw@db.local/shoudan?sslrootcert=/etc/ca.pem"
+        ));
+        assert!(!holds_password(
+            "postgres://shoudan@db.local/shoudan?sslrootcert=/etc/ca.pem"
+        ));
         assert!(!holds_password("postgres://shoudan@db.local/shoudan"));
         assert!(!holds_password("postgres://db.local:5432/shoudan"));
         assert!(!holds_password("postgres://shoudan@db.local/a:b"));

@@ -129,12 +129,23 @@ impl PgConfig {
     }
 
     /// Whether the URL carries a password, as the client reads it (in the user part, where it
-    /// may hold '/', '?' or '#', or as a `password` parameter, percent-encoded or not). A URL
-    /// the client cannot read carries none it would use.
+    /// may hold '/', '?' or '#', or as a `password` parameter, percent-encoded or not). One the
+    /// client cannot read (an option it does not know, a typo) is taken to hold one if its
+    /// text may: a `:` before an `@`, or the word `password` anywhere, so that a check of who
+    /// may read the file errs on the safe side.
     pub fn holds_password(&self) -> bool {
-        self.url
-            .parse::<tokio_postgres::Config>()
-            .is_ok_and(|c| c.get_password().is_some())
+        match self.url.parse::<tokio_postgres::Config>() {
+            Ok(config) => config.get_password().is_some(),
+            Err(_) => {
+                let rest = self
+                    .url
+                    .split_once("://")
+                    .map_or(self.url.as_str(), |(_, r)| r);
+                rest.rsplit_once('@')
+                    .is_some_and(|(user, _)| user.contains(':'))
+                    || self.url.to_ascii_lowercase().contains("password")
+            }
+        }
     }
 }
 

@@ -508,12 +508,23 @@ async fn add_entry(
 }
 
 /// An operator approves a refund application: the refund runs through the switch; audited.
+/// The approval and its audit row run to their end even if the request is dropped.
 pub async fn approve_refund_for(
     web: &Web,
     who: &Principal,
     id: i64,
 ) -> Result<resolve::cases::Case, ApiError> {
     who.require_staff("approve refunds")?;
+    let (task_web, who) = (web.clone(), who.clone());
+    web.run_to_end(async move { approve_and_audit(&task_web, &who, id).await })
+        .await
+}
+
+async fn approve_and_audit(
+    web: &Web,
+    who: &Principal,
+    id: i64,
+) -> Result<resolve::cases::Case, ApiError> {
     let before = web.cases.get(id)?;
     let case = web.cases.approve_refund(id, &who.username).await?;
     auth::audit(

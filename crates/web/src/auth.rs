@@ -807,8 +807,13 @@ pub async fn audit(
                 Err(_) => {}
             }
         };
-        // Taken by a stop meanwhile: the stop has logged it.
+        // Taken by a stop meanwhile: the stop has logged it lost; a try under way then may
+        // still have written it, which is said too.
         if web.metrics.audit_pending_take(key).is_none() {
+            if written {
+                tracing::warn!(id = row.id, action = %row.action, target = %row.target,
+                    "an audit row given up at the stop was written after all");
+            }
             return;
         }
         if written {

@@ -62,6 +62,36 @@ pub struct Web {
 }
 
 impl Web {
+    /// Runs `work` as a task of its own, to its end even if the request that started it is
+    /// dropped (a closed tab, a client's timeout): for work whose every step must happen once
+    /// begun (a refund approved, then its case and audit row written). A stop waits for such
+    /// work ([`Web::wait_for_work_run_to_end`]).
+    pub(crate) async fn run_to_end<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, error::ApiError>> + Send + 'static,
+    ) -> Result<T, error::ApiError> {
+        let running = metrics::Running::new(Arc::clone(&self.metrics));
+        tokio::spawn(async move {
+            let _running = running;
+            work.await
+        })
+        .await
+        .map_err(|_| error::ApiError::internal("the work stopped part-way"))?
+    }
+
+    /// At a stop, after the HTTP side has stopped taking requests: waits up to `within` for
+    /// the work [`Web::run_to_end`] started; returns how much is still running.
+    pub async fn wait_for_work_run_to_end(&self, within: std::time::Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let running = self.metrics.running();
+            if running == 0 || tokio::time::Instant::now() >= deadline {
+                return running;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// At a stop: the audit rows of changes made that the journal has still not taken (tried
     /// again in the background) are given up on, each logged whole at error level and
     /// counted lost, rather than dropped with the runtime unsaid. Returns how many.

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::Router;
@@ -58,11 +58,34 @@ pub struct HttpMetrics {
     /// Audit rows of changes made that the journal has not taken yet, tried again in the
     /// background (`auth::audit`), by a key of their own.
     audit_pending: Mutex<(u64, BTreeMap<u64, store::web::AuditRow>)>,
+    /// Work run to its end whatever its request does (`Web::run_to_end`), under way.
+    run_to_end: std::sync::atomic::AtomicUsize,
     /// Audit rows given up on after `auth::AUDIT_RETRY_FOR_MS` (logged whole instead).
     pub(crate) audit_rows_lost: std::sync::atomic::AtomicU64,
 }
 
+/// One piece of work `Web::run_to_end` runs, counted while it lives.
+pub(crate) struct Running(Arc<HttpMetrics>);
+
+impl Running {
+    pub(crate) fn new(metrics: Arc<HttpMetrics>) -> Running {
+        metrics.run_to_end.fetch_add(1, Ordering::AcqRel);
+        Running(metrics)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.run_to_end.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl HttpMetrics {
+    /// Work `Web::run_to_end` runs now.
+    pub(crate) fn running(&self) -> usize {
+        self.run_to_end.load(Ordering::Acquire)
+    }
+
     /// Keeps `row` among those still to write; returns its key.
     pub(crate) fn audit_pending_add(&self, row: store::web::AuditRow) -> u64 {
         let mut pending = self

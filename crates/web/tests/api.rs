@@ -5033,3 +5033,72 @@ fn an_audit_row_the_journal_refuses_does_not_fail_the_change_and_is_written_late
         assert_eq!(opened(e.h.store.as_ref()), 1, "tried after it was given up");
     });
 }
+
+/// An operator's approval whose request is dropped while the refund is at the issuer (the tab
+/// closed) runs to its end: the refund is made once, the case resolved with it, and the
+/// approval audited; a stop waits for such work.
+#[test]
+fn an_approval_whose_request_is_dropped_is_recorded_and_audited() {
+    run(async move {
+        let mut e = start().await;
+        let card = e.card("healthy");
+        let (code, rrn) = e.purchase(&card, 5_000).await;
+        assert_eq!(code, "00");
+        let txn_id = e.txn_id(&rrn);
+        let tea = e.token("teahouse").await;
+        let ops = e.token("ops").await;
+        let body = json!({"kind": "refund_application", "txn_id": txn_id, "refund_fen": 1_200,
+                          "text": "returned"})
+        .to_string();
+        let auth = format!("Bearer {tea}");
+        let r = request(
+            e.http,
+            "POST",
+            "/api/cases",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &auth),
+            ],
+            &body,
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let case_id = r.json()["id"].as_i64().unwrap();
+        // The issuer takes 150 ms (inside the switch's 300 ms); the client leaves after 40.
+        e.sim.faults().set_latency(
+            std::time::Duration::from_millis(150),
+            std::time::Duration::from_millis(150),
+        );
+        let mut stream = tokio::net::TcpStream::connect(e.http).await.unwrap();
+        let head = format!(
+            "POST /api/cases/{case_id}/approve-refund HTTP/1.1\r\nhost: x\r\n\
+             authorization: Bearer {ops}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        drop(stream);
+        assert_eq!(
+            e.web
+                .wait_for_work_run_to_end(std::time::Duration::from_secs(5))
+                .await,
+            0
+        );
+        e.sim
+            .faults()
+            .set_latency(std::time::Duration::ZERO, std::time::Duration::ZERO);
+        let case = e.h.store.case(case_id).unwrap().unwrap();
+        assert_eq!(case.refund_code.as_deref(), Some("00"), "{case:?}");
+        assert_eq!(case.state, "resolved");
+        assert_eq!(
+            e.h.store.txn_by_rrn(&rrn).unwrap().unwrap().refunded_fen,
+            1_200
+        );
+        let audited =
+            e.h.store.audit_log(None, 50).unwrap().into_iter().any(|a| {
+                a.action == "case.approve_refund" && a.target == format!("case:{case_id}")
+            });
+        assert!(audited, "the approval was not audited");
+    });
+}
