@@ -161,6 +161,16 @@ pub trait Store: Send + Sync + 'static {
     /// How many reversals an issuer refused other than with 25 (`SafItem::refused_standing`),
     /// counted in the database.
     fn count_reversals_refused_standing(&self) -> Result<u64, StoreError>;
+    /// The first `limit` reversals (oldest transaction first) in `state` after `attempts`
+    /// attempts or more: a page for the console, however many an outage queued.
+    fn reversals_attempted(
+        &self,
+        state: SafState,
+        attempts: u32,
+        limit: u32,
+    ) -> Result<Vec<SafItem>, StoreError>;
+    /// The newest `limit` reversals (by transaction) an issuer refused other than with 25.
+    fn reversals_refused_standing(&self, limit: u32) -> Result<Vec<SafItem>, StoreError>;
     /// How many reversals in `state` undo transactions of merchant `mid` received in
     /// `[from_ms, to_ms)`: one query, not a read of every queued reversal's transaction.
     fn count_reversals_of_merchant(

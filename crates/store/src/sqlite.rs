@@ -571,6 +571,26 @@ impl Store for SqliteStore {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
+    fn reversals_attempted(
+        &self,
+        state: SafState,
+        attempts: u32,
+        limit: u32,
+    ) -> Result<Vec<SafItem>, StoreError> {
+        self.safs_where(
+            "state = ?1 AND attempts >= ?2 ORDER BY txn_id LIMIT ?3",
+            &[&state, &attempts, &limit],
+        )
+    }
+
+    fn reversals_refused_standing(&self, limit: u32) -> Result<Vec<SafItem>, StoreError> {
+        self.safs_where(
+            "state = ?1 AND (last_error IS NULL OR last_error <> '25') \
+             ORDER BY txn_id DESC LIMIT ?2",
+            &[&SafState::Refused, &limit],
+        )
+    }
+
     fn count_reversals_refused_standing(&self) -> Result<u64, StoreError> {
         let count: i64 = self.read(|conn| {
             let mut statement = conn.prepare_cached(

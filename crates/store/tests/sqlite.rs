@@ -1300,6 +1300,20 @@ fn reversal_queue_claim_retry_and_ack(db: &Db) {
             "{n}"
         );
     }
+    // Listed a page at a time, the oldest transaction first.
+    let mut ids: Vec<i64> = pending.iter().map(|i| i.txn_id).collect();
+    ids.sort_unstable();
+    let page = |n: u32, limit: u32| {
+        store
+            .reversals_attempted(SafState::Pending, n, limit)
+            .unwrap()
+            .iter()
+            .map(|i| i.txn_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(page(0, 10), ids);
+    assert_eq!(page(0, 1), ids[..1]);
+    assert!(page(1_000, 10).is_empty());
     assert_eq!(store.count_reversals_refused_standing().unwrap(), 0);
     store
         .submit(vec![
@@ -1324,6 +1338,9 @@ fn reversal_queue_claim_retry_and_ack(db: &Db) {
         store.count_reversals_in_state(SafState::Refused).unwrap(),
         2
     );
+    let standing = store.reversals_refused_standing(10).unwrap();
+    assert_eq!(standing.iter().map(|i| i.txn_id).collect::<Vec<_>>(), [3]);
+    assert!(store.reversals_refused_standing(0).unwrap().is_empty());
 }
 
 #[test]

@@ -2379,10 +2379,8 @@ async fn console(
             ));
         }
         body.push_str("</table>");
-        let mut refused = crate::query::refusals_standing(&web)?;
-        let count = refused.len();
-        refused.sort_by_key(|item| std::cmp::Reverse(item.txn_id));
-        refused.truncate(REFUSED_REVERSALS_SHOWN);
+        let (count, refused) =
+            crate::query::refusals_standing(&web, REFUSED_REVERSALS_SHOWN as u32)?;
         body.push_str(&format!(
             "<h2>{} ({count})</h2><table id=\"refused-reversals\"><tr><th>{}</th><th>{}</th>\
              <th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
@@ -2428,10 +2426,7 @@ async fn console(
         body.push_str("</table>");
         // Reversals the issuer has not acknowledged after many resends: resent for ever, the
         // approval they undo standing at the issuer meanwhile.
-        let mut stuck = crate::query::reversals_stuck(&web)?;
-        let count = stuck.len();
-        stuck.sort_by_key(|item| item.txn_id);
-        stuck.truncate(REFUSED_REVERSALS_SHOWN);
+        let (count, stuck) = crate::query::reversals_stuck(&web, REFUSED_REVERSALS_SHOWN as u32)?;
         body.push_str(&format!(
             "<h2>{} ({count})</h2><p>{}</p><table id=\"stuck-reversals\"><tr><th>{}</th>\
              <th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
@@ -2565,6 +2560,11 @@ fn settlement_body(
 ) -> Result<(String, String), ApiError> {
     let l = c.lang;
     let mid = who.merchant_filter(asked)?;
+    // A merchant the journal does not hold (a mistyped MID) is not found, as the API answers:
+    // an empty page with a bind form would read as a merchant with nothing bound.
+    if let Some(mid) = &mid {
+        crate::ops::known_merchant(web, mid)?;
+    }
     let totals = crate::ops::settlements_for(web, who, mid.as_deref())?;
     let mut body = format!(
         "<h1>{}</h1><h2>{}</h2><table id=\"clearing\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",

@@ -559,10 +559,13 @@ pub struct DayStats {
 
 /// Reversals an issuer refused other than with 25 (it never had the request): what the issuer
 /// did stands, for an operator to take up (the console lists them, `/metrics` counts them).
-pub fn refusals_standing(web: &Web) -> Result<Vec<SafItem>, store::StoreError> {
-    let mut refused = web.store.reversals_in_state(SafState::Refused)?;
-    refused.retain(SafItem::refused_standing);
-    Ok(refused)
+/// How many there are, and the newest `limit` of them, read as such (they never leave that
+/// state, so they only grow).
+pub fn refusals_standing(web: &Web, limit: u32) -> Result<(u64, Vec<SafItem>), store::StoreError> {
+    Ok((
+        web.store.count_reversals_refused_standing()?,
+        web.store.reversals_refused_standing(limit)?,
+    ))
 }
 
 /// Attempts after which a reversal still unacknowledged is listed for an operator: with the
@@ -572,10 +575,15 @@ pub const REVERSAL_STUCK_ATTEMPTS: u32 = 10;
 /// Reversals resent `REVERSAL_STUCK_ATTEMPTS` times or more and still not acknowledged (an
 /// issuer answering 96 or 91 each time, a link this host no longer has, a reversal it cannot
 /// rebuild): resent for ever otherwise with nobody told, for an operator to take up.
-pub fn reversals_stuck(web: &Web) -> Result<Vec<SafItem>, store::StoreError> {
-    let mut stuck = web.store.reversals_in_state(SafState::Pending)?;
-    stuck.retain(|item| item.attempts >= REVERSAL_STUCK_ATTEMPTS);
-    Ok(stuck)
+/// How many there are, and the oldest `limit` of them, read as such: an issuer's outage
+/// queues tens of thousands, and that is when operators look.
+pub fn reversals_stuck(web: &Web, limit: u32) -> Result<(u64, Vec<SafItem>), store::StoreError> {
+    Ok((
+        web.store
+            .count_reversals_attempted(SafState::Pending, REVERSAL_STUCK_ATTEMPTS)?,
+        web.store
+            .reversals_attempted(SafState::Pending, REVERSAL_STUCK_ATTEMPTS, limit)?,
+    ))
 }
 
 /// Today's numbers for `mid`.

@@ -3502,6 +3502,11 @@ fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
         );
         assert_eq!(dash.body.matches("id=\"payout-failed\"").count(), 1);
         let ops = PageSession::login(e.http, "ops").await;
+        // A merchant the journal does not hold is not found, not shown as one with no account.
+        let unknown = ops.get("/portal/settlement?mid=898000000000000").await;
+        assert_eq!(unknown.status, 404, "{}", unknown.body);
+        let known = ops.get(&format!("/portal/settlement?mid={MID}")).await;
+        assert_eq!(known.status, 200, "{}", known.body);
         let console = ops.get("/console?lang=en").await;
         let failures = console.body.split("id=\"payout-failures\"").nth(1).unwrap();
         assert!(failures.contains(&shown(&newest)), "{}", console.body);
