@@ -972,7 +972,9 @@ fn is_card_decline(code: [u8; 2]) -> bool {
 }
 
 fn same_prefix(a: IpAddr, b: IpAddr, bits: u8) -> bool {
-    match (a, b) {
+    // An IPv4 terminal reaching a dual-stack listener comes as ::ffff:a.b.c.d: its network
+    // is its IPv4 one (as IPv6, all of them would share one /48).
+    match (a.to_canonical(), b.to_canonical()) {
         (IpAddr::V4(a), IpAddr::V4(b)) => {
             let shift = 32u32.saturating_sub(u32::from(bits));
             u32::from(a).checked_shr(shift).unwrap_or(0)
@@ -988,7 +990,7 @@ fn same_prefix(a: IpAddr, b: IpAddr, bits: u8) -> bool {
 
 /// The network part only: where a terminal is, not which host.
 fn masked_ip(ip: IpAddr, bits: u8) -> String {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => {
             let shift = 32u32.saturating_sub(u32::from(bits));
             let net = u32::from(v4)
@@ -1016,6 +1018,18 @@ mod tests {
         assert_eq!(yuan(-50), "-¥0.50");
         assert_eq!(yuan(-150), "-¥1.50");
         assert_eq!(yuan(i64::MIN), "-¥92233720368547758.08");
+    }
+
+    #[test]
+    fn an_ipv4_terminal_on_a_dual_stack_listener_keeps_its_ipv4_network() {
+        let mapped =
+            |text: &str| IpAddr::V6(text.parse::<std::net::Ipv4Addr>().unwrap().to_ipv6_mapped());
+        let v4 = |text: &str| IpAddr::V4(text.parse().unwrap());
+        // Two mapped addresses of other /24s are other networks (as IPv6 they share a /48).
+        assert!(!same_prefix(mapped("10.1.2.3"), mapped("192.168.7.9"), 24));
+        assert!(same_prefix(mapped("10.1.2.3"), mapped("10.1.2.200"), 24));
+        assert!(same_prefix(mapped("10.1.2.3"), v4("10.1.2.4"), 24));
+        assert_eq!(masked_ip(mapped("10.1.2.3"), 24), "10.1.2.0/24");
     }
 
     const M: &str = "M1";

@@ -169,8 +169,42 @@ fn prefix_bits() -> u8 {
 struct RulesFile {
     #[serde(default)]
     default: Vec<RuleSpec>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "merchants_once_each")]
     merchants: HashMap<String, Vec<RuleSpec>>,
+}
+
+/// The merchants' rule lists, each merchant named once: a JSON object may repeat a key, and
+/// the last list would silently replace the first (a daily limit dropped by a later list of
+/// card types for the same MID).
+fn merchants_once_each<'de, D>(deserializer: D) -> Result<HashMap<String, Vec<RuleSpec>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Once;
+    impl<'de> serde::de::Visitor<'de> for Once {
+        type Value = HashMap<String, Vec<RuleSpec>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of merchant IDs and their rules")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut merchants = HashMap::new();
+            while let Some((mid, rules)) = map.next_entry::<String, Vec<RuleSpec>>()? {
+                if merchants.contains_key(&mid) {
+                    return Err(serde::de::Error::custom(format!(
+                        "merchant {mid} is listed twice"
+                    )));
+                }
+                merchants.insert(mid, rules);
+            }
+            Ok(merchants)
+        }
+    }
+    deserializer.deserialize_map(Once)
 }
 
 /// What a rule looks at, with its thresholds in the units evaluation uses.
@@ -585,6 +619,23 @@ mod tests {
         assert_eq!(book.horizon_ms(), 600_000);
         assert!(!book.is_empty());
         assert!(RuleBook::empty().is_empty());
+    }
+
+    #[test]
+    fn a_merchant_listed_twice_is_refused() {
+        let error = RuleBook::from_json(
+            r#"{"merchants": {
+              "898110048990001": [{"id": "daily", "kind": "daily-amount-max", "max_fen": 100000}],
+              "898110048990001": [{"id": "cards", "kind": "card-types", "accept": ["domestic-debit"]}]
+            }}"#,
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("merchant 898110048990001 is listed twice"),
+            "{error}"
+        );
     }
 
     #[test]

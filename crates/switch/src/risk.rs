@@ -56,7 +56,17 @@ pub(crate) struct RiskGate {
     merchants: RwLock<HashMap<String, MerchantInfo>>,
     engine: Mutex<Engine>,
     alert_ids: Sequence,
+    /// Terminals alerted for sending another merchant's ID, and until when another alert of
+    /// theirs is not raised (`MID_MISMATCH_QUIET_MS`): one alert per terminal and hour, not
+    /// one per request of a terminal set up for another merchant. At most
+    /// `MID_MISMATCH_TERMINALS_MAX`; emptied when full.
+    mismatch_alerted: Mutex<HashMap<String, i64>>,
 }
+
+/// How long a terminal's merchant-ID mismatch is alerted once.
+const MID_MISMATCH_QUIET_MS: i64 = 3_600_000;
+/// Terminals whose mismatch alert is remembered at once.
+const MID_MISMATCH_TERMINALS_MAX: usize = 10_000;
 
 /// An alert on its way to the store.
 struct PendingAlert {
@@ -165,6 +175,7 @@ impl RiskGate {
             merchants: RwLock::new(load_merchants(store)?),
             engine: Mutex::new(engine),
             alert_ids: Sequence::new("risk_alert"),
+            mismatch_alerted: Mutex::default(),
         })
     }
 
@@ -329,6 +340,34 @@ impl Core {
             .filter(char::is_ascii_alphanumeric)
             .take(15)
             .collect();
+        let now_ms = self.clock.now_ms();
+        let first = {
+            let mut alerted = self
+                .risk
+                .mismatch_alerted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match alerted.get(&terminal.tid) {
+                Some(&until) if until > now_ms => false,
+                _ => {
+                    if alerted.len() >= MID_MISMATCH_TERMINALS_MAX {
+                        alerted.retain(|_, until| *until > now_ms);
+                        if alerted.len() >= MID_MISMATCH_TERMINALS_MAX {
+                            alerted.clear();
+                        }
+                    }
+                    alerted.insert(
+                        terminal.tid.clone(),
+                        now_ms.saturating_add(MID_MISMATCH_QUIET_MS),
+                    );
+                    true
+                }
+            }
+        };
+        if !first {
+            tracing::debug!(tid = %terminal.tid, "merchant ID mismatch: declined 03 (alerted already)");
+            return;
+        }
         tracing::warn!(tid = %terminal.tid, registered = %terminal.mid, %sent, "merchant ID mismatch: declined 03");
         let alert = PendingAlert {
             kind: FailureKind::MerchantIdMismatch.key(),

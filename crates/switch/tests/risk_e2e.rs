@@ -330,6 +330,20 @@ fn a_terminal_sending_another_merchants_mid_is_declined_and_alerted() {
             })
             .await;
         assert!(alerted, "a merchant ID mismatch raises an alert");
+        // Sent again and again (a terminal set up for another merchant): declined each time,
+        // alerted once, not once per request.
+        for stan in 10..15 {
+            let again = send_as(&mut t, &paid_with_pin(healthy, 1_000, stan), TID, MID2).await;
+            assert_eq!(again.code(), "03");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let mismatches = store
+            .risk_alerts(Some(AlertState::Open), 50)
+            .unwrap()
+            .iter()
+            .filter(|a| a.kind == "merchant-id-mismatch" && a.tid == TID)
+            .count();
+        assert_eq!(mismatches, 1);
         // Nothing was journalled, as a purchase of merchant 2 or at all.
         assert!(store.txns_by_batch(TID, 1).unwrap().is_empty());
         // The right MID still works, and the response names the registered merchant.
