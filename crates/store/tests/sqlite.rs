@@ -1312,7 +1312,7 @@ fn reversal_queue_claim_retry_and_ack(db: &Db) {
             .collect::<Vec<_>>()
     };
     assert_eq!(page(0, 10), ids);
-    assert_eq!(page(0, 1), ids[..1]);
+    assert_eq!(Some(page(0, 1).as_slice()), ids.get(..1));
     assert!(page(1_000, 10).is_empty());
     assert_eq!(store.count_reversals_refused_standing().unwrap(), 0);
     store
