@@ -927,7 +927,7 @@ fn dashboard_body(web: &Web, c: &Ctx, mid: &str) -> Result<(String, String), Api
     }
     if !open_cases.is_empty() {
         red.push_str(&format!(
-            "<div class=\"card red\"><b>{} × {}</b> — <a href=\"/portal/cases\">{}</a></div>",
+            "<div class=\"card red\"><b>{} × {}</b> — <a href=\"/portal/cases?open=1\">{}</a></div>",
             t(l, "未结工单", "Open cases"),
             open_cases.len(),
             t(l, "查看进度", "See where they stand")
@@ -1658,19 +1658,23 @@ async fn cases(
     let result = (|| {
         let l = c.lang;
         let before_id = params.get("before").and_then(|b| b.parse::<i64>().ok());
+        // `open=1`: only the cases not closed (the dashboard's count of them links here).
+        let open_only = params.get("open").is_some_and(|o| o == "1");
         let (list, next) = api::visible_cases(
             &web,
             &who,
             store::resolve::CaseQuery {
                 before_id,
+                open_only,
                 limit: CASES_PER_PAGE,
                 ..Default::default()
             },
         )?;
         let mut body = case_table(l, &list, "cases", None, web.clock.now_ms());
         if let Some(next) = next {
+            let open = if open_only { "&open=1" } else { "" };
             body.push_str(&format!(
-                "<p><a id=\"older-cases\" href=\"/portal/cases?before={next}\">{}</a></p>",
+                "<p><a id=\"older-cases\" href=\"/portal/cases?before={next}{open}\">{}</a></p>",
                 t(l, "更早的工单", "Older cases")
             ));
         }
@@ -1714,7 +1718,13 @@ fn case_table(l: Lang, list: &[Case], id: &str, approve_csrf: Option<&str>, now_
                 t(l, "批准退货", "Approve refund")
             )
         });
-        let days_open = (now_ms - k.created_at_ms).max(0) / query::MS_PER_DAY;
+        // Open until it closed: a case resolved in two days reads 2 days ever after.
+        let until_ms = if k.state.is_closed() {
+            k.updated_at_ms
+        } else {
+            now_ms
+        };
+        let days_open = (until_ms - k.created_at_ms).max(0) / query::MS_PER_DAY;
         let opened = format!(
             "{} ({})",
             format_time(k.created_at_ms),

@@ -3274,6 +3274,26 @@ fn a_busy_merchants_cases_come_newest_first() {
                 .contains(&format!("/portal/cases/{}\"", busy - 100))
         );
         assert!(!next.body.contains(&format!("/portal/cases/{busy}\"")));
+        // A closed case's age stops at its closing (this one closed the moment it opened).
+        let closed_row = list
+            .body
+            .split("<tr")
+            .find(|row| row.contains(&format!("/portal/cases/{}\"", busy - 2)))
+            .unwrap();
+        assert!(closed_row.contains("(0 d)"), "{closed_row}");
+        // The dashboard's count of open cases links to them alone.
+        let dashboard = page.get("/portal?lang=en").await;
+        assert!(
+            dashboard.body.contains("href=\"/portal/cases?open=1\""),
+            "{}",
+            dashboard.body
+        );
+        let open_list = page.get("/portal/cases?open=1&lang=en").await;
+        assert_eq!(open_list.body.matches("class=\"case\"").count(), 3);
+        for id in [1, busy - 1, busy] {
+            assert!(open_list.body.contains(&format!("/portal/cases/{id}\"")));
+        }
+        assert!(!open_list.body.contains("older-cases"));
     });
 }
 
