@@ -300,7 +300,11 @@ pub fn users_standing(web: &Web) -> Result<Vec<Standing>, ApiError> {
         .map(|user| {
             let mine = failures.iter().find(|f| f.user_id == user.id);
             Standing {
-                wrong_passwords: mine.map_or(0, |f| f.failures),
+                // As the sign-in counts them: wrong passwords more than LOCKOUT_MS apart are
+                // not in a row, and the next one starts the count again.
+                wrong_passwords: mine
+                    .filter(|f| f.last_at_ms >= now_ms.saturating_sub(LOCKOUT_MS))
+                    .map_or(0, |f| f.failures),
                 locked_until_ms: locked_until(mine, now_ms),
                 user,
             }

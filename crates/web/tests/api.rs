@@ -3906,6 +3906,48 @@ fn a_page_session_left_idle_for_fifteen_minutes_ends() {
     });
 }
 
+/// Wrong passwords count in a row only within the lock's half hour (as the sign-in counts
+/// them): three, then half an hour and more without one, and the users list shows none, not a
+/// stale three with a button to clear them.
+#[test]
+fn wrong_passwords_long_ago_are_not_shown_as_in_a_row() {
+    run(async move {
+        let e = start().await;
+        let clock = std::sync::Arc::clone(&e.h.clock);
+        let (http, _stop) = web_on_the_harness_clock(&e).await;
+        let admin = e.token("admin").await;
+        let wrong = json!({"username": "teahouse", "password": "wrong-pass"}).to_string();
+        for _ in 0..3 {
+            let r = request(
+                http,
+                "POST",
+                "/api/tokens",
+                &[("content-type", "application/json")],
+                &wrong,
+            )
+            .await;
+            assert_eq!(r.status, 401, "{}", r.body);
+        }
+        let shown = || async {
+            let auth = format!("Bearer {admin}");
+            let users = request(http, "GET", "/api/users", &[("authorization", &auth)], "")
+                .await
+                .json();
+            users["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|u| u["username"] == "teahouse")
+                .unwrap()["wrong_passwords"]
+                .as_i64()
+                .unwrap()
+        };
+        assert_eq!(shown().await, 3);
+        clock.shift_ms(31 * 60_000);
+        assert_eq!(shown().await, 0);
+    });
+}
+
 /// The web app again, on the switch harness's clock (which a test moves), at an address of its
 /// own; it stops when the sender returned is dropped.
 async fn web_on_the_harness_clock(
