@@ -692,6 +692,27 @@ struct Page {
     handled: Vec<EventKey>,
 }
 
+impl Tailer {
+    /// The outbox rows of `pending` (merchant, event), their ids reserved at once, added to
+    /// `records`; returns how many.
+    async fn outbox_records(
+        &self,
+        pending: &[(String, Event)],
+        records: &mut Vec<Record>,
+    ) -> Result<usize, ResolveError> {
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let count = u64::try_from(pending.len()).unwrap_or(1);
+        let first = reserve_ids(self.store.as_ref(), count).await?;
+        let now_ms = self.clock.now_ms();
+        for (offset, (mid, event)) in (0_i64..).zip(pending) {
+            records.push(record(first + offset, mid, event, now_ms));
+        }
+        Ok(pending.len())
+    }
+}
+
 /// Runs the tailer's synchronous reads without holding up the runtime's other tasks (the
 /// switch's, in a process that runs both): on a multi-threaded runtime the worker hands them
 /// to another thread first; on a single thread (a simulation) in place.
@@ -783,15 +804,7 @@ impl Tailer {
                     ));
                 }
             }
-            if !pending.is_empty() {
-                let count = u64::try_from(pending.len()).unwrap_or(1);
-                let first = reserve_ids(store, count).await?;
-                let now_ms = self.clock.now_ms();
-                for (offset, (mid, event)) in (0_i64..).zip(&pending) {
-                    records.push(record(first + offset, mid, event, now_ms));
-                }
-                produced += pending.len();
-            }
+            produced += self.outbox_records(&pending, &mut records).await?;
             if last > cursor {
                 records.push(Record::Resolve(ResolveRecord::Cursor {
                     name: PAYOUT_CURSOR.to_owned(),
@@ -866,15 +879,7 @@ impl Tailer {
                 pending,
                 handled: handled_here,
             } = page;
-            if !pending.is_empty() {
-                let count = u64::try_from(pending.len()).unwrap_or(1);
-                let first = reserve_ids(store, count).await?;
-                let now_ms = self.clock.now_ms();
-                for (offset, (mid, event)) in (0_i64..).zip(&pending) {
-                    records.push(record(first + offset, mid, event, now_ms));
-                }
-                produced += pending.len();
-            }
+            produced += self.outbox_records(&pending, &mut records).await?;
             if !records.is_empty() {
                 store.submit(records)?.await?;
             }

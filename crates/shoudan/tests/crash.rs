@@ -293,22 +293,11 @@ fn on_postgres_kill_9_under_load_then_restart_loses_no_approval_and_leaves_nothi
 
 /// Runs the demo on `dir` and `journal`, which must refuse to start; returns what it said.
 fn refused(dir: &Path, journal: &Journal) -> String {
-    let mut child = demo(dir, journal).stderr(Stdio::piped()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the demo started on another data dir's journal");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success(), "{stderr}");
-    stderr
+    cli::refused_within(
+        &mut demo(dir, journal),
+        Duration::from_secs(30),
+        "the demo on another data dir's journal",
+    )
 }
 
 fn kill_9_under_load(journal: &Journal) {

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use store::Store;
 
+mod cli;
+
 const BIN: &str = env!("CARGO_BIN_EXE_shoudan");
 
 /// Kills the demo if the test fails before stopping it, so no child outlives the test.
@@ -158,34 +160,21 @@ fn demo_purchases_then_audit_is_clean() {
     // A second demo on the same data dir is refused before it opens anything: on other
     // ports it would have started on the first's journal as the same node, and taken the
     // first's requests in flight for its own to reverse.
-    let mut second = Command::new(BIN)
-        .args([
-            "demo",
-            "--terminal-port",
-            "0",
-            "--http-port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = second.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = second.kill();
-            panic!("a second demo on the same data dir started");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success(), "{stderr}");
+    let stderr = cli::refused_within(
+        Command::new(BIN)
+            .args([
+                "demo",
+                "--terminal-port",
+                "0",
+                "--http-port",
+                "0",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .stdout(Stdio::null()),
+        Duration::from_secs(15),
+        "a second demo on the same data dir",
+    );
     assert!(
         stderr.contains("in use by another shoudan demo"),
         "{stderr}"

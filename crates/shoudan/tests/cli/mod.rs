@@ -5,6 +5,7 @@
 
 use std::io::Write as _;
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Runs `shoudan ARGS` with `input` on its standard input, which is closed after it.
 pub fn run_with_stdin(args: &[&str], input: &str) -> Output {
@@ -35,4 +36,26 @@ pub fn pg_url() -> Option<String> {
             None
         }
     }
+}
+
+/// Runs `command`, which must refuse to start (`what` says what it was given): it must exit
+/// unsuccessfully within `within`, or it is killed and the test fails. Returns its standard
+/// error.
+pub fn refused_within(command: &mut Command, within: Duration, what: &str) -> String {
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{what}: {stderr}");
+    stderr
 }
