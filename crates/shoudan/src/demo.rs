@@ -674,8 +674,8 @@ impl DemoEnv {
         while tokio::time::Instant::now() < deadline
             && self
                 .store()
-                .reversals_in_state(store::SafState::Pending)
-                .is_ok_and(|pending| !pending.is_empty())
+                .count_reversals_in_state(store::SafState::Pending)
+                .is_ok_and(|pending| pending > 0)
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -802,8 +802,6 @@ async fn serve(
     // the next start reverses it.
     let others = tokio::time::timeout(HTTP_DRAIN, async {
         let _ = http_task.await;
-        // A refund approval begun runs to its end: its case and audit row are written.
-        portal.wait_for_work_run_to_end(HTTP_DRAIN).await;
         if let Some((_, task)) = metrics_task {
             let _ = task.await;
         }
@@ -811,8 +809,14 @@ async fn serve(
             let _ = task.await;
         }
     });
+    // The switch stops once the refund approvals begun have run to their end (refund, case
+    // and audit row): their refunds need its issuer links.
+    let switch_side = async {
+        portal.wait_for_work_run_to_end(HTTP_DRAIN).await;
+        switch.shutdown().await;
+    };
     tokio::select! {
-        _ = async { tokio::join!(switch.shutdown(), others) } => {}
+        _ = async { tokio::join!(switch_side, others) } => {}
         () = signals.next() => say!("stopping now: requests still in progress are reversed at the next start"),
     }
     portal.give_up_unwritten_audit_rows();
@@ -897,6 +901,9 @@ mod tests {
         ));
         assert!(!holds_password(
             "postgres://shoudan@db.local/shoudan?sslrootcert=/etc/ca.pem"
+        ));
+        assert!(holds_password(
+            "postgres://shoudan@db.local/shoudan?pass%77ord=pw&sslrootcert=/etc/ca.pem"
         ));
         assert!(!holds_password("postgres://shoudan@db.local/shoudan"));
         assert!(!holds_password("postgres://db.local:5432/shoudan"));

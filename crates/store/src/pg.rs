@@ -128,25 +128,48 @@ impl PgConfig {
         }
     }
 
-    /// Whether the URL carries a password, as the client reads it (in the user part, where it
-    /// may hold '/', '?' or '#', or as a `password` parameter, percent-encoded or not). One the
-    /// client cannot read (an option it does not know, a typo) is taken to hold one if its
-    /// text may: a `:` before an `@`, or the word `password` anywhere, so that a check of who
-    /// may read the file errs on the safe side.
+    /// Whether the URL carries a password: as the client reads it (in the user part, where it
+    /// may hold '/', '?' or '#', or as a `password` parameter, percent-encoded or not), or as
+    /// its text may (a `:` before an `@`, or the word `password` anywhere once decoded: an
+    /// option the client does not know, a typo), so that a check of who may read the file errs
+    /// on the safe side.
     pub fn holds_password(&self) -> bool {
-        match self.url.parse::<tokio_postgres::Config>() {
-            Ok(config) => config.get_password().is_some(),
-            Err(_) => {
-                let rest = self
-                    .url
-                    .split_once("://")
-                    .map_or(self.url.as_str(), |(_, r)| r);
-                rest.rsplit_once('@')
-                    .is_some_and(|(user, _)| user.contains(':'))
-                    || self.url.to_ascii_lowercase().contains("password")
+        let read = self
+            .url
+            .parse::<tokio_postgres::Config>()
+            .is_ok_and(|c| c.get_password().is_some());
+        let url = percent_decoded(&self.url);
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+        let by_text = rest
+            .rsplit_once('@')
+            .is_some_and(|(user, _)| user.contains(':'))
+            || url.to_ascii_lowercase().contains("password");
+        read || by_text
+    }
+}
+
+/// `text` with its `%XX` escapes decoded (bytes that do not make UTF-8 replaced).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
             }
         }
     }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The read connections: those idle, and how many are open (idle or in use).

@@ -453,11 +453,22 @@ impl Core {
                     resolution: None,
                 }))));
             }
-            if records.is_empty() {
-                return;
-            }
-            if let Err(error) = core.persist(records).await {
-                tracing::warn!(%error, "cannot write risk alerts");
+            let written = if records.is_empty() {
+                false
+            } else if let Err(error) = core.persist(records).await {
+                tracing::warn!(%error, %tid, "cannot write risk alerts");
+                false
+            } else {
+                true
+            };
+            if !written {
+                // A mismatch alert not written starts no quiet hour: the next request raises
+                // it again.
+                core.risk
+                    .mismatch_alerted
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&tid);
             }
         });
     }

@@ -815,6 +815,7 @@ pub async fn audit(
         // still have written it, which is said too.
         if web.metrics.audit_pending_take(key).is_none() {
             if written {
+                web.metrics.audit_rows_lost.fetch_sub(1, Ordering::Relaxed);
                 tracing::warn!(id = row.id, action = %row.action, target = %row.target,
                     "an audit row given up at the stop was written after all");
             }

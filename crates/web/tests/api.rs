@@ -5131,11 +5131,13 @@ fn an_approval_whose_request_is_dropped_is_recorded_and_audited() {
         .await;
         assert_eq!(r.status, 201, "{}", r.body);
         let case_id = r.json()["id"].as_i64().unwrap();
-        // The issuer takes 150 ms (inside the switch's 300 ms); the client leaves after 40.
+        // The issuer takes 100 ms (inside the switch's 300 ms); the client leaves once the
+        // refund is there.
         e.sim.faults().set_latency(
-            std::time::Duration::from_millis(150),
-            std::time::Duration::from_millis(150),
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_millis(100),
         );
+        let asked = e.sim.faults().stats().requests;
         let mut stream = tokio::net::TcpStream::connect(e.http).await.unwrap();
         let head = format!(
             "POST /api/cases/{case_id}/approve-refund HTTP/1.1\r\nhost: x\r\n\
@@ -5144,11 +5146,19 @@ fn an_approval_whose_request_is_dropped_is_recorded_and_audited() {
         tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
             .await
             .unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        // Dropped once the refund is at the issuer (the work begun), however slow the host.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while e.sim.faults().stats().requests <= asked {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the refund never reached the issuer"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         drop(stream);
         assert_eq!(
             e.web
-                .wait_for_work_run_to_end(std::time::Duration::from_secs(5))
+                .wait_for_work_run_to_end(std::time::Duration::from_secs(10))
                 .await,
             0
         );
