@@ -135,6 +135,11 @@ pub fn run(args: AuditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 issuer_state: Some(state.clone()),
                 journal_state: journal.map(|j| j.state.clone()),
             };
+            // A balance inquiry moves no money: one the journal timed out (a kill while it
+            // was at the issuer) leaves nothing in doubt, and it is never reversed.
+            if kind == "balance_inquiry" {
+                continue;
+            }
             let reversed_at_issuer = state == "reversed" || state == "reversed_unseen";
             // The terminal was told "approved" and the journal kept it (later voided or
             // completed counts: those are their own linked transactions).

@@ -370,6 +370,15 @@ fn demo_purchases_then_audit_is_clean() {
     );
     let last = purchase(dir, "10000004", pan);
     assert_eq!(last["code"], "00");
+    let (code, out) = shoudan(
+        &[
+            "terminal", "--tid", "10000004", "balance", "--card", pan, "--json",
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{out}");
+    let inquiry: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(inquiry["code"], "00", "{inquiry}");
     // A terminal whose trace file was damaged does not start again at 1 (its traces would
     // repeat in the open batch): it refuses until told its next trace.
     let stan_file = dir.join("terminals").join("10000004.stan");
@@ -397,6 +406,20 @@ fn demo_purchases_then_audit_is_clean() {
     assert_eq!(again["stan"], next + 1, "{again}");
     stop(child);
     assert_eq!(shoudan(&["audit"], dir).0, 0);
+    // A balance inquiry the journal holds timed out (a kill while it was at the issuer) and
+    // the issuer answered moves no money: nothing in doubt.
+    {
+        let journal = rusqlite::Connection::open(dir.join("switch.db")).unwrap();
+        let changed = journal
+            .execute(
+                "UPDATE transactions SET state = 'timed_out', response_code = '98' WHERE rrn = ?1",
+                [inquiry["rrn"].as_str().unwrap()],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    }
+    let (code, out) = shoudan(&["audit", "--json"], dir);
+    assert_eq!(code, 0, "{out}");
     // An issuer that reversed an approval the journal holds as approved (the merchant would
     // wait for money that never comes) is a finding, and the audit fails.
     let rrn = last["rrn"].as_str().unwrap();

@@ -60,7 +60,8 @@ pub struct HttpMetrics {
     audit_pending: Mutex<(u64, BTreeMap<u64, store::web::AuditRow>)>,
     /// Work run to its end whatever its request does (`Web::run_to_end`), under way.
     run_to_end: std::sync::atomic::AtomicUsize,
-    /// Audit rows given up on after `auth::AUDIT_RETRY_FOR_MS` (logged whole instead).
+    /// Audit rows given up on after `auth::AUDIT_RETRY_FOR_MS` or at a stop (logged whole
+    /// instead).
     pub(crate) audit_rows_lost: std::sync::atomic::AtomicU64,
 }
 
@@ -465,7 +466,7 @@ fn render_http(out: &mut String, web: &Web) {
     );
     let _ = writeln!(
         out,
-        "# HELP shoudan_audit_rows_lost_total Audit rows given up on after 15 minutes of tries (each logged whole at error level).\n# TYPE shoudan_audit_rows_lost_total counter\nshoudan_audit_rows_lost_total {}",
+        "# HELP shoudan_audit_rows_lost_total Audit rows given up on after 15 minutes of tries, or at a stop (each logged whole at error level).\n# TYPE shoudan_audit_rows_lost_total counter\nshoudan_audit_rows_lost_total {}",
         web.metrics.audit_rows_lost.load(Ordering::Relaxed)
     );
 }
