@@ -273,6 +273,9 @@ pub struct Engine {
     /// The day the merchants map was last swept for room.
     merchants_swept_day: i64,
     next_sweep_ms: i64,
+    /// Times a terminal or merchant went untracked because its map was full: its rules with
+    /// history (a daily limit, card testing, wrong PINs, the peer) did not see that request.
+    untracked: u64,
 }
 
 impl Engine {
@@ -284,7 +287,15 @@ impl Engine {
             merchants: HashMap::new(),
             merchants_swept_day: i64::MIN,
             next_sweep_ms: 0,
+            untracked: 0,
         }
+    }
+
+    /// How many times a terminal or merchant went untracked because its map was full
+    /// (`TERMINALS_TRACKED_MAX`, `MERCHANTS_TRACKED_MAX`): its rules with history did not see
+    /// that request. The switch logs it, so a node past its design point is not blind unsaid.
+    pub fn untracked(&self) -> u64 {
+        self.untracked
     }
 
     pub fn book(&self) -> &Arc<RuleBook> {
@@ -832,6 +843,7 @@ impl Engine {
     fn terminal(&mut self, tid: &str, now: i64) -> Option<&mut TerminalState> {
         if !self.terminals.contains_key(tid) {
             if self.terminals.len() >= TERMINALS_TRACKED_MAX {
+                self.untracked = self.untracked.saturating_add(1);
                 return None;
             }
             self.terminals
@@ -853,6 +865,7 @@ impl Engine {
                     .retain(|_, m| m.day >= day || !m.holds.is_empty());
             }
             if self.merchants.len() >= MERCHANTS_TRACKED_MAX {
+                self.untracked = self.untracked.saturating_add(1);
                 return None;
             }
             self.merchants
@@ -1030,6 +1043,20 @@ mod tests {
         assert!(same_prefix(mapped("10.1.2.3"), mapped("10.1.2.200"), 24));
         assert!(same_prefix(mapped("10.1.2.3"), v4("10.1.2.4"), 24));
         assert_eq!(masked_ip(mapped("10.1.2.3"), 24), "10.1.2.0/24");
+    }
+
+    #[test]
+    fn a_merchant_beyond_the_tracked_is_counted_untracked() {
+        let mut e = engine(r#"{"id": "daily", "kind": "daily-amount-max", "max_fen": 1000}"#);
+        let day = 20_000;
+        for n in 0..MERCHANTS_TRACKED_MAX {
+            e.record_sale(&format!("M{n}"), day, 100);
+        }
+        assert_eq!(e.untracked(), 0);
+        // Full with today's merchants: the next one is not tracked, and that is counted.
+        e.record_sale("NEW", day, 100);
+        assert_eq!(e.untracked(), 1);
+        assert_eq!(e.tracked().2, MERCHANTS_TRACKED_MAX);
     }
 
     const M: &str = "M1";

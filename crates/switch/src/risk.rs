@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use domain::{FailureKind, Pan};
@@ -61,6 +62,8 @@ pub(crate) struct RiskGate {
     /// one per request of a terminal set up for another merchant. At most
     /// `MID_MISMATCH_TERMINALS_MAX`; emptied when full.
     mismatch_alerted: Mutex<HashMap<String, i64>>,
+    /// The engine's count of untracked terminals and merchants last looked at (`say_untracked`).
+    untracked_said: AtomicU64,
 }
 
 /// How long a terminal's merchant-ID mismatch is alerted once.
@@ -176,6 +179,7 @@ impl RiskGate {
             engine: Mutex::new(engine),
             alert_ids: Sequence::new("risk_alert"),
             mismatch_alerted: Mutex::default(),
+            untracked_said: AtomicU64::new(0),
         })
     }
 
@@ -185,6 +189,21 @@ impl RiskGate {
             .unwrap_or_else(PoisonError::into_inner)
             .get(mid)
             .cloned()
+    }
+
+    /// Logs that the engine's maps were full and a terminal or merchant went untracked (its
+    /// daily limit and rules with history blind for that request): at the first time, and at
+    /// each power of two after, so a node past its design point says so without a flood.
+    fn say_untracked(&self, untracked: u64) {
+        let said = self.untracked_said.fetch_max(untracked, Ordering::AcqRel);
+        if untracked > said && untracked.is_power_of_two() {
+            tracing::error!(
+                untracked,
+                "risk rules: terminals or merchants beyond the {} tracked went unjudged by their \
+                 rules with history (daily limits, card testing, wrong PINs, the peer)",
+                risk::TERMINALS_TRACKED_MAX
+            );
+        }
     }
 
     pub fn replace_book(&self, book: Arc<RuleBook>) {
@@ -238,12 +257,15 @@ impl Core {
             now_ms,
             peer: peer(),
         };
-        let verdict = self
-            .risk
-            .engine
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .check(&request);
+        let (verdict, untracked) = {
+            let mut engine = self
+                .risk
+                .engine
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            (engine.check(&request), engine.untracked())
+        };
+        self.risk.say_untracked(untracked);
         if !verdict.alerts.is_empty() {
             self.raise_alerts(&terminal.mid, &terminal.tid, verdict.alerts);
         }
@@ -298,12 +320,15 @@ impl Core {
             now_ms,
             response_code: answer.response_code,
         };
-        let alerts = self
-            .risk
-            .engine
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .observe(&outcome);
+        let (alerts, untracked) = {
+            let mut engine = self
+                .risk
+                .engine
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            (engine.observe(&outcome), engine.untracked())
+        };
+        self.risk.say_untracked(untracked);
         if !alerts.is_empty() {
             self.raise_alerts(&terminal.mid, &terminal.tid, alerts);
         }
