@@ -38,10 +38,8 @@ fn start(dir: &Path, traffic: bool) -> Demo {
     start_with(dir, traffic, &[], Stdio::null())
 }
 
-/// A demo on `dir` with `extra` arguments, its standard output to `stdout`, once it listens.
-fn start_with(dir: &Path, traffic: bool, extra: &[&str], stdout: Stdio) -> Demo {
-    // The demo rewrites fixtures.json once it listens: its appearance is the ready signal.
-    let _ = std::fs::remove_file(dir.join("fixtures.json"));
+/// `shoudan demo` on `dir`, on ports of its own.
+fn demo_command(dir: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args([
         "demo",
@@ -51,11 +49,19 @@ fn start_with(dir: &Path, traffic: bool, extra: &[&str], stdout: Stdio) -> Demo 
         "0",
         "--data-dir",
     ])
-    .arg(dir)
-    .args(extra)
-    .env("SHOUDAN_LOG", "debug")
-    .stdout(stdout)
-    .stderr(log_file(dir));
+    .arg(dir);
+    cmd
+}
+
+/// A demo on `dir` with `extra` arguments, its standard output to `stdout`, once it listens.
+fn start_with(dir: &Path, traffic: bool, extra: &[&str], stdout: Stdio) -> Demo {
+    // The demo rewrites fixtures.json once it listens: its appearance is the ready signal.
+    let _ = std::fs::remove_file(dir.join("fixtures.json"));
+    let mut cmd = demo_command(dir);
+    cmd.args(extra)
+        .env("SHOUDAN_LOG", "debug")
+        .stdout(stdout)
+        .stderr(log_file(dir));
     if traffic {
         cmd.args(["--traffic", "40"]);
     }
@@ -161,17 +167,7 @@ fn demo_purchases_then_audit_is_clean() {
     // ports it would have started on the first's journal as the same node, and taken the
     // first's requests in flight for its own to reverse.
     let stderr = cli::refused_within(
-        Command::new(BIN)
-            .args([
-                "demo",
-                "--terminal-port",
-                "0",
-                "--http-port",
-                "0",
-                "--data-dir",
-            ])
-            .arg(dir)
-            .stdout(Stdio::null()),
+        demo_command(dir).stdout(Stdio::null()),
         Duration::from_secs(15),
         "a second demo on the same data dir",
     );
@@ -609,34 +605,11 @@ fn a_data_dir_that_lost_its_master_key_is_not_given_a_new_one() {
     // A key store sealed under a key that is gone: a new key would make it, and every card
     // number sealed with it, unreadable for good.
     std::fs::write(dir.join("hsm.store"), b"sealed under the lost key").unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "demo",
-            "--terminal-port",
-            "0",
-            "--http-port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the demo started on a data dir without its master key");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(!status.success());
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let stderr = cli::refused_within(
+        demo_command(dir).stdout(Stdio::null()),
+        Duration::from_secs(15),
+        "the demo on a data dir without its master key",
+    );
     assert!(stderr.contains("master.key is missing"), "{stderr}");
     assert!(!dir.join("master.key").exists());
 }
