@@ -82,6 +82,15 @@ impl Drop for Running {
 }
 
 impl HttpMetrics {
+    /// The audit rows still to write, and the last key given.
+    fn audit_pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (u64, BTreeMap<u64, store::web::AuditRow>)> {
+        self.audit_pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Work `Web::run_to_end` runs now.
     pub(crate) fn running(&self) -> usize {
         self.run_to_end.load(Ordering::Acquire)
@@ -89,10 +98,7 @@ impl HttpMetrics {
 
     /// Keeps `row` among those still to write; returns its key.
     pub(crate) fn audit_pending_add(&self, row: store::web::AuditRow) -> u64 {
-        let mut pending = self
-            .audit_pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pending = self.audit_pending();
         pending.0 += 1;
         let key = pending.0;
         pending.1.insert(key, row);
@@ -101,37 +107,22 @@ impl HttpMetrics {
 
     /// Takes the row under `key` out of those still to write (`None`: taken already).
     pub(crate) fn audit_pending_take(&self, key: u64) -> Option<store::web::AuditRow> {
-        self.audit_pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .1
-            .remove(&key)
+        self.audit_pending().1.remove(&key)
     }
 
     /// Whether the row under `key` is still to write.
     pub(crate) fn audit_pending_has(&self, key: u64) -> bool {
-        self.audit_pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .1
-            .contains_key(&key)
+        self.audit_pending().1.contains_key(&key)
     }
 
     /// Takes every row still to write.
     pub(crate) fn audit_pending_take_all(&self) -> Vec<store::web::AuditRow> {
-        let mut pending = self
-            .audit_pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pending = self.audit_pending();
         std::mem::take(&mut pending.1).into_values().collect()
     }
 
     fn audit_pending_count(&self) -> usize {
-        self.audit_pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .1
-            .len()
+        self.audit_pending().1.len()
     }
 }
 
