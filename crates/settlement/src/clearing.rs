@@ -320,14 +320,9 @@ pub struct SettleReport {
     pub resumed_lines: u64,
 }
 
-/// Sums clearing lines per merchant.
-pub fn merchant_totals(lines: &[ClearingLineRow]) -> Vec<MerchantClearing> {
-    merchant_totals_of(lines)
-}
-
-/// [`merchant_totals`] over lines in more than one place (those stored and those a run is
-/// about to write), without copying them together.
-fn merchant_totals_of<'a>(
+/// Sums clearing lines per merchant: a slice of them, or lines in more than one place (those
+/// stored and those a run is about to write) without copying them together.
+pub fn merchant_totals<'a>(
     lines: impl IntoIterator<Item = &'a ClearingLineRow>,
 ) -> Vec<MerchantClearing> {
     let mut by_mid: BTreeMap<&str, MerchantClearing> = BTreeMap::new();
@@ -724,7 +719,7 @@ fn clear_date(
     };
     let changed = !lines.is_empty() || resumed.lines > 0;
     let totals = line_totals(&date, existing.iter().chain(&lines));
-    let merchants = merchant_totals_of(existing.iter().chain(&lines));
+    let merchants = merchant_totals(existing.iter().chain(&lines));
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     let new_lines = count(lines.len()).saturating_add(resumed.lines);
     let new_postings = count(postings.as_ref().map_or(0, Vec::len));
