@@ -666,6 +666,7 @@ async fn auth(args: AuthArgs) -> Result<Report, Box<dyn std::error::Error>> {
                     journal: args.journal != JournalMode::Off,
                     durable_issuers: false,
                     issuer_ledgers_in_memory: args.issuer_ledgers == IssuerLedgers::Memory,
+                    issuer_latency: Duration::ZERO,
                     // A fresh schema per run: runs never see each other's rows.
                     postgres: args.database.as_ref().map(|url| store::PgConfig {
                         url: url.clone(),

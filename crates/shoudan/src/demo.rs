@@ -106,6 +106,11 @@ pub struct DemoArgs {
     /// `public`).
     #[arg(long, requires = "database")]
     pub database_schema: Option<String>,
+    /// How long every simulated issuer takes to decide (`200ms`, `2s`; none by default). A real
+    /// issuer takes a few hundred milliseconds; more than the switch's issuer timeout (5 s)
+    /// shows terminals 98 and the reversals that follow.
+    #[arg(long, value_parser = crate::bench::parse_duration)]
+    pub issuer_latency: Option<Duration>,
 }
 
 /// Key handles kept between runs (the keys themselves are in the wrapped HSM store).
@@ -314,6 +319,8 @@ pub struct EnvOptions {
     /// dir (load tests: a real issuer's ledger is on its own machine's disk, and the
     /// simulators' writes and checkpoints on this one would delay the journal's flushes).
     pub issuer_ledgers_in_memory: bool,
+    /// How long every issuer simulator takes to decide (zero: at once).
+    pub issuer_latency: Duration,
     /// Extra terminals (double-length DES keys, X9.19 MACs) provisioned for load generators;
     /// their TIDs start with 3.
     pub extra_terminals: usize,
@@ -470,6 +477,10 @@ pub async fn start_env(
         issuer.set_durable_answers(options.durable_issuers);
         let issuer = Arc::new(issuer);
         let sim = IssuerSim::new(Arc::clone(&issuer), seed_of(bank));
+        if !options.issuer_latency.is_zero() {
+            sim.faults()
+                .set_latency(options.issuer_latency, options.issuer_latency);
+        }
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let server = sim.serve(listener)?;
         let addr = server.local_addr();
@@ -714,6 +725,7 @@ async fn run_async(args: DemoArgs, http_runtime: tokio::runtime::Handle) -> CliR
             journal: true,
             durable_issuers: true,
             issuer_ledgers_in_memory: false,
+            issuer_latency: args.issuer_latency.unwrap_or_default(),
             extra_terminals: args.bench_terminals,
             postgres: match &args.database {
                 Some(url) if crate::serve::is_postgres(url) => Some(store::PgConfig {

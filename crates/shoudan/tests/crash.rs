@@ -95,13 +95,11 @@ fn demo(dir: &Path, journal: &Journal) -> Command {
     cmd
 }
 
-fn start(dir: &Path, journal: &Journal, traffic: Option<&str>) -> Demo {
+/// Starts the demo with `extra` options and waits for its fixtures.
+fn start(dir: &Path, journal: &Journal, extra: &[&str]) -> Demo {
     let _ = std::fs::remove_file(dir.join("fixtures.json"));
     let mut cmd = demo(dir, journal);
-    cmd.stderr(Stdio::null());
-    if let Some(rate) = traffic {
-        cmd.args(["--traffic", rate]);
-    }
+    cmd.stderr(Stdio::null()).args(extra);
     let child = Demo(Some(cmd.spawn().unwrap()));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !dir.join("fixtures.json").exists() {
@@ -283,7 +281,7 @@ fn on_postgres_kill_9_under_load_then_restart_loses_no_approval_and_leaves_nothi
     }
     let own_keys = tempfile::tempdir().unwrap();
     let first = schema("b");
-    stop(start(own_keys.path(), &journal_of(&first), None));
+    stop(start(own_keys.path(), &journal_of(&first), &[]));
     let refusal = refused(own_keys.path(), &journal);
     assert!(
         refusal.contains("another data dir's master key"),
@@ -303,7 +301,13 @@ fn refused(dir: &Path, journal: &Journal) -> String {
 fn kill_9_under_load(journal: &Journal) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut demo = start(dir, journal, Some("100"));
+    // Background traffic, and issuers that take 40 ms to decide (a real one takes longer): at
+    // the kill, the load's requests are almost all journalled in flight, waiting on an issuer.
+    let mut demo = start(
+        dir,
+        journal,
+        &["--traffic", "100", "--issuer-latency", "40ms"],
+    );
     let fx = fixtures(dir);
     let cards = healthy_cards(&fx);
     assert!(cards.len() >= 4, "{}", cards.len());
@@ -353,7 +357,20 @@ fn kill_9_under_load(journal: &Journal) {
 
     // Restart on the same data dir: requests journalled in flight become reversals, which the
     // store and forward delivers to the issuers of the same world.
-    demo = start(dir, journal, None);
+    // What the killed switch had journalled in flight: the issuer may have approved it, and no
+    // terminal was told. Each must end reversed, not approved and not lost.
+    let in_flight_at_kill: Vec<i64> = journal
+        .open(dir)
+        .txns_in_state(TxnState::InFlight)
+        .unwrap()
+        .iter()
+        .map(|row| row.id)
+        .collect();
+    assert!(
+        !in_flight_at_kill.is_empty(),
+        "nothing was in flight at the kill: the test showed no recovery"
+    );
+    demo = start(dir, journal, &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let store = journal.open(dir);
@@ -381,6 +398,16 @@ fn kill_9_under_load(journal: &Journal) {
             "terminal saw {rrn} approved"
         );
     }
+    for id in &in_flight_at_kill {
+        let row = store.txn(*id).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::Reversed, "in flight at the kill: {id}");
+        let reversal = store.reversal(*id).unwrap();
+        assert_eq!(
+            reversal.map(|r| r.state),
+            Some(SafState::Acked),
+            "in flight at the kill: {id}"
+        );
+    }
     let refused = store.reversals_in_state(SafState::Refused).unwrap().len();
     assert_eq!(refused, 0, "an issuer refused a reversal");
     let acked = store.reversals_in_state(SafState::Acked).unwrap().len();
@@ -406,10 +433,11 @@ fn kill_9_under_load(journal: &Journal) {
         "{report}"
     );
     eprintln!(
-        "crash ({}): {answered} answered ({} approved) before kill -9; {acked} reversals acknowledged \
-         after restart; {} issuer approvals audited",
+        "crash ({}): {answered} answered ({} approved) before kill -9, {} in flight; {acked} \
+         reversals acknowledged after restart; {} issuer approvals audited",
         journal.name(),
         approved.len(),
+        in_flight_at_kill.len(),
         report["issuer_approvals"]
     );
 }
