@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -307,7 +308,9 @@ impl Report {
     }
 }
 
-pub fn run(cmd: BenchCmd) -> CliResult {
+/// Runs a bench command. `bench targets` exits 1 when a target it judged is not met, as a
+/// failed check does; the others exit 0 once they have reported.
+pub fn run(cmd: BenchCmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -322,9 +325,9 @@ pub fn run(cmd: BenchCmd) -> CliResult {
             }
             BenchCmd::Compare(args) => compare(args).await?,
             BenchCmd::Idle(args) => idle(args).await?,
-            BenchCmd::Targets(args) => targets(args).await?,
+            BenchCmd::Targets(args) => return targets(args).await,
         }
-        Ok(())
+        Ok(ExitCode::SUCCESS)
     })
 }
 
@@ -474,7 +477,7 @@ fn median(values: &mut [f64]) -> f64 {
 /// Every target, measured the way docs/performance.md does by hand: interleaved durable and
 /// journal-off closed loops, then an open loop at half the durable median, an echo run, and
 /// (in a demo child process) the idle connections.
-async fn targets(args: TargetsArgs) -> CliResult {
+async fn targets(args: TargetsArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let closed = |journal| AuthArgs {
         terminals: args.terminals,
         rate: None,
@@ -599,7 +602,11 @@ async fn targets(args: TargetsArgs) -> CliResult {
             );
         }
     }
-    Ok(())
+    Ok(if verdicts.iter().any(|v| v.met == Some(false)) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn auth(args: AuthArgs) -> Result<Report, Box<dyn std::error::Error>> {

@@ -105,7 +105,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Fixtures(args) => fixtures::run(args),
         Command::Terminal(args) => terminal_cmd::run(args),
-        Command::Bench(cmd) => bench::run(cmd),
+        Command::Bench(cmd) => match bench::run(cmd) {
+            Ok(code) => return code,
+            Err(err) => Err(err),
+        },
         Command::Settle(args) => settle_cmd::settle(args),
         Command::Payouts(args) => match settle_cmd::payouts(args) {
             Ok(code) => return code,

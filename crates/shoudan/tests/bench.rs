@@ -15,12 +15,20 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_shoudan");
 
 fn bench(args: &[&str]) -> Value {
+    let (code, report) = bench_status(args);
+    assert_eq!(code, Some(0), "bench {args:?} failed: {report}");
+    report
+}
+
+/// Runs `shoudan bench ARGS`; its exit status and the JSON it printed.
+fn bench_status(args: &[&str]) -> (Option<i32>, Value) {
     let out = Command::new(BIN).arg("bench").args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench {args:?} failed: {stderr}");
     let stdout = String::from_utf8(out.stdout).unwrap();
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("bench {args:?} printed no JSON ({e}): {stdout}"))
+    let report = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("bench {args:?} printed no JSON ({e}): {stdout} (stderr: {stderr})")
+    });
+    (out.status.code(), report)
 }
 
 fn check_run(report: &Value, mode: &str) {
@@ -147,7 +155,7 @@ fn echo_answers_everything() {
 
 #[test]
 fn targets_are_each_measured_and_judged() {
-    let report = bench(&[
+    let (code, report) = bench_status(&[
         "targets",
         "--terminals",
         "4",
@@ -205,6 +213,9 @@ fn targets_are_each_measured_and_judged() {
         "{report}"
     );
     assert_eq!(targets[4]["met"], Value::Null);
+    // A target not met fails the command, as a failed check does.
+    let unmet = targets.iter().any(|t| t["met"] == Value::Bool(false));
+    assert_eq!(code, Some(i32::from(unmet)), "{report}");
     assert_eq!(
         targets[4]["measured"].as_f64(),
         Some(report["idle"]["rss_after_kib"].as_f64().unwrap() * 1024.0)
