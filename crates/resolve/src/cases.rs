@@ -132,6 +132,14 @@ impl Transition {
     }
 }
 
+/// A refund application still open whose refund has not been made: what an operator is to
+/// decide on (approve, or reject).
+fn awaits_refund_decision(row: &CaseRow) -> bool {
+    row.kind == CaseKind::RefundApplication.as_str()
+        && row.refund_code.as_deref() != Some("00")
+        && CaseState::parse(&row.state).is_none_or(|state| !state.is_closed())
+}
+
 impl CaseState {
     pub fn is_closed(self) -> bool {
         matches!(self, CaseState::Resolved | CaseState::Rejected)
@@ -197,6 +205,11 @@ pub enum CaseError {
     ExceedsRemaining { asked_fen: i64, left_fen: i64 },
     #[error("refund amount must be positive")]
     BadAmount,
+    #[error(
+        "refund application {0} of this sale awaits an operator's decision; add to it, or wait \
+         for it to be decided"
+    )]
+    ApplicationWaiting(i64),
     #[error("only an approved purchase or completion can be refunded")]
     NotRefundable,
     #[error("whoever opened a refund application cannot approve it; another operator must")]
@@ -406,6 +419,16 @@ impl CaseService {
             if self.sale_refund_in_doubt(txn.id)? {
                 return Err(CaseError::RefundInDoubt);
             }
+            // One application of a sale waits at a time: the operator decides on it before
+            // another is made (and the approval queue cannot be flooded from one sale).
+            if let Some(waiting) = self
+                .store
+                .cases_of_txn(txn.id)?
+                .into_iter()
+                .find(awaits_refund_decision)
+            {
+                return Err(CaseError::ApplicationWaiting(waiting.id));
+            }
         }
         let id = self.store.reserve(CASE_COUNTER, 1)?.await?;
         let id = i64::try_from(id).map_err(|_| CaseError::Conflict)?;
@@ -502,6 +525,7 @@ impl CaseService {
         self.find(&CaseQuery {
             mid,
             open_only: true,
+            oldest_first: true,
             limit: store::RESOLVE_ROWS_MAX,
             ..CaseQuery::default()
         })
@@ -523,6 +547,7 @@ impl CaseService {
             .cases(&CaseQuery {
                 mid: Some(mid),
                 open_only: true,
+                oldest_first: true,
                 limit: store::RESOLVE_ROWS_MAX,
                 ..CaseQuery::default()
             })?

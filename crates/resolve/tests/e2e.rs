@@ -1143,6 +1143,31 @@ fn refund_application_executes_through_the_switch_once() {
         assert!(cases.overdue(MID, now()).unwrap().is_empty());
         let late = cases.overdue(MID, now() + 2 * 86_400_000).unwrap();
         assert_eq!(late.iter().map(|c| c.id).collect::<Vec<_>>(), [waiting.id]);
+        // One application of a sale waits for a decision at a time.
+        assert!(matches!(
+            cases.open(new(1_000)).await,
+            Err(CaseError::ApplicationWaiting(id)) if id == waiting.id
+        ));
+        let rejected = Transition::Reject(Resolution::new("asked twice").unwrap());
+        cases
+            .transition(waiting.id, "operator-2", rejected, "", None)
+            .await
+            .unwrap();
+        let again = cases.open(new(1_000)).await.unwrap();
+        // Open cases are listed oldest first, as a queue is worked.
+        let dispute = cases
+            .open(NewCase {
+                kind: CaseKind::Dispute,
+                refund_fen: None,
+                ..new(0)
+            })
+            .await
+            .unwrap();
+        let open = cases.still_open(Some(MID)).unwrap();
+        assert_eq!(
+            open.iter().map(|c| c.id).collect::<Vec<_>>(),
+            [again.id, dispute.id]
+        );
     });
 }
 

@@ -3,12 +3,14 @@
 //! Plain shapes only; the state machines that move them live in the `resolve` crate.
 
 /// Which cases a read returns ([`crate::Store::cases`]): those with an id below `before_id`
-/// (from the newest when `None`), newest first, at most `limit` (and at most
-/// [`crate::RESOLVE_ROWS_MAX`]), of one merchant or all, open only or all, of one state and
-/// one kind or any.
+/// (from the newest when `None`), newest first (oldest first with `oldest_first`), at most
+/// `limit` (and at most [`crate::RESOLVE_ROWS_MAX`]), of one merchant or all, open only or all,
+/// of one state and one kind or any.
 #[derive(Clone, Debug, Default)]
 pub struct CaseQuery<'a> {
     pub mid: Option<&'a str>,
+    /// From the oldest: a work queue, whose oldest must never be the ones a limit leaves out.
+    pub oldest_first: bool,
     /// Only the cases neither resolved nor rejected.
     pub open_only: bool,
     pub state: Option<&'a str>,

@@ -526,7 +526,8 @@ impl SqliteStore {
             sql.push_str(" AND state NOT IN ('resolved', 'rejected')");
         }
         params.push(&limit);
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", params.len()));
+        let order = if q.oldest_first { "ASC" } else { "DESC" };
+        sql.push_str(&format!(" ORDER BY id {order} LIMIT ?{}", params.len()));
         self.rows(&sql, &params, case_from_row)
     }
 

@@ -227,6 +227,9 @@ fn case_error_zh(error: &CaseError) -> Option<String> {
             yuan(*left_fen)
         ),
         CaseError::BadAmount => "退货金额须大于零".to_owned(),
+        CaseError::ApplicationWaiting(id) => {
+            format!("这笔交易的退货申请（工单 {id}）正等待运营人员处理；请在该工单中补充，或等待其处理完毕")
+        }
         CaseError::NotRefundable => "只有成功的消费或预授权完成可以退货".to_owned(),
         CaseError::SameUser => "退货申请的发起人不能自己批准，须由另一位运营人员批准".to_owned(),
         CaseError::NoSuchTransaction(_)
@@ -261,6 +264,9 @@ fn case_api_error(error: CaseError) -> ApiError {
             }
             CaseError::RefundInDoubt => {
                 ApiError::new(StatusCode::CONFLICT, "refund_in_doubt", message)
+            }
+            CaseError::ApplicationWaiting(_) => {
+                ApiError::new(StatusCode::CONFLICT, "application_waiting", message)
             }
             CaseError::Refund(switch::BackOfficeError::Store(e)) => {
                 tracing::warn!(error = %e, "refund: the journal failed");

@@ -286,7 +286,7 @@ pub fn document() -> Value {
                             "bad_request", "csrf", "conflict", "illegal_transition",
                             "exceeds_remaining", "already_refunded", "refund_failed", "busy", "too_large",
                             "same_user", "bad_account", "locked", "not_redrivable",
-                            "refund_in_doubt", "changed_meanwhile", "internal"] },
+                            "refund_in_doubt", "application_waiting", "changed_meanwhile", "internal"] },
                         "message": { "type": "string" },
                         "message_zh": { "type": "string",
                             "description": "The same detail in Chinese, where there is one." }

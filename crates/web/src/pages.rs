@@ -275,6 +275,11 @@ fn error_title(l: Lang, code: &str) -> &'static str {
             "上次退货结果未明，待冲正确认后再批准",
             "The last refund's outcome is not known yet: approve again once its reversal is acknowledged",
         ),
+        "application_waiting" => t(
+            l,
+            "这笔交易已有一份退货申请在等待处理",
+            "A refund application of this sale is already waiting for a decision",
+        ),
         "same_user" => t(l, "需由另一位人员处理", "Someone else must do this"),
         "bad_account" => t(l, "账户信息有误", "The account details are not right"),
         "not_redrivable" => t(
