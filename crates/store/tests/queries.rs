@@ -56,6 +56,7 @@ fn every_read_runs(db: &Db) {
     assert!(
         s.cases(&CaseQuery {
             mid: Some("m"),
+            oldest_first: true,
             open_only: true,
             state: Some("open"),
             kind: Some("dispute"),
