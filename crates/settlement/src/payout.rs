@@ -461,13 +461,15 @@ impl Run<'_> {
         let mut records = extra;
         if let Some((kind, legs)) = posting {
             // A new payout takes what its merchant is owed, never more: two runs for
-            // different days that read the same balance cannot both pay it. Checked after the
-            // posting that takes it.
+            // different days that read the same balance cannot both pay it (counted up to
+            // each value date from the cutoff on, so that sales not yet due hide no second
+            // payment). Checked after the posting that takes it.
             let at_most = expected.is_none().then(|| {
                 Record::Settlement(SettlementRecord::BalanceAtMost {
                     mid: payout.mid.clone(),
                     account: accounts::merchant_payable(&payout.mid),
                     max_fen: 0,
+                    from_date: Some(payout.cutoff_date.clone()),
                 })
             });
             let posting = Posting::new(kind, payout.key.clone(), &payout.cutoff_date, legs)?;

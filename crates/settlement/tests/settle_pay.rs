@@ -1656,6 +1656,7 @@ fn a_payout_never_takes_more_than_the_merchant_is_owed() {
                     mid: M1.to_owned(),
                     account: payable.clone(),
                     max_fen: 0,
+                    from_date: Some("20261123".to_owned()),
                 }),
             ])
             .unwrap()

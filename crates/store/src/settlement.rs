@@ -383,13 +383,17 @@ pub enum SettlementRecord {
         at_ms: i64,
     },
     /// Fails (and with it the whole submission) if `account`, one of merchant `mid`'s, stands
-    /// above `max_fen` with what the submission wrote before this record: a payout may take a
-    /// merchant's payable to zero, never past it, however many runs compute one at once. The
-    /// merchant's row is locked first, so on PostgreSQL a second node's check waits for the
-    /// first's commit and then counts it.
+    /// above `max_fen` with what the submission wrote before this record: in all, and counted
+    /// up to each value date from `from_date` on. A payout may take a merchant's payable to
+    /// zero, never past it, however many runs compute one at once: two runs for different
+    /// cutoffs that read the same money due cannot both pay it, even when sales not yet due (a
+    /// later value date) keep the whole balance below zero. The merchant's row is locked
+    /// first, so on PostgreSQL a second node's check waits for the first's commit and then
+    /// counts it.
     BalanceAtMost {
         mid: String,
         account: String,
         max_fen: i64,
+        from_date: Option<String>,
     },
 }

@@ -386,22 +386,38 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
             mid,
             account,
             max_fen,
+            from_date,
         } => {
             let locked = conn
                 .prepare_cached("UPDATE merchants SET mid = mid WHERE mid = ?1")?
                 .execute(params![mid])?;
             expect_one(locked, "merchant")?;
-            let balance: i64 = conn
-                .prepare_cached(
-                    "SELECT COALESCE(SUM(amount_fen), 0) FROM ledger_legs WHERE account = ?1",
-                )?
-                .query_row(params![account], |r| r.get(0))?;
+            let refused = |balance: i64, date: Option<&str>| StoreError::Constraint {
+                message: format!(
+                    "{account} would stand at {balance} fen{}, above {max_fen}: refused",
+                    date.map(|d| format!(" by {d}")).unwrap_or_default()
+                ),
+            };
+            let mut balance = 0_i64;
+            let mut statement = conn.prepare_cached(
+                "SELECT value_date, SUM(amount_fen) FROM ledger_legs WHERE account = ?1
+                 GROUP BY value_date ORDER BY value_date",
+            )?;
+            let by_date = statement.query_map(params![account], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?))
+            })?;
+            for row in by_date {
+                let (date, fen): (String, i64) = row?;
+                balance = balance.saturating_add(fen);
+                let counted = from_date
+                    .as_deref()
+                    .is_some_and(|from| date.as_str() >= from);
+                if counted && balance > *max_fen {
+                    return Err(refused(balance, Some(&date)));
+                }
+            }
             if balance > *max_fen {
-                return Err(StoreError::Constraint {
-                    message: format!(
-                        "{account} would stand at {balance} fen, above {max_fen}: refused"
-                    ),
-                });
+                return Err(refused(balance, None));
             }
         }
         SettlementRecord::NewPayout(p) => {

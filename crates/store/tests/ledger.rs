@@ -115,6 +115,7 @@ fn a_balance_is_paid_out_once_whoever_asks(db: &Db) {
                             mid: mid.into(),
                             account: payable.clone(),
                             max_fen: 0,
+                            from_date: None,
                         }),
                     ])
                     .unwrap()
@@ -134,7 +135,73 @@ fn a_balance_is_paid_out_once_whoever_asks(db: &Db) {
     assert_eq!(b.ledger_balance("in_flight", None).unwrap(), -9_945);
 }
 
+/// Two payouts of the same money due by different cutoffs, while sales not yet due keep the
+/// whole balance below zero: whichever comes second is refused, in either order, because the
+/// balance is counted up to each value date from its cutoff on.
+fn money_due_is_paid_once_whatever_is_not_yet_due(db: &Db) {
+    let store = db.open();
+    let orders = [("20261123", "20261124"), ("20261124", "20261123")];
+    for (n, (first, second)) in (0_i64..).zip(orders) {
+        let mid = format!("89811004899000{n}");
+        let payable = format!("merchant:{mid}:payable");
+        let pay = |id: i64, cutoff: &str| {
+            store
+                .submit(vec![
+                    Record::Settlement(SettlementRecord::Postings(vec![posting(
+                        id,
+                        cutoff,
+                        &[(&payable, 1_000), ("in_flight", -1_000)],
+                    )])),
+                    Record::Settlement(SettlementRecord::BalanceAtMost {
+                        mid: mid.clone(),
+                        account: payable.clone(),
+                        max_fen: 0,
+                        from_date: Some(cutoff.into()),
+                    }),
+                ])
+                .unwrap()
+                .wait()
+        };
+        store
+            .submit(vec![
+                Record::UpsertMerchant(store::MerchantRow {
+                    mid: mid.clone(),
+                    name: "Noodle bar".into(),
+                    status: store::Status::Active,
+                    mcc: "5812".into(),
+                }),
+                // 1,000 due by the 23rd; 5,000 of sales valued the 27th, not yet due.
+                Record::Settlement(SettlementRecord::Postings(vec![
+                    posting(
+                        10 * n + 1,
+                        "20261123",
+                        &[("issuer", 1_000), (&payable, -1_000)],
+                    ),
+                    posting(
+                        10 * n + 2,
+                        "20261127",
+                        &[("issuer", 5_000), (&payable, -5_000)],
+                    ),
+                ])),
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+        pay(10 * n + 3, first).unwrap();
+        let again = pay(10 * n + 4, second);
+        assert!(
+            matches!(again, Err(StoreError::Constraint { .. })),
+            "{first} then {second}: {again:?}"
+        );
+        assert_eq!(store.ledger_balance(&payable, Some("20261124")).unwrap(), 0);
+        assert_eq!(store.ledger_balance(&payable, None).unwrap(), -5_000);
+        // What is not yet due by one cutoff is paid by a later one.
+        pay(10 * n + 5, "20261127").unwrap();
+    }
+}
+
 on_both!(
     postings_and_balances,
-    a_balance_is_paid_out_once_whoever_asks
+    a_balance_is_paid_out_once_whoever_asks,
+    money_due_is_paid_once_whatever_is_not_yet_due
 );
