@@ -23,6 +23,11 @@ pub enum StoreError {
     /// ([`crate::Record::ClaimKey`]): row `id`, whose answer is this request's.
     #[error("request key already taken by transaction {id}")]
     KeyTaken { id: i64 },
+    /// A request and its reversal crossed between nodes sharing one journal
+    /// ([`crate::Record::ClaimKey`] with `alone`): row `id`, the other of the two, was
+    /// journalled first. Nothing of this job was written.
+    #[error("request and its reversal crossed: transaction {id} came first")]
+    KeyCrossed { id: i64 },
     /// Any other failure of the database engine.
     #[error("database: {message}")]
     Backend { message: String },

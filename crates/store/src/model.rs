@@ -346,11 +346,16 @@ pub enum Record {
     /// fails with [`crate::StoreError::KeyTaken`]. Written before the request's own row in
     /// the same job; it takes the lock of the terminal ID's `key_locks` row first (made if
     /// missing), so that two nodes claiming one key at once are judged one after the other.
+    /// `alone`: the job also fails, with [`crate::StoreError::KeyCrossed`], if a row of the
+    /// other kind is under the key: a request must find no reversal of itself there (the
+    /// terminal reversed it before it arrived), and a reversal that found no original must
+    /// still find none (the original arrived at another node meanwhile).
     ClaimKey {
         tid: String,
         batch_no: u32,
         stan: u32,
         reversal: bool,
+        alone: bool,
         since: String,
     },
     Outcome(Outcome),

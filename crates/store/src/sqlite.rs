@@ -1330,8 +1330,9 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
             batch_no,
             stan,
             reversal,
+            alone,
             since,
-        } => claim_key(conn, tid, *batch_no, *stan, *reversal, since)?,
+        } => claim_key(conn, tid, *batch_no, *stan, (*reversal, *alone), since)?,
         Record::Outcome(o) => write_outcome(conn, o)?,
         Record::State { id, state } => {
             let changed = conn
@@ -1548,7 +1549,7 @@ fn claim_key(
     tid: &str,
     batch_no: u32,
     stan: u32,
-    reversal: bool,
+    (reversal, alone): (bool, bool),
     since: &str,
 ) -> Result<(), StoreError> {
     // The terminal ID's row in `key_locks`, made or updated: other claims of the same ID wait
@@ -1559,24 +1560,29 @@ fn claim_key(
     )?
     .execute_any(params![tid])?;
     // A reversal's key is its own: the same TID, batch and STAN as its original's.
-    let kind = if reversal { "=" } else { "<>" };
-    let sql = format!(
-        "SELECT id FROM transactions WHERE tid = ?1 AND batch_no = ?2 AND stan = ?3
-         AND kind {kind} 'reversal' AND clearing_date >= ?4
-         AND received_at_ms > COALESCE(
-             (SELECT CASE WHEN result = 3 THEN opened_after_ms ELSE settled_at_ms END
-              FROM batch_settlements WHERE tid = ?1 AND batch_no = ?2),
-             -9223372036854775807)
-         ORDER BY id LIMIT 1"
-    );
-    let taken: Option<i64> = conn
-        .prepare_cached(&sql)?
-        .query_row(params![tid, batch_no, stan, since], |r| r.get(0))
-        .optional()?;
-    match taken {
-        Some(id) => Err(StoreError::KeyTaken { id }),
-        None => Ok(()),
+    let first_under = |reversals: bool| -> Result<Option<i64>, StoreError> {
+        let kind = if reversals { "=" } else { "<>" };
+        let sql = format!(
+            "SELECT id FROM transactions WHERE tid = ?1 AND batch_no = ?2 AND stan = ?3
+             AND kind {kind} 'reversal' AND clearing_date >= ?4
+             AND received_at_ms > COALESCE(
+                 (SELECT CASE WHEN result = 3 THEN opened_after_ms ELSE settled_at_ms END
+                  FROM batch_settlements WHERE tid = ?1 AND batch_no = ?2),
+                 -9223372036854775807)
+             ORDER BY id LIMIT 1"
+        );
+        Ok(conn
+            .prepare_cached(&sql)?
+            .query_row(params![tid, batch_no, stan, since], |r| r.get(0))
+            .optional()?)
+    };
+    if let Some(id) = first_under(reversal)? {
+        return Err(StoreError::KeyTaken { id });
     }
+    if alone && let Some(id) = first_under(!reversal)? {
+        return Err(StoreError::KeyCrossed { id });
+    }
+    Ok(())
 }
 
 /// A void, completion or refund on its way to the issuer takes its original in the journal.

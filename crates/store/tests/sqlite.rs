@@ -1930,14 +1930,17 @@ fn two_refunds_at_once_cannot_both_take_an_original(db: &Db) {
 }
 
 /// A request's row under a key claimed in the journal (`Record::ClaimKey`, written by nodes
-/// sharing one journal).
+/// sharing one journal), as the switch claims it: a request alone under its key, a reversal
+/// alone if it names no original.
 fn claimed(id: i64, row: TxnRow) -> Vec<Record> {
+    let reversal = row.kind == TxnKind::Reversal;
     vec![
         Record::ClaimKey {
             tid: row.tid.clone(),
             batch_no: row.batch_no,
             stan: row.stan,
-            reversal: row.kind == TxnKind::Reversal,
+            reversal,
+            alone: !reversal || row.original_id.is_none(),
             since: "20261120".into(),
         },
         Record::InsertTxn(Box::new(TxnRow { id, ..row })),
@@ -2054,6 +2057,41 @@ fn a_request_key_is_claimed_once_per_batch(db: &Db) {
         ),
         Err(StoreError::KeyTaken { id: 10 })
     );
+
+    // A request and its reversal crossing between nodes: the reversal that found no original
+    // journalled first, the request is refused; the request first, a reversal that found
+    // no original is refused (its resend will find it). Nothing of the loser is written.
+    let orphan_reversal = |id, stan| TxnRow {
+        kind: TxnKind::Reversal,
+        mti: "0400".into(),
+        rrn: None,
+        original_id: None,
+        ..txn(id, stan)
+    };
+    write(one, claimed(13, orphan_reversal(13, 13))).unwrap();
+    assert_eq!(
+        write(two, claimed(14, txn(14, 13))),
+        Err(StoreError::KeyCrossed { id: 13 })
+    );
+    assert_eq!(one.txn(14).unwrap(), None);
+    write(one, claimed(15, txn(15, 15))).unwrap();
+    assert_eq!(
+        write(two, claimed(16, orphan_reversal(16, 15))),
+        Err(StoreError::KeyCrossed { id: 15 })
+    );
+    assert_eq!(one.txn(16).unwrap(), None);
+    // A reversal naming its original is the usual order, not a crossing.
+    write(
+        two,
+        claimed(
+            16,
+            TxnRow {
+                original_id: Some(15),
+                ..orphan_reversal(16, 15)
+            },
+        ),
+    )
+    .unwrap();
 
     // Odd rounds under a terminal ID no terminal row has (the back office's virtual one):
     // its claims must wait for each other all the same.

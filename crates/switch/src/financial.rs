@@ -452,7 +452,9 @@ impl Core {
     /// With a shared journal, the record that claims a request's key in the journal, written
     /// before its row ([`Record::ClaimKey`]): two nodes taking the same request at once (a
     /// terminal behind a gateway that resent it to both) must not both send it to the issuer.
-    fn key_claim(&self, key: &TxnKey) -> Vec<Record> {
+    /// `alone` (see [`Record::ClaimKey`]): a request's claim fails if its reversal is in the
+    /// journal, a reversal's that found no original if the original is.
+    fn key_claim(&self, key: &TxnKey, alone: bool) -> Vec<Record> {
         if !self.config.shared_journal {
             return Vec::new();
         }
@@ -461,6 +463,7 @@ impl Core {
             batch_no: key.batch_no,
             stan: key.stan,
             reversal: key.reversal,
+            alone,
             since: self.batches_since(),
         }]
     }
@@ -520,7 +523,7 @@ impl Core {
         row.answered_at_ms = Some(self.clock.now_ms());
         // Its key claimed too (several nodes): a refused row beside another node's forwarded
         // one would be found for its key, and a reversal find nothing to reverse.
-        let mut records = self.key_claim(&entry.key);
+        let mut records = self.key_claim(&entry.key, !entry.key.reversal);
         records.extend([
             Record::InsertTxn(Box::new(row)),
             self.event(
@@ -537,6 +540,12 @@ impl Core {
             Journalled::Written => answer,
             Journalled::Failed(StoreError::KeyTaken { id }) => {
                 return self.key_taken(ctx, entry, id).await;
+            }
+            // The terminal's reversal of this request reached another node first: refused
+            // all the same, with nothing of it written (a resend finds the reversal).
+            Journalled::Failed(StoreError::KeyCrossed { .. }) => {
+                self.ledger.forget_lost(entry);
+                answer
             }
             Journalled::Failed(_) => {
                 entry.mark_unrecorded();
@@ -1380,7 +1389,7 @@ impl Core {
         );
         // A linked request's row is kept, to record a refusal should the journal refuse it.
         let linked_row = matches!(original, Link::Original(_)).then(|| row.clone());
-        let mut insert = self.key_claim(&entry.key);
+        let mut insert = self.key_claim(&entry.key, true);
         insert.push(Record::InsertTxn(Box::new(row)));
         let unwritten = match self.journal_within(insert).await {
             Journalled::Written => None,
@@ -1403,6 +1412,18 @@ impl Core {
                     if let StoreError::KeyTaken { id } = error {
                         let _ = release(false, &mut undo);
                         return self.key_taken(ctx, &entry, id).await;
+                    }
+                    // The terminal's reversal of this very request reached another node
+                    // after this one looked for it: not sent, and nothing of it written (a
+                    // resend finds the reversal in the journal).
+                    if let StoreError::KeyCrossed { id } = error {
+                        tracing::info!(tid = %ctx.terminal.tid, txn_id = id, "request after its own reversal: not sent");
+                        let _ = release(false, &mut undo);
+                        self.ledger.forget_lost(&entry);
+                        let answer = Answer::code(RC_INVALID_TRANSACTION);
+                        entry.answer(answer.clone(), TxnState::Declined);
+                        return self
+                            .reply(ctx.frame, Some(&ctx.terminal), &answer, None, |_| Ok(()));
                     }
                     tracing::warn!(%error, "journal write failed; answering 96");
                     entry.mark_unrecorded();
@@ -2002,6 +2023,21 @@ impl Core {
             Claim::New(entry) => entry,
             held => return self.answer_claimed(ctx, held).await,
         };
+        // The original claimed meanwhile on another connection (held up on its way, it races
+        // its own reversal): this reversal looked before it was there, and the original looks
+        // for its reversal after its claim, so one of the two sees the other. Answered 96 and
+        // let go, as if it had not come: the terminal's resend finds the original.
+        let appeared = original.is_none()
+            && self
+                .ledger
+                .by_key(&original_key)
+                .is_some_and(|o| !o.is_unrecorded() && o.mid == ctx.terminal.mid);
+        if appeared {
+            tracing::info!(tid = %ctx.key.tid, "reversal crossed its original; answering 96");
+            self.ledger.forget_lost(&entry);
+            entry.answer(Answer::code(RC_SYSTEM_ERROR), TxnState::Failed);
+            return self.reply_code(ctx, RC_SYSTEM_ERROR);
+        }
         let mut row = self.row(ctx, &entry, None, None);
         let now_ms = self.clock.now_ms();
         let mut records = Vec::with_capacity(6);
@@ -2180,7 +2216,9 @@ impl Core {
         };
         row.response_code = Some(answer.code_text().to_owned());
         row.answered_at_ms = Some(now_ms);
-        let mut first = self.key_claim(&entry.key);
+        // Found no original: refused if another node journalled it meanwhile, and the
+        // terminal's resend of this reversal then finds it.
+        let mut first = self.key_claim(&entry.key, original.is_none());
         first.push(Record::InsertTxn(Box::new(row)));
         records.splice(0..0, first);
         records.push(self.event(
@@ -2202,6 +2240,12 @@ impl Core {
                 // Another node took this reversal first: it is a resend of that one.
                 Undo::all(undo);
                 return self.key_taken(ctx, &entry, id).await;
+            }
+            Journalled::Failed(StoreError::KeyCrossed { id }) => {
+                tracing::info!(tid = %ctx.key.tid, txn_id = id, "reversal crossed its original on another node; answering 96");
+                Undo::all(undo);
+                entry.mark_unrecorded();
+                (Answer::code(RC_SYSTEM_ERROR), TxnState::Failed)
             }
             Journalled::Failed(error) => {
                 tracing::warn!(%error, "cannot record a terminal reversal; answering 96");
