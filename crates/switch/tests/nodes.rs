@@ -727,6 +727,134 @@ fn a_purchase_after_its_reversal_on_the_other_node_is_not_sent() {
     });
 }
 
+/// A session of the test's own holding a terminal ID's row in `key_locks`, which every
+/// claim of a key of that ID waits for: requests read the journal and then queue up behind
+/// it, in the order they came.
+struct KeyLock {
+    client: tokio_postgres::Client,
+}
+
+impl KeyLock {
+    async fn take(schema: &str, tid: &str) -> KeyLock {
+        let url = pg_url().unwrap();
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!(
+                "SET search_path TO {schema}; BEGIN; \
+                 SELECT tid FROM key_locks WHERE tid = '{tid}' FOR UPDATE"
+            ))
+            .await
+            .unwrap();
+        KeyLock { client }
+    }
+
+    /// Returns once `n` other sessions wait for this one: directly, or behind one that does
+    /// (the second in the queue for a row waits for the first).
+    async fn until_waiting(&self, n: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let row = self
+                .client
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity w \
+                     WHERE pg_backend_pid() = ANY(pg_blocking_pids(w.pid)) \
+                     OR EXISTS (SELECT 1 FROM pg_stat_activity f \
+                                WHERE f.pid = ANY(pg_blocking_pids(w.pid)) \
+                                AND pg_backend_pid() = ANY(pg_blocking_pids(f.pid)))",
+                    &[],
+                )
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) >= n {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{n} never waited");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn release(self) {
+        self.client.batch_execute("COMMIT").await.unwrap();
+    }
+}
+
+/// A purchase and its own reversal crossing between the nodes: each node read the journal
+/// before the other's row was in, then both queue to write. Whichever is written first, no
+/// money moves for a sale the terminal reversed: the reversal first, the purchase is refused
+/// (12) and never sent; the purchase first, the reversal is answered 96 and its resend
+/// reverses the purchase at the issuer.
+#[test]
+fn a_purchase_and_its_reversal_crossing_between_nodes_move_no_money() {
+    let name = "switch_nodes_crossing";
+    on_two_nodes(name, &[TID_A], |log, a, b| {
+        Box::pin(async move {
+            let schema = format!("{name}_{}", std::process::id());
+            let pan = card("622202");
+            let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
+            assert_eq!(via_a.sign_in().await.code(), "00");
+            let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
+            assert_eq!(via_b.sign_in().await.code(), "00");
+            // Each connection's batch is marked by its first request.
+            assert_eq!(via_a.send(&Req::purchase(&pan, 100, 1)).await.code(), "00");
+            assert_eq!(via_b.send(&Req::purchase(&pan, 100, 2)).await.code(), "00");
+
+            // The reversal through B is written first.
+            let sale = Req::purchase(&pan, 1_357, 20);
+            let reversal = Req::reversal_of(&sale);
+            let asked = log.requests.load(Ordering::SeqCst);
+            let lock = KeyLock::take(&schema, TID_A).await;
+            let (reversed, sold) = tokio::join!(via_b.send(&reversal), async {
+                lock.until_waiting(1).await;
+                let (sold, ()) = tokio::join!(via_a.send(&sale), async {
+                    lock.until_waiting(2).await;
+                    lock.release().await;
+                });
+                sold
+            });
+            assert_eq!(reversed.code(), "00");
+            assert_eq!(sold.code(), "12", "a purchase after its own reversal");
+            assert_eq!(
+                log.requests.load(Ordering::SeqCst),
+                asked,
+                "the issuer was sent a purchase its terminal had reversed"
+            );
+            let rows = b.store.txns_by_key(TID_A, 1, 20).unwrap();
+            assert_eq!(rows.len(), 1, "{rows:?}");
+            assert_eq!(rows[0].kind, TxnKind::Reversal);
+
+            // The purchase through A is written first.
+            let sale = Req::purchase(&pan, 2_468, 21);
+            let reversal = Req::reversal_of(&sale);
+            let lock = KeyLock::take(&schema, TID_A).await;
+            let (sold, reversed) = tokio::join!(via_a.send(&sale), async {
+                lock.until_waiting(1).await;
+                let (reversed, ()) = tokio::join!(via_b.send(&reversal), async {
+                    lock.until_waiting(2).await;
+                    lock.release().await;
+                });
+                reversed
+            });
+            assert_eq!(sold.code(), "00");
+            assert_eq!(reversed.code(), "96", "a reversal that found no original");
+            // The terminal resends its reversal until it is answered: now it finds the sale.
+            assert_eq!(via_b.send(&reversal).await.code(), "00");
+            let store = Arc::clone(&b.store);
+            let undone = eventually(10, || {
+                store
+                    .txns_by_key(TID_A, 1, 21)
+                    .unwrap()
+                    .iter()
+                    .any(|row| row.kind == TxnKind::Purchase && row.state == TxnState::Reversed)
+            })
+            .await;
+            assert!(undone, "{:?}", b.store.txns_by_key(TID_A, 1, 21).unwrap());
+        })
+    });
+}
+
 /// A void through node B of a sale that node A still had at the issuer when B first read it:
 /// B held the sale in flight, and once A's approval is in the journal B takes it (and its
 /// auth code, which the void is checked against) from there, instead of refusing the void
