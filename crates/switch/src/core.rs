@@ -122,6 +122,11 @@ impl Terminal {
 /// A terminal's MAC algorithm as the store spells it: paycrypto's spelling, or `cup-ecb-single`
 /// for CUP ECB with a single-length MAK (issued under 003/004 as 8 key bytes and 8 zero bytes,
 /// for terminals that MAC with single DES; PROTOCOL.md, sign-in).
+/// Whether a terminal of this standing is given working keys.
+fn may_sign_in(status: Status) -> bool {
+    matches!(status, Status::Active | Status::Suspended)
+}
+
 pub(crate) fn parse_mac_spelling(text: &str) -> Option<(MacAlgorithm, MakLength)> {
     match text {
         CUP_ECB_SINGLE => Some((MacAlgorithm::CupEcb, MakLength::Single)),
@@ -661,7 +666,10 @@ impl Core {
         else {
             return self.answer_code(frame, RC_NOT_REGISTERED);
         };
-        if terminal.status != Status::Active {
+        // A suspended terminal still signs in: it takes no new business (58, `financial`), but
+        // its reversals count, and a terminal without working keys (after a power cycle, a
+        // sign-off, an A0) could send none. A closed one is done with.
+        if !may_sign_in(terminal.status) {
             return self.answer_code(frame, RC_NOT_PERMITTED_TERMINAL);
         }
         if !terminal.names_own_merchant(request) {
@@ -683,8 +691,8 @@ impl Core {
         let Some(terminal) = terminal else {
             return self.system_error(frame);
         };
-        // Suspended while this sign-in waited for the lock: no keys.
-        if terminal.status != Status::Active {
+        // Closed while this sign-in waited for the lock: no keys.
+        if !may_sign_in(terminal.status) {
             return self.answer_code(frame, RC_NOT_PERMITTED_TERMINAL);
         }
         let batch_no = request

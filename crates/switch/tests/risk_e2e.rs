@@ -419,6 +419,9 @@ fn a_card_testing_burst_raises_an_alert_then_declines() {
         let big_sale = paid_with_pin(healthy, 25_000, 21);
         let big = t.send(&big_sale).await;
         assert_eq!(big.code(), "00");
+        let other_sale = paid_with_pin(healthy, 26_000, 22);
+        let other = t.send(&other_sale).await;
+        assert_eq!(other.code(), "00");
 
         // The operator acts: the terminal is suspended, and the switch refuses it (58).
         let store_dyn: &dyn Store = w.h.store.as_ref();
@@ -468,6 +471,19 @@ fn a_card_testing_burst_raises_an_alert_then_declines() {
             w.h.store.reversal(row.id).unwrap().is_some(),
             "queued to the issuer"
         );
+        // Signed in again (after a power cycle, or told to by an A0), it gets keys for its
+        // reversals still, and no new business.
+        assert_eq!(
+            t.sign_in().await.code(),
+            "00",
+            "a suspended terminal signs in"
+        );
+        let r = t.send(&paid_with_pin(healthy, 25_000, 95)).await;
+        assert_eq!(r.code(), "58");
+        let reversed = t.send(&Req::reversal_of(&other_sale)).await;
+        assert_eq!(reversed.code(), "00", "reversed after signing in again");
+        let (row, _) = journalled(&w.h, &other);
+        assert_eq!(row.state, TxnState::Reversed);
         let mut h = w.h;
         h.stop().await;
     });
