@@ -795,6 +795,31 @@ impl Core {
     /// trace) is held: recorded before the request itself. [`Core::recall`] of the request's
     /// key has read every row under its trace, reversals included, when the store could have
     /// any this node does not hold.
+    /// Whether the entry held under `key` is of an earlier batch of the number, closed by its
+    /// settlement (a terminal replaced or reinstalled numbers its batches and traces from 1
+    /// again, the same day or the next): then the index lets go of its key, and the request
+    /// is new rather than a retry (its old answer replayed, nothing charged) or other content
+    /// under a known key (94). Read only when a key is found held, which is rare. `None` if
+    /// the store could not be read.
+    async fn held_of_closed_batch(&self, key: &TxnKey) -> Option<bool> {
+        let Some(entry) = self.ledger.by_key(key) else {
+            return Some(false);
+        };
+        let Some(closed_ms) = self.batch_closed_at(&key.tid, key.batch_no).await? else {
+            return Some(false);
+        };
+        let id = entry.id;
+        let row = self
+            .read_for_request(move |store| store.txn(id))
+            .await?
+            .ok()?;
+        let earlier = row.is_some_and(|row| row.received_at_ms <= closed_ms);
+        if earlier {
+            self.ledger.let_go_of_key(&entry);
+        }
+        Some(earlier)
+    }
+
     fn reversed_first(&self, key: &TxnKey) -> bool {
         let reversal = TxnKey {
             reversal: true,
@@ -1048,7 +1073,11 @@ impl Core {
         let request = &ctx.frame.message;
         let kind = store_kind(ctx.kind);
         if let Some(held) = self.ledger.held(&ctx.key, &ctx.request_hash) {
-            return self.answer_claimed(ctx, held).await;
+            match self.held_of_closed_batch(&ctx.key).await {
+                Some(false) => return self.answer_claimed(ctx, held).await,
+                Some(true) => {}
+                None => return self.reply_code(ctx, RC_SYSTEM_ERROR),
+            }
         }
         let Ok(id) = self.next_id().await else {
             return self.reply_code(ctx, RC_SYSTEM_ERROR);

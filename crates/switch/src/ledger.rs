@@ -546,6 +546,19 @@ impl Ledger {
         Some(Claim::Retry(Arc::clone(existing)))
     }
 
+    /// Takes `entry` out of the key index alone (still found by id and RRN): an earlier
+    /// batch's, its batch number in use again.
+    pub fn let_go_of_key(&self, entry: &Arc<Entry>) {
+        let mut maps = self.maps();
+        if maps
+            .by_key
+            .get(&entry.key)
+            .is_some_and(|e| Arc::ptr_eq(e, entry))
+        {
+            maps.by_key.remove(&entry.key);
+        }
+    }
+
     /// Takes `lost` out of the maps: the journal refused its row because another node holds
     /// its key ([`store::StoreError::KeyTaken`]). A request under the key then reads the
     /// journal (a node on a shared journal reads every key it does not hold), rather than

@@ -641,6 +641,48 @@ async fn a_batch_number_settled_and_used_again_days_later_is_a_new_batch() {
     assert_eq!(found, vec![(7, BatchDiffKind::AmountDiffers)]);
 }
 
+/// The same day, without a restart (the index still holds the earlier batch): a terminal
+/// replaced after settling batch 1 starts again at batch 1, trace 1. Its sales under the
+/// earlier batch's keys are new: one with other content is not refused as a duplicate (94),
+/// and one with the same content as an earlier sale is sent to the issuer, not answered with
+/// the earlier sale's approval (which would charge nothing).
+#[tokio::test]
+async fn a_batch_number_settled_and_used_again_the_same_day_is_a_new_batch() {
+    let h = Harness::new().await;
+    let mut t = h.terminal().await;
+    t.sign_in().await;
+    let pan = card("622202");
+    let first = t.send(&Req::purchase(&pan, 500, 7)).await;
+    assert_eq!(first.code(), "00");
+    let same = Req::purchase(&pan, 600, 8);
+    let earlier = t.send(&same).await;
+    assert_eq!(earlier.code(), "00");
+    let host = settle(&mut t, 1, &totals((1_100, 2), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+
+    let mut t = h.terminal().await;
+    t.batch = 1;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let other = t.send(&Req::purchase(&pan, 800, 7)).await;
+    assert_eq!(
+        other.code(),
+        "00",
+        "other content under an earlier batch's key"
+    );
+    assert_ne!(other.text(37), first.text(37));
+    let again = t.send(&same).await;
+    assert_eq!(again.code(), "00");
+    assert_ne!(
+        again.text(37),
+        earlier.text(37),
+        "the earlier batch's approval given again: nothing charged"
+    );
+    // A retry within the batch open now is still a retry.
+    assert_eq!(t.send(&same).await.text(37), again.text(37));
+    let host = settle(&mut t, 1, &totals((1_400, 2), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+}
+
 /// A completion naming its pre-authorisation by batch and trace alone, days later and after
 /// that batch was settled: the settled batch is looked up whole (only the batch open now
 /// starts after its number's last settlement).
