@@ -42,6 +42,9 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// The store counters ids come from.
 pub const USER_COUNTER: &str = "web_user_id";
 pub const AUDIT_COUNTER: &str = "audit_id";
+/// Advanced by a wrong sign-in of an unknown or disabled username: the durable write a real
+/// user's wrong password makes (its count), so that the two answer alike in time.
+pub const UNKNOWN_SIGN_IN_COUNTER: &str = "web_unknown_sign_in";
 
 /// 32 random bytes as hex: session ids, API tokens, CSRF tokens.
 pub fn random_token() -> Result<String, ApiError> {
@@ -353,10 +356,10 @@ pub async fn authenticate(web: &Web, username: &str, password: &str) -> Result<S
     // The lock is read, the password checked and a wrong one counted within one turn, so
     // attempts queued behind the turns cannot all pass a lock check made before the count.
     let checked = on_turn(move || -> Result<Checked, StoreError> {
-        let failures = match &user {
-            Some(u) => store.web_login_failures(Some(u.id))?.pop(),
-            None => None,
-        };
+        // An unknown user reads a count too (of no one): the answer must take as long.
+        let failures = store
+            .web_login_failures(Some(user.as_ref().map_or(-1, |u| u.id)))?
+            .pop();
         let now_ms = clock.now_ms();
         if let Some(until) = locked_until(failures.as_ref(), now_ms) {
             return Ok(Checked::Locked { until, now_ms });
@@ -364,6 +367,9 @@ pub async fn authenticate(web: &Web, username: &str, password: &str) -> Result<S
         // An unknown or disabled user's check costs what a real one does.
         let matched = verify_stored(user.as_ref().map(|u| u.password_hash.as_str()), &password);
         let Some(user) = user else {
+            // As a real user's wrong password is counted: one durable write, one read.
+            store.reserve(UNKNOWN_SIGN_IN_COUNTER, 1)?.wait()?;
+            store.web_login_failures(Some(-1))?;
             return Ok(Checked::Wrong { locked: None });
         };
         if matched {

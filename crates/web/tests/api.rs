@@ -2649,6 +2649,16 @@ fn ten_wrong_passwords_in_a_row_lock_a_user_until_an_admin_unlocks_it() {
                 "bad_credentials",
             );
         }
+        // Each of them made the durable write a real user's wrong password makes (its
+        // count), so that the time of the answer does not tell which names exist.
+        let next = e
+            .web
+            .store
+            .reserve(web::auth::UNKNOWN_SIGN_IN_COUNTER, 1)
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(next, 13, "one write per unknown user's sign-in");
 
         // The admin sees the lock, a merchant may not lift it, the admin does.
         let users = api
