@@ -46,7 +46,7 @@ pub fn lang_switch_href(lang: Lang, query: Option<&[(String, String)]>) -> Strin
         // Only what may look like a card number without being one goes as it came: a merchant
         // ID, a cursor or a time. Anything else, a card number typed where it does not belong
         // included (a page that reads no `rrn` does not check it), is not said back whole.
-        let value = if KEPT_WHOLE.contains(&key.as_str()) {
+        let value = if kept_whole(key, value) {
             std::borrow::Cow::Borrowed(value.as_str())
         } else {
             domain::mask_card_numbers(value)
@@ -61,8 +61,19 @@ pub fn lang_switch_href(lang: Lang, query: Option<&[(String, String)]>) -> Strin
     href
 }
 
-/// The page parameters whose values may be long runs of digits that are not card numbers.
-const KEPT_WHOLE: &[&str] = &["mid", "cursor", "before", "payouts_before"];
+/// The page parameters whose values may be long runs of digits that are not card numbers,
+/// said back whole only in their own shape: a merchant ID of 15 digits; cursors, ids, times
+/// in milliseconds and dates, of digit runs no longer than a time in milliseconds (13). A card
+/// number typed there in another shape is masked like any other value.
+fn kept_whole(key: &str, value: &str) -> bool {
+    match key {
+        "mid" => value.len() == 15 && value.bytes().all(|b| b.is_ascii_digit()),
+        "cursor" | "before" | "payouts_before" => value
+            .split(|c: char| !c.is_ascii_digit())
+            .all(|run| run.len() <= 13),
+        _ => false,
+    }
+}
 
 /// Percent-encodes all but the unreserved characters of a query component.
 pub fn url_escape(text: &str) -> String {
@@ -172,6 +183,20 @@ mod tests {
         assert_eq!(
             lang_switch_href(Lang::Zh, Some(&rrn)),
             "?rrn=622202%2A%2A%2A%2A%2A%2A%2A%2A%2A5679&lang=en"
+        );
+        // A card number typed as a merchant ID or into a cursor is not in their shape.
+        for key in ["mid", "cursor", "before", "payouts_before"] {
+            let typed = vec![(key.to_owned(), "6222020200112345679.1".to_owned())];
+            assert_eq!(
+                lang_switch_href(Lang::Zh, Some(&typed)),
+                format!("?{key}=622202%2A%2A%2A%2A%2A%2A%2A%2A%2A5679.1&lang=en")
+            );
+        }
+        // A cursor of a time in milliseconds and an id goes as it came.
+        let cursor = vec![("cursor".to_owned(), "1733400000000.4261".to_owned())];
+        assert_eq!(
+            lang_switch_href(Lang::Zh, Some(&cursor)),
+            "?cursor=1733400000000.4261&lang=en"
         );
     }
 
