@@ -737,14 +737,19 @@ impl CaseService {
     }
 
     /// Sets who works on the case and by when.
+    /// Sets who works on a case and by when; a field given as `None` stays as the case has it
+    /// when this reads it (not as the caller read it earlier: another operator's assignment
+    /// made meanwhile stays), `Some(None)` clears it.
     pub async fn assign(
         &self,
         id: i64,
         who: &str,
-        assignee: Option<String>,
-        due_at_ms: Option<i64>,
+        assignee: Option<Option<String>>,
+        due_at_ms: Option<Option<i64>>,
     ) -> Result<Case, CaseError> {
         let mut row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
+        let assignee = assignee.unwrap_or_else(|| row.assignee.clone());
+        let due_at_ms = due_at_ms.unwrap_or(row.due_at_ms);
         if CaseState::parse(&row.state).is_some_and(CaseState::is_closed) {
             return Err(CaseError::IllegalTransition {
                 from: CaseState::parse(&row.state).unwrap_or(CaseState::Resolved),

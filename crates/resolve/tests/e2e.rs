@@ -1154,6 +1154,20 @@ fn refund_application_executes_through_the_switch_once() {
             .await
             .unwrap();
         let again = cases.open(new(1_000)).await.unwrap();
+        // An assignment leaves out what it does not set, as the case has it when written.
+        cases
+            .assign(again.id, "operator-2", Some(Some("bob".into())), None)
+            .await
+            .unwrap();
+        let due = now() + 3 * 86_400_000;
+        let moved = cases
+            .assign(again.id, "operator-3", None, Some(Some(due)))
+            .await
+            .unwrap();
+        assert_eq!(
+            (moved.assignee.as_deref(), moved.due_at_ms),
+            (Some("bob"), Some(due))
+        );
         // Open cases are listed oldest first, as a queue is worked.
         let dispute = cases
             .open(NewCase {

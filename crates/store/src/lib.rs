@@ -363,6 +363,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         mid: Option<&str>,
     ) -> Result<Vec<settlement::AccountChangeRow>, StoreError>;
+    /// The account changes waiting for a second person's confirmation, of every merchant,
+    /// oldest first (a merchant has one at most: a new one supersedes it).
+    fn account_changes_pending(&self) -> Result<Vec<settlement::AccountChangeRow>, StoreError>;
     fn account_change(&self, id: i64) -> Result<Option<settlement::AccountChangeRow>, StoreError>;
     fn payout(&self, key: &str) -> Result<Option<settlement::PayoutRow>, StoreError>;
     /// Payouts of one merchant or all, in one state or any, oldest payout day first (the

@@ -740,6 +740,11 @@ impl Store for SqliteStore {
     ) -> Result<Vec<crate::settlement::AccountChangeRow>, StoreError> {
         self.settle_account_changes(mid)
     }
+    fn account_changes_pending(
+        &self,
+    ) -> Result<Vec<crate::settlement::AccountChangeRow>, StoreError> {
+        self.settle_account_changes_pending()
+    }
     fn account_change(
         &self,
         id: i64,

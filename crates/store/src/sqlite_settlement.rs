@@ -917,6 +917,20 @@ impl SqliteStore {
         })
     }
 
+    pub(super) fn settle_account_changes_pending(
+        &self,
+    ) -> Result<Vec<AccountChangeRow>, StoreError> {
+        self.read(|conn| {
+            let sql = format!(
+                "SELECT {CHANGE_COLUMNS} FROM account_changes WHERE state = 'pending_confirmation'
+                 ORDER BY id"
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map([], change_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     pub(super) fn settle_account_change(
         &self,
         id: i64,

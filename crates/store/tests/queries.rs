@@ -109,6 +109,7 @@ fn every_read_runs(db: &Db) {
     assert!(s.bound_account("m").unwrap().is_none());
     assert!(s.account_changes(None).unwrap().is_empty());
     assert!(s.account_changes(Some("m")).unwrap().is_empty());
+    assert!(s.account_changes_pending().unwrap().is_empty());
     assert!(s.account_change(1).unwrap().is_none());
     assert!(s.payout("k").unwrap().is_none());
     assert!(s.payouts(None, None, 10).unwrap().is_empty());

@@ -1030,11 +1030,11 @@ async fn assign(
 ) -> ApiResult {
     who.require_staff("assign cases")?;
     let before = web.cases.get(id)?;
-    let assignee = match body.assignee {
-        Some(given) => given.map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()),
-        None => before.assignee.clone(),
-    };
-    let due_at_ms = body.due_at_ms.unwrap_or(before.due_at_ms);
+    // A field left out stays as the case has it when it is written, not as read here.
+    let assignee = body
+        .assignee
+        .map(|given| given.map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()));
+    let due_at_ms = body.due_at_ms;
     // A date no case is due by (a year back, five ahead) is a mistyped one, not a plan.
     let now_ms = web.clock.now_ms();
     let sane = now_ms.saturating_sub(DUE_BACK_MS_MAX)..=now_ms.saturating_add(DUE_AHEAD_MS_MAX);
@@ -1049,7 +1049,7 @@ async fn assign(
         );
     }
     // Someone who can work on it: an enabled operator or admin.
-    if let Some(name) = &assignee {
+    if let Some(Some(name)) = &assignee {
         let staff = web.store.web_user_by_name(name)?.is_some_and(|u| {
             !u.disabled && u.mid.is_none() && u.role != store::web::Role::Merchant
         });

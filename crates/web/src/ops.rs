@@ -509,12 +509,7 @@ pub fn pending_changes(
     who: &Principal,
 ) -> Result<Vec<store::settlement::AccountChangeRow>, ApiError> {
     who.require_staff("see account changes")?;
-    Ok(web
-        .store
-        .account_changes(None)?
-        .into_iter()
-        .filter(|c| c.state == ChangeState::PendingConfirmation)
-        .collect())
+    Ok(web.store.account_changes_pending()?)
 }
 
 pub async fn account_changes(
@@ -523,11 +518,14 @@ pub async fn account_changes(
     Query(q): Query<MidQuery>,
 ) -> ApiResult {
     who.require_staff("see account changes")?;
+    let state = given(&q.state)
+        .map(|s| ChangeState::parse(s).map_err(|_| ApiError::bad_request("state: unknown")))
+        .transpose()?;
     let items: Vec<Value> = web
         .store
         .account_changes(given(&q.mid))?
         .iter()
-        .filter(|c| given(&q.state).is_none_or(|s| c.state.as_str() == s))
+        .filter(|c| state.is_none_or(|s| c.state == s))
         .map(change_json)
         .collect();
     Ok(Json(json!({ "items": items })))

@@ -1903,6 +1903,20 @@ fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
             .await
             .json();
         assert_eq!(queue["items"][0]["id"], change, "{queue}");
+        // A state no change has is a mistyped one, not an empty queue.
+        assert_error(
+            &api.call(
+                Some(&ops),
+                "GET",
+                "/api/account-changes?state=pending",
+                None,
+            )
+            .await,
+            400,
+            "bad_request",
+        );
+        let pending = e.web.store.account_changes_pending().unwrap();
+        assert_eq!(pending.iter().map(|c| c.id).collect::<Vec<_>>(), [change]);
         assert_error(
             &api.call(
                 Some(&tea),
