@@ -14,6 +14,9 @@ const MASK_KEEP_FIRST: usize = 6;
 const MASK_KEEP_LAST: usize = 4;
 /// The longest issuer prefix [`Pan::bin`] hands out (the CUP BIN table has 10-digit rows).
 pub const BIN_LEN_MAX: usize = 10;
+/// Digits a prefix ([`Pan::bin`]) leaves hidden between it and the last four, at least: with
+/// the check digit the rest may be narrowed to a tenth, never to one.
+pub const BIN_HIDDEN_MIN: usize = 3;
 
 /// A card number. Parsing checks length, digits and the Luhn check digit; `Display` and `Debug`
 /// print it masked (`622202******0123`); the clear digits leave only through
@@ -90,10 +93,11 @@ impl Pan {
     }
 
     /// The first `n` digits, the issuer prefix. `None` for `n` = 0, `n` > [`BIN_LEN_MAX`], or a
-    /// prefix that would reach into the last four digits (prefix and last 4 together must not
-    /// rebuild the PAN).
+    /// prefix that leaves fewer than [`BIN_HIDDEN_MIN`] digits between it and the last four:
+    /// prefix and last 4 together must not rebuild the PAN, and with one digit hidden the
+    /// check digit (among the last four) gives it away.
     pub fn bin(&self, n: usize) -> Option<&str> {
-        if n == 0 || n > BIN_LEN_MAX || n + MASK_KEEP_LAST >= self.len() {
+        if n == 0 || n > BIN_LEN_MAX || n + MASK_KEEP_LAST + BIN_HIDDEN_MIN > self.len() {
             return None;
         }
         self.expose_digits().get(..n)
@@ -449,6 +453,11 @@ mod tests {
         assert_eq!(pan.bin(0), None);
         assert_eq!(pan.bin(11), None);
         assert_eq!(pan.expose_digits(), ICBC);
+        // Thirteen digits: a prefix of six hides three, of seven only two, which the check
+        // digit among the last four narrows too far.
+        let short: Pan = "4222222222222".parse().unwrap();
+        assert_eq!(short.bin(6), Some("422222"));
+        assert_eq!(short.bin(7), None);
     }
 
     #[test]

@@ -217,6 +217,10 @@ pub enum HsmError {
     SealTooLarge { len: usize },
     #[error("key store rejected: {reason}")]
     KeyStore { reason: &'static str },
+    /// A DES key with a weak or semi-weak part (FIPS 74): under such a key encryption undoes
+    /// itself or another key's, and the few there are can be tried at once.
+    #[error("a weak or semi-weak DES key: refused")]
+    WeakKey,
 }
 
 impl HsmError {
@@ -542,6 +546,9 @@ impl Hsm for SoftHsm {
         clear_hex: &str,
     ) -> Result<KeyHandle, HsmError> {
         let key = Key::from_hex(algorithm, clear_hex)?;
+        if key.has_weak_des_part() {
+            return Err(HsmError::WeakKey);
+        }
         self.write().insert(usage, key)
     }
 
@@ -885,6 +892,28 @@ mod tests {
             Key::from_hex(KeyAlgorithm::Des, TMK).unwrap().kcv()
         );
         assert_eq!(handle.to_string().parse::<KeyHandle>().unwrap(), handle);
+    }
+
+    #[test]
+    fn a_weak_or_semi_weak_des_key_is_not_imported() {
+        let hsm = hsm(2);
+        for weak in [
+            "0101010101010101FEFEFEFEFEFEFEFE",
+            "01FE01FE01FE01FEFE01FE01FE01FE01",
+            "0123456789ABCDEFE0E0E0E0F1F1F1F1",
+        ] {
+            assert!(
+                matches!(
+                    hsm.import_key(KeyUsage::Tmk, KeyAlgorithm::Des, weak),
+                    Err(HsmError::WeakKey)
+                ),
+                "{weak}"
+            );
+        }
+        assert!(
+            hsm.import_key(KeyUsage::Zpk, KeyAlgorithm::Des, TMK)
+                .is_ok()
+        );
     }
 
     #[test]

@@ -459,6 +459,28 @@ pub enum Key {
     Sm4(Sm4Key),
 }
 
+/// The weak and semi-weak single DES keys (FIPS 74 / NIST SP 800-67), with odd parity.
+const WEAK_DES_KEYS: [[u8; 8]; 16] = [
+    // Weak: encryption is its own inverse.
+    [0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01],
+    [0xFE, 0xFE, 0xFE, 0xFE, 0xFE, 0xFE, 0xFE, 0xFE],
+    [0xE0, 0xE0, 0xE0, 0xE0, 0xF1, 0xF1, 0xF1, 0xF1],
+    [0x1F, 0x1F, 0x1F, 0x1F, 0x0E, 0x0E, 0x0E, 0x0E],
+    // Semi-weak, in pairs: each decrypts what the other encrypts.
+    [0x01, 0x1F, 0x01, 0x1F, 0x01, 0x0E, 0x01, 0x0E],
+    [0x1F, 0x01, 0x1F, 0x01, 0x0E, 0x01, 0x0E, 0x01],
+    [0x01, 0xE0, 0x01, 0xE0, 0x01, 0xF1, 0x01, 0xF1],
+    [0xE0, 0x01, 0xE0, 0x01, 0xF1, 0x01, 0xF1, 0x01],
+    [0x01, 0xFE, 0x01, 0xFE, 0x01, 0xFE, 0x01, 0xFE],
+    [0xFE, 0x01, 0xFE, 0x01, 0xFE, 0x01, 0xFE, 0x01],
+    [0x1F, 0xE0, 0x1F, 0xE0, 0x0E, 0xF1, 0x0E, 0xF1],
+    [0xE0, 0x1F, 0xE0, 0x1F, 0xF1, 0x0E, 0xF1, 0x0E],
+    [0x1F, 0xFE, 0x1F, 0xFE, 0x0E, 0xFE, 0x0E, 0xFE],
+    [0xFE, 0x1F, 0xFE, 0x1F, 0xFE, 0x0E, 0xFE, 0x0E],
+    [0xE0, 0xFE, 0xE0, 0xFE, 0xF1, 0xFE, 0xF1, 0xFE],
+    [0xFE, 0xE0, 0xFE, 0xE0, 0xFE, 0xF1, 0xFE, 0xF1],
+];
+
 impl Key {
     /// Parses hex as the given algorithm (a 16-byte key is either 3DES or SM4: the caller says).
     pub fn from_hex(algorithm: KeyAlgorithm, text: &str) -> Result<Self, KeyError> {
@@ -505,6 +527,20 @@ impl Key {
             24 => same(0, 1) || same(1, 2),
             _ => false,
         }
+    }
+
+    /// Whether a part of this DES key (each 8 bytes) is one of the 4 weak or 12 semi-weak DES
+    /// keys (FIPS 74, parity bits ignored): a key an operator types in is refused for it
+    /// ([`crate::Hsm::import_key`]); one drawn at random is one of them with odds of 2^-52.
+    pub fn has_weak_des_part(&self) -> bool {
+        if !matches!(self, Self::Des(_)) {
+            return false;
+        }
+        self.expose().chunks(8).any(|part| {
+            WEAK_DES_KEYS
+                .iter()
+                .any(|weak| part.iter().zip(weak).all(|(p, w)| p & 0xFE == w & 0xFE))
+        })
     }
 
     /// Key length in bytes.
@@ -568,6 +604,41 @@ impl From<Sm4Key> for Key {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table is what it says: each weak key's encryption is its own inverse, and each
+    /// semi-weak key's encryption is undone by encryption under its partner (the next one).
+    #[test]
+    fn the_weak_des_keys_undo_themselves_or_their_partners() {
+        let encrypt = |key: &[u8; 8], block: [u8; 8]| {
+            let mut b = Block::<Des>::from(block);
+            Des::new(&(*key).into()).encrypt_block(&mut b);
+            <[u8; 8]>::from(b)
+        };
+        let plain = [0x41, 0x43, 0x51, 0x55, 0x49, 0x52, 0x45, 0x21];
+        for (i, key) in WEAK_DES_KEYS.iter().enumerate() {
+            let undone_by = match i {
+                0..4 => key,
+                _ => WEAK_DES_KEYS.get(i ^ 1).unwrap(),
+            };
+            assert_eq!(encrypt(undone_by, encrypt(key, plain)), plain, "key {i}");
+        }
+        // A double-length key with a weak half, or a semi-weak pair for halves, has one;
+        // parity bits do not hide it; an ordinary key has none.
+        let weak = |hex: &str| {
+            Key::from_hex(KeyAlgorithm::Des, hex)
+                .unwrap()
+                .has_weak_des_part()
+        };
+        assert!(weak("01FE01FE01FE01FEFE01FE01FE01FE01"));
+        assert!(weak("00FF00FF00FF00FF0123456789ABCDEF"));
+        assert!(weak("0123456789ABCDEF1F1F1F1F0E0E0E0E"));
+        assert!(!weak("0123456789ABCDEFFEDCBA9876543210"));
+        assert!(
+            !Key::from_hex(KeyAlgorithm::Sm4, "0101010101010101FEFEFEFEFEFEFEFE")
+                .unwrap()
+                .has_weak_des_part()
+        );
+    }
 
     fn des(hex: &str) -> DesKey {
         DesKey::from_hex(hex).unwrap()
