@@ -94,6 +94,9 @@ pub struct SqliteStore {
     /// The writer's connection when writes are committed inline (`SqliteConfig::inline_writer`).
     /// (connection, page quota applied to it).
     inline: Option<Mutex<(Connection, u64)>>,
+    /// Opened read-only ([`SqliteStore::open_read_only`]): its readers are read-only
+    /// connections, which neither switch a database's journal mode nor checkpoint it.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -132,6 +135,7 @@ impl SqliteStore {
                 writer: Mutex::new(None),
                 page_quota,
                 inline: Some(Mutex::new((writer, config.max_page_count.unwrap_or(0)))),
+                read_only: false,
             });
         }
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_MAX);
@@ -149,6 +153,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(handle)),
             page_quota,
             inline: None,
+            read_only: false,
         })
     }
 
@@ -246,6 +251,16 @@ impl SqliteStore {
         let pooled = self.readers.lock().ok().and_then(|mut pool| pool.pop());
         let conn = match pooled {
             Some(conn) => conn,
+            None if self.read_only => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+                plan_once(&conn)?;
+                conn
+            }
             None => {
                 let conn = open_connection(&self.path)?;
                 conn.pragma_update(None, "query_only", "ON")?;

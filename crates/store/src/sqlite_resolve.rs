@@ -24,8 +24,9 @@ const ATTACHMENT_SEPARATOR: char = '\n';
 
 impl SqliteStore {
     /// Opens an existing database for reading only: no migration, no writer thread (every
-    /// write fails with `WriterGone`), connections with `query_only`. For `shoudan explain`
-    /// on a data dir that a running demo may be writing.
+    /// write fails with `WriterGone`), read-only connections (which leave the file as they
+    /// found it: its journal mode, and a log a stopped node left, are not touched). For
+    /// `shoudan explain` and `audit` on a data dir that a running demo may be writing.
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
         if !path.is_file() {
             return Err(StoreError::Backend {
@@ -41,6 +42,7 @@ impl SqliteStore {
             writer: Mutex::new(None),
             page_quota: Default::default(),
             inline: None,
+            read_only: true,
         };
         // Fail now, not at the first query, when the file is not a database. One row, not a
         // count: counting reads a whole index, seconds on a year's journal.

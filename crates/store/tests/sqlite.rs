@@ -882,6 +882,29 @@ fn a_read_only_open_checks_it_is_a_journal() {
     assert!(journal.merchants().unwrap().is_empty());
 }
 
+/// A read-only open leaves the file as it found it: a copy in rollback-journal mode (a
+/// `VACUUM INTO` backup) stays so, and no log is made beside it.
+#[test]
+fn a_read_only_open_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    open(&dir).close();
+    let path = dir.path().join("shoudan.db");
+    let copy = dir.path().join("copy.db");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+        .unwrap();
+    let mode = |path: &std::path::Path| std::fs::read(path).unwrap()[18];
+    assert_eq!(mode(&copy), 1, "VACUUM INTO makes a rollback-journal copy");
+    let before = std::fs::read(&copy).unwrap();
+    let journal = SqliteStore::open_read_only(&copy).unwrap();
+    assert!(journal.merchants().unwrap().is_empty());
+    assert!(journal.terminals().unwrap().is_empty());
+    drop(journal);
+    assert!(std::fs::read(&copy).unwrap() == before, "the file changed");
+    assert!(!dir.path().join("copy.db-wal").exists());
+}
+
 fn terminals_merchants_and_sign_in_round_trip(db: &Db) {
     let store = db.open();
     provision(&store);
