@@ -851,10 +851,19 @@ key_store_file = "{dir}/hsm.store"
         );
     }
     assert_eq!(std::fs::read(d.join("hsm.store")).unwrap(), store_before);
-    let (code, out, err) = provision(
+    // Components that make a weak DES key (here a half of zeros) are refused, nothing stored.
+    let (code, _, err) = provision(
         &["key", "--config", c, "--usage", "zpk", "--components", "3"],
         "22222222222222223333333333333333\n44444444444444445555555555555555\n\
          66666666666666667777777777777777\n",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("weak"), "{err}");
+    assert_eq!(std::fs::read(d.join("hsm.store")).unwrap(), store_before);
+    let (code, out, err) = provision(
+        &["key", "--config", c, "--usage", "zpk", "--components", "3"],
+        "22222222222222223333333333333333\n44444444444444445555555555555555\n\
+         0123456789ABCDEF7777777777777777\n",
     );
     assert_eq!(code, 0, "{err}");
     let zpk = handle_of(&out);
