@@ -509,7 +509,8 @@ impl CaseService {
         Ok(case)
     }
 
-    /// The cases `query` asks for, newest first ([`store::resolve::CaseQuery`]), without
+    /// The cases `query` asks for, newest first unless it asks for the oldest first
+    /// ([`store::resolve::CaseQuery`]), without
     /// their timelines.
     pub fn find(&self, query: &CaseQuery<'_>) -> Result<Vec<Case>, CaseError> {
         self.store
@@ -519,7 +520,7 @@ impl CaseService {
             .collect()
     }
 
-    /// The cases still open, of one merchant or all, newest first (at most
+    /// The cases still open, of one merchant or all, oldest first (at most
     /// `store::RESOLVE_ROWS_MAX`).
     pub fn still_open(&self, mid: Option<&str>) -> Result<Vec<Case>, CaseError> {
         self.find(&CaseQuery {
@@ -736,7 +737,6 @@ impl CaseService {
         self.commit(row, version, who, &text, Vec::new()).await
     }
 
-    /// Sets who works on the case and by when.
     /// Sets who works on a case and by when; a field given as `None` stays as the case has it
     /// when this reads it (not as the caller read it earlier: another operator's assignment
     /// made meanwhile stays), `Some(None)` clears it.

@@ -119,14 +119,14 @@ impl Terminal {
     }
 }
 
-/// A terminal's MAC algorithm as the store spells it: paycrypto's spelling, or `cup-ecb-single`
-/// for CUP ECB with a single-length MAK (issued under 003/004 as 8 key bytes and 8 zero bytes,
-/// for terminals that MAC with single DES; PROTOCOL.md, sign-in).
 /// Whether a terminal of this standing is given working keys.
 fn may_sign_in(status: Status) -> bool {
     matches!(status, Status::Active | Status::Suspended)
 }
 
+/// A terminal's MAC algorithm as the store spells it: paycrypto's spelling, or `cup-ecb-single`
+/// for CUP ECB with a single-length MAK (issued under 003/004 as 8 key bytes and 8 zero bytes,
+/// for terminals that MAC with single DES; PROTOCOL.md, sign-in).
 pub(crate) fn parse_mac_spelling(text: &str) -> Option<(MacAlgorithm, MakLength)> {
     match text {
         CUP_ECB_SINGLE => Some((MacAlgorithm::CupEcb, MakLength::Single)),

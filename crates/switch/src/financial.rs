@@ -791,10 +791,6 @@ impl Core {
         Ok(row.map(|row| self.ledger.adopt(&row)))
     }
 
-    /// Whether the terminal's reversal of the request under `key` (same terminal, batch and
-    /// trace) is held: recorded before the request itself. [`Core::recall`] of the request's
-    /// key has read every row under its trace, reversals included, when the store could have
-    /// any this node does not hold.
     /// Whether the entry held under `key` is of an earlier batch of the number, closed by its
     /// settlement (a terminal replaced or reinstalled numbers its batches and traces from 1
     /// again, the same day or the next): then the index lets go of its key, and the request
@@ -820,6 +816,10 @@ impl Core {
         Some(earlier)
     }
 
+    /// Whether the terminal's reversal of the request under `key` (same terminal, batch and
+    /// trace) is held: recorded before the request itself. [`Core::recall`] of the request's
+    /// key has read every row under its trace, reversals included, when the store could have
+    /// any this node does not hold.
     fn reversed_first(&self, key: &TxnKey) -> bool {
         let reversal = TxnKey {
             reversal: true,
@@ -1078,6 +1078,15 @@ impl Core {
                 Some(true) => {}
                 None => return self.reply_code(ctx, RC_SYSTEM_ERROR),
             }
+        }
+        // Nor does an earlier batch's reversal under the trace make this request reversed
+        // first (`reversed_first`).
+        let reversal_key = TxnKey {
+            reversal: true,
+            ..ctx.key.clone()
+        };
+        if self.held_of_closed_batch(&reversal_key).await.is_none() {
+            return self.reply_code(ctx, RC_SYSTEM_ERROR);
         }
         let Ok(id) = self.next_id().await else {
             return self.reply_code(ctx, RC_SYSTEM_ERROR);
@@ -1986,15 +1995,23 @@ impl Core {
     /// reversed and queue its reversal to the issuer (store and forward). PROTOCOL.md: not
     /// found → 00, already reversed or another day → 25, amount differs → 64.
     async fn reversal(self: &Arc<Self>, ctx: &Ctx<'_>) -> Option<Vec<u8>> {
+        let original_key = TxnKey {
+            reversal: false,
+            ..ctx.key.clone()
+        };
+        // A reversal names the batch open now: what an earlier batch of the number left in
+        // the index under these traces (a terminal replaced the same day) is let go, so that
+        // it is neither reversed nor taken for this reversal's retry.
+        for key in [&ctx.key, &original_key] {
+            if self.held_of_closed_batch(key).await.is_none() {
+                return self.reply_code(ctx, RC_SYSTEM_ERROR);
+            }
+        }
         if let Some(held) = self.ledger.held(&ctx.key, &ctx.request_hash) {
             return self.answer_claimed(ctx, held).await;
         }
         let Ok(id) = self.next_id().await else {
             return self.reply_code(ctx, RC_SYSTEM_ERROR);
-        };
-        let original_key = TxnKey {
-            reversal: false,
-            ..ctx.key.clone()
         };
         // Both keys: the original's and this reversal's own, each may be held or let go.
         let (Some(_recalled), Some(_recalled_own)) = (
@@ -2007,6 +2024,9 @@ impl Core {
         // reach an issuer: for the journal there is nothing to reverse, and a reversal that
         // named it would be refused by its foreign key for ever, the terminal resending it.
         let named = self.ledger.by_key(&original_key);
+        // Nothing at all under the original's key (not even one set aside below): only then
+        // may the original still arrive, and the journal's claim watch for it.
+        let nothing_named = named.is_none();
         let unrecorded = named.as_ref().is_some_and(|o| o.is_unrecorded());
         // Another merchant's (a terminal moved between merchants) is not found, as for
         // linked requests (`find_original`).
@@ -2247,7 +2267,7 @@ impl Core {
         row.answered_at_ms = Some(now_ms);
         // Found no original: refused if another node journalled it meanwhile, and the
         // terminal's resend of this reversal then finds it.
-        let mut first = self.key_claim(&entry.key, original.is_none());
+        let mut first = self.key_claim(&entry.key, nothing_named);
         first.push(Record::InsertTxn(Box::new(row)));
         records.splice(0..0, first);
         records.push(self.event(

@@ -657,7 +657,13 @@ async fn a_batch_number_settled_and_used_again_the_same_day_is_a_new_batch() {
     let same = Req::purchase(&pan, 600, 8);
     let earlier = t.send(&same).await;
     assert_eq!(earlier.code(), "00");
-    let host = settle(&mut t, 1, &totals((1_100, 2), (0, 0))).await;
+    let settled_sale = Req::purchase(&pan, 700, 9);
+    let settled_sale_answer = t.send(&settled_sale).await;
+    assert_eq!(settled_sale_answer.code(), "00");
+    let reversed = Req::purchase(&pan, 900, 10);
+    assert_eq!(t.send(&reversed).await.code(), "00");
+    assert_eq!(t.send(&Req::reversal_of(&reversed)).await.code(), "00");
+    let host = settle(&mut t, 1, &totals((1_800, 3), (0, 0))).await;
     assert_eq!(host.domestic.result, SettleResult::BALANCED);
 
     let mut t = h.terminal().await;
@@ -679,7 +685,24 @@ async fn a_batch_number_settled_and_used_again_the_same_day_is_a_new_batch() {
     );
     // A retry within the batch open now is still a retry.
     assert_eq!(t.send(&same).await.text(37), again.text(37));
-    let host = settle(&mut t, 1, &totals((1_400, 2), (0, 0))).await;
+    // A sale of the new batch lost on its way, reversed by the terminal under a trace whose
+    // earlier sale (of the same amount) is settled: nothing to reverse now, and the settled
+    // sale stands.
+    assert_eq!(t.send(&Req::reversal_of(&settled_sale)).await.code(), "00");
+    let rrn = settled_sale_answer.text(37).unwrap();
+    assert_eq!(
+        h.store.txn_by_rrn(&rrn).unwrap().unwrap().state,
+        store::TxnState::Approved,
+        "a settled sale of the earlier batch was reversed"
+    );
+    // The earlier batch's reversal under a trace does not refuse the new batch's sale there.
+    let fresh = t.send(&Req::purchase(&pan, 900, 10)).await;
+    assert_eq!(
+        fresh.code(),
+        "00",
+        "refused for the earlier batch's reversal"
+    );
+    let host = settle(&mut t, 1, &totals((2_300, 3), (0, 0))).await;
     assert_eq!(host.domestic.result, SettleResult::BALANCED);
 }
 

@@ -553,6 +553,7 @@ pub fn pending_refunds(web: &Web, who: &Principal) -> Result<Vec<resolve::cases:
         .cases
         .find(&CaseQuery {
             open_only: true,
+            oldest_first: true,
             kind: Some(CaseKind::RefundApplication.as_str()),
             limit: store::RESOLVE_ROWS_MAX,
             ..CaseQuery::default()

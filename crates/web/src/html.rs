@@ -63,14 +63,15 @@ pub fn lang_switch_href(lang: Lang, query: Option<&[(String, String)]>) -> Strin
 
 /// The page parameters whose values may be long runs of digits that are not card numbers,
 /// said back whole only in their own shape: a merchant ID of 15 digits; cursors, ids, times
-/// in milliseconds and dates, of digit runs no longer than a time in milliseconds (13). A card
-/// number typed there in another shape is masked like any other value.
+/// in milliseconds and dates, ASCII digits in runs no longer than a time in milliseconds (13)
+/// between dots. A card number typed there in another shape (in groups, in full-width
+/// digits, whole) is masked like any other value.
 fn kept_whole(key: &str, value: &str) -> bool {
     match key {
         "mid" => value.len() == 15 && value.bytes().all(|b| b.is_ascii_digit()),
         "cursor" | "before" | "payouts_before" => value
-            .split(|c: char| !c.is_ascii_digit())
-            .all(|run| run.len() <= 13),
+            .split('.')
+            .all(|run| run.len() <= 13 && run.bytes().all(|b| b.is_ascii_digit())),
         _ => false,
     }
 }
@@ -191,6 +192,16 @@ mod tests {
                 lang_switch_href(Lang::Zh, Some(&typed)),
                 format!("?{key}=622202%2A%2A%2A%2A%2A%2A%2A%2A%2A5679.1&lang=en")
             );
+        }
+        // Nor in groups, nor in full-width digits.
+        for typed in [
+            "6222 0202 0011 2345 679",
+            "6222-0202-0011-2345-679",
+            "６２２２０２０２００１１２３４５６７９",
+        ] {
+            let query = vec![("cursor".to_owned(), typed.to_owned())];
+            let href = lang_switch_href(Lang::Zh, Some(&query));
+            assert!(href.contains("%2A%2A"), "{typed}: {href}");
         }
         // A cursor of a time in milliseconds and an id goes as it came.
         let cursor = vec![("cursor".to_owned(), "1733400000000.4261".to_owned())];
