@@ -1579,28 +1579,30 @@ fn claim_key(
         "INSERT INTO key_locks (tid) VALUES (?1) ON CONFLICT (tid) DO UPDATE SET tid = excluded.tid",
     )?
     .execute_any(params![tid])?;
-    // A reversal's key is its own: the same TID, batch and STAN as its original's.
-    let first_under = |reversals: bool| -> Result<Option<i64>, StoreError> {
-        let kind = if reversals { "=" } else { "<>" };
-        let sql = format!(
-            "SELECT id FROM transactions WHERE tid = ?1 AND batch_no = ?2 AND stan = ?3
-             AND kind {kind} 'reversal' AND clearing_date >= ?4
-             AND received_at_ms > COALESCE(
-                 (SELECT CASE WHEN result = 3 THEN opened_after_ms ELSE settled_at_ms END
-                  FROM batch_settlements WHERE tid = ?1 AND batch_no = ?2),
-                 -9223372036854775807)
-             ORDER BY id LIMIT 1"
-        );
-        Ok(conn
-            .prepare_cached(&sql)?
-            .query_row(params![tid, batch_no, stan, since], |r| r.get(0))
-            .optional()?)
-    };
-    if let Some(id) = first_under(reversal)? {
-        return Err(StoreError::KeyTaken { id });
+    // A reversal's key is its own: the same TID, batch and STAN as its original's. Both kinds'
+    // rows under the trace in one read (a few at most), oldest first.
+    let mut statement = conn.prepare_cached(
+        "SELECT id, CASE WHEN kind = 'reversal' THEN 1 ELSE 0 END FROM transactions
+         WHERE tid = ?1 AND batch_no = ?2 AND stan = ?3 AND clearing_date >= ?4
+         AND received_at_ms > COALESCE(
+             (SELECT CASE WHEN result = 3 THEN opened_after_ms ELSE settled_at_ms END
+              FROM batch_settlements WHERE tid = ?1 AND batch_no = ?2),
+             -9223372036854775807)
+         ORDER BY id",
+    )?;
+    let under: Vec<(i64, bool)> = statement
+        .query_map(params![tid, batch_no, stan, since], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)? == 1))
+        })?
+        .collect::<Result<_, _>>()?;
+    if let Some((id, _)) = under
+        .iter()
+        .find(|(_, is_reversal)| *is_reversal == reversal)
+    {
+        return Err(StoreError::KeyTaken { id: *id });
     }
-    if alone && let Some(id) = first_under(!reversal)? {
-        return Err(StoreError::KeyCrossed { id });
+    if alone && let Some((id, _)) = under.first() {
+        return Err(StoreError::KeyCrossed { id: *id });
     }
     Ok(())
 }
