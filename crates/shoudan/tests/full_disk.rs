@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use common::Req;
 use issuer_sim::DemoCard;
-use store::{Store, TxnKind, TxnState};
+use store::{SafState, Store, TxnKind, TxnState};
 use support::{World, runtime, start};
 
 /// Purchases tried while the disk is full; the quota is hit within a few pages of rows.
@@ -455,6 +455,63 @@ fn a_journal_that_hangs_is_answered_96_and_what_lands_late_is_settled() {
         let req = w.purchase(&card, 101);
         assert_eq!(w.t.send(&req).await.code(), "00");
         assert_eq!(w.metrics().journal_waits_exceeded, 5);
+    });
+}
+
+/// An approval whose outcome lands after its terminal was answered 96, with the switch gone in
+/// between as a `kill -9` leaves it (its tasks dropped where they stood): the host's reversal
+/// was queued to the journal right behind the outcome, so it lands with it, and the approval
+/// the terminal was told had failed does not stand.
+#[test]
+fn an_approval_that_lands_after_its_96_is_reversed_though_the_switch_died() {
+    runtime().block_on(async {
+        let wait = Duration::from_millis(500);
+        let mut w = start(&["ICBC"], |c| {
+            c.journal_wait = wait;
+            c.abortable = true;
+        })
+        .await;
+        let card = w.bank("ICBC").healthy(0).clone();
+        let faults = w.bank("ICBC").faults();
+        let journal = rusqlite::Connection::open(w.store.path()).unwrap();
+        journal.busy_timeout(Duration::from_secs(5)).unwrap();
+        let req = w.purchase(&card, 3_000);
+        assert_eq!(w.t.send(&req).await.code(), "00");
+
+        // The journal's lock is taken while the issuer decides: the approval's outcome waits.
+        faults.set_latency(Duration::from_millis(300), Duration::from_millis(300));
+        let asked = faults.stats().requests;
+        let req = w.purchase(&card, 3_002);
+        let hold = async {
+            while faults.stats().requests == asked {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            journal.execute_batch("BEGIN IMMEDIATE").unwrap();
+        };
+        let (answer, ()) = tokio::join!(w.t.send(&req), hold);
+        assert_eq!(answer.code(), "96");
+        w.h.switch.take().unwrap().crash();
+        journal.execute_batch("ROLLBACK").unwrap();
+        let store = Arc::clone(&w.store);
+        let (tid, stan) = (w.t.tid.clone(), req.stan);
+        let settled = || store.txns_by_key(&tid, 1, stan).unwrap().into_iter().next();
+        let reversed =
+            w.h.eventually(10, || {
+                settled().is_some_and(|r| r.state == TxnState::Reversed)
+            })
+            .await;
+        let row = settled().unwrap();
+        assert!(reversed, "{row:?}");
+        assert_eq!(
+            row.response_code.as_deref(),
+            Some("00"),
+            "the issuer's answer"
+        );
+        assert_eq!(
+            w.store.reversal(row.id).unwrap().map(|r| r.state),
+            Some(SafState::Pending),
+            "the reversal is queued for the next start to send"
+        );
     });
 }
 

@@ -121,6 +121,14 @@ enum IfLost {
     Nothing(String),
 }
 
+/// An outcome whose write outlasted the journal wait, for `settle_late_outcome`: its write,
+/// the host's reversal written right behind it when it has one, and what it owes if lost.
+struct LateOutcome {
+    durable: store::Durable,
+    behind: Option<store::Durable>,
+    if_lost: IfLost,
+}
+
 /// What the linked-transaction checks decided about an original.
 enum Link {
     None,
@@ -1692,13 +1700,35 @@ impl Core {
                 // The terminal is answered 96 now; what the outcome did to the original stays
                 // in memory until the write's fate is known (`settle_late_outcome`).
                 entry.keep_answer();
+                // A request with no original that may have moved money is reversed once its
+                // outcome lands: those records go to the journal now, right behind the
+                // outcome, written only if the row then holds what the outcome wrote. They
+                // land with it whatever becomes of this process meanwhile (a crash, a stop),
+                // not only if the task below lives to write them.
+                let behind = (if_lost == IfLost::Reversal
+                    && entry.live().linked_original.is_none())
+                .then(|| {
+                    let mut records = vec![Record::StateFrom {
+                        id: entry.id,
+                        from: state,
+                        state: TxnState::Reversed,
+                    }];
+                    records.extend(self.late_reversal(entry.id, &bank));
+                    self.store.submit(records).ok()
+                })
+                .flatten();
                 let core = Arc::clone(self);
                 let late = Arc::clone(&entry);
                 let bank = bank.clone();
                 let counted = LateGuard::new(self);
                 self.tasks.spawn(async move {
                     let _counted = counted;
-                    core.settle_late_outcome(late, durable, if_lost, bank, answered_ms, undo)
+                    let outcome = LateOutcome {
+                        durable,
+                        behind,
+                        if_lost,
+                    };
+                    core.settle_late_outcome(late, outcome, bank, answered_ms, undo)
                         .await;
                 });
                 (Answer::code(RC_SYSTEM_ERROR), unwritten_state)
@@ -1775,21 +1805,45 @@ impl Core {
         }
     }
 
+    /// The host's reversal of an outcome written after its terminal was answered 96: queued to
+    /// `bank`, with its line on the timeline (the row's state is the caller's).
+    fn late_reversal(&self, id: i64, bank: &str) -> [Record; 2] {
+        let now_ms = self.clock.now_ms();
+        [
+            self.saf(id, bank, "96", now_ms),
+            self.event(
+                id,
+                "reversed",
+                format!(
+                    "outcome written after the terminal was answered 96 (the journal answered \
+                     late): reversed by the host at {}; reversal queued to {bank}",
+                    LocalTime::from_ms(now_ms).clock_text()
+                ),
+            ),
+        ]
+    }
+
     /// An outcome write the terminal did not wait for (answered 96 after `journal_wait`), once
     /// the journal answers. Failed: as `outcome_unwritten`. Written: the journal now holds what
     /// the issuer said while the terminal was told 96, so an approval (or an answer that could
     /// not be read) is reversed by the host as a terminal reversal would be: the row reversed,
     /// the reversal queued, its original given back what it took; unless the terminal
-    /// reversed it meanwhile. A write of that failing is tried again, with a growing wait.
+    /// reversed it meanwhile. For a request with no original those records were submitted
+    /// right behind the outcome (`LateOutcome::behind`); otherwise, or when they failed, they
+    /// are written here, tried again with a growing wait.
     async fn settle_late_outcome(
         self: Arc<Self>,
         entry: Arc<Entry>,
-        durable: store::Durable,
-        if_lost: IfLost,
+        outcome: LateOutcome,
         bank: String,
         answered_ms: i64,
         undo: Vec<Undo>,
     ) {
+        let LateOutcome {
+            durable,
+            behind,
+            if_lost,
+        } = outcome;
         if let Err(error) = durable.await {
             tracing::warn!(%error, txn_id = entry.id, "late outcome write failed");
             self.outcome_unwritten(&entry, if_lost, &bank, answered_ms, undo)
@@ -1806,27 +1860,24 @@ impl Core {
             }
             std::mem::replace(&mut live.state, TxnState::Reversed)
         };
-        let now_ms = self.clock.now_ms();
+        // Written already, right behind the outcome (a request with no original).
+        if let Some(behind) = behind {
+            match behind.await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%error, txn_id = entry.id, "host reversal behind a late outcome not written; trying again");
+                }
+            }
+        }
         let mut unlinked = Vec::new();
-        let mut records = vec![
-            Record::State {
-                id: entry.id,
-                state: TxnState::Reversed,
-            },
-            self.saf(entry.id, &bank, "96", now_ms),
-        ];
+        let mut records = vec![Record::State {
+            id: entry.id,
+            state: TxnState::Reversed,
+        }];
+        records.extend(self.late_reversal(entry.id, &bank));
         if was == TxnState::Approved {
             records.extend(self.unlink(&entry, &mut unlinked));
         }
-        records.push(self.event(
-            entry.id,
-            "reversed",
-            format!(
-                "outcome written after the terminal was answered 96 (the journal answered \
-                 late): reversed by the host at {}; reversal queued to {bank}",
-                LocalTime::from_ms(now_ms).clock_text()
-            ),
-        ));
         let mut wait = std::time::Duration::from_secs(1);
         let mut attempt = 1;
         while let Err(error) = self.persist(records.clone()).await {
