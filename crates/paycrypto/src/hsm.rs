@@ -368,7 +368,7 @@ fn hmac_with(key: &[u8; 32]) -> HmacSha256 {
     for (d, s) in block.iter_mut().zip(key) {
         *d = *s;
     }
-    HmacSha256::new(&(*block).into())
+    HmacSha256::new((&*block).into())
 }
 
 struct Entry {
@@ -444,7 +444,7 @@ pub struct SoftHsm {
 impl SoftHsm {
     /// An empty HSM.
     pub fn new(master: &MasterKey, rng: Box<dyn RandomSource>) -> Self {
-        let cipher = |label: &[u8]| Aes256Gcm::new(&(*master.derive(label)).into());
+        let cipher = |label: &[u8]| Aes256Gcm::new((&*master.derive(label)).into());
         let hmac = |label: &[u8]| hmac_with(&master.derive(label));
         Self {
             keys: RwLock::new(KeyTable::default()),

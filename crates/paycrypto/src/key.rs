@@ -180,7 +180,7 @@ impl DesKey {
             DesKeyLength::Double => {
                 let mut k = [0u8; 16];
                 k.copy_from_slice(buf.get(..16).unwrap_or(&[0; 16]));
-                let ede = TdesEde2::new(&k.into());
+                let ede = TdesEde2::new((&k).into());
                 k.zeroize();
                 DesSchedule::Double {
                     ede,
@@ -188,7 +188,7 @@ impl DesKey {
                 }
             }
             DesKeyLength::Triple => {
-                let ede = TdesEde3::new(&buf.into());
+                let ede = TdesEde3::new((&buf).into());
                 DesSchedule::Triple {
                     ede,
                     first: des_from(&buf, 0),
@@ -312,7 +312,7 @@ fn des_from(buf: &[u8; 24], offset: usize) -> Des {
     for (d, s) in k.iter_mut().zip(buf.iter().skip(offset)) {
         *d = *s;
     }
-    let des = Des::new(&k.into());
+    let des = Des::new((&k).into());
     k.zeroize();
     des
 }
@@ -370,7 +370,7 @@ impl Sm4Key {
             actual: bytes.len(),
         })?;
         Ok(Self {
-            cipher: Sm4::new(&bytes.into()),
+            cipher: Sm4::new((&bytes).into()),
             bytes,
         })
     }
