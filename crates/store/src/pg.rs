@@ -103,7 +103,9 @@ const SESSION_SETTINGS: &str = "SET idle_in_transaction_session_timeout = '15s'"
 /// server ends that session), then its group is run again job by job, where it waits
 /// [`CAREFUL_LOCK_TIMEOUT`] a try (`deadlocked`), then fails alone (its caller answers 96) and
 /// the rest commit: the writer is held up about 2.75 s, and a quarter of a second more for each
-/// other job of the group the same lock holds up, not for as long as the lock is held.
+/// other job of the group the same lock holds up, not for as long as the lock is held. A job
+/// that a failing job before it kept from meeting the lock on the fast run waits as briefly
+/// on the job-by-job run.
 /// Commits wait for the server's WAL flush whatever the database or role was set to: a write
 /// is acknowledged (a terminal answered 00) only once it is durable.
 const WRITER_SETTINGS: &str = "SET lock_timeout = '2s'; SET synchronous_commit = on";
@@ -807,8 +809,7 @@ fn commit_group(conn: &Connection, jobs: &mut Vec<Job>, completions: &mut Vec<Co
     };
     match ran {
         Ran::Committed => {}
-        Ran::Again => commit_group_carefully(conn, jobs, completions, false),
-        Ran::Failed { lock_wait } => commit_group_carefully(conn, jobs, completions, lock_wait),
+        Ran::Again | Ran::Failed => commit_group_carefully(conn, jobs, completions),
     }
     stop
 }
@@ -820,11 +821,8 @@ enum Ran {
     /// Rolled back: a pipelined statement changed other than one row, and what followed may
     /// have differed from statement-by-statement execution. Run it again one at a time.
     Again,
-    /// Rolled back: a job or the commit failed as it would have run one statement at a time;
-    /// `lock_wait` if a job waited out the lock timeout.
-    Failed {
-        lock_wait: bool,
-    },
+    /// Rolled back: a job or the commit failed as it would have run one statement at a time.
+    Failed,
 }
 
 /// Runs every job of the group in one transaction and commits it, the jobs' completions
@@ -837,30 +835,23 @@ fn run_group(
     pipelined: bool,
 ) -> Ran {
     if conn.execute_batch("BEGIN").is_err() {
-        return Ran::Failed { lock_wait: false };
+        return Ran::Failed;
     }
     if pipelined {
         conn.start_pipeline();
     }
     let mut outputs = Vec::with_capacity(jobs.len());
     let mut failed = false;
-    let mut lock_wait = false;
     for job in jobs.iter() {
         match execute(conn, job) {
             Ok(output) => outputs.push(output),
-            Err(error) => {
+            Err(_) => {
                 failed = true;
-                lock_wait = lock_timed_out(&error);
                 break;
             }
         }
     }
     let finished = conn.finish_pipeline();
-    // A write that sends no read (an outcome, a state) meets another session's lock only
-    // here, when the pipeline's answers are read.
-    if let Err(shim::Unexpected::Error { lock_timeout: true }) = finished {
-        lock_wait = true;
-    }
     // `SELECT 1` first: in a transaction an error aborted, PostgreSQL answers a COMMIT with a
     // rollback and no error, but fails the SELECT (and skips the COMMIT).
     if !failed && finished.is_ok() && conn.execute_batch("SELECT 1; COMMIT").is_ok() {
@@ -872,7 +863,7 @@ fn run_group(
     let _ = conn.execute_batch("ROLLBACK");
     match finished {
         Err(shim::Unexpected::Count) => Ran::Again,
-        _ => Ran::Failed { lock_wait },
+        _ => Ran::Failed,
     }
 }
 
@@ -888,17 +879,14 @@ fn commit_group_carefully(
     conn: &Connection,
     jobs: &mut Vec<Job>,
     completions: &mut Vec<Completion>,
-    lock_wait: bool,
 ) {
     let mut tries = 0;
-    let begin = if lock_wait {
-        // A job waited out the lock timeout on the fast path (another session holds its row:
-        // a node that died mid-group, until the server ends that session): here it waits only
-        // briefly, so its group is not held up by the full wait again.
-        format!("BEGIN; {CAREFUL_LOCK_TIMEOUT}")
-    } else {
-        "BEGIN".to_owned()
-    };
+    // Each job waits only briefly for a row lock here: a job may have waited out the lock
+    // timeout on the fast path already (another session holds its row: a node that died
+    // mid-group, until the server ends that session), or never reached it there, behind an
+    // earlier job that failed; either way the group must not be held up by the full wait on
+    // every try. A live transaction holds its locks for milliseconds.
+    let begin = format!("BEGIN; {CAREFUL_LOCK_TIMEOUT}");
     let results = loop {
         tries += 1;
         if let Err(error) = conn.execute_batch(&begin) {
@@ -1129,7 +1117,7 @@ mod tests {
         assert_eq!(ran, Ran::Again);
         assert_eq!(jobs.len(), 1);
         let ran = run_group(&conn, &mut jobs, &mut completions, false);
-        assert_eq!(ran, Ran::Failed { lock_wait: false });
+        assert_eq!(ran, Ran::Failed);
 
         conn.execute_batch(&format!("DROP SCHEMA {schema} CASCADE"))
             .unwrap();

@@ -298,6 +298,59 @@ fn on_postgres_a_lock_held_by_a_dead_session_fails_one_write_not_the_writer() {
     store.close();
 }
 
+/// A write stuck behind a dead session's lock, in a group whose first job fails for a reason of
+/// its own (a batch mark of an unknown terminal): the fast run stops at that first job and
+/// never meets the lock, and the job-by-job run then waits only briefly for it on each try, not
+/// the full lock timeout four times (about 8 s of the writer held up, every request of the
+/// node answered 96 meanwhile).
+#[test]
+fn on_postgres_a_write_behind_a_dead_lock_and_a_failing_job_fails_quickly() {
+    let Some(db) = Db::postgres() else { return };
+    let config = db.pg_config().unwrap();
+    let schema = config.schema.clone().unwrap();
+    let store = db.open();
+    provision(&store);
+    let dead = Session::connect(&config.url);
+    dead.run(&format!(
+        "SET search_path TO {schema}; BEGIN; \
+         INSERT INTO key_locks (tid) VALUES ('10000001') \
+         ON CONFLICT (tid) DO UPDATE SET tid = excluded.tid"
+    ))
+    .unwrap();
+    // The writer held on a first write (the merchant's row, locked a moment by a live
+    // session) while the group behind it gathers.
+    let live = Session::connect(&config.url);
+    live.run(&format!(
+        "SET search_path TO {schema}; BEGIN; \
+         UPDATE merchants SET name = name WHERE mid = '898110048990001'"
+    ))
+    .unwrap();
+    let first = store
+        .submit(vec![Record::UpsertMerchant(merchant())])
+        .unwrap();
+    live.wait_blocked();
+    let failing = store
+        .submit(vec![Record::Batch {
+            tid: "99999999".into(),
+            batch_no: 2,
+        }])
+        .unwrap();
+    let stuck = store.submit(claimed(1, txn(1, 5))).unwrap();
+    let behind = store
+        .submit(vec![Record::UpsertMerchant(merchant())])
+        .unwrap();
+    let started = std::time::Instant::now();
+    live.run("COMMIT").unwrap();
+    first.wait().unwrap();
+    assert!(failing.wait().is_err());
+    assert!(stuck.wait().is_err());
+    behind.wait().unwrap();
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_millis(3_900), "{took:?}");
+    drop(dead);
+    store.close();
+}
+
 /// A session that holds a transaction's row and went quiet (another node that died inside its
 /// transaction), and a write of that row that reads nothing (a state, pipelined): its lock
 /// timeout is seen only when the pipeline's answers are read, and the careful run must then
