@@ -364,6 +364,8 @@ pub struct DemoEnv {
     dir: PathBuf,
     /// Held while the environment runs: the data directory's lock (`demo.lock`).
     _lock: std::fs::File,
+    /// And, on its SQLite journal, the journal's (`files::lock_sqlite_journal`).
+    _journal_lock: Option<std::fs::File>,
 }
 
 /// The data directory's lock file: held by the demo that runs on the directory.
@@ -505,8 +507,11 @@ pub async fn start_env(
     }
 
     // The journal, provisioned with merchants and terminals on first run.
+    let mut journal_lock = None;
     let journal = match postgres {
         None => {
+            // A `shoudan serve` on this data dir's journal is a node on it too.
+            journal_lock = Some(crate::files::lock_sqlite_journal(&dir.join("switch.db"))?);
             let mut store_config = SqliteConfig::new(dir.join("switch.db"));
             store_config.synchronous = options.synchronous;
             Journal::Sqlite(Arc::new(SqliteStore::open(&store_config)?))
@@ -614,6 +619,7 @@ pub async fn start_env(
         issuers,
         dir: dir.to_path_buf(),
         _lock: lock,
+        _journal_lock: journal_lock,
     })
 }
 

@@ -570,8 +570,9 @@ fn import_key(
 
 /// The key `parts` make (XORed), refused when it is weaker than it looks: a 3DES key of
 /// single length, parts of different lengths, two parts alike (a custodian's typed twice, or
-/// copied: the key is then known to fewer people than it should be, or is all zeros), a key of
-/// zeros, or a double- or triple-length key with two equal halves (single DES in effect).
+/// copied: the key is then known to fewer people than it should be, or is all zeros), a part of
+/// zeros (which adds nothing: the others alone make the key), a key of zeros, or a double- or
+/// triple-length key with two equal halves (single DES in effect).
 fn combine(
     algorithm: KeyAlgorithm,
     parts: &[Zeroizing<Vec<u8>>],
@@ -590,6 +591,12 @@ fn combine(
                 "component {}: {} bytes, component 1 has {len}",
                 i + 1,
                 part.len()
+            ));
+        }
+        if same_key(algorithm, part, &vec![0; len]) {
+            return Err(format!(
+                "component {} is zeros: it adds nothing, and the others alone make the key",
+                i + 1
             ));
         }
         if let Some(j) = parts
@@ -835,6 +842,10 @@ mod tests {
         let c = "1032547698BADCFE0E2C4A6886A4C2E0";
         let err = combined(KeyAlgorithm::Des, &[a, b, c]).unwrap_err();
         assert!(err.contains("zeros"), "{err}");
+        // A component of zeros (parity bits aside): the other alone is the key.
+        let err =
+            combined(KeyAlgorithm::Des, &["01010101010101010101010101010101", a]).unwrap_err();
+        assert!(err.contains("component 1 is zeros"), "{err}");
         // Single DES called 3DES.
         let err =
             combined(KeyAlgorithm::Des, &["0123456789ABCDEF", "1111111111111111"]).unwrap_err();

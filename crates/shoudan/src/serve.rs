@@ -337,6 +337,8 @@ pub struct Node {
     /// The portal's cookies carry `Secure`.
     pub secure_cookies: bool,
     pub webhook_destinations: resolve::webhook::Destinations,
+    /// Held while the node runs on a SQLite journal (`files::lock_sqlite_journal`).
+    pub journal_lock: Option<std::fs::File>,
 }
 
 /// An issuer's timeout: long enough for a real host, short enough that a terminal (which
@@ -366,9 +368,19 @@ fn check_config(config: &ServeConfig) -> Result<(), String> {
         ));
     }
     let mut banks = std::collections::HashSet::new();
+    let mut zone_keys = std::collections::HashMap::new();
     for issuer in &config.issuers {
         if !banks.insert(issuer.bank.as_str()) {
             return Err(format!("issuer {}: configured twice", issuer.bank));
+        }
+        // Each bank has a zone PIN key of its own: one copied to another's entry would send
+        // that bank its PIN blocks under the wrong key (answered 55, cards locked by their
+        // issuer after a few), and let one bank's key protect another's PINs.
+        if let Some(other) = zone_keys.insert(&issuer.zpk, issuer.bank.as_str()) {
+            return Err(format!(
+                "issuer {}: zpk {} is issuer {other}'s too; each bank has its own zone PIN key",
+                issuer.bank, issuer.zpk
+            ));
         }
         if !ISSUER_TIMEOUT_MS.contains(&issuer.timeout_ms) {
             return Err(format!(
@@ -583,6 +595,7 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
         hsm,
         fee_plans,
     } = checked(config)?;
+    let mut journal_lock = None;
     let store: Arc<dyn Store> = match database(&config.database, config.database_schema.as_deref())?
     {
         // Nodes on one journal each claim their node id's place, so that two with one id (a
@@ -592,7 +605,11 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
             store.claim_node(config.node_id)?;
             Arc::new(store)
         }
-        Database::Sqlite(path) => Arc::new(SqliteStore::open(&SqliteConfig::new(path))?),
+        // One node on a SQLite file, whatever its id.
+        Database::Sqlite(path) => {
+            journal_lock = Some(crate::files::lock_sqlite_journal(Path::new(path))?);
+            Arc::new(SqliteStore::open(&SqliteConfig::new(path))?)
+        }
     };
     if !fee_plans.is_empty() {
         let merchants: Vec<String> = store.merchants()?.into_iter().map(|m| m.mid).collect();
@@ -611,6 +628,7 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
         } else {
             resolve::webhook::Destinations::Public
         },
+        journal_lock,
     })
 }
 
@@ -834,6 +852,8 @@ async fn serve(
                 .into());
         }
     }
+    // The journal closed: another node may take it now.
+    drop(node.journal_lock);
     say!("stopped");
     Ok(())
 }

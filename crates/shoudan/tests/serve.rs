@@ -395,6 +395,22 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
         let error = refused(d, &config, from, to);
         assert!(error.contains(says), "{to:?}: {error}");
     }
+    // Another bank given ICBC's zone PIN key (a copied entry): its PIN blocks would go under
+    // the wrong key.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let zpk_line = text.lines().find(|l| l.starts_with("zpk = ")).unwrap();
+    let error = refused(
+        d,
+        &config,
+        "[[issuer]]",
+        &format!(
+            "[[issuer]]\nbank = \"ABC\"\naddr = \"127.0.0.1:9\"\n{zpk_line}\ntimeout_ms = 500\n\n[[issuer]]"
+        ),
+    );
+    assert!(
+        error.contains("each bank has its own zone PIN key"),
+        "{error}"
+    );
     // A fee plan whose rate is a typing error (5000 bp for 50) or negative, or whose payout
     // waits 90 days: refused, not charged as written (or clamped).
     let plans = d.join("fee-plans.json");
@@ -606,6 +622,29 @@ fn a_start_that_hangs_is_ended_by_a_second_signal() {
     assert!(stderr.contains("stopped during start-up"), "{stderr}");
 }
 
+/// A PostgreSQL journal that cannot be reached: the start fails with the reason, not with a
+/// panic that hides it.
+#[test]
+fn a_journal_that_cannot_be_reached_is_named_as_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let database = format!(
+        "postgres://shoudan@{}/shoudan",
+        closed.local_addr().unwrap()
+    );
+    drop(closed);
+    let config = write_config(dir.path(), &database, None);
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("connecting to server"), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+}
+
 #[test]
 fn serve_listens_for_terminals_and_http() {
     let dir = tempfile::tempdir().unwrap();
@@ -658,6 +697,16 @@ fn serve_listens_for_terminals_and_http() {
     let http_addr = Some(listening.http);
     let metrics_addr = listening.metrics;
     std::net::TcpStream::connect(switch_addr.as_deref().unwrap()).unwrap();
+    // A second node on the same SQLite journal (its ports free, its id the same) is refused
+    // before it takes the first one's requests in flight for its own.
+    let second = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("in use by another node"), "{said}");
     let get_from = |addr: &str, path: &str| {
         let mut http = std::net::TcpStream::connect(addr).unwrap();
         http.write_all(

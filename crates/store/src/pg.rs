@@ -324,14 +324,41 @@ fn connect(runtime: &tokio::runtime::Handle, config: &PgConfig) -> Result<Connec
     Ok(conn)
 }
 
+/// A runtime made for a store being opened, shut down without blocking if the open fails:
+/// `open` may be called on an async worker (a node's start), where dropping a runtime
+/// panics, and the panic would hide why the open failed.
+struct Opening(Option<tokio::runtime::Runtime>);
+
+impl Opening {
+    fn handle(&self) -> Result<tokio::runtime::Handle, StoreError> {
+        self.0
+            .as_ref()
+            .map(|r| r.handle().clone())
+            .ok_or_else(|| backend("no runtime".to_owned()))
+    }
+
+    /// The runtime, for the store that opened.
+    fn opened(mut self) -> Option<tokio::runtime::Runtime> {
+        self.0.take()
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 impl PgStore {
     /// Connects, creates the schema if asked, migrates, and starts the writer thread.
     pub fn open(config: &PgConfig) -> Result<Self, StoreError> {
         if let Some(schema) = &config.schema {
             check_schema(schema)?;
         }
-        let runtime = runtime()?;
-        let handle = runtime.handle().clone();
+        let runtime = Opening(Some(runtime()?));
+        let handle = runtime.handle()?;
         let fresh = PgConfig {
             url: config.url.clone(),
             schema: None,
@@ -355,7 +382,7 @@ impl PgStore {
             .map_err(|e| backend(format!("cannot start writer thread: {e}")))?;
         Ok(PgStore {
             config: config.clone(),
-            runtime: Some(runtime),
+            runtime: runtime.opened(),
             sender,
             readers: Mutex::new(ReadPool::default()),
             reader_returned: Condvar::new(),
@@ -461,8 +488,8 @@ impl PgStore {
         if let Some(schema) = &config.schema {
             check_schema(schema)?;
         }
-        let runtime = runtime()?;
-        let conn = connect(runtime.handle(), config)?;
+        let runtime = Opening(Some(runtime()?));
+        let conn = connect(&runtime.handle()?, config)?;
         conn.execute_batch("SET default_transaction_read_only = on")?;
         // `to_regclass` follows the search path: the configured schema, or `public`.
         let table = |name: &str| -> Result<bool, StoreError> {
