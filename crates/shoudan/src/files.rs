@@ -61,6 +61,34 @@ pub fn private_temp_dir() -> std::io::Result<tempfile::TempDir> {
         .tempdir()
 }
 
+/// Takes the lock that says a node runs on the SQLite journal at `db` (`<db>.node-lock`, beside
+/// it), held until the returned file is dropped; or says that another holds it. Two nodes on
+/// one SQLite file would share a node id's place: each start takes the other's requests in
+/// flight for its own, times them out and reverses them. (On PostgreSQL nodes claim their
+/// place in the database: `PgStore::claim_node`.)
+pub fn lock_sqlite_journal(db: &Path) -> Result<std::fs::File, String> {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".node-lock");
+    let path = db.with_file_name(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "the journal {} is in use by another node (a `shoudan serve` or `demo` holds {}): \
+             stop it first",
+            db.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::write_whole;
@@ -129,33 +157,5 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700);
-    }
-}
-
-/// Takes the lock that says a node runs on the SQLite journal at `db` (`<db>.node-lock`, beside
-/// it), held until the returned file is dropped; or says that another holds it. Two nodes on
-/// one SQLite file would share a node id's place: each start takes the other's requests in
-/// flight for its own, times them out and reverses them. (On PostgreSQL nodes claim their
-/// place in the database: `PgStore::claim_node`.)
-pub fn lock_sqlite_journal(db: &Path) -> Result<std::fs::File, String> {
-    let mut name = db.file_name().unwrap_or_default().to_os_string();
-    name.push(".node-lock");
-    let path = db.with_file_name(name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-            "the journal {} is in use by another node (a `shoudan serve` or `demo` holds {}): \
-             stop it first",
-            db.display(),
-            path.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
     }
 }
