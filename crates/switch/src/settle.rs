@@ -205,13 +205,24 @@ impl Core {
     }
 
     /// Domestic or foreign, as field 48 splits totals: a card in the CUP BIN table or on a
-    /// UnionPay prefix is domestic.
+    /// UnionPay prefix is domestic. Judged on the whole card number, as field 63 of the card's
+    /// answer was, from which the terminal splits its own totals: a BIN longer than the six
+    /// digits kept in clear (a 7-digit one, Visa's 8) decides some cards.
     fn is_foreign(&self, row: &TxnRow) -> bool {
         let Some(pan) = row.pan.as_ref() else {
             return false;
         };
-        // The card's own length (its masked form's), and only what its BIN tells: a 7-digit
-        // domestic BIN with no shorter one above it is still domestic, as field 63 said.
+        let whole = self.hsm.open(&pan.sealed).ok().and_then(|digits| {
+            std::str::from_utf8(&digits)
+                .ok()?
+                .parse::<domain::Pan>()
+                .ok()
+        });
+        if let Some(whole) = whole {
+            return self.card_organisation(Some(&whole)).0 != DOMESTIC;
+        }
+        // Not to be opened (sealed under another master key): the card's own length (its
+        // masked form's), and what its BIN tells.
         let len = pan.masked.chars().count().max(pan.bin.len() + 1);
         organisation(&self.directory.lookup_prefix(&pan.bin, len)) != DOMESTIC
     }

@@ -706,6 +706,51 @@ async fn a_batch_number_settled_and_used_again_the_same_day_is_a_new_batch() {
     assert_eq!(host.domestic.result, SettleResult::BALANCED);
 }
 
+/// Cards that a BIN longer than the six digits kept in clear decides (the table's only
+/// `688659…` entry is XMCCB's 7-digit `6886592` for 18-digit cards): the terminal splits its
+/// totals by field 63 of each card's answer, and the host's totals follow the same split.
+#[tokio::test]
+async fn cards_a_longer_bin_decides_are_settled_on_the_side_their_answers_said() {
+    let h = Harness::new().await;
+    let mut t = h.terminal().await;
+    t.sign_in().await;
+    let with_check = |payload: &str| {
+        let check = domain::luhn_check_digit(payload.as_bytes()).unwrap();
+        format!("{payload}{}", char::from(check))
+    };
+    let mut domestic = (0_u64, 0_u16);
+    let mut foreign = (0_u64, 0_u16);
+    for (stan, payload, amount) in [
+        (3, "688659200000000", 1_000_u64),
+        (4, "68865910000000000", 2_000),
+        (5, "62220200000000000", 4_000),
+    ] {
+        let pan = with_check(payload);
+        let sold = t.send(&Req::purchase(&pan, amount, stan)).await;
+        assert_eq!(sold.code(), "00", "{payload}");
+        let organisation = sold.text(63).unwrap_or_default();
+        let side = if organisation.starts_with("CUP") {
+            &mut domestic
+        } else {
+            &mut foreign
+        };
+        side.0 += amount;
+        side.1 += 1;
+    }
+    let mut ours = totals(domestic, (0, 0));
+    ours.foreign = Totals {
+        debit_amount: foreign.0,
+        debit_count: foreign.1,
+        ..Totals::default()
+    };
+    let host = settle(&mut t, 1, &ours).await;
+    assert_eq!(
+        (host.domestic.result, host.foreign.result),
+        (SettleResult::BALANCED, SettleResult::BALANCED),
+        "domestic {domestic:?}, foreign {foreign:?}: {host:?}"
+    );
+}
+
 /// A completion naming its pre-authorisation by batch and trace alone, days later and after
 /// that batch was settled: the settled batch is looked up whole (only the batch open now
 /// starts after its number's last settlement).
