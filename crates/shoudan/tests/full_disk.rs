@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use common::Req;
 use issuer_sim::DemoCard;
+use paycrypto::Hsm;
 use store::{SafState, Store, TxnKind, TxnState};
 use support::{World, runtime, start};
 
@@ -512,6 +513,53 @@ fn an_approval_that_lands_after_its_96_is_reversed_though_the_switch_died() {
             Some(SafState::Pending),
             "the reversal is queued for the next start to send"
         );
+    });
+}
+
+/// A sign-in whose record the journal takes too long to write is answered 96, and its record
+/// may land afterwards: the keys the terminal's row then names are still in the HSM (a start
+/// loads them; before, they were deleted at the 96), the old ones are gone, and the terminal,
+/// told A0 for its old keys, signs in again and goes on.
+#[test]
+fn a_sign_in_recorded_after_its_96_leaves_the_keys_its_row_names() {
+    runtime().block_on(async {
+        let wait = Duration::from_millis(500);
+        let mut w = start(&["ICBC"], |c| c.journal_wait = wait).await;
+        let card = w.bank("ICBC").healthy(0).clone();
+        let journal = rusqlite::Connection::open(w.store.path()).unwrap();
+        journal.busy_timeout(Duration::from_secs(5)).unwrap();
+        let req = w.purchase(&card, 100);
+        assert_eq!(w.t.send(&req).await.code(), "00");
+        let tid = w.t.tid.clone();
+        let keys_of = |row: store::TerminalRow| row.working_keys.unwrap();
+        let before = keys_of(w.store.terminal(&tid).unwrap().unwrap());
+
+        journal.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert_eq!(w.t.sign_in().await.code(), "96");
+        journal.execute_batch("ROLLBACK").unwrap();
+        let store = Arc::clone(&w.store);
+        let landed =
+            w.h.eventually(10, || {
+                keys_of(store.terminal(&tid).unwrap().unwrap()) != before
+            })
+            .await;
+        assert!(landed, "the sign-in's record never landed");
+        let after = keys_of(w.store.terminal(&tid).unwrap().unwrap());
+        let held = |bytes: &[u8]| {
+            switch::handle_from_bytes(bytes).is_some_and(|h| w.h.hsm.key_info(h).is_ok())
+        };
+        assert!(
+            held(&after.pik) && held(&after.mak),
+            "the row names deleted keys"
+        );
+        let gone = w.h.eventually(5, || !held(&before.mak)).await;
+        assert!(gone, "the keys the row no longer names stay in the HSM");
+        // The terminal still holds the old keys: A0, then a sign-in, then business as usual.
+        let req = w.purchase(&card, 101);
+        assert_eq!(w.t.send(&req).await.code(), "A0");
+        assert_eq!(w.t.sign_in().await.code(), "00");
+        let req = w.purchase(&card, 102);
+        assert_eq!(w.t.send(&req).await.code(), "00");
     });
 }
 

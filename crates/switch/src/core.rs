@@ -67,7 +67,7 @@ pub(crate) struct Terminal {
     pub keys: Option<SessionKeys>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SessionKeys {
     pub pik: KeyHandle,
     pub mak: KeyHandle,
@@ -658,7 +658,11 @@ impl Core {
 
     /// Sign-in: fresh working keys from the HSM under the terminal's TMK, durable before the
     /// terminal sees them; the batch of 60.2 becomes the terminal's batch.
-    pub async fn sign_in(&self, frame: &Frame<'_>, keys: iso8583::SignInKeys) -> Option<Vec<u8>> {
+    pub async fn sign_in(
+        self: &Arc<Self>,
+        frame: &Frame<'_>,
+        keys: iso8583::SignInKeys,
+    ) -> Option<Vec<u8>> {
         let request = &frame.message;
         let Some(terminal) = request
             .text(41)
@@ -735,23 +739,36 @@ impl Core {
             },
         };
         let previous = terminal.keys;
-        let mut updated = (*terminal).clone();
-        updated.batch_no = batch_no;
-        updated.scheme = scheme;
-        updated.keys = Some(SessionKeys {
+        let new_keys = SessionKeys {
             pik: issued.pik,
             mak: issued.mak,
             tdk: issued.tdk,
-        });
-        if let Err(error) = self.commit_terminal(record, updated).await {
-            tracing::warn!(tid = %terminal.tid, %error, "cannot record sign-in");
-            for handle in [Some(issued.pik), Some(issued.mak), issued.tdk]
-                .into_iter()
-                .flatten()
-            {
-                let _ = self.hsm.delete_key(handle);
+        };
+        let mut updated = (*terminal).clone();
+        updated.batch_no = batch_no;
+        updated.scheme = scheme;
+        updated.keys = Some(new_keys);
+        let mut durable = match self.store.submit(vec![record]) {
+            Ok(durable) => durable,
+            Err(error) => {
+                tracing::warn!(tid = %terminal.tid, %error, "cannot record sign-in");
+                self.delete_keys(Some(new_keys));
+                return self.system_error(frame);
             }
-            return self.system_error(frame);
+        };
+        match tokio::time::timeout(self.config.journal_wait, &mut durable).await {
+            Ok(Ok(())) => self.replace_terminal(updated),
+            Ok(Err(error)) => {
+                tracing::warn!(tid = %terminal.tid, %error, "cannot record sign-in");
+                self.delete_keys(Some(new_keys));
+                return self.system_error(frame);
+            }
+            Err(_) => {
+                let error = self.no_answer();
+                tracing::warn!(tid = %terminal.tid, %error, "sign-in not recorded in time; answering 96");
+                self.settle_late_sign_in(&terminal.tid, durable, previous, updated);
+                return self.system_error(frame);
+            }
         }
         self.delete_keys(previous);
         if self.mark_batch(&terminal.tid, batch_no).await.is_err() {
@@ -772,6 +789,40 @@ impl Core {
                 Ok(())
             },
         )
+    }
+
+    /// A sign-in whose record the journal took too long to write (answered 96): the write is
+    /// still queued and may land, naming the new keys. Once its fate is known, the keys the
+    /// terminal's row does not name go from the HSM: the new ones if it failed; if it landed,
+    /// the terminal is held with the new keys (its row names them; the terminal, told 96,
+    /// signs in again at its next A0) and the old ones go, unless a later sign-in replaced
+    /// them meanwhile, whose record follows this one and names its own.
+    fn settle_late_sign_in(
+        self: &Arc<Self>,
+        tid: &str,
+        durable: store::Durable,
+        previous: Option<SessionKeys>,
+        updated: Terminal,
+    ) {
+        let core = Arc::clone(self);
+        let tid = tid.to_owned();
+        self.tasks.spawn(async move {
+            let new_keys = updated.keys;
+            if durable.await.is_err() {
+                core.delete_keys(new_keys);
+                return;
+            }
+            let mut held = false;
+            core.modify_terminal(&tid, |t| {
+                if t.keys == previous {
+                    t.keys = updated.keys;
+                    t.batch_no = updated.batch_no;
+                    t.scheme = updated.scheme;
+                    held = true;
+                }
+            });
+            core.delete_keys(if held { previous } else { new_keys });
+        });
     }
 
     /// Marks the STANs a terminal batch has in the journal in the in-memory index. Several
