@@ -101,7 +101,19 @@ async fn read_request<R: AsyncRead + Unpin>(
     let mut prefix = [0u8; 2];
     match reader.read_exact(&mut prefix[..1]).await {
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+        // Between frames, a peer's close is a close however it came: its end of the stream,
+        // or a reset (a terminal powered off, a NAT forgetting an idle connection). Not a
+        // malformed frame.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+            ) =>
+        {
+            return Ok(false);
+        }
         Err(e) => return Err(e.into()),
     }
     let rest = async {
@@ -365,5 +377,38 @@ impl Core {
                 |_| Ok(()),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream that fails its first read with `kind`.
+    struct Failing(std::io::ErrorKind);
+
+    impl AsyncRead for Failing {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Err(self.0.into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_between_frames_is_a_close_not_a_bad_frame() {
+        let mut buf = Vec::new();
+        for kind in [
+            std::io::ErrorKind::UnexpectedEof,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::ConnectionAborted,
+        ] {
+            let read = read_request(&mut Failing(kind), &mut buf).await;
+            assert!(matches!(read, Ok(false)), "{kind:?}");
+        }
+        let read = read_request(&mut Failing(std::io::ErrorKind::InvalidData), &mut buf).await;
+        assert!(read.is_err());
     }
 }
