@@ -137,6 +137,22 @@ async fn offender(addr: SocketAddr, kind: &str) {
             assert_eq!(frame.message.text(39), Some("12"));
             assert_eq!(frame.message.stan(), Some(4242));
         }
+        "echo-then-idle" => {
+            // An echo test naming no terminal of ours is answered; then nothing: the place
+            // among the connections is given back after the first-frame timeout, as a silent
+            // connection's is.
+            let mut out = MessageBuilder::new(Mti::NETWORK_ADVICE);
+            out.set_stan(77).unwrap();
+            out.set_text(41, "99999999").unwrap();
+            out.set_digits(60, "00000000301").unwrap();
+            let mut bytes = Vec::new();
+            out.encode_frame(&head(), &mut bytes).unwrap();
+            s.write_all(&bytes).await.unwrap();
+            let answers = until_closed(&mut s).await;
+            assert_eq!(answers.len(), 1, "{kind}");
+            let frame = Frame::decode_unprefixed(&answers[0]).unwrap();
+            assert_eq!(frame.message.text(39), Some("00"));
+        }
         other => panic!("{other}"),
     }
 }
@@ -169,6 +185,7 @@ fn bad_frames_close_or_are_answered_and_other_terminals_are_unaffected() {
                 "half-prefix",
                 "silent",
                 "unknown-then-garbage",
+                "echo-then-idle",
             ];
             let mut tasks = Vec::new();
             for kind in kinds {

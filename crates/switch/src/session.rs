@@ -2,7 +2,7 @@
 //! written in whatever order they finish. Every limit refuses quickly instead of queueing.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use iso8583::{Frame, TxnKind as WireKind};
@@ -210,9 +210,40 @@ where
             }
         },
     };
+    // Whether a frame has named one of our terminals (field 41). Until one has, every frame
+    // must start within `first_frame_timeout` of the last: a peer that sent an echo test (or
+    // any frame) and went quiet would otherwise hold its place among the connections for
+    // ever, and enough of them would shut every terminal out. A terminal's connection, once
+    // it has named itself, may idle as long as it likes.
+    let known = Arc::new(AtomicBool::new(false));
     loop {
         if !started {
             break;
+        }
+        if !known.load(Ordering::Acquire) {
+            let readable = tokio::select! {
+                biased;
+                () = close.notified() => break,
+                _ = stop.changed() => break,
+                readable = tokio::time::timeout(
+                    sessions.core.config.first_frame_timeout,
+                    reader.wait_readable(),
+                ) => readable,
+            };
+            match readable {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false) | Err(_)) => break,
+                // Its last frame named a terminal after all (its handler ran meanwhile).
+                Err(_) if known.load(Ordering::Acquire) => {}
+                Err(_) => {
+                    sessions
+                        .metrics
+                        .silent_closed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("terminal connection closed: idle, and no terminal of ours");
+                    break;
+                }
+            }
         }
         let read = tokio::select! {
             // Closing first, and a fixed order: a seeded simulation replays exactly.
@@ -240,10 +271,11 @@ where
                 let handler = sessions.clone();
                 let responses = responses.clone();
                 let close = Arc::clone(&close);
+                let known = Arc::clone(&known);
                 // The handler runs to completion even if the terminal hangs up: what the
                 // issuer was told must be journalled either way.
                 sessions.core.tasks.spawn(async move {
-                    let handled = handler.handle_measured(&input, received);
+                    let handled = handler.handle_measured(&input, received, &known);
                     let response = CONNECTION
                         .scope(connection, crate::risk::with_peer(peer, handled))
                         .await;
@@ -322,7 +354,13 @@ pub(crate) fn request_type(kind: Option<WireKind>) -> RequestType {
 
 impl Sessions {
     /// Handles one request and records what it took; `None`: undecodable, close the connection.
-    async fn handle_measured(&self, input: &[u8], received: Instant) -> Option<Vec<u8>> {
+    /// `known` is set when the frame names one of the switch's terminals.
+    async fn handle_measured(
+        &self,
+        input: &[u8],
+        received: Instant,
+        known: &AtomicBool,
+    ) -> Option<Vec<u8>> {
         let frame = match Frame::decode_unprefixed(input) {
             Ok(frame) => frame,
             Err(error) => {
@@ -345,6 +383,13 @@ impl Sessions {
                 .fetch_add(1, Ordering::Relaxed);
             self.metrics.count("malformed", None);
             return None;
+        }
+        if frame
+            .message
+            .text(41)
+            .is_some_and(|tid| self.core.terminal(tid.trim_end()).is_some())
+        {
+            known.store(true, Ordering::Release);
         }
         let kind = request_type(frame.message.txn_kind());
         let (response, meter) = measure_request(self.core.handle_frame(&frame)).await;
