@@ -153,18 +153,11 @@ fn sealed_with_these_keys(
     store: &dyn Store,
     hsm: &dyn Hsm,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    for event in store.events_since(0, 16)? {
-        let Some(row) = store.txn(event.txn_id)? else {
-            continue;
-        };
-        if let Some(pan) = &row.pan {
-            return match hsm.open(&pan.sealed) {
-                Ok(_) => Ok(()),
-                Err(_) => Err(another_data_dirs_journal().into()),
-            };
-        }
+    if crate::serve::sealed_numbers_open(store, hsm)? {
+        Ok(())
+    } else {
+        Err(another_data_dirs_journal().into())
     }
-    Ok(())
 }
 
 /// Opens (or creates) the SoftHsm and the demo keys in it.

@@ -304,6 +304,52 @@ fn inspect_store(
     })
 }
 
+/// Whether the first card number the journal sealed (of its first few transactions) opens
+/// with `hsm`'s master key; `true` when there is none yet.
+pub(crate) fn sealed_numbers_open(
+    store: &dyn Store,
+    hsm: &dyn Hsm,
+) -> Result<bool, store::StoreError> {
+    for event in store.events_since(0, 16)? {
+        let Some(row) = store.txn(event.txn_id)? else {
+            continue;
+        };
+        if let Some(pan) = &row.pan {
+            return Ok(hsm.open(&pan.sealed).is_ok());
+        }
+    }
+    Ok(true)
+}
+
+/// Refuses a key store that is not the journal's: one that lacks its terminals' TMKs (another
+/// deployment's, or an old copy made before terminals were added), or a master key its card
+/// numbers were not sealed under. Such a node would start and fail every sign-in of those
+/// terminals, and read no card number it stored.
+fn keys_of_this_journal(store: &dyn Store, hsm: &dyn Hsm) -> Result<(), String> {
+    let terminals = store.terminals().map_err(|e| e.to_string())?;
+    let missing: Vec<&str> = terminals
+        .iter()
+        .filter(|t| {
+            switch::handle_from_bytes(&t.tmk_wrapped).is_none_or(|h| hsm.key_info(h).is_err())
+        })
+        .map(|t| t.tid.as_str())
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(format!(
+            "the key store holds no TMK for terminal {first}{}: it is not this journal's key              store, or a copy older than its terminals; copy the deployment's key store (and              master key) here",
+            match missing.len() {
+                1 => String::new(),
+                n => format!(" and {} more", n - 1),
+            }
+        ));
+    }
+    if !sealed_numbers_open(store, hsm).map_err(|e| e.to_string())? {
+        return Err("the journal's card numbers were sealed under another master key: use the                     deployment's master key and key store"
+            .to_owned());
+    }
+    Ok(())
+}
+
 pub(crate) fn open_hsm(config: &HsmConfig) -> Result<Arc<SoftHsm>, Box<dyn std::error::Error>> {
     // The key that opens every other: refused if anyone but its owner may read it.
     let path = &config.master_key_file;
@@ -611,6 +657,7 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
             Arc::new(SqliteStore::open(&SqliteConfig::new(path))?)
         }
     };
+    keys_of_this_journal(store.as_ref(), hsm.as_ref())?;
     if !fee_plans.is_empty() {
         let merchants: Vec<String> = store.merchants()?.into_iter().map(|m| m.mid).collect();
         plans_of_known_merchants(&fee_plans, &merchants)?;
@@ -693,6 +740,12 @@ fn check(config: &ServeConfig) -> CliResult {
     // into it before its first start.)
     if status.exists {
         plans_of_known_merchants(&checked.fee_plans, &status.merchants)?;
+    }
+    // The key store against the journal's terminals and card numbers, as a start checks them
+    // (a journal a start would migrate first is checked by that start).
+    if status.exists && status.pending.is_empty() {
+        let store = open_store_as_is(&config.database, config.database_schema.as_deref())?;
+        keys_of_this_journal(store.as_ref(), checked.hsm.as_ref())?;
     }
     say!(
         "configuration ok: {} terminals, {} issuers, {} fee plans to write",

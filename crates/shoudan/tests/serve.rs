@@ -992,6 +992,36 @@ key_store_file = "{dir}/hsm.store"
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains(password) && !err.contains(password));
 
+    // Another deployment's key store (or a copy older than the terminal) is not this journal's:
+    // refused by the check and by a start, not served with sign-ins that all fail.
+    let elsewhere = d.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let other = base.replace(
+        &format!("{}/master.key", d.display()),
+        &format!("{}/master.key", elsewhere.display()),
+    );
+    let other = other.replace(
+        &format!("{}/hsm.store", d.display()),
+        &format!("{}/hsm.store", elsewhere.display()),
+    );
+    let other_config = d.join("other.toml");
+    std::fs::write(&other_config, &other).unwrap();
+    let o = other_config.to_str().unwrap();
+    let (code, _, err) = provision(&["init", "--config", o], "");
+    assert_eq!(code, 0, "{err}");
+    for args in [
+        &["serve", "--check", "--config", o][..],
+        &["serve", "--config", o],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("holds no TMK for terminal"),
+            "{args:?}: {said}"
+        );
+    }
+
     // The node starts from what was provisioned.
     std::fs::write(
         &config,
