@@ -369,24 +369,13 @@ const DATA_DIR_LOCK: &str = "demo.lock";
 /// flight for its own (the same node id leads their RRNs), time them out and reverse them,
 /// sales its terminals printed as approved, before it found the terminal port taken.
 fn lock_data_dir(dir: &Path) -> Result<std::fs::File, Box<dyn std::error::Error>> {
-    let path = dir.join(DATA_DIR_LOCK);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+    Ok(crate::files::try_lock(&dir.join(DATA_DIR_LOCK), || {
+        format!(
             "data dir {} is in use by another shoudan demo: stop it first, or give this one \
              another --data-dir",
             dir.display()
         )
-        .into()),
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display()).into()),
-    }
+    })?)
 }
 
 /// How long a demo on a PostgreSQL journal waits for its node's place there.

@@ -70,21 +70,29 @@ pub fn lock_sqlite_journal(db: &Path) -> Result<std::fs::File, String> {
     let mut name = db.file_name().unwrap_or_default().to_os_string();
     name.push(".node-lock");
     let path = db.with_file_name(name);
+    try_lock(&path, || {
+        format!(
+            "the journal {} is in use by another node (a `shoudan serve` or `demo` holds {}): \
+             stop it first",
+            db.display(),
+            path.display()
+        )
+    })
+}
+
+/// Takes an exclusive lock on the file at `path` (made, the owner's alone, if missing), held
+/// until the returned file is dropped; `in_use` says why not when another process holds it.
+pub fn try_lock(path: &Path, in_use: impl FnOnce() -> String) -> Result<std::fs::File, String> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-            "the journal {} is in use by another node (a `shoudan serve` or `demo` holds {}): \
-             stop it first",
-            db.display(),
-            path.display()
-        )),
+        Err(std::fs::TryLockError::WouldBlock) => Err(in_use()),
         Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
     }
 }
