@@ -207,10 +207,22 @@ impl RiskGate {
     }
 
     pub fn replace_book(&self, book: Arc<RuleBook>) {
-        self.engine
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .replace_book(book);
+        self.engine().replace_book(book);
+    }
+
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `judge` (a check or an observation, which may find the engine's maps full) on the
+    /// engine, then says if terminals or merchants went untracked.
+    fn judged<T>(&self, judge: impl FnOnce(&mut Engine) -> T) -> T {
+        let (judged, untracked) = {
+            let mut engine = self.engine();
+            (judge(&mut engine), engine.untracked())
+        };
+        self.say_untracked(untracked);
+        judged
     }
 }
 
@@ -257,15 +269,7 @@ impl Core {
             now_ms,
             peer: peer(),
         };
-        let (verdict, untracked) = {
-            let mut engine = self
-                .risk
-                .engine
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            (engine.check(&request), engine.untracked())
-        };
-        self.risk.say_untracked(untracked);
+        let verdict = self.risk.judged(|engine| engine.check(&request));
         if !verdict.alerts.is_empty() {
             self.raise_alerts(&terminal.mid, &terminal.tid, verdict.alerts);
         }
@@ -320,15 +324,7 @@ impl Core {
             now_ms,
             response_code: answer.response_code,
         };
-        let (alerts, untracked) = {
-            let mut engine = self
-                .risk
-                .engine
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            (engine.observe(&outcome), engine.untracked())
-        };
-        self.risk.say_untracked(untracked);
+        let alerts = self.risk.judged(|engine| engine.observe(&outcome));
         if !alerts.is_empty() {
             self.raise_alerts(&terminal.mid, &terminal.tid, alerts);
         }
@@ -340,20 +336,12 @@ impl Core {
         if delta_fen == 0 {
             return;
         }
-        self.risk
-            .engine
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .adjust_sales(mid, day, delta_fen);
+        self.risk.engine().adjust_sales(mid, day, delta_fen);
     }
 
     /// A request refused after the risk checks: what it held against a daily limit is free.
     pub(crate) fn risk_release(&self, mid: &str, txn_id: i64) {
-        self.risk
-            .engine
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .release(mid, txn_id);
+        self.risk.engine().release(mid, txn_id);
     }
 
     /// A terminal sent a merchant ID other than its own: declined 03 by the caller, and an
@@ -555,11 +543,7 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         for alert in resolved {
             resolved_since_ms = resolved_since_ms.max(alert.resolved_at_ms - RESOLVED_OVERLAP_MS);
             if handled.insert((alert.tid.clone(), alert.resolved_at_ms)) {
-                core.risk
-                    .engine
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .forget_peer(&alert.mid, &alert.tid);
+                core.risk.engine().forget_peer(&alert.mid, &alert.tid);
             }
         }
         handled.retain(|(_, at)| *at >= resolved_since_ms);
