@@ -182,44 +182,15 @@ where
     // connection ends half-way through one.
     let mut buf = Zeroizing::new(Vec::with_capacity(512));
     let peer = crate::risk::peer();
-    // A new connection has `first_frame_timeout` to start its first frame; one that has sent
-    // a frame may idle. Waited for here, once, rather than in every read: what an idle
-    // connection holds is the read's state, ten thousand times over.
-    let started = tokio::select! {
-        biased;
-        () = close.notified() => false,
-        _ = stop.changed() => false,
-        started = tokio::time::timeout(
-            sessions.core.config.first_frame_timeout,
-            reader.wait_readable(),
-        ) => match started {
-            Ok(Ok(readable)) => readable,
-            Ok(Err(error)) => {
-                tracing::info!(%error, "terminal connection dropped");
-                false
-            }
-            // Counted apart from bad frames: a port scanner or a probe, not a terminal's
-            // software.
-            Err(_) => {
-                sessions
-                    .metrics
-                    .silent_closed
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("terminal connection closed: no frame since it connected");
-                false
-            }
-        },
-    };
-    // Whether a frame has named one of our terminals (field 41). Until one has, every frame
-    // must start within `first_frame_timeout` of the last: a peer that sent an echo test (or
-    // any frame) and went quiet would otherwise hold its place among the connections for
-    // ever, and enough of them would shut every terminal out. A terminal's connection, once
-    // it has named itself, may idle as long as it likes.
+    // A new connection has `first_frame_timeout` to start its first frame, and so has each
+    // next frame until one has named one of our terminals (field 41): a peer that connects and
+    // sends nothing, or sends an echo test (or any frame) and goes quiet, would otherwise hold
+    // its place among the connections for ever, and enough of them would shut every terminal
+    // out. A terminal's connection, once it has named itself, may idle as long as it likes;
+    // its reads then wait without a timer: what an idle connection holds is the read's state,
+    // ten thousand times over.
     let known = Arc::new(AtomicBool::new(false));
     loop {
-        if !started {
-            break;
-        }
         if !known.load(Ordering::Acquire) {
             let readable = tokio::select! {
                 biased;
@@ -232,15 +203,23 @@ where
             };
             match readable {
                 Ok(Ok(true)) => {}
-                Ok(Ok(false) | Err(_)) => break,
+                Ok(Ok(false)) => break,
+                Ok(Err(error)) => {
+                    tracing::info!(%error, "terminal connection dropped");
+                    break;
+                }
                 // Its last frame named a terminal after all (its handler ran meanwhile).
                 Err(_) if known.load(Ordering::Acquire) => {}
+                // Counted apart from bad frames: a port scanner or a probe, not a terminal's
+                // software.
                 Err(_) => {
                     sessions
                         .metrics
                         .silent_closed
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("terminal connection closed: idle, and no terminal of ours");
+                    tracing::debug!(
+                        "terminal connection closed: no frame naming a terminal of ours in time"
+                    );
                     break;
                 }
             }
