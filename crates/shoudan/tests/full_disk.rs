@@ -311,6 +311,30 @@ fn a_decline_the_journal_could_not_record_is_settled_without_a_reversal() {
     });
 }
 
+/// A purchase of `amount` whose approval comes while `journal`'s write lock is taken (once the
+/// issuer, 300 ms to decide, has been asked): its outcome waits, and the terminal is answered
+/// 96. The lock is left held.
+async fn approved_while_the_journal_is_held(
+    w: &mut World,
+    journal: &rusqlite::Connection,
+    card: &DemoCard,
+    amount: u64,
+) -> Req {
+    let faults = w.bank("ICBC").faults();
+    faults.set_latency(Duration::from_millis(300), Duration::from_millis(300));
+    let asked = faults.stats().requests;
+    let req = w.purchase(card, amount);
+    let hold = async {
+        while faults.stats().requests == asked {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        journal.execute_batch("BEGIN IMMEDIATE").unwrap();
+    };
+    let (answer, ()) = tokio::join!(w.t.send(&req), hold);
+    assert_eq!(answer.code(), "96");
+    req
+}
+
 /// The journal's write lock held by another connection (the writer waits on it, up to SQLite's
 /// busy timeout, as on a stalled disk): each purchase is answered 96 within `journal_wait`, and
 /// what the writer writes once the lock is let go is settled: a request row as failed, the
@@ -358,17 +382,7 @@ fn a_journal_that_hangs_is_answered_96_and_what_lands_late_is_settled() {
         assert_eq!(faults.stats().requests, asked, "the issuer was asked");
 
         // Taken while the issuer decides (300 ms): the approval's outcome waits.
-        faults.set_latency(Duration::from_millis(300), Duration::from_millis(300));
-        let asked = faults.stats().requests;
-        let req = w.purchase(&card, 3_002);
-        let hold = async {
-            while faults.stats().requests == asked {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            journal.execute_batch("BEGIN IMMEDIATE").unwrap();
-        };
-        let (answer, ()) = tokio::join!(w.t.send(&req), hold);
-        assert_eq!(answer.code(), "96");
+        let req = approved_while_the_journal_is_held(&mut w, &journal, &card, 3_002).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         journal.execute_batch("ROLLBACK").unwrap();
         faults.set_latency(Duration::ZERO, Duration::ZERO);
@@ -473,24 +487,13 @@ fn an_approval_that_lands_after_its_96_is_reversed_though_the_switch_died() {
         })
         .await;
         let card = w.bank("ICBC").healthy(0).clone();
-        let faults = w.bank("ICBC").faults();
         let journal = rusqlite::Connection::open(w.store.path()).unwrap();
         journal.busy_timeout(Duration::from_secs(5)).unwrap();
         let req = w.purchase(&card, 3_000);
         assert_eq!(w.t.send(&req).await.code(), "00");
 
         // The journal's lock is taken while the issuer decides: the approval's outcome waits.
-        faults.set_latency(Duration::from_millis(300), Duration::from_millis(300));
-        let asked = faults.stats().requests;
-        let req = w.purchase(&card, 3_002);
-        let hold = async {
-            while faults.stats().requests == asked {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            journal.execute_batch("BEGIN IMMEDIATE").unwrap();
-        };
-        let (answer, ()) = tokio::join!(w.t.send(&req), hold);
-        assert_eq!(answer.code(), "96");
+        let req = approved_while_the_journal_is_held(&mut w, &journal, &card, 3_002).await;
         w.h.switch.take().unwrap().crash();
         journal.execute_batch("ROLLBACK").unwrap();
         let store = Arc::clone(&w.store);
