@@ -866,7 +866,9 @@ async fn serve(
     }
     say!("stopping: taking no new requests, finishing those in progress");
     let _ = stop.send(true);
-    // The switch stops taking requests at once; the requests in progress get their issuers'
+    switch.close_intake();
+    // The switch stops taking requests at once (its links stay up for the requests in progress
+    // and for refund approvals begun in the console); the requests in progress get their issuers'
     // answers (or time out as usual) and are journalled and answered, while the HTTP side
     // finishes its requests (for at most HTTP_DRAIN) and the notifiers their deliveries. A
     // second signal stops waiting: what was not answered stays in flight in the journal, and

@@ -212,13 +212,22 @@ impl SwitchHandle {
         self.core.tasks.abort_all();
     }
 
+    /// Stops taking terminals' requests: the listener closes and every connection stops
+    /// reading (each ends once its answers are written); the issuer links, store-and-forward
+    /// and back-office refunds go on. The first step of a stop, for a node that must let
+    /// work begun elsewhere (a refund approved in the console) finish before
+    /// [`SwitchHandle::shutdown`] takes the links down.
+    pub fn close_intake(&self) {
+        let _ = self.intake.send(true);
+    }
+
     /// Stops as an operator's stop should: no new connection or request is taken; the
     /// requests already taken are finished (the issuer links stay up for their answers, or
     /// their timeouts), journalled and answered, for at most the longest issuer timeout and
     /// a little more; then the links and loops stop and their tasks are awaited. The store
     /// is the caller's to close.
     pub async fn shutdown(self) {
-        let _ = self.intake.send(true);
+        self.close_intake();
         let longest = self
             .core
             .config

@@ -1730,6 +1730,54 @@ fn a_back_office_refund_its_caller_gave_up_on_is_journalled_all_the_same() {
     });
 }
 
+/// A node's stop first closes the intake: terminals' connections end and new ones are not
+/// taken, while the issuer links stay up for a back-office refund (one approved in the
+/// console) begun before or during the stop.
+#[test]
+fn a_closed_intake_takes_no_terminal_but_keeps_the_links_for_a_refund() {
+    runtime().block_on(async {
+        let mut h = Harness::new().await;
+        let mut t = h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let pan = card("622202");
+        let sale = t.send(&Req::purchase(&pan, SLOW_AMOUNT + 100, 33)).await;
+        assert_eq!(sale.code(), "00");
+        let rrn = sale.text(37).unwrap();
+        let switch = h.switch.as_ref().unwrap();
+        let addr = switch.local_addr();
+        switch.close_intake();
+        // The signed-in terminal's connection ends without an answer to anything more.
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(&mut t.stream, &mut rest),
+        )
+        .await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the connection stayed open"
+        );
+        // The listener is closed: a new connection is refused.
+        assert!(
+            h.eventually(2, || std::net::TcpStream::connect(addr).is_err())
+                .await,
+            "connections still taken after the intake closed"
+        );
+        // The links are up: a refund is sent, answered and journalled.
+        assert!(switch.issuer_connected("SIM"));
+        let amount = i64::try_from(SLOW_AMOUNT).unwrap();
+        let refund = switch
+            .back_office()
+            .refund(&rrn, amount, "case-9-refund")
+            .await
+            .unwrap();
+        assert_eq!(refund.response_code, "00");
+        let id = refund.txn_id.unwrap();
+        assert_eq!(h.store.txn(id).unwrap().unwrap().state, TxnState::Approved);
+        h.stop().await;
+    });
+}
+
 /// A stop waits for a back-office refund at the issuer, as for a terminal's request: the
 /// refund is answered and journalled approved, not cut off with the links.
 #[test]
