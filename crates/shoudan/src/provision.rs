@@ -62,7 +62,8 @@ pub enum ProvisionCmd {
         #[arg(long, default_value_t = 2)]
         components: u8,
         /// The KCV the key must have (its first 6 hex digits or all 8, from the key's
-        /// paperwork): checked before the key is stored.
+        /// paperwork): checked before the key is stored. Without it, a line `yes` after the
+        /// components confirms that every component's KCV matched its paperwork.
         #[arg(long)]
         kcv: Option<String>,
     },
@@ -492,6 +493,22 @@ fn read_line(input: &mut dyn BufRead, what: &str) -> Result<String, String> {
     Ok(line)
 }
 
+/// A line answered in the open (not a secret), asked on standard error at a terminal.
+fn read_answer(input: &mut dyn BufRead, question: &str) -> Result<String, String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        eprint!("{question}: ");
+    }
+    let mut line = String::new();
+    let read = input
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    if read == 0 {
+        return Err("standard input ended before the answer: nothing stored".into());
+    }
+    Ok(line.trim().to_owned())
+}
+
 fn import_key(
     config: &ServeConfig,
     usage: KeyUsage,
@@ -529,14 +546,30 @@ fn import_key(
     let hex = Zeroizing::new(paycrypto::hex::encode(&key));
     let new_key = Key::from_hex(algorithm, &hex)?;
     let kcv = new_key.kcv().to_string();
-    if let Some(expected) = expected_kcv {
+    if let Some(expected) = &expected_kcv {
         // Paperwork gives six digits or all eight: either is the start of the KCV.
-        if !kcv.to_ascii_uppercase().starts_with(&expected) {
+        if !kcv.to_ascii_uppercase().starts_with(expected.as_str()) {
             return Err(format!(
                 "the key's KCV is {kcv}, not {expected}: a component was mistyped; nothing \
                  stored"
             )
             .into());
+        }
+    }
+    // Refused as the key store would refuse it, before anyone is asked to confirm it.
+    if new_key.has_weak_des_part() {
+        return Err(paycrypto::HsmError::WeakKey.to_string().into());
+    }
+    if expected_kcv.is_none() {
+        // No KCV to check the key against: the custodians' checks of their components' KCVs
+        // (printed above) come before the key is stored, not after.
+        println!("key: KCV {}", kcv.get(..6).unwrap_or(&kcv));
+        let answer = read_answer(
+            input,
+            "each custodian's component KCV matches their paperwork: type yes to store the key",
+        )?;
+        if !answer.eq_ignore_ascii_case("yes") {
+            return Err("not confirmed: nothing stored".into());
         }
     }
     let _lock = StoreLock::take(&config.hsm.key_store_file)?;

@@ -892,7 +892,10 @@ key_store_file = "{dir}/hsm.store"
     // refused, one key is not stored twice.
     let store_before = std::fs::read(d.join("hsm.store")).unwrap();
     for usage in ["tmk", "zpk"] {
-        let (code, _, err) = provision(&["key", "--config", c, "--usage", usage], &components);
+        let (code, _, err) = provision(
+            &["key", "--config", c, "--usage", usage],
+            &format!("{components}yes\n"),
+        );
         assert_eq!(code, 2, "{usage}: {err}");
         assert!(
             err.contains("stored already") && err.contains(&tmk),
@@ -909,10 +912,26 @@ key_store_file = "{dir}/hsm.store"
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("weak"), "{err}");
     assert_eq!(std::fs::read(d.join("hsm.store")).unwrap(), store_before);
+    // Without --kcv the key is stored only once the custodians, shown their components' KCVs
+    // and the key's, say so: one whose component's KCV does not match (mistyped) says no.
+    let zpk_components = "22222222222222223333333333333333\n44444444444444445555555555555555\n\
+                          0123456789ABCDEF7777777777777777\n";
+    for (answer, why) in [("no\n", "not confirmed"), ("", "input ended")] {
+        let (code, out, err) = provision(
+            &["key", "--config", c, "--usage", "zpk", "--components", "3"],
+            &format!("{zpk_components}{answer}"),
+        );
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(why) && err.contains("nothing stored"), "{err}");
+        assert!(
+            out.contains("component 3: KCV ") && out.contains("key: KCV "),
+            "{out}"
+        );
+        assert_eq!(std::fs::read(d.join("hsm.store")).unwrap(), store_before);
+    }
     let (code, out, err) = provision(
         &["key", "--config", c, "--usage", "zpk", "--components", "3"],
-        "22222222222222223333333333333333\n44444444444444445555555555555555\n\
-         0123456789ABCDEF7777777777777777\n",
+        &format!("{zpk_components}yes\n"),
     );
     assert_eq!(code, 0, "{err}");
     let zpk = handle_of(&out);
@@ -1121,7 +1140,7 @@ fn provisioning_writes_to_a_postgresql_journal() {
     let c = config.to_str().unwrap();
     let (code, out, err) = provision(
         &["key", "--config", c, "--usage", "tmk"],
-        "0123456789ABCDEFFEDCBA9876543210\n1111111111111111F0F0F0F0F0F0F0F0\n",
+        "0123456789ABCDEFFEDCBA9876543210\n1111111111111111F0F0F0F0F0F0F0F0\nyes\n",
     );
     assert_eq!(code, 0, "{err}");
     let tmk = out
