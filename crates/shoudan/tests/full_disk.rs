@@ -320,19 +320,30 @@ async fn approved_while_the_journal_is_held(
     card: &DemoCard,
     amount: u64,
 ) -> Req {
+    let req = w.purchase(card, amount);
+    answered_96_while_the_journal_is_held(w, journal, &req).await;
+    req
+}
+
+/// `req`, sent to ICBC's issuer (300 ms to decide), whose outcome waits because `journal`'s
+/// write lock is taken once the issuer has been asked: the terminal is answered 96. The lock
+/// is left held.
+async fn answered_96_while_the_journal_is_held(
+    w: &mut World,
+    journal: &rusqlite::Connection,
+    req: &Req,
+) {
     let faults = w.bank("ICBC").faults();
     faults.set_latency(Duration::from_millis(300), Duration::from_millis(300));
     let asked = faults.stats().requests;
-    let req = w.purchase(card, amount);
     let hold = async {
         while faults.stats().requests == asked {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         journal.execute_batch("BEGIN IMMEDIATE").unwrap();
     };
-    let (answer, ()) = tokio::join!(w.t.send(&req), hold);
+    let (answer, ()) = tokio::join!(w.t.send(req), hold);
     assert_eq!(answer.code(), "96");
-    req
 }
 
 /// The journal's write lock held by another connection (the writer waits on it, up to SQLite's
@@ -516,6 +527,70 @@ fn an_approval_that_lands_after_its_96_is_reversed_though_the_switch_died() {
             Some(SafState::Pending),
             "the reversal is queued for the next start to send"
         );
+    });
+}
+
+/// A void, then a refund, each approved by the issuer while the journal is held and its
+/// terminal answered 96, with the switch gone before the journal answers: each is reversed
+/// and its original given back (the sale approved again, then nothing refunded of it) by the
+/// records written right behind its outcome, not by a task that died with the switch.
+#[test]
+fn a_void_or_refund_that_lands_after_its_96_gives_its_original_back_though_the_switch_died() {
+    runtime().block_on(async {
+        let wait = Duration::from_millis(500);
+        let mut w = start(&["ICBC"], |c| {
+            c.journal_wait = wait;
+            c.abortable = true;
+        })
+        .await;
+        let card = w.bank("ICBC").healthy(0).clone();
+        let journal = rusqlite::Connection::open(w.store.path()).unwrap();
+        journal.busy_timeout(Duration::from_secs(5)).unwrap();
+        let sale = w.purchase(&card, 3_000);
+        let answer = w.t.send(&sale).await;
+        assert_eq!(answer.code(), "00");
+        let sale_rrn = answer.text(37).unwrap();
+        let sale_row = w.store.txn_by_rrn(&sale_rrn).unwrap().unwrap();
+        let tid = w.t.tid.clone();
+        let store = Arc::clone(&w.store);
+        let mmdd = switch::LocalTime::from_ms(switch::Clock::now_ms(&switch::SystemClock)).mmdd();
+        for linked in ["void", "refund"] {
+            let stan = w.next_stan();
+            let req = Req {
+                pin: Some(card.pin().to_owned()),
+                ..match linked {
+                    "void" => Req::void(&support::pan(&card), 3_000, stan, sale.stan, &sale_rrn),
+                    _ => Req::refund(&support::pan(&card), 1_000, stan, &sale_rrn, &mmdd),
+                }
+            };
+            answered_96_while_the_journal_is_held(&mut w, &journal, &req).await;
+            w.h.switch.take().unwrap().crash();
+            journal.execute_batch("ROLLBACK").unwrap();
+            let settled = || store.txns_by_key(&tid, 1, stan).unwrap().into_iter().next();
+            let reversed =
+                w.h.eventually(10, || {
+                    settled().is_some_and(|r| r.state == TxnState::Reversed)
+                })
+                .await;
+            let row = settled().unwrap();
+            assert!(reversed, "{linked}: {row:?}");
+            assert_eq!(row.response_code.as_deref(), Some("00"), "{linked}");
+            let original = w.store.txn(sale_row.id).unwrap().unwrap();
+            assert_eq!(original.state, TxnState::Approved, "{linked}: {original:?}");
+            assert_eq!(original.refunded_fen, 0, "{linked}: {original:?}");
+            assert_eq!(
+                w.store.reversal(row.id).unwrap().map(|r| r.state),
+                Some(SafState::Pending),
+                "{linked}: the reversal is queued for the next start to send"
+            );
+            // The next start sends it; the sale still stands at the issuer and in the journal.
+            w.bank("ICBC")
+                .faults()
+                .set_latency(Duration::ZERO, Duration::ZERO);
+            w.restart().await;
+            assert!(w.reversals_delivered(20).await, "{linked}: not delivered");
+        }
+        w.audit();
     });
 }
 

@@ -1700,23 +1700,27 @@ impl Core {
                 // The terminal is answered 96 now; what the outcome did to the original stays
                 // in memory until the write's fate is known (`settle_late_outcome`).
                 entry.keep_answer();
-                // A request with no original that may have moved money is reversed once its
-                // outcome lands: those records go to the journal now, right behind the
-                // outcome, written only if the row then holds what the outcome wrote. They
-                // land with it whatever becomes of this process meanwhile (a crash, a stop),
-                // not only if the task below lives to write them.
-                let behind = (if_lost == IfLost::Reversal
-                    && entry.live().linked_original.is_none())
-                .then(|| {
-                    let mut records = vec![Record::StateFrom {
-                        id: entry.id,
-                        from: state,
-                        state: TxnState::Reversed,
-                    }];
-                    records.extend(self.late_reversal(entry.id, &bank));
-                    self.store.submit(records).ok()
-                })
-                .flatten();
+                // A request that may have moved money is reversed once its outcome lands:
+                // those records go to the journal now, right behind the outcome, written only
+                // if the row then holds what the outcome wrote. They land with it whatever
+                // becomes of this process meanwhile (a crash, a stop), not only if the task
+                // below lives to write them. An approved void, completion or refund gives its
+                // original back in the same write (the journal's own sums and guards decide
+                // how); memory follows once the write is known (`settle_late_outcome`).
+                let behind = (if_lost == IfLost::Reversal)
+                    .then(|| {
+                        let mut records = vec![Record::StateFrom {
+                            id: entry.id,
+                            from: state,
+                            state: TxnState::Reversed,
+                        }];
+                        records.extend(self.late_reversal(entry.id, &bank));
+                        if state == TxnState::Approved {
+                            records.extend(self.give_back_records(&entry));
+                        }
+                        self.store.submit(records).ok()
+                    })
+                    .flatten();
                 let core = Arc::clone(self);
                 let late = Arc::clone(&entry);
                 let bank = bank.clone();
@@ -1828,9 +1832,9 @@ impl Core {
     /// the issuer said while the terminal was told 96, so an approval (or an answer that could
     /// not be read) is reversed by the host as a terminal reversal would be: the row reversed,
     /// the reversal queued, its original given back what it took; unless the terminal
-    /// reversed it meanwhile. For a request with no original those records were submitted
-    /// right behind the outcome (`LateOutcome::behind`); otherwise, or when they failed, they
-    /// are written here, tried again with a growing wait.
+    /// reversed it meanwhile. Those records were submitted right behind the outcome
+    /// (`LateOutcome::behind`), the original's give-back with them, and memory follows here;
+    /// when they failed they are written here, tried again with a growing wait.
     async fn settle_late_outcome(
         self: Arc<Self>,
         entry: Arc<Entry>,
@@ -1860,10 +1864,17 @@ impl Core {
             }
             std::mem::replace(&mut live.state, TxnState::Reversed)
         };
-        // Written already, right behind the outcome (a request with no original).
+        // Written already, right behind the outcome, the original's give-back included:
+        // memory follows.
         if let Some(behind) = behind {
             match behind.await {
-                Ok(()) => return,
+                Ok(()) => {
+                    if was == TxnState::Approved {
+                        // The records were in the write above; only memory changes here.
+                        let _ = self.unlink(&entry, &mut Vec::new());
+                    }
+                    return;
+                }
                 Err(error) => {
                     tracing::warn!(%error, txn_id = entry.id, "host reversal behind a late outcome not written; trying again");
                 }
@@ -2406,7 +2417,6 @@ impl Core {
                     entry: Arc::clone(&original),
                     delta_fen: live.refunded_fen - was,
                 });
-                vec![Record::Refunded { id: original.id }]
             }
             TxnKind::PurchaseVoid
             | TxnKind::CompletionVoid
@@ -2420,13 +2430,36 @@ impl Core {
                     });
                     live.state = TxnState::Approved;
                 }
-                // Written whatever memory says: the journal may hold the original voided or
-                // completed though this node's memory does not (another node voided it, or a
-                // commit whose answer was lost did), and the store gives it back only then.
-                vec![Record::GiveBack { id: original.id }]
             }
-            _ => Vec::new(),
+            _ => {}
         }
+        drop(live);
+        give_back(reversed.kind, original.id)
+    }
+
+    /// What `unlink` writes for `reversed`, memory left as it is.
+    fn give_back_records(&self, reversed: &Entry) -> Vec<Record> {
+        let linked = reversed.live().linked_original;
+        match linked.and_then(|id| self.ledger.by_id(id)) {
+            Some(original) => give_back(reversed.kind, original.id),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// The journal's side of giving an original back what a reversed `kind` took from it: its
+/// refunded total summed again (a refund), or approved again if voided or completed (a void or
+/// completion). Written whatever memory says: the journal may hold the original voided or
+/// completed though this node's memory does not (another node voided it, or a commit whose
+/// answer was lost did), and the store gives it back only then.
+fn give_back(kind: TxnKind, original: i64) -> Vec<Record> {
+    match kind {
+        TxnKind::Refund => vec![Record::Refunded { id: original }],
+        TxnKind::PurchaseVoid
+        | TxnKind::CompletionVoid
+        | TxnKind::PreAuthVoid
+        | TxnKind::Completion => vec![Record::GiveBack { id: original }],
+        _ => Vec::new(),
     }
 }
 
