@@ -64,14 +64,26 @@ pub fn lang_switch_href(lang: Lang, query: Option<&[(String, String)]>) -> Strin
 /// The page parameters whose values may be long runs of digits that are not card numbers,
 /// said back whole only in their own shape: a merchant ID of 15 digits; cursors, ids, times
 /// in milliseconds and dates, ASCII digits in runs no longer than a time in milliseconds (13)
-/// between dots. A card number typed there in another shape (in groups, in full-width
-/// digits, whole) is masked like any other value.
+/// between dots; a payouts cursor, a date and a merchant ID (`20261125:898110000000077`). A
+/// card number typed there in another shape (in groups, in full-width digits, whole) is
+/// masked like any other value. (Whether a merchant ID names a merchant is the caller's to
+/// check: pages mask one that does not before it gets here.)
 fn kept_whole(key: &str, value: &str) -> bool {
-    match key {
-        "mid" => value.len() == 15 && value.bytes().all(|b| b.is_ascii_digit()),
-        "cursor" | "before" | "payouts_before" => value
+    let mid_shaped = |mid: &str| mid.len() == 15 && mid.bytes().all(|b| b.is_ascii_digit());
+    let runs = |value: &str| {
+        value
             .split('.')
-            .all(|run| run.len() <= 13 && run.bytes().all(|b| b.is_ascii_digit())),
+            .all(|run| run.len() <= 13 && run.bytes().all(|b| b.is_ascii_digit()))
+    };
+    match key {
+        "mid" => mid_shaped(value),
+        "cursor" | "before" => runs(value),
+        "payouts_before" => {
+            runs(value)
+                || value.split_once(':').is_some_and(|(day, mid)| {
+                    day.len() == 8 && day.bytes().all(|b| b.is_ascii_digit()) && mid_shaped(mid)
+                })
+        }
         _ => false,
     }
 }
@@ -203,6 +215,15 @@ mod tests {
             let href = lang_switch_href(Lang::Zh, Some(&query));
             assert!(href.contains("%2A%2A"), "{typed}: {href}");
         }
+        // A payouts cursor (a date and a merchant ID that passes the card check digit) too.
+        let cursor = vec![(
+            "payouts_before".to_owned(),
+            "20261125:898110059420002".to_owned(),
+        )];
+        assert_eq!(
+            lang_switch_href(Lang::Zh, Some(&cursor)),
+            "?payouts_before=20261125%3A898110059420002&lang=en"
+        );
         // A cursor of a time in milliseconds and an id goes as it came.
         let cursor = vec![("cursor".to_owned(), "1733400000000.4261".to_owned())];
         assert_eq!(

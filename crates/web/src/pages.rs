@@ -92,10 +92,29 @@ struct Ctx {
 
 /// A GET page's context: its query is kept by the language switch.
 fn ctx(web: &Web, headers: &HeaderMap, params: &Params) -> Ctx {
-    let mut query: Vec<(String, String)> =
-        params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut query: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.clone(), said_back(web, k, v)))
+        .collect();
     query.sort();
     context(web, headers, params, Some(&query))
+}
+
+/// A parameter's value as the language switch says it back: a merchant ID (`mid`, the second
+/// half of a payouts cursor) goes whole only when it names a merchant; anything else there,
+/// a card number typed as a merchant ID, is masked like any other value.
+fn said_back(web: &Web, key: &str, value: &str) -> String {
+    let mid = match key {
+        "mid" => Some(value),
+        "payouts_before" => value.split_once(':').map(|(_, mid)| mid),
+        _ => None,
+    };
+    match mid {
+        Some(mid) if crate::ops::known_merchant(web, mid).is_err() => {
+            domain::mask_card_numbers(value).into_owned()
+        }
+        _ => value.to_owned(),
+    }
 }
 
 /// The context of the answer to a form: its address takes no GET, so the language switch goes
@@ -1125,7 +1144,7 @@ fn transactions_body(
     let outcome_field = outcome.map_or_else(String::new, |o| {
         format!(
             "<input type=\"hidden\" name=\"outcome\" value=\"{}\">",
-            esc(o)
+            esc(&domain::mask_card_numbers(o))
         )
     });
     body.push_str(&format!(
@@ -1227,8 +1246,20 @@ fn transactions_body(
     if let Some(next) = &found.next_cursor {
         let mut next_q = q.clone();
         next_q.cursor = Some(next.clone());
-        // By name, as the link always read.
-        let mut pairs: Vec<(String, String)> = search_params(&next_q).into_iter().collect();
+        // By name, as the link always read. What was typed goes on masked as the form shows
+        // it (a card number typed as the page size, say); the cursor is the search's own, and
+        // a merchant's ID is whole, as in the form.
+        let mut pairs: Vec<(String, String)> = search_params(&next_q)
+            .into_iter()
+            .map(|(k, v)| {
+                if k == "cursor" || (k == "mid" && mid_known) {
+                    (k, v)
+                } else {
+                    let masked = domain::mask_card_numbers(&v).into_owned();
+                    (k, masked)
+                }
+            })
+            .collect();
         pairs.sort();
         let qs = pairs
             .iter()

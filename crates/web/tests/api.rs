@@ -1345,6 +1345,21 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
             "{}",
             wrong_box.body
         );
+        // Nor one typed into a field the refusal does not name (kept in the form), nor one
+        // typed as a merchant ID on a page with no such merchant (kept by the language switch).
+        for path in [
+            "/portal/transactions?from=bad&outcome=6222020200112345679",
+            "/portal/cases?mid=378282246310005",
+            "/login?mid=378282246310005",
+        ] {
+            let page = tea.get(path).await;
+            assert!(
+                !page.body.contains("6222020200112345679")
+                    && !page.body.contains("378282246310005"),
+                "{path}: {}",
+                page.body
+            );
+        }
         let list = tea
             .get(&format!("/portal/transactions?last4={last4}&status="))
             .await;
@@ -1412,6 +1427,25 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
 
         // Another merchant: 404 on the transaction, the evidence and the case.
         let book = PageSession::login(e.http, "bookshop").await;
+        // Its payouts' next page, its cursor naming its merchant ID (which passes a card's
+        // check digit): the language switch keeps the cursor whole, and the page answers in
+        // the other language.
+        let page = book
+            .get(&format!(
+                "/portal/settlement?payouts_before=20261125:{OTHER_MID}"
+            ))
+            .await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let lang = page
+            .body
+            .split(" id=\"lang\"")
+            .next()
+            .and_then(|before| before.rsplit("href=\"").next())
+            .unwrap()
+            .trim_end_matches('"')
+            .replace("&amp;", "&");
+        let other = book.get(&format!("/portal/settlement{lang}")).await;
+        assert_eq!(other.status, 200, "{lang}: {}", other.body);
         assert_eq!(
             book.get(&format!("/portal/transactions/{id}")).await.status,
             404
@@ -2443,15 +2477,21 @@ fn a_staff_search_over_every_merchant_reads_one_budget_a_page() {
                 .map(str::to_owned);
         }
         // The portal's first page says the search goes on, not that nothing matches.
-        let portal = PageSession::login(http, "ops")
-            .await
-            .get("/portal/transactions?last4=9999")
-            .await;
+        let ops_pages = PageSession::login(http, "ops").await;
+        let portal = ops_pages.get("/portal/transactions?last4=9999").await;
         assert!(
             portal.body.contains("id=\"not-yet\"") && !portal.body.contains("id=\"none\""),
             "{}",
             portal.body
         );
+        // Its link to the next page carries what was typed as the form shows it: a card
+        // number typed as the page size, masked.
+        let typed = "6222020200112345679";
+        let portal = ops_pages
+            .get(&format!("/portal/transactions?last4=9999&limit={typed}"))
+            .await;
+        assert!(portal.body.contains("id=\"next\""), "{}", portal.body);
+        assert!(!portal.body.contains(typed), "{}", portal.body);
     });
 }
 
