@@ -86,6 +86,20 @@ fn openapi_document_matches_the_router_both_ways() {
         doc["paths"]["/api/openapi.json"]["get"]["security"],
         json!([])
     );
+    // Every operation says what its errors look like: any route may answer a body it cannot
+    // read (415, 422), one too large (413) or its own failure (500) with an Error.
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        if path == "/api/openapi.json" {
+            continue;
+        }
+        for (method, op) in ops.as_object().unwrap() {
+            assert_eq!(
+                op["responses"]["default"]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/Error",
+                "{method} {path}"
+            );
+        }
+    }
 }
 
 struct Api<'a> {
