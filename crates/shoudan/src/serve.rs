@@ -336,7 +336,9 @@ fn keys_of_this_journal(store: &dyn Store, hsm: &dyn Hsm) -> Result<(), String> 
         .collect();
     if let Some(first) = missing.first() {
         return Err(format!(
-            "the key store holds no TMK for terminal {first}{}: it is not this journal's key              store, or a copy older than its terminals; copy the deployment's key store (and              master key) here",
+            "the key store holds no TMK for terminal {first}{}: it is not this journal's key \
+             store, or a copy older than its terminals; copy the deployment's key store (and \
+             master key) here",
             match missing.len() {
                 1 => String::new(),
                 n => format!(" and {} more", n - 1),
@@ -422,7 +424,13 @@ fn check_config(config: &ServeConfig) -> Result<(), String> {
         // Each bank has a zone PIN key of its own: one copied to another's entry would send
         // that bank its PIN blocks under the wrong key (answered 55, cards locked by their
         // issuer after a few), and let one bank's key protect another's PINs.
-        if let Some(other) = zone_keys.insert(&issuer.zpk, issuer.bank.as_str()) {
+        // Compared as handles: "1", "01" and "key-1" name one key.
+        let handle = issuer
+            .zpk
+            .trim()
+            .parse::<KeyHandle>()
+            .map_or_else(|_| issuer.zpk.clone(), |h| h.to_string());
+        if let Some(other) = zone_keys.insert(handle, issuer.bank.as_str()) {
             return Err(format!(
                 "issuer {}: zpk {} is issuer {other}'s too; each bank has its own zone PIN key",
                 issuer.bank, issuer.zpk

@@ -383,7 +383,7 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
         ),
         (
             "[[issuer]]",
-            "[[issuer]]\nbank = \"icbc\"\naddr = \"127.0.0.1:9\"\nzpk = \"1\"\ntimeout_ms = 500\n\n[[issuer]]",
+            "[[issuer]]\nbank = \"icbc\"\naddr = \"127.0.0.1:9\"\nzpk = \"9\"\ntimeout_ms = 500\n\n[[issuer]]",
             "did you mean ICBC?",
         ),
         (
@@ -395,22 +395,35 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
         let error = refused(d, &config, from, to);
         assert!(error.contains(says), "{to:?}: {error}");
     }
-    // Another bank given ICBC's zone PIN key (a copied entry): its PIN blocks would go under
-    // the wrong key.
+    // Another bank given ICBC's zone PIN key (a copied entry, or the same handle spelled
+    // another way): its PIN blocks would go under the wrong key.
     let text = std::fs::read_to_string(&config).unwrap();
     let zpk_line = text.lines().find(|l| l.starts_with("zpk = ")).unwrap();
-    let error = refused(
-        d,
-        &config,
-        "[[issuer]]",
-        &format!(
-            "[[issuer]]\nbank = \"ABC\"\naddr = \"127.0.0.1:9\"\n{zpk_line}\ntimeout_ms = 500\n\n[[issuer]]"
-        ),
-    );
-    assert!(
-        error.contains("each bank has its own zone PIN key"),
-        "{error}"
-    );
+    let handle = zpk_line
+        .trim_start_matches("zpk = ")
+        .trim_matches('"')
+        .parse::<paycrypto::KeyHandle>()
+        .unwrap();
+    let number = handle.to_string().trim_start_matches("key-").to_owned();
+    for spelling in [
+        zpk_line.to_owned(),
+        format!("zpk = \"{handle}\""),
+        format!("zpk = \"{number}\""),
+        format!("zpk = \"0{number}\""),
+    ] {
+        let error = refused(
+            d,
+            &config,
+            "[[issuer]]",
+            &format!(
+                "[[issuer]]\nbank = \"ABC\"\naddr = \"127.0.0.1:9\"\n{spelling}\ntimeout_ms = 500\n\n[[issuer]]"
+            ),
+        );
+        assert!(
+            error.contains("each bank has its own zone PIN key"),
+            "{spelling}: {error}"
+        );
+    }
     // A fee plan whose rate is a typing error (5000 bp for 50) or negative, or whose payout
     // waits 90 days: refused, not charged as written (or clamped).
     let plans = d.join("fee-plans.json");
