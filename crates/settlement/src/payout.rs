@@ -403,6 +403,9 @@ pub struct PayoutRunReport {
     /// Payouts not sent because their merchant is suspended (a risk alert acted on, an
     /// operator's review): they wait, pending, until the merchant is approved again.
     pub withheld: Vec<String>,
+    /// Payouts not sent because what their merchant came to owe while they waited (refunds
+    /// cleared since they were made) took all of them: `sent` with nothing sent.
+    pub netted: Vec<String>,
     /// Payouts left pending by bank system errors [`PAYOUT_STUCK_AFTER_MS`] or more after their
     /// first attempt ([`is_stuck`]), whether this run tried them again or they were not due:
     /// still retried, and for an operator to take up with the bank.
@@ -816,6 +819,39 @@ pub fn run_payouts(
                     bank_code: account.bank_code.clone(),
                 };
                 let mut fixed = payout.clone();
+                // What the merchant has come to owe since the payout was made (refunds cleared
+                // while it waited, a suspension say, with nothing owed to it to take them from)
+                // is taken from it before the bank is first asked, as a release nets a held
+                // one: only the rest is sent, and nothing when that is 0.
+                let payable = accounts::merchant_payable(&payout.mid);
+                let netted = store
+                    .ledger_balance(&payable, None)?
+                    .clamp(0, payout.amount_fen.max(0));
+                let netting = (netted > 0).then(|| {
+                    (
+                        "payout_netted",
+                        transfer(accounts::payouts_in_flight(&payout.mid), payable, netted),
+                    )
+                });
+                fixed.amount_fen = payout.amount_fen.saturating_sub(netted);
+                if fixed.amount_fen == 0 {
+                    fixed.state = PayoutState::Sent;
+                    fixed.updated_at_ms = now_ms;
+                    let event = run.event(
+                        &fixed,
+                        "netted",
+                        None,
+                        format!(
+                            "all {netted} fen netted against what the merchant owes since it was \
+                             made: nothing to send"
+                        ),
+                    )?;
+                    let expected = Some((PayoutState::Pending, read_attempts, read_version));
+                    if run.commit(expected, fixed, event, netting, Vec::new())? {
+                        report.netted.push(payout.key.clone());
+                    }
+                    continue;
+                }
                 fixed.bank_reference = Some(reference.clone());
                 fixed.sent_to = Some(sent_to.clone());
                 fixed.account_version = version;
@@ -825,14 +861,17 @@ pub fn run_payouts(
                 // ahead has been waiting since its first attempt then, not since this one.
                 fixed.first_attempt_ms = payout.first_attempt_ms.or(Some(now_ms));
                 fixed.updated_at_ms = now_ms;
-                let event = run.event(
-                    &fixed,
-                    "sending",
-                    None,
-                    format!("as {reference} to {}", account.number_masked),
-                )?;
+                let detail = match netted {
+                    0 => format!("as {reference} to {}", account.number_masked),
+                    _ => format!(
+                        "as {reference} to {}; {netted} fen netted against what the merchant \
+                         owes since it was made, {} fen to send",
+                        account.number_masked, fixed.amount_fen
+                    ),
+                };
+                let event = run.event(&fixed, "sending", None, detail)?;
                 let expected = Some((PayoutState::Pending, read_attempts, read_version));
-                if !run.commit(expected, fixed.clone(), event, None, Vec::new())? {
+                if !run.commit(expected, fixed.clone(), event, netting, Vec::new())? {
                     // Another run fixed it first: that run sends it.
                     continue;
                 }

@@ -1984,6 +1984,90 @@ fn a_suspended_merchants_payout_waits_for_the_suspension_to_end() {
     assert!(paid.withheld.is_empty());
 }
 
+/// Refunds cleared while a suspended merchant's payout waits are taken from it before it is
+/// first sent, once the merchant is active again (or closed, whose payouts are paid): the
+/// acquirer does not pay out money it has already given back to cardholders. A debt as large
+/// as the payout leaves nothing to send.
+#[test]
+fn refunds_cleared_while_a_payout_is_withheld_are_netted_from_it() {
+    for (refund_fen, after) in [
+        (3_000, store::Status::Active),
+        (3_000, store::Status::Closed),
+        (12_000, store::Status::Active),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(&dir);
+        let store: &dyn Store = store.as_ref();
+        let directory = IssuerDirectory::embedded().unwrap();
+        let sealer = sealer();
+        let number = one_sale_cleared_and_bound(store, &directory, &sealer, 93);
+        let status = |status| {
+            store
+                .submit(vec![store::Record::UpsertMerchant(store::MerchantRow {
+                    mid: M1.into(),
+                    name: format!("merchant {M1}"),
+                    status,
+                    mcc: "5812".into(),
+                })])
+                .unwrap()
+                .wait()
+                .unwrap();
+        };
+        status(store::Status::Suspended);
+        let bank = SimBank::new();
+        let key = format!("{M1}:20261124");
+        let run = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
+        assert_eq!(run.withheld, vec![key.clone()]);
+        // While it is suspended, the victims are refunded: the next day's only transaction.
+        let mut refund = row(
+            2,
+            M1,
+            K::Refund,
+            S::Approved,
+            refund_fen,
+            "622202",
+            "20261124",
+        );
+        refund.original_id = Some(1);
+        insert(store, vec![refund]);
+        settle_date(store, &directory, "20261124", 2_000).unwrap();
+        let payable = || {
+            store
+                .ledger_balance(&acct::merchant_payable(M1), None)
+                .unwrap()
+        };
+        assert_eq!(payable(), refund_fen, "the merchant owes the refund");
+
+        status(after);
+        let run = run_payouts(store, &bank, &sealer, "20261125", 5_000).unwrap();
+        let owed = (10_000 - 55 - refund_fen).max(0);
+        let payout = store.payout(&key).unwrap().unwrap();
+        assert_eq!(payout.amount_fen, owed, "{after:?} {refund_fen}: {run:?}");
+        assert_eq!(payout.state, PayoutState::Sent);
+        if owed > 0 {
+            assert_eq!(run.sent, vec![key.clone()], "{run:?}");
+        } else {
+            assert!(run.sent.is_empty(), "{run:?}");
+            assert_eq!(run.netted, vec![key.clone()], "{run:?}");
+        }
+        assert_eq!(bank.credited(&number), owed);
+        assert_eq!(payable(), (refund_fen - (10_000 - 55)).max(0));
+        assert_eq!(
+            store
+                .ledger_balance(&acct::payouts_in_flight(M1), None)
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.ledger_balance(acct::BANK, None).unwrap(), -owed);
+        assert!(audit(store).unwrap().balanced);
+        let again = run_payouts(store, &bank, &sealer, "20261126", 6_000).unwrap();
+        assert!(
+            again.created.is_empty() && again.sent.is_empty() && again.netted.is_empty(),
+            "{again:?}"
+        );
+    }
+}
+
 const HOUR_MS: i64 = 3_600_000;
 
 /// The payout of `key` as the store has it now, and whether it is stuck at `now_ms`.

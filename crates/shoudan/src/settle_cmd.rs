@@ -529,6 +529,12 @@ pub fn payouts(args: PayoutsArgs) -> Result<std::process::ExitCode, Box<dyn std:
                 run.withheld.join(", ")
             );
         }
+        if !run.netted.is_empty() {
+            println!(
+                "netted: {} (refunds cleared while it waited took all of it: nothing sent)",
+                run.netted.join(", ")
+            );
+        }
         if !run.unsealable.is_empty() {
             println!(
                 "not sent: the account number of {} could not be unsealed; check that the \
