@@ -212,6 +212,12 @@ pub enum CaseError {
     ApplicationWaiting(i64),
     #[error("only an approved purchase or completion can be refunded")]
     NotRefundable,
+    #[error(
+        "the sale is past the {}-day refund limit: neither a terminal nor a case can refund \
+         it; ask the acquirer",
+        switch::REFUND_DAYS_MAX
+    )]
+    PastRefundLimit,
     #[error("whoever opened a refund application cannot approve it; another operator must")]
     SameUser,
     #[error("refund: {0}")]
@@ -403,6 +409,9 @@ impl CaseService {
             if !refundable(txn) {
                 return Err(CaseError::NotRefundable);
             }
+            if self.past_refund_limit(txn) {
+                return Err(CaseError::PastRefundLimit);
+            }
             let left_fen = txn.amount_fen - txn.refunded_fen;
             let asked_fen = new.refund_fen.unwrap_or(left_fen);
             if asked_fen <= 0 {
@@ -487,6 +496,15 @@ impl CaseService {
             ])?
             .await?;
         self.get(id)
+    }
+
+    /// Whether the switch would refuse a refund of `sale` now (25): its clearing day is more
+    /// than `REFUND_DAYS_MAX` before today's, as the switch counts them (the default cut-over;
+    /// a node with another one differs by a day at most, at the limit's edge).
+    fn past_refund_limit(&self, sale: &TxnRow) -> bool {
+        let today = switch::ClearingDay::of(self.clock.now_ms(), switch::CUTOVER_MINUTE_DEFAULT);
+        switch::day_number_of(&sale.clearing_date)
+            .is_some_and(|day| today.day_number - day > switch::REFUND_DAYS_MAX)
     }
 
     async fn outbox_id(&self) -> Result<i64, CaseError> {
@@ -833,6 +851,9 @@ impl CaseService {
         // approval, while the case waited in the queue.
         if !refundable(&original) {
             return Err(CaseError::NotRefundable);
+        }
+        if self.past_refund_limit(&original) {
+            return Err(CaseError::PastRefundLimit);
         }
         let rrn = original
             .rrn

@@ -832,6 +832,13 @@ pub fn explain_txn(
         Outcome::Declined => Some(rule.map_or_else(|| by_code("96"), diagnosis::diagnose_failure)),
         Outcome::Failed => Some(by_code("96")),
         Outcome::NoAnswerReversed | Outcome::ReversalPending => Some(by_code("98")),
+        // Its terminal never saw the approval: for a void or refund, the original stands and
+        // the customer has not been paid back (not a sale's "you were not charged").
+        Outcome::ApprovedThenReversed | Outcome::ApprovedReversalPending
+            if gives_back(row.kind) =>
+        {
+            Some(diagnosis::diagnose_failure(FailureKind::ReturnNoAnswer))
+        }
         Outcome::ApprovedThenReversed | Outcome::ApprovedReversalPending => {
             Some(diagnosis::diagnose_failure(FailureKind::NoAnswer))
         }
@@ -1015,19 +1022,6 @@ fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow, reversal_queued: bo
         ),
         // A reversal acknowledged, or answered 25 (the issuer never had the request): nothing
         // stands either way.
-        Outcome::NoAnswerReversed if gives_back(row.kind) => Both::new(
-            format!(
-                "{}没有及时应答，收单系统已冲正并得到发卡行确认：这笔{}不成立，可以重新发起",
-                bank.zh,
-                kind_text(row.kind).zh
-            ),
-            format!(
-                "no answer from {} in time; shoudan reversed it and the issuer confirmed nothing \
-                 stands: this {} did not happen, and may be made again",
-                bank.en,
-                kind_text(row.kind).en
-            ),
-        ),
         Outcome::NoAnswerReversed => Both::new(
             format!(
                 "{}没有及时应答，收单系统已冲正并得到发卡行确认：交易不成立，即使卡上显示过扣款也会退回",

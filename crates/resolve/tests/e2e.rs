@@ -793,6 +793,7 @@ fn a_sale_whose_void_is_being_reversed_takes_no_refund_application() {
 /// explanation says the customer has not been paid back, not the purchase's "not charged".
 #[test]
 fn a_refund_its_terminal_reversed_reads_as_a_refund_undone() {
+    use domain::diagnosis::{FailureKind, Subject};
     runtime().block_on(async {
         let mut e = start().await;
         let card = e.healthy(3);
@@ -817,6 +818,15 @@ fn a_refund_its_terminal_reversed_reads_as_a_refund_undone() {
             x.summary
         );
         assert!(x.summary.zh.contains("钱没有退回"), "{:?}", x.summary);
+        // What the merchant is told to do and to say: the refund's advice, not a sale's (which
+        // would ask the customer to pay again).
+        let d = x.diagnosis.unwrap();
+        assert_eq!(
+            d.subject,
+            Subject::Failure(FailureKind::ReturnNoAnswer),
+            "{d:?}"
+        );
+        assert!(!d.customer_message.en.contains("pay again"), "{d:?}");
     });
 }
 
@@ -2386,6 +2396,68 @@ fn a_refund_refused_before_the_journal_does_not_bring_back_an_earlier_attempts_k
         assert_eq!(keys.len(), 3);
         assert_ne!(keys[2], keys[0], "{keys:?}");
         assert_eq!(cases.get(case.id).unwrap().state, CaseState::Resolved);
+    });
+}
+
+/// The machine's clock moved on by `days`.
+struct DaysLater(i64);
+
+impl Clock for DaysLater {
+    fn now_ms(&self) -> i64 {
+        SystemClock.now_ms() + self.0 * 86_400_000
+    }
+}
+
+/// A sale past the refund limit (the switch answers its refunds 25) takes no refund
+/// application, and one opened before the limit passed is not sent once it has.
+#[test]
+fn a_sale_past_the_refund_limit_takes_no_refund_application() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(3);
+        let (code, rrn, _) = e.purchase(&card, 6_000).await;
+        assert_eq!(code, "00");
+        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
+        let cases_at = |days: i64| {
+            CaseService::new(
+                e.store(),
+                e.directory(),
+                Arc::clone(&back_office),
+                Arc::new(DaysLater(days)),
+            )
+        };
+        let application = || NewCase {
+            kind: CaseKind::RefundApplication,
+            mid: MID.to_owned(),
+            rrn: Some(rrn.clone()),
+            txn_id: None,
+            title: "returned".to_owned(),
+            who: "merchant".to_owned(),
+            text: "refund 10.00".to_owned(),
+            attachments: Vec::new(),
+            assignee: None,
+            due_at_ms: None,
+            refund_fen: Some(1_000),
+        };
+        let limit = switch::REFUND_DAYS_MAX;
+        let late = cases_at(limit + 2).open(application()).await;
+        assert!(matches!(late, Err(CaseError::PastRefundLimit)), "{late:?}");
+        // Opened in time, approved too late: refused before anything is sent.
+        let case = cases_at(0).open(application()).await.unwrap();
+        let approved = cases_at(limit + 2)
+            .approve_refund(case.id, "operator-2")
+            .await;
+        assert!(
+            matches!(approved, Err(CaseError::PastRefundLimit)),
+            "{approved:?}"
+        );
+        assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 0);
+        // Within the limit it goes through.
+        let done = cases_at(1)
+            .approve_refund(case.id, "operator-2")
+            .await
+            .unwrap();
+        assert_eq!(done.refund_code.as_deref(), Some("00"), "{done:?}");
     });
 }
 

@@ -48,7 +48,7 @@ use tokio::task::JoinHandle;
 pub use crate::backoffice::{
     BACK_OFFICE_TID, BackOffice, BackOfficeError, BackOfficeRefund, IDEMPOTENCY_KEY_LEN_MAX,
 };
-pub use crate::clock::{Clock, LocalTime, SystemClock};
+pub use crate::clock::{Clock, LocalTime, SystemClock, day_number_of};
 pub use crate::config::*;
 pub use crate::core::{handle_bytes, handle_from_bytes};
 pub use crate::health::clock_drift_s;

@@ -231,6 +231,10 @@ fn case_error_zh(error: &CaseError) -> Option<String> {
             format!("这笔交易的退货申请（工单 {id}）正等待运营人员处理；请在该工单中补充，或等待其处理完毕")
         }
         CaseError::NotRefundable => "只有成功的消费或预授权完成可以退货".to_owned(),
+        CaseError::PastRefundLimit => format!(
+            "这笔交易已超过 {} 天的退货期限，终端和工单都不能再退，请联系收单机构处理",
+            switch::REFUND_DAYS_MAX
+        ),
         CaseError::SameUser => "退货申请的发起人不能自己批准，须由另一位运营人员批准".to_owned(),
         CaseError::NoSuchTransaction(_)
         | CaseError::Refund(_)
@@ -251,6 +255,7 @@ fn case_api_error(error: CaseError) -> ApiError {
             | CaseError::TooManyEntries
             | CaseError::BadAmount
             | CaseError::NotRefundable
+            | CaseError::PastRefundLimit
             | CaseError::NotRefundApplication => ApiError::bad_request(message),
             CaseError::ExceedsRemaining { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "exceeds_remaining", message)
