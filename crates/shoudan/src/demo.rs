@@ -211,6 +211,17 @@ fn open_hsm(dir: &Path) -> Result<(Arc<SoftHsm>, KeyState), Box<dyn std::error::
         let hsm = SoftHsm::from_store(&master, Box::new(OsRandom), &wrapped)?;
         return Ok((Arc::new(hsm), serde_json::from_str(&state)?));
     }
+    // A key store the demo did not make (a node's, whose keys came from custodians'
+    // components) is never written over with demo keys.
+    if store_path.exists() {
+        return Err(format!(
+            "{} is not a demo's key store ({} is missing): a node's data dir? Nothing changed; \
+             give the demo a data dir of its own",
+            store_path.display(),
+            state_path.display()
+        )
+        .into());
+    }
     let hsm = SoftHsm::new(&master, Box::new(OsRandom));
     let mut state = KeyState::default();
     for bank in DOMESTIC_BANKS.iter().chain([&FOREIGN_ISSUER]) {
@@ -230,7 +241,7 @@ fn open_hsm(dir: &Path) -> Result<(Arc<SoftHsm>, KeyState), Box<dyn std::error::
         state.tmk.insert(tid.to_owned(), tmk.to_string());
     }
     crate::files::write_whole(&store_path, &hsm.export_store()?, 0o600)?;
-    std::fs::write(&state_path, serde_json::to_vec_pretty(&state)?)?;
+    crate::files::write_whole(&state_path, &serde_json::to_vec_pretty(&state)?, 0o600)?;
     Ok((Arc::new(hsm), state))
 }
 
@@ -400,6 +411,13 @@ pub async fn start_env(
         );
     }
     let lock = lock_data_dir(dir)?;
+    // A `shoudan serve` on this data dir's journal is a node on it too: refused before
+    // anything in the data dir is made or changed.
+    let journal_lock = if options.postgres.is_some() {
+        None
+    } else {
+        Some(crate::files::lock_sqlite_journal(&dir.join("switch.db"))?)
+    };
     // A journal on PostgreSQL is opened before any key is made: one that already holds
     // terminals was made with some data dir's master key, which a new data dir does not have.
     let postgres = match &options.postgres {
@@ -414,8 +432,8 @@ pub async fn start_env(
         }
         None => None,
     };
-    std::fs::create_dir_all(dir.join("issuers"))?;
     let (hsm, keys) = open_hsm(dir)?;
+    std::fs::create_dir_all(dir.join("issuers"))?;
     if let Some(store) = &postgres {
         sealed_with_these_keys(store.as_ref(), hsm.as_ref())?;
     }
@@ -489,11 +507,8 @@ pub async fn start_env(
     }
 
     // The journal, provisioned with merchants and terminals on first run.
-    let mut journal_lock = None;
     let journal = match postgres {
         None => {
-            // A `shoudan serve` on this data dir's journal is a node on it too.
-            journal_lock = Some(crate::files::lock_sqlite_journal(&dir.join("switch.db"))?);
             let mut store_config = SqliteConfig::new(dir.join("switch.db"));
             store_config.synchronous = options.synchronous;
             Journal::Sqlite(Arc::new(SqliteStore::open(&store_config)?))

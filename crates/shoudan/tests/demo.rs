@@ -613,3 +613,46 @@ fn a_data_dir_that_lost_its_master_key_is_not_given_a_new_one() {
     assert!(stderr.contains("master.key is missing"), "{stderr}");
     assert!(!dir.join("master.key").exists());
 }
+
+/// A node's data dir given to the demo by mistake: its key store (keys from custodians'
+/// components) is not written over with demo keys, and a node running on its journal refuses
+/// the demo before anything in the directory changes.
+#[test]
+fn a_nodes_data_dir_is_not_taken_for_a_demos() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("master.key"), "11".repeat(32)).unwrap();
+    std::fs::write(dir.join("hsm.store"), b"a node's key store").unwrap();
+    let stderr = cli::refused_within(
+        demo_command(dir).stdout(Stdio::null()),
+        Duration::from_secs(15),
+        "the demo on a node's data dir",
+    );
+    assert!(stderr.contains("not a demo's key store"), "{stderr}");
+    assert_eq!(
+        std::fs::read(dir.join("hsm.store")).unwrap(),
+        b"a node's key store"
+    );
+    assert!(!dir.join("switch.db").exists());
+    assert!(!dir.join("issuers").exists());
+
+    // The same directory with a node serving its journal: refused first, nothing made.
+    let node = tempfile::tempdir().unwrap();
+    let journal = node.path().join("switch.db");
+    let held = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(node.path().join("switch.db.node-lock"))
+        .unwrap();
+    assert!(held.try_lock().is_ok());
+    let stderr = cli::refused_within(
+        demo_command(node.path()).stdout(Stdio::null()),
+        Duration::from_secs(15),
+        "the demo on a journal a node serves",
+    );
+    assert!(stderr.contains("in use by another node"), "{stderr}");
+    assert!(!journal.exists(), "{stderr}");
+    assert!(!node.path().join("master.key").exists(), "{stderr}");
+    assert!(!node.path().join("hsm.store").exists(), "{stderr}");
+}
