@@ -304,6 +304,35 @@ fn inspect_store(
     })
 }
 
+/// A SQLite journal's directory must be one this user may write in: a start makes the
+/// journal there (when new), its write-ahead log and the node's lock beside it. Checked with a
+/// file made and removed at once (nothing else is written), so that a directory mistyped or
+/// not the service user's fails `--check`, not the restart it was meant to clear.
+fn journal_dir_writable(journal: &Path) -> Result<(), String> {
+    let dir = journal
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(format!(
+            "database: {} is not a directory; the journal {} cannot be made there",
+            dir.display(),
+            journal.display()
+        ));
+    }
+    tempfile::Builder::new()
+        .prefix(".shoudan-check-")
+        .tempfile_in(dir)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "database: cannot write in {} ({e}); the journal, its log and the node's lock \
+                 are kept there",
+                dir.display()
+            )
+        })
+}
+
 /// Whether the first card number the journal sealed (of its first few transactions) opens
 /// with `hsm`'s master key; `true` when there is none yet.
 pub(crate) fn sealed_numbers_open(
@@ -742,6 +771,9 @@ pub(crate) fn http_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// node it is about to replace.
 fn check(config: &ServeConfig) -> CliResult {
     let checked = checked(config)?;
+    if let Database::Sqlite(path) = database(&config.database, config.database_schema.as_deref())? {
+        journal_dir_writable(Path::new(path))?;
+    }
     let status = inspect_store(&config.database, config.database_schema.as_deref())?;
     // As a start checks them: a restart against this database would refuse the plans, and
     // the node would stay down. (A new database has no merchants yet: they are provisioned

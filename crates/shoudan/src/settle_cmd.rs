@@ -282,14 +282,13 @@ fn sim_bank(dir: &Path) -> Result<SimBank, Box<dyn std::error::Error>> {
     Ok(bank)
 }
 
-/// Keeps what the simulated bank did for the next run: written whole, then renamed over the
-/// last, so a run stopped half-way leaves the previous memory.
+/// Keeps what the simulated bank did for the next run: written whole (a file of its own,
+/// synced, then renamed over the last), so a run stopped half-way or a power cut leaves the
+/// previous memory.
 fn remember(dir: &Path, bank: &SimBank) -> Result<(), Box<dyn std::error::Error>> {
     let path = dir.join(SIM_BANK_MEMORY);
-    let partial = dir.join(format!("{SIM_BANK_MEMORY}.partial"));
-    std::fs::write(&partial, serde_json::to_vec_pretty(&bank.memory())?)
-        .map_err(|e| format!("{}: {e}", partial.display()))?;
-    std::fs::rename(&partial, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::files::write_whole(&path, &serde_json::to_vec_pretty(&bank.memory())?, 0o600)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(())
 }
 
@@ -785,7 +784,10 @@ fn clearing_file(
         switch::LocalTime::from_ms(SystemClock.now_ms() - switch::CUTOVER_GRACE_MS).yyyymmdd();
     if keep && date < open_day.as_str() {
         std::fs::create_dir_all(dir.join("clearing"))?;
-        std::fs::write(&path, &csv)?;
+        // Whole or not at all: a file cut short (a full disk, a kill) would be read instead of
+        // the ledger by every later run.
+        crate::files::write_whole(&path, &csv, 0o600)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(parse_clearing_csv(std::str::from_utf8(&csv)?)?)
 }

@@ -41,6 +41,14 @@ pub fn load_stan(data_dir: &Path, tid: &str) -> Result<u32, String> {
         })
 }
 
+/// The most trace numbers one run sends: a sign-in, then its transaction.
+const STANS_PER_RUN: u32 = 2;
+
+/// The trace number `n` after `stan`, counting past 999999 from 1 again as a terminal does.
+fn stan_after(stan: u32, n: u32) -> u32 {
+    (stan.clamp(1, terminal::STAN_MAX) - 1 + n) % terminal::STAN_MAX + 1
+}
+
 /// Writes the next STAN whole or not at all, so a crash mid-write leaves the previous number
 /// rather than an empty file.
 pub fn save_stan(data_dir: &Path, tid: &str, next: u32) -> std::io::Result<()> {
@@ -168,7 +176,13 @@ async fn run_async(args: TerminalArgs) -> CliResult {
     };
     let amount = parse_amount(&args.amount)?;
 
-    let config = config_of(fixture, load_stan(&args.data_dir, &args.tid)?)?;
+    let next = load_stan(&args.data_dir, &args.tid)?;
+    let config = config_of(fixture, next)?;
+    // The trace numbers this run may send are kept as used before anything is sent, as a
+    // terminal's own counter is: a run stopped while it waits for an answer (Ctrl-C) must not
+    // leave the next run to send another request under a trace the host already has (a retry
+    // to it: 94, or the earlier answer). Those it does not send are skipped.
+    save_stan(&args.data_dir, &args.tid, stan_after(next, STANS_PER_RUN))?;
     let mut terminal = Terminal::connect(config).await?;
     let result = drive(&mut terminal, &args, card, amount).await;
     save_stan(&args.data_dir, &args.tid, terminal.next_stan())?;
@@ -324,7 +338,7 @@ async fn drive(
 
 #[cfg(test)]
 mod tests {
-    use super::{config_of, parse_amount};
+    use super::{config_of, parse_amount, stan_after};
     use crate::fixtures::TerminalFixture;
 
     /// A demo listening on IPv6 writes its host as `::1`: the address is built from the
@@ -346,6 +360,13 @@ mod tests {
         assert_eq!(v6.addr.to_string(), "[::1]:5800");
         let v4 = config_of(&fixture("127.0.0.1"), 1).unwrap();
         assert_eq!(v4.addr.to_string(), "127.0.0.1:5800");
+    }
+
+    #[test]
+    fn traces_count_on_past_999999_from_1() {
+        assert_eq!(stan_after(41, 2), 43);
+        assert_eq!(stan_after(999_998, 2), 1);
+        assert_eq!(stan_after(999_999, 2), 2);
     }
 
     #[test]

@@ -130,6 +130,30 @@ fn serve_checks_its_config_on_sqlite_and_postgres() {
         "{out}"
     );
     assert!(!path.exists(), "--check created the database");
+    // Nothing else was left in the directory either.
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["fee-plans.json", "hsm.store", "master.key", "shoudan.toml"],
+        "{left:?}"
+    );
+    // A journal in a directory that does not exist (a typing error) cannot be made there:
+    // the check fails, as the start would.
+    let elsewhere = write_config(
+        dir.path(),
+        &format!(
+            "sqlite:{}",
+            dir.path().join("no-such-dir/switch.db").display()
+        ),
+        None,
+    );
+    let refused = check_refused(&elsewhere, "a journal in a directory that does not exist");
+    assert!(refused.contains("is not a directory"), "{refused}");
+    let config = write_config(dir.path(), &database, None);
 
     // A database one migration behind: listed, not applied. It holds the fee plan's merchant
     // (a check of an existing database refuses plans for merchants it lacks, as a start does).
