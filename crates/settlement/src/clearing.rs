@@ -48,8 +48,12 @@ impl<'a> CardClassifier<'a> {
     /// the table has longer BINs and BINs issued at two lengths by two banks (622303: a credit
     /// card at 16 digits, a debit card at 18): the class is the one every row the six digits
     /// may be under, at the card's length, agrees on. Where they disagree, the card is charged
-    /// as debit, the merchant's cheaper assumption again.
+    /// as debit, the merchant's cheaper assumption again. So is a row whose card number the
+    /// journal does not hold (no BIN to go by: the sealing failed when it was taken).
     pub fn classify(&mut self, bin: &str, pan_len: usize) -> CardClass {
+        if bin.is_empty() {
+            return CardClass::DomesticDebit;
+        }
         let key = (bin.to_owned(), pan_len);
         if let Some(class) = self.cache.get(&key) {
             return *class;
@@ -812,5 +816,11 @@ mod tests {
         assert_eq!(class("625193", 16), CardClass::DomesticCredit);
         assert_eq!(class("622202", 19), CardClass::DomesticDebit);
         assert_eq!(class("411111", 16), CardClass::Foreign);
+    }
+
+    #[test]
+    fn a_row_without_its_card_number_is_charged_as_debit() {
+        assert_eq!(class("", 0), CardClass::DomesticDebit);
+        assert_eq!(class("", 19), CardClass::DomesticDebit);
     }
 }
