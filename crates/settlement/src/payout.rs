@@ -608,8 +608,11 @@ pub fn run_payouts(
         }
     }
 
-    // 2. Release held payouts whose merchant re-bound (confirmed) since they failed.
-    for mut payout in store.payouts(None, Some(PayoutState::Held), PAYOUTS_PER_RUN_MAX)? {
+    // 2. Release held payouts whose merchant re-bound (confirmed) since they failed. Merchant
+    // by merchant: the held payouts of merchants who never re-bind (a business closed) build
+    // up for ever, and read all together, oldest first, would come to fill every read.
+    let held = payouts_by_merchant(store, PayoutState::Held)?;
+    for mut payout in held {
         let Some(account) = store.bound_account(&payout.mid)? else {
             continue;
         };
@@ -758,8 +761,10 @@ pub fn run_payouts(
         }
     }
 
-    // 4. Send what is due.
-    for mut payout in store.payouts(None, Some(PayoutState::Pending), PAYOUTS_PER_RUN_MAX)? {
+    // 4. Send what is due, merchant by merchant as the releases (those waiting for a merchant
+    // suspended or without an account keep no other merchant's from being read).
+    let pending = payouts_by_merchant(store, PayoutState::Pending)?;
+    for mut payout in pending {
         if payout.next_attempt_ms > now_ms {
             continue;
         }
@@ -975,6 +980,19 @@ pub fn run_payouts(
         .map(|p| p.key)
         .collect();
     Ok(report)
+}
+
+/// Every payout in `state`, each merchant's oldest payout day first (as many merchants as a
+/// run looks at, and as many payouts of each).
+fn payouts_by_merchant(
+    store: &dyn Store,
+    state: PayoutState,
+) -> Result<impl Iterator<Item = PayoutRow>, PayoutError> {
+    let mut all = Vec::new();
+    for mid in store.payout_merchants(state, PAYOUTS_PER_RUN_MAX)? {
+        all.push(store.payouts(Some(&mid), Some(state), PAYOUTS_PER_RUN_MAX)?);
+    }
+    Ok(all.into_iter().flatten())
 }
 
 /// The record that flags account `version` of a merchant for re-binding: only that account,

@@ -1225,6 +1225,61 @@ fn a_held_payout_released_is_netted_against_what_the_merchant_came_to_owe() {
     }
 }
 
+/// A merchant whose payouts stay held (its account never re-bound: a business closed) piles
+/// up more held payouts, over the years, than a run reads at once; another merchant's held
+/// payout, newer than all of them, is still released when that merchant re-binds.
+#[test]
+fn payouts_held_for_ever_keep_no_other_merchants_from_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    let frozen = one_sale_cleared_and_bound(store, &directory, &sealer, 97);
+    let bank = SimBank::new();
+    bank.set_behaviour(&frozen, SimBehaviour::Frozen);
+    let key = format!("{M1}:20261124");
+    let run = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
+    assert_eq!(run.held, vec![key.clone()]);
+    // M2's held payouts, one a day for years before, as many as a run reads.
+    let first_day = settlement::dates::day_number("19900101").unwrap();
+    let old: Vec<Record> = (0..i64::from(settlement::payout::PAYOUTS_PER_RUN_MAX))
+        .map(|n| {
+            let day = settlement::dates::from_day_number(first_day + n);
+            Record::Settlement(SettlementRecord::NewPayout(store::settlement::PayoutRow {
+                key: format!("{M2}:{day}"),
+                mid: M2.to_owned(),
+                payout_date: day.clone(),
+                cutoff_date: day,
+                amount_fen: 100,
+                state: PayoutState::Held,
+                attempts: 1,
+                next_attempt_ms: 0,
+                account_version: 1,
+                account_masked: "6222****0001".to_owned(),
+                bank_reference: None,
+                sent_to: None,
+                failure: Some("account_closed".to_owned()),
+                first_attempt_ms: None,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            }))
+        })
+        .collect();
+    store.submit(old).unwrap().wait().unwrap();
+    let new_card = card("622848", 19, 98);
+    rebind(
+        store,
+        &sealer,
+        &directory,
+        &card_input(&new_card, "王小明"),
+        3_000,
+    );
+    let run = run_payouts(store, &bank, &sealer, "20261125", 5_000).unwrap();
+    assert_eq!(run.released, vec![key.clone()], "{:?}", run.released.len());
+    assert_eq!(run.sent, vec![key], "{:?}", run.sent.len());
+}
+
 /// A run takes the bank's report of a return and fails to write it down: the bank reports it
 /// again to the next run (it was not acknowledged), which holds the payout; reported once more
 /// after that, it changes nothing.

@@ -399,6 +399,14 @@ pub trait Store: Send + Sync + 'static {
         before: (&str, &str),
         limit: u32,
     ) -> Result<Vec<settlement::PayoutRow>, StoreError>;
+    /// The merchants with a payout in `state`, by MID, at most `limit`: a payout run takes
+    /// each one's payouts in turn, so that many waiting for one merchant (held for an
+    /// account never re-bound) do not keep another's from being read.
+    fn payout_merchants(
+        &self,
+        state: settlement::PayoutState,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
     /// References of payments the bank reported returned that no run has acted on yet.
     fn payout_returns_open(&self, limit: u32) -> Result<Vec<String>, StoreError>;
     /// Payout events with an id above `after_id`, oldest first: the notifier's tail.

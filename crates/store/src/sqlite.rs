@@ -815,6 +815,13 @@ impl Store for SqliteStore {
     ) -> Result<Vec<crate::settlement::PayoutEventRow>, StoreError> {
         self.settle_payout_events(after_id, limit)
     }
+    fn payout_merchants(
+        &self,
+        state: crate::settlement::PayoutState,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        self.settle_payout_merchants(state, limit)
+    }
     fn payout_returns_open(&self, limit: u32) -> Result<Vec<String>, StoreError> {
         self.settle_payout_returns_open(limit)
     }

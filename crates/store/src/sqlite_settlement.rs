@@ -1003,6 +1003,22 @@ impl SqliteStore {
         })
     }
 
+    pub(super) fn settle_payout_merchants(
+        &self,
+        state: PayoutState,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let limit = limit.min(SETTLEMENT_ROWS_MAX);
+        let state = state.as_str();
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT DISTINCT mid FROM payouts WHERE state = ?1 ORDER BY mid LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![state, limit], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     pub(super) fn settle_payout_returns_open(&self, limit: u32) -> Result<Vec<String>, StoreError> {
         let limit = limit.min(SETTLEMENT_ROWS_MAX);
         self.read(|conn| {

@@ -666,6 +666,18 @@ fn payouts_are_read_newest_first(db: &Db) {
         keys(s.payouts(Some("m"), None, 2).unwrap()),
         ["m:20261101", "m:20261102"]
     );
+    // The merchants with a payout in a state, each once.
+    assert_eq!(
+        s.payout_merchants(PayoutState::Held, 10).unwrap(),
+        ["m", "n"]
+    );
+    assert_eq!(s.payout_merchants(PayoutState::Pending, 10).unwrap(), ["m"]);
+    assert_eq!(s.payout_merchants(PayoutState::Held, 1).unwrap(), ["m"]);
+    assert!(
+        s.payout_merchants(PayoutState::Returned, 10)
+            .unwrap()
+            .is_empty()
+    );
     // Page by page after the last row shown: a merchant's, and everyone's (the same day's
     // other merchants before the older days).
     assert_eq!(
