@@ -689,7 +689,9 @@ fn clear_date(
     drop(rows);
     let runs = store.settle_runs(Some(&date))?;
     let resumed = unrecorded(&existing, &runs);
-    if lines.is_empty() && resumed.lines == 0 && events_through_ms.is_none() {
+    // A date with nothing to clear again is left as it is; its first run is recorded all
+    // the same, empty, so that a payout by that cutoff knows the date was cleared.
+    if lines.is_empty() && resumed.lines == 0 && events_through_ms.is_none() && !runs.is_empty() {
         return Ok(SettleReport {
             clearing_date: date,
             changed: false,

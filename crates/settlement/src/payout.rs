@@ -403,6 +403,8 @@ pub struct PayoutRunReport {
     /// Payouts not sent because their merchant is suspended (a risk alert acted on, an
     /// operator's review): they wait, pending, until the merchant is approved again.
     pub withheld: Vec<String>,
+    /// Cutoff dates no settle run has cleared yet: no payout is made by them until one has.
+    pub unsettled: Vec<String>,
     /// Payouts not sent because what their merchant came to owe while they waited (refunds
     /// cleared since they were made) took all of them: `sent` with nothing sent.
     pub netted: Vec<String>,
@@ -682,7 +684,11 @@ pub fn run_payouts(
         }
     }
 
-    // 3. Today's payouts: what cleared up to today − delay and is still payable.
+    // 3. Today's payouts: what cleared up to today − delay and is still payable, once that
+    // day is settled: a payout made by a cutoff still trading (a run ahead of the day's settle
+    // run, or after one that failed) would take that day's key and leave its money to the
+    // next day's payout.
+    let mut settled: HashMap<String, bool> = HashMap::new();
     for merchant in store.merchants()? {
         let key = format!("{}:{today}", merchant.mid);
         if store.payout(&key)?.is_some() {
@@ -705,6 +711,20 @@ pub fn run_payouts(
             .map(|p| p.cutoff_date)
             .max();
         if paid_through.is_some_and(|through| through >= cutoff) {
+            continue;
+        }
+        let cutoff_settled = match settled.get(&cutoff) {
+            Some(done) => *done,
+            None => {
+                let done = !store.settle_runs(Some(&cutoff))?.is_empty();
+                settled.insert(cutoff.clone(), done);
+                done
+            }
+        };
+        if !cutoff_settled {
+            if !report.unsettled.contains(&cutoff) {
+                report.unsettled.push(cutoff.clone());
+            }
             continue;
         }
         let payable = accounts::merchant_payable(&merchant.mid);

@@ -1280,6 +1280,44 @@ fn payouts_held_for_ever_keep_no_other_merchants_from_release() {
     assert_eq!(run.sent, vec![key], "{:?}", run.sent.len());
 }
 
+/// A payout run ahead of its cutoff day's settle run (the day still trading, or its settle
+/// run not made yet) makes no payout by that cutoff: the day's key is not taken with only the
+/// days before it, which would leave that day's money to the payout after. Once the day is
+/// settled the payout takes both days.
+#[test]
+fn no_payout_is_made_by_a_cutoff_not_yet_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    let number = one_sale_cleared_and_bound(store, &directory, &sealer, 99);
+    let bank = SimBank::new();
+    // The 25th's payout (by the 24th, a day not settled yet): nothing made.
+    let early = run_payouts(store, &bank, &sealer, "20261125", 1_000).unwrap();
+    assert!(early.created.is_empty(), "{early:?}");
+    assert_eq!(early.unsettled, ["20261124"], "{early:?}");
+    assert!(store.payout(&format!("{M1}:20261125")).unwrap().is_none());
+    // The 24th's sale, then its settle run: the payout takes the 23rd's and the 24th's.
+    let mut sale = row(
+        2,
+        M1,
+        K::Purchase,
+        S::Approved,
+        20_000,
+        "622202",
+        "20261124",
+    );
+    sale.received_at_ms += 86_400_000;
+    insert(store, vec![sale]);
+    settle_date(store, &directory, "20261124", 2_000).unwrap();
+    let run = run_payouts(store, &bank, &sealer, "20261125", 3_000).unwrap();
+    assert_eq!(run.sent, [format!("{M1}:20261125")], "{run:?}");
+    assert!(run.unsettled.is_empty(), "{run:?}");
+    assert_eq!(bank.credited(&number), 10_000 - 55 + 20_000 - 110);
+    assert!(audit(store).unwrap().balanced);
+}
+
 /// A run takes the bank's report of a return and fails to write it down: the bank reports it
 /// again to the next run (it was not acknowledged), which holds the payout; reported once more
 /// after that, it changes nothing.
@@ -1393,6 +1431,8 @@ fn a_payment_whose_answer_was_lost_is_not_paid_again() {
         )],
     );
     settle_date(store, &directory, "20261124", 0).unwrap();
+    // The next day, empty, is settled too: a payout by it is made only then.
+    settle_date(store, &directory, "20261125", 0).unwrap();
     let later = run_payouts(store, &bank, &sealer, "20261126", 200_000).unwrap();
     assert_eq!(later.sent.len(), 1, "{later:?}");
     let missed = run_payouts(store, &bank, &sealer, "20261125", 300_000).unwrap();

@@ -528,6 +528,12 @@ pub fn payouts(args: PayoutsArgs) -> Result<std::process::ExitCode, Box<dyn std:
                 run.withheld.join(", ")
             );
         }
+        if !run.unsettled.is_empty() {
+            println!(
+                "not made: nothing by cutoff {} until a settle run has cleared it",
+                run.unsettled.join(", ")
+            );
+        }
         if !run.netted.is_empty() {
             println!(
                 "netted: {} (refunds cleared while it waited took all of it: nothing sent)",
