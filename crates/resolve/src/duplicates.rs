@@ -23,19 +23,21 @@ fn is_payment(row: &TxnRow) -> bool {
     matches!(row.kind, TxnKind::Purchase | TxnKind::Completion)
 }
 
-/// The pair `row` makes with another approved payment by the same card at the same merchant
-/// for the same amount within `window_ms`: an earlier one (then `row` is the second), else a
-/// later one already approved (the earlier payment waited on a slow issuer while the customer
-/// paid again, perhaps at another terminal: `row` is then the first). The second of a pair is
-/// always the one received later, the one to undo.
+/// The pairs `row` makes with other approved payments by the same card at the same merchant
+/// for the same amount within `window_ms`: with the latest earlier one (then `row` is the
+/// second), and with the earliest later one already approved (the earlier payment waited on a
+/// slow issuer while the customer paid again, perhaps at another terminal: `row` is then the
+/// first). Both when both are there: the later payment, approved while `row` was still at its
+/// issuer, found no pair then. The second of a pair is always the one received later, the one
+/// to undo; the pair with an earlier payment comes first.
 pub fn find_for(
     store: &dyn Store,
     row: &TxnRow,
     window_ms: i64,
-) -> Result<Option<DuplicateRow>, ResolveError> {
+) -> Result<Vec<DuplicateRow>, ResolveError> {
     let window_ms = window_ms.clamp(0, DUPLICATE_WINDOW_MS_MAX);
     let Some(pan) = row.pan.as_ref() else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     // A payment refunded in full charged the card nothing: with it there is no duplicate
     // (the store's pairing reads leave such payments out likewise).
@@ -44,7 +46,7 @@ pub fn find_for(
         || pan.fingerprint.is_empty()
         || row.refunded_fen >= row.amount_fen
     {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let flagged_at_ms = row.answered_at_ms.unwrap_or(row.received_at_ms);
     let pair = |first: &TxnRow, second: &TxnRow| DuplicateRow {
@@ -62,9 +64,6 @@ pub fn find_for(
         row.received_at_ms.saturating_sub(window_ms),
         (row.received_at_ms, row.id),
     )?;
-    if let Some(first) = earlier {
-        return Ok(Some(pair(&first, row)));
-    }
     let later = store.earliest_payment_of_card_after(
         &pan.fingerprint,
         &row.mid,
@@ -72,7 +71,11 @@ pub fn find_for(
         (row.received_at_ms, row.id),
         row.received_at_ms.saturating_add(window_ms),
     )?;
-    Ok(later.map(|second| pair(row, &second)))
+    Ok(earlier
+        .map(|first| pair(&first, row))
+        .into_iter()
+        .chain(later.map(|second| pair(row, &second)))
+        .collect())
 }
 
 /// Every suspected duplicate among a merchant's payments received in `[from_ms, to_ms)`.
@@ -92,10 +95,10 @@ pub fn scan(
         to_ms,
         |row| -> Result<_, ResolveError> {
             // Each pair is found from both of its payments: keep it once.
-            if let Some(d) = find_for(store, &row, window_ms)?
-                && seconds.insert(d.second_txn_id)
-            {
-                found.push(d);
+            for d in find_for(store, &row, window_ms)? {
+                if seconds.insert(d.second_txn_id) {
+                    found.push(d);
+                }
             }
             Ok(ControlFlow::Continue(()))
         },
@@ -153,7 +156,7 @@ pub fn describe(
     // one was voided): the second may still pair with an earlier one that stands, which is
     // then the flag's first. (The window is the default, which is what the tailer flags by.)
     let first = if !stands(&first) && stands(&second) {
-        match find_for(store, &second, DUPLICATE_WINDOW_MS_DEFAULT)? {
+        match find_for(store, &second, DUPLICATE_WINDOW_MS_DEFAULT)?.first() {
             Some(pair) if pair.second_txn_id == second.id && pair.first_txn_id != first.id => {
                 store.txn(pair.first_txn_id)?.unwrap_or(first)
             }
@@ -260,4 +263,100 @@ pub fn flagged(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use store::{PanAtRest, Record, SqliteConfig, SqliteStore};
+
+    use super::*;
+
+    const MID: &str = "898110048990001";
+    const MINUTE_MS: i64 = 60_000;
+
+    /// A purchase of 25.00 by one card, received at `minute`, in `state`.
+    fn payment(id: i64, minute: i64, state: TxnState) -> TxnRow {
+        TxnRow {
+            id,
+            tid: "10000001".into(),
+            mid: MID.into(),
+            batch_no: 1,
+            stan: u32::try_from(id).unwrap(),
+            kind: TxnKind::Purchase,
+            mti: "0200".into(),
+            processing_code: "000000".into(),
+            condition_code: "00".into(),
+            amount_fen: 2_500,
+            currency: "156".into(),
+            pan: Some(PanAtRest {
+                sealed: vec![1],
+                fingerprint: vec![7; 32],
+                masked: "622202*********0123".into(),
+                last4: "0123".into(),
+                bin: "622202".into(),
+            }),
+            issuer: Some("ICBC".into()),
+            rrn: Some(format!("{id:012}")),
+            host_trace: None,
+            auth_code: None,
+            response_code: None,
+            state,
+            request_hash: vec![u8::try_from(id).unwrap()],
+            original_id: None,
+            refunded_fen: 0,
+            field60: None,
+            host_date: None,
+            clearing_date: "20261207".into(),
+            settlement_date: None,
+            received_at_ms: 1_796_000_000_000 + minute * MINUTE_MS,
+            sent_at_ms: None,
+            issuer_answered_at_ms: None,
+            answered_at_ms: None,
+        }
+    }
+
+    /// Z at 0:00, A at 0:05 (its issuer slow), B at 0:12 approved before A, whose approval
+    /// comes last: B found no pair when it was approved (A in flight, Z out of its window);
+    /// A, approved, pairs with Z before it and with B after it, and both are flagged.
+    #[test]
+    fn a_payment_approved_last_pairs_with_the_payments_on_either_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("j.db"))).unwrap();
+        let (z, a, b) = (
+            payment(1, 0, TxnState::Approved),
+            payment(2, 5, TxnState::InFlight),
+            payment(3, 12, TxnState::Approved),
+        );
+        store
+            .submit(vec![
+                Record::InsertTxn(Box::new(z.clone())),
+                Record::InsertTxn(Box::new(a.clone())),
+                Record::InsertTxn(Box::new(b.clone())),
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+        let window = 10 * MINUTE_MS;
+        assert!(find_for(&store, &b, window).unwrap().is_empty());
+        store
+            .submit(vec![Record::State {
+                id: a.id,
+                state: TxnState::Approved,
+            }])
+            .unwrap()
+            .wait()
+            .unwrap();
+        let a = store.txn(a.id).unwrap().unwrap();
+        let pairs: Vec<(i64, i64)> = find_for(&store, &a, window)
+            .unwrap()
+            .iter()
+            .map(|d| (d.first_txn_id, d.second_txn_id))
+            .collect();
+        assert_eq!(pairs, [(z.id, a.id), (a.id, b.id)]);
+        // The scan of the day finds both, each once.
+        let found = scan(&store, MID, z.received_at_ms, b.received_at_ms + 1, window).unwrap();
+        assert_eq!(found.len(), 2, "{found:?}");
+    }
 }

@@ -1016,7 +1016,17 @@ impl Tailer {
             }
             "approved" if matches!(row.kind, TxnKind::Purchase | TxnKind::Completion) => {
                 let window = self.config.duplicate_window_ms;
-                if let Some(found) = duplicates::find_for(self.store.as_ref(), row, window)? {
+                for found in duplicates::find_for(self.store.as_ref(), row, window)? {
+                    // A later payment flagged already (with another first) is told once.
+                    if found.second_txn_id != row.id
+                        && self
+                            .store
+                            .duplicates_of_txn(found.second_txn_id)?
+                            .iter()
+                            .any(|d| d.second_txn_id == found.second_txn_id)
+                    {
+                        continue;
+                    }
                     let now_ms = self.clock.now_ms();
                     let flag =
                         duplicates::describe(self.store.as_ref(), &self.directory, &found, now_ms)?;

@@ -4394,6 +4394,8 @@ async fn flag_duplicate(e: &Env, second_rrn: &str) {
         resolve::duplicates::DUPLICATE_WINDOW_MS_DEFAULT,
     )
     .unwrap()
+    .into_iter()
+    .find(|d| d.second_txn_id == row.id)
     .unwrap();
     e.h.store
         .submit(vec![store::Record::Resolve(
