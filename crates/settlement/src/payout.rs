@@ -713,17 +713,24 @@ pub fn run_payouts(
         if paid_through.is_some_and(|through| through >= cutoff) {
             continue;
         }
-        let cutoff_settled = match settled.get(&cutoff) {
+        // The day that must be settled: the cutoff, or, for a payout the same day (a delay of
+        // 0, its cutoff still trading), the day before it.
+        let must_be_settled = if delay == 0 {
+            crate::dates::add_days(&today, -1).unwrap_or_else(|| cutoff.clone())
+        } else {
+            cutoff.clone()
+        };
+        let cutoff_settled = match settled.get(&must_be_settled) {
             Some(done) => *done,
             None => {
-                let done = !store.settle_runs(Some(&cutoff))?.is_empty();
-                settled.insert(cutoff.clone(), done);
+                let done = !store.settle_runs(Some(&must_be_settled))?.is_empty();
+                settled.insert(must_be_settled.clone(), done);
                 done
             }
         };
         if !cutoff_settled {
-            if !report.unsettled.contains(&cutoff) {
-                report.unsettled.push(cutoff.clone());
+            if !report.unsettled.contains(&must_be_settled) {
+                report.unsettled.push(must_be_settled);
             }
             continue;
         }
@@ -849,9 +856,17 @@ pub fn run_payouts(
                 // is taken from it before the bank is first asked, as a release nets a held
                 // one: only the rest is sent, and nothing when that is 0.
                 let payable = accounts::merchant_payable(&payout.mid);
-                let netted = store
-                    .ledger_balance(&payable, None)?
-                    .clamp(0, payout.amount_fen.max(0));
+                // Only a payout the bank has never been asked to pay: one tried before its
+                // reference was fixed ahead may have been paid whole under the reference it
+                // is given now.
+                let never_asked = read_attempts == 0 && payout.bank_reference.is_none();
+                let netted = if never_asked {
+                    store
+                        .ledger_balance(&payable, None)?
+                        .clamp(0, payout.amount_fen.max(0))
+                } else {
+                    0
+                };
                 let netting = (netted > 0).then(|| {
                     (
                         "payout_netted",
@@ -1009,8 +1024,17 @@ fn payouts_by_merchant(
     state: PayoutState,
 ) -> Result<impl Iterator<Item = PayoutRow>, PayoutError> {
     let mut all = Vec::new();
-    for mid in store.payout_merchants(state, PAYOUTS_PER_RUN_MAX)? {
-        all.push(store.payouts(Some(&mid), Some(state), PAYOUTS_PER_RUN_MAX)?);
+    let mut after: Option<String> = None;
+    // Every merchant with one, page by page: none is left out for the MIDs before it.
+    loop {
+        let mids = store.payout_merchants(state, after.as_deref(), PAYOUTS_PER_RUN_MAX)?;
+        let Some(last) = mids.last().cloned() else {
+            break;
+        };
+        for mid in &mids {
+            all.push(store.payouts(Some(mid), Some(state), PAYOUTS_PER_RUN_MAX)?);
+        }
+        after = Some(last);
     }
     Ok(all.into_iter().flatten())
 }

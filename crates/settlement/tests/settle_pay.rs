@@ -1318,6 +1318,93 @@ fn no_payout_is_made_by_a_cutoff_not_yet_settled() {
     assert!(audit(store).unwrap().balanced);
 }
 
+/// A merchant paid the same day (a delay of 0: its cutoff is the payout day, still trading)
+/// is paid once the day before is settled, what cleared by then; not before.
+#[test]
+fn a_same_day_payout_waits_for_the_day_before_to_be_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    let number = one_sale_cleared_and_bound(store, &directory, &sealer, 100);
+    let plan = settlement::FeePlan {
+        payout_delay_days: 0,
+        ..settlement::FeePlan::default()
+    };
+    settlement::set_terms(store, M1, &plan, 0).unwrap();
+    let bank = SimBank::new();
+    // The 25th's payout while the 24th is not settled: nothing.
+    let early = run_payouts(store, &bank, &sealer, "20261125", 1_000).unwrap();
+    assert!(early.created.is_empty(), "{early:?}");
+    assert_eq!(early.unsettled, ["20261124"], "{early:?}");
+    settle_date(store, &directory, "20261124", 2_000).unwrap();
+    let run = run_payouts(store, &bank, &sealer, "20261125", 3_000).unwrap();
+    assert_eq!(run.sent, [format!("{M1}:20261125")], "{run:?}");
+    assert_eq!(bank.credited(&number), 10_000 - 55);
+}
+
+/// A payout tried before references were fixed ahead (attempts, no reference: the bank may
+/// have paid it under the reference it gets now) is not netted: only what was never asked for
+/// is, so what the bank paid and what the ledger says it paid stay the same.
+#[test]
+fn a_payout_tried_before_is_not_netted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let store: &dyn Store = store.as_ref();
+    let directory = IssuerDirectory::embedded().unwrap();
+    let sealer = sealer();
+    let number = one_sale_cleared_and_bound(store, &directory, &sealer, 101);
+    let bank = SimBank::new();
+    bank.set_behaviour(&number, SimBehaviour::SystemErrors(1));
+    let key = format!("{M1}:20261124");
+    let run = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
+    assert_eq!(run.retrying, vec![key.clone()]);
+    // As a journal from before references were fixed ahead has it: tried, no reference.
+    let mut row = store.payout(&key).unwrap().unwrap();
+    let tried = row.clone();
+    row.bank_reference = None;
+    row.sent_to = None;
+    store
+        .submit(vec![Record::Settlement(
+            SettlementRecord::PayoutTransition {
+                expected_state: PayoutState::Pending,
+                expected_attempts: tried.attempts,
+                expected_account_version: tried.account_version,
+                row,
+            },
+        )])
+        .unwrap()
+        .wait()
+        .unwrap();
+    // The merchant has come to owe a refund since.
+    let mut refund = row_of_refund();
+    refund.original_id = Some(1);
+    insert(store, vec![refund]);
+    settle_date(store, &directory, "20261124", 2_000).unwrap();
+    assert_eq!(
+        store
+            .ledger_balance(&acct::merchant_payable(M1), None)
+            .unwrap(),
+        3_000
+    );
+    let run = run_payouts(store, &bank, &sealer, "20261125", 2_000_000).unwrap();
+    assert_eq!(run.sent, vec![key.clone()], "{run:?}");
+    assert!(run.netted.is_empty(), "{run:?}");
+    assert_eq!(store.payout(&key).unwrap().unwrap().amount_fen, 10_000 - 55);
+    assert_eq!(bank.credited(&number), 10_000 - 55);
+    assert_eq!(
+        store.ledger_balance(acct::BANK, None).unwrap(),
+        -(10_000 - 55)
+    );
+    assert!(audit(store).unwrap().balanced);
+}
+
+/// A refund of 30.00 of the sale of `one_sale_cleared_and_bound`, on the next day.
+fn row_of_refund() -> store::TxnRow {
+    row(2, M1, K::Refund, S::Approved, 3_000, "622202", "20261124")
+}
+
 /// A run takes the bank's report of a return and fails to write it down: the bank reports it
 /// again to the next run (it was not acknowledged), which holds the payout; reported once more
 /// after that, it changes nothing.

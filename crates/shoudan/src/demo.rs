@@ -240,8 +240,11 @@ fn open_hsm(dir: &Path) -> Result<(Arc<SoftHsm>, KeyState), Box<dyn std::error::
         )?;
         state.tmk.insert(tid.to_owned(), tmk.to_string());
     }
-    crate::files::write_whole(&store_path, &hsm.export_store()?, 0o600)?;
+    // The state first: a start that stops between the two writes leaves a state and no key
+    // store, which the next start makes again (the same keys under the same handles), never
+    // a key store without its state, which is refused above as not a demo's.
     crate::files::write_whole(&state_path, &serde_json::to_vec_pretty(&state)?, 0o600)?;
+    crate::files::write_whole(&store_path, &hsm.export_store()?, 0o600)?;
     Ok((Arc::new(hsm), state))
 }
 

@@ -399,12 +399,14 @@ pub trait Store: Send + Sync + 'static {
         before: (&str, &str),
         limit: u32,
     ) -> Result<Vec<settlement::PayoutRow>, StoreError>;
-    /// The merchants with a payout in `state`, by MID, at most `limit`: a payout run takes
-    /// each one's payouts in turn, so that many waiting for one merchant (held for an
-    /// account never re-bound) do not keep another's from being read.
+    /// The merchants with a payout in `state`, by MID, after `after` (from the first when
+    /// `None`), at most `limit`: a payout run takes each one's payouts in turn, so that many
+    /// waiting for one merchant (held for an account never re-bound) do not keep another's
+    /// from being read.
     fn payout_merchants(
         &self,
         state: settlement::PayoutState,
+        after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>, StoreError>;
     /// References of payments the bank reported returned that no run has acted on yet.

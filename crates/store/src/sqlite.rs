@@ -818,9 +818,10 @@ impl Store for SqliteStore {
     fn payout_merchants(
         &self,
         state: crate::settlement::PayoutState,
+        after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
-        self.settle_payout_merchants(state, limit)
+        self.settle_payout_merchants(state, after, limit)
     }
     fn payout_returns_open(&self, limit: u32) -> Result<Vec<String>, StoreError> {
         self.settle_payout_returns_open(limit)

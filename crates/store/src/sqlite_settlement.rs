@@ -1006,15 +1006,18 @@ impl SqliteStore {
     pub(super) fn settle_payout_merchants(
         &self,
         state: PayoutState,
+        after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
         let limit = limit.min(SETTLEMENT_ROWS_MAX);
         let state = state.as_str();
+        let after = after.unwrap_or("");
         self.read(|conn| {
             let mut statement = conn.prepare_cached(
-                "SELECT DISTINCT mid FROM payouts WHERE state = ?1 ORDER BY mid LIMIT ?2",
+                "SELECT DISTINCT mid FROM payouts WHERE state = ?1 AND mid > ?2
+                 ORDER BY mid LIMIT ?3",
             )?;
-            let rows = statement.query_map(params![state, limit], |r| r.get(0))?;
+            let rows = statement.query_map(params![state, after, limit], |r| r.get(0))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }

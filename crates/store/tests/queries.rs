@@ -668,13 +668,29 @@ fn payouts_are_read_newest_first(db: &Db) {
     );
     // The merchants with a payout in a state, each once.
     assert_eq!(
-        s.payout_merchants(PayoutState::Held, 10).unwrap(),
+        s.payout_merchants(PayoutState::Held, None, 10).unwrap(),
         ["m", "n"]
     );
-    assert_eq!(s.payout_merchants(PayoutState::Pending, 10).unwrap(), ["m"]);
-    assert_eq!(s.payout_merchants(PayoutState::Held, 1).unwrap(), ["m"]);
+    assert_eq!(
+        s.payout_merchants(PayoutState::Pending, None, 10).unwrap(),
+        ["m"]
+    );
+    // A page, and the one after its last.
+    assert_eq!(
+        s.payout_merchants(PayoutState::Held, None, 1).unwrap(),
+        ["m"]
+    );
+    assert_eq!(
+        s.payout_merchants(PayoutState::Held, Some("m"), 1).unwrap(),
+        ["n"]
+    );
     assert!(
-        s.payout_merchants(PayoutState::Returned, 10)
+        s.payout_merchants(PayoutState::Held, Some("n"), 1)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.payout_merchants(PayoutState::Returned, None, 10)
             .unwrap()
             .is_empty()
     );

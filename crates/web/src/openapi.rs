@@ -150,7 +150,7 @@ pub fn document() -> Value {
                     "503": { "description": "busy: too many sign-ins at once", "content": {
                         "application/json": {
                         "schema": { "$ref": "#/components/schemas/Error" } } } },
-                    "default": { "description": "error (a body that is not JSON of this shape,                         too large, or the host's own failure)", "content": { "application/json": {
+                    "default": { "description": "error (a body that is not JSON of this shape, too large, or the host's own failure)", "content": { "application/json": {
                         "schema": { "$ref": "#/components/schemas/Error" } } } }
                 }
             } },

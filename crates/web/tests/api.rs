@@ -86,6 +86,9 @@ fn openapi_document_matches_the_router_both_ways() {
         doc["paths"]["/api/openapi.json"]["get"]["security"],
         json!([])
     );
+    // Descriptions read as written: no run of spaces left by a broken line.
+    let text = doc.to_string();
+    assert!(!text.contains("  "), "a run of spaces in the document");
     // Every operation says what its errors look like: any route may answer a body it cannot
     // read (415, 422), one too large (413) or its own failure (500) with an Error.
     for (path, ops) in doc["paths"].as_object().unwrap() {
