@@ -507,7 +507,13 @@ impl Engine {
                 Decline {
                     at_ms: now,
                     txn_id: outcome.txn_id,
-                    amount_fen: outcome.amount_fen,
+                    // An inquiry moves no money: whatever field 4 says, it is a probe, counted
+                    // as a small decline (as `check` judges it), never set aside as a large one.
+                    amount_fen: if outcome.class == TxnClass::Inquiry {
+                        0
+                    } else {
+                        outcome.amount_fen
+                    },
                 },
             );
             // A wrong PIN, or a PIN block that does not decode for the card it came with.
@@ -960,13 +966,21 @@ fn wrong_pin_cards(terminal: &TerminalState, after: i64) -> (u32, Vec<i64>) {
 }
 
 /// Declines that say something about the card (or the person holding it), not about a link,
-/// a host or a terminal out of step. A PIN block that does not decode for its card (99) is
-/// one: a PIN mistyped on a PIN pad that sends blocks so, or a captured block tried with other
-/// card numbers to learn its PIN.
+/// a host, the merchant's or terminal's set-up or a terminal out of step (PROTOCOL.md's codes
+/// for the acquirer, the operator or the terminal to act on: 03, 13, 25, 58, 64, 79, 95). A PIN
+/// block that does not decode for its card (99) is one: a PIN mistyped on a PIN pad that sends
+/// blocks so, or a captured block tried with other card numbers to learn its PIN.
 fn is_card_decline(code: [u8; 2]) -> bool {
     !matches!(
         &code,
         b"00"
+            | b"03"
+            | b"13"
+            | b"25"
+            | b"58"
+            | b"64"
+            | b"79"
+            | b"95"
             | b"06"
             | b"09"
             | b"22"
@@ -1577,6 +1591,56 @@ mod tests {
             assert!(e.observe(&answer(&r, b"25")).is_empty());
         }
         assert_eq!(declined_by(&e.check(&sale(20, 100, 20))), None);
+    }
+
+    /// Balance inquiries on stolen numbers are card testing whatever amount field 4 carries:
+    /// their declines count as small ones.
+    #[test]
+    fn card_testing_counts_inquiries_whatever_their_amount() {
+        let mut e = engine(
+            r#"{"id": "ct", "kind": "card-testing", "window_s": 600, "small_fen": 1000,
+                "declines_max": 3}"#,
+        );
+        let mut alerts = Vec::new();
+        for i in 0..3 {
+            let r = Request {
+                class: TxnClass::Inquiry,
+                amount_fen: 100_000,
+                card_key: Some(100 + i as u64),
+                ..sale(i, 100, i * 10)
+            };
+            assert_eq!(declined_by(&e.check(&r)), None);
+            alerts.extend(e.observe(&answer(&r, b"14")));
+        }
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let next = Request {
+            class: TxnClass::Inquiry,
+            amount_fen: 100_000,
+            card_key: Some(200),
+            ..sale(5, 100, 50)
+        };
+        assert_eq!(declined_by(&e.check(&next)), Some("ct"));
+    }
+
+    /// Declines about the merchant's or terminal's set-up (03 invalid merchant, 58 not allowed
+    /// for this terminal, 95 a reconciliation error) are not cards being tried.
+    #[test]
+    fn set_up_declines_are_not_card_testing() {
+        for code in [b"03", b"58", b"95", b"25", b"13"] {
+            let mut e = engine(
+                r#"{"id": "ct", "kind": "card-testing", "window_s": 600, "small_fen": 1000,
+                    "declines_max": 2}"#,
+            );
+            for i in 0..4 {
+                let r = Request {
+                    card_key: Some(300 + i as u64),
+                    ..sale(i, 100, i)
+                };
+                e.check(&r);
+                assert!(e.observe(&answer(&r, code)).is_empty(), "{code:?}");
+            }
+            assert_eq!(declined_by(&e.check(&sale(9, 100, 9))), None, "{code:?}");
+        }
     }
 
     #[test]

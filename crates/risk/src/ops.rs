@@ -260,7 +260,11 @@ pub async fn resolve_alert(
             match merchant_state(store, &alert.mid)? {
                 Some(MerchantState::Suspended | MerchantState::Closed) => {}
                 _ => {
-                    let why = format!("risk alert {id}: {note}");
+                    // The note as far as the review's reason holds it (the alert's resolution
+                    // keeps it whole): a note the operator could give must not fail here.
+                    let prefix = format!("risk alert {id}: ");
+                    let room = NOTE_LEN_MAX.saturating_sub(prefix.chars().count());
+                    let why: String = prefix.chars().chain(note.chars().take(room)).collect();
                     suspend(store, &alert.mid, &why, actor).await?;
                 }
             }

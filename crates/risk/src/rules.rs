@@ -450,6 +450,14 @@ fn fen(id: &str, fen: i64) -> Result<i64, RulesError> {
 fn compile(spec: &RuleSpec) -> Result<Rule, RulesError> {
     let (id, action, kind) = match spec {
         RuleSpec::CardTypes { id, action, accept } => {
+            // No class at all would refuse every sale of the merchants it covers (58): a
+            // mistake, not a rule.
+            if accept.is_empty() {
+                return Err(RulesError::Rule {
+                    id: id.clone(),
+                    problem: "accept names no card class: every sale would be refused",
+                });
+            }
             let accepted = accept.iter().fold(0, |mask, class| mask | class.bit());
             (id, *action, RuleKind::CardTypes { accepted })
         }
@@ -659,6 +667,10 @@ mod tests {
                 r#"{"default": [{"id": "d", "kind": "amount-max", "max_fen": 1},
                                 {"id": "d", "kind": "amount-max", "max_fen": 2}]}"#,
                 "d",
+            ),
+            (
+                r#"{"default": [{"id": "c", "kind": "card-types", "accept": []}]}"#,
+                "c",
             ),
         ];
         for (text, id) in cases {

@@ -142,11 +142,14 @@ async fn acting_on_an_alert_suspends_the_merchant() {
         ops::merchant_state(store, "M9").unwrap(),
         Some(MerchantState::Approved)
     );
+    // A note as long as an operator may give: the review's reason (which says the alert
+    // too) takes what it can of it, and the alert's resolution keeps it whole.
+    let note = "确".repeat(ops::NOTE_LEN_MAX);
     let acted = ops::resolve_alert(
         store,
         7,
         AlertResponse::SuspendMerchant,
-        "confirmed",
+        &note,
         actor("risk", 50),
     )
     .await
