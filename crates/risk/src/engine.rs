@@ -329,6 +329,15 @@ impl Engine {
         }
     }
 
+    /// Forgets that the alert of rule `rule_id` was raised for terminal `tid` (it was not
+    /// written): the next request the rule fires on raises it again, rather than a declining
+    /// rule refusing the terminal for its quiet period with no alert for an operator to clear.
+    pub fn unalert(&mut self, tid: &str, rule_id: &str) {
+        if let Some(terminal) = self.terminals.get_mut(tid) {
+            terminal.alerted.retain(|(id, _)| &**id != rule_id);
+        }
+    }
+
     /// Forgets the usual network of terminal `tid` of merchant `mid` (an operator cleared its
     /// peer-change alert): the next request learns the network it comes from.
     pub fn forget_peer(&mut self, mid: &str, tid: &str) {
@@ -1446,6 +1455,11 @@ mod tests {
         let again = e.check(&at("172.16.5.5", 4, 100));
         assert_eq!(declined_by(&again), Some("moved"));
         assert!(again.alerts.is_empty(), "alerted once, not per request");
+        // An alert that was not written is raised again by the next request.
+        e.unalert(T, "moved");
+        let raised = e.check(&at("172.16.5.5", 7, 100));
+        assert_eq!(declined_by(&raised), Some("moved"));
+        assert_eq!(raised.alerts.len(), 1, "raised again");
         // An operator cleared it: the terminal's next request teaches the new network.
         e.forget_peer(M, T);
         assert_eq!(declined_by(&e.check(&at("172.16.5.5", 5, 100))), None);

@@ -428,14 +428,19 @@ impl Core {
         let (mid, tid) = (mid.to_owned(), tid.to_owned());
         self.tasks.spawn(async move {
             let mut records = Vec::with_capacity(alerts.len() * 2);
+            // The rules whose alerts are in `records`, and those not numbered.
+            let mut rules = Vec::with_capacity(alerts.len());
+            let mut unwritten = Vec::new();
             for alert in alerts {
                 let id = match core.risk.alert_ids.next(core.store.as_ref()).await {
                     Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
                     Err(error) => {
                         tracing::warn!(%error, "cannot number a risk alert");
+                        unwritten.push(alert.rule_id);
                         continue;
                     }
                 };
+                rules.push(alert.rule_id.clone());
                 tracing::warn!(alert = id, rule = %alert.rule_id, kind = alert.kind, %tid, detail = %alert.detail.en, "risk alert");
                 let now_ms = core.clock.now_ms();
                 if let Some(&last) = alert.txn_ids.last() {
@@ -482,6 +487,15 @@ impl Core {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .remove(&tid);
+                unwritten.extend(rules);
+            }
+            // Nor does a rule's: a declining rule (a terminal that moved) would refuse the
+            // terminal for its quiet period with no alert for an operator to clear.
+            if !unwritten.is_empty() {
+                let mut engine = core.risk.engine();
+                for rule in &unwritten {
+                    engine.unalert(&tid, rule);
+                }
             }
         });
     }
