@@ -249,6 +249,12 @@ impl IssuerLink {
             Ok(Err(_)) => Err(LinkError::Lost),
             Err(_) => {
                 self.waiters().remove(&(reply_mti, trace));
+                // Only authorisations count towards the breaker: an issuer slow to acknowledge
+                // reversals (many queued after an outage, all sent in one pass) may be
+                // answering its terminals' requests at once, which must not be refused 91.
+                if reply_mti == Mti::REVERSAL_RESPONSE.value() {
+                    return Err(LinkError::Timeout);
+                }
                 let count = self.timeouts_in_a_row.fetch_add(1, Ordering::AcqRel) + 1;
                 if count >= BREAKER_TIMEOUTS_MAX {
                     self.timeouts_in_a_row.store(0, Ordering::Release);

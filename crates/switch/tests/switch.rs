@@ -1679,6 +1679,40 @@ fn the_issuer_breaker_closes_on_time_whatever_the_wall_clock_does() {
     });
 }
 
+/// An issuer that answers purchases at once but leaves reversals unanswered: the reversals
+/// queued (more than the breaker's count, all sent in one pass) time out, and its terminals'
+/// purchases are still sent and approved, not refused 91 by a breaker they opened.
+#[test]
+fn reversals_unanswered_do_not_open_the_issuer_breaker() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        h.log.answer_reversals.store(false, Ordering::SeqCst);
+        let pan = card("622202");
+        let mut t = h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let reversals = switch::BREAKER_TIMEOUTS_MAX + 2;
+        for n in 0..reversals {
+            let sale = Req::purchase(&pan, 100, 300 + n);
+            assert_eq!(t.send(&sale).await.code(), "00");
+            assert_eq!(t.send(&Req::reversal_of(&sale)).await.code(), "00");
+        }
+        let log = Arc::clone(&h.log);
+        let sent = h
+            .eventually(10, || {
+                log.reversals.lock().unwrap().len() >= usize::try_from(reversals).unwrap()
+            })
+            .await;
+        assert!(sent, "the reversals were not sent");
+        // Past the issuer timeout: every one of them has timed out.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(
+            t.send(&Req::purchase(&pan, 100, 400)).await.code(),
+            "00",
+            "refused by a breaker the reversals opened"
+        );
+    });
+}
+
 /// A back-office refund whose caller stops waiting while it is at the issuer (a browser tab
 /// closed, an API client's timeout: the HTTP handler's future is dropped) still runs to its
 /// end: the issuer's approval is journalled, no reversal is queued for it, and the same
