@@ -167,6 +167,19 @@ impl Core {
                         self.retry(&item, &why).await;
                         return;
                     }
+                    // "Not to be undone": a void or refund of it stands at the issuer. When one
+                    // of those is itself being reversed here (it timed out after the issuer
+                    // approved it), the issuer will take this reversal once that one lands:
+                    // tried again, not given up with the sale standing there.
+                    Some("12") if self.link_reversal_owed(txn_id).await => {
+                        let why = format!(
+                            "reversal refused by {} with 12 while a void or refund of it is being \
+                             reversed: tried again",
+                            item.issuer
+                        );
+                        self.retry(&item, &why).await;
+                        return;
+                    }
                     Some(other) => (
                         SafState::Refused,
                         format!("reversal refused by {} at {at}: {other}", item.issuer),
@@ -222,6 +235,26 @@ impl Core {
                 self.retry(&item, &error.to_string()).await;
             }
         }
+    }
+
+    /// Whether a void, completion or refund of `txn_id` has a reversal still owed (queued, not
+    /// acknowledged or refused); `false` when the journal cannot be read (the refusal then
+    /// stands, as before).
+    async fn link_reversal_owed(&self, txn_id: i64) -> bool {
+        let owed = self
+            .read_store(move |store| {
+                for link in store.txns_linked_to(txn_id)? {
+                    if store
+                        .reversal(link.id)?
+                        .is_some_and(|r| r.state == SafState::Pending)
+                    {
+                        return Ok(true);
+                    }
+                }
+                Ok::<_, store::StoreError>(false)
+            })
+            .await;
+        matches!(owed, Some(Ok(true)))
     }
 
     /// What an approved linked `row` took from its original, given back (`Core::unlink`), its

@@ -1051,3 +1051,86 @@ fn a_reversal_of_another_type_than_its_original_changes_nothing() {
         assert_eq!(e.audit().await.1, 0);
     });
 }
+
+/// A sale whose terminal reverses it while a refund of it, approved by the issuer and timed
+/// out here, is itself being reversed: the sale's reversal reaches the issuer first and is
+/// refused 12 (a refund stands on it). It is tried again, not given up: once the refund's
+/// reversal lands the issuer takes it, and the sale is reversed there as in the journal.
+#[test]
+fn a_sale_reversal_refused_while_its_refund_is_being_reversed_is_tried_again() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(1);
+        let sale_stan = e.next_stan();
+        let sale = with_pin(Req::purchase(&pan(&card), 5_000, sale_stan), &card);
+        let answer = e.send(&sale).await;
+        assert_eq!(answer.code(), "00");
+        let sale_rrn = answer.text(37).unwrap();
+        // The refund is approved by the issuer, its answer lost: 98, its reversal queued,
+        // and the issuer in maintenance from then on, so the reversal is put off (91).
+        let faults = e.sim.faults();
+        faults.drop_next(1);
+        let refund_stan = e.next_stan();
+        let refund = Req::refund(&pan(&card), 1_000, refund_stan, &sale_rrn, &today_mmdd());
+        let bytes = e.t.encode(&refund, false);
+        e.t.stream.write_all(&bytes).await.unwrap();
+        assert!(e.h.eventually(3, || faults.stats().dropped == 1).await);
+        faults.set_maintenance(true);
+        assert_eq!(e.t.read().await.code(), "98");
+        let store = Arc::clone(&e.h.store);
+        let tid = e.t.tid.clone();
+        let refund_id = store.txns_by_key(&tid, 1, refund_stan).unwrap()[0].id;
+        let put_off =
+            e.h.eventually(10, || {
+                store
+                    .reversal(refund_id)
+                    .unwrap()
+                    .is_some_and(|r| r.attempts >= 2)
+            })
+            .await;
+        assert!(put_off, "{:?}", store.reversal(refund_id));
+        // Now the terminal reverses the sale (it never saw its answer): its reversal is tried
+        // once in maintenance too, then the issuer is back; the sale's next try comes first.
+        assert_eq!(e.send(&Req::reversal_of(&sale)).await.code(), "00");
+        let sale_id = store.txn_by_rrn(&sale_rrn).unwrap().unwrap().id;
+        let tried =
+            e.h.eventually(5, || {
+                store
+                    .reversal(sale_id)
+                    .unwrap()
+                    .is_some_and(|r| r.attempts >= 1)
+            })
+            .await;
+        assert!(tried, "{:?}", store.reversal(sale_id));
+        faults.set_maintenance(false);
+        let refused_then_retried =
+            e.h.eventually(10, || {
+                store
+                    .reversal(sale_id)
+                    .unwrap()
+                    .is_some_and(|r| r.last_error.as_deref().is_some_and(|l| l.contains("12")))
+            })
+            .await;
+        assert!(refused_then_retried, "{:?}", store.reversal(sale_id));
+        // Both land: the refund's reversal, then the sale's.
+        let landed =
+            e.h.eventually(20, || {
+                store
+                    .reversal(sale_id)
+                    .unwrap()
+                    .is_some_and(|r| r.state == SafState::Acked)
+            })
+            .await;
+        assert!(landed, "{:?}", store.reversal(sale_id));
+        assert_eq!(
+            store.reversal(refund_id).unwrap().unwrap().state,
+            SafState::Acked
+        );
+        assert_eq!(
+            e.issuer_txn(&sale_rrn).unwrap().state,
+            IssuerState::Reversed
+        );
+        let (_, in_doubt) = e.audit().await;
+        assert_eq!(in_doubt, 0);
+    });
+}
