@@ -158,6 +158,13 @@ fn dropped_link_is_answered_in_time_then_reconnects_and_delivers_reversals() {
         assert_eq!(other, "00");
         assert!(other_first || elapsed < ISSUER_TIMEOUT);
         assert!(elapsed < ISSUER_TIMEOUT + ANSWER_SLACK, "{elapsed:?}");
+        // Never sent: its row is not left in doubt and no reversal is queued for it (the
+        // faulty request's trace is the one before the healthy one's).
+        let unsent = w.store.txns_by_key(&w.t.tid, 1, w.stan - 1).unwrap();
+        let unsent = unsent.first().unwrap();
+        assert_eq!(unsent.state, TxnState::Failed, "{unsent:?}");
+        assert!(unsent.issuer_answered_at_ms.is_none(), "{unsent:?}");
+        assert!(w.store.reversal(unsent.id).unwrap().is_none(), "{unsent:?}");
         let m = w.metrics();
         let state = m.issuers.iter().find(|i| i.bank == "ICBC").unwrap();
         assert!(!state.connected, "{m:?}");

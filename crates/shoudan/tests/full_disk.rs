@@ -527,6 +527,13 @@ fn an_approval_that_lands_after_its_96_is_reversed_though_the_switch_died() {
             Some(SafState::Pending),
             "the reversal is queued for the next start to send"
         );
+        // The next start sends it: the approval does not stand at the issuer either.
+        w.bank("ICBC")
+            .faults()
+            .set_latency(Duration::ZERO, Duration::ZERO);
+        w.restart().await;
+        assert!(w.reversals_delivered(20).await, "not delivered");
+        w.audit();
     });
 }
 
