@@ -6,7 +6,7 @@
 //! The switch knows nothing of this: the tailer reads the journal's timeline events behind it,
 //! so a slow or failing merchant endpoint never touches authorisation.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -396,6 +396,11 @@ impl Notifier {
 
     /// Claims and makes one attempt at `item`; `false` if another notifier had claimed it.
     async fn attempt(&self, item: &OutboxRow) -> Result<bool, ResolveError> {
+        Ok(self.attempt_once(item).await? != Attempted::NotClaimed)
+    }
+
+    /// [`Self::attempt`], saying how it went.
+    async fn attempt_once(&self, item: &OutboxRow) -> Result<Attempted, ResolveError> {
         let attempts_max = self.config.attempts_max.clamp(1, ATTEMPTS_MAX);
         let attempt = item.attempts.saturating_add(1);
         let lease_ms = i64::try_from(self.config.timeout.as_millis())
@@ -409,10 +414,10 @@ impl Notifier {
         };
         match self.store.submit(vec![Record::Resolve(claim)])?.await {
             Ok(()) => {}
-            Err(store::StoreError::Constraint { .. }) => return Ok(false),
+            Err(store::StoreError::Constraint { .. }) => return Ok(Attempted::NotClaimed),
             Err(error) => return Err(error.into()),
         }
-        let endpoint = self.store.webhook_endpoint(&item.mid)?.filter(|e| e.active);
+        let endpoint = off_runtime(|| self.store.webhook_endpoint(&item.mid))?.filter(|e| e.active);
         let started = self.clock.now_ms();
         let (url, result) = match &endpoint {
             None => (
@@ -464,7 +469,11 @@ impl Notifier {
             delivered_at_ms: delivered_at,
         };
         self.store.submit(vec![Record::Resolve(record)])?.await?;
-        Ok(true)
+        Ok(if state == "pending" {
+            Attempted::Failed { next_ms: next }
+        } else {
+            Attempted::Done
+        })
     }
 
     async fn post(
@@ -518,6 +527,7 @@ impl Notifier {
         let notifier = Arc::new(self);
         tokio::spawn(async move {
             let serving: Arc<Mutex<HashSet<String>>> = Arc::default();
+            let resting: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
             let mut running = tokio::task::JoinSet::new();
             loop {
                 while let Some(done) = running.try_join_next() {
@@ -525,7 +535,7 @@ impl Notifier {
                         tracing::warn!(%error, "webhook delivery task failed");
                     }
                 }
-                if let Err(error) = notifier.start_due(&serving, &mut running, &stop) {
+                if let Err(error) = notifier.start_due(&serving, &resting, &mut running, &stop) {
                     tracing::warn!(%error, "webhook delivery pass failed");
                 }
                 tokio::select! {
@@ -549,19 +559,29 @@ impl Notifier {
     /// The events due now, by merchant, in the order read: every merchant's oldest first (see
     /// `Store::outbox_due`), at most [`PER_MERCHANT_PER_PASS`] each.
     fn due_by_merchant(&self) -> Result<Vec<(String, Vec<OutboxRow>)>, ResolveError> {
-        let due = self.store.outbox_due(
-            self.clock.now_ms(),
-            self.config.batch_max,
-            u32::try_from(PER_MERCHANT_PER_PASS).unwrap_or(u32::MAX),
-        )?;
+        // Off the runtime's workers (the switch's, under `serve`): a large backlog makes this
+        // read long.
+        let due = off_runtime(|| {
+            self.store.outbox_due(
+                self.clock.now_ms(),
+                self.config.batch_max,
+                u32::try_from(PER_MERCHANT_PER_PASS).unwrap_or(u32::MAX),
+            )
+        })?;
         Ok(by_merchant(due))
     }
 
     /// One pass of [`Self::spawn`]'s: a task per merchant with due events that is not in
     /// `serving`, while fewer than [`MERCHANTS_AT_ONCE`] are.
+    ///
+    /// A merchant whose receiver fails an attempt (down, hanging, answering an error) is not
+    /// tried again, with that event or its others, until that event's next attempt is due:
+    /// each of its turns takes one attempt, not one per event, so a few merchants whose
+    /// receivers hang cannot keep every place taken, the others' events waiting behind theirs.
     fn start_due(
         self: &Arc<Self>,
         serving: &Arc<Mutex<HashSet<String>>>,
+        resting: &Arc<Mutex<HashMap<String, i64>>>,
         running: &mut tokio::task::JoinSet<()>,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), ResolveError> {
@@ -569,7 +589,12 @@ impl Notifier {
         if room == 0 {
             return Ok(());
         }
+        let now_ms = self.clock.now_ms();
+        lock(resting).retain(|_, until| *until > now_ms);
         for (mid, items) in self.due_by_merchant()? {
+            if lock(resting).contains_key(&mid) {
+                continue;
+            }
             if lock(serving).len() >= MERCHANTS_AT_ONCE || !lock(serving).insert(mid.clone()) {
                 continue;
             }
@@ -578,23 +603,42 @@ impl Notifier {
                 serving: Arc::clone(serving),
                 mid,
             };
+            let resting = Arc::clone(resting);
             let stop = stop.clone();
             running.spawn(async move {
-                let _served = served;
+                let served = served;
                 for item in &items {
                     // Stopping: no new attempt is claimed, the one under way ends.
                     if *stop.borrow() {
                         return;
                     }
-                    if let Err(error) = notifier.attempt(item).await {
-                        tracing::warn!(%error, id = item.id, "webhook delivery failed");
-                        return;
+                    match notifier.attempt_once(item).await {
+                        Ok(Attempted::Failed { next_ms }) => {
+                            lock(&resting).insert(served.mid.clone(), next_ms);
+                            return;
+                        }
+                        Ok(Attempted::Done | Attempted::NotClaimed) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, id = item.id, "webhook delivery failed");
+                            return;
+                        }
                     }
                 }
             });
         }
         Ok(())
     }
+}
+
+/// How one attempt at an event went.
+#[derive(Debug, PartialEq, Eq)]
+enum Attempted {
+    /// Another notifier had claimed it.
+    NotClaimed,
+    /// Delivered, or settled without a delivery (no endpoint; failed for good).
+    Done,
+    /// Not delivered; tried again at `next_ms`.
+    Failed { next_ms: i64 },
 }
 
 /// A merchant being served by [`Notifier::spawn`]'s loop: let go when its task ends, however.

@@ -1855,6 +1855,17 @@ fn webhooks_to_a_private_address_are_refused_by_default() {
 /// A merchant, `HANGING_MID`, whose receiver accepts connections and never answers, with
 /// `events` notifications due; how many connections it was asked for.
 async fn hanging_merchant(e: &Env, events: i64) -> Arc<std::sync::atomic::AtomicUsize> {
+    hanging_merchant_as(e, HANGING_MID, 900, events).await
+}
+
+/// [`hanging_merchant`] for merchant `mid`, its events about cases from `first_case` on (one
+/// notification per case and version).
+async fn hanging_merchant_as(
+    e: &Env,
+    mid: &str,
+    first_case: i64,
+    events: i64,
+) -> Arc<std::sync::atomic::AtomicUsize> {
     let store = e.store();
     let hanging = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hanging_addr = hanging.local_addr().unwrap();
@@ -1870,7 +1881,7 @@ async fn hanging_merchant(e: &Env, events: i64) -> Arc<std::sync::atomic::Atomic
     resolve::outbox::set_endpoint(
         store.as_ref(),
         e.h.hsm.as_ref(),
-        HANGING_MID,
+        mid,
         &format!("http://{hanging_addr}/hooks"),
         b"k",
         resolve::webhook::Destinations::AnyAddress,
@@ -1878,8 +1889,8 @@ async fn hanging_merchant(e: &Env, events: i64) -> Arc<std::sync::atomic::Atomic
     .await
     .unwrap();
     for n in 0..events {
-        let event = resolve::outbox::Event::case_updated(900 + n, 1, "open", "x");
-        resolve::outbox::enqueue(store.as_ref(), HANGING_MID, event, now())
+        let event = resolve::outbox::Event::case_updated(first_case + n, 1, "open", "x");
+        resolve::outbox::enqueue(store.as_ref(), mid, event, now())
             .await
             .unwrap();
     }
@@ -1995,6 +2006,65 @@ fn the_background_notifier_serves_others_while_one_receiver_hangs() {
             .unwrap()
             .unwrap();
         assert_eq!(connected.load(std::sync::atomic::Ordering::SeqCst), at_stop);
+    });
+}
+
+/// As many merchants as the notifier serves at once, each with a receiver that hangs and a
+/// backlog: each of them takes one attempt's timeout and then waits for its retry, so another
+/// merchant's event is delivered after one timeout, not after all their backlogs' timeouts.
+#[test]
+fn receivers_that_hang_cannot_keep_every_place_taken() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let good = receiver(200).await;
+        e.aim_webhooks(&format!("http://{}/hooks", good.addr), b"k")
+            .await;
+        let mut tried = Vec::new();
+        for n in 0..resolve::outbox::MERCHANTS_AT_ONCE {
+            let mid = format!("8981100594{n:05}");
+            let first_case = 1_000 * (i64::try_from(n).unwrap() + 1);
+            tried.push(hanging_merchant_as(&e, &mid, first_case, 8).await);
+        }
+        let notifier = Notifier::new(
+            e.store(),
+            Arc::clone(&e.h.hsm) as Arc<dyn Hsm>,
+            Arc::new(SystemClock),
+            NotifierConfig {
+                timeout: Duration::from_secs(2),
+                destinations: resolve::webhook::Destinations::AnyAddress,
+                ..NotifierConfig::default()
+            },
+        );
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = notifier.spawn(Duration::from_millis(50), stop_rx);
+        let all_tried = tried.clone();
+        assert!(
+            e.h.eventually(5, || all_tried
+                .iter()
+                .all(|c| c.load(std::sync::atomic::Ordering::SeqCst) > 0))
+                .await,
+            "not every hanging receiver was tried: {:?}",
+            tried
+                .iter()
+                .map(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+                .collect::<Vec<_>>()
+        );
+        // Every place is taken by a hanging receiver now; the good merchant's event comes.
+        let enqueued = tokio::time::Instant::now();
+        e.decline_for_notification(100).await;
+        let got = Arc::clone(&good.got);
+        assert!(
+            e.h.eventually(10, || got.lock().unwrap().len() == 1).await,
+            "never delivered"
+        );
+        let took = enqueued.elapsed();
+        // One timeout (2 s) and a pass, not the eight timeouts of each backlog.
+        assert!(took < Duration::from_secs(4), "{took:?}");
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
     });
 }
 
