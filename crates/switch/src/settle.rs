@@ -80,6 +80,17 @@ pub fn clearing_date_of(now_ms: i64, cutover_minute: u16) -> String {
 /// settlement may be (an earlier batch under the same number is days older).
 const NODE_CLOCKS_MARGIN_MS: i64 = 60_000;
 
+/// Whether `batch` is the one a terminal in batch `current` closed last: the number before it,
+/// 999999 before 1 as the host counts them round, or 0 before 1 (a terminal that counts its
+/// batches from 000000, which sign-in takes; settling it moves the terminal to 1).
+fn closed_just_before(batch: u32, current: u32) -> bool {
+    match current {
+        0 => batch == 999_999,
+        1 => batch == 999_999 || batch == 0,
+        _ => batch == current - 1,
+    }
+}
+
 /// Debits are purchases and completions, credits voids and refunds (PROTOCOL.md), counting what
 /// the issuer approved and nobody reversed.
 fn counted(row: &TxnRow) -> Option<bool> {
@@ -319,12 +330,7 @@ impl Core {
                 return Some(Refusal::Unchecked(RC_MAC_FAILED));
             }
         }
-        let previous = if terminal.batch_no <= 1 {
-            999_999
-        } else {
-            terminal.batch_no - 1
-        };
-        if batch_no != terminal.batch_no && batch_no != previous {
+        if batch_no != terminal.batch_no && !closed_just_before(batch_no, terminal.batch_no) {
             return Some(Refusal::Checked(RC_BATCH_OUT_OF_STEP));
         }
         None
@@ -382,6 +388,31 @@ impl Core {
         let closed_before = prior
             .as_ref()
             .is_some_and(|p| p.result != SettleResult::ERROR.0);
+        // The batch before the terminal's open one, closed already: its settlement sent again
+        // (its answer lost), whatever totals it carries now. Answered from the closed batch as
+        // it was closed, and nothing written: only the batch open now can be opened again, and
+        // the record that closed this one stays as it was.
+        if batch_no != terminal.batch_no
+            && let Some(p) = prior.as_ref().filter(|_| closed_before)
+        {
+            rows.retain(|r| {
+                r.received_at_ms <= p.settled_at_ms
+                    && p.opened_after_ms
+                        .is_none_or(|after| r.received_at_ms > after)
+            });
+            let (ours, result) = settlement_answer(self.host_totals(&rows), theirs.as_ref());
+            tracing::info!(tid = %terminal.tid, batch_no, result = result.0, "settlement of a closed batch sent again");
+            return self.reply(
+                frame,
+                Some(&terminal),
+                &Answer::code(RC_APPROVED),
+                None,
+                |out| {
+                    out.set_composed(&ours)?;
+                    Ok(())
+                },
+            );
+        }
         let reopened = prior.as_ref().is_some_and(|p| {
             let rows_since = rows.iter().any(|r| r.received_at_ms > p.settled_at_ms);
             let sent_again = theirs

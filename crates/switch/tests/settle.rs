@@ -146,6 +146,58 @@ async fn a_settlement_cannot_move_a_terminals_batch_anywhere() {
     assert_eq!(h.store.terminal(TID).unwrap().unwrap().batch_no, 2);
 }
 
+/// The batch just closed, its settlement sent again with other totals (or none at all): the
+/// answer is the closed batch's totals and the record that closed it stays as it was; only the
+/// batch open now can be opened again under its number.
+#[tokio::test]
+async fn a_closed_batch_sent_again_with_other_totals_is_answered_from_it_and_kept() {
+    let h = Harness::new().await;
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let pan = card("622202");
+    assert_eq!(t.send(&Req::purchase(&pan, 1_000, 1)).await.code(), "00");
+    let host = settle(&mut t, 1, &totals((1_000, 1), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+    let closed = h.store.batch_settlement(TID, 1).unwrap().unwrap();
+    assert_eq!(h.store.terminal(TID).unwrap().unwrap().batch_no, 2);
+    for theirs in [totals((2_000, 2), (0, 0)), totals((0, 0), (0, 0))] {
+        let host = settle(&mut t, 1, &theirs).await;
+        assert_eq!(
+            (host.domestic.debit_amount, host.domestic.debit_count),
+            (1_000, 1),
+            "the closed batch's totals"
+        );
+        assert_eq!(
+            h.store.batch_settlement(TID, 1).unwrap().unwrap(),
+            closed,
+            "the record that closed the batch was written over"
+        );
+    }
+    assert_eq!(h.store.terminal(TID).unwrap().unwrap().batch_no, 2);
+    // Sent again as it was: balanced, as then.
+    let host = settle(&mut t, 1, &totals((1_000, 1), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+}
+
+/// A terminal that counts its batches from 000000: batch 0 settled unbalanced moves it to 1,
+/// and batch 0 is still the one it closed, to upload and to settle again.
+#[tokio::test]
+async fn a_batch_numbered_zero_is_uploaded_after_its_settlement() {
+    let h = Harness::new().await;
+    let mut t = h.terminal().await;
+    t.batch = 0;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let pan = card("622202");
+    assert_eq!(t.send(&Req::purchase(&pan, 1_000, 1)).await.code(), "00");
+    let host = settle(&mut t, 0, &totals((1_100, 1), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::UNBALANCED);
+    assert_eq!(h.store.terminal(TID).unwrap().unwrap().batch_no, 1);
+    upload(&mut t, 0, &[(1, &pan, 1_100)]).await;
+    assert_eq!(differences(&h, 0), vec![(1, BatchDiffKind::AmountDiffers)]);
+    let again = settle(&mut t, 0, &totals((1_100, 1), (0, 0))).await;
+    assert_eq!(again.domestic.result, SettleResult::UNBALANCED);
+}
+
 /// Most terminals send settlements and uploads without a MAC; one that sends a MAC is held to
 /// it: a wrong one is answered A0 and moves nothing, a right one gets MACed answers.
 #[tokio::test]
