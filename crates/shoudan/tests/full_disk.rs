@@ -601,6 +601,81 @@ fn a_void_or_refund_that_lands_after_its_96_gives_its_original_back_though_the_s
     });
 }
 
+/// A terminal's 0500 for `batch` with domestic debits of `debit`: the answer.
+async fn settle(w: &mut World, batch: u32, debit: (u64, u16)) -> common::Response {
+    use iso8583::{MessageBuilder, Mti, SettleResult, SettlementTotals, Totals};
+    let totals = SettlementTotals {
+        domestic: Totals {
+            debit_amount: debit.0,
+            debit_count: debit.1,
+            credit_amount: 0,
+            credit_count: 0,
+            result: SettleResult::REQUEST,
+        },
+        foreign: Totals::default(),
+    };
+    let mut out = MessageBuilder::new(Mti::SETTLEMENT);
+    out.set_stan(900).unwrap();
+    out.set_text(41, &w.t.tid)
+        .unwrap()
+        .set_text(42, common::MID)
+        .unwrap();
+    out.set_composed(&totals).unwrap();
+    out.set_text(49, "156").unwrap();
+    out.set_digits(60, &format!("00{batch:06}201")).unwrap();
+    out.set_text(63, "001").unwrap();
+    let mut bytes = Vec::new();
+    out.encode_frame(&common::head(), &mut bytes).unwrap();
+    w.t.exchange(&bytes).await
+}
+
+/// A settlement answered 96 while the journal is held, whose write lands afterwards: the batch
+/// is closed in memory too once it has, so the terminal's next sale under it is refused 77
+/// (not approved into a batch the journal has closed), and its settlement sent again is
+/// answered from the batch as it closed.
+#[test]
+fn a_settlement_that_lands_after_its_96_closes_the_batch_in_memory_too() {
+    runtime().block_on(async {
+        let wait = Duration::from_millis(500);
+        let mut w = start(&["ICBC"], |c| c.journal_wait = wait).await;
+        let card = w.bank("ICBC").healthy(0).clone();
+        let journal = rusqlite::Connection::open(w.store.path()).unwrap();
+        journal.busy_timeout(Duration::from_secs(5)).unwrap();
+        let sale = w.purchase(&card, 1_000);
+        assert_eq!(w.t.send(&sale).await.code(), "00");
+        journal.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert_eq!(settle(&mut w, 1, (1_000, 1)).await.code(), "96");
+        journal.execute_batch("ROLLBACK").unwrap();
+        let store = Arc::clone(&w.store);
+        let tid = w.t.tid.clone();
+        let landed =
+            w.h.eventually(10, || store.terminal(&tid).unwrap().unwrap().batch_no == 2)
+                .await;
+        assert!(landed, "the settlement's write never landed");
+        // Memory follows the write, once its task has settled it.
+        let switch = w.h.switch.as_ref().unwrap();
+        let settled =
+            w.h.eventually(5, || switch.metrics().journal_late_writes == 0)
+                .await;
+        assert!(settled, "the late settlement was never settled");
+        let late = w.purchase(&card, 2_000);
+        assert_eq!(
+            w.t.send(&late).await.code(),
+            "77",
+            "a sale into a closed batch"
+        );
+        let again = settle(&mut w, 1, (1_000, 1)).await;
+        assert_eq!(again.code(), "00");
+        let totals =
+            iso8583::SettlementTotals::parse(again.frame().message.digits(48).unwrap()).unwrap();
+        assert_eq!(
+            (totals.domestic.debit_amount, totals.domestic.debit_count),
+            (1_000, 1)
+        );
+        assert_eq!(totals.domestic.result, iso8583::SettleResult::BALANCED);
+    });
+}
+
 /// A sign-in whose record the journal takes too long to write is answered 96, and its record
 /// may land afterwards: the keys the terminal's row then names are still in the HSM (a start
 /// loads them; before, they were deleted at the 96), the old ones are gone, and the terminal,

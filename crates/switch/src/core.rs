@@ -400,7 +400,7 @@ impl Core {
     }
 
     /// Counts a journal write or read not answered within `journal_wait`, and says why.
-    fn no_answer(&self) -> StoreError {
+    pub(crate) fn no_answer(&self) -> StoreError {
         self.waits_exceeded.fetch_add(1, Ordering::Relaxed);
         StoreError::Backend {
             message: format!(

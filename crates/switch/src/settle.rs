@@ -467,12 +467,38 @@ impl Core {
                 tid: terminal.tid.clone(),
                 batch_no: next,
             };
-            let records = reset.into_iter().chain([settled, batch]).collect();
-            if self.persist_within(records).await.is_err() {
+            let records: Vec<Record> = reset.into_iter().chain([settled, batch]).collect();
+            let Ok(mut durable) = self.store.submit(records) else {
                 return answer(RC_SYSTEM_ERROR);
+            };
+            match tokio::time::timeout(self.config.journal_wait, &mut durable).await {
+                // Only the batch: a sign-in or a suspension made during the writes stays.
+                Ok(Ok(())) => self.modify_terminal(&terminal.tid, |t| t.batch_no = next),
+                Ok(Err(_)) => return answer(RC_SYSTEM_ERROR),
+                Err(_) => {
+                    // Answered 96, the write still queued: should it land, the batch is closed
+                    // in the journal, and memory follows then (the terminal's requests under
+                    // the closed batch get 77, and its settlement sent again is answered from
+                    // the closed batch), rather than the batch going on in memory only, split
+                    // in two by a settlement the terminal was told had failed.
+                    let error = self.no_answer();
+                    tracing::warn!(%error, tid = %terminal.tid, batch_no, "settlement answered 96; its write stays queued");
+                    let core = Arc::clone(self);
+                    let tid = terminal.tid.clone();
+                    let counted = crate::core::LateGuard::new(self);
+                    self.tasks.spawn(async move {
+                        let _counted = counted;
+                        if durable.await.is_ok() {
+                            core.modify_terminal(&tid, |t| {
+                                if t.batch_no == batch_no {
+                                    t.batch_no = next;
+                                }
+                            });
+                        }
+                    });
+                    return answer(RC_SYSTEM_ERROR);
+                }
             }
-            // Only the batch: a sign-in or a suspension made during the writes stays.
-            self.modify_terminal(&terminal.tid, |t| t.batch_no = next);
         }
         tracing::info!(tid = %terminal.tid, batch_no, result = result.0, "settled");
         self.reply(
