@@ -137,18 +137,29 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     }
     let segments = ip.segments();
     let first = segments.first().copied().unwrap_or(0);
-    // 64:ff9b::/96, NAT64: the IPv4 address is the last 32 bits.
-    if segments.get(..6) == Some(&[0x64, 0xff9b, 0, 0, 0, 0]) {
-        let [.., hi, lo] = segments;
-        let v4 = Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
-        return is_public_v4(v4);
+    let last_32 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    let [s0, s1, s2, s3, s4, s5, s6, s7] = segments;
+    // 64:ff9b::/96, NAT64, and ::a.b.c.d, IPv4-compatible (routed to the IPv4 address by
+    // a host with the `sit` device up): the IPv4 address is the last 32 bits.
+    if [s0, s1, s2, s3, s4, s5] == [0x64, 0xff9b, 0, 0, 0, 0]
+        || ([s0, s1, s2, s3, s4, s5] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified())
+    {
+        return is_public_v4(last_32(s6, s7));
+    }
+    // 2002::/16, 6to4: the IPv4 address is bits 16 to 48.
+    if s0 == 0x2002 {
+        return is_public_v4(last_32(s1, s2));
     }
     !(ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
-        || (first == 0x2001 && segments.get(1) == Some(&0x0db8)))
+        // fec0::/10, site-local (deprecated, still routed inside some networks).
+        || (first & 0xffc0) == 0xfec0
+        // 64:ff9b:1::/48, NAT64 for local use: behind it, any IPv4 network of the site's.
+        || (first == 0x64 && s1 == 0xff9b && s2 == 1)
+        || (first == 0x2001 && s1 == 0x0db8))
 }
 
 /// An `http://host[:port]/path` endpoint.
@@ -410,6 +421,8 @@ mod tests {
             "2400:3200::1",
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
+            "::808:808",
+            "2002:808:808::1",
         ];
         let not_public = [
             "127.0.0.1",
@@ -437,6 +450,13 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a00:1",
+            // IPv4-compatible, 6to4, local NAT64 and site-local forms of private networks.
+            "::a9fe:a9fe",
+            "::127.0.0.1",
+            "2002:a9fe:a9fe::",
+            "2002:a00:1::1",
+            "64:ff9b:1::a9fe:a9fe",
+            "fec0::1",
         ];
         for text in public {
             let ip: IpAddr = text.parse().unwrap();
