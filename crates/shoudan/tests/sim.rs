@@ -1089,6 +1089,13 @@ fn count_panics() {
 
 fn run(seed: u64, txns: usize) -> Outcome {
     count_panics();
+    // Shown with a failure: what reruns this run exactly (the hints in the checks name the
+    // seed only).
+    let faults: String = ["SHOUDAN_SIM_DISK_FULL", "SHOUDAN_SIM_CRASHES"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok().map(|v| format!(" {name}={v}")))
+        .collect();
+    eprintln!("seed {seed}: rerun with SHOUDAN_SIM_SEED={seed} SHOUDAN_SIM_TXNS={txns}{faults}");
     // IO only for the switch's listener, which the simulation never dials.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1784,6 +1791,23 @@ fn check_invariant_5(seed: u64, traffic: &Traffic) {
             );
             checked += 1;
         }
+        // Asked for another merchant's transaction by its RRN, the merchant is refused.
+        let mut asked = 0usize;
+        for theirs in rows
+            .iter()
+            .filter(|(other, _)| other != mid)
+            .flat_map(|(_, theirs)| theirs.iter().filter_map(|r| r.rrn.as_deref()).take(20))
+        {
+            let answer =
+                resolve::evidence(store, &traffic.directory, theirs, Some(mid), traffic.now_ms);
+            assert!(
+                matches!(answer, Err(resolve::ResolveError::NotVisible(_))),
+                "seed {seed}: invariant 5 broken, {mid} was given another merchant's \
+                 transaction {theirs} {rerun}"
+            );
+            asked += 1;
+        }
+        assert!(asked > 0, "seed {seed}: no other merchant's RRN to ask for");
     }
     assert!(checked > 0, "seed {seed}: no rows to check for invariant 5");
 }
