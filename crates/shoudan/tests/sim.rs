@@ -471,6 +471,7 @@ impl SimTerminal {
         if let Some(pin) = &req.pin {
             let digits = paycrypto::PanDigits::from_pan(&req.pan).unwrap();
             let block = paycrypto::pin::encrypt(&keys.pik, pin, &digits).unwrap();
+            PIN_BLOCKS.with(|b| b.borrow_mut().push(block.as_bytes().to_vec()));
             out.set_binary(52, block.as_bytes()).unwrap();
             out.set_digits(53, "2600000000000000").unwrap();
         }
@@ -1073,6 +1074,8 @@ thread_local! {
     /// The runtime is current-thread, so the run's tasks panic on the thread that runs it;
     /// another test's panics, on its own thread, are not counted.
     static RUN_PANICS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    /// Every PIN block the run's terminals sent (invariant 4: none is kept anywhere).
+    static PIN_BLOCKS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn count_panics() {
@@ -1089,6 +1092,7 @@ fn count_panics() {
 
 fn run(seed: u64, txns: usize) -> Outcome {
     count_panics();
+    PIN_BLOCKS.with(|b| b.borrow_mut().clear());
     // Shown with a failure: what reruns this run exactly (the hints in the checks name the
     // seed only).
     let faults: String = ["SHOUDAN_SIM_DISK_FULL", "SHOUDAN_SIM_CRASHES"]
@@ -1108,6 +1112,7 @@ fn run(seed: u64, txns: usize) -> Outcome {
     assert_eq!(panics, 0, "seed {seed}: a task panicked (see above)");
     let settled = check_invariant_3(seed, &traffic);
     check_invariant_5(seed, &traffic);
+    check_no_secrets(seed, traffic.dir.path());
     drop(traffic.dir);
     Outcome {
         fingerprint: format!("{}; {settled}", traffic.fingerprint),
@@ -1907,6 +1912,82 @@ fn check_no_pan(seed: u64, db: &std::path::Path, pans: &[String]) {
         }
     }
     assert!(cells > 0);
+}
+
+/// DESIGN.md invariant 4, for everything the run left on disk once settled and explained
+/// (journal, its log, the key store, the issuers' ledgers): no PIN block a terminal sent and
+/// no clear terminal master key, as bytes or as hex.
+fn check_no_secrets(seed: u64, dir: &std::path::Path) {
+    let blocks = PIN_BLOCKS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    assert!(!blocks.is_empty(), "seed {seed}: no PIN block was sent");
+    let hex = |bytes: &[u8]| -> Vec<u8> {
+        bytes
+            .iter()
+            .flat_map(|b| format!("{b:02X}").into_bytes())
+            .collect()
+    };
+    let tmk: Vec<u8> = (0..TMK_HEX.len() / 2)
+        .map(|i| u8::from_str_radix(&TMK_HEX[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    // PIN blocks (8 bytes) and their hex (16) as integers, each window of a file one cheap
+    // look-up; the TMK's three forms compared as they are.
+    type Fast = std::hash::BuildHasherDefault<Mix>;
+    let as_u64 = |w: &[u8]| u64::from_le_bytes(w.try_into().unwrap());
+    let as_u128 = |w: &[u8]| u128::from_le_bytes(w.try_into().unwrap());
+    let raw: HashSet<u64, Fast> = blocks.iter().map(|b| as_u64(b)).collect();
+    let in_hex: HashSet<u128, Fast> = blocks.iter().map(|b| as_u128(&hex(b))).collect();
+    let tmk_forms = [
+        ("the TMK", tmk.clone()),
+        ("the TMK, in hex", hex(&tmk)),
+        ("the TMK, in lower-case hex", hex(&tmk).to_ascii_lowercase()),
+    ];
+    let mut files = vec![dir.to_path_buf()];
+    let mut scanned = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let shown = path.display();
+        assert!(
+            !bytes.windows(8).any(|w| raw.contains(&as_u64(w))),
+            "seed {seed}: a PIN block in {shown}"
+        );
+        assert!(
+            !bytes.windows(16).any(|w| in_hex.contains(&as_u128(w))),
+            "seed {seed}: a PIN block, in hex, in {shown}"
+        );
+        for (what, form) in &tmk_forms {
+            assert!(
+                !bytes.windows(form.len()).any(|w| w == form.as_slice()),
+                "seed {seed}: {what} in {shown}"
+            );
+        }
+        scanned += 1;
+    }
+    assert!(scanned > 1, "seed {seed}: nothing on disk to scan");
+}
+
+/// A hasher for integers that are random already (PIN blocks): one multiply.
+#[derive(Default)]
+struct Mix(u64);
+
+impl std::hash::Hasher for Mix {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.write_u64(n as u64 ^ ((n >> 64) as u64).rotate_left(17));
+    }
 }
 
 // --- entry points
