@@ -430,6 +430,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<web::LoginFailuresRow>, StoreError>;
     fn web_session(&self, token_hash: &[u8]) -> Result<Option<web::SessionRow>, StoreError>;
     fn web_api_token(&self, token_hash: &[u8]) -> Result<Option<web::ApiTokenRow>, StoreError>;
+    /// `user_id`'s API tokens issued at or after `created_since_ms` (those not expired yet),
+    /// newest first, at most [`web::API_TOKENS_LISTED_MAX`].
+    fn web_api_tokens(
+        &self,
+        user_id: i64,
+        created_since_ms: i64,
+    ) -> Result<Vec<web::ApiTokenRow>, StoreError>;
     /// Audit rows with an id below `before_id` (all when `None`), newest first, at most `limit`.
     fn audit_log(
         &self,

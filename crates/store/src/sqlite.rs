@@ -849,6 +849,13 @@ impl Store for SqliteStore {
     fn web_api_token(&self, hash: &[u8]) -> Result<Option<crate::web::ApiTokenRow>, StoreError> {
         self.web_api_token_by(hash)
     }
+    fn web_api_tokens(
+        &self,
+        user_id: i64,
+        created_since_ms: i64,
+    ) -> Result<Vec<crate::web::ApiTokenRow>, StoreError> {
+        self.web_api_tokens_of(user_id, created_since_ms)
+    }
     fn audit_log(
         &self,
         before_id: Option<i64>,

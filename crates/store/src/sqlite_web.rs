@@ -6,7 +6,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::SqliteStore;
 use crate::error::StoreError;
 use crate::group::ExecuteAny;
-use crate::web::{ApiTokenRow, AuditRow, LoginFailuresRow, Role, SessionRow, UserRow, WebRecord};
+use crate::web::{
+    API_TOKENS_LISTED_MAX, ApiTokenRow, AuditRow, LoginFailuresRow, Role, SessionRow, UserRow,
+    WebRecord,
+};
 
 /// Audit rows one query returns at most, whatever the caller asks.
 pub(crate) const AUDIT_ROWS_MAX: u32 = 1_000;
@@ -303,6 +306,34 @@ impl SqliteStore {
                     })
                 })
                 .optional()?)
+        })
+    }
+
+    pub(super) fn web_api_tokens_of(
+        &self,
+        user_id: i64,
+        created_since_ms: i64,
+    ) -> Result<Vec<ApiTokenRow>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT token_hash, user_id, name, created_at_ms, revoked
+                 FROM web_api_tokens WHERE user_id = ?1 AND created_at_ms >= ?2
+                 ORDER BY created_at_ms DESC, token_hash LIMIT ?3",
+            )?;
+            let rows = statement.query_map(
+                params![user_id, created_since_ms, API_TOKENS_LISTED_MAX],
+                |r| {
+                    let revoked: i64 = r.get(4)?;
+                    Ok(ApiTokenRow {
+                        token_hash: r.get(0)?,
+                        user_id: r.get(1)?,
+                        name: r.get(2)?,
+                        created_at_ms: r.get(3)?,
+                        revoked: revoked != 0,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 

@@ -95,6 +95,10 @@ impl fmt::Debug for SessionRow {
     }
 }
 
+/// A user's API tokens listed at most (a user issues a few; a script that issued one per run
+/// for months sees its newest).
+pub const API_TOKENS_LISTED_MAX: u32 = 1_000;
+
 /// A bearer token for the API, kept as its digest.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiTokenRow {

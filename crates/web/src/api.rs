@@ -27,6 +27,12 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Web>)> {
     vec![
         ("get", "/api/openapi.json", get(openapi_doc)),
         ("post", "/api/tokens", post(create_token)),
+        ("get", "/api/tokens", get(tokens)),
+        (
+            "delete",
+            "/api/tokens/{id}",
+            axum::routing::delete(revoke_token),
+        ),
         ("get", "/api/me", get(me)),
         ("post", "/api/me/password", post(change_password)),
         ("get", "/api/merchants", get(merchants)),
@@ -152,6 +158,70 @@ async fn create_token(State(web): State<Web>, Json(body): Json<TokenRequest>) ->
         "expires_at_ms": expires_at_ms,
         "user": user_json(&user),
     })))
+}
+
+/// A token's id in lists and in the address that revokes it: the first 16 hex digits of its
+/// digest (never the token, which is not kept).
+fn token_id(token_hash: &[u8]) -> String {
+    token_hash
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn token_json(t: &store::web::ApiTokenRow) -> Value {
+    json!({
+        "id": token_id(&t.token_hash),
+        "name": t.name,
+        "created_at_ms": t.created_at_ms,
+        "expires_at_ms": t.created_at_ms.saturating_add(auth::API_TOKEN_TTL_MS),
+        "revoked": t.revoked,
+    })
+}
+
+/// The caller's API tokens that have not expired, newest first.
+async fn tokens(State(web): State<Web>, who: Principal) -> ApiResult {
+    let since = web.clock.now_ms().saturating_sub(auth::API_TOKEN_TTL_MS);
+    let items: Vec<Value> = web
+        .store
+        .web_api_tokens(who.user_id, since)?
+        .iter()
+        .map(token_json)
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+/// Revokes one of the caller's API tokens (a token copied somewhere it should not be, a
+/// script retired), by the id `GET /api/tokens` gives; audited as `api_token.revoke`.
+async fn revoke_token(State(web): State<Web>, who: Principal, Path(id): Path<String>) -> ApiResult {
+    let since = web.clock.now_ms().saturating_sub(auth::API_TOKEN_TTL_MS);
+    let Some(mut token) = web
+        .store
+        .web_api_tokens(who.user_id, since)?
+        .into_iter()
+        .find(|t| token_id(&t.token_hash) == id)
+    else {
+        return Err(ApiError::not_found("token"));
+    };
+    let before = token_json(&token);
+    token.revoked = true;
+    let audit = auth::audit_record(
+        &web,
+        &who.username,
+        "api_token.revoke",
+        &format!("user:{}", who.user_id),
+        Some(before),
+        Some(token_json(&token)),
+    )
+    .await?;
+    let revoke = store::web::WebRecord::RevokeApiToken {
+        token_hash: token.token_hash.clone(),
+    };
+    web.store
+        .submit(vec![store::Record::Web(revoke), audit])?
+        .await?;
+    Ok(Json(token_json(&token)))
 }
 
 /// The `User` the other user answers give (`id`, not the principal's `user_id`).

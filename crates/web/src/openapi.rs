@@ -153,7 +153,12 @@ pub fn document() -> Value {
                     "default": { "description": "error (a body that is not JSON of this shape, too large, or the host's own failure)", "content": { "application/json": {
                         "schema": { "$ref": "#/components/schemas/Error" } } } }
                 }
-            } },
+            },
+            "get": op("The caller's API tokens not yet expired, newest first: id, name, \
+                issued, expires, revoked (never the token)", vec![], None, "List") },
+            "/api/tokens/{id}": { "delete": op("Revoke one of the caller's API tokens (its id from \
+                GET /api/tokens); audited", vec![param("id", "path", "the token's id: 16 hex \
+                digits of its digest, never the token")], None, "Object") },
             "/api/me": { "get": op("Who the token or session belongs to", vec![], None, "User") },
             "/api/me/password": { "post": op("Change one's own password (the current one is \
                 checked as a sign-in is; other page sessions end, and every API token of the \

@@ -2644,6 +2644,100 @@ fn an_api_token_name_is_bounded_and_kept_with_card_numbers_masked() {
     });
 }
 
+/// A user lists their API tokens (never the tokens themselves) and revokes one by its id: that
+/// token stops working at once, the others go on, and no one can revoke another user's.
+#[test]
+fn a_user_lists_and_revokes_their_own_api_tokens() {
+    run(async move {
+        let e = start().await;
+        let api = Api {
+            env: &e,
+            seen: Default::default(),
+        };
+        let issue = |name: &'static str| {
+            api.call(
+                None,
+                "POST",
+                "/api/tokens",
+                Some(json!({ "username": "teahouse", "password": PASSWORD, "name": name })),
+            )
+        };
+        let till = issue("till").await.json()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let erp = issue("erp").await.json()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let listed = api.call(Some(&erp), "GET", "/api/tokens", None).await;
+        assert_eq!(listed.status, 200, "{}", listed.body);
+        assert!(!listed.body.contains(&till) && !listed.body.contains(&erp));
+        let items = listed.json()["items"].as_array().unwrap().clone();
+        assert_eq!(items.len(), 2, "{items:?}");
+        let till_id = items.iter().find(|t| t["name"] == "till").unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(till_id.len(), 16);
+        // Another user's id is not found for them, and nothing is revoked.
+        let book = e.token("bookshop").await;
+        let other = api
+            .call(
+                Some(&book),
+                "DELETE",
+                &format!("/api/tokens/{till_id}"),
+                None,
+            )
+            .await;
+        assert_error(&other, 404, "not_found");
+        assert_eq!(
+            api.call(Some(&till), "GET", "/api/me", None).await.status,
+            200
+        );
+        // Revoked by its owner (through another token): it stops working, the other goes on.
+        let revoked = api
+            .call(
+                Some(&erp),
+                "DELETE",
+                &format!("/api/tokens/{till_id}"),
+                None,
+            )
+            .await;
+        assert_eq!(revoked.status, 200, "{}", revoked.body);
+        assert_eq!(revoked.json()["revoked"], true);
+        assert_eq!(
+            api.call(Some(&till), "GET", "/api/me", None).await.status,
+            401
+        );
+        assert_eq!(
+            api.call(Some(&erp), "GET", "/api/me", None).await.status,
+            200
+        );
+        let listed = api
+            .call(Some(&erp), "GET", "/api/tokens", None)
+            .await
+            .json();
+        let till_now = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == till_id.as_str())
+            .unwrap()
+            .clone();
+        assert_eq!(till_now["revoked"], true);
+        assert!(
+            e.web
+                .store
+                .audit_log(None, 500)
+                .unwrap()
+                .iter()
+                .any(|a| a.action == "api_token.revoke"),
+            "not audited"
+        );
+    });
+}
+
 #[test]
 fn ten_wrong_passwords_in_a_row_lock_a_user_until_an_admin_unlocks_it() {
     run(async move {
