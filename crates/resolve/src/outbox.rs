@@ -6,7 +6,7 @@
 //! The switch knows nothing of this: the tailer reads the journal's timeline events behind it,
 //! so a slow or failing merchant endpoint never touches authorisation.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -454,6 +454,7 @@ impl Notifier {
                 "webhook not delivered"
             );
         }
+        let status_of_attempt = result.status;
         let record = ResolveRecord::Delivery {
             log: DeliveryRow {
                 outbox_id: item.id,
@@ -468,9 +469,19 @@ impl Notifier {
             next_attempt_ms: next,
             delivered_at_ms: delivered_at,
         };
-        self.store.submit(vec![Record::Resolve(record)])?.await?;
-        Ok(if state == "pending" {
-            Attempted::Failed { next_ms: next }
+        // A receiver that did not answer at all (down, unreachable, hanging) is not asked for
+        // the merchant's other events before this one's retry: they are put off with it.
+        let unanswered = endpoint.is_some() && status_of_attempt.is_none();
+        let mut records = vec![Record::Resolve(record)];
+        if state == "pending" && unanswered {
+            records.push(Record::Resolve(ResolveRecord::DeferMerchant {
+                mid: item.mid.clone(),
+                until_ms: next,
+            }));
+        }
+        self.store.submit(records)?.await?;
+        Ok(if state == "pending" && unanswered {
+            Attempted::Unanswered
         } else {
             Attempted::Done
         })
@@ -527,7 +538,6 @@ impl Notifier {
         let notifier = Arc::new(self);
         tokio::spawn(async move {
             let serving: Arc<Mutex<HashSet<String>>> = Arc::default();
-            let resting: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
             let mut running = tokio::task::JoinSet::new();
             loop {
                 while let Some(done) = running.try_join_next() {
@@ -535,7 +545,7 @@ impl Notifier {
                         tracing::warn!(%error, "webhook delivery task failed");
                     }
                 }
-                if let Err(error) = notifier.start_due(&serving, &resting, &mut running, &stop) {
+                if let Err(error) = notifier.start_due(&serving, &mut running, &stop) {
                     tracing::warn!(%error, "webhook delivery pass failed");
                 }
                 tokio::select! {
@@ -574,14 +584,15 @@ impl Notifier {
     /// One pass of [`Self::spawn`]'s: a task per merchant with due events that is not in
     /// `serving`, while fewer than [`MERCHANTS_AT_ONCE`] are.
     ///
-    /// A merchant whose receiver fails an attempt (down, hanging, answering an error) is not
-    /// tried again, with that event or its others, until that event's next attempt is due:
-    /// each of its turns takes one attempt, not one per event, so a few merchants whose
-    /// receivers hang cannot keep every place taken, the others' events waiting behind theirs.
+    /// A merchant whose receiver does not answer an attempt at all (down, unreachable,
+    /// hanging) ends its turn there, its other events put off to that one's retry
+    /// (`ResolveRecord::DeferMerchant`): each of its turns takes one timeout, not one per
+    /// event, and its events waiting are not due, so they neither keep every place taken nor
+    /// fill the reads while other merchants' events wait. A receiver that answers, even with
+    /// an error for one event, is asked for the others.
     fn start_due(
         self: &Arc<Self>,
         serving: &Arc<Mutex<HashSet<String>>>,
-        resting: &Arc<Mutex<HashMap<String, i64>>>,
         running: &mut tokio::task::JoinSet<()>,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), ResolveError> {
@@ -589,12 +600,7 @@ impl Notifier {
         if room == 0 {
             return Ok(());
         }
-        let now_ms = self.clock.now_ms();
-        lock(resting).retain(|_, until| *until > now_ms);
         for (mid, items) in self.due_by_merchant()? {
-            if lock(resting).contains_key(&mid) {
-                continue;
-            }
             if lock(serving).len() >= MERCHANTS_AT_ONCE || !lock(serving).insert(mid.clone()) {
                 continue;
             }
@@ -603,20 +609,16 @@ impl Notifier {
                 serving: Arc::clone(serving),
                 mid,
             };
-            let resting = Arc::clone(resting);
             let stop = stop.clone();
             running.spawn(async move {
-                let served = served;
+                let _served = served;
                 for item in &items {
                     // Stopping: no new attempt is claimed, the one under way ends.
                     if *stop.borrow() {
                         return;
                     }
                     match notifier.attempt_once(item).await {
-                        Ok(Attempted::Failed { next_ms }) => {
-                            lock(&resting).insert(served.mid.clone(), next_ms);
-                            return;
-                        }
+                        Ok(Attempted::Unanswered) => return,
                         Ok(Attempted::Done | Attempted::NotClaimed) => {}
                         Err(error) => {
                             tracing::warn!(%error, id = item.id, "webhook delivery failed");
@@ -635,10 +637,11 @@ impl Notifier {
 enum Attempted {
     /// Another notifier had claimed it.
     NotClaimed,
-    /// Delivered, or settled without a delivery (no endpoint; failed for good).
+    /// Delivered, answered with an error (tried again later), or settled without a delivery
+    /// (no endpoint; failed for good).
     Done,
-    /// Not delivered; tried again at `next_ms`.
-    Failed { next_ms: i64 },
+    /// The receiver did not answer: tried again later, the merchant's other events with it.
+    Unanswered,
 }
 
 /// A merchant being served by [`Notifier::spawn`]'s loop: let go when its task ends, however.

@@ -106,8 +106,9 @@ impl Destinations {
 }
 
 /// Whether an address is globally routable: not loopback, private, shared (CGNAT),
-/// link-local, multicast, reserved, documentation or unspecified; IPv4 inside IPv6 (mapped,
-/// NAT64) is judged as the IPv4 address it carries.
+/// link-local, site-local, multicast, reserved, documentation or unspecified; IPv4 inside IPv6
+/// (mapped, compatible, NAT64, 6to4) is judged as the IPv4 address it carries, and local-use
+/// NAT64 (`64:ff9b:1::/48`, any of the site's networks behind it) is not public.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),

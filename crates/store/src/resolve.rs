@@ -172,6 +172,13 @@ pub enum ResolveRecord {
         mid: String,
         due_at_ms: i64,
     },
+    /// Puts off every pending event of merchant `mid` due before `until_ms` to then: its
+    /// receiver did not answer, and its other events would only wait their timeouts too (and
+    /// fill the notifier's reads, keeping other merchants' events from being read).
+    DeferMerchant {
+        mid: String,
+        until_ms: i64,
+    },
     /// A delivery attempt and the item's new state.
     Delivery {
         log: DeliveryRow,

@@ -190,6 +190,13 @@ pub(super) fn write(conn: &Connection, record: &ResolveRecord) -> Result<(), Sto
                 });
             }
         }
+        ResolveRecord::DeferMerchant { mid, until_ms } => {
+            conn.prepare_cached(
+                "UPDATE outbox SET next_attempt_ms = ?2
+                 WHERE mid = ?1 AND state = 'pending' AND next_attempt_ms < ?2",
+            )?
+            .execute_any(params![mid, until_ms])?;
+        }
         ResolveRecord::Delivery {
             log,
             state,

@@ -222,7 +222,10 @@ fn web_area_round_trips(db: &Db) {
     assert_eq!(s.web_session(&[5; 32]).unwrap(), Some(session.clone()));
     assert_eq!(s.web_api_token(&[6; 32]).unwrap(), Some(token.clone()));
     // The user's tokens issued since a time (those not expired), newest first.
-    assert_eq!(s.web_api_tokens(1, 0).unwrap(), std::slice::from_ref(&token));
+    assert_eq!(
+        s.web_api_tokens(1, 0).unwrap(),
+        std::slice::from_ref(&token)
+    );
     assert!(s.web_api_tokens(1, 13).unwrap().is_empty());
     assert!(s.web_api_tokens(2, 0).unwrap().is_empty());
     let page: Vec<i64> = s.audit_log(None, 2).unwrap().iter().map(|a| a.id).collect();

@@ -243,7 +243,10 @@ impl IssuerLink {
         crate::metrics::add_issuer_time(sent.elapsed());
         match waited {
             Ok(Ok(reply)) => {
-                self.timeouts_in_a_row.store(0, Ordering::Release);
+                // As only authorisations' timeouts count, only their replies end a run of them.
+                if reply_mti != Mti::REVERSAL_RESPONSE.value() {
+                    self.timeouts_in_a_row.store(0, Ordering::Release);
+                }
                 Ok(reply)
             }
             Ok(Err(_)) => Err(LinkError::Lost),

@@ -306,8 +306,9 @@ impl Core {
     /// terminal would send. Another merchant's ID: 03. Not signed in: 77. A MAC (field 64)
     /// that the terminal's MAK does not give: A0, as for a purchase (a terminal that sends one
     /// is held to it; one that sends none is not asked for it). A batch other than the
-    /// terminal's current one or the one its last settlement closed (a resent settlement, an
-    /// upload after it): 77, so that no message can move a terminal's batch anywhere else.
+    /// terminal's current one or the number before it (`closed_just_before`: a resent
+    /// settlement, an upload after it): 77, so that no message can move a terminal's batch
+    /// anywhere else.
     fn management_refusal(
         &self,
         frame: &Frame<'_>,
@@ -395,10 +396,12 @@ impl Core {
         if batch_no != terminal.batch_no
             && let Some(p) = prior.as_ref().filter(|_| closed_before)
         {
+            // All of the batch's rows since it opened, those after its closing record too:
+            // sales approved while a settlement answered 96 was still being written (memory
+            // moved to the next batch only once it landed) belong to no other batch.
             rows.retain(|r| {
-                r.received_at_ms <= p.settled_at_ms
-                    && p.opened_after_ms
-                        .is_none_or(|after| r.received_at_ms > after)
+                p.opened_after_ms
+                    .is_none_or(|after| r.received_at_ms > after)
             });
             let (ours, result) = settlement_answer(self.host_totals(&rows), theirs.as_ref());
             tracing::info!(tid = %terminal.tid, batch_no, result = result.0, "settlement of a closed batch sent again");
@@ -485,12 +488,15 @@ impl Core {
                     tracing::warn!(%error, tid = %terminal.tid, batch_no, "settlement answered 96; its write stays queued");
                     let core = Arc::clone(self);
                     let tid = terminal.tid.clone();
+                    let keys = terminal.keys;
                     let counted = crate::core::LateGuard::new(self);
                     self.tasks.spawn(async move {
                         let _counted = counted;
                         if durable.await.is_ok() {
+                            // Not over a sign-in made meanwhile (new keys), whose batch is the
+                            // journal's last word on it.
                             core.modify_terminal(&tid, |t| {
-                                if t.batch_no == batch_no {
+                                if t.batch_no == batch_no && t.keys == keys {
                                     t.batch_no = next;
                                 }
                             });
