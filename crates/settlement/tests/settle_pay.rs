@@ -2128,6 +2128,21 @@ fn the_simulated_bank_remembers_across_runs_what_it_did() {
     assert!(pay(&next, "r4", a).is_ok(), "no longer configured: normal");
 }
 
+/// Merchant `mid`'s status set to `status` (suspended, approved again, closed).
+#[allow(clippy::unwrap_used)]
+fn set_status(store: &dyn Store, mid: &str, status: store::Status) {
+    store
+        .submit(vec![store::Record::UpsertMerchant(store::MerchantRow {
+            mid: mid.into(),
+            name: format!("merchant {mid}"),
+            status,
+            mcc: "5812".into(),
+        })])
+        .unwrap()
+        .wait()
+        .unwrap();
+}
+
 /// A suspended merchant's payout is not sent while the suspension stands (its sales may be
 /// the fraud the suspension is about); it goes out once the merchant is active again.
 #[test]
@@ -2138,18 +2153,7 @@ fn a_suspended_merchants_payout_waits_for_the_suspension_to_end() {
     let directory = IssuerDirectory::embedded().unwrap();
     let sealer = sealer();
     one_sale_cleared_and_bound(store, &directory, &sealer, 93);
-    let status = |status| {
-        store
-            .submit(vec![store::Record::UpsertMerchant(store::MerchantRow {
-                mid: M1.into(),
-                name: format!("merchant {M1}"),
-                status,
-                mcc: "5812".into(),
-            })])
-            .unwrap()
-            .wait()
-            .unwrap();
-    };
+    let status = |status| set_status(store, M1, status);
     status(store::Status::Suspended);
     let bank = SimBank::new();
     let key = format!("{M1}:20261124");
@@ -2183,18 +2187,7 @@ fn refunds_cleared_while_a_payout_is_withheld_are_netted_from_it() {
         let directory = IssuerDirectory::embedded().unwrap();
         let sealer = sealer();
         let number = one_sale_cleared_and_bound(store, &directory, &sealer, 93);
-        let status = |status| {
-            store
-                .submit(vec![store::Record::UpsertMerchant(store::MerchantRow {
-                    mid: M1.into(),
-                    name: format!("merchant {M1}"),
-                    status,
-                    mcc: "5812".into(),
-                })])
-                .unwrap()
-                .wait()
-                .unwrap();
-        };
+        let status = |status| set_status(store, M1, status);
         status(store::Status::Suspended);
         let bank = SimBank::new();
         let key = format!("{M1}:20261124");

@@ -294,18 +294,7 @@ impl SqliteStore {
                 "SELECT token_hash, user_id, name, created_at_ms, revoked
                  FROM web_api_tokens WHERE token_hash = ?1",
             )?;
-            Ok(statement
-                .query_row([hash], |r| {
-                    let revoked: i64 = r.get(4)?;
-                    Ok(ApiTokenRow {
-                        token_hash: r.get(0)?,
-                        user_id: r.get(1)?,
-                        name: r.get(2)?,
-                        created_at_ms: r.get(3)?,
-                        revoked: revoked != 0,
-                    })
-                })
-                .optional()?)
+            Ok(statement.query_row([hash], api_token_from_row).optional()?)
         })
     }
 
@@ -322,16 +311,7 @@ impl SqliteStore {
             )?;
             let rows = statement.query_map(
                 params![user_id, created_since_ms, API_TOKENS_LISTED_MAX],
-                |r| {
-                    let revoked: i64 = r.get(4)?;
-                    Ok(ApiTokenRow {
-                        token_hash: r.get(0)?,
-                        user_id: r.get(1)?,
-                        name: r.get(2)?,
-                        created_at_ms: r.get(3)?,
-                        revoked: revoked != 0,
-                    })
-                },
+                api_token_from_row,
             )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -363,4 +343,16 @@ impl SqliteStore {
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
+}
+
+/// An API token from `token_hash, user_id, name, created_at_ms, revoked`.
+fn api_token_from_row(r: &Row<'_>) -> rusqlite::Result<ApiTokenRow> {
+    let revoked: i64 = r.get(4)?;
+    Ok(ApiTokenRow {
+        token_hash: r.get(0)?,
+        user_id: r.get(1)?,
+        name: r.get(2)?,
+        created_at_ms: r.get(3)?,
+        revoked: revoked != 0,
+    })
 }

@@ -405,16 +405,7 @@ impl Core {
             });
             let (ours, result) = settlement_answer(self.host_totals(&rows), theirs.as_ref());
             tracing::info!(tid = %terminal.tid, batch_no, result = result.0, "settlement of a closed batch sent again");
-            return self.reply(
-                frame,
-                Some(&terminal),
-                &Answer::code(RC_APPROVED),
-                None,
-                |out| {
-                    out.set_composed(&ours)?;
-                    Ok(())
-                },
-            );
+            return self.settled_answer(frame, &terminal, &ours);
         }
         let reopened = prior.as_ref().is_some_and(|p| {
             let rows_since = rows.iter().any(|r| r.received_at_ms > p.settled_at_ms);
@@ -507,13 +498,23 @@ impl Core {
             }
         }
         tracing::info!(tid = %terminal.tid, batch_no, result = result.0, "settled");
+        self.settled_answer(frame, &terminal, &ours)
+    }
+
+    /// A settlement's answer: 00, with the host's totals and their verdict in field 48.
+    fn settled_answer(
+        &self,
+        frame: &Frame<'_>,
+        terminal: &Terminal,
+        ours: &SettlementTotals,
+    ) -> Option<Vec<u8>> {
         self.reply(
             frame,
-            Some(&terminal),
+            Some(terminal),
             &Answer::code(RC_APPROVED),
             None,
             |out| {
-                out.set_composed(&ours)?;
+                out.set_composed(ours)?;
                 Ok(())
             },
         )
