@@ -454,7 +454,11 @@ impl Notifier {
                 "webhook not delivered"
             );
         }
-        let status_of_attempt = result.status;
+        // A receiver that did not answer at all (down, unreachable, hanging) is not asked for
+        // the merchant's other events before this one's retry: they are put off with it, and
+        // this one a moment behind them, so that they are tried first then (this event alone
+        // hanging its receiver must not keep the others waiting for every one of its retries).
+        let deferred = state == "pending" && endpoint.is_some() && result.status.is_none();
         let record = ResolveRecord::Delivery {
             log: DeliveryRow {
                 outbox_id: item.id,
@@ -466,21 +470,22 @@ impl Notifier {
                 duration_ms: finished - started,
             },
             state: state.to_owned(),
-            next_attempt_ms: next,
+            next_attempt_ms: if deferred {
+                next.saturating_add(1)
+            } else {
+                next
+            },
             delivered_at_ms: delivered_at,
         };
-        // A receiver that did not answer at all (down, unreachable, hanging) is not asked for
-        // the merchant's other events before this one's retry: they are put off with it.
-        let unanswered = endpoint.is_some() && status_of_attempt.is_none();
         let mut records = vec![Record::Resolve(record)];
-        if state == "pending" && unanswered {
+        if deferred {
             records.push(Record::Resolve(ResolveRecord::DeferMerchant {
                 mid: item.mid.clone(),
                 until_ms: next,
             }));
         }
         self.store.submit(records)?.await?;
-        Ok(if state == "pending" && unanswered {
+        Ok(if deferred {
             Attempted::Unanswered
         } else {
             Attempted::Done

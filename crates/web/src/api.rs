@@ -180,9 +180,18 @@ fn token_json(t: &store::web::ApiTokenRow) -> Value {
     })
 }
 
+/// The earliest issue time of a token still live: one issued `API_TOKEN_TTL_MS` ago has just
+/// expired (`auth` refuses it from that instant).
+fn live_since(web: &Web) -> i64 {
+    web.clock
+        .now_ms()
+        .saturating_sub(auth::API_TOKEN_TTL_MS)
+        .saturating_add(1)
+}
+
 /// The caller's API tokens that have not expired, newest first.
 async fn tokens(State(web): State<Web>, who: Principal) -> ApiResult {
-    let since = web.clock.now_ms().saturating_sub(auth::API_TOKEN_TTL_MS);
+    let since = live_since(&web);
     let items: Vec<Value> = web
         .store
         .web_api_tokens(who.user_id, since)?
@@ -195,15 +204,18 @@ async fn tokens(State(web): State<Web>, who: Principal) -> ApiResult {
 /// Revokes one of the caller's API tokens (a token copied somewhere it should not be, a
 /// script retired), by the id `GET /api/tokens` gives; audited as `api_token.revoke`.
 async fn revoke_token(State(web): State<Web>, who: Principal, Path(id): Path<String>) -> ApiResult {
-    let since = web.clock.now_ms().saturating_sub(auth::API_TOKEN_TTL_MS);
     let Some(mut token) = web
         .store
-        .web_api_tokens(who.user_id, since)?
+        .web_api_tokens(who.user_id, live_since(&web))?
         .into_iter()
         .find(|t| token_id(&t.token_hash) == id)
     else {
         return Err(ApiError::not_found("token"));
     };
+    // Revoked already: nothing to write or audit again.
+    if token.revoked {
+        return Ok(Json(token_json(&token)));
+    }
     let before = token_json(&token);
     token.revoked = true;
     let audit = auth::audit_record(
