@@ -1713,6 +1713,50 @@ fn reversals_unanswered_do_not_open_the_issuer_breaker() {
     });
 }
 
+/// An issuer that times out purchases but acknowledges their reversals between them: the
+/// acknowledgements do not end the run of authorisation timeouts, so the breaker opens at the
+/// twentieth and the next purchase is refused 91 at once instead of waiting its timeout.
+#[test]
+fn reversal_acknowledgements_do_not_reset_the_breakers_count() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        let pan = card("622202");
+        let mut first = h.terminal().await;
+        assert_eq!(first.sign_in().await.code(), "00");
+        let silent = |n: u32, keys: Option<_>| {
+            let addr = h.addr();
+            async move {
+                let mut t = Terminal::connect(addr, TID).await;
+                t.keys = keys;
+                t.send(&Req::purchase(&card("622202"), SILENT_AMOUNT, 100 + n))
+                    .await
+                    .code()
+            }
+        };
+        let mut waiting = Vec::new();
+        for n in 0..switch::BREAKER_TIMEOUTS_MAX - 1 {
+            waiting.push(tokio::spawn(silent(n, first.keys.clone())));
+        }
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), "98");
+        }
+        // Their reversals are acknowledged before the next timeout.
+        let log = Arc::clone(&h.log);
+        let expected = usize::try_from(switch::BREAKER_TIMEOUTS_MAX - 1).unwrap();
+        assert!(
+            h.eventually(10, || log.reversals.lock().unwrap().len() >= expected)
+                .await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(silent(99, first.keys.clone()).await, "98");
+        assert_eq!(
+            first.send(&Req::purchase(&pan, 100, 200)).await.code(),
+            "91",
+            "the breaker did not open"
+        );
+    });
+}
+
 /// A back-office refund whose caller stops waiting while it is at the issuer (a browser tab
 /// closed, an API client's timeout: the HTTP handler's future is dropped) still runs to its
 /// end: the issuer's approval is journalled, no reversal is queued for it, and the same
