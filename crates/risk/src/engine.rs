@@ -332,9 +332,13 @@ impl Engine {
     /// Forgets that the alert of rule `rule_id` was raised for terminal `tid` (it was not
     /// written): the next request the rule fires on raises it again, rather than a declining
     /// rule refusing the terminal for its quiet period with no alert for an operator to clear.
-    pub fn unalert(&mut self, tid: &str, rule_id: &str) {
+    /// A card rule's alert (card velocity) is quiet per card: `card_key` names it.
+    pub fn unalert(&mut self, tid: &str, card_key: Option<u64>, rule_id: &str) {
         if let Some(terminal) = self.terminals.get_mut(tid) {
             terminal.alerted.retain(|(id, _)| &**id != rule_id);
+        }
+        if let Some(card) = card_key.and_then(|k| self.cards.get_mut(&k)) {
+            card.alerted.retain(|(id, _)| &**id != rule_id);
         }
     }
 
@@ -1456,7 +1460,7 @@ mod tests {
         assert_eq!(declined_by(&again), Some("moved"));
         assert!(again.alerts.is_empty(), "alerted once, not per request");
         // An alert that was not written is raised again by the next request.
-        e.unalert(T, "moved");
+        e.unalert(T, None, "moved");
         let raised = e.check(&at("172.16.5.5", 7, 100));
         assert_eq!(declined_by(&raised), Some("moved"));
         assert_eq!(raised.alerts.len(), 1, "raised again");
@@ -1545,6 +1549,25 @@ mod tests {
             ..sale(6, 100, 10)
         };
         assert_eq!(declined_by(&e.check(&other)), None);
+    }
+
+    /// A card velocity alert that was not written (`unalert`, by card) is raised again by the
+    /// card's next attempt, not kept quiet for the rule's window.
+    #[test]
+    fn a_card_velocity_alert_not_written_is_raised_again() {
+        let mut e = engine(
+            r#"{"id": "vel", "kind": "card-velocity", "action": "alert", "window_s": 60,
+                "attempts_max": 2, "declines_max": 10}"#,
+        );
+        let mut raised = Vec::new();
+        for i in 0..4 {
+            let v = e.check(&sale(i, 100, i));
+            assert_eq!(declined_by(&v), None, "an alert rule declines nothing");
+            raised.push(v.alerts.len());
+        }
+        assert_eq!(raised, [0, 0, 1, 0], "once per window");
+        e.unalert(T, Some(7), "vel");
+        assert_eq!(e.check(&sale(5, 100, 5)).alerts.len(), 1, "raised again");
     }
 
     #[test]

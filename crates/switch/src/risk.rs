@@ -75,6 +75,8 @@ const MID_MISMATCH_TERMINALS_MAX: usize = 10_000;
 struct PendingAlert {
     kind: &'static str,
     rule_id: String,
+    /// The card a card rule's alert is about (its quiet window is per card).
+    card_key: Option<u64>,
     action: AlertAction,
     detail: risk::Words,
     txn_ids: Vec<i64>,
@@ -271,7 +273,7 @@ impl Core {
         };
         let verdict = self.risk.judged(|engine| engine.check(&request));
         if !verdict.alerts.is_empty() {
-            self.raise_alerts(&terminal.mid, &terminal.tid, verdict.alerts);
+            self.raise_alerts(terminal, request.card_key, verdict.alerts);
         }
         let hit = verdict.decline?;
         let code = hit.kind.response_code();
@@ -326,7 +328,7 @@ impl Core {
         };
         let alerts = self.risk.judged(|engine| engine.observe(&outcome));
         if !alerts.is_empty() {
-            self.raise_alerts(&terminal.mid, &terminal.tid, alerts);
+            self.raise_alerts(terminal, outcome.card_key, alerts);
         }
     }
 
@@ -385,6 +387,7 @@ impl Core {
         let alert = PendingAlert {
             kind: FailureKind::MerchantIdMismatch.key(),
             rule_id: "one-terminal-one-merchant".to_owned(),
+            card_key: None,
             action: AlertAction::Decline,
             detail: risk::Words {
                 zh: format!(
@@ -404,12 +407,13 @@ impl Core {
         self.write_alerts(&terminal.mid, &terminal.tid, vec![alert]);
     }
 
-    fn raise_alerts(self: &Arc<Self>, mid: &str, tid: &str, hits: Vec<Hit>) {
+    fn raise_alerts(self: &Arc<Self>, terminal: &Terminal, card_key: Option<u64>, hits: Vec<Hit>) {
         let alerts = hits
             .into_iter()
             .map(|hit| PendingAlert {
                 kind: hit.kind.key(),
                 rule_id: hit.rule_id.to_string(),
+                card_key,
                 action: match hit.action {
                     risk::Action::Decline => AlertAction::Decline,
                     risk::Action::Alert => AlertAction::Alert,
@@ -418,7 +422,7 @@ impl Core {
                 txn_ids: hit.txn_ids,
             })
             .collect();
-        self.write_alerts(mid, tid, alerts);
+        self.write_alerts(&terminal.mid, &terminal.tid, alerts);
     }
 
     /// Writes alerts (and a timeline line on each transaction behind them) on their own task:
@@ -429,18 +433,18 @@ impl Core {
         self.tasks.spawn(async move {
             let mut records = Vec::with_capacity(alerts.len() * 2);
             // The rules whose alerts are in `records`, and those not numbered.
-            let mut rules = Vec::with_capacity(alerts.len());
-            let mut unwritten = Vec::new();
+            let mut rules: Vec<(String, Option<u64>)> = Vec::with_capacity(alerts.len());
+            let mut unwritten: Vec<(String, Option<u64>)> = Vec::new();
             for alert in alerts {
                 let id = match core.risk.alert_ids.next(core.store.as_ref()).await {
                     Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
                     Err(error) => {
                         tracing::warn!(%error, "cannot number a risk alert");
-                        unwritten.push(alert.rule_id);
+                        unwritten.push((alert.rule_id, alert.card_key));
                         continue;
                     }
                 };
-                rules.push(alert.rule_id.clone());
+                rules.push((alert.rule_id.clone(), alert.card_key));
                 tracing::warn!(alert = id, rule = %alert.rule_id, kind = alert.kind, %tid, detail = %alert.detail.en, "risk alert");
                 let now_ms = core.clock.now_ms();
                 if let Some(&last) = alert.txn_ids.last() {
@@ -493,8 +497,8 @@ impl Core {
             // terminal for its quiet period with no alert for an operator to clear.
             if !unwritten.is_empty() {
                 let mut engine = core.risk.engine();
-                for rule in &unwritten {
-                    engine.unalert(&tid, rule);
+                for (rule, card_key) in &unwritten {
+                    engine.unalert(&tid, *card_key, rule);
                 }
             }
         });
