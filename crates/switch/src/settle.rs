@@ -84,11 +84,12 @@ const NODE_CLOCKS_MARGIN_MS: i64 = 60_000;
 /// 999999 before 1 as the host counts them round, or 0 before 1 (a terminal that counts its
 /// batches from 000000, which sign-in takes; settling it moves the terminal to 1).
 fn closed_just_before(batch: u32, current: u32) -> bool {
-    match current {
-        0 => batch == 999_999,
-        1 => batch == 999_999 || batch == 0,
-        _ => batch == current - 1,
-    }
+    batch == batch_before(current) || (current == 1 && batch == 0)
+}
+
+/// The number before batch `current`, as the host counts them round (999999 before 1).
+fn batch_before(current: u32) -> u32 {
+    if current <= 1 { 999_999 } else { current - 1 }
 }
 
 /// Debits are purchases and completions, credits voids and refunds (PROTOCOL.md), counting what
@@ -532,12 +533,7 @@ impl Core {
             return self.answer_code(frame, RC_NOT_REGISTERED);
         };
         // An upload follows the settlement that closed its batch: default to the one before.
-        let previous = if terminal.batch_no <= 1 {
-            999_999
-        } else {
-            terminal.batch_no - 1
-        };
-        let batch_no = self.batch_of(frame, previous);
+        let batch_no = self.batch_of(frame, batch_before(terminal.batch_no));
         if let Some(refusal) = self.management_refusal(frame, &terminal, batch_no) {
             tracing::info!(tid = %terminal.tid, batch_no, "batch upload refused");
             return self.refused(frame, &terminal, refusal);
