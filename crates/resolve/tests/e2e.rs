@@ -92,12 +92,17 @@ impl Env {
     }
 
     fn notifier(&self, config: NotifierConfig) -> Arc<Notifier> {
-        Arc::new(Notifier::new(
+        Arc::new(self.notifier_to_spawn(config))
+    }
+
+    /// A notifier on this journal and the machine's clock, for `Notifier::spawn`.
+    fn notifier_to_spawn(&self, config: NotifierConfig) -> Notifier {
+        Notifier::new(
             self.store(),
             Arc::clone(&self.h.hsm) as Arc<dyn Hsm>,
             Arc::new(SystemClock),
             config,
-        ))
+        )
     }
 
     /// Points the merchant's webhooks at `url`, signed with `secret`.
@@ -1888,18 +1893,13 @@ fn an_event_its_receiver_hangs_on_does_not_hold_back_the_others() {
                 .await
                 .unwrap();
         }
-        let notifier = Notifier::new(
-            e.store(),
-            Arc::clone(&e.h.hsm) as Arc<dyn Hsm>,
-            Arc::new(SystemClock),
-            NotifierConfig {
-                timeout: Duration::from_millis(300),
-                backoff_first_ms: 200,
-                backoff_last_ms: 400,
-                destinations: resolve::webhook::Destinations::AnyAddress,
-                ..NotifierConfig::default()
-            },
-        );
+        let notifier = e.notifier_to_spawn(NotifierConfig {
+            timeout: Duration::from_millis(300),
+            backoff_first_ms: 200,
+            backoff_last_ms: 400,
+            destinations: resolve::webhook::Destinations::AnyAddress,
+            ..NotifierConfig::default()
+        });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let task = notifier.spawn(Duration::from_millis(50), stop_rx);
         let got = Arc::clone(&hanging.got);
@@ -2064,16 +2064,11 @@ fn the_background_notifier_serves_others_while_one_receiver_hangs() {
             .await;
         // Four events whose attempts take 2 s each: 8 s of one merchant's task.
         let connected = hanging_merchant(&e, 4).await;
-        let notifier = Notifier::new(
-            e.store(),
-            Arc::clone(&e.h.hsm) as Arc<dyn Hsm>,
-            Arc::new(SystemClock),
-            NotifierConfig {
-                timeout: Duration::from_secs(2),
-                destinations: resolve::webhook::Destinations::AnyAddress,
-                ..NotifierConfig::default()
-            },
-        );
+        let notifier = e.notifier_to_spawn(NotifierConfig {
+            timeout: Duration::from_secs(2),
+            destinations: resolve::webhook::Destinations::AnyAddress,
+            ..NotifierConfig::default()
+        });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let task = notifier.spawn(Duration::from_millis(50), stop_rx);
         let waiting = Arc::clone(&connected);
@@ -2120,16 +2115,11 @@ fn receivers_that_hang_cannot_keep_every_place_taken() {
             let first_case = 1_000 * (i64::try_from(n).unwrap() + 1);
             tried.push(hanging_merchant_as(&e, &mid, first_case, 8).await);
         }
-        let notifier = Notifier::new(
-            e.store(),
-            Arc::clone(&e.h.hsm) as Arc<dyn Hsm>,
-            Arc::new(SystemClock),
-            NotifierConfig {
-                timeout: Duration::from_secs(2),
-                destinations: resolve::webhook::Destinations::AnyAddress,
-                ..NotifierConfig::default()
-            },
-        );
+        let notifier = e.notifier_to_spawn(NotifierConfig {
+            timeout: Duration::from_secs(2),
+            destinations: resolve::webhook::Destinations::AnyAddress,
+            ..NotifierConfig::default()
+        });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let task = notifier.spawn(Duration::from_millis(50), stop_rx);
         let all_tried = tried.clone();

@@ -1094,6 +1094,15 @@ mod tests {
         Engine::new(Arc::new(RuleBook::from_json(&text).unwrap()))
     }
 
+    /// An engine with one card-testing rule, `ct`: 10-minute window, small sales up to 10.00,
+    /// declining from `declines_max` small declines on.
+    fn card_testing(declines_max: u32) -> Engine {
+        engine(&format!(
+            r#"{{"id": "ct", "kind": "card-testing", "window_s": 600, "small_fen": 1000,
+                "declines_max": {declines_max}}}"#
+        ))
+    }
+
     fn sale(txn_id: i64, amount_fen: i64, now_ms: i64) -> Request<'static> {
         Request {
             txn_id,
@@ -1572,10 +1581,7 @@ mod tests {
 
     #[test]
     fn card_testing_alerts_then_declines_small_attempts() {
-        let mut e = engine(
-            r#"{"id": "ct", "kind": "card-testing", "window_s": 600, "small_fen": 1000,
-                "declines_max": 3}"#,
-        );
+        let mut e = card_testing(3);
         let mut alerts = Vec::new();
         for i in 0..3 {
             let r = Request {
@@ -1595,10 +1601,7 @@ mod tests {
         assert_eq!(declined_by(&e.check(&sale(11, 50_000, 100))), None);
         assert_eq!(declined_by(&e.check(&sale(12, 500, 700_000))), None);
         // Issuer outages are not card testing.
-        let mut e = engine(
-            r#"{"id": "ct", "kind": "card-testing", "window_s": 600, "small_fen": 1000,
-                "declines_max": 2}"#,
-        );
+        let mut e = card_testing(2);
         for i in 0..5 {
             let r = sale(i, 100, i);
             e.check(&r);
@@ -1606,10 +1609,7 @@ mod tests {
         }
         assert_eq!(declined_by(&e.check(&sale(9, 100, 9))), None);
         // Nor are refused refunds, voids and completions: no card is being tried.
-        let mut e = engine(
-            r#"{"id": "ct", "kind": "card-testing", "window_s": 600, "small_fen": 1000,
-                "declines_max": 2}"#,
-        );
+        let mut e = card_testing(2);
         for (i, class) in [
             TxnClass::Credit,
             TxnClass::Void,
@@ -1634,10 +1634,7 @@ mod tests {
     /// their declines count as small ones.
     #[test]
     fn card_testing_counts_inquiries_whatever_their_amount() {
-        let mut e = engine(
-            r#"{"id": "ct", "kind": "card-testing", "window_s": 600, "small_fen": 1000,
-                "declines_max": 3}"#,
-        );
+        let mut e = card_testing(3);
         let mut alerts = Vec::new();
         for i in 0..3 {
             let r = Request {
@@ -1664,10 +1661,7 @@ mod tests {
     #[test]
     fn set_up_declines_are_not_card_testing() {
         for code in [b"03", b"58", b"95", b"25", b"13"] {
-            let mut e = engine(
-                r#"{"id": "ct", "kind": "card-testing", "window_s": 600, "small_fen": 1000,
-                    "declines_max": 2}"#,
-            );
+            let mut e = card_testing(2);
             for i in 0..4 {
                 let r = Request {
                     card_key: Some(300 + i as u64),

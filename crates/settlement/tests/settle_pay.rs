@@ -1167,18 +1167,7 @@ fn a_held_payout_released_is_netted_against_what_the_merchant_came_to_owe() {
         let run = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
         assert_eq!(run.held, vec![key.clone()]);
         // The next day's only transaction: a refund of the held day's sale.
-        let mut refund = row(
-            2,
-            M1,
-            K::Refund,
-            S::Approved,
-            refund_fen,
-            "622202",
-            "20261124",
-        );
-        refund.original_id = Some(1);
-        insert(store, vec![refund]);
-        settle_date(store, &directory, "20261124", 2_000).unwrap();
+        refund_cleared_next_day(store, &directory, refund_fen);
         let payable = || {
             store
                 .ledger_balance(&acct::merchant_payable(M1), None)
@@ -1378,10 +1367,7 @@ fn a_payout_tried_before_is_not_netted() {
         .wait()
         .unwrap();
     // The merchant has come to owe a refund since.
-    let mut refund = row_of_refund();
-    refund.original_id = Some(1);
-    insert(store, vec![refund]);
-    settle_date(store, &directory, "20261124", 2_000).unwrap();
+    refund_cleared_next_day(store, &directory, 3_000);
     assert_eq!(
         store
             .ledger_balance(&acct::merchant_payable(M1), None)
@@ -1400,9 +1386,22 @@ fn a_payout_tried_before_is_not_netted() {
     assert!(audit(store).unwrap().balanced);
 }
 
-/// A refund of 30.00 of the sale of `one_sale_cleared_and_bound`, on the next day.
-fn row_of_refund() -> store::TxnRow {
-    row(2, M1, K::Refund, S::Approved, 3_000, "622202", "20261124")
+/// A refund of `refund_fen` of the sale of `one_sale_cleared_and_bound`, approved on the next
+/// day (20261124) and that day settled.
+#[allow(clippy::unwrap_used)]
+fn refund_cleared_next_day(store: &dyn Store, directory: &IssuerDirectory, refund_fen: i64) {
+    let mut refund = row(
+        2,
+        M1,
+        K::Refund,
+        S::Approved,
+        refund_fen,
+        "622202",
+        "20261124",
+    );
+    refund.original_id = Some(1);
+    insert(store, vec![refund]);
+    settle_date(store, directory, "20261124", 2_000).unwrap();
 }
 
 /// A run takes the bank's report of a return and fails to write it down: the bank reports it
@@ -2194,18 +2193,7 @@ fn refunds_cleared_while_a_payout_is_withheld_are_netted_from_it() {
         let run = run_payouts(store, &bank, &sealer, "20261124", 1_000).unwrap();
         assert_eq!(run.withheld, vec![key.clone()]);
         // While it is suspended, the victims are refunded: the next day's only transaction.
-        let mut refund = row(
-            2,
-            M1,
-            K::Refund,
-            S::Approved,
-            refund_fen,
-            "622202",
-            "20261124",
-        );
-        refund.original_id = Some(1);
-        insert(store, vec![refund]);
-        settle_date(store, &directory, "20261124", 2_000).unwrap();
+        refund_cleared_next_day(store, &directory, refund_fen);
         let payable = || {
             store
                 .ledger_balance(&acct::merchant_payable(M1), None)

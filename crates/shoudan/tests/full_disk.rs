@@ -311,6 +311,24 @@ fn a_decline_the_journal_could_not_record_is_settled_without_a_reversal() {
     });
 }
 
+/// Another connection to `w`'s journal, which waits up to 5 s for its write lock: the tests
+/// hold the lock with it (`BEGIN IMMEDIATE`) as a stalled disk would hold the writer.
+fn journal_connection(w: &World) -> rusqlite::Connection {
+    let journal = rusqlite::Connection::open(w.store.path()).unwrap();
+    journal.busy_timeout(Duration::from_secs(5)).unwrap();
+    journal
+}
+
+/// After a crash: ICBC's issuer quick again, the switch started again, and whether the
+/// reversals queued were all delivered within 20 s.
+async fn restarted_and_delivered(w: &mut World) -> bool {
+    w.bank("ICBC")
+        .faults()
+        .set_latency(Duration::ZERO, Duration::ZERO);
+    w.restart().await;
+    w.reversals_delivered(20).await
+}
+
 /// A purchase of `amount` whose approval comes while `journal`'s write lock is taken (once the
 /// issuer, 300 ms to decide, has been asked): its outcome waits, and the terminal is answered
 /// 96. The lock is left held.
@@ -357,8 +375,7 @@ fn a_journal_that_hangs_is_answered_96_and_what_lands_late_is_settled() {
         let mut w = start(&["ICBC"], |c| c.journal_wait = wait).await;
         let card = w.bank("ICBC").healthy(0).clone();
         let faults = w.bank("ICBC").faults();
-        let journal = rusqlite::Connection::open(w.store.path()).unwrap();
-        journal.busy_timeout(Duration::from_secs(5)).unwrap();
+        let journal = journal_connection(&w);
         // A first purchase reserves the blocks of ids and RRNs the next ones draw from.
         let req = w.purchase(&card, 3_000);
         assert_eq!(w.t.send(&req).await.code(), "00");
@@ -498,8 +515,7 @@ fn an_approval_that_lands_after_its_96_is_reversed_though_the_switch_died() {
         })
         .await;
         let card = w.bank("ICBC").healthy(0).clone();
-        let journal = rusqlite::Connection::open(w.store.path()).unwrap();
-        journal.busy_timeout(Duration::from_secs(5)).unwrap();
+        let journal = journal_connection(&w);
         let req = w.purchase(&card, 3_000);
         assert_eq!(w.t.send(&req).await.code(), "00");
 
@@ -528,11 +544,7 @@ fn an_approval_that_lands_after_its_96_is_reversed_though_the_switch_died() {
             "the reversal is queued for the next start to send"
         );
         // The next start sends it: the approval does not stand at the issuer either.
-        w.bank("ICBC")
-            .faults()
-            .set_latency(Duration::ZERO, Duration::ZERO);
-        w.restart().await;
-        assert!(w.reversals_delivered(20).await, "not delivered");
+        assert!(restarted_and_delivered(&mut w).await, "not delivered");
         w.audit();
     });
 }
@@ -551,8 +563,7 @@ fn a_void_or_refund_that_lands_after_its_96_gives_its_original_back_though_the_s
         })
         .await;
         let card = w.bank("ICBC").healthy(0).clone();
-        let journal = rusqlite::Connection::open(w.store.path()).unwrap();
-        journal.busy_timeout(Duration::from_secs(5)).unwrap();
+        let journal = journal_connection(&w);
         let sale = w.purchase(&card, 3_000);
         let answer = w.t.send(&sale).await;
         assert_eq!(answer.code(), "00");
@@ -591,11 +602,10 @@ fn a_void_or_refund_that_lands_after_its_96_gives_its_original_back_though_the_s
                 "{linked}: the reversal is queued for the next start to send"
             );
             // The next start sends it; the sale still stands at the issuer and in the journal.
-            w.bank("ICBC")
-                .faults()
-                .set_latency(Duration::ZERO, Duration::ZERO);
-            w.restart().await;
-            assert!(w.reversals_delivered(20).await, "{linked}: not delivered");
+            assert!(
+                restarted_and_delivered(&mut w).await,
+                "{linked}: not delivered"
+            );
         }
         w.audit();
     });
@@ -639,8 +649,7 @@ fn a_settlement_that_lands_after_its_96_closes_the_batch_in_memory_too() {
         let wait = Duration::from_millis(500);
         let mut w = start(&["ICBC"], |c| c.journal_wait = wait).await;
         let card = w.bank("ICBC").healthy(0).clone();
-        let journal = rusqlite::Connection::open(w.store.path()).unwrap();
-        journal.busy_timeout(Duration::from_secs(5)).unwrap();
+        let journal = journal_connection(&w);
         let sale = w.purchase(&card, 1_000);
         assert_eq!(w.t.send(&sale).await.code(), "00");
         journal.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -686,8 +695,7 @@ fn a_sign_in_recorded_after_its_96_leaves_the_keys_its_row_names() {
         let wait = Duration::from_millis(500);
         let mut w = start(&["ICBC"], |c| c.journal_wait = wait).await;
         let card = w.bank("ICBC").healthy(0).clone();
-        let journal = rusqlite::Connection::open(w.store.path()).unwrap();
-        journal.busy_timeout(Duration::from_secs(5)).unwrap();
+        let journal = journal_connection(&w);
         let req = w.purchase(&card, 100);
         assert_eq!(w.t.send(&req).await.code(), "00");
         let tid = w.t.tid.clone();
@@ -738,8 +746,7 @@ fn a_late_request_whose_settlement_is_refused_is_swept_without_a_reversal() {
         .await;
         let card = w.bank("ICBC").healthy(0).clone();
         let faults = w.bank("ICBC").faults();
-        let journal = rusqlite::Connection::open(w.store.path()).unwrap();
-        journal.busy_timeout(Duration::from_secs(5)).unwrap();
+        let journal = journal_connection(&w);
         // A first purchase reserves the blocks of ids and RRNs the next ones draw from.
         let req = w.purchase(&card, 3_000);
         assert_eq!(w.t.send(&req).await.code(), "00");
