@@ -2681,19 +2681,24 @@ fn a_user_lists_and_revokes_their_own_api_tokens() {
             .to_owned();
         assert_eq!(till_id.len(), 16);
         let till_path = format!("/api/tokens/{till_id}");
-        let revoke = |by: &str| api.call(Some(by), "DELETE", &till_path, None);
-        let me = |token: &str| api.call(Some(token), "GET", "/api/me", None);
+        let api = &api;
+        let revoke = |by: String| {
+            let path = till_path.clone();
+            async move { api.call(Some(&by), "DELETE", &path, None).await }
+        };
+        let me =
+            |token: String| async move { api.call(Some(&token), "GET", "/api/me", None).await };
         // Another user's id is not found for them, and nothing is revoked.
         let book = e.token("bookshop").await;
-        let other = revoke(&book).await;
+        let other = revoke(book.clone()).await;
         assert_error(&other, 404, "not_found");
-        assert_eq!(me(&till).await.status, 200);
+        assert_eq!(me(till.clone()).await.status, 200);
         // Revoked by its owner (through another token): it stops working, the other goes on.
-        let revoked = revoke(&erp).await;
+        let revoked = revoke(erp.clone()).await;
         assert_eq!(revoked.status, 200, "{}", revoked.body);
         assert_eq!(revoked.json()["revoked"], true);
-        assert_eq!(me(&till).await.status, 401);
-        assert_eq!(me(&erp).await.status, 200);
+        assert_eq!(me(till.clone()).await.status, 401);
+        assert_eq!(me(erp.clone()).await.status, 200);
         let listed = api
             .call(Some(&erp), "GET", "/api/tokens", None)
             .await
@@ -2717,7 +2722,7 @@ fn a_user_lists_and_revokes_their_own_api_tokens() {
         };
         assert_eq!(revocations(), 1, "not audited");
         // Revoked again: the same answer, nothing written or audited twice.
-        let again = revoke(&erp).await;
+        let again = revoke(erp.clone()).await;
         assert_eq!(again.status, 200, "{}", again.body);
         assert_eq!(again.json()["revoked"], true);
         assert_eq!(revocations(), 1);
