@@ -477,11 +477,27 @@ impl Run<'_> {
                     from_date: Some(payout.cutoff_date.clone()),
                 })
             });
+            // What a payout nets against its merchant's debt (a leg crediting the payable)
+            // takes that debt to zero, never past it: two runs netting two payouts of one
+            // merchant against the debt both read cannot both take it.
+            let payable = accounts::merchant_payable(&payout.mid);
+            let at_least = (expected.is_some()
+                && legs
+                    .iter()
+                    .any(|(account, fen)| *account == payable && *fen < 0))
+            .then(|| {
+                Record::Settlement(SettlementRecord::BalanceAtLeast {
+                    mid: payout.mid.clone(),
+                    account: payable,
+                    min_fen: 0,
+                })
+            });
             let posting = Posting::new(kind, payout.key.clone(), &payout.cutoff_date, legs)?;
             if let Some(r) = posting_record(self.store, vec![posting], self.now_ms)? {
                 records.push(r);
             }
             records.extend(at_most);
+            records.extend(at_least);
         }
         records.push(event);
         records.push(Record::Settlement(match expected {

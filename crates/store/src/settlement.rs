@@ -396,4 +396,14 @@ pub enum SettlementRecord {
         max_fen: i64,
         from_date: Option<String>,
     },
+    /// Fails (and with it the whole submission) if `account`, one of merchant `mid`'s, stands
+    /// below `min_fen` in all with what the submission wrote before this record. What a payout
+    /// nets against the merchant's debt takes that debt to zero, never past it: two runs that
+    /// read the same debt while netting two payouts cannot both take it. The merchant's row is
+    /// locked first, as for `BalanceAtMost`.
+    BalanceAtLeast {
+        mid: String,
+        account: String,
+        min_fen: i64,
+    },
 }

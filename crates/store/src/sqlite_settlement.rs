@@ -420,6 +420,28 @@ pub(super) fn write(conn: &Connection, record: &SettlementRecord) -> Result<(), 
                 return Err(refused(balance, None));
             }
         }
+        SettlementRecord::BalanceAtLeast {
+            mid,
+            account,
+            min_fen,
+        } => {
+            let locked = conn
+                .prepare_cached("UPDATE merchants SET mid = mid WHERE mid = ?1")?
+                .execute(params![mid])?;
+            expect_one(locked, "merchant")?;
+            let balance: i64 = conn
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(amount_fen), 0) FROM ledger_legs WHERE account = ?1",
+                )?
+                .query_row(params![account], |r| r.get(0))?;
+            if balance < *min_fen {
+                return Err(StoreError::Constraint {
+                    message: format!(
+                        "{account} would stand at {balance} fen, below {min_fen}: refused"
+                    ),
+                });
+            }
+        }
         SettlementRecord::NewPayout(p) => {
             conn.prepare_cached(
                 "INSERT INTO payouts (key, mid, payout_date, cutoff_date, amount_fen, state,

@@ -200,8 +200,82 @@ fn money_due_is_paid_once_whatever_is_not_yet_due(db: &Db) {
     }
 }
 
+/// Payouts netted against one merchant debt at once, through two stores (two nodes, or two
+/// runs that read the same debt): `BalanceAtLeast` lets the nettings take the debt to zero and
+/// no further; the one that would take it past zero is refused whole, its posting with it.
+fn a_debt_is_netted_once_whoever_nets_it(db: &Db) {
+    let (a, b) = (db.open(), db.open());
+    let mid = "898110048990002";
+    let payable = format!("merchant:{mid}:payable");
+    // The merchant owes 3,000: refunds cleared with nothing owed to it to take them from.
+    a.submit(vec![
+        Record::UpsertMerchant(store::MerchantRow {
+            mid: mid.into(),
+            name: "Bakery".into(),
+            status: store::Status::Active,
+            mcc: "5462".into(),
+        }),
+        Record::Settlement(SettlementRecord::Postings(vec![posting(
+            1,
+            "20261124",
+            &[(&payable, 3_000), ("issuer", -3_000)],
+        )])),
+    ])
+    .unwrap()
+    .wait()
+    .unwrap();
+    let net = |store: &dyn store::Store, id: i64, fen: i64| {
+        store
+            .submit(vec![
+                Record::Settlement(SettlementRecord::Postings(vec![posting(
+                    id,
+                    "20261125",
+                    &[("in_flight", fen), (&payable, -fen)],
+                )])),
+                Record::Settlement(SettlementRecord::BalanceAtLeast {
+                    mid: mid.into(),
+                    account: payable.clone(),
+                    min_fen: 0,
+                }),
+            ])
+            .unwrap()
+            .wait()
+    };
+    let netted = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for n in 0..8_i64 {
+            let (store, netted, net) = (if n % 2 == 0 { &a } else { &b }, &netted, &net);
+            scope.spawn(move || match net(&**store, 10 + n, 3_000) {
+                Ok(()) => {
+                    netted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                Err(StoreError::Constraint { .. }) => {}
+                Err(other) => panic!("{other:?}"),
+            });
+        }
+    });
+    assert_eq!(netted.into_inner(), 1);
+    assert_eq!(a.ledger_balance(&payable, None).unwrap(), 0);
+    assert_eq!(b.ledger_balance("in_flight", None).unwrap(), 3_000);
+    // Part of a debt: the rest stays owed, and a netting larger than the rest is refused.
+    a.submit(vec![Record::Settlement(SettlementRecord::Postings(vec![
+        posting(30, "20261126", &[(&payable, 2_500), ("issuer", -2_500)]),
+    ]))])
+    .unwrap()
+    .wait()
+    .unwrap();
+    net(&*a, 31, 2_000).unwrap();
+    assert!(matches!(
+        net(&*b, 32, 2_000),
+        Err(StoreError::Constraint { .. })
+    ));
+    net(&*b, 33, 500).unwrap();
+    assert_eq!(a.ledger_balance(&payable, None).unwrap(), 0);
+}
+
 on_both!(
     postings_and_balances,
     a_balance_is_paid_out_once_whoever_asks,
-    money_due_is_paid_once_whatever_is_not_yet_due
+    money_due_is_paid_once_whatever_is_not_yet_due,
+    a_debt_is_netted_once_whoever_nets_it
 );
