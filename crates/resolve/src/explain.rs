@@ -116,7 +116,8 @@ pub struct Step {
     /// `reversed_by_terminal`, `reversal_acknowledged`, `reversal_original_unknown` (answered
     /// 25: the issuer never had the request), `reversal_refused`, `reversal_pending`,
     /// `voided`, `refunded`, `refund_declined`, `completed`, `pre_auth_hold`, `pre_auth_expired`,
-    /// `issuer_unavailable`, `failed`, `linked`.
+    /// `issuer_unavailable`, `failed`, `linked`; for a terminal's reversal that was accepted,
+    /// `reversal_nothing` (nothing to undo) or the reversal's own key.
     pub kind: &'static str,
     pub text: Both,
 }
@@ -262,7 +263,18 @@ pub fn explain_txn(
     row: &TxnRow,
     now_ms: i64,
 ) -> Result<Explanation, ResolveError> {
-    let bank = bank_info(directory, row).name;
+    // Links cross no merchant's boundary (the switch refuses unlinked a request naming another
+    // merchant's transaction; rows older than that rule may still be linked across): neither
+    // merchant is shown the other's transaction.
+    let original = match row.original_id {
+        Some(id) => store.txn(id)?.filter(|o| o.mid == row.mid),
+        None => None,
+    };
+    // A terminal's reversal carries no card number: its original's card names the bank.
+    let bank = match (&row.pan, &original) {
+        (None, Some(o)) => bank_info(directory, o).name,
+        _ => bank_info(directory, row).name,
+    };
     let kind = kind_text(row.kind);
     let amount = yuan(row.amount_fen);
     let who = origin(row);
@@ -507,13 +519,8 @@ pub fn explain_txn(
             ),
         ));
     }
-    // Links cross no merchant's boundary (the switch refuses unlinked a request naming another
-    // merchant's transaction; rows older than that rule may still be linked across): neither
-    // merchant is shown the other's transaction.
     let mut original_rrn = None;
-    if let Some(original_id) = row.original_id
-        && let Some(original) = store.txn(original_id)?.filter(|o| o.mid == row.mid)
-    {
+    if let Some(original) = &original {
         original_rrn = original.rrn.clone();
         let okind = kind_text(original.kind);
         let orrn = original.rrn.clone().unwrap_or_else(|| "-".to_owned());
@@ -774,6 +781,19 @@ pub fn explain_txn(
             ));
         }
     }
+    // A terminal's reversal accepted: what became of what it reversed (its summary too), not
+    // an "approval".
+    let reversed = if row.kind == TxnKind::Reversal && row.state == TxnState::Approved {
+        let (text, at_ms, step_kind) = reversal_result(store, &bank, original.as_ref())?;
+        steps.push(step(
+            at_ms.unwrap_or(row.answered_at_ms.unwrap_or(row.received_at_ms)),
+            step_kind,
+            text.clone(),
+        ));
+        Some(text)
+    } else {
+        None
+    };
     steps.sort_by_key(|s| s.at_ms);
     // A step on another day than the request's (a refund weeks later, a reversal retried over
     // days, a pre-authorisation's expiry) shows its date too.
@@ -816,7 +836,10 @@ pub fn explain_txn(
         TxnState::TimedOut => Outcome::NoAnswerReversed,
         TxnState::Failed => Outcome::Failed,
     };
-    let summary = summary_text(outcome, &bank, row, reversal.is_some());
+    let summary = match reversed {
+        Some(text) if outcome == Outcome::Approved => text,
+        _ => summary_text(outcome, &bank, row, reversal.is_some()),
+    };
     // A risk rule's decline is diagnosed by the rule: the issuer was never asked.
     let rule = events
         .iter()
@@ -856,6 +879,129 @@ pub fn explain_txn(
         diagnosis,
         original_rrn,
     })
+}
+
+/// What a terminal's reversal that was accepted (answered 00) did, from its original and the
+/// original's reversal to the issuer: the words, when the issuer settled it (if it has), and
+/// the step's key.
+fn reversal_result(
+    store: &dyn Store,
+    bank: &Both,
+    original: Option<&TxnRow>,
+) -> Result<(Both, Option<i64>, &'static str), store::StoreError> {
+    let Some(o) = original else {
+        return Ok((
+            Both::new(
+                "冲正已受理：没有找到原交易，没有需要撤回的（这笔没有经本系统扣款）",
+                "reversal accepted: no original was found, so there was nothing to undo \
+                 (nothing was charged through shoudan)",
+            ),
+            None,
+            "reversal_nothing",
+        ));
+    };
+    if o.kind == TxnKind::BalanceInquiry {
+        return Ok((
+            Both::new(
+                "冲正已受理：余额查询不涉及资金，没有需要撤回的",
+                "reversal accepted: a balance inquiry moves no money, so there was nothing to \
+                 undo",
+            ),
+            None,
+            "reversal_nothing",
+        ));
+    }
+    let okind = kind_text(o.kind);
+    let what_zh = format!(
+        "{} {}（RRN {}）",
+        okind.zh,
+        yuan(o.amount_fen),
+        o.rrn.as_deref().unwrap_or("-")
+    );
+    let what_en = format!(
+        "the {} of {} (RRN {})",
+        okind.en,
+        yuan(o.amount_fen),
+        o.rrn.as_deref().unwrap_or("-")
+    );
+    let Some(r) = store.reversal(o.id)? else {
+        return Ok((
+            Both::new(
+                format!("冲正已受理：原{what_zh}没有成功，发卡行那边没有需要撤回的"),
+                format!(
+                    "reversal accepted: {what_en} had not gone through, so there was nothing \
+                     to undo at the issuer"
+                ),
+            ),
+            None,
+            "reversal_nothing",
+        ));
+    };
+    let settled_at = store
+        .events(o.id)?
+        .iter()
+        .rev()
+        .find(|e| e.kind == "reversal_done")
+        .map(|e| e.at_ms);
+    let (zh, en, key) = if r.undone() && gives_back(o.kind) {
+        (
+            format!(
+                "冲正成功，{}已确认：原{what_zh}不成立，它的原交易仍然有效",
+                bank.zh
+            ),
+            format!(
+                "reversal accepted and acknowledged by {}: {what_en} does not stand, and its \
+                 own original still does",
+                bank.en
+            ),
+            "reversal_acknowledged",
+        )
+    } else if r.undone() {
+        (
+            format!(
+                "冲正成功，{}已确认：原{what_zh}已撤回，持卡人不会被扣款",
+                bank.zh
+            ),
+            format!(
+                "reversal accepted and acknowledged by {}: {what_en} is undone and the \
+                 cardholder is not charged",
+                bank.en
+            ),
+            "reversal_acknowledged",
+        )
+    } else if r.refused_standing() {
+        (
+            format!(
+                "冲正已受理，但{}拒绝了冲正：原{what_zh}可能仍然有效，见原交易的说明",
+                bank.zh
+            ),
+            format!(
+                "reversal accepted here, but {} refused it: {what_en} may still stand; see \
+                 the original's explanation",
+                bank.en
+            ),
+            "reversal_refused",
+        )
+    } else {
+        (
+            format!(
+                "冲正已受理：原{what_zh}已在本系统撤回，{}尚未确认，收单系统会继续重发冲正",
+                bank.zh
+            ),
+            format!(
+                "reversal accepted: {what_en} is undone here; {} has not acknowledged it yet \
+                 and shoudan keeps resending the reversal",
+                bank.en
+            ),
+            "reversal_pending",
+        )
+    };
+    let at_ms = if key == "reversal_pending" {
+        None
+    } else {
+        settled_at
+    };
+    Ok((Both::new(zh, en), at_ms, key))
 }
 
 /// The risk rule a "declined" event names, when shoudan's own rules declined the request

@@ -835,6 +835,83 @@ fn a_refund_its_terminal_reversed_reads_as_a_refund_undone() {
     });
 }
 
+/// A terminal's reversal reads as what it did to its original, not as an approval: a sale's
+/// reversal the issuer acknowledged says the cardholder is not charged and names the card's
+/// bank (a reversal carries no card number); a refund's says the refund does not stand; one
+/// naming no transaction says there was nothing to undo.
+#[test]
+fn a_terminals_reversal_reads_as_what_it_undid() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(2);
+        let store = e.store();
+        let directory = e.directory();
+        let reversal_of_stan = |stan: u32| {
+            let row = store
+                .txns_by_key(TID, 1, stan)
+                .unwrap()
+                .into_iter()
+                .find(|r| r.kind == store::TxnKind::Reversal)
+                .unwrap();
+            resolve::explain::explain_txn(store.as_ref(), &directory, &row, now()).unwrap()
+        };
+        let (code, rrn, sale) = e.purchase(&card, 1_500).await;
+        assert_eq!(code, "00");
+        assert_eq!(e.t.send(&Req::reversal_of(&sale)).await.code(), "00");
+        assert!(e.reversal_acked(&rrn).await);
+        let x = reversal_of_stan(sale.stan);
+        assert_eq!(x.outcome, Outcome::Approved, "{x:#?}");
+        let original = store.txn_by_rrn(&rrn).unwrap().unwrap();
+        let bank = resolve::explain::TxnSummary::of(&directory, &original).bank_name;
+        assert!(bank.en.contains("Bank"), "{bank:?}");
+        for (text, words) in [
+            (
+                &x.summary.en,
+                ["acknowledged by", "not charged", rrn.as_str(), &bank.en],
+            ),
+            (
+                &x.summary.zh,
+                ["已确认", "不会被扣款", rrn.as_str(), &bank.zh],
+            ),
+        ] {
+            assert!(!text.starts_with("approved"), "{text}");
+            for word in words {
+                assert!(text.contains(word), "{word:?} not in {text}");
+            }
+        }
+        assert!(
+            x.steps.iter().any(|s| s.kind == "reversal_acknowledged"),
+            "{x:#?}"
+        );
+
+        // A refund's reversal: the refund does not stand, the sale still does.
+        let (code, rrn, _) = e.purchase(&card, 2_000).await;
+        assert_eq!(code, "00");
+        let today = switch::LocalTime::from_ms(now()).mmdd();
+        e.stan += 1;
+        let refund = Req::refund(card.pan.expose_digits(), 800, e.stan, &rrn, &today);
+        let r = e.t.send(&refund).await;
+        assert_eq!(r.code(), "00");
+        assert_eq!(e.t.send(&Req::reversal_of(&refund)).await.code(), "00");
+        assert!(e.reversal_acked(&r.text(37).unwrap()).await);
+        let x = reversal_of_stan(refund.stan);
+        assert!(x.summary.en.contains("does not stand"), "{:?}", x.summary);
+        assert!(!x.summary.en.contains("not charged"), "{:?}", x.summary);
+
+        // A reversal of a purchase the host never had.
+        e.stan += 1;
+        let never = Req::purchase(card.pan.expose_digits(), 700, e.stan);
+        assert_eq!(e.t.send(&Req::reversal_of(&never)).await.code(), "00");
+        let x = reversal_of_stan(never.stan);
+        assert!(x.summary.en.contains("nothing to undo"), "{:?}", x.summary);
+        assert!(x.summary.zh.contains("没有找到原交易"), "{:?}", x.summary);
+        assert!(
+            x.steps.iter().any(|s| s.kind == "reversal_nothing"),
+            "{x:#?}"
+        );
+    });
+}
+
 #[test]
 fn a_refund_approved_twice_while_at_the_issuer_is_made_once() {
     runtime().block_on(async {
