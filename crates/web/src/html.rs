@@ -64,16 +64,19 @@ pub fn lang_switch_href(lang: Lang, query: Option<&[(String, String)]>) -> Strin
 /// The page parameters whose values may be long runs of digits that are not card numbers,
 /// said back whole only in their own shape: a merchant ID of 15 digits; cursors, ids, times
 /// in milliseconds and dates, ASCII digits in runs no longer than a time in milliseconds (13)
-/// between dots; a payouts cursor, a date and a merchant ID (`20261125:898110000000077`). A
+/// between dots, a run of 13 only as the times the pages issue begin (with 1, until 2033: a
+/// 13-digit card number begins with 4); a payouts cursor, a date and a merchant ID
+/// (`20261125:898110000000077`). A
 /// card number typed there in another shape (in groups, in full-width digits, whole) is
 /// masked like any other value. (Whether a merchant ID names a merchant is the caller's to
 /// check: pages mask one that does not before it gets here.)
 fn kept_whole(key: &str, value: &str) -> bool {
     let mid_shaped = |mid: &str| mid.len() == 15 && mid.bytes().all(|b| b.is_ascii_digit());
     let runs = |value: &str| {
-        value
-            .split('.')
-            .all(|run| run.len() <= 13 && run.bytes().all(|b| b.is_ascii_digit()))
+        value.split('.').all(|run| {
+            (run.len() < 13 || run.len() == 13 && run.starts_with('1'))
+                && run.bytes().all(|b| b.is_ascii_digit())
+        })
     };
     match key {
         "mid" => mid_shaped(value),
@@ -224,6 +227,17 @@ mod tests {
             lang_switch_href(Lang::Zh, Some(&cursor)),
             "?payouts_before=20261125%3A898110059420002&lang=en"
         );
+        // A 13-digit card number in a cursor's shape is masked (it passes the check digit).
+        for key in ["cursor", "before", "payouts_before"] {
+            for typed in ["4222222222222", "4222222222222.1"] {
+                let query = vec![(key.to_owned(), typed.to_owned())];
+                let href = lang_switch_href(Lang::Zh, Some(&query));
+                assert!(
+                    href.contains("422222%2A%2A%2A2222"),
+                    "{key}={typed}: {href}"
+                );
+            }
+        }
         // A cursor of a time in milliseconds and an id goes as it came.
         let cursor = vec![("cursor".to_owned(), "1733400000000.4261".to_owned())];
         assert_eq!(
