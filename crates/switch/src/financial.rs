@@ -631,16 +631,18 @@ impl Core {
     }
 
     /// Finds the transaction a linked request names (PROTOCOL.md, linked transactions).
-    /// - A refund or completion may come from another terminal of the merchant: its original
-    ///   is found by RRN (field 37) when there is one, and a batch + trace in field 61, when
-    ///   given, must be the original's (they are the other terminal's numbers).
-    /// - A void is of this terminal's own transaction: found by field 61 (batch + trace) on
-    ///   this terminal, and an RRN in field 37, when given, must be the original's.
+    /// - A refund, completion or pre-authorisation void may come from another terminal of the
+    ///   merchant (the guest checks in at the desk and out at the till): its original is found
+    ///   by RRN (field 37) when there is one, and a batch + trace in field 61, when given,
+    ///   must be the original's (they are the other terminal's numbers).
+    /// - A sale's or completion's void is of this terminal's own transaction: found by field
+    ///   61 (batch + trace) on this terminal, and an RRN in field 37, when given, must be the
+    ///   original's.
     /// - Without the first key each falls back on the other.
-    /// - A completion that names neither (a trace of 0, no RRN) is matched by its card, the
-    ///   pre-authorisation's code in field 38 and, when field 61 has one, its date
-    ///   ([`Core::by_auth_code`]): how terminals complete a pre-authorisation taken on
-    ///   another terminal or before a settlement.
+    /// - A completion or pre-authorisation void that names neither (a trace of 0, no RRN) is
+    ///   matched by its card, the pre-authorisation's code in field 38 and, when field 61 has
+    ///   one, its date ([`Core::by_auth_code`]): how terminals complete or release a
+    ///   pre-authorisation taken on another terminal or before a settlement.
     ///
     /// From memory first, then the store. A trace of 0 names nothing (traces run from 1).
     async fn find_named(
@@ -685,7 +687,9 @@ impl Core {
             // counts only if those are its numbers (a void whose 61 names nothing is not let
             // through on its RRN alone).
             Some(rrn) => Ok(self.by_rrn(rrn).await?.filter(agrees_with_61)),
-            None if kind == TxnKind::Completion && named.is_none() => {
+            None if matches!(kind, TxnKind::Completion | TxnKind::PreAuthVoid)
+                && named.is_none() =>
+            {
                 let Some(fingerprint) = fingerprint else {
                     return Ok(None);
                 };
@@ -697,11 +701,11 @@ impl Core {
         }
     }
 
-    /// The pre-authorisation a completion names by authorisation code (field 38) alone: among
-    /// this card's transactions at this merchant in the journal, the pre-authorisation with
-    /// that code (and, when `date` is given, received or answered that day, MMDD); the one
-    /// still standing when spent ones share the code. `None` when none or several match: a
-    /// completion that could take either is answered 25, not guessed.
+    /// The pre-authorisation a completion or its void names by authorisation code (field 38)
+    /// alone: among this card's transactions at this merchant in the journal, the
+    /// pre-authorisation with that code (and, when `date` is given, received or answered that
+    /// day, MMDD); the one still standing when spent ones share the code. `None` when none or
+    /// several match: a request that could take either is answered 25, not guessed.
     async fn by_auth_code(
         &self,
         ctx: &Ctx<'_>,
@@ -981,6 +985,15 @@ impl Core {
                 }
                 if ctx.amount_fen > original.amount_fen {
                     return Err(RC_AMOUNT_DIFFERS);
+                }
+                // Field 38, when sent, is the pre-authorisation's code: a completion naming
+                // one pre-authorisation's numbers and another's code is not guessed at.
+                let sent = ctx.frame.message.text(38).map(str::trim);
+                let held = live.answer.as_ref().and_then(|a| a.auth_code.as_deref());
+                if let (Some(sent), Some(held)) = (sent.filter(|a| !a.is_empty()), held)
+                    && sent != held.trim()
+                {
+                    return Err(RC_ORIGINAL_NOT_FOUND);
                 }
             }
             TxnKind::Refund => {
@@ -2518,9 +2531,14 @@ enum Unreadable {
 }
 
 /// Linked requests that may come from any terminal of the original's merchant, their original
-/// found by RRN first: refunds and completions. A void is of the terminal's own batch.
+/// found by RRN first: refunds, completions and pre-authorisation voids (a hold is released
+/// wherever the guest leaves, days later). A sale's or completion's void is of the terminal's
+/// own batch.
 fn from_any_terminal(kind: TxnKind) -> bool {
-    matches!(kind, TxnKind::Refund | TxnKind::Completion)
+    matches!(
+        kind,
+        TxnKind::Refund | TxnKind::Completion | TxnKind::PreAuthVoid
+    )
 }
 
 /// Whether the original date a refund or completion gives in field 61 (61.3, MMDD; 0000 or

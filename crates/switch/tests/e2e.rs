@@ -545,6 +545,87 @@ fn a_completion_finds_its_pre_authorisation_by_auth_code() {
     });
 }
 
+/// A pre-authorisation is released wherever the guest leaves: its void from another terminal
+/// of the merchant, by RRN or by the code and date alone, as a completion is; and a completion
+/// naming one pre-authorisation's numbers with another's code is refused, not guessed at.
+#[test]
+fn a_pre_authorisation_is_voided_from_another_terminal_and_by_its_code() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        e.h.register_terminal("10000002", MID).await;
+        e.h.stop().await;
+        e.h.start().await;
+        let mut desk = e.h.terminal().await;
+        assert_eq!(desk.sign_in().await.code(), "00");
+        let mut checkout = e.h.terminal_as("10000002").await;
+        assert_eq!(checkout.sign_in().await.code(), "00");
+        let card = e.healthy(1);
+        let p = pan(&card);
+        let (start_balance, _) = e.balance(&card);
+        let today = today_mmdd();
+        // Taken at the desk, released at the checkout by RRN and the desk's numbers.
+        let held = desk.send(&with_pin(pre_auth(&p, 20_000, 11), &card)).await;
+        assert_eq!(held.code(), "00");
+        let rrn = held.text(37).unwrap();
+        assert_eq!(e.balance(&card), (start_balance, 20_000));
+        let void = Req {
+            auth_code: held.text(38),
+            ..pre_auth_void(&p, 20_000, 21, 11, &rrn)
+        };
+        assert_eq!(checkout.send(&void).await.code(), "00");
+        assert_eq!(e.balance(&card), (start_balance, 0));
+        assert_eq!(e.journal_state(&rrn), TxnState::Voided);
+        // By the code and the date alone (no RRN, no batch or trace).
+        let held = desk.send(&with_pin(pre_auth(&p, 8_000, 12), &card)).await;
+        assert_eq!(held.code(), "00");
+        let (code, rrn) = (held.text(38).unwrap(), held.text(37).unwrap());
+        let by_code = |stan: u32, code: &str, date: &str| Req {
+            rrn: None,
+            auth_code: Some(code.to_owned()),
+            f61: Some(format!("{:06}{:06}{date}", 0, 0)),
+            ..pre_auth_void(&p, 8_000, stan, 0, "")
+        };
+        // A code no hold of the card has (the voided one's would be found, and refused 12).
+        let wrong = "999999";
+        assert_ne!(code, wrong);
+        let other_day = if today == "0101" { "0102" } else { "0101" };
+        assert_eq!(
+            checkout.send(&by_code(22, wrong, &today)).await.code(),
+            "25"
+        );
+        assert_eq!(
+            checkout.send(&by_code(23, &code, other_day)).await.code(),
+            "25"
+        );
+        assert_eq!(e.balance(&card), (start_balance, 8_000));
+        assert_eq!(
+            checkout.send(&by_code(24, &code, &today)).await.code(),
+            "00"
+        );
+        assert_eq!(e.balance(&card), (start_balance, 0));
+        assert_eq!(e.journal_state(&rrn), TxnState::Voided);
+        // Two holds on one card: a completion naming the second's numbers with the first's
+        // code completes neither.
+        let first = desk.send(&with_pin(pre_auth(&p, 5_000, 13), &card)).await;
+        let second = desk.send(&with_pin(pre_auth(&p, 6_000, 14), &card)).await;
+        assert_eq!((first.code(), second.code()), ("00".into(), "00".into()));
+        let crossed = Req {
+            rrn: None,
+            auth_code: first.text(38),
+            ..completion(&p, 5_000, 15, 14, "")
+        };
+        assert_eq!(desk.send(&crossed).await.code(), "25");
+        assert_eq!(e.balance(&card), (start_balance, 11_000));
+        let right = Req {
+            rrn: None,
+            auth_code: second.text(38),
+            ..completion(&p, 5_000, 16, 14, "")
+        };
+        assert_eq!(desk.send(&right).await.code(), "00");
+        assert_eq!(e.balance(&card), (start_balance - 5_000, 5_000));
+    });
+}
+
 #[test]
 fn every_issuer_response_code_comes_through_the_switch() {
     runtime().block_on(async {
