@@ -235,3 +235,46 @@ fn a_silent_issuer_takes_at_most_half_the_switch() {
         w.audit();
     });
 }
+
+/// A response MTI from a terminal (a 0210) that comes while the switch is full is not a
+/// request, as at any other time: it is not answered (with a "response" to a response) but
+/// closes the connection, and the request admitted before it is still answered.
+#[test]
+fn a_response_sent_while_full_is_not_answered() {
+    runtime().block_on(async {
+        let mut w = start(&["ICBC"], |c| c.requests_in_flight = 1).await;
+        let card = w.bank("ICBC").healthy(0).clone();
+        w.bank("ICBC")
+            .faults()
+            .set_latency(ISSUER_LATENCY, ISSUER_LATENCY);
+        let held = w.purchase(&card, 100);
+        let held_frame = w.t.encode(&held, false);
+        let odd = w.purchase(&card, 100);
+        let mut odd_frame = w.t.encode(&odd, false);
+        // Length prefix (2), TPDU (5), header (6), then the MTI: 0200 made 0210.
+        assert_eq!(odd_frame[13..15], [0x02, 0x00]);
+        odd_frame[14] = 0x10;
+        let (mut reader, mut writer) = w.t.stream.split();
+        writer.write_all(&held_frame).await.unwrap();
+        // The purchase holds the switch's one place at the issuer.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        writer.write_all(&odd_frame).await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut rest))
+            .await
+            .expect("the connection stayed open")
+            .unwrap();
+        let mut answered = Vec::new();
+        let mut at = rest.as_slice();
+        while let Some((prefix, body)) = at.split_first_chunk::<2>() {
+            let len = usize::from(u16::from_be_bytes(*prefix));
+            let frame = Frame::decode_unprefixed(&body[..len]).unwrap();
+            answered.push((
+                frame.message.stan().unwrap(),
+                frame.message.text(39).unwrap().to_owned(),
+            ));
+            at = &body[len..];
+        }
+        assert_eq!(answered, vec![(held.stan, "00".to_owned())]);
+    });
+}

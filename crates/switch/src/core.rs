@@ -650,9 +650,14 @@ impl Core {
         Ok(bytes)
     }
 
-    /// A quick refusal (overload) without touching the store: 96, no MAC.
+    /// A quick refusal (overload) without touching the store: 96, no MAC. `None` for what is
+    /// not a request (undecodable, or a response or advice MTI), as at any other time: the
+    /// connection is closed, not answered with a "response" to a response.
     pub fn refuse(&self, input: &[u8]) -> Option<Vec<u8>> {
         let frame = Frame::decode_unprefixed(input).ok()?;
+        if !frame.message.mti().is_request() {
+            return None;
+        }
         self.answer_code(&frame, RC_SYSTEM_ERROR)
     }
 

@@ -276,17 +276,22 @@ where
                     .metrics
                     .refused_overload
                     .fetch_add(1, Ordering::Relaxed);
-                let refusal = sessions.core.refuse(&input);
-                let kind = Frame::decode_unprefixed(&input)
-                    .map_or("malformed", |f| request_type(f.message.txn_kind()));
-                sessions
-                    .metrics
-                    .count(kind, refusal.as_ref().map(|_| RC_SYSTEM_ERROR));
-                match refusal {
+                match sessions.core.refuse(&input) {
                     Some(response) => {
+                        let kind = Frame::decode_unprefixed(&input)
+                            .map_or("malformed", |f| request_type(f.message.txn_kind()));
+                        sessions.metrics.count(kind, Some(RC_SYSTEM_ERROR));
                         let _ = responses.try_send(Zeroizing::new(response));
                     }
-                    None => break,
+                    // Undecodable, or not a request: as when the switch has room.
+                    None => {
+                        sessions
+                            .metrics
+                            .malformed_frames
+                            .fetch_add(1, Ordering::Relaxed);
+                        sessions.metrics.count("malformed", None);
+                        break;
+                    }
                 }
             }
         }
