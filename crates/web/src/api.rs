@@ -832,15 +832,30 @@ async fn change_password(
     State(web): State<Web>,
     who: Principal,
     Json(body): Json<PasswordChange>,
-) -> ApiResult {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     match auth::change_password(&web, &who, &body.current, &body.new).await? {
-        auth::SignIn::Accepted(user) => Ok(Json(json!({ "user": user_json(&user) }))),
-        auth::SignIn::Refused => Err(ApiError::new(
+        (auth::SignIn::Accepted(user), session) => {
+            let mut response = Json(json!({ "user": user_json(&user) })).into_response();
+            // Signed in by a page session, which ended with the change: the new one's cookie.
+            if let Some((token, _)) = session
+                && let Ok(value) = axum::http::HeaderValue::from_str(&auth::session_cookie(
+                    &token,
+                    web.cookie_attributes(),
+                ))
+            {
+                response
+                    .headers_mut()
+                    .append(axum::http::header::SET_COOKIE, value);
+            }
+            Ok(response)
+        }
+        (auth::SignIn::Refused, _) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "bad_credentials",
             "the current password is wrong",
         )),
-        auth::SignIn::Locked { minutes } => Err(auth::locked_error(minutes)),
+        (auth::SignIn::Locked { minutes }, _) => Err(auth::locked_error(minutes)),
     }
 }
 

@@ -441,14 +441,16 @@ enum Checked {
 }
 
 /// A user changes their own password: the current one is checked as a sign-in is (a wrong one
-/// counts towards the lock), then the new one is set and the user's other page sessions end.
-/// Audited as `user.password`.
+/// counts towards the lock), then the new one is set and every page session of the user ends,
+/// the caller's too (a copy of its cookie taken before must not outlive the change); a caller
+/// signed in by a page session gets a new one, returned with its `Principal`. Audited as
+/// `user.password`.
 pub async fn change_password(
     web: &Web,
     who: &Principal,
     current: &str,
     new: &str,
-) -> Result<SignIn, ApiError> {
+) -> Result<(SignIn, Option<(String, Principal)>), ApiError> {
     if current == new {
         return Err(
             ApiError::bad_request("the new password must differ from the current one")
@@ -457,14 +459,26 @@ pub async fn change_password(
     }
     let user = match authenticate(web, &who.username, current).await? {
         SignIn::Accepted(user) if user.id == who.user_id => user,
-        SignIn::Accepted(_) | SignIn::Refused => return Ok(SignIn::Refused),
-        locked @ SignIn::Locked { .. } => return Ok(locked),
+        SignIn::Accepted(_) | SignIn::Refused => return Ok((SignIn::Refused, None)),
+        locked @ SignIn::Locked { .. } => return Ok((locked, None)),
     };
-    let user = set_password(web, &who.username, user, new, who.session_digest.clone()).await?;
-    Ok(SignIn::Accepted(user))
+    let user = set_password(web, &who.username, user, new).await?;
+    let session = match who.session_digest {
+        Some(_) => {
+            let opened = open_session(web, &user).await?;
+            let principal = Principal {
+                csrf: Some(opened.csrf),
+                session_digest: Some(token_digest(&opened.token)),
+                ..who.clone()
+            };
+            Some((opened.token, principal))
+        }
+        None => None,
+    };
+    Ok((SignIn::Accepted(user), session))
 }
 
-/// Sets `user`'s password, ends their page sessions but `keep` and revokes their API tokens
+/// Sets `user`'s password, ends their page sessions and revokes their API tokens
 /// (whoever had the old password may have made one), with an audit row by `who`
 /// (`user.password` for one's own, `user.password_reset` for an admin's); the user's wrong
 /// passwords are forgotten. Only the hash is written: a change made meanwhile to the rest of
@@ -474,7 +488,6 @@ pub async fn set_password(
     who: &str,
     mut user: UserRow,
     new: &str,
-    keep: Option<Vec<u8>>,
 ) -> Result<UserRow, ApiError> {
     let password = Zeroizing::new(new.to_owned());
     user.password_hash = on_turn(move || hash_password(&password))
@@ -500,7 +513,10 @@ pub async fn set_password(
                 user_id,
                 password_hash: user.password_hash.clone().into(),
             }),
-            Record::Web(WebRecord::EndSessions { user_id, keep }),
+            Record::Web(WebRecord::EndSessions {
+                user_id,
+                keep: None,
+            }),
             Record::Web(WebRecord::RevokeUserTokens { user_id }),
             Record::Web(WebRecord::ClearLoginFailures { user_id }),
             audit,
@@ -522,7 +538,7 @@ pub async fn reset_password(
             "change your own password on your account page, with the current one",
         ));
     }
-    set_password(web, &who.username, user, new, None).await
+    set_password(web, &who.username, user, new).await
 }
 
 /// Disables or enables `user` (an admin, not on themselves). Disabling ends the user's sessions
@@ -606,14 +622,22 @@ fn session_end(created_ms: i64, now_ms: i64) -> i64 {
         .min(created_ms.saturating_add(SESSION_TTL_MS))
 }
 
-/// Opens a page session; returns the cookie value (the store keeps its digest).
-pub async fn open_session(web: &Web, user: &UserRow) -> Result<String, ApiError> {
+/// A page session just opened: the cookie value (the store keeps its digest) and its
+/// anti-forgery token.
+pub struct OpenedSession {
+    pub token: String,
+    pub csrf: String,
+}
+
+/// Opens a page session.
+pub async fn open_session(web: &Web, user: &UserRow) -> Result<OpenedSession, ApiError> {
     let token = random_token()?;
+    let csrf = random_token()?;
     let now_ms = web.clock.now_ms();
     let session = SessionRow {
         token_hash: token_digest(&token),
         user_id: user.id,
-        csrf: random_token()?,
+        csrf: csrf.clone(),
         created_at_ms: now_ms,
         expires_at_ms: session_end(now_ms, now_ms),
     };
@@ -632,7 +656,7 @@ pub async fn open_session(web: &Web, user: &UserRow) -> Result<String, ApiError>
         .submit(vec![Record::Web(expired), Record::Web(insert)])?
         .await
         .map_err(credentials_changed)?;
-    Ok(token)
+    Ok(OpenedSession { token, csrf })
 }
 
 /// A sign-in whose password changed (or whose user was disabled) between its check and its

@@ -161,8 +161,9 @@ pub fn document() -> Value {
                 digits of its digest, never the token")], None, "Object") },
             "/api/me": { "get": op("Who the token or session belongs to", vec![], None, "User") },
             "/api/me/password": { "post": op("Change one's own password (the current one is \
-                checked as a sign-in is; other page sessions end, and every API token of the \
-                user is revoked, the one calling included)", vec![], Some("PasswordChange"),
+                checked as a sign-in is; every page session of the user ends, a caller signed in \
+                by one gets a new one's cookie, and every API token of the user is revoked, \
+                the one calling included)", vec![], Some("PasswordChange"),
                 "Object") },
             "/api/merchants": { "get": op("Merchants the caller may see", vec![], None, "List") },
             "/api/merchants/{mid}": { "get": op("One merchant", vec![mid.clone()], None, "Merchant") },

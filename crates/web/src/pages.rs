@@ -460,7 +460,7 @@ async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Para
         Err(e) => return error_page(&c, None, &e),
     };
     let token = match auth::open_session(&web, &user).await {
-        Ok(token) => token,
+        Ok(opened) => opened.token,
         Err(e) => return error_page(&c, None, &e),
     };
     auth::audit(
@@ -3393,17 +3393,26 @@ async fn change_password(
         return account_page(&c, &who, Some((false, text)));
     }
     let text = match auth::change_password(&web, &who, current, new).await {
-        Ok(auth::SignIn::Accepted(_)) => {
-            return account_page(
+        Ok((auth::SignIn::Accepted(_), session)) => {
+            // Every session of the user ended with the change, this one too: the page goes
+            // on in the new one.
+            let Some((token, now)) = session else {
+                return error_page(&c, Some(&who), &ApiError::unauthorized());
+            };
+            let mut response = account_page(
                 &c,
-                &who,
+                &now,
                 Some((true, t(l, "密码已修改", "Password changed"))),
             );
+            if let Ok(value) = HeaderValue::from_str(&auth::session_cookie(&token, c.cookies)) {
+                response.headers_mut().append(SET_COOKIE, value);
+            }
+            return response;
         }
-        Ok(auth::SignIn::Refused) => {
+        Ok((auth::SignIn::Refused, _)) => {
             t(l, "当前密码错误", "The current password is wrong").to_owned()
         }
-        Ok(auth::SignIn::Locked { minutes }) => match l {
+        Ok((auth::SignIn::Locked { minutes }, _)) => match l {
             Lang::Zh => {
                 format!("密码连续错误次数过多，已锁定。请 {minutes} 分钟后再试，或请管理员解锁。")
             }

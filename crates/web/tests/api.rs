@@ -3004,15 +3004,16 @@ fn a_user_changes_their_password_and_an_admin_disables_and_resets_users() {
             .unwrap();
         assert!(e.web.store.web_session(&[9; 32]).unwrap().is_some());
 
-        // Through the account page of one browser: the other browser's session ends, this
-        // one stays, the old password no longer signs in.
-        let here = PageSession::login(e.http, "teahouse").await;
+        // Through the account page of one browser: every session of the user ends, the other
+        // browser's and this one's (a copy of its cookie taken before must not outlive the
+        // change), this browser going on in a new one; the old password no longer signs in.
+        let before = PageSession::login(e.http, "teahouse").await;
         let elsewhere = PageSession::login(e.http, "teahouse").await;
         assert!(e.web.store.web_session(&[9; 32]).unwrap().is_none());
-        let page = here.get("/account").await;
+        let page = before.get("/account").await;
         assert_eq!(page.status, 200);
         let csrf = PageSession::csrf_of(&page.body);
-        let differ = here
+        let differ = before
             .post(
                 "/account/password",
                 &format!("csrf={csrf}&current={PASSWORD}&new=new-pass-123&confirm=new-pass-124"),
@@ -3024,14 +3025,14 @@ fn a_user_changes_their_password_and_an_admin_disables_and_resets_users() {
             "{}",
             differ.body
         );
-        let forged = here
+        let forged = before
             .post(
                 "/account/password",
                 &format!("csrf=forged&current={PASSWORD}&new=new-pass-123&confirm=new-pass-123"),
             )
             .await;
         assert_eq!(forged.status, 403);
-        let done = here
+        let done = before
             .post(
                 "/account/password",
                 &format!("csrf={csrf}&current={PASSWORD}&new=new-pass-123&confirm=new-pass-123"),
@@ -3039,7 +3040,30 @@ fn a_user_changes_their_password_and_an_admin_disables_and_resets_users() {
             .await;
         assert_eq!(done.status, 200, "{}", done.body);
         assert!(done.body.contains("id=\"done\""), "{}", done.body);
+        let set = done
+            .headers_named("set-cookie")
+            .into_iter()
+            .find(|c| c.starts_with("shoudan_session="))
+            .expect("a new session's cookie")
+            .to_owned();
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+            "{set}"
+        );
+        let here = PageSession {
+            addr: e.http,
+            cookie: set.split(';').next().unwrap().to_owned(),
+        };
+        assert_ne!(here.cookie, before.cookie);
+        // The page answered is the new session's: its form carries that session's token.
+        let new_csrf = PageSession::csrf_of(&done.body);
+        assert_ne!(new_csrf, csrf);
+        assert_eq!(
+            new_csrf,
+            PageSession::csrf_of(&here.get("/account").await.body)
+        );
         assert_eq!(here.get("/portal").await.status, 200);
+        assert_eq!(before.get("/portal").await.status, 303);
         assert_eq!(elsewhere.get("/portal").await.status, 303);
         assert_error(&sign_in(PASSWORD).await, 401, "bad_credentials");
         // The tokens made with the old password are revoked with it.
@@ -3084,7 +3108,21 @@ fn a_user_changes_their_password_and_an_admin_disables_and_resets_users() {
         assert_error(&by_cookie(None).await, 403, "csrf");
         assert_error(&by_cookie(Some("forged".into())).await, 403, "csrf");
         let csrf = PageSession::csrf_of(&here.get("/account").await.body);
-        assert_eq!(by_cookie(Some(csrf)).await.status, 200);
+        let changed = by_cookie(Some(csrf)).await;
+        assert_eq!(changed.status, 200, "{}", changed.body);
+        // That session ended with the change too; the answer sets the new one's cookie.
+        let set = changed
+            .headers_named("set-cookie")
+            .into_iter()
+            .find(|c| c.starts_with("shoudan_session="))
+            .expect("a new session's cookie")
+            .to_owned();
+        assert_eq!(here.get("/portal").await.status, 303);
+        let here = PageSession {
+            addr: e.http,
+            cookie: set.split(';').next().unwrap().to_owned(),
+        };
+        assert_eq!(here.get("/portal").await.status, 200);
         let fresh = sign_in("new-pass-456").await;
         assert_eq!(fresh.status, 200);
         let tea = fresh.json()["token"].as_str().unwrap().to_owned();
