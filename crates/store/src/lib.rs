@@ -443,4 +443,10 @@ pub trait Store: Send + Sync + 'static {
         before_id: Option<i64>,
         limit: u32,
     ) -> Result<Vec<web::AuditRow>, StoreError>;
+    /// The newest audit row on `target` whose action is one of `actions`.
+    fn audit_last_on(
+        &self,
+        target: &str,
+        actions: &[&str],
+    ) -> Result<Option<web::AuditRow>, StoreError>;
 }

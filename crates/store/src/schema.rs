@@ -666,6 +666,15 @@ UPDATE payouts SET first_attempt_ms = COALESCE(
 WHERE state = 'pending' AND attempts > 0;
 ",
     },
+    Migration {
+        version: 25,
+        name: "the audit log by target: who last set a user's password",
+        // Four eyes are two people's only if neither set the other's password; a confirmation
+        // looks up the newest such row of each user instead of reading the log from its end.
+        sql: "
+CREATE INDEX audit_log_target ON audit_log (target, id);
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -863,6 +863,13 @@ impl Store for SqliteStore {
     ) -> Result<Vec<crate::web::AuditRow>, StoreError> {
         self.web_audit_before(before_id, limit)
     }
+    fn audit_last_on(
+        &self,
+        target: &str,
+        actions: &[&str],
+    ) -> Result<Option<crate::web::AuditRow>, StoreError> {
+        self.web_audit_last_on(target, actions)
+    }
 
     // --- resolve (in sqlite_resolve.rs)
     fn txns_of_card_at(&self, fingerprint: &[u8], mid: &str) -> Result<Vec<TxnRow>, StoreError> {

@@ -329,20 +329,46 @@ impl SqliteStore {
                 "SELECT id, at_ms, who, action, target, before_json, after_json FROM audit_log
                  WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = statement.query_map(params![before, limit], |r| {
-                Ok(AuditRow {
-                    id: r.get(0)?,
-                    at_ms: r.get(1)?,
-                    who: r.get(2)?,
-                    action: r.get(3)?,
-                    target: r.get(4)?,
-                    before: r.get(5)?,
-                    after: r.get(6)?,
-                })
-            })?;
+            let rows = statement.query_map(params![before, limit], audit_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
+
+    pub(super) fn web_audit_last_on(
+        &self,
+        target: &str,
+        actions: &[&str],
+    ) -> Result<Option<AuditRow>, StoreError> {
+        // A target's rows (a user's: its sign-ins and changes) read newest first by the
+        // target's index, the action picked here: one statement for any list of actions.
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT id, at_ms, who, action, target, before_json, after_json FROM audit_log
+                 WHERE target = ?1 ORDER BY id DESC",
+            )?;
+            let mut rows = statement.query_map(params![target], audit_from_row)?;
+            for row in rows.by_ref() {
+                let row = row?;
+                if actions.contains(&row.action.as_str()) {
+                    return Ok(Some(row));
+                }
+            }
+            Ok(None)
+        })
+    }
+}
+
+/// An audit row from `id, at_ms, who, action, target, before_json, after_json`.
+fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        id: r.get(0)?,
+        at_ms: r.get(1)?,
+        who: r.get(2)?,
+        action: r.get(3)?,
+        target: r.get(4)?,
+        before: r.get(5)?,
+        after: r.get(6)?,
+    })
 }
 
 /// An API token from `token_hash, user_id, name, created_at_ms, revoked`.

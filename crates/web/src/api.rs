@@ -608,6 +608,16 @@ async fn approve_and_audit(
     id: i64,
 ) -> Result<resolve::cases::Case, ApiError> {
     let before = web.cases.get(id)?;
+    // Whoever asked for the refund, as `approve_refund`'s own check reads it.
+    let opener = web
+        .store
+        .case_entries(id)?
+        .into_iter()
+        .find(|e| e.seq == 1)
+        .map(|e| e.who);
+    if let Some(opener) = opener {
+        auth::check_four_eyes(web, &opener, &who.username)?;
+    }
     let case = web.cases.approve_refund(id, &who.username).await?;
     auth::audit(
         web,

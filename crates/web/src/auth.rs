@@ -440,6 +440,36 @@ enum Checked {
     },
 }
 
+/// The actions that set a user's password (audited on `user:ID`).
+const CREDENTIAL_ACTIONS: [&str; 3] = ["user.create", "user.password", "user.password_reset"];
+
+/// Four eyes are two people's only if neither holds the other's password: a user whose
+/// password an admin set (creating the user, or resetting it) and who has not changed it
+/// since can be signed in as by that admin. `checker` may not let through what `maker` asked
+/// for when either set the other's password last; checked with the usernames a maker and a
+/// checker are compared by (the same name is the caller's own refusal).
+pub fn check_four_eyes(web: &Web, maker: &str, checker: &str) -> Result<(), ApiError> {
+    let set_by = |username: &str| -> Result<Option<String>, ApiError> {
+        let Some(user) = web.store.web_user_by_name(username)? else {
+            return Ok(None);
+        };
+        Ok(web
+            .store
+            .audit_last_on(&format!("user:{}", user.id), &CREDENTIAL_ACTIONS)?
+            .map(|row| row.who))
+    };
+    if set_by(maker)?.as_deref() == Some(checker) || set_by(checker)?.as_deref() == Some(maker) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "same_user",
+            "the checker set the requester's password, or the requester the checker's, and it \
+             has not been changed since: someone else must do this",
+        )
+        .zh("复核人设置过申请人的密码（或申请人设置过复核人的密码），且之后未修改：须由另一位人员处理"));
+    }
+    Ok(())
+}
+
 /// A user changes their own password: the current one is checked as a sign-in is (a wrong one
 /// counts towards the lock), then the new one is set and every page session of the user ends,
 /// the caller's too (a copy of its cookie taken before must not outlive the change); a caller
