@@ -137,6 +137,53 @@ async fn offender(addr: SocketAddr, kind: &str) {
             assert_eq!(frame.message.text(39), Some("12"));
             assert_eq!(frame.message.stan(), Some(4242));
         }
+        "our-terminal-id-then-idle" => {
+            // An echo test naming one of our terminals, read off a receipt, with another
+            // merchant ID: answered, and the connection is given back as an unknown peer's.
+            let mut out = MessageBuilder::new(Mti::NETWORK_ADVICE);
+            out.set_stan(78).unwrap();
+            out.set_text(41, common::TID).unwrap();
+            out.set_text(42, "898110000000000").unwrap();
+            out.set_digits(60, "00000000301").unwrap();
+            let mut bytes = Vec::new();
+            out.encode_frame(&head(), &mut bytes).unwrap();
+            s.write_all(&bytes).await.unwrap();
+            let answers = until_closed(&mut s).await;
+            assert_eq!(answers.len(), 1, "{kind}");
+        }
+        "an-echo-every-while" => {
+            // An echo naming no terminal of ours, sent again well within the first-frame
+            // timeout, again and again: the timeout runs from the connect, not from each
+            // frame, so the connection is closed soon after it, not when the peer stops.
+            let mut out = MessageBuilder::new(Mti::NETWORK_ADVICE);
+            out.set_stan(79).unwrap();
+            out.set_text(41, "99999999").unwrap();
+            out.set_digits(60, "00000000301").unwrap();
+            let mut bytes = Vec::new();
+            out.encode_frame(&head(), &mut bytes).unwrap();
+            let (mut reader, mut writer) = s.into_split();
+            let began = std::time::Instant::now();
+            let keep_sending = tokio::spawn(async move {
+                while began.elapsed() < 5 * FIRST_FRAME_WITHIN {
+                    if writer.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(FIRST_FRAME_WITHIN / 4).await;
+                }
+            });
+            let mut all = Vec::new();
+            tokio::time::timeout(CLOSE_WAIT, reader.read_to_end(&mut all))
+                .await
+                .expect("connection left open")
+                .unwrap_or(0);
+            let open_for = began.elapsed();
+            assert!(
+                open_for < 3 * FIRST_FRAME_WITHIN,
+                "{kind}: kept open {open_for:?} by a frame every {:?}",
+                FIRST_FRAME_WITHIN / 4
+            );
+            keep_sending.abort();
+        }
         "echo-then-idle" => {
             // An echo test naming no terminal of ours is answered; then nothing: the place
             // among the connections is given back after the first-frame timeout, as a silent
@@ -186,6 +233,8 @@ fn bad_frames_close_or_are_answered_and_other_terminals_are_unaffected() {
                 "silent",
                 "unknown-then-garbage",
                 "echo-then-idle",
+                "our-terminal-id-then-idle",
+                "an-echo-every-while",
             ];
             let mut tasks = Vec::new();
             for kind in kinds {

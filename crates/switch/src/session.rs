@@ -182,24 +182,22 @@ where
     // connection ends half-way through one.
     let mut buf = Zeroizing::new(Vec::with_capacity(512));
     let peer = crate::risk::peer();
-    // A new connection has `first_frame_timeout` to start its first frame, and so has each
-    // next frame until one has named one of our terminals (field 41): a peer that connects and
-    // sends nothing, or sends an echo test (or any frame) and goes quiet, would otherwise hold
-    // its place among the connections for ever, and enough of them would shut every terminal
-    // out. A terminal's connection, once it has named itself, may idle as long as it likes;
-    // its reads then wait without a timer: what an idle connection holds is the read's state,
-    // ten thousand times over.
+    // A new connection has `first_frame_timeout` from its connect to name one of our
+    // terminals (field 41, with that terminal's merchant in 42): a peer that connects and sends
+    // nothing, or sends an echo test (or any frame) and goes quiet, or one every little while,
+    // would otherwise hold its place among the connections for ever, and enough of them would
+    // shut every terminal out. A terminal's connection, once it has named itself, may idle as
+    // long as it likes; its reads then wait without a timer: what an idle connection holds is
+    // the read's state, ten thousand times over.
     let known = Arc::new(AtomicBool::new(false));
+    let named_by = tokio::time::Instant::now() + sessions.core.config.first_frame_timeout;
     loop {
         if !known.load(Ordering::Acquire) {
             let readable = tokio::select! {
                 biased;
                 () = close.notified() => break,
                 _ = stop.changed() => break,
-                readable = tokio::time::timeout(
-                    sessions.core.config.first_frame_timeout,
-                    reader.wait_readable(),
-                ) => readable,
+                readable = tokio::time::timeout_at(named_by, reader.wait_readable()) => readable,
             };
             match readable {
                 Ok(Ok(true)) => {}
@@ -368,11 +366,16 @@ impl Sessions {
             self.metrics.count("malformed", None);
             return None;
         }
-        if frame
-            .message
-            .text(41)
-            .is_some_and(|tid| self.core.terminal(tid.trim_end()).is_some())
-        {
+        // Its terminal ID and merchant ID together (both on its receipts, so this proves no
+        // more than that the peer has seen one; what it may do is the MAC's to decide).
+        let named = match (frame.message.text(41), frame.message.text(42)) {
+            (Some(tid), Some(mid)) => self
+                .core
+                .terminal(tid.trim_end())
+                .is_some_and(|t| t.mid == mid.trim_end()),
+            _ => false,
+        };
+        if named {
             known.store(true, Ordering::Release);
         }
         let kind = request_type(frame.message.txn_kind());
