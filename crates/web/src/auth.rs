@@ -367,10 +367,15 @@ pub async fn authenticate(web: &Web, username: &str, password: &str) -> Result<S
         // An unknown or disabled user's check costs what a real one does.
         let matched = verify_stored(user.as_ref().map(|u| u.password_hash.as_str()), &password);
         let Some(user) = user else {
-            // As a real user's wrong password is counted: one durable write, one read.
+            // As a real user's wrong password is counted and audited: an id reserved, one
+            // durable write, one read.
+            store.reserve(UNKNOWN_SIGN_IN_COUNTER, 1)?.wait()?;
             store.reserve(UNKNOWN_SIGN_IN_COUNTER, 1)?.wait()?;
             store.web_login_failures(Some(-1))?;
-            return Ok(Checked::Wrong { locked: None });
+            return Ok(Checked::Wrong {
+                user: None,
+                locked: false,
+            });
         };
         if matched {
             if failures.is_some() {
@@ -386,7 +391,25 @@ pub async fn authenticate(web: &Web, username: &str, password: &str) -> Result<S
             at_ms,
             counts_since_ms,
         };
-        store.submit(vec![Record::Web(failed)])?.wait()?;
+        // Audited with the count, which is forgotten at the next right password: the log
+        // keeps every wrong one (at most `LOGIN_FAILURES_MAX` a user each `LOCKOUT_MS`; a
+        // locked user's attempts are not checked, and not written).
+        let id = store.reserve(AUDIT_COUNTER, 1)?.wait()?;
+        let audited = WebRecord::Audit(AuditRow {
+            id: i64::try_from(id).map_err(|_| StoreError::Corrupt {
+                what: "audit id",
+                value: id.to_string(),
+            })?,
+            at_ms,
+            who: user.username.clone(),
+            action: "user.wrong_password".to_owned(),
+            target: format!("user:{}", user.id),
+            before: None,
+            after: None,
+        });
+        store
+            .submit(vec![Record::Web(failed), Record::Web(audited)])?
+            .wait()?;
         // This attempt locked the user if the count crossed the limit since this turn read it.
         // Two turns at once may both cross it (each read the count before either wrote): the
         // lock is then audited twice rather than, comparing with the limit exactly, not at all.
@@ -399,7 +422,8 @@ pub async fn authenticate(web: &Web, username: &str, password: &str) -> Result<S
             .map_or(0, |f| f.failures);
         let locked = before < LOGIN_FAILURES_MAX && after >= LOGIN_FAILURES_MAX;
         Ok(Checked::Wrong {
-            locked: locked.then_some(user),
+            user: Some(user),
+            locked,
         })
     })
     .await??;
@@ -408,8 +432,19 @@ pub async fn authenticate(web: &Web, username: &str, password: &str) -> Result<S
         Checked::Locked { until, now_ms } => Ok(SignIn::Locked {
             minutes: (until - now_ms + 59_999) / 60_000,
         }),
-        Checked::Wrong { locked: None } => Ok(SignIn::Refused),
-        Checked::Wrong { locked: Some(user) } => {
+        Checked::Wrong { user: None, .. } => {
+            // Never the name typed: a password typed into the name's box is not logged.
+            tracing::info!("sign-in refused: no such enabled user");
+            Ok(SignIn::Refused)
+        }
+        Checked::Wrong {
+            user: Some(_),
+            locked: false,
+        } => Ok(SignIn::Refused),
+        Checked::Wrong {
+            user: Some(user),
+            locked: true,
+        } => {
             tracing::warn!(user = user.id, "user locked after wrong passwords");
             let after = serde_json::json!({ "failures": LOGIN_FAILURES_MAX, "for_ms": LOCKOUT_MS });
             let target = format!("user:{}", user.id);
@@ -430,9 +465,10 @@ pub async fn authenticate(web: &Web, username: &str, password: &str) -> Result<S
 /// What one sign-in check found.
 enum Checked {
     Right(UserRow),
-    /// A wrong pair; the user when this attempt locked it.
+    /// A wrong pair: the user when it is one (enabled), and whether this attempt locked it.
     Wrong {
-        locked: Option<UserRow>,
+        user: Option<UserRow>,
+        locked: bool,
     },
     Locked {
         until: i64,

@@ -3490,6 +3490,7 @@ async fn audit_log(
 fn audit_action_text(l: Lang, action: &str) -> &str {
     let (zh, en) = match action {
         "session.open" => ("登录", "Signed in"),
+        "user.wrong_password" => ("登录密码错误", "Wrong password"),
         "user.locked" => ("用户被锁定", "User locked"),
         "user.password" => ("修改密码", "Changed own password"),
         "user.password_reset" => ("重设密码", "Reset a password"),

@@ -2768,6 +2768,28 @@ fn ten_wrong_passwords_in_a_row_lock_a_user_until_an_admin_unlocks_it() {
         assert_eq!(wrong_passwords(), 9);
         assert_eq!(sign_in("teahouse", PASSWORD).await.status, 200);
         assert_eq!(wrong_passwords(), 0);
+        // The count is forgotten, the audit log keeps each wrong password (and no name typed
+        // for no user: a password typed into the name's box is not written anywhere).
+        assert_error(
+            &sign_in("no-such-user", "wrong-pass").await,
+            401,
+            "bad_credentials",
+        );
+        let log = api.call(Some(&admin), "GET", "/api/audit", None).await;
+        let rows = log.json()["items"].as_array().unwrap().clone();
+        let wrong: Vec<_> = rows
+            .iter()
+            .filter(|r| r["action"] == "user.wrong_password")
+            .collect();
+        assert_eq!(wrong.len(), 9, "{}", log.body);
+        assert!(
+            wrong
+                .iter()
+                .all(|r| r["who"] == "teahouse" && r["target"] == format!("user:{}", teahouse.id)),
+            "{}",
+            log.body
+        );
+        assert!(!log.body.contains("no-such-user"), "{}", log.body);
 
         // Ten wrong in a row: locked, even for the right password, and the page says so.
         for _ in 0..10 {
@@ -2805,8 +2827,9 @@ fn ten_wrong_passwords_in_a_row_lock_a_user_until_an_admin_unlocks_it() {
                 "bad_credentials",
             );
         }
-        // Each of them made the durable write a real user's wrong password makes (its
-        // count), so that the time of the answer does not tell which names exist.
+        // Each of them (and the one above) made the durable writes a real user's wrong
+        // password makes (an audit id, then its count and audit row), so that the time of
+        // the answer does not tell which names exist.
         let next = e
             .web
             .store
@@ -2814,7 +2837,7 @@ fn ten_wrong_passwords_in_a_row_lock_a_user_until_an_admin_unlocks_it() {
             .unwrap()
             .await
             .unwrap();
-        assert_eq!(next, 13, "one write per unknown user's sign-in");
+        assert_eq!(next, 27, "two writes per unknown user's sign-in");
 
         // The admin sees the lock, a merchant may not lift it, the admin does.
         let users = api
