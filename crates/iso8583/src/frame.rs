@@ -270,6 +270,19 @@ impl<'a> Frame<'a> {
         Self::decode_unprefixed_by(input, Message::decode)
     }
 
+    /// What can be read of a frame whose message does not decode whole: its TPDU and header
+    /// whole (`None` otherwise), then [`Message::decode_readable_part`].
+    pub fn decode_readable_part(input: &'a [u8]) -> Option<Self> {
+        Self::decode_unprefixed_by(input, |rest| {
+            Message::decode_readable_part(rest).ok_or(DecodeError::Truncated {
+                part: Part::Mti,
+                needed: 10,
+                available: rest.len(),
+            })
+        })
+        .ok()
+    }
+
     pub fn decode_unprefixed_with(
         dialect: &'static Dialect,
         input: &'a [u8],

@@ -100,6 +100,13 @@ pub struct Message<'a> {
     fields: [Option<Slot<'a>>; FIELD_COUNT],
 }
 
+/// A message read whole (any fault an error), or as far as it can be read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    Whole,
+    Part,
+}
+
 /// Whether field 64 may be announced by the bitmap but missing from the bytes (a MAC input
 /// block, as a terminal hands it to its MAC routine).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -122,7 +129,16 @@ impl<'a> Message<'a> {
 
     /// Decodes with one dialect table only, no fallback.
     pub fn decode_with(dialect: &'static Dialect, input: &'a [u8]) -> Result<Self, DecodeError> {
-        Self::decode_inner(dialect, input, MacData::Required)
+        Self::decode_inner(dialect, input, MacData::Required, Reading::Whole)
+    }
+
+    /// What can be read of a message that does not decode whole ([`CUP_POS`]): its MTI and
+    /// the fields before the first one that cannot be read, the bitmap cut to those (a field
+    /// past it is absent, whatever its bit said), or all of them when only bytes after the
+    /// last are left over. For a refusal (30, format error) that names the request by the
+    /// fields its terminal matches an answer with. `None` without an MTI and a bitmap.
+    pub fn decode_readable_part(input: &'a [u8]) -> Option<Self> {
+        Self::decode_inner(&CUP_POS, input, MacData::Required, Reading::Part).ok()
     }
 
     /// Decodes a MAC input block: like [`Message::decode`], but when the bitmap has bit 64 the
@@ -133,10 +149,10 @@ impl<'a> Message<'a> {
 
     /// The two-dialect rule of [`Message::decode`].
     fn decode_either(input: &'a [u8], mac: MacData) -> Result<Self, DecodeError> {
-        match Self::decode_inner(&CUP_POS, input, mac) {
+        match Self::decode_inner(&CUP_POS, input, mac, Reading::Whole) {
             Ok(message) => Ok(message),
             Err(standard) if announces_pin_block(input) => {
-                Self::decode_inner(&CUP_POS_SM4, input, mac).map_err(|_| standard)
+                Self::decode_inner(&CUP_POS_SM4, input, mac, Reading::Whole).map_err(|_| standard)
             }
             Err(standard) => Err(standard),
         }
@@ -146,6 +162,7 @@ impl<'a> Message<'a> {
         dialect: &'static Dialect,
         input: &'a [u8],
         mac: MacData,
+        reading: Reading,
     ) -> Result<Self, DecodeError> {
         let truncated = |part, needed, rest: &[u8]| DecodeError::Truncated {
             part,
@@ -159,7 +176,7 @@ impl<'a> Message<'a> {
         let (bitmap_bytes, mut rest) = rest
             .split_first_chunk::<8>()
             .ok_or_else(|| truncated(Part::Bitmap, 8, rest))?;
-        let bitmap = u64::from_be_bytes(*bitmap_bytes);
+        let mut bitmap = u64::from_be_bytes(*bitmap_bytes);
         if bitmap & (1 << 63) != 0 {
             return Err(DecodeError::SecondaryBitmap);
         }
@@ -178,11 +195,22 @@ impl<'a> Message<'a> {
                     break;
                 }
             }
-            let spec = dialect
+            let read = dialect
                 .field(number)
-                .ok_or(DecodeError::field_error(number, FieldError::Undefined))?;
-            let (slot, after) =
-                read_field(spec, rest).map_err(|e| DecodeError::field_error(number, e))?;
+                .ok_or(FieldError::Undefined)
+                .and_then(|spec| Ok((spec, read_field(spec, rest)?)));
+            let (spec, (slot, after)) = match (read, reading) {
+                (Ok(read), _) => read,
+                (Err(e), Reading::Whole) => return Err(DecodeError::field_error(number, e)),
+                // This field and every one after it are not there.
+                (Err(_), Reading::Part) => {
+                    let from_here = (1_u64 << (65 - u32::from(number))) - 1;
+                    bitmap &= !from_here;
+                    rest = &[];
+                    mac_start = input.len();
+                    break;
+                }
+            };
             *out = Some(slot);
             rest = after;
             last = number;
@@ -190,7 +218,7 @@ impl<'a> Message<'a> {
                 last_variable = Some(number);
             }
         }
-        if !rest.is_empty() {
+        if !rest.is_empty() && reading == Reading::Whole {
             return Err(DecodeError::TrailingBytes {
                 count: rest.len(),
                 after: last,

@@ -12,6 +12,18 @@ use iso8583::{DecodeError, Frame, FrameHead, Header, Message, MessageBuilder, Tp
 
 /// A valid decode must re-encode byte for byte (pad nibbles aside, which we copy raw).
 fn check_frame(input: &[u8]) -> Result<(), DecodeError> {
+    // What can be read of it (for a 30), whatever it is, never panics either: its accessors,
+    // and its re-encoding (what an answer copies from it).
+    if let Some(part) = input.get(2..).and_then(Frame::decode_readable_part) {
+        let m = &part.message;
+        let _ = (m.field60(), m.field61(), m.txn_kind(), m.amount(), m.stan());
+        for field in m.fields() {
+            assert!(m.has(field.number()));
+            let _ = (field.digits().map(|d| d.to_string()), field.text());
+        }
+        let mut out = Vec::new();
+        MessageBuilder::from_message(m).encode(&mut out);
+    }
     let frame = Frame::decode(input)?;
     let mut out = Vec::new();
     if frame.routing.is_none() {

@@ -295,6 +295,47 @@ fn inconsistent_0100_is_a_typed_error_naming_field_62() {
     );
 }
 
+/// What can be read of a frame that does not decode whole: the broken sample's fields (only
+/// bytes past its last are wrong), a message cut inside a field up to that field, and nothing
+/// without a readable MTI.
+#[test]
+fn the_readable_part_of_a_broken_frame() {
+    let wire = sample("ajsgn_main_0100_inconsistent.hex");
+    let part = Frame::decode_readable_part(&wire[2..]).unwrap();
+    assert_eq!(part.message.mti(), Mti::AUTHORISATION);
+    assert!(part.message.stan().is_some());
+    assert!(part.message.text(41).is_some());
+
+    let mut b = MessageBuilder::new(Mti::FINANCIAL);
+    b.set_digits(3, "000000").unwrap();
+    b.set_stan(4242).unwrap();
+    b.set_text(41, "10000001").unwrap();
+    b.set_text(42, "898110048990001").unwrap();
+    b.set_digits(60, "22000001000").unwrap();
+    let mut whole = Vec::new();
+    b.encode(&mut whole);
+    // Cut inside field 60 (its length says 11 digits, 6 bytes; 2 are left).
+    let cut = &whole[..whole.len() - 4];
+    assert!(Message::decode(cut).is_err());
+    let part = Message::decode_readable_part(cut).unwrap();
+    assert_eq!(fields(&part), vec![3, 11, 41, 42]);
+    assert!(!part.has(60));
+    assert_eq!(part.stan(), Some(4242));
+    assert_eq!(part.text(42), Some("898110048990001"));
+    // A field of letters where digits belong: it and what follows are not read.
+    let mut bad = whole.clone();
+    let stan_at = 2 + 8 + 3;
+    bad[stan_at] = 0xAB;
+    let part = Message::decode_readable_part(&bad).unwrap();
+    assert_eq!(fields(&part), vec![3]);
+    // No MTI, no bitmap: nothing.
+    assert!(Message::decode_readable_part(&[0x02]).is_none());
+    assert!(Message::decode_readable_part(&[0xAB, 0xCD, 0, 0, 0, 0, 0, 0, 0, 0]).is_none());
+    // A whole message reads whole.
+    let part = Message::decode_readable_part(&whole).unwrap();
+    assert_eq!(fields(&part), vec![3, 11, 41, 42, 60]);
+}
+
 #[test]
 fn field48_is_not_in_any_sample_but_parses_by_length() {
     // Guard that the dispatcher does not confuse the shapes (62 vs 4 vs 2 + 40k digits).

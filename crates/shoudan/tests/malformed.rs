@@ -137,6 +137,55 @@ async fn offender(addr: SocketAddr, kind: &str) {
             assert_eq!(frame.message.text(39), Some("12"));
             assert_eq!(frame.message.stan(), Some(4242));
         }
+        "a-bad-field-then-an-echo" => {
+            // A request whose header and MTI read and whose field 62 does not (the broken
+            // public sample: its length disagrees with its data) is answered 30 on its trace,
+            // and the connection goes on: the echo after it is answered too.
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../data/cup-samples/ajsgn_main_0100_inconsistent.hex");
+            let text = std::fs::read_to_string(path).unwrap();
+            let digits: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
+            let wire: Vec<u8> = digits
+                .chunks(2)
+                .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
+                .collect();
+            let trace = Frame::decode_readable_part(&wire[2..])
+                .unwrap()
+                .message
+                .stan();
+            let mut out = MessageBuilder::new(Mti::NETWORK_ADVICE);
+            out.set_stan(80).unwrap();
+            out.set_text(41, "99999999").unwrap();
+            out.set_digits(60, "00000000301").unwrap();
+            let mut echo = Vec::new();
+            out.encode_frame(&head(), &mut echo).unwrap();
+            s.write_all(&wire).await.unwrap();
+            s.write_all(&echo).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            s.shutdown().await.unwrap();
+            let answers = until_closed(&mut s).await;
+            // Each answered as it is done, in either order.
+            let mut answered: Vec<_> = answers
+                .iter()
+                .map(|a| {
+                    let m = Frame::decode_unprefixed(a).unwrap().message;
+                    (m.mti(), m.stan(), m.text(39).map(str::to_owned))
+                })
+                .collect();
+            answered.sort_by_key(|(mti, ..)| mti.value());
+            assert_eq!(
+                answered,
+                vec![
+                    (Mti::AUTHORISATION_RESPONSE, trace, Some("30".to_owned())),
+                    (
+                        Mti::NETWORK_ADVICE_RESPONSE,
+                        Some(80),
+                        Some("00".to_owned())
+                    ),
+                ],
+                "{kind}"
+            );
+        }
         "our-terminal-id-then-idle" => {
             // An echo test naming one of our terminals, read off a receipt, with another
             // merchant ID: answered, and the connection is given back as an unknown peer's.
@@ -235,6 +284,7 @@ fn bad_frames_close_or_are_answered_and_other_terminals_are_unaffected() {
                 "echo-then-idle",
                 "our-terminal-id-then-idle",
                 "an-echo-every-while",
+                "a-bad-field-then-an-echo",
             ];
             let mut tasks = Vec::new();
             for kind in kinds {

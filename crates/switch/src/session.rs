@@ -15,7 +15,7 @@ use crate::config::{
     CONNECTION_QUEUE_MAX, CONNECTIONS_MAX, FRAME_BODY_TIMEOUT, IN_FLIGHT_PER_CONNECTION_MAX,
     REQUESTS_IN_FLIGHT_MAX,
 };
-use crate::core::{Core, RC_APPROVED, RC_INVALID_TRANSACTION, RC_SYSTEM_ERROR};
+use crate::core::{Core, RC_APPROVED, RC_FORMAT_ERROR, RC_INVALID_TRANSACTION, RC_SYSTEM_ERROR};
 use crate::ledger::Answer;
 use crate::metrics::{Metrics, RequestType, measure_request};
 use crate::wire::{WipingReader, WireError, append_wiped, read_body};
@@ -148,8 +148,9 @@ where
     // Answers echo the card number (field 2): each is wiped when dropped, and so is what the
     // writer batched of them.
     let (responses, mut outgoing) = mpsc::channel::<Zeroizing<Vec<u8>>>(CONNECTION_QUEUE_MAX);
-    // A handler that finds the frame undecodable closes the connection: its framing can no
-    // longer be trusted. Answers already being worked on are still written.
+    // A handler that finds the frame undecodable, with no request in it to answer 30, closes
+    // the connection: its framing can no longer be trusted. Answers already being worked on
+    // are still written.
     let close = Arc::new(Notify::new());
     let writer_close = Arc::clone(&close);
     let write_timeout = sessions.core.config.response_write_timeout;
@@ -335,7 +336,8 @@ pub(crate) fn request_type(kind: Option<WireKind>) -> RequestType {
 }
 
 impl Sessions {
-    /// Handles one request and records what it took; `None`: undecodable, close the connection.
+    /// Handles one request and records what it took; `None`: not a request that can be
+    /// answered (undecodable before its MTI, or not a request MTI), close the connection.
     /// `known` is set when the frame names one of the switch's terminals.
     async fn handle_measured(
         &self,
@@ -346,13 +348,21 @@ impl Sessions {
         let frame = match Frame::decode_unprefixed(input) {
             Ok(frame) => frame,
             Err(error) => {
-                // Without a readable MTI there is nothing to answer to.
                 tracing::info!(%error, "undecodable terminal frame");
                 self.metrics
                     .malformed_frames
                     .fetch_add(1, Ordering::Relaxed);
-                self.metrics.count("malformed", None);
-                return None;
+                // A request whose TPDU, header and MTI read (its length prefix held, then a
+                // field did not) is answered 30, format error, with what of it can be read
+                // (its trace and terminal): the terminal learns it failed, and why, instead of
+                // a dropped line it would take for no answer and reverse with the same fault.
+                // Without a readable request MTI there is nothing to answer to: closed.
+                let answer = Frame::decode_readable_part(input)
+                    .filter(|part| part.message.mti().is_request())
+                    .and_then(|part| self.core.answer_code(&part, RC_FORMAT_ERROR));
+                self.metrics
+                    .count("malformed", answer.as_ref().map(|_| RC_FORMAT_ERROR));
+                return answer;
             }
         };
         // A response or notification MTI (0210, 0810, 0401, ...) from a terminal is not a
