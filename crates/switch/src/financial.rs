@@ -1379,7 +1379,19 @@ impl Core {
                         .settled(&ctx.key.tid, pik, admitted, decoded);
                 }
                 match translated {
-                    Ok(block) => Some(block),
+                    // Field 53 to the issuer names the zone key the block is now under.
+                    Ok(block) => {
+                        let single = self
+                            .hsm
+                            .key_info(link.endpoint.zpk)
+                            .is_ok_and(|info| info.single_des);
+                        let key_type = if single {
+                            iso8583::SecurityControl::KEY_SINGLE
+                        } else {
+                            iso8583::SecurityControl::KEY_DOUBLE
+                        };
+                        Some((block, key_type))
+                    }
                     Err(error) => {
                         let _ = release(false, &mut undo);
                         let code = if error.is_bad_pin_block() {
@@ -1410,7 +1422,7 @@ impl Core {
             clear_track.as_deref().map(String::as_str),
             host_trace,
             rrn.as_deref(),
-            pin.as_ref(),
+            pin.as_ref().map(|(block, key_type)| (block, *key_type)),
             f61_out.as_deref(),
         ) {
             // Card number, track 2, PIN block: wiped however this request ends.
@@ -2012,7 +2024,8 @@ impl Core {
 
     /// The request to the issuer (docs/issuer-link.md, "Requests"). A track the terminal
     /// encrypted goes in the clear (`track2`), and field 53 says so: the issuer holds no
-    /// terminal's keys.
+    /// terminal's keys. A PIN block goes under the issuer's zone key, and field 53 names that
+    /// key's length (`pin`: the block and 53.2 for its key), not the terminal's PIK's.
     #[allow(clippy::too_many_arguments)]
     fn issuer_request(
         &self,
@@ -2021,13 +2034,13 @@ impl Core {
         track2: Option<&str>,
         host_trace: u32,
         rrn: Option<&str>,
-        pin: Option<&EncryptedPinBlock>,
+        pin: Option<(&EncryptedPinBlock, u8)>,
         f61: Option<&str>,
     ) -> Result<Vec<u8>, iso8583::EncodeError> {
         let request = &ctx.frame.message;
         // A PIN block under an SM4 zone key is 16 bytes: field 52 of the SM4 dialect.
         let dialect = match pin {
-            Some(block) if block.as_bytes().len() == 16 => &iso8583::CUP_POS_SM4,
+            Some((block, _)) if block.as_bytes().len() == 16 => &iso8583::CUP_POS_SM4,
             _ => &iso8583::CUP_POS,
         };
         let mut out = MessageBuilder::with_dialect(dialect, request.mti());
@@ -2035,17 +2048,42 @@ impl Core {
         for number in [3, 4, 14, 22, 25, 41, 42, 49, 60] {
             out.copy_from(request, number)?;
         }
-        match (track2, request.security_control()) {
-            (Some(track), Ok(Some(security))) => {
+        let security = request.security_control().ok().flatten();
+        // The key the PIN block is under now: the zone key's, whatever the terminal's was.
+        let key_type = |security: iso8583::SecurityControl| match pin {
+            Some((_, key_type)) => key_type,
+            None => security.key_type,
+        };
+        match (track2, security) {
+            (Some(track), Some(security)) => {
                 out.set_track(35, track)?;
                 out.set_composed(&iso8583::SecurityControl {
                     track_encrypted: false,
+                    key_type: key_type(security),
                     ..security
                 })?;
             }
-            _ => {
+            (_, security) => {
                 out.copy_from(request, 35)?;
-                out.copy_from(request, 53)?;
+                match (security, pin) {
+                    (Some(security), _) => {
+                        out.set_composed(&iso8583::SecurityControl {
+                            key_type: key_type(security),
+                            ..security
+                        })?;
+                    }
+                    // A PIN block with no 53 from the terminal: the format it must be in
+                    // (PROTOCOL.md: ANSI X9.8 with the PAN).
+                    (None, Some((_, key_type))) => {
+                        out.set_composed(&iso8583::SecurityControl {
+                            pin_format: iso8583::SecurityControl::PIN_FORMAT_ANSI_X98,
+                            key_type,
+                            track_encrypted: false,
+                            reserved: 0,
+                        })?;
+                    }
+                    (None, None) => {}
+                }
             }
         }
         out.set_stan(host_trace)?;
@@ -2055,7 +2093,7 @@ impl Core {
         if let Some(rrn) = rrn {
             out.set_text(37, rrn)?;
         }
-        if let Some(pin) = pin {
+        if let Some((pin, _)) = pin {
             out.set_binary(52, pin.as_bytes())?;
         }
         if let Some(f61) = f61 {

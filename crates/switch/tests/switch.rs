@@ -1107,6 +1107,46 @@ fn a_pin_block_resent_with_another_card_is_refused() {
     });
 }
 
+/// The PIN block goes to the issuer under the zone key, and field 53 says so: 53.2 names the
+/// zone key's length (double here), not the terminal's PIK's (single under scheme 001), and a
+/// request with a PIN block and no 53 gets one (ANSI X9.8, that key).
+#[test]
+fn field_53_to_the_issuer_names_the_zone_key() {
+    runtime().block_on(async {
+        let mut h = Harness::new().await;
+        h.register_terminal_with(
+            "10000008",
+            MID,
+            paycrypto::KeyScheme::Single,
+            paycrypto::MakLength::Double,
+        )
+        .await;
+        h.stop().await;
+        h.start().await;
+        let mut t = h.terminal_as("10000008").await;
+        assert_eq!(t.sign_in_with("001").await.code(), "00");
+        let pan = card("622202");
+        let with_pin = |stan| Req {
+            pin: Some("123456".into()),
+            ..Req::purchase(&pan, 1_000, stan)
+        };
+        assert_eq!(t.send(&with_pin(2)).await.code(), "00");
+        let no_53 = Req {
+            omit: &[53],
+            ..with_pin(3)
+        };
+        assert_eq!(t.send(&no_53).await.code(), "00");
+        assert_eq!(t.sign_in_with("003").await.code(), "00");
+        assert_eq!(t.send(&with_pin(4)).await.code(), "00");
+        let seen = h.log.pin_security.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec!["2600000000000000"; 3],
+            "53 as the issuer saw it for a single PIK, no 53, and a double PIK"
+        );
+    });
+}
+
 /// A scheme-004 terminal encrypts its track under the TDK it was given (53.3 = 1) and sends no
 /// field 2: the card number is read from the track decrypted in the HSM, the issuer gets the
 /// clear track and 53.3 = 0, and the PIN is translated against that card. A track the terminal

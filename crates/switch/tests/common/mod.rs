@@ -51,6 +51,8 @@ pub struct IssuerLog {
     pub linked: Mutex<Vec<String>>,
     /// Fields 35 and 53 of every request carrying a track.
     pub tracks: Mutex<Vec<(String, String)>>,
+    /// Field 53 of every request carrying a PIN block ("" when it has none).
+    pub pin_security: Mutex<Vec<String>>,
 }
 
 /// An amount the minimal issuer approves with another request's RRN in field 37.
@@ -136,6 +138,14 @@ pub async fn start_issuer_on(addr: SocketAddr, log: Arc<IssuerLog>) -> SocketAdd
                         log.requests.fetch_add(1, Ordering::SeqCst);
                         if let Some(f61) = request.digits(61) {
                             log.linked.lock().unwrap().push(f61.chars().collect());
+                        }
+                        if request.has(52) {
+                            log.pin_security.lock().unwrap().push(
+                                request
+                                    .digits(53)
+                                    .map(|d| d.to_string())
+                                    .unwrap_or_default(),
+                            );
                         }
                         if let Some(track) = request.digits(35) {
                             let f53 = request.digits(53).map(|d| d.to_string());
@@ -763,8 +773,16 @@ impl Terminal {
                 out.set_track(35, track).unwrap();
             }
         }
-        if req.pin.is_some() || req.pin_block.is_some() || track_encrypted {
-            let f53 = format!("26{}0000000000000", u8::from(track_encrypted));
+        if (req.pin.is_some() || req.pin_block.is_some() || track_encrypted)
+            && !req.omit.contains(&53)
+        {
+            // 53.2: the length of the terminal's PIK, 0 single (scheme 001), 6 double.
+            let single = self.keys.as_ref().is_some_and(|k| k.pik.is_single_des());
+            let f53 = format!(
+                "2{}{}0000000000000",
+                if single { 0 } else { 6 },
+                u8::from(track_encrypted)
+            );
             out.set_digits(53, &f53).unwrap();
         }
         if let Some(reason) = req.reason {
