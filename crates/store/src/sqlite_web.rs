@@ -339,21 +339,24 @@ impl SqliteStore {
         target: &str,
         actions: &[&str],
     ) -> Result<Option<AuditRow>, StoreError> {
-        // A target's rows (a user's: its sign-ins and changes) read newest first by the
-        // target's index, the action picked here: one statement for any list of actions.
+        if actions.is_empty() {
+            return Ok(None);
+        }
+        // By the target's index, newest first: one row read, however many sign-ins (and
+        // wrong passwords) the target has.
+        let listed: Vec<String> = (2..actions.len() + 2).map(|n| format!("?{n}")).collect();
+        let sql = format!(
+            "SELECT id, at_ms, who, action, target, before_json, after_json FROM audit_log
+             WHERE target = ?1 AND action IN ({}) ORDER BY id DESC LIMIT 1",
+            listed.join(", ")
+        );
         self.read(|conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT id, at_ms, who, action, target, before_json, after_json FROM audit_log
-                 WHERE target = ?1 ORDER BY id DESC",
-            )?;
-            let mut rows = statement.query_map(params![target], audit_from_row)?;
-            for row in rows.by_ref() {
-                let row = row?;
-                if actions.contains(&row.action.as_str()) {
-                    return Ok(Some(row));
-                }
-            }
-            Ok(None)
+            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&target];
+            values.extend(actions.iter().map(|a| a as &dyn rusqlite::ToSql));
+            Ok(conn
+                .prepare_cached(&sql)?
+                .query_row(values.as_slice(), audit_from_row)
+                .optional()?)
         })
     }
 }

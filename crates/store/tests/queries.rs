@@ -442,6 +442,34 @@ fn web_area_round_trips(db: &Db) {
     .wait()
     .unwrap();
     assert_eq!(s.web_login_failures(None).unwrap(), [row(2, 1, 1_060)]);
+    // The newest row of a target with one of some actions, however many others it has.
+    let on_user = |id: i64, who: &str, action: &str| {
+        Record::Web(WebRecord::Audit(AuditRow {
+            id,
+            at_ms: 30 + id,
+            who: who.into(),
+            action: action.into(),
+            target: "user:1".into(),
+            before: None,
+            after: None,
+        }))
+    };
+    s.submit(vec![
+        on_user(10, "admin", "user.create"),
+        on_user(11, "operator", "session.open"),
+        on_user(12, "admin", "user.password_reset"),
+        on_user(13, "operator", "session.open"),
+    ])
+    .unwrap()
+    .wait()
+    .unwrap();
+    let last = |actions: &[&str]| s.audit_last_on("user:1", actions).unwrap().map(|a| a.id);
+    assert_eq!(last(&["user.create", "user.password_reset"]), Some(12));
+    assert_eq!(last(&["user.create"]), Some(10));
+    assert_eq!(last(&["session.open"]), Some(13));
+    assert_eq!(last(&["user.password"]), None);
+    assert_eq!(last(&[]), None);
+    assert_eq!(s.audit_last_on("user:2", &["session.open"]).unwrap(), None);
 }
 
 fn terminal_health_round_trips(db: &Db) {

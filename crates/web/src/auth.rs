@@ -479,11 +479,14 @@ enum Checked {
 /// The actions that set a user's password (audited on `user:ID`).
 const CREDENTIAL_ACTIONS: [&str; 3] = ["user.create", "user.password", "user.password_reset"];
 
-/// Four eyes are two people's only if neither holds the other's password: a user whose
-/// password an admin set (creating the user, or resetting it) and who has not changed it
-/// since can be signed in as by that admin. `checker` may not let through what `maker` asked
-/// for when either set the other's password last; checked with the usernames a maker and a
-/// checker are compared by (the same name is the caller's own refusal).
+/// Four eyes are two people's only if no one holds both passwords: a user whose password an
+/// admin set (creating the user, or resetting it) and who has not changed it since can be
+/// signed in as by that admin. `checker` may not let through what `maker` asked for when
+/// either set the other's password last, or one user of the portal set both (an admin making
+/// a maker and a checker of its own); set by the setup, the demo or the CLI (no user of the
+/// portal) counts as no one's. Checked with the usernames a maker and a checker are compared
+/// by (the same name is the caller's own refusal). What it cannot see: an admin who signs in
+/// as a user it made and changes that user's password itself.
 pub fn check_four_eyes(web: &Web, maker: &str, checker: &str) -> Result<(), ApiError> {
     let set_by = |username: &str| -> Result<Option<String>, ApiError> {
         let Some(user) = web.store.web_user_by_name(username)? else {
@@ -494,14 +497,24 @@ pub fn check_four_eyes(web: &Web, maker: &str, checker: &str) -> Result<(), ApiE
             .audit_last_on(&format!("user:{}", user.id), &CREDENTIAL_ACTIONS)?
             .map(|row| row.who))
     };
-    if set_by(maker)?.as_deref() == Some(checker) || set_by(checker)?.as_deref() == Some(maker) {
+    let (maker_by, checker_by) = (set_by(maker)?, set_by(checker)?);
+    let one_user_set_both = match (&maker_by, &checker_by) {
+        (Some(a), Some(b)) if a == b && a != maker && a != checker => {
+            web.store.web_user_by_name(a)?.is_some()
+        }
+        _ => false,
+    };
+    if maker_by.as_deref() == Some(checker)
+        || checker_by.as_deref() == Some(maker)
+        || one_user_set_both
+    {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "same_user",
-            "the checker set the requester's password, or the requester the checker's, and it \
-             has not been changed since: someone else must do this",
+            "one of the two set the other's password, or one person set both, and it has not \
+             been changed since: someone else must do this",
         )
-        .zh("复核人设置过申请人的密码（或申请人设置过复核人的密码），且之后未修改：须由另一位人员处理"));
+        .zh("复核人与申请人之一设置过另一人的密码（或两人的密码由同一人设置），且之后未修改：须由另一位人员处理"));
     }
     Ok(())
 }

@@ -5100,6 +5100,12 @@ fn an_account_bound_by_staff_waits_for_another_person() {
         let change = bind(mallory.clone(), None, number.clone()).await;
         assert_error(&confirm(admin.clone(), change).await, 403, "same_user");
         assert_eq!(confirm(ops.clone(), change).await.status, 200);
+        // Nor may two users the admin made both, one asking, the other confirming.
+        create("op3", "operator", None).await;
+        let op3 = token_of("op3", "set-by-admin-1").await;
+        let change = bind(mallory.clone(), None, other.clone()).await;
+        assert_error(&confirm(op3.clone(), change).await, 403, "same_user");
+        assert_eq!(confirm(ops.clone(), change).await.status, 200);
         // And a refund application that user opens is not the admin's to approve.
         let opened = api
             .call(
