@@ -278,3 +278,48 @@ fn a_response_sent_while_full_is_not_answered() {
         assert_eq!(answered, vec![(held.stan, "00".to_owned())]);
     });
 }
+
+/// A terminal retrying into a full switch names itself in every refused frame: its connection
+/// is one of ours, not let go at the first-frame time while the switch is busy.
+#[test]
+fn a_terminal_refused_while_full_keeps_its_connection() {
+    runtime().block_on(async {
+        let first_frame = Duration::from_millis(800);
+        let latency = Duration::from_millis(2_500);
+        let mut w = start(&["ICBC"], |c| {
+            c.requests_in_flight = 1;
+            c.first_frame_timeout = first_frame;
+            // The issuer takes its time and is waited for: the place stays held.
+            for issuer in c.issuers.values_mut() {
+                issuer.timeout = 2 * latency;
+            }
+        })
+        .await;
+        let card = w.bank("ICBC").healthy(0).clone();
+        w.bank("ICBC").faults().set_latency(latency, latency);
+        // The one place held by a purchase at the slow issuer.
+        let held = w.purchase(&card, 100);
+        let held_frame = w.t.encode(&held, false);
+        w.t.stream.write_all(&held_frame).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Another connection of the terminal, refused while the place is held.
+        let mut retrying = w.h.terminal().await;
+        let began = Instant::now();
+        let mut refused = 0;
+        while began.elapsed() < 3 * first_frame {
+            let r = retrying.sign_in().await;
+            if r.code() == "96" {
+                refused += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            refused > 2,
+            "the switch was not full throughout: {refused} refused"
+        );
+        assert_eq!(w.metrics().refused_overload, refused);
+        // The place is given back: the same connection is served.
+        assert_eq!(w.t.read().await.code(), "00");
+        assert_eq!(retrying.sign_in().await.code(), "00");
+    });
+}

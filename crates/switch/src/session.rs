@@ -209,6 +209,18 @@ where
                 }
                 // Its last frame named a terminal after all (its handler ran meanwhile).
                 Err(_) if known.load(Ordering::Acquire) => {}
+                // A frame read before the time ran out is still being handled, and may name
+                // a terminal: its answer and its verdict first (handlers end within the
+                // issuer's timeout), then the time is looked at again.
+                Err(_) if in_flight.available_permits() < IN_FLIGHT_PER_CONNECTION_MAX => {
+                    let all = u32::try_from(IN_FLIGHT_PER_CONNECTION_MAX).unwrap_or(u32::MAX);
+                    tokio::select! {
+                        biased;
+                        () = close.notified() => break,
+                        _ = stop.changed() => break,
+                        _ = in_flight.acquire_many(all) => continue,
+                    }
+                }
                 // Counted apart from bad frames: a port scanner or a probe, not a terminal's
                 // software.
                 Err(_) => {
@@ -277,7 +289,14 @@ where
                     .fetch_add(1, Ordering::Relaxed);
                 match sessions.core.refuse(&input) {
                     Some(response) => {
-                        let kind = Frame::decode_unprefixed(&input)
+                        let frame = Frame::decode_unprefixed(&input).ok();
+                        // A terminal retrying into a full switch is one of ours all the same:
+                        // its connection is not let go at the first-frame time.
+                        if frame.as_ref().is_some_and(|f| sessions.names_terminal(f)) {
+                            known.store(true, Ordering::Release);
+                        }
+                        let kind = frame
+                            .as_ref()
                             .map_or("malformed", |f| request_type(f.message.txn_kind()));
                         sessions.metrics.count(kind, Some(RC_SYSTEM_ERROR));
                         let _ = responses.try_send(Zeroizing::new(response));
@@ -336,6 +355,19 @@ pub(crate) fn request_type(kind: Option<WireKind>) -> RequestType {
 }
 
 impl Sessions {
+    /// Whether a frame names one of the switch's terminals: its terminal ID and merchant ID
+    /// together (both on its receipts, so this proves no more than that the peer has seen one;
+    /// what it may do is the MAC's to decide).
+    fn names_terminal(&self, frame: &Frame<'_>) -> bool {
+        match (frame.message.text(41), frame.message.text(42)) {
+            (Some(tid), Some(mid)) => self
+                .core
+                .terminal(tid.trim_end())
+                .is_some_and(|t| t.mid == mid.trim_end()),
+            _ => false,
+        }
+    }
+
     /// Handles one request and records what it took; `None`: not a request that can be
     /// answered (undecodable before its MTI, or not a request MTI), close the connection.
     /// `known` is set when the frame names one of the switch's terminals.
@@ -376,16 +408,7 @@ impl Sessions {
             self.metrics.count("malformed", None);
             return None;
         }
-        // Its terminal ID and merchant ID together (both on its receipts, so this proves no
-        // more than that the peer has seen one; what it may do is the MAC's to decide).
-        let named = match (frame.message.text(41), frame.message.text(42)) {
-            (Some(tid), Some(mid)) => self
-                .core
-                .terminal(tid.trim_end())
-                .is_some_and(|t| t.mid == mid.trim_end()),
-            _ => false,
-        };
-        if named {
+        if self.names_terminal(&frame) {
             known.store(true, Ordering::Release);
         }
         let kind = request_type(frame.message.txn_kind());
