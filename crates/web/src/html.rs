@@ -62,31 +62,30 @@ pub fn lang_switch_href(lang: Lang, query: Option<&[(String, String)]>) -> Strin
 }
 
 /// The page parameters whose values may be long runs of digits that are not card numbers,
-/// said back whole only in their own shape: a merchant ID of 15 digits; cursors, ids, times
-/// in milliseconds and dates, ASCII digits in runs no longer than a time in milliseconds (13)
-/// between dots, a run of 13 only as the times the pages issue begin (with 1, until 2033: a
-/// 13-digit card number begins with 4); a payouts cursor, a date and a merchant ID
-/// (`20261125:898110000000077`). A
-/// card number typed there in another shape (in groups, in full-width digits, whole) is
-/// masked like any other value. (Whether a merchant ID names a merchant is the caller's to
-/// check: pages mask one that does not before it gets here.)
+/// said back whole only in the shapes the pages issue: a merchant ID of 15 digits (`mid`); an
+/// id of up to 12 digits (`before`); a search cursor, a time in milliseconds, an id and
+/// perhaps another time (`cursor`, `1796619815489.4261` or `...4261.1796000000000`), a time
+/// being 13 digits that begin with 1 (until 2033: a 13-digit card number begins with 4); a
+/// payouts cursor, a date and a merchant ID (`payouts_before`, `20261125:898110000000077`).
+/// A card number typed there in any other shape (whole, in groups, split by dots, in
+/// full-width digits) is masked like any other value. (Whether a merchant ID names a merchant
+/// is the caller's to check: pages mask one that does not before it gets here.)
 fn kept_whole(key: &str, value: &str) -> bool {
-    let mid_shaped = |mid: &str| mid.len() == 15 && mid.bytes().all(|b| b.is_ascii_digit());
-    let runs = |value: &str| {
-        value.split('.').all(|run| {
-            (run.len() < 13 || run.len() == 13 && run.starts_with('1'))
-                && run.bytes().all(|b| b.is_ascii_digit())
-        })
-    };
+    let digits = |run: &str| run.bytes().all(|b| b.is_ascii_digit());
+    let mid_shaped = |mid: &str| mid.len() == 15 && digits(mid);
+    let id = |run: &str| (1..=12).contains(&run.len()) && digits(run);
+    let time = |run: &str| run.len() == 13 && run.starts_with('1') && digits(run);
     match key {
         "mid" => mid_shaped(value),
-        "cursor" | "before" => runs(value),
-        "payouts_before" => {
-            runs(value)
-                || value.split_once(':').is_some_and(|(day, mid)| {
-                    day.len() == 8 && day.bytes().all(|b| b.is_ascii_digit()) && mid_shaped(mid)
-                })
-        }
+        "before" => id(value),
+        "cursor" => match value.split('.').collect::<Vec<_>>().as_slice() {
+            [at, row] => time(at) && id(row),
+            [at, row, from] => time(at) && id(row) && time(from),
+            _ => false,
+        },
+        "payouts_before" => value
+            .split_once(':')
+            .is_some_and(|(day, mid)| day.len() == 8 && digits(day) && mid_shaped(mid)),
         _ => false,
     }
 }
@@ -238,6 +237,32 @@ mod tests {
                 );
             }
         }
+        // Nor split by dots into runs a cursor's parts could be, nor 12 digits and 4.
+        for typed in [
+            "4111.1111.1111.1111",
+            "411111111111.1111",
+            "4111111111111111",
+        ] {
+            for key in ["cursor", "before"] {
+                let query = vec![(key.to_owned(), typed.to_owned())];
+                let href = lang_switch_href(Lang::Zh, Some(&query));
+                assert!(href.contains("%2A%2A"), "{key}={typed}: {href}");
+            }
+        }
+        // An id, and a cursor with its window's start, go as they came.
+        let before = vec![("before".to_owned(), "4261".to_owned())];
+        assert_eq!(
+            lang_switch_href(Lang::Zh, Some(&before)),
+            "?before=4261&lang=en"
+        );
+        let cursor = vec![(
+            "cursor".to_owned(),
+            "1796619815489.4261.1796000000000".to_owned(),
+        )];
+        assert_eq!(
+            lang_switch_href(Lang::Zh, Some(&cursor)),
+            "?cursor=1796619815489.4261.1796000000000&lang=en"
+        );
         // A cursor of a time in milliseconds and an id goes as it came.
         let cursor = vec![("cursor".to_owned(), "1733400000000.4261".to_owned())];
         assert_eq!(
