@@ -891,10 +891,12 @@ fn reversal_result(
 ) -> Result<(Both, Option<i64>, &'static str), store::StoreError> {
     let Some(o) = original else {
         return Ok((
+            // Not "nothing was charged": a terminal moved to another merchant reverses its
+            // old merchant's sale in vain.
             Both::new(
-                "冲正已受理：没有找到原交易，没有需要撤回的（这笔没有经本系统扣款）",
-                "reversal accepted: no original was found, so there was nothing to undo \
-                 (nothing was charged through shoudan)",
+                "冲正已受理：本商户没有找到这笔冲正对应的原交易，没有可撤回的",
+                "reversal accepted: no original of this merchant's was found for it, so nothing \
+                 was undone",
             ),
             None,
             "reversal_nothing",
@@ -943,7 +945,21 @@ fn reversal_result(
         .rev()
         .find(|e| e.kind == "reversal_done")
         .map(|e| e.at_ms);
-    let (zh, en, key) = if r.undone() && gives_back(o.kind) {
+    let (zh, en, key) = if r.undone() && o.kind == TxnKind::Completion {
+        (
+            format!(
+                "冲正成功，{}已确认：原{what_zh}已撤回，这笔不扣款；预授权恢复冻结，可再次完成或撤销",
+                bank.zh
+            ),
+            format!(
+                "reversal accepted and acknowledged by {}: {what_en} is undone and nothing is \
+                 charged for it; the pre-authorisation's hold stands again, to be completed or \
+                 voided",
+                bank.en
+            ),
+            "reversal_acknowledged",
+        )
+    } else if r.undone() && gives_back(o.kind) {
         (
             format!(
                 "冲正成功，{}已确认：原{what_zh}不成立，它的原交易仍然有效",
