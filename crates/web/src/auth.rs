@@ -542,16 +542,23 @@ pub async fn change_password(
         locked @ SignIn::Locked { .. } => return Ok((locked, None)),
     };
     let user = set_password(web, &who.username, user, new).await?;
+    // The password is changed by now: a new session that cannot be opened leaves the caller
+    // to sign in again with it, not told the change failed.
     let session = match who.session_digest {
-        Some(_) => {
-            let opened = open_session(web, &user).await?;
-            let principal = Principal {
-                csrf: Some(opened.csrf),
-                session_digest: Some(token_digest(&opened.token)),
-                ..who.clone()
-            };
-            Some((opened.token, principal))
-        }
+        Some(_) => match open_session(web, &user).await {
+            Ok(opened) => {
+                let principal = Principal {
+                    csrf: Some(opened.csrf),
+                    session_digest: Some(token_digest(&opened.token)),
+                    ..who.clone()
+                };
+                Some((opened.token, principal))
+            }
+            Err(error) => {
+                tracing::warn!(user = user.id, error = %error.message, "password changed; no new session");
+                None
+            }
+        },
         None => None,
     };
     Ok((SignIn::Accepted(user), session))

@@ -3396,8 +3396,9 @@ async fn change_password(
         Ok((auth::SignIn::Accepted(_), session)) => {
             // Every session of the user ended with the change, this one too: the page goes
             // on in the new one.
+            // Changed, but no new session could be opened: signed in again with it.
             let Some((token, now)) = session else {
-                return error_page(&c, Some(&who), &ApiError::unauthorized());
+                return redirect("/login");
             };
             let mut response = account_page(
                 &c,
