@@ -545,6 +545,30 @@ fn a_completion_finds_its_pre_authorisation_by_auth_code() {
     });
 }
 
+/// A refund whose field 61 is not a batch, a trace and a date (13 digits) is refused 30, not
+/// taken as naming nothing and let through on its RRN alone; the same refund with a field 61
+/// that reads goes through.
+#[test]
+fn a_refund_with_an_unreadable_field_61_is_refused_30() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(1);
+        let p = pan(&card);
+        let sale = e.send(&with_pin(Req::purchase(&p, 5_000, 11), &card)).await;
+        assert_eq!(sale.code(), "00");
+        let rrn = sale.text(37).unwrap();
+        let today = today_mmdd();
+        let bad = Req {
+            f61: Some("0000010000020".into()),
+            ..Req::refund(&p, 1_000, 12, &rrn, &today)
+        };
+        assert_eq!(e.send(&bad).await.code(), "30");
+        assert_eq!(e.journal_state(&rrn), TxnState::Approved);
+        let good = Req::refund(&p, 1_000, 13, &rrn, &today);
+        assert_eq!(e.send(&good).await.code(), "00");
+    });
+}
+
 /// A pre-authorisation is released wherever the guest leaves: its void from another terminal
 /// of the merchant, by RRN or by the code and date alone, as a completion is; and a completion
 /// naming one pre-authorisation's numbers with another's code is refused, not guessed at.
