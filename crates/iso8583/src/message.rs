@@ -132,13 +132,25 @@ impl<'a> Message<'a> {
         Self::decode_inner(dialect, input, MacData::Required, Reading::Whole)
     }
 
-    /// What can be read of a message that does not decode whole ([`CUP_POS`]): its MTI and
+    /// What can be read of a message that does not decode whole: its MTI and
     /// the fields before the first one that cannot be read, the bitmap cut to those (a field
     /// past it is absent, whatever its bit said), or all of them when only bytes after the
     /// last are left over. For a refusal (30, format error) that names the request by the
     /// fields its terminal matches an answer with. `None` without an MTI and a bitmap.
+    /// A message announcing a PIN block is read by both dialects (8 and 16 bytes of field
+    /// 52), and the reading that gets further kept.
     pub fn decode_readable_part(input: &'a [u8]) -> Option<Self> {
-        Self::decode_inner(&CUP_POS, input, MacData::Required, Reading::Part).ok()
+        let des = Self::decode_inner(&CUP_POS, input, MacData::Required, Reading::Part).ok();
+        if !announces_pin_block(input) {
+            return des;
+        }
+        let sm4 = Self::decode_inner(&CUP_POS_SM4, input, MacData::Required, Reading::Part).ok();
+        match (des, sm4) {
+            (Some(des), Some(sm4)) if sm4.bitmap.count_ones() > des.bitmap.count_ones() => {
+                Some(sm4)
+            }
+            (des, sm4) => des.or(sm4),
+        }
     }
 
     /// Decodes a MAC input block: like [`Message::decode`], but when the bitmap has bit 64 the

@@ -334,6 +334,23 @@ fn the_readable_part_of_a_broken_frame() {
     // A whole message reads whole.
     let part = Message::decode_readable_part(&whole).unwrap();
     assert_eq!(fields(&part), vec![3, 11, 41, 42, 60]);
+    // A 16-byte PIN block (SM4) before the bad field is read as one, not as 8 bytes and a
+    // field 53 of cipher text.
+    let mut b = MessageBuilder::with_dialect(&iso8583::CUP_POS_SM4, Mti::FINANCIAL);
+    b.set_digits(3, "000000").unwrap();
+    b.set_stan(4243).unwrap();
+    b.set_text(41, "10000001").unwrap();
+    b.set_text(42, "898110048990001").unwrap();
+    b.set_binary(52, &[0xA5; 16]).unwrap();
+    b.set_digits(53, "2600000000000000").unwrap();
+    b.set_digits(60, "22000001000").unwrap();
+    let mut sm4 = Vec::new();
+    b.encode(&mut sm4);
+    let at = sm4.len() - 2;
+    sm4[at] = 0xAB;
+    let part = Message::decode_readable_part(&sm4).unwrap();
+    assert_eq!(fields(&part), vec![3, 11, 41, 42, 52, 53]);
+    assert_eq!(part.bytes(52).map(<[u8]>::len), Some(16));
 }
 
 #[test]

@@ -893,9 +893,11 @@ async fn portal(
             continue;
         }
         let merchant = merchant.and_then(|i| MERCHANTS.get(i));
+        // No username has a colon: the demo is no user of the portal (four eyes count
+        // passwords set by a user as that user's).
         web::create_user(
             &portal,
-            "demo",
+            "cli:demo",
             web::auth::NewUser {
                 username: username.to_owned(),
                 password: zeroize::Zeroizing::new(password.to_owned()),

@@ -138,28 +138,38 @@ async fn offender(addr: SocketAddr, kind: &str) {
             assert_eq!(frame.message.stan(), Some(4242));
         }
         "a-bad-field-then-an-echo" => {
-            // A request whose header and MTI read and whose field 62 does not (the broken
-            // public sample: its length disagrees with its data) is answered 30 on its trace,
-            // and the connection goes on: the echo after it is answered too.
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../data/cup-samples/ajsgn_main_0100_inconsistent.hex");
-            let text = std::fs::read_to_string(path).unwrap();
-            let digits: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
-            let wire: Vec<u8> = digits
-                .chunks(2)
-                .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
-                .collect();
-            let trace = Frame::decode_readable_part(&wire[2..])
-                .unwrap()
-                .message
-                .stan();
+            // A purchase from one of our terminals with bytes left over after its last field
+            // (as in the broken public sample, whose field 62's length disagrees with its
+            // data) is answered 30 on its trace, and the connection goes on: the echo after it
+            // is answered too. The same fault in the public sample itself (a terminal not
+            // ours: what was read may not be where it belongs), or in a reversal (which its
+            // terminal would stop resending at an answer), closes the connection unanswered.
+            let broken = |mti: Mti, tid: &str, stan: u32| {
+                let mut out = MessageBuilder::new(mti);
+                out.set_digits(3, "000000").unwrap();
+                out.set_digits(4, "000000000100").unwrap();
+                out.set_stan(stan).unwrap();
+                out.set_digits(25, "00").unwrap();
+                out.set_text(41, tid).unwrap();
+                out.set_text(42, common::MID).unwrap();
+                out.set_text(49, "156").unwrap();
+                out.set_digits(60, "22000001000").unwrap();
+                let mut bytes = Vec::new();
+                out.encode_frame(&head(), &mut bytes).unwrap();
+                bytes.extend_from_slice(&[0x12, 0x34, 0x56]);
+                let len = u16::try_from(bytes.len() - 2).unwrap();
+                bytes[..2].copy_from_slice(&len.to_be_bytes());
+                bytes
+            };
             let mut out = MessageBuilder::new(Mti::NETWORK_ADVICE);
             out.set_stan(80).unwrap();
             out.set_text(41, "99999999").unwrap();
             out.set_digits(60, "00000000301").unwrap();
             let mut echo = Vec::new();
             out.encode_frame(&head(), &mut echo).unwrap();
-            s.write_all(&wire).await.unwrap();
+            s.write_all(&broken(Mti::FINANCIAL, common::TID, 81))
+                .await
+                .unwrap();
             s.write_all(&echo).await.unwrap();
             tokio::time::sleep(Duration::from_millis(300)).await;
             s.shutdown().await.unwrap();
@@ -176,7 +186,7 @@ async fn offender(addr: SocketAddr, kind: &str) {
             assert_eq!(
                 answered,
                 vec![
-                    (Mti::AUTHORISATION_RESPONSE, trace, Some("30".to_owned())),
+                    (Mti::FINANCIAL_RESPONSE, Some(81), Some("30".to_owned())),
                     (
                         Mti::NETWORK_ADVICE_RESPONSE,
                         Some(80),
@@ -185,6 +195,26 @@ async fn offender(addr: SocketAddr, kind: &str) {
                 ],
                 "{kind}"
             );
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../data/cup-samples/ajsgn_main_0100_inconsistent.hex");
+            let text = std::fs::read_to_string(path).unwrap();
+            let digits: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
+            let sample: Vec<u8> = digits
+                .chunks(2)
+                .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
+                .collect();
+            for (what, bytes) in [
+                ("the public sample", sample),
+                ("a reversal", broken(Mti::REVERSAL, common::TID, 82)),
+                (
+                    "another merchant's terminal",
+                    broken(Mti::FINANCIAL, "99999999", 83),
+                ),
+            ] {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                s.write_all(&bytes).await.unwrap();
+                assert!(until_closed(&mut s).await.is_empty(), "{kind}: {what}");
+            }
         }
         "our-terminal-id-then-idle" => {
             // An echo test naming one of our terminals, read off a receipt, with another

@@ -243,10 +243,19 @@ impl Core {
         if !reversal && request.text(49).is_some_and(|c| c.trim() != "156") {
             return answer(RC_FORMAT_ERROR);
         }
-        // Field 61 sent but not a batch, a trace and a date (13 digits, say): the request
-        // names its original in a form this host does not read, and was taken as naming
-        // nothing (a refund then went through on its RRN alone, unchecked against the date).
-        if !reversal && request.field61().is_err() {
+        // A linked request's field 61 sent but not a batch, a trace and a date (13 digits,
+        // say): it names its original in a form this host does not read, and was taken as
+        // naming nothing (a refund then went through on its RRN alone, unchecked against the
+        // date). A purchase's or an inquiry's field 61 names nothing and is not read.
+        let linked = matches!(
+            kind,
+            Financial::PurchaseVoid
+                | Financial::Refund
+                | Financial::PreAuthorisationVoid
+                | Financial::PreAuthorisationCompletion
+                | Financial::CompletionVoid
+        );
+        if !reversal && linked && request.field61().is_err() {
             return answer(RC_FORMAT_ERROR);
         }
         let request_hash = self.request_digest(request);

@@ -301,7 +301,8 @@ where
                         sessions.metrics.count(kind, Some(RC_SYSTEM_ERROR));
                         let _ = responses.try_send(Zeroizing::new(response));
                     }
-                    // Undecodable, or not a request: as when the switch has room.
+                    // Undecodable, or not a request: closed, as when the switch has room (a
+                    // request that only partly reads is answered 30 only then).
                     None => {
                         sessions
                             .metrics
@@ -388,9 +389,17 @@ impl Sessions {
                 // field did not) is answered 30, format error, with what of it can be read
                 // (its trace and terminal): the terminal learns it failed, and why, instead of
                 // a dropped line it would take for no answer and reverse with the same fault.
-                // Without a readable request MTI there is nothing to answer to: closed.
+                // Only when what was read names one of our terminals (its 41 and 42 where they
+                // belong: a length read short before them would have shifted track data
+                // there, to be echoed), and never a reversal, which the terminal would stop
+                // resending at an answer, leaving the sale it undoes charged. Otherwise
+                // closed.
                 let answer = Frame::decode_readable_part(input)
-                    .filter(|part| part.message.mti().is_request())
+                    .filter(|part| {
+                        let mti = part.message.mti();
+                        // 04xx: a reversal or its repeat.
+                        mti.is_request() && mti.value() / 100 != 4 && self.names_terminal(part)
+                    })
                     .and_then(|part| self.core.answer_code(&part, RC_FORMAT_ERROR));
                 self.metrics
                     .count("malformed", answer.as_ref().map(|_| RC_FORMAT_ERROR));

@@ -566,6 +566,12 @@ fn a_refund_with_an_unreadable_field_61_is_refused_30() {
         assert_eq!(e.journal_state(&rrn), TxnState::Approved);
         let good = Req::refund(&p, 1_000, 13, &rrn, &today);
         assert_eq!(e.send(&good).await.code(), "00");
+        // A purchase's field 61 names nothing and is not read.
+        let odd = Req {
+            f61: Some("1234567".into()),
+            ..with_pin(Req::purchase(&p, 700, 14), &card)
+        };
+        assert_eq!(e.send(&odd).await.code(), "00");
     });
 }
 

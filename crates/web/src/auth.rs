@@ -484,7 +484,7 @@ const CREDENTIAL_ACTIONS: [&str; 3] = ["user.create", "user.password", "user.pas
 /// signed in as by that admin. `checker` may not let through what `maker` asked for when
 /// either set the other's password last, or one user of the portal set both (an admin making
 /// a maker and a checker of its own); set by the setup, the demo or the CLI (no user of the
-/// portal) counts as no one's. Checked with the usernames a maker and a checker are compared
+/// portal; their names have a colon, which no username has) counts as no one's. Checked with the usernames a maker and a checker are compared
 /// by (the same name is the caller's own refusal). What it cannot see: an admin who signs in
 /// as a user it made and changes that user's password itself.
 pub fn check_four_eyes(web: &Web, maker: &str, checker: &str) -> Result<(), ApiError> {
@@ -512,9 +512,10 @@ pub fn check_four_eyes(web: &Web, maker: &str, checker: &str) -> Result<(), ApiE
             StatusCode::FORBIDDEN,
             "same_user",
             "one of the two set the other's password, or one person set both, and it has not \
-             been changed since: someone else must do this",
+             been changed since: someone else must do this, or one of the two first sets their \
+             own password (the account page)",
         )
-        .zh("复核人与申请人之一设置过另一人的密码（或两人的密码由同一人设置），且之后未修改：须由另一位人员处理"));
+        .zh("复核人与申请人之一设置过另一人的密码（或两人的密码由同一人设置），且之后未修改：请由另一位人员处理，或其中一人先在账户页面修改自己的密码"));
     }
     Ok(())
 }

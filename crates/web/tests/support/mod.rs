@@ -113,7 +113,7 @@ pub async fn start() -> Env {
     ] {
         web::create_user(
             &web,
-            "setup",
+            "test:setup",
             NewUser {
                 username: username.to_owned(),
                 password: PASSWORD.to_owned().into(),
