@@ -1396,11 +1396,7 @@ impl Core {
                 match translated {
                     // Field 53 to the issuer names the zone key the block is now under.
                     Ok(block) => {
-                        let single = self
-                            .hsm
-                            .key_info(link.endpoint.zpk)
-                            .is_ok_and(|info| info.single_des);
-                        let key_type = if single {
+                        let key_type = if link.zpk_single_des {
                             iso8583::SecurityControl::KEY_SINGLE
                         } else {
                             iso8583::SecurityControl::KEY_DOUBLE

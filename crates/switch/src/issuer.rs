@@ -124,6 +124,9 @@ pub(crate) fn issuer_in_flight_max(requests_in_flight: usize, links: usize) -> u
 pub(crate) struct IssuerLink {
     pub name: String,
     pub endpoint: IssuerEndpoint,
+    /// The zone PIN key is single-length (53.2 of the requests carrying a PIN block), read
+    /// once from the HSM at start.
+    pub zpk_single_des: bool,
     /// Requests carry the card number, track 2 and the translated PIN block: each is wiped
     /// when dropped, and so is what the writer batched of them.
     outbound: mpsc::Sender<Zeroizing<Vec<u8>>>,
@@ -150,6 +153,7 @@ impl IssuerLink {
     pub fn start(
         name: String,
         endpoint: IssuerEndpoint,
+        zpk_single_des: bool,
         echo: EchoTest,
         connector: Arc<dyn IssuerConnector>,
         in_flight_max: usize,
@@ -159,6 +163,7 @@ impl IssuerLink {
         let link = Arc::new(IssuerLink {
             name,
             endpoint,
+            zpk_single_des,
             outbound,
             waiters: Mutex::new(BTreeMap::new()),
             in_flight: Semaphore::new(in_flight_max),

@@ -370,9 +370,11 @@ impl Switch {
         let mut banks: Vec<_> = config.issuers.iter().collect();
         banks.sort_by(|a, b| a.0.cmp(b.0));
         for (bank, endpoint) in banks {
+            let zpk_single_des = hsm.key_info(endpoint.zpk).is_ok_and(|info| info.single_des);
             let (link, task) = IssuerLink::start(
                 bank.clone(),
                 endpoint.clone(),
+                zpk_single_des,
                 echo.clone(),
                 Arc::clone(&connector),
                 issuer::issuer_in_flight_max(config.requests_in_flight, config.issuers.len()),
