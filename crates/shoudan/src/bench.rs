@@ -396,6 +396,18 @@ struct Measured {
     /// Idle connections asked for, those signed in and alive at the end, and the demo's RSS
     /// in bytes with them.
     idle: Option<(usize, usize, u64)>,
+    /// Requests that failed (a timeout, a lost connection, an answer other than 00) in the
+    /// closed loops (durable and journal off), the open loop and the echo run: a target
+    /// measured over runs with failures is not met, whatever the figure (a terminal that
+    /// stops lowers its run's throughput, a fast refusal its latency).
+    errors: RunErrors,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct RunErrors {
+    closed: u64,
+    open: u64,
+    echo: u64,
 }
 
 /// One target and how the run measured against it.
@@ -406,6 +418,8 @@ struct Verdict {
     measured: Option<f64>,
     /// `None` when not measured (the idle run skipped, or with too few connections to count).
     met: Option<bool>,
+    /// Failed requests in the runs the figure comes from.
+    errors: u64,
 }
 
 fn verdicts(m: &Measured) -> Vec<Verdict> {
@@ -417,12 +431,16 @@ fn verdicts(m: &Measured) -> Vec<Verdict> {
                 .then_some(alive >= TARGET_IDLE_CONNECTIONS && rss <= TARGET_IDLE_RSS_BYTES),
         )
     });
+    let e = m.errors;
+    // Met only over runs without failures.
+    let clean = |met: Option<bool>, errors: u64| met.map(|met| met && errors == 0);
     vec![
         Verdict {
             name: "durable_tps",
             target: format!(">= {TARGET_DURABLE_TPS:.0} authorisations/s"),
             measured: Some(m.durable_tps),
-            met: Some(m.durable_tps >= TARGET_DURABLE_TPS),
+            met: clean(Some(m.durable_tps >= TARGET_DURABLE_TPS), e.closed),
+            errors: e.closed,
         },
         Verdict {
             name: "journal_cost",
@@ -431,7 +449,8 @@ fn verdicts(m: &Measured) -> Vec<Verdict> {
                 TARGET_JOURNAL_COST * 100.0
             ),
             measured: Some(m.journal_cost),
-            met: Some(m.journal_cost <= TARGET_JOURNAL_COST),
+            met: clean(Some(m.journal_cost <= TARGET_JOURNAL_COST), e.closed),
+            errors: e.closed,
         },
         Verdict {
             name: "half_rate_switch_p99_us",
@@ -439,15 +458,22 @@ fn verdicts(m: &Measured) -> Vec<Verdict> {
                 "<= {TARGET_HALF_RATE_SWITCH_P99_US} us switch-added p99 at half the durable rate"
             ),
             measured: m.half_rate_switch_p99_us.map(|us| us as f64),
-            met: m
-                .half_rate_switch_p99_us
-                .map(|us| us <= TARGET_HALF_RATE_SWITCH_P99_US),
+            met: clean(
+                m.half_rate_switch_p99_us
+                    .map(|us| us <= TARGET_HALF_RATE_SWITCH_P99_US),
+                e.open,
+            ),
+            errors: e.open,
         },
         Verdict {
             name: "echo_ratio",
             target: format!(">= {TARGET_ECHO_RATIO} of the echo ceiling"),
             measured: Some(m.echo_ratio),
-            met: Some(m.echo_ratio >= TARGET_ECHO_RATIO),
+            met: clean(
+                Some(m.echo_ratio >= TARGET_ECHO_RATIO),
+                e.closed.saturating_add(e.echo),
+            ),
+            errors: e.closed.saturating_add(e.echo),
         },
         Verdict {
             name: "idle_rss_bytes",
@@ -457,6 +483,7 @@ fn verdicts(m: &Measured) -> Vec<Verdict> {
             ),
             measured: idle.map(|(rss, _)| rss),
             met: idle.and_then(|(_, met)| met),
+            errors: 0,
         },
     ]
 }
@@ -491,12 +518,14 @@ async fn targets(args: TargetsArgs) -> Result<ExitCode, Box<dyn std::error::Erro
     };
     let mut runs = Vec::new();
     let (mut durable, mut off, mut shares) = (Vec::new(), Vec::new(), Vec::new());
+    let mut errors = RunErrors::default();
     for round in 1..=args.rounds {
         if !args.json {
             eprintln!("round {round}/{}: durable journal, then none", args.rounds);
         }
         let full = auth(closed(JournalMode::Full)).await?;
         let none = auth(closed(JournalMode::Off)).await?;
+        errors.closed += full.stats.error_count() + none.stats.error_count();
         durable.push(full.tps());
         off.push(none.tps());
         shares.push(if none.tps() > 0.0 {
@@ -520,6 +549,8 @@ async fn targets(args: TargetsArgs) -> Result<ExitCode, Box<dyn std::error::Erro
     })
     .await?;
     let echo_report = echo(args.terminals, args.duration).await?;
+    errors.open = open.stats.error_count();
+    errors.echo = echo_report.stats.error_count();
     let echo_ratio = if echo_report.tps() > 0.0 {
         durable_tps / echo_report.tps()
     } else {
@@ -550,12 +581,13 @@ async fn targets(args: TargetsArgs) -> Result<ExitCode, Box<dyn std::error::Erro
         idle: idle_report
             .as_ref()
             .map(|r| (r.connections, r.alive, r.rss_after_kib.saturating_mul(1024))),
+        errors,
     };
     let verdicts = verdicts(&measured);
     if args.json {
         let targets: Vec<serde_json::Value> = verdicts
             .iter()
-            .map(|v| json!({"name": v.name, "target": v.target, "measured": v.measured, "met": v.met}))
+            .map(|v| json!({"name": v.name, "target": v.target, "measured": v.measured, "met": v.met, "errors": v.errors}))
             .collect();
         println!(
             "{}",
@@ -591,10 +623,11 @@ async fn targets(args: TargetsArgs) -> Result<ExitCode, Box<dyn std::error::Erro
                     format!("{m:.0}")
                 }
             });
-            let met = match v.met {
-                Some(true) => "met",
-                Some(false) => "NOT MET",
-                None => "not judged",
+            let met = match (v.met, v.errors) {
+                (Some(true), _) => "met".to_owned(),
+                (Some(false), 0) => "NOT MET".to_owned(),
+                (Some(false), n) => format!("NOT MET ({n} failed requests)"),
+                (None, _) => "not judged".to_owned(),
             };
             println!(
                 "  {:<24} {:<14} {:<9} target {}",
@@ -1259,6 +1292,7 @@ mod tests {
             half_rate_switch_p99_us: Some(1_000),
             echo_ratio: 0.5,
             idle: Some((10_000, 10_000, 200_000_000)),
+            errors: RunErrors::default(),
         }
     }
 
@@ -1275,6 +1309,7 @@ mod tests {
             half_rate_switch_p99_us: Some(1_001),
             echo_ratio: 0.49,
             idle: Some((10_000, 10_000, 200_000_001)),
+            errors: RunErrors::default(),
         };
         assert_eq!(met(&missed), vec![Some(false); 5]);
         let lost = Measured {
@@ -1298,6 +1333,41 @@ mod tests {
         };
         let last = verdicts(&skipped).pop().unwrap();
         assert_eq!((last.measured, last.met), (None, None));
+        // Failed requests in a target's runs miss it, whatever its figure.
+        let failed = |errors| Measured {
+            errors,
+            ..measured()
+        };
+        let closed = RunErrors {
+            closed: 1,
+            ..RunErrors::default()
+        };
+        assert_eq!(
+            met(&failed(closed)),
+            vec![
+                Some(false),
+                Some(false),
+                Some(true),
+                Some(false),
+                Some(true)
+            ]
+        );
+        let open = RunErrors {
+            open: 1,
+            ..RunErrors::default()
+        };
+        assert_eq!(
+            met(&failed(open)),
+            vec![Some(true), Some(true), Some(false), Some(true), Some(true)]
+        );
+        let echo = RunErrors {
+            echo: 2,
+            ..RunErrors::default()
+        };
+        assert_eq!(
+            met(&failed(echo)),
+            vec![Some(true), Some(true), Some(true), Some(false), Some(true)]
+        );
     }
 
     #[test]
