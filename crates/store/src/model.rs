@@ -272,7 +272,8 @@ pub struct EventRow {
 pub struct SafItem {
     pub txn_id: i64,
     pub issuer: String,
-    /// Field 39 of the reversal: "98", "06" or "96".
+    /// Field 39 of the reversal: the switch's "98", "06" or "96", or the terminal's own for
+    /// a reversal it sent.
     pub reason: String,
     pub attempts: u32,
     pub next_attempt_ms: i64,

@@ -20,12 +20,12 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 8_192;
 /// How long a terminal has to send the rest of a frame once its length prefix has arrived;
 /// a truncated frame then closes the connection instead of holding it.
 pub const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a new terminal connection has to start its first frame
-/// (`SwitchConfig::first_frame_timeout`'s default). A terminal connects to send; a connection
-/// that sends nothing would hold one of the `CONNECTIONS_MAX` places for ever, and enough of
-/// them would shut every terminal out, their reversals included. Until a frame has named one of
-/// the switch's terminals (field 41), each next frame must start within it too (an echo test
-/// and silence hold no place); after that a connection may stay idle as long as it likes.
+/// How long a new terminal connection has, from its connect, to name one of the switch's
+/// terminals (field 41 with that terminal's merchant in 42; `SwitchConfig::first_frame_timeout`'s
+/// default). A terminal connects to send; a connection that sends nothing would hold one of the
+/// `CONNECTIONS_MAX` places for ever, and enough of them would shut every terminal out, their
+/// reversals included (an echo test and silence, or echoes every little while, hold no place
+/// either); after that a connection may stay idle as long as it likes.
 pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
 /// Responses queued for one terminal connection's writer, which holds at most one more queue's
 /// worth in the batch it is writing: what a peer that does not read can make the switch hold.
