@@ -242,7 +242,12 @@ async fn me(State(web): State<Web>, who: Principal) -> ApiResult {
         .store
         .web_user(who.user_id)?
         .ok_or_else(ApiError::unauthorized)?;
-    Ok(Json(auth::user_json(&user)))
+    let mut me = auth::user_json(&user);
+    // A password an admin set: the caller's own to set before anything else.
+    if let Some(fields) = me.as_object_mut() {
+        fields.insert("must_set_password".into(), json!(who.must_set_password));
+    }
+    Ok(Json(me))
 }
 
 fn merchant_json(web: &Web, m: &store::MerchantRow) -> Result<Value, ApiError> {
@@ -608,16 +613,6 @@ async fn approve_and_audit(
     id: i64,
 ) -> Result<resolve::cases::Case, ApiError> {
     let before = web.cases.get(id)?;
-    // Whoever asked for the refund, as `approve_refund`'s own check reads it.
-    let opener = web
-        .store
-        .case_entries(id)?
-        .into_iter()
-        .find(|e| e.seq == 1)
-        .map(|e| e.who);
-    if let Some(opener) = opener {
-        auth::check_four_eyes(web, &opener, &who.username)?;
-    }
     let case = web.cases.approve_refund(id, &who.username).await?;
     auth::audit(
         web,

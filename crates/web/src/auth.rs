@@ -71,6 +71,9 @@ pub struct Principal {
     /// The session's anti-forgery token (page sessions only).
     #[serde(skip)]
     pub csrf: Option<String>,
+    /// The password was set by an admin and not changed since: only the account page (and
+    /// `GET /api/me`, `POST /api/me/password`) until the user sets their own.
+    pub must_set_password: bool,
     #[serde(skip)]
     pub session_digest: Option<Vec<u8>>,
 }
@@ -101,6 +104,7 @@ impl Principal {
             mid: user.mid,
             csrf: None,
             session_digest: None,
+            must_set_password: false,
         }
     }
 
@@ -212,7 +216,9 @@ pub fn principal_of(web: &Web, headers: &HeaderMap) -> Result<Option<Principal>,
         if row.revoked || row.created_at_ms.saturating_add(API_TOKEN_TTL_MS) <= web.clock.now_ms() {
             return Ok(None);
         }
-        return Ok(active_user(store, row.user_id)?.map(Principal::of));
+        return active_user(store, row.user_id)?
+            .map(|user| principal(store, user))
+            .transpose();
     }
     let Some(token) = cookie(headers, SESSION_COOKIE) else {
         return Ok(None);
@@ -238,15 +244,27 @@ pub fn principal_of(web: &Web, headers: &HeaderMap) -> Result<Option<Principal>,
             expires_at_ms: until,
         })]);
     }
-    Ok(active_user(store, session.user_id)?.map(|user| Principal {
-        csrf: Some(session.csrf),
-        session_digest: Some(digest),
-        ..Principal::of(user)
-    }))
+    active_user(store, session.user_id)?
+        .map(|user| {
+            Ok(Principal {
+                csrf: Some(session.csrf),
+                session_digest: Some(digest),
+                ..principal(store, user)?
+            })
+        })
+        .transpose()
 }
 
 fn active_user(store: &dyn Store, id: i64) -> Result<Option<UserRow>, ApiError> {
     Ok(store.web_user(id)?.filter(|u| !u.disabled))
+}
+
+fn principal(store: &dyn Store, user: UserRow) -> Result<Principal, ApiError> {
+    let must_set_password = password_set_by_another(store, &user)?;
+    Ok(Principal {
+        must_set_password,
+        ..Principal::of(user)
+    })
 }
 
 impl FromRequestParts<Web> for Principal {
@@ -257,6 +275,20 @@ impl FromRequestParts<Web> for Principal {
     /// other sites' forms out, not pages of a sibling host.
     async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, Self::Rejection> {
         let who = principal_of(web, &parts.headers)?.ok_or_else(ApiError::unauthorized)?;
+        // A password someone else set: the user's own first, nothing else meanwhile.
+        let own_password = matches!(
+            (&parts.method, parts.uri.path()),
+            (&Method::GET, "/api/me") | (&Method::POST, "/api/me/password")
+        );
+        if who.must_set_password && !own_password {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "password_change_required",
+                "your password was set by an administrator: set your own first \
+                 (POST /api/me/password), then ask for a new token",
+            )
+            .zh("您的密码由管理员设置：请先修改为您自己的密码（POST /api/me/password），再重新获取令牌"));
+        }
         let reads = parts.method == Method::GET || parts.method == Method::HEAD;
         if who.csrf.is_some() && !reads {
             let sent = parts
@@ -479,45 +511,16 @@ enum Checked {
 /// The actions that set a user's password (audited on `user:ID`).
 const CREDENTIAL_ACTIONS: [&str; 3] = ["user.create", "user.password", "user.password_reset"];
 
-/// Four eyes are two people's only if no one holds both passwords: a user whose password an
-/// admin set (creating the user, or resetting it) and who has not changed it since can be
-/// signed in as by that admin. `checker` may not let through what `maker` asked for when
-/// either set the other's password last, or one user of the portal set both (an admin making
-/// a maker and a checker of its own); set by the setup, the demo or the CLI (no user of the
-/// portal; their names have a colon, which no username has) counts as no one's. Checked with the usernames a maker and a checker are compared
-/// by (the same name is the caller's own refusal). What it cannot see: an admin who signs in
-/// as a user it made and changes that user's password itself.
-pub fn check_four_eyes(web: &Web, maker: &str, checker: &str) -> Result<(), ApiError> {
-    let set_by = |username: &str| -> Result<Option<String>, ApiError> {
-        let Some(user) = web.store.web_user_by_name(username)? else {
-            return Ok(None);
-        };
-        Ok(web
-            .store
-            .audit_last_on(&format!("user:{}", user.id), &CREDENTIAL_ACTIONS)?
-            .map(|row| row.who))
+/// Whether `user`'s password was last set by another user of the portal (an admin creating
+/// the user or resetting it), so that someone else knows it: such a user sets their own before
+/// anything else (PCI DSS: a password set for first use or at a reset is changed at once). Set
+/// by the CLI, the demo or a test's setup (names with a colon, which no username has) it is
+/// the user's to keep.
+fn password_set_by_another(store: &dyn Store, user: &UserRow) -> Result<bool, ApiError> {
+    let Some(row) = store.audit_last_on(&format!("user:{}", user.id), &CREDENTIAL_ACTIONS)? else {
+        return Ok(false);
     };
-    let (maker_by, checker_by) = (set_by(maker)?, set_by(checker)?);
-    let one_user_set_both = match (&maker_by, &checker_by) {
-        (Some(a), Some(b)) if a == b && a != maker && a != checker => {
-            web.store.web_user_by_name(a)?.is_some()
-        }
-        _ => false,
-    };
-    if maker_by.as_deref() == Some(checker)
-        || checker_by.as_deref() == Some(maker)
-        || one_user_set_both
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "same_user",
-            "one of the two set the other's password, or one person set both, and it has not \
-             been changed since: someone else must do this, or one of the two first sets their \
-             own password (the account page)",
-        )
-        .zh("复核人与申请人之一设置过另一人的密码（或两人的密码由同一人设置），且之后未修改：请由另一位人员处理，或其中一人先在账户页面修改自己的密码"));
-    }
-    Ok(())
+    Ok(row.who != user.username && store.web_user_by_name(&row.who)?.is_some())
 }
 
 /// A user changes their own password: the current one is checked as a sign-in is (a wrong one
@@ -551,6 +554,7 @@ pub async fn change_password(
                 let principal = Principal {
                     csrf: Some(opened.csrf),
                     session_digest: Some(token_digest(&opened.token)),
+                    must_set_password: false,
                     ..who.clone()
                 };
                 Some((opened.token, principal))
@@ -1113,6 +1117,7 @@ mod tests {
             mid: None,
             csrf: Some("csrf-secret-token".into()),
             session_digest: Some(vec![0xAB; 32]),
+            must_set_password: false,
         };
         let printed = format!("{who:?}");
         assert!(printed.contains("ops"), "{printed}");

@@ -159,7 +159,10 @@ pub fn document() -> Value {
             "/api/tokens/{id}": { "delete": op("Revoke one of the caller's API tokens (its id from \
                 GET /api/tokens); audited", vec![param("id", "path", "the token's id: 16 hex \
                 digits of its digest, never the token")], None, "Object") },
-            "/api/me": { "get": op("Who the token or session belongs to", vec![], None, "User") },
+            "/api/me": { "get": op("Who the token or session belongs to, and whether they must \
+                set their own password first (`must_set_password`: one an admin set; every other \
+                call but POST /api/me/password answers 403 password_change_required until then)",
+                vec![], None, "User") },
             "/api/me/password": { "post": op("Change one's own password (the current one is \
                 checked as a sign-in is; every page session of the user ends, a caller signed in \
                 by one gets a new one's cookie, and every API token of the user is revoked, \
@@ -294,7 +297,8 @@ pub fn document() -> Value {
                             "bad_request", "csrf", "conflict", "illegal_transition",
                             "exceeds_remaining", "already_refunded", "refund_failed", "busy", "too_large",
                             "same_user", "bad_account", "locked", "not_redrivable",
-                            "refund_in_doubt", "application_waiting", "changed_meanwhile", "internal"] },
+                            "refund_in_doubt", "application_waiting", "changed_meanwhile",
+                            "password_change_required", "internal"] },
                         "message": { "type": "string" },
                         "message_zh": { "type": "string",
                             "description": "The same detail in Chinese, where there is one." }

@@ -300,6 +300,7 @@ fn error_title(l: Lang, code: &str) -> &'static str {
             "A refund application of this sale is already waiting for a decision",
         ),
         "same_user" => t(l, "需由另一位人员处理", "Someone else must do this"),
+        "password_change_required" => t(l, "请先设置您自己的密码", "Set your own password first"),
         "bad_account" => t(l, "账户信息有误", "The account details are not right"),
         "not_redrivable" => t(
             l,
@@ -316,10 +317,23 @@ fn error_title(l: Lang, code: &str) -> &'static str {
     }
 }
 
-/// The signed-in page user, or a redirect to the sign-in page.
+/// The signed-in page user, or a redirect to the sign-in page (or, for a user whose password
+/// an admin set, to the account page).
 // The error is the response to send at once; it is built once per request, so its size is moot.
 #[allow(clippy::result_large_err)]
 fn page_user(web: &Web, headers: &HeaderMap, c: &Ctx) -> Result<Principal, Response> {
+    let who = page_user_any(web, headers, c)?;
+    // A password an admin set: the account page first, to set one's own.
+    if who.must_set_password {
+        return Err(redirect("/account"));
+    }
+    Ok(who)
+}
+
+/// The signed-in user of a page session, whose password may still be one an admin set: for
+/// the account page, its password form and signing out.
+#[allow(clippy::result_large_err)]
+fn page_user_any(web: &Web, headers: &HeaderMap, c: &Ctx) -> Result<Principal, Response> {
     match auth::principal_of(web, headers) {
         Ok(Some(p)) if p.csrf.is_some() => Ok(p),
         Ok(_) => Err(redirect("/login")),
@@ -485,7 +499,7 @@ async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Para
 
 async fn logout(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Params>) -> Response {
     let c = form_ctx(&web, &headers);
-    let who = match page_user(&web, &headers, &c) {
+    let who = match page_user_any(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
     };
@@ -3317,8 +3331,21 @@ fn account_page(c: &Ctx, who: &Principal, note: Option<(bool, &str)>) -> Respons
         };
         format!("<div class=\"{class}\" id=\"{id}\">{}</div>", esc(text))
     });
+    // A password an admin set: the user's own before anything else.
+    let must = if who.must_set_password {
+        format!(
+            "<div class=\"err\" id=\"must-set-password\">{}</div>",
+            t(
+                l,
+                "您的密码由管理员设置，请先设置您自己的密码，之后才能使用其他功能。",
+                "Your password was set by an administrator: set your own before anything else."
+            )
+        )
+    } else {
+        String::new()
+    };
     let body = format!(
-        "<h1>{}</h1>{note}<p>{} <b id=\"username\">{}</b> · {} {}</p>\
+        "<h1>{}</h1>{must}{note}<p>{} <b id=\"username\">{}</b> · {} {}</p>\
          <h2>{}</h2><form method=\"post\" action=\"/account/password\" class=\"card\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
          <p><label>{} <input id=\"current\" name=\"current\" type=\"password\" autocomplete=\"current-password\"></label></p>\
@@ -3365,7 +3392,7 @@ async fn account(
     Query(params): Query<Params>,
 ) -> Response {
     let c = ctx(&web, &headers, &params);
-    match page_user(&web, &headers, &c) {
+    match page_user_any(&web, &headers, &c) {
         Ok(who) => account_page(&c, &who, None),
         Err(r) => r,
     }
@@ -3378,7 +3405,7 @@ async fn change_password(
 ) -> Response {
     let form = WipedForm(form);
     let c = form_ctx(&web, &headers);
-    let who = match page_user(&web, &headers, &c) {
+    let who = match page_user_any(&web, &headers, &c) {
         Ok(who) => who,
         Err(r) => return r,
     };
