@@ -668,11 +668,12 @@ WHERE state = 'pending' AND attempts > 0;
     },
     Migration {
         version: 25,
-        name: "the audit log by target: who last set a user's password",
-        // Four eyes are two people's only if neither set the other's password; a confirmation
-        // looks up the newest such row of each user instead of reading the log from its end.
+        name: "the audit log by target and action: who last set a user's password",
+        // Read at every signed-in request (a password an admin set is for its first use): the
+        // few rows of a user's password actions, not its sign-ins and wrong passwords, which
+        // anyone who knows the name can add to.
         sql: "
-CREATE INDEX audit_log_target ON audit_log (target, id);
+CREATE INDEX audit_log_target_action ON audit_log (target, action, id);
 ",
     },
 ];

@@ -342,12 +342,14 @@ impl SqliteStore {
         if actions.is_empty() {
             return Ok(None);
         }
-        // By the target's index, newest first: one row read, however many sign-ins (and
-        // wrong passwords) the target has.
+        // By the (target, action, id) index: the target's rows of those actions only, however
+        // many others it has (sign-ins, wrong passwords), the newest taken.
         let listed: Vec<String> = (2..actions.len() + 2).map(|n| format!("?{n}")).collect();
+        // MAX over the index's (target, action) ranges, then that row: with `ORDER BY id DESC
+        // LIMIT 1` instead the planner may walk the whole log backwards by id.
         let sql = format!(
             "SELECT id, at_ms, who, action, target, before_json, after_json FROM audit_log
-             WHERE target = ?1 AND action IN ({}) ORDER BY id DESC LIMIT 1",
+             WHERE id = (SELECT MAX(id) FROM audit_log WHERE target = ?1 AND action IN ({}))",
             listed.join(", ")
         );
         self.read(|conn| {

@@ -285,7 +285,7 @@ impl FromRequestParts<Web> for Principal {
                 StatusCode::FORBIDDEN,
                 "password_change_required",
                 "your password was set by an administrator: set your own first \
-                 (POST /api/me/password), then ask for a new token",
+                 (POST /api/me/password); a token then asks to be made again",
             )
             .zh("您的密码由管理员设置：请先修改为您自己的密码（POST /api/me/password），再重新获取令牌"));
         }
@@ -520,7 +520,10 @@ fn password_set_by_another(store: &dyn Store, user: &UserRow) -> Result<bool, Ap
     let Some(row) = store.audit_last_on(&format!("user:{}", user.id), &CREDENTIAL_ACTIONS)? else {
         return Ok(false);
     };
-    Ok(row.who != user.username && store.web_user_by_name(&row.who)?.is_some())
+    // The CLI's, the demo's and a setup's names have a colon: no user's.
+    Ok(row.who != user.username
+        && !row.who.contains(':')
+        && store.web_user_by_name(&row.who)?.is_some())
 }
 
 /// A user changes their own password: the current one is checked as a sign-in is (a wrong one

@@ -324,7 +324,10 @@ pub fn document() -> Value {
                 "User": { "type": "object", "properties": {
                     "username": { "type": "string" }, "role": { "type": "string",
                         "enum": ["merchant", "operator", "admin"] },
-                    "mid": { "type": ["string", "null"] } } },
+                    "mid": { "type": ["string", "null"] },
+                    "must_set_password": { "type": "boolean", "description": "GET /api/me \
+                        only: the password was set by an admin; nothing but POST \
+                        /api/me/password until the user sets their own" } } },
                 "NewUser": { "type": "object", "required": ["username", "password", "role"],
                     "properties": { "username": { "type": "string" }, "password": { "type": "string" },
                         "role": { "type": "string" }, "mid": { "type": "string" },

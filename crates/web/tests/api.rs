@@ -5091,6 +5091,18 @@ fn an_account_bound_by_staff_waits_for_another_person() {
             "{}",
             account.body
         );
+        // A console form is not let through either: the change stays waiting.
+        let csrf = PageSession::csrf_of(&account.body);
+        let tried = browser
+            .post(
+                &format!("/console/account-changes/{change}/confirm"),
+                &format!("csrf={csrf}"),
+            )
+            .await;
+        assert_eq!(tried.status, 303);
+        assert_eq!(tried.header("location"), Some("/account"));
+        let waiting = e.web.store.account_change(change).unwrap().unwrap();
+        assert_eq!(waiting.state.as_str(), "pending_confirmation");
         // Set: the operator's own password, then the confirmation goes through.
         let changed = api
             .call(
