@@ -872,13 +872,33 @@ pub fn explain_txn(
         _ => None,
     };
     Ok(Explanation {
-        txn: TxnSummary::of(directory, row),
+        txn: summary_with_card(directory, row, original.as_ref()),
         outcome,
         summary,
         steps,
         diagnosis,
         original_rrn,
     })
+}
+
+/// The row's summary; a row with no card number of its own (a terminal's reversal) shows its
+/// original's card, bank and network, its merchant's own.
+fn summary_with_card(
+    directory: &IssuerDirectory,
+    row: &TxnRow,
+    original: Option<&TxnRow>,
+) -> TxnSummary {
+    let mut summary = TxnSummary::of(directory, row);
+    if let (None, Some(original)) = (&row.pan, original) {
+        let card = TxnSummary::of(directory, original);
+        summary.masked_pan = card.masked_pan;
+        summary.last4 = card.last4;
+        summary.bank_code = card.bank_code;
+        summary.bank_name = card.bank_name;
+        summary.card_type = card.card_type;
+        summary.network = card.network;
+    }
+    summary
 }
 
 /// What a terminal's reversal that was accepted (answered 00) did, from its original and the

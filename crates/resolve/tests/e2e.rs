@@ -862,8 +862,13 @@ fn a_terminals_reversal_reads_as_what_it_undid() {
         let x = reversal_of_stan(sale.stan);
         assert_eq!(x.outcome, Outcome::Approved, "{x:#?}");
         let original = store.txn_by_rrn(&rrn).unwrap().unwrap();
-        let bank = resolve::explain::TxnSummary::of(&directory, &original).bank_name;
+        let paid_with = resolve::explain::TxnSummary::of(&directory, &original);
+        let bank = paid_with.bank_name.clone();
         assert!(bank.en.contains("Bank"), "{bank:?}");
+        // The reversal's own page shows the card it reversed (it carries none of its own).
+        assert_eq!(x.txn.bank_name, bank);
+        assert_eq!(x.txn.masked_pan, paid_with.masked_pan);
+        assert!(x.txn.masked_pan.is_some());
         for (text, words) in [
             (
                 &x.summary.en,
