@@ -66,6 +66,21 @@ async fn until_closed(stream: &mut TcpStream) -> Vec<Vec<u8>> {
     frames
 }
 
+/// An echo test (`0820`, 60.3 = 301) under `stan` naming terminal `tid`, and merchant `mid`
+/// when given: the frame with its length prefix.
+fn echo_frame(stan: u32, tid: &str, mid: Option<&str>) -> Vec<u8> {
+    let mut out = MessageBuilder::new(Mti::NETWORK_ADVICE);
+    out.set_stan(stan).unwrap();
+    out.set_text(41, tid).unwrap();
+    if let Some(mid) = mid {
+        out.set_text(42, mid).unwrap();
+    }
+    out.set_digits(60, "00000000301").unwrap();
+    let mut bytes = Vec::new();
+    out.encode_frame(&head(), &mut bytes).unwrap();
+    bytes
+}
+
 /// A tiny deterministic generator for the fuzz frames.
 struct XorShift(u64);
 
@@ -161,12 +176,7 @@ async fn offender(addr: SocketAddr, kind: &str) {
                 bytes[..2].copy_from_slice(&len.to_be_bytes());
                 bytes
             };
-            let mut out = MessageBuilder::new(Mti::NETWORK_ADVICE);
-            out.set_stan(80).unwrap();
-            out.set_text(41, "99999999").unwrap();
-            out.set_digits(60, "00000000301").unwrap();
-            let mut echo = Vec::new();
-            out.encode_frame(&head(), &mut echo).unwrap();
+            let echo = echo_frame(80, "99999999", None);
             s.write_all(&broken(Mti::FINANCIAL, common::TID, 81))
                 .await
                 .unwrap();
@@ -219,13 +229,7 @@ async fn offender(addr: SocketAddr, kind: &str) {
         "our-terminal-id-then-idle" => {
             // An echo test naming one of our terminals, read off a receipt, with another
             // merchant ID: answered, and the connection is given back as an unknown peer's.
-            let mut out = MessageBuilder::new(Mti::NETWORK_ADVICE);
-            out.set_stan(78).unwrap();
-            out.set_text(41, common::TID).unwrap();
-            out.set_text(42, "898110000000000").unwrap();
-            out.set_digits(60, "00000000301").unwrap();
-            let mut bytes = Vec::new();
-            out.encode_frame(&head(), &mut bytes).unwrap();
+            let bytes = echo_frame(78, common::TID, Some("898110000000000"));
             s.write_all(&bytes).await.unwrap();
             let answers = until_closed(&mut s).await;
             assert_eq!(answers.len(), 1, "{kind}");
@@ -234,12 +238,7 @@ async fn offender(addr: SocketAddr, kind: &str) {
             // An echo naming no terminal of ours, sent again well within the first-frame
             // timeout, again and again: the timeout runs from the connect, not from each
             // frame, so the connection is closed soon after it, not when the peer stops.
-            let mut out = MessageBuilder::new(Mti::NETWORK_ADVICE);
-            out.set_stan(79).unwrap();
-            out.set_text(41, "99999999").unwrap();
-            out.set_digits(60, "00000000301").unwrap();
-            let mut bytes = Vec::new();
-            out.encode_frame(&head(), &mut bytes).unwrap();
+            let bytes = echo_frame(79, "99999999", None);
             let (mut reader, mut writer) = s.into_split();
             let began = std::time::Instant::now();
             let keep_sending = tokio::spawn(async move {
@@ -267,12 +266,7 @@ async fn offender(addr: SocketAddr, kind: &str) {
             // An echo test naming no terminal of ours is answered; then nothing: the place
             // among the connections is given back after the first-frame timeout, as a silent
             // connection's is.
-            let mut out = MessageBuilder::new(Mti::NETWORK_ADVICE);
-            out.set_stan(77).unwrap();
-            out.set_text(41, "99999999").unwrap();
-            out.set_digits(60, "00000000301").unwrap();
-            let mut bytes = Vec::new();
-            out.encode_frame(&head(), &mut bytes).unwrap();
+            let bytes = echo_frame(77, "99999999", None);
             s.write_all(&bytes).await.unwrap();
             let answers = until_closed(&mut s).await;
             assert_eq!(answers.len(), 1, "{kind}");

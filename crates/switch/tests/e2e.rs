@@ -103,6 +103,19 @@ fn pre_auth(pan: &str, amount: u64, stan: u32) -> Req {
     }
 }
 
+/// Two signed-in terminals of the merchant: the harness's own (the desk) and `10000002` (the
+/// checkout), registered before a restart.
+async fn desk_and_checkout(e: &mut E2e) -> (Terminal, Terminal) {
+    e.h.register_terminal("10000002", MID).await;
+    e.h.stop().await;
+    e.h.start().await;
+    let mut desk = e.h.terminal().await;
+    assert_eq!(desk.sign_in().await.code(), "00");
+    let mut checkout = e.h.terminal_as("10000002").await;
+    assert_eq!(checkout.sign_in().await.code(), "00");
+    (desk, checkout)
+}
+
 /// A pre-auth void, completion or completion void naming its original by batch + trace and RRN.
 fn linked(
     base: Req,
@@ -460,13 +473,7 @@ fn every_transaction_type_moves_the_issuer_ledger() {
 fn a_completion_finds_its_pre_authorisation_by_auth_code() {
     runtime().block_on(async {
         let mut e = start().await;
-        e.h.register_terminal("10000002", MID).await;
-        e.h.stop().await;
-        e.h.start().await;
-        let mut desk = e.h.terminal().await;
-        assert_eq!(desk.sign_in().await.code(), "00");
-        let mut checkout = e.h.terminal_as("10000002").await;
-        assert_eq!(checkout.sign_in().await.code(), "00");
+        let (mut desk, mut checkout) = desk_and_checkout(&mut e).await;
         let card = e.healthy(1);
         let p = pan(&card);
         let (start_balance, _) = e.balance(&card);
@@ -582,13 +589,7 @@ fn a_refund_with_an_unreadable_field_61_is_refused_30() {
 fn a_pre_authorisation_is_voided_from_another_terminal_and_by_its_code() {
     runtime().block_on(async {
         let mut e = start().await;
-        e.h.register_terminal("10000002", MID).await;
-        e.h.stop().await;
-        e.h.start().await;
-        let mut desk = e.h.terminal().await;
-        assert_eq!(desk.sign_in().await.code(), "00");
-        let mut checkout = e.h.terminal_as("10000002").await;
-        assert_eq!(checkout.sign_in().await.code(), "00");
+        let (mut desk, mut checkout) = desk_and_checkout(&mut e).await;
         let card = e.healthy(1);
         let p = pan(&card);
         let (start_balance, _) = e.balance(&card);
