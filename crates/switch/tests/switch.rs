@@ -1107,6 +1107,20 @@ fn a_pin_block_resent_with_another_card_is_refused() {
     });
 }
 
+/// Registers terminal `10000008` with single-length keys (scheme 001) and restarts the switch
+/// to serve it.
+async fn register_single_des_terminal(h: &mut Harness) {
+    h.register_terminal_with(
+        "10000008",
+        MID,
+        paycrypto::KeyScheme::Single,
+        paycrypto::MakLength::Double,
+    )
+    .await;
+    h.stop().await;
+    h.start().await;
+}
+
 /// The PIN block goes to the issuer under the zone key, and field 53 says so: 53.2 names the
 /// zone key's length (double here), not the terminal's PIK's (single under scheme 001), and a
 /// request with a PIN block and no 53 gets one (ANSI X9.8, that key).
@@ -1114,15 +1128,7 @@ fn a_pin_block_resent_with_another_card_is_refused() {
 fn field_53_to_the_issuer_names_the_zone_key() {
     runtime().block_on(async {
         let mut h = Harness::new().await;
-        h.register_terminal_with(
-            "10000008",
-            MID,
-            paycrypto::KeyScheme::Single,
-            paycrypto::MakLength::Double,
-        )
-        .await;
-        h.stop().await;
-        h.start().await;
+        register_single_des_terminal(&mut h).await;
         let mut t = h.terminal_as("10000008").await;
         assert_eq!(t.sign_in_with("001").await.code(), "00");
         let pan = card("622202");
@@ -1404,15 +1410,7 @@ fn a_terminal_set_for_a_single_length_mak_gets_one_and_its_macs_verify() {
 fn a_stronger_sign_in_does_not_raise_the_floor_for_the_terminals_own() {
     runtime().block_on(async {
         let mut h = Harness::new().await;
-        h.register_terminal_with(
-            "10000008",
-            MID,
-            paycrypto::KeyScheme::Single,
-            paycrypto::MakLength::Double,
-        )
-        .await;
-        h.stop().await;
-        h.start().await;
+        register_single_des_terminal(&mut h).await;
         let mut stranger = h.terminal_as("10000008").await;
         assert_eq!(stranger.sign_in_with("003").await.code(), "00");
         let mut own = h.terminal_as("10000008").await;
