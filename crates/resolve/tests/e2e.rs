@@ -158,6 +158,30 @@ impl Env {
         (r.code(), r.text(37).unwrap_or_default(), req)
     }
 
+    /// A sale of `sale_fen` with `card`, then a refund of `refund_fen` of it, both approved:
+    /// the sale's RRN, the refund as sent and the refund's RRN.
+    async fn sale_refunded(
+        &mut self,
+        card: &DemoCard,
+        sale_fen: u64,
+        refund_fen: u64,
+    ) -> (String, Req, String) {
+        let (code, sale, _) = self.purchase(card, sale_fen).await;
+        assert_eq!(code, "00");
+        let today = switch::LocalTime::from_ms(now()).mmdd();
+        self.stan += 1;
+        let refund = Req::refund(
+            card.pan.expose_digits(),
+            refund_fen,
+            self.stan,
+            &sale,
+            &today,
+        );
+        let r = self.t.send(&refund).await;
+        assert_eq!(r.code(), "00");
+        (sale, refund, r.text(37).unwrap())
+    }
+
     async fn reversal_acked(&self, rrn: &str) -> bool {
         let store = Arc::clone(&self.h.store);
         let id = store.txn_by_rrn(rrn).unwrap().unwrap().id;
@@ -382,14 +406,7 @@ fn a_reversal_the_issuer_refused_tells_the_merchant_to_check_the_card() {
 
         // A refund whose reversal the issuer refused: the refund may stand, the customer may
         // have been paid back; not a sale the card may still show.
-        let (code, sale, _) = e.purchase(&card, 1_200).await;
-        assert_eq!(code, "00");
-        let today = switch::LocalTime::from_ms(now()).mmdd();
-        e.stan += 1;
-        let refund = Req::refund(card.pan.expose_digits(), 1_200, e.stan, &sale, &today);
-        let r = e.t.send(&refund).await;
-        assert_eq!(r.code(), "00");
-        let refund_rrn = r.text(37).unwrap();
+        let (_, _, refund_rrn) = e.sale_refunded(&card, 1_200, 1_200).await;
         let refund_id = store.txn_by_rrn(&refund_rrn).unwrap().unwrap().id;
         store
             .submit(reversed_and_refused(refund_id, "12"))
@@ -441,14 +458,7 @@ fn a_reversal_answered_25_reads_as_undone_not_refused() {
         let mut e = start().await;
         let card = e.healthy(0);
         let store = e.store();
-        let (code, sale, _) = e.purchase(&card, 4_300).await;
-        assert_eq!(code, "00");
-        let today = switch::LocalTime::from_ms(now()).mmdd();
-        e.stan += 1;
-        let refund = Req::refund(card.pan.expose_digits(), 1_300, e.stan, &sale, &today);
-        let r = e.t.send(&refund).await;
-        assert_eq!(r.code(), "00");
-        let refund_rrn = r.text(37).unwrap();
+        let (_, _, refund_rrn) = e.sale_refunded(&card, 4_300, 1_300).await;
         let (code, timed_out, _) = e.purchase(&card, 2_100).await;
         assert_eq!(code, "00");
         let mut tailer = e.tailer();
@@ -802,14 +812,7 @@ fn a_refund_its_terminal_reversed_reads_as_a_refund_undone() {
     runtime().block_on(async {
         let mut e = start().await;
         let card = e.healthy(3);
-        let (code, rrn, _) = e.purchase(&card, 2_000).await;
-        assert_eq!(code, "00");
-        let today = switch::LocalTime::from_ms(now()).mmdd();
-        e.stan += 1;
-        let refund = Req::refund(card.pan.expose_digits(), 800, e.stan, &rrn, &today);
-        let r = e.t.send(&refund).await;
-        assert_eq!(r.code(), "00");
-        let refund_rrn = r.text(37).unwrap();
+        let (_, refund, refund_rrn) = e.sale_refunded(&card, 2_000, 800).await;
         assert_eq!(e.t.send(&Req::reversal_of(&refund)).await.code(), "00");
         assert!(e.reversal_acked(&refund_rrn).await);
         let store = e.store();
@@ -890,15 +893,9 @@ fn a_terminals_reversal_reads_as_what_it_undid() {
         );
 
         // A refund's reversal: the refund does not stand, the sale still does.
-        let (code, rrn, _) = e.purchase(&card, 2_000).await;
-        assert_eq!(code, "00");
-        let today = switch::LocalTime::from_ms(now()).mmdd();
-        e.stan += 1;
-        let refund = Req::refund(card.pan.expose_digits(), 800, e.stan, &rrn, &today);
-        let r = e.t.send(&refund).await;
-        assert_eq!(r.code(), "00");
+        let (_, refund, refund_rrn) = e.sale_refunded(&card, 2_000, 800).await;
         assert_eq!(e.t.send(&Req::reversal_of(&refund)).await.code(), "00");
-        assert!(e.reversal_acked(&r.text(37).unwrap()).await);
+        assert!(e.reversal_acked(&refund_rrn).await);
         let x = reversal_of_stan(refund.stan);
         assert!(x.summary.en.contains("does not stand"), "{:?}", x.summary);
         assert!(!x.summary.en.contains("not charged"), "{:?}", x.summary);
