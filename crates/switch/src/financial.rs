@@ -956,6 +956,15 @@ impl Core {
             return Err(RC_ORIGINAL_NOT_FOUND);
         }
         let mut live = original.live();
+        // Field 38, when sent, is the original's authorisation code (a void's, a completion's).
+        let code_differs = {
+            let sent = ctx.frame.message.text(38).map(str::trim);
+            let held = live.answer.as_ref().and_then(|a| a.auth_code.as_deref());
+            matches!(
+                (sent.filter(|a| !a.is_empty()), held),
+                (Some(sent), Some(held)) if sent != held.trim()
+            )
+        };
         match live.state {
             TxnState::Approved => {}
             TxnState::Voided | TxnState::Completed => return Err(RC_INVALID_TRANSACTION),
@@ -977,12 +986,7 @@ impl Core {
                 if !in_time {
                     return Err(RC_ORIGINAL_NOT_FOUND);
                 }
-                // Field 38, when sent, is the original's authorisation code.
-                let sent = ctx.frame.message.text(38).map(str::trim);
-                let held = live.answer.as_ref().and_then(|a| a.auth_code.as_deref());
-                if let (Some(sent), Some(held)) = (sent.filter(|a| !a.is_empty()), held)
-                    && sent != held.trim()
-                {
+                if code_differs {
                     return Err(RC_ORIGINAL_NOT_FOUND);
                 }
                 if ctx.amount_fen != original.amount_fen {
@@ -1001,13 +1005,9 @@ impl Core {
                 if ctx.amount_fen > original.amount_fen {
                     return Err(RC_AMOUNT_DIFFERS);
                 }
-                // Field 38, when sent, is the pre-authorisation's code: a completion naming
-                // one pre-authorisation's numbers and another's code is not guessed at.
-                let sent = ctx.frame.message.text(38).map(str::trim);
-                let held = live.answer.as_ref().and_then(|a| a.auth_code.as_deref());
-                if let (Some(sent), Some(held)) = (sent.filter(|a| !a.is_empty()), held)
-                    && sent != held.trim()
-                {
+                // A completion naming one pre-authorisation's numbers and another's code is
+                // not guessed at.
+                if code_differs {
                     return Err(RC_ORIGINAL_NOT_FOUND);
                 }
             }

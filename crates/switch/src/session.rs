@@ -400,7 +400,11 @@ impl Sessions {
                         // 04xx: a reversal or its repeat.
                         mti.is_request() && mti.value() / 100 != 4 && self.names_terminal(part)
                     })
-                    .and_then(|part| self.core.answer_code(&part, RC_FORMAT_ERROR));
+                    .and_then(|part| {
+                        // One of ours: its connection is a terminal's.
+                        known.store(true, Ordering::Release);
+                        self.core.answer_code(&part, RC_FORMAT_ERROR)
+                    });
                 self.metrics
                     .count("malformed", answer.as_ref().map(|_| RC_FORMAT_ERROR));
                 return answer;
