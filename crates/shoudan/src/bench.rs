@@ -187,7 +187,15 @@ struct Stats {
     latency: Histogram<u64>,
     ok: u64,
     errors: BTreeMap<String, u64>,
+    /// Open loop: sends that went out more than `LATE_AFTER` past their scheduled time (the
+    /// terminal's previous answer came later than its interval). Their latency counts from
+    /// the schedule, but the switch saw them late: a smoother load than the schedule's.
+    late: u64,
 }
+
+/// How far past its scheduled time an open-loop send counts as late: beyond the timer's own
+/// slack (a sleep ends up to a few milliseconds after its time on a busy machine).
+const LATE_AFTER: Duration = Duration::from_millis(5);
 
 impl Stats {
     fn new() -> Result<Stats, hdrhistogram::CreationError> {
@@ -195,6 +203,7 @@ impl Stats {
             latency: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)?,
             ok: 0,
             errors: BTreeMap::new(),
+            late: 0,
         })
     }
 
@@ -210,6 +219,7 @@ impl Stats {
     fn merge(&mut self, other: Stats) -> Result<(), hdrhistogram::AdditionError> {
         self.latency.add(&other.latency)?;
         self.ok += other.ok;
+        self.late += other.late;
         for (kind, n) in other.errors {
             *self.errors.entry(kind).or_default() += n;
         }
@@ -262,6 +272,7 @@ impl Report {
             "switch_p99_us": self.switch_quantile(0.99),
             "errors": self.stats.error_count(),
             "errors_by_kind": self.stats.errors,
+            "late_sends": self.stats.late,
             "journal": self.journal,
             "issuer_ledgers": self.issuer_ledgers,
         })
@@ -304,6 +315,13 @@ impl Report {
         println!("  errors           {}", self.stats.error_count());
         for (kind, n) in &self.stats.errors {
             println!("    {kind:<14} {n}");
+        }
+        if self.stats.late > 0 {
+            println!(
+                "  late sends       {} (open loop: sent over {}ms past their time, the answer before them slow)",
+                self.stats.late,
+                LATE_AFTER.as_millis()
+            );
         }
     }
 }
@@ -837,6 +855,9 @@ async fn worker(
                     break;
                 }
                 tokio::time::sleep_until(at.into()).await;
+                if Instant::now().saturating_duration_since(at) > LATE_AFTER {
+                    stats.late += 1;
+                }
                 at
             }
             _ => Instant::now(),
@@ -1387,8 +1408,11 @@ mod tests {
         b.latency.record(300).unwrap();
         b.error("code 51".to_owned());
         b.error("code 51".to_owned());
+        a.late = 1;
+        b.late = 4;
         a.merge(b).unwrap();
         assert_eq!(a.ok, 5);
+        assert_eq!(a.late, 5);
         assert_eq!(a.latency.len(), 2);
         assert_eq!(a.error_count(), 2);
         assert_eq!(a.errors.get("code 51"), Some(&2));

@@ -105,6 +105,28 @@ fn auth_open_loop_keeps_its_rate() {
     assert!((90..=102).contains(&ok), "{report}");
 }
 
+/// One terminal asked for more than it can do (a send every 0.2 ms, answers slower than that):
+/// its sends go out later and later, and the report counts them as late rather than passing
+/// the load the switch saw for the schedule's.
+#[test]
+fn an_open_loop_that_falls_behind_counts_its_late_sends() {
+    let report = bench(&[
+        "auth",
+        "--terminals",
+        "1",
+        "--rate",
+        "5000",
+        "--duration",
+        "1s",
+        "--journal",
+        "off",
+        "--json",
+    ]);
+    let late = report["late_sends"].as_u64().unwrap();
+    let ok = report["ok"].as_u64().unwrap();
+    assert!(late > ok / 2, "{report}");
+}
+
 /// A slow schedule (each terminal every 4 s) ends with its duration: a send scheduled past
 /// the end is not waited for, so the run neither outlasts it nor understates its rate.
 #[test]
