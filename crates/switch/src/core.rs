@@ -187,6 +187,25 @@ pub(crate) enum ReplyError {
     Hsm(#[from] HsmError),
 }
 
+/// Traces tried for one request before the next is taken whatever it is (the exchange then
+/// refuses it, as it did before any were passed over): a bound on the work per request, and
+/// more than the awaited traces a wrap meets in a row but when a stalled issuer holds a run of
+/// them.
+const TRACE_TRIES: usize = 64;
+
+/// The first of `next`'s traces that is not `awaited`, within `TRACE_TRIES`; else the last
+/// drawn.
+fn free_trace(mut next: impl FnMut() -> u32, awaited: impl Fn(u32) -> bool) -> u32 {
+    let mut trace = next();
+    for _ in 1..TRACE_TRIES {
+        if !awaited(trace) {
+            break;
+        }
+        trace = next();
+    }
+    trace
+}
+
 /// Node classes of host traces (node ids of nodes sharing a database differ modulo this).
 pub(crate) const TRACE_NODES: u32 = 10;
 /// Traces each node cycles through: six digits in all.
@@ -366,6 +385,14 @@ impl Core {
     pub fn next_trace(&self) -> u32 {
         let k = self.trace.fetch_add(1, Ordering::Relaxed) % TRACE_PER_NODE;
         k * TRACE_NODES + u32::from(self.config.node_id) % TRACE_NODES + 1
+    }
+
+    /// A host trace for a request to `link`: the next of this node's, passing over any still
+    /// awaited on the link. Traces come round within seconds at full load while an issuer's
+    /// timeout may be a minute, and the exchange refuses a request whose trace is awaited
+    /// (91, nothing sent).
+    pub(crate) fn next_trace_for(&self, link: &crate::issuer::IssuerLink) -> u32 {
+        free_trace(|| self.next_trace(), |trace| link.trace_awaited(trace))
     }
 
     /// A 12-digit RRN: node id, then ten digits of sequence.
@@ -955,5 +982,31 @@ fn scheme_strength(scheme: KeyScheme) -> u8 {
         KeyScheme::Single => 1,
         KeyScheme::Double | KeyScheme::DoubleWithTdk => 2,
         KeyScheme::Sm4 => 3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    /// A trace still awaited on the link is passed over for the next free one; past
+    /// `TRACE_TRIES` awaited in a row, the last drawn is taken (and refused at the exchange).
+    #[test]
+    fn an_awaited_trace_is_passed_over() {
+        let drawn = Cell::new(0_u32);
+        let next = || {
+            drawn.set(drawn.get() + 1);
+            drawn.get()
+        };
+        assert_eq!(free_trace(next, |t| t < 4), 4);
+        assert_eq!(drawn.get(), 4);
+        drawn.set(0);
+        assert_eq!(free_trace(next, |_| false), 1);
+        drawn.set(0);
+        let last = u32::try_from(TRACE_TRIES).unwrap_or(u32::MAX);
+        assert_eq!(free_trace(next, |_| true), last);
+        assert_eq!(drawn.get(), last);
     }
 }

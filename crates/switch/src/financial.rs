@@ -1182,7 +1182,10 @@ impl Core {
                 }),
             _ => None,
         };
-        let host_trace = self.next_trace();
+        let host_trace = match &route {
+            Some(Ok((link, _))) => self.next_trace_for(link),
+            _ => self.next_trace(),
+        };
         let mut row = self.row(ctx, &entry, pan_at_rest, Some(host_trace));
         // The terminal's reversal of this very request came first (the request held up on
         // the way, by a gateway or another node): the terminal has written it off, and an

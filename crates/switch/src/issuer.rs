@@ -181,6 +181,15 @@ impl IssuerLink {
         (link, task)
     }
 
+    /// Whether a request under host trace `trace` is awaited on this link, whatever its
+    /// reply's MTI (an authorisation's, a financial request's or advice's, a reversal's).
+    pub fn trace_awaited(&self, trace: u32) -> bool {
+        let waiters = self.waiters();
+        [110, 130, 210, 230, 410, 430]
+            .into_iter()
+            .any(|mti| waiters.contains_key(&(mti, trace)))
+    }
+
     fn waiters(&self) -> MutexGuard<'_, Waiters> {
         self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
     }
