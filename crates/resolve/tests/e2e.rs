@@ -900,6 +900,39 @@ fn a_terminals_reversal_reads_as_what_it_undid() {
         assert!(x.summary.en.contains("does not stand"), "{:?}", x.summary);
         assert!(!x.summary.en.contains("not charged"), "{:?}", x.summary);
 
+        // A completion's reversal: nothing is charged for it, and the hold stands again.
+        e.stan += 1;
+        let hold = Req {
+            mti: iso8583::Mti::AUTHORISATION,
+            processing: "030000",
+            condition: "06",
+            message_type: "10",
+            pin: Some(card.pin().to_owned()),
+            ..Req::purchase(card.pan.expose_digits(), 5_000, e.stan)
+        };
+        let held = e.t.send(&hold).await;
+        assert_eq!(held.code(), "00");
+        e.stan += 1;
+        let completion = Req {
+            processing: "000000",
+            condition: "06",
+            message_type: "20",
+            rrn: held.text(37),
+            f61: Some(format!("{:06}{:06}", 1, hold.stan)),
+            ..Req::purchase(card.pan.expose_digits(), 3_000, e.stan)
+        };
+        let completed = e.t.send(&completion).await;
+        assert_eq!(completed.code(), "00");
+        assert_eq!(e.t.send(&Req::reversal_of(&completion)).await.code(), "00");
+        assert!(e.reversal_acked(&completed.text(37).unwrap()).await);
+        let x = reversal_of_stan(completion.stan);
+        assert!(
+            x.summary.en.contains("hold stands again"),
+            "{:?}",
+            x.summary
+        );
+        assert!(x.summary.zh.contains("预授权恢复冻结"), "{:?}", x.summary);
+
         // A reversal of a purchase the host never had.
         e.stan += 1;
         let never = Req::purchase(card.pan.expose_digits(), 700, e.stan);
