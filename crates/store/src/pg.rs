@@ -1015,7 +1015,7 @@ fn claim(
     let sql = format!(
         "UPDATE reversal_queue SET next_attempt_ms = ?1 WHERE txn_id IN (
          SELECT txn_id FROM reversal_queue WHERE state = ?2 AND next_attempt_ms <= ?3
-         ORDER BY next_attempt_ms LIMIT ?4 FOR UPDATE SKIP LOCKED)
+         ORDER BY next_attempt_ms, txn_id LIMIT ?4 FOR UPDATE SKIP LOCKED)
          RETURNING {SAF_COLUMNS}"
     );
     let mut items = conn

@@ -564,7 +564,7 @@ impl Store for SqliteStore {
     }
 
     fn reversals_in_state(&self, state: SafState) -> Result<Vec<SafItem>, StoreError> {
-        self.safs_where("state = ?1 ORDER BY next_attempt_ms", &[&state])
+        self.safs_where("state = ?1 ORDER BY next_attempt_ms, txn_id", &[&state])
     }
 
     fn count_reversals_in_state(&self, state: SafState) -> Result<u64, StoreError> {
@@ -1775,7 +1775,7 @@ fn claim(
 ) -> Result<Vec<SafItem>, StoreError> {
     let sql = format!(
         "SELECT {SAF_COLUMNS} FROM reversal_queue WHERE state = ?1 AND next_attempt_ms <= ?2
-         ORDER BY next_attempt_ms LIMIT ?3"
+         ORDER BY next_attempt_ms, txn_id LIMIT ?3"
     );
     let mut items = conn
         .prepare_cached(&sql)?
@@ -1788,6 +1788,9 @@ fn claim(
         update.execute(params![item.txn_id, lease_until])?;
         item.next_attempt_ms = lease_until;
     }
+    // In transaction order, as PostgreSQL's claim gives them (its update returns them in no
+    // order, their due times replaced by the lease).
+    items.sort_by_key(|item| item.txn_id);
     Ok(items)
 }
 

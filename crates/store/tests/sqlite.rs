@@ -1228,6 +1228,50 @@ fn counters_never_repeat_across_reopen(db: &Db) {
     assert_eq!(store.reserve("rrn", 1).unwrap().wait().unwrap(), 201);
 }
 
+/// Claims are the same on both backends: the earliest due first, transactions due at once
+/// taken in transaction order when the limit falls among them, and handed back in
+/// transaction order.
+fn reversal_claims_are_ordered_alike(db: &Db) {
+    let store = db.open();
+    provision(&store);
+    // Txn 1 due at 200, txns 2 and 3 at 100: a claim of two takes 2 and 3, one of one takes 2.
+    for (id, due) in [(1, 200), (2, 100), (3, 100)] {
+        store
+            .submit(vec![
+                Record::InsertTxn(Box::new(txn(id, u32::try_from(id).unwrap()))),
+                Record::SafEnqueue {
+                    txn_id: id,
+                    issuer: "ICBC".into(),
+                    reason: "98".into(),
+                    next_attempt_ms: due,
+                },
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    let claim = |now_ms, limit| {
+        store
+            .claim_reversals(now_ms, 1_000, limit)
+            .unwrap()
+            .wait()
+            .unwrap()
+            .iter()
+            .map(|i| i.txn_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(claim(250, 1), [2]);
+    // Leased to 1,250 and 1,300.
+    assert_eq!(claim(300, 5), [1, 3]);
+    let pending: Vec<i64> = store
+        .reversals_in_state(SafState::Pending)
+        .unwrap()
+        .iter()
+        .map(|i| i.txn_id)
+        .collect();
+    assert_eq!(pending, [2, 1, 3], "by lease, then transaction");
+}
+
 fn reversal_queue_claim_retry_and_ack(db: &Db) {
     let store = db.open();
     provision(&store);
@@ -2270,6 +2314,7 @@ on_both!(
     group_commit_under_concurrency_then_durable_across_reopen,
     counters_never_repeat_across_reopen,
     reversal_queue_claim_retry_and_ack,
+    reversal_claims_are_ordered_alike,
     writes_after_close_are_refused,
 );
 
