@@ -105,7 +105,8 @@ fn auth_open_loop_keeps_its_rate() {
     assert!((90..=102).contains(&ok), "{report}");
 }
 
-/// One terminal asked for more than it can do (a send every 0.2 ms, answers slower than that):
+/// One terminal asked for more than it can do (a send every 0.2 ms; a test build's answers take
+/// longer, its issuer simulators, MACs and PIN translation unoptimised):
 /// its sends go out later and later, and the report counts them as late rather than passing
 /// the load the switch saw for the schedule's.
 #[test]
