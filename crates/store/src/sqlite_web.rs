@@ -121,19 +121,7 @@ pub(super) fn write(conn: &Connection, record: &WebRecord) -> Result<(), StoreEr
             )?
             .execute_any(params![token_hash, expires_at_ms])?;
         }
-        WebRecord::EndSessions {
-            user_id,
-            keep: Some(keep),
-        } => {
-            conn.prepare_cached(
-                "DELETE FROM web_sessions WHERE user_id = ?1 AND token_hash <> ?2",
-            )?
-            .execute_any(params![user_id, keep])?;
-        }
-        WebRecord::EndSessions {
-            user_id,
-            keep: None,
-        } => {
+        WebRecord::EndSessions { user_id } => {
             conn.prepare_cached("DELETE FROM web_sessions WHERE user_id = ?1")?
                 .execute_any(params![user_id])?;
         }

@@ -213,10 +213,9 @@ pub enum WebRecord {
         user_id: i64,
         now_ms: i64,
     },
-    /// Ends every page session of `user_id` but the one whose digest is `keep`.
+    /// Ends every page session of `user_id`.
     EndSessions {
         user_id: i64,
-        keep: Option<Vec<u8>>,
     },
     InsertApiToken(ApiTokenRow),
     /// An API token issued on a password check against `password_hash`, as

@@ -607,10 +607,7 @@ pub async fn set_password(
                 user_id,
                 password_hash: user.password_hash.clone().into(),
             }),
-            Record::Web(WebRecord::EndSessions {
-                user_id,
-                keep: None,
-            }),
+            Record::Web(WebRecord::EndSessions { user_id }),
             Record::Web(WebRecord::RevokeUserTokens { user_id }),
             Record::Web(WebRecord::ClearLoginFailures { user_id }),
             audit,
@@ -672,10 +669,7 @@ pub async fn set_disabled(
     };
     let mut records = vec![Record::Web(set), audit];
     if disabled {
-        records.push(Record::Web(WebRecord::EndSessions {
-            user_id: user.id,
-            keep: None,
-        }));
+        records.push(Record::Web(WebRecord::EndSessions { user_id: user.id }));
         records.push(Record::Web(WebRecord::RevokeUserTokens {
             user_id: user.id,
         }));
