@@ -820,6 +820,7 @@ async fn users(State(web): State<Web>, who: Principal) -> ApiResult {
             if let Some(map) = item.as_object_mut() {
                 map.insert("wrong_passwords".into(), json!(s.wrong_passwords));
                 map.insert("locked_until_ms".into(), json!(s.locked_until_ms));
+                map.insert("must_set_password".into(), json!(s.must_set_password));
             }
             item
         })

@@ -316,35 +316,37 @@ pub fn locked_until(failures: Option<&LoginFailuresRow>, now_ms: i64) -> Option<
         .filter(|until| *until > now_ms)
 }
 
-/// A user as the admin's list shows them: wrong passwords in a row, and the end of their lock
-/// if they are locked now.
+/// A user as the admin's list shows them: wrong passwords in a row, the end of their lock if
+/// they are locked now, and whether their password is still one an admin set (they can do
+/// nothing else until they set their own).
 pub struct Standing {
     pub user: UserRow,
     pub wrong_passwords: i64,
     pub locked_until_ms: Option<i64>,
+    pub must_set_password: bool,
 }
 
 /// Every user with their standing (the console's users page and `GET /api/users`).
 pub fn users_standing(web: &Web) -> Result<Vec<Standing>, ApiError> {
     let failures = web.store.web_login_failures(None)?;
     let now_ms = web.clock.now_ms();
-    Ok(web
-        .store
+    web.store
         .web_users()?
         .into_iter()
         .map(|user| {
             let mine = failures.iter().find(|f| f.user_id == user.id);
-            Standing {
+            Ok(Standing {
                 // As the sign-in counts them: wrong passwords more than LOCKOUT_MS apart are
                 // not in a row, and the next one starts the count again.
                 wrong_passwords: mine
                     .filter(|f| f.last_at_ms >= now_ms.saturating_sub(LOCKOUT_MS))
                     .map_or(0, |f| f.failures),
                 locked_until_ms: locked_until(mine, now_ms),
+                must_set_password: password_set_by_another(web.store.as_ref(), &user)?,
                 user,
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// What a sign-in attempt gets.

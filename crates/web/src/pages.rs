@@ -3169,13 +3169,21 @@ async fn users(
             user,
             wrong_passwords: wrong,
             locked_until_ms: until,
+            must_set_password,
         } in auth::users_standing(&web)?
         {
-            let state = match (user.disabled, until) {
+            let mut state = match (user.disabled, until) {
                 (true, _) => t(l, "已停用", "disabled").to_owned(),
                 (false, Some(until)) => format_time(until),
                 (false, None) => "-".to_owned(),
             };
+            if must_set_password {
+                state.push_str(t(
+                    l,
+                    "（尚未设置自己的密码）",
+                    " (has not set their own password yet)",
+                ));
+            }
             let form = |action: &str, class: &str, label: &str| {
                 format!(
                     "<form class=\"inline\" method=\"post\" action=\"/console/users/{}/{action}\">\

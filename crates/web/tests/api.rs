@@ -5060,6 +5060,21 @@ fn an_account_bound_by_staff_waits_for_another_person() {
         let ops2 = token_of("set-by-admin-1").await;
         let me = api.call(Some(&ops2), "GET", "/api/me", None).await;
         assert_eq!(me.json()["must_set_password"], true, "{}", me.body);
+        // The admin sees who has not set their own password yet.
+        let must_set = || async {
+            let users = api
+                .call(Some(&admin), "GET", "/api/users", None)
+                .await
+                .json();
+            users["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|u| u["must_set_password"] == true)
+                .map(|u| u["username"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(must_set().await, ["ops2"]);
         for (method, path) in [("POST", confirm.as_str()), ("GET", "/api/account-changes")] {
             assert_error(
                 &api.call(Some(&ops2), method, path, None).await,
@@ -5116,6 +5131,7 @@ fn an_account_bound_by_staff_waits_for_another_person() {
         let ops2 = token_of("ops2-own-pass").await;
         let me = api.call(Some(&ops2), "GET", "/api/me", None).await;
         assert_eq!(me.json()["must_set_password"], false, "{}", me.body);
+        assert!(must_set().await.is_empty());
         let ok = api.call(Some(&ops2), "POST", &confirm, None).await;
         assert_eq!(ok.status, 200, "{}", ok.body);
         // A reset by an admin is for first use too.
