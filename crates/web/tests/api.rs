@@ -3063,20 +3063,7 @@ fn a_user_changes_their_password_and_an_admin_disables_and_resets_users() {
             .await;
         assert_eq!(done.status, 200, "{}", done.body);
         assert!(done.body.contains("id=\"done\""), "{}", done.body);
-        let set = done
-            .headers_named("set-cookie")
-            .into_iter()
-            .find(|c| c.starts_with("shoudan_session="))
-            .expect("a new session's cookie")
-            .to_owned();
-        assert!(
-            set.contains("HttpOnly") && set.contains("SameSite=Strict"),
-            "{set}"
-        );
-        let here = PageSession {
-            addr: e.http,
-            cookie: set.split(';').next().unwrap().to_owned(),
-        };
+        let here = PageSession::opened_by(e.http, &done);
         assert_ne!(here.cookie, before.cookie);
         // The page answered is the new session's: its form carries that session's token.
         let new_csrf = PageSession::csrf_of(&done.body);
@@ -3134,17 +3121,8 @@ fn a_user_changes_their_password_and_an_admin_disables_and_resets_users() {
         let changed = by_cookie(Some(csrf)).await;
         assert_eq!(changed.status, 200, "{}", changed.body);
         // That session ended with the change too; the answer sets the new one's cookie.
-        let set = changed
-            .headers_named("set-cookie")
-            .into_iter()
-            .find(|c| c.starts_with("shoudan_session="))
-            .expect("a new session's cookie")
-            .to_owned();
         assert_eq!(here.get("/portal").await.status, 303);
-        let here = PageSession {
-            addr: e.http,
-            cookie: set.split(';').next().unwrap().to_owned(),
-        };
+        let here = PageSession::opened_by(e.http, &changed);
         assert_eq!(here.get("/portal").await.status, 200);
         let fresh = sign_in("new-pass-456").await;
         assert_eq!(fresh.status, 200);
@@ -4975,17 +4953,25 @@ fn an_account_bound_by_staff_waits_for_another_person() {
             )
             .await;
         assert_eq!(r.json()["outcome"], "active", "{}", r.body);
+        // A binding staff make for the merchant waits for a checker: the change's id.
+        let staff_binds = |token: String, number: String| {
+            let api = &api;
+            async move {
+                let r = api
+                    .call(
+                        Some(&token),
+                        "POST",
+                        "/api/bound-account",
+                        Some(json!({"mid": MID, "kind": "card", "number": number,
+                                    "holder_name": "Teahouse Ltd"})),
+                    )
+                    .await;
+                assert_eq!(r.json()["outcome"], "pending_confirmation", "{}", r.body);
+                r.json()["change_id"].as_i64().unwrap()
+            }
+        };
         let number = e.card("healthy").pan.expose_digits().to_owned();
-        let r = api
-            .call(
-                Some(&ops),
-                "POST",
-                "/api/bound-account",
-                Some(json!({"mid": MID, "kind": "card", "number": number, "holder_name": "Teahouse Ltd"})),
-            )
-            .await;
-        assert_eq!(r.json()["outcome"], "pending_confirmation", "{}", r.body);
-        let change = r.json()["change_id"].as_i64().unwrap();
+        let change = staff_binds(ops.clone(), number.clone()).await;
         let still_own = |e: &Env| {
             let bound = e.h.store.bound_account(MID).unwrap().unwrap();
             assert!(bound.number_masked.ends_with(&own[own.len() - 4..]));
@@ -5019,16 +5005,7 @@ fn an_account_bound_by_staff_waits_for_another_person() {
         // password it chose (PCI DSS). An admin asks for a change and makes an operator: that
         // operator can do nothing but set its own password, then confirms.
         let other = e.card("insufficient_funds").pan.expose_digits().to_owned();
-        let r = api
-            .call(
-                Some(&admin),
-                "POST",
-                "/api/bound-account",
-                Some(json!({"mid": MID, "kind": "card", "number": other, "holder_name": "Teahouse Ltd"})),
-            )
-            .await;
-        assert_eq!(r.json()["outcome"], "pending_confirmation", "{}", r.body);
-        let change = r.json()["change_id"].as_i64().unwrap();
+        let change = staff_binds(admin.clone(), other).await;
         let created = api
             .call(
                 Some(&admin),
@@ -5041,23 +5018,8 @@ fn an_account_bound_by_staff_waits_for_another_person() {
             )
             .await;
         assert_eq!(created.status, 201, "{}", created.body);
-        let token_of = |password: &'static str| {
-            let http = e.http;
-            async move {
-                let r = request(
-                    http,
-                    "POST",
-                    "/api/tokens",
-                    &[("content-type", "application/json")],
-                    &json!({ "username": "ops2", "password": password }).to_string(),
-                )
-                .await;
-                assert_eq!(r.status, 200, "{}", r.body);
-                r.json()["token"].as_str().unwrap().to_owned()
-            }
-        };
         let confirm = format!("/api/account-changes/{change}/confirm");
-        let ops2 = token_of("set-by-admin-1").await;
+        let ops2 = e.token_as("ops2", "set-by-admin-1").await;
         let me = api.call(Some(&ops2), "GET", "/api/me", None).await;
         assert_eq!(me.json()["must_set_password"], true, "{}", me.body);
         // The admin sees who has not set their own password yet.
@@ -5083,20 +5045,7 @@ fn an_account_bound_by_staff_waits_for_another_person() {
             );
         }
         // In the browser: every page leads to the account page, which says why.
-        let page = PageSession::attempt(e.http, "ops2", "set-by-admin-1").await;
-        let cookie = page
-            .headers_named("set-cookie")
-            .into_iter()
-            .find(|c| c.starts_with("shoudan_session="))
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
-        let browser = PageSession {
-            addr: e.http,
-            cookie,
-        };
+        let browser = PageSession::login_as(e.http, "ops2", "set-by-admin-1").await;
         let console = browser.get("/console").await;
         assert_eq!(console.status, 303);
         assert_eq!(console.header("location"), Some("/account"));
@@ -5128,7 +5077,7 @@ fn an_account_bound_by_staff_waits_for_another_person() {
             )
             .await;
         assert_eq!(changed.status, 200, "{}", changed.body);
-        let ops2 = token_of("ops2-own-pass").await;
+        let ops2 = e.token_as("ops2", "ops2-own-pass").await;
         let me = api.call(Some(&ops2), "GET", "/api/me", None).await;
         assert_eq!(me.json()["must_set_password"], false, "{}", me.body);
         assert!(must_set().await.is_empty());
@@ -5144,7 +5093,7 @@ fn an_account_bound_by_staff_waits_for_another_person() {
             )
             .await;
         assert_eq!(reset.status, 200, "{}", reset.body);
-        let ops2 = token_of("reset-by-admin-2").await;
+        let ops2 = e.token_as("ops2", "reset-by-admin-2").await;
         assert_error(
             &api.call(Some(&ops2), "GET", "/api/account-changes", None)
                 .await,

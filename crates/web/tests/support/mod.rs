@@ -169,12 +169,17 @@ impl Env {
 
     /// A bearer token for `username`.
     pub async fn token(&self, username: &str) -> String {
+        self.token_as(username, PASSWORD).await
+    }
+
+    /// A bearer token for `username` with `password`.
+    pub async fn token_as(&self, username: &str, password: &str) -> String {
         let r = request(
             self.http,
             "POST",
             "/api/tokens",
             &[("content-type", "application/json")],
-            &serde_json::json!({ "username": username, "password": PASSWORD }).to_string(),
+            &serde_json::json!({ "username": username, "password": password }).to_string(),
         )
         .await;
         assert_eq!(r.status, 200, "{}", r.body);
@@ -313,13 +318,23 @@ pub struct PageSession {
 
 impl PageSession {
     pub async fn login(addr: SocketAddr, username: &str) -> PageSession {
-        let r = Self::attempt(addr, username, PASSWORD).await;
+        Self::login_as(addr, username, PASSWORD).await
+    }
+
+    /// Signs `username` in with `password`, which must be right.
+    pub async fn login_as(addr: SocketAddr, username: &str, password: &str) -> PageSession {
+        let r = Self::attempt(addr, username, password).await;
         assert_eq!(r.status, 303, "{}", r.body);
+        Self::opened_by(addr, &r)
+    }
+
+    /// The session an answer's `Set-Cookie` opened (its cookie `HttpOnly` and `SameSite=Strict`).
+    pub fn opened_by(addr: SocketAddr, r: &Resp) -> PageSession {
         let set = r
             .headers_named("set-cookie")
             .into_iter()
             .find(|c| c.starts_with("shoudan_session="))
-            .unwrap()
+            .expect("a new session's cookie")
             .to_owned();
         assert!(
             set.contains("HttpOnly") && set.contains("SameSite=Strict"),
