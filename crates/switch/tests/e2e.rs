@@ -143,6 +143,22 @@ fn pre_auth_void(pan: &str, amount: u64, stan: u32, original_stan: u32, rrn: &st
     )
 }
 
+/// `base` (a completion or a pre-authorisation's void) naming its pre-authorisation by its code
+/// and date alone: no RRN, and a batch and trace of 0 in field 61.
+fn named_by_code(base: Req, code: &str, date: &str) -> Req {
+    Req {
+        rrn: None,
+        auth_code: Some(code.to_owned()),
+        f61: Some(format!("{:06}{:06}{date}", 0, 0)),
+        ..base
+    }
+}
+
+/// A day (MMDD) that is not `today`.
+fn other_day(today: &str) -> &'static str {
+    if today == "0101" { "0102" } else { "0101" }
+}
+
 fn completion(pan: &str, amount: u64, stan: u32, original_stan: u32, rrn: &str) -> Req {
     let base = Req {
         condition: "06",
@@ -482,14 +498,11 @@ fn a_completion_finds_its_pre_authorisation_by_auth_code() {
         let code = held.text(38).unwrap();
         let rrn_pa = held.text(37).unwrap();
         // A completion naming no RRN, batch or trace: the code and the date only.
-        let by_code = |stan: u32, code: &str, date: &str| Req {
-            rrn: None,
-            auth_code: Some(code.to_owned()),
-            f61: Some(format!("{:06}{:06}{date}", 0, 0)),
-            ..completion(&p, 15_000, stan, 0, "")
+        let by_code = |stan: u32, code: &str, date: &str| {
+            named_by_code(completion(&p, 15_000, stan, 0, ""), code, date)
         };
         let today = today_mmdd();
-        let other_day = if today == "0101" { "0102" } else { "0101" };
+        let other_day = other_day(&today);
         // Another code, or another day: nothing is found, nothing moves.
         let wrong = if code == "000001" { "000002" } else { "000001" };
         assert_eq!(
@@ -610,16 +623,13 @@ fn a_pre_authorisation_is_voided_from_another_terminal_and_by_its_code() {
         let held = desk.send(&with_pin(pre_auth(&p, 8_000, 12), &card)).await;
         assert_eq!(held.code(), "00");
         let (code, rrn) = (held.text(38).unwrap(), held.text(37).unwrap());
-        let by_code = |stan: u32, code: &str, date: &str| Req {
-            rrn: None,
-            auth_code: Some(code.to_owned()),
-            f61: Some(format!("{:06}{:06}{date}", 0, 0)),
-            ..pre_auth_void(&p, 8_000, stan, 0, "")
+        let by_code = |stan: u32, code: &str, date: &str| {
+            named_by_code(pre_auth_void(&p, 8_000, stan, 0, ""), code, date)
         };
         // A code no hold of the card has (the voided one's would be found, and refused 12).
         let wrong = "999999";
         assert_ne!(code, wrong);
-        let other_day = if today == "0101" { "0102" } else { "0101" };
+        let other_day = other_day(&today);
         assert_eq!(
             checkout.send(&by_code(22, wrong, &today)).await.code(),
             "25"
