@@ -1228,6 +1228,23 @@ fn counters_never_repeat_across_reopen(db: &Db) {
     assert_eq!(store.reserve("rrn", 1).unwrap().wait().unwrap(), 201);
 }
 
+/// Transaction `id` with its reversal queued (to ICBC, reason 98), due at `due_ms`.
+fn reversal_due(store: &backend::Opened, id: i64, due_ms: i64) {
+    store
+        .submit(vec![
+            Record::InsertTxn(Box::new(txn(id, u32::try_from(id).unwrap()))),
+            Record::SafEnqueue {
+                txn_id: id,
+                issuer: "ICBC".into(),
+                reason: "98".into(),
+                next_attempt_ms: due_ms,
+            },
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+}
+
 /// Claims are the same on both backends: the earliest due first, transactions due at once
 /// taken in transaction order when the limit falls among them, and handed back in
 /// transaction order.
@@ -1236,19 +1253,7 @@ fn reversal_claims_are_ordered_alike(db: &Db) {
     provision(&store);
     // Txn 1 due at 200, txns 2 and 3 at 100: a claim of two takes 2 and 3, one of one takes 2.
     for (id, due) in [(1, 200), (2, 100), (3, 100)] {
-        store
-            .submit(vec![
-                Record::InsertTxn(Box::new(txn(id, u32::try_from(id).unwrap()))),
-                Record::SafEnqueue {
-                    txn_id: id,
-                    issuer: "ICBC".into(),
-                    reason: "98".into(),
-                    next_attempt_ms: due,
-                },
-            ])
-            .unwrap()
-            .wait()
-            .unwrap();
+        reversal_due(&store, id, due);
     }
     let claim = |now_ms, limit| {
         store
@@ -1276,19 +1281,7 @@ fn reversal_queue_claim_retry_and_ack(db: &Db) {
     let store = db.open();
     provision(&store);
     for id in 1..=3 {
-        store
-            .submit(vec![
-                Record::InsertTxn(Box::new(txn(id, u32::try_from(id).unwrap()))),
-                Record::SafEnqueue {
-                    txn_id: id,
-                    issuer: "ICBC".into(),
-                    reason: "98".into(),
-                    next_attempt_ms: 100 * id,
-                },
-            ])
-            .unwrap()
-            .wait()
-            .unwrap();
+        reversal_due(&store, id, 100 * id);
     }
     // Enqueueing again keeps the first entry.
     store
