@@ -1371,45 +1371,42 @@ mod tests {
             errors,
             ..measured()
         };
-        let durable = RunErrors {
-            durable: 1,
-            ..RunErrors::default()
-        };
-        assert_eq!(
-            met(&failed(durable)),
-            vec![
-                Some(false),
-                Some(false),
-                Some(true),
-                Some(false),
-                Some(true)
-            ]
-        );
-        // The journal-off runs count for the journal's cost only.
-        let off = RunErrors {
-            off: 1,
-            ..RunErrors::default()
-        };
-        assert_eq!(
-            met(&failed(off)),
-            vec![Some(true), Some(false), Some(true), Some(true), Some(true)]
-        );
-        let open = RunErrors {
-            open: 1,
-            ..RunErrors::default()
-        };
-        assert_eq!(
-            met(&failed(open)),
-            vec![Some(true), Some(true), Some(false), Some(true), Some(true)]
-        );
-        let echo = RunErrors {
-            echo: 2,
-            ..RunErrors::default()
-        };
-        assert_eq!(
-            met(&failed(echo)),
-            vec![Some(true), Some(true), Some(true), Some(false), Some(true)]
-        );
+        // The durable runs count for the durable rate, the journal's cost and the echo ratio;
+        // the journal-off runs for the journal's cost only; the open loop for the half-rate
+        // p99; the echo run for the echo ratio.
+        let (yes, no) = (Some(true), Some(false));
+        for (errors, expected) in [
+            (
+                RunErrors {
+                    durable: 1,
+                    ..RunErrors::default()
+                },
+                [no, no, yes, no, yes],
+            ),
+            (
+                RunErrors {
+                    off: 1,
+                    ..RunErrors::default()
+                },
+                [yes, no, yes, yes, yes],
+            ),
+            (
+                RunErrors {
+                    open: 1,
+                    ..RunErrors::default()
+                },
+                [yes, yes, no, yes, yes],
+            ),
+            (
+                RunErrors {
+                    echo: 2,
+                    ..RunErrors::default()
+                },
+                [yes, yes, yes, no, yes],
+            ),
+        ] {
+            assert_eq!(met(&failed(errors)), expected, "{errors:?}");
+        }
     }
 
     #[test]
