@@ -25,6 +25,31 @@ fn posting(id: i64, value_date: &str, legs: &[(&str, i64)]) -> PostingRow {
     }
 }
 
+/// Eight submissions at once, `records(n)` for n in 0..8, alternating between stores `a` and
+/// `b` (two nodes on one database): how many were committed, the others refused by a
+/// constraint.
+fn committed_of_eight(
+    a: &dyn store::Store,
+    b: &dyn store::Store,
+    records: impl Fn(i64) -> Vec<Record> + Sync,
+) -> usize {
+    let committed = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for n in 0..8_i64 {
+            let (store, committed, records) =
+                (if n % 2 == 0 { a } else { b }, &committed, &records);
+            scope.spawn(move || match store.submit(records(n)).unwrap().wait() {
+                Ok(()) => {
+                    committed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                Err(StoreError::Constraint { .. }) => {}
+                Err(other) => panic!("{other:?}"),
+            });
+        }
+    });
+    committed.into_inner()
+}
+
 fn postings_and_balances(db: &Db) {
     let store = db.open();
     let big = 9_000_000_000_000_i64;
@@ -99,38 +124,22 @@ fn a_balance_is_paid_out_once_whoever_asks(db: &Db) {
     .unwrap()
     .wait()
     .unwrap();
-    let paid = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for n in 0..8_i64 {
-            let (store, payable, paid) = (if n % 2 == 0 { &a } else { &b }, &payable, &paid);
-            scope.spawn(move || {
-                let result = store
-                    .submit(vec![
-                        Record::Settlement(SettlementRecord::Postings(vec![posting(
-                            10 + n,
-                            "20261124",
-                            &[(payable, 9_945), ("in_flight", -9_945)],
-                        )])),
-                        Record::Settlement(SettlementRecord::BalanceAtMost {
-                            mid: mid.into(),
-                            account: payable.clone(),
-                            max_fen: 0,
-                            from_date: None,
-                        }),
-                    ])
-                    .unwrap()
-                    .wait();
-                match result {
-                    Ok(()) => {
-                        paid.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    Err(StoreError::Constraint { .. }) => {}
-                    Err(other) => panic!("{other:?}"),
-                }
-            });
-        }
+    let paid = committed_of_eight(&*a, &*b, |n| {
+        vec![
+            Record::Settlement(SettlementRecord::Postings(vec![posting(
+                10 + n,
+                "20261124",
+                &[(&payable, 9_945), ("in_flight", -9_945)],
+            )])),
+            Record::Settlement(SettlementRecord::BalanceAtMost {
+                mid: mid.into(),
+                account: payable.clone(),
+                max_fen: 0,
+                from_date: None,
+            }),
+        ]
     });
-    assert_eq!(paid.into_inner(), 1);
+    assert_eq!(paid, 1);
     assert_eq!(a.ledger_balance(&payable, None).unwrap(), 0);
     assert_eq!(b.ledger_balance("in_flight", None).unwrap(), -9_945);
 }
@@ -224,37 +233,24 @@ fn a_debt_is_netted_once_whoever_nets_it(db: &Db) {
     .unwrap()
     .wait()
     .unwrap();
-    let net = |store: &dyn store::Store, id: i64, fen: i64| {
-        store
-            .submit(vec![
-                Record::Settlement(SettlementRecord::Postings(vec![posting(
-                    id,
-                    "20261125",
-                    &[("in_flight", fen), (&payable, -fen)],
-                )])),
-                Record::Settlement(SettlementRecord::BalanceAtLeast {
-                    mid: mid.into(),
-                    account: payable.clone(),
-                    min_fen: 0,
-                }),
-            ])
-            .unwrap()
-            .wait()
+    let netting = |id: i64, fen: i64| {
+        vec![
+            Record::Settlement(SettlementRecord::Postings(vec![posting(
+                id,
+                "20261125",
+                &[("in_flight", fen), (&payable, -fen)],
+            )])),
+            Record::Settlement(SettlementRecord::BalanceAtLeast {
+                mid: mid.into(),
+                account: payable.clone(),
+                min_fen: 0,
+            }),
+        ]
     };
-    let netted = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for n in 0..8_i64 {
-            let (store, netted, net) = (if n % 2 == 0 { &a } else { &b }, &netted, &net);
-            scope.spawn(move || match net(&**store, 10 + n, 3_000) {
-                Ok(()) => {
-                    netted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-                Err(StoreError::Constraint { .. }) => {}
-                Err(other) => panic!("{other:?}"),
-            });
-        }
-    });
-    assert_eq!(netted.into_inner(), 1);
+    let net = |store: &dyn store::Store, id: i64, fen: i64| {
+        store.submit(netting(id, fen)).unwrap().wait()
+    };
+    assert_eq!(committed_of_eight(&*a, &*b, |n| netting(10 + n, 3_000)), 1);
     assert_eq!(a.ledger_balance(&payable, None).unwrap(), 0);
     assert_eq!(b.ledger_balance("in_flight", None).unwrap(), 3_000);
     // Part of a debt: the rest stays owed, and a netting larger than the rest is refused.
