@@ -45,7 +45,13 @@ pub struct TxnSummary {
 
 impl TxnSummary {
     pub fn of(directory: &IssuerDirectory, row: &TxnRow) -> TxnSummary {
-        let bank = bank_info(directory, row);
+        Self::with_card_of(directory, row, row)
+    }
+
+    /// `row`'s summary with the card, bank and network of `card` (a terminal's reversal carries
+    /// no card number: its original's).
+    fn with_card_of(directory: &IssuerDirectory, row: &TxnRow, card: &TxnRow) -> TxnSummary {
+        let bank = bank_info(directory, card);
         TxnSummary {
             id: row.id,
             kind: row.kind.as_str().to_owned(),
@@ -57,8 +63,8 @@ impl TxnSummary {
             amount_fen: row.amount_fen,
             amount: yuan(row.amount_fen),
             refunded_fen: row.refunded_fen,
-            masked_pan: row.pan.as_ref().map(|p| p.masked.clone()),
-            last4: row.pan.as_ref().map(|p| p.last4.clone()),
+            masked_pan: card.pan.as_ref().map(|p| p.masked.clone()),
+            last4: card.pan.as_ref().map(|p| p.last4.clone()),
             bank_code: bank.code,
             bank_name: bank.name,
             card_type: bank.card_type,
@@ -270,11 +276,12 @@ pub fn explain_txn(
         Some(id) => store.txn(id)?.filter(|o| o.mid == row.mid),
         None => None,
     };
-    // A terminal's reversal carries no card number: its original's card names the bank.
-    let bank = match (&row.pan, &original) {
-        (None, Some(o)) => bank_info(directory, o).name,
-        _ => bank_info(directory, row).name,
+    // A terminal's reversal carries no card number: its original's names the card and bank.
+    let card = match (&row.pan, &original) {
+        (None, Some(o)) => o,
+        _ => row,
     };
+    let bank = bank_info(directory, card).name;
     let kind = kind_text(row.kind);
     let amount = yuan(row.amount_fen);
     let who = origin(row);
@@ -872,33 +879,13 @@ pub fn explain_txn(
         _ => None,
     };
     Ok(Explanation {
-        txn: summary_with_card(directory, row, original.as_ref()),
+        txn: TxnSummary::with_card_of(directory, row, card),
         outcome,
         summary,
         steps,
         diagnosis,
         original_rrn,
     })
-}
-
-/// The row's summary; a row with no card number of its own (a terminal's reversal) shows its
-/// original's card, bank and network, its merchant's own.
-fn summary_with_card(
-    directory: &IssuerDirectory,
-    row: &TxnRow,
-    original: Option<&TxnRow>,
-) -> TxnSummary {
-    let mut summary = TxnSummary::of(directory, row);
-    if let (None, Some(original)) = (&row.pan, original) {
-        let card = TxnSummary::of(directory, original);
-        summary.masked_pan = card.masked_pan;
-        summary.last4 = card.last4;
-        summary.bank_code = card.bank_code;
-        summary.bank_name = card.bank_name;
-        summary.card_type = card.card_type;
-        summary.network = card.network;
-    }
-    summary
 }
 
 /// What a terminal's reversal that was accepted (answered 00) did, from its original and the
@@ -959,12 +946,6 @@ fn reversal_result(
             "reversal_nothing",
         ));
     };
-    let settled_at = store
-        .events(o.id)?
-        .iter()
-        .rev()
-        .find(|e| e.kind == "reversal_done")
-        .map(|e| e.at_ms);
     let (zh, en, key) = if r.undone() && o.kind == TxnKind::Completion {
         (
             format!(
@@ -1032,12 +1013,18 @@ fn reversal_result(
             "reversal_pending",
         )
     };
-    let at_ms = if key == "reversal_pending" {
-        None
+    // When the issuer settled it (acknowledged or refused): not yet, while it is pending.
+    let settled_at = if r.undone() || r.refused_standing() {
+        store
+            .events(o.id)?
+            .iter()
+            .rev()
+            .find(|e| e.kind == "reversal_done")
+            .map(|e| e.at_ms)
     } else {
-        settled_at
+        None
     };
-    Ok((Both::new(zh, en), at_ms, key))
+    Ok((Both::new(zh, en), settled_at, key))
 }
 
 /// The risk rule a "declined" event names, when shoudan's own rules declined the request
