@@ -247,15 +247,7 @@ impl Core {
         // say): it names its original in a form this host does not read, and was taken as
         // naming nothing (a refund then went through on its RRN alone, unchecked against the
         // date). A purchase's or an inquiry's field 61 names nothing and is not read.
-        let linked = matches!(
-            kind,
-            Financial::PurchaseVoid
-                | Financial::Refund
-                | Financial::PreAuthorisationVoid
-                | Financial::PreAuthorisationCompletion
-                | Financial::CompletionVoid
-        );
-        if !reversal && linked && request.field61().is_err() {
+        if !reversal && names_original(store_kind(kind)) && request.field61().is_err() {
             return answer(RC_FORMAT_ERROR);
         }
         let request_hash = self.request_digest(request);
