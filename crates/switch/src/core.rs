@@ -680,12 +680,11 @@ impl Core {
     /// A quick refusal (overload) without touching the store: 96, no MAC. `None` for what is
     /// not a request (undecodable, or a response or advice MTI), as at any other time: the
     /// connection is closed, not answered with a "response" to a response.
-    pub fn refuse(&self, input: &[u8]) -> Option<Vec<u8>> {
-        let frame = Frame::decode_unprefixed(input).ok()?;
+    pub fn refuse(&self, frame: &Frame<'_>) -> Option<Vec<u8>> {
         if !frame.message.mti().is_request() {
             return None;
         }
-        self.answer_code(&frame, RC_SYSTEM_ERROR)
+        self.answer_code(frame, RC_SYSTEM_ERROR)
     }
 
     /// Sign-in: fresh working keys from the HSM under the terminal's TMK, durable before the

@@ -287,17 +287,18 @@ where
                     .metrics
                     .refused_overload
                     .fetch_add(1, Ordering::Relaxed);
-                match sessions.core.refuse(&input) {
-                    Some(response) => {
-                        let frame = Frame::decode_unprefixed(&input).ok();
+                let frame = Frame::decode_unprefixed(&input).ok();
+                match frame
+                    .as_ref()
+                    .and_then(|f| Some((f, sessions.core.refuse(f)?)))
+                {
+                    Some((frame, response)) => {
                         // A terminal retrying into a full switch is one of ours all the same:
                         // its connection is not let go at the first-frame time.
-                        if frame.as_ref().is_some_and(|f| sessions.names_terminal(f)) {
+                        if sessions.names_terminal(frame) {
                             known.store(true, Ordering::Release);
                         }
-                        let kind = frame
-                            .as_ref()
-                            .map_or("malformed", |f| request_type(f.message.txn_kind()));
+                        let kind = request_type(frame.message.txn_kind());
                         sessions.metrics.count(kind, Some(RC_SYSTEM_ERROR));
                         let _ = responses.try_send(Zeroizing::new(response));
                     }
