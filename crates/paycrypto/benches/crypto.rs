@@ -22,6 +22,17 @@ fn direct(c: &mut Criterion) {
             b.iter(|| mac::compute(alg, black_box(&key), black_box(&MESSAGE)))
         });
     }
+    let single = DesKey::from_hex("0123456789ABCDEF").unwrap();
+    let double = DesKey::from_hex("0123456789ABCDEFFEDCBA9876543210").unwrap();
+    for (name, key) in [("des block", &single), ("tdes block", &double)] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let mut block = black_box([0x5a; 8]);
+                key.encrypt_block(&mut block);
+                block
+            })
+        });
+    }
     let sm4 = Key::from_hex(KeyAlgorithm::Sm4, "0123456789ABCDEFFEDCBA9876543210").unwrap();
     c.bench_function("mac sm4 128 B", |b| {
         b.iter(|| mac::compute(MacAlgorithm::Sm4, black_box(&sm4), black_box(&MESSAGE)))

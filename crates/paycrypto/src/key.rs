@@ -9,11 +9,11 @@ use core::fmt;
 use core::str::FromStr;
 
 use cipher::{Block, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
-use des::{Des, TdesEde2, TdesEde3};
 use sm4::Sm4;
 use thiserror::Error;
 use zeroize::Zeroize;
 
+use crate::dea::{Dea, Tdea};
 use crate::hex::{self, HexError};
 use crate::random::{RandomError, RandomSource};
 
@@ -148,14 +148,12 @@ impl FromStr for Kcv {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum DesSchedule {
-    Single(Des),
-    // `first` is K1 alone: the X9.19 retail MAC runs single DES with it over all but the last block.
-    Double { ede: TdesEde2, first: Des },
-    Triple { ede: TdesEde3, first: Des },
+    Single(Dea),
+    Multiple(Tdea),
 }
 
-/// A DES or TDES key with its key schedule ready. Zeroised on drop (the schedules by the `des`
-/// crate's `zeroize` feature, the bytes here).
+/// A DES or TDES key with its key schedule ready. Zeroised on drop (the schedules by their own
+/// `Drop`, the bytes here).
 #[derive(Clone)]
 pub struct DesKey {
     bytes: [u8; 24],
@@ -175,25 +173,9 @@ impl DesKey {
         for (d, s) in buf.iter_mut().zip(bytes) {
             *d = *s;
         }
-        let schedule = match length {
-            DesKeyLength::Single => DesSchedule::Single(des_from(&buf, 0)),
-            DesKeyLength::Double => {
-                let mut k = [0u8; 16];
-                k.copy_from_slice(buf.get(..16).unwrap_or(&[0; 16]));
-                let ede = TdesEde2::new((&k).into());
-                k.zeroize();
-                DesSchedule::Double {
-                    ede,
-                    first: des_from(&buf, 0),
-                }
-            }
-            DesKeyLength::Triple => {
-                let ede = TdesEde3::new((&buf).into());
-                DesSchedule::Triple {
-                    ede,
-                    first: des_from(&buf, 0),
-                }
-            }
+        let schedule = match Tdea::new(buf.get(..length.bytes()).unwrap_or_default()) {
+            Some(ede) => DesSchedule::Multiple(ede),
+            None => DesSchedule::Single(des_from(&buf, 0)),
         };
         Ok(Self {
             bytes: buf,
@@ -251,32 +233,31 @@ impl DesKey {
 
     /// Encrypts one block in place: DES for single-length keys, TDES EDE otherwise.
     pub fn encrypt_block(&self, block: &mut [u8; DES_BLOCK_LEN]) {
-        let b: &mut Block<Des> = block.into();
-        match &self.schedule {
-            DesSchedule::Single(c) => c.encrypt_block(b),
-            DesSchedule::Double { ede, .. } => ede.encrypt_block(b),
-            DesSchedule::Triple { ede, .. } => ede.encrypt_block(b),
-        }
+        let x = u64::from_be_bytes(*block);
+        let y = match &self.schedule {
+            DesSchedule::Single(c) => c.encrypt(x),
+            DesSchedule::Multiple(ede) => ede.encrypt(x),
+        };
+        *block = y.to_be_bytes();
     }
 
     pub fn decrypt_block(&self, block: &mut [u8; DES_BLOCK_LEN]) {
-        let b: &mut Block<Des> = block.into();
-        match &self.schedule {
-            DesSchedule::Single(c) => c.decrypt_block(b),
-            DesSchedule::Double { ede, .. } => ede.decrypt_block(b),
-            DesSchedule::Triple { ede, .. } => ede.decrypt_block(b),
-        }
+        let x = u64::from_be_bytes(*block);
+        let y = match &self.schedule {
+            DesSchedule::Single(c) => c.decrypt(x),
+            DesSchedule::Multiple(ede) => ede.decrypt(x),
+        };
+        *block = y.to_be_bytes();
     }
 
     /// Single DES under K1 alone (all of the key when single-length).
     pub(crate) fn encrypt_block_k1(&self, block: &mut [u8; DES_BLOCK_LEN]) {
-        let b: &mut Block<Des> = block.into();
-        match &self.schedule {
-            DesSchedule::Single(c) => c.encrypt_block(b),
-            DesSchedule::Double { first, .. } | DesSchedule::Triple { first, .. } => {
-                first.encrypt_block(b)
-            }
-        }
+        let x = u64::from_be_bytes(*block);
+        let y = match &self.schedule {
+            DesSchedule::Single(c) => c.encrypt(x),
+            DesSchedule::Multiple(ede) => ede.k1().encrypt(x),
+        };
+        *block = y.to_be_bytes();
     }
 
     /// KCV: single DES for an 8-byte key, TDES for 16/24 bytes.
@@ -307,12 +288,12 @@ impl DesKey {
     }
 }
 
-fn des_from(buf: &[u8; 24], offset: usize) -> Des {
+fn des_from(buf: &[u8; 24], offset: usize) -> Dea {
     let mut k = [0u8; 8];
     for (d, s) in k.iter_mut().zip(buf.iter().skip(offset)) {
         *d = *s;
     }
-    let des = Des::new((&k).into());
+    let des = Dea::new(&k);
     k.zeroize();
     des
 }
@@ -610,9 +591,9 @@ mod tests {
     #[test]
     fn the_weak_des_keys_undo_themselves_or_their_partners() {
         let encrypt = |key: &[u8; 8], block: [u8; 8]| {
-            let mut b = Block::<Des>::from(block);
-            Des::new(&(*key).into()).encrypt_block(&mut b);
-            <[u8; 8]>::from(b)
+            crate::dea::Dea::new(key)
+                .encrypt(u64::from_be_bytes(block))
+                .to_be_bytes()
         };
         let plain = [0x41, 0x43, 0x51, 0x55, 0x49, 0x52, 0x45, 0x21];
         for (i, key) in WEAK_DES_KEYS.iter().enumerate() {

@@ -7,6 +7,7 @@
 //! key check value, and their buffers are zeroised on drop.
 
 mod ct;
+mod dea;
 pub mod field62;
 pub mod hex;
 pub mod hsm;
