@@ -488,14 +488,36 @@ impl CaseService {
         };
         let event = Event::case_updated(id, 1, CaseState::Open.as_str(), &text);
         let outbox_id = self.outbox_id().await?;
-        self.store
+        let txn_id = row.txn_id;
+        let written = self
+            .store
             .submit(vec![
                 Record::Resolve(ResolveRecord::InsertCase(Box::new(row))),
                 Record::Resolve(ResolveRecord::CaseEntry(entry)),
                 outbox::record(outbox_id, &new.mid, &event, now_ms),
             ])?
-            .await?;
-        self.get(id)
+            .await;
+        match (written, txn_id) {
+            // The journal holds one waiting application per sale (`cases_refund_waiting`):
+            // another opened since the check above, on this node or another.
+            (Err(StoreError::Constraint { .. }), Some(txn_id))
+                if new.kind == CaseKind::RefundApplication =>
+            {
+                match self
+                    .store
+                    .cases_of_txn(txn_id)?
+                    .into_iter()
+                    .find(awaits_refund_decision)
+                {
+                    Some(waiting) => Err(CaseError::ApplicationWaiting(waiting.id)),
+                    None => Err(CaseError::Conflict),
+                }
+            }
+            (written, _) => {
+                written?;
+                self.get(id)
+            }
+        }
     }
 
     /// Whether the switch would refuse a refund of `sale` now (25): its clearing day is more
@@ -711,6 +733,32 @@ impl CaseService {
         self.commit(row, version, who, text, attachments).await
     }
 
+    /// An entry by the merchant: as [`Self::add_entry`], and a case waiting for the merchant
+    /// goes back to open with it (`[waiting_merchant → open]` at the entry's head), so that
+    /// neither the merchant's list of cases waiting on them nor the operators' queue says the
+    /// merchant still owes an answer it has given.
+    pub async fn merchant_reply(
+        &self,
+        id: i64,
+        who: &str,
+        text: &str,
+        attachments: Vec<String>,
+    ) -> Result<Case, CaseError> {
+        check_text(text, &attachments)?;
+        let mut row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
+        if CaseState::parse(&row.state) != Some(CaseState::WaitingMerchant) {
+            return self.add_entry(id, who, text, attachments).await;
+        }
+        if self.store.case_entries(id)?.len() >= ENTRIES_MAX {
+            return Err(CaseError::TooManyEntries);
+        }
+        let (from, to) = (CaseState::WaitingMerchant, CaseState::Open);
+        let version = row.version;
+        row.state = to.as_str().to_owned();
+        let text = format!("[{} → {}] {text}", from.as_str(), to.as_str());
+        self.commit(row, version, who, &text, attachments).await
+    }
+
     /// Moves the case; closing ones record their resolution. `seen_version`: the version the
     /// operator decided on (what their page showed); a case moved since by someone else is
     /// refused ([`CaseError::Conflict`]) rather than moved from a state they never saw.
@@ -846,19 +894,54 @@ impl CaseService {
             None => None,
         }
         .ok_or_else(|| CaseError::NoSuchTransaction(String::new()))?;
-        // As when the application was opened: the sale may have been voided or reversed
-        // since, and a refund sent now would only be refused by the switch, again at every
-        // approval, while the case waited in the queue.
-        if !refundable(&original) {
-            return Err(CaseError::NotRefundable);
-        }
-        if self.past_refund_limit(&original) {
-            return Err(CaseError::PastRefundLimit);
-        }
         let rrn = original
             .rrn
             .clone()
             .ok_or_else(|| CaseError::NoSuchTransaction(String::new()))?;
+        // One key per refund attempt, not per case version: a note or an assignment made while
+        // a refund is at the issuer changes the version, and a second approval under a new key
+        // would refund again. A new key only after a recorded refusal (its journal id).
+        let key = format!(
+            "case-{}-refund-after-{}",
+            row.id,
+            row.refund_txn_id.unwrap_or(0)
+        );
+        // An attempt under this key was made, and its result never reached the case (the
+        // process stopped, the write failed): the back office answers it again from the
+        // journal, and the checks below would judge the sale as that refund left it (nothing
+        // left to refund: refused, though the card has the money). The switch's own checks
+        // still stand before anything is sent under a key not yet sent.
+        let asked_fen = match self.store.backoffice_key(&key)? {
+            Some(made) => made.amount_fen,
+            None => self.refund_checks(&row, &original)?,
+        };
+        let result = self.refunds.refund(&rrn, asked_fen, &key).await?;
+        // The refund has run: its result must reach the case even if someone else changed the
+        // case meanwhile.
+        let mut row = row;
+        for _ in 1..RECORD_ATTEMPTS_MAX {
+            match self.record_refund(row, operator, asked_fen, &result).await {
+                Err(CaseError::Conflict) => {
+                    row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
+                }
+                done => return done,
+            }
+        }
+        self.record_refund(row, operator, asked_fen, &result).await
+    }
+
+    /// The amount to refund, or why not: the checks of [`Self::open`] again, with the sale as
+    /// it is now.
+    fn refund_checks(&self, row: &CaseRow, original: &TxnRow) -> Result<i64, CaseError> {
+        // As when the application was opened: the sale may have been voided or reversed
+        // since, and a refund sent now would only be refused by the switch, again at every
+        // approval, while the case waited in the queue.
+        if !refundable(original) {
+            return Err(CaseError::NotRefundable);
+        }
+        if self.past_refund_limit(original) {
+            return Err(CaseError::PastRefundLimit);
+        }
         let left_fen = original.amount_fen - original.refunded_fen;
         let asked_fen = row.refund_fen.unwrap_or(left_fen);
         if asked_fen <= 0 {
@@ -875,27 +958,7 @@ impl CaseService {
         if self.sale_refund_in_doubt(original.id)? {
             return Err(CaseError::RefundInDoubt);
         }
-        // One key per refund attempt, not per case version: a note or an assignment made while
-        // a refund is at the issuer changes the version, and a second approval under a new key
-        // would refund again. A new key only after a recorded refusal (its journal id).
-        let key = format!(
-            "case-{}-refund-after-{}",
-            row.id,
-            row.refund_txn_id.unwrap_or(0)
-        );
-        let result = self.refunds.refund(&rrn, asked_fen, &key).await?;
-        // The refund has run: its result must reach the case even if someone else changed the
-        // case meanwhile.
-        let mut row = row;
-        for _ in 1..RECORD_ATTEMPTS_MAX {
-            match self.record_refund(row, operator, asked_fen, &result).await {
-                Err(CaseError::Conflict) => {
-                    row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
-                }
-                done => return done,
-            }
-        }
-        self.record_refund(row, operator, asked_fen, &result).await
+        Ok(asked_fen)
     }
 
     /// Whether the case's last refund attempt may have been made at the issuer without being

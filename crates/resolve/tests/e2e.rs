@@ -1085,6 +1085,65 @@ fn an_approval_its_caller_gave_up_on_still_reaches_the_case() {
     });
 }
 
+/// Two applications for one sale opened at the same moment (a double click, a client's
+/// retry): one is opened, the other told it waits, where both passed the service's check and
+/// approving both refunded the card twice what was asked.
+#[test]
+fn two_applications_opened_at_once_leave_one_waiting() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(1);
+        let (code, rrn, _) = e.purchase(&card, 6_000).await;
+        assert_eq!(code, "00");
+        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
+        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let (a, b) = tokio::join!(
+            cases.open(ten_yuan_refund_application(&rrn)),
+            cases.open(ten_yuan_refund_application(&rrn))
+        );
+        let (opened, refused) = match (a, b) {
+            (Ok(case), Err(error)) | (Err(error), Ok(case)) => (case, error),
+            (a, b) => panic!("expected one opened and one refused: {a:?} {b:?}"),
+        };
+        assert!(
+            matches!(refused, CaseError::ApplicationWaiting(id) if id == opened.id),
+            "{refused:?}"
+        );
+        let sale = e.store().txn_by_rrn(&rrn).unwrap().unwrap();
+        assert_eq!(e.store().cases_of_txn(sale.id).unwrap().len(), 1);
+    });
+}
+
+/// A refund made under a case's key whose result never reached the case (the process stopped
+/// between the refund and the case's write): approving again writes it from the journal, where
+/// the checks of what is left had refused it ("exceeds what is left") with the card refunded.
+#[test]
+fn approving_again_after_a_refund_whose_result_was_lost_records_it() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(1);
+        let (code, rrn, _) = e.purchase(&card, 1_000).await;
+        assert_eq!(code, "00");
+        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
+        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let case = cases.open(ten_yuan_refund_application(&rrn)).await.unwrap();
+        // The approval's refund, as it ran before the stop.
+        let key = format!("case-{}-refund-after-0", case.id);
+        let made = e
+            .switch()
+            .back_office_refund(&rrn, 1_000, &key)
+            .await
+            .unwrap();
+        assert_eq!(made.response_code, "00");
+        assert_eq!(e.store().case(case.id).unwrap().unwrap().refund_code, None);
+        let approved = cases.approve_refund(case.id, "operator-7").await.unwrap();
+        assert_eq!(approved.refund_code.as_deref(), Some("00"));
+        assert_eq!(approved.refund_rrn, made.rrn);
+        assert_eq!(approved.state, CaseState::Resolved);
+        assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 1_000);
+    });
+}
+
 #[test]
 fn refund_application_executes_through_the_switch_once() {
     runtime().block_on(async {

@@ -676,6 +676,36 @@ WHERE state = 'pending' AND attempts > 0;
 CREATE INDEX audit_log_target_action ON audit_log (target, action, id);
 ",
     },
+    Migration {
+        version: 26,
+        name: "cases: one refund application of a sale waits for a decision at a time",
+        // The service checked it by reading first, so two applications opened at once (a
+        // double click, a client's retry, two nodes) both passed, and approving both refunded
+        // the card twice what was asked. Any such pair already written is settled first: the
+        // later one is closed as rejected, the first stands.
+        sql: "
+UPDATE cases SET state = 'rejected', version = version + 1,
+    resolution = 'opened at the same moment as application '
+        || (SELECT MIN(first.id) FROM cases first
+            WHERE first.txn_id = cases.txn_id AND first.id < cases.id
+              AND first.kind = 'refund_application'
+              AND first.state NOT IN ('resolved', 'rejected')
+              AND COALESCE(first.refund_code, '') <> '00')
+        || ' of the same sale; that one stands (closed at upgrade)'
+WHERE kind = 'refund_application'
+  AND state NOT IN ('resolved', 'rejected')
+  AND COALESCE(refund_code, '') <> '00'
+  AND EXISTS (SELECT 1 FROM cases first
+      WHERE first.txn_id = cases.txn_id AND first.id < cases.id
+        AND first.kind = 'refund_application'
+        AND first.state NOT IN ('resolved', 'rejected')
+        AND COALESCE(first.refund_code, '') <> '00');
+CREATE UNIQUE INDEX cases_refund_waiting ON cases (txn_id)
+    WHERE kind = 'refund_application'
+      AND state NOT IN ('resolved', 'rejected')
+      AND COALESCE(refund_code, '') <> '00';
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -913,6 +913,64 @@ fn the_first_attempt_migration_dates_a_retrying_payout_from_its_reference() {
     assert_eq!(first("sent"), None);
 }
 
+/// Migration 26 holds one waiting refund application per sale: of a pair already opened at
+/// once, the later is closed as rejected, naming the first; applications of other sales,
+/// closed ones and executed ones stay as they were, and a second waiting one is refused after.
+#[test]
+fn the_waiting_application_migration_closes_the_later_of_a_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    open(&dir).close();
+    let conn = rusqlite::Connection::open(dir.path().join("shoudan.db")).unwrap();
+    conn.execute_batch("DROP INDEX cases_refund_waiting")
+        .unwrap();
+    let case = |id: i64, txn: i64, state: &str, code: Option<&str>| {
+        conn.execute(
+            "INSERT INTO cases (id, mid, kind, state, txn_id, title, refund_fen, refund_code,
+                 created_at_ms, updated_at_ms, version)
+             VALUES (?1, 'm', 'refund_application', ?2, ?3, 't', 100, ?4, 0, 0, 1)",
+            rusqlite::params![id, state, txn, code],
+        )
+        .unwrap();
+    };
+    case(1, 7, "open", None);
+    case(2, 7, "waiting_merchant", None);
+    case(3, 7, "open", Some("51"));
+    case(4, 8, "open", None);
+    case(5, 8, "rejected", None);
+    case(6, 9, "open", Some("00"));
+    case(7, 9, "open", None);
+    let migration = store::schema::MIGRATIONS
+        .iter()
+        .find(|m| m.version == 26)
+        .unwrap();
+    conn.execute_batch(migration.sql).unwrap();
+    let state = |id: i64| -> (String, Option<String>, i64) {
+        conn.query_row(
+            "SELECT state, resolution, version FROM cases WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    };
+    assert_eq!(state(1), ("open".into(), None, 1));
+    for later in [2, 3] {
+        let (state, resolution, version) = state(later);
+        assert_eq!((state.as_str(), version), ("rejected", 2));
+        assert!(resolution.unwrap().contains("application 1 "));
+    }
+    for kept in [4, 6, 7] {
+        assert_eq!(state(kept).0, "open");
+    }
+    assert_eq!(state(5).0, "rejected");
+    let again = conn.execute(
+        "INSERT INTO cases (id, mid, kind, state, txn_id, title, created_at_ms, updated_at_ms,
+             version)
+         VALUES (10, 'm', 'refund_application', 'open', 8, 't', 0, 0, 1)",
+        [],
+    );
+    assert!(again.is_err(), "a second waiting application was written");
+}
+
 #[test]
 fn a_read_only_open_checks_it_is_a_journal() {
     let dir = tempfile::tempdir().unwrap();
@@ -1461,7 +1519,7 @@ fn a_full_database_fails_the_waiter() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = SqliteConfig::new(dir.path().join("small.db"));
     // Enough for the schema, not for thousands of transactions.
-    config.max_page_count = Some(120);
+    config.max_page_count = Some(128);
     let store = SqliteStore::open(&config).unwrap();
     let mut failure = None;
     for id in 1..=5_000 {

@@ -567,10 +567,16 @@ pub async fn add_entry_for(
     if text.trim().is_empty() {
         return Err(ApiError::bad_request("text must not be empty").zh("记录内容不能为空"));
     }
-    let case = web
-        .cases
-        .add_entry(id, &who.username, text, Vec::new())
-        .await?;
+    // The merchant's answer to a case waiting on it puts it back before the operators.
+    let case = if who.is_staff() {
+        web.cases
+            .add_entry(id, &who.username, text, Vec::new())
+            .await?
+    } else {
+        web.cases
+            .merchant_reply(id, &who.username, text, Vec::new())
+            .await?
+    };
     auth::audit(
         web,
         &who.username,

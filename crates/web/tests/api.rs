@@ -862,6 +862,45 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
             "{}",
             dash.body
         );
+        // The merchant answers: the case is open again, before the operators, and no longer
+        // waiting on the merchant.
+        let r = api
+            .call(
+                Some(&tea),
+                "POST",
+                &format!("/api/cases/{inquiry}/entries"),
+                Some(json!({"text": "receipt attached to the email"})),
+            )
+            .await;
+        assert_eq!(r.json()["state"], "open", "{}", r.body);
+        let entries = r.json()["entries"].as_array().unwrap().clone();
+        assert!(
+            entries.last().unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("[waiting_merchant → open] receipt"),
+            "{}",
+            r.body
+        );
+        let dash = PageSession::login(e.http, "teahouse")
+            .await
+            .get("/portal")
+            .await;
+        assert!(
+            !dash.body.contains("id=\"cases-waiting-for-you\""),
+            "{}",
+            dash.body
+        );
+        // Staff's entries leave the state as it is.
+        let r = api
+            .call(
+                Some(&ops),
+                "POST",
+                &format!("/api/cases/{inquiry}/entries"),
+                Some(json!({"text": "thanks"})),
+            )
+            .await;
+        assert_eq!(r.json()["state"], "open", "{}", r.body);
         assert_error(
             &api.call(
                 Some(&ops),
