@@ -167,6 +167,24 @@ impl Core {
                         self.retry(&item, &why).await;
                         return;
                     }
+                    // The issuer could not read or check the message (its format, the zone
+                    // key, the MAC, the link's sign-in or batch): no decision on the card, and
+                    // the acquirer's to put right. Given up, the sale would stand charged with
+                    // no one resending; kept, it lands once the link is mended.
+                    Some(link)
+                        if crate::financial::ISSUER_LINK_CODES
+                            .iter()
+                            .any(|c| c.as_slice() == link.as_bytes()) =>
+                    {
+                        let why = format!(
+                            "reversal not read by {}: {link} (the acquirer's side of the link: \
+                             format, keys, MAC or sign-in)",
+                            item.issuer
+                        );
+                        tracing::warn!(txn_id, issuer = %item.issuer, code = link, "reversal not read by the issuer; kept queued");
+                        self.retry(&item, &why).await;
+                        return;
+                    }
                     // "Not to be undone": a void or refund of it stands at the issuer. When one
                     // of those is itself being reversed here (it timed out after the issuer
                     // approved it), the issuer will take this reversal once that one lands:

@@ -337,6 +337,38 @@ fn issuer_timeout_answers_98_and_the_reversal_reaches_the_issuer() {
     });
 }
 
+/// An issuer that answers a reversal with a code about the acquirer's side of the link (a
+/// format or MAC error: it could not read the message) has not undone the sale: the reversal
+/// stays queued and lands when resent, where it was recorded as refused and never sent again,
+/// the card left charged.
+#[test]
+fn a_reversal_the_issuer_could_not_read_is_sent_again() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        h.log.reversal_codes.lock().unwrap().extend(["30", "A0"]);
+        let mut t = h.terminal().await;
+        t.sign_in().await;
+        let pan = card("622202");
+        let r = t.send(&Req::purchase(&pan, SILENT_AMOUNT, 9)).await;
+        assert_eq!(r.code(), "98");
+        let rrn = r.text(37).unwrap();
+        let id = h.store.txn_by_rrn(&rrn).unwrap().unwrap().id;
+        let store = Arc::clone(&h.store);
+        let acked = h
+            .eventually(10, || {
+                store
+                    .reversal(id)
+                    .unwrap()
+                    .is_some_and(|s| s.state == SafState::Acked)
+            })
+            .await;
+        assert!(acked, "{:?}", h.store.reversal(id).unwrap());
+        let sent = h.log.reversals.lock().unwrap().clone();
+        assert_eq!(sent.iter().filter(|(_, r)| *r == rrn).count(), 3);
+        assert_eq!(h.store.txn(id).unwrap().unwrap().state, TxnState::Reversed);
+    });
+}
+
 #[test]
 fn pending_reversal_survives_a_restart() {
     runtime().block_on(async {

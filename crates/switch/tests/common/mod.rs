@@ -47,6 +47,8 @@ pub struct IssuerLog {
     /// When each of those reversals was read (ms since the epoch, the system clock).
     pub reversals_at_ms: Mutex<Vec<i64>>,
     pub answer_reversals: AtomicBool,
+    /// Codes for the next reversals, in turn; `00` once they are used up.
+    pub reversal_codes: Mutex<std::collections::VecDeque<&'static str>>,
     /// Field 61 of every linked request (void, completion, refund) received.
     pub linked: Mutex<Vec<String>>,
     /// Fields 35 and 53 of every request carrying a track.
@@ -133,7 +135,8 @@ pub async fn start_issuer_on(addr: SocketAddr, log: Arc<IssuerLog>) -> SocketAdd
                         if !log.answer_reversals.load(Ordering::SeqCst) {
                             continue;
                         }
-                        out.set_text(39, "00").unwrap();
+                        let code = log.reversal_codes.lock().unwrap().pop_front();
+                        out.set_text(39, code.unwrap_or("00")).unwrap();
                     } else {
                         log.requests.fetch_add(1, Ordering::SeqCst);
                         if let Some(f61) = request.digits(61) {
