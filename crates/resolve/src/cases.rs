@@ -1066,7 +1066,23 @@ impl CaseService {
             }
         } else {
             let code = &result.response_code;
-            let d = domain::diagnosis::diagnose_str(code);
+            // Read as the transaction's page reads the refund's row: a refusal shoudan gave
+            // itself (a refund over what is left, 61) is not the issuer's card limit of the
+            // code's own entry, nor the cardholder's to act on.
+            let row = match result.txn_id {
+                Some(id) => self.store.txn(id)?,
+                None => None,
+            };
+            let failure = match &row {
+                Some(row) => {
+                    crate::explain::failure_of(row, self.store.reversal(row.id)?.is_some())
+                }
+                None => None,
+            };
+            let d = failure.map_or_else(
+                || domain::diagnosis::diagnose_str(code),
+                domain::diagnosis::diagnose_failure,
+            );
             // No answer, or one that could not be read or recorded: the issuer may have made
             // it, and it is being reversed (as `refund_in_doubt` judges, which refuses another
             // approval meanwhile). The case waits on the issuer.

@@ -2730,6 +2730,46 @@ fn a_refund_refused_before_the_journal_does_not_bring_back_an_earlier_attempts_k
     });
 }
 
+/// A refund the switch refused itself (61: over what is left to refund, never sent) is
+/// explained on the case as the transaction's page explains it, not by the code's own entry
+/// (the issuer's "exceeds amount limit", the cardholder to act).
+#[test]
+fn a_refund_refused_by_the_switch_itself_is_explained_as_its_refusal() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(3);
+        let (code, rrn, _) = e.purchase(&card, 6_000).await;
+        assert_eq!(code, "00");
+        let over = e
+            .switch()
+            .back_office_refund(&rrn, 7_000, "ticket-over")
+            .await
+            .unwrap();
+        assert_eq!(over.response_code, "61");
+        let row = e.store().txn(over.txn_id.unwrap()).unwrap().unwrap();
+        assert_eq!(row.sent_at_ms, None);
+        let scripted = Arc::new(Scripted {
+            answers: Mutex::new(vec![over]),
+            keys: Mutex::new(Vec::new()),
+        });
+        let cases = CaseService::new(
+            e.store(),
+            e.directory(),
+            Arc::clone(&scripted) as Arc<dyn RefundExecutor>,
+            Arc::new(SystemClock),
+        );
+        let case = cases.open(ten_yuan_refund_application(&rrn)).await.unwrap();
+        let refused = cases.approve_refund(case.id, "operator-2").await.unwrap();
+        let text = &refused.entries.last().unwrap().text;
+        assert!(
+            text.contains("Refund over what is left to refund"),
+            "{text}"
+        );
+        assert!(text.contains("退货金额超过可退金额"), "{text}");
+        assert!(!text.contains("limit"), "{text}");
+    });
+}
+
 /// The machine's clock moved on by `days`.
 struct DaysLater(i64);
 
