@@ -95,7 +95,7 @@ pub enum SimBehaviour {
     ReturnAfterDays(u32),
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct SimState {
     behaviour: HashMap<String, SimBehaviour>,
     /// Account number -> the configuration its behaviour came from (`SimBank::configure`).
@@ -137,6 +137,38 @@ pub struct SimBankMemory {
     pub next_id: u64,
 }
 
+/// What the bank remembers, from its state.
+fn memory_of(s: &SimState) -> SimBankMemory {
+    let mut memory = SimBankMemory {
+        behaviour: s
+            .configured
+            .iter()
+            .filter_map(|(account, configuration)| {
+                let behaviour = s.behaviour.get(account)?.clone();
+                Some((account.clone(), configuration.clone(), behaviour))
+            })
+            .collect(),
+        answers: s
+            .answers
+            .iter()
+            .map(|(reference, answer)| match answer {
+                Ok(id) => (reference.clone(), Some(id.clone()), None),
+                Err(failure) => (reference.clone(), None, Some(failure.key().to_owned())),
+            })
+            .collect(),
+        credited: s.credited.iter().map(|(a, n)| (a.clone(), *n)).collect(),
+        payments: s.payments.iter().map(|(a, n)| (a.clone(), *n)).collect(),
+        returns_due: s.returns_due.clone(),
+        returned: s.returned.clone(),
+        next_id: s.next_id,
+    };
+    memory.behaviour.sort_by(|a, b| a.0.cmp(&b.0));
+    memory.answers.sort();
+    memory.credited.sort();
+    memory.payments.sort();
+    memory
+}
+
 /// How the simulated bank files an account's money: a digest of its number, not the number.
 fn account_key(account_number: &str) -> String {
     use sha2::Digest;
@@ -144,10 +176,15 @@ fn account_key(account_number: &str) -> String {
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Where the simulated bank writes what it remembers after each change
+/// ([`SimBank::kept_by`]).
+pub type SimBankKeeper = Box<dyn Fn(&SimBankMemory) -> Result<(), String> + Send + Sync>;
+
 /// The embedded bank: accounts behave normally unless configured otherwise.
 #[derive(Default)]
 pub struct SimBank {
     state: Mutex<SimState>,
+    keeper: Option<SimBankKeeper>,
 }
 
 impl SimBank {
@@ -177,7 +214,35 @@ impl SimBank {
         state.next_id = memory.next_id;
         SimBank {
             state: Mutex::new(state),
+            keeper: None,
         }
+    }
+
+    /// A bank that writes what it remembers through `keeper` after every payment and return,
+    /// before it answers, as a bank's own books are written: a process stopped half-way
+    /// through a run (`kill -9`, a power cut) then leaves a bank that knows the references it
+    /// paid, and pays none of them again when the next run resends them. A change `keeper`
+    /// cannot write is undone and answered as a system error (tried again later).
+    pub fn kept_by(mut self, keeper: SimBankKeeper) -> Self {
+        self.keeper = Some(keeper);
+        self
+    }
+
+    /// Runs `change` on the state and keeps the result; undone when it cannot be kept.
+    fn changing<T>(&self, change: impl FnOnce(&mut SimState) -> T, unkept: T) -> T {
+        let Ok(mut s) = self.state.lock() else {
+            return unkept;
+        };
+        let Some(keep) = &self.keeper else {
+            return change(&mut s);
+        };
+        let before = s.clone();
+        let out = change(&mut s);
+        if keep(&memory_of(&s)).is_err() {
+            *s = before;
+            return unkept;
+        }
+        out
     }
 
     /// What the bank remembers now, for [`SimBank::remembering`].
@@ -185,34 +250,7 @@ impl SimBank {
         let Ok(s) = self.state.lock() else {
             return SimBankMemory::default();
         };
-        let mut memory = SimBankMemory {
-            behaviour: s
-                .configured
-                .iter()
-                .filter_map(|(account, configuration)| {
-                    let behaviour = s.behaviour.get(account)?.clone();
-                    Some((account.clone(), configuration.clone(), behaviour))
-                })
-                .collect(),
-            answers: s
-                .answers
-                .iter()
-                .map(|(reference, answer)| match answer {
-                    Ok(id) => (reference.clone(), Some(id.clone()), None),
-                    Err(failure) => (reference.clone(), None, Some(failure.key().to_owned())),
-                })
-                .collect(),
-            credited: s.credited.iter().map(|(a, n)| (a.clone(), *n)).collect(),
-            payments: s.payments.iter().map(|(a, n)| (a.clone(), *n)).collect(),
-            returns_due: s.returns_due.clone(),
-            returned: s.returned.clone(),
-            next_id: s.next_id,
-        };
-        memory.behaviour.sort_by(|a, b| a.0.cmp(&b.0));
-        memory.answers.sort();
-        memory.credited.sort();
-        memory.payments.sort();
-        memory
+        memory_of(&s)
     }
 
     /// Configures an account's behaviour from `configuration` (its text in the configuration
@@ -286,92 +324,94 @@ impl SimBank {
 
 impl PayoutBank for SimBank {
     fn pay(&self, i: &PayoutInstruction<'_>) -> Result<String, PayoutFailure> {
-        let Ok(mut s) = self.state.lock() else {
-            return Err(PayoutFailure::BankSystemError);
-        };
-        if let Some(answer) = s.answers.get(i.reference) {
-            return answer.clone();
-        }
-        let behaviour = s
-            .behaviour
-            .get(i.account_number)
-            .cloned()
-            .unwrap_or(SimBehaviour::Normal);
-        let name_ok = s
-            .holders
-            .get(i.account_number)
-            .is_none_or(|n| n == i.holder_name);
-        let answer = match behaviour {
-            SimBehaviour::InvalidAccount => Err(PayoutFailure::InvalidAccountNumber),
-            _ if !name_ok => Err(PayoutFailure::HolderNameMismatch),
-            SimBehaviour::Frozen => Err(PayoutFailure::AccountFrozen),
-            SimBehaviour::ClosedOrLost => Err(PayoutFailure::AccountClosedOrLost),
-            SimBehaviour::LimitFen(limit) if i.amount_fen > limit => {
-                Err(PayoutFailure::OverAccountLimit)
-            }
-            SimBehaviour::SystemErrors(n) if n > 0 => {
-                s.behaviour.insert(
-                    i.account_number.to_owned(),
-                    SimBehaviour::SystemErrors(n - 1),
-                );
-                // A system error is not remembered: the same reference may be tried again.
-                return Err(PayoutFailure::BankSystemError);
-            }
-            SimBehaviour::Normal
-            | SimBehaviour::LimitFen(_)
-            | SimBehaviour::SystemErrors(_)
-            | SimBehaviour::AnswersLost(_)
-            | SimBehaviour::ReturnAfterDays(_) => {
-                s.next_id += 1;
-                Ok(format!("SIM{:010}", s.next_id))
-            }
-        };
-        if answer.is_ok() {
-            let key = account_key(i.account_number);
-            *s.credited.entry(key.clone()).or_insert(0) += i.amount_fen;
-            *s.payments.entry(key).or_insert(0) += 1;
-            if let SimBehaviour::ReturnAfterDays(days) = behaviour {
-                let due = crate::dates::add_days(&s.today, i64::from(days))
-                    .unwrap_or_else(|| s.today.clone());
-                s.returns_due.push((
-                    i.reference.to_owned(),
-                    account_key(i.account_number),
-                    i.amount_fen,
-                    due,
-                ));
-            }
-        }
-        s.answers.insert(i.reference.to_owned(), answer.clone());
-        if let SimBehaviour::AnswersLost(n @ 1..) = behaviour {
-            s.behaviour.insert(
-                i.account_number.to_owned(),
-                SimBehaviour::AnswersLost(n - 1),
-            );
-            return Err(PayoutFailure::BankSystemError);
-        }
-        answer
+        self.changing(|s| pay(s, i), Err(PayoutFailure::BankSystemError))
     }
 
     fn returns(&self, today: &str) -> Vec<String> {
-        let Ok(mut s) = self.state.lock() else {
-            return Vec::new();
-        };
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut s.returns_due)
-            .into_iter()
-            .partition(|(_, _, _, day)| day.as_str() <= today);
-        s.returns_due = later;
-        for (reference, account, amount, _) in due {
-            *s.credited.entry(account).or_insert(0) -= amount;
-            s.returned.push(reference);
-        }
-        s.returned.clone()
+        self.changing(|s| returns(s, today), Vec::new())
     }
 
     fn acknowledge_returns(&self, references: &[String]) {
-        if let Ok(mut s) = self.state.lock() {
-            s.returned.retain(|r| !references.contains(r));
+        self.changing(|s| s.returned.retain(|r| !references.contains(r)), ());
+    }
+}
+
+/// The bank's answer to a payment, and what it does to its books.
+fn pay(s: &mut SimState, i: &PayoutInstruction<'_>) -> Result<String, PayoutFailure> {
+    if let Some(answer) = s.answers.get(i.reference) {
+        return answer.clone();
+    }
+    let behaviour = s
+        .behaviour
+        .get(i.account_number)
+        .cloned()
+        .unwrap_or(SimBehaviour::Normal);
+    let name_ok = s
+        .holders
+        .get(i.account_number)
+        .is_none_or(|n| n == i.holder_name);
+    let answer = match behaviour {
+        SimBehaviour::InvalidAccount => Err(PayoutFailure::InvalidAccountNumber),
+        _ if !name_ok => Err(PayoutFailure::HolderNameMismatch),
+        SimBehaviour::Frozen => Err(PayoutFailure::AccountFrozen),
+        SimBehaviour::ClosedOrLost => Err(PayoutFailure::AccountClosedOrLost),
+        SimBehaviour::LimitFen(limit) if i.amount_fen > limit => {
+            Err(PayoutFailure::OverAccountLimit)
+        }
+        SimBehaviour::SystemErrors(n) if n > 0 => {
+            s.behaviour.insert(
+                i.account_number.to_owned(),
+                SimBehaviour::SystemErrors(n - 1),
+            );
+            // A system error is not remembered: the same reference may be tried again.
+            return Err(PayoutFailure::BankSystemError);
+        }
+        SimBehaviour::Normal
+        | SimBehaviour::LimitFen(_)
+        | SimBehaviour::SystemErrors(_)
+        | SimBehaviour::AnswersLost(_)
+        | SimBehaviour::ReturnAfterDays(_) => {
+            s.next_id += 1;
+            Ok(format!("SIM{:010}", s.next_id))
+        }
+    };
+    if answer.is_ok() {
+        let key = account_key(i.account_number);
+        *s.credited.entry(key.clone()).or_insert(0) += i.amount_fen;
+        *s.payments.entry(key).or_insert(0) += 1;
+        if let SimBehaviour::ReturnAfterDays(days) = behaviour {
+            let due = crate::dates::add_days(&s.today, i64::from(days))
+                .unwrap_or_else(|| s.today.clone());
+            s.returns_due.push((
+                i.reference.to_owned(),
+                account_key(i.account_number),
+                i.amount_fen,
+                due,
+            ));
         }
     }
+    s.answers.insert(i.reference.to_owned(), answer.clone());
+    if let SimBehaviour::AnswersLost(n @ 1..) = behaviour {
+        s.behaviour.insert(
+            i.account_number.to_owned(),
+            SimBehaviour::AnswersLost(n - 1),
+        );
+        return Err(PayoutFailure::BankSystemError);
+    }
+    answer
+}
+
+/// The returns due by `today` taken back, and those not acknowledged yet.
+fn returns(s: &mut SimState, today: &str) -> Vec<String> {
+    let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut s.returns_due)
+        .into_iter()
+        .partition(|(_, _, _, day)| day.as_str() <= today);
+    s.returns_due = later;
+    for (reference, account, amount, _) in due {
+        *s.credited.entry(account).or_insert(0) -= amount;
+        s.returned.push(reference);
+    }
+    s.returned.clone()
 }
 
 /// Why a payout run stopped.

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
+
 use common::*;
 use domain::IssuerDirectory;
 use settlement::{
@@ -2064,6 +2066,50 @@ fn payout_runs_at_the_same_time_pay_and_post_once() {
 /// The simulated bank of a process that ends between payout runs (the CLI's) hands what it did
 /// to the next: a reference it paid is answered as paid, a return it owes is reported, a count
 /// of system errors already used up stays used up; a changed configuration applies afresh.
+/// A bank kept by a keeper has each payment on disk before it answers: a run killed after
+/// the bank paid and before the run wrote its memory (the answer lost on the way back) leaves
+/// a bank that answers the resent reference as paid, not one that pays it again. A payment
+/// the keeper cannot write is undone and answered as a system error.
+#[test]
+fn the_simulated_bank_keeps_each_payment_before_it_answers() {
+    use settlement::payout::{PayoutBank, PayoutInstruction, SimBankMemory};
+    let account = "6222020000000000001";
+    let pay = |bank: &SimBank| {
+        bank.pay(&PayoutInstruction {
+            reference: "r1",
+            account_number: account,
+            holder_name: "王小明",
+            bank_code: "0102",
+            amount_fen: 500,
+        })
+    };
+    let disk: Arc<Mutex<Option<SimBankMemory>>> = Arc::default();
+    let kept = |disk: &Arc<Mutex<Option<SimBankMemory>>>| {
+        let disk = Arc::clone(disk);
+        SimBank::new().kept_by(Box::new(move |memory| {
+            *disk.lock().unwrap() = Some(memory.clone());
+            Ok(())
+        }))
+    };
+    let first = kept(&disk);
+    first.configure(account, "answers-lost:1", SimBehaviour::AnswersLost(1));
+    assert_eq!(pay(&first), Err(domain::PayoutFailure::BankSystemError));
+    assert_eq!(first.credited(account), 500);
+    // Killed: what the run would have written at its end never was.
+    drop(first);
+    let memory = disk.lock().unwrap().clone().expect("kept before answering");
+    let next = SimBank::remembering(memory);
+    assert!(pay(&next).is_ok());
+    assert_eq!(next.payments(account), 1);
+    assert_eq!(next.credited(account), 500);
+
+    let failing = SimBank::new().kept_by(Box::new(|_| Err("disk full".to_owned())));
+    assert_eq!(pay(&failing), Err(domain::PayoutFailure::BankSystemError));
+    assert_eq!(failing.credited(account), 0);
+    assert_eq!(failing.payments(account), 0);
+    assert!(failing.memory().answers.is_empty());
+}
+
 #[test]
 fn the_simulated_bank_remembers_across_runs_what_it_did() {
     use settlement::payout::{PayoutBank, PayoutInstruction};

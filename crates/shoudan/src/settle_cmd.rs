@@ -244,6 +244,13 @@ fn sim_bank(dir: &Path) -> Result<SimBank, Box<dyn std::error::Error>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => SimBank::new(),
         Err(e) => return Err(format!("{}: {e}", memory_path.display()).into()),
     };
+    // Each payment and return is on disk before the bank answers it, as a bank's books are: a
+    // run killed half-way leaves a bank that pays none of its references twice.
+    let bank = bank.kept_by(Box::new(move |memory| {
+        let bytes = serde_json::to_vec_pretty(memory).map_err(|e| e.to_string())?;
+        crate::files::write_whole(&memory_path, &bytes, 0o600)
+            .map_err(|e| format!("{}: {e}", memory_path.display()))
+    }));
     let path = dir.join("sim-bank.json");
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
