@@ -354,6 +354,18 @@ fn check_complete(d: &Diagnosis) {
     if d.retry == Retry::Never {
         assert_ne!(d.category, Category::B, "{what}: B means retry may work");
     }
+    // The acquirer's own refusal, which the issuer never saw: the customer is not sent to
+    // their bank, who would know nothing of it.
+    if d.who_acts == WhoActs::Acquirer && d.contact_issuer == ContactIssuer::No {
+        let to_bank = d.customer_message.en.contains("your bank")
+            || d.customer_message.zh.contains("联系发卡")
+            || d.customer_message.zh.contains("银行确认");
+        assert!(!to_bank, "{what}: {:?}", d.customer_message);
+    }
+    // A payout that waits for the merchant to change its account is not one to retry as it is.
+    if d.retry == Retry::AfterAction(Action::UpdateSettlementAccount) {
+        assert_eq!(d.category, Category::D, "{what}");
+    }
     check_text(&format!("{what} retry"), &d.retry.text());
     check_text(&format!("{what} who"), &d.who_acts.text());
     check_text(&format!("{what} category"), &d.category.text());
@@ -396,6 +408,12 @@ fn a_few_entries_say_what_merchants_need() {
         d.merchant_steps.iter().any(|s| s.zh.contains("拆")),
         "61 must warn against splitting"
     );
+    // A reply whose MAC failed means the keys differ: signing in again, as after A0.
+    let d = diagnose_failure(FailureKind::BadResponseMac);
+    assert_eq!(d.retry, Retry::AfterAction(Action::SignIn));
+    // One terminal falling back again and again is its reader, not the customer's card.
+    let d = diagnose_failure(FailureKind::RepeatedFallback);
+    assert!(d.customer_message.en.contains("not your card"), "{d:?}");
 }
 
 #[test]

@@ -160,6 +160,14 @@ const SECURITY_STEPS: &[Text] = &[
 /// 60 and 66: the issuer asks the merchant to reach the acquirer's security team now, not only
 /// when it repeats.
 const CALL_SECURITY_STEPS: &[Text] = &[STEP_NO_GOODS, STEP_CALL_SECURITY_NOW, STEP_NO_REPEAT];
+/// A decline by the acquirer's own risk rules on the terminal (card testing, PIN guessing):
+/// the issuer never saw the payment, so the customer is not sent to the bank, and nothing is
+/// said that would tell a card tester which check stopped them.
+const TERMINAL_HELD_CUSTOMER: Text = t(
+    "这台刷卡机暂时不能收款，与您的卡无关。请用其他方式付款。",
+    "This card machine cannot take payments right now; it is not your card. Please pay another \
+     way.",
+);
 const SECURITY_CUSTOMER: Text = t(
     "银行的安全检查没有通过这笔交易。请您联系发卡银行确认，或换一种方式付款。",
     "The bank's security checks did not pass this payment. Please check with your bank, or pay \
@@ -1771,7 +1779,7 @@ pub static TABLE: &[Diagnosis] = &[
         ),
         category: B,
         who_acts: Terminal,
-        retry: AfterAction(Reversal),
+        retry: AfterAction(SignIn),
         contact_issuer: No,
         contact_when: NO_CONTACT_TERMINAL,
         customer_message: IN_DOUBT_CUSTOMER,
@@ -1893,9 +1901,9 @@ pub static TABLE: &[Diagnosis] = &[
              replacement.",
         ),
         customer_message: t(
-            "您卡上的芯片读不出来，请换一张卡；这张卡建议到银行更换。",
-            "Your card's chip cannot be read; please use another card, and consider getting this \
-             one replaced at your bank.",
+            "这台刷卡机现在读不了芯片，多半不是您的卡的问题。请用其他方式付款，或稍后再试。",
+            "This card machine cannot read chips right now; it is most likely not your card. \
+             Please pay another way, or try again later.",
         ),
         merchant_steps: &[
             t(
@@ -2130,7 +2138,7 @@ pub static TABLE: &[Diagnosis] = &[
             "不需要：由收单机构风控部门处理。",
             "No: the acquirer's risk team deals with it.",
         ),
-        customer_message: SECURITY_CUSTOMER,
+        customer_message: TERMINAL_HELD_CUSTOMER,
         merchant_steps: &[
             STEP_NO_GOODS,
             t(
@@ -2162,7 +2170,7 @@ pub static TABLE: &[Diagnosis] = &[
             "不需要：由收单机构风控部门处理。",
             "No: the acquirer's risk team deals with it.",
         ),
-        customer_message: SECURITY_CUSTOMER,
+        customer_message: TERMINAL_HELD_CUSTOMER,
         merchant_steps: &[
             STEP_NO_GOODS,
             t(
@@ -2567,7 +2575,7 @@ pub static TABLE: &[Diagnosis] = &[
             "The amount is over what the account may receive per transaction or per day \
              (typical of class II and III accounts).",
         ),
-        category: B,
+        category: D,
         who_acts: Merchant,
         retry: AfterAction(UpdateSettlementAccount),
         contact_issuer: Yes,
