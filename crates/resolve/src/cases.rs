@@ -906,13 +906,26 @@ impl CaseService {
             row.id,
             row.refund_txn_id.unwrap_or(0)
         );
-        // An attempt under this key was made, and its result never reached the case (the
-        // process stopped, the write failed): the back office answers it again from the
-        // journal, and the checks below would judge the sale as that refund left it (nothing
-        // left to refund: refused, though the card has the money). The switch's own checks
-        // still stand before anything is sent under a key not yet sent.
-        let asked_fen = match self.store.backoffice_key(&key)? {
-            Some(made) => made.amount_fen,
+        // An attempt under this key is in the journal, and its result never reached the case
+        // (the process stopped, the write failed): the back office answers it again from
+        // there, and the checks below would judge the sale as that refund left it (nothing
+        // left to refund: refused, though the card has the money). A key only claimed (the
+        // claim is written before the switch's checks and its journal row) sent nothing, so
+        // the checks stand, among them another refund of the sale in doubt, which the
+        // switch's own reservation does not count once that one timed out.
+        let journalled = match self.store.backoffice_key(&key)? {
+            Some(claim)
+                if !self
+                    .store
+                    .txns_by_key(&claim.tid, claim.batch_no, claim.stan)?
+                    .is_empty() =>
+            {
+                Some(claim.amount_fen)
+            }
+            _ => None,
+        };
+        let asked_fen = match journalled {
+            Some(asked) => asked,
             None => self.refund_checks(&row, &original)?,
         };
         let result = self.refunds.refund(&rrn, asked_fen, &key).await?;
@@ -1069,16 +1082,15 @@ impl CaseService {
             // Read as the transaction's page reads the refund's row: a refusal shoudan gave
             // itself (a refund over what is left, 61) is not the issuer's card limit of the
             // code's own entry, nor the cardholder's to act on.
-            let row = match result.txn_id {
-                Some(id) => self.store.txn(id)?,
-                None => None,
-            };
-            let failure = match &row {
-                Some(row) => {
-                    crate::explain::failure_of(row, self.store.reversal(row.id)?.is_some())
-                }
-                None => None,
-            };
+            // Read after the refund ran: a read that fails falls back to the code's entry
+            // rather than keep the result from the case.
+            let row = result
+                .txn_id
+                .and_then(|id| self.store.txn(id).ok().flatten());
+            let failure = row.as_ref().and_then(|row| {
+                let queued = self.store.reversal(row.id).ok()?.is_some();
+                crate::explain::failure_of(row, queued)
+            });
             let d = failure.map_or_else(
                 || domain::diagnosis::diagnose_str(code),
                 domain::diagnosis::diagnose_failure,

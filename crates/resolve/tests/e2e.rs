@@ -1144,6 +1144,50 @@ fn approving_again_after_a_refund_whose_result_was_lost_records_it() {
     });
 }
 
+/// A key the approval claimed but never journalled under (the process stopped between the
+/// claim and the switch's checks) is no refund made: approving again runs the checks, here
+/// another refund of the sale in doubt, which the switch's own reservation no longer counts.
+#[test]
+fn approving_again_after_a_claim_never_sent_runs_the_checks() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(1);
+        let (code, rrn, _) = e.purchase(&card, 1_000).await;
+        assert_eq!(code, "00");
+        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
+        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let case = cases.open(ten_yuan_refund_application(&rrn)).await.unwrap();
+        // Another refund of the whole sale whose answer and first reversal answer are lost.
+        e.sim.faults().drop_next(2);
+        let other = e
+            .switch()
+            .back_office_refund(&rrn, 1_000, "ticket-9")
+            .await
+            .unwrap();
+        assert_eq!(other.response_code, "98");
+        let claim = store::resolve::BackOfficeKeyRow {
+            idempotency_key: format!("case-{}-refund-after-0", case.id),
+            original_rrn: rrn.clone(),
+            amount_fen: 1_000,
+            tid: "BACKOFFC".to_owned(),
+            batch_no: 999,
+            stan: 999,
+            created_at_ms: now(),
+        };
+        e.store()
+            .submit(vec![store::Record::Resolve(
+                store::resolve::ResolveRecord::BackOfficeKey(claim),
+            )])
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(matches!(
+            cases.approve_refund(case.id, "operator-7").await,
+            Err(CaseError::RefundInDoubt)
+        ));
+    });
+}
+
 #[test]
 fn refund_application_executes_through_the_switch_once() {
     runtime().block_on(async {
