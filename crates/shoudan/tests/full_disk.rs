@@ -364,6 +364,48 @@ async fn answered_96_while_the_journal_is_held(
     assert_eq!(answer.code(), "96");
 }
 
+/// A sale approved at the issuer while the journal was held is answered 96 and was never
+/// counted in the merchant's day; its terminal's reversal takes nothing back out of the day.
+/// It took the sale's amount out all the same, and the daily limit then let that much more
+/// through.
+#[test]
+fn a_reversal_of_a_sale_answered_96_leaves_the_days_sales_alone() {
+    runtime().block_on(async {
+        let rules = r#"{"default": [{"id": "day", "kind": "daily-amount-max", "max_fen": 50000}]}"#;
+        let mut w = start(&["ICBC"], |c| {
+            c.journal_wait = Duration::from_millis(500);
+            c.risk_rules = Arc::new(risk::RuleBook::from_json(rules).unwrap());
+        })
+        .await;
+        let card = w.bank("ICBC").healthy(0).clone();
+        let journal = journal_connection(&w);
+        let req = w.purchase(&card, 30_000);
+        assert_eq!(w.t.send(&req).await.code(), "00");
+        let held = approved_while_the_journal_is_held(&mut w, &journal, &card, 20_000).await;
+        // Its terminal reverses it at once: the reversal's write waits too (96).
+        let reversal = Req::reversal_of(&held);
+        assert_eq!(w.t.send(&reversal).await.code(), "96");
+        journal.execute_batch("ROLLBACK").unwrap();
+        let mut code = String::new();
+        for _ in 0..50 {
+            code = w.t.send(&reversal).await.code().to_owned();
+            if code == "00" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(code, "00");
+        // 30,000 stands in the day: 40,000 more is over the 50,000.
+        w.bank("ICBC")
+            .faults()
+            .set_latency(Duration::ZERO, Duration::ZERO);
+        let over = w.purchase(&card, 40_000);
+        assert_eq!(w.t.send(&over).await.code(), "61");
+        let within = w.purchase(&card, 20_000);
+        assert_eq!(w.t.send(&within).await.code(), "00");
+    });
+}
+
 /// The journal's write lock held by another connection (the writer waits on it, up to SQLite's
 /// busy timeout, as on a stalled disk): each purchase is answered 96 within `journal_wait`, and
 /// what the writer writes once the lock is let go is settled: a request row as failed, the

@@ -2346,7 +2346,20 @@ impl Core {
                         // Undo what an approved linked transaction did to its own original.
                         if previous == TxnState::Approved {
                             records.extend(self.unlink(o, &mut undo));
-                            sales_delta = crate::risk::sales_reversed(o.kind, o.amount_fen);
+                            // Only what the day's sales counted comes back out: the rules
+                            // counted it when its terminal was told 00. One approved at the
+                            // issuer but answered 96 (its outcome's write stalled or failed),
+                            // or 98 (a reversal overtook it), was never counted.
+                            let counted = o
+                                .live()
+                                .answer
+                                .as_ref()
+                                .is_some_and(|a| a.response_code == RC_APPROVED);
+                            sales_delta = if counted {
+                                crate::risk::sales_reversed(o.kind, o.amount_fen)
+                            } else {
+                                0
+                            };
                             // The day of the sale that goes out, or, for a void, comes back
                             // in: the voided sale's or pre-authorisation's (a pre-authorisation
                             // is voided days later). One the index no longer holds is from
