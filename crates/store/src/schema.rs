@@ -681,25 +681,25 @@ CREATE INDEX audit_log_target_action ON audit_log (target, action, id);
         name: "cases: one refund application of a sale waits for a decision at a time",
         // The service checked it by reading first, so two applications opened at once (a
         // double click, a client's retry, two nodes) both passed, and approving both refunded
-        // the card twice what was asked. Any such pair already written is settled first: the
-        // later one is closed as rejected, the first stands.
+        // the card twice what was asked. Any such pair already written is settled first: one
+        // stands, the one an operator already approved (a refund attempted, its outcome in
+        // doubt) or else the first opened; the others are closed as rejected.
         sql: "
 UPDATE cases SET state = 'rejected', version = version + 1,
-    resolution = 'opened at the same moment as application '
-        || (SELECT MIN(first.id) FROM cases first
-            WHERE first.txn_id = cases.txn_id AND first.id < cases.id
-              AND first.kind = 'refund_application'
-              AND first.state NOT IN ('resolved', 'rejected')
-              AND COALESCE(first.refund_code, '') <> '00')
-        || ' of the same sale; that one stands (closed at upgrade)'
+    resolution = 'opened at the same moment as another application of the same sale, '
+        || 'which stands (closed at upgrade)'
 WHERE kind = 'refund_application'
   AND state NOT IN ('resolved', 'rejected')
   AND COALESCE(refund_code, '') <> '00'
-  AND EXISTS (SELECT 1 FROM cases first
-      WHERE first.txn_id = cases.txn_id AND first.id < cases.id
-        AND first.kind = 'refund_application'
-        AND first.state NOT IN ('resolved', 'rejected')
-        AND COALESCE(first.refund_code, '') <> '00');
+  AND EXISTS (SELECT 1 FROM cases kept
+      WHERE kept.txn_id = cases.txn_id AND kept.id <> cases.id
+        AND kept.kind = 'refund_application'
+        AND kept.state NOT IN ('resolved', 'rejected')
+        AND COALESCE(kept.refund_code, '') <> '00'
+        AND (CASE WHEN kept.state = 'waiting_issuer' AND kept.refund_code IS NOT NULL
+                  THEN 0 ELSE 1 END, kept.id)
+            < (CASE WHEN cases.state = 'waiting_issuer' AND cases.refund_code IS NOT NULL
+                  THEN 0 ELSE 1 END, cases.id));
 CREATE UNIQUE INDEX cases_refund_waiting ON cases (txn_id)
     WHERE kind = 'refund_application'
       AND state NOT IN ('resolved', 'rejected')

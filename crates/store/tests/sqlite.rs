@@ -914,8 +914,9 @@ fn the_first_attempt_migration_dates_a_retrying_payout_from_its_reference() {
 }
 
 /// Migration 26 holds one waiting refund application per sale: of a pair already opened at
-/// once, the later is closed as rejected, naming the first; applications of other sales,
-/// closed ones and executed ones stay as they were, and a second waiting one is refused after.
+/// once, the one an operator approved whose refund's outcome is not known stands, else the
+/// first; the others are closed as rejected; applications of other sales, closed ones and
+/// executed ones stay as they were, and a second waiting one is refused after.
 #[test]
 fn the_waiting_application_migration_closes_the_later_of_a_pair() {
     let dir = tempfile::tempdir().unwrap();
@@ -939,6 +940,8 @@ fn the_waiting_application_migration_closes_the_later_of_a_pair() {
     case(5, 8, "rejected", None);
     case(6, 9, "open", Some("00"));
     case(7, 9, "open", None);
+    case(11, 10, "open", None);
+    case(12, 10, "waiting_issuer", Some("98"));
     let migration = store::schema::MIGRATIONS
         .iter()
         .find(|m| m.version == 26)
@@ -953,14 +956,15 @@ fn the_waiting_application_migration_closes_the_later_of_a_pair() {
         .unwrap()
     };
     assert_eq!(state(1), ("open".into(), None, 1));
-    for later in [2, 3] {
+    for later in [2, 3, 11] {
         let (state, resolution, version) = state(later);
         assert_eq!((state.as_str(), version), ("rejected", 2));
-        assert!(resolution.unwrap().contains("application 1 "));
+        assert!(resolution.unwrap().contains("which stands"));
     }
     for kept in [4, 6, 7] {
         assert_eq!(state(kept).0, "open");
     }
+    assert_eq!(state(12).0, "waiting_issuer");
     assert_eq!(state(5).0, "rejected");
     let again = conn.execute(
         "INSERT INTO cases (id, mid, kind, state, txn_id, title, created_at_ms, updated_at_ms,

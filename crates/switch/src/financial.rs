@@ -2574,7 +2574,7 @@ impl Undo {
 /// issuer), not of the terminal or the card: format error (30), out of step (22, 77),
 /// reconciliation (79), PIN block under the zone key (99), MAC (A0). The request is declined
 /// and the terminal answered 96 (the acquirer acts); the issuer's code is in its event.
-pub(crate) const ISSUER_LINK_CODES: [[u8; 2]; 6] = [*b"22", *b"30", *b"77", *b"79", *b"99", *b"A0"];
+const ISSUER_LINK_CODES: [[u8; 2]; 6] = [*b"22", *b"30", *b"77", *b"79", *b"99", *b"A0"];
 
 /// Why an issuer's answer could not be taken as it stands: it is treated as one that may have
 /// been an approval (answered 96, reversed).
