@@ -6,7 +6,7 @@
 //! and [`Engine::observe`] with the answer (feeds the windows, raises the threshold alerts).
 //! Every map and window has a `*_MAX`; windows are trimmed to the rule book's longest window.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -276,6 +276,10 @@ pub struct Engine {
     /// Times a terminal or merchant went untracked because its map was full: its rules with
     /// history (a daily limit, card testing, wrong PINs, the peer) did not see that request.
     untracked: u64,
+    /// Terminals a declining peer-change rule held before this engine started (their alert
+    /// still open, `hold_moved`): the network they moved from is not in memory, so without
+    /// this the first request from the new one would be taken as the usual and let in.
+    moved: HashSet<Box<str>>,
 }
 
 impl Engine {
@@ -288,6 +292,21 @@ impl Engine {
             merchants_swept_day: i64::MIN,
             next_sweep_ms: 0,
             untracked: 0,
+            moved: HashSet::new(),
+        }
+    }
+
+    /// Holds terminal `tid`, which rule `rule_id` (a declining peer-change rule) declined
+    /// before this engine started and whose alert is still open: its sales are declined until
+    /// an operator has looked (`forget_peer`), as before the start, with no second alert for
+    /// the same move.
+    pub fn hold_moved(&mut self, tid: &str, rule_id: &str, now_ms: i64) {
+        self.moved.insert(tid.into());
+        if let Some(terminal) = self.terminal(tid, now_ms) {
+            terminal.alerted.push((
+                Arc::from(rule_id),
+                now_ms.saturating_add(PEER_ALERT_QUIET_MS),
+            ));
         }
     }
 
@@ -358,6 +377,7 @@ impl Engine {
             // The peer rules' quiet periods go too: a move after this one is news again.
             terminal.alerted.retain(|(id, _)| !peer_rules.contains(&id));
         }
+        self.moved.remove(tid);
     }
 
     /// Cards, terminals and merchants with history (for tests and metrics).
@@ -778,6 +798,22 @@ impl Engine {
                 // one keeps the customer charged and stops no fraud.
                 if !request.class.is_attempt() {
                     return None;
+                }
+                if self.moved.contains(request.tid) {
+                    return Some((
+                        Words::new(
+                            format!(
+                                "终端 {} 在本节点启动前已被判定移机（告警尚未处理）：处理前拒绝",
+                                request.tid
+                            ),
+                            format!(
+                                "terminal {} was found moved before this node started (its alert \
+                                 is still open): declined until an operator has looked",
+                                request.tid
+                            ),
+                        ),
+                        this(),
+                    ));
                 }
                 let peer = request.peer?;
                 let _ = horizon;

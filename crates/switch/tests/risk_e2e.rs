@@ -559,7 +559,7 @@ fn a_terminal_that_moved_is_declined_alerted_once_and_let_in_once_an_operator_cl
     const MOVED: &str = r#"{"merchants": {"898110048990001": [
         {"id": "moved", "kind": "peer-change", "action": "decline"}]}}"#;
     runtime().block_on(async {
-        let w = world_with(MOVED).await;
+        let mut w = world_with(MOVED).await;
         let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
         let mut t = w.h.terminal().await;
         assert_eq!(t.sign_in().await.code(), "00");
@@ -597,6 +597,22 @@ fn a_terminal_that_moved_is_declined_alerted_once_and_let_in_once_an_operator_cl
         );
         let zh = open[0].detail_zh.as_deref().unwrap_or_default();
         assert!(zh.contains("现从 127.1.0.0/24 接入"), "{zh}");
+        // A restart does not let it in unlooked-at (its usual network was only in memory),
+        // nor raise the alert again.
+        drop(moved);
+        w.h.stop().await;
+        start_with_rules(&mut w.h, MOVED).await;
+        let addr = w.h.switch.as_ref().unwrap().local_addr();
+        let mut moved = Terminal::connect_from(addr, TID, elsewhere).await;
+        assert_eq!(moved.sign_in().await.code(), "00");
+        let r = moved.send(&paid_with_pin(healthy, 1_000, 7)).await;
+        assert_eq!(r.code(), "59");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let store: &dyn Store = w.h.store.as_ref();
+        assert_eq!(
+            store.risk_alerts(Some(AlertState::Open), 10).unwrap().len(),
+            1
+        );
         risk::ops::resolve_alert(
             store,
             open[0].id,
