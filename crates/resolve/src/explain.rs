@@ -869,6 +869,13 @@ pub fn explain_txn(
         {
             Some(diagnosis::diagnose_failure(FailureKind::ReturnNoAnswer))
         }
+        // Its terminal reversed it because the answer's MAC failed (field 39 of its reversal,
+        // A0): the keys differ, and every approval will go the same way until it signs in.
+        Outcome::ApprovedThenReversed | Outcome::ApprovedReversalPending
+            if reversal.as_ref().is_some_and(|r| r.reason == "A0") =>
+        {
+            Some(diagnosis::diagnose_failure(FailureKind::BadResponseMac))
+        }
         Outcome::ApprovedThenReversed | Outcome::ApprovedReversalPending => {
             Some(diagnosis::diagnose_failure(FailureKind::NoAnswer))
         }

@@ -838,6 +838,35 @@ fn a_refund_its_terminal_reversed_reads_as_a_refund_undone() {
     });
 }
 
+/// A sale its terminal reversed because the answer's MAC failed (A0 in the reversal) is
+/// diagnosed as that, to be retried after signing in, not as an answer that never came (which
+/// tells the merchant to check the cable).
+#[test]
+fn a_sale_reversed_for_its_answers_mac_reads_as_a_mac_failure() {
+    use domain::diagnosis::{Action, FailureKind, Retry, Subject};
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(2);
+        let (code, rrn, buy) = e.purchase(&card, 1_500).await;
+        assert_eq!(code, "00");
+        let reversal = Req {
+            reason: Some("A0"),
+            ..Req::reversal_of(&buy)
+        };
+        assert_eq!(e.t.send(&reversal).await.code(), "00");
+        assert!(e.reversal_acked(&rrn).await);
+        let x = explain_rrn(e.store().as_ref(), &e.h.directory, &rrn, now()).unwrap();
+        assert_eq!(x.outcome, Outcome::ApprovedThenReversed, "{x:#?}");
+        let d = x.diagnosis.unwrap();
+        assert_eq!(
+            d.subject,
+            Subject::Failure(FailureKind::BadResponseMac),
+            "{d:?}"
+        );
+        assert_eq!(d.retry, Retry::AfterAction(Action::SignIn));
+    });
+}
+
 /// A terminal's reversal reads as what it did to its original, not as an approval: a sale's
 /// reversal the issuer acknowledged says the cardholder is not charged and names the card's
 /// bank (a reversal carries no card number); a refund's says the refund does not stand; one
