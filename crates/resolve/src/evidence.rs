@@ -74,9 +74,10 @@ pub fn evidence(
             .diagnosis
             .filter(|_| own_words)
             .unwrap_or_else(|| domain::diagnosis::diagnose_str(code));
+        let (title, meaning) = d.as_shown_to_the_cardholder();
         Both::new(
-            format!("{}：{}", d.title.zh, d.meaning.zh),
-            format!("{}: {}", d.title.en, d.meaning.en),
+            format!("{}：{}", title.zh, meaning.zh),
+            format!("{}: {}", title.en, meaning.en),
         )
     });
     Ok(Evidence {
@@ -173,9 +174,27 @@ impl Evidence {
             ),
             (
                 pick("结论", "Outcome"),
-                self.explanation.summary.get(lang).to_owned(),
+                self.unflagged(self.explanation.summary.get(lang), lang),
             ),
         ]
+    }
+
+    /// `text` with the response code's title replaced by "declined by the card's bank" when
+    /// the issuer flagged the card ([`domain::diagnosis::Diagnosis::flags_the_card`]): the
+    /// summary and the timeline name the code by its title ("43 (Stolen card, pick up)"),
+    /// which is not for whoever may hold the card.
+    fn unflagged(&self, text: &str, lang: Lang) -> String {
+        let code = self
+            .response_code
+            .as_deref()
+            .map(domain::diagnosis::diagnose_str);
+        match code.filter(|d| d.flags_the_card()) {
+            Some(d) => {
+                let (neutral, _) = d.as_shown_to_the_cardholder();
+                text.replace(d.title.get(lang), neutral.get(lang))
+            }
+            None => text.to_owned(),
+        }
     }
 
     /// Plain text to paste into a message to the issuer.
@@ -193,23 +212,20 @@ impl Evidence {
             Lang::En => "Timeline (China time):\n",
         });
         for step in &self.explanation.steps {
-            out.push_str(&format!("  {}  {}\n", step.time, step.text.get(lang)));
+            let text = self.unflagged(step.text.get(lang), lang);
+            out.push_str(&format!("  {}  {text}\n", step.time));
         }
         // What it means, not the cashier's script: the package goes to an issuer's desk or a
         // cardholder (the transaction's page has the merchant's steps).
         if let Some(d) = self.explanation.diagnosis {
+            let (title, meaning) = d.as_shown_to_the_cardholder();
             out.push_str(&match lang {
-                Lang::Zh => format!(
-                    "诊断：{}{}\n  {}\n",
-                    code_prefix(d),
-                    d.title.zh,
-                    d.meaning.zh
-                ),
+                Lang::Zh => format!("诊断：{}{}\n  {}\n", code_prefix(d), title.zh, meaning.zh),
                 Lang::En => format!(
                     "Diagnosis: {}{}\n  {}\n",
                     code_prefix(d),
-                    d.title.en,
-                    d.meaning.en
+                    title.en,
+                    meaning.en
                 ),
             });
         }
@@ -254,17 +270,18 @@ impl Evidence {
             out.push_str(&format!(
                 "<li><time>{}</time> {}</li>\n",
                 html_escape(&step.time),
-                html_escape(step.text.get(lang))
+                html_escape(&self.unflagged(step.text.get(lang), lang))
             ));
         }
         out.push_str("</ol>\n");
         if let Some(d) = self.explanation.diagnosis {
+            let (title, meaning) = d.as_shown_to_the_cardholder();
             out.push_str(&format!(
                 "<h2>{}</h2>\n<p><strong>{}{}</strong></p>\n<p>{}</p>\n",
                 html_escape(advice),
                 html_escape(&code_prefix(d)),
-                html_escape(d.title.get(lang)),
-                html_escape(d.meaning.get(lang)),
+                html_escape(title.get(lang)),
+                html_escape(meaning.get(lang)),
             ));
         }
         out.push_str("</body>\n</html>\n");

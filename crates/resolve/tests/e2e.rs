@@ -226,6 +226,43 @@ fn now() -> i64 {
     SystemClock.now_ms()
 }
 
+/// The evidence package goes to an issuer's desk or to whoever holds the card: for a card its
+/// bank reported stolen (43) it says the bank declined and the customer should contact it, and
+/// names no theft, which would tell a thief the card was reported.
+#[test]
+fn evidence_for_a_stolen_card_names_no_theft() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.card("stolen");
+        let (code, rrn, _) = e.purchase(&card, 100).await;
+        assert_eq!(code, "43");
+        let store = e.store();
+        let ev = resolve::evidence(store.as_ref(), &e.h.directory, &rrn, Some(MID), now()).unwrap();
+        for out in [
+            ev.to_text(Lang::En),
+            ev.to_html(Lang::En),
+            ev.to_text(Lang::Zh),
+            ev.to_html(Lang::Zh),
+        ] {
+            let lower = out.to_lowercase();
+            assert!(!lower.contains("stolen") && !out.contains("被盗"), "{out}");
+            assert!(!lower.contains("pick up") && !out.contains("没收"), "{out}");
+        }
+        assert!(ev.to_text(Lang::En).contains("Declined by the card's bank"));
+        assert!(ev.to_text(Lang::Zh).contains("发卡行拒绝"));
+        // The merchant's own page still says what it is.
+        let x = explain_rrn(store.as_ref(), &e.h.directory, &rrn, now()).unwrap();
+        assert!(
+            x.diagnosis
+                .unwrap()
+                .title
+                .en
+                .to_lowercase()
+                .contains("stolen")
+        );
+    });
+}
+
 #[test]
 fn declined_purchase_is_diagnosed_with_evidence_naming_the_issuer() {
     runtime().block_on(async {

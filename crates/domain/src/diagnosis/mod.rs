@@ -531,6 +531,26 @@ impl Diagnosis {
     pub fn is_known(&self) -> bool {
         self.subject != Subject::UnknownCode
     }
+
+    /// Whether the issuer flagged the card (lost, stolen, fraud, pick up): what is said to
+    /// the cardholder's side then names no reason, lest a card's thief learn it was reported.
+    pub fn flags_the_card(&self) -> bool {
+        self.customer_message == table::PICK_UP_CUSTOMER
+    }
+
+    /// The title and meaning to put before whoever may hold the card (an evidence package
+    /// goes to an issuer's desk or to a cardholder): the entry's own, or for a flagged card
+    /// a plain "declined by the card's bank" and the customer's words.
+    pub fn as_shown_to_the_cardholder(&self) -> (Text, Text) {
+        if self.flags_the_card() {
+            (
+                Text::new("发卡行拒绝", "Declined by the card's bank"),
+                self.customer_message,
+            )
+        } else {
+            (self.title, self.meaning)
+        }
+    }
 }
 
 /// What a declined request's event says after the issuer's code when that code speaks of the

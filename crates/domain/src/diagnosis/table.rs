@@ -118,7 +118,7 @@ const PICK_UP_CALL_SECURITY_STEPS: &[Text] = &[
     STEP_KEEP_CARD,
     STEP_CARD_TO_ACQUIRER,
 ];
-const PICK_UP_CUSTOMER: Text = t(
+pub(crate) const PICK_UP_CUSTOMER: Text = t(
     "发卡银行要求暂停使用这张卡，这笔无法完成。请您联系发卡银行，或用其他方式付款。",
     "Your bank has asked us not to accept this card, so this payment cannot go through. Please \
      contact your bank, or pay another way.",
