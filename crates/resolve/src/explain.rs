@@ -1065,6 +1065,17 @@ pub fn failure_of(row: &TxnRow, reversal_queued: bool) -> Option<FailureKind> {
             Some(FailureKind::ReturnNoAnswer)
         }
         ("98" | "68", TxnKind::BalanceInquiry) if !by_host => Some(FailureKind::InquiryNoAnswer),
+        // The issuer's decline of money going back: its code's advice is a sale's ("use
+        // another card"), where the original stands and the customer awaits the refund. A
+        // decline to retry later (the issuer busy, a system fault) keeps its code's.
+        (code, kind) if gives_back(kind) && !by_host && code != "00" => {
+            let own = diagnosis::diagnose_str(code);
+            let final_refusal = matches!(
+                own.category,
+                diagnosis::Category::C | diagnosis::Category::D
+            ) && own.retry != diagnosis::Retry::Later;
+            final_refusal.then_some(FailureKind::ReturnDeclined)
+        }
         _ => None,
     }
 }
@@ -1313,6 +1324,41 @@ mod tests {
             issuer_answered_at_ms: None,
             answered_at_ms: None,
         }
+    }
+
+    /// The issuer's decline of a void or refund is diagnosed as money not yet back (the
+    /// original stands), not by the code's advice for a sale; one to retry later (the issuer
+    /// busy), shoudan's own refusals and a sale's declines keep their codes'.
+    #[test]
+    fn an_issuers_decline_of_a_refund_is_a_refund_declined() {
+        let answered = |kind: TxnKind, code: &str, sent: bool| TxnRow {
+            response_code: Some(code.into()),
+            sent_at_ms: sent.then_some(1),
+            ..row(9, "10000001", "898110048990001", kind, Some(7))
+        };
+        for code in ["05", "54", "57", "62", "41"] {
+            for kind in [TxnKind::Refund, TxnKind::PurchaseVoid, TxnKind::PreAuthVoid] {
+                assert_eq!(
+                    failure_of(&answered(kind, code, true), false),
+                    Some(FailureKind::ReturnDeclined),
+                    "{kind:?} {code}"
+                );
+            }
+            assert_eq!(
+                failure_of(&answered(TxnKind::Purchase, code, true), false),
+                None
+            );
+        }
+        // The issuer busy: its code says to try again later.
+        assert_eq!(
+            failure_of(&answered(TxnKind::Refund, "96", true), false),
+            None
+        );
+        // shoudan's own refusal before sending keeps its code's entry.
+        assert_eq!(
+            failure_of(&answered(TxnKind::PurchaseVoid, "12", false), false),
+            None
+        );
     }
 
     /// A refusal linked to another merchant's sale, as the switch once recorded a refund that

@@ -356,10 +356,14 @@ pub enum FailureKind {
     /// The issuer refused the reversal of a void or refund: reversed here, it may stand there
     /// (the customer may have been paid back).
     ReturnReversalRefused,
+    /// The issuer declined a void or refund (the card closed, replaced, restricted...): the
+    /// original stands and the customer has not been paid back; the code's own advice is for
+    /// a sale ("use another card").
+    ReturnDeclined,
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 23] = [
+    pub const ALL: [FailureKind; 24] = [
         FailureKind::NoAnswer,
         FailureKind::BadResponseMac,
         FailureKind::ConnectionRefused,
@@ -383,6 +387,7 @@ impl FailureKind {
         FailureKind::InquiryNoAnswer,
         FailureKind::IssuerLinkDown,
         FailureKind::ReturnReversalRefused,
+        FailureKind::ReturnDeclined,
     ];
 
     /// Stable kebab-case name, as the CLI accepts it (`shoudan explain no-answer`).
@@ -411,6 +416,7 @@ impl FailureKind {
             FailureKind::InquiryNoAnswer => "inquiry-no-answer",
             FailureKind::IssuerLinkDown => "issuer-link-down",
             FailureKind::ReturnReversalRefused => "return-reversal-refused",
+            FailureKind::ReturnDeclined => "return-declined",
         }
     }
 

@@ -2317,6 +2317,49 @@ pub static TABLE: &[Diagnosis] = &[
         ],
     },
     Diagnosis {
+        subject: Subject::Failure(FailureKind::ReturnDeclined),
+        title: t(
+            "发卡行拒绝了撤销或退货",
+            "The issuer declined the void or refund",
+        ),
+        meaning: t(
+            "发卡行拒绝了这笔撤销或退货（应答码说明原因，例如卡已注销、换卡或受限）：原消费仍然有效，顾客的钱还没有退回。",
+            "The issuer declined this void or refund (the code says why: the card closed, \
+             replaced or restricted, say): the original sale still stands and the customer has \
+             not been paid back.",
+        ),
+        category: C,
+        who_acts: Merchant,
+        retry: Never,
+        contact_issuer: Optional,
+        contact_when: t(
+            "可选：原因不明时，凭证据包向发卡行询问这张卡为何不能退款。",
+            "Optional: if the reason is unclear, ask the issuer with the evidence package why \
+             the card cannot take the refund.",
+        ),
+        customer_message: t(
+            "退款没能退到这张卡上，原来的付款仍然有效。我们会通过其他方式为您办理退款。",
+            "The refund could not go back to this card, and the original payment still stands. \
+             We will refund you another way.",
+        ),
+        merchant_steps: &[
+            t(
+                "不要用同一张卡反复重试：发卡行的拒绝原样重试不会通过。",
+                "Do not try again on the same card: the issuer's refusal will not change.",
+            ),
+            t(
+                "在商户后台为原交易提交退货申请，说明卡已无法退款；收单机构确认后另行安排。",
+                "Open a refund application for the original sale in the portal, saying the card \
+                 cannot take the refund; the acquirer arranges another way once it has checked.",
+            ),
+            t(
+                "如需当场退现金，先确认原交易仍然有效，并保留顾客签收。",
+                "If you refund in cash on the spot, first check the original sale still stands, \
+                 and keep the customer's signed receipt.",
+            ),
+        ],
+    },
+    Diagnosis {
         subject: Subject::Failure(FailureKind::InquiryNoAnswer),
         title: t("余额查询没有应答", "Balance inquiry not answered"),
         meaning: t(
