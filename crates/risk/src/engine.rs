@@ -234,6 +234,9 @@ struct MerchantDay {
     /// Requests in flight at once all count, so pipelined sales cannot each see the same
     /// room under the limit.
     holds: Vec<(i64, i64, i64)>,
+    /// Alert-only daily limits that have alerted this day: once a day, not once per sale
+    /// after the limit.
+    alerted: Vec<Arc<str>>,
 }
 
 impl MerchantDay {
@@ -437,7 +440,13 @@ impl Engine {
                     break;
                 }
                 Action::Alert => {
-                    if self.first_alert(rule, request.tid, request.card_key, now) {
+                    let first = match rule.kind {
+                        RuleKind::DailyAmountMax { .. } => {
+                            self.first_alert_of_day(rule, request.mid, request.day)
+                        }
+                        _ => self.first_alert(rule, request.tid, request.card_key, now),
+                    };
+                    if first {
                         verdict.alerts.push(hit);
                     }
                 }
@@ -868,13 +877,28 @@ impl Engine {
 
     /// Whether an alert of `rule` is new: one alert per rule and terminal (per card for card
     /// rules) per window, not one per request.
+    /// Whether an alert-only daily limit alerts for merchant `mid` on `day`: the first time
+    /// that day. Every sale after the limit is over it, and an alert each would bury the
+    /// operators' queue.
+    fn first_alert_of_day(&mut self, rule: &Rule, mid: &str, day: i64) -> bool {
+        let Some(total) = self.merchant(mid, day).and_then(|m| m.at(day)) else {
+            return true;
+        };
+        if total.alerted.contains(&rule.id) {
+            return false;
+        }
+        total.alerted.push(Arc::clone(&rule.id));
+        true
+    }
+
     fn first_alert(&mut self, rule: &Rule, tid: &str, card_key: Option<u64>, now: i64) -> bool {
         let quiet_ms = match rule.kind {
             RuleKind::CardVelocity { window_ms, .. }
             | RuleKind::CardTesting { window_ms, .. }
             | RuleKind::WrongPins { window_ms, .. } => window_ms,
             RuleKind::PeerChange { .. } => PEER_ALERT_QUIET_MS,
-            // Stateless rules alert on every request they see.
+            // Stateless rules alert on every request they see (an alert-only daily limit once
+            // a day: `first_alert_of_day`).
             _ => return true,
         };
         let alerted = match rule.kind {
@@ -1213,6 +1237,32 @@ mod tests {
         let over = e.check(&sale(3, 10001, 0));
         assert_eq!(declined_by(&over), Some("cap"));
         assert_eq!(&over.decline.unwrap().kind.response_code(), b"61");
+    }
+
+    /// An alert-only daily limit alerts once a merchant's day has crossed it, and not again
+    /// for every sale after it that day; the next day it may again.
+    #[test]
+    fn an_alert_only_daily_limit_alerts_once_a_day() {
+        let mut e = engine(
+            r#"{"id": "day", "kind": "daily-amount-max", "max_fen": 10000, "action": "alert"}"#,
+        );
+        let alerts_of = |e: &mut Engine, r: &Request<'_>| {
+            let v = e.check(r);
+            assert_eq!(declined_by(&v), None);
+            e.observe(&answer(r, b"00"));
+            v.alerts.len()
+        };
+        assert_eq!(alerts_of(&mut e, &sale(1, 6_000, 0)), 0);
+        assert_eq!(alerts_of(&mut e, &sale(2, 5_000, 0)), 1);
+        for id in 3..6 {
+            assert_eq!(alerts_of(&mut e, &sale(id, 100, 0)), 0, "sale {id}");
+        }
+        let tomorrow = |id, amount| Request {
+            day: 2,
+            ..sale(id, amount, 0)
+        };
+        assert_eq!(alerts_of(&mut e, &tomorrow(6, 9_000)), 0);
+        assert_eq!(alerts_of(&mut e, &tomorrow(7, 2_000)), 1);
     }
 
     #[test]
