@@ -48,9 +48,10 @@ pub enum TxnClass {
     /// pre-authorisations each under the daily limit, then their unjudged completions, would
     /// take a merchant past it as far as it liked.
     Hold,
-    /// Completion of a pre-authorisation: neither checked (its pre-authorisation was; a
-    /// refused completion would leave the cardholder's funds held for nothing) nor counted
-    /// (its pre-authorisation was).
+    /// Completion of a pre-authorisation: not checked (its pre-authorisation was; a refused
+    /// completion would leave the cardholder's funds held for nothing) and not counted as a
+    /// sale of its own: the switch moves its pre-authorisation's day by what it changed of the
+    /// hold (`adjust_sales`: a completion for less frees the rest).
     Capture,
     /// Void of a purchase or of a pre-authorisation: takes its sale back out of the day's
     /// sales.

@@ -1311,9 +1311,9 @@ impl Core {
                 .or_else(|| found.clearing_date.get(4..8))
                 .unwrap_or("0000");
             f61_out = found.rrn.as_ref().map(|r| format!("{r}{date}"));
-            // Only a void takes its original's sale back out, on the original's day: a
-            // completion's original is its pre-authorisation, counted on its own day, and the
-            // completion adds nothing (nor does its void take anything back).
+            // A void takes its original's sale back out, on the original's day; a completion
+            // (or its void) moves its pre-authorisation's day by what it changed of the hold
+            // (`hold_change`, once approved).
             if crate::risk::voids_a_sale(kind) {
                 sale_day = Some(found.received_day);
             }
@@ -1788,6 +1788,11 @@ impl Core {
             sale_day.unwrap_or(entry.received_day),
             &answer,
         );
+        if answer.response_code == RC_APPROVED
+            && let Some((day, delta)) = self.hold_change(&entry)
+        {
+            self.risk_adjust_sales(&ctx.terminal.mid, day, delta);
+        }
         self.reply(
             ctx.frame,
             Some(&ctx.terminal),
@@ -2373,6 +2378,12 @@ impl Core {
                                 Some(sale) => sales_day = sale.received_day,
                                 None if void => sales_delta = 0,
                                 None => sales_day = o.received_day,
+                            }
+                            // A completion's reversal puts its pre-authorisation's hold back as
+                            // it was; a reversal of a completion's void takes it off again.
+                            if let Some((day, change)) = self.hold_change(o).filter(|_| counted) {
+                                sales_day = day;
+                                sales_delta = -change;
                             }
                         }
                         records.push(self.event(

@@ -161,10 +161,13 @@ impl RiskGate {
     ) -> Result<RiskGate, StoreError> {
         let mut engine = Engine::new(book);
         if !engine.book().is_empty() {
-            // The calendar day's sales that stand: approved, not voided or reversed since (a
-            // pre-authorisation completed since still counts: its completion does not).
-            // Rows cleared today include yesterday's after the cut-over, hence the day check.
+            // The calendar day's sales that stand: approved, not voided or reversed since; a
+            // pre-authorisation completed since counts at its completion's amount (the rest of
+            // the hold was freed). Rows cleared today include yesterday's after the cut-over,
+            // hence the day check.
             let today = crate::clock::LocalTime::from_ms(now_ms);
+            let mut holds: HashMap<i64, (String, i64)> = HashMap::new();
+            let mut completions: Vec<(i64, i64)> = Vec::new();
             store.each_txn_since(&today.yyyymmdd(), &mut |row| {
                 let counted = match class_of(row.kind) {
                     TxnClass::Sale => row.state == TxnState::Approved,
@@ -177,8 +180,23 @@ impl RiskGate {
                     == today.day_number;
                 if counted && today_s {
                     engine.record_sale(&row.mid, today.day_number, row.amount_fen);
+                    if row.kind == TxnKind::PreAuth {
+                        holds.insert(row.id, (row.mid.clone(), row.amount_fen));
+                    }
+                }
+                if row.kind == TxnKind::Completion
+                    && row.state == TxnState::Approved
+                    && let Some(hold) = row.original_id
+                {
+                    completions.push((hold, row.amount_fen));
                 }
             })?;
+            // Matched once all are read.
+            for (hold, completed_fen) in completions {
+                if let Some((mid, held_fen)) = holds.get(&hold) {
+                    engine.adjust_sales(mid, today.day_number, completed_fen - held_fen);
+                }
+            }
         }
         // Terminals a declining peer-change rule held, their alerts not yet looked at: still
         // held (their usual network is not known after a start).
@@ -340,6 +358,27 @@ impl Core {
         let alerts = self.risk.judged(|engine| engine.observe(&outcome));
         if !alerts.is_empty() {
             self.raise_alerts(terminal, outcome.card_key, alerts);
+        }
+    }
+
+    /// What an approved completion, or void of one, does to its pre-authorisation's day in the
+    /// daily sales, as (day, change): a completion for less than the hold frees the rest of it
+    /// (for more, adds the excess), its void puts the hold back whole. `None` for any other
+    /// request, or when the index no longer holds the pre-authorisation (received before
+    /// yesterday: a day no limit counts any more).
+    pub(crate) fn hold_change(&self, entry: &crate::ledger::Entry) -> Option<(i64, i64)> {
+        let linked = |e: &crate::ledger::Entry| e.original_id.or(e.live().linked_original);
+        match entry.kind {
+            TxnKind::Completion => {
+                let hold = self.ledger.by_id(linked(entry)?)?;
+                Some((hold.received_day, entry.amount_fen - hold.amount_fen))
+            }
+            TxnKind::CompletionVoid => {
+                let completion = self.ledger.by_id(linked(entry)?)?;
+                let hold = self.ledger.by_id(linked(&completion)?)?;
+                Some((hold.received_day, hold.amount_fen - completion.amount_fen))
+            }
+            _ => None,
         }
     }
 

@@ -714,6 +714,84 @@ fn reversing_a_void_of_an_earlier_days_pre_authorisation_leaves_today_alone() {
     });
 }
 
+/// A completion for less than its pre-authorisation frees the rest of the hold in the
+/// pre-authorisation's day (a hotel's deposit of 30,000 settled at 12,000); its void puts the
+/// hold back, the void's reversal takes it off again, and a restart reads the day the same way.
+/// Before, the whole hold stayed in the day, and a hotel's deposits tripped its daily limit on
+/// money never captured.
+#[test]
+fn a_completion_for_less_frees_the_rest_of_its_hold_in_the_day() {
+    const DAILY: &str = r#"{"merchants": {"898110048990001": [
+        {"id": "day", "kind": "daily-amount-max", "max_fen": 50000}]}}"#;
+    runtime().block_on(async {
+        let mut w = world_with(DAILY).await;
+        let mut t = w.h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
+        let pan = healthy.pan.expose_digits();
+        let held = t
+            .send(&Req {
+                mti: iso8583::Mti::AUTHORISATION,
+                processing: "030000",
+                condition: "06",
+                message_type: "10",
+                ..paid_with_pin(healthy, 30_000, 2)
+            })
+            .await;
+        assert_eq!(held.code(), "00");
+        assert_eq!(
+            t.send(&paid_with_pin(healthy, 20_001, 3)).await.code(),
+            "61"
+        );
+        let completion = Req {
+            condition: "06",
+            message_type: "20",
+            rrn: Some(held.text(37).unwrap()),
+            f61: Some(format!("{:06}{:06}", 1, 2)),
+            ..Req::purchase(pan, 12_000, 4)
+        };
+        let completed = t.send(&completion).await;
+        assert_eq!(completed.code(), "00");
+        // 12,000 of the hold stands: room for 20,001 now.
+        assert_eq!(
+            t.send(&paid_with_pin(healthy, 20_001, 5)).await.code(),
+            "00"
+        );
+        // The completion voided: the hold of 30,000 stands again, 50,001 in the day.
+        let completion_void = Req {
+            processing: "200000",
+            condition: "06",
+            message_type: "21",
+            rrn: Some(completed.text(37).unwrap()),
+            f61: Some(format!("{:06}{:06}", 1, 4)),
+            ..Req::purchase(pan, 12_000, 6)
+        };
+        assert_eq!(t.send(&completion_void).await.code(), "00");
+        assert_eq!(t.send(&paid_with_pin(healthy, 1, 7)).await.code(), "61");
+        // Its terminal reverses the void: the completion stands again, 32,001 in the day.
+        assert_eq!(
+            t.send(&Req::reversal_of(&completion_void)).await.code(),
+            "00"
+        );
+        assert_eq!(
+            t.send(&paid_with_pin(healthy, 10_000, 8)).await.code(),
+            "00"
+        );
+        // Restarted: the day is 42,001 (the pre-authorisation at its completion's 12,000).
+        w.h.stop().await;
+        start_with_rules(&mut w.h, DAILY).await;
+        let mut t = w.h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        assert_eq!(t.send(&paid_with_pin(healthy, 8_000, 9)).await.code(), "61");
+        assert_eq!(
+            t.send(&paid_with_pin(healthy, 7_999, 10)).await.code(),
+            "00"
+        );
+        let mut h = w.h;
+        h.stop().await;
+    });
+}
+
 /// A pre-authorisation counts toward the day it is approved (the card's money is held for the
 /// merchant from then on), its void takes it back out, and its completion on a later day adds
 /// nothing. Counted at completion instead, pre-authorisations each under the limit and their
