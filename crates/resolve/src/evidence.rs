@@ -179,22 +179,23 @@ impl Evidence {
         ]
     }
 
-    /// `text` with the response code's title replaced by "declined by the card's bank" when
-    /// the issuer flagged the card ([`domain::diagnosis::Diagnosis::flags_the_card`]): the
-    /// summary and the timeline name the code by its title ("43 (Stolen card, pick up)"),
-    /// which is not for whoever may hold the card.
+    /// `text` with the title of any code for a card its bank flagged
+    /// ([`domain::diagnosis::Diagnosis::flags_the_card`]) replaced by "declined by the card's
+    /// bank": the summary and the timeline name codes by their titles ("43 (Stolen card, pick
+    /// up)"), the transaction's own or a linked refund's, which are not for whoever may hold
+    /// the card.
     fn unflagged(&self, text: &str, lang: Lang) -> String {
-        let code = self
-            .response_code
-            .as_deref()
-            .map(domain::diagnosis::diagnose_str);
-        match code.filter(|d| d.flags_the_card()) {
-            Some(d) => {
-                let (neutral, _) = d.as_shown_to_the_cardholder();
-                text.replace(d.title.get(lang), neutral.get(lang))
+        let mut out = text.to_owned();
+        for d in domain::diagnosis::TABLE
+            .iter()
+            .filter(|d| d.flags_the_card())
+        {
+            let (neutral, _) = d.as_shown_to_the_cardholder();
+            if out.contains(d.title.get(lang)) {
+                out = out.replace(d.title.get(lang), neutral.get(lang));
             }
-            None => text.to_owned(),
         }
+        out
     }
 
     /// Plain text to paste into a message to the issuer.

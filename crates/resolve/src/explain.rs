@@ -1065,16 +1065,35 @@ pub fn failure_of(row: &TxnRow, reversal_queued: bool) -> Option<FailureKind> {
             Some(FailureKind::ReturnNoAnswer)
         }
         ("98" | "68", TxnKind::BalanceInquiry) if !by_host => Some(FailureKind::InquiryNoAnswer),
+        // A terminal's reversal refused (its original from another day, of another amount,
+        // followed by a void or refund): the code's own entry speaks of a request's original
+        // not found, where here the original stands and may have been paid twice.
+        ("25" | "64" | "12", TxnKind::Reversal) => Some(FailureKind::ReversalNotTaken),
         // The issuer's decline of money going back: its code's advice is a sale's ("use
         // another card"), where the original stands and the customer awaits the refund. A
         // decline to retry later (the issuer busy, a system fault) keeps its code's.
-        (code, kind) if gives_back(kind) && !by_host && code != "00" => {
+        // Only where that advice is a sale's (another card, a smaller amount, never again):
+        // not a pre-authorisation's void (its hold lapses by itself), a duplicate (94: the
+        // issuer may hold it already), a code to correct and send again (a PIN, an amount), or
+        // a card its bank flagged (the code's keep-the-card steps stand).
+        (code, kind) if gives_back(kind) && kind != TxnKind::PreAuthVoid && !by_host => {
+            use diagnosis::{Action, Retry};
             let own = diagnosis::diagnose_str(code);
-            let final_refusal = matches!(
+            let for_a_sale = matches!(
+                own.retry,
+                Retry::Never
+                    | Retry::AfterAction(
+                        Action::OtherCard
+                            | Action::OtherCardOrSmallerAmount
+                            | Action::SmallerAmount
+                    )
+            );
+            let refused = matches!(
                 own.category,
                 diagnosis::Category::C | diagnosis::Category::D
-            ) && own.retry != diagnosis::Retry::Later;
-            final_refusal.then_some(FailureKind::ReturnDeclined)
+            );
+            (refused && for_a_sale && code != "94" && !own.flags_the_card())
+                .then_some(FailureKind::ReturnDeclined)
         }
         _ => None,
     }
@@ -1336,8 +1355,12 @@ mod tests {
             sent_at_ms: sent.then_some(1),
             ..row(9, "10000001", "898110048990001", kind, Some(7))
         };
-        for code in ["05", "54", "57", "62", "41"] {
-            for kind in [TxnKind::Refund, TxnKind::PurchaseVoid, TxnKind::PreAuthVoid] {
+        for code in ["05", "54", "57", "62"] {
+            for kind in [
+                TxnKind::Refund,
+                TxnKind::PurchaseVoid,
+                TxnKind::CompletionVoid,
+            ] {
                 assert_eq!(
                     failure_of(&answered(kind, code, true), false),
                     Some(FailureKind::ReturnDeclined),
@@ -1349,11 +1372,14 @@ mod tests {
                 None
             );
         }
-        // The issuer busy: its code says to try again later.
-        assert_eq!(
-            failure_of(&answered(TxnKind::Refund, "96", true), false),
-            None
-        );
+        // The issuer busy: its code says to try again later; a duplicate, a wrong PIN, a card
+        // its bank flagged keep their codes' advice, and so does a pre-authorisation's void.
+        for code in ["96", "94", "55", "43", "41"] {
+            let refund = answered(TxnKind::Refund, code, true);
+            assert_eq!(failure_of(&refund, false), None, "{code}");
+        }
+        let hold_void = answered(TxnKind::PreAuthVoid, "05", true);
+        assert_eq!(failure_of(&hold_void, false), None);
         // shoudan's own refusal before sending keeps its code's entry.
         assert_eq!(
             failure_of(&answered(TxnKind::PurchaseVoid, "12", false), false),

@@ -875,6 +875,39 @@ fn a_refund_its_terminal_reversed_reads_as_a_refund_undone() {
     });
 }
 
+/// A terminal's reversal the host refused (another amount than its original's: 64) reads as
+/// nothing undone, the original standing, not as a request whose original was not found.
+#[test]
+fn a_reversal_the_host_refused_reads_as_the_original_standing() {
+    use domain::diagnosis::{FailureKind, Subject};
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(2);
+        let (code, _, sale) = e.purchase(&card, 1_500).await;
+        assert_eq!(code, "00");
+        let reversal = Req {
+            amount: 1_499,
+            ..Req::reversal_of(&sale)
+        };
+        assert_eq!(e.t.send(&reversal).await.code(), "64");
+        let store = e.store();
+        let row = store
+            .txns_by_key(TID, 1, sale.stan)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.kind == store::TxnKind::Reversal)
+            .unwrap();
+        let x = resolve::explain::explain_txn(store.as_ref(), &e.directory(), &row, now()).unwrap();
+        let d = x.diagnosis.unwrap();
+        assert_eq!(
+            d.subject,
+            Subject::Failure(FailureKind::ReversalNotTaken),
+            "{d:?}"
+        );
+        assert!(d.customer_message.en.contains("stands"), "{d:?}");
+    });
+}
+
 /// A sale its terminal reversed because the answer's MAC failed (A0 in the reversal) is
 /// diagnosed as that, to be retried after signing in, not as an answer that never came (which
 /// tells the merchant to check the cable).

@@ -2352,14 +2352,16 @@ impl Core {
                         if previous == TxnState::Approved {
                             records.extend(self.unlink(o, &mut undo));
                             // Only what the day's sales counted comes back out: the rules
-                            // counted it when its terminal was told 00. One approved at the
+                            // count it when its terminal is told 00. One approved at the
                             // issuer but answered 96 (its outcome's write stalled or failed),
-                            // or 98 (a reversal overtook it), was never counted.
+                            // or 98 (a reversal overtook it), never was. One not answered yet
+                            // (its outcome being written) will be: taken out now, it nets to
+                            // nothing once counted.
                             let counted = o
                                 .live()
                                 .answer
                                 .as_ref()
-                                .is_some_and(|a| a.response_code == RC_APPROVED);
+                                .is_none_or(|a| a.response_code == RC_APPROVED);
                             sales_delta = if counted {
                                 crate::risk::sales_reversed(o.kind, o.amount_fen)
                             } else {

@@ -23,12 +23,10 @@ fn backoff_ms(attempts: u32) -> i64 {
 
 /// An issuer's answers to a reversal that say it could not read or check the message (its
 /// format, the zone key, the MAC, the link's sign-in or batch), not that it decided on the
-/// card: the reversal is sent again. Not 22, which CUP also gives for "past the days allowed",
-/// for a reversal a final answer.
+/// card: the reversal is sent again, for as long as that lasts (it is owed; the queue shows it
+/// pending with the code as its last error, for an operator to mend the link). Not 22, which
+/// CUP also gives for "past the days allowed", for a reversal a final answer.
 const UNREAD_BY_ISSUER: [&str; 5] = ["30", "77", "79", "99", "A0"];
-/// Sends of a reversal its issuer keeps answering so (about ten minutes with the backoff):
-/// then it is recorded as refused, before an operator, not resent for ever.
-const UNREAD_SENDS_MAX: u32 = 15;
 
 /// Passes of the queue between sweeps for requests a dead node left in flight (nodes sharing a
 /// database): with the default interval, every ten seconds; the query uses the state index.
@@ -179,10 +177,7 @@ impl Core {
                     // The issuer could not read or check the message: no decision on the card,
                     // and the acquirer's to put right. Given up at once, the sale would stand
                     // charged with no one resending; kept, it lands once the link is mended.
-                    Some(link)
-                        if UNREAD_BY_ISSUER.contains(&link)
-                            && item.attempts.saturating_add(1) < UNREAD_SENDS_MAX =>
-                    {
+                    Some(link) if UNREAD_BY_ISSUER.contains(&link) => {
                         let why = format!(
                             "reversal not read by {}: {link} (the acquirer's side of the link: \
                              format, keys, MAC or sign-in)",
@@ -192,14 +187,6 @@ impl Core {
                         self.retry(&item, &why).await;
                         return;
                     }
-                    Some(link) if UNREAD_BY_ISSUER.contains(&link) => (
-                        SafState::Refused,
-                        format!(
-                            "reversal not read by {} after {UNREAD_SENDS_MAX} sends ({link}, the \
-                             acquirer's side of the link), given up at {at}",
-                            item.issuer
-                        ),
-                    ),
                     // "Not to be undone": a void or refund of it stands at the issuer. When one
                     // of those is itself being reversed here (it timed out after the issuer
                     // approved it), the issuer will take this reversal once that one lands:

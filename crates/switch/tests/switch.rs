@@ -369,40 +369,6 @@ fn a_reversal_the_issuer_could_not_read_is_sent_again() {
     });
 }
 
-/// An issuer that never reads the reversal (a MAC it always refuses) does not have it resent
-/// for ever: after fifteen sends it is recorded as refused, before an operator.
-#[test]
-fn a_reversal_the_issuer_never_reads_is_given_up_after_fifteen_sends() {
-    runtime().block_on(async {
-        let h = Harness::new().await;
-        h.log.reversal_codes.lock().unwrap().extend(["A0"; 20]);
-        let mut t = h.terminal().await;
-        t.sign_in().await;
-        let pan = card("622202");
-        let r = t.send(&Req::purchase(&pan, SILENT_AMOUNT, 9)).await;
-        assert_eq!(r.code(), "98");
-        let rrn = r.text(37).unwrap();
-        let id = h.store.txn_by_rrn(&rrn).unwrap().unwrap().id;
-        let (store, clock) = (Arc::clone(&h.store), Arc::clone(&h.clock));
-        // The backoff's waits passed by moving the switch's clock to each next attempt.
-        let refused = h
-            .eventually(30, || {
-                let Some(item) = store.reversal(id).unwrap() else {
-                    return false;
-                };
-                let ahead = item.next_attempt_ms - switch::Clock::now_ms(&*clock);
-                if item.state == SafState::Pending && ahead > 0 {
-                    clock.shift_ms(ahead + 1);
-                }
-                item.state == SafState::Refused
-            })
-            .await;
-        assert!(refused, "{:?}", h.store.reversal(id).unwrap());
-        let sent = h.log.reversals.lock().unwrap().clone();
-        assert_eq!(sent.iter().filter(|(_, r)| *r == rrn).count(), 15);
-    });
-}
-
 #[test]
 fn pending_reversal_survives_a_restart() {
     runtime().block_on(async {

@@ -360,10 +360,13 @@ pub enum FailureKind {
     /// original stands and the customer has not been paid back; the code's own advice is for
     /// a sale ("use another card").
     ReturnDeclined,
+    /// A terminal's reversal the host would not apply (its original from another day, of
+    /// another amount, voided or refunded since): the original, if any, stands as it was.
+    ReversalNotTaken,
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 24] = [
+    pub const ALL: [FailureKind; 25] = [
         FailureKind::NoAnswer,
         FailureKind::BadResponseMac,
         FailureKind::ConnectionRefused,
@@ -388,6 +391,7 @@ impl FailureKind {
         FailureKind::IssuerLinkDown,
         FailureKind::ReturnReversalRefused,
         FailureKind::ReturnDeclined,
+        FailureKind::ReversalNotTaken,
     ];
 
     /// Stable kebab-case name, as the CLI accepts it (`shoudan explain no-answer`).
@@ -417,6 +421,7 @@ impl FailureKind {
             FailureKind::IssuerLinkDown => "issuer-link-down",
             FailureKind::ReturnReversalRefused => "return-reversal-refused",
             FailureKind::ReturnDeclined => "return-declined",
+            FailureKind::ReversalNotTaken => "reversal-not-taken",
         }
     }
 

@@ -2360,6 +2360,48 @@ pub static TABLE: &[Diagnosis] = &[
         ],
     },
     Diagnosis {
+        subject: Subject::Failure(FailureKind::ReversalNotTaken),
+        title: t(
+            "冲正未被受理：原交易仍然有效",
+            "Reversal not taken: the original stands",
+        ),
+        meaning: t(
+            "终端的冲正指向的交易不能被冲正（不是当天的交易、金额不符，或已被撤销、退货），收单系统没有撤回任何交易：原交易如果成功，仍然有效，顾客已被扣款。",
+            "The terminal's reversal named a transaction that cannot be reversed (from another \
+             day, of another amount, or voided or refunded since), so nothing was undone: an \
+             original that was approved stands, and the customer was charged.",
+        ),
+        category: C,
+        who_acts: Merchant,
+        retry: Never,
+        contact_issuer: No,
+        contact_when: t(
+            "不需要：原交易在收单系统中的状态就是准确的。",
+            "No: the original's state in the acquirer's records is what stands.",
+        ),
+        customer_message: t(
+            "您原来的付款仍然有效。如果您因此又付了一次，我们会为您退还其中一笔。",
+            "Your original payment stands. If you paid again because of this, we will refund one \
+             of the two.",
+        ),
+        merchant_steps: &[
+            t(
+                "在交易详情里查看原交易：成功的仍然有效，不要把它当作已撤回。",
+                "Look up the original on the transaction page: if it was approved it stands; do \
+                 not treat it as undone.",
+            ),
+            t(
+                "如果顾客因为终端没有显示结果而又付了一次，对其中一笔办理退货。",
+                "If the customer paid again because the terminal showed no result, refund one of \
+                 the two.",
+            ),
+            t(
+                "当天以前的交易只能退货，不能冲正或撤销。",
+                "A transaction from an earlier day can only be refunded, not reversed or voided.",
+            ),
+        ],
+    },
+    Diagnosis {
         subject: Subject::Failure(FailureKind::InquiryNoAnswer),
         title: t("余额查询没有应答", "Balance inquiry not answered"),
         meaning: t(
