@@ -406,28 +406,7 @@ impl CaseService {
             let Some(txn) = &txn else {
                 return Err(CaseError::NoSuchTransaction(String::new()));
             };
-            if !refundable(txn) {
-                return Err(CaseError::NotRefundable);
-            }
-            if self.past_refund_limit(txn) {
-                return Err(CaseError::PastRefundLimit);
-            }
-            let left_fen = txn.amount_fen - txn.refunded_fen;
-            let asked_fen = new.refund_fen.unwrap_or(left_fen);
-            if asked_fen <= 0 {
-                return Err(CaseError::BadAmount);
-            }
-            if asked_fen > left_fen {
-                return Err(CaseError::ExceedsRemaining {
-                    asked_fen,
-                    left_fen,
-                });
-            }
-            // What is left counts no refund whose outcome is not known: asking for it again
-            // would refund twice should that one stand.
-            if self.sale_refund_in_doubt(txn.id)? {
-                return Err(CaseError::RefundInDoubt);
-            }
+            self.refund_checks(new.refund_fen, txn)?;
             // One application of a sale waits at a time: the operator decides on it before
             // another is made (and the approval queue cannot be flooded from one sale).
             if let Some(waiting) = self
@@ -926,7 +905,7 @@ impl CaseService {
         };
         let asked_fen = match journalled {
             Some(asked) => asked,
-            None => self.refund_checks(&row, &original)?,
+            None => self.refund_checks(row.refund_fen, &original)?,
         };
         let result = self.refunds.refund(&rrn, asked_fen, &key).await?;
         // The refund has run: its result must reach the case even if someone else changed the
@@ -943,12 +922,11 @@ impl CaseService {
         self.record_refund(row, operator, asked_fen, &result).await
     }
 
-    /// The amount to refund, or why not: the checks of [`Self::open`] again, with the sale as
-    /// it is now.
-    fn refund_checks(&self, row: &CaseRow, original: &TxnRow) -> Result<i64, CaseError> {
-        // As when the application was opened: the sale may have been voided or reversed
-        // since, and a refund sent now would only be refused by the switch, again at every
-        // approval, while the case waited in the queue.
+    /// The amount to refund of `original` (`asked_fen`, else all that is left), or why not:
+    /// when an application is opened, and again at its approval with the sale as it is then
+    /// (it may have been voided or reversed since, and a refund sent would only be refused by
+    /// the switch, again at every approval, while the case waited in the queue).
+    fn refund_checks(&self, asked_fen: Option<i64>, original: &TxnRow) -> Result<i64, CaseError> {
         if !refundable(original) {
             return Err(CaseError::NotRefundable);
         }
@@ -956,7 +934,7 @@ impl CaseService {
             return Err(CaseError::PastRefundLimit);
         }
         let left_fen = original.amount_fen - original.refunded_fen;
-        let asked_fen = row.refund_fen.unwrap_or(left_fen);
+        let asked_fen = asked_fen.unwrap_or(left_fen);
         if asked_fen <= 0 {
             return Err(CaseError::BadAmount);
         }
@@ -967,7 +945,8 @@ impl CaseService {
             });
         }
         // Another refund of the sale (another case's, or one made at a terminal) whose outcome
-        // is not known: what is left may already have gone back to the card.
+        // is not known: what is left counts none such, and may already have gone back to the
+        // card.
         if self.sale_refund_in_doubt(original.id)? {
             return Err(CaseError::RefundInDoubt);
         }

@@ -90,6 +90,15 @@ async fn start_with_rules(h: &mut Harness, rules: &str) {
     h.switch = Some(handle);
 }
 
+/// The harness's switch stopped and started again with `rules`, and a terminal signed in to it.
+async fn restarted_with_rules(h: &mut Harness, rules: &str) -> Terminal {
+    h.stop().await;
+    start_with_rules(h, rules).await;
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    t
+}
+
 async fn world_with(rules: &str) -> World {
     let (hsm, zpk) = new_hsm();
     let pins = HsmPinVerifier::new(Arc::clone(&hsm) as Arc<dyn Hsm>, zpk);
@@ -778,10 +787,7 @@ fn a_completion_for_less_frees_the_rest_of_its_hold_in_the_day() {
             "00"
         );
         // Restarted: the day is 42,001 (the pre-authorisation at its completion's 12,000).
-        w.h.stop().await;
-        start_with_rules(&mut w.h, DAILY).await;
-        let mut t = w.h.terminal().await;
-        assert_eq!(t.sign_in().await.code(), "00");
+        let mut t = restarted_with_rules(&mut w.h, DAILY).await;
         assert_eq!(t.send(&paid_with_pin(healthy, 8_000, 9)).await.code(), "61");
         assert_eq!(
             t.send(&paid_with_pin(healthy, 7_999, 10)).await.code(),
@@ -839,10 +845,7 @@ fn a_pre_authorisation_counts_for_its_own_day_and_its_completion_adds_nothing() 
             "00"
         );
         // Restarted, the day is read from the journal the same way: full.
-        w.h.stop().await;
-        start_with_rules(&mut w.h, DAILY).await;
-        let mut t = w.h.terminal().await;
-        assert_eq!(t.sign_in().await.code(), "00");
+        let mut t = restarted_with_rules(&mut w.h, DAILY).await;
         assert_eq!(t.send(&paid_with_pin(healthy, 100, 11)).await.code(), "61");
         // The next day: the first completed, which adds nothing to that day.
         w.h.clock.shift_days(1);

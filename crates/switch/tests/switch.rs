@@ -240,15 +240,7 @@ fn days_later_old_keys_are_answered_from_the_store() {
         // Until the issuer has taken the reversal, the refund may still stand there: a new
         // one is to be tried again later (09), not sent.
         let refund_id = h.store.txns_by_key(TID, 1, 9).unwrap()[0].id;
-        let store = Arc::clone(&h.store);
-        let taken = h
-            .eventually(10, || {
-                store
-                    .reversal(refund_id)
-                    .unwrap()
-                    .is_some_and(|q| q.state == SafState::Acked)
-            })
-            .await;
+        let taken = h.reversal_acked(refund_id, 10).await;
         assert!(taken, "{:?}", h.store.reversal(refund_id));
         let refund_again = Req::refund(&pan, 800, 10, &refundable_rrn, &bought_on);
         assert_eq!(t.send(&refund_again).await.code(), "00");
@@ -319,15 +311,7 @@ fn issuer_timeout_answers_98_and_the_reversal_reaches_the_issuer() {
             .await;
         assert!(got, "reversal never reached the issuer");
         let row = h.store.txn_by_rrn(&rrn).unwrap().unwrap();
-        let store = Arc::clone(&h.store);
-        let acked = h
-            .eventually(5, || {
-                store
-                    .reversal(row.id)
-                    .unwrap()
-                    .is_some_and(|s| s.state == SafState::Acked)
-            })
-            .await;
+        let acked = h.reversal_acked(row.id, 5).await;
         assert!(acked);
         let row = h.store.txn(row.id).unwrap().unwrap();
         assert_eq!(row.state, TxnState::Reversed);
@@ -353,15 +337,7 @@ fn a_reversal_the_issuer_could_not_read_is_sent_again() {
         assert_eq!(r.code(), "98");
         let rrn = r.text(37).unwrap();
         let id = h.store.txn_by_rrn(&rrn).unwrap().unwrap().id;
-        let store = Arc::clone(&h.store);
-        let acked = h
-            .eventually(10, || {
-                store
-                    .reversal(id)
-                    .unwrap()
-                    .is_some_and(|s| s.state == SafState::Acked)
-            })
-            .await;
+        let acked = h.reversal_acked(id, 10).await;
         assert!(acked, "{:?}", h.store.reversal(id).unwrap());
         let sent = h.log.reversals.lock().unwrap().clone();
         assert_eq!(sent.iter().filter(|(_, r)| *r == rrn).count(), 3);
@@ -395,15 +371,7 @@ fn pending_reversal_survives_a_restart() {
         log.reversals.lock().unwrap().clear();
         log.answer_reversals.store(true, Ordering::SeqCst);
         h.start().await;
-        let store = Arc::clone(&h.store);
-        let acked = h
-            .eventually(10, || {
-                store
-                    .reversal(id)
-                    .unwrap()
-                    .is_some_and(|s| s.state == SafState::Acked)
-            })
-            .await;
+        let acked = h.reversal_acked(id, 10).await;
         assert!(acked, "pending reversal not delivered after restart");
         assert!(log.reversals.lock().unwrap().iter().any(|(_, r)| *r == rrn));
     });
@@ -1388,15 +1356,7 @@ fn a_refund_awaiting_its_reversal_holds_the_sale_until_the_issuer_takes_it() {
         assert_eq!(h.log.requests.load(Ordering::SeqCst), asked, "sent");
 
         h.log.answer_reversals.store(true, Ordering::SeqCst);
-        let store = Arc::clone(&h.store);
-        let taken = h
-            .eventually(10, || {
-                store
-                    .reversal(lost_id)
-                    .unwrap()
-                    .is_some_and(|q| q.state == SafState::Acked)
-            })
-            .await;
+        let taken = h.reversal_acked(lost_id, 10).await;
         assert!(taken, "{:?}", h.store.reversal(lost_id));
         let r = t.send(&Req::refund(&pan, 100_000, 5, &rrn, &day)).await;
         assert_eq!(r.code(), "00");

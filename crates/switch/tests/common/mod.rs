@@ -517,6 +517,18 @@ impl Harness {
     pub async fn eventually(&self, seconds: u64, f: impl FnMut() -> bool) -> bool {
         eventually(seconds, f).await
     }
+
+    /// Whether the reversal of journal row `id` is acknowledged by its issuer within `seconds`.
+    pub async fn reversal_acked(&self, id: i64, seconds: u64) -> bool {
+        let store = Arc::clone(&self.store);
+        self.eventually(seconds, move || {
+            store
+                .reversal(id)
+                .unwrap()
+                .is_some_and(|r| r.state == store::SafState::Acked)
+        })
+        .await
+    }
 }
 
 /// The runtime the switch's tests run in: two workers, as on the 2-core machines they run on.
