@@ -696,20 +696,7 @@ impl CaseService {
         text: &str,
         attachments: Vec<String>,
     ) -> Result<Case, CaseError> {
-        check_text(text, &attachments)?;
-        let row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
-        let state = CaseState::parse(&row.state).ok_or(CaseError::NotFound)?;
-        if state.is_closed() {
-            return Err(CaseError::IllegalTransition {
-                from: state,
-                action: "add_entry",
-            });
-        }
-        if self.store.case_entries(id)?.len() >= ENTRIES_MAX {
-            return Err(CaseError::TooManyEntries);
-        }
-        let version = row.version;
-        self.commit(row, version, who, text, attachments).await
+        self.entry_on(id, who, text, attachments, false).await
     }
 
     /// An entry by the merchant: as [`Self::add_entry`], and a case waiting for the merchant
@@ -723,19 +710,37 @@ impl CaseService {
         text: &str,
         attachments: Vec<String>,
     ) -> Result<Case, CaseError> {
+        self.entry_on(id, who, text, attachments, true).await
+    }
+
+    async fn entry_on(
+        &self,
+        id: i64,
+        who: &str,
+        text: &str,
+        attachments: Vec<String>,
+        merchant_answers: bool,
+    ) -> Result<Case, CaseError> {
         check_text(text, &attachments)?;
         let mut row = self.store.case(id)?.ok_or(CaseError::NotFound)?;
-        if CaseState::parse(&row.state) != Some(CaseState::WaitingMerchant) {
-            return self.add_entry(id, who, text, attachments).await;
+        let state = CaseState::parse(&row.state).ok_or(CaseError::NotFound)?;
+        if state.is_closed() {
+            return Err(CaseError::IllegalTransition {
+                from: state,
+                action: "add_entry",
+            });
         }
         if self.store.case_entries(id)?.len() >= ENTRIES_MAX {
             return Err(CaseError::TooManyEntries);
         }
-        let (from, to) = (CaseState::WaitingMerchant, CaseState::Open);
         let version = row.version;
-        row.state = to.as_str().to_owned();
-        let text = format!("[{} → {}] {text}", from.as_str(), to.as_str());
-        self.commit(row, version, who, &text, attachments).await
+        if merchant_answers && state == CaseState::WaitingMerchant {
+            let to = CaseState::Open;
+            row.state = to.as_str().to_owned();
+            let text = format!("[{} → {}] {text}", state.as_str(), to.as_str());
+            return self.commit(row, version, who, &text, attachments).await;
+        }
+        self.commit(row, version, who, text, attachments).await
     }
 
     /// Moves the case; closing ones record their resolution. `seen_version`: the version the

@@ -90,6 +90,10 @@ async fn start_with_rules(h: &mut Harness, rules: &str) {
     h.switch = Some(handle);
 }
 
+/// The demo merchant's daily limit of 50,000 fen.
+const DAILY: &str = r#"{"merchants": {"898110048990001": [
+    {"id": "day", "kind": "daily-amount-max", "max_fen": 50000}]}}"#;
+
 /// The harness's switch stopped and started again with `rules`, and a terminal signed in to it.
 async fn restarted_with_rules(h: &mut Harness, rules: &str) -> Terminal {
     h.stop().await;
@@ -527,8 +531,6 @@ fn a_foreign_card_at_a_domestic_only_merchant_is_declined_with_its_diagnosis() {
 
 #[test]
 fn a_daily_limit_counts_what_stands_and_frees_what_a_reversal_takes_back() {
-    const DAILY: &str = r#"{"merchants": {"898110048990001": [
-        {"id": "day", "kind": "daily-amount-max", "max_fen": 50000}]}}"#;
     runtime().block_on(async {
         let w = world_with(DAILY).await;
         let mut t = w.h.terminal().await;
@@ -684,8 +686,6 @@ fn a_record_written_to_the_store_reaches_the_switch() {
 /// it, and the merchant's sales were declined 61 for the rest of the day.
 #[test]
 fn reversing_a_void_of_an_earlier_days_pre_authorisation_leaves_today_alone() {
-    const DAILY: &str = r#"{"merchants": {"898110048990001": [
-        {"id": "day", "kind": "daily-amount-max", "max_fen": 50000}]}}"#;
     runtime().block_on(async {
         let w = world_with(DAILY).await;
         let mut t = w.h.terminal().await;
@@ -730,8 +730,6 @@ fn reversing_a_void_of_an_earlier_days_pre_authorisation_leaves_today_alone() {
 /// money never captured.
 #[test]
 fn a_completion_for_less_frees_the_rest_of_its_hold_in_the_day() {
-    const DAILY: &str = r#"{"merchants": {"898110048990001": [
-        {"id": "day", "kind": "daily-amount-max", "max_fen": 50000}]}}"#;
     runtime().block_on(async {
         let mut w = world_with(DAILY).await;
         let mut t = w.h.terminal().await;
@@ -804,8 +802,6 @@ fn a_completion_for_less_frees_the_rest_of_its_hold_in_the_day() {
 /// unjudged completions took a merchant past its daily limit as far as it liked.
 #[test]
 fn a_pre_authorisation_counts_for_its_own_day_and_its_completion_adds_nothing() {
-    const DAILY: &str = r#"{"merchants": {"898110048990001": [
-        {"id": "day", "kind": "daily-amount-max", "max_fen": 50000}]}}"#;
     runtime().block_on(async {
         let mut w = world_with(DAILY).await;
         let mut t = w.h.terminal().await;
