@@ -859,6 +859,18 @@ pub fn explain_txn(
         )
     };
     let diagnosis = match outcome {
+        // A terminal's reversal refused 25 whose original stands (from another day): nothing
+        // was undone. One whose original was reversed already (by the switch, after a 98)
+        // keeps the code's entry.
+        Outcome::Declined
+            if row.kind == TxnKind::Reversal
+                && row.response_code.as_deref() == Some("25")
+                && original
+                    .as_ref()
+                    .is_some_and(|o| o.state != TxnState::Reversed) =>
+        {
+            Some(diagnosis::diagnose_failure(FailureKind::ReversalNotTaken))
+        }
         Outcome::Declined => Some(rule.map_or_else(|| by_code("96"), diagnosis::diagnose_failure)),
         Outcome::Failed => Some(by_code("96")),
         Outcome::NoAnswerReversed | Outcome::ReversalPending => Some(by_code("98")),
@@ -1065,10 +1077,12 @@ pub fn failure_of(row: &TxnRow, reversal_queued: bool) -> Option<FailureKind> {
             Some(FailureKind::ReturnNoAnswer)
         }
         ("98" | "68", TxnKind::BalanceInquiry) if !by_host => Some(FailureKind::InquiryNoAnswer),
-        // A terminal's reversal refused (its original from another day, of another amount,
-        // followed by a void or refund): the code's own entry speaks of a request's original
-        // not found, where here the original stands and may have been paid twice.
-        ("25" | "64" | "12", TxnKind::Reversal) => Some(FailureKind::ReversalNotTaken),
+        // A terminal's reversal refused for another amount than its original's, or an
+        // original followed by a void or refund: the code's own entry speaks of a request,
+        // where here the original stands and may have been paid twice. (Its 25 is the
+        // explanation's to judge: an original from another day stands, one reversed already
+        // does not.)
+        ("64" | "12", TxnKind::Reversal) => Some(FailureKind::ReversalNotTaken),
         // The issuer's decline of money going back: its code's advice is a sale's ("use
         // another card"), where the original stands and the customer awaits the refund. A
         // decline to retry later (the issuer busy, a system fault) keeps its code's.

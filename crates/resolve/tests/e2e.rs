@@ -908,6 +908,36 @@ fn a_reversal_the_host_refused_reads_as_the_original_standing() {
     });
 }
 
+/// A terminal's reversal of a sale the switch had reversed already (after a 98) is refused 25,
+/// and does not read as the sale standing: it was undone.
+#[test]
+fn a_reversal_of_a_sale_reversed_already_does_not_read_as_standing() {
+    use domain::diagnosis::{FailureKind, Subject};
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(2);
+        e.sim.faults().drop_next(1);
+        let (code, rrn, sale) = e.purchase(&card, 1_500).await;
+        assert_eq!(code, "98");
+        assert!(e.reversal_acked(&rrn).await);
+        assert_eq!(e.t.send(&Req::reversal_of(&sale)).await.code(), "25");
+        let store = e.store();
+        let row = store
+            .txns_by_key(TID, 1, sale.stan)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.kind == store::TxnKind::Reversal)
+            .unwrap();
+        let x = resolve::explain::explain_txn(store.as_ref(), &e.directory(), &row, now()).unwrap();
+        let d = x.diagnosis.unwrap();
+        assert_ne!(
+            d.subject,
+            Subject::Failure(FailureKind::ReversalNotTaken),
+            "{d:?}"
+        );
+    });
+}
+
 /// A sale its terminal reversed because the answer's MAC failed (A0 in the reversal) is
 /// diagnosed as that, to be retried after signing in, not as an answer that never came (which
 /// tells the merchant to check the cable).

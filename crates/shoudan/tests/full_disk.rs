@@ -21,7 +21,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Req;
+use common::{Req, Terminal};
 use issuer_sim::DemoCard;
 use paycrypto::Hsm;
 use store::{SafState, Store, TxnKind, TxnState};
@@ -399,6 +399,62 @@ fn a_reversal_of_a_sale_answered_96_leaves_the_days_sales_alone() {
         w.bank("ICBC")
             .faults()
             .set_latency(Duration::ZERO, Duration::ZERO);
+        let over = w.purchase(&card, 40_000);
+        assert_eq!(w.t.send(&over).await.code(), "61");
+        let within = w.purchase(&card, 20_000);
+        assert_eq!(w.t.send(&within).await.code(), "00");
+    });
+}
+
+/// A terminal's reversal read while its sale's outcome is still being written (the journal
+/// stalled, the terminal gave up and reversed on another connection): the sale is never counted
+/// in the merchant's day, so nothing is taken out of it. Taking it out (as if it would be
+/// counted once written) gave a daily limit that much more room when the outcome, stalled,
+/// was answered 96 and never counted.
+#[test]
+fn a_reversal_read_while_its_sale_is_written_leaves_the_days_sales_alone() {
+    runtime().block_on(async {
+        let rules = r#"{"default": [{"id": "day", "kind": "daily-amount-max", "max_fen": 50000}]}"#;
+        let mut w = start(&["ICBC"], |c| {
+            c.journal_wait = Duration::from_millis(500);
+            c.risk_rules = Arc::new(risk::RuleBook::from_json(rules).unwrap());
+        })
+        .await;
+        let card = w.bank("ICBC").healthy(0).clone();
+        let journal = journal_connection(&w);
+        let req = w.purchase(&card, 30_000);
+        assert_eq!(w.t.send(&req).await.code(), "00");
+        let mut other = Terminal::connect(w.h.addr(), &w.t.tid).await;
+        other.keys = w.t.keys.clone();
+        let held = w.purchase(&card, 20_000);
+        let reversal = Req::reversal_of(&held);
+        let faults = w.bank("ICBC").faults();
+        faults.set_latency(Duration::from_millis(300), Duration::from_millis(300));
+        let asked = faults.stats().requests;
+        let reverse = async {
+            while faults.stats().requests == asked {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            journal.execute_batch("BEGIN IMMEDIATE").unwrap();
+            // The issuer answers after 300 ms; the outcome then waits on the journal.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            other.send(&reversal).await.code().to_owned()
+        };
+        let (answer, reversed) = tokio::join!(w.t.send(&held), reverse);
+        assert_eq!(answer.code(), "96");
+        assert_eq!(reversed, "96");
+        journal.execute_batch("ROLLBACK").unwrap();
+        let mut code = String::new();
+        for _ in 0..50 {
+            code = other.send(&reversal).await.code().to_owned();
+            if code == "00" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(code, "00");
+        faults.set_latency(Duration::ZERO, Duration::ZERO);
+        // 30,000 stands in the day: 40,000 more is over the 50,000.
         let over = w.purchase(&card, 40_000);
         assert_eq!(w.t.send(&over).await.code(), "61");
         let within = w.purchase(&card, 20_000);

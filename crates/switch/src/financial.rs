@@ -1779,19 +1779,24 @@ impl Core {
             answer
         };
         entry.answer(answer.clone(), state);
-        self.risk_observe(
-            &ctx.terminal,
-            entry.id,
-            kind,
-            ctx.amount_fen,
-            fingerprint.as_ref(),
-            sale_day.unwrap_or(entry.received_day),
-            &answer,
-        );
-        if answer.response_code == RC_APPROVED
-            && let Some((day, delta)) = self.hold_change(&entry)
-        {
-            self.risk_adjust_sales(&ctx.terminal.mid, day, delta);
+        // An approval goes into the day's sales once, and not at all when its terminal's
+        // reversal was read while its outcome was being written (`RiskCount`).
+        let approved = answer.response_code == RC_APPROVED;
+        if approved && !entry.count_in_risk() {
+            self.risk_release(&ctx.terminal.mid, entry.id);
+        } else {
+            self.risk_observe(
+                &ctx.terminal,
+                entry.id,
+                kind,
+                ctx.amount_fen,
+                fingerprint.as_ref(),
+                sale_day.unwrap_or(entry.received_day),
+                &answer,
+            );
+            if approved && let Some((day, delta)) = self.hold_change(&entry) {
+                self.risk_adjust_sales(&ctx.terminal.mid, day, delta);
+            }
         }
         self.reply(
             ctx.frame,
@@ -2354,14 +2359,9 @@ impl Core {
                             // Only what the day's sales counted comes back out: the rules
                             // count it when its terminal is told 00. One approved at the
                             // issuer but answered 96 (its outcome's write stalled or failed),
-                            // or 98 (a reversal overtook it), never was. One not answered yet
-                            // (its outcome being written) will be: taken out now, it nets to
-                            // nothing once counted.
-                            let counted = o
-                                .live()
-                                .answer
-                                .as_ref()
-                                .is_none_or(|a| a.response_code == RC_APPROVED);
+                            // or 98 (a reversal overtook it), never was; one whose outcome is
+                            // still being written now never will be (`RiskCount::Skipped`).
+                            let counted = o.uncount_in_risk();
                             sales_delta = if counted {
                                 crate::risk::sales_reversed(o.kind, o.amount_fen)
                             } else {

@@ -82,6 +82,21 @@ pub(crate) struct Live {
     /// The original of a linked transaction, once found (after the entry was claimed, so
     /// `Entry::original_id` may still be `None`); what a reversal of this one gives back to.
     pub linked_original: Option<i64>,
+    /// Whether the risk rules' day's sales hold what its approval did (see [`RiskCount`]).
+    pub risk_count: RiskCount,
+}
+
+/// Whether an approval is in the risk rules' day's sales: what a terminal's reversal of it
+/// takes back out is what was put in, whichever of the two is read first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RiskCount {
+    /// Not answered 00 yet: counted when it is, unless reversed first.
+    Pending,
+    /// Counted (answered 00 here, or read approved from the journal at start, as the risk
+    /// rules' warm-up counts it).
+    Counted,
+    /// Reversed before it was counted (its outcome still being written): never counted.
+    Skipped,
 }
 
 #[derive(Debug)]
@@ -158,11 +173,37 @@ impl Entry {
                 refund_reserved_fen: 0,
                 link_busy: false,
                 linked_original: original_id,
+                risk_count: RiskCount::Pending,
             }),
             answered: Notify::new(),
             unrecorded: AtomicBool::new(false),
             answer_only_here: AtomicBool::new(false),
             adopted: false,
+        }
+    }
+
+    /// Whether its approval, answered 00 now, goes into the risk rules' day's sales: yes once
+    /// (`Pending` → `Counted`), no when a terminal's reversal of it was read first.
+    pub fn count_in_risk(&self) -> bool {
+        let mut live = self.live();
+        if live.risk_count == RiskCount::Pending {
+            live.risk_count = RiskCount::Counted;
+            return true;
+        }
+        false
+    }
+
+    /// Whether a terminal's reversal of it takes its approval back out of the day's sales:
+    /// only what was counted. One not counted yet never will be (`Skipped`).
+    pub fn uncount_in_risk(&self) -> bool {
+        let mut live = self.live();
+        match live.risk_count {
+            RiskCount::Counted => true,
+            RiskCount::Pending => {
+                live.risk_count = RiskCount::Skipped;
+                false
+            }
+            RiskCount::Skipped => false,
         }
     }
 
@@ -221,6 +262,13 @@ impl Entry {
             live.state = row.state;
             live.refunded_fen = row.refunded_fen;
             live.answer = Answer::of_row(row);
+            if live
+                .answer
+                .as_ref()
+                .is_some_and(|a| a.response_code == crate::core::RC_APPROVED)
+            {
+                live.risk_count = RiskCount::Counted;
+            }
         }
         entry
     }
