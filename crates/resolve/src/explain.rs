@@ -867,7 +867,7 @@ pub fn explain_txn(
                 && row.response_code.as_deref() == Some("25")
                 && original
                     .as_ref()
-                    .is_some_and(|o| o.state != TxnState::Reversed) =>
+                    .is_some_and(|o| o.state == TxnState::Approved) =>
         {
             Some(diagnosis::diagnose_failure(FailureKind::ReversalNotTaken))
         }

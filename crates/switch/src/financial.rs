@@ -2361,7 +2361,16 @@ impl Core {
                             // issuer but answered 96 (its outcome's write stalled or failed),
                             // or 98 (a reversal overtook it), never was; one whose outcome is
                             // still being written now never will be (`RiskCount::Skipped`).
-                            let counted = o.uncount_in_risk();
+                            let counted = match o.uncount_in_risk() {
+                                crate::ledger::RiskCount::Counted => true,
+                                crate::ledger::RiskCount::Pending => {
+                                    undo.push(Undo::RiskCount {
+                                        entry: Arc::clone(o),
+                                    });
+                                    false
+                                }
+                                crate::ledger::RiskCount::Skipped => false,
+                            };
                             sales_delta = if counted {
                                 crate::risk::sales_reversed(o.kind, o.amount_fen)
                             } else {
@@ -2559,6 +2568,8 @@ pub(crate) enum Undo {
     /// By how much the refunded amount moved: taken back as a difference, since another
     /// refund of the same original may have moved it too meanwhile.
     Refunded { entry: Arc<Entry>, delta_fen: i64 },
+    /// A reversal marked its original's approval never to be counted (`RiskCount::Skipped`).
+    RiskCount { entry: Arc<Entry> },
 }
 
 impl Undo {
@@ -2578,6 +2589,7 @@ impl Undo {
                 }
             }
             Undo::Refunded { entry, delta_fen } => entry.live().refunded_fen -= delta_fen,
+            Undo::RiskCount { entry } => entry.count_again_later(),
         }
     }
 }

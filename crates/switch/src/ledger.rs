@@ -92,8 +92,8 @@ pub(crate) struct Live {
 pub(crate) enum RiskCount {
     /// Not answered 00 yet: counted when it is, unless reversed first.
     Pending,
-    /// Counted (answered 00 here, or read approved from the journal at start, as the risk
-    /// rules' warm-up counts it).
+    /// Counted (answered 00 here, or read approved from the journal at a start whose risk
+    /// rules were warmed from it: [`Entry::counted_at_start`]).
     Counted,
     /// Reversed before it was counted (its outcome still being written): never counted.
     Skipped,
@@ -193,17 +193,37 @@ impl Entry {
         false
     }
 
-    /// Whether a terminal's reversal of it takes its approval back out of the day's sales:
-    /// only what was counted. One not counted yet never will be (`Skipped`).
-    pub fn uncount_in_risk(&self) -> bool {
+    /// What the day's sales held of it when a terminal's reversal of it is read: only what
+    /// was `Counted` comes back out; one not counted yet never will be (`Pending` becomes
+    /// `Skipped`; [`Entry::count_again_later`] undoes that if the reversal is not written).
+    pub fn uncount_in_risk(&self) -> RiskCount {
         let mut live = self.live();
-        match live.risk_count {
-            RiskCount::Counted => true,
-            RiskCount::Pending => {
-                live.risk_count = RiskCount::Skipped;
-                false
-            }
-            RiskCount::Skipped => false,
+        let was = live.risk_count;
+        if was == RiskCount::Pending {
+            live.risk_count = RiskCount::Skipped;
+        }
+        was
+    }
+
+    /// A reversal that made it `Skipped` was not written: its approval may yet be counted.
+    pub fn count_again_later(&self) {
+        let mut live = self.live();
+        if live.risk_count == RiskCount::Skipped {
+            live.risk_count = RiskCount::Pending;
+        }
+    }
+
+    /// Loaded at a start whose risk rules were warmed from the journal: an approval (answered
+    /// 00) is in the day's sales as the warm-up counted it. Not for a row adopted later (another
+    /// node's, counted there).
+    pub fn counted_at_start(&self) {
+        let mut live = self.live();
+        if live
+            .answer
+            .as_ref()
+            .is_some_and(|a| a.response_code == crate::core::RC_APPROVED)
+        {
+            live.risk_count = RiskCount::Counted;
         }
     }
 
@@ -262,13 +282,6 @@ impl Entry {
             live.state = row.state;
             live.refunded_fen = row.refunded_fen;
             live.answer = Answer::of_row(row);
-            if live
-                .answer
-                .as_ref()
-                .is_some_and(|a| a.response_code == crate::core::RC_APPROVED)
-            {
-                live.risk_count = RiskCount::Counted;
-            }
         }
         entry
     }

@@ -331,8 +331,13 @@ impl Switch {
         let started = std::time::Instant::now();
         let held_since = ledger::held_since(clock.now_ms(), config.index_days_held).yyyymmdd();
         let mut entries = 0_u64;
+        // The risk rules' day's sales are warmed from the same journal when there are rules.
+        let warmed = !config.risk_rules.is_empty();
         store.each_txn_since(&held_since, &mut |row| {
-            ledger.adopt(&row);
+            let entry = ledger.adopt(&row);
+            if warmed {
+                entry.counted_at_start();
+            }
             entries += 1;
         })?;
         tracing::info!(

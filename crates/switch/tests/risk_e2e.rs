@@ -723,6 +723,28 @@ fn reversing_a_void_of_an_earlier_days_pre_authorisation_leaves_today_alone() {
     });
 }
 
+/// A sale made before a restart and reversed by its terminal after it comes back out of the
+/// day: the start counted it from the journal, and its entry says so.
+#[test]
+fn a_sale_reversed_after_a_restart_comes_back_out_of_the_day() {
+    runtime().block_on(async {
+        let mut w = world_with(DAILY).await;
+        let mut t = w.h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
+        let sale = paid_with_pin(healthy, 30_000, 2);
+        assert_eq!(t.send(&sale).await.code(), "00");
+        let mut t = restarted_with_rules(&mut w.h, DAILY).await;
+        assert_eq!(t.send(&Req::reversal_of(&sale)).await.code(), "00");
+        assert_eq!(
+            t.send(&paid_with_pin(healthy, 50_000, 3)).await.code(),
+            "00"
+        );
+        let mut h = w.h;
+        h.stop().await;
+    });
+}
+
 /// A completion for less than its pre-authorisation frees the rest of the hold in the
 /// pre-authorisation's day (a hotel's deposit of 30,000 settled at 12,000); its void puts the
 /// hold back, the void's reversal takes it off again, and a restart reads the day the same way.
