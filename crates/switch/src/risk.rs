@@ -363,7 +363,7 @@ impl Core {
 
     /// What an approved completion, or void of one, does to its pre-authorisation's day in the
     /// daily sales, as (day, change): a completion for less than the hold frees the rest of it
-    /// (for more, adds the excess), its void puts the hold back whole. `None` for any other
+    /// (one for more is refused 64), its void puts the hold back whole. `None` for any other
     /// request, or when the index no longer holds the pre-authorisation (received before
     /// yesterday: a day no limit counts any more).
     pub(crate) fn hold_change(&self, entry: &crate::ledger::Entry) -> Option<(i64, i64)> {
