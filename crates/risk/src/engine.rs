@@ -300,17 +300,31 @@ impl Engine {
         }
     }
 
-    /// Holds terminal `tid`, which rule `rule_id` (a declining peer-change rule) declined
+    /// Holds terminal `tid` of merchant `mid`, which a declining peer-change rule declined
     /// before this engine started and whose alert is still open: its sales are declined until
     /// an operator has looked (`forget_peer`), as before the start, with no second alert for
-    /// the same move.
-    pub fn hold_moved(&mut self, tid: &str, rule_id: &str, now_ms: i64) {
+    /// the same move. Only while the merchant's rules still decline a move (one renamed counts;
+    /// one made alert-only, or gone, does not hold it).
+    pub fn hold_moved(&mut self, mid: &str, tid: &str, now_ms: i64) {
+        let book = Arc::clone(&self.book);
+        let declining: Vec<&Arc<str>> = book
+            .for_merchant(mid)
+            .rules
+            .iter()
+            .filter(|r| {
+                matches!(r.kind, RuleKind::PeerChange { .. }) && r.action == Action::Decline
+            })
+            .map(|r| &r.id)
+            .collect();
+        if declining.is_empty() {
+            return;
+        }
         self.moved.insert(tid.into());
         if let Some(terminal) = self.terminal(tid, now_ms) {
-            terminal.alerted.push((
-                Arc::from(rule_id),
-                now_ms.saturating_add(PEER_ALERT_QUIET_MS),
-            ));
+            let until = now_ms.saturating_add(PEER_ALERT_QUIET_MS);
+            terminal
+                .alerted
+                .extend(declining.into_iter().map(|id| (Arc::clone(id), until)));
         }
     }
 
@@ -1564,6 +1578,34 @@ mod tests {
         e.forget_peer(M, T);
         assert_eq!(declined_by(&e.check(&at("172.16.5.5", 5, 100))), None);
         assert_eq!(declined_by(&e.check(&at("172.16.5.9", 6, 100))), None);
+    }
+
+    /// A terminal held at start (its move's alert still open) is declined by the merchant's
+    /// declining network rule, renamed since or not, with no second alert, until an operator
+    /// clears it; under rules that only alert on a move, or none, it is not held.
+    #[test]
+    fn a_terminal_held_at_start_is_declined_without_a_second_alert() {
+        let at = |id| Request {
+            peer: Some("172.16.5.5".parse().unwrap()),
+            ..sale(id, 100, id)
+        };
+        let mut e = engine(r#"{"id": "renamed", "kind": "peer-change", "action": "decline"}"#);
+        e.hold_moved(M, T, 0);
+        let held = e.check(&at(1));
+        assert_eq!(declined_by(&held), Some("renamed"));
+        assert!(held.alerts.is_empty(), "{held:?}");
+        e.forget_peer(M, T);
+        assert_eq!(declined_by(&e.check(&at(2))), None);
+        for rules in [
+            r#"{"id": "moved", "kind": "peer-change", "action": "alert"}"#,
+            r#"{"id": "cap", "kind": "amount-max", "max_fen": 10000}"#,
+        ] {
+            let mut e = engine(rules);
+            e.hold_moved(M, T, 0);
+            let v = e.check(&at(1));
+            assert_eq!(declined_by(&v), None, "{rules}");
+            assert!(v.alerts.is_empty(), "{rules}: {v:?}");
+        }
     }
 
     /// More new cards than the engine keeps: memory stays bounded, a card seen within the

@@ -202,7 +202,7 @@ impl RiskGate {
         // held (their usual network is not known after a start).
         for alert in store.risk_alerts(Some(AlertState::Open), OPEN_ALERTS_READ_MAX)? {
             if alert.kind == "peer-change" && alert.action == AlertAction::Decline {
-                engine.hold_moved(&alert.tid, &alert.rule_id, now_ms);
+                engine.hold_moved(&alert.mid, &alert.tid, now_ms);
             }
         }
         Ok(RiskGate {
