@@ -5,10 +5,10 @@
 //! legs, both ways, plus the simulators and the load generator), some 150 DES blocks, and the
 //! generic `des` crate spent over 200 ns on each (13 % of a loaded run's CPU, `perf`). Here the
 //! S-boxes are merged with the P permutation into eight 64-entry tables (`SP`), the expansion
-//! E is eight rotations of R, and the initial and final permutations are a byte swap, a bit
-//! matrix transpose and a row shuffle, all without tables. The tables are built at compile time
-//! from the standard's own S, P, IP, PC-1 and PC-2 tables below, so what is written here is the
-//! standard, not derived numbers. Checked against the standard's known answers and, on random
+//! E is two rotations of R (its even and its odd six-bit groups), and the initial and final
+//! permutations are a byte swap, a bit-matrix transpose and a row shuffle, all without tables.
+//! The tables are built at compile time from the standard's own S and P tables below (PC-1 and
+//! PC-2 are applied as written), so what is written here is the standard, not derived numbers. Checked against the standard's known answers and, on random
 //! keys and blocks, against the `des` crate (tests).
 //!
 //! Timing: the S-box lookups are indexed by key and data bits, as in the `des` crate and most
