@@ -307,24 +307,22 @@ impl Engine {
     /// one made alert-only, or gone, does not hold it).
     pub fn hold_moved(&mut self, mid: &str, tid: &str, now_ms: i64) {
         let book = Arc::clone(&self.book);
-        let declining: Vec<&Arc<str>> = book
+        let peer_rules: Vec<&Rule> = book
             .for_merchant(mid)
             .rules
             .iter()
-            .filter(|r| {
-                matches!(r.kind, RuleKind::PeerChange { .. }) && r.action == Action::Decline
-            })
-            .map(|r| &r.id)
+            .filter(|r| matches!(r.kind, RuleKind::PeerChange { .. }))
             .collect();
-        if declining.is_empty() {
+        if !peer_rules.iter().any(|r| r.action == Action::Decline) {
             return;
         }
         self.moved.insert(tid.into());
+        // Every network rule fires for a held terminal: none alerts again for this move.
         if let Some(terminal) = self.terminal(tid, now_ms) {
             let until = now_ms.saturating_add(PEER_ALERT_QUIET_MS);
             terminal
                 .alerted
-                .extend(declining.into_iter().map(|id| (Arc::clone(id), until)));
+                .extend(peer_rules.into_iter().map(|r| (Arc::clone(&r.id), until)));
         }
     }
 
@@ -1589,7 +1587,10 @@ mod tests {
             peer: Some("172.16.5.5".parse().unwrap()),
             ..sale(id, 100, id)
         };
-        let mut e = engine(r#"{"id": "renamed", "kind": "peer-change", "action": "decline"}"#);
+        let mut e = engine(
+            r#"{"id": "watch", "kind": "peer-change", "action": "alert"},
+               {"id": "renamed", "kind": "peer-change", "action": "decline"}"#,
+        );
         e.hold_moved(M, T, 0);
         let held = e.check(&at(1));
         assert_eq!(declined_by(&held), Some("renamed"));
