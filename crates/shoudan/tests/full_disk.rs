@@ -364,6 +364,48 @@ async fn answered_96_while_the_journal_is_held(
     assert_eq!(answer.code(), "96");
 }
 
+/// A switch with the daily limit of 50,000 whose journal waits at most 500 ms, a first sale of
+/// 30,000 approved on its terminal, and a connection to its journal to hold.
+async fn sold_30_000_of_a_50_000_day() -> (World, DemoCard, rusqlite::Connection) {
+    let rules = r#"{"default": [{"id": "day", "kind": "daily-amount-max", "max_fen": 50000}]}"#;
+    let mut w = start(&["ICBC"], |c| {
+        c.journal_wait = Duration::from_millis(500);
+        c.risk_rules = Arc::new(risk::RuleBook::from_json(rules).unwrap());
+    })
+    .await;
+    let card = w.bank("ICBC").healthy(0).clone();
+    let journal = journal_connection(&w);
+    let req = w.purchase(&card, 30_000);
+    assert_eq!(w.t.send(&req).await.code(), "00");
+    (w, card, journal)
+}
+
+/// `req` sent again until it is answered other than 96 (a terminal resends a reversal so), for
+/// at most five seconds: the last answer's code.
+async fn resent_until_answered(t: &mut Terminal, req: &Req) -> String {
+    let mut code = String::new();
+    for _ in 0..50 {
+        code = t.send(req).await.code().to_owned();
+        if code != "96" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    code
+}
+
+/// Of the day's 50,000, only the first 30,000 stands (the issuer quick again): 40,000 more is
+/// over the limit, 20,000 is not.
+async fn only_30_000_stands(w: &mut World, card: &DemoCard) {
+    w.bank("ICBC")
+        .faults()
+        .set_latency(Duration::ZERO, Duration::ZERO);
+    let over = w.purchase(card, 40_000);
+    assert_eq!(w.t.send(&over).await.code(), "61");
+    let within = w.purchase(card, 20_000);
+    assert_eq!(w.t.send(&within).await.code(), "00");
+}
+
 /// A sale approved at the issuer while the journal was held is answered 96 and was never
 /// counted in the merchant's day; its terminal's reversal takes nothing back out of the day.
 /// It took the sale's amount out all the same, and the daily limit then let that much more
@@ -371,38 +413,14 @@ async fn answered_96_while_the_journal_is_held(
 #[test]
 fn a_reversal_of_a_sale_answered_96_leaves_the_days_sales_alone() {
     runtime().block_on(async {
-        let rules = r#"{"default": [{"id": "day", "kind": "daily-amount-max", "max_fen": 50000}]}"#;
-        let mut w = start(&["ICBC"], |c| {
-            c.journal_wait = Duration::from_millis(500);
-            c.risk_rules = Arc::new(risk::RuleBook::from_json(rules).unwrap());
-        })
-        .await;
-        let card = w.bank("ICBC").healthy(0).clone();
-        let journal = journal_connection(&w);
-        let req = w.purchase(&card, 30_000);
-        assert_eq!(w.t.send(&req).await.code(), "00");
+        let (mut w, card, journal) = sold_30_000_of_a_50_000_day().await;
         let held = approved_while_the_journal_is_held(&mut w, &journal, &card, 20_000).await;
         // Its terminal reverses it at once: the reversal's write waits too (96).
         let reversal = Req::reversal_of(&held);
         assert_eq!(w.t.send(&reversal).await.code(), "96");
         journal.execute_batch("ROLLBACK").unwrap();
-        let mut code = String::new();
-        for _ in 0..50 {
-            code = w.t.send(&reversal).await.code().to_owned();
-            if code == "00" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(code, "00");
-        // 30,000 stands in the day: 40,000 more is over the 50,000.
-        w.bank("ICBC")
-            .faults()
-            .set_latency(Duration::ZERO, Duration::ZERO);
-        let over = w.purchase(&card, 40_000);
-        assert_eq!(w.t.send(&over).await.code(), "61");
-        let within = w.purchase(&card, 20_000);
-        assert_eq!(w.t.send(&within).await.code(), "00");
+        assert_eq!(resent_until_answered(&mut w.t, &reversal).await, "00");
+        only_30_000_stands(&mut w, &card).await;
     });
 }
 
@@ -414,16 +432,7 @@ fn a_reversal_of_a_sale_answered_96_leaves_the_days_sales_alone() {
 #[test]
 fn a_reversal_read_while_its_sale_is_written_leaves_the_days_sales_alone() {
     runtime().block_on(async {
-        let rules = r#"{"default": [{"id": "day", "kind": "daily-amount-max", "max_fen": 50000}]}"#;
-        let mut w = start(&["ICBC"], |c| {
-            c.journal_wait = Duration::from_millis(500);
-            c.risk_rules = Arc::new(risk::RuleBook::from_json(rules).unwrap());
-        })
-        .await;
-        let card = w.bank("ICBC").healthy(0).clone();
-        let journal = journal_connection(&w);
-        let req = w.purchase(&card, 30_000);
-        assert_eq!(w.t.send(&req).await.code(), "00");
+        let (mut w, card, journal) = sold_30_000_of_a_50_000_day().await;
         let mut other = Terminal::connect(w.h.addr(), &w.t.tid).await;
         other.keys = w.t.keys.clone();
         let held = w.purchase(&card, 20_000);
@@ -444,21 +453,8 @@ fn a_reversal_read_while_its_sale_is_written_leaves_the_days_sales_alone() {
         assert_eq!(answer.code(), "96");
         assert_eq!(reversed, "96");
         journal.execute_batch("ROLLBACK").unwrap();
-        let mut code = String::new();
-        for _ in 0..50 {
-            code = other.send(&reversal).await.code().to_owned();
-            if code == "00" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(code, "00");
-        faults.set_latency(Duration::ZERO, Duration::ZERO);
-        // 30,000 stands in the day: 40,000 more is over the 50,000.
-        let over = w.purchase(&card, 40_000);
-        assert_eq!(w.t.send(&over).await.code(), "61");
-        let within = w.purchase(&card, 20_000);
-        assert_eq!(w.t.send(&within).await.code(), "00");
+        assert_eq!(resent_until_answered(&mut other, &reversal).await, "00");
+        only_30_000_stands(&mut w, &card).await;
     });
 }
 
