@@ -330,13 +330,7 @@ fn a_reversal_the_issuer_could_not_read_is_sent_again() {
     runtime().block_on(async {
         let h = Harness::new().await;
         h.log.reversal_codes.lock().unwrap().extend(["30", "A0"]);
-        let mut t = h.terminal().await;
-        t.sign_in().await;
-        let pan = card("622202");
-        let r = t.send(&Req::purchase(&pan, SILENT_AMOUNT, 9)).await;
-        assert_eq!(r.code(), "98");
-        let rrn = r.text(37).unwrap();
-        let id = h.store.txn_by_rrn(&rrn).unwrap().unwrap().id;
+        let (_t, rrn, id) = h.sale_timed_out(9).await;
         let acked = h.reversal_acked(id, 10).await;
         assert!(acked, "{:?}", h.store.reversal(id).unwrap());
         let sent = h.log.reversals.lock().unwrap().clone();
@@ -353,13 +347,7 @@ fn pending_reversal_survives_a_restart() {
         log.answer_reversals.store(false, Ordering::SeqCst);
         let issuer = start_issuer(Arc::clone(&log)).await;
         let mut h = Harness::with_issuer(issuer, Arc::clone(&log)).await;
-        let mut t = h.terminal().await;
-        t.sign_in().await;
-        let pan = card("622202");
-        let r = t.send(&Req::purchase(&pan, SILENT_AMOUNT, 11)).await;
-        assert_eq!(r.code(), "98");
-        let rrn = r.text(37).unwrap();
-        let id = h.store.txn_by_rrn(&rrn).unwrap().unwrap().id;
+        let (t, rrn, id) = h.sale_timed_out(11).await;
         assert_eq!(
             h.store.reversal(id).unwrap().unwrap().state,
             SafState::Pending

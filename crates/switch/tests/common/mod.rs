@@ -518,6 +518,20 @@ impl Harness {
         eventually(seconds, f).await
     }
 
+    /// A terminal signed in, and a purchase under `stan` that the issuer never answers:
+    /// answered 98 and reversed by the switch. The terminal and the purchase's RRN and row id.
+    pub async fn sale_timed_out(&self, stan: u32) -> (Terminal, String, i64) {
+        let mut t = self.terminal().await;
+        t.sign_in().await;
+        let r = t
+            .send(&Req::purchase(&card("622202"), SILENT_AMOUNT, stan))
+            .await;
+        assert_eq!(r.code(), "98");
+        let rrn = r.text(37).unwrap();
+        let id = self.store.txn_by_rrn(&rrn).unwrap().unwrap().id;
+        (t, rrn, id)
+    }
+
     /// Whether the reversal of journal row `id` is acknowledged by its issuer within `seconds`.
     pub async fn reversal_acked(&self, id: i64, seconds: u64) -> bool {
         let store = Arc::clone(&self.store);
