@@ -224,6 +224,17 @@ fn paid_with_pin(card: &DemoCard, amount: u64, stan: u32) -> Req {
     }
 }
 
+/// A pre-authorisation of `amount` with the card's PIN.
+fn held_with_pin(card: &DemoCard, amount: u64, stan: u32) -> Req {
+    Req {
+        mti: iso8583::Mti::AUTHORISATION,
+        processing: "030000",
+        condition: "06",
+        message_type: "10",
+        ..paid_with_pin(card, amount, stan)
+    }
+}
+
 /// The journal row of a response, by its RRN, and its timeline in one string.
 fn journalled(h: &Harness, response: &Response) -> (TxnRow, String) {
     let rrn = response
@@ -692,13 +703,7 @@ fn reversing_a_void_of_an_earlier_days_pre_authorisation_leaves_today_alone() {
         assert_eq!(t.sign_in().await.code(), "00");
         let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
         let pan = healthy.pan.expose_digits();
-        let pre_auth = Req {
-            mti: iso8583::Mti::AUTHORISATION,
-            processing: "030000",
-            condition: "06",
-            message_type: "10",
-            ..paid_with_pin(healthy, 30_000, 2)
-        };
+        let pre_auth = held_with_pin(healthy, 30_000, 2);
         let held = t.send(&pre_auth).await;
         assert_eq!(held.code(), "00");
         w.h.clock.shift_days(1);
@@ -758,15 +763,7 @@ fn a_completion_for_less_frees_the_rest_of_its_hold_in_the_day() {
         assert_eq!(t.sign_in().await.code(), "00");
         let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
         let pan = healthy.pan.expose_digits();
-        let held = t
-            .send(&Req {
-                mti: iso8583::Mti::AUTHORISATION,
-                processing: "030000",
-                condition: "06",
-                message_type: "10",
-                ..paid_with_pin(healthy, 30_000, 2)
-            })
-            .await;
+        let held = t.send(&held_with_pin(healthy, 30_000, 2)).await;
         assert_eq!(held.code(), "00");
         assert_eq!(
             t.send(&paid_with_pin(healthy, 20_001, 3)).await.code(),
@@ -830,13 +827,7 @@ fn a_pre_authorisation_counts_for_its_own_day_and_its_completion_adds_nothing() 
         assert_eq!(t.sign_in().await.code(), "00");
         let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
         let pan = healthy.pan.expose_digits();
-        let pre_auth = |amount, stan| Req {
-            mti: iso8583::Mti::AUTHORISATION,
-            processing: "030000",
-            condition: "06",
-            message_type: "10",
-            ..paid_with_pin(healthy, amount, stan)
-        };
+        let pre_auth = |amount, stan| held_with_pin(healthy, amount, stan);
         let first = t.send(&pre_auth(20_000, 2)).await;
         assert_eq!(first.code(), "00");
         let second = t.send(&pre_auth(25_000, 3)).await;
