@@ -1083,13 +1083,12 @@ pub fn failure_of(row: &TxnRow, reversal_queued: bool) -> Option<FailureKind> {
         // explanation's to judge: an original from another day stands, one reversed already
         // does not.)
         ("64" | "12", TxnKind::Reversal) => Some(FailureKind::ReversalNotTaken),
-        // The issuer's decline of money going back: its code's advice is a sale's ("use
-        // another card"), where the original stands and the customer awaits the refund. A
-        // decline to retry later (the issuer busy, a system fault) keeps its code's.
-        // Only where that advice is a sale's (another card, a smaller amount, never again):
-        // not a pre-authorisation's void (its hold lapses by itself), a duplicate (94: the
-        // issuer may hold it already), a code to correct and send again (a PIN, an amount), or
-        // a card its bank flagged (the code's keep-the-card steps stand).
+        // The issuer's decline of money going back, where its code's advice is a sale's
+        // (another card, a smaller amount, never again) and here the original stands and the
+        // customer awaits the refund. Not a decline to retry later (the issuer busy), a
+        // pre-authorisation's void (its hold lapses by itself), a duplicate (94: the issuer may
+        // hold it already), a code to correct and send again (a PIN, an amount), or a card its
+        // bank flagged (the code's keep-the-card steps stand).
         (code, kind) if gives_back(kind) && kind != TxnKind::PreAuthVoid && !by_host => {
             use diagnosis::{Action, Retry};
             let own = diagnosis::diagnose_str(code);
