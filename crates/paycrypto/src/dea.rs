@@ -267,6 +267,15 @@ impl Dea {
         Dea { rounds }
     }
 
+    /// The key schedule of exactly 8 bytes (copied aside and wiped after); `None` for any
+    /// other length.
+    pub(crate) fn of_bytes(key: &[u8]) -> Option<Dea> {
+        let mut k: [u8; 8] = key.try_into().ok()?;
+        let dea = Dea::new(&k);
+        k.zeroize();
+        Some(dea)
+    }
+
     /// The sixteen rounds between IP and FP, forwards (encryption) or backwards; the result
     /// has its halves swapped, as FP expects.
     #[inline(always)]
@@ -321,13 +330,7 @@ pub(crate) struct Tdea {
 impl Tdea {
     /// From 16 bytes (K1 K2) or 24 (K1 K2 K3); `None` for any other length.
     pub(crate) fn new(key: &[u8]) -> Option<Tdea> {
-        let part = |i: usize| -> Option<Dea> {
-            let mut k = [0u8; 8];
-            k.copy_from_slice(key.get(8 * i..8 * i + 8)?);
-            let dea = Dea::new(&k);
-            k.zeroize();
-            Some(dea)
-        };
+        let part = |i: usize| Dea::of_bytes(key.get(8 * i..8 * i + 8)?);
         let k3 = match key.len() {
             16 => None,
             24 => Some(part(2)?),

@@ -164,18 +164,19 @@ pub struct DesKey {
 impl DesKey {
     /// A key from 8, 16 or 24 clear bytes. Parity is not checked (see the module note).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
-        let length = DesKeyLength::from_bytes(bytes.len()).ok_or(KeyError::BadLength {
+        let bad_length = || KeyError::BadLength {
             algorithm: KeyAlgorithm::Des,
             expected: "8, 16 or 24",
             actual: bytes.len(),
-        })?;
+        };
+        let length = DesKeyLength::from_bytes(bytes.len()).ok_or_else(bad_length)?;
         let mut buf = [0u8; 24];
         for (d, s) in buf.iter_mut().zip(bytes) {
             *d = *s;
         }
-        let schedule = match Tdea::new(buf.get(..length.bytes()).unwrap_or_default()) {
+        let schedule = match Tdea::new(bytes) {
             Some(ede) => DesSchedule::Multiple(ede),
-            None => DesSchedule::Single(des_from(&buf, 0)),
+            None => DesSchedule::Single(Dea::of_bytes(bytes).ok_or_else(bad_length)?),
         };
         Ok(Self {
             bytes: buf,
@@ -286,16 +287,6 @@ impl DesKey {
     pub(crate) fn expose(&self) -> &[u8] {
         self.bytes.get(..self.length.bytes()).unwrap_or(&[])
     }
-}
-
-fn des_from(buf: &[u8; 24], offset: usize) -> Dea {
-    let mut k = [0u8; 8];
-    for (d, s) in k.iter_mut().zip(buf.iter().skip(offset)) {
-        *d = *s;
-    }
-    let des = Dea::new(&k);
-    k.zeroize();
-    des
 }
 
 /// The whole blocks of `data`, or an error when its length is not a multiple of `N`.
