@@ -776,6 +776,21 @@ fn a_settlement_that_lands_after_its_96_closes_the_batch_in_memory_too() {
             (1_000, 1)
         );
         assert_eq!(totals.domestic.result, iso8583::SettleResult::BALANCED);
+        // Told 77, the terminal signs in naming the batch it still holds: it is kept in the
+        // host's next batch, and its sale goes there.
+        assert_eq!(w.t.sign_in().await.code(), "00");
+        assert_eq!(w.t.batch, 2, "the sign-in opened the closed batch again");
+        let next = w.purchase(&card, 2_000);
+        assert_eq!(w.t.send(&next).await.code(), "00");
+        assert_eq!(settle(&mut w, 2, (2_000, 1)).await.code(), "00");
+        // Each batch holds its own sale: amount, then count, then the verdict (1 balanced).
+        for (batch, totals) in [
+            (1, "0000000010000010000000000000001"),
+            (2, "0000000020000010000000000000001"),
+        ] {
+            let row = w.store.batch_settlement(&tid, batch).unwrap().unwrap();
+            assert_eq!(row.host_totals.get(..31), Some(totals), "batch {batch}");
+        }
     });
 }
 

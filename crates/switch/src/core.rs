@@ -688,7 +688,8 @@ impl Core {
     }
 
     /// Sign-in: fresh working keys from the HSM under the terminal's TMK, durable before the
-    /// terminal sees them; the batch of 60.2 becomes the terminal's batch.
+    /// terminal sees them; the batch of 60.2 becomes the terminal's batch, unless it is one the
+    /// host has closed (`batch_at_sign_in`), and the answer's 60.2 names the batch it is in.
     pub async fn sign_in(
         self: &Arc<Self>,
         frame: &Frame<'_>,
@@ -730,12 +731,11 @@ impl Core {
         if !may_sign_in(terminal.status) {
             return self.answer_code(frame, RC_NOT_PERMITTED_TERMINAL);
         }
-        let batch_no = request
-            .field60()
-            .ok()
-            .flatten()
-            .and_then(|f| f.batch)
-            .unwrap_or(terminal.batch_no);
+        let named = request.field60().ok().flatten().and_then(|f| f.batch);
+        let Some(batch_no) = self.batch_at_sign_in(&terminal, named).await else {
+            tracing::warn!(tid = %terminal.tid, "cannot read the named batch's settlement at sign-in");
+            return self.system_error(frame);
+        };
         let issued = match self
             .hsm
             .generate_working_keys(terminal.tmk, scheme, terminal.mak)
@@ -816,6 +816,14 @@ impl Core {
             rrn.as_deref(),
             |out| {
                 out.set_digits(32, &self.config.acquirer_code)?;
+                // 60.2: the batch the terminal is in now, which may not be the one it named.
+                let asked = request
+                    .digits(60)
+                    .map(|d| d.to_string())
+                    .unwrap_or_default();
+                let message_type = asked.get(..2).unwrap_or("00");
+                let rest = asked.get(8..).unwrap_or("");
+                out.set_digits(60, &format!("{message_type}{batch_no:06}{rest}"))?;
                 out.set_binary(62, &issued.field62)?;
                 Ok(())
             },
@@ -957,6 +965,18 @@ impl Core {
         let Some(terminal) = terminal else {
             return self.system_error(frame);
         };
+        // A terminal that MACs its sign-off is held to it, as for a settlement: a wrong MAC is
+        // A0 and its keys stay (one that sends none is not asked for it).
+        if let (Some(mac), Some(keys)) = (frame.message.mac(), terminal.keys) {
+            let mac_ok = self
+                .hsm
+                .verify_mac(keys.mak, terminal.mac, frame.message.mac_input(), mac)
+                .unwrap_or(false);
+            if !mac_ok {
+                tracing::info!(tid = %terminal.tid, "sign-off MAC verification failed");
+                return self.answer_code(frame, RC_MAC_FAILED);
+            }
+        }
         let record = Record::SignOff {
             tid: terminal.tid.clone(),
         };

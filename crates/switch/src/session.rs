@@ -455,11 +455,27 @@ impl Core {
             None => self.reply(
                 frame,
                 None,
-                &Answer::code(RC_INVALID_TRANSACTION),
+                &Answer::code(unclassified_code(&frame.message)),
                 None,
                 |_| Ok(()),
             ),
         }
+    }
+}
+
+/// The answer to a request that is no transaction of the table: 30 (format error, the
+/// terminal's software) when it lacks what would classify it (field 60, readable; 60.3 for a
+/// management message; 3 and 25 for the rest), else 12 (a transaction this host does not do).
+fn unclassified_code(message: &iso8583::Message<'_>) -> [u8; 2] {
+    let complete = match message.field60() {
+        Ok(Some(f60)) if f60.message_type == 0 => f60.network_code.is_some(),
+        Ok(Some(_)) => message.processing_code().is_some() && message.number(25).is_some(),
+        Ok(None) | Err(_) => false,
+    };
+    if complete {
+        RC_INVALID_TRANSACTION
+    } else {
+        RC_FORMAT_ERROR
     }
 }
 

@@ -292,6 +292,33 @@ impl Core {
         totals
     }
 
+    /// The batch a sign-in puts `terminal` in, given the batch its 60.2 names: that one,
+    /// unless it is the batch the host closed just before the terminal's open one. A terminal
+    /// that lost its settlement's answer (or was told 96 while the settlement's write went on
+    /// to land) still holds the settled number, and its next request is refused 77 "sign in
+    /// again": taking the number back would open the settled batch again under it, and the
+    /// terminal's next settlement would read the sales already settled as the terminal's
+    /// alone (unbalanced, uploaded as missing here). It stays in the host's open batch, which
+    /// the answer's 60.2 names, and its settlement of the closed one sent again is answered
+    /// from that batch as it closed. `None` if the store could not be read.
+    pub(crate) async fn batch_at_sign_in(
+        &self,
+        terminal: &Terminal,
+        named: Option<u32>,
+    ) -> Option<u32> {
+        let Some(named) = named else {
+            return Some(terminal.batch_no);
+        };
+        if named == terminal.batch_no || !closed_just_before(named, terminal.batch_no) {
+            return Some(named);
+        }
+        let closed = self
+            .batch_settled(&terminal.tid, named)
+            .await?
+            .is_some_and(|p| p.result != SettleResult::ERROR.0);
+        Some(if closed { terminal.batch_no } else { named })
+    }
+
     fn batch_of(&self, frame: &Frame<'_>, current: u32) -> u32 {
         frame
             .message

@@ -336,6 +336,51 @@ async fn balanced_batch_closes_and_an_unbalanced_one_is_explained_by_its_upload(
     );
 }
 
+/// A terminal whose settlement's answer never came still holds the settled batch: its next
+/// sale there is refused 77, and its sign-in naming the settled batch keeps it in the host's
+/// next one (60.2 of the answer), rather than opening the settled batch again under its
+/// number, whose next settlement would have read the settled sale as missing here. Its
+/// settlement of the closed batch sent again is answered from it as it closed.
+#[tokio::test]
+async fn a_terminal_that_lost_its_settlements_answer_signs_in_to_the_hosts_next_batch() {
+    let h = Harness::new().await;
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let pan = card("622202");
+    assert_eq!(t.send(&Req::purchase(&pan, 1_000, 1)).await.code(), "00");
+    // Settled; the terminal (whose batch only a sign-in moves here) never saw the answer.
+    let host = settle(&mut t, 1, &totals((1_000, 1), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+    assert_eq!(
+        t.send(&Req::purchase(&pan, 2_000, 2)).await.code(),
+        "77",
+        "a sale into the settled batch"
+    );
+    let signed_in = t.sign_in().await;
+    assert_eq!(signed_in.code(), "00");
+    assert_eq!(
+        signed_in.frame().message.digits(60).unwrap().to_string(),
+        "00000002003",
+        "the answer's 60.2 names the host's open batch"
+    );
+    assert_eq!(t.batch, 2);
+    assert_eq!(h.store.terminal(TID).unwrap().unwrap().batch_no, 2);
+    assert_eq!(t.send(&Req::purchase(&pan, 2_000, 3)).await.code(), "00");
+    // The closed batch's settlement sent again: as it closed.
+    let again = settle(&mut t, 1, &totals((1_000, 1), (0, 0))).await;
+    assert_eq!(again.domestic.result, SettleResult::BALANCED);
+    assert_eq!(
+        (again.domestic.debit_amount, again.domestic.debit_count),
+        (1_000, 1)
+    );
+    let next = settle(&mut t, 2, &totals((2_000, 1), (0, 0))).await;
+    assert_eq!(next.domestic.result, SettleResult::BALANCED);
+    assert_eq!(
+        (next.domestic.debit_amount, next.domestic.debit_count),
+        (2_000, 1)
+    );
+}
+
 /// An IC transaction's upload (0320, 60.3 203 or 205): one a message, no field 48, the card in
 /// field 2, the amount in 4, the original's trace in 11, its chip data in 55.
 async fn upload_ic(
@@ -609,6 +654,10 @@ async fn a_batch_number_used_again_leaves_the_earlier_batchs_upload_behind() {
             .upload_done_at_ms
             .is_some()
     );
+    // Batch 2 settled empty: batch 1 is not the one closed just before the host's open one,
+    // which a sign-in naming it would not take back (`a_terminal_that_lost_its_settlements_
+    // answer_signs_in_to_the_hosts_next_batch`).
+    settle(&mut t, 2, &totals((0, 0), (0, 0))).await;
 
     h.stop().await;
     h.clock.shift_days(10);
@@ -657,6 +706,8 @@ async fn a_batch_number_settled_and_used_again_days_later_is_a_new_batch() {
     garbled.encode_frame(&head(), &mut bytes).unwrap();
     assert_eq!(t.exchange(&bytes).await.code(), "00");
     assert_eq!(h.store.batch_settlement(TID, 1).unwrap().unwrap().result, 1);
+    // Batch 2 settled empty: a sign-in naming batch 1 takes it again.
+    settle(&mut t, 2, &totals((0, 0), (0, 0))).await;
 
     h.stop().await;
     h.clock.shift_days(10);
@@ -672,6 +723,7 @@ async fn a_batch_number_settled_and_used_again_days_later_is_a_new_batch() {
         (host.domestic.debit_amount, host.domestic.debit_count),
         (0, 0)
     );
+    settle(&mut t, 2, &totals((0, 0), (0, 0))).await;
     t.batch = 1;
     assert_eq!(t.sign_in().await.code(), "00");
     let new = t.send(&Req::purchase(&pan, 800, 7)).await;
@@ -717,6 +769,8 @@ async fn a_batch_number_settled_and_used_again_the_same_day_is_a_new_batch() {
     assert_eq!(t.send(&Req::reversal_of(&reversed)).await.code(), "00");
     let host = settle(&mut t, 1, &totals((1_800, 3), (0, 0))).await;
     assert_eq!(host.domestic.result, SettleResult::BALANCED);
+    // Batch 2 settled empty: a sign-in naming batch 1 takes it again.
+    settle(&mut t, 2, &totals((0, 0), (0, 0))).await;
 
     let mut t = h.terminal().await;
     t.batch = 1;

@@ -704,11 +704,23 @@ fn working_keys_are_freed_and_never_weakened() {
             assert_eq!(s.await.unwrap(), "00");
         }
         assert_eq!(h.hsm.key_count(), before + 2, "one PIK and one MAK live");
-        // A sign-off frees them.
+        // A sign-off carrying a MAC its keys do not give: A0, and the keys stay.
         let mut out = iso8583::MessageBuilder::new(iso8583::Mti::NETWORK_ADVICE);
         out.set_stan(2).unwrap();
         out.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
         out.set_digits(60, "00000001002").unwrap();
+        let mut signing_in = h.terminal().await;
+        assert_eq!(signing_in.sign_in().await.code(), "00");
+        let forged = t.encode_with_mac(&out, true);
+        assert_eq!(t.exchange(&forged).await.code(), "A0");
+        assert_eq!(
+            h.hsm.key_count(),
+            before + 2,
+            "a forged sign-off freed the keys"
+        );
+        let sale = Req::purchase(&card("622202"), 100, 3);
+        assert_eq!(signing_in.send(&sale).await.code(), "00");
+        // A sign-off frees them: one with no MAC, as most terminals send it.
         let mut bytes = Vec::new();
         out.encode_frame(&common::head(), &mut bytes).unwrap();
         assert_eq!(t.exchange(&bytes).await.code(), "00");
@@ -1902,5 +1914,60 @@ fn a_stop_waits_for_a_back_office_refund_under_way() {
         assert_eq!(refund.response_code, "00");
         let id = refund.txn_id.unwrap();
         assert_eq!(h.store.txn(id).unwrap().unwrap().state, TxnState::Approved);
+    });
+}
+
+/// A request lacking what classifies it (field 25, field 60, or 60.3 of a management message)
+/// is the terminal's format error, 30; a complete one that is no transaction of the table (a
+/// processing code this host does not do) is 12.
+#[test]
+fn a_request_missing_what_classifies_it_is_30_and_an_unknown_one_12() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let request = |f3: &str, f25: Option<&str>, f60: Option<&str>, mti| {
+            let mut out = iso8583::MessageBuilder::new(mti);
+            out.set_digits(2, &card("622202")).unwrap();
+            out.set_digits(3, f3).unwrap();
+            out.set_amount(100).unwrap();
+            out.set_stan(7).unwrap();
+            out.set_digits(22, "022").unwrap();
+            if let Some(f25) = f25 {
+                out.set_digits(25, f25).unwrap();
+            }
+            out.set_text(41, TID).unwrap().set_text(42, MID).unwrap();
+            out.set_text(49, "156").unwrap();
+            if let Some(f60) = f60 {
+                out.set_digits(60, f60).unwrap();
+            }
+            out
+        };
+        let purchase = iso8583::Mti::FINANCIAL;
+        let cases = [
+            (request("000000", None, Some("22000001"), purchase), "30"),
+            (request("000000", Some("00"), None, purchase), "30"),
+            (
+                request("990000", Some("00"), Some("22000001"), purchase),
+                "12",
+            ),
+            (
+                request(
+                    "000000",
+                    Some("00"),
+                    Some("00000001"),
+                    iso8583::Mti::NETWORK,
+                ),
+                "30",
+            ),
+        ];
+        for (n, (out, code)) in cases.into_iter().enumerate() {
+            let answer = t.exchange(&t.encode_with_mac(&out, false)).await;
+            assert_eq!(answer.code(), code, "case {n}");
+        }
+        // Nothing reached the journal, and the terminal trades on.
+        assert!(h.store.txns_by_key(TID, 1, 7).unwrap().is_empty());
+        let sale = t.send(&Req::purchase(&card("622202"), 100, 8)).await;
+        assert_eq!(sale.code(), "00");
     });
 }

@@ -753,6 +753,11 @@ impl Terminal {
                 .find(|s| s.code() == code)
                 .unwrap_or(KeyScheme::Double);
             self.keys = Some(paycrypto::decode_field62(&tmk, scheme, &f62).unwrap());
+            // The host may move the terminal to its own batch (60.2), as a terminal follows.
+            let field60 = response.frame().message.field60().ok().flatten();
+            if let Some(batch) = field60.and_then(|f| f.batch) {
+                self.batch = batch;
+            }
         }
         response
     }
