@@ -219,8 +219,9 @@ pub struct Request {
     pub original: Option<Original>,
 }
 
-/// A request as sent, kept so it can be reversed (it holds no PIN or track data).
-#[derive(Clone, Debug)]
+/// A request as sent, kept so it can be reversed (it holds no PIN or track data). Its `Debug`
+/// leaves out the card's expiry (`Pan`'s own shows it masked).
+#[derive(Clone)]
 pub struct SavedRequest {
     pub txn: TxnType,
     pub pan: Pan,
@@ -233,6 +234,22 @@ pub struct SavedRequest {
     pub entry_mode: &'static str,
     /// Field 38 as sent (a void's original authorisation code).
     pub auth_code: Option<String>,
+}
+
+impl std::fmt::Debug for SavedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SavedRequest")
+            .field("txn", &self.txn)
+            .field("pan", &self.pan)
+            .field("expiry", &self.expiry.as_ref().map(|_| ".."))
+            .field("amount", &self.amount)
+            .field("stan", &self.stan)
+            .field("batch", &self.batch)
+            .field("field61", &self.field61)
+            .field("entry_mode", &self.entry_mode)
+            .field("auth_code", &self.auth_code)
+            .finish()
+    }
 }
 
 /// A host response, parsed.
@@ -383,6 +400,10 @@ impl Terminal {
         let mut bytes = Vec::new();
         out.encode_frame(&head()?, &mut bytes)?;
         self.send(&bytes).await?;
+        // Once the host has the sign-in, the keys held before it are done with, whatever the
+        // answer: the host drops them as it issues new ones, and a request MACed with them
+        // would only be refused A0.
+        self.keys = None;
         let body = self.receive().await?;
         let frame = Frame::decode_unprefixed(&body)?;
         check_match(Mti::NETWORK, stan, &frame)?;

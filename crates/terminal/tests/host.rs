@@ -47,6 +47,7 @@ async fn host(connections: Arc<AtomicUsize>) -> SocketAddr {
 async fn serve(mut stream: TcpStream) {
     let tmk = Key::from_hex(KeyAlgorithm::Des, TMK).unwrap();
     let mak = keys().mak;
+    let mut sign_ins = 0;
     loop {
         let mut prefix = [0u8; 2];
         if stream.read_exact(&mut prefix).await.is_err() {
@@ -67,7 +68,15 @@ async fn serve(mut stream: TcpStream) {
         };
         let mut bytes = Vec::new();
         if request.mti() == Mti::NETWORK {
-            let f62 = paycrypto::field62::encode_field62(&tmk, KeyScheme::Double, &keys()).unwrap();
+            let mut f62 =
+                paycrypto::field62::encode_field62(&tmk, KeyScheme::Double, &keys()).unwrap();
+            sign_ins += 1;
+            // The second sign-in on a connection: the MAK's check value garbled on the way.
+            if sign_ins == 2
+                && let Some(kcv) = f62.last_mut()
+            {
+                *kcv ^= 0xFF;
+            }
             out.set_binary(62, &f62).unwrap();
             out.encode_frame(&head, &mut bytes).unwrap();
         } else if request.amount() == Some(UNMACED) {
@@ -143,5 +152,40 @@ fn a_late_answer_does_not_answer_the_next_request_and_an_unmaced_approval_is_ref
             t.transact(&purchase(UNMACED)).await,
             Err(TerminalError::ResponseMac)
         ));
+    });
+}
+
+/// A sign-in whose keys fail their check values leaves the terminal signed out, not holding the
+/// keys of the sign-in before (which the host dropped as it issued the new ones); a saved
+/// request's `Debug` shows no expiry.
+#[test]
+fn a_sign_in_whose_keys_fail_their_check_leaves_no_keys_behind() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let addr = host(Arc::new(AtomicUsize::new(0))).await;
+        let mut t = Terminal::connect(TerminalConfig {
+            addr,
+            tid: "10000001".into(),
+            mid: "898110048990001".into(),
+            tmk: Key::from_hex(KeyAlgorithm::Des, TMK).unwrap(),
+            scheme: KeyScheme::Double,
+            mac: MacAlgorithm::CupEcb,
+            batch: 1,
+            next_stan: 1,
+            timeout: Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+        assert!(t.sign_in().await.unwrap().approved());
+        let mut with_expiry = purchase(700);
+        with_expiry.card.expiry = Some("3012".into());
+        assert!(t.transact(&with_expiry).await.unwrap().approved());
+        let shown = format!("{:?}", t.last_request().unwrap());
+        assert!(!shown.contains("3012"), "{shown}");
+        assert!(t.sign_in().await.is_err());
+        assert!(!t.is_signed_in());
     });
 }
