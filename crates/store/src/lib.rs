@@ -383,6 +383,10 @@ pub trait Store: Send + Sync + 'static {
         failure: &str,
         first_attempt_by_ms: i64,
     ) -> Result<u64, StoreError>;
+    /// The payouts a failure left waiting (held, returned, or pending its next attempt), the
+    /// oldest payout day first (those waiting longest), at most `limit`, and how many there are
+    /// in all: what the console lists, however many payouts went out since.
+    fn payouts_failing(&self, limit: u32) -> Result<(u64, Vec<settlement::PayoutRow>), StoreError>;
     /// The same, newest payout day first: what a merchant or an operator looks at.
     fn payouts_newest(
         &self,

@@ -791,6 +791,12 @@ impl Store for SqliteStore {
         })?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
+    fn payouts_failing(
+        &self,
+        limit: u32,
+    ) -> Result<(u64, Vec<crate::settlement::PayoutRow>), StoreError> {
+        self.settle_payouts_failing(limit)
+    }
     fn payouts_newest(
         &self,
         mid: Option<&str>,
@@ -1756,7 +1762,7 @@ fn reserve_counter(conn: &Connection, counter: &str, count: u64) -> Result<u64, 
     })?;
     let first: i64 = conn
         .prepare_cached(
-            "INSERT INTO counters (name, next_value) VALUES (?1, 1 + ?2)
+            "INSERT INTO counters (name, next_value) VALUES (?1, CAST(?2 AS BIGINT) + 1)
              ON CONFLICT (name) DO UPDATE SET next_value = counters.next_value + ?2
              RETURNING next_value - ?2",
         )?

@@ -1025,6 +1025,27 @@ impl SqliteStore {
         })
     }
 
+    pub(super) fn settle_payouts_failing(
+        &self,
+        limit: u32,
+    ) -> Result<(u64, Vec<PayoutRow>), StoreError> {
+        const WAITING: &str = "state IN ('held', 'returned', 'pending') AND failure IS NOT NULL";
+        let limit = limit.min(SETTLEMENT_ROWS_MAX);
+        self.read(|conn| {
+            let count: i64 = conn
+                .prepare_cached(&format!("SELECT COUNT(*) FROM payouts WHERE {WAITING}"))?
+                .query_row([], |r| r.get(0))?;
+            let sql = format!(
+                "SELECT {PAYOUT_COLUMNS} FROM payouts WHERE {WAITING}
+                 ORDER BY payout_date, mid LIMIT ?1"
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map([limit], payout_from_row)?;
+            let rows = rows.collect::<Result<Vec<_>, _>>()?;
+            Ok((u64::try_from(count).unwrap_or(0), rows))
+        })
+    }
+
     pub(super) fn settle_payout_merchants(
         &self,
         state: PayoutState,

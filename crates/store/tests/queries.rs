@@ -804,6 +804,39 @@ fn payouts_are_read_newest_first(db: &Db) {
     assert_eq!(count("payout-bank-error", 7_000), 1);
     assert_eq!(count("payout-bank-error", 6_999), 0);
     assert_eq!(count("payout-account-frozen", 7_000), 0);
+    // The payouts a failure left waiting, those waiting longest first, and how many in all:
+    // the one released above (pending its retry), and these; a sent one is done with.
+    let failing = |mid: &str, date: &str, state: PayoutState| {
+        let Record::Settlement(SettlementRecord::Payout(mut p)) = payout(mid, date, state) else {
+            unreachable!()
+        };
+        p.failure = Some("payout-account-frozen".into());
+        Record::Settlement(SettlementRecord::Payout(p))
+    };
+    s.submit(vec![
+        failing("n", "20261030", PayoutState::Sent),
+        failing("n", "20261031", PayoutState::Held),
+        failing("m", "20261105", PayoutState::Pending),
+        failing("m", "20261104", PayoutState::Returned),
+    ])
+    .unwrap()
+    .wait()
+    .unwrap();
+    let (count, rows) = s.payouts_failing(2).unwrap();
+    assert_eq!(
+        (count, keys(rows)),
+        (4, vec!["n:20261031".to_owned(), "m:20261103".to_owned()])
+    );
+    let (count, rows) = s.payouts_failing(10).unwrap();
+    assert_eq!(
+        (count, keys(rows)),
+        (
+            4,
+            ["n:20261031", "m:20261103", "m:20261104", "m:20261105"]
+                .map(String::from)
+                .to_vec()
+        )
+    );
 }
 
 /// A merchant's duplicate flags newest first; a payment's flags whichever side it is on.
@@ -949,7 +982,19 @@ fn bound_accounts_change_only_as_read(db: &Db) {
     assert_eq!((now.version, now.needs_rebind), (2, false));
 }
 
+/// A counter's block may be larger than a 32-bit integer holds, on either backend (PostgreSQL
+/// types a bare placeholder beside `1 +` as one).
+fn counter_blocks_beyond_32_bits_are_reserved(db: &Db) {
+    let s = db.open();
+    let block = 3_000_000_000;
+    assert_eq!(s.reserve("big", block).unwrap().wait().unwrap(), 1);
+    assert_eq!(s.reserve("big", 1).unwrap().wait().unwrap(), block + 1);
+    assert_eq!(s.reserve("big", block).unwrap().wait().unwrap(), block + 2);
+    assert_eq!(s.reserve("big", 1).unwrap().wait().unwrap(), 2 * block + 2);
+}
+
 on_both!(
+    counter_blocks_beyond_32_bits_are_reserved,
     bound_accounts_change_only_as_read,
     every_read_runs,
     clearing_totals_are_replaced_by_each_run,

@@ -323,7 +323,7 @@ async fn transactions(
     who: Principal,
     Query(q): Query<TxnQuery>,
 ) -> ApiResult {
-    Ok(Json(json!(query::search(&web, &who, &q)?)))
+    Ok(Json(json!(query::search_in_turn(&web, &who, &q).await?)))
 }
 
 async fn transaction(State(web): State<Web>, who: Principal, Path(id): Path<i64>) -> ApiResult {

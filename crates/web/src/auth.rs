@@ -1038,6 +1038,26 @@ pub async fn create_user(web: &Web, who: &str, new: NewUser) -> Result<UserRow, 
             crate::api::ACQUIRER_STAFF
         )));
     }
+    let display_ok = !new.display_name.trim().is_empty()
+        && new.display_name.chars().count() <= USERNAME_LEN_MAX
+        && !new.display_name.chars().any(char::is_control);
+    if !display_ok {
+        return Err(ApiError::bad_request(
+            "display_name: 1 to 64 characters, none of them control characters",
+        ));
+    }
+    // Names are shown whole on pages, in audit rows and case timelines: never a card number
+    // (the sign-in page masks one typed as a username; an admin may paste one by mistake).
+    for (field, name) in [
+        ("username", &new.username),
+        ("display_name", &new.display_name),
+    ] {
+        if matches!(domain::mask_card_numbers(name), std::borrow::Cow::Owned(_)) {
+            return Err(ApiError::bad_request(format!(
+                "{field}: looks like a card number"
+            )));
+        }
+    }
     if (new.role == Role::Merchant) != new.mid.is_some() {
         return Err(ApiError::bad_request(
             "a merchant user needs a mid; other roles have none",

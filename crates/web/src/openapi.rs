@@ -187,7 +187,7 @@ pub fn document() -> Value {
                  software_sub_version, clock_drift_s; chip-to-magstripe fallbacks, with the fix from 3) with fixes",
                 vec![mid_q.clone()], None, "List") },
             "/api/terminals/{tid}": { "get": op("One terminal's health", vec![tid], None, "Object") },
-            "/api/transactions": { "get": op("Search transactions, newest first", search.to_vec(), None, "TxnPage") },
+            "/api/transactions": { "get": op("Search transactions, newest first; searches run a few at a time (503 busy after 10 s without a turn)", search.to_vec(), None, "TxnPage") },
             "/api/transactions/{id}": { "get": op("A transaction's timeline and diagnosis",
                 vec![id.clone()], None, "Explanation") },
             "/api/transactions/{id}/evidence": { "get": op(

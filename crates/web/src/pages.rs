@@ -1032,7 +1032,8 @@ async fn transactions(
         Ok(who) => who,
         Err(r) => return r,
     };
-    match transactions_body(&web, &c, &who, (&q, mid_known)) {
+    let searched = query::search_in_turn(&web, &who, &q).await;
+    match transactions_body(&c, &who, (&q, mid_known), searched) {
         Ok((title, body, false)) => render(&c, &who, &title, &body),
         // Refused: the language switch does not carry the search (nor what was refused) along.
         Ok((title, body, true)) => {
@@ -1068,15 +1069,15 @@ fn field(q: &Option<String>) -> String {
 }
 
 fn transactions_body(
-    web: &Web,
     c: &Ctx,
     who: &Principal,
     (q, mid_known): (&TxnQuery, bool),
+    searched: Result<query::TxnPage, ApiError>,
 ) -> Result<(String, String, bool), ApiError> {
     let l = c.lang;
     // A search refused for what was typed: the form again, filled as typed, with why above
     // it (not a page without the form, every filter lost).
-    let (found, refused) = match query::search(web, who, q) {
+    let (found, refused) = match searched {
         Ok(found) => (Some(found), None),
         Err(error) if error.status == axum::http::StatusCode::BAD_REQUEST => (None, Some(error)),
         Err(error) => return Err(error),
@@ -2361,28 +2362,16 @@ async fn console(
             ));
         }
         body.push_str("</table>");
-        // Failed payouts wait in these states (sent ones are done), newest first.
-        let mut failed = Vec::new();
-        for state in [
-            store::settlement::PayoutState::Held,
-            store::settlement::PayoutState::Returned,
-            store::settlement::PayoutState::Pending,
-        ] {
-            failed.extend(
-                web.store
-                    .payouts_newest(None, Some(state), crate::ops::PAYOUTS_MAX)?
-                    .into_iter()
-                    .filter(|p| p.failure.is_some()),
-            );
-        }
-        failed.sort_by(|a, b| (&b.payout_date, &b.mid).cmp(&(&a.payout_date, &a.mid)));
+        // Payouts a failure left waiting (held, returned, retrying), those waiting longest
+        // first, however many payouts went out since; counted whole, as the metrics count.
+        let (failed_count, failed) = web.store.payouts_failing(crate::ops::PAYOUTS_MAX)?;
         // Retried after bank system errors for a day: retrying is harmless (one reference, paid
         // once at most) but will not tell why the bank fails; an operator calls the bank.
         let now_ms = web.clock.now_ms();
-        let stuck = failed
-            .iter()
-            .filter(|p| settlement::is_stuck(p, now_ms))
-            .count();
+        let stuck = web.store.count_payouts_failing_since(
+            domain::PayoutFailure::BankSystemError.key(),
+            now_ms.saturating_sub(settlement::PAYOUT_STUCK_AFTER_MS),
+        )?;
         let stuck_note = if stuck > 0 {
             format!(
                 "<p class=\"bad\" id=\"payouts-stuck\">{}</p>",
@@ -2403,11 +2392,21 @@ async fn console(
         } else {
             String::new()
         };
+        let shown_note = if failed_count > failed.len() as u64 {
+            format!(
+                "<p id=\"payout-failures-shown\">{}</p>",
+                esc(&match l {
+                    Lang::Zh => format!("仅列出等待最久的 {} 笔。", failed.len()),
+                    Lang::En => format!("The {} waiting longest are listed.", failed.len()),
+                })
+            )
+        } else {
+            String::new()
+        };
         body.push_str(&format!(
-            "<h2>{} ({})</h2>{stuck_note}<table id=\"payout-failures\"><tr><th>{}</th><th>{}</th>\
+            "<h2>{} ({failed_count})</h2>{stuck_note}{shown_note}<table id=\"payout-failures\"><tr><th>{}</th><th>{}</th>\
              <th>{}</th><th>{}</th><th>{}</th></tr>",
             t(l, "出款失败", "Payout failures"),
-            failed.len(),
             t(l, "商户号", "Merchant"),
             t(l, "出款日", "Payout day"),
             t(l, "金额", "Amount"),
@@ -3535,6 +3534,7 @@ fn audit_action_text(l: Lang, action: &str) -> &str {
         "user.unlock" => ("解锁用户", "Unlocked a user"),
         "user.create" => ("新建用户", "Created a user"),
         "api_token.issue" => ("签发访问令牌", "Issued an API token"),
+        "api_token.revoke" => ("吊销访问令牌", "Revoked an API token"),
         "account.bind" => ("绑定结算账户", "Bound a settlement account"),
         "account.confirm" => ("复核通过账户变更", "Confirmed an account change"),
         "account.reject" => ("拒绝账户变更", "Refused an account change"),
@@ -3617,6 +3617,46 @@ fn bank_name(web: &Web, l: Lang, code: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every audit action the crate writes (a literal `area.verb` on a line of its own, as the
+    /// audit calls take it, or an `action:` field) has words on the audit page in both
+    /// languages, not its raw key.
+    #[test]
+    fn every_audit_action_written_has_words_on_the_audit_page() {
+        let sources = [
+            include_str!("api.rs"),
+            include_str!("auth.rs"),
+            include_str!("ops.rs"),
+            include_str!("pages.rs"),
+        ];
+        let is_action = |s: &str| {
+            s.split_once('.').is_some_and(|(area, verb)| {
+                [area, verb]
+                    .iter()
+                    .all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            })
+        };
+        let mut found = Vec::new();
+        for line in sources.iter().flat_map(|s| s.lines()) {
+            let line = line.trim();
+            let line = line.strip_prefix("action: ").unwrap_or(line);
+            let Some(rest) = line.strip_prefix('"') else {
+                continue;
+            };
+            let Some((literal, after)) = rest.split_once('"') else {
+                continue;
+            };
+            if is_action(literal) && ["", ",", ".to_owned(),"].contains(&after) {
+                found.push(literal.to_owned());
+            }
+        }
+        assert!(found.len() >= 25, "{found:?}");
+        for action in found {
+            for l in [Lang::Zh, Lang::En] {
+                assert_ne!(audit_action_text(l, &action), action, "{action}");
+            }
+        }
+    }
 
     /// The console names alerts' rules, payout failures and roles in the page's language.
     #[test]

@@ -190,6 +190,46 @@ fn format_cursor((ms, id): Place, default_from_ms: Option<i64>) -> String {
     }
 }
 
+/// Transaction searches run at once in this process. A search may read
+/// [`SEARCH_SCAN_MAX`] rows; run on the HTTP runtime's two workers, two of them in a loop (one
+/// merchant's script) would hold every other user's pages and sign-ins behind them.
+pub const SEARCHES_AT_ONCE: usize = 2;
+/// How long a search waits for its turn before it is answered busy.
+pub const SEARCH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+static SEARCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SEARCHES_AT_ONCE);
+
+/// [`search`] on a thread of the blocking pool, [`SEARCHES_AT_ONCE`] at a time in turn (the
+/// queue is first come, first served): the runtime's workers go on serving everyone else
+/// meanwhile. Answered 503 `busy` after [`SEARCH_WAIT`] without a turn.
+pub async fn search_in_turn(web: &Web, who: &Principal, q: &TxnQuery) -> Result<TxnPage, ApiError> {
+    let (web, who, q) = (web.clone(), who.clone(), q.clone());
+    in_turn_within(SEARCH_WAIT, move || search(&web, &who, &q)).await
+}
+
+async fn in_turn_within<T: Send + 'static>(
+    wait: std::time::Duration,
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let busy = || {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many searches at once; retry shortly",
+        )
+    };
+    let turn = tokio::time::timeout(wait, SEARCHES.acquire())
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| busy())?;
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        work()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("search: {e}")))?
+}
+
 /// Searches the transactions the principal may see, newest first, a page at a time.
 pub fn search(web: &Web, who: &Principal, q: &TxnQuery) -> Result<TxnPage, ApiError> {
     let cursor = given(&q.cursor).map(parse_cursor).transpose()?;
@@ -889,6 +929,46 @@ pub fn terminal_health(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Searches held on their turns keep a third waiting, then busy; the runtime's one worker
+    /// is not held by them (a plain task runs meanwhile), and a turn given back is taken.
+    #[test]
+    fn searches_run_in_turn_off_the_runtimes_workers() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let release = std::sync::Arc::new(std::sync::Barrier::new(SEARCHES_AT_ONCE + 1));
+            let mut held = Vec::new();
+            for _ in 0..SEARCHES_AT_ONCE {
+                let release = std::sync::Arc::clone(&release);
+                held.push(tokio::spawn(in_turn_within(SEARCH_WAIT, move || {
+                    release.wait();
+                    Ok(())
+                })));
+            }
+            while SEARCHES.available_permits() > 0 {
+                tokio::task::yield_now().await;
+            }
+            // The one worker is free while both searches run.
+            assert_eq!(tokio::spawn(async { 7 }).await.unwrap(), 7);
+            let waited = in_turn_within(std::time::Duration::from_millis(50), || Ok(())).await;
+            let error = waited.unwrap_err();
+            assert_eq!(
+                (error.status, error.code),
+                (axum::http::StatusCode::SERVICE_UNAVAILABLE, "busy")
+            );
+            tokio::task::spawn_blocking(move || release.wait())
+                .await
+                .unwrap();
+            for h in held {
+                h.await.unwrap().unwrap();
+            }
+            assert_eq!(in_turn_within(SEARCH_WAIT, || Ok(3)).await.unwrap(), 3);
+        });
+    }
 
     #[test]
     fn dates_round_trip_in_china_time() {

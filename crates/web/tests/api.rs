@@ -1226,6 +1226,30 @@ fn every_endpoint_answers_and_a_merchant_sees_only_its_own() {
             400,
             "bad_request",
         );
+        // A card number as a username or a display name (shown whole on pages and in the
+        // audit log), or a display name of nothing but spaces: refused, and nobody created.
+        for (username, display) in [
+            ("6222020200112345679", None),
+            ("ops3", Some("6222-0202-0011-2345-679")),
+            ("ops4", Some("   ")),
+        ] {
+            let mut body = json!({"username": username, "password": "long-enough-1",
+                                  "role": "operator"});
+            if let Some(display) = display {
+                body["display_name"] = json!(display);
+            }
+            let refused = api
+                .call(Some(&admin), "POST", "/api/users", Some(body))
+                .await;
+            assert_error(&refused, 400, "bad_request");
+            assert!(!refused.body.contains("2345679"), "{}", refused.body);
+        }
+        let users = api.call(Some(&admin), "GET", "/api/users", None).await;
+        assert!(
+            !users.body.contains("ops3") && !users.body.contains("ops4"),
+            "{}",
+            users.body
+        );
         // What merchants see the acquirer's staff as is nobody's username.
         let reserved = json!({"username": "Acquirer", "password": "long-enough-1",
                               "role": "merchant", "mid": MID});
@@ -3810,6 +3834,76 @@ fn the_newest_payout_failure_shows_after_a_year_of_payouts() {
             "{}",
             console.body
         );
+    });
+}
+
+/// More payouts retrying after bank errors than the console lists (a receiving bank down for
+/// hundreds of merchants today): the one stuck since yesterday is still counted, listed first
+/// (waiting longest) and marked, and the heading counts them all.
+#[test]
+fn a_payout_stuck_since_yesterday_shows_behind_a_days_worth_of_failures() {
+    run(async move {
+        let e = start().await;
+        let today = i64::from(web::ops::PAYOUTS_MAX) + 50;
+        let now = e.web.clock.now_ms();
+        let rows: Vec<store::Record> = (0..=today)
+            .map(|n| {
+                let stuck = n == 0;
+                let date = plus_days("20250101", n);
+                store::Record::Settlement(store::settlement::SettlementRecord::Payout(
+                    store::settlement::PayoutRow {
+                        key: format!("{MID}:{date}"),
+                        mid: MID.into(),
+                        payout_date: date.clone(),
+                        cutoff_date: plus_days("20250101", n - 1),
+                        amount_fen: 10_000 + n,
+                        state: store::settlement::PayoutState::Pending,
+                        attempts: 1,
+                        next_attempt_ms: 0,
+                        account_version: 1,
+                        account_masked: "6222****0123".into(),
+                        bank_reference: Some(format!("{MID}:{date}#1")),
+                        sent_to: None,
+                        failure: Some("payout-bank-error".to_owned()),
+                        first_attempt_ms: Some(if stuck {
+                            now - settlement::PAYOUT_STUCK_AFTER_MS
+                        } else {
+                            now - 3_600_000
+                        }),
+                        created_at_ms: n,
+                        updated_at_ms: n,
+                    },
+                ))
+            })
+            .collect();
+        e.h.store.submit(rows).unwrap().await.unwrap();
+        let ops = PageSession::login(e.http, "ops").await;
+        let console = ops.get("/console?lang=en").await;
+        assert!(
+            console
+                .body
+                .contains(&format!("Payout failures ({})", today + 1)),
+            "{}",
+            console.body
+        );
+        assert!(
+            console.body.contains("id=\"payouts-stuck\">1 stuck:"),
+            "{}",
+            console.body
+        );
+        assert!(
+            console.body.contains("id=\"payout-failures-shown\""),
+            "{}",
+            console.body
+        );
+        let failures = console.body.split("id=\"payout-failures\"").nth(1).unwrap();
+        let first = failures.split("<tr>").nth(2).unwrap();
+        assert!(
+            first.contains("2025-01-01") && first.contains("payout-stuck"),
+            "{}",
+            console.body
+        );
+        assert_eq!(failures.matches("payout-stuck").count(), 1);
     });
 }
 
