@@ -135,13 +135,16 @@ async fn offender(addr: SocketAddr, kind: &str) {
             assert!(until_closed(&mut s).await.is_empty(), "{kind}");
         }
         "unknown-then-garbage" => {
-            // A well-formed request of no known kind is answered 12; the garbage after it
+            // A well-formed request of no known kind (all that classifies one there, a
+            // processing code this host does not do) is answered 12; the garbage after it
             // closes the connection, the answer still goes out.
             let mut out = MessageBuilder::new(Mti::FINANCIAL);
             out.set_digits(3, "990000").unwrap();
             out.set_stan(4242).unwrap();
+            out.set_digits(25, "00").unwrap();
             out.set_text(41, common::TID).unwrap();
             out.set_text(42, common::MID).unwrap();
+            out.set_digits(60, "22000001").unwrap();
             let mut bytes = Vec::new();
             out.encode_frame(&head(), &mut bytes).unwrap();
             bytes.extend(prefixed(&[0xFF; 33]));

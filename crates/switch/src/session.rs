@@ -430,7 +430,7 @@ impl Sessions {
             known.store(true, Ordering::Release);
         }
         let kind = request_type(frame.message.txn_kind());
-        let (response, meter) = measure_request(self.core.handle_frame(&frame)).await;
+        let (response, meter) = measure_request(|| self.core.handle_frame(&frame)).await;
         self.metrics.latency(received.elapsed(), meter.issuer_us);
         self.metrics
             .count(kind, response.as_ref().and(meter.response_code));
