@@ -686,7 +686,9 @@ pub struct TailerConfig {
     /// How late an event may reach the journal after the time stamped on it: it is stamped
     /// before its group commit (and, with several nodes, by another node's clock). Every
     /// `full_every`-th poll reads again from its cursor, which trails this much behind, and
-    /// skips the events already handled.
+    /// skips the events already handled. This process's own writes held up longer (a stalled
+    /// disk) hold the cursor back themselves (`Store::oldest_queued_event_ms`); another
+    /// node's, and clocks further apart than this, are not covered.
     pub lag_ms: i64,
     /// The polls in between read again only this much before the last event read: what
     /// lands later than that is found by the next full poll.
@@ -884,7 +886,8 @@ impl Tailer {
     ///
     /// The cursor is a time before which every event is handled. A full poll (the first, then
     /// one in `full_every`) reads from it, skips the events this tailer has handled, and moves
-    /// it to the last event read or to `lag_ms` before now, whichever is earlier. So it always
+    /// it to the last event read or to `lag_ms` before now, whichever is earlier (and never
+    /// past an event of this process still queued to be written). So it always
     /// gets past what it handled, however many events the lag holds; only events not yet
     /// handled count against the poll's bound. The polls in between read from `recheck_ms`
     /// before the last event read: new events are noticed at once, and the lag is not read
@@ -899,7 +902,15 @@ impl Tailer {
         let store = Arc::clone(&self.store);
         let store = store.as_ref();
         let cursor = off_runtime(|| store.resolve_cursor(TAILER_CURSOR))?.unwrap_or(0);
-        let horizon = self.clock.now_ms().saturating_sub(self.config.lag_ms);
+        // Never past an event this process has queued and not yet written: stamped when it was
+        // made, it lands as late as the journal lets it (a stalled disk, a database failing
+        // over), and a cursor gone past its stamp would never read it.
+        let queued = store.oldest_queued_event_ms();
+        let horizon = self
+            .clock
+            .now_ms()
+            .saturating_sub(self.config.lag_ms)
+            .min(queued.map_or(i64::MAX, |at| at.saturating_sub(1)));
         let full = match self.scanned_to {
             None => true,
             Some(_) => self.since_full.saturating_add(1) >= self.config.full_every.max(1),

@@ -1866,6 +1866,75 @@ fn an_event_that_lands_late_is_found_by_the_next_full_poll() {
     });
 }
 
+/// An event this process queued behind a journal that takes no writes (another connection
+/// holds SQLite's write lock, as a stalled disk would) until its stamp is further back than the
+/// lag: a full poll meanwhile does not move the cursor past it, so once it lands the next full
+/// poll notifies it. (Before, the cursor went to the lag's edge and the event was never read.)
+#[test]
+fn an_event_held_in_the_write_queue_past_the_lag_is_still_notified() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let (code, declined, _) = e.purchase(&e.card("insufficient_funds"), 700).await;
+        assert_eq!(code, "51");
+        let store = e.store();
+        let clock = Arc::new(ShiftedClock::default());
+        let mut tailer = Tailer::new(
+            e.store(),
+            e.directory(),
+            Arc::clone(&clock) as Arc<dyn Clock>,
+            TailerConfig {
+                full_every: 1,
+                ..TailerConfig::default()
+            },
+        );
+        tailer.poll_once().await.unwrap();
+        let notified = |rrn: &str| {
+            store
+                .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+                .unwrap()
+                .iter()
+                .any(|o| o.event_type == "transaction.declined" && o.payload.contains(rrn))
+        };
+        assert!(notified(&declined));
+
+        let mut late = store.txn_by_rrn(&declined).unwrap().unwrap();
+        late.id = i64::try_from(store.reserve("txn_id", 1).unwrap().await.unwrap()).unwrap();
+        late.rrn = Some("090000000778".into());
+        late.stan = 778;
+        late.host_trace = Some(778);
+        let late_id = late.id;
+        let journal = rusqlite::Connection::open(e.h.dir.path().join("s.db")).unwrap();
+        journal.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let landing = store
+            .submit(vec![
+                Record::InsertTxn(Box::new(late)),
+                Record::Event(EventRow {
+                    txn_id: late_id,
+                    at_ms: clock.now_ms(),
+                    kind: "declined".into(),
+                    detail: "declined by the issuer: 51".into(),
+                }),
+            ])
+            .unwrap();
+        // Fifteen seconds on (past the ten-second lag), a full poll while it is still queued.
+        clock.shift_ms(15_000);
+        let polled = tokio::spawn(async move {
+            tailer.poll_once().await.unwrap();
+            tailer
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        journal.execute_batch("ROLLBACK").unwrap();
+        let mut tailer = polled.await.unwrap();
+        landing.await.unwrap();
+        clock.shift_ms(1_000);
+        tailer.poll_once().await.unwrap();
+        assert!(
+            notified("090000000778"),
+            "the decline held in the write queue was never notified"
+        );
+    });
+}
+
 #[test]
 fn a_duplicate_is_flagged_when_the_first_payment_is_approved_after_the_second() {
     runtime().block_on(async {

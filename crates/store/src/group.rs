@@ -2,6 +2,9 @@
 //! commit is known; shared by the SQLite and PostgreSQL writers, which differ in how they
 //! commit a group, not in what a group is.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use tokio::sync::oneshot;
 
 use crate::error::StoreError;
@@ -10,7 +13,7 @@ use crate::model::{Record, SafItem};
 pub(crate) enum Job {
     Write {
         records: Vec<Record>,
-        done: oneshot::Sender<Result<(), StoreError>>,
+        done: WriteDone,
     },
     Reserve {
         counter: String,
@@ -26,12 +29,90 @@ pub(crate) enum Job {
     Stop,
 }
 
+/// Where a write's result goes, and the stamp its events hold among the queued ones until it
+/// is settled (delivered, or dropped undelivered).
+pub(crate) struct WriteDone {
+    sender: oneshot::Sender<Result<(), StoreError>>,
+    _queued: Option<QueuedStamp>,
+}
+
+impl WriteDone {
+    pub(crate) fn new(
+        sender: oneshot::Sender<Result<(), StoreError>>,
+        queued: Option<QueuedStamp>,
+    ) -> Self {
+        WriteDone {
+            sender,
+            _queued: queued,
+        }
+    }
+
+    fn send(self, result: Result<(), StoreError>) {
+        // A waiter that gave up (dropped its future) is no error of the writer's.
+        let _ = self.sender.send(result);
+    }
+}
+
+/// The stamps (`at_ms`) of the events in this store's writes that are queued or being written
+/// and not yet settled, each with how many writes hold it. A tailer reads the events by stamp,
+/// and an event is stamped when it is made: one queued behind a stalled disk lands, stamped
+/// then, long after its stamp's time, and a tailer that moved its cursor past that time in the
+/// meantime would never read it ([`crate::Store::oldest_queued_event_ms`]).
+#[derive(Debug, Default)]
+pub(crate) struct QueuedEvents {
+    stamps: Mutex<BTreeMap<i64, usize>>,
+}
+
+impl QueuedEvents {
+    /// Holds the oldest stamp of `records`' events, if they have any, until the returned guard
+    /// is dropped.
+    pub(crate) fn hold(self: &Arc<Self>, records: &[Record]) -> Option<QueuedStamp> {
+        let at_ms = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Event(e) => Some(e.at_ms),
+                _ => None,
+            })
+            .min()?;
+        *self.lock().entry(at_ms).or_default() += 1;
+        Some(QueuedStamp {
+            events: Arc::clone(self),
+            at_ms,
+        })
+    }
+
+    /// The oldest stamp held.
+    pub(crate) fn oldest(&self) -> Option<i64> {
+        self.lock().keys().next().copied()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, usize>> {
+        self.stamps.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One write's hold on a stamp among the [`QueuedEvents`]; let go when dropped.
+#[derive(Debug)]
+pub(crate) struct QueuedStamp {
+    events: Arc<QueuedEvents>,
+    at_ms: i64,
+}
+
+impl Drop for QueuedStamp {
+    fn drop(&mut self) {
+        let mut stamps = self.events.lock();
+        if let Some(count) = stamps.get_mut(&self.at_ms) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                stamps.remove(&self.at_ms);
+            }
+        }
+    }
+}
+
 /// The result of one job, held until its group's commit is known.
 pub(crate) enum Completion {
-    Write(
-        oneshot::Sender<Result<(), StoreError>>,
-        Result<(), StoreError>,
-    ),
+    Write(WriteDone, Result<(), StoreError>),
     Reserve(
         oneshot::Sender<Result<u64, StoreError>>,
         Result<u64, StoreError>,
@@ -54,7 +135,7 @@ impl Completion {
     pub(crate) fn deliver(self) {
         // A waiter that gave up (dropped its future) is no error of the writer's.
         match self {
-            Completion::Write(done, result) => drop(done.send(result)),
+            Completion::Write(done, result) => done.send(result),
             Completion::Reserve(done, result) => drop(done.send(result)),
             Completion::Claim(done, result) => drop(done.send(result)),
         }
@@ -97,6 +178,7 @@ pub(crate) fn completion(job: Job, result: Result<Output, StoreError>) -> Option
 pub(crate) fn replace_with_failure(completion: &mut Completion, error: &StoreError) {
     // Swap in a cheap placeholder to take ownership of the sender, then put the failure back.
     let (placeholder, _) = oneshot::channel();
+    let placeholder = WriteDone::new(placeholder, None);
     let taken = std::mem::replace(completion, Completion::Write(placeholder, Ok(())));
     *completion = taken.fail(error.clone());
 }
@@ -112,4 +194,44 @@ pub(crate) fn replace_with_failure(completion: &mut Completion, error: &StoreErr
 pub(crate) trait ExecuteAny<P> {
     type Error;
     fn execute_any(&mut self, params: P) -> Result<(), Self::Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EventRow;
+
+    fn event(at_ms: i64) -> Record {
+        Record::Event(EventRow {
+            txn_id: 1,
+            at_ms,
+            kind: "approved".into(),
+            detail: String::new(),
+        })
+    }
+
+    /// A write holds its events' oldest stamp until it is settled; two writes of one stamp
+    /// hold it until both are; a write without events holds nothing.
+    #[test]
+    fn queued_events_hold_their_oldest_stamp_until_settled() {
+        let queued = Arc::new(QueuedEvents::default());
+        assert!(
+            queued
+                .hold(&[Record::Batch {
+                    tid: "t".into(),
+                    batch_no: 2
+                }])
+                .is_none()
+        );
+        let first = queued.hold(&[event(30), event(20)]);
+        let second = queued.hold(&[event(20)]);
+        let later = queued.hold(&[event(40)]);
+        assert_eq!(queued.oldest(), Some(20));
+        drop(first);
+        assert_eq!(queued.oldest(), Some(20));
+        drop(second);
+        assert_eq!(queued.oldest(), Some(40));
+        drop(later);
+        assert_eq!(queued.oldest(), None);
+    }
 }

@@ -386,6 +386,11 @@ pub trait Store: Send + Sync + 'static {
     /// The payouts a failure left waiting (held, returned, or pending its next attempt), the
     /// oldest payout day first (those waiting longest), at most `limit`, and how many there are
     /// in all: what the console lists, however many payouts went out since.
+    /// The oldest stamp (`at_ms`) among the events of this handle's writes that are queued or
+    /// being written, not yet committed or failed: a reader of events by stamp (the
+    /// notification tailer) must not move past it, or it would never read that event once it
+    /// lands. `None` when no write holds an event.
+    fn oldest_queued_event_ms(&self) -> Option<i64>;
     fn payouts_failing(&self, limit: u32) -> Result<(u64, Vec<settlement::PayoutRow>), StoreError>;
     /// The same, newest payout day first: what a merchant or an operator looks at.
     fn payouts_newest(

@@ -12,7 +12,7 @@
 //! an async runtime as SQLite reads do. Durability: PostgreSQL's `synchronous_commit` (on by
 //! default) makes each group's COMMIT wait for its WAL flush.
 
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::Store;
 use crate::error::{LinkRefusal, StoreError};
-use crate::group::{Completion, ExecuteAny, Job, Output, completion};
+use crate::group::{Completion, ExecuteAny, Job, Output, WriteDone, completion};
 #[allow(unused_imports)]
 use crate::model::{
     BatchSpan, EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
@@ -234,6 +234,8 @@ pub struct PgStore {
     /// The session holding this node's claim ([`PgStore::claim_node`]), for as long as the
     /// store is open.
     node_claim: Mutex<Option<Connection>>,
+    /// The stamps of the events in writes not yet settled.
+    queued_events: Arc<crate::group::QueuedEvents>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -389,6 +391,7 @@ impl PgStore {
             writer: Mutex::new(Some(thread)),
             read_only: false,
             node_claim: Mutex::new(None),
+            queued_events: Arc::default(),
         })
     }
 
@@ -469,6 +472,7 @@ impl PgStore {
             writer: Mutex::new(None),
             read_only: true,
             node_claim: Mutex::new(None),
+            queued_events: Arc::default(),
         };
         // Fail now, not at the first query, when there is no journal there.
         store.read(|conn| {
@@ -1040,6 +1044,7 @@ mod tests {
 
     fn write(records: Vec<Record>) -> Job {
         let (done, _) = tokio::sync::oneshot::channel();
+        let done = crate::group::WriteDone::new(done, None);
         Job::Write { records, done }
     }
 

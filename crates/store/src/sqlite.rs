@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 
 use crate::Store;
 use crate::error::{LinkRefusal, StoreError};
-use crate::group::{Completion, ExecuteAny, Job, Output, completion, replace_with_failure};
+use crate::group::{
+    Completion, ExecuteAny, Job, Output, WriteDone, completion, replace_with_failure,
+};
 use crate::model::{
     BatchSpan, EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
     TerminalHealthRow, TerminalRow, TxnKind, TxnRow, TxnState, WrappedKeys,
@@ -97,6 +99,8 @@ pub struct SqliteStore {
     /// Opened read-only ([`SqliteStore::open_read_only`]): its readers are read-only
     /// connections, which neither switch a database's journal mode nor checkpoint it.
     read_only: bool,
+    /// The stamps of the events in writes not yet settled.
+    queued_events: Arc<crate::group::QueuedEvents>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -136,6 +140,7 @@ impl SqliteStore {
                 page_quota,
                 inline: Some(Mutex::new((writer, config.max_page_count.unwrap_or(0)))),
                 read_only: false,
+                queued_events: Arc::default(),
             });
         }
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_MAX);
@@ -154,6 +159,7 @@ impl SqliteStore {
             page_quota,
             inline: None,
             read_only: false,
+            queued_events: Arc::default(),
         })
     }
 
@@ -314,8 +320,13 @@ impl Drop for SqliteStore {
 impl Store for SqliteStore {
     fn submit(&self, records: Vec<Record>) -> Result<Durable, StoreError> {
         let (done, pending) = Pending::new();
+        let done = WriteDone::new(done, self.queued_events.hold(&records));
         self.enqueue(Job::Write { records, done })?;
         Ok(pending)
+    }
+
+    fn oldest_queued_event_ms(&self) -> Option<i64> {
+        self.queued_events.oldest()
     }
 
     fn close(&self) {

@@ -43,6 +43,7 @@ impl SqliteStore {
             page_quota: Default::default(),
             inline: None,
             read_only: true,
+            queued_events: Default::default(),
         };
         // Fail now, not at the first query, when the file is not a database. One row, not a
         // count: counting reads a whole index, seconds on a year's journal.
