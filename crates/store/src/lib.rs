@@ -91,6 +91,12 @@ pub trait Store: Send + Sync + 'static {
     /// Queues records to commit atomically together; fails fast with `QueueFull` under overload.
     fn submit(&self, records: Vec<Record>) -> Result<Durable, StoreError>;
 
+    /// The oldest stamp (`at_ms`) among the events of this handle's writes that are queued or
+    /// being written, not yet committed or failed: a reader of events by stamp (the
+    /// notification tailer) must not move past it, or it would never read that event once it
+    /// lands. `None` when no write holds an event.
+    fn oldest_queued_event_ms(&self) -> Option<i64>;
+
     /// Commits what is queued, stops the writer and waits for it; later writes fail. Blocks:
     /// call it off the async runtime (`spawn_blocking`). What a stopping process calls last.
     fn close(&self);
@@ -383,15 +389,17 @@ pub trait Store: Send + Sync + 'static {
         failure: &str,
         first_attempt_by_ms: i64,
     ) -> Result<u64, StoreError>;
-    /// The payouts a failure left waiting (held, returned, or pending its next attempt), the
-    /// oldest payout day first (those waiting longest), at most `limit`, and how many there are
-    /// in all: what the console lists, however many payouts went out since.
-    /// The oldest stamp (`at_ms`) among the events of this handle's writes that are queued or
-    /// being written, not yet committed or failed: a reader of events by stamp (the
-    /// notification tailer) must not move past it, or it would never read that event once it
-    /// lands. `None` when no write holds an event.
-    fn oldest_queued_event_ms(&self) -> Option<i64>;
-    fn payouts_failing(&self, limit: u32) -> Result<(u64, Vec<settlement::PayoutRow>), StoreError>;
+    /// The payouts a failure left waiting (held, returned, or pending its next attempt), at
+    /// most `limit`, and how many there are in all: what the console lists, however many
+    /// payouts went out since. Stuck ones first (pending on `stuck_failure` since a first
+    /// attempt at or before `stuck_by_ms`, as [`Store::count_payouts_failing_since`] counts
+    /// them), then the newest payout day first.
+    fn payouts_failing(
+        &self,
+        stuck_failure: &str,
+        stuck_by_ms: i64,
+        limit: u32,
+    ) -> Result<(u64, Vec<settlement::PayoutRow>), StoreError>;
     /// The same, newest payout day first: what a merchant or an operator looks at.
     fn payouts_newest(
         &self,

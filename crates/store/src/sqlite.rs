@@ -804,9 +804,11 @@ impl Store for SqliteStore {
     }
     fn payouts_failing(
         &self,
+        stuck_failure: &str,
+        stuck_by_ms: i64,
         limit: u32,
     ) -> Result<(u64, Vec<crate::settlement::PayoutRow>), StoreError> {
-        self.settle_payouts_failing(limit)
+        self.settle_payouts_failing(stuck_failure, stuck_by_ms, limit)
     }
     fn payouts_newest(
         &self,

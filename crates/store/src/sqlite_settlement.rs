@@ -1027,6 +1027,8 @@ impl SqliteStore {
 
     pub(super) fn settle_payouts_failing(
         &self,
+        stuck_failure: &str,
+        stuck_by_ms: i64,
         limit: u32,
     ) -> Result<(u64, Vec<PayoutRow>), StoreError> {
         const WAITING: &str = "state IN ('held', 'returned', 'pending') AND failure IS NOT NULL";
@@ -1037,10 +1039,12 @@ impl SqliteStore {
                 .query_row([], |r| r.get(0))?;
             let sql = format!(
                 "SELECT {PAYOUT_COLUMNS} FROM payouts WHERE {WAITING}
-                 ORDER BY payout_date, mid LIMIT ?1"
+                 ORDER BY CASE WHEN state = 'pending' AND failure = ?1 AND first_attempt_ms <= ?2
+                 THEN 0 ELSE 1 END, payout_date DESC, mid DESC LIMIT ?3"
             );
             let mut statement = conn.prepare_cached(&sql)?;
-            let rows = statement.query_map([limit], payout_from_row)?;
+            let rows =
+                statement.query_map(params![stuck_failure, stuck_by_ms, limit], payout_from_row)?;
             let rows = rows.collect::<Result<Vec<_>, _>>()?;
             Ok((u64::try_from(count).unwrap_or(0), rows))
         })

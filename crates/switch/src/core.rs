@@ -913,14 +913,13 @@ impl Core {
     /// settlement (which closes nothing), where that one found the batch starting. `None` if
     /// the store could not be read.
     pub async fn batch_closed_at(&self, tid: &str, batch_no: u32) -> Option<Option<i64>> {
-        Some(
-            self.batch_settled(tid, batch_no)
-                .await?
-                .and_then(|s| match s.result {
-                    r if r == iso8583::SettleResult::ERROR.0 => s.opened_after_ms,
-                    _ => Some(s.settled_at_ms),
-                }),
-        )
+        Some(self.batch_settled(tid, batch_no).await?.and_then(|s| {
+            if crate::settle::closes(&s) {
+                Some(s.settled_at_ms)
+            } else {
+                s.opened_after_ms
+            }
+        }))
     }
 
     /// With a shared journal ([`SwitchConfig::shared_journal`]), the first request of each
@@ -966,16 +965,10 @@ impl Core {
             return self.system_error(frame);
         };
         // A terminal that MACs its sign-off is held to it, as for a settlement: a wrong MAC is
-        // A0 and its keys stay (one that sends none is not asked for it).
-        if let (Some(mac), Some(keys)) = (frame.message.mac(), terminal.keys) {
-            let mac_ok = self
-                .hsm
-                .verify_mac(keys.mak, terminal.mac, frame.message.mac_input(), mac)
-                .unwrap_or(false);
-            if !mac_ok {
-                tracing::info!(tid = %terminal.tid, "sign-off MAC verification failed");
-                return self.answer_code(frame, RC_MAC_FAILED);
-            }
+        // A0 and its keys stay (one that sends none is not asked for it), a right one gets its
+        // answer MACed with the keys the sign-off ends.
+        if self.mac_refused(frame, &terminal) {
+            return self.answer_code(frame, RC_MAC_FAILED);
         }
         let record = Record::SignOff {
             tid: terminal.tid.clone(),
@@ -985,9 +978,10 @@ impl Core {
         if self.commit_terminal(record, updated).await.is_err() {
             return self.system_error(frame);
         }
+        let answer = self.answer_checked(frame, &terminal, RC_APPROVED);
         // The keys are of no use any more: free them in the HSM.
         self.delete_keys(terminal.keys);
-        self.answer_code(frame, RC_APPROVED)
+        answer
     }
 
     pub fn response_mti(mti: Mti) -> u16 {

@@ -87,6 +87,12 @@ fn closed_just_before(batch: u32, current: u32) -> bool {
     batch == batch_before(current) || (current == 1 && batch == 0)
 }
 
+/// Whether a settlement closed its batch: any but one with unreadable totals (which closes
+/// nothing; the terminal may send it again).
+pub(crate) fn closes(settled: &BatchSettlementRow) -> bool {
+    settled.result != SettleResult::ERROR.0
+}
+
 /// The number before batch `current`, as the host counts them round (999999 before 1).
 fn batch_before(current: u32) -> u32 {
     if current <= 1 { 999_999 } else { current - 1 }
@@ -300,23 +306,36 @@ impl Core {
     /// terminal's next settlement would read the sales already settled as the terminal's
     /// alone (unbalanced, uploaded as missing here). It stays in the host's open batch, which
     /// the answer's 60.2 names, and its settlement of the closed one sent again is answered
-    /// from that batch as it closed. `None` if the store could not be read.
+    /// from that batch as it closed. With a shared journal the open batch is the terminal's
+    /// row's (another node may have settled it: this node's memory moves only with its own
+    /// settlements). `None` if the store could not be read.
     pub(crate) async fn batch_at_sign_in(
         &self,
         terminal: &Terminal,
         named: Option<u32>,
     ) -> Option<u32> {
+        let mut open = terminal.batch_no;
+        if self.config.shared_journal {
+            let tid = terminal.tid.clone();
+            if let Some(row) = self
+                .read_for_request(move |store| store.terminal(&tid))
+                .await?
+                .ok()?
+            {
+                open = row.batch_no;
+            }
+        }
         let Some(named) = named else {
-            return Some(terminal.batch_no);
+            return Some(open);
         };
-        if named == terminal.batch_no || !closed_just_before(named, terminal.batch_no) {
+        if named == open || !closed_just_before(named, open) {
             return Some(named);
         }
         let closed = self
             .batch_settled(&terminal.tid, named)
             .await?
-            .is_some_and(|p| p.result != SettleResult::ERROR.0);
-        Some(if closed { terminal.batch_no } else { named })
+            .is_some_and(|p| closes(&p));
+        Some(if closed { open } else { named })
     }
 
     fn batch_of(&self, frame: &Frame<'_>, current: u32) -> u32 {
@@ -346,23 +365,33 @@ impl Core {
         if !terminal.names_own_merchant(&frame.message) {
             return Some(Refusal::Unchecked(RC_INVALID_MERCHANT));
         }
-        let Some(keys) = terminal.keys else {
+        if terminal.keys.is_none() {
             return Some(Refusal::Unchecked(RC_BATCH_OUT_OF_STEP));
-        };
-        if let Some(mac) = frame.message.mac() {
-            let mac_ok = self
-                .hsm
-                .verify_mac(keys.mak, terminal.mac, frame.message.mac_input(), mac)
-                .unwrap_or(false);
-            if !mac_ok {
-                tracing::info!(tid = %terminal.tid, "MAC verification failed");
-                return Some(Refusal::Unchecked(RC_MAC_FAILED));
-            }
+        }
+        if self.mac_refused(frame, terminal) {
+            return Some(Refusal::Unchecked(RC_MAC_FAILED));
         }
         if batch_no != terminal.batch_no && !closed_just_before(batch_no, terminal.batch_no) {
             return Some(Refusal::Checked(RC_BATCH_OUT_OF_STEP));
         }
         None
+    }
+
+    /// Whether `frame` carries a MAC (field 64) that `terminal`'s MAK does not give: a
+    /// management message (settlement, batch upload, sign-off) that carries one is held to it;
+    /// one that carries none, or a terminal without keys, is not asked for one here.
+    pub(crate) fn mac_refused(&self, frame: &Frame<'_>, terminal: &Terminal) -> bool {
+        let (Some(mac), Some(keys)) = (frame.message.mac(), terminal.keys) else {
+            return false;
+        };
+        let mac_ok = self
+            .hsm
+            .verify_mac(keys.mak, terminal.mac, frame.message.mac_input(), mac)
+            .unwrap_or(false);
+        if !mac_ok {
+            tracing::info!(tid = %terminal.tid, "MAC verification failed");
+        }
+        !mac_ok
     }
 
     /// The answer to a settlement or batch upload `management_refusal` refused: with a MAC
@@ -376,7 +405,7 @@ impl Core {
 
     /// The answer to `frame` with response code `code`, once `terminal`'s MAC (if the request
     /// carried one) has been checked: with a MAC then.
-    fn answer_checked(
+    pub(crate) fn answer_checked(
         &self,
         frame: &Frame<'_>,
         terminal: &Terminal,
@@ -414,9 +443,7 @@ impl Core {
         };
         // (The request path draws the same line, at the settlement's time: the nodes' clocks
         // agree far closer than a batch's last sale and its settlement are apart.)
-        let closed_before = prior
-            .as_ref()
-            .is_some_and(|p| p.result != SettleResult::ERROR.0);
+        let closed_before = prior.as_ref().is_some_and(closes);
         // The batch before the terminal's open one, closed already: its settlement sent again
         // (its answer lost), whatever totals it carries now. Answered from the closed batch as
         // it was closed, and nothing written: only the batch open now can be opened again, and

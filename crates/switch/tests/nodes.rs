@@ -904,3 +904,48 @@ fn a_sale_read_in_flight_by_one_node_is_voidable_there_once_the_other_approved_i
         })
     });
 }
+
+/// A terminal settles batch 1 on node A and loses the answer, then signs in on node B naming
+/// batch 1 (node B's memory still has it open): node B keeps it in the batch the journal's row
+/// holds, 2, and says so in 60.2, rather than opening the settled batch again.
+#[test]
+fn a_sign_in_on_the_other_node_naming_a_batch_settled_on_one_keeps_the_next() {
+    on_two_nodes("switch_nodes_batch", &[TID_A], |_log, a, b| {
+        Box::pin(async move {
+            let pan = card("622202");
+            let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
+            assert_eq!(via_b.sign_in().await.code(), "00");
+            assert_eq!(via_b.send(&Req::purchase(&pan, 100, 1)).await.code(), "00");
+            let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
+            assert_eq!(via_a.sign_in().await.code(), "00");
+            let totals = iso8583::SettlementTotals {
+                domestic: iso8583::Totals {
+                    debit_amount: 100,
+                    debit_count: 1,
+                    credit_amount: 0,
+                    credit_count: 0,
+                    result: iso8583::SettleResult::REQUEST,
+                },
+                foreign: iso8583::Totals::default(),
+            };
+            let mut out = iso8583::MessageBuilder::new(iso8583::Mti::SETTLEMENT);
+            out.set_stan(900).unwrap();
+            out.set_text(41, TID_A).unwrap();
+            out.set_text(42, common::MID).unwrap();
+            out.set_composed(&totals).unwrap();
+            out.set_text(49, "156").unwrap();
+            out.set_digits(60, "00000001201").unwrap();
+            out.set_text(63, "001").unwrap();
+            let mut bytes = Vec::new();
+            out.encode_frame(&common::head(), &mut bytes).unwrap();
+            assert_eq!(via_a.exchange(&bytes).await.code(), "00");
+            assert_eq!(a.store.terminal(TID_A).unwrap().unwrap().batch_no, 2);
+
+            let mut again = Terminal::connect(b.handle.local_addr(), TID_A).await;
+            assert_eq!(again.batch, 1);
+            assert_eq!(again.sign_in().await.code(), "00");
+            assert_eq!(again.batch, 2, "the settled batch opened again on node B");
+            assert_eq!(b.store.terminal(TID_A).unwrap().unwrap().batch_no, 2);
+        })
+    });
+}

@@ -720,7 +720,14 @@ fn working_keys_are_freed_and_never_weakened() {
         );
         let sale = Req::purchase(&card("622202"), 100, 3);
         assert_eq!(signing_in.send(&sale).await.code(), "00");
-        // A sign-off frees them: one with no MAC, as most terminals send it.
+        // A sign-off frees them: one with the right MAC, its answer MACed with the keys it
+        // ends; then one with no MAC, as most terminals send it, has nothing left to free.
+        let signed_off = signing_in
+            .exchange(&signing_in.encode_with_mac(&out, false))
+            .await;
+        assert_eq!(signed_off.code(), "00");
+        assert!(signing_in.mac_ok(&signed_off), "the answer's MAC");
+        assert_eq!(h.hsm.key_count(), before);
         let mut bytes = Vec::new();
         out.encode_frame(&common::head(), &mut bytes).unwrap();
         assert_eq!(t.exchange(&bytes).await.code(), "00");

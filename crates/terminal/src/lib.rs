@@ -400,15 +400,19 @@ impl Terminal {
         let mut bytes = Vec::new();
         out.encode_frame(&head()?, &mut bytes)?;
         self.send(&bytes).await?;
-        // Once the host has the sign-in, the keys held before it are done with, whatever the
-        // answer: the host drops them as it issues new ones, and a request MACed with them
-        // would only be refused A0.
-        self.keys = None;
+        // Once the host has the sign-in, the keys held before it may be done with: the host
+        // drops them as it issues new ones, and a request MACed with them would only be
+        // refused A0. Only a refusal that changed nothing (any but 96, which may have been
+        // recorded late) gives them back.
+        let before = self.keys.take();
         let body = self.receive().await?;
         let frame = Frame::decode_unprefixed(&body)?;
         check_match(Mti::NETWORK, stan, &frame)?;
         let response = Response::parse(&frame)?;
         if !response.approved() {
+            if response.code != "96" {
+                self.keys = before;
+            }
             return Err(TerminalError::SignInRefused(response.code));
         }
         let f62 = frame

@@ -61,7 +61,12 @@ async fn serve(mut stream: TcpStream) {
         for n in [3, 4, 11, 25, 41, 42, 49, 60] {
             out.copy_from(request, n).unwrap();
         }
-        out.set_text(39, "00").unwrap();
+        if request.mti() == Mti::NETWORK {
+            sign_ins += 1;
+        }
+        // The second sign-in on a connection is refused (58: nothing changed at the host).
+        let refused = request.mti() == Mti::NETWORK && sign_ins == 2;
+        out.set_text(39, if refused { "58" } else { "00" }).unwrap();
         let head = FrameHead {
             tpdu: frame.head.tpdu.reply(),
             header: frame.head.header,
@@ -70,14 +75,15 @@ async fn serve(mut stream: TcpStream) {
         if request.mti() == Mti::NETWORK {
             let mut f62 =
                 paycrypto::field62::encode_field62(&tmk, KeyScheme::Double, &keys()).unwrap();
-            sign_ins += 1;
-            // The second sign-in on a connection: the MAK's check value garbled on the way.
-            if sign_ins == 2
+            // The third: the MAK's check value garbled on the way.
+            if sign_ins == 3
                 && let Some(kcv) = f62.last_mut()
             {
                 *kcv ^= 0xFF;
             }
-            out.set_binary(62, &f62).unwrap();
+            if !refused {
+                out.set_binary(62, &f62).unwrap();
+            }
             out.encode_frame(&head, &mut bytes).unwrap();
         } else if request.amount() == Some(UNMACED) {
             out.encode_frame(&head, &mut bytes).unwrap();
@@ -155,9 +161,9 @@ fn a_late_answer_does_not_answer_the_next_request_and_an_unmaced_approval_is_ref
     });
 }
 
-/// A sign-in whose keys fail their check values leaves the terminal signed out, not holding the
-/// keys of the sign-in before (which the host dropped as it issued the new ones); a saved
-/// request's `Debug` shows no expiry.
+/// A sign-in refused (58) leaves the terminal its keys: the host changed nothing. One whose keys
+/// fail their check values leaves it signed out, not holding the keys of the sign-in before
+/// (which the host dropped as it issued the new ones). A saved request's `Debug` shows no expiry.
 #[test]
 fn a_sign_in_whose_keys_fail_their_check_leaves_no_keys_behind() {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -185,6 +191,12 @@ fn a_sign_in_whose_keys_fail_their_check_leaves_no_keys_behind() {
         assert!(t.transact(&with_expiry).await.unwrap().approved());
         let shown = format!("{:?}", t.last_request().unwrap());
         assert!(!shown.contains("3012"), "{shown}");
+        assert!(matches!(
+            t.sign_in().await,
+            Err(TerminalError::SignInRefused(code)) if code == "58"
+        ));
+        assert!(t.is_signed_in(), "a refused sign-in dropped the keys");
+        assert!(t.transact(&purchase(800)).await.unwrap().approved());
         assert!(t.sign_in().await.is_err());
         assert!(!t.is_signed_in());
     });

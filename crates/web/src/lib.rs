@@ -21,6 +21,7 @@ pub mod ops;
 mod pages;
 pub mod password;
 mod query;
+mod turns;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

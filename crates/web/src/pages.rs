@@ -1034,15 +1034,15 @@ async fn transactions(
     };
     let searched = query::search_in_turn(&web, &who, &q).await;
     match transactions_body(&c, &who, (&q, mid_known), searched) {
-        Ok((title, body, false)) => render(&c, &who, &title, &body),
+        Ok((title, body, None)) => render(&c, &who, &title, &body),
         // Refused: the language switch does not carry the search (nor what was refused) along.
-        Ok((title, body, true)) => {
+        Ok((title, body, Some(status))) => {
             let plain = Ctx {
                 switch_href: crate::html::lang_switch_href(c.lang, Some(&[])),
                 ..c
             };
             let mut response = render(&plain, &who, &title, &body);
-            *response.status_mut() = StatusCode::BAD_REQUEST;
+            *response.status_mut() = status;
             response
         }
         Err(e) => error_page(&c, Some(&who), &e),
@@ -1073,13 +1073,18 @@ fn transactions_body(
     who: &Principal,
     (q, mid_known): (&TxnQuery, bool),
     searched: Result<query::TxnPage, ApiError>,
-) -> Result<(String, String, bool), ApiError> {
+) -> Result<(String, String, Option<StatusCode>), ApiError> {
     let l = c.lang;
-    // A search refused for what was typed: the form again, filled as typed, with why above
-    // it (not a page without the form, every filter lost).
+    // A search refused for what was typed, or not run for want of a turn: the form again,
+    // filled as typed, with why above it (not a page without the form, every filter lost).
     let (found, refused) = match searched {
         Ok(found) => (Some(found), None),
-        Err(error) if error.status == axum::http::StatusCode::BAD_REQUEST => (None, Some(error)),
+        Err(error)
+            if [StatusCode::BAD_REQUEST, StatusCode::SERVICE_UNAVAILABLE]
+                .contains(&error.status) =>
+        {
+            (None, Some(error))
+        }
         Err(error) => return Err(error),
     };
     // The field the refusal names ("rrn: 12 digits"): left empty, not shown back.
@@ -1167,13 +1172,16 @@ fn transactions_body(
         t(l, "查询", "Search")
     ));
     let Some(found) = found else {
+        let status = refused
+            .as_ref()
+            .map_or(StatusCode::BAD_REQUEST, |e| e.status);
         if let Some(error) = refused {
             body.push_str(&format!(
                 "<div class=\"err\" id=\"search-error\">{}</div>",
                 esc(error.detail(l))
             ));
         }
-        return Ok((t(l, "交易", "Transactions").to_owned(), body, true));
+        return Ok((t(l, "交易", "Transactions").to_owned(), body, Some(status)));
     };
     if let Some(only) = outcome.and_then(query::Outcome::parse) {
         let words = match only {
@@ -1287,7 +1295,7 @@ fn transactions_body(
             t(l, "下一页", "Next page")
         ));
     }
-    Ok((t(l, "交易", "Transactions").to_owned(), body, false))
+    Ok((t(l, "交易", "Transactions").to_owned(), body, None))
 }
 
 async fn transaction(
@@ -2362,16 +2370,19 @@ async fn console(
             ));
         }
         body.push_str("</table>");
-        // Payouts a failure left waiting (held, returned, retrying), those waiting longest
-        // first, however many payouts went out since; counted whole, as the metrics count.
-        let (failed_count, failed) = web.store.payouts_failing(crate::ops::PAYOUTS_MAX)?;
         // Retried after bank system errors for a day: retrying is harmless (one reference, paid
         // once at most) but will not tell why the bank fails; an operator calls the bank.
         let now_ms = web.clock.now_ms();
-        let stuck = web.store.count_payouts_failing_since(
-            domain::PayoutFailure::BankSystemError.key(),
-            now_ms.saturating_sub(settlement::PAYOUT_STUCK_AFTER_MS),
-        )?;
+        let stuck_failure = domain::PayoutFailure::BankSystemError.key();
+        let stuck_by_ms = now_ms.saturating_sub(settlement::PAYOUT_STUCK_AFTER_MS);
+        let stuck = web
+            .store
+            .count_payouts_failing_since(stuck_failure, stuck_by_ms)?;
+        // Payouts a failure left waiting (held, returned, retrying), however many payouts went
+        // out since: the stuck ones first, then the newest; counted whole, as the metrics count.
+        let (failed_count, failed) =
+            web.store
+                .payouts_failing(stuck_failure, stuck_by_ms, crate::ops::PAYOUTS_MAX)?;
         let stuck_note = if stuck > 0 {
             format!(
                 "<p class=\"bad\" id=\"payouts-stuck\">{}</p>",
@@ -2396,8 +2407,11 @@ async fn console(
             format!(
                 "<p id=\"payout-failures-shown\">{}</p>",
                 esc(&match l {
-                    Lang::Zh => format!("仅列出等待最久的 {} 笔。", failed.len()),
-                    Lang::En => format!("The {} waiting longest are listed.", failed.len()),
+                    Lang::Zh => format!("仅列出卡住的与最新的共 {} 笔。", failed.len()),
+                    Lang::En => format!(
+                        "The stuck ones and the newest, {} in all, are listed.",
+                        failed.len()
+                    ),
                 })
             )
         } else {

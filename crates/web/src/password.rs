@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use axum::http::StatusCode;
 use tokio::sync::Semaphore;
 use zeroize::Zeroize;
 
@@ -172,23 +171,7 @@ async fn on_turn_within<T: Send + 'static>(
     wait: Duration,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    let busy = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "too many sign-ins at once; retry shortly",
-        )
-    };
-    let turn = tokio::time::timeout(wait, TURNS.acquire())
-        .await
-        .map_err(|_| busy())?
-        .map_err(|_| busy())?;
-    tokio::task::spawn_blocking(move || {
-        let _turn = turn;
-        f()
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("password hash: {e}")))
+    crate::turns::on_turn_within(&TURNS, wait, "too many sign-ins at once; retry shortly", f).await
 }
 
 #[cfg(test)]
@@ -196,6 +179,7 @@ mod tests {
     use super::*;
     use argon2::PasswordHasher;
     use argon2::password_hash::PasswordVerifier;
+    use axum::http::StatusCode;
 
     #[test]
     fn a_hash_that_gets_no_turn_in_time_is_answered_busy() {

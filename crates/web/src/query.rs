@@ -211,23 +211,13 @@ async fn in_turn_within<T: Send + 'static>(
     wait: std::time::Duration,
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let busy = || {
-        ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "too many searches at once; retry shortly",
-        )
-    };
-    let turn = tokio::time::timeout(wait, SEARCHES.acquire())
-        .await
-        .map_err(|_| busy())?
-        .map_err(|_| busy())?;
-    tokio::task::spawn_blocking(move || {
-        let _turn = turn;
-        work()
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("search: {e}")))?
+    crate::turns::on_turn_within(
+        &SEARCHES,
+        wait,
+        "too many searches at once; retry shortly",
+        work,
+    )
+    .await?
 }
 
 /// Searches the transactions the principal may see, newest first, a page at a time.
