@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use paycrypto::hex;
 use paycrypto::{
-    ClearPinBlock, DesKey, Field62Keys, Key, KeyAlgorithm, KeyScheme, MacAlgorithm, PanDigits,
-    Sm4Key, mac, pin, unwrap_field62,
+    ClearPinBlock, DesKey, Field62Keys, Key, KeyAlgorithm, KeyScheme, MAC_LEN, MacAlgorithm,
+    PanDigits, Sm4Key, mac, pin, unwrap_field62,
 };
 use zeroize::Zeroizing;
 
@@ -63,7 +63,8 @@ pub struct MacArgs {
     /// File holding the MAC input as hex.
     #[arg(long)]
     pub data_file: Option<String>,
-    /// MAC received in field 64 (hex): compare and exit non-zero on mismatch.
+    /// MAC received in field 64, as 16 hex digits (or, for cup-ecb and sm4, the 8 characters
+    /// of its ASCII form): compare and exit non-zero on mismatch.
     #[arg(long)]
     pub expect: Option<String>,
 }
@@ -192,14 +193,16 @@ fn mac_cmd(args: &MacArgs) -> Result<String, Report> {
     };
     let given = given_or_line(&args.key, "--key")?;
     let key = parse_key(family, &given).map_err(|err| format!("--key: {err}"))?;
-    let data_text = match (&args.data, &args.data_file) {
-        (Some(data), _) => data.clone(),
-        (None, Some(path)) => {
-            std::fs::read_to_string(path).map_err(|err| format!("cannot read {path}: {err}"))?
-        }
+    // An error in the data names the option it came from: a file's is not `--data`'s.
+    let (data_text, source) = match (&args.data, &args.data_file) {
+        (Some(data), _) => (data.clone(), "--data".to_owned()),
+        (None, Some(path)) => (
+            std::fs::read_to_string(path).map_err(|err| format!("cannot read {path}: {err}"))?,
+            format!("--data-file {path}"),
+        ),
         (None, None) => return Err("give --data or --data-file".into()),
     };
-    let data = hex::decode(&compact(&data_text)).map_err(|err| format!("--data: {err}"))?;
+    let data = hex::decode(&compact(&data_text)).map_err(|err| format!("{source}: {err}"))?;
     let mac = mac::compute(args.alg, &key, &data)?;
     let block = match args.alg {
         MacAlgorithm::CupEcb | MacAlgorithm::X919 => 8,
@@ -232,7 +235,16 @@ fn mac_cmd(args: &MacArgs) -> Result<String, Report> {
     let Some(expect) = &args.expect else {
         return Ok(out);
     };
-    let expected = hex::decode(&compact(expect)).map_err(|err| format!("--expect: {err}"))?;
+    let expected = match expected_mac(args.alg, expect) {
+        Ok(expected) => expected,
+        // The MAC computed is still shown: it is what the operator compares by eye next.
+        Err(error) => {
+            return Err(Report {
+                text: out,
+                error: error.into(),
+            });
+        }
+    };
     let verdict = mac::verify(args.alg, &key, &data, &expected);
     writeln!(
         out,
@@ -258,6 +270,34 @@ fn mac_cmd(args: &MacArgs) -> Result<String, Report> {
             })
         }
     }
+}
+
+/// The MAC `--expect` gives: 16 hex digits (field 64's 8 bytes, as `iso decode` shows them), or
+/// for cup-ecb and sm4, whose MAC is 8 ASCII hex characters, those characters as this command
+/// shows them (`(ASCII "7D9C6E41")`). Its length is checked before anything is compared: read
+/// as hex, those 8 characters would make a 4-byte MAC, reported as a mismatch before its length.
+fn expected_mac(alg: MacAlgorithm, text: &str) -> Result<[u8; MAC_LEN], String> {
+    let text = compact(text);
+    let ascii = matches!(alg, MacAlgorithm::CupEcb | MacAlgorithm::Sm4);
+    let length = text.chars().count();
+    let bytes = if ascii && length == MAC_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // Upper case, as the MAC is written: `7d9c6e41` is the MAC shown as `7D9C6E41`.
+        text.to_ascii_uppercase().into_bytes()
+    } else if length == 2 * MAC_LEN {
+        hex::decode(&text).map_err(|err| format!("--expect: {err}"))?
+    } else {
+        let forms = if ascii {
+            "16 hex digits, or the 8 characters of its ASCII form"
+        } else {
+            "16 hex digits"
+        };
+        return Err(format!(
+            "--expect: a MAC is 8 bytes, given for {alg} as {forms}; this one is {length} \
+             characters"
+        ));
+    };
+    <[u8; MAC_LEN]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("--expect: a MAC is 8 bytes, this one is {}", bytes.len()))
 }
 
 /// CUP ECB and SM4 MACs are ASCII hex characters: show them as the terminal would.

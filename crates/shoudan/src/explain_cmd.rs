@@ -2,6 +2,7 @@
 //! and `shoudan card-info` (issuer, card type and contact channels of a card number, masked).
 
 use std::io::Read;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use domain::diagnosis::{self, Diagnosis, FailureKind, Lang, PayoutFailure, Subject, TABLE};
@@ -32,7 +33,8 @@ impl From<LangArg> for Lang {
 #[derive(clap::Args)]
 pub struct ExplainArgs {
     /// Response code (field 39, e.g. 51, A0), or a failure without a code (e.g. no-answer,
-    /// payout-account-frozen). `--list` shows them all.
+    /// payout-account-frozen). `--list` shows them all. A 2-character code not in the table gets
+    /// the advice for any refusal and exits 1.
     // Optional only for `--list` and `--rrn`.
     #[arg(required_unless_present_any = ["list", "rrn"], conflicts_with = "rrn")]
     code: Option<String>,
@@ -81,10 +83,14 @@ pub struct CardInfoArgs {
     bin_dir: Option<std::path::PathBuf>,
 }
 
-pub fn explain(args: ExplainArgs) -> CliResult {
+/// Exits 1 for a 2-character code the table does not hold: its advice is printed all the same
+/// (the payment did not go through, whatever the code), but a script or an operator learns that
+/// this code is not one shoudan knows.
+pub fn explain(args: ExplainArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let lang = Lang::from(args.lang);
     if args.list {
-        return list(args.json, lang);
+        list(args.json, lang)?;
+        return Ok(ExitCode::SUCCESS);
     }
     if let Some(rrn) = &args.rrn {
         let store: Arc<dyn Store> = match (&args.config, &args.database, &args.data_dir) {
@@ -102,7 +108,8 @@ pub fn explain(args: ExplainArgs) -> CliResult {
                 return Err("--rrn needs --data-dir, --config or --database".into());
             }
         };
-        return explain_rrn(rrn, store.as_ref(), args.json, lang);
+        explain_rrn(rrn, store.as_ref(), args.json, lang)?;
+        return Ok(ExitCode::SUCCESS);
     }
     let Some(input) = args.code else {
         return Err("give a response code or failure name (or --list)".into());
@@ -116,7 +123,11 @@ pub fn explain(args: ExplainArgs) -> CliResult {
     } else {
         print!("{}", diagnosis_text(&key, diagnosis, lang));
     }
-    Ok(())
+    if diagnosis.is_known() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(1))
+    }
 }
 
 /// `explain --rrn`: the journal opened read-only (a running demo or node may be writing it),
@@ -148,13 +159,40 @@ fn resolve(input: &str) -> Result<(String, &'static Diagnosis), Box<dyn std::err
     if let Some(kind) = PayoutFailure::from_key(&name) {
         return Ok((name, diagnosis::diagnose_payout(kind)));
     }
-    // Quoted with any card number in it masked: one pasted here by mistake stays hidden.
-    let shown = domain::mask_card_numbers(trimmed);
-    Err(format!(
-        "`{shown}` is neither a 2-character response code nor a known failure name \
-         (see `shoudan explain --list`)"
-    )
-    .into())
+    if quotable(trimmed) {
+        return Err(format!(
+            "`{trimmed}` is neither a 2-character response code nor a known failure name \
+             (see `shoudan explain --list`)"
+        )
+        .into());
+    }
+    Err(NOT_QUOTED.into())
+}
+
+/// The error for an argument that is not quoted back (see [`quotable`]).
+const NOT_QUOTED: &str = "the argument given is neither a 2-character response code nor a \
+                          known failure name; it is not repeated here, as it may be a card \
+                          number or a key (see `shoudan explain --list`)";
+
+/// Whether what the user typed may be quoted back in an error: it looks like a mistyped code or
+/// failure name (1 to 40 letters, digits, hyphens or underscores) and holds nothing a card
+/// number, track data or a key would (a run of 8 or more hex digits). Anything else was pasted
+/// here by mistake and is not repeated: masking card numbers would still show one that fails
+/// Luhn, the rest of a track after its card number, or a key.
+fn quotable(input: &str) -> bool {
+    const LEN_MAX: usize = 40;
+    const HEX_RUN_MAX: usize = 7;
+    let mut hex_run = 0;
+    !input.is_empty()
+        && input.len() <= LEN_MAX
+        && input.chars().all(|c| {
+            if c.is_ascii_hexdigit() {
+                hex_run += 1;
+            } else {
+                hex_run = 0;
+            }
+            (c.is_ascii_alphanumeric() || c == '-' || c == '_') && hex_run <= HEX_RUN_MAX
+        })
 }
 
 fn subject_kind(subject: &Subject) -> &'static str {

@@ -180,18 +180,96 @@ fn decode(args: DecodeArgs) -> CliResult {
             Message::decode(input)
         }
     };
+    let hinted = |err: DecodeError| format!("{err}{}", start_hint(&args, &bytes));
     let out = if args.no_frame || args.body {
-        let message = decode_message(message_input)?;
+        let message = decode_message(message_input).map_err(hinted)?;
         describe(None, None, &message)
     } else if args.no_length {
-        let frame = Frame::decode_unprefixed(&bytes)?;
+        let frame = Frame::decode_unprefixed(&bytes).map_err(hinted)?;
         describe(None, Some(&frame), &frame.message)
     } else {
-        let frame = Frame::decode(&bytes)?;
+        let frame = Frame::decode(&bytes).map_err(hinted)?;
         describe(Some(bytes.len() - 2), Some(&frame), &frame.message)
     };
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
+}
+
+/// Where a decode input starts, as the flags of `iso decode` say.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// The 2-byte length prefix (no flag).
+    LengthPrefix,
+    /// The TPDU (`--no-length`).
+    Tpdu,
+    /// The MTI (`--no-frame`).
+    Mti,
+    /// The MTI of a MAC input block (`--no-frame --mac-input`).
+    MacInput,
+}
+
+impl Start {
+    /// Tried in this order for a hint: a whole message before a MAC input block.
+    const ALL: [Start; 4] = [
+        Start::LengthPrefix,
+        Start::Tpdu,
+        Start::Mti,
+        Start::MacInput,
+    ];
+
+    /// What the flags ask for; `None` for `--body`, whose MTI is given apart. `--mac-input` is
+    /// read only with `--no-frame`: a MAC input block has no frame.
+    fn of(args: &DecodeArgs) -> Option<Start> {
+        match (args.body, args.no_frame, args.no_length, args.mac_input) {
+            (true, ..) => None,
+            (false, true, _, true) => Some(Start::MacInput),
+            (false, true, _, false) => Some(Start::Mti),
+            (false, false, true, _) => Some(Start::Tpdu),
+            (false, false, false, _) => Some(Start::LengthPrefix),
+        }
+    }
+
+    fn reads(self, bytes: &[u8]) -> bool {
+        match self {
+            Start::LengthPrefix => Frame::decode(bytes).is_ok(),
+            Start::Tpdu => Frame::decode_unprefixed(bytes).is_ok(),
+            Start::Mti => Message::decode(bytes).is_ok(),
+            Start::MacInput => Message::decode_mac_input(bytes).is_ok(),
+        }
+    }
+}
+
+/// A hint after a decode error when the input reads whole from another start than the flags
+/// said: a frame copied from a log without its length prefix (`--no-length`) and a MAC input
+/// block (`--no-frame --mac-input`) are the usual mix-ups, and their errors (a TPDU's first
+/// byte, a field 64 cut short) do not say so. Empty when no other start reads it.
+fn start_hint(args: &DecodeArgs, bytes: &[u8]) -> &'static str {
+    let Some(asked) = Start::of(args) else {
+        return "";
+    };
+    let Some(reads) = Start::ALL
+        .into_iter()
+        .find(|start| *start != asked && start.reads(bytes))
+    else {
+        return "";
+    };
+    match (reads, asked) {
+        (Start::LengthPrefix, Start::Tpdu) => " (starts at the length prefix? drop --no-length)",
+        (Start::LengthPrefix, Start::Mti) => " (starts at the length prefix? drop --no-frame)",
+        (Start::LengthPrefix, _) => {
+            " (starts at the length prefix? drop --no-frame and --mac-input)"
+        }
+        (Start::Tpdu, Start::LengthPrefix) => " (starts at the TPDU? try --no-length)",
+        (Start::Tpdu, _) => " (starts at the TPDU? try --no-length instead of --no-frame)",
+        (Start::Mti, Start::MacInput) => " (not a MAC input? drop --mac-input)",
+        (Start::Mti, Start::Tpdu) => " (starts at the MTI? try --no-frame instead of --no-length)",
+        (Start::Mti, _) => " (starts at the MTI? try --no-frame)",
+        (Start::MacInput, Start::Mti) => " (a MAC input? try --mac-input)",
+        (Start::MacInput, Start::Tpdu) => {
+            " (a MAC input? try --no-frame --mac-input instead of --no-length)"
+        }
+        (Start::MacInput, _) => " (a MAC input? try --no-frame --mac-input)",
+    }
 }
 
 fn describe(length: Option<usize>, frame: Option<&Frame<'_>>, m: &Message<'_>) -> Decoded {

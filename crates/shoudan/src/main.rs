@@ -35,6 +35,7 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
 /// A command's failure: printed as one line on stderr, exit code 2.
@@ -97,7 +98,10 @@ enum Command {
 
 fn main() -> ExitCode {
     quiet_on_closed_stdout();
-    let cli = Cli::parse();
+    let cli = match parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     // The services tell what they do; the one-shot commands only what went wrong.
     logging::init(match cli.command {
         Command::Demo(_) | Command::Serve(_) => tracing_subscriber::filter::LevelFilter::INFO,
@@ -106,7 +110,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Iso(cmd) => iso_cmd::run(cmd),
         Command::Crypto(cmd) => crypto_cmd::run(cmd),
-        Command::Explain(args) => explain_cmd::explain(args),
+        Command::Explain(args) => match explain_cmd::explain(args) {
+            Ok(code) => return code,
+            Err(err) => Err(err),
+        },
         Command::CardInfo(args) => explain_cmd::card_info(args),
         Command::Demo(args) => demo::run(args),
         Command::Serve(args) => serve::run(args),
@@ -145,6 +152,79 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line, or the exit code when it is not one to run: help and version on standard
+/// output with 0, as clap prints them; a usage error on standard error with 2, with the values
+/// typed hidden (see [`redact_values`]).
+fn parse_args() -> Result<Cli, ExitCode> {
+    let err = match Cli::try_parse() {
+        Ok(cli) => return Ok(cli),
+        Err(err) => err,
+    };
+    match err.kind() {
+        // Clap's own text (a command given without its subcommand gets its help, on standard
+        // error with 2): nothing typed is in it.
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // Standard output gone (`shoudan --help | head`): nothing more to tell anyone.
+            let _ = err.print();
+            Err(ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2)))
+        }
+        _ => {
+            eprint!("{}", redact_values(&err.render().to_string()));
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// What replaces a value hidden from a usage error.
+const REDACTED: &str = "<redacted>";
+
+/// A run of this many hex digits or more in a usage error is hidden.
+const REDACTED_RUN_MIN: usize = 8;
+
+/// A usage error with the values typed in it hidden. Clap quotes the argument it could not
+/// place, and one typed without its flag (`crypto kcv KEY`, `crypto pinblock --pin 1234 PAN`) is
+/// as likely a key or a card number as anything: a card number is masked (first 6 and last 4
+/// digits), and any other run of 8 or more hex digits (a key, a card number that fails Luhn,
+/// track data), groups split by single spaces, colons or hyphens included (`0123 4567 89AB`), is
+/// replaced by `<redacted>`. Clap's own words and flag names have no such run.
+fn redact_values(text: &str) -> String {
+    let masked = domain::mask_card_numbers(text);
+    let chars: Vec<char> = masked.chars().collect();
+    let mut out = String::with_capacity(masked.len());
+    let mut start = 0;
+    while let Some(&c) = chars.get(start) {
+        if !c.is_ascii_hexdigit() {
+            out.push(c);
+            start += 1;
+            continue;
+        }
+        // The run from here: hex digits, and a single separator between two of them.
+        let (mut end, mut digits, mut at) = (start, 0, start);
+        loop {
+            match chars.get(at) {
+                Some(c) if c.is_ascii_hexdigit() => {
+                    digits += 1;
+                    at += 1;
+                    end = at;
+                }
+                Some(' ' | ':' | '-') if chars.get(at + 1).is_some_and(char::is_ascii_hexdigit) => {
+                    at += 1;
+                }
+                _ => break,
+            }
+        }
+        if digits >= REDACTED_RUN_MIN {
+            out.push_str(REDACTED);
+        } else {
+            out.extend(chars.get(start..end).unwrap_or_default());
+        }
+        start = end;
+    }
+    out
+}
+
 /// `shoudan fixtures | head` closes our stdout early; `println!` then panics with a broken pipe.
 /// Rust ignores SIGPIPE and changing that needs `unsafe`, so the panic hook turns exactly that
 /// case into a quiet exit with the status a Unix tool killed by SIGPIPE has (141): not 0, which
@@ -164,4 +244,32 @@ fn quiet_on_closed_stdout() {
         }
         default_hook(info);
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_errors_keep_their_words_and_hide_the_values() {
+        // Clap's own words, flag names and short values stay.
+        let usage = "error: invalid value '1e-300' for '--rate <RATE>'\n\n\
+                     Usage: shoudan bench auth [OPTIONS] --data-dir <DATA_DIR>\n";
+        assert_eq!(redact_values(usage), usage);
+        // A card number is masked; a key, in one piece or in groups, is hidden whole.
+        assert_eq!(
+            redact_values("'6222020200112233446' '0123456789ABCDEF' '0123 4567:89ab-cdef'"),
+            "'622202*********3446' '<redacted>' '<redacted>'"
+        );
+        // A card number that fails Luhn, and what follows the card number on a track.
+        assert_eq!(
+            redact_values("'6222020200112233445' ';6222020200112233446=25121010000000000000?'"),
+            "'<redacted>' ';622202*********3446=<redacted>?'"
+        );
+        // Seven hex digits stay (a word, a short value); two separators in a row end a run.
+        assert_eq!(
+            redact_values("'1234567' 'a  bcdef0123'"),
+            "'1234567' 'a  <redacted>'"
+        );
+    }
 }

@@ -348,8 +348,11 @@ fn not_closed(date: &str, now_ms: i64) -> Option<String> {
 }
 
 pub fn settle(args: SettleArgs) -> CliResult {
-    if let Some(date) = settlement::dates::normalise(&args.date)
-        && !args.before_close
+    // Read before the journal is opened: a mistyped date is reported as one, not as whatever
+    // is wrong with the data directory.
+    let date = settlement::dates::normalise(&args.date)
+        .ok_or("--date: not a date (YYYY-MM-DD or YYYYMMDD)")?;
+    if !args.before_close
         && let Some(why) = not_closed(&date, SystemClock.now_ms())
     {
         return Err(why.into());
@@ -360,7 +363,7 @@ pub fn settle(args: SettleArgs) -> CliResult {
     let (report, revisited) = settle_date_and_recent_with(
         store.as_ref(),
         &directory,
-        &args.date,
+        &date,
         SystemClock.now_ms(),
         &deployment.clearing_config(),
     )?;
@@ -438,9 +441,15 @@ pub fn settle(args: SettleArgs) -> CliResult {
 /// Exit 1 when a run left payouts unsent for an account it could not unseal, or stuck on bank
 /// system errors for a day (findings for whoever schedules the run), 2 on an error.
 pub fn payouts(args: PayoutsArgs) -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
+    // Read before the journal is opened, as `settle`'s date is.
+    let run_day = args
+        .run
+        .as_deref()
+        .map(|day| settlement::dates::normalise(day).ok_or("--run: not a date (YYYY-MM-DD)"))
+        .transpose()?;
     let deployment = args.common.deployment()?;
     let store = deployment.store()?;
-    let run = match &args.run {
+    let run = match run_day {
         Some(day) => {
             let Deployment::Demo { dir, .. } = &deployment else {
                 return Err(
@@ -453,7 +462,6 @@ pub fn payouts(args: PayoutsArgs) -> Result<std::process::ExitCode, Box<dyn std:
             // The embedded simulated bank: accounts behave normally unless `sim-bank.json`
             // in the data directory says otherwise.
             let bank = sim_bank(dir)?;
-            let day = settlement::dates::normalise(day).ok_or("--run: not a date")?;
             // A run for a day still to come (a mistyped year) would pay through that day and
             // leave every run until then with nothing to pay. The latest sensible one is T+1
             // of the clearing date now open (a day ahead of the calendar after 23:00).

@@ -188,6 +188,109 @@ fn mac_mismatch_explains_and_exits_non_zero() {
     assert!(err.contains("expected cup-ecb, x919 or sm4"), "{err}");
 }
 
+/// `--expect` takes the 8 ASCII characters the command shows for cup-ecb and sm4 as well as the
+/// 16 hex digits of field 64, and a MAC of the wrong length is refused before any comparison.
+#[test]
+fn mac_expect_takes_the_ascii_form_and_checks_the_length_first() {
+    let data = "3D7F0E342DF4FC0739B2E65E7A4DBA8BA8";
+    let cup = [
+        "mac",
+        "--alg",
+        "cup-ecb",
+        "--key",
+        "6CC2ED15CEA1CB6F",
+        "--data",
+        data,
+    ];
+    for expect in ["7D9C6E41", "7d9c6e41", "3744394336453431"] {
+        let out = ok(&[&cup[..], &["--expect", expect]].concat());
+        assert!(out.contains("result:     MATCH"), "{expect}: {out}");
+        assert!(
+            out.contains("expected:   3744394336453431  (ASCII \"7D9C6E41\")"),
+            "{expect}: {out}"
+        );
+    }
+    let out = ok(&[
+        "mac",
+        "--alg",
+        "sm4",
+        "--key",
+        "05E0B0414B3964E79AE030B97E51E48B",
+        "--data",
+        data,
+        "--expect",
+        "8B4B46FF",
+    ]);
+    assert!(out.contains("result:     MATCH"), "{out}");
+    // The ASCII form of another MAC: a mismatch, as ever.
+    let (out, err) = fails(&[&cup[..], &["--expect", "7D9C6E42"]].concat());
+    assert!(out.contains("result:     MISMATCH"), "{out}");
+    assert_eq!(err.trim(), "error: MAC does not match");
+    // Wrong lengths: the MAC computed is shown, no verdict, and the error says what to give.
+    let (out, err) = fails(&[&cup[..], &["--expect", "7D9C6E4100"]].concat());
+    assert!(out.contains("MAC:        3744394336453431"), "{out}");
+    assert!(
+        !out.contains("MISMATCH") && !out.contains("expected:"),
+        "{out}"
+    );
+    assert_eq!(
+        err.trim(),
+        "error: --expect: a MAC is 8 bytes, given for cup-ecb as 16 hex digits, or the 8 \
+         characters of its ASCII form; this one is 10 characters"
+    );
+    // An X9.19 MAC is binary: 8 hex digits are half of one.
+    let (out, err) = fails(&[
+        "mac",
+        "--alg",
+        "x919",
+        "--key",
+        "6D8CBAE51E67C823",
+        "--data",
+        data,
+        "--expect",
+        "2CE291B7",
+    ]);
+    assert!(!out.contains("MISMATCH"), "{out}");
+    assert_eq!(
+        err.trim(),
+        "error: --expect: a MAC is 8 bytes, given for x919 as 16 hex digits; this one is 8 \
+         characters"
+    );
+}
+
+/// An error in the data of `--data-file` names that option and the file, not `--data`.
+#[test]
+fn a_bad_data_file_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mab.hex");
+    std::fs::write(&path, "3D7F0E342DF4FC0739B2E65E7A4DBA8BAZ\n").unwrap();
+    let path = path.to_str().unwrap();
+    let (_, err) = fails(&[
+        "mac",
+        "--alg",
+        "x919",
+        "--key",
+        "6D8CBAE51E67C823",
+        "--data-file",
+        path,
+    ]);
+    assert_eq!(
+        err.trim(),
+        format!("error: --data-file {path}: not a hex digit at position 33")
+    );
+    // Given inline, the same data is `--data`'s.
+    let (_, err) = fails(&[
+        "mac",
+        "--alg",
+        "x919",
+        "--key",
+        "6D8CBAE51E67C823",
+        "--data",
+        "3D7F0E342DF4FC0739B2E65E7A4DBA8BAZ",
+    ]);
+    assert_eq!(err.trim(), "error: --data: not a hex digit at position 33");
+}
+
 #[test]
 fn mac_over_a_sample_file() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -125,9 +125,18 @@ fn failures_without_a_code_and_payouts_explain_by_name() {
     assert_eq!(v["contact_issuer"], true);
 }
 
+/// A code the table does not hold gets the advice for any refusal, and exit 1: a script learns
+/// that the code is not known.
 #[test]
 fn unknown_codes_get_an_honest_answer() {
-    let v = json(&["explain", "X7", "--json", "--lang", "en"]);
+    let out = run(&["explain", "X7", "--json", "--lang", "en"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["code"], "X7");
     assert_eq!(v["known"], false);
     assert_eq!(v["kind"], "unknown_code");
@@ -137,8 +146,24 @@ fn unknown_codes_get_an_honest_answer() {
             .unwrap()
             .starts_with("Code X7 is not in shoudan's table")
     );
-    let text = stdout(&run(&["explain", "X7"]));
+    let out = run(&["explain", "X7"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("应答码 X7 不在 shoudan 的表中"), "{text}");
+}
+
+#[test]
+fn an_unknown_code_exits_1_with_the_advice_and_help_says_so() {
+    let out = run(&["explain", "ZZ", "--lang", "en"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("ZZ "), "{text}");
+    assert!(text.contains("Code ZZ is not in shoudan's table"), "{text}");
+    assert!(text.contains("Merchant steps:\n  1. "), "{text}");
+    // A known code still exits 0.
+    assert_eq!(run(&["explain", "51"]).status.code(), Some(0));
+    let help = stdout(&run(&["explain", "--help"]));
+    assert!(help.contains("exits 1"), "{help}");
 }
 
 #[test]
@@ -155,12 +180,46 @@ fn bad_explain_input_is_an_error() {
     let out = run(&["explain"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("<CODE>"));
-    // A card number pasted here by mistake is not printed back.
-    let out = run(&["explain", "6222020200112345679"]);
+    // A mistyped name is quoted back, to show what was looked up.
+    let out = run(&["explain", "no-anwser"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("622202*********5679"), "{stderr}");
-    assert!(!stderr.contains("6222020200112345679"), "{stderr}");
+    assert!(stderr.contains("`no-anwser` is neither"), "{stderr}");
+}
+
+/// A card number (one that fails Luhn too), track data or a key pasted here by mistake is not
+/// printed back, not even in part: the error says only that the argument is not a code.
+#[test]
+fn explain_never_repeats_a_card_number_track_or_key() {
+    for (input, secrets) in [
+        (
+            "6222020200112345679",
+            &["6222020200112345679", "622202"][..],
+        ),
+        ("6222020200112233445", &["6222020200112233445", "622202"]),
+        (
+            ";6222020200112233446=25121010000000000000?",
+            &["6222020200112233446", "622202", "2512101"],
+        ),
+        (
+            "0123456789ABCDEFFEDCBA9876543210",
+            &["0123456789", "FEDCBA98"],
+        ),
+        ("A1B2C3D4E5F6A7B8", &["A1B2C3D4"]),
+    ] {
+        let out = run(&["explain", input]);
+        assert_eq!(out.status.code(), Some(2), "{input}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("error: the argument given is neither"),
+            "{input}: {stderr}"
+        );
+        for secret in secrets {
+            assert!(!stderr.contains(secret), "{input}: {stderr}");
+            assert!(!stdout.contains(secret), "{input}: {stdout}");
+        }
+    }
 }
 
 #[test]

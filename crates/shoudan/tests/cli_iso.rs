@@ -178,7 +178,10 @@ fn response_body_and_mac_input_block() {
 
     let mab = sample("chfenix_0200_purchase_mab.hex");
     let err = fail(&["iso", "decode", "--no-frame", &mab], None);
-    assert_eq!(err, "error: field 64: truncated: 8 bytes needed, 0 left");
+    assert_eq!(
+        err,
+        "error: field 64: truncated: 8 bytes needed, 0 left (a MAC input? try --mac-input)"
+    );
     let (v, stdout) = decode(&["--no-frame", "--mac-input", &mab], None);
     assert_eq!(v["fields"]["52"], "<PIN block, 8 bytes>");
     assert!(!stdout.contains("3D87C8B8FA17C67C"), "PIN block leaked");
@@ -231,6 +234,48 @@ fn bad_input_is_a_one_line_error_with_exit_2() {
         Some("{\"mti\":\"0200\",\"tpdu\":\"6000000000\"}"),
     );
     assert!(err.contains("both"), "{err}");
+}
+
+/// An input that does not decode from where the flags say it starts, but does from another
+/// start, gets a hint naming the flags that read it: a frame without its length prefix and a
+/// MAC input block are the usual mix-ups, and their errors do not say so.
+#[test]
+fn decode_errors_hint_at_the_flags_that_read_the_input() {
+    let from_tpdu = sample("ajsgn_datetest_0400_reversal.hex");
+    let from_tpdu = from_tpdu.as_str();
+    let mab = sample("chfenix_0200_purchase_mab.hex");
+    let mab = mab.as_str();
+    let framed = sample("ajsgn_quickstart_0800_signin_request.hex");
+    let framed = framed.as_str();
+    for (args, expected) in [
+        (
+            &[from_tpdu][..],
+            "error: frame: length 24592 exceeds max 4096 (starts at the TPDU? try --no-length)",
+        ),
+        (
+            &["--no-frame", from_tpdu],
+            "error: field 7: not defined in this dialect \
+             (starts at the TPDU? try --no-length instead of --no-frame)",
+        ),
+        (
+            &[mab],
+            "error: frame: length prefix says 512 bytes, 94 follow \
+             (a MAC input? try --no-frame --mac-input)",
+        ),
+        (
+            &["--no-length", mab],
+            "error: TPDU: first byte 0x02, expected 0x60 \
+             (a MAC input? try --no-frame --mac-input instead of --no-length)",
+        ),
+        (
+            &["--no-length", framed],
+            "error: TPDU: first byte 0x00, expected 0x60 \
+             (starts at the length prefix? drop --no-length)",
+        ),
+    ] {
+        let all = [&["iso", "decode"][..], args].concat();
+        assert_eq!(fail(&all, None), expected, "{args:?}");
+    }
 }
 
 #[test]
