@@ -3242,6 +3242,66 @@ fn a_line_down_to_the_issuer_is_shoudans_91() {
     });
 }
 
+/// A payout event the payout tail cannot read (its payout's state one this node does not know,
+/// as a newer node might write) fails the poll, but not the journal's tail: a decline is still
+/// notified.
+#[test]
+fn an_unreadable_payout_does_not_stop_the_journals_notifications() {
+    use store::settlement::{PayoutEventRow, PayoutRow, PayoutState, SettlementRecord};
+    runtime().block_on(async {
+        let mut e = start().await;
+        let store = e.store();
+        let key = format!("{MID}:20261201");
+        store
+            .submit(vec![
+                Record::Settlement(SettlementRecord::NewPayout(PayoutRow {
+                    key: key.clone(),
+                    mid: MID.to_owned(),
+                    payout_date: "20261201".to_owned(),
+                    cutoff_date: "20261130".to_owned(),
+                    amount_fen: 12_345,
+                    state: PayoutState::Held,
+                    attempts: 1,
+                    next_attempt_ms: 0,
+                    account_version: 1,
+                    account_masked: "6222****2347".to_owned(),
+                    bank_reference: None,
+                    sent_to: None,
+                    failure: Some("payout-account-frozen".to_owned()),
+                    first_attempt_ms: None,
+                    created_at_ms: now(),
+                    updated_at_ms: now(),
+                })),
+                Record::Settlement(SettlementRecord::PayoutEvent(PayoutEventRow {
+                    id: 1,
+                    at_ms: now(),
+                    mid: MID.to_owned(),
+                    payout_key: key.clone(),
+                    kind: "failed".to_owned(),
+                    failure: Some("payout-account-frozen".to_owned()),
+                    detail: "account frozen".to_owned(),
+                })),
+            ])
+            .unwrap()
+            .await
+            .unwrap();
+        let journal = rusqlite::Connection::open(e.h.dir.path().join("s.db")).unwrap();
+        journal
+            .execute("UPDATE payouts SET state = 'parked' WHERE key = ?1", [&key])
+            .unwrap();
+        let (code, declined, _) = e.purchase(&e.card("insufficient_funds"), 700).await;
+        assert_eq!(code, "51");
+        let mut tailer = e.tailer();
+        assert!(tailer.poll_once().await.is_err(), "the payout was read");
+        let notified = store
+            .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+            .unwrap()
+            .iter()
+            .any(|o| o.event_type == "transaction.declined" && o.payload.contains(&declined));
+        assert!(notified, "the decline waited behind the payout");
+    });
+}
+
 /// The payout runs' failures reach their merchant's notifications: from the week before the
 /// tail's first reading on (older ones are not told as new, on any later poll either), each
 /// as its payout stands (one released since is no longer failed), and a poll bounded to one
