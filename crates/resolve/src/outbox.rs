@@ -458,7 +458,11 @@ impl Notifier {
         // the merchant's other events before this one's retry: they are put off with it, and
         // this one a moment behind them, so that they are tried first then (this event alone
         // hanging its receiver must not keep the others waiting for every one of its retries).
-        let deferred = state == "pending" && endpoint.is_some() && result.status.is_none();
+        // The attempt counts against them too (also when it was this one's last), so a
+        // receiver down for good fails them all together once the retries are spent, rather
+        // than two at a time while the rest wait untried.
+        let unanswered = endpoint.is_some() && result.status.is_none();
+        let deferred = state == "pending" && unanswered;
         let record = ResolveRecord::Delivery {
             log: DeliveryRow {
                 outbox_id: item.id,
@@ -478,14 +482,15 @@ impl Notifier {
             delivered_at_ms: delivered_at,
         };
         let mut records = vec![Record::Resolve(record)];
-        if deferred {
+        if unanswered {
             records.push(Record::Resolve(ResolveRecord::DeferMerchant {
                 mid: item.mid.clone(),
                 until_ms: next,
+                attempts_max,
             }));
         }
         self.store.submit(records)?.await?;
-        Ok(if deferred {
+        Ok(if unanswered {
             Attempted::Unanswered
         } else {
             Attempted::Done

@@ -2335,6 +2335,66 @@ fn an_event_its_receiver_hangs_on_does_not_hold_back_the_others() {
     });
 }
 
+/// A receiver down for good (its port closed): each attempt at one of the merchant's events
+/// counts against all of them, so all six are failed (and redrivable) after about
+/// `attempts_max` attempts in all, not two at a time while the rest wait untried.
+#[test]
+fn a_receiver_down_for_good_fails_its_merchants_events_together() {
+    runtime().block_on(async {
+        let e = start().await;
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        e.aim_webhooks(&format!("http://{addr}/hooks"), b"k").await;
+        let store = e.store();
+        for case in 7100..7106 {
+            let event = resolve::outbox::Event::case_updated(case, 1, "open", "x");
+            resolve::outbox::enqueue(store.as_ref(), MID, event, now())
+                .await
+                .unwrap();
+        }
+        let notifier = e.notifier_to_spawn(NotifierConfig {
+            timeout: Duration::from_millis(300),
+            backoff_first_ms: 50,
+            backoff_last_ms: 100,
+            attempts_max: 3,
+            destinations: resolve::webhook::Destinations::AnyAddress,
+            ..NotifierConfig::default()
+        });
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = notifier.spawn(Duration::from_millis(20), stop_rx);
+        let items = || {
+            store
+                .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+                .unwrap()
+                .into_iter()
+                .filter(|o| o.event_type == "case.updated")
+                .collect::<Vec<_>>()
+        };
+        let all_failed =
+            e.h.eventually(10, || {
+                let items = items();
+                items.len() == 6 && items.iter().all(|o| o.state == "failed")
+            })
+            .await;
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(all_failed, "{:#?}", items());
+        let tried: usize = items()
+            .iter()
+            .map(|o| store.webhook_deliveries(o.id).unwrap().len())
+            .sum();
+        // Three attempts in all (attempts_max), not three for each of the six.
+        assert!(
+            tried <= 3,
+            "{tried} attempts to reach a receiver that is gone"
+        );
+    });
+}
+
 #[test]
 fn webhooks_to_a_private_address_are_refused_by_default() {
     runtime().block_on(async {

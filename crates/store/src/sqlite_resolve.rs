@@ -191,12 +191,18 @@ pub(super) fn write(conn: &Connection, record: &ResolveRecord) -> Result<(), Sto
                 });
             }
         }
-        ResolveRecord::DeferMerchant { mid, until_ms } => {
+        ResolveRecord::DeferMerchant {
+            mid,
+            until_ms,
+            attempts_max,
+        } => {
             conn.prepare_cached(
-                "UPDATE outbox SET next_attempt_ms = ?2
+                "UPDATE outbox SET next_attempt_ms = ?2, attempts = attempts + 1,
+                 state = CASE WHEN attempts + 1 - attempts_base >= ?3 THEN 'failed'
+                 ELSE state END
                  WHERE mid = ?1 AND state = 'pending' AND next_attempt_ms < ?2",
             )?
-            .execute_any(params![mid, until_ms])?;
+            .execute_any(params![mid, until_ms, attempts_max])?;
         }
         ResolveRecord::Delivery {
             log,

@@ -568,6 +568,23 @@ fn notifications_page_back_from_the_newest(db: &Db) {
     claim().unwrap();
     assert_eq!(s.outbox_item(1).unwrap().unwrap().next_attempt_ms, 9_000);
     assert!(matches!(claim(), Err(store::StoreError::Constraint { .. })));
+    // A receiver that did not answer puts off "m"'s waiting items (not the claimed one, due
+    // later) with an attempt counted against each; one whose retries reach the limit fails.
+    s.submit(vec![Record::Resolve(ResolveRecord::DeferMerchant {
+        mid: "m".into(),
+        until_ms: 5_000,
+        attempts_max: 1,
+    })])
+    .unwrap()
+    .wait()
+    .unwrap();
+    let state = |id: i64| {
+        let o = s.outbox_item(id).unwrap().unwrap();
+        (o.state, o.attempts, o.next_attempt_ms)
+    };
+    assert_eq!(state(2), ("failed".to_owned(), 1, 5_000));
+    assert_eq!(state(1), ("pending".to_owned(), 0, 9_000));
+    assert_eq!(state(4), ("pending".to_owned(), 0, 1_004));
 }
 
 /// Cases come newest first, a page at a time, by merchant, open or not, state and kind; and
