@@ -486,6 +486,7 @@ impl Notifier {
             records.push(Record::Resolve(ResolveRecord::DeferMerchant {
                 mid: item.mid.clone(),
                 until_ms: next,
+                due_by_ms: started,
                 attempts_max,
             }));
         }
@@ -647,8 +648,8 @@ impl Notifier {
 enum Attempted {
     /// Another notifier had claimed it.
     NotClaimed,
-    /// Delivered, answered with an error (tried again later), or settled without a delivery
-    /// (no endpoint; failed for good).
+    /// Delivered, answered with an error (tried again later, or failed for good), or settled
+    /// without a delivery (no endpoint).
     Done,
     /// The receiver did not answer: tried again later, the merchant's other events with it.
     Unanswered,

@@ -176,19 +176,27 @@ const NOT_QUOTED: &str = "the argument given is neither a 2-character response c
 
 /// Whether what the user typed may be quoted back in an error: it looks like a mistyped code or
 /// failure name (1 to 40 letters, digits, hyphens or underscores) and holds nothing a card
-/// number, track data or a key would (a run of 8 or more hex digits). Anything else was pasted
-/// here by mistake and is not repeated: masking card numbers would still show one that fails
-/// Luhn, the rest of a track after its card number, or a key.
+/// number, PIN, track data or a key would: no card number (`mask_card_numbers` leaves it as it
+/// is), at most three digits in all (a code has two; a PIN four or more), and no run of 8 or
+/// more hex digits, hyphens and underscores not ending a run (a key typed in groups). Anything
+/// else was pasted here by mistake and is not repeated: masking card numbers would still show
+/// one that fails Luhn, the rest of a track after its card number, or a key.
 fn quotable(input: &str) -> bool {
     const LEN_MAX: usize = 40;
+    const DIGITS_MAX: usize = 3;
     const HEX_RUN_MAX: usize = 7;
     let mut hex_run = 0;
     !input.is_empty()
         && input.len() <= LEN_MAX
+        && input.chars().filter(char::is_ascii_digit).count() <= DIGITS_MAX
+        && matches!(
+            domain::mask_card_numbers(input),
+            std::borrow::Cow::Borrowed(_)
+        )
         && input.chars().all(|c| {
             if c.is_ascii_hexdigit() {
                 hex_run += 1;
-            } else {
+            } else if c != '-' && c != '_' {
                 hex_run = 0;
             }
             (c.is_ascii_alphanumeric() || c == '-' || c == '_') && hex_run <= HEX_RUN_MAX

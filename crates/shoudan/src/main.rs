@@ -171,10 +171,36 @@ fn parse_args() -> Result<Cli, ExitCode> {
             Err(ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2)))
         }
         _ => {
-            eprint!("{}", redact_values(&err.render().to_string()));
+            let mut text = err.render().to_string();
+            // What the user typed that clap quotes (an argument it could not place, a value it
+            // refused) is hidden whole: it may be a PIN, a card number or a key typed without
+            // its flag, or into the wrong one.
+            for typed in typed_values(&err) {
+                text = text.replace(&typed, REDACTED);
+            }
+            eprint!("{}", redact_values(&text));
             Err(ExitCode::from(2))
         }
     }
+}
+
+/// The values typed on the command line that clap's error `err` quotes: the argument it could
+/// not place (not a flag's name), or the value it refused.
+fn typed_values(err: &clap::Error) -> Vec<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let kind = match err.kind() {
+        ErrorKind::UnknownArgument => ContextKind::InvalidArg,
+        _ => ContextKind::InvalidValue,
+    };
+    let values = match err.get(kind) {
+        Some(ContextValue::String(value)) => vec![value.clone()],
+        Some(ContextValue::Strings(values)) => values.clone(),
+        _ => Vec::new(),
+    };
+    values
+        .into_iter()
+        .filter(|v| !v.is_empty() && !v.starts_with('-'))
+        .collect()
 }
 
 /// What replaces a value hidden from a usage error.

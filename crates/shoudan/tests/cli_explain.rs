@@ -206,6 +206,10 @@ fn explain_never_repeats_a_card_number_track_or_key() {
             &["0123456789", "FEDCBA98"],
         ),
         ("A1B2C3D4E5F6A7B8", &["A1B2C3D4"]),
+        // Grouped as people type them, and a PIN.
+        ("6222-0202-0011-2345-679", &["6222-0202", "2345-679"]),
+        ("0123-4567-89AB-CDEF", &["0123-4567", "89AB-CDEF"]),
+        ("123456", &["123456"]),
     ] {
         let out = run(&["explain", input]);
         assert_eq!(out.status.code(), Some(2), "{input}");

@@ -123,9 +123,13 @@ pub trait Store: Send + Sync + 'static {
     fn merchants(&self) -> Result<Vec<MerchantRow>, StoreError>;
     fn merchant(&self, mid: &str) -> Result<Option<MerchantRow>, StoreError>;
     fn terminals(&self) -> Result<Vec<TerminalRow>, StoreError>;
+    /// The terminals of merchant `mid`, by tid (migration 27's index).
+    fn terminals_of_merchant(&self, mid: &str) -> Result<Vec<TerminalRow>, StoreError>;
     fn terminal(&self, tid: &str) -> Result<Option<TerminalRow>, StoreError>;
     /// Every terminal's last reported software version and clock drift, by tid.
     fn terminal_health(&self) -> Result<Vec<TerminalHealthRow>, StoreError>;
+    /// The same, of merchant `mid`'s terminals only.
+    fn terminal_health_of_merchant(&self, mid: &str) -> Result<Vec<TerminalHealthRow>, StoreError>;
     fn txn(&self, id: i64) -> Result<Option<TxnRow>, StoreError>;
     /// All rows with this key (an original and its reversal share one).
     fn txns_by_key(&self, tid: &str, batch_no: u32, stan: u32) -> Result<Vec<TxnRow>, StoreError>;

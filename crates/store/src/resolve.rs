@@ -175,13 +175,15 @@ pub enum ResolveRecord {
     /// Puts off every pending event of merchant `mid` due before `until_ms` to then: its
     /// receiver did not answer, and its other events would only wait their timeouts too (and
     /// fill the notifier's reads, keeping other merchants' events from being read). The
-    /// attempt counts against each of them (their receiver was down for them too), and one
-    /// whose retries since its last redrive reach `attempts_max` is failed with it: a receiver
-    /// down for good fails the merchant's waiting events together, not one or two a retry
-    /// cycle while the rest wait untried.
+    /// attempt counts against each of them that was due when it began (at `due_by_ms`: their
+    /// receiver was down for them too; one put off already, by another node's attempt at the
+    /// same time, is not counted twice), and one whose retries since its last redrive reach
+    /// `attempts_max` is failed with it: a receiver down for good fails the merchant's waiting
+    /// events together, not one or two a retry cycle while the rest wait untried.
     DeferMerchant {
         mid: String,
         until_ms: i64,
+        due_by_ms: i64,
         attempts_max: u32,
     },
     /// A delivery attempt and the item's new state.

@@ -706,6 +706,15 @@ CREATE UNIQUE INDEX cases_refund_waiting ON cases (txn_id)
       AND COALESCE(refund_code, '') <> '00';
 ",
     },
+    Migration {
+        version: 27,
+        name: "terminals by merchant: a merchant's pages read its own terminals, not all of them",
+        // The portal's terminal and settlement pages read the merchant's terminals (and their
+        // health) at every view; an acquirer's hundred thousand terminals were read each time.
+        sql: "
+CREATE INDEX terminals_by_merchant ON terminals (mid, tid);
+",
+    },
 ];
 
 /// The newest schema version this build knows.

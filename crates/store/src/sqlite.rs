@@ -389,6 +389,16 @@ impl Store for SqliteStore {
         })
     }
 
+    fn terminals_of_merchant(&self, mid: &str) -> Result<Vec<TerminalRow>, StoreError> {
+        self.read(|conn| {
+            let sql =
+                format!("SELECT {TERMINAL_COLUMNS} FROM terminals WHERE mid = ?1 ORDER BY tid");
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map([mid], terminal_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     fn terminal(&self, tid: &str) -> Result<Option<TerminalRow>, StoreError> {
         self.read(|conn| {
             let sql = format!("SELECT {TERMINAL_COLUMNS} FROM terminals WHERE tid = ?1");
@@ -403,17 +413,20 @@ impl Store for SqliteStore {
                 "SELECT tid, application_type, software_version, sub_version, clock_drift_s,
                  seen_at_ms, fallbacks FROM terminal_health ORDER BY tid",
             )?;
-            let rows = statement.query_map([], |row| {
-                Ok(TerminalHealthRow {
-                    tid: row.get(0)?,
-                    application_type: row.get(1)?,
-                    software_version: row.get(2)?,
-                    sub_version: row.get(3)?,
-                    clock_drift_s: row.get(4)?,
-                    seen_at_ms: row.get(5)?,
-                    fallbacks: row.get(6)?,
-                })
-            })?;
+            let rows = statement.query_map([], terminal_health_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn terminal_health_of_merchant(&self, mid: &str) -> Result<Vec<TerminalHealthRow>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT h.tid, h.application_type, h.software_version, h.sub_version,
+                 h.clock_drift_s, h.seen_at_ms, h.fallbacks
+                 FROM terminals t JOIN terminal_health h ON h.tid = t.tid
+                 WHERE t.mid = ?1 ORDER BY h.tid",
+            )?;
+            let rows = statement.query_map([mid], terminal_health_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
@@ -1822,6 +1835,18 @@ fn merchant_from_row(r: &Row<'_>) -> rusqlite::Result<MerchantRow> {
         name: r.get(1)?,
         status: r.get(2)?,
         mcc: r.get(3)?,
+    })
+}
+
+fn terminal_health_from_row(row: &Row<'_>) -> rusqlite::Result<TerminalHealthRow> {
+    Ok(TerminalHealthRow {
+        tid: row.get(0)?,
+        application_type: row.get(1)?,
+        software_version: row.get(2)?,
+        sub_version: row.get(3)?,
+        clock_drift_s: row.get(4)?,
+        seen_at_ms: row.get(5)?,
+        fallbacks: row.get(6)?,
     })
 }
 

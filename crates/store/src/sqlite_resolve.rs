@@ -194,15 +194,17 @@ pub(super) fn write(conn: &Connection, record: &ResolveRecord) -> Result<(), Sto
         ResolveRecord::DeferMerchant {
             mid,
             until_ms,
+            due_by_ms,
             attempts_max,
         } => {
             conn.prepare_cached(
-                "UPDATE outbox SET next_attempt_ms = ?2, attempts = attempts + 1,
-                 state = CASE WHEN attempts + 1 - attempts_base >= ?3 THEN 'failed'
-                 ELSE state END
+                "UPDATE outbox SET next_attempt_ms = ?2,
+                 attempts = attempts + CASE WHEN next_attempt_ms <= ?4 THEN 1 ELSE 0 END,
+                 state = CASE WHEN next_attempt_ms <= ?4 AND attempts + 1 - attempts_base >= ?3
+                 THEN 'failed' ELSE state END
                  WHERE mid = ?1 AND state = 'pending' AND next_attempt_ms < ?2",
             )?
-            .execute_any(params![mid, until_ms, attempts_max])?;
+            .execute_any(params![mid, until_ms, attempts_max, due_by_ms])?;
         }
         ResolveRecord::Delivery {
             log,

@@ -503,6 +503,53 @@ fn terminal_health_round_trips(db: &Db) {
             .unwrap();
         assert_eq!(s.terminal_health().unwrap(), [row.clone()]);
     }
+    // By merchant: its own terminals and their health, none of another's.
+    let merchant = |mid: &str| {
+        Record::UpsertMerchant(store::MerchantRow {
+            mid: mid.into(),
+            name: "x".into(),
+            status: store::Status::Active,
+            mcc: "5812".into(),
+        })
+    };
+    let terminal = |tid: &str, mid: &str| {
+        Record::InsertTerminal(Box::new(store::TerminalRow {
+            tid: tid.into(),
+            mid: mid.into(),
+            tmk_wrapped: vec![1, 2, 3],
+            key_scheme: "003".into(),
+            mac_algorithm: "cup-ecb".into(),
+            status: store::Status::Active,
+            batch_no: 1,
+            last_sign_in_ms: None,
+            working_keys: None,
+        }))
+    };
+    let mut other = row.clone();
+    other.tid = "20000001".into();
+    s.submit(vec![
+        merchant("m1"),
+        merchant("m2"),
+        terminal("10000002", "m1"),
+        terminal("10000001", "m1"),
+        terminal("20000001", "m2"),
+        Record::TerminalHealth(other.clone()),
+    ])
+    .unwrap()
+    .wait()
+    .unwrap();
+    let tids = |mid: &str| -> Vec<String> {
+        s.terminals_of_merchant(mid)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.tid)
+            .collect()
+    };
+    assert_eq!(tids("m1"), ["10000001", "10000002"]);
+    assert_eq!(tids("m2"), ["20000001"]);
+    assert!(tids("m3").is_empty());
+    assert_eq!(s.terminal_health_of_merchant("m1").unwrap(), [row.clone()]);
+    assert_eq!(s.terminal_health_of_merchant("m2").unwrap(), [other]);
 }
 
 /// A merchant's notifications come newest first, a page at a time, and only its own; one is
@@ -570,9 +617,12 @@ fn notifications_page_back_from_the_newest(db: &Db) {
     assert!(matches!(claim(), Err(store::StoreError::Constraint { .. })));
     // A receiver that did not answer puts off "m"'s waiting items (not the claimed one, due
     // later) with an attempt counted against each; one whose retries reach the limit fails.
+    // Counted only against those due when the attempt began (3 was due after it: put off,
+    // not counted).
     s.submit(vec![Record::Resolve(ResolveRecord::DeferMerchant {
         mid: "m".into(),
         until_ms: 5_000,
+        due_by_ms: 1_002,
         attempts_max: 1,
     })])
     .unwrap()
@@ -583,6 +633,7 @@ fn notifications_page_back_from_the_newest(db: &Db) {
         (o.state, o.attempts, o.next_attempt_ms)
     };
     assert_eq!(state(2), ("failed".to_owned(), 1, 5_000));
+    assert_eq!(state(3), ("pending".to_owned(), 0, 5_000));
     assert_eq!(state(1), ("pending".to_owned(), 0, 9_000));
     assert_eq!(state(4), ("pending".to_owned(), 0, 1_004));
 }

@@ -733,7 +733,7 @@ impl Core {
         }
         let named = request.field60().ok().flatten().and_then(|f| f.batch);
         let Some(batch_no) = self.batch_at_sign_in(&terminal, named).await else {
-            tracing::warn!(tid = %terminal.tid, "cannot read the named batch's settlement at sign-in");
+            tracing::warn!(tid = %terminal.tid, "cannot read the terminal's batch at sign-in");
             return self.system_error(frame);
         };
         let issued = match self

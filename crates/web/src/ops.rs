@@ -323,10 +323,7 @@ pub fn terminal_batches_for(
     mid: Option<&str>,
 ) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::new();
-    for t in web.store.terminals()? {
-        if !who.sees(&t.mid) || mid.is_some_and(|m| m != t.mid) {
-            continue;
-        }
+    for t in crate::query::visible_terminals(web, who, mid)? {
         let first = t.batch_no.saturating_sub(TERMINAL_BATCHES_MAX - 1).max(1);
         for batch_no in (first..=t.batch_no).rev() {
             let Some(b) = web.store.batch_settlement(&t.tid, batch_no)? else {

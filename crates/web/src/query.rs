@@ -771,6 +771,20 @@ pub const CLOCK_DRIFT_MAX_S: i64 = 300;
 pub const FALLBACKS_REPEATED_MIN: u32 = 3;
 
 /// Health of every terminal the principal may see.
+/// The terminals `who` may see, of merchant `mid` when one is named: read by merchant then (a
+/// merchant's pages read its own terminals, not the acquirer's every one).
+pub fn visible_terminals(
+    web: &Web,
+    who: &Principal,
+    mid: Option<&str>,
+) -> Result<Vec<store::TerminalRow>, ApiError> {
+    let terminals = match mid {
+        Some(mid) => web.store.terminals_of_merchant(mid)?,
+        None => web.store.terminals()?,
+    };
+    Ok(terminals.into_iter().filter(|t| who.sees(&t.mid)).collect())
+}
+
 pub fn terminal_health(
     web: &Web,
     who: &Principal,
@@ -781,16 +795,13 @@ pub fn terminal_health(
     let from_ms = cst_day_start(now_ms) - (HEALTH_DAYS - 1) * MS_PER_DAY;
     let mut by_merchant: BTreeMap<String, BTreeMap<String, TerminalCounts>> = BTreeMap::new();
     let mut out = Vec::new();
-    let reported: BTreeMap<String, store::TerminalHealthRow> = web
-        .store
-        .terminal_health()?
-        .into_iter()
-        .map(|h| (h.tid.clone(), h))
-        .collect();
-    for t in web.store.terminals()? {
-        if !who.sees(&t.mid) || mid.as_deref().is_some_and(|m| m != t.mid) {
-            continue;
-        }
+    let reported = match mid.as_deref() {
+        Some(mid) => web.store.terminal_health_of_merchant(mid)?,
+        None => web.store.terminal_health()?,
+    };
+    let reported: BTreeMap<String, store::TerminalHealthRow> =
+        reported.into_iter().map(|h| (h.tid.clone(), h)).collect();
+    for t in visible_terminals(web, who, mid.as_deref())? {
         if !by_merchant.contains_key(&t.mid) {
             // The merchant's whole week, counted per terminal in the database.
             let mut counts: BTreeMap<String, TerminalCounts> = BTreeMap::new();
