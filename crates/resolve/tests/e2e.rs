@@ -1805,6 +1805,32 @@ fn the_tailer_gets_through_more_events_than_one_poll_reads() {
     });
 }
 
+/// Whether the merchant was told of the decline with RRN `rrn`.
+fn declined_notified(store: &dyn Store, rrn: &str) -> bool {
+    store
+        .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+        .unwrap()
+        .iter()
+        .any(|o| o.event_type == "transaction.declined" && o.payload.contains(rrn))
+}
+
+/// A decline like the one with RRN `like`, under trace `stan` and RRN `090000000{stan}`, its
+/// event stamped `at_ms`: the records another node (or a held-up write) would commit.
+async fn late_decline(store: &dyn Store, like: &str, stan: u32, at_ms: i64) -> Vec<Record> {
+    let mut late = store.txn_by_rrn(like).unwrap().unwrap();
+    late.id = i64::try_from(store.reserve("txn_id", 1).unwrap().await.unwrap()).unwrap();
+    late.rrn = Some(format!("0900000{stan:05}"));
+    late.stan = stan;
+    late.host_trace = Some(stan);
+    let event = Record::Event(EventRow {
+        txn_id: late.id,
+        at_ms,
+        kind: "declined".into(),
+        detail: "declined by the issuer: 51".into(),
+    });
+    vec![Record::InsertTxn(Box::new(late)), event]
+}
+
 /// Between full polls the tailer reads again only the last second before what it read: an
 /// event that reaches the journal later than that (stamped 5 s back, within the lag) is left to
 /// the next full poll, which reads from the cursor and notifies it.
@@ -1825,35 +1851,12 @@ fn an_event_that_lands_late_is_found_by_the_next_full_poll() {
             },
         );
         tailer.poll_once().await.unwrap();
-        let notified = |rrn: &str| {
-            store
-                .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
-                .unwrap()
-                .iter()
-                .any(|o| o.event_type == "transaction.declined" && o.payload.contains(rrn))
-        };
+        let notified = |rrn: &str| declined_notified(store.as_ref(), rrn);
         assert!(notified(&declined));
 
         // Another node's decline, its events committed late.
-        let mut late = store.txn_by_rrn(&declined).unwrap().unwrap();
-        late.id = i64::try_from(store.reserve("txn_id", 1).unwrap().await.unwrap()).unwrap();
-        late.rrn = Some("090000000777".into());
-        late.stan = 777;
-        late.host_trace = Some(777);
-        let late_id = late.id;
-        store
-            .submit(vec![
-                Record::InsertTxn(Box::new(late)),
-                Record::Event(EventRow {
-                    txn_id: late_id,
-                    at_ms: SystemClock.now_ms() - 5_000,
-                    kind: "declined".into(),
-                    detail: "declined by the issuer: 51".into(),
-                }),
-            ])
-            .unwrap()
-            .await
-            .unwrap();
+        let late = late_decline(store.as_ref(), &declined, 777, SystemClock.now_ms() - 5_000).await;
+        store.submit(late).unwrap().await.unwrap();
         // The two polls in between do not read back that far; the full one does.
         tailer.poll_once().await.unwrap();
         tailer.poll_once().await.unwrap();
@@ -1888,34 +1891,13 @@ fn an_event_held_in_the_write_queue_past_the_lag_is_still_notified() {
             },
         );
         tailer.poll_once().await.unwrap();
-        let notified = |rrn: &str| {
-            store
-                .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
-                .unwrap()
-                .iter()
-                .any(|o| o.event_type == "transaction.declined" && o.payload.contains(rrn))
-        };
+        let notified = |rrn: &str| declined_notified(store.as_ref(), rrn);
         assert!(notified(&declined));
 
-        let mut late = store.txn_by_rrn(&declined).unwrap().unwrap();
-        late.id = i64::try_from(store.reserve("txn_id", 1).unwrap().await.unwrap()).unwrap();
-        late.rrn = Some("090000000778".into());
-        late.stan = 778;
-        late.host_trace = Some(778);
-        let late_id = late.id;
+        let late = late_decline(store.as_ref(), &declined, 778, clock.now_ms()).await;
         let journal = rusqlite::Connection::open(e.h.dir.path().join("s.db")).unwrap();
         journal.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let landing = store
-            .submit(vec![
-                Record::InsertTxn(Box::new(late)),
-                Record::Event(EventRow {
-                    txn_id: late_id,
-                    at_ms: clock.now_ms(),
-                    kind: "declined".into(),
-                    detail: "declined by the issuer: 51".into(),
-                }),
-            ])
-            .unwrap();
+        let landing = store.submit(late).unwrap();
         // Fifteen seconds on (past the ten-second lag), a full poll while it is still queued.
         clock.shift_ms(15_000);
         let polled = tokio::spawn(async move {

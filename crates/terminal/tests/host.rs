@@ -105,6 +105,21 @@ async fn serve(mut stream: TcpStream) {
     }
 }
 
+/// A terminal of the test's host at `addr`, giving up on an answer after `timeout`.
+fn config(addr: SocketAddr, timeout: Duration) -> TerminalConfig {
+    TerminalConfig {
+        addr,
+        tid: "10000001".into(),
+        mid: "898110048990001".into(),
+        tmk: Key::from_hex(KeyAlgorithm::Des, TMK).unwrap(),
+        scheme: KeyScheme::Double,
+        mac: MacAlgorithm::CupEcb,
+        batch: 1,
+        next_stan: 1,
+        timeout,
+    }
+}
+
 fn purchase(amount: u64) -> Request {
     Request {
         txn: TxnType::Purchase,
@@ -128,19 +143,9 @@ fn a_late_answer_does_not_answer_the_next_request_and_an_unmaced_approval_is_ref
     runtime.block_on(async {
         let connections = Arc::new(AtomicUsize::new(0));
         let addr = host(Arc::clone(&connections)).await;
-        let mut t = Terminal::connect(TerminalConfig {
-            addr,
-            tid: "10000001".into(),
-            mid: "898110048990001".into(),
-            tmk: Key::from_hex(KeyAlgorithm::Des, TMK).unwrap(),
-            scheme: KeyScheme::Double,
-            mac: MacAlgorithm::CupEcb,
-            batch: 1,
-            next_stan: 1,
-            timeout: Duration::from_millis(150),
-        })
-        .await
-        .unwrap();
+        let mut t = Terminal::connect(config(addr, Duration::from_millis(150)))
+            .await
+            .unwrap();
         assert!(t.sign_in().await.unwrap().approved());
         assert!(t.transact(&purchase(500)).await.unwrap().approved());
         // No answer in time: the terminal gives up; its reversal goes out on a new
@@ -172,19 +177,9 @@ fn a_sign_in_whose_keys_fail_their_check_leaves_no_keys_behind() {
         .unwrap();
     runtime.block_on(async {
         let addr = host(Arc::new(AtomicUsize::new(0))).await;
-        let mut t = Terminal::connect(TerminalConfig {
-            addr,
-            tid: "10000001".into(),
-            mid: "898110048990001".into(),
-            tmk: Key::from_hex(KeyAlgorithm::Des, TMK).unwrap(),
-            scheme: KeyScheme::Double,
-            mac: MacAlgorithm::CupEcb,
-            batch: 1,
-            next_stan: 1,
-            timeout: Duration::from_secs(5),
-        })
-        .await
-        .unwrap();
+        let mut t = Terminal::connect(config(addr, Duration::from_secs(5)))
+            .await
+            .unwrap();
         assert!(t.sign_in().await.unwrap().approved());
         let mut with_expiry = purchase(700);
         with_expiry.card.expiry = Some("3012".into());

@@ -204,18 +204,11 @@ static SEARCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SEAR
 /// meanwhile. Answered 503 `busy` after [`SEARCH_WAIT`] without a turn.
 pub async fn search_in_turn(web: &Web, who: &Principal, q: &TxnQuery) -> Result<TxnPage, ApiError> {
     let (web, who, q) = (web.clone(), who.clone(), q.clone());
-    in_turn_within(SEARCH_WAIT, move || search(&web, &who, &q)).await
-}
-
-async fn in_turn_within<T: Send + 'static>(
-    wait: std::time::Duration,
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
     crate::turns::on_turn_within(
         &SEARCHES,
-        wait,
+        SEARCH_WAIT,
         "too many searches at once; retry shortly",
-        work,
+        move || search(&web, &who, &q),
     )
     .await?
 }
@@ -770,7 +763,6 @@ pub const CLOCK_DRIFT_MAX_S: i64 = 300;
 /// (the diagnosis KB's repeated-fallback case); one or two are a damaged chip now and then.
 pub const FALLBACKS_REPEATED_MIN: u32 = 3;
 
-/// Health of every terminal the principal may see.
 /// The terminals `who` may see, of merchant `mid` when one is named: read by merchant then (a
 /// merchant's pages read its own terminals, not the acquirer's every one).
 pub fn visible_terminals(
@@ -785,6 +777,7 @@ pub fn visible_terminals(
     Ok(terminals.into_iter().filter(|t| who.sees(&t.mid)).collect())
 }
 
+/// Health of every terminal the principal may see.
 pub fn terminal_health(
     web: &Web,
     who: &Principal,
@@ -930,46 +923,6 @@ pub fn terminal_health(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Searches held on their turns keep a third waiting, then busy; the runtime's one worker
-    /// is not held by them (a plain task runs meanwhile), and a turn given back is taken.
-    #[test]
-    fn searches_run_in_turn_off_the_runtimes_workers() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let release = std::sync::Arc::new(std::sync::Barrier::new(SEARCHES_AT_ONCE + 1));
-            let mut held = Vec::new();
-            for _ in 0..SEARCHES_AT_ONCE {
-                let release = std::sync::Arc::clone(&release);
-                held.push(tokio::spawn(in_turn_within(SEARCH_WAIT, move || {
-                    release.wait();
-                    Ok(())
-                })));
-            }
-            while SEARCHES.available_permits() > 0 {
-                tokio::task::yield_now().await;
-            }
-            // The one worker is free while both searches run.
-            assert_eq!(tokio::spawn(async { 7 }).await.unwrap(), 7);
-            let waited = in_turn_within(std::time::Duration::from_millis(50), || Ok(())).await;
-            let error = waited.unwrap_err();
-            assert_eq!(
-                (error.status, error.code),
-                (axum::http::StatusCode::SERVICE_UNAVAILABLE, "busy")
-            );
-            tokio::task::spawn_blocking(move || release.wait())
-                .await
-                .unwrap();
-            for h in held {
-                h.await.unwrap().unwrap();
-            }
-            assert_eq!(in_turn_within(SEARCH_WAIT, || Ok(3)).await.unwrap(), 3);
-        });
-    }
 
     #[test]
     fn dates_round_trip_in_china_time() {
