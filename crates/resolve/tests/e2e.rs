@@ -15,6 +15,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -2556,6 +2557,139 @@ fn the_background_notifier_serves_others_while_one_receiver_hangs() {
             .unwrap()
             .unwrap();
         assert_eq!(connected.load(std::sync::atomic::Ordering::SeqCst), at_stop);
+    });
+}
+
+/// A receiver on its own port that answers 200 to every request `delay` after reading it, many
+/// at once: how many requests it has had, and the most it held at one time.
+async fn slow_receiver(
+    delay: Duration,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let now = Arc::new(AtomicUsize::new(0));
+    let (counted, held, holding) = (Arc::clone(&seen), Arc::clone(&most), now);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (counted, held, holding) = (
+                Arc::clone(&counted),
+                Arc::clone(&held),
+                Arc::clone(&holding),
+            );
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body_end = loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..i]).to_string();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    break i + 4 + length;
+                };
+                while buf.len() < body_end {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                counted.fetch_add(1, SeqCst);
+                let at_once = holding.fetch_add(1, SeqCst) + 1;
+                held.fetch_max(at_once, SeqCst);
+                tokio::time::sleep(delay).await;
+                holding.fetch_sub(1, SeqCst);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (addr, seen, most)
+}
+
+/// One vendor's host holding as many merchants' receivers as the notifier serves at once, all
+/// answering (200) but a second late, every merchant with a backlog: they take
+/// `MERCHANTS_PER_RECEIVER_HOST` places at a time, not every one, and another merchant's event
+/// goes out at once rather than after their backlogs.
+#[test]
+fn one_slow_vendors_receivers_cannot_take_every_place() {
+    use std::sync::atomic::Ordering::SeqCst;
+    runtime().block_on(async {
+        let mut e = start().await;
+        let good = receiver(200).await;
+        e.aim_webhooks(&format!("http://{}/hooks", good.addr), b"k")
+            .await;
+        let (vendor, seen, most) = slow_receiver(Duration::from_secs(1)).await;
+        let store = e.store();
+        for n in 0..resolve::outbox::MERCHANTS_AT_ONCE {
+            let mid = format!("8981100595{n:05}");
+            resolve::outbox::set_endpoint(
+                store.as_ref(),
+                e.h.hsm.as_ref(),
+                &mid,
+                &format!("http://{vendor}/hooks/{n}"),
+                b"k",
+                resolve::webhook::Destinations::AnyAddress,
+            )
+            .await
+            .unwrap();
+            for case in 0..8 {
+                let first = 10_000 * (i64::try_from(n).unwrap() + 1);
+                let event = resolve::outbox::Event::case_updated(first + case, 1, "open", "x");
+                resolve::outbox::enqueue(store.as_ref(), &mid, event, now())
+                    .await
+                    .unwrap();
+            }
+        }
+        let notifier = e.notifier_to_spawn(NotifierConfig {
+            timeout: Duration::from_secs(3),
+            destinations: resolve::webhook::Destinations::AnyAddress,
+            ..NotifierConfig::default()
+        });
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = notifier.spawn(Duration::from_millis(50), stop_rx);
+        let vendor_busy = Arc::clone(&seen);
+        assert!(
+            e.h.eventually(5, || vendor_busy.load(SeqCst)
+                >= resolve::outbox::MERCHANTS_PER_RECEIVER_HOST)
+                .await,
+            "the vendor was never asked"
+        );
+        let enqueued = tokio::time::Instant::now();
+        e.decline_for_notification(100).await;
+        let got = Arc::clone(&good.got);
+        assert!(
+            e.h.eventually(10, || got.lock().unwrap().len() == 1).await,
+            "never delivered"
+        );
+        let took = enqueued.elapsed();
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(took < Duration::from_millis(1_500), "{took:?}");
+        assert_eq!(
+            most.load(SeqCst),
+            resolve::outbox::MERCHANTS_PER_RECEIVER_HOST
+        );
     });
 }
 
