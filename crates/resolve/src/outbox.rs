@@ -6,7 +6,7 @@
 //! The switch knows nothing of this: the tailer reads the journal's timeline events behind it,
 //! so a slow or failing merchant endpoint never touches authorisation.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -300,9 +300,6 @@ pub const ATTEMPTS_MAX: u32 = 32;
 pub const MERCHANTS_AT_ONCE: usize = 16;
 /// Events of one merchant one pass attempts, one after the other.
 pub const PER_MERCHANT_PER_PASS: usize = 8;
-/// Merchants served at the same time whose receivers are on one host (one vendor hosting many
-/// merchants' receivers): a slow vendor takes this many of the places, not every one.
-pub const MERCHANTS_PER_RECEIVER_HOST: usize = 4;
 /// A claimed attempt is another notifier's to take over this long after its POST's timeout
 /// (the claiming node died mid-attempt).
 const CLAIM_MARGIN_MS: i64 = 30_000;
@@ -551,7 +548,7 @@ impl Notifier {
     pub fn spawn(self, interval: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
         let notifier = Arc::new(self);
         tokio::spawn(async move {
-            let serving: Arc<Mutex<Places>> = Arc::default();
+            let serving: Arc<Mutex<HashSet<String>>> = Arc::default();
             let mut running = tokio::task::JoinSet::new();
             loop {
                 while let Some(done) = running.try_join_next() {
@@ -596,11 +593,7 @@ impl Notifier {
     }
 
     /// One pass of [`Self::spawn`]'s: a task per merchant with due events that is not in
-    /// `serving`, while fewer than [`MERCHANTS_AT_ONCE`] are, and fewer than
-    /// [`MERCHANTS_PER_RECEIVER_HOST`] whose receivers are on its receiver's host: receivers
-    /// that answer, but slowly, keep their merchants' places for every event of a turn, and
-    /// one vendor's (hosting many merchants' receivers, back from an outage with every
-    /// merchant's backlog due) would otherwise hold them all.
+    /// `serving`, while fewer than [`MERCHANTS_AT_ONCE`] are.
     ///
     /// A merchant whose receiver does not answer an attempt at all (down, unreachable,
     /// hanging) ends its turn there, its other events put off to that one's retry
@@ -610,42 +603,22 @@ impl Notifier {
     /// an error for one event, is asked for the others.
     fn start_due(
         self: &Arc<Self>,
-        serving: &Arc<Mutex<Places>>,
+        serving: &Arc<Mutex<HashSet<String>>>,
         running: &mut tokio::task::JoinSet<()>,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), ResolveError> {
-        let room = MERCHANTS_AT_ONCE.saturating_sub(lock(serving).merchants.len());
+        let room = MERCHANTS_AT_ONCE.saturating_sub(lock(serving).len());
         if room == 0 {
             return Ok(());
         }
         for (mid, items) in self.due_by_merchant()? {
-            {
-                let places = lock(serving);
-                if places.merchants.len() >= MERCHANTS_AT_ONCE || places.merchants.contains(&mid) {
-                    continue;
-                }
-            }
-            // Unreadable, or no endpoint: no host to share (the attempt says what is wrong).
-            let host = off_runtime(|| self.store.webhook_endpoint(&mid))
-                .ok()
-                .flatten()
-                .and_then(|e| receiver_host(&e.url));
-            {
-                let mut places = lock(serving);
-                if let Some(host) = &host {
-                    let on_host = places.hosts.get(host).copied().unwrap_or(0);
-                    if on_host >= MERCHANTS_PER_RECEIVER_HOST {
-                        continue;
-                    }
-                    places.hosts.insert(host.clone(), on_host + 1);
-                }
-                places.merchants.insert(mid.clone());
+            if lock(serving).len() >= MERCHANTS_AT_ONCE || !lock(serving).insert(mid.clone()) {
+                continue;
             }
             let notifier = Arc::clone(self);
             let served = Served {
                 serving: Arc::clone(serving),
                 mid,
-                host,
             };
             let stop = stop.clone();
             running.spawn(async move {
@@ -682,47 +655,16 @@ enum Attempted {
     Unanswered,
 }
 
-/// The merchants [`Notifier::spawn`]'s loop is serving, and how many of them have their
-/// receiver on each host.
-#[derive(Default)]
-struct Places {
-    merchants: HashSet<String>,
-    hosts: HashMap<String, usize>,
-}
-
 /// A merchant being served by [`Notifier::spawn`]'s loop: let go when its task ends, however.
 struct Served {
-    serving: Arc<Mutex<Places>>,
+    serving: Arc<Mutex<HashSet<String>>>,
     mid: String,
-    /// Its receiver's host, counted in `serving`'s hosts.
-    host: Option<String>,
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        let mut places = lock(&self.serving);
-        places.merchants.remove(&self.mid);
-        if let Some(host) = &self.host
-            && let Some(count) = places.hosts.get_mut(host)
-        {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                places.hosts.remove(host);
-            }
-        }
+        lock(&self.serving).remove(&self.mid);
     }
-}
-
-/// The host (and port) of a receiver's URL, lower-cased: what merchants whose receivers one
-/// vendor hosts share.
-fn receiver_host(url: &str) -> Option<String> {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?', '#']).next()?;
-    // Credentials before an `@` are no part of the host.
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1222,24 +1164,7 @@ pub fn spawn_background(
 
 #[cfg(test)]
 mod tests {
-    use super::{NotifierConfig, receiver_host};
-
-    /// Merchants share a receiver's host by its host and port, whatever the path, case or
-    /// credentials.
-    #[test]
-    fn a_receivers_host_is_its_host_and_port() {
-        let host = |url| receiver_host(url);
-        assert_eq!(
-            host("http://Hooks.Vendor.example/m/1"),
-            Some("hooks.vendor.example".into())
-        );
-        assert_eq!(
-            host("http://user:pw@hooks.vendor.example:8443?x=1"),
-            Some("hooks.vendor.example:8443".into())
-        );
-        assert_eq!(host("http://[::1]:9000/h"), Some("[::1]:9000".into()));
-        assert_eq!(host("http:///nohost"), None);
-    }
+    use super::NotifierConfig;
 
     /// By default an event is tried for about half a day before it is given up (a receiver
     /// down for a deployment, or a night, gets its events), the waits soon an hour apart.
