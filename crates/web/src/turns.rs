@@ -11,9 +11,9 @@ use crate::error::ApiError;
 
 /// Runs `work` on a blocking thread once one of `turns` is free; answered 503 `busy` with
 /// `busy` as its message when none frees within `wait`. The turn is held by the blocking work
-/// itself, so a caller that goes away does not free it early. A panic in `work` is logged and
-/// answered as an internal error, its words kept out of both (they may quote what the work
-/// read).
+/// itself, so a caller that goes away does not free it early. A panic in `work` is answered as
+/// an internal error without its words (they may quote what the work read), and logged as no
+/// more than that it panicked (the process's panic hook still prints the panic itself).
 pub(crate) async fn on_turn_within<T: Send + 'static>(
     turns: &'static Semaphore,
     wait: Duration,
@@ -91,7 +91,7 @@ mod tests {
                 h.await.unwrap().unwrap();
             }
             assert_eq!(on_turn_within(&TURNS, wait, "busy", || 3).await.unwrap(), 3);
-            // A panic in the work is an internal error whose words stay in the log.
+            // A panic in the work is an internal error whose words are not in the answer.
             let error = on_turn_within(&TURNS, wait, "busy", || panic!("card 6222020200112233446"))
                 .await
                 .unwrap_err();
