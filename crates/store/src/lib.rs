@@ -443,6 +443,9 @@ pub trait Store: Send + Sync + 'static {
     fn web_user(&self, id: i64) -> Result<Option<web::UserRow>, StoreError>;
     fn web_user_by_name(&self, username: &str) -> Result<Option<web::UserRow>, StoreError>;
     fn web_users(&self) -> Result<Vec<web::UserRow>, StoreError>;
+    /// The usernames of the acquirer's staff (every role but merchant), by id: what a merchant
+    /// sees as "acquirer staff" on its cases.
+    fn web_staff_usernames(&self) -> Result<Vec<String>, StoreError>;
     /// The wrong passwords in a row of `user_id` (at most one row), or of every user that has
     /// some when `None`.
     fn web_login_failures(

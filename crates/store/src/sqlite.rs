@@ -869,6 +869,9 @@ impl Store for SqliteStore {
     fn web_users(&self) -> Result<Vec<crate::web::UserRow>, StoreError> {
         self.web_users_all()
     }
+    fn web_staff_usernames(&self) -> Result<Vec<String>, StoreError> {
+        self.web_staff_usernames_all()
+    }
     fn web_login_failures(
         &self,
         user_id: Option<i64>,

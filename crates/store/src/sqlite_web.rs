@@ -235,6 +235,16 @@ impl SqliteStore {
         })
     }
 
+    pub(super) fn web_staff_usernames_all(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT username FROM web_users WHERE role <> 'merchant' ORDER BY id",
+            )?;
+            let rows = statement.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     /// The wrong passwords in a row of `user_id`, or of every user that has some.
     pub(super) fn web_login_failures_of(
         &self,

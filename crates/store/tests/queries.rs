@@ -400,6 +400,25 @@ fn web_area_round_trips(db: &Db) {
         .unwrap()
         .wait()
         .unwrap();
+    // The staff's usernames alone: not a merchant's user.
+    let mut merchant_user = s.web_user(1).unwrap().unwrap();
+    merchant_user.id = 3;
+    merchant_user.username = "teahouse".into();
+    merchant_user.role = Role::Merchant;
+    merchant_user.mid = Some("m".into());
+    s.submit(vec![
+        Record::UpsertMerchant(store::MerchantRow {
+            mid: "m".into(),
+            name: "x".into(),
+            status: store::Status::Active,
+            mcc: "5812".into(),
+        }),
+        Record::Web(WebRecord::UpsertUser(merchant_user)),
+    ])
+    .unwrap()
+    .wait()
+    .unwrap();
+    assert_eq!(s.web_staff_usernames().unwrap(), ["operator", "other"]);
     let failed = |user_id: i64, at_ms: i64| {
         Record::Web(WebRecord::LoginFailed {
             user_id,

@@ -500,13 +500,8 @@ impl NamesShown {
         if who.is_staff() {
             return Ok(NamesShown { staff: None });
         }
-        let staff = web
-            .store
-            .web_users()?
-            .into_iter()
-            .filter(|u| u.role != Role::Merchant)
-            .map(|u| u.username)
-            .collect();
+        // The staff alone, not every merchant's users with them.
+        let staff = web.store.web_staff_usernames()?.into_iter().collect();
         Ok(NamesShown { staff: Some(staff) })
     }
 
