@@ -108,7 +108,9 @@ pub async fn apply(
                 status: state.status(),
                 mcc: qualification.mcc.clone(),
             }),
-            Record::Risk(RiskRecord::Profile(profile.clone())),
+            // Insert-only: an application racing another (or an approval) read "no such
+            // merchant" too; all three records fail together rather than write over it.
+            Record::Risk(RiskRecord::NewProfile(profile.clone())),
             Record::Risk(RiskRecord::Review(MerchantReviewRow {
                 mid: mid.to_owned(),
                 at_ms: actor.now_ms,

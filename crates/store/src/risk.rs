@@ -119,6 +119,10 @@ pub struct RiskAlertRow {
 pub enum RiskRecord {
     /// Inserts or replaces a merchant's profile.
     Profile(MerchantProfileRow),
+    /// Inserts a new merchant's profile; fails (a constraint error) when the merchant has one
+    /// already: two applications read "no such merchant" at once, and the later must not write
+    /// over the first (nor over an approval made meanwhile).
+    NewProfile(MerchantProfileRow),
     /// Appends to a merchant's review history.
     Review(MerchantReviewRow),
     /// Inserts an alert with its transactions.

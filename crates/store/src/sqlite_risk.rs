@@ -63,6 +63,25 @@ pub(super) fn write(conn: &Connection, record: &RiskRecord) -> Result<(), StoreE
                 p.note,
             ])?;
         }
+        RiskRecord::NewProfile(p) => {
+            conn.prepare_cached(
+                "INSERT INTO merchant_profiles (mid, state, licence_no, legal_person, mcc, address,
+                 applied_at_ms, reviewed_by, reviewed_at_ms, note)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                p.mid,
+                p.state,
+                p.licence_no,
+                p.legal_person,
+                p.mcc,
+                p.address,
+                p.applied_at_ms,
+                p.reviewed_by,
+                p.reviewed_at_ms,
+                p.note,
+            ])?;
+        }
         RiskRecord::Review(r) => {
             conn.prepare_cached(
                 "INSERT INTO merchant_reviews (mid, at_ms, operator, action, from_state, to_state,

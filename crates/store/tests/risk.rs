@@ -88,6 +88,32 @@ async fn profiles_reviews_alerts_round_trip(db: &Db) {
     assert_eq!(store.merchant_profile("M1").unwrap(), Some(profile.clone()));
     assert_eq!(store.merchant_profile("M2").unwrap(), None);
     assert_eq!(store.merchant_reviews("M1").unwrap().len(), 1);
+    // A second application's insert-only profile (it read "no such merchant" before the first
+    // was written) fails, and with it the records beside it; the first stands.
+    let mut later = profile.clone();
+    later.licence_no = "other".into();
+    let refused = store
+        .submit(vec![
+            merchant("M1"),
+            Record::Risk(RiskRecord::NewProfile(later)),
+            Record::Risk(RiskRecord::Review(MerchantReviewRow {
+                mid: "M1".into(),
+                at_ms: 6,
+                operator: "bob".into(),
+                action: "apply".into(),
+                from_state: None,
+                to_state: MerchantState::Applied,
+                note: String::new(),
+            })),
+        ])
+        .unwrap()
+        .await;
+    assert!(
+        matches!(refused, Err(store::StoreError::Constraint { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(store.merchant_profile("M1").unwrap(), Some(profile.clone()));
+    assert_eq!(store.merchant_reviews("M1").unwrap().len(), 1);
 
     store
         .submit(vec![
