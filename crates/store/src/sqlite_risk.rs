@@ -37,51 +37,45 @@ macro_rules! sql_text_enum {
 
 sql_text_enum!(MerchantState, AlertAction, AlertState);
 
+/// Writes merchant profile `p`: over the one there when `replace`, else only where the
+/// merchant has none (a constraint error when it has).
+fn write_profile(
+    conn: &Connection,
+    p: &MerchantProfileRow,
+    replace: bool,
+) -> Result<(), StoreError> {
+    const INSERT: &str = "INSERT INTO merchant_profiles (mid, state, licence_no, legal_person,
+         mcc, address, applied_at_ms, reviewed_by, reviewed_at_ms, note)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+    const REPLACE: &str = " ON CONFLICT (mid) DO UPDATE SET state = excluded.state,
+         licence_no = excluded.licence_no, legal_person = excluded.legal_person,
+         mcc = excluded.mcc, address = excluded.address,
+         applied_at_ms = excluded.applied_at_ms, reviewed_by = excluded.reviewed_by,
+         reviewed_at_ms = excluded.reviewed_at_ms, note = excluded.note";
+    let sql = if replace {
+        format!("{INSERT}{REPLACE}")
+    } else {
+        INSERT.to_owned()
+    };
+    conn.prepare_cached(&sql)?.execute_any(params![
+        p.mid,
+        p.state,
+        p.licence_no,
+        p.legal_person,
+        p.mcc,
+        p.address,
+        p.applied_at_ms,
+        p.reviewed_by,
+        p.reviewed_at_ms,
+        p.note,
+    ])?;
+    Ok(())
+}
+
 pub(super) fn write(conn: &Connection, record: &RiskRecord) -> Result<(), StoreError> {
     match record {
-        RiskRecord::Profile(p) => {
-            conn.prepare_cached(
-                "INSERT INTO merchant_profiles (mid, state, licence_no, legal_person, mcc, address,
-                 applied_at_ms, reviewed_by, reviewed_at_ms, note)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                 ON CONFLICT (mid) DO UPDATE SET state = excluded.state,
-                 licence_no = excluded.licence_no, legal_person = excluded.legal_person,
-                 mcc = excluded.mcc, address = excluded.address,
-                 applied_at_ms = excluded.applied_at_ms, reviewed_by = excluded.reviewed_by,
-                 reviewed_at_ms = excluded.reviewed_at_ms, note = excluded.note",
-            )?
-            .execute_any(params![
-                p.mid,
-                p.state,
-                p.licence_no,
-                p.legal_person,
-                p.mcc,
-                p.address,
-                p.applied_at_ms,
-                p.reviewed_by,
-                p.reviewed_at_ms,
-                p.note,
-            ])?;
-        }
-        RiskRecord::NewProfile(p) => {
-            conn.prepare_cached(
-                "INSERT INTO merchant_profiles (mid, state, licence_no, legal_person, mcc, address,
-                 applied_at_ms, reviewed_by, reviewed_at_ms, note)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                p.mid,
-                p.state,
-                p.licence_no,
-                p.legal_person,
-                p.mcc,
-                p.address,
-                p.applied_at_ms,
-                p.reviewed_by,
-                p.reviewed_at_ms,
-                p.note,
-            ])?;
-        }
+        RiskRecord::Profile(p) => write_profile(conn, p, true)?,
+        RiskRecord::NewProfile(p) => write_profile(conn, p, false)?,
         RiskRecord::Review(r) => {
             conn.prepare_cached(
                 "INSERT INTO merchant_reviews (mid, at_ms, operator, action, from_state, to_state,
