@@ -2277,6 +2277,30 @@ async fn receiver_hanging_on(hang_on: &'static str) -> Receiver {
     Receiver { addr, got }
 }
 
+/// A notifier delivering in the background (`Notifier::spawn`) until stopped.
+struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// `notifier`'s loop, a pass every `every`.
+    fn start(notifier: Notifier, every: Duration) -> Running {
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = notifier.spawn(every, stop_rx);
+        Running { stop, task }
+    }
+
+    /// Stops the loop and waits (5 s at most) for the attempts under way to end.
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
 /// One event its receiver never answers (the oldest of three) does not keep the merchant's
 /// others waiting for its retries: they are tried first at its retry time, and delivered.
 #[test]
@@ -2300,8 +2324,7 @@ fn an_event_its_receiver_hangs_on_does_not_hold_back_the_others() {
             destinations: resolve::webhook::Destinations::AnyAddress,
             ..NotifierConfig::default()
         });
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = notifier.spawn(Duration::from_millis(50), stop_rx);
+        let running = Running::start(notifier, Duration::from_millis(50));
         let got = Arc::clone(&hanging.got);
         assert!(
             e.h.eventually(5, || got.lock().unwrap().len() == 2).await,
@@ -2309,11 +2332,7 @@ fn an_event_its_receiver_hangs_on_does_not_hold_back_the_others() {
             got.lock().unwrap()
         );
         assert!(got.lock().unwrap().iter().all(|(_, b)| !b.contains("7000")));
-        stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        running.stop().await;
     });
 }
 
@@ -2343,8 +2362,7 @@ fn a_receiver_down_for_good_fails_its_merchants_events_together() {
             destinations: resolve::webhook::Destinations::AnyAddress,
             ..NotifierConfig::default()
         });
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = notifier.spawn(Duration::from_millis(20), stop_rx);
+        let running = Running::start(notifier, Duration::from_millis(20));
         let items = || {
             store
                 .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
@@ -2359,11 +2377,7 @@ fn a_receiver_down_for_good_fails_its_merchants_events_together() {
                 items.len() == 6 && items.iter().all(|o| o.state == "failed")
             })
             .await;
-        stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        running.stop().await;
         assert!(all_failed, "{:#?}", items());
         let tried: usize = items()
             .iter()
@@ -2529,8 +2543,7 @@ fn the_background_notifier_serves_others_while_one_receiver_hangs() {
             destinations: resolve::webhook::Destinations::AnyAddress,
             ..NotifierConfig::default()
         });
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = notifier.spawn(Duration::from_millis(50), stop_rx);
+        let running = Running::start(notifier, Duration::from_millis(50));
         let waiting = Arc::clone(&connected);
         assert!(
             e.h.eventually(5, || waiting.load(std::sync::atomic::Ordering::SeqCst) > 0)
@@ -2550,11 +2563,7 @@ fn the_background_notifier_serves_others_while_one_receiver_hangs() {
         // Stopping: the attempt under way ends, no other is begun (an aborted one would be
         // made again when its claim lapses: a duplicate for the receiver).
         let at_stop = connected.load(std::sync::atomic::Ordering::SeqCst);
-        stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        running.stop().await;
         assert_eq!(connected.load(std::sync::atomic::Ordering::SeqCst), at_stop);
     });
 }
@@ -2580,8 +2589,7 @@ fn receivers_that_hang_cannot_keep_every_place_taken() {
             destinations: resolve::webhook::Destinations::AnyAddress,
             ..NotifierConfig::default()
         });
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = notifier.spawn(Duration::from_millis(50), stop_rx);
+        let running = Running::start(notifier, Duration::from_millis(50));
         let all_tried = tried.clone();
         assert!(
             e.h.eventually(5, || all_tried
@@ -2605,11 +2613,7 @@ fn receivers_that_hang_cannot_keep_every_place_taken() {
         let took = enqueued.elapsed();
         // One timeout (2 s) and a pass, not the eight timeouts of each backlog.
         assert!(took < Duration::from_secs(4), "{took:?}");
-        stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        running.stop().await;
     });
 }
 
