@@ -6,7 +6,7 @@
 //! The switch knows nothing of this: the tailer reads the journal's timeline events behind it,
 //! so a slow or failing merchant endpoint never touches authorisation.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -300,6 +300,14 @@ pub const ATTEMPTS_MAX: u32 = 32;
 pub const MERCHANTS_AT_ONCE: usize = 16;
 /// Events of one merchant one pass attempts, one after the other.
 pub const PER_MERCHANT_PER_PASS: usize = 8;
+/// Merchants served at the same time whose receivers are on one host and port (one vendor
+/// hosting many merchants' receivers): a slow vendor takes this many of the places, not every
+/// one.
+pub const MERCHANTS_PER_RECEIVER_HOST: usize = 4;
+/// Merchants with due events one pass reads, the longest waiting first: many more than it
+/// serves at once, so that those of a host already at its share are passed over for the ones
+/// behind them.
+pub const DUE_MERCHANTS_READ: u32 = 1_024;
 /// A claimed attempt is another notifier's to take over this long after its POST's timeout
 /// (the claiming node died mid-attempt).
 const CLAIM_MARGIN_MS: i64 = 30_000;
@@ -357,15 +365,24 @@ impl Notifier {
     /// up only its own events. Each attempt is claimed first (`ClaimDelivery`): with several
     /// nodes, one of them makes it. Returns the number of attempts made.
     pub async fn deliver_due(self: &Arc<Self>) -> Result<usize, ResolveError> {
-        let mut merchants = self.due_by_merchant()?.into_iter();
+        let mut merchants = self.due_merchants()?.into_iter();
+        let mut budget = usize::try_from(self.config.batch_max).unwrap_or(usize::MAX);
         let mut running = tokio::task::JoinSet::new();
         let mut attempts = 0;
         let mut failure = None;
         loop {
-            while running.len() < MERCHANTS_AT_ONCE {
-                let Some((_, items)) = merchants.next() else {
+            while running.len() < MERCHANTS_AT_ONCE && budget > 0 && failure.is_none() {
+                let Some(mid) = merchants.next() else {
                     break;
                 };
+                let items = match self.due_of(&mid, budget) {
+                    Ok(items) => items,
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                };
+                budget = budget.saturating_sub(items.len());
                 let notifier = Arc::clone(self);
                 running.spawn(async move {
                     let mut made = 0;
@@ -548,7 +565,7 @@ impl Notifier {
     pub fn spawn(self, interval: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
         let notifier = Arc::new(self);
         tokio::spawn(async move {
-            let serving: Arc<Mutex<HashSet<String>>> = Arc::default();
+            let serving: Arc<Mutex<Places>> = Arc::default();
             let mut running = tokio::task::JoinSet::new();
             loop {
                 while let Some(done) = running.try_join_next() {
@@ -577,23 +594,47 @@ impl Notifier {
         })
     }
 
-    /// The events due now, by merchant, in the order read: every merchant's oldest first (see
-    /// `Store::outbox_due`), at most [`PER_MERCHANT_PER_PASS`] each.
-    fn due_by_merchant(&self) -> Result<Vec<(String, Vec<OutboxRow>)>, ResolveError> {
+    /// The merchants with events due now, the one whose first has waited longest first, at
+    /// most [`DUE_MERCHANTS_READ`].
+    fn due_merchants(&self) -> Result<Vec<String>, ResolveError> {
         // Off the runtime's workers (the switch's, under `serve`): a large backlog makes this
         // read long.
-        let due = off_runtime(|| {
-            self.store.outbox_due(
-                self.clock.now_ms(),
-                self.config.batch_max,
-                u32::try_from(PER_MERCHANT_PER_PASS).unwrap_or(u32::MAX),
-            )
-        })?;
-        Ok(by_merchant(due))
+        Ok(off_runtime(|| {
+            self.store
+                .outbox_due_merchants(self.clock.now_ms(), DUE_MERCHANTS_READ)
+        })?)
+    }
+
+    /// Merchant `mid`'s events due now, soonest due first, at most `budget` and at most
+    /// [`PER_MERCHANT_PER_PASS`].
+    fn due_of(&self, mid: &str, budget: usize) -> Result<Vec<OutboxRow>, ResolveError> {
+        let limit = u32::try_from(budget.min(PER_MERCHANT_PER_PASS)).unwrap_or(0);
+        Ok(off_runtime(|| {
+            self.store
+                .outbox_due_of_merchant(mid, self.clock.now_ms(), limit)
+        })?)
+    }
+
+    /// The host and port of `mid`'s receiver, the host lower-cased: what merchants whose
+    /// receivers one vendor hosts share. `None` without a readable endpoint (the attempt then
+    /// says what is wrong).
+    fn receiver_host(&self, mid: &str) -> Option<String> {
+        let endpoint = off_runtime(|| self.store.webhook_endpoint(mid)).ok()??;
+        let target = Endpoint::parse(&endpoint.url)?;
+        Some(format!(
+            "{}:{}",
+            target.host.to_ascii_lowercase(),
+            target.port
+        ))
     }
 
     /// One pass of [`Self::spawn`]'s: a task per merchant with due events that is not in
-    /// `serving`, while fewer than [`MERCHANTS_AT_ONCE`] are.
+    /// `serving`, while fewer than [`MERCHANTS_AT_ONCE`] are, and fewer than
+    /// [`MERCHANTS_PER_RECEIVER_HOST`] whose receivers are on its receiver's host and port:
+    /// receivers that answer, but slowly, keep their merchants' places for every event of a
+    /// turn, and one vendor's (hosting many merchants' receivers, back from an outage with
+    /// every merchant's backlog due) would otherwise hold them all. The merchants of a host at
+    /// its share are passed over for the ones read behind them (up to [`DUE_MERCHANTS_READ`]).
     ///
     /// A merchant whose receiver does not answer an attempt at all (down, unreachable,
     /// hanging) ends its turn there, its other events put off to that one's retry
@@ -603,22 +644,48 @@ impl Notifier {
     /// an error for one event, is asked for the others.
     fn start_due(
         self: &Arc<Self>,
-        serving: &Arc<Mutex<HashSet<String>>>,
+        serving: &Arc<Mutex<Places>>,
         running: &mut tokio::task::JoinSet<()>,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), ResolveError> {
-        let room = MERCHANTS_AT_ONCE.saturating_sub(lock(serving).len());
-        if room == 0 {
+        if lock(serving).merchants.len() >= MERCHANTS_AT_ONCE {
             return Ok(());
         }
-        for (mid, items) in self.due_by_merchant()? {
-            if lock(serving).len() >= MERCHANTS_AT_ONCE || !lock(serving).insert(mid.clone()) {
+        let mut budget = usize::try_from(self.config.batch_max).unwrap_or(usize::MAX);
+        // Only this loop adds to `serving` (a task's end takes its merchant out): what is
+        // checked here holds until the merchant is added below.
+        for mid in self.due_merchants()? {
+            if budget == 0 || lock(serving).merchants.len() >= MERCHANTS_AT_ONCE {
+                break;
+            }
+            if lock(serving).merchants.contains(&mid) {
                 continue;
+            }
+            let host = self.receiver_host(&mid);
+            if let Some(host) = &host
+                && lock(serving).hosts.get(host).copied().unwrap_or(0)
+                    >= MERCHANTS_PER_RECEIVER_HOST
+            {
+                continue;
+            }
+            let items = self.due_of(&mid, budget)?;
+            if items.is_empty() {
+                // Taken by another node since the read.
+                continue;
+            }
+            budget = budget.saturating_sub(items.len());
+            {
+                let mut places = lock(serving);
+                places.merchants.insert(mid.clone());
+                if let Some(host) = &host {
+                    *places.hosts.entry(host.clone()).or_default() += 1;
+                }
             }
             let notifier = Arc::clone(self);
             let served = Served {
                 serving: Arc::clone(serving),
                 mid,
+                host,
             };
             let stop = stop.clone();
             running.spawn(async move {
@@ -655,15 +722,34 @@ enum Attempted {
     Unanswered,
 }
 
+/// The merchants [`Notifier::spawn`]'s loop is serving, and how many of them have their
+/// receiver on each host and port.
+#[derive(Default)]
+struct Places {
+    merchants: HashSet<String>,
+    hosts: HashMap<String, usize>,
+}
+
 /// A merchant being served by [`Notifier::spawn`]'s loop: let go when its task ends, however.
 struct Served {
-    serving: Arc<Mutex<HashSet<String>>>,
+    serving: Arc<Mutex<Places>>,
     mid: String,
+    /// Its receiver's host and port, counted in `serving`'s hosts.
+    host: Option<String>,
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        lock(&self.serving).remove(&self.mid);
+        let mut places = lock(&self.serving);
+        places.merchants.remove(&self.mid);
+        if let Some(host) = &self.host
+            && let Some(count) = places.hosts.get_mut(host)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                places.hosts.remove(host);
+            }
+        }
     }
 }
 
@@ -671,19 +757,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Due events by merchant, in the order read, at most [`PER_MERCHANT_PER_PASS`] each.
-fn by_merchant(due: Vec<OutboxRow>) -> Vec<(String, Vec<OutboxRow>)> {
-    let mut by_merchant: Vec<(String, Vec<OutboxRow>)> = Vec::new();
-    for item in due {
-        match by_merchant.iter_mut().find(|(mid, _)| *mid == item.mid) {
-            Some((_, items)) if items.len() >= PER_MERCHANT_PER_PASS => {}
-            Some((_, items)) => items.push(item),
-            None => by_merchant.push((item.mid.clone(), vec![item])),
-        }
-    }
-    by_merchant
 }
 
 /// How the tailer reads the journal.

@@ -15,6 +15,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -2565,6 +2566,133 @@ fn the_background_notifier_serves_others_while_one_receiver_hangs() {
         let at_stop = connected.load(std::sync::atomic::Ordering::SeqCst);
         running.stop().await;
         assert_eq!(connected.load(std::sync::atomic::Ordering::SeqCst), at_stop);
+    });
+}
+
+/// A receiver on its own port that answers 200 to every request `delay` after reading it, many
+/// at once: how many requests it has had, and the most it held at one time.
+async fn slow_receiver(
+    delay: Duration,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let holding = Arc::new(AtomicUsize::new(0));
+    let (counted, held) = (Arc::clone(&seen), Arc::clone(&most));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (counted, held, holding) = (
+                Arc::clone(&counted),
+                Arc::clone(&held),
+                Arc::clone(&holding),
+            );
+            tokio::spawn(async move {
+                if read_http_request(&mut stream).await.is_none() {
+                    return;
+                }
+                counted.fetch_add(1, SeqCst);
+                let at_once = holding.fetch_add(1, SeqCst) + 1;
+                held.fetch_max(at_once, SeqCst);
+                tokio::time::sleep(delay).await;
+                holding.fetch_sub(1, SeqCst);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (addr, seen, most)
+}
+
+/// One HTTP request read whole (head and `Content-Length` body); `None` if the peer closed or
+/// failed first.
+async fn read_http_request(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= i + 4 + length {
+                return Some(buf);
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// One vendor's host holding more merchants' receivers than one pass's events (64), all
+/// answering (200) but 2 s late, every merchant with a backlog of 8: they take
+/// `MERCHANTS_PER_RECEIVER_HOST` places at a time, not every one, and another merchant's event,
+/// newer than all of theirs, goes out while their backlogs are still being delivered (which
+/// takes over two minutes at four at a time).
+#[test]
+fn one_slow_vendors_receivers_cannot_take_every_place() {
+    use std::sync::atomic::Ordering::SeqCst;
+    const VENDOR_MERCHANTS: usize = 70;
+    runtime().block_on(async {
+        let mut e = start().await;
+        let good = receiver(200).await;
+        e.aim_webhooks(&format!("http://{}/hooks", good.addr), b"k")
+            .await;
+        let (vendor, seen, most) = slow_receiver(Duration::from_secs(2)).await;
+        let store = e.store();
+        for n in 0..VENDOR_MERCHANTS {
+            let mid = format!("8981100595{n:05}");
+            resolve::outbox::set_endpoint(
+                store.as_ref(),
+                e.h.hsm.as_ref(),
+                &mid,
+                // One vendor: the path is no part of what they share.
+                &format!("http://{vendor}/hooks/{n}"),
+                b"k",
+                resolve::webhook::Destinations::AnyAddress,
+            )
+            .await
+            .unwrap();
+            for case in 0..8 {
+                let first = 10_000 * (i64::try_from(n).unwrap() + 1);
+                let event = resolve::outbox::Event::case_updated(first + case, 1, "open", "x");
+                resolve::outbox::enqueue(store.as_ref(), &mid, event, now())
+                    .await
+                    .unwrap();
+            }
+        }
+        let notifier = e.notifier_to_spawn(NotifierConfig {
+            timeout: Duration::from_secs(3),
+            destinations: resolve::webhook::Destinations::AnyAddress,
+            ..NotifierConfig::default()
+        });
+        let running = Running::start(notifier, Duration::from_millis(50));
+        let vendor_busy = Arc::clone(&seen);
+        assert!(
+            e.h.eventually(5, || vendor_busy.load(SeqCst)
+                >= resolve::outbox::MERCHANTS_PER_RECEIVER_HOST)
+                .await,
+            "the vendor was never asked"
+        );
+        e.decline_for_notification(100).await;
+        let got = Arc::clone(&good.got);
+        assert!(
+            e.h.eventually(10, || got.lock().unwrap().len() == 1).await,
+            "never delivered"
+        );
+        let vendor_done = seen.load(SeqCst);
+        running.stop().await;
+        assert!(vendor_done < VENDOR_MERCHANTS * 8, "{vendor_done}");
+        assert_eq!(
+            most.load(SeqCst),
+            resolve::outbox::MERCHANTS_PER_RECEIVER_HOST
+        );
     });
 }
 

@@ -249,15 +249,18 @@ pub trait Store: Send + Sync + 'static {
         &self,
         mid: &str,
     ) -> Result<Option<resolve::WebhookEndpointRow>, StoreError>;
-    /// Pending notifications due at `now_ms`, at most `limit` and at most `per_merchant` of one
-    /// merchant (its oldest): every merchant's oldest first, then every merchant's second, and
-    /// so on, so that no merchant's backlog (nor a few merchants') fills every pass and leaves
-    /// the others' events unread.
-    fn outbox_due(
+    /// The merchants with pending notifications due at `now_ms`, the one whose first is due
+    /// soonest first (then by merchant ID), at most `limit`: each merchant once, however long
+    /// its backlog, so that no merchant's backlog (nor a few merchants') fills the read and
+    /// leaves the others' events unread.
+    fn outbox_due_merchants(&self, now_ms: i64, limit: u32) -> Result<Vec<String>, StoreError>;
+    /// Merchant `mid`'s pending notifications due at `now_ms`, the soonest due first (then by
+    /// id), at most `limit`.
+    fn outbox_due_of_merchant(
         &self,
+        mid: &str,
         now_ms: i64,
         limit: u32,
-        per_merchant: u32,
     ) -> Result<Vec<resolve::OutboxRow>, StoreError>;
     /// A merchant's notifications with an id below `before_id` (from the newest when `None`),
     /// newest first, at most `limit` (and at most [`RESOLVE_ROWS_MAX`]).

@@ -715,6 +715,15 @@ CREATE UNIQUE INDEX cases_refund_waiting ON cases (txn_id)
 CREATE INDEX terminals_by_merchant ON terminals (mid, tid);
 ",
     },
+    Migration {
+        version: 28,
+        name: "a merchant's due notifications: read without its delivered ones",
+        // The notifier reads the due events of each merchant it serves; by (mid, id) alone
+        // that walked every event the merchant ever had.
+        sql: "
+CREATE INDEX outbox_mid_due ON outbox (mid, state, next_attempt_ms);
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -974,13 +974,16 @@ impl Store for SqliteStore {
     ) -> Result<Option<crate::resolve::WebhookEndpointRow>, StoreError> {
         self.resolve_endpoint(mid)
     }
-    fn outbox_due(
+    fn outbox_due_merchants(&self, now: i64, n: u32) -> Result<Vec<String>, StoreError> {
+        self.resolve_outbox_due_merchants(now, n)
+    }
+    fn outbox_due_of_merchant(
         &self,
+        mid: &str,
         now: i64,
         n: u32,
-        per_merchant: u32,
     ) -> Result<Vec<crate::resolve::OutboxRow>, StoreError> {
-        self.resolve_outbox_due(now, n, per_merchant)
+        self.resolve_outbox_due_of_merchant(mid, now, n)
     }
     fn outbox_of_merchant(
         &self,

@@ -604,21 +604,35 @@ impl SqliteStore {
         })
     }
 
-    pub(super) fn resolve_outbox_due(
+    pub(super) fn resolve_outbox_due_merchants(
         &self,
         now_ms: i64,
         limit: u32,
-        per_merchant: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        // The due range of the (state, next_attempt_ms) index, grouped.
+        let limit = limit.min(RESOLVE_ROWS_MAX);
+        self.rows(
+            "SELECT mid FROM outbox WHERE state = 'pending' AND next_attempt_ms <= ?1
+             GROUP BY mid ORDER BY MIN(next_attempt_ms), mid LIMIT ?2",
+            &[&now_ms, &limit],
+            |r| r.get(0),
+        )
+    }
+
+    pub(super) fn resolve_outbox_due_of_merchant(
+        &self,
+        mid: &str,
+        now_ms: i64,
+        limit: u32,
     ) -> Result<Vec<OutboxRow>, StoreError> {
+        // The (mid, state, next_attempt_ms) index: not the merchant's delivered events.
         let sql = format!(
-            "SELECT {OUTBOX_COLUMNS} FROM (
-                 SELECT {OUTBOX_COLUMNS}, ROW_NUMBER() OVER (
-                     PARTITION BY mid ORDER BY next_attempt_ms, id) AS nth
-                 FROM outbox WHERE state = 'pending' AND next_attempt_ms <= ?1) AS due
-             WHERE nth <= ?3 ORDER BY nth, next_attempt_ms, id LIMIT ?2"
+            "SELECT {OUTBOX_COLUMNS} FROM outbox
+             WHERE mid = ?1 AND state = 'pending' AND next_attempt_ms <= ?2
+             ORDER BY next_attempt_ms, id LIMIT ?3"
         );
         let limit = limit.min(RESOLVE_ROWS_MAX);
-        self.rows(&sql, &[&now_ms, &limit, &per_merchant], outbox_from_row)
+        self.rows(&sql, &[&mid, &now_ms, &limit], outbox_from_row)
     }
 
     pub(super) fn resolve_outbox_of_merchant(

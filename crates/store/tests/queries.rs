@@ -70,7 +70,8 @@ fn every_read_runs(db: &Db) {
     assert!(s.cases_of_txn(1).unwrap().is_empty());
     assert!(s.case_entries(1).unwrap().is_empty());
     assert!(s.webhook_endpoint("m").unwrap().is_none());
-    assert!(s.outbox_due(0, 10, 2).unwrap().is_empty());
+    assert!(s.outbox_due_merchants(0, 10).unwrap().is_empty());
+    assert!(s.outbox_due_of_merchant("m", 0, 10).unwrap().is_empty());
     assert!(s.outbox_of_merchant("m", None, 10).unwrap().is_empty());
     assert!(s.outbox_item(1).unwrap().is_none());
     assert!(s.webhook_deliveries(1).unwrap().is_empty());
@@ -608,17 +609,25 @@ fn notifications_page_back_from_the_newest(db: &Db) {
     let other = s.outbox_item(4).unwrap().unwrap();
     assert_eq!((other.mid.as_str(), other.created_at_ms), ("other", 1_004));
     assert!(s.outbox_item(8).unwrap().is_none());
-    // Due ones, each merchant's oldest first, at most two of one merchant: the other
-    // merchant's newer one is read before "m"'s second, although "m" has more, older ones.
-    let due = |limit: u32| -> Vec<i64> {
-        s.outbox_due(2_000, limit, 2)
+    // The merchants with events due, each once, the one whose first is due soonest first;
+    // then one merchant's due events, soonest first.
+    let merchants = |now: i64, limit: u32| s.outbox_due_merchants(now, limit).unwrap();
+    let due = |mid: &str, now: i64, limit: u32| -> Vec<i64> {
+        s.outbox_due_of_merchant(mid, now, limit)
             .unwrap()
             .iter()
             .map(|o| o.id)
             .collect()
     };
-    assert_eq!(due(10), [1, 4, 2]);
-    assert_eq!(due(2), [1, 4]);
+    assert_eq!(merchants(2_000, 10), ["m", "other"]);
+    assert_eq!(merchants(2_000, 1), ["m"]);
+    assert_eq!(merchants(1_003, 10), ["m"]);
+    assert!(merchants(1_000, 10).is_empty());
+    assert_eq!(due("m", 2_000, 10), [1, 2, 3, 5, 6, 7]);
+    assert_eq!(due("m", 2_000, 2), [1, 2]);
+    assert_eq!(due("m", 1_002, 10), [1, 2]);
+    assert_eq!(due("other", 2_000, 10), [4]);
+    assert!(due("none", 2_000, 10).is_empty());
 
     // One notifier claims an attempt; another that read the same item cannot.
     let claim = || {
@@ -655,6 +664,12 @@ fn notifications_page_back_from_the_newest(db: &Db) {
     assert_eq!(state(3), ("pending".to_owned(), 0, 5_000));
     assert_eq!(state(1), ("pending".to_owned(), 0, 9_000));
     assert_eq!(state(4), ("pending".to_owned(), 0, 1_004));
+    // Neither a claimed event nor a failed one is due; merchants come by their soonest due
+    // event, not by their IDs.
+    assert_eq!(merchants(6_000, 10), ["other", "m"]);
+    assert_eq!(merchants(4_000, 10), ["other"]);
+    assert_eq!(due("m", 6_000, 10), [3, 5, 6, 7]);
+    assert_eq!(due("m", 10_000, 10), [3, 5, 6, 7, 1]);
 }
 
 /// Cases come newest first, a page at a time, by merchant, open or not, state and kind; and
