@@ -288,7 +288,8 @@ pub struct NotifierConfig {
     pub backoff_last_ms: i64,
     /// Whole-request timeout of one POST.
     pub timeout: Duration,
-    /// Events attempted per pass.
+    /// Events a pass starts at most (a merchant's at most [`PER_MERCHANT_PER_PASS`], the
+    /// merchants taken in turn until the places or this are used up).
     pub batch_max: u32,
     /// Which addresses a merchant's endpoint may resolve to (public only by default).
     pub destinations: webhook::Destinations,
@@ -320,7 +321,8 @@ impl Default for NotifierConfig {
             backoff_first_ms: 1_000,
             backoff_last_ms: 3_600_000,
             timeout: Duration::from_secs(5),
-            batch_max: 64,
+            // Every place's turn: a pass's merchants each take up to eight.
+            batch_max: (MERCHANTS_AT_ONCE * PER_MERCHANT_PER_PASS) as u32,
             destinations: webhook::Destinations::Public,
         }
     }

@@ -25,8 +25,21 @@ use store::{MerchantRow, Record, SafState, SqliteConfig, SqliteStore, Status, St
 use switch::{IssuerEndpoint, Switch, SwitchConfig, SystemClock, TerminalSpec};
 use tokio::net::TcpListener;
 
-/// How long the switch waits for an issuer in these tests.
+/// How long the switch waits for an issuer a test makes fail ([`impatient_with`]).
 pub const ISSUER_TIMEOUT: Duration = Duration::from_millis(400);
+/// How long it waits for the others: long enough that a healthy issuer on a loaded 2-core
+/// machine is never timed out, which would fail a test about something else.
+pub const PATIENT_ISSUER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `bank` (an issuer of [`start`]'s) waited for [`ISSUER_TIMEOUT`] only: for [`start`]'s `tune`
+/// of a test that makes it fail.
+pub fn impatient_with(config: &mut SwitchConfig, bank: &str) {
+    config
+        .issuers
+        .get_mut(bank)
+        .expect("an issuer of the test's")
+        .timeout = ISSUER_TIMEOUT;
+}
 
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -137,7 +150,7 @@ pub async fn start(banks: &[&'static str], tune: impl FnOnce(&mut SwitchConfig))
                 IssuerEndpoint {
                     addr: b.addr,
                     zpk,
-                    timeout: ISSUER_TIMEOUT,
+                    timeout: PATIENT_ISSUER_TIMEOUT,
                 },
             )
         })
