@@ -1,6 +1,7 @@
 //! `kill -9` of the real `shoudan demo` under load, restart on the same data dir, then the audit:
 //! every approval a terminal saw is journalled approved and is an approval at the issuer, nothing
-//! stays in flight or queued for reversal, and `shoudan audit` finds nothing in doubt. Once with
+//! stays in flight or queued for reversal, each terminal's unanswered request, reversed by the
+//! terminal, does not stand approved, and `shoudan audit` finds nothing in doubt. Once with
 //! the journal in the data dir's SQLite file, once on PostgreSQL (`demo --database`; skipped,
 //! loudly, without `SHOUDAN_PG_URL`).
 
@@ -190,6 +191,8 @@ struct Seen {
     approved: Vec<String>,
     unanswered: usize,
     answered: usize,
+    /// Each terminal's request left unanswered, kept to reverse it (as a terminal saves it).
+    lost: Vec<(String, terminal::SavedRequest)>,
 }
 
 /// Sends purchases from one terminal until its connection fails (the switch was killed).
@@ -212,7 +215,11 @@ async fn load(fixture: Value, cards: Vec<Card>, seen: Arc<Mutex<Seen>>, offset: 
                 }
             }
             Err(_) => {
-                seen.lock().unwrap().unanswered += 1;
+                let mut seen = seen.lock().unwrap();
+                seen.unanswered += 1;
+                if let Some(saved) = t.last_request() {
+                    seen.lost.push((t.tid().to_owned(), saved.clone()));
+                }
                 return;
             }
         }
@@ -388,6 +395,61 @@ fn kill_9_under_load(journal: &Journal) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // Each terminal now reverses the request it got no answer for (39 = 98), resending until
+    // answered, as a POS does: one the killed switch had approved and journalled without
+    // telling it is reversed now (whatever the restart left it), one it never journalled or
+    // already reversed is answered all the same.
+    let lost = std::mem::take(&mut seen.lock().unwrap().lost);
+    assert_eq!(lost.len(), terminals.len());
+    let fx = fixtures(dir);
+    let approved_untold = lost
+        .iter()
+        .filter(|(tid, saved)| {
+            journal
+                .open(dir)
+                .txns_by_key(tid, saved.batch, saved.stan)
+                .unwrap()
+                .iter()
+                .any(|row| row.state == TxnState::Approved)
+        })
+        .count();
+    runtime.block_on(async {
+        for (tid, saved) in &lost {
+            let fixture = fx["terminals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["tid"] == tid.as_str())
+                .unwrap();
+            let mut t = Terminal::connect(config(fixture, saved.stan + 1))
+                .await
+                .unwrap();
+            assert_eq!(t.sign_in().await.unwrap().code, "00");
+            let mut code = String::new();
+            for _ in 0..50 {
+                code = t.reverse(saved, "98").await.unwrap().code;
+                if code != "96" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(code == "00" || code == "25", "{tid}'s reversal: {code}");
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !journal
+        .open(dir)
+        .reversals_in_state(SafState::Pending)
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the terminals' reversals still pending 30 s on"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stop(demo);
 
     // Every approval a terminal saw is journalled approved (the journal is written before the
@@ -399,6 +461,17 @@ fn kill_9_under_load(journal: &Journal) {
             Some(TxnState::Approved),
             "terminal saw {rrn} approved"
         );
+    }
+    // No request its terminal was never answered stands approved.
+    for (tid, saved) in &lost {
+        for row in store.txns_by_key(tid, saved.batch, saved.stan).unwrap() {
+            assert_ne!(
+                row.state,
+                TxnState::Approved,
+                "{tid} {} was never answered and stands approved",
+                saved.stan
+            );
+        }
     }
     for id in &in_flight_at_kill {
         let row = store.txn(*id).unwrap().unwrap();
@@ -454,8 +527,9 @@ fn kill_9_under_load(journal: &Journal) {
         "{report}"
     );
     eprintln!(
-        "crash ({}): {answered} answered ({} approved) before kill -9, {} in flight; {acked} \
-         reversals acknowledged after restart; {} issuer approvals audited",
+        "crash ({}): {answered} answered ({} approved) before kill -9, {} in flight, \
+         {approved_untold} approved and never answered; {acked} reversals acknowledged after \
+         restart; {} issuer approvals audited",
         journal.name(),
         approved.len(),
         in_flight_at_kill.len(),
