@@ -16,6 +16,25 @@ pub const CARD_DIGITS_MAX: usize = 19;
 /// Chinese bank account numbers run from 8 (old passbooks) to 32 digits (corporate accounts).
 pub const ACCOUNT_DIGITS_MIN: usize = 8;
 pub const ACCOUNT_DIGITS_MAX: usize = 32;
+/// The most digits in a row a holder name may have: a mobile number's 11 (a shop may name
+/// itself so), not a bank account's 12 or more.
+pub const NAME_DIGIT_RUN_MAX: usize = 11;
+
+/// The most digits (ASCII or full-width) in a row in `text`, spaces and hyphens between them
+/// not breaking the run (an account number is often grouped).
+fn longest_digit_run(text: &str) -> usize {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in text.chars() {
+        if c.is_ascii_digit() || ('０'..='９').contains(&c) {
+            run += 1;
+            longest = longest.max(run);
+        } else if !matches!(c, ' ' | '-' | '\u{3000}') {
+            run = 0;
+        }
+    }
+    longest
+}
 /// Holder names, in characters: long enough for a company name, short enough for a bank form.
 pub const HOLDER_NAME_CHARS_MAX: usize = 60;
 /// The store counter change ids come from.
@@ -51,6 +70,10 @@ pub enum BindError {
     Luhn,
     #[error("the card's BIN is not in the issuer directory")]
     UnknownCardBank,
+    /// A merchant's money is settled to a debit card or a bank account, never to a credit,
+    /// semi-credit or prepaid card.
+    #[error("the card is a {0}; settlement goes to a debit card or a bank account")]
+    NotDebitCard(domain::CardType),
     /// `given` as typed, quoted with any card number in it masked (one typed in the wrong box);
     /// `card_bank_zh`, the card's bank by its Chinese name, as a form offers banks.
     #[error("the card is issued by {card_bank}, not {}", domain::mask_card_numbers(.given))]
@@ -67,7 +90,7 @@ pub enum BindError {
         "the holder name is longer than {HOLDER_NAME_CHARS_MAX} characters or has control characters"
     )]
     NameInvalid,
-    #[error("the holder name contains a card number; enter the name as the bank has it")]
+    #[error("the holder name contains a card or account number; enter the name as the bank has it")]
     NameHasCardNumber,
     #[error("no merchant {0}")]
     UnknownMerchant(String),
@@ -144,9 +167,11 @@ pub fn validate(
     if name.chars().count() > HOLDER_NAME_CHARS_MAX || name.chars().any(char::is_control) {
         return Err(BindError::NameInvalid);
     }
-    // The name is kept and shown as typed: a card number in it (the account's own, pasted into
-    // the wrong box) would be kept and shown whole.
-    if domain::mask_card_numbers(&name) != name.as_str() {
+    // The name is kept and shown as typed: a card or account number in it (the account's own,
+    // pasted into the wrong box) would be kept and shown whole.
+    if domain::mask_card_numbers(&name) != name.as_str()
+        || longest_digit_run(&name) > NAME_DIGIT_RUN_MAX
+    {
         return Err(BindError::NameHasCardNumber);
     }
     let bank = match input.kind {
@@ -158,6 +183,9 @@ pub fn validate(
                 .lookup_digits(&digits)
                 .issuer
                 .ok_or(BindError::UnknownCardBank)?;
+            if issuer.card_type != domain::CardType::Debit {
+                return Err(BindError::NotDebitCard(issuer.card_type));
+            }
             let card_bank = issuer.bank.code().to_owned();
             if let Some(given) = &input.bank_code
                 && given != &card_bank

@@ -57,11 +57,47 @@ fn a_card_number_typed_into_the_holder_name_is_refused() {
             "{name}: {refused:?}"
         );
     }
+    // A bank account number (no check digit to find it by), plain, grouped or full-width.
+    for name in [
+        "某某公司 110060149018170012345",
+        "某某公司 1100 6014 9018",
+        "某某公司（１１００６０１４９０１８）",
+    ] {
+        let refused = settlement::accounts::validate(&directory, &card_input(&account, name));
+        assert!(
+            matches!(refused, Err(BindError::NameHasCardNumber)),
+            "{name}: {refused:?}"
+        );
+    }
     // Digits that make no card number stay: a branch, a phone number.
     let name = "茶馆 2号店 13800138000";
     let (_, _, kept) =
         settlement::accounts::validate(&directory, &card_input(&account, name)).unwrap();
     assert_eq!(kept, name);
+}
+
+/// A merchant's money goes to a debit card or a bank account: a credit, semi-credit or prepaid
+/// card is refused, by its BIN's card type.
+#[test]
+fn settlement_goes_to_a_debit_card_not_a_credit_or_prepaid_one() {
+    let directory = IssuerDirectory::embedded().unwrap();
+    for (bin, refused_as) in [
+        ("625965", domain::CardType::Credit),
+        ("620010", domain::CardType::Prepaid),
+    ] {
+        let number = card(bin, 16, 5);
+        let refused = settlement::accounts::validate(&directory, &card_input(&number, "李四"));
+        assert!(
+            matches!(refused, Err(BindError::NotDebitCard(t)) if t == refused_as),
+            "{bin}: {refused:?}"
+        );
+        let message = refused.unwrap_err().to_string();
+        assert!(!message.contains(&number[6..12]), "{message}");
+    }
+    let debit = card("434061", 16, 5);
+    let (_, bank, _) =
+        settlement::accounts::validate(&directory, &card_input(&debit, "李四")).unwrap();
+    assert_eq!(bank, "CCB");
 }
 
 /// Re-binding after a failed payout waits for an operator; a change asked for again (a typo
@@ -451,7 +487,7 @@ fn a_day_is_cleared_posted_and_paid_once_through_a_frozen_account() {
         0,
     )
     .unwrap();
-    let m3_card = card("625965", 16, 3);
+    let m3_card = card("434061", 16, 3);
     bind_account(
         store,
         &sealer,
@@ -1993,19 +2029,38 @@ fn payout_runs_for_different_days_at_the_same_time_pay_once() {
     let directory = IssuerDirectory::embedded().unwrap();
     let sealer = sealer();
     let (mids, numbers) = merchants_with_a_sale_cleared(store.as_ref(), &directory, &sealer, 16);
+    // Every run's cutoff settled (empty days are recorded), so each run may pay the sale.
+    for day in ["20261124", "20261125", "20261126"] {
+        settle_date(store.as_ref(), &directory, day, 0).unwrap();
+    }
     let bank = SimBank::new();
-    std::thread::scope(|scope| {
-        for (n, day) in ["20261124", "20261125", "20261126", "20261127"]
+    let reports = std::thread::scope(|scope| {
+        let runs: Vec<_> = ["20261124", "20261125", "20261126", "20261127"]
             .into_iter()
             .enumerate()
-        {
-            let (store, bank, sealer) = (&store, &bank, &sealer);
-            scope.spawn(move || {
-                let at = 1_000 + i64::try_from(n).unwrap();
-                run_payouts(store.as_ref(), bank, sealer, day, at).unwrap();
-            });
-        }
+            .map(|(n, day)| {
+                let (store, bank, sealer) = (&store, &bank, &sealer);
+                scope.spawn(move || {
+                    let at = 1_000 + i64::try_from(n).unwrap();
+                    run_payouts(store.as_ref(), bank, sealer, day, at).unwrap()
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|run| run.join().unwrap())
+            .collect::<Vec<_>>()
     });
+    for report in &reports {
+        assert!(report.unsettled.is_empty(), "{:?}", report.unsettled);
+    }
+    // One payout per merchant, of whichever day's run got there first.
+    for mid in &mids {
+        assert_eq!(
+            store.payouts_newest(Some(mid), None, 10).unwrap().len(),
+            1,
+            "{mid}"
+        );
+    }
     for number in &numbers {
         assert_eq!(bank.credited(number), 10_000 - 55, "paid more than once");
     }

@@ -142,7 +142,7 @@ pub struct PayoutsArgs {
     /// Run the payout job for this payout day (YYYY-MM-DD) through the simulated bank first.
     #[arg(long)]
     pub run: Option<String>,
-    /// Only this merchant.
+    /// List only this merchant's payouts (a `--run` still pays every merchant due that day).
     #[arg(long)]
     pub mid: Option<String>,
 }

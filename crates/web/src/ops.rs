@@ -62,6 +62,7 @@ impl From<BindError> for ApiError {
             | BindError::Length { .. }
             | BindError::Luhn
             | BindError::UnknownCardBank
+            | BindError::NotDebitCard(_)
             | BindError::BankMismatch { .. }
             | BindError::UnknownBank
             | BindError::NameMissing
@@ -85,13 +86,19 @@ fn bind_error_zh(error: &BindError) -> String {
         BindError::UnknownCardBank => {
             "查不到这张卡的发卡行，请确认是银联借记卡，或改绑对公账户。".to_owned()
         }
+        BindError::NotDebitCard(card_type) => format!(
+            "这是一张{}，结算款只能付到借记卡或对公账户，请换一张借记卡。",
+            card_type.name_zh()
+        ),
         BindError::BankMismatch { card_bank_zh, .. } => {
             format!("这张卡是{card_bank_zh}的卡，与选择的开户银行不符；银行卡可以不选开户银行。")
         }
         BindError::UnknownBank => "对公账户需要选择开户银行。".to_owned(),
         BindError::NameMissing => "请填写户名。".to_owned(),
         BindError::NameInvalid => "户名过长或含有不可见字符，请按银行登记的户名填写。".to_owned(),
-        BindError::NameHasCardNumber => "户名里像是填了卡号，请填写银行登记的户名。".to_owned(),
+        BindError::NameHasCardNumber => {
+            "户名里像是填了卡号或账号，请填写银行登记的户名。".to_owned()
+        }
         other => other.to_string(),
     }
 }
