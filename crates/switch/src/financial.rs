@@ -1538,6 +1538,28 @@ impl Core {
         let (answer, state, issuer_answered) = match &result {
             Ok(reply) => {
                 match parse_reply(reply, entry.rrn.as_deref()) {
+                    // A gateway's (or the issuer's own) word that its side got no answer in
+                    // time: the card may have been debited or credited behind it. Taken as
+                    // the timeout it is, not as a decline: reversed, and a retry after it.
+                    Ok(answer) if OUTCOME_UNKNOWN_CODES.contains(&answer.response_code) => {
+                        link_records = release(false, &mut undo);
+                        let then = if kind == TxnKind::BalanceInquiry {
+                            "nothing to reverse"
+                        } else {
+                            records.push(self.saf(entry.id, &bank, "98", answered_ms));
+                            "reversal queued"
+                        };
+                        records.push(self.event(
+                            entry.id,
+                            "timed_out",
+                            format!(
+                                "{bank} answered {} at {at}: its side got no answer in time, the \
+                                 outcome unknown: answered 98, {then} ({what})",
+                                answer.code_text()
+                            ),
+                        ));
+                        (Answer::code(RC_ISSUER_TIMEOUT), TxnState::TimedOut, None)
+                    }
                     Ok(answer) => {
                         let approved = answer.response_code == RC_APPROVED;
                         let about_link = ISSUER_LINK_CODES.contains(&answer.response_code);
@@ -2600,6 +2622,10 @@ impl Undo {
 /// reconciliation (79), PIN block under the zone key (99), MAC (A0). The request is declined
 /// and the terminal answered 96 (the acquirer acts); the issuer's code is in its event.
 const ISSUER_LINK_CODES: [[u8; 2]; 6] = [*b"22", *b"30", *b"77", *b"79", *b"99", *b"A0"];
+
+/// Response codes with which an issuer's side says it does not know the outcome: its issuer did
+/// not answer in time (98), or answered too late (68). PROTOCOL.md: "retry after reversal".
+const OUTCOME_UNKNOWN_CODES: [[u8; 2]; 2] = [*b"98", *b"68"];
 
 /// Why an issuer's answer could not be taken as it stands: it is treated as one that may have
 /// been an approval (answered 96, reversed).

@@ -856,6 +856,42 @@ fn an_issuer_decline_about_the_link_is_answered_96_not_passed_on() {
     });
 }
 
+/// An issuer's 98 (a gateway whose issuer did not answer in time) is no decline: the card may
+/// have been debited, or credited, behind it. The request is timed out and reversed like one
+/// the issuer never answered; a refund so answered keeps a second refund of the sale waiting
+/// (09) until its reversal is taken, where as a decline it let the sale be refunded twice.
+#[test]
+fn an_issuers_98_is_taken_as_a_timeout_and_reversed_not_as_a_decline() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let pan = card("622202");
+        let r = t
+            .send(&Req::purchase(&pan, OUTCOME_UNKNOWN_AMOUNT, 2))
+            .await;
+        assert_eq!(r.code(), "98");
+        assert!(t.mac_ok(&r));
+        let row = h.store.txn_by_rrn(&r.text(37).unwrap()).unwrap().unwrap();
+        assert_eq!(row.state, TxnState::TimedOut);
+        assert!(h.store.reversal(row.id).unwrap().is_some());
+
+        let sale = t.send(&Req::purchase(&pan, 10_000, 3)).await;
+        assert_eq!(sale.code(), "00");
+        let sale_rrn = sale.text(37).unwrap();
+        let date = switch::LocalTime::from_ms(h.clock.now_ms()).mmdd();
+        let refund = Req::refund(&pan, OUTCOME_UNKNOWN_AMOUNT, 4, &sale_rrn, &date);
+        assert_eq!(t.send(&refund).await.code(), "98");
+        let refund_row = &h.store.txns_by_key(TID, 1, 4).unwrap()[0];
+        assert_eq!(refund_row.state, TxnState::TimedOut);
+        assert!(h.store.reversal(refund_row.id).unwrap().is_some());
+        // The minimal issuer leaves reversals unanswered here: the first refund's stays
+        // pending, and the sale may not be refunded again meanwhile.
+        let again = Req::refund(&pan, 5_000, 5, &sale_rrn, &date);
+        assert_eq!(t.send(&again).await.code(), "09");
+    });
+}
+
 /// An answer the switch could not read (it may have been an approval) whose outcome the
 /// journal refused, and whose reversal, queued on its own, it refused too: a terminal reversal
 /// that comes before the sweep must queue the reversal, not take the request for one that

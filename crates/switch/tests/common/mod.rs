@@ -76,6 +76,9 @@ pub const LINK_CODE_AMOUNT: u64 = 9_909;
 pub fn unreadable_inquiry_card() -> String {
     card("62220299")
 }
+/// An amount the minimal issuer answers 98 (a gateway whose issuer did not answer in time: the
+/// card may have been debited or credited behind it).
+pub const OUTCOME_UNKNOWN_AMOUNT: u64 = 9_898;
 /// An amount the minimal issuer approves after 150 ms (within the switch's 300 ms timeout).
 pub const SLOW_AMOUNT: u64 = 1_515;
 
@@ -177,6 +180,9 @@ pub async fn start_issuer_on(addr: SocketAddr, log: Arc<IssuerLog>) -> SocketAdd
                             }
                             Some(LINK_CODE_AMOUNT) => {
                                 out.set_text(39, "99").unwrap();
+                            }
+                            Some(OUTCOME_UNKNOWN_AMOUNT) => {
+                                out.set_text(39, "98").unwrap();
                             }
                             Some(UNKNOWN_CODE_AMOUNT) => {
                                 out.set_text(39, "A2")
