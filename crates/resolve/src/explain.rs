@@ -238,11 +238,12 @@ fn origin(row: &TxnRow) -> Both {
     }
 }
 
-/// The row's code with the title of the entry it is diagnosed by (`failure_of`'s where that
-/// says better what happened than the code's own).
-fn row_code_title(row: &TxnRow, reversal_queued: bool) -> Both {
+/// The row's code with the title of the entry it is diagnosed by: the risk rule's that declined
+/// it (`rule`: the issuer was never asked, and the code's own title speaks of the card's
+/// issuer), else `failure_of`'s where that says better what happened than the code's own.
+fn row_code_title(row: &TxnRow, reversal_queued: bool, rule: Option<FailureKind>) -> Both {
     let code = row.response_code.as_deref().unwrap_or("??");
-    match failure_of(row, reversal_queued) {
+    match rule.or_else(|| failure_of(row, reversal_queued)) {
         Some(kind) => {
             let d = diagnosis::diagnose_failure(kind);
             Both::new(
@@ -295,6 +296,11 @@ pub fn explain_txn(
     )];
     let events = store.events(row.id)?;
     let reversal = store.reversal(row.id)?;
+    // A risk rule's decline is diagnosed by the rule: the issuer was never asked.
+    let rule = events
+        .iter()
+        .filter(|e| e.kind == "declined")
+        .find_map(|e| rule_of_decline(&e.detail));
     let mut approved_at = None;
     let mut timed_out = false;
     for event in &events {
@@ -335,7 +341,7 @@ pub fn explain_txn(
                 ));
             }
             "declined" => {
-                let code = row_code_title(row, reversal.is_some());
+                let code = row_code_title(row, reversal.is_some(), rule);
                 let by = if row.sent_at_ms.is_none() {
                     Both::new("收单系统", "shoudan")
                 } else {
@@ -845,13 +851,8 @@ pub fn explain_txn(
     };
     let summary = match reversed {
         Some(text) if outcome == Outcome::Approved => text,
-        _ => summary_text(outcome, &bank, row, reversal.is_some()),
+        _ => summary_text(outcome, &bank, row, reversal.is_some(), rule),
     };
-    // A risk rule's decline is diagnosed by the rule: the issuer was never asked.
-    let rule = events
-        .iter()
-        .filter(|e| e.kind == "declined")
-        .find_map(|e| rule_of_decline(&e.detail));
     let by_code = |otherwise: &str| {
         failure_of(row, reversal.is_some()).map_or_else(
             || diagnosis::diagnose_str(row.response_code.as_deref().unwrap_or(otherwise)),
@@ -1134,7 +1135,13 @@ pub(crate) fn gives_back(kind: TxnKind) -> bool {
     )
 }
 
-fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow, reversal_queued: bool) -> Both {
+fn summary_text(
+    outcome: Outcome,
+    bank: &Both,
+    row: &TxnRow,
+    reversal_queued: bool,
+    rule: Option<FailureKind>,
+) -> Both {
     let amount = yuan(row.amount_fen);
     let refunded = yuan(row.refunded_fen);
     match outcome {
@@ -1168,7 +1175,7 @@ fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow, reversal_queued: bo
             "pre-authorisation expired: the hold is released, nothing is charged",
         ),
         Outcome::Declined => {
-            let title = row_code_title(row, reversal_queued);
+            let title = row_code_title(row, reversal_queued, rule);
             Both::new(
                 format!("失败：{}", title.zh),
                 format!("declined: {}", title.en),
@@ -1287,7 +1294,7 @@ fn summary_text(outcome: Outcome, bank: &Both, row: &TxnRow, reversal_queued: bo
             ),
         ),
         Outcome::Failed => {
-            let title = row_code_title(row, reversal_queued);
+            let title = row_code_title(row, reversal_queued, rule);
             Both::new(
                 format!("交易未完成：{}", title.zh),
                 format!("did not complete: {}", title.en),
@@ -1398,6 +1405,50 @@ mod tests {
             failure_of(&answered(TxnKind::PurchaseVoid, "12", false), false),
             None
         );
+    }
+
+    /// A sale a merchant's own limit declined 61 is told as that, in the summary and the
+    /// timeline as in the diagnosis: not as the code's own "exceeds amount limit", which
+    /// sends the cardholder to the issuer, who was never asked.
+    #[test]
+    fn a_risk_rules_decline_is_named_by_its_rule_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("j.db"))).unwrap();
+        let sale = TxnRow {
+            response_code: Some("61".into()),
+            state: TxnState::Declined,
+            ..row(7, "10000001", "898110048990001", TxnKind::Purchase, None)
+        };
+        store
+            .submit(vec![
+                Record::InsertTxn(Box::new(sale.clone())),
+                Record::Event(store::EventRow {
+                    txn_id: 7,
+                    at_ms: sale.received_at_ms + 1,
+                    kind: "declined".into(),
+                    detail: "declined by shoudan at 10:00:01: 61 risk rule amount-max \"cap\": \
+                             10,000.00 over 5,000.00 (diagnosis merchant-limit)"
+                        .into(),
+                }),
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+        let directory = IssuerDirectory::embedded().unwrap();
+        let e = explain_txn(&store, &directory, &sale, sale.received_at_ms).unwrap();
+        let rule = diagnosis::diagnose_failure(FailureKind::MerchantLimit);
+        let code = diagnosis::diagnose_str("61");
+        assert_ne!(rule.title.en, code.title.en);
+        assert!(e.summary.en.contains(rule.title.en), "{}", e.summary.en);
+        assert!(e.summary.zh.contains(rule.title.zh), "{}", e.summary.zh);
+        let declined = e.steps.iter().find(|s| s.kind == "declined").unwrap();
+        assert!(
+            declined.text.en.contains(rule.title.en),
+            "{}",
+            declined.text.en
+        );
+        let shown = serde_json::to_string(&e).unwrap();
+        assert!(!shown.contains(code.title.en), "{shown}");
     }
 
     /// A refusal linked to another merchant's sale, as the switch once recorded a refund that
