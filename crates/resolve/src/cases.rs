@@ -349,6 +349,29 @@ pub struct NewCase {
     pub refund_fen: Option<i64>,
 }
 
+/// Whether a refund or a void of payment `txn_id` (from a case or a terminal) may have been
+/// made at the issuer without the journal counting it: still in flight or timed out, or with
+/// a reversal of it queued and not acknowledged, or refused other than with 25 (the issuer
+/// never had it). The duplicate-payment advice asks the same before it says to void or refund.
+pub(crate) fn return_in_doubt(store: &dyn Store, txn_id: i64) -> Result<bool, StoreError> {
+    for linked in store.txns_linked_to(txn_id)? {
+        if !matches!(
+            linked.kind,
+            TxnKind::Refund | TxnKind::PurchaseVoid | TxnKind::CompletionVoid
+        ) {
+            continue;
+        }
+        let doubt = match store.reversal(linked.id)? {
+            Some(reversal) => !reversal.undone(),
+            None => matches!(linked.state, TxnState::InFlight | TxnState::TimedOut),
+        };
+        if doubt {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Cases over a store; refunds through `refunds`.
 #[derive(Clone)]
 pub struct CaseService {
@@ -972,22 +995,7 @@ impl CaseService {
     /// reversed, the sale approved again) leaves it out, so what looks left to refund may be
     /// gone already.
     fn sale_refund_in_doubt(&self, txn_id: i64) -> Result<bool, CaseError> {
-        for linked in self.store.txns_linked_to(txn_id)? {
-            if !matches!(
-                linked.kind,
-                TxnKind::Refund | TxnKind::PurchaseVoid | TxnKind::CompletionVoid
-            ) {
-                continue;
-            }
-            let doubt = match self.store.reversal(linked.id)? {
-                Some(reversal) => !reversal.undone(),
-                None => matches!(linked.state, TxnState::InFlight | TxnState::TimedOut),
-            };
-            if doubt {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok(return_in_doubt(self.store.as_ref(), txn_id)?)
     }
 
     /// [`Self::refund_in_doubt`], and if so whether the issuer refused the attempt's reversal

@@ -117,6 +117,10 @@ pub enum SuggestedAction {
     RefundSecond,
     /// One of the two is already voided, refunded or reversed: the customer paid once.
     NothingLeft,
+    /// A void or refund of one of the two has no known outcome yet (no answer, its reversal
+    /// not yet taken): it may have given the money back already, so nothing more until it is
+    /// settled.
+    WaitForReturn,
 }
 
 /// A suspected duplicate as the merchant sees it.
@@ -171,7 +175,12 @@ pub fn describe(
     let first_stands = stands(&first);
     // Past the refund limit the switch refuses a refund: the acquirer has to act.
     let refundable = now_day.day_number - second_day <= REFUND_DAYS_MAX;
+    // A void or refund of either still in doubt may have given the money back: advising
+    // another could pay the customer back twice.
+    let in_doubt = crate::cases::return_in_doubt(store, second.id)?
+        || (first_stands && crate::cases::return_in_doubt(store, first.id)?);
     let action = match second.state {
+        _ if in_doubt => SuggestedAction::WaitForReturn,
         _ if !first_stands => SuggestedAction::NothingLeft,
         TxnState::Approved if left <= 0 => SuggestedAction::NothingLeft,
         TxnState::Approved if same_day && second.refunded_fen == 0 => {
@@ -225,6 +234,13 @@ pub fn describe(
                 "possibly paid twice (same card, same amount): first check with the customer \
                  that they bought only once. If so, refund the second payment (RRN {rrn})"
             ),
+        ),
+        SuggestedAction::WaitForReturn => Both::new(
+            "疑似重复付款（同一张卡、相同金额）：其中一笔的撤销或退货还没有确定结果（没有收到应答，正在冲正），钱可能已经退回，请先不要再撤销或退货，等结果确定后再来查看",
+            "possibly paid twice (same card, same amount): a void or refund of one of the two \
+             has no known outcome yet (no answer came, it is being reversed) and may already \
+             have given the money back: do not void or refund again until it is settled, then \
+             look again",
         ),
         SuggestedAction::NothingLeft => Both::new(
             "其中一笔已撤销、冲正或全额退货，顾客只付了一次，无需处理",
@@ -358,5 +374,80 @@ mod tests {
         // The scan of the day finds both, each once.
         let found = scan(&store, MID, z.received_at_ms, b.received_at_ms + 1, window).unwrap();
         assert_eq!(found.len(), 2, "{found:?}");
+    }
+
+    /// Two payments a day apart from now: the second is to be refunded, unless a refund of it
+    /// (or a void of the first) has no known outcome yet: advising another refund then could
+    /// pay the customer back twice. Once that refund's reversal is taken, refund again.
+    #[test]
+    fn no_refund_is_advised_while_a_return_of_either_payment_is_in_doubt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("j.db"))).unwrap();
+        let directory = IssuerDirectory::embedded().unwrap();
+        let (first, second) = (
+            payment(1, 0, TxnState::Approved),
+            payment(2, 3, TxnState::Approved),
+        );
+        let refund = TxnRow {
+            kind: TxnKind::Refund,
+            original_id: Some(second.id),
+            rrn: Some("000000000099".into()),
+            ..payment(3, 60, TxnState::InFlight)
+        };
+        store
+            .submit(vec![
+                Record::InsertTxn(Box::new(first.clone())),
+                Record::InsertTxn(Box::new(second.clone())),
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+        let flag = find_for(&store, &second, DUPLICATE_WINDOW_MS_DEFAULT)
+            .unwrap()
+            .remove(0);
+        let later = second.received_at_ms + 2 * 86_400_000;
+        let action = || {
+            describe(&store, &directory, &flag, later)
+                .unwrap()
+                .unwrap()
+                .suggested_action
+        };
+        assert_eq!(action(), SuggestedAction::RefundSecond);
+        store
+            .submit(vec![Record::InsertTxn(Box::new(refund.clone()))])
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(action(), SuggestedAction::WaitForReturn);
+        // Timed out, its reversal queued and not yet taken: still in doubt.
+        store
+            .submit(vec![
+                Record::State {
+                    id: refund.id,
+                    state: TxnState::TimedOut,
+                },
+                Record::SafEnqueue {
+                    txn_id: refund.id,
+                    issuer: "ICBC".into(),
+                    reason: "98".into(),
+                    next_attempt_ms: 0,
+                },
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(action(), SuggestedAction::WaitForReturn);
+        // The issuer took the reversal: the refund never stood, and refunding is advised again.
+        store
+            .submit(vec![Record::SafDone {
+                txn_id: refund.id,
+                state: store::SafState::Acked,
+                at_ms: 1,
+                answer: Some("00".into()),
+            }])
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(action(), SuggestedAction::RefundSecond);
     }
 }
