@@ -670,8 +670,15 @@ impl Book {
                 },
             ) => {
                 let (balance_delta, hold_delta, state) = match kind {
-                    TxnKind::PurchaseVoid | TxnKind::CompletionVoid => {
-                        (amount, 0, Some(TxnState::Voided))
+                    TxnKind::PurchaseVoid => (amount, 0, Some(TxnState::Voided)),
+                    // The completion's pre-authorisation stands again with its hold back
+                    // whole: completed again at the right amount, or voided.
+                    TxnKind::CompletionVoid => {
+                        let hold = self
+                            .pre_auth_of(&original)
+                            .filter(|pa| pa.state == TxnState::Completed)
+                            .map_or(0, |pa| signed(pa.amount));
+                        (amount, hold, Some(TxnState::Voided))
                     }
                     TxnKind::Refund => (amount, 0, None),
                     TxnKind::PreAuthVoid => (0, -signed(original_amount), Some(TxnState::Voided)),
@@ -704,6 +711,16 @@ impl Book {
                     record.updated_ms = now.unix_ms;
                     let same_day = record.day == now.date;
                     out.push(LedgerOp::Txn(record.clone()));
+                    if kind == TxnKind::CompletionVoid {
+                        self.set_pre_auth_of(
+                            &original,
+                            TxnState::Completed,
+                            TxnState::Approved,
+                            0,
+                            now,
+                            out,
+                        );
+                    }
                     // A void gives back today's limit the original used.
                     if same_day && matches!(kind, TxnKind::PurchaseVoid | TxnKind::PreAuthVoid) {
                         self.uncount_day(index, req.amount);
@@ -733,6 +750,37 @@ impl Book {
             auth_code: Some(auth_code),
             balance,
             settlement_date: now.date,
+        }
+    }
+
+    /// The pre-authorisation completion `completion` completed.
+    fn pre_auth_of(&self, completion: &Rrn) -> Option<&TxnRecord> {
+        let pre_auth = self.txns.get(completion)?.original.as_ref()?;
+        self.txns.get(pre_auth)
+    }
+
+    /// Sets the pre-authorisation of `completion` from `from` to `to`, with `captured` (a
+    /// completion's void takes the capture back, its reversal puts it back); nothing if it is
+    /// not in `from`.
+    fn set_pre_auth_of(
+        &mut self,
+        completion: &Rrn,
+        from: TxnState,
+        to: TxnState,
+        captured: Fen,
+        now: LocalTime,
+        out: &mut Vec<LedgerOp>,
+    ) {
+        let Some(pre_auth) = self.txns.get(completion).and_then(|c| c.original.clone()) else {
+            return;
+        };
+        if let Some(record) = self.txns.get_mut(&pre_auth)
+            && record.state == from
+        {
+            record.state = to;
+            record.captured = captured;
+            record.updated_ms = now.unix_ms;
+            out.push(LedgerOp::Txn(record.clone()));
         }
     }
 
@@ -860,8 +908,18 @@ impl Book {
             (TxnKind::BalanceInquiry, _) => (0, 0, None),
             (TxnKind::Purchase, _) => (amount, 0, None),
             (TxnKind::PreAuth, _) => (0, -amount, None),
-            (TxnKind::PurchaseVoid | TxnKind::CompletionVoid, Some(TxnState::Voided)) => {
+            (TxnKind::PurchaseVoid, Some(TxnState::Voided)) => {
                 (-amount, 0, Some(TxnState::Approved))
+            }
+            // The completion stands again, and its pre-authorisation, which the void had
+            // given its hold back, is completed again.
+            (TxnKind::CompletionVoid, Some(TxnState::Voided)) => {
+                let hold = linked
+                    .as_ref()
+                    .and_then(|rrn| self.pre_auth_of(rrn))
+                    .filter(|pa| pa.state == TxnState::Approved)
+                    .map_or(0, |pa| signed(pa.amount));
+                (-amount, -hold, Some(TxnState::Approved))
             }
             (TxnKind::Refund, Some(TxnState::Approved)) => (-amount, 0, None),
             (TxnKind::PreAuthVoid, Some(TxnState::Voided)) => (0, amount, Some(TxnState::Approved)),
@@ -906,6 +964,19 @@ impl Book {
             }
             parent.updated_ms = now.unix_ms;
             out.push(LedgerOp::Txn(parent.clone()));
+        }
+        if kind == TxnKind::CompletionVoid
+            && let Some(completion) = &linked
+        {
+            let captured = self.txns.get(completion).map_or(0, |c| c.amount);
+            self.set_pre_auth_of(
+                completion,
+                TxnState::Approved,
+                TxnState::Completed,
+                captured,
+                now,
+                out,
+            );
         }
         if same_day && matches!(kind, TxnKind::Purchase | TxnKind::PreAuth) {
             self.uncount_day(index, req.amount);

@@ -764,8 +764,16 @@ fn pre_auth_hold_void_completion_and_completion_void() {
         sim.link(TxnKind::CompletionVoid, 1, 15_000, &completion.rrn),
         ResponseCode::Approved
     );
-    assert_eq!(sim.balance(1), (100_000, 0));
+    // The capture given back, and the pre-authorisation standing again with its hold whole:
+    // completed again at the right amount.
+    assert_eq!(sim.balance(1), (100_000, 20_000));
     assert_eq!(sim.state(&completion.rrn), TxnState::Voided);
+    assert_eq!(sim.state(&pa), TxnState::Approved);
+    assert_eq!(sim.issuer.txn(&pa).unwrap().captured, 0);
+    let redone = sim.linked(TxnKind::Completion, 1, 12_000, &pa);
+    assert_eq!(sim.issuer.authorise(&redone).code, ResponseCode::Approved);
+    assert_eq!(sim.balance(1), (88_000, 0));
+    assert_eq!(sim.state(&pa), TxnState::Completed);
 }
 
 #[test]
@@ -939,13 +947,16 @@ fn reversals_of_linked_transactions_restore_their_originals() {
     assert_eq!(sim.issuer.authorise(&c).code, ResponseCode::Approved);
     let cv = sim.linked(TxnKind::CompletionVoid, 1, 5_000, &c.rrn);
     assert_eq!(sim.issuer.authorise(&cv).code, ResponseCode::Approved);
-    assert_eq!(sim.balance(1), (100_000, 0));
+    assert_eq!(sim.balance(1), (100_000, 5_000));
+    assert_eq!(sim.state(&pa), TxnState::Approved);
     assert_eq!(
         sim.reverse(TxnKind::CompletionVoid, 1, 5_000, &cv.rrn),
         ResponseCode::Approved
     );
     assert_eq!(sim.balance(1), (95_000, 0));
     assert_eq!(sim.state(&c.rrn), TxnState::Approved);
+    assert_eq!(sim.state(&pa), TxnState::Completed);
+    assert_eq!(sim.issuer.txn(&pa).unwrap().captured, 5_000);
 }
 
 #[test]

@@ -1075,7 +1075,64 @@ impl Core {
                 }
             }
         }
+        drop(live);
+        if approved && kind == TxnKind::CompletionVoid {
+            records.extend(self.reopen_pre_auth(original, undo));
+        }
         records
+    }
+
+    /// A completion's void stands its pre-authorisation up again, its hold back whole (as the
+    /// issuer does): completed again at the right amount, or voided. After the completion's
+    /// own records, whose voiding the journal's give-back waits for.
+    fn reopen_pre_auth(&self, completion: &Entry, undo: &mut Vec<Undo>) -> Vec<Record> {
+        let Some(id) = completion.original_id.or(completion.live().linked_original) else {
+            return Vec::new();
+        };
+        if let Some(pre_auth) = self.ledger.by_id(id) {
+            let mut live = pre_auth.live();
+            if live.state == TxnState::Completed {
+                undo.push(Undo::State {
+                    entry: Arc::clone(&pre_auth),
+                    was: TxnState::Completed,
+                    set: TxnState::Approved,
+                });
+                live.state = TxnState::Approved;
+            }
+        }
+        vec![Record::GiveBack { id }]
+    }
+
+    /// A reversal of a completion's void: the completion stands again (`restored`: in memory
+    /// here), and with it its pre-authorisation is completed again. Memory follows only where
+    /// the completion was restored and the pre-authorisation is still approved (one completed
+    /// again or voided since keeps that); the journal completes it once the completion is
+    /// approved again there.
+    fn complete_pre_auth_again(
+        &self,
+        completion: &Entry,
+        restored: bool,
+        undo: &mut Vec<Undo>,
+    ) -> Vec<Record> {
+        let Some(id) = completion.original_id.or(completion.live().linked_original) else {
+            return Vec::new();
+        };
+        if restored && let Some(pre_auth) = self.ledger.by_id(id) {
+            let mut live = pre_auth.live();
+            if live.state == TxnState::Approved {
+                undo.push(Undo::State {
+                    entry: Arc::clone(&pre_auth),
+                    was: TxnState::Approved,
+                    set: TxnState::Completed,
+                });
+                live.state = TxnState::Completed;
+            }
+        }
+        vec![Record::TakeOriginal {
+            id,
+            by: completion.id,
+            state: TxnState::Completed,
+        }]
     }
 
     /// The issuer link for a card: its bank's own link, else the default gateway. The link's
@@ -2523,6 +2580,7 @@ impl Core {
             return Vec::new();
         };
         let mut live = original.live();
+        let mut restored = false;
         match reversed.kind {
             TxnKind::Refund => {
                 let was = live.refunded_fen;
@@ -2543,19 +2601,30 @@ impl Core {
                         set: TxnState::Approved,
                     });
                     live.state = TxnState::Approved;
+                    restored = true;
                 }
             }
             _ => {}
         }
         drop(live);
-        give_back(reversed.kind, original.id)
+        let mut records = give_back(reversed.kind, original.id);
+        if reversed.kind == TxnKind::CompletionVoid {
+            records.extend(self.complete_pre_auth_again(&original, restored, undo));
+        }
+        records
     }
 
     /// What `unlink` writes for `reversed`, memory left as it is.
     fn give_back_records(&self, reversed: &Entry) -> Vec<Record> {
         let linked = reversed.live().linked_original;
         match linked.and_then(|id| self.ledger.by_id(id)) {
-            Some(original) => give_back(reversed.kind, original.id),
+            Some(original) => {
+                let mut records = give_back(reversed.kind, original.id);
+                if reversed.kind == TxnKind::CompletionVoid {
+                    records.extend(self.complete_pre_auth_again(&original, false, &mut Vec::new()));
+                }
+                records
+            }
             None => Vec::new(),
         }
     }

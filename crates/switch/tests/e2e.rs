@@ -431,8 +431,30 @@ fn every_transaction_type_moves_the_issuer_ledger() {
         let s = e.next_stan();
         let r = e.send(&completion_void(&p, 15_000, s, s_co, &rrn_co)).await;
         assert_eq!(r.code(), "00");
-        assert_eq!(e.balance(&card), (start_balance - 3_000, 0));
+        // The completion's void stands the pre-authorisation up again, its hold whole, at the
+        // issuer and in the journal: it is completed again at the right amount.
+        assert_eq!(e.balance(&card), (start_balance - 3_000, 20_000));
         assert_eq!(e.issuer_txn(&rrn_co).unwrap().state, IssuerState::Voided);
+        assert_eq!(e.issuer_txn(&rrn_pa2).unwrap().state, IssuerState::Approved);
+        assert_eq!(e.journal_state(&rrn_pa2), TxnState::Approved);
+        let s = e.next_stan();
+        let r = e.send(&completion(&p, 12_000, s, s_pa2, &rrn_pa2)).await;
+        assert_eq!(r.code(), "00");
+        assert_eq!(e.balance(&card), (start_balance - 15_000, 0));
+        assert_eq!(e.journal_state(&rrn_pa2), TxnState::Completed);
+        // Refunded whole, to leave the card as the rest of the test expects it.
+        let s = e.next_stan();
+        let r = e
+            .send(&Req::refund(
+                &p,
+                12_000,
+                s,
+                &r.text(37).unwrap(),
+                &today_mmdd(),
+            ))
+            .await;
+        assert_eq!(r.code(), "00");
+        assert_eq!(e.balance(&card), (start_balance - 3_000, 0));
 
         // A purchase the terminal reverses: answered at once, delivered by store and forward.
         let s_rev = e.next_stan();
@@ -477,8 +499,45 @@ fn every_transaction_type_moves_the_issuer_ledger() {
         assert_eq!(r.code(), "00");
         assert_eq!(e.balance(&card), (start_balance - 3_000, 0));
 
+        // A completion's void the terminal reverses: the completion stands again and its
+        // pre-authorisation is completed again, at the issuer and in the journal.
+        let s_pa4 = e.next_stan();
+        let r = e.send(&with_pin(pre_auth(&p, 10_000, s_pa4), &card)).await;
+        assert_eq!(r.code(), "00");
+        let rrn_pa4 = r.text(37).unwrap();
+        let s_co4 = e.next_stan();
+        let r = e.send(&completion(&p, 4_000, s_co4, s_pa4, &rrn_pa4)).await;
+        assert_eq!(r.code(), "00");
+        let rrn_co4 = r.text(37).unwrap();
+        let s = e.next_stan();
+        let void = completion_void(&p, 4_000, s, s_co4, &rrn_co4);
+        assert_eq!(e.send(&void).await.code(), "00");
+        assert_eq!(e.balance(&card), (start_balance - 3_000, 10_000));
+        assert_eq!(e.journal_state(&rrn_pa4), TxnState::Approved);
+        assert_eq!(e.send(&Req::reversal_of(&void)).await.code(), "00");
+        let rrn_void = e.h.store.txns_by_key(TID, 1, s).unwrap()[0]
+            .rrn
+            .clone()
+            .unwrap();
+        assert!(
+            e.issuer_state_becomes(&rrn_void, IssuerState::Reversed, 5)
+                .await,
+            "the void's reversal never reached the issuer"
+        );
+        assert_eq!(e.balance(&card), (start_balance - 7_000, 0));
+        assert_eq!(
+            e.issuer_txn(&rrn_pa4).unwrap().state,
+            IssuerState::Completed
+        );
+        assert_eq!(e.journal_state(&rrn_pa4), TxnState::Completed);
+        assert_eq!(e.journal_state(&rrn_co4), TxnState::Approved);
+        // Not completed a second time.
+        let s = e.next_stan();
+        let again = e.send(&completion(&p, 1_000, s, s_pa4, &rrn_pa4)).await;
+        assert_eq!(again.code(), "12");
+
         let (checked, in_doubt) = e.audit().await;
-        assert_eq!((checked, in_doubt), (15, 0));
+        assert_eq!((checked, in_doubt), (20, 0));
     });
 }
 
