@@ -315,7 +315,8 @@ pub struct SettleReport {
     pub new_postings: u64,
     pub merchants: Vec<MerchantClearing>,
     /// Cleared late: no run had cleared this date (its settle run was missed), and a run of a
-    /// later date did, as one of the [`REVISIT_DAYS`] before it.
+    /// later date did, as one of the [`REVISIT_DAYS`] before it, or one of the
+    /// [`MISSED_DAYS_MAX`] before it that has transactions.
     pub missed: bool,
     /// Lines an earlier run of the date wrote before it stopped part-way, which no run had
     /// posted or recorded: this run posted them with its own (in `new_postings`) and counts
@@ -385,6 +386,10 @@ const ISSUER_LEGS_PER_POSTING: usize = crate::ledger::POSTING_LEGS_MAX - 3;
 /// Clearing dates before the one being cleared that a run clears again.
 pub const REVISIT_DAYS: i64 = 3;
 
+/// How far back a run looks for dates with transactions that no run has cleared (their runs
+/// missed: the job down over a holiday): a month, the refund window's length and a day.
+pub const MISSED_DAYS_MAX: i64 = 31;
+
 /// Clearing lines a settle run writes per store submission. A submission is one write
 /// transaction, and SQLite has one writer at a time: a busy day (a million lines) written whole
 /// held the journal's write lock for a second or more (seconds on a loaded machine) while a
@@ -426,7 +431,8 @@ impl Default for ClearingConfig {
 const EVENT_CLOCK_MARGIN_MS: i64 = 3_600_000;
 
 /// Clears `clearing_date`, then clears again each of the [`REVISIT_DAYS`] dates before it (one
-/// no run has cleared too: its own run was missed, and its report says so), and any other
+/// no run has cleared too: its own run was missed, and its report says so), each date with
+/// transactions among the [`MISSED_DAYS_MAX`] before it that no run has cleared, and any other
 /// cleared date whose transactions have had an event since the previous settle run (a
 /// reversal acknowledged days later, say), returning the reports of those that changed. A day changes after its run: a reversal inside the cut-over's
 /// grace, an issuer's late answer to a request in flight at the run, a host reversal of an
@@ -483,13 +489,29 @@ pub fn settle_date_and_recent_with(
             }
         }
     }
+    // Further back, within a month: dates with transactions that no run has cleared (a job
+    // down for a week). A date with none is no missed run (before the first sale, say), and
+    // is left alone rather than recorded.
+    let mut far_missed = Vec::new();
+    for back in (REVISIT_DAYS + 1)..=MISSED_DAYS_MAX {
+        if let Some(earlier) = crate::dates::add_days(&date, -back)
+            && !cleared.contains(earlier.as_str())
+            && !store.txns_on(&earlier)?.is_empty()
+        {
+            if !dates.contains(&earlier) {
+                dates.push(earlier.clone());
+            }
+            far_missed.push(earlier);
+        }
+    }
     let mut revisited = Vec::new();
-    // The dates just before this one that no run has cleared are cleared too: closed before
-    // it, their run was missed (or stopped part-way), and nothing else would clear them unless
-    // someone noticed.
+    // The dates before this one that no run has cleared are cleared too: closed before it,
+    // their run was missed (or stopped part-way), and nothing else would clear them unless
+    // someone noticed. (A date touched since the last run that no run has cleared and that
+    // is not before this one may not have closed: left to its own run.)
     for earlier in &dates {
         let missed = !cleared.contains(earlier.as_str());
-        if missed && !lookback.contains(earlier) {
+        if missed && !lookback.contains(earlier) && !far_missed.contains(earlier) {
             continue;
         }
         let mut again = clear_date(store, directory, earlier, now_ms, None, config)?;
