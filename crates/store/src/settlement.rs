@@ -37,12 +37,12 @@ column_enum!(
 
 column_enum!(
     /// Where a payout is. `Pending` is sent (or resent after a transient failure) when due;
-    /// `Held` waits for a confirmed re-binding; `Sent` left the bank; `Returned` came back.
+    /// `Held` waits for a confirmed re-binding (a failure, or a payout the bank returned days
+    /// after it was sent: `payout-returned`); `Sent` left the bank.
     PayoutState {
         Pending => "pending",
         Sent => "sent",
         Held => "held",
-        Returned => "returned",
     }
 );
 

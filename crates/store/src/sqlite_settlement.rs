@@ -1031,7 +1031,7 @@ impl SqliteStore {
         stuck_by_ms: i64,
         limit: u32,
     ) -> Result<(u64, Vec<PayoutRow>), StoreError> {
-        const WAITING: &str = "state IN ('held', 'returned', 'pending') AND failure IS NOT NULL";
+        const WAITING: &str = "state IN ('held', 'pending') AND failure IS NOT NULL";
         let limit = limit.min(SETTLEMENT_ROWS_MAX);
         self.read(|conn| {
             let count: i64 = conn

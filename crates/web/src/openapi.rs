@@ -244,7 +244,7 @@ pub fn document() -> Value {
                 vec![param("mid", "query", "merchant (staff)")], None, "List") },
             "/api/payouts": { "get": op("Payouts with status, newest first, 200 a page; failures with their diagnosis and steps; stuck: retried after bank system errors for a day or more since first_attempt_ms",
                 vec![param("mid", "query", "merchant (staff)"),
-                     param("state", "query", "pending, sent, held, returned"),
+                     param("state", "query", "pending, sent, held (a payout the bank returned is held, its failure payout-returned)"),
                      param("cursor", "query", "the next page: the previous page's next_cursor (null on the last)")], None, "List") },
             "/api/bound-account": {
                 "get": op("The bound settlement account (masked) and its changes",

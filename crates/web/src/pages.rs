@@ -2589,7 +2589,6 @@ fn payout_state_text(l: Lang, state: &str) -> &'static str {
         "pending" => t(l, "待出款", "due"),
         "sent" => t(l, "已出款", "paid"),
         "held" => t(l, "暂停（等待重新绑定）", "held (re-bind the account)"),
-        "returned" => t(l, "被退回", "returned"),
         _ => t(l, "未知", "unknown"),
     }
 }
