@@ -1709,10 +1709,16 @@ fn claim_original(
     // the issuer may have acted on one until it acknowledges the reversal, and a second
     // refund meanwhile would credit the card twice should the reversal never be taken. A
     // reversal the issuer refused other than with 25 (it never had the request) leaves the
-    // link standing too, for an operator to take up (the console lists it).
+    // link standing for good, for an operator to take up (the console lists it): judged as
+    // one in flight or approved (12, 61), not as one whose reversal may yet be taken (09,
+    // "try again later", for ever).
     let links = conn
         .prepare_cached(
-            "SELECT t.kind, t.amount_fen, t.state IN ('in_flight', 'approved')
+            "SELECT t.kind, t.amount_fen,
+             t.state IN ('in_flight', 'approved')
+             OR EXISTS (SELECT 1 FROM reversal_queue q
+                        WHERE q.txn_id = t.id AND q.state = 'refused'
+                        AND COALESCE(q.last_error, '') <> '25')
              FROM transactions t
              WHERE t.original_id = ?1
              AND t.kind IN ('purchase_void', 'completion_void', 'pre_auth_void', 'completion',

@@ -1995,12 +1995,13 @@ fn linked_requests_claim_their_original_in_the_journal(db: &Db) {
         over,
         Err(StoreError::LinkRefused(LinkRefusal::ExceedsAmount))
     );
-    // Refused other than with 25: the issuer may still have the refund, and it stands.
+    // Refused other than with 25: the issuer may still have the refund, and it stands, for
+    // good: refused as over the original (61), not as waiting on a reversal (09, for ever).
     write(store, vec![reversal_done(5, SafState::Refused, "12")]).unwrap();
     let refused = write(store, vec![link(6, TxnKind::Refund, 1, 1)]);
     assert_eq!(
         refused,
-        Err(StoreError::LinkRefused(LinkRefusal::ReversalPending))
+        Err(StoreError::LinkRefused(LinkRefusal::ExceedsAmount))
     );
     // Refused with 25, the issuer never had it: the amount is free.
     write(

@@ -880,15 +880,53 @@ fn an_issuers_98_is_taken_as_a_timeout_and_reversed_not_as_a_decline() {
         assert_eq!(sale.code(), "00");
         let sale_rrn = sale.text(37).unwrap();
         let date = switch::LocalTime::from_ms(h.clock.now_ms()).mmdd();
+        // The issuer leaves reversals unanswered from here: the refund's stays pending.
+        h.log.answer_reversals.store(false, Ordering::SeqCst);
         let refund = Req::refund(&pan, OUTCOME_UNKNOWN_AMOUNT, 4, &sale_rrn, &date);
         assert_eq!(t.send(&refund).await.code(), "98");
         let refund_row = &h.store.txns_by_key(TID, 1, 4).unwrap()[0];
         assert_eq!(refund_row.state, TxnState::TimedOut);
         assert!(h.store.reversal(refund_row.id).unwrap().is_some());
-        // The minimal issuer leaves reversals unanswered here: the first refund's stays
-        // pending, and the sale may not be refunded again meanwhile.
+        // The sale may not be refunded again while that reversal is pending.
         let again = Req::refund(&pan, 5_000, 5, &sale_rrn, &date);
         assert_eq!(t.send(&again).await.code(), "09");
+    });
+}
+
+/// A refund whose reversal the issuer refused (12: it will not undo it) stands there for good:
+/// a second refund over what is left is refused 61, as one over an approved refund is, not
+/// 09 ("try again later"), which it would get for ever.
+#[test]
+fn a_refund_whose_reversal_the_issuer_refused_stands_and_is_not_09_for_ever() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let pan = card("622202");
+        let sale = t.send(&Req::purchase(&pan, 5_000, 2)).await;
+        assert_eq!(sale.code(), "00");
+        let sale_rrn = sale.text(37).unwrap();
+        let date = switch::LocalTime::from_ms(h.clock.now_ms()).mmdd();
+        let refund = Req::refund(&pan, 3_000, 3, &sale_rrn, &date);
+        assert_eq!(t.send(&refund).await.code(), "00");
+        h.log.reversal_codes.lock().unwrap().push_back("12");
+        assert_eq!(t.send(&Req::reversal_of(&refund)).await.code(), "00");
+        let refund_id = h.store.txns_by_key(TID, 1, 3).unwrap()[0].id;
+        let store = Arc::clone(&h.store);
+        let refused = h
+            .eventually(10, || {
+                store
+                    .reversal(refund_id)
+                    .unwrap()
+                    .is_some_and(|r| r.state == SafState::Refused)
+            })
+            .await;
+        assert!(refused, "{:?}", h.store.reversal(refund_id));
+        let again = Req::refund(&pan, 3_000, 4, &sale_rrn, &date);
+        assert_eq!(t.send(&again).await.code(), "61");
+        // What is left beside it may still be refunded.
+        let rest = Req::refund(&pan, 2_000, 5, &sale_rrn, &date);
+        assert_eq!(t.send(&rest).await.code(), "00");
     });
 }
 
