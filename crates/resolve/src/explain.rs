@@ -430,6 +430,20 @@ pub fn explain_txn(
                 };
                 steps.push(step(at, kind, text));
             }
+            // The journal answered late: the terminal was told 96, and the host reversed
+            // what the issuer had approved.
+            "reversed" if event.detail.contains(switch::REVERSED_BY_HOST) => {
+                steps.push(step(
+                    at,
+                    "reversed_by_host",
+                    Both::new(
+                        "发卡行的批准写入日志晚了：终端已收到 96（系统故障，交易未完成），收单系统随即自行冲正这笔批准，并把冲正转发给发卡行",
+                        "the issuer's approval reached the journal late: the terminal had been \
+                         answered 96 (system error, not completed), so shoudan reversed the \
+                         approval itself and forwards the reversal to the issuer",
+                    ),
+                ));
+            }
             "reversed" => {
                 steps.push(step(
                     at,
@@ -888,6 +902,13 @@ pub fn explain_txn(
             if reversal.as_ref().is_some_and(|r| r.reason == "A0") =>
         {
             Some(diagnosis::diagnose_failure(FailureKind::BadResponseMac))
+        }
+        // Reversed by the host after the terminal was told 96 (reason 96): the terminal got
+        // an answer, a system error, not none.
+        Outcome::ApprovedThenReversed | Outcome::ApprovedReversalPending
+            if reversal.as_ref().is_some_and(|r| r.reason == "96") =>
+        {
+            Some(diagnosis::diagnose_str("96"))
         }
         Outcome::ApprovedThenReversed | Outcome::ApprovedReversalPending => {
             Some(diagnosis::diagnose_failure(FailureKind::NoAnswer))
@@ -1449,6 +1470,71 @@ mod tests {
         );
         let shown = serde_json::to_string(&e).unwrap();
         assert!(!shown.contains(code.title.en), "{shown}");
+    }
+
+    /// An approval whose outcome reached the journal after the terminal was answered 96, which
+    /// the host then reversed itself: told as that, not as the terminal's reversal of a
+    /// request it got no answer to.
+    #[test]
+    fn the_hosts_own_reversal_is_not_told_as_the_terminals() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("j.db"))).unwrap();
+        let sale = TxnRow {
+            response_code: Some("00".into()),
+            state: TxnState::Reversed,
+            sent_at_ms: Some(1_773_108_000_010),
+            issuer_answered_at_ms: Some(1_773_108_000_200),
+            ..row(7, "10000001", "898110048990001", TxnKind::Purchase, None)
+        };
+        let event = |at_ms: i64, kind: &str, detail: String| {
+            Record::Event(store::EventRow {
+                txn_id: 7,
+                at_ms,
+                kind: kind.into(),
+                detail,
+            })
+        };
+        store
+            .submit(vec![
+                Record::InsertTxn(Box::new(sale.clone())),
+                event(
+                    1_773_108_000_200,
+                    "approved",
+                    "approved by ICBC at 10:00:00, auth code 123456 (purchase)".into(),
+                ),
+                event(
+                    1_773_108_003_300,
+                    "reversed",
+                    format!(
+                        "outcome written after the terminal was answered 96 (the journal \
+                         answered late): {} at 10:00:03; reversal queued to ICBC",
+                        switch::REVERSED_BY_HOST
+                    ),
+                ),
+                Record::SafEnqueue {
+                    txn_id: 7,
+                    issuer: "ICBC".into(),
+                    reason: "96".into(),
+                    next_attempt_ms: 0,
+                },
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+        let directory = IssuerDirectory::embedded().unwrap();
+        let e = explain_txn(&store, &directory, &sale, sale.received_at_ms).unwrap();
+        assert!(
+            e.steps.iter().any(|s| s.kind == "reversed_by_host"),
+            "{:?}",
+            e.steps
+        );
+        assert!(
+            !e.steps.iter().any(|s| s.kind == "reversed_by_terminal"),
+            "{:?}",
+            e.steps
+        );
+        let told = e.diagnosis.unwrap();
+        assert_eq!(told.title.en, diagnosis::diagnose_str("96").title.en);
     }
 
     /// A refusal linked to another merchant's sale, as the switch once recorded a refund that

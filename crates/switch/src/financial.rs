@@ -1940,7 +1940,7 @@ impl Core {
                 "reversed",
                 format!(
                     "outcome written after the terminal was answered 96 (the journal answered \
-                     late): reversed by the host at {}; reversal queued to {bank}",
+                     late): {REVERSED_BY_HOST} at {}; reversal queued to {bank}",
                     LocalTime::from_ms(now_ms).clock_text()
                 ),
             ),
@@ -2691,6 +2691,11 @@ impl Undo {
 /// reconciliation (79), PIN block under the zone key (99), MAC (A0). The request is declined
 /// and the terminal answered 96 (the acquirer acts); the issuer's code is in its event.
 const ISSUER_LINK_CODES: [[u8; 2]; 6] = [*b"22", *b"30", *b"77", *b"79", *b"99", *b"A0"];
+
+/// What the timeline event of a reversal the host made itself says (an approval whose outcome
+/// was written after the terminal was answered 96), as against a terminal's: the explanation
+/// reads it.
+pub const REVERSED_BY_HOST: &str = "reversed by the host";
 
 /// Response codes with which an issuer's side says it does not know the outcome: its issuer did
 /// not answer in time (98), or answered too late (68). PROTOCOL.md: "retry after reversal".

@@ -51,6 +51,7 @@ pub use crate::backoffice::{
 pub use crate::clock::{Clock, LocalTime, SystemClock, day_number_of};
 pub use crate::config::*;
 pub use crate::core::{handle_bytes, handle_from_bytes};
+pub use crate::financial::REVERSED_BY_HOST;
 pub use crate::health::clock_drift_s;
 pub use crate::issuer::{Connecting, IssuerConnector, IssuerStream, LinkError, TcpConnector};
 pub use crate::metrics::{
