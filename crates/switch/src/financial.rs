@@ -691,8 +691,10 @@ impl Core {
         }
         match rrn {
             // Field 61 named a batch and trace this terminal has not: the RRN's transaction
-            // counts only if those are its numbers (a void whose 61 names nothing is not let
-            // through on its RRN alone).
+            // counts only if those are its numbers (a void whose 61 names numbers that are
+            // nothing here is not let through on its RRN alone). A 61 naming no trace falls
+            // back on the RRN, as the doc above says; `check_link` still holds the void to
+            // this terminal's own transaction, card, amount and code.
             Some(rrn) => Ok(self.by_rrn(rrn).await?.filter(agrees_with_61)),
             None if matches!(kind, TxnKind::Completion | TxnKind::PreAuthVoid)
                 && named.is_none() =>
