@@ -1064,6 +1064,8 @@ struct Traffic {
     issuers: HashMap<String, Arc<Issuer>>,
     accounts: Vec<Account>,
     now_ms: i64,
+    /// Every card number the run's terminals used (invariant 4: none is kept or shown whole).
+    pans: Vec<String>,
     /// The journal's directory, removed when the run is done.
     dir: tempfile::TempDir,
 }
@@ -1112,7 +1114,7 @@ fn run(seed: u64, txns: usize) -> Outcome {
     assert_eq!(panics, 0, "seed {seed}: a task panicked (see above)");
     let settled = check_invariant_3(seed, &traffic);
     check_invariant_5(seed, &traffic);
-    check_no_secrets(seed, traffic.dir.path());
+    check_no_secrets(seed, traffic.dir.path(), &traffic.pans);
     drop(traffic.dir);
     Outcome {
         fingerprint: format!("{}; {settled}", traffic.fingerprint),
@@ -1480,6 +1482,7 @@ async fn simulate(seed: u64, txns: usize) -> Traffic {
         issuers,
         accounts,
         now_ms: clock.ms(),
+        pans: all_pans,
         dir,
     }
 }
@@ -1777,6 +1780,14 @@ fn check_invariant_5(seed: u64, traffic: &Traffic) {
                 ),
             }
             .unwrap();
+            // Invariant 4 too: no card number whole in what a merchant or an issuer is shown.
+            for pan in &traffic.pans {
+                assert!(
+                    !shown.contains(pan.as_str()),
+                    "seed {seed}: a full card number {}… shown {rerun}",
+                    &pan[..6]
+                );
+            }
             // Every run of digits, and every stretch of it as long as a foreign name.
             let named: BTreeSet<&str> = shown
                 .split(|c: char| !c.is_ascii_digit())
@@ -1916,8 +1927,10 @@ fn check_no_pan(seed: u64, db: &std::path::Path, pans: &[String]) {
 
 /// DESIGN.md invariant 4, for everything the run left on disk once settled and explained
 /// (journal, its log, the key store, the issuers' ledgers): no PIN block a terminal sent and
-/// no clear terminal master key, as bytes or as hex.
-fn check_no_secrets(seed: u64, dir: &std::path::Path) {
+/// no clear terminal master key or zone PIN key, as bytes or as hex; and in the journal's
+/// files (its WAL and free pages too, which `check_no_pan`'s SQL does not read) no card
+/// number whole, as text or BCD. (The issuers' ledgers are the banks' own, not shoudan's.)
+fn check_no_secrets(seed: u64, dir: &std::path::Path, pans: &[String]) {
     let blocks = PIN_BLOCKS.with(|b| std::mem::take(&mut *b.borrow_mut()));
     assert!(!blocks.is_empty(), "seed {seed}: no PIN block was sent");
     let hex = |bytes: &[u8]| -> Vec<u8> {
@@ -1936,13 +1949,58 @@ fn check_no_secrets(seed: u64, dir: &std::path::Path) {
     let as_u128 = |w: &[u8]| u128::from_le_bytes(w.try_into().unwrap());
     let raw: HashSet<u64, Fast> = blocks.iter().map(|b| as_u64(b)).collect();
     let in_hex: HashSet<u128, Fast> = blocks.iter().map(|b| as_u128(&hex(b))).collect();
+    let zpk: Vec<u8> = (0..ZPK_HEX.len() / 2)
+        .map(|i| u8::from_str_radix(&ZPK_HEX[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
     let tmk_forms = [
         ("the TMK", tmk.clone()),
         ("the TMK, in hex", hex(&tmk)),
         ("the TMK, in lower-case hex", hex(&tmk).to_ascii_lowercase()),
+        ("the ZPK", zpk.clone()),
+        ("the ZPK, in hex", hex(&zpk)),
+        ("the ZPK, in lower-case hex", hex(&zpk).to_ascii_lowercase()),
     ];
+    // Card numbers as text and as the BCD a codec packs them into (padded with 0 or F), looked
+    // up by their first eight bytes, then compared whole.
+    let mut pan_forms: Vec<Vec<u8>> = Vec::new();
+    for pan in pans {
+        pan_forms.push(pan.as_bytes().to_vec());
+        for pad in [b'0', b'F'] {
+            let mut digits = pan.as_bytes().to_vec();
+            if digits.len() % 2 == 1 {
+                digits.push(pad);
+            }
+            let nibble = |d: u8| if d == b'F' { 0xF } else { d - b'0' };
+            pan_forms.push(
+                digits
+                    .chunks(2)
+                    .map(|p| (nibble(p[0]) << 4) | nibble(p[1]))
+                    .collect(),
+            );
+        }
+    }
+    let pan_heads: HashSet<u64, Fast> = pan_forms.iter().map(|f| as_u64(&f[..8])).collect();
+    // Where a card number whole is in `bytes`, if it is.
+    let pan_at = |bytes: &[u8]| {
+        bytes.windows(8).enumerate().find_map(|(at, w)| {
+            (pan_heads.contains(&as_u64(w)) && pan_forms.iter().any(|f| bytes[at..].starts_with(f)))
+                .then_some(at)
+        })
+    };
+    // The look-up finds what it looks for: a card number planted as text, and as BCD.
+    for planted in [&pan_forms[0], &pan_forms[1]] {
+        let mut bytes = b"..........".to_vec();
+        bytes.extend_from_slice(planted);
+        bytes.extend_from_slice(b"....");
+        assert_eq!(
+            pan_at(&bytes),
+            Some(10),
+            "seed {seed}: the card number scan is blind"
+        );
+    }
     let mut files = vec![dir.to_path_buf()];
     let mut scanned = 0;
+    let mut journal_files = 0;
     while let Some(path) = files.pop() {
         if path.is_dir() {
             files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
@@ -1964,9 +2022,20 @@ fn check_no_secrets(seed: u64, dir: &std::path::Path) {
                 "seed {seed}: {what} in {shown}"
             );
         }
+        let journal = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("switch.db"));
+        if journal {
+            if let Some(at) = pan_at(&bytes) {
+                panic!("seed {seed}: a full card number in {shown} at byte {at}");
+            }
+            journal_files += 1;
+        }
         scanned += 1;
     }
     assert!(scanned > 1, "seed {seed}: nothing on disk to scan");
+    assert!(journal_files > 0, "seed {seed}: no journal file scanned");
 }
 
 /// A hasher for integers that are random already (PIN blocks): one multiply.
