@@ -299,6 +299,10 @@ pub trait Store: Send + Sync + 'static {
         state: Option<risk::AlertState>,
         limit: u32,
     ) -> Result<Vec<risk::RiskAlertRow>, StoreError>;
+    /// The (merchant, terminal) of every open alert of `kind` whose rule declines, each once,
+    /// however many other alerts there are: the terminals such a rule holds until an operator
+    /// looks (a start reads them back; bounded by the terminals, not by a page).
+    fn risk_open_declining(&self, kind: &str) -> Result<Vec<(String, String)>, StoreError>;
     /// Alerts with an id above `after_id`, oldest first: the notification outbox tails these.
     fn risk_alerts_after(
         &self,

@@ -679,6 +679,9 @@ impl Store for SqliteStore {
     ) -> Result<Vec<RiskAlertRow>, StoreError> {
         self.risk_alerts_in(state, limit)
     }
+    fn risk_open_declining(&self, kind: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.risk_open_declining_of(kind)
+    }
     fn risk_alerts_after(
         &self,
         after_id: i64,

@@ -280,6 +280,22 @@ impl SqliteStore {
         })
     }
 
+    pub(super) fn risk_open_declining_of(
+        &self,
+        kind: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|conn| {
+            // The `(state, id)` index's open ones: few, as an operator's queue is.
+            let mut statement = conn.prepare_cached(
+                "SELECT DISTINCT mid, tid FROM risk_alerts
+                 WHERE state = 'open' AND kind = ?1 AND action = 'decline'
+                 ORDER BY mid, tid",
+            )?;
+            let rows = statement.query_map(params![kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<(String, String)>, _>>()?)
+        })
+    }
+
     pub(super) fn risk_alerts_in(
         &self,
         state: Option<AlertState>,

@@ -71,6 +71,7 @@ fn every_read_runs(db: &Db) {
     assert!(s.case_entries(1).unwrap().is_empty());
     assert!(s.webhook_endpoint("m").unwrap().is_none());
     assert!(s.outbox_due_merchants(0, 10).unwrap().is_empty());
+    assert!(s.risk_open_declining("peer-change").unwrap().is_empty());
     assert!(s.outbox_due_of_merchant("m", 0, 10).unwrap().is_empty());
     assert!(s.outbox_of_merchant("m", None, 10).unwrap().is_empty());
     assert!(s.outbox_item(1).unwrap().is_none());

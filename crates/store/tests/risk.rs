@@ -357,8 +357,42 @@ async fn two_nodes_reviewing_one_merchant_at_once_cannot_both_write(db: &Db) {
     }
 }
 
+/// The terminals a declining rule holds: every open alert of its kind whose action declines,
+/// each terminal once; not one only alerted, not one looked at (resolved), not another kind's.
+async fn open_declining_alerts_name_the_held_terminals(db: &Db) {
+    let store = db.open();
+    let of = |id: i64, kind: &str, action: AlertAction, tid: &str, state: AlertState| {
+        let Record::Risk(RiskRecord::Alert(mut row)) = alert(id, Vec::new()) else {
+            unreachable!()
+        };
+        row.kind = kind.into();
+        row.action = action;
+        row.tid = tid.into();
+        row.state = state;
+        Record::Risk(RiskRecord::Alert(row))
+    };
+    let (open, cleared) = (AlertState::Open, AlertState::Cleared);
+    store
+        .submit(vec![
+            merchant("M1"),
+            of(1, "peer-change", AlertAction::Decline, "T1", open),
+            of(2, "peer-change", AlertAction::Decline, "T1", open),
+            of(3, "peer-change", AlertAction::Alert, "T2", open),
+            of(4, "peer-change", AlertAction::Decline, "T3", cleared),
+            of(5, "card-testing", AlertAction::Decline, "T4", open),
+            of(6, "peer-change", AlertAction::Decline, "T5", open),
+        ])
+        .unwrap()
+        .await
+        .unwrap();
+    let held = store.risk_open_declining("peer-change").unwrap();
+    let pair = |tid: &str| ("M1".to_owned(), tid.to_owned());
+    assert_eq!(held, [pair("T1"), pair("T5")]);
+}
+
 on_both_async!(
     profiles_reviews_alerts_round_trip,
     reviews_compare_and_set,
-    two_nodes_reviewing_one_merchant_at_once_cannot_both_write
+    two_nodes_reviewing_one_merchant_at_once_cannot_both_write,
+    open_declining_alerts_name_the_held_terminals
 );

@@ -82,10 +82,6 @@ struct PendingAlert {
     txn_ids: Vec<i64>,
 }
 
-/// Open alerts a start reads for terminals held by a declining peer-change rule (newest first;
-/// far more than an operator's queue should ever hold).
-const OPEN_ALERTS_READ_MAX: u32 = 10_000;
-
 /// A refusal by the merchant or risk checks: field 39 and the timeline's words.
 pub(crate) struct Refusal {
     pub code: [u8; 2],
@@ -199,11 +195,10 @@ impl RiskGate {
             }
         }
         // Terminals a declining peer-change rule held, their alerts not yet looked at: still
-        // held (their usual network is not known after a start).
-        for alert in store.risk_alerts(Some(AlertState::Open), OPEN_ALERTS_READ_MAX)? {
-            if alert.kind == "peer-change" && alert.action == AlertAction::Decline {
-                engine.hold_moved(&alert.mid, &alert.tid, now_ms);
-            }
+        // held (their usual network is not known after a start). All of them, however many
+        // newer alerts of other kinds are open (a page of the newest lost the older holds).
+        for (mid, tid) in store.risk_open_declining("peer-change")? {
+            engine.hold_moved(&mid, &tid, now_ms);
         }
         Ok(RiskGate {
             merchants: RwLock::new(load_merchants(store)?),
