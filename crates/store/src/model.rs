@@ -391,6 +391,13 @@ pub enum Record {
         by: i64,
         state: TxnState,
     },
+    /// A reversed completion void's pre-authorisation (`id`) completed again by its completion
+    /// (`by`): only while the journal holds the pre-authorisation approved and the completion
+    /// approved again; a pre-authorisation completed again or voided since keeps that.
+    CompleteAgain {
+        id: i64,
+        by: i64,
+    },
     /// The balance (field 54, as sent) a balance inquiry was answered with.
     BalanceAnswer {
         id: i64,

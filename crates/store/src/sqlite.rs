@@ -1446,6 +1446,15 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
             )?
             .execute_any(params![id])?;
         }
+        Record::CompleteAgain { id, by } => {
+            conn.prepare_cached(
+                "UPDATE transactions SET state = 'completed'
+                 WHERE id = ?1 AND state = 'approved'
+                 AND EXISTS (SELECT 1 FROM transactions AS c WHERE c.id = ?2
+                             AND c.kind = 'completion' AND c.state = 'approved')",
+            )?
+            .execute_any(params![id, by])?;
+        }
         Record::TakeOriginal { id, by, state } => {
             // The link's row lock first: a reversal another node commits meanwhile is either
             // seen here or waits for this.
@@ -1714,7 +1723,9 @@ fn claim_original(
     // reversal the issuer refused other than with 25 (it never had the request) leaves the
     // link standing for good, for an operator to take up (the console lists it): judged as
     // one in flight or approved (12, 61), not as one whose reversal may yet be taken (09,
-    // "try again later", for ever).
+    // "try again later", for ever). A pre-authorisation's completion voided by a void whose
+    // reversal is queued waits too: the void re-opened the pre-authorisation, and its
+    // reversal, once taken, completes it again.
     let links = conn
         .prepare_cached(
             "SELECT t.kind, t.amount_fen,
@@ -1730,7 +1741,12 @@ fn claim_original(
                   OR EXISTS (SELECT 1 FROM reversal_queue q
                              WHERE q.txn_id = t.id
                              AND (q.state = 'pending'
-                                  OR q.state = 'refused' AND COALESCE(q.last_error, '') <> '25')))",
+                                  OR q.state = 'refused' AND COALESCE(q.last_error, '') <> '25'))
+                  OR t.kind = 'completion'
+                     AND EXISTS (SELECT 1 FROM transactions v
+                                 JOIN reversal_queue q ON q.txn_id = v.id
+                                 WHERE v.original_id = t.id AND v.kind = 'completion_void'
+                                 AND q.state = 'pending'))",
         )?
         .query_map(params![original], |r| {
             Ok((

@@ -2350,7 +2350,111 @@ fn an_original_is_taken_only_by_a_link_that_stands(db: &Db) {
     }
 }
 
+/// A completion's void re-opens its pre-authorisation; while that void's reversal is queued
+/// (it may yet be taken, completing the pre-authorisation again) nothing else completes or
+/// voids the pre-authorisation; the reversal taken completes it again, but only a
+/// pre-authorisation still approved.
+fn a_completion_voids_reversal_completes_its_pre_authorisation_again(db: &Db) {
+    let opened = db.open();
+    provision(&opened);
+    let store: &dyn Store = &*opened;
+    let state = |id: i64| store.txn(id).unwrap().unwrap().state;
+    // Pre-authorisation 1, completed by 2.
+    approved_purchase(store, 1);
+    write(
+        store,
+        vec![Record::State {
+            id: 1,
+            state: TxnState::Approved,
+        }],
+    )
+    .unwrap();
+    write(store, vec![link(2, TxnKind::Completion, 1, 10_000)]).unwrap();
+    write(
+        store,
+        vec![
+            approved(2),
+            Record::TakeOriginal {
+                id: 1,
+                by: 2,
+                state: TxnState::Completed,
+            },
+        ],
+    )
+    .unwrap();
+    // 3 voids the completion, and the pre-authorisation stands again.
+    write(store, vec![link(3, TxnKind::CompletionVoid, 2, 10_000)]).unwrap();
+    write(
+        store,
+        vec![
+            approved(3),
+            Record::TakeOriginal {
+                id: 2,
+                by: 3,
+                state: TxnState::Voided,
+            },
+            Record::GiveBack { id: 1 },
+        ],
+    )
+    .unwrap();
+    assert_eq!((state(1), state(2)), (TxnState::Approved, TxnState::Voided));
+    // Its answer lost, the void is reversed (queued): nothing else takes the pre-authorisation
+    // until the issuer answers that reversal.
+    write(
+        store,
+        vec![
+            Record::State {
+                id: 3,
+                state: TxnState::Reversed,
+            },
+            queued_reversal(3),
+        ],
+    )
+    .unwrap();
+    for (id, kind, fen) in [
+        (4, TxnKind::Completion, 5_000),
+        (5, TxnKind::PreAuthVoid, 12_345),
+    ] {
+        assert_eq!(
+            write(store, vec![link(id, kind, 1, fen)]),
+            Err(StoreError::LinkRefused(LinkRefusal::ReversalPending)),
+            "{kind:?}"
+        );
+    }
+    // Completed again only once the completion is approved again.
+    write(store, vec![Record::CompleteAgain { id: 1, by: 2 }]).unwrap();
+    assert_eq!(state(1), TxnState::Approved);
+    write(
+        store,
+        vec![
+            reversal_done(3, SafState::Acked, "00"),
+            Record::GiveBack { id: 2 },
+            Record::CompleteAgain { id: 1, by: 2 },
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        (state(1), state(2)),
+        (TxnState::Completed, TxnState::Approved)
+    );
+    // A pre-authorisation voided meanwhile keeps that, though its completion stands.
+    approved_purchase(store, 10);
+    write(store, vec![link(11, TxnKind::Completion, 10, 1_000)]).unwrap();
+    write(store, vec![approved(11)]).unwrap();
+    write(
+        store,
+        vec![Record::State {
+            id: 10,
+            state: TxnState::Voided,
+        }],
+    )
+    .unwrap();
+    write(store, vec![Record::CompleteAgain { id: 10, by: 11 }]).unwrap();
+    assert_eq!(state(10), TxnState::Voided);
+}
+
 on_both!(
+    a_completion_voids_reversal_completes_its_pre_authorisation_again,
     a_new_terminal_is_refused_over_one_held,
     a_request_key_is_claimed_once_per_batch,
     an_original_is_taken_only_by_a_link_that_stands,

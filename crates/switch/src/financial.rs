@@ -1130,10 +1130,9 @@ impl Core {
                 live.state = TxnState::Completed;
             }
         }
-        vec![Record::TakeOriginal {
+        vec![Record::CompleteAgain {
             id,
             by: completion.id,
-            state: TxnState::Completed,
         }]
     }
 
