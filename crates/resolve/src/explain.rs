@@ -303,6 +303,12 @@ pub fn explain_txn(
         .find_map(|e| rule_of_decline(&e.detail));
     let mut approved_at = None;
     let mut timed_out = false;
+    // The host reversed an approval itself (its outcome written after the terminal was told
+    // 96), as against the terminal's reversal (whose reason may be 96 too: it could not
+    // complete).
+    let host_reversed = events
+        .iter()
+        .any(|e| e.kind == "reversed" && e.detail.contains(switch::REVERSED_BY_HOST));
     for event in &events {
         let at = event.at_ms;
         match event.kind.as_str() {
@@ -903,11 +909,9 @@ pub fn explain_txn(
         {
             Some(diagnosis::diagnose_failure(FailureKind::BadResponseMac))
         }
-        // Reversed by the host after the terminal was told 96 (reason 96): the terminal got
-        // an answer, a system error, not none.
-        Outcome::ApprovedThenReversed | Outcome::ApprovedReversalPending
-            if reversal.as_ref().is_some_and(|r| r.reason == "96") =>
-        {
+        // Reversed by the host after the terminal was told 96: the terminal got an answer, a
+        // system error, not none.
+        Outcome::ApprovedThenReversed | Outcome::ApprovedReversalPending if host_reversed => {
             Some(diagnosis::diagnose_str("96"))
         }
         Outcome::ApprovedThenReversed | Outcome::ApprovedReversalPending => {
@@ -1535,6 +1539,49 @@ mod tests {
         );
         let told = e.diagnosis.unwrap();
         assert_eq!(told.title.en, diagnosis::diagnose_str("96").title.en);
+        // A terminal's own reversal with reason 96 (it could not complete: the printer) is
+        // the terminal's, and not diagnosed as the host's 96.
+        let sale = TxnRow {
+            id: 8,
+            stan: 8,
+            rrn: Some("000000000008".into()),
+            request_hash: vec![8],
+            ..sale
+        };
+        store
+            .submit(vec![
+                Record::InsertTxn(Box::new(sale.clone())),
+                Record::Event(store::EventRow {
+                    txn_id: 8,
+                    at_ms: 1_773_108_000_200,
+                    kind: "approved".into(),
+                    detail: "approved by ICBC at 10:00:00, auth code 123457 (purchase)".into(),
+                }),
+                Record::Event(store::EventRow {
+                    txn_id: 8,
+                    at_ms: 1_773_108_003_300,
+                    kind: "reversed".into(),
+                    detail: "reversed by terminal 10000001 at 10:00:03; reversal queued to ICBC"
+                        .into(),
+                }),
+                Record::SafEnqueue {
+                    txn_id: 8,
+                    issuer: "ICBC".into(),
+                    reason: "96".into(),
+                    next_attempt_ms: 0,
+                },
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+        let e = explain_txn(&store, &directory, &sale, sale.received_at_ms).unwrap();
+        assert!(
+            e.steps.iter().any(|s| s.kind == "reversed_by_terminal"),
+            "{:?}",
+            e.steps
+        );
+        let told = e.diagnosis.unwrap();
+        assert_ne!(told.title.en, diagnosis::diagnose_str("96").title.en);
     }
 
     /// A refusal linked to another merchant's sale, as the switch once recorded a refund that
