@@ -349,11 +349,23 @@ pub struct NewCase {
     pub refund_fen: Option<i64>,
 }
 
-/// Whether a refund or a void of payment `txn_id` (from a case or a terminal) may have been
-/// made at the issuer without the journal counting it: still in flight or timed out, or with
-/// a reversal of it queued and not acknowledged, or refused other than with 25 (the issuer
-/// never had it). The duplicate-payment advice asks the same before it says to void or refund.
-pub(crate) fn return_in_doubt(store: &dyn Store, txn_id: i64) -> Result<bool, StoreError> {
+/// Whether a refund or a void of a payment may have been made at the issuer without the
+/// journal counting it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReturnDoubt {
+    None,
+    /// Still in flight or timed out, or its reversal queued and not yet answered: it settles.
+    Pending,
+    /// Its reversal refused other than with 25 (the issuer never had it): it may stand at the
+    /// issuer for good, for the acquirer to take up.
+    Kept,
+}
+
+/// [`ReturnDoubt`] of the refunds and voids of payment `txn_id` (from a case or a terminal):
+/// `Pending` if any is, else `Kept` if any is. The duplicate-payment advice asks the same
+/// before it says to void or refund.
+pub(crate) fn return_doubt(store: &dyn Store, txn_id: i64) -> Result<ReturnDoubt, StoreError> {
+    let mut doubt = ReturnDoubt::None;
     for linked in store.txns_linked_to(txn_id)? {
         if !matches!(
             linked.kind,
@@ -361,15 +373,19 @@ pub(crate) fn return_in_doubt(store: &dyn Store, txn_id: i64) -> Result<bool, St
         ) {
             continue;
         }
-        let doubt = match store.reversal(linked.id)? {
-            Some(reversal) => !reversal.undone(),
-            None => matches!(linked.state, TxnState::InFlight | TxnState::TimedOut),
-        };
-        if doubt {
-            return Ok(true);
+        match store.reversal(linked.id)? {
+            Some(reversal) if reversal.state == store::SafState::Pending => {
+                return Ok(ReturnDoubt::Pending);
+            }
+            Some(reversal) if !reversal.undone() => doubt = ReturnDoubt::Kept,
+            Some(_) => {}
+            None if matches!(linked.state, TxnState::InFlight | TxnState::TimedOut) => {
+                return Ok(ReturnDoubt::Pending);
+            }
+            None => {}
         }
     }
-    Ok(false)
+    Ok(doubt)
 }
 
 /// Cases over a store; refunds through `refunds`.
@@ -995,7 +1011,7 @@ impl CaseService {
     /// reversed, the sale approved again) leaves it out, so what looks left to refund may be
     /// gone already.
     fn sale_refund_in_doubt(&self, txn_id: i64) -> Result<bool, CaseError> {
-        Ok(return_in_doubt(self.store.as_ref(), txn_id)?)
+        Ok(return_doubt(self.store.as_ref(), txn_id)? != ReturnDoubt::None)
     }
 
     /// [`Self::refund_in_doubt`], and if so whether the issuer refused the attempt's reversal

@@ -121,6 +121,9 @@ pub enum SuggestedAction {
     /// not yet taken): it may have given the money back already, so nothing more until it is
     /// settled.
     WaitForReturn,
+    /// A void or refund of one of the two may stand at the issuer for good (it refused the
+    /// reversal): the customer may have been paid back; the acquirer takes it up.
+    AskAcquirer,
 }
 
 /// A suspected duplicate as the merchant sees it.
@@ -177,10 +180,14 @@ pub fn describe(
     let refundable = now_day.day_number - second_day <= REFUND_DAYS_MAX;
     // A void or refund of either still in doubt may have given the money back: advising
     // another could pay the customer back twice.
-    let in_doubt = crate::cases::return_in_doubt(store, second.id)?
-        || (first_stands && crate::cases::return_in_doubt(store, first.id)?);
+    use crate::cases::{ReturnDoubt, return_doubt};
+    let doubt = match return_doubt(store, second.id)? {
+        ReturnDoubt::None if first_stands => return_doubt(store, first.id)?,
+        doubt => doubt,
+    };
     let action = match second.state {
-        _ if in_doubt => SuggestedAction::WaitForReturn,
+        _ if doubt == ReturnDoubt::Pending => SuggestedAction::WaitForReturn,
+        _ if doubt == ReturnDoubt::Kept => SuggestedAction::AskAcquirer,
         _ if !first_stands => SuggestedAction::NothingLeft,
         TxnState::Approved if left <= 0 => SuggestedAction::NothingLeft,
         TxnState::Approved if same_day && second.refunded_fen == 0 => {
@@ -241,6 +248,13 @@ pub fn describe(
              has no known outcome yet (no answer came, it is being reversed) and may already \
              have given the money back: do not void or refund again until it is settled, then \
              look again",
+        ),
+        SuggestedAction::AskAcquirer => Both::new(
+            "疑似重复付款（同一张卡、相同金额）：其中一笔的撤销或退货在发卡行可能已经生效（发卡行拒绝了它的冲正），顾客可能已经拿回了钱。请不要再撤销或退货，请联系收单机构向发卡行核实",
+            "possibly paid twice (same card, same amount): a void or refund of one of the two \
+             may stand at the issuer (it refused the reversal), so the customer may have been \
+             paid back already: do not void or refund again; ask the acquirer, who checks with \
+             the issuer",
         ),
         SuggestedAction::NothingLeft => Both::new(
             "其中一笔已撤销、冲正或全额退货，顾客只付了一次，无需处理",
@@ -437,17 +451,27 @@ mod tests {
             .wait()
             .unwrap();
         assert_eq!(action(), SuggestedAction::WaitForReturn);
-        // The issuer took the reversal: the refund never stood, and refunding is advised again.
-        store
-            .submit(vec![Record::SafDone {
-                txn_id: refund.id,
-                state: store::SafState::Acked,
-                at_ms: 1,
-                answer: Some("00".into()),
-            }])
-            .unwrap()
-            .wait()
-            .unwrap();
+        // The issuer refused the reversal with 12: the refund may stand there for good, and
+        // the acquirer takes it up (not "wait", which would never end).
+        let answered = |state: store::SafState, code: &str| {
+            store
+                .submit(vec![Record::SafDone {
+                    txn_id: refund.id,
+                    state,
+                    at_ms: 1,
+                    answer: Some(code.into()),
+                }])
+                .unwrap()
+                .wait()
+                .unwrap();
+        };
+        answered(store::SafState::Refused, "12");
+        assert_eq!(action(), SuggestedAction::AskAcquirer);
+        // Refused with 25 (the issuer never had it) or taken: the refund never stood, and
+        // refunding is advised again.
+        answered(store::SafState::Refused, "25");
+        assert_eq!(action(), SuggestedAction::RefundSecond);
+        answered(store::SafState::Acked, "00");
         assert_eq!(action(), SuggestedAction::RefundSecond);
     }
 }
