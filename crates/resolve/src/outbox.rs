@@ -15,7 +15,7 @@ use domain::diagnosis::{self, Diagnosis, FailureKind, PayoutFailure};
 use paycrypto::Hsm;
 use serde::Serialize;
 use serde_json::{Value, json};
-use store::resolve::{DeliveryRow, OutboxRow, ResolveRecord, WebhookEndpointRow};
+use store::resolve::{DeliveryRow, DueMerchant, OutboxRow, ResolveRecord, WebhookEndpointRow};
 use store::{Record, SafState, Store, TxnKind, TxnRow};
 use switch::Clock;
 use tokio::sync::watch;
@@ -305,10 +305,13 @@ pub const PER_MERCHANT_PER_PASS: usize = 8;
 /// hosting many merchants' receivers): a slow vendor takes this many of the places, not every
 /// one.
 pub const MERCHANTS_PER_RECEIVER_HOST: usize = 4;
-/// Merchants with due events one pass reads, the longest waiting first: many more than it
-/// serves at once, so that those of a host already at its share are passed over for the ones
-/// behind them.
+/// Merchants with due events one read of a pass takes, the longest waiting first: many more
+/// than it serves at once, so that those of a host already at its share are passed over for
+/// the ones behind them.
 pub const DUE_MERCHANTS_READ: u32 = 1_024;
+/// Reads of [`DUE_MERCHANTS_READ`] a pass makes at most while places are free: one vendor's
+/// merchants at its share fill reads, and the merchants behind them are reached by the next.
+const DUE_READS_PER_PASS: usize = 8;
 /// A claimed attempt is another notifier's to take over this long after its POST's timeout
 /// (the claiming node died mid-attempt).
 const CLAIM_MARGIN_MS: i64 = 30_000;
@@ -367,7 +370,7 @@ impl Notifier {
     /// up only its own events. Each attempt is claimed first (`ClaimDelivery`): with several
     /// nodes, one of them makes it. Returns the number of attempts made.
     pub async fn deliver_due(self: &Arc<Self>) -> Result<usize, ResolveError> {
-        let mut merchants = self.due_merchants()?.into_iter();
+        let mut merchants = self.due_merchants(None)?.into_iter().map(|m| m.mid);
         let mut budget = usize::try_from(self.config.batch_max).unwrap_or(usize::MAX);
         let mut running = tokio::task::JoinSet::new();
         let mut attempts = 0;
@@ -596,14 +599,17 @@ impl Notifier {
         })
     }
 
-    /// The merchants with events due now, the one whose first has waited longest first, at
-    /// most [`DUE_MERCHANTS_READ`].
-    fn due_merchants(&self) -> Result<Vec<String>, ResolveError> {
+    /// The merchants with events due now, the one whose first has waited longest first, after
+    /// `after` (the last of the read before), at most [`DUE_MERCHANTS_READ`].
+    fn due_merchants(&self, after: Option<&DueMerchant>) -> Result<Vec<DueMerchant>, ResolveError> {
         // Off the runtime's workers (the switch's, under `serve`): a large backlog makes this
         // read long.
         Ok(off_runtime(|| {
-            self.store
-                .outbox_due_merchants(self.clock.now_ms(), DUE_MERCHANTS_READ)
+            self.store.outbox_due_merchants(
+                self.clock.now_ms(),
+                after.map(|m| (m.first_due_ms, m.mid.as_str())),
+                DUE_MERCHANTS_READ,
+            )
         })?)
     }
 
@@ -617,26 +623,15 @@ impl Notifier {
         })?)
     }
 
-    /// The host and port of `mid`'s receiver, the host lower-cased: what merchants whose
-    /// receivers one vendor hosts share. `None` without a readable endpoint (the attempt then
-    /// says what is wrong).
-    fn receiver_host(&self, mid: &str) -> Option<String> {
-        let endpoint = off_runtime(|| self.store.webhook_endpoint(mid)).ok()??;
-        let target = Endpoint::parse(&endpoint.url)?;
-        Some(format!(
-            "{}:{}",
-            target.host.to_ascii_lowercase(),
-            target.port
-        ))
-    }
-
     /// One pass of [`Self::spawn`]'s: a task per merchant with due events that is not in
     /// `serving`, while fewer than [`MERCHANTS_AT_ONCE`] are, and fewer than
     /// [`MERCHANTS_PER_RECEIVER_HOST`] whose receivers are on its receiver's host and port:
     /// receivers that answer, but slowly, keep their merchants' places for every event of a
     /// turn, and one vendor's (hosting many merchants' receivers, back from an outage with
     /// every merchant's backlog due) would otherwise hold them all. The merchants of a host at
-    /// its share are passed over for the ones read behind them (up to [`DUE_MERCHANTS_READ`]).
+    /// its share are passed over for the ones read behind them, read after them while places
+    /// are free ([`DUE_READS_PER_PASS`] reads of [`DUE_MERCHANTS_READ`] at most). Each
+    /// merchant's receiver comes with the read: no endpoint is read per merchant.
     ///
     /// A merchant whose receiver does not answer an attempt at all (down, unreachable,
     /// hanging) ends its turn there, its other events put off to that one's retry
@@ -654,62 +649,99 @@ impl Notifier {
             return Ok(());
         }
         let mut budget = usize::try_from(self.config.batch_max).unwrap_or(usize::MAX);
-        // Only this loop adds to `serving` (a task's end takes its merchant out): what is
-        // checked here holds until the merchant is added below.
-        for mid in self.due_merchants()? {
-            if budget == 0 || lock(serving).merchants.len() >= MERCHANTS_AT_ONCE {
+        let room = |budget: usize| budget > 0 && lock(serving).merchants.len() < MERCHANTS_AT_ONCE;
+        let mut after: Option<DueMerchant> = None;
+        for _ in 0..DUE_READS_PER_PASS {
+            let due = self.due_merchants(after.as_ref())?;
+            let more = due.len() >= usize::try_from(DUE_MERCHANTS_READ).unwrap_or(usize::MAX);
+            after = due.last().cloned();
+            for merchant in due {
+                if !room(budget) {
+                    return Ok(());
+                }
+                budget = self.start_one(serving, running, stop, merchant, budget)?;
+            }
+            if !more || !room(budget) {
                 break;
             }
-            if lock(serving).merchants.contains(&mid) {
-                continue;
-            }
-            let host = self.receiver_host(&mid);
-            if let Some(host) = &host
-                && lock(serving).hosts.get(host).copied().unwrap_or(0)
-                    >= MERCHANTS_PER_RECEIVER_HOST
-            {
-                continue;
-            }
-            let items = self.due_of(&mid, budget)?;
-            if items.is_empty() {
-                // Taken by another node since the read.
-                continue;
-            }
-            budget = budget.saturating_sub(items.len());
-            {
-                let mut places = lock(serving);
-                places.merchants.insert(mid.clone());
-                if let Some(host) = &host {
-                    *places.hosts.entry(host.clone()).or_default() += 1;
-                }
-            }
-            let notifier = Arc::clone(self);
-            let served = Served {
-                serving: Arc::clone(serving),
-                mid,
-                host,
-            };
-            let stop = stop.clone();
-            running.spawn(async move {
-                let _served = served;
-                for item in &items {
-                    // Stopping: no new attempt is claimed, the one under way ends.
-                    if *stop.borrow() {
-                        return;
-                    }
-                    match notifier.attempt_once(item).await {
-                        Ok(Attempted::Unanswered) => return,
-                        Ok(Attempted::Done | Attempted::NotClaimed) => {}
-                        Err(error) => {
-                            tracing::warn!(%error, id = item.id, "webhook delivery failed");
-                            return;
-                        }
-                    }
-                }
-            });
         }
         Ok(())
     }
+
+    /// Starts `merchant`'s due events, at most `budget` of them, unless it is being served or
+    /// its receiver's host has its share of the places (see [`Self::start_due`]); the budget
+    /// left.
+    fn start_one(
+        self: &Arc<Self>,
+        serving: &Arc<Mutex<Places>>,
+        running: &mut tokio::task::JoinSet<()>,
+        stop: &watch::Receiver<bool>,
+        merchant: DueMerchant,
+        budget: usize,
+    ) -> Result<usize, ResolveError> {
+        let mid = merchant.mid;
+        // Only the pass adds to `serving` (a task's end takes its merchant out): what is
+        // checked here holds until the merchant is added below.
+        if lock(serving).merchants.contains(&mid) {
+            return Ok(budget);
+        }
+        let host = merchant.url.as_deref().and_then(receiver_host);
+        if let Some(host) = &host
+            && lock(serving).hosts.get(host).copied().unwrap_or(0) >= MERCHANTS_PER_RECEIVER_HOST
+        {
+            return Ok(budget);
+        }
+        let items = self.due_of(&mid, budget)?;
+        if items.is_empty() {
+            // Taken by another node since the read.
+            return Ok(budget);
+        }
+        let budget = budget.saturating_sub(items.len());
+        {
+            let mut places = lock(serving);
+            places.merchants.insert(mid.clone());
+            if let Some(host) = &host {
+                *places.hosts.entry(host.clone()).or_default() += 1;
+            }
+        }
+        let notifier = Arc::clone(self);
+        let served = Served {
+            serving: Arc::clone(serving),
+            mid,
+            host,
+        };
+        let stop = stop.clone();
+        running.spawn(async move {
+            let _served = served;
+            for item in &items {
+                // Stopping: no new attempt is claimed, the one under way ends.
+                if *stop.borrow() {
+                    return;
+                }
+                match notifier.attempt_once(item).await {
+                    Ok(Attempted::Unanswered) => return,
+                    Ok(Attempted::Done | Attempted::NotClaimed) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, id = item.id, "webhook delivery failed");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(budget)
+    }
+}
+
+/// The host and port of a receiver's URL, the host lower-cased: what merchants whose
+/// receivers one vendor hosts share. `None` for a URL that does not parse (the attempt then
+/// says what is wrong).
+fn receiver_host(url: &str) -> Option<String> {
+    let target = Endpoint::parse(url)?;
+    Some(format!(
+        "{}:{}",
+        target.host.to_ascii_lowercase(),
+        target.port
+    ))
 }
 
 /// How one attempt at an event went.

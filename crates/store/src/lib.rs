@@ -250,10 +250,16 @@ pub trait Store: Send + Sync + 'static {
         mid: &str,
     ) -> Result<Option<resolve::WebhookEndpointRow>, StoreError>;
     /// The merchants with pending notifications due at `now_ms`, the one whose first is due
-    /// soonest first (then by merchant ID), at most `limit`: each merchant once, however long
-    /// its backlog, so that no merchant's backlog (nor a few merchants') fills the read and
-    /// leaves the others' events unread.
-    fn outbox_due_merchants(&self, now_ms: i64, limit: u32) -> Result<Vec<String>, StoreError>;
+    /// soonest first (then by merchant ID), after `after` (a page's last: its first due time
+    /// and merchant ID), at most `limit`, each with its receiver's URL: each merchant once,
+    /// however long its backlog, so that no merchant's backlog (nor a few merchants') fills
+    /// the read and leaves the others' events unread.
+    fn outbox_due_merchants(
+        &self,
+        now_ms: i64,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<resolve::DueMerchant>, StoreError>;
     /// Merchant `mid`'s pending notifications due at `now_ms`, the soonest due first (then by
     /// id), at most `limit`.
     fn outbox_due_of_merchant(

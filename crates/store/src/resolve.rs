@@ -79,6 +79,15 @@ impl std::fmt::Debug for WebhookEndpointRow {
     }
 }
 
+/// A merchant with notifications due: when its first was due, and its receiver's URL (none
+/// without an endpoint).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueMerchant {
+    pub mid: String,
+    pub first_due_ms: i64,
+    pub url: Option<String>,
+}
+
 /// One notification waiting for (or done with) delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxRow {

@@ -977,8 +977,13 @@ impl Store for SqliteStore {
     ) -> Result<Option<crate::resolve::WebhookEndpointRow>, StoreError> {
         self.resolve_endpoint(mid)
     }
-    fn outbox_due_merchants(&self, now: i64, n: u32) -> Result<Vec<String>, StoreError> {
-        self.resolve_outbox_due_merchants(now, n)
+    fn outbox_due_merchants(
+        &self,
+        now: i64,
+        after: Option<(i64, &str)>,
+        n: u32,
+    ) -> Result<Vec<crate::resolve::DueMerchant>, StoreError> {
+        self.resolve_outbox_due_merchants(now, after, n)
     }
     fn outbox_due_of_merchant(
         &self,

@@ -13,8 +13,8 @@ use crate::error::StoreError;
 use crate::group::ExecuteAny;
 use crate::model::{EventRow, TxnKind, TxnRow, TxnState, TxnTally};
 use crate::resolve::{
-    BackOfficeKeyRow, CaseEntryRow, CaseQuery, CaseRow, DeliveryRow, DuplicateRow, OutboxRow,
-    ResolveRecord, WebhookEndpointRow,
+    BackOfficeKeyRow, CaseEntryRow, CaseQuery, CaseRow, DeliveryRow, DueMerchant, DuplicateRow,
+    OutboxRow, ResolveRecord, WebhookEndpointRow,
 };
 
 use crate::RESOLVE_ROWS_MAX;
@@ -607,15 +607,29 @@ impl SqliteStore {
     pub(super) fn resolve_outbox_due_merchants(
         &self,
         now_ms: i64,
+        after: Option<(i64, &str)>,
         limit: u32,
-    ) -> Result<Vec<String>, StoreError> {
-        // The due range of the (state, next_attempt_ms) index, grouped.
+    ) -> Result<Vec<DueMerchant>, StoreError> {
+        // The due range of the (state, next_attempt_ms) index, grouped; each merchant's
+        // receiver with it, so the notifier reads no endpoint per merchant.
         let limit = limit.min(RESOLVE_ROWS_MAX);
+        let (after_ms, after_mid) = after.unwrap_or((i64::MIN, ""));
         self.rows(
-            "SELECT mid FROM outbox WHERE state = 'pending' AND next_attempt_ms <= ?1
-             GROUP BY mid ORDER BY MIN(next_attempt_ms), mid LIMIT ?2",
-            &[&now_ms, &limit],
-            |r| r.get(0),
+            "SELECT o.mid, MIN(o.next_attempt_ms), w.url
+             FROM outbox o LEFT JOIN webhook_endpoints w ON w.mid = o.mid
+             WHERE o.state = 'pending' AND o.next_attempt_ms <= ?1
+             GROUP BY o.mid, w.url
+             HAVING MIN(o.next_attempt_ms) > ?2
+                 OR (MIN(o.next_attempt_ms) = ?2 AND o.mid > ?3)
+             ORDER BY MIN(o.next_attempt_ms), o.mid LIMIT ?4",
+            &[&now_ms, &after_ms, &after_mid, &limit],
+            |r| {
+                Ok(DueMerchant {
+                    mid: r.get(0)?,
+                    first_due_ms: r.get(1)?,
+                    url: r.get(2)?,
+                })
+            },
         )
     }
 

@@ -70,7 +70,7 @@ fn every_read_runs(db: &Db) {
     assert!(s.cases_of_txn(1).unwrap().is_empty());
     assert!(s.case_entries(1).unwrap().is_empty());
     assert!(s.webhook_endpoint("m").unwrap().is_none());
-    assert!(s.outbox_due_merchants(0, 10).unwrap().is_empty());
+    assert!(s.outbox_due_merchants(0, None, 10).unwrap().is_empty());
     assert!(s.risk_open_declining("peer-change").unwrap().is_empty());
     assert!(s.outbox_due_of_merchant("m", 0, 10).unwrap().is_empty());
     assert!(s.outbox_of_merchant("m", None, 10).unwrap().is_empty());
@@ -612,7 +612,13 @@ fn notifications_page_back_from_the_newest(db: &Db) {
     assert!(s.outbox_item(8).unwrap().is_none());
     // The merchants with events due, each once, the one whose first is due soonest first;
     // then one merchant's due events, soonest first.
-    let merchants = |now: i64, limit: u32| s.outbox_due_merchants(now, limit).unwrap();
+    let merchants = |now: i64, limit: u32| -> Vec<String> {
+        s.outbox_due_merchants(now, None, limit)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.mid)
+            .collect()
+    };
     let due = |mid: &str, now: i64, limit: u32| -> Vec<i64> {
         s.outbox_due_of_merchant(mid, now, limit)
             .unwrap()
@@ -622,6 +628,39 @@ fn notifications_page_back_from_the_newest(db: &Db) {
     };
     assert_eq!(merchants(2_000, 10), ["m", "other"]);
     assert_eq!(merchants(2_000, 1), ["m"]);
+    // A page after the last read; with the receiver's URL, none without an endpoint.
+    let first = s.outbox_due_merchants(2_000, None, 1).unwrap().remove(0);
+    assert_eq!((first.first_due_ms, first.url.as_deref()), (1_001, None));
+    let next = s
+        .outbox_due_merchants(2_000, Some((first.first_due_ms, &first.mid)), 10)
+        .unwrap();
+    assert_eq!(
+        next.iter().map(|m| m.mid.as_str()).collect::<Vec<_>>(),
+        ["other"]
+    );
+    assert!(
+        s.outbox_due_merchants(2_000, Some((1_004, "other")), 10)
+            .unwrap()
+            .is_empty()
+    );
+    s.submit(vec![Record::Resolve(ResolveRecord::UpsertEndpoint(
+        store::resolve::WebhookEndpointRow {
+            mid: "other".into(),
+            url: "http://hooks.example/other".into(),
+            secret_sealed: vec![1],
+            active: true,
+        },
+    ))])
+    .unwrap()
+    .wait()
+    .unwrap();
+    let urls: Vec<Option<String>> = s
+        .outbox_due_merchants(2_000, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.url)
+        .collect();
+    assert_eq!(urls, [None, Some("http://hooks.example/other".to_owned())]);
     assert_eq!(merchants(1_003, 10), ["m"]);
     assert!(merchants(1_000, 10).is_empty());
     assert_eq!(due("m", 2_000, 10), [1, 2, 3, 5, 6, 7]);

@@ -28,8 +28,11 @@ use tokio::net::TcpListener;
 /// How long the switch waits for an issuer a test makes fail ([`impatient_with`]).
 pub const ISSUER_TIMEOUT: Duration = Duration::from_millis(400);
 /// How long it waits for the others: long enough that a healthy issuer on a loaded 2-core
-/// machine is never timed out, which would fail a test about something else.
-pub const PATIENT_ISSUER_TIMEOUT: Duration = Duration::from_secs(10);
+/// machine is not timed out, which would fail a test about something else; short enough that
+/// the hold on a reversal of a request left in flight (the longest issuer timeout and the
+/// journal wait, `SwitchConfig::reversal_hold_ms`) stays well inside the tests' waits for
+/// reversals to be delivered.
+pub const PATIENT_ISSUER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `bank` (an issuer of [`start`]'s) waited for [`ISSUER_TIMEOUT`] only: for [`start`]'s `tune`
 /// of a test that makes it fail.
