@@ -492,15 +492,15 @@ pub fn settle_date_and_recent_with(
     // Further back, within a month: dates with transactions that no run has cleared (a job
     // down for a week). A date with none is no missed run (before the first sale, say), and
     // is left alone rather than recorded.
+    // Cleared after this date's own run: one that cannot be cleared (a posting that cannot be
+    // built) fails the command, but no longer keeps every day's run, and so every payout,
+    // waiting behind it for a month.
     let mut far_missed = Vec::new();
     for back in (REVISIT_DAYS + 1)..=MISSED_DAYS_MAX {
         if let Some(earlier) = crate::dates::add_days(&date, -back)
             && !cleared.contains(earlier.as_str())
             && !store.txns_on(&earlier)?.is_empty()
         {
-            if !dates.contains(&earlier) {
-                dates.push(earlier.clone());
-            }
             far_missed.push(earlier);
         }
     }
@@ -511,7 +511,7 @@ pub fn settle_date_and_recent_with(
     // is not before this one may not have closed: left to its own run.)
     for earlier in &dates {
         let missed = !cleared.contains(earlier.as_str());
-        if missed && !lookback.contains(earlier) && !far_missed.contains(earlier) {
+        if missed && !lookback.contains(earlier) {
             continue;
         }
         let mut again = clear_date(store, directory, earlier, now_ms, None, config)?;
@@ -526,6 +526,13 @@ pub fn settle_date_and_recent_with(
     // too, cleared again like the others when it changes (a request in flight at the run
     // approved later).
     let report = clear_date(store, directory, &date, now_ms, Some(now_ms), config)?;
+    for earlier in &far_missed {
+        let mut again = clear_date(store, directory, earlier, now_ms, None, config)?;
+        if again.changed {
+            again.missed = true;
+            revisited.push(again);
+        }
+    }
     Ok((report, revisited))
 }
 
