@@ -909,6 +909,9 @@ impl Engine {
             RuleKind::CardVelocity { window_ms, .. }
             | RuleKind::CardTesting { window_ms, .. }
             | RuleKind::WrongPins { window_ms, .. } => window_ms,
+            // A declining one holds the terminal until an operator clears its alert
+            // (`forget_peer`): one alert says it, however long the terminal keeps trying.
+            RuleKind::PeerChange { .. } if rule.action == Action::Decline => i64::MAX,
             RuleKind::PeerChange { .. } => PEER_ALERT_QUIET_MS,
             // Stateless rules alert on every request they see (an alert-only daily limit once
             // a day: `first_alert_of_day`).
@@ -1567,6 +1570,13 @@ mod tests {
         let again = e.check(&at("172.16.5.5", 4, 100));
         assert_eq!(declined_by(&again), Some("moved"));
         assert!(again.alerts.is_empty(), "alerted once, not per request");
+        // Nor once an hour while it keeps trying: the alert is open until an operator looks.
+        let hours_later = e.check(&Request {
+            now_ms: 4 + 5 * PEER_ALERT_QUIET_MS,
+            ..at("172.16.5.5", 8, 100)
+        });
+        assert_eq!(declined_by(&hours_later), Some("moved"));
+        assert!(hours_later.alerts.is_empty(), "alerted again after hours");
         // An alert that was not written is raised again by the next request.
         e.unalert(T, None, "moved");
         let raised = e.check(&at("172.16.5.5", 7, 100));

@@ -194,6 +194,14 @@ where
         ) -> Result<Self::Value, A::Error> {
             let mut merchants = HashMap::new();
             while let Some((mid, rules)) = map.next_entry::<String, Vec<RuleSpec>>()? {
+                // A merchant ID as field 42 carries it (15 characters, none of them space):
+                // one mistyped (a digit short, a space after it) would match no merchant, and
+                // its merchant would go on under the default rules with nothing said.
+                if mid.trim() != mid || mid.parse::<domain::MerchantId>().is_err() {
+                    return Err(serde::de::Error::custom(format!(
+                        "{mid:?} is not a merchant ID (15 characters, no spaces)"
+                    )));
+                }
                 if merchants.contains_key(&mid) {
                     return Err(serde::de::Error::custom(format!(
                         "merchant {mid} is listed twice"
@@ -378,6 +386,11 @@ impl RuleBook {
             merchants,
             horizon_ms,
         })
+    }
+
+    /// The merchants with rules of their own.
+    pub fn merchant_ids(&self) -> impl Iterator<Item = &str> {
+        self.merchants.keys().map(String::as_str)
     }
 
     /// The rules a merchant's requests are evaluated against.
@@ -609,7 +622,7 @@ mod tests {
                  "declines_max": 5}
               ],
               "merchants": {
-                "M1": [
+                "898110048990001": [
                   {"id": "big", "kind": "amount-max", "max_fen": 500, "action": "alert"},
                   {"id": "cards", "kind": "card-types", "accept": ["domestic-debit"]}
                 ]
@@ -617,9 +630,9 @@ mod tests {
             }"#,
         )
         .unwrap();
-        let other = book.for_merchant("M2");
+        let other = book.for_merchant("898110048990002");
         assert_eq!(other.rules.len(), 2);
-        let m1 = book.for_merchant("M1");
+        let m1 = book.for_merchant("898110048990001");
         assert_eq!(m1.rules.len(), 3);
         let big = m1.rules.iter().find(|r| &*r.id == "big").unwrap();
         assert_eq!(big.kind, RuleKind::AmountMax { max_fen: 500 });
@@ -627,6 +640,27 @@ mod tests {
         assert_eq!(book.horizon_ms(), 600_000);
         assert!(!book.is_empty());
         assert!(RuleBook::empty().is_empty());
+    }
+
+    /// A merchant ID a digit short, or with a space after it, matches no merchant: the file is
+    /// refused, rather than that merchant going on under the default rules unsaid.
+    #[test]
+    fn a_mistyped_merchant_id_is_refused() {
+        for mid in ["89811004899001", "898110048990001 ", " 898110048990001", ""] {
+            let text = format!(
+                r#"{{"merchants": {{"{mid}": [{{"id": "cap", "kind": "amount-max", "max_fen": 1}}]}}}}"#
+            );
+            let error = RuleBook::from_json(&text).unwrap_err();
+            assert!(
+                error.to_string().contains("is not a merchant ID"),
+                "{mid:?}: {error}"
+            );
+        }
+        let book = RuleBook::from_json(
+            r#"{"merchants": {"898110048990001": [{"id": "cap", "kind": "amount-max", "max_fen": 1}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(book.merchant_ids().collect::<Vec<_>>(), ["898110048990001"]);
     }
 
     #[test]

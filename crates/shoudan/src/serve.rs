@@ -670,6 +670,18 @@ fn plans_of_known_merchants(fee_plans: &[Record], merchants: &[String]) -> Resul
     Ok(())
 }
 
+/// A risk rules file naming a merchant the journal does not know: a typing error in its MID,
+/// which would leave the real merchant under the default rules.
+fn rules_of_known_merchants(rules: &risk::RuleBook, merchants: &[String]) -> Result<(), String> {
+    let known: std::collections::HashSet<&str> = merchants.iter().map(String::as_str).collect();
+    match rules.merchant_ids().find(|mid| !known.contains(mid)) {
+        Some(mid) => Err(format!(
+            "risk rules: merchant {mid} is not provisioned (shoudan provision merchant)"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Everything a start does: the settings checked, the store opened and migrated, the fee
 /// plans written.
 pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::Error>> {
@@ -695,8 +707,9 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
         }
     };
     keys_of_this_journal(store.as_ref(), hsm.as_ref())?;
+    let merchants: Vec<String> = store.merchants()?.into_iter().map(|m| m.mid).collect();
+    rules_of_known_merchants(&switch_config.risk_rules, &merchants)?;
     if !fee_plans.is_empty() {
-        let merchants: Vec<String> = store.merchants()?.into_iter().map(|m| m.mid).collect();
         plans_of_known_merchants(&fee_plans, &merchants)?;
         store.submit(fee_plans)?.await?;
     }
@@ -780,6 +793,7 @@ fn check(config: &ServeConfig) -> CliResult {
     // into it before its first start.)
     if status.exists {
         plans_of_known_merchants(&checked.fee_plans, &status.merchants)?;
+        rules_of_known_merchants(&checked.switch_config.risk_rules, &status.merchants)?;
     }
     // The key store against the journal's terminals and card numbers, as a start checks them
     // (a journal a start would migrate first is checked by that start).

@@ -485,6 +485,24 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
         "{error}"
     );
     std::fs::write(&plans, &good_plans).unwrap();
+    // Likewise a risk rules file naming a merchant the journal does not hold: that merchant
+    // would go on under the default rules, unsaid.
+    let rules = d.join("risk-rules.json");
+    std::fs::write(
+        &rules,
+        r#"{"merchants": {"898110048990009": [{"id": "cap", "kind": "amount-max", "max_fen": 1}]}}"#,
+    )
+    .unwrap();
+    let error = refused(
+        d,
+        &config,
+        "node_id = 3",
+        &format!("node_id = 3\nrisk_rules = \"{}\"", rules.display()),
+    );
+    assert!(
+        error.contains("risk rules: merchant 898110048990009 is not provisioned"),
+        "{error}"
+    );
     // An issuer timeout the default lease (30 s) does not outlast, no lease set: another node
     // could take over a reversal while this one still waits for the issuer.
     let text = std::fs::read_to_string(&config)
