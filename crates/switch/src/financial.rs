@@ -1259,6 +1259,7 @@ impl Core {
             entry.id,
             kind,
             ctx.amount_fen,
+            entry.received_day,
             card,
             fingerprint.as_ref(),
         );

@@ -253,14 +253,17 @@ impl RiskGate {
 }
 
 impl Core {
-    /// The merchant and rule checks of a request about to go to the issuer. `None`: go on.
-    /// Alert-only rules that fired are written on their own task.
+    /// The merchant and rule checks of a request about to go to the issuer, received on
+    /// calendar day `day` (China time). `None`: go on. Alert-only rules that fired are written
+    /// on their own task.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn risk_check(
         self: &Arc<Self>,
         terminal: &Terminal,
         txn_id: i64,
         kind: TxnKind,
         amount_fen: i64,
+        day: i64,
         pan: Option<&Pan>,
         fingerprint: Option<&[u8; 32]>,
     ) -> Option<Refusal> {
@@ -291,7 +294,10 @@ impl Core {
             card: pan.map(|p| CardClass::of(&self.directory.lookup(p))),
             card_key: card_key(fingerprint),
             amount_fen,
-            day: crate::clock::LocalTime::from_ms(now_ms).day_number,
+            // The day the sale is counted in (`Entry::received_day`), not the clock's now: a
+            // sale received at 23:59:59.9 and checked after midnight was judged against the
+            // new day's empty total and then counted in neither.
+            day,
             now_ms,
             peer: peer(),
         };
