@@ -303,12 +303,16 @@ pub fn explain_txn(
         .find_map(|e| rule_of_decline(&e.detail));
     let mut approved_at = None;
     let mut timed_out = false;
-    // The host reversed an approval itself (its outcome written after the terminal was told
-    // 96), as against the terminal's reversal (whose reason may be 96 too: it could not
-    // complete).
+    // The host reversed an approval itself after the terminal was told 96: its outcome
+    // written late (a "reversed" event saying so), or its outcome's commit taken for failed
+    // though it landed (a reversal with reason 96 and no "reversed" event at all). A
+    // terminal's reversal, whose reason may be 96 too (it could not complete), always writes
+    // its own "reversed" event.
     let host_reversed = events
         .iter()
-        .any(|e| e.kind == "reversed" && e.detail.contains(switch::REVERSED_BY_HOST));
+        .any(|e| e.kind == "reversed" && e.detail.contains(switch::REVERSED_BY_HOST))
+        || (reversal.as_ref().is_some_and(|r| r.reason == "96")
+            && !events.iter().any(|e| e.kind == "reversed"));
     for event in &events {
         let at = event.at_ms;
         match event.kind.as_str() {
@@ -1582,6 +1586,37 @@ mod tests {
         );
         let told = e.diagnosis.unwrap();
         assert_ne!(told.title.en, diagnosis::diagnose_str("96").title.en);
+        // The host's reversal of an approval whose outcome's commit it took for failed,
+        // though it landed: reason 96 and no "reversed" event. The terminal was told 96.
+        let sale = TxnRow {
+            id: 9,
+            stan: 9,
+            rrn: Some("000000000009".into()),
+            request_hash: vec![9],
+            ..sale
+        };
+        store
+            .submit(vec![
+                Record::InsertTxn(Box::new(sale.clone())),
+                Record::Event(store::EventRow {
+                    txn_id: 9,
+                    at_ms: 1_773_108_000_200,
+                    kind: "approved".into(),
+                    detail: "approved by ICBC at 10:00:00, auth code 123458 (purchase)".into(),
+                }),
+                Record::SafEnqueue {
+                    txn_id: 9,
+                    issuer: "ICBC".into(),
+                    reason: "96".into(),
+                    next_attempt_ms: 0,
+                },
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+        let e = explain_txn(&store, &directory, &sale, sale.received_at_ms).unwrap();
+        let told = e.diagnosis.unwrap();
+        assert_eq!(told.title.en, diagnosis::diagnose_str("96").title.en);
     }
 
     /// A refusal linked to another merchant's sale, as the switch once recorded a refund that

@@ -317,12 +317,16 @@ impl Engine {
             return;
         }
         self.moved.insert(tid.into());
-        // Every network rule fires for a held terminal: none alerts again for this move.
+        // Every network rule fires for a held terminal: none alerts again for this move, a
+        // declining one not until an operator clears it (as `first_alert` keeps it).
         if let Some(terminal) = self.terminal(tid, now_ms) {
-            let until = now_ms.saturating_add(PEER_ALERT_QUIET_MS);
-            terminal
-                .alerted
-                .extend(peer_rules.into_iter().map(|r| (Arc::clone(&r.id), until)));
+            terminal.alerted.extend(peer_rules.into_iter().map(|r| {
+                let until = match r.action {
+                    Action::Decline => i64::MAX,
+                    Action::Alert => now_ms.saturating_add(PEER_ALERT_QUIET_MS),
+                };
+                (Arc::clone(&r.id), until)
+            }));
         }
     }
 
@@ -1605,6 +1609,15 @@ mod tests {
         let held = e.check(&at(1));
         assert_eq!(declined_by(&held), Some("renamed"));
         assert!(held.alerts.is_empty(), "{held:?}");
+        // Nor hours later: its alert is open until an operator clears it.
+        let mut alone = engine(r#"{"id": "moved", "kind": "peer-change", "action": "decline"}"#);
+        alone.hold_moved(M, T, 0);
+        let later = alone.check(&Request {
+            now_ms: 2 * PEER_ALERT_QUIET_MS,
+            ..at(9)
+        });
+        assert_eq!(declined_by(&later), Some("moved"));
+        assert!(later.alerts.is_empty(), "{later:?}");
         e.forget_peer(M, T);
         assert_eq!(declined_by(&e.check(&at(2))), None);
         for rules in [

@@ -194,12 +194,16 @@ where
         ) -> Result<Self::Value, A::Error> {
             let mut merchants = HashMap::new();
             while let Some((mid, rules)) = map.next_entry::<String, Vec<RuleSpec>>()? {
-                // A merchant ID as field 42 carries it (15 characters, none of them space):
-                // one mistyped (a digit short, a space after it) would match no merchant, and
-                // its merchant would go on under the default rules with nothing said.
-                if mid.trim() != mid || mid.parse::<domain::MerchantId>().is_err() {
+                // A merchant ID as provisioning takes one (15 digits or capital letters): one
+                // mistyped (a digit short, a space after it) would match no merchant, and its
+                // merchant would go on under the default rules with nothing said.
+                let well_formed = mid.len() == 15
+                    && mid
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+                if !well_formed {
                     return Err(serde::de::Error::custom(format!(
-                        "{mid:?} is not a merchant ID (15 characters, no spaces)"
+                        "{mid:?} is not a merchant ID (15 digits or capital letters)"
                     )));
                 }
                 if merchants.contains_key(&mid) {
@@ -646,7 +650,14 @@ mod tests {
     /// refused, rather than that merchant going on under the default rules unsaid.
     #[test]
     fn a_mistyped_merchant_id_is_refused() {
-        for mid in ["89811004899001", "898110048990001 ", " 898110048990001", ""] {
+        for mid in [
+            "89811004899001",
+            "898110048990001 ",
+            " 898110048990001",
+            "8981100 8990001",
+            "898110048990o01",
+            "",
+        ] {
             let text = format!(
                 r#"{{"merchants": {{"{mid}": [{{"id": "cap", "kind": "amount-max", "max_fen": 1}}]}}}}"#
             );

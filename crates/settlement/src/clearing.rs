@@ -520,7 +520,8 @@ pub fn settle_date_and_recent_with(
             revisited.push(again);
         }
     }
-    // Last, and recorded even when it clears nothing: its run carries the mark the next run
+    // After the dates cleared again (only the dates missed further back follow it), and
+    // recorded even when it clears nothing: its run carries the mark the next run
     // reads from, so a run that stopped before here (an error, a crash) moved no mark and
     // the next one clears those dates again. A date with no line yet is then a cleared date
     // too, cleared again like the others when it changes (a request in flight at the run

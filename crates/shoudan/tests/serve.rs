@@ -503,6 +503,24 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
         error.contains("risk rules: merchant 898110048990009 is not provisioned"),
         "{error}"
     );
+    // Naming the provisioned merchant, the same file passes.
+    std::fs::write(
+        &rules,
+        r#"{"merchants": {"898110048990001": [{"id": "cap", "kind": "amount-max", "max_fen": 1}]}}"#,
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with_rules = d.join("with-rules.toml");
+    std::fs::write(
+        &with_rules,
+        text.replacen(
+            "node_id = 3",
+            &format!("node_id = 3\nrisk_rules = \"{}\"", rules.display()),
+            1,
+        ),
+    )
+    .unwrap();
+    check(&with_rules);
     // An issuer timeout the default lease (30 s) does not outlast, no lease set: another node
     // could take over a reversal while this one still waits for the issuer.
     let text = std::fs::read_to_string(&config)

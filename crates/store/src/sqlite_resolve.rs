@@ -614,14 +614,17 @@ impl SqliteStore {
         // receiver with it, so the notifier reads no endpoint per merchant.
         let limit = limit.min(RESOLVE_ROWS_MAX);
         let (after_ms, after_mid) = after.unwrap_or((i64::MIN, ""));
+        // Grouped first, the endpoint joined to the page only.
         self.rows(
-            "SELECT o.mid, MIN(o.next_attempt_ms), w.url
-             FROM outbox o LEFT JOIN webhook_endpoints w ON w.mid = o.mid
-             WHERE o.state = 'pending' AND o.next_attempt_ms <= ?1
-             GROUP BY o.mid, w.url
-             HAVING MIN(o.next_attempt_ms) > ?2
-                 OR (MIN(o.next_attempt_ms) = ?2 AND o.mid > ?3)
-             ORDER BY MIN(o.next_attempt_ms), o.mid LIMIT ?4",
+            "SELECT d.mid, d.first_due, w.url
+             FROM (SELECT mid, MIN(next_attempt_ms) AS first_due FROM outbox
+                   WHERE state = 'pending' AND next_attempt_ms <= ?1
+                   GROUP BY mid
+                   HAVING MIN(next_attempt_ms) > ?2
+                       OR (MIN(next_attempt_ms) = ?2 AND mid > ?3)
+                   ORDER BY MIN(next_attempt_ms), mid LIMIT ?4) AS d
+             LEFT JOIN webhook_endpoints w ON w.mid = d.mid
+             ORDER BY d.first_due, d.mid",
             &[&now_ms, &after_ms, &after_mid, &limit],
             |r| {
                 Ok(DueMerchant {

@@ -710,6 +710,33 @@ fn notifications_page_back_from_the_newest(db: &Db) {
     assert_eq!(merchants(4_000, 10), ["other"]);
     assert_eq!(due("m", 6_000, 10), [3, 5, 6, 7]);
     assert_eq!(due("m", 10_000, 10), [3, 5, 6, 7, 1]);
+    // Pages of one, two merchants due at the same instant: each once, by merchant ID.
+    let tied = |id: i64, mid: &str| {
+        let Record::Resolve(ResolveRecord::Enqueue(mut row)) = item(id, mid) else {
+            unreachable!()
+        };
+        row.next_attempt_ms = 1_100;
+        Record::Resolve(ResolveRecord::Enqueue(row))
+    };
+    s.submit(vec![tied(20, "tie-b"), tied(21, "tie-a")])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let mut paged = Vec::new();
+    let mut after: Option<(i64, String)> = None;
+    loop {
+        let page = s
+            .outbox_due_merchants(
+                1_200,
+                after.as_ref().map(|(at, mid)| (*at, mid.as_str())),
+                1,
+            )
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.first_due_ms, last.mid.clone()));
+        paged.extend(page.into_iter().map(|m| m.mid));
+    }
+    assert_eq!(paged, ["other", "tie-a", "tie-b"]);
 }
 
 /// Cases come newest first, a page at a time, by merchant, open or not, state and kind; and

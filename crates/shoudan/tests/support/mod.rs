@@ -32,7 +32,7 @@ pub const ISSUER_TIMEOUT: Duration = Duration::from_millis(400);
 /// the hold on a reversal of a request left in flight (the longest issuer timeout and the
 /// journal wait, `SwitchConfig::reversal_hold_ms`) stays well inside the tests' waits for
 /// reversals to be delivered.
-pub const PATIENT_ISSUER_TIMEOUT: Duration = Duration::from_secs(2);
+pub const PATIENT_ISSUER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `bank` (an issuer of [`start`]'s) waited for [`ISSUER_TIMEOUT`] only: for [`start`]'s `tune`
 /// of a test that makes it fail.
