@@ -411,10 +411,11 @@ fn kill_9_under_load(journal: &Journal) {
                 .txns_by_key(tid, saved.batch, saved.stan)
                 .unwrap()
                 .iter()
-                .any(|row| row.state == TxnState::Approved)
+                .any(|row| row.kind != TxnKind::Reversal && row.state == TxnState::Approved)
         })
         .count();
-    runtime.block_on(async {
+    let reversal_codes: Vec<String> = runtime.block_on(async {
+        let mut codes = Vec::new();
         for (tid, saved) in &lost {
             let fixture = fx["terminals"]
                 .as_array()
@@ -435,7 +436,9 @@ fn kill_9_under_load(journal: &Journal) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             assert!(code == "00" || code == "25", "{tid}'s reversal: {code}");
+            codes.push(code);
         }
+        codes
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     while !journal
@@ -463,13 +466,28 @@ fn kill_9_under_load(journal: &Journal) {
         );
     }
     // No request its terminal was never answered stands approved.
-    for (tid, saved) in &lost {
-        for row in store.txns_by_key(tid, saved.batch, saved.stan).unwrap() {
+    for ((tid, saved), code) in lost.iter().zip(&reversal_codes) {
+        // The request's own row, if it was journalled before the kill; the terminal's
+        // reversal has a row of its own under the same key, approved when it was answered 00.
+        for row in store
+            .txns_by_key(tid, saved.batch, saved.stan)
+            .unwrap()
+            .into_iter()
+            .filter(|row| row.kind != TxnKind::Reversal)
+        {
+            let events: Vec<String> = store
+                .events(row.id)
+                .unwrap()
+                .into_iter()
+                .map(|e| format!("{}: {}", e.kind, e.detail))
+                .collect();
             assert_ne!(
                 row.state,
                 TxnState::Approved,
-                "{tid} {} was never answered and stands approved",
-                saved.stan
+                "{tid} {} was never answered and stands approved; its reversal was answered \
+                 {code}; {events:?}; {:?}",
+                saved.stan,
+                store.reversal(row.id).unwrap()
             );
         }
     }
