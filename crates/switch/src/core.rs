@@ -711,6 +711,16 @@ impl Core {
         if !terminal.names_own_merchant(request) {
             return self.answer_code(frame, RC_INVALID_MERCHANT);
         }
+        // A merchant whose relationship has ended: its terminals take no business (03), and
+        // get no working keys either. (A suspended one's still do: its voids, refunds and
+        // reversals go on.)
+        if self
+            .risk
+            .merchant(&terminal.mid)
+            .is_some_and(|m| m.state == store::risk::MerchantState::Closed)
+        {
+            return self.answer_code(frame, RC_INVALID_MERCHANT);
+        }
         let scheme = match keys {
             iso8583::SignInKeys::Single => KeyScheme::Single,
             iso8583::SignInKeys::Double => KeyScheme::Double,

@@ -718,6 +718,9 @@ fn a_record_written_to_the_store_reaches_the_switch() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(refused);
+        // Nor does a closed merchant's terminal get working keys.
+        let mut again = w.h.terminal().await;
+        assert_eq!(again.sign_in().await.code(), "03");
         let mut h = w.h;
         h.stop().await;
     });
