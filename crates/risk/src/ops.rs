@@ -35,6 +35,14 @@ pub enum OpsError {
     Operator,
     #[error("merchant {mid} was reviewed by someone else meanwhile; look again")]
     Changed { mid: String },
+    /// Four eyes: whoever put the merchant where it is (applied for it, suspended it) does not
+    /// approve it too.
+    #[error("{operator} {action} merchant {mid}: another operator approves it")]
+    SameOperator {
+        mid: String,
+        operator: String,
+        action: String,
+    },
 }
 
 /// Who does it and when.
@@ -175,6 +183,20 @@ async fn review(
         }
     };
     let to = transition(Some(from), action)?;
+    if action == MerchantAction::Approve
+        && let Some(last) = store.merchant_reviews(mid)?.pop()
+        && last.operator.trim() == actor.operator.trim()
+    {
+        return Err(OpsError::SameOperator {
+            mid: mid.to_owned(),
+            operator: last.operator,
+            action: match last.action.as_str() {
+                "apply" => "applied for".to_owned(),
+                "suspend" => "suspended".to_owned(),
+                other => format!("last made '{other}' on"),
+            },
+        });
+    }
     // A merchant provisioned before onboarding gets a profile at its first review; its
     // qualification data is still to be collected.
     let mut profile = existing.unwrap_or_else(|| MerchantProfileRow {

@@ -56,6 +56,11 @@ async fn lifecycle_is_recorded_and_illegal_steps_are_refused() {
         ops::approve(store, "M1", "", actor("  ", 4)).await,
         Err(OpsError::Operator)
     ));
+    // Four eyes: whoever applied does not approve.
+    assert!(matches!(
+        ops::approve(store, "M1", "", actor("desk", 5)).await,
+        Err(OpsError::SameOperator { .. })
+    ));
 
     let approved = ops::approve(store, "M1", "licence checked", actor("reviewer", 10))
         .await
@@ -65,6 +70,15 @@ async fn lifecycle_is_recorded_and_illegal_steps_are_refused() {
     assert_eq!(approved.reviewed_at_ms, Some(10));
     assert_eq!(approved.licence_no, "91310000MA1FL0003Z");
     assert_eq!(store.merchants().unwrap()[0].status, Status::Active);
+    // Nor does whoever suspended it lift the suspension.
+    ops::suspend(store, "M1", "chargebacks", actor("risk", 12))
+        .await
+        .unwrap();
+    let own = ops::approve(store, "M1", "", actor("risk", 13)).await;
+    assert!(matches!(own, Err(OpsError::SameOperator { .. })), "{own:?}");
+    ops::approve(store, "M1", "explained", actor("reviewer", 14))
+        .await
+        .unwrap();
     ops::close(store, "M1", "contract ended", actor("reviewer", 20))
         .await
         .unwrap();
@@ -85,6 +99,16 @@ async fn lifecycle_is_recorded_and_illegal_steps_are_refused() {
             (
                 "approve".into(),
                 Some(MerchantState::Applied),
+                MerchantState::Approved
+            ),
+            (
+                "suspend".into(),
+                Some(MerchantState::Approved),
+                MerchantState::Suspended
+            ),
+            (
+                "approve".into(),
+                Some(MerchantState::Suspended),
                 MerchantState::Approved
             ),
             (

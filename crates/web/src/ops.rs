@@ -119,6 +119,8 @@ impl From<risk::ops::OpsError> for ApiError {
             }
             E::Changed { .. } => ApiError::new(StatusCode::CONFLICT, "changed_meanwhile", message)
                 .zh("该商户刚被他人审核，请刷新后再看"),
+            E::SameOperator { .. } => ApiError::new(StatusCode::FORBIDDEN, "same_user", message)
+                .zh("提交申请或暂停该商户的人不能自己批准，须由另一位运营人员批准"),
             E::Qualification(q) => {
                 let zh = match q {
                     risk::QualificationError::LicenceNo => {

@@ -2136,9 +2136,22 @@ fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
             )
             .await;
         assert_eq!(r.json()["state"], "suspended", "{}", r.body);
+        // Four eyes: whoever suspended it does not lift the suspension too.
+        assert_error(
+            &api.call(
+                Some(&ops),
+                "POST",
+                &format!("/api/merchant-reviews/{OTHER_MID}/approve"),
+                Some(json!({"note": "renewed"})),
+            )
+            .await,
+            403,
+            "same_user",
+        );
+        let admin = e.token("admin").await;
         let r = api
             .call(
-                Some(&ops),
+                Some(&admin),
                 "POST",
                 &format!("/api/merchant-reviews/{OTHER_MID}/approve"),
                 Some(json!({"note": "renewed"})),
