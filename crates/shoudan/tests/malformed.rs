@@ -105,9 +105,17 @@ async fn offender(addr: SocketAddr, kind: &str) {
         "oversized" => {
             let mut bytes = 0xFFFFu16.to_be_bytes().to_vec();
             bytes.extend(vec![0x30; 8192]);
+            let sent = std::time::Instant::now();
             // The switch may close before reading it all: a write error is fine.
             let _ = s.write_all(&bytes).await;
             assert!(until_closed(&mut s).await.is_empty(), "{kind}");
+            // Refused by its length prefix, not after waiting for a body it will not read (a
+            // bound an order of magnitude wide, not a speed claim).
+            assert!(
+                sent.elapsed() < switch::FRAME_BODY_TIMEOUT,
+                "{kind}: closed after {:?}",
+                sent.elapsed()
+            );
         }
         "truncated" => {
             // Announces 300 bytes, sends 40, then hangs up.
@@ -331,7 +339,11 @@ fn bad_frames_close_or_are_answered_and_other_terminals_are_unaffected() {
                 let mut s = TcpStream::connect(addr).await.unwrap();
                 s.write_all(&prefixed(&body)).await.unwrap();
                 s.shutdown().await.unwrap();
-                until_closed(&mut s).await;
+                // Whatever comes back is a whole response, never an echo of the bytes.
+                for answer in until_closed(&mut s).await {
+                    let frame = Frame::decode_unprefixed(&answer).expect("an undecodable answer");
+                    assert!(frame.message.mti().is_response(), "{answer:02X?}");
+                }
             }
             for task in tasks {
                 task.await.unwrap();
