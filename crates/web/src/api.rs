@@ -104,6 +104,11 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Web>)> {
         ),
         (
             "post",
+            "/api/merchant-reviews/{mid}/close",
+            post(ops::close_merchant),
+        ),
+        (
+            "post",
             "/api/risk/alerts/{id}/resolve",
             post(ops::resolve_alert),
         ),

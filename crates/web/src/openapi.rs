@@ -236,6 +236,9 @@ pub fn document() -> Value {
                 vec![param("mid", "path", "merchant id")], Some("Note"), "Object") },
             "/api/merchant-reviews/{mid}/suspend": { "post": op("Operator: suspend a merchant",
                 vec![param("mid", "path", "merchant id")], Some("Note"), "Object") },
+            "/api/merchant-reviews/{mid}/close": { "post": op(
+                "Operator: close a merchant (or refuse its application): nothing follows, its terminals get no working keys",
+                vec![param("mid", "path", "merchant id")], Some("Note"), "Object") },
             "/api/risk/alerts/{id}/resolve": { "post": op(
                 "Operator: clear a risk alert or suspend its terminal or merchant",
                 vec![param("id", "path", "alert id")], Some("AlertResponse"), "Object") },

@@ -620,7 +620,7 @@ pub async fn review_for(
     web: &Web,
     who: &Principal,
     mid: &str,
-    approve: bool,
+    action: risk::MerchantAction,
     note: &str,
 ) -> Result<Value, ApiError> {
     who.require_staff("review merchants")?;
@@ -630,19 +630,31 @@ pub async fn review_for(
         operator: &who.username,
         now_ms: web.clock.now_ms(),
     };
-    let profile = if approve {
-        risk::ops::approve(web.store.as_ref(), mid, note, actor).await?
-    } else {
-        risk::ops::suspend(web.store.as_ref(), mid, note, actor).await?
+    let store = web.store.as_ref();
+    let (profile, audited) = match action {
+        risk::MerchantAction::Approve => (
+            risk::ops::approve(store, mid, note, actor).await?,
+            "merchant.approve",
+        ),
+        risk::MerchantAction::Suspend => (
+            risk::ops::suspend(store, mid, note, actor).await?,
+            "merchant.suspend",
+        ),
+        risk::MerchantAction::Close => (
+            risk::ops::close(store, mid, note, actor).await?,
+            "merchant.close",
+        ),
+        // A merchant applies through provisioning, with its qualification data.
+        risk::MerchantAction::Apply => {
+            return Err(ApiError::bad_request(
+                "a merchant applies through provisioning",
+            ));
+        }
     };
     auth::audit(
         web,
         &who.username,
-        if approve {
-            "merchant.approve"
-        } else {
-            "merchant.suspend"
-        },
+        audited,
         &format!("merchant:{mid}"),
         Some(json!({ "state": before.as_str() })),
         Some(json!({ "state": profile.state.as_str(), "note": note })),
@@ -657,7 +669,9 @@ pub async fn approve_merchant(
     Path(mid): Path<String>,
     Json(body): Json<Note>,
 ) -> ApiResult {
-    Ok(Json(review_for(&web, &who, &mid, true, &body.note).await?))
+    Ok(Json(
+        review_for(&web, &who, &mid, risk::MerchantAction::Approve, &body.note).await?,
+    ))
 }
 
 pub async fn suspend_merchant(
@@ -666,7 +680,22 @@ pub async fn suspend_merchant(
     Path(mid): Path<String>,
     Json(body): Json<Note>,
 ) -> ApiResult {
-    Ok(Json(review_for(&web, &who, &mid, false, &body.note).await?))
+    Ok(Json(
+        review_for(&web, &who, &mid, risk::MerchantAction::Suspend, &body.note).await?,
+    ))
+}
+
+/// Ends the relationship (or refuses an application): no payments, voids or refunds any more,
+/// and its terminals get no working keys; nothing follows a close.
+pub async fn close_merchant(
+    State(web): State<Web>,
+    who: Principal,
+    Path(mid): Path<String>,
+    Json(body): Json<Note>,
+) -> ApiResult {
+    Ok(Json(
+        review_for(&web, &who, &mid, risk::MerchantAction::Close, &body.note).await?,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -3070,7 +3070,7 @@ async fn approve_merchant(
     let w = web.clone();
     let note = form.get("note").cloned().unwrap_or_default();
     console_action(&web, &headers, &form, |who| async move {
-        crate::ops::review_for(&w, &who, &mid, true, &note).await
+        crate::ops::review_for(&w, &who, &mid, risk::MerchantAction::Approve, &note).await
     })
     .await
 }
@@ -3558,6 +3558,7 @@ fn audit_action_text(l: Lang, action: &str) -> &str {
         "case.approve_refund" => ("批准退货", "Approved a refund"),
         "merchant.approve" => ("批准商户入网", "Approved a merchant"),
         "merchant.suspend" => ("暂停商户", "Suspended a merchant"),
+        "merchant.close" => ("关闭商户", "Closed a merchant"),
         "risk_alert.resolve" => ("处理风险预警", "Handled a risk alert"),
         "notification.redrive" => ("重发通知", "Sent a notification again"),
         "webhook.set" => ("设置通知地址", "Set the webhook endpoint"),

@@ -2158,6 +2158,38 @@ fn settlement_payout_failure_rebind_with_maker_checker_and_merchant_review() {
             )
             .await;
         assert_eq!(r.json()["state"], "approved", "{}", r.body);
+        // Closing ends it: not by the merchant, and nothing follows (no approval after).
+        assert_error(
+            &api.call(
+                Some(&tea),
+                "POST",
+                &format!("/api/merchant-reviews/{OTHER_MID}/close"),
+                Some(json!({"note": "x"})),
+            )
+            .await,
+            403,
+            "forbidden",
+        );
+        let r = api
+            .call(
+                Some(&ops),
+                "POST",
+                &format!("/api/merchant-reviews/{OTHER_MID}/close"),
+                Some(json!({"note": "contract ended"})),
+            )
+            .await;
+        assert_eq!(r.json()["state"], "closed", "{}", r.body);
+        assert_error(
+            &api.call(
+                Some(&admin),
+                "POST",
+                &format!("/api/merchant-reviews/{OTHER_MID}/approve"),
+                Some(json!({"note": "again"})),
+            )
+            .await,
+            409,
+            "illegal_transition",
+        );
         assert_error(
             &api.call(
                 Some(&ops),
