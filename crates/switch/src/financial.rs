@@ -1088,21 +1088,27 @@ impl Core {
     /// issuer does): completed again at the right amount, or voided. After the completion's
     /// own records, whose voiding the journal's give-back waits for.
     fn reopen_pre_auth(&self, completion: &Entry, undo: &mut Vec<Undo>) -> Vec<Record> {
-        let Some(id) = completion.original_id.or(completion.live().linked_original) else {
+        let Some(id) = completion.linked_id() else {
             return Vec::new();
         };
+        self.move_pre_auth(id, TxnState::Completed, TxnState::Approved, undo);
+        vec![Record::GiveBack { id }]
+    }
+
+    /// Pre-authorisation `id` moved in memory from `from` to `to`, with its undo, if this node
+    /// holds it so.
+    fn move_pre_auth(&self, id: i64, from: TxnState, to: TxnState, undo: &mut Vec<Undo>) {
         if let Some(pre_auth) = self.ledger.by_id(id) {
             let mut live = pre_auth.live();
-            if live.state == TxnState::Completed {
+            if live.state == from {
                 undo.push(Undo::State {
                     entry: Arc::clone(&pre_auth),
-                    was: TxnState::Completed,
-                    set: TxnState::Approved,
+                    was: from,
+                    set: to,
                 });
-                live.state = TxnState::Approved;
+                live.state = to;
             }
         }
-        vec![Record::GiveBack { id }]
     }
 
     /// A reversal of a completion's void: the completion stands again (`restored`: in memory
@@ -1116,19 +1122,11 @@ impl Core {
         restored: bool,
         undo: &mut Vec<Undo>,
     ) -> Vec<Record> {
-        let Some(id) = completion.original_id.or(completion.live().linked_original) else {
+        let Some(id) = completion.linked_id() else {
             return Vec::new();
         };
-        if restored && let Some(pre_auth) = self.ledger.by_id(id) {
-            let mut live = pre_auth.live();
-            if live.state == TxnState::Approved {
-                undo.push(Undo::State {
-                    entry: Arc::clone(&pre_auth),
-                    was: TxnState::Approved,
-                    set: TxnState::Completed,
-                });
-                live.state = TxnState::Completed;
-            }
+        if restored {
+            self.move_pre_auth(id, TxnState::Approved, TxnState::Completed, undo);
         }
         vec![Record::CompleteAgain {
             id,
@@ -2463,7 +2461,7 @@ impl Core {
                             // before yesterday, a day no limit counts any more.
                             let void = crate::risk::voids_a_sale(o.kind);
                             let voided = void
-                                .then(|| o.original_id.or(o.live().linked_original))
+                                .then(|| o.linked_id())
                                 .flatten()
                                 .and_then(|id| self.ledger.by_id(id));
                             match voided {

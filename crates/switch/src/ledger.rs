@@ -291,6 +291,12 @@ impl Entry {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The id of the original this void, completion or refund names: the row's, or the one
+    /// found for it while this node worked on it.
+    pub fn linked_id(&self) -> Option<i64> {
+        self.original_id.or(self.live().linked_original)
+    }
+
     /// Takes in what the journal's `row` of this entry says other nodes did to it since this
     /// node read it: a void, completion or reversal of an approval, the undoing of a void or
     /// completion (reversed there), the outcome of a request held here in flight; the refunded

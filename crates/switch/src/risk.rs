@@ -368,15 +368,14 @@ impl Core {
     /// request, or when the index no longer holds the pre-authorisation (received before
     /// yesterday: a day no limit counts any more).
     pub(crate) fn hold_change(&self, entry: &crate::ledger::Entry) -> Option<(i64, i64)> {
-        let linked = |e: &crate::ledger::Entry| e.original_id.or(e.live().linked_original);
         match entry.kind {
             TxnKind::Completion => {
-                let hold = self.ledger.by_id(linked(entry)?)?;
+                let hold = self.ledger.by_id(entry.linked_id()?)?;
                 Some((hold.received_day, entry.amount_fen - hold.amount_fen))
             }
             TxnKind::CompletionVoid => {
-                let completion = self.ledger.by_id(linked(entry)?)?;
-                let hold = self.ledger.by_id(linked(&completion)?)?;
+                let completion = self.ledger.by_id(entry.linked_id()?)?;
+                let hold = self.ledger.by_id(completion.linked_id()?)?;
                 Some((hold.received_day, hold.amount_fen - completion.amount_fen))
             }
             _ => None,
