@@ -6,7 +6,7 @@
 //! The switch knows nothing of this: the tailer reads the journal's timeline events behind it,
 //! so a slow or failing merchant endpoint never touches authorisation.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -682,12 +682,12 @@ impl Notifier {
         let mid = merchant.mid;
         // Only the pass adds to `serving` (a task's end takes its merchant out): what is
         // checked here holds until the merchant is added below.
-        if lock(serving).merchants.contains(&mid) {
+        if lock(serving).merchants.contains_key(&mid) {
             return Ok(budget);
         }
         let host = merchant.url.as_deref().and_then(receiver_host);
         if let Some(host) = &host
-            && lock(serving).hosts.get(host).copied().unwrap_or(0) >= MERCHANTS_PER_RECEIVER_HOST
+            && lock(serving).on_host(host) >= MERCHANTS_PER_RECEIVER_HOST
         {
             return Ok(budget);
         }
@@ -697,18 +697,11 @@ impl Notifier {
             return Ok(budget);
         }
         let budget = budget.saturating_sub(items.len());
-        {
-            let mut places = lock(serving);
-            places.merchants.insert(mid.clone());
-            if let Some(host) = &host {
-                *places.hosts.entry(host.clone()).or_default() += 1;
-            }
-        }
+        lock(serving).merchants.insert(mid.clone(), host);
         let notifier = Arc::clone(self);
         let served = Served {
             serving: Arc::clone(serving),
             mid,
-            host,
         };
         let stop = stop.clone();
         running.spawn(async move {
@@ -756,34 +749,33 @@ enum Attempted {
     Unanswered,
 }
 
-/// The merchants [`Notifier::spawn`]'s loop is serving, and how many of them have their
-/// receiver on each host and port.
+/// The merchants [`Notifier::spawn`]'s loop is serving, each with its receiver's host and port
+/// (none without a readable endpoint).
 #[derive(Default)]
 struct Places {
-    merchants: HashSet<String>,
-    hosts: HashMap<String, usize>,
+    merchants: HashMap<String, Option<String>>,
+}
+
+impl Places {
+    /// How many of the merchants served have their receiver on `host` (at most
+    /// [`MERCHANTS_AT_ONCE`] to count).
+    fn on_host(&self, host: &str) -> usize {
+        self.merchants
+            .values()
+            .filter(|h| h.as_deref() == Some(host))
+            .count()
+    }
 }
 
 /// A merchant being served by [`Notifier::spawn`]'s loop: let go when its task ends, however.
 struct Served {
     serving: Arc<Mutex<Places>>,
     mid: String,
-    /// Its receiver's host and port, counted in `serving`'s hosts.
-    host: Option<String>,
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        let mut places = lock(&self.serving);
-        places.merchants.remove(&self.mid);
-        if let Some(host) = &self.host
-            && let Some(count) = places.hosts.get_mut(host)
-        {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                places.hosts.remove(host);
-            }
-        }
+        lock(&self.serving).merchants.remove(&self.mid);
     }
 }
 
