@@ -226,6 +226,12 @@ fn step(at_ms: i64, kind: &'static str, text: Both) -> Step {
     }
 }
 
+/// Whether `event` is the host's own reversal of an approval (its outcome written after the
+/// terminal was told 96), not a terminal's.
+fn reversed_by_host(event: &store::EventRow) -> bool {
+    event.kind == "reversed" && event.detail.contains(switch::REVERSED_BY_HOST)
+}
+
 /// Who sent the request, in words.
 fn origin(row: &TxnRow) -> Both {
     if row.tid == BACK_OFFICE_TID {
@@ -308,9 +314,7 @@ pub fn explain_txn(
     // though it landed (a reversal with reason 96 and no "reversed" event at all). A
     // terminal's reversal, whose reason may be 96 too (it could not complete), always writes
     // its own "reversed" event.
-    let host_reversed = events
-        .iter()
-        .any(|e| e.kind == "reversed" && e.detail.contains(switch::REVERSED_BY_HOST))
+    let host_reversed = events.iter().any(reversed_by_host)
         || (reversal.as_ref().is_some_and(|r| r.reason == "96")
             && !events.iter().any(|e| e.kind == "reversed"));
     for event in &events {
@@ -442,7 +446,7 @@ pub fn explain_txn(
             }
             // The journal answered late: the terminal was told 96, and the host reversed
             // what the issuer had approved.
-            "reversed" if event.detail.contains(switch::REVERSED_BY_HOST) => {
+            "reversed" if reversed_by_host(event) => {
                 steps.push(step(
                     at,
                     "reversed_by_host",
@@ -1487,50 +1491,52 @@ mod tests {
     fn the_hosts_own_reversal_is_not_told_as_the_terminals() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("j.db"))).unwrap();
-        let sale = TxnRow {
-            response_code: Some("00".into()),
-            state: TxnState::Reversed,
-            sent_at_ms: Some(1_773_108_000_010),
-            issuer_answered_at_ms: Some(1_773_108_000_200),
-            ..row(7, "10000001", "898110048990001", TxnKind::Purchase, None)
-        };
-        let event = |at_ms: i64, kind: &str, detail: String| {
-            Record::Event(store::EventRow {
-                txn_id: 7,
-                at_ms,
-                kind: kind.into(),
-                detail,
-            })
-        };
-        store
-            .submit(vec![
+        let directory = IssuerDirectory::embedded().unwrap();
+        // A sale approved, reversed with reason 96 and an event `reversed` saying `by` (none:
+        // no such event), as the switch writes them; its explanation.
+        let explained = |id: i64, by: Option<String>| {
+            let sale = TxnRow {
+                response_code: Some("00".into()),
+                state: TxnState::Reversed,
+                sent_at_ms: Some(1_773_108_000_010),
+                issuer_answered_at_ms: Some(1_773_108_000_200),
+                ..row(id, "10000001", "898110048990001", TxnKind::Purchase, None)
+            };
+            let event = |at_ms: i64, kind: &str, detail: String| {
+                Record::Event(store::EventRow {
+                    txn_id: id,
+                    at_ms,
+                    kind: kind.into(),
+                    detail,
+                })
+            };
+            let mut records = vec![
                 Record::InsertTxn(Box::new(sale.clone())),
                 event(
                     1_773_108_000_200,
                     "approved",
-                    "approved by ICBC at 10:00:00, auth code 123456 (purchase)".into(),
+                    format!("approved by ICBC at 10:00:00, auth code 12345{id} (purchase)"),
                 ),
-                event(
-                    1_773_108_003_300,
-                    "reversed",
-                    format!(
-                        "outcome written after the terminal was answered 96 (the journal \
-                         answered late): {} at 10:00:03; reversal queued to ICBC",
-                        switch::REVERSED_BY_HOST
-                    ),
-                ),
-                Record::SafEnqueue {
-                    txn_id: 7,
-                    issuer: "ICBC".into(),
-                    reason: "96".into(),
-                    next_attempt_ms: 0,
-                },
-            ])
-            .unwrap()
-            .wait()
-            .unwrap();
-        let directory = IssuerDirectory::embedded().unwrap();
-        let e = explain_txn(&store, &directory, &sale, sale.received_at_ms).unwrap();
+            ];
+            records.extend(by.map(|detail| event(1_773_108_003_300, "reversed", detail)));
+            records.push(Record::SafEnqueue {
+                txn_id: id,
+                issuer: "ICBC".into(),
+                reason: "96".into(),
+                next_attempt_ms: 0,
+            });
+            store.submit(records).unwrap().wait().unwrap();
+            explain_txn(&store, &directory, &sale, sale.received_at_ms).unwrap()
+        };
+        let host_96 = diagnosis::diagnose_str("96").title.en;
+        let e = explained(
+            7,
+            Some(format!(
+                "outcome written after the terminal was answered 96 (the journal answered \
+                 late): {} at 10:00:03; reversal queued to ICBC",
+                switch::REVERSED_BY_HOST
+            )),
+        );
         assert!(
             e.steps.iter().any(|s| s.kind == "reversed_by_host"),
             "{:?}",
@@ -1541,82 +1547,22 @@ mod tests {
             "{:?}",
             e.steps
         );
-        let told = e.diagnosis.unwrap();
-        assert_eq!(told.title.en, diagnosis::diagnose_str("96").title.en);
+        assert_eq!(e.diagnosis.unwrap().title.en, host_96);
         // A terminal's own reversal with reason 96 (it could not complete: the printer) is
         // the terminal's, and not diagnosed as the host's 96.
-        let sale = TxnRow {
-            id: 8,
-            stan: 8,
-            rrn: Some("000000000008".into()),
-            request_hash: vec![8],
-            ..sale
-        };
-        store
-            .submit(vec![
-                Record::InsertTxn(Box::new(sale.clone())),
-                Record::Event(store::EventRow {
-                    txn_id: 8,
-                    at_ms: 1_773_108_000_200,
-                    kind: "approved".into(),
-                    detail: "approved by ICBC at 10:00:00, auth code 123457 (purchase)".into(),
-                }),
-                Record::Event(store::EventRow {
-                    txn_id: 8,
-                    at_ms: 1_773_108_003_300,
-                    kind: "reversed".into(),
-                    detail: "reversed by terminal 10000001 at 10:00:03; reversal queued to ICBC"
-                        .into(),
-                }),
-                Record::SafEnqueue {
-                    txn_id: 8,
-                    issuer: "ICBC".into(),
-                    reason: "96".into(),
-                    next_attempt_ms: 0,
-                },
-            ])
-            .unwrap()
-            .wait()
-            .unwrap();
-        let e = explain_txn(&store, &directory, &sale, sale.received_at_ms).unwrap();
+        let e = explained(
+            8,
+            Some("reversed by terminal 10000001 at 10:00:03; reversal queued to ICBC".into()),
+        );
         assert!(
             e.steps.iter().any(|s| s.kind == "reversed_by_terminal"),
             "{:?}",
             e.steps
         );
-        let told = e.diagnosis.unwrap();
-        assert_ne!(told.title.en, diagnosis::diagnose_str("96").title.en);
+        assert_ne!(e.diagnosis.unwrap().title.en, host_96);
         // The host's reversal of an approval whose outcome's commit it took for failed,
         // though it landed: reason 96 and no "reversed" event. The terminal was told 96.
-        let sale = TxnRow {
-            id: 9,
-            stan: 9,
-            rrn: Some("000000000009".into()),
-            request_hash: vec![9],
-            ..sale
-        };
-        store
-            .submit(vec![
-                Record::InsertTxn(Box::new(sale.clone())),
-                Record::Event(store::EventRow {
-                    txn_id: 9,
-                    at_ms: 1_773_108_000_200,
-                    kind: "approved".into(),
-                    detail: "approved by ICBC at 10:00:00, auth code 123458 (purchase)".into(),
-                }),
-                Record::SafEnqueue {
-                    txn_id: 9,
-                    issuer: "ICBC".into(),
-                    reason: "96".into(),
-                    next_attempt_ms: 0,
-                },
-            ])
-            .unwrap()
-            .wait()
-            .unwrap();
-        let e = explain_txn(&store, &directory, &sale, sale.received_at_ms).unwrap();
-        let told = e.diagnosis.unwrap();
-        assert_eq!(told.title.en, diagnosis::diagnose_str("96").title.en);
+        assert_eq!(explained(9, None).diagnosis.unwrap().title.en, host_96);
     }
 
     /// A refusal linked to another merchant's sale, as the switch once recorded a refund that
