@@ -237,6 +237,12 @@ impl World {
         assert_eq!(self.t.sign_in().await.code(), "00");
     }
 
+    /// The state of RRN `rrn` at bank `code`'s issuer, `None` if it never had it.
+    pub fn issuer_state(&self, code: &str, rrn: &str) -> Option<IssuerState> {
+        let rrn = Rrn::parse(rrn).ok()?;
+        self.bank(code).sim.issuer().txn(&rrn).map(|t| t.state)
+    }
+
     pub fn metrics(&self) -> switch::MetricsSnapshot {
         self.h.switch.as_ref().unwrap().metrics()
     }
