@@ -3424,45 +3424,57 @@ fn a_line_down_to_the_issuer_is_shoudans_91() {
     });
 }
 
+/// The merchant's payout `key` of 123.45 in `state`, its account frozen.
+fn frozen_payout(key: &str, state: store::settlement::PayoutState) -> Record {
+    use store::settlement::{PayoutRow, SettlementRecord};
+    Record::Settlement(SettlementRecord::NewPayout(PayoutRow {
+        key: key.to_owned(),
+        mid: MID.to_owned(),
+        payout_date: "20261201".to_owned(),
+        cutoff_date: "20261130".to_owned(),
+        amount_fen: 12_345,
+        state,
+        attempts: 1,
+        next_attempt_ms: 0,
+        account_version: 1,
+        account_masked: "6222****2347".to_owned(),
+        bank_reference: None,
+        sent_to: None,
+        failure: Some("payout-account-frozen".to_owned()),
+        first_attempt_ms: None,
+        created_at_ms: now(),
+        updated_at_ms: now(),
+    }))
+}
+
+/// Payout event `id`: payout `key` failed at `at_ms`, its account frozen.
+fn payout_failed(id: i64, key: &str, at_ms: i64) -> Record {
+    use store::settlement::{PayoutEventRow, SettlementRecord};
+    Record::Settlement(SettlementRecord::PayoutEvent(PayoutEventRow {
+        id,
+        at_ms,
+        mid: MID.to_owned(),
+        payout_key: key.to_owned(),
+        kind: "failed".to_owned(),
+        failure: Some("payout-account-frozen".to_owned()),
+        detail: "account frozen".to_owned(),
+    }))
+}
+
 /// A payout event the payout tail cannot read (its payout's state one this node does not know,
 /// as a newer node might write) fails the poll, but not the journal's tail: a decline is still
 /// notified.
 #[test]
 fn an_unreadable_payout_does_not_stop_the_journals_notifications() {
-    use store::settlement::{PayoutEventRow, PayoutRow, PayoutState, SettlementRecord};
+    use store::settlement::PayoutState;
     runtime().block_on(async {
         let mut e = start().await;
         let store = e.store();
         let key = format!("{MID}:20261201");
         store
             .submit(vec![
-                Record::Settlement(SettlementRecord::NewPayout(PayoutRow {
-                    key: key.clone(),
-                    mid: MID.to_owned(),
-                    payout_date: "20261201".to_owned(),
-                    cutoff_date: "20261130".to_owned(),
-                    amount_fen: 12_345,
-                    state: PayoutState::Held,
-                    attempts: 1,
-                    next_attempt_ms: 0,
-                    account_version: 1,
-                    account_masked: "6222****2347".to_owned(),
-                    bank_reference: None,
-                    sent_to: None,
-                    failure: Some("payout-account-frozen".to_owned()),
-                    first_attempt_ms: None,
-                    created_at_ms: now(),
-                    updated_at_ms: now(),
-                })),
-                Record::Settlement(SettlementRecord::PayoutEvent(PayoutEventRow {
-                    id: 1,
-                    at_ms: now(),
-                    mid: MID.to_owned(),
-                    payout_key: key.clone(),
-                    kind: "failed".to_owned(),
-                    failure: Some("payout-account-frozen".to_owned()),
-                    detail: "account frozen".to_owned(),
-                })),
+                frozen_payout(&key, PayoutState::Held),
+                payout_failed(1, &key, now()),
             ])
             .unwrap()
             .await
@@ -3490,53 +3502,22 @@ fn an_unreadable_payout_does_not_stop_the_journals_notifications() {
 /// event still gets past those it read again behind its cursor.
 #[test]
 fn payout_failures_are_told_once_from_the_week_before_the_first_reading() {
-    use store::settlement::{PayoutEventRow, PayoutRow, PayoutState, SettlementRecord};
+    use store::settlement::PayoutState;
     runtime().block_on(async {
         let e = start().await;
         let store = e.store();
         let day_ms = 86_400_000;
-        let payout = |key: &str, state: PayoutState| {
-            Record::Settlement(SettlementRecord::NewPayout(PayoutRow {
-                key: key.to_owned(),
-                mid: MID.to_owned(),
-                payout_date: "20261201".to_owned(),
-                cutoff_date: "20261130".to_owned(),
-                amount_fen: 12_345,
-                state,
-                attempts: 1,
-                next_attempt_ms: 0,
-                account_version: 1,
-                account_masked: "6222****2347".to_owned(),
-                bank_reference: None,
-                sent_to: None,
-                failure: Some("payout-account-frozen".to_owned()),
-                first_attempt_ms: None,
-                created_at_ms: now(),
-                updated_at_ms: now(),
-            }))
-        };
-        let failed = |id: i64, key: &str, at_ms: i64| {
-            Record::Settlement(SettlementRecord::PayoutEvent(PayoutEventRow {
-                id,
-                at_ms,
-                mid: MID.to_owned(),
-                payout_key: key.to_owned(),
-                kind: "failed".to_owned(),
-                failure: Some("payout-account-frozen".to_owned()),
-                detail: "account frozen".to_owned(),
-            }))
-        };
         let old = format!("{MID}:20261101");
         let recent = format!("{MID}:20261201");
         let released = format!("{MID}:20261202");
         store
             .submit(vec![
-                payout(&old, PayoutState::Held),
-                payout(&recent, PayoutState::Held),
-                payout(&released, PayoutState::Pending),
-                failed(1, &old, now() - 30 * day_ms),
-                failed(2, &recent, now() - day_ms),
-                failed(3, &released, now() - day_ms),
+                frozen_payout(&old, PayoutState::Held),
+                frozen_payout(&recent, PayoutState::Held),
+                frozen_payout(&released, PayoutState::Pending),
+                payout_failed(1, &old, now() - 30 * day_ms),
+                payout_failed(2, &recent, now() - day_ms),
+                payout_failed(3, &released, now() - day_ms),
             ])
             .unwrap()
             .await
