@@ -22,4 +22,6 @@ pub use issuer::{
     RowProblem,
 };
 pub use money::{Money, MoneyError};
-pub use pan::{MaskedPan, Pan, PanError, luhn_check_digit, luhn_valid, mask_card_numbers};
+pub use pan::{
+    MaskedPan, Pan, PanError, longest_run, luhn_check_digit, luhn_valid, mask_card_numbers,
+};

@@ -229,6 +229,27 @@ pub fn mask_card_numbers(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(chars.into_iter().collect())
 }
 
+/// The most characters `counts` holds for in a row in `text`, characters `joins` holds for
+/// between them not breaking the run (`0123 4567`, `6222-0202`): how long a number typed in
+/// groups is, whatever stands around it.
+pub fn longest_run(
+    text: &str,
+    counts: impl Fn(char) -> bool,
+    joins: impl Fn(char) -> bool,
+) -> usize {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in text.chars() {
+        if counts(c) {
+            run += 1;
+            longest = longest.max(run);
+        } else if !joins(c) {
+            run = 0;
+        }
+    }
+    longest
+}
+
 /// One pass of [`mask_card_numbers`] over `chars`: whether it masked anything.
 ///
 /// Groups are runs of digits; a chain is groups joined by up to three separators. Every run of
@@ -349,6 +370,16 @@ mod tests {
 
     // A real-format ICBC debit number (BIN 622202) with a valid check digit; not a live card.
     const ICBC: &str = "6222020200112345679";
+
+    /// A run is counted through the characters that join it, and broken by any other.
+    #[test]
+    fn a_run_goes_through_its_joins_only() {
+        let digits = |c: char| c.is_ascii_digit();
+        let spaces = |c: char| c == ' ';
+        assert_eq!(longest_run("ab 1234 5678 x 12", digits, spaces), 8);
+        assert_eq!(longest_run("1234-5678", digits, spaces), 4);
+        assert_eq!(longest_run("", digits, spaces), 0);
+    }
 
     #[test]
     fn card_numbers_in_free_text_are_masked_whole_or_grouped() {

@@ -23,17 +23,11 @@ pub const NAME_DIGIT_RUN_MAX: usize = 11;
 /// The most digits (ASCII or full-width) in a row in `text`, spaces and hyphens between them
 /// not breaking the run (an account number is often grouped).
 fn longest_digit_run(text: &str) -> usize {
-    let mut longest = 0;
-    let mut run = 0;
-    for c in text.chars() {
-        if c.is_ascii_digit() || ('０'..='９').contains(&c) {
-            run += 1;
-            longest = longest.max(run);
-        } else if !matches!(c, ' ' | '-' | '\u{3000}') {
-            run = 0;
-        }
-    }
-    longest
+    domain::longest_run(
+        text,
+        |c| c.is_ascii_digit() || ('０'..='９').contains(&c),
+        |c| matches!(c, ' ' | '-' | '\u{3000}'),
+    )
 }
 /// Holder names, in characters: long enough for a company name, short enough for a bank form.
 pub const HOLDER_NAME_CHARS_MAX: usize = 60;

@@ -185,7 +185,7 @@ fn quotable(input: &str) -> bool {
     const LEN_MAX: usize = 40;
     const DIGITS_MAX: usize = 3;
     const HEX_RUN_MAX: usize = 7;
-    let mut hex_run = 0;
+    let joins = |c: char| c == '-' || c == '_';
     !input.is_empty()
         && input.len() <= LEN_MAX
         && input.chars().filter(char::is_ascii_digit).count() <= DIGITS_MAX
@@ -193,14 +193,8 @@ fn quotable(input: &str) -> bool {
             domain::mask_card_numbers(input),
             std::borrow::Cow::Borrowed(_)
         )
-        && input.chars().all(|c| {
-            if c.is_ascii_hexdigit() {
-                hex_run += 1;
-            } else if c != '-' && c != '_' {
-                hex_run = 0;
-            }
-            (c.is_ascii_alphanumeric() || c == '-' || c == '_') && hex_run <= HEX_RUN_MAX
-        })
+        && input.chars().all(|c| c.is_ascii_alphanumeric() || joins(c))
+        && domain::longest_run(input, |c| c.is_ascii_hexdigit(), joins) <= HEX_RUN_MAX
 }
 
 fn subject_kind(subject: &Subject) -> &'static str {
