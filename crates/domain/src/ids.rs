@@ -6,6 +6,16 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Whether `text` is exactly `len` characters, each a digit or a capital letter: how this
+/// acquirer assigns merchant (15) and terminal (8) IDs, stricter than the wire's ans, and how a
+/// business licence number (18) is written.
+pub fn is_code(text: &str, len: usize) -> bool {
+    text.len() == len
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+}
+
 /// Why a text is not the identifier it was meant to be. `what` names the identifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
@@ -288,6 +298,21 @@ serde_via_text!(Mcc);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A code as this acquirer assigns IDs: its exact length, digits and capital letters only.
+    #[test]
+    fn a_code_is_its_length_of_digits_and_capitals() {
+        assert!(is_code("898110048990001", 15));
+        assert!(is_code("91310000MA1FL0003Z", 18));
+        for text in [
+            "89811004899001",
+            "898110048990001 ",
+            "8981100 8990001",
+            "898110048990o01",
+        ] {
+            assert!(!is_code(text, 15), "{text:?}");
+        }
+    }
 
     #[test]
     fn stan_wraps_past_999999_to_000001() {

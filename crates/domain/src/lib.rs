@@ -16,7 +16,7 @@ pub use diagnosis::{
     Category, ContactIssuer, Diagnosis, FailureKind, Lang, PayoutFailure, Retry, Subject, Text,
     WhoActs, diagnose, diagnose_failure, diagnose_payout, diagnose_str,
 };
-pub use ids::{AuthCode, BatchNo, IdError, Mcc, MerchantId, Rrn, Stan, TerminalId};
+pub use ids::{AuthCode, BatchNo, IdError, Mcc, MerchantId, Rrn, Stan, TerminalId, is_code};
 pub use issuer::{
     Bank, CardLookup, CsvFile, DirectoryError, IssuerContact, IssuerDirectory, IssuerMatch,
     RowProblem,

@@ -86,12 +86,7 @@ pub enum QualificationError {
 
 impl Qualification {
     pub fn check(&self) -> Result<(), QualificationError> {
-        let licence_ok = self.licence_no.len() == 18
-            && self
-                .licence_no
-                .bytes()
-                .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
-        if !licence_ok {
+        if !domain::is_code(&self.licence_no, 18) {
             return Err(QualificationError::LicenceNo);
         }
         if self.mcc.len() != 4 || !self.mcc.bytes().all(|b| b.is_ascii_digit()) {

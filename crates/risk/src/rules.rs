@@ -197,11 +197,7 @@ where
                 // A merchant ID as provisioning takes one (15 digits or capital letters): one
                 // mistyped (a digit short, a space after it) would match no merchant, and its
                 // merchant would go on under the default rules with nothing said.
-                let well_formed = mid.len() == 15
-                    && mid
-                        .bytes()
-                        .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
-                if !well_formed {
+                if !domain::is_code(&mid, 15) {
                     return Err(serde::de::Error::custom(format!(
                         "{mid:?} is not a merchant ID (15 digits or capital letters)"
                     )));

@@ -314,11 +314,7 @@ fn open_store(config: &ServeConfig) -> Result<Arc<dyn Store>, Box<dyn std::error
 
 /// A MID or TID: its exact length, digits and capital letters (what fields 41 and 42 carry).
 fn check_id(what: &str, text: &str, len: usize) -> Result<(), String> {
-    let ok = text.len() == len
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
-    if ok {
+    if domain::is_code(text, len) {
         Ok(())
     } else {
         Err(format!(

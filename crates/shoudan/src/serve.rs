@@ -654,32 +654,34 @@ fn checked(config: &ServeConfig) -> Result<Checked, Box<dyn std::error::Error>> 
     })
 }
 
-/// A fee plan for a merchant the journal does not know is a typing error in its MID.
-fn plans_of_known_merchants(fee_plans: &[Record], merchants: &[String]) -> Result<(), String> {
-    let merchants: std::collections::HashSet<&str> = merchants.iter().map(String::as_str).collect();
-    for record in fee_plans {
-        if let Record::Settlement(SettlementRecord::Terms(row)) = record
-            && !merchants.contains(row.mid.as_str())
-        {
-            return Err(format!(
-                "fee plans: merchant {} is not provisioned (shoudan provision merchant)",
-                row.mid
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// A risk rules file naming a merchant the journal does not know: a typing error in its MID,
-/// which would leave the real merchant under the default rules.
-fn rules_of_known_merchants(rules: &risk::RuleBook, merchants: &[String]) -> Result<(), String> {
+/// `what` (a settings file) naming a merchant the journal does not know is a typing error in
+/// its MID, which would leave the real merchant under the defaults: refused.
+fn of_known_merchants<'a>(
+    what: &str,
+    mids: impl IntoIterator<Item = &'a str>,
+    merchants: &[String],
+) -> Result<(), String> {
     let known: std::collections::HashSet<&str> = merchants.iter().map(String::as_str).collect();
-    match rules.merchant_ids().find(|mid| !known.contains(mid)) {
+    match mids.into_iter().find(|mid| !known.contains(mid)) {
         Some(mid) => Err(format!(
-            "risk rules: merchant {mid} is not provisioned (shoudan provision merchant)"
+            "{what}: merchant {mid} is not provisioned (shoudan provision merchant)"
         )),
         None => Ok(()),
     }
+}
+
+/// A fee plan for a merchant the journal does not know.
+fn plans_of_known_merchants(fee_plans: &[Record], merchants: &[String]) -> Result<(), String> {
+    let mids = fee_plans.iter().filter_map(|record| match record {
+        Record::Settlement(SettlementRecord::Terms(row)) => Some(row.mid.as_str()),
+        _ => None,
+    });
+    of_known_merchants("fee plans", mids, merchants)
+}
+
+/// A risk rules file naming a merchant the journal does not know.
+fn rules_of_known_merchants(rules: &risk::RuleBook, merchants: &[String]) -> Result<(), String> {
+    of_known_merchants("risk rules", rules.merchant_ids(), merchants)
 }
 
 /// Everything a start does: the settings checked, the store opened and migrated, the fee
