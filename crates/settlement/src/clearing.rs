@@ -490,11 +490,10 @@ pub fn settle_date_and_recent_with(
         }
     }
     // Further back, within a month: dates with transactions that no run has cleared (a job
-    // down for a week). A date with none is no missed run (before the first sale, say), and
-    // is left alone rather than recorded.
-    // Cleared after this date's own run: one that cannot be cleared (a posting that cannot be
-    // built) fails the command, but no longer keeps every day's run, and so every payout,
-    // waiting behind it for a month.
+    // down for a week); a date with none is no missed run (before the first sale, say) and is
+    // left alone rather than recorded. They are cleared after this date's own run, so one that
+    // cannot be cleared (a posting that cannot be built) fails the command without keeping
+    // every later day's run, and so every payout, behind it for a month.
     let mut far_missed = Vec::new();
     for back in (REVISIT_DAYS + 1)..=MISSED_DAYS_MAX {
         if let Some(earlier) = crate::dates::add_days(&date, -back)
