@@ -226,6 +226,41 @@ async fn load(fixture: Value, cards: Vec<Card>, seen: Arc<Mutex<Seen>>, offset: 
     }
 }
 
+/// Waits until `journal` holds nothing in flight and no reversal pending, for 30 s at most.
+fn settles_within_30_s(journal: &Journal, dir: &Path, when: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let store = journal.open(dir);
+        let in_flight = store.txns_in_state(TxnState::InFlight).unwrap().len();
+        let pending = store.reversals_in_state(SafState::Pending).unwrap().len();
+        drop(store);
+        if in_flight == 0 && pending == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{in_flight} in flight, {pending} reversals pending 30 s {when}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Terminal `tid`'s row of request `saved`, if it was journalled before the kill: not the
+/// terminal's reversal of it, which has a row of its own under the same key (approved when it
+/// was answered 00).
+fn request_rows(
+    store: &dyn Store,
+    tid: &str,
+    saved: &terminal::SavedRequest,
+) -> Vec<store::TxnRow> {
+    store
+        .txns_by_key(tid, saved.batch, saved.stan)
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.kind != TxnKind::Reversal)
+        .collect()
+}
+
 /// The two kill tests run one at a time: each is two demos with traffic, on two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -380,21 +415,7 @@ fn kill_9_under_load(journal: &Journal) {
         "nothing that moves money was in flight at the kill: the test showed no recovery"
     );
     demo = start(dir, journal, &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let store = journal.open(dir);
-        let in_flight = store.txns_in_state(TxnState::InFlight).unwrap().len();
-        let pending = store.reversals_in_state(SafState::Pending).unwrap().len();
-        drop(store);
-        if in_flight == 0 && pending == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{in_flight} in flight, {pending} reversals pending 30 s after restart"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    settles_within_30_s(journal, dir, "after restart");
 
     // Each terminal now reverses the request it got no answer for (39 = 98), resending until
     // answered, as a POS does: one the killed switch had approved and journalled without
@@ -403,17 +424,16 @@ fn kill_9_under_load(journal: &Journal) {
     let lost = std::mem::take(&mut seen.lock().unwrap().lost);
     assert_eq!(lost.len(), terminals.len());
     let fx = fixtures(dir);
-    let approved_untold = lost
-        .iter()
-        .filter(|(tid, saved)| {
-            journal
-                .open(dir)
-                .txns_by_key(tid, saved.batch, saved.stan)
-                .unwrap()
-                .iter()
-                .any(|row| row.kind != TxnKind::Reversal && row.state == TxnState::Approved)
-        })
-        .count();
+    let approved_untold = {
+        let store = journal.open(dir);
+        lost.iter()
+            .filter(|(tid, saved)| {
+                request_rows(store.as_ref(), tid, saved)
+                    .iter()
+                    .any(|row| row.state == TxnState::Approved)
+            })
+            .count()
+    };
     let reversal_codes: Vec<String> = runtime.block_on(async {
         let mut codes = Vec::new();
         for (tid, saved) in &lost {
@@ -440,19 +460,7 @@ fn kill_9_under_load(journal: &Journal) {
         }
         codes
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !journal
-        .open(dir)
-        .reversals_in_state(SafState::Pending)
-        .unwrap()
-        .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the terminals' reversals still pending 30 s on"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    settles_within_30_s(journal, dir, "after the terminals' reversals");
     stop(demo);
 
     // Every approval a terminal saw is journalled approved (the journal is written before the
@@ -467,14 +475,7 @@ fn kill_9_under_load(journal: &Journal) {
     }
     // No request its terminal was never answered stands approved.
     for ((tid, saved), code) in lost.iter().zip(&reversal_codes) {
-        // The request's own row, if it was journalled before the kill; the terminal's
-        // reversal has a row of its own under the same key, approved when it was answered 00.
-        for row in store
-            .txns_by_key(tid, saved.batch, saved.stan)
-            .unwrap()
-            .into_iter()
-            .filter(|row| row.kind != TxnKind::Reversal)
-        {
+        for row in request_rows(store.as_ref(), tid, saved) {
             let events: Vec<String> = store
                 .events(row.id)
                 .unwrap()
