@@ -728,7 +728,8 @@ impl Core {
             iso8583::SignInKeys::Sm4 => KeyScheme::Sm4,
         };
         // A sign-in carries no MAC: it may ask for the terminal's key scheme or a stronger
-        // one, never a weaker one (single DES keys for a terminal set up for double).
+        // one, never a weaker one (single DES keys for a terminal set up for double, or no
+        // track key for one set up with one).
         if scheme_strength(scheme) < scheme_strength(terminal.registered) {
             tracing::warn!(tid = %terminal.tid, asked = scheme.code(), "weaker key scheme refused");
             return self.answer_code(frame, RC_NOT_PERMITTED_TERMINAL);
@@ -999,12 +1000,15 @@ impl Core {
     }
 }
 
-/// How strong a key scheme is: single DES, double-length DES (with or without a track key), SM4.
+/// How strong a key scheme is: single DES, double-length DES, double-length DES with a track
+/// key, SM4 (which has one too). A terminal set up with a track key that signed in without one
+/// would send its tracks in clear, and the host would take them.
 fn scheme_strength(scheme: KeyScheme) -> u8 {
     match scheme {
         KeyScheme::Single => 1,
-        KeyScheme::Double | KeyScheme::DoubleWithTdk => 2,
-        KeyScheme::Sm4 => 3,
+        KeyScheme::Double => 2,
+        KeyScheme::DoubleWithTdk => 3,
+        KeyScheme::Sm4 => 4,
     }
 }
 

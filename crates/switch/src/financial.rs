@@ -182,11 +182,6 @@ impl Core {
         let Some(terminal) = self.terminal(tid.trim_end()) else {
             return plain(RC_NOT_REGISTERED);
         };
-        // A suspended or closed terminal takes no new business, but its reversals still count:
-        // one of a sale whose answer it never saw gives the cardholder's money back.
-        if terminal.status != Status::Active && !reversal {
-            return plain(RC_NOT_PERMITTED_TERMINAL);
-        }
         // Not signed in: there is no MAK to check or answer with.
         let Some(keys) = terminal.keys else {
             return plain(RC_BATCH_OUT_OF_STEP);
@@ -212,6 +207,12 @@ impl Core {
                 |_| Ok(()),
             )
         };
+        // A suspended or closed terminal takes no new business, but its reversals still count:
+        // one of a sale whose answer it never saw gives the cardholder's money back. Refused
+        // after the MAC check, with a MAC: a terminal that finds none on an answer reverses.
+        if terminal.status != Status::Active && !reversal {
+            return answer(RC_NOT_PERMITTED_TERMINAL);
+        }
         if request.text(42).is_none() {
             return answer(RC_FORMAT_ERROR);
         }
@@ -224,6 +225,12 @@ impl Core {
             return answer(RC_FORMAT_ERROR);
         };
         if batch_no != terminal.batch_no {
+            if reversal {
+                let code = self
+                    .reversal_in_other_batch(&terminal, batch_no, stan)
+                    .await;
+                return answer(code);
+            }
             return answer(RC_BATCH_OUT_OF_STEP);
         }
         let amount_fen = match request.amount().map(i64::try_from) {
@@ -2202,6 +2209,47 @@ impl Core {
     /// A terminal's reversal (0400): find the original by TID + MID + trace + batch, mark it
     /// reversed and queue its reversal to the issuer (store and forward). PROTOCOL.md: not
     /// found → 00, already reversed or another day → 25, amount differs → 64.
+    /// The answer to a reversal naming a batch other than the terminal's open one (PROTOCOL.md:
+    /// the host finds the original by TID + MID + trace + batch). 77 would be answered to it
+    /// for ever: the terminal resends its saved reversal as it was, whatever batch its sign-in
+    /// moves it to, and does no business until it is answered (its request was refused 77 and
+    /// the answer lost, say, after a settlement the host took but answered 96). No request of
+    /// a batch not open was taken, so the original is either in a batch closed since, whose
+    /// totals stand (25, as for one from another day), or not there at all (00, nothing to
+    /// reverse). Nothing is journaled: nothing changes. 96 if the journal cannot be read.
+    async fn reversal_in_other_batch(
+        &self,
+        terminal: &Terminal,
+        batch_no: u32,
+        stan: u32,
+    ) -> [u8; 2] {
+        let tid = terminal.tid.clone();
+        let Some(Ok(rows)) = self
+            .read_for_request(move |store| store.txns_by_key(&tid, batch_no, stan))
+            .await
+        else {
+            return RC_SYSTEM_ERROR;
+        };
+        let Some(rows) = self.this_batchs(&terminal.tid, batch_no, false, rows).await else {
+            return RC_SYSTEM_ERROR;
+        };
+        let original = rows
+            .iter()
+            .find(|row| row.kind != TxnKind::Reversal && row.mid == terminal.mid);
+        tracing::info!(
+            tid = %terminal.tid,
+            batch_no,
+            stan,
+            found = original.is_some(),
+            "reversal naming a batch not open"
+        );
+        if original.is_some() {
+            RC_ORIGINAL_NOT_FOUND
+        } else {
+            RC_APPROVED
+        }
+    }
+
     async fn reversal(self: &Arc<Self>, ctx: &Ctx<'_>) -> Option<Vec<u8>> {
         let original_key = TxnKey {
             reversal: false,

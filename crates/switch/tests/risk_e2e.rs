@@ -504,6 +504,12 @@ fn a_card_testing_burst_raises_an_alert_then_declines() {
         );
         let r = t.send(&paid_with_pin(healthy, 25_000, 95)).await;
         assert_eq!(r.code(), "58");
+        // MACed, as any answer after the MAC check: a terminal that finds no MAC on an answer
+        // reverses the request.
+        assert!(t.mac_ok(&r), "the refusal's MAC");
+        // A request whose MAC fails is told so (A0), not that the terminal is suspended.
+        let forged = t.encode(&paid_with_pin(healthy, 25_000, 96), true);
+        assert_eq!(t.exchange(&forged).await.code(), "A0");
         let reversed = t.send(&Req::reversal_of(&other_sale)).await;
         assert_eq!(reversed.code(), "00", "reversed after signing in again");
         let (row, _) = journalled(&w.h, &other);

@@ -179,6 +179,48 @@ async fn a_closed_batch_sent_again_with_other_totals_is_answered_from_it_and_kep
     assert_eq!(host.domestic.result, SettleResult::BALANCED);
 }
 
+/// A reversal naming a batch the host has closed since: answered from that batch, not 77. The
+/// terminal resends its saved reversal as it was, whatever batch a sign-in moves it to, and
+/// takes no business until it is answered: 77 would hold it for ever.
+#[tokio::test]
+async fn a_reversal_naming_a_closed_batch_is_answered_not_sent_to_sign_in() {
+    let h = Harness::new().await;
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let pan = card("622202");
+    let sale = Req::purchase(&pan, 1_000, 1);
+    assert_eq!(t.send(&sale).await.code(), "00");
+    let host = settle(&mut t, 1, &totals((1_000, 1), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+    assert_eq!(h.store.terminal(TID).unwrap().unwrap().batch_no, 2);
+    // Still in batch 1 at the terminal: a new sale is out of step (77), as before.
+    let late = Req::purchase(&pan, 2_000, 2);
+    let refused = t.send(&late).await;
+    assert_eq!(refused.code(), "77");
+    for signed_in_again in [false, true] {
+        if signed_in_again {
+            assert_eq!(t.sign_in().await.code(), "00");
+            assert_eq!(
+                t.batch, 2,
+                "the sign-in moved the terminal to the open batch"
+            );
+            t.batch = 1;
+        }
+        // Its reversal names a request the host never took: nothing to reverse (00).
+        let reversed = t.send(&Req::reversal_of(&late)).await;
+        assert_eq!(reversed.code(), "00");
+        assert!(t.mac_ok(&reversed));
+        // One naming the settled sale: 25, and the sale stands with its batch's totals.
+        let settled = t.send(&Req::reversal_of(&sale)).await;
+        assert_eq!(settled.code(), "25");
+        assert!(t.mac_ok(&settled));
+    }
+    let rows = h.store.txns_by_key(TID, 1, 1).unwrap();
+    assert_eq!(rows.len(), 1, "nothing journaled under the sale's key");
+    assert_eq!(rows[0].state, store::TxnState::Approved);
+    assert!(h.store.txns_by_key(TID, 1, 2).unwrap().is_empty());
+}
+
 /// A terminal that counts its batches from 000000: batch 0 settled unbalanced moves it to 1,
 /// and batch 0 is still the one it closed, to upload and to settle again.
 #[tokio::test]

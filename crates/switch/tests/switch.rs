@@ -681,7 +681,7 @@ fn a_retried_balance_inquiry_gets_its_balance_from_a_restarted_switch() {
 fn working_keys_are_freed_and_never_weakened() {
     runtime().block_on(async {
         use tokio::io::AsyncWriteExt;
-        let h = Harness::new().await;
+        let mut h = Harness::new().await;
         let before = h.hsm.key_count();
         // A weaker scheme than the terminal's (single DES for a double-length terminal): 58.
         let mut t = h.terminal().await;
@@ -691,6 +691,24 @@ fn working_keys_are_freed_and_never_weakened() {
         // too, the terminal's set-up, not a fault to retry (96).
         assert_eq!(t.sign_in_with("006").await.code(), "58");
         assert_eq!(h.hsm.key_count(), before);
+        // A terminal set up with a track key (004) asking for none (003): 58, or it would
+        // send its tracks in clear with the host's consent. Its own scheme signs in.
+        h.register_terminal_with(
+            "10000077",
+            MID,
+            paycrypto::KeyScheme::DoubleWithTdk,
+            paycrypto::MakLength::Double,
+        )
+        .await;
+        h.stop().await;
+        h.start().await;
+        let before = h.hsm.key_count();
+        let mut with_tdk = h.terminal_as("10000077").await;
+        assert_eq!(with_tdk.sign_in_with("003").await.code(), "58");
+        assert_eq!(h.hsm.key_count(), before);
+        assert_eq!(with_tdk.sign_in_with("004").await.code(), "00");
+        let before = h.hsm.key_count();
+        let mut t = h.terminal().await;
         // Ten sign-ins of one terminal at once: one set of keys stays in the HSM.
         let mut connections = Vec::new();
         for _ in 0..10 {
