@@ -273,22 +273,40 @@ pub fn describe(
 
 /// The flags stored for a merchant (by the notification tailer) whose second payment's id is
 /// below `before_id` (from the newest when `None`), newest first, at most `limit`, described as
-/// of `now_ms`; of those, only the ones flagged at or after `since_ms` (describing a flag reads
-/// both payments, so the others are skipped before).
+/// of `now_ms`.
 pub fn flagged(
     store: &dyn Store,
     directory: &IssuerDirectory,
     mid: &str,
     (before_id, limit): (Option<i64>, u32),
-    since_ms: i64,
+    now_ms: i64,
+) -> Result<Vec<DuplicateFlag>, ResolveError> {
+    let rows = store.duplicates_of_merchant(mid, before_id, limit)?;
+    describe_all(store, directory, &rows, now_ms)
+}
+
+/// The flags raised for a merchant at or after `since_ms`, the newest flagged first, at most
+/// `limit`, described as of `now_ms`.
+pub fn flagged_since(
+    store: &dyn Store,
+    directory: &IssuerDirectory,
+    mid: &str,
+    (since_ms, limit): (i64, u32),
+    now_ms: i64,
+) -> Result<Vec<DuplicateFlag>, ResolveError> {
+    let rows = store.duplicates_flagged_since(mid, since_ms, limit)?;
+    describe_all(store, directory, &rows, now_ms)
+}
+
+fn describe_all(
+    store: &dyn Store,
+    directory: &IssuerDirectory,
+    rows: &[DuplicateRow],
     now_ms: i64,
 ) -> Result<Vec<DuplicateFlag>, ResolveError> {
     let mut out = Vec::new();
-    for row in store.duplicates_of_merchant(mid, before_id, limit)? {
-        if row.flagged_at_ms < since_ms {
-            continue;
-        }
-        if let Some(flag) = describe(store, directory, &row, now_ms)? {
+    for row in rows {
+        if let Some(flag) = describe(store, directory, row, now_ms)? {
             out.push(flag);
         }
     }

@@ -124,24 +124,23 @@ impl Resolver {
             &self.directory,
             mid,
             (before_id, limit),
-            i64::MIN,
             self.clock.now_ms(),
         )
     }
 
-    /// Of the newest `limit` flags, those flagged at or after `since_ms`, described.
+    /// The flags raised at or after `since_ms`, the newest flagged first, at most `limit`,
+    /// described.
     pub fn duplicates_flagged_since(
         &self,
         mid: &str,
         since_ms: i64,
         limit: u32,
     ) -> Result<Vec<DuplicateFlag>, ResolveError> {
-        duplicates::flagged(
+        duplicates::flagged_since(
             self.store.as_ref(),
             &self.directory,
             mid,
-            (None, limit),
-            since_ms,
+            (since_ms, limit),
             self.clock.now_ms(),
         )
     }

@@ -207,7 +207,6 @@ impl Env {
             &self.h.directory,
             MID,
             (None, 100),
-            i64::MIN,
             now(),
         )
         .unwrap()

@@ -179,7 +179,8 @@ pub trait Store: Send + Sync + 'static {
         attempts: u32,
         limit: u32,
     ) -> Result<Vec<SafItem>, StoreError>;
-    /// The newest `limit` reversals (by transaction) an issuer refused other than with 25.
+    /// The `limit` reversals an issuer refused other than with 25 most lately (by when it
+    /// refused them).
     fn reversals_refused_standing(&self, limit: u32) -> Result<Vec<SafItem>, StoreError>;
     /// How many reversals in `state` undo transactions of merchant `mid` received in
     /// `[from_ms, to_ms)`: one query, not a read of every queued reversal's transaction.
@@ -285,6 +286,16 @@ pub trait Store: Send + Sync + 'static {
         &self,
         mid: &str,
         before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<resolve::DuplicateRow>, StoreError>;
+    /// A merchant's duplicate flags raised at or after `since_ms`, the newest flagged first, at
+    /// most `limit` (and at most [`RESOLVE_ROWS_MAX`]). By the time flagged, not by payment id:
+    /// with several nodes, ids are taken in blocks per node, and a higher one is not a newer
+    /// payment.
+    fn duplicates_flagged_since(
+        &self,
+        mid: &str,
+        since_ms: i64,
         limit: u32,
     ) -> Result<Vec<resolve::DuplicateRow>, StoreError>;
     /// The duplicate flags a transaction is in, as the first payment or the second.

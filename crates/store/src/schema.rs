@@ -724,6 +724,16 @@ CREATE INDEX terminals_by_merchant ON terminals (mid, tid);
 CREATE INDEX outbox_mid_due ON outbox (mid, state, next_attempt_ms);
 ",
     },
+    Migration {
+        version: 29,
+        name: "a merchant's duplicate flags by the time they were raised",
+        // The portal's card of the day's suspected duplicates read the newest flags by payment
+        // id; with several nodes taking ids in blocks, a busy node's older flags could fill it
+        // and hide the day's.
+        sql: "
+CREATE INDEX duplicate_flags_mid_flagged ON duplicate_flags (mid, flagged_at_ms);
+",
+    },
 ];
 
 /// The newest schema version this build knows.

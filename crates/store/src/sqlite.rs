@@ -625,7 +625,7 @@ impl Store for SqliteStore {
     fn reversals_refused_standing(&self, limit: u32) -> Result<Vec<SafItem>, StoreError> {
         self.safs_where(
             "state = ?1 AND (last_error IS NULL OR last_error <> '25') \
-             ORDER BY txn_id DESC LIMIT ?2",
+             ORDER BY done_at_ms DESC, txn_id DESC LIMIT ?2",
             &[&SafState::Refused, &limit],
         )
     }
@@ -1020,6 +1020,14 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<crate::resolve::DuplicateRow>, StoreError> {
         self.resolve_duplicates_of_merchant(mid, before_id, limit)
+    }
+    fn duplicates_flagged_since(
+        &self,
+        mid: &str,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<crate::resolve::DuplicateRow>, StoreError> {
+        self.resolve_duplicates_flagged_since(mid, since_ms, limit)
     }
     fn duplicates_of_txn(&self, id: i64) -> Result<Vec<crate::resolve::DuplicateRow>, StoreError> {
         self.resolve_duplicates_of_txn(id)

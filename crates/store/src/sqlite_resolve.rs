@@ -736,6 +736,21 @@ impl SqliteStore {
         self.rows(&sql, &[&mid, &before, &limit], duplicate_from_row)
     }
 
+    pub(super) fn resolve_duplicates_flagged_since(
+        &self,
+        mid: &str,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<DuplicateRow>, StoreError> {
+        // Walks the (merchant, flagged at) index back from the newest.
+        let sql = format!(
+            "SELECT {DUPLICATE_COLUMNS} FROM duplicate_flags WHERE mid = ?1 AND flagged_at_ms >= ?2
+             ORDER BY flagged_at_ms DESC, second_txn_id DESC LIMIT ?3"
+        );
+        let limit = limit.min(RESOLVE_ROWS_MAX);
+        self.rows(&sql, &[&mid, &since_ms, &limit], duplicate_from_row)
+    }
+
     pub(super) fn resolve_duplicates_of_txn(
         &self,
         txn_id: i64,

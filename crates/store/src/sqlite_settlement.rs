@@ -827,7 +827,8 @@ impl SqliteStore {
                 "SELECT p.id, COALESCE(SUM(l.amount_fen), 0), COUNT(l.posting_id)
                  FROM ledger_postings p LEFT JOIN ledger_legs l ON l.posting_id = p.id
                  GROUP BY p.id HAVING COALESCE(SUM(l.amount_fen), 0) <> 0
-                 OR COUNT(l.posting_id) < 2",
+                 OR COUNT(l.posting_id) < 2
+                 ORDER BY p.id",
             )?;
             let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -82,6 +82,7 @@ fn every_read_runs(db: &Db) {
             .unwrap()
             .is_empty()
     );
+    assert!(s.duplicates_flagged_since("m", 0, 10).unwrap().is_empty());
     assert!(s.duplicates_of_txn(1).unwrap().is_empty());
     assert!(s.resolve_cursor("c").unwrap().is_none());
     assert!(s.merchant_profile("m").unwrap().is_none());
@@ -1046,6 +1047,39 @@ fn duplicate_flags_by_merchant_and_by_payment(db: &Db) {
     assert_eq!(seconds(s.duplicates_of_txn(2).unwrap()), [2, 3]);
     assert_eq!(seconds(s.duplicates_of_txn(7).unwrap()), [8]);
     assert!(s.duplicates_of_txn(5).unwrap().is_empty());
+    // Flagged since a time, the newest flagged first, whatever the payments' ids: with
+    // several nodes a busy node's block of ids is higher than a quiet one's, so the flags of
+    // payments 20,001 and 20,002 (flagged at 10 and 11) are older than that of payment 9
+    // (flagged at 50), and a limit by id would have kept them and lost it.
+    let at = |first: i64, second: i64, flagged_at_ms: i64| {
+        Record::Resolve(ResolveRecord::Duplicate(DuplicateRow {
+            first_txn_id: first,
+            second_txn_id: second,
+            mid: "p".into(),
+            amount_fen: 100,
+            gap_ms: 30_000,
+            flagged_at_ms,
+        }))
+    };
+    s.submit(vec![
+        at(20_000, 20_001, 10),
+        at(20_001, 20_002, 11),
+        at(4, 9, 50),
+    ])
+    .unwrap()
+    .wait()
+    .unwrap();
+    assert_eq!(seconds(s.duplicates_flagged_since("p", 0, 1).unwrap()), [9]);
+    assert_eq!(
+        seconds(s.duplicates_flagged_since("p", 0, 10).unwrap()),
+        [9, 20_002, 20_001]
+    );
+    assert_eq!(
+        seconds(s.duplicates_flagged_since("p", 11, 10).unwrap()),
+        [9, 20_002]
+    );
+    assert!(s.duplicates_flagged_since("p", 51, 10).unwrap().is_empty());
+    assert!(s.duplicates_flagged_since("m", 4, 10).unwrap().is_empty());
 }
 
 /// A settle run's totals replace the date's earlier ones; read newest date first.

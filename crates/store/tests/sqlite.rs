@@ -1516,6 +1516,21 @@ fn reversal_queue_claim_retry_and_ack(db: &Db) {
     let standing = store.reversals_refused_standing(10).unwrap();
     assert_eq!(standing.iter().map(|i| i.txn_id).collect::<Vec<_>>(), [3]);
     assert!(store.reversals_refused_standing(0).unwrap().is_empty());
+    // Transaction 2's reversal refused again later, with a code that stands: listed before
+    // 3's, refused earlier, though its transaction is older (ids need not follow time when
+    // several nodes take them in blocks).
+    store
+        .submit(vec![Record::SafDone {
+            txn_id: 2,
+            state: SafState::Refused,
+            at_ms: 1_500,
+            answer: Some("05".into()),
+        }])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let standing = store.reversals_refused_standing(10).unwrap();
+    assert_eq!(standing.iter().map(|i| i.txn_id).collect::<Vec<_>>(), [2, 3]);
 }
 
 #[test]
