@@ -279,6 +279,8 @@ pub struct SafItem {
     pub next_attempt_ms: i64,
     pub state: SafState,
     pub last_error: Option<String>,
+    /// When the issuer last gave it a final answer (acknowledged or refused).
+    pub done_at_ms: Option<i64>,
 }
 
 impl SafItem {

@@ -1972,7 +1972,8 @@ fn txn_from_row(r: &Row<'_>) -> rusqlite::Result<TxnRow> {
     })
 }
 
-const SAF_COLUMNS: &str = "txn_id, issuer, reason, attempts, next_attempt_ms, state, last_error";
+const SAF_COLUMNS: &str =
+    "txn_id, issuer, reason, attempts, next_attempt_ms, state, last_error, done_at_ms";
 
 fn saf_from_row(r: &Row<'_>) -> rusqlite::Result<SafItem> {
     Ok(SafItem {
@@ -1983,6 +1984,7 @@ fn saf_from_row(r: &Row<'_>) -> rusqlite::Result<SafItem> {
         next_attempt_ms: r.get(4)?,
         state: r.get(5)?,
         last_error: r.get(6)?,
+        done_at_ms: r.get(7)?,
     })
 }
 

@@ -1530,7 +1530,12 @@ fn reversal_queue_claim_retry_and_ack(db: &Db) {
         .wait()
         .unwrap();
     let standing = store.reversals_refused_standing(10).unwrap();
-    assert_eq!(standing.iter().map(|i| i.txn_id).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(
+        standing.iter().map(|i| i.txn_id).collect::<Vec<_>>(),
+        [2, 3]
+    );
+    let done: Vec<Option<i64>> = standing.iter().map(|i| i.done_at_ms).collect();
+    assert_eq!(done, [Some(1_500), Some(1_400)], "when each was refused");
 }
 
 #[test]

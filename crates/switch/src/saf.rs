@@ -143,6 +143,7 @@ impl Core {
                 return;
             }
         };
+        let sent_ms = self.clock.now_ms();
         match link
             .exchange(
                 Mti::REVERSAL_RESPONSE.value(),
@@ -167,9 +168,10 @@ impl Core {
                         SafState::Acked,
                         format!("reversal acknowledged by {} at {at}", item.issuer),
                     ),
-                    // The issuer could not act on it now (maintenance, fault): the reversal
-                    // is still owed, so it stays queued rather than being given up.
-                    Some(busy @ ("06" | "09" | "68" | "90" | "91" | "92" | "96")) => {
+                    // The issuer could not act on it now (maintenance, fault), or its side got
+                    // no answer in time (98, 68: a gateway's, whose issuer may yet act): the
+                    // reversal is still owed, so it stays queued rather than being given up.
+                    Some(busy @ ("06" | "09" | "68" | "90" | "91" | "92" | "96" | "98")) => {
                         let why = format!("reversal not applied by {}: {busy}", item.issuer);
                         self.retry(&item, &why).await;
                         return;
@@ -191,10 +193,23 @@ impl Core {
                     // of those is itself being reversed here (it timed out after the issuer
                     // approved it), the issuer will take this reversal once that one lands:
                     // tried again, not given up with the sale standing there.
-                    Some("12") if self.link_reversal_owed(txn_id).await => {
+                    Some("12") if self.link_reversal_owed(txn_id, sent_ms).await => {
                         let why = format!(
                             "reversal refused by {} with 12 while a void or refund of it is being \
                              reversed: tried again",
+                            item.issuer
+                        );
+                        self.retry(&item, &why).await;
+                        return;
+                    }
+                    // A code no table here holds (an issuer's own): not a decision this host
+                    // can read, so not a refusal to stop on; kept queued, as an unreadable
+                    // answer to an authorisation is reversed.
+                    Some(unknown) if !known_code(unknown) => {
+                        tracing::warn!(txn_id, issuer = %item.issuer, code = unknown, "reversal answered with an unknown code; kept queued");
+                        let why = format!(
+                            "reversal answered by {} with {unknown}, a code this host does not \
+                             know: tried again",
                             item.issuer
                         );
                         self.retry(&item, &why).await;
@@ -257,24 +272,28 @@ impl Core {
         }
     }
 
-    /// Whether a void, completion or refund of `txn_id` has a reversal still owed (queued, not
-    /// acknowledged or refused); `false` when the journal cannot be read (the refusal then
-    /// stands, as before).
-    async fn link_reversal_owed(&self, txn_id: i64) -> bool {
+    /// Whether a 12 to the reversal of `txn_id` sent at `sent_ms` may be about a void,
+    /// completion or refund of it whose own reversal is still owed (queued), or landed while
+    /// this one was on its way (the issuer answered before it took that one); `true` as well
+    /// when the journal cannot be read, so that the reversal is tried again rather than given
+    /// up on a guess.
+    async fn link_reversal_owed(&self, txn_id: i64, sent_ms: i64) -> bool {
         let owed = self
             .read_store(move |store| {
                 for link in store.txns_linked_to(txn_id)? {
-                    if store
-                        .reversal(link.id)?
-                        .is_some_and(|r| r.state == SafState::Pending)
-                    {
+                    let owed = store.reversal(link.id)?.is_some_and(|r| {
+                        r.state == SafState::Pending
+                            || r.state == SafState::Acked
+                                && r.done_at_ms.is_some_and(|done| done >= sent_ms)
+                    });
+                    if owed {
                         return Ok(true);
                     }
                 }
                 Ok::<_, store::StoreError>(false)
             })
             .await;
-        matches!(owed, Some(Ok(true)))
+        !matches!(owed, Some(Ok(false)))
     }
 
     /// What an approved linked `row` took from its original, given back (`Core::unlink`), its
@@ -348,4 +367,9 @@ impl Core {
         out.encode_frame(&self.issuer_head, &mut bytes).ok()?;
         Some((bytes, trace))
     }
+}
+
+/// Whether `code` is a response code the diagnosis table holds.
+fn known_code(code: &str) -> bool {
+    <[u8; 2]>::try_from(code.as_bytes()).is_ok_and(|code| domain::diagnosis::lookup(code).is_some())
 }

@@ -339,6 +339,23 @@ fn a_reversal_the_issuer_could_not_read_is_sent_again() {
     });
 }
 
+/// A reversal answered 98 (a gateway's issuer did not answer it in time) or with a code no table
+/// here holds (an issuer's own) has not been refused: it stays queued and lands when resent,
+/// where it was recorded as refused and never sent again, the card left charged.
+#[test]
+fn a_reversal_answered_98_or_an_unknown_code_is_sent_again() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        h.log.reversal_codes.lock().unwrap().extend(["98", "Q7"]);
+        let (_t, rrn, id) = h.sale_timed_out(9).await;
+        let acked = h.reversal_acked(id, 10).await;
+        assert!(acked, "{:?}", h.store.reversal(id).unwrap());
+        let sent = h.log.reversals.lock().unwrap().clone();
+        assert_eq!(sent.iter().filter(|(_, r)| *r == rrn).count(), 3);
+        assert_eq!(h.store.txn(id).unwrap().unwrap().state, TxnState::Reversed);
+    });
+}
+
 #[test]
 fn pending_reversal_survives_a_restart() {
     runtime().block_on(async {
