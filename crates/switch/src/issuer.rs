@@ -121,6 +121,13 @@ pub(crate) fn issuer_in_flight_max(requests_in_flight: usize, links: usize) -> u
     share.clamp(1, ISSUER_IN_FLIGHT_MAX)
 }
 
+/// Reversals a link with `in_flight_max` places for requests may have awaiting answers beside
+/// them: a quarter as many (at least one). One the link has no place for is put off
+/// (`LinkError::Unavailable`) and resent by the queue later.
+fn reversals_in_flight_max(in_flight_max: usize) -> usize {
+    (in_flight_max / 4).max(1)
+}
+
 pub(crate) struct IssuerLink {
     pub name: String,
     pub endpoint: IssuerEndpoint,
@@ -134,6 +141,10 @@ pub(crate) struct IssuerLink {
     in_flight: Semaphore,
     /// The permits `in_flight` started with ([`issuer_in_flight_max`]).
     in_flight_max: usize,
+    /// Reversals' places, apart from the requests' ([`reversals_in_flight_max`]): a queue of
+    /// them resent after an outage to an issuer slow to acknowledge them would otherwise hold
+    /// every place for a timeout, and its terminals' requests be answered 91.
+    reversals_in_flight: Semaphore,
     connected: AtomicBool,
     echo: EchoTest,
     /// When the connection last read a frame, in ms since `epoch` (tokio's clock, which a
@@ -168,6 +179,7 @@ impl IssuerLink {
             waiters: Mutex::new(BTreeMap::new()),
             in_flight: Semaphore::new(in_flight_max),
             in_flight_max,
+            reversals_in_flight: Semaphore::new(reversals_in_flight_max(in_flight_max)),
             connected: AtomicBool::new(false),
             echo,
             heard_ms: AtomicU64::new(0),
@@ -208,7 +220,7 @@ impl IssuerLink {
         self.since_epoch_ms() < self.open_until_ms.load(Ordering::Acquire)
     }
 
-    /// The link's state for the metrics.
+    /// The link's state for the metrics (requests in flight, reversals not counted).
     pub fn state(&self) -> crate::metrics::IssuerLinkState {
         let free = self.in_flight.available_permits();
         crate::metrics::IssuerLinkState {
@@ -234,10 +246,12 @@ impl IssuerLink {
         if !self.is_connected() || self.breaker_open() {
             return Err(LinkError::Unavailable);
         }
-        let _permit = self
-            .in_flight
-            .try_acquire()
-            .map_err(|_| LinkError::Unavailable)?;
+        let places = if reply_mti == Mti::REVERSAL_RESPONSE.value() {
+            &self.reversals_in_flight
+        } else {
+            &self.in_flight
+        };
+        let _permit = places.try_acquire().map_err(|_| LinkError::Unavailable)?;
         let (sender, receiver) = oneshot::channel();
         {
             let mut waiters = self.waiters();
@@ -464,6 +478,124 @@ impl IssuerLink {
             // A waiter that timed out is gone; its late reply is dropped (the reversal covers it).
             Some(waiter) => drop(waiter.sender.send(Zeroizing::new(frame.to_vec()))),
             None => tracing::debug!(issuer = %self.name, mti, trace, "unmatched reply"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use iso8583::{Header, Tpdu};
+    use tokio::net::TcpListener;
+
+    fn head() -> FrameHead {
+        FrameHead {
+            tpdu: Tpdu {
+                destination: [0, 0],
+                source: [0, 0],
+            },
+            header: Header::from_bytes([0x60, 0, 0, 0, 0, 0]).unwrap(),
+        }
+    }
+
+    fn request(mti: Mti, trace: u32) -> (String, Zeroizing<Vec<u8>>) {
+        let rrn = format!("{trace:012}");
+        let mut out = MessageBuilder::new(mti);
+        out.set_stan(trace).unwrap();
+        out.set_text(37, &rrn).unwrap();
+        let mut bytes = Vec::new();
+        out.encode_frame(&head(), &mut bytes).unwrap();
+        (rrn, Zeroizing::new(bytes))
+    }
+
+    /// An issuer that approves requests at once and never acknowledges a reversal.
+    async fn issuer_ignoring_reversals() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            while read_frame(&mut stream, &mut buf).await.unwrap_or(false) {
+                let frame = Frame::decode_unprefixed(&buf).unwrap();
+                let mti = frame.message.mti();
+                if mti == Mti::REVERSAL {
+                    continue;
+                }
+                let mut out = MessageBuilder::new(mti.response().unwrap());
+                out.copy_from(&frame.message, 11).unwrap();
+                out.copy_from(&frame.message, 37).unwrap();
+                out.set_text(39, "00").unwrap();
+                let mut bytes = Vec::new();
+                out.encode_frame(&head(), &mut bytes).unwrap();
+                stream.write_all(&bytes).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    /// Reversals resent in a burst to an issuer that does not acknowledge them take their own
+    /// places, a quarter of the link's: the rest are put off, and requests still go through
+    /// (they took every place, and the requests were answered 91).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reversals_awaiting_acknowledgement_leave_the_requests_their_places() {
+        let addr = issuer_ignoring_reversals().await;
+        let (_stop, stop_rx) = watch::channel(false);
+        let endpoint = IssuerEndpoint {
+            addr,
+            zpk: paycrypto::KeyHandle::from_raw(1),
+            timeout: Duration::from_secs(5),
+        };
+        let echo = EchoTest {
+            after: Duration::from_secs(60),
+            head: head(),
+            acquirer_code: "00000000".into(),
+        };
+        let (link, _task) = IssuerLink::start(
+            "T".into(),
+            endpoint,
+            false,
+            echo,
+            Arc::new(TcpConnector),
+            8,
+            stop_rx,
+        );
+        for _ in 0..500 {
+            if link.is_connected() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(link.is_connected());
+        let reply_mti = Mti::REVERSAL_RESPONSE.value();
+        let mut waiting = Vec::new();
+        for trace in 1..=8 {
+            let link = Arc::clone(&link);
+            waiting.push(tokio::spawn(async move {
+                let (rrn, frame) = request(Mti::REVERSAL, trace);
+                link.exchange(reply_mti, trace, Some(&rrn), frame).await
+            }));
+        }
+        // Every reversal either took a place (and waits) or was put off at once.
+        let mut put_off = 0;
+        for _ in 0..500 {
+            put_off = waiting.iter().filter(|w| w.is_finished()).count();
+            if put_off == 8 - reversals_in_flight_max(8) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(put_off, 6, "two reversals in flight, six put off");
+        for trace in 100..108 {
+            let (rrn, frame) = request(Mti::FINANCIAL, trace);
+            let reply = link
+                .exchange(Mti::FINANCIAL_RESPONSE.value(), trace, Some(&rrn), frame)
+                .await;
+            assert!(reply.is_ok(), "request {trace}: {reply:?}");
+        }
+        for w in waiting.into_iter().filter(|w| w.is_finished()) {
+            assert!(matches!(w.await.unwrap(), Err(LinkError::Unavailable)));
         }
     }
 }
