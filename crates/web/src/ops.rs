@@ -482,12 +482,17 @@ pub async fn bind_for(web: &Web, who: &Principal, body: BindBody) -> Result<Bind
         )
     })
     .await
-    .map_err(|e| ApiError::internal(format!("bind: {e}")))??;
+    .map_err(|_| ApiError::internal("bind: the work stopped"))??;
+    // This binding's own change, not the merchant's newest: another bound at the same moment
+    // would be written into this one's audit row.
+    let change_id = match outcome {
+        settlement::BindOutcome::Active { change_id, .. }
+        | settlement::BindOutcome::PendingConfirmation { change_id } => change_id,
+    };
     let after = web
         .store
-        .account_changes(Some(&mid))?
-        .last()
-        .map(|c| c.number_masked.clone());
+        .account_change(change_id)?
+        .map(|c| c.number_masked);
     auth::audit(
         web,
         &who.username,
@@ -569,7 +574,7 @@ pub async fn decide_change(
         }
     })
     .await
-    .map_err(|e| ApiError::internal(format!("decide: {e}")))??;
+    .map_err(|_| ApiError::internal("decide: the work stopped"))??;
     let after = web
         .store
         .account_change(id)?

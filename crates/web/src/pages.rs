@@ -92,28 +92,51 @@ struct Ctx {
 
 /// A GET page's context: its query is kept by the language switch.
 fn ctx(web: &Web, headers: &HeaderMap, params: &Params) -> Ctx {
+    // Who asks, read only when a merchant ID is to be said back.
+    let viewer = params
+        .keys()
+        .any(|k| mid_in(k, "").is_some())
+        .then(|| auth::principal_of(web, headers).ok().flatten());
     let mut query: Vec<(String, String)> = params
         .iter()
-        .map(|(k, v)| (k.clone(), said_back(web, k, v)))
+        .map(|(k, v)| (k.clone(), said_back(web, viewer.as_ref(), k, v)))
         .collect();
     query.sort();
     context(web, headers, params, Some(&query))
 }
 
-/// A parameter's value as the language switch says it back: a merchant ID (`mid`, the second
-/// half of a payouts cursor) goes whole only when it names a merchant; anything else there,
-/// a card number typed as a merchant ID, is masked like any other value.
-fn said_back(web: &Web, key: &str, value: &str) -> String {
-    let mid = match key {
+/// The merchant ID a page parameter carries: `mid`, or the second half of a payouts cursor.
+fn mid_in<'a>(key: &str, value: &'a str) -> Option<&'a str> {
+    match key {
         "mid" => Some(value),
-        "payouts_before" => value.split_once(':').map(|(_, mid)| mid),
+        "payouts_before" => Some(value.split_once(':').map_or("", |(_, mid)| mid)),
         _ => None,
+    }
+}
+
+/// A parameter's value as the language switch says it back: a merchant ID (`mid`, the second
+/// half of a payouts cursor) goes whole only when it names a merchant the viewer may see (any,
+/// for staff; its own, for a merchant's user); anything else there, a card number typed as a
+/// merchant ID or another merchant's ID, is masked like any other value, so that a page does
+/// not tell a merchant which other IDs are merchants.
+fn said_back(
+    web: &Web,
+    viewer: Option<&Option<auth::Principal>>,
+    key: &str,
+    value: &str,
+) -> String {
+    let Some(mid) = mid_in(key, value) else {
+        return value.to_owned();
     };
-    match mid {
-        Some(mid) if crate::ops::known_merchant(web, mid).is_err() => {
-            domain::mask_card_numbers(value).into_owned()
-        }
-        _ => value.to_owned(),
+    let may_see = match viewer.and_then(Option::as_ref) {
+        Some(who) if who.is_staff() => crate::ops::known_merchant(web, mid).is_ok(),
+        Some(who) => who.mid.as_deref() == Some(mid),
+        None => false,
+    };
+    if may_see {
+        value.to_owned()
+    } else {
+        domain::mask_card_numbers(value).into_owned()
     }
 }
 

@@ -1440,6 +1440,15 @@ fn pages_need_a_session_and_csrf_and_show_only_the_merchants_own() {
                 page.body
             );
         }
+        // Nor another merchant's ID typed into a page's address: masked as an unknown one is,
+        // so that the page does not tell this merchant that it names a merchant.
+        for path in [
+            format!("/portal/terminals?mid={OTHER_MID}"),
+            format!("/portal/settlement?payouts_before=20261125:{OTHER_MID}"),
+        ] {
+            let page = tea.get(&path).await;
+            assert!(!page.body.contains(OTHER_MID), "{path}: {}", page.body);
+        }
         let list = tea
             .get(&format!("/portal/transactions?last4={last4}&status="))
             .await;
