@@ -1,5 +1,6 @@
 //! `shoudan crypto`: the tools operators use to debug key and MAC problems — check values,
-//! MACs, PIN blocks and field 62 working keys. Clear working keys and PINs are never printed.
+//! MACs, PIN blocks and field 62 working keys. Clear working keys and PINs are never printed,
+//! nor a clear PIN block (which shows its PIN) unless asked for by name (`pinblock --clear`).
 
 use std::fmt::Write as _;
 
@@ -70,6 +71,7 @@ pub struct MacArgs {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("block").required(true).args(["key", "clear"])))]
 pub struct PinblockArgs {
     /// The PIN, 4 to 12 digits; `-` reads it from a line of standard input (after the card
     /// number's, if that is `-` too), so it stays out of the shell history and the process list.
@@ -79,10 +81,14 @@ pub struct PinblockArgs {
     /// from the first line of standard input.
     #[arg(long)]
     pub pan: String,
-    /// PIK or ZPK as hex: print the block encrypted under it instead of in clear; `-` reads
-    /// it from the line of standard input after the card number's and the PIN's.
+    /// PIK or ZPK as hex: print the block encrypted under it; `-` reads it from the line of
+    /// standard input after the card number's and the PIN's.
     #[arg(long)]
     pub key: Option<String>,
+    /// Print the block in clear instead. It shows the PIN to whoever reads the output (a
+    /// ticket, a terminal's scrollback): for test cards only.
+    #[arg(long)]
+    pub clear: bool,
     /// Key family: sm4 uses the 16-byte SM4 layout (scheme 006).
     #[arg(long, value_enum, default_value = "des")]
     pub alg: Family,

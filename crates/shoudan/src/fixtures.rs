@@ -74,10 +74,11 @@ pub fn load(data_dir: &Path) -> Result<Fixtures, Box<dyn std::error::Error>> {
     Ok(serde_json::from_str(&text)?)
 }
 
+/// Written whole, readable by its owner alone: it holds the demo terminals' clear master keys
+/// and the demo cards' numbers and PINs.
 pub fn save(data_dir: &Path, fixtures: &Fixtures) -> Result<(), Box<dyn std::error::Error>> {
-    let tmp = data_dir.join("fixtures.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(fixtures)?)?;
-    std::fs::rename(tmp, path(data_dir))?;
+    let bytes = zeroize::Zeroizing::new(serde_json::to_vec_pretty(fixtures)?);
+    crate::files::write_whole(&path(data_dir), &bytes, 0o600)?;
     Ok(())
 }
 

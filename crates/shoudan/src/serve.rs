@@ -39,8 +39,8 @@ pub struct ServeArgs {
     pub check: bool,
 }
 
-/// `shoudan.toml`.
-#[derive(Debug, Deserialize)]
+/// `shoudan.toml`. No `Debug`: `database` may hold a password.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
     /// Two digits leading this node's RRNs; nodes sharing a database need distinct ids (and

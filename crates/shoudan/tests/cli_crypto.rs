@@ -318,15 +318,30 @@ fn mac_over_a_sample_file() {
 
 #[test]
 fn pinblock_protocol_known_answers() {
-    let out = ok(&["pinblock", "--pin", "123456", "--pan", "1234567890123456"]);
+    let out = ok(&[
+        "pinblock",
+        "--clear",
+        "--pin",
+        "123456",
+        "--pan",
+        "1234567890123456",
+    ]);
     assert!(out.contains("clear block:  0612713176FEDCBA"), "{out}");
     assert!(out.contains("PAN:          123456******3456"), "{out}");
     assert!(!out.contains("1234567890123456"), "full PAN printed: {out}");
-    let out = ok(&["pinblock", "--pin", "123456", "--pan", "123456789012345678"]);
+    let out = ok(&[
+        "pinblock",
+        "--clear",
+        "--pin",
+        "123456",
+        "--pan",
+        "123456789012345678",
+    ]);
     assert!(out.contains("clear block:  061253DFFEDCBA98"), "{out}");
     // Track 2 as the PAN source; only the masked card number is shown.
     let out = ok(&[
         "pinblock",
+        "--clear",
         "--pin",
         "123456",
         "--pan",
@@ -340,15 +355,29 @@ fn pinblock_protocol_known_answers() {
 /// (shell history, the process list): the same blocks as given inline, neither value printed.
 #[test]
 fn pinblock_reads_the_card_and_the_pin_from_standard_input() {
-    let inline = ok(&["pinblock", "--pin", "9087", "--pan", "6222020200001234563"]);
+    let inline = ok(&[
+        "pinblock",
+        "--clear",
+        "--pin",
+        "9087",
+        "--pan",
+        "6222020200001234563",
+    ]);
     let both = run_with_stdin(
-        &["pinblock", "--pin", "-", "--pan", "-"],
+        &["pinblock", "--clear", "--pin", "-", "--pan", "-"],
         "6222020200001234563\n9087\n",
     );
     assert!(both.status.success(), "{both:?}");
     assert_eq!(String::from_utf8(both.stdout).unwrap(), inline);
     let pin_only = run_with_stdin(
-        &["pinblock", "--pin", "-", "--pan", "6222020200001234563"],
+        &[
+            "pinblock",
+            "--clear",
+            "--pin",
+            "-",
+            "--pan",
+            "6222020200001234563",
+        ],
         "9087\n",
     );
     assert_eq!(String::from_utf8(pin_only.stdout).unwrap(), inline);
@@ -358,7 +387,7 @@ fn pinblock_reads_the_card_and_the_pin_from_standard_input() {
         "PAN printed: {inline}"
     );
     // Nothing on standard input: a clear error, no block.
-    let empty = run_with_stdin(&["pinblock", "--pin", "-", "--pan", "-"], "");
+    let empty = run_with_stdin(&["pinblock", "--clear", "--pin", "-", "--pan", "-"], "");
     assert_eq!(empty.status.code(), Some(2), "{empty:?}");
     let stderr = String::from_utf8(empty.stderr).unwrap();
     assert!(stderr.contains("--pan"), "{stderr}");
@@ -464,6 +493,7 @@ fn pinblock_encrypted_matches_independent_vectors() {
         "7104127790457270",
         "--alg",
         "sm4",
+        "--clear",
     ]);
     assert!(
         out.contains("clear block:  047462FFFFFFFFFFFFFFBED886FBA8D8"),
@@ -471,11 +501,43 @@ fn pinblock_encrypted_matches_independent_vectors() {
     );
 }
 
+/// A clear PIN block shows its PIN: printed only when asked for by name (`--clear`), never by
+/// default, and never beside an encrypted one.
+#[test]
+fn a_clear_pin_block_is_printed_only_when_asked_for() {
+    let (out, err) = fails(&["pinblock", "--pin", "123456", "--pan", "1234567890123456"]);
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("--key") && err.contains("--clear"), "{err}");
+    assert!(
+        !err.contains("0612713176FEDCBA") && !err.contains("123456 "),
+        "{err}"
+    );
+    let (out, err) = fails(&[
+        "pinblock",
+        "--clear",
+        "--key",
+        "D8673F340DC9C40C54AA2B7FC79DE11D",
+        "--pin",
+        "7462",
+        "--pan",
+        "7104127790457270",
+    ]);
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("--clear") && err.contains("--key"), "{err}");
+}
+
 #[test]
 fn pinblock_input_errors() {
-    let (_, err) = fails(&["pinblock", "--pin", "12", "--pan", "1234567890123456"]);
+    let (_, err) = fails(&[
+        "pinblock",
+        "--clear",
+        "--pin",
+        "12",
+        "--pan",
+        "1234567890123456",
+    ]);
     assert!(err.contains("a PIN is 4 to 12 decimal digits"), "{err}");
-    let (_, err) = fails(&["pinblock", "--pin", "1234", "--pan", "12345"]);
+    let (_, err) = fails(&["pinblock", "--clear", "--pin", "1234", "--pan", "12345"]);
     assert!(err.contains("--pan"), "{err}");
 }
 

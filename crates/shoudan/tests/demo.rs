@@ -155,13 +155,15 @@ fn demo_purchases_then_audit_is_clean() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let child = start(dir, true);
-    // The key that opens every other one is its owner's alone.
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(dir.join("master.key"))
+    // The key that opens every other one is its owner's alone, and so are the fixtures
+    // (the demo terminals' clear master keys, the cards' numbers and PINs).
+    for file in ["master.key", "fixtures.json"] {
+        let mode = std::fs::metadata(dir.join(file))
             .unwrap()
-            .permissions(),
-    );
-    assert_eq!(mode & 0o777, 0o600);
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
 
     // A second demo on the same data dir is refused before it opens anything: on other
     // ports it would have started on the first's journal as the same node, and taken the

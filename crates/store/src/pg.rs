@@ -112,14 +112,28 @@ const WRITER_SETTINGS: &str = "SET lock_timeout = '2s'; SET synchronous_commit =
 /// The lock wait of a group's job-by-job run, for that transaction only.
 const CAREFUL_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '250ms'";
 
-/// How to open a PostgreSQL store.
-#[derive(Clone, Debug)]
+/// How to open a PostgreSQL store. Its `Debug` leaves out a URL that holds a password.
+#[derive(Clone)]
 pub struct PgConfig {
     /// `postgres://user@host:port/database` (or key=value form).
     pub url: String,
     /// A schema to create and use instead of `public` (tests give each store its own);
     /// lower-case letters, digits and `_` only.
     pub schema: Option<String>,
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = if self.holds_password() {
+            "<holds a password: not shown>"
+        } else {
+            self.url.as_str()
+        };
+        f.debug_struct("PgConfig")
+            .field("url", &url)
+            .field("schema", &self.schema)
+            .finish()
+    }
 }
 
 impl PgConfig {
@@ -1046,6 +1060,21 @@ mod tests {
         let (done, _) = tokio::sync::oneshot::channel();
         let done = crate::group::WriteDone::new(done, None);
         Job::Write { records, done }
+    }
+
+    /// A configuration printed for debugging shows its URL only when it holds no password.
+    #[test]
+    fn a_password_in_the_url_is_not_debug_printed() {
+        for url in [
+            "postgres://shoudan:s3cr3t@db.example/journal",
+            "postgres://shoudan@db.example/journal?password=s3cr3t",
+        ] {
+            let printed = format!("{:?}", PgConfig::new(url));
+            assert!(!printed.contains("s3cr3t"), "{printed}");
+            assert!(printed.contains("not shown"), "{printed}");
+        }
+        let plain = "postgres://shoudan@db.example/journal";
+        assert!(format!("{:?}", PgConfig::new(plain)).contains(plain));
     }
 
     /// A URL's own bounds are kept; those it leaves out are the store's.
