@@ -405,10 +405,19 @@ impl IssuerLink {
                         Err(_) => break,
                     }
                 }
-                let written = writer.write_all(&batch).await;
+                // Bounded: an issuer that stops reading (its own heartbeats still arriving, so
+                // the link never looks silent) would hold every request and reversal behind
+                // this write for as long as it stayed connected.
+                let written =
+                    tokio::time::timeout(self.endpoint.timeout, writer.write_all(&batch)).await;
                 batch.as_mut_slice().zeroize();
-                if written.is_err() {
-                    return;
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        tracing::warn!(issuer = %self.name, "issuer not reading: connecting again");
+                        return;
+                    }
                 }
             }
         };
@@ -533,6 +542,78 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// An issuer that stops reading while still sending (its heartbeats) is connected to
+    /// again once a write has waited the issuer's timeout, rather than held for as long as it
+    /// stays connected with every request queued behind the write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_issuer_that_stops_reading_is_connected_to_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted, mut accepts) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                accepted.send(()).await.unwrap();
+                // Never reads; sends an echo test of its own every 50 ms.
+                let mut echo = MessageBuilder::new(Mti::NETWORK_ADVICE);
+                echo.set_stan(1).unwrap();
+                let mut bytes = Vec::new();
+                echo.encode_frame(&head(), &mut bytes).unwrap();
+                held.push(tokio::spawn(async move {
+                    while stream.write_all(&bytes).await.is_ok() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }));
+            }
+        });
+        let (_stop, stop_rx) = watch::channel(false);
+        let endpoint = IssuerEndpoint {
+            addr,
+            zpk: paycrypto::KeyHandle::from_raw(1),
+            timeout: Duration::from_millis(500),
+        };
+        let echo = EchoTest {
+            after: Duration::from_secs(60),
+            head: head(),
+            acquirer_code: "00000000".into(),
+        };
+        let (link, _task) = IssuerLink::start(
+            "T".into(),
+            endpoint,
+            false,
+            echo,
+            Arc::new(TcpConnector),
+            8,
+            stop_rx,
+        );
+        accepts.recv().await.unwrap();
+        for _ in 0..500 {
+            if link.is_connected() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // More than the sockets' buffers hold, never read.
+        let mut sending = Vec::new();
+        for trace in 1..=8 {
+            let link = Arc::clone(&link);
+            sending.push(tokio::spawn(async move {
+                let frame = Zeroizing::new(vec![0u8; 2 << 20]);
+                link.exchange(Mti::FINANCIAL_RESPONSE.value(), trace, None, frame)
+                    .await
+            }));
+        }
+        let again = tokio::time::timeout(Duration::from_secs(10), accepts.recv()).await;
+        assert!(
+            again.is_ok(),
+            "the link stayed on an issuer that does not read"
+        );
+        for s in sending {
+            assert!(s.await.unwrap().is_err());
+        }
     }
 
     /// Reversals resent in a burst to an issuer that does not acknowledge them take their own
