@@ -243,6 +243,9 @@ pub trait Store: Send + Sync + 'static {
     fn events_since(&self, at_ms: i64, limit: u32) -> Result<Vec<EventRow>, StoreError>;
     fn case(&self, id: i64) -> Result<Option<resolve::CaseRow>, StoreError>;
     fn cases(&self, query: &resolve::CaseQuery<'_>) -> Result<Vec<resolve::CaseRow>, StoreError>;
+    /// How many of merchant `mid`'s cases are open (neither resolved nor rejected), counted in
+    /// the database.
+    fn count_open_cases(&self, mid: &str) -> Result<u64, StoreError>;
     /// The cases about transaction `txn_id`, oldest first.
     fn cases_of_txn(&self, txn_id: i64) -> Result<Vec<resolve::CaseRow>, StoreError>;
     fn case_entries(&self, case_id: i64) -> Result<Vec<resolve::CaseEntryRow>, StoreError>;

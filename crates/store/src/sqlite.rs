@@ -965,6 +965,9 @@ impl Store for SqliteStore {
     ) -> Result<Vec<crate::resolve::CaseRow>, StoreError> {
         self.resolve_cases(query)
     }
+    fn count_open_cases(&self, mid: &str) -> Result<u64, StoreError> {
+        self.resolve_count_open_cases(mid)
+    }
     fn cases_of_txn(&self, txn_id: i64) -> Result<Vec<crate::resolve::CaseRow>, StoreError> {
         self.resolve_cases_of_txn(txn_id)
     }

@@ -549,6 +549,18 @@ impl SqliteStore {
         self.rows(&sql, &params, case_from_row)
     }
 
+    pub(super) fn resolve_count_open_cases(&self, mid: &str) -> Result<u64, StoreError> {
+        // The partial index of open cases by merchant; its condition as the index has it.
+        let count: i64 = self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT COUNT(*) FROM cases WHERE mid = ?1
+                 AND state NOT IN ('resolved', 'rejected')",
+            )?;
+            Ok(statement.query_row([mid], |r| r.get(0))?)
+        })?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     pub(super) fn resolve_cases_of_txn(&self, txn_id: i64) -> Result<Vec<CaseRow>, StoreError> {
         let sql = format!(
             "SELECT {CASE_COLUMNS} FROM cases WHERE txn_id = ?1 ORDER BY id LIMIT {RESOLVE_ROWS_MAX}"

@@ -67,6 +67,7 @@ fn every_read_runs(db: &Db) {
         .is_empty()
     );
     assert!(s.cases(&CaseQuery::default()).unwrap().is_empty());
+    assert_eq!(s.count_open_cases("m").unwrap(), 0);
     assert!(s.cases_of_txn(1).unwrap().is_empty());
     assert!(s.case_entries(1).unwrap().is_empty());
     assert!(s.webhook_endpoint("m").unwrap().is_none());

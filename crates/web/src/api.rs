@@ -424,6 +424,9 @@ pub struct OpenCase {
     pub refund_fen: Option<i64>,
 }
 
+/// How many cases a merchant's users may have open at once ([`open_case_for`]).
+pub const OPEN_CASES_PER_MERCHANT_MAX: u64 = 200;
+
 /// Opens a case on one of the principal's transactions; audited.
 pub async fn open_case_for(
     web: &Web,
@@ -442,6 +445,22 @@ pub async fn open_case_for(
         (None, Some(m)) => m.clone(),
         (None, None) => return Err(ApiError::bad_request("txn_id is required")),
     };
+    // A merchant's own users keep at most so many cases open: opened without end (a script),
+    // they would fill the operators' queue, which reads the oldest open cases first, and
+    // hide every later merchant's. The acquirer's staff may open more.
+    if !who.is_staff() && web.store.count_open_cases(&mid)? >= OPEN_CASES_PER_MERCHANT_MAX {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_open_cases",
+            format!(
+                "this merchant has {OPEN_CASES_PER_MERCHANT_MAX} cases open: ask the \
+                 acquirer to open this one, or to close those already settled"
+            ),
+        )
+        .zh(format!(
+            "本商户已有 {OPEN_CASES_PER_MERCHANT_MAX} 个未结工单：请联系收单机构代为开立，或关闭已经解决的工单"
+        )));
+    }
     let rrn = txn.as_ref().and_then(|t| t.rrn.clone());
     let title = body.title.unwrap_or_else(|| {
         let what = default_case_title(kind);

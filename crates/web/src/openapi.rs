@@ -199,7 +199,7 @@ pub fn document() -> Value {
                       param("kind", "query", "issuer_inquiry, refund_application, dispute"),
                       limit.clone(), cursor.clone()],
                     None, "List"),
-                "post": op_created("Open an issuer inquiry, refund application or dispute",
+                "post": op_created("Open an issuer inquiry, refund application or dispute; a merchant's user with 200 cases open already gets 429 too_many_open_cases",
                     vec![], Some("OpenCase"), "Case")
             },
             "/api/cases/{id}": { "get": op("A case with its timeline", vec![id.clone()], None, "Case") },
@@ -299,7 +299,7 @@ pub fn document() -> Value {
                             "unauthorized", "bad_credentials", "forbidden", "not_found",
                             "bad_request", "csrf", "conflict", "illegal_transition",
                             "exceeds_remaining", "already_refunded", "refund_failed", "busy", "too_large",
-                            "same_user", "bad_account", "locked", "not_redrivable",
+                            "same_user", "bad_account", "locked", "not_redrivable", "too_many_open_cases",
                             "refund_in_doubt", "application_waiting", "changed_meanwhile",
                             "password_change_required", "internal"] },
                         "message": { "type": "string" },

@@ -325,6 +325,7 @@ fn error_title(l: Lang, code: &str) -> &'static str {
         "same_user" => t(l, "需由另一位人员处理", "Someone else must do this"),
         "password_change_required" => t(l, "请先设置您自己的密码", "Set your own password first"),
         "bad_account" => t(l, "账户信息有误", "The account details are not right"),
+        "too_many_open_cases" => t(l, "未结工单过多", "Too many cases open"),
         "not_redrivable" => t(
             l,
             "该通知不能重发",

@@ -3512,6 +3512,80 @@ fn a_busy_merchants_notifications_come_newest_first() {
 /// A merchant with more cases than a read returns: its newest come first and page back, the
 /// dashboard counts the open ones among all of them, and the newest refund application waits
 /// in the operators' queue.
+/// A merchant's users keep at most `OPEN_CASES_PER_MERCHANT_MAX` cases open: a script opening
+/// them without end would fill the operators' queue (the oldest open cases, read first) and
+/// hide every later merchant's. Closed ones do not count, nor do other merchants'.
+#[test]
+fn a_merchant_cannot_open_cases_without_end() {
+    run(async move {
+        let e = start().await;
+        let max = i64::try_from(web::api::OPEN_CASES_PER_MERCHANT_MAX).unwrap();
+        let case = |id: i64, state: &str| {
+            store::Record::Resolve(store::resolve::ResolveRecord::InsertCase(Box::new(
+                store::resolve::CaseRow {
+                    id,
+                    mid: MID.into(),
+                    kind: "dispute".into(),
+                    state: state.into(),
+                    txn_id: None,
+                    title: format!("case {id}"),
+                    assignee: None,
+                    due_at_ms: None,
+                    refund_fen: None,
+                    approved_by: None,
+                    refund_txn_id: None,
+                    refund_rrn: None,
+                    refund_code: None,
+                    resolution: None,
+                    created_at_ms: id,
+                    updated_at_ms: id,
+                    version: 1,
+                },
+            )))
+        };
+        // One fewer open than the bound, and as many closed (ids above those the case
+        // counter gives).
+        let rows: Vec<store::Record> = (1..max)
+            .map(|n| case(1_000_000 + n, "open"))
+            .chain((max..2 * max).map(|n| case(1_000_000 + n, "resolved")))
+            .collect();
+        e.h.store.submit(rows).unwrap().await.unwrap();
+        assert_eq!(e.h.store.count_open_cases(MID).unwrap(), (max - 1) as u64);
+        let api = Api {
+            env: &e,
+            seen: Default::default(),
+        };
+        let tea = e.token("teahouse").await;
+        let open = |who| {
+            let api = &api;
+            async move {
+                api.call(
+                    Some(who),
+                    "POST",
+                    "/api/cases",
+                    Some(json!({"kind": "dispute", "text": "x"})),
+                )
+                .await
+            }
+        };
+        assert_eq!(open(&tea).await.status, 201);
+        let refused = open(&tea).await;
+        assert_error(&refused, 429, "too_many_open_cases");
+        assert!(
+            refused.json()["message_zh"]
+                .as_str()
+                .unwrap()
+                .contains("收单机构"),
+            "{}",
+            refused.body
+        );
+        assert_eq!(e.h.store.count_open_cases(MID).unwrap(), max as u64);
+        // Another merchant's users are not held by this one's cases.
+        let book = e.token("bookshop").await;
+        assert_eq!(open(&book).await.status, 201);
+    });
+}
+
 #[test]
 fn a_busy_merchants_cases_come_newest_first() {
     run(async move {
