@@ -257,6 +257,11 @@ impl Core {
         if !reversal && names_original(store_kind(kind)) && request.field61().is_err() {
             return answer(RC_FORMAT_ERROR);
         }
+        // A field 53 that does not read (53.3 neither 0 nor 1): whether the track is encrypted
+        // cannot be told, and taken for no 53 an encrypted track would go on as a clear one.
+        if request.security_control().is_err() {
+            return answer(RC_FORMAT_ERROR);
+        }
         let request_hash = self.request_digest(request);
         let now_ms = self.clock.now_ms();
         let ctx = Ctx {
@@ -2156,12 +2161,19 @@ impl Core {
             Some((_, key_type)) => key_type,
             None => security.key_type,
         };
+        // The block's format now: the HSM's translation makes ANSI X9.8 with the PAN,
+        // whatever the terminal named.
+        let pin_format = |security: iso8583::SecurityControl| match pin {
+            Some(_) => iso8583::SecurityControl::PIN_FORMAT_ANSI_X98,
+            None => security.pin_format,
+        };
         match (track2, security) {
             (Some(track), Some(security)) => {
                 out.set_track(35, track)?;
                 out.set_composed(&iso8583::SecurityControl {
                     track_encrypted: false,
                     key_type: key_type(security),
+                    pin_format: pin_format(security),
                     ..security
                 })?;
             }
@@ -2171,6 +2183,7 @@ impl Core {
                     (Some(security), _) => {
                         out.set_composed(&iso8583::SecurityControl {
                             key_type: key_type(security),
+                            pin_format: pin_format(security),
                             ..security
                         })?;
                     }

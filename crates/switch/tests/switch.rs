@@ -1260,11 +1260,26 @@ fn field_53_to_the_issuer_names_the_zone_key() {
         assert_eq!(t.send(&no_53).await.code(), "00");
         assert_eq!(t.sign_in_with("003").await.code(), "00");
         assert_eq!(t.send(&with_pin(4)).await.code(), "00");
+        // A terminal naming another PIN format (1, X9.8 without the PAN) for a block the HSM
+        // reads as the protocol's: what goes on is a format 0 block bound to the PAN, and 53.1
+        // says so.
+        let named_other = Req {
+            f53: Some("1600000000000000"),
+            ..with_pin(5)
+        };
+        assert_eq!(t.send(&named_other).await.code(), "00");
+        // A 53 that does not read (53.3 neither 0 nor 1: is the track encrypted?) is refused
+        // 30 before the issuer, not taken for no 53.
+        let unreadable = Req {
+            f53: Some("2690000000000000"),
+            ..with_pin(6)
+        };
+        assert_eq!(t.send(&unreadable).await.code(), "30");
         let seen = h.log.pin_security.lock().unwrap().clone();
         assert_eq!(
             seen,
-            vec!["2600000000000000"; 3],
-            "53 as the issuer saw it for a single PIK, no 53, and a double PIK"
+            vec!["2600000000000000"; 4],
+            "53 as the issuer saw it for a single PIK, no 53, a double PIK, and format 1 named"
         );
     });
 }

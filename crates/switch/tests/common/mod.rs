@@ -622,6 +622,8 @@ pub struct Req {
     /// Track 2 (field 35) in place of field 2, and whether it goes encrypted under the session
     /// TDK (53.3 = 1; sign in with scheme 004 first).
     pub track2: Option<(String, bool)>,
+    /// Field 53 as sent, in place of the one made for the PIN block and track.
+    pub f53: Option<&'static str>,
     /// Fields left out of the request (4 or 42), to send a malformed one.
     pub omit: &'static [u8],
     /// Field 49, the currency ("156").
@@ -646,6 +648,7 @@ impl Req {
             auth_code: None,
             pin_block: None,
             track2: None,
+            f53: None,
             omit: &[],
             currency: "156",
         }
@@ -823,7 +826,7 @@ impl Terminal {
                 if single { 0 } else { 6 },
                 u8::from(track_encrypted)
             );
-            out.set_digits(53, &f53).unwrap();
+            out.set_digits(53, req.f53.unwrap_or(&f53)).unwrap();
         }
         if let Some(reason) = req.reason {
             out.set_text(39, reason).unwrap();
