@@ -747,6 +747,11 @@ impl Core {
             tracing::warn!(tid = %terminal.tid, "cannot read the terminal's batch at sign-in");
             return self.system_error(frame);
         };
+        // The answer's RRN (37, which the sign-in's answer carries) before any key is made: a
+        // journal that cannot give one answers 96 with nothing changed.
+        let Ok(rrn) = self.next_rrn().await else {
+            return self.system_error(frame);
+        };
         let issued = match self
             .hsm
             .generate_working_keys(terminal.tmk, scheme, terminal.mak)
@@ -819,12 +824,11 @@ impl Core {
         }
         tracing::info!(tid = %terminal.tid, scheme = scheme.code(), batch_no, "signed in");
         self.note_health(&terminal.tid, frame).await;
-        let rrn = self.next_rrn().await.ok();
         self.reply(
             frame,
             None,
             &Answer::code(RC_APPROVED),
-            rrn.as_deref(),
+            Some(rrn.as_str()),
             |out| {
                 out.set_digits(32, &self.config.acquirer_code)?;
                 // 60.2: the batch the terminal is in now, which may not be the one it named.
