@@ -36,6 +36,17 @@ pub use sqlite::{
     READ_CONNECTIONS_MAX, SqliteConfig, SqliteStore, Synchronous, WRITE_BATCH_MAX, WRITE_QUEUE_MAX,
 };
 
+/// The order in which this process writes rows that have no id of their own (a transaction's
+/// timeline events, a merchant's reviews), kept in their `seq`: their readers sort the rows of
+/// one millisecond by it. SQLite's `rowid` followed the writes, but PostgreSQL's `ctid` does
+/// not (a row goes wherever the free space map finds room). One process writes a request's
+/// events; rows of one millisecond from two nodes are in no known order.
+static WRITE_SEQ: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+pub(crate) fn next_write_seq() -> i64 {
+    WRITE_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+}
+
 /// Rows one resolve read (payer lookup, journal tailing, a merchant's days) returns at most;
 /// callers page past it ([`each_txn_of_merchant`]).
 pub const RESOLVE_ROWS_MAX: u32 = 10_000;

@@ -662,9 +662,10 @@ fn thread_waker() -> Waker {
 }
 
 /// Rewrites SQLite's `?N` (and bare `?`) placeholders as PostgreSQL's `$N`, outside quotes,
-/// and SQLite's `rowid` (used to order rows of append-only tables that have no id column of
-/// their own) as PostgreSQL's `ctid`, which orders rows that are never updated or deleted by
-/// insertion too.
+/// and SQLite's `rowid` as PostgreSQL's `ctid`: the last tie-break of the two append-only
+/// tables without an id of their own, `events` and `merchant_reviews`, for their rows written
+/// before `seq` (`crate::next_write_seq`), whose order `ctid` does not keep (a row moved by an
+/// update or a table rewrite lies elsewhere).
 pub fn placeholders(sql: &str) -> String {
     let sql = rowid_as_ctid(sql);
     let mut out = String::with_capacity(sql.len() + 8);

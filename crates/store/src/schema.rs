@@ -734,6 +734,17 @@ CREATE INDEX outbox_mid_due ON outbox (mid, state, next_attempt_ms);
 CREATE INDEX duplicate_flags_mid_flagged ON duplicate_flags (mid, flagged_at_ms);
 ",
     },
+    Migration {
+        version: 30,
+        name: "the order rows without an id were written in: events and merchant reviews",
+        // Rows of one millisecond were read in `rowid` order, `ctid` on PostgreSQL, which need
+        // not follow the writes: a timeline's steps, or which review came last (the four-eyes
+        // check), could come out of order there. Rows before this keep 0, then `rowid`.
+        sql: "
+ALTER TABLE events ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE merchant_reviews ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -552,11 +552,11 @@ impl Store for SqliteStore {
     fn events(&self, txn_id: i64) -> Result<Vec<EventRow>, StoreError> {
         self.read(|conn| {
             let mut statement = conn.prepare_cached(
-                // Events of one millisecond in the order written (`rowid`; `ctid` on
-                // PostgreSQL, which follows it for the rows one commit writes, as one
-                // request's events are, though not across nodes or after a table rewrite).
+                // Events of one millisecond in the order written (`seq`, `next_write_seq`);
+                // those written before it had one (0) by `rowid`, which SQLite gave in that
+                // order (`ctid` on PostgreSQL, which need not follow it).
                 "SELECT txn_id, at_ms, kind, detail FROM events WHERE txn_id = ?1
-                 ORDER BY at_ms, rowid",
+                 ORDER BY at_ms, seq, rowid",
             )?;
             let rows = statement.query_map([txn_id], |r| {
                 Ok(EventRow {
@@ -1516,9 +1516,16 @@ fn write_record(conn: &Connection, record: &Record) -> Result<(), StoreError> {
         }
         Record::Event(e) => {
             conn.prepare_cached(
-                "INSERT INTO events (txn_id, at_ms, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO events (txn_id, at_ms, kind, detail, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute_any(params![e.txn_id, e.at_ms, e.kind, e.detail])?;
+            .execute_any(params![
+                e.txn_id,
+                e.at_ms,
+                e.kind,
+                e.detail,
+                crate::next_write_seq()
+            ])?;
         }
         Record::SafEnqueue {
             txn_id,

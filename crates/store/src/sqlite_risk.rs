@@ -79,7 +79,7 @@ pub(super) fn write(conn: &Connection, record: &RiskRecord) -> Result<(), StoreE
         RiskRecord::Review(r) => {
             conn.prepare_cached(
                 "INSERT INTO merchant_reviews (mid, at_ms, operator, action, from_state, to_state,
-                 note) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 note, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute_any(params![
                 r.mid,
@@ -88,7 +88,8 @@ pub(super) fn write(conn: &Connection, record: &RiskRecord) -> Result<(), StoreE
                 r.action,
                 r.from_state,
                 r.to_state,
-                r.note
+                r.note,
+                crate::next_write_seq()
             ])?;
         }
         RiskRecord::Alert(a) => {
@@ -250,7 +251,7 @@ impl SqliteStore {
         self.read(|conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT mid, at_ms, operator, action, from_state, to_state, note
-                 FROM merchant_reviews WHERE mid = ?1 ORDER BY at_ms, rowid",
+                 FROM merchant_reviews WHERE mid = ?1 ORDER BY at_ms, seq, rowid",
             )?;
             let rows = statement.query_map([mid], |r| {
                 Ok(MerchantReviewRow {

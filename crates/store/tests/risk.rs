@@ -114,6 +114,45 @@ async fn profiles_reviews_alerts_round_trip(db: &Db) {
     );
     assert_eq!(store.merchant_profile("M1").unwrap(), Some(profile.clone()));
     assert_eq!(store.merchant_reviews("M1").unwrap().len(), 1);
+    // Reviews of one millisecond in the order written (the last is whose the four-eyes check
+    // reads), also once a row has moved in the table: on PostgreSQL an updated row (or one a
+    // VACUUM FULL rewrote) lies elsewhere, and `ctid` alone put alice's last.
+    let review = |operator: &str| {
+        Record::Risk(RiskRecord::Review(MerchantReviewRow {
+            mid: "M1".into(),
+            at_ms: 5,
+            operator: operator.into(),
+            action: "note".into(),
+            from_state: Some(MerchantState::Applied),
+            to_state: MerchantState::Applied,
+            note: String::new(),
+        }))
+    };
+    store
+        .submit(vec![review("carol"), review("dave")])
+        .unwrap()
+        .await
+        .unwrap();
+    if let Some(config) = db.pg_config() {
+        let (client, connection) = tokio_postgres::connect(&config.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let schema = config.schema.unwrap();
+        client
+            .batch_execute(&format!(
+                "UPDATE {schema}.merchant_reviews SET note = note WHERE operator = 'alice'"
+            ))
+            .await
+            .unwrap();
+    }
+    let operators: Vec<String> = store
+        .merchant_reviews("M1")
+        .unwrap()
+        .into_iter()
+        .map(|r| r.operator)
+        .collect();
+    assert_eq!(operators, ["alice", "carol", "dave"]);
 
     store
         .submit(vec![
