@@ -819,6 +819,13 @@ fn serve_listens_for_terminals_and_http() {
         })
         .unwrap_or_else(|| panic!("{login}"));
     assert!(cookie.contains("; Secure"), "{cookie}");
+    // And browsers are told to come back over TLS alone.
+    assert!(
+        login
+            .to_ascii_lowercase()
+            .contains("\nstrict-transport-security: max-age=31536000"),
+        "{login}"
+    );
     // An operator's stop (SIGTERM): the node finishes, closes its journal and exits cleanly,
     // even with an HTTP client that never finishes its request (it holds the stop 10 s at
     // most) and a terminal connected.

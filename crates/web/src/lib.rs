@@ -203,6 +203,10 @@ impl Web {
             .layer(axum::middleware::from_fn(no_store))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
+                transport_security,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
                 metrics::track,
             ))
             .with_state(self.clone())
@@ -225,6 +229,25 @@ async fn no_store(
     headers
         .entry(header::X_CONTENT_TYPE_OPTIONS)
         .or_insert(HeaderValue::from_static("nosniff"));
+    response
+}
+
+/// A portal served behind TLS (its cookies `Secure`) tells browsers to come back only over
+/// TLS for a year: without it, a first visit typed as `http://` could be led elsewhere before
+/// the redirect to TLS.
+async fn transport_security(
+    axum::extract::State(web): axum::extract::State<Web>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    let mut response = next.run(request).await;
+    if web.secure_cookies {
+        response
+            .headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert(HeaderValue::from_static("max-age=31536000"));
+    }
     response
 }
 
