@@ -114,6 +114,7 @@ impl std::fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database, and starts the writer thread.
     pub fn open(config: &SqliteConfig) -> Result<Self, StoreError> {
+        create_owners_only(&config.path)?;
         let mut writer = open_connection(&config.path)?;
         let synchronous = match config.synchronous {
             Synchronous::Full => "FULL",
@@ -1037,6 +1038,27 @@ impl Store for SqliteStore {
     }
     fn resolve_cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
         self.resolve_cursor_position(name)
+    }
+}
+
+/// Creates the journal's file, empty (which SQLite takes for a new database), readable and
+/// writable by its owner alone, unless it is there already. SQLite gives its log and shared
+/// memory files the database file's mode, so they are the owner's too: the journal holds
+/// sealed and masked card numbers, bound accounts, password hashes and merchants' business.
+/// Left to SQLite, it would be made with the process's umask, readable by anyone (0644).
+fn create_owners_only(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Backend {
+            message: format!("cannot create the journal {}: {e}", path.display()),
+        }),
     }
 }
 

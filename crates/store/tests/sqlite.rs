@@ -739,6 +739,43 @@ fn provision(store: &backend::Opened) {
         .unwrap();
 }
 
+/// A journal the store makes is its owner's alone, and so are its log and shared memory:
+/// sealed and masked card numbers, bound accounts, password hashes. One that was there keeps
+/// the mode its owner gave it.
+#[test]
+fn a_new_journal_and_its_log_are_the_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store
+        .submit(vec![Record::Event(store::EventRow {
+            txn_id: 1,
+            at_ms: 1,
+            kind: "k".into(),
+            detail: String::new(),
+        })])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let mode = |name: &str| {
+        std::fs::metadata(dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for name in ["shoudan.db", "shoudan.db-wal", "shoudan.db-shm"] {
+        assert_eq!(mode(name), 0o600, "{name}");
+    }
+    store.close();
+    drop(store);
+    let path = dir.path().join("shoudan.db");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let store = open(&dir);
+    assert_eq!(mode("shoudan.db"), 0o640, "an operator's own mode is kept");
+    store.close();
+}
+
 #[test]
 fn migrations_apply_once_and_reopen_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
