@@ -60,6 +60,8 @@ pub struct Web {
     /// Rows a transaction search reads at most for one page, across every merchant it
     /// searches ([`query::SEARCH_SCAN_MAX`]).
     pub search_scan_max: usize,
+    /// Each searcher's own turn for a transaction search ([`query::Searchers`]).
+    pub searchers: Arc<query::Searchers>,
 }
 
 impl Web {
@@ -137,6 +139,7 @@ impl Web {
             switch_metrics: None,
             secure_cookies: false,
             search_scan_max: query::SEARCH_SCAN_MAX,
+            searchers: Arc::default(),
         }
     }
 

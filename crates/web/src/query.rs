@@ -3,6 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
+use std::sync::{Arc, PoisonError};
+
+use axum::http::StatusCode;
+use tokio::sync::Semaphore;
 
 use resolve::TxnSummary;
 use serde::{Deserialize, Serialize};
@@ -199,16 +203,51 @@ pub const SEARCH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 static SEARCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SEARCHES_AT_ONCE);
 
+/// Each searcher's own turn: a merchant's users share one, each member of the acquirer's staff
+/// has one. A search takes its searcher's turn before one of the [`SEARCHES_AT_ONCE`], so one
+/// merchant's parallel searches (a script, many tabs) wait on each other, hold one of those at
+/// most, and cannot leave every other merchant's pages answered busy.
+#[derive(Default)]
+pub struct Searchers(std::sync::Mutex<BTreeMap<String, Arc<Semaphore>>>);
+
+impl Searchers {
+    fn turn_of(&self, who: &Principal) -> Arc<Semaphore> {
+        let searcher = match &who.mid {
+            Some(mid) => format!("merchant:{mid}"),
+            None => format!("user:{}", who.user_id),
+        };
+        let mut turns = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            turns
+                .entry(searcher)
+                .or_insert_with(|| Arc::new(Semaphore::new(1))),
+        )
+    }
+}
+
 /// [`search`] on a thread of the blocking pool, [`SEARCHES_AT_ONCE`] at a time in turn (the
-/// queue is first come, first served): the runtime's workers go on serving everyone else
-/// meanwhile. Answered 503 `busy` after [`SEARCH_WAIT`] without a turn.
+/// queue is first come, first served) and one at a time per searcher ([`Searchers`]): the
+/// runtime's workers go on serving everyone else meanwhile. Answered 503 `busy` when
+/// [`SEARCH_WAIT`] passes without both turns.
 pub async fn search_in_turn(web: &Web, who: &Principal, q: &TxnQuery) -> Result<TxnPage, ApiError> {
+    let busy = "too many searches at once; retry shortly";
+    let until = tokio::time::Instant::now() + SEARCH_WAIT;
+    let own = tokio::time::timeout_at(until, web.searchers.turn_of(who).acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", busy).zh("系统繁忙，请稍后重试")
+        })?;
     let (web, who, q) = (web.clone(), who.clone(), q.clone());
     crate::turns::on_turn_within(
         &SEARCHES,
-        SEARCH_WAIT,
-        "too many searches at once; retry shortly",
-        move || search(&web, &who, &q),
+        until.saturating_duration_since(tokio::time::Instant::now()),
+        busy,
+        move || {
+            let _own = own;
+            search(&web, &who, &q)
+        },
     )
     .await?
 }
@@ -923,6 +962,43 @@ pub fn terminal_health(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn principal(user_id: i64, mid: Option<&str>) -> Principal {
+        Principal {
+            user_id,
+            username: format!("u{user_id}"),
+            display_name: String::new(),
+            role: if mid.is_some() {
+                store::web::Role::Merchant
+            } else {
+                store::web::Role::Operator
+            },
+            mid: mid.map(str::to_owned),
+            csrf: None,
+            must_set_password: false,
+            session_digest: None,
+        }
+    }
+
+    /// One turn per merchant, whichever of its users asks; staff each their own.
+    #[test]
+    fn a_merchants_users_share_one_search_turn() {
+        let searchers = Searchers::default();
+        let (tea, tea_too) = (principal(1, Some("m1")), principal(2, Some("m1")));
+        let (book, ops, ops_too) = (
+            principal(3, Some("m2")),
+            principal(4, None),
+            principal(5, None),
+        );
+        let held = searchers.turn_of(&tea).try_acquire_owned().unwrap();
+        assert!(searchers.turn_of(&tea_too).try_acquire_owned().is_err());
+        let others =
+            [&book, &ops, &ops_too].map(|who| searchers.turn_of(who).try_acquire_owned().unwrap());
+        assert!(searchers.turn_of(&ops).try_acquire_owned().is_err());
+        drop(held);
+        assert!(searchers.turn_of(&tea_too).try_acquire_owned().is_ok());
+        drop(others);
+    }
 
     #[test]
     fn dates_round_trip_in_china_time() {
