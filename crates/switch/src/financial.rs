@@ -258,8 +258,9 @@ impl Core {
             return answer(RC_FORMAT_ERROR);
         }
         // A field 53 that does not read (53.3 neither 0 nor 1): whether the track is encrypted
-        // cannot be told, and taken for no 53 an encrypted track would go on as a clear one.
-        if request.security_control().is_err() {
+        // cannot be told, and taken for no 53 an encrypted track would go on as a clear one. A
+        // reversal carries no track and only undoes: taken whatever its 53 says.
+        if !reversal && request.security_control().is_err() {
             return answer(RC_FORMAT_ERROR);
         }
         let request_hash = self.request_digest(request);
@@ -2219,17 +2220,17 @@ impl Core {
         Ok(bytes)
     }
 
-    /// A terminal's reversal (0400): find the original by TID + MID + trace + batch, mark it
-    /// reversed and queue its reversal to the issuer (store and forward). PROTOCOL.md: not
-    /// found → 00, already reversed or another day → 25, amount differs → 64.
     /// The answer to a reversal naming a batch other than the terminal's open one (PROTOCOL.md:
     /// the host finds the original by TID + MID + trace + batch). 77 would be answered to it
-    /// for ever: the terminal resends its saved reversal as it was, whatever batch its sign-in
-    /// moves it to, and does no business until it is answered (its request was refused 77 and
-    /// the answer lost, say, after a settlement the host took but answered 96). No request of
-    /// a batch not open was taken, so the original is either in a batch closed since, whose
-    /// totals stand (25, as for one from another day), or not there at all (00, nothing to
-    /// reverse). Nothing is journaled: nothing changes. 96 if the journal cannot be read.
+    /// for ever when that batch is closed: the terminal resends its saved reversal as it was,
+    /// whatever batch its sign-in moves it to, and does no business until it is answered (its
+    /// request was refused 77 and the answer lost, say, after a settlement the host took but
+    /// answered 96). So: nothing under the key, 00 (nothing to reverse); an original in a batch
+    /// its settlement closed, 25 (its totals stand, as for one from another day). An original
+    /// in a batch no settlement closed (this node's memory of the terminal's batch is behind
+    /// another node's, or the terminal named another batch at its sign-in) is answered 77 as
+    /// before: signed in again, the terminal is in that batch and its reversal goes through.
+    /// Nothing is journaled here. 96 if the journal cannot be read.
     async fn reversal_in_other_batch(
         &self,
         terminal: &Terminal,
@@ -2246,23 +2247,32 @@ impl Core {
         let Some(rows) = self.this_batchs(&terminal.tid, batch_no, false, rows).await else {
             return RC_SYSTEM_ERROR;
         };
-        let original = rows
+        let found = rows
             .iter()
-            .find(|row| row.kind != TxnKind::Reversal && row.mid == terminal.mid);
+            .any(|row| row.kind != TxnKind::Reversal && row.mid == terminal.mid);
+        let code = if found {
+            match self.batch_settled(&terminal.tid, batch_no).await {
+                None => RC_SYSTEM_ERROR,
+                Some(Some(settled)) if crate::settle::closes(&settled) => RC_ORIGINAL_NOT_FOUND,
+                Some(_) => RC_BATCH_OUT_OF_STEP,
+            }
+        } else {
+            RC_APPROVED
+        };
         tracing::info!(
             tid = %terminal.tid,
             batch_no,
             stan,
-            found = original.is_some(),
+            found,
+            code = %String::from_utf8_lossy(&code),
             "reversal naming a batch not open"
         );
-        if original.is_some() {
-            RC_ORIGINAL_NOT_FOUND
-        } else {
-            RC_APPROVED
-        }
+        code
     }
 
+    /// A terminal's reversal (0400): find the original by TID + MID + trace + batch, mark it
+    /// reversed and queue its reversal to the issuer (store and forward). PROTOCOL.md: not
+    /// found → 00, already reversed or another day → 25, amount differs → 64.
     async fn reversal(self: &Arc<Self>, ctx: &Ctx<'_>) -> Option<Vec<u8>> {
         let original_key = TxnKey {
             reversal: false,

@@ -28,6 +28,14 @@ fn backoff_ms(attempts: u32) -> i64 {
 /// CUP also gives for "past the days allowed", for a reversal a final answer.
 const UNREAD_BY_ISSUER: [&str; 5] = ["30", "77", "79", "99", "A0"];
 
+/// How many times a reversal answered with a code the diagnosis table does not hold is sent
+/// again before that answer is taken as a refusal (after 1, 2 and 4 s).
+const UNKNOWN_CODE_RESENDS: u32 = 3;
+
+/// How far apart two nodes' clocks may be for [`Core::link_reversal_owed`]'s comparison of
+/// this node's send time with the time another node recorded an acknowledgement.
+const CLOCK_SKEW_MS: i64 = 30_000;
+
 /// Passes of the queue between sweeps for requests a dead node left in flight (nodes sharing a
 /// database): with the default interval, every ten seconds; the query uses the state index.
 const IN_DOUBT_SWEEP_PASSES: u32 = 50;
@@ -203,9 +211,12 @@ impl Core {
                         return;
                     }
                     // A code no table here holds (an issuer's own): not a decision this host
-                    // can read, so not a refusal to stop on; kept queued, as an unreadable
-                    // answer to an authorisation is reversed.
-                    Some(unknown) if !known_code(unknown) => {
+                    // can read, so not a refusal to stop on at once; resent a few times, then
+                    // recorded as refused with it, where the console lists it for someone to
+                    // take up, not resent every minute for ever.
+                    Some(unknown)
+                        if !known_code(unknown) && item.attempts < UNKNOWN_CODE_RESENDS =>
+                    {
                         tracing::warn!(txn_id, issuer = %item.issuer, code = unknown, "reversal answered with an unknown code; kept queued");
                         let why = format!(
                             "reversal answered by {} with {unknown}, a code this host does not \
@@ -274,9 +285,10 @@ impl Core {
 
     /// Whether a 12 to the reversal of `txn_id` sent at `sent_ms` may be about a void,
     /// completion or refund of it whose own reversal is still owed (queued), or landed while
-    /// this one was on its way (the issuer answered before it took that one); `true` as well
-    /// when the journal cannot be read, so that the reversal is tried again rather than given
-    /// up on a guess.
+    /// this one was on its way (the issuer answered before it took that one; "while" allowing
+    /// for another node's clock, [`CLOCK_SKEW_MS`]: at worst the reversal is sent once more);
+    /// `true` as well when the journal cannot be read, so that the reversal is tried again
+    /// rather than given up on a guess.
     async fn link_reversal_owed(&self, txn_id: i64, sent_ms: i64) -> bool {
         let owed = self
             .read_store(move |store| {
@@ -284,7 +296,9 @@ impl Core {
                     let owed = store.reversal(link.id)?.is_some_and(|r| {
                         r.state == SafState::Pending
                             || r.state == SafState::Acked
-                                && r.done_at_ms.is_some_and(|done| done >= sent_ms)
+                                && r.done_at_ms.is_some_and(|done| {
+                                    done >= sent_ms.saturating_sub(CLOCK_SKEW_MS)
+                                })
                     });
                     if owed {
                         return Ok(true);

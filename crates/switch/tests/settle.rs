@@ -221,6 +221,37 @@ async fn a_reversal_naming_a_closed_batch_is_answered_not_sent_to_sign_in() {
     assert!(h.store.txns_by_key(TID, 1, 2).unwrap().is_empty());
 }
 
+/// A reversal naming a batch no settlement closed, whose original is there (the terminal
+/// named another batch at its sign-in; or, with several nodes, this node's memory of the
+/// terminal's batch is behind): 77 as before, not 25, which would stop the terminal resending
+/// with the sale approved. Signed in again in that batch, its reversal goes through.
+#[tokio::test]
+async fn a_reversal_naming_a_batch_not_closed_is_sent_to_sign_in() {
+    let h = Harness::new().await;
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let sale = Req::purchase(&card("622202"), 1_000, 1);
+    assert_eq!(t.send(&sale).await.code(), "00");
+    // Signed in naming batch 7: the host moves it there, batch 1 unsettled.
+    t.batch = 7;
+    assert_eq!(t.sign_in().await.code(), "00");
+    assert_eq!(h.store.terminal(TID).unwrap().unwrap().batch_no, 7);
+    t.batch = 1;
+    let refused = t.send(&Req::reversal_of(&sale)).await;
+    assert_eq!(refused.code(), "77");
+    assert_eq!(
+        h.store.txns_by_key(TID, 1, 1).unwrap()[0].state,
+        store::TxnState::Approved
+    );
+    assert_eq!(t.sign_in().await.code(), "00");
+    assert_eq!(t.batch, 1, "signed in again in batch 1");
+    assert_eq!(t.send(&Req::reversal_of(&sale)).await.code(), "00");
+    assert_eq!(
+        h.store.txns_by_key(TID, 1, 1).unwrap()[0].state,
+        store::TxnState::Reversed
+    );
+}
+
 /// A terminal that counts its batches from 000000: batch 0 settled unbalanced moves it to 1,
 /// and batch 0 is still the one it closed, to upload and to settle again.
 #[tokio::test]

@@ -356,6 +356,33 @@ fn a_reversal_answered_98_or_an_unknown_code_is_sent_again() {
     });
 }
 
+/// An issuer that keeps answering a reversal with a code no table here holds: after a few
+/// resends that answer is taken as its refusal, listed as standing for someone to take up,
+/// not resent every minute for ever.
+#[test]
+fn a_reversal_answered_an_unknown_code_again_and_again_is_refused() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        h.log.reversal_codes.lock().unwrap().extend(["Q7"; 6]);
+        let (_t, rrn, id) = h.sale_timed_out(9).await;
+        let store = Arc::clone(&h.store);
+        let refused = h
+            .eventually(20, move || {
+                store
+                    .reversal(id)
+                    .unwrap()
+                    .is_some_and(|r| r.state == SafState::Refused)
+            })
+            .await;
+        let item = h.store.reversal(id).unwrap().unwrap();
+        assert!(refused, "{item:?}");
+        assert_eq!(item.last_error.as_deref(), Some("Q7"));
+        assert!(item.refused_standing());
+        let sent = h.log.reversals.lock().unwrap().clone();
+        assert_eq!(sent.iter().filter(|(_, r)| *r == rrn).count(), 4);
+    });
+}
+
 #[test]
 fn pending_reversal_survives_a_restart() {
     runtime().block_on(async {
