@@ -445,9 +445,11 @@ pub async fn open_case_for(
         (None, Some(m)) => m.clone(),
         (None, None) => return Err(ApiError::bad_request("txn_id is required")),
     };
-    // A merchant's own users keep at most so many cases open: opened without end (a script),
-    // they would fill the operators' queue, which reads the oldest open cases first, and
-    // hide every later merchant's. The acquirer's staff may open more.
+    // A merchant's own users open no case while the merchant has so many open (whoever opened
+    // them; counted before the case is written, so parallel requests may pass it by a few):
+    // opened without end (a script), they would fill the operators' queue, which reads the
+    // oldest open cases first, and hide every later merchant's. The acquirer's staff may
+    // open more.
     if !who.is_staff() && web.store.count_open_cases(&mid)? >= OPEN_CASES_PER_MERCHANT_MAX {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -236,8 +236,8 @@ async fn no_store(
 }
 
 /// A portal served behind TLS (its cookies `Secure`) tells browsers to come back only over
-/// TLS for a year: without it, a first visit typed as `http://` could be led elsewhere before
-/// the redirect to TLS.
+/// TLS for a year: without it, a later visit typed as `http://` could be led elsewhere before
+/// the redirect to TLS. (A browser's very first visit is not covered.)
 async fn transport_security(
     axum::extract::State(web): axum::extract::State<Web>,
     request: axum::extract::Request,

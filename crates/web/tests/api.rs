@@ -3509,12 +3509,9 @@ fn a_busy_merchants_notifications_come_newest_first() {
     });
 }
 
-/// A merchant with more cases than a read returns: its newest come first and page back, the
-/// dashboard counts the open ones among all of them, and the newest refund application waits
-/// in the operators' queue.
-/// A merchant's users keep at most `OPEN_CASES_PER_MERCHANT_MAX` cases open: a script opening
-/// them without end would fill the operators' queue (the oldest open cases, read first) and
-/// hide every later merchant's. Closed ones do not count, nor do other merchants'.
+/// A merchant's users open no case while it has `OPEN_CASES_PER_MERCHANT_MAX` open: a script
+/// opening them without end would fill the operators' queue (the oldest open cases, read
+/// first) and hide every later merchant's. Closed ones do not count, nor do other merchants'.
 #[test]
 fn a_merchant_cannot_open_cases_without_end() {
     run(async move {
@@ -3586,6 +3583,9 @@ fn a_merchant_cannot_open_cases_without_end() {
     });
 }
 
+/// A merchant with more cases than a read returns: its newest come first and page back, the
+/// dashboard counts the open ones among all of them, and the newest refund application waits
+/// in the operators' queue.
 #[test]
 fn a_busy_merchants_cases_come_newest_first() {
     run(async move {
