@@ -270,6 +270,16 @@ pub fn reconcile(
         let ours = by_rrn.get(*rrn).copied();
         let counted_there = issuer_counts(row);
         let counted_here = ours.is_some_and(journal_counts);
+        // Counted in an earlier day's file too: the issuer counts it twice across its files
+        // (each day's run, matching within its own file and the journal's neighbouring days,
+        // found it once). This day's copy is the second, reported here, so it is claimed once.
+        let counted_earlier = counted_there
+            && adjacent.iter().any(|a| {
+                a.rrn == row.rrn
+                    && a.day < row.day
+                    && issuer_counts(a)
+                    && MONEY_KINDS.contains(&a.kind.as_str())
+            });
         let finding = |row: &IssuerClearingRow, kind, action| ReconFinding {
             kind,
             issuer: issuer.to_owned(),
@@ -283,6 +293,13 @@ pub fn reconcile(
             action,
         };
         match (counted_there, counted_here) {
+            _ if counted_earlier => {
+                report.findings.push(finding(
+                    row,
+                    FindingKind::DuplicateAtIssuer,
+                    ACTION_DUPLICATE,
+                ));
+            }
             (true, true)
                 if ours.is_some_and(|t| is_credit(t.kind.as_str()) != is_credit(&row.kind)) =>
             {
@@ -582,6 +599,53 @@ mod tests {
             (Some(801), Some(800))
         );
         assert_eq!(f.action, ACTION_AMOUNT);
+    }
+
+    /// An RRN the issuer counts in two days' files, the journal once: the later day's run
+    /// reports the duplicate, the earlier day's matches it, so it is claimed back once.
+    #[test]
+    fn a_sale_counted_in_two_days_files_is_a_duplicate_on_the_later_day() {
+        let header = "rrn,type,amount,state,refunded,captured,original_rrn,auth_code,day
+";
+        let day_22 = parse_clearing_csv(&format!(
+            "{header}000000000011,purchase,1100,approved,0,0,,1,2026-11-22
+"
+        ))
+        .unwrap();
+        let day_23 = parse_clearing_csv(&format!(
+            "{header}000000000011,purchase,1100,approved,0,0,,1,2026-11-23
+             000000000012,purchase,1200,approved,0,0,,2,2026-11-23
+"
+        ))
+        .unwrap();
+        let journal = vec![
+            journal_row(
+                "000000000011",
+                TxnKind::Purchase,
+                TxnState::Approved,
+                1100,
+                "20261122",
+            ),
+            journal_row(
+                "000000000012",
+                TxnKind::Purchase,
+                TxnState::Approved,
+                1200,
+                "20261123",
+            ),
+        ];
+        let earlier = reconcile("ICBC", "20261122", &day_22, &day_23, &journal);
+        assert!(earlier.findings.is_empty(), "{:?}", earlier.findings);
+        assert_eq!(earlier.matched, 1);
+        let later = reconcile("ICBC", "20261123", &day_23, &day_22, &journal);
+        let found: Vec<(&str, FindingKind)> = later
+            .findings
+            .iter()
+            .map(|f| (f.rrn.as_str(), f.kind))
+            .collect();
+        assert_eq!(found, [("000000000011", FindingKind::DuplicateAtIssuer)]);
+        assert_eq!(later.findings[0].action, ACTION_DUPLICATE);
+        assert_eq!(later.matched, 1);
     }
 
     #[test]
