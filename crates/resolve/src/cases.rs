@@ -407,6 +407,18 @@ fn check_text(text: &str, attachments: &[String]) -> Result<(), CaseError> {
     Ok(())
 }
 
+/// The back office's key for a case's next refund attempt: one per attempt, not per case
+/// version (a note or an assignment made while a refund is at the issuer changes the version,
+/// and a second approval under a new key would refund again); a new key only after a recorded
+/// refusal (its journal id).
+fn refund_key(row: &CaseRow) -> String {
+    format!(
+        "case-{}-refund-after-{}",
+        row.id,
+        row.refund_txn_id.unwrap_or(0)
+    )
+}
+
 impl CaseService {
     pub fn new(
         store: Arc<dyn Store>,
@@ -885,7 +897,11 @@ impl CaseService {
             return Err(CaseError::NotRefundApplication);
         }
         let state = CaseState::parse(&row.state).ok_or(CaseError::NotFound)?;
-        if state.is_closed() {
+        // A closed case takes no refund, but for one made under its key whose result never
+        // reached it (the process stopped between the two, and the case was closed since):
+        // approved again, that refund is answered from the journal and written on the case,
+        // which stays closed, as when it lands while the case is being closed.
+        if state.is_closed() && self.refund_journalled(&row)?.is_none() {
             return Err(CaseError::IllegalTransition {
                 from: state,
                 action: "approve_refund",
@@ -921,32 +937,14 @@ impl CaseService {
             .rrn
             .clone()
             .ok_or_else(|| CaseError::NoSuchTransaction(String::new()))?;
-        // One key per refund attempt, not per case version: a note or an assignment made while
-        // a refund is at the issuer changes the version, and a second approval under a new key
-        // would refund again. A new key only after a recorded refusal (its journal id).
-        let key = format!(
-            "case-{}-refund-after-{}",
-            row.id,
-            row.refund_txn_id.unwrap_or(0)
-        );
+        let key = refund_key(&row);
         // An attempt under this key is in the journal, and its result never reached the case
         // (the process stopped, the write failed): the back office answers it again from
         // there, and the checks below would judge the sale as that refund left it (nothing
-        // left to refund: refused, though the card has the money). A key only claimed (the
-        // claim is written before the switch's checks and its journal row) sent nothing, so
-        // the checks stand, among them another refund of the sale in doubt, which the
-        // switch's own reservation does not count once that one timed out.
-        let journalled = match self.store.backoffice_key(&key)? {
-            Some(claim)
-                if !self
-                    .store
-                    .txns_by_key(&claim.tid, claim.batch_no, claim.stan)?
-                    .is_empty() =>
-            {
-                Some(claim.amount_fen)
-            }
-            _ => None,
-        };
+        // left to refund: refused, though the card has the money). A key only claimed sent
+        // nothing, so the checks stand, among them another refund of the sale in doubt, which
+        // the switch's own reservation does not count once that one timed out.
+        let journalled = self.refund_journalled(&row)?;
         let asked_fen = match journalled {
             Some(asked) => asked,
             None => self.refund_checks(row.refund_fen, &original)?,
@@ -1002,6 +1000,23 @@ impl CaseService {
     /// one is queued, its journal row still in flight or timed out; with no row, a 98.
     fn refund_in_doubt(&self, row: &CaseRow) -> Result<bool, CaseError> {
         Ok(self.refund_doubt(row)?.is_some())
+    }
+
+    /// The amount of the refund attempt under the case's current key ([`refund_key`]) when it
+    /// is in the journal. A key only claimed (the claim is written before the switch's checks
+    /// and its journal row) sent nothing: `None`.
+    fn refund_journalled(&self, row: &CaseRow) -> Result<Option<i64>, CaseError> {
+        Ok(match self.store.backoffice_key(&refund_key(row))? {
+            Some(claim)
+                if !self
+                    .store
+                    .txns_by_key(&claim.tid, claim.batch_no, claim.stan)?
+                    .is_empty() =>
+            {
+                Some(claim.amount_fen)
+            }
+            _ => None,
+        })
     }
 
     /// Whether a refund or a void of sale `txn_id` (from a case or a terminal) may have been

@@ -1273,6 +1273,58 @@ fn approving_again_after_a_refund_whose_result_was_lost_records_it() {
     });
 }
 
+/// The same, the case rejected meanwhile (no one knew the refund had run): approving it again
+/// still writes the refund on the case, which stays rejected, where a closed case refused the
+/// approval and the case never said the card was credited. A closed case with no refund made
+/// under its key still takes no approval.
+#[test]
+fn a_refund_whose_result_was_lost_is_recorded_on_its_case_closed_since() {
+    runtime().block_on(async {
+        let mut e = start().await;
+        let card = e.healthy(1);
+        let (code, rrn, _) = e.purchase(&card, 1_000).await;
+        assert_eq!(code, "00");
+        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
+        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let case = cases.open(ten_yuan_refund_application(&rrn)).await.unwrap();
+        let key = format!("case-{}-refund-after-0", case.id);
+        let made = e
+            .switch()
+            .back_office_refund(&rrn, 1_000, &key)
+            .await
+            .unwrap();
+        assert_eq!(made.response_code, "00");
+        let why = resolve::cases::Resolution::new("not needed").unwrap();
+        let rejected = cases
+            .transition(case.id, "operator-8", Transition::Reject(why), "", None)
+            .await
+            .unwrap();
+        assert_eq!(rejected.state, CaseState::Rejected);
+        let recorded = cases.approve_refund(case.id, "operator-7").await.unwrap();
+        assert_eq!(recorded.refund_code.as_deref(), Some("00"));
+        assert_eq!(recorded.refund_rrn, made.rrn);
+        assert_eq!(recorded.state, CaseState::Rejected);
+        assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 1_000, "refunded once");
+        // Another sale's application, rejected with nothing made: no approval.
+        let (code, other_rrn, _) = e.purchase(&card, 1_000).await;
+        assert_eq!(code, "00");
+        let other = cases
+            .open(ten_yuan_refund_application(&other_rrn))
+            .await
+            .unwrap();
+        let why = resolve::cases::Resolution::new("not needed").unwrap();
+        cases
+            .transition(other.id, "operator-8", Transition::Reject(why), "", None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            cases.approve_refund(other.id, "operator-7").await,
+            Err(CaseError::IllegalTransition { .. })
+        ));
+        assert_eq!(e.issuer_txn(&other_rrn).unwrap().refunded, 0);
+    });
+}
+
 /// A key the approval claimed but never journalled under (the process stopped between the
 /// claim and the switch's checks) is no refund made: approving again runs the checks, here
 /// another refund of the sale in doubt, which the switch's own reservation no longer counts.
