@@ -225,13 +225,13 @@ impl Core {
             return answer(RC_FORMAT_ERROR);
         };
         if batch_no != terminal.batch_no {
-            if reversal {
-                let code = self
-                    .reversal_in_other_batch(&terminal, batch_no, stan)
-                    .await;
+            if !reversal {
+                return answer(RC_BATCH_OUT_OF_STEP);
+            }
+            // A reversal names the batch of its original: answered from it (below), not 77.
+            if let Some(code) = self.reversal_of_settled(&terminal, batch_no, stan).await {
                 return answer(code);
             }
-            return answer(RC_BATCH_OUT_OF_STEP);
         }
         let amount_fen = match request.amount().map(i64::try_from) {
             Some(Ok(fen)) => fen,
@@ -2220,54 +2220,51 @@ impl Core {
         Ok(bytes)
     }
 
-    /// The answer to a reversal naming a batch other than the terminal's open one (PROTOCOL.md:
-    /// the host finds the original by TID + MID + trace + batch). 77 would be answered to it
-    /// for ever when that batch is closed: the terminal resends its saved reversal as it was,
-    /// whatever batch its sign-in moves it to, and does no business until it is answered (its
-    /// request was refused 77 and the answer lost, say, after a settlement the host took but
-    /// answered 96). So: nothing under the key, 00 (nothing to reverse); an original in a batch
-    /// its settlement closed, 25 (its totals stand, as for one from another day). An original
-    /// in a batch no settlement closed (this node's memory of the terminal's batch is behind
-    /// another node's, or the terminal named another batch at its sign-in) is answered 77 as
-    /// before: signed in again, the terminal is in that batch and its reversal goes through.
-    /// Nothing is journaled here. 96 if the journal cannot be read.
-    async fn reversal_in_other_batch(
+    /// A reversal naming a batch other than the terminal's open one (PROTOCOL.md: the host finds
+    /// the original by TID + MID + trace + batch). 77 would be answered to it for ever: the
+    /// terminal resends its saved reversal as it was, whatever batch its sign-in moves it to,
+    /// and does no business until it is answered (its request was refused 77 and the answer
+    /// lost, say, after a settlement the host took but answered 96; or this node's memory of
+    /// the terminal's batch is behind another node's). `Some(25)` when its original was
+    /// received before a settlement closed that batch, whose totals stand (as for one from
+    /// another day); `Some(96)` when the journal cannot be read; else `None`: the reversal is
+    /// taken as any other, under the batch it names (nothing under its key: 00, with its row
+    /// written, so that an original landing late is refused).
+    async fn reversal_of_settled(
         &self,
         terminal: &Terminal,
         batch_no: u32,
         stan: u32,
-    ) -> [u8; 2] {
+    ) -> Option<[u8; 2]> {
+        let Some(settled) = self.batch_settled(&terminal.tid, batch_no).await else {
+            return Some(RC_SYSTEM_ERROR);
+        };
+        let settled = settled.filter(crate::settle::closes)?;
         let tid = terminal.tid.clone();
         let Some(Ok(rows)) = self
             .read_for_request(move |store| store.txns_by_key(&tid, batch_no, stan))
             .await
         else {
-            return RC_SYSTEM_ERROR;
+            return Some(RC_SYSTEM_ERROR);
         };
-        let Some(rows) = self.this_batchs(&terminal.tid, batch_no, false, rows).await else {
-            return RC_SYSTEM_ERROR;
-        };
-        let found = rows
-            .iter()
-            .any(|row| row.kind != TxnKind::Reversal && row.mid == terminal.mid);
-        let code = if found {
-            match self.batch_settled(&terminal.tid, batch_no).await {
-                None => RC_SYSTEM_ERROR,
-                Some(Some(settled)) if crate::settle::closes(&settled) => RC_ORIGINAL_NOT_FOUND,
-                Some(_) => RC_BATCH_OUT_OF_STEP,
-            }
-        } else {
-            RC_APPROVED
-        };
+        // That use of the number: received before the settlement closed it, after the one
+        // before (a number comes round again within the month).
+        let settled_before = rows.iter().any(|row| {
+            row.kind != TxnKind::Reversal
+                && row.mid == terminal.mid
+                && row.received_at_ms <= settled.settled_at_ms
+                && settled
+                    .opened_after_ms
+                    .is_none_or(|after| row.received_at_ms > after)
+        });
         tracing::info!(
             tid = %terminal.tid,
             batch_no,
             stan,
-            found,
-            code = %String::from_utf8_lossy(&code),
+            settled_before,
             "reversal naming a batch not open"
         );
-        code
+        settled_before.then_some(RC_ORIGINAL_NOT_FOUND)
     }
 
     /// A terminal's reversal (0400): find the original by TID + MID + trace + batch, mark it

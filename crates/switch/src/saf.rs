@@ -28,10 +28,6 @@ fn backoff_ms(attempts: u32) -> i64 {
 /// CUP also gives for "past the days allowed", for a reversal a final answer.
 const UNREAD_BY_ISSUER: [&str; 5] = ["30", "77", "79", "99", "A0"];
 
-/// How many times a reversal answered with a code the diagnosis table does not hold is sent
-/// again before that answer is taken as a refusal (after 1, 2 and 4 s).
-const UNKNOWN_CODE_RESENDS: u32 = 3;
-
 /// How far apart two nodes' clocks may be for [`Core::link_reversal_owed`]'s comparison of
 /// this node's send time with the time another node recorded an acknowledgement.
 const CLOCK_SKEW_MS: i64 = 30_000;
@@ -211,19 +207,18 @@ impl Core {
                         return;
                     }
                     // A code no table here holds (an issuer's own): not a decision this host
-                    // can read, so not a refusal to stop on at once; resent a few times, then
-                    // recorded as refused with it, where the console lists it for someone to
-                    // take up, not resent every minute for ever.
+                    // can read, so not a refusal to stop on at once: sent again. The same code
+                    // answered to that resend is the issuer's answer, recorded as refused with
+                    // it, where the console lists it for someone to take up, not resent every
+                    // minute for ever. (The last error says what the last answer was, whatever
+                    // put the reversal off before: a link down, a timeout.)
                     Some(unknown)
-                        if !known_code(unknown) && item.attempts < UNKNOWN_CODE_RESENDS =>
+                        if !known_code(unknown)
+                            && item.last_error.as_deref()
+                                != Some(&unknown_answer(&item, unknown)) =>
                     {
-                        tracing::warn!(txn_id, issuer = %item.issuer, code = unknown, "reversal answered with an unknown code; kept queued");
-                        let why = format!(
-                            "reversal answered by {} with {unknown}, a code this host does not \
-                             know: tried again",
-                            item.issuer
-                        );
-                        self.retry(&item, &why).await;
+                        tracing::warn!(txn_id, issuer = %item.issuer, code = unknown, "reversal answered with an unknown code; sent again");
+                        self.retry(&item, &unknown_answer(&item, unknown)).await;
                         return;
                     }
                     Some(other) => (
@@ -286,9 +281,9 @@ impl Core {
     /// Whether a 12 to the reversal of `txn_id` sent at `sent_ms` may be about a void,
     /// completion or refund of it whose own reversal is still owed (queued), or landed while
     /// this one was on its way (the issuer answered before it took that one; "while" allowing
-    /// for another node's clock, [`CLOCK_SKEW_MS`]: at worst the reversal is sent once more);
-    /// `true` as well when the journal cannot be read, so that the reversal is tried again
-    /// rather than given up on a guess.
+    /// for another node's clock, [`CLOCK_SKEW_MS`]: at worst the reversal is sent again a few
+    /// times within it); `true` as well when the journal cannot be read, so that the reversal
+    /// is tried again rather than given up on a guess.
     async fn link_reversal_owed(&self, txn_id: i64, sent_ms: i64) -> bool {
         let owed = self
             .read_store(move |store| {
@@ -386,4 +381,13 @@ impl Core {
 /// Whether `code` is a response code the diagnosis table holds.
 fn known_code(code: &str) -> bool {
     <[u8; 2]>::try_from(code.as_bytes()).is_ok_and(|code| domain::diagnosis::lookup(code).is_some())
+}
+
+/// What a reversal put off by an answer with a code the diagnosis table does not hold keeps as
+/// its last error: the same text again means the same answer twice in a row.
+fn unknown_answer(item: &SafItem, code: &str) -> String {
+    format!(
+        "reversal answered by {} with {code}, a code this host does not know: sent again",
+        item.issuer
+    )
 }

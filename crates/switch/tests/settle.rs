@@ -206,7 +206,8 @@ async fn a_reversal_naming_a_closed_batch_is_answered_not_sent_to_sign_in() {
             );
             t.batch = 1;
         }
-        // Its reversal names a request the host never took: nothing to reverse (00).
+        // Its reversal names a request the host never took: nothing to reverse (00), its
+        // own row written (an original landing late finds it and is refused).
         let reversed = t.send(&Req::reversal_of(&late)).await;
         assert_eq!(reversed.code(), "00");
         assert!(t.mac_ok(&reversed));
@@ -218,15 +219,27 @@ async fn a_reversal_naming_a_closed_batch_is_answered_not_sent_to_sign_in() {
     let rows = h.store.txns_by_key(TID, 1, 1).unwrap();
     assert_eq!(rows.len(), 1, "nothing journaled under the sale's key");
     assert_eq!(rows[0].state, store::TxnState::Approved);
-    assert!(h.store.txns_by_key(TID, 1, 2).unwrap().is_empty());
+    let kinds: Vec<_> = h
+        .store
+        .txns_by_key(TID, 1, 2)
+        .unwrap()
+        .iter()
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [store::TxnKind::Reversal],
+        "the reversal's own row alone"
+    );
 }
 
 /// A reversal naming a batch no settlement closed, whose original is there (the terminal
 /// named another batch at its sign-in; or, with several nodes, this node's memory of the
-/// terminal's batch is behind): 77 as before, not 25, which would stop the terminal resending
-/// with the sale approved. Signed in again in that batch, its reversal goes through.
+/// terminal's batch is behind): taken as any reversal under that batch, the sale reversed. Not
+/// 25, which would stop the terminal resending with the sale approved, nor 77, which would
+/// hold it for ever (its sign-in names the batch it is in).
 #[tokio::test]
-async fn a_reversal_naming_a_batch_not_closed_is_sent_to_sign_in() {
+async fn a_reversal_naming_a_batch_not_closed_reverses_its_original() {
     let h = Harness::new().await;
     let mut t = h.terminal().await;
     assert_eq!(t.sign_in().await.code(), "00");
@@ -237,19 +250,61 @@ async fn a_reversal_naming_a_batch_not_closed_is_sent_to_sign_in() {
     assert_eq!(t.sign_in().await.code(), "00");
     assert_eq!(h.store.terminal(TID).unwrap().unwrap().batch_no, 7);
     t.batch = 1;
-    let refused = t.send(&Req::reversal_of(&sale)).await;
-    assert_eq!(refused.code(), "77");
-    assert_eq!(
-        h.store.txns_by_key(TID, 1, 1).unwrap()[0].state,
-        store::TxnState::Approved
+    let reversed = t.send(&Req::reversal_of(&sale)).await;
+    assert_eq!(reversed.code(), "00");
+    assert!(t.mac_ok(&reversed));
+    let sale_row = purchase_under(&h, 1, 1);
+    assert_eq!(sale_row.state, store::TxnState::Reversed);
+    assert!(
+        h.store.reversal(sale_row.id).unwrap().is_some(),
+        "queued to the issuer"
     );
-    assert_eq!(t.sign_in().await.code(), "00");
-    assert_eq!(t.batch, 1, "signed in again in batch 1");
+    // Resent (its answer lost): the same answer.
     assert_eq!(t.send(&Req::reversal_of(&sale)).await.code(), "00");
-    assert_eq!(
-        h.store.txns_by_key(TID, 1, 1).unwrap()[0].state,
-        store::TxnState::Reversed
-    );
+}
+
+/// The purchase journaled under the test terminal's `batch` and `stan`.
+fn purchase_under(h: &Harness, batch: u32, stan: u32) -> store::TxnRow {
+    h.store
+        .txns_by_key(TID, batch, stan)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.kind == store::TxnKind::Purchase)
+        .unwrap()
+}
+
+/// A batch number come round again (the terminal counting from 1 again): a reversal naming it
+/// finds the request of its latest use, received after the settlement that closed the
+/// earlier use, and reverses it; only an original of that earlier use is 25.
+#[tokio::test]
+async fn a_reversal_of_a_batch_numbers_new_use_reverses_its_original() {
+    let h = Harness::new().await;
+    let mut t = h.terminal().await;
+    assert_eq!(t.sign_in().await.code(), "00");
+    let pan = card("622202");
+    let old = Req::purchase(&pan, 1_000, 1);
+    assert_eq!(t.send(&old).await.code(), "00");
+    let host = settle(&mut t, 1, &totals((1_000, 1), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+    // Batch 2 settled too, then back to 1 at a sign-in naming it (not the batch closed just
+    // before the open one).
+    t.batch = 2;
+    let host = settle(&mut t, 2, &totals((0, 0), (0, 0))).await;
+    assert_eq!(host.domestic.result, SettleResult::BALANCED);
+    t.batch = 1;
+    assert_eq!(t.sign_in().await.code(), "00");
+    assert_eq!(t.batch, 1);
+    let new = Req::purchase(&pan, 2_000, 5);
+    assert_eq!(t.send(&new).await.code(), "00");
+    // The terminal moved on (a sign-in naming 9), the new sale's answer lost.
+    t.batch = 9;
+    assert_eq!(t.sign_in().await.code(), "00");
+    t.batch = 1;
+    assert_eq!(t.send(&Req::reversal_of(&new)).await.code(), "00");
+    assert_eq!(purchase_under(&h, 1, 5).state, store::TxnState::Reversed);
+    // The earlier use's sale, settled: 25, standing.
+    assert_eq!(t.send(&Req::reversal_of(&old)).await.code(), "25");
+    assert_eq!(purchase_under(&h, 1, 1).state, store::TxnState::Approved);
 }
 
 /// A terminal that counts its batches from 000000: batch 0 settled unbalanced moves it to 1,

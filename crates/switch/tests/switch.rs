@@ -356,14 +356,19 @@ fn a_reversal_answered_98_or_an_unknown_code_is_sent_again() {
     });
 }
 
-/// An issuer that keeps answering a reversal with a code no table here holds: after a few
-/// resends that answer is taken as its refusal, listed as standing for someone to take up,
-/// not resent every minute for ever.
+/// An issuer that answers a reversal with a code no table here holds, and the same again to its
+/// resend: that answer is taken as its refusal, listed as standing for someone to take up, not
+/// resent every minute for ever. Put off before for another reason (a timeout), the first
+/// such answer still gets its resend.
 #[test]
 fn a_reversal_answered_an_unknown_code_again_and_again_is_refused() {
     runtime().block_on(async {
         let h = Harness::new().await;
-        h.log.reversal_codes.lock().unwrap().extend(["Q7"; 6]);
+        h.log
+            .reversal_codes
+            .lock()
+            .unwrap()
+            .extend(["96", "96", "96", "Q7", "Q7", "00"]);
         let (_t, rrn, id) = h.sale_timed_out(9).await;
         let store = Arc::clone(&h.store);
         let refused = h
@@ -379,7 +384,7 @@ fn a_reversal_answered_an_unknown_code_again_and_again_is_refused() {
         assert_eq!(item.last_error.as_deref(), Some("Q7"));
         assert!(item.refused_standing());
         let sent = h.log.reversals.lock().unwrap().clone();
-        assert_eq!(sent.iter().filter(|(_, r)| *r == rrn).count(), 4);
+        assert_eq!(sent.iter().filter(|(_, r)| *r == rrn).count(), 5);
     });
 }
 
