@@ -221,17 +221,28 @@ fn action_unknown(kind: &str) -> &'static str {
     }
 }
 
+/// The issuer's files of the days either side of the one reconciled.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Neighbours<'a> {
+    /// The day before's file.
+    pub earlier: &'a [IssuerClearingRow],
+    /// The day after's file.
+    pub later: &'a [IssuerClearingRow],
+}
+
 /// Matches one issuer's clearing file for `clearing_date` with the journal. `journal` holds the
-/// journal rows of that issuer around the date, and `adjacent` the issuer's rows of the days
-/// either side: the issuer's business day and our clearing date (cut at 23:00) need not agree
-/// near midnight, so a row is unknown to the issuer only if no neighbouring file has it either.
+/// journal rows of that issuer around the date, and `neighbours` the issuer's files of the
+/// days either side: the issuer's business day and our clearing date (cut at 23:00) need not
+/// agree near midnight, so a row is unknown to the issuer only if no neighbouring file has it
+/// either; and one the day before's file counted too is counted twice.
 pub fn reconcile(
     issuer: &str,
     clearing_date: &str,
     issuer_rows: &[IssuerClearingRow],
-    adjacent: &[IssuerClearingRow],
+    neighbours: Neighbours<'_>,
     journal: &[TxnRow],
 ) -> ReconReport {
+    let adjacent = || neighbours.earlier.iter().chain(neighbours.later);
     let by_rrn: HashMap<&str, &TxnRow> = journal
         .iter()
         .filter(|r| r.kind != TxnKind::Reversal)
@@ -270,15 +281,16 @@ pub fn reconcile(
         let ours = by_rrn.get(*rrn).copied();
         let counted_there = issuer_counts(row);
         let counted_here = ours.is_some_and(journal_counts);
-        // Counted in an earlier day's file too: the issuer counts it twice across its files
-        // (each day's run, matching within its own file and the journal's neighbouring days,
-        // found it once). This day's copy is the second, reported here, so it is claimed once.
+        // Counted in the day before's file too, as money the same way: the issuer counts it
+        // twice across its files (each day's run, matching within its own file and the
+        // journal's neighbouring days, found it once). This day's copy is the second (whatever
+        // day it is dated), reported here, so it is claimed back once.
         let counted_earlier = counted_there
-            && adjacent.iter().any(|a| {
+            && neighbours.earlier.iter().any(|a| {
                 a.rrn == row.rrn
-                    && a.day < row.day
                     && issuer_counts(a)
                     && MONEY_KINDS.contains(&a.kind.as_str())
+                    && is_credit(&a.kind) == is_credit(&row.kind)
             });
         let finding = |row: &IssuerClearingRow, kind, action| ReconFinding {
             kind,
@@ -348,7 +360,7 @@ pub fn reconcile(
         }
         // In a neighbouring day's file (the hour between our 23:00 cut-over and the issuer's
         // midnight): matched there as in the day's own, its amount compared too.
-        if let Some(theirs) = adjacent.iter().find(|a| a.rrn == rrn && issuer_counts(a)) {
+        if let Some(theirs) = adjacent().find(|a| a.rrn == rrn && issuer_counts(a)) {
             if theirs.amount_fen == row.amount_fen {
                 report.matched += 1;
             } else {
@@ -483,7 +495,11 @@ mod tests {
                 d,
             ),
         ];
-        let report = reconcile("ICBC", d, &rows, &adjacent, &journal);
+        let later = Neighbours {
+            later: &adjacent,
+            ..Neighbours::default()
+        };
+        let report = reconcile("ICBC", d, &rows, later, &journal);
         let found: Vec<(&str, FindingKind)> = report
             .findings
             .iter()
@@ -540,7 +556,7 @@ mod tests {
                 d,
             ),
         ];
-        let report = reconcile("ICBC", d, &rows, &[], &journal);
+        let report = reconcile("ICBC", d, &rows, Neighbours::default(), &journal);
         let found: Vec<(&str, FindingKind)> = report
             .findings
             .iter()
@@ -586,7 +602,11 @@ mod tests {
                 d,
             ),
         ];
-        let report = reconcile("ICBC", d, &[], &adjacent, &journal);
+        let earlier = Neighbours {
+            earlier: &adjacent,
+            ..Neighbours::default()
+        };
+        let report = reconcile("ICBC", d, &[], earlier, &journal);
         assert_eq!(report.matched, 1);
         assert_eq!(report.findings.len(), 1, "{:?}", report.findings);
         let f = &report.findings[0];
@@ -601,21 +621,19 @@ mod tests {
         assert_eq!(f.action, ACTION_AMOUNT);
     }
 
-    /// An RRN the issuer counts in two days' files, the journal once: the later day's run
-    /// reports the duplicate, the earlier day's matches it, so it is claimed back once.
+    /// An RRN the issuer counts in two days' files, the journal once (listed again in the next
+    /// day's file under its own day): the later day's run reports the duplicate, the earlier
+    /// day's matches it, so it is claimed back once.
     #[test]
     fn a_sale_counted_in_two_days_files_is_a_duplicate_on_the_later_day() {
-        let header = "rrn,type,amount,state,refunded,captured,original_rrn,auth_code,day
-";
+        let header = "rrn,type,amount,state,refunded,captured,original_rrn,auth_code,day\n";
         let day_22 = parse_clearing_csv(&format!(
-            "{header}000000000011,purchase,1100,approved,0,0,,1,2026-11-22
-"
+            "{header}000000000011,purchase,1100,approved,0,0,,1,2026-11-22\n"
         ))
         .unwrap();
         let day_23 = parse_clearing_csv(&format!(
-            "{header}000000000011,purchase,1100,approved,0,0,,1,2026-11-23
-             000000000012,purchase,1200,approved,0,0,,2,2026-11-23
-"
+            "{header}000000000011,purchase,1100,approved,0,0,,1,2026-11-22\n\
+             000000000012,purchase,1200,approved,0,0,,2,2026-11-23\n"
         ))
         .unwrap();
         let journal = vec![
@@ -634,10 +652,18 @@ mod tests {
                 "20261123",
             ),
         ];
-        let earlier = reconcile("ICBC", "20261122", &day_22, &day_23, &journal);
+        let after_22 = Neighbours {
+            later: &day_23,
+            ..Neighbours::default()
+        };
+        let earlier = reconcile("ICBC", "20261122", &day_22, after_22, &journal);
         assert!(earlier.findings.is_empty(), "{:?}", earlier.findings);
         assert_eq!(earlier.matched, 1);
-        let later = reconcile("ICBC", "20261123", &day_23, &day_22, &journal);
+        let before_23 = Neighbours {
+            earlier: &day_22,
+            ..Neighbours::default()
+        };
+        let later = reconcile("ICBC", "20261123", &day_23, before_23, &journal);
         let found: Vec<(&str, FindingKind)> = later
             .findings
             .iter()
@@ -695,7 +721,7 @@ mod tests {
                 d,
             ),
         ];
-        let report = reconcile("ICBC", d, &rows, &[], &journal);
+        let report = reconcile("ICBC", d, &rows, Neighbours::default(), &journal);
         let found: Vec<(&str, FindingKind, &str)> = report
             .findings
             .iter()

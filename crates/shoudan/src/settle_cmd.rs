@@ -864,14 +864,18 @@ pub fn reconcile_cmd(
         let rows = files.read(bank, &date, true)?;
         // The neighbouring days' files are read for the transactions around the cut-over,
         // never kept: each is kept by the run for its own day, once that day has closed.
-        let mut adjacent = files.read(bank, &before, false)?;
-        adjacent.extend(files.read(bank, &after, false)?);
+        let earlier = files.read(bank, &before, false)?;
+        let later = files.read(bank, &after, false)?;
         let mine: Vec<store::TxnRow> = journal
             .iter()
             .filter(|r| r.issuer.as_deref() == Some(bank.as_str()))
             .cloned()
             .collect();
-        reports.push(reconcile(bank, &date, &rows, &adjacent, &mine));
+        let neighbours = settlement::reconcile::Neighbours {
+            earlier: &earlier,
+            later: &later,
+        };
+        reports.push(reconcile(bank, &date, &rows, neighbours, &mine));
     }
     let findings: usize = reports.iter().map(|r| r.findings.len()).sum();
     if args.common.json {
