@@ -307,6 +307,10 @@ pub struct Case {
     /// That attempt's reversal was refused by the issuer: the refund may stand there, and
     /// someone must check with the issuer before anything else is refunded.
     pub refund_reversal_refused: bool,
+    /// Closed with a refund made under its key whose result never reached it (the process
+    /// stopped between the two): approving again records it ([`CaseService::approve_refund`]).
+    /// Read for a case read on its own only.
+    pub refund_unrecorded: bool,
     pub resolution: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -665,6 +669,11 @@ impl CaseService {
             None => None,
         };
         let (refund_in_doubt, refund_reversal_refused) = (doubt.is_some(), doubt == Some(true));
+        let refund_unrecorded = matches!(timeline, Timeline::With)
+            && row.kind == CaseKind::RefundApplication.as_str()
+            && CaseState::parse(&row.state).is_some_and(CaseState::is_closed)
+            && row.refund_code.as_deref() != Some("00")
+            && self.refund_journalled(&row)?.is_some();
         Ok(Case {
             id: row.id,
             kind: CaseKind::parse(&row.kind).ok_or_else(|| corrupt("case kind", &row.kind))?,
@@ -681,6 +690,7 @@ impl CaseService {
             refund_code: row.refund_code,
             refund_in_doubt,
             refund_reversal_refused,
+            refund_unrecorded,
             resolution: row.resolution,
             created_at_ms: row.created_at_ms,
             updated_at_ms: row.updated_at_ms,

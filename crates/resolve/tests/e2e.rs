@@ -1300,10 +1300,13 @@ fn a_refund_whose_result_was_lost_is_recorded_on_its_case_closed_since() {
             .await
             .unwrap();
         assert_eq!(rejected.state, CaseState::Rejected);
+        // The case read on its own says so (the console offers to record it).
+        assert!(cases.get(case.id).unwrap().refund_unrecorded);
         let recorded = cases.approve_refund(case.id, "operator-7").await.unwrap();
         assert_eq!(recorded.refund_code.as_deref(), Some("00"));
         assert_eq!(recorded.refund_rrn, made.rrn);
         assert_eq!(recorded.state, CaseState::Rejected);
+        assert!(!cases.get(case.id).unwrap().refund_unrecorded);
         assert_eq!(e.issuer_txn(&rrn).unwrap().refunded, 1_000, "refunded once");
         // Another sale's application, rejected with nothing made: no approval.
         let (code, other_rrn, _) = e.purchase(&card, 1_000).await;
@@ -1317,6 +1320,7 @@ fn a_refund_whose_result_was_lost_is_recorded_on_its_case_closed_since() {
             .transition(other.id, "operator-8", Transition::Reject(why), "", None)
             .await
             .unwrap();
+        assert!(!cases.get(other.id).unwrap().refund_unrecorded);
         assert!(matches!(
             cases.approve_refund(other.id, "operator-7").await,
             Err(CaseError::IllegalTransition { .. })

@@ -2062,14 +2062,23 @@ fn case_body(
         }
         if who.is_staff()
             && k.kind == CaseKind::RefundApplication
-            && !k.state.is_closed()
+            && (!k.state.is_closed() || k.refund_unrecorded)
             && k.refund_code.as_deref() != Some("00")
         {
+            // A closed case's refund made and not recorded: approving again records it.
+            let label = if k.refund_unrecorded {
+                t(
+                    l,
+                    "记录已执行的退货（处理中途中断，结果未写入工单）",
+                    "Record the refund made (its result never reached the case)",
+                )
+            } else {
+                t(l, "批准退货", "Approve refund")
+            };
             body.push_str(&format!(
                 "<form method=\"post\" action=\"/console/cases/{id}/approve-refund\" class=\"card\">\
                  <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-                 <button class=\"approve\" id=\"approve-{id}\">{}</button></form>",
-                t(l, "批准退货", "Approve refund")
+                 <button class=\"approve\" id=\"approve-{id}\">{label}</button></form>"
             ));
         }
         Ok((t(l, "工单", "Case").to_owned(), body))
