@@ -2225,11 +2225,14 @@ impl Core {
     /// terminal resends its saved reversal as it was, whatever batch its sign-in moves it to,
     /// and does no business until it is answered (its request was refused 77 and the answer
     /// lost, say, after a settlement the host took but answered 96; or this node's memory of
-    /// the terminal's batch is behind another node's). `Some(25)` when its original was
-    /// received before a settlement closed that batch, whose totals stand (as for one from
-    /// another day); `Some(96)` when the journal cannot be read; else `None`: the reversal is
-    /// taken as any other, under the batch it names (nothing under its key: 00, with its row
-    /// written, so that an original landing late is refused).
+    /// the terminal's batch is behind another node's). For a batch a settlement closed:
+    /// `Some(25)` when its original was received before that settlement, whose totals stand
+    /// (as for one from another day); `Some(00)` when nothing of it is there at all, and
+    /// nothing is written (a row received after the settlement would count as the number's
+    /// next use, and refuse a sale of that use under the same trace); `None`, taken as any
+    /// reversal under the batch it names, when its original came after the settlement (the
+    /// number's new use). For a batch no settlement closed, `None`. `Some(96)` when the
+    /// journal cannot be read.
     async fn reversal_of_settled(
         &self,
         terminal: &Terminal,
@@ -2247,24 +2250,27 @@ impl Core {
         else {
             return Some(RC_SYSTEM_ERROR);
         };
-        // That use of the number: received before the settlement closed it, after the one
-        // before (a number comes round again within the month).
-        let settled_before = rows.iter().any(|row| {
-            row.kind != TxnKind::Reversal
-                && row.mid == terminal.mid
-                && row.received_at_ms <= settled.settled_at_ms
-                && settled
-                    .opened_after_ms
-                    .is_none_or(|after| row.received_at_ms > after)
-        });
+        // Received before the settlement closed the number's latest use: in a settled use
+        // (that one, or an earlier one of the month). After it: the number's new use.
+        let originals = || {
+            rows.iter()
+                .filter(|row| row.kind != TxnKind::Reversal && row.mid == terminal.mid)
+        };
+        let settled_before = originals().any(|row| row.received_at_ms <= settled.settled_at_ms);
+        let since = originals().any(|row| row.received_at_ms > settled.settled_at_ms);
         tracing::info!(
             tid = %terminal.tid,
             batch_no,
             stan,
             settled_before,
+            since,
             "reversal naming a batch not open"
         );
-        settled_before.then_some(RC_ORIGINAL_NOT_FOUND)
+        match (settled_before, since) {
+            (_, true) => None,
+            (true, false) => Some(RC_ORIGINAL_NOT_FOUND),
+            (false, false) => Some(RC_APPROVED),
+        }
     }
 
     /// A terminal's reversal (0400): find the original by TID + MID + trace + batch, mark it
