@@ -5515,6 +5515,22 @@ fn a_reversed_sale_is_told_apart_and_a_voided_one_is_not_takings() {
             &r.text(37).unwrap(),
         );
         assert_eq!(e.t.send(&void).await.code(), "00");
+        // The reversed sale's reversal reaches the issuer first: the fault below drops the next
+        // frame the issuer reads, which must be the next sale's.
+        let reversed_id = e.h.store.txn_by_rrn(&reversed_rrn).unwrap().unwrap().id;
+        let mut acked = false;
+        for _ in 0..200 {
+            acked =
+                e.h.store
+                    .reversal(reversed_id)
+                    .unwrap()
+                    .is_some_and(|r| r.state == store::SafState::Acked);
+            if acked {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(acked, "{:?}", e.h.store.reversal(reversed_id));
         // A sale the issuer never answered (98), its reversal then acknowledged: reversed in
         // the journal, but a failure under 98, not "approved, then reversed".
         e.sim.faults().drop_next(1);
