@@ -519,6 +519,42 @@ mod tests {
         (rrn, Zeroizing::new(bytes))
     }
 
+    /// A link of 8 places to the issuer at `addr`, answers awaited for `timeout`, once it is
+    /// connected; with the sender that stops it, to be kept as long as the link.
+    async fn connected_link(
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> (Arc<IssuerLink>, watch::Sender<bool>) {
+        let (stop, stop_rx) = watch::channel(false);
+        let endpoint = IssuerEndpoint {
+            addr,
+            zpk: paycrypto::KeyHandle::from_raw(1),
+            timeout,
+        };
+        let echo = EchoTest {
+            after: Duration::from_secs(60),
+            head: head(),
+            acquirer_code: "00000000".into(),
+        };
+        let (link, _task) = IssuerLink::start(
+            "T".into(),
+            endpoint,
+            false,
+            echo,
+            Arc::new(TcpConnector),
+            8,
+            stop_rx,
+        );
+        for _ in 0..500 {
+            if link.is_connected() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(link.is_connected());
+        (link, stop)
+    }
+
     /// An issuer that approves requests at once and never acknowledges a reversal.
     async fn issuer_ignoring_reversals() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -569,33 +605,8 @@ mod tests {
                 }));
             }
         });
-        let (_stop, stop_rx) = watch::channel(false);
-        let endpoint = IssuerEndpoint {
-            addr,
-            zpk: paycrypto::KeyHandle::from_raw(1),
-            timeout: Duration::from_millis(500),
-        };
-        let echo = EchoTest {
-            after: Duration::from_secs(60),
-            head: head(),
-            acquirer_code: "00000000".into(),
-        };
-        let (link, _task) = IssuerLink::start(
-            "T".into(),
-            endpoint,
-            false,
-            echo,
-            Arc::new(TcpConnector),
-            8,
-            stop_rx,
-        );
+        let (link, _stop) = connected_link(addr, Duration::from_millis(500)).await;
         accepts.recv().await.unwrap();
-        for _ in 0..500 {
-            if link.is_connected() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         // More than the sockets' buffers hold, never read.
         let mut sending = Vec::new();
         for trace in 1..=8 {
@@ -622,33 +633,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reversals_awaiting_acknowledgement_leave_the_requests_their_places() {
         let addr = issuer_ignoring_reversals().await;
-        let (_stop, stop_rx) = watch::channel(false);
-        let endpoint = IssuerEndpoint {
-            addr,
-            zpk: paycrypto::KeyHandle::from_raw(1),
-            timeout: Duration::from_secs(5),
-        };
-        let echo = EchoTest {
-            after: Duration::from_secs(60),
-            head: head(),
-            acquirer_code: "00000000".into(),
-        };
-        let (link, _task) = IssuerLink::start(
-            "T".into(),
-            endpoint,
-            false,
-            echo,
-            Arc::new(TcpConnector),
-            8,
-            stop_rx,
-        );
-        for _ in 0..500 {
-            if link.is_connected() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(link.is_connected());
+        let (link, _stop) = connected_link(addr, Duration::from_secs(5)).await;
         let reply_mti = Mti::REVERSAL_RESPONSE.value();
         let mut waiting = Vec::new();
         for trace in 1..=8 {
