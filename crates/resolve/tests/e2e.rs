@@ -1243,6 +1243,34 @@ fn two_applications_opened_at_once_leave_one_waiting() {
     });
 }
 
+/// A sale of 10.00, a refund application of it, and the approval's refund made under the
+/// case's key as it ran before a stop, its result not on the case: the case service, the
+/// case, the sale's RRN and the refund's answer.
+async fn refund_whose_result_was_lost(
+    e: &mut Env,
+) -> (
+    CaseService,
+    resolve::cases::Case,
+    String,
+    switch::BackOfficeRefund,
+) {
+    let card = e.healthy(1);
+    let (code, rrn, _) = e.purchase(&card, 1_000).await;
+    assert_eq!(code, "00");
+    let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
+    let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+    let case = cases.open(ten_yuan_refund_application(&rrn)).await.unwrap();
+    let key = format!("case-{}-refund-after-0", case.id);
+    let made = e
+        .switch()
+        .back_office_refund(&rrn, 1_000, &key)
+        .await
+        .unwrap();
+    assert_eq!(made.response_code, "00");
+    assert_eq!(e.store().case(case.id).unwrap().unwrap().refund_code, None);
+    (cases, case, rrn, made)
+}
+
 /// A refund made under a case's key whose result never reached the case (the process stopped
 /// between the refund and the case's write): approving again writes it from the journal, where
 /// the checks of what is left had refused it ("exceeds what is left") with the card refunded.
@@ -1250,21 +1278,7 @@ fn two_applications_opened_at_once_leave_one_waiting() {
 fn approving_again_after_a_refund_whose_result_was_lost_records_it() {
     runtime().block_on(async {
         let mut e = start().await;
-        let card = e.healthy(1);
-        let (code, rrn, _) = e.purchase(&card, 1_000).await;
-        assert_eq!(code, "00");
-        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
-        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
-        let case = cases.open(ten_yuan_refund_application(&rrn)).await.unwrap();
-        // The approval's refund, as it ran before the stop.
-        let key = format!("case-{}-refund-after-0", case.id);
-        let made = e
-            .switch()
-            .back_office_refund(&rrn, 1_000, &key)
-            .await
-            .unwrap();
-        assert_eq!(made.response_code, "00");
-        assert_eq!(e.store().case(case.id).unwrap().unwrap().refund_code, None);
+        let (cases, case, rrn, made) = refund_whose_result_was_lost(&mut e).await;
         let approved = cases.approve_refund(case.id, "operator-7").await.unwrap();
         assert_eq!(approved.refund_code.as_deref(), Some("00"));
         assert_eq!(approved.refund_rrn, made.rrn);
@@ -1282,18 +1296,7 @@ fn a_refund_whose_result_was_lost_is_recorded_on_its_case_closed_since() {
     runtime().block_on(async {
         let mut e = start().await;
         let card = e.healthy(1);
-        let (code, rrn, _) = e.purchase(&card, 1_000).await;
-        assert_eq!(code, "00");
-        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
-        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
-        let case = cases.open(ten_yuan_refund_application(&rrn)).await.unwrap();
-        let key = format!("case-{}-refund-after-0", case.id);
-        let made = e
-            .switch()
-            .back_office_refund(&rrn, 1_000, &key)
-            .await
-            .unwrap();
-        assert_eq!(made.response_code, "00");
+        let (cases, case, rrn, made) = refund_whose_result_was_lost(&mut e).await;
         let why = resolve::cases::Resolution::new("not needed").unwrap();
         let rejected = cases
             .transition(case.id, "operator-8", Transition::Reject(why), "", None)
