@@ -3509,6 +3509,32 @@ fn a_busy_merchants_notifications_come_newest_first() {
     });
 }
 
+/// A case of merchant `mid` written straight to the journal, of `kind` and in `state`,
+/// created at `id` ms.
+fn case_record(id: i64, mid: &str, kind: &str, state: &str) -> store::Record {
+    store::Record::Resolve(store::resolve::ResolveRecord::InsertCase(Box::new(
+        store::resolve::CaseRow {
+            id,
+            mid: mid.into(),
+            kind: kind.into(),
+            state: state.into(),
+            txn_id: None,
+            title: format!("case {id}"),
+            assignee: None,
+            due_at_ms: None,
+            refund_fen: None,
+            approved_by: None,
+            refund_txn_id: None,
+            refund_rrn: None,
+            refund_code: None,
+            resolution: None,
+            created_at_ms: id,
+            updated_at_ms: id,
+            version: 1,
+        },
+    )))
+}
+
 /// A merchant's users open no case while it has `OPEN_CASES_PER_MERCHANT_MAX` open: a script
 /// opening them without end would fill the operators' queue (the oldest open cases, read
 /// first) and hide every later merchant's. Closed ones do not count, nor do other merchants'.
@@ -3517,29 +3543,7 @@ fn a_merchant_cannot_open_cases_without_end() {
     run(async move {
         let e = start().await;
         let max = i64::try_from(web::api::OPEN_CASES_PER_MERCHANT_MAX).unwrap();
-        let case = |id: i64, state: &str| {
-            store::Record::Resolve(store::resolve::ResolveRecord::InsertCase(Box::new(
-                store::resolve::CaseRow {
-                    id,
-                    mid: MID.into(),
-                    kind: "dispute".into(),
-                    state: state.into(),
-                    txn_id: None,
-                    title: format!("case {id}"),
-                    assignee: None,
-                    due_at_ms: None,
-                    refund_fen: None,
-                    approved_by: None,
-                    refund_txn_id: None,
-                    refund_rrn: None,
-                    refund_code: None,
-                    resolution: None,
-                    created_at_ms: id,
-                    updated_at_ms: id,
-                    version: 1,
-                },
-            )))
-        };
+        let case = |id: i64, state: &str| case_record(id, MID, "dispute", state);
         // One fewer open than the bound, and as many closed (ids above those the case
         // counter gives).
         let rows: Vec<store::Record> = (1..max)
@@ -3591,38 +3595,15 @@ fn a_busy_merchants_cases_come_newest_first() {
     run(async move {
         let e = start().await;
         let busy = i64::from(store::RESOLVE_ROWS_MAX) + 3;
-        let case = |id: i64, mid: &str, kind: &str, state: &str| {
-            store::Record::Resolve(store::resolve::ResolveRecord::InsertCase(Box::new(
-                store::resolve::CaseRow {
-                    id,
-                    mid: mid.into(),
-                    kind: kind.into(),
-                    state: state.into(),
-                    txn_id: None,
-                    title: format!("case {id}"),
-                    assignee: None,
-                    due_at_ms: None,
-                    refund_fen: None,
-                    approved_by: None,
-                    refund_txn_id: None,
-                    refund_rrn: None,
-                    refund_code: None,
-                    resolution: None,
-                    created_at_ms: id,
-                    updated_at_ms: id,
-                    version: 1,
-                },
-            )))
-        };
         // Closed, all but the oldest and the two newest; the newest a refund application.
         let rows: Vec<store::Record> = (1..=busy)
             .map(|id| match id {
-                1 => case(id, MID, "dispute", "open"),
-                id if id == busy => case(id, MID, "refund_application", "open"),
-                id if id == busy - 1 => case(id, MID, "issuer_inquiry", "waiting_issuer"),
-                id => case(id, MID, "dispute", "resolved"),
+                1 => case_record(id, MID, "dispute", "open"),
+                id if id == busy => case_record(id, MID, "refund_application", "open"),
+                id if id == busy - 1 => case_record(id, MID, "issuer_inquiry", "waiting_issuer"),
+                id => case_record(id, MID, "dispute", "resolved"),
             })
-            .chain([case(busy + 1, "898110059420002", "dispute", "open")])
+            .chain([case_record(busy + 1, "898110059420002", "dispute", "open")])
             .collect();
         for chunk in rows.chunks(2_000) {
             e.h.store.submit(chunk.to_vec()).unwrap().await.unwrap();
