@@ -1160,13 +1160,15 @@ fn transactions_outcomes_and_events_round_trip(db: &Db) {
     assert_eq!(stored.response_code.as_deref(), Some("00"));
     assert_eq!(stored.auth_code.as_deref(), Some("A12345"));
     assert_eq!(stored.answered_at_ms, Some(2_001));
-    let kinds: Vec<String> = store
-        .events(1)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
-    assert_eq!(kinds, ["received", "approved"]);
+    let kinds = || -> Vec<String> {
+        store
+            .events(1)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    };
+    assert_eq!(kinds(), ["received", "approved"]);
     // Events of one millisecond come back in the order written, on both backends.
     let same_ms = |kind: &str| {
         Record::Event(EventRow {
@@ -1181,13 +1183,7 @@ fn transactions_outcomes_and_events_round_trip(db: &Db) {
         .unwrap()
         .wait()
         .unwrap();
-    let kinds: Vec<String> = store
-        .events(1)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
-    assert_eq!(kinds, ["received", "approved", "zeta", "alpha", "mu"]);
+    assert_eq!(kinds(), ["received", "approved", "zeta", "alpha", "mu"]);
     // Still when the rows move in the table: on PostgreSQL an updated row (or one a
     // VACUUM FULL or CLUSTER rewrote) lies elsewhere, and `ctid` alone put "zeta" last.
     if let Some(config) = db.pg_config() {
@@ -1197,13 +1193,7 @@ fn transactions_outcomes_and_events_round_trip(db: &Db) {
                 "UPDATE {schema}.events SET detail = detail WHERE kind = 'zeta'"
             ))
             .unwrap();
-        let kinds: Vec<String> = store
-            .events(1)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
-        assert_eq!(kinds, ["received", "approved", "zeta", "alpha", "mu"]);
+        assert_eq!(kinds(), ["received", "approved", "zeta", "alpha", "mu"]);
     }
     // A state change from a state the row has left: refused, the row as it was.
     let moved = store
