@@ -597,7 +597,7 @@ fn a_journal_that_hangs_is_answered_96_and_what_lands_late_is_settled() {
 
 /// An approval whose outcome lands after its terminal was answered 96, with the switch gone in
 /// between as a `kill -9` leaves it (its tasks dropped where they stood): the host's reversal
-/// was queued to the journal right behind the outcome, so it lands with it, and the approval
+/// rides in the outcome's own commit (`store::Rider`), so it lands with it, and the approval
 /// the terminal was told had failed does not stand.
 #[test]
 fn an_approval_that_lands_after_its_96_is_reversed_though_the_switch_died() {
@@ -646,7 +646,7 @@ fn an_approval_that_lands_after_its_96_is_reversed_though_the_switch_died() {
 /// A void, then a refund, each approved by the issuer while the journal is held and its
 /// terminal answered 96, with the switch gone before the journal answers: each is reversed
 /// and its original given back (the sale approved again, then nothing refunded of it) by the
-/// records written right behind its outcome, not by a task that died with the switch.
+/// records riding in its outcome's commit, not by a task that died with the switch.
 #[test]
 fn a_void_or_refund_that_lands_after_its_96_gives_its_original_back_though_the_switch_died() {
     runtime().block_on(async {

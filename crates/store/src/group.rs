@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 
 use crate::error::StoreError;
 use crate::model::{Record, SafItem};
+use crate::pending::{Durable, Pending};
 
 pub(crate) enum Job {
     Write {
@@ -29,11 +30,12 @@ pub(crate) enum Job {
     Stop,
 }
 
-/// Where a write's result goes, and the stamp its events hold among the queued ones until it
-/// is settled (delivered, or dropped undelivered).
+/// Where a write's result goes, the stamp its events hold among the queued ones until it is
+/// settled (delivered, or dropped undelivered), and its rider when it was submitted open.
 pub(crate) struct WriteDone {
     sender: oneshot::Sender<Result<(), StoreError>>,
     _queued: Option<QueuedStamp>,
+    rider: Option<Rider>,
 }
 
 impl WriteDone {
@@ -44,12 +46,143 @@ impl WriteDone {
         WriteDone {
             sender,
             _queued: queued,
+            rider: None,
         }
     }
 
+    /// This write open to records added by `rider` until the writer takes it into a commit.
+    pub(crate) fn with_rider(mut self, rider: Rider) -> Self {
+        self.rider = Some(rider);
+        self
+    }
+
+    pub(crate) fn rider(&self) -> Option<&Rider> {
+        self.rider.as_ref()
+    }
+
     fn send(self, result: Result<(), StoreError>) {
+        if let Some(rider) = &self.rider {
+            rider.settle(&result);
+        }
         // A waiter that gave up (dropped its future) is no error of the writer's.
         let _ = self.sender.send(result);
+    }
+}
+
+/// Records a submitter may still add to its queued write ([`crate::Store::submit_open`]) until
+/// the writer takes that write into a commit. What is added is written in the same
+/// transaction, right after the write, in a savepoint of its own: it lands with the write or
+/// not at all, and fails alone (its own result) without failing the write. What must follow a
+/// write whose submitter stopped waiting for it (the host's reversal of an approval the
+/// terminal was answered 96 for) so lands with it, and no crash between two commits can leave
+/// the write without it.
+#[derive(Clone, Debug)]
+pub struct Rider(Arc<Mutex<RiderSlot>>);
+
+#[derive(Debug)]
+struct RiderSlot {
+    /// Taken into a commit, or settled: nothing more is added.
+    sealed: bool,
+    added: Option<Added>,
+    /// The store's queued events, among which the added records' events are held too.
+    events: Arc<QueuedEvents>,
+}
+
+#[derive(Debug)]
+struct Added {
+    records: Vec<Record>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+    /// How the records went in the transaction under way, once run there.
+    ran: Option<Result<(), StoreError>>,
+    _queued: Option<QueuedStamp>,
+}
+
+impl Rider {
+    /// A rider whose added events are held among `events` until settled.
+    pub(crate) fn new(events: &Arc<QueuedEvents>) -> Self {
+        Rider(Arc::new(Mutex::new(RiderSlot {
+            sealed: false,
+            added: None,
+            events: Arc::clone(events),
+        })))
+    }
+
+    /// Adds `records` to the write, to commit with it: resolves once that commit is known.
+    /// Handed back when the writer has taken the write into a commit already (or records
+    /// were added before): the caller must then wait for the write's own result.
+    pub fn add(&self, records: Vec<Record>) -> Result<Durable, Vec<Record>> {
+        let mut slot = self.lock();
+        if slot.sealed || slot.added.is_some() {
+            return Err(records);
+        }
+        let (done, pending) = Pending::new();
+        let queued = slot.events.hold(&records);
+        slot.added = Some(Added {
+            records,
+            done,
+            ran: None,
+            _queued: queued,
+        });
+        Ok(pending)
+    }
+
+    /// Closes the rider to additions as the writer takes its write into a commit, and gives
+    /// what was added, to run there (again, when the group is run again).
+    pub(crate) fn seal(&self) -> Option<Vec<Record>> {
+        let mut slot = self.lock();
+        slot.sealed = true;
+        slot.added.as_ref().map(|added| added.records.clone())
+    }
+
+    /// How the added records went in the transaction under way.
+    pub(crate) fn ran(&self, result: Result<(), StoreError>) {
+        if let Some(added) = &mut self.lock().added {
+            added.ran = Some(result);
+        }
+    }
+
+    /// The write's result is known: so is the added records', which landed only if both did.
+    fn settle(&self, write: &Result<(), StoreError>) {
+        let mut slot = self.lock();
+        slot.sealed = true;
+        if let Some(added) = slot.added.take() {
+            let result = write.clone().and_then(|()| {
+                added.ran.unwrap_or_else(|| {
+                    Err(StoreError::Backend {
+                        message: "records added to a write were not written with it".to_owned(),
+                    })
+                })
+            });
+            let _ = added.done.send(result);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RiderSlot> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Job {
+    /// The rider of a write submitted open.
+    pub(crate) fn rider(&self) -> Option<&Rider> {
+        match self {
+            Job::Write { done, .. } => done.rider(),
+            _ => None,
+        }
+    }
+}
+
+/// Runs what was added to the riders of the writes a transaction holds, each in a savepoint
+/// (`in_savepoint`, the backend's), just before its commit; seals the others.
+pub(crate) fn run_riders<'a, C>(
+    conn: &C,
+    riders: impl IntoIterator<Item = &'a Rider>,
+    in_savepoint: impl Fn(&C, &[Record]) -> Result<(), StoreError>,
+) {
+    for rider in riders {
+        if let Some(records) = rider.seal() {
+            rider.ran(in_savepoint(conn, &records));
+        }
     }
 }
 

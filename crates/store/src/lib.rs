@@ -24,6 +24,7 @@ mod sqlite;
 pub mod web;
 
 pub use error::{LinkRefusal, StoreError};
+pub use group::Rider;
 pub use model::{
     BatchSpan, EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
     TerminalHealthRow, TerminalRow, TxnKind, TxnRow, TxnState, TxnTally, WrappedKeys,
@@ -101,6 +102,10 @@ pub fn each_txn_of_merchant_before<E: From<StoreError>>(
 pub trait Store: Send + Sync + 'static {
     /// Queues records to commit atomically together; fails fast with `QueueFull` under overload.
     fn submit(&self, records: Vec<Record>) -> Result<Durable, StoreError>;
+
+    /// `submit`, the write kept open to records added through the returned [`Rider`] until
+    /// the writer takes it into a commit: they then commit in the same transaction.
+    fn submit_open(&self, records: Vec<Record>) -> Result<(Durable, Rider), StoreError>;
 
     /// The oldest stamp (`at_ms`) among the events of this handle's writes that are queued or
     /// being written, not yet committed or failed: a reader of events by stamp (the

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::Store;
 use crate::error::{LinkRefusal, StoreError};
-use crate::group::{Completion, ExecuteAny, Job, Output, WriteDone, completion};
+use crate::group::{Completion, ExecuteAny, Job, Output, Rider, WriteDone, completion, run_riders};
 #[allow(unused_imports)]
 use crate::model::{
     BatchSpan, EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
@@ -897,6 +897,9 @@ fn run_group(
         }
     }
     let finished = conn.finish_pipeline();
+    if !failed && finished.is_ok() {
+        run_riders(conn, jobs.iter().filter_map(Job::rider), write_in_savepoint);
+    }
     // `SELECT 1` first: in a transaction an error aborted, PostgreSQL answers a COMMIT with a
     // rollback and no error, but fails the SELECT (and skips the COMMIT).
     if !failed && finished.is_ok() && conn.execute_batch("SELECT 1; COMMIT").is_ok() {
@@ -956,6 +959,12 @@ fn commit_group_carefully(
             std::thread::sleep(deadlock_backoff(tries));
             continue;
         }
+        let riders = jobs
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_ok())
+            .filter_map(|(job, _)| job.rider());
+        run_riders(conn, riders, write_in_savepoint);
         // `SELECT 1` first, as on the fast path: a savepoint command that failed leaves the
         // transaction aborted, and PostgreSQL would answer a bare COMMIT with a silent
         // rollback, acknowledging the jobs that had succeeded in it.
@@ -971,6 +980,11 @@ fn commit_group_carefully(
     for (job, result) in jobs.drain(..).zip(results) {
         completions.extend(completion(job, result));
     }
+}
+
+/// Writes a rider's records in a savepoint of the transaction under way.
+fn write_in_savepoint(conn: &Connection, records: &[Record]) -> Result<(), StoreError> {
+    in_savepoint(conn, |c| write_records(c, records))
 }
 
 /// Runs `f` in a savepoint: a failure rolls back `f`'s work only.

@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use crate::Store;
 use crate::error::{LinkRefusal, StoreError};
 use crate::group::{
-    Completion, ExecuteAny, Job, Output, WriteDone, completion, replace_with_failure,
+    Completion, ExecuteAny, Job, Output, Rider, WriteDone, completion, replace_with_failure,
+    run_riders,
 };
 use crate::model::{
     BatchSpan, EventRow, MerchantRow, Outcome, PanAtRest, Record, SafItem, SafState, Status,
@@ -324,6 +325,15 @@ impl Store for SqliteStore {
         let done = WriteDone::new(done, self.queued_events.hold(&records));
         self.enqueue(Job::Write { records, done })?;
         Ok(pending)
+    }
+
+    fn submit_open(&self, records: Vec<Record>) -> Result<(Durable, Rider), StoreError> {
+        let (done, pending) = Pending::new();
+        let rider = Rider::new(&self.queued_events);
+        let done =
+            WriteDone::new(done, self.queued_events.hold(&records)).with_rider(rider.clone());
+        self.enqueue(Job::Write { records, done })?;
+        Ok((pending, rider))
     }
 
     fn oldest_queued_event_ms(&self) -> Option<i64> {
@@ -1231,6 +1241,13 @@ fn commit_group(
                 }
             }
         }
+        if !failed {
+            run_riders(
+                &*conn,
+                jobs.iter().filter_map(Job::rider),
+                write_in_savepoint,
+            );
+        }
         if !failed && conn.execute_batch("COMMIT").is_ok() {
             for (job, output) in jobs.drain(..).zip(outputs) {
                 completions.extend(completion(job, Ok(output)));
@@ -1255,9 +1272,16 @@ fn commit_group_carefully(
 ) {
     let mut began = begin(conn);
     let mut first_in_transaction = completions.len();
+    // The riders of the writes done in the transaction under way.
+    let mut riders = Vec::new();
     for job in jobs.drain(..) {
         let result = in_savepoint(conn, &began, |c| execute(c, &job));
         let failure = result.as_ref().err().cloned();
+        if failure.is_none()
+            && let Some(rider) = job.rider()
+        {
+            riders.push(rider.clone());
+        }
         let Some(done) = completion(job, result) else {
             continue;
         };
@@ -1269,7 +1293,11 @@ fn commit_group_carefully(
             fail_from(completions, first_in_transaction, &error);
             began = begin(conn);
             first_in_transaction = completions.len();
+            riders.clear();
         }
+    }
+    if began.is_ok() {
+        run_riders(&*conn, &riders, write_in_savepoint);
     }
     if began.is_ok()
         && let Err(error) = conn.execute_batch("COMMIT")
@@ -1301,6 +1329,11 @@ fn fail_from(completions: &mut [Completion], first: usize, error: &StoreError) {
             replace_with_failure(completion, error);
         }
     }
+}
+
+/// Writes a rider's records in a savepoint of the transaction under way.
+fn write_in_savepoint(conn: &Connection, records: &[Record]) -> Result<(), StoreError> {
+    in_savepoint(conn, &Ok(()), |c| write_records(c, records))
 }
 
 fn in_savepoint<T>(

@@ -247,6 +247,176 @@ impl Session {
     }
 }
 
+/// The store's writer held from outside: SQLite's write lock taken by a connection of the
+/// test's own (the writer waits in its `BEGIN`, up to its busy timeout), or on PostgreSQL the
+/// locks of transaction rows the writes then wait for.
+enum WriterHold {
+    Sqlite(rusqlite::Connection),
+    Pg(Session),
+}
+
+impl WriterHold {
+    fn take(db: &Db, ids: &[i64]) -> WriterHold {
+        match db.pg_config() {
+            Some(config) => {
+                let session = Session::connect(&config.url);
+                let ids = ids.iter().map(i64::to_string).collect::<Vec<_>>();
+                session
+                    .run(&format!(
+                        "SET search_path TO {}; BEGIN; \
+                         SELECT id FROM transactions WHERE id IN ({}) FOR UPDATE",
+                        config.schema.unwrap(),
+                        ids.join(", ")
+                    ))
+                    .unwrap();
+                WriterHold::Pg(session)
+            }
+            None => {
+                let conn = rusqlite::Connection::open(db.sqlite_path()).unwrap();
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                WriterHold::Sqlite(conn)
+            }
+        }
+    }
+
+    /// Returns once the writer waits on the hold (on SQLite, after a moment).
+    fn waited_on(&self) {
+        match self {
+            WriterHold::Pg(session) => session.wait_blocked(),
+            WriterHold::Sqlite(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+
+    fn release(self) {
+        match self {
+            WriterHold::Pg(session) => session.run("ROLLBACK").unwrap(),
+            WriterHold::Sqlite(conn) => conn.execute_batch("ROLLBACK").unwrap(),
+        }
+    }
+}
+
+/// The host's reversal of an approval `id` (the records a late outcome's rider carries).
+fn host_reversal(id: i64) -> Vec<Record> {
+    vec![
+        Record::StateFrom {
+            id,
+            from: TxnState::Approved,
+            state: TxnState::Reversed,
+        },
+        Record::SafEnqueue {
+            txn_id: id,
+            issuer: "ICBC".into(),
+            reason: "96".into(),
+            next_attempt_ms: 5_000,
+        },
+        Record::Event(EventRow {
+            txn_id: id,
+            at_ms: 4_000,
+            kind: "reversed".into(),
+            detail: "outcome written after the terminal was answered 96".into(),
+        }),
+    ]
+}
+
+/// Records added to a write submitted open, while the writer has not taken it into a commit,
+/// commit in the same transaction: a late approval and the host's reversal of it land
+/// together. Added records that fail (the row no longer approved) fail alone; a write that
+/// fails takes what was added with it. Once its commit is known, nothing more is added. Both
+/// the group's fast path and its job-by-job run (a job of the group failing) are shown.
+fn records_added_to_an_open_write_commit_with_it(db: &Db) {
+    let store = db.open();
+    provision(&store);
+    for id in 1..=4 {
+        write(
+            &*store,
+            vec![Record::InsertTxn(Box::new(txn(id, id as u32)))],
+        )
+        .unwrap();
+    }
+
+    // The fast path: every job of the group succeeds.
+    let hold = WriterHold::take(db, &[1, 2]);
+    let (first, rider) = store.submit_open(vec![approved(1)]).unwrap();
+    hold.waited_on();
+    let riding = rider.add(host_reversal(1)).unwrap();
+    let (second, other) = store.submit_open(vec![approved(2)]).unwrap();
+    // Not approved by the time it runs: the write lands without it.
+    let mut stale = host_reversal(2);
+    stale.splice(
+        ..1,
+        [Record::StateFrom {
+            id: 2,
+            from: TxnState::Declined,
+            state: TxnState::Reversed,
+        }],
+    );
+    let refused = other.add(stale).unwrap();
+    assert!(
+        other.add(host_reversal(2)).is_err(),
+        "records are added once"
+    );
+    hold.release();
+    first.wait().unwrap();
+    riding.wait().unwrap();
+    second.wait().unwrap();
+    assert!(matches!(refused.wait(), Err(StoreError::Constraint { .. })));
+    assert_eq!(store.txn(1).unwrap().unwrap().state, TxnState::Reversed);
+    assert!(store.reversal(1).unwrap().is_some());
+    assert!(
+        store
+            .events(1)
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == "reversed")
+    );
+    assert_eq!(store.txn(2).unwrap().unwrap().state, TxnState::Approved);
+    assert!(store.reversal(2).unwrap().is_none());
+    assert!(store.events(2).unwrap().is_empty());
+    assert!(rider.add(host_reversal(1)).is_err(), "its commit is known");
+
+    // Job by job: a write of the group fails (an outcome for a row no longer in flight).
+    // A write held first, so that the two behind it queue and form one group.
+    approved_purchase(&*store, 5);
+    let hold = WriterHold::take(db, &[5]);
+    let blocker = store.submit(vec![Record::Refunded { id: 5 }]).unwrap();
+    hold.waited_on();
+    let (third, rider) = store.submit_open(vec![approved(3)]).unwrap();
+    let riding = rider.add(host_reversal(3)).unwrap();
+    let (failing, rider) = store.submit_open(vec![approved(2)]).unwrap();
+    let renamed = MerchantRow {
+        name: "Renamed".into(),
+        ..merchant()
+    };
+    let with_failing = rider.add(vec![Record::UpsertMerchant(renamed)]).unwrap();
+    hold.release();
+    blocker.wait().unwrap();
+    assert!(failing.wait().is_err());
+    assert!(with_failing.wait().is_err());
+    let names: Vec<_> = store
+        .merchants()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, [merchant().name]);
+    third.wait().unwrap();
+    riding.wait().unwrap();
+    assert_eq!(store.txn(3).unwrap().unwrap().state, TxnState::Reversed);
+    assert!(store.reversal(3).unwrap().is_some());
+
+    // A write whose commit is known takes nothing more.
+    let (fourth, rider) = store.submit_open(vec![approved(4)]).unwrap();
+    fourth.wait().unwrap();
+    let handed_back = rider.add(host_reversal(4)).err();
+    assert_eq!(
+        handed_back.map(|r| r.len()),
+        Some(3),
+        "records added to a write committed"
+    );
+    assert_eq!(store.txn(4).unwrap().unwrap().state, TxnState::Approved);
+    store.close();
+}
+
 /// Submits `stuck` (a write a dead session's lock holds up) and a write queued behind it, and
 /// waits for both, 30 s at most: the first fails, the one behind goes through. How long that
 /// took.
@@ -2535,6 +2705,7 @@ on_both!(
     terminals_merchants_and_sign_in_round_trip,
     transactions_outcomes_and_events_round_trip,
     a_failing_submission_fails_alone_and_leaves_no_trace,
+    records_added_to_an_open_write_commit_with_it,
     group_commit_under_concurrency_then_durable_across_reopen,
     counters_never_repeat_across_reopen,
     reversal_queue_claim_retry_and_ack,

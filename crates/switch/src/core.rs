@@ -455,10 +455,29 @@ impl Core {
         if !self.config.journal {
             return Journalled::Written;
         }
-        let mut durable = match self.store.submit(records) {
-            Ok(durable) => durable,
-            Err(error) => return Journalled::Failed(error),
-        };
+        match self.store.submit(records) {
+            Ok(durable) => self.wait_within(durable).await,
+            Err(error) => Journalled::Failed(error),
+        }
+    }
+
+    /// `journal_within`, the write submitted open: while the writer has not taken it into a
+    /// commit, the returned rider adds records to the same transaction (`store::Rider`).
+    pub async fn journal_open_within(
+        &self,
+        records: Vec<Record>,
+    ) -> (Journalled, Option<store::Rider>) {
+        if !self.config.journal {
+            return (Journalled::Written, None);
+        }
+        match self.store.submit_open(records) {
+            Ok((durable, rider)) => (self.wait_within(durable).await, Some(rider)),
+            Err(error) => (Journalled::Failed(error), None),
+        }
+    }
+
+    /// Waits `journal_wait` for a queued write: one not answered by then is handed back.
+    pub async fn wait_within(&self, mut durable: store::Durable) -> Journalled {
         match tokio::time::timeout(self.config.journal_wait, &mut durable).await {
             Ok(Ok(())) => Journalled::Written,
             Ok(Err(error)) => Journalled::Failed(error),

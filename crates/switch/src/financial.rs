@@ -122,7 +122,8 @@ enum IfLost {
 }
 
 /// An outcome whose write outlasted the journal wait, for `settle_late_outcome`: its write,
-/// the host's reversal written right behind it when it has one, and what it owes if lost.
+/// the host's reversal when it has one (riding in the outcome's commit, or written right
+/// behind it), and what it owes if lost.
 struct LateOutcome {
     durable: store::Durable,
     behind: Option<store::Durable>,
@@ -1811,7 +1812,45 @@ impl Core {
         } else {
             state
         };
-        let (answer, state) = match self.journal_within(records).await {
+        let (journalled, rider) = self.journal_open_within(records).await;
+        // An outcome late to land that may have moved money: the host's reversal of it rides
+        // in the outcome's own commit (`store::Rider`), so that the two land together or not
+        // at all, and the terminal is answered 96. Once the writer has taken the outcome into
+        // a commit, nothing rides with it: that commit is waited for, as long again; if it is
+        // still not known, the terminal is given no answer at all (its connection closed), so
+        // that its own reversal undoes the request whatever becomes of this process before
+        // the host's reversal, written apart, lands.
+        let mut behind = None;
+        let mut unanswered = false;
+        let journalled = match journalled {
+            Journalled::Late(durable) if if_lost == IfLost::Reversal => {
+                let records = self.late_behind(&entry, state, &bank);
+                let added = match rider {
+                    Some(rider) => rider.add(records),
+                    None => Err(records),
+                };
+                match added {
+                    Ok(riding) => {
+                        behind = Some(Ok(riding));
+                        Journalled::Late(durable)
+                    }
+                    Err(records) => match self.wait_within(durable).await {
+                        Journalled::Late(durable) => {
+                            tracing::warn!(
+                                txn_id = entry.id,
+                                "an approval's outcome is still being committed: the terminal is not answered, and reverses it"
+                            );
+                            unanswered = true;
+                            behind = Some(Err(records));
+                            Journalled::Late(durable)
+                        }
+                        known => known,
+                    },
+                }
+            }
+            other => other,
+        };
+        let (answer, state) = match journalled {
             Journalled::Written => (answer, state),
             Journalled::Failed(error) => {
                 tracing::warn!(%error, "journal write failed after the issuer answered; answering 96");
@@ -1820,30 +1859,15 @@ impl Core {
                 (Answer::code(RC_SYSTEM_ERROR), unwritten_state)
             }
             Journalled::Late(durable) => {
-                // The terminal is answered 96 now; what the outcome did to the original stays
-                // in memory until the write's fate is known (`settle_late_outcome`).
+                // The terminal is answered 96 now (or not at all); what the outcome did to the
+                // original stays in memory until the write's fate is known
+                // (`settle_late_outcome`).
                 entry.keep_answer();
-                // A request that may have moved money is reversed once its outcome lands:
-                // those records go to the journal now, right behind the outcome, written only
-                // if the row then holds what the outcome wrote. They land with it whatever
-                // becomes of this process meanwhile (a crash, a stop), not only if the task
-                // below lives to write them. An approved void, completion or refund gives its
-                // original back in the same write (the journal's own sums and guards decide
-                // how); memory follows once the write is known (`settle_late_outcome`).
-                let behind = (if_lost == IfLost::Reversal)
-                    .then(|| {
-                        let mut records = vec![Record::StateFrom {
-                            id: entry.id,
-                            from: state,
-                            state: TxnState::Reversed,
-                        }];
-                        records.extend(self.late_reversal(entry.id, &bank));
-                        if state == TxnState::Approved {
-                            records.extend(self.give_back_records(&entry));
-                        }
-                        self.store.submit(records).ok()
-                    })
-                    .flatten();
+                // The host's reversal riding in the outcome's commit, or written apart.
+                let behind = behind.and_then(|behind| match behind {
+                    Ok(riding) => Some(riding),
+                    Err(records) => self.store.submit(records).ok(),
+                });
                 let core = Arc::clone(self);
                 let late = Arc::clone(&entry);
                 let bank = bank.clone();
@@ -1889,6 +1913,9 @@ impl Core {
             if approved && let Some((day, delta)) = self.hold_change(&entry) {
                 self.risk_adjust_sales(&ctx.terminal.mid, day, delta);
             }
+        }
+        if unanswered {
+            return None;
         }
         self.reply(
             ctx.frame,
@@ -1942,6 +1969,24 @@ impl Core {
         }
     }
 
+    /// What reverses a request whose outcome (`state`, which may have moved money) lands after
+    /// its terminal was answered 96, written with that outcome: the row reversed, only
+    /// if it then holds what the outcome wrote, the reversal queued, and an approved void,
+    /// completion or refund's original given back what it took (the journal's own sums and
+    /// guards decide how); memory follows once the write is known (`settle_late_outcome`).
+    fn late_behind(&self, entry: &Entry, state: TxnState, bank: &str) -> Vec<Record> {
+        let mut records = vec![Record::StateFrom {
+            id: entry.id,
+            from: state,
+            state: TxnState::Reversed,
+        }];
+        records.extend(self.late_reversal(entry.id, bank));
+        if state == TxnState::Approved {
+            records.extend(self.give_back_records(entry));
+        }
+        records
+    }
+
     /// The host's reversal of an outcome written after its terminal was answered 96: queued to
     /// `bank`, with its line on the timeline (the row's state is the caller's).
     fn late_reversal(&self, id: i64, bank: &str) -> [Record; 2] {
@@ -1965,8 +2010,9 @@ impl Core {
     /// the issuer said while the terminal was told 96, so an approval (or an answer that could
     /// not be read) is reversed by the host as a terminal reversal would be: the row reversed,
     /// the reversal queued, its original given back what it took; unless the terminal
-    /// reversed it meanwhile. Those records were submitted right behind the outcome
-    /// (`LateOutcome::behind`), the original's give-back with them, and memory follows here;
+    /// reversed it meanwhile. Those records ride in the outcome's commit, or were submitted
+    /// right behind it (`LateOutcome::behind`), the original's give-back with them, and memory
+    /// follows here;
     /// when they failed they are written here, tried again with a growing wait.
     async fn settle_late_outcome(
         self: Arc<Self>,
@@ -1997,7 +2043,7 @@ impl Core {
             }
             std::mem::replace(&mut live.state, TxnState::Reversed)
         };
-        // Written already, right behind the outcome, the original's give-back included:
+        // Written already, with the outcome or right behind it, the original's give-back included:
         // memory follows.
         if let Some(behind) = behind {
             match behind.await {

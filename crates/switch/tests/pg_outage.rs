@@ -8,7 +8,9 @@
 //! as with a database host whose disk stalls. Terminals are answered 96 within the switch's
 //! `journal_wait`, and what the journal writes after their 96 is settled when it thaws: a
 //! request row lands failed, an approval lands and is reversed by the host (a void's original
-//! approved again). Skipped, loudly, without `SHOUDAN_PG_URL`.
+//! approved again). Or it freezes on an approval's COMMIT, the writer's statements run: the
+//! terminal is then given no answer (its connection closed) rather than 96, and the host's
+//! reversal lands after the thaw. Skipped, loudly, without `SHOUDAN_PG_URL`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -40,7 +42,8 @@ struct Relay {
     runtime: Option<tokio::runtime::Runtime>,
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
-    frozen: watch::Sender<bool>,
+    frozen: Arc<watch::Sender<bool>>,
+    commit_trap: Arc<AtomicBool>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -52,18 +55,42 @@ impl Drop for Relay {
     }
 }
 
-/// Copies `from` to `to`; while frozen, what it read waits with it.
+/// Armed, freezes the relay before the server gets the next `COMMIT` a client sends after
+/// statements naming an approval (an outcome's event, `approved`): the reversal queue's claims,
+/// also committed every `saf_interval`, pass.
+#[derive(Clone)]
+struct CommitTrap {
+    armed: Arc<AtomicBool>,
+    frozen: Arc<watch::Sender<bool>>,
+}
+
+/// Copies `from` to `to`; while frozen, what it read waits with it. With a trap, the `COMMIT`
+/// it is armed for freezes the relay first.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut frozen: watch::Receiver<bool>,
+    trap: Option<CommitTrap>,
 ) {
     let mut buf = vec![0; 16 * 1024];
+    let mut approval_sent = false;
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if let Some(trap) = &trap
+            && trap.armed.load(Ordering::SeqCst)
+        {
+            let read = buf.get(..n).unwrap_or_default();
+            let has = |text: &[u8]| read.windows(text.len()).any(|w| w == text);
+            if approval_sent && has(b"COMMIT") && trap.armed.swap(false, Ordering::SeqCst) {
+                trap.frozen.send_replace(true);
+            }
+            approval_sent = approval_sent || has(b"approved");
+        } else {
+            approval_sent = false;
+        }
         if frozen.wait_for(|frozen| !*frozen).await.is_err() {
             return;
         }
@@ -88,9 +115,14 @@ impl Relay {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
-        let (frozen, _) = watch::channel(false);
+        let frozen = Arc::new(watch::channel(false).0);
+        let commit_trap = Arc::new(AtomicBool::new(false));
+        let trap = CommitTrap {
+            armed: Arc::clone(&commit_trap),
+            frozen: Arc::clone(&frozen),
+        };
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let accept_frozen = frozen.clone();
+        let accept_frozen = Arc::clone(&frozen);
         let (accept_cut, accept_links) = (Arc::clone(&cut), Arc::clone(&links));
         runtime.spawn(async move {
             let listener = TcpListener::from_std(listener).unwrap();
@@ -106,13 +138,14 @@ impl Relay {
                 }
                 let target = target.clone();
                 let (up, down) = (accept_frozen.subscribe(), accept_frozen.subscribe());
+                let trap = trap.clone();
                 links.push(tokio::spawn(async move {
                     if let Ok(outbound) = TcpStream::connect(&target).await {
                         let (from_client, to_client) = inbound.into_split();
                         let (from_server, to_server) = outbound.into_split();
                         tokio::join!(
-                            pump(from_client, to_server, up),
-                            pump(from_server, to_client, down)
+                            pump(from_client, to_server, up, Some(trap)),
+                            pump(from_server, to_client, down, None)
                         );
                     }
                 }));
@@ -123,8 +156,15 @@ impl Relay {
             addr,
             cut,
             frozen,
+            commit_trap,
             links,
         }
+    }
+
+    /// Freezes at the next `COMMIT` a client sends: the writer's commit of what it has taken
+    /// into a group then waits, its statements run.
+    fn freeze_at_commit(&self) {
+        self.commit_trap.store(true, Ordering::SeqCst);
     }
 
     /// Holds every byte in either direction, connections kept open, until `thaw`.
@@ -410,6 +450,63 @@ fn a_database_that_stops_answering_is_answered_96_and_what_lands_late_is_settled
         })
         .await;
         assert!(settled, "nothing left in flight");
+
+        // Frozen as the approval's outcome is committed (its COMMIT held on the way, its
+        // statements run): the writer took it into a commit before the wait ran out, so the
+        // host's reversal cannot ride in it. The terminal is given no answer at all (its
+        // connection closed, not 96), so that it reverses the sale itself whatever becomes of
+        // the switch; the host's reversal, written apart, lands once the journal thaws.
+        let requests = log.requests.load(Ordering::SeqCst);
+        let purchase = Req::purchase(&pan, SLOW_AMOUNT, 7);
+        let bytes = terminal.encode(&purchase, false);
+        let trap = async {
+            while log.requests.load(Ordering::SeqCst) == requests {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            relay.freeze_at_commit();
+        };
+        let unanswered = async {
+            terminal.stream.write_all(&bytes).await.unwrap();
+            let mut prefix = [0u8; 2];
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                terminal.stream.read_exact(&mut prefix),
+            )
+            .await
+            .expect("neither answered nor closed in 10 s")
+            .is_err()
+        };
+        let (unanswered, ()) = tokio::join!(unanswered, trap);
+        assert!(unanswered, "answered while its outcome was being committed");
+        relay.thaw();
+        let reversed = eventually(10, || {
+            row(7).is_some_and(|r| {
+                r.state == TxnState::Reversed
+                    && r.response_code.as_deref() == Some("00")
+                    && store
+                        .reversal(r.id)
+                        .unwrap()
+                        .is_some_and(|q| q.state == store::SafState::Acked)
+            })
+        })
+        .await;
+        assert!(reversed, "sale committed unanswered: {:?}", row(7));
+        // The terminal, given no answer, reverses it on a new connection: already reversed
+        // (25, PROTOCOL.md), and nothing more is sent to the issuer.
+        terminal = Terminal::connect(handle.local_addr(), TID).await;
+        assert_eq!(terminal.sign_in().await.code(), "00");
+        let reversal = terminal.send(&Req::reversal_of(&purchase)).await;
+        assert_eq!(reversal.code(), "25");
+        assert_eq!(row(7).unwrap().state, TxnState::Reversed);
+        let sale_rrn = row(7).unwrap().rrn.unwrap();
+        let sent = log
+            .reversals
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, rrn)| rrn.trim() == sale_rrn)
+            .count();
+        assert_eq!(sent, 1, "one reversal of the sale sent to the issuer");
 
         // A stop while an approval's outcome waits on the frozen journal: the stop waits, within
         // its bound, for the outcome to land and be reversed by the host.

@@ -98,13 +98,18 @@ impl Db {
         })
     }
 
+    /// The SQLite journal's file (there even when the test runs on PostgreSQL).
+    pub fn sqlite_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("shoudan.db")
+    }
+
     /// Opens (again) this test's database.
     pub fn open(&self) -> Opened {
         match self.pg_config() {
             Some(config) => Opened::Pg(PgStore::open(&config).unwrap()),
-            None => Opened::Sqlite(
-                SqliteStore::open(&SqliteConfig::new(self.dir.path().join("shoudan.db"))).unwrap(),
-            ),
+            None => {
+                Opened::Sqlite(SqliteStore::open(&SqliteConfig::new(self.sqlite_path())).unwrap())
+            }
         }
     }
 }
