@@ -127,6 +127,11 @@ pub trait Store: Send + Sync + 'static {
     /// out a value twice. Resolves to the first reserved value (counters start at 1).
     fn reserve(&self, counter: &str, count: u64) -> Result<Pending<u64>, StoreError>;
 
+    /// The node places (node id modulo 10) that live nodes hold on this journal
+    /// (`PgStore::claim_node`): `None` where the journal has no such claims (SQLite, one node).
+    /// A request in flight of a node whose place is held is that node's to settle.
+    fn node_places_held(&self) -> Result<Option<Vec<u8>>, StoreError>;
+
     /// Claims up to `limit` pending reversals due at `now_ms`, pushing their next attempt to
     /// `now_ms + lease_ms` so that a crash mid-attempt only delays them.
     fn claim_reversals(

@@ -432,13 +432,7 @@ impl PgStore {
         // The server notices this session's host gone within half a minute (not TCP's two
         // hours), so a node that died with its host frees its place for its replacement.
         conn.execute_batch(NODE_CLAIM_KEEPALIVES)?;
-        // Per journal: the schema's name (or the database's default) keys the lock with the
-        // place, so deployments sharing a server do not refuse each other.
-        let journal = self.config.schema.as_deref().unwrap_or("public");
-        let journal_key = journal.bytes().fold(0x811c_9dc5_u32, |hash, b| {
-            (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
-        });
-        let journal_key = i32::from_ne_bytes(journal_key.to_ne_bytes());
+        let journal_key = i32::from_ne_bytes(self.journal_key().to_ne_bytes());
         let place = i32::from(node_id % 10);
         // A node restarted at once after a crash may find its old session not yet ended by
         // the server: it waits for it a while before taking the place for another node's.
@@ -466,6 +460,37 @@ impl PgStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
         Ok(())
+    }
+
+    /// The key of this journal's node places (the first half of their advisory locks): the
+    /// schema's name (or the database's default), so deployments sharing a server do not
+    /// refuse each other.
+    fn journal_key(&self) -> u32 {
+        let journal = self.config.schema.as_deref().unwrap_or("public");
+        journal.bytes().fold(0x811c_9dc5_u32, |hash, b| {
+            (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        })
+    }
+
+    /// The node places whose advisory locks (`claim_node`) sessions of this database hold now.
+    fn places_held(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let places = self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT objid::INT8 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                 AND objsubid = 2 AND classid::INT8 = ?1
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )?;
+            let rows = statement.query_map(params![i64::from(self.journal_key())], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })?;
+        Ok(Some(
+            places
+                .into_iter()
+                .filter_map(|place| u8::try_from(place).ok())
+                .collect(),
+        ))
     }
 
     /// Opens an existing journal for reading only (a tool such as `shoudan audit`): no schema

@@ -227,6 +227,12 @@ impl SqliteStore {
         }
     }
 
+    /// A SQLite journal has one node: no places are claimed on it.
+    #[allow(clippy::unused_self, clippy::unnecessary_wraps)]
+    fn places_held(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+
     /// Whether jobs run on the caller's thread (`SqliteConfig::inline_writer`).
     fn writes_inline(&self) -> bool {
         self.inline.is_some()
@@ -356,6 +362,10 @@ impl Store for SqliteStore {
             done,
         })?;
         Ok(pending)
+    }
+
+    fn node_places_held(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.places_held()
     }
 
     fn claim_reversals(

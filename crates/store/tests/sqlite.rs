@@ -556,12 +556,18 @@ fn on_postgres_a_pipelined_write_behind_a_dead_sessions_lock_fails_quickly() {
 /// Nodes on one PostgreSQL journal each claim their node id's place (its id modulo 10): a
 /// second node with the same place is refused, one with another place is not, and the place is
 /// free again once its node's store is closed. Another journal (schema) on the same server has
-/// places of its own.
+/// places of its own. Each node reads which places are held (`node_places_held`).
 #[test]
 fn on_postgres_two_nodes_cannot_claim_one_node_place() {
     let Some(db) = Db::postgres() else { return };
     let config = db.pg_config().unwrap();
+    let held = |store: &dyn Store| {
+        let mut places = store.node_places_held().unwrap().unwrap();
+        places.sort_unstable();
+        places
+    };
     let first = store::PgStore::open(&config).unwrap();
+    assert_eq!(held(&first), [0_u8; 0]);
     first.claim_node(3).unwrap();
     let second = store::PgStore::open(&config).unwrap();
     let refused = second
@@ -569,13 +575,17 @@ fn on_postgres_two_nodes_cannot_claim_one_node_place() {
         .unwrap_err();
     assert!(refused.to_string().contains("node place 3"), "{refused}");
     second.claim_node(4).unwrap();
+    assert_eq!(held(&second), [3, 4]);
     first.close();
     drop(first);
+    assert_eq!(held(&second), [4], "a closed node's place is free");
     let third = store::PgStore::open(&config).unwrap();
     third.claim_node(3).unwrap();
     let elsewhere = Db::postgres().unwrap();
     let other_journal = store::PgStore::open(&elsewhere.pg_config().unwrap()).unwrap();
+    assert_eq!(held(&other_journal), [0_u8; 0], "another journal's places");
     other_journal.claim_node(3).unwrap();
+    assert_eq!(held(&third), [3, 4]);
     for store in [second, third, other_journal] {
         store.close();
     }
@@ -1384,6 +1394,13 @@ fn transactions_outcomes_and_events_round_trip(db: &Db) {
     assert_eq!(store.txns_by_batch("10000001", 1).unwrap().len(), 1);
     assert_eq!(store.txns_in_state(TxnState::Approved).unwrap().len(), 1);
     assert!(store.txns_in_state(TxnState::InFlight).unwrap().is_empty());
+}
+
+/// A SQLite journal has no node places: it is one node's.
+#[test]
+fn a_sqlite_journal_holds_no_node_places() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(open(&dir).node_places_held().unwrap(), None);
 }
 
 fn a_failing_submission_fails_alone_and_leaves_no_trace(db: &Db) {

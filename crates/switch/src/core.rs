@@ -264,6 +264,9 @@ pub(crate) struct Core {
     /// terminal was answered 96): no longer live, so the next sweep settles them as a dead
     /// node's (`recover_in_doubt`) rather than after `IN_DOUBT_AGE_MS`. At most `ORPHANS_MAX`.
     pub orphans: Mutex<Vec<Orphan>>,
+    /// Each request the in-doubt sweep found in flight, with when it first did, by this node's
+    /// clock (`saf::run`, `lost_elsewhere`): what other nodes' clocks say cannot mislead it.
+    pub in_flight_watched: Mutex<HashMap<i64, i64>>,
     /// Writes answered 96 after `journal_wait` whose fate is still awaited
     /// (`settle_late_request`, `settle_late_outcome`); a stop waits for them, within its bound.
     pub late: AtomicUsize,

@@ -318,13 +318,16 @@ impl Switch {
             terminals.insert(row.tid.clone(), Arc::new(terminal));
         }
         let in_flight = store.txns_in_state(TxnState::InFlight)?;
+        let places_held = store.node_places_held()?;
+        let now_ms = clock.now_ms();
         recover_in_doubt(
             store.as_ref(),
             in_flight,
-            clock.now_ms(),
+            now_ms,
             Some(config.node_id),
             &[],
             config.reversal_hold_ms(),
+            |row| lost_elsewhere(row, now_ms, places_held.as_deref(), None),
         )
         .await
         .map_err(|unsettled| unsettled.error)?;
@@ -422,6 +425,7 @@ impl Switch {
             marked_for: Mutex::new(HashMap::new()),
             key_changes: Mutex::new(HashMap::new()),
             orphans: Mutex::new(Vec::new()),
+            in_flight_watched: Mutex::new(HashMap::new()),
             late: AtomicUsize::new(0),
             back_office: AtomicUsize::new(0),
             waits_exceeded: AtomicU64::new(0),
@@ -469,11 +473,40 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(2);
 /// lost: far beyond any issuer timeout.
 const IN_DOUBT_AGE_MS: i64 = 10 * 60 * 1_000;
 
+/// Whether a request in flight of another node, not this node's own, is taken for lost: when
+/// no live node holds the node place its RRN names (`Store::node_places_held`; `None`, a
+/// journal without places, holds none) and it was received `IN_DOUBT_AGE_MS` ago; or when
+/// this node has watched it in flight that long (`watched_since_ms`, by this node's clock).
+/// Another node's stamps are by its clock, which may be far behind this one's: a live node's
+/// request is not taken for lost on its stamp, however old it looks, but after ten minutes
+/// watched here, which no live request lasts.
+pub(crate) fn lost_elsewhere(
+    row: &TxnRow,
+    now_ms: i64,
+    places_held: Option<&[u8]>,
+    watched_since_ms: Option<i64>,
+) -> bool {
+    let long_ago = now_ms.saturating_sub(IN_DOUBT_AGE_MS);
+    if watched_since_ms.is_some_and(|since| since <= long_ago) {
+        return true;
+    }
+    let place = row
+        .rrn
+        .as_deref()
+        .and_then(|rrn| rrn.get(..2))
+        .and_then(|node| node.parse::<u8>().ok())
+        .map(|node| node % 10);
+    let node_live = places_held
+        .zip(place)
+        .is_some_and(|(held, place)| held.contains(&place));
+    !node_live && row.received_at_ms < long_ago
+}
+
 /// Requests journalled as in flight when the last run stopped: the issuer may have approved
 /// them and the terminal got no answer, so each is marked timed out and reversed.
 ///
 /// Nodes sharing a database: a node recovers only its own requests (their RRNs start with its
-/// node id) and those in flight for longer than `IN_DOUBT_AGE_MS`, never the live requests of
+/// node id) and those `lost` says are lost (`lost_elsewhere`), never the live requests of
 /// another node that is still waiting on its issuer. With `node_id` `None` (the periodic
 /// sweep of a running node, `saf::run`) only the latter, a dead node's requests, and the
 /// running node's own `orphans` (requests it answered without writing their outcome; one
@@ -492,6 +525,7 @@ pub(crate) async fn recover_in_doubt(
     node_id: Option<u8>,
     orphans: &[crate::core::Orphan],
     hold_ms: i64,
+    lost: impl Fn(&TxnRow) -> bool,
 ) -> Result<(), InDoubt> {
     let own = node_id.map(|id| format!("{:02}", id % 100));
     let rows: Vec<_> = in_flight
@@ -500,8 +534,7 @@ pub(crate) async fn recover_in_doubt(
             let ours = own
                 .as_deref()
                 .is_some_and(|own| row.rrn.as_deref().is_none_or(|rrn| rrn.starts_with(own)));
-            ours || orphans.iter().any(|o| o.id == row.id)
-                || row.received_at_ms < now_ms.saturating_sub(IN_DOUBT_AGE_MS)
+            ours || orphans.iter().any(|o| o.id == row.id) || lost(row)
         })
         .collect();
     if rows.is_empty() {

@@ -2,6 +2,7 @@
 //! `0400` from the journalled original, resends with backoff until the issuer acknowledges.
 //! The queue is in the store, so a restart picks up where the last run stopped.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError};
 
 use iso8583::{MessageBuilder, Mti};
@@ -57,7 +58,10 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
             let in_flight = core
-                .read_store(|store| store.txns_in_state(TxnState::InFlight))
+                .read_store(|store| {
+                    let rows = store.txns_in_state(TxnState::InFlight)?;
+                    Ok((rows, store.node_places_held()?))
+                })
                 .await
                 .unwrap_or_else(|| {
                     Err(StoreError::Backend {
@@ -65,7 +69,8 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                     })
                 });
             let swept = match in_flight {
-                Ok(rows) => {
+                Ok((rows, places_held)) => {
+                    let watched = core.watch_in_flight(&rows, now_ms);
                     crate::recover_in_doubt(
                         core.store.as_ref(),
                         rows,
@@ -73,6 +78,10 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                         None,
                         &orphans,
                         core.config.reversal_hold_ms(),
+                        |row| {
+                            let since = watched.get(&row.id).copied();
+                            crate::lost_elsewhere(row, now_ms, places_held.as_deref(), since)
+                        },
                     )
                     .await
                 }
@@ -119,6 +128,21 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
 }
 
 impl Core {
+    /// Notes when this node's sweep first saw each request in flight (by its own clock), and
+    /// forgets those no longer in flight; returns what it holds (`lost_elsewhere`).
+    fn watch_in_flight(&self, rows: &[TxnRow], now_ms: i64) -> HashMap<i64, i64> {
+        let mut watched = self
+            .in_flight_watched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let in_flight: HashSet<i64> = rows.iter().map(|row| row.id).collect();
+        watched.retain(|id, _| in_flight.contains(id));
+        for id in in_flight {
+            watched.entry(id).or_insert(now_ms);
+        }
+        watched.clone()
+    }
+
     async fn resend(self: Arc<Self>, item: SafItem) {
         let txn_id = item.txn_id;
         let row = match self.read_store(move |store| store.txn(txn_id)).await {

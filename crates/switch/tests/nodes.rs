@@ -425,15 +425,17 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
         }
 
         // A request a dead node (id 9) left in flight long ago, never queued for reversal:
-        // node B's periodic sweep takes it for lost and reverses it.
-        let mut stale = store.txn_by_rrn(from_b.first().unwrap()).unwrap().unwrap();
-        stale.id = i64::try_from(store.reserve("txn_id", 1).unwrap().await.unwrap()).unwrap();
-        stale.rrn = Some("090000000001".into());
-        stale.stan = 900;
-        stale.host_trace = Some(900);
-        stale.state = TxnState::InFlight;
-        stale.response_code = None;
-        stale.auth_code = None;
+        // node B's periodic sweep takes it for lost and reverses it. One stamped as long ago
+        // by a live node (id 3, its place held; its clock eleven minutes behind B's) is that
+        // node's: left in flight, until that node is gone.
+        let held = config.clone();
+        let live = tokio::task::spawn_blocking(move || {
+            let live = PgStore::open(&held).unwrap();
+            live.claim_node(3).unwrap();
+            live
+        })
+        .await
+        .unwrap();
         let now_ms = i64::try_from(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -441,25 +443,54 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
                 .as_millis(),
         )
         .unwrap();
-        stale.received_at_ms = now_ms - 11 * 60 * 1_000;
-        let stale_id = stale.id;
+        let mut stale = Vec::new();
+        for (rrn, stan) in [("090000000001", 900), ("030000000001", 901)] {
+            let mut row = store.txn_by_rrn(from_b.first().unwrap()).unwrap().unwrap();
+            row.id = i64::try_from(store.reserve("txn_id", 1).unwrap().await.unwrap()).unwrap();
+            row.rrn = Some(rrn.into());
+            row.stan = stan;
+            row.host_trace = Some(stan);
+            row.state = TxnState::InFlight;
+            row.response_code = None;
+            row.auth_code = None;
+            row.received_at_ms = now_ms - 11 * 60 * 1_000;
+            stale.push(row);
+        }
+        let (stale_id, live_id) = (stale[0].id, stale[1].id);
         store
-            .submit(vec![Record::InsertTxn(Box::new(stale))])
+            .submit(
+                stale
+                    .into_iter()
+                    .map(|row| Record::InsertTxn(Box::new(row)))
+                    .collect(),
+            )
             .unwrap()
             .await
             .unwrap();
-        let swept = eventually(15, || {
+        let acked = |id: i64| {
             store
-                .reversal(stale_id)
+                .reversal(id)
                 .unwrap()
                 .is_some_and(|r| r.state == SafState::Acked)
-        })
-        .await;
+        };
+        let swept = eventually(15, || acked(stale_id)).await;
         assert!(swept, "the dead node's request was not reversed");
         assert_eq!(
             store.txn(stale_id).unwrap().unwrap().state,
             TxnState::Reversed
         );
+        // The sweep that took node 9's read node 3's too, and left it.
+        assert_eq!(
+            store.txn(live_id).unwrap().unwrap().state,
+            TxnState::InFlight,
+            "a live node's request taken for lost on its stamp"
+        );
+        assert!(store.reversal(live_id).unwrap().is_none());
+        tokio::task::spawn_blocking(move || live.close())
+            .await
+            .unwrap();
+        let swept = eventually(25, || acked(live_id)).await;
+        assert!(swept, "the request of a node gone since was not reversed");
 
         // The audit: every approval the issuer gave is approved in the journal, or reversed
         // in the journal and at the issuer; nothing is left in flight.

@@ -2131,3 +2131,63 @@ fn a_request_missing_what_classifies_it_is_30_and_an_unknown_one_12() {
         assert_eq!(sale.code(), "00");
     });
 }
+
+/// The periodic sweep for requests in doubt judges another node's request by how long it has
+/// watched it in flight, by its own clock, not only by the request's stamp, which is the
+/// other node's clock's: one stamped an hour ahead (that node's clock fast) is taken for lost
+/// ten minutes after this node first saw it in flight, not an hour and ten minutes. One
+/// stamped eleven minutes ago by a node holding no place (a SQLite journal has none) is taken
+/// at once, as before.
+#[test]
+fn a_request_in_flight_for_ten_minutes_watched_is_swept_whatever_its_stamp() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let sale = t.send(&Req::purchase(&card("622202"), 1_000, 1)).await;
+        assert_eq!(sale.code(), "00");
+        let template = h
+            .store
+            .txn_by_rrn(&sale.text(37).unwrap())
+            .unwrap()
+            .unwrap();
+        let now_ms = h.clock.now_ms();
+        let mut ids = Vec::new();
+        let mut rows = Vec::new();
+        for (rrn, stan, received_at_ms) in [
+            ("050000000001", 900, now_ms - 11 * 60_000),
+            ("050000000002", 901, now_ms + 60 * 60_000),
+        ] {
+            let id = i64::try_from(h.store.reserve("txn_id", 1).unwrap().await.unwrap()).unwrap();
+            ids.push(id);
+            rows.push(store::Record::InsertTxn(Box::new(store::TxnRow {
+                id,
+                rrn: Some(rrn.into()),
+                stan,
+                host_trace: Some(stan),
+                state: TxnState::InFlight,
+                response_code: None,
+                auth_code: None,
+                answered_at_ms: None,
+                received_at_ms,
+                ..template.clone()
+            })));
+        }
+        h.store.submit(rows).unwrap().await.unwrap();
+        let (old, ahead) = (ids[0], ids[1]);
+        let store = Arc::clone(&h.store);
+        let settled = |id: i64| store.txn(id).unwrap().unwrap().state != TxnState::InFlight;
+        assert!(
+            h.eventually(10, || settled(old)).await,
+            "old request not swept"
+        );
+        // The sweep that took the old one saw the other: in flight, watched from now on.
+        assert!(!settled(ahead));
+        h.clock.shift_ms(11 * 60_000);
+        assert!(
+            h.eventually(10, || settled(ahead)).await,
+            "a request watched in flight for eleven minutes was left"
+        );
+        assert!(h.store.reversal(ahead).unwrap().is_some());
+    });
+}
