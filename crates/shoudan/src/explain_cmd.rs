@@ -108,8 +108,12 @@ pub fn explain(args: ExplainArgs) -> Result<ExitCode, Box<dyn std::error::Error>
                 return Err("--rrn needs --data-dir, --config or --database".into());
             }
         };
-        explain_rrn(rrn, store.as_ref(), args.json, lang)?;
-        return Ok(ExitCode::SUCCESS);
+        let known = explain_rrn(rrn, store.as_ref(), args.json, lang)?;
+        return Ok(if known {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
     }
     let Some(input) = args.code else {
         return Err("give a response code or failure name (or --list)".into());
@@ -131,8 +135,15 @@ pub fn explain(args: ExplainArgs) -> Result<ExitCode, Box<dyn std::error::Error>
 }
 
 /// `explain --rrn`: the journal opened read-only (a running demo or node may be writing it),
-/// the transaction's timeline and diagnosis; JSON carries both languages.
-fn explain_rrn(rrn: &str, store: &dyn Store, json_out: bool, lang: Lang) -> CliResult {
+/// the transaction's timeline and diagnosis; JSON carries both languages. Whether its diagnosis,
+/// if it has one, is of a code the table holds (as for a code explained on its own, exit 1
+/// otherwise).
+fn explain_rrn(
+    rrn: &str,
+    store: &dyn Store,
+    json_out: bool,
+    lang: Lang,
+) -> Result<bool, Box<dyn std::error::Error>> {
     let directory = IssuerDirectory::embedded()?;
     let explanation = resolve::explain_rrn(store, &directory, rrn, SystemClock.now_ms())?;
     if json_out {
@@ -140,7 +151,7 @@ fn explain_rrn(rrn: &str, store: &dyn Store, json_out: bool, lang: Lang) -> CliR
     } else {
         print!("{}", explanation.to_text(lang));
     }
-    Ok(())
+    Ok(explanation.diagnosis.is_none_or(Diagnosis::is_known))
 }
 
 /// The entry for what the user typed, and the key to show for it. A 2-character code not in the

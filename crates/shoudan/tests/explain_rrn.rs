@@ -150,4 +150,18 @@ fn explain_rrn_reads_the_demo_journal() {
     // An unknown RRN is an error, not an empty answer.
     let (code, text) = shoudan(&["explain", "--rrn", "999999999999"], dir);
     assert_eq!(code, 2, "{text}");
+    // A decline with a code the table does not hold is explained all the same, and exits 1,
+    // as `shoudan explain Q7` does.
+    let journal = rusqlite::Connection::open(dir.join("switch.db")).unwrap();
+    let changed = journal
+        .execute(
+            "UPDATE transactions SET response_code = 'Q7' WHERE rrn = ?1",
+            [&rrn],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(journal);
+    let (code, text) = shoudan(&["explain", "--rrn", &rrn, "--lang", "en"], dir);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("Q7 (Unknown response code)"), "{text}");
 }
