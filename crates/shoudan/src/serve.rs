@@ -426,7 +426,8 @@ const NODE_IDS: std::ops::RangeInclusive<u8> = 1..=99;
 /// How often due reversals are claimed: not a busy loop, not so rarely they wait for it.
 const SAF_INTERVAL_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
 /// `journal_wait_ms` allowed: above a busy group commit's few tens of milliseconds, and short
-/// of a terminal's own timeout (twice it plus an issuer's timeout is what a terminal may wait).
+/// of a terminal's own timeout (three times it plus an issuer's timeout is what a terminal may
+/// wait).
 const JOURNAL_WAIT_MS: std::ops::RangeInclusive<u64> = 100..=30_000;
 /// `first_frame_timeout_ms` allowed: a terminal's connect-then-send, up to ten minutes.
 const FIRST_FRAME_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1_000..=600_000;

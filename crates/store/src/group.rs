@@ -71,8 +71,9 @@ impl WriteDone {
 
 /// Records a submitter may still add to its queued write ([`crate::Store::submit_open`]) until
 /// the writer takes that write into a commit. What is added is written in the same
-/// transaction, right after the write, in a savepoint of its own: it lands with the write or
-/// not at all, and fails alone (its own result) without failing the write. What must follow a
+/// transaction, after the group's jobs and just before its commit, in a savepoint of its own:
+/// it lands with the write or not at all, and fails alone (its own result) without failing the
+/// write. What must follow a
 /// write whose submitter stopped waiting for it (the host's reversal of an approval the
 /// terminal was answered 96 for) so lands with it, and no crash between two commits can leave
 /// the write without it.
@@ -173,17 +174,28 @@ impl Job {
 }
 
 /// Runs what was added to the riders of the writes a transaction holds, each in a savepoint
-/// (`in_savepoint`, the backend's), just before its commit; seals the others.
+/// (`in_savepoint`, the backend's), after the transaction's jobs and just before its commit;
+/// seals the others. Stops at a failure `again` says calls for the whole transaction to be run
+/// again (a deadlock or a lock not granted on PostgreSQL, as for a job), and returns it: the
+/// caller rolls back and runs the group again, riders included.
 pub(crate) fn run_riders<'a, C>(
     conn: &C,
     riders: impl IntoIterator<Item = &'a Rider>,
     in_savepoint: impl Fn(&C, &[Record]) -> Result<(), StoreError>,
-) {
+    again: impl Fn(&StoreError) -> bool,
+) -> Result<(), StoreError> {
     for rider in riders {
         if let Some(records) = rider.seal() {
-            rider.ran(in_savepoint(conn, &records));
+            let result = in_savepoint(conn, &records);
+            if let Err(error) = &result
+                && again(error)
+            {
+                return Err(error.clone());
+            }
+            rider.ran(result);
         }
     }
+    Ok(())
 }
 
 /// The stamps (`at_ms`) of the events in this store's writes that are queued or being written

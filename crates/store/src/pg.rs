@@ -245,9 +245,8 @@ pub struct PgStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Opened by [`PgStore::open_read_only`]: every session read-only.
     read_only: bool,
-    /// The session holding this node's claim ([`PgStore::claim_node`]), for as long as the
-    /// store is open.
-    node_claim: Mutex<Option<Connection>>,
+    /// This node's claim ([`PgStore::claim_node`]), for as long as the store is open.
+    node_claim: Mutex<Option<NodeClaim>>,
     /// The stamps of the events in writes not yet settled.
     queued_events: Arc<crate::group::QueuedEvents>,
 }
@@ -367,6 +366,13 @@ impl Drop for Opening {
     }
 }
 
+/// A node's place on the journal: the session holding its advisory lock (`None` once that
+/// session has ended, until the place is taken again), and the node id.
+struct NodeClaim {
+    conn: Option<Connection>,
+    node_id: u8,
+}
+
 impl PgStore {
     /// Connects, creates the schema if asked, migrates, and starts the writer thread.
     pub fn open(config: &PgConfig) -> Result<Self, StoreError> {
@@ -458,8 +464,37 @@ impl PgStore {
         *self
             .node_claim
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(NodeClaim {
+            conn: Some(conn),
+            node_id,
+        });
         Ok(())
+    }
+
+    /// Takes this node's place again when the session that held it has ended (the database
+    /// restarted, the link broke): the lock went with it, and other nodes would take this one
+    /// for dead. Refused while another session holds the place (the old one, until the server
+    /// notices it gone, or a node started meanwhile with the same place): tried again at the
+    /// next call.
+    fn keep_node_claim(&self) -> Result<(), StoreError> {
+        let node_id = {
+            let mut claim = self
+                .node_claim
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(claim) = claim.as_mut() else {
+                return Ok(());
+            };
+            if let Some(conn) = &claim.conn
+                && !conn.is_closed()
+                && conn.execute_batch("SELECT 1").is_ok()
+            {
+                return Ok(());
+            }
+            claim.conn = None;
+            claim.node_id
+        };
+        self.claim_node_within(node_id, std::time::Duration::ZERO)
     }
 
     /// The key of this journal's node places (the first half of their advisory locks): the
@@ -474,6 +509,7 @@ impl PgStore {
 
     /// The node places whose advisory locks (`claim_node`) sessions of this database hold now.
     fn places_held(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.keep_node_claim()?;
         let places = self.read(|conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT objid::INT8 FROM pg_locks WHERE locktype = 'advisory' AND granted
@@ -922,8 +958,18 @@ fn run_group(
         }
     }
     let finished = conn.finish_pipeline();
-    if !failed && finished.is_ok() {
-        run_riders(conn, jobs.iter().filter_map(Job::rider), write_in_savepoint);
+    // A rider deadlocked, or kept from a lock, has the group run again, as a job would.
+    if !failed
+        && finished.is_ok()
+        && run_riders(
+            conn,
+            jobs.iter().filter_map(Job::rider),
+            write_in_savepoint,
+            deadlocked,
+        )
+        .is_err()
+    {
+        failed = true;
     }
     // `SELECT 1` first: in a transaction an error aborted, PostgreSQL answers a COMMIT with a
     // rollback and no error, but fails the SELECT (and skips the COMMIT).
@@ -989,7 +1035,12 @@ fn commit_group_carefully(
             .zip(&results)
             .filter(|(_, result)| result.is_ok())
             .filter_map(|(job, _)| job.rider());
-        run_riders(conn, riders, write_in_savepoint);
+        let again = |error: &StoreError| tries < DEADLOCK_TRIES_MAX && deadlocked(error);
+        if run_riders(conn, riders, write_in_savepoint, again).is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+            std::thread::sleep(deadlock_backoff(tries));
+            continue;
+        }
         // `SELECT 1` first, as on the fast path: a savepoint command that failed leaves the
         // transaction aborted, and PostgreSQL would answer a bare COMMIT with a silent
         // rollback, acknowledging the jobs that had succeeded in it.

@@ -1252,10 +1252,11 @@ fn commit_group(
             }
         }
         if !failed {
-            run_riders(
+            let _ = run_riders(
                 &*conn,
                 jobs.iter().filter_map(Job::rider),
                 write_in_savepoint,
+                |_| false,
             );
         }
         if !failed && conn.execute_batch("COMMIT").is_ok() {
@@ -1307,7 +1308,7 @@ fn commit_group_carefully(
         }
     }
     if began.is_ok() {
-        run_riders(&*conn, &riders, write_in_savepoint);
+        let _ = run_riders(&*conn, &riders, write_in_savepoint, |_| false);
     }
     if began.is_ok()
         && let Err(error) = conn.execute_batch("COMMIT")
@@ -1341,8 +1342,15 @@ fn fail_from(completions: &mut [Completion], first: usize, error: &StoreError) {
     }
 }
 
-/// Writes a rider's records in a savepoint of the transaction under way.
+/// Writes a rider's records in a savepoint of the transaction under way. Not once SQLite has
+/// rolled that transaction back by itself (disk full, an I/O error, in an earlier rider): a
+/// savepoint then would open a transaction of its own and commit the records alone.
 fn write_in_savepoint(conn: &Connection, records: &[Record]) -> Result<(), StoreError> {
+    if conn.is_autocommit() {
+        return Err(StoreError::Backend {
+            message: "the transaction was rolled back before these records".to_owned(),
+        });
+    }
     in_savepoint(conn, &Ok(()), |c| write_records(c, records))
 }
 

@@ -417,6 +417,105 @@ fn records_added_to_an_open_write_commit_with_it(db: &Db) {
     store.close();
 }
 
+/// A rider kept from a row's lock past the writer's lock timeout (another node's transaction
+/// holding it a little longer) has its group run again, as a job would, rather than failing
+/// alone while its write commits: the late approval's host reversal must not be lost so.
+#[test]
+fn on_postgres_a_rider_kept_from_a_lock_has_its_group_run_again() {
+    let Some(db) = Db::postgres() else { return };
+    let config = db.pg_config().unwrap();
+    let store = db.open();
+    provision(&store);
+    write(&*store, vec![Record::InsertTxn(Box::new(txn(1, 1)))]).unwrap();
+    approved_purchase(&*store, 2);
+    let other = Session::connect(&config.url);
+    other
+        .run(&format!(
+            "SET search_path TO {}; BEGIN; SELECT id FROM transactions WHERE id = 2 FOR UPDATE",
+            config.schema.unwrap()
+        ))
+        .unwrap();
+    let (outcome, rider) = store.submit_open(vec![approved(1)]).unwrap();
+    let riding = rider.add(vec![Record::Refunded { id: 2 }]).unwrap();
+    // Past the writer's lock timeout (2 s), within the job-by-job runs that follow.
+    other.wait_blocked();
+    std::thread::sleep(std::time::Duration::from_millis(2_300));
+    other.run("ROLLBACK").unwrap();
+    outcome.wait().unwrap();
+    riding.wait().unwrap();
+    store.close();
+}
+
+/// A rider that fills the disk (SQLite's page quota): SQLite may roll the whole transaction
+/// back by itself then, and a rider after it must not run outside it (a savepoint with no
+/// transaction opens one of its own and commits alone). Whatever SQLite does, each write and
+/// its rider land as they report: records added land only with their write.
+#[test]
+fn a_rider_that_fills_the_disk_takes_nothing_else_with_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("shoudan.db");
+    let store = SqliteStore::open(&SqliteConfig::new(&db_path)).unwrap();
+    let opened = backend::Opened::Sqlite(store);
+    provision(&opened);
+    let backend::Opened::Sqlite(store) = &opened else {
+        unreachable!()
+    };
+    for id in 1..=3 {
+        write(store, vec![Record::InsertTxn(Box::new(txn(id, id as u32)))]).unwrap();
+    }
+    let hold = rusqlite::Connection::open(&db_path).unwrap();
+    hold.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let blocker = store.submit(vec![Record::Refunded { id: 3 }]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // Behind the blocker: one group, its riders run one after the other.
+    let (big, big_rider) = store.submit_open(vec![approved(1)]).unwrap();
+    let filler: Vec<Record> = (0..400)
+        .map(|n| {
+            Record::Event(EventRow {
+                txn_id: 1,
+                at_ms: 4_000 + n,
+                kind: "filler".into(),
+                detail: "x".repeat(2_000),
+            })
+        })
+        .collect();
+    let big_riding = big_rider.add(filler).unwrap();
+    // Records with no guard of their own (a reversal's `StateFrom` would fail outside the
+    // transaction anyway): a merchant renamed, in a page that has room.
+    let (small, small_rider) = store.submit_open(vec![approved(2)]).unwrap();
+    let renamed = MerchantRow {
+        name: "Renamed".into(),
+        ..merchant()
+    };
+    let small_riding = small_rider
+        .add(vec![Record::UpsertMerchant(renamed)])
+        .unwrap();
+    store.set_page_quota(Some(1));
+    hold.execute_batch("ROLLBACK").unwrap();
+    blocker.wait().unwrap();
+    let results = [
+        big.wait(),
+        big_riding.wait(),
+        small.wait(),
+        small_riding.wait(),
+    ];
+    store.set_page_quota(None);
+    let [big, big_riding, small, small_riding] = results.map(|r| r.is_ok());
+    assert!(!big_riding, "the filler fitted: the quota was not reached");
+    assert!(big || !big_riding);
+    assert!(small || !small_riding);
+    let state = |id: i64| store.txn(id).unwrap().unwrap().state;
+    assert_eq!(state(1) == TxnState::Approved, big);
+    assert!(store.events(1).unwrap().is_empty());
+    let renamed = store
+        .merchants()
+        .unwrap()
+        .iter()
+        .any(|m| m.name == "Renamed");
+    assert_eq!(renamed, small_riding, "a rider landed as it did not report");
+    assert_eq!(state(2) == TxnState::Approved, small);
+}
+
 /// Submits `stuck` (a write a dead session's lock holds up) and a write queued behind it, and
 /// waits for both, 30 s at most: the first fails, the one behind goes through. How long that
 /// took.
@@ -576,6 +675,32 @@ fn on_postgres_two_nodes_cannot_claim_one_node_place() {
     assert!(refused.to_string().contains("node place 3"), "{refused}");
     second.claim_node(4).unwrap();
     assert_eq!(held(&second), [3, 4]);
+    // The session holding place 4 ends (as at a database restart): the lock goes with it, and
+    // its node takes the place again at its next read of the places.
+    let journal_key = config
+        .schema
+        .as_deref()
+        .unwrap()
+        .bytes()
+        .fold(0x811c_9dc5_u32, |hash, b| {
+            (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+    Session::connect(&config.url)
+        .run(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+             AND classid::INT8 = {journal_key} AND objid = 4 AND objsubid = 2"
+        ))
+        .unwrap();
+    // The server ends the session, and frees its lock, a moment after it is told to.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while held(&first) != [3] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place stayed held"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(held(&second), [3, 4], "its node took it again");
     first.close();
     drop(first);
     assert_eq!(held(&second), [4], "a closed node's place is free");

@@ -59,7 +59,8 @@ pub const REFUND_DAYS_MAX: i64 = 30;
 /// Ids, RRNs and traces are reserved from the store in blocks of this many.
 pub const SEQUENCE_BLOCK: u64 = 10_000;
 
-/// `SwitchConfig::journal_wait` unless set: twice it plus an issuer's timeout (5 s in the demo)
+/// `SwitchConfig::journal_wait` unless set: three times it (the request's row, its outcome, and
+/// once more for an outcome already being committed) plus an issuer's timeout (5 s in the demo)
 /// stays inside a terminal's usual 15 s or more.
 pub const JOURNAL_WAIT_DEFAULT: Duration = Duration::from_secs(3);
 
