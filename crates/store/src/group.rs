@@ -73,7 +73,8 @@ impl WriteDone {
 /// the writer takes that write into a commit. What is added is written in the same
 /// transaction, after the group's jobs and just before its commit, in a savepoint of its own:
 /// it lands with the write or not at all, and fails alone (its own result) without failing the
-/// write. What must follow a
+/// write; but on SQLite, one that fills the disk fails the writes of its transaction too, as a
+/// job that fills it does (SQLite rolls the transaction back by itself). What must follow a
 /// write whose submitter stopped waiting for it (the host's reversal of an approval the
 /// terminal was answered 96 for) so lands with it, and no crash between two commits can leave
 /// the write without it.

@@ -472,10 +472,11 @@ impl PgStore {
     }
 
     /// Takes this node's place again when the session that held it has ended (the database
-    /// restarted, the link broke): the lock went with it, and other nodes would take this one
-    /// for dead. Refused while another session holds the place (the old one, until the server
-    /// notices it gone, or a node started meanwhile with the same place): tried again at the
-    /// next call.
+    /// restarted, the link broke, the server ended it: its connection closed): the lock went
+    /// with it, and other nodes would take this one for dead. Refused while another session
+    /// holds the place (the old one, until the server notices it gone, or a node started
+    /// meanwhile with the same place): tried again at the next call. No round trip while the
+    /// session lives: a link that hangs must not hold the caller.
     fn keep_node_claim(&self) -> Result<(), StoreError> {
         let node_id = {
             let mut claim = self
@@ -485,10 +486,7 @@ impl PgStore {
             let Some(claim) = claim.as_mut() else {
                 return Ok(());
             };
-            if let Some(conn) = &claim.conn
-                && !conn.is_closed()
-                && conn.execute_batch("SELECT 1").is_ok()
-            {
+            if claim.conn.as_ref().is_some_and(|conn| !conn.is_closed()) {
                 return Ok(());
             }
             claim.conn = None;
@@ -507,9 +505,11 @@ impl PgStore {
         })
     }
 
-    /// The node places whose advisory locks (`claim_node`) sessions of this database hold now.
+    /// The node places whose advisory locks (`claim_node`) sessions of this database hold now,
+    /// this node's taken again first if its session ended. Read whether or not that worked:
+    /// a caller that finds its own place missing says so.
     fn places_held(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        self.keep_node_claim()?;
+        let _ = self.keep_node_claim();
         let places = self.read(|conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT objid::INT8 FROM pg_locks WHERE locktype = 'advisory' AND granted

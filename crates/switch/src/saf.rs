@@ -70,6 +70,18 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 });
             let swept = match in_flight {
                 Ok((rows, places_held)) => {
+                    let own = core.config.node_id % 10;
+                    if places_held
+                        .as_ref()
+                        .is_some_and(|places| !places.is_empty() && !places.contains(&own))
+                    {
+                        tracing::warn!(
+                            place = own,
+                            "this node does not hold its node place (its session ended, or \
+                             another node took the place): other nodes may take its requests \
+                             in flight for a dead node's"
+                        );
+                    }
                     let watched = core.watch_in_flight(&rows, now_ms);
                     crate::recover_in_doubt(
                         core.store.as_ref(),
