@@ -166,7 +166,7 @@ fn run_with(
     runtime: &tokio::runtime::Runtime,
 ) -> CliResult {
     match cmd {
-        ProvisionCmd::Init { config } => init(&ServeConfig::load(&config)?),
+        ProvisionCmd::Init { config } => init(&ServeConfig::load(&config)?, input),
         ProvisionCmd::Key {
             config,
             usage,
@@ -187,7 +187,7 @@ fn run_with(
         }
         ProvisionCmd::Keys { config } => {
             let config = ServeConfig::load(&config)?;
-            let hsm = crate::serve::open_hsm(&config.hsm)?;
+            let hsm = crate::serve::open_hsm(&config.hsm, input)?;
             for handle in hsm.stored_handles() {
                 let info = hsm.key_info(handle)?;
                 let kcv = info.kcv.to_string();
@@ -255,7 +255,15 @@ fn run_with(
             single_mak,
         } => {
             let config = ServeConfig::load(&config)?;
-            let spec = terminal_spec(&config, tid, mid, &tmk, &key_scheme, &mac, single_mak)?;
+            let asked = TerminalAsked {
+                tid,
+                mid,
+                tmk: &tmk,
+                key_scheme: &key_scheme,
+                mac: &mac,
+                single_mak,
+            };
+            let spec = terminal_spec(&config, asked, input)?;
             let store = open_store(&config)?;
             let added = runtime.block_on(add_terminal(store.as_ref(), &spec));
             store.close();
@@ -281,8 +289,9 @@ fn run_with(
             let config = ServeConfig::load(&config)?;
             let role =
                 store::web::Role::parse(&role).map_err(|_| "role: merchant, operator or admin")?;
+            // The master key's components first, as for every command that opens the key store.
+            let hsm = crate::serve::open_hsm(&config.hsm, input)?;
             let password = Zeroizing::new(read_line(input, "the password")?);
-            let hsm = crate::serve::open_hsm(&config.hsm)?;
             let store = open_store(&config)?;
             let created = runtime.block_on(add_user(
                 &store,
@@ -350,14 +359,16 @@ impl Drop for StoreLock {
     }
 }
 
-fn init(config: &ServeConfig) -> CliResult {
+fn init(config: &ServeConfig, input: &mut dyn BufRead) -> CliResult {
     let hsm = &config.hsm;
     let _lock = StoreLock::take(&hsm.key_store_file)?;
     for (path, what) in [
-        (&hsm.master_key_file, "master key"),
-        (&hsm.key_store_file, "key store"),
+        (hsm.master_key_file.as_ref(), "master key"),
+        (Some(&hsm.key_store_file), "key store"),
     ] {
-        if path.exists() {
+        if let Some(path) = path
+            && path.exists()
+        {
             return Err(format!(
                 "{what} {}: already exists; init makes a new deployment's keys only",
                 path.display()
@@ -365,22 +376,38 @@ fn init(config: &ServeConfig) -> CliResult {
             .into());
         }
     }
+    let Some(master_file) = &hsm.master_key_file else {
+        // Held by custodians: each types in a component of their own making (64 random hex
+        // digits), and the key they make wraps the new key store. Nothing of it is written.
+        let master = crate::serve::master_key(hsm, input)?;
+        let store = SoftHsm::new(&master, Box::new(OsRandom)).export_store()?;
+        crate::files::write_whole(&hsm.key_store_file, &store, 0o600)
+            .map_err(|e| format!("key store {}: {e}", hsm.key_store_file.display()))?;
+        println!(
+            "an empty key store {} under the master key of {} components, check value {}; \
+             each custodian keeps their component and its check value",
+            hsm.key_store_file.display(),
+            hsm.master_key_components.unwrap_or_default(),
+            master.check_value()
+        );
+        return Ok(());
+    };
     let mut bytes = Zeroizing::new([0_u8; 32]);
     OsRandom.fill(bytes.as_mut())?;
     let hex = Zeroizing::new(paycrypto::hex::encode(bytes.as_ref()));
     let master = MasterKey::from_hex(&hex)?;
     let store = SoftHsm::new(&master, Box::new(OsRandom)).export_store()?;
-    crate::files::write_whole(&hsm.master_key_file, hex.as_bytes(), 0o400)
-        .map_err(|e| format!("master key {}: {e}", hsm.master_key_file.display()))?;
+    crate::files::write_whole(master_file, hex.as_bytes(), 0o400)
+        .map_err(|e| format!("master key {}: {e}", master_file.display()))?;
     if let Err(e) = crate::files::write_whole(&hsm.key_store_file, &store, 0o600) {
         // Nothing is wrapped under the new master key yet: take it back, so that init can be
         // run again once the key store's directory is fixed.
-        let _ = std::fs::remove_file(&hsm.master_key_file);
+        let _ = std::fs::remove_file(master_file);
         return Err(format!("key store {}: {e}", hsm.key_store_file.display()).into());
     }
     println!(
         "master key {} (mode 0400) and an empty key store {}",
-        hsm.master_key_file.display(),
+        master_file.display(),
         hsm.key_store_file.display()
     );
     Ok(())
@@ -473,7 +500,7 @@ fn stty(setting: &str) -> bool {
 }
 
 /// One line of standard input without its line end; an empty input is an error.
-fn read_line(input: &mut dyn BufRead, what: &str) -> Result<String, String> {
+pub(crate) fn read_line(input: &mut dyn BufRead, what: &str) -> Result<String, String> {
     let _no_echo = NoEcho::start(what)?;
     // Room for any component or password at once: a buffer that grew would leave copies of
     // the secret behind in freed memory.
@@ -516,6 +543,9 @@ fn import_key(
     if !COMPONENTS.contains(&components) {
         return Err("components: 2 or 3".into());
     }
+    // The master key's components first (if it is held so), as for every command that opens
+    // the key store; the key store is read only later, under its lock.
+    let master = crate::serve::master_key(&config.hsm, input)?;
     let expected_kcv = expected_kcv
         .map(|kcv| {
             let kcv = kcv.trim().to_ascii_uppercase();
@@ -569,7 +599,7 @@ fn import_key(
         }
     }
     let _lock = StoreLock::take(&config.hsm.key_store_file)?;
-    let hsm = crate::serve::open_hsm(&config.hsm)?;
+    let hsm = crate::serve::open_hsm_under(&config.hsm, &master)?;
     // A key is imported once: the same components entered again (a run that looked failed)
     // would give a second handle of one key, and two terminals given it could each read the
     // other's working keys; a zone PIN key entered again as a TMK, likewise.
@@ -674,17 +704,31 @@ fn same_key(algorithm: KeyAlgorithm, a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x & mask == y & mask)
 }
 
-/// The terminal as asked for, checked against its key: a TMK of the family its scheme needs,
-/// a MAC the scheme's keys can make.
-fn terminal_spec(
-    config: &ServeConfig,
+/// A terminal as `provision terminal` asks for it.
+struct TerminalAsked<'a> {
     tid: String,
     mid: String,
-    tmk: &str,
-    key_scheme: &str,
-    mac: &str,
+    tmk: &'a str,
+    key_scheme: &'a str,
+    mac: &'a str,
     single_mak: bool,
+}
+
+/// The terminal as asked for, checked against its key (the key store opened with what
+/// `input` gives it): a TMK of the family its scheme needs, a MAC the scheme's keys can make.
+fn terminal_spec(
+    config: &ServeConfig,
+    asked: TerminalAsked<'_>,
+    input: &mut dyn BufRead,
 ) -> Result<switch::TerminalSpec, Box<dyn std::error::Error>> {
+    let TerminalAsked {
+        tid,
+        mid,
+        tmk,
+        key_scheme,
+        mac,
+        single_mak,
+    } = asked;
     check_id("tid", &tid, 8)?;
     check_id("mid", &mid, 15)?;
     let scheme: KeyScheme = key_scheme
@@ -703,7 +747,7 @@ fn terminal_spec(
     if single_mak && (mac != MacAlgorithm::CupEcb || sm4_scheme) {
         return Err("single-mak: for a CUP ECB terminal under scheme 001, 003 or 004".into());
     }
-    let hsm = crate::serve::open_hsm(&config.hsm)?;
+    let hsm = crate::serve::open_hsm(&config.hsm, input)?;
     let info = hsm.key_info(tmk)?;
     if info.usage != KeyUsage::Tmk {
         return Err(format!("tmk: {tmk} is a {}, not a TMK", info.usage).into());

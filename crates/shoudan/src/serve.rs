@@ -101,8 +101,15 @@ fn default_node_id() -> u8 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HsmConfig {
-    /// 64 hex digits: the key that wraps the key store. Keep it readable by shoudan only.
-    pub master_key_file: PathBuf,
+    /// 64 hex digits: the key that wraps the key store. Keep it readable by shoudan only. Or
+    /// none, and `master_key_components`.
+    #[serde(default)]
+    pub master_key_file: Option<PathBuf>,
+    /// The master key held by its custodians instead, as this many components (2 or 3) of 64
+    /// hex digits each: typed in on standard input, one per line, by every command that opens
+    /// the key store (`serve` at each start), and never written anywhere.
+    #[serde(default)]
+    pub master_key_components: Option<u8>,
     /// The SoftHsm key store (`export_store`), wrapped under the master key.
     pub key_store_file: PathBuf,
 }
@@ -381,27 +388,95 @@ fn keys_of_this_journal(store: &dyn Store, hsm: &dyn Hsm) -> Result<(), String> 
     Ok(())
 }
 
-pub(crate) fn open_hsm(config: &HsmConfig) -> Result<Arc<SoftHsm>, Box<dyn std::error::Error>> {
-    // The key that opens every other: refused if anyone but its owner may read it.
-    let path = &config.master_key_file;
-    let open = crate::files::open_to_others(path)
-        .map_err(|e| format!("master key {}: {e}", path.display()))?;
-    if let Some(mode) = open {
-        return Err(format!(
-            "master key {}: mode {mode:o} lets others read it; chmod 0400 it",
-            path.display()
-        )
-        .into());
-    }
-    let master_hex = zeroize::Zeroizing::new(read_text(&config.master_key_file, "master key")?);
-    let master = MasterKey::from_hex(master_hex.trim())?;
+/// The key store, opened under the master key (`master_key`; its components, if it is held so,
+/// read from `input`).
+pub(crate) fn open_hsm(
+    config: &HsmConfig,
+    input: &mut dyn std::io::BufRead,
+) -> Result<Arc<SoftHsm>, Box<dyn std::error::Error>> {
+    let master = master_key(config, input)?;
+    open_hsm_under(config, &master)
+}
+
+/// The key store, opened under `master`.
+pub(crate) fn open_hsm_under(
+    config: &HsmConfig,
+    master: &MasterKey,
+) -> Result<Arc<SoftHsm>, Box<dyn std::error::Error>> {
     let wrapped = std::fs::read(&config.key_store_file)
         .map_err(|e| format!("key store {}: {e}", config.key_store_file.display()))?;
-    Ok(Arc::new(SoftHsm::from_store(
-        &master,
-        Box::new(OsRandom),
-        &wrapped,
-    )?))
+    match SoftHsm::from_store(master, Box::new(OsRandom), &wrapped) {
+        Ok(hsm) => Ok(Arc::new(hsm)),
+        Err(error) if config.master_key_components.is_some() => Err(format!(
+            "key store {}: does not open under the master key these components make (check \
+             value {}): was a component mistyped? ({error})",
+            config.key_store_file.display(),
+            master.check_value()
+        )
+        .into()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Master key components a configuration may name: two or three custodians.
+pub(crate) const MASTER_KEY_COMPONENTS: std::ops::RangeInclusive<u8> = 2..=3;
+
+/// The master key: from its file, refused if anyone but its owner may read it; or from its
+/// custodians' components, read from `input` one per line (the terminal's echo off), each
+/// one's check value printed as it is read, then the key's.
+pub(crate) fn master_key(
+    config: &HsmConfig,
+    input: &mut dyn std::io::BufRead,
+) -> Result<MasterKey, Box<dyn std::error::Error>> {
+    match (&config.master_key_file, config.master_key_components) {
+        (Some(path), None) => {
+            let open = crate::files::open_to_others(path)
+                .map_err(|e| format!("master key {}: {e}", path.display()))?;
+            if let Some(mode) = open {
+                return Err(format!(
+                    "master key {}: mode {mode:o} lets others read it; chmod 0400 it",
+                    path.display()
+                )
+                .into());
+            }
+            let master_hex = zeroize::Zeroizing::new(read_text(path, "master key")?);
+            Ok(MasterKey::from_hex(master_hex.trim())?)
+        }
+        (None, Some(count)) => {
+            if !MASTER_KEY_COMPONENTS.contains(&count) {
+                return Err("[hsm] master_key_components: 2 or 3".into());
+            }
+            let mut parts: Vec<MasterKey> = Vec::with_capacity(usize::from(count));
+            for n in 1..=count {
+                let what = format!("master key component {n}");
+                let line = zeroize::Zeroizing::new(crate::provision::read_line(input, &what)?);
+                let part = MasterKey::from_hex(line.trim())
+                    .map_err(|_| format!("{what}: 64 hex digits"))?;
+                // The others alone would make the key.
+                if part.is_zero() {
+                    return Err(format!("{what}: all zeros").into());
+                }
+                let check = part.check_value();
+                // The same component twice cancels out: each custodian holds their own.
+                if parts.iter().any(|p| p.check_value() == check) {
+                    return Err(format!("{what}: the same as an earlier one").into());
+                }
+                eprintln!("{what}: check value {check}");
+                parts.push(part);
+            }
+            let master = MasterKey::from_components(&parts);
+            if master.is_zero() {
+                return Err("the components cancel out: not a key".into());
+            }
+            eprintln!("master key: check value {}", master.check_value());
+            Ok(master)
+        }
+        _ => Err(
+            "[hsm]: give master_key_file or master_key_components (custodians type theirs in), \
+             one of the two"
+                .into(),
+        ),
+    }
 }
 
 /// Everything `serve` starts from, checked: the store open and migrated, keys present.
@@ -438,6 +513,19 @@ const SAF_LEASE_MAX_MS: u64 = 600_000;
 /// Refuses settings that would lose or repeat money, before anything is opened: out of range
 /// times and ids, an issuer named twice, a default issuer not among the issuers.
 fn check_config(config: &ServeConfig) -> Result<(), String> {
+    match (
+        &config.hsm.master_key_file,
+        config.hsm.master_key_components,
+    ) {
+        (Some(_), None) => {}
+        (None, Some(count)) if MASTER_KEY_COMPONENTS.contains(&count) => {}
+        (None, Some(_)) => return Err("[hsm] master_key_components: 2 or 3".to_owned()),
+        _ => {
+            return Err(
+                "[hsm]: give master_key_file or master_key_components, one of the two".to_owned(),
+            );
+        }
+    }
     if !NODE_IDS.contains(&config.node_id) {
         return Err(format!(
             "node_id {}: must be 1 to 99 (it leads the node's RRNs; nodes sharing a database \
@@ -552,7 +640,7 @@ struct Checked {
 
 fn checked(config: &ServeConfig) -> Result<Checked, Box<dyn std::error::Error>> {
     check_config(config)?;
-    let hsm = open_hsm(&config.hsm)?;
+    let hsm = open_hsm(&config.hsm, &mut std::io::stdin().lock())?;
     let mut switch_config = SwitchConfig::new(config.terminal_listen);
     switch_config.node_id = config.node_id;
     switch_config.shared_journal = is_postgres(&config.database);

@@ -116,7 +116,10 @@ impl Deployment {
     fn sealer(&self) -> Result<HsmSealer, Box<dyn std::error::Error>> {
         match self {
             Deployment::Demo { dir, .. } => sealer(dir),
-            Deployment::Node(config) => Ok(HsmSealer(crate::serve::open_hsm(&config.hsm)?)),
+            Deployment::Node(config) => Ok(HsmSealer(crate::serve::open_hsm(
+                &config.hsm,
+                &mut std::io::stdin().lock(),
+            )?)),
         }
     }
 }

@@ -883,6 +883,131 @@ fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -
     (status, body)
 }
 
+/// The master key held by its custodians (`master_key_components = 2`) instead of a file:
+/// `init` takes their components and writes neither them nor the key; every command that opens
+/// the key store takes them again, first; a mistyped one, or one typed twice, opens nothing.
+/// What is shown of a component is its check value only.
+#[test]
+fn a_master_key_held_by_custodians_is_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = d.join("shoudan.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"node_id = 4
+terminal_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
+database = "sqlite:{db}"
+
+[hsm]
+master_key_components = 2
+key_store_file = "{dir}/hsm.store"
+"#,
+            db = d.join("switch.db").display(),
+            dir = d.display(),
+        ),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let parts = [
+        "00112233445566778899AABBCCDDEEFF0123456789ABCDEFFEDCBA9876543210",
+        "F0E1D2C3B4A5968778695A4B3C2D1E0F1F2E3D4C5B6A79880011223344556677",
+    ];
+    let master = format!(
+        "{}
+{}
+",
+        parts[0], parts[1]
+    );
+    let shows_nothing = |out: &str, err: &str| {
+        let shown = format!("{out}{err}").to_ascii_uppercase();
+        parts.iter().all(|p| !shown.contains(&p[..16]))
+    };
+
+    let (code, out, err) = provision(&["init", "--config", c], &master);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("master key component 2: check value") && err.contains("master key: check"),
+        "{err}"
+    );
+    assert!(out.contains("check value"), "{out}");
+    assert!(shows_nothing(&out, &err), "{out}{err}");
+    let mut files: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["hsm.store", "hsm.store.lock", "shoudan.toml"]);
+
+    // The components again, then a TMK's: stored under the key they make.
+    let tmk_parts = "0123456789ABCDEFFEDCBA9876543210
+1111111111111111F0F0F0F0F0F0F0F0
+";
+    let (code, out, err) = provision(
+        &["key", "--config", c, "--usage", "tmk"],
+        &format!(
+            "{master}{tmk_parts}yes
+"
+        ),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(shows_nothing(&out, &err), "{out}{err}");
+    let (code, out, err) = provision(&["keys", "--config", c], &master);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("TMK") || out.contains("tmk"), "{out}");
+
+    // A mistyped component, one typed twice, or none: refused, the key store untouched.
+    let before = std::fs::read(d.join("hsm.store")).unwrap();
+    let mistyped = master.replacen("0011", "0012", 1);
+    let twice = format!(
+        "{}
+{}
+",
+        parts[0], parts[0]
+    );
+    for (input, why) in [
+        (mistyped.as_str(), "does not open"),
+        (twice.as_str(), "the same as an earlier one"),
+        ("", "standard input ended"),
+    ] {
+        let (code, out, err) = provision(&["keys", "--config", c], input);
+        assert_eq!(code, 2, "{why}: {out}{err}");
+        assert!(err.contains(why), "{why}: {err}");
+        assert!(shows_nothing(&out, &err), "{out}{err}");
+    }
+    assert_eq!(std::fs::read(d.join("hsm.store")).unwrap(), before);
+
+    // `serve` takes them at its start, then listens.
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", c])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(master.as_bytes())
+        .unwrap();
+    let (_lines, listening) = listening(&mut child);
+    assert!(!listening.switch.is_empty());
+    sigterm(&child);
+    let status = exit_within(&mut child, 20, "serve did not stop");
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("master key: check value"), "{stderr}");
+    assert!(shows_nothing("", &stderr), "{stderr}");
+}
+
 /// A deployment from nothing, as an operator makes one: keys from custodians' components,
 /// a merchant that applies, its terminal, the first admin. Then `serve` starts from them: the
 /// terminal signs in under the TMK its components make, the admin signs in to the API and
