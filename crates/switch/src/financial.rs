@@ -51,9 +51,9 @@ fn describe(kind: TxnKind) -> &'static str {
     }
 }
 
-/// The card number of a request: field 2, else track 2 left of the separator, unless the
-/// track is encrypted (53.3 = 1: see [`Core::clear_track2`]). The digits live only in a buffer
-/// zeroised here and in the `Pan`.
+/// The card number of a request: field 2, else track 2 left of the separator, else track 3
+/// (field 36) after its two-digit format code, unless the tracks are encrypted (53.3 = 1: see
+/// [`Core::clear_tracks`]). The digits live only in a buffer zeroised here and in the `Pan`.
 pub(crate) fn card(message: &Message<'_>) -> Option<Result<Pan, domain::PanError>> {
     if let Some(digits) = message.digits(2) {
         return Some(pan_of(digits.chars()));
@@ -61,7 +61,38 @@ pub(crate) fn card(message: &Message<'_>) -> Option<Result<Pan, domain::PanError
     if track_encrypted(message) {
         return None;
     }
-    Some(pan_of(message.digits(35)?.chars()))
+    if let Some(track) = message.digits(35) {
+        return Some(pan_of(track.chars()));
+    }
+    Some(pan_of_track3(message.digits(36)?.chars()))
+}
+
+/// The card number on a track 3 (ISO 4909): after its two-digit format code, up to the
+/// separator.
+fn pan_of_track3(chars: impl Iterator<Item = char>) -> Result<Pan, domain::PanError> {
+    pan_of(chars.skip(TRACK3_FORMAT_CODE_LEN))
+}
+
+/// Digits of track 3's format code, before its card number.
+const TRACK3_FORMAT_CODE_LEN: usize = 2;
+
+/// A request's tracks as the switch reads them: in the clear, decrypted in the HSM when the
+/// terminal encrypted them (53.3 = 1).
+#[derive(Default)]
+struct ClearTracks {
+    track2: Option<Zeroizing<String>>,
+    track3: Option<Zeroizing<String>>,
+}
+
+impl ClearTracks {
+    /// The card number on the tracks when field 2 is absent: track 2's, else track 3's.
+    fn pan(&self) -> Option<Result<Pan, domain::PanError>> {
+        match (&self.track2, &self.track3) {
+            (Some(track), _) => Some(pan_of(track.chars())),
+            (None, Some(track)) => Some(pan_of_track3(track.chars())),
+            (None, None) => None,
+        }
+    }
 }
 
 /// The card number of a request as far as it can be read without the HSM: as [`card`], and
@@ -414,8 +445,7 @@ impl Core {
         if !track_encrypted(request) || request.has(2) {
             return None;
         }
-        let track = self.clear_track2(ctx).ok()??;
-        let pan = pan_of(track.chars()).ok()?;
+        let pan = self.clear_tracks(ctx).ok()?.pan()?.ok()?;
         Some(self.card_organisation(Some(&pan)))
     }
 
@@ -1196,9 +1226,9 @@ impl Core {
         let rrn = Some(rrn);
         // A track the terminal encrypted under its TDK, in the clear: the card number when
         // field 2 is absent, and the track the issuer is sent.
-        let clear_track = self.clear_track2(ctx);
-        let pan = match &clear_track {
-            Ok(Some(track)) if !request.has(2) => Some(pan_of(track.chars())),
+        let clear_tracks = self.clear_tracks(ctx);
+        let pan = match &clear_tracks {
+            Ok(tracks) if !request.has(2) && track_encrypted(request) => tracks.pan(),
             _ => card(request),
         };
         let fingerprint = match &pan {
@@ -1280,8 +1310,8 @@ impl Core {
                 .refuse_recorded(ctx, &entry, row, refusal.code, &refusal.why)
                 .await;
         }
-        let clear_track = match clear_track {
-            Ok(track) => track,
+        let clear_tracks = match clear_tracks {
+            Ok(tracks) => tracks,
             Err(why) => {
                 return self
                     .refuse_recorded(ctx, &entry, row, RC_FORMAT_ERROR, why)
@@ -1496,7 +1526,7 @@ impl Core {
         let outbound = match self.issuer_request(
             ctx,
             &pan,
-            clear_track.as_deref().map(String::as_str),
+            &clear_tracks,
             host_trace,
             rrn.as_deref(),
             pin.as_ref().map(|(block, key_type)| (block, *key_type)),
@@ -2156,15 +2186,27 @@ impl Core {
         }
     }
 
-    /// A request's track 2 in the clear when the terminal encrypted it under its TDK (53.3 = 1):
-    /// decrypted in the HSM. `Ok(None)` for a clear track or none; `Err` (answered 30) for an
-    /// encrypted one the terminal holds no track key for, or that does not decrypt under it.
-    fn clear_track2(&self, ctx: &Ctx<'_>) -> Result<Option<Zeroizing<String>>, &'static str> {
-        let request = &ctx.frame.message;
-        if !track_encrypted(request) {
-            return Ok(None);
+    /// A request's tracks 2 and 3 in the clear when the terminal encrypted them under its TDK
+    /// (53.3 = 1): decrypted in the HSM. None for clear tracks (read from the request as they
+    /// are); `Err` (answered 30) for an encrypted one the terminal holds no track key for, or
+    /// that does not decrypt under it.
+    fn clear_tracks(&self, ctx: &Ctx<'_>) -> Result<ClearTracks, &'static str> {
+        if !track_encrypted(&ctx.frame.message) {
+            return Ok(ClearTracks::default());
         }
-        let Some(track) = request.digits(35) else {
+        Ok(ClearTracks {
+            track2: self.clear_track(ctx, 35)?,
+            track3: self.clear_track(ctx, 36)?,
+        })
+    }
+
+    /// Track `number` (35 or 36) of an encrypted request decrypted; `None` if it has none.
+    fn clear_track(
+        &self,
+        ctx: &Ctx<'_>,
+        number: u8,
+    ) -> Result<Option<Zeroizing<String>>, &'static str> {
+        let Some(track) = ctx.frame.message.digits(number) else {
             return Ok(None);
         };
         let tdk = ctx.terminal.keys.and_then(|k| k.tdk).ok_or(
@@ -2182,8 +2224,8 @@ impl Core {
             .map_err(|_| "encrypted track does not decrypt under the terminal's track key")
     }
 
-    /// The request to the issuer (docs/issuer-link.md, "Requests"). A track the terminal
-    /// encrypted goes in the clear (`track2`), and field 53 says so: the issuer holds no
+    /// The request to the issuer (docs/issuer-link.md, "Requests"). Tracks the terminal
+    /// encrypted go in the clear (`tracks`), and field 53 says so: the issuer holds no
     /// terminal's keys. A PIN block goes under the issuer's zone key, and field 53 names that
     /// key's length (`pin`: the block and 53.2 for its key), not the terminal's PIK's.
     #[allow(clippy::too_many_arguments)]
@@ -2191,7 +2233,7 @@ impl Core {
         &self,
         ctx: &Ctx<'_>,
         pan: &Pan,
-        track2: Option<&str>,
+        tracks: &ClearTracks,
         host_trace: u32,
         rrn: Option<&str>,
         pin: Option<(&EncryptedPinBlock, u8)>,
@@ -2220,9 +2262,14 @@ impl Core {
             Some(_) => iso8583::SecurityControl::PIN_FORMAT_ANSI_X98,
             None => security.pin_format,
         };
-        match (track2, security) {
-            (Some(track), Some(security)) => {
-                out.set_track(35, track)?;
+        let decrypted = tracks.track2.is_some() || tracks.track3.is_some();
+        match (decrypted, security) {
+            (true, Some(security)) => {
+                for (number, track) in [(35, &tracks.track2), (36, &tracks.track3)] {
+                    if let Some(track) = track {
+                        out.set_track(number, track)?;
+                    }
+                }
                 out.set_composed(&iso8583::SecurityControl {
                     track_encrypted: false,
                     key_type: key_type(security),
@@ -2232,6 +2279,7 @@ impl Core {
             }
             (_, security) => {
                 out.copy_from(request, 35)?;
+                out.copy_from(request, 36)?;
                 match (security, pin) {
                     (Some(security), _) => {
                         out.set_composed(&iso8583::SecurityControl {

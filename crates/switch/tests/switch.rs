@@ -1391,6 +1391,47 @@ fn an_encrypted_track_is_read_with_the_terminals_track_key() {
     });
 }
 
+/// Track 3 (field 36) reaches the issuer as the terminal read it: as sent, or decrypted when
+/// the terminal encrypted its tracks (53.3 = 1; track 3's several separators decrypt as
+/// track 2's one does). A card swiped for track 3 alone (no field 2, no track 2) is read for
+/// its card number after the track's format code.
+#[test]
+fn track_3_reaches_the_issuer_and_names_the_card_alone() {
+    runtime().block_on(async {
+        let h = Harness::new().await;
+        let mut t = h.terminal().await;
+        assert_eq!(t.sign_in_with("004").await.code(), "00");
+        let pan = card("622202");
+        let track2 = format!("{pan}=25121011234567890");
+        let track3 = format!("99{pan}=1561560000000000000000003000000=000000000000=0000");
+        let swiped = |stan, track2: Option<(String, bool)>, track3: (String, bool)| Req {
+            track2,
+            track3: Some(track3),
+            ..Req::purchase(&pan, 1_000, stan)
+        };
+        let cases = [
+            (Some((track2.clone(), false)), false),
+            (Some((track2.clone(), true)), true),
+            (None, false),
+            (None, true),
+        ];
+        for (stan, (track2, encrypt)) in (2..).zip(cases) {
+            let r = t
+                .send(&swiped(stan, track2, (track3.clone(), encrypt)))
+                .await;
+            assert_eq!(r.code(), "00", "stan {stan}");
+            let row = h.store.txn_by_rrn(&r.text(37).unwrap()).unwrap().unwrap();
+            assert_eq!(row.pan.unwrap().last4, pan[pan.len() - 4..], "stan {stan}");
+            assert_eq!(
+                h.log.track3s.lock().unwrap().last(),
+                Some(&track3),
+                "stan {stan}: the issuer gets track 3 in the clear"
+            );
+        }
+        assert_eq!(h.log.track3s.lock().unwrap().len(), 4);
+    });
+}
+
 #[test]
 fn unreachable_issuer_is_answered_91_at_once() {
     runtime().block_on(async {

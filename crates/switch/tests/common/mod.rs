@@ -53,6 +53,8 @@ pub struct IssuerLog {
     pub linked: Mutex<Vec<String>>,
     /// Fields 35 and 53 of every request carrying a track.
     pub tracks: Mutex<Vec<(String, String)>>,
+    /// Field 36 of every request carrying track 3.
+    pub track3s: Mutex<Vec<String>>,
     /// Field 53 of every request carrying a PIN block ("" when it has none).
     pub pin_security: Mutex<Vec<String>>,
 }
@@ -152,6 +154,9 @@ pub async fn start_issuer_on(addr: SocketAddr, log: Arc<IssuerLog>) -> SocketAdd
                                     .map(|d| d.to_string())
                                     .unwrap_or_default(),
                             );
+                        }
+                        if let Some(track) = request.digits(36) {
+                            log.track3s.lock().unwrap().push(track.to_string());
                         }
                         if let Some(track) = request.digits(35) {
                             let f53 = request.digits(53).map(|d| d.to_string());
@@ -622,6 +627,8 @@ pub struct Req {
     /// Track 2 (field 35) in place of field 2, and whether it goes encrypted under the session
     /// TDK (53.3 = 1; sign in with scheme 004 first).
     pub track2: Option<(String, bool)>,
+    /// Track 3 (field 36), likewise: with or without track 2; alone, in place of field 2.
+    pub track3: Option<(String, bool)>,
     /// Field 53 as sent, in place of the one made for the PIN block and track.
     pub f53: Option<&'static str>,
     /// Fields left out of the request (4 or 42), to send a malformed one.
@@ -648,6 +655,7 @@ impl Req {
             auth_code: None,
             pin_block: None,
             track2: None,
+            track3: None,
             f53: None,
             omit: &[],
             currency: "156",
@@ -774,7 +782,7 @@ impl Terminal {
     /// Encodes a request, MACed with the session MAK (or a wrong MAC when `bad_mac`).
     pub fn encode(&self, req: &Req, bad_mac: bool) -> Vec<u8> {
         let mut out = MessageBuilder::new(req.mti);
-        if req.track2.is_none() {
+        if req.track2.is_none() && req.track3.is_none() {
             out.set_digits(2, &req.pan).unwrap();
         }
         out.set_digits(3, req.processing).unwrap();
@@ -805,15 +813,18 @@ impl Terminal {
             out.set_binary(52, block).unwrap();
         }
         let mut track_encrypted = false;
-        if let Some((track, encrypt)) = &req.track2 {
+        for (number, track) in [(35, &req.track2), (36, &req.track3)] {
+            let Some((track, encrypt)) = track else {
+                continue;
+            };
             if *encrypt {
                 let tdk = self.keys.as_ref().and_then(|k| k.tdk.as_ref());
                 let tdk = tdk.expect("sign in with scheme 004 before encrypting a track");
                 let sealed = paycrypto::track::encrypt(tdk, track).unwrap();
-                out.set_track(35, &sealed).unwrap();
+                out.set_track(number, &sealed).unwrap();
                 track_encrypted = true;
             } else {
-                out.set_track(35, track).unwrap();
+                out.set_track(number, track).unwrap();
             }
         }
         if (req.pin.is_some() || req.pin_block.is_some() || track_encrypted)
