@@ -119,7 +119,8 @@ pub enum ProvisionCmd {
         #[arg(long)]
         single_mak: bool,
     },
-    /// A portal or console user; the password is the first line of standard input.
+    /// A portal or console user; the password is the first line of standard input (after the
+    /// master key's components, when custodians hold it).
     User {
         #[arg(long)]
         config: PathBuf,
@@ -361,6 +362,8 @@ impl Drop for StoreLock {
 
 fn init(config: &ServeConfig, input: &mut dyn BufRead) -> CliResult {
     let hsm = &config.hsm;
+    // As every later command will: a file named beside components would be written in clear.
+    crate::serve::check_hsm(hsm)?;
     let _lock = StoreLock::take(&hsm.key_store_file)?;
     for (path, what) in [
         (hsm.master_key_file.as_ref(), "master key"),
@@ -378,8 +381,9 @@ fn init(config: &ServeConfig, input: &mut dyn BufRead) -> CliResult {
     }
     let Some(master_file) = &hsm.master_key_file else {
         // Held by custodians: each types in a component of their own making (64 random hex
-        // digits), and the key they make wraps the new key store. Nothing of it is written.
-        let master = crate::serve::master_key(hsm, input)?;
+        // digits), twice, and the key they make wraps the new key store. Nothing of it is
+        // written.
+        let master = crate::serve::master_key_confirmed(hsm, input)?;
         let store = SoftHsm::new(&master, Box::new(OsRandom)).export_store()?;
         crate::files::write_whole(&hsm.key_store_file, &store, 0o600)
             .map_err(|e| format!("key store {}: {e}", hsm.key_store_file.display()))?;
@@ -430,16 +434,30 @@ impl NoEcho {
                 "cannot turn the terminal's echo off (stty) to read {what}; nothing read"
             ));
         }
+        ECHO_OFF.store(true, std::sync::atomic::Ordering::SeqCst);
         eprint!("{what} (not shown): ");
         Ok(NoEcho(true))
     }
+}
+
+/// Whether a `NoEcho` has the terminal's echo off now.
+static ECHO_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Whether the process stops itself on SIGINT and SIGTERM (`serve`, once it has read its master
+/// key's components): the echo restorer then acts on them only while echo is off.
+static SIGNALS_OWNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says that this process handles SIGINT and SIGTERM itself (a graceful stop), so that a
+/// signal after the components are read is left to it, not taken as an interruption.
+pub(crate) fn signals_owned() {
+    SIGNALS_OWNED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// Once per process, before echo first goes off: Ctrl-C (SIGINT) or SIGTERM turns the
 /// terminal's echo back on before the process ends (exit status 130), as the signal's
 /// default action would not: the shell would be left not showing what is typed. One that
 /// comes while a component is read ends the command before anything is written: every
-/// component is read and checked before the key store is touched.
+/// component is read and checked before the key store is touched. In a process that stops
+/// itself on those signals (`signals_owned`), one that comes with echo on is left to it.
 fn restore_echo_on_interrupt() {
     static WATCHING: std::sync::Once = std::sync::Once::new();
     WATCHING.call_once(|| {
@@ -465,14 +483,22 @@ fn restore_echo_on_interrupt() {
                     let (Ok(mut interrupt), Ok(mut terminate)) = signals else {
                         return;
                     };
-                    tokio::select! {
-                        _ = interrupt.recv() => {}
-                        _ = terminate.recv() => {}
+                    loop {
+                        tokio::select! {
+                            _ = interrupt.recv() => {}
+                            _ = terminate.recv() => {}
+                        }
+                        let echo_off = ECHO_OFF.load(std::sync::atomic::Ordering::SeqCst);
+                        if !echo_off && SIGNALS_OWNED.load(std::sync::atomic::Ordering::SeqCst) {
+                            continue;
+                        }
+                        if echo_off {
+                            stty("echo");
+                        }
+                        eprintln!();
+                        eprintln!("interrupted");
+                        std::process::exit(130);
                     }
-                    stty("echo");
-                    eprintln!();
-                    eprintln!("interrupted");
-                    std::process::exit(130);
                 });
             });
         if spawned.is_ok() {
@@ -485,6 +511,7 @@ impl Drop for NoEcho {
     fn drop(&mut self) {
         if self.0 {
             stty("echo");
+            ECHO_OFF.store(false, std::sync::atomic::Ordering::SeqCst);
             eprintln!();
         }
     }

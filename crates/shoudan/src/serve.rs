@@ -428,6 +428,24 @@ pub(crate) fn master_key(
     config: &HsmConfig,
     input: &mut dyn std::io::BufRead,
 ) -> Result<MasterKey, Box<dyn std::error::Error>> {
+    read_master_key(config, input, false)
+}
+
+/// `master_key` for a key being made (`provision init`): each component is typed twice, and the
+/// two must be the same, since nothing yet can tell a mistyped one.
+pub(crate) fn master_key_confirmed(
+    config: &HsmConfig,
+    input: &mut dyn std::io::BufRead,
+) -> Result<MasterKey, Box<dyn std::error::Error>> {
+    read_master_key(config, input, true)
+}
+
+fn read_master_key(
+    config: &HsmConfig,
+    input: &mut dyn std::io::BufRead,
+    confirm: bool,
+) -> Result<MasterKey, Box<dyn std::error::Error>> {
+    check_hsm(config)?;
     match (&config.master_key_file, config.master_key_components) {
         (Some(path), None) => {
             let open = crate::files::open_to_others(path)
@@ -452,6 +470,15 @@ pub(crate) fn master_key(
                 let line = zeroize::Zeroizing::new(crate::provision::read_line(input, &what)?);
                 let part = MasterKey::from_hex(line.trim())
                     .map_err(|_| format!("{what}: 64 hex digits"))?;
+                if confirm {
+                    let again = format!("{what} again");
+                    let line = zeroize::Zeroizing::new(crate::provision::read_line(input, &again)?);
+                    let same = MasterKey::from_hex(line.trim())
+                        .is_ok_and(|typed| typed.check_value() == part.check_value());
+                    if !same {
+                        return Err(format!("{what}: typed differently the second time").into());
+                    }
+                }
                 // The others alone would make the key.
                 if part.is_zero() {
                     return Err(format!("{what}: all zeros").into());
@@ -512,20 +539,18 @@ const SAF_LEASE_MAX_MS: u64 = 600_000;
 
 /// Refuses settings that would lose or repeat money, before anything is opened: out of range
 /// times and ids, an issuer named twice, a default issuer not among the issuers.
-fn check_config(config: &ServeConfig) -> Result<(), String> {
-    match (
-        &config.hsm.master_key_file,
-        config.hsm.master_key_components,
-    ) {
-        (Some(_), None) => {}
-        (None, Some(count)) if MASTER_KEY_COMPONENTS.contains(&count) => {}
-        (None, Some(_)) => return Err("[hsm] master_key_components: 2 or 3".to_owned()),
-        _ => {
-            return Err(
-                "[hsm]: give master_key_file or master_key_components, one of the two".to_owned(),
-            );
-        }
+/// The master key named one way: its file, or its custodians' components (2 or 3).
+pub(crate) fn check_hsm(hsm: &HsmConfig) -> Result<(), String> {
+    match (&hsm.master_key_file, hsm.master_key_components) {
+        (Some(_), None) => Ok(()),
+        (None, Some(count)) if MASTER_KEY_COMPONENTS.contains(&count) => Ok(()),
+        (None, Some(_)) => Err("[hsm] master_key_components: 2 or 3".to_owned()),
+        _ => Err("[hsm]: give master_key_file or master_key_components, one of the two".to_owned()),
     }
+}
+
+fn check_config(config: &ServeConfig) -> Result<(), String> {
+    check_hsm(&config.hsm)?;
     if !NODE_IDS.contains(&config.node_id) {
         return Err(format!(
             "node_id {}: must be 1 to 99 (it leads the node's RRNs; nodes sharing a database \
@@ -640,6 +665,9 @@ struct Checked {
 
 fn checked(config: &ServeConfig) -> Result<Checked, Box<dyn std::error::Error>> {
     check_config(config)?;
+    // Stopped gracefully on SIGINT or SIGTERM: not taken as an interruption of the components'
+    // reading once they are read.
+    crate::provision::signals_owned();
     let hsm = open_hsm(&config.hsm, &mut std::io::stdin().lock())?;
     let mut switch_config = SwitchConfig::new(config.terminal_listen);
     switch_config.node_id = config.node_id;

@@ -108,3 +108,96 @@ fn ctrl_c_while_a_component_is_read_turns_echo_back_on() {
         "the key store changed"
     );
 }
+
+/// `serve` whose master key its custodians type in at a terminal: the components are read with
+/// echo off, and a later Ctrl-C is `serve`'s graceful stop (status 0), not an interruption of
+/// the reading (status 130, requests in progress dropped).
+#[test]
+fn serve_reads_its_components_at_a_terminal_and_stops_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let config = dir.path().join("shoudan.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = 1\nterminal_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+             database = \"sqlite:{d}/switch.db\"\n\n[hsm]\nmaster_key_components = 2\n\
+             key_store_file = \"{d}/hsm.store\"\n"
+        ),
+    )
+    .unwrap();
+    let parts = [
+        "00112233445566778899AABBCCDDEEFF0123456789ABCDEFFEDCBA9876543210",
+        "F0E1D2C3B4A5968778695A4B3C2D1E0F1F2E3D4C5B6A79880011223344556677",
+    ];
+    let bin = env!("CARGO_BIN_EXE_shoudan");
+    let mut init = Command::new(bin)
+        .args(["provision", "init", "--config"])
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    init.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{0}\n{0}\n{1}\n{1}\n", parts[0], parts[1]).as_bytes())
+        .unwrap();
+    assert!(init.wait().unwrap().success());
+
+    let session = dir.path().join("session.sh");
+    std::fs::write(
+        &session,
+        format!(
+            "trap 'echo trapped' INT\n\
+             {bin} serve --config {}\n\
+             echo \"status=$?\"\n",
+            config.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("script")
+        .arg("-qfec")
+        .arg(format!("sh {}", session.display()))
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("`script` (util-linux) runs the command at a pseudo-terminal");
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = {
+        let output = Arc::clone(&output);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                output.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let mut keys = child.stdin.take().unwrap();
+    for (n, part) in parts.iter().enumerate() {
+        let prompt = wait_for(&output, &format!("component {} (not shown)", n + 1));
+        assert!(prompt.contains("(not shown)"), "{prompt}");
+        keys.write_all(format!("{part}\n").as_bytes()).unwrap();
+        keys.flush().unwrap();
+    }
+    let started = wait_for(&output, "metrics");
+    assert!(started.contains("master key: check value"), "{started}");
+    std::thread::sleep(Duration::from_millis(300));
+    keys.write_all(b"\x03").unwrap();
+    keys.flush().unwrap();
+    let text = wait_for(&output, "status=");
+    drop(keys);
+    let _ = child.wait();
+    reader.join().unwrap();
+    for part in parts {
+        assert!(!text.contains(&part[..16]), "a component was shown: {text}");
+    }
+    assert!(text.contains("status=0"), "not a graceful stop: {text}");
+}

@@ -925,7 +925,27 @@ key_store_file = "{dir}/hsm.store"
         parts.iter().all(|p| !shown.contains(&p[..16]))
     };
 
-    let (code, out, err) = provision(&["init", "--config", c], &master);
+    // At init each component is typed twice: nothing else could tell a mistyped one yet.
+    let typed_twice = format!("{0}\n{0}\n{1}\n{1}\n", parts[0], parts[1]);
+    let differently = typed_twice.replacen("0011", "0012", 1);
+    let (code, out, err) = provision(&["init", "--config", c], &differently);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("typed differently"), "{err}");
+    assert!(!d.join("hsm.store").exists());
+    // A key file named as well: refused, nothing written in clear.
+    let both = d.join("both.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[hsm]\n",
+        &format!("[hsm]\nmaster_key_file = \"{}/master.key\"\n", d.display()),
+    );
+    std::fs::write(&both, text).unwrap();
+    let (code, _, err) = provision(&["init", "--config", both.to_str().unwrap()], &typed_twice);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("one of the two"), "{err}");
+    assert!(!d.join("master.key").exists());
+    std::fs::remove_file(&both).unwrap();
+
+    let (code, out, err) = provision(&["init", "--config", c], &typed_twice);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("master key component 2: check value") && err.contains("master key: check"),
