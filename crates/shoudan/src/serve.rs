@@ -88,6 +88,11 @@ pub struct ServeConfig {
     /// over TLS, by itself or a proxy). False only for a portal reached over plain HTTP.
     #[serde(default = "default_secure_cookies")]
     pub secure_cookies: bool,
+    /// Addresses of the proxies in front of the portal (its TLS proxy): a request from one of
+    /// them is counted against the client its `X-Forwarded-For` names, for the limit on wrong
+    /// sign-ins by client address. Empty: every request is its peer's.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 fn default_secure_cookies() -> bool {
@@ -515,6 +520,8 @@ pub struct Node {
     pub metrics_listen: Option<SocketAddr>,
     /// The portal's cookies carry `Secure`.
     pub secure_cookies: bool,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     pub webhook_destinations: resolve::webhook::Destinations,
     /// Held while the node runs on a SQLite journal (`files::lock_sqlite_journal`).
     pub journal_lock: Option<std::fs::File>,
@@ -839,6 +846,7 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
         http_listen: config.http_listen,
         metrics_listen: config.metrics_listen,
         secure_cookies: config.secure_cookies,
+        trusted_proxies: config.trusted_proxies.clone(),
         webhook_destinations: if config.webhooks_to_private_addresses {
             resolve::webhook::Destinations::AnyAddress
         } else {
@@ -984,7 +992,8 @@ async fn serve(
     )
     .with_switch_metrics(Arc::clone(&switch_metrics))
     .with_webhook_destinations(node.webhook_destinations)
-    .with_secure_cookies(node.secure_cookies);
+    .with_secure_cookies(node.secure_cookies)
+    .with_trusted_proxies(node.trusted_proxies.clone());
     let notify_tasks = resolve::outbox::spawn_background(
         Arc::clone(&node.store),
         Arc::clone(&node.hsm) as Arc<dyn Hsm>,

@@ -142,10 +142,19 @@ struct TokenRequest {
     name: Option<String>,
 }
 
-async fn create_token(State(web): State<Web>, Json(body): Json<TokenRequest>) -> ApiResult {
+async fn create_token(
+    State(web): State<Web>,
+    client: crate::clients::ClientAddr,
+    Json(body): Json<TokenRequest>,
+) -> ApiResult {
     // The name is checked first: a request that cannot be kept costs no password check.
     let name = auth::token_name(body.name.as_deref())?;
-    let user = match auth::authenticate(&web, &body.username, &body.password).await? {
+    let signed = auth::authenticate_from(&web, client, &body.username, &body.password).await?;
+    let signed = match signed {
+        auth::FromClient::Checked(signed) => signed,
+        auth::FromClient::TooMany { minutes } => return Err(auth::too_many_error(minutes)),
+    };
+    let user = match signed {
         auth::SignIn::Accepted(user) => user,
         auth::SignIn::Refused => {
             return Err(ApiError::new(

@@ -361,6 +361,50 @@ pub enum SignIn {
     },
 }
 
+/// A sign-in from a client address ([`authenticate_from`]).
+#[derive(Debug)]
+pub enum FromClient {
+    /// Checked, as [`authenticate`] answers.
+    Checked(SignIn),
+    /// Not checked: too many wrong sign-ins from this address lately, for this many more
+    /// minutes (rounded up).
+    TooMany { minutes: i64 },
+}
+
+/// [`authenticate`] for a sign-in from `client`: refused without a check while the address
+/// has had too many wrong sign-ins in its window ([`crate::clients`]), and a refused one
+/// counted against it (a wrong pair, an unknown or disabled user, a locked user).
+pub async fn authenticate_from(
+    web: &Web,
+    client: crate::clients::ClientAddr,
+    username: &str,
+    password: &str,
+) -> Result<FromClient, ApiError> {
+    let now_ms = web.clock.now_ms();
+    if let Some(until) = web.client_failures.refused_until(client, now_ms) {
+        tracing::warn!(client = ?client.0, "sign-in refused unchecked: too many wrong sign-ins from this address");
+        return Ok(FromClient::TooMany {
+            minutes: (until - now_ms + 59_999) / 60_000,
+        });
+    }
+    let signed = authenticate(web, username, password).await?;
+    if !matches!(signed, SignIn::Accepted(_)) {
+        web.client_failures.failed(client, web.clock.now_ms());
+    }
+    Ok(FromClient::Checked(signed))
+}
+
+/// The API's answer to a sign-in refused unchecked for its client address: 429
+/// `too_many_sign_ins`.
+pub fn too_many_error(minutes: i64) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_sign_ins",
+        format!("too many wrong sign-ins from this address: try again in {minutes} minutes"),
+    )
+    .zh(format!("此地址登录失败次数过多，请 {minutes} 分钟后再试。"))
+}
+
 /// The API's answer to a sign-in of a locked user: 429 `locked`.
 pub fn locked_error(minutes: i64) -> ApiError {
     ApiError::new(

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod auth;
 mod chart;
+pub mod clients;
 pub mod error;
 mod html;
 pub mod metrics;
@@ -62,6 +63,10 @@ pub struct Web {
     pub search_scan_max: usize,
     /// Each searcher's own turn for a transaction search ([`query::Searchers`]).
     pub searchers: Arc<query::Searchers>,
+    /// Proxies whose `X-Forwarded-For` names the client ([`clients::ClientAddr`]).
+    pub trusted_proxies: Arc<[std::net::IpAddr]>,
+    /// Wrong sign-ins by client address ([`clients::ClientFailures`]).
+    pub client_failures: Arc<clients::ClientFailures>,
 }
 
 impl Web {
@@ -140,7 +145,16 @@ impl Web {
             secure_cookies: false,
             search_scan_max: query::SEARCH_SCAN_MAX,
             searchers: Arc::default(),
+            trusted_proxies: Arc::new([]),
+            client_failures: Arc::default(),
         }
+    }
+
+    /// The same, taking the client's address from `X-Forwarded-For` when the connection comes
+    /// from one of `proxies` (the TLS proxy in front of the portal).
+    pub fn with_trusted_proxies(mut self, proxies: Vec<std::net::IpAddr>) -> Web {
+        self.trusted_proxies = proxies.into();
+        self
     }
 
     /// The same, letting merchants point webhooks at `destinations` (public addresses only
@@ -275,15 +289,19 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(async move {
-            while !*stop.borrow() {
-                if stop.changed().await.is_err() {
-                    return;
-                }
+    // With each connection's peer, for the sign-in limits by client (`clients`).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                return;
             }
-        })
-        .await
+        }
+    })
+    .await
 }
 
 /// Binds `addr` and serves the application with `/metrics` in a task; returns the bound

@@ -144,7 +144,7 @@ pub fn document() -> Value {
                     "401": { "description": "bad_credentials: a wrong pair, an unknown or disabled user",
                         "content": { "application/json": {
                         "schema": { "$ref": "#/components/schemas/Error" } } } },
-                    "429": { "description": "locked: too many wrong passwords in a row (no password is checked while locked)",
+                    "429": { "description": "locked: too many wrong passwords in a row (no password is checked while locked); too_many_sign_ins: too many wrong sign-ins from this client address within 15 minutes (behind a trusted proxy, the address its X-Forwarded-For names), none checked until the window ends",
                         "content": { "application/json": {
                         "schema": { "$ref": "#/components/schemas/Error" } } } },
                     "503": { "description": "busy: too many sign-ins at once", "content": {
@@ -299,7 +299,8 @@ pub fn document() -> Value {
                             "unauthorized", "bad_credentials", "forbidden", "not_found",
                             "bad_request", "csrf", "conflict", "illegal_transition",
                             "exceeds_remaining", "already_refunded", "refund_failed", "busy", "too_large",
-                            "same_user", "bad_account", "locked", "not_redrivable", "too_many_open_cases",
+                            "same_user", "bad_account", "locked", "too_many_sign_ins", "not_redrivable",
+                            "too_many_open_cases",
                             "refund_in_doubt", "application_waiting", "changed_meanwhile",
                             "password_change_required", "internal"] },
                         "message": { "type": "string" },

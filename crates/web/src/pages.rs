@@ -287,6 +287,11 @@ fn error_title(l: Lang, code: &str) -> &'static str {
             "该用户已锁定，请稍后再试或请管理员解锁",
             "This user is locked: wait, or ask an administrator",
         ),
+        "too_many_sign_ins" => t(
+            l,
+            "此地址登录失败次数过多，请稍后再试",
+            "Too many wrong sign-ins from this address: try again later",
+        ),
         "forbidden" => t(l, "您无权执行此操作", "You may not do this"),
         "not_found" => t(l, "未找到", "Not found"),
         "bad_request" => t(
@@ -448,7 +453,12 @@ fn login_page(c: &Ctx, failed: Option<&str>, username: &str) -> Response {
     response
 }
 
-async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Params>) -> Response {
+async fn login(
+    State(web): State<Web>,
+    client: crate::clients::ClientAddr,
+    headers: HeaderMap,
+    Form(form): Form<Params>,
+) -> Response {
     let form = WipedForm(form);
     let c = form_ctx(&web, &headers);
     let sent = form.get("csrf").map(String::as_str).unwrap_or_default();
@@ -468,7 +478,20 @@ async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Para
         );
     }
     let password = form.get("password").map(String::as_str).unwrap_or_default();
-    let user = match auth::authenticate(&web, username, password).await {
+    let signed = match auth::authenticate_from(&web, client, username, password).await {
+        Ok(auth::FromClient::Checked(signed)) => Ok(signed),
+        Ok(auth::FromClient::TooMany { minutes }) => {
+            let message = match c.lang {
+                Lang::Zh => format!("此地址登录失败次数过多，请 {minutes} 分钟后再试。"),
+                Lang::En => format!(
+                    "Too many wrong sign-ins from this address: try again in {minutes} minutes."
+                ),
+            };
+            return login_page(&c, Some(&message), username);
+        }
+        Err(e) => Err(e),
+    };
+    let user = match signed {
         Ok(auth::SignIn::Accepted(user)) => user,
         Ok(auth::SignIn::Refused) => {
             return login_page(

@@ -5784,3 +5784,57 @@ fn an_approval_whose_request_is_dropped_is_recorded_and_audited() {
         assert!(audited, "the approval was not audited");
     });
 }
+
+/// Wrong sign-ins are counted by client address too: spraying one password across many names
+/// (unknown ones, which never lock) from one address is refused, unchecked, after
+/// `CLIENT_FAILURES_MAX`, even with a right password, while other addresses sign in. Behind a
+/// proxy the operator trusts, the client is the one its `X-Forwarded-For` names; a client that
+/// sends that header itself, not through such a proxy, is counted as what it is.
+#[test]
+fn a_client_spraying_passwords_is_refused_by_its_address() {
+    run(async move {
+        let e = start().await;
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let loopback: std::net::IpAddr = [127, 0, 0, 1].into();
+        let proxied = e.web.clone().with_trusted_proxies(vec![loopback]);
+        let (proxy, _task) = web::spawn(proxied, "127.0.0.1:0".parse().unwrap(), stop_rx)
+            .await
+            .unwrap();
+        let sign_in = |addr, from: &'static str, username: String, password: &'static str| async move {
+            let body = json!({ "username": username, "password": password }).to_string();
+            request(
+                addr,
+                "POST",
+                "/api/tokens",
+                &[
+                    ("content-type", "application/json"),
+                    ("x-forwarded-for", from),
+                ],
+                &body,
+            )
+            .await
+        };
+        let sprayer = "198.51.100.1, 203.0.113.7";
+        for n in 0..web::clients::CLIENT_FAILURES_MAX {
+            let r = sign_in(proxy, sprayer, format!("user-{n}"), "Summer2026!").await;
+            assert_error(&r, 401, "bad_credentials");
+        }
+        let refused = sign_in(proxy, sprayer, "teahouse".into(), PASSWORD).await;
+        assert_error(&refused, 429, "too_many_sign_ins");
+        // Not the name the client put first in the header: the one the proxy added.
+        let refused = sign_in(proxy, "203.0.113.7", "teahouse".into(), PASSWORD).await;
+        assert_error(&refused, 429, "too_many_sign_ins");
+        let other = sign_in(proxy, "203.0.113.8", "teahouse".into(), PASSWORD).await;
+        assert_eq!(other.status, 200, "{}", other.body);
+        // Straight to the server, which trusts no proxy: the header is the client's own word.
+        let direct = sign_in(e.http, "203.0.113.7", "teahouse".into(), PASSWORD).await;
+        assert_eq!(direct.status, 200, "{}", direct.body);
+        // The sign-in page says so too.
+        let page = PageSession::attempt_from(proxy, "203.0.113.7", "teahouse", PASSWORD).await;
+        assert!(
+            page.body.contains("此地址登录失败次数过多"),
+            "{}",
+            page.body
+        );
+    });
+}

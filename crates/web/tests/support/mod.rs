@@ -348,7 +348,27 @@ impl PageSession {
 
     /// The login form sent as a browser sends it (its CSRF cookie first): the answer.
     pub async fn attempt(addr: SocketAddr, username: &str, password: &str) -> Resp {
-        let form = request(addr, "GET", "/login", &[], "").await;
+        Self::attempt_with(addr, &[], username, password).await
+    }
+
+    /// `attempt` through a proxy that names the client `forwarded_for` (`X-Forwarded-For`).
+    pub async fn attempt_from(
+        addr: SocketAddr,
+        forwarded_for: &str,
+        username: &str,
+        password: &str,
+    ) -> Resp {
+        let header = [("x-forwarded-for", forwarded_for)];
+        Self::attempt_with(addr, &header, username, password).await
+    }
+
+    async fn attempt_with(
+        addr: SocketAddr,
+        extra: &[(&str, &str)],
+        username: &str,
+        password: &str,
+    ) -> Resp {
+        let form = request(addr, "GET", "/login", extra, "").await;
         assert_eq!(form.status, 200);
         let csrf_cookie = form
             .headers_named("set-cookie")
@@ -360,14 +380,16 @@ impl PageSession {
             .unwrap()
             .to_owned();
         let csrf = csrf_cookie.split_once('=').unwrap().1.to_owned();
+        let mut headers = vec![
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("cookie", csrf_cookie.as_str()),
+        ];
+        headers.extend_from_slice(extra);
         request(
             addr,
             "POST",
             "/login",
-            &[
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("cookie", &csrf_cookie),
-            ],
+            &headers,
             &format!("csrf={csrf}&username={username}&password={password}"),
         )
         .await
