@@ -882,6 +882,7 @@ async fn change_password(
             // Signed in by a page session, which ended with the change: the new one's cookie.
             if let Some((token, _)) = session
                 && let Ok(value) = axum::http::HeaderValue::from_str(&auth::session_cookie(
+                    auth::session_cookie_name(web.secure_cookies),
                     &token,
                     web.cookie_attributes(),
                 ))

@@ -22,8 +22,21 @@ pub use crate::password::{
 };
 use crate::password::{on_turn, verify_stored};
 
-/// The page session cookie.
+/// The page session cookie, on a portal reached over plain HTTP (the demo).
 pub const SESSION_COOKIE: &str = "shoudan_session";
+/// The page session cookie with `secure_cookies`: the `__Host-` prefix has a browser take it
+/// only with `Secure`, `Path=/` and no `Domain`, so a neighbouring host (a subdomain, or one
+/// reached over plain HTTP) cannot set one that fixes or shadows the session.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-shoudan_session";
+
+/// The session cookie's name for a portal whose cookies are `secure` or not.
+pub fn session_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_SESSION_COOKIE
+    } else {
+        SESSION_COOKIE
+    }
+}
 /// The anti-forgery cookie of the login form (there is no session yet to bind it to).
 pub const LOGIN_CSRF_COOKIE: &str = "shoudan_login_csrf";
 /// A page session lasts a working day at most; then the user signs in again.
@@ -220,7 +233,7 @@ pub fn principal_of(web: &Web, headers: &HeaderMap) -> Result<Option<Principal>,
             .map(|user| principal(store, user))
             .transpose();
     }
-    let Some(token) = cookie(headers, SESSION_COOKIE) else {
+    let Some(token) = cookie(headers, session_cookie_name(web.secure_cookies)) else {
         return Ok(None);
     };
     let digest = token_digest(token);
@@ -813,10 +826,11 @@ pub async fn close_session(web: &Web, principal: &Principal) -> Result<(), ApiEr
     Ok(())
 }
 
-/// The `Set-Cookie` value of a session; `attributes` from [`Web::cookie_attributes`].
-pub fn session_cookie(token: &str, attributes: &str) -> String {
+/// The `Set-Cookie` value of a session; `name` from [`session_cookie_name`], `attributes`
+/// from [`Web::cookie_attributes`].
+pub fn session_cookie(name: &str, token: &str, attributes: &str) -> String {
     format!(
-        "{SESSION_COOKIE}={token}; Path=/; HttpOnly{attributes}; Max-Age={}",
+        "{name}={token}; Path=/; HttpOnly{attributes}; Max-Age={}",
         SESSION_TTL_MS / 1000
     )
 }

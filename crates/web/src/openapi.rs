@@ -289,7 +289,8 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {
                 "bearer": { "type": "http", "scheme": "bearer" },
-                "session": { "type": "apiKey", "in": "cookie", "name": "shoudan_session" }
+                "session": { "type": "apiKey", "in": "cookie", "name": "shoudan_session",
+                    "description": "the portal's session cookie; `__Host-shoudan_session` where the portal's cookies are Secure (served over TLS)" }
             },
             "schemas": {
                 "Error": {

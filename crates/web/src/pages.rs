@@ -88,6 +88,8 @@ struct Ctx {
     switch_href: String,
     /// What every cookie set in the answer carries after its path ([`Web::cookie_attributes`]).
     cookies: &'static str,
+    /// The session cookie's name ([`auth::session_cookie_name`]).
+    session_cookie: &'static str,
 }
 
 /// A GET page's context: its query is kept by the language switch.
@@ -163,6 +165,7 @@ fn context(
         remember,
         switch_href: crate::html::lang_switch_href(lang, query),
         cookies: web.cookie_attributes(),
+        session_cookie: auth::session_cookie_name(web.secure_cookies),
     }
 }
 
@@ -538,7 +541,9 @@ async fn login(
     } else {
         "/console"
     });
-    if let Ok(value) = HeaderValue::from_str(&auth::session_cookie(&token, c.cookies)) {
+    if let Ok(value) =
+        HeaderValue::from_str(&auth::session_cookie(c.session_cookie, &token, c.cookies))
+    {
         response.headers_mut().append(SET_COOKIE, value);
     }
     response
@@ -560,8 +565,7 @@ async fn logout(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Par
     let mut response = redirect("/login");
     let clear = format!(
         "{}=; Path=/; HttpOnly{}; Max-Age=0",
-        auth::SESSION_COOKIE,
-        c.cookies
+        c.session_cookie, c.cookies
     );
     if let Ok(value) = HeaderValue::from_str(&clear) {
         response.headers_mut().append(SET_COOKIE, value);
@@ -3508,7 +3512,9 @@ async fn change_password(
                 &now,
                 Some((true, t(l, "密码已修改", "Password changed"))),
             );
-            if let Ok(value) = HeaderValue::from_str(&auth::session_cookie(&token, c.cookies)) {
+            if let Ok(value) =
+                HeaderValue::from_str(&auth::session_cookie(c.session_cookie, &token, c.cookies))
+            {
                 response.headers_mut().append(SET_COOKIE, value);
             }
             return response;

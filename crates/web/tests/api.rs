@@ -5838,3 +5838,54 @@ fn a_client_spraying_passwords_is_refused_by_its_address() {
         );
     });
 }
+
+/// A portal whose cookies are Secure (served over TLS) names its session cookie with the
+/// `__Host-` prefix, with `Secure` and `Path=/` and no `Domain`, so a browser takes it only so
+/// and no neighbouring host can plant one; the unprefixed name opens nothing there. Its
+/// sign-out clears the prefixed cookie.
+#[test]
+fn a_secure_portals_session_cookie_is_host_only() {
+    run(async move {
+        let e = start().await;
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let secure = e.web.clone().with_secure_cookies(true);
+        let (addr, _task) = web::spawn(secure, "127.0.0.1:0".parse().unwrap(), stop_rx)
+            .await
+            .unwrap();
+        let signed_in = PageSession::attempt(addr, "teahouse", PASSWORD).await;
+        assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+        let set = signed_in
+            .headers_named("set-cookie")
+            .into_iter()
+            .find(|c| c.contains("shoudan_session="))
+            .unwrap()
+            .to_owned();
+        assert!(set.starts_with("__Host-shoudan_session="), "{set}");
+        for attribute in ["; Path=/;", "; Secure", "; HttpOnly", "SameSite=Strict"] {
+            assert!(set.contains(attribute), "{attribute}: {set}");
+        }
+        assert!(!set.to_ascii_lowercase().contains("domain="), "{set}");
+        let session = PageSession::opened_by(addr, &signed_in);
+        assert_eq!(session.get("/portal").await.status, 200);
+        // The same token under the unprefixed name: not this portal's session.
+        let token = session.cookie.split_once('=').unwrap().1.to_owned();
+        let plain = request(
+            addr,
+            "GET",
+            "/portal",
+            &[("cookie", &format!("shoudan_session={token}"))],
+            "",
+        )
+        .await;
+        assert_ne!(plain.status, 200, "{}", plain.body);
+        // The portal reached over plain HTTP (the demo) keeps the plain name.
+        let demo = PageSession::attempt(e.http, "teahouse", PASSWORD).await;
+        assert!(
+            demo.headers_named("set-cookie")
+                .iter()
+                .any(|c| c.starts_with("shoudan_session=")),
+            "{:?}",
+            demo.headers_named("set-cookie")
+        );
+    });
+}

@@ -333,7 +333,7 @@ impl PageSession {
         let set = r
             .headers_named("set-cookie")
             .into_iter()
-            .find(|c| c.starts_with("shoudan_session="))
+            .find(|c| c.starts_with("shoudan_session=") || c.starts_with("__Host-shoudan_session="))
             .expect("a new session's cookie")
             .to_owned();
         assert!(
