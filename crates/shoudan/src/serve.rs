@@ -90,13 +90,22 @@ pub struct ServeConfig {
     pub secure_cookies: bool,
     /// Addresses of the proxies in front of the portal (its TLS proxy): a request from one of
     /// them is counted against the client its `X-Forwarded-For` names, for the limit on wrong
-    /// sign-ins by client address. Empty: every request is its peer's.
-    #[serde(default)]
+    /// sign-ins by client address. Default: this host's loopback addresses (a TLS proxy on the
+    /// same host); one elsewhere must be listed, or every client counts as it. Empty: every
+    /// request is its peer's.
+    #[serde(default = "default_trusted_proxies")]
     pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 fn default_secure_cookies() -> bool {
     true
+}
+
+fn default_trusted_proxies() -> Vec<std::net::IpAddr> {
+    vec![
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::Ipv6Addr::LOCALHOST.into(),
+    ]
 }
 
 fn default_node_id() -> u8 {

@@ -2194,8 +2194,17 @@ impl Core {
         if !track_encrypted(&ctx.frame.message) {
             return Ok(ClearTracks::default());
         }
+        let track2 = self.clear_track(ctx, 35)?;
+        // Track 2 has one separator (track 3 several): one more check that the track key was
+        // the terminal's.
+        if track2
+            .as_ref()
+            .is_some_and(|t| t.bytes().filter(|b| *b == b'=').count() != 1)
+        {
+            return Err("encrypted track does not decrypt under the terminal's track key");
+        }
         Ok(ClearTracks {
-            track2: self.clear_track(ctx, 35)?,
+            track2,
             track3: self.clear_track(ctx, 36)?,
         })
     }

@@ -1429,6 +1429,14 @@ fn track_3_reaches_the_issuer_and_names_the_card_alone() {
             );
         }
         assert_eq!(h.log.track3s.lock().unwrap().len(), 4);
+        // A track 2 that decrypts with two separators: not track 2 under this key, 30.
+        let asked = h.log.requests.load(Ordering::SeqCst);
+        let odd = Req {
+            track2: Some((format!("{pan}=2512=10112345"), true)),
+            ..Req::purchase(&pan, 1_000, 9)
+        };
+        assert_eq!(t.send(&odd).await.code(), "30");
+        assert_eq!(h.log.requests.load(Ordering::SeqCst), asked);
     });
 }
 

@@ -394,15 +394,19 @@ pub async fn authenticate_from(
     password: &str,
 ) -> Result<FromClient, ApiError> {
     let now_ms = web.clock.now_ms();
-    if let Some(until) = web.client_failures.refused_until(client, now_ms) {
-        tracing::warn!(client = ?client.0, "sign-in refused unchecked: too many wrong sign-ins from this address");
-        return Ok(FromClient::TooMany {
-            minutes: (until - now_ms + 59_999) / 60_000,
-        });
-    }
+    let attempt = match web.client_failures.begin(client, now_ms) {
+        Ok(attempt) => attempt,
+        Err(until) => {
+            tracing::warn!(client = ?client.0, "sign-in refused unchecked: too many wrong sign-ins from this address");
+            return Ok(FromClient::TooMany {
+                minutes: (until - now_ms + 59_999) / 60_000,
+            });
+        }
+    };
+    // Counted as wrong until known right, however this ends (an error, a busy turn).
     let signed = authenticate(web, username, password).await?;
-    if !matches!(signed, SignIn::Accepted(_)) {
-        web.client_failures.failed(client, web.clock.now_ms());
+    if matches!(signed, SignIn::Accepted(_)) {
+        attempt.succeeded();
     }
     Ok(FromClient::Checked(signed))
 }
