@@ -90,22 +90,14 @@ pub struct ServeConfig {
     pub secure_cookies: bool,
     /// Addresses of the proxies in front of the portal (its TLS proxy): a request from one of
     /// them is counted against the client its `X-Forwarded-For` names, for the limit on wrong
-    /// sign-ins by client address. Default: this host's loopback addresses (a TLS proxy on the
-    /// same host); one elsewhere must be listed, or every client counts as it. Empty: every
-    /// request is its peer's.
-    #[serde(default = "default_trusted_proxies")]
+    /// sign-ins by client address. Default empty: every request is its peer's, whatever the
+    /// header says (behind a proxy, every client then counts as the proxy: `serve` warns).
+    #[serde(default)]
     pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 fn default_secure_cookies() -> bool {
     true
-}
-
-fn default_trusted_proxies() -> Vec<std::net::IpAddr> {
-    vec![
-        std::net::Ipv4Addr::LOCALHOST.into(),
-        std::net::Ipv6Addr::LOCALHOST.into(),
-    ]
 }
 
 fn default_node_id() -> u8 {
@@ -1003,6 +995,14 @@ async fn serve(
     .with_webhook_destinations(node.webhook_destinations)
     .with_secure_cookies(node.secure_cookies)
     .with_trusted_proxies(node.trusted_proxies.clone());
+    if node.secure_cookies && node.trusted_proxies.is_empty() {
+        // Secure cookies mean a TLS proxy in front (the node speaks plain HTTP).
+        tracing::warn!(
+            "trusted_proxies is empty: behind a TLS proxy every client counts as the proxy for \
+             the limit on wrong sign-ins by address, and one client's wrong sign-ins refuse \
+             everyone's; list the proxy's address (it must set or append X-Forwarded-For)"
+        );
+    }
     let notify_tasks = resolve::outbox::spawn_background(
         Arc::clone(&node.store),
         Arc::clone(&node.hsm) as Arc<dyn Hsm>,

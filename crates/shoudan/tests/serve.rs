@@ -815,7 +815,7 @@ fn serve_listens_for_terminals_and_http() {
         .lines()
         .find(|l| {
             l.to_ascii_lowercase()
-                .starts_with("set-cookie: shoudan_login_csrf=")
+                .starts_with("set-cookie: __host-shoudan_login_csrf=")
         })
         .unwrap_or_else(|| panic!("{login}"));
     assert!(cookie.contains("; Secure"), "{cookie}");

@@ -37,8 +37,21 @@ pub fn session_cookie_name(secure: bool) -> &'static str {
         SESSION_COOKIE
     }
 }
-/// The anti-forgery cookie of the login form (there is no session yet to bind it to).
+/// The anti-forgery cookie of the login form (there is no session yet to bind it to), on a
+/// portal reached over plain HTTP.
 pub const LOGIN_CSRF_COOKIE: &str = "shoudan_login_csrf";
+/// The same with `secure_cookies`: `__Host-`, as the session's, so that a neighbouring host
+/// cannot plant a known value and sign the browser in to an account of its own.
+pub const SECURE_LOGIN_CSRF_COOKIE: &str = "__Host-shoudan_login_csrf";
+
+/// The login form's anti-forgery cookie's name for a portal whose cookies are `secure` or not.
+pub fn login_csrf_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_LOGIN_CSRF_COOKIE
+    } else {
+        LOGIN_CSRF_COOKIE
+    }
+}
 /// A page session lasts a working day at most; then the user signs in again.
 pub const SESSION_TTL_MS: i64 = 12 * 3_600_000;
 /// A page session not used for this long ends (PCI DSS asks for a new sign-in after 15 minutes

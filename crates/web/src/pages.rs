@@ -17,7 +17,7 @@ use store::{TxnKind, TxnState};
 
 use crate::Web;
 use crate::api::{self, OpenCase};
-use crate::auth::{self, LOGIN_CSRF_COOKIE, Principal};
+use crate::auth::{self, Principal};
 use crate::chart;
 use crate::error::ApiError;
 use crate::html::{LANG_COOKIE, esc, lang_of, page, t, url_escape};
@@ -90,6 +90,8 @@ struct Ctx {
     cookies: &'static str,
     /// The session cookie's name ([`auth::session_cookie_name`]).
     session_cookie: &'static str,
+    /// The login form's anti-forgery cookie's name ([`auth::login_csrf_cookie_name`]).
+    login_csrf_cookie: &'static str,
 }
 
 /// A GET page's context: its query is kept by the language switch.
@@ -166,6 +168,7 @@ fn context(
         switch_href: crate::html::lang_switch_href(lang, query),
         cookies: web.cookie_attributes(),
         session_cookie: auth::session_cookie_name(web.secure_cookies),
+        login_csrf_cookie: auth::login_csrf_cookie_name(web.secure_cookies),
     }
 }
 
@@ -446,9 +449,10 @@ fn login_page(c: &Ctx, failed: Option<&str>, username: &str) -> Response {
             &body,
         ),
     );
+    // `Path=/`, as a `__Host-` cookie must have it.
     let cookie = format!(
-        "{LOGIN_CSRF_COOKIE}={csrf}; Path=/login; HttpOnly{}",
-        c.cookies
+        "{}={csrf}; Path=/; HttpOnly{}",
+        c.login_csrf_cookie, c.cookies
     );
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(SET_COOKIE, value);
@@ -465,7 +469,7 @@ async fn login(
     let form = WipedForm(form);
     let c = form_ctx(&web, &headers);
     let sent = form.get("csrf").map(String::as_str).unwrap_or_default();
-    let expected = auth::cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
+    let expected = auth::cookie(&headers, c.login_csrf_cookie).unwrap_or_default();
     let username = form.get("username").map(String::as_str).unwrap_or_default();
     // A sign-in page that had expired (opened in another tab, say): a fresh one, not a dead
     // end that a reload only sends again.

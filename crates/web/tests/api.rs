@@ -5878,6 +5878,33 @@ fn a_secure_portals_session_cookie_is_host_only() {
         )
         .await;
         assert_ne!(plain.status, 200, "{}", plain.body);
+        // The login form's anti-forgery cookie is host-only too.
+        let form = request(addr, "GET", "/login", &[], "").await;
+        let csrf_cookie = form
+            .headers_named("set-cookie")
+            .into_iter()
+            .find(|c| c.contains("shoudan_login_csrf="))
+            .unwrap()
+            .to_owned();
+        assert!(
+            csrf_cookie.starts_with("__Host-shoudan_login_csrf=")
+                && csrf_cookie.contains("; Path=/;")
+                && csrf_cookie.contains("; Secure"),
+            "{csrf_cookie}"
+        );
+        // Signing out clears the prefixed cookie.
+        let portal = session.get("/portal").await;
+        let csrf = PageSession::csrf_of(&portal.body);
+        let out = session.post("/logout", &format!("csrf={csrf}")).await;
+        assert_eq!(out.status, 303, "{}", out.body);
+        assert!(
+            out.headers_named("set-cookie")
+                .iter()
+                .any(|c| c.starts_with("__Host-shoudan_session=;") && c.contains("Max-Age=0")),
+            "{:?}",
+            out.headers_named("set-cookie")
+        );
+        assert_ne!(session.get("/portal").await.status, 200);
         // The portal reached over plain HTTP (the demo) keeps the plain name.
         let demo = PageSession::attempt(e.http, "teahouse", PASSWORD).await;
         assert!(

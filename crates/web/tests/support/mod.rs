@@ -373,7 +373,9 @@ impl PageSession {
         let csrf_cookie = form
             .headers_named("set-cookie")
             .into_iter()
-            .find(|c| c.starts_with("shoudan_login_csrf="))
+            .find(|c| {
+                c.starts_with("shoudan_login_csrf=") || c.starts_with("__Host-shoudan_login_csrf=")
+            })
             .unwrap()
             .split(';')
             .next()
