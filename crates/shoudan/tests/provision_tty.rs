@@ -1,8 +1,14 @@
-//! `shoudan provision key` at a real terminal (a pseudo-terminal from `script`, util-linux):
-//! the component is read with echo off, and Ctrl-C while it is read ends the command with
-//! echo back on, as the shell needs it, and nothing written.
+//! `shoudan provision key` and `serve` at a real terminal (a pseudo-terminal from `script`,
+//! util-linux): a component is read with echo off; Ctrl-C while it is read ends the command
+//! with echo back on, as the shell needs it, and nothing written; Ctrl-C once `serve` has read
+//! its master key's components is its graceful stop.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::io::{Read as _, Write as _};
 use std::process::{Command, Stdio};
@@ -18,6 +24,72 @@ fn wait_for(output: &Mutex<Vec<u8>>, what: &str) -> String {
             return text;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A shell running `script_text` at a pseudo-terminal (`script`, util-linux): what it prints
+/// gathers in `output`, and what is written to `keys` is typed at its terminal.
+struct Tty {
+    child: std::process::Child,
+    output: Arc<Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
+    keys: std::process::ChildStdin,
+}
+
+impl Tty {
+    fn start(dir: &std::path::Path, script_text: &str) -> Tty {
+        let session = dir.join("session.sh");
+        std::fs::write(&session, script_text).unwrap();
+        let mut child = Command::new("script")
+            .arg("-qfec")
+            .arg(format!("sh {}", session.display()))
+            .arg("/dev/null")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("`script` (util-linux) runs the command at a pseudo-terminal");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let mut stdout = child.stdout.take().unwrap();
+        let reader = {
+            let output = Arc::clone(&output);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stdout.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    output.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            })
+        };
+        let keys = child.stdin.take().unwrap();
+        Tty {
+            child,
+            output,
+            reader,
+            keys,
+        }
+    }
+
+    fn type_in(&mut self, text: &[u8]) {
+        self.keys.write_all(text).unwrap();
+        self.keys.flush().unwrap();
+    }
+
+    /// Ends the session once `last` is printed: everything it printed.
+    fn finish(self, last: &str) -> String {
+        wait_for(&self.output, last);
+        let Tty {
+            mut child,
+            output,
+            reader,
+            keys,
+        } = self;
+        drop(keys);
+        let _ = child.wait();
+        reader.join().unwrap();
+        String::from_utf8_lossy(&output.lock().unwrap()).into_owned()
     }
 }
 
@@ -46,55 +118,23 @@ fn ctrl_c_while_a_component_is_read_turns_echo_back_on() {
 
     // The shell the terminal runs: the command, then what became of the terminal's echo. Its
     // trap keeps the shell itself going past the Ctrl-C (the command still gets the signal).
-    let session = dir.path().join("session.sh");
-    std::fs::write(
-        &session,
-        format!(
+    let mut tty = Tty::start(
+        dir.path(),
+        &format!(
             "trap 'echo trapped' INT\n\
              {bin} provision key --config {} --usage zpk\n\
              echo \"status=$?\"\n\
              stty -a | tr ' ;' '\\n\\n' | grep -x -e echo -e -echo | sed 's/^/mode=/'\n",
             config.display()
         ),
-    )
-    .unwrap();
-    let mut child = Command::new("script")
-        .arg("-qfec")
-        .arg(format!("sh {}", session.display()))
-        .arg("/dev/null")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("`script` (util-linux) runs the command at a pseudo-terminal");
-    let output = Arc::new(Mutex::new(Vec::new()));
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = {
-        let output = Arc::clone(&output);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                output.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        })
-    };
-    let mut keys = child.stdin.take().unwrap();
-    let prompt = wait_for(&output, "(not shown)");
+    );
+    let prompt = wait_for(&tty.output, "(not shown)");
     assert!(prompt.contains("component 1 (not shown)"), "{prompt}");
     // Typed at the prompt: not shown.
-    keys.write_all(b"0123456789ABCDEF").unwrap();
-    keys.flush().unwrap();
+    tty.type_in(b"0123456789ABCDEF");
     std::thread::sleep(Duration::from_millis(300));
-    keys.write_all(b"\x03").unwrap();
-    keys.flush().unwrap();
-    wait_for(&output, "mode=");
-    drop(keys);
-    let _ = child.wait();
-    reader.join().unwrap();
-    let text = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+    tty.type_in(b"\x03");
+    let text = tty.finish("mode=");
     assert!(
         !text.contains("0123456789ABCDEF"),
         "the component was shown: {text}"
@@ -146,56 +186,25 @@ fn serve_reads_its_components_at_a_terminal_and_stops_gracefully() {
         .unwrap();
     assert!(init.wait().unwrap().success());
 
-    let session = dir.path().join("session.sh");
-    std::fs::write(
-        &session,
-        format!(
+    let mut tty = Tty::start(
+        dir.path(),
+        &format!(
             "trap 'echo trapped' INT\n\
              {bin} serve --config {}\n\
              echo \"status=$?\"\n",
             config.display()
         ),
-    )
-    .unwrap();
-    let mut child = Command::new("script")
-        .arg("-qfec")
-        .arg(format!("sh {}", session.display()))
-        .arg("/dev/null")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("`script` (util-linux) runs the command at a pseudo-terminal");
-    let output = Arc::new(Mutex::new(Vec::new()));
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = {
-        let output = Arc::clone(&output);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                output.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        })
-    };
-    let mut keys = child.stdin.take().unwrap();
+    );
     for (n, part) in parts.iter().enumerate() {
-        let prompt = wait_for(&output, &format!("component {} (not shown)", n + 1));
+        let prompt = wait_for(&tty.output, &format!("component {} (not shown)", n + 1));
         assert!(prompt.contains("(not shown)"), "{prompt}");
-        keys.write_all(format!("{part}\n").as_bytes()).unwrap();
-        keys.flush().unwrap();
+        tty.type_in(format!("{part}\n").as_bytes());
     }
-    let started = wait_for(&output, "metrics");
+    let started = wait_for(&tty.output, "metrics");
     assert!(started.contains("master key: check value"), "{started}");
     std::thread::sleep(Duration::from_millis(300));
-    keys.write_all(b"\x03").unwrap();
-    keys.flush().unwrap();
-    let text = wait_for(&output, "status=");
-    drop(keys);
-    let _ = child.wait();
-    reader.join().unwrap();
+    tty.type_in(b"\x03");
+    let text = tty.finish("status=");
     for part in parts {
         assert!(!text.contains(&part[..16]), "a component was shown: {text}");
     }

@@ -620,6 +620,18 @@ fn listening(
     }
 }
 
+/// What `child` wrote to its standard error (piped), to its end.
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    stderr
+}
+
 /// An operator's stop: SIGTERM to `child`.
 fn sigterm(child: &std::process::Child) {
     let term = Command::new("kill")
@@ -685,13 +697,7 @@ fn a_start_that_hangs_is_ended_by_a_second_signal() {
     sigterm(&child);
     let status = exit_within(&mut child, 10, "the second signal did not end the start");
     assert_eq!(status.code(), Some(1), "{status:?}");
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert!(stderr.contains("stopped during start-up"), "{stderr}");
 }
 
@@ -1017,13 +1023,7 @@ key_store_file = "{dir}/hsm.store"
     sigterm(&child);
     let status = exit_within(&mut child, 20, "serve did not stop");
     assert!(status.success(), "{status:?}");
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert!(stderr.contains("master key: check value"), "{stderr}");
     assert!(shows_nothing("", &stderr), "{stderr}");
 }
