@@ -367,6 +367,13 @@ pub trait Store: Send + Sync + 'static {
         tid: &str,
         batch_no: u32,
     ) -> Result<Option<settlement::BatchSettlementRow>, StoreError>;
+    /// The newest `limit` batch settlements (by when settled), of merchant `mid`'s terminals or
+    /// of every terminal, each with its terminal's merchant.
+    fn batch_settlements_recent(
+        &self,
+        mid: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, settlement::BatchSettlementRow)>, StoreError>;
     fn batch_uploads(
         &self,
         tid: &str,

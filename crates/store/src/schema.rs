@@ -745,6 +745,15 @@ ALTER TABLE events ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE merchant_reviews ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
 ",
     },
+    Migration {
+        version: 31,
+        name: "batch settlements by when settled",
+        // The settlement pages read the newest settlements, across a merchant's terminals or
+        // every terminal, rather than each terminal's last batch numbers one at a time.
+        sql: "
+CREATE INDEX batch_settlements_by_time ON batch_settlements (settled_at_ms);
+",
+    },
 ];
 
 /// The newest schema version this build knows.

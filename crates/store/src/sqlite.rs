@@ -730,6 +730,13 @@ impl Store for SqliteStore {
     ) -> Result<Option<crate::settlement::BatchSettlementRow>, StoreError> {
         self.settle_batch_settlement(tid, batch_no)
     }
+    fn batch_settlements_recent(
+        &self,
+        mid: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, crate::settlement::BatchSettlementRow)>, StoreError> {
+        self.settle_batch_settlements_recent(mid, limit)
+    }
     fn batch_uploads(
         &self,
         tid: &str,

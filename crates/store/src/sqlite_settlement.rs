@@ -631,6 +631,52 @@ impl SqliteStore {
         })
     }
 
+    /// The newest `limit` batch settlements, newest first, of merchant `mid`'s terminals or of
+    /// every terminal, each with its terminal's merchant.
+    pub(super) fn settle_batch_settlements_recent(
+        &self,
+        mid: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, BatchSettlementRow)>, StoreError> {
+        const COLUMNS: &str = "t.mid, b.tid, b.batch_no, b.settled_at_ms, b.result, \
+             b.host_totals, b.terminal_totals, b.upload_done_at_ms, b.opened_after_ms";
+        const ORDER: &str = "ORDER BY b.settled_at_ms DESC, b.tid, b.batch_no DESC";
+        let of_row = |r: &Row<'_>| {
+            Ok((
+                r.get(0)?,
+                BatchSettlementRow {
+                    tid: r.get(1)?,
+                    batch_no: r.get(2)?,
+                    settled_at_ms: r.get(3)?,
+                    result: r.get(4)?,
+                    host_totals: r.get(5)?,
+                    terminal_totals: r.get(6)?,
+                    upload_done_at_ms: r.get(7)?,
+                    opened_after_ms: r.get(8)?,
+                },
+            ))
+        };
+        self.read(|conn| {
+            let rows = match mid {
+                Some(mid) => conn
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM batch_settlements AS b
+                         JOIN terminals AS t ON t.tid = b.tid WHERE t.mid = ?1 {ORDER} LIMIT ?2"
+                    ))?
+                    .query_map(params![mid, limit], of_row)?
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => conn
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM batch_settlements AS b
+                         JOIN terminals AS t ON t.tid = b.tid {ORDER} LIMIT ?1"
+                    ))?
+                    .query_map(params![limit], of_row)?
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
+            Ok(rows)
+        })
+    }
+
     pub(super) fn settle_batch_uploads(
         &self,
         tid: &str,

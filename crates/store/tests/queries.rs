@@ -1205,7 +1205,90 @@ fn counter_blocks_beyond_32_bits_are_reserved(db: &Db) {
     assert_eq!(s.reserve("big", 1).unwrap().wait().unwrap(), 2 * block + 2);
 }
 
+/// The newest batch settlements, newest first: across every terminal, or a merchant's
+/// terminals alone, at most as many as asked for, each with its terminal's merchant.
+fn recent_batch_settlements_come_newest_first(db: &Db) {
+    let s = db.open();
+    let terminal = |tid: &str, mid: &str| {
+        Record::InsertTerminal(Box::new(store::TerminalRow {
+            tid: tid.into(),
+            mid: mid.into(),
+            tmk_wrapped: vec![1, 2, 3],
+            key_scheme: "003".into(),
+            mac_algorithm: "cup-ecb".into(),
+            status: store::Status::Active,
+            batch_no: 1,
+            last_sign_in_ms: None,
+            working_keys: None,
+        }))
+    };
+    let settled = |tid: &str, batch_no: u32, at_ms: i64| {
+        Record::Settlement(SettlementRecord::BatchSettled(
+            store::settlement::BatchSettlementRow {
+                tid: tid.into(),
+                batch_no,
+                settled_at_ms: at_ms,
+                result: 1,
+                host_totals: String::new(),
+                terminal_totals: String::new(),
+                upload_done_at_ms: None,
+                opened_after_ms: None,
+            },
+        ))
+    };
+    let merchant = |mid: &str| {
+        Record::UpsertMerchant(store::MerchantRow {
+            mid: mid.into(),
+            name: "x".into(),
+            status: store::Status::Active,
+            mcc: "5812".into(),
+        })
+    };
+    let mut records = vec![
+        merchant("898110048990001"),
+        merchant("898110048990002"),
+        terminal("10000001", "898110048990001"),
+        terminal("10000002", "898110048990001"),
+        terminal("20000001", "898110048990002"),
+    ];
+    for (n, tid) in ["10000001", "20000001", "10000002", "10000001", "20000001"]
+        .iter()
+        .enumerate()
+    {
+        let n = u32::try_from(n).unwrap();
+        records.push(settled(tid, n + 1, 1_000 * i64::from(n + 1)));
+    }
+    s.submit(records).unwrap().wait().unwrap();
+    let seen = |mid: Option<&str>, limit| -> Vec<(String, String, u32)> {
+        s.batch_settlements_recent(mid, limit)
+            .unwrap()
+            .into_iter()
+            .map(|(mid, b)| (mid, b.tid, b.batch_no))
+            .collect()
+    };
+    let m1 = "898110048990001".to_owned();
+    let m2 = "898110048990002".to_owned();
+    assert_eq!(
+        seen(None, 3),
+        [
+            (m2.clone(), "20000001".into(), 5),
+            (m1.clone(), "10000001".into(), 4),
+            (m1.clone(), "10000002".into(), 3),
+        ]
+    );
+    assert_eq!(
+        seen(Some(&m1), 10),
+        [
+            (m1.clone(), "10000001".into(), 4),
+            (m1.clone(), "10000002".into(), 3),
+            (m1.clone(), "10000001".into(), 1),
+        ]
+    );
+    assert!(seen(Some("898110048990009"), 10).is_empty());
+}
+
 on_both!(
+    recent_batch_settlements_come_newest_first,
     counter_blocks_beyond_32_bits_are_reserved,
     bound_accounts_change_only_as_read,
     every_read_runs,

@@ -255,9 +255,10 @@ pub fn settlements_for(web: &Web, who: &Principal, mid: Option<&str>) -> Result<
     Ok(json!({ "items": items, "runs": runs, "batches": batches }))
 }
 
-/// How many of a terminal's most recent batch numbers are looked up for its settlements (the
-/// store reads one batch at a time; older batches are long cleared and not a merchant question).
-pub const TERMINAL_BATCHES_MAX: u32 = 10;
+/// Batch settlements one answer carries at most: the newest, across the merchant's terminals
+/// (or every terminal, for staff), read in one indexed query; older ones are long cleared and
+/// not a merchant's question.
+pub const TERMINAL_BATCHES_MAX: u32 = 200;
 
 /// One side of field 48 (62 digits: domestic then foreign, each debit amount 12, count 3,
 /// credit amount 12, count 3, result 1) as JSON; `null` when the side was missing or unreadable.
@@ -324,45 +325,45 @@ pub fn batch_diff_text(kind: BatchDiffKind) -> [&'static str; 4] {
     }
 }
 
-/// The recorded batch settlements of the merchant's terminals, newest batch first, with both
-/// sides' totals and the batch-upload differences.
+/// The newest recorded batch settlements of the merchant's terminals (of every terminal for
+/// staff not naming one), newest first, [`TERMINAL_BATCHES_MAX`] at most, with both sides'
+/// totals and the batch-upload differences.
 pub fn terminal_batches_for(
     web: &Web,
     who: &Principal,
     mid: Option<&str>,
 ) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::new();
-    for t in crate::query::visible_terminals(web, who, mid)? {
-        let first = t.batch_no.saturating_sub(TERMINAL_BATCHES_MAX - 1).max(1);
-        for batch_no in (first..=t.batch_no).rev() {
-            let Some(b) = web.store.batch_settlement(&t.tid, batch_no)? else {
-                continue;
-            };
-            let (code, zh, en) = batch_result_text(b.result);
-            let diffs: Vec<Value> = web
-                .store
-                .batch_differences(&t.tid, batch_no)?
-                .iter()
-                .map(|d| {
-                    let [kzh, ken, wzh, wen] = batch_diff_text(d.kind);
-                    json!({
-                        "stan": d.stan, "kind": d.kind.as_str(), "txn_id": d.txn_id,
-                        "pan_masked": d.pan_masked, "host_amount_fen": d.host_amount_fen,
-                        "terminal_amount_fen": d.terminal_amount_fen,
-                        "kind_text": { "zh": kzh, "en": ken }, "what_to_do": { "zh": wzh, "en": wen },
-                    })
+    let mid = who.merchant_filter(mid)?;
+    let recent = web
+        .store
+        .batch_settlements_recent(mid.as_deref(), TERMINAL_BATCHES_MAX)?;
+    for (mid, b) in recent.into_iter().filter(|(mid, _)| who.sees(mid)) {
+        let batch_no = b.batch_no;
+        let (code, zh, en) = batch_result_text(b.result);
+        let diffs: Vec<Value> = web
+            .store
+            .batch_differences(&b.tid, batch_no)?
+            .iter()
+            .map(|d| {
+                let [kzh, ken, wzh, wen] = batch_diff_text(d.kind);
+                json!({
+                    "stan": d.stan, "kind": d.kind.as_str(), "txn_id": d.txn_id,
+                    "pan_masked": d.pan_masked, "host_amount_fen": d.host_amount_fen,
+                    "terminal_amount_fen": d.terminal_amount_fen,
+                    "kind_text": { "zh": kzh, "en": ken }, "what_to_do": { "zh": wzh, "en": wen },
                 })
-                .collect();
-            out.push(json!({
-                "tid": t.tid, "mid": t.mid, "batch_no": batch_no, "settled_at_ms": b.settled_at_ms,
-                "result": b.result, "result_code": code, "result_text": { "zh": zh, "en": en },
-                "terminal_totals": totals_json(&b.terminal_totals),
-                "host_totals": totals_json(&b.host_totals),
-                "upload_done_at_ms": b.upload_done_at_ms,
-                "uploaded": web.store.batch_uploads(&t.tid, batch_no)?.len(),
-                "differences": diffs,
-            }));
-        }
+            })
+            .collect();
+        out.push(json!({
+            "tid": b.tid, "mid": mid, "batch_no": batch_no, "settled_at_ms": b.settled_at_ms,
+            "result": b.result, "result_code": code, "result_text": { "zh": zh, "en": en },
+            "terminal_totals": totals_json(&b.terminal_totals),
+            "host_totals": totals_json(&b.host_totals),
+            "upload_done_at_ms": b.upload_done_at_ms,
+            "uploaded": web.store.batch_uploads(&b.tid, batch_no)?.len(),
+            "differences": diffs,
+        }));
     }
     Ok(out)
 }
