@@ -43,14 +43,16 @@ const ACTOR: &str = "cli:provision";
 
 #[derive(clap::Subcommand)]
 pub enum ProvisionCmd {
-    /// A new deployment's master key (mode 0400) and an empty key store, at the paths the
-    /// configuration's [hsm] names. Refused if either exists.
+    /// A new deployment's master key (its file, mode 0400; or, with master_key_components, from
+    /// the custodians' components typed twice each on standard input, written nowhere) and an
+    /// empty key store, at the paths the configuration's [hsm] names. Refused if either exists.
     Init {
         #[arg(long)]
         config: PathBuf,
     },
     /// A TMK or an issuer's zone PIN key, from clear components read one per line on standard
-    /// input (hex). Prints each component's KCV as it is read, then the key's handle and KCV.
+    /// input (hex), after the master key's components when custodians hold it. Prints each
+    /// component's KCV as it is read, then the key's handle and KCV.
     Key {
         #[arg(long)]
         config: PathBuf,
@@ -429,12 +431,14 @@ impl NoEcho {
             return Ok(NoEcho(false));
         }
         restore_echo_on_interrupt();
+        // Set first: a signal while `stty` runs must still turn the echo back on.
+        ECHO_OFF.store(true, std::sync::atomic::Ordering::SeqCst);
         if !stty("-echo") {
+            ECHO_OFF.store(false, std::sync::atomic::Ordering::SeqCst);
             return Err(format!(
                 "cannot turn the terminal's echo off (stty) to read {what}; nothing read"
             ));
         }
-        ECHO_OFF.store(true, std::sync::atomic::Ordering::SeqCst);
         eprint!("{what} (not shown): ");
         Ok(NoEcho(true))
     }
@@ -442,8 +446,8 @@ impl NoEcho {
 
 /// Whether a `NoEcho` has the terminal's echo off now.
 static ECHO_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-/// Whether the process stops itself on SIGINT and SIGTERM (`serve`, once it has read its master
-/// key's components): the echo restorer then acts on them only while echo is off.
+/// Whether the process stops itself on SIGINT and SIGTERM (`serve` starting to serve, not
+/// `serve --check`): the echo restorer then acts on them only while echo is off.
 static SIGNALS_OWNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Says that this process handles SIGINT and SIGTERM itself (a graceful stop), so that a
@@ -571,8 +575,10 @@ fn import_key(
         return Err("components: 2 or 3".into());
     }
     // The master key's components first (if it is held so), as for every command that opens
-    // the key store; the key store is read only later, under its lock.
+    // the key store, and checked against it at once: custodians who mistyped one learn it
+    // before anyone types a key's component. The key store is read again under its lock.
     let master = crate::serve::master_key(&config.hsm, input)?;
+    crate::serve::open_hsm_under(&config.hsm, &master)?;
     let expected_kcv = expected_kcv
         .map(|kcv| {
             let kcv = kcv.trim().to_ascii_uppercase();

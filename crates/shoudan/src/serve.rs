@@ -467,9 +467,6 @@ fn read_master_key(
             Ok(MasterKey::from_hex(master_hex.trim())?)
         }
         (None, Some(count)) => {
-            if !MASTER_KEY_COMPONENTS.contains(&count) {
-                return Err("[hsm] master_key_components: 2 or 3".into());
-            }
             let mut parts: Vec<MasterKey> = Vec::with_capacity(usize::from(count));
             for n in 1..=count {
                 let what = format!("master key component {n}");
@@ -504,11 +501,8 @@ fn read_master_key(
             eprintln!("master key: check value {}", master.check_value());
             Ok(master)
         }
-        _ => Err(
-            "[hsm]: give master_key_file or master_key_components (custodians type theirs in), \
-             one of the two"
-                .into(),
-        ),
+        // Refused by `check_hsm` above.
+        _ => Err("[hsm]: give master_key_file or master_key_components, one of the two".into()),
     }
 }
 
@@ -545,8 +539,6 @@ const FIRST_FRAME_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1_000..=600_000;
 /// timeout, and within the ten minutes after which a start takes a request for lost.
 const SAF_LEASE_MAX_MS: u64 = 600_000;
 
-/// Refuses settings that would lose or repeat money, before anything is opened: out of range
-/// times and ids, an issuer named twice, a default issuer not among the issuers.
 /// The master key named one way: its file, or its custodians' components (2 or 3).
 pub(crate) fn check_hsm(hsm: &HsmConfig) -> Result<(), String> {
     match (&hsm.master_key_file, hsm.master_key_components) {
@@ -557,6 +549,9 @@ pub(crate) fn check_hsm(hsm: &HsmConfig) -> Result<(), String> {
     }
 }
 
+/// Refuses settings that would lose or repeat money, before anything is opened: out of range
+/// times and ids, an issuer named twice, a default issuer not among the issuers; and a master
+/// key not named one way.
 fn check_config(config: &ServeConfig) -> Result<(), String> {
     check_hsm(&config.hsm)?;
     if !NODE_IDS.contains(&config.node_id) {
@@ -673,9 +668,6 @@ struct Checked {
 
 fn checked(config: &ServeConfig) -> Result<Checked, Box<dyn std::error::Error>> {
     check_config(config)?;
-    // Stopped gracefully on SIGINT or SIGTERM: not taken as an interruption of the components'
-    // reading once they are read.
-    crate::provision::signals_owned();
     let hsm = open_hsm(&config.hsm, &mut std::io::stdin().lock())?;
     let mut switch_config = SwitchConfig::new(config.terminal_listen);
     switch_config.node_id = config.node_id;
@@ -812,6 +804,9 @@ fn rules_of_known_merchants(rules: &risk::RuleBook, merchants: &[String]) -> Res
 /// Everything a start does: the settings checked, the store opened and migrated, the fee
 /// plans written.
 pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::Error>> {
+    // Stopped gracefully on SIGINT or SIGTERM (`run`): a signal once the master key's
+    // components are read is that stop, not an interruption of their reading.
+    crate::provision::signals_owned();
     let Checked {
         switch_config,
         hsm,

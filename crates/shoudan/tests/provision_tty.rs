@@ -196,12 +196,16 @@ fn serve_reads_its_components_at_a_terminal_and_stops_gracefully() {
         ),
     );
     for (n, part) in parts.iter().enumerate() {
-        let prompt = wait_for(&tty.output, &format!("component {} (not shown)", n + 1));
-        assert!(prompt.contains("(not shown)"), "{prompt}");
+        let asked = format!("master key component {} (not shown)", n + 1);
+        let prompt = wait_for(&tty.output, &asked);
+        assert!(prompt.contains(&asked), "{prompt}");
         tty.type_in(format!("{part}\n").as_bytes());
     }
     let started = wait_for(&tty.output, "metrics");
-    assert!(started.contains("master key: check value"), "{started}");
+    assert!(
+        started.contains("master key: check value") && started.contains("metrics"),
+        "not started: {started}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     tty.type_in(b"\x03");
     let text = tty.finish("status=");

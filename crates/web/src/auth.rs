@@ -409,10 +409,12 @@ pub async fn authenticate_from(
     let now_ms = web.clock.now_ms();
     let attempt = match web.client_failures.begin(client, now_ms) {
         Ok(attempt) => attempt,
-        Err(until) => {
-            tracing::warn!(client = ?client.0, "sign-in refused unchecked: too many wrong sign-ins from this address");
+        Err(refused) => {
+            if refused.first {
+                tracing::warn!(client = ?client.0, "too many wrong sign-ins from this address: its sign-ins are refused unchecked until its window ends");
+            }
             return Ok(FromClient::TooMany {
-                minutes: (until - now_ms + 59_999) / 60_000,
+                minutes: (refused.until_ms - now_ms + 59_999) / 60_000,
             });
         }
     };

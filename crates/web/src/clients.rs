@@ -136,6 +136,17 @@ struct Windows {
 struct Window {
     started_ms: i64,
     failures: u32,
+    /// Its first refusal has been reported ([`Refused::first`]).
+    refused: bool,
+}
+
+/// A client refused for the rest of its window ([`ClientFailures::begin`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// When the window ends.
+    pub until_ms: i64,
+    /// Whether this is the window's first refusal: logged once, not at each request.
+    pub first: bool,
 }
 
 impl Window {
@@ -172,7 +183,7 @@ impl ClientFailures {
     /// Starts a sign-in from `client` at `now_ms`, counted as wrong until
     /// [`Attempt::succeeded`]; or, when the client has had [`CLIENT_FAILURES_MAX`] in its
     /// window, when it may try again.
-    pub fn begin(&self, client: ClientAddr, now_ms: i64) -> Result<Attempt<'_>, i64> {
+    pub fn begin(&self, client: ClientAddr, now_ms: i64) -> Result<Attempt<'_>, Refused> {
         let Some(key) = client.key() else {
             return Ok(Attempt {
                 failures: self,
@@ -192,18 +203,22 @@ impl ClientFailures {
                 });
             }
         }
-        let window = windows.by_client.entry(key).or_insert(Window {
+        let fresh = Window {
             started_ms: now_ms,
             failures: 0,
-        });
+            refused: false,
+        };
+        let window = windows.by_client.entry(key).or_insert(fresh);
         if window.ended(now_ms) {
-            *window = Window {
-                started_ms: now_ms,
-                failures: 0,
-            };
+            *window = fresh;
         }
         if window.failures >= CLIENT_FAILURES_MAX {
-            return Err(window.started_ms.saturating_add(CLIENT_WINDOW_MS));
+            let first = !window.refused;
+            window.refused = true;
+            return Err(Refused {
+                until_ms: window.started_ms.saturating_add(CLIENT_WINDOW_MS),
+                first,
+            });
         }
         window.failures += 1;
         Ok(Attempt {
@@ -307,7 +322,18 @@ mod tests {
             under_way.push(failures.begin(a, 1_000 + i64::from(n)).unwrap());
         }
         let until = 1_000 + CLIENT_WINDOW_MS;
-        assert_eq!(failures.begin(a, 2_000).err(), Some(until));
+        let refused = |first| {
+            Some(Refused {
+                until_ms: until,
+                first,
+            })
+        };
+        assert_eq!(failures.begin(a, 2_000).err(), refused(true));
+        assert_eq!(
+            failures.begin(a, 2_001).err(),
+            refused(false),
+            "reported once"
+        );
         assert!(failures.begin(b, 2_000).is_ok(), "another client");
         drop(under_way);
         assert!(failures.begin(a, until).is_ok(), "the window ended");

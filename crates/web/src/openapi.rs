@@ -289,8 +289,8 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {
                 "bearer": { "type": "http", "scheme": "bearer" },
-                "session": { "type": "apiKey", "in": "cookie", "name": "shoudan_session",
-                    "description": "the portal's session cookie; `__Host-shoudan_session` where the portal's cookies are Secure (served over TLS)" }
+                "session": { "type": "apiKey", "in": "cookie", "name": "__Host-shoudan_session",
+                    "description": "the portal's session cookie, where its cookies are Secure (served over TLS, the default); `shoudan_session` on a portal reached over plain HTTP (the demo)" }
             },
             "schemas": {
                 "Error": {

@@ -449,9 +449,15 @@ fn login_page(c: &Ctx, failed: Option<&str>, username: &str) -> Response {
             &body,
         ),
     );
-    // `Path=/`, as a `__Host-` cookie must have it.
+    // `Path=/`, as a `__Host-` cookie must have it; `/login` for the plain one, as it always
+    // had (a browser still holding one of that path would send it first).
+    let path = if c.login_csrf_cookie == auth::SECURE_LOGIN_CSRF_COOKIE {
+        "/"
+    } else {
+        "/login"
+    };
     let cookie = format!(
-        "{}={csrf}; Path=/; HttpOnly{}",
+        "{}={csrf}; Path={path}; HttpOnly{}",
         c.login_csrf_cookie, c.cookies
     );
     if let Ok(value) = HeaderValue::from_str(&cookie) {
