@@ -60,8 +60,9 @@ pub const REFUND_DAYS_MAX: i64 = 30;
 pub const SEQUENCE_BLOCK: u64 = 10_000;
 
 /// `SwitchConfig::journal_wait` unless set: three times it (the request's row, its outcome, and
-/// once more for an outcome already being committed) plus an issuer's timeout (5 s in the demo)
-/// stays inside a terminal's usual 15 s or more.
+/// once more for an outcome already being committed; four on PostgreSQL, whose request also
+/// reads the journal first) plus an issuer's timeout (5 s in the demo) stays near a terminal's
+/// usual 15 s or more; a terminal that gives up first reverses the request.
 pub const JOURNAL_WAIT_DEFAULT: Duration = Duration::from_secs(3);
 
 /// Day cut-over (日切), minutes after midnight China time: from then on transactions belong to

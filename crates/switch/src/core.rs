@@ -262,7 +262,8 @@ pub(crate) struct Core {
     pub key_changes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Requests of this node journalled in flight whose outcome could not be written (the
     /// terminal was answered 96): no longer live, so the next sweep settles them as a dead
-    /// node's (`recover_in_doubt`) rather than after `IN_DOUBT_AGE_MS`. At most `ORPHANS_MAX`.
+    /// node's (`recover_in_doubt`) rather than after ten minutes (`lost_elsewhere`). At most
+    /// `ORPHANS_MAX`.
     pub orphans: Mutex<Vec<Orphan>>,
     /// Each request the in-doubt sweep found in flight, with when it first did, by this node's
     /// clock (`saf::run`, `lost_elsewhere`): what other nodes' clocks say cannot mislead it.
@@ -486,7 +487,7 @@ impl Core {
             Ok(Err(error)) => Journalled::Failed(error),
             Err(_) => {
                 let error = self.no_answer();
-                tracing::warn!(%error, "answering 96; the write stays queued");
+                tracing::warn!(%error, "the write stays queued; the request is not answered as written");
                 Journalled::Late(durable)
             }
         }

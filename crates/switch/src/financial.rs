@@ -96,8 +96,9 @@ impl ClearTracks {
 }
 
 /// The card number of a request as far as it can be read without the HSM: as [`card`], and
-/// from an encrypted track when its card number lies before the encrypted block (as it does
-/// in most tracks: the block is the issuer's data at the end), for a terminal of `scheme`.
+/// from an encrypted track 2 when its card number lies before the encrypted block (as it does
+/// in most tracks: the block is the issuer's data at the end), for a terminal of `scheme` (an
+/// encrypted track 3 alone is read in the HSM, `decrypted_card_fields`).
 /// What a reply names the card's organisation and issuer by.
 pub(crate) fn card_in_clear(
     message: &Message<'_>,
@@ -1532,7 +1533,7 @@ impl Core {
             pin.as_ref().map(|(block, key_type)| (block, *key_type)),
             f61_out.as_deref(),
         ) {
-            // Card number, track 2, PIN block: wiped however this request ends.
+            // Card number, tracks, PIN block: wiped however this request ends.
             Ok(bytes) => Zeroizing::new(bytes),
             Err(error) => {
                 tracing::warn!(%error, "cannot encode issuer request");

@@ -134,7 +134,7 @@ pub(crate) struct IssuerLink {
     /// The zone PIN key is single-length (53.2 of the requests carrying a PIN block), read
     /// once from the HSM at start.
     pub zpk_single_des: bool,
-    /// Requests carry the card number, track 2 and the translated PIN block: each is wiped
+    /// Requests carry the card number, tracks 2 and 3 and the translated PIN block: each is wiped
     /// when dropped, and so is what the writer batched of them.
     outbound: mpsc::Sender<Zeroizing<Vec<u8>>>,
     waiters: Mutex<Waiters>,

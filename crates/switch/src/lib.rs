@@ -506,7 +506,8 @@ pub(crate) fn lost_elsewhere(
 /// them and the terminal got no answer, so each is marked timed out and reversed.
 ///
 /// Nodes sharing a database: a node recovers only its own requests (their RRNs start with its
-/// node id) and those `lost` says are lost (`lost_elsewhere`), never the live requests of
+/// node id) and those `lost` says are lost (`lost_elsewhere`: another node's, or in the periodic
+/// sweep this node's own, watched in flight ten minutes), never the live requests of
 /// another node that is still waiting on its issuer. With `node_id` `None` (the periodic
 /// sweep of a running node, `saf::run`) only the latter, a dead node's requests, and the
 /// running node's own `orphans` (requests it answered without writing their outcome; one
@@ -586,7 +587,9 @@ pub(crate) async fn recover_in_doubt(
             answered_at_ms: now_ms,
         })];
         if let (Some(issuer), true) = (&row.issuer, row.kind != TxnKind::BalanceInquiry) {
-            let sent_ms = row.sent_at_ms.unwrap_or(row.received_at_ms);
+            // A stamp ahead of this node's clock (another node's clock fast) is not waited for:
+            // such a request, watched in flight ten minutes, is long past any issuer's timeout.
+            let sent_ms = row.sent_at_ms.unwrap_or(row.received_at_ms).min(now_ms);
             records.push(Record::SafEnqueue {
                 txn_id: row.id,
                 issuer: issuer.clone(),
