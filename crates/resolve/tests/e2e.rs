@@ -141,6 +141,18 @@ impl Env {
         Arc::clone(&self.h.store) as Arc<dyn Store>
     }
 
+    /// Cases over this environment's journal, refunds going through its switch's back office,
+    /// on the system clock.
+    fn cases(&self) -> CaseService {
+        let back_office = Arc::new(self.switch().back_office()) as Arc<dyn RefundExecutor>;
+        CaseService::new(
+            self.store(),
+            self.directory(),
+            back_office,
+            Arc::new(SystemClock),
+        )
+    }
+
     fn switch(&self) -> &switch::SwitchHandle {
         self.h.switch.as_ref().unwrap()
     }
@@ -830,8 +842,7 @@ fn a_sale_whose_void_is_being_reversed_takes_no_refund_application() {
             store.txn_by_rrn(&rrn).unwrap().unwrap().state,
             store::TxnState::Approved
         );
-        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
-        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let cases = e.cases();
         assert!(matches!(
             cases.open(ten_yuan_refund_application(&rrn)).await,
             Err(CaseError::RefundInDoubt)
@@ -1154,8 +1165,7 @@ fn a_refund_application_on_a_sale_voided_since_is_not_approved() {
         let card = e.healthy(1);
         let (code, rrn, buy) = e.purchase(&card, 2_500).await;
         assert_eq!(code, "00");
-        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
-        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let cases = e.cases();
         let case = cases.open(ten_yuan_refund_application(&rrn)).await.unwrap();
         e.stan += 1;
         let void = Req::void(card.pan.expose_digits(), 2_500, e.stan, buy.stan, &rrn);
@@ -1182,8 +1192,7 @@ fn an_approval_its_caller_gave_up_on_still_reaches_the_case() {
         let card = e.healthy(1);
         let (code, rrn, _) = e.purchase(&card, 4_000).await;
         assert_eq!(code, "00");
-        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
-        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let cases = e.cases();
         let case = cases.open(ten_yuan_refund_application(&rrn)).await.unwrap();
         e.sim
             .faults()
@@ -1224,8 +1233,7 @@ fn two_applications_opened_at_once_leave_one_waiting() {
         let card = e.healthy(1);
         let (code, rrn, _) = e.purchase(&card, 6_000).await;
         assert_eq!(code, "00");
-        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
-        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let cases = e.cases();
         let (a, b) = tokio::join!(
             cases.open(ten_yuan_refund_application(&rrn)),
             cases.open(ten_yuan_refund_application(&rrn))
@@ -1257,8 +1265,7 @@ async fn refund_whose_result_was_lost(
     let card = e.healthy(1);
     let (code, rrn, _) = e.purchase(&card, 1_000).await;
     assert_eq!(code, "00");
-    let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
-    let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+    let cases = e.cases();
     let case = cases.open(ten_yuan_refund_application(&rrn)).await.unwrap();
     let key = format!("case-{}-refund-after-0", case.id);
     let made = e
@@ -1342,8 +1349,7 @@ fn approving_again_after_a_claim_never_sent_runs_the_checks() {
         let card = e.healthy(1);
         let (code, rrn, _) = e.purchase(&card, 1_000).await;
         assert_eq!(code, "00");
-        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
-        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let cases = e.cases();
         let case = cases.open(ten_yuan_refund_application(&rrn)).await.unwrap();
         // Another refund of the whole sale whose answer and first reversal answer are lost.
         e.sim.faults().drop_next(2);
@@ -1384,8 +1390,7 @@ fn refund_application_executes_through_the_switch_once() {
         let (code, rrn, _) = e.purchase(&card, 5_000).await;
         assert_eq!(code, "00");
         let (balance, _) = e.sim.issuer().balance(&card.pan).unwrap();
-        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
-        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let cases = e.cases();
         let new = |amount: i64| NewCase {
             kind: CaseKind::RefundApplication,
             mid: MID.to_owned(),
@@ -1615,8 +1620,7 @@ fn back_office_refund_is_reversed_on_timeout_and_never_doubled() {
         let card = e.healthy(2);
         let (code, rrn, _) = e.purchase(&card, 8_000).await;
         assert_eq!(code, "00");
-        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
-        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let cases = e.cases();
         let case = cases.open(ten_yuan_refund_application(&rrn)).await.unwrap();
         // The issuer applies the refund but its answer is lost: 98, and the switch reverses it
         // (the first reversal's answer is lost too, so it is resent a second later).
@@ -3321,8 +3325,7 @@ fn a_case_takes_a_bounded_number_of_entries() {
         let mut e = start().await;
         let (code, rrn, _) = e.purchase(&e.card("lost"), 100).await;
         assert_ne!(code, "00");
-        let back_office = Arc::new(e.switch().back_office()) as Arc<dyn RefundExecutor>;
-        let cases = CaseService::new(e.store(), e.directory(), back_office, Arc::new(SystemClock));
+        let cases = e.cases();
         let case = cases
             .open(NewCase {
                 kind: CaseKind::IssuerInquiry,
