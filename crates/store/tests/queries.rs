@@ -15,6 +15,31 @@ use store::settlement::{
 use store::web::{ApiTokenRow, AuditRow, LoginFailuresRow, Role, SessionRow, UserRow, WebRecord};
 use store::{Record, SafState, TerminalHealthRow, TxnState};
 
+/// A merchant `mid`, active.
+fn merchant(mid: &str) -> Record {
+    Record::UpsertMerchant(store::MerchantRow {
+        mid: mid.into(),
+        name: "x".into(),
+        status: store::Status::Active,
+        mcc: "5812".into(),
+    })
+}
+
+/// A new terminal `tid` of merchant `mid`, never signed in.
+fn terminal(tid: &str, mid: &str) -> Record {
+    Record::InsertTerminal(Box::new(store::TerminalRow {
+        tid: tid.into(),
+        mid: mid.into(),
+        tmk_wrapped: vec![1, 2, 3],
+        key_scheme: "003".into(),
+        mac_algorithm: "cup-ecb".into(),
+        status: store::Status::Active,
+        batch_no: 1,
+        last_sign_in_ms: None,
+        working_keys: None,
+    }))
+}
+
 fn every_read_runs(db: &Db) {
     let s = db.open();
     assert!(s.merchants().unwrap().is_empty());
@@ -527,27 +552,6 @@ fn terminal_health_round_trips(db: &Db) {
         assert_eq!(s.terminal_health().unwrap(), [row.clone()]);
     }
     // By merchant: its own terminals and their health, none of another's.
-    let merchant = |mid: &str| {
-        Record::UpsertMerchant(store::MerchantRow {
-            mid: mid.into(),
-            name: "x".into(),
-            status: store::Status::Active,
-            mcc: "5812".into(),
-        })
-    };
-    let terminal = |tid: &str, mid: &str| {
-        Record::InsertTerminal(Box::new(store::TerminalRow {
-            tid: tid.into(),
-            mid: mid.into(),
-            tmk_wrapped: vec![1, 2, 3],
-            key_scheme: "003".into(),
-            mac_algorithm: "cup-ecb".into(),
-            status: store::Status::Active,
-            batch_no: 1,
-            last_sign_in_ms: None,
-            working_keys: None,
-        }))
-    };
     let mut other = row.clone();
     other.tid = "20000001".into();
     s.submit(vec![
@@ -1209,19 +1213,6 @@ fn counter_blocks_beyond_32_bits_are_reserved(db: &Db) {
 /// terminals alone, at most as many as asked for, each with its terminal's merchant.
 fn recent_batch_settlements_come_newest_first(db: &Db) {
     let s = db.open();
-    let terminal = |tid: &str, mid: &str| {
-        Record::InsertTerminal(Box::new(store::TerminalRow {
-            tid: tid.into(),
-            mid: mid.into(),
-            tmk_wrapped: vec![1, 2, 3],
-            key_scheme: "003".into(),
-            mac_algorithm: "cup-ecb".into(),
-            status: store::Status::Active,
-            batch_no: 1,
-            last_sign_in_ms: None,
-            working_keys: None,
-        }))
-    };
     let settled = |tid: &str, batch_no: u32, at_ms: i64| {
         Record::Settlement(SettlementRecord::BatchSettled(
             store::settlement::BatchSettlementRow {
@@ -1235,14 +1226,6 @@ fn recent_batch_settlements_come_newest_first(db: &Db) {
                 opened_after_ms: None,
             },
         ))
-    };
-    let merchant = |mid: &str| {
-        Record::UpsertMerchant(store::MerchantRow {
-            mid: mid.into(),
-            name: "x".into(),
-            status: store::Status::Active,
-            mcc: "5812".into(),
-        })
     };
     let mut records = vec![
         merchant("898110048990001"),
