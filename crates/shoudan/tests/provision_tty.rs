@@ -93,20 +93,28 @@ impl Tty {
     }
 }
 
-#[test]
-fn ctrl_c_while_a_component_is_read_turns_echo_back_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    let config = dir.path().join("shoudan.toml");
+/// A node's configuration in `dir` on a SQLite journal there, its master key named by `master`
+/// (a `[hsm]` line); the file's path.
+fn write_config(dir: &std::path::Path, master: &str) -> std::path::PathBuf {
+    let d = dir.display();
+    let config = dir.join("shoudan.toml");
     std::fs::write(
         &config,
         format!(
             "node_id = 1\nterminal_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
-             database = \"sqlite:{d}/switch.db\"\n\n[hsm]\nmaster_key_file = \"{d}/master.key\"\n\
+             database = \"sqlite:{d}/switch.db\"\n\n[hsm]\n{master}\n\
              key_store_file = \"{d}/hsm.store\"\n"
         ),
     )
     .unwrap();
+    config
+}
+
+#[test]
+fn ctrl_c_while_a_component_is_read_turns_echo_back_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let config = write_config(dir.path(), &format!("master_key_file = \"{d}/master.key\""));
     let bin = env!("CARGO_BIN_EXE_shoudan");
     let init = Command::new(bin)
         .args(["provision", "init", "--config"])
@@ -155,17 +163,7 @@ fn ctrl_c_while_a_component_is_read_turns_echo_back_on() {
 #[test]
 fn serve_reads_its_components_at_a_terminal_and_stops_gracefully() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    let config = dir.path().join("shoudan.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "node_id = 1\nterminal_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
-             database = \"sqlite:{d}/switch.db\"\n\n[hsm]\nmaster_key_components = 2\n\
-             key_store_file = \"{d}/hsm.store\"\n"
-        ),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), "master_key_components = 2");
     let parts = [
         "00112233445566778899AABBCCDDEEFF0123456789ABCDEFFEDCBA9876543210",
         "F0E1D2C3B4A5968778695A4B3C2D1E0F1F2E3D4C5B6A79880011223344556677",
