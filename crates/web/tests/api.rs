@@ -2588,14 +2588,11 @@ fn a_staff_search_over_every_merchant_reads_one_budget_a_page() {
             e.h.store.submit(chunk.to_vec()).unwrap().await.unwrap();
         }
         // A server whose budget is 1,000 rows a page: 500 for each of the two merchants.
-        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
         let budgeted = web::Web {
             search_scan_max: 1_000,
             ..e.web.clone()
         };
-        let (http, _task) = web::spawn(budgeted, "127.0.0.1:0".parse().unwrap(), stop_rx)
-            .await
-            .unwrap();
+        let (http, _stop) = serve(budgeted).await;
         let ops = e.token("ops").await;
         let auth = format!("Bearer {ops}");
         let page = |cursor: Option<String>| {
@@ -4438,11 +4435,7 @@ async fn web_on_the_harness_clock(
         std::sync::Arc::new(e.h.switch.as_ref().unwrap().back_office())
             as std::sync::Arc<dyn resolve::cases::RefundExecutor>,
     );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let (http, _task) = web::spawn(moved, "127.0.0.1:0".parse().unwrap(), stopped)
-        .await
-        .unwrap();
-    (http, stop)
+    serve(moved).await
 }
 
 /// A duplicate paid at 23:30, after the 23:00 cut-over, is in the next clearing day and may be
@@ -5794,12 +5787,9 @@ fn an_approval_whose_request_is_dropped_is_recorded_and_audited() {
 fn a_client_spraying_passwords_is_refused_by_its_address() {
     run(async move {
         let e = start().await;
-        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
         let loopback: std::net::IpAddr = [127, 0, 0, 1].into();
         let proxied = e.web.clone().with_trusted_proxies(vec![loopback]);
-        let (proxy, _task) = web::spawn(proxied, "127.0.0.1:0".parse().unwrap(), stop_rx)
-            .await
-            .unwrap();
+        let (proxy, _stop) = serve(proxied).await;
         let sign_in = |addr, from: &'static str, username: String, password: &'static str| async move {
             let body = json!({ "username": username, "password": password }).to_string();
             request(
@@ -5847,11 +5837,8 @@ fn a_client_spraying_passwords_is_refused_by_its_address() {
 fn a_secure_portals_session_cookie_is_host_only() {
     run(async move {
         let e = start().await;
-        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
         let secure = e.web.clone().with_secure_cookies(true);
-        let (addr, _task) = web::spawn(secure, "127.0.0.1:0".parse().unwrap(), stop_rx)
-            .await
-            .unwrap();
+        let (addr, _stop) = serve(secure).await;
         let signed_in = PageSession::attempt(addr, "teahouse", PASSWORD).await;
         assert_eq!(signed_in.status, 303, "{}", signed_in.body);
         let set = signed_in

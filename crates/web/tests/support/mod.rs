@@ -68,6 +68,16 @@ pub struct Env {
     _stop: watch::Sender<bool>,
 }
 
+/// `web` served on a loopback port of its own until the returned sender is dropped (or sends
+/// true): its address.
+pub async fn serve(web: Web) -> (SocketAddr, watch::Sender<bool>) {
+    let (stop, stop_rx) = watch::channel(false);
+    let (http, _task) = web::spawn(web, "127.0.0.1:0".parse().unwrap(), stop_rx)
+        .await
+        .unwrap();
+    (http, stop)
+}
+
 pub async fn start() -> Env {
     let (hsm, zpk) = new_hsm();
     let pins = HsmPinVerifier::new(Arc::clone(&hsm) as Arc<dyn Hsm>, zpk);
@@ -125,10 +135,7 @@ pub async fn start() -> Env {
         .await
         .unwrap();
     }
-    let (stop, stop_rx) = watch::channel(false);
-    let (http, _task) = web::spawn(web.clone(), "127.0.0.1:0".parse().unwrap(), stop_rx)
-        .await
-        .unwrap();
+    let (http, stop) = serve(web.clone()).await;
     Env {
         h,
         sim,
