@@ -306,9 +306,14 @@ pub trait Hsm: Send + Sync {
         pvv: &PinVerificationValue,
     ) -> Result<bool, HsmError>;
 
-    /// A track a terminal encrypted under its TDK (field 53.3 = 1), in the clear: its data block
-    /// decrypted ([`crate::track`]). Digits and `=`; wiped when dropped.
-    fn decrypt_track(&self, tdk: KeyHandle, track: &str) -> Result<Zeroizing<String>, HsmError>;
+    /// A track (of its `kind`) a terminal encrypted under its TDK (field 53.3 = 1), in the
+    /// clear: its data block decrypted ([`crate::track`]). Digits and `=`; wiped when dropped.
+    fn decrypt_track(
+        &self,
+        tdk: KeyHandle,
+        kind: crate::track::Track,
+        track: &str,
+    ) -> Result<Zeroizing<String>, HsmError>;
 
     /// Encrypts data at rest (AES-256-GCM, random nonce): `version ‖ nonce ‖ ciphertext ‖ tag`.
     fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, HsmError>;
@@ -697,9 +702,14 @@ impl Hsm for SoftHsm {
         Ok(self.pvv(pan.as_bytes(), pin.expose()) == *pvv)
     }
 
-    fn decrypt_track(&self, tdk: KeyHandle, track: &str) -> Result<Zeroizing<String>, HsmError> {
+    fn decrypt_track(
+        &self,
+        tdk: KeyHandle,
+        kind: crate::track::Track,
+        track: &str,
+    ) -> Result<Zeroizing<String>, HsmError> {
         let tdk = self.entry_for(tdk, &[KeyUsage::Tdk])?;
-        Ok(crate::track::decrypt(&tdk.key, track)?)
+        Ok(crate::track::decrypt(&tdk.key, kind, track)?)
     }
 
     fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, HsmError> {

@@ -35,12 +35,26 @@ pub fn encrypt(key: &Key, track: &str) -> Result<Zeroizing<String>, TrackError> 
     apply(key, track, true)
 }
 
-/// Decrypts `track`'s data block under `key`; the result must be a clear track: digits and
-/// separators (`=`), one at least (track 2 has one, track 3 several).
-pub fn decrypt(key: &Key, track: &str) -> Result<Zeroizing<String>, TrackError> {
+/// Which track a request carries: they differ in how many separators a clear one has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Track {
+    /// Field 35: one separator, after the card number.
+    Two,
+    /// Field 36: a separator after the card number, and more between its later fields.
+    Three,
+}
+
+/// Decrypts `track`'s data block under `key`; the result must be a clear track of its `kind`:
+/// digits and separators (`=`), exactly one for track 2, one at least for track 3. Anything
+/// else means another key (or a track that was never encrypted).
+pub fn decrypt(key: &Key, kind: Track, track: &str) -> Result<Zeroizing<String>, TrackError> {
     let clear = apply(key, track, false)?;
     let separators = clear.bytes().filter(|&b| b == b'=').count();
-    if separators == 0 || !clear.bytes().all(|b| b.is_ascii_digit() || b == b'=') {
+    let separators_fit = match kind {
+        Track::Two => separators == 1,
+        Track::Three => separators >= 1,
+    };
+    if !separators_fit || !clear.bytes().all(|b| b.is_ascii_digit() || b == b'=') {
         return Err(TrackError::NotClear);
     }
     Ok(clear)
@@ -137,7 +151,7 @@ mod tests {
         assert_eq!(&sealed[start..end], expected.as_str());
         assert_eq!(&sealed[..start], &track[..start]);
         assert_eq!(&sealed[end..], &track[end..]);
-        assert_eq!(decrypt(&key, &sealed).unwrap().as_str(), track);
+        assert_eq!(decrypt(&key, Track::Two, &sealed).unwrap().as_str(), track);
     }
 
     #[test]
@@ -147,7 +161,7 @@ mod tests {
         let track = "6222020000000000003=25121011234567891";
         assert_eq!(track.len() % 2, 1);
         let sealed = encrypt(&key, track).unwrap();
-        assert_eq!(decrypt(&key, &sealed).unwrap().as_str(), track);
+        assert_eq!(decrypt(&key, Track::Two, &sealed).unwrap().as_str(), track);
         // 17 characters pack into 9 bytes: the shortest track with a block and a last byte.
         assert!(encrypt(&key, "62220200000=25121").is_ok());
         assert_eq!(
@@ -160,11 +174,22 @@ mod tests {
         );
         // Decrypted under another key: not a clear track.
         let other = Key::from_hex(KeyAlgorithm::Des, "11111111111111112222222222222222").unwrap();
-        assert_eq!(decrypt(&other, &sealed), Err(TrackError::NotClear));
+        assert_eq!(
+            decrypt(&other, Track::Two, &sealed),
+            Err(TrackError::NotClear)
+        );
         // Track 3: a format code, the card number and several separators.
         let track3 = "996222020000000000003=1561560000000000000000003000000=000000000000=0000";
         let sealed = encrypt(&key, track3).unwrap();
         assert_ne!(sealed.as_str(), track3);
-        assert_eq!(decrypt(&key, &sealed).unwrap().as_str(), track3);
+        assert_eq!(
+            decrypt(&key, Track::Three, &sealed).unwrap().as_str(),
+            track3
+        );
+        // Its several separators are not a track 2's.
+        assert_eq!(
+            decrypt(&key, Track::Two, &sealed),
+            Err(TrackError::NotClear)
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use domain::Pan;
 use domain::money::yuan;
 use iso8583::{Field61, Financial, Frame, Message, MessageBuilder};
+use paycrypto::track::Track;
 use paycrypto::{EncryptedPinBlock, KeyScheme, PanDigits};
 use store::{
     EventRow, LinkRefusal, Outcome, PanAtRest, Record, Status, StoreError, TxnKind, TxnRow,
@@ -2195,27 +2196,22 @@ impl Core {
         if !track_encrypted(&ctx.frame.message) {
             return Ok(ClearTracks::default());
         }
-        let track2 = self.clear_track(ctx, 35)?;
-        // Track 2 has one separator (track 3 several): one more check that the track key was
-        // the terminal's.
-        if track2
-            .as_ref()
-            .is_some_and(|t| t.bytes().filter(|b| *b == b'=').count() != 1)
-        {
-            return Err("encrypted track does not decrypt under the terminal's track key");
-        }
         Ok(ClearTracks {
-            track2,
-            track3: self.clear_track(ctx, 36)?,
+            track2: self.clear_track(ctx, Track::Two)?,
+            track3: self.clear_track(ctx, Track::Three)?,
         })
     }
 
-    /// Track `number` (35 or 36) of an encrypted request decrypted; `None` if it has none.
+    /// Track `kind` (field 35 or 36) of an encrypted request decrypted; `None` if it has none.
     fn clear_track(
         &self,
         ctx: &Ctx<'_>,
-        number: u8,
+        kind: Track,
     ) -> Result<Option<Zeroizing<String>>, &'static str> {
+        let number = match kind {
+            Track::Two => 35,
+            Track::Three => 36,
+        };
         let Some(track) = ctx.frame.message.digits(number) else {
             return Ok(None);
         };
@@ -2229,7 +2225,7 @@ impl Core {
             .write_to(&mut *sealed)
             .map_err(|_| "encrypted track could not be read")?;
         self.hsm
-            .decrypt_track(tdk, &sealed)
+            .decrypt_track(tdk, kind, &sealed)
             .map(Some)
             .map_err(|_| "encrypted track does not decrypt under the terminal's track key")
     }
