@@ -480,16 +480,24 @@ impl Core {
         }
     }
 
-    /// Waits `journal_wait` for a queued write: one not answered by then is handed back.
-    pub async fn wait_within(&self, mut durable: store::Durable) -> Journalled {
+    /// Waits `journal_wait` for a queued write: one not answered by then is handed back, counted
+    /// and logged.
+    pub async fn wait_within(&self, durable: store::Durable) -> Journalled {
+        let waited = self.wait_again(durable).await;
+        if matches!(waited, Journalled::Late(_)) {
+            let error = self.no_answer();
+            tracing::warn!(%error, "the write stays queued; the request is not answered as written");
+        }
+        waited
+    }
+
+    /// `wait_within` for a write already counted late once (an outcome already being
+    /// committed, waited for as long again): not counted or logged a second time.
+    pub async fn wait_again(&self, mut durable: store::Durable) -> Journalled {
         match tokio::time::timeout(self.config.journal_wait, &mut durable).await {
             Ok(Ok(())) => Journalled::Written,
             Ok(Err(error)) => Journalled::Failed(error),
-            Err(_) => {
-                let error = self.no_answer();
-                tracing::warn!(%error, "the write stays queued; the request is not answered as written");
-                Journalled::Late(durable)
-            }
+            Err(_) => Journalled::Late(durable),
         }
     }
 

@@ -1866,24 +1866,19 @@ impl Core {
                         behind = Some(Ok(riding));
                         Journalled::Late(durable)
                     }
-                    Err(records) => {
-                        let mut durable = durable;
-                        let wait = self.config.journal_wait;
-                        match tokio::time::timeout(wait, &mut durable).await {
-                            Ok(Ok(())) => Journalled::Written,
-                            Ok(Err(error)) => Journalled::Failed(error),
-                            Err(_) => {
-                                tracing::warn!(
-                                    txn_id = entry.id,
-                                    "an approval's outcome is still being committed: the \
-                                     terminal is not answered, and reverses it"
-                                );
-                                unanswered = true;
-                                behind = Some(Err(records));
-                                Journalled::Late(durable)
-                            }
+                    Err(records) => match self.wait_again(durable).await {
+                        Journalled::Late(durable) => {
+                            tracing::warn!(
+                                txn_id = entry.id,
+                                "an approval's outcome is still being committed: the terminal \
+                                 is not answered, and reverses it"
+                            );
+                            unanswered = true;
+                            behind = Some(Err(records));
+                            Journalled::Late(durable)
                         }
-                    }
+                        known => known,
+                    },
                 }
             }
             other => other,
