@@ -52,6 +52,15 @@ pub(crate) fn next_write_seq() -> i64 {
 /// callers page past it ([`each_txn_of_merchant`]).
 pub const RESOLVE_ROWS_MAX: u32 = 10_000;
 
+/// Places among the nodes sharing a journal: node ids must differ modulo this (each claims its
+/// place, `PgStore::claim_node`; it separates their host traces and leads their RRNs' recovery).
+pub const NODE_PLACES: u8 = 10;
+
+/// The place of node `node_id` among the nodes sharing a journal.
+pub fn node_place(node_id: u8) -> u8 {
+    node_id % NODE_PLACES
+}
+
 /// Calls `each` with a merchant's transactions received in `[from_ms, to_ms)`, newest first,
 /// reading the store [`RESOLVE_ROWS_MAX`] rows at a time, however many there are, until
 /// `each` breaks or fails.

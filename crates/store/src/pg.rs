@@ -439,7 +439,7 @@ impl PgStore {
         // hours), so a node that died with its host frees its place for its replacement.
         conn.execute_batch(NODE_CLAIM_KEEPALIVES)?;
         let journal_key = i32::from_ne_bytes(self.journal_key().to_ne_bytes());
-        let place = i32::from(node_id % 10);
+        let place = i32::from(crate::node_place(node_id));
         // A node restarted at once after a crash may find its old session not yet ended by
         // the server: it waits for it a while before taking the place for another node's.
         let deadline = std::time::Instant::now() + wait;

@@ -206,8 +206,9 @@ fn free_trace(mut next: impl FnMut() -> u32, awaited: impl Fn(u32) -> bool) -> u
     trace
 }
 
-/// Node classes of host traces (node ids of nodes sharing a database differ modulo this).
-pub(crate) const TRACE_NODES: u32 = 10;
+/// Node classes of host traces: a node's place among the nodes sharing a database
+/// (`store::NODE_PLACES`).
+pub(crate) const TRACE_NODES: u32 = store::NODE_PLACES as u32;
 /// Traces each node cycles through: six digits in all.
 const TRACE_PER_NODE: u32 = 999_999 / TRACE_NODES;
 
@@ -388,7 +389,7 @@ impl Core {
     /// congruent to the node id modulo `TRACE_NODES`.
     pub fn next_trace(&self) -> u32 {
         let k = self.trace.fetch_add(1, Ordering::Relaxed) % TRACE_PER_NODE;
-        k * TRACE_NODES + u32::from(self.config.node_id) % TRACE_NODES + 1
+        k * TRACE_NODES + u32::from(store::node_place(self.config.node_id)) + 1
     }
 
     /// A host trace for a request to `link`: the next of this node's, passing over any still

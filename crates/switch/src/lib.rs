@@ -495,7 +495,7 @@ pub(crate) fn lost_elsewhere(
         .as_deref()
         .and_then(|rrn| rrn.get(..2))
         .and_then(|node| node.parse::<u8>().ok())
-        .map(|node| node % 10);
+        .map(store::node_place);
     let node_live = places_held
         .zip(place)
         .is_some_and(|(held, place)| held.contains(&place));

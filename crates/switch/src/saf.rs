@@ -70,7 +70,7 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 });
             let swept = match in_flight {
                 Ok((rows, places_held)) => {
-                    let own = core.config.node_id % 10;
+                    let own = store::node_place(core.config.node_id);
                     if places_held
                         .as_ref()
                         .is_some_and(|places| !places.is_empty() && !places.contains(&own))
