@@ -364,6 +364,11 @@ impl MasterKey {
         ct_eq(&self.0, &[0u8; 32])
     }
 
+    /// Whether `other` is the same key (in constant time).
+    pub fn same_as(&self, other: &MasterKey) -> bool {
+        ct_eq(&self.0, &other.0)
+    }
+
     /// Six hex digits that tell a key (or a component) from another without showing it, for a
     /// custodian to check what they typed against their paperwork: the start of an HMAC of a
     /// fixed label under the key, which gives nothing of the key away.
@@ -957,6 +962,8 @@ mod tests {
             .is_zero()
         );
         assert!(!master.is_zero());
+        assert!(master.same_as(&MasterKey::from_bytes([0x55; 32])));
+        assert!(!master.same_as(&parts[0]));
     }
 
     #[test]

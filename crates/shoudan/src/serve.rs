@@ -476,8 +476,8 @@ fn read_master_key(
                 if confirm {
                     let again = format!("{what} again");
                     let line = zeroize::Zeroizing::new(crate::provision::read_line(input, &again)?);
-                    let same = MasterKey::from_hex(line.trim())
-                        .is_ok_and(|typed| typed.check_value() == part.check_value());
+                    let same =
+                        MasterKey::from_hex(line.trim()).is_ok_and(|typed| typed.same_as(&part));
                     if !same {
                         return Err(format!("{what}: typed differently the second time").into());
                     }
@@ -486,12 +486,11 @@ fn read_master_key(
                 if part.is_zero() {
                     return Err(format!("{what}: all zeros").into());
                 }
-                let check = part.check_value();
                 // The same component twice cancels out: each custodian holds their own.
-                if parts.iter().any(|p| p.check_value() == check) {
+                if parts.iter().any(|p| p.same_as(&part)) {
                     return Err(format!("{what}: the same as an earlier one").into());
                 }
-                eprintln!("{what}: check value {check}");
+                eprintln!("{what}: check value {}", part.check_value());
                 parts.push(part);
             }
             let master = MasterKey::from_components(&parts);
