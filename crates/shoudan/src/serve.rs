@@ -817,6 +817,13 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
         // Nodes on one journal each claim their node id's place, so that two with one id (a
         // copied configuration, the default left in) cannot both run.
         Database::Postgres(pg) => {
+            if pg.plain_over_network() {
+                tracing::warn!(
+                    "the database connections are plain TCP to another host: card data at rest \
+                     (sealed), password hashes and the ledger cross the network readable; add \
+                     sslmode=verify-full&sslrootcert=FILE to the database URL"
+                );
+            }
             let store = PgStore::open(&pg)?;
             store.claim_node(config.node_id)?;
             Arc::new(store)

@@ -36,6 +36,8 @@ use shim::{Connection, OptionalExtension, Row};
 
 #[path = "pg_shim.rs"]
 pub(crate) mod shim;
+#[path = "pg_tls.rs"]
+mod tls;
 
 #[allow(unused_imports)]
 mod pg_resolve {
@@ -115,7 +117,9 @@ const CAREFUL_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '250ms'";
 /// How to open a PostgreSQL store. Its `Debug` leaves out a URL that holds a password.
 #[derive(Clone)]
 pub struct PgConfig {
-    /// `postgres://user@host:port/database` (or key=value form).
+    /// `postgres://user@host:port/database` (or key=value form). With
+    /// `?sslmode=verify-full&sslrootcert=/path/ca.pem`, connections are TLS, the server's
+    /// certificate checked against those CA certificates and the host name (`pg_tls.rs`).
     pub url: String,
     /// A schema to create and use instead of `public` (tests give each store its own);
     /// lower-case letters, digits and `_` only.
@@ -150,10 +154,10 @@ impl PgConfig {
     /// option the client does not know, a typo), so that a check of who may read the file errs
     /// on the safe side.
     pub fn holds_password(&self) -> bool {
-        let read = self
-            .url
-            .parse::<tokio_postgres::Config>()
-            .is_ok_and(|c| c.get_password().is_some());
+        let read = tls::security_of(&self.url)
+            .ok()
+            .and_then(|(url, _, _)| url.parse::<tokio_postgres::Config>().ok())
+            .is_some_and(|c| c.get_password().is_some());
         let url = percent_decoded(&self.url);
         let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
         let by_text = rest
@@ -162,10 +166,35 @@ impl PgConfig {
             || url.to_ascii_lowercase().contains("password");
         read || by_text
     }
+
+    /// Whether connections would be plain TCP (no `sslmode=verify-full`) to a host other than
+    /// this one (a name other than `localhost`, an address that is not loopback); a URL that
+    /// does not parse is not (opening it says why).
+    pub fn plain_over_network(&self) -> bool {
+        let Ok((url, _, tls::Security::Plain)) = tls::security_of(&self.url) else {
+            return false;
+        };
+        let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+            return false;
+        };
+        let loopback = |host: &tokio_postgres::config::Host| match host {
+            tokio_postgres::config::Host::Tcp(name) => {
+                name.eq_ignore_ascii_case("localhost")
+                    || name
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            tokio_postgres::config::Host::Unix(_) => true,
+        };
+        let addresses_local = config.get_hostaddrs().iter().all(|ip| ip.is_loopback());
+        !(config.get_hosts().iter().all(loopback) && addresses_local)
+    }
 }
 
 /// `text` with its `%XX` escapes decoded (bytes that do not make UTF-8 replaced).
-fn percent_decoded(text: &str) -> String {
+pub(crate) fn percent_decoded(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -286,12 +315,17 @@ fn runtime() -> Result<tokio::runtime::Runtime, StoreError> {
         .map_err(|e| backend(format!("cannot start the postgres runtime: {e}")))
 }
 
-/// The client configuration of `url` with the connection bounds it does not set itself.
-fn client_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+/// The client configuration of `url` with the connection bounds it does not set itself, and
+/// how the connection is secured (`pg_tls.rs`).
+fn client_config(url: &str) -> Result<(tokio_postgres::Config, tls::Security), StoreError> {
+    let (url, mode, security) = tls::security_of(url)?;
     // The parser's errors name the option, never the URL (which may hold a password).
     let mut config: tokio_postgres::Config = url
         .parse()
-        .map_err(|e| backend(format!("postgres URL: {e}")))?;
+        .map_err(|e| backend(format!("postgres URL: {}", shim::with_causes(&e))))?;
+    if let Some(mode) = mode {
+        config.ssl_mode(mode);
+    }
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(PG_CONNECT_TIMEOUT);
     }
@@ -307,27 +341,46 @@ fn client_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     if config.get_keepalives_retries().is_none() {
         config.keepalives_retries(PG_KEEPALIVE_RETRIES);
     }
-    Ok(config)
+    Ok((config, security))
+}
+
+/// Connects with `tls` within `limit`, and runs the connection's protocol task.
+async fn open_client<T>(
+    config: tokio_postgres::Config,
+    tls: T,
+    limit: std::time::Duration,
+) -> Result<tokio_postgres::Client, StoreError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let Ok(connected) = tokio::time::timeout(limit, config.connect(tls)).await else {
+        return Err(backend(format!(
+            "postgres connect: no answer within {} s",
+            limit.as_secs()
+        )));
+    };
+    let (client, connection) = connected.map_err(|e| shim::store_error(&e))?;
+    // The protocol task ends when the client is dropped or the server goes away.
+    tokio::spawn(async move { drop(connection.await) });
+    Ok(client)
 }
 
 fn connect(runtime: &tokio::runtime::Handle, config: &PgConfig) -> Result<Connection, StoreError> {
-    let client_config = client_config(&config.url)?;
+    let (client_config, security) = client_config(&config.url)?;
     let limit = client_config
         .get_connect_timeout()
         .copied()
         .unwrap_or(PG_CONNECT_TIMEOUT);
+    let verified = match security {
+        tls::Security::Plain => None,
+        tls::Security::VerifyFull { roots } => Some(tls::connector(&roots)?),
+    };
     let connecting = runtime.spawn(async move {
-        let connected = tokio::time::timeout(limit, client_config.connect(tokio_postgres::NoTls));
-        let Ok(connected) = connected.await else {
-            return Err(backend(format!(
-                "postgres connect: no answer within {} s",
-                limit.as_secs()
-            )));
-        };
-        let (client, connection) = connected.map_err(|e| shim::store_error(&e))?;
-        // The protocol task ends when the client is dropped or the server goes away.
-        tokio::spawn(async move { drop(connection.await) });
-        Ok(client)
+        match verified {
+            None => open_client(client_config, tokio_postgres::NoTls, limit).await,
+            Some(verified) => open_client(client_config, verified, limit).await,
+        }
     });
     let client =
         shim::block_on(connecting).map_err(|e| backend(format!("postgres connect: {e}")))??;
@@ -1167,10 +1220,31 @@ mod tests {
         assert!(format!("{:?}", PgConfig::new(plain)).contains(plain));
     }
 
+    #[test]
+    fn plain_connections_to_another_host_are_told_apart() {
+        let plain = |url: &str| PgConfig::new(url).plain_over_network();
+        assert!(plain("postgres://shoudan@db.example/journal"));
+        assert!(plain(
+            "postgres://shoudan@10.0.0.7:5432/journal?sslmode=prefer"
+        ));
+        assert!(plain(
+            "postgres://shoudan@localhost/journal?hostaddr=10.0.0.7"
+        ));
+        assert!(!plain("postgres://shoudan@127.0.0.1:5432/journal"));
+        assert!(!plain("postgres://shoudan@localhost/journal"));
+        assert!(!plain("postgres://shoudan@[::1]:5432/journal"));
+        assert!(!plain(
+            "postgres://shoudan@db.example/journal?sslmode=verify-full&sslrootcert=/ca.pem"
+        ));
+        assert!(!plain(
+            "postgres://shoudan@db.example/journal?sslmode=require"
+        ));
+    }
+
     /// A URL's own bounds are kept; those it leaves out are the store's.
     #[test]
     fn connections_are_bounded_unless_the_url_says_otherwise() {
-        let config = client_config("postgres://shoudan@db.example/journal").unwrap();
+        let (config, _) = client_config("postgres://shoudan@db.example/journal").unwrap();
         assert_eq!(config.get_connect_timeout(), Some(&PG_CONNECT_TIMEOUT));
         assert_eq!(config.get_tcp_user_timeout(), Some(&PG_TCP_USER_TIMEOUT));
         assert!(config.get_keepalives());
@@ -1181,7 +1255,7 @@ mod tests {
         );
         assert_eq!(config.get_keepalives_retries(), Some(PG_KEEPALIVE_RETRIES));
 
-        let config = client_config(
+        let (config, _) = client_config(
             "postgres://shoudan@db.example/journal?connect_timeout=3&tcp_user_timeout=30\
              &keepalives_idle=60&keepalives_interval=7&keepalives_retries=9",
         )

@@ -69,7 +69,7 @@ pub fn store_error(error: &tokio_postgres::Error) -> StoreError {
     // The driver's own text for a server error is only "db error": name the server's.
     let message = match error.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => error.to_string(),
+        None => with_causes(error),
     };
     let code = error.code().map(|c| c.code().to_owned());
     match code.as_deref() {
@@ -79,6 +79,20 @@ pub fn store_error(error: &tokio_postgres::Error) -> StoreError {
         Some("53100" | "53000") => StoreError::Full { message },
         _ => StoreError::Backend { message },
     }
+}
+
+/// The driver's text for an error followed by its causes' ("error connecting to server:
+/// Connection refused", "error performing TLS handshake: invalid peer certificate: ..."): its
+/// own names only the kind. No cause quotes the connection string or a password.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
 }
 
 fn pg(error: tokio_postgres::Error) -> Error {

@@ -890,6 +890,89 @@ fn on_postgres_reads_do_not_each_try_to_connect_while_the_database_is_down() {
     store.close();
 }
 
+/// A URL asking for `sslmode=verify-full` with the server's CA opens every connection of the
+/// store (its writer and its readers) over TLS; a CA that did not sign the server's
+/// certificate, or a certificate naming another host, is refused before anything is read or
+/// written.
+#[test]
+fn on_postgres_a_verify_full_url_connects_over_tls_and_refuses_a_server_it_cannot_check() {
+    let Some(db) = Db::postgres() else { return };
+    let Some((ca, other_ca)) = backend::pg_cas() else {
+        return;
+    };
+    let config = db.pg_config().unwrap();
+    let schema = config.schema.clone().unwrap();
+    let join = if config.url.contains('?') { '&' } else { '?' };
+    let tls = |roots: &str| {
+        format!(
+            "{}{join}application_name={schema}&sslmode=verify-full&sslrootcert={roots}",
+            config.url
+        )
+    };
+    let store = backend::Opened::Pg(
+        store::PgStore::open(&store::PgConfig {
+            url: tls(&ca),
+            ..config.clone()
+        })
+        .unwrap(),
+    );
+    provision(&store);
+    write(&*store, vec![Record::InsertTxn(Box::new(txn(1, 1)))]).unwrap();
+    assert_eq!(store.txn(1).unwrap().unwrap().stan, 1);
+    assert_eq!(store.terminals().unwrap().len(), 1);
+
+    let admin = Session::connect(&config.url);
+    let sessions = |ssl: bool| -> i64 {
+        admin
+            .runtime
+            .block_on(admin.client.query_one(
+                "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.application_name = $1 AND s.ssl = $2",
+                &[&schema, &ssl],
+            ))
+            .unwrap()
+            .get(0)
+    };
+    assert!(sessions(true) >= 2, "the writer and a reader over TLS");
+    assert_eq!(sessions(false), 0, "a session of the store in the clear");
+    store.close();
+
+    let refused = store::PgStore::open(&store::PgConfig {
+        url: tls(&other_ca),
+        ..config.clone()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains("invalid peer certificate") && refused.contains("UnknownIssuer"),
+        "{refused}"
+    );
+    // The right CA, but a host name the certificate does not carry (the address connected to
+    // given apart, as `hostaddr`).
+    let start = config.url.find('@').map_or(0, |at| at + 1);
+    let port = config.url[start..]
+        .split(['/', '?'])
+        .next()
+        .and_then(|host| host.rsplit_once(':'))
+        .map(|(_, port)| port.to_owned())
+        .unwrap();
+    let renamed = tls(&ca).replacen(
+        &config.url[start..start + config.url[start..].find('/').unwrap()],
+        &format!("db.example:{port}"),
+        1,
+    ) + "&hostaddr=127.0.0.1";
+    let refused = store::PgStore::open(&store::PgConfig {
+        url: renamed,
+        ..config
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains("certificate not valid for name \"db.example\""),
+        "{refused}"
+    );
+}
+
 /// The writer sends a group's writes pipelined, taking one changed row for granted for each.
 /// Groups made to form behind a lock the test holds show the cases where that is not so: a
 /// statement that legitimately changes no row (a reversal queued twice), and a job that fails

@@ -58,6 +58,28 @@ pub fn pg_url() -> Option<String> {
     }
 }
 
+/// The test server's CA certificate and one that signed nothing there (PEM files, from
+/// `SHOUDAN_PG_CA` and `SHOUDAN_PG_OTHER_CA`, which scripts/pg sets), or `None` (after saying
+/// so) when they are not given.
+pub fn pg_cas() -> Option<(String, String)> {
+    match (
+        std::env::var("SHOUDAN_PG_CA"),
+        std::env::var("SHOUDAN_PG_OTHER_CA"),
+    ) {
+        (Ok(ca), Ok(other)) if !ca.is_empty() && !other.is_empty() => Some((ca, other)),
+        _ => {
+            if std::env::var_os("SHOUDAN_REQUIRE_PG").is_some() {
+                panic!(
+                    "SHOUDAN_REQUIRE_PG is set but SHOUDAN_PG_CA and SHOUDAN_PG_OTHER_CA are not \
+                     (scripts/pg sets them for its server's TLS)"
+                );
+            }
+            eprintln!("SKIPPED on PostgreSQL over TLS: SHOUDAN_PG_CA is not set");
+            None
+        }
+    }
+}
+
 /// A schema name no other test (in any test process) uses.
 pub fn fresh_schema() -> String {
     let nanos = std::time::SystemTime::now()
