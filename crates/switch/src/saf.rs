@@ -243,15 +243,18 @@ impl Core {
                         return;
                     }
                     // A code no table here holds (an issuer's own): not a decision this host
-                    // can read, so not a refusal to stop on at once: sent again. The same code
-                    // answered to that resend is the issuer's answer, recorded as refused with
-                    // it, where the console lists it for someone to take up, not resent every
-                    // minute for ever. (The last error says what the last answer was, whatever
-                    // put the reversal off before: a link down, a timeout.)
+                    // can read, so not a refusal to stop on at once: sent again. A code of that
+                    // kind answered to that resend (the same or another) is the issuer's
+                    // answer, recorded as refused with it, where the console lists it for
+                    // someone to take up, not resent every minute for ever. (The last error
+                    // says what the last answer was, whatever put the reversal off before: a
+                    // link down, a timeout.)
                     Some(unknown)
                         if !known_code(unknown)
-                            && item.last_error.as_deref()
-                                != Some(&unknown_answer(&item, unknown)) =>
+                            && !item
+                                .last_error
+                                .as_deref()
+                                .is_some_and(|last| was_unknown_answer(&item, last)) =>
                     {
                         tracing::warn!(txn_id, issuer = %item.issuer, code = unknown, "reversal answered with an unknown code; sent again");
                         self.retry(&item, &unknown_answer(&item, unknown)).await;
@@ -420,10 +423,21 @@ fn known_code(code: &str) -> bool {
 }
 
 /// What a reversal put off by an answer with a code the diagnosis table does not hold keeps as
-/// its last error: the same text again means the same answer twice in a row.
+/// its last error.
 fn unknown_answer(item: &SafItem, code: &str) -> String {
     format!(
-        "reversal answered by {} with {code}, a code this host does not know: sent again",
+        "reversal answered by {} with {code}{UNKNOWN_ANSWER_END}",
         item.issuer
     )
+}
+
+const UNKNOWN_ANSWER_END: &str = ", a code this host does not know: sent again";
+
+/// Whether `last_error` is [`unknown_answer`]'s, whatever the code: such an answer twice in a
+/// row is the issuer's.
+fn was_unknown_answer(item: &SafItem, last_error: &str) -> bool {
+    last_error
+        .strip_prefix(&format!("reversal answered by {} with ", item.issuer))
+        .and_then(|rest| rest.strip_suffix(UNKNOWN_ANSWER_END))
+        .is_some_and(|code| code.len() == 2 && !known_code(code))
 }

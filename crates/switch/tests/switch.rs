@@ -353,19 +353,18 @@ fn a_reversal_answered_98_or_an_unknown_code_is_sent_again() {
     lands_when_resent_after(["98", "Q7"]);
 }
 
-/// An issuer that answers a reversal with a code no table here holds, and the same again to its
-/// resend: that answer is taken as its refusal, listed as standing for someone to take up, not
-/// resent every minute for ever. Put off before for another reason (a timeout), the first
-/// such answer still gets its resend.
-#[test]
-fn a_reversal_answered_an_unknown_code_again_and_again_is_refused() {
+/// An issuer that answers a reversal with a code no table here holds, and such a code again to
+/// its resend (the same, or another: `second`): that answer is taken as its refusal, listed as
+/// standing for someone to take up, not resent every minute for ever. Put off before for
+/// another reason (a timeout), the first such answer still gets its resend.
+fn refused_on_a_second_unknown_code(second: &'static str) {
     runtime().block_on(async {
         let h = Harness::new().await;
         h.log
             .reversal_codes
             .lock()
             .unwrap()
-            .extend(["96", "96", "96", "Q7", "Q7", "00"]);
+            .extend(["96", "96", "96", "Q7", second, "00"]);
         let (_t, rrn, id) = h.sale_timed_out(9).await;
         let store = Arc::clone(&h.store);
         let refused = h
@@ -378,11 +377,22 @@ fn a_reversal_answered_an_unknown_code_again_and_again_is_refused() {
             .await;
         let item = h.store.reversal(id).unwrap().unwrap();
         assert!(refused, "{item:?}");
-        assert_eq!(item.last_error.as_deref(), Some("Q7"));
+        assert_eq!(item.last_error.as_deref(), Some(second));
         assert!(item.refused_standing());
         let sent = h.log.reversals.lock().unwrap().clone();
         assert_eq!(sent.iter().filter(|(_, r)| *r == rrn).count(), 5);
     });
+}
+
+#[test]
+fn a_reversal_answered_an_unknown_code_again_and_again_is_refused() {
+    refused_on_a_second_unknown_code("Q7");
+}
+
+/// An issuer alternating codes of its own is not resent for ever either.
+#[test]
+fn a_reversal_answered_two_unknown_codes_in_a_row_is_refused() {
+    refused_on_a_second_unknown_code("Q8");
 }
 
 #[test]
