@@ -41,7 +41,7 @@ pub enum ResolveError {
     NoSuchTxn(i64),
     /// The URL as given, quoted with any card number in it masked.
     #[error(
-        "webhook endpoint must be an http:// URL with a host: {}",
+        "webhook endpoint must be an https:// or http:// URL with a host: {}",
         domain::mask_card_numbers(.0)
     )]
     BadEndpoint(String),

@@ -293,6 +293,9 @@ pub struct NotifierConfig {
     pub batch_max: u32,
     /// Which addresses a merchant's endpoint may resolve to (public only by default).
     pub destinations: webhook::Destinations,
+    /// The CA certificates an `https://` endpoint's certificate must chain to (this host's by
+    /// default).
+    pub trust: webhook::Trust,
 }
 
 /// Attempts per event at most, whatever the configuration says.
@@ -327,6 +330,7 @@ impl Default for NotifierConfig {
             // Every place's turn: a pass's merchants each take up to eight.
             batch_max: (MERCHANTS_AT_ONCE * PER_MERCHANT_PER_PASS) as u32,
             destinations: webhook::Destinations::Public,
+            trust: webhook::Trust::System,
         }
     }
 }
@@ -529,7 +533,7 @@ impl Notifier {
         let Some(target) = Endpoint::parse(&endpoint.url) else {
             return webhook::PostResult {
                 status: None,
-                error: Some("endpoint URL is not http://host[:port]/path".to_owned()),
+                error: Some("endpoint URL is not http(s)://host[:port]/path".to_owned()),
             };
         };
         let secret = match self.hsm.open(&endpoint.secret_sealed) {
@@ -558,6 +562,7 @@ impl Notifier {
             body,
             self.config.timeout,
             self.config.destinations,
+            &self.config.trust,
         )
         .await
     }
@@ -1242,6 +1247,7 @@ pub fn spawn_background(
     directory: Arc<IssuerDirectory>,
     clock: Arc<dyn Clock>,
     destinations: webhook::Destinations,
+    trust: webhook::Trust,
     stop: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     let tailer = Tailer::new(
@@ -1252,6 +1258,7 @@ pub fn spawn_background(
     );
     let config = NotifierConfig {
         destinations,
+        trust,
         ..NotifierConfig::default()
     };
     let notifier = Notifier::new(store, hsm, clock, config);

@@ -1,13 +1,18 @@
 //! Signed webhooks: the signature scheme (HMAC-SHA256 over `timestamp.body`, hex, in
 //! `X-Shoudan-Signature: v1=...` with the timestamp in `X-Shoudan-Timestamp`) and a minimal
-//! HTTP/1.1 POST over tokio to `http://` endpoints. TLS is out of scope (docs/architecture.md).
+//! HTTP/1.1 POST over tokio to `https://` endpoints (rustls, the receiver's certificate checked
+//! against [`Trust`] and the URL's host) and `http://` ones.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
+use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub const SIGNATURE_HEADER: &str = "X-Shoudan-Signature";
@@ -163,9 +168,114 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (first == 0x2001 && s1 == 0x0db8))
 }
 
-/// An `http://host[:port]/path` endpoint.
+/// The CA certificates an `https://` receiver's certificate must chain to.
+#[derive(Clone, Debug, Default)]
+pub enum Trust {
+    /// This host's, as its other TLS clients trust (`SSL_CERT_FILE` or `SSL_CERT_DIR` when
+    /// set, else the system's bundle), read once per process when first needed.
+    #[default]
+    System,
+    /// A set made by [`Trust::system_and`] or [`Trust::only`].
+    Made(Roots),
+}
+
+/// A client configuration and how many CA certificates it trusts.
+#[derive(Clone)]
+pub struct Roots {
+    config: Arc<rustls::ClientConfig>,
+    count: usize,
+}
+
+impl std::fmt::Debug for Roots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Roots({} CA certificates)", self.count)
+    }
+}
+
+impl Trust {
+    /// This host's CA certificates and those in the PEM file `extra` (a private CA some
+    /// merchants' receivers use).
+    pub fn system_and(extra: &Path) -> Result<Trust, String> {
+        let mut roots = system_roots();
+        add_pem(&mut roots, extra)?;
+        roots_config(roots).map(Trust::Made)
+    }
+
+    /// Only the CA certificates in the PEM file `pem`.
+    pub fn only(pem: &Path) -> Result<Trust, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        add_pem(&mut roots, pem)?;
+        roots_config(roots).map(Trust::Made)
+    }
+
+    fn config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        static SYSTEM: OnceLock<Result<Roots, String>> = OnceLock::new();
+        let roots = match self {
+            Trust::Made(roots) => roots,
+            Trust::System => SYSTEM
+                .get_or_init(|| roots_config(system_roots()))
+                .as_ref()
+                .map_err(String::clone)?,
+        };
+        if roots.count == 0 {
+            return Err(
+                "no CA certificates on this host to check an https:// receiver \
+                        against (install ca-certificates, or set SSL_CERT_FILE)"
+                    .to_owned(),
+            );
+        }
+        Ok(Arc::clone(&roots.config))
+    }
+}
+
+fn system_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    if !found.errors.is_empty() {
+        tracing::warn!(errors = ?found.errors, "some of this host's CA certificates could not be read");
+    }
+    roots.add_parsable_certificates(found.certs);
+    roots
+}
+
+fn add_pem(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), String> {
+    let unreadable = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let before = roots.len();
+    let certs =
+        rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(|e| unreadable(&e))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| unreadable(&e))?;
+        roots.add(cert).map_err(|e| unreadable(&e))?;
+    }
+    if roots.len() == before {
+        return Err(unreadable(&"no certificate in it"));
+    }
+    Ok(())
+}
+
+fn roots_config(roots: rustls::RootCertStore) -> Result<Roots, String> {
+    // ring, not aws-lc-rs (a large C build on every clean build); rustls marks ring's provider
+    // deprecated for its want of post-quantum key exchange.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let count = roots.len();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Roots {
+        config: Arc::new(config),
+        count,
+    })
+}
+
+/// An `https://host[:port]/path` or `http://host[:port]/path` endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
+    /// `https://`: the POST goes over TLS.
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     pub path: String,
@@ -190,7 +300,11 @@ impl Endpoint {
         if url.len() > URL_LEN_MAX || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return None;
         }
-        let rest = url.strip_prefix("http://")?;
+        let (tls, rest) = match url.strip_prefix("https://") {
+            Some(rest) => (true, rest),
+            None => (false, url.strip_prefix("http://")?),
+        };
+        let default_port = if tls { 443 } else { 80 };
         let (authority, path) = match rest.find('/') {
             Some(i) => (rest.get(..i)?, rest.get(i..)?),
             None => (rest, "/"),
@@ -201,19 +315,20 @@ impl Endpoint {
             let host = authority.get(..inside.len() + 1)?;
             match rest.strip_prefix(':') {
                 Some(port) => (host, port.parse().ok()?),
-                None if rest.is_empty() => (host, 80),
+                None if rest.is_empty() => (host, default_port),
                 None => return None,
             }
         } else {
             match authority.rsplit_once(':') {
                 Some((host, port)) => (host, port.parse().ok()?),
-                None => (authority, 80),
+                None => (authority, default_port),
             }
         };
         if host.is_empty() || authority.contains('@') {
             return None;
         }
         Some(Endpoint {
+            tls,
             host: host.to_owned(),
             port,
             path: path.to_owned(),
@@ -234,16 +349,29 @@ impl PostResult {
     }
 }
 
-/// POSTs a signed JSON body; `timeout` bounds the whole exchange, name resolution included.
+/// POSTs a signed JSON body to an address `destinations` allows, over TLS to an `https://`
+/// endpoint whose certificate chains to `trust`; `timeout` bounds the whole exchange, name
+/// resolution and the TLS handshake included.
 pub async fn post(
     endpoint: &Endpoint,
     headers: &[(&str, String)],
     body: &[u8],
     timeout: Duration,
     destinations: Destinations,
+    trust: &Trust,
 ) -> PostResult {
     let exchanged = async {
         let stream = connect(endpoint, destinations).await?;
+        if !endpoint.tls {
+            return exchange(stream, endpoint, headers, body).await;
+        }
+        let config = trust.config()?;
+        let name = ServerName::try_from(endpoint.bare_host().to_owned())
+            .map_err(|e| format!("TLS: {} {e}", endpoint.host))?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
         exchange(stream, endpoint, headers, body).await
     };
     match tokio::time::timeout(timeout, exchanged).await {
@@ -292,8 +420,8 @@ async fn connect(endpoint: &Endpoint, destinations: Destinations) -> Result<TcpS
     Err(last_error)
 }
 
-async fn exchange(
-    mut stream: TcpStream,
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     endpoint: &Endpoint,
     headers: &[(&str, String)],
     body: &[u8],
@@ -490,6 +618,7 @@ mod tests {
                 b"{}",
                 Duration::from_secs(5),
                 Destinations::Public,
+                &Trust::System,
             )
             .await;
             assert_eq!(result.status, None, "{url}");
@@ -519,6 +648,7 @@ mod tests {
         assert_eq!(
             Endpoint::parse("http://127.0.0.1:8080/hooks/shoudan"),
             Some(Endpoint {
+                tls: false,
                 host: "127.0.0.1".into(),
                 port: 8080,
                 path: "/hooks/shoudan".into()
@@ -528,9 +658,161 @@ mod tests {
             Endpoint::parse("http://example.com").map(|e| e.port),
             Some(80)
         );
-        assert_eq!(Endpoint::parse("https://example.com/"), None);
+        assert_eq!(
+            Endpoint::parse("https://hooks.example.com/shoudan"),
+            Some(Endpoint {
+                tls: true,
+                host: "hooks.example.com".into(),
+                port: 443,
+                path: "/shoudan".into()
+            })
+        );
+        assert_eq!(
+            Endpoint::parse("https://[2400:3200::1]:8443").map(|e| (e.tls, e.port)),
+            Some((true, 8443))
+        );
+        assert_eq!(Endpoint::parse("ftp://example.com/"), None);
+        assert_eq!(Endpoint::parse("HTTPS://example.com/"), None);
+        assert_eq!(Endpoint::parse("https://u@example.com/"), None);
         assert_eq!(Endpoint::parse("http://u@example.com/"), None);
         assert_eq!(Endpoint::parse("http://:80/"), None);
         assert_eq!(Endpoint::parse("http://a.com/x y"), None);
+    }
+
+    /// The test certificates (tests/tls/README.md).
+    fn tls_file(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/tls")
+            .join(name)
+    }
+
+    /// An HTTPS receiver on `ip`, port 0, with the test CA's certificate for 127.0.0.1 and
+    /// localhost: answers each POST 204 and hands over what it read, headers and body.
+    async fn tls_receiver(
+        ip: &str,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(tls_file("receiver.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_file(tls_file("receiver.key")).unwrap();
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (got, requests) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let Ok(mut stream) = acceptor.accept(socket).await else {
+                    continue;
+                };
+                let mut read = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then the body its Content-Length gives.
+                loop {
+                    let n = stream.read(&mut buf).await.unwrap_or(0);
+                    read.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&read).into_owned();
+                    let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                        head.lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .and_then(|n| n.trim().parse::<usize>().ok())
+                            .is_some_and(|len| body.len() >= len)
+                    });
+                    if n == 0 || complete {
+                        break;
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                    .await;
+                let _ = stream.shutdown().await;
+                let _ = got.send(String::from_utf8_lossy(&read).into_owned());
+            }
+        });
+        (addr, requests)
+    }
+
+    async fn post_to(url: &str, trust: &Trust) -> PostResult {
+        let endpoint = Endpoint::parse(url).unwrap();
+        let body = br#"{"event":"payment.declined"}"#;
+        let headers = [(SIGNATURE_HEADER, sign(b"k", 1_700_000_000, body))];
+        post(
+            &endpoint,
+            &headers,
+            body,
+            Duration::from_secs(5),
+            Destinations::AnyAddress,
+            trust,
+        )
+        .await
+    }
+
+    /// An `https://` receiver whose certificate chains to the trusted CA and names the URL's
+    /// host gets the signed POST over TLS; one chaining to another CA, or named otherwise, is
+    /// refused at the handshake, before any of the event is sent.
+    #[tokio::test]
+    async fn https_receivers_get_the_event_only_when_their_certificate_checks_out() {
+        let ours = Trust::only(&tls_file("ca.pem")).unwrap();
+        let (addr, mut requests) = tls_receiver("127.0.0.1").await;
+        let url = format!("https://127.0.0.1:{}/hook", addr.port());
+        let result = post_to(&url, &ours).await;
+        assert_eq!(result.status, Some(204), "{:?}", result.error);
+        let got = requests.recv().await.unwrap();
+        assert!(got.starts_with("POST /hook HTTP/1.1\r\n"), "{got}");
+        assert!(got.contains("X-Shoudan-Signature: v1="), "{got}");
+        assert!(got.ends_with(r#"{"event":"payment.declined"}"#), "{got}");
+        // By name too: the certificate names localhost.
+        let by_name = post_to(&format!("https://localhost:{}/hook", addr.port()), &ours).await;
+        assert_eq!(by_name.status, Some(204), "{:?}", by_name.error);
+        assert!(requests.recv().await.is_some());
+
+        let theirs = Trust::only(&tls_file("other-ca.pem")).unwrap();
+        let refused = post_to(&url, &theirs).await;
+        assert_eq!(refused.status, None);
+        let error = refused.error.unwrap_or_default();
+        assert!(
+            error.starts_with("TLS: invalid peer certificate") && error.contains("UnknownIssuer"),
+            "{error}"
+        );
+        // Another loopback address, which the certificate does not name.
+        let (elsewhere, _) = tls_receiver("127.0.0.2").await;
+        let renamed = post_to(
+            &format!("https://127.0.0.2:{}/hook", elsewhere.port()),
+            &ours,
+        )
+        .await;
+        let error = renamed.error.unwrap_or_default();
+        assert!(error.contains("certificate not valid for name"), "{error}");
+        // Neither refused exchange got as far as a request.
+        let none = tokio::time::timeout(Duration::from_millis(200), requests.recv()).await;
+        assert!(none.is_err(), "an event was sent to a receiver not checked");
+
+        // The same receiver over plain http:// gets no event in the clear (its TLS refuses it).
+        let plain = post_to(&format!("http://127.0.0.1:{}/hook", addr.port()), &ours).await;
+        assert!(!plain.delivered());
+    }
+
+    #[test]
+    fn a_trust_file_without_certificates_is_refused_by_name() {
+        let error = Trust::only(&tls_file("README.md")).unwrap_err();
+        assert!(
+            error.ends_with("README.md: no certificate in it"),
+            "{error}"
+        );
+        let error = Trust::only(&tls_file("missing.pem")).unwrap_err();
+        assert!(error.contains("missing.pem"), "{error}");
+        assert!(Trust::system_and(&tls_file("ca.pem")).is_ok());
     }
 }

@@ -2985,6 +2985,7 @@ fn background_tasks_deliver_without_being_driven() {
             e.directory(),
             Arc::new(SystemClock),
             resolve::webhook::Destinations::AnyAddress,
+            resolve::webhook::Trust::System,
             stop_rx,
         );
         let (code, rrn, _) = e.purchase(&e.card("lost"), 100).await;

@@ -84,6 +84,9 @@ pub struct ServeConfig {
     /// (false: public addresses only, so a merchant cannot aim the host at its own network).
     #[serde(default)]
     pub webhooks_to_private_addresses: bool,
+    /// CA certificates (PEM) an `https://` webhook receiver's certificate may chain to besides
+    /// this host's (a private CA some merchants' receivers use).
+    pub webhook_ca_file: Option<PathBuf>,
     /// Whether the portal's cookies are marked `Secure` (default true: the portal is served
     /// over TLS, by itself or a proxy). False only for a portal reached over plain HTTP.
     #[serde(default = "default_secure_cookies")]
@@ -517,6 +520,7 @@ pub struct Node {
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub webhook_destinations: resolve::webhook::Destinations,
+    pub webhook_trust: resolve::webhook::Trust,
     /// Held while the node runs on a SQLite journal (`files::lock_sqlite_journal`).
     pub journal_lock: Option<std::fs::File>,
 }
@@ -663,6 +667,8 @@ struct Checked {
     hsm: Arc<SoftHsm>,
     /// The fee plans file's plans, to write at start.
     fee_plans: Vec<Record>,
+    /// What an `https://` webhook receiver's certificate must chain to.
+    webhook_trust: resolve::webhook::Trust,
 }
 
 fn checked(config: &ServeConfig) -> Result<Checked, Box<dyn std::error::Error>> {
@@ -763,10 +769,17 @@ fn checked(config: &ServeConfig) -> Result<Checked, Box<dyn std::error::Error>> 
             fee_plans.push(Record::Settlement(SettlementRecord::Terms(row)));
         }
     }
+    let webhook_trust = match &config.webhook_ca_file {
+        Some(path) => {
+            resolve::webhook::Trust::system_and(path).map_err(|e| format!("webhook_ca_file {e}"))?
+        }
+        None => resolve::webhook::Trust::System,
+    };
     Ok(Checked {
         switch_config,
         hsm,
         fee_plans,
+        webhook_trust,
     })
 }
 
@@ -810,6 +823,7 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
         switch_config,
         hsm,
         fee_plans,
+        webhook_trust,
     } = checked(config)?;
     let mut journal_lock = None;
     let store: Arc<dyn Store> = match database(&config.database, config.database_schema.as_deref())?
@@ -854,6 +868,7 @@ pub async fn prepare(config: &ServeConfig) -> Result<Node, Box<dyn std::error::E
         } else {
             resolve::webhook::Destinations::Public
         },
+        webhook_trust,
         journal_lock,
     })
 }
@@ -1010,6 +1025,7 @@ async fn serve(
         Arc::new(IssuerDirectory::embedded()?),
         Arc::new(switch::SystemClock),
         node.webhook_destinations,
+        node.webhook_trust,
         stop_rx.clone(),
     );
     let metrics_task = match metrics_listener {

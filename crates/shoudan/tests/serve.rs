@@ -415,6 +415,17 @@ fn settings_that_would_lose_or_repeat_money_are_refused() {
             "node_id = 3\ndatabase_schema = \"shoudan\"",
             "a sqlite: journal has no schema",
         ),
+        (
+            "node_id = 3",
+            "node_id = 3\nwebhook_ca_file = \"/nonexistent/webhook-ca.pem\"",
+            "webhook_ca_file /nonexistent/webhook-ca.pem",
+        ),
+        // TLS that would not check the database server's name.
+        (
+            &database,
+            "postgres://shoudan@db.example/journal?sslmode=require",
+            "use sslmode=verify-full with sslrootcert=FILE",
+        ),
     ] {
         let error = refused(d, &config, from, to);
         assert!(error.contains(says), "{to:?}: {error}");

@@ -319,12 +319,21 @@ fn runtime() -> Result<tokio::runtime::Runtime, StoreError> {
 /// how the connection is secured (`pg_tls.rs`).
 fn client_config(url: &str) -> Result<(tokio_postgres::Config, tls::Security), StoreError> {
     let (url, mode, security) = tls::security_of(url)?;
-    // The parser's errors name the option, never the URL (which may hold a password).
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| backend(format!("postgres URL: {}", shim::with_causes(&e))))?;
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        // The parser's causes quote a key it does not know, and a password with '&' or a
+        // space in it unencoded is read as keys: said only of a URL without a password.
+        let why = if PgConfig::new(url.as_str()).holds_password() {
+            format!("{e} (the option is not named: the URL holds a password)")
+        } else {
+            shim::with_causes(&e)
+        };
+        backend(format!("postgres URL: {why}"))
+    })?;
     if let Some(mode) = mode {
         config.ssl_mode(mode);
+    }
+    if matches!(security, tls::Security::VerifyFull { .. }) {
+        tls::check_names(&config)?;
     }
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(PG_CONNECT_TIMEOUT);
@@ -1239,6 +1248,44 @@ mod tests {
         assert!(!plain(
             "postgres://shoudan@db.example/journal?sslmode=require"
         ));
+    }
+
+    /// Asked for verify-full, the client requires TLS, whatever it would otherwise do with a
+    /// server that offers none; verify-full with nothing to check the name against is refused.
+    #[test]
+    fn verify_full_requires_tls_of_a_named_host() {
+        let (config, security) =
+            client_config("postgres://app@db.example/j?sslmode=verify-full&sslrootcert=/ca.pem")
+                .unwrap();
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        assert!(matches!(security, tls::Security::VerifyFull { .. }));
+        for url in [
+            "postgres:///j?host=/run/postgresql&sslmode=verify-full&sslrootcert=/ca.pem",
+            "postgres:///j?hostaddr=10.0.0.7&sslmode=verify-full&sslrootcert=/ca.pem",
+        ] {
+            let error = client_config(url).unwrap_err().to_string();
+            assert!(
+                error.contains("needs the server's host name"),
+                "{url}: {error}"
+            );
+        }
+    }
+
+    /// The parser's causes name an option it does not know; of a URL holding a password, whose
+    /// unencoded '&' would make part of it such an option, they are not quoted.
+    #[test]
+    fn a_bad_url_with_a_password_quotes_none_of_it() {
+        let error = client_config("postgres://app@db/j?password=Xy7&Secret=1")
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("Secret"), "{error}");
+        let error = client_config("postgres://app@db/j?Bogus=1")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown option `Bogus`"), "{error}");
     }
 
     /// A URL's own bounds are kept; those it leaves out are the store's.

@@ -83,7 +83,9 @@ pub fn store_error(error: &tokio_postgres::Error) -> StoreError {
 
 /// The driver's text for an error followed by its causes' ("error connecting to server:
 /// Connection refused", "error performing TLS handshake: invalid peer certificate: ..."): its
-/// own names only the kind. No cause quotes the connection string or a password.
+/// own names only the kind. A connection's causes quote no part of the connection string; a
+/// parse error's name an option it does not know (`client_config` leaves those out of a URL
+/// holding a password).
 pub fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();

@@ -39,22 +39,27 @@ fn refused(message: impl Into<String>) -> StoreError {
 
 /// The URL without the settings read here (`sslmode`, `sslrootcert`), the mode tokio-postgres
 /// is to use, and what was asked. A key=value connection string is passed on as it is, and
-/// refused if it names TLS settings, which are read from a `postgres://` URL only.
+/// refused if it asks for TLS, whose settings are read from a `postgres://` URL only.
 pub(crate) fn security_of(url: &str) -> Result<(String, Option<SslMode>, Security), StoreError> {
-    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
-    if !is_url {
-        let lower = url.to_ascii_lowercase();
-        if lower.contains("sslrootcert") || lower.contains("verify-") {
-            return Err(refused(
-                "TLS settings (sslmode=verify-full, sslrootcert) are read from a postgres:// URL \
-                 only",
-            ));
-        }
-        return Ok((url.to_owned(), None, Security::Plain));
-    }
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_owned(), None, Security::Plain));
+    let plain = || Ok((url.to_owned(), None, Security::Plain));
+    let Some(after_scheme) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        return key_value_security(url).and_then(|()| plain());
     };
+    // The query starts at the first '?' after the credentials, which run to the first '@' (as
+    // the client reads them: a password may hold a '?').
+    let authority = url.len() - after_scheme.len() + after_scheme.find('@').map_or(0, |at| at + 1);
+    let Some(mark) = url
+        .get(authority..)
+        .and_then(|rest| rest.find('?'))
+        .map(|q| authority + q)
+    else {
+        return plain();
+    };
+    let (base, query) = url.split_at(mark);
+    let query = query.strip_prefix('?').unwrap_or(query);
     let mut kept = Vec::new();
     let mut mode = None;
     let mut roots = None;
@@ -72,6 +77,10 @@ pub(crate) fn security_of(url: &str) -> Result<(String, Option<SslMode>, Securit
         rest.push_str(&kept.join("&"));
     }
     let security = match (mode.as_deref(), roots) {
+        (Some("verify-full"), Some(roots)) if roots.as_os_str() == "system" => Err(
+            "sslrootcert=system (the host's CA bundle) is not read here: name the file of the CA \
+             certificates that signed the server's",
+        ),
         (Some("verify-full"), Some(roots)) if !roots.as_os_str().is_empty() => {
             Ok((Some(SslMode::Require), Security::VerifyFull { roots }))
         }
@@ -92,6 +101,40 @@ pub(crate) fn security_of(url: &str) -> Result<(String, Option<SslMode>, Securit
     security
         .map(|(mode, security)| (rest, mode, security))
         .map_err(refused)
+}
+
+/// A key=value connection string is refused if it asks for TLS (`sslmode` other than
+/// `disable` or `prefer`, or an `sslrootcert`): those settings are read from a URL only.
+fn key_value_security(text: &str) -> Result<(), StoreError> {
+    let asks_tls = text.split_whitespace().any(|token| {
+        let (key, value) = token.split_once('=').unwrap_or((token, ""));
+        let value = value.trim_matches('\'');
+        key == "sslrootcert" || key == "sslmode" && !matches!(value, "disable" | "prefer")
+    });
+    if asks_tls {
+        return Err(refused(
+            "TLS settings (sslmode=verify-full, sslrootcert) are read from a postgres:// URL only",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a verified connection with nothing to check the certificate's name against: a
+/// Unix socket, or addresses (`hostaddr`) without a host name.
+pub(crate) fn check_names(config: &tokio_postgres::Config) -> Result<(), StoreError> {
+    let hosts = config.get_hosts();
+    let named = !hosts.is_empty()
+        && hosts
+            .iter()
+            .all(|h| matches!(h, tokio_postgres::config::Host::Tcp(_)));
+    if named {
+        Ok(())
+    } else {
+        Err(refused(
+            "sslmode=verify-full needs the server's host name (or address) in the URL, which its \
+             certificate must name: not a Unix socket, nor hostaddr alone",
+        ))
+    }
 }
 
 /// A connector checking the server against the CA certificates in `roots` (read at every
@@ -232,12 +275,35 @@ mod tests {
         assert!(rest.parse::<tokio_postgres::Config>().is_ok());
     }
 
+    /// The credentials run to the first '@', as the client reads them: a '?' in a password
+    /// does not start the query.
+    #[test]
+    fn a_question_mark_in_the_password_is_not_the_query() {
+        let (rest, mode, security) =
+            read("postgres://app:s3?t&sslmode=x@db/j?sslmode=verify-full&sslrootcert=/ca.pem")
+                .unwrap();
+        assert_eq!(rest, "postgres://app:s3?t&sslmode=x@db/j");
+        assert_eq!(mode, Some(SslMode::Require));
+        assert_eq!(
+            security,
+            Security::VerifyFull {
+                roots: PathBuf::from("/ca.pem")
+            }
+        );
+        let plain = "postgres://app:a?b@db/j";
+        assert_eq!(
+            read(plain).unwrap(),
+            (plain.to_owned(), None, Security::Plain)
+        );
+    }
+
     #[test]
     fn plain_urls_pass_as_they_are() {
         for url in [
             "postgres://app@db/shoudan",
             "postgres://app@db/shoudan?connect_timeout=5",
             "host=db user=app dbname=shoudan",
+            "host=db user=app sslmode=prefer password=verify-me",
         ] {
             assert_eq!(read(url).unwrap(), (url.to_owned(), None, Security::Plain));
         }
@@ -281,6 +347,12 @@ mod tests {
             (
                 "host=db sslmode=verify-full sslrootcert=/ca.pem",
                 "postgres:// URL only",
+            ),
+            ("host=db sslmode=require", "postgres:// URL only"),
+            ("host=db sslrootcert='/ca.pem'", "postgres:// URL only"),
+            (
+                "postgres://db/s?sslmode=verify-full&sslrootcert=system",
+                "sslrootcert=system",
             ),
         ] {
             let error = read(url).unwrap_err();

@@ -217,7 +217,7 @@ pub fn document() -> Value {
             "/api/refund-approvals": { "get": op("Operator: refund applications waiting", vec![], None, "List") },
             "/api/webhook": {
                 "get": op("The merchant's webhook endpoint", vec![mid_staff.clone()], None, "Object"),
-                "put": op("Set the webhook endpoint (http://) and its signing secret (sealed, never shown again)",
+                "put": op("Set the webhook endpoint (https:// or http://) and its signing secret (sealed, never shown again)",
                     vec![], Some("Webhook"), "Object")
             },
             "/api/notifications": { "get": op("A merchant's webhook notifications, newest first, each with its event (payload)",
