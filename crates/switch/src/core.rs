@@ -93,17 +93,7 @@ impl Terminal {
 
     pub fn from_row(row: &TerminalRow) -> Option<Terminal> {
         let (mac, mak) = parse_mac_spelling(&row.mac_algorithm)?;
-        let keys = match &row.working_keys {
-            Some(k) => Some(SessionKeys {
-                pik: handle_from_bytes(&k.pik)?,
-                mak: handle_from_bytes(&k.mak)?,
-                tdk: match &k.tdk {
-                    Some(t) => Some(handle_from_bytes(t)?),
-                    None => None,
-                },
-            }),
-            None => None,
-        };
+        let keys = crate::working_keys::stored_keys(row)?;
         Some(Terminal {
             tid: row.tid.clone(),
             mid: row.mid.clone(),
@@ -261,6 +251,11 @@ pub(crate) struct Core {
     /// working keys: two at once would each delete the same previous keys and leave one set
     /// of new ones in the HSM for good.
     pub key_changes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// On a shared journal: when each terminal's row was last read for its keys after a MAC
+    /// failed (`working_keys`).
+    pub keys_looked: Mutex<HashMap<String, (std::time::Instant, Option<SessionKeys>)>>,
+    /// Keys another node's sign-in or sign-off ended here, until they go from the HSM.
+    pub ended_keys: crate::working_keys::EndedKeys,
     /// Requests of this node journalled in flight whose outcome could not be written (the
     /// terminal was answered 96): no longer live, so the next sweep settles them as a dead
     /// node's (`recover_in_doubt`) rather than after ten minutes (`lost_elsewhere`). At most
@@ -308,7 +303,7 @@ impl Core {
 
     /// Takes terminal `tid`'s working-key lock (see `key_changes`) and reads the terminal again
     /// under it: another sign-in may have replaced its keys meanwhile.
-    async fn lock_keys(
+    pub(crate) async fn lock_keys(
         &self,
         tid: &str,
     ) -> (tokio::sync::OwnedMutexGuard<()>, Option<Arc<Terminal>>) {
@@ -324,7 +319,7 @@ impl Core {
     }
 
     /// Forgets working keys in the HSM (a sign-in replaced them, or a sign-off ended them).
-    fn delete_keys(&self, keys: Option<SessionKeys>) {
+    pub(crate) fn delete_keys(&self, keys: Option<SessionKeys>) {
         if let Some(old) = keys {
             for handle in [Some(old.pik), Some(old.mak), old.tdk]
                 .into_iter()
@@ -904,6 +899,9 @@ impl Core {
                     t.keys = updated.keys;
                     t.batch_no = updated.batch_no;
                     t.scheme = updated.scheme;
+                    held = true;
+                } else if t.keys == new_keys {
+                    // Taken up from the row already (a shared journal's refresh).
                     held = true;
                 }
             });

@@ -216,21 +216,11 @@ impl Core {
         let Some(terminal) = self.terminal(tid.trim_end()) else {
             return plain(RC_NOT_REGISTERED);
         };
-        // Not signed in: there is no MAK to check or answer with.
-        let Some(keys) = terminal.keys else {
-            return plain(RC_BATCH_OUT_OF_STEP);
+        // 77 without keys (no MAK to check or answer with), A0 for a MAC they do not give.
+        let terminal = match self.mac_checked(frame, terminal).await {
+            Ok(terminal) => terminal,
+            Err(code) => return plain(code),
         };
-        let mac_ok = match request.mac() {
-            Some(mac) => self
-                .hsm
-                .verify_mac(keys.mak, terminal.mac, request.mac_input(), mac)
-                .unwrap_or(false),
-            None => false,
-        };
-        if !mac_ok {
-            tracing::info!(tid = %terminal.tid, "MAC verification failed");
-            return plain(RC_MAC_FAILED);
-        }
         self.note_health(&terminal.tid, frame).await;
         let answer = |code| {
             self.reply(

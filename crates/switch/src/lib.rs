@@ -27,6 +27,7 @@ mod session;
 mod settle;
 mod tasks;
 mod wire;
+mod working_keys;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -424,6 +425,8 @@ impl Switch {
             connections: AtomicU64::new(0),
             marked_for: Mutex::new(HashMap::new()),
             key_changes: Mutex::new(HashMap::new()),
+            keys_looked: Mutex::new(HashMap::new()),
+            ended_keys: working_keys::EndedKeys::default(),
             orphans: Mutex::new(Vec::new()),
             in_flight_watched: Mutex::new(HashMap::new()),
             late: AtomicUsize::new(0),

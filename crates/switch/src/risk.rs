@@ -615,7 +615,7 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             }
         }
         handled.retain(|(_, at)| *at >= resolved_since_ms);
-        for row in terminals {
+        for row in &terminals {
             if let Some(current) = core.terminal(&row.tid)
                 && current.status != row.status
             {
@@ -623,6 +623,9 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 core.modify_terminal(&row.tid, |t| t.status = row.status);
             }
         }
+        // Another node's sign-ins and sign-offs end the keys held here (`working_keys`).
+        core.keys_from_rows(&terminals).await;
+        core.delete_ended_keys();
     }
 }
 

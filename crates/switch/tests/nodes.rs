@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{
-    IssuerLog, Req, SILENT_AMOUNT, SLOW_AMOUNT, Terminal, card, eventually, new_hsm, pg_url,
+    IssuerLog, MID, Req, SILENT_AMOUNT, SLOW_AMOUNT, Terminal, card, eventually, new_hsm, pg_url,
     runtime, start_issuer,
 };
 use domain::IssuerDirectory;
@@ -93,6 +93,16 @@ async fn shared(
     common::provision(&setup, &hsm, tids).await;
     drop(setup);
     (log, issuer, hsm, zpk)
+}
+
+/// A gateway's second connection for the terminal `signed_in` speaks for: to the node at
+/// `addr`, with the keys that terminal's last sign-in gave (one terminal, one key set,
+/// whichever node a frame goes to; that node takes the keys up from the journal).
+async fn beside(addr: std::net::SocketAddr, signed_in: &Terminal) -> Terminal {
+    let mut other = Terminal::connect(addr, &signed_in.tid).await;
+    other.keys = signed_in.keys.clone();
+    other.batch = signed_in.batch;
+    other
 }
 
 /// Signs in and buys `PURCHASES` times; returns the RRNs of the approvals.
@@ -252,8 +262,7 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
         // it, gets node A's answer and no second debit.
         let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
         assert_eq!(via_a.sign_in().await.code(), "00");
-        let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
-        assert_eq!(via_b.sign_in().await.code(), "00");
+        let mut via_b = beside(b.handle.local_addr(), &via_a).await;
         let marked = via_b.send(&Req::purchase(&pan, 500, 501)).await;
         assert_eq!(marked.code(), "00");
         let on_a_only = Req::purchase(&pan, 600, 502);
@@ -275,6 +284,8 @@ fn two_nodes_share_a_database_and_take_over_reversals() {
         let sale_rrn = sale.text(37).unwrap();
         let mut at_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
         assert_eq!(at_a.sign_in().await.code(), "00");
+        // One terminal, one key set: its sign-in on A ended the keys B gave it.
+        at_b.keys = at_a.keys.clone();
         assert_eq!(
             at_a.send(&Req::refund(&pan, 3_000, 602, &sale_rrn, "0000"))
                 .await
@@ -558,6 +569,75 @@ where
     let _ = PgStore::drop_schema(&url, &schema);
 }
 
+/// Sends requests that move no money (reversals of purchases never made) on `terminal` until
+/// one is answered `code`, for up to five seconds; whether one was.
+async fn answered_in_time(terminal: &mut Terminal, first_stan: u32, code: &str) -> bool {
+    let pan = card("622202");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut stan = first_stan;
+    while tokio::time::Instant::now() < deadline {
+        let probe = Req::reversal_of(&Req::purchase(&pan, 1, stan));
+        if terminal.send(&probe).await.code() == code {
+            return true;
+        }
+        stan += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A terminal's sign-in on one node ends the keys the other node gave it: that node's refresh
+/// (every second) reads the journal, and requests under the old keys are then refused there
+/// (A0), none reaching the issuer. A terminal signed in on one node and moved at once to the
+/// other is served there: the keys are taken up (one HSM, shared by the nodes) at its first
+/// request, whose MAC the keys held there did not give. A sign-off on one node ends the keys
+/// on the other too: 77.
+#[test]
+fn a_sign_in_or_sign_off_on_one_node_ends_the_keys_the_other_holds() {
+    on_two_nodes("switch_nodes_keys", &[TID_A, TID_B], |log, a, b| {
+        Box::pin(async move {
+            let pan = card("622202");
+            let mut old = Terminal::connect(b.handle.local_addr(), TID_A).await;
+            assert_eq!(old.sign_in().await.code(), "00");
+            assert_eq!(old.send(&Req::purchase(&pan, 100, 1)).await.code(), "00");
+            let mut new = Terminal::connect(a.handle.local_addr(), TID_A).await;
+            assert_eq!(new.sign_in().await.code(), "00");
+            assert!(
+                answered_in_time(&mut old, 100, "A0").await,
+                "node B kept the keys node A's sign-in replaced"
+            );
+            let asked = log.requests.load(Ordering::SeqCst);
+            assert_eq!(old.send(&Req::purchase(&pan, 100, 2)).await.code(), "A0");
+            assert_eq!(
+                log.requests.load(Ordering::SeqCst),
+                asked,
+                "a purchase under ended keys reached the issuer"
+            );
+            let mut via_b = beside(b.handle.local_addr(), &new).await;
+            assert_eq!(via_b.send(&Req::purchase(&pan, 200, 3)).await.code(), "00");
+
+            // Another terminal, signed in on A and moved to B at once.
+            let mut on_a = Terminal::connect(a.handle.local_addr(), TID_B).await;
+            assert_eq!(on_a.sign_in().await.code(), "00");
+            let mut moved = beside(b.handle.local_addr(), &on_a).await;
+            assert_eq!(moved.send(&Req::purchase(&pan, 300, 1)).await.code(), "00");
+
+            // The first terminal signed off on A: no keys on B either.
+            let mut off = iso8583::MessageBuilder::new(iso8583::Mti::NETWORK_ADVICE);
+            off.set_stan(4).unwrap();
+            off.set_text(41, TID_A).unwrap().set_text(42, MID).unwrap();
+            off.set_digits(60, "00000001002").unwrap();
+            let signed_off = new.exchange(&new.encode_with_mac(&off, false)).await;
+            assert_eq!(signed_off.code(), "00");
+            assert!(
+                answered_in_time(&mut via_b, 200, "77").await,
+                "node B kept the keys node A's sign-off ended"
+            );
+            assert_eq!(via_b.send(&Req::purchase(&pan, 300, 5)).await.code(), "77");
+        })
+    });
+}
+
 #[test]
 fn two_nodes_take_one_request_once_and_a_reversed_void_voids_nothing() {
     on_two_nodes("switch_nodes_race", &[TID_A], |log, a, b| {
@@ -565,8 +645,7 @@ fn two_nodes_take_one_request_once_and_a_reversed_void_voids_nothing() {
             let pan = card("622202");
             let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
             assert_eq!(via_a.sign_in().await.code(), "00");
-            let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
-            assert_eq!(via_b.sign_in().await.code(), "00");
+            let mut via_b = beside(b.handle.local_addr(), &via_a).await;
             // Each connection's batch is marked by its first request.
             assert_eq!(via_a.send(&Req::purchase(&pan, 100, 1)).await.code(), "00");
             assert_eq!(via_b.send(&Req::purchase(&pan, 100, 2)).await.code(), "00");
@@ -695,8 +774,7 @@ fn a_resend_on_one_node_of_a_purchase_reversed_on_the_other_is_not_approved() {
             let pan = card("622202");
             let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
             assert_eq!(via_a.sign_in().await.code(), "00");
-            let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
-            assert_eq!(via_b.sign_in().await.code(), "00");
+            let mut via_b = beside(b.handle.local_addr(), &via_a).await;
             let sale_request = Req::purchase(&pan, 2_345, 7);
             let sale = via_a.send(&sale_request).await;
             assert_eq!(sale.code(), "00");
@@ -740,8 +818,7 @@ fn a_purchase_after_its_reversal_on_the_other_node_is_not_sent() {
             let pan = card("622202");
             let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
             assert_eq!(via_a.sign_in().await.code(), "00");
-            let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
-            assert_eq!(via_b.sign_in().await.code(), "00");
+            let mut via_b = beside(b.handle.local_addr(), &via_a).await;
             // Each connection's batch is marked by its first request.
             assert_eq!(via_a.send(&Req::purchase(&pan, 100, 1)).await.code(), "00");
             assert_eq!(via_b.send(&Req::purchase(&pan, 100, 2)).await.code(), "00");
@@ -826,8 +903,7 @@ fn a_purchase_and_its_reversal_crossing_between_nodes_move_no_money() {
             let pan = card("622202");
             let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
             assert_eq!(via_a.sign_in().await.code(), "00");
-            let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
-            assert_eq!(via_b.sign_in().await.code(), "00");
+            let mut via_b = beside(b.handle.local_addr(), &via_a).await;
             // Each connection's batch is marked by its first request.
             assert_eq!(via_a.send(&Req::purchase(&pan, 100, 1)).await.code(), "00");
             assert_eq!(via_b.send(&Req::purchase(&pan, 100, 2)).await.code(), "00");
@@ -897,8 +973,7 @@ fn a_sale_read_in_flight_by_one_node_is_voidable_there_once_the_other_approved_i
             let pan = card("622202");
             let mut via_a = Terminal::connect(a.handle.local_addr(), TID_A).await;
             assert_eq!(via_a.sign_in().await.code(), "00");
-            let mut via_b = Terminal::connect(b.handle.local_addr(), TID_A).await;
-            assert_eq!(via_b.sign_in().await.code(), "00");
+            let mut via_b = beside(b.handle.local_addr(), &via_a).await;
             // Node A's sale waits 150 ms at the issuer.
             let sale_bytes = via_a.encode(&Req::purchase(&pan, SLOW_AMOUNT, 5), false);
             let selling = tokio::spawn(async move { via_a.exchange(&sale_bytes).await });

@@ -68,7 +68,10 @@ pub fn pg_cas() -> Option<(String, String)> {
         eprintln!("SKIPPED on PostgreSQL over TLS: the clock is moved (FAKETIME)");
         return None;
     }
-    match (std::env::var("SHOUDAN_PG_CA"), std::env::var("SHOUDAN_PG_OTHER_CA")) {
+    match (
+        std::env::var("SHOUDAN_PG_CA"),
+        std::env::var("SHOUDAN_PG_OTHER_CA"),
+    ) {
         (Ok(ca), Ok(other)) if !ca.is_empty() && !other.is_empty() => Some((ca, other)),
         _ => {
             if std::env::var_os("SHOUDAN_REQUIRE_PG_TLS").is_some() {
