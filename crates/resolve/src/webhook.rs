@@ -194,11 +194,12 @@ impl std::fmt::Debug for Roots {
 
 impl Trust {
     /// This host's CA certificates and those in the PEM file `extra` (a private CA some
-    /// merchants' receivers use).
-    pub fn system_and(extra: &Path) -> Result<Trust, String> {
+    /// merchants' receivers use), read now; with how many of the host's there were.
+    pub fn system_and(extra: &Path) -> Result<(Trust, usize), String> {
         let mut roots = system_roots();
+        let count = roots.len();
         add_pem(&mut roots, extra)?;
-        roots_config(roots).map(Trust::Made)
+        Ok((Trust::Made(roots_config(roots)?), count))
     }
 
     /// Only the CA certificates in the PEM file `pem`.
@@ -206,6 +207,14 @@ impl Trust {
         let mut roots = rustls::RootCertStore::empty();
         add_pem(&mut roots, pem)?;
         roots_config(roots).map(Trust::Made)
+    }
+
+    /// This host's CA certificates, read now (a start reads them once, off the request path);
+    /// with how many there were, which a start warns of when none.
+    pub fn system() -> Result<(Trust, usize), String> {
+        let roots = system_roots();
+        let count = roots.len();
+        Ok((Trust::Made(roots_config(roots)?), count))
     }
 
     fn config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
@@ -218,15 +227,15 @@ impl Trust {
                 .map_err(String::clone)?,
         };
         if roots.count == 0 {
-            return Err(
-                "no CA certificates on this host to check an https:// receiver \
-                        against (install ca-certificates, or set SSL_CERT_FILE)"
-                    .to_owned(),
-            );
+            return Err(NO_CA_CERTIFICATES.to_owned());
         }
         Ok(Arc::clone(&roots.config))
     }
 }
+
+/// Why an `https://` receiver cannot be checked on a host without CA certificates.
+pub const NO_CA_CERTIFICATES: &str = "no CA certificates on this host to check an https:// \
+    receiver against (install ca-certificates, or set SSL_CERT_FILE, then restart)";
 
 fn system_roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
@@ -371,7 +380,7 @@ pub async fn post(
         let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, stream)
             .await
-            .map_err(|e| format!("TLS: {e}"))?;
+            .map_err(|e| format!("TLS: {e:.200}"))?;
         exchange(stream, endpoint, headers, body).await
     };
     match tokio::time::timeout(timeout, exchanged).await {
@@ -426,12 +435,18 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> Result<u16, String> {
+    // The port only when it is not the scheme's own, as browsers write it: some gateways
+    // match virtual hosts on the header's text.
+    let default_port = if endpoint.tls { 443 } else { 80 };
+    let host = if endpoint.port == default_port {
+        endpoint.host.clone()
+    } else {
+        format!("{}:{}", endpoint.host, endpoint.port)
+    };
     let mut head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\n\
+        "POST {} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\nUser-Agent: shoudan-webhook/1\r\n",
         endpoint.path,
-        endpoint.host,
-        endpoint.port,
         body.len()
     );
     for (name, value) in headers {
@@ -446,6 +461,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .write_all(body)
         .await
         .map_err(|e| format!("send: {e}"))?;
+    // Over TLS, what rustls took may still wait in its buffer for the socket: sent before
+    // the answer is read.
+    stream.flush().await.map_err(|e| format!("send: {e}"))?;
     let mut buf = vec![0u8; RESPONSE_HEAD_MAX];
     let mut filled = 0;
     while let Some(space) = buf.get_mut(filled..) {
@@ -610,6 +628,8 @@ mod tests {
             format!("http://127.0.0.1:{port}/hook"),
             format!("http://localhost:{port}/hook"),
             format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+            format!("https://127.0.0.1:{port}/hook"),
+            format!("https://[::ffff:127.0.0.1]:{port}/hook"),
         ] {
             let endpoint = Endpoint::parse(&url).unwrap();
             let result = post(
@@ -677,142 +697,5 @@ mod tests {
         assert_eq!(Endpoint::parse("http://u@example.com/"), None);
         assert_eq!(Endpoint::parse("http://:80/"), None);
         assert_eq!(Endpoint::parse("http://a.com/x y"), None);
-    }
-
-    /// The test certificates (tests/tls/README.md).
-    fn tls_file(name: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/tls")
-            .join(name)
-    }
-
-    /// An HTTPS receiver on `ip`, port 0, with the test CA's certificate for 127.0.0.1 and
-    /// localhost: answers each POST 204 and hands over what it read, headers and body.
-    async fn tls_receiver(
-        ip: &str,
-    ) -> (
-        std::net::SocketAddr,
-        tokio::sync::mpsc::UnboundedReceiver<String>,
-    ) {
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(tls_file("receiver.pem"))
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key =
-            rustls::pki_types::PrivateKeyDer::from_pem_file(tls_file("receiver.key")).unwrap();
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (got, requests) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let Ok(mut stream) = acceptor.accept(socket).await else {
-                    continue;
-                };
-                let mut read = Vec::new();
-                let mut buf = [0u8; 4096];
-                // Headers, then the body its Content-Length gives.
-                loop {
-                    let n = stream.read(&mut buf).await.unwrap_or(0);
-                    read.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&read).into_owned();
-                    let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
-                        head.lines()
-                            .find_map(|l| l.strip_prefix("Content-Length: "))
-                            .and_then(|n| n.trim().parse::<usize>().ok())
-                            .is_some_and(|len| body.len() >= len)
-                    });
-                    if n == 0 || complete {
-                        break;
-                    }
-                }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
-                    .await;
-                let _ = stream.shutdown().await;
-                let _ = got.send(String::from_utf8_lossy(&read).into_owned());
-            }
-        });
-        (addr, requests)
-    }
-
-    async fn post_to(url: &str, trust: &Trust) -> PostResult {
-        let endpoint = Endpoint::parse(url).unwrap();
-        let body = br#"{"event":"payment.declined"}"#;
-        let headers = [(SIGNATURE_HEADER, sign(b"k", 1_700_000_000, body))];
-        post(
-            &endpoint,
-            &headers,
-            body,
-            Duration::from_secs(5),
-            Destinations::AnyAddress,
-            trust,
-        )
-        .await
-    }
-
-    /// An `https://` receiver whose certificate chains to the trusted CA and names the URL's
-    /// host gets the signed POST over TLS; one chaining to another CA, or named otherwise, is
-    /// refused at the handshake, before any of the event is sent.
-    #[tokio::test]
-    async fn https_receivers_get_the_event_only_when_their_certificate_checks_out() {
-        let ours = Trust::only(&tls_file("ca.pem")).unwrap();
-        let (addr, mut requests) = tls_receiver("127.0.0.1").await;
-        let url = format!("https://127.0.0.1:{}/hook", addr.port());
-        let result = post_to(&url, &ours).await;
-        assert_eq!(result.status, Some(204), "{:?}", result.error);
-        let got = requests.recv().await.unwrap();
-        assert!(got.starts_with("POST /hook HTTP/1.1\r\n"), "{got}");
-        assert!(got.contains("X-Shoudan-Signature: v1="), "{got}");
-        assert!(got.ends_with(r#"{"event":"payment.declined"}"#), "{got}");
-        // By name too: the certificate names localhost.
-        let by_name = post_to(&format!("https://localhost:{}/hook", addr.port()), &ours).await;
-        assert_eq!(by_name.status, Some(204), "{:?}", by_name.error);
-        assert!(requests.recv().await.is_some());
-
-        let theirs = Trust::only(&tls_file("other-ca.pem")).unwrap();
-        let refused = post_to(&url, &theirs).await;
-        assert_eq!(refused.status, None);
-        let error = refused.error.unwrap_or_default();
-        assert!(
-            error.starts_with("TLS: invalid peer certificate") && error.contains("UnknownIssuer"),
-            "{error}"
-        );
-        // Another loopback address, which the certificate does not name.
-        let (elsewhere, _) = tls_receiver("127.0.0.2").await;
-        let renamed = post_to(
-            &format!("https://127.0.0.2:{}/hook", elsewhere.port()),
-            &ours,
-        )
-        .await;
-        let error = renamed.error.unwrap_or_default();
-        assert!(error.contains("certificate not valid for name"), "{error}");
-        // Neither refused exchange got as far as a request.
-        let none = tokio::time::timeout(Duration::from_millis(200), requests.recv()).await;
-        assert!(none.is_err(), "an event was sent to a receiver not checked");
-
-        // The same receiver over plain http:// gets no event in the clear (its TLS refuses it).
-        let plain = post_to(&format!("http://127.0.0.1:{}/hook", addr.port()), &ours).await;
-        assert!(!plain.delivered());
-    }
-
-    #[test]
-    fn a_trust_file_without_certificates_is_refused_by_name() {
-        let error = Trust::only(&tls_file("README.md")).unwrap_err();
-        assert!(
-            error.ends_with("README.md: no certificate in it"),
-            "{error}"
-        );
-        let error = Trust::only(&tls_file("missing.pem")).unwrap_err();
-        assert!(error.contains("missing.pem"), "{error}");
-        assert!(Trust::system_and(&tls_file("ca.pem")).is_ok());
     }
 }

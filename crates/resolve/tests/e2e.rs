@@ -13,6 +13,8 @@
 
 #[path = "../../switch/tests/common/mod.rs"]
 mod common;
+#[path = "support/tls.rs"]
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -2395,6 +2397,61 @@ fn an_event_its_receiver_hangs_on_does_not_hold_back_the_others() {
             got.lock().unwrap()
         );
         assert!(got.lock().unwrap().iter().all(|(_, b)| !b.contains("7000")));
+        running.stop().await;
+    });
+}
+
+/// The notifier delivers to an `https://` receiver whose certificate chains to the CA
+/// certificates it was given (`NotifierConfig::trust`; `serve`'s `webhook_ca_file`), and to no
+/// other: the same receiver with this host's CA certificates alone is never sent the event.
+#[test]
+fn events_reach_an_https_receiver_checked_against_the_notifiers_trust() {
+    runtime().block_on(async {
+        let e = start().await;
+        let (addr, mut got) = tls::tls_receiver("127.0.0.1").await;
+        e.aim_webhooks(&format!("https://localhost:{}/hooks", addr.port()), b"k")
+            .await;
+        let store = e.store();
+        let event = resolve::outbox::Event::case_updated(7300, 1, "open", "x");
+        resolve::outbox::enqueue(store.as_ref(), MID, event, now())
+            .await
+            .unwrap();
+        // This host's CA certificates do not hold the test CA: refused, retried.
+        let config = NotifierConfig {
+            timeout: Duration::from_secs(2),
+            backoff_first_ms: 50,
+            backoff_last_ms: 100,
+            destinations: resolve::webhook::Destinations::AnyAddress,
+            ..NotifierConfig::default()
+        };
+        let running = Running::start(
+            e.notifier_to_spawn(config.clone()),
+            Duration::from_millis(20),
+        );
+        let refused =
+            e.h.eventually(10, || {
+                store
+                    .outbox_of_merchant(MID, None, store::RESOLVE_ROWS_MAX)
+                    .unwrap()
+                    .iter()
+                    .any(|o| o.attempts > 0)
+            })
+            .await;
+        assert!(refused, "no attempt was made");
+        running.stop().await;
+        assert!(got.try_recv().is_err(), "sent to a receiver not checked");
+
+        let trusting = NotifierConfig {
+            trust: resolve::webhook::Trust::only(&tls::tls_file("ca.pem")).unwrap(),
+            ..config
+        };
+        let running = Running::start(e.notifier_to_spawn(trusting), Duration::from_millis(20));
+        let request = tokio::time::timeout(Duration::from_secs(10), got.recv())
+            .await
+            .expect("no webhook arrived over TLS")
+            .unwrap();
+        assert!(request.contains("X-Shoudan-Signature: v1="), "{request}");
+        assert!(request.contains("\"case_id\":7300"), "{request}");
         running.stop().await;
     });
 }

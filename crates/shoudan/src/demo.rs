@@ -773,7 +773,7 @@ async fn run_async(args: DemoArgs, http_runtime: tokio::runtime::Handle) -> CliR
         Arc::new(switch::SystemClock),
         // Everything of the demo is on this machine, merchants' test receivers included.
         resolve::webhook::Destinations::AnyAddress,
-        resolve::webhook::Trust::System,
+        resolve::webhook::Trust::system()?.0,
         stop_rx.clone(),
     );
 

@@ -769,12 +769,19 @@ fn checked(config: &ServeConfig) -> Result<Checked, Box<dyn std::error::Error>> 
             fee_plans.push(Record::Settlement(SettlementRecord::Terms(row)));
         }
     }
-    let webhook_trust = match &config.webhook_ca_file {
+    // Read once here, off the request path: a file read per certificate.
+    let (webhook_trust, host_cas) = match &config.webhook_ca_file {
         Some(path) => {
             resolve::webhook::Trust::system_and(path).map_err(|e| format!("webhook_ca_file {e}"))?
         }
-        None => resolve::webhook::Trust::System,
+        None => resolve::webhook::Trust::system().map_err(|e| format!("webhooks: {e}"))?,
     };
+    if host_cas == 0 {
+        tracing::warn!(
+            "{}; https:// webhooks are checked against webhook_ca_file's alone, if any",
+            resolve::webhook::NO_CA_CERTIFICATES
+        );
+    }
     Ok(Checked {
         switch_config,
         hsm,

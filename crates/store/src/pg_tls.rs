@@ -50,7 +50,18 @@ pub(crate) fn security_of(url: &str) -> Result<(String, Option<SslMode>, Securit
     };
     // The query starts at the first '?' after the credentials, which run to the first '@' (as
     // the client reads them: a password may hold a '?').
-    let authority = url.len() - after_scheme.len() + after_scheme.find('@').map_or(0, |at| at + 1);
+    let at = after_scheme.find('@');
+    // An '@' in the query with no user before the host: the client would take all before it
+    // for the user, settings and all, and connect in the clear to what follows.
+    if let Some(credentials) = at.and_then(|at| after_scheme.get(..at))
+        && credentials.contains('?')
+        && (credentials.contains("sslmode") || credentials.contains("sslrootcert"))
+    {
+        return Err(refused(
+            "an '@' after the TLS settings would make them part of the user name: write it %40",
+        ));
+    }
+    let authority = url.len() - after_scheme.len() + at.map_or(0, |at| at + 1);
     let Some(mark) = url
         .get(authority..)
         .and_then(|rest| rest.find('?'))
@@ -280,9 +291,9 @@ mod tests {
     #[test]
     fn a_question_mark_in_the_password_is_not_the_query() {
         let (rest, mode, security) =
-            read("postgres://app:s3?t&sslmode=x@db/j?sslmode=verify-full&sslrootcert=/ca.pem")
+            read("postgres://app:s3?t&mode=x@db/j?sslmode=verify-full&sslrootcert=/ca.pem")
                 .unwrap();
-        assert_eq!(rest, "postgres://app:s3?t&sslmode=x@db/j");
+        assert_eq!(rest, "postgres://app:s3?t&mode=x@db/j");
         assert_eq!(mode, Some(SslMode::Require));
         assert_eq!(
             security,
@@ -353,6 +364,10 @@ mod tests {
             (
                 "postgres://db/s?sslmode=verify-full&sslrootcert=system",
                 "sslrootcert=system",
+            ),
+            (
+                "postgres://db/j?sslmode=verify-full&sslrootcert=/ca.pem&application_name=x@n1",
+                "write it %40",
             ),
         ] {
             let error = read(url).unwrap_err();
