@@ -222,6 +222,7 @@ impl BackOffice {
             status: Status::Active,
             batch_no: claim.batch_no,
             keys: None,
+            row_keys: None,
         });
         let key = TxnKey {
             tid: claim.tid.clone(),

@@ -65,6 +65,10 @@ pub(crate) struct Terminal {
     pub status: Status,
     pub batch_no: u32,
     pub keys: Option<SessionKeys>,
+    /// The keys the terminal's row named when this node last wrote or read them: a row naming
+    /// others was changed by another node (`working_keys`). Differs from `keys` where this
+    /// node's HSM does not hold the row's keys.
+    pub row_keys: Option<SessionKeys>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +109,7 @@ impl Terminal {
             status: row.status,
             batch_no: row.batch_no,
             keys,
+            row_keys: keys,
         })
     }
 }
@@ -316,6 +321,18 @@ impl Core {
         );
         let guard = lock.lock_owned().await;
         (guard, self.terminal(tid))
+    }
+
+    /// Terminal `tid`'s working-key lock if no one holds it now.
+    pub(crate) fn try_lock_keys(&self, tid: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let lock = Arc::clone(
+            self.key_changes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(tid.to_owned())
+                .or_default(),
+        );
+        lock.try_lock_owned().ok()
     }
 
     /// Forgets working keys in the HSM (a sign-in replaced them, or a sign-off ended them).
@@ -822,6 +839,7 @@ impl Core {
         updated.batch_no = batch_no;
         updated.scheme = scheme;
         updated.keys = Some(new_keys);
+        updated.row_keys = Some(new_keys);
         let mut durable = match self.store.submit(vec![record]) {
             Ok(durable) => durable,
             Err(error) => {
@@ -844,7 +862,7 @@ impl Core {
                 return self.system_error(frame);
             }
         }
-        self.delete_keys(previous);
+        self.retire_keys(&terminal.tid, previous);
         if self.mark_batch(&terminal.tid, batch_no).await.is_err() {
             tracing::warn!(tid = %terminal.tid, "cannot read the batch's STANs at sign-in");
             return self.system_error(frame);
@@ -893,19 +911,25 @@ impl Core {
                 core.delete_keys(new_keys);
                 return;
             }
-            let mut held = false;
+            let (_changing, _) = core.lock_keys(&tid).await;
+            let mut held = None;
             core.modify_terminal(&tid, |t| {
                 if t.keys == previous {
                     t.keys = updated.keys;
+                    t.row_keys = updated.keys;
                     t.batch_no = updated.batch_no;
                     t.scheme = updated.scheme;
-                    held = true;
+                    held = Some(previous);
                 } else if t.keys == new_keys {
-                    // Taken up from the row already (a shared journal's refresh).
-                    held = true;
+                    // Taken up from the row already (a shared journal's refresh), which ended
+                    // the keys held before.
+                    held = Some(None);
                 }
             });
-            core.delete_keys(if held { previous } else { new_keys });
+            match held {
+                Some(replaced) => core.retire_keys(&tid, replaced),
+                None => core.retire_keys(&tid, new_keys),
+            }
         });
     }
 
@@ -1005,6 +1029,9 @@ impl Core {
         if !terminal.names_own_merchant(&frame.message) {
             return self.answer_code(frame, RC_INVALID_MERCHANT);
         }
+        // Keys another node gave it, if its MAC asks for them: before the key lock, which
+        // reading them takes.
+        let terminal = self.keys_for_mac(frame, terminal).await;
         let (_changing, terminal) = self.lock_keys(&terminal.tid).await;
         let Some(terminal) = terminal else {
             return self.system_error(frame);
@@ -1020,12 +1047,13 @@ impl Core {
         };
         let mut updated = (*terminal).clone();
         updated.keys = None;
+        updated.row_keys = None;
         if self.commit_terminal(record, updated).await.is_err() {
             return self.system_error(frame);
         }
         let answer = self.answer_checked(frame, &terminal, RC_APPROVED);
         // The keys are of no use any more: free them in the HSM.
-        self.delete_keys(terminal.keys);
+        self.retire_keys(&terminal.tid, terminal.keys);
         answer
     }
 

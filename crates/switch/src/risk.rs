@@ -574,6 +574,8 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
             () = tokio::time::sleep(interval) => {}
         }
+        // Before the rows are read: a key change here after it may be newer than a row.
+        let noted = core.row_keys_noted();
         let loaded = core
             .read_store(move |store| {
                 let resolved = store.risk_alerts_resolved_since(
@@ -624,7 +626,9 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             }
         }
         // Another node's sign-ins and sign-offs end the keys held here (`working_keys`).
-        core.keys_from_rows(&terminals).await;
+        if let Some(noted) = &noted {
+            core.keys_from_rows(&terminals, noted);
+        }
         core.delete_ended_keys();
     }
 }

@@ -419,6 +419,7 @@ impl Core {
         let Some(terminal) = request.text(41).and_then(|t| self.terminal(t.trim_end())) else {
             return self.answer_code(frame, RC_NOT_REGISTERED);
         };
+        let terminal = self.keys_for_mac(frame, terminal).await;
         let batch_no = self.batch_of(frame, terminal.batch_no);
         if let Some(refusal) = self.management_refusal(frame, &terminal, batch_no) {
             tracing::info!(tid = %terminal.tid, batch_no, "settlement refused");
@@ -586,6 +587,7 @@ impl Core {
         let Some(terminal) = request.text(41).and_then(|t| self.terminal(t.trim_end())) else {
             return self.answer_code(frame, RC_NOT_REGISTERED);
         };
+        let terminal = self.keys_for_mac(frame, terminal).await;
         // An upload follows the settlement that closed its batch: default to the one before.
         let batch_no = self.batch_of(frame, batch_before(terminal.batch_no));
         if let Some(refusal) = self.management_refusal(frame, &terminal, batch_no) {

@@ -3,18 +3,23 @@
 //! Each node holds its terminals' working keys in memory, as handles into its HSM; a sign-in
 //! or sign-off writes the new handles (or none) to the terminal's row. Another node's sign-in
 //! or sign-off must end the keys this node holds, or a terminal's old keys would stay good here
-//! until this node restarted. So this node takes the row's keys up:
-//! - at its next refresh (`risk::refresh`, every `risk_refresh`), for every terminal whose row
-//!   names other keys than it holds;
+//! until this node restarted. Each terminal held here remembers the keys its row named when
+//! this node last wrote or read them (`Terminal::row_keys`); a row naming others has changed
+//! elsewhere, and this node takes its keys up:
+//! - at its next refresh (`risk::refresh`, every `risk_refresh`), from the rows it reads anyway;
 //! - at once, when a request's MAC fails under the keys held here (or none are held), by
-//!   reading that terminal's row, at most once a second per terminal.
+//!   reading that terminal's row, at most once a second per terminal while the keys held stay
+//!   the same.
 //!
 //! Keys the row names that this node's HSM holds (one HSM the nodes share) are taken up: the
 //! last sign-in's keys are the terminal's on every node, as a gateway in front of one terminal
 //! needs. Keys it does not hold (an HSM of each node's own) cannot be used here: the terminal
-//! is left without keys on this node, and its next request is told to sign in. The keys ended
-//! are deleted from the HSM once requests already under way with them have had time to answer.
+//! is left without keys on this node, and its next request is told to sign in (77). The keys
+//! ended, and on a shared journal those a sign-in or sign-off here replaces (another node may
+//! hold them until its refresh), leave the HSM once requests already under way with them have
+//! had time to answer.
 
+use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -44,40 +49,58 @@ pub(crate) fn stored_keys(row: &TerminalRow) -> Option<Option<SessionKeys>> {
     }
 }
 
-/// Keys no longer any terminal's, and when they may go from the HSM.
+/// Keys no longer a terminal's here, whose terminal, and when they may go from the HSM.
 #[derive(Default)]
-pub(crate) struct EndedKeys(std::sync::Mutex<Vec<(Instant, SessionKeys)>>);
+pub(crate) struct EndedKeys(std::sync::Mutex<Vec<(Instant, String, SessionKeys)>>);
 
 impl Core {
-    /// The terminal whose MAK gives `frame`'s MAC: as this node holds it, or, on a shared
-    /// journal, as its row names it when the keys held here do not give the MAC (or there are
-    /// none). `Err` with the answer's code: 77 when no keys are held for it, A0 when they do
-    /// not give the MAC.
+    /// The terminal whose MAK gives `frame`'s MAC (after [`Core::keys_for_mac`]). `Err` with
+    /// the answer's code: 77 when no keys are held for it, A0 when they do not give the MAC.
     pub(crate) async fn mac_checked(
         &self,
         frame: &Frame<'_>,
         terminal: Arc<Terminal>,
     ) -> Result<Arc<Terminal>, [u8; 2]> {
+        let terminal = self.keys_for_mac(frame, terminal).await;
         if self.mac_gives(frame, &terminal) {
             return Ok(terminal);
         }
-        if self.config.shared_journal
-            && self.may_look_again(&terminal.tid, terminal.keys)
-            && let Some(fresh) = self.keys_from_journal(&terminal.tid).await
-            && fresh.keys != terminal.keys
-            && self.mac_gives(frame, &fresh)
-        {
-            return Ok(fresh);
-        }
-        let held = self.terminal(&terminal.tid).unwrap_or(terminal);
-        match held.keys {
+        match terminal.keys {
             // Not signed in: there is no MAK to check or answer with.
             None => Err(crate::core::RC_BATCH_OUT_OF_STEP),
             Some(_) => {
-                tracing::info!(tid = %held.tid, "MAC verification failed");
+                tracing::info!(tid = %terminal.tid, "MAC verification failed");
                 Err(crate::core::RC_MAC_FAILED)
             }
         }
+    }
+
+    /// The terminal as held here, or on a shared journal, when its keys do not give `frame`'s
+    /// MAC (or there are none), as held once its row has been read for keys another node
+    /// gave it. A frame without a MAC is checked against nothing: as held. Never call it
+    /// holding the terminal's key lock (it takes it to read the row).
+    pub(crate) async fn keys_for_mac(
+        &self,
+        frame: &Frame<'_>,
+        terminal: Arc<Terminal>,
+    ) -> Arc<Terminal> {
+        let unchecked = frame.message.mac().is_none() && terminal.keys.is_some();
+        if !self.config.shared_journal || unchecked || self.mac_gives(frame, &terminal) {
+            return terminal;
+        }
+        // Another frame's look may have taken the keys up meanwhile.
+        if let Some(current) = self.terminal(&terminal.tid)
+            && current.keys != terminal.keys
+            && self.mac_gives(frame, &current)
+        {
+            return current;
+        }
+        if self.may_look_again(&terminal.tid, terminal.keys)
+            && let Some(fresh) = self.keys_from_journal(&terminal.tid).await
+        {
+            return fresh;
+        }
+        terminal
     }
 
     /// Whether `frame` carries a MAC that `terminal`'s MAK gives.
@@ -111,44 +134,52 @@ impl Core {
         }
     }
 
-    /// Takes up the keys terminal `tid`'s row names, if they are not the ones held here:
-    /// under the terminal's key lock, so that a sign-in here is never undone by a row read
-    /// before it landed. The terminal as held afterwards; `None` if it is not registered.
-    pub(crate) async fn keys_from_journal(&self, tid: &str) -> Option<Arc<Terminal>> {
+    /// Reads terminal `tid`'s row under its key lock (so that no sign-in here lands between
+    /// the read and what is made of it) and takes up its keys if another node changed them.
+    /// The terminal as held afterwards; `None` if it is not registered.
+    async fn keys_from_journal(&self, tid: &str) -> Option<Arc<Terminal>> {
         let (_changing, terminal) = self.lock_keys(tid).await;
         let terminal = terminal?;
         let owned = tid.to_owned();
-        let row = match self
-            .read_for_request(move |store| store.terminal(&owned))
-            .await
+        // Bounded, and not a request's journal wait: the request is answered 77 or A0 anyway.
+        let read = tokio::time::timeout(
+            self.config.journal_wait,
+            self.read_store(move |store| store.terminal(&owned)),
+        )
+        .await;
+        if let Ok(Some(Ok(Some(row)))) = read
+            && let Some(stored) = stored_keys(&row)
+            && stored != terminal.row_keys
         {
-            Some(Ok(Some(row))) => row,
-            _ => return Some(terminal),
-        };
-        let Some(stored) = stored_keys(&row) else {
-            return Some(terminal);
-        };
-        if stored == terminal.keys {
-            return Some(terminal);
-        }
-        let usable = stored.and_then(|keys| Some((keys, self.scheme_held(keys)?)));
-        let ended = terminal.keys;
-        self.modify_terminal(tid, |t| {
-            t.keys = usable.map(|(keys, _)| keys);
-            if let Some((_, scheme)) = usable {
-                t.scheme = scheme;
-                t.batch_no = row.batch_no;
-            }
-        });
-        tracing::info!(
-            tid,
-            taken_up = usable.is_some(),
-            "working keys changed on another node: those held here ended"
-        );
-        if let Some(ended) = ended {
-            self.end_keys(ended);
+            self.take_up(&terminal, stored, row.batch_no);
         }
         self.terminal(tid)
+    }
+
+    /// Makes what terminal `held`'s row names now (`stored`, another node's sign-in or
+    /// sign-off) this node's: the keys if its HSM holds them, with the row's batch, else none.
+    /// The keys held before end. Called under the terminal's key lock.
+    fn take_up(&self, held: &Terminal, stored: Option<SessionKeys>, batch_no: u32) {
+        let usable = stored.and_then(|keys| Some((keys, self.scheme_held(keys)?)));
+        let now_held = usable.map(|(keys, _)| keys);
+        self.modify_terminal(&held.tid, |t| {
+            t.row_keys = stored;
+            t.keys = now_held;
+            if let Some((_, scheme)) = usable {
+                t.scheme = scheme;
+                t.batch_no = batch_no;
+            }
+        });
+        if held.keys != now_held {
+            tracing::info!(
+                tid = %held.tid,
+                taken_up = now_held.is_some(),
+                "working keys changed on another node: those held here ended"
+            );
+            if let Some(ended) = held.keys {
+                self.end_keys(&held.tid, ended);
+            }
+        }
     }
 
     /// The scheme of working keys this node's HSM holds as a terminal's (a PIK, a MAK and a
@@ -176,10 +207,20 @@ impl Core {
         }
     }
 
-    /// Keys taken from a terminal: deleted from the HSM by [`Core::delete_ended_keys`] once
+    /// Keys terminal `tid` no longer has here that a sign-in or sign-off replaced: at once out
+    /// of the HSM on a journal of this node's own, later on a shared one ([`Core::end_keys`]),
+    /// where another node may hold them until its refresh.
+    pub(crate) fn retire_keys(&self, tid: &str, keys: Option<SessionKeys>) {
+        match keys {
+            Some(keys) if self.config.shared_journal => self.end_keys(tid, keys),
+            _ => self.delete_keys(keys),
+        }
+    }
+
+    /// Keys taken from terminal `tid`: deleted from the HSM by [`Core::delete_ended_keys`] once
     /// requests already under way with them have had their issuer's time and the journal's to
     /// answer (their answers are MACed with them).
-    fn end_keys(&self, keys: SessionKeys) {
+    fn end_keys(&self, tid: &str, keys: SessionKeys) {
         let longest_issuer = self
             .config
             .issuers
@@ -192,39 +233,72 @@ impl Core {
             .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((Instant::now() + grace, keys));
+            .push((Instant::now() + grace, tid.to_owned(), keys));
     }
 
-    /// Deletes from the HSM the ended keys whose time has come.
+    /// Deletes from the HSM the ended keys whose time has come, but those their terminal holds
+    /// again.
     pub(crate) fn delete_ended_keys(&self) {
         let now = Instant::now();
-        let due: Vec<SessionKeys> = {
+        let due: Vec<(String, SessionKeys)> = {
             let mut ended = self
                 .ended_keys
                 .0
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let (due, kept): (Vec<_>, Vec<_>) = ended.drain(..).partition(|(at, _)| *at <= now);
+            let (due, kept): (Vec<_>, Vec<_>) = ended.drain(..).partition(|(at, ..)| *at <= now);
             *ended = kept;
-            due.into_iter().map(|(_, keys)| keys).collect()
+            due.into_iter().map(|(_, tid, keys)| (tid, keys)).collect()
         };
-        for keys in due {
+        for (tid, keys) in due {
+            if self.terminal(&tid).is_some_and(|t| t.keys == Some(keys)) {
+                continue;
+            }
             self.delete_keys(Some(keys));
         }
     }
 
-    /// On a shared journal, takes up the keys of every terminal whose row (in `rows`, just
-    /// read) names other keys than this node holds.
-    pub(crate) async fn keys_from_rows(&self, rows: &[TerminalRow]) {
+    /// On a shared journal, what each terminal's row named when this node last wrote or read
+    /// it: noted before the rows are read for [`Core::keys_from_rows`].
+    pub(crate) fn row_keys_noted(&self) -> Option<HashMap<String, Option<SessionKeys>>> {
         if !self.config.shared_journal {
-            return;
+            return None;
         }
+        let terminals = self
+            .terminals
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        Some(
+            terminals
+                .iter()
+                .map(|(tid, t)| (tid.clone(), t.row_keys))
+                .collect(),
+        )
+    }
+
+    /// Takes up the keys of every terminal whose row, in `rows` (read after `noted`), names
+    /// other keys than it did when this node last wrote or read it. One that changed here since
+    /// `noted` (its key lock busy, or its row's keys no longer those noted) waits for the next
+    /// refresh: `rows` may have been read before that change.
+    pub(crate) fn keys_from_rows(
+        &self,
+        rows: &[TerminalRow],
+        noted: &HashMap<String, Option<SessionKeys>>,
+    ) {
         for row in rows {
-            let Some(held) = self.terminal(&row.tid) else {
+            let (Some(stored), Some(then)) = (stored_keys(row), noted.get(&row.tid)) else {
                 continue;
             };
-            if stored_keys(row).is_some_and(|stored| stored != held.keys) {
-                self.keys_from_journal(&row.tid).await;
+            if stored == *then {
+                continue;
+            }
+            let Some(_changing) = self.try_lock_keys(&row.tid) else {
+                continue;
+            };
+            if let Some(held) = self.terminal(&row.tid)
+                && held.row_keys == *then
+            {
+                self.take_up(&held, stored, row.batch_no);
             }
         }
     }

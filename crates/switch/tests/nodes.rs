@@ -548,6 +548,19 @@ where
         &'n Node,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'n>>,
 {
+    on_two_nodes_sharing(name, tids, |log, a, b, _| test(log, a, b));
+}
+
+/// [`on_two_nodes`], the test given the HSM the nodes share too.
+fn on_two_nodes_sharing<F>(name: &str, tids: &[&str], test: F)
+where
+    F: for<'n> FnOnce(
+        Arc<IssuerLog>,
+        &'n Node,
+        &'n Node,
+        Arc<SoftHsm>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'n>>,
+{
     let Some(url) = pg_url() else { return };
     let schema = format!("{name}_{}", std::process::id());
     let config = PgConfig {
@@ -560,7 +573,7 @@ where
         let (log, issuer, hsm, zpk) = shared(&config, tids).await;
         let a = start_node(&node_a_runtime, &config, 1, issuer, &hsm, zpk).await;
         let b = start_node(&node_b_runtime, &config, 2, issuer, &hsm, zpk).await;
-        test(log, &a, &b).await;
+        test(log, &a, &b, Arc::clone(&hsm)).await;
         a.handle.shutdown().await;
         b.handle.shutdown().await;
     });
@@ -591,12 +604,14 @@ async fn answered_in_time(terminal: &mut Terminal, first_stan: u32, code: &str) 
 /// (A0), none reaching the issuer. A terminal signed in on one node and moved at once to the
 /// other is served there: the keys are taken up (one HSM, shared by the nodes) at its first
 /// request, whose MAC the keys held there did not give. A sign-off on one node ends the keys
-/// on the other too: 77.
+/// on the other too: 77. The keys ended leave the HSM once answers under way have had their
+/// time.
 #[test]
 fn a_sign_in_or_sign_off_on_one_node_ends_the_keys_the_other_holds() {
-    on_two_nodes("switch_nodes_keys", &[TID_A, TID_B], |log, a, b| {
+    on_two_nodes_sharing("switch_nodes_keys", &[TID_A, TID_B], |log, a, b, hsm| {
         Box::pin(async move {
             let pan = card("622202");
+            let before = hsm.key_count();
             let mut old = Terminal::connect(b.handle.local_addr(), TID_A).await;
             assert_eq!(old.sign_in().await.code(), "00");
             assert_eq!(old.send(&Req::purchase(&pan, 100, 1)).await.code(), "00");
@@ -634,6 +649,9 @@ fn a_sign_in_or_sign_off_on_one_node_ends_the_keys_the_other_holds() {
                 "node B kept the keys node A's sign-off ended"
             );
             assert_eq!(via_b.send(&Req::purchase(&pan, 300, 5)).await.code(), "77");
+            // Of the three key sets issued, the other terminal's PIK and MAK are left.
+            let freed = eventually(15, || hsm.key_count() == before + 2).await;
+            assert!(freed, "{} keys left of {before}", hsm.key_count());
         })
     });
 }
