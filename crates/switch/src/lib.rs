@@ -175,6 +175,8 @@ impl SwitchHandle {
             connections: m.connections.load(Ordering::Relaxed),
             malformed_frames: m.malformed_frames.load(Ordering::Relaxed),
             silent_closed: m.silent_closed.load(Ordering::Relaxed),
+            unread_closed: m.unread_closed.load(Ordering::Relaxed),
+            answers_undelivered: m.answers_undelivered.load(Ordering::Relaxed),
             saf_depth: self
                 .core
                 .store

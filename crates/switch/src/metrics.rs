@@ -256,6 +256,12 @@ pub struct MetricsSnapshot {
     pub malformed_frames: u64,
     /// New connections closed because they started no frame within the first-frame timeout.
     pub silent_closed: u64,
+    /// Connections closed because their answers were not read (a refusal found the queue of
+    /// answers full for a second).
+    pub unread_closed: u64,
+    /// Answers (approvals among them) handled and journalled whose connection had closed
+    /// before they could be queued: the terminal, never told, reverses.
+    pub answers_undelivered: u64,
     /// Reversals waiting for an issuer's acknowledgement; `None` if the store could not say.
     pub saf_depth: Option<u64>,
     /// Journal writes and reads of requests not answered within `SwitchConfig::journal_wait`
@@ -279,6 +285,8 @@ pub struct Metrics {
     pub(crate) connections: AtomicU64,
     pub(crate) malformed_frames: AtomicU64,
     pub(crate) silent_closed: AtomicU64,
+    pub(crate) unread_closed: AtomicU64,
+    pub(crate) answers_undelivered: AtomicU64,
 }
 
 impl Metrics {

@@ -51,6 +51,10 @@ impl Sessions {
 /// A terminal connection's read buffer: a purchase with PIN, track 2 and MAC is about 150
 /// bytes, so one read takes prefix and body; larger frames are read in more.
 const READ_BUFFER_BYTES: usize = 512;
+/// How long a refusal waits for room in its connection's queue of answers. A full queue
+/// (twice the requests a connection may have in flight) is a peer that does not read its
+/// answers; one that is only slow reads within this time. Past it the connection is closed.
+const REFUSAL_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(crate) async fn accept(
     sessions: Sessions,
@@ -153,21 +157,34 @@ where
     // are still written.
     let close = Arc::new(Notify::new());
     let writer_close = Arc::clone(&close);
+    // The connection given up (its answers not read): the writer stops at once, whatever it
+    // was writing, and the socket closes with it.
+    let abandon = Arc::new(Notify::new());
+    let writer_abandon = Arc::clone(&abandon);
     let write_timeout = sessions.core.config.response_write_timeout;
     let writer_task = sessions.core.tasks.spawn(async move {
         // Grown by the first answers, not before: most connections sit idle.
         let mut batch = Vec::new();
-        while let Some(frame) = outgoing.recv().await {
+        loop {
+            let frame = tokio::select! {
+                biased;
+                () = writer_abandon.notified() => return,
+                frame = outgoing.recv() => frame,
+            };
+            let Some(frame) = frame else { break };
             batch.clear();
             append_wiped(&mut batch, &frame);
             while let Ok(more) = outgoing.try_recv() {
                 append_wiped(&mut batch, &more);
             }
             // A peer that stops reading is let go: its answers would wait here for ever.
-            let written = tokio::time::timeout(write_timeout, writer.write_all(&batch))
-                .await
-                .map_err(|_| ())
-                .and_then(|written| written.map_err(|_| ()));
+            let written = tokio::select! {
+                biased;
+                () = writer_abandon.notified() => Err(()),
+                written = tokio::time::timeout(write_timeout, writer.write_all(&batch)) => written
+                    .map_err(|_| ())
+                    .and_then(|written| written.map_err(|_| ())),
+            };
             batch.as_mut_slice().zeroize();
             if written.is_err() {
                 writer_close.notify_one();
@@ -279,7 +296,18 @@ where
                     drop(global);
                     match response {
                         Some(response) => {
-                            let _ = responses.send(Zeroizing::new(response)).await;
+                            if responses.send(Zeroizing::new(response)).await.is_err() {
+                                // Handled (and journalled) all the same: the terminal, which
+                                // never sees the answer, reverses what it sent.
+                                handler
+                                    .metrics
+                                    .answers_undelivered
+                                    .fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(
+                                    connection,
+                                    "answer not delivered: the terminal's connection was closed"
+                                );
+                            }
                         }
                         None => close.notify_one(),
                     }
@@ -303,8 +331,32 @@ where
                             known.store(true, Ordering::Release);
                         }
                         let kind = request_type(frame.message.txn_kind());
+                        // A queue full of answers its peer has not read: a little time for a
+                        // slow reader, then the connection goes, rather than this refusal
+                        // and every one after it being dropped unsaid.
+                        let queued = tokio::select! {
+                            biased;
+                            () = close.notified() => break,
+                            _ = stop.changed() => break,
+                            queued = responses.send_timeout(
+                                Zeroizing::new(response),
+                                REFUSAL_QUEUE_WAIT,
+                            ) => queued,
+                        };
+                        if queued.is_err() {
+                            sessions
+                                .metrics
+                                .unread_closed
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(
+                                connection,
+                                ?peer,
+                                "terminal connection closed: its answers are not read"
+                            );
+                            abandon.notify_one();
+                            break;
+                        }
                         sessions.metrics.count(kind, Some(RC_SYSTEM_ERROR));
-                        let _ = responses.try_send(Zeroizing::new(response));
                     }
                     // Undecodable, or not a request: closed, as when the switch has room (a
                     // request that only partly reads is answered 30 only then).

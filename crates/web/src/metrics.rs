@@ -306,6 +306,16 @@ fn render_switch(out: &mut String, m: &switch::MetricsSnapshot) {
             m.silent_closed,
         ),
         (
+            "shoudan_unread_connections_closed_total",
+            "Terminal connections closed because their answers were not read.",
+            m.unread_closed,
+        ),
+        (
+            "shoudan_answers_undelivered_total",
+            "Answers handled and journalled whose terminal connection had closed (the terminal reverses).",
+            m.answers_undelivered,
+        ),
+        (
             "shoudan_journal_waits_exceeded_total",
             "Journal writes or reads of requests not answered within journal_wait (96).",
             m.journal_waits_exceeded,
