@@ -574,6 +574,7 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
             () = tokio::time::sleep(interval) => {}
         }
+        core.delete_ended_keys();
         // Before the rows are read: a key change here after it may be newer than a row.
         let noted = core.row_keys_noted();
         let loaded = core
@@ -629,7 +630,6 @@ pub(crate) async fn refresh(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         if let Some(noted) = &noted {
             core.keys_from_rows(&terminals, noted);
         }
-        core.delete_ended_keys();
     }
 }
 

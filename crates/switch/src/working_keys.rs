@@ -24,7 +24,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use iso8583::Frame;
-use paycrypto::{KeyAlgorithm, KeyHandle, KeyScheme, KeyUsage};
+use paycrypto::{HsmError, KeyAlgorithm, KeyHandle, KeyScheme, KeyUsage};
 use store::TerminalRow;
 
 use crate::core::{Core, SessionKeys, Terminal, handle_from_bytes};
@@ -95,10 +95,21 @@ impl Core {
         {
             return current;
         }
-        if self.may_look_again(&terminal.tid, terminal.keys)
-            && let Some(fresh) = self.keys_from_journal(&terminal.tid).await
-        {
-            return fresh;
+        if self.may_look_again(&terminal.tid, terminal.keys) {
+            if let Some(fresh) = self.keys_from_journal(&terminal.tid).await {
+                return fresh;
+            }
+        } else {
+            // A look under way (a gateway's frames arriving together after a move): its
+            // outcome, once it holds the key lock no more.
+            let (changing, current) = self.lock_keys(&terminal.tid).await;
+            drop(changing);
+            if let Some(current) = current
+                && current.keys != terminal.keys
+                && self.mac_gives(frame, &current)
+            {
+                return current;
+            }
         }
         terminal
     }
@@ -160,7 +171,16 @@ impl Core {
     /// sign-off) this node's: the keys if its HSM holds them, with the row's batch, else none.
     /// The keys held before end. Called under the terminal's key lock.
     fn take_up(&self, held: &Terminal, stored: Option<SessionKeys>, batch_no: u32) {
-        let usable = stored.and_then(|keys| Some((keys, self.scheme_held(keys)?)));
+        let usable = match stored.map(|keys| (keys, self.scheme_held(keys))) {
+            None => None,
+            Some((keys, Ok(scheme))) => scheme.map(|scheme| (keys, scheme)),
+            // The HSM could not say (a network HSM's outage): the row is looked at again at
+            // the next refresh, and the keys held here stay until then.
+            Some((_, Err(error))) => {
+                tracing::warn!(tid = %held.tid, %error, "cannot look up the working keys another node issued");
+                return;
+            }
+        };
         let now_held = usable.map(|(keys, _)| keys);
         self.modify_terminal(&held.tid, |t| {
             t.row_keys = stored;
@@ -183,28 +203,26 @@ impl Core {
     }
 
     /// The scheme of working keys this node's HSM holds as a terminal's (a PIK, a MAK and a
-    /// track key if any); `None` if it does not hold them.
-    fn scheme_held(&self, keys: SessionKeys) -> Option<KeyScheme> {
-        let held = |handle: KeyHandle, usage: KeyUsage| {
-            self.hsm
-                .key_info(handle)
-                .ok()
-                .filter(|info| info.usage == usage)
+    /// track key if any); `Ok(None)` if it does not hold them, `Err` if it could not say.
+    fn scheme_held(&self, keys: SessionKeys) -> Result<Option<KeyScheme>, HsmError> {
+        let held = |handle: KeyHandle, usage: KeyUsage| match self.hsm.key_info(handle) {
+            Ok(info) if info.usage == usage => Ok(Some(info)),
+            Ok(_) | Err(HsmError::UnknownKey(_) | HsmError::WrongUsage { .. }) => Ok(None),
+            Err(error) => Err(error),
         };
-        let pik = held(keys.pik, KeyUsage::Pik)?;
-        held(keys.mak, KeyUsage::Mak)?;
-        match keys.tdk {
-            Some(tdk) => {
-                held(tdk, KeyUsage::Tdk)?;
-                Some(if pik.algorithm == KeyAlgorithm::Sm4 {
-                    KeyScheme::Sm4
-                } else {
-                    KeyScheme::DoubleWithTdk
-                })
-            }
+        let (Some(pik), Some(_)) = (
+            held(keys.pik, KeyUsage::Pik)?,
+            held(keys.mak, KeyUsage::Mak)?,
+        ) else {
+            return Ok(None);
+        };
+        Ok(match keys.tdk {
+            Some(tdk) if held(tdk, KeyUsage::Tdk)?.is_none() => None,
+            Some(_) if pik.algorithm == KeyAlgorithm::Sm4 => Some(KeyScheme::Sm4),
+            Some(_) => Some(KeyScheme::DoubleWithTdk),
             None if pik.single_des => Some(KeyScheme::Single),
             None => Some(KeyScheme::Double),
-        }
+        })
     }
 
     /// Keys terminal `tid` no longer has here that a sign-in or sign-off replaced: at once out
@@ -228,7 +246,11 @@ impl Core {
             .map(|issuer| issuer.timeout)
             .max()
             .unwrap_or_default();
-        let grace = longest_issuer + self.config.journal_wait + self.config.retry_wait;
+        // Another node may use them until its refresh, then for a request's whole time.
+        let grace = self.config.risk_refresh
+            + longest_issuer
+            + self.config.journal_wait
+            + self.config.retry_wait;
         self.ended_keys
             .0
             .lock()
