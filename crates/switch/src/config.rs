@@ -158,6 +158,28 @@ pub struct SwitchConfig {
     /// If set, a start's reading of the month's marks (`switch::ledger::load_marks`) waits
     /// for a notification on it: a test sends requests while the marks are being read.
     pub marks_gate: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// If set and armed, the next financial request waits here between its arrival and its
+    /// merchant's risk check: a test moves the clock past midnight meanwhile.
+    pub risk_check_gate: Option<std::sync::Arc<Gate>>,
+}
+
+/// A place a test holds one request at (`SwitchConfig::risk_check_gate`): armed, the next
+/// request to pass says so on `reached` and waits for `release`.
+#[derive(Debug, Default)]
+pub struct Gate {
+    pub armed: std::sync::atomic::AtomicBool,
+    pub reached: tokio::sync::Notify,
+    pub release: tokio::sync::Notify,
+}
+
+impl Gate {
+    /// Holds the caller if the gate is armed (once).
+    pub(crate) async fn pass(&self) {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.release.notified().await;
+        }
+    }
 }
 
 impl SwitchConfig {
@@ -197,6 +219,7 @@ impl SwitchConfig {
             cutover_minute: CUTOVER_MINUTE_DEFAULT,
             abortable: false,
             marks_gate: None,
+            risk_check_gate: None,
         }
     }
 }

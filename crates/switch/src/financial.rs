@@ -1286,6 +1286,9 @@ impl Core {
                 )
                 .await;
         }
+        if let Some(gate) = &self.config.risk_check_gate {
+            gate.pass().await;
+        }
         // Merchant approval and the merchant's risk rules, before anything goes out.
         let card = pan.as_ref().and_then(|p| p.as_ref().ok());
         let risk = self.risk_check(

@@ -69,7 +69,13 @@ async fn world() -> World {
 
 /// Starts the harness's switch (stopped) with the risk rules `rules`.
 async fn start_with_rules(h: &mut Harness, rules: &str) {
+    start_with_rules_and_gate(h, rules, None).await;
+}
+
+/// The same, with `SwitchConfig::risk_check_gate` set to `gate`.
+async fn start_with_rules_and_gate(h: &mut Harness, rules: &str, gate: Option<Arc<switch::Gate>>) {
     let mut config = h.config();
+    config.risk_check_gate = gate;
     config.risk_rules = Arc::new(RuleBook::from_json(rules).unwrap());
     config.risk_refresh = Duration::from_millis(50);
     let handle = Switch::start(
@@ -539,6 +545,56 @@ fn a_foreign_card_at_a_domestic_only_merchant_is_declined_with_its_diagnosis() {
         let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
         assert_eq!(
             t.send(&paid_with_pin(healthy, 10_000, 3)).await.code(),
+            "00"
+        );
+        let mut h = w.h;
+        h.stop().await;
+    });
+}
+
+/// A sale received before China's midnight and checked after it (held between the two: a busy
+/// switch, a slow journal read) is judged in the day it was received: that day's sales filled
+/// the daily limit, so it is refused, though the next day has room. Judged on the clock's day
+/// after the wait, it was approved against the new day's empty total and counted in neither.
+#[test]
+fn a_sale_received_before_midnight_and_checked_after_it_is_judged_in_its_own_day() {
+    runtime().block_on(async {
+        let mut w = world_with(DAILY).await;
+        w.h.stop().await;
+        // The switch's clock half a minute before China's midnight (UTC+8).
+        let (day, china) = (86_400_000_i64, 8 * 3_600_000_i64);
+        let now = w.h.clock.now_ms();
+        w.h.clock
+            .shift_ms(day - (now + china).rem_euclid(day) - 30_000);
+        let gate = Arc::new(switch::Gate::default());
+        start_with_rules_and_gate(&mut w.h, DAILY, Some(Arc::clone(&gate))).await;
+        let mut t = w.h.terminal().await;
+        assert_eq!(t.sign_in().await.code(), "00");
+        let healthy = w.cards.iter().find(|c| c.label == "healthy").unwrap();
+        assert_eq!(
+            t.send(&paid_with_pin(healthy, 50_000, 2)).await.code(),
+            "00"
+        );
+        gate.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let after_the_limit = paid_with_pin(healthy, 100, 3);
+        let held = tokio::spawn(async move {
+            let answer = t.send(&after_the_limit).await;
+            (t, answer)
+        });
+        gate.reached.notified().await;
+        w.h.clock.shift_ms(60_000);
+        gate.release.notify_one();
+        let (mut t, late) = held.await.unwrap();
+        assert_eq!(late.code(), "61");
+        let (row, timeline) = journalled(&w.h, &late);
+        assert!(timeline.contains("daily limit"), "{timeline}");
+        assert!(
+            (row.received_at_ms + china).rem_euclid(day) > day - 60_000,
+            "received before midnight"
+        );
+        // The new day has room.
+        assert_eq!(
+            t.send(&paid_with_pin(healthy, 50_000, 4)).await.code(),
             "00"
         );
         let mut h = w.h;
