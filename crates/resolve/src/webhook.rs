@@ -233,6 +233,18 @@ impl Trust {
     }
 }
 
+/// Characters of a TLS error kept: a certificate not valid for the URL's host is named with
+/// every name it carries, hundreds on a shared one, and the text goes to the delivery log.
+const TLS_ERROR_CHARS: usize = 200;
+
+/// `text`'s first `chars` characters, `…` after them when it was longer.
+fn cut(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((end, _)) => format!("{}…", text.get(..end).unwrap_or(text)),
+        None => text.to_owned(),
+    }
+}
+
 /// Why an `https://` receiver cannot be checked on a host without CA certificates.
 pub const NO_CA_CERTIFICATES: &str = "no CA certificates on this host to check an https:// \
     receiver against (install ca-certificates, or set SSL_CERT_FILE, then restart)";
@@ -380,7 +392,7 @@ pub async fn post(
         let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, stream)
             .await
-            .map_err(|e| format!("TLS: {e:.200}"))?;
+            .map_err(|e| format!("TLS: {}", cut(&e.to_string(), TLS_ERROR_CHARS)))?;
         exchange(stream, endpoint, headers, body).await
     };
     match tokio::time::timeout(timeout, exchanged).await {
@@ -651,6 +663,15 @@ mod tests {
         // Nothing reached the listener.
         let accepted = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
         assert!(accepted.is_err(), "a refused destination was connected to");
+    }
+
+    #[test]
+    fn long_errors_are_cut_where_a_character_ends() {
+        assert_eq!(cut("short", 200), "short");
+        let long = "名".repeat(300);
+        let kept = cut(&long, 200);
+        assert_eq!(kept.chars().count(), 201);
+        assert!(kept.ends_with("名…"));
     }
 
     #[test]

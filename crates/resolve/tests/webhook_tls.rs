@@ -18,7 +18,7 @@ async fn post_to(url: &str, trust: &Trust, body: &[u8]) -> PostResult {
         &endpoint,
         &headers,
         body,
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         Destinations::AnyAddress,
         trust,
     )
@@ -73,10 +73,6 @@ async fn https_receivers_get_the_event_only_when_their_certificate_checks_out() 
     .await;
     let error = renamed.error.unwrap_or_default();
     assert!(error.contains("certificate not valid for name"), "{error}");
-    // An IPv6 address the certificate does not name either: checked as an address.
-    let v6 = post_to("https://[::1]:9/hook", &ours, EVENT).await;
-    let error = v6.error.unwrap_or_default();
-    assert!(!error.contains("invalid dns name"), "{error}");
     // Neither refused exchange got as far as a request.
     for got in [&mut requests, &mut elsewhere_got] {
         let none = tokio::time::timeout(Duration::from_millis(200), got.recv()).await;

@@ -158,21 +158,23 @@ pub struct SwitchConfig {
     /// If set, a start's reading of the month's marks (`switch::ledger::load_marks`) waits
     /// for a notification on it: a test sends requests while the marks are being read.
     pub marks_gate: Option<std::sync::Arc<tokio::sync::Notify>>,
-    /// If set and armed, the next financial request waits here between its arrival and its
-    /// merchant's risk check: a test moves the clock past midnight meanwhile.
-    pub risk_check_gate: Option<std::sync::Arc<Gate>>,
+    /// For tests only: if set and armed, the next financial request waits here between its
+    /// arrival and its merchant's risk check (a test moves the clock past midnight meanwhile).
+    #[doc(hidden)]
+    pub risk_check_gate: Option<std::sync::Arc<TestGate>>,
 }
 
-/// A place a test holds one request at (`SwitchConfig::risk_check_gate`): armed, the next
-/// request to pass says so on `reached` and waits for `release`.
+/// For tests only: a place a test holds one request at (`SwitchConfig::risk_check_gate`):
+/// armed, the next request to pass says so on `reached` and waits for `release`.
+#[doc(hidden)]
 #[derive(Debug, Default)]
-pub struct Gate {
+pub struct TestGate {
     pub armed: std::sync::atomic::AtomicBool,
     pub reached: tokio::sync::Notify,
     pub release: tokio::sync::Notify,
 }
 
-impl Gate {
+impl TestGate {
     /// Holds the caller if the gate is armed (once).
     pub(crate) async fn pass(&self) {
         if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
@@ -186,13 +188,17 @@ impl SwitchConfig {
     /// How long after a request was sent its reversal may go to the issuer when nothing says
     /// the request is done there: the longest issuer timeout and a journal wait.
     pub(crate) fn reversal_hold_ms(&self) -> i64 {
-        let timeout = self
-            .issuers
+        let timeout = self.longest_issuer_timeout();
+        i64::try_from(self.journal_wait.saturating_add(timeout).as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// The longest of the issuers' timeouts (zero without issuers).
+    pub(crate) fn longest_issuer_timeout(&self) -> Duration {
+        self.issuers
             .values()
             .map(|endpoint| endpoint.timeout)
             .max()
-            .unwrap_or_default();
-        i64::try_from(self.journal_wait.saturating_add(timeout).as_millis()).unwrap_or(i64::MAX)
+            .unwrap_or_default()
     }
 
     pub fn new(listen: SocketAddr) -> Self {

@@ -312,27 +312,24 @@ impl Core {
         &self,
         tid: &str,
     ) -> (tokio::sync::OwnedMutexGuard<()>, Option<Arc<Terminal>>) {
-        let lock = Arc::clone(
-            self.key_changes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(tid.to_owned())
-                .or_default(),
-        );
-        let guard = lock.lock_owned().await;
+        let guard = self.key_lock(tid).lock_owned().await;
         (guard, self.terminal(tid))
     }
 
     /// Terminal `tid`'s working-key lock if no one holds it now.
     pub(crate) fn try_lock_keys(&self, tid: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        let lock = Arc::clone(
+        self.key_lock(tid).try_lock_owned().ok()
+    }
+
+    /// Terminal `tid`'s working-key lock (see `key_changes`).
+    fn key_lock(&self, tid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(
             self.key_changes
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .entry(tid.to_owned())
                 .or_default(),
-        );
-        lock.try_lock_owned().ok()
+        )
     }
 
     /// Forgets working keys in the HSM (a sign-in replaced them, or a sign-off ended them).

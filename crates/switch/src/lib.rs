@@ -232,14 +232,7 @@ impl SwitchHandle {
     /// is the caller's to close.
     pub async fn shutdown(self) {
         self.close_intake();
-        let longest = self
-            .core
-            .config
-            .issuers
-            .values()
-            .map(|issuer| issuer.timeout)
-            .max()
-            .unwrap_or_default();
+        let longest = self.core.config.longest_issuer_timeout();
         let deadline = tokio::time::Instant::now() + longest + DRAIN_MARGIN;
         // Done when no request is in progress and every connection has written its answers
         // and ended (each stops reading at once, and ends when its last answer is written).

@@ -157,34 +157,24 @@ where
     // are still written.
     let close = Arc::new(Notify::new());
     let writer_close = Arc::clone(&close);
-    // The connection given up (its answers not read): the writer stops at once, whatever it
-    // was writing, and the socket closes with it.
-    let abandon = Arc::new(Notify::new());
-    let writer_abandon = Arc::clone(&abandon);
     let write_timeout = sessions.core.config.response_write_timeout;
+    // Aborted when the connection is given up (its answers not read): it stops at once,
+    // whatever it was writing, and the socket closes with it.
     let writer_task = sessions.core.tasks.spawn(async move {
-        // Grown by the first answers, not before: most connections sit idle.
-        let mut batch = Vec::new();
-        loop {
-            let frame = tokio::select! {
-                biased;
-                () = writer_abandon.notified() => return,
-                frame = outgoing.recv() => frame,
-            };
-            let Some(frame) = frame else { break };
+        // Grown by the first answers, not before: most connections sit idle. Wiped when
+        // dropped, an abort included.
+        let mut batch = Zeroizing::new(Vec::new());
+        while let Some(frame) = outgoing.recv().await {
             batch.clear();
             append_wiped(&mut batch, &frame);
             while let Ok(more) = outgoing.try_recv() {
                 append_wiped(&mut batch, &more);
             }
             // A peer that stops reading is let go: its answers would wait here for ever.
-            let written = tokio::select! {
-                biased;
-                () = writer_abandon.notified() => Err(()),
-                written = tokio::time::timeout(write_timeout, writer.write_all(&batch)) => written
-                    .map_err(|_| ())
-                    .and_then(|written| written.map_err(|_| ())),
-            };
+            let written = tokio::time::timeout(write_timeout, writer.write_all(&batch))
+                .await
+                .map_err(|_| ())
+                .and_then(|written| written.map_err(|_| ()));
             batch.as_mut_slice().zeroize();
             if written.is_err() {
                 writer_close.notify_one();
@@ -319,18 +309,20 @@ where
                     .metrics
                     .refused_overload
                     .fetch_add(1, Ordering::Relaxed);
-                let frame = Frame::decode_unprefixed(&input).ok();
-                match frame
-                    .as_ref()
-                    .and_then(|f| Some((f, sessions.core.refuse(f)?)))
-                {
-                    Some((frame, response)) => {
+                // The decoded frame is gone before the wait below: an idle connection's task
+                // is as large as its largest wait.
+                let refusal = Frame::decode_unprefixed(&input).ok().and_then(|frame| {
+                    let response = sessions.core.refuse(&frame)?;
+                    let kind = request_type(frame.message.txn_kind());
+                    Some((kind, sessions.names_terminal(&frame), response))
+                });
+                match refusal {
+                    Some((kind, names_terminal, response)) => {
                         // A terminal retrying into a full switch is one of ours all the same:
                         // its connection is not let go at the first-frame time.
-                        if sessions.names_terminal(frame) {
+                        if names_terminal {
                             known.store(true, Ordering::Release);
                         }
-                        let kind = request_type(frame.message.txn_kind());
                         // A queue full of answers its peer has not read: a little time for a
                         // slow reader, then the connection goes, rather than this refusal
                         // and every one after it being dropped unsaid.
@@ -338,22 +330,28 @@ where
                             biased;
                             () = close.notified() => break,
                             _ = stop.changed() => break,
-                            queued = responses.send_timeout(
+                            queued = Box::pin(responses.send_timeout(
                                 Zeroizing::new(response),
                                 REFUSAL_QUEUE_WAIT,
-                            ) => queued,
+                            )) => queued,
                         };
                         if queued.is_err() {
+                            let unsent = CONNECTION_QUEUE_MAX.saturating_sub(responses.capacity());
                             sessions
                                 .metrics
                                 .unread_closed
                                 .fetch_add(1, Ordering::Relaxed);
+                            sessions.metrics.answers_undelivered.fetch_add(
+                                u64::try_from(unsent).unwrap_or(u64::MAX),
+                                Ordering::Relaxed,
+                            );
                             tracing::warn!(
                                 connection,
                                 ?peer,
+                                unsent,
                                 "terminal connection closed: its answers are not read"
                             );
-                            abandon.notify_one();
+                            writer_task.abort();
                             break;
                         }
                         sessions.metrics.count(kind, Some(RC_SYSTEM_ERROR));

@@ -88,6 +88,12 @@ impl Core {
         if !self.config.shared_journal || unchecked || self.mac_gives(frame, &terminal) {
             return terminal;
         }
+        // Boxed: every request's future would otherwise be as large as this rare wait.
+        Box::pin(self.look_for_keys(frame, terminal)).await
+    }
+
+    /// [`Core::keys_for_mac`]'s look at the row, for keys that do not give the MAC.
+    async fn look_for_keys(&self, frame: &Frame<'_>, terminal: Arc<Terminal>) -> Arc<Terminal> {
         // Another frame's look may have taken the keys up meanwhile.
         if let Some(current) = self.terminal(&terminal.tid)
             && current.keys != terminal.keys
@@ -239,16 +245,9 @@ impl Core {
     /// requests already under way with them have had their issuer's time and the journal's to
     /// answer (their answers are MACed with them).
     fn end_keys(&self, tid: &str, keys: SessionKeys) {
-        let longest_issuer = self
-            .config
-            .issuers
-            .values()
-            .map(|issuer| issuer.timeout)
-            .max()
-            .unwrap_or_default();
         // Another node may use them until its refresh, then for a request's whole time.
         let grace = self.config.risk_refresh
-            + longest_issuer
+            + self.config.longest_issuer_timeout()
             + self.config.journal_wait
             + self.config.retry_wait;
         self.ended_keys

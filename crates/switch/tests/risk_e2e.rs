@@ -73,7 +73,11 @@ async fn start_with_rules(h: &mut Harness, rules: &str) {
 }
 
 /// The same, with `SwitchConfig::risk_check_gate` set to `gate`.
-async fn start_with_rules_and_gate(h: &mut Harness, rules: &str, gate: Option<Arc<switch::Gate>>) {
+async fn start_with_rules_and_gate(
+    h: &mut Harness,
+    rules: &str,
+    gate: Option<Arc<switch::TestGate>>,
+) {
     let mut config = h.config();
     config.risk_check_gate = gate;
     config.risk_rules = Arc::new(RuleBook::from_json(rules).unwrap());
@@ -554,8 +558,8 @@ fn a_foreign_card_at_a_domestic_only_merchant_is_declined_with_its_diagnosis() {
 
 /// A sale received before China's midnight and checked after it (held between the two: a busy
 /// switch, a slow journal read) is judged in the day it was received: that day's sales filled
-/// the daily limit, so it is refused, though the next day has room. Judged on the clock's day
-/// after the wait, it was approved against the new day's empty total and counted in neither.
+/// the daily limit, so it is refused, though the next day has room. A check on the clock's day
+/// after the wait would approve it against the new day's empty total, and count it in neither.
 #[test]
 fn a_sale_received_before_midnight_and_checked_after_it_is_judged_in_its_own_day() {
     runtime().block_on(async {
@@ -566,7 +570,7 @@ fn a_sale_received_before_midnight_and_checked_after_it_is_judged_in_its_own_day
         let now = w.h.clock.now_ms();
         w.h.clock
             .shift_ms(day - (now + china).rem_euclid(day) - 30_000);
-        let gate = Arc::new(switch::Gate::default());
+        let gate = Arc::new(switch::TestGate::default());
         start_with_rules_and_gate(&mut w.h, DAILY, Some(Arc::clone(&gate))).await;
         let mut t = w.h.terminal().await;
         assert_eq!(t.sign_in().await.code(), "00");
@@ -581,10 +585,13 @@ fn a_sale_received_before_midnight_and_checked_after_it_is_judged_in_its_own_day
             let answer = t.send(&after_the_limit).await;
             (t, answer)
         });
-        gate.reached.notified().await;
+        let five = Duration::from_secs(5);
+        tokio::time::timeout(five, gate.reached.notified())
+            .await
+            .expect("the sale never reached its risk check");
         w.h.clock.shift_ms(60_000);
         gate.release.notify_one();
-        let (mut t, late) = held.await.unwrap();
+        let (mut t, late) = tokio::time::timeout(five, held).await.unwrap().unwrap();
         assert_eq!(late.code(), "61");
         let (row, timeline) = journalled(&w.h, &late);
         assert!(timeline.contains("daily limit"), "{timeline}");

@@ -1698,10 +1698,9 @@ fn a_reversal_of_a_request_still_at_the_issuer_waits_for_its_answer() {
 }
 
 /// A peer that sends and never reads its answers: once its queue of answers is full and a
-/// refusal has waited a second for room there, its connection is closed (counted), rather than
-/// left open until the write timeout while every refusal after it is dropped unsaid. It then
-/// reads what was written and the end; the switch reads nothing more from it; other terminals
-/// are served.
+/// refusal has waited a second for room there, its connection is closed (counted) at once,
+/// long before the write timeout. The switch reads nothing more from it; the peer then reads
+/// what was written and the end; other terminals are served.
 #[test]
 fn a_peer_that_does_not_read_its_answers_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -59,19 +59,24 @@ pub async fn tls_receiver_reading_after(
             };
             tokio::time::sleep(after).await;
             let mut read = Vec::new();
-            let mut buf = [0u8; 4096];
+            let mut buf = vec![0u8; 64 * 1024];
             // Headers, then the body its Content-Length gives.
+            let mut whole_at = None;
             loop {
                 let n = stream.read(&mut buf).await.unwrap_or(0);
                 read.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&read).into_owned();
-                let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
-                    head.lines()
+                if whole_at.is_none()
+                    && let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n")
+                {
+                    let head = String::from_utf8_lossy(&read[..end]).into_owned();
+                    let len = head
+                        .lines()
                         .find_map(|l| l.strip_prefix("Content-Length: "))
                         .and_then(|n| n.trim().parse::<usize>().ok())
-                        .is_some_and(|len| body.len() >= len)
-                });
-                if n == 0 || complete {
+                        .unwrap_or(0);
+                    whole_at = Some(end + 4 + len);
+                }
+                if n == 0 || whole_at.is_some_and(|at| read.len() >= at) {
                     break;
                 }
             }
