@@ -674,6 +674,15 @@ mod tests {
         assert!(kept.ends_with("名…"));
     }
 
+    /// An IPv6 receiver's certificate is checked for the address, not for a name.
+    #[test]
+    fn a_bracketed_address_is_checked_as_an_address() {
+        let endpoint = Endpoint::parse("https://[2400:3200::1]:8443/h").unwrap();
+        assert_eq!(endpoint.bare_host(), "2400:3200::1");
+        let name = ServerName::try_from(endpoint.bare_host().to_owned()).unwrap();
+        assert!(matches!(name, ServerName::IpAddress(_)), "{name:?}");
+    }
+
     #[test]
     fn literal_addresses_are_told_from_names() {
         let ip = |url: &str| Endpoint::parse(url).and_then(|e| e.ip_literal());

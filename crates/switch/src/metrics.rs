@@ -259,8 +259,9 @@ pub struct MetricsSnapshot {
     /// Connections closed because their answers were not read (a refusal found the queue of
     /// answers full for a second).
     pub unread_closed: u64,
-    /// Answers (approvals among them) handled and journalled whose connection had closed
-    /// before they could be queued: the terminal, never told, reverses.
+    /// Answers to handled requests (approvals among them) never written: queued or being
+    /// written when their connection was given up or its write timed out, or not yet queued
+    /// when it closed. Refusals are not counted. A terminal never told reverses.
     pub answers_undelivered: u64,
     /// Reversals waiting for an issuer's acknowledgement; `None` if the store could not say.
     pub saf_depth: Option<u64>,

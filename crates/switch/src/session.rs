@@ -151,7 +151,7 @@ where
     let (reader, mut writer) = tokio::io::split(stream);
     // Answers echo the card number (field 2): each is wiped when dropped, and so is what the
     // writer batched of them.
-    let (responses, mut outgoing) = mpsc::channel::<Zeroizing<Vec<u8>>>(CONNECTION_QUEUE_MAX);
+    let (responses, outgoing) = mpsc::channel::<Queued>(CONNECTION_QUEUE_MAX);
     // A handler that finds the frame undecodable, with no request in it to answer 30, closes
     // the connection: its framing can no longer be trusted. Answers already being worked on
     // are still written.
@@ -160,26 +160,31 @@ where
     let write_timeout = sessions.core.config.response_write_timeout;
     // Aborted when the connection is given up (its answers not read): it stops at once,
     // whatever it was writing, and the socket closes with it.
+    let mut out = Unwritten {
+        outgoing,
+        // Grown by the first answers, not before: most connections sit idle.
+        batch: Zeroizing::new(Vec::new()),
+        answers_in_batch: 0,
+        metrics: Arc::clone(&sessions.metrics),
+    };
     let writer_task = sessions.core.tasks.spawn(async move {
-        // Grown by the first answers, not before: most connections sit idle. Wiped when
-        // dropped, an abort included.
-        let mut batch = Zeroizing::new(Vec::new());
-        while let Some(frame) = outgoing.recv().await {
-            batch.clear();
-            append_wiped(&mut batch, &frame);
-            while let Ok(more) = outgoing.try_recv() {
-                append_wiped(&mut batch, &more);
+        while let Some(first) = out.outgoing.recv().await {
+            out.batch.clear();
+            out.take(&first);
+            while let Ok(more) = out.outgoing.try_recv() {
+                out.take(&more);
             }
             // A peer that stops reading is let go: its answers would wait here for ever.
-            let written = tokio::time::timeout(write_timeout, writer.write_all(&batch))
+            let written = tokio::time::timeout(write_timeout, writer.write_all(&out.batch))
                 .await
                 .map_err(|_| ())
                 .and_then(|written| written.map_err(|_| ()));
-            batch.as_mut_slice().zeroize();
+            out.batch.as_mut_slice().zeroize();
             if written.is_err() {
                 writer_close.notify_one();
                 return;
             }
+            out.answers_in_batch = 0;
         }
         let _ = writer.shutdown().await;
     });
@@ -286,7 +291,11 @@ where
                     drop(global);
                     match response {
                         Some(response) => {
-                            if responses.send(Zeroizing::new(response)).await.is_err() {
+                            let answer = Queued {
+                                answer: true,
+                                frame: Zeroizing::new(response),
+                            };
+                            if responses.send(answer).await.is_err() {
                                 // Handled (and journalled) all the same: the terminal, which
                                 // never sees the answer, reverses what it sent.
                                 handler
@@ -331,24 +340,18 @@ where
                             () = close.notified() => break,
                             _ = stop.changed() => break,
                             queued = Box::pin(responses.send_timeout(
-                                Zeroizing::new(response),
+                                Queued { answer: false, frame: Zeroizing::new(response) },
                                 REFUSAL_QUEUE_WAIT,
                             )) => queued,
                         };
                         if queued.is_err() {
-                            let unsent = CONNECTION_QUEUE_MAX.saturating_sub(responses.capacity());
                             sessions
                                 .metrics
                                 .unread_closed
                                 .fetch_add(1, Ordering::Relaxed);
-                            sessions.metrics.answers_undelivered.fetch_add(
-                                u64::try_from(unsent).unwrap_or(u64::MAX),
-                                Ordering::Relaxed,
-                            );
                             tracing::warn!(
                                 connection,
                                 ?peer,
-                                unsent,
                                 "terminal connection closed: its answers are not read"
                             );
                             writer_task.abort();
@@ -372,6 +375,45 @@ where
     }
     drop(responses);
     let _ = writer_task.await;
+}
+
+/// A frame queued for a connection's writer: an answer to a request it handled, or a refusal.
+/// Wiped when dropped (answers echo the card number).
+struct Queued {
+    answer: bool,
+    frame: Zeroizing<Vec<u8>>,
+}
+
+/// A connection writer's queue and the batch it is writing. Dropped before the queue ran dry
+/// (a write that timed out, a connection given up), the answers in either count as
+/// undelivered.
+struct Unwritten {
+    outgoing: mpsc::Receiver<Queued>,
+    batch: Zeroizing<Vec<u8>>,
+    answers_in_batch: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl Unwritten {
+    fn take(&mut self, queued: &Queued) {
+        self.answers_in_batch += u64::from(queued.answer);
+        append_wiped(&mut self.batch, &queued.frame);
+    }
+}
+
+impl Drop for Unwritten {
+    fn drop(&mut self) {
+        self.outgoing.close();
+        let mut lost = self.answers_in_batch;
+        while let Ok(queued) = self.outgoing.try_recv() {
+            lost += u64::from(queued.answer);
+        }
+        if lost > 0 {
+            self.metrics
+                .answers_undelivered
+                .fetch_add(lost, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A request may start when both its connection and the switch as a whole have room.

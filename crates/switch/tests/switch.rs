@@ -1739,6 +1739,9 @@ fn a_peer_that_does_not_read_its_answers_is_closed() {
             .expect("the peer's writes were neither read nor refused")
             .unwrap();
         assert!(sent < offered, "the switch read on from a peer it closed");
+        // The answers it had queued and never read are counted lost.
+        let lost = switch.metrics().answers_undelivered;
+        assert!(lost >= switch::CONNECTION_QUEUE_MAX as u64 / 2, "{lost}");
         let mut rest = Vec::new();
         let ended = tokio::time::timeout(
             std::time::Duration::from_secs(5),

@@ -312,7 +312,7 @@ fn render_switch(out: &mut String, m: &switch::MetricsSnapshot) {
         ),
         (
             "shoudan_answers_undelivered_total",
-            "Answers handled and journalled whose terminal connection had closed (the terminal reverses).",
+            "Answers to handled requests never written to their terminal connection (the terminal reverses).",
             m.answers_undelivered,
         ),
         (
