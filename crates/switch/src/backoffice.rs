@@ -223,6 +223,7 @@ impl BackOffice {
             batch_no: claim.batch_no,
             keys: None,
             row_keys: None,
+            keys_gen: 0,
         });
         let key = TxnKey {
             tid: claim.tid.clone(),

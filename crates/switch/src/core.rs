@@ -69,6 +69,10 @@ pub(crate) struct Terminal {
     /// others was changed by another node (`working_keys`). Differs from `keys` where this
     /// node's HSM does not hold the row's keys.
     pub row_keys: Option<SessionKeys>,
+    /// How many times this node changed the terminal's keys (a sign-in, a sign-off, keys taken
+    /// up from its row): what tells a change here apart, where the keys themselves may recur
+    /// (none, after a sign-in and a sign-off).
+    pub keys_gen: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +114,7 @@ impl Terminal {
             batch_no: row.batch_no,
             keys,
             row_keys: keys,
+            keys_gen: 0,
         })
     }
 }
@@ -837,6 +842,7 @@ impl Core {
         updated.scheme = scheme;
         updated.keys = Some(new_keys);
         updated.row_keys = Some(new_keys);
+        updated.keys_gen += 1;
         let mut durable = match self.store.submit(vec![record]) {
             Ok(durable) => durable,
             Err(error) => {
@@ -911,9 +917,11 @@ impl Core {
             let (_changing, _) = core.lock_keys(&tid).await;
             let mut held = None;
             core.modify_terminal(&tid, |t| {
-                if t.keys == previous {
+                // Nothing changed its keys since this sign-in began.
+                if t.keys_gen + 1 == updated.keys_gen {
                     t.keys = updated.keys;
                     t.row_keys = updated.keys;
+                    t.keys_gen = updated.keys_gen;
                     t.batch_no = updated.batch_no;
                     t.scheme = updated.scheme;
                     held = Some(previous);
@@ -1045,6 +1053,7 @@ impl Core {
         let mut updated = (*terminal).clone();
         updated.keys = None;
         updated.row_keys = None;
+        updated.keys_gen += 1;
         if self.commit_terminal(record, updated).await.is_err() {
             return self.system_error(frame);
         }

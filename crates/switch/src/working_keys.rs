@@ -191,6 +191,7 @@ impl Core {
         self.modify_terminal(&held.tid, |t| {
             t.row_keys = stored;
             t.keys = now_held;
+            t.keys_gen += 1;
             if let Some((_, scheme)) = usable {
                 t.scheme = scheme;
                 t.batch_no = batch_no;
@@ -279,9 +280,10 @@ impl Core {
         }
     }
 
-    /// On a shared journal, what each terminal's row named when this node last wrote or read
-    /// it: noted before the rows are read for [`Core::keys_from_rows`].
-    pub(crate) fn row_keys_noted(&self) -> Option<HashMap<String, Option<SessionKeys>>> {
+    /// On a shared journal, how many times this node changed each terminal's keys and what its
+    /// row named when this node last wrote or read it: noted before the rows are read for
+    /// [`Core::keys_from_rows`].
+    pub(crate) fn row_keys_noted(&self) -> Option<HashMap<String, (u64, Option<SessionKeys>)>> {
         if !self.config.shared_journal {
             return None;
         }
@@ -292,22 +294,23 @@ impl Core {
         Some(
             terminals
                 .iter()
-                .map(|(tid, t)| (tid.clone(), t.row_keys))
+                .map(|(tid, t)| (tid.clone(), (t.keys_gen, t.row_keys)))
                 .collect(),
         )
     }
 
     /// Takes up the keys of every terminal whose row, in `rows` (read after `noted`), names
-    /// other keys than it did when this node last wrote or read it. One that changed here since
-    /// `noted` (its key lock busy, or its row's keys no longer those noted) waits for the next
+    /// other keys than it did when this node last wrote or read it. One whose keys changed here
+    /// since `noted` (its key lock busy, or its count of changes moved) waits for the next
     /// refresh: `rows` may have been read before that change.
     pub(crate) fn keys_from_rows(
         &self,
         rows: &[TerminalRow],
-        noted: &HashMap<String, Option<SessionKeys>>,
+        noted: &HashMap<String, (u64, Option<SessionKeys>)>,
     ) {
         for row in rows {
-            let (Some(stored), Some(then)) = (stored_keys(row), noted.get(&row.tid)) else {
+            let (Some(stored), Some((generation, then))) = (stored_keys(row), noted.get(&row.tid))
+            else {
                 continue;
             };
             if stored == *then {
@@ -317,7 +320,7 @@ impl Core {
                 continue;
             };
             if let Some(held) = self.terminal(&row.tid)
-                && held.row_keys == *then
+                && held.keys_gen == *generation
             {
                 self.take_up(&held, stored, row.batch_no);
             }
