@@ -840,6 +840,54 @@ fn a_sign_in_recorded_after_its_96_leaves_the_keys_its_row_names() {
     });
 }
 
+/// Two sign-ins answered 96 one after the other, both records landing once the journal
+/// answers: the later one's keys are the ones held (its record is the row's last word), the
+/// earlier one's leave the HSM, whichever settles first.
+#[test]
+fn of_two_late_sign_ins_the_later_ones_keys_are_held() {
+    runtime().block_on(async {
+        let wait = Duration::from_millis(500);
+        let mut w = start(&["ICBC"], |c| c.journal_wait = wait).await;
+        let card = w.bank("ICBC").healthy(0).clone();
+        let journal = journal_connection(&w);
+        let req = w.purchase(&card, 100);
+        assert_eq!(w.t.send(&req).await.code(), "00");
+        let tid = w.t.tid.clone();
+        let keys_of = |row: store::TerminalRow| row.working_keys.unwrap();
+        let before = keys_of(w.store.terminal(&tid).unwrap().unwrap());
+
+        let keys = w.h.hsm.key_count();
+        journal.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert_eq!(w.t.sign_in().await.code(), "96");
+        assert_eq!(w.t.sign_in().await.code(), "96");
+        journal.execute_batch("ROLLBACK").unwrap();
+        let held = |bytes: &[u8]| {
+            switch::handle_from_bytes(bytes).is_some_and(|h| w.h.hsm.key_info(h).is_ok())
+        };
+        // Both records land; then only the row's keys are in the HSM, its two before gone.
+        let store = Arc::clone(&w.store);
+        let settled =
+            w.h.eventually(10, || {
+                let now = keys_of(store.terminal(&tid).unwrap().unwrap());
+                now != before && held(&now.mak) && !held(&before.mak)
+                    // One set in the HSM, as before: the earlier late sign-in's gone too.
+                    && w.h.hsm.key_count() == keys
+            })
+            .await;
+        let after = keys_of(w.store.terminal(&tid).unwrap().unwrap());
+        assert!(
+            settled && held(&after.pik) && held(&after.mak),
+            "the row names keys the HSM does not hold, or the old ones stay"
+        );
+        // The terminal, told 96 twice, holds its first keys: A0, a sign-in, business as usual.
+        let req = w.purchase(&card, 101);
+        assert_eq!(w.t.send(&req).await.code(), "A0");
+        assert_eq!(w.t.sign_in().await.code(), "00");
+        let req = w.purchase(&card, 102);
+        assert_eq!(w.t.send(&req).await.code(), "00");
+    });
+}
+
 /// A request row that lands after its terminal was answered 96 (the journal hung) is settled
 /// as failed; when that write is refused too, the row is left to the next sweep as one that
 /// moved nothing (the issuer was never asked): failed, 96, with no reversal sent for a request

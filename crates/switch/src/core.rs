@@ -861,6 +861,9 @@ impl Core {
             Err(_) => {
                 let error = self.no_answer();
                 tracing::warn!(tid = %terminal.tid, %error, "sign-in not recorded in time; answering 96");
+                // Its place in the count of key changes, taken now under the key lock: of two
+                // late sign-ins, only the later one's keys can be held.
+                self.modify_terminal(&terminal.tid, |t| t.keys_gen = updated.keys_gen);
                 self.settle_late_sign_in(&terminal.tid, durable, previous, updated);
                 return self.system_error(frame);
             }
@@ -917,8 +920,9 @@ impl Core {
             let (_changing, _) = core.lock_keys(&tid).await;
             let mut held = None;
             core.modify_terminal(&tid, |t| {
-                // Nothing changed its keys since this sign-in began.
-                if t.keys_gen + 1 == updated.keys_gen {
+                // Nothing changed its keys since this sign-in (no later sign-in, sign-off or
+                // keys taken up).
+                if t.keys_gen == updated.keys_gen {
                     t.keys = updated.keys;
                     t.row_keys = updated.keys;
                     t.keys_gen = updated.keys_gen;
